@@ -1,0 +1,1 @@
+"""One module per Stripe event type, and the explicit registry mapping type -> handler."""

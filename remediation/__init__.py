@@ -1,0 +1,1 @@
+"""Pure remediation domain: records, error codes, classification, correctors, readers, writers."""

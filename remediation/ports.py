@@ -1,0 +1,71 @@
+"""The small interfaces remediation needs from the outside world; service/adapters implements them.
+
+Nothing here imports an SDK. Adapters are built in `service` (app factory, worker, CLI) and
+passed down to handlers and remediation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from remediation.meters import Meter
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str  # full key inside the bucket (includes the configured prefix)
+    etag: str
+    size: int
+    last_modified: datetime
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class Bucket(Protocol):
+    """A usage bucket (`s3://bucket/prefix` or `file://dir`); keys are relative to its root."""
+
+    @property
+    def prefix(self) -> str: ...
+
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def open_read(self, key: str) -> BinaryIO: ...
+
+    def download(self, key: str, dest: Path) -> None: ...
+
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> bool:
+        """Upload `src` to `key` with lineage metadata; False when an identical object exists."""
+        ...
+
+
+class MeterSource(Protocol):
+    def meters(self) -> Sequence[Meter]:
+        """Every meter (active and inactive), cached by the adapter."""
+        ...
+
+
+class StripeFiles(Protocol):
+    def download_file(self, file_id: str, dest: Path) -> None:
+        """Stream `/v1/files/{id}/contents` from the configured files host to `dest`."""
+        ...
+
+    def file_metadata(self, file_id: str) -> Mapping[str, Any]: ...
+
+
+class CustomerDirectory(Protocol):
+    def exists(self, customer_id: str) -> bool: ...
+
+    def search_by_metadata(self, key: str, value: str) -> list[str]:
+        """Customer ids whose metadata[key] == value (used only when configured)."""
+        ...
+
+
+class MeterEventSink(Protocol):
+    def send(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Send up to 100 meter events (v2 meter event stream shape)."""
+        ...

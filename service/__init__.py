@@ -1,0 +1,1 @@
+"""The running meterfix program: app factory, configuration, storage, worker, CLI, adapters."""

@@ -1,0 +1,58 @@
+"""Application factory: `create_app(settings)` builds the Flask app; nothing runs at import."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, current_app
+
+from service.commands import register_commands
+from service.config import Settings
+from service.logs import configure_logging, log_event
+from service.runtime import Runtime
+
+EXTENSION = "meterfix"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings()
+    configure_logging()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = None  # our own limit answers 413 with a JSON reason
+    app.extensions[EXTENSION] = Runtime(settings)
+    _register_blueprints(app)
+    register_commands(app)
+    _announce(settings)
+    return app
+
+
+def runtime() -> Runtime:
+    """The Runtime of the app handling the current request or command."""
+    value: Runtime = current_app.extensions[EXTENSION]
+    return value
+
+
+def _register_blueprints(app: Flask) -> None:
+    from service.health import bp as health_bp
+    from service.webhooks import bp as webhooks_bp
+
+    app.register_blueprint(health_bp)
+    app.register_blueprint(webhooks_bp)
+
+
+def _announce(settings: Settings) -> None:
+    if settings.embedded_sandbox:
+        log_event(
+            "config.embedded_defaults",
+            level=logging.WARNING,
+            message="no Stripe settings: using the bundled sandbox, SQLite and a file:// bucket",
+            stripe_api_base=settings.stripe_api_base,
+            database_url=settings.database_url,
+            bucket_url=settings.bucket_url,
+        )
+    elif not settings.stripe_webhook_secrets:
+        log_event(
+            "config.no_webhook_secret",
+            level=logging.ERROR,
+            message="STRIPE_WEBHOOK_SECRETS is empty: every webhook will be rejected",
+        )

@@ -1,0 +1,104 @@
+"""Typed settings read from the environment (and `.env`), as listed in DESIGN.md."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_BASE, SANDBOX_WEBHOOK_SECRET
+
+STRIPE_API_BASE = "https://api.stripe.com"
+STRIPE_FILES_BASE = "https://files.stripe.com"
+STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
+
+
+class PollerMode(StrEnum):
+    OFF = "off"
+    ON = "on"
+    INDEX = "index"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field names map to the upper-case variables in DESIGN.md."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    stripe_api_key: str = ""
+    stripe_webhook_secrets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    stripe_webhook_tolerance: int = 300
+    stripe_api_base: str = STRIPE_API_BASE
+    stripe_files_base: str = STRIPE_FILES_BASE
+    stripe_meter_events_base: str = STRIPE_METER_EVENTS_BASE
+
+    database_url: str = "sqlite:///meterfix.db"
+    bucket_url: str = "file://./bucket"
+    s3_endpoint_url: str = ""
+    mfx_corrected_prefix: str = "corrected/"
+    mfx_quarantine_prefix: str = "quarantine/"
+    mfx_poller: PollerMode = PollerMode.OFF
+    mfx_poll_interval: int = 60
+    mfx_rules: str = ""
+    mfx_admin_token: str = ""
+    mfx_max_body_bytes: int = 1024 * 1024
+    mfx_max_attempts: int = 8
+    mfx_worker_interval: float = 1.0
+
+    slack_webhook_url: str = ""
+    smtp_url: str = ""
+    digest_email_to: str = ""
+    digest_email_from: str = ""
+    digest_every: str = ""
+
+    embedded_sandbox: bool = False  # set by the validator below, never from the environment
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        """No API key and no secrets: point everything at the bundled sandbox (and say so)."""
+        if self.stripe_api_key or self.stripe_webhook_secrets:
+            self.embedded_sandbox = False
+            return self
+        self.embedded_sandbox = True
+        self.stripe_api_key = SANDBOX_API_KEY
+        self.stripe_webhook_secrets = [SANDBOX_WEBHOOK_SECRET]
+        for name in ("stripe_api_base", "stripe_files_base", "stripe_meter_events_base"):
+            if getattr(self, name) in (
+                STRIPE_API_BASE,
+                STRIPE_FILES_BASE,
+                STRIPE_METER_EVENTS_BASE,
+            ):
+                setattr(self, name, SANDBOX_BASE)
+        return self
+
+    @field_validator("stripe_webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("stripe_webhook_tolerance", "mfx_max_body_bytes", "mfx_max_attempts")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be a positive number")
+        return value
+
+    def redacted(self) -> dict[str, object]:
+        """Settings safe to log: secrets replaced by their kind."""
+        data = self.model_dump()
+        data["stripe_api_key"] = _mask(self.stripe_api_key)
+        data["stripe_webhook_secrets"] = [_mask(s) for s in self.stripe_webhook_secrets]
+        data["mfx_admin_token"] = _mask(self.mfx_admin_token)
+        data["slack_webhook_url"] = "set" if self.slack_webhook_url else ""
+        data["smtp_url"] = "set" if self.smtp_url else ""
+        return data
+
+
+def _mask(secret: str) -> str:
+    if not secret:
+        return ""
+    prefix = secret.split("_", 2)
+    return "_".join(prefix[:2]) + "_…" if len(prefix) > 2 else "…"

@@ -1,0 +1,39 @@
+"""Column helpers shared by the table modules.
+
+Timestamps are stored timezone-aware on PostgreSQL; SQLite gives them back naive, so read
+them through `as_utc`. Every timestamp the service writes is UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Text
+from sqlmodel import Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def created_at_field() -> Any:
+    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False)
+
+
+def optional_time_field(index: bool = False) -> Any:
+    return Field(default=None, sa_type=DateTime(timezone=True), nullable=True, index=index)
+
+
+def json_field(default_factory: Any = dict) -> Any:
+    return Field(default_factory=default_factory, sa_column=Column(JSON, nullable=False))
+
+
+def text_field() -> Any:
+    return Field(default=None, sa_column=Column(Text, nullable=True))

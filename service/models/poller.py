@@ -1,0 +1,54 @@
+"""What the bundled poller has seen in the bucket, and identifier -> (object, row)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from service.models._types import created_at_field, optional_time_field, text_field
+
+
+class ObjectStatus(StrEnum):
+    SEEN = "seen"
+    IMPORTED = "imported"  # every valid row sent; failed rows (if any) handed to remediation
+    INDEXED = "indexed"  # index mode: identifiers recorded, nothing sent
+    FAILED = "failed"  # whole-file failure (unreadable); see error
+    SKIPPED = "skipped"  # empty, too old, or not a usage file
+
+
+class BucketObject(SQLModel, table=True):
+    __tablename__ = "bucket_objects"
+    __table_args__ = (UniqueConstraint("key", "etag", name="uq_bucket_objects_key_etag"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=1024, index=True)
+    etag: str = Field(max_length=255)
+    size: int = 0
+    last_modified: datetime | None = optional_time_field()
+    status: str = Field(default=ObjectStatus.SEEN, max_length=16, index=True)
+    rows: int = 0
+    sent: int = 0
+    failed: int = 0
+    import_set_id: str | None = Field(default=None, max_length=255)
+    error: str | None = text_field()
+    first_seen: datetime = created_at_field()
+    processed_at: datetime | None = optional_time_field()
+
+
+class ImportedRow(SQLModel, table=True):
+    __tablename__ = "imported_rows"
+    __table_args__ = (
+        UniqueConstraint("identifier", "object_key", name="uq_imported_rows_identifier_object"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    identifier: str = Field(max_length=512, index=True)
+    object_key: str = Field(max_length=1024)
+    etag: str = Field(max_length=255)
+    row_number: int
+    event_name: str | None = Field(default=None, max_length=255)
+    timestamp: int | None = None
+    sent: bool = False

@@ -1,0 +1,94 @@
+"""Remediation runs and their full audit: corrections, quarantined rows, output objects."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, ForeignKey, Integer
+from sqlmodel import Field, SQLModel
+
+from service.models._types import created_at_field, json_field, optional_time_field, text_field
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class RemediationRun(SQLModel, table=True):
+    """One remediation of one input (failed-records file, import-set source, poller rows)."""
+
+    __tablename__ = "remediation_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # Deterministic key (e.g. "impset_x:file_y" or "sha256:<digest>"): a re-run finds its row.
+    run_key: str = Field(max_length=512, unique=True)
+    trigger: str = Field(
+        max_length=64
+    )  # import_set.succeeded|import_set.failed|error_report|cli|poller
+    source: str = text_field()
+    source_sha256: str | None = Field(default=None, max_length=64)
+    generation: int = 1
+    status: str = Field(default=RunStatus.RUNNING, max_length=16)
+    input_rows: int = 0
+    valid: int = 0
+    corrected: int = 0
+    quarantined: int = 0
+    by_code: dict[str, object] = json_field()
+    error: str | None = text_field()
+    created_at: datetime = created_at_field()
+    finished_at: datetime | None = optional_time_field()
+
+
+def _run_fk() -> Column[int]:
+    return Column(Integer, ForeignKey("remediation_runs.id", ondelete="CASCADE"), index=True)
+
+
+class CorrectionAudit(SQLModel, table=True):
+    """One correction: source, row, identifier, code, rule, field, before, after."""
+
+    __tablename__ = "correction_audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(sa_column=_run_fk())
+    source: str = text_field()
+    row_number: int
+    identifier: str | None = Field(default=None, max_length=512, index=True)
+    new_identifier: str | None = Field(default=None, max_length=512, index=True)
+    code: str = Field(max_length=255)
+    rule: str = Field(max_length=255)
+    field: str = Field(max_length=255)
+    before: str | None = text_field()
+    after: str | None = text_field()
+
+
+class QuarantinedRow(SQLModel, table=True):
+    __tablename__ = "quarantined_rows"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(sa_column=_run_fk())
+    source: str = text_field()
+    row_number: int
+    identifier: str | None = Field(default=None, max_length=512, index=True)
+    code: str = Field(max_length=255)
+    reason: str = text_field()
+    record: dict[str, object] = json_field()
+
+
+class OutputObject(SQLModel, table=True):
+    """A file a run wrote to the bucket, with its lineage."""
+
+    __tablename__ = "output_objects"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(sa_column=_run_fk())
+    kind: str = Field(max_length=16)  # corrected|quarantine|audit|repaired
+    key: str = text_field()
+    rows: int = 0
+    sha256: str = Field(max_length=64)
+    generation: int = 1
+    source: str = text_field()
+    uploaded: bool = False
+    created_at: datetime = created_at_field()

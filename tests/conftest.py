@@ -1,0 +1,103 @@
+"""Shared fixtures: databases (SQLite always, PostgreSQL when MFX_TEST_DATABASE_URL is set),
+settings, and real local servers (moto S3)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from service.config import Settings
+from service.db import upgrade
+
+PG_URL = os.environ.get("MFX_TEST_DATABASE_URL", "")
+
+DB_PARAMS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+def _pg_schema_url(schema: str) -> str:
+    joiner = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{joiner}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=DB_PARAMS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'meterfix.db'}"
+        upgrade(url)
+        yield url
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = _pg_schema_url(schema)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'meterfix.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> object:
+    """Build Settings without reading the developer's environment or .env."""
+
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "database_url": f"sqlite:///{tmp_path / 'meterfix.db'}",
+            "bucket_url": f"file://{tmp_path / 'bucket'}",
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never pick up the developer's Stripe or database settings."""
+    for name in list(os.environ):
+        if name.startswith(("STRIPE_", "MFX_")) and name != "MFX_TEST_DATABASE_URL":
+            monkeypatch.delenv(name, raising=False)
+    for name in ("DATABASE_URL", "BUCKET_URL", "S3_ENDPOINT_URL", "SLACK_WEBHOOK_URL", "SMTP_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A real S3 endpoint (moto) on a loopback port; reset between tests by `s3_endpoint`."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    import requests
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
+    return moto_server
