@@ -34,9 +34,11 @@ def runtime() -> Runtime:
 
 def _register_blueprints(app: Flask) -> None:
     from service.health import bp as health_bp
+    from service.metrics import bp as metrics_bp
     from service.webhooks import bp as webhooks_bp
 
     app.register_blueprint(health_bp)
+    app.register_blueprint(metrics_bp)
     app.register_blueprint(webhooks_bp)
 
 

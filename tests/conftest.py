@@ -68,6 +68,23 @@ def make_settings(tmp_path: Path) -> object:
     return build
 
 
+@pytest.fixture
+def make_app() -> Iterator[object]:
+    """Build service apps; their engines are disposed at teardown (no leaked connections)."""
+    from service.app import create_app
+
+    built = []
+
+    def build(settings: Settings) -> object:
+        app = create_app(settings)
+        built.append(app)
+        return app
+
+    yield build
+    for app in built:
+        app.extensions["meterfix"].close()
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never pick up the developer's Stripe or database settings."""
