@@ -1,0 +1,58 @@
+"""CustomerDirectory over Stripe: does a customer exist, who carries metadata[key] == value."""
+
+from __future__ import annotations
+
+import threading
+
+import stripe
+
+from service.logs import log_event
+
+SEARCH_LIMIT = 10
+
+
+class StripeCustomerDirectory:
+    """`GET /v1/customers/{id}` and `GET /v1/customers/search`, with answers memoised.
+
+    A deleted customer (`deleted: true`) does not exist for billing purposes. Only a 404
+    means "no such customer"; any other error propagates so the caller retries later
+    instead of quarantining a row on a transient failure."""
+
+    def __init__(self, client: stripe.StripeClient) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._exists: dict[str, bool] = {}
+
+    def exists(self, customer_id: str) -> bool:
+        with self._lock:
+            known = self._exists.get(customer_id)
+        if known is not None:
+            return known
+        found = self._lookup(customer_id)
+        with self._lock:
+            self._exists[customer_id] = found
+        return found
+
+    def _lookup(self, customer_id: str) -> bool:
+        if not customer_id.strip():
+            return False
+        try:
+            customer = self._client.v1.customers.retrieve(customer_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return False
+            raise
+        return not bool(customer.to_dict().get("deleted"))
+
+    def search_by_metadata(self, key: str, value: str) -> list[str]:
+        query = f"metadata[{_quoted(key)}]:{_quoted(value)}"
+        result = self._client.v1.customers.search({"query": query, "limit": SEARCH_LIMIT})
+        ids = [str(item["id"]) for item in result.to_dict().get("data", [])]
+        log_event("stripe.customer_search", key=key, hits=len(ids))
+        return ids
+
+
+def _quoted(text: str) -> str:
+    """A Stripe search query string literal (double quotes, backslash escapes)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
