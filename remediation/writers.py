@@ -1,0 +1,164 @@
+"""Streaming writer for usage records, in the format of the input.
+
+CSV needs its header before the first row: it is given (`columns`, usually the input's header
+without error columns) or taken from the first record. `fits(record)` says whether a record's
+payload and extra keys all have a column; callers route the others to another file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import BinaryIO
+
+from remediation.filetypes import FileFormat
+from remediation.records import CORE_FIELDS, MFX_PREFIX, PAYLOAD_PREFIX, UsageRecord
+
+ERROR_OUT_FIELDS = ("error_code", "error_message")
+Getter = Callable[[UsageRecord], str]
+
+
+def cell(value: object) -> str:
+    """A CSV cell: None is empty, booleans are lower-case, the rest as str()."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
+def default_columns(record: UsageRecord) -> list[str]:
+    return [
+        *CORE_FIELDS,
+        *(PAYLOAD_PREFIX + key for key in record.payload),
+        *(key for key in record.extra if not key.startswith(MFX_PREFIX)),
+    ]
+
+
+def record_object(record: UsageRecord, with_errors: bool = False) -> dict[str, object]:
+    """The JSON object of a record: core keys (omitted when None), payload, extra keys."""
+    obj: dict[str, object] = {}
+    if record.identifier is not None:
+        obj["identifier"] = record.identifier
+    if record.timestamp is not None:
+        obj["timestamp"] = record.timestamp
+    if record.event_name is not None:
+        obj["event_name"] = record.event_name
+    obj["payload"] = record.payload
+    for key, value in record.extra.items():
+        if not key.startswith(MFX_PREFIX) and key not in obj:
+            obj[key] = value
+    if with_errors and (record.error_code or record.error_message):
+        obj["error"] = {"code": record.error_code, "message": record.error_message}
+    return obj
+
+
+class RecordWriter:
+    """Context manager writing records to a binary stream (which it does not close)."""
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        fmt: FileFormat,
+        *,
+        columns: Sequence[str] | None = None,
+        annotations: Sequence[str] = (),
+        with_errors: bool = False,
+    ) -> None:
+        self.fmt, self.rows = fmt, 0
+        self._stream = stream
+        self._text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+        self._annotations = tuple(annotations)
+        self._with_errors = with_errors
+        self._columns: list[str] | None = list(columns) if columns is not None else None
+        self._getters: list[Getter] = []
+        self._csv = csv.writer(self._text) if fmt is FileFormat.CSV else None
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def columns(self) -> list[str] | None:
+        return self._columns
+
+    def fits(self, record: UsageRecord) -> bool:
+        """True unless the CSV header lacks a column this record needs."""
+        if self._csv is None or self._columns is None:
+            return True
+        have = set(self._columns)
+        keys = [PAYLOAD_PREFIX + k for k in record.payload]
+        keys += [k for k in record.extra if not k.startswith(MFX_PREFIX)]
+        return all(k in have for k in keys)
+
+    def write(self, record: UsageRecord, notes: Mapping[str, object] | None = None) -> None:
+        if self._csv is not None:
+            self._write_csv(record, notes or {})
+        else:
+            self._write_json(record, notes or {})
+        self.rows += 1
+
+    def size(self) -> int:
+        """Bytes written so far (flushes)."""
+        self._text.flush()
+        return self._stream.tell()
+
+    def close(self) -> None:
+        if self.fmt is FileFormat.JSON and self.rows:
+            self._text.write("\n]\n")
+        self._text.flush()
+        self._text.detach()
+
+    def _write_csv(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
+        assert self._csv is not None
+        if not self._getters:
+            self._start_csv(record)
+        row = [get(record) for get in self._getters]
+        row.extend(cell(notes.get(name)) for name in self._annotations)
+        self._csv.writerow(row)
+
+    def _start_csv(self, record: UsageRecord) -> None:
+        assert self._csv is not None
+        if self._columns is None:
+            self._columns = default_columns(record)
+        columns = [c for c in self._columns if c not in ERROR_OUT_FIELDS]
+        if self._with_errors:
+            columns += ERROR_OUT_FIELDS
+        self._getters = [_getter(name) for name in columns]
+        self._csv.writerow([*columns, *self._annotations])
+
+    def _write_json(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
+        obj = record_object(record, self._with_errors)
+        obj.update(notes)
+        line = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        if self.fmt is FileFormat.JSONL:
+            self._text.write(line + "\n")
+        else:
+            self._text.write(("[\n" if self.rows == 0 else ",\n") + line)
+
+
+def _getter(column: str) -> Getter:
+    if column == "identifier":
+        return lambda r: cell(r.identifier)
+    if column == "timestamp":
+        return lambda r: cell(r.timestamp)
+    if column == "event_name":
+        return lambda r: cell(r.event_name)
+    if column == "error_code":
+        return lambda r: cell(r.error_code)
+    if column == "error_message":
+        return lambda r: cell(r.error_message)
+    if column.startswith(PAYLOAD_PREFIX):
+        key = column[len(PAYLOAD_PREFIX) :]
+        return lambda r: cell(r.payload.get(key))
+    return lambda r: cell(r.extra.get(column))
