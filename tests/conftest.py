@@ -6,13 +6,22 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import stripe
+from flask import Flask
 from sqlalchemy import create_engine, text
 
+from sandbox.app import create_sandbox_app
+from sandbox.client import SandboxAdmin
+from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
+from sandbox.runtime import Sandbox
 from service.config import Settings
 from service.db import upgrade
+from tests.servers import serve_wsgi
 
 PG_URL = os.environ.get("MFX_TEST_DATABASE_URL", "")
 
@@ -118,3 +127,37 @@ def s3_endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
     return moto_server
+
+
+@dataclass
+class SandboxServer:
+    """A running sandbox (real loopback HTTP). `sandbox` is its runtime: set `webhook_url`,
+    `bucket_url`, `s3_endpoint_url` on it, call `flush_reports()` / `poll_connector()`."""
+
+    url: str
+    admin: SandboxAdmin
+    app: Flask
+    api_key: str
+    webhook_secret: str
+    sandbox: Sandbox
+
+    def stripe_client(self, api_key: str | None = None, **kwargs: Any) -> stripe.StripeClient:
+        """A real StripeClient with every base address pointed at this sandbox."""
+        stripe.enable_telemetry = False
+        bases: Any = {"api": self.url, "files": self.url, "meter_events": self.url}
+        return stripe.StripeClient(api_key or self.api_key, base_addresses=bases, **kwargs)
+
+
+@pytest.fixture
+def sandbox_server() -> Iterator[SandboxServer]:
+    """A fresh sandbox per test (Stripe API + /_sandbox/ admin API) on a loopback port."""
+    app = create_sandbox_app()
+    with serve_wsgi(app) as running:
+        yield SandboxServer(
+            url=running.url,
+            admin=SandboxAdmin(running.url),
+            app=app,
+            api_key=SANDBOX_API_KEY,
+            webhook_secret=SANDBOX_WEBHOOK_SECRET,
+            sandbox=app.extensions["sandbox"],
+        )

@@ -1,0 +1,187 @@
+"""Stripe v1 routes: meters, customers, files, meter events."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from sandbox.clock import now
+from sandbox.errors import StripeApiError, missing_param, not_found
+from sandbox.intake import submit
+from sandbox.objects import JSON, build_file, list_object, search_result
+from sandbox.runtime import current_sandbox
+from sandbox.state import StoredFile
+from sandbox.validation import MeterEventInput
+
+bp = Blueprint("sandbox_v1", __name__)
+
+CHUNK_BYTES = 64 * 1024
+_SEARCH_CLAUSE = re.compile(
+    r"""^\s*(?:metadata\[['"](?P<key>[^'"]+)['"]\]|(?P<field>email|name|description))"""
+    r"""\s*:\s*['"](?P<value>[^'"]*)['"]\s*$"""
+)
+_CONTENT_TYPES = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson"}
+
+
+@bp.get("/v1/billing/meters")
+def list_meters() -> Response:
+    state = current_sandbox().state
+    with state.lock:
+        meters = list(reversed(state.meters.values()))  # newest first, as Stripe lists
+    if status := request.args.get("status"):
+        meters = [m for m in meters if m["status"] == status]
+    page, has_more = _page(meters)
+    return jsonify(list_object("/v1/billing/meters", page, has_more))
+
+
+def _page(items: list[JSON]) -> tuple[list[JSON], bool]:
+    try:
+        limit = min(max(int(request.args.get("limit", 10)), 1), 100)
+    except ValueError as exc:
+        raise StripeApiError(400, "Invalid integer: limit", "parameter_invalid_integer") from exc
+    start = 0
+    if after := request.args.get("starting_after"):
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise StripeApiError(400, f"No such object: '{after}'", "resource_missing")
+        start = ids.index(after) + 1
+    page = items[start : start + limit]
+    return page, start + limit < len(items)
+
+
+@bp.get("/v1/billing/meters/<meter_id>")
+def retrieve_meter(meter_id: str) -> Response:
+    state = current_sandbox().state
+    with state.lock:
+        meter = state.meters.get(meter_id)
+    if meter is None:
+        raise not_found("billing.meter", meter_id)
+    return jsonify(meter)
+
+
+@bp.get("/v1/customers/search")
+def search_customers() -> Response:
+    query = request.args.get("query")
+    if not query:
+        raise missing_param("query")
+    clauses = [_SEARCH_CLAUSE.match(part) for part in re.split(r"\s+AND\s+", query)]
+    if not all(clauses):
+        raise StripeApiError(400, f"Unsupported search query: {query}", "parameter_invalid")
+    state = current_sandbox().state
+    with state.lock:
+        customers = list(state.customers.values())
+    hits = [c for c in customers if all(_matches(c, m) for m in clauses if m is not None)]
+    return jsonify(search_result("/v1/customers/search", hits))
+
+
+def _matches(customer: JSON, clause: re.Match[str]) -> bool:
+    if clause["key"]:
+        return bool(customer["metadata"].get(clause["key"]) == clause["value"])
+    return bool(customer.get(clause["field"]) == clause["value"])
+
+
+@bp.get("/v1/customers/<customer_id>")
+def retrieve_customer(customer_id: str) -> Response:
+    state = current_sandbox().state
+    with state.lock:
+        customer = state.customers.get(customer_id)
+    if customer is None:
+        raise not_found("customer", customer_id)
+    return jsonify(customer)
+
+
+@bp.get("/v1/files/<file_id>")
+def retrieve_file(file_id: str) -> Response:
+    return jsonify(file_with_url(_stored_file(file_id).obj))
+
+
+@bp.get("/v1/files/<file_id>/contents")
+def file_contents(file_id: str) -> Response:
+    stored = _stored_file(file_id)
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(stored.content), CHUNK_BYTES):
+            yield stored.content[start : start + CHUNK_BYTES]
+
+    mimetype = _CONTENT_TYPES.get(str(stored.obj.get("type")), "application/octet-stream")
+    response = Response(stream_with_context(chunks()), mimetype=mimetype)
+    response.headers["Content-Length"] = str(len(stored.content))
+    return response
+
+
+@bp.post("/v1/files")
+def create_file() -> Response:
+    upload = request.files.get("file")
+    if upload is None:
+        raise missing_param("file")
+    purpose = request.form.get("purpose")
+    if not purpose:
+        raise missing_param("purpose")
+    obj = store_file(upload.read(), upload.filename or "upload", purpose)
+    return jsonify(file_with_url(obj))
+
+
+def store_file(content: bytes, filename: str, purpose: str) -> JSON:
+    obj = build_file(filename, purpose, len(content))
+    state = current_sandbox().state
+    with state.lock:
+        state.files[obj["id"]] = StoredFile(obj=obj, content=content)
+    return obj
+
+
+def file_with_url(obj: JSON) -> JSON:
+    """The file object as served: `url` points at this sandbox's own contents route."""
+    base = request.host_url.rstrip("/")
+    return {**obj, "url": f"{base}/v1/files/{obj['id']}/contents"}
+
+
+def _stored_file(file_id: str) -> StoredFile:
+    state = current_sandbox().state
+    with state.lock:
+        stored = state.files.get(file_id)
+    if stored is None:
+        raise not_found("file", file_id)
+    return stored
+
+
+@bp.post("/v1/billing/meter_events")
+def create_meter_event() -> Response:
+    form = request.form
+    event_name = form.get("event_name")
+    if not event_name:
+        raise missing_param("event_name")
+    payload = {
+        key[len("payload[") : -1]: value
+        for key, value in form.items()
+        if key.startswith("payload[") and key.endswith("]")
+    }
+    if not payload:
+        raise missing_param("payload")
+    event = MeterEventInput(
+        event_name=event_name,
+        payload=payload,
+        identifier=form.get("identifier") or str(uuid.uuid4()),
+        timestamp=form.get("timestamp"),
+    )
+    submit(current_sandbox().state, event, source="v1.meter_events")
+    return jsonify(_meter_event_object(event))
+
+
+def _meter_event_object(event: MeterEventInput) -> JSON:
+    created = int(now())
+    try:
+        timestamp = int(str(event.timestamp)) if event.timestamp else created
+    except ValueError:
+        timestamp = created
+    return {
+        "object": "billing.meter_event",
+        "created": created,
+        "event_name": event.event_name,
+        "identifier": event.identifier,
+        "livemode": False,
+        "payload": event.payload,
+        "timestamp": timestamp,
+    }

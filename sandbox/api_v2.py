@@ -1,0 +1,90 @@
+"""Stripe v2 routes (events, meter event sessions and stream) and v1 event retrieval."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from sandbox.clock import new_id, now, rfc3339
+from sandbox.errors import StripeApiError, not_found
+from sandbox.intake import submit
+from sandbox.objects import JSON
+from sandbox.runtime import current_sandbox
+from sandbox.validation import MeterEventInput
+
+bp = Blueprint("sandbox_v2", __name__)
+
+SESSION_SECONDS = 15 * 60
+MAX_STREAM_EVENTS = 100
+
+
+@bp.get("/v2/core/events/<event_id>")
+def retrieve_v2_event(event_id: str) -> Response:
+    return jsonify(_event(event_id, "v2.core.event"))
+
+
+@bp.get("/v1/events/<event_id>")
+def retrieve_v1_event(event_id: str) -> Response:
+    return jsonify(_event(event_id, "event"))
+
+
+def _event(event_id: str, kind: str) -> JSON:
+    state = current_sandbox().state
+    with state.lock:
+        event = state.events.get(event_id)
+    if event is None or event.get("object") != kind:
+        raise not_found("event", event_id)
+    return event
+
+
+@bp.post("/v2/billing/meter_event_session")
+def create_meter_event_session() -> Response:
+    created = now()
+    token = new_id("mes_auth_test", 32)
+    state = current_sandbox().state
+    with state.lock:
+        state.sessions[token] = created + SESSION_SECONDS
+    return jsonify(
+        {
+            "object": "v2.billing.meter_event_session",
+            "id": new_id("mes_test"),
+            "authentication_token": token,
+            "created": rfc3339(created),
+            "expires_at": rfc3339(created + SESSION_SECONDS),
+            "livemode": False,
+        }
+    )
+
+
+@bp.post("/v2/billing/meter_event_stream")
+def create_meter_event_stream() -> Response:
+    """Authenticated by the session token (checked in the app's auth hook). Answers `{}`:
+    validation is asynchronous, errors arrive later as error-report events."""
+    body = request.get_json(silent=True)
+    events = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(events, list) or not events:
+        raise StripeApiError(400, "events must be a non-empty list.", "parameter_missing", "events")
+    if len(events) > MAX_STREAM_EVENTS:
+        message = f"At most {MAX_STREAM_EVENTS} events can be sent per request."
+        raise StripeApiError(400, message, "parameter_invalid", "events")
+    parsed = [_stream_event(index, item) for index, item in enumerate(events)]
+    state = current_sandbox().state
+    for event in parsed:
+        submit(state, event, source="v2.meter_event_stream")
+    return jsonify({})
+
+
+def _stream_event(index: int, item: Any) -> MeterEventInput:
+    if not isinstance(item, dict) or not item.get("event_name"):
+        raise StripeApiError(400, f"events[{index}].event_name is required.", "parameter_missing")
+    payload = item.get("payload")
+    if not isinstance(payload, dict):
+        raise StripeApiError(400, f"events[{index}].payload is required.", "parameter_missing")
+    return MeterEventInput(
+        event_name=str(item["event_name"]),
+        payload={str(k): str(v) for k, v in payload.items()},
+        identifier=str(item.get("identifier") or uuid.uuid4()),
+        timestamp=item.get("timestamp"),
+    )

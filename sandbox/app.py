@@ -1,0 +1,98 @@
+"""`create_sandbox_app`: a Flask app that answers like the parts of Stripe meterfix uses."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from sandbox import admin, api_v1, api_v2
+from sandbox.clock import now
+from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
+from sandbox.errors import StripeApiError, stripe_error
+from sandbox.runtime import Sandbox, current_sandbox
+from sandbox.state import SandboxState
+
+API_PREFIXES = ("/v1/", "/v2/")
+STREAM_PATH = "/v2/billing/meter_event_stream"
+REDACTED = "[redacted]"
+
+
+def create_sandbox_app(
+    *,
+    api_key: str = SANDBOX_API_KEY,
+    webhook_secret: str = SANDBOX_WEBHOOK_SECRET,
+    state: SandboxState | None = None,
+    bucket_url: str | None = None,
+    s3_endpoint_url: str | None = None,
+    webhook_url: str | None = None,
+) -> Flask:
+    app = Flask("sandbox")
+    app.extensions["sandbox"] = Sandbox(
+        state=state or SandboxState(),
+        api_key=api_key,
+        webhook_secret=webhook_secret,
+        webhook_url=webhook_url,
+        bucket_url=bucket_url,
+        s3_endpoint_url=s3_endpoint_url,
+    )
+    for blueprint in (api_v1.bp, api_v2.bp, admin.bp):
+        app.register_blueprint(blueprint)
+    app.before_request(_gate_api_request)
+    app.register_error_handler(StripeApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    return app
+
+
+def _gate_api_request() -> Response | None:
+    """Log, inject faults, rate-limit and authenticate every Stripe API request."""
+    if not request.path.startswith(API_PREFIXES):
+        return None
+    state = current_sandbox().state
+    _log_request()
+    fault = state.take_fault(request.method, request.path)
+    if fault is not None:
+        return stripe_error(fault.status, f"Injected fault ({fault.status}).")
+    if state.over_rate_limit():
+        return stripe_error(429, "Too many requests hit the API too quickly.")
+    if not _authorized():
+        return stripe_error(401, "Invalid API Key provided.")
+    return None
+
+
+def _authorized() -> bool:
+    auth = request.authorization
+    if auth is None:
+        return False
+    presented = auth.token if auth.type == "bearer" else auth.username
+    sandbox = current_sandbox()
+    if request.path == STREAM_PATH:
+        return bool(presented) and sandbox.state.session_valid(str(presented))
+    return presented == sandbox.api_key
+
+
+def _log_request() -> None:
+    headers = dict(request.headers)
+    if "Authorization" in headers:
+        scheme = headers["Authorization"].split(" ", 1)[0]
+        headers["Authorization"] = f"{scheme} {REDACTED}"
+    entry = {
+        "method": request.method,
+        "path": request.path,
+        "query": request.args.to_dict(flat=True),
+        "query_string": request.query_string.decode("latin-1"),
+        "headers": headers,
+        "received_at": now(),
+    }
+    state = current_sandbox().state
+    with state.lock:
+        state.requests.append(entry)
+
+
+def _api_error(error: StripeApiError) -> Response:
+    return stripe_error(error.status, error.message, code=error.code, param=error.param)
+
+
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    message = "Unrecognized request URL." if status == 404 else str(error.description)
+    return stripe_error(status, message)

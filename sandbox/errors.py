@@ -1,0 +1,49 @@
+"""Stripe-shaped error responses, so the real SDK raises its own exception classes."""
+
+from __future__ import annotations
+
+from flask import Response, jsonify
+
+_TYPE_BY_STATUS = {401: "authentication_error", 402: "card_error", 429: "invalid_request_error"}
+
+
+class StripeApiError(Exception):
+    """Raised inside a route; the app turns it into the Stripe error body and status."""
+
+    def __init__(
+        self, status: int, message: str, code: str | None = None, param: str | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+def error_type(status: int) -> str:
+    if status >= 500:
+        return "api_error"
+    return _TYPE_BY_STATUS.get(status, "invalid_request_error")
+
+
+def stripe_error(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> Response:
+    body: dict[str, object] = {"type": error_type(status), "message": message}
+    if code is None and status == 429:
+        code = "rate_limit"
+    if code is not None:
+        body["code"] = code
+    if param is not None:
+        body["param"] = param
+    response = jsonify({"error": body})
+    response.status_code = status
+    return response
+
+
+def not_found(kind: str, object_id: str) -> StripeApiError:
+    return StripeApiError(404, f"No such {kind}: '{object_id}'", code="resource_missing")
+
+
+def missing_param(name: str) -> StripeApiError:
+    return StripeApiError(400, f"Missing required param: {name}.", "parameter_missing", name)

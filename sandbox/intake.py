@@ -1,0 +1,69 @@
+"""Where every meter event enters (v1 API, v2 stream, S3 connector): dedupe, validate, keep."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sandbox.clock import now
+from sandbox.state import PendingError, SandboxState
+from sandbox.validation import MeterEventInput, Rejection, coerce_timestamp, validate
+
+DEDUPE_WINDOW_SECONDS = 24 * 3600
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+
+
+def submit(
+    state: SandboxState, event: MeterEventInput, *, source: str, report: bool = True
+) -> tuple[Outcome, Rejection | None]:
+    """Accept, reject or drop one event. Rejections are queued for the next report flush
+    when `report` is true (the connector reports rows in its failed-records file instead)."""
+    received_at = now()
+    with state.lock:
+        if _is_duplicate(state, event.identifier, received_at):
+            state.duplicates.append(_record(event, source, received_at, None))
+            return Outcome.DUPLICATE, None
+        rejection = validate(state, event, received_at)
+        if rejection is not None:
+            if report:
+                state.pending_errors.append(_pending(event, rejection))
+            return Outcome.REJECTED, rejection
+        state.identifiers[event.identifier] = received_at
+        state.meter_events.append(_record(event, source, received_at, received_at))
+    return Outcome.ACCEPTED, None
+
+
+def _is_duplicate(state: SandboxState, identifier: str, at: float) -> bool:
+    seen_at = state.identifiers.get(identifier)
+    return seen_at is not None and at - seen_at < DEDUPE_WINDOW_SECONDS
+
+
+def _pending(event: MeterEventInput, rejection: Rejection) -> PendingError:
+    return PendingError(
+        code=rejection.code,
+        message=rejection.message,
+        identifier=event.identifier,
+        event_name=event.event_name,
+        meter_id=rejection.meter_id,
+    )
+
+
+def _record(
+    event: MeterEventInput, source: str, received_at: float, default_ts: float | None
+) -> dict[str, object]:
+    try:
+        timestamp: object = coerce_timestamp(event.timestamp, default_ts or received_at)
+    except (ValueError, OverflowError):
+        timestamp = event.timestamp
+    return {
+        "event_name": event.event_name,
+        "identifier": event.identifier,
+        "payload": dict(event.payload),
+        "timestamp": timestamp,
+        "received_at": received_at,
+        "source": source,
+    }

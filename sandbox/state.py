@@ -1,0 +1,122 @@
+"""The sandbox's in-memory state: everything behind one lock, nothing persisted."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.clock import now
+from sandbox.objects import JSON
+
+
+@dataclass
+class Fault:
+    """The next `remaining` requests matching method + path prefix answer `status`."""
+
+    method: str
+    path_prefix: str
+    status: int
+    remaining: int
+
+    def matches(self, method: str, path: str) -> bool:
+        method_ok = self.method in ("*", "") or self.method.upper() == method.upper()
+        return self.remaining > 0 and method_ok and path.startswith(self.path_prefix)
+
+
+@dataclass
+class StoredFile:
+    obj: JSON
+    content: bytes
+
+
+@dataclass
+class PendingError:
+    """An invalid meter event waiting for the next validation-window flush."""
+
+    code: str
+    message: str
+    identifier: str
+    event_name: str
+    meter_id: str | None
+
+
+@dataclass
+class SandboxOptions:
+    """Behaviour switches (all off by default).
+
+    strict_customers: report `meter_event_customer_not_found` for unknown customer ids even
+    while no customer is registered (by default that check only runs once at least one
+    customer exists, so tests that never register customers are not flooded with errors).
+    rate_limit_per_second: answer 429 beyond this many Stripe API requests per second (0: off).
+    """
+
+    strict_customers: bool = False
+    rate_limit_per_second: int = 0
+
+
+@dataclass
+class SandboxState:
+    options: SandboxOptions = field(default_factory=SandboxOptions)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    meters: dict[str, JSON] = field(default_factory=dict)
+    customers: dict[str, JSON] = field(default_factory=dict)
+    files: dict[str, StoredFile] = field(default_factory=dict)
+    events: dict[str, JSON] = field(default_factory=dict)
+    requests: list[JSON] = field(default_factory=list)
+    meter_events: list[JSON] = field(default_factory=list)
+    duplicates: list[JSON] = field(default_factory=list)
+    pending_errors: list[PendingError] = field(default_factory=list)
+    identifiers: dict[str, float] = field(default_factory=dict)
+    sessions: dict[str, float] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+    import_sets: dict[str, JSON] = field(default_factory=dict)
+    connector_seen: dict[str, str] = field(default_factory=dict)
+    deliveries: list[JSON] = field(default_factory=list)
+    _rate_window: tuple[int, int] = (0, 0)
+
+    def reset(self) -> None:
+        """Forget every object and log; keep the options."""
+        with self.lock:
+            fresh = SandboxState(options=self.options)
+            for name, value in vars(fresh).items():
+                if name != "lock":
+                    setattr(self, name, value)
+
+    def meter_for_event_name(self, event_name: str) -> JSON | None:
+        """The meter an event name targets, preferring an active one."""
+        with self.lock:
+            candidates = [m for m in self.meters.values() if m["event_name"] == event_name]
+        active = [m for m in candidates if m["status"] == "active"]
+        chosen = active or candidates
+        return chosen[0] if chosen else None
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.matches(method, path):
+                    fault.remaining -= 1
+                    return fault
+        return None
+
+    def over_rate_limit(self) -> bool:
+        limit = self.options.rate_limit_per_second
+        if limit <= 0:
+            return False
+        second = int(now())
+        with self.lock:
+            window, count = self._rate_window
+            count = count + 1 if window == second else 1
+            self._rate_window = (second, count)
+        return count > limit
+
+    def session_valid(self, token: str) -> bool:
+        with self.lock:
+            expires_at = self.sessions.get(token)
+        return expires_at is not None and expires_at > now()
+
+    def snapshot(self, name: str) -> list[Any]:
+        """A copy of one of the logs or stores (a dict gives its values), taken under the lock."""
+        with self.lock:
+            value = getattr(self, name)
+            return list(value.values() if isinstance(value, dict) else value)
