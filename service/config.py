@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     mfx_max_body_bytes: int = 1024 * 1024
     mfx_max_attempts: int = 8
     mfx_worker_interval: float = 1.0
+    mfx_worker_lease: int = 600  # seconds a claimed inbox row stays locked before recovery
 
     slack_webhook_url: str = ""
     smtp_url: str = ""

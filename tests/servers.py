@@ -28,7 +28,10 @@ class RunningServer:
 @contextmanager
 def serve_wsgi(app: Any, threaded: bool = True) -> Iterator[RunningServer]:
     server = make_server("127.0.0.1", 0, app, threaded=threaded)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval makes shutdown() return in ~50 ms instead of 0.5 s per server.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     port = server.server_port
     try:

@@ -1,7 +1,95 @@
-"""CLI commands for intake (filled in by its issue)."""
+"""`meterfix serve`, `meterfix worker [--once]`, `meterfix replay EVENT_ID`."""
 
 from __future__ import annotations
 
-import click
+import signal
+import threading
+from types import FrameType
 
-COMMANDS: list[click.Command] = []
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.inbox import requeue
+from service.runtime import Runtime
+from service.worker import InboxWorker, PassReport, run_loop
+
+
+def _runtime() -> Runtime:
+    from service.app import runtime  # service.app imports this module: import at call time
+
+    return runtime()
+
+
+@click.command("serve")
+@click.option("--port", default=4242, show_default=True, help="TCP port")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
+@with_appcontext
+def serve_command(port: int, host: str) -> None:
+    """Run the web app with werkzeug (production runs gunicorn, see the Procfile)."""
+    from werkzeug.serving import run_simple
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    run_simple(host, port, app, threaded=True, use_reloader=False)
+
+
+@click.command("worker")
+@click.option("--once", is_flag=True, help="process what is due now, then exit")
+@with_appcontext
+def worker_command(once: bool) -> None:
+    """Process the inbox (and, later, scheduled jobs) until SIGTERM."""
+    rt = _runtime()
+    worker = InboxWorker(rt.engine, rt.settings)
+    try:
+        worker.check_database()
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
+    if once:
+        _run_once(worker)
+        return
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    run_loop(worker, stop)
+
+
+def _run_once(worker: InboxWorker) -> None:
+    try:
+        report = worker.drain()
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
+    _echo_report(report)
+
+
+def _echo_report(report: PassReport) -> None:
+    click.echo(
+        f"processed {len(report.done)}, ignored {len(report.ignored)}, "
+        f"retrying {len(report.retrying)}, dead {len(report.dead)}"
+    )
+    for event_id, error in report.retrying:
+        click.echo(f"failed (will retry): {event_id}: {error}")
+    for event_id, error in report.dead:
+        click.echo(f"dead-lettered: {event_id}: {error}")
+
+
+@click.command("replay")
+@click.argument("event_id")
+@with_appcontext
+def replay_command(event_id: str) -> None:
+    """Re-queue a stored event, whatever its state."""
+    rt = _runtime()
+    try:
+        found = requeue(rt.engine, event_id)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
+    if not found:
+        raise click.ClickException(f"unknown event: {event_id} is not in the inbox")
+    click.echo(f"{event_id} re-queued")
+
+
+COMMANDS: list[click.Command] = [serve_command, worker_command, replay_command]

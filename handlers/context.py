@@ -1,0 +1,22 @@
+"""The port handlers talk through. `service.handler_context` implements it with the database.
+
+It grows with the handlers: remediation (next issue) adds its own methods here, and the
+service adds them to its implementation. Every method is idempotent per event.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus
+
+
+class HandlerContext(Protocol):
+    def record_error_report(self, report: ErrorReportRecord) -> OutcomeStatus:
+        """Store a meter error report once per event id (UNCHANGED when already stored)."""
+        ...
+
+    def record_import_set(self, import_set: ImportSetRecord) -> OutcomeStatus:
+        """Store or update an import set; UNCHANGED when this event was already applied
+        or is older than the one already applied."""
+        ...

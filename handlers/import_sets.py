@@ -1,0 +1,73 @@
+"""Shared reading of `data_management.import_set.*` snapshot events.
+
+The import set is a preview API and its shape is not documented by Stripe. Assumed here
+(best public evidence, see reference/stripe-facts.md §3), read liberally:
+- `data.object.id` ("impset_..."), `status`, `failed_reason`;
+- source file: `file` (a file id, or an expanded file object with `id`), or `source_file`;
+- source object in the bucket: `source_object` / `object_key` / `s3_key`, or
+  `source.{key,object}` / `source.s3.key` (not confirmed: kept when present);
+- `result.errors.file` or `result.errors.file_id` (the failed-records file), with
+  `row_count` or `count`; `result.successes.row_count|count`; `result.rows_processed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from handlers._fields import first_integer, first_text, integer, mapping, text
+from handlers.context import HandlerContext
+from handlers.meter_error_reports import IncompleteEvent
+from handlers.records import ImportSetRecord, Outcome
+
+
+def handle_import_set(event: Mapping[str, Any], ctx: HandlerContext) -> Outcome:
+    record = parse_import_set(event)
+    status = ctx.record_import_set(record)
+    errors = f"failed records file {record.errors_file_id}" if record.errors_file_id else "no file"
+    return Outcome(status, f"import set {record.import_set_id} {record.status}, {errors}")
+
+
+def parse_import_set(event: Mapping[str, Any]) -> ImportSetRecord:
+    obj = mapping(mapping(event.get("data")).get("object"))
+    import_set_id = text(obj.get("id"))
+    event_id = text(event.get("id"))
+    if import_set_id is None or event_id is None:
+        raise IncompleteEvent("import set event without event id or data.object.id")
+    result = mapping(obj.get("result"))
+    errors = mapping(result.get("errors"))
+    return ImportSetRecord(
+        import_set_id=import_set_id,
+        event_id=event_id,
+        event_type=str(event.get("type", "")),
+        event_created=integer(event.get("created")),
+        status=text(obj.get("status")) or "unknown",
+        failed_reason=_reason(obj.get("failed_reason")),
+        source_file_id=_file_id(obj.get("file")) or _file_id(obj.get("source_file")),
+        source_object=_source_object(obj),
+        errors_file_id=_file_id(errors.get("file")) or _file_id(errors.get("file_id")),
+        errors_row_count=first_integer(errors, "row_count", "count"),
+        successes_row_count=first_integer(mapping(result.get("successes")), "row_count", "count"),
+        rows_processed=integer(result.get("rows_processed")),
+        detail={"livemode": bool(event.get("livemode", False)), "result": dict(result)},
+    )
+
+
+def _file_id(value: object) -> str | None:
+    if isinstance(value, Mapping):
+        return text(value.get("id"))
+    return text(value)
+
+
+def _reason(value: object) -> str | None:
+    if isinstance(value, Mapping):  # tolerate an object form {code, message}
+        return first_text(value, "message", "code", "type")
+    return text(value)
+
+
+def _source_object(obj: Mapping[str, Any]) -> str | None:
+    direct = first_text(obj, "source_object", "object_key", "s3_key")
+    if direct:
+        return direct
+    source = mapping(obj.get("source"))
+    return first_text(source, "key", "object") or text(mapping(source.get("s3")).get("key"))

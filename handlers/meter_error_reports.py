@@ -1,0 +1,92 @@
+"""Shared reading of the two meter error events (`error_report_triggered`, `no_meter_found`).
+
+Both carry the same `data` once fetched: a summary, a validation window and, per error
+code, a count and sample errors. The meter id is only in `related_object` (absent or `{}`
+for no_meter_found).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from handlers._fields import first_text, integer, mapping, rfc3339, text
+from handlers.context import HandlerContext
+from handlers.records import (
+    ErrorReportRecord,
+    ErrorSampleRecord,
+    ErrorTypeRecord,
+    Outcome,
+)
+
+
+class IncompleteEvent(ValueError):
+    """The event lacks what the handler needs (e.g. a thin payload was not fetched)."""
+
+
+def handle_report(event: Mapping[str, Any], ctx: HandlerContext) -> Outcome:
+    report = parse_report(event)
+    status = ctx.record_error_report(report)
+    codes = ",".join(t.code for t in report.error_types) or "none"
+    return Outcome(status, f"{report.error_count} errors ({codes}) meter={report.meter_id}")
+
+
+def parse_report(event: Mapping[str, Any]) -> ErrorReportRecord:
+    event_id = text(event.get("id"))
+    if event_id is None or "data" not in event:
+        raise IncompleteEvent("meter error event without id or data (fetch the full event)")
+    data = mapping(event.get("data"))
+    reason = mapping(data.get("reason"))
+    error_types = [mapping(item) for item in _items(reason.get("error_types"))]
+    return ErrorReportRecord(
+        event_id=event_id,
+        event_type=str(event.get("type", "")),
+        meter_id=_meter_id(mapping(event.get("related_object"))),
+        livemode=bool(event.get("livemode", False)),
+        validation_start=rfc3339(data.get("validation_start")),
+        validation_end=rfc3339(data.get("validation_end")),
+        summary=text(data.get("developer_message_summary")),
+        error_count=_total(reason, error_types),
+        error_types=[_type_count(item) for item in error_types],
+        samples=[sample for item in error_types for sample in _samples(item)],
+        detail={"created": event.get("created"), "context": event.get("context")},
+    )
+
+
+def _items(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else []
+
+
+def _meter_id(related: Mapping[str, Any]) -> str | None:
+    kind = related.get("type")
+    if kind not in (None, "billing.meter"):
+        return None
+    return text(related.get("id"))
+
+
+def _total(reason: Mapping[str, Any], error_types: list[Mapping[str, Any]]) -> int:
+    total = integer(reason.get("error_count"))
+    if total is not None:
+        return total
+    return sum(integer(item.get("error_count")) or 0 for item in error_types)
+
+
+def _code(item: Mapping[str, Any]) -> str:
+    # Unknown codes are kept verbatim (open enum); a missing one is named so it stays visible.
+    return text(item.get("code")) or "unknown"
+
+
+def _type_count(item: Mapping[str, Any]) -> ErrorTypeRecord:
+    return ErrorTypeRecord(code=_code(item), error_count=integer(item.get("error_count")) or 0)
+
+
+def _samples(item: Mapping[str, Any]) -> list[ErrorSampleRecord]:
+    code = _code(item)
+    samples = []
+    for raw in _items(item.get("sample_errors")):
+        sample = mapping(raw)
+        request = mapping(sample.get("request"))
+        # The API reference says `identifier`; the usage guides show `idempotency_key`.
+        identifier = first_text(request, "identifier", "idempotency_key")
+        samples.append(ErrorSampleRecord(code, text(sample.get("error_message")), identifier))
+    return samples

@@ -1,0 +1,120 @@
+"""The database behind `handlers.context.HandlerContext`.
+
+One instance per processed event, bound to the worker's transaction: the handler's writes
+and the inbox row's `done` commit together, so a crash in between redoes both or neither.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus
+from service.models._types import utcnow
+from service.models.poller import ImportedRow
+from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
+
+
+class DatabaseHandlerContext:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def record_error_report(self, report: ErrorReportRecord) -> OutcomeStatus:
+        existing = self.session.exec(
+            select(ErrorReport.id).where(ErrorReport.event_id == report.event_id)
+        ).first()
+        if existing is not None:
+            return OutcomeStatus.UNCHANGED
+        row = ErrorReport(
+            event_id=report.event_id,
+            event_type=report.event_type,
+            meter_id=report.meter_id,
+            livemode=report.livemode,
+            validation_start=report.validation_start,
+            validation_end=report.validation_end,
+            summary=report.summary,
+            error_count=report.error_count,
+            detail=report.detail,
+        )
+        self.session.add(row)
+        self.session.flush()
+        assert row.id is not None
+        self._add_counts_and_samples(row.id, report)
+        return OutcomeStatus.RECORDED
+
+    def _add_counts_and_samples(self, report_id: int, report: ErrorReportRecord) -> None:
+        for item in report.error_types:
+            self.session.add(
+                ErrorTypeCount(report_id=report_id, code=item.code, error_count=item.error_count)
+            )
+        known = self._imported_rows({s.identifier for s in report.samples if s.identifier})
+        for sample in report.samples:
+            imported = known.get(sample.identifier or "")
+            self.session.add(
+                ErrorSample(
+                    report_id=report_id,
+                    code=sample.code,
+                    message=sample.message,
+                    identifier=sample.identifier,
+                    object_key=imported.object_key if imported else None,
+                    row_number=imported.row_number if imported else None,
+                )
+            )
+
+    def _imported_rows(self, identifiers: set[str]) -> dict[str, ImportedRow]:
+        """Rows we imported ourselves (bundled poller, index mode), by identifier."""
+        if not identifiers:
+            return {}
+        rows = self.session.exec(
+            select(ImportedRow)
+            .where(col(ImportedRow.identifier).in_(identifiers))
+            .order_by(col(ImportedRow.id))
+        ).all()
+        found: dict[str, ImportedRow] = {}
+        for row in rows:
+            found.setdefault(row.identifier, row)
+        return found
+
+    def record_import_set(self, import_set: ImportSetRecord) -> OutcomeStatus:
+        row = self.session.exec(
+            select(ImportSet).where(ImportSet.import_set_id == import_set.import_set_id)
+        ).first()
+        if row is None:
+            row = ImportSet(
+                import_set_id=import_set.import_set_id,
+                status=import_set.status,
+                remediation_status=import_set.remediation_status,
+            )
+        elif _already_applied(row, import_set):
+            return OutcomeStatus.UNCHANGED
+        elif row.errors_file_id != import_set.errors_file_id:
+            row.remediation_status = import_set.remediation_status
+        _apply(row, import_set)
+        self.session.add(row)
+        return OutcomeStatus.RECORDED
+
+
+def _already_applied(row: ImportSet, import_set: ImportSetRecord) -> bool:
+    """The same event again, or an older event arriving after a newer one."""
+    if row.last_event_id == import_set.event_id:
+        return True
+    applied = row.detail.get("event_created")
+    newer = import_set.event_created
+    return isinstance(applied, int) and newer is not None and newer < applied
+
+
+def _apply(row: ImportSet, import_set: ImportSetRecord) -> None:
+    row.last_event_id = import_set.event_id
+    row.status = import_set.status
+    row.failed_reason = import_set.failed_reason
+    row.source_file_id = import_set.source_file_id
+    row.source_object = import_set.source_object
+    row.errors_file_id = import_set.errors_file_id
+    row.errors_row_count = import_set.errors_row_count
+    row.successes_row_count = import_set.successes_row_count
+    row.rows_processed = import_set.rows_processed
+    row.detail = {
+        **import_set.detail,
+        "event_type": import_set.event_type,
+        "event_created": import_set.event_created,
+    }
+    row.updated_at = utcnow()

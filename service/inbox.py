@@ -1,0 +1,204 @@
+"""The inbox table's life cycle: store a verified event, claim it, finish it, re-queue it.
+
+Storing is one INSERT (SQLAlchemy Core, no ORM on the hot path); a unique violation on
+`event_id` means another delivery of the same event got there first. Claiming is one
+conditional UPDATE ... RETURNING whose subquery takes `FOR UPDATE SKIP LOCKED` on
+PostgreSQL (several workers never take the same row); on SQLite the write lock serialises
+it and the repeated WHERE makes it a compare-and-set. Rows left `processing` longer than
+the lease (a crashed worker) become claimable again.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from service.adapters.stripe_events import VerifiedEvent
+from service.models._types import utcnow
+from service.models.alerts import Alert
+from service.models.inbox import InboxEvent, InboxStatus
+
+INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
+ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
+
+FIRST_RETRY_SECONDS = 15.0  # jittered to 7.5-15 s: the first retry comes within 30 s
+MAX_BACKOFF_SECONDS = 900.0  # 15 minutes
+ERROR_TEXT_LIMIT = 2000
+
+
+class StoreResult(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"  # stored, but no handler for its type
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    row_id: int
+    event_id: str
+    event_type: str
+    style: str
+    body: str
+    attempts: int
+
+
+def store_event(engine: Engine, event: VerifiedEvent, *, known_type: bool) -> StoreResult:
+    """Durably store a verified event (committed on return); duplicates store nothing."""
+    now = utcnow()
+    status = InboxStatus.PENDING if known_type else InboxStatus.IGNORED
+    statement = insert(INBOX).values(
+        event_id=event.event_id,
+        event_type=event.event_type,
+        style=event.style.value,
+        livemode=event.livemode,
+        body=event.body,
+        received_at=now,
+        status=status.value,
+        attempts=0,
+        next_attempt_at=now if known_type else None,
+    )
+    try:
+        with engine.begin() as connection:
+            connection.execute(statement)
+    except IntegrityError:  # concurrent or repeated delivery of the same event id
+        return StoreResult.DUPLICATE
+    return StoreResult.STORED if known_type else StoreResult.IGNORED
+
+
+def _claimable(now: datetime, lease: timedelta) -> Any:
+    due = and_(
+        INBOX.c.status == InboxStatus.PENDING,
+        or_(INBOX.c.next_attempt_at.is_(None), INBOX.c.next_attempt_at <= now),
+    )
+    stale = and_(INBOX.c.status == InboxStatus.PROCESSING, INBOX.c.locked_at < now - lease)
+    return or_(due, stale)
+
+
+def claim_next(engine: Engine, worker_id: str, lease: timedelta) -> ClaimedEvent | None:
+    """Take the oldest due row (or one whose worker died), or None when nothing is due."""
+    now = utcnow()
+    candidate = (
+        select(INBOX.c.id)
+        .where(_claimable(now, lease))
+        .order_by(INBOX.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        update(INBOX)
+        .where(INBOX.c.id == candidate, _claimable(now, lease))
+        .values(
+            status=InboxStatus.PROCESSING,
+            locked_by=worker_id,
+            locked_at=now,
+            attempts=INBOX.c.attempts + 1,
+        )
+        .returning(
+            INBOX.c.id,
+            INBOX.c.event_id,
+            INBOX.c.event_type,
+            INBOX.c.style,
+            INBOX.c.body,
+            INBOX.c.attempts,
+        )
+    )
+    with engine.begin() as connection:
+        row = connection.execute(statement).first()
+    if row is None:
+        return None
+    return ClaimedEvent(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def mark_done(
+    connection: Connection, claimed: ClaimedEvent, worker_id: str, outcome: str, status: str
+) -> bool:
+    """Finish a claimed row inside the caller's transaction; False if the lease was lost."""
+    result = connection.execute(
+        update(INBOX)
+        .where(_owned(claimed, worker_id))
+        .values(
+            status=status,
+            outcome=outcome[:ERROR_TEXT_LIMIT],
+            processed_at=utcnow(),
+            locked_by=None,
+            locked_at=None,
+            next_attempt_at=None,
+        )
+    )
+    return result.rowcount == 1
+
+
+def mark_failed(
+    connection: Connection, claimed: ClaimedEvent, worker_id: str, error: str, dead: bool
+) -> datetime | None:
+    """Schedule a retry (returns when) or dead-letter the row; the error is kept either way."""
+    next_at = None if dead else utcnow() + timedelta(seconds=backoff_seconds(claimed.attempts))
+    connection.execute(
+        update(INBOX)
+        .where(_owned(claimed, worker_id))
+        .values(
+            status=InboxStatus.DEAD if dead else InboxStatus.PENDING,
+            last_error=error[:ERROR_TEXT_LIMIT],
+            next_attempt_at=next_at,
+            locked_by=None,
+            locked_at=None,
+        )
+    )
+    return next_at
+
+
+def _owned(claimed: ClaimedEvent, worker_id: str) -> Any:
+    return and_(
+        INBOX.c.id == claimed.row_id,
+        INBOX.c.status == InboxStatus.PROCESSING,
+        INBOX.c.locked_by == worker_id,
+    )
+
+
+def backoff_seconds(attempts: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: 7.5-15 s after the first failure, capped at 15 min."""
+    ceiling = min(MAX_BACKOFF_SECONDS, FIRST_RETRY_SECONDS * 2 ** max(attempts - 1, 0))
+    return float(ceiling * (rng or random).uniform(0.5, 1.0))
+
+
+def requeue(engine: Engine, event_id: str) -> bool:
+    """Make a stored event pending again, whatever its state; False if it is unknown."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(INBOX)
+            .where(INBOX.c.event_id == event_id)
+            .values(
+                status=InboxStatus.PENDING,
+                attempts=0,
+                next_attempt_at=utcnow(),
+                locked_by=None,
+                locked_at=None,
+            )
+        )
+    return result.rowcount == 1
+
+
+def dead_letter_alert(connection: Connection, claimed: ClaimedEvent, error: str) -> None:
+    """One alert per dead event (deterministic key); a replayed event that dies again
+    refreshes it and makes it due for notification again."""
+    key = f"inbox.dead:{claimed.event_id}"
+    values = {
+        "severity": "critical",
+        "kind": "inbox.dead_letter",
+        "subject": f"Stripe event {claimed.event_id} ({claimed.event_type}) dead-lettered",
+        "message": f"gave up after {claimed.attempts} attempts: {error[:ERROR_TEXT_LIMIT]}",
+        "detail": {"event_id": claimed.event_id, "event_type": claimed.event_type},
+        "notified_at": None,
+    }
+    found = connection.execute(select(ALERTS.c.id).where(ALERTS.c.alert_key == key)).first()
+    if found is None:
+        connection.execute(insert(ALERTS).values(alert_key=key, created_at=utcnow(), **values))
+    else:
+        connection.execute(update(ALERTS).where(ALERTS.c.id == found[0]).values(**values))

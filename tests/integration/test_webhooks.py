@@ -1,0 +1,211 @@
+"""POST /webhooks over a real socket: signed bodies in, inbox rows (SQLite and PostgreSQL) out."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from service.models.inbox import InboxStatus
+from tests.integration.intake_helpers import (
+    API_KEY,
+    OTHER_SECRET,
+    SECRET,
+    inbox_rows,
+    load_event,
+    now,
+    post_raw,
+    post_signed,
+    sign,
+)
+from tests.servers import serve_wsgi
+
+Serve = Callable[..., str]
+
+
+@pytest.fixture
+def serve(db_url: str, make_settings: Any, make_app: Any) -> Iterator[Serve]:
+    """Start the service app on a loopback port; returns its base URL."""
+    stack: list[Any] = []
+
+    def start(**overrides: Any) -> str:
+        values = {
+            "database_url": db_url,
+            "stripe_api_key": API_KEY,
+            "stripe_webhook_secrets": [SECRET],
+            **overrides,
+        }
+        server = serve_wsgi(make_app(make_settings(**values)))
+        stack.append(server)
+        return server.__enter__().url
+
+    yield start
+    for server in reversed(stack):
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def url(serve: Serve) -> str:
+    return serve()
+
+
+def test_thin_event_is_stored_before_200(url: str, db_url: str) -> None:
+    event = load_event("thin_error_report_triggered")
+    body = json.dumps(event)
+    response = post_raw(url, body, sign(body))
+    assert response.status_code == 200
+    assert response.json() == {"status": "stored", "id": event["id"]}
+    [row] = inbox_rows(db_url)
+    assert (row.event_id, row.event_type, row.style) == (event["id"], event["type"], "thin")
+    assert row.status == InboxStatus.PENDING and row.attempts == 0
+    assert row.body == body and row.livemode is False and row.next_attempt_at is not None
+
+
+def test_snapshot_event_is_stored(url: str, db_url: str) -> None:
+    event = load_event("snapshot_import_set_succeeded", livemode=True)
+    assert post_signed(url, event).status_code == 200
+    [row] = inbox_rows(db_url)
+    assert (row.style, row.livemode, row.status) == ("snapshot", True, InboxStatus.PENDING)
+
+
+def test_rotated_secret_header_with_two_signatures(url: str, db_url: str) -> None:
+    body = json.dumps(load_event("thin_no_meter_found"))
+    t = now()
+    old = sign(body, OTHER_SECRET, t)
+    new = sign(body, SECRET, t).split(",")[1]
+    assert post_raw(url, body, f"{old},{new}").status_code == 200
+    assert len(inbox_rows(db_url)) == 1
+
+
+def test_any_of_several_configured_secrets(serve: Serve, db_url: str) -> None:
+    url = serve(stripe_webhook_secrets=[SECRET, OTHER_SECRET])
+    assert post_signed(url, load_event("thin_no_meter_found"), OTHER_SECRET).status_code == 200
+    assert post_signed(url, load_event("snapshot_import_set_failed"), SECRET).status_code == 200
+    assert len(inbox_rows(db_url)) == 2
+
+
+def _rejected(response: requests.Response, db_url: str, status: int = 400) -> str:
+    assert response.status_code == status
+    assert inbox_rows(db_url) == []
+    reason: str = response.json()["error"]
+    return reason
+
+
+def test_wrong_secret(url: str, db_url: str) -> None:
+    response = post_signed(url, load_event("thin_no_meter_found"), "whsec_wrong")
+    assert "no signature matches" in _rejected(response, db_url)
+
+
+@pytest.mark.parametrize("skew", [-301, 301])
+def test_stale_and_future_timestamps(url: str, db_url: str, skew: int) -> None:
+    body = json.dumps(load_event("thin_no_meter_found"))
+    response = post_raw(url, body, sign(body, SECRET, now() + skew))
+    assert "tolerance" in _rejected(response, db_url)
+
+
+def test_timestamp_within_tolerance_is_accepted(url: str, db_url: str) -> None:
+    body = json.dumps(load_event("thin_no_meter_found"))
+    assert post_raw(url, body, sign(body, SECRET, now() + 200)).status_code == 200
+
+
+def _header_cases() -> list[tuple[str | None, str]]:
+    body = json.dumps(load_event("thin_no_meter_found"))
+    good = sign(body)
+    t, v1 = good.split(",")
+    return [
+        (None, "missing"),
+        ("", "missing"),
+        ("garbage", "malformed"),
+        (f"t=abc,{v1}", "malformed"),
+        (f"{t}, {v1}", "malformed"),  # a space after the comma
+        (v1, "malformed"),  # no timestamp
+        (f"{t},v0={v1[3:]}", "no v1"),
+    ]
+
+
+@pytest.mark.parametrize(("header", "expected"), _header_cases())
+def test_bad_headers(url: str, db_url: str, header: str | None, expected: str) -> None:
+    body = json.dumps(load_event("thin_no_meter_found"))
+    assert expected in _rejected(post_raw(url, body, header), db_url)
+
+
+def test_invalid_json(url: str, db_url: str) -> None:
+    body = '{"id": "evt_1", "object": "event",'
+    assert _rejected(post_raw(url, body, sign(body)), db_url) == "invalid JSON"
+
+
+def test_unknown_object(url: str, db_url: str) -> None:
+    response = post_signed(url, load_event("snapshot_import_set_failed", object="v1.thing"))
+    assert "unknown object" in _rejected(response, db_url)
+
+
+def test_tampered_body(url: str, db_url: str) -> None:
+    body = json.dumps(load_event("thin_no_meter_found"))
+    header = sign(body)
+    tampered = body.replace("false", "true", 1)
+    assert "no signature matches" in _rejected(post_raw(url, tampered, header), db_url)
+
+
+def test_oversized_body_is_413(serve: Serve, db_url: str) -> None:
+    url = serve(mfx_max_body_bytes=2048)
+    event = load_event("snapshot_import_set_failed", padding="x" * 4000)
+    assert _rejected(post_signed(url, event), db_url, 413) == "body too large"
+
+
+def test_oversized_chunked_body_is_413(serve: Serve, db_url: str) -> None:
+    url = serve(mfx_max_body_bytes=2048)
+    body = json.dumps(load_event("snapshot_import_set_failed", padding="x" * 4000)).encode()
+    chunks = iter([body[:1000], body[1000:]])  # no Content-Length: chunked transfer
+    assert _rejected(post_raw(url, chunks, sign(body.decode())), db_url, 413)
+
+
+def test_no_secret_configured_fails_closed(serve: Serve, db_url: str) -> None:
+    url = serve(stripe_webhook_secrets=[])
+    response = post_signed(url, load_event("thin_no_meter_found"))
+    assert _rejected(response, db_url) == "no webhook secret configured"
+
+
+def test_duplicate_delivery_stores_nothing_new(url: str, db_url: str) -> None:
+    event = load_event("snapshot_import_set_failed")
+    assert post_signed(url, event).json()["status"] == "stored"
+    again = post_signed(url, event)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert len(inbox_rows(db_url)) == 1
+
+
+def test_concurrent_deliveries_store_one_row(url: str, db_url: str) -> None:
+    body = json.dumps(load_event("snapshot_import_set_succeeded"))
+    header = sign(body)
+    barrier = threading.Barrier(5)
+    results: list[str] = []
+
+    def deliver() -> None:
+        barrier.wait()
+        response = post_raw(url, body, header)
+        results.append(f"{response.status_code}:{response.json().get('status')}")
+
+    threads = [threading.Thread(target=deliver) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == ["200:duplicate"] * 4 + ["200:stored"]
+    assert len(inbox_rows(db_url)) == 1
+
+
+def test_unknown_event_type_is_stored_ignored(url: str, db_url: str) -> None:
+    response = post_signed(url, load_event("thin_unknown_type"))
+    assert response.status_code == 200 and response.json()["status"] == "ignored"
+    [row] = inbox_rows(db_url)
+    assert row.status == InboxStatus.IGNORED and row.next_attempt_at is None
+
+
+def test_database_failure_is_503(serve: Serve, tmp_path: Any) -> None:
+    url = serve(database_url=f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}")
+    response = post_signed(url, load_event("thin_no_meter_found"))
+    assert response.status_code == 503
+    assert response.json() == {"error": "database unavailable"}
