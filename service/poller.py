@@ -1,0 +1,332 @@
+"""The bundled poller, service side: one pass lists the bucket, imports new usage files as
+Stripe meter events (or, with MFX_POLLER=index, only records identifier -> (object, row)).
+
+Crash safety: a bucket object stays `seen` until every batch of it went out; only then is it
+marked `imported`. A crash mid-file therefore re-reads and re-sends the whole file on the next
+pass. That never bills twice: every event carries an identifier (the row's own, or one derived
+from the object version and row number), and Stripe dedupes identifiers for at least 24 hours.
+Failed rows go to a failed-records file (usage columns + error_code + error_message) and to the
+`on_failed_rows(import_set, path)` hook, which hands them to remediation.
+
+On PostgreSQL one instance polls at a time (`pg_try_advisory_lock`); a pass that cannot get
+the lock is skipped. SQLite means a single process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from sqlalchemy import Engine, text
+
+from remediation.errors import UnreadableFile
+from remediation.formats import FileFormat, RecordWriter, detect_format, read_records
+from remediation.poller import (
+    ImportChunk,
+    PassLimits,
+    RowRef,
+    import_chunks,
+    index_chunks,
+    plan_pass,
+    read_csv_with_header,
+    source_tag,
+)
+from remediation.ports import Bucket, MeterEventSink, MeterSource, ObjectInfo
+from remediation.records import UsageRecord
+from remediation.validation import MeterIndex
+from service.config import PollerMode, Settings
+from service.db import is_postgres
+from service.logs import log_event
+from service.models import ImportSet, ObjectStatus
+from service.models._types import utcnow
+from service.poller_store import PollerStore
+
+POLLER_LOCK_KEY = 0x6D66785F706F6C6C  # "mfx_poll": one fixed advisory-lock key
+CHUNKS_PER_GROUP = 10  # 10 stream requests sent concurrently, then their rows recorded
+
+FailedRowsHook = Callable[[ImportSet, Path], None]
+Progress = Callable[[int, int, str], None]
+
+
+@runtime_checkable
+class BatchSender(Protocol):
+    def send_batches(self, batches: Iterable[Sequence[Mapping[str, Any]]]) -> int: ...
+
+
+def log_failed_rows(import_set: ImportSet, failed_records_path: Path) -> None:
+    """The default hook: say where the failed rows are (the lead wires remediation here)."""
+    log_event(
+        "poller.failed_rows",
+        import_set=import_set.import_set_id,
+        rows=import_set.errors_row_count,
+        path=str(failed_records_path),
+    )
+
+
+@dataclass
+class PollerDeps:
+    engine: Engine
+    settings: Settings
+    bucket: Bucket
+    meters: MeterSource | None
+    sink: MeterEventSink | None  # None in index mode
+    work_dir: Path
+    on_failed_rows: FailedRowsHook = log_failed_rows
+    clock: Callable[[], datetime] = utcnow
+    progress: Progress | None = None
+    limits: PassLimits = field(default_factory=PassLimits)
+
+    @property
+    def index_mode(self) -> bool:
+        return self.settings.mfx_poller == PollerMode.INDEX
+
+
+@dataclass
+class PassReport:
+    ran: bool = True  # False: another instance holds the poller lock
+    mode: str = "import"
+    listed: int = 0
+    imported: int = 0
+    indexed: int = 0
+    failed_files: int = 0  # unreadable files (whole-file failures), not retried
+    retry_files: int = 0  # errors (Stripe, S3, ...): the object is retried on the next pass
+    skipped: int = 0
+    deferred: int = 0
+    rows: int = 0
+    sent: int = 0
+    failed_rows: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def build_poller_deps(runtime: Any, *, progress: Progress | None = None) -> PollerDeps:
+    """Adapters for a Runtime (settings + engine): bucket, meters and the event stream."""
+    from service.adapters.bucket import open_bucket
+    from service.adapters.meter_events import StripeMeterEventSink
+    from service.adapters.stripe_client import build_stripe_client
+    from service.adapters.stripe_meters import StripeMeterSource
+
+    settings: Settings = runtime.settings
+    client = build_stripe_client(settings)
+    index = settings.mfx_poller == PollerMode.INDEX
+    return PollerDeps(
+        engine=runtime.engine,
+        settings=settings,
+        bucket=open_bucket(settings),
+        meters=None if index else StripeMeterSource(client),
+        sink=None if index else StripeMeterEventSink(client, settings),
+        work_dir=Path(tempfile.gettempdir()) / "meterfix-poller",
+        progress=progress,
+    )
+
+
+def run_poll_pass(target: Any) -> PassReport:
+    """One pass. `target` is PollerDeps, or a Runtime (adapters are then built for it)."""
+    deps = target if isinstance(target, PollerDeps) else build_poller_deps(target)
+    with poller_lock(deps.engine) as acquired:
+        if not acquired:
+            log_event("poller.pass_skipped", reason="another instance holds the poller lock")
+            return PassReport(ran=False)
+        report = _run_pass(deps)
+    log_event("poller.pass", **{k: v for k, v in vars(report).items() if k != "errors"})
+    return report
+
+
+@contextmanager
+def poller_lock(engine: Engine) -> Iterator[bool]:
+    """PostgreSQL: a session advisory lock held for the pass. SQLite: always granted."""
+    if not is_postgres(engine):
+        yield True
+        return
+    with engine.connect() as conn:
+        params = {"key": POLLER_LOCK_KEY}
+        acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), params).scalar())
+        conn.commit()
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), params)
+                conn.commit()
+
+
+def _run_pass(deps: PollerDeps) -> PassReport:
+    store = PollerStore(deps.engine)
+    report = PassReport(mode="index" if deps.index_mode else "import")
+    listed = list(deps.bucket.list_objects())
+    seen, first_sync = store.seen()
+    excluded = [deps.bucket.prefix + _dir(deps.settings.mfx_quarantine_prefix)]
+    plan = plan_pass(
+        listed,
+        seen,
+        now=deps.clock(),
+        first_sync=first_sync,
+        excluded_prefixes=excluded,
+        limits=deps.limits,
+    )
+    report.listed, report.skipped, report.deferred = len(listed), len(plan.skip), plan.deferred
+    store.record_skipped(plan.skip)
+    meters = MeterIndex(deps.meters.meters()) if deps.meters and not deps.index_mode else None
+    for number, obj in enumerate(plan.take, start=1):
+        _process_object(deps, store, obj, meters, report)
+        if deps.progress:
+            deps.progress(number, len(plan.take), obj.key)
+    return report
+
+
+def _process_object(
+    deps: PollerDeps, store: PollerStore, obj: ObjectInfo, meters: MeterIndex | None, r: PassReport
+) -> None:
+    store.claim(obj)
+    try:
+        if meters is None or deps.sink is None:
+            r.rows += _index_object(deps, store, obj)
+            r.indexed += 1
+        else:
+            _import_object(deps, store, obj, meters, deps.sink, r)
+            r.imported += 1
+    except UnreadableFile as exc:
+        store.mark_unreadable(obj, exc.reason, None if deps.index_mode else _impset_id(obj))
+        r.failed_files += 1
+        r.errors.append(f"{obj.key}: {exc.reason}")
+        log_event("poller.unreadable", level=logging.WARNING, key=obj.key, reason=exc.reason)
+    except Exception as exc:  # loop edge: one object's failure must not stop the pass
+        reason = f"{type(exc).__name__}: {exc}"
+        store.mark_error(obj, reason)
+        r.retry_files += 1
+        r.errors.append(f"{obj.key}: {reason}")
+        log_event("poller.object_failed", level=logging.ERROR, key=obj.key, reason=reason)
+
+
+def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo) -> int:
+    rows = 0
+    with deps.bucket.open_read(obj.key) as stream:
+        for refs in index_chunks(read_records(stream, detect_format(obj.key))):
+            store.insert_rows(obj, refs)
+            rows += len(refs)
+    store.mark_done(obj, ObjectStatus.INDEXED, rows=rows, sent=0, failed=0, import_set_id=None)
+    return rows
+
+
+def _import_object(
+    deps: PollerDeps,
+    store: PollerStore,
+    obj: ObjectInfo,
+    meters: MeterIndex,
+    sink: MeterEventSink,
+    report: PassReport,
+) -> None:
+    impset_id = _impset_id(obj)
+    fmt = detect_format(obj.key)
+    path = deps.work_dir / f"{impset_id}.failed.{'csv' if fmt is FileFormat.CSV else 'jsonl'}"
+    now = int(deps.clock().timestamp())
+    rows = sent = failed = 0
+    with deps.bucket.open_read(obj.key) as stream, _FailedRecords(path, fmt) as failed_out:
+        records = failed_out.open_records(stream)
+        chunks = import_chunks(records, meters, now=now, tag=source_tag(obj.key, obj.etag))
+        while group := list(islice(chunks, CHUNKS_PER_GROUP)):
+            sent += _send(sink, [chunk.events for chunk in group if chunk.events])
+            refs = [ref for chunk in group for ref in chunk.rows]
+            store.insert_rows(obj, refs)
+            failed += failed_out.write(chunk.failed for chunk in group)
+            rows += _row_count(group)
+    import_set = store.finish_import(obj, impset_id, rows=rows, sent=sent, failed=failed, path=path)
+    report.rows, report.sent, report.failed_rows = (
+        report.rows + rows,
+        report.sent + sent,
+        report.failed_rows + failed,
+    )
+    if failed:
+        _hand_over(deps, import_set, path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _row_count(group: list[ImportChunk]) -> int:
+    return sum(len(chunk.rows) for chunk in group)
+
+
+def _send(sink: MeterEventSink, batches: list[list[dict[str, object]]]) -> int:
+    if isinstance(sink, BatchSender):
+        return sink.send_batches(batches)
+    for batch in batches:
+        sink.send(batch)
+    return sum(len(batch) for batch in batches)
+
+
+def _hand_over(deps: PollerDeps, import_set: ImportSet, path: Path) -> None:
+    """The object is already marked imported; a failing hook leaves the import set `pending`
+    (its row names the failed-records file) so remediation can pick it up later."""
+    try:
+        deps.on_failed_rows(import_set, path)
+    except Exception as exc:  # loop edge: the hook belongs to remediation
+        log_event(
+            "poller.hook_failed",
+            level=logging.ERROR,
+            import_set=import_set.import_set_id,
+            reason=f"{type(exc).__name__}: {exc}",
+        )
+
+
+def _impset_id(obj: ObjectInfo) -> str:
+    digest = hashlib.sha256(f"{obj.key}\n{obj.etag}".encode()).hexdigest()[:24]
+    return f"impset_local_{digest}"
+
+
+def _dir(prefix: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+class _FailedRecords:
+    """The failed-records file of one object, in the input's format (CSV keeps its header;
+    JSON input gives JSON Lines). Opened lazily: no failed rows, no file."""
+
+    def __init__(self, path: Path, fmt: FileFormat) -> None:
+        self.path, self.fmt = path, fmt
+        self.columns: list[str] | None = None
+        self._writer: RecordWriter | None = None
+        self._handle: Any = None
+
+    def __enter__(self) -> _FailedRecords:
+        self.path.unlink(missing_ok=True)  # a retried object starts a fresh file
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._handle.close()
+
+    def open_records(self, stream: Any) -> Iterable[UsageRecord]:
+        if self.fmt is not FileFormat.CSV:
+            return read_records(stream, self.fmt)
+        header, records = read_csv_with_header(stream)
+        self.columns = header
+        return records
+
+    def write(self, groups: Iterable[list[UsageRecord]]) -> int:
+        count = 0
+        for record in (rec for group in groups for rec in group):
+            self._ensure_writer().write(record)
+            count += 1
+        return count
+
+    def _ensure_writer(self) -> RecordWriter:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("wb")
+            out_fmt = FileFormat.CSV if self.fmt is FileFormat.CSV else FileFormat.JSONL
+            self._writer = RecordWriter(
+                self._handle, out_fmt, columns=self.columns, with_errors=True
+            )
+        return self._writer
+
+
+__all__ = ["PassReport", "PollerDeps", "RowRef", "build_poller_deps", "run_poll_pass"]

@@ -1,0 +1,145 @@
+"""The poller's database work: bucket objects, imported rows, local import sets.
+
+Inserts that may repeat (a retried object, a duplicate identifier inside one file) use the
+dialect's ON CONFLICT DO NOTHING, so SQLite and PostgreSQL behave the same. Rows are inserted
+in bulk (one statement per group of batches), never one commit per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Insert, Table, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import select
+
+from remediation.poller import RowRef
+from remediation.ports import ObjectInfo
+from service.db import is_postgres, session_scope
+from service.models import BucketObject, ImportedRow, ImportSet, ObjectStatus
+from service.models._types import utcnow
+
+MAX_IDENTIFIER = 512
+MAX_EVENT_NAME = 255
+
+
+class PollerStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _insert(self, table: Any) -> Insert:
+        dialect = postgresql if is_postgres(self.engine) else sqlite
+        stmt: Insert = dialect.insert(table).on_conflict_do_nothing()
+        return stmt
+
+    def seen(self) -> tuple[set[tuple[str, str]], bool]:
+        """(key, etag) pairs already handled (status other than `seen`), and first-sync flag."""
+        table = _table(BucketObject)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(table.c.key, table.c.etag, table.c.status))
+            pairs = [(str(key), str(etag), str(status)) for key, etag, status in rows]
+        done = {(key, etag) for key, etag, status in pairs if status != ObjectStatus.SEEN}
+        return done, not pairs
+
+    def claim(self, obj: ObjectInfo) -> None:
+        self._add_objects([obj], ObjectStatus.SEEN, None)
+
+    def record_skipped(self, skipped: Sequence[tuple[ObjectInfo, str]]) -> None:
+        for obj, reason in skipped:
+            self._add_objects([obj], ObjectStatus.SKIPPED, reason)
+
+    def _add_objects(self, objs: Sequence[ObjectInfo], status: str, error: str | None) -> None:
+        if not objs:
+            return
+        values = [
+            {
+                "key": obj.key,
+                "etag": obj.etag,
+                "size": obj.size,
+                "last_modified": obj.last_modified,
+                "status": status,
+                "error": error,
+                "first_seen": utcnow(),
+                "rows": 0,
+                "sent": 0,
+                "failed": 0,
+            }
+            for obj in objs
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(self._insert(_table(BucketObject)), values)
+
+    def insert_rows(self, obj: ObjectInfo, refs: Sequence[RowRef]) -> None:
+        values = [
+            {
+                "identifier": ref.identifier,
+                "object_key": obj.key,
+                "etag": obj.etag,
+                "row_number": ref.row_number,
+                "event_name": (ref.event_name or "")[:MAX_EVENT_NAME] or None,
+                "timestamp": ref.timestamp,
+                "sent": ref.sent,
+            }
+            for ref in refs
+            if len(ref.identifier) <= MAX_IDENTIFIER
+        ]
+        if values:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert(_table(ImportedRow)), values)
+
+    def _update_object(self, obj: ObjectInfo, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(_table(BucketObject))
+                .where(BucketObject.key == obj.key, BucketObject.etag == obj.etag)  # type: ignore[arg-type]
+                .values(**values)
+            )
+
+    def mark_error(self, obj: ObjectInfo, reason: str) -> None:
+        """The object stays `seen`: the next pass takes it again."""
+        self._update_object(obj, error=reason[:2000])
+
+    def mark_done(self, obj: ObjectInfo, status: str, **counts: Any) -> None:
+        self._update_object(obj, status=status, error=None, processed_at=utcnow(), **counts)
+
+    def mark_unreadable(self, obj: ObjectInfo, reason: str, impset_id: str | None) -> None:
+        self.mark_done(obj, ObjectStatus.FAILED, import_set_id=impset_id)
+        self._update_object(obj, error=reason)
+        if impset_id:
+            self._save_import_set(impset_id, obj, status="failed", failed_reason=reason)
+
+    def finish_import(
+        self, obj: ObjectInfo, impset_id: str, *, rows: int, sent: int, failed: int, path: Path
+    ) -> ImportSet:
+        import_set = self._save_import_set(
+            impset_id,
+            obj,
+            status="succeeded_with_errors" if failed else "succeeded",
+            rows_processed=rows,
+            successes_row_count=sent,
+            errors_row_count=failed,
+            remediation_status="pending" if failed else "not_needed",
+            detail={"failed_records_path": str(path) if failed else None, "etag": obj.etag},
+        )
+        self.mark_done(
+            obj, ObjectStatus.IMPORTED, rows=rows, sent=sent, failed=failed, import_set_id=impset_id
+        )
+        return import_set
+
+    def _save_import_set(self, impset_id: str, obj: ObjectInfo, **values: Any) -> ImportSet:
+        with session_scope(self.engine) as session:
+            query = select(ImportSet).where(ImportSet.import_set_id == impset_id)
+            found = session.exec(query).first()
+            row = found or ImportSet(import_set_id=impset_id, status="")
+            row.origin, row.source_object, row.updated_at = "poller", obj.key, utcnow()
+            for name, value in values.items():
+                setattr(row, name, value)
+            session.add(row)
+        return row
+
+
+def _table(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
