@@ -61,6 +61,11 @@ def create_meter() -> Response:
     return jsonify(meter)
 
 
+@bp.get("/meters")
+def list_meters() -> Response:
+    return jsonify(current_sandbox().state.snapshot("meters"))
+
+
 @bp.post("/meters/<meter_id>/deactivate")
 def deactivate_meter(meter_id: str) -> Response:
     state = current_sandbox().state

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sandbox.clock import now
 from sandbox.errors import StripeApiError, missing_param, not_found
 from sandbox.intake import submit
-from sandbox.objects import JSON, build_file, list_object, search_result
+from sandbox.objects import JSON, list_object, search_result
 from sandbox.runtime import current_sandbox
 from sandbox.state import StoredFile
 from sandbox.validation import MeterEventInput
@@ -125,11 +125,7 @@ def create_file() -> Response:
 
 
 def store_file(content: bytes, filename: str, purpose: str) -> JSON:
-    obj = build_file(filename, purpose, len(content))
-    state = current_sandbox().state
-    with state.lock:
-        state.files[obj["id"]] = StoredFile(obj=obj, content=content)
-    return obj
+    return current_sandbox().state.add_file(content, filename, purpose)
 
 
 def file_with_url(obj: JSON) -> JSON:

@@ -43,6 +43,9 @@ class SandboxAdmin:
             fields["customer_mapping"] = {"event_payload_key": key, "type": "by_id"}
         return dict(self._call("POST", "meters", json={"event_name": event_name, **fields}))
 
+    def meters(self) -> list[JSON]:
+        return list(self._call("GET", "meters"))
+
     def deactivate_meter(self, meter_id: str) -> JSON:
         return dict(self._call("POST", f"meters/{meter_id}/deactivate"))
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.clock import now
-from sandbox.objects import JSON
+from sandbox.objects import JSON, build_file
 
 
 @dataclass
@@ -73,6 +73,7 @@ class SandboxState:
     import_sets: dict[str, JSON] = field(default_factory=dict)
     connector_seen: dict[str, str] = field(default_factory=dict)
     deliveries: list[JSON] = field(default_factory=list)
+    connector_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _rate_window: tuple[int, int] = (0, 0)
 
     def reset(self) -> None:
@@ -80,8 +81,14 @@ class SandboxState:
         with self.lock:
             fresh = SandboxState(options=self.options)
             for name, value in vars(fresh).items():
-                if name != "lock":
+                if name not in ("lock", "connector_lock"):
                     setattr(self, name, value)
+
+    def add_file(self, content: bytes, filename: str, purpose: str) -> JSON:
+        obj = build_file(filename, purpose, len(content))
+        with self.lock:
+            self.files[obj["id"]] = StoredFile(obj=obj, content=content)
+        return obj
 
     def meter_for_event_name(self, event_name: str) -> JSON | None:
         """The meter an event name targets, preferring an active one."""

@@ -1,7 +1,95 @@
-"""CLI commands for sandbox (filled in by its issue)."""
+"""`meterfix sandbox` (run the bundled Stripe stand-in) and `meterfix trigger EVENT_TYPE`."""
 
 from __future__ import annotations
 
 import click
+import requests
+from flask.cli import with_appcontext
 
-COMMANDS: list[click.Command] = []
+from sandbox.app import create_sandbox_app
+from sandbox.client import SandboxAdmin, SandboxAdminError
+from sandbox.defaults import SANDBOX_PORT
+from sandbox.runtime import Sandbox
+from sandbox.seed import seed_demo
+from sandbox.timers import start_timers
+from sandbox.triggers import create_sample_event, resolve_event_type
+from service.config import Settings
+
+DEFAULT_TARGET = "http://127.0.0.1:4242/webhooks"
+
+
+def _settings() -> Settings:
+    from service.app import runtime
+
+    return runtime().settings
+
+
+@click.command("sandbox")
+@click.option("--port", default=SANDBOX_PORT, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--webhook-url", default=None, help="Deliver flushed reports and import sets here.")
+@click.option("--connector-interval", default=0.0, type=float, help="Poll BUCKET_URL every S s.")
+@click.option("--report-interval", default=10.0, type=float, show_default=True)
+@click.option("--seed/--no-seed", default=True, show_default=True)
+@with_appcontext
+def sandbox_command(
+    port: int,
+    host: str,
+    webhook_url: str | None,
+    connector_interval: float,
+    report_interval: float,
+    seed: bool,
+) -> None:
+    """Run the local Stripe stand-in (keys from the settings, bucket from BUCKET_URL)."""
+    from werkzeug.serving import run_simple
+
+    settings = _settings()
+    secrets = settings.stripe_webhook_secrets
+    app = create_sandbox_app(
+        api_key=settings.stripe_api_key,
+        webhook_secret=secrets[0] if secrets else "",
+        bucket_url=settings.bucket_url,
+        s3_endpoint_url=settings.s3_endpoint_url or None,
+        webhook_url=webhook_url,
+    )
+    sandbox: Sandbox = app.extensions["sandbox"]
+    if seed:
+        seed_demo(sandbox.state)
+    stop = start_timers(
+        sandbox, report_interval=report_interval, connector_interval=connector_interval
+    )
+    click.echo(f"sandbox listening on http://{host}:{port} (admin API under /_sandbox/)")
+    try:
+        run_simple(host, port, app, threaded=True)
+    finally:
+        stop.set()
+
+
+@click.command("trigger")
+@click.argument("event_type")
+@click.option("--to", "target", default=DEFAULT_TARGET, show_default=True)
+@click.option("--sandbox", "sandbox_url", default=None, help="Default: STRIPE_API_BASE.")
+@with_appcontext
+def trigger_command(event_type: str, target: str, sandbox_url: str | None) -> None:
+    """Create a sample event in the sandbox and deliver it signed to --to, like
+    `stripe trigger`. EVENT_TYPE: v1.billing.meter.error_report_triggered,
+    v1.billing.meter.no_meter_found, data_management.import_set.succeeded|failed (or a suffix)."""
+    try:
+        full_type = resolve_event_type(event_type)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    base = sandbox_url or _settings().stripe_api_base
+    admin = SandboxAdmin(base)
+    try:
+        event = create_sample_event(admin, full_type)
+        result = admin.deliver(event["id"], target)
+    except (requests.RequestException, SandboxAdminError) as exc:
+        raise click.ClickException(f"sandbox unreachable at {base}: {type(exc).__name__}") from exc
+    if result.get("status") == 0:
+        raise click.ClickException(f"{event['id']}: service unreachable at {target}")
+    click.echo(f"{event['id']} {full_type} -> {target}: HTTP {result['status']}")
+    if result["status"] != 200:
+        raise click.ClickException(f"service answered {result['status']}: {result['body'][:200]}")
+
+
+COMMANDS = [sandbox_command, trigger_command]
