@@ -1,0 +1,39 @@
+"""What a corrector gets (Context) and returns (Change)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from remediation.errors import Uncorrectable
+from remediation.meters import Meter
+from remediation.ports import CustomerDirectory
+from remediation.records import UsageRecord
+from remediation.rules import Rules
+from remediation.validation import MeterIndex
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    rule: str
+    field: str
+    before: object
+    after: object
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    index: MeterIndex
+    rules: Rules
+    now: int
+    customers: CustomerDirectory | None = None
+
+
+Corrector = Callable[[UsageRecord, Context], list[Change]]
+
+
+def meter_of(record: UsageRecord, ctx: Context) -> Meter:
+    meter = ctx.index.get(record.event_name)
+    if meter is None:
+        raise Uncorrectable(f"no meter matches event_name {record.event_name!r}")
+    return meter

@@ -1,0 +1,222 @@
+"""One small corrector per error code, looked up in `CORRECTORS`.
+
+A corrector gets a working copy of the record (it may change it) and returns the changes it
+made, or raises `Uncorrectable` with the reason the record goes to quarantine. Every step has
+a rule name that `[policy] disabled_rules` can turn off.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+from remediation.changes import Change, Context, Corrector, meter_of
+from remediation.codes import ErrorCode
+from remediation.errors import Uncorrectable
+from remediation.records import UsageRecord
+from remediation.reroute import (
+    drop_unused_keys,
+    fill_dimensions,
+    fix_event_name,
+    reroute_to_successor,
+)
+from remediation.validation import (
+    MAX_FUTURE_SECONDS,
+    MAX_PAST_SECONDS,
+    parse_timestamp,
+    plain_number,
+)
+
+# --- timestamps ---------------------------------------------------------------------------
+
+_UNITS = ((10**9, "ns"), (10**6, "µs"), (10**3, "ms"))
+
+
+def fix_timestamp(record: UsageRecord, ctx: Context) -> list[Change]:
+    """ms/µs/ns -> seconds; ISO-8601 -> seconds; a small future skew -> clamped to now."""
+    raw, changes = record.timestamp, []
+    ts = parse_timestamp(raw)
+    if ts is None:
+        ts = _iso_seconds(raw) if ctx.rules.enabled("iso_timestamp") else None
+        if ts is None:
+            raise Uncorrectable(f"timestamp {raw!r} is neither unix seconds nor ISO-8601")
+        changes.append(Change("iso_timestamp", "timestamp", raw, ts))
+    if ts > ctx.now + MAX_FUTURE_SECONDS and ctx.rules.enabled("timestamp_units"):
+        ts = _from_units(ts, ctx, changes)
+    if ts > ctx.now + MAX_FUTURE_SECONDS:
+        skew = ts - ctx.now
+        if skew > ctx.rules.policy.future_skew_seconds or not ctx.rules.enabled("clamp_skew"):
+            raise Uncorrectable(f"timestamp {ts} is {skew} s in the future (beyond the skew)")
+        changes.append(Change("clamp_skew", "timestamp", ts, ctx.now))
+        ts = ctx.now
+    if ts < ctx.now - MAX_PAST_SECONDS:
+        raise Uncorrectable(f"timestamp {ts} would be more than 35 days in the past")
+    record.timestamp = str(ts) if isinstance(raw, str) else ts
+    return changes
+
+
+def _from_units(ts: int, ctx: Context, changes: list[Change]) -> int:
+    for divisor, unit in _UNITS:
+        seconds = ts // divisor
+        if ctx.now - MAX_PAST_SECONDS <= seconds <= ctx.now + ctx.rules.policy.future_skew_seconds:
+            changes.append(Change(f"timestamp_{unit}_to_s", "timestamp", ts, seconds))
+            return seconds
+    return ts
+
+
+def _iso_seconds(raw: object) -> int | None:
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    text = raw.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None  # a local time cannot be placed safely
+    return int(moment.timestamp())
+
+
+def refuse_past(record: UsageRecord, ctx: Context) -> list[Change]:
+    raise Uncorrectable("never move usage into another billing period; quarantined for review")
+
+
+# --- values -------------------------------------------------------------------------------
+
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}([,_ ]\d{3})+(\.\d+)?")
+
+
+def fix_value(record: UsageRecord, ctx: Context) -> list[Change]:
+    """Strip spaces/quotes/thousands separators, `12.0` -> `12`, exponent forms -> plain."""
+    key = meter_of(record, ctx).value_key
+    raw = record.payload.get(key)
+    number = normalize_number(raw)
+    if number is None or not ctx.rules.enabled("normalize_value"):
+        raise Uncorrectable(f"value {raw!r} is not a number")
+    if number == raw:
+        raise Uncorrectable(f"value {raw!r} is already a plain number; nothing to correct")
+    record.payload[key] = number if isinstance(raw, str) else _json_number(number)
+    return [Change("normalize_value", f"payload.{key}", raw, record.payload[key])]
+
+
+def normalize_number(raw: object) -> str | None:
+    """A plain decimal text for `raw`, or None for NaN, infinity, empty or text."""
+    if isinstance(raw, bool) or raw is None:
+        return None
+    text = str(raw).strip().strip("\"'").strip()
+    if _THOUSANDS.fullmatch(text):
+        text = re.sub(r"[,_ ]", "", text)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not number.is_finite():
+        return None
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
+def _json_number(number: str) -> int | float:
+    return float(number) if "." in number else int(number)
+
+
+def round_value(record: UsageRecord, ctx: Context) -> list[Change]:
+    precision = ctx.rules.value_precision
+    if not ctx.rules.policy.round_too_many_digits or precision is None:
+        raise Uncorrectable("value has too many digits and policy does not allow rounding")
+    key = meter_of(record, ctx).value_key
+    raw = record.payload.get(key)
+    number = plain_number(raw) or normalize_number(raw)
+    if number is None:
+        raise Uncorrectable(f"value {raw!r} is not a number")
+    rounded = Decimal(number).quantize(Decimal(1).scaleb(-precision), rounding=ROUND_HALF_EVEN)
+    text = normalize_number(rounded) or "0"
+    record.payload[key] = text if isinstance(raw, str) else _json_number(text)
+    return [Change("round_value", f"payload.{key}", raw, record.payload[key])]
+
+
+# --- payload keys ---------------------------------------------------------------------------
+
+
+def rename_value_key(record: UsageRecord, ctx: Context) -> list[Change]:
+    meter = meter_of(record, ctx)
+    change = _rename_alias(record, meter.value_key, ctx.rules.value_keys, {meter.customer_key})
+    if change is None or not ctx.rules.enabled("rename_value_key"):
+        raise Uncorrectable(f"no single aliased column for value key {meter.value_key!r}")
+    return [change]
+
+
+def fill_customer_key(record: UsageRecord, ctx: Context) -> list[Change]:
+    meter = meter_of(record, ctx)
+    if not ctx.rules.enabled("fill_customer_key"):
+        raise Uncorrectable("rule fill_customer_key is disabled")
+    change = _rename_alias(record, meter.customer_key, ctx.rules.customer_keys, {meter.value_key})
+    if change is not None:
+        return [change]
+    found = {
+        str(v).strip()
+        for k, v in record.extra.items()
+        if k.lower() in ctx.rules.customer_keys and str(v).strip()
+    }
+    if len(found) != 1:
+        raise Uncorrectable(f"no single aliased column for customer key {meter.customer_key!r}")
+    value = found.pop()
+    record.payload[meter.customer_key] = value
+    return [Change("fill_customer_key", f"payload.{meter.customer_key}", None, value)]
+
+
+def _rename_alias(
+    record: UsageRecord, target: str, aliases: tuple[str, ...], exclude: set[str]
+) -> Change | None:
+    candidates = [
+        k for k in record.payload if k != target and k not in exclude and k.lower() in aliases
+    ]
+    if len(candidates) != 1:
+        return None
+    value = record.payload.pop(candidates[0])
+    record.payload[target] = value
+    return Change("rename_key", f"payload.{candidates[0]}", candidates[0], target)
+
+
+def fix_customer(record: UsageRecord, ctx: Context) -> list[Change]:
+    """Customer map, then trim/case fixes, then one unique metadata search hit."""
+    key = meter_of(record, ctx).customer_key
+    raw = str(record.payload.get(key, ""))
+    for rule, candidate in _customer_candidates(raw, ctx):
+        if candidate and candidate != raw and ctx.rules.enabled(rule):
+            record.payload[key] = candidate
+            return [Change(rule, f"payload.{key}", raw, candidate)]
+    raise Uncorrectable(f"customer {raw!r} is not in the customer map and has no unique match")
+
+
+def _customer_candidates(raw: str, ctx: Context) -> list[tuple[str, str | None]]:
+    trimmed = raw.strip()
+    cased = "cus_" + trimmed[4:] if trimmed.lower().startswith("cus_") else trimmed
+    mapped = ctx.rules.customers.get(raw) or ctx.rules.customers.get(trimmed)
+    candidates: list[tuple[str, str | None]] = [("map_customer", mapped)]
+    directory = ctx.customers
+    if directory is None or directory.exists(cased):
+        candidates.append(("trim_customer", cased))
+    key = ctx.rules.policy.customer_metadata_key
+    if directory is not None and key and ctx.rules.enabled("search_customer"):
+        hits = directory.search_by_metadata(key, trimmed)
+        candidates.append(("search_customer", hits[0] if len(hits) == 1 else None))
+    return candidates
+
+
+CORRECTORS: dict[str, Corrector] = {
+    ErrorCode.TIMESTAMP_IN_FUTURE: fix_timestamp,
+    ErrorCode.TIMESTAMP_INVALID: fix_timestamp,
+    ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST: refuse_past,
+    ErrorCode.INVALID_VALUE: fix_value,
+    ErrorCode.VALUE_TOO_MANY_DIGITS: round_value,
+    ErrorCode.VALUE_NOT_FOUND: rename_value_key,
+    ErrorCode.NO_CUSTOMER_DEFINED: fill_customer_key,
+    ErrorCode.CUSTOMER_NOT_FOUND: fix_customer,
+    ErrorCode.NO_METER: fix_event_name,
+    ErrorCode.ARCHIVED_METER: reroute_to_successor,
+    ErrorCode.DIMENSION_COUNT_TOO_HIGH: drop_unused_keys,
+    ErrorCode.MISSING_DIMENSION_KEYS: fill_dimensions,
+}

@@ -1,0 +1,180 @@
+"""Output planning: deterministic names, splits at 1,000,000 records / 1 GB, lineage metadata.
+
+Files are written under a temporary name and renamed when the run finishes, so a failed run
+leaves no half-written output. A file is only created when a record goes to it (never empty).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import quote
+
+from remediation.filetypes import FileFormat
+from remediation.records import UsageRecord
+from remediation.writers import RecordWriter
+
+MAX_ROWS = 1_000_000
+MAX_BYTES = 1_000_000_000
+MAX_NAME = 254
+SIZE_CHECK_EVERY = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedOutput:
+    kind: str  # corrected | quarantine
+    path: Path
+    rows: int
+    sha256: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def source_stem(source: str) -> str:
+    """`s3://b/usage/2026-11.corrected.r1.csv` -> `2026-11` (our own suffixes dropped)."""
+    name = source.replace("\\", "/").rsplit("/", 1)[-1] or "usage"
+    stem = re.sub(r"\.(csv|json|jsonl|ndjson|txt|tsv)$", "", name, flags=re.I)
+    stem = re.sub(r"(\.(corrected|quarantine|layout\d+|part\d{4}|r\d+))+$", "", stem)
+    return stem or "usage"
+
+
+def output_name(
+    stem: str, kind: str, generation: int, fmt: FileFormat, layout: int = 1, part: int | None = None
+) -> str:
+    suffix = f".{kind}.r{generation}"
+    suffix += f".layout{layout}" if layout > 1 else ""
+    suffix += f".part{part:04d}" if part is not None else ""
+    suffix += f".{fmt.value}"
+    if len(stem) + len(suffix) > MAX_NAME:
+        digest = hashlib.sha256(stem.encode()).hexdigest()[:10]
+        stem = stem[: MAX_NAME - len(suffix) - 11] + "-" + digest
+    return stem + suffix
+
+
+def lineage(source: str, generation: int, kind: str, rows: int, sha256: str) -> dict[str, str]:
+    """S3 user metadata (ASCII only, so the source is percent-encoded)."""
+    return {
+        "mfx-source": quote(source, safe="/:._-"),
+        "mfx-generation": str(generation),
+        "mfx-sha256": sha256,
+        "mfx-rows": str(rows),
+        "mfx-kind": kind,
+    }
+
+
+class _Part:
+    def __init__(
+        self, path: Path, fmt: FileFormat, columns: Sequence[str] | None, annotations: Sequence[str]
+    ) -> None:
+        self.path = path
+        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in finish()
+        self.writer = RecordWriter(self.file, fmt, columns=columns, annotations=annotations)
+        self.rows = 0
+        self.full = False
+
+    def close(self) -> None:
+        self.writer.close()
+        self.file.close()
+
+
+class OutputSet:
+    """All files of one kind for one input: CSV layouts x size-limited parts."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        source: str,
+        kind: str,
+        fmt: FileFormat,
+        generation: int,
+        *,
+        columns: Sequence[str] | None = None,
+        annotations: Sequence[str] = (),
+        max_rows: int = MAX_ROWS,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
+        self.out_dir, self.source, self.kind, self.fmt = out_dir, source, kind, fmt
+        self.generation, self.columns, self.annotations = generation, columns, annotations
+        self.max_rows, self.max_bytes = max_rows, max_bytes
+        self.stem = source_stem(source)
+        self.layouts: list[list[_Part]] = []
+        self.rows = 0
+
+    def write(self, record: UsageRecord, notes: Mapping[str, object] | None = None) -> None:
+        part = self._part_for(record)
+        part.writer.write(record, notes)
+        self.rows += 1
+        part.rows += 1
+        if part.rows >= self.max_rows:
+            part.full = True
+        elif part.rows % SIZE_CHECK_EVERY == 0 and self._near_limit(part):
+            part.full = True  # the next record opens a new part
+
+    def _near_limit(self, part: _Part) -> bool:
+        size = part.writer.size()
+        per_row = size / part.rows
+        return size + 2 * SIZE_CHECK_EVERY * per_row > self.max_bytes
+
+    def _part_for(self, record: UsageRecord) -> _Part:
+        for layout in self.layouts:
+            if layout[-1].writer.fits(record):
+                return self._current(layout)
+        columns = self.columns if not self.layouts else None
+        layout = [self._open(len(self.layouts) + 1, 1, columns)]
+        if not layout[0].writer.fits(record):
+            layout[0].close()
+            os.unlink(layout[0].path)
+            layout = [self._open(len(self.layouts) + 1, 1, None)]
+        self.layouts.append(layout)
+        return layout[0]
+
+    def _current(self, layout: list[_Part]) -> _Part:
+        last = layout[-1]
+        if not last.full:
+            return last
+        layout.append(
+            self._open(self.layouts.index(layout) + 1, len(layout) + 1, last.writer.columns)
+        )
+        return layout[-1]
+
+    def _open(self, layout: int, part: int, columns: Sequence[str] | None) -> _Part:
+        tmp = self.out_dir / f".{self.stem[:180]}.{self.kind}.{layout}.{part}.tmp"
+        return _Part(tmp, self.fmt, columns, self.annotations)
+
+    def finish(self) -> list[PlannedOutput]:
+        outputs = []
+        for number, layout in enumerate(self.layouts, 1):
+            for index, part in enumerate(layout, 1):
+                part.close()
+                name = output_name(
+                    self.stem,
+                    self.kind,
+                    self.generation,
+                    self.fmt,
+                    number,
+                    index if len(layout) > 1 else None,
+                )
+                final = self.out_dir / name
+                os.replace(part.path, final)
+                digest = file_sha256(final)
+                meta = lineage(self.source, self.generation, self.kind, part.rows, digest)
+                outputs.append(PlannedOutput(self.kind, final.resolve(), part.rows, digest, meta))
+        return outputs
+
+    def abort(self) -> None:
+        for layout in self.layouts:
+            for part in layout:
+                part.file.close()
+                part.path.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

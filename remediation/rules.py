@@ -1,0 +1,143 @@
+"""Remediation rules: built-in defaults merged with an operator's TOML file (MFX_RULES).
+
+Mapping tables (customers, event_names, meter_successors) are empty by default: nothing is
+remapped unless configured. Alias lists and policies have defaults; every rule can be turned
+off by name in `[policy] disabled_rules`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any
+
+from remediation.errors import BadRules
+
+# Header alias -> canonical column (whole-file repair; applied only when the canonical is absent).
+DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType(
+    {
+        **dict.fromkeys(
+            ("customer_id", "customer", "stripe_customer_id", "customer_stripe_id"),
+            "payload_stripe_customer_id",
+        ),
+        **dict.fromkeys(("value", "quantity", "qty", "amount", "usage", "units"), "payload_value"),
+        **dict.fromkeys(("event", "name", "event_type", "meter", "meter_event_name"), "event_name"),
+        **dict.fromkeys(("time", "ts", "date", "datetime", "event_time", "created"), "timestamp"),
+        **dict.fromkeys(("id", "idempotency_key", "event_id"), "identifier"),
+    }
+)
+DEFAULT_CUSTOMER_KEYS = ("stripe_customer_id", "customer_id", "customer", "customer_stripe_id")
+DEFAULT_VALUE_KEYS = ("value", "tokens", "quantity", "qty", "amount", "count", "usage", "units")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    future_skew_seconds: int = 3600
+    fuzzy_event_names: bool = True
+    fuzzy_cutoff: float = 0.8  # difflib ratio the best candidate needs
+    fuzzy_margin: float = 0.1  # ...and how far ahead of the runner-up it must be
+    round_too_many_digits: bool = False
+    value_precision: int = 12  # decimal places; negative = not checked
+    default_event_name: str = ""  # fills a missing event_name column (whole-file repair)
+    customer_metadata_key: str = ""  # search customers on metadata[key] (needs the directory)
+    disabled_rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    customers: Mapping[str, str] = field(default_factory=dict)
+    event_names: Mapping[str, str] = field(default_factory=dict)
+    meter_successors: Mapping[str, str] = field(default_factory=dict)
+    columns: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
+    customer_keys: tuple[str, ...] = DEFAULT_CUSTOMER_KEYS
+    value_keys: tuple[str, ...] = DEFAULT_VALUE_KEYS
+    dimension_aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    policy: Policy = field(default_factory=Policy)
+
+    def enabled(self, rule: str) -> bool:
+        return rule not in self.policy.disabled_rules
+
+    @property
+    def value_precision(self) -> int | None:
+        return self.policy.value_precision if self.policy.value_precision >= 0 else None
+
+
+def load_rules(text: str | None) -> Rules:
+    """Parse a rules TOML document (None or empty: the defaults)."""
+    if not text:
+        return Rules()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadRules(f"rules are not valid TOML: {exc}") from exc
+    unknown = set(doc) - _TABLES
+    if unknown:
+        raise BadRules(f"unknown rules table(s): {', '.join(sorted(unknown))}")
+    aliases = _table(doc, "aliases")
+    return Rules(
+        customers=_str_map(doc, "customers"),
+        event_names=_str_map(doc, "event_names"),
+        meter_successors=_str_map(doc, "meter_successors"),
+        columns={**DEFAULT_COLUMNS, **{k.lower(): v for k, v in _str_map(doc, "columns").items()}},
+        customer_keys=_str_list(aliases, "customer", DEFAULT_CUSTOMER_KEYS),
+        value_keys=_str_list(aliases, "value", DEFAULT_VALUE_KEYS),
+        dimension_aliases={
+            k: _str_list(_table(doc, "dimension_aliases"), k, ())
+            for k in _table(doc, "dimension_aliases")
+        },
+        policy=_policy(_table(doc, "policy")),
+    )
+
+
+_TABLES = frozenset(
+    {
+        "customers",
+        "event_names",
+        "meter_successors",
+        "columns",
+        "aliases",
+        "dimension_aliases",
+        "policy",
+    }
+)
+
+
+def _table(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise BadRules(f"[{name}] must be a table")
+    return value
+
+
+def _str_map(doc: Mapping[str, Any], name: str) -> dict[str, str]:
+    table = _table(doc, name)
+    for key, value in table.items():
+        if not isinstance(value, str):
+            raise BadRules(f"[{name}] {key!r} must map to a string, not {type(value).__name__}")
+    return dict(table)
+
+
+def _str_list(table: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = table.get(key, default)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise BadRules(f"alias list {key!r} must be a list of strings")
+    return tuple(value)
+
+
+def _policy(table: Mapping[str, Any]) -> Policy:
+    known = {f.name: f for f in fields(Policy)}
+    policy = Policy()
+    for key, value in table.items():
+        if key not in known:
+            raise BadRules(f"unknown policy {key!r}")
+        default = getattr(policy, key)
+        if key == "disabled_rules":
+            value = _str_list(table, key, ())
+        elif isinstance(default, bool) != isinstance(value, bool) or not isinstance(
+            value, type(default) if not isinstance(default, float) else (int, float)
+        ):
+            raise BadRules(f"policy {key!r} must be a {type(default).__name__}")
+        policy = replace(policy, **{key: value})
+    return policy
