@@ -1,0 +1,249 @@
+"""The inbox worker against the real sandbox (real SDK, real sockets), SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func
+from sqlmodel import Session, select
+
+import service.inbox
+from sandbox.events import build_error_report_event, build_import_set_event
+from service.config import Settings
+from service.db import make_engine
+from service.models import Alert, ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
+from service.models._types import as_utc
+from service.models.inbox import InboxStatus
+from service.worker import InboxWorker
+from tests.integration.intake_helpers import inbox_rows, load_event, post_raw, sign
+from tests.servers import serve_wsgi
+
+ERRORS = [
+    ("meter_event_customer_not_found", "Customer cus_x not found.", "id-1"),
+    ("meter_event_customer_not_found", "Customer cus_y not found.", "id-2"),
+    ("timestamp_in_future", "Timestamp is in the future.", "id-3"),
+]
+
+
+@dataclass
+class Intake:
+    url: str
+    settings: Settings
+    engine: Engine
+    sandbox: Any
+    app: Any
+
+    def deliver(self, event: dict[str, Any]) -> str:
+        stored = self.sandbox.admin.add_event(event)
+        result = self.sandbox.admin.deliver(stored["id"], f"{self.url}/webhooks")
+        assert result["status"] == 200, result
+        return str(stored["id"])
+
+    def worker(self, **kwargs: Any) -> InboxWorker:
+        return InboxWorker(self.engine, self.settings, **kwargs)
+
+    def count(self, model: Any) -> int:
+        with Session(self.engine) as session:
+            return int(session.exec(select(func.count()).select_from(model)).one())
+
+    def fetches(self, event_id: str) -> int:
+        path = f"/v2/core/events/{event_id}"
+        return sum(1 for r in self.sandbox.admin.requests() if r["path"] == path)
+
+
+@pytest.fixture
+def intake(db_url: str, sandbox_server: Any, make_settings: Any, make_app: Any) -> Iterator[Intake]:
+    settings = make_settings(
+        database_url=db_url,
+        stripe_api_key=sandbox_server.api_key,
+        stripe_webhook_secrets=[sandbox_server.webhook_secret],
+        stripe_api_base=sandbox_server.url,
+        stripe_files_base=sandbox_server.url,
+        mfx_max_attempts=3,
+    )
+    app = make_app(settings)
+    engine = make_engine(db_url)
+    with serve_wsgi(app) as server:
+        yield Intake(server.url, settings, engine, sandbox_server, app)
+    engine.dispose()
+
+
+def _shift_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Move the inbox's clock forward so scheduled retries are due now."""
+    monkeypatch.setattr(
+        service.inbox, "utcnow", lambda: datetime.now(UTC) + timedelta(seconds=seconds)
+    )
+
+
+def test_thin_error_report_fetched_and_recorded(intake: Intake) -> None:
+    event_id = intake.deliver(build_error_report_event("mtr_123", ERRORS))
+    report = intake.worker().drain()
+    assert report.done == [event_id] and report.failed == []
+    assert intake.fetches(event_id) == 1
+    [row] = inbox_rows(intake.settings.database_url)
+    assert (row.status, row.attempts, row.locked_by) == (InboxStatus.DONE, 1, None)
+    assert row.outcome and row.outcome.startswith("recorded")
+    with Session(intake.engine) as session:
+        stored = session.exec(select(ErrorReport)).one()
+        counts = session.exec(select(ErrorTypeCount)).all()
+        samples = session.exec(select(ErrorSample)).all()
+    assert (stored.event_id, stored.meter_id, stored.error_count) == (event_id, "mtr_123", 3)
+    assert stored.summary == "There are 3 invalid events"
+    assert stored.validation_start is not None and stored.validation_end is not None
+    assert {(c.code, c.error_count) for c in counts} == {
+        ("meter_event_customer_not_found", 2),
+        ("timestamp_in_future", 1),
+    }
+    assert sorted(s.identifier or "" for s in samples) == ["id-1", "id-2", "id-3"]
+
+
+def test_snapshot_import_sets_recorded_without_fetch(intake: Intake) -> None:
+    succeeded = load_event("snapshot_import_set_succeeded")
+    failed = load_event("snapshot_import_set_failed")
+    for event in (succeeded, failed):
+        intake.deliver(event)
+    assert sorted(intake.worker().drain().done) == sorted([succeeded["id"], failed["id"]])
+    assert not [r for r in intake.sandbox.admin.requests() if r["path"].startswith("/v2/")]
+    with Session(intake.engine) as session:
+        rows = {r.import_set_id: r for r in session.exec(select(ImportSet)).all()}
+    ok, bad = rows["impset_test_inferred_0001"], rows["impset_test_failed_0001"]
+    assert (ok.errors_file_id, ok.errors_row_count, ok.remediation_status) == (
+        "file_test_failedrecords0001",
+        3,
+        "pending",
+    )
+    assert (ok.source_file_id, ok.successes_row_count, ok.rows_processed) == (
+        "file_test_sourceupload0001",
+        97,
+        100,
+    )
+    assert (bad.status, bad.remediation_status) == ("failed", "none")
+    assert bad.failed_reason == "Missing required column: event_name"
+
+
+def test_reprocessing_changes_nothing(intake: Intake) -> None:
+    event_id = intake.deliver(build_error_report_event("mtr_1", ERRORS))
+    snapshot = intake.deliver(load_event("snapshot_import_set_succeeded"))
+    intake.worker().drain()
+    for replayed in (event_id, snapshot):
+        assert service.inbox.requeue(intake.engine, replayed)
+    report = intake.worker().drain()
+    assert sorted(report.done) == sorted([event_id, snapshot])
+    assert [intake.count(m) for m in (ErrorReport, ErrorTypeCount, ErrorSample, ImportSet)] == [
+        1,
+        2,
+        3,
+        1,
+    ]
+    assert all(r.outcome and r.outcome.startswith("unchanged") for r in _rows(intake))
+
+
+def _rows(intake: Intake) -> list[Any]:
+    return inbox_rows(intake.settings.database_url)
+
+
+def test_concurrent_deliveries_processed_once(intake: Intake) -> None:
+    event = intake.sandbox.admin.add_event(build_error_report_event("mtr_c", ERRORS[:1]))
+    barrier = threading.Barrier(5)
+    statuses: list[int] = []
+
+    def deliver() -> None:
+        barrier.wait()
+        statuses.append(
+            intake.sandbox.admin.deliver(event["id"], f"{intake.url}/webhooks")["status"]
+        )
+
+    threads = [threading.Thread(target=deliver) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 5
+    assert len(_rows(intake)) == 1
+    assert intake.worker().drain().done == [event["id"]]
+    assert intake.fetches(event["id"]) == 1 and intake.count(ErrorReport) == 1
+
+
+def test_stripe_500_is_retried_within_30s(intake: Intake, monkeypatch: pytest.MonkeyPatch) -> None:
+    event_id = intake.deliver(build_error_report_event("mtr_r", ERRORS))
+    # The worker's client retries once itself: two 500s fail the first attempt.
+    intake.sandbox.admin.inject_fault("GET", "/v2/core/events", 500, count=2)
+    before = datetime.now(UTC)
+    report = intake.worker().drain()
+    assert report.done == [] and [e for e, _ in report.retrying] == [event_id]
+    [row] = _rows(intake)
+    assert (row.status, row.attempts) == (InboxStatus.PENDING, 1)
+    assert row.last_error and "500" in row.last_error
+    due = as_utc(row.next_attempt_at)
+    assert due is not None and before < due <= before + timedelta(seconds=30)
+    assert intake.worker().drain().done == []  # not due yet: a pass does not wait
+    _shift_clock(monkeypatch, 31)
+    assert intake.worker().drain().done == [event_id]
+    assert intake.count(ErrorReport) == 1
+    assert _rows(intake)[0].attempts == 2
+
+
+def test_permanent_failure_dead_letters_then_replay(
+    intake: Intake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event_id = intake.deliver(build_error_report_event("mtr_d", ERRORS))
+    intake.sandbox.admin.inject_fault("GET", "/v2/core/events", 500, count=6)  # 3 attempts x 2
+    for attempt in range(3):
+        _shift_clock(monkeypatch, 1000 * attempt)
+        intake.worker().drain()
+    [row] = _rows(intake)
+    assert (row.status, row.attempts) == (InboxStatus.DEAD, 3)
+    assert row.last_error and "500" in row.last_error
+    with Session(intake.engine) as session:
+        alert = session.exec(select(Alert)).one()
+    assert alert.alert_key == f"inbox.dead:{event_id}" and alert.severity == "critical"
+    result = intake.app.test_cli_runner().invoke(args=["replay", event_id])
+    assert result.exit_code == 0 and "re-queued" in result.output
+    assert _rows(intake)[0].status == InboxStatus.PENDING
+    assert intake.worker().drain().done == [event_id]
+    assert intake.count(ErrorReport) == 1 and intake.count(Alert) == 1
+
+
+def test_replay_unknown_event_fails_clearly(intake: Intake) -> None:
+    result = intake.app.test_cli_runner().invoke(args=["replay", "evt_nope"])
+    assert result.exit_code != 0 and "unknown event: evt_nope" in result.output
+
+
+def test_unknown_type_is_ignored_and_never_fetched(intake: Intake) -> None:
+    event = load_event("thin_unknown_type")
+    body = json.dumps(event)
+    response = post_raw(intake.url, body, sign(body, intake.sandbox.webhook_secret))
+    assert response.json()["status"] == "ignored"
+    report = intake.worker().drain()
+    assert report.done == [] and report.ignored == []
+    assert intake.fetches(event["id"]) == 0
+    assert _rows(intake)[0].status == InboxStatus.IGNORED
+
+
+def test_two_workers_never_take_the_same_row(intake: Intake) -> None:
+    ids = [
+        intake.deliver(
+            build_import_set_event("succeeded", {"id": f"impset_{n}", "status": "succeeded"})
+        )
+        for n in range(12)
+    ]
+    reports = []
+
+    def run() -> None:
+        reports.append(intake.worker().drain())
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done = [event_id for report in reports for event_id in report.done]
+    assert sorted(done) == sorted(ids)  # each exactly once
+    assert all(r.attempts == 1 and r.status == InboxStatus.DONE for r in _rows(intake))
+    assert intake.count(ImportSet) == 12

@@ -1,0 +1,139 @@
+"""`meterfix worker` as a real process: SIGKILL mid-event, SIGTERM, `--once` exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from sandbox.events import build_error_report_event
+from service.db import make_engine
+from service.models import ErrorReport, ErrorSample
+from service.models.inbox import InboxStatus
+from tests.integration.intake_helpers import inbox_rows
+from tests.servers import serve_wsgi
+
+MFX = str(Path(sys.executable).parent / "meterfix")
+ERRORS = [("no_meter", "No meter was found matching event_name x.", "id-9")]
+
+
+class GatedEventFetch:
+    """WSGI middleware in front of the sandbox: the first event fetch blocks until released."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"].startswith("/v2/core/events/") and not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(30)
+        return self.app(environ, start_response)
+
+
+@pytest.fixture
+def gate(sandbox_server: Any) -> Iterator[tuple[GatedEventFetch, str]]:
+    gated = GatedEventFetch(sandbox_server.app)
+    with serve_wsgi(gated) as server:
+        yield gated, server.url
+    gated.release.set()
+
+
+def _env(db_url: str, sandbox: Any, api_base: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "MFX_"))}
+    env.update(
+        DATABASE_URL=db_url,
+        STRIPE_API_KEY=sandbox.api_key,
+        STRIPE_WEBHOOK_SECRETS=sandbox.webhook_secret,
+        STRIPE_API_BASE=api_base,
+        STRIPE_FILES_BASE=api_base,
+        MFX_WORKER_INTERVAL="0.1",
+        **extra,
+    )
+    return env
+
+
+def _deliver(sandbox: Any, db_url: str, make_settings: Any, make_app: Any) -> str:
+    settings = make_settings(
+        database_url=db_url, stripe_webhook_secrets=[sandbox.webhook_secret], stripe_api_key="x"
+    )
+    event = sandbox.admin.add_event(build_error_report_event("mtr_k", ERRORS))
+    with serve_wsgi(make_app(settings)) as server:
+        assert sandbox.admin.deliver(event["id"], f"{server.url}/webhooks")["status"] == 200
+    return str(event["id"])
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MFX, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_killed_worker_loses_nothing_and_duplicates_nothing(
+    db_url: str, sandbox_server: Any, gate: Any, make_settings: Any, make_app: Any, tmp_path: Path
+) -> None:
+    gated, gate_url = gate
+    event_id = _deliver(sandbox_server, db_url, make_settings, make_app)
+    env = _env(db_url, sandbox_server, gate_url, MFX_WORKER_LEASE="1")
+    worker = subprocess.Popen([MFX, "worker"], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        assert gated.entered.wait(30), "the worker never fetched the event"
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    [row] = inbox_rows(db_url)
+    assert (row.status, row.attempts) == (InboxStatus.PROCESSING, 1)
+    gated.release.set()
+    time.sleep(1.2)  # the dead worker's lease (1 s) expires
+    result = _run(["worker", "--once"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "processed 1" in result.stdout
+    [row] = inbox_rows(db_url)
+    assert (row.status, row.attempts, row.locked_by) == (InboxStatus.DONE, 2, None)
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        assert [r.event_id for r in session.exec(select(ErrorReport)).all()] == [event_id]
+        assert len(session.exec(select(ErrorSample)).all()) == 1
+    engine.dispose()
+
+
+def test_once_exits_zero_and_says_what_failed(
+    db_url: str, sandbox_server: Any, make_settings: Any, make_app: Any, tmp_path: Path
+) -> None:
+    event_id = _deliver(sandbox_server, db_url, make_settings, make_app)
+    sandbox_server.admin.inject_fault("GET", "/v2/core/events", 500, count=2)
+    result = _run(["worker", "--once"], _env(db_url, sandbox_server, sandbox_server.url), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "retrying 1" in result.stdout and f"failed (will retry): {event_id}" in result.stdout
+    assert inbox_rows(db_url)[0].status == InboxStatus.PENDING
+
+
+def test_once_fails_when_database_unreachable(sandbox_server: Any, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
+    result = _run(["worker", "--once"], _env(url, sandbox_server, sandbox_server.url), tmp_path)
+    assert result.returncode != 0
+    assert "database unavailable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_stops_the_loop(sqlite_url: str, sandbox_server: Any, tmp_path: Path) -> None:
+    env = _env(sqlite_url, sandbox_server, sandbox_server.url)
+    with subprocess.Popen(
+        [MFX, "worker"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    ) as worker:
+        assert worker.stderr is not None
+        for line in worker.stderr:
+            if "worker.started" in line:
+                break
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
+        assert "worker.stopped" in worker.stderr.read()
