@@ -37,13 +37,17 @@ def text_stream(stream: BinaryIO) -> io.TextIOWrapper:
 
 
 def read_records(
-    stream: BinaryIO, fmt: FileFormat, *, delimiter: str = ","
+    stream: BinaryIO,
+    fmt: FileFormat,
+    *,
+    delimiter: str = ",",
+    header: Sequence[str] | None = None,
 ) -> Iterator[UsageRecord]:
     """Yield records one at a time; raise UnreadableFile on whole-file problems."""
     text = text_stream(stream)
     try:
         if fmt is FileFormat.CSV:
-            yield from _csv_records(text, delimiter)
+            yield from _csv_records(text, delimiter, header)
         elif fmt is FileFormat.JSON:
             yield from (_record_from_obj(n, obj) for n, obj in _json_array_items(text))
         else:
@@ -137,13 +141,18 @@ def _cell(row: Sequence[str], index: int | None) -> str | None:
     return value if value != "" else None
 
 
-def _csv_records(text: io.TextIOWrapper, delimiter: str) -> Iterator[UsageRecord]:
+def _csv_records(
+    text: io.TextIOWrapper, delimiter: str, replace_header: Sequence[str] | None
+) -> Iterator[UsageRecord]:
+    """`replace_header` (a repaired header of the same width) is used instead of the file's."""
     if csv.field_size_limit() < CSV_FIELD_LIMIT:
         csv.field_size_limit(CSV_FIELD_LIMIT)
     rows = csv.reader(text, delimiter=delimiter)
     header = next(rows, None)
     if header is None:
         return
+    if replace_header is not None and len(replace_header) == len(header):
+        header = list(replace_header)
     layout = CsvLayout.from_header(header)
     number = 0
     for row in rows:

@@ -1,7 +1,210 @@
-"""CLI commands for remediate (filled in by its issue)."""
+"""`meterfix validate FILE` and `meterfix remediate FILE --out DIR`.
+
+Exit codes: validate exits 1 when any row is invalid; remediate exits 0 when it ran (rows in
+quarantine included). Bad input (missing file, undecodable bytes, malformed rules or meters)
+exits non-zero with one line on stderr and no traceback.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from remediation.engine import RemediationResult, remediate
+from remediation.errors import MeterfixError
+from remediation.meters import Meter, parse_meters
+from remediation.repair import plan_input, read_repaired
+from remediation.rules import Rules, load_rules
+from service.config import Settings
+
+PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+
+
+def _load_meters_from_stripe(settings: Settings) -> list[Meter]:
+    """Every meter (active and inactive) from Stripe, or the sandbox when none is configured."""
+    from service.adapters.stripe_client import build_stripe_client
+
+    client = build_stripe_client(settings)
+    listing = client.v1.billing.meters.list({"limit": 100})
+    return [Meter.from_stripe(meter.to_dict()) for meter in listing.auto_paging_iter()]
+
+
+def _load_meters(path: str | None) -> list[Meter]:
+    if path is None:
+        try:
+            return _load_meters_from_stripe(Settings())
+        except Exception as exc:  # one clear line: the Stripe call failed
+            raise click.ClickException(f"cannot list meters from Stripe: {exc}") from exc
+    try:
+        return parse_meters(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read meters {path}: {exc}") from exc
+
+
+def _load_rules(path: str | None) -> Rules:
+    path = path or Settings().mfx_rules or None
+    try:
+        text = Path(path).read_text(encoding="utf-8") if path else None
+        return load_rules(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read rules {path}: {exc.strerror}") from exc
+    except MeterfixError as exc:
+        raise click.ClickException(f"bad rules {path}: {exc.reason}") from exc
+
+
+def _now(value: str | None) -> int:
+    if value is None:
+        return int(time.time())
+    if value.lstrip("-").isdigit():
+        return int(value)
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is neither unix seconds nor ISO-8601") from exc
+
+
+def _run(
+    file: Path, out: Path | None, meters: Sequence[Meter], rules: Rules, now: int, identifiers: str
+) -> RemediationResult:
+    try:
+        plan = plan_input(file, rules)
+        with open(file, "rb") as stream, _progress(file) as progress:
+            return remediate(
+                read_repaired(stream, plan, rules),
+                source=str(file),
+                fmt=plan.fmt,
+                meters=meters,
+                rules=rules,
+                now=now,
+                out_dir=out or Path("."),
+                identifiers=identifiers,
+                write=out is not None,
+                columns=plan.columns or None,
+                on_progress=progress,
+            )
+    except MeterfixError as exc:
+        raise click.ClickException(f"{file}: {exc.reason}") from exc
+    except OSError as exc:
+        raise click.ClickException(f"{file}: {exc.strerror or exc}") from exc
+
+
+class _progress:
+    """A rich progress bar (rows read) on a terminal for large files; nothing otherwise."""
+
+    def __init__(self, file: Path) -> None:
+        self.enabled = sys.stderr.isatty() and file.stat().st_size >= PROGRESS_MIN_BYTES
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        if not self.enabled:
+            return None
+        from rich.progress import Progress
+
+        self._bar = Progress(transient=True)
+        self._bar.start()
+        task = self._bar.add_task("rows", total=None)
+        return lambda rows: self._bar.update(task, completed=rows)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _report(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary, sort_keys=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=summary["source"])
+    for name in ("code", "corrected", "quarantined"):
+        table.add_column(name)
+    for code, counts in summary["by_code"].items():
+        table.add_row(code, str(counts["corrected"]), str(counts["quarantined"]))
+    console = Console()
+    console.print(
+        f"rows {summary['input_rows']}: valid {summary['valid']}, corrected "
+        f"{summary['corrected']}, quarantined {summary['quarantined']}"
+    )
+    if summary["by_code"]:
+        console.print(table)
+    for kind in ("corrected", "quarantine"):
+        for path in summary["outputs"][kind]:
+            console.print(f"{kind}: {path}")
+    if summary["outputs"]["audit"]:
+        console.print(f"audit: {summary['outputs']['audit']}")
+
+
+_file_arg = click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+_meters_opt = click.option(
+    "--meters",
+    "meters_path",
+    type=str,
+    default=None,
+    help="meters JSON (GET /v1/billing/meters); default: from Stripe",
+)
+_rules_opt = click.option(
+    "--rules", "rules_path", type=str, default=None, help="rules TOML; default: MFX_RULES"
+)
+_json_opt = click.option("--json", "as_json", is_flag=True, help="print one JSON summary")
+_now_opt = click.option("--now", "now_text", default=None, help="reference time (unix or ISO)")
+
+
+@click.command("validate")
+@_file_arg
+@_meters_opt
+@_rules_opt
+@_json_opt
+@_now_opt
+def validate_command(
+    file: Path, meters_path: str | None, rules_path: str | None, as_json: bool, now_text: str | None
+) -> None:
+    """Check FILE against the meters without writing anything; exit 1 if any row is invalid."""
+    _exists(file)
+    rules = _load_rules(rules_path)
+    result = _run(file, None, _load_meters(meters_path), rules, _now(now_text), "derive")
+    summary = dict(result.summary, outputs={"corrected": [], "quarantine": [], "audit": None})
+    _report(summary, as_json)
+    if summary["input_rows"] != summary["valid"]:
+        sys.exit(1)
+
+
+@click.command("remediate")
+@_file_arg
+@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True)
+@_meters_opt
+@_rules_opt
+@_json_opt
+@_now_opt
+@click.option("--identifiers", type=click.Choice(["derive", "keep"]), default="derive")
+def remediate_command(
+    file: Path,
+    out: Path,
+    meters_path: str | None,
+    rules_path: str | None,
+    as_json: bool,
+    now_text: str | None,
+    identifiers: str,
+) -> None:
+    """Write corrected and quarantine files for FILE into DIR (exit 0 when it ran)."""
+    _exists(file)
+    rules = _load_rules(rules_path)
+    result = _run(file, out, _load_meters(meters_path), rules, _now(now_text), identifiers)
+    _report(result.summary, as_json)
+
+
+def _exists(file: Path) -> None:
+    if not file.is_file():
+        raise click.ClickException(f"{file}: no such file")
+
+
+COMMANDS: list[click.Command] = [validate_command, remediate_command]

@@ -1,0 +1,101 @@
+"""Whole-file repairs (what makes Stripe fail a file as a whole, `import_set.failed`).
+
+`plan_input` looks at the first KB of a file and returns how to read it despite a BOM, `;` or
+tab delimiters, a JSON array named `.jsonl` (or the reverse), and header aliases; or raises
+UnreadableFile with the reason (an empty file is dropped, not repaired). Oversized inputs are
+split by the output planner (1,000,000 records / 1 GB per file).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from remediation.errors import UnreadableFile
+from remediation.filetypes import FileFormat, detect_format
+from remediation.readers import CsvLayout, read_records
+from remediation.records import UsageRecord
+from remediation.rules import Rules
+
+SNIFF_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class InputPlan:
+    fmt: FileFormat
+    delimiter: str = ","
+    header: tuple[str, ...] = ()  # the repaired CSV header
+    columns: tuple[str, ...] = ()  # output columns (no error columns)
+    repairs: tuple[str, ...] = field(default_factory=tuple)  # what was repaired, for the audit
+
+
+def repair_header(header: Sequence[str], aliases: Mapping[str, str]) -> list[str]:
+    """Rename aliased columns (`customer_id` -> `payload_stripe_customer_id`) when the canonical
+    column is not already present."""
+    present = {name.strip().lower() for name in header}
+    renamed = []
+    for name in header:
+        target = aliases.get(name.strip().lower())
+        if target and target not in present:
+            present.add(target)
+            renamed.append(target)
+        else:
+            renamed.append(name.strip())
+    return renamed
+
+
+def plan_input(path: Path, rules: Rules) -> InputPlan:
+    with open(path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    text = head.decode("utf-8-sig", errors="ignore").lstrip()
+    if not text:
+        raise UnreadableFile("empty file: nothing to import (dropped)")
+    named = detect_format(path.name)
+    fmt, repairs = _actual_format(named, text)
+    if fmt is not FileFormat.CSV:
+        return InputPlan(fmt, repairs=repairs)
+    delimiter = _sniff_delimiter(text)
+    if delimiter != ",":
+        repairs += (f"delimiter {delimiter!r} read as CSV",)
+    first_line = next(csv.reader([text.splitlines()[0]], delimiter=delimiter), [])
+    header = repair_header(first_line, rules.columns)
+    if header != [c.strip() for c in first_line]:
+        repairs += ("header aliases renamed",)
+    layout = CsvLayout.from_header(header)
+    if layout.event_name is None and rules.policy.default_event_name:
+        repairs += (f"event_name filled with {rules.policy.default_event_name!r}",)
+    return InputPlan(fmt, delimiter, tuple(header), tuple(layout.columns()), repairs)
+
+
+def _actual_format(named: FileFormat, text: str) -> tuple[FileFormat, tuple[str, ...]]:
+    if text[0] == "[" and named is not FileFormat.JSON:
+        return FileFormat.JSON, (f"{named.value} file holds a JSON array",)
+    if text[0] == "{" and named is not FileFormat.JSONL:
+        return FileFormat.JSONL, (f"{named.value} file holds JSON Lines",)
+    return named, ()
+
+
+def _sniff_delimiter(text: str) -> str:
+    try:
+        return csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
+def read_repaired(stream: BinaryIO, plan: InputPlan, rules: Rules) -> Iterator[UsageRecord]:
+    """Records of a file read as `plan` says, with the missing event_name filled in."""
+    records = read_records(stream, plan.fmt, delimiter=plan.delimiter, header=plan.header or None)
+    default = rules.policy.default_event_name
+    if not default:
+        return records
+    return _fill_event_name(records, default)
+
+
+def _fill_event_name(records: Iterator[UsageRecord], default: str) -> Iterator[UsageRecord]:
+    for record in records:
+        if record.event_name is None:
+            record.event_name = default
+        yield record
