@@ -1,0 +1,88 @@
+"""The two meter error handlers read the full v2 event as Stripe documents it (and the guides)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handlers import REGISTRY
+from handlers.meter_error_reports import IncompleteEvent
+from handlers.records import ErrorSampleRecord, OutcomeStatus
+from tests.unit.handlers.fakes import RecordingContext
+
+EVENTS = Path(__file__).resolve().parents[2] / "data" / "events"
+
+
+def _event(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((EVENTS / f"{name}.json").read_text())
+    return data
+
+
+def _handle(event: dict[str, Any], ctx: RecordingContext) -> Any:
+    return REGISTRY[event["type"]](event, ctx)
+
+
+def test_error_report_triggered() -> None:
+    ctx = RecordingContext()
+    event = _event("v2_error_report_triggered")
+    outcome = _handle(event, ctx)
+    assert outcome.status is OutcomeStatus.RECORDED
+    report = ctx.reports[event["id"]]
+    assert report.meter_id == "mtr_test_61RCjiqdTDC91zgip41IqPCzPnxqqSVc"
+    assert report.validation_start == datetime(2024, 9, 26, 17, 46, 10, tzinfo=UTC)
+    assert report.validation_end == datetime(2024, 9, 26, 17, 46, 20, tzinfo=UTC)
+    assert (report.summary, report.error_count) == ("There is 1 invalid event", 1)
+    assert [(t.code, t.error_count) for t in report.error_types] == [
+        ("meter_event_no_customer_defined", 1)
+    ]
+    assert report.samples == [
+        ErrorSampleRecord(
+            "meter_event_no_customer_defined",
+            "Customer mapping key stripe_customer_id not found in payload.",
+            "cb447754-6880-45c2-8f2f-ef19b6ce81e9",
+        )
+    ]
+
+
+def test_no_meter_found_has_no_meter() -> None:
+    ctx = RecordingContext()
+    event = _event("v2_no_meter_found")
+    _handle(event, ctx)
+    report = ctx.reports[event["id"]]
+    assert report.meter_id is None and report.error_types[0].code == "no_meter"
+    assert report.samples[0].identifier == "df5d4002-515b-4090-8fe2-a1b1f6f5b945"
+
+
+def test_guide_shape_idempotency_key_and_unknown_codes() -> None:
+    ctx = RecordingContext()
+    event = _event("v2_error_report_guide_shape")
+    _handle(event, ctx)
+    report = ctx.reports[event["id"]]
+    assert [s.identifier for s in report.samples] == ["row-1", "row-2"]
+    assert [t.code for t in report.error_types] == ["timestamp_in_future", "some_code_we_never_saw"]
+    assert report.error_count == 3 and report.detail["context"] == "acct_123"
+
+
+def test_same_event_twice_is_unchanged() -> None:
+    ctx = RecordingContext()
+    event = _event("v2_no_meter_found")
+    _handle(event, ctx)
+    assert _handle(event, ctx).status is OutcomeStatus.UNCHANGED
+
+
+def test_missing_pieces_never_crash() -> None:
+    ctx = RecordingContext()
+    event = {"id": "evt_x", "type": "v1.billing.meter.no_meter_found", "data": {"reason": None}}
+    _handle(event, ctx)
+    report = ctx.reports["evt_x"]
+    assert (report.error_count, report.error_types, report.samples) == (0, [], [])
+    assert report.validation_start is None
+
+
+def test_thin_payload_without_data_is_refused() -> None:
+    with pytest.raises(IncompleteEvent):
+        _handle(_event("thin_error_report_triggered"), RecordingContext())
