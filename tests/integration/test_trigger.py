@@ -55,7 +55,7 @@ def test_trigger_import_set_succeeded_file_resolves(
     event = stripe.Webhook.construct_event(raw, header, sandbox_server.webhook_secret)
     file_id = event.data.object["result"]["errors"]["file"]
     meta = sandbox_server.stripe_client().v1.files.retrieve(file_id)
-    assert meta.size > 0 and meta.filename.endswith(".csv")
+    assert meta.size > 0 and str(meta.filename).endswith(".csv")
 
 
 def test_trigger_fails_clearly(sandbox_server: SandboxServer, receiver: Receiver) -> None:
