@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -188,14 +189,18 @@ def read_csv_with_header(stream: BinaryIO) -> tuple[list[str], Iterator[UsageRec
         rows = csv.reader(text)
         header = next(rows, None)
     except (UnicodeDecodeError, csv.Error) as exc:
+        text.detach()
         raise UnreadableFile(f"unreadable CSV header: {exc}") from exc
     if header is None:
+        text.detach()
         return [], iter(())
     layout = CsvLayout.from_header(header)
-    return list(layout.header), _csv_rows(layout, rows)
+    return list(layout.header), _csv_rows(layout, rows, text)
 
 
-def _csv_rows(layout: CsvLayout, rows: Iterator[list[str]]) -> Iterator[UsageRecord]:
+def _csv_rows(
+    layout: CsvLayout, rows: Iterator[list[str]], text: io.TextIOWrapper
+) -> Iterator[UsageRecord]:
     number = 0
     try:
         for row in rows:
@@ -206,3 +211,5 @@ def _csv_rows(layout: CsvLayout, rows: Iterator[list[str]]) -> Iterator[UsageRec
         raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
     except csv.Error as exc:
         raise UnreadableFile(f"broken CSV: {exc}") from exc
+    finally:
+        text.detach()  # the caller owns (and closes) the binary stream

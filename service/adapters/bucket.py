@@ -10,6 +10,7 @@ same key already holds the same content (equal `mfx-sha256`, or an ETag equal to
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -188,7 +189,7 @@ class S3Bucket:
             if _is_missing(exc):
                 raise ObjectNotFound(f"no such object: s3://{self.name}/{key}") from exc
             raise
-        return cast(BinaryIO, response["Body"])
+        return cast(BinaryIO, io.BufferedReader(_RawBody(response["Body"]), CHUNK))
 
     def download(self, key: str, dest: Path) -> None:
         if self.head(key) is None:
@@ -211,6 +212,27 @@ class S3Bucket:
         )
         log_event("bucket.uploaded", key=key, size=src.stat().st_size, sha256=sha)
         return True
+
+
+class _RawBody(io.RawIOBase):
+    """botocore's StreamingBody as a raw stream, so io.BufferedReader / TextIOWrapper (the
+    CSV and JSON readers) can sit on it; closing it releases the HTTP connection."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
 
 
 def _transfer_config() -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,3 +188,14 @@ def test_upload_outputs_places_by_kind(
     head = bucket.head(keys[0])
     assert head is not None and head.metadata["mfx-generation"] == "1"
     assert upload_outputs(bucket, outputs, settings) == keys  # idempotent, nothing new
+
+
+def test_open_read_works_under_text_readers(bucket: Bucket, tmp_path: Path) -> None:
+    data = "identifier,value\n" + "".join(f"id-{i},{i}\n" for i in range(50_000))
+    key = bucket.prefix + "t.csv"
+    bucket.upload(_write(tmp_path / "t.csv", data.encode()), key, {})
+    with bucket.open_read(key) as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+        rows = list(csv.reader(text))
+        text.detach()
+    assert len(rows) == 50_001 and rows[-1] == ["id-49999", "49999"]

@@ -1,0 +1,267 @@
+"""The bundled poller end to end: a real bucket (file:// and moto S3), the sandbox as Stripe
+through the real SDK, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from sqlalchemy import create_engine, text
+from sqlmodel import Session, select
+
+from remediation.ports import Bucket
+from service.adapters.bucket import open_bucket
+from service.adapters.meter_events import StripeMeterEventSink
+from service.adapters.stripe_client import build_stripe_client
+from service.adapters.stripe_meters import StripeMeterSource
+from service.config import Settings
+from service.db import make_engine
+from service.models import BucketObject, ImportedRow, ImportSet
+from service.poller import PollerDeps, poller_lock, run_poll_pass
+from tests.conftest import SandboxServer
+
+HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+
+
+def _rows(prefix: str, count: int, ts: int | None = None) -> str:
+    ts = ts or int(time.time()) - 60
+    return "".join(f"{prefix}-{i},{ts},api_requests,cus_A,{i + 1}\n" for i in range(count))
+
+
+@pytest.fixture
+def settings(
+    sandbox_server: SandboxServer, make_settings: Callable[..., Settings], db_url: str
+) -> Settings:
+    sandbox_server.admin.create_meter("api_requests")
+    url = sandbox_server.url
+    return make_settings(
+        database_url=db_url,
+        stripe_api_key=sandbox_server.api_key,
+        stripe_api_base=url,
+        stripe_files_base=url,
+        stripe_meter_events_base=url,
+    )
+
+
+class Harness:
+    def __init__(self, settings: Settings, tmp_path: Path, sink: Any = None) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        self.bucket: Bucket = open_bucket(settings)
+        client = build_stripe_client(settings)
+        self.handed: list[tuple[ImportSet, Path]] = []
+        self.deps = PollerDeps(
+            engine=self.engine,
+            settings=settings,
+            bucket=self.bucket,
+            meters=StripeMeterSource(client),
+            sink=sink or StripeMeterEventSink(client, settings),
+            work_dir=tmp_path / "work",
+            on_failed_rows=lambda s, p: self.handed.append((s, p)),
+        )
+
+    def put(self, key: str, content: str, tmp_path: Path) -> None:
+        src = tmp_path / "upload.tmp"
+        src.write_text(content)
+        self.bucket.upload(src, self.bucket.prefix + key, {})
+
+    def objects(self) -> dict[str, BucketObject]:
+        with Session(self.engine) as session:
+            return {o.key: o for o in session.exec(select(BucketObject))}
+
+    def imported(self) -> list[ImportedRow]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(ImportedRow).order_by(ImportedRow.row_number)))
+
+
+@pytest.fixture
+def harness(settings: Settings, tmp_path: Path) -> Harness:
+    h = Harness(settings, tmp_path)
+    yield h  # type: ignore[misc]
+    h.engine.dispose()
+
+
+def test_pass_imports_new_files_once(
+    harness: Harness, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    harness.put("a.csv", HEADER + _rows("a", 150), tmp_path)
+    harness.put(
+        "b.jsonl",
+        '{"identifier":"b-1","event_name":"api_requests",'
+        '"payload":{"stripe_customer_id":"cus_A","value":3}}\n',
+        tmp_path,
+    )
+    harness.put("a.csv.meta.json", "{}", tmp_path)  # a sidecar-looking object is never read
+    harness.put("quarantine/q.csv", HEADER + _rows("q", 3), tmp_path)
+    harness.put("notes.txt", "hello", tmp_path)
+    report = run_poll_pass(harness.deps)
+    assert (report.imported, report.rows, report.sent, report.failed_rows) == (2, 151, 151, 0)
+    accepted = sandbox_server.admin.meter_events()
+    assert sorted(e["identifier"] for e in accepted) == sorted(
+        [f"a-{i}" for i in range(150)] + ["b-1"]
+    )
+    objects = harness.objects()
+    assert set(objects) == {"a.csv", "b.jsonl"}
+    assert objects["a.csv"].status == "imported" and objects["a.csv"].sent == 150
+    rows = [r for r in harness.imported() if r.object_key == "a.csv"]
+    assert [(r.identifier, r.row_number, r.sent) for r in rows[:2]] == [
+        ("a-0", 1, True),
+        ("a-1", 2, True),
+    ]
+    again = run_poll_pass(harness.deps)
+    assert (again.imported, again.sent) == (0, 0)
+    assert len(sandbox_server.admin.meter_events()) == 151
+
+
+def test_objects_in_the_same_second_and_new_versions_are_taken(
+    harness: Harness, tmp_path: Path
+) -> None:
+    harness.put("x1.csv", HEADER + _rows("x1", 1), tmp_path)
+    run_poll_pass(harness.deps)
+    harness.put("x2.csv", HEADER + _rows("x2", 1), tmp_path)  # same second as x1, likely
+    harness.put("x1.csv", HEADER + _rows("x1-v2", 2), tmp_path)  # same key, new content
+    report = run_poll_pass(harness.deps)
+    assert (report.imported, report.sent) == (2, 3)
+
+
+def test_failed_rows_go_to_a_failed_records_file_and_the_hook(
+    harness: Harness, tmp_path: Path
+) -> None:
+    bad = "bad-1,{ts},no_such_meter,cus_A,1\nbad-2,{ts},api_requests,cus_A,abc\n".format(
+        ts=int(time.time()) - 60
+    )
+    harness.put("mixed.csv", HEADER + _rows("ok", 3) + bad, tmp_path)
+    report = run_poll_pass(harness.deps)
+    assert (report.sent, report.failed_rows) == (3, 2)
+    [(import_set, path)] = harness.handed
+    assert import_set.import_set_id.startswith("impset_local_")
+    assert (import_set.origin, import_set.status) == ("poller", "succeeded_with_errors")
+    assert (import_set.errors_row_count, import_set.successes_row_count) == (2, 3)
+    assert import_set.source_object == "mixed.csv"
+    failed = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert [(r["identifier"], r["error_code"]) for r in failed] == [
+        ("bad-1", "no_meter"),
+        ("bad-2", "meter_event_invalid_value"),
+    ]
+    assert list(failed[0])[:5] == HEADER.strip().split(",")
+    assert failed[1]["payload_value"] == "abc" and failed[1]["error_message"]
+    with Session(harness.engine) as session:
+        stored = session.exec(select(ImportSet)).one()
+    assert stored.detail["failed_records_path"] == str(path)
+
+
+def test_crash_mid_file_resends_without_double_billing(
+    settings: Settings, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    client = build_stripe_client(settings)
+
+    class CrashingSink(StripeMeterEventSink):
+        calls = 0
+
+        def send_batch(self, batch: Any) -> int:
+            CrashingSink.calls += 1
+            if CrashingSink.calls == 3:
+                raise ConnectionError("network went away")
+            return super().send_batch(batch)
+
+    crashing = Harness(settings, tmp_path, sink=CrashingSink(client, settings, workers=1))
+    crashing.put("big.csv", HEADER + _rows("big", 450), tmp_path)
+    first = run_poll_pass(crashing.deps)
+    assert first.retry_files == 1 and "network went away" in first.errors[0]
+    assert crashing.objects()["big.csv"].status == "seen"  # not marked imported
+    partly = len(sandbox_server.admin.meter_events())
+    assert 0 < partly < 450
+    healthy = Harness(settings, tmp_path)
+    second = run_poll_pass(healthy.deps)
+    assert (second.imported, second.sent) == (1, 450)
+    accepted = sandbox_server.admin.meter_events()
+    assert len(accepted) == 450  # re-sent batches deduplicated by identifier
+    assert len({e["identifier"] for e in accepted}) == 450
+    assert healthy.objects()["big.csv"].status == "imported"
+    assert len(healthy.imported()) == 450
+    crashing.engine.dispose()
+    healthy.engine.dispose()
+
+
+def test_index_mode_records_identifiers_and_sends_nothing(
+    settings: Settings, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    index_settings = settings.model_copy(update={"mfx_poller": "index"})
+    h = Harness(index_settings, tmp_path)
+    h.deps.sink, h.deps.meters = None, None
+    h.put("a.csv", HEADER + _rows("a", 5) + ",1,api_requests,cus_A,1\n", tmp_path)
+    report = run_poll_pass(h.deps)
+    assert (report.mode, report.indexed, report.rows, report.sent) == ("index", 1, 5, 0)
+    assert sandbox_server.admin.meter_events() == []
+    assert [r.identifier for r in h.imported()] == [f"a-{i}" for i in range(5)]
+    assert h.objects()["a.csv"].status == "indexed"
+    h.engine.dispose()
+
+
+def test_unreadable_file_is_marked_failed(harness: Harness, tmp_path: Path) -> None:
+    harness.put("broken.json", '[{"identifier": "x"', tmp_path)
+    report = run_poll_pass(harness.deps)
+    assert report.failed_files == 1 and "invalid JSON" in report.errors[0]
+    obj = harness.objects()["broken.json"]
+    assert obj.status == "failed" and obj.error
+    assert run_poll_pass(harness.deps).failed_files == 0  # not retried forever
+
+
+def test_only_one_instance_polls_on_postgresql(harness: Harness, tmp_path: Path) -> None:
+    if harness.engine.dialect.name != "postgresql":
+        pytest.skip("advisory lock is PostgreSQL only (SQLite: single process)")
+    harness.put("a.csv", HEADER + _rows("a", 1), tmp_path)
+    other = create_engine(harness.settings.database_url)
+    with poller_lock(other) as held:
+        assert held
+        assert run_poll_pass(harness.deps).ran is False
+    assert run_poll_pass(harness.deps).imported == 1
+    other.dispose()
+
+
+def test_poller_over_s3(
+    settings: Settings, s3_endpoint: str, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="usage")
+    s3 = settings.model_copy(update={"bucket_url": "s3://usage/in", "s3_endpoint_url": s3_endpoint})
+    h = Harness(s3, tmp_path)
+    h.put("2026/a.csv", HEADER + _rows("a", 120), tmp_path)
+    h.put("quarantine/a.quarantine.csv", HEADER + _rows("q", 2), tmp_path)
+    h.put("corrected/a.r1.csv", HEADER + _rows("c", 2), tmp_path)
+    report = run_poll_pass(h.deps)
+    assert (report.imported, report.sent) == (2, 122)
+    assert set(h.objects()) == {"in/2026/a.csv", "in/corrected/a.r1.csv"}
+    h.engine.dispose()
+
+
+def test_cli_poll_once(
+    settings: Settings, sandbox_server: SandboxServer, tmp_path: Path, make_app: Any
+) -> None:
+    bucket = open_bucket(settings)
+    src = tmp_path / "a.csv"
+    src.write_text(HEADER + _rows("cli", 4))
+    bucket.upload(src, "a.csv", {})
+    app = make_app(settings)
+    result = app.test_cli_runner().invoke(args=["poll", "--once"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "import: 1 files, 4 rows, 4 sent" in result.output
+    assert len(sandbox_server.admin.meter_events()) == 4
+    engine = make_engine(settings.database_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM imported_rows")).scalar() == 4
+    engine.dispose()
+
+
+def test_cli_poll_fails_clearly_on_a_bad_bucket(
+    make_settings: Callable[..., Settings], make_app: Any
+) -> None:
+    app = make_app(make_settings(bucket_url="ftp://nowhere"))
+    result = app.test_cli_runner().invoke(args=["poll", "--once"])
+    assert result.exit_code != 0
+    assert "cannot poll" in result.output and "Traceback" not in result.output
