@@ -13,7 +13,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from remediation.errors import UnreadableFile
@@ -74,6 +74,7 @@ class CsvLayout:
     payload: tuple[tuple[int, str], ...]
     extra: tuple[tuple[int, str], ...]
     errors: tuple[tuple[int, str], ...]
+    simple_errors: tuple[int, int | None] | None = None  # (error_code, error_message) indexes
 
     @classmethod
     def from_header(cls, header: Sequence[str]) -> CsvLayout:
@@ -93,7 +94,7 @@ class CsvLayout:
                 errors.append((i, low))
             else:
                 extra.append((i, name))
-        return cls(
+        layout = cls(
             names,
             core["identifier"],
             core["timestamp"],
@@ -102,6 +103,16 @@ class CsvLayout:
             tuple(extra),
             tuple(errors),
         )
+        return replace(layout, simple_errors=_error_columns(layout))
+
+    def _read_errors(self, rec: UsageRecord, row: Sequence[str]) -> None:
+        simple = self.simple_errors
+        if simple is None:
+            rec.error_code, rec.error_message = resolve_error({k: row[i] for i, k in self.errors})
+            return
+        code = row[simple[0]].strip().lower()
+        message = row[simple[1]].strip() if simple[1] is not None else ""
+        rec.error_code, rec.error_message = code or None, message or None
 
     def columns(self) -> list[str]:
         """Output column names in input order: canonical core names, no error columns."""
@@ -130,8 +141,16 @@ class CsvLayout:
             malformed=malformed,
         )
         if self.errors:
-            rec.error_code, rec.error_message = resolve_error({k: row[i] for i, k in self.errors})
+            self._read_errors(rec, row)
         return rec
+
+
+def _error_columns(layout: CsvLayout) -> tuple[int, int | None] | None:
+    """(code index, message index) when the file has the common error_code/error_message pair."""
+    names = dict((name, i) for i, name in layout.errors)
+    if "error_code" in names and set(names) <= {"error_code", "error_message"}:
+        return names["error_code"], names.get("error_message")
+    return None
 
 
 def _cell(row: Sequence[str], index: int | None) -> str | None:

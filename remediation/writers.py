@@ -75,6 +75,7 @@ class RecordWriter:
         self._with_errors = with_errors
         self._columns: list[str] | None = list(columns) if columns is not None else None
         self._getters: list[Getter] = []
+        self._column_set: frozenset[str] | None = None
         self._csv = csv.writer(self._text) if fmt is FileFormat.CSV else None
 
     def __enter__(self) -> RecordWriter:
@@ -96,7 +97,9 @@ class RecordWriter:
         """True unless the CSV header lacks a column this record needs."""
         if self._csv is None or self._columns is None:
             return True
-        have = set(self._columns)
+        if self._column_set is None:
+            self._column_set = frozenset(self._columns)
+        have = self._column_set
         keys = [PAYLOAD_PREFIX + k for k in record.payload]
         keys += [k for k in record.extra if not k.startswith(MFX_PREFIX)]
         return all(k in have for k in keys)
