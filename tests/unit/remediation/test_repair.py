@@ -1,0 +1,75 @@
+"""Whole-file repairs: delimiters, header aliases, format mismatch, default event_name, empty."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from remediation.errors import UnreadableFile
+from remediation.formats import FileFormat
+from remediation.repair import plan_input, read_repaired
+from remediation.rules import load_rules
+
+
+def records(path: Path, rules_text: str = "") -> list[tuple[object, ...]]:
+    rules = load_rules(rules_text)
+    plan = plan_input(path, rules)
+    with open(path, "rb") as stream:
+        return [
+            (r.identifier, r.timestamp, r.event_name, r.payload)
+            for r in read_repaired(stream, plan, rules)
+        ]
+
+
+def test_semicolon_delimiter_bom_and_header_aliases(tmp_path: Path) -> None:
+    path = tmp_path / "u.csv"
+    path.write_bytes("\ufeffid;ts;event;customer_id;quantity\na;1;api;cus_1;5\n".encode())
+    plan = plan_input(path, load_rules(""))
+    assert plan.delimiter == ";"
+    assert plan.columns == (
+        "identifier",
+        "timestamp",
+        "event_name",
+        "payload_stripe_customer_id",
+        "payload_value",
+    )
+    assert records(path) == [("a", "1", "api", {"stripe_customer_id": "cus_1", "value": "5"})]
+
+
+def test_alias_not_applied_when_canonical_present(tmp_path: Path) -> None:
+    path = tmp_path / "u.csv"
+    path.write_text("event_name,payload_value,value\napi,1,2\n")
+    assert records(path) == [(None, None, "api", {"value": "1"})]
+
+
+def test_tab_delimiter_and_default_event_name(tmp_path: Path) -> None:
+    path = tmp_path / "u.tsv"
+    path.write_text("identifier\ttimestamp\tpayload_value\na\t1\t5\n")
+    rows = records(path, '[policy]\ndefault_event_name = "api_requests"')
+    assert rows == [("a", "1", "api_requests", {"value": "5"})]
+    assert records(path)[0][2] is None  # not configured: left for no_meter
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fmt"),
+    [
+        ("u.jsonl", '[{"event_name": "api", "payload": {}}]', FileFormat.JSON),
+        ("u.json", '{"event_name": "api", "payload": {}}\n', FileFormat.JSONL),
+    ],
+)
+def test_json_array_vs_json_lines_mismatch(
+    tmp_path: Path, name: str, content: str, fmt: FileFormat
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    plan = plan_input(path, load_rules(""))
+    assert plan.fmt is fmt and plan.repairs
+    assert records(path) == [(None, None, "api", {})]
+
+
+def test_empty_file_is_dropped_with_reason(tmp_path: Path) -> None:
+    path = tmp_path / "u.csv"
+    path.write_text("  \n")
+    with pytest.raises(UnreadableFile, match="empty file"):
+        plan_input(path, load_rules(""))
