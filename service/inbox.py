@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.adapters.stripe_events import VerifiedEvent
 from service.models._types import utcnow
@@ -26,6 +26,27 @@ from service.models.inbox import InboxEvent, InboxStatus
 
 INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
 ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
+_INSERT = insert(INBOX)  # a statement object only: nothing touches a database at import
+_INSERT_COLUMNS = (
+    "event_id",
+    "event_type",
+    "style",
+    "livemode",
+    "body",
+    "received_at",
+    "status",
+    "attempts",
+    "next_attempt_at",
+)
+_RAW_INSERT = {
+    "sqlite": "INSERT INTO inbox_events ({}) VALUES ({})".format(
+        ", ".join(_INSERT_COLUMNS), ", ".join("?" for _ in _INSERT_COLUMNS)
+    ),
+    "postgresql": "INSERT INTO inbox_events ({}) VALUES ({})".format(
+        ", ".join(_INSERT_COLUMNS), ", ".join("%s" for _ in _INSERT_COLUMNS)
+    ),
+}
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 FIRST_RETRY_SECONDS = 15.0  # jittered to 7.5-15 s: the first retry comes within 30 s
 MAX_BACKOFF_SECONDS = 900.0  # 15 minutes
@@ -48,27 +69,56 @@ class ClaimedEvent:
     attempts: int
 
 
+class InboxUnavailable(RuntimeError):
+    """The database could not store the event (the webhook answers 503; Stripe retries)."""
+
+
 def store_event(engine: Engine, event: VerifiedEvent, *, known_type: bool) -> StoreResult:
     """Durably store a verified event (committed on return); duplicates store nothing."""
     now = utcnow()
     status = InboxStatus.PENDING if known_type else InboxStatus.IGNORED
-    statement = insert(INBOX).values(
-        event_id=event.event_id,
-        event_type=event.event_type,
-        style=event.style.value,
-        livemode=event.livemode,
-        body=event.body,
-        received_at=now,
-        status=status.value,
-        attempts=0,
-        next_attempt_at=now if known_type else None,
-    )
+    row = {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "style": event.style.value,
+        "livemode": event.livemode,
+        "body": event.body,
+        "received_at": now,
+        "status": status.value,
+        "attempts": 0,
+        "next_attempt_at": now if known_type else None,
+    }
+    dbapi = engine.dialect.loaded_dbapi
     try:
-        with engine.begin() as connection:
-            connection.execute(statement)
-    except IntegrityError:  # concurrent or repeated delivery of the same event id
+        _insert(engine, row)
+    except (IntegrityError, dbapi.IntegrityError):  # repeated or concurrent delivery
         return StoreResult.DUPLICATE
+    except (SQLAlchemyError, dbapi.Error) as exc:
+        raise InboxUnavailable(type(exc).__name__) from exc
     return StoreResult.STORED if known_type else StoreResult.IGNORED
+
+
+def _insert(engine: Engine, row: dict[str, Any]) -> None:
+    """One INSERT and COMMIT. The web hot path skips SQLAlchemy's statement machinery
+    (about half the request's cost) and talks to the pooled DBAPI connection directly."""
+    dialect = engine.dialect.name
+    if dialect not in _RAW_INSERT:
+        with engine.begin() as connection:
+            connection.execute(_INSERT, row)
+        return
+    values = [row[name] for name in _INSERT_COLUMNS]
+    if dialect == "sqlite":  # SQLAlchemy's own SQLite DATETIME storage format
+        values = [v.strftime(_SQLITE_DATETIME) if isinstance(v, datetime) else v for v in values]
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute(_RAW_INSERT[dialect], values)
+        raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
+    finally:
+        raw.close()
 
 
 def _claimable(now: datetime, lease: timedelta) -> Any:

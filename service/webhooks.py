@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
-from sqlalchemy.exc import SQLAlchemyError
 
 from handlers import REGISTRY
 from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_events import VerifiedEvent, WebhookRejected, WebhookVerifier
-from service.inbox import store_event
+from service.inbox import InboxUnavailable, store_event
 from service.logs import log_event
 from service.runtime import Runtime
 
@@ -51,12 +50,9 @@ def read_body(req: Request, limit: int) -> bytes:
 def _store(rt: Runtime, event: VerifiedEvent) -> tuple[Response, int]:
     try:
         result = store_event(rt.engine, event, known_type=event.event_type in REGISTRY)
-    except SQLAlchemyError as exc:  # Stripe retries a 503; the event is not lost
+    except InboxUnavailable as exc:  # Stripe retries a 503; the event is not lost
         log_event(
-            "webhook.store_failed",
-            level=logging.ERROR,
-            event_id=event.event_id,
-            error=type(exc).__name__,
+            "webhook.store_failed", level=logging.ERROR, event_id=event.event_id, error=str(exc)
         )
         return jsonify(error="database unavailable"), 503
     log_event(
