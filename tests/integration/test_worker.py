@@ -247,3 +247,16 @@ def test_two_workers_never_take_the_same_row(intake: Intake) -> None:
     assert sorted(done) == sorted(ids)  # each exactly once
     assert all(r.attempts == 1 and r.status == InboxStatus.DONE for r in _rows(intake))
     assert intake.count(ImportSet) == 12
+
+
+def test_backoff_schedule() -> None:
+    import random
+
+    from service.inbox import backoff_seconds
+
+    rng = random.Random(7)
+    first = [backoff_seconds(1, rng) for _ in range(200)]
+    assert all(7.5 <= delay <= 15 for delay in first)  # the first retry comes within 30 s
+    later = [backoff_seconds(n, rng) for n in range(2, 30) for _ in range(20)]
+    assert all(delay <= 900 for delay in later) and max(later) > 450
+    assert backoff_seconds(3, rng) > 30  # it does grow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,3 +138,35 @@ def test_sigterm_stops_the_loop(sqlite_url: str, sandbox_server: Any, tmp_path: 
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(10) == 0
         assert "worker.stopped" in worker.stderr.read()
+
+
+def test_serve_binds_loopback_by_default(
+    sqlite_url: str, sandbox_server: Any, tmp_path: Path
+) -> None:
+    import requests
+
+    from tests.servers import free_port
+
+    port = free_port()
+    env = _env(sqlite_url, sandbox_server, sandbox_server.url)
+    with subprocess.Popen(
+        [MFX, "serve", "--port", str(port)], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL
+    ) as server:
+        try:
+            deadline = time.time() + 20
+            while True:
+                try:
+                    response = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                    break
+                except requests.ConnectionError:
+                    assert time.time() < deadline, "serve never answered"
+                    time.sleep(0.1)
+            assert response.status_code == 200
+            if shutil.which("ss"):  # the socket listens on loopback only
+                listening = subprocess.run(
+                    ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+                ).stdout
+                assert listening.split()[3] == f"127.0.0.1:{port}"
+        finally:
+            server.terminate()
+            server.wait(10)
