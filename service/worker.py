@@ -116,15 +116,9 @@ class InboxWorker:
     def _dispatch(self, claimed: ClaimedEvent) -> tuple[InboxStatus, str]:
         handler = handler_for(claimed.event_type)
         if handler is None:  # a replayed unknown type: never fetched
-            self._finish(claimed, InboxStatus.IGNORED, "no handler for this event type")
-            return InboxStatus.IGNORED, "no handler"
+            return self._finish(claimed, InboxStatus.IGNORED, lambda _: "no handler for its type")
         event = self._full_event(claimed)
-
-        def run(context: DatabaseHandlerContext) -> str:
-            return str(handler(event, context))
-
-        outcome = self._finish(claimed, InboxStatus.DONE, run)
-        return InboxStatus.DONE, outcome
+        return self._finish(claimed, InboxStatus.DONE, lambda ctx: str(handler(event, ctx)))
 
     def _full_event(self, claimed: ClaimedEvent) -> Mapping[str, Any]:
         if claimed.style == PayloadStyle.THIN:
@@ -136,14 +130,14 @@ class InboxWorker:
         self,
         claimed: ClaimedEvent,
         status: InboxStatus,
-        work: str | Callable[[DatabaseHandlerContext], str],
-    ) -> str:
+        work: Callable[[DatabaseHandlerContext], str],
+    ) -> tuple[InboxStatus, str]:
         """Run the handler and mark the row in ONE transaction (all or nothing)."""
         with session_scope(self.engine) as session:
-            outcome = work if isinstance(work, str) else work(DatabaseHandlerContext(session))
+            outcome = work(DatabaseHandlerContext(session))
             if not mark_done(session.connection(), claimed, self.worker_id, outcome, status):
                 raise LeaseLost(f"lease on {claimed.event_id} was lost; rolled back")
-        return outcome
+        return status, outcome
 
     def _fail(self, claimed: ClaimedEvent, error: str, report: PassReport) -> None:
         dead = claimed.attempts >= self.settings.mfx_max_attempts

@@ -170,3 +170,12 @@ def test_serve_binds_loopback_by_default(
         finally:
             server.terminate()
             server.wait(10)
+
+
+def test_once_fails_on_bad_configuration(
+    sqlite_url: str, sandbox_server: Any, tmp_path: Path
+) -> None:
+    env = _env(sqlite_url, sandbox_server, sandbox_server.url, MFX_MAX_ATTEMPTS="0")
+    result = _run(["worker", "--once"], env, tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "bad configuration: MFX_MAX_ATTEMPTS" in result.stderr
