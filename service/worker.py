@@ -147,7 +147,7 @@ class InboxWorker:
                 if dead:
                     dead_letter_alert(connection, claimed, error)
         except SQLAlchemyError as exc:  # the lease will expire and the row be retried
-            log_event("inbox.record_failure_failed", level=logging.ERROR, error=repr(exc))
+            log_event("inbox.record_failure_failed", level=logging.ERROR, error=type(exc).__name__)
         (report.dead if dead else report.retrying).append((claimed.event_id, error))
         log_event(
             "inbox.dead_lettered" if dead else "inbox.failed",
