@@ -7,12 +7,13 @@ give byte-identical files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from remediation import fastpath
 from remediation.changes import Change, Context
 from remediation.codes import KNOWN_CODES, ErrorCode
 from remediation.correctors import CORRECTORS
@@ -20,15 +21,16 @@ from remediation.errors import ConservationError, Uncorrectable
 from remediation.filetypes import FileFormat
 from remediation.identifiers import derive_identifier, split_generation
 from remediation.meters import Meter
-from remediation.outputs import MAX_ROWS as MAX_OUTPUT_ROWS
-from remediation.outputs import OutputSet, PlannedOutput, source_stem
+from remediation.outcomes import Outcome, Tally
+from remediation.outputs import PlannedOutput
 from remediation.ports import CustomerDirectory
-from remediation.records import QUARANTINE_FIELDS, UsageRecord, classify_reported
+from remediation.records import UsageRecord, classify_reported
 from remediation.rules import Rules
+from remediation.sinks import AuditSink, Sinks
 from remediation.validation import MeterIndex, validate_record
 
 MAX_ROUNDS = 4
-AuditSink = Callable[[dict[str, Any]], None]
+PROGRESS_EVERY = 65536
 
 
 @dataclass(slots=True)
@@ -36,21 +38,6 @@ class RemediationResult:
     summary: dict[str, Any]
     outputs: list[PlannedOutput] = field(default_factory=list)
     corrections: int = 0
-
-
-@dataclass(slots=True)
-class _Tally:
-    input_rows: int = 0
-    valid: int = 0
-    corrected: int = 0
-    quarantined: int = 0
-    unclassified: int = 0
-    corrections: int = 0
-    by_code: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def count(self, code: str, outcome: str) -> None:
-        slot = self.by_code.setdefault(code, {"corrected": 0, "quarantined": 0})
-        slot[outcome] += 1
 
 
 class _Run:
@@ -64,7 +51,60 @@ class _Run:
     ) -> None:
         self.source, self.ctx, self.generation = source, ctx, generation
         self.keep_ids, self.previous_codes = keep_ids, previous_codes
-        self.tally = _Tally()
+        self.tally = Tally()
+
+    def decide(self, record: UsageRecord) -> Outcome:
+        """Where the row goes and what is recorded about it (nothing is written here)."""
+        arrived, to_fix = self.classify(record)
+        if arrived is None:
+            record.identifier = self.new_identifier(record)
+            return Outcome("valid", None, record, None, [])
+        repeat = self.repeat_failure(record, arrived)
+        if repeat is not None:
+            return self.quarantine(record, arrived, arrived, repeat)
+        if to_fix is None:
+            reason = f"unknown code {arrived!r} and the row passes our validation (unclassified)"
+            return self.quarantine(record, arrived, ErrorCode.UNCLASSIFIED, reason)
+        try:
+            fixed, changes = self.correct(record, to_fix)
+        except Uncorrectable as exc:
+            return self.quarantine(record, arrived, exc.code or to_fix, exc.reason)
+        if not changes:
+            reason = f"reported as {arrived} but there is nothing to correct"
+            return self.quarantine(record, arrived, arrived, reason)
+        fixed.identifier = self.new_identifier(record)
+        audit = [self.correction_entry(record, fixed, arrived, change) for change in changes]
+        return Outcome("corrected", arrived, fixed, None, audit, corrections=len(changes))
+
+    def correction_entry(
+        self, record: UsageRecord, fixed: UsageRecord, arrived: str, change: Change
+    ) -> dict[str, Any]:
+        return {
+            "kind": "correction",
+            "source": self.source,
+            "row": record.row_number,
+            "identifier": record.identifier,
+            "new_identifier": fixed.identifier,
+            "code": arrived,
+            "rule": change.rule,
+            "field": change.field,
+            "before": change.before,
+            "after": change.after,
+        }
+
+    def quarantine(self, record: UsageRecord, arrived: str, code: str, reason: str) -> Outcome:
+        entry = {
+            "kind": "quarantine",
+            "source": self.source,
+            "row": record.row_number,
+            "identifier": record.identifier,
+            "code": arrived,
+            "mfx_code": code,
+            "reason": reason,
+        }
+        unclassified = arrived not in KNOWN_CODES or code == ErrorCode.UNCLASSIFIED
+        notes: dict[str, object] = {"mfx_code": code, "mfx_reason": reason}
+        return Outcome("quarantined", arrived, record, notes, [entry], unclassified=unclassified)
 
     def classify(self, record: UsageRecord) -> tuple[str | None, str | None]:
         """(code the row arrived with or was classified with, code to correct)."""
@@ -149,13 +189,14 @@ def remediate(
     index = MeterIndex(meters, value_precision=rules.value_precision)
     ctx = Context(index, rules, now, customers)
     run = _Run(source, ctx, generation, identifiers == "keep", previous_codes)
-    sinks = _Sinks(out_dir, source, fmt, generation, columns, write, max_rows, on_audit)
+    sinks = Sinks(out_dir, source, fmt, generation, columns, write, max_rows, on_audit)
     try:
-        for record in records:
-            _process(run, sinks, record)
-            if on_progress is not None and run.tally.input_rows % 65536 == 0:
-                on_progress(run.tally.input_rows)
-        outputs = sinks.finish(run)
+        fast = fastpath.plan(records, sinks, columns, customers is None)
+        if fast is not None:
+            fastpath.run(fast, _fast_settings(run, sinks, on_progress), run.tally)
+        else:
+            _run_records(run, sinks, records, on_progress)
+        outputs = sinks.finish(_summary_entry(run))
     except BaseException:
         sinks.abort()
         raise
@@ -164,160 +205,60 @@ def remediate(
     return RemediationResult(summary, outputs, run.tally.corrections)
 
 
-def _process(run: _Run, sinks: _Sinks, record: UsageRecord) -> None:
-    tally = run.tally
-    tally.input_rows += 1
-    arrived, to_fix = run.classify(record)
-    if arrived is None:
-        tally.valid += 1
-        record.identifier = run.new_identifier(record)
-        sinks.corrected.write(record)
-        return
-    repeat = run.repeat_failure(record, arrived)
-    if repeat is not None:
-        return _quarantine(run, sinks, record, arrived, arrived, repeat)
-    if to_fix is None:
-        reason = f"unknown code {arrived!r} and the row passes our validation (unclassified)"
-        return _quarantine(run, sinks, record, arrived, ErrorCode.UNCLASSIFIED, reason)
-    try:
-        fixed, changes = run.correct(record, to_fix)
-    except Uncorrectable as exc:
-        return _quarantine(run, sinks, record, arrived, exc.code or to_fix, exc.reason)
-    if not changes:
-        reason = f"reported as {arrived} but there is nothing to correct"
-        return _quarantine(run, sinks, record, arrived, arrived, reason)
-    fixed.identifier = run.new_identifier(record)
-    tally.corrected += 1
-    tally.corrections += len(changes)
-    tally.count(arrived, "corrected")
-    sinks.corrected.write(fixed)
-    for change in changes:
-        sinks.audit(
-            {
-                "kind": "correction",
-                "source": run.source,
-                "row": record.row_number,
-                "identifier": record.identifier,
-                "new_identifier": fixed.identifier,
-                "code": arrived,
-                "rule": change.rule,
-                "field": change.field,
-                "before": change.before,
-                "after": change.after,
-            }
-        )
-
-
-def _quarantine(
-    run: _Run, sinks: _Sinks, record: UsageRecord, arrived: str, code: str, reason: str
+def _run_records(
+    run: _Run,
+    sinks: Sinks,
+    records: Iterable[UsageRecord],
+    on_progress: Callable[[int], None] | None,
 ) -> None:
-    tally = run.tally
-    tally.quarantined += 1
-    tally.count(arrived, "quarantined")
-    if arrived not in KNOWN_CODES or code == ErrorCode.UNCLASSIFIED:
-        tally.unclassified += 1
-    sinks.quarantine.write(record, {"mfx_code": code, "mfx_reason": reason})
-    sinks.audit(
-        {
-            "kind": "quarantine",
-            "source": run.source,
-            "row": record.row_number,
-            "identifier": record.identifier,
-            "code": arrived,
-            "mfx_code": code,
-            "reason": reason,
-        }
+    for record in records:
+        outcome = run.decide(record)
+        run.tally.add(outcome)
+        emit(sinks, outcome)
+        if on_progress is not None and run.tally.input_rows % PROGRESS_EVERY == 0:
+            on_progress(run.tally.input_rows)
+
+
+def _fast_settings(
+    run: _Run, sinks: Sinks, on_progress: Callable[[int], None] | None
+) -> fastpath.RunSettings:
+    return fastpath.RunSettings(
+        run.source,
+        run.generation,
+        run.keep_ids,
+        run.ctx.now,
+        run.ctx.rules,
+        run.decide,
+        partial(emit, sinks),
+        on_progress,
     )
 
 
-class _NullSet:
-    rows = 0
-
-    def write(self, record: UsageRecord, notes: Mapping[str, object] | None = None) -> None:
-        self.rows += 1
-
-    def finish(self) -> list[PlannedOutput]:
-        return []
-
-    def abort(self) -> None:
-        return None
+def emit(sinks: Sinks, outcome: Outcome) -> None:
+    """Write one decided row to its output and its entries to the audit trail."""
+    if outcome.notes is None:
+        sinks.corrected.write(outcome.record)
+    else:
+        sinks.quarantine.write(outcome.record, outcome.notes)
+    for entry in outcome.audit:
+        sinks.audit(entry)
 
 
-class _Sinks:
-    """Where rows go: corrected and quarantine output sets, and the audit trail."""
-
-    def __init__(
-        self,
-        out_dir: Path,
-        source: str,
-        fmt: FileFormat,
-        generation: int,
-        columns: Sequence[str] | None,
-        write: bool,
-        max_rows: int | None,
-        on_audit: AuditSink | None,
-    ) -> None:
-        limit = max_rows or MAX_OUTPUT_ROWS
-        self.corrected: OutputSet | _NullSet = _NullSet()
-        self.quarantine: OutputSet | _NullSet = _NullSet()
-        self.audit_path: Path | None = None
-        self._audit_file: TextIO | None = None
-        self._on_audit = on_audit
-        if write:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self.corrected = OutputSet(
-                out_dir, source, "corrected", fmt, generation, columns=columns, max_rows=limit
-            )
-            self.quarantine = OutputSet(
-                out_dir,
-                source,
-                "quarantine",
-                fmt,
-                generation,
-                columns=columns,
-                annotations=QUARANTINE_FIELDS,
-                max_rows=limit,
-            )
-            name = f"{source_stem(source)[:200]}.r{generation}.audit.jsonl"
-            self.audit_path = (out_dir / name).resolve()
-            self._audit_tmp = out_dir / f".{name}.tmp"
-            self._audit_file = open(self._audit_tmp, "w", encoding="utf-8")  # noqa: SIM115
-
-    def audit(self, entry: dict[str, Any]) -> None:
-        if self._audit_file is not None:
-            self._audit_file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        if self._on_audit is not None:
-            self._on_audit(entry)
-
-    def finish(self, run: _Run) -> list[PlannedOutput]:
-        outputs = self.corrected.finish() + self.quarantine.finish()
-        tally = run.tally
-        self.audit(
-            {
-                "kind": "summary",
-                "source": run.source,
-                "generation": run.generation,
-                "now": run.ctx.now,
-                "input_rows": tally.input_rows,
-                "valid": tally.valid,
-                "corrected": tally.corrected,
-                "quarantined": tally.quarantined,
-            }
-        )
-        if self._audit_file is not None and self.audit_path is not None:
-            self._audit_file.close()
-            self._audit_tmp.replace(self.audit_path)
-        return outputs
-
-    def abort(self) -> None:
-        self.corrected.abort()
-        self.quarantine.abort()
-        if self._audit_file is not None:
-            self._audit_file.close()
-            self._audit_tmp.unlink(missing_ok=True)
+def _summary_entry(run: _Run) -> dict[str, Any]:
+    tally = run.tally
+    return {
+        "kind": "summary",
+        "source": run.source,
+        "generation": run.generation,
+        "now": run.ctx.now,
+        "input_rows": tally.input_rows,
+        "valid": tally.valid,
+        "corrected": tally.corrected,
+        "quarantined": tally.quarantined,
+    }
 
 
-def _check_conservation(tally: _Tally, outputs: list[PlannedOutput]) -> None:
+def _check_conservation(tally: Tally, outputs: list[PlannedOutput]) -> None:
     if tally.input_rows != tally.valid + tally.corrected + tally.quarantined:
         raise ConservationError(
             f"rows in {tally.input_rows} != valid {tally.valid} + "
@@ -329,7 +270,7 @@ def _check_conservation(tally: _Tally, outputs: list[PlannedOutput]) -> None:
 
 
 def _summary(
-    source: str, generation: int, tally: _Tally, outputs: list[PlannedOutput], audit: Path | None
+    source: str, generation: int, tally: Tally, outputs: list[PlannedOutput], audit: Path | None
 ) -> dict[str, Any]:
     return {
         "source": source,

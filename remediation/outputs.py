@@ -109,6 +109,30 @@ class OutputSet:
         part.writer.write(record, notes)
         self.rows += 1
         part.rows += 1
+        self._check_full(part)
+
+    def takes_lines(self) -> bool:
+        """Whether `write_lines` can be used: the first layout has (or will have) `columns`."""
+        if not self.layouts:
+            return self.columns is not None
+        return self.layouts[0][0].writer.columns == list(self.columns or ())
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Rendered CSV rows of the first layout; parts split exactly as `write` splits them."""
+        if not self.layouts:
+            self.layouts.append([self._open(1, 1, self.columns)])
+        done = 0
+        while done < len(lines):
+            part = self._current(self.layouts[0])
+            room = SIZE_CHECK_EVERY - part.rows % SIZE_CHECK_EVERY
+            chunk = lines[done : done + min(room, self.max_rows - part.rows)]
+            part.writer.write_lines(chunk)
+            done += len(chunk)
+            self.rows += len(chunk)
+            part.rows += len(chunk)
+            self._check_full(part)
+
+    def _check_full(self, part: _Part) -> None:
         if part.rows >= self.max_rows:
             part.full = True
         elif part.rows % SIZE_CHECK_EVERY == 0 and self._near_limit(part):

@@ -14,6 +14,7 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import BinaryIO
 
 from remediation.errors import UnreadableFile
@@ -43,19 +44,24 @@ def read_records(
     delimiter: str = ",",
     header: Sequence[str] | None = None,
 ) -> Iterator[UsageRecord]:
-    """Yield records one at a time; raise UnreadableFile on whole-file problems."""
+    """Yield records one at a time; raise UnreadableFile on whole-file problems.
+
+    CSV gives a `CsvRecords`, which can also hand out its raw rows (the engine's fast path).
+    """
+    if fmt is FileFormat.CSV:
+        return CsvRecords(stream, delimiter, header)
+    return _json_records(stream, fmt)
+
+
+def _json_records(stream: BinaryIO, fmt: FileFormat) -> Iterator[UsageRecord]:
     text = text_stream(stream)
     try:
-        if fmt is FileFormat.CSV:
-            yield from _csv_records(text, delimiter, header)
-        elif fmt is FileFormat.JSON:
+        if fmt is FileFormat.JSON:
             yield from (_record_from_obj(n, obj) for n, obj in _json_array_items(text))
         else:
             yield from _jsonl_records(text)
     except UnicodeDecodeError as exc:
         raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
-    except csv.Error as exc:
-        raise UnreadableFile(f"broken CSV: {exc}") from exc
     finally:
         text.detach()
 
@@ -160,24 +166,49 @@ def _cell(row: Sequence[str], index: int | None) -> str | None:
     return value if value != "" else None
 
 
-def _csv_records(
-    text: io.TextIOWrapper, delimiter: str, replace_header: Sequence[str] | None
-) -> Iterator[UsageRecord]:
-    """`replace_header` (a repaired header of the same width) is used instead of the file's."""
-    if csv.field_size_limit() < CSV_FIELD_LIMIT:
-        csv.field_size_limit(CSV_FIELD_LIMIT)
-    rows = csv.reader(text, delimiter=delimiter)
-    header = next(rows, None)
-    if header is None:
-        return
-    if replace_header is not None and len(replace_header) == len(header):
-        header = list(replace_header)
-    layout = CsvLayout.from_header(header)
-    number = 0
-    for row in rows:
-        if row:  # csv.reader yields [] for a blank line; it is not a record
-            number += 1
-            yield layout.record(number, row)
+class CsvRecords(Iterator[UsageRecord]):
+    """The records of a CSV stream, read lazily; or, through `row_batches`, its raw rows.
+
+    A repaired header (`header`, same width as the file's) is used instead of the file's.
+    """
+
+    def __init__(self, stream: BinaryIO, delimiter: str, header: Sequence[str] | None) -> None:
+        self._stream, self._delimiter, self._header = stream, delimiter, header
+        self._records: Iterator[UsageRecord] | None = None
+
+    def __next__(self) -> UsageRecord:
+        if self._records is None:
+            self._records = self._read_records()
+        return next(self._records)
+
+    def _read_records(self) -> Iterator[UsageRecord]:
+        for number, (layout, rows) in enumerate(self.row_batches(1), 1):
+            yield layout.record(number, rows[0])
+
+    def row_batches(self, size: int = 4096) -> Iterator[tuple[CsvLayout, list[list[str]]]]:
+        """Non-blank data rows in lists of at most `size` (rows are numbered from 1 in order)."""
+        text = text_stream(self._stream)
+        try:
+            if csv.field_size_limit() < CSV_FIELD_LIMIT:
+                csv.field_size_limit(CSV_FIELD_LIMIT)
+            rows = csv.reader(text, delimiter=self._delimiter)
+            header = next(rows, None)
+            if header is None:
+                return
+            if self._header is not None and len(self._header) == len(header):
+                header = list(self._header)
+            layout = CsvLayout.from_header(header)
+            while batch := list(islice(rows, size)):
+                if not all(batch):  # csv.reader yields [] for a blank line; it is not a record
+                    batch = [row for row in batch if row]
+                if batch:
+                    yield layout, batch
+        except UnicodeDecodeError as exc:
+            raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
+        except csv.Error as exc:
+            raise UnreadableFile(f"broken CSV: {exc}") from exc
+        finally:
+            text.detach()
 
 
 # --- JSON / JSON Lines -------------------------------------------------------------------

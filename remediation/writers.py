@@ -99,10 +99,7 @@ class RecordWriter:
             return True
         if self._column_set is None:
             self._column_set = frozenset(self._columns)
-        have = self._column_set
-        keys = [PAYLOAD_PREFIX + k for k in record.payload]
-        keys += [k for k in record.extra if not k.startswith(MFX_PREFIX)]
-        return all(k in have for k in keys)
+        return record_fits(record, self._column_set)
 
     def write(self, record: UsageRecord, notes: Mapping[str, object] | None = None) -> None:
         if self._csv is not None:
@@ -130,14 +127,23 @@ class RecordWriter:
         row.extend(cell(notes.get(name)) for name in self._annotations)
         self._csv.writerow(row)
 
-    def _start_csv(self, record: UsageRecord) -> None:
+    def write_lines(self, lines: list[str]) -> None:
+        """CSV lines already rendered in this writer's columns (see `remediation.templates`)."""
+        assert self._csv is not None and self._columns is not None
+        if not self._getters:
+            self._start_csv(None)
+        self._text.write("".join(lines))
+        self.rows += len(lines)
+
+    def _start_csv(self, record: UsageRecord | None) -> None:
         assert self._csv is not None
         if self._columns is None:
+            assert record is not None
             self._columns = default_columns(record)
-        columns = [c for c in self._columns if c not in ERROR_OUT_FIELDS]
+        columns = output_columns(self._columns)
         if self._with_errors:
             columns += ERROR_OUT_FIELDS
-        self._getters = [_getter(name) for name in columns]
+        self._getters = [getter(name) for name in columns]
         self._csv.writerow([*columns, *self._annotations])
 
     def _write_json(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
@@ -150,7 +156,20 @@ class RecordWriter:
             self._text.write(("[\n" if self.rows == 0 else ",\n") + line)
 
 
-def _getter(column: str) -> Getter:
+def record_fits(record: UsageRecord, columns: frozenset[str]) -> bool:
+    """True when every payload and extra key of the record has a column."""
+    keys = [PAYLOAD_PREFIX + k for k in record.payload]
+    keys += [k for k in record.extra if not k.startswith(MFX_PREFIX)]
+    return all(k in columns for k in keys)
+
+
+def output_columns(columns: Sequence[str]) -> list[str]:
+    """The CSV columns a writer given `columns` writes (error columns dropped)."""
+    return [c for c in columns if c not in ERROR_OUT_FIELDS]
+
+
+def getter(column: str) -> Getter:
+    """The cell of `column` for a record."""
     if column == "identifier":
         return lambda r: cell(r.identifier)
     if column == "timestamp":

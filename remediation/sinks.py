@@ -1,0 +1,96 @@
+"""Where a remediation run puts rows: corrected and quarantine output sets, and the audit trail.
+
+The audit file is written under a temporary name and renamed by `finish`, like the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from remediation.filetypes import FileFormat
+from remediation.outputs import MAX_ROWS as MAX_OUTPUT_ROWS
+from remediation.outputs import OutputSet, PlannedOutput, source_stem
+from remediation.records import QUARANTINE_FIELDS, UsageRecord
+
+AuditSink = Callable[[dict[str, Any]], None]
+
+
+class NullSet:
+    """An output set that only counts (validation runs write nothing)."""
+
+    rows = 0
+
+    def write(self, record: UsageRecord, notes: Mapping[str, object] | None = None) -> None:
+        self.rows += 1
+
+    def finish(self) -> list[PlannedOutput]:
+        return []
+
+    def abort(self) -> None:
+        return None
+
+
+class Sinks:
+    """The corrected and quarantine output sets and the audit trail of one run."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        source: str,
+        fmt: FileFormat,
+        generation: int,
+        columns: Sequence[str] | None,
+        write: bool,
+        max_rows: int | None,
+        on_audit: AuditSink | None,
+    ) -> None:
+        limit = max_rows or MAX_OUTPUT_ROWS
+        self.corrected: OutputSet | NullSet = NullSet()
+        self.quarantine: OutputSet | NullSet = NullSet()
+        self.audit_path: Path | None = None
+        self.audit_file: TextIO | None = None
+        self.on_audit = on_audit
+        if write:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.corrected = OutputSet(
+                out_dir, source, "corrected", fmt, generation, columns=columns, max_rows=limit
+            )
+            self.quarantine = OutputSet(
+                out_dir,
+                source,
+                "quarantine",
+                fmt,
+                generation,
+                columns=columns,
+                annotations=QUARANTINE_FIELDS,
+                max_rows=limit,
+            )
+            name = f"{source_stem(source)[:200]}.r{generation}.audit.jsonl"
+            self.audit_path = (out_dir / name).resolve()
+            self._audit_tmp = out_dir / f".{name}.tmp"
+            self.audit_file = open(self._audit_tmp, "w", encoding="utf-8")  # noqa: SIM115
+
+    def audit(self, entry: dict[str, Any]) -> None:
+        if self.audit_file is not None:
+            self.audit_file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+        if self.on_audit is not None:
+            self.on_audit(entry)
+
+    def finish(self, summary_entry: dict[str, Any]) -> list[PlannedOutput]:
+        """Close and rename every output; the audit trail ends with `summary_entry`."""
+        outputs = self.corrected.finish() + self.quarantine.finish()
+        self.audit(summary_entry)
+        if self.audit_file is not None and self.audit_path is not None:
+            self.audit_file.close()
+            self._audit_tmp.replace(self.audit_path)
+        return outputs
+
+    def abort(self) -> None:
+        self.corrected.abort()
+        self.quarantine.abort()
+        if self.audit_file is not None:
+            self.audit_file.close()
+            self._audit_tmp.unlink(missing_ok=True)
