@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import TextIO
 
 from remediation.outcomes import Outcome, Tally
@@ -23,7 +24,7 @@ from remediation.readers import CsvLayout, CsvRecords
 from remediation.records import QUARANTINE_FIELDS, UsageRecord
 from remediation.rules import Rules
 from remediation.sinks import Sinks
-from remediation.templates import RowTemplate, Sample, build, csv_cell, json_text
+from remediation.templates import CSV_SPECIAL, RowTemplate, Sample, build, csv_cell
 from remediation.validation import MAX_FUTURE_SECONDS, MAX_PAST_SECONDS
 from remediation.writers import getter, output_columns, record_fits
 
@@ -117,7 +118,7 @@ class _Runner:
         self.suffix = f"-r{max(settings.generation, 1)}"
         self.templates: dict[tuple[str, ...], RowTemplate] = {}
         self.pending = _Pending()
-        self.number = 0
+        self.number = self.misses = 0
         self.enabled = True
         names = output_columns(fast.columns)
         self.getters = [getter(name) for name in names]
@@ -132,11 +133,14 @@ class _Runner:
         id_at, ts_at, width = layout.identifier, layout.timestamp, len(layout.header)
         suffix, keep, number = self.suffix, self.settings.keep_ids, self.number
         low, high = window.low, window.high
-        for row in rows:
+        special, encode = CSV_SPECIAL.search, encode_basestring
+        for at, row in enumerate(rows):
             number += 1
             if len(row) != width or not row[id_at] or "-r" in row[id_at]:
                 self.number = number
                 self.slow(layout, row)  # malformed, or an identifier derive_identifier must see
+                if not self.enabled:
+                    return self.one_by_one(layout, rows[at + 1 :], len(rows))
                 continue
             ident, stamp = row[id_at], row[ts_at]
             category, seconds = "", None
@@ -158,28 +162,35 @@ class _Runner:
                 self.number = number
                 template = self.miss(layout, row, key, Sample(ident, stamp, seconds))
                 if template is None:
+                    if not self.enabled:
+                        return self.one_by_one(layout, rows[at + 1 :], len(rows))
                     continue
             template.hits += 1
             new = ident if keep else ident + suffix
             if template.quarantine:
-                quarantine.append(template.line.format(csv_cell(ident), stamp))
+                cid = ident if special(ident) is None else csv_cell(ident)
+                quarantine.append(template.line.format(cid, stamp))
             else:
+                cid = new if special(new) is None else csv_cell(new)
                 written = seconds if template.converted else stamp
-                corrected.append(template.line.format(csv_cell(new), written))
+                corrected.append(template.line.format(cid, written))
             if template.audit:
                 audit.append(
                     template.audit.format(
-                        None, None, number, json_text(ident), json_text(new), stamp, seconds
+                        None, None, number, encode(ident), encode(new), stamp, seconds
                     )
                 )
         self.number = number
         self.flush()
         self.progress(len(rows))
+        if len(templates) >= MAX_TEMPLATES and self.misses * 2 > number:
+            self.drop_templates()  # rows too varied for templates to pay: decide one by one
 
     def miss(
         self, layout: CsvLayout, row: list[str], key: tuple[str, ...], sample: Sample
     ) -> RowTemplate | None:
         """Decide the row; keep its template, or write it as usual when it gets none."""
+        self.misses += 1
         outcome = self.settings.decide(layout.record(self.number, row))
         template = None
         if len(self.templates) < MAX_TEMPLATES and record_fits(outcome.record, self.fits):
@@ -193,18 +204,19 @@ class _Runner:
     def slow(self, layout: CsvLayout, row: list[str]) -> None:
         self.write_one(self.settings.decide(layout.record(self.number, row)))
 
-    def one_by_one(self, layout: CsvLayout, rows: list[list[str]]) -> None:
+    def one_by_one(self, layout: CsvLayout, rows: list[list[str]], batch: int = 0) -> None:
+        """Decide and write `rows` one at a time (the rest of a batch of `batch` rows)."""
         for row in rows:
             self.number += 1
             self.slow(layout, row)
-        self.progress(len(rows))
+        self.progress(batch or len(rows))
 
     def write_one(self, outcome: Outcome) -> None:
         self.flush()
         self.tally.add(outcome)
         self.settings.emit(outcome)
         fast = self.fast
-        if not (fast.corrected.takes_lines() and fast.quarantine.takes_lines()):
+        if self.enabled and not (fast.corrected.takes_lines() and fast.quarantine.takes_lines()):
             self.enabled = False  # an output opened with other columns: no more templates
 
     def flush(self) -> None:
@@ -224,7 +236,12 @@ class _Runner:
         if report is not None and self.number // every > (self.number - rows) // every:
             report(self.number // every * every)
 
-    def finish(self) -> None:
-        self.flush()
+    def drop_templates(self) -> None:
+        self.enabled = False
         for template in self.templates.values():
             self.tally.add(template.outcome, template.hits)
+        self.templates.clear()
+
+    def finish(self) -> None:
+        self.flush()
+        self.drop_templates()

@@ -16,14 +16,13 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from json.encoder import encode_basestring  # the encoder json.dumps(ensure_ascii=False) uses
 from typing import Any
 
 from remediation.outcomes import Outcome
 from remediation.writers import Getter, cell
 
 _SLOTS = tuple(chr(0xE000 + i) for i in range(7))  # private-use characters stand for slots
-_CSV_SPECIAL = re.compile(r'[,"\r\n]')
+CSV_SPECIAL = re.compile(r'[,"\r\n]')
 
 
 @dataclass(slots=True)
@@ -47,13 +46,9 @@ class Sample:
 
 def csv_cell(text: str) -> str:
     """`text` as csv.writer (excel dialect, minimal quoting) writes a cell."""
-    if _CSV_SPECIAL.search(text) is None:
+    if CSV_SPECIAL.search(text) is None:
         return text
     return '"' + text.replace('"', '""') + '"'
-
-
-def json_text(text: str | None) -> str:
-    return "null" if text is None else encode_basestring(text)
 
 
 def build(
