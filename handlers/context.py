@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus
+from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus, RemediationKind
 
 
 class HandlerContext(Protocol):
@@ -19,4 +19,9 @@ class HandlerContext(Protocol):
     def record_import_set(self, import_set: ImportSetRecord) -> OutcomeStatus:
         """Store or update an import set; UNCHANGED when this event was already applied
         or is older than the one already applied."""
+        ...
+
+    def request_remediation(self, kind: RemediationKind, ref: str) -> bool:
+        """Queue a remediation of `ref` (import set id or event id), committed with the
+        records; asking again for the same one queues nothing (False)."""
         ...

@@ -18,14 +18,26 @@ from typing import Any
 from handlers._fields import first_integer, first_text, integer, mapping, text
 from handlers.context import HandlerContext
 from handlers.meter_error_reports import IncompleteEvent
-from handlers.records import ImportSetRecord, Outcome
+from handlers.records import ImportSetRecord, Outcome, RemediationKind
 
 
 def handle_import_set(event: Mapping[str, Any], ctx: HandlerContext) -> Outcome:
     record = parse_import_set(event)
     status = ctx.record_import_set(record)
+    kind = remediation_kind(record)
+    queued = kind is not None and ctx.request_remediation(kind, record.import_set_id)
     errors = f"failed records file {record.errors_file_id}" if record.errors_file_id else "no file"
-    return Outcome(status, f"import set {record.import_set_id} {record.status}, {errors}")
+    summary = f"import set {record.import_set_id} {record.status}, {errors}"
+    return Outcome(status, summary + (f", {kind} queued" if queued else ""))
+
+
+def remediation_kind(record: ImportSetRecord) -> RemediationKind | None:
+    """A failed import set: repair the whole file; one with a failed-records file: fix those."""
+    if record.status == "failed":
+        return RemediationKind.IMPORT_SET_FAILED
+    if record.errors_file_id:
+        return RemediationKind.IMPORT_SET_ERRORS
+    return None
 
 
 def parse_import_set(event: Mapping[str, Any]) -> ImportSetRecord:

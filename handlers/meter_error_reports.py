@@ -17,6 +17,7 @@ from handlers.records import (
     ErrorSampleRecord,
     ErrorTypeRecord,
     Outcome,
+    RemediationKind,
 )
 
 
@@ -27,8 +28,10 @@ class IncompleteEvent(ValueError):
 def handle_report(event: Mapping[str, Any], ctx: HandlerContext) -> Outcome:
     report = parse_report(event)
     status = ctx.record_error_report(report)
+    queued = ctx.request_remediation(RemediationKind.ERROR_REPORT, report.event_id)
     codes = ",".join(t.code for t in report.error_types) or "none"
-    return Outcome(status, f"{report.error_count} errors ({codes}) meter={report.meter_id}")
+    summary = f"{report.error_count} errors ({codes}) meter={report.meter_id}"
+    return Outcome(status, summary + (", remediation queued" if queued else ""))
 
 
 def parse_report(event: Mapping[str, Any]) -> ErrorReportRecord:

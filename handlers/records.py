@@ -16,6 +16,14 @@ class OutcomeStatus(StrEnum):
     UNCHANGED = "unchanged"  # the same event was already recorded: nothing changed
 
 
+class RemediationKind(StrEnum):
+    """What a handler can ask the service to remediate (the service runs it after commit)."""
+
+    IMPORT_SET_ERRORS = "import_set_errors"  # the failed-records file of an import set
+    IMPORT_SET_FAILED = "import_set_failed"  # a whole file that failed: repair its source
+    ERROR_REPORT = "error_report"  # rows of ours that a meter error report is about
+
+
 class RemediationStatus(StrEnum):
     PENDING = "pending"  # a failed-records file exists and waits for remediation
     NONE = "none"  # nothing to remediate

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     mfx_max_body_bytes: int = 1024 * 1024
     mfx_max_attempts: int = 8
     mfx_worker_interval: float = 1.0
+    # Where the poller keeps failed-records files until remediation has run (survives restarts).
+    mfx_work_dir: str = ".meterfix/work"
     mfx_worker_lease: int = 600  # seconds a claimed inbox row stays locked before recovery
 
     slack_webhook_url: str = ""

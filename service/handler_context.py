@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
-from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus
+from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus, RemediationKind
 from service.models._types import utcnow
 from service.models.poller import ImportedRow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
+from service.remediation_tasks import TaskKind, enqueue_task
 
 
 class DatabaseHandlerContext:
@@ -73,6 +74,27 @@ class DatabaseHandlerContext:
         for row in rows:
             found.setdefault(row.identifier, row)
         return found
+
+    def request_remediation(self, kind: RemediationKind, ref: str) -> bool:
+        """Queue the task; a report none of whose samples is one of our rows is only marked
+        `unmatched` (kept with its samples for the digest)."""
+        if kind is RemediationKind.ERROR_REPORT and not self._has_rows_of_ours(ref):
+            return False
+        return enqueue_task(self.session.connection(), TaskKind(kind.value), ref)
+
+    def _has_rows_of_ours(self, event_id: str) -> bool:
+        report = self.session.exec(
+            select(ErrorReport).where(ErrorReport.event_id == event_id)
+        ).one()
+        linked = self.session.exec(
+            select(ErrorSample.id).where(
+                ErrorSample.report_id == report.id, col(ErrorSample.object_key).is_not(None)
+            )
+        ).first()
+        if linked is None and report.status == "recorded":
+            report.status = "unmatched"
+            self.session.add(report)
+        return linked is not None
 
     def record_import_set(self, import_set: ImportSetRecord) -> OutcomeStatus:
         row = self.session.exec(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from remediation.errors import UnreadableFile
 from remediation.formats import FileFormat, RecordWriter, detect_format, read_records
@@ -49,6 +48,7 @@ from service.models import ImportSet, ObjectStatus
 from service.models._types import utcnow
 from service.poller_store import PollerStore
 
+IMPORT_SETS = ImportSet.__table__  # type: ignore[attr-defined]
 POLLER_LOCK_KEY = 0x6D66785F706F6C6C  # "mfx_poll": one fixed advisory-lock key
 CHUNKS_PER_GROUP = 10  # 10 stream requests sent concurrently, then their rows recorded
 
@@ -122,9 +122,27 @@ def build_poller_deps(runtime: Any, *, progress: Progress | None = None) -> Poll
         bucket=open_bucket(settings),
         meters=None if index else StripeMeterSource(client),
         sink=None if index else StripeMeterEventSink(client, settings),
-        work_dir=Path(tempfile.gettempdir()) / "meterfix-poller",
+        work_dir=Path(settings.mfx_work_dir).absolute() / "poller",
+        on_failed_rows=lambda _import_set, _path: _queue(runtime.engine),
         progress=progress,
     )
+
+
+def _queue(engine: Engine) -> None:
+    queue_pending_remediation(engine)
+
+
+def queue_pending_remediation(engine: Engine) -> int:
+    """Queue a remediation task for every poller import set still `pending` (idempotent:
+    an existing task is left alone), so rows a crash left behind are picked up too."""
+    from service.remediation_tasks import TaskKind, enqueue_task
+
+    with engine.begin() as connection:
+        query = select(IMPORT_SETS.c.import_set_id).where(
+            IMPORT_SETS.c.origin == "poller", IMPORT_SETS.c.remediation_status == "pending"
+        )
+        pending: list[str] = list(connection.execute(query).scalars())
+        return sum(enqueue_task(connection, TaskKind.POLLER_ROWS, ref) for ref in pending)
 
 
 def run_poll_pass(target: Any) -> PassReport:
@@ -134,6 +152,8 @@ def run_poll_pass(target: Any) -> PassReport:
         if not acquired:
             log_event("poller.pass_skipped", reason="another instance holds the poller lock")
             return PassReport(ran=False)
+        if not deps.index_mode:
+            queue_pending_remediation(deps.engine)
         report = _run_pass(deps)
     log_event("poller.pass", **{k: v for k, v in vars(report).items() if k != "errors"})
     return report

@@ -38,6 +38,9 @@ from service.inbox import (
 )
 from service.logs import log_event
 from service.models.inbox import InboxStatus, PayloadStyle
+from service.remediation_tasks import TASK_STYLE, TaskKind, parse_task
+
+TaskRunnerFn = Callable[[TaskKind, str], str]
 
 # The worker does its own retries with backoff; one quick SDK retry smooths over blips.
 STRIPE_NETWORK_RETRIES = 1
@@ -73,12 +76,14 @@ class InboxWorker:
         *,
         stripe_client: stripe.StripeClient | None = None,
         worker_id: str | None = None,
+        task_runner: TaskRunnerFn | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
         self.lease = timedelta(seconds=settings.mfx_worker_lease)
         self._client = stripe_client
+        self._task_runner = task_runner
 
     @property
     def stripe_client(self) -> stripe.StripeClient:
@@ -87,6 +92,14 @@ class InboxWorker:
                 self.settings, max_network_retries=STRIPE_NETWORK_RETRIES
             )
         return self._client
+
+    @property
+    def task_runner(self) -> TaskRunnerFn:
+        if self._task_runner is None:
+            from service.wiring import TaskRunner
+
+            self._task_runner = TaskRunner(self.settings, self.engine, self.stripe_client)
+        return self._task_runner
 
     def check_database(self) -> None:
         """Raises SQLAlchemyError when the database is unreachable or not migrated."""
@@ -114,6 +127,9 @@ class InboxWorker:
         log_event("inbox.processed", event_id=claimed.event_id, status=status, outcome=outcome)
 
     def _dispatch(self, claimed: ClaimedEvent) -> tuple[InboxStatus, str]:
+        if claimed.style == TASK_STYLE:  # remediation: files move, so no open transaction
+            outcome = self.task_runner(*parse_task(claimed.body))
+            return self._finish(claimed, InboxStatus.DONE, lambda _: outcome)
         handler = handler_for(claimed.event_type)
         if handler is None:  # a replayed unknown type: never fetched
             return self._finish(claimed, InboxStatus.IGNORED, lambda _: "no handler for its type")
@@ -165,10 +181,12 @@ def start_scheduled_jobs(settings: Settings, stop: threading.Event) -> list[thre
 
     Start each job here as a thread that loops until `stop` is set and return the threads;
     the worker joins them on shutdown. With several workers on PostgreSQL, a job should
-    first take the leader advisory lock (DESIGN.md "Scale"). No jobs yet.
+    first take the leader advisory lock (DESIGN.md "Scale"): the poller does, per pass.
     """
-    del settings, stop
-    return []
+    from service.poller_job import start_poller_job
+
+    poller = start_poller_job(settings, stop)
+    return [poller] if poller is not None else []
 
 
 def run_loop(worker: InboxWorker, stop: threading.Event) -> None:

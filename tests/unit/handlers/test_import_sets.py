@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers import REGISTRY
-from handlers.records import OutcomeStatus, RemediationStatus
+from handlers.records import OutcomeStatus, RemediationKind, RemediationStatus
 from tests.unit.handlers.fakes import RecordingContext
 
 EVENTS = Path(__file__).resolve().parents[2] / "data" / "events"
@@ -30,6 +30,7 @@ def test_succeeded_with_failed_records_file() -> None:
     assert (record.successes_row_count, record.rows_processed) == (97, 100)
     assert record.source_file_id == "file_test_sourceupload0001"
     assert record.remediation_status is RemediationStatus.PENDING
+    assert ctx.remediations == [(RemediationKind.IMPORT_SET_ERRORS, "impset_test_inferred_0001")]
 
 
 def test_alternative_keys_file_id_and_count() -> None:
@@ -51,6 +52,7 @@ def test_failed_whole_file() -> None:
     assert record.status == "failed" and record.errors_file_id is None
     assert record.failed_reason == "Missing required column: event_name"
     assert record.remediation_status is RemediationStatus.NONE
+    assert ctx.remediations == [(RemediationKind.IMPORT_SET_FAILED, "impset_test_failed_0001")]
 
 
 def test_same_event_twice_is_unchanged() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from handlers import REGISTRY
 from handlers.meter_error_reports import IncompleteEvent
-from handlers.records import ErrorSampleRecord, OutcomeStatus
+from handlers.records import ErrorSampleRecord, OutcomeStatus, RemediationKind
 from tests.unit.handlers.fakes import RecordingContext
 
 EVENTS = Path(__file__).resolve().parents[2] / "data" / "events"
@@ -32,6 +32,7 @@ def test_error_report_triggered() -> None:
     outcome = _handle(event, ctx)
     assert outcome.status is OutcomeStatus.RECORDED
     report = ctx.reports[event["id"]]
+    assert ctx.remediations == [(RemediationKind.ERROR_REPORT, event["id"])]
     assert report.meter_id == "mtr_test_61RCjiqdTDC91zgip41IqPCzPnxqqSVc"
     assert report.validation_start == datetime(2024, 9, 26, 17, 46, 10, tzinfo=UTC)
     assert report.validation_end == datetime(2024, 9, 26, 17, 46, 20, tzinfo=UTC)

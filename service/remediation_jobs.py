@@ -1,0 +1,258 @@
+"""What each remediation task does: find the rows that failed, then `execute_run` them.
+
+- import_set_errors: the failed-records file of an import set (Stripe Files API, streamed).
+- import_set_failed: the whole file failed; repair the source object (or the source file
+  Stripe kept) and remediate every row of it.
+- poller_rows: rows the bundled poller found invalid (its failed-records file).
+- error_report: a meter error report whose sample identifiers are rows we imported.
+
+A task whose input cannot be found or read is not retried: it raises a critical alert and
+reports why. Any other failure (Stripe, S3, database) raises, so the worker retries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from remediation.errors import UnreadableFile
+from remediation.filetypes import FileFormat
+from remediation.identifiers import split_generation
+from remediation.ports import Bucket, StripeFiles
+from remediation.repair import plan_input, read_repaired
+from remediation.rules import Rules
+from service.alerts import raise_alert
+from service.db import session_scope
+from service.logs import log_event
+from service.models import CorrectionAudit, ImportSet
+from service.models._types import as_utc, utcnow
+from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
+from service.remediation_tasks import TaskKind
+
+GENERATION_KEY = "mfx-generation"
+
+
+class TaskInputMissing(Exception):
+    """The task's input cannot be had (not retried: a person must look)."""
+
+
+@dataclass
+class JobDeps:
+    run: RunContext
+    files: StripeFiles
+
+
+def run_task(deps: JobDeps, kind: TaskKind, ref: str) -> str:
+    job: Callable[[JobDeps, str], str] = JOBS[kind]
+    try:
+        return job(deps, ref)
+    except (TaskInputMissing, UnreadableFile) as exc:
+        reason = exc.reason if isinstance(exc, UnreadableFile) else str(exc)
+        raise_alert(
+            deps.run.engine,
+            key=f"remediation:{kind.value}:{ref}",
+            severity="critical",
+            kind="remediation_input",
+            subject=f"{kind.value} {ref}: cannot remediate",
+            message=reason,
+        )
+        return f"not remediated: {reason}"
+
+
+# --- import sets ---------------------------------------------------------------------------
+
+
+def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
+    import_set = _import_set(deps.run.engine, import_set_id)
+    file_id = import_set.errors_file_id
+    if not file_id:
+        return "no failed-records file"
+    run_key = f"import_set:{import_set_id}:{file_id}"
+    if finished_run(deps.run.engine, run_key) is None:
+        with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
+            path = _download(deps.files, file_id, Path(tmp))
+            request = RunRequest(
+                run_key=run_key,
+                trigger="import_set.succeeded",
+                source=file_id,
+                tag=import_set_id,
+                fmt=FileFormat.CSV,
+                now=_event_time(import_set),
+                generation=_next_generation(deps.run.bucket, import_set.source_object),
+                previous_codes=_previous_codes(deps.run.engine, path, deps.run.rules),
+            )
+            _run_file(deps.run, request, path)
+    return _mark_import_set(deps.run.engine, import_set_id, run_key)
+
+
+def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
+    import_set = _import_set(deps.run.engine, import_set_id)
+    run_key = f"import_set_failed:{import_set_id}"
+    if finished_run(deps.run.engine, run_key) is None:
+        with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
+            path, source = _fetch_source(deps, import_set, Path(tmp))
+            request = RunRequest(
+                run_key=run_key,
+                trigger="import_set.failed",
+                source=source,
+                tag=import_set_id,
+                fmt=FileFormat.CSV,
+                now=_event_time(import_set),
+                generation=_next_generation(deps.run.bucket, import_set.source_object),
+            )
+            _run_file(deps.run, request, path)
+    return _mark_import_set(deps.run.engine, import_set_id, run_key)
+
+
+def poller_rows(deps: JobDeps, import_set_id: str) -> str:
+    import_set = _import_set(deps.run.engine, import_set_id)
+    run_key = f"poller:{import_set_id}"
+    if finished_run(deps.run.engine, run_key) is None:
+        path_text = import_set.detail.get("failed_records_path")
+        path = Path(str(path_text)) if path_text else None
+        if path is None or not path.exists():
+            raise TaskInputMissing(
+                f"the poller's failed-records file for {import_set.source_object} is gone; "
+                "re-import the object to rebuild it"
+            )
+        request = RunRequest(
+            run_key=run_key,
+            trigger="poller",
+            source=import_set.source_object or import_set_id,
+            tag=import_set_id,
+            fmt=FileFormat.CSV,
+            now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
+            generation=_next_generation(deps.run.bucket, import_set.source_object),
+            previous_codes=_previous_codes(deps.run.engine, path, deps.run.rules),
+        )
+        _run_file(deps.run, request, path)
+    return _mark_import_set(deps.run.engine, import_set_id, run_key)
+
+
+def _run_file(ctx: RunContext, request: RunRequest, path: Path) -> None:
+    """Read `path` with the whole-file repairs applied and run it."""
+    plan = plan_input(path, ctx.rules)
+    run = RunRequest(**{**request.__dict__, "fmt": plan.fmt, "columns": plan.columns or None})
+    with path.open("rb") as stream:
+        execute_run(ctx, run, read_repaired(stream, plan, ctx.rules))
+
+
+def _import_set(engine: Engine, import_set_id: str) -> ImportSet:
+    with Session(engine) as session:
+        row = session.exec(
+            select(ImportSet).where(ImportSet.import_set_id == import_set_id)
+        ).first()
+    if row is None:
+        raise TaskInputMissing(f"import set {import_set_id} is not recorded")
+    return row
+
+
+def _mark_import_set(engine: Engine, import_set_id: str, run_key: str) -> str:
+    with session_scope(engine) as session:
+        row = session.exec(select(ImportSet).where(ImportSet.import_set_id == import_set_id)).one()
+        row.remediation_status = "done"
+        row.detail = {**row.detail, "run_key": run_key}
+        row.updated_at = utcnow()
+        session.add(row)
+    return f"remediated ({run_key})"
+
+
+def _event_time(import_set: ImportSet) -> int:
+    created = import_set.detail.get("event_created")
+    if isinstance(created, int):
+        return created
+    return int((as_utc(import_set.created_at) or utcnow()).timestamp())
+
+
+def _download(files: StripeFiles, file_id: str, folder: Path) -> Path:
+    """Stream the file to disk, named after Stripe's filename so its format is known."""
+    name = "failed-records.csv"
+    try:
+        filename = str(files.file_metadata(file_id).get("filename") or "")
+        if filename.lower().endswith((".csv", ".json", ".jsonl")):
+            name = Path(filename).name
+    except Exception as exc:  # metadata is a nicety: the contents are what matters
+        log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
+    path = folder / name
+    files.download_file(file_id, path)
+    return path
+
+
+def _fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Path, str]:
+    """The failed file: from the bucket when the import set names it, else the copy Stripe
+    kept (its `file`). Only configured hosts are called."""
+    bucket = deps.run.bucket
+    for key in _candidate_keys(bucket, import_set.source_object):
+        if bucket.head(key) is not None:
+            path = folder / Path(key).name
+            bucket.download(key, path)
+            return path, key
+    if import_set.source_file_id:
+        return _download(deps.files, import_set.source_file_id, folder), import_set.source_file_id
+    raise TaskInputMissing(
+        f"source of import set {import_set.import_set_id} not found "
+        f"(object {import_set.source_object!r}, file {import_set.source_file_id!r})"
+    )
+
+
+def _candidate_keys(bucket: Bucket, key: str | None) -> Iterator[str]:
+    if not key:
+        return
+    yield key
+    if bucket.prefix and not key.startswith(bucket.prefix):
+        yield bucket.prefix + key
+
+
+def _next_generation(bucket: Bucket, key: str | None) -> int:
+    """One more than the source object's generation (1 for files we did not write)."""
+    for candidate in _candidate_keys(bucket, key):
+        info = bucket.head(candidate)
+        if info is not None:
+            value = info.metadata.get(GENERATION_KEY, "0")
+            return int(value) + 1 if value.isdigit() else 1
+    return 1
+
+
+def _previous_codes(engine: Engine, path: Path, rules: Rules) -> dict[str, str]:
+    """Derived identifier -> the code it was corrected for, for rows that come back again."""
+    derived = set(_derived_identifiers(path, rules))
+    if not derived:
+        return {}
+    with Session(engine) as session:
+        rows = session.exec(
+            select(CorrectionAudit.new_identifier, CorrectionAudit.code).where(
+                col(CorrectionAudit.new_identifier).in_(derived)
+            )
+        ).all()
+    return {identifier: code for identifier, code in rows if identifier}
+
+
+def _derived_identifiers(path: Path, rules: Rules) -> Iterator[str]:
+    try:
+        plan = plan_input(path, rules)
+        with path.open("rb") as stream:
+            for record in read_repaired(stream, plan, rules):
+                if record.identifier and split_generation(record.identifier)[1] > 0:
+                    yield record.identifier
+    except UnreadableFile:
+        return
+
+
+def _error_report(deps: JobDeps, event_id: str) -> str:
+    from service.error_report_jobs import remediate_error_report
+
+    return remediate_error_report(deps, event_id)
+
+
+JOBS: dict[TaskKind, Callable[[JobDeps, str], str]] = {
+    TaskKind.IMPORT_SET_ERRORS: import_set_errors,
+    TaskKind.IMPORT_SET_FAILED: import_set_failed,
+    TaskKind.POLLER_ROWS: poller_rows,
+    TaskKind.ERROR_REPORT: _error_report,
+}

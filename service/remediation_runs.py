@@ -1,0 +1,228 @@
+"""One remediation run in the service: engine -> bucket -> database, exactly once per run key.
+
+A run has a deterministic `run_key`. A finished run is never redone, so re-delivered events
+change nothing. An unfinished run (the process died half-way) is redone from the start:
+outputs are deterministic, identical objects are not uploaded twice, and the run's audit
+rows are replaced. Outputs of a run go to `<corrected prefix><tag>/...` and
+`<quarantine prefix><tag>/...`, so two runs over the same source never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Table, delete, insert
+from sqlmodel import Session, select
+
+from remediation.engine import remediate
+from remediation.filetypes import FileFormat
+from remediation.meters import Meter
+from remediation.outputs import PlannedOutput, file_sha256, lineage
+from remediation.ports import Bucket, CustomerDirectory
+from remediation.records import UsageRecord
+from remediation.rules import Rules
+from service.config import Settings
+from service.db import session_scope
+from service.logs import log_event
+from service.models import CorrectionAudit, OutputObject, QuarantinedRow, RemediationRun, RunStatus
+from service.models._types import utcnow
+
+AUDIT_BATCH = 1000
+AUDIT_TABLE: Table = CorrectionAudit.__table__  # type: ignore[attr-defined]
+QUARANTINE_TABLE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
+OUTPUT_TABLE: Table = OutputObject.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    run_key: str
+    trigger: str  # import_set.succeeded | import_set.failed | error_report | poller
+    source: str  # where the rows came from: a Stripe file id or a bucket key
+    tag: str  # folder for this run's outputs inside the corrected/quarantine prefixes
+    fmt: FileFormat
+    now: int  # reference time: the event's time
+    generation: int = 1
+    columns: Sequence[str] | None = None
+    previous_codes: Mapping[str, str] | None = None
+
+
+@dataclass
+class RunContext:
+    engine: Engine
+    settings: Settings
+    bucket: Bucket
+    meters: Sequence[Meter]
+    rules: Rules
+    customers: CustomerDirectory | None = None
+
+
+def finished_run(engine: Engine, run_key: str) -> RemediationRun | None:
+    with Session(engine) as session:
+        run = session.exec(select(RemediationRun).where(RemediationRun.run_key == run_key)).first()
+    return run if run is not None and run.status == RunStatus.DONE else None
+
+
+def execute_run(
+    ctx: RunContext, request: RunRequest, records: Iterable[UsageRecord]
+) -> RemediationRun:
+    """Remediate `records`, upload the outputs, record everything; idempotent per run key."""
+    done = finished_run(ctx.engine, request.run_key)
+    if done is not None:
+        return done
+    run_id = _start(ctx.engine, request)
+    audit = _AuditWriter(ctx.engine, run_id)
+    with tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp:
+        result = remediate(
+            records,
+            source=request.source,
+            fmt=request.fmt,
+            meters=ctx.meters,
+            rules=ctx.rules,
+            now=request.now,
+            out_dir=Path(tmp),
+            generation=request.generation,
+            customers=ctx.customers,
+            on_audit=audit.add,
+            columns=request.columns,
+            previous_codes=request.previous_codes,
+        )
+        audit.flush()
+        outputs = list(result.outputs) + _audit_output(result.summary, request)
+        uploaded = [_upload(ctx, request, output) for output in outputs]
+    return _finish(ctx.engine, run_id, result.summary, uploaded)
+
+
+def _start(engine: Engine, request: RunRequest) -> int:
+    with session_scope(engine) as session:
+        run = session.exec(
+            select(RemediationRun).where(RemediationRun.run_key == request.run_key)
+        ).first()
+        if run is None:
+            run = RemediationRun(run_key=request.run_key, trigger=request.trigger)
+        run.source, run.generation, run.status = request.source, request.generation, "running"
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        for table in (AUDIT_TABLE, QUARANTINE_TABLE, OUTPUT_TABLE):  # a crashed earlier try
+            session.execute(delete(table).where(table.c.run_id == run.id))
+        return run.id
+
+
+class _AuditWriter:
+    """Collects the engine's audit entries and inserts them in batches (not row by row)."""
+
+    def __init__(self, engine: Engine, run_id: int) -> None:
+        self.engine, self.run_id = engine, run_id
+        self.corrections: list[dict[str, Any]] = []
+        self.quarantined: list[dict[str, Any]] = []
+
+    def add(self, entry: dict[str, Any]) -> None:
+        kind = entry.get("kind")
+        if kind == "correction":
+            self.corrections.append(self._correction(entry))
+        elif kind == "quarantine":
+            self.quarantined.append(self._quarantined(entry))
+        if len(self.corrections) + len(self.quarantined) >= AUDIT_BATCH:
+            self.flush()
+
+    def _correction(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "source": str(entry.get("source", "")),
+            "row_number": int(entry.get("row", 0)),
+            "identifier": _text(entry.get("identifier")),
+            "new_identifier": _text(entry.get("new_identifier")),
+            "code": str(entry.get("code", "")),
+            "rule": str(entry.get("rule", "")),
+            "field": str(entry.get("field", "")),
+            "before": _text(entry.get("before")),
+            "after": _text(entry.get("after")),
+        }
+
+    def _quarantined(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "source": str(entry.get("source", "")),
+            "row_number": int(entry.get("row", 0)),
+            "identifier": _text(entry.get("identifier")),
+            "code": str(entry.get("code", "")),
+            "reason": str(entry.get("reason", "")),
+            "record": {"mfx_code": entry.get("mfx_code")},
+        }
+
+    def flush(self) -> None:
+        with self.engine.begin() as connection:
+            if self.corrections:
+                connection.execute(insert(CorrectionAudit), self.corrections)
+            if self.quarantined:
+                connection.execute(insert(QuarantinedRow), self.quarantined)
+        self.corrections, self.quarantined = [], []
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _audit_output(summary: Mapping[str, Any], request: RunRequest) -> list[PlannedOutput]:
+    path = summary.get("outputs", {}).get("audit")
+    if not path:
+        return []
+    audit = Path(path)
+    digest = file_sha256(audit)
+    rows = sum(1 for _ in audit.open(encoding="utf-8"))
+    meta = lineage(request.source, request.generation, "audit", rows, digest)
+    return [PlannedOutput("audit", audit, rows, digest, meta)]
+
+
+def output_key(settings: Settings, bucket: Bucket, kind: str, tag: str, name: str) -> str:
+    """Corrected files under the corrected prefix (imported again); quarantine and audit
+    files under the quarantine prefix (never imported)."""
+    prefix = (
+        settings.mfx_corrected_prefix if kind == "corrected" else settings.mfx_quarantine_prefix
+    )
+    folder = prefix.strip("/")
+    return f"{bucket.prefix}{folder + '/' if folder else ''}{tag}/{name}"
+
+
+def _upload(ctx: RunContext, request: RunRequest, output: PlannedOutput) -> dict[str, Any]:
+    key = output_key(ctx.settings, ctx.bucket, output.kind, request.tag, output.path.name)
+    uploaded = ctx.bucket.upload(output.path, key, output.metadata)
+    log_event("remediation.output", kind=output.kind, key=key, rows=output.rows, new=uploaded)
+    return {
+        "kind": output.kind,
+        "key": key,
+        "rows": output.rows,
+        "sha256": output.sha256,
+        "generation": request.generation,
+        "source": request.source,
+        "uploaded": uploaded,
+    }
+
+
+def _finish(
+    engine: Engine, run_id: int, summary: Mapping[str, Any], outputs: list[dict[str, Any]]
+) -> RemediationRun:
+    with session_scope(engine) as session:
+        run = session.get(RemediationRun, run_id)
+        assert run is not None
+        for output in outputs:
+            session.add(OutputObject(run_id=run_id, **output))
+        run.input_rows = int(summary["input_rows"])
+        run.valid, run.corrected = int(summary["valid"]), int(summary["corrected"])
+        run.quarantined = int(summary["quarantined"])
+        run.by_code = dict(summary["by_code"])
+        run.status, run.error, run.finished_at = RunStatus.DONE, None, utcnow()
+        session.add(run)
+    log_event(
+        "remediation.run_done",
+        run_key=run.run_key,
+        input_rows=run.input_rows,
+        valid=run.valid,
+        corrected=run.corrected,
+        quarantined=run.quarantined,
+    )
+    return run

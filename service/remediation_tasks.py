@@ -1,0 +1,68 @@
+"""Remediation tasks ride on the inbox: same claiming, retries, dead letters and `replay`.
+
+Handlers (and the poller) ask for remediation by enqueuing a task row in `inbox_events`
+with style `task`, in the same transaction as the records they write. The task id is
+deterministic (`mfx_task_<kind>_<ref>`), so asking twice stores one task. The worker runs
+tasks outside any long transaction: a remediation downloads and uploads files.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.models._types import utcnow
+from service.models.inbox import InboxEvent, InboxStatus
+
+TASK_STYLE = "task"
+TASK_TYPE_PREFIX = "meterfix.remediate."
+
+
+class TaskKind(StrEnum):
+    IMPORT_SET_ERRORS = "import_set_errors"  # failed-records file of a succeeded import set
+    IMPORT_SET_FAILED = "import_set_failed"  # whole-file failure: repair the source file
+    ERROR_REPORT = "error_report"  # meter error report whose rows we imported
+    POLLER_ROWS = "poller_rows"  # rows the bundled poller found invalid
+
+
+def task_id(kind: TaskKind, ref: str) -> str:
+    return f"mfx_task_{kind.value}_{ref}"[:255]
+
+
+def enqueue_task(connection: Connection, kind: TaskKind, ref: str) -> bool:
+    """Store the task unless it exists; True when it was new."""
+    table = InboxEvent.__table__  # type: ignore[attr-defined]
+    values = {
+        "event_id": task_id(kind, ref),
+        "event_type": TASK_TYPE_PREFIX + kind.value,
+        "style": TASK_STYLE,
+        "livemode": False,
+        "body": json.dumps({"kind": kind.value, "ref": ref}),
+        "received_at": utcnow(),
+        "status": InboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": utcnow(),
+    }
+    dialect = connection.dialect.name
+    statement: Any
+    if dialect == "postgresql":
+        statement = postgresql.insert(table).values(values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table).values(values).on_conflict_do_nothing()
+    else:  # another engine: check first (the worker is the only writer of tasks)
+        exists = connection.execute(
+            select(table.c.id).where(table.c.event_id == values["event_id"])
+        ).first()
+        if exists is not None:
+            return False
+        statement = table.insert().values(values)
+    return bool(connection.execute(statement).rowcount)
+
+
+def parse_task(body: str) -> tuple[TaskKind, str]:
+    data = json.loads(body)
+    return TaskKind(data["kind"]), str(data["ref"])
