@@ -16,6 +16,7 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -25,12 +26,13 @@ from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.identifiers import split_generation
 from remediation.ports import Bucket, StripeFiles
+from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
 from service.alerts import raise_alert
 from service.db import session_scope
 from service.logs import log_event
-from service.models import CorrectionAudit, ImportSet
+from service.models import CorrectionAudit, ImportedRow, ImportSet
 from service.models._types import as_utc, utcnow
 from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
 from service.remediation_tasks import TaskKind
@@ -131,16 +133,40 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
             generation=_next_generation(deps.run.bucket, import_set.source_object),
             previous_codes=_previous_codes(deps.run.engine, path, deps.run.rules),
         )
-        _run_file(deps.run, request, path)
+        key = import_set.source_object or ""
+        _run_file(deps.run, request, path, lambda rows: _source_rows(deps.run.engine, key, rows))
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
 
 
-def _run_file(ctx: RunContext, request: RunRequest, path: Path) -> None:
+RecordsTransform = Callable[[Iterator[UsageRecord]], Iterator[UsageRecord]]
+
+
+def _run_file(
+    ctx: RunContext, request: RunRequest, path: Path, transform: RecordsTransform | None = None
+) -> None:
     """Read `path` with the whole-file repairs applied and run it."""
     plan = plan_input(path, ctx.rules)
     run = RunRequest(**{**request.__dict__, "fmt": plan.fmt, "columns": plan.columns or None})
     with path.open("rb") as stream:
-        execute_run(ctx, run, read_repaired(stream, plan, ctx.rules))
+        records = read_repaired(stream, plan, ctx.rules)
+        execute_run(ctx, run, transform(records) if transform else records)
+
+
+def _source_rows(engine: Engine, key: str, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
+    """Give each failed row its row number in the source object (the poller recorded every
+    row's identifier), so the audit points at the object's own rows."""
+    while batch := list(islice(records, 1000)):
+        identifiers = {record.identifier for record in batch if record.identifier}
+        with Session(engine) as session:
+            found = session.exec(
+                select(ImportedRow.identifier, ImportedRow.row_number).where(
+                    ImportedRow.object_key == key, col(ImportedRow.identifier).in_(identifiers)
+                )
+            ).all()
+        numbers = dict(found)
+        for record in batch:
+            record.row_number = numbers.get(record.identifier or "", record.row_number)
+        yield from batch
 
 
 def _import_set(engine: Engine, import_set_id: str) -> ImportSet:

@@ -173,7 +173,8 @@ def _audit_output(summary: Mapping[str, Any], request: RunRequest) -> list[Plann
         return []
     audit = Path(path)
     digest = file_sha256(audit)
-    rows = sum(1 for _ in audit.open(encoding="utf-8"))
+    with audit.open(encoding="utf-8") as lines:
+        rows = sum(1 for _ in lines)
     meta = lineage(request.source, request.generation, "audit", rows, digest)
     return [PlannedOutput("audit", audit, rows, digest, meta)]
 

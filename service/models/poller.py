@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import BigInteger, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from service.models._types import created_at_field, optional_time_field, text_field
@@ -26,7 +26,7 @@ class BucketObject(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=1024, index=True)
     etag: str = Field(max_length=255)
-    size: int = 0
+    size: int = Field(default=0, sa_type=BigInteger)
     last_modified: datetime | None = optional_time_field()
     status: str = Field(default=ObjectStatus.SEEN, max_length=16, index=True)
     rows: int = 0
@@ -50,5 +50,5 @@ class ImportedRow(SQLModel, table=True):
     etag: str = Field(max_length=255)
     row_number: int
     event_name: str | None = Field(default=None, max_length=255)
-    timestamp: int | None = None
+    timestamp: int | None = Field(default=None, sa_type=BigInteger)
     sent: bool = False

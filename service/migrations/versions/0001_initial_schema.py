@@ -37,7 +37,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=1024), nullable=False),
     sa.Column('etag', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
-    sa.Column('size', sa.Integer(), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
     sa.Column('last_modified', sa.DateTime(timezone=True), nullable=True),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('rows', sa.Integer(), nullable=False),
@@ -100,7 +100,7 @@ def upgrade() -> None:
     sa.Column('etag', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('row_number', sa.Integer(), nullable=False),
     sa.Column('event_name', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
-    sa.Column('timestamp', sa.Integer(), nullable=True),
+    sa.Column('timestamp', sa.BigInteger(), nullable=True),
     sa.Column('sent', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('identifier', 'object_key', name='uq_imported_rows_identifier_object')
