@@ -142,6 +142,8 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
             console.print(f"{kind}: {path}")
     if summary["outputs"]["audit"]:
         console.print(f"audit: {summary['outputs']['audit']}")
+    for key in summary.get("uploaded", []):
+        console.print(f"uploaded: {key}")
 
 
 _file_arg = click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
@@ -186,6 +188,11 @@ def validate_command(
 @_json_opt
 @_now_opt
 @click.option("--identifiers", type=click.Choice(["derive", "keep"]), default="derive")
+@click.option(
+    "--upload",
+    is_flag=True,
+    help="also upload the outputs to BUCKET_URL (MFX_CORRECTED_PREFIX / MFX_QUARANTINE_PREFIX)",
+)
 def remediate_command(
     file: Path,
     out: Path,
@@ -194,12 +201,35 @@ def remediate_command(
     as_json: bool,
     now_text: str | None,
     identifiers: str,
+    upload: bool,
 ) -> None:
     """Write corrected and quarantine files for FILE into DIR (exit 0 when it ran)."""
     _exists(file)
     rules = _load_rules(rules_path)
     result = _run(file, out, _load_meters(meters_path), rules, _now(now_text), identifiers)
-    _report(result.summary, as_json)
+    summary = dict(result.summary)
+    if upload:
+        summary["uploaded"] = _upload(result)
+    _report(summary, as_json)
+
+
+def _upload(result: RemediationResult) -> list[str]:
+    """Corrected files to the corrected prefix (they are imported again), quarantine and
+    audit files to the quarantine prefix; identical objects already there are skipped."""
+    from remediation.outputs import PlannedOutput, file_sha256, lineage
+    from service.adapters.bucket import BucketError, open_bucket, upload_outputs
+
+    outputs = list(result.outputs)
+    audit = result.summary["outputs"].get("audit")
+    if audit:
+        digest = file_sha256(Path(audit))
+        meta = lineage(result.summary["source"], result.summary["generation"], "audit", 0, digest)
+        outputs.append(PlannedOutput("audit", Path(audit), 0, digest, meta))
+    settings = Settings()
+    try:
+        return upload_outputs(open_bucket(settings), outputs, settings)
+    except (BucketError, OSError) as exc:
+        raise click.ClickException(f"upload to {settings.bucket_url} failed: {exc}") from exc
 
 
 def _exists(file: Path) -> None:
