@@ -1,0 +1,72 @@
+"""`meterfix demo`: drop a messy usage file into the configured bucket, as a producer would.
+
+With `make run` (bundled poller on, bundled sandbox as Stripe) the file is imported within a
+poll interval; its bad rows are corrected or quarantined and the corrected file is imported
+on a later pass. The rows use the current time, so the file is valid today.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from service.config import Settings
+
+HEADER = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
+DAY = 86_400
+
+
+def messy_rows(now: int, tag: str) -> list[list[str]]:
+    """Two good rows, one of each correctable mistake, two rows that must be quarantined."""
+    rows = [
+        (now - 3600, "api_requests", "cus_demo_alice", "5"),  # good
+        ((now - 7200) * 1000, "api_requests", "cus_demo_alice", "3"),  # milliseconds
+        (now - 600, "api_requests", "cus_demo_bob", "1,234"),  # thousands separator
+        (now - 600, "API-Requests", "cus_demo_bob", "2"),  # event name case
+        (now - 600, "api_requests", "acme-42", "4"),  # external id -> customer map
+        (now - 600, "api_requests", "cus_demo_alice", "abc"),  # not a number: quarantine
+        (now - 40 * DAY, "api_requests", "cus_demo_bob", "6"),  # too old: quarantine
+        (now - 60, "api_requests", "cus_demo_bob", "7"),  # good
+    ]
+    return [
+        [f"{tag}-{n}", str(ts), name, cus, value]
+        for n, (ts, name, cus, value) in enumerate(rows, start=1)
+    ]
+
+
+@click.command("demo")
+@click.option("--name", default=None, help="object name (default: demo-<unix time>.csv)")
+def demo_command(name: str | None) -> None:
+    """Write a messy usage file into BUCKET_URL for the poller (or Stripe) to import."""
+    from service.adapters.bucket import BucketError, open_bucket
+
+    settings = Settings()
+    now = int(time.time())
+    name = name or f"demo-{now}.csv"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(HEADER)
+            writer.writerows(messy_rows(now, f"demo{now}"))
+        try:
+            bucket = open_bucket(settings)
+            key = bucket.prefix + name
+            bucket.upload(path, key, {})
+        except (BucketError, OSError) as exc:
+            raise click.ClickException(f"cannot write to {settings.bucket_url}: {exc}") from exc
+    click.echo(
+        f"wrote {key} (8 rows: 2 good, 4 correctable, 2 to quarantine) to {settings.bucket_url}"
+    )
+    click.echo(
+        f"the poller imports it within MFX_POLL_INTERVAL ({settings.mfx_poll_interval} s); "
+        f"corrected files appear under {settings.mfx_corrected_prefix}, the rest under "
+        f"{settings.mfx_quarantine_prefix}"
+    )
+
+
+COMMANDS: list[click.Command] = [demo_command]
