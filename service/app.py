@@ -42,7 +42,13 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(webhooks_bp)
 
 
+_announced: set[str] = set()  # the start-up line is said once per process, not per app
+
+
 def _announce(settings: Settings) -> None:
+    if settings.database_url in _announced:
+        return
+    _announced.add(settings.database_url)
     if settings.embedded_sandbox:
         log_event(
             "config.embedded_defaults",

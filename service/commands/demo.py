@@ -63,9 +63,8 @@ def demo_command(name: str | None) -> None:
         f"wrote {key} (8 rows: 2 good, 4 correctable, 2 to quarantine) to {settings.bucket_url}"
     )
     click.echo(
-        f"the poller imports it within MFX_POLL_INTERVAL ({settings.mfx_poll_interval} s); "
-        f"corrected files appear under {settings.mfx_corrected_prefix}, the rest under "
-        f"{settings.mfx_quarantine_prefix}"
+        "the bundled poller imports it on its next pass; corrected files appear under "
+        f"{settings.mfx_corrected_prefix}, the rest under {settings.mfx_quarantine_prefix}"
     )
 
 
