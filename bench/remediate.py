@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 NOW = 1_764_000_000
+DAY = 86_400
 HEADER = [
     "identifier",
     "timestamp",
@@ -31,36 +31,91 @@ HEADER = [
     "error_code",
     "error_message",
 ]
-METERS = {
-    "data": [
-        {"id": "mtr_1", "event_name": "api_requests", "status": "active"},
-        {
-            "id": "mtr_2",
-            "event_name": "tokens",
-            "status": "active",
-            "value_settings": {"event_payload_key": "tokens"},
-        },
-    ]
+EVENT_NAMES = ("api_requests", "storage_gb", "compute_minutes")
+METERS = {"data": [{"id": f"mtr_{i}", "event_name": n} for i, n in enumerate(EVENT_NAMES)]}
+MISSPELT = ("API-Requests", "Api_Requests", "STORAGE_GB", "storage-gb", "Compute Minutes")
+EXTERNAL_IDS = 5_000  # customers known by an external id, mapped in the rules' customer map
+STRIPE_CUSTOMERS = 50_000
+MESSAGES = {
+    "timestamp_in_future": "Timestamp is in the future.",
+    "meter_event_invalid_value": "Value must be a number.",
+    "no_meter": "No meter was found matching event_name.",
+    "meter_event_customer_not_found": "No customer was found.",
+    "timestamp_too_far_in_past": "Timestamp is too far in the past.",
+    "odd_code": "Something Stripe added later.",
+    "": "",
 }
-MIX = (  # (weight, code, row builder)
-    (40, "timestamp_in_future", lambda i: [NOW * 1000 + i % 1000, "api_requests", "cus_1", "5"]),
-    (20, "meter_event_invalid_value", lambda i: [NOW - 60, "api_requests", "cus_2", "1,234"]),
-    (15, "no_meter", lambda i: [NOW - 60, "API-Requests", "cus_3", "7"]),
-    (10, "meter_event_customer_not_found", lambda i: [NOW - 60, "api_requests", "acme-42", "1"]),
-    (10, "meter_event_invalid_value", lambda i: [NOW - 60, "api_requests", "cus_4", "NaN"]),
-    (5, "timestamp_too_far_in_past", lambda i: [NOW - 90 * 86400, "api_requests", "cus_5", "3"]),
+# (weight, error code, kind of damage); about 1 row in 10 arrives without an error code
+MIX = (
+    (28, "timestamp_in_future", "ms"),
+    (4, "timestamp_in_future", "skew"),
+    (16, "meter_event_invalid_value", "thousands"),
+    (3, "meter_event_invalid_value", "text"),
+    (12, "no_meter", "case"),
+    (11, "meter_event_customer_not_found", "external"),
+    (1, "meter_event_customer_not_found", "unknown"),
+    (5, "timestamp_too_far_in_past", "old"),
+    (9, "", "valid"),
+    (1, "odd_code", "valid"),
 )
 
 
+class RowMaker:
+    """Varied rows: every row its own identifier, value, timestamp; many customers."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def identifier(self) -> str:
+        h = f"{self.rng.getrandbits(128):032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def value(self) -> str:
+        rng = self.rng
+        if rng.random() < 0.7:
+            return str(rng.randint(1, 5000))
+        return f"{rng.randint(0, 999)}.{rng.randint(1, 99)}"
+
+    def customer(self) -> str:
+        return f"cus_{self.rng.randrange(STRIPE_CUSTOMERS):014d}"
+
+    def row(self, code: str, damage: str) -> list[str]:
+        rng = self.rng
+        ts, name, customer, value = NOW - rng.randrange(30 * DAY), "", self.customer(), self.value()
+        name = rng.choice(EVENT_NAMES)
+        if damage == "ms":
+            ts = ts * 1000 + rng.randrange(1000)
+        elif damage == "skew":
+            ts = NOW + 301 + rng.randrange(3000)
+        elif damage == "thousands":
+            value = f"{rng.randint(1, 999)},{rng.randrange(1000):03d}"
+            value += f".{rng.randint(1, 9)}" if rng.random() < 0.2 else ""
+        elif damage == "text":
+            value = rng.choice(("NaN", "n/a", "", "inf", "twelve"))
+        elif damage == "case":
+            name = rng.choice(MISSPELT)
+        elif damage == "external":
+            customer = f"ext-{rng.randrange(EXTERNAL_IDS):06d}"
+        elif damage == "unknown":
+            customer = f"legacy-{rng.randrange(10**6)}"
+        elif damage == "old":
+            ts = NOW - (40 + rng.randrange(300)) * DAY
+        return [self.identifier(), str(ts), name, customer, value, code, MESSAGES[code]]
+
+
 def generate(path: Path, rows: int) -> None:
-    rng = random.Random(7)
-    weights = [w for w, _, _ in MIX]
+    maker, weights = RowMaker(7), [w for w, _, _ in MIX]
+    kinds = maker.rng.choices([(c, d) for _, c, d in MIX], weights, k=rows)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(HEADER)
-        for i in range(rows):
-            _, code, build = rng.choices(MIX, weights)[0]
-            writer.writerow([f"evt-{i:08d}", *build(i), code, ""])
+        writer.writerows(maker.row(code, damage) for code, damage in kinds)
+
+
+def rules_toml() -> str:
+    lines = ["[customers]"]
+    lines += [f'"ext-{i:06d}" = "cus_x{i:013d}"' for i in range(EXTERNAL_IDS)]
+    return "\n".join(lines) + "\n"
 
 
 COPY = textwrap.dedent("""
@@ -70,23 +125,31 @@ COPY = textwrap.dedent("""
 """)
 
 PANDAS = textwrap.dedent("""
-    import sys
+    import json, sys
     import numpy as np
     import pandas as pd
-    now = int(sys.argv[3])
+    now, skew, old = int(sys.argv[3]), 3600, 35 * 86400
+    customers = json.load(open(sys.argv[4]))
+    names = {"apirequests": "api_requests", "storagegb": "storage_gb",
+             "computeminutes": "compute_minutes"}
     df = pd.read_csv(sys.argv[1], dtype=str, keep_default_na=False)
     ts = pd.to_numeric(df["timestamp"], errors="coerce")
-    ms = ts > now + 300
-    df.loc[ms, "timestamp"] = (ts[ms] // 1000).astype("int64").astype(str)
+    for div in (10**9, 10**6, 10**3):
+        s = ts // div
+        hit = (ts > now + 300) & (s >= now - old) & (s <= now + skew)
+        ts = ts.where(~hit, s)
+    ts = ts.where(~((ts > now + 300) & (ts <= now + skew)), now)
+    df["timestamp"] = ts.astype("Int64").astype(str)
     value = df["payload_value"].str.strip().str.replace(",", "", regex=False)
     number = pd.to_numeric(value, errors="coerce")
     df["payload_value"] = value
-    norm = df["event_name"].str.lower().str.replace("-", "_", regex=False)
-    df["event_name"] = np.where(norm == "api_requests", "api_requests", df["event_name"])
-    df["payload_stripe_customer_id"] = df["payload_stripe_customer_id"].replace(
-        {"acme-42": "cus_Q1"})
-    ts = pd.to_numeric(df["timestamp"], errors="coerce")
-    bad = number.isna() | ~np.isfinite(number) | (ts < now - 35 * 86400)
+    norm = df["event_name"].str.lower().str.replace(r"[-_ ]", "", regex=True)
+    df["event_name"] = norm.map(names).fillna(df["event_name"])
+    cust = df["payload_stripe_customer_id"]
+    df["payload_stripe_customer_id"] = cust.map(customers).fillna(cust)
+    bad = (number.isna() | ~np.isfinite(number) | ts.isna() | (ts < now - old)
+           | (ts > now + 300) | ~df["payload_stripe_customer_id"].str.startswith("cus_")
+           | ~df["event_name"].isin(names.values()) | (df["error_code"] == "odd_code"))
     df["identifier"] = df["identifier"] + "-r1"
     cols = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
     df.loc[~bad, cols].to_csv(sys.argv[2] + ".corrected.csv", index=False)
@@ -107,51 +170,69 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
+def prepare(work: Path, rows: int) -> None:
+    generate(work / "failed.csv", rows)
+    (work / "meters.json").write_text(json.dumps(METERS))
+    (work / "rules.toml").write_text(rules_toml())
+    customers = {f"ext-{i:06d}": f"cus_x{i:013d}" for i in range(EXTERNAL_IDS)}
+    (work / "customers.json").write_text(json.dumps(customers))
+    (work / "plain_copy.py").write_text(COPY)
+    (work / "pandas_fix.py").write_text(PANDAS)
+
+
+def contenders(work: Path) -> dict[str, list[str]]:
+    py, src = sys.executable, str(work / "failed.csv")
+    pandas = [
+        str(work / "pandas_fix.py"),
+        src,
+        str(work / "pd"),
+        str(NOW),
+        str(work / "customers.json"),
+    ]
+    meterfix = str(Path(py).with_name("meterfix"))
+    mfx = [meterfix, "remediate", "--meters", str(work / "meters.json")]
+    mfx += ["--rules", str(work / "rules.toml"), "--now", str(NOW), "--json"]
+    return {
+        "csv copy": [py, str(work / "plain_copy.py"), src, str(work / "copy.csv")],
+        "pandas": [py, *pandas],
+        "meterfix": [*mfx, src, "--out", str(work / "out1")],
+        "meterfix 2x": [*mfx, str(work / "failed2x.csv"), "--out", str(work / "out2")],
+        "meterfix --help": [meterfix, "--help"],
+    }
+
+
+def report(rows: int, results: dict[str, tuple[float, float]]) -> None:
+    base = results["csv copy"][0]
+    print(f"rows: {rows:,}  (2x file: {2 * rows:,})")
+    for name, (seconds, rss) in results.items():
+        print(f"{name:16s} {seconds:7.2f} s  {seconds / base:5.2f}x copy  peak RSS {rss:6.1f} MB")
+    mfx, pandas, big = results["meterfix"], results["pandas"], results["meterfix 2x"]
+    print(
+        f"meterfix / copy = {mfx[0] / base:.2f} (target <= 1.5); "
+        f"meterfix / pandas = {mfx[0] / pandas[0]:.2f} (< 1); "
+        f"RSS 1x {mfx[1]:.0f} MB vs 2x {big[1]:.0f} MB (largest single process)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--only", help="comma-separated contenders to run (default: all)")
     args = parser.parse_args()
-    py = sys.executable
-    meterfix = str(Path(py).with_name("meterfix"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        src, big = work / "failed.csv", work / "failed2x.csv"
-        generate(src, args.rows)
-        (work / "meters.json").write_text(json.dumps(METERS))
-        (work / "rules.toml").write_text('[customers]\n"acme-42" = "cus_Q1"\n')
-        (work / "plain_copy.py").write_text(COPY)
-        (work / "pandas_fix.py").write_text(PANDAS)
-        mfx = [
-            meterfix,
-            "remediate",
-            "--meters",
-            str(work / "meters.json"),
-            "--rules",
-            str(work / "rules.toml"),
-            "--now",
-            str(NOW),
-            "--json",
-        ]
-        results = {
-            "csv copy": timed([py, str(work / "plain_copy.py"), str(src), str(work / "copy.csv")]),
-            "pandas": timed(
-                [py, str(work / "pandas_fix.py"), str(src), str(work / "pd"), str(NOW)]
-            ),
-            "meterfix": timed([*mfx, str(src), "--out", str(work / "out1")]),
-        }
-        generate(big, 2 * args.rows)
-        results["meterfix 2x"] = timed([*mfx, str(big), "--out", str(work / "out2")])
-    base = results["csv copy"][0]
-    print(f"rows: {args.rows:,}  (2x file: {2 * args.rows:,})")
-    for name, (seconds, rss) in results.items():
-        print(f"{name:12s} {seconds:7.2f} s  {seconds / base:5.2f}x copy  peak RSS {rss:6.1f} MB")
-    ratio = results["meterfix"][0] / base
-    print(
-        f"meterfix / copy = {ratio:.2f} (target <= 1.5); "
-        f"meterfix / pandas = {results['meterfix'][0] / results['pandas'][0]:.2f} (< 1); "
-        f"RSS 1x {results['meterfix'][1]:.0f} MB vs 2x {results['meterfix 2x'][1]:.0f} MB"
-    )
-    _ = resource  # wait4 gives per-child usage; resource kept for RUSAGE docs
+        prepare(work, args.rows)
+        commands = contenders(work)
+        wanted = args.only.split(",") if args.only else list(commands)
+        if "meterfix 2x" in wanted:
+            generate(work / "failed2x.csv", 2 * args.rows)
+        results = {name: timed(cmd) for name, cmd in commands.items() if name in wanted}
+    if {"csv copy", "pandas", "meterfix", "meterfix 2x"} <= set(results):
+        report(args.rows, results)
+    else:
+        base = results.get("csv copy", (1.0, 0.0))[0]
+        for name, (seconds, rss) in results.items():
+            print(f"{name:16s} {seconds:7.2f} s  {seconds / base:5.2f}x copy  RSS {rss:6.1f} MB")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ a rule name that `[policy] disabled_rules` can turn off.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
@@ -191,19 +192,18 @@ def fix_customer(record: UsageRecord, ctx: Context) -> list[Change]:
     raise Uncorrectable(f"customer {raw!r} is not in the customer map and has no unique match")
 
 
-def _customer_candidates(raw: str, ctx: Context) -> list[tuple[str, str | None]]:
+def _customer_candidates(raw: str, ctx: Context) -> Iterator[tuple[str, str | None]]:
+    """Candidates in order; lazily, so the directory is asked only when the map has no answer."""
     trimmed = raw.strip()
+    yield "map_customer", ctx.rules.customers.get(raw) or ctx.rules.customers.get(trimmed)
     cased = "cus_" + trimmed[4:] if trimmed.lower().startswith("cus_") else trimmed
-    mapped = ctx.rules.customers.get(raw) or ctx.rules.customers.get(trimmed)
-    candidates: list[tuple[str, str | None]] = [("map_customer", mapped)]
     directory = ctx.customers
     if directory is None or directory.exists(cased):
-        candidates.append(("trim_customer", cased))
+        yield "trim_customer", cased
     key = ctx.rules.policy.customer_metadata_key
     if directory is not None and key and ctx.rules.enabled("search_customer"):
         hits = directory.search_by_metadata(key, trimmed)
-        candidates.append(("search_customer", hits[0] if len(hits) == 1 else None))
-    return candidates
+        yield "search_customer", hits[0] if len(hits) == 1 else None
 
 
 CORRECTORS: dict[str, Corrector] = {

@@ -191,7 +191,7 @@ def remediate(
     run = _Run(source, ctx, generation, identifiers == "keep", previous_codes)
     sinks = Sinks(out_dir, source, fmt, generation, columns, write, max_rows, on_audit)
     try:
-        fast = fastpath.plan(records, sinks, columns, customers is None)
+        fast = fastpath.plan(records, sinks, columns)
         if fast is not None:
             fastpath.run(fast, _fast_settings(run, sinks, on_progress), run.tally)
         else:
@@ -226,8 +226,7 @@ def _fast_settings(
         run.source,
         run.generation,
         run.keep_ids,
-        run.ctx.now,
-        run.ctx.rules,
+        run.ctx,
         run.decide,
         partial(emit, sinks),
         on_progress,

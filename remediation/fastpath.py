@@ -1,35 +1,34 @@
-"""The CSV fast path: rows decided once per template instead of once per row.
+"""The CSV fast path: every row decided on its raw cells, written in batches.
 
-Most rows of a failed-records file differ from many others only in their identifier, row
-number and timestamp. The engine decides the first row of each kind as usual; the outcome
-becomes a `RowTemplate` keyed by the row without those cells, and the rows like it are written
-from the template. Exact by construction: a template is reused only for rows whose cells are
-equal apart from the identifier and a timestamp of the same category, i.e. unix seconds
-inside Stripe's window, or ms/µs/ns that convert into it without clamping. In both the
-timestamp only ever appears in the written row and in the unit conversion's audit entry,
-which are slots. Rows whose identifier carries a generation (`-rN`), malformed rows and
-outcomes a template cannot express are decided and written one by one, as before.
+Column indexes are resolved once from the header. Each row goes to the handler of its error
+code (`fastrows`), which checks and fixes the cells it needs and reports the outcome here;
+the output row is the input row projected onto the output columns, with the derived
+identifier, and goes out through `csv.writer.writerows` in chunks; audit lines come from
+pre-rendered pieces (`auditlines`). A row a handler does not recognise (malformed, an
+identifier with a generation, an unusual code or value) is decided by the general path
+(`decide` + `emit`), after the pending rows are written, so the outputs keep input order and
+are byte-identical to the general path's (tests/unit/remediation/test_fastpath.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring
 from typing import TextIO
 
+from remediation.auditlines import AuditLines, CellChange, correction_entry, quarantine_entry
+from remediation.changes import Context
+from remediation.codes import KNOWN_CODES, ErrorCode
+from remediation.fastrows import FastRows
 from remediation.outcomes import Outcome, Tally
 from remediation.outputs import OutputSet
 from remediation.readers import CsvLayout, CsvRecords
-from remediation.records import QUARANTINE_FIELDS, UsageRecord
-from remediation.rules import Rules
-from remediation.sinks import Sinks
-from remediation.templates import CSV_SPECIAL, RowTemplate, Sample, build, csv_cell
-from remediation.validation import MAX_FUTURE_SECONDS, MAX_PAST_SECONDS
-from remediation.writers import getter, output_columns, record_fits
+from remediation.records import UsageRecord
+from remediation.sinks import AuditSink, Sinks
+from remediation.writers import getter, output_columns
 
-MAX_TEMPLATES = 4096
-_UNITS = ((10**9, "9"), (10**6, "6"), (10**3, "3"))
+PROGRESS_EVERY = 65536
+Projection = Callable[[list[str]], Sequence[str]]
 
 
 @dataclass(slots=True)
@@ -38,31 +37,22 @@ class FastPlan:
     corrected: OutputSet
     quarantine: OutputSet
     audit: TextIO
+    on_audit: AuditSink | None
     columns: list[str]
 
 
 def plan(
-    records: Iterable[UsageRecord], sinks: Sinks, columns: Iterable[str] | None, plain: bool
+    records: Iterable[UsageRecord], sinks: Sinks, columns: Iterable[str] | None
 ) -> FastPlan | None:
     """A fast plan for a CSV input written with known columns, or None (the general path)."""
-    if not isinstance(records, CsvRecords) or columns is None or not plain:
+    if not isinstance(records, CsvRecords) or columns is None:
         return None
-    names = list(columns)
     corrected, quarantine, audit = sinks.corrected, sinks.quarantine, sinks.audit_file
     if not isinstance(corrected, OutputSet) or not isinstance(quarantine, OutputSet):
         return None
-    if audit is None or sinks.on_audit is not None:
+    if audit is None:
         return None
-    if "identifier" not in names or "timestamp" not in names:
-        return None
-    return FastPlan(records, corrected, quarantine, audit, names)
-
-
-@dataclass(slots=True)
-class _Pending:
-    corrected: list[str] = field(default_factory=list)
-    quarantine: list[str] = field(default_factory=list)
-    audit: list[str] = field(default_factory=list)
+    return FastPlan(records, corrected, quarantine, audit, sinks.on_audit, list(columns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,176 +62,193 @@ class RunSettings:
     source: str
     generation: int
     keep_ids: bool
-    now: int
-    rules: Rules
+    ctx: Context
     decide: Callable[[UsageRecord], Outcome]
     emit: Callable[[Outcome], None]
     on_progress: Callable[[int], None] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Window:
-    """Unix seconds Stripe accepts, and what the timestamp corrector converts to seconds."""
-
-    low: int
-    high: int
-    units_high: int | None  # None: unit conversion is turned off
-
-    @classmethod
-    def of(cls, settings: RunSettings) -> _Window:
-        now, rules = settings.now, settings.rules
-        units = now + rules.policy.future_skew_seconds if rules.enabled("timestamp_units") else None
-        return cls(now - MAX_PAST_SECONDS, now + MAX_FUTURE_SECONDS, units)
-
-    def converted(self, value: int) -> tuple[str, str | None]:
-        """(category, seconds) of a timestamp beyond the window, as `fix_timestamp` sees it."""
-        if self.units_high is not None:
-            for divisor, category in _UNITS:
-                seconds = value // divisor
-                if self.low <= seconds <= self.units_high:
-                    return (category, str(seconds)) if seconds <= self.high else ("", None)
-        return "", None
+    first_row: int = 1  # number of the first row (a later byte range of a file: see `parallel`)
 
 
 def run(fast: FastPlan, settings: RunSettings, tally: Tally) -> None:
-    """Remediate every row of `fast.records` (the engine's `_run_records`, batched)."""
-    runner = _Runner(fast, settings, tally)
+    """Remediate every row of `fast.records` (what the engine's `_run_records` does)."""
+    runner: _Runner | None = None
     for layout, rows in fast.records.row_batches():
-        runner.batch(layout, rows)
-    runner.finish()
+        if runner is None:
+            runner = _Runner(fast, settings, tally, layout)
+        runner.batch(rows)
+    if runner is not None:
+        runner.finish()
+
+
+def projection(layout: CsvLayout, columns: Sequence[str]) -> Projection | None:
+    """The output row of an input row, as the writer's getters would make it; None when the
+    output columns are not simply input cells (duplicate or missing columns)."""
+    width = len(layout.header)
+    probe = [f"\x00{i}" for i in range(width)]
+    record = layout.record(0, probe)
+    where = {cell: i for i, cell in enumerate(probe)}
+    picks = [where.get(getter(name)(record)) for name in output_columns(columns)]
+    keys = [key for _, key in layout.payload] + [name for _, name in layout.extra]
+    used = {i for i, _ in layout.payload} | {i for i, _ in layout.extra}
+    indexes = [i for i in picks if i is not None]
+    if len(indexes) != len(picks) or len(set(indexes)) != len(indexes) or not indexes:
+        return None
+    if len(set(keys)) != len(keys) or not used <= set(indexes):
+        return None  # the record would keep another cell, or not fit these columns
+    if indexes == list(range(len(indexes))):
+        stop = len(indexes)
+        return lambda row: row[:stop]
+    return lambda row: [row[i] for i in indexes]
+
+
+def usable(layout: CsvLayout) -> bool:
+    """Whether rows of this layout can be decided on their cells at all."""
+    core = layout.identifier, layout.timestamp, layout.event_name
+    return None not in core and (layout.simple_errors is not None or not layout.errors)
+
+
+@dataclass(slots=True)
+class _Counts:
+    valid: int = 0
+    corrections: int = 0
+    corrected: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)
+    unclassified: dict[str, int] = field(default_factory=dict)
+
+    def into(self, tally: Tally) -> None:
+        tally.count("valid", None, self.valid, 0, 0)
+        for code, rows in self.corrected.items():
+            tally.count("corrected", code, rows, 0, 0)
+        for code, rows in self.quarantined.items():
+            tally.count("quarantined", code, rows, 0, self.unclassified.get(code, 0))
+        tally.count("valid", None, 0, self.corrections, 0)
 
 
 class _Runner:
-    def __init__(self, fast: FastPlan, settings: RunSettings, tally: Tally) -> None:
-        self.fast, self.settings, self.tally = fast, settings, tally
-        self.window = _Window.of(settings)
-        self.suffix = f"-r{max(settings.generation, 1)}"
-        self.templates: dict[tuple[str, ...], RowTemplate] = {}
-        self.pending = _Pending()
-        self.number = self.misses = 0
-        self.enabled = True
-        names = output_columns(fast.columns)
-        self.getters = [getter(name) for name in names]
-        self.positions = (names.index("identifier"), names.index("timestamp"))
-        self.fits = frozenset(fast.columns)
+    """Decides rows (see the module docstring); implements `fastrows.RowSink`."""
 
-    def batch(self, layout: CsvLayout, rows: list[list[str]]) -> None:
-        if not self.enabled or layout.identifier is None or layout.timestamp is None:
-            return self.one_by_one(layout, rows)
-        templates, window, pending = self.templates, self.window, self.pending
-        corrected, quarantine, audit = pending.corrected, pending.quarantine, pending.audit
-        id_at, ts_at, width = layout.identifier, layout.timestamp, len(layout.header)
-        suffix, keep, number = self.suffix, self.settings.keep_ids, self.number
-        low, high = window.low, window.high
-        special, encode = CSV_SPECIAL.search, encode_basestring
+    def __init__(self, fast: FastPlan, settings: RunSettings, tally: Tally, layout: CsvLayout):
+        self.fast, self.settings, self.tally, self.layout = fast, settings, tally, layout
+        self.number = settings.first_row - 1
+        self.counts = _Counts()
+        self.lines = AuditLines(settings.source)
+        self.suffix = f"-r{max(settings.generation, 1)}"
+        self.pending: tuple[list[Sequence[str]], list[Sequence[str]], list[str]] = ([], [], [])
+        project = projection(layout, fast.columns)
+        self.enabled = project is not None and usable(layout)
+        self.project: Projection = project or (lambda row: row)
+        self.rows = FastRows(layout, settings.ctx, self) if self.enabled else None
+        self.id_at = layout.identifier or 0
+        simple: tuple[int | None, int | None] = layout.simple_errors or (None, None)
+        self.code_at, self.message_at = simple
+
+    def batch(self, rows: list[list[str]]) -> None:
+        if not self.enabled or self.rows is None:
+            return self.one_by_one(rows)
+        width, id_at = len(self.layout.header), self.id_at
+        code_at, message_at = self.code_at, self.message_at
+        handlers, valid = self.rows.handlers, self.rows.valid
         for at, row in enumerate(rows):
-            number += 1
-            if len(row) != width or not row[id_at] or "-r" in row[id_at]:
-                self.number = number
-                self.slow(layout, row)  # malformed, or an identifier derive_identifier must see
-                if not self.enabled:
-                    return self.one_by_one(layout, rows[at + 1 :], len(rows))
-                continue
-            ident, stamp = row[id_at], row[ts_at]
-            category, seconds = "", None
-            if stamp.isdigit() and stamp[0] != "0" and stamp.isascii():
-                value = int(stamp)
-                if value > high:
-                    category, seconds = window.converted(value)
-                elif value >= low:
-                    category, seconds = "s", stamp
-            row[id_at] = ""
-            if category:
-                row[ts_at] = ""
-            row.append(category)
-            key = tuple(row)
-            template = templates.get(key)
-            if template is None:
-                del row[-1]
-                row[id_at], row[ts_at] = ident, stamp
-                self.number = number
-                template = self.miss(layout, row, key, Sample(ident, stamp, seconds))
-                if template is None:
-                    if not self.enabled:
-                        return self.one_by_one(layout, rows[at + 1 :], len(rows))
+            self.number += 1
+            if len(row) == width and row[id_at] and "-r" not in row[id_at]:
+                code = row[code_at] if code_at is not None else ""
+                if code:
+                    handler = handlers.get(code)
+                    if handler is not None and handler(row):
+                        continue
+                    if handler is None and self.odd_code(code, row):
+                        continue
+                elif (message_at is None or not row[message_at]) and valid(row):
+                    self.valid(row)
                     continue
-            template.hits += 1
-            new = ident if keep else ident + suffix
-            if template.quarantine:
-                cid = ident if special(ident) is None else csv_cell(ident)
-                quarantine.append(template.line.format(cid, stamp))
-            else:
-                cid = new if special(new) is None else csv_cell(new)
-                written = seconds if template.converted else stamp
-                corrected.append(template.line.format(cid, written))
-            if template.audit:
-                audit.append(
-                    template.audit.format(
-                        None, None, number, encode(ident), encode(new), stamp, seconds
-                    )
-                )
-        self.number = number
+            self.general(row)
+            if not self.enabled:
+                return self.one_by_one(rows[at + 1 :], len(rows))
         self.flush()
         self.progress(len(rows))
-        if len(templates) >= MAX_TEMPLATES and self.misses * 2 > number:
-            self.drop_templates()  # rows too varied for templates to pay: decide one by one
 
-    def miss(
-        self, layout: CsvLayout, row: list[str], key: tuple[str, ...], sample: Sample
-    ) -> RowTemplate | None:
-        """Decide the row; keep its template, or write it as usual when it gets none."""
-        self.misses += 1
-        outcome = self.settings.decide(layout.record(self.number, row))
-        template = None
-        if len(self.templates) < MAX_TEMPLATES and record_fits(outcome.record, self.fits):
-            template = build(outcome, sample, self.getters, self.positions, QUARANTINE_FIELDS)
-        if template is None:
-            self.write_one(outcome)
-            return None
-        self.templates[key] = template
-        return template
+    def odd_code(self, code: str, row: list[str]) -> bool:
+        """A code cell that is not exactly a handler's code: normalise it as the reader does."""
+        assert self.rows is not None
+        arrived = code.strip().lower()
+        handler = self.rows.handlers.get(arrived)
+        if handler is not None:
+            return handler(row)
+        return bool(arrived) and self.rows.unclassified(arrived, row)
 
-    def slow(self, layout: CsvLayout, row: list[str]) -> None:
-        self.write_one(self.settings.decide(layout.record(self.number, row)))
+    # --- RowSink -----------------------------------------------------------------------
 
-    def one_by_one(self, layout: CsvLayout, rows: list[list[str]], batch: int = 0) -> None:
-        """Decide and write `rows` one at a time (the rest of a batch of `batch` rows)."""
-        for row in rows:
-            self.number += 1
-            self.slow(layout, row)
-        self.progress(batch or len(rows))
+    def valid(self, row: list[str]) -> None:
+        if not self.settings.keep_ids:
+            row[self.id_at] += self.suffix
+        self.pending[0].append(self.project(row))
+        self.counts.valid += 1
 
-    def write_one(self, outcome: Outcome) -> None:
+    def corrected(
+        self, code: str, row: list[str], fixed: list[str], changes: tuple[CellChange, ...]
+    ) -> None:
+        ident = row[self.id_at]
+        new = ident if self.settings.keep_ids else ident + self.suffix
+        fixed[self.id_at] = new
+        self.pending[0].append(self.project(fixed))
+        counts = self.counts
+        counts.corrected[code] = counts.corrected.get(code, 0) + 1
+        counts.corrections += len(changes)
+        lines, number, on_audit = self.pending[2], self.number, self.fast.on_audit
+        for change in changes:
+            lines.append(self.lines.correction(number, ident, new, code, change))
+            if on_audit is not None:
+                on_audit(correction_entry(self.lines.source, number, ident, new, code, change))
+
+    def quarantined(self, code: str, row: list[str], mfx_code: str, reason: str) -> None:
+        self.pending[1].append([*self.project(row), mfx_code, reason])
+        counts = self.counts
+        counts.quarantined[code] = counts.quarantined.get(code, 0) + 1
+        if code not in KNOWN_CODES or mfx_code == ErrorCode.UNCLASSIFIED:
+            counts.unclassified[code] = counts.unclassified.get(code, 0) + 1
+        ident, number = row[self.id_at], self.number
+        self.pending[2].append(self.lines.quarantine(number, ident, code, mfx_code, reason))
+        if self.fast.on_audit is not None:
+            source = self.lines.source
+            self.fast.on_audit(quarantine_entry(source, number, ident, code, mfx_code, reason))
+
+    # --- the general path and output -----------------------------------------------------
+
+    def general(self, row: list[str]) -> None:
+        """Decide and write one row as `engine._run_records` does."""
         self.flush()
+        outcome = self.settings.decide(self.layout.record(self.number, row))
         self.tally.add(outcome)
         self.settings.emit(outcome)
         fast = self.fast
-        if self.enabled and not (fast.corrected.takes_lines() and fast.quarantine.takes_lines()):
-            self.enabled = False  # an output opened with other columns: no more templates
+        if self.enabled and not (fast.corrected.takes_rows() and fast.quarantine.takes_rows()):
+            self.enabled = False  # an output opened with other columns: no more fast rows
+
+    def one_by_one(self, rows: list[list[str]], batch: int = 0) -> None:
+        """Decide and write `rows` on the general path (the rest of a batch of `batch` rows)."""
+        for row in rows:
+            self.number += 1
+            self.general(row)
+        self.progress(batch or len(rows))
 
     def flush(self) -> None:
-        pending = self.pending
-        if pending.corrected:
-            self.fast.corrected.write_lines(pending.corrected)
-            pending.corrected.clear()
-        if pending.quarantine:
-            self.fast.quarantine.write_lines(pending.quarantine)
-            pending.quarantine.clear()
-        if pending.audit:
-            self.fast.audit.write("".join(pending.audit))
-            pending.audit.clear()
+        corrected, quarantine, audit = self.pending
+        if corrected:
+            self.fast.corrected.write_rows(corrected)
+            corrected.clear()
+        if quarantine:
+            self.fast.quarantine.write_rows(quarantine)
+            quarantine.clear()
+        if audit:
+            self.fast.audit.write("".join(audit))
+            audit.clear()
 
     def progress(self, rows: int) -> None:
-        every, report = 65536, self.settings.on_progress
-        if report is not None and self.number // every > (self.number - rows) // every:
-            report(self.number // every * every)
-
-    def drop_templates(self) -> None:
-        self.enabled = False
-        for template in self.templates.values():
-            self.tally.add(template.outcome, template.hits)
-        self.templates.clear()
+        report, number = self.settings.on_progress, self.number
+        if report is not None and number // PROGRESS_EVERY > (number - rows) // PROGRESS_EVERY:
+            report(number // PROGRESS_EVERY * PROGRESS_EVERY)
 
     def finish(self) -> None:
         self.flush()
-        self.drop_templates()
+        self.counts.into(self.tally)
+        self.counts = _Counts()

@@ -32,18 +32,24 @@ class Tally:
     corrections: int = 0
     by_code: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def add(self, outcome: Outcome, times: int = 1) -> None:
-        """Count `times` rows that had this outcome."""
-        self.input_rows += times
-        self.corrections += outcome.corrections * times
-        self.unclassified += times if outcome.unclassified else 0
-        if outcome.kind == "valid":
-            self.valid += times
+    def add(self, outcome: Outcome) -> None:
+        """Count one row that had this outcome."""
+        self.count(outcome.kind, outcome.arrived, 1, outcome.corrections, outcome.unclassified)
+
+    def count(
+        self, kind: str, arrived: str | None, rows: int, corrections: int, unclassified: int
+    ) -> None:
+        """Count `rows` rows of one kind and code, with their corrections and unclassified."""
+        self.input_rows += rows
+        self.corrections += corrections
+        self.unclassified += unclassified
+        if kind == "valid":
+            self.valid += rows
             return
-        if outcome.kind == "corrected":
-            self.corrected += times
+        if kind == "corrected":
+            self.corrected += rows
         else:
-            self.quarantined += times
-        assert outcome.arrived is not None
-        slot = self.by_code.setdefault(outcome.arrived, {"corrected": 0, "quarantined": 0})
-        slot[outcome.kind] += times
+            self.quarantined += rows
+        assert arrived is not None
+        slot = self.by_code.setdefault(arrived, {"corrected": 0, "quarantined": 0})
+        slot[kind] += rows

@@ -111,22 +111,22 @@ class OutputSet:
         part.rows += 1
         self._check_full(part)
 
-    def takes_lines(self) -> bool:
-        """Whether `write_lines` can be used: the first layout has (or will have) `columns`."""
+    def takes_rows(self) -> bool:
+        """Whether `write_rows` can be used: the first layout has (or will have) `columns`."""
         if not self.layouts:
             return self.columns is not None
         return self.layouts[0][0].writer.columns == list(self.columns or ())
 
-    def write_lines(self, lines: list[str]) -> None:
-        """Rendered CSV rows of the first layout; parts split exactly as `write` splits them."""
+    def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
+        """CSV rows in the first layout's columns; parts split exactly as `write` splits them."""
         if not self.layouts:
             self.layouts.append([self._open(1, 1, self.columns)])
         done = 0
-        while done < len(lines):
+        while done < len(rows):
             part = self._current(self.layouts[0])
             room = SIZE_CHECK_EVERY - part.rows % SIZE_CHECK_EVERY
-            chunk = lines[done : done + min(room, self.max_rows - part.rows)]
-            part.writer.write_lines(chunk)
+            chunk = rows[done : done + min(room, self.max_rows - part.rows)]
+            part.writer.write_rows(chunk)
             done += len(chunk)
             self.rows += len(chunk)
             part.rows += len(chunk)

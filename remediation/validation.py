@@ -53,7 +53,8 @@ def parse_timestamp(raw: object) -> int | None:
         return int(raw) if raw.is_integer() else None
     if isinstance(raw, str):
         text = raw.strip()
-        if text.isdigit() or (text[:1] == "-" and text[1:].isdigit()):
+        # isascii: `²` and other Unicode digits pass isdigit() but int() rejects them
+        if text.isascii() and (text.isdigit() or (text[:1] == "-" and text[1:].isdigit())):
             return int(text)
     return None
 
@@ -68,7 +69,7 @@ def plain_number(raw: object) -> str | None:
         if not math.isfinite(raw):
             return None
         return str(int(raw)) if raw.is_integer() else repr(raw)
-    if isinstance(raw, str) and (raw.isdigit() or PLAIN_NUMBER.fullmatch(raw)):
+    if isinstance(raw, str) and ((raw.isdigit() and raw.isascii()) or PLAIN_NUMBER.fullmatch(raw)):
         return raw
     return None
 

@@ -127,13 +127,13 @@ class RecordWriter:
         row.extend(cell(notes.get(name)) for name in self._annotations)
         self._csv.writerow(row)
 
-    def write_lines(self, lines: list[str]) -> None:
-        """CSV lines already rendered in this writer's columns (see `remediation.templates`)."""
+    def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
+        """CSV rows already in this writer's columns (annotations included; see `fastpath`)."""
         assert self._csv is not None and self._columns is not None
         if not self._getters:
             self._start_csv(None)
-        self._text.write("".join(lines))
-        self.rows += len(lines)
+        self._csv.writerows(rows)
+        self.rows += len(rows)
 
     def _start_csv(self, record: UsageRecord | None) -> None:
         assert self._csv is not None

@@ -1,15 +1,19 @@
-"""The CSV fast path (row templates) writes exactly what the record-by-record path writes."""
+"""The CSV fast path (rows decided on their cells) writes exactly what the general path writes."""
 
 from __future__ import annotations
 
 import csv
 import io
+import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from remediation import engine
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
@@ -23,7 +27,9 @@ METERS = [
     Meter("m3", "tokens", value_key="tokens"),
 ]
 RULES = load_rules(
-    '[customers]\n"acme-42" = "cus_Q1"\n[meter_successors]\n"tokens_v1" = "tokens"\n'
+    '[customers]\n"acme-42" = "cus_Q1"\n" cus_2 " = "cus_2"\n'
+    '[meter_successors]\n"tokens_v1" = "tokens"\n'
+    '[event_names]\n"api-call" = "api_requests"\n'
 )
 HEADER = [
     "identifier",
@@ -41,6 +47,9 @@ CELLS = [
         [
             str(NOW),
             str(NOW - 60),
+            "²",
+            " " + str(NOW),
+            str(NOW + 1000) + "000",
             str(NOW * 1000 + 5),
             str(NOW * 10**6),
             str(NOW + 1000),
@@ -52,9 +61,22 @@ CELLS = [
             "x",
         ]
     ),
-    st.sampled_from(["api_requests", "API-Requests", "tokens", "tokens_v1", "nope", ""]),
+    st.sampled_from(
+        [
+            "api_requests",
+            "API-Requests",
+            "api-call",
+            "tokens",
+            "tokens_v1",
+            "api_requestz",
+            "nope",
+            "",
+        ]
+    ),
     st.sampled_from(["cus_1", "", " cus_2 ", "acme-42", "a,b"]),
-    st.sampled_from(["5", "12.0", "1,234", "NaN", "", "abc", "1.5", str(NOW)]),
+    st.sampled_from(
+        ["5", "12.0", "1,234", "0,001", "1,234.50", "NaN", "", "abc", "1.5", "²", "1.1234567890123"]
+    ),
     st.sampled_from(["", "n", "c,d"]),
     st.sampled_from(
         [
@@ -66,6 +88,9 @@ CELLS = [
             "meter_event_customer_not_found",
             "timestamp_too_far_in_past",
             "odd_code",
+            " No_Meter ",
+            "unclassified",
+            "timestamp_invalid",
         ]
     ),
     st.sampled_from(["", "No meter was found matching event_name X."]),
@@ -83,8 +108,9 @@ def to_csv(rows: list[list[str]]) -> bytes:
 
 def run(
     data: bytes, out: Path, fast: bool, **kwargs: Any
-) -> tuple[dict[str, Any], dict[str, bytes]]:
+) -> tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]]]:
     records = read_records(io.BytesIO(data), FileFormat.CSV)
+    entries: list[dict[str, Any]] = []
     result = remediate(
         records if fast else list(records),
         source="failed.csv",
@@ -94,11 +120,12 @@ def run(
         now=NOW,
         out_dir=out,
         columns=CsvLayout.from_header(HEADER).columns(),
+        on_audit=entries.append,
         **kwargs,
     )
     files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
     summary = dict(result.summary, outputs=None)
-    return summary, files
+    return summary, files, entries
 
 
 def assert_same(data: bytes, tmp: Path, **kwargs: Any) -> None:
@@ -112,7 +139,7 @@ def assert_same(data: bytes, tmp: Path, **kwargs: Any) -> None:
 def test_fast_path_writes_what_the_general_path_writes(
     rows: list[list[str]], keep: bool, tmp_path_factory: Any
 ) -> None:
-    doubled = rows + [list(row) for row in rows]  # repeated rows are written from templates
+    doubled = rows + [list(row) for row in rows]
     tmp = tmp_path_factory.mktemp("cmp")
     assert_same(to_csv(doubled), tmp, identifiers="keep" if keep else "derive")
 
@@ -142,3 +169,70 @@ def test_blank_lines_and_short_rows(tmp_path: Path) -> None:
         + b",api_requests,cus_1,5,,,\r\n"
     )
     assert_same(data, tmp_path)
+
+
+def varied_rows(count: int, seed: int) -> list[list[str]]:
+    """Rows that differ in every cell, as real failed-records files do."""
+    rng = random.Random(seed)
+    kinds: list[tuple[str, Callable[[], str]]] = [
+        (
+            "timestamp_in_future",
+            lambda: str((NOW - rng.randrange(86400)) * 1000 + rng.randrange(999)),
+        ),
+        ("timestamp_in_future", lambda: str(NOW + 301 + rng.randrange(4000))),
+        ("meter_event_invalid_value", lambda: f"{rng.randrange(1, 999)},{rng.randrange(1000):03d}"),
+        ("no_meter", lambda: "API-Requests"),
+        ("meter_event_customer_not_found", lambda: "acme-42"),
+        ("", lambda: str(NOW - rng.randrange(86400))),
+    ]
+    rows = []
+    for i in range(count):
+        code, make = rng.choice(kinds)
+        cells = [f"{rng.getrandbits(64):016x}", str(NOW - rng.randrange(86400)), "api_requests"]
+        cells += [f"cus_{rng.randrange(10**6)}", str(rng.randrange(1, 10**6)), "", code, ""]
+        at = {"timestamp_in_future": 1, "no_meter": 2, "meter_event_customer_not_found": 3}
+        cells[at.get(code, 4 if code else 1)] = make()
+        if i % 97 == 0:
+            cells[0] += "-r1"  # decided on the general path, between fast rows
+        rows.append(cells)
+    return rows
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_varied_rows(tmp_path: Path, keep: bool) -> None:
+    assert_same(to_csv(varied_rows(3000, 5)), tmp_path, identifiers="keep" if keep else "derive")
+
+
+def test_reroute_to_another_layout_between_fast_rows(tmp_path: Path) -> None:
+    rows = varied_rows(200, 6)
+    rows[50] = ["r50", str(NOW), "tokens_v1", "cus_1", "4", "", "archived_meter", ""]
+    assert_same(to_csv(rows), tmp_path, max_rows=64)
+
+
+def test_superscript_timestamp_is_quarantined_not_a_crash(tmp_path: Path) -> None:
+    rows = [["e1", "²", "api_requests", "cus_1", "5", "", "timestamp_in_future", ""]]
+    rows += [["e2", "²", "api_requests", "cus_1", "5", "", "", ""]]
+    assert_same(to_csv(rows), tmp_path)
+    summary, _, _ = run(to_csv(rows), tmp_path / "again", True)
+    assert (summary["quarantined"], summary["by_code"]) == (
+        2,
+        {
+            "timestamp_in_future": {"corrected": 0, "quarantined": 1},
+            "timestamp_invalid": {"corrected": 0, "quarantined": 1},
+        },
+    )
+
+
+def test_varied_rows_are_decided_on_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    decide = engine._Run.decide
+
+    def counting(run: Any, record: Any) -> Any:
+        calls.append(record.row_number)
+        return decide(run, record)
+
+    monkeypatch.setattr(engine._Run, "decide", counting)
+    run(to_csv(varied_rows(3000, 7)), tmp_path, True)
+    assert len(calls) <= 3000 // 97 + 1  # only the -r1 rows

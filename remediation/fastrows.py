@@ -1,0 +1,230 @@
+"""Cheap checks and fixes on raw CSV cells, one specialised handler per error code.
+
+Each handler mirrors what the general path (`engine._Run.decide` with the correctors) does
+for the common shape of its code and reports the result to a `RowSink`; anything it does not
+recognise makes it return False, and the caller decides that row on the general path. So a
+handler may refuse too often, never decide differently: `valid` is stricter than
+`validation.validate_record` (it accepts a subset of what that accepts), and every fix
+computes exactly what the corrector computes (or calls it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from remediation.auditlines import CellChange
+from remediation.changes import Context
+from remediation.codes import ErrorCode
+from remediation.correctors import CORRECTORS, normalize_number
+from remediation.meters import Meter
+from remediation.readers import CsvLayout
+from remediation.reroute import normalized
+from remediation.validation import MAX_FUTURE_SECONDS, MAX_PAST_SECONDS, PLAIN_NUMBER
+
+Handler = Callable[[list[str]], bool]
+MAX_EVENT_NAMES = 4096  # memoised event-name matches (bounded: names are usually few)
+# Codes as the general path passes them on: plain strings read from the file.
+_FUTURE, _PAST = ErrorCode.TIMESTAMP_IN_FUTURE.value, ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST.value
+_VALUE, _NO_METER = ErrorCode.INVALID_VALUE.value, ErrorCode.NO_METER.value
+_CUSTOMER = ErrorCode.CUSTOMER_NOT_FOUND.value
+REFUSE_PAST = "never move usage into another billing period; quarantined for review"
+_THOUSANDS_INT = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+")
+_UNITS = ((10**9, "timestamp_ns_to_s"), (10**6, "timestamp_µs_to_s"), (10**3, "timestamp_ms_to_s"))
+
+
+class RowSink(Protocol):
+    """Where a handler reports what it decided for a row."""
+
+    def corrected(
+        self, code: str, row: list[str], fixed: list[str], changes: tuple[CellChange, ...]
+    ) -> None: ...
+
+    def quarantined(self, code: str, row: list[str], mfx_code: str, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MeterCells:
+    """A meter and where its customer and value cells are (None: no such column)."""
+
+    meter: Meter
+    customer_at: int | None
+    value_at: int | None
+
+    @property
+    def usable(self) -> bool:
+        """Rows of this meter can be valid with no more checks than `FastRows.valid` makes."""
+        found = self.customer_at is not None and self.value_at is not None
+        return found and self.meter.active and not self.meter.dimension_keys
+
+
+class FastRows:
+    """Handlers for one input layout, one rule set and one reference time."""
+
+    def __init__(self, layout: CsvLayout, ctx: Context, sink: RowSink) -> None:
+        assert layout.timestamp is not None and layout.event_name is not None
+        self.sink, self.ctx, self.rules = sink, ctx, ctx.rules
+        self.ts_at, self.event_at = layout.timestamp, layout.event_name
+        payload = {key: i for i, key in layout.payload}
+        self.cells = {
+            m.event_name: MeterCells(m, payload.get(m.customer_key), payload.get(m.value_key))
+            for m in ctx.index.meters
+            if m.event_name  # an empty cell is no event name at all
+        }
+        self.usable = {name: c for name, c in self.cells.items() if c.usable}
+        self.low, self.high = ctx.now - MAX_PAST_SECONDS, ctx.now + MAX_FUTURE_SECONDS
+        self.precision = ctx.rules.value_precision
+        self.event_fixes: dict[str, tuple[str, MeterCells] | None] = {}
+        self.handlers: dict[str, Handler] = {
+            _FUTURE: self.timestamp_in_future,
+            _PAST: self.too_far_in_past,
+            _VALUE: self.invalid_value,
+            _NO_METER: self.no_meter,
+            _CUSTOMER: self.customer_not_found,
+        }
+
+    def valid(self, row: list[str]) -> bool:
+        """True only when `validate_record` finds no problem (False: not sure, or invalid)."""
+        cells = self.usable.get(row[self.event_at])
+        if cells is None:
+            return False
+        if not row[cells.customer_at].strip():  # type: ignore[index]  # usable: not None
+            return False
+        value = row[cells.value_at]  # type: ignore[index]
+        if not (value.isdigit() and value.isascii()) and PLAIN_NUMBER.fullmatch(value) is None:
+            return False
+        precision, dot = self.precision, value.find(".")
+        if precision is not None and dot >= 0 and len(value) - dot - 1 > precision:
+            return False
+        stamp = row[self.ts_at]
+        if not stamp:
+            return True  # Stripe stamps a row without a timestamp when it receives it
+        if not (stamp.isdigit() and stamp.isascii()):
+            return False
+        return self.low <= int(stamp) <= self.high
+
+    def unclassified(self, code: str, row: list[str]) -> bool:
+        """A code we have no corrector for, on a row our validation passes."""
+        if code in CORRECTORS or not self.valid(row):
+            return False
+        reason = f"unknown code {code!r} and the row passes our validation (unclassified)"
+        self.sink.quarantined(code, row, ErrorCode.UNCLASSIFIED, reason)
+        return True
+
+    # --- one handler per error code ---------------------------------------------------
+
+    def too_far_in_past(self, row: list[str]) -> bool:
+        self.sink.quarantined(_PAST, row, _PAST, REFUSE_PAST)
+        return True
+
+    def timestamp_in_future(self, row: list[str]) -> bool:
+        """`correctors.fix_timestamp` for a timestamp of plain digits."""
+        stamp, ctx, code = row[self.ts_at], self.ctx, _FUTURE
+        if not (stamp.isdigit() and stamp.isascii()):
+            return False
+        ts, changes = int(stamp), list[CellChange]()
+        if ts > self.high and self.rules.enabled("timestamp_units"):
+            ts = self._from_units(ts, changes)
+        if ts > self.high:
+            skew = ts - ctx.now
+            if skew > self.rules.policy.future_skew_seconds or not self.rules.enabled("clamp_skew"):
+                reason = f"timestamp {ts} is {skew} s in the future (beyond the skew)"
+                self.sink.quarantined(code, row, code, reason)
+                return True
+            changes.append(("clamp_skew", "timestamp", ts, ctx.now))
+            ts = ctx.now
+        if ts < self.low or not changes:
+            return False  # quarantine or a second problem: the general path words it
+        fixed = row.copy()
+        fixed[self.ts_at] = str(ts)
+        return self._corrected(code, row, fixed, tuple(changes))
+
+    def _from_units(self, ts: int, changes: list[CellChange]) -> int:
+        upper = self.ctx.now + self.rules.policy.future_skew_seconds
+        for divisor, rule in _UNITS:
+            seconds = ts // divisor
+            if self.low <= seconds <= upper:
+                changes.append((rule, "timestamp", ts, seconds))
+                return seconds
+        return ts
+
+    def invalid_value(self, row: list[str]) -> bool:
+        """`correctors.fix_value`: thousands separators and the like; text is quarantined."""
+        cells, code = self.cells.get(row[self.event_at]), _VALUE
+        if cells is None or cells.value_at is None:
+            return False
+        raw = row[cells.value_at]
+        if _THOUSANDS_INT.fullmatch(raw):
+            number: str | None = str(int(raw.replace(",", "")))
+        else:
+            number = normalize_number(raw) if raw else None
+        if number is None or not self.rules.enabled("normalize_value"):
+            shown = repr(raw if raw else None)
+            self.sink.quarantined(code, row, code, f"value {shown} is not a number")
+            return True
+        if number == raw:
+            reason = f"value {raw!r} is already a plain number; nothing to correct"
+            self.sink.quarantined(code, row, code, reason)
+            return True
+        fixed = row.copy()
+        fixed[cells.value_at] = number
+        change = ("normalize_value", f"payload.{cells.meter.value_key}", raw, number)
+        return self._corrected(code, row, fixed, (change,))
+
+    def no_meter(self, row: list[str]) -> bool:
+        """`reroute.fix_event_name` by alias or by a unique normalised match."""
+        name = row[self.event_at]
+        if name in self.event_fixes:
+            target = self.event_fixes[name]
+        else:
+            target = self._event_target(name)
+            if len(self.event_fixes) < MAX_EVENT_NAMES:
+                self.event_fixes[name] = target
+        if target is None:
+            return False
+        rule, cells = target
+        if not (row[cells.customer_at] and row[cells.value_at]):  # type: ignore[index]
+            return False  # align_keys would have to rename payload keys
+        fixed = row.copy()
+        fixed[self.event_at] = cells.meter.event_name
+        change = (rule, "event_name", name, cells.meter.event_name)
+        return self._corrected(_NO_METER, row, fixed, (change,))
+
+    def _event_target(self, name: str) -> tuple[str, MeterCells] | None:
+        rules, index = self.rules, self.ctx.index
+        aliased = index.get(rules.event_names.get(name))
+        if aliased is not None and rules.enabled("alias_event_name"):
+            return self._usable_target("alias_event_name", aliased)
+        same = [m for m in index.active() if normalized(m.event_name) == normalized(name)]
+        if len(same) == 1 and rules.enabled("match_event_name"):
+            return self._usable_target("match_event_name", same[0])
+        return None  # fuzzy matching, or no match: the general path
+
+    def _usable_target(self, rule: str, meter: Meter) -> tuple[str, MeterCells] | None:
+        cells = self.cells.get(meter.event_name)
+        return (rule, cells) if cells is not None and cells.usable else None
+
+    def customer_not_found(self, row: list[str]) -> bool:
+        """`correctors.fix_customer` through the customer map (the first candidate it tries)."""
+        cells = self.cells.get(row[self.event_at])
+        if cells is None or cells.customer_at is None:
+            return False
+        raw = row[cells.customer_at]
+        customers: Mapping[str, str] = self.rules.customers
+        mapped = customers.get(raw) or customers.get(raw.strip())
+        if not mapped or mapped == raw or not self.rules.enabled("map_customer"):
+            return False
+        fixed = row.copy()
+        fixed[cells.customer_at] = mapped
+        change = ("map_customer", f"payload.{cells.meter.customer_key}", raw, mapped)
+        return self._corrected(_CUSTOMER, row, fixed, (change,))
+
+    def _corrected(
+        self, code: str, row: list[str], fixed: list[str], changes: tuple[CellChange, ...]
+    ) -> bool:
+        if not self.valid(fixed):
+            return False  # a second problem: the general path corrects it (or words why not)
+        self.sink.corrected(code, row, fixed, changes)
+        return True
