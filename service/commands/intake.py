@@ -38,7 +38,7 @@ def serve_command(port: int, host: str) -> None:
 @click.option("--once", is_flag=True, help="process what is due now, then exit")
 @with_appcontext
 def worker_command(once: bool) -> None:
-    """Process the inbox (and, later, scheduled jobs) until SIGTERM."""
+    """Process the inbox and remediation tasks (and run the poller when MFX_POLLER is set)."""
     rt = _runtime()
     worker = InboxWorker(rt.engine, rt.settings)
     try:
