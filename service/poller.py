@@ -204,7 +204,7 @@ def _run_pass(deps: PollerDeps) -> PassReport:
 def _process_object(
     deps: PollerDeps, store: PollerStore, obj: ObjectInfo, meters: MeterIndex | None, r: PassReport
 ) -> None:
-    store.claim(obj)
+    attempt = store.claim(obj)
     try:
         if meters is None or deps.sink is None:
             r.rows += _index_object(deps, store, obj)
@@ -219,10 +219,28 @@ def _process_object(
         log_event("poller.unreadable", level=logging.WARNING, key=obj.key, reason=exc.reason)
     except Exception as exc:  # loop edge: one object's failure must not stop the pass
         reason = f"{type(exc).__name__}: {exc}"
-        store.mark_error(obj, reason)
+        give_up = attempt >= deps.settings.mfx_max_attempts
+        store.mark_error(obj, reason, give_up)
+        if give_up:
+            _give_up_alert(deps, obj, attempt, reason)
         r.retry_files += 1
         r.errors.append(f"{obj.key}: {reason}")
         log_event("poller.object_failed", level=logging.ERROR, key=obj.key, reason=reason)
+
+
+def _give_up_alert(deps: PollerDeps, obj: ObjectInfo, attempts: int, reason: str) -> None:
+    from service.alerts import raise_alert
+
+    raise_alert(
+        deps.engine,
+        key=f"poller.gave_up:{obj.key}:{obj.etag}",
+        severity="critical",
+        kind="poller.gave_up",
+        subject=f"{obj.key}: import failed {attempts} times; the poller gave up",
+        message=f"{reason[:1000]} (rows sent before the failure carry their identifiers; "
+        "re-upload the object under a new key once the cause is fixed)",
+        detail={"key": obj.key, "etag": obj.etag},
+    )
 
 
 def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo) -> int:

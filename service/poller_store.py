@@ -43,8 +43,14 @@ class PollerStore:
         done = {(key, etag) for key, etag, status in pairs if status != ObjectStatus.SEEN}
         return done, not pairs
 
-    def claim(self, obj: ObjectInfo) -> None:
+    def claim(self, obj: ObjectInfo) -> int:
+        """Record the object (once) and count this attempt; the attempt number."""
         self._add_objects([obj], ObjectStatus.SEEN, None)
+        table = _table(BucketObject)
+        mine = (table.c.key == obj.key) & (table.c.etag == obj.etag)
+        with self.engine.begin() as conn:
+            conn.execute(update(table).where(mine).values(attempts=table.c.attempts + 1))
+            return int(conn.execute(select(table.c.attempts).where(mine)).scalar_one())
 
     def record_skipped(self, skipped: Sequence[tuple[ObjectInfo, str]]) -> None:
         for obj, reason in skipped:
@@ -65,6 +71,7 @@ class PollerStore:
                 "rows": 0,
                 "sent": 0,
                 "failed": 0,
+                "attempts": 0,
             }
             for obj in objs
         ]
@@ -97,8 +104,12 @@ class PollerStore:
                 .values(**values)
             )
 
-    def mark_error(self, obj: ObjectInfo, reason: str) -> None:
-        """The object stays `seen`: the next pass takes it again."""
+    def mark_error(self, obj: ObjectInfo, reason: str, give_up: bool) -> None:
+        """The object stays `seen` (the next pass takes it again) unless we give up: then it
+        is `failed`, so a file that keeps failing is not re-sent for ever (Stripe dedupes
+        identifiers for about 24 hours only)."""
+        if give_up:
+            self.mark_done(obj, ObjectStatus.FAILED)
         self._update_object(obj, error=reason[:2000])
 
     def mark_done(self, obj: ObjectInfo, status: str, **counts: Any) -> None:

@@ -32,6 +32,7 @@ class BucketObject(SQLModel, table=True):
     rows: int = 0
     sent: int = 0
     failed: int = 0
+    attempts: int = 0  # passes that took it; the poller gives up after MFX_MAX_ATTEMPTS
     import_set_id: str | None = Field(default=None, max_length=255)
     error: str | None = text_field()
     first_seen: datetime = created_at_field()

@@ -22,7 +22,7 @@ from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
 from service.db import make_engine
-from service.models import BucketObject, ImportedRow, ImportSet
+from service.models import Alert, BucketObject, ImportedRow, ImportSet
 from service.poller import PollerDeps, poller_lock, run_poll_pass
 from tests.conftest import SandboxServer
 
@@ -265,3 +265,27 @@ def test_cli_poll_fails_clearly_on_a_bad_bucket(
     result = app.test_cli_runner().invoke(args=["poll", "--once"])
     assert result.exit_code != 0
     assert "cannot poll" in result.output and "Traceback" not in result.output
+
+
+def test_a_file_that_keeps_failing_is_given_up_with_an_alert(
+    settings: Settings, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    limited = settings.model_copy(update={"mfx_max_attempts": 2})
+    harness = Harness(limited, tmp_path)
+    harness.put("stuck.csv", HEADER + _rows("stuck", 3), tmp_path)
+    sandbox_server.admin.inject_fault("POST", "/v2/billing/meter_event_stream", 500, count=50)
+    first = run_poll_pass(harness.deps)
+    assert first.retry_files == 1
+    assert harness.objects()["stuck.csv"].status == "seen"  # taken again next pass
+    second = run_poll_pass(harness.deps)
+    assert second.retry_files == 1
+    stuck = harness.objects()["stuck.csv"]
+    assert (stuck.status, stuck.attempts) == ("failed", 2)
+    assert "500" in (stuck.error or "")
+    assert run_poll_pass(harness.deps).listed == 1  # given up: not taken a third time
+    assert harness.objects()["stuck.csv"].attempts == 2
+    with Session(harness.engine) as session:
+        alert = session.exec(select(Alert)).one()
+    assert alert.severity == "critical" and "stuck.csv" in alert.subject
+    assert sandbox_server.admin.meter_events() == []
+    harness.engine.dispose()

@@ -43,6 +43,7 @@ def upgrade() -> None:
     sa.Column('rows', sa.Integer(), nullable=False),
     sa.Column('sent', sa.Integer(), nullable=False),
     sa.Column('failed', sa.Integer(), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('import_set_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('first_seen', sa.DateTime(timezone=True), nullable=False),
