@@ -1,0 +1,149 @@
+"""Remediation tasks on their own: inputs that cannot be had, failures half-way, reports about
+rows that are not ours. Real sandbox (Files API, meters), a file:// bucket, both databases."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlmodel import Session, select
+
+from sandbox.events import build_error_report_event, build_import_set_event
+from service.config import Settings
+from service.db import make_engine
+from service.models import Alert, CorrectionAudit, ErrorReport, InboxEvent, RemediationRun
+from service.worker import InboxWorker
+from tests.conftest import SandboxServer
+from tests.servers import serve_wsgi
+
+FAILED_RECORDS = (
+    "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+    "a1,{ms},api_requests,cus_1,5,timestamp_in_future\n"
+    'a2,{s},api_requests,cus_1,"1,234",meter_event_invalid_value\n'
+    "a3,{s},api_requests,cus_1,abc,meter_event_invalid_value\n"
+)
+
+
+class Service:
+    def __init__(self, settings: Settings, sandbox: SandboxServer, url: str) -> None:
+        self.settings, self.sandbox, self.url = settings, sandbox, url
+        self.engine = make_engine(settings.database_url)
+
+    def deliver(self, event: dict[str, object]) -> str:
+        stored = self.sandbox.admin.add_event(event)
+        assert self.sandbox.admin.deliver(stored["id"], f"{self.url}/webhooks")["status"] == 200
+        return str(stored["id"])
+
+    def drain(self) -> None:
+        InboxWorker(self.engine, self.settings).drain()
+
+    def rows(self, model: type) -> list[object]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(model)).all())
+
+
+@pytest.fixture
+def service(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> object:
+    sandbox_server.admin.create_meter("api_requests")
+    settings = make_settings(
+        database_url=db_url,
+        stripe_api_key=sandbox_server.api_key,
+        stripe_webhook_secrets=sandbox_server.webhook_secret,
+        stripe_api_base=sandbox_server.url,
+        stripe_files_base=sandbox_server.url,
+        stripe_meter_events_base=sandbox_server.url,
+        mfx_work_dir=str(tmp_path / "work"),
+    )
+    with serve_wsgi(make_app(settings)) as running:
+        svc = Service(settings, sandbox_server, running.url)
+        yield svc
+        svc.engine.dispose()
+
+
+def _import_set_with_errors(svc: Service, impset: str) -> dict[str, object]:
+    now = int(time.time()) - 60
+    content = FAILED_RECORDS.format(ms=now * 1000, s=now)
+    file = svc.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
+    body = {
+        "id": impset,
+        "object": "data_management.import_set",
+        "status": "succeeded_with_errors",
+        "result": {"errors": {"file": file["id"], "row_count": 3}},
+    }
+    return build_import_set_event("data_management.import_set.succeeded", body)
+
+
+def test_a_failed_upload_is_retried_and_recorded_once(service: Service) -> None:
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    bucket.parent.mkdir(parents=True, exist_ok=True)
+    bucket.write_text("not a directory")  # every upload fails
+    service.deliver(_import_set_with_errors(service, "impset_retry"))
+    service.drain()
+    with Session(service.engine) as session:
+        task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
+        run = session.exec(select(RemediationRun)).one()
+    assert (task.status, task.attempts) == ("pending", 1)
+    assert task.last_error and run.status == "running"
+    bucket.unlink()  # the bucket comes back
+    with Session(service.engine) as session:
+        task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
+        task.next_attempt_at = None
+        session.add(task)
+        session.commit()
+    service.drain()
+    runs = service.rows(RemediationRun)
+    assert [(r.status, r.corrected, r.quarantined) for r in runs] == [("done", 2, 1)]
+    audit = service.rows(CorrectionAudit)
+    assert sorted(a.new_identifier for a in audit) == ["a1-r1", "a2-r1"]  # no duplicates
+    corrected = list(bucket.glob("corrected/impset_retry/*.corrected.r1.csv"))
+    assert len(corrected) == 1 and "a2-r1" in corrected[0].read_text()
+
+
+def test_a_failed_import_set_without_source_raises_an_alert(service: Service) -> None:
+    body = {
+        "id": "impset_lost",
+        "object": "data_management.import_set",
+        "status": "failed",
+        "failed_reason": "Missing required column: event_name",
+    }
+    service.deliver(build_import_set_event("data_management.import_set.failed", body))
+    service.drain()
+    alert = service.rows(Alert)[0]
+    assert alert.severity == "critical" and "impset_lost" in alert.subject
+    with Session(service.engine) as session:
+        task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
+    assert task.status == "done" and "not remediated" in (task.outcome or "")
+
+
+def test_a_report_about_rows_that_are_not_ours_is_kept_for_the_digest(service: Service) -> None:
+    errors = [("meter_event_customer_not_found", "No customer cus_x", "zz-1")]
+    service.deliver(build_error_report_event("mtr_other", errors))
+    service.drain()
+    report = service.rows(ErrorReport)[0]
+    assert report.status == "unmatched"
+    assert [e.style for e in service.rows(InboxEvent)] == ["thin"]  # no task was queued
+
+
+def test_replaying_a_finished_task_changes_nothing(service: Service) -> None:
+    service.deliver(_import_set_with_errors(service, "impset_twice"))
+    service.drain()
+    task_id = "mfx_task_import_set_errors_impset_twice"
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    before = {p: p.stat().st_mtime_ns for p in bucket.rglob("*") if p.is_file()}
+    from service.inbox import requeue
+
+    assert requeue(service.engine, task_id)
+    service.drain()
+    assert {p: p.stat().st_mtime_ns for p in bucket.rglob("*") if p.is_file()} == before
+    assert len(service.rows(CorrectionAudit)) == 2
+    shutil.rmtree(bucket)
