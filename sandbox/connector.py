@@ -3,27 +3,68 @@
 Assumptions (Stripe does not document them, facts §3/§7): one import set per object; the
 import set names its source with `file` (the object, also stored as a sandbox File) and
 `source_object` (the bucket key, relative to the bucket prefix); the failed-records file is a
-CSV of the original usage columns plus `error_code` and `error_message`. Rows rejected here are
-reported only in that file, not again as thin error-report events.
+CSV of the original usage columns plus `error_code` and `error_message`.
+
+Which rejected rows go where (facts §7) is the `connector_data_errors` option, see
+`DataErrors`. Real Stripe puts only FORMAT problems in the failed-records file and reports
+DATA problems (no meter for the event name, archived meter, customer absent or unknown)
+asynchronously as thin `v1.billing.meter.*` events with a few sample identifiers. The sandbox
+default stays `file` (every rejected row in the failed-records file, as it always did) because
+existing end-to-end tests rely on it; tests of the realistic split set `report` explicitly.
+A row is never reported twice: either it is in the file or it is queued for the next flush.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from enum import StrEnum
 
 from sandbox.bucket import BucketObject, is_usage_key, open_bucket
 from sandbox.clock import new_id, now
 from sandbox.events import build_import_set_event
-from sandbox.intake import Outcome, submit
+from sandbox.intake import Outcome, queue_rejection, submit
 from sandbox.objects import JSON
 from sandbox.state import SandboxState
 from sandbox.usage_files import UsageFile, UsageRow, WholeFileFailure, parse_usage_file
-from sandbox.validation import Rejection
+from sandbox.validation import ErrorCode, Rejection
 
 MAX_FILES_PER_POLL = 50
 SOURCE_PURPOSE = "data_management_manual_upload"
 FAILED_RECORDS_PURPOSE = "data_management_failed_records"  # assumed; the real one is unknown
+DATA_ERRORS_OPTION = "connector_data_errors"
+DATA_ERROR_CODES = frozenset(
+    {
+        ErrorCode.NO_METER,
+        ErrorCode.ARCHIVED_METER,
+        ErrorCode.NO_CUSTOMER_DEFINED,
+        ErrorCode.CUSTOMER_NOT_FOUND,
+    }
+)
+
+
+class DataErrors(StrEnum):
+    """Where the connector sends rows rejected for a DATA problem (`DATA_ERROR_CODES`).
+
+    FILE: into the import set's failed-records file, like format problems (the default).
+    REPORT: queued like stream events, reported as thin events on the next `flush_reports()`.
+    """
+
+    FILE = "file"
+    REPORT = "report"
+
+
+def set_data_errors(state: SandboxState, mode: DataErrors | str) -> None:
+    """Set the `connector_data_errors` option (kept on `state.options`, survives `reset()`).
+
+    Assumption: `SandboxOptions` has no field for it yet, so it is an extra attribute there;
+    it is not part of the admin `/_sandbox/config` answer.
+    """
+    setattr(state.options, DATA_ERRORS_OPTION, DataErrors(mode))
+
+
+def data_errors(state: SandboxState) -> DataErrors:
+    return DataErrors(getattr(state.options, DATA_ERRORS_OPTION, DataErrors.FILE))
 
 
 def poll_bucket(
@@ -69,12 +110,18 @@ def import_object(state: SandboxState, key: str, content: bytes) -> JSON:
 
 def _import_rows(state: SandboxState, key: str, usage: UsageFile) -> JSON:
     failed: list[tuple[UsageRow, Rejection]] = []
-    accepted = duplicates = 0
+    accepted = duplicates = reported = 0
+    report_data = data_errors(state) == DataErrors.REPORT
     for row in usage.rows:
         outcome, rejection = submit(state, row.event, source=f"connector:{key}", report=False)
         accepted += outcome == Outcome.ACCEPTED
         duplicates += outcome == Outcome.DUPLICATE
-        if rejection is not None:
+        if rejection is None:
+            continue
+        if report_data and rejection.code in DATA_ERROR_CODES:
+            queue_rejection(state, row.event, rejection)
+            reported += 1
+        else:
             failed.append((row, rejection))
     errors: JSON = {"file": None, "row_count": len(failed)}
     if failed:
@@ -84,7 +131,8 @@ def _import_rows(state: SandboxState, key: str, usage: UsageFile) -> JSON:
         )["id"]
     return {
         "status": "succeeded_with_errors" if failed else "succeeded",
-        "result": _result(len(usage.rows), accepted, errors, duplicates),
+        # rows reported later were created as meter events: the import cannot know they fail
+        "result": _result(len(usage.rows), accepted + reported, errors, duplicates),
     }
 
 

@@ -30,7 +30,7 @@ def submit(
         rejection = validate(state, event, received_at)
         if rejection is not None:
             if report:
-                state.pending_errors.append(_pending(event, rejection))
+                queue_rejection(state, event, rejection)
             return Outcome.REJECTED, rejection
         state.identifiers[event.identifier] = received_at
         state.meter_events.append(_record(event, source, received_at, received_at))
@@ -42,14 +42,17 @@ def _is_duplicate(state: SandboxState, identifier: str, at: float) -> bool:
     return seen_at is not None and at - seen_at < DEDUPE_WINDOW_SECONDS
 
 
-def _pending(event: MeterEventInput, rejection: Rejection) -> PendingError:
-    return PendingError(
+def queue_rejection(state: SandboxState, event: MeterEventInput, rejection: Rejection) -> None:
+    """Queue one rejected event for the next validation-window flush (`flush_reports`)."""
+    pending = PendingError(
         code=rejection.code,
         message=rejection.message,
         identifier=event.identifier,
         event_name=event.event_name,
         meter_id=rejection.meter_id,
     )
+    with state.lock:
+        state.pending_errors.append(pending)
 
 
 def _record(
