@@ -1,0 +1,179 @@
+"""MFX_POLLER=index end to end: Stripe's S3 connector (the sandbox) imports the bucket,
+meterfix only indexes identifier -> (object, row) and remediates what Stripe rejects.
+
+The sandbox runs its connector with `connector_data_errors = "report"` (the realistic split,
+facts §7): format problems come back in the import set's failed-records file, data problems
+as thin `v1.billing.meter.*` events that sample only a few identifiers. meterfix must link the
+samples to the indexed object and remediate every row of it with a reported code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from flask import Flask
+from sqlmodel import select
+
+from sandbox.app import create_sandbox_app
+from sandbox.client import SandboxAdmin
+from sandbox.connector import set_data_errors
+from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
+from sandbox.reports import SAMPLES_PER_CODE
+from service.config import Settings
+from service.db import make_engine
+from service.models import ErrorReport, QuarantinedRow, RemediationRun
+from service.poller import PollerDeps, build_poller_deps, run_poll_pass
+from service.runtime import Runtime
+from tests.integration.test_e2e import BUCKET, RULES, Loop, render
+from tests.servers import serve_wsgi
+
+DAY = 86_400
+MAPPED = [f"acme{i}" for i in range(1, 6)]  # customer "acme-42": mapped by the rules
+CASED = [f"case{i}" for i in range(1, 6)]  # event name "API-Requests": case differs
+assert len(MAPPED) > SAMPLES_PER_CODE and len(CASED) > SAMPLES_PER_CODE
+
+
+def index_rows(now: int) -> list[dict[str, Any]]:
+    """Valid rows, format problems (in the failed-records file) and data problems (only
+    Stripe sees them: reported asynchronously, a few samples each)."""
+    base = {"event_name": "api_requests", "customer": "cus_alice", "value": "5", "timestamp": now}
+    rows: list[dict[str, Any]] = [
+        {"identifier": "ok1"},
+        {"identifier": "ok2", "customer": "cus_bob", "value": "7"},
+        {"identifier": "ghost", "customer": "ghost-9"},  # unknown, unmapped: quarantine
+        {"identifier": "ms", "timestamp": (now - 7200) * 1000},  # milliseconds
+        {"identifier": "thou", "value": "1,234"},
+        {"identifier": "text", "value": "abc"},  # quarantine
+        {"identifier": "old", "timestamp": now - 40 * DAY},  # quarantine
+    ]
+    rows += [{"identifier": i, "customer": "acme-42"} for i in MAPPED]
+    rows += [{"identifier": i, "event_name": "API-Requests"} for i in CASED]
+    return [{**base, **row} for row in rows]
+
+
+RECOVERED = {"ok1", "ok2"} | {f"{i}-r1" for i in ["ms", "thou", *MAPPED, *CASED]}
+QUARANTINED = {
+    "ghost": "meter_event_customer_not_found",
+    "text": "meter_event_invalid_value",
+    "old": "timestamp_too_far_in_past",
+}
+
+
+@pytest.fixture
+def loop(
+    db_url: str,
+    s3_endpoint: str,
+    tmp_path: Path,
+    make_app: Callable[[Settings], Flask],
+) -> Iterator[Loop]:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    s3.create_bucket(Bucket=BUCKET)
+    sandbox_app = create_sandbox_app(bucket_url=f"s3://{BUCKET}/usage", s3_endpoint_url=s3_endpoint)
+    set_data_errors(sandbox_app.extensions["sandbox"].state, "report")
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    with serve_wsgi(sandbox_app) as sandbox:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            database_url=db_url,
+            bucket_url=f"s3://{BUCKET}/usage",
+            s3_endpoint_url=s3_endpoint,
+            stripe_api_key=SANDBOX_API_KEY,
+            stripe_webhook_secrets=SANDBOX_WEBHOOK_SECRET,
+            stripe_api_base=sandbox.url,
+            stripe_files_base=sandbox.url,
+            stripe_meter_events_base=sandbox.url,
+            mfx_rules=str(rules),
+            mfx_work_dir=str(tmp_path / "work"),
+            mfx_poller="index",
+        )
+        admin = SandboxAdmin(sandbox.url)
+        admin.create_meter("api_requests")
+        for customer in ("cus_alice", "cus_bob", "cus_acme"):
+            admin.create_customer(customer)
+        with serve_wsgi(make_app(settings)) as service:
+            sandbox_app.extensions["sandbox"].webhook_url = f"{service.url}/webhooks"
+            engine = make_engine(db_url)
+            try:
+                yield Loop(settings, admin, sandbox_app, service.url, s3, engine)
+            finally:
+                engine.dispose()
+
+
+@pytest.fixture
+def deps(loop: Loop) -> Iterator[PollerDeps]:
+    runtime = Runtime(loop.settings)
+    try:
+        yield build_poller_deps(runtime)
+    finally:
+        runtime.close()
+
+
+def _flush(loop: Loop) -> list[dict[str, Any]]:
+    return list(loop.sandbox_app.extensions["sandbox"].flush_reports())
+
+
+def _sampled(events: list[dict[str, Any]]) -> set[str]:
+    return {
+        str(sample["request"]["identifier"])
+        for event in events
+        for error_type in event["data"]["reason"]["error_types"]
+        for sample in error_type["sample_errors"]
+    }
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_index_mode_remediates_every_reported_row(loop: Loop, deps: PollerDeps, fmt: str) -> None:
+    loop.s3.put_object(
+        Bucket=BUCKET, Key=f"usage/2026-11-25.{fmt}", Body=render(index_rows(int(time.time())), fmt)
+    )
+    report = run_poll_pass(deps)  # meterfix indexes the object; it sends nothing
+    assert (report.mode, report.indexed, report.sent) == ("index", 1, 0), report
+    events = loop.sandbox.connector_poll()  # Stripe imports: 4 format errors in a file
+    assert [e["type"] for e in events] == ["data_management.import_set.succeeded"]
+    assert events[0]["data"]["object"]["result"]["errors"]["row_count"] == 4
+    assert sorted(loop.accepted()) == ["ok1", "ok2"]
+    reports = _flush(loop)  # 11 data errors, only a few sampled
+    assert sorted(e["type"] for e in reports) == [
+        "v1.billing.meter.error_report_triggered",
+        "v1.billing.meter.no_meter_found",
+    ]
+    assert not set(MAPPED + CASED) <= _sampled(reports), "remediation must go beyond samples"
+    loop.drain()  # failed-records file + both reports: corrected files into the bucket
+    loop.sandbox.connector_poll()  # Stripe imports the corrected files
+    _assert_outcome(loop)
+    _assert_repeat_changes_nothing(loop, deps)
+
+
+def _assert_outcome(loop: Loop) -> None:
+    assert sorted(loop.accepted()) == sorted(RECOVERED), "every recoverable row exactly once"
+    with loop.session() as session:
+        quarantined = session.exec(select(QuarantinedRow)).all()
+        statuses = [r.status for r in session.exec(select(ErrorReport)).all()]
+    assert {q.identifier: q.code for q in quarantined} == QUARANTINED
+    assert all(q.reason for q in quarantined)
+    assert statuses == ["remediated", "remediated"]
+
+
+def _assert_repeat_changes_nothing(loop: Loop, deps: PollerDeps) -> None:
+    before_objects, before_events = loop.objects(), loop.accepted()
+    with loop.session() as session:
+        runs = len(session.exec(select(RemediationRun)).all())
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()
+    assert _flush(loop) == []
+    loop.drain()
+    assert loop.objects() == before_objects
+    assert loop.accepted() == before_events
+    with loop.session() as session:
+        assert len(session.exec(select(RemediationRun)).all()) == runs
