@@ -25,7 +25,7 @@ from sandbox.client import SandboxAdmin
 from sandbox.connector import set_data_errors
 from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
 from sandbox.reports import SAMPLES_PER_CODE
-from service.config import Settings
+from service.config import PollerMode, Settings
 from service.db import make_engine
 from service.models import ErrorReport, QuarantinedRow, RemediationRun
 from service.poller import PollerDeps, build_poller_deps, run_poll_pass
@@ -89,13 +89,13 @@ def loop(
             bucket_url=f"s3://{BUCKET}/usage",
             s3_endpoint_url=s3_endpoint,
             stripe_api_key=SANDBOX_API_KEY,
-            stripe_webhook_secrets=SANDBOX_WEBHOOK_SECRET,
+            stripe_webhook_secrets=[SANDBOX_WEBHOOK_SECRET],
             stripe_api_base=sandbox.url,
             stripe_files_base=sandbox.url,
             stripe_meter_events_base=sandbox.url,
             mfx_rules=str(rules),
             mfx_work_dir=str(tmp_path / "work"),
-            mfx_poller="index",
+            mfx_poller=PollerMode.INDEX,
         )
         admin = SandboxAdmin(sandbox.url)
         admin.create_meter("api_requests")
