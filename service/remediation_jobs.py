@@ -32,7 +32,7 @@ from remediation.rules import Rules
 from service.alerts import raise_alert
 from service.db import session_scope
 from service.logs import log_event
-from service.models import CorrectionAudit, ImportedRow, ImportSet
+from service.models import BucketObject, CorrectionAudit, ImportedRow, ImportSet
 from service.models._types import as_utc, utcnow
 from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
 from service.remediation_tasks import TaskKind
@@ -106,7 +106,7 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
                 tag=import_set_id,
                 fmt=FileFormat.CSV,
                 now=_event_time(import_set),
-                generation=_next_generation(deps.run.bucket, import_set.source_object),
+                generation=_next_generation(deps.run.bucket, source),
             )
             _run_file(deps.run, request, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
@@ -144,12 +144,15 @@ RecordsTransform = Callable[[Iterator[UsageRecord]], Iterator[UsageRecord]]
 def _run_file(
     ctx: RunContext, request: RunRequest, path: Path, transform: RecordsTransform | None = None
 ) -> None:
-    """Read `path` with the whole-file repairs applied and run it."""
+    """Read `path` with the whole-file repairs applied and run it. A file with no rows at
+    all is a failure a person must look at (Stripe said rows failed)."""
     plan = plan_input(path, ctx.rules)
     run = RunRequest(**{**request.__dict__, "fmt": plan.fmt, "columns": plan.columns or None})
     with path.open("rb") as stream:
         records = read_repaired(stream, plan, ctx.rules)
-        execute_run(ctx, run, transform(records) if transform else records)
+        done = execute_run(ctx, run, transform(records) if transform else records)
+    if done.input_rows == 0:
+        raise TaskInputMissing(f"{request.source} has no usage rows to remediate")
 
 
 def _source_rows(engine: Engine, key: str, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
@@ -211,20 +214,52 @@ def _download(files: StripeFiles, file_id: str, folder: Path) -> Path:
 
 
 def _fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Path, str]:
-    """The failed file: from the bucket when the import set names it, else the copy Stripe
-    kept (its `file`). Only configured hosts are called."""
-    bucket = deps.run.bucket
-    for key in _candidate_keys(bucket, import_set.source_object):
-        if bucket.head(key) is not None:
-            path = folder / Path(key).name
-            bucket.download(key, path)
-            return path, key
+    """The failed file: the bucket object the import set names, else the object of ours with
+    the same file name seen last before the event, else the copy Stripe kept (its `file`).
+    Only configured hosts are called."""
+    key = _locate_source(deps, import_set)
+    if key is not None:
+        path = folder / Path(key).name
+        deps.run.bucket.download(key, path)
+        return path, key
     if import_set.source_file_id:
         return _download(deps.files, import_set.source_file_id, folder), import_set.source_file_id
     raise TaskInputMissing(
         f"source of import set {import_set.import_set_id} not found "
         f"(object {import_set.source_object!r}, file {import_set.source_file_id!r})"
     )
+
+
+def _locate_source(deps: JobDeps, import_set: ImportSet) -> str | None:
+    bucket = deps.run.bucket
+    for key in _candidate_keys(bucket, import_set.source_object):
+        if bucket.head(key) is not None:
+            return key
+    if not import_set.source_file_id:
+        return None
+    try:
+        filename = str(deps.files.file_metadata(import_set.source_file_id).get("filename") or "")
+    except Exception as exc:  # no name, no match: Stripe's own copy is the fallback
+        log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
+        return None
+    return _object_by_name(deps.run.engine, Path(filename).name, _event_time(import_set))
+
+
+def _object_by_name(engine: Engine, name: str, before: int) -> str | None:
+    """The newest object of that file name the poller saw by `before` (5 min clock skew)."""
+    if not name:
+        return None
+    with Session(engine) as session:
+        rows = session.exec(
+            select(BucketObject.key, BucketObject.first_seen)
+            .where(col(BucketObject.key).endswith(name, autoescape=True))
+            .order_by(col(BucketObject.first_seen).desc())
+        ).all()
+    for key, first_seen in rows:
+        seen = as_utc(first_seen)
+        if key.rsplit("/", 1)[-1] == name and (seen is None or seen.timestamp() <= before + 300):
+            return key
+    return None
 
 
 def _candidate_keys(bucket: Bucket, key: str | None) -> Iterator[str]:

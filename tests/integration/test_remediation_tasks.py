@@ -15,7 +15,14 @@ from sqlmodel import Session, select
 from sandbox.events import build_error_report_event, build_import_set_event
 from service.config import Settings
 from service.db import make_engine
-from service.models import Alert, CorrectionAudit, ErrorReport, InboxEvent, RemediationRun
+from service.models import (
+    Alert,
+    BucketObject,
+    CorrectionAudit,
+    ErrorReport,
+    InboxEvent,
+    RemediationRun,
+)
 from service.worker import InboxWorker
 from tests.conftest import SandboxServer
 from tests.servers import serve_wsgi
@@ -147,3 +154,40 @@ def test_replaying_a_finished_task_changes_nothing(service: Service) -> None:
     assert {p: p.stat().st_mtime_ns for p in bucket.rglob("*") if p.is_file()} == before
     assert len(service.rows(CorrectionAudit)) == 2
     shutil.rmtree(bucket)
+
+
+def test_a_failed_import_set_is_traced_to_our_object_by_file_name(service: Service) -> None:
+    now = int(time.time()) - 60
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    (bucket / "in").mkdir(parents=True)
+    (bucket / "in" / "usage-7.csv").write_text(
+        "identifier;timestamp;event_name;payload_stripe_customer_id;payload_value\n"
+        f"b1;{now};api_requests;cus_1;5\nb2;{now * 1000};api_requests;cus_1;3\n"
+    )
+    with Session(service.engine) as session:  # what the poller (index mode) recorded
+        session.add(BucketObject(key="in/usage-7.csv", etag="e1", size=10, status="indexed"))
+        session.commit()
+    stripe_copy = service.sandbox.admin.upload_file("not,usage\n", "usage-7.csv")
+    body = {
+        "id": "impset_by_name",
+        "object": "data_management.import_set",
+        "status": "failed",
+        "failed_reason": "Unparseable file",
+        "file": stripe_copy["id"],
+    }
+    service.deliver(build_import_set_event("data_management.import_set.failed", body))
+    service.drain()
+    run = service.rows(RemediationRun)[0]
+    assert (run.source, run.status, run.valid, run.corrected) == ("in/usage-7.csv", "done", 1, 1)
+    corrected = (bucket / "corrected" / "impset_by_name").glob("*.corrected.r1.csv")
+    text = next(corrected).read_text()
+    assert "b1-r1" in text and "b2-r1" in text and f",{now}," in text
+
+
+def test_a_source_without_rows_raises_an_alert(service: Service) -> None:
+    stripe_copy = service.sandbox.admin.upload_file("not,usage\n", "lost.csv")
+    body = {"id": "impset_empty", "status": "failed", "file": stripe_copy["id"]}
+    service.deliver(build_import_set_event("data_management.import_set.failed", body))
+    service.drain()
+    alert = service.rows(Alert)[0]
+    assert "no usage rows" in alert.message and "impset_empty" in alert.subject
