@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-from types import FrameType
-
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.commands._signals import stop_on_signals
 from service.inbox import requeue
 from service.runtime import Runtime
 from service.worker import InboxWorker, PassReport, run_loop
@@ -48,13 +45,7 @@ def worker_command(once: bool) -> None:
     if once:
         _run_once(worker)
         return
-    stop = threading.Event()
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = stop_on_signals()
     run_loop(worker, stop)
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 import click
@@ -15,6 +12,7 @@ from flask.cli import with_appcontext
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.commands._signals import stop_on_signals
 from service.poller import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
 from service.poller_job import poll_forever
 
@@ -38,13 +36,7 @@ def poll_command(once: bool) -> None:
     if once:
         _echo(_one_pass(deps))
         return
-    stop = threading.Event()
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = stop_on_signals()
     poll_forever(deps, stop, rt.settings.mfx_poll_interval, on_report=_echo)
 
 
