@@ -12,9 +12,9 @@ are byte-identical to the general path's (tests/unit/remediation/test_fastpath.p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from remediation.auditlines import AuditLines, CellChange, correction_entry, quarantine_entry
 from remediation.changes import Context
@@ -22,6 +22,7 @@ from remediation.codes import KNOWN_CODES, ErrorCode
 from remediation.fastrows import FastRows
 from remediation.outcomes import Outcome, Tally
 from remediation.outputs import OutputSet
+from remediation.ranges import RangeRows
 from remediation.readers import CsvLayout, CsvRecords
 from remediation.records import UsageRecord
 from remediation.sinks import AuditSink, Sinks
@@ -31,9 +32,15 @@ PROGRESS_EVERY = 65536
 Projection = Callable[[list[str]], Sequence[str]]
 
 
+class RowSource(Protocol):
+    """CSV rows in batches: `CsvRecords`, or one byte range of a file (`ranges.RangeRows`)."""
+
+    def row_batches(self, size: int = ...) -> Iterator[tuple[CsvLayout, list[list[str]]]]: ...
+
+
 @dataclass(slots=True)
 class FastPlan:
-    records: CsvRecords
+    records: RowSource
     corrected: OutputSet
     quarantine: OutputSet
     audit: TextIO
@@ -42,10 +49,10 @@ class FastPlan:
 
 
 def plan(
-    records: Iterable[UsageRecord], sinks: Sinks, columns: Iterable[str] | None
+    records: Iterable[UsageRecord] | RowSource, sinks: Sinks, columns: Iterable[str] | None
 ) -> FastPlan | None:
     """A fast plan for a CSV input written with known columns, or None (the general path)."""
-    if not isinstance(records, CsvRecords) or columns is None:
+    if not isinstance(records, CsvRecords | RangeRows) or columns is None:
         return None
     corrected, quarantine, audit = sinks.corrected, sinks.quarantine, sinks.audit_file
     if not isinstance(corrected, OutputSet) or not isinstance(quarantine, OutputSet):

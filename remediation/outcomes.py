@@ -53,3 +53,16 @@ class Tally:
         assert arrived is not None
         slot = self.by_code.setdefault(arrived, {"corrected": 0, "quarantined": 0})
         slot[kind] += rows
+
+    def merge(self, other: Tally) -> None:
+        """Add the counts of a run over other rows of the same input."""
+        self.input_rows += other.input_rows
+        self.valid += other.valid
+        self.corrected += other.corrected
+        self.quarantined += other.quarantined
+        self.unclassified += other.unclassified
+        self.corrections += other.corrections
+        for code, slot in other.by_code.items():
+            mine = self.by_code.setdefault(code, {"corrected": 0, "quarantined": 0})
+            for kind, rows in slot.items():
+                mine[kind] += rows

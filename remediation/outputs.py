@@ -132,6 +132,28 @@ class OutputSet:
             part.rows += len(chunk)
             self._check_full(part)
 
+    def append_body(self, body: BinaryIO, rows: int) -> None:
+        """`rows` one-line CSV rows from `body` (after its header), as `write_rows` would
+        write them. The caller makes sure the size limit cannot be reached (see `parallel`)."""
+        if not self.layouts:
+            self.layouts.append([self._open(1, 1, self.columns)])
+        while rows:
+            part = self._current(self.layouts[0])
+            part.writer.begin()
+            part.writer.size()  # flushes the header and earlier rows
+            take = min(rows, self.max_rows - part.rows)
+            copy_lines(body, part.file, take)
+            part.writer.rows += take
+            self.rows, part.rows, rows = self.rows + take, part.rows + take, rows - take
+            part.full = part.rows >= self.max_rows
+
+    def close_parts(self) -> list[list[tuple[Path, int]]]:
+        """Close every part; (temporary path, rows) of each, by layout (nothing renamed)."""
+        for layout in self.layouts:
+            for part in layout:
+                part.close()
+        return [[(part.path, part.rows) for part in layout] for layout in self.layouts]
+
     def _check_full(self, part: _Part) -> None:
         if part.rows >= self.max_rows:
             part.full = True
@@ -194,6 +216,25 @@ class OutputSet:
             for part in layout:
                 part.file.close()
                 part.path.unlink(missing_ok=True)
+
+
+def copy_lines(source: BinaryIO, target: BinaryIO, lines: int) -> None:
+    """Copy the next `lines` lines of `source` (positioned at a line start) to `target`."""
+    while lines > 0:
+        start = source.tell()
+        block = source.read(1 << 20)
+        found = block.count(b"\n")
+        if not block:
+            raise ValueError(f"{lines} lines short")
+        if found >= lines:
+            cut = 0
+            for _ in range(lines):
+                cut = block.index(b"\n", cut) + 1
+            block = block[:cut]
+            source.seek(start + cut)
+            found = lines
+        target.write(block)
+        lines -= found
 
 
 def file_sha256(path: Path) -> str:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
+from pathlib import Path
 from typing import BinaryIO
 
 from remediation.errors import UnreadableFile
@@ -175,6 +177,23 @@ class CsvRecords(Iterator[UsageRecord]):
     def __init__(self, stream: BinaryIO, delimiter: str, header: Sequence[str] | None) -> None:
         self._stream, self._delimiter, self._header = stream, delimiter, header
         self._records: Iterator[UsageRecord] | None = None
+
+    @property
+    def delimiter(self) -> str:
+        return self._delimiter
+
+    @property
+    def header(self) -> Sequence[str] | None:
+        return self._header
+
+    def path(self) -> Path | None:
+        """The file this reads, when it is a regular file not yet read from (else None)."""
+        name = getattr(self._stream, "name", None)
+        if not isinstance(name, str) or self._records is not None or not os.path.isfile(name):
+            return None
+        if not self._stream.seekable() or self._stream.tell() != 0:
+            return None
+        return Path(name).resolve()
 
     def __next__(self) -> UsageRecord:
         if self._records is None:

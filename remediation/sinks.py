@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from remediation.filetypes import FileFormat
+from remediation.outcomes import Outcome
+from remediation.outputs import MAX_BYTES as MAX_OUTPUT_BYTES
 from remediation.outputs import MAX_ROWS as MAX_OUTPUT_ROWS
 from remediation.outputs import OutputSet, PlannedOutput, source_stem
 from remediation.records import QUARANTINE_FIELDS, UsageRecord
@@ -46,6 +48,7 @@ class Sinks:
         write: bool,
         max_rows: int | None,
         on_audit: AuditSink | None,
+        max_bytes: int = MAX_OUTPUT_BYTES,
     ) -> None:
         limit = max_rows or MAX_OUTPUT_ROWS
         self.corrected: OutputSet | NullSet = NullSet()
@@ -53,10 +56,18 @@ class Sinks:
         self.audit_path: Path | None = None
         self.audit_file: TextIO | None = None
         self.on_audit = on_audit
+        self.out_dir = out_dir
         if write:
             out_dir.mkdir(parents=True, exist_ok=True)
             self.corrected = OutputSet(
-                out_dir, source, "corrected", fmt, generation, columns=columns, max_rows=limit
+                out_dir,
+                source,
+                "corrected",
+                fmt,
+                generation,
+                columns=columns,
+                max_rows=limit,
+                max_bytes=max_bytes,
             )
             self.quarantine = OutputSet(
                 out_dir,
@@ -67,11 +78,21 @@ class Sinks:
                 columns=columns,
                 annotations=QUARANTINE_FIELDS,
                 max_rows=limit,
+                max_bytes=max_bytes,
             )
             name = f"{source_stem(source)[:200]}.r{generation}.audit.jsonl"
             self.audit_path = (out_dir / name).resolve()
-            self._audit_tmp = out_dir / f".{name}.tmp"
-            self.audit_file = open(self._audit_tmp, "w", encoding="utf-8")  # noqa: SIM115
+            self.audit_tmp = out_dir / f".{name}.tmp"
+            self.audit_file = open(self.audit_tmp, "w", encoding="utf-8")  # noqa: SIM115
+
+    def emit(self, outcome: Outcome) -> None:
+        """Write one decided row to its output and its entries to the audit trail."""
+        if outcome.notes is None:
+            self.corrected.write(outcome.record)
+        else:
+            self.quarantine.write(outcome.record, outcome.notes)
+        for entry in outcome.audit:
+            self.audit(entry)
 
     def audit(self, entry: dict[str, Any]) -> None:
         if self.audit_file is not None:
@@ -85,7 +106,7 @@ class Sinks:
         self.audit(summary_entry)
         if self.audit_file is not None and self.audit_path is not None:
             self.audit_file.close()
-            self._audit_tmp.replace(self.audit_path)
+            self.audit_tmp.replace(self.audit_path)
         return outputs
 
     def abort(self) -> None:
@@ -93,4 +114,4 @@ class Sinks:
         self.quarantine.abort()
         if self.audit_file is not None:
             self.audit_file.close()
-            self._audit_tmp.unlink(missing_ok=True)
+            self.audit_tmp.unlink(missing_ok=True)

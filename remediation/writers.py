@@ -127,6 +127,11 @@ class RecordWriter:
         row.extend(cell(notes.get(name)) for name in self._annotations)
         self._csv.writerow(row)
 
+    def begin(self) -> None:
+        """Write the CSV header now if nothing was written yet (rows follow as raw bytes)."""
+        if self._csv is not None and not self._getters:
+            self._start_csv(None)
+
     def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
         """CSV rows already in this writer's columns (annotations included; see `fastpath`)."""
         assert self._csv is not None and self._columns is not None

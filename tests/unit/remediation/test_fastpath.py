@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remediation import engine
+from remediation import decide as deciding
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
@@ -227,12 +227,12 @@ def test_varied_rows_are_decided_on_the_fast_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    decide = engine._Run.decide
+    decide = deciding.RowDecider.decide
 
     def counting(run: Any, record: Any) -> Any:
         calls.append(record.row_number)
         return decide(run, record)
 
-    monkeypatch.setattr(engine._Run, "decide", counting)
+    monkeypatch.setattr(deciding.RowDecider, "decide", counting)
     run(to_csv(varied_rows(3000, 7)), tmp_path, True)
     assert len(calls) <= 3000 // 97 + 1  # only the -r1 rows

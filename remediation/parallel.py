@@ -1,0 +1,184 @@
+"""Large CSV inputs remediated on two cores: two byte ranges, two processes, one result.
+
+Each process runs the fast path over its range (`ranges.RangeRows`) into its own temporary
+files: one corrected and one quarantine body (never split) and the audit lines. The parent
+then appends them in input order to the run's own outputs, which split parts at the same rows
+as a single pass would (`OutputSet.append_body`), and adds up the counts, so the result is
+byte-identical to the single-process one (tests/unit/remediation/test_parallel.py). Whenever
+that cannot be guaranteed cheaply (a quoted newline, a blank line in the first half, a row
+needing another output layout, an output that could reach the size limit) the caller runs
+the single pass instead; only the time spent is lost.
+
+Used only where nothing needs the parent process per row: no `on_audit` callback, no
+customer directory, no progress reports.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from remediation import fastpath, ranges
+from remediation.changes import Context
+from remediation.decide import RowDecider
+from remediation.filetypes import FileFormat
+from remediation.meters import Meter
+from remediation.outcomes import Tally
+from remediation.outputs import OutputSet
+from remediation.readers import CsvRecords
+from remediation.rules import Rules
+from remediation.sinks import Sinks
+from remediation.validation import MeterIndex
+
+MIN_ROWS = 200_000  # below this, starting processes and merging costs more than it saves
+UNLIMITED = 1 << 62
+HEADER_ROOM = 1 << 16  # bytes of a header line, generously
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """Everything a process needs to remediate its range (picklable)."""
+
+    source: str
+    generation: int
+    keep_ids: bool
+    meters: tuple[Meter, ...]
+    rules: Rules
+    now: int
+    columns: tuple[str, ...]
+    previous_codes: Mapping[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    spec: RunSpec
+    path: Path
+    span: tuple[int, int]
+    first_row: int
+    header: tuple[str, ...]
+    delimiter: str
+    out_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """What one process wrote: (path, rows) per output kind, or None when it wrote nothing."""
+
+    rows: int
+    tally: Tally
+    corrected: tuple[Path, int] | None
+    quarantine: tuple[Path, int] | None
+    audit: Path
+    single_layout: bool
+
+
+def remediate_halves(
+    records: CsvRecords, sinks: Sinks, spec: RunSpec, tally: Tally, work_dir: Path
+) -> bool:
+    """Remediate `records` in two processes into `sinks`; False (nothing written) if unsafe."""
+    path = records.path()
+    if path is None or ranges.estimated_rows(path) < MIN_ROWS:
+        return False
+    halves = ranges.plan_halves(path, records.delimiter, records.header)
+    if halves is None:
+        return False
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix=".mfx-halves-") as tmp:
+        jobs = [
+            Job(spec, path, span, first, halves.header, records.delimiter, Path(tmp) / str(i))
+            for i, (span, first) in enumerate(zip(halves.ranges, halves.first_rows, strict=True))
+        ]
+        parts = _run_jobs(jobs)
+        if parts is None or not _mergeable(parts, halves, sinks):
+            return False
+        _merge(parts, sinks, tally)
+    return True
+
+
+def _run_jobs(jobs: list[Job]) -> list[Part] | None:
+    with ProcessPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(remediate_range, job) for job in jobs]
+        try:
+            return [future.result() for future in futures]
+        except (ranges.SplitUnsafe, UnicodeDecodeError):
+            return None  # the single pass reads the file again and words any error
+
+
+def _mergeable(parts: list[Part], halves: ranges.Halves, sinks: Sinks) -> bool:
+    if parts[0].rows != halves.first_rows[1] - 1 or not all(p.single_layout for p in parts):
+        return False
+    for kind in ("corrected", "quarantine"):
+        output = getattr(sinks, kind)
+        bodies = [getattr(part, kind) for part in parts]
+        size = sum(body[0].stat().st_size for body in bodies if body is not None)
+        if not isinstance(output, OutputSet) or 3 * (size + HEADER_ROOM) > output.max_bytes:
+            return False  # the size limit could split a part: only a single pass does that
+    return True
+
+
+def _merge(parts: list[Part], sinks: Sinks, tally: Tally) -> None:
+    assert isinstance(sinks.corrected, OutputSet) and isinstance(sinks.quarantine, OutputSet)
+    assert sinks.audit_file is not None
+    for part in parts:
+        for output, body in (
+            (sinks.corrected, part.corrected),
+            (sinks.quarantine, part.quarantine),
+        ):
+            if body is not None:
+                with open(body[0], "rb") as stream:
+                    stream.readline()  # the header
+                    output.append_body(stream, body[1])
+        sinks.audit_file.flush()
+        with open(part.audit, "rb") as stream:
+            shutil.copyfileobj(stream, sinks.audit_file.buffer, 1 << 20)
+        tally.merge(part.tally)
+
+
+def remediate_range(job: Job) -> Part:
+    """In a worker process: the fast path over one byte range, into `job.out_dir`."""
+    spec = job.spec
+    index = MeterIndex(spec.meters, value_precision=spec.rules.value_precision)
+    ctx = Context(index, spec.rules, spec.now)
+    decider = RowDecider(spec.source, ctx, spec.generation, spec.keep_ids, spec.previous_codes)
+    sinks = Sinks(
+        job.out_dir,
+        spec.source,
+        FileFormat.CSV,
+        spec.generation,
+        spec.columns,
+        True,
+        UNLIMITED,
+        None,
+        UNLIMITED,
+    )
+    rows = ranges.RangeRows(job.path, job.span, job.header, job.delimiter)
+    plan = fastpath.plan(rows, sinks, spec.columns)
+    assert plan is not None
+    settings = fastpath.RunSettings(
+        spec.source,
+        spec.generation,
+        spec.keep_ids,
+        ctx,
+        decider.decide,
+        sinks.emit,
+        first_row=job.first_row,
+    )
+    fastpath.run(plan, settings, decider.tally)
+    return _close(sinks, rows.rows, decider.tally)
+
+
+def _close(sinks: Sinks, rows: int, tally: Tally) -> Part:
+    assert isinstance(sinks.corrected, OutputSet) and isinstance(sinks.quarantine, OutputSet)
+    assert sinks.audit_file is not None
+    corrected, quarantine = sinks.corrected.close_parts(), sinks.quarantine.close_parts()
+    sinks.audit_file.close()
+    single = all(len(layouts) <= 1 for layouts in (corrected, quarantine))
+    first = _only(corrected), _only(quarantine)
+    return Part(rows, tally, *first, sinks.audit_tmp, single)
+
+
+def _only(layouts: Sequence[list[tuple[Path, int]]]) -> tuple[Path, int] | None:
+    return layouts[0][0] if layouts and layouts[0] else None
