@@ -1,17 +1,23 @@
 """Remediate the rows a meter error report is about, when we imported them ourselves.
 
 Samples were linked to (object, row) when the report was stored (the poller records
-identifier -> object in `imported_rows`, in import and index mode). For each linked object
-the whole object is read again and every row of the reported meter failing with a reported
-code is remediated (see remediation.reported), one run per (report, object). Rows an
-earlier run over the same object already handled are skipped, so no row is sent twice.
-A report with no linked rows is kept as it is, with its samples, for the digest.
+identifier -> object in `imported_rows`, in import and index mode). Every linked object is
+read again and every row of the reported event names failing with a reported code is
+remediated (see remediation.reported), one run per (report, object). Stripe samples only a
+few rows: when the rows found fall short of the report's error count, the other objects we
+saw around the report's window holding rows of those event names are searched too; if the
+count is still not reached the report is marked `partial` and an alert says so.
+
+Rows an earlier run over the same object already handled are skipped, so no row is sent
+twice. A report with no linked rows is kept as it is, with its samples, for the digest.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,8 +29,10 @@ from remediation.records import UsageRecord
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.reported import ReportScope, bad_customers, select_reported
 from remediation.validation import MeterIndex
+from service.alerts import raise_alert
 from service.db import session_scope
 from service.models import (
+    BucketObject,
     CorrectionAudit,
     ErrorReport,
     ErrorSample,
@@ -38,55 +46,104 @@ from service.remediation_runs import RunContext, RunRequest, execute_run, finish
 if TYPE_CHECKING:  # only for the annotation; remediation_jobs imports this module lazily
     from service.remediation_jobs import JobDeps
 
+# Objects whose rows a report may be about: first seen up to a day before the report's window
+# (Stripe imports and validates later) and up to an hour after it (in index mode meterfix may
+# list an object after Stripe's connector took it).
+WINDOW_BEFORE = timedelta(days=1)
+WINDOW_AFTER = timedelta(hours=1)
+
+
+@dataclass
+class _Report:
+    event_id: str
+    scope: ReportScope
+    expected: int  # errors the report counted
+    event_names: set[str]
+    now: int
+    index: MeterIndex
+    customers: set[str] = field(default_factory=set)
+
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
     ctx = deps.run
-    report, samples, codes = _load(ctx.engine, event_id)
-    objects = _linked_objects(ctx.engine, samples)
-    if not objects:
+    report, samples, counts = _load(ctx.engine, event_id)
+    linked = _linked_objects(ctx.engine, samples)
+    if not linked:
         _set_status(ctx.engine, event_id, "unmatched")
         return "no rows of ours: kept with its samples for the digest"
-    scope_base = ReportScope(
-        codes=frozenset(codes),
-        samples={s.identifier: s.code for s in samples if s.identifier},
-        event_name=_event_name(ctx, report.meter_id),
+    job = _job(ctx, report, samples, counts)
+    with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
+        files = {key: _fetch(ctx, key, etag, Path(tmp), event_id) for key, etag in linked.items()}
+        for key, (path, plan) in files.items():
+            rows = _records(path, plan, ctx, key, linked[key])
+            job.customers |= bad_customers(rows, job.scope, job.index)
+        found = sum(_remediate(ctx, job, key, linked[key], *files[key]) for key in sorted(files))
+        for key, etag in _other_objects(ctx.engine, report, job, set(linked)):
+            if found >= job.expected:
+                break
+            found += _remediate(ctx, job, key, etag, *_fetch(ctx, key, etag, Path(tmp), event_id))
+    return _conclude(ctx.engine, job, found)
+
+
+def _job(
+    ctx: RunContext, report: ErrorReport, samples: list[ErrorSample], counts: dict[str, int]
+) -> _Report:
+    meter_name = _event_name(ctx, report.meter_id)
+    names = _sampled_event_names(ctx.engine, samples) | ({meter_name} if meter_name else set())
+    reference = as_utc(report.validation_end) or as_utc(report.created_at) or utcnow()
+    return _Report(
+        event_id=report.event_id,
+        scope=ReportScope(
+            codes=frozenset(counts) | {s.code for s in samples},
+            samples={s.identifier: s.code for s in samples if s.identifier},
+            event_name=meter_name,
+        ),
+        expected=sum(counts.values()) or len(samples),
+        event_names=names,
+        now=int(reference.timestamp()),
+        index=MeterIndex(ctx.meters, value_precision=ctx.rules.value_precision),
     )
-    now = int((as_utc(report.validation_end) or as_utc(report.created_at) or utcnow()).timestamp())
-    for key, etag in sorted(objects.items()):
-        _remediate_object(ctx, event_id, key, etag, scope_base, now)
-    _set_status(ctx.engine, event_id, "remediated")
-    return f"remediated rows of {len(objects)} object(s)"
 
 
-def _remediate_object(
-    ctx: RunContext, event_id: str, key: str, etag: str, base: ReportScope, now: int
-) -> None:
-    run_key = f"error_report:{event_id}:{key}"
-    if finished_run(ctx.engine, run_key) is not None:
-        return
-    from service.remediation_jobs import TaskInputMissing, _next_generation
+def _fetch(
+    ctx: RunContext, key: str, etag: str, folder: Path, event_id: str
+) -> tuple[Path, InputPlan]:
+    from service.remediation_jobs import TaskInputMissing
 
     if ctx.bucket.head(key) is None:
         raise TaskInputMissing(f"object {key} named by report {event_id} is gone from the bucket")
-    scope = ReportScope(base.codes, base.samples, base.event_name, _handled_rows(ctx.engine, key))
-    index = MeterIndex(ctx.meters, value_precision=ctx.rules.value_precision)
-    with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
-        path = Path(tmp) / Path(key).name
+    path = folder / f"{source_tag(key, etag)}-{Path(key).name}"
+    if not path.exists():
         ctx.bucket.download(key, path)
-        plan = plan_input(path, ctx.rules)
-        customers = bad_customers(_records(path, plan, ctx, key, etag), scope, index)
-        request = RunRequest(
-            run_key=run_key,
-            trigger="error_report",
-            source=key,
-            tag=f"report-{event_id}",
-            fmt=plan.fmt,
-            now=now,
-            generation=_next_generation(ctx.bucket, key),
-            columns=plan.columns or None,
-        )
-        rows = _records(path, plan, ctx, key, etag)
-        execute_run(ctx, request, select_reported(rows, scope, index, now, customers))
+    return path, plan_input(path, ctx.rules)
+
+
+def _remediate(
+    ctx: RunContext, job: _Report, key: str, etag: str, path: Path, plan: InputPlan
+) -> int:
+    """Remediate the rows of one object the report is about; how many were selected."""
+    from service.remediation_jobs import _next_generation, _previous_codes
+
+    run_key = f"error_report:{job.event_id}:{key}"
+    done = finished_run(ctx.engine, run_key)
+    if done is not None:
+        return done.input_rows
+    base = job.scope
+    scope = ReportScope(base.codes, base.samples, base.event_name, _handled_rows(ctx.engine, key))
+    request = RunRequest(
+        run_key=run_key,
+        trigger="error_report",
+        source=key,
+        tag=f"report-{job.event_id}",
+        fmt=plan.fmt,
+        now=job.now,
+        generation=_next_generation(ctx.bucket, key),
+        columns=plan.columns or None,
+        previous_codes=_previous_codes(ctx.engine, path, ctx.rules),
+    )
+    rows = _records(path, plan, ctx, key, etag)
+    selected = select_reported(rows, scope, job.index, job.now, job.customers)
+    return execute_run(ctx, request, selected).input_rows
 
 
 def _records(
@@ -101,7 +158,24 @@ def _records(
             yield record
 
 
-def _load(engine: Engine, event_id: str) -> tuple[ErrorReport, list[ErrorSample], set[str]]:
+def _conclude(engine: Engine, job: _Report, found: int) -> str:
+    if found >= job.expected:
+        _set_status(engine, job.event_id, "remediated")
+        return f"remediated {found} row(s) for {job.expected} reported error(s)"
+    _set_status(engine, job.event_id, "partial")
+    raise_alert(
+        engine,
+        key=f"error_report.partial:{job.event_id}",
+        severity="warning",
+        kind="error_report.partial",
+        subject=f"report {job.event_id}: found {found} of {job.expected} reported rows",
+        message="the other rows are not in any object meterfix saw around the report's window",
+        detail={"event_id": job.event_id, "found": found, "expected": job.expected},
+    )
+    return f"partial: remediated {found} row(s) of {job.expected} reported"
+
+
+def _load(engine: Engine, event_id: str) -> tuple[ErrorReport, list[ErrorSample], dict[str, int]]:
     from service.remediation_jobs import TaskInputMissing
 
     with Session(engine) as session:
@@ -112,9 +186,11 @@ def _load(engine: Engine, event_id: str) -> tuple[ErrorReport, list[ErrorSample]
             session.exec(select(ErrorSample).where(ErrorSample.report_id == report.id)).all()
         )
         counts = session.exec(
-            select(ErrorTypeCount.code).where(ErrorTypeCount.report_id == report.id)
+            select(ErrorTypeCount.code, ErrorTypeCount.error_count).where(
+                ErrorTypeCount.report_id == report.id
+            )
         ).all()
-    return report, samples, set(counts) | {s.code for s in samples}
+    return report, samples, {code: count for code, count in counts}
 
 
 def _linked_objects(engine: Engine, samples: list[ErrorSample]) -> dict[str, str]:
@@ -129,6 +205,39 @@ def _linked_objects(engine: Engine, samples: list[ErrorSample]) -> dict[str, str
             )
         ).all()
     return {key: etag for key, etag in rows}
+
+
+def _sampled_event_names(engine: Engine, samples: list[ErrorSample]) -> set[str]:
+    identifiers = {s.identifier for s in samples if s.identifier}
+    with Session(engine) as session:
+        names = session.exec(
+            select(ImportedRow.event_name).where(col(ImportedRow.identifier).in_(identifiers))
+        ).all()
+    return {name for name in names if name}
+
+
+def _other_objects(
+    engine: Engine, report: ErrorReport, job: _Report, exclude: set[str]
+) -> list[tuple[str, str]]:
+    """Objects first seen around the report's window that hold rows of the reported event
+    names, newest first."""
+    end = as_utc(report.validation_end) or utcnow()
+    start = (as_utc(report.validation_start) or end) - WINDOW_BEFORE
+    end += WINDOW_AFTER
+    with Session(engine) as session:
+        rows = session.exec(
+            select(BucketObject.key, BucketObject.etag)
+            .where(col(BucketObject.first_seen) >= start, col(BucketObject.first_seen) <= end)
+            .where(
+                col(BucketObject.key).in_(
+                    select(ImportedRow.object_key).where(
+                        col(ImportedRow.event_name).in_(job.event_names)
+                    )
+                )
+            )
+            .order_by(col(BucketObject.first_seen).desc())
+        ).all()
+    return [(key, etag) for key, etag in rows if key not in exclude]
 
 
 def _handled_rows(engine: Engine, key: str) -> frozenset[int]:

@@ -193,13 +193,6 @@ def _cycles(loop: Loop, deps: PollerDeps, count: int = 3) -> None:
         loop.drain()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/error_report_jobs.py _remediate_object builds its RunRequest without "
-    "previous_codes, so RowDecider.repeat_failure quarantines every derived-identifier row a "
-    "report names ('already corrected in generation 1 and reported again'), even when the "
-    "new code differs from the one it was corrected for (DESIGN: only the SAME code)",
-)
 def test_row_fixed_for_one_code_and_reported_for_another_is_corrected_again(
     loop: Loop, deps: PollerDeps
 ) -> None:
@@ -213,13 +206,6 @@ def test_row_fixed_for_one_code_and_reported_for_another_is_corrected_again(
     assert loop.accepted() == ["both-r2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/error_report_jobs.py only reads objects holding a SAMPLED identifier: a "
-    "report counting 6 meter_event_customer_not_found errors over two objects whose samples "
-    "all lie in the first leaves the second object's rows unremediated, and still marks the "
-    "report 'remediated' (4 of 6 errors handled, nothing says so)",
-)
 def test_report_rows_in_an_object_without_samples_are_remediated(
     loop: Loop, deps: PollerDeps
 ) -> None:

@@ -20,6 +20,7 @@ from service.models import (
     BucketObject,
     CorrectionAudit,
     ErrorReport,
+    ImportedRow,
     InboxEvent,
     RemediationRun,
 )
@@ -62,7 +63,10 @@ def service(
     make_app: Callable[[Settings], Flask],
 ) -> object:
     sandbox_server.admin.create_meter("api_requests")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[customers]\n"acme-42" = "cus_acme"\n')
     settings = make_settings(
+        mfx_rules=str(rules),
         database_url=db_url,
         stripe_api_key=sandbox_server.api_key,
         stripe_webhook_secrets=sandbox_server.webhook_secret,
@@ -191,3 +195,34 @@ def test_a_source_without_rows_raises_an_alert(service: Service) -> None:
     service.drain()
     alert = service.rows(Alert)[0]
     assert "no usage rows" in alert.message and "impset_empty" in alert.subject
+
+
+def test_a_report_counting_more_rows_than_we_can_find_is_partial(service: Service) -> None:
+    now = int(time.time()) - 60
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    bucket.mkdir(parents=True)
+    (bucket / "p.csv").write_text(
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+        f"p1,{now},api_requests,acme-42,5\np2,{now},api_requests,cus_ok,5\n"
+    )
+    with Session(service.engine) as session:  # what the poller recorded for p.csv
+        session.add(BucketObject(key="p.csv", etag="e1", size=10, status="imported"))
+        for n, ident in enumerate(("p1", "p2"), start=1):
+            session.add(ImportedRow(identifier=ident, object_key="p.csv", etag="e1", row_number=n))
+        session.commit()
+    event = build_error_report_event(
+        service.sandbox.admin.meters()[0]["id"],
+        [("meter_event_customer_not_found", "No such customer: acme-42", "p1")],
+    )
+    event["data"]["reason"]["error_count"] = 5  # Stripe counted rows we never saw
+    event["data"]["reason"]["error_types"][0]["error_count"] = 5
+    service.deliver(event)
+    service.drain()
+    report = service.rows(ErrorReport)[0]
+    assert report.status == "partial"
+    alert = service.rows(Alert)[0]
+    assert alert.severity == "warning" and "found 1 of 5" in alert.subject
+    audit = service.rows(CorrectionAudit)
+    assert [(a.identifier, a.new_identifier, a.after) for a in audit] == [
+        ("p1", "p1-r1", "cus_acme")
+    ]
