@@ -8,10 +8,9 @@ and strings are escaped by the encoder `json` itself uses for `ensure_ascii=Fals
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any
-
-CellChange = tuple[str, str, object, object]  # rule, field, before, after
 
 
 def json_value(value: object) -> str:
@@ -23,6 +22,21 @@ def json_value(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeKind:
+    """One (code, rule, field) of correction entries, and the text between row and values."""
+
+    code: str
+    rule: str
+    field: str
+    middle: str  # from `, "code": ` to `"before": `
+
+
+# A correction as the fast path records it: its kind, the values before and after, and those
+# values as JSON text (made where the type is known, which is cheaper than asking here).
+CellChange = tuple[ChangeKind, object, object, str, str]
+
+
 class AuditLines:
     """Renders the correction and quarantine entries of one source."""
 
@@ -31,21 +45,21 @@ class AuditLines:
         head = '{"kind": "%s", "source": ' + encode_basestring(source).replace("%", "%%")
         self.correction_head = head % "correction" + ', "row": '
         self.quarantine_head = head % "quarantine" + ', "row": '
-        self.middles: dict[tuple[str, str, str], str] = {}
 
-    def correction(self, row: int, identifier: str, new: str, code: str, change: CellChange) -> str:
-        rule, field, before, after = change
-        key = (code, rule, field)
-        middle = self.middles.get(key)
-        if middle is None:
-            middle = self.middles[key] = (
-                f', "code": {json_value(code)}, "rule": {json_value(rule)}, '
-                f'"field": {json_value(field)}, "before": '
-            )
+    @staticmethod
+    def kind(code: str, rule: str, field: str) -> ChangeKind:
+        middle = (
+            f', "code": {json_value(code)}, "rule": {json_value(rule)}, '
+            f'"field": {json_value(field)}, "before": '
+        )
+        return ChangeKind(code, rule, field, middle)
+
+    def correction(self, row: int, identifier: str, new: str, change: CellChange) -> str:
+        kind, _, _, before, after = change
         return (
             f'{self.correction_head}{row}, "identifier": {encode_basestring(identifier)}, '
-            f'"new_identifier": {encode_basestring(new)}{middle}{json_value(before)}, '
-            f'"after": {json_value(after)}}}\n'
+            f'"new_identifier": {encode_basestring(new)}{kind.middle}{before}, '
+            f'"after": {after}}}\n'
         )
 
     def quarantine(self, row: int, identifier: str, code: str, mfx_code: str, reason: str) -> str:
@@ -57,19 +71,19 @@ class AuditLines:
 
 
 def correction_entry(
-    source: str, row: int, identifier: str, new: str, code: str, change: CellChange
+    source: str, row: int, identifier: str, new: str, change: CellChange
 ) -> dict[str, Any]:
-    """The entry `engine._Run.correction_entry` makes for the same change."""
-    rule, field, before, after = change
+    """The entry `decide.RowDecider.correction_entry` makes for the same change."""
+    kind, before, after, _, _ = change
     return {
         "kind": "correction",
         "source": source,
         "row": row,
         "identifier": identifier,
         "new_identifier": new,
-        "code": code,
-        "rule": rule,
-        "field": field,
+        "code": kind.code,
+        "rule": kind.rule,
+        "field": kind.field,
         "before": before,
         "after": after,
     }
@@ -78,7 +92,7 @@ def correction_entry(
 def quarantine_entry(
     source: str, row: int, identifier: str, code: str, mfx_code: str, reason: str
 ) -> dict[str, Any]:
-    """The entry `engine._Run.quarantine` makes."""
+    """The entry `decide.RowDecider.quarantine` makes."""
     return {
         "kind": "quarantine",
         "source": source,

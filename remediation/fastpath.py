@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Protocol, TextIO
 
 from remediation.auditlines import AuditLines, CellChange, correction_entry, quarantine_entry
@@ -29,7 +30,7 @@ from remediation.sinks import AuditSink, Sinks
 from remediation.writers import getter, output_columns
 
 PROGRESS_EVERY = 65536
-Projection = Callable[[list[str]], Sequence[str]]
+Projection = Callable[[list[str]], Sequence[str]]  # an input row's output cells
 
 
 class RowSource(Protocol):
@@ -87,9 +88,9 @@ def run(fast: FastPlan, settings: RunSettings, tally: Tally) -> None:
         runner.finish()
 
 
-def projection(layout: CsvLayout, columns: Sequence[str]) -> Projection | None:
-    """The output row of an input row, as the writer's getters would make it; None when the
-    output columns are not simply input cells (duplicate or missing columns)."""
+def projection(layout: CsvLayout, columns: Sequence[str]) -> list[int] | None:
+    """Which input cell each output column shows, as the writer's getters would; None when
+    the output columns are not simply input cells (duplicate or missing columns)."""
     width = len(layout.header)
     probe = [f"\x00{i}" for i in range(width)]
     record = layout.record(0, probe)
@@ -98,14 +99,18 @@ def projection(layout: CsvLayout, columns: Sequence[str]) -> Projection | None:
     keys = [key for _, key in layout.payload] + [name for _, name in layout.extra]
     used = {i for i, _ in layout.payload} | {i for i, _ in layout.extra}
     indexes = [i for i in picks if i is not None]
-    if len(indexes) != len(picks) or len(set(indexes)) != len(indexes) or not indexes:
+    if len(indexes) != len(picks) or len(set(indexes)) != len(indexes) or len(indexes) < 2:
         return None
     if len(set(keys)) != len(keys) or not used <= set(indexes):
         return None  # the record would keep another cell, or not fit these columns
+    return indexes
+
+
+def projector(indexes: list[int]) -> Projection:
+    """The output cells of a row (a slice when the output is a prefix of the input)."""
     if indexes == list(range(len(indexes))):
-        stop = len(indexes)
-        return lambda row: row[:stop]
-    return lambda row: [row[i] for i in indexes]
+        return itemgetter(slice(0, len(indexes)))
+    return itemgetter(*indexes)
 
 
 def usable(layout: CsvLayout) -> bool:
@@ -140,10 +145,12 @@ class _Runner:
         self.counts = _Counts()
         self.lines = AuditLines(settings.source)
         self.suffix = f"-r{max(settings.generation, 1)}"
-        self.pending: tuple[list[Sequence[str]], list[Sequence[str]], list[str]] = ([], [], [])
-        project = projection(layout, fast.columns)
-        self.enabled = project is not None and usable(layout)
-        self.project: Projection = project or (lambda row: row)
+        self.pending: tuple[list[list[str]], list[list[str]], list[str]] = ([], [], [])
+        picks = projection(layout, fast.columns)
+        self.enabled = picks is not None and usable(layout)
+        width = len(layout.header)
+        self.project = projector(picks or [0, 1])  # input rows -> corrected rows
+        self.project_notes = itemgetter(*(picks or [0, 1]), width, width + 1)  # quarantine
         self.rows = FastRows(layout, settings.ctx, self) if self.enabled else None
         self.id_at = layout.identifier or 0
         simple: tuple[int | None, int | None] = layout.simple_errors or (None, None)
@@ -188,7 +195,7 @@ class _Runner:
     def valid(self, row: list[str]) -> None:
         if not self.settings.keep_ids:
             row[self.id_at] += self.suffix
-        self.pending[0].append(self.project(row))
+        self.pending[0].append(row)
         self.counts.valid += 1
 
     def corrected(
@@ -197,23 +204,23 @@ class _Runner:
         ident = row[self.id_at]
         new = ident if self.settings.keep_ids else ident + self.suffix
         fixed[self.id_at] = new
-        self.pending[0].append(self.project(fixed))
+        self.pending[0].append(fixed)
         counts = self.counts
         counts.corrected[code] = counts.corrected.get(code, 0) + 1
         counts.corrections += len(changes)
         lines, number, on_audit = self.pending[2], self.number, self.fast.on_audit
         for change in changes:
-            lines.append(self.lines.correction(number, ident, new, code, change))
+            lines.append(self.lines.correction(number, ident, new, change))
             if on_audit is not None:
-                on_audit(correction_entry(self.lines.source, number, ident, new, code, change))
+                on_audit(correction_entry(self.lines.source, number, ident, new, change))
 
     def quarantined(self, code: str, row: list[str], mfx_code: str, reason: str) -> None:
-        self.pending[1].append([*self.project(row), mfx_code, reason])
+        ident, number = row[self.id_at], self.number
+        self.pending[1].append([*row, mfx_code, reason])
         counts = self.counts
         counts.quarantined[code] = counts.quarantined.get(code, 0) + 1
         if code not in KNOWN_CODES or mfx_code == ErrorCode.UNCLASSIFIED:
             counts.unclassified[code] = counts.unclassified.get(code, 0) + 1
-        ident, number = row[self.id_at], self.number
         self.pending[2].append(self.lines.quarantine(number, ident, code, mfx_code, reason))
         if self.fast.on_audit is not None:
             source = self.lines.source
@@ -241,10 +248,10 @@ class _Runner:
     def flush(self) -> None:
         corrected, quarantine, audit = self.pending
         if corrected:
-            self.fast.corrected.write_rows(corrected)
+            self.fast.corrected.write_rows(list(map(self.project, corrected)))
             corrected.clear()
         if quarantine:
-            self.fast.quarantine.write_rows(quarantine)
+            self.fast.quarantine.write_rows(list(map(self.project_notes, quarantine)))
             quarantine.clear()
         if audit:
             self.fast.audit.write("".join(audit))

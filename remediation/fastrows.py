@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Protocol
 
-from remediation.auditlines import CellChange
+from remediation.auditlines import AuditLines, CellChange, ChangeKind, json_value
 from remediation.changes import Context
 from remediation.codes import ErrorCode
 from remediation.correctors import CORRECTORS, normalize_number
@@ -47,11 +48,22 @@ class RowSink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class MeterCells:
-    """A meter and where its customer and value cells are (None: no such column)."""
+    """A meter, where its customer and value cells are (None: no such column), and the kinds
+    of the corrections of those cells."""
 
     meter: Meter
     customer_at: int | None
     value_at: int | None
+    value_kind: ChangeKind
+    customer_kind: ChangeKind
+
+    @classmethod
+    def of(cls, meter: Meter, payload: Mapping[str, int]) -> MeterCells:
+        value_kind = AuditLines.kind(_VALUE, "normalize_value", f"payload.{meter.value_key}")
+        field = f"payload.{meter.customer_key}"
+        customer_kind = AuditLines.kind(_CUSTOMER, "map_customer", field)
+        customer_at, value_at = payload.get(meter.customer_key), payload.get(meter.value_key)
+        return cls(meter, customer_at, value_at, value_kind, customer_kind)
 
     @property
     def usable(self) -> bool:
@@ -69,11 +81,23 @@ class FastRows:
         self.ts_at, self.event_at = layout.timestamp, layout.event_name
         payload = {key: i for i, key in layout.payload}
         self.cells = {
-            m.event_name: MeterCells(m, payload.get(m.customer_key), payload.get(m.value_key))
+            m.event_name: MeterCells.of(m, payload)
             for m in ctx.index.meters
             if m.event_name  # an empty cell is no event name at all
         }
-        self.usable = {name: c for name, c in self.cells.items() if c.usable}
+        self.usable: dict[str, tuple[int, int]] = {
+            name: (c.customer_at, c.value_at)
+            for name, c in self.cells.items()
+            if c.usable and c.customer_at is not None and c.value_at is not None
+        }
+        self.ts_kinds = {
+            rule: AuditLines.kind(_FUTURE, rule, "timestamp")
+            for rule in (*(rule for _, rule in _UNITS), "clamp_skew")
+        }
+        self.event_kinds = {
+            rule: AuditLines.kind(_NO_METER, rule, "event_name")
+            for rule in ("alias_event_name", "match_event_name")
+        }
         self.low, self.high = ctx.now - MAX_PAST_SECONDS, ctx.now + MAX_FUTURE_SECONDS
         self.precision = ctx.rules.value_precision
         self.event_fixes: dict[str, tuple[str, MeterCells] | None] = {}
@@ -88,16 +112,15 @@ class FastRows:
     def valid(self, row: list[str]) -> bool:
         """True only when `validate_record` finds no problem (False: not sure, or invalid)."""
         cells = self.usable.get(row[self.event_at])
-        if cells is None:
+        if cells is None or not row[cells[0]].strip():
             return False
-        if not row[cells.customer_at].strip():  # type: ignore[index]  # usable: not None
-            return False
-        value = row[cells.value_at]  # type: ignore[index]
-        if not (value.isdigit() and value.isascii()) and PLAIN_NUMBER.fullmatch(value) is None:
-            return False
-        precision, dot = self.precision, value.find(".")
-        if precision is not None and dot >= 0 and len(value) - dot - 1 > precision:
-            return False
+        value = row[cells[1]]
+        if not (value.isdigit() and value.isascii()):
+            if PLAIN_NUMBER.fullmatch(value) is None:
+                return False
+            precision, dot = self.precision, value.find(".")
+            if precision is not None and dot >= 0 and len(value) - dot - 1 > precision:
+                return False
         stamp = row[self.ts_at]
         if not stamp:
             return True  # Stripe stamps a row without a timestamp when it receives it
@@ -133,12 +156,13 @@ class FastRows:
                 reason = f"timestamp {ts} is {skew} s in the future (beyond the skew)"
                 self.sink.quarantined(code, row, code, reason)
                 return True
-            changes.append(("clamp_skew", "timestamp", ts, ctx.now))
+            clamp = self.ts_kinds["clamp_skew"]
+            changes.append((clamp, ts, ctx.now, str(ts), str(ctx.now)))
             ts = ctx.now
         if ts < self.low or not changes:
             return False  # quarantine or a second problem: the general path words it
         fixed = row.copy()
-        fixed[self.ts_at] = str(ts)
+        fixed[self.ts_at] = changes[-1][4]
         return self._corrected(code, row, fixed, tuple(changes))
 
     def _from_units(self, ts: int, changes: list[CellChange]) -> int:
@@ -146,7 +170,7 @@ class FastRows:
         for divisor, rule in _UNITS:
             seconds = ts // divisor
             if self.low <= seconds <= upper:
-                changes.append((rule, "timestamp", ts, seconds))
+                changes.append((self.ts_kinds[rule], ts, seconds, str(ts), str(seconds)))
                 return seconds
         return ts
 
@@ -170,7 +194,7 @@ class FastRows:
             return True
         fixed = row.copy()
         fixed[cells.value_at] = number
-        change = ("normalize_value", f"payload.{cells.meter.value_key}", raw, number)
+        change = (cells.value_kind, raw, number, encode_basestring(raw), encode_basestring(number))
         return self._corrected(code, row, fixed, (change,))
 
     def no_meter(self, row: list[str]) -> bool:
@@ -185,11 +209,11 @@ class FastRows:
         if target is None:
             return False
         rule, cells = target
-        if not (row[cells.customer_at] and row[cells.value_at]):  # type: ignore[index]
+        if not (row[cells.customer_at] and row[cells.value_at]):  # type: ignore[index]  # usable
             return False  # align_keys would have to rename payload keys
-        fixed = row.copy()
-        fixed[self.event_at] = cells.meter.event_name
-        change = (rule, "event_name", name, cells.meter.event_name)
+        fixed, after = row.copy(), cells.meter.event_name
+        fixed[self.event_at] = after
+        change = (self.event_kinds[rule], name, after, encode_basestring(name), json_value(after))
         return self._corrected(_NO_METER, row, fixed, (change,))
 
     def _event_target(self, name: str) -> tuple[str, MeterCells] | None:
@@ -218,7 +242,7 @@ class FastRows:
             return False
         fixed = row.copy()
         fixed[cells.customer_at] = mapped
-        change = ("map_customer", f"payload.{cells.meter.customer_key}", raw, mapped)
+        change = (cells.customer_kind, raw, mapped, encode_basestring(raw), json_value(mapped))
         return self._corrected(_CUSTOMER, row, fixed, (change,))
 
     def _corrected(

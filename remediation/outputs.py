@@ -68,12 +68,23 @@ def lineage(source: str, generation: int, kind: str, rows: int, sha256: str) -> 
 
 class _Part:
     def __init__(
-        self, path: Path, fmt: FileFormat, columns: Sequence[str] | None, annotations: Sequence[str]
+        self,
+        path: Path,
+        fmt: FileFormat,
+        columns: Sequence[str] | None,
+        annotations: Sequence[str],
+        rows: int = 0,
     ) -> None:
+        """A new file, or with `rows` a CSV file of that many rows (and a header) to extend."""
         self.path = path
-        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in finish()
+        # r+b, not ab: sendfile (`copy_rest`) refuses a file opened for appending
+        self.file: BinaryIO = open(path, "r+b" if rows else "wb")  # noqa: SIM115 - see close()
+        self.file.seek(0, os.SEEK_END)
         self.writer = RecordWriter(self.file, fmt, columns=columns, annotations=annotations)
-        self.rows = 0
+        if rows:
+            self.writer.begin(header_written=True)
+            self.writer.rows = rows
+        self.rows = rows
         self.full = False
 
     def close(self) -> None:
@@ -132,6 +143,17 @@ class OutputSet:
             part.rows += len(chunk)
             self._check_full(part)
 
+    def adopt(self, path: Path, rows: int) -> None:
+        """Take over a CSV file of `rows` rows (at most `max_rows`) written in this set's
+        columns by another `OutputSet`, as the first part, before anything else is written."""
+        assert not self.layouts and 0 < rows <= self.max_rows and self.fmt is FileFormat.CSV
+        tmp = self.out_dir / f".{self.stem[:180]}.{self.kind}.1.1.tmp"
+        os.replace(path, tmp)
+        part = _Part(tmp, self.fmt, self.columns, self.annotations, rows)
+        part.full = rows >= self.max_rows
+        self.layouts.append([part])
+        self.rows += rows
+
     def append_body(self, body: BinaryIO, rows: int) -> None:
         """`rows` one-line CSV rows from `body` (after its header), as `write_rows` would
         write them. The caller makes sure the size limit cannot be reached (see `parallel`)."""
@@ -142,7 +164,10 @@ class OutputSet:
             part.writer.begin()
             part.writer.size()  # flushes the header and earlier rows
             take = min(rows, self.max_rows - part.rows)
-            copy_lines(body, part.file, take)
+            if take == rows:
+                copy_rest(body, part.file)  # the caller promises `rows` is all that is left
+            else:
+                copy_lines(body, part.file, take)
             part.writer.rows += take
             self.rows, part.rows, rows = self.rows + take, part.rows + take, rows - take
             part.full = part.rows >= self.max_rows
@@ -235,6 +260,20 @@ def copy_lines(source: BinaryIO, target: BinaryIO, lines: int) -> None:
             found = lines
         target.write(block)
         lines -= found
+
+
+def copy_rest(source: BinaryIO, target: BinaryIO) -> None:
+    """Append the rest of `source` to `target` (in the kernel where it can)."""
+    target.flush()
+    offset = source.tell()
+    size = os.fstat(source.fileno()).st_size
+    while offset < size:
+        sent = os.sendfile(target.fileno(), source.fileno(), offset, size - offset)
+        if sent == 0:
+            raise ValueError("file shrank while copying")
+        offset += sent
+    source.seek(offset)
+    target.seek(0, os.SEEK_END)  # the writer's idea of its position, after the kernel's writes
 
 
 def file_sha256(path: Path) -> str:

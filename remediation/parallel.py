@@ -15,7 +15,6 @@ customer directory, no progress reports.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -120,20 +119,24 @@ def _mergeable(parts: list[Part], halves: ranges.Halves, sinks: Sinks) -> bool:
 
 
 def _merge(parts: list[Part], sinks: Sinks, tally: Tally) -> None:
-    assert isinstance(sinks.corrected, OutputSet) and isinstance(sinks.quarantine, OutputSet)
-    assert sinks.audit_file is not None
-    for part in parts:
-        for output, body in (
-            (sinks.corrected, part.corrected),
-            (sinks.quarantine, part.quarantine),
-        ):
-            if body is not None:
-                with open(body[0], "rb") as stream:
-                    stream.readline()  # the header
-                    output.append_body(stream, body[1])
-        sinks.audit_file.flush()
-        with open(part.audit, "rb") as stream:
-            shutil.copyfileobj(stream, sinks.audit_file.buffer, 1 << 20)
+    """The first part's files become the outputs' first files; the others are appended."""
+    outputs = (("corrected", sinks.corrected), ("quarantine", sinks.quarantine))
+    for number, part in enumerate(parts):
+        for kind, output in outputs:
+            body: tuple[Path, int] | None = getattr(part, kind)
+            assert isinstance(output, OutputSet)
+            if body is None:
+                continue
+            if not output.layouts and body[1] <= output.max_rows:
+                output.adopt(*body)
+                continue
+            with open(body[0], "rb") as stream:
+                stream.readline()  # the header
+                output.append_body(stream, body[1])
+        if number == 0:
+            sinks.adopt_audit(part.audit)
+        else:
+            sinks.append_audit(part.audit)
         tally.merge(part.tally)
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 from remediation.readers import CSV_FIELD_LIMIT, CsvLayout
@@ -72,37 +71,65 @@ def _header_cells(line: bytes, delimiter: str) -> list[str] | None:
 
 def _count_rows(handle: io.BufferedReader, start: int, end: int) -> int | None:
     """Lines in [start, end), or None if a blank line or a lone CR makes that not the rows."""
-    handle.seek(start)
-    rows, left, previous = 0, end - start, b"\n"
-    while left > 0:
-        block = handle.read(min(BLOCK, left))
-        if not block:
+    rows = 0
+    for block in _blocks(handle, start, end):
+        lines, returns = block.count(b"\n"), block.count(b"\r")
+        if block[:1] == b"\n" or block[:2] == b"\r\n" or b"\n\n" in block:
+            return None  # a blank line (blocks start at a line start)
+        if returns and (returns != lines or block.count(b"\r\n") != lines):
+            return None  # not every line ends in CRLF: let csv.reader split the lines
+        if returns and b"\n\r\n" in block:
             return None
-        left -= len(block)
-        joined = previous[-1:] + block
-        if b"\n\n" in joined or b"\n\r\n" in joined or b"\r\r" in joined:
-            return None
-        if joined.count(b"\r") != (joined + b"\n").count(b"\r\n"):
-            return None  # a CR not followed by LF (the LF may start the next block)
-        rows += block.count(b"\n")
-        previous = block
+        rows += lines
     return rows
 
 
-def range_lines(path: Path, start: int, end: int) -> Iterator[str]:
-    """The text lines of [start, end), decoded block by block (blocks end at a newline)."""
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        left, carry = end - start, b""
-        while left > 0 or carry:
-            block = handle.read(min(BLOCK, left)) if left > 0 else b""
-            left -= len(block)
-            data = carry + block
-            cut = data.rfind(b"\n") + 1 if left > 0 else len(data)
-            carry = data[cut:]
-            yield from io.StringIO(data[:cut].decode("utf-8"), newline="")
-            if not block:
-                break
+def _blocks(handle: io.BufferedReader, start: int, end: int) -> Iterator[bytes]:
+    """[start, end) in blocks that each end with a newline (`end` follows one)."""
+    handle.seek(start)
+    left, carry = end - start, b""
+    while left > 0:
+        block = handle.read(min(BLOCK, left))
+        if not block:
+            return
+        left -= len(block)
+        data = carry + block
+        cut = data.rfind(b"\n") + 1 if left > 0 else len(data)
+        carry = data[cut:]
+        if cut:
+            yield data[:cut]
+
+
+def block_rows(text: str, delimiter: str) -> list[list[str]]:
+    """The non-blank rows of whole lines of CSV text, as csv.reader reads them.
+
+    A line without a quote is split at the delimiter (much cheaper than csv.reader, and the
+    same for such a line); the lines with quotes go through one strict csv.reader, which must
+    read exactly one line per row. Text with a lone CR goes entirely through csv.reader.
+    """
+    returns = text.count("\r")
+    if returns and (returns != text.count("\n") or returns != text.count("\r\n")):
+        return _csv_rows(io.StringIO(text, newline=""), delimiter)
+    lines = [line for line in text.split("\r\n" if returns else "\n") if line]
+    rows: list[list[str] | None] = [
+        None if '"' in line else line.split(delimiter) for line in lines
+    ]
+    quoted = [line for line in lines if '"' in line]
+    if not quoted:
+        return rows  # type: ignore[return-value]  # no None without a quoted line
+    parsed = iter(_csv_rows(quoted, delimiter, len(quoted)))
+    return [row if row is not None else next(parsed) for row in rows]
+
+
+def _csv_rows(lines: Iterable[str], delimiter: str, expected: int | None = None) -> list[list[str]]:
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise SplitUnsafe(str(exc)) from exc  # a quoted field still open at the end, or odd
+    if reader.line_num != len(rows) or (expected is not None and len(rows) != expected):
+        raise SplitUnsafe("a quoted field spans lines")
+    return [row for row in rows if row]
 
 
 class RangeRows:
@@ -116,18 +143,9 @@ class RangeRows:
     def row_batches(self, size: int = 4096) -> Iterator[tuple[CsvLayout, list[list[str]]]]:
         if csv.field_size_limit() < CSV_FIELD_LIMIT:
             csv.field_size_limit(CSV_FIELD_LIMIT)
-        lines = range_lines(self.path, *self.span)
-        reader = csv.reader(lines, delimiter=self.delimiter, strict=True)
-        seen = 0
-        try:
-            while batch := list(islice(reader, size)):
-                seen += len(batch)
-                if not all(batch):
-                    batch = [row for row in batch if row]
-                self.rows += len(batch)
-                if batch:
-                    yield self.layout, batch
-        except csv.Error as exc:
-            raise SplitUnsafe(f"range {self.span}: {exc}") from exc
-        if reader.line_num != seen:
-            raise SplitUnsafe(f"range {self.span}: a quoted field spans lines")
+        with open(self.path, "rb") as handle:
+            for block in _blocks(handle, *self.span):
+                rows = block_rows(block.decode("utf-8"), self.delimiter)
+                self.rows += len(rows)
+                for at in range(0, len(rows), size):
+                    yield self.layout, rows[at : at + size]

@@ -127,10 +127,11 @@ class RecordWriter:
         row.extend(cell(notes.get(name)) for name in self._annotations)
         self._csv.writerow(row)
 
-    def begin(self) -> None:
-        """Write the CSV header now if nothing was written yet (rows follow as raw bytes)."""
+    def begin(self, header_written: bool = False) -> None:
+        """Write the CSV header now if nothing was written yet (rows follow as raw bytes);
+        `header_written`: the stream already holds it (a file this writer appends to)."""
         if self._csv is not None and not self._getters:
-            self._start_csv(None)
+            self._start_csv(None, header_written)
 
     def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
         """CSV rows already in this writer's columns (annotations included; see `fastpath`)."""
@@ -140,7 +141,7 @@ class RecordWriter:
         self._csv.writerows(rows)
         self.rows += len(rows)
 
-    def _start_csv(self, record: UsageRecord | None) -> None:
+    def _start_csv(self, record: UsageRecord | None, header_written: bool = False) -> None:
         assert self._csv is not None
         if self._columns is None:
             assert record is not None
@@ -149,7 +150,8 @@ class RecordWriter:
         if self._with_errors:
             columns += ERROR_OUT_FIELDS
         self._getters = [getter(name) for name in columns]
-        self._csv.writerow([*columns, *self._annotations])
+        if not header_written:
+            self._csv.writerow([*columns, *self._annotations])
 
     def _write_json(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
         obj = record_object(record, self._with_errors)

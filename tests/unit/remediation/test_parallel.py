@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from remediation import parallel
+from remediation import parallel, ranges
 from remediation.engine import remediate
 from remediation.repair import plan_input, read_repaired
 from tests.unit.remediation.test_fastpath import HEADER, METERS, NOW, RULES, varied_rows
@@ -95,3 +97,21 @@ def test_blank_lines_and_crlf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     data = path.read_bytes()
     path.write_bytes(data + b"\r\n\r\n" + data.split(b"\r\n", 1)[1])
     compare(path, tmp_path, monkeypatch)  # either way, the same bytes
+
+
+@settings(max_examples=400)
+@given(text=st.text(alphabet='ab,"\r\n ', max_size=40))
+def test_block_rows_read_what_csv_reader_reads(text: str) -> None:
+    """Whole lines (a block ends at a newline) give csv.reader's rows, or SplitUnsafe."""
+    text = text + "\n" if text and not text.endswith("\n") else text
+    expected = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+    try:
+        rows = ranges.block_rows(text, ",")
+    except ranges.SplitUnsafe:
+        return
+    assert rows == expected
+
+
+def test_an_open_quote_at_the_end_of_a_range_is_unsafe() -> None:
+    with pytest.raises(ranges.SplitUnsafe):
+        ranges.block_rows('a,b\r\nc,"d\r\n', ",")
