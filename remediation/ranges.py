@@ -2,8 +2,9 @@
 
 Only files whose rows are one line each can be cut safely; that is checked cheaply, and any
 doubt means "do not cut" (`SplitUnsafe`, or `plan_halves` returning None):
-- the parent counts the rows of the first range from its bytes, and refuses when it holds a
-  blank line or a lone `\\r` (where counting newlines and csv.reader would disagree);
+- the parent counts the rows of the first range from its bytes (for the row numbers of the
+  second), and refuses when it holds a blank line or a lone `\\r` (where counting newlines and
+  csv.reader would disagree);
 - each range is read with a strict csv.reader, which raises on a quoted field still open at
   the end of the range, and whose line count must equal its row count (no quoted newlines).
 """
@@ -27,10 +28,13 @@ class SplitUnsafe(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Halves:
+class Cut:
+    """Data rows in [start, middle) and [middle, end); `header` as the reader takes it."""
+
     header: tuple[str, ...]
-    ranges: tuple[tuple[int, int], tuple[int, int]]
-    first_rows: tuple[int, int]  # number of the first row of each range
+    start: int
+    middle: int
+    end: int
 
 
 def estimated_rows(path: Path) -> int:
@@ -41,25 +45,25 @@ def estimated_rows(path: Path) -> int:
     return path.stat().st_size * lines // max(len(sample), 1)
 
 
-def plan_halves(path: Path, delimiter: str, header: Sequence[str] | None) -> Halves | None:
-    """Two byte ranges of data rows, or None when the file cannot be cut cheaply and safely."""
+def plan_cut(
+    path: Path, delimiter: str, header: Sequence[str] | None, share: float = 0.5
+) -> Cut | None:
+    """Where to cut the data rows (`share` of the bytes first), or None when the header
+    might span lines. Whether the rows can be counted is `count_rows`' question."""
     with open(path, "rb") as handle:
         head = handle.readline()
         names = _header_cells(head, delimiter)
         if names is None:
             return None
         start, size = len(head), path.stat().st_size
-        handle.seek(start + (size - start) // 2)
-        handle.readline()  # the rest of the line the middle falls into
+        handle.seek(start + int((size - start) * share))
+        handle.readline()  # the rest of the line the cut falls into
         middle = handle.tell()
-        if not start < middle < size:
-            return None
-        rows = _count_rows(handle, start, middle)
-    if rows is None:
+    if not start < middle < size:
         return None
     if header is not None and len(header) == len(names):
         names = list(header)
-    return Halves(tuple(names), ((start, middle), (middle, size)), (1, rows + 1))
+    return Cut(tuple(names), start, middle, size)
 
 
 def _header_cells(line: bytes, delimiter: str) -> list[str] | None:
@@ -69,8 +73,13 @@ def _header_cells(line: bytes, delimiter: str) -> list[str] | None:
     return next(csv.reader([text], delimiter=delimiter), None)
 
 
-def _count_rows(handle: io.BufferedReader, start: int, end: int) -> int | None:
+def count_rows(path: Path, start: int, end: int) -> int | None:
     """Lines in [start, end), or None if a blank line or a lone CR makes that not the rows."""
+    with open(path, "rb") as handle:
+        return _count_rows(handle, start, end)
+
+
+def _count_rows(handle: io.BufferedReader, start: int, end: int) -> int | None:
     rows = 0
     for block in _blocks(handle, start, end):
         lines, returns = block.count(b"\n"), block.count(b"\r")
