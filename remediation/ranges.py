@@ -69,7 +69,10 @@ def plan_cut(
 def _header_cells(line: bytes, delimiter: str) -> list[str] | None:
     if b'"' in line or not line.endswith(b"\n"):
         return None
-    text = line.decode("utf-8-sig", errors="replace")
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None  # the single pass says what is wrong with the file
     return next(csv.reader([text], delimiter=delimiter), None)
 
 
