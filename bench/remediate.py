@@ -26,6 +26,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 NOW = 1_764_000_000
 DAY = 86_400
@@ -166,15 +167,21 @@ PANDAS = textwrap.dedent("""
 """)
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS MB) of a child process, measured with wait4."""
+class Figures(NamedTuple):
+    seconds: float  # wall clock
+    rss: float  # peak RSS of the largest single process, MB
+    cpu: float  # user + system seconds of the process and its children
+
+
+def timed(cmd: list[str]) -> Figures:
+    """Figures of a child process, measured with wait4."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}")
-    return seconds, usage.ru_maxrss / 1024
+    return Figures(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def prepare(work: Path, rows: int) -> None:
@@ -208,31 +215,38 @@ def contenders(work: Path) -> dict[str, list[str]]:
     }
 
 
-def rounds(
-    commands: dict[str, list[str]], wanted: list[str], count: int
-) -> dict[str, tuple[float, float]]:
-    """Median seconds and peak RSS of each contender over `count` alternating rounds (the
-    machine may be shared: alternating spreads its noise over every contender alike)."""
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in wanted}
+def rounds(commands: dict[str, list[str]], wanted: list[str], count: int) -> dict[str, Figures]:
+    """Median figures of each contender over `count` alternating rounds (the machine may be
+    shared: alternating spreads its noise over every contender alike)."""
+    runs: dict[str, list[Figures]] = {name: [] for name in wanted}
     for _ in range(count):
         for name in wanted:
             runs[name].append(timed(commands[name]))
     return {
-        name: (statistics.median(s for s, _ in got), max(r for _, r in got))
+        name: Figures(
+            statistics.median(f.seconds for f in got),
+            max(f.rss for f in got),
+            statistics.median(f.cpu for f in got),
+        )
         for name, got in runs.items()
     }
 
 
-def report(rows: int, results: dict[str, tuple[float, float]]) -> None:
-    base = results["csv copy"][0]
-    print(f"rows: {rows:,}  (2x file: {2 * rows:,})")
-    for name, (seconds, rss) in results.items():
-        print(f"{name:16s} {seconds:7.2f} s  {seconds / base:5.2f}x copy  peak RSS {rss:6.1f} MB")
+def report(rows: int, results: dict[str, Figures]) -> None:
+    base = results.get("csv copy", Figures(1.0, 0.0, 1.0))
+    print(f"rows: {rows:,}  (2x file: {2 * rows:,}); load average {os.getloadavg()[0]:.2f}")
+    for name, got in results.items():
+        print(
+            f"{name:16s} {got.seconds:7.2f} s  {got.seconds / base.seconds:5.2f}x copy  "
+            f"cpu {got.cpu:6.2f} s ({got.cpu / base.cpu:4.2f}x)  peak RSS {got.rss:6.1f} MB"
+        )
+    if not {"csv copy", "pandas", "meterfix", "meterfix 2x"} <= set(results):
+        return
     mfx, pandas, big = results["meterfix"], results["pandas"], results["meterfix 2x"]
     print(
-        f"meterfix / copy = {mfx[0] / base:.2f} (target <= 1.5); "
-        f"meterfix / pandas = {mfx[0] / pandas[0]:.2f} (< 1); "
-        f"RSS 1x {mfx[1]:.0f} MB vs 2x {big[1]:.0f} MB (largest single process)"
+        f"meterfix / copy = {mfx.seconds / base.seconds:.2f} (target <= 1.5); "
+        f"meterfix / pandas = {mfx.seconds / pandas.seconds:.2f} (< 1); "
+        f"RSS 1x {mfx.rss:.0f} MB vs 2x {big.rss:.0f} MB (largest single process)"
     )
 
 
@@ -250,12 +264,7 @@ def main() -> None:
         if "meterfix 2x" in wanted:
             generate(work / "failed2x.csv", 2 * args.rows)
         results = rounds(commands, wanted, args.rounds)
-    if {"csv copy", "pandas", "meterfix", "meterfix 2x"} <= set(results):
-        report(args.rows, results)
-    else:
-        base = results.get("csv copy", (1.0, 0.0))[0]
-        for name, (seconds, rss) in results.items():
-            print(f"{name:16s} {seconds:7.2f} s  {seconds / base:5.2f}x copy  RSS {rss:6.1f} MB")
+    report(args.rows, results)
 
 
 if __name__ == "__main__":
