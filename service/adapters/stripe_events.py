@@ -1,9 +1,12 @@
 """Stripe events in and out: verify a webhook delivery, fetch the full event of a thin one.
 
 Verification follows Stripe's rules (reference/stripe-facts.md §1): the signature is checked by
-the SDK on the raw body against every configured secret (rotation, several destinations);
-the header is parsed here first so malformed headers and timestamps too far in the past OR
-the future (the SDK only checks the past) are rejected with a precise reason.
+the SDK (`WebhookSignature.verify_header`) on the raw body against every configured secret
+(rotation, several destinations); the header is parsed here first so malformed headers and
+timestamps too far in the past OR the future (the SDK only checks the past) are rejected with a
+precise reason. The body is parsed once, after the signature matched: building the SDK's
+`Event`/`EventNotification` objects would only parse it again, so the keys those constructors
+require are checked here instead (thin: id, object, type, created; snapshot: id, type, data).
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ from service.models.inbox import PayloadStyle
 
 THIN_OBJECT = "v2.core.event"
 SNAPSHOT_OBJECT = "event"
+STYLES = {THIN_OBJECT: PayloadStyle.THIN, SNAPSHOT_OBJECT: PayloadStyle.SNAPSHOT}
+REQUIRED_KEYS = {
+    PayloadStyle.THIN: ("id", "object", "type", "created"),  # EventNotification.__init__
+    PayloadStyle.SNAPSHOT: ("id", "type", "data"),
+}
+MAX_ID_LENGTH = 255  # inbox_events.event_id and event_type
 
 
 class WebhookRejected(Exception):
@@ -31,7 +40,7 @@ class WebhookRejected(Exception):
         self.status = status
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VerifiedEvent:
     event_id: str
     event_type: str
@@ -65,10 +74,9 @@ def signature_timestamp(header: str | None) -> int:
 class WebhookVerifier:
     """Checks one delivery against every secret; built once per app, shared by requests."""
 
-    def __init__(self, secrets: Sequence[str], tolerance: int, client: stripe.StripeClient) -> None:
+    def __init__(self, secrets: Sequence[str], tolerance: int) -> None:
         self._secrets = tuple(s for s in secrets if s)
         self._tolerance = tolerance
-        self._client = client
 
     def verify(self, body: bytes, header: str | None, now: float | None = None) -> VerifiedEvent:
         if not self._secrets:
@@ -76,57 +84,51 @@ class WebhookVerifier:
         timestamp = signature_timestamp(header)
         if abs((time.time() if now is None else now) - timestamp) > self._tolerance:
             raise WebhookRejected("timestamp outside the tolerance zone")
-        text, payload = _decode(body)
-        style = _style(payload)
-        self._verify_signature(text, header or "", style)
-        return _verified(payload, style, text)
+        text = _text(body)
+        self._verify_signature(text, header or "")
+        return _verified(_decode(text), text)
 
-    def _verify_signature(self, text: str, header: str, style: PayloadStyle) -> None:
+    def _verify_signature(self, text: str, header: str) -> None:
         for secret in self._secrets:
             try:
-                self._verify_one(text, header, secret, style)
+                stripe.WebhookSignature.verify_header(text, header, secret, self._tolerance)
             except stripe.SignatureVerificationError:
                 continue
-            except (ValueError, KeyError) as exc:  # signature fine, payload unusable
-                raise WebhookRejected(f"malformed event: {type(exc).__name__}") from exc
             return
         raise WebhookRejected("no signature matches a configured secret")
 
-    def _verify_one(self, text: str, header: str, secret: str, style: PayloadStyle) -> None:
-        if style is PayloadStyle.THIN:
-            self._client.parse_event_notification(text, header, secret, self._tolerance)
-        else:
-            stripe.Webhook.construct_event(text, header, secret, self._tolerance)
 
-
-def _decode(body: bytes) -> tuple[str, dict[str, Any]]:
+def _text(body: bytes) -> str:
     try:
-        text = body.decode("utf-8")
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WebhookRejected("invalid JSON") from exc
+
+
+def _decode(text: str) -> dict[str, Any]:
+    try:
         payload = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:
         raise WebhookRejected("invalid JSON") from exc
     if not isinstance(payload, dict):
         raise WebhookRejected("invalid JSON: not an object")
-    return text, payload
+    return payload
 
 
-def _style(payload: dict[str, Any]) -> PayloadStyle:
+def _verified(payload: dict[str, Any], text: str) -> VerifiedEvent:
     kind = payload.get("object")
-    if kind == THIN_OBJECT:
-        return PayloadStyle.THIN
-    if kind == SNAPSHOT_OBJECT:
-        return PayloadStyle.SNAPSHOT
-    raise WebhookRejected("unknown object: expected 'event' or 'v2.core.event'")
-
-
-def _verified(payload: dict[str, Any], style: PayloadStyle, text: str) -> VerifiedEvent:
-    event_id, event_type = payload.get("id"), payload.get("type")
-    if not isinstance(event_id, str) or not event_id or len(event_id) > 255:
+    style = STYLES.get(kind) if isinstance(kind, str) else None
+    if style is None:
+        raise WebhookRejected("unknown object: expected 'event' or 'v2.core.event'")
+    missing = [key for key in REQUIRED_KEYS[style] if key not in payload]
+    if missing:
+        raise WebhookRejected(f"malformed event: missing {', '.join(missing)}")
+    event_id, event_type = payload["id"], payload["type"]
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_ID_LENGTH:
         raise WebhookRejected("malformed event: bad id")
-    if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
+    if not isinstance(event_type, str) or not 0 < len(event_type) <= MAX_ID_LENGTH:
         raise WebhookRejected("malformed event: bad type")
-    livemode = payload.get("livemode") is True
-    return VerifiedEvent(event_id, event_type, style, livemode, text)
+    return VerifiedEvent(event_id, event_type, style, payload.get("livemode") is True, text)
 
 
 def fetch_full_event(client: stripe.StripeClient, stored_body: str) -> dict[str, Any]:
