@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
@@ -41,10 +40,8 @@ from service.models import (
     QuarantinedRow,
 )
 from service.models._types import as_utc, utcnow
+from service.remediation_inputs import JobDeps, TaskInputMissing, next_generation, previous_codes
 from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
-
-if TYPE_CHECKING:  # only for the annotation; remediation_jobs imports this module lazily
-    from service.remediation_jobs import JobDeps
 
 # Objects whose rows a report may be about: first seen up to a day before the report's window
 # (Stripe imports and validates later) and up to an hour after it (in index mode meterfix may
@@ -108,8 +105,6 @@ def _job(
 def _fetch(
     ctx: RunContext, key: str, etag: str, folder: Path, event_id: str
 ) -> tuple[Path, InputPlan]:
-    from service.remediation_jobs import TaskInputMissing
-
     if ctx.bucket.head(key) is None:
         raise TaskInputMissing(f"object {key} named by report {event_id} is gone from the bucket")
     path = folder / f"{source_tag(key, etag)}-{Path(key).name}"
@@ -122,8 +117,6 @@ def _remediate(
     ctx: RunContext, job: _Report, key: str, etag: str, path: Path, plan: InputPlan
 ) -> int:
     """Remediate the rows of one object the report is about; how many were selected."""
-    from service.remediation_jobs import _next_generation, _previous_codes
-
     run_key = f"error_report:{job.event_id}:{key}"
     done = finished_run(ctx.engine, run_key)
     if done is not None:
@@ -137,9 +130,9 @@ def _remediate(
         tag=f"report-{job.event_id}",
         fmt=plan.fmt,
         now=job.now,
-        generation=_next_generation(ctx.bucket, key),
+        generation=next_generation(ctx.bucket, key),
         columns=plan.columns or None,
-        previous_codes=_previous_codes(ctx.engine, path, ctx.rules),
+        previous_codes=previous_codes(ctx.engine, path, ctx.rules),
     )
     rows = _records(path, plan, ctx, key, etag)
     selected = select_reported(rows, scope, job.index, job.now, job.customers)
@@ -176,8 +169,6 @@ def _conclude(engine: Engine, job: _Report, found: int) -> str:
 
 
 def _load(engine: Engine, event_id: str) -> tuple[ErrorReport, list[ErrorSample], dict[str, int]]:
-    from service.remediation_jobs import TaskInputMissing
-
     with Session(engine) as session:
         report = session.exec(select(ErrorReport).where(ErrorReport.event_id == event_id)).first()
         if report is None:

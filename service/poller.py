@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine
 
 from remediation.errors import UnreadableFile
-from remediation.formats import FileFormat, RecordWriter, detect_format, read_records
+from remediation.formats import detect_format, read_records
 from remediation.poller import (
     ImportChunk,
     PassLimits,
@@ -35,40 +34,33 @@ from remediation.poller import (
     import_chunks,
     index_chunks,
     plan_pass,
-    read_csv_with_header,
     source_tag,
 )
 from remediation.ports import Bucket, MeterEventSink, MeterSource, ObjectInfo
-from remediation.records import UsageRecord
 from remediation.validation import MeterIndex
 from service.config import PollerMode, Settings
-from service.db import is_postgres
 from service.logs import log_event
-from service.models import ImportSet, ObjectStatus
+from service.models import ObjectStatus
 from service.models._types import utcnow
+from service.poller_files import FailedRecords, failed_records_path
+from service.poller_handover import (
+    FailedRowsHook,
+    hand_over,
+    log_failed_rows,
+    queue_pending_remediation,
+    remediation_hook,
+)
+from service.poller_lock import POLLER_LOCK_KEY, poller_lock
 from service.poller_store import PollerStore
 
-IMPORT_SETS = ImportSet.__table__  # type: ignore[attr-defined]
-POLLER_LOCK_KEY = 0x6D66785F706F6C6C  # "mfx_poll": one fixed advisory-lock key
 CHUNKS_PER_GROUP = 10  # 10 stream requests sent concurrently, then their rows recorded
 
-FailedRowsHook = Callable[[ImportSet, Path], None]
 Progress = Callable[[int, int, str], None]
 
 
 @runtime_checkable
 class BatchSender(Protocol):
     def send_batches(self, batches: Iterable[Sequence[Mapping[str, Any]]]) -> int: ...
-
-
-def log_failed_rows(import_set: ImportSet, failed_records_path: Path) -> None:
-    """The default hook: say where the failed rows are (the lead wires remediation here)."""
-    log_event(
-        "poller.failed_rows",
-        import_set=import_set.import_set_id,
-        rows=import_set.errors_row_count,
-        path=str(failed_records_path),
-    )
 
 
 @dataclass
@@ -123,26 +115,9 @@ def build_poller_deps(runtime: Any, *, progress: Progress | None = None) -> Poll
         meters=None if index else StripeMeterSource(client),
         sink=None if index else StripeMeterEventSink(client, settings),
         work_dir=Path(settings.mfx_work_dir).absolute() / "poller",
-        on_failed_rows=lambda _import_set, _path: _queue(runtime.engine),
+        on_failed_rows=remediation_hook(runtime.engine),
         progress=progress,
     )
-
-
-def _queue(engine: Engine) -> None:
-    queue_pending_remediation(engine)
-
-
-def queue_pending_remediation(engine: Engine) -> int:
-    """Queue a remediation task for every poller import set still `pending` (idempotent:
-    an existing task is left alone), so rows a crash left behind are picked up too."""
-    from service.remediation_tasks import TaskKind, enqueue_task
-
-    with engine.begin() as connection:
-        query = select(IMPORT_SETS.c.import_set_id).where(
-            IMPORT_SETS.c.origin == "poller", IMPORT_SETS.c.remediation_status == "pending"
-        )
-        pending: list[str] = list(connection.execute(query).scalars())
-        return sum(enqueue_task(connection, TaskKind.POLLER_ROWS, ref) for ref in pending)
 
 
 def run_poll_pass(target: Any) -> PassReport:
@@ -157,24 +132,6 @@ def run_poll_pass(target: Any) -> PassReport:
         report = _run_pass(deps)
     log_event("poller.pass", **{k: v for k, v in vars(report).items() if k != "errors"})
     return report
-
-
-@contextmanager
-def poller_lock(engine: Engine) -> Iterator[bool]:
-    """PostgreSQL: a session advisory lock held for the pass. SQLite: always granted."""
-    if not is_postgres(engine):
-        yield True
-        return
-    with engine.connect() as conn:
-        params = {"key": POLLER_LOCK_KEY}
-        acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), params).scalar())
-        conn.commit()
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), params)
-                conn.commit()
 
 
 def _run_pass(deps: PollerDeps) -> PassReport:
@@ -263,10 +220,10 @@ def _import_object(
 ) -> None:
     impset_id = _impset_id(obj)
     fmt = detect_format(obj.key)
-    path = deps.work_dir / f"{impset_id}.failed.{'csv' if fmt is FileFormat.CSV else 'jsonl'}"
+    path = failed_records_path(deps.work_dir, impset_id, fmt)
     now = int(deps.clock().timestamp())
     rows = sent = failed = 0
-    with deps.bucket.open_read(obj.key) as stream, _FailedRecords(path, fmt) as failed_out:
+    with deps.bucket.open_read(obj.key) as stream, FailedRecords(path, fmt) as failed_out:
         records = failed_out.open_records(stream)
         chunks = import_chunks(records, meters, now=now, tag=source_tag(obj.key, obj.etag))
         while group := list(islice(chunks, CHUNKS_PER_GROUP)):
@@ -282,7 +239,7 @@ def _import_object(
         report.failed_rows + failed,
     )
     if failed:
-        _hand_over(deps, import_set, path)
+        hand_over(deps.on_failed_rows, import_set, path)
     else:
         path.unlink(missing_ok=True)
 
@@ -299,20 +256,6 @@ def _send(sink: MeterEventSink, batches: list[list[dict[str, object]]]) -> int:
     return sum(len(batch) for batch in batches)
 
 
-def _hand_over(deps: PollerDeps, import_set: ImportSet, path: Path) -> None:
-    """The object is already marked imported; a failing hook leaves the import set `pending`
-    (its row names the failed-records file) so remediation can pick it up later."""
-    try:
-        deps.on_failed_rows(import_set, path)
-    except Exception as exc:  # loop edge: the hook belongs to remediation
-        log_event(
-            "poller.hook_failed",
-            level=logging.ERROR,
-            import_set=import_set.import_set_id,
-            reason=f"{type(exc).__name__}: {exc}",
-        )
-
-
 def _impset_id(obj: ObjectInfo) -> str:
     digest = hashlib.sha256(f"{obj.key}\n{obj.etag}".encode()).hexdigest()[:24]
     return f"impset_local_{digest}"
@@ -323,48 +266,16 @@ def _dir(prefix: str) -> str:
     return f"{prefix}/" if prefix else ""
 
 
-class _FailedRecords:
-    """The failed-records file of one object, in the input's format (CSV keeps its header;
-    JSON input gives JSON Lines). Opened lazily: no failed rows, no file."""
-
-    def __init__(self, path: Path, fmt: FileFormat) -> None:
-        self.path, self.fmt = path, fmt
-        self.columns: list[str] | None = None
-        self._writer: RecordWriter | None = None
-        self._handle: Any = None
-
-    def __enter__(self) -> _FailedRecords:
-        self.path.unlink(missing_ok=True)  # a retried object starts a fresh file
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._handle.close()
-
-    def open_records(self, stream: Any) -> Iterable[UsageRecord]:
-        if self.fmt is not FileFormat.CSV:
-            return read_records(stream, self.fmt)
-        header, records = read_csv_with_header(stream)
-        self.columns = header
-        return records
-
-    def write(self, groups: Iterable[list[UsageRecord]]) -> int:
-        count = 0
-        for record in (rec for group in groups for rec in group):
-            self._ensure_writer().write(record)
-            count += 1
-        return count
-
-    def _ensure_writer(self) -> RecordWriter:
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("wb")
-            out_fmt = FileFormat.CSV if self.fmt is FileFormat.CSV else FileFormat.JSONL
-            self._writer = RecordWriter(
-                self._handle, out_fmt, columns=self.columns, with_errors=True
-            )
-        return self._writer
-
-
-__all__ = ["PassReport", "PollerDeps", "RowRef", "build_poller_deps", "run_poll_pass"]
+__all__ = [
+    "POLLER_LOCK_KEY",
+    "FailedRowsHook",
+    "PassReport",
+    "PollerDeps",
+    "Progress",
+    "RowRef",
+    "build_poller_deps",
+    "log_failed_rows",
+    "poller_lock",
+    "queue_pending_remediation",
+    "run_poll_pass",
+]

@@ -12,10 +12,8 @@ reports why. Any other failure (Stripe, S3, database) raises, so the worker retr
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -24,30 +22,25 @@ from sqlmodel import Session, col, select
 
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
-from remediation.identifiers import split_generation
-from remediation.ports import Bucket, StripeFiles
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
-from remediation.rules import Rules
 from service.alerts import raise_alert
 from service.db import session_scope
-from service.logs import log_event
-from service.models import BucketObject, CorrectionAudit, ImportedRow, ImportSet
+from service.error_report_jobs import remediate_error_report
+from service.models import ImportedRow, ImportSet
 from service.models._types import as_utc, utcnow
+from service.remediation_inputs import (
+    GENERATION_KEY,
+    JobDeps,
+    TaskInputMissing,
+    download,
+    event_time,
+    fetch_source,
+    next_generation,
+    previous_codes,
+)
 from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
 from service.remediation_tasks import TaskKind
-
-GENERATION_KEY = "mfx-generation"
-
-
-class TaskInputMissing(Exception):
-    """The task's input cannot be had (not retried: a person must look)."""
-
-
-@dataclass
-class JobDeps:
-    run: RunContext
-    files: StripeFiles
 
 
 def run_task(deps: JobDeps, kind: TaskKind, ref: str) -> str:
@@ -78,16 +71,16 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
     run_key = f"import_set:{import_set_id}:{file_id}"
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
-            path = _download(deps.files, file_id, Path(tmp))
+            path = download(deps.files, file_id, Path(tmp))
             request = RunRequest(
                 run_key=run_key,
                 trigger="import_set.succeeded",
                 source=file_id,
                 tag=import_set_id,
                 fmt=FileFormat.CSV,
-                now=_event_time(import_set),
-                generation=_next_generation(deps.run.bucket, import_set.source_object),
-                previous_codes=_previous_codes(deps.run.engine, path, deps.run.rules),
+                now=event_time(import_set),
+                generation=next_generation(deps.run.bucket, import_set.source_object),
+                previous_codes=previous_codes(deps.run.engine, path, deps.run.rules),
             )
             _run_file(deps.run, request, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
@@ -98,15 +91,15 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
     run_key = f"import_set_failed:{import_set_id}"
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
-            path, source = _fetch_source(deps, import_set, Path(tmp))
+            path, source = fetch_source(deps, import_set, Path(tmp))
             request = RunRequest(
                 run_key=run_key,
                 trigger="import_set.failed",
                 source=source,
                 tag=import_set_id,
                 fmt=FileFormat.CSV,
-                now=_event_time(import_set),
-                generation=_next_generation(deps.run.bucket, source),
+                now=event_time(import_set),
+                generation=next_generation(deps.run.bucket, source),
             )
             _run_file(deps.run, request, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
@@ -130,8 +123,8 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
             tag=import_set_id,
             fmt=FileFormat.CSV,
             now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
-            generation=_next_generation(deps.run.bucket, import_set.source_object),
-            previous_codes=_previous_codes(deps.run.engine, path, deps.run.rules),
+            generation=next_generation(deps.run.bucket, import_set.source_object),
+            previous_codes=previous_codes(deps.run.engine, path, deps.run.rules),
         )
         key = import_set.source_object or ""
         _run_file(deps.run, request, path, lambda rows: _source_rows(deps.run.engine, key, rows))
@@ -192,128 +185,21 @@ def _mark_import_set(engine: Engine, import_set_id: str, run_key: str) -> str:
     return f"remediated ({run_key})"
 
 
-def _event_time(import_set: ImportSet) -> int:
-    created = import_set.detail.get("event_created")
-    if isinstance(created, int):
-        return created
-    return int((as_utc(import_set.created_at) or utcnow()).timestamp())
-
-
-def _download(files: StripeFiles, file_id: str, folder: Path) -> Path:
-    """Stream the file to disk, named after Stripe's filename so its format is known."""
-    name = "failed-records.csv"
-    try:
-        filename = str(files.file_metadata(file_id).get("filename") or "")
-        if filename.lower().endswith((".csv", ".json", ".jsonl")):
-            name = Path(filename).name
-    except Exception as exc:  # metadata is a nicety: the contents are what matters
-        log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
-    path = folder / name
-    files.download_file(file_id, path)
-    return path
-
-
-def _fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Path, str]:
-    """The failed file: the bucket object the import set names, else the object of ours with
-    the same file name seen last before the event, else the copy Stripe kept (its `file`).
-    Only configured hosts are called."""
-    key = _locate_source(deps, import_set)
-    if key is not None:
-        path = folder / Path(key).name
-        deps.run.bucket.download(key, path)
-        return path, key
-    if import_set.source_file_id:
-        return _download(deps.files, import_set.source_file_id, folder), import_set.source_file_id
-    raise TaskInputMissing(
-        f"source of import set {import_set.import_set_id} not found "
-        f"(object {import_set.source_object!r}, file {import_set.source_file_id!r})"
-    )
-
-
-def _locate_source(deps: JobDeps, import_set: ImportSet) -> str | None:
-    bucket = deps.run.bucket
-    for key in _candidate_keys(bucket, import_set.source_object):
-        if bucket.head(key) is not None:
-            return key
-    if not import_set.source_file_id:
-        return None
-    try:
-        filename = str(deps.files.file_metadata(import_set.source_file_id).get("filename") or "")
-    except Exception as exc:  # no name, no match: Stripe's own copy is the fallback
-        log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
-        return None
-    return _object_by_name(deps.run.engine, Path(filename).name, _event_time(import_set))
-
-
-def _object_by_name(engine: Engine, name: str, before: int) -> str | None:
-    """The newest object of that file name the poller saw by `before` (5 min clock skew)."""
-    if not name:
-        return None
-    with Session(engine) as session:
-        rows = session.exec(
-            select(BucketObject.key, BucketObject.first_seen)
-            .where(col(BucketObject.key).endswith(name, autoescape=True))
-            .order_by(col(BucketObject.first_seen).desc())
-        ).all()
-    for key, first_seen in rows:
-        seen = as_utc(first_seen)
-        if key.rsplit("/", 1)[-1] == name and (seen is None or seen.timestamp() <= before + 300):
-            return key
-    return None
-
-
-def _candidate_keys(bucket: Bucket, key: str | None) -> Iterator[str]:
-    if not key:
-        return
-    yield key
-    if bucket.prefix and not key.startswith(bucket.prefix):
-        yield bucket.prefix + key
-
-
-def _next_generation(bucket: Bucket, key: str | None) -> int:
-    """One more than the source object's generation (1 for files we did not write)."""
-    for candidate in _candidate_keys(bucket, key):
-        info = bucket.head(candidate)
-        if info is not None:
-            value = info.metadata.get(GENERATION_KEY, "0")
-            return int(value) + 1 if value.isdigit() else 1
-    return 1
-
-
-def _previous_codes(engine: Engine, path: Path, rules: Rules) -> dict[str, str]:
-    """Derived identifier -> the code it was corrected for, for rows that come back again."""
-    derived = set(_derived_identifiers(path, rules))
-    if not derived:
-        return {}
-    with Session(engine) as session:
-        rows = session.exec(
-            select(CorrectionAudit.new_identifier, CorrectionAudit.code).where(
-                col(CorrectionAudit.new_identifier).in_(derived)
-            )
-        ).all()
-    return {identifier: code for identifier, code in rows if identifier}
-
-
-def _derived_identifiers(path: Path, rules: Rules) -> Iterator[str]:
-    try:
-        plan = plan_input(path, rules)
-        with path.open("rb") as stream:
-            for record in read_repaired(stream, plan, rules):
-                if record.identifier and split_generation(record.identifier)[1] > 0:
-                    yield record.identifier
-    except UnreadableFile:
-        return
-
-
-def _error_report(deps: JobDeps, event_id: str) -> str:
-    from service.error_report_jobs import remediate_error_report
-
-    return remediate_error_report(deps, event_id)
-
-
 JOBS: dict[TaskKind, Callable[[JobDeps, str], str]] = {
     TaskKind.IMPORT_SET_ERRORS: import_set_errors,
     TaskKind.IMPORT_SET_FAILED: import_set_failed,
     TaskKind.POLLER_ROWS: poller_rows,
-    TaskKind.ERROR_REPORT: _error_report,
+    TaskKind.ERROR_REPORT: remediate_error_report,
 }
+
+
+__all__ = [
+    "GENERATION_KEY",
+    "JOBS",
+    "JobDeps",
+    "TaskInputMissing",
+    "import_set_errors",
+    "import_set_failed",
+    "poller_rows",
+    "run_task",
+]

@@ -1,0 +1,61 @@
+"""The poller's failed-records file of one object: the rows that failed validation, in the
+input's format, with `error_code` and `error_message` columns, handed to remediation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from remediation.formats import FileFormat, RecordWriter, read_records
+from remediation.poller import read_csv_with_header
+from remediation.records import UsageRecord
+
+
+def failed_records_path(work_dir: Path, import_set_id: str, fmt: FileFormat) -> Path:
+    """CSV input keeps CSV; JSON input gives JSON Lines."""
+    return work_dir / f"{import_set_id}.failed.{'csv' if fmt is FileFormat.CSV else 'jsonl'}"
+
+
+class FailedRecords:
+    """The failed-records file of one object, in the input's format (CSV keeps its header;
+    JSON input gives JSON Lines). Opened lazily: no failed rows, no file."""
+
+    def __init__(self, path: Path, fmt: FileFormat) -> None:
+        self.path, self.fmt = path, fmt
+        self.columns: list[str] | None = None
+        self._writer: RecordWriter | None = None
+        self._handle: Any = None
+
+    def __enter__(self) -> FailedRecords:
+        self.path.unlink(missing_ok=True)  # a retried object starts a fresh file
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._handle.close()
+
+    def open_records(self, stream: Any) -> Iterable[UsageRecord]:
+        if self.fmt is not FileFormat.CSV:
+            return read_records(stream, self.fmt)
+        header, records = read_csv_with_header(stream)
+        self.columns = header
+        return records
+
+    def write(self, groups: Iterable[list[UsageRecord]]) -> int:
+        count = 0
+        for record in (rec for group in groups for rec in group):
+            self._ensure_writer().write(record)
+            count += 1
+        return count
+
+    def _ensure_writer(self) -> RecordWriter:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("wb")
+            out_fmt = FileFormat.CSV if self.fmt is FileFormat.CSV else FileFormat.JSONL
+            self._writer = RecordWriter(
+                self._handle, out_fmt, columns=self.columns, with_errors=True
+            )
+        return self._writer

@@ -1,0 +1,153 @@
+"""Where a remediation task's input comes from: Stripe's files (streamed to disk), the source
+object in the bucket (by key, else by file name), the generation its corrected rows get, and
+the codes rows that come back again were corrected for.
+
+A task whose input cannot be had raises `TaskInputMissing` (not retried: a person must look).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from remediation.errors import UnreadableFile
+from remediation.identifiers import split_generation
+from remediation.ports import Bucket, StripeFiles
+from remediation.repair import plan_input, read_repaired
+from remediation.rules import Rules
+from service.logs import log_event
+from service.models import BucketObject, CorrectionAudit, ImportSet
+from service.models._types import as_utc, utcnow
+from service.remediation_runs import RunContext
+
+GENERATION_KEY = "mfx-generation"
+
+
+class TaskInputMissing(Exception):
+    """The task's input cannot be had (not retried: a person must look)."""
+
+
+@dataclass
+class JobDeps:
+    """What every remediation job needs: the run context and Stripe's Files API."""
+
+    run: RunContext
+    files: StripeFiles
+
+
+def event_time(import_set: ImportSet) -> int:
+    created = import_set.detail.get("event_created")
+    if isinstance(created, int):
+        return created
+    return int((as_utc(import_set.created_at) or utcnow()).timestamp())
+
+
+def download(files: StripeFiles, file_id: str, folder: Path) -> Path:
+    """Stream the file to disk, named after Stripe's filename so its format is known."""
+    name = "failed-records.csv"
+    try:
+        filename = str(files.file_metadata(file_id).get("filename") or "")
+        if filename.lower().endswith((".csv", ".json", ".jsonl")):
+            name = Path(filename).name
+    except Exception as exc:  # metadata is a nicety: the contents are what matters
+        log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
+    path = folder / name
+    files.download_file(file_id, path)
+    return path
+
+
+def fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Path, str]:
+    """The failed file: the bucket object the import set names, else the object of ours with
+    the same file name seen last before the event, else the copy Stripe kept (its `file`).
+    Only configured hosts are called."""
+    key = locate_source(deps, import_set)
+    if key is not None:
+        path = folder / Path(key).name
+        deps.run.bucket.download(key, path)
+        return path, key
+    if import_set.source_file_id:
+        return download(deps.files, import_set.source_file_id, folder), import_set.source_file_id
+    raise TaskInputMissing(
+        f"source of import set {import_set.import_set_id} not found "
+        f"(object {import_set.source_object!r}, file {import_set.source_file_id!r})"
+    )
+
+
+def locate_source(deps: JobDeps, import_set: ImportSet) -> str | None:
+    bucket = deps.run.bucket
+    for key in candidate_keys(bucket, import_set.source_object):
+        if bucket.head(key) is not None:
+            return key
+    if not import_set.source_file_id:
+        return None
+    try:
+        filename = str(deps.files.file_metadata(import_set.source_file_id).get("filename") or "")
+    except Exception as exc:  # no name, no match: Stripe's own copy is the fallback
+        log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
+        return None
+    return object_by_name(deps.run.engine, Path(filename).name, event_time(import_set))
+
+
+def object_by_name(engine: Engine, name: str, before: int) -> str | None:
+    """The newest object of that file name the poller saw by `before` (5 min clock skew)."""
+    if not name:
+        return None
+    with Session(engine) as session:
+        rows = session.exec(
+            select(BucketObject.key, BucketObject.first_seen)
+            .where(col(BucketObject.key).endswith(name, autoescape=True))
+            .order_by(col(BucketObject.first_seen).desc())
+        ).all()
+    for key, first_seen in rows:
+        seen = as_utc(first_seen)
+        if key.rsplit("/", 1)[-1] == name and (seen is None or seen.timestamp() <= before + 300):
+            return key
+    return None
+
+
+def candidate_keys(bucket: Bucket, key: str | None) -> Iterator[str]:
+    if not key:
+        return
+    yield key
+    if bucket.prefix and not key.startswith(bucket.prefix):
+        yield bucket.prefix + key
+
+
+def next_generation(bucket: Bucket, key: str | None) -> int:
+    """One more than the source object's generation (1 for files we did not write)."""
+    for candidate in candidate_keys(bucket, key):
+        info = bucket.head(candidate)
+        if info is not None:
+            value = info.metadata.get(GENERATION_KEY, "0")
+            return int(value) + 1 if value.isdigit() else 1
+    return 1
+
+
+def previous_codes(engine: Engine, path: Path, rules: Rules) -> dict[str, str]:
+    """Derived identifier -> the code it was corrected for, for rows that come back again."""
+    derived = set(derived_identifiers(path, rules))
+    if not derived:
+        return {}
+    with Session(engine) as session:
+        rows = session.exec(
+            select(CorrectionAudit.new_identifier, CorrectionAudit.code).where(
+                col(CorrectionAudit.new_identifier).in_(derived)
+            )
+        ).all()
+    return {identifier: code for identifier, code in rows if identifier}
+
+
+def derived_identifiers(path: Path, rules: Rules) -> Iterator[str]:
+    try:
+        plan = plan_input(path, rules)
+        with path.open("rb") as stream:
+            for record in read_repaired(stream, plan, rules):
+                if record.identifier and split_generation(record.identifier)[1] > 0:
+                    yield record.identifier
+    except UnreadableFile:
+        return
