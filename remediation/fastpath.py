@@ -157,6 +157,7 @@ class _Runner:
         self.code_at, self.message_at = simple
 
     def batch(self, rows: list[list[str]]) -> None:
+        # The hot loop, kept in one piece (locals, one handler call per row): it runs per row.
         if not self.enabled or self.rows is None:
             return self.one_by_one(rows)
         width, id_at = len(self.layout.header), self.id_at
