@@ -2,12 +2,13 @@
 
 Both run under gunicorn (sync, 2 workers) on loopback and get the same load for the same time:
 pre-signed, distinct thin events (generated before the run). The two are measured alternately
-over a few rounds (this box's 2 cores are shared, so load from elsewhere hits both alike) and
-the medians are printed: req/s, p50 and p99 for each, the ratio ours/bare, and a check that
-every answered event is stored in the inbox (SQLite, WAL). Load comes from `wrk` with a Lua
-script when installed, else a Python keep-alive generator.
+over several rounds, the order flipping every round (this box's 2 cores are shared, so load
+from elsewhere hits both alike); every round is printed (req/s, p50, p99, ratio ours/bare) and
+then the medians, with the load average as a noise indicator, and a check that every answered
+event is stored in the inbox (SQLite, WAL). Load comes from `wrk` with a Lua script when
+installed (optionally pinned with `taskset`, `--pin-load`), else a Python keep-alive generator.
 
-    .venv/bin/python bench/intake.py [--seconds 10] [--rounds 3] [--connections 16]
+    .venv/bin/python bench/intake.py [--seconds 8] [--rounds 5] [--connections 16] [--pin-load 1]
 """
 
 from __future__ import annotations
@@ -114,10 +115,13 @@ def warm_up(port: int, warm_events: list[tuple[str, str]], server: subprocess.Po
             time.sleep(0.1)
 
 
-def run_wrk(port: int, script: Path, seconds: int, connections: int, name: str) -> Result:
+def run_wrk(
+    port: int, script: Path, seconds: int, connections: int, name: str, pin: str | None = None
+) -> Result:
+    prefix = ["taskset", "-c", pin] if pin else []
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-         f"http://127.0.0.1:{port}"],
+        [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+         str(script), f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -176,9 +180,10 @@ def run_python_load(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10, help="per app and round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternate bare/ours, take medians")
+    parser.add_argument("--seconds", type=int, default=8, help="per app and round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternate bare/ours, take medians")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--pin-load", metavar="CPUS", help="run wrk under `taskset -c CPUS`")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mfx-bench-") as tmp:
         return run(Path(tmp), args)
@@ -205,16 +210,18 @@ def run(work: Path, args: argparse.Namespace) -> int:
     )
     servers = {name: start_ready(name, app, env, work) for name, app in APPS}
     results: dict[str, list[Result]] = {name: [] for name, _ in APPS}
+    load_before = os.getloadavg()[0]
     try:
-        for events, script in rounds:  # alternate, so load from elsewhere hits both alike
-            for name, (port, _) in servers.items():
-                results[name].append(load(port, events, script, name, args))
+        for n, (events, script) in enumerate(rounds):  # alternate, flipping the order
+            for name in sorted(servers, reverse=n % 2 == 1):
+                results[name].append(load(servers[name][0], events, script, name, args))
     finally:
         for _, server in servers.values():
             server.terminate()
             server.wait(20)
     query = "SELECT COUNT(*) FROM inbox_events WHERE event_id LIKE 'evt_b%'"
     stored = sqlite3.connect(db).execute(query).fetchone()[0]
+    print(f"load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after (2 cores)")
     return report(results, stored, args)
 
 
@@ -239,16 +246,27 @@ def load(
     port: int, events: list[tuple[str, str]], script: Path, name: str, args: argparse.Namespace
 ) -> Result:
     if shutil.which("wrk"):
-        return run_wrk(port, script, args.seconds, args.connections, name)
+        return run_wrk(port, script, args.seconds, args.connections, name, args.pin_load)
     return run_python_load(port, events, args.seconds, args.connections, name)
+
+
+def print_rounds(results: dict[str, list[Result]]) -> None:
+    for n, (b, o) in enumerate(zip(results["bare"], results["meterfix"], strict=True), 1):
+        print(
+            f"  round {n}: bare {b.rps:6.0f} req/s p50 {b.p50_ms:5.1f} p99 {b.p99_ms:5.1f} ms"
+            f" | meterfix {o.rps:6.0f} req/s p50 {o.p50_ms:5.1f} p99 {o.p99_ms:5.1f} ms"
+            f" | ratio {o.rps / b.rps:.2f}"
+        )
 
 
 def report(results: dict[str, list[Result]], stored: int, args: argparse.Namespace) -> int:
     tool = "wrk" if shutil.which("wrk") else "python"
+    pinned = f", pinned to CPU {args.pin_load}" if args.pin_load else ""
     print(
-        f"load: {tool}, {args.connections} connections, {args.rounds} rounds x {args.seconds} s "
-        "per app (alternating), gunicorn sync -w 2, SQLite WAL"
+        f"load: {tool}{pinned}, {args.connections} connections, {args.rounds} rounds x "
+        f"{args.seconds} s per app (alternating), gunicorn sync -w 2, SQLite WAL"
     )
+    print_rounds(results)
     for name, runs in results.items():
         rps = statistics.median(r.rps for r in runs)
         p50 = statistics.median(r.p50_ms for r in runs)
