@@ -143,6 +143,28 @@ def test_unknown_object(url: str, db_url: str) -> None:
     assert "unknown object" in _rejected(response, db_url)
 
 
+@pytest.mark.parametrize(
+    ("name", "drop", "expected"),
+    [
+        ("thin_no_meter_found", "created", "missing created"),  # EventNotification needs it
+        ("thin_no_meter_found", "id", "missing id"),
+        ("snapshot_import_set_failed", "data", "missing data"),
+        ("snapshot_import_set_failed", "type", "missing type"),
+    ],
+)
+def test_signed_event_missing_required_keys(
+    url: str, db_url: str, name: str, drop: str, expected: str
+) -> None:
+    event = load_event(name)
+    del event[drop]
+    assert expected in _rejected(post_signed(url, event), db_url)
+
+
+def test_unhashable_object_field(url: str, db_url: str) -> None:
+    response = post_signed(url, load_event("thin_no_meter_found", object=["v2.core.event"]))
+    assert "unknown object" in _rejected(response, db_url)
+
+
 def test_tampered_body(url: str, db_url: str) -> None:
     body = json.dumps(load_event("thin_no_meter_found"))
     header = sign(body)
@@ -160,7 +182,8 @@ def test_oversized_chunked_body_is_413(serve: Serve, db_url: str) -> None:
     url = serve(mfx_max_body_bytes=2048)
     body = json.dumps(load_event("snapshot_import_set_failed", padding="x" * 4000)).encode()
     chunks = iter([body[:1000], body[1000:]])  # no Content-Length: chunked transfer
-    assert _rejected(post_raw(url, chunks, sign(body.decode())), db_url, 413)
+    response = post_raw(url, chunks, sign(body.decode()))  # type: ignore[arg-type]  # requests streams it
+    assert _rejected(response, db_url, 413)
 
 
 def test_no_secret_configured_fails_closed(serve: Serve, db_url: str) -> None:
