@@ -129,9 +129,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('event_id')
     )
     with op.batch_alter_table('inbox_events', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_inbox_events_event_type'), ['event_type'], unique=False)
-        batch_op.create_index(batch_op.f('ix_inbox_events_next_attempt_at'), ['next_attempt_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_inbox_events_status'), ['status'], unique=False)
+        batch_op.create_index('ix_inbox_events_status_due', ['status', 'next_attempt_at'], unique=False)
 
     op.create_table('remediation_runs',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -262,9 +260,7 @@ def downgrade() -> None:
     op.drop_table('correction_audit')
     op.drop_table('remediation_runs')
     with op.batch_alter_table('inbox_events', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_inbox_events_status'))
-        batch_op.drop_index(batch_op.f('ix_inbox_events_next_attempt_at'))
-        batch_op.drop_index(batch_op.f('ix_inbox_events_event_type'))
+        batch_op.drop_index('ix_inbox_events_status_due')
 
     op.drop_table('inbox_events')
     with op.batch_alter_table('imported_rows', schema=None) as batch_op:
