@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import tempfile
 import threading
 import time
@@ -60,6 +61,7 @@ def bench_end_to_end(rows: int, now: int, workdir: Path) -> tuple[int, float, in
     from service.poller import build_poller_deps, run_poll_pass
     from service.runtime import Runtime
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per stream request
     server = make_server("127.0.0.1", 0, create_sandbox_app(), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}"
