@@ -10,11 +10,7 @@ the lease (a crashed worker) become claimable again.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -24,6 +20,7 @@ from sqlalchemy import Connection, Engine, Table, and_, insert, or_, select, upd
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.adapters.stripe_events import VerifiedEvent
+from service.db import sqlite_writer
 from service.models._types import utcnow
 from service.models.alerts import Alert
 from service.models.inbox import InboxEvent, InboxStatus
@@ -51,7 +48,6 @@ _RAW_INSERT = {
     ),
 }
 _SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DATETIME in SQLite
-_WRITER_LOCKS: dict[tuple[int, str], int] = {}  # (process, SQLite file) -> open lock file
 
 FIRST_RETRY_SECONDS = 15.0  # jittered to 7.5-15 s: the first retry comes within 30 s
 MAX_BACKOFF_SECONDS = 900.0  # 15 minutes
@@ -111,60 +107,26 @@ def _inbox_row(engine: Engine, event: VerifiedEvent, known_type: bool) -> tuple[
 def _insert(engine: Engine, row: tuple[Any, ...]) -> None:
     """One INSERT and COMMIT. The web hot path skips SQLAlchemy's statement machinery
     (about half the request's cost) and runs a fixed statement, which the DBAPI driver
-    prepares once and caches, on a pooled DBAPI connection."""
+    prepares once and caches: on SQLite files on the process's own writer connection
+    (`service.db.SQLiteWriter`), elsewhere on a pooled DBAPI connection."""
     raw_insert = _RAW_INSERT.get(engine.dialect.name)
     if raw_insert is None:
         with engine.begin() as connection:
             connection.execute(_INSERT, dict(zip(_INSERT_COLUMNS, row, strict=True)))
         return
+    writer = sqlite_writer(engine)
+    if writer is not None:
+        writer.commit_one(raw_insert, row)
+        return
     raw = engine.raw_connection()
     try:
-        with _sqlite_writer_lock(engine):
-            raw.cursor().execute(raw_insert, row)
-            raw.commit()
+        raw.cursor().execute(raw_insert, row)
+        raw.commit()
     except BaseException:
         raw.rollback()
         raise
     finally:
         raw.close()
-
-
-@contextmanager
-def _sqlite_writer_lock(engine: Engine) -> Iterator[None]:
-    """Web workers writing one SQLite file take turns on a lock file around INSERT + COMMIT.
-
-    SQLite stays the guard of correctness; this only makes waiting cheap and keeps the WAL
-    small. A blocked flock wakes as soon as the holder is done, where SQLite's busy handler
-    sleeps 1 ms or more; and no worker holds a read snapshot while another commits, so the
-    automatic checkpoint can restart the WAL. Without it, under steady load from two workers
-    the WAL grew past 50 MB in seconds and every commit ran a checkpoint (fdatasync included).
-    """
-    fd = _writer_lock_fd(engine)
-    if fd is None:
-        yield
-        return
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _writer_lock_fd(engine: Engine) -> int | None:
-    """The lock file beside a SQLite database file, opened once per process (a forked child
-    opens its own); None for other databases or when it cannot be opened."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database.startswith((":", "file:")):
-        return None
-    key = (os.getpid(), database)
-    fd = _WRITER_LOCKS.get(key)
-    if fd is None:
-        try:
-            fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:  # e.g. a missing directory: SQLite itself reports the real problem
-            return None
-        _WRITER_LOCKS[key] = fd
-    return fd
 
 
 def _claimable(now: datetime, lease: timedelta) -> Any:

@@ -53,9 +53,10 @@ def _build_intake(state: BlueprintSetupState) -> None:
 @bp.post("/webhooks")
 def receive_webhook() -> Response:
     intake: Intake = current_app.extensions[INTAKE_KEY]
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]  # proxy once
     try:
-        body = read_body(request, intake.max_body_bytes)
-        event = intake.verifier.verify(body, request.headers.get("Stripe-Signature"))
+        body = read_body(req, intake.max_body_bytes)
+        event = intake.verifier.verify(body, req.headers.get("Stripe-Signature"))
     except WebhookRejected as exc:
         log_event("webhook.rejected", level=logging.WARNING, reason=exc.reason, status=exc.status)
         return json_response({"error": exc.reason}, exc.status)
@@ -104,6 +105,9 @@ def _store(rt: Runtime, event: VerifiedEvent) -> Response:
     return json_response({"status": result.value, "id": event.event_id}, 200)
 
 
+_ENCODE_JSON = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one per call
+
+
 def json_response(payload: dict[str, Any], status: int) -> Response:
     """A small JSON answer, encoded directly (`jsonify` costs a provider lookup and more)."""
-    return Response(json.dumps(payload, separators=(",", ":")), status, mimetype=JSON_MIMETYPE)
+    return Response(_ENCODE_JSON(payload), status, content_type=JSON_MIMETYPE)

@@ -26,7 +26,7 @@ from handlers import handler_for
 from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_events import fetch_full_event
 from service.config import Settings
-from service.db import session_scope
+from service.db import checkpoint_wal, session_scope
 from service.handler_context import DatabaseHandlerContext
 from service.inbox import (
     INBOX,
@@ -196,6 +196,7 @@ def run_loop(worker: InboxWorker, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             worker.drain(stop)
+            checkpoint_wal(worker.engine)  # keeps WAL checkpoints off the webhook requests
         except SQLAlchemyError as exc:  # database blip: keep the loop alive, retry next tick
             log_event("worker.database_error", level=logging.ERROR, error=type(exc).__name__)
         stop.wait(worker.settings.mfx_worker_interval)
