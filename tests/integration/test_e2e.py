@@ -13,6 +13,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from sqlmodel import Session, col, select
 
 from sandbox.app import create_sandbox_app
 from sandbox.client import SandboxAdmin
+from sandbox.connector import set_data_errors
 from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
 from service.config import Settings
 from service.db import make_engine
@@ -123,13 +125,17 @@ class Loop:
         return Session(self.engine)
 
 
-@pytest.fixture
-def loop(
+@contextmanager
+def running_loop(
     db_url: str,
     s3_endpoint: str,
     tmp_path: Path,
     make_app: Callable[[Settings], Flask],
+    *,
+    poller: str = "on",
+    data_errors: str = "file",
 ) -> Iterator[Loop]:
+    """moto bucket + sandbox (Stripe and its S3 connector) + the service, wired together."""
     s3 = boto3.client(
         "s3",
         endpoint_url=s3_endpoint,
@@ -137,6 +143,7 @@ def loop(
     )
     s3.create_bucket(Bucket=BUCKET)
     sandbox_app = create_sandbox_app(bucket_url=f"s3://{BUCKET}/usage", s3_endpoint_url=s3_endpoint)
+    set_data_errors(sandbox_app.extensions["sandbox"].state, data_errors)
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
     with serve_wsgi(sandbox_app) as sandbox:
@@ -152,7 +159,7 @@ def loop(
             stripe_meter_events_base=sandbox.url,
             mfx_rules=str(rules),
             mfx_work_dir=str(tmp_path / "work"),
-            mfx_poller="on",
+            mfx_poller=poller,
         )
         admin = SandboxAdmin(sandbox.url)
         admin.create_meter("api_requests")
@@ -165,6 +172,17 @@ def loop(
                 yield Loop(settings, admin, sandbox_app, service.url, s3, engine)
             finally:
                 engine.dispose()
+
+
+@pytest.fixture
+def loop(
+    db_url: str,
+    s3_endpoint: str,
+    tmp_path: Path,
+    make_app: Callable[[Settings], Flask],
+) -> Iterator[Loop]:
+    with running_loop(db_url, s3_endpoint, tmp_path, make_app) as running:
+        yield running
 
 
 def _put(loop: Loop, name: str, body: bytes) -> str:

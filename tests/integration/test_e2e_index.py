@@ -14,24 +14,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from flask import Flask
 from sqlmodel import select
 
-from sandbox.app import create_sandbox_app
-from sandbox.client import SandboxAdmin
-from sandbox.connector import set_data_errors
-from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
 from sandbox.reports import SAMPLES_PER_CODE
 from service.config import PollerMode, Settings
-from service.db import make_engine
 from service.models import ErrorReport, QuarantinedRow, RemediationRun
 from service.poller import PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
-from tests.integration.test_e2e import BUCKET, RULES, Loop, render
-from tests.servers import serve_wsgi
+from tests.integration.test_e2e import BUCKET, Loop, render, running_loop
 
 DAY = 86_400
 MAPPED = [f"acme{i}" for i in range(1, 6)]  # customer "acme-42": mapped by the rules
@@ -72,42 +64,10 @@ def loop(
     tmp_path: Path,
     make_app: Callable[[Settings], Flask],
 ) -> Iterator[Loop]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
-    s3.create_bucket(Bucket=BUCKET)
-    sandbox_app = create_sandbox_app(bucket_url=f"s3://{BUCKET}/usage", s3_endpoint_url=s3_endpoint)
-    set_data_errors(sandbox_app.extensions["sandbox"].state, "report")
-    rules = tmp_path / "rules.toml"
-    rules.write_text(RULES)
-    with serve_wsgi(sandbox_app) as sandbox:
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            database_url=db_url,
-            bucket_url=f"s3://{BUCKET}/usage",
-            s3_endpoint_url=s3_endpoint,
-            stripe_api_key=SANDBOX_API_KEY,
-            stripe_webhook_secrets=[SANDBOX_WEBHOOK_SECRET],
-            stripe_api_base=sandbox.url,
-            stripe_files_base=sandbox.url,
-            stripe_meter_events_base=sandbox.url,
-            mfx_rules=str(rules),
-            mfx_work_dir=str(tmp_path / "work"),
-            mfx_poller=PollerMode.INDEX,
-        )
-        admin = SandboxAdmin(sandbox.url)
-        admin.create_meter("api_requests")
-        for customer in ("cus_alice", "cus_bob", "cus_acme"):
-            admin.create_customer(customer)
-        with serve_wsgi(make_app(settings)) as service:
-            sandbox_app.extensions["sandbox"].webhook_url = f"{service.url}/webhooks"
-            engine = make_engine(db_url)
-            try:
-                yield Loop(settings, admin, sandbox_app, service.url, s3, engine)
-            finally:
-                engine.dispose()
+    with running_loop(
+        db_url, s3_endpoint, tmp_path, make_app, poller=PollerMode.INDEX, data_errors="report"
+    ) as running:
+        yield running
 
 
 @pytest.fixture
