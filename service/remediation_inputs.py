@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -26,6 +27,7 @@ from service.models._types import as_utc, utcnow
 from service.remediation_runs import RunContext
 
 GENERATION_KEY = "mfx-generation"
+LOOKUP_BATCH = 500  # identifiers per IN (...) query, well under every database's limit
 
 
 class TaskInputMissing(Exception):
@@ -130,16 +132,17 @@ def next_generation(bucket: Bucket, key: str | None) -> int:
 
 def previous_codes(engine: Engine, path: Path, rules: Rules) -> dict[str, str]:
     """Derived identifier -> the code it was corrected for, for rows that come back again."""
-    derived = set(derived_identifiers(path, rules))
-    if not derived:
-        return {}
-    with Session(engine) as session:
-        rows = session.exec(
-            select(CorrectionAudit.new_identifier, CorrectionAudit.code).where(
-                col(CorrectionAudit.new_identifier).in_(derived)
-            )
-        ).all()
-    return {identifier: code for identifier, code in rows if identifier}
+    found: dict[str, str] = {}
+    identifiers = derived_identifiers(path, rules)
+    with Session(engine) as session:  # in batches: a corrected file may hold 1,000,000 rows
+        while batch := list(islice(identifiers, LOOKUP_BATCH)):
+            rows = session.exec(
+                select(CorrectionAudit.new_identifier, CorrectionAudit.code).where(
+                    col(CorrectionAudit.new_identifier).in_(batch)
+                )
+            ).all()
+            found.update((identifier, code) for identifier, code in rows if identifier)
+    return found
 
 
 def derived_identifiers(path: Path, rules: Rules) -> Iterator[str]:

@@ -226,3 +226,38 @@ def test_a_report_counting_more_rows_than_we_can_find_is_partial(service: Servic
     assert [(a.identifier, a.new_identifier, a.after) for a in audit] == [
         ("p1", "p1-r1", "cus_acme")
     ]
+
+
+def test_previous_codes_are_looked_up_in_batches(sqlite_url: str, tmp_path: Path) -> None:
+    from remediation.rules import load_rules
+    from service.remediation_inputs import LOOKUP_BATCH, previous_codes
+
+    count = LOOKUP_BATCH * 2 + 7  # more than one IN (...) batch
+    path = tmp_path / "corrected.csv"
+    lines = [f"x{n}-r1,1764000000,api_requests,cus_1,1" for n in range(count)]
+    path.write_text(
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    engine = make_engine(sqlite_url)
+    with Session(engine) as session:
+        session.add(RemediationRun(run_key="k", trigger="cli", source="s"))
+        session.commit()
+        for n in (0, LOOKUP_BATCH + 1, count - 1):  # one per batch
+            session.add(
+                CorrectionAudit(
+                    run_id=1,
+                    source="s",
+                    row_number=n,
+                    identifier=f"x{n}",
+                    new_identifier=f"x{n}-r1",
+                    code=f"code{n}",
+                    rule="r",
+                    field="f",
+                )
+            )
+        session.commit()
+    found = previous_codes(engine, path, load_rules(None))
+    engine.dispose()
+    assert found == {f"x{n}-r1": f"code{n}" for n in (0, LOOKUP_BATCH + 1, count - 1)}
