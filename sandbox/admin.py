@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from sandbox.api_v1 import file_with_url, store_file
 from sandbox.clock import now
-from sandbox.errors import StripeApiError, missing_param, not_found
+from sandbox.errors import StripeApiError, missing_param
 from sandbox.objects import JSON, build_customer, build_meter
 from sandbox.runtime import current_sandbox
 from sandbox.state import Fault
@@ -69,10 +69,8 @@ def list_meters() -> Response:
 @bp.post("/meters/<meter_id>/deactivate")
 def deactivate_meter(meter_id: str) -> Response:
     state = current_sandbox().state
+    meter = state.require("meters", meter_id, "billing.meter")
     with state.lock:
-        meter = state.meters.get(meter_id)
-        if meter is None:
-            raise not_found("billing.meter", meter_id)
         moment = int(now())
         meter.update(status="inactive", updated=moment)
         meter["status_transitions"] = {"deactivated_at": moment}

@@ -54,12 +54,7 @@ def _page(items: list[JSON]) -> tuple[list[JSON], bool]:
 
 @bp.get("/v1/billing/meters/<meter_id>")
 def retrieve_meter(meter_id: str) -> Response:
-    state = current_sandbox().state
-    with state.lock:
-        meter = state.meters.get(meter_id)
-    if meter is None:
-        raise not_found("billing.meter", meter_id)
-    return jsonify(meter)
+    return jsonify(current_sandbox().state.require("meters", meter_id, "billing.meter"))
 
 
 @bp.get("/v1/customers/search")
@@ -85,12 +80,7 @@ def _matches(customer: JSON, clause: re.Match[str]) -> bool:
 
 @bp.get("/v1/customers/<customer_id>")
 def retrieve_customer(customer_id: str) -> Response:
-    state = current_sandbox().state
-    with state.lock:
-        customer = state.customers.get(customer_id)
-    if customer is None:
-        raise not_found("customer", customer_id)
-    return jsonify(customer)
+    return jsonify(current_sandbox().state.require("customers", customer_id, "customer"))
 
 
 @bp.get("/v1/files/<file_id>")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.clock import now
+from sandbox.errors import not_found
 from sandbox.objects import JSON, build_file
 
 
@@ -121,6 +122,15 @@ class SandboxState:
         with self.lock:
             expires_at = self.sessions.get(token)
         return expires_at is not None and expires_at > now()
+
+    def require(self, store: str, object_id: str, kind: str) -> JSON:
+        """One object of `meters`/`customers` (the live dict: mutate it under the lock), or a
+        Stripe-shaped 404 for `kind`."""
+        with self.lock:
+            found: JSON | None = getattr(self, store).get(object_id)
+        if found is None:
+            raise not_found(kind, object_id)
+        return found
 
     def snapshot(self, name: str) -> list[Any]:
         """A copy of one of the logs or stores (a dict gives its values), taken under the lock."""
