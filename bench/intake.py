@@ -9,6 +9,10 @@ event is stored in the inbox (SQLite, WAL). Load comes from `wrk` with a Lua scr
 installed (optionally pinned with `taskset`, `--pin-load`), else a Python keep-alive generator.
 
     .venv/bin/python bench/intake.py [--seconds 8] [--rounds 5] [--connections 16] [--pin-load 1]
+                                     [--sqlite-synchronous normal|full]
+
+Besides req/s, each round prints the server's CPU time per answered request (gunicorn master
+and workers, from /proc): on shared cores it moves less than req/s does.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float = 0.0  # server CPU (user + system, master and workers) per answered request
 
 
 def free_port() -> int:
@@ -184,6 +189,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternate bare/ours, take medians")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--pin-load", metavar="CPUS", help="run wrk under `taskset -c CPUS`")
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=("normal", "full"),
+        default="normal",
+        help="MFX_SQLITE_SYNCHRONOUS for our service (full: fsync on every commit)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mfx-bench-") as tmp:
         return run(Path(tmp), args)
@@ -207,6 +218,7 @@ def run(work: Path, args: argparse.Namespace) -> int:
         STRIPE_API_KEY="sk_test_bench",
         STRIPE_WEBHOOK_SECRETS=SECRET,
         PYTHONPATH=str(ROOT),
+        MFX_SQLITE_SYNCHRONOUS=args.sqlite_synchronous,
     )
     servers = {name: start_ready(name, app, env, work) for name, app in APPS}
     results: dict[str, list[Result]] = {name: [] for name, _ in APPS}
@@ -214,7 +226,7 @@ def run(work: Path, args: argparse.Namespace) -> int:
     try:
         for n, (events, script) in enumerate(rounds):  # alternate, flipping the order
             for name in sorted(servers, reverse=n % 2 == 1):
-                results[name].append(load(servers[name][0], events, script, name, args))
+                results[name].append(load(servers[name], events, script, name, args))
     finally:
         for _, server in servers.values():
             server.terminate()
@@ -243,11 +255,40 @@ def start_ready(
 
 
 def load(
-    port: int, events: list[tuple[str, str]], script: Path, name: str, args: argparse.Namespace
+    server: tuple[int, subprocess.Popen[bytes]],
+    events: list[tuple[str, str]],
+    script: Path,
+    name: str,
+    args: argparse.Namespace,
 ) -> Result:
+    port, process = server
+    before = server_cpu_seconds(process.pid)
     if shutil.which("wrk"):
-        return run_wrk(port, script, args.seconds, args.connections, name, args.pin_load)
-    return run_python_load(port, events, args.seconds, args.connections, name)
+        result = run_wrk(port, script, args.seconds, args.connections, name, args.pin_load)
+    else:
+        result = run_python_load(port, events, args.seconds, args.connections, name)
+    used = server_cpu_seconds(process.pid) - before
+    result.cpu_us = used / max(result.requests, 1) * 1e6
+    return result
+
+
+def server_cpu_seconds(master: int) -> float:
+    """User + system CPU of a gunicorn master and its workers so far (Linux /proc).
+
+    Requests per second move with whatever else the shared cores run; CPU per request is
+    the steadier measure of what one request costs the server."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [master]
+    for task in Path(f"/proc/{master}/task").glob("*/children"):
+        pids += [int(pid) for pid in task.read_text().split()]
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a worker gone between the listing and the read
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
 
 
 def print_rounds(results: dict[str, list[Result]]) -> None:
@@ -255,7 +296,7 @@ def print_rounds(results: dict[str, list[Result]]) -> None:
         print(
             f"  round {n}: bare {b.rps:6.0f} req/s p50 {b.p50_ms:5.1f} p99 {b.p99_ms:5.1f} ms"
             f" | meterfix {o.rps:6.0f} req/s p50 {o.p50_ms:5.1f} p99 {o.p99_ms:5.1f} ms"
-            f" | ratio {o.rps / b.rps:.2f}"
+            f" | ratio {o.rps / b.rps:.2f} | CPU/request {b.cpu_us:.0f} vs {o.cpu_us:.0f} us"
         )
 
 
@@ -264,7 +305,8 @@ def report(results: dict[str, list[Result]], stored: int, args: argparse.Namespa
     pinned = f", pinned to CPU {args.pin_load}" if args.pin_load else ""
     print(
         f"load: {tool}{pinned}, {args.connections} connections, {args.rounds} rounds x "
-        f"{args.seconds} s per app (alternating), gunicorn sync -w 2, SQLite WAL"
+        f"{args.seconds} s per app (alternating), gunicorn sync -w 2, SQLite WAL, "
+        f"synchronous={args.sqlite_synchronous}"
     )
     print_rounds(results)
     for name, runs in results.items():
@@ -272,8 +314,10 @@ def report(results: dict[str, list[Result]], stored: int, args: argparse.Namespa
         p50 = statistics.median(r.p50_ms for r in runs)
         p99 = statistics.median(r.p99_ms for r in runs)
         each = " ".join(f"{r.rps:.0f}" for r in runs)
+        cpu = statistics.median(r.cpu_us for r in runs)
         print(
-            f"{name:>9}: {rps:8.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  (rounds: {each})"
+            f"{name:>9}: {rps:8.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  "
+            f"server CPU {cpu:4.0f} us/request  (rounds: {each})"
         )
     ratios = [o.rps / b.rps for b, o in zip(results["bare"], results["meterfix"], strict=True)]
     ratio = statistics.median(ratios)

@@ -13,6 +13,9 @@ from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_BASE, SANDBOX_WEBHOOK_SECR
 STRIPE_API_BASE = "https://api.stripe.com"
 STRIPE_FILES_BASE = "https://files.stripe.com"
 STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
+# MFX_SQLITE_SYNCHRONOUS: what a SQLite COMMIT waits for (service.db explains the levels).
+SQLITE_SYNCHRONOUS_LEVELS = ("normal", "full")
+SQLITE_SYNCHRONOUS_DEFAULT = "normal"
 
 
 class PollerMode(StrEnum):
@@ -48,6 +51,8 @@ class Settings(BaseSettings):
     # Where the poller keeps failed-records files until remediation has run (survives restarts).
     mfx_work_dir: str = ".meterfix/work"
     mfx_worker_lease: int = 600  # seconds a claimed inbox row stays locked before recovery
+    # SQLite only: what a COMMIT waits for, `normal` or `full` (see service.db).
+    mfx_sqlite_synchronous: str = SQLITE_SYNCHRONOUS_DEFAULT
 
     slack_webhook_url: str = ""
     smtp_url: str = ""
@@ -81,6 +86,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("mfx_sqlite_synchronous", mode="before")
+    @classmethod
+    def _synchronous_level(cls, value: object) -> object:
+        level = value.strip().lower() if isinstance(value, str) else value
+        if level not in SQLITE_SYNCHRONOUS_LEVELS:
+            raise ValueError(f"must be one of: {', '.join(SQLITE_SYNCHRONOUS_LEVELS)}")
+        return level
 
     @field_validator("stripe_webhook_tolerance", "mfx_max_body_bytes", "mfx_max_attempts")
     @classmethod

@@ -7,13 +7,16 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlmodel import Session, create_engine
+
+from service.config import SQLITE_SYNCHRONOUS_DEFAULT, SQLITE_SYNCHRONOUS_LEVELS
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # SQLite checkpoints the WAL into the database file after a commit that leaves the WAL longer
@@ -22,29 +25,37 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # net that bounds the WAL when no worker runs; SQLite's default is 1000 pages.
 WAL_AUTOCHECKPOINT_PAGES = 4000
 
+# What a COMMIT waits for (MFX_SQLITE_SYNCHRONOUS). `normal`: in WAL mode a commit is written
+# to the WAL before it returns, so it survives any crash of the process or of the service
+# (kill -9 included), but the last commits can be lost if the machine loses power or the OS
+# crashes before its next write-back. `full`: the WAL is fsynced on every commit, which also
+# covers power loss, at several times the cost of a commit (see the README's intake figures).
+_PRAGMAS: weakref.WeakKeyDictionary[Engine, Callable[[object], None]] = (
+    weakref.WeakKeyDictionary()
+)  # each SQLite engine's connection set-up, reused for its webhook writer
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys."""
+
+def make_engine(url: str, *, synchronous: str = SQLITE_SYNCHRONOUS_DEFAULT) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout, foreign keys and `synchronous`."""
     if url.startswith("sqlite"):
+        if synchronous not in SQLITE_SYNCHRONOUS_LEVELS:
+            raise ValueError(f"SQLite synchronous must be one of {SQLITE_SYNCHRONOUS_LEVELS}")
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        pragmas = partial(_sqlite_pragmas, synchronous=synchronous)
+        _PRAGMAS[engine] = pragmas
+        event.listen(engine, "connect", pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+def _sqlite_pragmas(dbapi_connection: object, _record: object = None, *, synchronous: str) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cursor.close()
-
-
-def sqlite_pragmas(dbapi_connection: object) -> None:
-    """Apply the engine's per-connection settings to a DBAPI connection made outside its pool."""
-    _sqlite_pragmas(dbapi_connection, None)
 
 
 def checkpoint_wal(engine: Engine) -> None:
@@ -63,10 +74,12 @@ class SQLiteWriter:
     a fork); closed when the engine is disposed. Writers in one process take turns on a
     mutex, and processes on a lock file (`_writer_lock_fd`)."""
 
-    def __init__(self, database: str, lock_fd: int | None) -> None:
+    def __init__(
+        self, database: str, lock_fd: int | None, pragmas: Callable[[object], None]
+    ) -> None:
         self.pid = os.getpid()
         self.connection = sqlite3.connect(database, timeout=30, check_same_thread=False)
-        _sqlite_pragmas(self.connection, None)
+        pragmas(self.connection)
         self._lock_fd = lock_fd
         self._mutex = threading.Lock()
 
@@ -106,7 +119,11 @@ def sqlite_writer(engine: Engine) -> SQLiteWriter | None:
                 _INHERITED.append(writer)
             else:
                 event.listen(engine, "engine_disposed", _close_writer)
-            writer = _WRITERS[engine] = SQLiteWriter(str(engine.url.database), lock_fd)
+            pragmas = _PRAGMAS.get(engine) or partial(
+                _sqlite_pragmas, synchronous=SQLITE_SYNCHRONOUS_DEFAULT
+            )
+            writer = SQLiteWriter(str(engine.url.database), lock_fd, pragmas)
+            _WRITERS[engine] = writer
     return writer
 
 

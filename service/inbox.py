@@ -47,7 +47,9 @@ _RAW_INSERT = {
         ", ".join(_INSERT_COLUMNS), ", ".join("%s" for _ in _INSERT_COLUMNS)
     ),
 }
-_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DATETIME in SQLite
+_SQLITE_DATETIME_CHARS = (
+    26  # "YYYY-MM-DD HH:MM:SS.ffffff": how SQLAlchemy stores DATETIME in SQLite
+)
 
 FIRST_RETRY_SECONDS = 15.0  # jittered to 7.5-15 s: the first retry comes within 30 s
 MAX_BACKOFF_SECONDS = 900.0  # 15 minutes
@@ -89,7 +91,7 @@ def store_event(engine: Engine, event: VerifiedEvent, *, known_type: bool) -> St
 def _inbox_row(engine: Engine, event: VerifiedEvent, known_type: bool) -> tuple[Any, ...]:
     """The new row's values in `_INSERT_COLUMNS` order."""
     now = utcnow()
-    stamp = now.strftime(_SQLITE_DATETIME) if engine.dialect.name == "sqlite" else now
+    stamp = sqlite_datetime(now) if engine.dialect.name == "sqlite" else now
     status = InboxStatus.PENDING if known_type else InboxStatus.IGNORED
     return (
         event.event_id,
@@ -102,6 +104,12 @@ def _inbox_row(engine: Engine, event: VerifiedEvent, known_type: bool) -> tuple[
         0,  # attempts
         stamp if known_type else None,  # next_attempt_at: due now, or never
     )
+
+
+def sqlite_datetime(value: datetime) -> str:
+    """A UTC datetime as SQLAlchemy writes it to SQLite (isoformat is ~3x cheaper than
+    strftime and always has the microseconds with timespec; the "+00:00" is cut off)."""
+    return value.isoformat(" ", "microseconds")[:_SQLITE_DATETIME_CHARS]
 
 
 def _insert(engine: Engine, row: tuple[Any, ...]) -> None:

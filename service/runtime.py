@@ -19,7 +19,9 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
+        return make_engine(
+            self.settings.database_url, synchronous=self.settings.mfx_sqlite_synchronous
+        )
 
     def close(self) -> None:
         if "engine" in self.__dict__:

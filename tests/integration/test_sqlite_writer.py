@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import Engine
+from sqlmodel import select
 
 from service.adapters.stripe_events import VerifiedEvent
-from service.db import WAL_AUTOCHECKPOINT_PAGES, checkpoint_wal, make_engine, sqlite_writer, upgrade
-from service.inbox import StoreResult, store_event
-from service.models.inbox import PayloadStyle
+from service.config import Settings
+from service.db import (
+    WAL_AUTOCHECKPOINT_PAGES,
+    checkpoint_wal,
+    make_engine,
+    session_scope,
+    sqlite_writer,
+    upgrade,
+)
+from service.inbox import StoreResult, sqlite_datetime, store_event
+from service.models._types import as_utc, utcnow
+from service.models.inbox import InboxEvent, PayloadStyle
+from service.runtime import Runtime
 
 
 @pytest.fixture
@@ -110,3 +124,76 @@ def _main_file_rows(engine: Engine, copy: Path) -> int:
     """Rows in the database file alone, without its WAL."""
     shutil.copyfile(str(engine.url.database), copy)
     return _count(engine, str(copy))
+
+
+def test_received_at_is_written_as_sqlalchemy_writes_datetimes(engine: Engine) -> None:
+    """The hot path formats the timestamp itself; the ORM must read back the same instant."""
+    before = utcnow().replace(tzinfo=None)
+    store_event(engine, _event("evt_stamp"), known_type=True)
+    with session_scope(engine) as session:
+        row = session.exec(select(InboxEvent).where(InboxEvent.event_id == "evt_stamp")).one()
+    received = as_utc(row.received_at)
+    assert received is not None and received.tzinfo is not None
+    assert before <= received.replace(tzinfo=None) <= utcnow().replace(tzinfo=None)
+    assert row.next_attempt_at is not None and as_utc(row.next_attempt_at) == received
+    raw = sqlite3.connect(str(engine.url.database)).execute(
+        "SELECT received_at FROM inbox_events WHERE event_id = 'evt_stamp'"
+    )
+    text = raw.fetchone()[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", text), text
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [
+        (datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC), "2026-11-25 12:00:00.000000"),
+        (datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), "2026-01-02 03:04:05.000006"),
+    ],
+)
+def test_sqlite_datetime_keeps_microseconds(moment: datetime, expected: str) -> None:
+    assert sqlite_datetime(moment) == expected == moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@pytest.mark.parametrize(("level", "pragma"), [("normal", 1), ("full", 2)])
+def test_synchronous_level_applies_to_pool_and_writer(
+    tmp_path: Path, level: str, pragma: int
+) -> None:
+    url = f"sqlite:///{tmp_path / 'sync.db'}"
+    upgrade(url)
+    engine = make_engine(url, synchronous=level)
+    try:
+        store_event(engine, _event("evt_sync"), known_type=True)
+        writer = sqlite_writer(engine)
+        assert writer is not None
+        assert writer.connection.execute("PRAGMA synchronous").fetchone()[0] == pragma
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == pragma
+    finally:
+        engine.dispose()
+
+
+def test_unknown_synchronous_level_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        make_engine(f"sqlite:///{tmp_path / 'x.db'}", synchronous="off")
+
+
+@pytest.mark.parametrize(("raw", "pragma"), [("FULL", 2), (" normal ", 1)])
+def test_synchronous_setting_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, raw: str, pragma: int
+) -> None:
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("MFX_SQLITE_SYNCHRONOUS", raw)
+    runtime = Runtime(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert runtime.settings.mfx_sqlite_synchronous == raw.strip().lower()
+    try:
+        with runtime.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == pragma
+    finally:
+        runtime.close()
+
+
+def test_bad_synchronous_setting_names_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MFX_SQLITE_SYNCHRONOUS", "extra")
+    with pytest.raises(ValidationError, match="normal, full"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
