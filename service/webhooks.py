@@ -19,6 +19,7 @@ from flask import Blueprint, Request, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 
 from handlers import REGISTRY
+from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_events import VerifiedEvent, WebhookRejected, WebhookVerifier
 from service.inbox import InboxUnavailable, store_event
 from service.logs import LOGGER, log_event
@@ -46,7 +47,11 @@ def _build_intake(state: BlueprintSetupState) -> None:
 
     rt: Runtime = state.app.extensions[EXTENSION]
     settings = rt.settings
-    verifier = WebhookVerifier(settings.stripe_webhook_secrets, settings.stripe_webhook_tolerance)
+    verifier = WebhookVerifier(
+        settings.stripe_webhook_secrets,
+        settings.stripe_webhook_tolerance,
+        build_stripe_client(settings),
+    )
     state.app.extensions[INTAKE_KEY] = Intake(rt, verifier, settings.mfx_max_body_bytes)
 
 

@@ -1,12 +1,13 @@
 """Stripe events in and out: verify a webhook delivery, fetch the full event of a thin one.
 
-Verification follows Stripe's rules (reference/stripe-facts.md §1): the signature is checked by
-the SDK (`WebhookSignature.verify_header`) on the raw body against every configured secret
-(rotation, several destinations); the header is parsed here first so malformed headers and
+Verification follows Stripe's rules (reference/stripe-facts.md §1) and goes through the SDK:
+`StripeClient.parse_event_notification` for thin notifications (`v2.core.event`), and
+`StripeClient.construct_event` for snapshot events (`event`), each of which checks the
+signature on the raw body first. Every configured secret is tried in turn (rotation, several
+destinations). The header is parsed here beforehand so missing or malformed headers and
 timestamps too far in the past OR the future (the SDK only checks the past) are rejected with a
-precise reason. The body is parsed once, after the signature matched: building the SDK's
-`Event`/`EventNotification` objects would only parse it again, so the keys those constructors
-require are checked here instead (thin: id, object, type, created; snapshot: id, type, data).
+precise reason; a body the SDK will not take after a good signature is decoded here to say why
+(invalid JSON, unknown `object`, missing keys).
 """
 
 from __future__ import annotations
@@ -72,11 +73,15 @@ def signature_timestamp(header: str | None) -> int:
 
 
 class WebhookVerifier:
-    """Checks one delivery against every secret; built once per app, shared by requests."""
+    """Checks one delivery against every secret; built once per app, shared by requests.
 
-    def __init__(self, secrets: Sequence[str], tolerance: int) -> None:
+    `client` is only used to build the SDK's event objects (they keep it for later calls);
+    nothing here calls Stripe."""
+
+    def __init__(self, secrets: Sequence[str], tolerance: int, client: stripe.StripeClient) -> None:
         self._secrets = tuple(s for s in secrets if s)
         self._tolerance = tolerance
+        self._client = client
 
     def verify(self, body: bytes, header: str | None, now: float | None = None) -> VerifiedEvent:
         if not self._secrets:
@@ -85,17 +90,48 @@ class WebhookVerifier:
         if abs((time.time() if now is None else now) - timestamp) > self._tolerance:
             raise WebhookRejected("timestamp outside the tolerance zone")
         text = _text(body)
-        self._verify_signature(text, header or "")
-        return _verified(_decode(text), text)
-
-    def _verify_signature(self, text: str, header: str) -> None:
         for secret in self._secrets:
             try:
-                stripe.WebhookSignature.verify_header(text, header, secret, self._tolerance)
+                return self._parse(text, header or "", secret)
             except stripe.SignatureVerificationError:
                 continue
-            return
         raise WebhookRejected("no signature matches a configured secret")
+
+    def _parse(self, text: str, header: str, secret: str) -> VerifiedEvent:
+        """Verify against one secret and parse with the SDK; SignatureVerificationError when
+        the signature is not this secret's."""
+        try:
+            notification = self._client.parse_event_notification(
+                text, header, secret, self._tolerance
+            )
+        except stripe.SignatureVerificationError:
+            raise
+        except (ValueError, LookupError, TypeError, AttributeError):
+            # The SDK checks the signature before it parses: the signature is good and the
+            # body is no thin notification. A snapshot event, or a reason to refuse it.
+            return self._snapshot(text, header, secret)
+        return _checked(
+            notification.id,
+            notification.type,
+            notification.object,
+            notification.livemode,
+            text,
+        )
+
+    def _snapshot(self, text: str, header: str, secret: str) -> VerifiedEvent:
+        payload = _decode(text)
+        kind = payload.get("object")
+        _require_keys(payload, kind)
+        checked = _checked(payload["id"], payload["type"], kind, payload.get("livemode"), text)
+        if checked.style is not PayloadStyle.SNAPSHOT:
+            raise WebhookRejected("malformed event: not a valid thin event notification")
+        try:
+            self._client.construct_event(text, header, secret, self._tolerance)
+        except stripe.SignatureVerificationError:
+            raise
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            raise WebhookRejected(f"malformed event: {type(exc).__name__}") from exc
+        return checked
 
 
 def _text(body: bytes) -> str:
@@ -115,20 +151,28 @@ def _decode(text: str) -> dict[str, Any]:
     return payload
 
 
-def _verified(payload: dict[str, Any], text: str) -> VerifiedEvent:
-    kind = payload.get("object")
+def _require_keys(payload: dict[str, Any], kind: object) -> None:
+    """Rejects an unknown `object`, or an event without the keys its kind requires."""
     style = STYLES.get(kind) if isinstance(kind, str) else None
     if style is None:
         raise WebhookRejected("unknown object: expected 'event' or 'v2.core.event'")
     missing = [key for key in REQUIRED_KEYS[style] if key not in payload]
     if missing:
         raise WebhookRejected(f"malformed event: missing {', '.join(missing)}")
-    event_id, event_type = payload["id"], payload["type"]
+
+
+def _checked(
+    event_id: object, event_type: object, kind: object, livemode: object, text: str
+) -> VerifiedEvent:
+    """What the inbox stores, once the SDK took the event: ids must fit their columns."""
     if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_ID_LENGTH:
         raise WebhookRejected("malformed event: bad id")
     if not isinstance(event_type, str) or not 0 < len(event_type) <= MAX_ID_LENGTH:
         raise WebhookRejected("malformed event: bad type")
-    return VerifiedEvent(event_id, event_type, style, payload.get("livemode") is True, text)
+    style = STYLES.get(kind) if isinstance(kind, str) else None
+    if style is None:
+        raise WebhookRejected("unknown object: expected 'event' or 'v2.core.event'")
+    return VerifiedEvent(event_id, event_type, style, livemode is True, text)
 
 
 def fetch_full_event(client: stripe.StripeClient, stored_body: str) -> dict[str, Any]:

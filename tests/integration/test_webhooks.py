@@ -165,6 +165,30 @@ def test_unhashable_object_field(url: str, db_url: str) -> None:
     assert "unknown object" in _rejected(response, db_url)
 
 
+@pytest.mark.parametrize(
+    ("name", "changes", "expected"),
+    [
+        ("thin_no_meter_found", {"type": ["v1.billing.meter.no_meter_found"]}, "bad type"),
+        ("thin_no_meter_found", {"type": ""}, "bad type"),
+        ("thin_no_meter_found", {"id": "evt_" + "x" * 300}, "bad id"),
+        ("thin_no_meter_found", {"id": 42}, "bad id"),
+        ("thin_no_meter_found", {"object": None}, "unknown object"),
+        ("snapshot_import_set_failed", {"type": 7}, "bad type"),
+        ("snapshot_import_set_failed", {"id": ""}, "bad id"),
+    ],
+)
+def test_signed_event_with_unusable_fields(
+    url: str, db_url: str, name: str, changes: dict[str, Any], expected: str
+) -> None:
+    """The SDK refuses some of these and accepts others; every one answers 400 with a reason."""
+    assert expected in _rejected(post_signed(url, load_event(name, **changes)), db_url)
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", '"event"', "null"])
+def test_signed_json_that_is_not_an_object(url: str, db_url: str, body: str) -> None:
+    assert _rejected(post_raw(url, body, sign(body)), db_url) == "invalid JSON: not an object"
+
+
 def test_tampered_body(url: str, db_url: str) -> None:
     body = json.dumps(load_event("thin_no_meter_found"))
     header = sign(body)
