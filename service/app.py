@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
     configure_logging()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = None  # our own limit answers 400 with a JSON reason
+    app.config["MAX_CONTENT_LENGTH"] = None  # our own limit answers 413 with a JSON reason
     app.extensions[EXTENSION] = Runtime(settings)
     _register_blueprints(app)
     register_commands(app)

@@ -69,21 +69,21 @@ def receive_webhook() -> Response:
 
 
 def read_body(req: Request, limit: int) -> bytes:
-    """The raw body, reading at most limit + 1 bytes; a 400 beyond the limit (DESIGN: every
-    refused delivery answers 400 with a reason).
+    """The raw body, reading at most limit + 1 bytes; 413 beyond the limit (DESIGN's
+    interface details: the same JSON shape as a 400, with the limit in the reason).
 
     With a Content-Length the body is read straight from the server's `wsgi.input` (which
     never yields more than that length) rather than through werkzeug's stream wrapper, built
     per request; a chunked body goes through the wrapper, which finds where it ends."""
     length = req.content_length
     if length is not None and length > limit:
-        raise WebhookRejected(f"body too large: over {limit} bytes")
+        raise WebhookRejected(f"body too large: over {limit} bytes", status=413)
     if length is None:
         body = _read_at_most(req.stream, limit + 1)
     else:
         body = _read_at_most(req.environ["wsgi.input"], length)
     if len(body) > limit:
-        raise WebhookRejected(f"body too large: over {limit} bytes")
+        raise WebhookRejected(f"body too large: over {limit} bytes", status=413)
     return body
 
 

@@ -196,10 +196,10 @@ def test_tampered_body(url: str, db_url: str) -> None:
     assert "no signature matches" in _rejected(post_raw(url, tampered, header), db_url)
 
 
-def test_oversized_body_is_400(serve: Serve, db_url: str) -> None:
+def test_oversized_body_is_413(serve: Serve, db_url: str) -> None:
     url = serve(mfx_max_body_bytes=2048)
     event = load_event("snapshot_import_set_failed", padding="x" * 4000)
-    assert _rejected(post_signed(url, event), db_url) == "body too large: over 2048 bytes"
+    assert _rejected(post_signed(url, event), db_url, 413) == "body too large: over 2048 bytes"
 
 
 def test_body_at_the_limit_is_accepted(serve: Serve, db_url: str) -> None:
@@ -210,12 +210,12 @@ def test_body_at_the_limit_is_accepted(serve: Serve, db_url: str) -> None:
     assert [row.event_id for row in inbox_rows(db_url)] == [event["id"]]
 
 
-def test_oversized_chunked_body_is_400(serve: Serve, db_url: str) -> None:
+def test_oversized_chunked_body_is_413(serve: Serve, db_url: str) -> None:
     url = serve(mfx_max_body_bytes=2048)
     body = json.dumps(load_event("snapshot_import_set_failed", padding="x" * 4000)).encode()
     chunks = iter([body[:1000], body[1000:]])  # no Content-Length: chunked transfer
     response = post_raw(url, chunks, sign(body.decode()))  # type: ignore[arg-type]  # requests streams it
-    assert _rejected(response, db_url) == "body too large: over 2048 bytes"
+    assert _rejected(response, db_url, 413) == "body too large: over 2048 bytes"
 
 
 def test_no_secret_configured_fails_closed(serve: Serve, db_url: str) -> None:
