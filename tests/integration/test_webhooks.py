@@ -85,7 +85,11 @@ def test_any_of_several_configured_secrets(serve: Serve, db_url: str) -> None:
     url = serve(stripe_webhook_secrets=[SECRET, OTHER_SECRET])
     assert post_signed(url, load_event("thin_no_meter_found"), OTHER_SECRET).status_code == 200
     assert post_signed(url, load_event("snapshot_import_set_failed"), SECRET).status_code == 200
-    assert len(inbox_rows(db_url)) == 2
+    snapshot = load_event("snapshot_import_set_succeeded")  # the second secret, snapshot style
+    assert post_signed(url, snapshot, OTHER_SECRET).status_code == 200
+    rows = inbox_rows(db_url)
+    assert [row.style for row in rows] == ["thin", "snapshot", "snapshot"]
+    assert rows[2].event_id == snapshot["id"]
 
 
 def _rejected(response: requests.Response, db_url: str, status: int = 400) -> str:
