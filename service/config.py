@@ -13,15 +13,19 @@ from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_BASE, SANDBOX_WEBHOOK_SECR
 STRIPE_API_BASE = "https://api.stripe.com"
 STRIPE_FILES_BASE = "https://files.stripe.com"
 STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
-# MFX_SQLITE_SYNCHRONOUS: what a SQLite COMMIT waits for (service.db explains the levels).
-SQLITE_SYNCHRONOUS_LEVELS = ("normal", "full")
-SQLITE_SYNCHRONOUS_DEFAULT = "normal"
 
 
 class PollerMode(StrEnum):
     OFF = "off"
     ON = "on"
     INDEX = "index"
+
+
+class SQLiteSynchronous(StrEnum):
+    """MFX_SQLITE_SYNCHRONOUS: what a SQLite COMMIT waits for (service.db explains the levels)."""
+
+    NORMAL = "normal"
+    FULL = "full"
 
 
 class Settings(BaseSettings):
@@ -52,7 +56,7 @@ class Settings(BaseSettings):
     mfx_work_dir: str = ".meterfix/work"
     mfx_worker_lease: int = 600  # seconds a claimed inbox row stays locked before recovery
     # SQLite only: what a COMMIT waits for, `normal` or `full` (see service.db).
-    mfx_sqlite_synchronous: str = SQLITE_SYNCHRONOUS_DEFAULT
+    mfx_sqlite_synchronous: SQLiteSynchronous = SQLiteSynchronous.NORMAL
 
     slack_webhook_url: str = ""
     smtp_url: str = ""
@@ -90,10 +94,7 @@ class Settings(BaseSettings):
     @field_validator("mfx_sqlite_synchronous", mode="before")
     @classmethod
     def _synchronous_level(cls, value: object) -> object:
-        level = value.strip().lower() if isinstance(value, str) else value
-        if level not in SQLITE_SYNCHRONOUS_LEVELS:
-            raise ValueError(f"must be one of: {', '.join(SQLITE_SYNCHRONOUS_LEVELS)}")
-        return level
+        return value.strip().lower() if isinstance(value, str) else value  # `FULL` works too
 
     @field_validator("stripe_webhook_tolerance", "mfx_max_body_bytes", "mfx_max_attempts")
     @classmethod

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlmodel import Session, create_engine
 
-from service.config import SQLITE_SYNCHRONOUS_DEFAULT, SQLITE_SYNCHRONOUS_LEVELS
+from service.config import SQLiteSynchronous
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # SQLite checkpoints the WAL into the database file after a commit that leaves the WAL longer
@@ -35,11 +35,12 @@ _PRAGMAS: weakref.WeakKeyDictionary[Engine, Callable[[object], None]] = (
 )  # each SQLite engine's connection set-up, reused for its webhook writer
 
 
-def make_engine(url: str, *, synchronous: str = SQLITE_SYNCHRONOUS_DEFAULT) -> Engine:
+def make_engine(url: str, *, synchronous: str = SQLiteSynchronous.NORMAL) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout, foreign keys and `synchronous`."""
     if url.startswith("sqlite"):
-        if synchronous not in SQLITE_SYNCHRONOUS_LEVELS:
-            raise ValueError(f"SQLite synchronous must be one of {SQLITE_SYNCHRONOUS_LEVELS}")
+        if synchronous not in set(SQLiteSynchronous):
+            levels = ", ".join(SQLiteSynchronous)
+            raise ValueError(f"SQLite synchronous must be one of: {levels}")
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         pragmas = partial(_sqlite_pragmas, synchronous=synchronous)
         _PRAGMAS[engine] = pragmas
@@ -120,7 +121,7 @@ def sqlite_writer(engine: Engine) -> SQLiteWriter | None:
             else:
                 event.listen(engine, "engine_disposed", _close_writer)
             pragmas = _PRAGMAS.get(engine) or partial(
-                _sqlite_pragmas, synchronous=SQLITE_SYNCHRONOUS_DEFAULT
+                _sqlite_pragmas, synchronous=SQLiteSynchronous.NORMAL
             )
             writer = SQLiteWriter(str(engine.url.database), lock_fd, pragmas)
             _WRITERS[engine] = writer

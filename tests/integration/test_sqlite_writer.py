@@ -195,5 +195,5 @@ def test_synchronous_setting_from_the_environment(
 
 def test_bad_synchronous_setting_names_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MFX_SQLITE_SYNCHRONOUS", "extra")
-    with pytest.raises(ValidationError, match="normal, full"):
+    with pytest.raises(ValidationError, match="'normal' or 'full'"):
         Settings(_env_file=None)  # type: ignore[call-arg]
