@@ -5,11 +5,12 @@ pre-signed, distinct thin events (generated before the run). The two are measure
 over several rounds, the order flipping every round (this box's 2 cores are shared, so load
 from elsewhere hits both alike); every round is printed (req/s, p50, p99, ratio ours/bare) and
 then the medians, with the load average as a noise indicator, and a check that every answered
-event is stored in the inbox (SQLite, WAL). Load comes from `wrk` with a Lua script when
-installed (optionally pinned with `taskset`, `--pin-load`), else a Python keep-alive generator.
+event is stored in the inbox (a new SQLite file in WAL mode, or `--database-url`). Load comes
+from `wrk` with a Lua script when installed (optionally pinned with `taskset`, `--pin-load`),
+else a Python keep-alive generator.
 
     .venv/bin/python bench/intake.py [--seconds 8] [--rounds 5] [--connections 16] [--pin-load 1]
-                                     [--sqlite-synchronous normal|full]
+                                     [--sqlite-synchronous normal|full] [--database-url URL]
 
 Besides req/s, each round prints the server's CPU time per answered request (gunicorn master
 and workers, from /proc): on shared cores it moves less than req/s does.
@@ -24,7 +25,6 @@ import os
 import re
 import shutil
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -190,6 +190,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--pin-load", metavar="CPUS", help="run wrk under `taskset -c CPUS`")
     parser.add_argument(
+        "--database-url",
+        help="where our service stores events (default: a new SQLite file); a PostgreSQL URL "
+        "gets the migrations applied and keeps the bench's rows (distinct ids per run)",
+    )
+    parser.add_argument(
         "--sqlite-synchronous",
         choices=("normal", "full"),
         default="normal",
@@ -203,18 +208,19 @@ def main() -> int:
 def run(work: Path, args: argparse.Namespace) -> int:
     from service.db import upgrade
 
-    db = work / "meterfix.db"
-    upgrade(f"sqlite:///{db}")
+    database_url = args.database_url or f"sqlite:///{work / 'meterfix.db'}"
+    upgrade(database_url)
+    run_id = f"evt_b{int(time.time())}"
     per_round = 4_000 * args.seconds
     rounds = []  # one events file (distinct ids) per round: every request is a new event
     for n in range(args.rounds):
-        events = make_events(work / f"events{n}.tsv", per_round, f"evt_b{n}_")
+        events = make_events(work / f"events{n}.tsv", per_round, f"{run_id}_{n}_")
         script = work / f"events{n}.lua"
         script.write_text(LUA % {"events": work / f"events{n}.tsv"})
         rounds.append((events, script))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "MFX_"))}
     env.update(
-        DATABASE_URL=f"sqlite:///{db}",
+        DATABASE_URL=database_url,
         STRIPE_API_KEY="sk_test_bench",
         STRIPE_WEBHOOK_SECRETS=SECRET,
         PYTHONPATH=str(ROOT),
@@ -231,10 +237,23 @@ def run(work: Path, args: argparse.Namespace) -> int:
         for _, server in servers.values():
             server.terminate()
             server.wait(20)
-    query = "SELECT COUNT(*) FROM inbox_events WHERE event_id LIKE 'evt_b%'"
-    stored = sqlite3.connect(db).execute(query).fetchone()[0]
+    stored = count_stored(database_url, run_id)
     print(f"load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after (2 cores)")
     return report(results, stored, args)
+
+
+def count_stored(database_url: str, run_id: str) -> int:
+    from sqlalchemy import text
+
+    from service.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            query = text("SELECT COUNT(*) FROM inbox_events WHERE event_id LIKE :prefix")
+            return int(connection.execute(query, {"prefix": f"{run_id}_%"}).scalar_one())
+    finally:
+        engine.dispose()
 
 
 APPS = (("bare", "bench.bare_app:create_bare_app()"), ("meterfix", "service.app:create_app()"))
@@ -302,11 +321,15 @@ def print_rounds(results: dict[str, list[Result]]) -> None:
 
 def report(results: dict[str, list[Result]], stored: int, args: argparse.Namespace) -> int:
     tool = "wrk" if shutil.which("wrk") else "python"
+    database = (
+        "PostgreSQL"
+        if (args.database_url or "").startswith("postgres")
+        else f"SQLite WAL, synchronous={args.sqlite_synchronous}"
+    )
     pinned = f", pinned to CPU {args.pin_load}" if args.pin_load else ""
     print(
         f"load: {tool}{pinned}, {args.connections} connections, {args.rounds} rounds x "
-        f"{args.seconds} s per app (alternating), gunicorn sync -w 2, SQLite WAL, "
-        f"synchronous={args.sqlite_synchronous}"
+        f"{args.seconds} s per app (alternating), gunicorn sync -w 2, {database}"
     )
     print_rounds(results)
     for name, runs in results.items():

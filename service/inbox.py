@@ -24,6 +24,7 @@ from service.db import sqlite_writer
 from service.models._types import utcnow
 from service.models.alerts import Alert
 from service.models.inbox import InboxEvent, InboxStatus
+from service.pg_writer import postgres_writer
 
 INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
 ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
@@ -115,14 +116,15 @@ def sqlite_datetime(value: datetime) -> str:
 def _insert(engine: Engine, row: tuple[Any, ...]) -> None:
     """One INSERT and COMMIT. The web hot path skips SQLAlchemy's statement machinery
     (about half the request's cost) and runs a fixed statement, which the DBAPI driver
-    prepares once and caches: on SQLite files on the process's own writer connection
-    (`service.db.SQLiteWriter`), elsewhere on a pooled DBAPI connection."""
+    prepares once and caches, on the process's own writer connection: for SQLite files
+    `service.db.SQLiteWriter`, for PostgreSQL `service.pg_writer.PostgresWriter` (autocommit:
+    one round trip); an in-memory SQLite database uses a pooled DBAPI connection."""
     raw_insert = _RAW_INSERT.get(engine.dialect.name)
     if raw_insert is None:
         with engine.begin() as connection:
             connection.execute(_INSERT, dict(zip(_INSERT_COLUMNS, row, strict=True)))
         return
-    writer = sqlite_writer(engine)
+    writer = sqlite_writer(engine) or postgres_writer(engine)
     if writer is not None:
         writer.commit_one(raw_insert, row)
         return
