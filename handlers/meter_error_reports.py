@@ -12,6 +12,7 @@ from typing import Any
 
 from handlers._fields import first_text, integer, mapping, rfc3339, text
 from handlers.context import HandlerContext
+from handlers.errors import UnusableEvent
 from handlers.records import (
     ErrorReportRecord,
     ErrorSampleRecord,
@@ -21,7 +22,7 @@ from handlers.records import (
 )
 
 
-class IncompleteEvent(ValueError):
+class IncompleteEvent(UnusableEvent):
     """The event lacks what the handler needs (e.g. a thin payload was not fetched)."""
 
 

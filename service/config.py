@@ -54,7 +54,20 @@ class Settings(BaseSettings):
     mfx_worker_interval: float = 1.0
     # Where the poller keeps failed-records files until remediation has run (survives restarts).
     mfx_work_dir: str = ".meterfix/work"
-    mfx_worker_lease: int = 600  # seconds a claimed inbox row stays locked before recovery
+    # Seconds a claimed item stays locked without a heartbeat renewing it (a dead worker's
+    # item is taken over within a minute); one item may run MFX_TASK_TIME_LIMIT seconds.
+    mfx_worker_lease: int = 30
+    mfx_task_time_limit: int = 900
+    mfx_heartbeat_silence: int = 300  # no worker/poller heartbeat this long: critical alert
+    # How long a file may keep failing before the poller stops and alerts (< 23 h, so no
+    # identifier is ever re-sent past Stripe's 24 h dedupe window); "6h", "90m", "3600".
+    mfx_poller_give_up_after: Annotated[int, NoDecode] = 6 * 3600
+    mfx_retention_days: int = 90
+    mfx_quarantine_alert_rows: int = 1000  # quarantined rows in one run: critical alert
+    mfx_message_examples: Annotated[bool, NoDecode] = True  # off: no row contents in messages
+    mfx_public_url: str = "http://127.0.0.1:4242"  # base of dashboard links in messages
+    log_level: str = "INFO"
+    log_format: str = ""  # text|json; empty: text on a terminal, json otherwise
     # SQLite only: what a COMMIT waits for, `normal` or `full` (see service.db).
     mfx_sqlite_synchronous: SQLiteSynchronous = SQLiteSynchronous.NORMAL
 
@@ -62,7 +75,8 @@ class Settings(BaseSettings):
     smtp_url: str = ""
     digest_email_to: str = ""
     digest_email_from: str = ""
-    digest_every: str = ""
+    digest_every: str = "1d"  # an interval (15m, 1h, 1d) or a 5-field crontab
+    digest_tz: str = "UTC"
 
     embedded_sandbox: bool = False  # set by the validator below, never from the environment
 
@@ -91,12 +105,36 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("mfx_poller_give_up_after", mode="before")
+    @classmethod
+    def _give_up_after(cls, value: object) -> object:
+        seconds = parse_duration(value) if isinstance(value, str) else value
+        if isinstance(seconds, int) and not 0 < seconds < GIVE_UP_HORIZON_SECONDS:
+            raise ValueError("must be more than 0 and less than 23h (Stripe dedupes for 24 h)")
+        return seconds
+
+    @field_validator("mfx_message_examples", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("on", "off"):
+            return value.strip().lower() == "on"
+        return value
+
     @field_validator("mfx_sqlite_synchronous", mode="before")
     @classmethod
     def _synchronous_level(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value  # `FULL` works too
 
-    @field_validator("stripe_webhook_tolerance", "mfx_max_body_bytes", "mfx_max_attempts")
+    @field_validator(
+        "stripe_webhook_tolerance",
+        "mfx_max_body_bytes",
+        "mfx_max_attempts",
+        "mfx_worker_lease",
+        "mfx_task_time_limit",
+        "mfx_heartbeat_silence",
+        "mfx_retention_days",
+        "mfx_quarantine_alert_rows",
+    )
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:
@@ -112,6 +150,21 @@ class Settings(BaseSettings):
         data["slack_webhook_url"] = "set" if self.slack_webhook_url else ""
         data["smtp_url"] = "set" if self.smtp_url else ""
         return data
+
+
+# Stripe dedupes meter event identifiers for at least 24 hours; we stay an hour inside.
+GIVE_UP_HORIZON_SECONDS = 23 * 3600
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """ "90" (seconds), "15m", "6h", "1d" -> seconds; ValueError with the accepted forms."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:], 0)
+    number = value[:-1] if unit else value
+    if not number.isascii() or not number.isdigit() or len(number) > 9:
+        raise ValueError(f"{text!r} is not a duration (use e.g. 90, 15m, 6h or 1d)")
+    return int(number) * (unit or 1)
 
 
 def _mask(secret: str) -> str:

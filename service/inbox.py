@@ -22,12 +22,11 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from service.adapters.stripe_events import VerifiedEvent
 from service.db import sqlite_writer
 from service.models._types import utcnow
-from service.models.alerts import Alert
 from service.models.inbox import InboxEvent, InboxStatus
+from service.notify.alerts import raise_alert
 from service.pg_writer import postgres_writer
 
 INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
-ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
 _INSERT = insert(INBOX)  # a statement object only: nothing touches a database at import
 _INSERT_COLUMNS = (
     "event_id",
@@ -254,19 +253,20 @@ def requeue(engine: Engine, event_id: str) -> bool:
 
 
 def dead_letter_alert(connection: Connection, claimed: ClaimedEvent, error: str) -> None:
-    """One alert per dead event (deterministic key); a replayed event that dies again
-    refreshes it and makes it due for notification again."""
-    key = f"inbox.dead:{claimed.event_id}"
-    values = {
-        "severity": "critical",
-        "kind": "inbox.dead_letter",
-        "subject": f"Stripe event {claimed.event_id} ({claimed.event_type}) dead-lettered",
-        "message": f"gave up after {claimed.attempts} attempts: {error[:ERROR_TEXT_LIMIT]}",
-        "detail": {"event_id": claimed.event_id, "event_type": claimed.event_type},
-        "notified_at": None,
-    }
-    found = connection.execute(select(ALERTS.c.id).where(ALERTS.c.alert_key == key)).first()
-    if found is None:
-        connection.execute(insert(ALERTS).values(alert_key=key, created_at=utcnow(), **values))
-    else:
-        connection.execute(update(ALERTS).where(ALERTS.c.id == found[0]).values(**values))
+    """One alert per dead event (deterministic key); a replayed event that dies again counts
+    again on the same alert (reopening it if it was resolved)."""
+    raise_alert(
+        connection,
+        key=dead_letter_key(claimed.event_id),
+        severity="critical",
+        kind="inbox.dead_letter",
+        subject=f"Stripe event {claimed.event_id} ({claimed.event_type}) dead-lettered",
+        message=f"gave up after {claimed.attempts} attempts: {error[:ERROR_TEXT_LIMIT]}",
+        detail={"event_id": claimed.event_id, "event_type": claimed.event_type},
+        links={"event": claimed.event_id},
+    )
+
+
+def dead_letter_key(event_id: str) -> str:
+    """The alert key of a dead-lettered event; a later success of the event resolves it."""
+    return f"inbox.dead:{event_id}"

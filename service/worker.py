@@ -183,10 +183,11 @@ def start_scheduled_jobs(settings: Settings, stop: threading.Event) -> list[thre
     the worker joins them on shutdown. With several workers on PostgreSQL, a job should
     first take the leader advisory lock (DESIGN.md "Scale"): the poller does, per pass.
     """
+    from service.notify.schedule import start_notify_jobs
     from service.poller_job import start_poller_job
 
     poller = start_poller_job(settings, stop)
-    return [poller] if poller is not None else []
+    return ([poller] if poller is not None else []) + start_notify_jobs(settings, stop)
 
 
 def run_loop(worker: InboxWorker, stop: threading.Event) -> None:

@@ -1,8 +1,16 @@
 """SQLModel tables, one module per area. Importing this package registers every table."""
 
-from service.models.alerts import Alert
+from service.models.alerts import (
+    AdminAction,
+    Alert,
+    AlertSeverity,
+    AlertStatus,
+    DigestRun,
+    DigestStatus,
+)
+from service.models.health import Heartbeat, ProcessRole
 from service.models.inbox import InboxEvent, InboxStatus, PayloadStyle
-from service.models.poller import BucketObject, ImportedRow, ObjectStatus
+from service.models.poller import BucketObject, ImportedRow, ObjectStatus, PollerBatch
 from service.models.remediation import (
     CorrectionAudit,
     OutputObject,
@@ -13,12 +21,18 @@ from service.models.remediation import (
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
 
 __all__ = [
+    "AdminAction",
     "Alert",
+    "AlertSeverity",
+    "AlertStatus",
     "BucketObject",
     "CorrectionAudit",
+    "DigestRun",
+    "DigestStatus",
     "ErrorReport",
     "ErrorSample",
     "ErrorTypeCount",
+    "Heartbeat",
     "ImportSet",
     "ImportedRow",
     "InboxEvent",
@@ -26,6 +40,8 @@ __all__ = [
     "ObjectStatus",
     "OutputObject",
     "PayloadStyle",
+    "PollerBatch",
+    "ProcessRole",
     "QuarantinedRow",
     "RemediationRun",
     "RunStatus",

@@ -27,6 +27,10 @@ def created_at_field() -> Any:
     return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False)
 
 
+def required_time_field() -> Any:
+    return Field(sa_type=DateTime(timezone=True), nullable=False)
+
+
 def optional_time_field(index: bool = False) -> Any:
     return Field(default=None, sa_type=DateTime(timezone=True), nullable=True, index=index)
 

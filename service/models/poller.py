@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from service.models._types import created_at_field, optional_time_field, text_field
@@ -32,7 +32,13 @@ class BucketObject(SQLModel, table=True):
     rows: int = 0
     sent: int = 0
     failed: int = 0
-    attempts: int = 0  # passes that took it; the poller gives up after MFX_MAX_ATTEMPTS
+    attempts: int = 0  # passes that took it
+    # Resume point: batches 0..acked_batches-1 were all acknowledged by Stripe (the last one
+    # with no gap before it); a later pass sends from there, never from row 1 again.
+    acked_batches: int = 0
+    first_sent_at: datetime | None = optional_time_field()  # first batch of this object sent
+    failing_since: datetime | None = optional_time_field()  # first failure of the current run
+    next_attempt_at: datetime | None = optional_time_field()  # failing passes back off
     import_set_id: str | None = Field(default=None, max_length=255)
     error: str | None = text_field()
     first_seen: datetime = created_at_field()
@@ -53,3 +59,28 @@ class ImportedRow(SQLModel, table=True):
     event_name: str | None = Field(default=None, max_length=255)
     timestamp: int | None = Field(default=None, sa_type=BigInteger)
     sent: bool = False
+
+
+class PollerBatch(SQLModel, table=True):
+    """One batch (<= 100 events) of one object version: when it was first sent, and when
+    Stripe acknowledged it. Nothing is re-sent past Stripe's dedupe window (23 h here)."""
+
+    __tablename__ = "poller_batches"
+    __table_args__ = (
+        UniqueConstraint("object_id", "batch_number", name="uq_poller_batches_object_batch"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    object_id: int = Field(
+        sa_column=Column(
+            Integer,
+            ForeignKey("bucket_objects.id", ondelete="CASCADE"),
+            index=True,
+            nullable=False,
+        )
+    )
+    batch_number: int
+    first_row: int = 0
+    rows: int = 0
+    first_sent_at: datetime = created_at_field()
+    acked_at: datetime | None = optional_time_field()

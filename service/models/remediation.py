@@ -5,10 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, ForeignKey, Integer
+from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer
 from sqlmodel import Field, SQLModel
 
-from service.models._types import created_at_field, json_field, optional_time_field, text_field
+from service.models._types import (
+    created_at_field,
+    json_field,
+    optional_time_field,
+    text_field,
+    utcnow,
+)
 
 
 class RunStatus(StrEnum):
@@ -38,7 +44,9 @@ class RemediationRun(SQLModel, table=True):
     quarantined: int = 0
     by_code: dict[str, object] = json_field()
     error: str | None = text_field()
-    created_at: datetime = created_at_field()
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False, index=True
+    )
     finished_at: datetime | None = optional_time_field()
 
 
@@ -65,7 +73,15 @@ class CorrectionAudit(SQLModel, table=True):
 
 
 class QuarantinedRow(SQLModel, table=True):
+    """A row that could not be corrected, stored in full (`record`) with its code and reason;
+    meter (event name) and customer are copied out of it for filtering."""
+
     __tablename__ = "quarantined_rows"
+    __table_args__ = (
+        Index("ix_quarantined_rows_code_created", "code", "created_at"),
+        Index("ix_quarantined_rows_meter_created", "meter", "created_at"),
+        Index("ix_quarantined_rows_customer_created", "customer", "created_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(sa_column=_run_fk())
@@ -74,7 +90,14 @@ class QuarantinedRow(SQLModel, table=True):
     identifier: str | None = Field(default=None, max_length=512, index=True)
     code: str = Field(max_length=255)
     reason: str = text_field()
+    meter: str | None = Field(default=None, max_length=255)
+    customer: str | None = Field(default=None, max_length=255)
     record: dict[str, object] = json_field()
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False, index=True
+    )
+    # Set when "re-run with current rules" took the row into a new run (it stays on record).
+    rerun_id: int | None = None
 
 
 class OutputObject(SQLModel, table=True):

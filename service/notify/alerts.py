@@ -1,0 +1,135 @@
+"""The one alert function, and an alert's life: open -> acknowledged -> resolved.
+
+An alert is one incident, named by a deterministic key. Raising the same key again is the
+same alert with a higher `count` (its message is not sent again while it stays open or
+acknowledged); raising a resolved alert opens it again as a new incident, due for a message.
+Resolving happens by a later success of the same thing (the caller names the key) or by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.logs import log_event
+from service.models._types import utcnow
+from service.models.alerts import Alert, AlertSeverity, AlertStatus
+
+ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
+TEXT_LIMIT = 2000
+
+
+def raise_alert(
+    target: Engine | Connection,
+    *,
+    key: str,
+    severity: str,
+    kind: str,
+    subject: str,
+    message: str,
+    detail: Mapping[str, Any] | None = None,
+    meter: str | None = None,
+    code: str | None = None,
+    customer: str | None = None,
+    rows: int = 0,
+    links: Mapping[str, Any] | None = None,
+) -> None:
+    """Open the alert, or count another occurrence of it (reopening it if it was resolved).
+
+    `target` is an engine (own transaction) or a connection (the caller's transaction, so
+    the alert commits with what caused it)."""
+    severity = AlertSeverity(severity)
+    now = utcnow()
+    values: dict[str, Any] = {
+        "severity": severity.value,
+        "kind": kind[:64],
+        "subject": subject[:TEXT_LIMIT],
+        "message": message[:TEXT_LIMIT],
+        "detail": dict(detail or {}),
+        "meter": _short(meter),
+        "code": _short(code),
+        "customer": _short(customer),
+        "rows": rows,
+        "links": dict(links or {}),
+        "last_seen_at": now,
+    }
+    if isinstance(target, Engine):
+        with target.begin() as connection:
+            _upsert(connection, key, values, now)
+    else:
+        _upsert(target, key, values, now)
+    level = logging.ERROR if severity is AlertSeverity.CRITICAL else logging.WARNING
+    log_event("alert.raised", level=level, key=key, kind=kind, severity=severity.value)
+
+
+def _upsert(connection: Connection, key: str, values: dict[str, Any], now: Any) -> None:
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    inserted = connection.execute(
+        dialect.insert(ALERTS)
+        .values(
+            alert_key=key,
+            status=AlertStatus.OPEN.value,
+            count=1,
+            created_at=now,
+            notified_at=None,
+            **values,
+        )
+        .on_conflict_do_nothing(index_elements=["alert_key"])
+    )
+    if inserted.rowcount == 1:
+        return
+    status: str = connection.execute(
+        select(ALERTS.c.status).where(ALERTS.c.alert_key == key)
+    ).scalar_one()
+    again: dict[str, Any] = {}
+    if status == AlertStatus.RESOLVED:  # a new incident of the same thing: a new message
+        again = {
+            "status": AlertStatus.OPEN.value,
+            "resolved_at": None,
+            "acknowledged_at": None,
+            "notified_at": None,
+            "resolved_notified_at": None,
+        }
+    connection.execute(
+        update(ALERTS)
+        .where(ALERTS.c.alert_key == key)
+        .values(count=ALERTS.c.count + 1, **values, **again)
+    )
+
+
+def resolve_alert(target: Engine | Connection, key: str) -> bool:
+    """Resolve the open or acknowledged alert with this key (a later success of the same
+    thing); False when there is none. Its "resolved" follow-up is then due."""
+    statement = (
+        update(ALERTS)
+        .where(ALERTS.c.alert_key == key, ALERTS.c.status != AlertStatus.RESOLVED)
+        .values(status=AlertStatus.RESOLVED.value, resolved_at=utcnow())
+    )
+    if isinstance(target, Engine):
+        with target.begin() as connection:
+            resolved = connection.execute(statement).rowcount == 1
+    else:
+        resolved = target.execute(statement).rowcount == 1
+    if resolved:
+        log_event("alert.resolved", key=key)
+    return resolved
+
+
+def set_alert_status(connection: Connection, alert_id: int, status: AlertStatus) -> bool:
+    """Acknowledge or resolve by hand (the admin API and dashboard); False if unknown."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": status.value}
+    if status is AlertStatus.ACKNOWLEDGED:
+        values["acknowledged_at"] = now
+    elif status is AlertStatus.RESOLVED:
+        values["resolved_at"] = now
+    result = connection.execute(update(ALERTS).where(ALERTS.c.id == alert_id).values(**values))
+    return result.rowcount == 1
+
+
+def _short(value: str | None) -> str | None:
+    return None if value is None else value[:255]
