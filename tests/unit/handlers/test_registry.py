@@ -8,7 +8,7 @@ import pkgutil
 import handlers
 from handlers import REGISTRY
 
-SUPPORT_MODULES = {"_fields", "context", "records", "meter_error_reports", "import_sets"}
+SUPPORT_MODULES = {"_fields", "context", "errors", "records", "meter_error_reports", "import_sets"}
 
 
 def _event_modules() -> list[str]:
