@@ -27,7 +27,7 @@ from remediation.ranges import RangeRows
 from remediation.readers import CsvLayout, CsvRecords
 from remediation.records import UsageRecord
 from remediation.sinks import AuditSink, Sinks
-from remediation.writers import getter, output_columns
+from remediation.writers import getter, output_columns, record_object
 
 PROGRESS_EVERY = 65536
 Projection = Callable[[list[str]], Sequence[str]]  # an input row's output cells
@@ -224,8 +224,10 @@ class _Runner:
             counts.unclassified[code] = counts.unclassified.get(code, 0) + 1
         self.pending[2].append(self.lines.quarantine(number, ident, code, mfx_code, reason))
         if self.fast.on_audit is not None:
-            source = self.lines.source
-            self.fast.on_audit(quarantine_entry(source, number, ident, code, mfx_code, reason))
+            entry = quarantine_entry(self.lines.source, number, ident, code, mfx_code, reason)
+            record = record_object(self.layout.record(number, row))  # the row in full
+            entry["record"] = {**record, "mfx_code": mfx_code, "mfx_reason": reason}
+            self.fast.on_audit(entry)
 
     # --- the general path and output -----------------------------------------------------
 

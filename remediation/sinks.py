@@ -17,6 +17,7 @@ from remediation.outputs import MAX_BYTES as MAX_OUTPUT_BYTES
 from remediation.outputs import MAX_ROWS as MAX_OUTPUT_ROWS
 from remediation.outputs import OutputSet, PlannedOutput, copy_rest, source_stem
 from remediation.records import QUARANTINE_FIELDS, UsageRecord
+from remediation.writers import record_object
 
 AuditSink = Callable[[dict[str, Any]], None]
 
@@ -92,14 +93,19 @@ class Sinks:
             self.corrected.write(outcome.record)
         else:
             self.quarantine.write(outcome.record, outcome.notes)
+        row = None
+        if outcome.notes is not None and self.on_audit is not None:
+            row = {**record_object(outcome.record), **outcome.notes}
         for entry in outcome.audit:
-            self.audit(entry)
+            self.audit(entry, row)
 
-    def audit(self, entry: dict[str, Any]) -> None:
+    def audit(self, entry: dict[str, Any], row: dict[str, object] | None = None) -> None:
+        """`row`: a quarantined row in full (as its quarantine file holds it); `on_audit` gets
+        it as the entry's `record`, the audit file does not (one short line per decision)."""
         if self.audit_file is not None:
             self.audit_file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
         if self.on_audit is not None:
-            self.on_audit(entry)
+            self.on_audit(entry if row is None else {**entry, "record": row})
 
     def adopt_audit(self, path: Path) -> None:
         """Take over an audit file written for the first rows, before any entry of ours."""

@@ -74,7 +74,7 @@ def execute_run(
     if done is not None:
         return done
     run_id = _start(ctx.engine, request)
-    audit = _AuditWriter(ctx.engine, run_id)
+    audit = _AuditWriter(ctx.engine, run_id, {m.event_name: m.customer_key for m in ctx.meters})
     with tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp:
         result = remediate(
             records,
@@ -115,8 +115,11 @@ def _start(engine: Engine, request: RunRequest) -> int:
 class _AuditWriter:
     """Collects the engine's audit entries and inserts them in batches (not row by row)."""
 
-    def __init__(self, engine: Engine, run_id: int) -> None:
+    def __init__(
+        self, engine: Engine, run_id: int, customer_keys: Mapping[str, str] | None = None
+    ) -> None:
         self.engine, self.run_id = engine, run_id
+        self.customer_keys = customer_keys or {}  # event name -> the meter's customer key
         self.corrections: list[dict[str, Any]] = []
         self.quarantined: list[dict[str, Any]] = []
 
@@ -144,6 +147,17 @@ class _AuditWriter:
         }
 
     def _quarantined(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """The row in full (`record`, as the quarantine file holds it), with its meter (event
+        name) and customer (the payload value under the meter's customer key) copied out."""
+        record = entry.get("record")
+        row: dict[str, Any] = dict(record) if isinstance(record, Mapping) else {}
+        row.setdefault("mfx_code", entry.get("mfx_code"))
+        meter = _text(row.get("event_name"))
+        payload = row.get("payload")
+        customer = None
+        if isinstance(payload, Mapping):
+            key = self.customer_keys.get(meter or "", "stripe_customer_id")
+            customer = _text(payload.get(key))
         return {
             "run_id": self.run_id,
             "source": str(entry.get("source", "")),
@@ -151,7 +165,10 @@ class _AuditWriter:
             "identifier": _text(entry.get("identifier")),
             "code": str(entry.get("code", "")),
             "reason": str(entry.get("reason", "")),
-            "record": {"mfx_code": entry.get("mfx_code")},
+            "meter": None if meter is None else meter[:255],
+            "customer": None if customer is None else customer[:255],
+            "record": row,
+            "created_at": utcnow(),
         }
 
     def flush(self) -> None:
