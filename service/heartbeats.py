@@ -1,0 +1,216 @@
+"""Heartbeats and the health snapshot: is a worker alive, is the poller, how far behind are we.
+
+Every worker, poller and scheduler instance calls `beat` every few seconds (one upsert of
+its own row in `heartbeats`); `health_snapshot` reads the newest beat per role with the
+inbox backlog, for /metrics, /api/health and the heartbeat-silence alert.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.models._types import as_utc, utcnow
+from service.models.health import Heartbeat, ProcessRole
+from service.models.inbox import InboxEvent, InboxStatus
+
+HEARTBEATS: Table = Heartbeat.__table__  # type: ignore[attr-defined]
+INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
+BEAT_EVERY_SECONDS = 10.0  # how often a live process beats (the silence alert waits far longer)
+UNFINISHED = (InboxStatus.PENDING.value, InboxStatus.PROCESSING.value)
+
+
+def new_instance_id() -> str:
+    """`host:pid:random`: unique per process start (a restarted process is a new instance)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def beat(
+    target: Engine | Connection,
+    instance: str,
+    role: str,
+    detail: Mapping[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
+) -> None:
+    """Record that `instance` (of `role`: worker, poller, scheduler) is alive now.
+
+    The poller calls this once per pass, the worker from its heartbeat thread. One upsert
+    of the instance's own row: its first beat sets `started_at`, later ones move
+    `last_beat_at` and replace `detail` (what it is doing, JSON)."""
+    values = {
+        "role": ProcessRole(role).value,
+        "last_beat_at": now or utcnow(),
+        "detail": dict(detail or {}),
+    }
+    if isinstance(target, Engine):
+        with target.begin() as connection:
+            _upsert(connection, instance, values)
+    else:
+        _upsert(target, instance, values)
+
+
+def _upsert(connection: Connection, instance: str, values: dict[str, Any]) -> None:
+    dialect = connection.dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        insert = (postgresql if dialect == "postgresql" else sqlite).insert(HEARTBEATS)
+        statement = insert.values(
+            instance=instance, started_at=values["last_beat_at"], **values
+        ).on_conflict_do_update(index_elements=["instance"], set_=values)
+        connection.execute(statement)
+        return
+    updated = connection.execute(
+        update(HEARTBEATS).where(HEARTBEATS.c.instance == instance).values(**values)
+    )
+    if updated.rowcount == 0:  # another engine: update first, insert the first beat
+        connection.execute(
+            HEARTBEATS.insert().values(
+                instance=instance, started_at=values["last_beat_at"], **values
+            )
+        )
+
+
+@dataclass(frozen=True)
+class RoleBeat:
+    """The newest heartbeat of one role."""
+
+    role: str
+    instance: str
+    started_at: datetime
+    last_beat_at: datetime
+    age_seconds: float
+    detail: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "started_at": self.started_at.isoformat(),
+            "last_beat_at": self.last_beat_at.isoformat(),
+            "age_seconds": round(self.age_seconds, 3),
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class HealthSnapshot:
+    """What /metrics and /api/health show. An age is None when that role never beat
+    (or no item is waiting). `backlog_items` counts unfinished inbox items: pending (due or
+    waiting for a retry) plus processing."""
+
+    now: datetime
+    beats: dict[str, RoleBeat] = field(default_factory=dict)  # role -> newest beat
+    pending_items: int = 0
+    processing_items: int = 0
+    oldest_pending_age_seconds: float | None = None
+
+    @property
+    def backlog_items(self) -> int:
+        return self.pending_items + self.processing_items
+
+    def heartbeat_age(self, role: str) -> float | None:
+        newest = self.beats.get(role)
+        return None if newest is None else newest.age_seconds
+
+    @property
+    def worker_heartbeat_age_seconds(self) -> float | None:
+        return self.heartbeat_age(ProcessRole.WORKER)
+
+    @property
+    def poller_heartbeat_age_seconds(self) -> float | None:
+        return self.heartbeat_age(ProcessRole.POLLER)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (for /api/health): one entry per role, None when it never beat."""
+        return {
+            "now": self.now.isoformat(),
+            "heartbeats": {
+                role.value: (b.as_dict() if (b := self.beats.get(role)) else None)
+                for role in ProcessRole
+            },
+            "worker_heartbeat_age_seconds": _rounded(self.worker_heartbeat_age_seconds),
+            "poller_heartbeat_age_seconds": _rounded(self.poller_heartbeat_age_seconds),
+            "backlog_items": self.backlog_items,
+            "pending_items": self.pending_items,
+            "processing_items": self.processing_items,
+            "oldest_pending_age_seconds": _rounded(self.oldest_pending_age_seconds),
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def health_snapshot(target: Engine | Connection, now: datetime | None = None) -> HealthSnapshot:
+    """Newest heartbeat per role, inbox backlog and the age of the oldest unfinished item."""
+    now = now or utcnow()
+    if isinstance(target, Engine):
+        with target.connect() as connection:
+            return _snapshot(connection, now)
+    return _snapshot(target, now)
+
+
+def _snapshot(connection: Connection, now: datetime) -> HealthSnapshot:
+    beats: dict[str, RoleBeat] = {}
+    for role in ProcessRole:
+        newest = _newest_beat(connection, role, now)
+        if newest is not None:
+            beats[role.value] = newest
+    rows = connection.execute(
+        select(INBOX.c.status, func.count())
+        .where(INBOX.c.status.in_(UNFINISHED))
+        .group_by(INBOX.c.status)
+    )
+    counts: dict[str, int] = {str(status): count for status, count in rows}
+    oldest = as_utc(
+        connection.execute(
+            select(func.min(INBOX.c.received_at)).where(INBOX.c.status.in_(UNFINISHED))
+        ).scalar()
+    )
+    return HealthSnapshot(
+        now=now,
+        beats=beats,
+        pending_items=int(counts.get(InboxStatus.PENDING.value, 0)),
+        processing_items=int(counts.get(InboxStatus.PROCESSING.value, 0)),
+        oldest_pending_age_seconds=_age(now, oldest),
+    )
+
+
+def _newest_beat(connection: Connection, role: ProcessRole, now: datetime) -> RoleBeat | None:
+    row = connection.execute(
+        select(
+            HEARTBEATS.c.instance,
+            HEARTBEATS.c.started_at,
+            HEARTBEATS.c.last_beat_at,
+            HEARTBEATS.c.detail,
+        )
+        .where(HEARTBEATS.c.role == role.value)
+        .order_by(HEARTBEATS.c.last_beat_at.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    started, last = as_utc(row.started_at), as_utc(row.last_beat_at)
+    assert started is not None and last is not None  # NOT NULL columns
+    return RoleBeat(
+        role=role.value,
+        instance=row.instance,
+        started_at=started,
+        last_beat_at=last,
+        age_seconds=_age(now, last) or 0.0,
+        detail=dict(row.detail or {}),
+    )
+
+
+def _age(now: datetime, then: datetime | None) -> float | None:
+    """Seconds since `then`; never negative (another host's clock may run a little ahead)."""
+    if then is None:
+        return None
+    return max(0.0, (now - then).total_seconds())
