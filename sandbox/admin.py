@@ -35,13 +35,16 @@ def reset() -> Response:
 
 @bp.post("/config")
 def configure() -> Response:
-    """Change options at run time: `strict_customers`, `rate_limit_per_second`."""
+    """Change options at run time: `strict_customers`, `rate_limit_per_second`,
+    `meter_event_session_seconds`."""
     options = current_sandbox().state.options
     body = _body()
     if "strict_customers" in body:
         options.strict_customers = bool(body["strict_customers"])
     if "rate_limit_per_second" in body:
         options.rate_limit_per_second = int(body["rate_limit_per_second"])
+    if "meter_event_session_seconds" in body:
+        options.meter_event_session_seconds = float(body["meter_event_session_seconds"])
     return jsonify(asdict(options))
 
 
@@ -122,17 +125,32 @@ def deliver() -> Response:
 
 @bp.post("/faults")
 def inject_fault() -> Response:
+    """Fields: method, path_prefix, status (0: drop the connection), count (negative: no
+    limit), rate (share of matching requests hit), retry_after, delay, after (see Fault)."""
     body = _body()
+    retry_after = body.get("retry_after")
     fault = Fault(
         method=str(body.get("method", "*")),
         path_prefix=str(body.get("path_prefix", "/")),
         status=int(body.get("status", 500)),
         remaining=int(body.get("count", 1)),
+        rate=float(body.get("rate", 1.0)),
+        retry_after=None if retry_after is None else int(retry_after),
+        delay=float(body.get("delay", 0.0)),
+        after=bool(body.get("after", False)),
     )
     state = current_sandbox().state
     with state.lock:
         state.faults.append(fault)
     return jsonify(asdict(fault))
+
+
+@bp.delete("/faults")
+def clear_faults() -> Response:
+    state = current_sandbox().state
+    with state.lock:
+        state.faults.clear()
+    return jsonify({"cleared": True})
 
 
 @bp.get("/requests")

@@ -16,7 +16,6 @@ from sandbox.validation import MeterEventInput
 
 bp = Blueprint("sandbox_v2", __name__)
 
-SESSION_SECONDS = 15 * 60
 MAX_STREAM_EVENTS = 100
 
 
@@ -44,15 +43,16 @@ def create_meter_event_session() -> Response:
     created = now()
     token = new_id("mes_auth_test", 32)
     state = current_sandbox().state
+    expires_at = created + state.options.meter_event_session_seconds
     with state.lock:
-        state.sessions[token] = created + SESSION_SECONDS
+        state.sessions[token] = expires_at
     return jsonify(
         {
             "object": "v2.billing.meter_event_session",
             "id": new_id("mes_test"),
             "authentication_token": token,
             "created": rfc3339(created),
-            "expires_at": rfc3339(created + SESSION_SECONDS),
+            "expires_at": rfc3339(expires_at),
             "livemode": False,
         }
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+import socket
+import time
+
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from sandbox import admin, api_v1, api_v2
@@ -10,7 +13,7 @@ from sandbox.clock import now
 from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
 from sandbox.errors import StripeApiError, stripe_error
 from sandbox.runtime import Sandbox, current_sandbox
-from sandbox.state import SandboxState
+from sandbox.state import Fault, SandboxState
 
 API_PREFIXES = ("/v1/", "/v2/")
 STREAM_PATH = "/v2/billing/meter_event_stream"
@@ -38,6 +41,7 @@ def create_sandbox_app(
     for blueprint in (api_v1.bp, api_v2.bp, admin.bp):
         app.register_blueprint(blueprint)
     app.before_request(_gate_api_request)
+    app.after_request(_fault_after_handling)
     app.register_error_handler(StripeApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     return app
@@ -50,24 +54,57 @@ def _gate_api_request() -> Response | None:
     state = current_sandbox().state
     _log_request()
     fault = state.take_fault(request.method, request.path)
-    if fault is not None:
-        return stripe_error(fault.status, f"Injected fault ({fault.status}).")
+    if fault is not None and fault.after:
+        g.sandbox_fault = fault  # handled first; _fault_after_handling answers the fault
+    elif fault is not None:
+        return _answer_fault(fault)
     if state.over_rate_limit():
         return stripe_error(429, "Too many requests hit the API too quickly.")
-    if not _authorized():
-        return stripe_error(401, "Invalid API Key provided.")
-    return None
+    return _authentication_error()
 
 
-def _authorized() -> bool:
+def _authentication_error() -> Response | None:
+    """None when the request is authenticated. The stream takes meter event session tokens
+    only: an expired one answers as Stripe does (401, type `temporary_session_expired`,
+    code `billing_meter_event_session_expired`; the message is ours)."""
     auth = request.authorization
-    if auth is None:
-        return False
-    presented = auth.token if auth.type == "bearer" else auth.username
+    presented = (auth.token if auth.type == "bearer" else auth.username) if auth else None
     sandbox = current_sandbox()
-    if request.path == STREAM_PATH:
-        return bool(presented) and sandbox.state.session_valid(str(presented))
-    return presented == sandbox.api_key
+    if request.path != STREAM_PATH:
+        valid = bool(presented) and presented == sandbox.api_key
+    elif presented and sandbox.state.session_status(str(presented)) == "expired":
+        return stripe_error(
+            401,
+            "The meter event session has expired; create a new one.",
+            code="billing_meter_event_session_expired",
+            type_="temporary_session_expired",
+        )
+    else:
+        valid = bool(presented) and sandbox.state.session_valid(str(presented))
+    return None if valid else stripe_error(401, "Invalid API Key provided.")
+
+
+def _fault_after_handling(response: Response) -> Response:
+    fault: Fault | None = g.pop("sandbox_fault", None)
+    return response if fault is None else _answer_fault(fault)
+
+
+def _answer_fault(fault: Fault) -> Response:
+    if fault.delay > 0:
+        time.sleep(fault.delay)
+    if fault.status == 0:
+        return _drop_connection()
+    retry_after = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+    return stripe_error(fault.status, f"Injected fault ({fault.status}).", headers=retry_after)
+
+
+def _drop_connection() -> Response:
+    """Close the socket without an answer (the development server exposes it); elsewhere
+    a 503 stands in."""
+    connection = request.environ.get("werkzeug.socket")
+    if isinstance(connection, socket.socket):
+        connection.shutdown(socket.SHUT_RDWR)
+    return stripe_error(503, "Injected fault (dropped connection).")
 
 
 def _log_request() -> None:

@@ -30,7 +30,8 @@ class SandboxAdmin:
         self._call("POST", "reset")
 
     def configure(self, **options: Any) -> JSON:
-        """Options: strict_customers (bool), rate_limit_per_second (int, 0 = off)."""
+        """Options: strict_customers (bool), rate_limit_per_second (int, 0 = off),
+        meter_event_session_seconds (float, Stripe's 900)."""
         return dict(self._call("POST", "config", json=options))
 
     def create_meter(self, event_name: str, **fields: Any) -> JSON:
@@ -79,10 +80,15 @@ class SandboxAdmin:
         return dict(self._call("POST", "deliver", json=body))
 
     def inject_fault(
-        self, method: str, path_prefix: str, status: int = 500, count: int = 1
+        self, method: str, path_prefix: str, status: int = 500, count: int = 1, **options: Any
     ) -> JSON:
+        """Options: rate, retry_after, delay, after (see sandbox.state.Fault); status 0 drops
+        the connection; a negative count never runs out."""
         body = {"method": method, "path_prefix": path_prefix, "status": status, "count": count}
-        return dict(self._call("POST", "faults", json=body))
+        return dict(self._call("POST", "faults", json={**body, **options}))
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "faults")
 
     def requests(self) -> list[JSON]:
         return list(self._call("GET", "requests"))

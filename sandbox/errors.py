@@ -27,9 +27,15 @@ def error_type(status: int) -> str:
 
 
 def stripe_error(
-    status: int, message: str, *, code: str | None = None, param: str | None = None
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    type_: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    body: dict[str, object] = {"type": error_type(status), "message": message}
+    body: dict[str, object] = {"type": type_ or error_type(status), "message": message}
     if code is None and status == 429:
         code = "rate_limit"
     if code is not None:
@@ -38,6 +44,7 @@ def stripe_error(
         body["param"] = param
     response = jsonify({"error": body})
     response.status_code = status
+    response.headers.update(headers or {})
     return response
 
 

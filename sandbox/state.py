@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,16 +14,27 @@ from sandbox.objects import JSON, build_file
 
 @dataclass
 class Fault:
-    """The next `remaining` requests matching method + path prefix answer `status`."""
+    """The next `remaining` requests matching method + path prefix answer `status` (a
+    negative `remaining`: no limit). `rate` < 1 hits only that share of matching requests, at
+    random. `status` 0 drops the connection without an answer. `retry_after` adds that header;
+    `delay` waits first (so a client with a shorter timeout gives up); `after` handles the
+    request first and then answers the fault (the effect happened, the answer was lost)."""
 
     method: str
     path_prefix: str
     status: int
     remaining: int
+    rate: float = 1.0
+    retry_after: int | None = None
+    delay: float = 0.0
+    after: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         method_ok = self.method in ("*", "") or self.method.upper() == method.upper()
-        return self.remaining > 0 and method_ok and path.startswith(self.path_prefix)
+        return self.remaining != 0 and method_ok and path.startswith(self.path_prefix)
+
+    def fires(self) -> bool:
+        return self.rate >= 1.0 or random.random() < self.rate
 
 
 @dataclass
@@ -50,10 +62,12 @@ class SandboxOptions:
     while no customer is registered (by default that check only runs once at least one
     customer exists, so tests that never register customers are not flooded with errors).
     rate_limit_per_second: answer 429 beyond this many Stripe API requests per second (0: off).
+    meter_event_session_seconds: how long a meter event session token lives (Stripe: 15 min).
     """
 
     strict_customers: bool = False
     rate_limit_per_second: int = 0
+    meter_event_session_seconds: float = 15 * 60
 
 
 @dataclass
@@ -102,8 +116,9 @@ class SandboxState:
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
             for fault in self.faults:
-                if fault.matches(method, path):
-                    fault.remaining -= 1
+                if fault.matches(method, path) and fault.fires():
+                    if fault.remaining > 0:
+                        fault.remaining -= 1
                     return fault
         return None
 
@@ -119,9 +134,15 @@ class SandboxState:
         return count > limit
 
     def session_valid(self, token: str) -> bool:
+        return self.session_status(token) == "valid"
+
+    def session_status(self, token: str) -> str:
+        """`valid`, `expired` (a token this sandbox issued, past its `expires_at`) or `unknown`."""
         with self.lock:
             expires_at = self.sessions.get(token)
-        return expires_at is not None and expires_at > now()
+        if expires_at is None:
+            return "unknown"
+        return "valid" if expires_at > now() else "expired"
 
     def require(self, store: str, object_id: str, kind: str) -> JSON:
         """One object of `meters`/`customers` (the live dict: mutate it under the lock), or a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -184,15 +185,27 @@ def test_stream_rejects_bad_token_and_too_many_events(sandbox_server: SandboxSer
     assert too_many.value.http_status == 400
 
 
-def test_expired_session_is_401(sandbox_server: SandboxServer) -> None:
+def test_expired_session_answers_as_stripe_does(sandbox_server: SandboxServer) -> None:
+    """401, type `temporary_session_expired`: the SDK raises TemporarySessionExpiredError,
+    which is not an AuthenticationError. Sessions live `meter_event_session_seconds`."""
+    sandbox_server.admin.configure(meter_event_session_seconds=0.5)
     session = sandbox_server.stripe_client().v2.billing.meter_event_session.create()
-    with sandbox_server.sandbox.state.lock:
-        sandbox_server.sandbox.state.sessions[session.authentication_token] = time.time() - 1
+    assert 0.4 < _seconds(session.expires_at) - _seconds(session.created) < 0.6
     stream = _stream_client(sandbox_server, session.authentication_token)
-    with pytest.raises(stripe.AuthenticationError):
+    time.sleep(0.6)
+    with pytest.raises(stripe.TemporarySessionExpiredError) as expired:
         stream.v2.billing.meter_event_stream.create(
             {"events": [{"event_name": "x", "payload": {"value": "1"}}]}
         )
+    assert not isinstance(expired.value, stripe.AuthenticationError)
+    assert (expired.value.http_status, expired.value.code) == (
+        401,
+        "billing_meter_event_session_expired",
+    )
+
+
+def _seconds(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
 def test_fault_injection_then_sdk_retry_succeeds(sandbox_server: SandboxServer) -> None:
