@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -168,7 +168,7 @@ def _snapshot(connection: Connection, now: datetime) -> HealthSnapshot:
         .where(INBOX.c.status.in_(UNFINISHED))
         .group_by(INBOX.c.status)
     )
-    counts: dict[str, int] = {str(status): count for status, count in rows}
+    counts = {str(status): cast(int, count) for status, count in rows}
     oldest = as_utc(
         connection.execute(
             select(func.min(INBOX.c.received_at)).where(INBOX.c.status.in_(UNFINISHED))
