@@ -1,18 +1,20 @@
 """How one row is decided: classify, correct (a few rounds), or quarantine with a reason.
 
 `RowDecider.decide` writes nothing; the engine and the fast path write what it returns.
+Billing safety: a row is re-sent only if it was rejected (it carries an error code, or the
+whole input holds rejected rows only: `rejected`) or if our validation proves Stripe rejects
+it and we corrected it. Any other row is `valid` and goes to no output (`Outcome.write`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from remediation.changes import Change, Context
 from remediation.codes import KNOWN_CODES, ErrorCode
 from remediation.correctors import CORRECTORS
 from remediation.errors import Uncorrectable
-from remediation.identifiers import derive_identifier, split_generation
+from remediation.identifiers import Identifiers, Lineage
 from remediation.outcomes import Outcome, Tally
 from remediation.records import UsageRecord, classify_reported
 from remediation.validation import validate_record
@@ -27,16 +29,21 @@ class RowDecider:
         ctx: Context,
         generation: int,
         keep_ids: bool,
-        previous_codes: Mapping[str, str] | None,
+        lineage: Lineage,
+        rejected: bool,
     ) -> None:
         self.source, self.ctx, self.generation = source, ctx, generation
-        self.keep_ids, self.previous_codes = keep_ids, previous_codes
+        self.keep_ids, self.lineage, self.rejected = keep_ids, lineage, rejected
+        self.ids = Identifiers(source, generation, lineage, keep_ids)
         self.tally = Tally()
 
     def decide(self, record: UsageRecord) -> Outcome:
         """Where the row goes and what is recorded about it (nothing is written here)."""
         arrived, to_fix = self.classify(record)
         if arrived is None:
+            if not (self.rejected or record.error_code or record.error_message):
+                # never rejected: it may have been billed, so it is never re-sent
+                return Outcome("valid", None, record, None, [], write=False)
             record.identifier = self.new_identifier(record)
             return Outcome("valid", None, record, None, [])
         repeat = self.repeat_failure(record, arrived)
@@ -128,19 +135,11 @@ class RowDecider:
         raise Uncorrectable("too many problems in one row", current)
 
     def repeat_failure(self, record: UsageRecord, code: str) -> str | None:
-        """A row we already corrected once that fails again with the same code stays out."""
-        if not record.identifier:
+        """A row we corrected (per lineage) that fails again with the same code stays out."""
+        ancestor = self.lineage.ancestors.get(record.identifier or "")
+        if ancestor is None or ancestor.code != code:
             return None
-        _, generation = split_generation(record.identifier)
-        if generation == 0:
-            return None
-        if self.previous_codes is None:
-            return f"already corrected in generation {generation} and reported again"
-        if self.previous_codes.get(record.identifier) == code:
-            return f"failed again with {code} after correction in generation {generation}"
-        return None
+        return f"failed again with {code} after correction in generation {ancestor.generation}"
 
     def new_identifier(self, record: UsageRecord) -> str | None:
-        if self.keep_ids:
-            return record.identifier
-        return derive_identifier(record.identifier, self.source, record.row_number, self.generation)
+        return self.ids.new(record.identifier, record.row_number)

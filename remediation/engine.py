@@ -1,13 +1,14 @@
 """One remediation pass over one input: classify, correct, write corrected + quarantine + audit.
 
 Invariants, checked at the end of every run (ConservationError otherwise): rows in = valid +
-corrected + quarantined, and every row went to exactly one output. Same input, rules and `now`
-give byte-identical files.
+corrected + quarantined, and every row went to exactly one output, except the valid rows of an
+input that was not rejected as a whole, which go to none (never re-sent: see `decide`). Same
+input, rules, lineage and `now` give byte-identical files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from remediation.changes import Context
 from remediation.decide import RowDecider
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
+from remediation.identifiers import Lineage
 from remediation.meters import Meter
 from remediation.outcomes import Tally
 from remediation.outputs import PlannedOutput
@@ -52,14 +54,21 @@ def remediate(
     customers: CustomerDirectory | None = None,
     on_audit: AuditSink | None = None,
     columns: Sequence[str] | None = None,
-    previous_codes: Mapping[str, str] | None = None,
+    lineage: Lineage | None = None,
+    rejected: bool = False,
     max_rows: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> RemediationResult:
-    """Correct what the rules allow, quarantine the rest; see the module docstring."""
+    """Correct what the rules allow, quarantine the rest; see the module docstring.
+
+    `rejected`: every row of the input was rejected by Stripe (a failed-records file, the
+    source of a whole-file failure, rows the poller refused), so its valid rows are re-sent
+    too. Otherwise only rows carrying an error code or failing our validation are.
+    `lineage`: which identifiers of the input we wrote (see `identifiers`)."""
     index = MeterIndex(meters, value_precision=rules.value_precision)
     ctx = Context(index, rules, now, customers)
-    run = RowDecider(source, ctx, generation, identifiers == "keep", previous_codes)
+    keep = identifiers == "keep"
+    run = RowDecider(source, ctx, generation, keep, lineage or Lineage(), rejected)
     sinks = Sinks(out_dir, source, fmt, generation, columns, write, max_rows, on_audit)
     try:
         fast = fastpath.plan(records, sinks, columns)
@@ -74,7 +83,7 @@ def remediate(
     except BaseException:
         sinks.abort()
         raise
-    _check_conservation(run.tally, outputs)
+    _check_conservation(run.tally, outputs, write)
     summary = _summary(source, generation, run.tally, outputs, sinks.audit_path)
     return RemediationResult(summary, outputs, run.tally.corrections)
 
@@ -114,7 +123,8 @@ def _in_halves(
         ctx.rules,
         ctx.now,
         tuple(columns),
-        run.previous_codes,
+        run.lineage,
+        run.rejected,
     )
     return parallel.remediate_halves(records, sinks, spec, run.tally, sinks.out_dir)
 
@@ -125,7 +135,8 @@ def _fast_settings(
     return fastpath.RunSettings(
         run.source,
         run.generation,
-        run.keep_ids,
+        run.ids,
+        run.rejected,
         run.ctx,
         run.decide,
         sinks.emit,
@@ -147,15 +158,20 @@ def _summary_entry(run: RowDecider) -> dict[str, Any]:
     }
 
 
-def _check_conservation(tally: Tally, outputs: list[PlannedOutput]) -> None:
+def _check_conservation(tally: Tally, outputs: list[PlannedOutput], write: bool) -> None:
     if tally.input_rows != tally.valid + tally.corrected + tally.quarantined:
         raise ConservationError(
             f"rows in {tally.input_rows} != valid {tally.valid} + "
             f"corrected {tally.corrected} + quarantined {tally.quarantined}"
         )
+    if tally.valid_kept > tally.valid:
+        raise ConservationError(f"{tally.valid_kept} valid rows kept out of {tally.valid} valid")
     written = sum(output.rows for output in outputs)
-    if outputs and written != tally.input_rows:
-        raise ConservationError(f"{written} rows written for {tally.input_rows} rows in")
+    if write and written != tally.written():
+        raise ConservationError(
+            f"{written} rows written for {tally.input_rows} rows in "
+            f"({tally.valid_kept} valid rows never rejected, never re-sent)"
+        )
 
 
 def _summary(

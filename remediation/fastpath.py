@@ -4,10 +4,11 @@ Column indexes are resolved once from the header. Each row goes to the handler o
 code (`fastrows`), which checks and fixes the cells it needs and reports the outcome here;
 the output row is the input row projected onto the output columns, with the derived
 identifier, and goes out through `csv.writer.writerows` in chunks; audit lines come from
-pre-rendered pieces (`auditlines`). A row a handler does not recognise (malformed, an
-identifier with a generation, an unusual code or value) is decided by the general path
-(`decide` + `emit`), after the pending rows are written, so the outputs keep input order and
-are byte-identical to the general path's (tests/unit/remediation/test_fastpath.py).
+pre-rendered pieces (`auditlines`). A row a handler does not recognise (malformed, without an
+identifier or with one lineage says we wrote, an unusual code or value) is decided by the
+general path (`decide` + `emit`), after the pending rows are written, so the outputs keep
+input order and are byte-identical to the general path's (tests/unit/remediation/
+test_fastpath.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from remediation.auditlines import AuditLines, CellChange, correction_entry, qua
 from remediation.changes import Context
 from remediation.codes import KNOWN_CODES, ErrorCode
 from remediation.fastrows import FastRows
+from remediation.identifiers import Identifiers
 from remediation.outcomes import Outcome, Tally
 from remediation.outputs import OutputSet
 from remediation.ranges import RangeRows
@@ -69,7 +71,8 @@ class RunSettings:
 
     source: str
     generation: int
-    keep_ids: bool
+    ids: Identifiers
+    rejected: bool  # every row was rejected: valid rows are re-sent too (see `decide`)
     ctx: Context
     decide: Callable[[UsageRecord], Outcome]
     emit: Callable[[Outcome], None]
@@ -122,6 +125,7 @@ def usable(layout: CsvLayout) -> bool:
 @dataclass(slots=True)
 class _Counts:
     valid: int = 0
+    valid_kept: int = 0
     corrections: int = 0
     corrected: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, int] = field(default_factory=dict)
@@ -129,6 +133,7 @@ class _Counts:
 
     def into(self, tally: Tally) -> None:
         tally.count("valid", None, self.valid, 0, 0)
+        tally.valid_kept += self.valid_kept
         for code, rows in self.corrected.items():
             tally.count("corrected", code, rows, 0, 0)
         for code, rows in self.quarantined.items():
@@ -144,7 +149,8 @@ class _Runner:
         self.number = settings.first_row - 1
         self.counts = _Counts()
         self.lines = AuditLines(settings.source)
-        self.suffix = f"-r{max(settings.generation, 1)}"
+        self.ids, self.keep_ids = settings.ids, settings.ids.keep
+        self.ours = settings.ids.ancestors  # rows lineage says we wrote: the general path
         self.pending: tuple[list[list[str]], list[list[str]], list[str]] = ([], [], [])
         picks = projection(layout, fast.columns)
         self.enabled = picks is not None and usable(layout)
@@ -162,10 +168,10 @@ class _Runner:
             return self.one_by_one(rows)
         width, id_at = len(self.layout.header), self.id_at
         code_at, message_at = self.code_at, self.message_at
-        handlers, valid = self.rows.handlers, self.rows.valid
+        handlers, valid, ours = self.rows.handlers, self.rows.valid, self.ours
         for at, row in enumerate(rows):
             self.number += 1
-            if len(row) == width and row[id_at] and "-r" not in row[id_at]:
+            if len(row) == width and row[id_at] and row[id_at] not in ours:
                 code = row[code_at] if code_at is not None else ""
                 if code:
                     handler = handlers.get(code)
@@ -194,16 +200,20 @@ class _Runner:
     # --- RowSink -----------------------------------------------------------------------
 
     def valid(self, row: list[str]) -> None:
-        if not self.settings.keep_ids:
-            row[self.id_at] += self.suffix
-        self.pending[0].append(row)
+        """A row without error information that passes validation."""
         self.counts.valid += 1
+        if not self.settings.rejected:
+            self.counts.valid_kept += 1  # never rejected: it may have been billed, never re-sent
+            return
+        if not self.keep_ids:
+            row[self.id_at] = self.ids.fast_new(row[self.id_at])
+        self.pending[0].append(row)
 
     def corrected(
         self, code: str, row: list[str], fixed: list[str], changes: tuple[CellChange, ...]
     ) -> None:
         ident = row[self.id_at]
-        new = ident if self.settings.keep_ids else ident + self.suffix
+        new = ident if self.keep_ids else self.ids.fast_new(ident)
         fixed[self.id_at] = new
         self.pending[0].append(fixed)
         counts = self.counts

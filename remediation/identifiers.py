@@ -1,32 +1,236 @@
-"""Deterministic identifiers for re-sent rows: `<original>-r<generation>`.
+"""Identifiers of re-sent rows: `<original>-mfx<generation>`, from lineage, never from spelling.
 
-A derived identifier never collides with the original, and because it is deterministic a
-re-upload of the same corrected file can never bill twice. A row without an identifier first
-gets a stable hash of its source object and row number. Never depends on the reference time.
+A row written to a corrected output gets a deterministic identifier made from its ORIGINAL
+identifier and the run's generation (1 + the generation of the object it came from). Both come
+from lineage (the object's `mfx-generation` metadata, the correction audit in the database),
+never from the identifier's text: `order-r099` or `inv-mfx3` are a customer's own identifiers
+unless lineage says we wrote them. Exactly:
+- `<original>-mfx<generation>`, or
+- `<first 80 characters of the original>-<first 12 hex digits of sha256(original)>-mfx<generation>`
+  when the plain form would exceed 100 characters (Stripe's limit) or would equal an original
+  identifier of the same input (`Lineage.reserved`);
+- a row without an identifier first gets `row-<first 16 hex digits of sha256(key, row)>`.
+Deterministic and independent of the reference time, so re-uploading the same corrected file
+can never bill twice. Outputs written before this rule (`-r<n>` suffixes) keep their
+identifiers: lineage leads from them to their originals like from any output of ours.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
-_GENERATION = re.compile(r"^(.*)-r([0-9]+)$")
-
-
-def stable_identifier(source: str, row_number: int) -> str:
-    digest = hashlib.sha256(f"{source}\x00{row_number}".encode()).hexdigest()
-    return f"mfx-{digest[:24]}"
-
-
-def split_generation(identifier: str) -> tuple[str, int]:
-    """`abc-r2` -> (`abc`, 2); an identifier without the suffix is generation 0."""
-    if "-r" not in identifier:
-        return identifier, 0
-    match = _GENERATION.match(identifier)
-    return (match[1], int(match[2])) if match else (identifier, 0)
+MAX_IDENTIFIER = 100  # Stripe's limit on a meter event identifier
+HASHED_KEEP = 80  # characters of the original kept in the hashed form
+SCAN_BLOCK = 1 << 20
 
 
-def derive_identifier(identifier: str | None, source: str, row_number: int, generation: int) -> str:
-    base = identifier if identifier else stable_identifier(source, row_number)
-    base, previous = split_generation(base)
-    return f"{base}-r{max(generation, previous + 1)}"
+def row_identifier(source: str, row_number: int) -> str:
+    """The original identifier of a row that has none, from its object key and row number.
+
+    Bytes hashed: the key in UTF-8 (lone surrogates kept as `surrogatepass` writes them), one
+    NUL byte, then the row number in ASCII decimal digits. The row number holds no NUL, so the
+    last NUL separates the pair unambiguously whatever the key holds.
+    """
+    data = source.encode("utf-8", "surrogatepass") + b"\x00" + str(row_number).encode("ascii")
+    return "row-" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def plain_suffix(generation: int) -> str:
+    return f"-mfx{generation}"
+
+
+def derived_identifier(original: str, generation: int, reserved: Container[str] = ()) -> str:
+    """The identifier a row of `original` is re-sent under in `generation` (see above)."""
+    plain = original + plain_suffix(generation)
+    if len(plain) <= MAX_IDENTIFIER and plain not in reserved:
+        return plain
+    digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{original[:HASHED_KEEP]}-{digest}{plain_suffix(generation)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ancestor:
+    """What lineage knows about an identifier of ours found in an input."""
+
+    original: str  # the identifier the chain of re-sends started from
+    code: str | None  # the code its row was corrected for (None: re-sent unchanged)
+    generation: int  # the generation that wrote it
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """Lineage of one input's identifiers: which of them we wrote (`ancestors`) and the
+    originals of the input that a plain derived identifier must not equal (`reserved`)."""
+
+    ancestors: Mapping[str, Ancestor] = field(default_factory=dict)
+    reserved: frozenset[str] = frozenset()
+
+
+class Identifiers:
+    """Originals and derived identifiers of one run."""
+
+    def __init__(self, source: str, generation: int, lineage: Lineage, keep: bool) -> None:
+        self.source, self.generation, self.keep = source, generation, keep
+        self.ancestors, self.reserved = lineage.ancestors, lineage.reserved
+        self.suffix = plain_suffix(generation)
+        self.longest_plain = MAX_IDENTIFIER - len(self.suffix)
+
+    def original(self, identifier: str | None, row_number: int) -> str:
+        if not identifier:
+            return row_identifier(self.source, row_number)
+        ancestor = self.ancestors.get(identifier)
+        return ancestor.original if ancestor is not None else identifier
+
+    def new(self, identifier: str | None, row_number: int) -> str | None:
+        """The identifier a row is written under (`keep`: its own)."""
+        if self.keep:
+            return identifier
+        original = self.original(identifier, row_number)
+        return derived_identifier(original, self.generation, self.reserved)
+
+    def fast_new(self, identifier: str) -> str:
+        """`new` for a non-empty identifier not in `ancestors` (the CSV fast path's case)."""
+        plain = identifier + self.suffix
+        if len(identifier) <= self.longest_plain and plain not in self.reserved:
+            return plain
+        return derived_identifier(identifier, self.generation, self.reserved)
+
+
+# --- lineage from the database (through a lookup) and from the input ------------------------
+
+MAX_DEPTH = 64  # generations traced back at most (each one is a re-send that failed again)
+
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """What the correction audit says about an identifier a correction of ours wrote."""
+
+    identifier: str  # the row's identifier in that run (`row_identifier` if it had none)
+    code: str  # the code it was corrected for
+    generation: int  # the generation of that run
+
+
+# identifiers -> the parents the correction audit knows of (the service asks the database)
+ParentLookup = Callable[[list[str]], Mapping[str, Parent]]
+
+
+def trace_ancestors(
+    identifiers: Iterable[str], input_generation: int, parents: ParentLookup, batch: int = 500
+) -> dict[str, Ancestor]:
+    """Ancestors of an input's identifiers that lineage says we wrote.
+
+    `input_generation` is the generation of the object the input came from, per its metadata
+    (0: unknown or not ours). Each step goes one generation back: to the identifier the audit
+    says a correction was made for (and the generation of that run), else, only while the
+    object's lineage gives the generation (a row re-sent unchanged, which the audit does not
+    list), to what is left after removing the exact suffix that generation appended (`-mfx<g>`,
+    or `-r<g>` for outputs of the earlier rule). Generations come from lineage, never from a
+    number read out of the identifier.
+    """
+    found: dict[str, Ancestor] = {}
+    pending = iter(identifiers)
+    while chunk := _take(pending, batch):
+        found.update(_trace_chunk(chunk, input_generation, parents))
+    return found
+
+
+def _take(items: Iterator[str], count: int) -> list[str]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= count:
+            break
+    return chunk
+
+
+@dataclass(slots=True)
+class _Trace:
+    at: str  # traced back to here
+    generation: int  # the generation that wrote `at` (0: unknown)
+    code: str | None = None
+    wrote: int = 0  # the generation that wrote the traced identifier (0: not ours)
+
+
+def _trace_chunk(chunk: list[str], generation: int, parents: ParentLookup) -> dict[str, Ancestor]:
+    traces = {identifier: _Trace(identifier, generation) for identifier in dict.fromkeys(chunk)}
+    moving = set(traces)
+    for _ in range(MAX_DEPTH):
+        if not moving:
+            break
+        known = parents(sorted({traces[identifier].at for identifier in moving}))
+        for identifier in sorted(moving):
+            if not _step(traces[identifier], known.get(traces[identifier].at)):
+                moving.discard(identifier)
+    return {
+        identifier: Ancestor(trace.at, trace.code, trace.wrote)
+        for identifier, trace in traces.items()
+        if trace.wrote
+    }
+
+
+def _step(trace: _Trace, parent: Parent | None) -> bool:
+    """One generation back; False when `trace.at` is an original."""
+    first = not trace.wrote
+    if parent is not None:
+        written_in, previous = parent.generation, parent.identifier
+    elif trace.generation >= 1:
+        written_in, unsuffixed = trace.generation, _unsuffixed(trace.at, trace.generation)
+        if unsuffixed is None:
+            return False
+        previous = unsuffixed
+    else:
+        return False
+    if first:
+        trace.wrote, trace.code = written_in, parent.code if parent is not None else None
+    moved = previous != trace.at  # not when a run kept identifiers (`--identifiers keep`)
+    trace.at, trace.generation = previous, written_in - 1
+    return moved
+
+
+def _unsuffixed(identifier: str, generation: int) -> str | None:
+    for suffix in (plain_suffix(generation), f"-r{generation}"):
+        if identifier.endswith(suffix) and len(identifier) > len(suffix):
+            return identifier[: -len(suffix)]
+    return None
+
+
+def may_hold(path: Path, needle: bytes) -> bool:
+    """Whether the file's bytes hold `needle` (or a JSON `\\u` escape that could spell it)."""
+    tail = b""
+    with open(path, "rb") as handle:
+        while block := handle.read(SCAN_BLOCK):
+            data = tail + block
+            if needle in data or b"\\u" in data:
+                return True
+            tail = data[-(len(needle) + 1) :]
+    return False
+
+
+def reserved_originals(
+    identifiers: Iterable[tuple[str | None, int]], ids: Identifiers
+) -> frozenset[str]:
+    """Originals of an input that end like a plain derived identifier of this generation."""
+    return frozenset(
+        original
+        for identifier, row in identifiers
+        if (original := ids.original(identifier, row)).endswith(ids.suffix)
+    )
+
+
+def input_lineage(
+    path: Path,
+    rows: Callable[[], Iterable[tuple[str | None, int]]],
+    source: str,
+    generation: int,
+    ancestors: Mapping[str, Ancestor] | None = None,
+) -> Lineage:
+    """The lineage of the input at `path`; `rows` reads its (identifier, row number) pairs,
+    only when the bytes could hold an original ending in this generation's suffix."""
+    lineage = Lineage(ancestors or {})
+    if not may_hold(path, plain_suffix(generation).encode()):
+        return lineage
+    ids = Identifiers(source, generation, lineage, keep=False)
+    return Lineage(lineage.ancestors, reserved_originals(rows(), ids))

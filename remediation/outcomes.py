@@ -10,8 +10,8 @@ from remediation.records import UsageRecord
 
 @dataclass(slots=True)
 class Outcome:
-    """`record` goes to the corrected output, or with `notes` to quarantine; `audit` entries
-    are written in order."""
+    """`record` goes to the corrected output, or with `notes` to quarantine, or with `write`
+    False (a valid row that was never rejected) nowhere; `audit` entries are written in order."""
 
     kind: str  # valid | corrected | quarantined
     arrived: str | None  # the code the row arrived with (or was classified with)
@@ -20,12 +20,14 @@ class Outcome:
     audit: list[dict[str, Any]]
     corrections: int = 0
     unclassified: bool = False
+    write: bool = True
 
 
 @dataclass(slots=True)
 class Tally:
     input_rows: int = 0
     valid: int = 0
+    valid_kept: int = 0  # valid rows written to no output (never rejected, never re-sent)
     corrected: int = 0
     quarantined: int = 0
     unclassified: int = 0
@@ -35,6 +37,12 @@ class Tally:
     def add(self, outcome: Outcome) -> None:
         """Count one row that had this outcome."""
         self.count(outcome.kind, outcome.arrived, 1, outcome.corrections, outcome.unclassified)
+        if not outcome.write:
+            self.valid_kept += 1
+
+    def written(self) -> int:
+        """Rows that went to an output."""
+        return self.input_rows - self.valid_kept
 
     def count(
         self, kind: str, arrived: str | None, rows: int, corrections: int, unclassified: int
@@ -58,6 +66,7 @@ class Tally:
         """Add the counts of a run over other rows of the same input."""
         self.input_rows += other.input_rows
         self.valid += other.valid
+        self.valid_kept += other.valid_kept
         self.corrected += other.corrected
         self.quarantined += other.quarantined
         self.unclassified += other.unclassified

@@ -16,7 +16,7 @@ customer directory, no progress reports.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +25,7 @@ from remediation import fastpath, ranges
 from remediation.changes import Context
 from remediation.decide import RowDecider
 from remediation.filetypes import FileFormat
+from remediation.identifiers import Lineage
 from remediation.meters import Meter
 from remediation.outcomes import Tally
 from remediation.outputs import OutputSet
@@ -52,7 +53,8 @@ class RunSpec:
     rules: Rules
     now: int
     columns: tuple[str, ...]
-    previous_codes: Mapping[str, str] | None
+    lineage: Lineage
+    rejected: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,9 @@ def remediate_range(job: Job) -> Part:
     spec = job.spec
     index = MeterIndex(spec.meters, value_precision=spec.rules.value_precision)
     ctx = Context(index, spec.rules, spec.now)
-    decider = RowDecider(spec.source, ctx, spec.generation, spec.keep_ids, spec.previous_codes)
+    decider = RowDecider(
+        spec.source, ctx, spec.generation, spec.keep_ids, spec.lineage, spec.rejected
+    )
     sinks = Sinks(
         job.out_dir,
         spec.source,
@@ -173,7 +177,8 @@ def remediate_range(job: Job) -> Part:
     settings = fastpath.RunSettings(
         spec.source,
         spec.generation,
-        spec.keep_ids,
+        decider.ids,
+        spec.rejected,
         ctx,
         decider.decide,
         sinks.emit,

@@ -89,6 +89,8 @@ class Sinks:
 
     def emit(self, outcome: Outcome) -> None:
         """Write one decided row to its output and its entries to the audit trail."""
+        if not outcome.write:
+            return  # never rejected: never re-sent
         if outcome.notes is None:
             self.corrected.write(outcome.record)
         else:

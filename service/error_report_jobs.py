@@ -40,7 +40,7 @@ from service.models import (
     QuarantinedRow,
 )
 from service.models._types import as_utc, utcnow
-from service.remediation_inputs import JobDeps, TaskInputMissing, next_generation, previous_codes
+from service.remediation_inputs import JobDeps, TaskInputMissing, next_generation, run_lineage
 from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
 
 # Objects whose rows a report may be about: first seen up to a day before the report's window
@@ -123,6 +123,7 @@ def _remediate(
         return done.input_rows
     base = job.scope
     scope = ReportScope(base.codes, base.samples, base.event_name, _handled_rows(ctx.engine, key))
+    generation = next_generation(ctx.bucket, key)
     request = RunRequest(
         run_key=run_key,
         trigger="error_report",
@@ -130,9 +131,10 @@ def _remediate(
         tag=f"report-{job.event_id}",
         fmt=plan.fmt,
         now=job.now,
-        generation=next_generation(ctx.bucket, key),
+        generation=generation,
         columns=plan.columns or None,
-        previous_codes=previous_codes(ctx.engine, path, ctx.rules),
+        lineage=run_lineage(ctx.engine, path, ctx.rules, key, generation),
+        rejected=False,  # an object that was imported: only the reported rows are re-sent
     )
     rows = _records(path, plan, ctx, key, etag)
     selected = select_reported(rows, scope, job.index, job.now, job.customers)

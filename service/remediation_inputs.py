@@ -1,6 +1,6 @@
 """Where a remediation task's input comes from: Stripe's files (streamed to disk), the source
 object in the bucket (by key, else by file name), the generation its corrected rows get, and
-the codes rows that come back again were corrected for.
+its lineage: which of its identifiers we wrote, from which original, corrected for which code.
 
 A task whose input cannot be had raises `TaskInputMissing` (not retried: a person must look).
 """
@@ -10,19 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from remediation.errors import UnreadableFile
-from remediation.identifiers import split_generation
+from remediation.identifiers import Lineage, Parent, input_lineage, row_identifier, trace_ancestors
 from remediation.ports import Bucket, StripeFiles
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
 from service.logs import log_event
-from service.models import BucketObject, CorrectionAudit, ImportSet
+from service.models import BucketObject, CorrectionAudit, ImportSet, RemediationRun
 from service.models._types import as_utc, utcnow
 from service.remediation_runs import RunContext
 
@@ -130,27 +129,40 @@ def next_generation(bucket: Bucket, key: str | None) -> int:
     return 1
 
 
-def previous_codes(engine: Engine, path: Path, rules: Rules) -> dict[str, str]:
-    """Derived identifier -> the code it was corrected for, for rows that come back again."""
-    found: dict[str, str] = {}
-    identifiers = derived_identifiers(path, rules)
-    with Session(engine) as session:  # in batches: a corrected file may hold 1,000,000 rows
-        while batch := list(islice(identifiers, LOOKUP_BATCH)):
-            rows = session.exec(
-                select(CorrectionAudit.new_identifier, CorrectionAudit.code).where(
-                    col(CorrectionAudit.new_identifier).in_(batch)
-                )
-            ).all()
-            found.update((identifier, code) for identifier, code in rows if identifier)
+def run_lineage(engine: Engine, path: Path, rules: Rules, source: str, generation: int) -> Lineage:
+    """The lineage of the input at `path`, rows of `source` remediated in `generation` (the
+    source object's generation + 1): the identifiers of ours in it (from the correction audit,
+    and from the object's metadata), and the originals a derived identifier must not equal."""
+
+    def rows() -> Iterator[tuple[str | None, int]]:
+        try:
+            plan = plan_input(path, rules)
+            with path.open("rb") as stream:
+                for record in read_repaired(stream, plan, rules):
+                    yield record.identifier, record.row_number
+        except UnreadableFile:
+            return  # the run itself reads the file again and says what is wrong with it
+
+    identifiers = (identifier for identifier, _ in rows() if identifier)
+    ancestors = trace_ancestors(
+        identifiers, generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
+    )
+    return input_lineage(path, rows, source, generation, ancestors)
+
+
+def parents(engine: Engine, identifiers: list[str]) -> dict[str, Parent]:
+    """identifier -> the correction of ours that wrote it (the first one recorded)."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select(CorrectionAudit, RemediationRun.generation)
+            .join(RemediationRun, col(RemediationRun.id) == col(CorrectionAudit.run_id))
+            .where(col(CorrectionAudit.new_identifier).in_(identifiers))
+            .order_by(col(CorrectionAudit.id))
+        ).all()
+    found: dict[str, Parent] = {}
+    for audit, generation in rows:
+        new = audit.new_identifier
+        if new and new not in found:
+            original = audit.identifier or row_identifier(audit.source, audit.row_number)
+            found[new] = Parent(original, audit.code, generation)
     return found
-
-
-def derived_identifiers(path: Path, rules: Rules) -> Iterator[str]:
-    try:
-        plan = plan_input(path, rules)
-        with path.open("rb") as stream:
-            for record in read_repaired(stream, plan, rules):
-                if record.identifier and split_generation(record.identifier)[1] > 0:
-                    yield record.identifier
-    except UnreadableFile:
-        return

@@ -37,7 +37,7 @@ from service.remediation_inputs import (
     event_time,
     fetch_source,
     next_generation,
-    previous_codes,
+    run_lineage,
 )
 from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
 from service.remediation_tasks import TaskKind
@@ -72,6 +72,7 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
             path = download(deps.files, file_id, Path(tmp))
+            generation = next_generation(deps.run.bucket, import_set.source_object)
             request = RunRequest(
                 run_key=run_key,
                 trigger="import_set.succeeded",
@@ -79,8 +80,9 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
                 tag=import_set_id,
                 fmt=FileFormat.CSV,
                 now=event_time(import_set),
-                generation=next_generation(deps.run.bucket, import_set.source_object),
-                previous_codes=previous_codes(deps.run.engine, path, deps.run.rules),
+                generation=generation,
+                lineage=run_lineage(deps.run.engine, path, deps.run.rules, file_id, generation),
+                rejected=True,  # a failed-records file: every row was rejected
             )
             _run_file(deps.run, request, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
@@ -92,6 +94,7 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
             path, source = fetch_source(deps, import_set, Path(tmp))
+            generation = next_generation(deps.run.bucket, source)
             request = RunRequest(
                 run_key=run_key,
                 trigger="import_set.failed",
@@ -99,7 +102,9 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
                 tag=import_set_id,
                 fmt=FileFormat.CSV,
                 now=event_time(import_set),
-                generation=next_generation(deps.run.bucket, source),
+                generation=generation,
+                lineage=run_lineage(deps.run.engine, path, deps.run.rules, source, generation),
+                rejected=True,  # the whole file failed: none of its rows was billed
             )
             _run_file(deps.run, request, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
@@ -116,15 +121,18 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
                 f"the poller's failed-records file for {import_set.source_object} is gone; "
                 "re-import the object to rebuild it"
             )
+        source = import_set.source_object or import_set_id
+        generation = next_generation(deps.run.bucket, import_set.source_object)
         request = RunRequest(
             run_key=run_key,
             trigger="poller",
-            source=import_set.source_object or import_set_id,
+            source=source,
             tag=import_set_id,
             fmt=FileFormat.CSV,
             now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
-            generation=next_generation(deps.run.bucket, import_set.source_object),
-            previous_codes=previous_codes(deps.run.engine, path, deps.run.rules),
+            generation=generation,
+            lineage=run_lineage(deps.run.engine, path, deps.run.rules, source, generation),
+            rejected=True,  # the rows the poller refused (never sent)
         )
         key = import_set.source_object or ""
         _run_file(deps.run, request, path, lambda rows: _source_rows(deps.run.engine, key, rows))

@@ -20,6 +20,7 @@ from sqlmodel import Session, select
 
 from remediation.engine import remediate
 from remediation.filetypes import FileFormat
+from remediation.identifiers import Lineage
 from remediation.meters import Meter
 from remediation.outputs import PlannedOutput, file_sha256, lineage
 from remediation.ports import Bucket, CustomerDirectory
@@ -47,7 +48,8 @@ class RunRequest:
     now: int  # reference time: the event's time
     generation: int = 1
     columns: Sequence[str] | None = None
-    previous_codes: Mapping[str, str] | None = None
+    lineage: Lineage | None = None  # which identifiers we wrote (remediation.identifiers)
+    rejected: bool = False  # every row was rejected by Stripe: valid rows are re-sent too
 
 
 @dataclass
@@ -88,7 +90,8 @@ def execute_run(
             customers=ctx.customers,
             on_audit=audit.add,
             columns=request.columns,
-            previous_codes=request.previous_codes,
+            lineage=request.lineage,
+            rejected=request.rejected,
         )
         audit.flush()
         outputs = list(result.outputs) + _audit_output(result.summary, request)

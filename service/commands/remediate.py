@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,11 @@ import click
 
 from remediation.engine import RemediationResult, remediate
 from remediation.errors import MeterfixError
+from remediation.filetypes import FileFormat
+from remediation.identifiers import Lineage, input_lineage
 from remediation.meters import Meter, parse_meters
-from remediation.repair import plan_input, read_repaired
+from remediation.readers import CsvLayout
+from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.rules import Rules, load_rules
 from service.config import Settings
 
@@ -76,6 +79,7 @@ def _run(
 ) -> RemediationResult:
     try:
         plan = plan_input(file, rules)
+        lineage, rejected = _input_kind(file, plan, rules)
         with open(file, "rb") as stream, _progress(file) as progress:
             return remediate(
                 read_repaired(stream, plan, rules),
@@ -88,6 +92,8 @@ def _run(
                 identifiers=identifiers,
                 write=out is not None,
                 columns=plan.columns or None,
+                lineage=lineage,
+                rejected=rejected,
                 on_progress=progress,
             )
     except MeterfixError as exc:
@@ -211,6 +217,25 @@ def remediate_command(
     if upload:
         summary["uploaded"] = _upload(result)
     _report(summary, as_json)
+
+
+def _input_kind(file: Path, plan: InputPlan, rules: Rules) -> tuple[Lineage, bool]:
+    """The file's lineage (identifiers its rows must not be re-sent under) and whether it is
+    a failed-records file (error columns: every row was rejected, so all are re-sent).
+    Without error columns it may hold billed rows: only rejected or corrected rows are."""
+
+    def rows() -> Iterator[tuple[str | None, int]]:
+        with open(file, "rb") as stream:
+            for record in read_repaired(stream, plan, rules):
+                yield record.identifier, record.row_number
+
+    lineage = input_lineage(file, rows, str(file), 1)
+    if plan.fmt is FileFormat.CSV:
+        return lineage, CsvLayout.from_header(plan.header).errors != ()
+    with open(file, "rb") as stream:  # JSON: assumed to carry error keys on every row if any
+        first = next(read_repaired(stream, plan, rules), None)
+    rejected = first is not None and bool(first.error_code or first.error_message)
+    return lineage, rejected
 
 
 def _upload(result: RemediationResult) -> list[str]:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from remediation.engine import remediate
 from remediation.errors import BadRules
 from remediation.formats import FileFormat, read_records
-from remediation.identifiers import derive_identifier, stable_identifier
+from remediation.identifiers import Ancestor, Lineage, derived_identifier, row_identifier
 from remediation.meters import Meter
 from remediation.outputs import output_name
 from remediation.records import UsageRecord
@@ -56,7 +56,8 @@ def rec(
 def run_one(
     record: UsageRecord, tmp_path: Path, **kwargs: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Remediate one record; return (summary, the row as written in the output)."""
+    """Remediate one record of a failed-records input; return (summary, the row as written)."""
+    kwargs.setdefault("rejected", True)
     result = remediate(
         [record],
         source="in.jsonl",
@@ -168,7 +169,7 @@ CASES = [
         {"payload": {"stripe_customer_id": "c", "value": "1", "region": "eu"}},
     ),
     (rec(code="brand_new_code"), "quarantined", {"mfx_code": "unclassified"}),
-    (rec(), "valid", {"identifier": "id1-r1"}),
+    (rec(), "valid", {"identifier": "id1-mfx1"}),
 ]
 
 
@@ -183,7 +184,7 @@ def test_rule(record: UsageRecord, outcome: str, fields: dict[str, Any], tmp_pat
         assert row["payload"] == original and row["identifier"] == "id1"  # untouched
         assert row["mfx_reason"]
     else:
-        assert row["identifier"] == "id1-r1" and "mfx_code" not in row
+        assert row["identifier"] == "id1-mfx1" and "mfx_code" not in row
 
 
 def test_rules_can_be_disabled_and_rounding_enabled(tmp_path: Path) -> None:
@@ -203,19 +204,32 @@ def test_bad_rules(text: str) -> None:
 
 
 def test_identifiers() -> None:
-    assert derive_identifier("abc", "s", 1, 1) == "abc-r1"
-    assert derive_identifier("abc-r1", "s", 1, 1) == "abc-r2"
-    assert derive_identifier(None, "s", 3, 1) == stable_identifier("s", 3) + "-r1"
-    assert stable_identifier("s", 3) != stable_identifier("s", 4)
+    assert derived_identifier("abc", 1) == "abc-mfx1"
+    assert derived_identifier("abc-r1", 1) == "abc-r1-mfx1"  # a customer's own spelling
+    assert derived_identifier("abc", 2, {"abc-mfx2"}).endswith("-mfx2")
+    assert derived_identifier("abc", 2, {"abc-mfx2"}) != "abc-mfx2"
+    assert row_identifier("s", 3) != row_identifier("s", 4)
+    assert row_identifier("s", 3).startswith("row-") and len(row_identifier("s", 3)) == 20
 
 
 def test_repeat_failure_with_same_code_is_quarantined(tmp_path: Path) -> None:
-    record = rec(NOW * 1000, code="timestamp_in_future", ident="e-r1")
-    summary, row = run_one(record, tmp_path / "a")
+    ours = Ancestor("e", "timestamp_in_future", 1)
+    record = rec(NOW * 1000, code="timestamp_in_future", ident="e-mfx1")
+    summary, row = run_one(record, tmp_path / "a", lineage=Lineage({"e-mfx1": ours}), generation=2)
     assert summary["quarantined"] == 1 and "generation 1" in row["mfx_reason"]
-    record = rec(NOW * 1000, code="timestamp_in_future", ident="e-r1")
-    summary, row = run_one(record, tmp_path / "b", previous_codes={"e-r1": "no_meter"})
-    assert summary["corrected"] == 1 and row["identifier"] == "e-r2"
+    other = Lineage({"e-mfx1": Ancestor("e", "no_meter", 1)})
+    record = rec(NOW * 1000, code="timestamp_in_future", ident="e-mfx1")
+    summary, row = run_one(record, tmp_path / "b", lineage=other, generation=2)
+    assert summary["corrected"] == 1 and row["identifier"] == "e-mfx2"
+
+
+def test_own_identifier_ending_in_r_digits_is_corrected(tmp_path: Path) -> None:
+    """Without lineage saying we wrote it, `inv-r7` is a customer's identifier like any."""
+    for ident in ("inv-r7", "x-r1000", "plain-r1", "e-mfx1"):
+        record = rec(NOW * 1000, code="timestamp_in_future", ident=ident)
+        summary, row = run_one(record, tmp_path / ident)
+        assert summary["corrected"] == 1, row
+        assert row["identifier"] == f"{ident}-mfx1"
 
 
 def test_identifiers_keep(tmp_path: Path) -> None:
@@ -234,6 +248,7 @@ def test_split_layout_and_names(tmp_path: Path) -> None:
         now=NOW,
         out_dir=tmp_path,
         max_rows=2,
+        rejected=True,
     )
     names = [o.path.name for o in result.outputs]
     assert names == [f"usage.corrected.r1.part000{n}.csv" for n in (1, 2, 3)]
@@ -285,9 +300,16 @@ row_strategy = st.builds(
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(rows=st.lists(row_strategy, max_size=12), fmt=st.sampled_from(list(FileFormat)))
+@given(
+    rows=st.lists(row_strategy, max_size=12),
+    fmt=st.sampled_from(list(FileFormat)),
+    rejected=st.booleans(),
+)
 def test_conservation_and_determinism(
-    rows: list[UsageRecord], fmt: FileFormat, tmp_path_factory: pytest.TempPathFactory
+    rows: list[UsageRecord],
+    fmt: FileFormat,
+    rejected: bool,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     for number, row in enumerate(rows, 1):
         row.row_number = number
@@ -314,6 +336,7 @@ def test_conservation_and_determinism(
             rules=RULES,
             now=NOW,
             out_dir=out,
+            rejected=rejected,
         )
         s = result.summary
         assert s["input_rows"] == len(rows) == s["valid"] + s["corrected"] + s["quarantined"]
@@ -321,7 +344,8 @@ def test_conservation_and_determinism(
         for output in result.outputs:
             with open(output.path, "rb") as handle:
                 written += list(read_records(handle, fmt))
-        assert len(written) == len(rows)
+        resent = len(rows) if rejected else s["corrected"] + s["quarantined"]
+        assert len(written) == resent
         digests.append(
             [(o.path.name, o.sha256) for o in result.outputs]
             + [Path(s["outputs"]["audit"]).read_bytes()]
@@ -346,5 +370,5 @@ def test_csv_round_trip_through_engine(tmp_path: Path) -> None:
     text = result.outputs[0].path.read_bytes().decode()
     assert text == (
         "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\r\n"
-        "a-r1,1764000000,api_requests,cus_1,5\r\n"
+        "a-mfx1,1764000000,api_requests,cus_1,5\r\n"
     )

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from remediation import decide as deciding
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
+from remediation.identifiers import Ancestor, Lineage
 from remediation.meters import Meter
 from remediation.readers import CsvLayout
 from remediation.rules import load_rules
@@ -42,7 +43,9 @@ HEADER = [
     "error_message",
 ]
 CELLS = [
-    st.sampled_from(["a1", "", "x-r2", "b-r0", "q,uote", 'd"q', "ü{}", "evt-1", "run-red"]),
+    st.sampled_from(
+        ["a1", "", "x-r2", "b-r0", "q,uote", 'd"q', "ü{}", "evt-1", "run-red", "a1-mfx1", "L" * 97]
+    ),
     st.sampled_from(
         [
             str(NOW),
@@ -96,6 +99,11 @@ CELLS = [
     st.sampled_from(["", "No meter was found matching event_name X."]),
 ]
 ROWS = st.lists(st.tuples(*CELLS).map(list), min_size=1, max_size=60)
+# `x-r2` and `b-r0` were written by us (lineage), `a1-mfx1` is also an original of the input
+LINEAGE = Lineage(
+    {"x-r2": Ancestor("x", "no_meter", 1), "b-r0": Ancestor("b", "timestamp_in_future", 1)},
+    frozenset({"a1-mfx1"}),
+)
 
 
 def to_csv(rows: list[list[str]]) -> bytes:
@@ -135,13 +143,15 @@ def assert_same(data: bytes, tmp: Path, **kwargs: Any) -> None:
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=ROWS, keep=st.booleans())
+@given(rows=ROWS, keep=st.booleans(), rejected=st.booleans(), lineage=st.booleans())
 def test_fast_path_writes_what_the_general_path_writes(
-    rows: list[list[str]], keep: bool, tmp_path_factory: Any
+    rows: list[list[str]], keep: bool, rejected: bool, lineage: bool, tmp_path_factory: Any
 ) -> None:
     doubled = rows + [list(row) for row in rows]
     tmp = tmp_path_factory.mktemp("cmp")
-    assert_same(to_csv(doubled), tmp, identifiers="keep" if keep else "derive")
+    identifiers = "keep" if keep else "derive"
+    more = {"lineage": LINEAGE} if lineage else {}
+    assert_same(to_csv(doubled), tmp, identifiers=identifiers, rejected=rejected, **more)
 
 
 def test_parts_split_at_the_same_rows(tmp_path: Path) -> None:
@@ -193,14 +203,24 @@ def varied_rows(count: int, seed: int) -> list[list[str]]:
         at = {"timestamp_in_future": 1, "no_meter": 2, "meter_event_customer_not_found": 3}
         cells[at.get(code, 4 if code else 1)] = make()
         if i % 97 == 0:
-            cells[0] += "-r1"  # decided on the general path, between fast rows
+            cells[0] += "-r1"  # ours per `ours()`: decided on the general path, between fast rows
         rows.append(cells)
     return rows
 
 
+def ours(rows: list[list[str]]) -> Lineage:
+    """Lineage saying we wrote the `-r1` rows of `varied_rows` (in generation 1)."""
+    return Lineage({r[0]: Ancestor(r[0][:-3], None, 1) for r in rows if r[0].endswith("-r1")})
+
+
 @pytest.mark.parametrize("keep", [False, True])
-def test_varied_rows(tmp_path: Path, keep: bool) -> None:
-    assert_same(to_csv(varied_rows(3000, 5)), tmp_path, identifiers="keep" if keep else "derive")
+@pytest.mark.parametrize("rejected", [False, True])
+def test_varied_rows(tmp_path: Path, keep: bool, rejected: bool) -> None:
+    rows = varied_rows(3000, 5)
+    identifiers = "keep" if keep else "derive"
+    assert_same(
+        to_csv(rows), tmp_path, identifiers=identifiers, rejected=rejected, lineage=ours(rows)
+    )
 
 
 def test_reroute_to_another_layout_between_fast_rows(tmp_path: Path) -> None:
@@ -234,5 +254,9 @@ def test_varied_rows_are_decided_on_the_fast_path(
         return decide(run, record)
 
     monkeypatch.setattr(deciding.RowDecider, "decide", counting)
-    run(to_csv(varied_rows(3000, 7)), tmp_path, True)
-    assert len(calls) <= 3000 // 97 + 1  # only the -r1 rows
+    rows = varied_rows(3000, 7)
+    run(to_csv(rows), tmp_path / "a", True, rejected=True, lineage=ours(rows))
+    assert len(calls) == 3000 // 97 + 1  # only the rows lineage says we wrote
+    calls.clear()
+    run(to_csv(rows), tmp_path / "b", True, rejected=True)
+    assert calls == []  # `-r1` is a spelling, not lineage: those rows are decided fast too
