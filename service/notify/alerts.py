@@ -21,6 +21,9 @@ from service.models.alerts import Alert, AlertSeverity, AlertStatus
 
 ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
 TEXT_LIMIT = 2000
+# Key in `detail` where the critical-message job keeps its per-channel progress
+# (service.notify.critical); kept while the incident lasts, dropped when it opens again.
+NOTIFY_STATE = "notify"
 
 
 def raise_alert(
@@ -82,10 +85,13 @@ def _upsert(connection: Connection, key: str, values: dict[str, Any], now: Any) 
     )
     if inserted.rowcount == 1:
         return
-    status: str = connection.execute(
-        select(ALERTS.c.status).where(ALERTS.c.alert_key == key)
-    ).scalar_one()
+    status, detail = connection.execute(
+        select(ALERTS.c.status, ALERTS.c.detail).where(ALERTS.c.alert_key == key)
+    ).one()
     again: dict[str, Any] = {}
+    if status != AlertStatus.RESOLVED and isinstance(detail, dict) and NOTIFY_STATE in detail:
+        # the same incident: keep what was already sent on which channel
+        values = {**values, "detail": {**values["detail"], NOTIFY_STATE: detail[NOTIFY_STATE]}}
     if status == AlertStatus.RESOLVED:  # a new incident of the same thing: a new message
         again = {
             "status": AlertStatus.OPEN.value,

@@ -1,13 +1,160 @@
-"""Scheduled notification jobs run by `meterfix worker` (digests, critical messages,
-heartbeat-silence checks, retention). Placeholder until the notify work lands."""
+"""Scheduled notification jobs run by `meterfix worker` (see `service.worker`):
+
+- digests on the DIGEST_EVERY grid (and a catch-up/retry pass every minute),
+- critical alerts every few seconds,
+- the heartbeat-silence check, and retention once an hour.
+
+APScheduler (3.11, in-memory job store: never shared between processes) runs them in this
+process. On PostgreSQL several workers run the same jobs; each pass that sends takes the
+notify advisory lock, and the digest_runs rows make every window sent once anyway.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from service.config import Settings
+from service.logs import log_event
+from service.models._types import utcnow
+from service.notify.channels import Channel, build_channels
+from service.notify.critical import send_critical_alerts
+from service.notify.digests import DigestSender
+from service.notify.heartbeats import check_heartbeats
+from service.notify.leader import notify_leader
+from service.notify.retention import purge_expired
+from service.runtime import Runtime
+
+CRITICAL_EVERY_SECONDS = 5
+DIGEST_RETRY_EVERY_SECONDS = 60
+HEARTBEAT_EVERY_SECONDS = 30
+RETENTION_EVERY_SECONDS = 3600
 
 
 def start_notify_jobs(settings: Settings, stop: threading.Event) -> list[threading.Thread]:
-    """Start the notification jobs as threads that stop when `stop` is set."""
-    return []
+    """Start the notification jobs; the returned thread stops them when `stop` is set."""
+    thread = threading.Thread(
+        target=run_notify_jobs, args=(settings, stop), name="meterfix-notify", daemon=True
+    )
+    thread.start()
+    return [thread]
+
+
+def run_notify_jobs(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    instance: str | None = None,
+    channels: list[Channel] | None = None,
+    started: threading.Event | None = None,
+) -> None:
+    """Run the jobs until `stop` is set (`channels` and `instance` for tests)."""
+    from service.worker import new_worker_id
+
+    runtime = Runtime(settings)
+    try:
+        jobs = NotifyJobs(runtime, settings, channels, instance or new_worker_id())
+        scheduler = jobs.scheduler()
+    except ValueError as exc:  # bad DIGEST_EVERY / DIGEST_TZ / SMTP_URL: say it, keep working
+        log_event("notify.not_started", level=logging.ERROR, reason=str(exc))
+        runtime.close()
+        return
+    scheduler.start()
+    log_event(
+        "notify.started", channels=[c.name for c in jobs.channels], every=settings.digest_every
+    )
+    if started is not None:
+        started.set()
+    stop.wait()
+    scheduler.shutdown(wait=True)
+    runtime.close()
+
+
+class NotifyJobs:
+    def __init__(
+        self, runtime: Runtime, settings: Settings, channels: list[Channel] | None, instance: str
+    ) -> None:
+        self.runtime, self.settings = runtime, settings
+        self.channels = build_channels(settings) if channels is None else channels
+        self.digests = DigestSender(runtime.engine, settings, self.channels, instance=instance)
+        self._digest_lock = threading.Lock()  # the grid job and the retry job never overlap
+
+    def scheduler(self) -> BackgroundScheduler:
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(3)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
+            timezone=self.digests.schedule.tz,
+        )
+        now = utcnow()
+        add = scheduler.add_job
+        if self.channels:
+            add(self._guard(self.digest), self.digests.schedule.trigger, id="digest")
+            add(
+                self._guard(self.digest),
+                "interval",
+                seconds=DIGEST_RETRY_EVERY_SECONDS,
+                id="digest-catch-up",
+                next_run_time=now,
+            )
+            add(
+                self._guard(self.critical),
+                "interval",
+                seconds=CRITICAL_EVERY_SECONDS,
+                id="critical-alerts",
+                next_run_time=now,
+            )
+        add(
+            self._guard(self.heartbeats),
+            "interval",
+            seconds=HEARTBEAT_EVERY_SECONDS,
+            id="heartbeats",
+            next_run_time=now + timedelta(seconds=HEARTBEAT_EVERY_SECONDS),
+        )
+        add(
+            self._guard(self.retention),
+            "interval",
+            seconds=RETENTION_EVERY_SECONDS,
+            id="retention",
+            next_run_time=now + timedelta(seconds=60),
+        )
+        return scheduler
+
+    def digest(self) -> None:
+        with self._digest_lock, notify_leader(self.runtime.engine) as leader:
+            if leader:
+                self.digests.tick()
+
+    def critical(self) -> None:
+        with notify_leader(self.runtime.engine) as leader:
+            if leader:
+                send_critical_alerts(self.runtime.engine, self.settings, self.channels)
+
+    def heartbeats(self) -> None:
+        check_heartbeats(self.runtime.engine, self.settings)
+
+    def retention(self) -> None:
+        with notify_leader(self.runtime.engine) as leader:
+            if leader:
+                purge_expired(self.runtime.engine, self.settings.mfx_retention_days)
+
+    @staticmethod
+    def _guard(job: Callable[[], None]) -> Callable[[], None]:
+        """Loop edge: a failing job (database down, a bug) is logged; the next run goes on."""
+
+        def run() -> None:
+            try:
+                job()
+            except Exception as exc:
+                log_event(
+                    "notify.job_failed",
+                    level=logging.ERROR,
+                    job=job.__name__,
+                    reason=f"{type(exc).__name__}: {exc}"[:500],
+                )
+
+        return run

@@ -1,0 +1,78 @@
+"""Where messages go: a channel sends one rendered message (Slack or email) or says why not.
+
+Channels are built from the settings by `build_channels`; a send is bounded in time (every
+network call has a timeout) and retried inside the step for transient failures, then
+raises `DeliveryFailed` with a reason that never carries the Slack URL or SMTP password.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from service.config import Settings
+
+
+class ChannelName(StrEnum):
+    SLACK = "slack"
+    EMAIL = "email"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message in every form a channel needs: plain text (also the dry-run output),
+    HTML for email, and Slack Block Kit messages (already split at Slack's limits)."""
+
+    subject: str
+    text: str
+    html: str
+    slack: Sequence[dict[str, Any]] = field(default_factory=tuple)
+
+
+class DeliveryFailed(Exception):
+    """A channel could not deliver a message; `reason` is safe to log and store."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class Channel(Protocol):
+    name: ChannelName
+
+    def send(self, message: Message) -> None:
+        """Deliver or raise DeliveryFailed."""
+
+
+Sleep = Callable[[float], None]
+
+
+def build_channels(
+    settings: Settings,
+    only: str | None = None,
+    *,
+    tls_context: ssl.SSLContext | None = None,
+) -> list[Channel]:
+    """The configured channels (Slack when SLACK_WEBHOOK_URL, email when SMTP_URL and
+    DIGEST_EMAIL_TO), optionally only one of them by name."""
+    from service.notify.mail import EmailChannel
+    from service.notify.slack import SlackChannel
+
+    channels: list[Channel] = []
+    if settings.slack_webhook_url and only in (None, ChannelName.SLACK):
+        channels.append(SlackChannel(settings.slack_webhook_url))
+    if settings.smtp_url and settings.digest_email_to and only in (None, ChannelName.EMAIL):
+        channels.append(EmailChannel.from_settings(settings, tls_context=tls_context))
+    return channels
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """`text` with every non-empty secret replaced (error messages may quote a URL)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text[:1000]

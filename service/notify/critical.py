@@ -1,0 +1,142 @@
+"""Critical alerts do not wait for the digest: each incident is sent once on every channel,
+and once more ("resolved") when it is resolved, however often it recurred in between.
+
+`notified_at` / `resolved_notified_at` say the message went out. Which channels already
+have it is kept in the alert's `detail["notify"]`, so a channel that fails is retried with
+backoff without sending again on the channels that succeeded. After MAX_ATTEMPTS the
+message is given up (recorded with its reason). Callers hold the notify leader lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Table, select, update
+
+from service.config import Settings
+from service.logs import log_event
+from service.models._types import utcnow
+from service.models.alerts import Alert, AlertSeverity, AlertStatus
+from service.notify.alerts import NOTIFY_STATE
+from service.notify.channels import Channel, DeliveryFailed
+from service.notify.digests import retry_delay
+from service.notify.render import AlertView, render_alert
+from service.notify.urls import DashboardLinks
+
+ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
+MAX_ATTEMPTS = 8
+BATCH = 20
+RAISED, RESOLVED = "raised", "resolved"
+
+
+def send_critical_alerts(
+    engine: Engine,
+    settings: Settings,
+    channels: Sequence[Channel],
+    *,
+    clock: Callable[[], datetime] = utcnow,
+) -> int:
+    """Send the due "raised" and "resolved" messages; returns how many alerts went out."""
+    if not channels:
+        return 0
+    links = DashboardLinks(settings.mfx_public_url)
+    sent = 0
+    for phase in (RAISED, RESOLVED):
+        for row in _due(engine, phase):
+            view = AlertView.of(row, examples=settings.mfx_message_examples, run_url=links.run)
+            sent += _send(engine, row, phase, view, channels, links, clock())
+    return sent
+
+
+def _due(engine: Engine, phase: str) -> list[Mapping[str, Any]]:
+    critical = ALERTS.c.severity == AlertSeverity.CRITICAL
+    if phase == RAISED:
+        where = (
+            critical & (ALERTS.c.status != AlertStatus.RESOLVED) & ALERTS.c.notified_at.is_(None)
+        )
+    else:
+        where = (
+            critical
+            & (ALERTS.c.status == AlertStatus.RESOLVED)
+            & ALERTS.c.notified_at.is_not(None)
+            & ALERTS.c.resolved_notified_at.is_(None)
+        )
+    with engine.connect() as conn:
+        rows = conn.execute(select(ALERTS).where(where).order_by(ALERTS.c.id).limit(BATCH))
+        return [dict(row._mapping) for row in rows]
+
+
+def _send(
+    engine: Engine,
+    row: Mapping[str, Any],
+    phase: str,
+    view: AlertView,
+    channels: Sequence[Channel],
+    links: DashboardLinks,
+    now: datetime,
+) -> int:
+    detail = dict(row["detail"] or {})
+    state: dict[str, Any] = dict(detail.get(NOTIFY_STATE) or {})
+    progress: dict[str, Any] = dict(state.get(phase) or {})
+    if progress.get("next_at") and str(progress["next_at"]) > now.isoformat():
+        return 0  # backing off after a failure
+    done = set(progress.get("channels", []))
+    message = render_alert(view, resolved=phase == RESOLVED, alerts_url=links.alerts())
+    errors = []
+    for channel in channels:
+        if channel.name in done:
+            continue
+        try:
+            channel.send(message)
+            done.add(channel.name)
+        except DeliveryFailed as exc:
+            errors.append(exc.reason)
+        except Exception as exc:  # loop edge: one alert's failure never stops the job
+            errors.append(f"{type(exc).__name__}: {exc}"[:500])
+    attempts = int(progress.get("attempts", 0)) + 1
+    finished = not errors or attempts >= MAX_ATTEMPTS
+    progress = {"channels": sorted(done), "attempts": attempts}
+    if errors:
+        progress["error"] = "; ".join(errors)[:1000]
+        if not finished:
+            progress["next_at"] = (now + timedelta(seconds=retry_delay(attempts))).isoformat()
+    state[phase] = progress
+    _record(engine, row, phase, {**detail, NOTIFY_STATE: state}, now if finished else None)
+    _log(row, phase, progress, finished)
+    return 1 if not errors else 0
+
+
+def _record(
+    engine: Engine,
+    row: Mapping[str, Any],
+    phase: str,
+    detail: dict[str, Any],
+    finished_at: datetime | None,
+) -> None:
+    column = ALERTS.c.notified_at if phase == RAISED else ALERTS.c.resolved_notified_at
+    values: dict[str, Any] = {"detail": detail}
+    if finished_at is not None:
+        values[column.name] = finished_at
+    with engine.begin() as conn:
+        conn.execute(
+            update(ALERTS).where((ALERTS.c.id == row["id"]) & column.is_(None)).values(**values)
+        )
+
+
+def _log(row: Mapping[str, Any], phase: str, progress: Mapping[str, Any], finished: bool) -> None:
+    if "error" not in progress:
+        log_event(
+            "alert.notified", key=row["alert_key"], phase=phase, channels=progress["channels"]
+        )
+        return
+    log_event(
+        "alert.notify_gave_up" if finished else "alert.notify_failed",
+        level=logging.ERROR,
+        key=row["alert_key"],
+        phase=phase,
+        attempt=progress["attempts"],
+        reason=progress["error"],
+    )

@@ -1,0 +1,260 @@
+"""Sending digests: one `digest_runs` row per (channel, window) makes each window sent once.
+
+A window is claimed by inserting its row (`sending`, with a lease); the unique (channel,
+window_start) means only one process wins. The row then ends `sent`, `empty` (nothing
+happened: nothing sent) or `failed` with its reason and the time of its next try (backoff).
+A claim whose lease ran out (the sender died mid-send) is taken again, so a crash repeats at
+most that one message and never loses a window. Windows missed while no worker ran are caught
+up, oldest first (at most CATCH_UP_WINDOWS of them). Callers hold the notify leader lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.config import Settings
+from service.logs import log_event
+from service.models._types import as_utc, utcnow
+from service.models.alerts import DigestRun, DigestStatus
+from service.notify.alerts import raise_alert
+from service.notify.channels import Channel, DeliveryFailed, Message
+from service.notify.content import Digest, collect_digest
+from service.notify.render import render_digest
+from service.notify.windows import DigestSchedule, Window
+
+DIGEST_RUNS: Table = DigestRun.__table__  # type: ignore[attr-defined]
+MAX_ATTEMPTS = 8
+FIRST_RETRY_SECONDS = 30.0
+MAX_RETRY_SECONDS = 3600.0
+LEASE = timedelta(minutes=5)  # far longer than one bounded send (timeouts, retries)
+CATCH_UP_WINDOWS = 24
+
+
+@dataclass(frozen=True)
+class DigestOutcome:
+    channel: str
+    window: Window
+    status: str
+    reason: str = ""
+
+
+class DigestSender:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        channels: Sequence[Channel],
+        *,
+        instance: str,
+        lease: timedelta = LEASE,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine, self.settings, self.channels = engine, settings, list(channels)
+        self.instance, self.lease, self.clock = instance, lease, clock
+        self.schedule = DigestSchedule(settings.digest_every, settings.digest_tz)
+
+    # --- the scheduled pass ----------------------------------------------------------------
+
+    def tick(self) -> list[DigestOutcome]:
+        """Send every due window on every channel, and retry the due failures."""
+        now = self.clock()
+        outcomes: list[DigestOutcome] = []
+        for channel in self.channels:
+            for window in self._due_windows(channel.name, now):
+                if self._claim(channel.name, window, now):
+                    outcomes.append(self._deliver(channel, window, attempts=1))
+            for window, attempts in self._due_retries(channel.name, now):
+                outcomes.append(self._deliver(channel, window, attempts))
+        return outcomes
+
+    def _due_windows(self, channel: str, now: datetime) -> list[Window]:
+        with self.engine.connect() as conn:
+            recorded = conn.execute(
+                select(DIGEST_RUNS.c.window_start, DIGEST_RUNS.c.window_end)
+                .where(DIGEST_RUNS.c.channel == channel)
+                .order_by(DIGEST_RUNS.c.window_end.desc())
+                .limit(50)
+            ).all()
+        for row in recorded:  # manual runs (`meterfix digest`) are off the grid
+            start, end = as_utc(row[0]), as_utc(row[1])
+            assert start is not None and end is not None
+            if self.schedule.is_boundary(end) and self.schedule.is_boundary(start):
+                return self.schedule.windows_after(end, now, CATCH_UP_WINDOWS)
+        return [self.schedule.latest_window(now)]
+
+    def _claim(self, channel: str, window: Window, now: datetime) -> bool:
+        with self.engine.begin() as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            inserted = conn.execute(
+                dialect.insert(DIGEST_RUNS)
+                .values(**self._new_row(channel, window, now))
+                .on_conflict_do_nothing(index_elements=["channel", "window_start"])
+            )
+        return inserted.rowcount == 1
+
+    def _new_row(self, channel: str, window: Window, now: datetime) -> dict[str, Any]:
+        return {
+            "channel": channel,
+            "window_start": window.start.astimezone(UTC),
+            "window_end": window.end.astimezone(UTC),
+            "status": DigestStatus.SENDING.value,
+            "attempts": 1,
+            "next_attempt_at": now + self.lease,
+            "claimed_by": self.instance,
+            "summary": {},
+            "created_at": now,
+        }
+
+    def _due_retries(self, channel: str, now: datetime) -> list[tuple[Window, int]]:
+        """Failed rows whose next try is due, and claims whose lease ran out, re-claimed."""
+        due = (
+            (DIGEST_RUNS.c.channel == channel)
+            & DIGEST_RUNS.c.status.in_([DigestStatus.FAILED, DigestStatus.SENDING])
+            & (DIGEST_RUNS.c.next_attempt_at <= now)
+        )
+        taken: list[tuple[Window, int]] = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(DIGEST_RUNS.c.id).where(due).order_by(DIGEST_RUNS.c.window_start).limit(10)
+            ).all()
+            for (row_id,) in rows:
+                claimed = conn.execute(
+                    update(DIGEST_RUNS)
+                    .where(due & (DIGEST_RUNS.c.id == row_id))
+                    .values(
+                        status=DigestStatus.SENDING.value,
+                        attempts=DIGEST_RUNS.c.attempts + 1,
+                        claimed_by=self.instance,
+                        next_attempt_at=now + self.lease,
+                    )
+                    .returning(
+                        DIGEST_RUNS.c.window_start, DIGEST_RUNS.c.window_end, DIGEST_RUNS.c.attempts
+                    )
+                ).first()
+                if claimed is not None:
+                    start, end = as_utc(claimed[0]), as_utc(claimed[1])
+                    assert start is not None and end is not None
+                    taken.append((Window(start, end), int(claimed[2])))
+        return taken
+
+    # --- one window on one channel ---------------------------------------------------------
+
+    def collect(self, window: Window) -> Digest:
+        s = self.settings
+        return collect_digest(
+            self.engine,
+            window,
+            public_url=s.mfx_public_url,
+            examples=s.mfx_message_examples,
+            tz=s.digest_tz,
+        )
+
+    def _deliver(
+        self, channel: Channel, window: Window, attempts: int, *, retry: bool = True
+    ) -> DigestOutcome:
+        try:
+            digest = self.collect(window)
+            if digest.empty:
+                self._finish(channel.name, window, DigestStatus.EMPTY, {})
+                return DigestOutcome(channel.name, window, DigestStatus.EMPTY)
+            message = render_digest(digest, now=self.clock())
+            channel.send(message)
+        except DeliveryFailed as exc:
+            return self._failed(channel.name, window, attempts, exc.reason, exc.permanent, retry)
+        except Exception as exc:  # loop edge: a digest failure never stops the worker
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            return self._failed(channel.name, window, attempts, reason, False, retry)
+        self._finish(channel.name, window, DigestStatus.SENT, _summary(digest, message))
+        log_event("digest.sent", channel=channel.name, window_start=window.start, attempt=attempts)
+        return DigestOutcome(channel.name, window, DigestStatus.SENT)
+
+    def _finish(
+        self, channel: str, window: Window, status: DigestStatus, summary: dict[str, Any]
+    ) -> None:
+        now = self.clock()
+        values: dict[str, Any] = {"status": status.value, "summary": summary, "last_error": None}
+        values |= {"next_attempt_at": None, "sent_at": now if status is DigestStatus.SENT else None}
+        self._update(channel, window, values)
+
+    def _failed(
+        self, channel: str, window: Window, attempts: int, reason: str, permanent: bool, retry: bool
+    ) -> DigestOutcome:
+        give_up = permanent or not retry or attempts >= MAX_ATTEMPTS
+        next_at = None if give_up else self.clock() + timedelta(seconds=retry_delay(attempts))
+        self._update(
+            channel,
+            window,
+            {"status": DigestStatus.FAILED.value, "last_error": reason, "next_attempt_at": next_at},
+        )
+        log_event(
+            "digest.failed",
+            level=logging.ERROR,
+            channel=channel,
+            window_start=window.start,
+            attempt=attempts,
+            reason=reason,
+            next_attempt_at=next_at,
+        )
+        if give_up and retry:
+            raise_alert(
+                self.engine,
+                key=f"digest.failed:{channel}:{window.start.astimezone(UTC).isoformat()}",
+                severity="warning",
+                kind="digest.failed",
+                subject=f"{channel} digest for {window.start:%Y-%m-%d %H:%M} could not be sent",
+                message=f"after {attempts} attempts: {reason}",
+                detail={"channel": channel, "window_start": window.start.isoformat()},
+            )
+        return DigestOutcome(channel, window, DigestStatus.FAILED, reason)
+
+    def _update(self, channel: str, window: Window, values: dict[str, Any]) -> None:
+        """Only our own claim is finished (a row taken over by another sender is theirs)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(DIGEST_RUNS)
+                .where(
+                    (DIGEST_RUNS.c.channel == channel)
+                    & (DIGEST_RUNS.c.window_start == window.start.astimezone(UTC))
+                    & (DIGEST_RUNS.c.claimed_by == self.instance)
+                )
+                .values(**values)
+            )
+
+    # --- `meterfix digest` -----------------------------------------------------------------
+
+    def send_now(self, window: Window) -> list[DigestOutcome]:
+        """Send `window` on every channel at once (no scheduled retry: the caller reports)."""
+        now = self.clock()
+        outcomes = []
+        for channel in self.channels:
+            if not self._claim(channel.name, window, now):
+                reason = "this window is already recorded for this channel"
+                outcomes.append(DigestOutcome(channel.name, window, DigestStatus.FAILED, reason))
+                continue
+            outcomes.append(self._deliver(channel, window, attempts=1, retry=False))
+        return outcomes
+
+
+def retry_delay(attempts: int) -> float:
+    """30 s after the first failure, doubling up to an hour, with jitter."""
+    ceiling = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** max(attempts - 1, 0))
+    return float(ceiling * random.uniform(0.5, 1.0))
+
+
+def _summary(digest: Digest, message: Message) -> dict[str, Any]:
+    """Counts only (no row contents): what the dashboard may show about a sent digest."""
+    return {
+        "totals": asdict(digest.totals),
+        "codes": len(digest.codes),
+        "open_critical_alerts": len(digest.alerts),
+        "dead_letters": digest.dead_total,
+        "subject": message.subject,
+    }

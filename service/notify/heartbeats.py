@@ -1,0 +1,76 @@
+"""Heartbeat silence: a critical alert when no worker (or poller, when MFX_POLLER is on or
+index) has beaten for MFX_HEARTBEAT_SILENCE seconds, resolved when heartbeats resume.
+
+A dead worker cannot report itself, so whichever process notices raises it: the worker's
+jobs, and the web's health endpoints. It is cheap (two small reads) and writes only when the
+state changes, so it may run on every health request. A role that never beat is not alerted
+on (nothing was started yet).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, Table, func, select
+
+from service.config import PollerMode, Settings
+from service.models._types import as_utc, utcnow
+from service.models.alerts import Alert, AlertStatus
+from service.models.health import Heartbeat, ProcessRole
+from service.notify.alerts import raise_alert, resolve_alert
+
+HEARTBEATS: Table = Heartbeat.__table__  # type: ignore[attr-defined]
+ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
+
+
+def silence_key(role: str) -> str:
+    return f"heartbeat.silent:{role}"
+
+
+def check_heartbeats(
+    engine: Engine, settings: Settings, now: datetime | None = None
+) -> dict[str, float | None]:
+    """Raise or resolve the silence alerts; returns each watched role's heartbeat age (s)."""
+    now = now or utcnow()
+    roles = [ProcessRole.WORKER.value]
+    if settings.mfx_poller != PollerMode.OFF:
+        roles.append(ProcessRole.POLLER.value)
+    with engine.connect() as conn:
+        newest: dict[str, datetime] = dict(
+            conn.execute(
+                select(HEARTBEATS.c.role, func.max(HEARTBEATS.c.last_beat_at))
+                .where(HEARTBEATS.c.role.in_(roles))
+                .group_by(HEARTBEATS.c.role)
+            ).tuples()
+        )
+        open_keys: set[str] = set(
+            conn.execute(
+                select(ALERTS.c.alert_key).where(
+                    ALERTS.c.alert_key.in_([silence_key(r) for r in roles])
+                    & (ALERTS.c.status != AlertStatus.RESOLVED)
+                )
+            ).scalars()
+        )
+    ages: dict[str, float | None] = {}
+    for role in roles:
+        last = as_utc(newest.get(role))
+        ages[role] = None if last is None else max((now - last).total_seconds(), 0.0)
+        silent = last is not None and now - last > timedelta(seconds=settings.mfx_heartbeat_silence)
+        if silent and silence_key(role) not in open_keys:
+            _raise(engine, role, last, settings.mfx_heartbeat_silence)
+        elif not silent and silence_key(role) in open_keys:
+            resolve_alert(engine, silence_key(role))
+    return ages
+
+
+def _raise(engine: Engine, role: str, last: datetime | None, silence: int) -> None:
+    raise_alert(
+        engine,
+        key=silence_key(role),
+        severity="critical",
+        kind="heartbeat.silent",
+        subject=f"no {role} heartbeat for more than {silence} s",
+        message=f"the newest {role} heartbeat was at {last:%Y-%m-%d %H:%M:%S} UTC; "
+        f"check that `meterfix {'worker' if role == 'worker' else 'poll'}` is running",
+        detail={"role": role, "last_beat_at": last.isoformat() if last else None},
+    )

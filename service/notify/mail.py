@@ -1,0 +1,134 @@
+"""Email through SMTP: `smtp://user:pass@host:port` (STARTTLS when the server offers it) or
+`smtps://user:pass@host:port` (implicit TLS); multipart plain text + HTML.
+
+Every connection has a timeout; a temporary failure (4xx reply, dropped connection) is
+retried with backoff inside the send. The password never appears in a reason or a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from urllib.parse import unquote, urlsplit
+
+from service.config import Settings
+from service.logs import log_event
+from service.notify.channels import ChannelName, DeliveryFailed, Message, Sleep, redact
+
+TIMEOUT_SECONDS = 15
+ATTEMPTS = 3
+FIRST_BACKOFF_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    host: str
+    port: int
+    implicit_tls: bool
+    username: str
+    password: str
+
+    @classmethod
+    def parse(cls, url: str) -> SmtpTarget:
+        """ValueError (without the password) when `url` is not smtp:// or smtps://."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError("SMTP_URL must look like smtp://user:pass@host:port or smtps://…")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError("SMTP_URL has a bad port") from exc
+        implicit = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname,
+            port=port or (465 if implicit else 587),
+            implicit_tls=implicit,
+            username=unquote(parts.username or ""),
+            password=unquote(parts.password or ""),
+        )
+
+
+class EmailChannel:
+    name = ChannelName.EMAIL
+
+    def __init__(
+        self,
+        target: SmtpTarget,
+        sender: str,
+        recipients: list[str],
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        sleep: Sleep = time.sleep,
+        timeout: float = TIMEOUT_SECONDS,
+    ) -> None:
+        self.target, self.sender, self.recipients = target, sender, recipients
+        self._tls = tls_context
+        self._sleep, self._timeout = sleep, timeout
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, tls_context: ssl.SSLContext | None = None
+    ) -> EmailChannel:
+        target = SmtpTarget.parse(settings.smtp_url)
+        recipients = [a.strip() for a in settings.digest_email_to.split(",") if a.strip()]
+        sender = settings.digest_email_from or f"meterfix@{socket.getfqdn()}"
+        return cls(target, sender, recipients, tls_context=tls_context)
+
+    def build(self, message: Message) -> EmailMessage:
+        email = EmailMessage()
+        email["Subject"] = message.subject
+        email["From"] = self.sender
+        email["To"] = ", ".join(self.recipients)
+        email["Date"] = formatdate(localtime=False)
+        email["Message-ID"] = make_msgid(domain="meterfix")
+        email.set_content(message.text)
+        email.add_alternative(message.html, subtype="html")
+        return email
+
+    def send(self, message: Message) -> None:
+        email = self.build(message)
+        backoff = FIRST_BACKOFF_SECONDS
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                self._deliver(email)
+                return
+            except (smtplib.SMTPException, OSError) as exc:
+                reason, permanent = self._reason(exc)
+                if permanent or attempt == ATTEMPTS:
+                    raise DeliveryFailed(f"email: {reason}", permanent=permanent) from None
+                log_event("email.retry", level=logging.WARNING, reason=reason, wait=backoff)
+                self._sleep(backoff)
+                backoff *= 2
+
+    def _deliver(self, email: EmailMessage) -> None:
+        t = self.target
+        context = self._tls or ssl.create_default_context()
+        smtp: smtplib.SMTP
+        if t.implicit_tls:
+            smtp = smtplib.SMTP_SSL(t.host, t.port, timeout=self._timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(t.host, t.port, timeout=self._timeout)
+        with smtp:
+            smtp.ehlo()
+            if not t.implicit_tls and smtp.has_extn("starttls"):
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if t.username:
+                smtp.login(t.username, t.password)
+            smtp.send_message(email, from_addr=self.sender, to_addrs=self.recipients)
+
+    def _reason(self, exc: Exception) -> tuple[str, bool]:
+        secrets = [self.target.password]
+        if isinstance(exc, smtplib.SMTPResponseException):
+            raw = exc.smtp_error
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
+            return redact(f"SMTP {exc.smtp_code} {text}", secrets), 500 <= exc.smtp_code < 600
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            return "every recipient was refused", True
+        return redact(f"{type(exc).__name__}: {exc}", secrets), False

@@ -1,0 +1,285 @@
+"""Messages from digests and alerts: plain text and HTML from the Jinja2 templates next to
+this module, and Slack Block Kit (split at Slack's limits: 50 blocks per message, 3000
+characters per text, 150 per header, 10 fields per section)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from service.notify.channels import Message
+from service.notify.content import Digest
+
+MAX_BLOCKS = 50
+MAX_TEXT = 3000
+MAX_HEADER = 150
+
+
+@cache
+def _templates() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=select_autoescape(["html"]),
+        keep_trailing_newline=True,
+    )
+    env.globals["signed"] = lambda n: f"{n:+d}"
+    return env
+
+
+def _render(name: str, **values: Any) -> str:
+    return _templates().get_template(name).render(**values)
+
+
+# --- digests -------------------------------------------------------------------------------
+
+
+def window_label(digest: Digest) -> str:
+    tz = ZoneInfo(digest.tz)
+    start, end = digest.window.start.astimezone(tz), digest.window.end.astimezone(tz)
+    same_day = start.date() == end.date()
+    until = f"{end:%H:%M}" if same_day else f"{end:%Y-%m-%d %H:%M}"
+    return f"{start:%Y-%m-%d %H:%M} to {until} {digest.tz}"
+
+
+def render_digest(digest: Digest, now: datetime | None = None) -> Message:
+    t = digest.totals
+    title = f"meterfix digest, {window_label(digest)}"
+    subject = f"{title}: {t.corrected} corrected, {t.quarantined} quarantined"
+    values: dict[str, Any] = {
+        "title": title,
+        "d": digest,
+        "t": t,
+        "p": digest.previous,
+    }
+    oldest = values["oldest"] = _age(digest.oldest_pending, now)
+    return Message(
+        subject=subject,
+        text=_render("digest.txt", **values),
+        html=_render("digest.html", **values),
+        slack=split_blocks(_digest_blocks(digest, title, oldest), title),
+    )
+
+
+def _age(moment: datetime | None, now: datetime | None) -> str:
+    if moment is None:
+        return ""
+    seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
+    if seconds < 120:
+        return f"{max(seconds, 0)} s ago"
+    return f"{seconds // 60} min ago" if seconds < 7200 else f"{seconds // 3600} h ago"
+
+
+def _digest_blocks(d: Digest, title: str, oldest: str) -> list[dict[str, Any]]:
+    t, p = d.totals, d.previous
+    blocks: list[dict[str, Any]] = [
+        header(title),
+        {
+            "type": "section",
+            "fields": [
+                mrkdwn(f"*Received*\n{t.received} ({t.received - p.received:+d})"),
+                mrkdwn(f"*Valid*\n{t.valid} ({t.valid - p.valid:+d})"),
+                mrkdwn(f"*Corrected*\n{t.corrected} ({t.corrected - p.corrected:+d})"),
+                mrkdwn(f"*Quarantined*\n{t.quarantined} ({t.quarantined - p.quarantined:+d})"),
+            ],
+        },
+    ]
+    lines = [
+        f"• {link(c.url, c.code)}: {c.corrected} corrected, {c.quarantined} quarantined "
+        f"({c.change:+d})"
+        for c in d.codes
+    ]
+    blocks += sections("*By error code*", lines)
+    blocks += sections(
+        "*Quarantined by code × meter" + (" × customer*" if d.examples else "*"),
+        [
+            f"• {link(g.url, ' / '.join(_parts(g.code, g.meter, g.customer, d.examples)))}: "
+            f"{g.rows} rows"
+            for g in d.groups
+        ],
+    )
+    blocks += sections("*Top quarantine reasons*", [_reason_line(r) for r in d.reasons])
+    blocks += sections(
+        "*Runs*",
+        [
+            f"• {link(r.url, f'#{r.run_id}')} {escape(r.trigger)} {escape(r.source)}: "
+            f"{r.received} received, {r.corrected} corrected, {r.quarantined} quarantined"
+            for r in d.runs
+        ],
+    )
+    attention = [
+        f"• {link(d.links['alerts'], 'Open critical alerts')}: {len(d.alerts)}",
+        *(f"    [{a.status}] {escape(a.subject)} (×{a.count})" for a in d.alerts),
+        f"• {link(d.links['dead_letters'], 'Dead letters')}: {d.dead_total}",
+        f"• Backlog: {d.backlog_events} events pending"
+        + (f" (oldest {oldest})" if oldest else "")
+        + f", {d.backlog_objects} bucket objects waiting",
+    ]
+    blocks += sections("*Needs attention*", attention)
+    blocks.append(context(f"{t.runs} runs · meterfix digest"))
+    blocks.append(button("Open the dashboard", d.links["dashboard"]))
+    return blocks
+
+
+def _parts(code: str, meter: str | None, customer: str | None, examples: bool) -> list[str]:
+    parts = [code, meter or "-"]
+    return [*parts, customer or "-"] if examples else parts
+
+
+def _reason_line(r: Any) -> str:
+    text = f"• {link(r.url, r.code)}" + (f": {escape(r.reason)}" if r.reason else "")
+    text += f" ({r.rows} rows)"
+    return text + (f"\n    example: `{escape(r.example)}`" if r.example else "")
+
+
+# --- alerts --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertView:
+    """An alert as a message shows it; customer and free text only with examples on."""
+
+    subject: str
+    severity: str
+    kind: str
+    status: str
+    count: int
+    meter: str | None
+    code: str | None
+    customer: str | None
+    rows: int
+    message: str | None
+    links: Sequence[tuple[str, str]]
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any], *, examples: bool, run_url: Any) -> AlertView:
+        return cls(
+            subject=str(row["subject"]),
+            severity=str(row["severity"]),
+            kind=str(row["kind"]),
+            status=str(row["status"]),
+            count=int(row["count"]),
+            meter=row["meter"],
+            code=row["code"],
+            customer=row["customer"] if examples else None,
+            rows=int(row["rows"] or 0),
+            message=str(row["message"]) if examples and row["message"] else None,
+            links=list(_alert_links(row["links"] or {}, run_url)),
+        )
+
+
+def _alert_links(links: Mapping[str, Any], run_url: Any) -> Iterable[tuple[str, str]]:
+    for name, value in sorted(links.items()):
+        if name == "run" and isinstance(value, int):
+            yield "run", run_url(value)
+        elif isinstance(value, list):
+            yield name, ", ".join(str(v) for v in value)
+        elif value not in (None, ""):
+            yield name, str(value)
+
+
+def render_alert(alert: AlertView, *, resolved: bool, alerts_url: str) -> Message:
+    severity = alert.severity.upper()
+    headline = f"Resolved: {alert.subject}" if resolved else f"{severity}: {alert.subject}"
+    values = {
+        "headline": f"meterfix {headline}",
+        "a": alert,
+        "alerts_url": alerts_url,
+        "colour": "#2b8a3e" if resolved else "#c92a2a",
+    }
+    fields = [f"*Kind*\n{escape(alert.kind)}", f"*Seen*\n{alert.count}×"]
+    fields += [f"*{k.title()}*\n{escape(v)}" for k, v in _facts(alert) if v]
+    blocks = [header(headline), {"type": "section", "fields": [mrkdwn(f) for f in fields[:10]]}]
+    if alert.message:
+        blocks += sections("", [escape(alert.message)])
+    blocks += sections("", [f"• {escape(name)}: {_value(v)}" for name, v in alert.links])
+    blocks.append(button("Open the alerts", alerts_url))
+    return Message(
+        subject=f"[meterfix] {headline}"[:250],
+        text=_render("alert.txt", **values),
+        html=_render("alert.html", **values),
+        slack=split_blocks(blocks, headline),
+    )
+
+
+def _facts(alert: AlertView) -> list[tuple[str, str | None]]:
+    rows = str(alert.rows) if alert.rows else None
+    return [
+        ("meter", alert.meter),
+        ("code", alert.code),
+        ("customer", alert.customer),
+        ("rows", rows),
+    ]
+
+
+def _value(value: str) -> str:
+    return link(value, value) if value.startswith("http") else f"`{escape(value)}`"
+
+
+# --- Block Kit -----------------------------------------------------------------------------
+
+
+def escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def link(url: str, label: str) -> str:
+    return f"<{url}|{escape(label).replace('|', '¦')}>"
+
+
+def mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": _cut(text, 2000)}
+
+
+def header(text: str) -> dict[str, Any]:
+    return {"type": "header", "text": {"type": "plain_text", "text": _cut(text, MAX_HEADER)}}
+
+
+def context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [mrkdwn(text)]}
+
+
+def button(label: str, url: str) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "elements": [{"type": "button", "text": {"type": "plain_text", "text": label}, "url": url}],
+    }
+
+
+def sections(title: str, lines: Sequence[str]) -> list[dict[str, Any]]:
+    """Lines under a title as section blocks of at most MAX_TEXT characters each."""
+    if not lines:
+        return []
+    blocks: list[dict[str, Any]] = []
+    chunk = title
+    for line in lines:
+        line = _cut(line, MAX_TEXT)
+        if chunk and len(chunk) + 1 + len(line) > MAX_TEXT:
+            blocks.append(_section(chunk))
+            chunk = ""
+        chunk = f"{chunk}\n{line}" if chunk else line
+    blocks.append(_section(chunk))
+    return blocks
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def split_blocks(blocks: Sequence[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """Slack messages of at most MAX_BLOCKS blocks each; `text` is the notification text."""
+    messages = []
+    for start in range(0, len(blocks), MAX_BLOCKS):
+        part = list(blocks[start : start + MAX_BLOCKS])
+        messages.append({"text": _cut(text, MAX_TEXT), "blocks": part})
+    return messages
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

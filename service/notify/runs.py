@@ -1,0 +1,107 @@
+"""Run-level alerts, raised when a remediation run finishes: critical when its quarantined
+rows reach MFX_QUARANTINE_ALERT_ROWS, warning when it quarantined any row, info when it
+corrected everything. One alert per run (keyed by its run key), so a re-delivered event that
+finds the run finished raises nothing new."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, Table, func, select
+
+from service.config import Settings
+from service.logs import log_event
+from service.models import QuarantinedRow, RemediationRun
+from service.notify.alerts import raise_alert
+
+QUARANTINE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
+
+
+def alert_for_run(
+    engine: Engine,
+    settings: Settings,
+    run: RemediationRun,
+    outputs: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """Never raises: a failed alert must not fail the run (it is logged)."""
+    try:
+        _alert_for_run(engine, settings, run, outputs)
+    except Exception as exc:  # loop edge: the run itself is done and recorded
+        log_event(
+            "alert.run_alert_failed",
+            level=logging.ERROR,
+            run_key=run.run_key,
+            reason=f"{type(exc).__name__}: {exc}"[:500],
+        )
+
+
+def _alert_for_run(
+    engine: Engine, settings: Settings, run: RemediationRun, outputs: Sequence[Mapping[str, Any]]
+) -> None:
+    if run.quarantined == 0 and run.corrected == 0:
+        return  # nothing was wrong: nothing to tell
+    code, meter, customer = _top_group(engine, run)
+    if run.quarantined >= settings.mfx_quarantine_alert_rows:
+        severity, what = "critical", f"{run.quarantined} rows quarantined (threshold "
+        what += f"{settings.mfx_quarantine_alert_rows})"
+    elif run.quarantined:
+        severity, what = "warning", f"{run.quarantined} rows quarantined"
+    else:
+        severity, what = "info", f"all {run.corrected} rejected rows corrected"
+    assert run.id is not None
+    raise_alert(
+        engine,
+        key=f"run:{run.run_key}",
+        severity=severity,
+        kind="remediation.run",
+        subject=f"run #{run.id} ({run.trigger}): {what}",
+        message=(
+            f"{run.input_rows} rows received: {run.valid} valid, {run.corrected} corrected, "
+            f"{run.quarantined} quarantined; source {run.source}"
+        ),
+        detail={"by_code": run.by_code, "input_rows": run.input_rows, "valid": run.valid},
+        meter=meter,
+        code=code or _top_code(run.by_code),
+        customer=customer,
+        rows=run.quarantined or run.corrected,
+        links=_links(run, outputs),
+    )
+
+
+def _top_group(engine: Engine, run: RemediationRun) -> tuple[str | None, str | None, str | None]:
+    """The code, meter and customer with the most quarantined rows in the run."""
+    keys = (QUARANTINE.c.code, QUARANTINE.c.meter, QUARANTINE.c.customer)
+    rows = func.count().label("rows")
+    with engine.connect() as conn:
+        top = conn.execute(
+            select(*keys, rows)
+            .where(QUARANTINE.c.run_id == run.id)
+            .group_by(*keys)
+            .order_by(rows.desc())
+            .limit(1)
+        ).first()
+    return (top[0], top[1], top[2]) if top is not None else (None, None, None)
+
+
+def _top_code(by_code: Mapping[str, Any]) -> str | None:
+    def total(code: str) -> int:
+        slot = by_code.get(code)
+        return sum(int(v) for v in slot.values()) if isinstance(slot, dict) else 0
+
+    return max(sorted(by_code), key=total) if by_code else None
+
+
+def _links(run: RemediationRun, outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    links: dict[str, Any] = {"run": run.id, "source": run.source}
+    kind, _, rest = run.run_key.partition(":")  # see service.remediation_jobs: run keys
+    if kind in ("import_set", "import_set_failed", "poller") and rest:
+        links["import_set"] = rest.split(":", 1)[0]
+    corrected = [str(o["key"]) for o in outputs if o.get("kind") == "corrected"]
+    quarantine = [str(o["key"]) for o in outputs if o.get("kind") == "quarantine"]
+    if corrected:
+        links["objects"] = corrected
+    if quarantine:
+        links["quarantine"] = quarantine[0] if len(quarantine) == 1 else quarantine
+    return links

@@ -1,0 +1,81 @@
+"""Slack through an incoming webhook (`slack_sdk`'s WebhookClient) with Block Kit.
+
+A 429 waits for its `Retry-After` (up to a bound, so a send never stalls the worker) and a
+5xx or a dropped connection is retried with backoff; anything else is a permanent failure.
+The webhook URL is a secret: it never appears in a reason or a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from slack_sdk.webhook import WebhookClient, WebhookResponse
+
+from service.logs import log_event
+from service.notify.channels import ChannelName, DeliveryFailed, Message, Sleep, redact
+
+TIMEOUT_SECONDS = 10
+ATTEMPTS = 4  # per Slack message, inside one send
+FIRST_BACKOFF_SECONDS = 1.0
+MAX_RETRY_AFTER_SECONDS = 30.0  # a longer wait fails the send; the digest retries later
+
+
+class SlackChannel:
+    name = ChannelName.SLACK
+
+    def __init__(self, url: str, *, sleep: Sleep = time.sleep, timeout: int = TIMEOUT_SECONDS):
+        self._url = url
+        self._sleep = sleep
+        # Its own silent logger: slack_sdk logs the URL (a secret) at debug level.
+        quiet = logging.getLogger("meterfix.slack_sdk")
+        quiet.setLevel(logging.CRITICAL)
+        self._client = WebhookClient(url, timeout=timeout, logger=quiet, retry_handlers=[])
+
+    def send(self, message: Message) -> None:
+        for part, payload in enumerate(message.slack or [{"text": message.text[:3000]}]):
+            self._post(payload, part)
+
+    def _post(self, payload: dict[str, Any], part: int) -> None:
+        backoff = FIRST_BACKOFF_SECONDS
+        reason = ""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                response = self._client.send_dict(payload)
+            except Exception as exc:  # network edge: DNS, refused, timeout, TLS
+                reason = redact(f"{type(exc).__name__}: {exc}", [self._url])
+                wait = backoff
+            else:
+                if 200 <= response.status_code < 300:
+                    return
+                reason = f"HTTP {response.status_code}: {redact(str(response.body), [self._url])}"
+                wait = self._wait_for(response, backoff)
+            if attempt < ATTEMPTS:
+                log_event("slack.retry", level=logging.WARNING, part=part, reason=reason, wait=wait)
+                self._sleep(wait)
+                backoff *= 2
+        raise DeliveryFailed(f"slack: {reason[:500]}")
+
+    def _wait_for(self, response: WebhookResponse, backoff: float) -> float:
+        status = response.status_code
+        if status == 429:
+            wait = _retry_after(response.headers, default=backoff)
+            if wait > MAX_RETRY_AFTER_SECONDS:
+                raise DeliveryFailed(f"slack: rate limited for {wait:.0f} s (HTTP 429)")
+            return wait
+        if status >= 500:
+            return backoff
+        body = redact(str(response.body), [self._url])[:200]
+        raise DeliveryFailed(f"slack: HTTP {status}: {body}", permanent=True)
+
+
+def _retry_after(headers: dict[str, Any], *, default: float) -> float:
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list) else value
+            try:
+                return max(0.0, float(raw))
+            except (TypeError, ValueError):
+                return default
+    return default
