@@ -10,8 +10,8 @@ from flask import Flask
 
 
 def register_commands(app: Flask) -> None:
-    from service.commands import db, demo, intake, poll, remediate, sandbox
+    from service.commands import db, demo, digest, intake, poll, remediate, sandbox
 
-    for module in (db, demo, intake, poll, remediate, sandbox):
+    for module in (db, demo, digest, intake, poll, remediate, sandbox):
         for command in module.COMMANDS:
             app.cli.add_command(command)

@@ -1,0 +1,69 @@
+"""`meterfix digest [--dry-run] [--since 24h] [--channel slack|email]`: the digest of the
+window that ends now, sent at once (or, with --dry-run, printed in its plain-text form)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+from flask.cli import with_appcontext
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.config import parse_duration
+
+
+@click.command("digest")
+@click.option(
+    "--dry-run", is_flag=True, help="print the plain-text digest; send and record nothing"
+)
+@click.option("--since", default="24h", show_default=True, help="window length: 15m, 6h, 1d…")
+@click.option("--channel", type=click.Choice(["slack", "email"]), help="only this channel")
+@with_appcontext
+def digest_command(dry_run: bool, since: str, channel: str | None) -> None:
+    """Send the digest of the last SINCE now (exit 1 with one line if a send failed)."""
+    from service.app import runtime  # service.app imports this module: import at call time
+    from service.models._types import utcnow
+    from service.notify.channels import build_channels
+    from service.notify.digests import DigestSender
+    from service.notify.render import render_digest
+    from service.notify.windows import Window
+
+    rt = runtime()
+    try:
+        length = parse_duration(since)
+        channels = [] if dry_run else build_channels(rt.settings, channel)
+        sender = DigestSender(rt.engine, rt.settings, channels, instance=_instance())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not dry_run and not channels:
+        raise click.ClickException(
+            "no channel configured: set SLACK_WEBHOOK_URL, or SMTP_URL and DIGEST_EMAIL_TO"
+        )
+    now = utcnow()
+    window = Window(now - timedelta(seconds=length), now)
+    try:
+        if dry_run:
+            digest = sender.collect(window)
+            if digest.empty:
+                click.echo(f"nothing happened in the last {since}: nothing would be sent")
+                return
+            click.echo(render_digest(digest, now=now).text, nl=False)
+            return
+        outcomes = sender.send_now(window)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
+    failed = [o for o in outcomes if o.status == "failed"]
+    for outcome in outcomes:
+        if outcome.status != "failed":
+            click.echo(f"{outcome.channel}: {outcome.status}")
+    if failed:
+        raise click.ClickException("; ".join(f"{o.channel} failed: {o.reason}" for o in failed))
+
+
+def _instance() -> str:
+    from service.worker import new_worker_id
+
+    return f"cli:{new_worker_id()}"
+
+
+COMMANDS = [digest_command]
