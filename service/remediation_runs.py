@@ -31,6 +31,7 @@ from service.db import session_scope
 from service.logs import log_event
 from service.models import CorrectionAudit, OutputObject, QuarantinedRow, RemediationRun, RunStatus
 from service.models._types import utcnow
+from service.notify.runs import alert_for_run
 
 AUDIT_BATCH = 1000
 AUDIT_TABLE: Table = CorrectionAudit.__table__  # type: ignore[attr-defined]
@@ -96,7 +97,9 @@ def execute_run(
         audit.flush()
         outputs = list(result.outputs) + _audit_output(result.summary, request)
         uploaded = [_upload(ctx, request, output) for output in outputs]
-    return _finish(ctx.engine, run_id, result.summary, uploaded)
+    run = _finish(ctx.engine, run_id, result.summary, uploaded)
+    alert_for_run(ctx.engine, ctx.settings, run, uploaded)  # critical/warning/info per run
+    return run
 
 
 def _start(engine: Engine, request: RunRequest) -> int:
