@@ -6,6 +6,10 @@ processes what is stored. Everything the route needs from the settings is built 
 the blueprint is registered on an app (`Intake`), never per request and never at import.
 The success path logs at DEBUG only: at webhook rates an INFO line per event costs more than
 verifying it, and the inbox row is the record of every accepted event.
+
+Every answer under /webhooks is JSON, errors included (DESIGN.md: no request produces a 500 or
+an HTML page): other methods and paths below /webhooks are routed to this blueprint too, so
+its own error handlers answer them, not Flask's HTML pages.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import IO, Any
 
 from flask import Blueprint, Request, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, NotFound
+from werkzeug.routing import Rule
 
 from handlers import REGISTRY
 from service.adapters.stripe_client import build_stripe_client
@@ -55,7 +61,7 @@ def _build_intake(state: BlueprintSetupState) -> None:
     state.app.extensions[INTAKE_KEY] = Intake(rt, verifier, settings.mfx_max_body_bytes)
 
 
-@bp.post("/webhooks")
+@bp.post("/webhooks", provide_automatic_options=False)  # OPTIONS answers 405 below
 def receive_webhook() -> Response:
     intake: Intake = current_app.extensions[INTAKE_KEY]
     req: Request = request._get_current_object()  # type: ignore[attr-defined]  # proxy once
@@ -66,6 +72,44 @@ def receive_webhook() -> Response:
         log_event("webhook.rejected", level=logging.WARNING, reason=exc.reason, status=exc.status)
         return json_response({"error": exc.reason}, exc.status)
     return _store(intake.runtime, event)
+
+
+OTHER_REQUESTS = "webhooks.other_request"
+
+
+@bp.record_once
+def _route_everything_else_here(state: BlueprintSetupState) -> None:
+    """Any other method on /webhooks, any path below it: rules without a method list match
+    every method (Flask's `route` always sets one), added after the POST rule, which wins."""
+    for path in ("/webhooks", "/webhooks/", "/webhooks/<path:rest>"):
+        state.app.url_map.add(Rule(path, endpoint=OTHER_REQUESTS))
+    state.app.view_functions[OTHER_REQUESTS] = _other_request
+
+
+def _other_request(rest: str | None = None) -> Response:
+    if rest is None and request.path == "/webhooks":
+        raise MethodNotAllowed(valid_methods=["POST"])
+    raise NotFound()
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    if isinstance(exc, MethodNotAllowed):
+        response = json_response({"error": "method not allowed: POST only"}, 405)
+        response.headers["Allow"] = "POST"
+        return response
+    if isinstance(exc, NotFound):
+        return json_response({"error": "not found: events are posted to /webhooks"}, 404)
+    code = exc.code or 500
+    return json_response({"error": (exc.name or "error").lower()}, code if code >= 400 else 500)
+
+
+@bp.errorhandler(InternalServerError)
+def _internal_error(exc: InternalServerError) -> Response:
+    """The last line of defence: a bug answers JSON (Stripe retries a 5xx) and is logged."""
+    cause = exc.original_exception or exc
+    log_event("webhook.error", level=logging.ERROR, error=type(cause).__name__)
+    return json_response({"error": "internal error"}, 500)
 
 
 def read_body(req: Request, limit: int) -> bytes:

@@ -8,11 +8,18 @@ destinations). The header is parsed here beforehand so missing or malformed head
 timestamps too far in the past OR the future (the SDK only checks the past) are rejected with a
 precise reason; a body the SDK will not take after a good signature is decoded here to say why
 (invalid JSON, unknown `object`, missing keys).
+
+A signed body must also be a well-formed event to be stored (DESIGN.md, `POST /webhooks`):
+nested at most `MAX_NESTING` levels (checked by a scan only when the body has more brackets
+than that, which Stripe's events never have), and an `id` and `type` that fit their columns
+and hold no control characters (PostgreSQL refuses NUL in text: such an id could never be
+stored, and Stripe would retry it for days).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +37,13 @@ REQUIRED_KEYS = {
     PayloadStyle.SNAPSHOT: ("id", "type", "data"),
 }
 MAX_ID_LENGTH = 255  # inbox_events.event_id and event_type
+MAX_NESTING = 32  # Stripe's events nest a handful of levels; the JSON decoder recurses
+# A unix time in seconds has 10 digits until the year 2286; more is not a timestamp (and
+# int() refuses strings over 4,300 digits).
+MAX_TIMESTAMP_DIGITS = 12
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
 
 
 class WebhookRejected(Exception):
@@ -54,6 +68,8 @@ def signature_timestamp(header: str | None) -> int:
     """The `t=` of a `Stripe-Signature` header; rejects missing, empty or malformed headers."""
     if not header:
         raise WebhookRejected("missing Stripe-Signature header")
+    if not header.isascii():
+        raise WebhookRejected("malformed Stripe-Signature header: not ASCII")
     timestamp: int | None = None
     has_v1 = False
     for item in header.split(","):
@@ -61,8 +77,8 @@ def signature_timestamp(header: str | None) -> int:
         if not sep or not value or key != key.strip() or value != value.strip():
             raise WebhookRejected("malformed Stripe-Signature header")
         if key == "t":
-            if not value.isdigit():
-                raise WebhookRejected("malformed Stripe-Signature header")
+            if not value.isdigit() or len(value) > MAX_TIMESTAMP_DIGITS:
+                raise WebhookRejected("malformed Stripe-Signature header: bad timestamp")
             timestamp = int(value)
         has_v1 = has_v1 or key == "v1"
     if timestamp is None:
@@ -90,11 +106,24 @@ class WebhookVerifier:
         if abs((time.time() if now is None else now) - timestamp) > self._tolerance:
             raise WebhookRejected("timestamp outside the tolerance zone")
         text = _text(body)
+        if _may_nest_deeper(text) and self._signed(text, header or ""):
+            _require_nesting_within_bound(text)
         for secret in self._secrets:
             try:
                 return self._parse(text, header or "", secret)
             except stripe.SignatureVerificationError:
                 continue
+        raise WebhookRejected("no signature matches a configured secret")
+
+    def _signed(self, text: str, header: str) -> bool:
+        """Whether any secret signed the body (rejects it otherwise); the SDK checks again
+        when it parses, so this runs only on the rare bodies that need a scan first."""
+        for secret in self._secrets:
+            try:
+                stripe.WebhookSignature.verify_header(text, header, secret, self._tolerance)
+            except stripe.SignatureVerificationError:
+                continue
+            return True
         raise WebhookRejected("no signature matches a configured secret")
 
     def _parse(self, text: str, header: str, secret: str) -> VerifiedEvent:
@@ -141,6 +170,27 @@ def _text(body: bytes) -> str:
         raise WebhookRejected("invalid JSON") from exc
 
 
+def _may_nest_deeper(text: str) -> bool:
+    """False for nearly every body: fewer brackets than the bound cannot nest beyond it."""
+    return text.count("{") + text.count("[") > MAX_NESTING
+
+
+def _require_nesting_within_bound(text: str) -> None:
+    """Rejects a body nested deeper than MAX_NESTING, before any JSON decoder recurses into it.
+
+    Strings are cut out, then everything but brackets; each round removes the innermost
+    pairs, one level per round (re.sub does not rescan what it produced). Brackets left
+    without a pair are not JSON (and could nest without bound: refused too)."""
+    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(MAX_NESTING):
+        brackets, removed = _INNERMOST_PAIR.subn("", brackets)
+        if not brackets:
+            return
+        if not removed:
+            raise WebhookRejected("invalid JSON")
+    raise WebhookRejected(f"malformed event: nested deeper than {MAX_NESTING} levels")
+
+
 def _decode(text: str) -> dict[str, Any]:
     try:
         payload = json.loads(text)
@@ -164,11 +214,17 @@ def _require_keys(payload: dict[str, Any], kind: object) -> None:
 def _checked(
     event_id: object, event_type: object, kind: object, livemode: object, text: str
 ) -> VerifiedEvent:
-    """What the inbox stores, once the SDK took the event: ids must fit their columns."""
+    """What the inbox stores, once the SDK took the event: ids must fit their columns and
+    hold printable characters only (`str.isprintable` is false for control characters,
+    lone surrogates and invisible separators, none of which a Stripe id has)."""
     if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_ID_LENGTH:
         raise WebhookRejected("malformed event: bad id")
+    if not event_id.isprintable():
+        raise WebhookRejected("malformed event: bad id (control or unprintable characters)")
     if not isinstance(event_type, str) or not 0 < len(event_type) <= MAX_ID_LENGTH:
         raise WebhookRejected("malformed event: bad type")
+    if not event_type.isprintable():
+        raise WebhookRejected("malformed event: bad type (control or unprintable characters)")
     style = STYLES.get(kind) if isinstance(kind, str) else None
     if style is None:
         raise WebhookRejected("unknown object: expected 'event' or 'v2.core.event'")
