@@ -4,8 +4,9 @@ Storing is one INSERT (SQLAlchemy Core, no ORM on the hot path); a unique violat
 `event_id` means another delivery of the same event got there first. Claiming is one
 conditional UPDATE ... RETURNING whose subquery takes `FOR UPDATE SKIP LOCKED` on
 PostgreSQL (several workers never take the same row); on SQLite the write lock serialises
-it and the repeated WHERE makes it a compare-and-set. Rows left `processing` longer than
-the lease (a crashed worker) become claimable again.
+it and the repeated WHERE makes it a compare-and-set. A live worker renews the lease of
+the row it works on from its heartbeat; rows left `processing` longer than the lease (a
+dead worker) become claimable again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from service.adapters.stripe_events import VerifiedEvent
 from service.db import sqlite_writer
 from service.models._types import utcnow
 from service.models.inbox import InboxEvent, InboxStatus
-from service.notify.alerts import raise_alert
+from service.notify.alerts import raise_alert, resolve_alert
 from service.pg_writer import postgres_writer
 
 INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
@@ -186,7 +187,10 @@ def claim_next(engine: Engine, worker_id: str, lease: timedelta) -> ClaimedEvent
 def mark_done(
     connection: Connection, claimed: ClaimedEvent, worker_id: str, outcome: str, status: str
 ) -> bool:
-    """Finish a claimed row inside the caller's transaction; False if the lease was lost."""
+    """Finish a claimed row inside the caller's transaction; False if the lease was lost.
+
+    A success also resolves the row's dead-letter alert (a replayed or retried item that now
+    works), in the same transaction."""
     result = connection.execute(
         update(INBOX)
         .where(_owned(claimed, worker_id))
@@ -199,15 +203,47 @@ def mark_done(
             next_attempt_at=None,
         )
     )
+    if result.rowcount != 1:
+        return False
+    resolve_alert(connection, dead_letter_key(claimed.event_id))
+    return True
+
+
+def renew_lease(engine: Engine, claimed: ClaimedEvent, worker_id: str) -> bool:
+    """Move the lease of a row we still hold forward (the heartbeat calls this while the
+    item is worked on); False when the row is no longer ours."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(INBOX).where(_owned(claimed, worker_id)).values(locked_at=utcnow())
+        )
+    return result.rowcount == 1
+
+
+def release_claim(engine: Engine, claimed: ClaimedEvent, worker_id: str) -> bool:
+    """Give a row we hold back, due now, without counting the attempt (the worker was asked
+    to stop mid-item: the next worker takes it at once instead of after the lease)."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(INBOX)
+            .where(_owned(claimed, worker_id))
+            .values(
+                status=InboxStatus.PENDING,
+                attempts=INBOX.c.attempts - 1,
+                next_attempt_at=utcnow(),
+                locked_by=None,
+                locked_at=None,
+            )
+        )
     return result.rowcount == 1
 
 
 def mark_failed(
     connection: Connection, claimed: ClaimedEvent, worker_id: str, error: str, dead: bool
-) -> datetime | None:
-    """Schedule a retry (returns when) or dead-letter the row; the error is kept either way."""
+) -> tuple[bool, datetime | None]:
+    """Schedule a retry or dead-letter the row, keeping the error either way. Returns whether
+    the row was still ours (False: another worker took it over) and when it is due again."""
     next_at = None if dead else utcnow() + timedelta(seconds=backoff_seconds(claimed.attempts))
-    connection.execute(
+    result = connection.execute(
         update(INBOX)
         .where(_owned(claimed, worker_id))
         .values(
@@ -218,7 +254,7 @@ def mark_failed(
             locked_at=None,
         )
     )
-    return next_at
+    return result.rowcount == 1, next_at
 
 
 def _owned(claimed: ClaimedEvent, worker_id: str) -> Any:
@@ -252,16 +288,20 @@ def requeue(engine: Engine, event_id: str) -> bool:
     return result.rowcount == 1
 
 
-def dead_letter_alert(connection: Connection, claimed: ClaimedEvent, error: str) -> None:
+def dead_letter_alert(
+    connection: Connection, claimed: ClaimedEvent, error: str, *, permanent: bool = False
+) -> None:
     """One alert per dead event (deterministic key); a replayed event that dies again counts
-    again on the same alert (reopening it if it was resolved)."""
+    again on the same alert (reopening it if it was resolved). `permanent`: dead-lettered at
+    once, because retrying cannot help (the event's data is unusable, the input is gone)."""
+    why = "not retried" if permanent else f"gave up after {claimed.attempts} attempts"
     raise_alert(
         connection,
         key=dead_letter_key(claimed.event_id),
         severity="critical",
         kind="inbox.dead_letter",
         subject=f"Stripe event {claimed.event_id} ({claimed.event_type}) dead-lettered",
-        message=f"gave up after {claimed.attempts} attempts: {error[:ERROR_TEXT_LIMIT]}",
+        message=f"{why}: {error[:ERROR_TEXT_LIMIT]}",
         detail={"event_id": claimed.event_id, "event_type": claimed.event_type},
         links={"event": claimed.event_id},
     )

@@ -2,52 +2,77 @@
 
 Processing is at-least-once with idempotent effects: the handler's writes and the row's
 `done` commit in one transaction. Failures are retried with backoff (`service.inbox`) and
-dead-lettered with an alert after `MFX_MAX_ATTEMPTS`.
+dead-lettered with an alert after `MFX_MAX_ATTEMPTS`; an event whose data cannot be used
+(`UnusableEvent`) or a task whose input is gone is dead-lettered at once. While an item
+runs, the heartbeat renews its lease; it may run `MFX_TASK_TIME_LIMIT` seconds
+(`service.worker_liveness` says how that limit is enforced).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
-import uuid
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 import stripe
-from sqlalchemy import Engine, select
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from handlers import handler_for
+from handlers.errors import UnusableEvent
 from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_events import fetch_full_event
 from service.config import Settings
-from service.db import checkpoint_wal, session_scope
+from service.db import MIGRATIONS_DIR, checkpoint_wal, session_scope
 from service.handler_context import DatabaseHandlerContext
+from service.heartbeats import new_instance_id
 from service.inbox import (
-    INBOX,
     ClaimedEvent,
     claim_next,
     dead_letter_alert,
     mark_done,
     mark_failed,
+    release_claim,
 )
 from service.logs import log_event
 from service.models.inbox import InboxStatus, PayloadStyle
+from service.remediation_inputs import TaskInputMissing
 from service.remediation_tasks import TASK_STYLE, TaskKind, parse_task
+from service.worker_liveness import (
+    ItemInterrupted,
+    TimeLimitExceeded,
+    WorkerHeartbeat,
+    call_with_time_limit,
+    heartbeat_interval,
+)
 
 TaskRunnerFn = Callable[[TaskKind, str], str]
 
 # The worker does its own retries with backoff; one quick SDK retry smooths over blips.
 STRIPE_NETWORK_RETRIES = 1
+JOBS_STOP_SECONDS = 5.0  # how long a stopping worker waits for its scheduled jobs' threads
+# Failures retrying cannot help: dead-lettered at once with their reason.
+PERMANENT_FAILURES: tuple[type[Exception], ...] = (UnusableEvent, TaskInputMissing)
+DIED_WHILE_WORKING = (
+    "the worker processing it stopped without finishing on its last attempt "
+    "(killed, crashed, or stuck past its time limit)"
+)
 
 
 class LeaseLost(RuntimeError):
     """Another worker took the row over (our lease expired): our writes are rolled back."""
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database has no schema yet, or an older one: `meterfix db upgrade` is due."""
 
 
 @dataclass
@@ -58,6 +83,10 @@ class PassReport:
     ignored: list[str] = field(default_factory=list)
     retrying: list[tuple[str, str]] = field(default_factory=list)  # (event id, error)
     dead: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)  # handed back on stop, not counted
+    # An item ran past its time limit and its thread still runs: the pass ends there and
+    # `meterfix worker` restarts its process (see `service.worker_liveness`).
+    abandoned: bool = False
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -65,7 +94,7 @@ class PassReport:
 
 
 def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return new_instance_id()
 
 
 class InboxWorker:
@@ -77,11 +106,16 @@ class InboxWorker:
         stripe_client: stripe.StripeClient | None = None,
         worker_id: str | None = None,
         task_runner: TaskRunnerFn | None = None,
+        hard_time_limit: bool = False,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
         self.lease = timedelta(seconds=settings.mfx_worker_lease)
+        self.heartbeat = WorkerHeartbeat(
+            engine, self.worker_id, heartbeat_interval(settings.mfx_worker_lease)
+        )
+        self.hard_time_limit = hard_time_limit  # the CLI arms the GIL-proof watchdog too
         self._client = stripe_client
         self._task_runner = task_runner
 
@@ -102,29 +136,60 @@ class InboxWorker:
         return self._task_runner
 
     def check_database(self) -> None:
-        """Raises SQLAlchemyError when the database is unreachable or not migrated."""
+        """Raises SQLAlchemyError when the database is unreachable, SchemaNotCurrent when
+        it was never migrated or is behind this code."""
         with self.engine.connect() as connection:
-            connection.execute(select(INBOX.c.id).limit(1))
+            current = set(MigrationContext.configure(connection).get_current_heads())
+        scripts = ScriptDirectory(str(MIGRATIONS_DIR))
+        known = {script.revision for script in scripts.walk_revisions()}
+        # A revision this code does not know is a newer schema: not ours to refuse.
+        if not current or (current <= known and current != set(scripts.get_heads())):
+            raise SchemaNotCurrent("the database schema is not up to date")
 
     def drain(self, stop: threading.Event | None = None) -> PassReport:
-        """Process everything due now; failures are rescheduled, never waited for."""
+        """Process everything due now; failures are rescheduled, never waited for. With
+        `stop`, an item still running when it is set is handed back (due at once)."""
         report = PassReport()
-        while stop is None or not stop.is_set():
-            claimed = claim_next(self.engine, self.worker_id, self.lease)
-            if claimed is None:
-                break
-            self.process(claimed, report)
+        owns_heartbeat = self.heartbeat.start()
+        try:
+            while (stop is None or not stop.is_set()) and not report.abandoned:
+                claimed = claim_next(self.engine, self.worker_id, self.lease)
+                if claimed is None:
+                    break
+                self.process(claimed, report, stop)
+        finally:
+            if owns_heartbeat:
+                self.heartbeat.stop()
         return report
 
-    def process(self, claimed: ClaimedEvent, report: PassReport) -> None:
+    def process(
+        self, claimed: ClaimedEvent, report: PassReport, stop: threading.Event | None = None
+    ) -> None:
         log_event("inbox.claimed", event_id=claimed.event_id, attempt=claimed.attempts)
+        if claimed.attempts > self.settings.mfx_max_attempts:  # it keeps killing workers
+            self._fail(claimed, DIED_WHILE_WORKING, report)
+            return
         try:
-            status, outcome = self._dispatch(claimed)
+            with self.heartbeat.working_on(claimed):
+                status, outcome = call_with_time_limit(
+                    lambda: self._dispatch(claimed),
+                    self.settings.mfx_task_time_limit,
+                    name=f"meterfix-item-{claimed.row_id}",
+                    stop=stop,
+                    hard_limit=self.hard_time_limit,
+                )
+        except ItemInterrupted:
+            self._hand_back(claimed, report)
+        except TimeLimitExceeded as exc:
+            report.abandoned = True
+            self._fail(claimed, exc.reason, report)
+        except PERMANENT_FAILURES as exc:
+            self._fail(claimed, _permanent_reason(exc), report, permanent=True)
         except Exception as exc:  # loop edge: any failure is recorded and retried
             self._fail(claimed, f"{type(exc).__name__}: {exc}", report)
-            return
-        (report.done if status is InboxStatus.DONE else report.ignored).append(claimed.event_id)
-        log_event("inbox.processed", event_id=claimed.event_id, status=status, outcome=outcome)
+        else:
+            (report.done if status is InboxStatus.DONE else report.ignored).append(claimed.event_id)
+            log_event("inbox.processed", event_id=claimed.event_id, status=status, outcome=outcome)
 
     def _dispatch(self, claimed: ClaimedEvent) -> tuple[InboxStatus, str]:
         if claimed.style == TASK_STYLE:  # remediation: files move, so no open transaction
@@ -155,13 +220,16 @@ class InboxWorker:
                 raise LeaseLost(f"lease on {claimed.event_id} was lost; rolled back")
         return status, outcome
 
-    def _fail(self, claimed: ClaimedEvent, error: str, report: PassReport) -> None:
-        dead = claimed.attempts >= self.settings.mfx_max_attempts
+    def _fail(
+        self, claimed: ClaimedEvent, error: str, report: PassReport, *, permanent: bool = False
+    ) -> None:
+        dead = permanent or claimed.attempts >= self.settings.mfx_max_attempts
+        next_at = None
         try:
             with self.engine.begin() as connection:
-                next_at = mark_failed(connection, claimed, self.worker_id, error, dead)
-                if dead:
-                    dead_letter_alert(connection, claimed, error)
+                owned, next_at = mark_failed(connection, claimed, self.worker_id, error, dead)
+                if owned and dead:
+                    dead_letter_alert(connection, claimed, error, permanent=permanent)
         except SQLAlchemyError as exc:  # the lease will expire and the row be retried
             log_event("inbox.record_failure_failed", level=logging.ERROR, error=type(exc).__name__)
         (report.dead if dead else report.retrying).append((claimed.event_id, error))
@@ -172,8 +240,25 @@ class InboxWorker:
             event_type=claimed.event_type,
             attempt=claimed.attempts,
             reason=error,
+            permanent=permanent,
             next_attempt_at=None if dead else next_at,
         )
+
+    def _hand_back(self, claimed: ClaimedEvent, report: PassReport) -> None:
+        """Stopping mid-item: give the row back, due now, so the next worker takes it at
+        once (its abandoned thread can no longer commit: the row is not ours)."""
+        try:
+            release_claim(self.engine, claimed, self.worker_id)
+        except SQLAlchemyError as exc:  # the lease expires instead
+            log_event("inbox.release_failed", level=logging.ERROR, error=type(exc).__name__)
+        report.interrupted.append(claimed.event_id)
+        log_event("inbox.interrupted", level=logging.WARNING, event_id=claimed.event_id)
+
+
+def _permanent_reason(exc: Exception) -> str:
+    if isinstance(exc, UnusableEvent):
+        return f"unusable event: {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def start_scheduled_jobs(settings: Settings, stop: threading.Event) -> list[threading.Thread]:
@@ -190,17 +275,40 @@ def start_scheduled_jobs(settings: Settings, stop: threading.Event) -> list[thre
     return ([poller] if poller is not None else []) + start_notify_jobs(settings, stop)
 
 
-def run_loop(worker: InboxWorker, stop: threading.Event) -> None:
-    """Drain the inbox every `mfx_worker_interval` seconds until `stop` is set (SIGTERM)."""
-    jobs = start_scheduled_jobs(worker.settings, stop)
+class LoopEnd(StrEnum):
+    STOPPED = "stopped"  # SIGTERM/SIGINT
+    RESTART = "restart"  # an item's thread is stuck past its time limit: restart the process
+
+
+def run_loop(worker: InboxWorker, stop: threading.Event) -> LoopEnd:
+    """Drain the inbox every `mfx_worker_interval` seconds until `stop` is set (SIGTERM,
+    Ctrl-C: an item still running is handed back) or an item overruns its time limit."""
+    halt = threading.Event()  # the scheduled jobs stop when the loop ends, however it ends
+    jobs = start_scheduled_jobs(worker.settings, halt)
+    worker.heartbeat.start()
     log_event("worker.started", worker_id=worker.worker_id, jobs=len(jobs))
-    while not stop.is_set():
-        try:
-            worker.drain(stop)
-            checkpoint_wal(worker.engine)  # keeps WAL checkpoints off the webhook requests
-        except SQLAlchemyError as exc:  # database blip: keep the loop alive, retry next tick
-            log_event("worker.database_error", level=logging.ERROR, error=type(exc).__name__)
-        stop.wait(worker.settings.mfx_worker_interval)
-    for job in jobs:
-        job.join(timeout=30)
-    log_event("worker.stopped", worker_id=worker.worker_id)
+    end = LoopEnd.STOPPED
+    try:
+        while not stop.is_set():
+            try:
+                if worker.drain(stop).abandoned:
+                    end = LoopEnd.RESTART
+                    break
+                checkpoint_wal(worker.engine)  # keeps WAL checkpoints off the webhook requests
+            except SQLAlchemyError as exc:  # database blip: keep the loop alive, retry next tick
+                log_event("worker.database_error", level=logging.ERROR, error=type(exc).__name__)
+            stop.wait(worker.settings.mfx_worker_interval)
+    finally:
+        halt.set()
+        worker.heartbeat.stop()
+        _join(jobs, JOBS_STOP_SECONDS)
+    log_event("worker.stopped", worker_id=worker.worker_id, end=end)
+    return end
+
+
+def _join(threads: list[threading.Thread], seconds: float) -> None:
+    """Wait for the jobs' threads, in all at most `seconds` (they are daemons: a job busy
+    longer is cut off at exit, and resumes from its last acknowledged step next time)."""
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(timeout=max(deadline - time.monotonic(), 0))

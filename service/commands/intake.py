@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 import click
 from flask import current_app
 from flask.cli import with_appcontext
@@ -9,8 +13,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.commands._signals import stop_on_signals
 from service.inbox import requeue
+from service.logs import log_event
 from service.runtime import Runtime
-from service.worker import InboxWorker, PassReport, run_loop
+from service.worker import InboxWorker, LoopEnd, PassReport, SchemaNotCurrent, run_loop
+
+RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: cannot exec itself; a process manager restarts it
 
 
 def _runtime() -> Runtime:
@@ -37,16 +44,31 @@ def serve_command(port: int, host: str) -> None:
 def worker_command(once: bool) -> None:
     """Process the inbox and remediation tasks (and run the poller when MFX_POLLER is set)."""
     rt = _runtime()
-    worker = InboxWorker(rt.engine, rt.settings)
+    worker = InboxWorker(rt.engine, rt.settings, hard_time_limit=True)
     try:
         worker.check_database()
     except SQLAlchemyError as exc:
         raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
+    except SchemaNotCurrent as exc:
+        raise click.ClickException(f"{exc}: run `meterfix db upgrade` first") from exc
     if once:
         _run_once(worker)
         return
     stop = stop_on_signals()
-    run_loop(worker, stop)
+    if run_loop(worker, stop) is LoopEnd.RESTART:
+        rt.close()
+        _restart_process()
+
+
+def _restart_process() -> None:
+    """Replace this process with a fresh `meterfix worker` (same pid and arguments): the
+    only way to end a thread stuck past its item's time limit (`service.worker_liveness`)."""
+    log_event("worker.restarting", level=logging.WARNING, reason="an item overran its limit")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if sys.executable and sys.orig_argv:
+        os.execv(sys.executable, sys.orig_argv)
+    sys.exit(RESTART_EXIT_CODE)
 
 
 def _run_once(worker: InboxWorker) -> None:
@@ -66,6 +88,10 @@ def _echo_report(report: PassReport) -> None:
         click.echo(f"failed (will retry): {event_id}: {error}")
     for event_id, error in report.dead:
         click.echo(f"dead-lettered: {event_id}: {error}")
+    for event_id in report.interrupted:
+        click.echo(f"interrupted (handed back): {event_id}")
+    if report.abandoned:
+        click.echo("stopped early: an item overran its time limit (the rest waits for a pass)")
 
 
 @click.command("replay")

@@ -1,0 +1,166 @@
+"""A worker's liveness: its heartbeat thread (beats, renews the lease of the item at hand)
+and the time limit on one item.
+
+Why a thread per item and a process restart (not a child process per item): Python cannot
+kill a thread, so the item runs in its own daemon thread while the worker's main thread
+waits at most `MFX_TASK_TIME_LIMIT`. Past it, the worker records the failure with its
+reason (retried, dead-lettered after `MFX_MAX_ATTEMPTS`), stops renewing the lease, and
+`meterfix worker` restarts its process (exec of the same command line: same pid, so
+Ctrl-C and process managers still reach it), which ends the stuck thread. A child process
+per item would cost a fresh interpreter (or a fork of a threaded process) per event and
+could not run the in-process drains the tests use. An item stuck in C code that never
+releases the GIL would also freeze the waiting thread: for that case the CLI arms
+`faulthandler`'s watchdog (a C thread, no GIL needed), which ends the process a grace
+period after the limit; the item's lease then expires, it is retaken, and after
+`MFX_MAX_ATTEMPTS` such deaths it is dead-lettered (`service.worker`).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.heartbeats import BEAT_EVERY_SECONDS, beat
+from service.inbox import ClaimedEvent, renew_lease
+from service.logs import log_event
+from service.models.health import ProcessRole
+
+T = TypeVar("T")
+WAIT_STEP_SECONDS = 0.2  # how often the waiting thread looks at the clock and the stop flag
+HARD_LIMIT_GRACE_SECONDS = 30.0  # the watchdog's margin past the time limit
+
+
+class TimeLimitExceeded(Exception):
+    """The item ran past its time limit; its thread is abandoned (still running)."""
+
+    def __init__(self, limit_seconds: float) -> None:
+        self.reason = f"exceeded the {limit_seconds:g} s time limit (MFX_TASK_TIME_LIMIT)"
+        super().__init__(self.reason)
+
+
+class ItemInterrupted(Exception):
+    """The worker was asked to stop while the item ran; its thread is abandoned."""
+
+
+def heartbeat_interval(lease_seconds: float) -> float:
+    """Beat (and renew) three times per lease, at most every `BEAT_EVERY_SECONDS`."""
+    return min(BEAT_EVERY_SECONDS, lease_seconds / 3)
+
+
+class WorkerHeartbeat:
+    """A daemon thread that records this worker's heartbeat every `every` seconds and
+    renews the lease of the item it is working on, so a slow but alive worker keeps it
+    and a dead one loses it within one lease."""
+
+    def __init__(self, engine: Engine, worker_id: str, every: float) -> None:
+        self.engine, self.worker_id, self.every = engine, worker_id, every
+        self._item: ClaimedEvent | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        """Start beating; False when it already beats (the caller must not stop it)."""
+        if self._thread is not None:
+            return False
+        self._stop.clear()
+        self.pulse()  # visible at once, not one interval later
+        self._thread = threading.Thread(target=self._run, name="meterfix-heartbeat", daemon=True)
+        self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.every + 5)
+            self._thread = None
+
+    @contextmanager
+    def working_on(self, claimed: ClaimedEvent) -> Iterator[None]:
+        """Renew `claimed`'s lease until the block ends (however it ends)."""
+        with self._lock:
+            self._item = claimed
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._item = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.pulse()
+
+    def pulse(self) -> None:
+        with self._lock:
+            item = self._item
+        try:
+            beat(self.engine, self.worker_id, ProcessRole.WORKER, _detail(item))
+            if item is not None and not renew_lease(self.engine, item, self.worker_id):
+                log_event("inbox.lease_lost", level=logging.WARNING, event_id=item.event_id)
+        except SQLAlchemyError as exc:  # loop edge: a database blip; the next pulse retries
+            log_event("worker.heartbeat_failed", level=logging.WARNING, error=type(exc).__name__)
+
+
+def _detail(item: ClaimedEvent | None) -> dict[str, Any]:
+    if item is None:
+        return {"item": None}
+    return {"item": item.event_id, "event_type": item.event_type, "attempt": item.attempts}
+
+
+def call_with_time_limit(
+    work: Callable[[], T],
+    limit_seconds: float,
+    *,
+    name: str,
+    stop: threading.Event | None = None,
+    hard_limit: bool = False,
+) -> T:
+    """Run `work` in its own daemon thread and return its result (or raise its exception).
+
+    Raises TimeLimitExceeded past `limit_seconds`, ItemInterrupted when `stop` is set first;
+    either way the thread is left running (see the module docstring). `hard_limit` arms the
+    faulthandler watchdog that ends the process if even this thread cannot run."""
+    box: list[tuple[bool, Any]] = []
+    finished = threading.Event()
+
+    def target() -> None:
+        try:
+            box.append((True, work()))
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            box.append((False, exc))
+        finally:
+            finished.set()
+
+    deadline = time.monotonic() + limit_seconds
+    with _watchdog(limit_seconds + HARD_LIMIT_GRACE_SECONDS, enabled=hard_limit):
+        threading.Thread(target=target, name=name, daemon=True).start()
+        while not finished.wait(min(WAIT_STEP_SECONDS, max(deadline - time.monotonic(), 0))):
+            if stop is not None and stop.is_set():
+                raise ItemInterrupted(name)
+            if time.monotonic() >= deadline:
+                raise TimeLimitExceeded(limit_seconds)
+    ok, value = box[0]
+    if ok:
+        return cast(T, value)  # `work`'s own result
+    raise value
+
+
+@contextmanager
+def _watchdog(seconds: float, *, enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
