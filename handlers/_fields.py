@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+# Stripe's ids are a prefix, an underscore and letters or digits (`impset_…`, `file_…`); a
+# hyphen is tolerated. Anything else (a slash, a dot, a control character) never reaches a
+# URL path, a bucket key or a database column.
+_STRIPE_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 
 def mapping(value: object) -> Mapping[str, Any]:
@@ -13,6 +19,20 @@ def mapping(value: object) -> Mapping[str, Any]:
 
 def text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def kind(value: object) -> str:
+    """How a reason names a value that is not what was expected."""
+    if value is None:
+        return "missing"
+    if isinstance(value, Mapping):
+        return "an object"
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), "a list" if isinstance(value, list) else type(value).__name__)
+
+
+def is_stripe_id(value: str) -> bool:
+    return _STRIPE_ID.fullmatch(value) is not None
 
 
 def integer(value: object) -> int | None:

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from handlers._fields import first_integer, first_text, integer, mapping, text
+from handlers._fields import first_integer, first_text, integer, is_stripe_id, kind, mapping, text
 from handlers.context import HandlerContext
+from handlers.errors import UnusableEvent
 from handlers.meter_error_reports import IncompleteEvent
 from handlers.records import ImportSetRecord, Outcome, RemediationKind
 
@@ -41,13 +42,17 @@ def remediation_kind(record: ImportSetRecord) -> RemediationKind | None:
 
 
 def parse_import_set(event: Mapping[str, Any]) -> ImportSetRecord:
-    obj = mapping(mapping(event.get("data")).get("object"))
-    import_set_id = text(obj.get("id"))
+    """The import set an event carries; UnusableEvent (dead-lettered at once, never retried)
+    when the event has no import set to read or names files by something that is no id."""
     event_id = text(event.get("id"))
-    if import_set_id is None or event_id is None:
-        raise IncompleteEvent("import set event without event id or data.object.id")
+    if event_id is None:
+        raise IncompleteEvent("import set event without an event id")
+    obj = _import_set(event)
+    import_set_id = _import_set_id(obj.get("id"))
     result = mapping(obj.get("result"))
     errors = mapping(result.get("errors"))
+    errors_file = _file_id(errors.get("file")) or _file_id(errors.get("file_id"))
+    source_file = _file_id(obj.get("file")) or _file_id(obj.get("source_file"))
     return ImportSetRecord(
         import_set_id=import_set_id,
         event_id=event_id,
@@ -55,14 +60,40 @@ def parse_import_set(event: Mapping[str, Any]) -> ImportSetRecord:
         event_created=integer(event.get("created")),
         status=text(obj.get("status")) or "unknown",
         failed_reason=_reason(obj.get("failed_reason")),
-        source_file_id=_file_id(obj.get("file")) or _file_id(obj.get("source_file")),
+        source_file_id=_checked_file_id(source_file, "data.object.file"),
         source_object=_source_object(obj),
-        errors_file_id=_file_id(errors.get("file")) or _file_id(errors.get("file_id")),
+        errors_file_id=_checked_file_id(errors_file, "data.object.result.errors.file"),
         errors_row_count=first_integer(errors, "row_count", "count"),
         successes_row_count=first_integer(mapping(result.get("successes")), "row_count", "count"),
         rows_processed=integer(result.get("rows_processed")),
         detail={"livemode": bool(event.get("livemode", False)), "result": dict(result)},
     )
+
+
+def _import_set(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = event.get("data")
+    if not isinstance(data, Mapping):
+        raise UnusableEvent(f"import set event: data is {kind(data)}, not an object")
+    obj = data.get("object")
+    if not isinstance(obj, Mapping):
+        raise UnusableEvent(f"import set event: data.object is {kind(obj)}, not an object")
+    return obj
+
+
+def _import_set_id(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise UnusableEvent("import set event: data.object has no id")
+    if not is_stripe_id(value):
+        raise UnusableEvent(f"import set event: data.object.id {value[:40]!r} is not a Stripe id")
+    return value
+
+
+def _checked_file_id(value: str | None, where: str) -> str | None:
+    """Files are downloaded by id (the source, the failed records): only an id goes into
+    that URL."""
+    if value is not None and not is_stripe_id(value):
+        raise UnusableEvent(f"import set event: {where} {value[:40]!r} is not a Stripe file id")
+    return value
 
 
 def _file_id(value: object) -> str | None:

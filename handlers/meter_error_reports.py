@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from handlers._fields import first_text, integer, mapping, rfc3339, text
+from handlers._fields import first_text, integer, kind, mapping, rfc3339, text
 from handlers.context import HandlerContext
 from handlers.errors import UnusableEvent
 from handlers.records import (
@@ -39,7 +39,9 @@ def parse_report(event: Mapping[str, Any]) -> ErrorReportRecord:
     event_id = text(event.get("id"))
     if event_id is None or "data" not in event:
         raise IncompleteEvent("meter error event without id or data (fetch the full event)")
-    data = mapping(event.get("data"))
+    data = event.get("data")
+    if not isinstance(data, Mapping):
+        raise UnusableEvent(f"meter error event: data is {kind(data)}, not an object")
     reason = mapping(data.get("reason"))
     error_types = [mapping(item) for item in _items(reason.get("error_types"))]
     return ErrorReportRecord(
