@@ -1,7 +1,8 @@
 """GET /metrics: Prometheus text exposition of what the database knows (no extra dependency).
 
 Counts come from the database, not process memory, so every web instance reports the same
-numbers and a restart loses nothing.
+numbers and a restart loses nothing. Heartbeat ages are `+Inf` while no process of that
+role ever beat, so `age > MFX_HEARTBEAT_SILENCE` alerts fire for a worker that never started.
 """
 
 from __future__ import annotations
@@ -11,17 +12,25 @@ from typing import Any, cast
 
 from flask import Blueprint, Response
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
+from service.heartbeats import HealthSnapshot, health_snapshot
 from service.models import BucketObject, InboxEvent, QuarantinedRow, RemediationRun
+from service.models.alerts import Alert, AlertSeverity, AlertStatus
 
 bp = Blueprint("metrics", __name__)
 
 
 def _family(name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> list[str]:
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-    lines += [f"{name}{labels} {value:g}" for labels, value in samples]
+    lines += [f"{name}{labels} {_number(value)}" for labels, value in samples]
     return lines
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"  # Prometheus spells infinity this way, not Python's "inf"
+    return f"{value:g}"
 
 
 def _by_status(session: Session, column: Any, model: type) -> list[tuple[str, float]]:
@@ -64,7 +73,53 @@ def render_metrics(session: Session) -> str:
         "Bucket objects the poller has seen, by status.",
         _by_status(session, BucketObject.status, BucketObject),
     )
+    lines += _liveness(health_snapshot(session.connection()))
+    lines += _family(
+        "meterfix_alerts", "Alerts by severity and status.", _alerts_by_severity(session)
+    )
     return "\n".join(lines) + "\n"
+
+
+def _liveness(snapshot: HealthSnapshot) -> list[str]:
+    def age(value: float | None) -> list[tuple[str, float]]:
+        return [("", float("inf") if value is None else value)]
+
+    lines = _family(
+        "meterfix_worker_heartbeat_age_seconds",
+        "Seconds since the newest worker heartbeat (+Inf: none ever).",
+        age(snapshot.worker_heartbeat_age_seconds),
+    )
+    lines += _family(
+        "meterfix_poller_heartbeat_age_seconds",
+        "Seconds since the newest poller heartbeat (+Inf: none ever).",
+        age(snapshot.poller_heartbeat_age_seconds),
+    )
+    lines += _family(
+        "meterfix_backlog_items",
+        "Inbox items not finished yet (pending or processing).",
+        [("", float(snapshot.backlog_items))],
+    )
+    lines += _family(
+        "meterfix_oldest_pending_age_seconds",
+        "Age of the oldest unfinished inbox item (0 when none).",
+        [("", snapshot.oldest_pending_age_seconds or 0.0)],
+    )
+    return lines
+
+
+def _alerts_by_severity(session: Session) -> list[tuple[str, float]]:
+    """Every severity x status pair (closed sets), zeros included, so series never vanish."""
+    rows = session.execute(
+        select(col(Alert.severity), col(Alert.status), func.count())
+        .select_from(Alert)
+        .group_by(col(Alert.severity), col(Alert.status))
+    )
+    counts = {(str(severity), str(status)): cast(int, n) for severity, status, n in rows}
+    return [
+        (f'{{severity="{sev}",status="{st}"}}', float(counts.get((sev.value, st.value), 0)))
+        for sev in AlertSeverity
+        for st in AlertStatus
+    ]
 
 
 @bp.get("/metrics")
