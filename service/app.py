@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import click
 from flask import Flask, current_app
 
 from service.commands import register_commands
@@ -20,7 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # our own limit answers 413 with a JSON reason
     app.extensions[EXTENSION] = Runtime(settings)
-    _register_blueprints(app)
+    _register_blueprints(app, settings)
     register_commands(app)
     _announce(settings)
     return app
@@ -32,14 +33,24 @@ def runtime() -> Runtime:
     return value
 
 
-def _register_blueprints(app: Flask) -> None:
-    from service.health import bp as health_bp
+def _register_blueprints(app: Flask, settings: Settings) -> None:
     from service.metrics import bp as metrics_bp
+    from service.web.setup import register_web
     from service.webhooks import bp as webhooks_bp
 
-    app.register_blueprint(health_bp)
+    register_web(app, settings)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(webhooks_bp)
+
+
+def announce_dashboard(settings: Settings) -> None:
+    """Under the embedded defaults, print the dashboard login URL and the generated token to
+    the terminal, once, when the web app starts serving (never in a log line)."""
+    from service.web.access import login_banner
+
+    banner = login_banner(settings)
+    if banner is not None:
+        click.echo(banner, err=True)
 
 
 _announced: set[str] = set()  # the start-up line is said once per process, not per app

@@ -27,6 +27,7 @@ class TaskKind(StrEnum):
     IMPORT_SET_FAILED = "import_set_failed"  # whole-file failure: repair the source file
     ERROR_REPORT = "error_report"  # meter error report whose rows we imported
     POLLER_ROWS = "poller_rows"  # rows the bundled poller found invalid
+    QUARANTINE_RERUN = "quarantine_rerun"  # quarantined rows again, current rules (ref: action)
 
 
 def task_id(kind: TaskKind, ref: str) -> str:

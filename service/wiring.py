@@ -14,6 +14,7 @@ from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_files import StripeFileStore
 from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
+from service.quarantine_rerun import RerunInputMissing, rerun_quarantine
 from service.remediation_jobs import JobDeps, run_task
 from service.remediation_runs import RunContext
 from service.remediation_tasks import TaskKind
@@ -48,4 +49,9 @@ class TaskRunner:
             rules=self.rules,
             customers=self.customers if self.rules.policy.customer_metadata_key else None,
         )
+        if kind is TaskKind.QUARANTINE_RERUN:
+            try:
+                return rerun_quarantine(context, ref)
+            except RerunInputMissing as exc:  # not retried: nothing names the rows any more
+                return f"not re-run: {exc}"
         return run_task(JobDeps(run=context, files=self.files), kind, ref)

@@ -34,7 +34,10 @@ def serve_command(port: int, host: str) -> None:
     """Run the web app with werkzeug (production runs gunicorn, see the Procfile)."""
     from werkzeug.serving import run_simple
 
+    from service.app import announce_dashboard
+
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    announce_dashboard(_runtime().settings)  # the login URL, to the terminal (not a log line)
     run_simple(host, port, app, threaded=True, use_reloader=False)
 
 

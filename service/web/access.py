@@ -1,0 +1,141 @@
+"""Who may look: MFX_ADMIN_TOKEN as a bearer token (API) or a login that sets a signed session
+cookie (browser), a CSRF token on every cookie-session POST, and 404 without a token.
+
+Under the embedded defaults a token is generated once, kept in MFX_WORK_DIR (mode 600) and
+reused on restart; `login_banner` is what `serve` prints to the terminal (never a log line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from flask import Flask, current_app, request, session
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
+
+from service.config import Settings
+
+TOKEN_FILE = "admin-token"
+EXTENSION = "meterfix.web.token"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def admin_token(settings: Settings) -> str:
+    """The configured token; under the embedded defaults the generated one; else ""."""
+    if settings.mfx_admin_token:
+        return settings.mfx_admin_token
+    if not settings.embedded_sandbox:
+        return ""
+    return _stored_token(Path(settings.mfx_work_dir) / TOKEN_FILE)
+
+
+def _stored_token(path: Path) -> str:
+    """Read the token kept in `path`, or create it (mode 600) if there is none yet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # kept from an earlier start (or another process made it)
+        os.chmod(path, 0o600)
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(token + "\n")
+    return token
+
+
+def login_banner(settings: Settings) -> str | None:
+    """The lines `serve` prints at start-up under the embedded defaults (None otherwise)."""
+    if not settings.embedded_sandbox or settings.mfx_admin_token:
+        return None
+    token = admin_token(settings)
+    path = Path(settings.mfx_work_dir) / TOKEN_FILE
+    base = settings.mfx_public_url.rstrip("/")
+    return f"Dashboard: {base}/login\nAdmin token: {token}  (kept in {path}, mode 600)"
+
+
+def current_token() -> str:
+    """The token of the running app, resolved on first use (no file is made at import)."""
+    token: str | None = current_app.extensions.get(EXTENSION)
+    if token is None:
+        from service.app import runtime
+
+        token = admin_token(runtime().settings)
+        current_app.extensions[EXTENSION] = token
+    return token
+
+
+def bearer_ok(token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def session_ok(token: str) -> bool:
+    """A login of this token (a new token ends every session made with the old one)."""
+    mark = session.get("auth")
+    return isinstance(mark, str) and hmac.compare_digest(mark, _fingerprint(token))
+
+
+def start_session(token: str) -> None:
+    session.clear()
+    session["auth"] = _fingerprint(token)
+    session["csrf"] = secrets.token_urlsafe(32)
+
+
+def csrf_token() -> str:
+    """This session's CSRF token (made on first use, e.g. by the login form)."""
+    value = session.get("csrf")
+    if not isinstance(value, str):
+        value = secrets.token_urlsafe(32)
+        session["csrf"] = value
+    return value
+
+
+def csrf_ok() -> bool:
+    given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD, "")
+    expected = session.get("csrf")
+    return isinstance(expected, str) and bool(given) and hmac.compare_digest(given, expected)
+
+
+def _fingerprint(token: str) -> str:
+    return hmac.new(token.encode(), b"meterfix-dashboard-session", hashlib.sha256).hexdigest()
+
+
+class TokenSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie session, keyed by a secret derived from the admin token (so no
+    second secret to configure, and rotating the token signs everyone out)."""
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        token = current_token()
+        if not token:
+            return None
+        key = hmac.new(token.encode(), b"meterfix-session-key", hashlib.sha256).hexdigest()
+        return URLSafeTimedSerializer(
+            key,
+            salt=self.salt,
+            serializer=self.serializer,
+            signer_kwargs={
+                "key_derivation": self.key_derivation,
+                "digest_method": self.digest_method,
+            },
+        )
+
+
+def configure_sessions(app: Flask, settings: Settings) -> None:
+    app.session_interface = TokenSessionInterface()
+    app.config.update(
+        SESSION_COOKIE_NAME="meterfix_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.mfx_public_url.startswith("https://"),
+    )

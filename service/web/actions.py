@@ -1,0 +1,129 @@
+"""Admin actions: acknowledge or resolve an alert, replay an event, re-run quarantined rows.
+Each one is recorded in `admin_actions` (time, source address, api|dashboard) in the same
+transaction as its effect, and shown on the item it touched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, update
+
+from service.models._types import utcnow
+from service.models.alerts import AlertStatus
+from service.models.inbox import InboxStatus
+from service.notify.alerts import set_alert_status
+from service.remediation_tasks import TaskKind, enqueue_task, task_id
+from service.web.params import QuarantineFilter
+from service.web.quarantine import count_quarantine
+from service.web.store import EVENTS, find_event, get_alert, record_action
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: how (api|dashboard) and from which address."""
+
+    via: str
+    address: str
+
+
+class NotFound(LookupError):
+    """The item does not exist (404)."""
+
+
+class Conflict(ValueError):
+    """The item is not in a state the action applies to (409)."""
+
+
+# An alert may be acknowledged while open, resolved while open or acknowledged.
+ALLOWED_FROM = {
+    AlertStatus.ACKNOWLEDGED: {AlertStatus.OPEN.value},
+    AlertStatus.RESOLVED: {AlertStatus.OPEN.value, AlertStatus.ACKNOWLEDGED.value},
+}
+ACTION_NAMES = {AlertStatus.ACKNOWLEDGED: "acknowledge", AlertStatus.RESOLVED: "resolve"}
+
+
+def change_alert(engine: Engine, alert_id: int, to: AlertStatus, actor: Actor) -> dict[str, Any]:
+    """Acknowledge or resolve by hand; the alert as it is afterwards, with its actions."""
+    with engine.begin() as connection:
+        alert = get_alert(connection, alert_id)
+        if alert is None:
+            raise NotFound(f"no alert with id {alert_id}")
+        if alert["status"] not in ALLOWED_FROM[to]:
+            raise Conflict(f"alert {alert_id} is {alert['status']}: cannot {ACTION_NAMES[to]}")
+        set_alert_status(connection, alert_id, to)
+        record_action(
+            connection,
+            ACTION_NAMES[to],
+            "alert",
+            str(alert_id),
+            via=actor.via,
+            source_address=actor.address,
+            detail={"from": alert["status"]},
+        )
+        changed = get_alert(connection, alert_id)
+    assert changed is not None
+    return changed
+
+
+def replay_event(engine: Engine, ref: str, actor: Actor) -> dict[str, Any]:
+    """Make a stored event pending again, whatever its state (as `meterfix replay` does)."""
+    with engine.begin() as connection:
+        event = find_event(connection, ref)
+        if event is None:
+            raise NotFound(f"no event {ref!r} in the inbox")
+        connection.execute(
+            update(EVENTS)
+            .where(EVENTS.c.id == event["id"])
+            .values(
+                status=InboxStatus.PENDING.value,
+                attempts=0,
+                next_attempt_at=utcnow(),
+                locked_by=None,
+                locked_at=None,
+            )
+        )
+        record_action(
+            connection,
+            "replay",
+            "event",
+            event["event_id"],
+            via=actor.via,
+            source_address=actor.address,
+            detail={"from": event["status"], "attempts": event["attempts"]},
+        )
+        replayed = find_event(connection, event["event_id"])
+    assert replayed is not None
+    return replayed
+
+
+def queue_rerun(engine: Engine, found: QuarantineFilter, actor: Actor) -> dict[str, Any]:
+    """Queue a task that re-runs the matching rows with the current rules (the filter is
+    kept on the admin action, which the task reads)."""
+    with engine.begin() as connection:
+        rows = count_quarantine(connection, found)
+        if rows == 0:
+            return {"queued": False, "rows": 0, "filters": found.as_query()}
+        action_id = record_action(
+            connection,
+            "rerun",
+            "quarantine",
+            _describe(found),
+            via=actor.via,
+            source_address=actor.address,
+            detail={"filters": found.as_query(), "rows": rows},
+        )
+        enqueue_task(connection, TaskKind.QUARANTINE_RERUN, str(action_id))
+    return {
+        "queued": True,
+        "rows": rows,
+        "action_id": action_id,
+        "task": task_id(TaskKind.QUARANTINE_RERUN, str(action_id)),
+        "filters": found.as_query(),
+    }
+
+
+def _describe(found: QuarantineFilter) -> str:
+    """The re-run's target: its filter as a query string ("all" when there is none)."""
+    query = found.as_query()
+    return "&".join(f"{key}={value}" for key, value in sorted(query.items())) or "all"

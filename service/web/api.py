@@ -1,0 +1,144 @@
+"""The JSON admin API under /api/ (DESIGN.md lists it): bearer token or a dashboard session
+(with a CSRF token on POST); lists as {"data": [...], "next_cursor": ...}; every error is
+JSON with a reason: 400 bad parameter, 401 bad token, 403 no CSRF token, 404, 409."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from werkzeug.datastructures import MultiDict
+
+from service.heartbeats import health_snapshot
+from service.models.alerts import AlertStatus
+from service.web import actions, lineage, params, quarantine, store
+from service.web.access import bearer_ok, csrf_ok, current_token, session_ok
+from service.web.context import actor, engine, settings
+from service.web.heartbeat_check import notice_silence
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def json_error(status: int, reason: str) -> tuple[Response, int]:
+    return jsonify(error=reason), status
+
+
+@bp.before_request
+def _guard() -> tuple[Response, int] | None:
+    token = current_token()
+    if not token:
+        return json_error(404, "not found")
+    if bearer_ok(token):
+        g.via = "api"
+        return None
+    if request.headers.get("Authorization") or not session_ok(token):
+        response, status = json_error(401, "missing or wrong bearer token")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response, status
+    if request.method == "POST" and not csrf_ok():
+        return json_error(403, "missing or wrong CSRF token (X-CSRF-Token header)")
+    g.via = "dashboard"
+    return None
+
+
+@bp.errorhandler(params.BadParameter)
+def _bad_parameter(exc: params.BadParameter) -> tuple[Response, int]:
+    return json_error(400, str(exc))
+
+
+@bp.errorhandler(actions.NotFound)
+def _not_found(exc: actions.NotFound) -> tuple[Response, int]:
+    return json_error(404, str(exc))
+
+
+@bp.errorhandler(actions.Conflict)
+def _conflict(exc: actions.Conflict) -> tuple[Response, int]:
+    return json_error(409, str(exc))
+
+
+@bp.get("/alerts")
+def alerts() -> Response:
+    args = request.args
+    listing = store.list_alerts(
+        engine(), params.page(args), params.alert_status(args), params.alert_severity(args)
+    )
+    return jsonify(listing.as_json())
+
+
+@bp.post("/alerts/<int:alert_id>/acknowledge")
+def acknowledge(alert_id: int) -> Response:
+    return jsonify(actions.change_alert(engine(), alert_id, AlertStatus.ACKNOWLEDGED, actor()))
+
+
+@bp.post("/alerts/<int:alert_id>/resolve")
+def resolve(alert_id: int) -> Response:
+    return jsonify(actions.change_alert(engine(), alert_id, AlertStatus.RESOLVED, actor()))
+
+
+@bp.get("/runs")
+def runs() -> Response:
+    return jsonify(lineage.list_runs(engine(), params.page(request.args)).as_json())
+
+
+@bp.get("/runs/<int:run_id>")
+def run(run_id: int) -> Response:
+    found = lineage.get_run(engine(), run_id)
+    if found is None:
+        raise actions.NotFound(f"no run with id {run_id}")
+    return jsonify(found)
+
+
+@bp.get("/quarantine")
+def quarantined() -> Response:
+    args = request.args
+    listing = quarantine.list_quarantine(
+        engine(), params.quarantine_filter(args), params.page(args)
+    )
+    return jsonify(listing.as_json())
+
+
+@bp.get("/quarantine.csv")
+def quarantined_csv() -> Response:
+    found = params.quarantine_filter(request.args)
+    lines = quarantine.csv_lines(engine(), found)
+    response = Response(stream_with_context(lines), mimetype="text/csv")
+    response.headers["Content-Disposition"] = "attachment; filename=quarantine.csv"
+    return response
+
+
+@bp.post("/quarantine/rerun")
+def rerun() -> tuple[Response, int]:
+    found = params.quarantine_filter(_filter_args())
+    result = actions.queue_rerun(engine(), found, actor())
+    return jsonify(result), 202 if result["queued"] else 200
+
+
+def _filter_args() -> MultiDict[str, str]:
+    """The filter from the query string, a JSON object body or a form (later ones win)."""
+    merged: MultiDict[str, str] = MultiDict(request.args)
+    body: Any = request.get_json(silent=True) if request.is_json else None
+    if isinstance(body, dict):
+        merged.update({str(k): "" if v is None else str(v) for k, v in body.items()})
+    merged.update(request.form)
+    return merged
+
+
+@bp.get("/events")
+def events() -> Response:
+    args = request.args
+    listing = store.list_events(engine(), params.page(args), params.event_status(args))
+    return jsonify(listing.as_json())
+
+
+@bp.post("/events/<path:ref>/replay")
+def replay(ref: str) -> Response:
+    return jsonify(actions.replay_event(engine(), ref, actor()))
+
+
+@bp.get("/health")
+def health() -> Response:
+    notice_silence(engine(), settings())
+    snapshot = health_snapshot(engine()).as_dict()
+    snapshot["poller_mode"] = settings().mfx_poller.value
+    snapshot["heartbeat_silence_seconds"] = settings().mfx_heartbeat_silence
+    return jsonify(snapshot)

@@ -1,0 +1,237 @@
+"""The dashboard: server-rendered pages (overview, lineage, quarantine, events, alerts), the
+login form, and the buttons' POST routes (CSRF token required, then back to the page)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.wrappers import Response as BaseResponse
+
+from service.models.alerts import AlertStatus
+from service.models.inbox import InboxStatus
+from service.web import actions, charts, lineage, params, quarantine, store
+from service.web.access import (
+    csrf_ok,
+    csrf_token,
+    current_token,
+    session_ok,
+    start_session,
+)
+from service.web.context import actor, engine, settings
+from service.web.heartbeat_check import notice_silence
+from service.web.overview import Bucket, overview
+
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/assets",
+)
+OPEN_PATHS = ("dashboard.login", "dashboard.login_post", "dashboard.static")
+RUN_VIEWS = ("runs", "import_sets", "reports")
+
+
+@bp.before_request
+def _guard() -> BaseResponse | None:
+    token = current_token()
+    if not token:
+        abort(404)
+    g.via = "dashboard"
+    if request.endpoint in OPEN_PATHS:
+        return None
+    if not session_ok(token):
+        return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+    if request.method == "POST" and not csrf_ok():
+        abort(403, "missing or wrong CSRF token")
+    return None
+
+
+bp.add_app_template_global(csrf_token, "csrf_token")
+
+
+@bp.app_template_global("page_url")
+def page_url(endpoint: str, **values: Any) -> str:
+    """A link keeping only the given non-empty query values."""
+    query = {key: value for key, value in values.items() if value not in (None, "")}
+    return url_for(endpoint) + ("?" + urlencode(query) if query else "")
+
+
+@bp.errorhandler(params.BadParameter)
+def _bad_parameter(exc: params.BadParameter) -> tuple[str, int]:
+    return render_template("error.html", status=400, reason=str(exc)), 400
+
+
+@bp.errorhandler(actions.NotFound)
+def _not_found(exc: actions.NotFound) -> tuple[str, int]:
+    return render_template("error.html", status=404, reason=str(exc)), 404
+
+
+# --- login ---------------------------------------------------------------------------------
+
+
+@bp.get("/login")
+def login() -> str:
+    return render_template("login.html", next=_next_path(request.args.get("next")))
+
+
+@bp.post("/login")
+def login_post() -> BaseResponse | tuple[str, int]:
+    given = request.form.get("token", "")
+    target = _next_path(request.form.get("next"))
+    if not csrf_ok():
+        return render_template("login.html", next=target, error="Form expired: try again"), 403
+    if not hmac.compare_digest(given.strip().encode(), current_token().encode()):
+        return render_template("login.html", next=target, error="Wrong token"), 401
+    start_session(current_token())
+    return redirect(target)
+
+
+@bp.post("/logout")
+def logout() -> BaseResponse:
+    session.clear()
+    return redirect(url_for("dashboard.login"))
+
+
+def _next_path(value: str | None) -> str:
+    """Only a path on this site (no open redirect)."""
+    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
+        return value
+    return url_for("dashboard.overview_page")
+
+
+# --- pages ---------------------------------------------------------------------------------
+
+
+@bp.get("/")
+def overview_page() -> str:
+    bucket = params.choice(request.args, "by", Bucket) or Bucket.DAY
+    notice_silence(engine(), settings())
+    data = overview(engine(), bucket)
+    return render_template(
+        "overview.html",
+        data=data,
+        rows_svg=charts.rows_chart(data.labels, data.valid, data.corrected, data.quarantined),
+        codes_svg=charts.codes_chart(data.by_code),
+        silence=settings().mfx_heartbeat_silence,
+        poller_mode=settings().mfx_poller.value,
+    )
+
+
+@bp.get("/runs")
+def runs_page() -> str:
+    view = request.args.get("view") or "runs"
+    if view not in RUN_VIEWS:
+        raise params.BadParameter(f"view must be one of {'|'.join(RUN_VIEWS)}")
+    page = params.page(request.args)
+    listing = {
+        "runs": lineage.list_runs,
+        "import_sets": lineage.list_import_sets,
+        "reports": lineage.list_reports,
+    }[view](engine(), page)
+    return render_template("runs.html", view=view, listing=listing, limit=page.limit)
+
+
+@bp.get("/runs/<int:run_id>")
+def run_page(run_id: int) -> str:
+    found = lineage.get_run(engine(), run_id)
+    if found is None:
+        raise actions.NotFound(f"no run with id {run_id}")
+    return render_template("run.html", run=found)
+
+
+@bp.get("/quarantine")
+def quarantine_page() -> str:
+    found = params.quarantine_filter(request.args)
+    page = params.page(request.args)
+    listing = quarantine.list_quarantine(engine(), found, page)
+    with engine().connect() as connection:
+        reruns = store.recent_actions(connection, "rerun", 5)
+    return render_template(
+        "quarantine.html",
+        listing=listing,
+        filters=found.as_query(),
+        raw=request.args,
+        limit=page.limit,
+        reruns=reruns,
+    )
+
+
+@bp.post("/quarantine/rerun")
+def rerun_post() -> BaseResponse:
+    found = params.quarantine_filter(request.form)
+    result = actions.queue_rerun(engine(), found, actor())
+    if result["queued"]:
+        flash(f"Re-run of {result['rows']} rows queued (task {result['task']}).")
+    else:
+        flash("No quarantined rows match this filter: nothing queued.")
+    return redirect(page_url("dashboard.quarantine_page", **found.as_query()))
+
+
+@bp.get("/events")
+def events_page() -> str:
+    status = params.event_status(request.args)
+    page = params.page(request.args)
+    listing = store.list_events(engine(), page, status)
+    return render_template(
+        "events.html",
+        listing=listing,
+        status=status.value if status else "",
+        statuses=[s.value for s in InboxStatus],
+        limit=page.limit,
+    )
+
+
+@bp.post("/events/<path:ref>/replay")
+def replay_post(ref: str) -> BaseResponse:
+    event = actions.replay_event(engine(), ref, actor())
+    flash(f"Event {event['event_id']} re-queued.")
+    return redirect(_back("dashboard.events_page"))
+
+
+@bp.get("/alerts")
+def alerts_page() -> str:
+    status = params.alert_status(request.args)
+    severity = params.alert_severity(request.args)
+    page = params.page(request.args)
+    listing = store.list_alerts(engine(), page, status, severity)
+    return render_template(
+        "alerts.html",
+        listing=listing,
+        status=status.value if status else "",
+        severity=severity.value if severity else "",
+        statuses=[s.value for s in AlertStatus],
+        limit=page.limit,
+    )
+
+
+@bp.post("/alerts/<int:alert_id>/<any(acknowledge, resolve):action>")
+def alert_post(alert_id: int, action: str) -> BaseResponse:
+    to = AlertStatus.ACKNOWLEDGED if action == "acknowledge" else AlertStatus.RESOLVED
+    try:
+        actions.change_alert(engine(), alert_id, to, actor())
+        flash(f"Alert {alert_id} {to.value}.")
+    except actions.Conflict as exc:
+        flash(str(exc))
+    return redirect(_back("dashboard.alerts_page"))
+
+
+def _back(endpoint: str) -> str:
+    """Back to the page the button was on (a path on this site), else to `endpoint`."""
+    target = request.form.get("back", "")
+    if target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return url_for(endpoint)

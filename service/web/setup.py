@@ -1,0 +1,44 @@
+"""Puts the web room on the app: probes, the JSON API, the dashboard, signed sessions, and
+JSON errors for every path under /api/ (never an HTML page or a bare 500 there)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from service.config import Settings
+from service.logs import log_event
+from service.web.access import configure_sessions
+
+
+def register_web(app: Flask, settings: Settings) -> None:
+    from service.web import api, pages, probes
+
+    configure_sessions(app, settings)
+    app.register_blueprint(probes.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(SQLAlchemyError, _database_error)
+
+
+def _under_api() -> bool:
+    return request.path == "/api" or request.path.startswith("/api/")
+
+
+def _http_error(exc: HTTPException) -> HTTPException | tuple[Response, int]:
+    if not _under_api():
+        return exc
+    return jsonify(error=exc.description or exc.name), exc.code or 500
+
+
+def _database_error(exc: SQLAlchemyError) -> tuple[Response, int] | tuple[str, int]:
+    log_event(
+        "web.database_error", level=logging.ERROR, path=request.path, error=type(exc).__name__
+    )
+    if _under_api():
+        return jsonify(error="database unavailable"), 503
+    return "database unavailable", 503
