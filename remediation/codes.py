@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     # meterfix's own codes (not Stripe's): found by our validation or by the reader.
     TIMESTAMP_INVALID = "timestamp_invalid"
     MALFORMED_ROW = "malformed_row"
+    FIELD_TOO_LONG = "field_too_long"  # past a limit of `limits.FieldLimits`
+    CONTROL_CHARACTER = "control_character"  # U+0000 to U+001F, U+007F, U+2028, U+2029
     UNCLASSIFIED = "unclassified"
 
 

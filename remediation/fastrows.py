@@ -5,7 +5,8 @@ for the common shape of its code and reports the result to a `RowSink`; anything
 recognise makes it return False, and the caller decides that row on the general path. So a
 handler may refuse too often, never decide differently: `valid` is stricter than
 `validation.validate_record` (it accepts a subset of what that accepts), and every fix
-computes exactly what the corrector computes (or calls it).
+computes exactly what the corrector computes (or calls it). Every handler first refuses a row
+whose cells sent to Stripe could be past the field limits (`in_bounds`, one cheap test).
 """
 
 from __future__ import annotations
@@ -14,16 +15,25 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from json.encoder import encode_basestring
+from operator import itemgetter
 from typing import Protocol
 
 from remediation.auditlines import AuditLines, CellChange, ChangeKind, json_value
 from remediation.changes import Context
 from remediation.codes import ErrorCode
-from remediation.correctors import CORRECTORS, normalize_number
+from remediation.correctors import CORRECTORS, future_reason, normalize_number
+from remediation.errors import Uncorrectable
+from remediation.limits import MAX_TIMESTAMP_DIGITS, shown
 from remediation.meters import Meter
 from remediation.readers import CsvLayout
 from remediation.reroute import normalized
-from remediation.validation import MAX_FUTURE_SECONDS, MAX_PAST_SECONDS, PLAIN_NUMBER
+from remediation.validation import (
+    MAX_FUTURE_SECONDS,
+    MAX_PAST_SECONDS,
+    PLAIN_NUMBER,
+    check_text,
+    integer_digits,
+)
 
 Handler = Callable[[list[str]], bool]
 MAX_EVENT_NAMES = 4096  # memoised event-name matches (bounded: names are usually few)
@@ -99,7 +109,8 @@ class FastRows:
             for rule in ("alias_event_name", "match_event_name")
         }
         self.low, self.high = ctx.now - MAX_PAST_SECONDS, ctx.now + MAX_FUTURE_SECONDS
-        self.precision = ctx.rules.value_precision
+        self.precision = ctx.index.value_precision
+        self._bounds(layout, ctx)
         self.event_fixes: dict[str, tuple[str, MeterCells] | None] = {}
         self.handlers: dict[str, Handler] = {
             _FUTURE: self.timestamp_in_future,
@@ -109,12 +120,49 @@ class FastRows:
             _CUSTOMER: self.customer_not_found,
         }
 
+    def _bounds(self, layout: CsvLayout, ctx: Context) -> None:
+        """What `in_bounds` needs: the cells sent to Stripe and the shortest length limit."""
+        limits = ctx.index.limits
+        assert layout.identifier is not None
+        at = (layout.identifier, self.ts_at, self.event_at, *(i for i, _ in layout.payload))
+        self.sent = itemgetter(*at)
+        self.most = min(
+            limits.max_identifier_chars,
+            limits.max_event_name_chars,
+            limits.max_payload_value_chars,
+        )
+        keys = [
+            check_text("payload key", key, limits.max_payload_key_chars)
+            for _, key in layout.payload
+        ]
+        if any(problem is not None for problem in keys):
+            self.most = -1  # a payload column the general path refuses: no row is in bounds
+        self.max_digits = limits.max_value_integer_digits
+
+    def in_bounds(self, row: list[str]) -> bool:
+        """No cell sent to Stripe is longer than the shortest limit or holds an unprintable
+        character (the general path decides those rows, and words why)."""
+        cells: tuple[str, ...] = self.sent(row)
+        joined = "".join(cells)
+        if not joined.isprintable():
+            return False
+        return len(joined) <= self.most or max(map(len, cells)) <= self.most
+
+    def printable(self, text: str) -> bool:
+        """A text a correction puts in a row is within the limits `in_bounds` tests."""
+        return len(text) <= self.most and text.isprintable()
+
     def valid(self, row: list[str]) -> bool:
         """True only when `validate_record` finds no problem (False: not sure, or invalid)."""
+        return self.in_bounds(row) and self._valid(row)
+
+    def _valid(self, row: list[str]) -> bool:
         cells = self.usable.get(row[self.event_at])
         if cells is None or not row[cells[0]].strip():
             return False
         value = row[cells[1]]
+        if len(value) > self.max_digits and integer_digits(value) > self.max_digits:
+            return False
         if not (value.isdigit() and value.isascii()):
             if PLAIN_NUMBER.fullmatch(value) is None:
                 return False
@@ -124,7 +172,7 @@ class FastRows:
         stamp = row[self.ts_at]
         if not stamp:
             return True  # Stripe stamps a row without a timestamp when it receives it
-        if not (stamp.isdigit() and stamp.isascii()):
+        if not (stamp.isdigit() and stamp.isascii()) or len(stamp) > MAX_TIMESTAMP_DIGITS:
             return False
         return self.low <= int(stamp) <= self.high
 
@@ -139,13 +187,16 @@ class FastRows:
     # --- one handler per error code ---------------------------------------------------
 
     def too_far_in_past(self, row: list[str]) -> bool:
+        if not self.in_bounds(row):
+            return False
         self.sink.quarantined(_PAST, row, _PAST, REFUSE_PAST)
         return True
 
     def timestamp_in_future(self, row: list[str]) -> bool:
         """`correctors.fix_timestamp` for a timestamp of plain digits."""
         stamp, ctx, code = row[self.ts_at], self.ctx, _FUTURE
-        if not (stamp.isdigit() and stamp.isascii()):
+        digits = stamp.isdigit() and stamp.isascii() and len(stamp) <= MAX_TIMESTAMP_DIGITS
+        if not digits or not self.in_bounds(row):
             return False
         ts, changes = int(stamp), list[CellChange]()
         if ts > self.high and self.rules.enabled("timestamp_units"):
@@ -153,8 +204,7 @@ class FastRows:
         if ts > self.high:
             skew = ts - ctx.now
             if skew > self.rules.policy.future_skew_seconds or not self.rules.enabled("clamp_skew"):
-                reason = f"timestamp {ts} is {skew} s in the future (beyond the skew)"
-                self.sink.quarantined(code, row, code, reason)
+                self.sink.quarantined(code, row, code, future_reason(ts, ctx))
                 return True
             clamp = self.ts_kinds["clamp_skew"]
             changes.append((clamp, ts, ctx.now, str(ts), str(ctx.now)))
@@ -177,19 +227,22 @@ class FastRows:
     def invalid_value(self, row: list[str]) -> bool:
         """`correctors.fix_value`: thousands separators and the like; text is quarantined."""
         cells, code = self.cells.get(row[self.event_at]), _VALUE
-        if cells is None or cells.value_at is None:
+        if cells is None or cells.value_at is None or not self.in_bounds(row):
             return False
         raw = row[cells.value_at]
-        if _THOUSANDS_INT.fullmatch(raw):
-            number: str | None = str(int(raw.replace(",", "")))
-        else:
-            number = normalize_number(raw) if raw else None
+        try:
+            if _THOUSANDS_INT.fullmatch(raw):
+                number: str | None = str(int(raw.replace(",", "")))
+            else:
+                number = normalize_number(raw, self.ctx.index.limits) if raw else None
+        except Uncorrectable:
+            return False  # past the value limits: the general path words it
         if number is None or not self.rules.enabled("normalize_value"):
-            shown = repr(raw if raw else None)
-            self.sink.quarantined(code, row, code, f"value {shown} is not a number")
+            reason = f"value {shown(raw if raw else None)} is not a number"
+            self.sink.quarantined(code, row, code, reason)
             return True
         if number == raw:
-            reason = f"value {raw!r} is already a plain number; nothing to correct"
+            reason = f"value {shown(raw)} is already a plain number; nothing to correct"
             self.sink.quarantined(code, row, code, reason)
             return True
         fixed = row.copy()
@@ -200,6 +253,8 @@ class FastRows:
     def no_meter(self, row: list[str]) -> bool:
         """`reroute.fix_event_name` by alias or by a unique normalised match."""
         name = row[self.event_at]
+        if not self.in_bounds(row):
+            return False
         if name in self.event_fixes:
             target = self.event_fixes[name]
         else:
@@ -212,6 +267,8 @@ class FastRows:
         if not (row[cells.customer_at] and row[cells.value_at]):  # type: ignore[index]  # usable
             return False  # align_keys would have to rename payload keys
         fixed, after = row.copy(), cells.meter.event_name
+        if not self.printable(after):
+            return False
         fixed[self.event_at] = after
         change = (self.event_kinds[rule], name, after, encode_basestring(name), json_value(after))
         return self._corrected(_NO_METER, row, fixed, (change,))
@@ -233,12 +290,14 @@ class FastRows:
     def customer_not_found(self, row: list[str]) -> bool:
         """`correctors.fix_customer` through the customer map (the first candidate it tries)."""
         cells = self.cells.get(row[self.event_at])
-        if cells is None or cells.customer_at is None:
+        if cells is None or cells.customer_at is None or not self.in_bounds(row):
             return False
         raw = row[cells.customer_at]
         customers: Mapping[str, str] = self.rules.customers
         mapped = customers.get(raw) or customers.get(raw.strip())
         if not mapped or mapped == raw or not self.rules.enabled("map_customer"):
+            return False
+        if not self.printable(mapped):
             return False
         fixed = row.copy()
         fixed[cells.customer_at] = mapped
@@ -248,7 +307,7 @@ class FastRows:
     def _corrected(
         self, code: str, row: list[str], fixed: list[str], changes: tuple[CellChange, ...]
     ) -> bool:
-        if not self.valid(fixed):
+        if not self._valid(fixed):
             return False  # a second problem: the general path corrects it (or words why not)
         self.sink.corrected(code, row, fixed, changes)
         return True

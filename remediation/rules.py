@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from remediation.errors import BadRules
+from remediation.limits import DEFAULT_LIMITS, LIMIT_NAMES, FieldLimits
 
 # Header alias -> canonical column (whole-file repair; applied only when the canonical is absent).
 DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType(
@@ -39,10 +40,11 @@ class Policy:
     fuzzy_cutoff: float = 0.8  # difflib ratio the best candidate needs
     fuzzy_margin: float = 0.1  # ...and how far ahead of the runner-up it must be
     round_too_many_digits: bool = False
-    value_precision: int = 12  # decimal places; negative = not checked
+    value_precision: int = 12  # the meter's decimal places (rounding target); negative = none
     default_event_name: str = ""  # fills a missing event_name column (whole-file repair)
     customer_metadata_key: str = ""  # search customers on metadata[key] (needs the directory)
     disabled_rules: tuple[str, ...] = ()
+    limits: FieldLimits = DEFAULT_LIMITS  # set by their own names under [policy]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +129,12 @@ def _str_list(table: Mapping[str, Any], key: str, default: tuple[str, ...]) -> t
 
 
 def _policy(table: Mapping[str, Any]) -> Policy:
-    known = {f.name: f for f in fields(Policy)}
+    known = {f.name: f for f in fields(Policy) if f.name != "limits"}
     policy = Policy()
     for key, value in table.items():
+        if key in LIMIT_NAMES:
+            policy = replace(policy, limits=_limit(policy.limits, key, value))
+            continue
         if key not in known:
             raise BadRules(f"unknown policy {key!r}")
         default = getattr(policy, key)
@@ -141,3 +146,10 @@ def _policy(table: Mapping[str, Any]) -> Policy:
             raise BadRules(f"policy {key!r} must be a {type(default).__name__}")
         policy = replace(policy, **{key: value})
     return policy
+
+
+def _limit(limits: FieldLimits, key: str, value: object) -> FieldLimits:
+    lowest = 0 if key == "max_value_decimal_places" else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise BadRules(f"policy {key!r} must be an integer of at least {lowest}")
+    return replace(limits, **{key: value})

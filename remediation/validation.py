@@ -2,8 +2,10 @@
 
 Limits (stripe-facts §5): a timestamp within the past 35 days and at most 5 minutes ahead;
 the meter must exist and be active; the payload needs the meter's customer and value keys;
-the value must be a number. The digit limit behind `meter_event_value_too_many_digits` is not
-documented: it is checked only when a precision (decimal places) is configured.
+the value must be a number. Before any of that, every field is held to the field limits
+(`limits.FieldLimits`): lengths and control characters are checked before anything is parsed,
+and numbers are parsed only within their bounds (never an exponent expanded past them).
+Reasons state facts about the row (values, dates, windows), never a distance from the clock.
 """
 
 from __future__ import annotations
@@ -15,12 +17,22 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from remediation.codes import ErrorCode
+from remediation.limits import (
+    CONTROL,
+    DEFAULT_LIMITS,
+    MAX_TIMESTAMP_DIGITS,
+    FieldLimits,
+    control_character,
+    shown,
+)
 from remediation.meters import Meter
 from remediation.records import UsageRecord
 
 MAX_FUTURE_SECONDS = 5 * 60
 MAX_PAST_SECONDS = 35 * 86_400
 PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+MAX_INT_BITS = 4000  # about 1,200 digits: far past every limit, still cheap to print
+PLAIN_FLOAT_BELOW = 1e21  # a float at or above this prints with an exponent
 
 
 class Problem(NamedTuple):
@@ -31,10 +43,18 @@ class Problem(NamedTuple):
 class MeterIndex:
     """Meters by event name (Stripe allows one meter per event name)."""
 
-    def __init__(self, meters: Sequence[Meter], *, value_precision: int | None = None) -> None:
+    def __init__(
+        self,
+        meters: Sequence[Meter],
+        *,
+        value_precision: int | None = None,
+        limits: FieldLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.meters = tuple(meters)
         self.by_event = {meter.event_name: meter for meter in self.meters}
-        self.value_precision = value_precision
+        self.limits = limits
+        places = limits.max_value_decimal_places
+        self.value_precision = places if value_precision is None else min(value_precision, places)
 
     def get(self, event_name: str | None) -> Meter | None:
         return self.by_event.get(event_name) if event_name is not None else None
@@ -44,17 +64,22 @@ class MeterIndex:
 
 
 def parse_timestamp(raw: object) -> int | None:
-    """Unix seconds from an int, an integral float or a string of digits; else None."""
+    """Unix seconds from an int, an integral float or a string of digits; else None.
+
+    At most MAX_TIMESTAMP_DIGITS digits (the length is checked before any conversion)."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
-        return raw
+        return raw if abs(raw) < 10**MAX_TIMESTAMP_DIGITS else None
     if isinstance(raw, float):
-        return int(raw) if raw.is_integer() else None
+        return int(raw) if raw.is_integer() and abs(raw) < 1e19 else None
     if isinstance(raw, str):
+        if len(raw) > MAX_TIMESTAMP_DIGITS + 40:
+            return None  # room for a sign and spaces; anything longer is not a time
         text = raw.strip()
+        digits = text[1:] if text[:1] == "-" else text
         # isascii: `²` and other Unicode digits pass isdigit() but int() rejects them
-        if text.isascii() and (text.isdigit() or (text[:1] == "-" and text[1:].isdigit())):
+        if len(digits) <= MAX_TIMESTAMP_DIGITS and digits.isascii() and digits.isdigit():
             return int(text)
     return None
 
@@ -64,11 +89,12 @@ def plain_number(raw: object) -> str | None:
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
-        return str(raw)
+        return str(raw) if raw.bit_length() <= MAX_INT_BITS else None
     if isinstance(raw, float):
-        if not math.isfinite(raw):
+        if not math.isfinite(raw) or abs(raw) >= PLAIN_FLOAT_BELOW:
             return None
-        return str(int(raw)) if raw.is_integer() else repr(raw)
+        text = str(int(raw)) if raw.is_integer() else repr(raw)
+        return text if "e" not in text else None
     if isinstance(raw, str) and ((raw.isdigit() and raw.isascii()) or PLAIN_NUMBER.fullmatch(raw)):
         return raw
     return None
@@ -79,16 +105,103 @@ def decimal_places(number: str) -> int:
     return 0 if dot < 0 else len(number) - dot - 1
 
 
+def integer_digits(number: str) -> int:
+    """Significant digits before the point of a plain number (`-0012.5` has 2)."""
+    dot = number.find(".")
+    whole = number[:dot] if dot >= 0 else number
+    return len(whole.lstrip("-").lstrip("0"))
+
+
+def check_number(number: str, index: MeterIndex) -> Problem | None:
+    """A plain number against the value limits: integer digits, then decimal places."""
+    digits, most = integer_digits(number), index.limits.max_value_integer_digits
+    if digits > most:
+        message = f"value {shown(number)} has {digits} integer digits; at most {most} allowed"
+        return Problem(ErrorCode.VALUE_TOO_MANY_DIGITS, message)
+    precision = index.value_precision
+    if precision is not None and decimal_places(number) > precision:
+        message = f"value {shown(number)} has more than {precision} decimal places"
+        return Problem(ErrorCode.VALUE_TOO_MANY_DIGITS, message)
+    return None
+
+
+def utc_text(ts: int) -> str:
+    """`2026-11-30T10:00:00Z` for unix seconds (a safe text past the calendar's ends)."""
+    if ts < -62_135_596_800:
+        return "before year 1"
+    if ts > 253_402_300_799:
+        return "after year 9999"
+    return rfc3339(ts)
+
+
 def check_timestamp(raw: object, now: int) -> Problem | None:
     if raw is None:
         return None  # Stripe defaults a missing timestamp to the time it receives the event
     ts = parse_timestamp(raw)
     if ts is None:
-        return Problem(ErrorCode.TIMESTAMP_INVALID, f"timestamp {raw!r} is not unix seconds")
+        return Problem(ErrorCode.TIMESTAMP_INVALID, f"timestamp {shown(raw)} is not unix seconds")
     if ts > now + MAX_FUTURE_SECONDS:
-        return Problem(ErrorCode.TIMESTAMP_IN_FUTURE, f"timestamp {ts} is {ts - now} s ahead")
+        message = (
+            f"timestamp {ts} ({utc_text(ts)}) is after {utc_text(now + MAX_FUTURE_SECONDS)}, "
+            "5 minutes past the reference time"
+        )
+        return Problem(ErrorCode.TIMESTAMP_IN_FUTURE, message)
     if ts < now - MAX_PAST_SECONDS:
-        return Problem(ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST, f"timestamp {ts} is over 35 days old")
+        message = (
+            f"timestamp {ts} ({utc_text(ts)}) is before {utc_text(now - MAX_PAST_SECONDS)}, "
+            "35 days before the reference time"
+        )
+        return Problem(ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST, message)
+    return None
+
+
+# --- field limits --------------------------------------------------------------------------
+
+
+def check_fields(record: UsageRecord, limits: FieldLimits) -> Problem | None:
+    """The first field past a limit (length, control character), or a malformed row."""
+    if record.malformed:
+        return Problem(ErrorCode.MALFORMED_ROW, record.malformed)
+    for name, text, most in (
+        ("identifier", record.identifier, limits.max_identifier_chars),
+        ("event_name", record.event_name, limits.max_event_name_chars),
+    ):
+        if text is not None:
+            problem = check_text(name, text, most)
+            if problem is not None:
+                return problem
+    stamp = record.timestamp
+    if isinstance(stamp, str) and not stamp.isprintable() and CONTROL.search(stamp):
+        return check_text("timestamp", stamp, len(stamp))
+    return check_payload_fields(record.payload, limits)
+
+
+def check_payload_fields(payload: dict[str, object], limits: FieldLimits) -> Problem | None:
+    for key, value in payload.items():
+        problem = check_text("payload key", key, limits.max_payload_key_chars)
+        if problem is not None:
+            return problem
+        name, most = f"payload value {shown(key)}", limits.max_payload_value_chars
+        if isinstance(value, str):
+            problem = check_text(name, value, most)
+        elif isinstance(value, int) and value.bit_length() > 3.33 * most:
+            message = f"{name} is a number of more than {most} digits"
+            problem = Problem(ErrorCode.FIELD_TOO_LONG, message)
+        if problem is not None:
+            return problem
+    return None
+
+
+def check_text(name: str, text: str, most: int) -> Problem | None:
+    """`text` is at most `most` characters and holds no control character."""
+    if len(text) > most:
+        message = f"{name} is {len(text)} characters long; at most {most} allowed"
+        return Problem(ErrorCode.FIELD_TOO_LONG, message)
+    if not text.isprintable():  # cheap; most unprintable characters are allowed
+        found = control_character(text)
+        if found is not None:
+            message = f"{name} {shown(text)} holds a control character: {found}"
+            return Problem(ErrorCode.CONTROL_CHARACTER, message)
     return None
 
 
@@ -113,12 +226,8 @@ def check_payload(record: UsageRecord, meter: Meter, index: MeterIndex) -> Probl
     number = plain_number(payload[meter.value_key])
     if number is None:
         raw = payload[meter.value_key]
-        return Problem(ErrorCode.INVALID_VALUE, f"value {raw!r} is not a valid number")
-    precision = index.value_precision
-    if precision is not None and decimal_places(number) > precision:
-        message = f"value {number} has more than {precision} decimal places"
-        return Problem(ErrorCode.VALUE_TOO_MANY_DIGITS, message)
-    return check_dimensions(payload, meter)
+        return Problem(ErrorCode.INVALID_VALUE, f"value {shown(raw)} is not a valid number")
+    return check_number(number, index) or check_dimensions(payload, meter)
 
 
 def check_dimensions(payload: dict[str, object], meter: Meter) -> Problem | None:
@@ -138,8 +247,9 @@ def check_dimensions(payload: dict[str, object], meter: Meter) -> Problem | None
 
 def validate_record(record: UsageRecord, index: MeterIndex, now: int) -> Problem | None:
     """The first problem Stripe would report for this record, or None when it is valid."""
-    if record.malformed:
-        return Problem(ErrorCode.MALFORMED_ROW, record.malformed)
+    problem = check_fields(record, index.limits)
+    if problem is not None:
+        return problem
     meter, problem = check_meter(record, index)
     if problem is not None or meter is None:
         return problem
