@@ -59,7 +59,7 @@ def test_upload_lands_in_s3_with_lineage(tmp_path: Path, s3_endpoint: str) -> No
     assert head["Metadata"]["mfx-source"].endswith("failed_records.csv")
     body = s3.get_object(Bucket="usage", Key=key)["Body"].read().decode()
     rows = list(csv.DictReader(io.StringIO(body)))
-    assert {r["identifier"] for r in rows} >= {"r1-r1", "r2-r1", "r7-r1"}
+    assert {r["identifier"] for r in rows} >= {"r1-mfx1", "r2-mfx1", "r7-mfx1"}
     assert "error_code" not in rows[0]
     quarantine = s3.get_object(Bucket="usage", Key="in/quarantine/failed_records.quarantine.r1.csv")
     assert "value 'abc' is not a number" in quarantine["Body"].read().decode()

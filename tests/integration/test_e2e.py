@@ -58,7 +58,7 @@ def messy_rows(now: int) -> list[dict[str, Any]]:
     return [{**base, **row} for row in rows]
 
 
-RECOVERED = {"e1", "e8", "e2-r1", "e3-r1", "e4-r1", "e6-r1"}
+RECOVERED = {"e1", "e8", "e2-mfx1", "e3-mfx1", "e4-mfx1", "e6-mfx1"}
 QUARANTINED = {"e5": "meter_event_invalid_value", "e7": "timestamp_too_far_in_past"}
 
 
@@ -203,7 +203,7 @@ def _assert_outcome(loop: Loop) -> None:
     lineage = {a.new_identifier: (a.identifier, a.source, a.row_number) for a in audit}
     for derived in RECOVERED - {"e1", "e8"}:
         original, source, row = lineage[derived]
-        assert original == derived.removesuffix("-r1") and source and row >= 1
+        assert original == derived.removesuffix("-mfx1") and source and row >= 1
     quarantine_files = [
         body for key, body in loop.objects().items() if "/quarantine/" in key and "audit" not in key
     ]
@@ -267,7 +267,7 @@ def test_connector_whole_file_failure_is_repaired(loop: Loop) -> None:
     loop.drain()
     loop.sandbox.connector_poll()
     # nothing was accepted before, so the valid rows come back with derived ids too
-    expected = {"e1-r1", "e8-r1", "e2-r1", "e3-r1", "e4-r1", "e6-r2"}
+    expected = {"e1-mfx1", "e8-mfx1", "e2-mfx1", "e3-mfx1", "e4-mfx1", "e6-mfx2"}
     assert sorted(loop.accepted()) == sorted(expected)
     with loop.session() as session:
         quarantined = {q.identifier: q.code for q in session.exec(select(QuarantinedRow)).all()}

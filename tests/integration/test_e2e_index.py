@@ -1,10 +1,12 @@
 """MFX_POLLER=index end to end: Stripe's S3 connector (the sandbox) imports the bucket,
 meterfix only indexes identifier -> (object, row) and remediates what Stripe rejects.
 
-The sandbox runs its connector with `connector_data_errors = "report"` (the realistic split,
-facts §7): format problems come back in the import set's failed-records file, data problems
-as thin `v1.billing.meter.*` events that sample only a few identifiers. meterfix must link the
-samples to the indexed object and remediate every row of it with a reported code.
+The sandbox's connector routes rejected rows as Stripe's S3 guide does (facts §7): format
+problems (a value that is not a number, a mandatory field without a value) come back in the
+import set's failed-records file; data problems (unknown customer or event name, a timestamp
+outside Stripe's window) as thin `v1.billing.meter.*` events that sample only a few
+identifiers. meterfix must link the samples to the indexed object and remediate every row of
+it with a reported code.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ assert len(MAPPED) > SAMPLES_PER_CODE and len(CASED) > SAMPLES_PER_CODE
 
 
 def index_rows(now: int) -> list[dict[str, Any]]:
-    """Valid rows, format problems (in the failed-records file) and data problems (only
-    Stripe sees them: reported asynchronously, a few samples each)."""
+    """Valid rows, format problems (in the failed-records file: `thou`, `text`) and data
+    problems (reported asynchronously, a few samples each: every other bad row)."""
     base = {"event_name": "api_requests", "customer": "cus_alice", "value": "5", "timestamp": now}
     rows: list[dict[str, Any]] = [
         {"identifier": "ok1"},
@@ -49,7 +51,7 @@ def index_rows(now: int) -> list[dict[str, Any]]:
     return [{**base, **row} for row in rows]
 
 
-RECOVERED = {"ok1", "ok2"} | {f"{i}-r1" for i in ["ms", "thou", *MAPPED, *CASED]}
+RECOVERED = {"ok1", "ok2"} | {f"{i}-mfx1" for i in ["ms", "thou", *MAPPED, *CASED]}
 QUARANTINED = {
     "ghost": "meter_event_customer_not_found",
     "text": "meter_event_invalid_value",
@@ -99,15 +101,24 @@ def test_index_mode_remediates_every_reported_row(loop: Loop, deps: PollerDeps, 
     )
     report = run_poll_pass(deps)  # meterfix indexes the object; it sends nothing
     assert (report.mode, report.indexed, report.sent) == ("index", 1, 0), report
-    events = loop.sandbox.connector_poll()  # Stripe imports: 4 format errors in a file
+    events = loop.sandbox.connector_poll()  # Stripe imports: 2 format errors in a file
     assert [e["type"] for e in events] == ["data_management.import_set.succeeded"]
-    assert events[0]["data"]["object"]["result"]["errors"]["row_count"] == 4
+    assert events[0]["data"]["object"]["result"]["errors"]["row_count"] == 2
     assert sorted(loop.accepted()) == ["ok1", "ok2"]
-    reports = _flush(loop)  # 11 data errors, only a few sampled
+    reports = _flush(loop)  # 13 data errors, only a few sampled
     assert sorted(e["type"] for e in reports) == [
         "v1.billing.meter.error_report_triggered",
         "v1.billing.meter.no_meter_found",
     ]
+    counts = {
+        t["code"]: t["error_count"] for e in reports for t in e["data"]["reason"]["error_types"]
+    }
+    assert counts == {
+        "meter_event_customer_not_found": 1 + len(MAPPED),
+        "timestamp_in_future": 1,
+        "timestamp_too_far_in_past": 1,
+        "no_meter": len(CASED),
+    }
     assert not set(MAPPED + CASED) <= _sampled(reports), "remediation must go beyond samples"
     loop.drain()  # failed-records file + both reports: corrected files into the bucket
     loop.sandbox.connector_poll()  # Stripe imports the corrected files
@@ -163,7 +174,7 @@ def test_row_fixed_for_one_code_and_reported_for_another_is_corrected_again(
     with loop.session() as session:
         quarantined = [q.identifier for q in session.exec(select(QuarantinedRow)).all()]
     assert quarantined == []
-    assert loop.accepted() == ["both-r2"]
+    assert loop.accepted() == ["both-mfx2"]
 
 
 def test_report_rows_in_an_object_without_samples_are_remediated(
@@ -173,5 +184,5 @@ def test_report_rows_in_an_object_without_samples_are_remediated(
         specs = [{"identifier": i, "customer": "acme-42"} for i in ids]
         loop.s3.put_object(Bucket=BUCKET, Key=f"usage/{name}.csv", Body=render(_rows(specs), "csv"))
     _cycles(loop, deps)
-    expected = ["a0-r1", "a1-r1", "a2-r1", "a3-r1", "b0-r1", "b1-r1"]
+    expected = ["a0-mfx1", "a1-mfx1", "a2-mfx1", "a3-mfx1", "b0-mfx1", "b1-mfx1"]
     assert sorted(loop.accepted()) == expected

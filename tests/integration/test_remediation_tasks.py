@@ -115,9 +115,9 @@ def test_a_failed_upload_is_retried_and_recorded_once(service: Service) -> None:
     runs = service.rows(RemediationRun)
     assert [(r.status, r.corrected, r.quarantined) for r in runs] == [("done", 2, 1)]
     audit = service.rows(CorrectionAudit)
-    assert sorted(a.new_identifier for a in audit) == ["a1-r1", "a2-r1"]  # no duplicates
+    assert sorted(a.new_identifier for a in audit) == ["a1-mfx1", "a2-mfx1"]  # no duplicates
     corrected = list(bucket.glob("corrected/impset_retry/*.corrected.r1.csv"))
-    assert len(corrected) == 1 and "a2-r1" in corrected[0].read_text()
+    assert len(corrected) == 1 and "a2-mfx1" in corrected[0].read_text()
 
 
 def test_a_failed_import_set_without_source_raises_an_alert(service: Service) -> None:
@@ -185,7 +185,7 @@ def test_a_failed_import_set_is_traced_to_our_object_by_file_name(service: Servi
     assert (run.source, run.status, run.valid, run.corrected) == ("in/usage-7.csv", "done", 1, 1)
     corrected = (bucket / "corrected" / "impset_by_name").glob("*.corrected.r1.csv")
     text = next(corrected).read_text()
-    assert "b1-r1" in text and "b2-r1" in text and f",{now}," in text
+    assert "b1-mfx1" in text and "b2-mfx1" in text and f",{now}," in text
 
 
 def test_a_source_without_rows_raises_an_alert(service: Service) -> None:
@@ -224,13 +224,14 @@ def test_a_report_counting_more_rows_than_we_can_find_is_partial(service: Servic
     assert alert.severity == "warning" and "found 1 of 5" in alert.subject
     audit = service.rows(CorrectionAudit)
     assert [(a.identifier, a.new_identifier, a.after) for a in audit] == [
-        ("p1", "p1-r1", "cus_acme")
+        ("p1", "p1-mfx1", "cus_acme")
     ]
 
 
-def test_previous_codes_are_looked_up_in_batches(sqlite_url: str, tmp_path: Path) -> None:
+def test_lineage_is_looked_up_in_batches(sqlite_url: str, tmp_path: Path) -> None:
+    from remediation.identifiers import Ancestor
     from remediation.rules import load_rules
-    from service.remediation_inputs import LOOKUP_BATCH, previous_codes
+    from service.remediation_inputs import LOOKUP_BATCH, run_lineage
 
     count = LOOKUP_BATCH * 2 + 7  # more than one IN (...) batch
     path = tmp_path / "corrected.csv"
@@ -258,6 +259,8 @@ def test_previous_codes_are_looked_up_in_batches(sqlite_url: str, tmp_path: Path
                 )
             )
         session.commit()
-    found = previous_codes(engine, path, load_rules(None))
+    found = run_lineage(engine, path, load_rules(None), "corrected.csv", 1)
     engine.dispose()
-    assert found == {f"x{n}-r1": f"code{n}" for n in (0, LOOKUP_BATCH + 1, count - 1)}
+    assert found.ancestors == {
+        f"x{n}-r1": Ancestor(f"x{n}", f"code{n}", 1) for n in (0, LOOKUP_BATCH + 1, count - 1)
+    }  # the other `x…-r1` rows are not ours: no lineage says so

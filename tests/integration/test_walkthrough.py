@@ -85,7 +85,7 @@ def test_demo_file_fixes_itself(stack: tuple[dict[str, str], str], tmp_path: Pat
     tag = re.search(r"demo-(\d+)\.csv", demo.stdout)
     assert tag is not None, demo.stdout
     prefix = f"demo{tag[1]}"
-    expected = {f"{prefix}-{n}" for n in ("1", "8", "2-r1", "3-r1", "4-r1", "5-r1")}
+    expected = {f"{prefix}-{n}" for n in ("1", "8", "2-mfx1", "3-mfx1", "4-mfx1", "5-mfx1")}
     accepted: set[str] = set()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and accepted != expected:
