@@ -61,7 +61,7 @@ def test_remediate_csv_writes_rows_and_json_summary(tmp_path: Path) -> None:
     assert all(Path(p).is_absolute() for p in corrected)
     with open(corrected[0], newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["identifier"] for r in rows] == ["r1-mfx1", "r2-mfx1", "r3-mfx1", "r5-mfx1", "r7-mfx1"]
+    assert [r["identifier"] for r in rows] == [f"r{n}-mfx1" for n in (1, 2, 3, 5, 7)]
     assert rows[0]["timestamp"] == NOW and rows[1]["payload_value"] == "1234"
     assert rows[2]["event_name"] == "api_requests"
     assert rows[3]["payload_stripe_customer_id"] == "cus_Q1a2B3c4"
