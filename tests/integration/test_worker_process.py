@@ -1,4 +1,5 @@
-"""`meterfix worker` as a real process: SIGKILL mid-event, SIGTERM, `--once` exit codes."""
+"""`meterfix worker` as a real process: SIGKILL mid-event, SIGTERM and Ctrl-C mid-item, a slow
+item keeping its lease, the time limit, `--once` exit codes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,9 @@ from sqlmodel import Session, select
 
 from sandbox.events import build_error_report_event
 from service.db import make_engine
-from service.models import ErrorReport, ErrorSample
+from service.models import Alert, ErrorReport, ErrorSample
+from service.models._types import as_utc
+from service.models.health import Heartbeat
 from service.models.inbox import InboxStatus
 from tests.integration.intake_helpers import inbox_rows
 from tests.servers import serve_wsgi
@@ -179,3 +183,115 @@ def test_once_fails_on_bad_configuration(
     result = _run(["worker", "--once"], env, tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "bad configuration: MFX_MAX_ATTEMPTS" in result.stderr
+
+
+# --- liveness: leases renewed by the heartbeat, time limits, stopping mid-item ------------
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _heartbeat_of(db_url: str, instance: str) -> Heartbeat:
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        beat = session.exec(select(Heartbeat).where(Heartbeat.instance == instance)).one()
+    engine.dispose()
+    return beat
+
+
+def test_slow_worker_keeps_its_item_and_beats(
+    db_url: str, sandbox_server: Any, gate: Any, make_settings: Any, make_app: Any, tmp_path: Path
+) -> None:
+    gated, gate_url = gate
+    event_id = _deliver(sandbox_server, db_url, make_settings, make_app)
+    env = _env(db_url, sandbox_server, gate_url, MFX_WORKER_LEASE="1")
+    with subprocess.Popen([MFX, "worker"], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL) as w:
+        try:
+            assert gated.entered.wait(30), "the worker never fetched the event"
+            time.sleep(2.5)  # two and a half leases: only the heartbeat keeps the item
+            result = _run(["worker", "--once"], env, tmp_path)
+            assert "processed 0" in result.stdout, result.stdout
+            [row] = inbox_rows(db_url)
+            assert (row.status, row.attempts) == (InboxStatus.PROCESSING, 1)
+            assert row.locked_by is not None
+            beat = _heartbeat_of(db_url, row.locked_by)
+            assert (beat.role, beat.detail["item"]) == ("worker", event_id)
+            age = datetime.now(UTC) - (
+                as_utc(beat.last_beat_at) or datetime.min.replace(tzinfo=UTC)
+            )
+            assert age.total_seconds() < 1.5
+            gated.release.set()
+            _wait_for(lambda: inbox_rows(db_url)[0].status == InboxStatus.DONE, 15, "done")
+            assert inbox_rows(db_url)[0].attempts == 1  # never taken over
+        finally:
+            w.terminate()
+            w.wait(10)
+
+
+def test_ctrl_c_mid_item_stops_at_once_and_hands_the_item_back(
+    db_url: str, sandbox_server: Any, gate: Any, make_settings: Any, make_app: Any, tmp_path: Path
+) -> None:
+    gated, gate_url = gate
+    _deliver(sandbox_server, db_url, make_settings, make_app)
+    env = _env(db_url, sandbox_server, gate_url)  # the default lease (30 s)
+    worker = subprocess.Popen([MFX, "worker"], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        assert gated.entered.wait(30), "the worker never fetched the event"
+        worker.send_signal(signal.SIGINT)
+        assert worker.wait(5) == 0  # does not wait for the item (the gate holds it 30 s)
+    finally:
+        worker.kill()
+        worker.wait(10)
+    [row] = inbox_rows(db_url)
+    assert (row.status, row.attempts, row.locked_by) == (InboxStatus.PENDING, 0, None)
+    gated.release.set()
+    result = _run(["worker", "--once"], env, tmp_path)  # taken at once, not after the lease
+    assert "processed 1" in result.stdout, result.stdout
+    [row] = inbox_rows(db_url)
+    assert (row.status, row.attempts) == (InboxStatus.DONE, 1)
+
+
+def test_an_item_past_its_time_limit_is_failed_and_the_queue_moves_on(
+    db_url: str, sandbox_server: Any, gate: Any, make_settings: Any, make_app: Any, tmp_path: Path
+) -> None:
+    _, gate_url = gate
+    stuck = _deliver(sandbox_server, db_url, make_settings, make_app)  # its fetch hangs
+    later = _deliver(sandbox_server, db_url, make_settings, make_app)
+    env = _env(db_url, sandbox_server, gate_url, MFX_TASK_TIME_LIMIT="1", MFX_MAX_ATTEMPTS="1")
+    log = tmp_path / "worker.log"
+    with (
+        log.open("w") as stderr,
+        subprocess.Popen([MFX, "worker"], env=env, cwd=tmp_path, stderr=stderr) as worker,
+    ):
+        try:
+            wanted = {stuck: InboxStatus.DEAD, later: InboxStatus.DONE}
+            _wait_for(
+                lambda: {r.event_id: r.status for r in inbox_rows(db_url)} == wanted,
+                20,
+                "the stuck item dead-lettered and the next one done",
+            )
+            assert worker.poll() is None  # restarted in place, still running
+        finally:
+            worker.terminate()
+            assert worker.wait(10) == 0
+    rows = {r.event_id: r for r in inbox_rows(db_url)}
+    assert "exceeded the 1 s time limit" in (rows[stuck].last_error or "")
+    assert "worker.restarting" in log.read_text()
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        alert = session.exec(select(Alert)).one()
+    engine.dispose()
+    assert alert.alert_key == f"inbox.dead:{stuck}" and "time limit" in alert.message
+
+
+def test_worker_before_db_upgrade_says_what_to_run(sandbox_server: Any, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"  # exists once opened, but has no schema
+    for args in (["worker", "--once"], ["worker"]):
+        result = _run(args, _env(url, sandbox_server, sandbox_server.url), tmp_path)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert "run `meterfix db upgrade`" in line
