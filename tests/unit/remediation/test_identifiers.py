@@ -1,0 +1,164 @@
+"""Derived identifiers: exact forms, no collisions with originals, lineage (never spelling)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from remediation.identifiers import (
+    Ancestor,
+    Identifiers,
+    Lineage,
+    Parent,
+    derived_identifier,
+    input_lineage,
+    reserved_originals,
+    row_identifier,
+    trace_ancestors,
+)
+
+GENERATIONS = st.integers(min_value=1, max_value=999)
+TEXT = st.text(min_size=1, max_size=110)
+# originals that look like our own outputs, of any generation and either rule
+SUFFIXED = st.builds(
+    lambda base, kind, n: f"{base}-{kind}{n}",
+    st.text(min_size=1, max_size=100),
+    st.sampled_from(["mfx", "r", "r0"]),
+    st.integers(min_value=0, max_value=1001),
+)
+ORIGINALS = st.lists(st.one_of(TEXT, SUFFIXED), min_size=1, max_size=40)
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_ids(originals: list[str], generation: int) -> list[str]:
+    """Derived identifiers of one input holding `originals` (the reserved set as runs make it)."""
+    ids = Identifiers("usage.csv", generation, Lineage(), keep=False)
+    pairs = [(original, row) for row, original in enumerate(originals, 1)]
+    reserved = reserved_originals(pairs, ids)
+    run = Identifiers("usage.csv", generation, Lineage({}, reserved), keep=False)
+    return [str(run.new(original, row)) for original, row in pairs]
+
+
+@settings(max_examples=300, deadline=None)
+@given(originals=ORIGINALS, generation=GENERATIONS)
+def test_derived_identifiers_never_collide_and_are_stable(
+    originals: list[str], generation: int
+) -> None:
+    derived = run_ids(originals, generation)
+    assert not set(derived) & set(originals)  # never another row's own identifier
+    assert all(len(identifier) <= 100 for identifier in derived)
+    assert run_ids(originals, generation) == derived  # deterministic
+    by_original = dict(zip(originals, derived, strict=True))
+    assert len(set(by_original.values())) == len(by_original)  # one per original
+    for original, identifier in zip(originals, derived, strict=True):
+        assert identifier == by_original[original]  # the same original, the same identifier
+        assert identifier.endswith(f"-mfx{generation}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(original=TEXT, generation=GENERATIONS, other=ORIGINALS)
+def test_exact_forms(original: str, generation: int, other: list[str]) -> None:
+    plain = f"{original}-mfx{generation}"
+    reserved = frozenset(o for o in other if o.endswith(f"-mfx{generation}"))
+    hashed = f"{original[:80]}-{sha(original)[:12]}-mfx{generation}"
+    expected = plain if len(plain) <= 100 and plain not in reserved else hashed
+    assert derived_identifier(original, generation, reserved) == expected
+    # stable per original and generation: another input's originals change only a clash
+    if plain not in reserved:
+        assert derived_identifier(original, generation) == expected
+
+
+def test_identifiers_of_customers_are_not_read_as_generations() -> None:
+    assert run_ids(["order-r099", "order-r100"], 1) == ["order-r099-mfx1", "order-r100-mfx1"]
+    assert run_ids(["order-r1", "order-r01"], 1) == ["order-r1-mfx1", "order-r01-mfx1"]
+    clash = run_ids(["abc", "abc-mfx1"], 1)
+    assert clash == [f"abc-{sha('abc')[:12]}-mfx1", "abc-mfx1-mfx1"]
+    long = "x" * 97
+    assert run_ids([long], 12) == [f"{'x' * 80}-{sha(long)[:12]}-mfx12"]
+
+
+def test_row_without_identifier() -> None:
+    digest = hashlib.sha256("in/usage é.csv".encode() + b"\x00" + b"12").hexdigest()
+    assert row_identifier("in/usage é.csv", 12) == "row-" + digest[:16]
+    ids = Identifiers("in/usage é.csv", 2, Lineage(), keep=False)
+    assert ids.new(None, 12) == f"row-{digest[:16]}-mfx2"
+    assert ids.new("", 12) == f"row-{digest[:16]}-mfx2"
+    assert row_identifier("k", 1) != row_identifier("k\x001", 0)  # the pair is unambiguous
+    assert Identifiers("k", 1, Lineage(), keep=True).new(None, 1) is None
+
+
+def test_the_original_comes_from_lineage() -> None:
+    lineage = Lineage({"weird-name": Ancestor("o", "no_meter", 1)})
+    ids = Identifiers("s", 2, lineage, keep=False)
+    assert ids.new("weird-name", 1) == "o-mfx2"
+    assert ids.new("o-mfx1", 1) == "o-mfx1-mfx2"  # not in lineage: an original
+
+
+class FakeAudit:
+    """The correction audit as `ParentLookup`, counting the identifiers asked for."""
+
+    def __init__(self, parents: dict[str, Parent]) -> None:
+        self.parents = parents
+        self.asked: list[list[str]] = []
+
+    def __call__(self, identifiers: list[str]) -> dict[str, Parent]:
+        self.asked.append(identifiers)
+        return {i: self.parents[i] for i in identifiers if i in self.parents}
+
+
+def test_trace_through_the_audit_and_the_objects_generation() -> None:
+    audit = FakeAudit(
+        {
+            "o-mfx2": Parent("o-mfx1", "meter_event_customer_not_found", 2),
+            "o-mfx1": Parent("o", "no_meter", 1),
+            "kept": Parent("kept", "no_meter", 1),  # a run with --identifiers keep
+        }
+    )
+    found = trace_ancestors(["o-mfx2", "p-mfx2", "q-r2", "kept", "inv-r7"], 2, audit)
+    assert found == {
+        "o-mfx2": Ancestor("o", "meter_event_customer_not_found", 2),
+        "p-mfx2": Ancestor("p", None, 2),  # re-sent unchanged: the object's lineage says g2
+        "q-r2": Ancestor("q", None, 2),  # an output of the earlier rule
+        "kept": Ancestor("kept", "no_meter", 1),
+    }
+
+
+def test_no_lineage_no_ancestors_whatever_the_spelling() -> None:
+    names = ["inv-r7", "x-r1000", "plain-r1", "abc-mfx1"]
+    assert trace_ancestors(names, 0, FakeAudit({})) == {}
+    assert trace_ancestors(names, 1, FakeAudit({})) == {
+        "plain-r1": Ancestor("plain", None, 1),
+        "abc-mfx1": Ancestor("abc", None, 1),
+    }  # only because the object's metadata says we wrote it in generation 1
+
+
+def test_trace_asks_in_batches() -> None:
+    audit = FakeAudit({f"x{n}": Parent(f"y{n}", "c", 1) for n in range(0, 1200, 7)})
+    found = trace_ancestors((f"x{n}" for n in range(1200)), 0, audit, batch=500)
+    assert len(found) == len(range(0, 1200, 7))
+    assert max(len(batch) for batch in audit.asked) <= 500
+
+
+@pytest.mark.parametrize(("text", "scanned"), [("a-mfx1", True), ("a-mfx2", False)])
+def test_input_lineage_reads_rows_only_when_needed(
+    tmp_path: Path, text: str, scanned: bool
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text(f"identifier\n{text}\n")
+    calls: list[int] = []
+
+    def rows() -> Iterator[tuple[str | None, int]]:
+        calls.append(1)
+        yield text, 1
+
+    lineage = input_lineage(path, rows, "in.csv", 1)
+    assert bool(calls) == scanned
+    assert lineage.reserved == (frozenset({text}) if scanned else frozenset())
