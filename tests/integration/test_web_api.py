@@ -1,0 +1,307 @@
+"""The JSON admin API through Flask's test client on SQLite and PostgreSQL: every endpoint's
+content, statuses and the admin actions it records; the token; pagination; bad parameters."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from service.config import Settings
+from service.db import make_engine
+from service.models import AdminAction, InboxEvent
+from tests.integration import web_seed as seed
+
+TOKEN = "test-admin-token-0123456789"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Api:
+    client: FlaskClient
+    engine: Engine
+
+    def get(self, path: str, status: int = 200) -> Any:
+        response = self.client.get(path, headers=BEARER)
+        assert response.status_code == status, response.get_data(as_text=True)
+        assert response.is_json or path.endswith(".csv") or path.startswith("/api/quarantine.csv")
+        return response.get_json() if response.is_json else response.get_data(as_text=True)
+
+    def post(self, path: str, status: int = 200, **kwargs: Any) -> Any:
+        response = self.client.post(path, headers=BEARER, **kwargs)
+        assert response.status_code == status, response.get_data(as_text=True)
+        return response.get_json()
+
+    def actions(self) -> list[AdminAction]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(AdminAction).order_by(col(AdminAction.id))).all())
+
+
+def stripe_settings(make_settings: Callable[..., Settings], **values: Any) -> Settings:
+    """Settings that are not the embedded defaults (a Stripe key is set)."""
+    return make_settings(stripe_api_key="sk_test_x", stripe_webhook_secrets="whsec_x", **values)
+
+
+@pytest.fixture
+def api(
+    db_url: str, make_settings: Callable[..., Settings], make_app: Callable[[Settings], Flask]
+) -> Iterator[Api]:
+    app = make_app(stripe_settings(make_settings, database_url=db_url, mfx_admin_token=TOKEN))
+    engine = make_engine(db_url)
+    yield Api(app.test_client(), engine)
+    engine.dispose()
+
+
+def test_without_a_token_dashboard_and_api_answer_404(
+    make_settings: Callable[..., Settings], make_app: Callable[[Settings], Flask]
+) -> None:
+    client = make_app(stripe_settings(make_settings)).test_client()
+    for path in ("/api/alerts", "/api/health", "/"):
+        response = client.get(path, headers=BEARER)
+        assert response.status_code == 404
+    assert client.get("/api/alerts").get_json() == {"error": "not found"}
+    assert client.post("/api/alerts/1/acknowledge").status_code == 404
+    assert client.get("/healthz").status_code == 200  # probes stay open
+
+
+def test_wrong_or_missing_token_is_401_json(api: Api) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        response = api.client.get("/api/alerts", headers=headers)
+        assert response.status_code == 401
+        assert response.get_json() == {"error": "missing or wrong bearer token"}
+    response = api.client.post("/api/events/evt_1/replay", headers={"Authorization": "Bearer x"})
+    assert response.status_code == 401
+
+
+def test_unknown_paths_and_methods_under_api_are_json(api: Api) -> None:
+    assert api.get("/api/nothing", 404)["error"]
+    response = api.client.delete("/api/alerts", headers=BEARER)
+    assert response.status_code == 405 and response.is_json
+
+
+def test_alerts_list_filter_paginate_acknowledge_resolve(api: Api) -> None:
+    first = seed.alert(api.engine, "a", severity="critical")
+    second = seed.alert(api.engine, "b", severity="warning", links={"run": 7})
+    seed.alert(api.engine, "c", status="resolved", severity="info")
+    everything = api.get("/api/alerts")
+    assert [a["key"] for a in everything["data"]] == ["c", "b", "a"]
+    assert everything["next_cursor"] is None
+    opened = api.get("/api/alerts?status=open")["data"]
+    assert [a["id"] for a in opened] == [second, first]
+    assert opened[0]["links"] == {"run": 7} and opened[0]["severity"] == "warning"
+    assert [a["key"] for a in api.get("/api/alerts?severity=info")["data"]] == ["c"]
+
+    page = api.get("/api/alerts?limit=2")
+    assert len(page["data"]) == 2 and page["next_cursor"] == str(second)
+    rest = api.get(f"/api/alerts?limit=2&cursor={page['next_cursor']}")
+    assert [a["id"] for a in rest["data"]] == [first] and rest["next_cursor"] is None
+
+    acked = api.post(f"/api/alerts/{first}/acknowledge")
+    assert acked["status"] == "acknowledged" and acked["acknowledged_at"]
+    [action] = acked["actions"]
+    assert action["action"] == "acknowledge" and action["via"] == "api"
+    assert action["source_address"] == "127.0.0.1" and action["created_at"]
+    assert api.post(f"/api/alerts/{first}/acknowledge", 409)["error"]
+    resolved = api.post(f"/api/alerts/{first}/resolve")
+    assert resolved["status"] == "resolved" and resolved["resolved_at"]
+    assert [a["action"] for a in resolved["actions"]] == ["acknowledge", "resolve"]
+    listed = {a["id"]: a for a in api.get("/api/alerts?status=resolved")["data"]}
+    assert [a["action"] for a in listed[first]["actions"]] == ["acknowledge", "resolve"]
+    assert api.post("/api/alerts/999999/resolve", 404) == {"error": "no alert with id 999999"}
+    assert [(a.action, a.target_type, a.target_id) for a in api.actions()] == [
+        ("acknowledge", "alert", str(first)),
+        ("resolve", "alert", str(first)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("status=closed", "status must be one of open|acknowledged|resolved"),
+        ("severity=fatal", "severity must be one of info|warning|critical"),
+        ("limit=0", "limit must be a positive whole number"),
+        ("limit=abc", "limit must be a positive whole number"),
+        ("limit=501", "limit must be at most 500"),
+        ("cursor=-3", "cursor must be a positive whole number"),
+    ],
+)
+def test_bad_alert_parameters_are_400_with_reason(api: Api, query: str, reason: str) -> None:
+    assert api.get(f"/api/alerts?{query}", 400)["error"].startswith(reason)
+
+
+def test_runs_and_a_run_with_inputs_outputs_and_reimport_state(api: Api) -> None:
+    key = "import_set:impset_1:file_123"
+    run_id = seed.run(api.engine, key)
+    older = seed.run(api.engine, "poller:impset_p", trigger="poller", source="usage/a.csv")
+    seed.import_set(api.engine, "impset_1", key)
+    corrected = "corrected/impset_1/a.r1.csv"
+    waiting = "corrected/impset_1/b.r1.csv"
+    seed.output(api.engine, run_id, "corrected", corrected)
+    seed.output(api.engine, run_id, "corrected", waiting)
+    seed.output(api.engine, run_id, "quarantine", "quarantine/impset_1/a.r1.csv", rows=3)
+    seed.bucket_object(api.engine, corrected)
+
+    listing = api.get("/api/runs")
+    assert [r["id"] for r in listing["data"]] == [older, run_id]
+    assert listing["data"][0]["input"] == {
+        "type": "poller_import",
+        "import_set_id": "impset_p",
+        "object": "usage/a.csv",
+    }
+    assert [r["id"] for r in api.get("/api/runs?limit=1")["data"]] == [older]
+
+    run = api.get(f"/api/runs/{run_id}")
+    assert (run["input_rows"], run["valid"], run["corrected"], run["quarantined"]) == (10, 2, 5, 3)
+    assert run["by_code"]["no_meter"] == {"corrected": 0, "quarantined": 3}
+    [source] = run["inputs"]
+    assert source["type"] == "import_set" and source["file"] == "file_123"
+    assert source["import_set"]["source_object"] == "usage/2026-11-30.csv"
+    outputs = {o["key"]: o for o in run["outputs"]}
+    assert outputs[corrected]["reimport"]["imported"] is True
+    assert outputs[corrected]["reimport"]["imported_at"].startswith("2026-11-30T12:01")
+    assert outputs[waiting]["reimport"] == {"imported": False}
+    assert "reimport" not in outputs["quarantine/impset_1/a.r1.csv"]
+    assert api.get("/api/runs/424242", 404) == {"error": "no run with id 424242"}
+    assert api.get("/api/runs/abc", 404)["error"]
+
+
+def _quarantine(api: Api) -> tuple[int, int, list[int]]:
+    run_a = seed.run(api.engine, "import_set:impset_a:file_a")
+    run_b = seed.run(api.engine, "import_set:impset_b:file_b")
+    early = seed.NOW - timedelta(days=3)
+    ids = seed.quarantined(
+        api.engine,
+        run_a,
+        [
+            {"identifier": "r1", "code": "no_meter", "meter": "api_calls", "customer": "cus_1"},
+            {
+                "identifier": "r2",
+                "code": "timestamp_too_far_in_past",
+                "meter": "tokens",
+                "customer": "cus_2",
+                "created_at": early,
+            },
+        ],
+    )
+    ids += seed.quarantined(
+        api.engine,
+        run_b,
+        [{"identifier": "r3", "code": "no_meter", "meter": "tokens", "customer": "cus_1"}],
+    )
+    return run_a, run_b, ids
+
+
+def test_quarantine_rows_in_full_with_every_filter(api: Api) -> None:
+    run_a, run_b, (r1, r2, r3) = _quarantine(api)
+    rows = api.get("/api/quarantine")["data"]
+    assert [row["id"] for row in rows] == [r3, r2, r1]
+    first = rows[2]
+    assert first["code"] == "no_meter" and first["reason"] == "reason for r1"
+    assert first["record"]["payload"] == {"stripe_customer_id": "cus_1", "value": "5"}
+    assert first["record"]["event_name"] == "api_calls" and first["mfx_code"] == "no_meter"
+
+    def ids(query: str) -> list[int]:
+        return [row["id"] for row in api.get(f"/api/quarantine?{query}")["data"]]
+
+    assert ids("code=no_meter") == [r3, r1]
+    assert ids("meter=tokens") == [r3, r2]
+    assert ids("customer=cus_1") == [r3, r1]
+    assert ids(f"run={run_a}") == [r2, r1]
+    assert ids("code=no_meter&customer=cus_1&meter=tokens") == [r3]
+    assert ids("since=2026-11-29") == [r3, r1]
+    assert ids("until=2026-11-28T00:00:00Z") == [r2]
+    assert ids("since=2026-11-27T11:00:00%2B00:00&until=2026-11-27T13:00") == [r2]
+    assert ids("limit=1&cursor=" + str(r3)) == [r2]
+    assert ids("code=nothing") == []
+    assert run_b
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("since=yesterday", "since must be an ISO-8601 date or time"),
+        ("until=2026-13-01", "until must be an ISO-8601 date or time"),
+        ("run=x", "run must be a positive whole number"),
+        ("since=2026-11-30&until=2026-11-01", "since must not be after until"),
+        ("code=" + "x" * 300, "code is longer than 255 characters"),
+    ],
+)
+def test_bad_quarantine_filters_are_400(api: Api, query: str, reason: str) -> None:
+    assert api.get(f"/api/quarantine?{query}", 400)["error"].startswith(reason)
+    assert api.get(f"/api/quarantine.csv?{query}", 400)["error"].startswith(reason)
+    assert api.post(f"/api/quarantine/rerun?{query}", 400)["error"].startswith(reason)
+
+
+def test_quarantine_csv_has_the_filtered_rows_in_full(api: Api) -> None:
+    _, _, (r1, _, r3) = _quarantine(api)
+    response = api.client.get("/api/quarantine.csv?code=no_meter", headers=BEARER)
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert "attachment" in response.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert [int(row["id"]) for row in rows] == [r3, r1]
+    assert rows[1]["identifier"] == "r1" and rows[1]["event_name"] == "api_calls"
+    assert rows[1]["reason"] == "reason for r1" and rows[1]["customer"] == "cus_1"
+    assert '"stripe_customer_id": "cus_1"' in rows[1]["payload"]
+
+
+def test_rerun_queues_one_task_and_records_the_action(api: Api) -> None:
+    _quarantine(api)
+    queued = api.post("/api/quarantine/rerun?code=no_meter", 202)
+    assert queued["queued"] is True and queued["rows"] == 2
+    assert queued["filters"] == {"code": "no_meter"}
+    with Session(api.engine) as session:
+        task = session.exec(
+            select(InboxEvent.event_id, InboxEvent.status).where(InboxEvent.style == "task")
+        ).one()
+    assert task == (queued["task"], "pending")
+    assert queued["task"] == f"mfx_task_quarantine_rerun_{queued['action_id']}"
+    [action] = api.actions()
+    assert (action.action, action.target_type, action.via) == ("rerun", "quarantine", "api")
+    assert action.detail == {"filters": {"code": "no_meter"}, "rows": 2}
+    assert action.source_address == "127.0.0.1"
+    nothing = api.post("/api/quarantine/rerun", 200, json={"code": "unknown_code"})
+    assert nothing == {"queued": False, "rows": 0, "filters": {"code": "unknown_code"}}
+
+
+def test_events_list_and_replay(api: Api) -> None:
+    done = seed.event(api.engine, "evt_done")
+    dead = seed.event(api.engine, "evt_dead", status="dead")
+    listing = api.get("/api/events")
+    assert [e["id"] for e in listing["data"]] == [dead, done]
+    [found] = api.get("/api/events?status=dead")["data"]
+    assert found["event_id"] == "evt_dead" and found["attempts"] == 8
+    assert found["last_error"] == "StripeError: boom" and "body" not in found
+    assert api.get("/api/events?status=lost", 400)["error"].startswith(
+        "status must be one of pending|processing|done|ignored|dead"
+    )
+    replayed = api.post("/api/events/evt_dead/replay")
+    assert replayed["status"] == "pending" and replayed["attempts"] == 0
+    [action] = replayed["actions"]
+    assert action["action"] == "replay" and action["detail"]["from"] == "dead"
+    assert api.get("/api/events?status=dead")["data"] == []
+    assert api.post(f"/api/events/{done}/replay")["event_id"] == "evt_done"  # by row id too
+    assert api.post("/api/events/evt_missing/replay", 404) == {
+        "error": "no event 'evt_missing' in the inbox"
+    }
+
+
+def test_health_shows_heartbeats_backlog_and_oldest_pending(api: Api) -> None:
+    seed.heartbeat(api.engine, "host:1:w", "worker", age_seconds=12)
+    waiting_since = datetime.now(UTC) - timedelta(minutes=5)
+    seed.event(api.engine, "evt_waiting", status="pending", received_at=waiting_since)
+    health = api.get("/api/health")
+    assert 11 <= health["worker_heartbeat_age_seconds"] < 60
+    assert health["heartbeats"]["worker"]["instance"] == "host:1:w"
+    assert health["poller_heartbeat_age_seconds"] is None
+    assert health["backlog_items"] == 1
+    assert 299 <= health["oldest_pending_age_seconds"] < 400
+    assert health["heartbeat_silence_seconds"] == 300
