@@ -1,12 +1,15 @@
 """The bundled poller, service side: one pass lists the bucket, imports new usage files as
 Stripe meter events (or, with MFX_POLLER=index, only records identifier -> (object, row)).
 
-Crash safety: a bucket object stays `seen` until every batch of it went out; only then is it
-marked `imported`. A crash mid-file therefore re-reads and re-sends the whole file on the next
-pass. That never bills twice: every event carries an identifier (the row's own, or one derived
-from the object version and row number), and Stripe dedupes identifiers for at least 24 hours.
-Failed rows go to a failed-records file (usage columns + error_code + error_message) and to the
-`on_failed_rows(import_set, path)` hook, which hands them to remediation.
+Crash safety: a bucket object stays `seen` until every batch of it was acknowledged; only
+then is it marked `imported`. A pass resumes after the batches Stripe acknowledged
+(service.poller_import), so a crash re-sends at most the batches in flight, under the same
+identifiers (the row's own, or one derived from the object version and row number), which
+Stripe dedupes for at least 24 hours. A failing object backs off and is given up only for a
+permanent error, a failure lasting MFX_POLLER_GIVE_UP_AFTER, or the 23 h re-send horizon
+(service.poller_failures). Failed rows go to a failed-records file (usage columns +
+error_code + error_message) and to the `on_failed_rows(import_set, path)` hook, which hands
+them to remediation.
 
 On PostgreSQL one instance polls at a time (`pg_try_advisory_lock`); a pass that cannot get
 the lock is skipped. SQLite means a single process.
@@ -16,33 +19,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from sqlalchemy import Engine
 
 from remediation.errors import UnreadableFile
 from remediation.formats import detect_format, read_records
-from remediation.poller import (
-    ImportChunk,
-    PassLimits,
-    RowRef,
-    import_chunks,
-    index_chunks,
-    plan_pass,
-    source_tag,
-)
+from remediation.poller import PassLimits, RowRef, index_chunks, plan_pass
 from remediation.ports import Bucket, MeterEventSink, MeterSource, ObjectInfo
 from remediation.validation import MeterIndex
 from service.config import PollerMode, Settings
+from service.heartbeats import beat, new_instance_id
 from service.logs import log_event
-from service.models import ObjectStatus
+from service.models import ObjectStatus, ProcessRole
 from service.models._types import utcnow
-from service.poller_files import FailedRecords, failed_records_path
+from service.poller_failures import judge, raise_gave_up, resolve_gave_up
 from service.poller_handover import (
     FailedRowsHook,
     hand_over,
@@ -50,17 +45,12 @@ from service.poller_handover import (
     queue_pending_remediation,
     remediation_hook,
 )
+from service.poller_import import ObjectImport, import_object
 from service.poller_lock import POLLER_LOCK_KEY, poller_lock
+from service.poller_progress import ProgressStore
 from service.poller_store import PollerStore
 
-CHUNKS_PER_GROUP = 10  # 10 stream requests sent concurrently, then their rows recorded
-
 Progress = Callable[[int, int, str], None]
-
-
-@runtime_checkable
-class BatchSender(Protocol):
-    def send_batches(self, batches: Iterable[Sequence[Mapping[str, Any]]]) -> int: ...
 
 
 @dataclass
@@ -75,6 +65,8 @@ class PollerDeps:
     clock: Callable[[], datetime] = utcnow
     progress: Progress | None = None
     limits: PassLimits = field(default_factory=PassLimits)
+    instance: str = field(default_factory=new_instance_id)  # this process, for heartbeats
+    only: Container[tuple[str, str]] | None = None  # (key, etag): `poll --retry` takes these
 
     @property
     def index_mode(self) -> bool:
@@ -89,9 +81,11 @@ class PassReport:
     imported: int = 0
     indexed: int = 0
     failed_files: int = 0  # unreadable files (whole-file failures), not retried
-    retry_files: int = 0  # errors (Stripe, S3, ...): the object is retried on the next pass
+    retry_files: int = 0  # errors (Stripe, S3, ...): the object is retried after a backoff
+    gave_up: int = 0  # of retry_files: given up (critical alert; `poll --retry KEY`)
     skipped: int = 0
     deferred: int = 0
+    waiting: int = 0  # failing objects still backing off
     rows: int = 0
     sent: int = 0
     failed_rows: int = 0
@@ -123,6 +117,7 @@ def build_poller_deps(runtime: Any, *, progress: Progress | None = None) -> Poll
 def run_poll_pass(target: Any) -> PassReport:
     """One pass. `target` is PollerDeps, or a Runtime (adapters are then built for it)."""
     deps = target if isinstance(target, PollerDeps) else build_poller_deps(target)
+    _beat(deps, "pass")
     with poller_lock(deps.engine) as acquired:
         if not acquired:
             log_event("poller.pass_skipped", reason="another instance holds the poller lock")
@@ -139,16 +134,21 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     report = PassReport(mode="index" if deps.index_mode else "import")
     listed = list(deps.bucket.list_objects())
     seen, first_sync = store.seen()
+    waiting = store.waiting(deps.clock())
+    if deps.only is not None:
+        only = deps.only
+        listed = [obj for obj in listed if (obj.key, obj.etag) in only]
     excluded = [deps.bucket.prefix + _dir(deps.settings.mfx_quarantine_prefix)]
     plan = plan_pass(
         listed,
-        seen,
+        seen | waiting,
         now=deps.clock(),
         first_sync=first_sync,
         excluded_prefixes=excluded,
         limits=deps.limits,
     )
     report.listed, report.skipped, report.deferred = len(listed), len(plan.skip), plan.deferred
+    report.waiting = sum(1 for obj in listed if (obj.key, obj.etag) in waiting)
     store.record_skipped(plan.skip)
     meters = MeterIndex(deps.meters.meters()) if deps.meters and not deps.index_mode else None
     for number, obj in enumerate(plan.take, start=1):
@@ -161,7 +161,7 @@ def _run_pass(deps: PollerDeps) -> PassReport:
 def _process_object(
     deps: PollerDeps, store: PollerStore, obj: ObjectInfo, meters: MeterIndex | None, r: PassReport
 ) -> None:
-    attempt = store.claim(obj)
+    store.claim(obj)
     try:
         if meters is None or deps.sink is None:
             r.rows += _index_object(deps, store, obj)
@@ -176,28 +176,37 @@ def _process_object(
         log_event("poller.unreadable", level=logging.WARNING, key=obj.key, reason=exc.reason)
     except Exception as exc:  # loop edge: one object's failure must not stop the pass
         reason = f"{type(exc).__name__}: {exc}"
-        give_up = attempt >= deps.settings.mfx_max_attempts
-        store.mark_error(obj, reason, give_up)
-        if give_up:
-            _give_up_alert(deps, obj, attempt, reason)
         r.retry_files += 1
+        r.gave_up += _failed(deps, store, obj, exc, reason)
         r.errors.append(f"{obj.key}: {reason}")
         log_event("poller.object_failed", level=logging.ERROR, key=obj.key, reason=reason)
 
 
-def _give_up_alert(deps: PollerDeps, obj: ObjectInfo, attempts: int, reason: str) -> None:
-    from service.alerts import raise_alert
-
-    raise_alert(
-        deps.engine,
-        key=f"poller.gave_up:{obj.key}:{obj.etag}",
-        severity="critical",
-        kind="poller.gave_up",
-        subject=f"{obj.key}: import failed {attempts} times; the poller gave up",
-        message=f"{reason[:1000]} (rows sent before the failure carry their identifiers; "
-        "re-upload the object under a new key once the cause is fixed)",
-        detail={"key": obj.key, "etag": obj.etag},
+def _failed(
+    deps: PollerDeps, store: PollerStore, obj: ObjectInfo, exc: Exception, reason: str
+) -> bool:
+    """Back off, or give up with a critical alert; True when given up."""
+    progress = ProgressStore(deps.engine).load(obj)
+    give_up_after = deps.settings.mfx_poller_give_up_after
+    verdict = judge(exc, progress, deps.clock(), give_up_after)
+    store.mark_error(
+        obj,
+        reason,
+        give_up=verdict.give_up,
+        failing_since=verdict.failing_since,
+        next_attempt_at=verdict.next_attempt_at,
     )
+    if verdict.give_up:
+        raise_gave_up(deps.engine, obj, verdict, reason, progress, give_up_after)
+    return verdict.give_up
+
+
+def _beat(deps: PollerDeps, doing: str, **detail: Any) -> None:
+    """One heartbeat of this poller instance; a failing beat never fails the pass."""
+    try:
+        beat(deps.engine, deps.instance, ProcessRole.POLLER, {"doing": doing, **detail})
+    except Exception as exc:  # loop edge: the database may be briefly unavailable
+        log_event("poller.heartbeat_failed", level=logging.WARNING, reason=type(exc).__name__)
 
 
 def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo) -> int:
@@ -218,42 +227,29 @@ def _import_object(
     sink: MeterEventSink,
     report: PassReport,
 ) -> None:
-    impset_id = _impset_id(obj)
-    fmt = detect_format(obj.key)
-    path = failed_records_path(deps.work_dir, impset_id, fmt)
-    now = int(deps.clock().timestamp())
-    rows = sent = failed = 0
-    with deps.bucket.open_read(obj.key) as stream, FailedRecords(path, fmt) as failed_out:
-        records = failed_out.open_records(stream)
-        chunks = import_chunks(records, meters, now=now, tag=source_tag(obj.key, obj.etag))
-        while group := list(islice(chunks, CHUNKS_PER_GROUP)):
-            sent += _send(sink, [chunk.events for chunk in group if chunk.events])
-            refs = [ref for chunk in group for ref in chunk.rows]
-            store.insert_rows(obj, refs)
-            failed += failed_out.write(chunk.failed for chunk in group)
-            rows += _row_count(group)
-    import_set = store.finish_import(obj, impset_id, rows=rows, sent=sent, failed=failed, path=path)
+    job = ObjectImport(
+        store=store,
+        progress=ProgressStore(deps.engine),
+        bucket=deps.bucket,
+        sink=sink,
+        meters=meters,
+        work_dir=deps.work_dir,
+        clock=deps.clock,
+        beat=lambda: _beat(deps, "import", key=obj.key),
+    )
+    import_set, path = import_object(job, obj, _impset_id(obj))
+    rows, sent = import_set.rows_processed or 0, import_set.successes_row_count or 0
+    failed = import_set.errors_row_count or 0
     report.rows, report.sent, report.failed_rows = (
         report.rows + rows,
         report.sent + sent,
         report.failed_rows + failed,
     )
+    resolve_gave_up(deps.engine, obj)
     if failed:
         hand_over(deps.on_failed_rows, import_set, path)
     else:
         path.unlink(missing_ok=True)
-
-
-def _row_count(group: list[ImportChunk]) -> int:
-    return sum(len(chunk.rows) for chunk in group)
-
-
-def _send(sink: MeterEventSink, batches: list[list[dict[str, object]]]) -> int:
-    if isinstance(sink, BatchSender):
-        return sink.send_batches(batches)
-    for batch in batches:
-        sink.send(batch)
-    return sum(len(batch) for batch in batches)
 
 
 def _impset_id(obj: ObjectInfo) -> str:

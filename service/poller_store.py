@@ -8,6 +8,7 @@ in bulk (one statement per group of batches), never one commit per row.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,15 @@ class PollerStore:
             pairs = [(str(key), str(etag), str(status)) for key, etag, status in rows]
         done = {(key, etag) for key, etag, status in pairs if status != ObjectStatus.SEEN}
         return done, not pairs
+
+    def waiting(self, now: datetime) -> set[tuple[str, str]]:
+        """(key, etag) of failing objects still backing off (`next_attempt_at` ahead)."""
+        table = _table(BucketObject)
+        query = select(table.c.key, table.c.etag).where(
+            table.c.status == ObjectStatus.SEEN, table.c.next_attempt_at > now
+        )
+        with self.engine.connect() as conn:
+            return {(str(key), str(etag)) for key, etag in conn.execute(query)}
 
     def claim(self, obj: ObjectInfo) -> int:
         """Record the object (once) and count this attempt; the attempt number."""
@@ -104,16 +114,40 @@ class PollerStore:
                 .values(**values)
             )
 
-    def mark_error(self, obj: ObjectInfo, reason: str, give_up: bool) -> None:
-        """The object stays `seen` (the next pass takes it again) unless we give up: then it
-        is `failed`, so a file that keeps failing is not re-sent for ever (Stripe dedupes
-        identifiers for about 24 hours only)."""
+    def mark_error(
+        self,
+        obj: ObjectInfo,
+        reason: str,
+        *,
+        give_up: bool,
+        failing_since: datetime,
+        next_attempt_at: datetime | None,
+    ) -> None:
+        """The object stays `seen` and is taken again once `next_attempt_at` has passed,
+        unless we give up: then it is `failed` until `meterfix poll --retry KEY`."""
         if give_up:
             self.mark_done(obj, ObjectStatus.FAILED)
-        self._update_object(obj, error=reason[:2000])
+        self._update_object(
+            obj,
+            error=reason[:2000],
+            failing_since=failing_since,
+            next_attempt_at=None if give_up else next_attempt_at,
+        )
+
+    def reopen(self, obj: ObjectInfo) -> None:
+        """`poll --retry`: take the object on the next pass, as if it never failed."""
+        self._update_object(obj, status=ObjectStatus.SEEN, failing_since=None, next_attempt_at=None)
 
     def mark_done(self, obj: ObjectInfo, status: str, **counts: Any) -> None:
-        self._update_object(obj, status=status, error=None, processed_at=utcnow(), **counts)
+        self._update_object(
+            obj,
+            status=status,
+            error=None,
+            processed_at=utcnow(),
+            failing_since=None,
+            next_attempt_at=None,
+            **counts,
+        )
 
     def mark_unreadable(self, obj: ObjectInfo, reason: str, impset_id: str | None) -> None:
         self.mark_done(obj, ObjectStatus.FAILED, import_set_id=impset_id)

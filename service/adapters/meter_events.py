@@ -1,11 +1,17 @@
 """MeterEventSink over Stripe's v2 meter event stream (the high-throughput path).
 
-A meter event session (`POST /v2/billing/meter_event_session`, api host) yields a token
-valid for 15 minutes; events go to `POST /v2/billing/meter_event_stream` on the meter-events
-host with that token, at most 100 per request. The session is renewed at 14 minutes or on a
-401. A 429 backs off exponentially with full jitter; any other error raises
-`MeterEventSendError`. Re-sending a batch is safe: Stripe dedupes identifiers for at least
-24 hours, so a batch that failed half way (or a crash after sending) bills nothing twice.
+A meter event session (`POST /v2/billing/meter_event_session`, api host) yields a token that
+lives until its `expires_at` (15 minutes); events go to `POST /v2/billing/meter_event_stream`
+on the meter-events host with that token, at most 100 per request. The session is renewed a
+little before `expires_at`, and at once when the stream answers 401: an expired session is
+type `temporary_session_expired` (`stripe.TemporarySessionExpiredError`, which is not an
+`AuthenticationError`), a token Stripe no longer knows is an `AuthenticationError`.
+
+Transient failures (5xx, 409, 429, timeouts, dropped connections) are retried here, with
+exponential backoff and full jitter, honouring `Retry-After`; only a failure that outlasts
+`max_attempts` raises `MeterEventSendError`. A 400 names the request itself (the file's
+rows): it is raised at once, marked `permanent`. Re-sending a batch is safe: Stripe dedupes
+identifiers for at least 24 hours, so a batch whose answer was lost bills nothing twice.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, cast
 
 import stripe
 
@@ -23,17 +31,28 @@ from service.config import Settings
 from service.logs import log_event
 
 MAX_EVENTS_PER_REQUEST = 100
-SESSION_RENEW_SECONDS = 14 * 60
+SESSION_SECONDS = 15 * 60  # Stripe's session lifetime, when `expires_at` cannot be read
+SESSION_MARGIN = 60.0  # renew this long before `expires_at` (a fifth of shorter lifetimes)
+MAX_RENEWALS = 2  # per request: a fresh session rejected again is not an expiry
+MAX_RETRY_AFTER = 60.0  # a longer Retry-After fails the request; the poller backs off instead
 DEFAULT_WORKERS = 4
+DEFAULT_TIMEOUT = 30.0  # seconds per stream request (the SDK's own default is 80)
+_SESSION_ERRORS = (stripe.TemporarySessionExpiredError, stripe.AuthenticationError)
+
+BatchSent = Callable[[int], None]
 
 
 class MeterEventSendError(Exception):
-    """A batch of meter events was not accepted; `reason` says why in one line."""
+    """A batch of meter events was not accepted; `reason` says why in one line.
 
-    def __init__(self, reason: str, *, status: int | None = None) -> None:
+    `permanent`: Stripe refused the request itself (HTTP 400), so sending it again cannot
+    succeed; otherwise the failure outlasted the retries and a later attempt may."""
+
+    def __init__(self, reason: str, *, status: int | None = None, permanent: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.permanent = permanent
 
 
 class StripeMeterEventSink:
@@ -43,9 +62,10 @@ class StripeMeterEventSink:
         settings: Settings,
         *,
         workers: int = DEFAULT_WORKERS,
-        max_attempts: int = 6,
-        base_delay: float = 0.25,
-        max_delay: float = 20.0,
+        max_attempts: int = 8,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -55,12 +75,13 @@ class StripeMeterEventSink:
             "meter_events": settings.stripe_meter_events_base,
         }
         self._workers = max(1, workers)
-        self._max_attempts = max_attempts
+        self._max_attempts = max(1, max_attempts)
         self._base_delay, self._max_delay = base_delay, max_delay
+        self._timeout = timeout
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._stream: stripe.StripeClient | None = None
-        self._session_started = 0.0
+        self._renew_at = 0.0
         self.sessions_created = 0
 
     def send(self, events: Sequence[Mapping[str, Any]]) -> None:
@@ -71,85 +92,190 @@ class StripeMeterEventSink:
         ]
         self.send_batches(batches)
 
-    def send_batches(self, batches: Iterable[Sequence[Mapping[str, Any]]]) -> int:
+    def send_batches(
+        self, batches: Iterable[Sequence[Mapping[str, Any]]], on_sent: BatchSent | None = None
+    ) -> int:
         """Send batches (each ≤ 100 events) on a small thread pool; the number of events sent.
 
-        At most `2 * workers` batches are in flight, so memory stays bounded however long
-        `batches` is. Raises the first MeterEventSendError after in-flight batches settle."""
+        `on_sent(i)` is called, in this thread, for each batch (its index in `batches`) that
+        Stripe accepted, so the caller can record what was acknowledged even when another
+        batch fails. At most `2 * workers` batches are in flight, so memory stays bounded
+        however long `batches` is. Raises the first MeterEventSendError after in-flight
+        batches settle."""
         sent = 0
         with ThreadPoolExecutor(self._workers, thread_name_prefix="meter-events") as pool:
-            pending: set[Future[int]] = set()
-            for batch in batches:
-                pending.add(pool.submit(self.send_batch, batch))
+            pending: dict[Future[int], int] = {}
+            failure: MeterEventSendError | None = None
+            for index, batch in enumerate(batches):
+                if failure is not None:
+                    break
+                pending[pool.submit(self.send_batch, batch)] = index
                 if len(pending) >= 2 * self._workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    sent += _collect(done)
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    count, failure = _settle(done, pending, on_sent, failure)
+                    sent += count
             done, _ = wait(pending)
-            sent += _collect(done)
+            count, failure = _settle(done, pending, on_sent, failure)
+            sent += count
+        if failure is not None:
+            raise failure
         return sent
 
     def send_batch(self, batch: Sequence[Mapping[str, Any]]) -> int:
-        """One stream request (≤ 100 events), with 429 backoff and one session renewal on 401."""
+        """One stream request (≤ 100 events), retried while the failure is transient."""
         if len(batch) > MAX_EVENTS_PER_REQUEST:
             raise ValueError(f"at most {MAX_EVENTS_PER_REQUEST} events per request")
         if not batch:
             return 0
-        body = {"events": [dict(event) for event in batch]}
-        renewed = False
-        for attempt in range(1, self._max_attempts + 1):
+        body = cast(Any, {"events": [dict(event) for event in batch]})
+        attempt = renewals = 0
+        while True:
+            stream = self._stream_client()
             try:
-                self._stream_client().v2.billing.meter_event_stream.create(body)  # type: ignore[arg-type]
+                stream.v2.billing.meter_event_stream.create(body)
                 return len(batch)
-            except stripe.AuthenticationError as exc:
-                if renewed:
-                    raise _send_error(exc, "meter event session rejected twice") from exc
-                renewed = True
-                self._renew_session()
-            except stripe.RateLimitError as exc:
-                if attempt == self._max_attempts:
-                    raise _send_error(exc, f"still rate limited after {attempt} attempts") from exc
-                self._backoff(attempt)
+            except _SESSION_ERRORS as exc:
+                renewals += 1
+                if renewals > MAX_RENEWALS:
+                    raise _send_error(exc, "meter event session rejected after renewal") from exc
+                self._renew_session(stale=stream)
             except stripe.StripeError as exc:
-                raise _send_error(exc, "meter event stream request failed") from exc
-        raise MeterEventSendError("meter event session could not be renewed")
+                attempt += 1
+                self._retry_or_raise(exc, attempt, "meter event stream request failed")
 
-    def _backoff(self, attempt: int) -> None:
-        delay = random.uniform(0, min(self._max_delay, self._base_delay * 2**attempt))
-        log_event("stripe.meter_events_backoff", attempt=attempt, delay=round(delay, 3))
+    def _retry_or_raise(self, exc: stripe.StripeError, attempt: int, what: str) -> None:
+        """Sleep before the next attempt, or raise when the failure is not transient or
+        outlasted `max_attempts`."""
+        if not is_transient(exc):
+            raise _send_error(exc, what, permanent=exc.http_status == 400) from exc
+        delay = self._delay(attempt, exc)
+        if attempt >= self._max_attempts or delay is None:
+            if isinstance(exc, stripe.RateLimitError):
+                what = "still rate limited"
+            raise _send_error(exc, f"{what} after {attempt} attempts") from exc
+        log_event(
+            "stripe.meter_events_retry",
+            attempt=attempt,
+            delay=round(delay, 3),
+            status=exc.http_status,
+            error=type(exc).__name__,
+        )
         self._sleep(delay)
+
+    def _delay(self, attempt: int, exc: stripe.StripeError) -> float | None:
+        """`Retry-After` when Stripe sent one (None when it asks for longer than we wait in a
+        pass), otherwise exponential backoff with full jitter over [cap/2, cap]."""
+        retry_after = _retry_after(exc)
+        if retry_after is not None:
+            if retry_after > MAX_RETRY_AFTER:
+                return None
+            return retry_after + random.uniform(0, self._base_delay)
+        cap = min(self._max_delay, self._base_delay * 2 ** (attempt - 1))
+        return random.uniform(cap / 2, cap)
 
     def _stream_client(self) -> stripe.StripeClient:
         with self._lock:
-            stale = self._clock() - self._session_started >= SESSION_RENEW_SECONDS
-            if self._stream is None or stale:
+            if self._stream is None or self._clock() >= self._renew_at:
                 self._open_session()
             assert self._stream is not None
             return self._stream
 
-    def _renew_session(self) -> None:
+    def _renew_session(self, stale: stripe.StripeClient) -> None:
+        """Renew unless another thread already replaced the rejected session."""
         with self._lock:
-            self._open_session()
+            if self._stream is stale or self._stream is None:
+                self._open_session()
 
     def _open_session(self) -> None:
-        try:
-            session = self._client.v2.billing.meter_event_session.create()
-        except stripe.StripeError as exc:
-            raise _send_error(exc, "could not create a meter event session") from exc
+        attempt = 0
+        while True:
+            try:
+                session = self._client.v2.billing.meter_event_session.create()
+                break
+            except stripe.StripeError as exc:
+                attempt += 1
+                self._retry_or_raise(exc, attempt, "could not create a meter event session")
         self._stream = stripe.StripeClient(
             session.authentication_token,
             base_addresses={"api": self._bases["api"], "meter_events": self._bases["meter_events"]},
-            max_network_retries=0,  # 429s are backed off here; other errors surface at once
+            max_network_retries=0,  # retried in send_batch, with Retry-After and a session renewal
+            http_client=stripe.RequestsClient(timeout=self._timeout),
         )
-        self._session_started = self._clock()
+        lifetime = _lifetime(session.created, session.expires_at)
+        self._renew_at = self._clock() + lifetime - min(SESSION_MARGIN, lifetime / 5)
         self.sessions_created += 1
-        log_event("stripe.meter_event_session", session_id=session.id)
+        log_event("stripe.meter_event_session", session_id=session.id, lifetime=round(lifetime))
 
 
-def _collect(done: set[Future[int]]) -> int:
-    return sum(future.result() for future in done)
+def is_transient(exc: stripe.StripeError) -> bool:
+    """Worth retrying: rate limited, a timeout or dropped connection, a conflict, a 5xx, or
+    an answer that is not Stripe's (no status)."""
+    if isinstance(exc, stripe.RateLimitError | stripe.APIConnectionError):
+        return True
+    status = exc.http_status
+    return status is None or status == 409 or status >= 500
 
 
-def _send_error(exc: stripe.StripeError, what: str) -> MeterEventSendError:
+def _settle(
+    done: set[Future[int]],
+    pending: dict[Future[int], int],
+    on_sent: BatchSent | None,
+    failure: MeterEventSendError | None,
+) -> tuple[int, MeterEventSendError | None]:
+    """Events sent by the finished futures (removed from `pending`), and the first failure."""
+    sent = 0
+    for future in sorted(done, key=pending.__getitem__):
+        index = pending.pop(future)
+        error = future.exception()
+        if error is None:
+            sent += future.result()
+            if on_sent is not None:
+                on_sent(index)
+        elif failure is None:
+            failure = _as_send_error(error)
+    return sent, failure
+
+
+def _as_send_error(error: BaseException) -> MeterEventSendError:
+    if isinstance(error, MeterEventSendError):
+        return error
+    return MeterEventSendError(
+        f"meter event stream request failed: {type(error).__name__}: {error}"
+    )
+
+
+def _retry_after(exc: stripe.StripeError) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), if any."""
+    headers = exc.headers or {}
+    value = next((str(v) for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _lifetime(created: object, expires_at: object) -> float:
+    """Seconds the session lives, from its RFC 3339 `created` and `expires_at`."""
+    try:
+        start = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        end = datetime.fromisoformat(str(expires_at).replace("Z", "+00:00"))
+    except ValueError:
+        return SESSION_SECONDS
+    seconds = (end - start).total_seconds()
+    return seconds if 0 < seconds <= SESSION_SECONDS else SESSION_SECONDS
+
+
+def _send_error(
+    exc: stripe.StripeError, what: str, *, permanent: bool = False
+) -> MeterEventSendError:
     status = exc.http_status
     detail = exc.user_message or type(exc).__name__
-    return MeterEventSendError(f"{what}: HTTP {status}: {detail}", status=status)
+    return MeterEventSendError(
+        f"{what}: HTTP {status}: {detail}", status=status, permanent=permanent
+    )

@@ -7,6 +7,7 @@ import csv
 import io
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
 from service.db import make_engine
 from service.models import Alert, BucketObject, ImportedRow, ImportSet
-from service.poller import PollerDeps, poller_lock, run_poll_pass
+from service.models._types import as_utc
+from service.poller import PassReport, PollerDeps, poller_lock, run_poll_pass
 from tests.conftest import SandboxServer
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
@@ -178,6 +180,8 @@ def test_crash_mid_file_resends_without_double_billing(
     partly = len(sandbox_server.admin.meter_events())
     assert 0 < partly < 450
     healthy = Harness(settings, tmp_path)
+    assert run_poll_pass(healthy.deps).waiting == 1  # a failed object backs off
+    healthy.deps.clock = lambda: datetime.now(UTC) + timedelta(hours=1)
     second = run_poll_pass(healthy.deps)
     assert (second.imported, second.sent) == (1, 450)
     accepted = sandbox_server.admin.meter_events()
@@ -267,25 +271,37 @@ def test_cli_poll_fails_clearly_on_a_bad_bucket(
     assert "cannot poll" in result.output and "Traceback" not in result.output
 
 
-def test_a_file_that_keeps_failing_is_given_up_with_an_alert(
+def test_a_file_that_keeps_failing_backs_off_then_is_given_up_with_an_alert(
     settings: Settings, sandbox_server: SandboxServer, tmp_path: Path
 ) -> None:
-    limited = settings.model_copy(update={"mfx_max_attempts": 2})
-    harness = Harness(limited, tmp_path)
+    """Each failing pass pushes the next attempt out (30 s, doubling); the poller gives up
+    only once the failures have lasted MFX_POLLER_GIVE_UP_AFTER, with a critical alert."""
+    limited = settings.model_copy(update={"mfx_poller_give_up_after": 3600})
+    client = build_stripe_client(limited)
+    quick = StripeMeterEventSink(client, limited, max_attempts=2, base_delay=0.01)
+    harness = Harness(limited, tmp_path, sink=quick)
+    start = datetime.now(UTC)
     harness.put("stuck.csv", HEADER + _rows("stuck", 3), tmp_path)
-    sandbox_server.admin.inject_fault("POST", "/v2/billing/meter_event_stream", 500, count=50)
-    first = run_poll_pass(harness.deps)
-    assert first.retry_files == 1
-    assert harness.objects()["stuck.csv"].status == "seen"  # taken again next pass
-    second = run_poll_pass(harness.deps)
-    assert second.retry_files == 1
+    sandbox_server.admin.inject_fault("POST", "/v2/billing/meter_event_stream", 500, count=-1)
+
+    def at(seconds: float) -> PassReport:
+        harness.deps.clock = lambda: start + timedelta(seconds=seconds)
+        return run_poll_pass(harness.deps)
+
+    assert (at(0).retry_files, at(10).waiting, at(40).retry_files) == (1, 1, 1)
     stuck = harness.objects()["stuck.csv"]
-    assert (stuck.status, stuck.attempts) == ("failed", 2)
-    assert "500" in (stuck.error or "")
-    assert run_poll_pass(harness.deps).listed == 1  # given up: not taken a third time
-    assert harness.objects()["stuck.csv"].attempts == 2
+    assert (stuck.status, stuck.attempts) == ("seen", 2)
+    assert "HTTP 500" in (stuck.error or "") and "after 2 attempts" in (stuck.error or "")
+    assert as_utc(stuck.failing_since) == start
+    next_at = as_utc(stuck.next_attempt_at)
+    assert next_at and start + timedelta(seconds=55) <= next_at <= start + timedelta(seconds=100)
+    final = at(3700)
+    assert (final.retry_files, final.gave_up) == (1, 1)
+    assert harness.objects()["stuck.csv"].status == "failed"
+    assert at(99_999).listed == 1 and harness.objects()["stuck.csv"].attempts == 3
     with Session(harness.engine) as session:
         alert = session.exec(select(Alert)).one()
     assert alert.severity == "critical" and "stuck.csv" in alert.subject
+    assert "meterfix poll --retry stuck.csv" in alert.message
     assert sandbox_server.admin.meter_events() == []
     harness.engine.dispose()

@@ -1,0 +1,129 @@
+"""When importing one object fails: back off exponentially, or give up and say what to do.
+
+Transient failures were already retried inside the pass (service.adapters.meter_events). A
+pass that still fails leaves the object `seen` with `next_attempt_at` pushed out (30 s,
+doubling, at most 30 min, with jitter); `failing_since` marks the start of the failing
+run. The poller gives up (status `failed`, one critical alert) only when:
+- Stripe refused a request built from the file (HTTP 400): sending it again cannot help;
+- the failures have lasted `MFX_POLLER_GIVE_UP_AFTER` (under 23 h by validation);
+- resuming would send again a batch first sent more than 23 h ago (Stripe may no longer
+  dedupe its identifiers): only an operator may decide that (`poll --retry KEY --yes`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from remediation.ports import ObjectInfo
+from service.logs import log_event
+from service.notify.alerts import raise_alert, resolve_alert
+from service.poller_progress import RESEND_HORIZON, ObjectProgress, SentBatch
+
+BACKOFF_BASE = timedelta(seconds=30)
+BACKOFF_CAP = timedelta(minutes=30)
+
+
+class HorizonPassed(Exception):
+    """Resuming would re-send batches first sent more than 23 h ago."""
+
+    def __init__(self, stale: tuple[SentBatch, ...]) -> None:
+        first = min(b.first_sent_at for b in stale)
+        rows = sum(b.rows for b in stale)
+        super().__init__(
+            f"{len(stale)} unacknowledged batches ({rows} rows) were first sent at "
+            f"{first:%Y-%m-%d %H:%M} UTC, more than 23 h ago; sending them again could bill twice"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    give_up: bool
+    why: str  # "permanent" | "lasting" | "horizon" | "" (back off)
+    next_attempt_at: datetime | None
+    failing_since: datetime
+
+
+def judge(
+    exc: BaseException, progress: ObjectProgress, now: datetime, give_up_after: int
+) -> Verdict:
+    """Give up, or when to try again."""
+    since = progress.failing_since or now
+    if isinstance(exc, HorizonPassed):
+        why = "horizon"
+    elif getattr(exc, "permanent", False):  # MeterEventSendError: Stripe answered 400
+        why = "permanent"
+    elif now - since >= timedelta(seconds=give_up_after):
+        why = "lasting"
+    else:
+        return Verdict(False, "", now + backoff(progress.attempts), since)
+    return Verdict(True, why, None, since)
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential in the passes that took the object, with jitter over [d/2, d]."""
+    exponent = min(max(attempts - 1, 0), 16)
+    cap: timedelta = min(BACKOFF_BASE * 2**exponent, BACKOFF_CAP)
+    return cap * random.uniform(0.5, 1.0)
+
+
+def gave_up_key(obj: ObjectInfo) -> str:
+    return f"poller.gave_up:{obj.key}:{obj.etag}"
+
+
+def raise_gave_up(
+    engine: Engine,
+    obj: ObjectInfo,
+    verdict: Verdict,
+    reason: str,
+    progress: ObjectProgress,
+    give_up_after: int,
+) -> None:
+    retry = f"meterfix poll --retry {obj.key}"
+    oldest = progress.oldest_resend()
+    if verdict.why == "horizon":
+        subject = f"{obj.key}: not re-sent: its unacknowledged batches are over 23 h old"
+        todo = (
+            "Check in Stripe which of its rows were accepted, then run "
+            f"`{retry} --yes` to send the unacknowledged batches again (rows Stripe already "
+            "accepted would be billed twice), or upload only the missing rows under a new key."
+        )
+    elif verdict.why == "permanent":
+        subject = f"{obj.key}: Stripe refused a request built from this file; the poller gave up"
+        todo = (
+            "Fix the rows Stripe names and upload the file under a new key, or fix the cause "
+            f"and run `{retry}`."
+        )
+    else:
+        hours = round(give_up_after / 3600, 1)
+        subject = f"{obj.key}: import failing for {hours} h; the poller gave up"
+        deadline = (
+            f"before {oldest + RESEND_HORIZON:%Y-%m-%d %H:%M} UTC (later, it asks for --yes: "
+            "Stripe may no longer dedupe the rows it re-sends)"
+            if oldest
+            else "(no unacknowledged batch is waiting: nothing would be sent twice)"
+        )
+        todo = (
+            f"Failing since {verdict.failing_since:%Y-%m-%d %H:%M} UTC. Fix the cause (Stripe's "
+            f"status, the API key, the network), then run `{retry}` {deadline}."
+        )
+    raise_alert(
+        engine,
+        key=gave_up_key(obj),
+        severity="critical",
+        kind="poller.gave_up",
+        subject=subject,
+        message=f"{reason[:1000]}. {progress.acked_batches} batches were acknowledged; "
+        f"a retry resumes after them. {todo}",
+        detail={"key": obj.key, "etag": obj.etag, "why": verdict.why},
+        links={"objects": [obj.key]},
+    )
+    log_event("poller.gave_up", level=logging.ERROR, key=obj.key, why=verdict.why)
+
+
+def resolve_gave_up(engine: Engine, obj: ObjectInfo) -> None:
+    resolve_alert(engine, gave_up_key(obj))

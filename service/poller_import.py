@@ -1,0 +1,149 @@
+"""Importing one object version as meter events, resumably.
+
+Rows are validated against the object's first-seen time (not the clock), so every pass cuts
+the file into the same batches. Each group of batches is recorded before it goes out (its
+rows in `imported_rows`, its batches with their first send time) and its acknowledgements
+after, so a crash re-sends at most the batches that were in flight, under the same
+identifiers; a later pass skips the rows of the acknowledged prefix (service.poller_progress).
+The failed-records file is written afresh on every pass (failed rows are never sent, so
+validating them again is free of risk).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from remediation.formats import detect_format
+from remediation.poller import ImportChunk, import_chunks, source_tag
+from remediation.ports import Bucket, MeterEventSink, ObjectInfo
+from remediation.records import UsageRecord
+from remediation.validation import MeterIndex
+from service.models import ImportSet
+from service.poller_failures import HorizonPassed
+from service.poller_files import FailedRecords, failed_records_path
+from service.poller_progress import ObjectProgress, ProgressStore, row_was_sent
+from service.poller_store import PollerStore
+
+CHUNKS_PER_GROUP = 10  # batches sent concurrently, then their acknowledgements recorded
+BEAT_EVERY = 10.0  # seconds between heartbeats during a long import
+
+
+@runtime_checkable
+class BatchSender(Protocol):
+    def send_batches(
+        self,
+        batches: Iterable[Sequence[Mapping[str, Any]]],
+        on_sent: Callable[[int], None] | None = None,
+    ) -> int: ...
+
+
+@dataclass
+class ImportTally:
+    rows: int = 0
+    sent: int = 0  # acknowledged on an earlier pass included
+    failed: int = 0
+    requests: int = 0  # batches sent by this pass
+
+
+@dataclass
+class ObjectImport:
+    """Everything one object's import needs (built by service.poller for each object)."""
+
+    store: PollerStore
+    progress: ProgressStore
+    bucket: Bucket
+    sink: MeterEventSink
+    meters: MeterIndex
+    work_dir: Path
+    clock: Callable[[], datetime]
+    beat: Callable[[], None] = lambda: None
+
+
+def import_object(job: ObjectImport, obj: ObjectInfo, impset_id: str) -> tuple[ImportSet, Path]:
+    """Send what is left of `obj`; its import set and failed-records file (if any rows failed).
+    Raises HorizonPassed before sending anything that may no longer be deduplicated."""
+    progress = job.progress.load(obj)
+    stale = progress.past_horizon(job.clock())
+    if stale:
+        raise HorizonPassed(stale)
+    fmt = detect_format(obj.key)
+    path = failed_records_path(job.work_dir, impset_id, fmt)
+    tally = ImportTally()
+    skip = job.progress.sent_rows_before(obj, progress.resume_row)
+    with job.bucket.open_read(obj.key) as stream, FailedRecords(path, fmt) as failed_out:
+        records = _not_acknowledged(failed_out.open_records(stream), skip, progress, tally)
+        reference = int(progress.first_seen.timestamp())
+        chunks = import_chunks(
+            records, job.meters, now=reference, tag=source_tag(obj.key, obj.etag)
+        )
+        number, last_beat = progress.acked_batches, time.monotonic()
+        while group := list(islice(chunks, CHUNKS_PER_GROUP)):
+            number = _send_group(job, obj, progress, group, number, tally)
+            tally.failed += failed_out.write(chunk.failed for chunk in group)
+            tally.rows += sum(len(chunk.rows) for chunk in group)
+            if time.monotonic() - last_beat >= BEAT_EVERY:
+                job.beat()
+                last_beat = time.monotonic()
+    import_set = job.store.finish_import(
+        obj, impset_id, rows=tally.rows, sent=tally.sent, failed=tally.failed, path=path
+    )
+    return import_set, path
+
+
+def _send_group(
+    job: ObjectImport,
+    obj: ObjectInfo,
+    progress: ObjectProgress,
+    group: list[ImportChunk],
+    number: int,
+    tally: ImportTally,
+) -> int:
+    """Record, send, and record the acknowledgements of one group; the next batch number."""
+    job.store.insert_rows(obj, [ref for chunk in group for ref in chunk.rows])
+    batches = [chunk for chunk in group if chunk.events]
+    numbers = list(range(number, number + len(batches)))
+    spans = [(n, *_span(chunk)) for n, chunk in zip(numbers, batches, strict=True)]
+    job.progress.record_sending(progress.object_id, spans, job.clock())
+    acked: list[int] = []
+    try:
+        tally.sent += _send(job.sink, [chunk.events for chunk in batches], acked.append)
+    finally:
+        job.progress.record_acks(progress.object_id, [numbers[i] for i in acked], job.clock())
+        tally.requests += len(acked)
+    return number + len(batches)
+
+
+def _span(chunk: ImportChunk) -> tuple[int, int]:
+    """(first row, rows spanned) of a batch: resuming after it starts at first + rows."""
+    first, last = chunk.rows[0].row_number, chunk.rows[-1].row_number
+    return first, last - first + 1
+
+
+def _send(
+    sink: MeterEventSink, batches: list[list[dict[str, object]]], on_sent: Callable[[int], None]
+) -> int:
+    if isinstance(sink, BatchSender):
+        return sink.send_batches(batches, on_sent)
+    for index, batch in enumerate(batches):
+        sink.send(batch)
+        on_sent(index)
+    return sum(len(batch) for batch in batches)
+
+
+def _not_acknowledged(
+    records: Iterable[UsageRecord], skip: bytearray, progress: ObjectProgress, tally: ImportTally
+) -> Iterator[UsageRecord]:
+    """Drop the rows of the acknowledged prefix that were sent (counted as rows and sent);
+    the prefix's failed rows are validated again (they were never sent)."""
+    for record in records:
+        if record.row_number < progress.resume_row and row_was_sent(skip, record.row_number):
+            tally.rows += 1
+            tally.sent += 1
+            continue
+        yield record

@@ -1,0 +1,219 @@
+"""How far the poller got with one object version: the batches it sent (when each was first
+sent, when Stripe acknowledged it) and the contiguous acknowledged prefix a later pass resumes
+after.
+
+Several batches are in flight at once, so they may be acknowledged out of order;
+`bucket_objects.acked_batches` only counts batches 0..n-1 that were ALL acknowledged (the
+last one with no gap before it). The rows of those batches are never sent again: a pass skips
+every row recorded as sent (`imported_rows.sent`, written before its batch goes out) before
+the row the prefix ends at. Everything after it is sent again under the same identifiers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Row, Table, and_, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from remediation.ports import ObjectInfo
+from service.db import is_postgres
+from service.models import BucketObject, ImportedRow, PollerBatch
+from service.models._types import as_utc
+
+
+def _table(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+OBJECTS = _table(BucketObject)
+BATCHES = _table(PollerBatch)
+ROWS = _table(ImportedRow)
+
+# Stripe dedupes identifiers for a rolling period of at least 24 hours; nothing is sent again
+# past this much after its first send without an operator's `poll --retry KEY --yes`.
+RESEND_HORIZON = timedelta(hours=23)
+
+
+@dataclass(frozen=True, slots=True)
+class SentBatch:
+    number: int
+    first_row: int
+    rows: int  # file rows the batch spans (rows that failed validation included)
+    first_sent_at: datetime
+    acked_at: datetime | None
+
+
+@dataclass(slots=True)
+class ObjectProgress:
+    object_id: int
+    first_seen: datetime  # the reference time validation uses on every pass of this object
+    acked_batches: int = 0
+    resume_row: int = 0  # rows before this one belong to the acknowledged prefix
+    failing_since: datetime | None = None
+    attempts: int = 0
+    unacked: tuple[SentBatch, ...] = ()  # sent, not in the prefix: a pass sends them again
+
+    def oldest_resend(self) -> datetime | None:
+        return min((b.first_sent_at for b in self.unacked), default=None)
+
+    def past_horizon(self, now: datetime) -> tuple[SentBatch, ...]:
+        """Batches a pass would send again although first sent more than 23 h ago."""
+        return tuple(b for b in self.unacked if b.first_sent_at <= now - RESEND_HORIZON)
+
+
+class ProgressStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def load(self, obj: ObjectInfo) -> ObjectProgress:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    OBJECTS.c.id,
+                    OBJECTS.c.first_seen,
+                    OBJECTS.c.acked_batches,
+                    OBJECTS.c.failing_since,
+                    OBJECTS.c.attempts,
+                ).where(OBJECTS.c.key == obj.key, OBJECTS.c.etag == obj.etag)
+            ).one()
+            batches = [
+                _batch(b)
+                for b in conn.execute(
+                    select(BATCHES)
+                    .where(BATCHES.c.object_id == row.id)
+                    .where(BATCHES.c.batch_number >= row.acked_batches - 1)
+                    .order_by(BATCHES.c.batch_number)
+                )
+            ]
+        last = next((b for b in batches if b.number == row.acked_batches - 1), None)
+        return ObjectProgress(
+            object_id=int(row.id),
+            first_seen=_utc(row.first_seen),
+            acked_batches=int(row.acked_batches),
+            resume_row=last.first_row + last.rows if last else 0,
+            failing_since=as_utc(row.failing_since),
+            attempts=int(row.attempts),
+            unacked=tuple(b for b in batches if b.number >= row.acked_batches),
+        )
+
+    def sent_rows_before(self, obj: ObjectInfo, resume_row: int) -> bytearray:
+        """A bitmap of the rows before `resume_row` recorded as sent (one bit per row)."""
+        bitmap = bytearray(resume_row // 8 + 1)
+        if resume_row <= 0:
+            return bitmap
+        query = select(ROWS.c.row_number).where(
+            ROWS.c.object_key == obj.key,
+            ROWS.c.etag == obj.etag,
+            ROWS.c.sent.is_(True),
+            ROWS.c.row_number < resume_row,
+        )
+        with self.engine.connect() as conn:
+            result = conn.execute(query.execution_options(yield_per=10_000))
+            for number in map(int, result.scalars()):
+                bitmap[number >> 3] |= 1 << (number & 7)
+        return bitmap
+
+    def record_sending(
+        self, object_id: int, batches: Sequence[tuple[int, int, int]], now: datetime
+    ) -> None:
+        """(number, first_row, rows) of batches about to be sent. A batch sent before keeps
+        its first send time: the 23 h horizon counts from there."""
+        if not batches:
+            return
+        dialect = postgresql if is_postgres(self.engine) else sqlite
+        values = [
+            {
+                "object_id": object_id,
+                "batch_number": n,
+                "first_row": f,
+                "rows": r,
+                "first_sent_at": now,
+            }
+            for n, f, r in batches
+        ]
+        with self.engine.begin() as conn:
+            insert = dialect.insert(BATCHES).values(first_sent_at=now).on_conflict_do_nothing()
+            conn.execute(insert, values)
+            conn.execute(
+                update(OBJECTS)
+                .where(OBJECTS.c.id == object_id, OBJECTS.c.first_sent_at.is_(None))
+                .values(first_sent_at=now)
+            )
+
+    def record_acks(self, object_id: int, numbers: Iterable[int], now: datetime) -> int:
+        """Mark batches acknowledged and move the contiguous prefix; its new length."""
+        acked_now = sorted(set(numbers))
+        with self.engine.begin() as conn:
+            if acked_now:
+                conn.execute(
+                    update(BATCHES)
+                    .where(BATCHES.c.object_id == object_id)
+                    .where(BATCHES.c.batch_number.in_(acked_now), BATCHES.c.acked_at.is_(None))
+                    .values(acked_at=now)
+                )
+            acked = int(
+                conn.execute(
+                    select(OBJECTS.c.acked_batches).where(OBJECTS.c.id == object_id)
+                ).scalar_one()
+            )
+            later: Iterable[int] = conn.execute(
+                select(BATCHES.c.batch_number)
+                .where(BATCHES.c.object_id == object_id, BATCHES.c.batch_number >= acked)
+                .where(BATCHES.c.acked_at.is_not(None))
+                .order_by(BATCHES.c.batch_number)
+            ).scalars()
+            for number in map(int, later):
+                if number != acked:
+                    break
+                acked += 1
+            conn.execute(
+                update(OBJECTS).where(OBJECTS.c.id == object_id).values(acked_batches=acked)
+            )
+        return acked
+
+    def forget_unacked(self, object_id: int) -> int:
+        """An operator decided to send the unacknowledged batches again past the horizon:
+        their records go (the next send is their new first send); how many were dropped."""
+        with self.engine.begin() as conn:
+            acked = select(OBJECTS.c.acked_batches).where(OBJECTS.c.id == object_id)
+            result = conn.execute(
+                delete(BATCHES).where(
+                    and_(
+                        BATCHES.c.object_id == object_id,
+                        BATCHES.c.batch_number >= acked.scalar_subquery(),
+                    )
+                )
+            )
+        return int(result.rowcount or 0)
+
+    def batch_count(self, object_id: int) -> int:
+        with self.engine.connect() as conn:
+            query = select(func.count()).where(BATCHES.c.object_id == object_id)
+            return int(conn.execute(query).scalar_one())
+
+
+def row_was_sent(bitmap: bytearray, row_number: int) -> bool:
+    index = row_number >> 3
+    return index < len(bitmap) and bool(bitmap[index] & (1 << (row_number & 7)))
+
+
+def _batch(row: Row[Any]) -> SentBatch:
+    values = row._mapping
+    return SentBatch(
+        number=int(values["batch_number"]),
+        first_row=int(values["first_row"]),
+        rows=int(values["rows"]),
+        first_sent_at=_utc(values["first_sent_at"]),
+        acked_at=as_utc(values["acked_at"]),
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    moment = as_utc(value)
+    assert moment is not None
+    return moment
