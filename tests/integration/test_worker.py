@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,9 +18,17 @@ import service.inbox
 from sandbox.events import build_error_report_event, build_import_set_event
 from service.config import Settings
 from service.db import make_engine
-from service.models import Alert, ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
+from service.models import (
+    Alert,
+    ErrorReport,
+    ErrorSample,
+    ErrorTypeCount,
+    ImportSet,
+    InboxEvent,
+)
 from service.models._types import as_utc
 from service.models.inbox import InboxStatus
+from service.remediation_tasks import TaskKind, enqueue_task
 from service.worker import InboxWorker
 from tests.integration.intake_helpers import inbox_rows, load_event, post_raw, sign
 from tests.servers import serve_wsgi
@@ -209,6 +218,8 @@ def test_permanent_failure_dead_letters_then_replay(
     assert _rows(intake)[0].status == InboxStatus.PENDING
     assert intake.worker().drain().done == [event_id]
     assert intake.count(ErrorReport) == 1 and intake.count(Alert) == 1
+    with Session(intake.engine) as session:  # the success resolved the dead-letter alert
+        assert session.exec(select(Alert)).one().status == "resolved"
 
 
 def test_replay_unknown_event_fails_clearly(intake: Intake) -> None:
@@ -261,3 +272,68 @@ def test_backoff_schedule() -> None:
     later = [backoff_seconds(n, rng) for n in range(2, 30) for _ in range(20)]
     assert all(delay <= 900 for delay in later) and max(later) > 450
     assert backoff_seconds(3, rng) > 30  # it does grow
+
+
+def _alert(intake: Intake) -> Alert:
+    with Session(intake.engine) as session:
+        return session.exec(select(Alert)).one()
+
+
+def test_unusable_event_is_dead_lettered_at_once(intake: Intake) -> None:
+    event = load_event("snapshot_import_set_succeeded")
+    del event["data"]["object"]["id"]
+    event_id = intake.deliver(event)
+    report = intake.worker().drain()
+    reason = "unusable event: import set event: data.object has no id"
+    assert report.dead == [(event_id, reason)] and report.retrying == []
+    [row] = _rows(intake)
+    assert (row.status, row.attempts, row.last_error) == (InboxStatus.DEAD, 1, reason)
+    alert = _alert(intake)
+    assert (alert.alert_key, alert.message) == (f"inbox.dead:{event_id}", f"not retried: {reason}")
+    with Session(intake.engine) as session:  # an operator repairs the stored body, replays it
+        stored = session.exec(select(InboxEvent)).one()
+        event["data"]["object"]["id"] = "impset_repaired_1"
+        stored.body = json.dumps(event)
+        session.add(stored)
+        session.commit()
+    assert service.inbox.requeue(intake.engine, event_id)
+    assert intake.worker().drain().done == [event_id]
+    assert _alert(intake).status == "resolved"
+
+
+def test_a_stuck_item_is_failed_at_its_time_limit_and_retried(intake: Intake) -> None:
+    with intake.engine.begin() as connection:
+        enqueue_task(connection, TaskKind.POLLER_ROWS, "stuck")
+    release = threading.Event()
+
+    def stuck_task(_kind: TaskKind, _ref: str) -> str:
+        release.wait(20)
+        return "finished late"
+
+    settings = intake.settings.model_copy(update={"mfx_task_time_limit": 1})
+    worker = InboxWorker(intake.engine, settings, task_runner=stuck_task)
+    started = time.monotonic()
+    report = worker.drain()
+    assert time.monotonic() - started < 5
+    [(_, reason)] = report.retrying
+    assert reason.startswith("exceeded the 1 s time limit") and report.abandoned
+    [row] = _rows(intake)
+    assert (row.status, row.attempts, row.locked_by) == (InboxStatus.PENDING, 1, None)
+    assert row.last_error == reason and row.next_attempt_at is not None
+    release.set()  # the abandoned thread finishes: the row is no longer its to mark done
+    time.sleep(0.5)
+    assert _rows(intake)[0].status == InboxStatus.PENDING
+
+
+def test_an_item_that_keeps_killing_workers_is_dead_lettered(intake: Intake) -> None:
+    event_id = intake.deliver(build_error_report_event("mtr_p", ERRORS))
+    with Session(intake.engine) as session:  # max attempts claimed, each worker died on it
+        row = session.exec(select(InboxEvent)).one()
+        row.status, row.attempts = InboxStatus.PROCESSING, intake.settings.mfx_max_attempts
+        row.locked_by, row.locked_at = "dead:1:x", datetime.now(UTC) - timedelta(hours=1)
+        session.add(row)
+        session.commit()
+    report = intake.worker().drain()
+    assert [e for e, _ in report.dead] == [event_id] and intake.fetches(event_id) == 0
+    [row] = _rows(intake)
+    assert row.status == InboxStatus.DEAD and "stopped without finishing" in (row.last_error or "")
