@@ -1,0 +1,220 @@
+"""The dashboard over real HTTP (werkzeug on a loopback port), SQLite and PostgreSQL: login,
+the session cookie, CSRF on every POST, each page's content, and the buttons' admin actions."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from flask import Flask
+from sqlalchemy import Engine
+
+from service.config import Settings
+from service.db import make_engine
+from service.web.access import TOKEN_FILE, admin_token, login_banner
+from tests.integration import web_seed as seed
+from tests.servers import serve_wsgi
+
+TOKEN = "pages-token-abcdef"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@dataclass
+class Dashboard:
+    url: str
+    engine: Engine
+    browser: requests.Session
+
+    def page(self, path: str, status: int = 200) -> str:
+        response = self.browser.get(self.url + path, timeout=10, allow_redirects=False)
+        assert response.status_code == status, response.text[:500]
+        return response.text
+
+    def csrf(self, path: str = "/") -> str:
+        found = CSRF.search(self.page(path))
+        assert found is not None
+        return found.group(1)
+
+    def login(self) -> requests.Response:
+        csrf = CSRF.search(self.page("/login"))
+        assert csrf is not None
+        form = {"token": TOKEN, "csrf_token": csrf.group(1), "next": "/alerts"}
+        return self.browser.post(self.url + "/login", data=form, allow_redirects=False)
+
+
+@pytest.fixture
+def dashboard(
+    db_url: str, make_settings: Callable[..., Settings], make_app: Callable[[Settings], Flask]
+) -> Iterator[Dashboard]:
+    settings = make_settings(
+        database_url=db_url,
+        mfx_admin_token=TOKEN,
+        stripe_api_key="sk_test_x",
+        stripe_webhook_secrets="whsec_x",
+    )
+    engine = make_engine(db_url)
+    with serve_wsgi(make_app(settings)) as server, requests.Session() as browser:
+        yield Dashboard(server.url, engine, browser)
+    engine.dispose()
+
+
+def test_login_sets_a_signed_httponly_samesite_cookie(dashboard: Dashboard) -> None:
+    redirect = dashboard.browser.get(dashboard.url + "/quarantine?code=x", allow_redirects=False)
+    assert redirect.status_code == 302
+    assert redirect.headers["Location"] == "/login?next=/quarantine?code%3Dx"
+    assert 'data-testid="login-form"' in dashboard.page("/login")
+    wrong = dashboard.browser.post(
+        dashboard.url + "/login", data={"token": "nope", "csrf_token": dashboard.csrf("/login")}
+    )
+    assert wrong.status_code == 401 and "Wrong token" in wrong.text
+    response = dashboard.login()
+    assert response.status_code == 302 and response.headers["Location"] == "/alerts"
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert 'data-testid="nav"' in dashboard.page("/")
+    # the same session may call the API; its POSTs need the CSRF token
+    assert dashboard.browser.get(dashboard.url + "/api/alerts").json()["data"] == []
+
+
+def test_posts_without_csrf_token_are_refused(dashboard: Dashboard) -> None:
+    alert_id = seed.alert(dashboard.engine, "x")
+    seed.event(dashboard.engine, "evt_dead", status="dead")
+    dashboard.login()
+    for path in (f"/alerts/{alert_id}/acknowledge", "/events/evt_dead/replay", "/quarantine/rerun"):
+        assert dashboard.browser.post(dashboard.url + path, data={}).status_code == 403
+    api = dashboard.browser.post(dashboard.url + f"/api/alerts/{alert_id}/acknowledge")
+    assert api.status_code == 403 and "CSRF" in api.json()["error"]
+    login = dashboard.browser.post(dashboard.url + "/login", data={"token": TOKEN})
+    assert login.status_code == 403
+    assert (
+        dashboard.browser.get(dashboard.url + "/api/alerts").json()["data"][0]["status"] == "open"
+    )
+    headers = {"X-CSRF-Token": dashboard.csrf()}
+    done = dashboard.browser.post(
+        dashboard.url + f"/api/alerts/{alert_id}/acknowledge", headers=headers
+    )
+    assert done.status_code == 200 and done.json()["actions"][0]["via"] == "dashboard"
+
+
+def test_overview_shows_charts_alerts_dead_letters_and_health(dashboard: Dashboard) -> None:
+    seed.run(dashboard.engine, "import_set:i:f", created_at=seed.datetime.now(seed.UTC))
+    seed.alert(dashboard.engine, "open-one", subject="Whole file failed")
+    seed.event(dashboard.engine, "evt_dead", status="dead")
+    seed.heartbeat(dashboard.engine, "h:1:w", "worker", age_seconds=3)
+    dashboard.login()
+    for path in ("/", "/?by=hour"):
+        html = dashboard.page(path)
+        assert re.search(r'data-testid="chart-rows"><svg[^>]*pygal-chart', html)
+        assert re.search(r'data-testid="chart-codes"><svg', html)
+        assert "timestamp_in_future" in html and "no_meter" in html  # the codes chart
+        assert 'data-testid="open-alerts-count">1<' in html and "Whole file failed" in html
+        assert 'data-testid="dead-letters-count">1<' in html and "evt_dead" in html
+        assert re.search(r'data-testid="worker-heartbeat-age">\d s ago', html)
+        assert 'data-testid="poller-heartbeat-age">never' in html
+        assert "<script src" not in html and "kozea.github.io" not in html
+    assert "by must be one of hour|day" in dashboard.page("/?by=week", 400)
+
+
+def test_lineage_pages_follow_a_run_to_its_objects(dashboard: Dashboard) -> None:
+    key = "import_set:impset_9:file_9"
+    run_id = seed.run(dashboard.engine, key)
+    seed.import_set(dashboard.engine, "impset_9", key)
+    seed.output(dashboard.engine, run_id, "corrected", "corrected/impset_9/f.r1.csv")
+    seed.output(dashboard.engine, run_id, "quarantine", "quarantine/impset_9/f.r1.csv", rows=3)
+    seed.bucket_object(dashboard.engine, "corrected/impset_9/f.r1.csv")
+    dashboard.login()
+    runs = dashboard.page("/runs")
+    assert f'href="/runs/{run_id}" data-testid="run-link"' in runs and "import set impset_9" in runs
+    sets = dashboard.page("/runs?view=import_sets")
+    assert "impset_9" in sets and f'href="/runs/{run_id}"' in sets
+    assert 'data-testid="reports-table"' in dashboard.page("/runs?view=reports")
+    run = dashboard.page(f"/runs/{run_id}")
+    assert 'data-testid="count-corrected">5<' in run
+    assert "corrected/impset_9/f.r1.csv" in run and "quarantine/impset_9/f.r1.csv" in run
+    assert re.search(r'data-testid="reimport">\s*yes, <time datetime="2026-11-30T12:01', run)
+    assert f'href="/quarantine?run={run_id}"' in run
+    assert "no run with id 999" in dashboard.page("/runs/999", 404)
+
+
+def test_quarantine_page_filters_downloads_and_reruns(dashboard: Dashboard) -> None:
+    run_id = seed.run(dashboard.engine, "import_set:q:f")
+    seed.quarantined(
+        dashboard.engine,
+        run_id,
+        [
+            {"identifier": "keep-1", "code": "no_meter", "meter": "api", "customer": "cus_9"},
+            {"identifier": "other-2", "code": "archived_meter", "meter": "old", "customer": "c2"},
+        ],
+    )
+    dashboard.login()
+    html = dashboard.page("/quarantine?code=no_meter&customer=cus_9")
+    assert html.count('data-testid="quarantine-row"') == 1 and "keep-1" in html
+    assert "reason for keep-1" in html and "other-2" not in html
+    assert 'href="/api/quarantine.csv?code=no_meter&amp;customer=cus_9"' in html
+    csv_text = dashboard.browser.get(
+        dashboard.url + "/api/quarantine.csv?code=no_meter&customer=cus_9"
+    ).text
+    assert csv_text.count("\n") == 2 and "keep-1" in csv_text
+    assert "since must be an ISO-8601" in dashboard.page("/quarantine?since=soon", 400)
+    form = {"csrf_token": dashboard.csrf("/quarantine"), "code": "no_meter"}
+    posted = dashboard.browser.post(dashboard.url + "/quarantine/rerun", data=form)
+    assert posted.status_code == 200 and "Re-run of 1 rows queued" in posted.text
+    assert "rerun of 1 rows (code=no_meter) via dashboard from 127.0.0.1" in posted.text
+
+
+def test_events_page_replays_a_dead_letter(dashboard: Dashboard) -> None:
+    seed.event(dashboard.engine, "evt_ok")
+    seed.event(dashboard.engine, "evt_dead", status="dead")
+    dashboard.login()
+    dead = dashboard.page("/events?status=dead")
+    assert dead.count('data-testid="event-row"') == 1 and "StripeError: boom" in dead
+    form = {"csrf_token": dashboard.csrf("/events"), "back": "/events?status=pending"}
+    replayed = dashboard.browser.post(dashboard.url + "/events/evt_dead/replay", data=form)
+    assert replayed.url.endswith("/events?status=pending") and "evt_dead re-queued" in replayed.text
+    assert 'data-testid="event-status">pending<' in replayed.text
+    assert "replay via dashboard from 127.0.0.1" in replayed.text
+    assert "status must be one of" in dashboard.page("/events?status=zombie", 400)
+
+
+def test_alerts_page_acknowledges_and_resolves(dashboard: Dashboard) -> None:
+    alert_id = seed.alert(dashboard.engine, "a1", subject="Quarantine above threshold")
+    dashboard.login()
+    html = dashboard.page("/alerts?status=open")
+    assert 'data-testid="alert-row"' in html and 'data-testid="ack-button"' in html
+    form = {"csrf_token": dashboard.csrf("/alerts"), "back": "/alerts"}
+    acked = dashboard.browser.post(dashboard.url + f"/alerts/{alert_id}/acknowledge", data=form)
+    assert f"Alert {alert_id} acknowledged." in acked.text
+    assert 'data-testid="alert-status">acknowledged<' in acked.text
+    assert "acknowledge via dashboard from 127.0.0.1" in acked.text
+    resolved = dashboard.browser.post(dashboard.url + f"/alerts/{alert_id}/resolve", data=form)
+    assert 'data-testid="alert-status">resolved<' in resolved.text
+    again = dashboard.browser.post(dashboard.url + f"/alerts/{alert_id}/resolve", data=form)
+    assert "is resolved: cannot resolve" in again.text
+    assert dashboard.page("/alerts?status=open").count('data-testid="alert-row"') == 0
+
+
+def test_embedded_defaults_generate_keep_and_reuse_a_token(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    work = tmp_path / "work"
+    settings = make_settings(mfx_work_dir=str(work))
+    assert settings.embedded_sandbox
+    token = admin_token(settings)
+    path = work / TOKEN_FILE
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and len(token) >= 40
+    assert admin_token(make_settings(mfx_work_dir=str(work))) == token  # a restart reuses it
+    banner = login_banner(settings)
+    assert banner is not None and "http://127.0.0.1:4242/login" in banner and token in banner
+    client = make_app(settings).test_client()
+    assert client.get("/api/alerts", headers={"Authorization": f"Bearer {token}"}).is_json
+    assert client.get("/api/alerts", headers={"Authorization": "Bearer x"}).status_code == 401
+    configured = make_settings(mfx_work_dir=str(work), mfx_admin_token="mine")
+    assert admin_token(configured) == "mine" and login_banner(configured) is None
