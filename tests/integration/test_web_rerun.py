@@ -1,0 +1,123 @@
+"""Quarantined rows stored in full by a real run, then "re-run with current rules" end to end:
+the API queues a task, the worker runs it through the real wiring (sandbox meters, file://
+bucket), rows that now pass land in a new corrected object, the rest stay quarantined."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flask import Flask
+from sqlmodel import Session, col, select
+
+from remediation.repair import plan_input, read_repaired
+from remediation.rules import load_rules
+from service.adapters.bucket import open_bucket
+from service.config import Settings
+from service.db import make_engine
+from service.models import QuarantinedRow, RemediationRun
+from service.remediation_runs import RunContext, RunRequest, execute_run
+from service.wiring import TaskRunner
+from service.worker import InboxWorker
+from tests.conftest import SandboxServer
+
+TOKEN = "rerun-token"
+FAILED = (
+    "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+    "a1,{now},api_requests,acme-42,5,meter_event_customer_not_found\n"
+    "a2,1000000000,api_requests,cus_1,7,timestamp_too_far_in_past\n"
+    "a3,{ms},api_requests,cus_1,9,timestamp_in_future\n"
+)
+
+
+def test_rows_stored_in_full_then_rerun_with_current_rules(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    sandbox_server.admin.create_meter("api_requests")
+    now = int(time.time())
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[policy]\n")
+    settings = make_settings(
+        database_url=db_url,
+        mfx_rules=str(rules),
+        mfx_admin_token=TOKEN,
+        stripe_api_key=sandbox_server.api_key,
+        stripe_webhook_secrets=sandbox_server.webhook_secret,
+        stripe_api_base=sandbox_server.url,
+        stripe_files_base=sandbox_server.url,
+        stripe_meter_events_base=sandbox_server.url,
+    )
+    engine = make_engine(db_url)
+    first = _remediate(settings, engine, tmp_path, FAILED.format(now=now, ms=now * 1000))
+    assert (first.corrected, first.quarantined) == (1, 2)
+    with Session(engine) as session:
+        stored = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+    assert [(r.identifier, r.code, r.meter, r.customer) for r in stored] == [
+        ("a1", "meter_event_customer_not_found", "api_requests", "acme-42"),
+        ("a2", "timestamp_too_far_in_past", "api_requests", "cus_1"),
+    ]
+    assert stored[0].record["payload"] == {"stripe_customer_id": "acme-42", "value": "5"}
+    assert stored[0].record["timestamp"] == str(now) and stored[0].record["mfx_reason"]
+
+    rules.write_text('[customers]\n"acme-42" = "cus_acme"\n')  # the operator's fix
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    queued = client.post(f"/api/quarantine/rerun?run={first.id}", headers=bearer).get_json()
+    assert queued["queued"] and queued["rows"] == 2
+    report = InboxWorker(engine, settings, task_runner=TaskRunner(settings, engine)).drain()
+    assert report.done == [queued["task"]], report
+
+    with Session(engine) as session:
+        rerun = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
+        ).one()
+        old = session.exec(select(QuarantinedRow).where(QuarantinedRow.run_id == first.id)).all()
+    assert (rerun.input_rows, rerun.corrected, rerun.quarantined) == (2, 1, 1)
+    assert {row.rerun_id for row in old} == {rerun.id}
+    still = client.get("/api/quarantine", headers=bearer).get_json()["data"]
+    assert [(r["identifier"], r["code"], r["run_id"]) for r in still] == [
+        ("a2", "timestamp_too_far_in_past", rerun.id)
+    ]
+    taken = client.get(f"/api/quarantine?run={first.id}", headers=bearer).get_json()["data"]
+    assert {r["rerun_id"] for r in taken} == {rerun.id}
+    detail = client.get(f"/api/runs/{rerun.id}", headers=bearer).get_json()
+    assert detail["input"] == {"type": "quarantine_rerun", "action_id": str(queued["action_id"])}
+    assert detail["inputs"][0]["action"]["detail"]["rows"] == 2
+    [corrected] = [o for o in detail["outputs"] if o["kind"] == "corrected"]
+    text = (Path(settings.bucket_url[len("file://") :]) / corrected["key"]).read_text()
+    assert '"identifier":"a1-mfx1"' in text and "cus_acme" in text and "a2" not in text
+    again = InboxWorker(engine, settings, task_runner=TaskRunner(settings, engine))
+    assert again.drain().done == []  # the task ran once
+    engine.dispose()
+
+
+def _remediate(settings: Settings, engine: object, tmp_path: Path, content: str) -> RemediationRun:
+    """One run as the import-set job makes it (the same reader and execute_run)."""
+    path = tmp_path / "failed-records.csv"
+    path.write_text(content)
+    rules = load_rules(None)
+    runner = TaskRunner(settings, engine)  # type: ignore[arg-type]
+    ctx = RunContext(
+        engine=runner.engine,
+        settings=settings,
+        bucket=open_bucket(settings),
+        meters=list(runner.meters.meters()),
+        rules=rules,
+    )
+    plan = plan_input(path, rules)
+    request = RunRequest(
+        run_key="import_set:impset_q:file_q",
+        trigger="import_set.succeeded",
+        source="file_q",
+        tag="impset_q",
+        fmt=plan.fmt,
+        now=int(time.time()),
+        columns=plan.columns or None,
+    )
+    with path.open("rb") as stream:
+        return execute_run(ctx, request, read_repaired(stream, plan, rules))
