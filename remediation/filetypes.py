@@ -28,3 +28,28 @@ def detect_format(name: str) -> FileFormat:
         if lowered.endswith(ext):
             return fmt
     return FileFormat.CSV
+
+
+# Documents people keep next to usage files (rules, settings, notes): never read as rows.
+_NOT_USAGE = {
+    ".toml": "TOML",
+    ".yaml": "YAML",
+    ".yml": "YAML",
+    ".ini": "INI",
+    ".xml": "XML",
+    ".md": "Markdown",
+    ".html": "HTML",
+    ".xlsx": "Excel",
+    ".parquet": "Parquet",
+    ".gz": "compressed",
+    ".zip": "compressed",
+}
+
+
+def not_usage(name: str) -> str | None:
+    """Why a file name says it is no usage file (a TOML or YAML document...), or None."""
+    lowered = name.lower()
+    for ext, kind in _NOT_USAGE.items():
+        if lowered.endswith(ext):
+            return f"not a usage file: a {kind} file ({ext}); usage files are .csv, .json or .jsonl"
+    return None

@@ -1,17 +1,16 @@
-"""Streaming readers for usage files: CSV, JSON (array) and JSON Lines.
+"""Streaming readers for usage files: CSV here, JSON (array) and JSON Lines in `jsonreaders`.
 
-Memory stays constant: CSV and JSON Lines are read row by row, a JSON array is decoded one
-element at a time with `json.JSONDecoder.raw_decode` over 64 KiB chunks. Unknown columns and
-keys are kept in `UsageRecord.extra`; error columns are folded into `error_code`/`error_message`.
-CSV convention (assumed, Stripe does not say): an empty `payload_<key>` cell means the key is
-absent, and an empty identifier/timestamp/event_name cell means none was given.
+Memory stays constant: rows are read one at a time (a CSV field up to `limits.MAX_LINE_CHARS`).
+Unknown columns and keys are kept in `UsageRecord.extra`; error columns are folded into
+`error_code`/`error_message`. CSV convention (assumed, Stripe does not say): an empty
+`payload_<key>` cell means the key is absent, and an empty identifier/timestamp/event_name cell
+means none was given. An ambiguous header (a column named twice) fails the whole file: which
+column Stripe should bill is unknowable, so nothing is guessed.
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -21,22 +20,13 @@ from typing import BinaryIO
 
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
-from remediation.records import (
-    ERROR_FIELDS,
-    MFX_PREFIX,
-    PAYLOAD_PREFIX,
-    UsageRecord,
-    resolve_error,
-)
+from remediation.jsonreaders import json_records, release, text_stream
+from remediation.limits import DEFAULT_LIMITS, MAX_LINE_CHARS, FieldLimits
+from remediation.records import ERROR_FIELDS, PAYLOAD_PREFIX, UsageRecord, resolve_error
 
-CHUNK_CHARS = 64 * 1024
-MAX_JSON_ELEMENT_CHARS = 64 * 1024 * 1024
-CSV_FIELD_LIMIT = 256 * 1024 * 1024
+CSV_FIELD_LIMIT = MAX_LINE_CHARS
 
-
-def text_stream(stream: BinaryIO) -> io.TextIOWrapper:
-    """UTF-8 text over a binary stream; a leading BOM is dropped."""
-    return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+__all__ = ["CSV_FIELD_LIMIT", "CsvLayout", "CsvRecords", "read_records", "release", "text_stream"]
 
 
 def read_records(
@@ -45,6 +35,7 @@ def read_records(
     *,
     delimiter: str = ",",
     header: Sequence[str] | None = None,
+    limits: FieldLimits = DEFAULT_LIMITS,
 ) -> Iterator[UsageRecord]:
     """Yield records one at a time; raise UnreadableFile on whole-file problems.
 
@@ -52,20 +43,7 @@ def read_records(
     """
     if fmt is FileFormat.CSV:
         return CsvRecords(stream, delimiter, header)
-    return _json_records(stream, fmt)
-
-
-def _json_records(stream: BinaryIO, fmt: FileFormat) -> Iterator[UsageRecord]:
-    text = text_stream(stream)
-    try:
-        if fmt is FileFormat.JSON:
-            yield from (_record_from_obj(n, obj) for n, obj in _json_array_items(text))
-        else:
-            yield from _jsonl_records(text)
-    except UnicodeDecodeError as exc:
-        raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
-    finally:
-        text.detach()
+    return json_records(stream, fmt, limits.max_json_depth)
 
 
 # --- CSV ---------------------------------------------------------------------------------
@@ -88,6 +66,7 @@ class CsvLayout:
     def from_header(cls, header: Sequence[str]) -> CsvLayout:
         names = tuple(name.strip() for name in header)
         lowered = [name.lower() for name in names]
+        _refuse_duplicates(names, lowered)
         core = {
             k: (lowered.index(k) if k in lowered else None)
             for k in ("identifier", "timestamp", "event_name")
@@ -137,7 +116,7 @@ class CsvLayout:
         width = len(self.header)
         malformed = None
         if len(row) != width:
-            malformed = f"row has {len(row)} fields, header has {width}"
+            malformed = f"row has {len(row)} fields, header has {width}" + _line_breaks(row)
             row = [*row[:width], *([""] * (width - len(row)))]
         rec = UsageRecord(
             number,
@@ -153,12 +132,40 @@ class CsvLayout:
         return rec
 
 
+def _refuse_duplicates(names: Sequence[str], lowered: Sequence[str]) -> None:
+    """A column named twice (`payload_value` twice): which one Stripe should bill is unknowable,
+    so the whole file fails with the reason. Core and error names are case-insensitive."""
+    seen: dict[str, int] = {}
+    for at, (name, low) in enumerate(zip(names, lowered, strict=True), 1):
+        key = low if low in _CASELESS or not low.startswith(PAYLOAD_PREFIX) else name
+        if key in seen and name:
+            raise UnreadableFile(
+                f"ambiguous header: column {name!r} appears twice (columns {seen[key]} and {at}); "
+                "nothing guessed"
+            )
+        seen.setdefault(key, at)
+
+
+_CASELESS = frozenset({"identifier", "timestamp", "event_name", *ERROR_FIELDS})
+
+
 def _error_columns(layout: CsvLayout) -> tuple[int, int | None] | None:
     """(code index, message index) when the file has the common error_code/error_message pair."""
     names = dict((name, i) for i, name in layout.errors)
     if "error_code" in names and set(names) <= {"error_code", "error_message"}:
         return names["error_code"], names.get("error_message")
     return None
+
+
+def _line_breaks(row: Sequence[str]) -> str:
+    """What a ragged row says when a quote left open has read the next lines into it."""
+    breaks = sum(cell.count("\n") for cell in row)
+    if not breaks:
+        return ""
+    return (
+        f"; a quoted field holds {breaks} line break(s): a quote left open swallowed the "
+        "lines after it"
+    )
 
 
 def _cell(row: Sequence[str], index: int | None) -> str | None:
@@ -225,147 +232,14 @@ class CsvRecords(Iterator[UsageRecord]):
         except UnicodeDecodeError as exc:
             raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
         except csv.Error as exc:
-            raise UnreadableFile(f"broken CSV: {exc}") from exc
+            raise UnreadableFile(csv_error(exc)) from exc
         finally:
-            text.detach()
+            release(text)
 
 
-# --- JSON / JSON Lines -------------------------------------------------------------------
-
-
-def _record_from_obj(number: int, obj: object) -> UsageRecord:
-    if not isinstance(obj, dict):
-        return UsageRecord(
-            number,
-            None,
-            None,
-            None,
-            {},
-            {"element": obj},
-            malformed=f"element is a JSON {type(obj).__name__}, not an object",
+def csv_error(exc: csv.Error) -> str:
+    if "field larger than field limit" in str(exc):
+        return (
+            f"broken CSV: a field is longer than {CSV_FIELD_LIMIT} characters (a quote left open?)"
         )
-    payload = obj.get("payload")
-    malformed = None
-    if payload is None:
-        payload = {}
-    elif not isinstance(payload, dict):
-        malformed, payload = "payload is not an object", {}
-    code, message = resolve_error({k: obj[k] for k in ERROR_FIELDS if k in obj})
-    extra = {
-        k: v
-        for k, v in obj.items()
-        if k not in _JSON_KNOWN and k not in ERROR_FIELDS and not k.startswith(MFX_PREFIX)
-    }
-    identifier, event_name = obj.get("identifier"), obj.get("event_name")
-    return UsageRecord(
-        number,
-        None if identifier is None or identifier == "" else str(identifier),
-        obj.get("timestamp"),
-        None if event_name is None or event_name == "" else str(event_name),
-        dict(payload),
-        extra,
-        code,
-        message,
-        malformed,
-    )
-
-
-_JSON_KNOWN = frozenset({"identifier", "timestamp", "event_name", "payload"})
-
-
-def _jsonl_records(text: io.TextIOWrapper) -> Iterator[UsageRecord]:
-    number = 0
-    for line in text:
-        stripped = line.strip()
-        if not stripped:
-            continue
-        number += 1
-        try:
-            obj = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            yield UsageRecord(
-                number,
-                None,
-                None,
-                None,
-                {},
-                {"raw": stripped},
-                malformed=f"line is not JSON: {exc.msg}",
-            )
-            continue
-        yield _record_from_obj(number, obj)
-
-
-def _json_array_items(text: io.TextIOWrapper) -> Iterator[tuple[int, object]]:
-    """Decode `[elem, elem, ...]` one element at a time."""
-    return _JsonArrayStream(text).items()
-
-
-class _JsonArrayStream:
-    """A window over the text: `buf[pos:]` is what has not been consumed yet."""
-
-    def __init__(self, text: io.TextIOWrapper) -> None:
-        self.text, self.buf, self.pos = text, "", 0
-        self.decoder = json.JSONDecoder()
-
-    def fill(self) -> bool:
-        chunk = self.text.read(CHUNK_CHARS)
-        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
-        return bool(chunk)
-
-    def peek(self) -> str:
-        """Next non-blank character ("" at end of input)."""
-        while True:
-            buf, pos = self.buf, self.pos
-            while pos < len(buf) and buf[pos] in " \t\r\n":
-                pos += 1
-            self.pos = pos
-            if pos < len(buf):
-                return buf[pos]
-            if not self.fill():
-                return ""
-
-    def items(self) -> Iterator[tuple[int, object]]:
-        first = self.peek()
-        if first == "":
-            return
-        if first != "[":
-            raise UnreadableFile("JSON file is not an array (expected '[')")
-        self.pos += 1
-        number, expect_value = 0, True
-        while True:
-            char = self.peek()
-            if char == "":
-                raise UnreadableFile("JSON array is not closed (file truncated?)")
-            if char == "]" and (expect_value is False or number == 0):
-                self.pos += 1
-                self.expect_end()
-                return
-            if char == ",":
-                if expect_value:
-                    raise UnreadableFile(f"JSON array: missing item after item {number}")
-                self.pos, expect_value = self.pos + 1, True
-                continue
-            if not expect_value:
-                raise UnreadableFile(f"JSON array: expected ',' after item {number}")
-            number += 1
-            expect_value = False
-            yield number, self.decode(number)
-
-    def decode(self, number: int) -> object:
-        while True:
-            try:
-                value, end = self.decoder.raw_decode(self.buf, self.pos)
-            except json.JSONDecodeError as exc:
-                too_big = len(self.buf) - self.pos > MAX_JSON_ELEMENT_CHARS
-                if too_big or not self.fill():
-                    raise UnreadableFile(f"invalid JSON in item {number}: {exc.msg}") from exc
-                continue
-            if end == len(self.buf) and self.fill():
-                continue  # a bare number may go on in the next chunk: decode again
-            self.pos = end
-            return value
-
-    def expect_end(self) -> None:
-        if self.peek() != "":
-            raise UnreadableFile("unexpected data after the JSON array")
+    return f"broken CSV: {exc}"

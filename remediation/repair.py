@@ -2,8 +2,9 @@
 
 `plan_input` looks at the first KB of a file and returns how to read it despite a BOM, `;` or
 tab delimiters, a JSON array named `.jsonl` (or the reverse), and header aliases; or raises
-UnreadableFile with the reason (an empty file is dropped, not repaired). Oversized inputs are
-split by the output planner (1,000,000 records / 1 GB per file).
+UnreadableFile with the reason (an empty file is dropped, not repaired; a file that is not
+usage at all, such as a TOML or YAML document, is refused rather than read as rows). Oversized
+inputs are split by the output planner (1,000,000 records / 1 GB per file).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from remediation.errors import UnreadableFile
-from remediation.filetypes import FileFormat, detect_format
+from remediation.filetypes import FileFormat, detect_format, not_usage
 from remediation.readers import CsvLayout, read_records
 from remediation.records import UsageRecord
 from remediation.rules import Rules
@@ -53,8 +54,13 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
     text = head.decode("utf-8-sig", errors="ignore").lstrip()
     if not text:
         raise UnreadableFile("empty file: nothing to import (dropped)")
+    refused = not_usage(path.name)
+    if refused:
+        raise UnreadableFile(refused)
     named = detect_format(path.name)
     fmt, repairs = _actual_format(named, text)
+    if fmt is FileFormat.JSONL and text[0] != "{":
+        raise UnreadableFile("not a usage file: JSON Lines must start with an object ('{')")
     if fmt is not FileFormat.CSV:
         return InputPlan(fmt, repairs=repairs)
     delimiter = _sniff_delimiter(text)
@@ -65,9 +71,24 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
     if header != [c.strip() for c in first_line]:
         repairs += ("header aliases renamed",)
     layout = CsvLayout.from_header(header)
+    if not _names_usage(layout):
+        raise UnreadableFile(
+            f"not a usage file: its first line {_first(text)!r} names none of identifier, "
+            "timestamp, event_name, payload_* or an error column"
+        )
     if layout.event_name is None and rules.policy.default_event_name:
         repairs += (f"event_name filled with {rules.policy.default_event_name!r}",)
     return InputPlan(fmt, delimiter, tuple(header), tuple(layout.columns()), repairs)
+
+
+def _names_usage(layout: CsvLayout) -> bool:
+    core = (layout.identifier, layout.timestamp, layout.event_name)
+    return any(i is not None for i in core) or bool(layout.payload or layout.errors)
+
+
+def _first(text: str) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= 60 else line[:60] + "…"
 
 
 def _actual_format(named: FileFormat, text: str) -> tuple[FileFormat, tuple[str, ...]]:
@@ -87,7 +108,13 @@ def _sniff_delimiter(text: str) -> str:
 
 def read_repaired(stream: BinaryIO, plan: InputPlan, rules: Rules) -> Iterator[UsageRecord]:
     """Records of a file read as `plan` says, with the missing event_name filled in."""
-    records = read_records(stream, plan.fmt, delimiter=plan.delimiter, header=plan.header or None)
+    records = read_records(
+        stream,
+        plan.fmt,
+        delimiter=plan.delimiter,
+        header=plan.header or None,
+        limits=rules.policy.limits,
+    )
     default = rules.policy.default_event_name
     if not default:
         return records

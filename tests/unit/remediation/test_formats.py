@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remediation import readers
+from remediation import jsonreaders
 from remediation.errors import UnreadableFile
 from remediation.formats import FileFormat, RecordWriter, detect_format, read_records
 from remediation.records import UsageRecord
@@ -112,7 +112,7 @@ def test_header_only_and_empty_files_have_no_records() -> None:
 
 
 def test_json_array_streams_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(readers, "CHUNK_CHARS", 3)
+    monkeypatch.setattr(jsonreaders, "CHUNK_CHARS", 3)
     data = json.dumps(
         [
             {

@@ -1,0 +1,281 @@
+"""Streaming readers for JSON (an array) and JSON Lines usage files.
+
+A JSON array is decoded one element at a time with `json.JSONDecoder.raw_decode` over 64 KiB
+chunks; JSON Lines line by line. A line or an element is read up to `limits.MAX_LINE_CHARS`;
+its nesting is measured on the text before it is parsed (JSON Lines) or on the element's text
+(an array, whose extent is known only once decoded; the decoder's own recursion guard stops a
+pathological one early, which fails the file). A key named twice in one object is a malformed
+row: which value Stripe should get is unknowable, so nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from remediation.errors import UnreadableFile
+from remediation.filetypes import FileFormat
+from remediation.limits import MAX_LINE_CHARS, json_depth_over
+from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord, resolve_error
+
+CHUNK_CHARS = 64 * 1024
+MAX_JSON_ELEMENT_CHARS = MAX_LINE_CHARS
+RAW_KEPT = 1024  # characters of an unreadable line kept in its quarantined row
+
+
+def text_stream(stream: BinaryIO) -> io.TextIOWrapper:
+    """UTF-8 text over a binary stream; a leading BOM is dropped."""
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+
+
+def json_records(stream: BinaryIO, fmt: FileFormat, depth: int) -> Iterator[UsageRecord]:
+    text = text_stream(stream)
+    try:
+        if fmt is FileFormat.JSON:
+            items = _JsonArrayStream(text, depth).items()
+            yield from (_record_from_obj(n, obj) for n, obj in items)
+        else:
+            yield from _jsonl_records(text, depth)
+    except UnicodeDecodeError as exc:
+        raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
+    finally:
+        release(text)
+
+
+def release(text: io.TextIOWrapper) -> None:
+    """Hand the binary stream back to its owner, unless the owner closed it already (a reader
+    abandoned by an exception is finalized late; it must not raise a second error then)."""
+    try:
+        if not text.buffer.closed:
+            text.detach()
+    except ValueError:
+        pass  # already detached
+
+
+def _record_from_obj(number: int, obj: object) -> UsageRecord:
+    if isinstance(obj, _Refused):
+        return _unreadable(number, obj.raw, obj.reason)
+    if not isinstance(obj, dict):
+        return UsageRecord(
+            number,
+            None,
+            None,
+            None,
+            {},
+            {"element": obj},
+            malformed=f"element is a JSON {type(obj).__name__}, not an object",
+        )
+    payload = obj.get("payload")
+    malformed = None
+    if payload is None:
+        payload = {}
+    elif not isinstance(payload, dict):
+        malformed, payload = "payload is not an object", {}
+    code, message = resolve_error({k: obj[k] for k in ERROR_FIELDS if k in obj})
+    extra = {
+        k: v
+        for k, v in obj.items()
+        if k not in _JSON_KNOWN and k not in ERROR_FIELDS and not k.startswith(MFX_PREFIX)
+    }
+    identifier, event_name = obj.get("identifier"), obj.get("event_name")
+    return UsageRecord(
+        number,
+        None if identifier is None or identifier == "" else str(identifier),
+        obj.get("timestamp"),
+        None if event_name is None or event_name == "" else str(event_name),
+        dict(payload),
+        extra,
+        code,
+        message,
+        malformed,
+    )
+
+
+_JSON_KNOWN = frozenset({"identifier", "timestamp", "event_name", "payload"})
+
+
+def _jsonl_records(text: io.TextIOWrapper, depth: int) -> Iterator[UsageRecord]:
+    number = 0
+    for line, length in _bounded_lines(text):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        number += 1
+        if length > MAX_LINE_CHARS:
+            too_long = f"line is {length} characters long; at most {MAX_LINE_CHARS} are read"
+            yield _unreadable(number, stripped[:RAW_KEPT], too_long)
+            continue
+        obj, refused = _parse(stripped, depth)
+        if refused is not None:
+            yield _unreadable(number, stripped, f"line {refused}")
+            continue
+        yield _record_from_obj(number, obj)
+
+
+def _unreadable(number: int, raw: str, reason: str) -> UsageRecord:
+    return UsageRecord(number, None, None, None, {}, {"raw": raw}, malformed=reason)
+
+
+def _bounded_lines(text: io.TextIOWrapper) -> Iterator[tuple[str, int]]:
+    """(line, its length): a line past MAX_LINE_CHARS is skipped in chunks and only its start
+    is kept, so one huge line never sits in memory whole."""
+    while line := text.readline(MAX_LINE_CHARS + 1):
+        if len(line) <= MAX_LINE_CHARS or line[-1] == "\n":
+            yield line, len(line)
+            continue
+        length, rest = len(line), line
+        while rest and rest[-1] != "\n":
+            rest = text.readline(CHUNK_CHARS)
+            length += len(rest)
+        yield line[:RAW_KEPT], length
+
+
+def _parse(text: str, depth: int) -> tuple[object, str | None]:
+    """(the JSON value, None), or (None, why it is refused): nesting is measured before the
+    text is parsed; a key named twice in one object is ambiguous."""
+    if json_depth_over(text, depth):
+        return None, f"is nested deeper than {depth} levels"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"is not JSON: {exc.msg}"
+    except RecursionError:
+        return None, f"is nested deeper than {depth} levels"
+    except ValueError:  # int() refuses a number of more than 4300 digits
+        return None, "holds a number too long to read (thousands of digits)"
+    duplicate = _duplicate_key(text, 0, len(text), obj)
+    if duplicate is not None:
+        return None, f"names key {duplicate!r} twice in one object; nothing guessed"
+    return obj, None
+
+
+def _duplicate_key(text: str, start: int, end: int, obj: object) -> str | None:
+    """A key named twice in one object of `text[start:end]` (json keeps the last), or None.
+
+    Cheap first: every key is followed by its own colon, after a quote and maybe blanks. So
+    when the colons (or failing that, the colons after a quote) are no more than the keys the
+    decoded value has (top level and one level down), no key was named twice. Otherwise the
+    text is decoded again, watching the pairs of every object."""
+    keys = 0
+    if isinstance(obj, dict):
+        keys = len(obj) + sum(len(v) for v in obj.values() if isinstance(v, dict))
+    if text.count(":", start, end) <= keys or len(_KEY_COLON.findall(text, start, end)) <= keys:
+        return None
+    found: list[str] = []
+    json.loads(text[start:end], object_pairs_hook=lambda pairs: _pairs(pairs, found))
+    return found[0] if found else None
+
+
+_KEY_COLON = re.compile(r'"[ \t\r\n]*:')
+
+
+def _pairs(pairs: list[tuple[str, object]], found: list[str]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs) and not found:
+        seen: set[str] = set()
+        found.extend(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A JSON array element that was read but is not a usable value (and why)."""
+
+    raw: str
+    reason: str
+
+
+class _JsonArrayStream:
+    """A window over the text: `buf[pos:]` is what has not been consumed yet."""
+
+    def __init__(self, text: io.TextIOWrapper, depth: int) -> None:
+        self.text, self.buf, self.pos, self.depth = text, "", 0, depth
+        self.decoder = json.JSONDecoder()
+
+    def fill(self) -> bool:
+        chunk = self.text.read(CHUNK_CHARS)
+        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+        return bool(chunk)
+
+    def peek(self) -> str:
+        """Next non-blank character ("" at end of input)."""
+        while True:
+            buf, pos = self.buf, self.pos
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            self.pos = pos
+            if pos < len(buf):
+                return buf[pos]
+            if not self.fill():
+                return ""
+
+    def items(self) -> Iterator[tuple[int, object]]:
+        first = self.peek()
+        if first == "":
+            return
+        if first != "[":
+            raise UnreadableFile("JSON file is not an array (expected '[')")
+        self.pos += 1
+        number, expect_value = 0, True
+        while True:
+            char = self.peek()
+            if char == "":
+                raise UnreadableFile("JSON array is not closed (file truncated?)")
+            if char == "]" and (expect_value is False or number == 0):
+                self.pos += 1
+                self.expect_end()
+                return
+            if char == ",":
+                if expect_value:
+                    raise UnreadableFile(f"JSON array: missing item after item {number}")
+                self.pos, expect_value = self.pos + 1, True
+                continue
+            if not expect_value:
+                raise UnreadableFile(f"JSON array: expected ',' after item {number}")
+            number += 1
+            expect_value = False
+            yield number, self.decode(number)
+
+    def decode(self, number: int) -> object:
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                if len(self.buf) - self.pos > MAX_JSON_ELEMENT_CHARS:
+                    raise UnreadableFile(
+                        f"item {number} is longer than {MAX_JSON_ELEMENT_CHARS} characters"
+                    ) from exc
+                if not self.fill():
+                    raise UnreadableFile(f"invalid JSON in item {number}: {exc.msg}") from exc
+                continue
+            except RecursionError as exc:  # the decoder's own guard, far past `depth`
+                raise UnreadableFile(
+                    f"item {number} is nested deeper than {self.depth} levels"
+                ) from exc
+            except ValueError as exc:
+                raise UnreadableFile(f"item {number} holds a number too long to read") from exc
+            if end == len(self.buf) and self.fill():
+                continue  # a bare number may go on in the next chunk: decode again
+            start, self.pos = self.pos, end
+            return self.checked(value, start, end)
+
+    def checked(self, value: object, start: int, end: int) -> object:
+        """`value`, or `_Refused` when its text nests too deep or names a key twice."""
+        buf = self.buf
+        brackets = buf.count("[", start, end) + buf.count("{", start, end)
+        if brackets > self.depth and json_depth_over(buf[start:end], self.depth):
+            reason = f"element is nested deeper than {self.depth} levels"
+            return _Refused(buf[start : min(end, start + RAW_KEPT)], reason)
+        duplicate = _duplicate_key(buf, start, end, value)
+        if duplicate is not None:
+            reason = f"element names key {duplicate!r} twice in one object; nothing guessed"
+            return _Refused(buf[start : min(end, start + RAW_KEPT)], reason)
+        return value
+
+    def expect_end(self) -> None:
+        if self.peek() != "":
+            raise UnreadableFile("unexpected data after the JSON array")
