@@ -1,0 +1,161 @@
+"""Nothing billed twice, on every path that writes corrected objects, judged by what the sandbox
+(playing Stripe) accepted: every row is billed at most once, under one identifier.
+
+- `meterfix remediate FILE --upload` on a usage file Stripe already imported in part;
+- failed-records files (`import_set.succeeded`) whose rows carry customers' own identifiers
+  that merely look like generations (`inv-r7`, `order-r099`);
+- a corrected row that fails again with the same code (quarantined, never corrected again);
+- the bundled poller's refused rows and an error report re-reading a partly billed object.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlmodel import select
+
+from service.config import Settings
+from service.models import CorrectionAudit, QuarantinedRow
+from service.poller import build_poller_deps, run_poll_pass
+from service.runtime import Runtime
+from tests.integration.test_e2e import BUCKET, RULES, Loop, _put, messy_rows, render, running_loop
+
+METERFIX = str(Path(sys.executable).with_name("meterfix"))
+HEADER = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
+
+
+@pytest.fixture
+def loop(
+    db_url: str, s3_endpoint: str, tmp_path: Path, make_app: Callable[[Settings], Flask]
+) -> Iterator[Loop]:
+    with running_loop(db_url, s3_endpoint, tmp_path, make_app) as running:
+        yield running
+
+
+def originals_billed(loop: Loop) -> Counter[str]:
+    """How often each original row was billed (derived identifiers count for their original)."""
+    with loop.session() as session:
+        audit = {a.new_identifier: a.identifier for a in session.exec(select(CorrectionAudit))}
+    counts: Counter[str] = Counter()
+    for identifier in loop.accepted():
+        while audit.get(identifier):
+            identifier = str(audit[identifier])
+        counts[identifier.split("-mfx", 1)[0]] += 1
+    return counts
+
+
+def usage_csv(rows: list[list[object]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HEADER)
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def cli_upload(loop: Loop, file: Path, tmp_path: Path) -> dict[str, object]:
+    settings = loop.settings
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "BUCKET_URL": settings.bucket_url,
+        "S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
+        "STRIPE_API_KEY": str(settings.stripe_api_key),
+        "STRIPE_API_BASE": str(settings.stripe_api_base),
+        "MFX_RULES": str(settings.mfx_rules),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+    }
+    args = ["remediate", str(file), "--out", str(tmp_path / "out"), "--upload", "--json"]
+    proc = subprocess.run(
+        [METERFIX, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary: dict[str, object] = json.loads(proc.stdout)
+    return summary
+
+
+def test_cli_upload_of_a_usage_file_stripe_imported_in_part(loop: Loop, tmp_path: Path) -> None:
+    body = render(messy_rows(int(time.time())), "csv")
+    _put(loop, "2026-11-25.csv", body)
+    loop.sandbox.connector_poll()  # Stripe imports it: e1 and e8 are billed, the rest fail
+    assert sorted(loop.accepted()) == ["e1", "e8"]
+    local = tmp_path / "2026-11-25.csv"
+    local.write_bytes(body)  # the operator fixes the file by hand with the CLI
+    summary = cli_upload(loop, local, tmp_path)
+    # e1, e8 (billed) and e6 (its customer only fails at Stripe) pass our validation
+    assert (summary["valid"], summary["corrected"], summary["quarantined"]) == (3, 3, 2)
+    loop.sandbox.connector_poll()  # Stripe imports the corrected file
+    accepted = sorted(loop.accepted())
+    assert accepted == ["e1", "e2-mfx1", "e3-mfx1", "e4-mfx1", "e8"]
+    assert max(originals_billed(loop).values()) == 1
+
+
+def test_customers_identifiers_are_corrected_and_billed_once(loop: Loop) -> None:
+    now = int(time.time())
+    names = ["inv-r7", "x-r1000", "plain-r1", "order-r099", "order-r100", "order-r1", "order-r01"]
+    rows = [[name, (now - 60) * 1000, "api_requests", "cus_alice", "5"] for name in names]
+    rows.append(["ok", now - 60, "api_requests", "cus_alice", "5"])
+    _put(loop, "ids.csv", usage_csv(rows))
+    loop.sandbox.connector_poll()  # every millisecond row fails: timestamp_in_future
+    loop.drain()
+    loop.sandbox.connector_poll()  # the corrected file
+    with loop.session() as session:
+        assert session.exec(select(QuarantinedRow)).all() == []
+    assert sorted(loop.accepted()) == sorted(["ok", *(f"{name}-mfx1" for name in names)])
+    assert max(originals_billed(loop).values()) == 1
+
+
+def test_a_row_failing_again_with_the_same_code_is_quarantined(loop: Loop) -> None:
+    Path(loop.settings.mfx_rules).write_text(RULES + '"ghost-1" = "cus_ghost"\n')  # no such
+    now = int(time.time())
+    rows = [["g1", now - 60, "api_requests", "ghost-1", "5"], ["ok", now - 60, "api_requests"]]
+    rows[1] += ["cus_alice", "5"]
+    _put(loop, "ghost.csv", usage_csv(rows))
+    for _ in range(3):  # import, remediate, import the corrected file, remediate ...
+        loop.sandbox.connector_poll()
+        loop.drain()
+    with loop.session() as session:
+        quarantined = session.exec(select(QuarantinedRow)).all()
+    assert [(q.identifier, q.code) for q in quarantined] == [
+        ("g1-mfx1", "meter_event_customer_not_found")
+    ]
+    assert "failed again" in quarantined[0].reason and "generation 1" in quarantined[0].reason
+    assert loop.accepted() == ["ok"]
+    corrected = [k for k in loop.objects() if k.startswith("usage/corrected/")]
+    assert not [k for k in corrected if ".r2." in k]  # no second generation was written
+
+
+def test_poller_and_error_report_resend_only_rejected_rows(loop: Loop) -> None:
+    now = int(time.time())
+    rows = [[f"b{n}", now - 60 - n, "api_requests", "cus_alice", str(n + 1)] for n in range(30)]
+    rows += [
+        ["ms", (now - 60) * 1000, "api_requests", "cus_alice", "5"],  # the poller refuses it
+        ["mapped", now - 60, "api_requests", "acme-42", "5"],  # Stripe reports it
+    ]
+    _put(loop, "partly.csv", usage_csv(rows))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        for _ in range(3):
+            run_poll_pass(deps)
+            loop.sandbox_app.extensions["sandbox"].flush_reports()
+            loop.drain()
+    finally:
+        runtime.close()
+    accepted = sorted(loop.accepted())
+    assert accepted == sorted([*(f"b{n}" for n in range(30)), "ms-mfx1", "mapped-mfx1"])
+    assert max(originals_billed(loop).values()) == 1
+    corrected = [k for k in loop.objects() if k.startswith("usage/corrected/")]
+    bodies = b"".join(loop.s3.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in corrected)
+    assert b"b1" not in bodies  # no billed row in any corrected object
