@@ -231,6 +231,8 @@ def _settle(
             sent += future.result()
             if on_sent is not None:
                 on_sent(index)
+        elif not isinstance(error, Exception):
+            raise error  # KeyboardInterrupt, SystemExit: stop at once
         elif failure is None:
             failure = _as_send_error(error)
     return sent, failure

@@ -1,4 +1,5 @@
-"""`meterfix poll [--once]`: the bundled poller (index mode when MFX_POLLER=index)."""
+"""`meterfix poll [--once] [--retry KEY [--yes]]`: the bundled poller (index mode when
+MFX_POLLER=index)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,29 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.commands._signals import stop_on_signals
+from service.models import ObjectStatus
 from service.poller import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
 from service.poller_job import poll_forever
+from service.poller_retry import describe, find_retry, reopen
 
 
 @click.command("poll")
 @click.option("--once", is_flag=True, help="one pass, then exit (0 even if some files failed)")
+@click.option(
+    "--retry",
+    "retry_key",
+    metavar="KEY",
+    help="import this bucket object again now (given up or backing off); says first what it "
+    "re-sends; resolves its alert on success",
+)
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="with --retry: re-send batches first sent more than 23 h ago (Stripe may no longer "
+    "dedupe them)",
+)
 @with_appcontext
-def poll_command(once: bool) -> None:
+def poll_command(once: bool, retry_key: str | None, yes: bool) -> None:
     """Import new usage files from the bucket into Stripe (or only index them)."""
     from service.app import runtime  # service.app imports this module: import at call time
 
@@ -33,6 +49,9 @@ def poll_command(once: bool) -> None:
         raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
     except Exception as exc:  # bad BUCKET_URL and the like: one clear line
         raise click.ClickException(f"cannot poll: {exc}") from exc
+    if retry_key is not None:
+        _retry(deps, retry_key, confirmed=yes)
+        return
     if once:
         _echo(_one_pass(deps))
         return
@@ -49,6 +68,27 @@ def _one_pass(deps: PollerDeps) -> PassReport:
             raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
         except Exception as exc:  # the bucket cannot be listed: the pass could not run
             raise click.ClickException(f"poll failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _retry(deps: PollerDeps, key: str, *, confirmed: bool) -> None:
+    """Say what a retry re-sends, ask for --yes past the 23 h horizon, then one pass over
+    that object only; non-zero when it did not import."""
+    plan = find_retry(deps.engine, key, deps.bucket.prefix, deps.clock())
+    if plan is None:
+        raise click.ClickException(f"the poller has no record of {key}")
+    if plan.status not in (ObjectStatus.SEEN, ObjectStatus.FAILED):
+        click.echo(f"{plan.obj.key} is {plan.status}: nothing to retry")
+        return
+    for line in describe(plan):
+        click.echo(line)
+    if plan.needs_yes and not confirmed:
+        raise click.ClickException("nothing sent: pass --yes to re-send those batches")
+    reopen(deps.engine, plan, confirmed=confirmed)
+    deps.only = {(plan.obj.key, plan.obj.etag)}
+    report = _one_pass(deps)
+    _echo(report)
+    if not report.ran or report.imported + report.indexed == 0:
+        raise click.ClickException(f"{plan.obj.key} was not imported; see above")
 
 
 @contextmanager
@@ -79,6 +119,8 @@ def _echo(report: PassReport) -> None:
         f"{report.mode}: {files} files, {report.rows} rows, {report.sent} sent, "
         f"{report.failed_rows} failed rows, {report.failed_files} unreadable, "
         f"{report.retry_files} to retry, {report.skipped} skipped, {report.deferred} deferred"
+        + (f", {report.gave_up} given up" if report.gave_up else "")
+        + (f", {report.waiting} backing off" if report.waiting else "")
     )
     for error in report.errors:
         click.echo(f"failed: {error}")
