@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from remediation.errors import BadMeters
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,13 +26,19 @@ class Meter:
 
     @classmethod
     def from_stripe(cls, obj: Mapping[str, Any]) -> Meter:
-        """Build from a `billing.meter` object (as returned by GET /v1/billing/meters)."""
-        customer = obj.get("customer_mapping") or {}
-        value = obj.get("value_settings") or {}
+        """Build from a `billing.meter` object (as returned by GET /v1/billing/meters);
+        raise BadMeters when a part it needs has the wrong shape."""
+        event_name = obj.get("event_name")
+        if not isinstance(event_name, str) or not event_name:
+            raise BadMeters(f"meter {obj.get('id')!r} has no event_name string")
+        customer = _object(obj, "customer_mapping")
+        value = _object(obj, "value_settings")
         dims = obj.get("dimension_payload_keys") or ()
+        if not isinstance(dims, list | tuple):
+            raise BadMeters(f"meter {obj.get('id')!r}: dimension_payload_keys is not a list")
         return cls(
             id=str(obj.get("id", "")),
-            event_name=str(obj["event_name"]),
+            event_name=event_name,
             status=str(obj.get("status", "active")),
             customer_key=str(customer.get("event_payload_key") or "stripe_customer_id"),
             value_key=str(value.get("event_payload_key") or "value"),
@@ -39,20 +47,32 @@ class Meter:
         )
 
 
+def _object(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = obj.get(key) or {}
+    if not isinstance(value, Mapping):
+        kind = type(value).__name__
+        raise BadMeters(f"meter {obj.get('id')!r}: {key} is a {kind}, not an object")
+    return value
+
+
 def parse_meters(document: Any) -> list[Meter]:
-    """Accept what GET /v1/billing/meters returns ({"data": [...]}) or a plain list."""
-    items: Iterable[Any]
+    """Accept what GET /v1/billing/meters returns ({"data": [...]}) or a plain list; raise
+    BadMeters with the reason for anything else."""
+    items = document
     if isinstance(document, Mapping):
         if "data" not in document:
-            raise ValueError("meters document must be a list or an object with 'data'")
+            raise BadMeters("meters document must be a list or an object with 'data'")
         items = document["data"]
-    elif isinstance(document, list):
-        items = document
-    else:
-        raise ValueError("meters document must be a list or an object with 'data'")
+        if not isinstance(items, list):
+            kind = "null" if items is None else type(items).__name__
+            raise BadMeters(f"meters document: 'data' is {kind}, not a list of meters")
+    elif not isinstance(document, list):
+        raise BadMeters("meters document must be a list or an object with 'data'")
     meters = []
     for index, item in enumerate(items):
-        if not isinstance(item, Mapping) or "event_name" not in item:
-            raise ValueError(f"meter #{index} has no event_name")
+        if not isinstance(item, Mapping):
+            raise BadMeters(f"meter #{index} is a {type(item).__name__}, not an object")
+        if "event_name" not in item:
+            raise BadMeters(f"meter #{index} has no event_name")
         meters.append(Meter.from_stripe(item))
     return meters

@@ -1,14 +1,16 @@
 """`meterfix validate FILE` and `meterfix remediate FILE --out DIR`.
 
 Exit codes: validate exits 1 when any row is invalid; remediate exits 0 when it ran (rows in
-quarantine included). Bad input (missing file, undecodable bytes, malformed rules or meters)
-exits non-zero with one line on stderr and no traceback.
+quarantine included). Bad input (missing file, undecodable bytes, a file that is not usage,
+malformed rules or meters, an output directory that cannot be written, no meters at all)
+exits non-zero with one line on stderr naming what is wrong, and no traceback.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,20 +35,29 @@ def _load_meters_from_stripe(settings: Settings) -> list[Meter]:
     """Every meter (active and inactive) from Stripe, or the sandbox when none is configured."""
     from service.adapters.stripe_client import build_stripe_client
 
-    client = build_stripe_client(settings)
+    retries = 0 if settings.embedded_sandbox else 2  # no key: one quick try of the sandbox
+    client = build_stripe_client(settings, max_network_retries=retries)
     listing = client.v1.billing.meters.list({"limit": 100})
     return [Meter.from_stripe(meter.to_dict()) for meter in listing.auto_paging_iter()]
 
 
 def _load_meters(path: str | None) -> list[Meter]:
     if path is None:
+        settings = Settings()
         try:
-            return _load_meters_from_stripe(Settings())
+            return _load_meters_from_stripe(settings)
         except Exception as exc:  # one clear line: the Stripe call failed
+            if settings.embedded_sandbox:
+                raise click.ClickException(
+                    "no meters: pass --meters or set STRIPE_API_KEY (no key is set and the "
+                    f"bundled sandbox at {settings.stripe_api_base} does not answer)"
+                ) from exc
             raise click.ClickException(f"cannot list meters from Stripe: {exc}") from exc
     try:
         return parse_meters(json.loads(Path(path).read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise click.ClickException(f"cannot read meters {path}: {exc.strerror or exc}") from exc
+    except (ValueError, MeterfixError) as exc:  # not JSON, or not meters
         raise click.ClickException(f"cannot read meters {path}: {exc}") from exc
 
 
@@ -98,8 +109,22 @@ def _run(
             )
     except MeterfixError as exc:
         raise click.ClickException(f"{file}: {exc.reason}") from exc
+    except OSError as exc:  # named by the path it concerns: the input, or an output
+        raise click.ClickException(f"{exc.filename or file}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # file edge: one line, never a traceback
+        raise click.ClickException(
+            f"{file}: cannot remediate: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _writable(out: Path) -> None:
+    """DIR exists (created if needed) and takes files, or one line naming it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
     except OSError as exc:
-        raise click.ClickException(f"{file}: {exc.strerror or exc}") from exc
+        raise click.ClickException(f"--out {out}: {exc.strerror or exc}") from exc
 
 
 class _progress:
@@ -211,6 +236,7 @@ def remediate_command(
 ) -> None:
     """Write corrected and quarantine files for FILE into DIR (exit 0 when it ran)."""
     _exists(file)
+    _writable(out)
     rules = _load_rules(rules_path)
     result = _run(file, out, _load_meters(meters_path), rules, _now(now_text), identifiers)
     summary = dict(result.summary)
