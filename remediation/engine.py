@@ -65,7 +65,7 @@ def remediate(
     source of a whole-file failure, rows the poller refused), so its valid rows are re-sent
     too. Otherwise only rows carrying an error code or failing our validation are.
     `lineage`: which identifiers of the input we wrote (see `identifiers`)."""
-    index = MeterIndex(meters, value_precision=rules.value_precision)
+    index = MeterIndex(meters, value_precision=rules.value_precision, limits=rules.policy.limits)
     ctx = Context(index, rules, now, customers)
     keep = identifiers == "keep"
     run = RowDecider(source, ctx, generation, keep, lineage or Lineage(), rejected)

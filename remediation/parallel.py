@@ -155,7 +155,10 @@ def _merge(parts: list[Part], sinks: Sinks, tally: Tally) -> None:
 def remediate_range(job: Job) -> Part:
     """In a worker process: the fast path over one byte range, into `job.out_dir`."""
     spec = job.spec
-    index = MeterIndex(spec.meters, value_precision=spec.rules.value_precision)
+    rules = spec.rules
+    index = MeterIndex(
+        spec.meters, value_precision=rules.value_precision, limits=rules.policy.limits
+    )
     ctx = Context(index, spec.rules, spec.now)
     decider = RowDecider(
         spec.source, ctx, spec.generation, spec.keep_ids, spec.lineage, spec.rejected
