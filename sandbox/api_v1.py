@@ -14,7 +14,7 @@ from sandbox.intake import submit
 from sandbox.objects import JSON, list_object, search_result
 from sandbox.runtime import current_sandbox
 from sandbox.state import StoredFile
-from sandbox.validation import MeterEventInput
+from sandbox.validation import MeterEventInput, check_lengths, v1_timestamp
 
 bp = Blueprint("sandbox_v1", __name__)
 
@@ -146,22 +146,15 @@ def create_meter_event() -> Response:
     }
     if not payload:
         raise missing_param("payload")
-    event = MeterEventInput(
-        event_name=event_name,
-        payload=payload,
-        identifier=form.get("identifier") or str(uuid.uuid4()),
-        timestamp=form.get("timestamp"),
-    )
+    identifier = form.get("identifier") or str(uuid.uuid4())
+    check_lengths(event_name, identifier)
+    event = MeterEventInput(event_name, payload, identifier, v1_timestamp(form.get("timestamp")))
     submit(current_sandbox().state, event, source="v1.meter_events")
     return jsonify(_meter_event_object(event))
 
 
 def _meter_event_object(event: MeterEventInput) -> JSON:
     created = int(now())
-    try:
-        timestamp = int(str(event.timestamp)) if event.timestamp else created
-    except ValueError:
-        timestamp = created
     return {
         "object": "billing.meter_event",
         "created": created,
@@ -169,5 +162,5 @@ def _meter_event_object(event: MeterEventInput) -> JSON:
         "identifier": event.identifier,
         "livemode": False,
         "payload": event.payload,
-        "timestamp": timestamp,
+        "timestamp": created if event.timestamp is None else event.timestamp,
     }

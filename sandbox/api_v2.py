@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
-
 from flask import Blueprint, Response, jsonify, request
 
 from sandbox.clock import new_id, now, rfc3339
@@ -12,7 +9,7 @@ from sandbox.errors import StripeApiError, not_found
 from sandbox.intake import submit
 from sandbox.objects import JSON
 from sandbox.runtime import current_sandbox
-from sandbox.validation import MeterEventInput
+from sandbox.validation import stream_event
 
 bp = Blueprint("sandbox_v2", __name__)
 
@@ -69,22 +66,8 @@ def create_meter_event_stream() -> Response:
     if len(events) > MAX_STREAM_EVENTS:
         message = f"At most {MAX_STREAM_EVENTS} events can be sent per request."
         raise StripeApiError(400, message, "parameter_invalid", "events")
-    parsed = [_stream_event(index, item) for index, item in enumerate(events)]
+    parsed = [stream_event(index, item) for index, item in enumerate(events)]
     state = current_sandbox().state
     for event in parsed:
         submit(state, event, source="v2.meter_event_stream")
     return jsonify({})
-
-
-def _stream_event(index: int, item: Any) -> MeterEventInput:
-    if not isinstance(item, dict) or not item.get("event_name"):
-        raise StripeApiError(400, f"events[{index}].event_name is required.", "parameter_missing")
-    payload = item.get("payload")
-    if not isinstance(payload, dict):
-        raise StripeApiError(400, f"events[{index}].payload is required.", "parameter_missing")
-    return MeterEventInput(
-        event_name=str(item["event_name"]),
-        payload={str(k): str(v) for k, v in payload.items()},
-        identifier=str(item.get("identifier") or uuid.uuid4()),
-        timestamp=item.get("timestamp"),
-    )

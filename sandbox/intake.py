@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from sandbox.clock import now
 from sandbox.state import PendingError, SandboxState
-from sandbox.validation import MeterEventInput, Rejection, coerce_timestamp, validate
+from sandbox.validation import MeterEventInput, Rejection, validate
 
 DEDUPE_WINDOW_SECONDS = 24 * 3600
 
@@ -25,7 +25,7 @@ def submit(
     received_at = now()
     with state.lock:
         if _is_duplicate(state, event.identifier, received_at):
-            state.duplicates.append(_record(event, source, received_at, None))
+            state.duplicates.append(_record(event, source, received_at))
             return Outcome.DUPLICATE, None
         rejection = validate(state, event, received_at)
         if rejection is not None:
@@ -33,7 +33,7 @@ def submit(
                 queue_rejection(state, event, rejection)
             return Outcome.REJECTED, rejection
         state.identifiers[event.identifier] = received_at
-        state.meter_events.append(_record(event, source, received_at, received_at))
+        state.meter_events.append(_record(event, source, received_at))
     return Outcome.ACCEPTED, None
 
 
@@ -55,18 +55,12 @@ def queue_rejection(state: SandboxState, event: MeterEventInput, rejection: Reje
         state.pending_errors.append(pending)
 
 
-def _record(
-    event: MeterEventInput, source: str, received_at: float, default_ts: float | None
-) -> dict[str, object]:
-    try:
-        timestamp: object = coerce_timestamp(event.timestamp, default_ts or received_at)
-    except (ValueError, OverflowError):
-        timestamp = event.timestamp
+def _record(event: MeterEventInput, source: str, received_at: float) -> dict[str, object]:
     return {
         "event_name": event.event_name,
         "identifier": event.identifier,
         "payload": dict(event.payload),
-        "timestamp": timestamp,
+        "timestamp": event.timestamp if event.timestamp is not None else int(received_at),
         "received_at": received_at,
         "source": source,
     }

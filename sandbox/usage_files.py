@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sandbox.validation import MeterEventInput
+from sandbox.validation import MeterEventInput, parse_unix_seconds
 
 BASE_COLUMNS = ("identifier", "timestamp", "event_name")
 PAYLOAD_PREFIX = "payload_"
@@ -33,7 +33,8 @@ class WholeFileFailure(Exception):
 
 @dataclass(frozen=True)
 class UsageRow:
-    """One record: its flat columns as written (for the failed-records file) and the event."""
+    """One record: its flat columns as written (for the failed-records file and the format
+    checks) and the event built from them."""
 
     columns: dict[str, str]
     event: MeterEventInput
@@ -87,8 +88,17 @@ def _event_from_columns(flat: dict[str, str]) -> MeterEventInput:
         event_name=flat.get("event_name", "").strip(),
         payload=payload,
         identifier=flat.get("identifier", "").strip() or str(uuid.uuid4()),
-        timestamp=flat.get("timestamp", "").strip() or None,
+        timestamp=_timestamp(flat.get("timestamp", "")),
     )
+
+
+def _timestamp(text: str) -> int | None:
+    """Integer unix seconds, or None (absent: the import time; not an integer: the connector
+    rejects the row before it becomes a meter event, see `connector.format_error`)."""
+    try:
+        return parse_unix_seconds(text)
+    except ValueError:
+        return None
 
 
 def _load_json(text: str) -> list[Any]:

@@ -14,6 +14,7 @@ import pytest
 import requests
 import stripe
 from botocore.config import Config
+from stripe.events import V1BillingMeterErrorReportTriggeredEventNotification
 
 from tests.conftest import SandboxServer
 from tests.integration.test_sandbox_delivery import Receiver, receiver
@@ -77,15 +78,15 @@ def test_import_with_errors_writes_failed_records(
     assert import_set["status"] == "succeeded_with_errors"
     assert import_set["source_object"] == "2026/usage.csv"
     result = import_set["result"]
-    assert (result["rows_processed"], result["successes"]["row_count"]) == (4, 1)
-    assert result["errors"]["row_count"] == 3
+    # r3 (milliseconds) is well formed: it became a meter event that Stripe rejects later
+    assert (result["rows_processed"], result["successes"]["row_count"]) == (4, 2)
+    assert result["errors"]["row_count"] == 2
     rows = list(csv.DictReader(io.StringIO(_contents(sandbox_server, result["errors"]["file"]))))
     assert [(r["identifier"], r["error_code"]) for r in rows] == [
         ("r2", "meter_event_no_customer_defined"),
-        ("r3", "timestamp_in_future"),
         ("r4", "meter_event_invalid_value"),
     ]
-    assert rows[2]["payload_value"] == "abc" and rows[0]["error_message"]
+    assert rows[1]["payload_value"] == "abc" and rows[0]["error_message"]
     assert [e["identifier"] for e in sandbox_server.admin.meter_events()] == ["r1"]
     assert _contents(sandbox_server, import_set["file"]).encode() == GOOD_AND_BAD
 
@@ -93,6 +94,15 @@ def test_import_with_errors_writes_failed_records(
     delivered = stripe.Webhook.construct_event(raw, header, sandbox_server.webhook_secret)
     assert delivered.id == event["id"]
     assert sandbox_server.admin.connector_poll() == []  # never re-imported
+
+    assert len(sandbox_server.admin.flush()) == 1  # the data problem arrives as a thin event
+    client = sandbox_server.stripe_client()
+    raw, header = receiver.received[1]
+    note = client.parse_event_notification(raw, header, sandbox_server.webhook_secret)
+    assert isinstance(note, V1BillingMeterErrorReportTriggeredEventNotification)
+    (error_type,) = note.fetch_event().data.reason.error_types
+    assert error_type.code == "timestamp_in_future"
+    assert [s.request.identifier for s in error_type.sample_errors] == ["r3"]
 
 
 def test_good_failed_and_ignored_objects(sandbox_server: SandboxServer, bucket: Put) -> None:

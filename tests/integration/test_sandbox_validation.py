@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+import stripe
 from stripe.events import (
     V1BillingMeterErrorReportTriggeredEventNotification,
     V1BillingMeterNoMeterFoundEventNotification,
@@ -130,3 +132,104 @@ def test_strict_customers_option(sandbox_server: SandboxServer) -> None:
     )
     (event,) = sandbox_server.admin.flush()
     assert event["data"]["reason"]["error_types"][0]["code"] == "meter_event_customer_not_found"
+
+
+STRICT_CASES = [
+    pytest.param({"timestamp": 1796032800}, "events[1].timestamp", id="unix-number-timestamp"),
+    pytest.param({"timestamp": "1796032800"}, "events[1].timestamp", id="unix-text-timestamp"),
+    pytest.param({"timestamp": "yesterday"}, "events[1].timestamp", id="free-text-timestamp"),
+    pytest.param({"timestamp": "2026-11-30"}, "events[1].timestamp", id="date-only-timestamp"),
+    pytest.param(
+        {"payload": {"stripe_customer_id": "cus_1", "value": 5}},
+        "events[1].payload.value",
+        id="number-payload-value",
+    ),
+    pytest.param(
+        {"payload": {"stripe_customer_id": None, "value": "5"}},
+        "events[1].payload.stripe_customer_id",
+        id="null-payload-value",
+    ),
+    pytest.param({"identifier": "i" * 101}, "events[1].identifier", id="identifier-101-chars"),
+    pytest.param({"event_name": "e" * 101}, "events[1].event_name", id="event-name-101-chars"),
+    pytest.param({"dimensions": {"region": "eu"}}, "events[1].dimensions", id="unknown-field"),
+]
+
+
+@pytest.mark.parametrize(("change", "param"), STRICT_CASES)
+def test_stream_refuses_what_stripe_refuses(
+    sandbox_server: SandboxServer, change: dict[str, Any], param: str
+) -> None:
+    sandbox_server.admin.create_meter("api_requests")
+    good = {
+        "event_name": "api_requests",
+        "identifier": "good-1",
+        "payload": {"stripe_customer_id": "cus_1", "value": "5"},
+    }
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        _send(sandbox_server, [good, {**good, "identifier": "bad-1", **change}])
+    error = refused.value
+    assert error.http_status == 400
+    assert isinstance(error.json_body, dict)
+    assert error.json_body["error"]["type"] == "invalid_request_error"
+    assert error.param == param and param in str(error.user_message)
+    # the whole request is refused: nothing kept, nothing reported later
+    assert sandbox_server.admin.meter_events() == []
+    assert sandbox_server.admin.flush() == []
+
+
+def test_stream_accepts_rfc3339_at_the_limits(sandbox_server: SandboxServer) -> None:
+    sandbox_server.admin.create_meter("e" * 100)
+    moment = time.strftime("%Y-%m-%dT%H:%M:%S.250+00:00", time.gmtime(time.time() - 60))
+    event = {
+        "event_name": "e" * 100,
+        "identifier": "i" * 100,
+        "timestamp": moment,
+        "payload": {"stripe_customer_id": "cus_1", "value": "5"},
+    }
+    _send(sandbox_server, [event])
+    (accepted,) = sandbox_server.admin.meter_events()
+    assert accepted["identifier"] == "i" * 100
+    assert accepted["timestamp"] == int(time.time() - 60)
+
+
+def test_v1_meter_event_parameters_are_checked(sandbox_server: SandboxServer) -> None:
+    sandbox_server.admin.create_meter("api_requests")
+    client = sandbox_server.stripe_client()
+    payload = {"stripe_customer_id": "cus_1", "value": "1"}
+    bad: list[dict[str, Any]] = [
+        {"timestamp": "2026-11-30T10:00:00Z"},
+        {"identifier": "i" * 101},
+        {"event_name": "e" * 101},
+    ]
+    for change in bad:
+        params: Any = {"event_name": "api_requests", "payload": payload, **change}
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            client.v1.billing.meter_events.create(params)
+        assert refused.value.http_status == 400
+    assert refused.value.code is None or refused.value.code != "invalid_timestamp"
+    created = client.v1.billing.meter_events.create(
+        {"event_name": "api_requests", "payload": payload, "timestamp": int(time.time())}
+    )
+    assert isinstance(created.timestamp, int)
+    assert len(sandbox_server.admin.meter_events()) == 1
+
+
+def test_bad_timestamps_never_produce_an_undocumented_code(sandbox_server: SandboxServer) -> None:
+    sandbox_server.admin.create_meter("api_requests")
+    client = sandbox_server.stripe_client()
+    payload = {"stripe_customer_id": "cus_1", "value": "1"}
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.billing.meter_events.create(
+            {"event_name": "api_requests", "payload": payload, "timestamp": "soon"}  # type: ignore[typeddict-item]
+        )
+    assert refused.value.code == "parameter_invalid_integer"
+    with pytest.raises(stripe.InvalidRequestError):
+        _send(
+            sandbox_server,
+            [{"event_name": "api_requests", "payload": payload, "timestamp": "soon"}],
+        )
+    far = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 40 * 86400))
+    _send(sandbox_server, [{"event_name": "api_requests", "payload": payload, "timestamp": far}])
+    (report,) = sandbox_server.admin.flush()
+    codes = [t["code"] for t in report["data"]["reason"]["error_types"]]
+    assert codes == ["timestamp_too_far_in_past"]

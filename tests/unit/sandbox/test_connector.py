@@ -1,10 +1,12 @@
-"""The connector's split of rejected rows: format problems in the failed-records file, data
-problems reported asynchronously (option `connector_data_errors`)."""
+"""The connector's split of rejected rows, as Stripe's S3 guide routes them: format problems
+(a mandatory field without a value, a field of the wrong type) in the failed-records file,
+data problems (values Stripe's validation rejects) reported asynchronously as thin events."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 
 import pytest
@@ -18,14 +20,32 @@ NOW = int(time.time())
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
 ROWS = [
     f"ok,{NOW},api,cus_1,5",
-    f"ms,{NOW * 1000},api,cus_1,5",  # format: timestamp_in_future
+    f"ms,{NOW * 1000},api,cus_1,5",  # data: timestamp_in_future
+    f"old,{NOW - 40 * 86400},api,cus_1,5",  # data: timestamp_too_far_in_past
     f"txt,{NOW},api,cus_1,abc",  # format: meter_event_invalid_value
     f"nomv,{NOW},Api,cus_1,5",  # data: no_meter
     f"arch,{NOW},old,cus_1,5",  # data: archived_meter
-    f"nocust,{NOW},api,,5",  # data: meter_event_no_customer_defined
+    f"nocust,{NOW},api,,5",  # format: meter_event_no_customer_defined
+    f"noname,{NOW},,cus_1,5",  # format: event_name without a value
+    f"novalue,{NOW},api,cus_1,",  # format: meter_event_value_not_found
+    "iso,2026-11-30T10:00:00Z,api,cus_1,5",  # format: not integer seconds (no code)
     f"ghost,{NOW},api,cus_ghost,5",  # data: meter_event_customer_not_found
     f",{NOW},Api,cus_1,5",  # data, no identifier: the connector generates one
 ]
+FORMAT = {
+    "txt": "meter_event_invalid_value",
+    "nocust": "meter_event_no_customer_defined",
+    "noname": "no_meter",
+    "novalue": "meter_event_value_not_found",
+    "iso": "",
+}
+DATA = {
+    "ms": "timestamp_in_future",
+    "old": "timestamp_too_far_in_past",
+    "nomv": "no_meter",
+    "arch": "archived_meter",
+    "ghost": "meter_event_customer_not_found",
+}
 CONTENT = (HEADER + "\n".join(ROWS) + "\n").encode()
 
 
@@ -47,27 +67,20 @@ def _failed_codes(state: SandboxState, import_set: dict[str, object]) -> dict[st
     return {r["identifier"]: r["error_code"] for r in csv.DictReader(io.StringIO(content))}
 
 
-def test_default_is_file_every_rejection_in_the_failed_records_file() -> None:
+def test_default_follows_stripe_format_in_the_file_data_reported() -> None:
     state = _state()
-    assert data_errors(state) == DataErrors.FILE
-    import_set = import_object(state, "u.csv", CONTENT)
-    codes = _failed_codes(state, import_set)
-    assert len(codes) == 7 and codes["nomv"] == "no_meter" and codes["arch"] == "archived_meter"
-    assert state.pending_errors == []
-
-
-def test_report_mode_splits_format_from_data_problems() -> None:
-    state = _state("report")
+    assert data_errors(state) == DataErrors.REPORT
     import_set = import_object(state, "u.csv", CONTENT)
     assert import_set["status"] == "succeeded_with_errors"
-    assert _failed_codes(state, import_set) == {
-        "ms": "timestamp_in_future",
-        "txt": "meter_event_invalid_value",
-    }
+    assert _failed_codes(state, import_set) == FORMAT
+    assert import_set["result"]["errors"]["row_count"] == len(FORMAT)
     pending = {p.identifier: p.code for p in state.pending_errors}
-    generated = [i for i in pending if i not in {"nomv", "arch", "nocust", "ghost"}]
-    assert len(pending) == 5 and len(generated) == 1 and generated[0]
+    generated = [i for i in pending if i not in DATA]
+    assert {i: c for i, c in pending.items() if i in DATA} == DATA
+    assert len(generated) == 1 and generated[0] and pending[generated[0]] == "no_meter"
     assert [e["identifier"] for e in state.meter_events] == ["ok"]
+    # rows that became meter events count as created; only the file's rows as failed
+    assert import_set["result"]["successes"]["row_count"] == 1 + len(DATA) + 1
     events = build_reports(state)
     sampled = {
         s["request"]["identifier"]
@@ -80,6 +93,48 @@ def test_report_mode_splits_format_from_data_problems() -> None:
         "v1.billing.meter.error_report_triggered",
         "v1.billing.meter.no_meter_found",
     }
+
+
+def test_file_mode_puts_data_problems_in_the_file_too() -> None:
+    state = _state("file")
+    import_set = import_object(state, "u.csv", CONTENT)
+    codes = _failed_codes(state, import_set)
+    assert len(codes) == len(ROWS) - 1
+    assert {i: codes[i] for i in FORMAT} == FORMAT and {i: codes[i] for i in DATA} == DATA
+    assert state.pending_errors == []
+
+
+def test_format_checks_use_the_meters_own_keys() -> None:
+    state = _state()
+    meter = build_meter(
+        {
+            "event_name": "tokens",
+            "value_settings": {"event_payload_key": "tokens"},
+            "customer_mapping": {"event_payload_key": "account", "type": "by_id"},
+        }
+    )
+    state.meters[meter["id"]] = meter
+    content = (
+        "identifier,timestamp,event_name,payload_account,payload_tokens,payload_value\n"
+        f"t1,{NOW},tokens,cus_1,4,\n"
+        f"t2,{NOW},tokens,cus_1,,4\n"
+    ).encode()
+    import_set = import_object(state, "t.csv", content)
+    assert _failed_codes(state, import_set) == {"t2": "meter_event_value_not_found"}
+    assert [e["identifier"] for e in state.meter_events] == ["t1"]
+
+
+def test_json_number_timestamps_and_values_are_format_checked() -> None:
+    state = _state()
+    records = [
+        {"identifier": "n1", "timestamp": NOW, "event_name": "api",
+         "payload": {"stripe_customer_id": "cus_1", "value": 200}},
+        {"identifier": "n2", "timestamp": NOW + 0.5, "event_name": "api",
+         "payload": {"stripe_customer_id": "cus_1", "value": 2}},
+    ]  # fmt: skip
+    import_set = import_object(state, "n.json", json.dumps(records).encode())
+    assert _failed_codes(state, import_set) == {"n2": ""}
+    assert [e["identifier"] for e in state.meter_events] == ["n1"]
 
 
 def test_report_mode_file_free_of_data_errors_has_no_failed_records() -> None:
@@ -108,6 +163,6 @@ def test_unknown_mode_is_refused() -> None:
 
 
 def test_option_survives_reset() -> None:
-    state = _state("report")
+    state = _state("file")
     state.reset()
-    assert data_errors(state) == DataErrors.REPORT
+    assert data_errors(state) == DataErrors.FILE

@@ -21,7 +21,7 @@ def test_csv_rows_become_events_with_flat_columns() -> None:
     assert parsed.columns[:3] == ["identifier", "timestamp", "event_name"]
     first, second = parsed.rows
     assert first.event.payload == {"stripe_customer_id": "cus_1", "value": "5"}
-    assert (first.event.identifier, first.event.timestamp) == ("a", "1700000000")
+    assert (first.event.identifier, first.event.timestamp) == ("a", 1700000000)
     assert second.event.payload == {"value": "7"}
     assert second.event.identifier  # generated when absent
     assert second.columns["identifier"] == ""

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from sandbox.clock import rfc3339
+from sandbox.errors import StripeApiError
 from sandbox.intake import Outcome, submit
 from sandbox.objects import build_customer, build_meter
 from sandbox.state import SandboxOptions, SandboxState
-from sandbox.validation import ErrorCode, MeterEventInput, validate
+from sandbox.validation import ErrorCode, MeterEventInput, parse_rfc3339, stream_event, validate
 
 NOW = time.time()
 GOOD = {"stripe_customer_id": "cus_1", "value": "3"}
@@ -27,7 +27,7 @@ def _state(*, customers: bool = False, strict: bool = False) -> SandboxState:
 
 
 def _event(
-    name: str = "api", payload: dict[str, str] | None = None, ts: object = None
+    name: str = "api", payload: dict[str, str] | None = None, ts: int | None = None
 ) -> MeterEventInput:
     return MeterEventInput(name, dict(GOOD if payload is None else payload), "id-1", ts)
 
@@ -52,7 +52,6 @@ def _code(state: SandboxState, event: MeterEventInput) -> ErrorCode | None:
         (_event(ts=int(NOW) - 36 * 86400), ErrorCode.TOO_FAR_IN_PAST),
         (_event(ts=int(NOW) + 600), ErrorCode.IN_FUTURE),
         (_event(ts=int(NOW) * 1000), ErrorCode.IN_FUTURE),
-        (_event(ts="yesterday"), ErrorCode.INVALID_TIMESTAMP),
     ],
 )
 def test_invalid_events_get_their_code(event: MeterEventInput, code: ErrorCode) -> None:
@@ -66,7 +65,7 @@ def test_invalid_events_get_their_code(event: MeterEventInput, code: ErrorCode) 
         _event(payload={"stripe_customer_id": "cus_1", "value": "-2.5"}),
         _event(ts=int(NOW) - 34 * 86400),
         _event(ts=int(NOW) + 240),
-        _event(ts=rfc3339(NOW - 60)),
+        _event(ts=int(NOW) - 60),
     ],
 )
 def test_valid_events_pass(event: MeterEventInput) -> None:
@@ -120,3 +119,70 @@ def test_rejected_events_queue_for_the_report_and_keep_their_identifier_free() -
     assert outcome == Outcome.REJECTED and rejection is not None
     assert [p.identifier for p in state.pending_errors] == ["id-1"]
     assert submit(state, _event(), source="t")[0] == Outcome.ACCEPTED
+
+
+def test_stripe_documents_every_code_the_sandbox_reports() -> None:
+    documented = {
+        "meter_event_customer_not_found",
+        "meter_event_no_customer_defined",
+        "archived_meter",
+        "timestamp_too_far_in_past",
+        "timestamp_in_future",
+        "meter_event_value_not_found",
+        "meter_event_invalid_value",
+        "no_meter",
+    }
+    assert {code.value for code in ErrorCode} <= documented
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("2026-11-30T10:00:00Z", 1796032800),
+        ("2026-11-30T10:00:00.123Z", 1796032800),
+        ("2026-11-30T11:00:00+01:00", 1796032800),
+        ("2026-11-30t10:00:00z", 1796032800),
+    ],
+)
+def test_rfc3339_date_times_parse(text: str, seconds: int) -> None:
+    assert parse_rfc3339(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1796032800", "2026-11-30", "2026-11-30T10:00:00", "2026-11-30 10:00:00Z", "yesterday", ""],
+)
+def test_anything_but_rfc3339_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rfc3339(text)
+
+
+@pytest.mark.parametrize(
+    ("item", "param"),
+    [
+        ({"event_name": "api", "payload": GOOD, "timestamp": 1796032800}, "events[0].timestamp"),
+        ({"event_name": "api", "payload": GOOD, "timestamp": "1796032800"}, "events[0].timestamp"),
+        ({"event_name": "api", "payload": {**GOOD, "value": 3}}, "events[0].payload.value"),
+        ({"event_name": "api", "payload": {**GOOD, "value": None}}, "events[0].payload.value"),
+        ({"event_name": "a" * 101, "payload": GOOD}, "events[0].event_name"),
+        ({"event_name": "api", "identifier": "i" * 101, "payload": GOOD}, "events[0].identifier"),
+        ({"event_name": "api", "identifier": 7, "payload": GOOD}, "events[0].identifier"),
+        ({"event_name": 5, "payload": GOOD}, "events[0].event_name"),
+        ({"event_name": "api"}, "events[0].payload"),
+        ({"event_name": "api", "payload": GOOD, "extra": "x"}, "events[0].extra"),
+    ],
+)
+def test_stream_event_parameters_are_checked_synchronously(item: object, param: str) -> None:
+    with pytest.raises(StripeApiError) as refused:
+        stream_event(0, item)
+    assert (refused.value.status, refused.value.param) == (400, param)
+
+
+def test_stream_event_at_the_limits_passes() -> None:
+    item = {
+        "event_name": "a" * 100,
+        "identifier": "i" * 100,
+        "payload": GOOD,
+        "timestamp": "2026-11-30T10:00:00.5Z",
+    }
+    assert stream_event(3, item) == MeterEventInput("a" * 100, GOOD, "i" * 100, 1796032800)
