@@ -93,9 +93,10 @@ class Identifiers:
 
     def fast_new(self, identifier: str) -> str:
         """`new` for a non-empty identifier not in `ancestors` (the CSV fast path's case)."""
-        plain = identifier + self.suffix
-        if len(identifier) <= self.longest_plain and plain not in self.reserved:
-            return plain
+        if len(identifier) <= self.longest_plain:
+            plain = identifier + self.suffix
+            if not self.reserved or plain not in self.reserved:
+                return plain
         return derived_identifier(identifier, self.generation, self.reserved)
 
 
