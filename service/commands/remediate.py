@@ -218,7 +218,12 @@ def validate_command(
 @_rules_opt
 @_json_opt
 @_now_opt
-@click.option("--identifiers", type=click.Choice(["derive", "keep"]), default="derive")
+@click.option(
+    "--identifiers",
+    type=click.Choice(["derive", "keep"]),
+    default="derive",
+    help="derive: re-sent rows get <original>-mfx<generation>; keep: only for rows never accepted",
+)
 @click.option(
     "--upload",
     is_flag=True,
