@@ -19,6 +19,7 @@ from tests.servers import free_port
 
 METERFIX = str(Path(sys.executable).with_name("meterfix"))
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ADMIN_TOKEN = "walkthrough-admin-token"
 
 
 def _wait(url: str, timeout: float = 20.0) -> None:
@@ -34,7 +35,7 @@ def _wait(url: str, timeout: float = 20.0) -> None:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
+def stack(tmp_path: Path) -> Iterator[tuple[dict[str, str], str, str]]:
     sandbox_port, web_port = free_port(), free_port()
     sandbox = f"http://127.0.0.1:{sandbox_port}"
     env = {
@@ -52,6 +53,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
         "MFX_POLL_INTERVAL": "1",
         "MFX_WORKER_INTERVAL": "0.2",
         "MFX_WORK_DIR": str(tmp_path / "work"),
+        "MFX_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     (tmp_path / "bucket").mkdir()
     subprocess.run([METERFIX, "db", "upgrade"], env=env, cwd=tmp_path, check=True, timeout=60)
@@ -68,7 +70,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
     try:
         _wait(f"{sandbox}/_sandbox/meter_events")
         _wait(f"http://127.0.0.1:{web_port}/healthz")
-        yield env, sandbox
+        yield env, sandbox, f"http://127.0.0.1:{web_port}"
     finally:
         for proc in procs:
             proc.terminate()
@@ -76,8 +78,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
             proc.wait(timeout=30)
 
 
-def test_demo_file_fixes_itself(stack: tuple[dict[str, str], str], tmp_path: Path) -> None:
-    env, sandbox = stack
+def test_demo_file_fixes_itself(stack: tuple[dict[str, str], str, str], tmp_path: Path) -> None:
+    env, sandbox, web = stack
     demo = subprocess.run(
         [METERFIX, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
@@ -101,3 +103,35 @@ def test_demo_file_fixes_itself(stack: tuple[dict[str, str], str], tmp_path: Pat
     time.sleep(3)  # a few more passes: nothing is sent twice
     events = requests.get(f"{sandbox}/_sandbox/meter_events", timeout=5).json()
     assert sorted(str(e["identifier"]) for e in events) == sorted(expected)
+
+    _dashboard_shows_the_demo(web, prefix)
+
+
+def _dashboard_shows_the_demo(web: str, prefix: str) -> None:
+    """What the README promises after `meterfix demo`: the run, its corrected and quarantined
+    rows with reasons, and its alert, on the admin API and the dashboard pages."""
+    api = requests.Session()
+    api.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+    rows = api.get(f"{web}/api/quarantine", timeout=10).json()["data"]
+    by_id = {row["identifier"]: row for row in rows}
+    assert by_id[f"{prefix}-6"]["code"] == "meter_event_invalid_value"
+    assert "is not a number" in by_id[f"{prefix}-6"]["reason"]
+    assert by_id[f"{prefix}-7"]["code"] == "timestamp_too_far_in_past"
+    run_id = by_id[f"{prefix}-6"]["run_id"]
+    run = api.get(f"{web}/api/runs/{run_id}", timeout=10).json()
+    assert run["corrected"] == 3 and run["quarantined"] == 2
+    keys = [output["key"] for output in run["outputs"]]
+    assert any("/corrected/" in f"/{key}" and key.endswith(".csv") for key in keys), keys
+    assert any("/quarantine/" in f"/{key}" for key in keys), keys
+    alerts = api.get(f"{web}/api/alerts", timeout=10).json()["data"]
+    assert any(alert["links"].get("run") == run_id for alert in alerts), alerts
+    browser = requests.Session()
+    login = browser.get(f"{web}/login", timeout=10).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login)
+    assert csrf is not None
+    form = {"token": ADMIN_TOKEN, "csrf_token": csrf[1]}
+    assert browser.post(f"{web}/login", data=form, timeout=10).status_code == 200
+    page = browser.get(f"{web}/runs/{run_id}", timeout=10).text
+    assert all(key in page for key in keys)
+    quarantine = browser.get(f"{web}/quarantine?run={run_id}", timeout=10).text
+    assert f"{prefix}-6" in quarantine and f"{prefix}-7" in quarantine
