@@ -12,7 +12,8 @@ validating them again is free of risk).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
@@ -78,22 +79,33 @@ def import_object(job: ObjectImport, obj: ObjectInfo, impset_id: str) -> tuple[I
     skip = job.progress.sent_rows_before(obj, progress.resume_row)
     with job.bucket.open_read(obj.key) as stream, FailedRecords(path, fmt) as failed_out:
         records = _not_acknowledged(failed_out.open_records(stream), skip, progress, tally)
-        reference = int(progress.first_seen.timestamp())
-        chunks = import_chunks(
-            records, job.meters, now=reference, tag=source_tag(obj.key, obj.etag)
-        )
-        number, last_beat = progress.acked_batches, time.monotonic()
-        while group := list(islice(chunks, CHUNKS_PER_GROUP)):
-            number = _send_group(job, obj, progress, group, number, tally)
-            tally.failed += failed_out.write(chunk.failed for chunk in group)
-            tally.rows += sum(len(chunk.rows) for chunk in group)
-            if time.monotonic() - last_beat >= BEAT_EVERY:
-                job.beat()
-                last_beat = time.monotonic()
+        reference, tag = int(progress.first_seen.timestamp()), source_tag(obj.key, obj.etag)
+        # closing: a failure mid-file finishes the readers while their stream is still open
+        with closing(records):
+            chunks = import_chunks(records, job.meters, now=reference, tag=tag)
+            _send_all(job, obj, progress, chunks, failed_out, tally)
     import_set = job.store.finish_import(
         obj, impset_id, rows=tally.rows, sent=tally.sent, failed=tally.failed, path=path
     )
     return import_set, path
+
+
+def _send_all(
+    job: ObjectImport,
+    obj: ObjectInfo,
+    progress: ObjectProgress,
+    chunks: Iterator[ImportChunk],
+    failed_out: FailedRecords,
+    tally: ImportTally,
+) -> None:
+    number, last_beat = progress.acked_batches, time.monotonic()
+    while group := list(islice(chunks, CHUNKS_PER_GROUP)):
+        number = _send_group(job, obj, progress, group, number, tally)
+        tally.failed += failed_out.write(chunk.failed for chunk in group)
+        tally.rows += sum(len(chunk.rows) for chunk in group)
+        if time.monotonic() - last_beat >= BEAT_EVERY:
+            job.beat()
+            last_beat = time.monotonic()
 
 
 def _send_group(
@@ -138,7 +150,7 @@ def _send(
 
 def _not_acknowledged(
     records: Iterable[UsageRecord], skip: bytearray, progress: ObjectProgress, tally: ImportTally
-) -> Iterator[UsageRecord]:
+) -> Generator[UsageRecord, None, None]:
     """Drop the rows of the acknowledged prefix that were sent (counted as rows and sent);
     the prefix's failed rows are validated again (they were never sent)."""
     for record in records:
