@@ -82,8 +82,9 @@ def _upsert(connection: Connection, key: str, values: dict[str, Any], now: Any) 
             **values,
         )
         .on_conflict_do_nothing(index_elements=["alert_key"])
-    )
-    if inserted.rowcount == 1:
+        .returning(ALERTS.c.id)  # rowcount is -1 here on PostgreSQL
+    ).first()
+    if inserted is not None:
         return
     status, detail = connection.execute(
         select(ALERTS.c.status, ALERTS.c.detail).where(ALERTS.c.alert_key == key)

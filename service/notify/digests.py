@@ -97,8 +97,9 @@ class DigestSender:
                 dialect.insert(DIGEST_RUNS)
                 .values(**self._new_row(channel, window, now))
                 .on_conflict_do_nothing(index_elements=["channel", "window_start"])
-            )
-        return inserted.rowcount == 1
+                .returning(DIGEST_RUNS.c.id)  # rowcount is -1 here on PostgreSQL
+            ).first()
+        return inserted is not None
 
     def _new_row(self, channel: str, window: Window, now: datetime) -> dict[str, Any]:
         return {
