@@ -31,6 +31,7 @@ from remediation.validation import (
     MAX_INT_BITS,
     MAX_PAST_SECONDS,
     check_fields,
+    decimal_places,
     integer_digits,
     parse_timestamp,
     plain_number,
@@ -175,7 +176,8 @@ def _plain_text(number: Decimal, raw: object, limits: FieldLimits) -> str:
         return "0"
     digits, most = max(number.adjusted() + 1, 0), limits.max_value_integer_digits
     if digits > most:
-        raise Uncorrectable(f"value {shown(raw)} has {digits} integer digits; at most {most}")
+        reason = f"value {shown(raw)} has {digits} integer digits; at most {most} allowed"
+        raise Uncorrectable(reason)
     places = max(-number.normalize(_EXACT).as_tuple().exponent, 0)  # type: ignore[operator]
     if digits + places > limits.max_payload_value_chars:
         most = limits.max_value_decimal_places
@@ -190,17 +192,24 @@ def _json_number(number: str) -> int | float:
 
 
 def round_value(record: UsageRecord, ctx: Context) -> list[Change]:
-    precision = ctx.rules.value_precision
-    if not ctx.rules.policy.round_too_many_digits or precision is None:
-        raise Uncorrectable("value has too many digits and policy does not allow rounding")
+    """Round to the meter's precision if policy allows (never past the integer digits)."""
     key = meter_of(record, ctx).value_key
     raw = record.payload.get(key)
     number = plain_number(raw) or normalize_number(raw, ctx.index.limits)
+    if number is not None:
+        digits, most = integer_digits(number), ctx.index.limits.max_value_integer_digits
+        if digits > most:  # rounding cannot fix that
+            reason = f"value {shown(raw)} has {digits} integer digits; at most {most} allowed"
+            raise Uncorrectable(reason)
+    precision = ctx.rules.value_precision
+    if not ctx.rules.policy.round_too_many_digits or precision is None:
+        places = f" ({decimal_places(number)} decimal places)" if number else ""
+        reason = (
+            f"value {shown(raw)}{places} has too many digits and policy does not allow rounding"
+        )
+        raise Uncorrectable(reason)
     if number is None:
         raise Uncorrectable(f"value {shown(raw)} is not a number")
-    digits, most = integer_digits(number), ctx.index.limits.max_value_integer_digits
-    if digits > most:
-        raise Uncorrectable(f"value {shown(raw)} has {digits} integer digits; at most {most}")
     places = min(precision, ctx.index.limits.max_value_decimal_places)
     step = Decimal(1).scaleb(-places)
     rounded = Decimal(number).quantize(step, rounding=ROUND_HALF_EVEN, context=_EXACT)

@@ -1,0 +1,320 @@
+"""Hostile values and sizes (issue 9, sections 2 and 5): every one ends in a quarantined row
+with a reason that states facts, within bounded time, on the fast and the general path alike."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediation.engine import remediate
+from remediation.formats import FileFormat, read_records
+from remediation.limits import DEFAULT_LIMITS, FieldLimits
+from remediation.meters import Meter
+from remediation.readers import CsvLayout
+from remediation.records import UsageRecord
+from remediation.rules import Rules, load_rules
+from remediation.validation import MeterIndex, parse_timestamp, validate_record
+
+NOW = 1_764_000_000  # 2025-11-24T16:00:00Z
+METERS = [Meter("m1", "api_requests")]
+HEADER = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
+CODED = [*HEADER, "error_code"]
+MB10 = 10 * 1024 * 1024
+
+
+def to_csv(header: list[str], rows: list[list[str]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def run(
+    data: bytes, out: Path, *, fast: bool = True, rules: Rules | None = None, now: int = NOW
+) -> tuple[dict[str, Any], list[dict[str, str]], dict[str, bytes]]:
+    """(summary, quarantined rows, every output file's bytes) of one CSV failed-records run."""
+    header = next(csv.reader([data.split(b"\n", 1)[0].decode()]))
+    records = read_records(io.BytesIO(data), FileFormat.CSV)
+    result = remediate(
+        records if fast else list(records),
+        source="in.csv",
+        fmt=FileFormat.CSV,
+        meters=METERS,
+        rules=rules or Rules(),
+        now=now,
+        out_dir=out,
+        columns=CsvLayout.from_header(header).columns(),
+        rejected=True,
+    )
+    quarantined: list[dict[str, str]] = []
+    for path in result.summary["outputs"]["quarantine"]:
+        with open(path, newline="") as handle:
+            quarantined += list(csv.DictReader(handle))
+    files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    return result.summary, quarantined, files
+
+
+def both_paths(
+    data: bytes, tmp: Path, **kwargs: Any
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Run on the fast and the general path; they must write the same bytes."""
+    fast = run(data, tmp / "fast", **kwargs)
+    general = run(data, tmp / "general", fast=False, **kwargs)
+    assert fast[2] == general[2]
+    summary = fast[0]
+    assert summary["input_rows"] == summary["valid"] + summary["corrected"] + summary["quarantined"]
+    return summary, fast[1]
+
+
+def row(value: str = "5", ts: str = str(NOW), ident: str = "a", code: str = "") -> list[str]:
+    return [ident, ts, "api_requests", "cus_1", value, code]
+
+
+# --- 1. values ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["", "meter_event_invalid_value"])
+def test_huge_exponent_is_quarantined_at_once(tmp_path: Path, code: str) -> None:
+    started = time.monotonic()
+    summary, (bad,) = both_paths(to_csv(CODED, [row("1e100000000", code=code)]), tmp_path)
+    assert time.monotonic() - started < 5  # it hung at 100 % CPU before
+    assert summary["quarantined"] == 1
+    assert (
+        bad["mfx_reason"] == "value '1e100000000' has 100000001 integer digits; at most 20 allowed"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "digits"), [("1e5000", 5001), ("1e309", 310), ("1e30", 31), ("-2.5E+25", 26)]
+)
+def test_exponents_are_never_expanded_past_twenty_digits(
+    tmp_path: Path, value: str, digits: int
+) -> None:
+    rows = [row(value, code="meter_event_invalid_value"), row(value, ident="b")]
+    summary, quarantined = both_paths(to_csv(CODED, rows), tmp_path)
+    assert (summary["corrected"], summary["quarantined"]) == (0, 2)  # "corrected" before
+    for bad in quarantined:
+        assert bad["payload_value"] == value
+        assert (
+            bad["mfx_reason"] == f"value {value!r} has {digits} integer digits; at most 20 allowed"
+        )
+
+
+def test_twenty_integer_digits_and_twelve_places_still_pass(tmp_path: Path) -> None:
+    ok = ["9" * 20, "-" + "9" * 20, "1." + "5" * 12, "0.000000000001"]
+    rows = [row(v, ident=f"ok{i}") for i, v in enumerate(ok)]
+    rows += [row("1e19", ident="exp", code="meter_event_invalid_value")]
+    rows += [row("9" * 21, ident="long"), row("1." + "5" * 13, ident="places")]
+    summary, quarantined = both_paths(to_csv(CODED, rows), tmp_path)
+    assert (summary["valid"], summary["corrected"]) == (4, 1)
+    reasons = {r["identifier"]: r["mfx_reason"] for r in quarantined}
+    assert reasons == {
+        "long": f"value '{'9' * 21}' has 21 integer digits; at most 20 allowed",
+        "places": f"value '1.{'5' * 13}' (13 decimal places) has too many digits and policy "
+        "does not allow rounding",
+    }
+
+
+def test_five_thousand_digit_timestamp_is_a_reason_not_a_traceback(tmp_path: Path) -> None:
+    stamp = "9" * 5000
+    rows = [row(ts=stamp), row(ts=stamp, ident="b", code="timestamp_in_future")]
+    summary, quarantined = both_paths(to_csv(CODED, rows), tmp_path)
+    assert summary["quarantined"] == 2
+    for bad in quarantined:
+        assert bad["timestamp"] == stamp  # kept whole in the quarantine file
+        assert bad["mfx_reason"] == (
+            f"timestamp {stamp[:40]!r}… (5000 characters) is neither unix seconds nor ISO-8601"
+        )
+    assert parse_timestamp(10**5000) is None and parse_timestamp(stamp) is None
+
+
+def test_json_numbers_past_the_limits(tmp_path: Path) -> None:
+    lines = [
+        {"identifier": "f", "event_name": "api_requests", "timestamp": NOW,
+         "payload": {"stripe_customer_id": "cus_1", "value": 1e30}},
+        {"identifier": "i", "event_name": "api_requests", "timestamp": NOW,
+         "payload": {"stripe_customer_id": "cus_1", "value": 10**25}},
+        {"identifier": "t", "event_name": "api_requests", "timestamp": 10**30,
+         "payload": {"stripe_customer_id": "cus_1", "value": 1}},
+    ]  # fmt: skip
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    data += b'\n{"identifier": "n", "payload": {"value": ' + b"7" * 5000 + b"}}\n"
+    result = remediate(
+        read_records(io.BytesIO(data), FileFormat.JSONL),
+        source="in.jsonl",
+        fmt=FileFormat.JSONL,
+        meters=METERS,
+        rules=Rules(),
+        now=NOW,
+        out_dir=tmp_path,
+        rejected=True,
+    )
+    (path,) = result.summary["outputs"]["quarantine"]
+    reasons = {
+        r.get("identifier"): (r["mfx_code"], r["mfx_reason"])
+        for r in map(json.loads, Path(path).read_text().splitlines())
+    }
+    assert reasons == {
+        "f": ("meter_event_invalid_value", "value 1e+30 has 31 integer digits; at most 20 allowed"),
+        "i": (
+            "meter_event_value_too_many_digits",
+            f"value {10**25} has 26 integer digits; at most 20 allowed",
+        ),
+        "t": ("timestamp_invalid", f"timestamp {10**30} is neither unix seconds nor ISO-8601"),
+        None: (
+            "malformed_row",
+            "line holds a number too long to read (thousands of digits)",
+        ),
+    }
+
+
+# --- 2. sizes and characters -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", [0, 2, 3, 4])
+def test_ten_megabyte_field_is_quarantined_not_valid(tmp_path: Path, column: int) -> None:
+    cells = row()
+    cells[column] = "7" * MB10
+    name = {
+        0: "identifier",
+        2: "event_name",
+        3: "payload value 'stripe_customer_id'",
+        4: "payload value 'value'",
+    }[column]
+    summary, (bad,) = both_paths(to_csv(CODED, [cells, row(ident="ok")]), tmp_path)
+    assert (summary["valid"], summary["quarantined"]) == (1, 1)
+    assert bad["mfx_code"] == "field_too_long"
+    assert bad["mfx_reason"] == f"{name} is {MB10} characters long; at most 100 allowed"
+
+
+@pytest.mark.parametrize(
+    ("cells", "reason"),
+    [
+        (["a\x00b", str(NOW), "api_requests"], "identifier 'a\\x00b' holds a control character: "
+         "U+0000 at position 2"),
+        (["a", str(NOW), "api_\x00requests"], "event_name 'api_\\x00requests' holds a control "
+         "character: U+0000 at position 5"),
+        (["a", str(NOW) + "\u2028", "api_requests"], "timestamp '1764000000\\u2028' holds a "
+         "control character: U+2028 at position 11"),
+        (["a\x7f", str(NOW), "api_requests"], "identifier 'a\\x7f' holds a control character: "
+         "U+007F at position 2"),
+    ],
+)  # fmt: skip
+def test_control_characters_never_pass(tmp_path: Path, cells: list[str], reason: str) -> None:
+    for code in ("", "timestamp_too_far_in_past"):
+        summary, (bad,) = both_paths(
+            to_csv(CODED, [[*cells, "cus_1", "5", code]]), tmp_path / (code or "none")
+        )
+        # a row reported under a code is quarantined under it, with the reason that stops it
+        assert (bad["mfx_code"], bad["mfx_reason"]) == (code or "control_character", reason)
+        assert summary["quarantined"] == 1
+
+
+def test_limits_come_from_the_policy(tmp_path: Path) -> None:
+    rules = load_rules("[policy]\nmax_identifier_chars = 4\nmax_value_integer_digits = 3\n")
+    rows = [row(ident="abcde"), row("1234", ident="b"), row("123", ident="c")]
+    summary, quarantined = both_paths(to_csv(CODED, rows), tmp_path, rules=rules)
+    assert summary["valid"] == 1
+    assert [r["mfx_reason"] for r in quarantined] == [
+        "identifier is 5 characters long; at most 4 allowed",
+        "value '1234' has 4 integer digits; at most 3 allowed",
+    ]
+
+
+def test_payload_keys_are_bounded(tmp_path: Path) -> None:
+    header = [*CODED, "payload_" + "k" * 101, "payload_ok\x01"]
+    rows = [[*row(ident="long"), "x", ""], [*row(ident="ctrl"), "", "y"], [*row(), "", ""]]
+    summary, quarantined = both_paths(to_csv(header, rows), tmp_path)
+    assert (summary["valid"], summary["quarantined"]) == (1, 2)  # an empty cell is no key
+    assert [r["mfx_reason"] for r in quarantined] == [
+        "payload key is 101 characters long; at most 100 allowed",
+        "payload key 'ok\\x01' holds a control character: U+0001 at position 3",
+    ]
+
+
+def test_validation_reports_limits_to_the_poller() -> None:
+    index = MeterIndex(METERS, limits=FieldLimits(max_identifier_chars=3))
+    record = UsageRecord(1, "abcd", NOW, "api_requests", {"stripe_customer_id": "c", "value": "1"})
+    problem = validate_record(record, index, NOW)
+    assert problem is not None and problem.code == "field_too_long"
+    default = MeterIndex(METERS)
+    assert default.limits == DEFAULT_LIMITS
+    record.identifier = "x" * MB10
+    assert validate_record(record, default, NOW) is not None
+
+
+# --- 3. structure ------------------------------------------------------------------------
+
+
+def test_deep_json_lines_are_quarantined_rows_and_arrays_fail_with_a_reason() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    good = b'{"identifier": "g", "payload": {"value": 1}}'
+    records = list(read_records(io.BytesIO(deep + b"\n" + good + b"\n"), FileFormat.JSONL))
+    assert [r.malformed for r in records] == ["line is nested deeper than 32 levels", None]
+    from remediation.errors import UnreadableFile
+
+    with pytest.raises(UnreadableFile, match="item 2 is nested deeper than 32 levels"):
+        list(read_records(io.BytesIO(b"[" + good + b"," + deep + b"]"), FileFormat.JSON))
+    shallow = b"[" + good + b"," + b"[" * 40 + b"]" * 40 + b"]"
+    records = list(read_records(io.BytesIO(shallow), FileFormat.JSON))
+    assert [r.malformed for r in records] == [None, "element is nested deeper than 32 levels"]
+
+
+def test_an_open_quote_says_what_it_swallowed(tmp_path: Path) -> None:
+    data = to_csv(CODED, [row(ident="a")]) + b'b,1764000000,api_requests,"cus_1,5,\n'
+    data += b"c,1764000000,api_requests,cus_1,5,\nd,1764000000,api_requests,cus_1,5,\n"
+    summary, (bad,) = both_paths(data, tmp_path)
+    assert (summary["input_rows"], summary["valid"], summary["quarantined"]) == (2, 1, 1)
+    assert bad["mfx_reason"] == (
+        "row has 4 fields, header has 6; a quoted field holds 3 line break(s): a quote left "
+        "open swallowed the lines after it"
+    )
+
+
+# --- 5. determinism ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_future_reasons_state_the_reading_and_the_window_never_a_distance(
+    tmp_path: Path, fast: bool
+) -> None:
+    rows = [
+        row(ts="1796203186000", code="timestamp_in_future"),  # ms, a year ahead
+        row(ts="1700000000000", ident="b", code="timestamp_in_future"),  # ms, two years back
+        row(ts=str(NOW + 86_400), ident="c", code="timestamp_in_future"),  # s, a day ahead
+    ]
+    _, quarantined, _ = run(to_csv(CODED, rows), tmp_path / "1", fast=fast)
+    window = "outside the accepted window 2025-10-20T16:00:00Z to 2025-11-24T17:00:00Z"
+    assert [r["mfx_reason"] for r in quarantined] == [
+        f"timestamp 1796203186000 read as milliseconds is 2026-12-02T09:19:46Z, {window}",
+        f"timestamp 1700000000000 read as milliseconds is 2023-11-14T22:13:20Z, {window}",
+        f"timestamp {NOW + 86_400} read as seconds is 2025-11-25T16:00:00Z, {window}",
+    ]
+    again = run(to_csv(CODED, rows), tmp_path / "2", fast=fast)
+    assert again[1] == quarantined  # byte-identical outputs: see the files themselves
+    first = {p.name: p.read_bytes() for p in (tmp_path / "1").iterdir()}
+    assert first == again[2]
+
+
+def test_validation_messages_are_dates_not_distances() -> None:
+    index = MeterIndex(METERS)
+    payload: dict[str, object] = {"stripe_customer_id": "c", "value": "1"}
+    ahead = UsageRecord(1, "a", NOW + 3600, "api_requests", dict(payload))
+    problem = validate_record(ahead, index, NOW)
+    assert problem is not None and problem.message == (
+        "timestamp 1764003600 (2025-11-24T17:00:00Z) is after 2025-11-24T16:05:00Z, "
+        "5 minutes past the reference time"
+    )
+    old = UsageRecord(1, "a", NOW - 40 * 86_400, "api_requests", dict(payload))
+    problem = validate_record(old, index, NOW)
+    assert problem is not None and problem.message == (
+        "timestamp 1760544000 (2025-10-15T16:00:00Z) is before 2025-10-20T16:00:00Z, "
+        "35 days before the reference time"
+    )
