@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from flask import current_app
 
@@ -16,6 +16,12 @@ from sandbox.reports import build_reports
 from sandbox.state import SandboxState
 
 
+class StateStore(Protocol):
+    """Where the state is kept between runs (`sandbox.persistence.StateFile`)."""
+
+    def save(self, state: SandboxState) -> None: ...
+
+
 @dataclass
 class Sandbox:
     state: SandboxState
@@ -24,6 +30,12 @@ class Sandbox:
     webhook_url: str | None = None
     bucket_url: str | None = None
     s3_endpoint_url: str | None = None
+    state_file: StateStore | None = None
+
+    def persist(self) -> None:
+        """Save the state if it is kept in a file (no-op in memory)."""
+        if self.state_file is not None:
+            self.state_file.save(self.state)
 
     def add_event(self, event: JSON) -> JSON:
         stored = normalize_event(event)
@@ -59,6 +71,8 @@ class Sandbox:
     def flush_reports(self) -> list[JSON]:
         """Close the validation window: report queued invalid meter events, deliver them."""
         events = [self.add_event(event) for event in build_reports(self.state)]
+        if events:
+            self.persist()  # kept before delivery: the receiver fetches them at once
         self.deliver_to_webhook(events)
         return events
 
@@ -66,6 +80,8 @@ class Sandbox:
         """One pass of the S3 connector over `bucket_url`; returns the delivered events."""
         found = poll_bucket(self.state, self.bucket_url, self.s3_endpoint_url)
         events = [self.add_event(event) for event in found]
+        if events:
+            self.persist()
         self.deliver_to_webhook(events)
         return events
 

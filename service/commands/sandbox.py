@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import requests
 from flask.cli import with_appcontext
@@ -9,6 +11,7 @@ from flask.cli import with_appcontext
 from sandbox.app import create_sandbox_app
 from sandbox.client import SandboxAdmin, SandboxAdminError
 from sandbox.defaults import SANDBOX_PORT
+from sandbox.persistence import DEFAULT_STATE_FILE, STATE_FILE_ENV, StateFileError, keep_state_in
 from sandbox.runtime import Sandbox
 from sandbox.seed import seed_demo
 from sandbox.timers import start_timers
@@ -25,12 +28,30 @@ def _settings() -> Settings:
 
 
 @click.command("sandbox")
-@click.option("--port", default=SANDBOX_PORT, show_default=True, type=int)
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=SANDBOX_PORT, show_default=True, type=int, help="TCP port")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
 @click.option("--webhook-url", default=None, help="Deliver flushed reports and import sets here.")
 @click.option("--connector-interval", default=0.0, type=float, help="Poll BUCKET_URL every S s.")
-@click.option("--report-interval", default=10.0, type=float, show_default=True)
-@click.option("--seed/--no-seed", default=True, show_default=True)
+@click.option(
+    "--report-interval",
+    default=10.0,
+    type=float,
+    show_default=True,
+    help="Flush meter error reports (thin events) every S s.",
+)
+@click.option(
+    "--seed/--no-seed",
+    default=True,
+    show_default=True,
+    help="Create the demo meters and customers at start.",
+)
+@click.option(
+    "--state-file",
+    default=DEFAULT_STATE_FILE,
+    show_default=True,
+    envvar=STATE_FILE_ENV,
+    help=f"Keep the sandbox's state here across restarts (env {STATE_FILE_ENV}; '' = memory).",
+)
 @with_appcontext
 def sandbox_command(
     port: int,
@@ -39,6 +60,7 @@ def sandbox_command(
     connector_interval: float,
     report_interval: float,
     seed: bool,
+    state_file: str,
 ) -> None:
     """Run the local Stripe stand-in (keys from the settings, bucket from BUCKET_URL)."""
     from werkzeug.serving import run_simple
@@ -52,9 +74,15 @@ def sandbox_command(
         s3_endpoint_url=settings.s3_endpoint_url or None,
         webhook_url=webhook_url,
     )
+    if state_file:
+        try:
+            keep_state_in(app, Path(state_file))
+        except StateFileError as exc:
+            raise click.ClickException(str(exc)) from exc
     sandbox: Sandbox = app.extensions["sandbox"]
     if seed:
         seed_demo(sandbox.state)
+        sandbox.persist()
     stop = start_timers(
         sandbox, report_interval=report_interval, connector_interval=connector_interval
     )
@@ -67,7 +95,9 @@ def sandbox_command(
 
 @click.command("trigger")
 @click.argument("event_type")
-@click.option("--to", "target", default=DEFAULT_TARGET, show_default=True)
+@click.option(
+    "--to", "target", default=DEFAULT_TARGET, show_default=True, help="the service's webhook URL"
+)
 @click.option("--sandbox", "sandbox_url", default=None, help="Default: STRIPE_API_BASE.")
 @with_appcontext
 def trigger_command(event_type: str, target: str, sandbox_url: str | None) -> None:
