@@ -18,14 +18,15 @@ install: $(STAMP)
 # Web (port 4242) + worker + bundled sandbox (port 12111) on the embedded defaults: SQLite,
 # file://./bucket, the bundled poller on (every 10 s) and the demo rules. Ctrl-C stops all three
 # (the trap ignores further signals first: `kill 0` signals this shell too, and re-entering the
-# trap for each one overflowed its stack).
+# trap for each one overflowed its stack), then waits for them: a worker busy with an item hands
+# it back and exits within a second or two, so nothing outlives `make run`.
 run: export MFX_POLLER ?= on
 run: export MFX_POLL_INTERVAL ?= 10
 run: export MFX_RULES ?= examples/rules.toml
 run: install
 	$(MFX) db upgrade
 	mkdir -p bucket
-	trap 'trap "" INT TERM; kill 0' INT TERM EXIT; \
+	trap 'trap "" INT TERM; kill 0; wait' INT TERM EXIT; \
 	$(MFX) sandbox --port 12111 --webhook-url http://127.0.0.1:4242/webhooks & \
 	$(MFX) worker & \
 	$(MFX) serve --port 4242
