@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Response, jsonify
+from flask import Response, has_request_context, jsonify, request
 
+# v1 answers a rate limit as `invalid_request_error` + code `rate_limit`; v2 APIs use the type
+# `rate_limit` (stripe-python maps both to RateLimitError).
 _TYPE_BY_STATUS = {401: "authentication_error", 402: "card_error", 429: "invalid_request_error"}
+_V2_TYPE_BY_STATUS = {429: "rate_limit"}
 
 
 class StripeApiError(Exception):
@@ -23,6 +26,8 @@ class StripeApiError(Exception):
 def error_type(status: int) -> str:
     if status >= 500:
         return "api_error"
+    if has_request_context() and request.path.startswith("/v2/") and status in _V2_TYPE_BY_STATUS:
+        return _V2_TYPE_BY_STATUS[status]
     return _TYPE_BY_STATUS.get(status, "invalid_request_error")
 
 

@@ -61,9 +61,10 @@ def _import_set_succeeded(admin: SandboxAdmin) -> JSON:
     value_key = meter["value_settings"]["event_payload_key"]
     customer_key = meter["customer_mapping"]["event_payload_key"]
     header = f"identifier,timestamp,event_name,payload_{customer_key},payload_{value_key}"
+    # format problems, the only kind Stripe's S3 guide puts in a failed-records file
     rows = [
-        f"{uuid.uuid4()},{int(now()) * 1000},{meter['event_name']},cus_demo_alice,5,"
-        "timestamp_in_future,Timestamp must not be more than 5 minutes in the future.",
+        f"{uuid.uuid4()},{int(now())},{meter['event_name']},,5,meter_event_no_customer_defined,"
+        f"Customer mapping key {customer_key} not found in payload.",
         f"{uuid.uuid4()},{int(now())},{meter['event_name']},cus_demo_bob,12 units,"
         f"meter_event_invalid_value,Value '12 units' for key {value_key} is not a valid number.",
     ]

@@ -249,3 +249,18 @@ def test_reset_forgets_everything(sandbox_server: SandboxServer) -> None:
     sandbox_server.admin.create_meter("api_requests")
     sandbox_server.admin.reset()
     assert sandbox_server.stripe_client().v1.billing.meters.list().data == []
+
+
+def test_rate_limit_error_types_per_api_version(sandbox_server: SandboxServer) -> None:
+    sandbox_server.admin.inject_fault("GET", "/v1/billing/meters", 429, count=1)
+    sandbox_server.admin.inject_fault("POST", "/v2/billing/meter_event_session", 429, count=1)
+    client = sandbox_server.stripe_client(max_network_retries=0)
+    with pytest.raises(stripe.RateLimitError) as v1:
+        client.v1.billing.meters.list()
+    assert isinstance(v1.value.json_body, dict)
+    assert v1.value.json_body["error"]["type"] == "invalid_request_error"
+    assert v1.value.json_body["error"]["code"] == "rate_limit"
+    with pytest.raises(stripe.RateLimitError) as v2:
+        client.v2.billing.meter_event_session.create()
+    assert isinstance(v2.value.json_body, dict)
+    assert v2.value.json_body["error"]["type"] == "rate_limit"
