@@ -1,0 +1,154 @@
+"""The `meterfix` command itself, run as a real process: --version, help without Flask's options
+or start-up lines, help on every option, the process role and LOG_LEVEL/LOG_FORMAT in its logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+import click
+import pytest
+
+from service.cli import main
+from tests.servers import free_port
+
+MFX = str(Path(sys.executable).parent / "meterfix")
+COMMANDS = {"db", "demo", "poll", "remediate", "replay", "sandbox", "serve", "trigger"}
+COMMANDS |= {"validate", "worker"}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """No Stripe settings at all: the embedded defaults (and their start-up line) apply."""
+    prefixes = ("STRIPE_", "MFX_", "LOG_", "DATABASE_URL", "BUCKET_URL", "FLASK_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(extra)
+    return env
+
+
+def _run(args: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MFX, *args], env=_env(**extra), cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_version_is_meterfix_s(tmp_path: Path) -> None:
+    result = _run(["--version"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"meterfix {version('meterfix')}\n"
+    assert result.stderr == ""
+
+
+def test_help_lists_commands_without_flasks_options_or_a_log_line(tmp_path: Path) -> None:
+    result = _run(["--help"], tmp_path)
+    assert result.returncode == 0
+    assert result.stderr == ""  # the embedded-defaults line used to come first
+    assert result.stdout.startswith("Usage: meterfix [OPTIONS] COMMAND [ARGS]...")
+    for flask_option in ("--app", "--env-file", "--debug", "FLASK_"):
+        assert flask_option not in result.stdout
+    listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line}
+    assert listed >= COMMANDS
+    assert not (tmp_path / "meterfix.db").exists()  # help built no app and opened no database
+
+
+@pytest.mark.parametrize("command", ["worker", "serve", "db", "poll", "sandbox", "validate"])
+def test_command_help_builds_no_app(tmp_path: Path, command: str) -> None:
+    result = _run([command, "--help"], tmp_path)
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert result.stdout.startswith(f"Usage: meterfix {command} ")
+
+
+def _options(command: click.Command, path: str) -> Iterator[tuple[str, click.Option]]:
+    ctx = click.Context(main, info_name="meterfix")
+    for param in command.params:
+        if isinstance(param, click.Option):
+            yield f"{path} {'/'.join(param.opts)}", param
+    if isinstance(command, click.Group):
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None
+            yield from _options(sub, f"{path} {name}")
+
+
+def test_every_option_has_help() -> None:
+    options = dict(_options(main, "meterfix"))
+    assert {"meterfix --version", "meterfix worker --once", "meterfix sandbox --port"} <= set(
+        options
+    )
+    assert [name for name, option in options.items() if not option.help] == []
+
+
+def test_validate_starts_without_the_web_and_database_stack(tmp_path: Path) -> None:
+    usage = tmp_path / "usage.csv"
+    usage.write_text("identifier,timestamp,event_name,payload_value\n")
+    probe = (
+        "import sys\n"
+        "from service.cli import main\n"
+        "try:\n"
+        f"    main(['validate', {str(usage)!r}, '--meters', {str(tmp_path / 'meters.json')!r}])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('sqlalchemy', 'sqlmodel', 'service.app', 'service.webhooks', 'service.db')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    (tmp_path / "meters.json").write_text("[]")
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=_env(), cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+
+
+def _log_lines(stderr: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_each_process_names_its_role(tmp_path: Path) -> None:
+    assert _run(["db", "upgrade"], tmp_path).returncode == 0
+    roles = {}
+    for args, role in ((["worker", "--once"], "worker"), (["db", "upgrade"], "cli")):
+        result = _run(args, tmp_path)
+        assert result.returncode == 0, result.stderr
+        lines = _log_lines(result.stderr)
+        assert lines and {line["role"] for line in lines} == {role}
+        roles[role] = lines[0]
+    first = roles["cli"]
+    assert first["event"] == "config.embedded_defaults" and first["level"] == "WARNING"
+    assert str(first["time"]).endswith("Z")
+
+
+def _first_line(args: list[str], cwd: Path, **extra: str) -> str:
+    with subprocess.Popen(
+        [MFX, *args], env=_env(**extra), cwd=cwd, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stderr is not None
+        try:
+            return process.stderr.readline()
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("args", "role"), [(["serve", "--port"], "web"), (["sandbox", "--port"], "sandbox")]
+)
+def test_long_running_processes_name_their_role(tmp_path: Path, args: list[str], role: str) -> None:
+    assert _run(["db", "upgrade"], tmp_path).returncode == 0
+    line = json.loads(_first_line([*args, str(free_port())], tmp_path))
+    assert line["role"] == role
+
+
+def test_log_format_text_and_log_level(tmp_path: Path) -> None:
+    assert _run(["db", "upgrade"], tmp_path).returncode == 0
+    text = _run(["worker", "--once"], tmp_path, LOG_FORMAT="text")
+    [line] = text.stderr.splitlines()
+    assert " WARNING worker  config.embedded_defaults " in line
+    quiet = _run(["worker", "--once"], tmp_path, LOG_LEVEL="ERROR")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    bad = _run(["worker", "--once"], tmp_path, LOG_LEVEL="LOUD")
+    events = [line["event"] for line in _log_lines(bad.stderr)]
+    assert events == ["log.bad_setting", "config.embedded_defaults"]  # said once, then INFO
