@@ -158,11 +158,11 @@ DAY = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)  # the digest window: Nov 29 (UTC
 NOW = DAY + dt.timedelta(days=1, minutes=5)
 
 
-def seed_activity(engine: Engine) -> dict[str, int]:
-    """One day of activity in the window DAY..DAY+1d, and a smaller day before it."""
+def seed_activity(engine: Engine, day: dt.datetime = DAY) -> dict[str, int]:
+    """One day of activity in the window day..day+1d, and a smaller day before it."""
     with Session(engine) as session:
-        before = _run("impset_before:file_b", DAY - dt.timedelta(hours=12), 5, 3, 2, 0)
-        run = _run("import_set:impset_A:file_A", DAY + dt.timedelta(hours=9), 10, 4, 3, 3)
+        before = _run("impset_before:file_b", day - dt.timedelta(hours=12), 5, 3, 2, 0)
+        run = _run("import_set:impset_A:file_A", day + dt.timedelta(hours=9), 10, 4, 3, 3)
         run.by_code = {
             "meter_event_customer_not_found": {"corrected": 2, "quarantined": 2},
             "timestamp_in_future": {"corrected": 1, "quarantined": 1},
@@ -200,8 +200,8 @@ def seed_activity(engine: Engine) -> dict[str, int]:
                 kind="poller.gave_up",
                 subject="in/x.csv: the poller gave up",
                 message="HTTP 500 for cus_Secret9",
-                created_at=DAY + dt.timedelta(hours=10),
-                last_seen_at=DAY + dt.timedelta(hours=10),
+                created_at=day + dt.timedelta(hours=10),
+                last_seen_at=day + dt.timedelta(hours=10),
             )
         )
         session.add(
@@ -211,7 +211,7 @@ def seed_activity(engine: Engine) -> dict[str, int]:
                 style="thin",
                 body="{}",
                 status="dead",
-                received_at=DAY + dt.timedelta(hours=2),
+                received_at=day + dt.timedelta(hours=2),
             )
         )
         session.commit()

@@ -35,7 +35,15 @@ SUBJECT = "meterfix digest, 2026-11-29 00:00 to 2026-11-30 00:00 UTC: 3 correcte
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
+def engine(sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_engine(db_url: str) -> Iterator[Engine]:
+    """SQLite and PostgreSQL (the other tests here run on SQLite only, to stay fast)."""
     engine = make_engine(db_url)
     yield engine
     engine.dispose()
@@ -47,9 +55,9 @@ def certs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _settings(make_settings: Any, db_url: str, smtp_url: str, **extra: Any) -> Any:
+def _settings(make_settings: Any, sqlite_url: str, smtp_url: str, **extra: Any) -> Any:
     return make_settings(
-        database_url=db_url,
+        database_url=sqlite_url,
         smtp_url=smtp_url,
         digest_email_to="ops@example.com, billing@example.com",
         digest_email_from="meterfix@example.com",
@@ -71,12 +79,12 @@ def _parts(message: Any) -> tuple[str, str]:
 
 
 def test_a_digest_arrives_once_with_counts_and_links(
-    engine: Engine, db_url: str, make_settings: Any
+    db_engine: Engine, db_url: str, make_settings: Any
 ) -> None:
-    run_id = seed_activity(engine)["run_id"]
+    run_id = seed_activity(db_engine)["run_id"]
     with smtp_server() as (mailbox, port):
         url = f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@127.0.0.1:{port}"
-        sender = _sender(engine, _settings(make_settings, db_url, url))
+        sender = _sender(db_engine, _settings(make_settings, db_url, url))
         assert [o.status for o in sender.tick()] == ["sent"]
         assert sender.tick() == []  # the window is recorded: never sent twice
     [(mail_from, recipients, message)] = mailbox.received
@@ -101,21 +109,23 @@ def test_a_digest_arrives_once_with_counts_and_links(
         assert "evt_dead_1" in part
     assert "example: " in plain and '"payload_stripe_customer_id": "acme-42"' in plain
     assert "<table" in html and "<script" not in html.lower() and 'style="' in html
-    with Session(engine) as session:
+    with Session(db_engine) as session:
         [row] = session.exec(select(DigestRun)).all()
     assert (row.channel, row.status, row.attempts) == ("email", "sent", 1)
     assert row.sent_at is not None and row.summary["totals"]["corrected"] == 3  # type: ignore[index]
 
 
 @pytest.mark.parametrize("mode", ["starttls", "smtps"])
-def test_tls_modes(engine: Engine, db_url: str, make_settings: Any, certs: Path, mode: str) -> None:
+def test_tls_modes(
+    engine: Engine, sqlite_url: str, make_settings: Any, certs: Path, mode: str
+) -> None:
     seed_activity(engine)
     tls = {"starttls": certs} if mode == "starttls" else {"implicit_tls": certs}
     with smtp_server(**tls) as (mailbox, port):
         scheme = "smtp" if mode == "starttls" else "smtps"
         url = f"{scheme}://{SMTP_USER}:{SMTP_PASSWORD}@127.0.0.1:{port}"
         sender = _sender(
-            engine, _settings(make_settings, db_url, url), client_tls(certs / "cert.pem")
+            engine, _settings(make_settings, sqlite_url, url), client_tls(certs / "cert.pem")
         )
         assert [o.status for o in sender.tick()] == ["sent"]
     [(_, _, message)] = mailbox.received
@@ -124,12 +134,12 @@ def test_tls_modes(engine: Engine, db_url: str, make_settings: Any, certs: Path,
 
 
 def test_examples_off_keeps_customers_and_values_out(
-    engine: Engine, db_url: str, make_settings: Any
+    engine: Engine, sqlite_url: str, make_settings: Any
 ) -> None:
     seed_activity(engine)
     with smtp_server() as (mailbox, port):
         url = f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@127.0.0.1:{port}"
-        settings = _settings(make_settings, db_url, url, mfx_message_examples=False)
+        settings = _settings(make_settings, sqlite_url, url, mfx_message_examples=False)
         assert [o.status for o in _sender(engine, settings).tick()] == ["sent"]
     [(_, _, message)] = mailbox.received
     for part in _parts(message):
@@ -138,21 +148,21 @@ def test_examples_off_keeps_customers_and_values_out(
         assert "meter_event_customer_not_found" in part and "api_requests" in part
 
 
-def test_an_empty_window_sends_nothing(engine: Engine, db_url: str, make_settings: Any) -> None:
+def test_an_empty_window_sends_nothing(engine: Engine, sqlite_url: str, make_settings: Any) -> None:
     with smtp_server() as (mailbox, port):
         url = f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@127.0.0.1:{port}"
         assert [
-            o.status for o in _sender(engine, _settings(make_settings, db_url, url)).tick()
+            o.status for o in _sender(engine, _settings(make_settings, sqlite_url, url)).tick()
         ] == ["empty"]
     assert mailbox.received == []
 
 
 def test_smtp_down_is_retried_then_recorded_without_the_password(
-    engine: Engine, db_url: str, make_settings: Any, caplog: pytest.LogCaptureFixture
+    engine: Engine, sqlite_url: str, make_settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     seed_activity(engine)
     url = f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@127.0.0.1:{free_port()}"  # nobody listens
-    settings = _settings(make_settings, db_url, url)
+    settings = _settings(make_settings, sqlite_url, url)
     waits: list[float] = []
     channel = EmailChannel(
         SmtpTarget.parse(url), "meterfix@example.com", ["ops@example.com"], sleep=waits.append
@@ -170,11 +180,11 @@ def test_smtp_down_is_retried_then_recorded_without_the_password(
 
 
 def test_a_critical_alert_is_mailed_once_then_once_resolved(
-    engine: Engine, db_url: str, make_settings: Any
+    engine: Engine, sqlite_url: str, make_settings: Any
 ) -> None:
     with smtp_server() as (mailbox, port):
         url = f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@127.0.0.1:{port}"
-        settings = _settings(make_settings, db_url, url)
+        settings = _settings(make_settings, sqlite_url, url)
         channels = build_channels(settings)
         for _ in range(3):  # the same incident, raised again and again
             raise_alert(

@@ -28,7 +28,15 @@ BASE = "https://mfx.example.com"
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
+def engine(sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_engine(db_url: str) -> Iterator[Engine]:
+    """SQLite and PostgreSQL (the other tests here run on SQLite only, to stay fast)."""
     engine = make_engine(db_url)
     yield engine
     engine.dispose()
@@ -41,18 +49,20 @@ def slack() -> Iterator[tuple[SlackReceiver, str]]:
         yield receiver, f"{server.url}/services/T000/B000/XXXXSECRET"
 
 
-def _settings(make_settings: Any, db_url: str, url: str, **extra: Any) -> Any:
-    return make_settings(database_url=db_url, slack_webhook_url=url, mfx_public_url=BASE, **extra)
+def _settings(make_settings: Any, sqlite_url: str, url: str, **extra: Any) -> Any:
+    return make_settings(
+        database_url=sqlite_url, slack_webhook_url=url, mfx_public_url=BASE, **extra
+    )
 
 
 def test_a_digest_is_block_kit_with_a_dashboard_button(
-    engine: Engine, db_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
+    db_engine: Engine, db_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
 ) -> None:
     receiver, url = slack
-    run_id = seed_activity(engine)["run_id"]
+    run_id = seed_activity(db_engine)["run_id"]
     settings = _settings(make_settings, db_url, url)
     sender = DigestSender(
-        engine, settings, build_channels(settings), instance="t", clock=lambda: NOW
+        db_engine, settings, build_channels(settings), instance="t", clock=lambda: NOW
     )
     assert [o.status for o in sender.tick()] == ["sent"]
     [body] = receiver.bodies
@@ -95,11 +105,11 @@ def test_a_digest_is_block_kit_with_a_dashboard_button(
 
 
 def test_examples_off_keeps_customers_out_of_slack(
-    engine: Engine, db_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
+    engine: Engine, sqlite_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
 ) -> None:
     receiver, url = slack
     seed_activity(engine)
-    settings = _settings(make_settings, db_url, url, mfx_message_examples=False)
+    settings = _settings(make_settings, sqlite_url, url, mfx_message_examples=False)
     DigestSender(engine, settings, build_channels(settings), instance="t", clock=lambda: NOW).tick()
     sent = receiver.texts()
     assert "api_requests" in sent
@@ -108,12 +118,12 @@ def test_examples_off_keeps_customers_out_of_slack(
 
 
 def test_a_429_waits_for_retry_after(
-    engine: Engine, db_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
+    engine: Engine, sqlite_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
 ) -> None:
     receiver, url = slack
     seed_activity(engine)
     receiver.answers = [("429 Too Many Requests", [("Retry-After", "1")])]
-    settings = _settings(make_settings, db_url, url)
+    settings = _settings(make_settings, sqlite_url, url)
     sender = DigestSender(
         engine, settings, build_channels(settings), instance="t", clock=lambda: NOW
     )
@@ -124,7 +134,7 @@ def test_a_429_waits_for_retry_after(
 
 def test_a_500_is_retried_then_recorded_failed_without_the_url(
     engine: Engine,
-    db_url: str,
+    sqlite_url: str,
     make_settings: Any,
     slack: tuple[SlackReceiver, str],
     caplog: pytest.LogCaptureFixture,
@@ -133,7 +143,7 @@ def test_a_500_is_retried_then_recorded_failed_without_the_url(
     seed_activity(engine)
     receiver.answers = [("500 Internal Server Error", [])] * 4
     waits: list[float] = []
-    settings = _settings(make_settings, db_url, url)
+    settings = _settings(make_settings, sqlite_url, url)
     channel = SlackChannel(url, sleep=waits.append)
     sender = DigestSender(engine, settings, [channel], instance="t", clock=lambda: NOW)
     with caplog.at_level(logging.DEBUG):
@@ -158,14 +168,14 @@ def test_a_500_is_retried_then_recorded_failed_without_the_url(
 
 
 def test_a_critical_alert_failing_on_one_channel_is_not_repeated_on_the_other(
-    engine: Engine, db_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
+    engine: Engine, sqlite_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
 ) -> None:
     receiver, url = slack
     receiver.answers = [("503 Service Unavailable", [])] * 4
     with smtp_server() as (mailbox, port):
         settings = _settings(
             make_settings,
-            db_url,
+            sqlite_url,
             url,
             smtp_url=f"smtp://127.0.0.1:{port}",
             digest_email_to="ops@example.com",
