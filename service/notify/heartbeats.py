@@ -36,13 +36,14 @@ def check_heartbeats(
     if settings.mfx_poller != PollerMode.OFF:
         roles.append(ProcessRole.POLLER.value)
     with engine.connect() as conn:
-        newest: dict[str, datetime] = dict(
-            conn.execute(
+        newest: dict[str, datetime] = {
+            str(row[0]): row[1]
+            for row in conn.execute(
                 select(HEARTBEATS.c.role, func.max(HEARTBEATS.c.last_beat_at))
                 .where(HEARTBEATS.c.role.in_(roles))
                 .group_by(HEARTBEATS.c.role)
-            ).tuples()
-        )
+            )
+        }
         open_keys: set[str] = set(
             conn.execute(
                 select(ALERTS.c.alert_key).where(
