@@ -43,12 +43,12 @@ def _register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(webhooks_bp)
 
 
-def announce_dashboard(settings: Settings) -> None:
+def announce_dashboard(settings: Settings, served_at: str | None = None) -> None:
     """Under the embedded defaults, print the dashboard login URL and the generated token to
     the terminal, once, when the web app starts serving (never in a log line)."""
     from service.web.access import login_banner
 
-    banner = login_banner(settings)
+    banner = login_banner(settings, served_at)
     if banner is not None:
         click.echo(banner, err=True)
 

@@ -37,7 +37,8 @@ def serve_command(port: int, host: str) -> None:
     from service.app import announce_dashboard
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    announce_dashboard(_runtime().settings)  # the login URL, to the terminal (not a log line)
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    announce_dashboard(_runtime().settings, f"http://{local}:{port}")  # terminal, not a log
     run_simple(host, port, app, threaded=True, use_reloader=False)
 
 

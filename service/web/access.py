@@ -51,13 +51,15 @@ def _stored_token(path: Path) -> str:
     return token
 
 
-def login_banner(settings: Settings) -> str | None:
-    """The lines `serve` prints at start-up under the embedded defaults (None otherwise)."""
+def login_banner(settings: Settings, served_at: str | None = None) -> str | None:
+    """The lines `serve` prints at start-up under the embedded defaults (None otherwise):
+    the login URL on MFX_PUBLIC_URL, or where `serve` listens when that is left unset."""
     if not settings.embedded_sandbox or settings.mfx_admin_token:
         return None
     token = admin_token(settings)
     path = Path(settings.mfx_work_dir) / TOKEN_FILE
-    base = settings.mfx_public_url.rstrip("/")
+    unset = settings.mfx_public_url == Settings.model_fields["mfx_public_url"].default
+    base = (served_at if unset and served_at else settings.mfx_public_url).rstrip("/")
     return f"Dashboard: {base}/login\nAdmin token: {token}  (kept in {path}, mode 600)"
 
 
