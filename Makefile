@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MFX := $(BIN)/meterfix
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint types pytest bench clean
+.PHONY: install run test lint types pytest fuzz bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint types pytest
+
+# The fuzz properties of `make test` (test_fuzz_*), with many more examples each.
+fuzz: install
+	MFX_FUZZ_EXAMPLES=$${MFX_FUZZ_EXAMPLES:-3000} $(BIN)/pytest -q -k fuzz -p no:cacheprovider --timeout 3600 \
+		tests
 
 bench: install
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q -e '.[dev,bench]'

@@ -203,9 +203,9 @@ def round_value(record: UsageRecord, ctx: Context) -> list[Change]:
             raise Uncorrectable(reason)
     precision = ctx.rules.value_precision
     if not ctx.rules.policy.round_too_many_digits or precision is None:
-        places = f" ({decimal_places(number)} decimal places)" if number else ""
+        counted = f" ({decimal_places(number)} decimal places)" if number else ""
         reason = (
-            f"value {shown(raw)}{places} has too many digits and policy does not allow rounding"
+            f"value {shown(raw)}{counted} has too many digits and policy does not allow rounding"
         )
         raise Uncorrectable(reason)
     if number is None:

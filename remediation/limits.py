@@ -39,7 +39,7 @@ def shown(value: object, width: int = 40) -> str:
     if isinstance(value, str) and len(value) > width:
         return f"{value[:width]!r}… ({len(value)} characters)"
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        return f"a {len(str(value))}-digit number"
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"  # no str()
     text = repr(value)
     return text if len(text) <= width + 2 else f"{text[:width]}… ({len(text)} characters)"
 
