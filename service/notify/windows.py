@@ -20,6 +20,8 @@ from service.config import parse_duration
 _TICK = timedelta(microseconds=1)
 _LOOKBACKS = (timedelta(hours=2), timedelta(days=2), timedelta(days=32), timedelta(days=367))
 _DAY = 86400
+_PROBE_FROM = timedelta(hours=1)
+_PROBES = tuple(timedelta(hours=h) for h in (1, 2, 3, 4, 6))
 # crontab counts weekdays from Sunday = 0 (7 too); APScheduler 3 from Monday = 0: use names.
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -49,8 +51,8 @@ class DigestSchedule:
     def last_end_at_or_before(self, moment: datetime) -> datetime:
         """The newest fire time not after `moment`."""
         for lookback in _LOOKBACKS:
-            fire = self.trigger.get_next_fire_time(None, moment - lookback)
-            if isinstance(fire, datetime) and fire <= moment:
+            fire = self._next_from(moment - lookback)
+            if fire is not None and fire <= moment:
                 following = self._after(fire)
                 while following is not None and following <= moment:
                     fire, following = following, self._after(following)
@@ -76,8 +78,21 @@ class DigestSchedule:
         return self.last_end_at_or_before(moment) == moment
 
     def _after(self, fire: datetime) -> datetime | None:
-        following = self.trigger.get_next_fire_time(fire, fire + _TICK)
-        return following if isinstance(following, datetime) else None
+        return self._next_from(fire + _TICK)
+
+    def _next_from(self, start: datetime) -> datetime | None:
+        """The first fire time at or after `start`. APScheduler 3's CronTrigger skips a day
+        when asked from before a DST jump on the day of the jump (checked with
+        Europe/Paris on 2026-03-29), so a far answer is checked from a few later starts."""
+        first = self._fire(start)
+        if first is None or first - start <= _PROBE_FROM:
+            return first
+        later = (self._fire(start + step) for step in _PROBES)
+        return min([first, *(f for f in later if f is not None)])
+
+    def _fire(self, start: datetime) -> datetime | None:
+        fire = self.trigger.get_next_fire_time(None, start)
+        return fire if isinstance(fire, datetime) else None
 
 
 def build_trigger(every: str, tz: ZoneInfo) -> BaseTrigger:
