@@ -123,19 +123,19 @@ def test_alerts_list_filter_paginate_acknowledge_resolve(api: Api) -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("query", "reason"),
-    [
-        ("status=closed", "status must be one of open|acknowledged|resolved"),
-        ("severity=fatal", "severity must be one of info|warning|critical"),
-        ("limit=0", "limit must be a positive whole number"),
-        ("limit=abc", "limit must be a positive whole number"),
-        ("limit=501", "limit must be at most 500"),
-        ("cursor=-3", "cursor must be a positive whole number"),
-    ],
-)
-def test_bad_alert_parameters_are_400_with_reason(api: Api, query: str, reason: str) -> None:
-    assert api.get(f"/api/alerts?{query}", 400)["error"].startswith(reason)
+BAD_ALERT_QUERIES = [
+    ("status=closed", "status must be one of open|acknowledged|resolved"),
+    ("severity=fatal", "severity must be one of info|warning|critical"),
+    ("limit=0", "limit must be a positive whole number"),
+    ("limit=abc", "limit must be a positive whole number"),
+    ("limit=501", "limit must be at most 500"),
+    ("cursor=-3", "cursor must be a positive whole number"),
+]
+
+
+def test_bad_alert_parameters_are_400_with_reason(api: Api) -> None:
+    for query, reason in BAD_ALERT_QUERIES:
+        assert api.get(f"/api/alerts?{query}", 400)["error"].startswith(reason), query
 
 
 def test_runs_and_a_run_with_inputs_outputs_and_reimport_state(api: Api) -> None:
@@ -225,20 +225,20 @@ def test_quarantine_rows_in_full_with_every_filter(api: Api) -> None:
     assert run_b
 
 
-@pytest.mark.parametrize(
-    ("query", "reason"),
-    [
-        ("since=yesterday", "since must be an ISO-8601 date or time"),
-        ("until=2026-13-01", "until must be an ISO-8601 date or time"),
-        ("run=x", "run must be a positive whole number"),
-        ("since=2026-11-30&until=2026-11-01", "since must not be after until"),
-        ("code=" + "x" * 300, "code is longer than 255 characters"),
-    ],
-)
-def test_bad_quarantine_filters_are_400(api: Api, query: str, reason: str) -> None:
-    assert api.get(f"/api/quarantine?{query}", 400)["error"].startswith(reason)
-    assert api.get(f"/api/quarantine.csv?{query}", 400)["error"].startswith(reason)
-    assert api.post(f"/api/quarantine/rerun?{query}", 400)["error"].startswith(reason)
+BAD_QUARANTINE_QUERIES = [
+    ("since=yesterday", "since must be an ISO-8601 date or time"),
+    ("until=2026-13-01", "until must be an ISO-8601 date or time"),
+    ("run=x", "run must be a positive whole number"),
+    ("since=2026-11-30&until=2026-11-01", "since must not be after until"),
+    ("code=" + "x" * 300, "code is longer than 255 characters"),
+]
+
+
+def test_bad_quarantine_filters_are_400(api: Api) -> None:
+    for query, reason in BAD_QUARANTINE_QUERIES:
+        assert api.get(f"/api/quarantine?{query}", 400)["error"].startswith(reason)
+        assert api.get(f"/api/quarantine.csv?{query}", 400)["error"].startswith(reason)
+        assert api.post(f"/api/quarantine/rerun?{query}", 400)["error"].startswith(reason)
 
 
 def test_quarantine_csv_has_the_filtered_rows_in_full(api: Api) -> None:
