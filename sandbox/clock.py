@@ -23,11 +23,3 @@ def rfc3339(timestamp: float) -> str:
     """Unix seconds -> `2024-09-26T17:46:22.134Z` (millisecond precision, as Stripe's v2 API)."""
     moment = datetime.fromtimestamp(timestamp, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def parse_rfc3339(text: str) -> float:
-    """RFC 3339 / ISO 8601 text -> unix seconds; raises ValueError on anything else."""
-    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()

@@ -206,7 +206,6 @@ def test_v1_meter_event_parameters_are_checked(sandbox_server: SandboxServer) ->
         with pytest.raises(stripe.InvalidRequestError) as refused:
             client.v1.billing.meter_events.create(params)
         assert refused.value.http_status == 400
-    assert refused.value.code is None or refused.value.code != "invalid_timestamp"
     created = client.v1.billing.meter_events.create(
         {"event_name": "api_requests", "payload": payload, "timestamp": int(time.time())}
     )
