@@ -61,6 +61,11 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
     fmt, repairs = _actual_format(named, text)
     if fmt is FileFormat.JSONL and text[0] != "{":
         raise UnreadableFile("not a usage file: JSON Lines must start with an object ('{')")
+    if fmt is FileFormat.JSON and text[1:].lstrip()[:1] not in _JSON_VALUE_STARTS:
+        raise UnreadableFile(
+            f"not a usage file: its first line {_first(text)!r} starts with '[' but is no "
+            "JSON array (a TOML table?)"
+        )
     if fmt is not FileFormat.CSV:
         return InputPlan(fmt, repairs=repairs)
     delimiter = _sniff_delimiter(text)
@@ -79,6 +84,9 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
     if layout.event_name is None and rules.policy.default_event_name:
         repairs += (f"event_name filled with {rules.policy.default_event_name!r}",)
     return InputPlan(fmt, delimiter, tuple(header), tuple(layout.columns()), repairs)
+
+
+_JSON_VALUE_STARTS = frozenset('{["]-0123456789tfn') | {""}
 
 
 def _names_usage(layout: CsvLayout) -> bool:

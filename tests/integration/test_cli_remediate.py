@@ -155,3 +155,154 @@ def test_bad_input_is_one_line_without_traceback(
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr
+
+
+# --- issue 9: hostile input and files that are not usage -----------------------------------
+
+HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single line a failing command prints: no traceback, nothing reported twice."""
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "closed file" not in proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("rules.toml", (DATA / "rules.toml").read_bytes(), "not a usage file: a TOML file"),
+        ("meters.yaml", b"meters:\n  - id: mtr_1\n    event_name: api\n", "a YAML file"),
+        ("rules.csv", b"# rules\n[policy]\nfuzzy_event_names = true\n", "its first line '# rules'"),
+        ("rules.json", (DATA / "rules.toml").read_bytes(), "is no JSON array (a TOML table?)"),
+        ("notes.jsonl", b"- a\n- b\n", "JSON Lines must start with an object"),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "remediate"])
+def test_a_file_that_is_not_usage_is_one_error(
+    tmp_path: Path, name: str, content: bytes, reason: str, command: str
+) -> None:
+    target = tmp_path / name
+    target.write_bytes(content)
+    out = ["--out", str(tmp_path / "out")] if command == "remediate" else []
+    proc = meterfix(command, str(target), *out, *common("--json"), cwd=tmp_path)
+    assert reason in one_error_line(proc)
+    assert proc.stdout == ""
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        ({"data": 5}, "meters document: 'data' is int, not a list of meters"),
+        ({"data": None}, "meters document: 'data' is null, not a list of meters"),
+        (
+            {"data": [{"id": "mtr_1", "event_name": "api", "customer_mapping": "cus_1"}]},
+            "meter 'mtr_1': customer_mapping is a str, not an object",
+        ),
+        ([7], "meter #0 is a int, not an object"),
+    ],
+)
+def test_meters_that_are_not_meters_are_one_error(
+    tmp_path: Path, document: object, reason: str
+) -> None:
+    meters = tmp_path / "meters.json"
+    meters.write_text(json.dumps(document))
+    args = ["--meters", str(meters), "--now", NOW]
+    proc = meterfix("validate", str(DATA / "failed_records.csv"), *args, cwd=tmp_path)
+    assert one_error_line(proc) == f"Error: cannot read meters {meters}: {reason}"
+
+
+def test_duplicate_header_is_a_whole_file_failure(tmp_path: Path) -> None:
+    target = tmp_path / "dup.csv"
+    target.write_text(
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,payload_value\n"
+        "a,1764000000,api_requests,cus_1,5,500\n"
+    )
+    proc = meterfix("remediate", str(target), "--out", str(tmp_path / "o"), *common(), cwd=tmp_path)
+    assert one_error_line(proc) == (
+        f"Error: {target}: ambiguous header: column 'payload_value' appears twice "
+        "(columns 5 and 6); nothing guessed"
+    )
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "a,1764000000,api_requests,cus_1,1e5000,\n",
+        "a," + "9" * 5000 + ",api_requests,cus_1,5,\n",
+        "a,1764000000,api_requests,cus_1,1e100000000,meter_event_invalid_value\n",
+    ],
+)
+def test_validate_oversized_numbers_reports_rows_not_tracebacks(tmp_path: Path, row: str) -> None:
+    target = tmp_path / "big.csv"
+    target.write_text(HEADER + row + "b,1764000000,api_requests,cus_1,5,\n")
+    proc = meterfix("validate", str(target), *common("--json"), cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr == ""  # exit 1: a row is invalid
+    summary = json.loads(proc.stdout)
+    assert (summary["input_rows"], summary["valid"], summary["quarantined"]) == (2, 1, 1)
+
+
+def test_remediate_names_an_unwritable_output(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    out = blocker / "out"
+    proc = meterfix(
+        "remediate", str(DATA / "failed_records.csv"), "--out", str(out), *common(), cwd=tmp_path
+    )
+    line = one_error_line(proc)
+    assert line == f"Error: --out {out}: Not a directory"
+    assert "failed_records.csv" not in line
+
+
+@pytest.mark.parametrize("command", ["validate", "remediate"])
+def test_no_meters_and_no_key_says_what_to_do(tmp_path: Path, command: str) -> None:
+    out = ["--out", str(tmp_path / "o")] if command == "remediate" else []
+    proc = subprocess.run(
+        [METERFIX, command, str(DATA / "failed_records.csv"), *out, "--now", NOW],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        # no STRIPE_API_KEY; the bundled sandbox's address points at a closed port
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "STRIPE_API_BASE": CLOSED},
+    )
+    line = one_error_line(proc)
+    assert "pass --meters or set STRIPE_API_KEY" in line and "Connection" not in line
+
+
+CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+def test_hostile_rows_are_quarantined_with_reasons_and_outputs_repeat(tmp_path: Path) -> None:
+    target = tmp_path / "hostile.csv"
+    rows = [
+        "big,1764000000,api_requests,cus_1,1e309,meter_event_invalid_value",
+        "ms,1796203186000,api_requests,cus_1,5,timestamp_in_future",
+        "nul\x00id,1764000000,api_requests,cus_1,5,",
+        "ok,1764000000,api_requests,cus_1,5,",
+    ]
+    target.write_text(HEADER + "\n".join(rows) + "\n")
+    runs = []
+    for name in ("o1", "o2"):
+        proc = meterfix(
+            "remediate", str(target), "--out", str(tmp_path / name), *common("--json"), cwd=tmp_path
+        )
+        assert proc.returncode == 0, proc.stderr
+        runs.append(json.loads(proc.stdout))
+    first, second = runs
+    assert (first["input_rows"], first["valid"], first["quarantined"]) == (4, 1, 3)
+    with open(first["outputs"]["quarantine"][0], newline="") as handle:
+        reasons = {r["identifier"]: r["mfx_reason"] for r in csv.DictReader(handle)}
+    assert reasons == {
+        "big": "value '1e309' has 310 integer digits; at most 20 allowed",
+        "ms": "timestamp 1796203186000 read as milliseconds is 2026-12-02T09:19:46Z, outside "
+        "the accepted window 2025-10-20T16:00:00Z to 2025-11-24T17:00:00Z",
+        "nul\x00id": "identifier 'nul\\x00id' holds a control character: U+0000 at position 4",
+    }
+    for kind in ("corrected", "quarantine"):
+        for a, b in zip(first["outputs"][kind], second["outputs"][kind], strict=True):
+            assert Path(a).read_bytes() == Path(b).read_bytes()
