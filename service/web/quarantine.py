@@ -21,6 +21,7 @@ from service.web.store import Listing, iso, keyset
 
 QUARANTINE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
 STREAM_BATCH = 1000
+FORMULA_STARTS = ("=", "+", "@", "\t", "\r")
 CSV_COLUMNS = (
     "id",
     "created_at",
@@ -122,7 +123,10 @@ def _cell(row: Mapping[str, Any], record: Mapping[str, Any], column: str) -> str
     if column == "payload":
         return json.dumps(record.get("payload") or {}, ensure_ascii=False)
     value = record.get(column) if column in ("timestamp", "event_name") else row.get(column)
-    return "" if value is None else str(value)
+    text = "" if value is None else str(value)
+    # Row contents come from usage files: a cell a spreadsheet would run as a formula gets a
+    # leading quote (the `record` column keeps the row exactly).
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _drain(buffer: io.StringIO) -> str:

@@ -251,6 +251,12 @@ def test_quarantine_csv_has_the_filtered_rows_in_full(api: Api) -> None:
     assert rows[1]["identifier"] == "r1" and rows[1]["event_name"] == "api_calls"
     assert rows[1]["reason"] == "reason for r1" and rows[1]["customer"] == "cus_1"
     assert '"stripe_customer_id": "cus_1"' in rows[1]["payload"]
+    run_id = seed.run(api.engine, "cli:formula")
+    seed.quarantined(api.engine, run_id, [{"identifier": "=1+2", "code": "x", "customer": "@c"}])
+    text = api.get(f"/api/quarantine.csv?run={run_id}")
+    [row] = list(csv.DictReader(io.StringIO(text)))
+    assert (row["identifier"], row["customer"]) == ("'=1+2", "'@c")  # no spreadsheet formulas
+    assert '"identifier": "=1+2"' in row["record"]  # the row itself, exactly
 
 
 def test_rerun_queues_one_task_and_records_the_action(api: Api) -> None:
