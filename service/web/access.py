@@ -35,19 +35,25 @@ def admin_token(settings: Settings) -> str:
 
 
 def _stored_token(path: Path) -> str:
-    """Read the token kept in `path`, or create it (mode 600) if there is none yet."""
+    """The token kept in `path`, made first if there is none (mode 600). The new file is
+    written whole under a temporary name and linked into place, so two processes starting
+    together (gunicorn workers) never see half a file and agree on one token."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # kept from an earlier start (or another process made it)
-        os.chmod(path, 0o600)
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            return token
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        stream.write(token + "\n")
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process was first: use its token
+            pass
+        finally:
+            tmp.unlink()
+    os.chmod(path, 0o600)
+    token = path.read_text(encoding="utf-8").strip()
+    if not token:
+        raise ValueError(f"{path} is empty: delete it to have a new admin token made")
     return token
 
 
