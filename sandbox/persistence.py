@@ -76,14 +76,14 @@ class StateFile:
     def save(self, state: SandboxState) -> None:
         """Write the whole state atomically (one writer at a time, newest snapshot last)."""
         with self._write_lock:
-            with state.lock:
-                snapshot = _snapshot(state)
+            with state.lock:  # serialised under the lock: the stores are live objects
+                text = json.dumps(_snapshot(state), separators=(",", ":"))
                 files = dict(state.files)
             self.contents_dir.mkdir(parents=True, exist_ok=True)
             for file_id in files.keys() - self._written:
                 _write_atomically(self.contents_dir / file_id, files[file_id].content)
                 self._written.add(file_id)
-            _write_atomically(self.path, json.dumps(snapshot, separators=(",", ":")).encode())
+            _write_atomically(self.path, text.encode())
             for file_id in self._written - files.keys():  # forgotten by a reset
                 (self.contents_dir / file_id).unlink(missing_ok=True)
             self._written &= files.keys()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,26 @@ def test_missing_file_contents_are_reported(tmp_path: Path) -> None:
         blob.unlink()
     with pytest.raises(StateFileError):
         StateFile(tmp_path / "s.json").load()
+
+
+def test_saves_race_with_changes_safely(tmp_path: Path) -> None:
+    state, store = SandboxState(), StateFile(tmp_path / "s.json")
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for i in range(100):
+                with state.lock:
+                    state.identifiers[f"{worker}-{i}"] = float(i)
+                    state.meter_events.append({"identifier": f"{worker}-{i}"})
+                store.save(state)
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(StateFile(tmp_path / "s.json").load().meter_events) == 400
