@@ -70,6 +70,15 @@ def build_channels(
     return channels
 
 
+def settings_secrets(settings: Settings) -> list[str]:
+    """What must never be logged or stored: the Slack URL and the SMTP password (and URL)."""
+    from urllib.parse import unquote, urlsplit
+
+    password = urlsplit(settings.smtp_url).password if settings.smtp_url else None
+    secrets = [settings.slack_webhook_url, settings.smtp_url]
+    return secrets + ([password, unquote(password)] if password else [])
+
+
 def redact(text: str, secrets: Sequence[str]) -> str:
     """`text` with every non-empty secret replaced (error messages may quote a URL)."""
     for secret in secrets:

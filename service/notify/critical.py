@@ -21,7 +21,7 @@ from service.logs import log_event
 from service.models._types import utcnow
 from service.models.alerts import Alert, AlertSeverity, AlertStatus
 from service.notify.alerts import NOTIFY_STATE
-from service.notify.channels import Channel, DeliveryFailed
+from service.notify.channels import Channel, DeliveryFailed, redact, settings_secrets
 from service.notify.digests import retry_delay
 from service.notify.render import AlertView, render_alert
 from service.notify.urls import DashboardLinks
@@ -44,10 +44,11 @@ def send_critical_alerts(
         return 0
     links = DashboardLinks(settings.mfx_public_url)
     sent = 0
+    secrets = settings_secrets(settings)
     for phase in (RAISED, RESOLVED):
         for row in _due(engine, phase):
             view = AlertView.of(row, examples=settings.mfx_message_examples, run_url=links.run)
-            sent += _send(engine, row, phase, view, channels, links, clock())
+            sent += _send(engine, row, phase, view, channels, links, clock(), secrets)
     return sent
 
 
@@ -77,6 +78,7 @@ def _send(
     channels: Sequence[Channel],
     links: DashboardLinks,
     now: datetime,
+    secrets: Sequence[str],
 ) -> int:
     detail = dict(row["detail"] or {})
     state: dict[str, Any] = dict(detail.get(NOTIFY_STATE) or {})
@@ -95,7 +97,7 @@ def _send(
         except DeliveryFailed as exc:
             errors.append(exc.reason)
         except Exception as exc:  # loop edge: one alert's failure never stops the job
-            errors.append(f"{type(exc).__name__}: {exc}"[:500])
+            errors.append(redact(f"{type(exc).__name__}: {exc}", secrets)[:500])
     attempts = int(progress.get("attempts", 0)) + 1
     finished = not errors or attempts >= MAX_ATTEMPTS
     progress = {"channels": sorted(done), "attempts": attempts}

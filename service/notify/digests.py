@@ -25,7 +25,13 @@ from service.logs import log_event
 from service.models._types import as_utc, utcnow
 from service.models.alerts import DigestRun, DigestStatus
 from service.notify.alerts import raise_alert
-from service.notify.channels import Channel, DeliveryFailed, Message
+from service.notify.channels import (
+    Channel,
+    DeliveryFailed,
+    Message,
+    redact,
+    settings_secrets,
+)
 from service.notify.content import Digest, collect_digest
 from service.notify.render import render_digest
 from service.notify.windows import DigestSchedule, Window
@@ -171,7 +177,7 @@ class DigestSender:
         except DeliveryFailed as exc:
             return self._failed(channel.name, window, attempts, exc.reason, exc.permanent, retry)
         except Exception as exc:  # loop edge: a digest failure never stops the worker
-            reason = f"{type(exc).__name__}: {exc}"[:500]
+            reason = redact(f"{type(exc).__name__}: {exc}", settings_secrets(self.settings))
             return self._failed(channel.name, window, attempts, reason, False, retry)
         self._finish(channel.name, window, DigestStatus.SENT, _summary(digest, message))
         log_event("digest.sent", channel=channel.name, window_start=window.start, attempt=attempts)

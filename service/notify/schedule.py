@@ -22,7 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from service.config import Settings
 from service.logs import log_event
 from service.models._types import utcnow
-from service.notify.channels import Channel, build_channels
+from service.notify.channels import Channel, build_channels, redact, settings_secrets
 from service.notify.critical import send_critical_alerts
 from service.notify.digests import DigestSender
 from service.notify.heartbeats import check_heartbeats
@@ -142,19 +142,15 @@ class NotifyJobs:
             if leader:
                 purge_expired(self.runtime.engine, self.settings.mfx_retention_days)
 
-    @staticmethod
-    def _guard(job: Callable[[], None]) -> Callable[[], None]:
+    def _guard(self, job: Callable[[], None]) -> Callable[[], None]:
         """Loop edge: a failing job (database down, a bug) is logged; the next run goes on."""
+        secrets = settings_secrets(self.settings)
 
         def run() -> None:
             try:
                 job()
             except Exception as exc:
-                log_event(
-                    "notify.job_failed",
-                    level=logging.ERROR,
-                    job=job.__name__,
-                    reason=f"{type(exc).__name__}: {exc}"[:500],
-                )
+                reason = redact(f"{type(exc).__name__}: {exc}", secrets)
+                log_event("notify.job_failed", level=logging.ERROR, job=job.__name__, reason=reason)
 
         return run
