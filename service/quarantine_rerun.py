@@ -2,8 +2,8 @@
 action) run again through the current rules as one new run. Rows that now pass go to its
 corrected object, the rest to its own quarantine rows; the rows taken get `rerun_id`.
 
-Quarantined rows were never sent, so re-running them is always safe. Each row keeps the code
-it arrived with, so a correction is still what Stripe's error asks for. The rows are picked
+Quarantined rows were never sent, so re-running them is always safe (the run is `rejected`:
+a row that passes goes out). The rows are picked
 once (ids, oldest first) before the run starts, so a retried task after a crash takes the
 same rows and never its own new ones.
 """
@@ -17,10 +17,19 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, func, select, update
 
+from remediation.codes import KNOWN_CODES, ErrorCode
 from remediation.filetypes import FileFormat
+from remediation.identifiers import (
+    Identifiers,
+    Lineage,
+    reserved_originals,
+    row_identifier,
+    trace_ancestors,
+)
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.models.alerts import AdminAction
 from service.models.remediation import QuarantinedRow, RemediationRun
+from service.remediation_inputs import LOOKUP_BATCH, parents
 from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
 from service.web.params import BadParameter, quarantine_filter
 from service.web.quarantine import conditions
@@ -30,6 +39,11 @@ RUNS: Table = RemediationRun.__table__  # type: ignore[attr-defined]
 ACTIONS: Table = AdminAction.__table__  # type: ignore[attr-defined]
 BATCH = 500
 CORE_KEYS = ("identifier", "timestamp", "event_name", "payload")
+# Codes our own validation decides (from the row and the meters): such a row goes through
+# validation again, so a row that now passes (its meter exists now, its time is no longer in
+# the future) goes out. Other codes (a customer Stripe did not find, unknown codes) only
+# Stripe can judge: the row keeps its code, and only a correction sends it out.
+CHECKED_BY_VALIDATION = KNOWN_CODES - {ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.UNCLASSIFIED}
 
 
 class RerunInputMissing(Exception):
@@ -43,14 +57,17 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     ids, generation = _pick(ctx.engine, action_ref, run_key)
     if not ids:
         return "no quarantined rows match: nothing to re-run"
+    source = f"quarantine re-run {action_ref}"
     request = RunRequest(
         run_key=run_key,
         trigger="quarantine_rerun",
-        source=f"quarantine re-run {action_ref}",
+        source=source,
         tag=f"rerun-{action_ref}",
         fmt=FileFormat.JSONL,
         now=int(time.time()),
         generation=generation,
+        lineage=_lineage(ctx.engine, ids, generation, source),
+        rejected=True,  # quarantined rows were never sent: every row may go out corrected
     )
     run = execute_run(ctx, request, _records(ctx.engine, ids))
     assert run.id is not None
@@ -94,29 +111,54 @@ def _pick(engine: Engine, action_ref: str, run_key: str) -> tuple[list[int], int
     return ids, int(generation or 1)
 
 
-def _records(engine: Engine, ids: Sequence[int]) -> Iterator[UsageRecord]:
-    number = 0
+def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[tuple[str, Any, Any]]:
+    """(identifier, code, record) of each row, by id; a row that had no identifier gets the
+    one its first run gave it (from its source and row number), as its original."""
     chunks = iter(ids)
     while chunk := list(islice(chunks, BATCH)):
         with engine.connect() as connection:
             rows = connection.execute(
-                select(QUARANTINE.c.code, QUARANTINE.c.identifier, QUARANTINE.c.record)
+                select(
+                    QUARANTINE.c.identifier,
+                    QUARANTINE.c.source,
+                    QUARANTINE.c.row_number,
+                    QUARANTINE.c.code,
+                    QUARANTINE.c.record,
+                )
                 .where(QUARANTINE.c.id.in_(chunk))
                 .order_by(QUARANTINE.c.id)
             ).all()
         for row in rows:
-            number += 1
-            record = row[2] if isinstance(row[2], dict) else {}
-            yield _usage_record(number, _text(row[0]) or "", _text(row[1]), record)
+            record = row[4] if isinstance(row[4], dict) else {}
+            identifier = _text(record.get("identifier")) or _text(row[0])
+            yield identifier or row_identifier(str(row[1] or ""), int(row[2] or 0)), row[3], record
 
 
-def _usage_record(
-    number: int, code: str, identifier: str | None, row: dict[str, Any]
-) -> UsageRecord:
+def _lineage(engine: Engine, ids: Sequence[int], generation: int, source: str) -> Lineage:
+    """Which of the rows' identifiers we wrote (a quarantined row of a corrected file) and
+    the originals a derived identifier must not equal, as the other jobs find them."""
+    identifiers = [identifier for identifier, _, _ in _identified_rows(engine, ids)]
+    ancestors = trace_ancestors(
+        identifiers, generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
+    )
+    lineage = Lineage(ancestors)
+    numbered = ((identifier, n) for n, identifier in enumerate(identifiers, start=1))
+    reserved = reserved_originals(numbered, Identifiers(source, generation, lineage, keep=False))
+    return Lineage(ancestors, reserved)
+
+
+def _records(engine: Engine, ids: Sequence[int]) -> Iterator[UsageRecord]:
+    for number, (identifier, code, record) in enumerate(_identified_rows(engine, ids), start=1):
+        yield _usage_record(number, _text(code) or "", identifier, record)
+
+
+def _usage_record(number: int, code: str, identifier: str, row: dict[str, Any]) -> UsageRecord:
+    """The row as it arrived (without the `mfx_*` notes), with the code it arrived with
+    unless our validation decides that code (see CHECKED_BY_VALIDATION)."""
     payload = row.get("payload")
     return UsageRecord(
         row_number=number,
-        identifier=_text(row.get("identifier")) or _text(identifier),
+        identifier=identifier,
         timestamp=row.get("timestamp"),
         event_name=_text(row.get("event_name")),
         payload=dict(payload) if isinstance(payload, dict) else {},
@@ -125,7 +167,7 @@ def _usage_record(
             for key, value in row.items()
             if key not in CORE_KEYS and not key.startswith(MFX_PREFIX)
         },
-        error_code=code or None,
+        error_code=None if code in CHECKED_BY_VALIDATION else code or None,
     )
 
 

@@ -28,6 +28,7 @@ FAILED = (
     "a1,{now},api_requests,acme-42,5,meter_event_customer_not_found\n"
     "a2,1000000000,api_requests,cus_1,7,timestamp_too_far_in_past\n"
     "a3,{ms},api_requests,cus_1,9,timestamp_in_future\n"
+    "a4,{now},tokens,cus_1,3,no_meter\n"
 )
 
 
@@ -54,21 +55,23 @@ def test_rows_stored_in_full_then_rerun_with_current_rules(
     )
     engine = make_engine(db_url)
     first = _remediate(settings, engine, tmp_path, FAILED.format(now=now, ms=now * 1000))
-    assert (first.corrected, first.quarantined) == (1, 2)
+    assert (first.corrected, first.quarantined) == (1, 3)
     with Session(engine) as session:
         stored = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
     assert [(r.identifier, r.code, r.meter, r.customer) for r in stored] == [
         ("a1", "meter_event_customer_not_found", "api_requests", "acme-42"),
         ("a2", "timestamp_too_far_in_past", "api_requests", "cus_1"),
+        ("a4", "no_meter", "tokens", "cus_1"),
     ]
     assert stored[0].record["payload"] == {"stripe_customer_id": "acme-42", "value": "5"}
     assert stored[0].record["timestamp"] == str(now) and stored[0].record["mfx_reason"]
 
-    rules.write_text('[customers]\n"acme-42" = "cus_acme"\n')  # the operator's fix
+    rules.write_text('[customers]\n"acme-42" = "cus_acme"\n')  # the operator's fixes:
+    sandbox_server.admin.create_meter("tokens")  # a customer map entry and the missing meter
     client = make_app(settings).test_client()
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     queued = client.post(f"/api/quarantine/rerun?run={first.id}", headers=bearer).get_json()
-    assert queued["queued"] and queued["rows"] == 2
+    assert queued["queued"] and queued["rows"] == 3
     report = InboxWorker(engine, settings, task_runner=TaskRunner(settings, engine)).drain()
     assert report.done == [queued["task"]], report
 
@@ -77,7 +80,7 @@ def test_rows_stored_in_full_then_rerun_with_current_rules(
             select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
         ).one()
         old = session.exec(select(QuarantinedRow).where(QuarantinedRow.run_id == first.id)).all()
-    assert (rerun.input_rows, rerun.corrected, rerun.quarantined) == (2, 1, 1)
+    assert (rerun.input_rows, rerun.valid, rerun.corrected, rerun.quarantined) == (3, 1, 1, 1)
     assert {row.rerun_id for row in old} == {rerun.id}
     still = client.get("/api/quarantine", headers=bearer).get_json()["data"]
     assert [(r["identifier"], r["code"], r["run_id"]) for r in still] == [
@@ -87,10 +90,11 @@ def test_rows_stored_in_full_then_rerun_with_current_rules(
     assert {r["rerun_id"] for r in taken} == {rerun.id}
     detail = client.get(f"/api/runs/{rerun.id}", headers=bearer).get_json()
     assert detail["input"] == {"type": "quarantine_rerun", "action_id": str(queued["action_id"])}
-    assert detail["inputs"][0]["action"]["detail"]["rows"] == 2
+    assert detail["inputs"][0]["action"]["detail"]["rows"] == 3
     [corrected] = [o for o in detail["outputs"] if o["kind"] == "corrected"]
     text = (Path(settings.bucket_url[len("file://") :]) / corrected["key"]).read_text()
     assert '"identifier":"a1-mfx1"' in text and "cus_acme" in text and "a2" not in text
+    assert '"identifier":"a4-mfx1"' in text and '"event_name":"tokens"' in text  # passes now
     again = InboxWorker(engine, settings, task_runner=TaskRunner(settings, engine))
     assert again.drain().done == []  # the task ran once
     engine.dispose()
