@@ -47,6 +47,7 @@ from service.models.inbox import InboxStatus, PayloadStyle
 from service.remediation_inputs import TaskInputMissing
 from service.remediation_tasks import TASK_STYLE, TaskKind, parse_task
 from service.worker_liveness import (
+    ITEM_THREAD_PREFIX,
     ItemInterrupted,
     TimeLimitExceeded,
     WorkerHeartbeat,
@@ -174,7 +175,7 @@ class InboxWorker:
                 status, outcome = call_with_time_limit(
                     lambda: self._dispatch(claimed),
                     self.settings.mfx_task_time_limit,
-                    name=f"meterfix-item-{claimed.row_id}",
+                    name=f"{ITEM_THREAD_PREFIX}{claimed.row_id}",
                     stop=stop,
                     hard_limit=self.hard_time_limit,
                 )

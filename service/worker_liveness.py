@@ -5,14 +5,15 @@ Why a thread per item and a process restart (not a child process per item): Pyth
 kill a thread, so the item runs in its own daemon thread while the worker's main thread
 waits at most `MFX_TASK_TIME_LIMIT`. Past it, the worker records the failure with its
 reason (retried, dead-lettered after `MFX_MAX_ATTEMPTS`), stops renewing the lease, and
-`meterfix worker` restarts its process (exec of the same command line: same pid, so
-Ctrl-C and process managers still reach it), which ends the stuck thread. A child process
-per item would cost a fresh interpreter (or a fork of a threaded process) per event and
-could not run the in-process drains the tests use. An item stuck in C code that never
-releases the GIL would also freeze the waiting thread: for that case the CLI arms
-`faulthandler`'s watchdog (a C thread, no GIL needed), which ends the process a grace
-period after the limit; the item's lease then expires, it is retaken, and after
-`MFX_MAX_ATTEMPTS` such deaths it is dead-lettered (`service.worker`).
+the worker process exits so that its supervisor starts a fresh one
+(`service.worker_supervisor`): the stuck thread ends with its process. A child process per
+item would cost a fresh interpreter (or a fork of a threaded process) per event and could
+not run the in-process drains the tests use. An item stuck in C code that never releases
+the GIL (a pathological regex, a huge integer) freezes the waiting thread too: for that
+case the CLI arms `faulthandler`'s watchdog (a C thread, no GIL needed), which ends the
+process a grace period after the limit; the supervisor restarts it, the item's lease
+expires, it is retaken, and after `MFX_MAX_ATTEMPTS` such deaths it is dead-lettered
+(`service.worker`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from service.logs import log_event
 from service.models.health import ProcessRole
 
 T = TypeVar("T")
+ITEM_THREAD_PREFIX = "meterfix-item-"
 WAIT_STEP_SECONDS = 0.2  # how often the waiting thread looks at the clock and the stop flag
 HARD_LIMIT_GRACE_SECONDS = 30.0  # the watchdog's margin past the time limit
 
@@ -49,6 +51,14 @@ class TimeLimitExceeded(Exception):
 
 class ItemInterrupted(Exception):
     """The worker was asked to stop while the item ran; its thread is abandoned."""
+
+
+def item_threads_alive() -> bool:
+    """True while an abandoned item's thread still runs (it ends with the process only)."""
+    return any(
+        thread.name.startswith(ITEM_THREAD_PREFIX) and thread.is_alive()
+        for thread in threading.enumerate()
+    )
 
 
 def heartbeat_interval(lease_seconds: float) -> float:
@@ -156,11 +166,18 @@ def call_with_time_limit(
 
 @contextmanager
 def _watchdog(seconds: float, *, enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
+    armed = enabled and _arm_watchdog(seconds)
     try:
         yield
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        if armed:
+            faulthandler.cancel_dump_traceback_later()
+
+
+def _arm_watchdog(seconds: float) -> bool:
+    try:
+        faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
+    except (AttributeError, OSError, ValueError) as exc:  # stderr without a file descriptor
+        log_event("worker.watchdog_unavailable", level=logging.WARNING, error=type(exc).__name__)
+        return False
+    return True

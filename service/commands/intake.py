@@ -16,8 +16,13 @@ from service.inbox import requeue
 from service.logs import log_event
 from service.runtime import Runtime
 from service.worker import InboxWorker, LoopEnd, PassReport, SchemaNotCurrent, run_loop
-
-RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: cannot exec itself; a process manager restarts it
+from service.worker_liveness import item_threads_alive
+from service.worker_supervisor import (
+    RESTART_EXIT_CODE,
+    die_with_supervisor,
+    is_supervised,
+    supervise,
+)
 
 
 def _runtime() -> Runtime:
@@ -58,21 +63,26 @@ def worker_command(once: bool) -> None:
     if once:
         _run_once(worker)
         return
-    stop = stop_on_signals()
-    if run_loop(worker, stop) is LoopEnd.RESTART:
-        rt.close()
-        _restart_process()
+    if not is_supervised():  # this process supervises; the worker runs in a child
+        sys.exit(supervise(stop_on_signals()))
+    die_with_supervisor()
+    code = 0
+    if run_loop(worker, stop_on_signals()) is LoopEnd.RESTART:
+        log_event("worker.restarting", level=logging.WARNING, reason="an item overran its limit")
+        code = RESTART_EXIT_CODE  # the supervisor starts a fresh worker process at once
+    rt.close()
+    _exit_worker_process(code)
 
 
-def _restart_process() -> None:
-    """Replace this process with a fresh `meterfix worker` (same pid and arguments): the
-    only way to end a thread stuck past its item's time limit (`service.worker_liveness`)."""
-    log_event("worker.restarting", level=logging.WARNING, reason="an item overran its limit")
+def _exit_worker_process(code: int) -> None:
+    """Exit; without the interpreter's clean-up while an abandoned item's thread still runs
+    (exit hooks, an executor's for one, could wait for that thread forever)."""
+    if not item_threads_alive():
+        sys.exit(code)
+    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    if sys.executable and sys.orig_argv:
-        os.execv(sys.executable, sys.orig_argv)
-    sys.exit(RESTART_EXIT_CODE)
+    os._exit(code)
 
 
 def _run_once(worker: InboxWorker) -> None:

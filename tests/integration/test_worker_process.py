@@ -23,7 +23,7 @@ from service.db import make_engine
 from service.models import Alert, ErrorReport, ErrorSample
 from service.models._types import as_utc
 from service.models.health import Heartbeat
-from service.models.inbox import InboxStatus
+from service.models.inbox import InboxEvent, InboxStatus
 from tests.integration.intake_helpers import inbox_rows
 from tests.servers import serve_wsgi
 
@@ -223,7 +223,7 @@ def test_slow_worker_keeps_its_item_and_beats(
             age = datetime.now(UTC) - (
                 as_utc(beat.last_beat_at) or datetime.min.replace(tzinfo=UTC)
             )
-            assert age.total_seconds() < 1.5
+            assert age.total_seconds() < 5  # beats every 1/3 s (a loaded machine may lag)
             gated.release.set()
             _wait_for(lambda: inbox_rows(db_url)[0].status == InboxStatus.DONE, 15, "done")
             assert inbox_rows(db_url)[0].attempts == 1  # never taken over
@@ -242,7 +242,7 @@ def test_ctrl_c_mid_item_stops_at_once_and_hands_the_item_back(
     try:
         assert gated.entered.wait(30), "the worker never fetched the event"
         worker.send_signal(signal.SIGINT)
-        assert worker.wait(5) == 0  # does not wait for the item (the gate holds it 30 s)
+        assert worker.wait(8) == 0  # does not wait for the item (the gate holds it 30 s)
     finally:
         worker.kill()
         worker.wait(10)
@@ -295,3 +295,54 @@ def test_worker_before_db_upgrade_says_what_to_run(sandbox_server: Any, tmp_path
         assert result.returncode != 0 and "Traceback" not in result.stderr
         [line] = result.stderr.strip().splitlines()
         assert "run `meterfix db upgrade`" in line
+
+
+HOGGING_HANDLER = """
+import re
+
+import handlers
+import service.worker_liveness
+
+service.worker_liveness.HARD_LIMIT_GRACE_SECONDS = 1
+_known = handlers.handler_for
+
+
+def _hog(event, context):  # C code that never lets go of the interpreter (the GIL)
+    return re.match(r"(a+)+$", "a" * 64 + "b")
+
+
+handlers.handler_for = lambda event_type: _hog if event_type == "test.hog" else _known(event_type)
+"""
+
+
+def test_an_item_holding_the_interpreter_is_ended_by_the_watchdog(
+    sqlite_url: str, sandbox_server: Any, tmp_path: Path
+) -> None:
+    db_url = sqlite_url  # the watchdog does not depend on the database
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        session.add(
+            InboxEvent(event_id="evt_hog", event_type="test.hog", style="snapshot", body="{}")
+        )
+        session.commit()
+    engine.dispose()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HOGGING_HANDLER)  # loaded first by the worker only
+    env = _env(db_url, sandbox_server, sandbox_server.url, PYTHONPATH=str(site))
+    env.update(MFX_TASK_TIME_LIMIT="1", MFX_WORKER_LEASE="1", MFX_MAX_ATTEMPTS="1")
+    log = tmp_path / "worker.log"
+    with (
+        log.open("w") as stderr,
+        subprocess.Popen([MFX, "worker"], env=env, cwd=tmp_path, stderr=stderr) as worker,
+    ):
+        try:
+            _wait_for(lambda: inbox_rows(db_url)[0].status == InboxStatus.DEAD, 40, "dead")
+            assert worker.poll() is None  # the supervisor restarted the worker process
+        finally:
+            worker.terminate()
+            assert worker.wait(15) == 0
+    [row] = inbox_rows(db_url)
+    assert "stopped without finishing" in (row.last_error or "")
+    text = log.read_text()
+    assert "Timeout" in text and "worker.process_restarting" in text  # the watchdog's dump
