@@ -31,7 +31,8 @@ from service.poller_files import FailedRecords, failed_records_path
 from service.poller_progress import ObjectProgress, ProgressStore, row_was_sent
 from service.poller_store import PollerStore
 
-CHUNKS_PER_GROUP = 10  # batches sent concurrently, then their acknowledgements recorded
+CHUNKS_PER_GROUP = 10  # batches recorded before sending, and acknowledgements recorded, at once
+ACK_EVERY = 0.25  # seconds: acknowledgements are written at least this often
 BEAT_EVERY = 10.0  # seconds between heartbeats during a long import
 
 
@@ -98,37 +99,68 @@ def _send_all(
     failed_out: FailedRecords,
     tally: ImportTally,
 ) -> None:
-    number, last_beat = progress.acked_batches, time.monotonic()
-    while group := list(islice(chunks, CHUNKS_PER_GROUP)):
-        number = _send_group(job, obj, progress, group, number, tally)
-        tally.failed += failed_out.write(chunk.failed for chunk in group)
-        tally.rows += sum(len(chunk.rows) for chunk in group)
-        if time.monotonic() - last_beat >= BEAT_EVERY:
-            job.beat()
-            last_beat = time.monotonic()
+    """One stream of batches through the sink: a batch waiting out a backoff does not hold
+    up the next ones. Batch i of this pass is number `acked_batches + i`."""
+    acks = _Acknowledgements(job, progress)
+
+    def batches() -> Iterator[list[dict[str, object]]]:
+        number, last_beat = progress.acked_batches, time.monotonic()
+        while group := list(islice(chunks, CHUNKS_PER_GROUP)):
+            sending = _record_group(job, obj, progress, group, number)
+            tally.failed += failed_out.write(chunk.failed for chunk in group)
+            tally.rows += sum(len(chunk.rows) for chunk in group)
+            number += len(sending)
+            yield from sending
+            if time.monotonic() - last_beat >= BEAT_EVERY:
+                job.beat()
+                last_beat = time.monotonic()
+
+    try:
+        sent = _send(job.sink, batches(), acks.add)  # iterating counts skipped rows in tally
+        tally.sent += sent
+    finally:
+        acks.flush()
+        tally.requests = acks.count
 
 
-def _send_group(
+def _record_group(
     job: ObjectImport,
     obj: ObjectInfo,
     progress: ObjectProgress,
     group: list[ImportChunk],
     number: int,
-    tally: ImportTally,
-) -> int:
-    """Record, send, and record the acknowledgements of one group; the next batch number."""
+) -> list[list[dict[str, object]]]:
+    """Record a group's rows and batches before any of it is sent; its batches' events."""
     job.store.insert_rows(obj, [ref for chunk in group for ref in chunk.rows])
     batches = [chunk for chunk in group if chunk.events]
-    numbers = list(range(number, number + len(batches)))
-    spans = [(n, *_span(chunk)) for n, chunk in zip(numbers, batches, strict=True)]
+    spans = [(number + i, *_span(chunk)) for i, chunk in enumerate(batches)]
     job.progress.record_sending(progress.object_id, spans, job.clock())
-    acked: list[int] = []
-    try:
-        tally.sent += _send(job.sink, [chunk.events for chunk in batches], acked.append)
-    finally:
-        job.progress.record_acks(progress.object_id, [numbers[i] for i in acked], job.clock())
-        tally.requests += len(acked)
-    return number + len(batches)
+    return [chunk.events for chunk in batches]
+
+
+class _Acknowledgements:
+    """Batches Stripe accepted, written in bulk: every ACK_EVERY seconds or CHUNKS_PER_GROUP
+    batches, and at the end, so a crash loses few acknowledgements and a fast stream does
+    not pay one transaction per batch."""
+
+    def __init__(self, job: ObjectImport, progress: ObjectProgress) -> None:
+        self.job, self.progress = job, progress
+        self.pending: list[int] = []
+        self.count = 0
+        self.flushed_at = time.monotonic()
+
+    def add(self, index: int) -> None:
+        self.pending.append(self.progress.acked_batches + index)
+        self.count += 1
+        due = time.monotonic() - self.flushed_at >= ACK_EVERY
+        if due or len(self.pending) >= CHUNKS_PER_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.job.progress.record_acks(self.progress.object_id, self.pending, self.job.clock())
+            self.pending = []
+        self.flushed_at = time.monotonic()
 
 
 def _span(chunk: ImportChunk) -> tuple[int, int]:
@@ -138,14 +170,18 @@ def _span(chunk: ImportChunk) -> tuple[int, int]:
 
 
 def _send(
-    sink: MeterEventSink, batches: list[list[dict[str, object]]], on_sent: Callable[[int], None]
+    sink: MeterEventSink,
+    batches: Iterable[list[dict[str, object]]],
+    on_sent: Callable[[int], None],
 ) -> int:
     if isinstance(sink, BatchSender):
         return sink.send_batches(batches, on_sent)
+    sent = 0
     for index, batch in enumerate(batches):
         sink.send(batch)
         on_sent(index)
-    return sum(len(batch) for batch in batches)
+        sent += len(batch)
+    return sent
 
 
 def _not_acknowledged(

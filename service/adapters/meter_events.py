@@ -35,7 +35,7 @@ SESSION_SECONDS = 15 * 60  # Stripe's session lifetime, when `expires_at` cannot
 SESSION_MARGIN = 60.0  # renew this long before `expires_at` (a fifth of shorter lifetimes)
 MAX_RENEWALS = 2  # per request: a fresh session rejected again is not an expiry
 MAX_RETRY_AFTER = 60.0  # a longer Retry-After fails the request; the poller backs off instead
-DEFAULT_WORKERS = 4
+DEFAULT_WORKERS = 8
 DEFAULT_TIMEOUT = 30.0  # seconds per stream request (the SDK's own default is 80)
 _SESSION_ERRORS = (stripe.TemporarySessionExpiredError, stripe.AuthenticationError)
 
@@ -100,23 +100,26 @@ class StripeMeterEventSink:
         `on_sent(i)` is called, in this thread, for each batch (its index in `batches`) that
         Stripe accepted, so the caller can record what was acknowledged even when another
         batch fails. At most `2 * workers` batches are in flight, so memory stays bounded
-        however long `batches` is. Raises the first MeterEventSendError after in-flight
-        batches settle."""
+        however long `batches` is, and a batch waiting out a backoff does not hold up the
+        others. Raises the first MeterEventSendError (or what iterating `batches` raised)
+        after in-flight batches settle."""
         sent = 0
         with ThreadPoolExecutor(self._workers, thread_name_prefix="meter-events") as pool:
             pending: dict[Future[int], int] = {}
             failure: MeterEventSendError | None = None
-            for index, batch in enumerate(batches):
-                if failure is not None:
-                    break
-                pending[pool.submit(self.send_batch, batch)] = index
-                if len(pending) >= 2 * self._workers:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    count, failure = _settle(done, pending, on_sent, failure)
-                    sent += count
-            done, _ = wait(pending)
-            count, failure = _settle(done, pending, on_sent, failure)
-            sent += count
+            try:
+                for index, batch in enumerate(batches):
+                    if failure is not None:
+                        break
+                    pending[pool.submit(self.send_batch, batch)] = index
+                    if len(pending) >= 2 * self._workers:
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        count, failure = _settle(done, pending, on_sent, failure)
+                        sent += count
+            finally:
+                done, _ = wait(pending)
+                count, failure = _settle(done, pending, on_sent, failure)
+                sent += count
         if failure is not None:
             raise failure
         return sent

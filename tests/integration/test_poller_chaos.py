@@ -1,0 +1,109 @@
+"""No usage lost when Stripe has a bad minute: `meterfix poll` as a real process, SIGKILLed
+mid-import again and again, while the sandbox's meter event stream answers about 20 % of
+requests with a 500, some with a 429 and `Retry-After`, and loses some answers after
+accepting the events. Every row of every file must end up accepted exactly once."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from tests.conftest import SandboxServer
+
+MFX = str(Path(sys.executable).parent / "meterfix")
+STREAM = "/v2/billing/meter_event_stream"
+HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+FILES, ROWS = 3, 2000  # 20 batches a file
+KILLS = 2
+
+
+def _env(db_url: str, sandbox: SandboxServer, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "MFX_"))}
+    env.update(
+        DATABASE_URL=db_url,
+        BUCKET_URL=f"file://{tmp_path / 'bucket'}",
+        STRIPE_API_KEY=sandbox.api_key,
+        STRIPE_WEBHOOK_SECRETS=sandbox.webhook_secret,
+        STRIPE_API_BASE=sandbox.url,
+        STRIPE_FILES_BASE=sandbox.url,
+        STRIPE_METER_EVENTS_BASE=sandbox.url,
+        MFX_POLLER="on",
+        MFX_POLL_INTERVAL="1",
+        MFX_WORK_DIR=str(tmp_path / "work"),
+        LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+def _write_files(tmp_path: Path) -> set[str]:
+    (tmp_path / "bucket").mkdir()
+    ts = int(time.time()) - 60
+    identifiers = set()
+    for number in range(FILES):
+        rows = [f"f{number}-{i},{ts},api_requests,cus_A,{i % 7 + 1}\n" for i in range(ROWS)]
+        (tmp_path / "bucket" / f"usage-{number}.csv").write_text(HEADER + "".join(rows))
+        identifiers |= {f"f{number}-{i}" for i in range(ROWS)}
+    return identifiers
+
+
+def _stream_requests(sandbox: SandboxServer) -> int:
+    return sum(1 for r in sandbox.admin.requests() if r["path"] == STREAM)
+
+
+def _objects(db_url: str) -> list[tuple[str, int, int]]:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT status, sent, acked_batches FROM bucket_objects ORDER BY key")
+            return [(str(s), int(n), int(a)) for s, n, a in conn.execute(query)]
+    finally:
+        engine.dispose()
+
+
+def _kill_mid_import(env: dict[str, str], sandbox: SandboxServer, rng: random.Random) -> None:
+    """Start `meterfix poll`, let it send some requests, SIGKILL it."""
+    started = _stream_requests(sandbox)
+    process = subprocess.Popen([MFX, "poll"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while _stream_requests(sandbox) < started + rng.randint(12, 25):
+            assert process.poll() is None and time.monotonic() < deadline, "poll never sent"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def test_every_row_is_accepted_once_through_faults_and_kills(
+    db_url: str, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    sandbox = sandbox_server
+    sandbox.admin.create_meter("api_requests")
+    sandbox.admin.inject_fault("POST", STREAM, 500, count=-1, rate=0.2)
+    sandbox.admin.inject_fault("POST", STREAM, 429, count=-1, rate=0.03, retry_after=1)
+    sandbox.admin.inject_fault("POST", STREAM, 500, count=-1, rate=0.03, after=True)
+    expected = _write_files(tmp_path)
+    env = _env(db_url, sandbox, tmp_path)
+    rng = random.Random(9)
+    interrupted = 0
+    for _ in range(KILLS):
+        _kill_mid_import(env, sandbox, rng)
+        interrupted += any(s == "seen" and a > 0 for s, _n, a in _objects(db_url))
+    assert interrupted, "no kill landed mid-import"
+    deadline = time.monotonic() + 60
+    while any(status != "imported" for status, _n, _a in _objects(db_url)):
+        assert time.monotonic() < deadline, _objects(db_url)
+        once = subprocess.run([MFX, "poll", "--once"], env=env, capture_output=True, timeout=60)
+        assert once.returncode == 0, once.stderr.decode()[-2000:]
+    accepted = [e["identifier"] for e in sandbox.admin.meter_events()]
+    assert len(accepted) == len(expected) == FILES * ROWS
+    assert set(accepted) == expected
+    assert _objects(db_url) == [("imported", ROWS, ROWS // 100)] * FILES
+    resent = len(sandbox.admin.duplicates())
+    assert resent < FILES * ROWS // 2  # kills re-send what was in flight, not whole files
