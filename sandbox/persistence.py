@@ -55,6 +55,9 @@ class StateFile:
         self.contents_dir = path.with_name(path.name + ".files")
         self._write_lock = threading.Lock()
         self._written: set[str] = set()
+        self._count_lock = threading.Lock()
+        self._changes = 0  # save() calls so far, each after a finished change
+        self._saved = 0  # changes covered by the file on disk
 
     def load(self) -> SandboxState:
         """The saved state, or a fresh one when the file does not exist yet."""
@@ -74,8 +77,17 @@ class StateFile:
         return state
 
     def save(self, state: SandboxState) -> None:
-        """Write the whole state atomically (one writer at a time, newest snapshot last)."""
+        """Write the whole state atomically, after a change. One writer at a time; a caller
+        whose change a newer snapshot already covers returns at once (concurrent requests
+        share one write)."""
+        with self._count_lock:
+            self._changes += 1
+            mine = self._changes
         with self._write_lock:
+            if self._saved >= mine:
+                return
+            with self._count_lock:
+                covered = self._changes  # every one of these finished before the snapshot
             with state.lock:  # serialised under the lock: the stores are live objects
                 text = json.dumps(_snapshot(state), separators=(",", ":"))
                 files = dict(state.files)
@@ -87,6 +99,7 @@ class StateFile:
             for file_id in self._written - files.keys():  # forgotten by a reset
                 (self.contents_dir / file_id).unlink(missing_ok=True)
             self._written &= files.keys()
+            self._saved = covered
 
     def _read_contents(self, file_id: str) -> bytes:
         return (self.contents_dir / file_id).read_bytes()

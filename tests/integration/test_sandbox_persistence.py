@@ -24,6 +24,7 @@ from tests.servers import free_port
 
 METERFIX = str(Path(sys.executable).with_name("meterfix"))
 PAYLOAD = {"stripe_customer_id": "cus_kept", "value": "3"}
+CONTENT = b"identifier,timestamp,event_name\nx,1,api\n"
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -77,12 +78,14 @@ def _stream(url: str, token: str, events: list[dict[str, object]]) -> None:
     _client(url, token).v2.billing.meter_event_stream.create({"events": events})  # type: ignore[typeddict-item]
 
 
-def _fill(url: str) -> tuple[str, str, str]:
-    """A meter, a customer, one accepted and one rejected meter event, an error report; returns
-    (meter id, v2 event id, session token)."""
+def _fill(url: str) -> tuple[str, str, str, str]:
+    """A meter, a customer, a file, one accepted and one rejected meter event reported in an
+    error report, one rejection still queued; returns (meter id, v2 event id, session token,
+    file id)."""
     admin = SandboxAdmin(url)
     meter = admin.create_meter("api_requests")
     admin.create_customer("cus_kept", metadata={"external_id": "acme-42"})
+    uploaded = admin.upload_file(CONTENT, "failed.csv")
     token = str(_client(url).v2.billing.meter_event_session.create().authentication_token)
     _stream(
         url,
@@ -93,13 +96,14 @@ def _fill(url: str) -> tuple[str, str, str]:
         ],
     )
     (report,) = admin.flush()
-    return str(meter["id"]), str(report["id"]), token
+    _stream(url, token, [{"event_name": "ghost", "identifier": "g-1", "payload": PAYLOAD}])
+    return str(meter["id"]), str(report["id"]), token, str(uploaded["id"])
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["terminated", "killed"])
 def test_restarted_sandbox_keeps_its_state(tmp_path: Path, stop: int) -> None:
     with _sandbox(tmp_path, stop=stop) as url:
-        meter_id, event_id, token = _fill(url)
+        meter_id, event_id, token, file_id = _fill(url)
     assert (tmp_path / ".meterfix" / "sandbox-state.json").is_file()
 
     with _sandbox(tmp_path) as url:
@@ -112,6 +116,10 @@ def test_restarted_sandbox_keeps_its_state(tmp_path: Path, stop: int) -> None:
         assert [m.id for m in client.v1.billing.meters.list().data] == [meter_id]
         customer = client.v1.customers.retrieve("cus_kept")
         assert customer.metadata is not None and customer.metadata["external_id"] == "acme-42"
+        assert client.v1.files.retrieve(file_id).size == len(CONTENT)
+        headers = {"Authorization": f"Bearer {SANDBOX_API_KEY}"}
+        contents = requests.get(f"{url}/v1/files/{file_id}/contents", headers=headers, timeout=5)
+        assert contents.content == CONTENT
         admin = SandboxAdmin(url)
         assert [e["identifier"] for e in admin.meter_events()] == ["kept-1"]
         # the session and Stripe's identifier dedupe survive too
@@ -120,28 +128,10 @@ def test_restarted_sandbox_keeps_its_state(tmp_path: Path, stop: int) -> None:
         )
         assert [e["identifier"] for e in admin.meter_events()] == ["kept-1"]
         assert [d["identifier"] for d in admin.duplicates()] == ["kept-1"]
-
-
-def test_rejections_queued_before_a_restart_are_reported_after_it(tmp_path: Path) -> None:
-    with _sandbox(tmp_path) as url:
-        SandboxAdmin(url).create_meter("api_requests")
-        token = str(_client(url).v2.billing.meter_event_session.create().authentication_token)
-        _stream(url, token, [{"event_name": "ghost", "identifier": "g-1", "payload": PAYLOAD}])
-    with _sandbox(tmp_path) as url:
-        (report,) = SandboxAdmin(url).flush()
-        assert report["type"] == "v1.billing.meter.no_meter_found"
-        assert _client(url).v2.core.events.retrieve(report["id"]).id == report["id"]
-
-
-def test_files_survive_a_restart(tmp_path: Path) -> None:
-    content = b"identifier,timestamp,event_name\nx,1,api\n"
-    with _sandbox(tmp_path) as url:
-        uploaded = SandboxAdmin(url).upload_file(content, "failed.csv")
-    with _sandbox(tmp_path) as url:
-        assert _client(url).v1.files.retrieve(uploaded["id"]).size == len(content)
-        headers = {"Authorization": f"Bearer {SANDBOX_API_KEY}"}
-        contents = f"{url}/v1/files/{uploaded['id']}/contents"
-        assert requests.get(contents, headers=headers, timeout=5).content == content
+        # a rejection queued before the restart is reported after it
+        (late,) = admin.flush()
+        assert late["type"] == "v1.billing.meter.no_meter_found"
+        assert client.v2.core.events.retrieve(late["id"]).id == late["id"]
 
 
 def test_state_file_option_and_memory_only(tmp_path: Path) -> None:
