@@ -151,6 +151,9 @@ class _Runner:
         self.lines = AuditLines(settings.source)
         self.ids, self.keep_ids = settings.ids, settings.ids.keep
         self.ours = settings.ids.ancestors  # rows lineage says we wrote: the general path
+        # the plain derived identifier, unless an original could clash (`Identifiers.fast_new`)
+        self.suffix, self.plain_up_to = settings.ids.suffix, settings.ids.longest_plain
+        self.plain_only = not settings.ids.reserved
         self.pending: tuple[list[list[str]], list[list[str]], list[str]] = ([], [], [])
         picks = projection(layout, fast.columns)
         self.enabled = picks is not None and usable(layout)
@@ -171,7 +174,7 @@ class _Runner:
         handlers, valid, ours = self.rows.handlers, self.rows.valid, self.ours
         for at, row in enumerate(rows):
             self.number += 1
-            if len(row) == width and row[id_at] and row[id_at] not in ours:
+            if len(row) == width and row[id_at] and (not ours or row[id_at] not in ours):
                 code = row[code_at] if code_at is not None else ""
                 if code:
                     handler = handlers.get(code)
@@ -206,14 +209,14 @@ class _Runner:
             self.counts.valid_kept += 1  # never rejected: it may have been billed, never re-sent
             return
         if not self.keep_ids:
-            row[self.id_at] = self.ids.fast_new(row[self.id_at])
+            row[self.id_at] = self.new_identifier(row[self.id_at])
         self.pending[0].append(row)
 
     def corrected(
         self, code: str, row: list[str], fixed: list[str], changes: tuple[CellChange, ...]
     ) -> None:
         ident = row[self.id_at]
-        new = ident if self.keep_ids else self.ids.fast_new(ident)
+        new = ident if self.keep_ids else self.new_identifier(ident)
         fixed[self.id_at] = new
         self.pending[0].append(fixed)
         counts = self.counts
@@ -238,6 +241,11 @@ class _Runner:
             record = record_object(self.layout.record(number, row))  # the row in full
             entry["record"] = {**record, "mfx_code": mfx_code, "mfx_reason": reason}
             self.fast.on_audit(entry)
+
+    def new_identifier(self, identifier: str) -> str:
+        if self.plain_only and len(identifier) <= self.plain_up_to:
+            return identifier + self.suffix  # what `Identifiers.fast_new` gives, inline
+        return self.ids.fast_new(identifier)
 
     # --- the general path and output -----------------------------------------------------
 

@@ -198,15 +198,17 @@ def _unsuffixed(identifier: str, generation: int) -> str | None:
     return None
 
 
-def may_hold(path: Path, needle: bytes) -> bool:
-    """Whether the file's bytes hold `needle` (or a JSON `\\u` escape that could spell it)."""
+def may_hold(path: Path, needle: bytes, escapes: bool = True) -> bool:
+    """Whether the file's bytes hold `needle` (or, with `escapes`, a JSON `\\u` escape that
+    could spell it)."""
     tail = b""
     with open(path, "rb") as handle:
         while block := handle.read(SCAN_BLOCK):
-            data = tail + block
-            if needle in data or b"\\u" in data:
+            if needle in block or needle in tail + block[: len(needle)]:
                 return True
-            tail = data[-(len(needle) + 1) :]
+            if escapes and (b"\\u" in block or b"\\u" in tail[-1:] + block[:1]):
+                return True
+            tail = block[-len(needle) :]
     return False
 
 
@@ -227,11 +229,13 @@ def input_lineage(
     source: str,
     generation: int,
     ancestors: Mapping[str, Ancestor] | None = None,
+    escapes: bool = True,
 ) -> Lineage:
     """The lineage of the input at `path`; `rows` reads its (identifier, row number) pairs,
-    only when the bytes could hold an original ending in this generation's suffix."""
+    only when the bytes could hold an original ending in this generation's suffix (`escapes`:
+    spelt with JSON escapes too; a CSV file has none)."""
     lineage = Lineage(ancestors or {})
-    if not may_hold(path, plain_suffix(generation).encode()):
+    if not may_hold(path, plain_suffix(generation).encode(), escapes):
         return lineage
     ids = Identifiers(source, generation, lineage, keep=False)
     return Lineage(lineage.ancestors, reserved_originals(rows(), ids))

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from remediation.errors import UnreadableFile
+from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage, Parent, input_lineage, row_identifier, trace_ancestors
 from remediation.ports import Bucket, StripeFiles
 from remediation.repair import plan_input, read_repaired
@@ -134,20 +135,25 @@ def run_lineage(engine: Engine, path: Path, rules: Rules, source: str, generatio
     source object's generation + 1): the identifiers of ours in it (from the correction audit,
     and from the object's metadata), and the originals a derived identifier must not equal."""
 
+    try:
+        plan = plan_input(path, rules)
+    except UnreadableFile:
+        return Lineage()  # the run itself reads the file again and says what is wrong with it
+
     def rows() -> Iterator[tuple[str | None, int]]:
         try:
-            plan = plan_input(path, rules)
             with path.open("rb") as stream:
                 for record in read_repaired(stream, plan, rules):
                     yield record.identifier, record.row_number
         except UnreadableFile:
-            return  # the run itself reads the file again and says what is wrong with it
+            return  # as above
 
     identifiers = (identifier for identifier, _ in rows() if identifier)
     ancestors = trace_ancestors(
         identifiers, generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
     )
-    return input_lineage(path, rows, source, generation, ancestors)
+    escapes = plan.fmt is not FileFormat.CSV
+    return input_lineage(path, rows, source, generation, ancestors, escapes)
 
 
 def parents(engine: Engine, identifiers: list[str]) -> dict[str, Parent]:

@@ -260,7 +260,7 @@ def _input_kind(file: Path, plan: InputPlan, rules: Rules) -> tuple[Lineage, boo
             for record in read_repaired(stream, plan, rules):
                 yield record.identifier, record.row_number
 
-    lineage = input_lineage(file, rows, str(file), 1)
+    lineage = input_lineage(file, rows, str(file), 1, escapes=plan.fmt is not FileFormat.CSV)
     if plan.fmt is FileFormat.CSV:
         return lineage, CsvLayout.from_header(plan.header).errors != ()
     with open(file, "rb") as stream:  # JSON: assumed to carry error keys on every row if any
