@@ -205,3 +205,33 @@ def test_a_critical_alert_failing_on_one_channel_is_not_repeated_on_the_other(
         alert = session.exec(select(Alert)).one()
     assert alert.notified_at is not None
     assert json.dumps(alert.detail["notify"]["raised"]["channels"]) == '["email", "slack"]'
+
+
+def test_windows_missed_while_no_worker_ran_are_caught_up_in_order(
+    engine: Engine, sqlite_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
+) -> None:
+    receiver, url = slack
+    seed_activity(engine)  # runs on Nov 28 (12:00) and Nov 29
+    day = timedelta(days=1)
+    last_end = NOW.replace(hour=0, minute=0) - 3 * day  # the last window sent ended Nov 27
+    with Session(engine) as session:
+        session.add(
+            DigestRun(
+                channel="slack", window_start=last_end - day, window_end=last_end, status="sent"
+            )
+        )
+        session.commit()
+    settings = _settings(make_settings, sqlite_url, url)
+    sender = DigestSender(
+        engine, settings, build_channels(settings), instance="t", clock=lambda: NOW
+    )
+    outcomes = sender.tick()
+    assert [(o.window.end.day, o.status) for o in outcomes] == [
+        (28, "empty"),
+        (29, "sent"),
+        (30, "sent"),
+    ]
+    assert [b["text"][:53] for b in receiver.bodies] == [
+        "meterfix digest, 2026-11-28 00:00 to 2026-11-29 00:00",
+        "meterfix digest, 2026-11-29 00:00 to 2026-11-30 00:00",
+    ]
