@@ -1,10 +1,11 @@
 """Importing one object version as meter events, resumably.
 
 Rows are validated against the object's first-seen time (not the clock), so every pass cuts
-the file into the same batches. Each group of batches is recorded before it goes out (its
-rows in `imported_rows`, its batches with their first send time) and its acknowledgements
-after, so a crash re-sends at most the batches that were in flight, under the same
-identifiers; a later pass skips the rows of the acknowledged prefix (service.poller_progress).
+the file into the same batches. Every group of batches is recorded before it goes out (its
+rows in `imported_rows`, its batches with their first send time), and acknowledgements are
+written as they come (at least every 0.25 s), so a crash re-sends at most the batches that
+were in flight, under the same identifiers; a later pass skips the rows of the acknowledged
+prefix (service.poller_progress).
 The failed-records file is written afresh on every pass (failed rows are never sent, so
 validating them again is free of risk).
 """

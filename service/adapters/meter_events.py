@@ -146,11 +146,14 @@ class StripeMeterEventSink:
                 attempt += 1
                 self._retry_or_raise(exc, attempt, "meter event stream request failed")
 
-    def _retry_or_raise(self, exc: stripe.StripeError, attempt: int, what: str) -> None:
+    def _retry_or_raise(
+        self, exc: stripe.StripeError, attempt: int, what: str, *, about_rows: bool = True
+    ) -> None:
         """Sleep before the next attempt, or raise when the failure is not transient or
-        outlasted `max_attempts`."""
+        outlasted `max_attempts`. A 400 is permanent when the request carried the rows."""
         if not is_transient(exc):
-            raise _send_error(exc, what, permanent=exc.http_status == 400) from exc
+            permanent = about_rows and exc.http_status == 400
+            raise _send_error(exc, what, permanent=permanent) from exc
         delay = self._delay(attempt, exc)
         if attempt >= self._max_attempts or delay is None:
             if isinstance(exc, stripe.RateLimitError):
@@ -197,7 +200,8 @@ class StripeMeterEventSink:
                 break
             except stripe.StripeError as exc:
                 attempt += 1
-                self._retry_or_raise(exc, attempt, "could not create a meter event session")
+                what = "could not create a meter event session"
+                self._retry_or_raise(exc, attempt, what, about_rows=False)
         self._stream = stripe.StripeClient(
             session.authentication_token,
             base_addresses={"api": self._bases["api"], "meter_events": self._bases["meter_events"]},
