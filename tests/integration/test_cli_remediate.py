@@ -306,3 +306,18 @@ def test_hostile_rows_are_quarantined_with_reasons_and_outputs_repeat(tmp_path: 
     for kind in ("corrected", "quarantine"):
         for a, b in zip(first["outputs"][kind], second["outputs"][kind], strict=True):
             assert Path(a).read_bytes() == Path(b).read_bytes()
+
+
+def test_the_readme_example_runs_as_described(tmp_path: Path) -> None:
+    examples = Path(__file__).parent.parent.parent / "examples"
+    args = ["--meters", str(examples / "meters.json"), "--rules", str(examples / "rules.toml")]
+    args += ["--now", "2025-11-24T16:00:00Z", "--json"]
+    out = ["--out", str(tmp_path / "out")]
+    proc = meterfix("remediate", str(examples / "usage.csv"), *out, *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    counts = [summary[k] for k in ("input_rows", "valid", "corrected", "quarantined")]
+    assert counts == [9, 1, 5, 3]
+    with open(summary["outputs"]["quarantine"][0], newline="") as handle:
+        reasons = [row["mfx_reason"] for row in csv.DictReader(handle)]
+    assert reasons[2] == "value '1e309' has 310 integer digits; at most 20 allowed"
