@@ -1,0 +1,157 @@
+"""Readers stay bounded and never guess (issue 9, sections 1 and 2): caps on lines, fields and
+elements, keys named twice, abandoned readers; meters and rules documents of the wrong shape."""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from remediation import jsonreaders
+from remediation.errors import BadMeters, BadRules, UnreadableFile
+from remediation.formats import FileFormat, read_records
+from remediation.limits import MAX_LINE_CHARS
+from remediation.meters import parse_meters
+from remediation.records import UsageRecord
+from remediation.rules import load_rules
+
+GOOD = b'{"identifier": "g", "payload": {"value": 1}}'
+
+
+def read(data: bytes, fmt: FileFormat) -> list[UsageRecord]:
+    return list(read_records(io.BytesIO(data), fmt))
+
+
+def test_keys_named_twice_are_malformed_rows_not_a_guess() -> None:
+    lines = [
+        b'{"identifier": "a", "payload": {"value": 1, "value": 1000}}',
+        b'{"identifier": "a", "identifier" : "b"}',
+        b'{"timestamp": "2025-11-24T16:00:00Z", "t": "10:00"}',  # colons in values: fine
+        GOOD,
+    ]
+    records = read(b"\n".join(lines), FileFormat.JSONL)
+    assert [r.malformed for r in records] == [
+        "line names key 'value' twice in one object; nothing guessed",
+        "line names key 'identifier' twice in one object; nothing guessed",
+        None,
+        None,
+    ]
+    assert records[0].extra == {"raw": lines[0].decode()}  # kept whole for the quarantine file
+    array = b"[" + lines[0] + b"," + GOOD + b"]"
+    first, second = read(array, FileFormat.JSON)
+    assert first.malformed == "element names key 'value' twice in one object; nothing guessed"
+    assert second.malformed is None and second.identifier == "g"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "identifier,timestamp,event_name,payload_value,payload_value",
+        "identifier,timestamp,IDENTIFIER,payload_value",
+        "identifier,error_code,timestamp,Error_Code",
+    ],
+)
+def test_a_column_named_twice_fails_the_file(header: str) -> None:
+    with pytest.raises(UnreadableFile, match=r"ambiguous header: column .* appears twice"):
+        read(f"{header}\n1,2,3,4,5\n".encode(), FileFormat.CSV)
+
+
+def test_payload_keys_differing_in_case_are_two_keys() -> None:
+    (record,) = read(b"event_name,payload_Value,payload_value\napi,1,2\n", FileFormat.CSV)
+    assert record.payload == {"Value": "1", "value": "2"}
+
+
+def test_a_json_line_past_the_cap_is_skipped_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonreaders, "MAX_LINE_CHARS", 5000)
+    monkeypatch.setattr(jsonreaders, "CHUNK_CHARS", 64)
+    huge = b'{"identifier": "' + b"x" * 20_000 + b'"}'
+    records = read(GOOD + b"\n" + huge + b"\n" + GOOD + b"\n", FileFormat.JSONL)
+    assert [r.row_number for r in records] == [1, 2, 3]
+    assert records[1].malformed == "line is 20019 characters long; at most 5000 are read"
+    assert len(str(records[1].extra["raw"])) == jsonreaders.RAW_KEPT
+    assert records[2].identifier == "g"
+
+
+def test_a_json_element_past_the_cap_fails_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonreaders, "MAX_JSON_ELEMENT_CHARS", 1000)
+    monkeypatch.setattr(jsonreaders, "CHUNK_CHARS", 100)
+    data = b'[{"identifier": "' + b"x" * 5000 + b'"}]'
+    with pytest.raises(UnreadableFile, match="item 1 is longer than 1000 characters"):
+        read(data, FileFormat.JSON)
+
+
+def test_a_csv_field_past_the_cap_fails_the_file_with_a_reason() -> None:
+    data = b'identifier,payload_value\na,"' + b"x" * (MAX_LINE_CHARS + 10) + b"\n"
+    with pytest.raises(UnreadableFile) as caught:
+        read(data, FileFormat.CSV)
+    assert caught.value.reason == (
+        f"broken CSV: a field is longer than {MAX_LINE_CHARS} characters (a quote left open?)"
+    )
+
+
+@pytest.mark.parametrize("fmt", list(FileFormat))
+def test_a_reader_abandoned_after_its_file_closed_raises_nothing(
+    tmp_path: Path, fmt: FileFormat
+) -> None:
+    path = tmp_path / f"in.{fmt.value}"
+    row = {"identifier": "a", "payload": {"value": 1}}
+    if fmt is FileFormat.CSV:
+        path.write_text("identifier,payload_value\n" + "a,1\n" * 10_000)
+    elif fmt is FileFormat.JSON:
+        path.write_text(json.dumps([row] * 10_000))
+    else:
+        path.write_text((json.dumps(row) + "\n") * 10_000)
+    with open(path, "rb") as stream:
+        records = read_records(stream, fmt)
+        next(records)  # reading started, then an error elsewhere abandons the reader
+    del records  # finalized after its file was closed: no "I/O operation on closed file"
+    gc.collect()
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        ({"data": 5}, "meters document: 'data' is int, not a list of meters"),
+        ({"data": None}, "meters document: 'data' is null, not a list of meters"),
+        ({"object": "list"}, "meters document must be a list or an object with 'data'"),
+        ("meters", "meters document must be a list or an object with 'data'"),
+        ([None], "meter #0 is a NoneType, not an object"),
+        ([{"id": "m"}], "meter #0 has no event_name"),
+        ([{"id": "m", "event_name": 5}], "meter 'm' has no event_name string"),
+        (
+            [{"id": "m", "event_name": "e", "customer_mapping": "cus_1"}],
+            "meter 'm': customer_mapping is a str, not an object",
+        ),
+        (
+            [{"id": "m", "event_name": "e", "value_settings": [1]}],
+            "meter 'm': value_settings is a list, not an object",
+        ),
+        (
+            [{"id": "m", "event_name": "e", "dimension_payload_keys": "region"}],
+            "meter 'm': dimension_payload_keys is not a list",
+        ),
+    ],
+)
+def test_meters_documents_of_the_wrong_shape_say_why(document: object, reason: str) -> None:
+    with pytest.raises(BadMeters) as caught:
+        parse_meters(document)
+    assert caught.value.reason == reason
+
+
+def test_limits_are_policy_keys() -> None:
+    rules = load_rules("[policy]\nmax_json_depth = 8\nmax_value_decimal_places = 0\n")
+    assert (rules.policy.limits.max_json_depth, rules.policy.limits.max_value_decimal_places) == (
+        8,
+        0,
+    )
+    for bad in ("max_json_depth = 0", "max_identifier_chars = true", "max_event_name_chars = 'x'"):
+        with pytest.raises(BadRules, match="must be an integer of at least"):
+            load_rules(f"[policy]\n{bad}\n")
+    deep = b"[" * 9 + b"]" * 9
+    (record,) = list(
+        read_records(io.BytesIO(deep + b"\n"), FileFormat.JSONL, limits=rules.policy.limits)
+    )
+    assert record.malformed == "line is nested deeper than 8 levels"
