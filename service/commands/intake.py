@@ -62,6 +62,8 @@ def worker_command(once: bool) -> None:
         raise click.ClickException(f"{exc}: run `meterfix db upgrade` first") from exc
     if once:
         _run_once(worker)
+        if item_threads_alive():  # an item overran its time limit: do not wait for it
+            _exit_worker_process(0)
         return
     if not is_supervised():  # this process supervises; the worker runs in a child
         sys.exit(supervise(stop_on_signals()))

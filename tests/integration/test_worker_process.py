@@ -346,3 +346,22 @@ def test_an_item_holding_the_interpreter_is_ended_by_the_watchdog(
     assert "stopped without finishing" in (row.last_error or "")
     text = log.read_text()
     assert "Timeout" in text and "worker.process_restarting" in text  # the watchdog's dump
+
+
+def test_once_reports_an_item_past_its_time_limit_and_exits(
+    sqlite_url: str,
+    sandbox_server: Any,
+    gate: Any,
+    make_settings: Any,
+    make_app: Any,
+    tmp_path: Path,
+) -> None:
+    _, gate_url = gate
+    event_id = _deliver(sandbox_server, sqlite_url, make_settings, make_app)  # its fetch hangs
+    env = _env(sqlite_url, sandbox_server, gate_url, MFX_TASK_TIME_LIMIT="1")
+    started = time.monotonic()
+    result = _run(["worker", "--once"], env, tmp_path)
+    assert result.returncode == 0 and time.monotonic() - started < 20  # the gate holds 30 s
+    assert f"failed (will retry): {event_id}: exceeded the 1 s time limit" in result.stdout
+    [row] = inbox_rows(sqlite_url)
+    assert (row.status, row.attempts, row.locked_by) == (InboxStatus.PENDING, 1, None)
