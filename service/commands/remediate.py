@@ -21,7 +21,7 @@ import click
 from remediation.engine import RemediationResult, remediate
 from remediation.errors import MeterfixError
 from remediation.filetypes import FileFormat
-from remediation.identifiers import Lineage, input_lineage
+from remediation.identifiers import Lineage, Parent, input_lineage, trace_ancestors
 from remediation.meters import Meter, parse_meters
 from remediation.readers import CsvLayout
 from remediation.repair import InputPlan, plan_input, read_repaired
@@ -90,7 +90,7 @@ def _run(
 ) -> RemediationResult:
     try:
         plan = plan_input(file, rules)
-        lineage, rejected = _input_kind(file, plan, rules)
+        lineage, rejected, generation = _input_kind(file, plan, rules)
         with open(file, "rb") as stream, _progress(file) as progress:
             return remediate(
                 read_repaired(stream, plan, rules),
@@ -103,6 +103,7 @@ def _run(
                 identifiers=identifiers,
                 write=out is not None,
                 columns=plan.columns or None,
+                generation=generation,
                 lineage=lineage,
                 rejected=rejected,
                 on_progress=progress,
@@ -250,23 +251,43 @@ def remediate_command(
     _report(summary, as_json)
 
 
-def _input_kind(file: Path, plan: InputPlan, rules: Rules) -> tuple[Lineage, bool]:
-    """The file's lineage (identifiers its rows must not be re-sent under) and whether it is
-    a failed-records file (error columns: every row was rejected, so all are re-sent).
-    Without error columns it may hold billed rows: only rejected or corrected rows are."""
+def _input_kind(file: Path, plan: InputPlan, rules: Rules) -> tuple[Lineage, bool, int]:
+    """The file's lineage, whether it is a failed-records file, and the generation its
+    corrected rows get. With error columns every row was rejected, so all are re-sent;
+    without, it may hold billed rows: only rejected or corrected rows are. A file we wrote
+    (its lineage sidecar, as a `file://` bucket keeps it, says so) gives the generation."""
 
     def rows() -> Iterator[tuple[str | None, int]]:
         with open(file, "rb") as stream:
             for record in read_repaired(stream, plan, rules):
                 yield record.identifier, record.row_number
 
-    lineage = input_lineage(file, rows, str(file), 1, escapes=plan.fmt is not FileFormat.CSV)
+    generation = _sidecar_generation(file) + 1
+    identifiers = (identifier for identifier, _ in rows() if identifier)
+    # no database here: only the object's own lineage (its generation) traces identifiers
+    ancestors = trace_ancestors(identifiers, generation - 1, _no_audit) if generation > 1 else {}
+    escapes = plan.fmt is not FileFormat.CSV
+    lineage = input_lineage(file, rows, str(file), generation, ancestors, escapes)
     if plan.fmt is FileFormat.CSV:
-        return lineage, CsvLayout.from_header(plan.header).errors != ()
+        return lineage, CsvLayout.from_header(plan.header).errors != (), generation
     with open(file, "rb") as stream:  # JSON: assumed to carry error keys on every row if any
         first = next(read_repaired(stream, plan, rules), None)
     rejected = first is not None and bool(first.error_code or first.error_message)
-    return lineage, rejected
+    return lineage, rejected, generation
+
+
+def _no_audit(identifiers: list[str]) -> dict[str, Parent]:
+    return {}
+
+
+def _sidecar_generation(file: Path) -> int:
+    """`mfx-generation` of the file's lineage sidecar `<file>.meta.json` (0: none)."""
+    try:
+        meta = json.loads(file.with_name(file.name + ".meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    value = str(meta.get("mfx-generation", "")) if isinstance(meta, dict) else ""
+    return int(value) if value.isdigit() and len(value) < 6 else 0
 
 
 def _upload(result: RemediationResult) -> list[str]:

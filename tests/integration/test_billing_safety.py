@@ -159,3 +159,45 @@ def test_poller_and_error_report_resend_only_rejected_rows(loop: Loop) -> None:
     corrected = [k for k in loop.objects() if k.startswith("usage/corrected/")]
     bodies = b"".join(loop.s3.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in corrected)
     assert b"b1" not in bodies  # no billed row in any corrected object
+
+
+DATA = Path(__file__).parent.parent / "data" / "usage"
+
+
+def cli_remediate(file: Path, out: Path) -> dict[str, object]:
+    args = ["remediate", str(file), "--out", str(out), "--json", "--now", "1764000000"]
+    args += ["--meters", str(DATA / "meters.json"), "--rules", str(DATA / "rules.toml")]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(out.parent)}
+    proc = subprocess.run(
+        [METERFIX, *args], cwd=out.parent, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary: dict[str, object] = json.loads(proc.stdout)
+    return summary
+
+
+def test_cli_takes_the_generation_from_the_files_lineage(tmp_path: Path) -> None:
+    """A failed file of ours (its `file://` lineage sidecar says generation 1): generation 2,
+    originals from lineage; the same bytes without lineage are a customer's own file."""
+    ms = 1764000000 * 1000
+    body = f"{','.join(HEADER)},error_code\n"
+    body += f"a-mfx1,{ms},api_requests,cus_1,5,timestamp_in_future\n"
+    body += f"b-mfx1,{ms},api_requests,cus_1,5,timestamp_in_future\n"
+    ours = tmp_path / "ours" / "x.corrected.r1.csv"
+    ours.parent.mkdir()
+    ours.write_text(body)
+    ours.with_name(ours.name + ".meta.json").write_text(json.dumps({"mfx-generation": "1"}))
+    theirs = tmp_path / "theirs" / "x.corrected.r1.csv"
+    theirs.parent.mkdir()
+    theirs.write_text(body)
+    for file, identifiers, name in (
+        (ours, "a-mfx2,b-mfx2", "x.corrected.r2.csv"),
+        (theirs, "a-mfx1-mfx1,b-mfx1-mfx1", "x.corrected.r1.csv"),
+    ):
+        summary = cli_remediate(file, file.parent / "out")
+        outputs = summary["outputs"]
+        assert isinstance(outputs, dict)
+        (corrected,) = outputs["corrected"]
+        assert Path(corrected).name == name
+        rows = list(csv.DictReader(io.StringIO(Path(corrected).read_text())))
+        assert ",".join(r["identifier"] for r in rows) == identifiers
