@@ -115,7 +115,10 @@ class WorkerHeartbeat:
         try:
             beat(self.engine, self.worker_id, ProcessRole.WORKER, _detail(item))
             if item is not None and not renew_lease(self.engine, item, self.worker_id):
-                log_event("inbox.lease_lost", level=logging.WARNING, event_id=item.event_id)
+                with self._lock:  # not merely finished in the meantime
+                    lost = self._item is item
+                if lost:
+                    log_event("inbox.lease_lost", level=logging.WARNING, event_id=item.event_id)
         except SQLAlchemyError as exc:  # loop edge: a database blip; the next pulse retries
             log_event("worker.heartbeat_failed", level=logging.WARNING, error=type(exc).__name__)
 
