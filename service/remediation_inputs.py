@@ -27,6 +27,7 @@ from service.models._types import as_utc, utcnow
 from service.remediation_runs import RunContext
 
 GENERATION_KEY = "mfx-generation"
+NEW_IDENTIFIER_WIDTH = 512  # correction_audit.new_identifier
 LOOKUP_BATCH = 500  # identifiers per IN (...) query, well under every database's limit
 
 
@@ -158,6 +159,11 @@ def run_lineage(engine: Engine, path: Path, rules: Rules, source: str, generatio
 
 def parents(engine: Engine, identifiers: list[str]) -> dict[str, Parent]:
     """identifier -> the correction of ours that wrote it (the first one recorded)."""
+    # We never wrote an identifier wider than the column or holding NUL (PostgreSQL refuses
+    # NUL in a query parameter): such rows are not ours, and asking would fail the task.
+    identifiers = [i for i in identifiers if len(i) <= NEW_IDENTIFIER_WIDTH and "\x00" not in i]
+    if not identifiers:
+        return {}
     with Session(engine) as session:
         rows = session.exec(
             select(CorrectionAudit, RemediationRun.generation)

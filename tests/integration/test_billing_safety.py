@@ -201,3 +201,23 @@ def test_cli_takes_the_generation_from_the_files_lineage(tmp_path: Path) -> None
         assert Path(corrected).name == name
         rows = list(csv.DictReader(io.StringIO(Path(corrected).read_text())))
         assert ",".join(r["identifier"] for r in rows) == identifiers
+
+
+def test_lineage_lookup_survives_identifiers_we_never_write(db_url: str, tmp_path: Path) -> None:
+    from remediation.rules import load_rules
+    from service.db import make_engine
+    from service.remediation_inputs import run_lineage
+
+    path = tmp_path / "failed.csv"
+    path.write_bytes(
+        f"{','.join(HEADER)},error_code\n".encode()
+        + b"nul\x00id,1764000000,api_requests,cus_1,5,timestamp_in_future\n"
+        + b"x" * 600
+        + b",1764000000,api_requests,cus_1,5,timestamp_in_future\n"
+    )
+    engine = make_engine(db_url)
+    try:
+        lineage = run_lineage(engine, path, load_rules(None), "failed.csv", 2)
+    finally:
+        engine.dispose()
+    assert lineage.ancestors == {}
