@@ -160,7 +160,8 @@ def _source_rows(engine: Engine, key: str, records: Iterator[UsageRecord]) -> It
     """Give each failed row its row number in the source object (the poller recorded every
     row's identifier), so the audit points at the object's own rows."""
     while batch := list(islice(records, 1000)):
-        identifiers = {record.identifier for record in batch if record.identifier}
+        # NUL: never an identifier the poller recorded (PostgreSQL refuses it as a parameter)
+        identifiers = {r.identifier for r in batch if r.identifier and "\x00" not in r.identifier}
         with Session(engine) as session:
             found = session.exec(
                 select(ImportedRow.identifier, ImportedRow.row_number).where(
