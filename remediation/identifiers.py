@@ -129,7 +129,8 @@ def trace_ancestors(
     object's lineage gives the generation (a row re-sent unchanged, which the audit does not
     list), to what is left after removing the exact suffix that generation appended (`-mfx<g>`,
     or `-r<g>` for outputs of the earlier rule). Generations come from lineage, never from a
-    number read out of the identifier.
+    number read out of the identifier. (A row re-sent unchanged under the hashed form leads to
+    `<first 80>-<hash>` as its original: the audit holds no more; still deterministic.)
     """
     found: dict[str, Ancestor] = {}
     pending = iter(identifiers)
