@@ -11,22 +11,26 @@ from sqlalchemy import Engine, text
 
 from service.db import is_postgres
 
-NOTIFY_LOCK_KEY = 0x6D66785F6E6F7469  # "mfx_noti": one fixed advisory-lock key
+# Advisory locks are per database, not per schema: the key names the schema too, so two
+# meterfix installations in one database (or parallel test runs) do not block each other.
+_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext(current_schema() || :name))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtext(current_schema() || :name))"
+NOTIFY_LOCK = ":meterfix.notify"  # one name per job, so a process's jobs never block each other
 
 
 @contextmanager
-def notify_leader(engine: Engine, key: int = NOTIFY_LOCK_KEY) -> Iterator[bool]:
+def notify_leader(engine: Engine, name: str = NOTIFY_LOCK) -> Iterator[bool]:
     """Yields True when this process leads the pass (the lock is released at the end)."""
     if not is_postgres(engine):
         yield True
         return
     with engine.connect() as conn:
-        params = {"key": key}
-        acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), params).scalar())
+        params = {"name": name}
+        acquired = bool(conn.execute(text(_TRY_LOCK), params).scalar())
         conn.commit()
         try:
             yield acquired
         finally:
             if acquired:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), params)
+                conn.execute(text(_UNLOCK), params)
                 conn.commit()

@@ -125,12 +125,12 @@ class NotifyJobs:
         return scheduler
 
     def digest(self) -> None:
-        with self._digest_lock, notify_leader(self.runtime.engine) as leader:
+        with self._digest_lock, notify_leader(self.runtime.engine, ":meterfix.digest") as leader:
             if leader:
                 self.digests.tick()
 
     def critical(self) -> None:
-        with notify_leader(self.runtime.engine) as leader:
+        with notify_leader(self.runtime.engine, ":meterfix.critical") as leader:
             if leader:
                 send_critical_alerts(self.runtime.engine, self.settings, self.channels)
 
@@ -138,7 +138,7 @@ class NotifyJobs:
         check_heartbeats(self.runtime.engine, self.settings)
 
     def retention(self) -> None:
-        with notify_leader(self.runtime.engine) as leader:
+        with notify_leader(self.runtime.engine, ":meterfix.retention") as leader:
             if leader:
                 purge_expired(self.runtime.engine, self.settings.mfx_retention_days)
 

@@ -150,9 +150,9 @@ def test_two_worker_processes_send_the_window_once(
             "DIGEST_EVERY": "1d",
             "MFX_WORKER_INTERVAL": "0.2",
         }
+        logs = [(tmp_path / f"worker{n}.log").open("w") for n in range(2)]
         workers = [
-            subprocess.Popen([MFX, "worker"], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
-            for _ in range(2)
+            subprocess.Popen([MFX, "worker"], env=env, cwd=tmp_path, stderr=log) for log in logs
         ]
         try:
             deadline = time.monotonic() + 30
@@ -166,6 +166,15 @@ def test_two_worker_processes_send_the_window_once(
                 worker.send_signal(signal.SIGTERM)
             for worker in workers:
                 assert worker.wait(30) == 0
+            for log in logs:
+                log.close()
+    errors = [
+        line
+        for n in range(2)
+        for line in (tmp_path / f"worker{n}.log").read_text().splitlines()
+        if '"level": "ERROR"' in line or "Traceback" in line
+    ]
+    assert errors == []
     # one digest and one critical message (the seeded open alert) per channel, not two
     slack_texts = sorted(body["text"].split(",")[0] for body in receiver.bodies)
     assert slack_texts == ["CRITICAL: in/x.csv: the poller gave up", "meterfix digest"]
@@ -173,3 +182,20 @@ def test_two_worker_processes_send_the_window_once(
     assert subjects == ["[meterfix] CRITICAL: in/x.csv: the poller gave up", "meterfix digest"]
     assert {(r.channel, r.status) for r in _rows(engine)} == {("email", "sent"), ("slack", "sent")}
     engine.dispose()
+
+
+def test_the_leader_lock_is_one_per_installation(pg_url: str) -> None:
+    from service.notify.leader import notify_leader
+    from tests.conftest import PG_URL
+
+    engines = [make_engine(pg_url), make_engine(pg_url), make_engine(PG_URL)]  # last: public
+    with (
+        notify_leader(engines[0]) as first,  # entered in order: the first one leads
+        notify_leader(engines[1]) as second,
+        notify_leader(engines[2]) as elsewhere,
+    ):
+        assert (first, second, elsewhere) == (True, False, True)
+    with notify_leader(engines[1]) as again:
+        assert again
+    for engine in engines:
+        engine.dispose()
