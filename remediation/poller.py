@@ -212,4 +212,5 @@ def _csv_rows(
     except csv.Error as exc:
         raise UnreadableFile(f"broken CSV: {exc}") from exc
     finally:
-        text.detach()  # the caller owns (and closes) the binary stream
+        if not text.closed:  # a reader finished after its stream was closed: nothing to hand back
+            text.detach()  # the caller owns (and closes) the binary stream

@@ -51,7 +51,6 @@ class ImportTally:
     rows: int = 0
     sent: int = 0  # acknowledged on an earlier pass included
     failed: int = 0
-    requests: int = 0  # batches sent by this pass
 
 
 @dataclass
@@ -121,7 +120,6 @@ def _send_all(
         tally.sent += sent
     finally:
         acks.flush()
-        tally.requests = acks.count
 
 
 def _record_group(
@@ -147,12 +145,10 @@ class _Acknowledgements:
     def __init__(self, job: ObjectImport, progress: ObjectProgress) -> None:
         self.job, self.progress = job, progress
         self.pending: list[int] = []
-        self.count = 0
         self.flushed_at = time.monotonic()
 
     def add(self, index: int) -> None:
         self.pending.append(self.progress.acked_batches + index)
-        self.count += 1
         due = time.monotonic() - self.flushed_at >= ACK_EVERY
         if due or len(self.pending) >= CHUNKS_PER_GROUP:
             self.flush()

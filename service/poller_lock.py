@@ -1,5 +1,9 @@
 """One poller at a time: on PostgreSQL a pass holds a session advisory lock; a pass that
-cannot get it is skipped. SQLite means a single process, so the lock is always granted."""
+cannot get it is skipped. SQLite means a single process, so the lock is always granted.
+
+Advisory locks are shared by the whole PostgreSQL cluster, so the lock id is derived from
+POLLER_LOCK_KEY and the database and schema: two meterfix installations (or test runs) in
+different schemas of one server never keep each other's poller from running."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from sqlalchemy import Engine, text
 
 from service.db import is_postgres
 
-POLLER_LOCK_KEY = 0x6D66785F706F6C6C  # "mfx_poll": one fixed advisory-lock key
+POLLER_LOCK_KEY = 0x6D66785F706F6C6C  # "mfx_poll": the seed of the advisory-lock id
+_LOCK_ID = text("SELECT hashtextextended(current_database() || '.' || current_schema(), :key)")
 
 
 @contextmanager
@@ -20,7 +25,8 @@ def poller_lock(engine: Engine) -> Iterator[bool]:
         yield True
         return
     with engine.connect() as conn:
-        params = {"key": POLLER_LOCK_KEY}
+        key = int(conn.execute(_LOCK_ID, {"key": POLLER_LOCK_KEY}).scalar_one())
+        params = {"key": key}
         acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), params).scalar())
         conn.commit()
         try:
