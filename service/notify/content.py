@@ -125,9 +125,9 @@ class Digest:
 def collect_digest(
     engine: Engine, window: Window, *, public_url: str, examples: bool, tz: str = "UTC"
 ) -> Digest:
-    links = DashboardLinks(public_url)
     # SQLite keeps times as naive UTC text: compare in UTC whatever DIGEST_TZ is.
     window = Window(window.start.astimezone(UTC), window.end.astimezone(UTC))
+    links = DashboardLinks(public_url, window)
     with engine.connect() as conn:
         totals, by_code = _totals(conn, window)
         previous, previous_codes = _totals(conn, window.previous)

@@ -30,7 +30,12 @@ def _templates() -> Environment:
         keep_trailing_newline=True,
     )
     env.globals["signed"] = lambda n: f"{n:+d}"
+    env.globals["rows"] = rows
     return env
+
+
+def rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _render(name: str, **values: Any) -> str:
@@ -100,7 +105,7 @@ def _digest_blocks(d: Digest, title: str, oldest: str) -> list[dict[str, Any]]:
         "*Quarantined by code × meter" + (" × customer*" if d.examples else "*"),
         [
             f"• {link(g.url, ' / '.join(_parts(g.code, g.meter, g.customer, d.examples)))}: "
-            f"{g.rows} rows"
+            f"{rows(g.rows)}"
             for g in d.groups
         ],
     )
@@ -134,7 +139,7 @@ def _parts(code: str, meter: str | None, customer: str | None, examples: bool) -
 
 def _reason_line(r: Any) -> str:
     text = f"• {link(r.url, r.code)}" + (f": {escape(r.reason)}" if r.reason else "")
-    text += f" ({r.rows} rows)"
+    text += f" ({rows(r.rows)})"
     return text + (f"\n    example: `{escape(r.example)}`" if r.example else "")
 
 

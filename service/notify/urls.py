@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import urlencode
+
+from service.notify.windows import Window
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class DashboardLinks:
-    def __init__(self, public_url: str) -> None:
+    def __init__(self, public_url: str, window: Window | None = None) -> None:
+        """With a window, quarantine links show that window's rows (`since`/`until`)."""
         self.base = public_url.rstrip("/")
+        self.period = (
+            {} if window is None else {"since": _iso(window.start), "until": _iso(window.end)}
+        )
 
     def home(self) -> str:
         return f"{self.base}/"
@@ -16,7 +27,8 @@ class DashboardLinks:
         return f"{self.base}/runs/{run_id}"
 
     def quarantine(self, **filters: object) -> str:
-        query = urlencode({k: v for k, v in filters.items() if v not in (None, "")})
+        chosen = {k: v for k, v in filters.items() if v not in (None, "")}
+        query = urlencode(chosen | self.period)
         return f"{self.base}/quarantine" + (f"?{query}" if query else "")
 
     def alerts(self) -> str:

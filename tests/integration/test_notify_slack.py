@@ -25,6 +25,7 @@ from tests.integration.notify_helpers import NOW, SlackReceiver, seed_activity, 
 from tests.servers import serve_wsgi
 
 BASE = "https://mfx.example.com"
+PERIOD = "&since=2026-11-29T00%3A00%3A00Z&until=2026-11-30T00%3A00%3A00Z"  # the window's rows
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_a_digest_is_block_kit_with_a_dashboard_button(
     texts = "\n".join(b["text"]["text"] for b in blocks if b["type"] == "section" and "text" in b)
     assert f"<{BASE}/runs/{run_id}|#{run_id}>" in texts
     assert (
-        f"<{BASE}/quarantine?code=meter_event_customer_not_found|meter_event_customer_not_found>"
+        f"<{BASE}/quarantine?code=meter_event_customer_not_found{PERIOD}|meter_event_customer_not_found>"
         in texts
     )
     assert f"<{BASE}/events?status=dead|Dead letters>: 1" in texts
