@@ -83,7 +83,7 @@ def remediate(
     except BaseException:
         sinks.abort()
         raise
-    _check_conservation(run.tally, outputs, write)
+    _check_conservation(run.tally, outputs, write, rejected)
     summary = _summary(source, generation, run.tally, outputs, sinks.audit_path)
     return RemediationResult(summary, outputs, run.tally.corrections)
 
@@ -158,13 +158,16 @@ def _summary_entry(run: RowDecider) -> dict[str, Any]:
     }
 
 
-def _check_conservation(tally: Tally, outputs: list[PlannedOutput], write: bool) -> None:
+def _check_conservation(
+    tally: Tally, outputs: list[PlannedOutput], write: bool, rejected: bool
+) -> None:
     if tally.input_rows != tally.valid + tally.corrected + tally.quarantined:
         raise ConservationError(
             f"rows in {tally.input_rows} != valid {tally.valid} + "
             f"corrected {tally.corrected} + quarantined {tally.quarantined}"
         )
-    if tally.valid_kept > tally.valid:
+    if tally.valid_kept > tally.valid or (rejected and tally.valid_kept):
+        # every row of a rejected input goes to an output; others keep only valid rows out
         raise ConservationError(f"{tally.valid_kept} valid rows kept out of {tally.valid} valid")
     written = sum(output.rows for output in outputs)
     if write and written != tally.written():

@@ -138,3 +138,22 @@ def test_two_processes_keep_billed_rows_out_too(
     written = sum(len(p.read_text().splitlines()) - 1 for p in summary_files)
     assert written == (200 + 20 if rejected else 20)
     assert parallel.MIN_ROWS == 10  # the halves were used (compare sets it)
+
+
+def test_a_rejected_input_keeping_a_row_out_is_a_conservation_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from remediation import decide
+    from remediation.errors import ConservationError
+
+    original = decide.RowDecider.decide
+
+    def keeping_out(self: decide.RowDecider, record: Any) -> Any:
+        outcome = original(self, record)
+        outcome.write = outcome.kind != "valid"
+        return outcome
+
+    monkeypatch.setattr(decide.RowDecider, "decide", keeping_out)
+    rows = [[*r, "", ""] for r in BILLED[:2]]
+    with pytest.raises(ConservationError, match="kept out"):
+        run(usage_csv(rows, HEADER), tmp_path, fast=False, rejected=True)
