@@ -214,7 +214,13 @@ def validate_command(
 
 @click.command("remediate")
 @_file_arg
-@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="directory for the corrected, quarantine and audit files (created if needed)",
+)
 @_meters_opt
 @_rules_opt
 @_json_opt
