@@ -77,10 +77,12 @@ class QuarantinedRow(SQLModel, table=True):
     meter (event name) and customer are copied out of it for filtering."""
 
     __tablename__ = "quarantined_rows"
+    # The dashboard lists rows newest first by id (keyset pages): each filter's index ends
+    # with id, so a page is read in order and stops after `limit` rows, never sorted.
     __table_args__ = (
-        Index("ix_quarantined_rows_code_created", "code", "created_at"),
-        Index("ix_quarantined_rows_meter_created", "meter", "created_at"),
-        Index("ix_quarantined_rows_customer_created", "customer", "created_at"),
+        Index("ix_quarantined_rows_code_id", "code", "id"),
+        Index("ix_quarantined_rows_meter_id", "meter", "id"),
+        Index("ix_quarantined_rows_customer_id", "customer", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

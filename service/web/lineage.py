@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, select
+from sqlalchemy import Connection, Engine, Table, and_, or_, select
 
 from service.models.poller import BucketObject, ObjectStatus
 from service.models.remediation import OutputObject, RemediationRun
@@ -21,6 +21,7 @@ OBJECTS: Table = BucketObject.__table__  # type: ignore[attr-defined]
 IMPORT_SETS: Table = ImportSet.__table__  # type: ignore[attr-defined]
 REPORTS: Table = ErrorReport.__table__  # type: ignore[attr-defined]
 RERUN_PREFIX = "quarantine_rerun:"
+REPORT_PREFIX = "error_report:"
 
 
 def run_input(run_key: str, source: str | None) -> dict[str, Any]:
@@ -195,19 +196,25 @@ def list_import_sets(engine: Engine, page: Page) -> Listing:
 
 
 def list_reports(engine: Engine, page: Page) -> Listing:
-    """Meter error reports with the ids of their runs (a key range on the unique run key)."""
+    """Meter error reports with the ids of their runs (one query: a key range per report on
+    the unique run key, `error_report:<event id>:<object>`)."""
     with engine.connect() as connection:
         listing = keyset(connection, select(REPORTS), REPORTS.c.id, page)
         data = [report_json(row) for row in listing.data]
-        for item in data:
-            prefix = f"error_report:{item['event_id']}:"
-            item["run_ids"] = list(
-                connection.execute(
-                    select(RUNS.c.id)
-                    .where(RUNS.c.run_key >= prefix, RUNS.c.run_key < prefix[:-1] + ";")
-                    .order_by(RUNS.c.id)
-                ).scalars()
-            )
+        ranges = [
+            and_(RUNS.c.run_key >= prefix, RUNS.c.run_key < prefix[:-1] + ";")
+            for prefix in (f"{REPORT_PREFIX}{item['event_id']}:" for item in data)
+        ]
+        rows: list[tuple[str, int]] = []
+        if ranges:
+            query = select(RUNS.c.run_key, RUNS.c.id).where(or_(*ranges)).order_by(RUNS.c.id)
+            rows = [(str(row[0]), int(row[1])) for row in connection.execute(query)]
+    found: dict[str, list[int]] = {}
+    for run_key, run_id in rows:
+        event_id = run_key.removeprefix(REPORT_PREFIX).partition(":")[0]
+        found.setdefault(event_id, []).append(run_id)
+    for item in data:
+        item["run_ids"] = found.get(item["event_id"], [])
     return Listing(data, listing.next_cursor)
 
 

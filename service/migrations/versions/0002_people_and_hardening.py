@@ -107,10 +107,10 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('customer', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True))
         batch_op.add_column(sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, server_default=sa.func.current_timestamp()))
         batch_op.add_column(sa.Column('rerun_id', sa.Integer(), nullable=True))
-        batch_op.create_index('ix_quarantined_rows_code_created', ['code', 'created_at'], unique=False)
+        batch_op.create_index('ix_quarantined_rows_code_id', ['code', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_quarantined_rows_created_at'), ['created_at'], unique=False)
-        batch_op.create_index('ix_quarantined_rows_customer_created', ['customer', 'created_at'], unique=False)
-        batch_op.create_index('ix_quarantined_rows_meter_created', ['meter', 'created_at'], unique=False)
+        batch_op.create_index('ix_quarantined_rows_customer_id', ['customer', 'id'], unique=False)
+        batch_op.create_index('ix_quarantined_rows_meter_id', ['meter', 'id'], unique=False)
 
     with op.batch_alter_table('remediation_runs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_remediation_runs_created_at'), ['created_at'], unique=False)
@@ -124,10 +124,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_remediation_runs_created_at'))
 
     with op.batch_alter_table('quarantined_rows', schema=None) as batch_op:
-        batch_op.drop_index('ix_quarantined_rows_meter_created')
-        batch_op.drop_index('ix_quarantined_rows_customer_created')
+        batch_op.drop_index('ix_quarantined_rows_meter_id')
+        batch_op.drop_index('ix_quarantined_rows_customer_id')
         batch_op.drop_index(batch_op.f('ix_quarantined_rows_created_at'))
-        batch_op.drop_index('ix_quarantined_rows_code_created')
+        batch_op.drop_index('ix_quarantined_rows_code_id')
         batch_op.drop_column('rerun_id')
         batch_op.drop_column('created_at')
         batch_op.drop_column('customer')
