@@ -83,7 +83,9 @@ class LineFormatter(logging.Formatter):
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # typeshed: generic
-    """Writes to whatever sys.stderr is at the time (test runners swap it)."""
+    """Writes to whatever sys.stderr is when a line is written, as a process's own stderr
+    would be: a test runner that swaps it (click's, pytest's) sees the log lines, and a
+    swapped stream that was closed since is never written to."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
