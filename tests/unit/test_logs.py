@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -177,3 +178,15 @@ def test_reserved_names_are_not_overwritten(stderr: Captured) -> None:
     log_event("alert.raised", level=logging.WARNING, role="admin", time="later")
     parsed = json.loads(stderr.lines()[0])
     assert (parsed["role"], parsed["role_"], parsed["time_"]) == ("web", "admin", "later")
+
+
+def test_the_app_applies_log_level_and_format(
+    stderr: Captured, make_settings: Any, make_app: Any
+) -> None:
+    """gunicorn's web processes build the app without the CLI: create_app applies both."""
+    configure_logging(Role.WEB, level="INFO", log_format="text")
+    make_app(make_settings(log_level="ERROR", log_format="json"))
+    log_event("quiet.warning", level=logging.WARNING)
+    log_event("loud.error", level=logging.ERROR)
+    [line] = stderr.lines()
+    assert json.loads(line)["event"] == "loud.error"
