@@ -19,6 +19,7 @@ shaped as the service writes it (see the jobs, `service/remediation_runs.py` and
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import time
@@ -64,6 +65,7 @@ REASONS = {
 }
 METERS = {"api_requests": 50, "tokens": 25, "storage_gb": 12, "seats": 8, "egress_gb": 5}
 CUSTOMERS = 5000
+ZIPF = list(itertools.accumulate(1 / (rank + 1) for rank in range(CUSTOMERS)))
 KINDS = {
     "import_set": 40,
     "poller": 35,
@@ -169,8 +171,9 @@ def _hex(*parts: object) -> str:
 
 
 def _customer(rng: random.Random) -> str:
-    # Zipf-like: a few customers hold many rows (cus_000042 is one of them).
-    rank = min(int(rng.paretovariate(1.1)), CUSTOMERS) - 1
+    # Zipf (s = 1) over CUSTOMERS: the busiest customer has about 11 % of the rows, the
+    # second (cus_000042, the bench's filter) about 5 %, most have a handful.
+    rank = rng.choices(range(CUSTOMERS), cum_weights=ZIPF)[0]
     return f"cus_{(rank * 42) % CUSTOMERS:06d}"
 
 
@@ -645,6 +648,7 @@ def seed(engine: Engine, runs: int, audit: int, quarantined: int) -> Plan:
         seeder.run(
             run_id, kind, at, (rng.randint(0, 400), corrected[i], quar[i]), statuses[i], took
         )
+        _background(seeder, start, now, i / runs, (i + 1) / runs)
         if (
             statuses[i] == "done"
             and kind not in plan.run_of_kind
@@ -655,7 +659,7 @@ def seed(engine: Engine, runs: int, audit: int, quarantined: int) -> Plan:
     for i in range(runs):  # small seeds: any done run of a kind that has none yet
         if statuses[i] == "done" and kinds[i] not in plan.run_of_kind and quar[i]:
             plan.run_of_kind[kinds[i]] = i + 1
-    _background(seeder, rng, start, now)
+    _current(seeder, now)
     seeder.flush()
     with engine.begin() as connection:
         for earlier, rerun in taken.items():
@@ -678,27 +682,33 @@ def seed(engine: Engine, runs: int, audit: int, quarantined: int) -> Plan:
     return plan
 
 
-def _background(seeder: Seeder, rng: random.Random, start: datetime, now: datetime) -> None:
-    """What is there besides the runs: import sets and objects that needed no remediation,
-    unmatched error reports, other events, dead letters, pending items, other alerts."""
+def _share(total: int, lo: float, hi: float) -> range:
+    """The items of `total` whose time falls in the share [lo, hi) of the seeded span."""
+    return range(round(total * lo), round(total * hi))
+
+
+def _background(seeder: Seeder, start: datetime, now: datetime, lo: float, hi: float) -> None:
+    """What is there besides the runs, written along with them (so ids follow time): import
+    sets and objects that needed no remediation, unmatched error reports, ignored events,
+    dead letters and their alerts."""
     span = now - start
-    for n in range(15_000):
+    for n in _share(15_000, lo, hi):
         at = start + span * (n / 15_000)
         impset = f"impset_local_{_hex('nn', n)[:24]}"
         obj = f"usage/{at:%Y/%m/%d}/clean-{n:06d}.csv"
         seeder.add("import_sets", seeder._import_set(impset, "poller", obj, at, 0, None))
         seeder._object(obj, at, "imported", 4000 + n % 900, impset)
-    for n in range(800):
+    for n in _share(800, lo, hi):
         at = start + span * (n / 800)
         event_id = f"evt_{_hex('un', n)[:24]}"
         seeder.add("error_reports", seeder._report(event_id, at, 3, "unmatched"))
         seeder._event(event_id, "v1.billing.meter.no_meter_found", "thin", at)
-    for n in range(5000):
+    for n in _share(5000, lo, hi):
         at = start + span * (n / 5000)
         seeder._event(
             f"evt_{_hex('ig', n)[:24]}", "billing.meter.updated", "snapshot", at, "ignored"
         )
-    for n in range(60):  # dead letters, and their alerts
+    for n in _share(60, lo, hi):  # dead letters, and their alerts
         at = start + span * (n / 60)
         event_id = f"evt_{_hex('dead', n)[:24]}"
         seeder._event(event_id, "v1.billing.meter.error_report_triggered", "thin", at, "dead")
@@ -720,11 +730,17 @@ def _background(seeder: Seeder, rng: random.Random, start: datetime, now: dateti
                 "detail": {},
                 "created_at": at,
                 "last_seen_at": at,
+                "acknowledged_at": None,
+                "resolved_at": None if n >= 50 else at + timedelta(hours=2),
                 "notified_at": at,
             },
         )
         if n % 4 == 0:
             seeder.action("replay", "event", event_id, {"from": "dead", "attempts": 8}, at)
+
+
+def _current(seeder: Seeder, now: datetime) -> None:
+    """What is there now: pending items and the processes' heartbeats."""
     for n in range(25):
         seeder._event(
             f"evt_{_hex('pend', n)[:24]}",
