@@ -122,7 +122,9 @@ class ProgressStore:
         self, object_id: int, batches: Sequence[tuple[int, int, int]], now: datetime
     ) -> None:
         """(number, first_row, rows) of batches about to be sent. A batch sent before keeps
-        its first send time: the 23 h horizon counts from there."""
+        its first send time (the 23 h horizon counts from there) but loses an earlier
+        acknowledgement: it counts as acknowledged again only once this send is, so a batch
+        cut differently on this pass (meters changed meanwhile) never moves the prefix."""
         if not batches:
             return
         dialect = postgresql if is_postgres(self.engine) else sqlite
@@ -137,8 +139,12 @@ class ProgressStore:
             for n, f, r in batches
         ]
         with self.engine.begin() as conn:
-            insert = dialect.insert(BATCHES).values(first_sent_at=now).on_conflict_do_nothing()
-            conn.execute(insert, values)
+            insert = dialect.insert(BATCHES)
+            again = {"first_row": insert.excluded.first_row, "rows": insert.excluded.rows}
+            upsert = insert.on_conflict_do_update(
+                index_elements=["object_id", "batch_number"], set_={**again, "acked_at": None}
+            )
+            conn.execute(upsert, values)
             conn.execute(
                 update(OBJECTS)
                 .where(OBJECTS.c.id == object_id, OBJECTS.c.first_sent_at.is_(None))
