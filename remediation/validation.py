@@ -187,6 +187,8 @@ def check_payload_fields(payload: dict[str, object], limits: FieldLimits) -> Pro
         elif isinstance(value, int) and value.bit_length() > 3.33 * most:
             message = f"{name} is a number of more than {most} digits"
             problem = Problem(ErrorCode.FIELD_TOO_LONG, message)
+        elif isinstance(value, dict | list):  # sent as its text: bounded like one
+            problem = check_text(name, str(value), most)
         if problem is not None:
             return problem
     return None

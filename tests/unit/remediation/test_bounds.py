@@ -248,6 +248,12 @@ def test_validation_reports_limits_to_the_poller() -> None:
     assert default.limits == DEFAULT_LIMITS
     record.identifier = "x" * MB10
     assert validate_record(record, default, NOW) is not None
+    record.identifier = "a"
+    record.payload["note"] = ["x" * MB10]  # JSON: sent as its text, so bounded like one
+    problem = validate_record(record, default, NOW)
+    assert problem is not None and problem.message == (
+        f"payload value 'note' is {MB10 + 4} characters long; at most 100 allowed"
+    )
 
 
 # --- 3. structure ------------------------------------------------------------------------
