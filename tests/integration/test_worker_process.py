@@ -19,7 +19,7 @@ import pytest
 from sqlmodel import Session, select
 
 from sandbox.events import build_error_report_event
-from service.db import make_engine
+from service.db import make_engine, upgrade
 from service.models import Alert, ErrorReport, ErrorSample
 from service.models._types import as_utc
 from service.models.health import Heartbeat
@@ -289,8 +289,10 @@ def test_an_item_past_its_time_limit_is_failed_and_the_queue_moves_on(
 
 
 def test_worker_before_db_upgrade_says_what_to_run(sandbox_server: Any, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'fresh.db'}"  # exists once opened, but has no schema
-    for args in (["worker", "--once"], ["worker"]):
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"  # exists once opened, but has no schema
+    older = f"sqlite:///{tmp_path / 'older.db'}"
+    upgrade(older, "0001")  # a schema from before this code's migrations
+    for url, args in ((fresh, ["worker", "--once"]), (fresh, ["worker"]), (older, ["worker"])):
         result = _run(args, _env(url, sandbox_server, sandbox_server.url), tmp_path)
         assert result.returncode != 0 and "Traceback" not in result.stderr
         [line] = result.stderr.strip().splitlines()
