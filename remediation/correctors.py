@@ -179,9 +179,11 @@ def _plain_text(number: Decimal, raw: object, limits: FieldLimits) -> str:
         reason = f"value {shown(raw)} has {digits} integer digits; at most {most} allowed"
         raise Uncorrectable(reason)
     places = max(-number.normalize(_EXACT).as_tuple().exponent, 0)  # type: ignore[operator]
-    if digits + places > limits.max_payload_value_chars:
+    written = number.is_signed() + max(digits, 1) + (places + 1 if places else 0)
+    if written > limits.max_payload_value_chars:
         most = limits.max_value_decimal_places
-        raise Uncorrectable(f"value {shown(raw)} has {places} decimal places; at most {most}")
+        reason = f"value {shown(raw)} has {places} decimal places; at most {most} allowed"
+        raise Uncorrectable(reason)
     if places == 0:
         return str(int(number))
     return format(number.normalize(_EXACT), "f")
