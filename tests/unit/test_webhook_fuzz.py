@@ -233,24 +233,30 @@ def well_formed(body: bytes) -> dict[str, Any] | None:
 # -- properties -------------------------------------------------------------------------------
 
 
-def _post(url: str, body: bytes, header: str | None, content_type: str) -> requests.Response:
+def _post(
+    url: str, body: bytes, header: str | None, content_type: str, chunks: int
+) -> requests.Response:
+    """`chunks` > 0 sends the body with chunked transfer encoding (no Content-Length)."""
     sent = {"Content-Type": content_type}
     if header is not None:
         sent["Stripe-Signature"] = header.encode("latin-1")  # type: ignore[assignment]
-    return requests.post(f"{url}/webhooks", data=body, headers=sent, timeout=30)
+    size = max(1, -(-len(body) // chunks)) if chunks else 0
+    data = iter([body[i : i + size] for i in range(0, len(body), size)]) if chunks else body
+    return requests.post(f"{url}/webhooks", data=data, headers=sent, timeout=30)
 
 
 @fuzz_settings(40)
 @given(
     delivery=deliveries(),
     content_type=st.sampled_from(["application/json", "text/plain", "", "multipart/form-data"]),
+    chunks=st.sampled_from([0, 0, 1, 3]),
 )
 def test_intake_never_fails_and_stores_only_well_formed_events(
-    intake: Intake, delivery: tuple[bytes, str | None, bool, bool], content_type: str
+    intake: Intake, delivery: tuple[bytes, str | None, bool, bool], content_type: str, chunks: int
 ) -> None:
     body, header, signed, expect_ok = delivery
     before = intake.count()
-    response = _post(intake.url, body, header, content_type)
+    response = _post(intake.url, body, header, content_type, chunks)
     assert response.status_code < 500, response.text
     assert response.headers["Content-Type"] == "application/json"
     answer = response.json()
