@@ -98,9 +98,10 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # typeshe
 def configure_logging(
     role: Role | None = None, level: str | None = None, log_format: str | None = None
 ) -> None:
-    """Install the handler (once per process: web, INFO and the automatic format until told
-    otherwise), then apply what is given. The CLI names the role before any app exists; the
-    app applies LOG_LEVEL and LOG_FORMAT from its settings; gunicorn's web app only the latter."""
+    """Install the handler (once per process: role web, INFO and the automatic format until
+    told otherwise), then apply what is given. The CLI names the role before any app exists;
+    `create_app` applies LOG_LEVEL and LOG_FORMAT from its settings (under gunicorn, where no
+    CLI runs, the role stays web)."""
     handler = _installed_handler() or _install()
     formatter: LineFormatter = handler.formatter  # type: ignore[assignment]  # ours, see _install
     if role is not None:
