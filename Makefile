@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/remediate.py
 	$(BIN)/python bench/poller.py
+	$(BIN)/python bench/pages.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
