@@ -256,8 +256,14 @@ def test_ctrl_c_mid_item_stops_at_once_and_hands_the_item_back(
 
 
 def test_an_item_past_its_time_limit_is_failed_and_the_queue_moves_on(
-    db_url: str, sandbox_server: Any, gate: Any, make_settings: Any, make_app: Any, tmp_path: Path
+    sqlite_url: str,
+    sandbox_server: Any,
+    gate: Any,
+    make_settings: Any,
+    make_app: Any,
+    tmp_path: Path,
 ) -> None:
+    db_url = sqlite_url  # the failure's bookkeeping on PostgreSQL: test_worker.py, in-process
     _, gate_url = gate
     stuck = _deliver(sandbox_server, db_url, make_settings, make_app)  # its fetch hangs
     later = _deliver(sandbox_server, db_url, make_settings, make_app)
