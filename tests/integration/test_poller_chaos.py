@@ -78,7 +78,7 @@ def _kill_mid_import(env: dict[str, str], db_url: str, rng: random.Random) -> No
         while not _mid_import(objects := _objects(db_url), before) and not _done(objects):
             assert process.poll() is None and time.monotonic() < deadline, "poll never sent"
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.05))
     finally:
         process.kill()
         process.wait(10)
