@@ -119,6 +119,9 @@ def test_each_process_names_its_role(tmp_path: Path) -> None:
     first = roles["cli"]
     assert first["event"] == "config.embedded_defaults" and first["level"] == "WARNING"
     assert str(first["time"]).endswith("Z")
+    nowhere = f"http://127.0.0.1:{free_port()}"  # no sandbox there: the pass fails, logged
+    poll = _run(["poll", "--once"], tmp_path, STRIPE_API_BASE=nowhere, STRIPE_FILES_BASE=nowhere)
+    assert {line["role"] for line in _log_lines(poll.stderr)} == {"poller"}
 
 
 def _first_line(args: list[str], cwd: Path, **extra: str) -> str:
