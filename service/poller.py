@@ -87,7 +87,7 @@ class PassReport:
     deferred: int = 0
     waiting: int = 0  # failing objects still backing off
     rows: int = 0
-    sent: int = 0
+    sent: int = 0  # rows Stripe accepted in the files imported (earlier passes' share included)
     failed_rows: int = 0
     errors: list[str] = field(default_factory=list)
 
