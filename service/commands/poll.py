@@ -52,6 +52,8 @@ def poll_command(once: bool, retry_key: str | None, yes: bool) -> None:
     if retry_key is not None:
         _retry(deps, retry_key, confirmed=yes)
         return
+    if yes:
+        raise click.UsageError("--yes goes with --retry KEY")
     if once:
         _echo(_one_pass(deps))
         return
@@ -87,6 +89,10 @@ def _retry(deps: PollerDeps, key: str, *, confirmed: bool) -> None:
     deps.only = {(plan.obj.key, plan.obj.etag)}
     report = _one_pass(deps)
     _echo(report)
+    if report.ran and not report.listed:
+        raise click.ClickException(
+            f"{plan.obj.key} (ETag {plan.obj.etag}) is no longer in the bucket"
+        )
     if not report.ran or report.imported + report.indexed == 0:
         raise click.ClickException(f"{plan.obj.key} was not imported; see above")
 
