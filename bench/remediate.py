@@ -158,7 +158,7 @@ PANDAS = textwrap.dedent("""
     bad = (number.isna() | ~np.isfinite(number) | ts.isna() | (ts < now - old)
            | (ts > now + 300) | ~df["payload_stripe_customer_id"].str.startswith("cus_")
            | ~df["event_name"].isin(names.values()) | (df["error_code"] == "odd_code"))
-    df["identifier"] = df["identifier"] + "-r1"
+    df["identifier"] = df["identifier"] + "-mfx1"
     cols = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
     df.loc[~bad, cols].to_csv(sys.argv[2] + ".corrected.csv", index=False)
     q = df.loc[bad, cols].copy()
