@@ -39,6 +39,7 @@ T = TypeVar("T")
 ITEM_THREAD_PREFIX = "meterfix-item-"
 WAIT_STEP_SECONDS = 0.2  # how often the waiting thread looks at the clock and the stop flag
 HARD_LIMIT_GRACE_SECONDS = 30.0  # the watchdog's margin past the time limit
+STOP_WAIT_SECONDS = 2.0
 
 
 class TimeLimitExceeded(Exception):
@@ -82,16 +83,20 @@ class WorkerHeartbeat:
         """Start beating; False when it already beats (the caller must not stop it)."""
         if self._thread is not None:
             return False
-        self._stop.clear()
+        self._stop = threading.Event()  # its own: a thread left behind by `stop` stays stopped
         self.pulse()  # visible at once, not one interval later
-        self._thread = threading.Thread(target=self._run, name="meterfix-heartbeat", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="meterfix-heartbeat", daemon=True
+        )
         self._thread.start()
         return True
 
     def stop(self) -> None:
+        """Stop beating; a pulse stuck on a busy database is left behind (a daemon thread),
+        so that a stopping worker never waits for it."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.every + 5)
+            self._thread.join(timeout=STOP_WAIT_SECONDS)
             self._thread = None
 
     @contextmanager
@@ -105,8 +110,8 @@ class WorkerHeartbeat:
             with self._lock:
                 self._item = None
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.every):
             self.pulse()
 
     def pulse(self) -> None:
