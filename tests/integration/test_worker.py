@@ -337,3 +337,12 @@ def test_an_item_that_keeps_killing_workers_is_dead_lettered(intake: Intake) -> 
     assert [e for e, _ in report.dead] == [event_id] and intake.fetches(event_id) == 0
     [row] = _rows(intake)
     assert row.status == InboxStatus.DEAD and "stopped without finishing" in (row.last_error or "")
+
+
+def test_default_lease_and_heartbeat(make_settings: Any) -> None:
+    from service.worker_liveness import heartbeat_interval
+
+    settings = make_settings()
+    assert (settings.mfx_worker_lease, settings.mfx_task_time_limit) == (30, 900)
+    assert heartbeat_interval(settings.mfx_worker_lease) == 10  # three renewals per lease
+    assert heartbeat_interval(1) == pytest.approx(1 / 3)
