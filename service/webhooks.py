@@ -132,14 +132,21 @@ def read_body(req: Request, limit: int) -> bytes:
 
 
 def _read_at_most(stream: IO[bytes], size: int) -> bytes:
-    """Up to `size` bytes: a single read may return less than asked before the body ends."""
+    """Up to `size` bytes: a single read may return less than asked before the body ends.
+
+    A broken chunked encoding or a body cut short is the sender's fault: servers raise
+    OSError for both (werkzeug "Invalid chunk header", gunicorn's InvalidChunkSize and
+    NoMoreData), answered as a 400."""
     chunks = []
-    while size > 0:
-        chunk = stream.read(min(size, READ_CHUNK_BYTES))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
+    try:
+        while size > 0:
+            chunk = stream.read(min(size, READ_CHUNK_BYTES))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size -= len(chunk)
+    except (OSError, ValueError) as exc:
+        raise WebhookRejected(f"unreadable body: {type(exc).__name__}") from exc
     return b"".join(chunks)
 
 

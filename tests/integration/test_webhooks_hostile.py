@@ -4,6 +4,7 @@ unless the body is a well-signed, well-formed event (DESIGN.md, `POST /webhooks`
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -198,3 +199,29 @@ def test_a_bug_answers_json_500(
     response = post_signed(url, load_event("thin_no_meter_found"))
     assert _rejected(response, db_url, 500) == "internal error"
     assert "webhook.error" in caplog.text and "RuntimeError" in caplog.text
+
+
+def _raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request written byte for byte (requests cannot send broken framing)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        received = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = received.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return int(status.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b"zz\r\n{}\r\n0\r\n\r\n", b"5\r\n{}"],  # a chunk size that is no number; a body cut short
+)
+def test_broken_chunked_body_is_a_json_400(url: str, db_url: str, chunks: bytes) -> None:
+    head = b"POST /webhooks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    signature = f"Stripe-Signature: t={now()},v1={'0' * 64}\r\nConnection: close\r\n\r\n"
+    status, headers, body = _raw(url, head + signature.encode() + chunks)
+    assert (status, headers["Content-Type"]) == (400, "application/json")
+    assert json.loads(body) == {"error": "unreadable body: OSError"}
+    assert inbox_rows(db_url) == []
