@@ -115,7 +115,7 @@ def pages(plan: Plan, overview_state: OverviewState) -> list[Page]:
         Page(
             "/",
             html("<svg"),
-            "/ cold (30 days summed, charts drawn: hourly per process)",
+            "/ cold (a process's first view: 30 days of codes summed, charts drawn)",
             overview_state.forget,
         ),
         Page(
@@ -220,8 +220,8 @@ def _problem(page: Page, response: requests.Response) -> str | None:
 
 class OverviewState:
     """The overview's two costly cases, set up before a request: a run that just finished
-    (the recent sums change and both charts are drawn again), and a cold process (the
-    settled buckets summed and the charts drawn, as after a start or once an hour)."""
+    (its bucket's codes summed again, both charts drawn again), and a process's first view
+    (every bucket's codes summed, the charts drawn)."""
 
     def __init__(self, engine: Engine, first_run: int) -> None:
         import random
@@ -236,8 +236,8 @@ class OverviewState:
     def forget(self) -> None:
         from service.web import charts, overview
 
-        for key in [key for key in overview._SETTLED if key[1] is overview.Bucket.DAY]:
-            del overview._SETTLED[key]
+        for key in [key for key in overview._KEPT if key[1] is overview.Bucket.DAY]:
+            del overview._KEPT[key]
         charts._rows_svg.cache_clear()
         charts._codes_svg.cache_clear()
 
