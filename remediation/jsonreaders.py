@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -100,7 +99,10 @@ _JSON_KNOWN = frozenset({"identifier", "timestamp", "event_name", "payload"})
 
 def _jsonl_records(text: io.TextIOWrapper, depth: int) -> Iterator[UsageRecord]:
     number = 0
-    for line, length in _bounded_lines(text):
+    while line := text.readline(MAX_LINE_CHARS + 1):
+        length = len(line)
+        if length > MAX_LINE_CHARS and line[-1] != "\n":
+            length += _skip_line(text)  # never held whole: only its start is kept
         stripped = line.strip()
         if not stripped:
             continue
@@ -116,28 +118,23 @@ def _jsonl_records(text: io.TextIOWrapper, depth: int) -> Iterator[UsageRecord]:
         yield _record_from_obj(number, obj)
 
 
+def _skip_line(text: io.TextIOWrapper) -> int:
+    """Read the rest of a line in chunks; return how many characters it had."""
+    skipped = 0
+    while (rest := text.readline(CHUNK_CHARS)) and rest[-1] != "\n":
+        skipped += len(rest)
+    return skipped + len(rest)
+
+
 def _unreadable(number: int, raw: str, reason: str) -> UsageRecord:
     return UsageRecord(number, None, None, None, {}, {"raw": raw}, malformed=reason)
 
 
-def _bounded_lines(text: io.TextIOWrapper) -> Iterator[tuple[str, int]]:
-    """(line, its length): a line past MAX_LINE_CHARS is skipped in chunks and only its start
-    is kept, so one huge line never sits in memory whole."""
-    while line := text.readline(MAX_LINE_CHARS + 1):
-        if len(line) <= MAX_LINE_CHARS or line[-1] == "\n":
-            yield line, len(line)
-            continue
-        length, rest = len(line), line
-        while rest and rest[-1] != "\n":
-            rest = text.readline(CHUNK_CHARS)
-            length += len(rest)
-        yield line[:RAW_KEPT], length
-
-
 def _parse(text: str, depth: int) -> tuple[object, str | None]:
     """(the JSON value, None), or (None, why it is refused): nesting is measured before the
-    text is parsed; a key named twice in one object is ambiguous."""
-    if json_depth_over(text, depth):
+    text is parsed; a key named twice in one object is ambiguous. The cheap tests come first:
+    they run on every line."""
+    if text.count("[") + text.count("{") > depth and json_depth_over(text, depth):
         return None, f"is nested deeper than {depth} levels"
     try:
         obj = json.loads(text)
@@ -147,30 +144,51 @@ def _parse(text: str, depth: int) -> tuple[object, str | None]:
         return None, f"is nested deeper than {depth} levels"
     except ValueError:  # int() refuses a number of more than 4300 digits
         return None, "holds a number too long to read (thousands of digits)"
-    duplicate = _duplicate_key(text, 0, len(text), obj)
-    if duplicate is not None:
-        return None, f"names key {duplicate!r} twice in one object; nothing guessed"
+    keys = _keys(obj)
+    if text.count(":") > keys:  # else no key was named twice: see `_duplicate_key`
+        duplicate = _duplicate_key(text, 0, len(text), keys, multiline=False)
+        if duplicate is not None:
+            return None, f"names key {duplicate!r} twice in one object; nothing guessed"
     return obj, None
 
 
-def _duplicate_key(text: str, start: int, end: int, obj: object) -> str | None:
-    """A key named twice in one object of `text[start:end]` (json keeps the last), or None.
+def _keys(obj: object) -> int:
+    """Keys of a decoded record and of its `payload` and `error` objects (a lower bound of the
+    keys its text names: other objects only add to those)."""
+    if type(obj) is not dict:
+        return 0
+    keys = len(obj)
+    payload, error = obj.get("payload"), obj.get("error")
+    if type(payload) is dict:
+        keys += len(payload)
+    if type(error) is dict:
+        keys += len(error)
+    return keys
 
-    Cheap first: every key is followed by its own colon, after a quote and maybe blanks. So
-    when the colons (or failing that, the colons after a quote) are no more than the keys the
-    decoded value has (top level and one level down), no key was named twice. Otherwise the
-    text is decoded again, watching the pairs of every object."""
-    keys = 0
-    if isinstance(obj, dict):
-        keys = len(obj) + sum(len(v) for v in obj.values() if isinstance(v, dict))
-    if text.count(":", start, end) <= keys or len(_KEY_COLON.findall(text, start, end)) <= keys:
+
+def _duplicate_key(
+    text: str, start: int, end: int, keys: int, *, multiline: bool = True
+) -> str | None:
+    """A key named twice in one object of `text[start:end]` (json keeps the last), or None;
+    `keys` is what `_keys` found decoded.
+
+    Cheap first: every key is followed by its own colon, right after its closing quote or
+    after blanks. So when the colons (or failing that, the colons after a quote or a blank)
+    are no more than `keys`, no key was named twice (the text names at least those keys, and
+    a key named twice or a key of another object would need one more colon). Otherwise the
+    text is decoded again, watching the pairs of every object. A JSON line holds no line
+    break (`multiline=False`)."""
+    if text.count(":", start, end) <= keys:
+        return None
+    after = text.count('":', start, end) + text.count(" :", start, end)
+    after += text.count("\t:", start, end)
+    if multiline:
+        after += text.count("\n:", start, end) + text.count("\r:", start, end)
+    if after <= keys:
         return None
     found: list[str] = []
     json.loads(text[start:end], object_pairs_hook=lambda pairs: _pairs(pairs, found))
     return found[0] if found else None
-
-
-_KEY_COLON = re.compile(r'"[ \t\r\n]*:')
 
 
 def _pairs(pairs: list[tuple[str, object]], found: list[str]) -> dict[str, object]:
@@ -270,7 +288,7 @@ class _JsonArrayStream:
         if brackets > self.depth and json_depth_over(buf[start:end], self.depth):
             reason = f"element is nested deeper than {self.depth} levels"
             return _Refused(buf[start : min(end, start + RAW_KEPT)], reason)
-        duplicate = _duplicate_key(buf, start, end, value)
+        duplicate = _duplicate_key(buf, start, end, _keys(value))
         if duplicate is not None:
             reason = f"element names key {duplicate!r} twice in one object; nothing guessed"
             return _Refused(buf[start : min(end, start + RAW_KEPT)], reason)
