@@ -132,8 +132,11 @@ def _bucket_label(connection: Connection, bucket: Bucket) -> Any:
         pattern = "YYYY-MM-DD HH24:00" if bucket is Bucket.HOUR else "YYYY-MM-DD"
         utc: Any = literal_column("remediation_runs.created_at AT TIME ZONE 'UTC'")
         return func.to_char(utc, pattern)
-    pattern = "%Y-%m-%d %H:00" if bucket is Bucket.HOUR else "%Y-%m-%d"
-    return func.strftime(pattern, RUNS.c.created_at)
+    # SQLAlchemy keeps a SQLite time as text, `YYYY-MM-DD HH:MM:SS.ffffff` in UTC: its first
+    # characters are the bucket (half the cost of strftime, which parses every value).
+    if bucket is Bucket.HOUR:
+        return func.substr(RUNS.c.created_at, 1, 13).concat(":00")
+    return func.substr(RUNS.c.created_at, 1, 10)
 
 
 def _series(
