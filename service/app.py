@@ -17,7 +17,7 @@ EXTENSION = "meterfix"
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
-    configure_logging()
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # our own limit answers 413 with a JSON reason
     app.extensions[EXTENSION] = Runtime(settings)
