@@ -98,7 +98,11 @@ def _job(
         expected=sum(counts.values()) or len(samples),
         event_names=names,
         now=int(reference.timestamp()),
-        index=MeterIndex(ctx.meters, value_precision=ctx.rules.value_precision),
+        index=MeterIndex(
+            ctx.meters,
+            value_precision=ctx.rules.value_precision,
+            limits=ctx.rules.policy.limits,
+        ),
     )
 
 

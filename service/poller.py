@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 
 from remediation.errors import UnreadableFile
 from remediation.formats import detect_format, read_records
+from remediation.limits import DEFAULT_LIMITS, FieldLimits
 from remediation.poller import PassLimits, RowRef, index_chunks, plan_pass
 from remediation.ports import Bucket, MeterEventSink, MeterSource, ObjectInfo
 from remediation.validation import MeterIndex
@@ -67,6 +68,7 @@ class PollerDeps:
     limits: PassLimits = field(default_factory=PassLimits)
     instance: str = field(default_factory=new_instance_id)  # this process, for heartbeats
     only: Container[tuple[str, str]] | None = None  # (key, etag): `poll --retry` takes these
+    field_limits: FieldLimits = DEFAULT_LIMITS  # MFX_RULES [policy]: the same as remediation
 
     @property
     def index_mode(self) -> bool:
@@ -98,6 +100,7 @@ def build_poller_deps(runtime: Any, *, progress: Progress | None = None) -> Poll
     from service.adapters.meter_events import StripeMeterEventSink
     from service.adapters.stripe_client import build_stripe_client
     from service.adapters.stripe_meters import StripeMeterSource
+    from service.wiring import load_configured_rules
 
     settings: Settings = runtime.settings
     client = build_stripe_client(settings)
@@ -111,6 +114,7 @@ def build_poller_deps(runtime: Any, *, progress: Progress | None = None) -> Poll
         work_dir=Path(settings.mfx_work_dir).absolute() / "poller",
         on_failed_rows=remediation_hook(runtime.engine),
         progress=progress,
+        field_limits=load_configured_rules(settings).policy.limits,
     )
 
 
@@ -150,7 +154,11 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     report.listed, report.skipped, report.deferred = len(listed), len(plan.skip), plan.deferred
     report.waiting = sum(1 for obj in listed if (obj.key, obj.etag) in waiting)
     store.record_skipped(plan.skip)
-    meters = MeterIndex(deps.meters.meters()) if deps.meters and not deps.index_mode else None
+    meters = (
+        MeterIndex(deps.meters.meters(), limits=deps.field_limits)
+        if deps.meters and not deps.index_mode
+        else None
+    )
     for number, obj in enumerate(plan.take, start=1):
         _process_object(deps, store, obj, meters, report)
         if deps.progress:

@@ -262,6 +262,31 @@ def test_cli_poll_once(
     engine.dispose()
 
 
+def test_the_poller_validates_with_the_configured_field_limits(
+    settings: Settings, sandbox_server: SandboxServer, tmp_path: Path, make_app: Any
+) -> None:
+    """`[policy]` limits in MFX_RULES apply to the poller as to remediation: a row whose
+    identifier is over the configured length is not sent (it goes to its failed records)."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[policy]\nmax_identifier_chars = 12\n")
+    bucket = open_bucket(settings)
+    src = tmp_path / "a.csv"
+    ts = int(time.time()) - 60
+    src.write_text(
+        HEADER + f"short-1,{ts},api_requests,cus_A,1\nmuch-longer-id-2,{ts},api_requests,cus_A,2\n"
+    )
+    bucket.upload(src, "a.csv", {})
+    configured = settings.model_copy(update={"mfx_rules": str(rules)})
+    result = make_app(configured).test_cli_runner().invoke(args=["poll", "--once"])
+    assert result.exit_code == 0, result.output
+    assert [e["identifier"] for e in sandbox_server.admin.meter_events()] == ["short-1"]
+    engine = make_engine(settings.database_url)
+    with engine.connect() as conn:
+        failed = conn.execute(text("SELECT failed FROM bucket_objects WHERE key = 'a.csv'"))
+        assert failed.scalar() == 1
+    engine.dispose()
+
+
 def test_cli_poll_fails_clearly_on_a_bad_bucket(
     make_settings: Callable[..., Settings], make_app: Any
 ) -> None:
