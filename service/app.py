@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 from flask import Flask, current_app
@@ -48,7 +49,7 @@ def announce_dashboard(settings: Settings, served_at: str | None = None) -> None
     the terminal, once, when the web app starts serving (never in a log line)."""
     from service.web.access import login_banner
 
-    banner = login_banner(settings, served_at)
+    banner = login_banner(settings, served_at, show_token=sys.stderr.isatty())
     if banner is not None:
         click.echo(banner, err=True)
 

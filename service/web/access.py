@@ -57,15 +57,21 @@ def _stored_token(path: Path) -> str:
     return token
 
 
-def login_banner(settings: Settings, served_at: str | None = None) -> str | None:
+def login_banner(
+    settings: Settings, served_at: str | None = None, *, show_token: bool = True
+) -> str | None:
     """The lines `serve` prints at start-up under the embedded defaults (None otherwise):
-    the login URL on MFX_PUBLIC_URL, or where `serve` listens when that is left unset."""
+    the login URL on MFX_PUBLIC_URL, or where `serve` listens when that is left unset. The
+    token itself only with `show_token` (a terminal): output redirected to a file is a log
+    in all but name, so it then says where the token is kept instead."""
     if not settings.embedded_sandbox or settings.mfx_admin_token:
         return None
     token = admin_token(settings)
     path = Path(settings.mfx_work_dir) / TOKEN_FILE
     unset = settings.mfx_public_url == Settings.model_fields["mfx_public_url"].default
     base = (served_at if unset and served_at else settings.mfx_public_url).rstrip("/")
+    if not show_token:
+        return f"Dashboard: {base}/login\nAdmin token: in {path} (mode 600)"
     return f"Dashboard: {base}/login\nAdmin token: {token}  (kept in {path}, mode 600)"
 
 

@@ -213,6 +213,8 @@ def test_embedded_defaults_generate_keep_and_reuse_a_token(
     assert admin_token(make_settings(mfx_work_dir=str(work))) == token  # a restart reuses it
     banner = login_banner(settings)
     assert banner is not None and "http://127.0.0.1:4242/login" in banner and token in banner
+    redirected = login_banner(settings, show_token=False)  # not a terminal: no token printed
+    assert redirected is not None and token not in redirected and str(path) in redirected
     client = make_app(settings).test_client()
     assert client.get("/api/alerts", headers={"Authorization": f"Bearer {token}"}).is_json
     assert client.get("/api/alerts", headers={"Authorization": "Bearer x"}).status_code == 401
