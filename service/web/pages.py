@@ -4,6 +4,7 @@ login form, and the buttons' POST routes (CSRF token required, then back to the 
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -61,6 +62,13 @@ def _guard() -> BaseResponse | None:
 
 
 bp.add_app_template_global(csrf_token, "csrf_token")
+
+
+@bp.app_template_filter("row_json")
+def row_json(record: Any) -> str:
+    """A stored row as the JSON it is (quotes and non-ASCII kept as typed; the page's
+    autoescaping makes it safe), not `tojson`'s script-safe `\\u0027` escapes."""
+    return json.dumps(record, ensure_ascii=False, sort_keys=True)
 
 
 @bp.app_template_global("page_url")
