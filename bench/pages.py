@@ -121,7 +121,7 @@ def pages(plan: Plan, overview_state: OverviewState) -> list[Page]:
         Page(
             "/",
             html("<svg"),
-            "/ just after a run finished (recent sums, both charts drawn)",
+            "/ just after a run finished (its day's codes summed, charts drawn)",
             overview_state.new_run,
         ),
         Page("/?by=hour", html("<svg"), "/?by=hour just after a run finished"),  # the same run
