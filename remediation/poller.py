@@ -149,12 +149,13 @@ def import_chunks(
         problem = validate_record(record, meters, now)
         meter = meters.get(record.event_name) if problem is None else None
         sent = meter is not None
+        ts = parse_timestamp(record.timestamp)  # once for the event and the row reference
         if meter is not None:
-            chunk.events.append(to_meter_event(record, meter))
+            chunk.events.append(to_meter_event(record, meter, ts))
         elif problem is not None:
             record.error_code, record.error_message = problem.code, problem.message
             chunk.failed.append(record)
-        chunk.rows.append(_row_ref(record, sent))
+        chunk.rows.append(_row_ref(record, sent, ts))
         if len(chunk.events) >= batch_size:
             yield chunk
             chunk = ImportChunk()
@@ -176,8 +177,8 @@ def index_chunks(records: Iterable[UsageRecord], *, size: int = 1000) -> Iterato
         yield rows
 
 
-def _row_ref(record: UsageRecord, sent: bool) -> RowRef:
-    timestamp = parse_timestamp(record.timestamp)
+def _row_ref(record: UsageRecord, sent: bool, ts: int | None = None) -> RowRef:
+    timestamp = parse_timestamp(record.timestamp) if ts is None else ts
     return RowRef(str(record.identifier), record.row_number, record.event_name, timestamp, sent)
 
 

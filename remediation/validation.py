@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import NamedTuple
 
 from remediation.codes import ErrorCode
@@ -264,11 +265,23 @@ def validate_record(record: UsageRecord, index: MeterIndex, now: int) -> Problem
 
 
 def rfc3339(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """`2026-11-30T10:00:00Z`. The poller writes one per event: the date part comes from a
+    small cache (a file's rows span few days), the time part is arithmetic; the same text
+    as `strftime` for every second from year 1 to 9999."""
+    day, second = divmod(ts, 86_400)
+    hour, rest = divmod(second, 3600)
+    minute, second = divmod(rest, 60)
+    return f"{_utc_date(day)}T{hour:02d}:{minute:02d}:{second:02d}Z"
 
 
-def to_meter_event(record: UsageRecord, meter: Meter) -> dict[str, object]:
-    """A v2 meter event stream item: {event_name, identifier, payload{str: str}, timestamp}."""
+@lru_cache(maxsize=1024)
+def _utc_date(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+
+
+def to_meter_event(record: UsageRecord, meter: Meter, ts: int | None = None) -> dict[str, object]:
+    """A v2 meter event stream item: {event_name, identifier, payload{str: str}, timestamp}.
+    `ts`: the record's timestamp already parsed by the caller (else parsed here)."""
     payload = {key: _payload_text(value) for key, value in record.payload.items()}
     if meter.value_key in record.payload:
         number = plain_number(record.payload[meter.value_key])
@@ -278,7 +291,8 @@ def to_meter_event(record: UsageRecord, meter: Meter) -> dict[str, object]:
     if record.identifier:
         event["identifier"] = record.identifier
     event["payload"] = payload
-    ts = parse_timestamp(record.timestamp)
+    if ts is None:
+        ts = parse_timestamp(record.timestamp)
     if ts is not None:
         event["timestamp"] = rfc3339(ts)
     return event
