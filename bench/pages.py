@@ -254,7 +254,7 @@ class LiveService(threading.Thread):
         self.runs = 0
 
     def run(self) -> None:
-        from service.heartbeats import beat
+        from service.worker.heartbeats import beat
 
         last_beat, last_run = 0.0, time.monotonic()
         while True:

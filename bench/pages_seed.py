@@ -1,5 +1,5 @@
 """The data `bench/pages.py` measures against: what a busy deployment holds after 30 days,
-shaped as the service writes it (see the jobs, `service/remediation_runs.py` and the poller).
+shaped as the service writes it (see the jobs, `service/jobs/runs.py` and the poller).
 
 - runs of every kind, with the run keys the jobs make (`import_set:<id>:<file>`,
   `import_set_failed:<id>`, `poller:<id>`, `error_report:<event>:<object>`,

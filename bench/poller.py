@@ -58,7 +58,7 @@ def bench_end_to_end(rows: int, now: int, workdir: Path) -> tuple[int, float, in
     from sandbox.defaults import SANDBOX_API_KEY
     from service.config import Settings
     from service.db import upgrade
-    from service.poller import build_poller_deps, run_poll_pass
+    from service.poller.passes import build_poller_deps, run_poll_pass
     from service.runtime import Runtime
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per stream request

@@ -1,4 +1,4 @@
-"""The port handlers talk through. `service.handler_context` implements it with the database.
+"""The port handlers talk through. `service.worker.handler_context` implements it with the database.
 
 It grows with the handlers: remediation (next issue) adds its own methods here, and the
 service adds them to its implementation. Every method is idempotent per event.

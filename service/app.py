@@ -35,9 +35,9 @@ def runtime() -> Runtime:
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:
-    from service.metrics import bp as metrics_bp
+    from service.intake.webhooks import bp as webhooks_bp
+    from service.web.metrics import bp as metrics_bp
     from service.web.setup import register_web
-    from service.webhooks import bp as webhooks_bp
 
     register_web(app, settings)
     app.register_blueprint(metrics_bp)

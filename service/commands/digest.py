@@ -61,7 +61,7 @@ def digest_command(dry_run: bool, since: str, channel: str | None) -> None:
 
 
 def _instance() -> str:
-    from service.worker import new_worker_id
+    from service.worker.loop import new_worker_id
 
     return f"cli:{new_worker_id()}"
 

@@ -12,12 +12,12 @@ from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.commands._signals import stop_on_signals
-from service.inbox import requeue
 from service.logs import log_event
 from service.runtime import Runtime
-from service.worker import InboxWorker, LoopEnd, PassReport, SchemaNotCurrent, run_loop
-from service.worker_liveness import item_threads_alive
-from service.worker_supervisor import (
+from service.worker.inbox import requeue
+from service.worker.liveness import item_threads_alive
+from service.worker.loop import InboxWorker, LoopEnd, PassReport, SchemaNotCurrent, run_loop
+from service.worker.supervisor import (
     RESTART_EXIT_CODE,
     die_with_supervisor,
     is_supervised,

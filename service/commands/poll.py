@@ -15,9 +15,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.commands._signals import stop_on_signals
 from service.models import ObjectStatus
-from service.poller import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
-from service.poller_job import poll_forever
-from service.poller_retry import describe, find_retry, reopen
+from service.poller.job import poll_forever
+from service.poller.passes import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
+from service.poller.retry import describe, find_retry, reopen
 
 
 @click.command("poll")

@@ -95,7 +95,7 @@ def _top_code(by_code: Mapping[str, Any]) -> str | None:
 
 def _links(run: RemediationRun, outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     links: dict[str, Any] = {"run": run.id, "source": run.source}
-    kind, _, rest = run.run_key.partition(":")  # see service.remediation_jobs: run keys
+    kind, _, rest = run.run_key.partition(":")  # see service.jobs.remediation: run keys
     if kind in ("import_set", "import_set_failed", "poller") and rest:
         links["import_set"] = rest.split(":", 1)[0]
     corrected = [str(o["key"]) for o in outputs if o.get("kind") == "corrected"]

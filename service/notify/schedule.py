@@ -1,4 +1,4 @@
-"""Scheduled notification jobs run by `meterfix worker` (see `service.worker`):
+"""Scheduled notification jobs run by `meterfix worker` (see `service.worker.loop`):
 
 - digests on the DIGEST_EVERY grid (and a catch-up/retry pass every minute),
 - critical alerts every few seconds,
@@ -54,7 +54,7 @@ def run_notify_jobs(
     started: threading.Event | None = None,
 ) -> None:
     """Run the jobs until `stop` is set (`channels` and `instance` for tests)."""
-    from service.worker import new_worker_id
+    from service.worker.loop import new_worker_id
 
     runtime = Runtime(settings)
     try:

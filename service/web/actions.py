@@ -13,10 +13,10 @@ from service.models._types import utcnow
 from service.models.alerts import AlertStatus
 from service.models.inbox import InboxStatus
 from service.notify.alerts import set_alert_status
-from service.remediation_tasks import TaskKind, enqueue_task, task_id
 from service.web.params import QuarantineFilter
 from service.web.quarantine import count_quarantine
 from service.web.store import EVENTS, find_event, get_alert, record_action
+from service.worker.tasks import TaskKind, enqueue_task, task_id
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from werkzeug.datastructures import MultiDict
 
-from service.heartbeats import health_snapshot
 from service.models.alerts import AlertStatus
 from service.web import actions, lineage, params, quarantine, store
 from service.web.access import bearer_ok, csrf_ok, current_token, session_ok
 from service.web.context import actor, engine, settings
 from service.web.heartbeat_check import notice_silence
+from service.worker.heartbeats import health_snapshot
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Integer, cast, func, literal_column, select, true
 
-from service.heartbeats import health_snapshot
 from service.models._types import utcnow
 from service.models.alerts import AlertStatus
 from service.models.inbox import InboxStatus
@@ -26,6 +25,7 @@ from service.web.store import (
     event_json,
     open_alert_counts,
 )
+from service.worker.heartbeats import health_snapshot
 
 LATEST = 10  # open alerts and dead letters listed on the overview
 

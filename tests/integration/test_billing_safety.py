@@ -27,7 +27,7 @@ from sqlmodel import select
 
 from service.config import Settings
 from service.models import CorrectionAudit, QuarantinedRow
-from service.poller import build_poller_deps, run_poll_pass
+from service.poller.passes import build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from tests.integration.test_e2e import BUCKET, RULES, Loop, _put, messy_rows, render, running_loop
 
@@ -206,7 +206,7 @@ def test_cli_takes_the_generation_from_the_files_lineage(tmp_path: Path) -> None
 def test_lineage_lookup_survives_identifiers_we_never_write(db_url: str, tmp_path: Path) -> None:
     from remediation.rules import load_rules
     from service.db import make_engine
-    from service.remediation_inputs import run_lineage
+    from service.jobs.inputs import run_lineage
 
     path = tmp_path / "failed.csv"
     path.write_bytes(

@@ -93,7 +93,8 @@ def test_validate_starts_without_the_web_and_database_stack(tmp_path: Path) -> N
         f"    main(['validate', {str(usage)!r}, '--meters', {str(tmp_path / 'meters.json')!r}])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = ('sqlalchemy', 'sqlmodel', 'service.app', 'service.webhooks', 'service.db')\n"
+        "heavy = ('sqlalchemy', 'sqlmodel', 'service.app', 'service.intake.webhooks',"
+        " 'service.db')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     (tmp_path / "meters.json").write_text("[]")

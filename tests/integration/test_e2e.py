@@ -32,9 +32,9 @@ from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
 from service.config import Settings
 from service.db import make_engine
 from service.models import CorrectionAudit, ImportSet, InboxEvent, QuarantinedRow, RemediationRun
-from service.poller import build_poller_deps, run_poll_pass
+from service.poller.passes import build_poller_deps, run_poll_pass
 from service.runtime import Runtime
-from service.worker import InboxWorker
+from service.worker.loop import InboxWorker
 from tests.servers import serve_wsgi
 
 BUCKET = "usage-bucket"

@@ -23,7 +23,7 @@ from sqlmodel import select
 from sandbox.reports import SAMPLES_PER_CODE
 from service.config import PollerMode, Settings
 from service.models import ErrorReport, QuarantinedRow, RemediationRun
-from service.poller import PollerDeps, build_poller_deps, run_poll_pass
+from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from tests.integration.test_e2e import BUCKET, Loop, render, running_loop
 

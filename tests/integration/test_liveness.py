@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from sqlmodel import Session
 
 from service.db import make_engine
-from service.heartbeats import beat, health_snapshot
 from service.models import InboxEvent, InboxStatus
+from service.worker.heartbeats import beat, health_snapshot
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

@@ -12,9 +12,9 @@ from sqlmodel import Session
 
 from service.config import Settings
 from service.db import make_engine
-from service.heartbeats import beat
 from service.models import InboxEvent, InboxStatus
 from service.notify.alerts import raise_alert, resolve_alert
+from service.worker.heartbeats import beat
 from tests.servers import serve_wsgi
 
 

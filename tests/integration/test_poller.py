@@ -25,7 +25,7 @@ from service.config import Settings
 from service.db import make_engine
 from service.models import Alert, BucketObject, ImportedRow, ImportSet
 from service.models._types import as_utc
-from service.poller import PassReport, PollerDeps, poller_lock, run_poll_pass
+from service.poller.passes import PassReport, PollerDeps, poller_lock, run_poll_pass
 from tests.conftest import SandboxServer
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"

@@ -19,7 +19,7 @@ from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
 from service.db import make_engine
 from service.models import AdminAction, Alert, BucketObject, ImportSet, PollerBatch
-from service.poller import PollerDeps, run_poll_pass
+from service.poller.passes import PollerDeps, run_poll_pass
 from tests.conftest import SandboxServer
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"

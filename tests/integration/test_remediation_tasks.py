@@ -24,7 +24,7 @@ from service.models import (
     InboxEvent,
     RemediationRun,
 )
-from service.worker import InboxWorker
+from service.worker.loop import InboxWorker
 from tests.conftest import SandboxServer
 from tests.servers import serve_wsgi
 
@@ -151,7 +151,7 @@ def test_replaying_a_finished_task_changes_nothing(service: Service) -> None:
     task_id = "mfx_task_import_set_errors_impset_twice"
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
     before = {p: p.stat().st_mtime_ns for p in bucket.rglob("*") if p.is_file()}
-    from service.inbox import requeue
+    from service.worker.inbox import requeue
 
     assert requeue(service.engine, task_id)
     service.drain()
@@ -231,7 +231,7 @@ def test_a_report_counting_more_rows_than_we_can_find_is_partial(service: Servic
 def test_lineage_is_looked_up_in_batches(sqlite_url: str, tmp_path: Path) -> None:
     from remediation.identifiers import Ancestor
     from remediation.rules import load_rules
-    from service.remediation_inputs import LOOKUP_BATCH, run_lineage
+    from service.jobs.inputs import LOOKUP_BATCH, run_lineage
 
     count = LOOKUP_BATCH * 2 + 7  # more than one IN (...) batch
     path = tmp_path / "corrected.csv"

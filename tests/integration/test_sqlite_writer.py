@@ -25,10 +25,10 @@ from service.db import (
     sqlite_writer,
     upgrade,
 )
-from service.inbox import StoreResult, sqlite_datetime, store_event
 from service.models._types import as_utc, utcnow
 from service.models.inbox import InboxEvent, PayloadStyle
 from service.runtime import Runtime
+from service.worker.inbox import StoreResult, sqlite_datetime, store_event
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from remediation.rules import load_rules
 from service.adapters.bucket import open_bucket
 from service.config import Settings
 from service.db import make_engine
+from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.models import QuarantinedRow, RemediationRun
-from service.remediation_runs import RunContext, RunRequest, execute_run
-from service.wiring import TaskRunner
-from service.worker import InboxWorker
+from service.worker.loop import InboxWorker
+from service.worker.task_runner import TaskRunner
 from tests.conftest import SandboxServer
 
 TOKEN = "rerun-token"

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from service.config import Settings
 from service.db import make_engine
 from service.models.inbox import InboxStatus
-from service.worker import InboxWorker
+from service.worker.loop import InboxWorker
 from tests.integration.intake_helpers import API_KEY, SECRET, inbox_rows, load_event, post_signed
 from tests.servers import serve_wsgi
 

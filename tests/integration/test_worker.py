@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
-import service.inbox
+import service.worker.inbox
 from sandbox.events import build_error_report_event, build_import_set_event
 from service.config import Settings
 from service.db import make_engine
@@ -28,8 +28,8 @@ from service.models import (
 )
 from service.models._types import as_utc
 from service.models.inbox import InboxStatus
-from service.remediation_tasks import TaskKind, enqueue_task
-from service.worker import InboxWorker
+from service.worker.loop import InboxWorker
+from service.worker.tasks import TaskKind, enqueue_task
 from tests.integration.intake_helpers import inbox_rows, load_event, post_raw, sign
 from tests.servers import serve_wsgi
 
@@ -86,7 +86,7 @@ def intake(db_url: str, sandbox_server: Any, make_settings: Any, make_app: Any) 
 def _shift_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Move the inbox's clock forward so scheduled retries are due now."""
     monkeypatch.setattr(
-        service.inbox, "utcnow", lambda: datetime.now(UTC) + timedelta(seconds=seconds)
+        service.worker.inbox, "utcnow", lambda: datetime.now(UTC) + timedelta(seconds=seconds)
     )
 
 
@@ -141,7 +141,7 @@ def test_reprocessing_changes_nothing(intake: Intake) -> None:
     snapshot = intake.deliver(load_event("snapshot_import_set_succeeded"))
     intake.worker().drain()
     for replayed in (event_id, snapshot):
-        assert service.inbox.requeue(intake.engine, replayed)
+        assert service.worker.inbox.requeue(intake.engine, replayed)
     report = intake.worker().drain()
     assert sorted(report.done) == sorted([event_id, snapshot])
     assert [intake.count(m) for m in (ErrorReport, ErrorTypeCount, ErrorSample, ImportSet)] == [
@@ -264,7 +264,7 @@ def test_two_workers_never_take_the_same_row(intake: Intake) -> None:
 def test_backoff_schedule() -> None:
     import random
 
-    from service.inbox import backoff_seconds
+    from service.worker.inbox import backoff_seconds
 
     rng = random.Random(7)
     first = [backoff_seconds(1, rng) for _ in range(200)]
@@ -296,7 +296,7 @@ def test_unusable_event_is_dead_lettered_at_once(intake: Intake) -> None:
         stored.body = json.dumps(event)
         session.add(stored)
         session.commit()
-    assert service.inbox.requeue(intake.engine, event_id)
+    assert service.worker.inbox.requeue(intake.engine, event_id)
     assert intake.worker().drain().done == [event_id]
     assert _alert(intake).status == "resolved"
 
@@ -340,7 +340,7 @@ def test_an_item_that_keeps_killing_workers_is_dead_lettered(intake: Intake) -> 
 
 
 def test_default_lease_and_heartbeat(make_settings: Any) -> None:
-    from service.worker_liveness import heartbeat_interval
+    from service.worker.liveness import heartbeat_interval
 
     settings = make_settings()
     assert (settings.mfx_worker_lease, settings.mfx_task_time_limit) == (30, 900)

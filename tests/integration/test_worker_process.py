@@ -309,9 +309,9 @@ HOGGING_HANDLER = """
 import re
 
 import handlers
-import service.worker_liveness
+import service.worker.liveness
 
-service.worker_liveness.HARD_LIMIT_GRACE_SECONDS = 1
+service.worker.liveness.HARD_LIMIT_GRACE_SECONDS = 1
 _known = handlers.handler_for
 
 

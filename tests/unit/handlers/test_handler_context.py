@@ -11,8 +11,8 @@ from sqlmodel import Session, select
 from handlers import REGISTRY
 from handlers.records import OutcomeStatus
 from service.db import make_engine, session_scope
-from service.handler_context import DatabaseHandlerContext
 from service.models import ImportSet
+from service.worker.handler_context import DatabaseHandlerContext
 
 EVENTS = Path(__file__).resolve().parents[2] / "data" / "events"
 

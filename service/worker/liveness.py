@@ -6,14 +6,14 @@ kill a thread, so the item runs in its own daemon thread while the worker's main
 waits at most `MFX_TASK_TIME_LIMIT`. Past it, the worker records the failure with its
 reason (retried, dead-lettered after `MFX_MAX_ATTEMPTS`), stops renewing the lease, and
 the worker process exits so that its supervisor starts a fresh one
-(`service.worker_supervisor`): the stuck thread ends with its process. A child process per
+(`service.worker.supervisor`): the stuck thread ends with its process. A child process per
 item would cost a fresh interpreter (or a fork of a threaded process) per event and could
 not run the in-process drains the tests use. An item stuck in C code that never releases
 the GIL (a pathological regex, a huge integer) freezes the waiting thread too: for that
 case the CLI arms `faulthandler`'s watchdog (a C thread, no GIL needed), which ends the
 process a grace period after the limit; the supervisor restarts it, the item's lease
 expires, it is retaken, and after `MFX_MAX_ATTEMPTS` such deaths it is dead-lettered
-(`service.worker`).
+(`service.worker.loop`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.heartbeats import BEAT_EVERY_SECONDS, beat
-from service.inbox import ClaimedEvent, renew_lease
 from service.logs import log_event
 from service.models.health import ProcessRole
+from service.worker.heartbeats import BEAT_EVERY_SECONDS, beat
+from service.worker.inbox import ClaimedEvent, renew_lease
 
 T = TypeVar("T")
 ITEM_THREAD_PREFIX = "meterfix-item-"

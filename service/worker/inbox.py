@@ -22,10 +22,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.adapters.stripe_events import VerifiedEvent
 from service.db import sqlite_writer
+from service.intake.pg_writer import postgres_writer
 from service.models._types import utcnow
 from service.models.inbox import InboxEvent, InboxStatus
 from service.notify.alerts import raise_alert, resolve_alert
-from service.pg_writer import postgres_writer
 
 INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
 _INSERT = insert(INBOX)  # a statement object only: nothing touches a database at import
@@ -117,7 +117,7 @@ def _insert(engine: Engine, row: tuple[Any, ...]) -> None:
     """One INSERT and COMMIT. The web hot path skips SQLAlchemy's statement machinery
     (about half the request's cost) and runs a fixed statement, which the DBAPI driver
     prepares once and caches, on the process's own writer connection: for SQLite files
-    `service.db.SQLiteWriter`, for PostgreSQL `service.pg_writer.PostgresWriter` (autocommit:
+    `service.db.SQLiteWriter`, for PostgreSQL `service.intake.pg_writer.PostgresWriter` (autocommit:
     one round trip); an in-memory SQLite database uses a pooled DBAPI connection."""
     raw_insert = _RAW_INSERT.get(engine.dialect.name)
     if raw_insert is None:

@@ -12,7 +12,7 @@ from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus, 
 from service.models._types import utcnow
 from service.models.poller import ImportedRow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
-from service.remediation_tasks import TaskKind, enqueue_task
+from service.worker.tasks import TaskKind, enqueue_task
 
 
 class DatabaseHandlerContext:

@@ -1,11 +1,11 @@
 """The inbox worker: claim due events, fetch what thin events point to, dispatch, record.
 
 Processing is at-least-once with idempotent effects: the handler's writes and the row's
-`done` commit in one transaction. Failures are retried with backoff (`service.inbox`) and
+`done` commit in one transaction. Failures are retried with backoff (`service.worker.inbox`) and
 dead-lettered with an alert after `MFX_MAX_ATTEMPTS`; an event whose data cannot be used
 (`UnusableEvent`) or a task whose input is gone is dead-lettered at once. While an item
 runs, the heartbeat renews its lease; it may run `MFX_TASK_TIME_LIMIT` seconds
-(`service.worker_liveness` says how that limit is enforced).
+(`service.worker.liveness` says how that limit is enforced).
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_events import fetch_full_event
 from service.config import Settings
 from service.db import MIGRATIONS_DIR, checkpoint_wal, session_scope
-from service.handler_context import DatabaseHandlerContext
-from service.heartbeats import new_instance_id
-from service.inbox import (
+from service.jobs.inputs import TaskInputMissing
+from service.logs import log_event
+from service.models.inbox import InboxStatus, PayloadStyle
+from service.worker.handler_context import DatabaseHandlerContext
+from service.worker.heartbeats import new_instance_id
+from service.worker.inbox import (
     ClaimedEvent,
     claim_next,
     dead_letter_alert,
@@ -42,11 +45,7 @@ from service.inbox import (
     mark_failed,
     release_claim,
 )
-from service.logs import log_event
-from service.models.inbox import InboxStatus, PayloadStyle
-from service.remediation_inputs import TaskInputMissing
-from service.remediation_tasks import TASK_STYLE, TaskKind, parse_task
-from service.worker_liveness import (
+from service.worker.liveness import (
     ITEM_THREAD_PREFIX,
     ItemInterrupted,
     TimeLimitExceeded,
@@ -54,6 +53,7 @@ from service.worker_liveness import (
     call_with_time_limit,
     heartbeat_interval,
 )
+from service.worker.tasks import TASK_STYLE, TaskKind, parse_task
 
 TaskRunnerFn = Callable[[TaskKind, str], str]
 
@@ -86,7 +86,7 @@ class PassReport:
     dead: list[tuple[str, str]] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)  # handed back on stop, not counted
     # An item ran past its time limit and its thread still runs: the pass ends there and
-    # `meterfix worker` restarts its process (see `service.worker_liveness`).
+    # `meterfix worker` restarts its process (see `service.worker.liveness`).
     abandoned: bool = False
 
     @property
@@ -131,7 +131,7 @@ class InboxWorker:
     @property
     def task_runner(self) -> TaskRunnerFn:
         if self._task_runner is None:
-            from service.wiring import TaskRunner
+            from service.worker.task_runner import TaskRunner
 
             self._task_runner = TaskRunner(self.settings, self.engine, self.stripe_client)
         return self._task_runner
@@ -270,7 +270,7 @@ def start_scheduled_jobs(settings: Settings, stop: threading.Event) -> list[thre
     first take the leader advisory lock (DESIGN.md "Scale"): the poller does, per pass.
     """
     from service.notify.schedule import start_notify_jobs
-    from service.poller_job import start_poller_job
+    from service.poller.job import start_poller_job
 
     poller = start_poller_job(settings, stop)
     return ([poller] if poller is not None else []) + start_notify_jobs(settings, stop)

@@ -24,12 +24,9 @@ from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
-from service.alerts import raise_alert
 from service.db import session_scope
-from service.error_report_jobs import remediate_error_report
-from service.models import ImportedRow, ImportSet
-from service.models._types import as_utc, utcnow
-from service.remediation_inputs import (
+from service.jobs.error_reports import remediate_error_report
+from service.jobs.inputs import (
     GENERATION_KEY,
     JobDeps,
     TaskInputMissing,
@@ -39,8 +36,11 @@ from service.remediation_inputs import (
     next_generation,
     run_lineage,
 )
-from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
-from service.remediation_tasks import TaskKind
+from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
+from service.models import ImportedRow, ImportSet
+from service.models._types import as_utc, utcnow
+from service.notify.alerts import raise_alert
+from service.worker.tasks import TaskKind
 
 
 def run_task(deps: JobDeps, kind: TaskKind, ref: str) -> str:

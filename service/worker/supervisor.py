@@ -1,7 +1,7 @@
 """`meterfix worker` runs as two processes: a small supervisor and the worker it restarts.
 
 The worker process ends itself when an item overruns its time limit (the only way to end a
-stuck thread, see `service.worker_liveness`), and the watchdog ends it when an item holds
+stuck thread, see `service.worker.liveness`), and the watchdog ends it when an item holds
 the interpreter; the supervisor starts a fresh one at once (exit code 75) or after a short,
 growing delay (any other unexpected exit), so `make run` and a bare `meterfix worker` keep a
 worker without a process manager. SIGTERM/SIGINT to the supervisor stop the worker (it hands

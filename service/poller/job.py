@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from service.config import PollerMode, Settings
 from service.logs import log_event
-from service.poller import PassReport, PollerDeps, build_poller_deps, run_poll_pass
+from service.poller.passes import PassReport, PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 
 
@@ -32,7 +32,7 @@ def poll_forever(
 
 
 def start_poller_job(settings: Settings, stop: threading.Event) -> threading.Thread | None:
-    """For `meterfix worker` (see `service.worker.start_scheduled_jobs`): a thread running
+    """For `meterfix worker` (see `service.worker.loop.start_scheduled_jobs`): a thread running
     the poller until `stop` is set, or None when MFX_POLLER=off. On PostgreSQL every worker
     may start it: each pass takes the poller advisory lock, so one instance polls at a time."""
     if settings.mfx_poller == PollerMode.OFF:

@@ -14,10 +14,10 @@ from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_files import StripeFileStore
 from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
-from service.quarantine_rerun import RerunInputMissing, rerun_quarantine
-from service.remediation_jobs import JobDeps, run_task
-from service.remediation_runs import RunContext
-from service.remediation_tasks import TaskKind
+from service.jobs.quarantine_rerun import RerunInputMissing, rerun_quarantine
+from service.jobs.remediation import JobDeps, run_task
+from service.jobs.runs import RunContext
+from service.worker.tasks import TaskKind
 
 
 def load_configured_rules(settings: Settings) -> Rules:

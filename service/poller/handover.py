@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 
 from service.logs import log_event
 from service.models import ImportSet
-from service.remediation_tasks import TaskKind, enqueue_task
+from service.worker.tasks import TaskKind, enqueue_task
 
 IMPORT_SETS = ImportSet.__table__  # type: ignore[attr-defined]
 

@@ -21,10 +21,10 @@ from remediation.identifiers import Lineage, Parent, input_lineage, row_identifi
 from remediation.ports import Bucket, StripeFiles
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
+from service.jobs.runs import RunContext
 from service.logs import log_event
 from service.models import BucketObject, CorrectionAudit, ImportSet, RemediationRun
 from service.models._types import as_utc, utcnow
-from service.remediation_runs import RunContext
 
 GENERATION_KEY = "mfx-generation"
 NEW_IDENTIFIER_WIDTH = 512  # correction_audit.new_identifier

@@ -16,8 +16,8 @@ from sqlalchemy import Engine, Table, desc, select
 from remediation.ports import ObjectInfo
 from service.models import AdminAction
 from service.models._types import as_utc, utcnow
-from service.poller_progress import OBJECTS, ObjectProgress, ProgressStore, SentBatch
-from service.poller_store import PollerStore
+from service.poller.progress import OBJECTS, ObjectProgress, ProgressStore, SentBatch
+from service.poller.store import PollerStore
 
 ACTIONS: Table = AdminAction.__table__  # type: ignore[attr-defined]
 

@@ -3,11 +3,11 @@ Stripe meter events (or, with MFX_POLLER=index, only records identifier -> (obje
 
 Crash safety: a bucket object stays `seen` until every batch of it was acknowledged; only
 then is it marked `imported`. A pass resumes after the batches Stripe acknowledged
-(service.poller_import), so a crash re-sends at most the batches in flight, under the same
+(service.poller.importer), so a crash re-sends at most the batches in flight, under the same
 identifiers (the row's own, or one derived from the object version and row number), which
 Stripe dedupes for at least 24 hours. A failing object backs off and is given up only for a
 permanent error, a failure lasting MFX_POLLER_GIVE_UP_AFTER, or the 23 h re-send horizon
-(service.poller_failures). Failed rows go to a failed-records file (usage columns +
+(service.poller.failures). Failed rows go to a failed-records file (usage columns +
 error_code + error_message) and to the `on_failed_rows(import_set, path)` hook, which hands
 them to remediation.
 
@@ -34,22 +34,22 @@ from remediation.poller import PassLimits, RowRef, index_chunks, plan_pass
 from remediation.ports import Bucket, MeterEventSink, MeterSource, ObjectInfo
 from remediation.validation import MeterIndex
 from service.config import PollerMode, Settings
-from service.heartbeats import beat, new_instance_id
 from service.logs import log_event
 from service.models import ObjectStatus, ProcessRole
 from service.models._types import utcnow
-from service.poller_failures import judge, raise_gave_up, resolve_gave_up
-from service.poller_handover import (
+from service.poller.failures import judge, raise_gave_up, resolve_gave_up
+from service.poller.handover import (
     FailedRowsHook,
     hand_over,
     log_failed_rows,
     queue_pending_remediation,
     remediation_hook,
 )
-from service.poller_import import ObjectImport, import_object
-from service.poller_lock import POLLER_LOCK_KEY, poller_lock
-from service.poller_progress import ProgressStore
-from service.poller_store import PollerStore
+from service.poller.importer import ObjectImport, import_object
+from service.poller.lock import POLLER_LOCK_KEY, poller_lock
+from service.poller.progress import ProgressStore
+from service.poller.store import PollerStore
+from service.worker.heartbeats import beat, new_instance_id
 
 Progress = Callable[[int, int, str], None]
 

@@ -5,7 +5,7 @@ the file into the same batches. Every group of batches is recorded before it goe
 rows in `imported_rows`, its batches with their first send time), and acknowledgements are
 written as they come (at least every 0.25 s), so a crash re-sends at most the batches that
 were in flight, under the same identifiers; a later pass skips the rows of the acknowledged
-prefix (service.poller_progress).
+prefix (service.poller.progress).
 The failed-records file is written afresh on every pass (failed rows are never sent, so
 validating them again is free of risk).
 """
@@ -27,10 +27,10 @@ from remediation.ports import Bucket, MeterEventSink, ObjectInfo
 from remediation.records import UsageRecord
 from remediation.validation import MeterIndex
 from service.models import ImportSet
-from service.poller_failures import HorizonPassed
-from service.poller_files import FailedRecords, failed_records_path
-from service.poller_progress import ObjectProgress, ProgressStore, row_was_sent
-from service.poller_store import PollerStore
+from service.poller.failures import HorizonPassed
+from service.poller.files import FailedRecords, failed_records_path
+from service.poller.progress import ObjectProgress, ProgressStore, row_was_sent
+from service.poller.store import PollerStore
 
 CHUNKS_PER_GROUP = 10  # batches recorded before sending, and acknowledgements recorded, at once
 ACK_EVERY = 0.25  # seconds: acknowledgements are written at least this often
@@ -55,7 +55,7 @@ class ImportTally:
 
 @dataclass
 class ObjectImport:
-    """Everything one object's import needs (built by service.poller for each object)."""
+    """Everything one object's import needs (built by service.poller.passes for each object)."""
 
     store: PollerStore
     progress: ProgressStore

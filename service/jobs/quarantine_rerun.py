@@ -27,10 +27,10 @@ from remediation.identifiers import (
     trace_ancestors,
 )
 from remediation.records import MFX_PREFIX, UsageRecord
+from service.jobs.inputs import LOOKUP_BATCH, parents
+from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
 from service.models.alerts import AdminAction
 from service.models.remediation import QuarantinedRow, RemediationRun
-from service.remediation_inputs import LOOKUP_BATCH, parents
-from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
 from service.web.params import BadParameter, quarantine_filter
 from service.web.quarantine import conditions
 

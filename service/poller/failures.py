@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from remediation.ports import ObjectInfo
 from service.logs import log_event
 from service.notify.alerts import raise_alert, resolve_alert
-from service.poller_progress import RESEND_HORIZON, ObjectProgress, SentBatch
+from service.poller.progress import RESEND_HORIZON, ObjectProgress, SentBatch
 
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(minutes=30)

@@ -28,8 +28,9 @@ from remediation.records import UsageRecord
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.reported import ReportScope, bad_customers, select_reported
 from remediation.validation import MeterIndex
-from service.alerts import raise_alert
 from service.db import session_scope
+from service.jobs.inputs import JobDeps, TaskInputMissing, next_generation, run_lineage
+from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
 from service.models import (
     BucketObject,
     CorrectionAudit,
@@ -40,8 +41,7 @@ from service.models import (
     QuarantinedRow,
 )
 from service.models._types import as_utc, utcnow
-from service.remediation_inputs import JobDeps, TaskInputMissing, next_generation, run_lineage
-from service.remediation_runs import RunContext, RunRequest, execute_run, finished_run
+from service.notify.alerts import raise_alert
 
 # Objects whose rows a report may be about: first seen up to a day before the report's window
 # (Stripe imports and validates later) and up to an hour after it (in index mode meterfix may

@@ -1,7 +1,7 @@
 """POST /webhooks: verify, store in the inbox, answer 200 only after the commit.
 
 The route stays thin: reading the body under a size limit, verification
-(`service.adapters.stripe_events`) and storage (`service.inbox`) live elsewhere; the worker
+(`service.adapters.stripe_events`) and storage (`service.worker.inbox`) live elsewhere; the worker
 processes what is stored. Everything the route needs from the settings is built once, when
 the blueprint is registered on an app (`Intake`), never per request and never at import.
 The success path logs at DEBUG only: at webhook rates an INFO line per event costs more than
@@ -27,9 +27,9 @@ from werkzeug.routing import Rule
 from handlers import REGISTRY
 from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_events import VerifiedEvent, WebhookRejected, WebhookVerifier
-from service.inbox import InboxUnavailable, store_event
 from service.logs import LOGGER, log_event
 from service.runtime import Runtime
+from service.worker.inbox import InboxUnavailable, store_event
 
 bp = Blueprint("webhooks", __name__)
 
