@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import sys
 
-import click
-from flask import Flask, current_app
+from flask import Flask
 
 from service.commands import register_commands
 from service.config import Settings
+from service.current import install
 from service.logs import configure_logging, log_event
 from service.runtime import Runtime
-
-EXTENSION = "meterfix"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -21,17 +18,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(level=settings.log_level, log_format=settings.log_format)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # our own limit answers 413 with a JSON reason
-    app.extensions[EXTENSION] = Runtime(settings)
+    install(app, Runtime(settings))
     _register_blueprints(app, settings)
     register_commands(app)
     _announce(settings)
     return app
-
-
-def runtime() -> Runtime:
-    """The Runtime of the app handling the current request or command."""
-    value: Runtime = current_app.extensions[EXTENSION]
-    return value
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:
@@ -42,16 +33,6 @@ def _register_blueprints(app: Flask, settings: Settings) -> None:
     register_web(app, settings)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(webhooks_bp)
-
-
-def announce_dashboard(settings: Settings, served_at: str | None = None) -> None:
-    """Under the embedded defaults, print the dashboard login URL and the generated token to
-    the terminal, once, when the web app starts serving (never in a log line)."""
-    from service.web.access import login_banner
-
-    banner = login_banner(settings, served_at, show_token=sys.stderr.isatty())
-    if banner is not None:
-        click.echo(banner, err=True)
 
 
 _announced: set[str] = set()  # the start-up line is said once per process, not per app

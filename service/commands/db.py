@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
+from service.current import runtime
 from service.db import upgrade
 
 
@@ -17,8 +18,6 @@ def db_group() -> None:
 @with_appcontext
 def upgrade_command() -> None:
     """Apply every migration (migrations ship inside the package)."""
-    from service.app import runtime
-
     try:
         upgrade(runtime().settings.database_url)
     except Exception as exc:  # one clear line, no traceback

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import click
+from flask.cli import with_appcontext
 
-from service.config import Settings
+from service.adapters.bucket import BucketError
+from service.current import runtime
 
 HEADER = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
 DAY = 86_400
@@ -40,11 +42,10 @@ def messy_rows(now: int, tag: str) -> list[list[str]]:
 
 @click.command("demo")
 @click.option("--name", default=None, help="object name (default: demo-<unix time>.csv)")
+@with_appcontext
 def demo_command(name: str | None) -> None:
     """Write a messy usage file into BUCKET_URL for the poller (or Stripe) to import."""
-    from service.adapters.bucket import BucketError, open_bucket
-
-    settings = Settings()
+    settings = runtime().settings
     now = int(time.time())
     name = name or f"demo-{now}.csv"
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +55,7 @@ def demo_command(name: str | None) -> None:
             writer.writerow(HEADER)
             writer.writerows(messy_rows(now, f"demo{now}"))
         try:
-            bucket = open_bucket(settings)
+            bucket = runtime().bucket
             key = bucket.prefix + name
             bucket.upload(path, key, {})
         except (BucketError, OSError) as exc:

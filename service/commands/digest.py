@@ -10,6 +10,7 @@ from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import parse_duration
+from service.current import runtime
 
 
 @click.command("digest")
@@ -21,7 +22,6 @@ from service.config import parse_duration
 @with_appcontext
 def digest_command(dry_run: bool, since: str, channel: str | None) -> None:
     """Send the digest of the last SINCE now (exit 1 with one line if a send failed)."""
-    from service.app import runtime  # service.app imports this module: import at call time
     from service.models._types import utcnow
     from service.notify.channels import build_channels
     from service.notify.digests import DigestSender

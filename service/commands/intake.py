@@ -12,8 +12,10 @@ from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.commands._signals import stop_on_signals
+from service.config import Settings
+from service.current import runtime
 from service.logs import log_event
-from service.runtime import Runtime
+from service.web.access import login_banner
 from service.worker.inbox import requeue
 from service.worker.liveness import item_threads_alive
 from service.worker.loop import InboxWorker, LoopEnd, PassReport, SchemaNotCurrent, run_loop
@@ -25,12 +27,6 @@ from service.worker.supervisor import (
 )
 
 
-def _runtime() -> Runtime:
-    from service.app import runtime  # service.app imports this module: import at call time
-
-    return runtime()
-
-
 @click.command("serve")
 @click.option("--port", default=4242, show_default=True, help="TCP port")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
@@ -39,11 +35,9 @@ def serve_command(port: int, host: str) -> None:
     """Run the web app with werkzeug (production runs gunicorn, see the Procfile)."""
     from werkzeug.serving import run_simple
 
-    from service.app import announce_dashboard
-
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    announce_dashboard(_runtime().settings, f"http://{local}:{port}")  # terminal, not a log
+    _announce_dashboard(runtime().settings, f"http://{local}:{port}")  # terminal, not a log
     run_simple(host, port, app, threaded=True, use_reloader=False)
 
 
@@ -52,7 +46,7 @@ def serve_command(port: int, host: str) -> None:
 @with_appcontext
 def worker_command(once: bool) -> None:
     """Process the inbox and remediation tasks (and run the poller when MFX_POLLER is set)."""
-    rt = _runtime()
+    rt = runtime()
     worker = InboxWorker(rt.engine, rt.settings, hard_time_limit=True)
     try:
         worker.check_database()
@@ -115,7 +109,7 @@ def _echo_report(report: PassReport) -> None:
 @with_appcontext
 def replay_command(event_id: str) -> None:
     """Re-queue a stored event, whatever its state."""
-    rt = _runtime()
+    rt = runtime()
     try:
         found = requeue(rt.engine, event_id)
     except SQLAlchemyError as exc:
@@ -126,3 +120,11 @@ def replay_command(event_id: str) -> None:
 
 
 COMMANDS: list[click.Command] = [serve_command, worker_command, replay_command]
+
+
+def _announce_dashboard(settings: Settings, served_at: str) -> None:
+    """Under the embedded defaults, print the dashboard login URL and the generated token to
+    the terminal, once, when the web app starts serving (never in a log line)."""
+    banner = login_banner(settings, served_at, show_token=sys.stderr.isatty())
+    if banner is not None:
+        click.echo(banner, err=True)

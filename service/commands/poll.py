@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.commands._signals import stop_on_signals
+from service.current import runtime
 from service.models import ObjectStatus
 from service.poller.job import poll_forever
 from service.poller.passes import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
@@ -38,8 +39,6 @@ from service.poller.retry import describe, find_retry, reopen
 @with_appcontext
 def poll_command(once: bool, retry_key: str | None, yes: bool) -> None:
     """Import new usage files from the bucket into Stripe (or only index them)."""
-    from service.app import runtime  # service.app imports this module: import at call time
-
     rt = runtime()
     try:
         deps = build_poller_deps(rt)

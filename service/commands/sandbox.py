@@ -17,13 +17,12 @@ from sandbox.seed import seed_demo
 from sandbox.timers import start_timers
 from sandbox.triggers import create_sample_event, resolve_event_type
 from service.config import Settings
+from service.current import runtime
 
 DEFAULT_TARGET = "http://127.0.0.1:4242/webhooks"
 
 
 def _settings() -> Settings:
-    from service.app import runtime
-
     return runtime().settings
 
 

@@ -25,8 +25,8 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 from werkzeug.routing import Rule
 
 from handlers import REGISTRY
-from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_events import VerifiedEvent, WebhookRejected, WebhookVerifier
+from service.current import runtime_of
 from service.logs import LOGGER, log_event
 from service.runtime import Runtime
 from service.worker.inbox import InboxUnavailable, store_event
@@ -49,16 +49,8 @@ class Intake:
 
 @bp.record_once
 def _build_intake(state: BlueprintSetupState) -> None:
-    from service.app import EXTENSION  # the app module registers this blueprint
-
-    rt: Runtime = state.app.extensions[EXTENSION]
-    settings = rt.settings
-    verifier = WebhookVerifier(
-        settings.stripe_webhook_secrets,
-        settings.stripe_webhook_tolerance,
-        build_stripe_client(settings),
-    )
-    state.app.extensions[INTAKE_KEY] = Intake(rt, verifier, settings.mfx_max_body_bytes)
+    rt = runtime_of(state.app)
+    state.app.extensions[INTAKE_KEY] = Intake(rt, rt.verifier, rt.settings.mfx_max_body_bytes)
 
 
 @bp.post("/webhooks", provide_automatic_options=False)  # OPTIONS answers 405 below

@@ -49,6 +49,7 @@ from service.poller.importer import ObjectImport, import_object
 from service.poller.lock import POLLER_LOCK_KEY, poller_lock
 from service.poller.progress import ProgressStore
 from service.poller.store import PollerStore
+from service.runtime import Runtime
 from service.worker.heartbeats import beat, new_instance_id
 
 Progress = Callable[[int, int, str], None]
@@ -94,31 +95,24 @@ class PassReport:
     errors: list[str] = field(default_factory=list)
 
 
-def build_poller_deps(runtime: Any, *, progress: Progress | None = None) -> PollerDeps:
-    """Adapters for a Runtime (settings + engine): bucket, meters and the event stream."""
-    from service.adapters.bucket import open_bucket
-    from service.adapters.meter_events import StripeMeterEventSink
-    from service.adapters.stripe_client import build_stripe_client
-    from service.adapters.stripe_meters import StripeMeterSource
-    from service.wiring import load_configured_rules
-
-    settings: Settings = runtime.settings
-    client = build_stripe_client(settings)
+def build_poller_deps(runtime: Runtime, *, progress: Progress | None = None) -> PollerDeps:
+    """What a pass needs, taken from the Runtime: bucket, meters and the event stream."""
+    settings = runtime.settings
     index = settings.mfx_poller == PollerMode.INDEX
     return PollerDeps(
         engine=runtime.engine,
         settings=settings,
-        bucket=open_bucket(settings),
-        meters=None if index else StripeMeterSource(client),
-        sink=None if index else StripeMeterEventSink(client, settings),
+        bucket=runtime.bucket,
+        meters=None if index else runtime.meter_source,
+        sink=None if index else runtime.meter_event_sink,
         work_dir=Path(settings.mfx_work_dir).absolute() / "poller",
         on_failed_rows=remediation_hook(runtime.engine),
         progress=progress,
-        field_limits=load_configured_rules(settings).policy.limits,
+        field_limits=runtime.rules.policy.limits,
     )
 
 
-def run_poll_pass(target: Any) -> PassReport:
+def run_poll_pass(target: PollerDeps | Runtime) -> PassReport:
     """One pass. `target` is PollerDeps, or a Runtime (adapters are then built for it)."""
     deps = target if isinstance(target, PollerDeps) else build_poller_deps(target)
     _beat(deps, "pass")

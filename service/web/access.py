@@ -18,6 +18,7 @@ from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 
 from service.config import Settings
+from service.current import runtime
 
 TOKEN_FILE = "admin-token"
 EXTENSION = "meterfix.web.token"
@@ -79,8 +80,6 @@ def current_token() -> str:
     """The token of the running app, resolved on first use (no file is made at import)."""
     token: str | None = current_app.extensions.get(EXTENSION)
     if token is None:
-        from service.app import runtime
-
         token = admin_token(runtime().settings)
         current_app.extensions[EXTENSION] = token
     return token

@@ -6,18 +6,15 @@ from flask import g, request
 from sqlalchemy import Engine
 
 from service.config import Settings
+from service.current import runtime
 from service.web.actions import Actor
 
 
 def engine() -> Engine:
-    from service.app import runtime  # the app factory imports the blueprints
-
     return runtime().engine
 
 
 def settings() -> Settings:
-    from service.app import runtime
-
     return runtime().settings
 
 

@@ -14,6 +14,7 @@ from flask import Blueprint, Response
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
+from service.current import runtime
 from service.models import BucketObject, InboxEvent, QuarantinedRow, RemediationRun
 from service.models.alerts import Alert, AlertSeverity, AlertStatus
 from service.worker.heartbeats import HealthSnapshot, health_snapshot
@@ -124,8 +125,6 @@ def _alerts_by_severity(session: Session) -> list[tuple[str, float]]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    from service.app import runtime
-
     with Session(runtime().engine) as session:
         body = render_metrics(session)
     return Response(body, mimetype="text/plain; version=0.0.4")

@@ -28,13 +28,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from handlers import handler_for
 from handlers.errors import UnusableEvent
-from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_events import fetch_full_event
 from service.config import Settings
 from service.db import MIGRATIONS_DIR, checkpoint_wal, session_scope
 from service.jobs.inputs import TaskInputMissing
 from service.logs import log_event
 from service.models.inbox import InboxStatus, PayloadStyle
+from service.runtime import Runtime
 from service.worker.handler_context import DatabaseHandlerContext
 from service.worker.heartbeats import new_instance_id
 from service.worker.inbox import (
@@ -53,6 +53,7 @@ from service.worker.liveness import (
     call_with_time_limit,
     heartbeat_interval,
 )
+from service.worker.task_runner import TaskRunner
 from service.worker.tasks import TASK_STYLE, TaskKind, parse_task
 
 TaskRunnerFn = Callable[[TaskKind, str], str]
@@ -117,23 +118,23 @@ class InboxWorker:
             engine, self.worker_id, heartbeat_interval(settings.mfx_worker_lease)
         )
         self.hard_time_limit = hard_time_limit  # the CLI arms the GIL-proof watchdog too
-        self._client = stripe_client
+        # Its own adapters: the worker retries with backoff itself, so the SDK retries less.
+        self.runtime = Runtime(
+            settings,
+            engine=engine,
+            stripe_client=stripe_client,
+            stripe_network_retries=STRIPE_NETWORK_RETRIES,
+        )
         self._task_runner = task_runner
 
     @property
     def stripe_client(self) -> stripe.StripeClient:
-        if self._client is None:
-            self._client = build_stripe_client(
-                self.settings, max_network_retries=STRIPE_NETWORK_RETRIES
-            )
-        return self._client
+        return self.runtime.stripe_client
 
     @property
     def task_runner(self) -> TaskRunnerFn:
         if self._task_runner is None:
-            from service.worker.task_runner import TaskRunner
-
-            self._task_runner = TaskRunner(self.settings, self.engine, self.stripe_client)
+            self._task_runner = TaskRunner(self.runtime)
         return self._task_runner
 
     def check_database(self) -> None:

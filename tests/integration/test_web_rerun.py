@@ -18,6 +18,7 @@ from service.config import Settings
 from service.db import make_engine
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.models import QuarantinedRow, RemediationRun
+from service.runtime import Runtime
 from service.worker.loop import InboxWorker
 from service.worker.task_runner import TaskRunner
 from tests.conftest import SandboxServer
@@ -72,7 +73,9 @@ def test_rows_stored_in_full_then_rerun_with_current_rules(
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     queued = client.post(f"/api/quarantine/rerun?run={first.id}", headers=bearer).get_json()
     assert queued["queued"] and queued["rows"] == 3
-    report = InboxWorker(engine, settings, task_runner=TaskRunner(settings, engine)).drain()
+    report = InboxWorker(
+        engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine))
+    ).drain()
     assert report.done == [queued["task"]], report
 
     with Session(engine) as session:
@@ -95,7 +98,7 @@ def test_rows_stored_in_full_then_rerun_with_current_rules(
     text = (Path(settings.bucket_url[len("file://") :]) / corrected["key"]).read_text()
     assert '"identifier":"a1-mfx1"' in text and "cus_acme" in text and "a2" not in text
     assert '"identifier":"a4-mfx1"' in text and '"event_name":"tokens"' in text  # passes now
-    again = InboxWorker(engine, settings, task_runner=TaskRunner(settings, engine))
+    again = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
     assert again.drain().done == []  # the task ran once
     engine.dispose()
 
@@ -105,12 +108,12 @@ def _remediate(settings: Settings, engine: object, tmp_path: Path, content: str)
     path = tmp_path / "failed-records.csv"
     path.write_text(content)
     rules = load_rules(None)
-    runner = TaskRunner(settings, engine)  # type: ignore[arg-type]
+    runtime = Runtime(settings, engine=engine)  # type: ignore[arg-type]
     ctx = RunContext(
-        engine=runner.engine,
+        engine=runtime.engine,
         settings=settings,
         bucket=open_bucket(settings),
-        meters=list(runner.meters.meters()),
+        meters=list(runtime.meter_source.meters()),
         rules=rules,
     )
     plan = plan_input(path, rules)
