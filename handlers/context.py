@@ -1,7 +1,7 @@
 """The port handlers talk through. `service.worker.handler_context` implements it with the database.
 
-It grows with the handlers: remediation (next issue) adds its own methods here, and the
-service adds them to its implementation. Every method is idempotent per event.
+A handler records what Stripe said and asks for a remediation only through these methods;
+the service implements each one. Every method is idempotent per event.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shared reading of `data_management.import_set.*` snapshot events.
 
 The import set is a preview API and its shape is not documented by Stripe. Assumed here
-(best public evidence, see reference/stripe-facts.md §3), read liberally:
+(from Stripe's public examples; `tests/data/events/` holds ours), read liberally:
 - `data.object.id` ("impset_..."), `status`, `failed_reason`;
 - source file: `file` (a file id, or an expanded file object with `id`), or `source_file`;
 - source object in the bucket: `source_object` / `object_key` / `s3_key`, or

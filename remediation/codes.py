@@ -1,6 +1,6 @@
 """Error codes Stripe reports for meter events, and how a row's error text maps to one.
 
-Stripe's code list is an open enum (stripe-facts §6): unknown codes are kept verbatim and
+Stripe's code list is an open enum: unknown codes are kept verbatim and
 reported under their own name; for remediation they behave as ``unclassified``.
 """
 

@@ -1,6 +1,6 @@
 """Cheap checks and fixes on raw CSV cells, one specialised handler per error code.
 
-Each handler mirrors what the general path (`engine._Run.decide` with the correctors) does
+Each handler mirrors what the general path (`decide.RowDecider.decide` with the correctors) does
 for the common shape of its code and reports the result to a `RowSink`; anything it does not
 recognise makes it return False, and the caller decides that row on the general path. So a
 handler may refuse too often, never decide differently: `valid` is stricter than

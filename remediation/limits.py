@@ -1,7 +1,8 @@
 """Field limits: what validation enforces before anything is parsed or sent (one list).
 
 Stripe publishes the first two (identifier, event name); the others are our assumptions
-(DESIGN.md, "Field limits"). Each is a `[policy]` key of the rules file under the same name.
+(docs/architecture.md, "Field limits"). Each is a `[policy]` key of the rules file under the
+same name.
 Reading has its own caps (a line, a field, a JSON element): past them a row or a file is
 refused with a reason instead of being held in memory.
 """

@@ -1,9 +1,10 @@
 """The bundled poller's pure parts: which bucket objects a pass takes, and one file's rows
 turned into meter-event batches plus failed rows.
 
-Planning mirrors Stripe's S3 connector (stripe-facts §7) with one deliberate difference: an
-object is new when its (key, ETag) pair was not seen before, never by a LastModified cursor —
-LastModified has one-second resolution, so a cursor skips objects written in the same second.
+Planning mirrors Stripe's S3 connector (as its S3 guide describes it) with one deliberate
+difference: an object is new when its (key, ETag) pair was not seen before, never by a
+LastModified cursor — LastModified has one-second resolution, so a cursor skips objects
+written in the same second.
 The first sync looks back 90 days; a pass takes at most 50 files or 10 GB; the quarantine
 prefix and `.meta.json` sidecars are never read; only `.csv`, `.json` and `.jsonl` are usage
 files. Corrected files are imported like any other.

@@ -1,6 +1,6 @@
 """Our own check of a usage record against the meters, mirroring Stripe's documented limits.
 
-Limits (stripe-facts §5): a timestamp within the past 35 days and at most 5 minutes ahead;
+Limits (as Stripe publishes them): a timestamp within the past 35 days and at most 5 minutes ahead;
 the meter must exist and be active; the payload needs the meter's customer and value keys;
 the value must be a number. Before any of that, every field is held to the field limits
 (`limits.FieldLimits`): lengths and control characters are checked before anything is parsed,

@@ -1,6 +1,6 @@
 """Stripe's S3 connector, played locally: new bucket objects become import sets.
 
-Which rejected row goes where follows Stripe's S3 guide ("Report and handle errors", facts §7):
+Which rejected row goes where follows Stripe's S3 guide ("Report and handle errors"):
 - FORMAT problems (`format_error`: a record the connector cannot turn into a meter event) go
   to the import set's failed-records file, announced by `data_management.import_set.succeeded`
   with status `succeeded_with_errors`: a mandatory field without a value (the guide's
@@ -14,7 +14,7 @@ Which rejected row goes where follows Stripe's S3 guide ("Report and handle erro
   sample a few identifiers. The import counts them as created: it cannot know they fail later.
 A row is never reported twice: either it is in the file or it is queued for the next flush.
 
-Assumptions (Stripe does not document them, facts §3/§7): one import set per object; the
+Assumptions (Stripe does not document them): one import set per object; the
 import set names its source with `file` (the object, also stored as a sandbox File) and
 `source_object` (the bucket key, relative to the bucket prefix); the failed-records file is a
 CSV of the original usage columns plus `error_code` (a code Stripe documents, empty where it

@@ -1,4 +1,4 @@
-"""Signed webhook deliveries, exactly as Stripe sends them (facts §1, §2)."""
+"""Signed webhook deliveries, exactly as Stripe sends them."""
 
 from __future__ import annotations
 

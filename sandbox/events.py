@@ -1,4 +1,4 @@
-"""Builders for sample events, shaped like Stripe's examples (facts §2, §3).
+"""Builders for sample events, shaped like Stripe's examples.
 
 `errors` arguments are lists of `(code, message, identifier)` tuples.
 """
@@ -15,7 +15,7 @@ ERROR_REPORT_TRIGGERED = "v1.billing.meter.error_report_triggered"
 NO_METER_FOUND = "v1.billing.meter.no_meter_found"
 IMPORT_SET_FAILED = "data_management.import_set.failed"
 IMPORT_SET_SUCCEEDED = "data_management.import_set.succeeded"
-IMPORT_SET_API_VERSION = "2025-09-30.clover"  # assumed: the preview API's version (facts §3)
+IMPORT_SET_API_VERSION = "2025-09-30.clover"  # assumed: the preview API's version
 VALIDATION_WINDOW_SECONDS = 10
 
 ErrorSample = tuple[str, str, str]

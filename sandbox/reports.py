@@ -1,7 +1,7 @@
 """The validation-window flush: queued invalid meter events become v2 error-report events.
 
 Stripe reports every error in `error_count` but names only a few rows in `sample_errors`
-(facts §2; the number is not documented). The sandbox keeps the first `SAMPLES_PER_CODE` of
+(the number is not documented). The sandbox keeps the first `SAMPLES_PER_CODE` of
 each code per event, so a consumer that only fixes the samples misses the other rows.
 """
 

@@ -1,4 +1,4 @@
-"""Meter event validation as Stripe publishes it (facts §5, §6, "limits and error shapes").
+"""Meter event validation as Stripe publishes it (limits and error shapes).
 
 Two stages, as at Stripe:
 - synchronous parameter checks (`stream_event`, `v1_timestamp`, `check_lengths`): a request

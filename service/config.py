@@ -1,4 +1,4 @@
-"""Typed settings read from the environment (and `.env`), as listed in DESIGN.md."""
+"""Typed settings read from the environment (and `.env`), as the README's Configuration lists."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class SQLiteSynchronous(StrEnum):
 
 
 class Settings(BaseSettings):
-    """Every knob of the service. Field names map to the upper-case variables in DESIGN.md."""
+    """Every knob of the service. Field names map to the upper-case variables in the README."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 

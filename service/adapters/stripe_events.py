@@ -1,6 +1,6 @@
 """Stripe events in and out: verify a webhook delivery, fetch the full event of a thin one.
 
-Verification follows Stripe's rules (reference/stripe-facts.md §1) and goes through the SDK:
+Verification follows Stripe's published rules and goes through the SDK:
 `StripeClient.parse_event_notification` for thin notifications (`v2.core.event`), and
 `StripeClient.construct_event` for snapshot events (`event`), each of which checks the
 signature on the raw body first. Every configured secret is tried in turn (rotation, several
@@ -9,7 +9,8 @@ timestamps too far in the past OR the future (the SDK only checks the past) are 
 precise reason; a body the SDK will not take after a good signature is decoded here to say why
 (invalid JSON, unknown `object`, missing keys).
 
-A signed body must also be a well-formed event to be stored (DESIGN.md, `POST /webhooks`):
+A signed body must also be a well-formed event to be stored (docs/architecture.md, "The flow
+of an event"):
 nested at most `MAX_NESTING` levels (checked by a scan only when the body has more brackets
 than that, which Stripe's events never have), and an `id` and `type` that fit their columns
 and hold no control characters (PostgreSQL refuses NUL in text: such an id could never be

@@ -7,9 +7,10 @@ the blueprint is registered on an app (`Intake`), never per request and never at
 The success path logs at DEBUG only: at webhook rates an INFO line per event costs more than
 verifying it, and the inbox row is the record of every accepted event.
 
-Every answer under /webhooks is JSON, errors included (DESIGN.md: no request produces a 500 or
-an HTML page): other methods and paths below /webhooks are routed to this blueprint too, so
-its own error handlers answer them, not Flask's HTML pages.
+Every answer under /webhooks is JSON, errors included (docs/architecture.md, reliability
+contract: no request produces a 500 or an HTML page): other methods and paths below
+/webhooks are routed to this blueprint too, so its own error handlers answer them, not
+Flask's HTML pages.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def _internal_error(exc: InternalServerError) -> Response:
 
 
 def read_body(req: Request, limit: int) -> bytes:
-    """The raw body, reading at most limit + 1 bytes; 413 beyond the limit (DESIGN's
-    interface details: the same JSON shape as a 400, with the limit in the reason).
+    """The raw body, reading at most limit + 1 bytes; 413 beyond the limit (the
+    README: the same JSON shape as a 400, with the limit in the reason).
 
     With a Content-Length the body is read straight from the server's `wsgi.input` (which
     never yields more than that length) rather than through werkzeug's stream wrapper, built

@@ -19,7 +19,7 @@ FailedRowsHook = Callable[[ImportSet, Path], None]
 
 
 def log_failed_rows(import_set: ImportSet, failed_records_path: Path) -> None:
-    """The default hook: say where the failed rows are (the lead wires remediation here)."""
+    """The default hook: say where the failed rows are (`remediation_hook` queues a task)."""
     log_event(
         "poller.failed_rows",
         import_set=import_set.import_set_id,

@@ -1,4 +1,4 @@
-"""The JSON admin API under /api/ (DESIGN.md lists it): bearer token or a dashboard session
+"""The JSON admin API under /api/ (the README lists it): bearer token or a dashboard session
 (with a CSRF token on POST); lists as {"data": [...], "next_cursor": ...}; every error is
 JSON with a reason: 400 bad parameter, 401 bad token, 403 no CSRF token, 404, 409."""
 

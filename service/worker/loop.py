@@ -268,7 +268,7 @@ def start_scheduled_jobs(settings: Settings, stop: threading.Event) -> list[thre
 
     Start each job here as a thread that loops until `stop` is set and return the threads;
     the worker joins them on shutdown. With several workers on PostgreSQL, a job should
-    first take the leader advisory lock (DESIGN.md "Scale"): the poller does, per pass.
+    first take the leader advisory lock (docs/architecture.md, "Scale"): the poller does, per pass.
     """
     from service.notify.schedule import start_notify_jobs
     from service.poller.job import start_poller_job

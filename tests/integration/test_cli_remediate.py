@@ -157,7 +157,7 @@ def test_bad_input_is_one_line_without_traceback(
     assert message in proc.stderr
 
 
-# --- issue 9: hostile input and files that are not usage -----------------------------------
+# --- hostile input and files that are not usage --------------------------------------------
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
 

@@ -1,7 +1,7 @@
 """MFX_POLLER=index end to end: Stripe's S3 connector (the sandbox) imports the bucket,
 meterfix only indexes identifier -> (object, row) and remediates what Stripe rejects.
 
-The sandbox's connector routes rejected rows as Stripe's S3 guide does (facts §7): format
+The sandbox's connector routes rejected rows as Stripe's S3 guide does: format
 problems (a value that is not a number, a mandatory field without a value) come back in the
 import set's failed-records file; data problems (unknown customer or event name, a timestamp
 outside Stripe's window) as thin `v1.billing.meter.*` events that sample only a few

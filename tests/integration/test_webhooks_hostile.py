@@ -1,5 +1,6 @@
 """POST /webhooks under hostile input: every answer is JSON, never a 5xx, nothing stored
-unless the body is a well-signed, well-formed event (DESIGN.md, `POST /webhooks`)."""
+unless the body is a well-signed, well-formed event (docs/architecture.md, the flow of an
+event)."""
 
 from __future__ import annotations
 

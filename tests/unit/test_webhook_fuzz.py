@@ -29,7 +29,7 @@ from tests.fuzz import fuzz_settings
 from tests.integration.intake_helpers import API_KEY, SECRET, now
 from tests.servers import serve_wsgi
 
-MAX_NESTING = 32  # DESIGN.md's bound, restated: the oracle does not import the service's
+MAX_NESTING = 32  # the documented bound, restated: the oracle does not import the service's
 
 
 @dataclass
@@ -197,7 +197,7 @@ def deliveries(draw: st.DrawFn) -> tuple[bytes, str | None, bool, bool]:
     return body, header, signed, well_formed
 
 
-# -- the oracle: what a well-formed event is (DESIGN.md, POST /webhooks) ---------------------
+# -- the oracle: what a well-formed event is (docs/architecture.md) ----------------------------
 
 
 def _depth(value: Any) -> int:

@@ -1,4 +1,4 @@
-"""Hostile values and sizes (issue 9, sections 2 and 5): every one ends in a quarantined row
+"""Hostile values and sizes: every one ends in a quarantined row
 with a reason that states facts, within bounded time, on the fast and the general path alike."""
 
 from __future__ import annotations

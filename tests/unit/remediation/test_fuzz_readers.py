@@ -1,4 +1,4 @@
-"""Fuzz suite (issue 9, section 2): the readers of all three formats and the value/timestamp
+"""Fuzz suite: the readers of all three formats and the value/timestamp
 parsers, over hostile input. Whatever comes in, the outcome is records or one UnreadableFile
 with a reason: never another exception, a hang, or a row unaccounted for.
 

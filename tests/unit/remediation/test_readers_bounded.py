@@ -1,4 +1,4 @@
-"""Readers stay bounded and never guess (issue 9, sections 1 and 2): caps on lines, fields and
+"""Readers stay bounded and never guess: caps on lines, fields and
 elements, keys named twice, abandoned readers; meters and rules documents of the wrong shape."""
 
 from __future__ import annotations
