@@ -25,8 +25,12 @@ class RemediationKind(StrEnum):
 
 
 class RemediationStatus(StrEnum):
+    """`ImportSet.remediation_status`: the one list of its values (the database checks it)."""
+
     PENDING = "pending"  # a failed-records file exists and waits for remediation
-    NONE = "none"  # nothing to remediate
+    NONE = "none"  # Stripe reported nothing to remediate
+    NOT_NEEDED = "not_needed"  # the poller imported the file: no row failed
+    DONE = "done"  # the remediation ran
 
 
 @dataclass(frozen=True)

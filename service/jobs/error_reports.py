@@ -39,6 +39,7 @@ from service.models import (
     ErrorTypeCount,
     ImportedRow,
     QuarantinedRow,
+    RunTrigger,
 )
 from service.models._types import as_utc, utcnow
 from service.notify.alerts import raise_alert
@@ -130,7 +131,7 @@ def _remediate(
     generation = next_generation(ctx.bucket, key)
     request = RunRequest(
         run_key=run_key,
-        trigger="error_report",
+        trigger=RunTrigger.ERROR_REPORT,
         source=key,
         tag=f"report-{job.event_id}",
         fmt=plan.fmt,

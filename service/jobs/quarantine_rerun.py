@@ -29,6 +29,7 @@ from remediation.identifiers import (
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.jobs.inputs import LOOKUP_BATCH, parents
 from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
+from service.models import RunTrigger
 from service.models.alerts import AdminAction
 from service.models.remediation import QuarantinedRow, RemediationRun
 from service.web.params import BadParameter, quarantine_filter
@@ -60,7 +61,7 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     source = f"quarantine re-run {action_ref}"
     request = RunRequest(
         run_key=run_key,
-        trigger="quarantine_rerun",
+        trigger=RunTrigger.QUARANTINE_RERUN,
         source=source,
         tag=f"rerun-{action_ref}",
         fmt=FileFormat.JSONL,

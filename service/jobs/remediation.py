@@ -20,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from handlers.records import RemediationStatus
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.records import UsageRecord
@@ -37,7 +38,7 @@ from service.jobs.inputs import (
     run_lineage,
 )
 from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
-from service.models import ImportedRow, ImportSet
+from service.models import ImportedRow, ImportSet, RunTrigger
 from service.models._types import as_utc, utcnow
 from service.notify.alerts import raise_alert
 from service.worker.tasks import TaskKind
@@ -75,7 +76,7 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
             generation = next_generation(deps.run.bucket, import_set.source_object)
             request = RunRequest(
                 run_key=run_key,
-                trigger="import_set.succeeded",
+                trigger=RunTrigger.IMPORT_SET_SUCCEEDED,
                 source=file_id,
                 tag=import_set_id,
                 fmt=FileFormat.CSV,
@@ -97,7 +98,7 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
             generation = next_generation(deps.run.bucket, source)
             request = RunRequest(
                 run_key=run_key,
-                trigger="import_set.failed",
+                trigger=RunTrigger.IMPORT_SET_FAILED,
                 source=source,
                 tag=import_set_id,
                 fmt=FileFormat.CSV,
@@ -125,7 +126,7 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
         generation = next_generation(deps.run.bucket, import_set.source_object)
         request = RunRequest(
             run_key=run_key,
-            trigger="poller",
+            trigger=RunTrigger.POLLER,
             source=source,
             tag=import_set_id,
             fmt=FileFormat.CSV,
@@ -187,7 +188,7 @@ def _import_set(engine: Engine, import_set_id: str) -> ImportSet:
 def _mark_import_set(engine: Engine, import_set_id: str, run_key: str) -> str:
     with session_scope(engine) as session:
         row = session.exec(select(ImportSet).where(ImportSet.import_set_id == import_set_id)).one()
-        row.remediation_status = "done"
+        row.remediation_status = RemediationStatus.DONE
         row.detail = {**row.detail, "run_key": run_key}
         row.updated_at = utcnow()
         session.add(row)

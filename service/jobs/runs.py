@@ -29,7 +29,15 @@ from remediation.rules import Rules
 from service.config import Settings
 from service.db import session_scope
 from service.logs import log_event
-from service.models import CorrectionAudit, OutputObject, QuarantinedRow, RemediationRun, RunStatus
+from service.models import (
+    CorrectionAudit,
+    OutputKind,
+    OutputObject,
+    QuarantinedRow,
+    RemediationRun,
+    RunStatus,
+    RunTrigger,
+)
 from service.models._types import utcnow
 from service.notify.runs import alert_for_run
 
@@ -42,7 +50,7 @@ OUTPUT_TABLE: Table = OutputObject.__table__  # type: ignore[attr-defined]
 @dataclass(frozen=True)
 class RunRequest:
     run_key: str
-    trigger: str  # import_set.succeeded | import_set.failed | error_report | poller
+    trigger: RunTrigger
     source: str  # where the rows came from: a Stripe file id or a bucket key
     tag: str  # folder for this run's outputs inside the corrected/quarantine prefixes
     fmt: FileFormat
@@ -109,7 +117,8 @@ def _start(engine: Engine, request: RunRequest) -> int:
         ).first()
         if run is None:
             run = RemediationRun(run_key=request.run_key, trigger=request.trigger)
-        run.source, run.generation, run.status = request.source, request.generation, "running"
+        run.source, run.generation = request.source, request.generation
+        run.status = RunStatus.RUNNING
         session.add(run)
         session.flush()
         assert run.id is not None
@@ -206,7 +215,9 @@ def output_key(settings: Settings, bucket: Bucket, kind: str, tag: str, name: st
     """Corrected files under the corrected prefix (imported again); quarantine and audit
     files under the quarantine prefix (never imported)."""
     prefix = (
-        settings.mfx_corrected_prefix if kind == "corrected" else settings.mfx_quarantine_prefix
+        settings.mfx_corrected_prefix
+        if kind == OutputKind.CORRECTED
+        else settings.mfx_quarantine_prefix
     )
     folder = prefix.strip("/")
     return f"{bucket.prefix}{folder + '/' if folder else ''}{tag}/{name}"
@@ -217,7 +228,7 @@ def _upload(ctx: RunContext, request: RunRequest, output: PlannedOutput) -> dict
     uploaded = ctx.bucket.upload(output.path, key, output.metadata)
     log_event("remediation.output", kind=output.kind, key=key, rows=output.rows, new=uploaded)
     return {
-        "kind": output.kind,
+        "kind": OutputKind(output.kind),
         "key": key,
         "rows": output.rows,
         "sha256": output.sha256,

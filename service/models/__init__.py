@@ -2,6 +2,7 @@
 
 from service.models.alerts import (
     AdminAction,
+    AdminActionName,
     Alert,
     AlertSeverity,
     AlertStatus,
@@ -13,15 +14,18 @@ from service.models.inbox import InboxEvent, InboxStatus, PayloadStyle
 from service.models.poller import BucketObject, ImportedRow, ObjectStatus, PollerBatch
 from service.models.remediation import (
     CorrectionAudit,
+    OutputKind,
     OutputObject,
     QuarantinedRow,
     RemediationRun,
     RunStatus,
+    RunTrigger,
 )
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
 
 __all__ = [
     "AdminAction",
+    "AdminActionName",
     "Alert",
     "AlertSeverity",
     "AlertStatus",
@@ -38,6 +42,7 @@ __all__ = [
     "InboxEvent",
     "InboxStatus",
     "ObjectStatus",
+    "OutputKind",
     "OutputObject",
     "PayloadStyle",
     "PollerBatch",
@@ -45,4 +50,5 @@ __all__ = [
     "QuarantinedRow",
     "RemediationRun",
     "RunStatus",
+    "RunTrigger",
 ]

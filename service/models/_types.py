@@ -7,9 +7,10 @@ them through `as_utc`. Every timestamp the service writes is UTC.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Text
+from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Text
 from sqlmodel import Field
 
 
@@ -41,3 +42,9 @@ def json_field(default_factory: Any = dict) -> Any:
 
 def text_field() -> Any:
     return Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+def one_of(column: str, values: type[StrEnum], name: str) -> CheckConstraint:
+    """The database refuses a value of `column` outside the enum (migration 0003 adds these)."""
+    allowed = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f'"{column}" IN ({allowed})', name=name)

@@ -11,6 +11,7 @@ from sqlmodel import Field, SQLModel
 from service.models._types import (
     created_at_field,
     json_field,
+    one_of,
     optional_time_field,
     required_time_field,
     text_field,
@@ -63,14 +64,25 @@ class Alert(SQLModel, table=True):
     resolved_notified_at: datetime | None = optional_time_field()
 
 
+class AdminActionName(StrEnum):
+    ACKNOWLEDGE = "acknowledge"  # an alert
+    RESOLVE = "resolve"  # an alert
+    REPLAY = "replay"  # an inbox event or task
+    RERUN = "rerun"  # quarantined rows, through the current rules
+    RETRY = "retry"  # a given-up poller object (`meterfix poll --retry`)
+
+
 class AdminAction(SQLModel, table=True):
     """Every admin action (acknowledge, resolve, replay, re-run): when, from where, on what."""
 
     __tablename__ = "admin_actions"
-    __table_args__ = (Index("ix_admin_actions_target", "target_type", "target_id"),)
+    __table_args__ = (
+        Index("ix_admin_actions_target", "target_type", "target_id"),
+        one_of("action", AdminActionName, "ck_admin_actions_action"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    action: str = Field(max_length=32)  # acknowledge|resolve|replay|rerun
+    action: str = Field(max_length=32)  # AdminActionName
     target_type: str = Field(max_length=32)  # alert|event|quarantine
     target_id: str = Field(max_length=512)
     source_address: str = Field(default="", max_length=255)

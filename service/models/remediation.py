@@ -11,6 +11,7 @@ from sqlmodel import Field, SQLModel
 from service.models._types import (
     created_at_field,
     json_field,
+    one_of,
     optional_time_field,
     text_field,
     utcnow,
@@ -23,17 +24,39 @@ class RunStatus(StrEnum):
     FAILED = "failed"
 
 
+class RunTrigger(StrEnum):
+    """What started a run."""
+
+    IMPORT_SET_SUCCEEDED = "import_set.succeeded"  # its failed-records file
+    IMPORT_SET_FAILED = "import_set.failed"  # the source of a whole-file failure
+    ERROR_REPORT = "error_report"  # rows of ours a meter error report is about
+    POLLER = "poller"  # rows the bundled poller's validation rejected
+    QUARANTINE_RERUN = "quarantine_rerun"  # quarantined rows an operator re-ran
+    CLI = "cli"
+
+
+class OutputKind(StrEnum):
+    """What a file a run wrote holds."""
+
+    CORRECTED = "corrected"
+    QUARANTINE = "quarantine"
+    AUDIT = "audit"
+    REPAIRED = "repaired"
+
+
 class RemediationRun(SQLModel, table=True):
     """One remediation of one input (failed-records file, import-set source, poller rows)."""
 
     __tablename__ = "remediation_runs"
+    __table_args__ = (
+        one_of("trigger", RunTrigger, "ck_remediation_runs_trigger"),
+        one_of("status", RunStatus, "ck_remediation_runs_status"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     # Deterministic key (e.g. "impset_x:file_y" or "sha256:<digest>"): a re-run finds its row.
     run_key: str = Field(max_length=512, unique=True)
-    trigger: str = Field(
-        max_length=64
-    )  # import_set.succeeded|import_set.failed|error_report|cli|poller
+    trigger: str = Field(max_length=64)  # RunTrigger
     source: str = text_field()
     source_sha256: str | None = Field(default=None, max_length=64)
     generation: int = 1
@@ -106,10 +129,11 @@ class OutputObject(SQLModel, table=True):
     """A file a run wrote to the bucket, with its lineage."""
 
     __tablename__ = "output_objects"
+    __table_args__ = (one_of("kind", OutputKind, "ck_output_objects_kind"),)
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(sa_column=_run_fk())
-    kind: str = Field(max_length=16)  # corrected|quarantine|audit|repaired
+    kind: str = Field(max_length=16)  # OutputKind
     key: str = text_field()
     rows: int = 0
     sha256: str = Field(max_length=64)

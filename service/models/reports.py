@@ -7,7 +7,14 @@ from datetime import datetime
 from sqlalchemy import Column, ForeignKey, Integer
 from sqlmodel import Field, SQLModel
 
-from service.models._types import created_at_field, json_field, optional_time_field, text_field
+from handlers.records import RemediationStatus
+from service.models._types import (
+    created_at_field,
+    json_field,
+    one_of,
+    optional_time_field,
+    text_field,
+)
 
 
 class ErrorReport(SQLModel, table=True):
@@ -59,6 +66,9 @@ class ImportSet(SQLModel, table=True):
     """A `data_management.import_set` (Stripe's, or the bundled poller's local one)."""
 
     __tablename__ = "import_sets"
+    __table_args__ = (
+        one_of("remediation_status", RemediationStatus, "ck_import_sets_remediation_status"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     import_set_id: str = Field(max_length=255, unique=True)
@@ -72,7 +82,7 @@ class ImportSet(SQLModel, table=True):
     errors_row_count: int | None = None
     successes_row_count: int | None = None
     rows_processed: int | None = None
-    remediation_status: str = Field(default="pending", max_length=32)
+    remediation_status: str = Field(default=RemediationStatus.PENDING, max_length=32)
     detail: dict[str, object] = json_field()
     created_at: datetime = created_at_field()
     updated_at: datetime | None = optional_time_field()

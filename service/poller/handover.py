@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
+from handlers.records import RemediationStatus
 from service.logs import log_event
 from service.models import ImportSet
 from service.worker.tasks import TaskKind, enqueue_task
@@ -42,7 +43,8 @@ def queue_pending_remediation(engine: Engine) -> int:
     an existing task is left alone), so rows a crash left behind are picked up too."""
     with engine.begin() as connection:
         query = select(IMPORT_SETS.c.import_set_id).where(
-            IMPORT_SETS.c.origin == "poller", IMPORT_SETS.c.remediation_status == "pending"
+            IMPORT_SETS.c.origin == "poller",
+            IMPORT_SETS.c.remediation_status == RemediationStatus.PENDING,
         )
         pending: list[str] = list(connection.execute(query).scalars())
         return sum(enqueue_task(connection, TaskKind.POLLER_ROWS, ref) for ref in pending)

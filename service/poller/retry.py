@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import Engine, Table, desc, select
 
 from remediation.ports import ObjectInfo
-from service.models import AdminAction
+from service.models import AdminAction, AdminActionName
 from service.models._types import as_utc, utcnow
 from service.poller.progress import OBJECTS, ObjectProgress, ProgressStore, SentBatch
 from service.poller.store import PollerStore
@@ -85,7 +85,7 @@ def reopen(engine: Engine, plan: RetryPlan, *, confirmed: bool) -> None:
     with engine.begin() as conn:
         conn.execute(
             ACTIONS.insert().values(
-                action="retry",
+                action=AdminActionName.RETRY,
                 target_type="object",
                 target_id=plan.obj.key[:512],
                 via="cli",

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, Insert, Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
+from handlers.records import RemediationStatus
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from service.db import is_postgres, session_scope
@@ -165,7 +166,9 @@ class PollerStore:
             rows_processed=rows,
             successes_row_count=sent,
             errors_row_count=failed,
-            remediation_status="pending" if failed else "not_needed",
+            remediation_status=(
+                RemediationStatus.PENDING if failed else RemediationStatus.NOT_NEEDED
+            ),
             detail={"failed_records_path": str(path) if failed else None, "etag": obj.etag},
         )
         self.mark_done(

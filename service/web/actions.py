@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, update
 
+from service.models import AdminActionName
 from service.models._types import utcnow
 from service.models.alerts import AlertStatus
 from service.models.inbox import InboxStatus
@@ -40,7 +41,10 @@ ALLOWED_FROM = {
     AlertStatus.ACKNOWLEDGED: {AlertStatus.OPEN.value},
     AlertStatus.RESOLVED: {AlertStatus.OPEN.value, AlertStatus.ACKNOWLEDGED.value},
 }
-ACTION_NAMES = {AlertStatus.ACKNOWLEDGED: "acknowledge", AlertStatus.RESOLVED: "resolve"}
+ACTION_NAMES = {
+    AlertStatus.ACKNOWLEDGED: AdminActionName.ACKNOWLEDGE,
+    AlertStatus.RESOLVED: AdminActionName.RESOLVE,
+}
 
 
 def change_alert(engine: Engine, alert_id: int, to: AlertStatus, actor: Actor) -> dict[str, Any]:
@@ -85,7 +89,7 @@ def replay_event(engine: Engine, ref: str, actor: Actor) -> dict[str, Any]:
         )
         record_action(
             connection,
-            "replay",
+            AdminActionName.REPLAY,
             "event",
             event["event_id"],
             via=actor.via,
@@ -106,7 +110,7 @@ def queue_rerun(engine: Engine, found: QuarantineFilter, actor: Actor) -> dict[s
             return {"queued": False, "rows": 0, "filters": found.as_query()}
         action_id = record_action(
             connection,
-            "rerun",
+            AdminActionName.RERUN,
             "quarantine",
             _describe(found),
             via=actor.via,

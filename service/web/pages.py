@@ -21,6 +21,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
+from service.models import AdminActionName
 from service.models.alerts import AlertStatus
 from service.models.inbox import InboxStatus
 from service.web import actions, charts, lineage, params, quarantine, store
@@ -167,7 +168,7 @@ def quarantine_page() -> str:
     page = params.page(request.args)
     listing = quarantine.list_quarantine(engine(), found, page)
     with engine().connect() as connection:
-        reruns = store.recent_actions(connection, "rerun", 5)
+        reruns = store.recent_actions(connection, AdminActionName.RERUN, 5)
     return render_template(
         "quarantine.html",
         listing=listing,
@@ -228,7 +229,7 @@ def alerts_page() -> str:
 
 @bp.post("/alerts/<int:alert_id>/<any(acknowledge, resolve):action>")
 def alert_post(alert_id: int, action: str) -> BaseResponse:
-    to = AlertStatus.ACKNOWLEDGED if action == "acknowledge" else AlertStatus.RESOLVED
+    to = AlertStatus.ACKNOWLEDGED if action == AdminActionName.ACKNOWLEDGE else AlertStatus.RESOLVED
     try:
         actions.change_alert(engine(), alert_id, to, actor())
         flash(f"Alert {alert_id} {to.value}.")

@@ -21,6 +21,7 @@ from sqlalchemy import (
     select,
 )
 
+from service.models import AdminActionName
 from service.models._types import as_utc, utcnow
 from service.models.alerts import AdminAction, Alert, AlertSeverity, AlertStatus
 from service.models.inbox import InboxEvent, InboxStatus
@@ -62,7 +63,7 @@ def keyset(connection: Connection, query: Select[Any], id_column: Any, page: Pag
 
 def record_action(
     connection: Connection,
-    action: str,
+    action: AdminActionName,
     target_type: str,
     target_id: str,
     *,
@@ -122,7 +123,9 @@ def get_action(connection: Connection, action_id: int) -> dict[str, Any] | None:
     return None if row is None else action_json(dict(row._mapping))
 
 
-def recent_actions(connection: Connection, action: str, limit: int = 10) -> list[dict[str, Any]]:
+def recent_actions(
+    connection: Connection, action: AdminActionName, limit: int = 10
+) -> list[dict[str, Any]]:
     rows = connection.execute(
         select(ACTIONS).where(ACTIONS.c.action == action).order_by(ACTIONS.c.id.desc()).limit(limit)
     ).all()
