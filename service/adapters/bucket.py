@@ -20,14 +20,13 @@ from service.adapters.bucket_base import (
     SHA_KEY,
     SIDECAR_SUFFIX,
     TEMP_MARK,
-    BucketError,
-    ObjectNotFound,
     dir_prefix,
     file_digests,
 )
 from service.adapters.file_bucket import FileBucket
 from service.adapters.s3_bucket import MULTIPART_BYTES, S3Bucket
 from service.config import Settings
+from service.errors import BucketError, ObjectNotFound
 from service.logs import log_event
 
 

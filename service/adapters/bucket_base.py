@@ -16,18 +16,6 @@ SHA_KEY = "mfx-sha256"
 CHUNK = 1024 * 1024
 
 
-class BucketError(Exception):
-    """A bucket operation failed; `reason` says why in one line."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class ObjectNotFound(BucketError, FileNotFoundError):
-    """The key does not exist in the bucket."""
-
-
 def file_digests(path: Path) -> tuple[str, str]:
     """(sha256, md5) hex digests of a file, read in chunks."""
     sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)

@@ -16,12 +16,11 @@ from service.adapters.bucket_base import (
     SHA_KEY,
     SIDECAR_SUFFIX,
     TEMP_MARK,
-    BucketError,
-    ObjectNotFound,
     file_digests,
     is_identical,
     temp_path,
 )
+from service.errors import BucketError, ObjectNotFound
 from service.logs import log_event
 
 

@@ -28,6 +28,7 @@ from typing import Any, cast
 import stripe
 
 from service.config import Settings
+from service.errors import MeterEventSendError
 from service.logs import log_event
 
 MAX_EVENTS_PER_REQUEST = 100
@@ -40,19 +41,6 @@ DEFAULT_TIMEOUT = 30.0  # seconds per stream request (the SDK's own default is 8
 _SESSION_ERRORS = (stripe.TemporarySessionExpiredError, stripe.AuthenticationError)
 
 BatchSent = Callable[[int], None]
-
-
-class MeterEventSendError(Exception):
-    """A batch of meter events was not accepted; `reason` says why in one line.
-
-    `permanent`: Stripe refused the request itself (HTTP 400), so sending it again cannot
-    succeed; otherwise the failure outlasted the retries and a later attempt may."""
-
-    def __init__(self, reason: str, *, status: int | None = None, permanent: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.permanent = permanent
 
 
 class StripeMeterEventSink:

@@ -14,12 +14,12 @@ from remediation.ports import ObjectInfo
 from service.adapters.bucket_base import (
     CHUNK,
     SHA_KEY,
-    ObjectNotFound,
     dir_prefix,
     file_digests,
     is_identical,
     temp_path,
 )
+from service.errors import ObjectNotFound
 from service.logs import log_event
 
 if TYPE_CHECKING:  # the stubs package exists only for type checking

@@ -28,6 +28,7 @@ from typing import Any
 
 import stripe
 
+from service.errors import WebhookRejected
 from service.models.inbox import PayloadStyle
 
 THIN_OBJECT = "v2.core.event"
@@ -45,15 +46,6 @@ MAX_TIMESTAMP_DIGITS = 12
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
-
-
-class WebhookRejected(Exception):
-    """A delivery we refuse; `reason` goes back to the sender as `{"error": reason}`."""
-
-    def __init__(self, reason: str, status: int = 400) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)

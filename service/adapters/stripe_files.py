@@ -17,20 +17,12 @@ from typing import Any
 import requests
 import stripe
 
+from service.errors import StripeFileError
 from service.logs import log_event
 
 CHUNK = 1024 * 1024
 TIMEOUT = (10, 300)  # connect, read (between chunks)
 FILE_ID = re.compile(r"^file_[A-Za-z0-9_]+$")
-
-
-class StripeFileError(Exception):
-    """A file could not be fetched; `reason` says why in one line."""
-
-    def __init__(self, reason: str, *, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
 
 
 class StripeFileStore:

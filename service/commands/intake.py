@@ -14,11 +14,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.commands._signals import stop_on_signals
 from service.config import Settings
 from service.current import runtime
+from service.errors import SchemaNotCurrent
 from service.logs import log_event
 from service.web.access import login_banner
 from service.worker.inbox import requeue
 from service.worker.liveness import item_threads_alive
-from service.worker.loop import InboxWorker, LoopEnd, PassReport, SchemaNotCurrent, run_loop
+from service.worker.loop import InboxWorker, LoopEnd, PassReport, run_loop
 from service.worker.supervisor import (
     RESTART_EXIT_CODE,
     die_with_supervisor,

@@ -26,11 +26,12 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 from werkzeug.routing import Rule
 
 from handlers import REGISTRY
-from service.adapters.stripe_events import VerifiedEvent, WebhookRejected, WebhookVerifier
+from service.adapters.stripe_events import VerifiedEvent, WebhookVerifier
 from service.current import runtime_of
+from service.errors import InboxUnavailable, WebhookRejected
 from service.logs import LOGGER, log_event
 from service.runtime import Runtime
-from service.worker.inbox import InboxUnavailable, store_event
+from service.worker.inbox import store_event
 
 bp = Blueprint("webhooks", __name__)
 

@@ -29,7 +29,8 @@ from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.reported import ReportScope, bad_customers, select_reported
 from remediation.validation import MeterIndex
 from service.db import session_scope
-from service.jobs.inputs import JobDeps, TaskInputMissing, next_generation, run_lineage
+from service.errors import TaskInputMissing
+from service.jobs.inputs import JobDeps, next_generation, run_lineage
 from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
 from service.models import (
     BucketObject,

@@ -21,6 +21,7 @@ from remediation.identifiers import Lineage, Parent, input_lineage, row_identifi
 from remediation.ports import Bucket, StripeFiles
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
+from service.errors import TaskInputMissing
 from service.jobs.runs import RunContext
 from service.logs import log_event
 from service.models import BucketObject, CorrectionAudit, ImportSet, RemediationRun
@@ -29,10 +30,6 @@ from service.models._types import as_utc, utcnow
 GENERATION_KEY = "mfx-generation"
 NEW_IDENTIFIER_WIDTH = 512  # correction_audit.new_identifier
 LOOKUP_BATCH = 500  # identifiers per IN (...) query, well under every database's limit
-
-
-class TaskInputMissing(Exception):
-    """The task's input cannot be had (not retried: a person must look)."""
 
 
 @dataclass

@@ -27,12 +27,13 @@ from remediation.identifiers import (
     trace_ancestors,
 )
 from remediation.records import MFX_PREFIX, UsageRecord
+from service.errors import BadParameter, RerunInputMissing
 from service.jobs.inputs import LOOKUP_BATCH, parents
 from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
 from service.models import RunTrigger
 from service.models.alerts import AdminAction
 from service.models.remediation import QuarantinedRow, RemediationRun
-from service.web.params import BadParameter, quarantine_filter
+from service.web.params import quarantine_filter
 from service.web.quarantine import conditions
 
 QUARANTINE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
@@ -45,10 +46,6 @@ CORE_KEYS = ("identifier", "timestamp", "event_name", "payload")
 # the future) goes out. Other codes (a customer Stripe did not find, unknown codes) only
 # Stripe can judge: the row keeps its code, and only a correction sends it out.
 CHECKED_BY_VALIDATION = KNOWN_CODES - {ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.UNCLASSIFIED}
-
-
-class RerunInputMissing(Exception):
-    """The admin action naming the rows is gone or unreadable (not retried)."""
 
 
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:

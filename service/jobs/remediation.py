@@ -26,11 +26,11 @@ from remediation.filetypes import FileFormat
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
 from service.db import session_scope
+from service.errors import TaskInputMissing
 from service.jobs.error_reports import remediate_error_report
 from service.jobs.inputs import (
     GENERATION_KEY,
     JobDeps,
-    TaskInputMissing,
     download,
     event_time,
     fetch_source,

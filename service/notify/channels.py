@@ -32,15 +32,6 @@ class Message:
     slack: Sequence[dict[str, Any]] = field(default_factory=tuple)
 
 
-class DeliveryFailed(Exception):
-    """A channel could not deliver a message; `reason` is safe to log and store."""
-
-    def __init__(self, reason: str, *, permanent: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.permanent = permanent
-
-
 class Channel(Protocol):
     name: ChannelName
 

@@ -21,17 +21,12 @@ from sqlalchemy import Engine, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.config import Settings
+from service.errors import DeliveryFailed
 from service.logs import log_event
 from service.models._types import as_utc, utcnow
 from service.models.alerts import DigestRun, DigestStatus
 from service.notify.alerts import raise_alert
-from service.notify.channels import (
-    Channel,
-    DeliveryFailed,
-    Message,
-    redact,
-    settings_secrets,
-)
+from service.notify.channels import Channel, Message, redact, settings_secrets
 from service.notify.content import Digest, collect_digest
 from service.notify.render import render_digest
 from service.notify.windows import DigestSchedule, Window

@@ -18,8 +18,9 @@ from email.utils import formatdate, make_msgid
 from urllib.parse import unquote, urlsplit
 
 from service.config import Settings
+from service.errors import DeliveryFailed
 from service.logs import log_event
-from service.notify.channels import ChannelName, DeliveryFailed, Message, Sleep, redact
+from service.notify.channels import ChannelName, Message, Sleep, redact
 
 TIMEOUT_SECONDS = 15
 ATTEMPTS = 3

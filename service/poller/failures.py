@@ -20,24 +20,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 
 from remediation.ports import ObjectInfo
+from service.errors import HorizonPassed
 from service.logs import log_event
 from service.notify.alerts import raise_alert, resolve_alert
-from service.poller.progress import RESEND_HORIZON, ObjectProgress, SentBatch
+from service.poller.progress import RESEND_HORIZON, ObjectProgress
 
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(minutes=30)
-
-
-class HorizonPassed(Exception):
-    """Resuming would re-send batches first sent more than 23 h ago."""
-
-    def __init__(self, stale: tuple[SentBatch, ...]) -> None:
-        first = min(b.first_sent_at for b in stale)
-        rows = sum(b.rows for b in stale)
-        super().__init__(
-            f"{len(stale)} unacknowledged batches ({rows} rows) were first sent at "
-            f"{first:%Y-%m-%d %H:%M} UTC, more than 23 h ago; sending them again could bill twice"
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,8 @@ from remediation.poller import ImportChunk, import_chunks, source_tag
 from remediation.ports import Bucket, MeterEventSink, ObjectInfo
 from remediation.records import UsageRecord
 from remediation.validation import MeterIndex
+from service.errors import HorizonPassed
 from service.models import ImportSet
-from service.poller.failures import HorizonPassed
 from service.poller.files import FailedRecords, failed_records_path
 from service.poller.progress import ObjectProgress, ProgressStore, row_was_sent
 from service.poller.store import PollerStore

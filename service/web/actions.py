@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, update
 
+from service.errors import Conflict, NotFound
 from service.models import AdminActionName
 from service.models._types import utcnow
 from service.models.alerts import AlertStatus
@@ -26,14 +27,6 @@ class Actor:
 
     via: str
     address: str
-
-
-class NotFound(LookupError):
-    """The item does not exist (404)."""
-
-
-class Conflict(ValueError):
-    """The item is not in a state the action applies to (409)."""
 
 
 # An alert may be acknowledged while open, resolved while open or acknowledged.

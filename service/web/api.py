@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from werkzeug.datastructures import MultiDict
 
+from service.errors import BadParameter, Conflict, NotFound
 from service.models.alerts import AlertStatus
 from service.web import actions, lineage, params, quarantine, store
 from service.web.access import bearer_ok, csrf_ok, current_token, session_ok
@@ -41,18 +42,18 @@ def _guard() -> tuple[Response, int] | None:
     return None
 
 
-@bp.errorhandler(params.BadParameter)
-def _bad_parameter(exc: params.BadParameter) -> tuple[Response, int]:
+@bp.errorhandler(BadParameter)
+def _bad_parameter(exc: BadParameter) -> tuple[Response, int]:
     return json_error(400, str(exc))
 
 
-@bp.errorhandler(actions.NotFound)
-def _not_found(exc: actions.NotFound) -> tuple[Response, int]:
+@bp.errorhandler(NotFound)
+def _not_found(exc: NotFound) -> tuple[Response, int]:
     return json_error(404, str(exc))
 
 
-@bp.errorhandler(actions.Conflict)
-def _conflict(exc: actions.Conflict) -> tuple[Response, int]:
+@bp.errorhandler(Conflict)
+def _conflict(exc: Conflict) -> tuple[Response, int]:
     return json_error(409, str(exc))
 
 
@@ -84,7 +85,7 @@ def runs() -> Response:
 def run(run_id: int) -> Response:
     found = lineage.get_run(engine(), run_id)
     if found is None:
-        raise actions.NotFound(f"no run with id {run_id}")
+        raise NotFound(f"no run with id {run_id}")
     return jsonify(found)
 
 

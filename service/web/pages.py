@@ -21,6 +21,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
+from service.errors import BadParameter, Conflict, NotFound
 from service.models import AdminActionName
 from service.models.alerts import AlertStatus
 from service.models.inbox import InboxStatus
@@ -79,13 +80,13 @@ def page_url(endpoint: str, **values: Any) -> str:
     return url_for(endpoint) + ("?" + urlencode(query) if query else "")
 
 
-@bp.errorhandler(params.BadParameter)
-def _bad_parameter(exc: params.BadParameter) -> tuple[str, int]:
+@bp.errorhandler(BadParameter)
+def _bad_parameter(exc: BadParameter) -> tuple[str, int]:
     return render_template("error.html", status=400, reason=str(exc)), 400
 
 
-@bp.errorhandler(actions.NotFound)
-def _not_found(exc: actions.NotFound) -> tuple[str, int]:
+@bp.errorhandler(NotFound)
+def _not_found(exc: NotFound) -> tuple[str, int]:
     return render_template("error.html", status=404, reason=str(exc)), 404
 
 
@@ -144,7 +145,7 @@ def overview_page() -> str:
 def runs_page() -> str:
     view = request.args.get("view") or "runs"
     if view not in RUN_VIEWS:
-        raise params.BadParameter(f"view must be one of {'|'.join(RUN_VIEWS)}")
+        raise BadParameter(f"view must be one of {'|'.join(RUN_VIEWS)}")
     page = params.page(request.args)
     listing = {
         "runs": lineage.list_runs,
@@ -158,7 +159,7 @@ def runs_page() -> str:
 def run_page(run_id: int) -> str:
     found = lineage.get_run(engine(), run_id)
     if found is None:
-        raise actions.NotFound(f"no run with id {run_id}")
+        raise NotFound(f"no run with id {run_id}")
     return render_template("run.html", run=found)
 
 
@@ -233,7 +234,7 @@ def alert_post(alert_id: int, action: str) -> BaseResponse:
     try:
         actions.change_alert(engine(), alert_id, to, actor())
         flash(f"Alert {alert_id} {to.value}.")
-    except actions.Conflict as exc:
+    except Conflict as exc:
         flash(str(exc))
     return redirect(_back("dashboard.alerts_page"))
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypeVar
 
+from service.errors import BadParameter
 from service.models.alerts import AlertSeverity, AlertStatus
 from service.models.inbox import InboxStatus
 
@@ -16,10 +17,6 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_FILTER_CHARS = 255
 E = TypeVar("E", bound=StrEnum)
-
-
-class BadParameter(ValueError):
-    """A query parameter that cannot be used; the message is the reason given to the caller."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.adapters.stripe_events import VerifiedEvent
 from service.db import sqlite_writer
+from service.errors import InboxUnavailable
 from service.intake.pg_writer import postgres_writer
 from service.models._types import utcnow
 from service.models.inbox import InboxEvent, InboxStatus
@@ -71,10 +72,6 @@ class ClaimedEvent:
     style: str
     body: str
     attempts: int
-
-
-class InboxUnavailable(RuntimeError):
-    """The database could not store the event (the webhook answers 503; Stripe retries)."""
 
 
 def store_event(engine: Engine, event: VerifiedEvent, *, known_type: bool) -> StoreResult:

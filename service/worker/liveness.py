@@ -30,6 +30,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.errors import ItemInterrupted, TimeLimitExceeded
 from service.logs import log_event
 from service.models.health import ProcessRole
 from service.worker.heartbeats import BEAT_EVERY_SECONDS, beat
@@ -40,18 +41,6 @@ ITEM_THREAD_PREFIX = "meterfix-item-"
 WAIT_STEP_SECONDS = 0.2  # how often the waiting thread looks at the clock and the stop flag
 HARD_LIMIT_GRACE_SECONDS = 30.0  # the watchdog's margin past the time limit
 STOP_WAIT_SECONDS = 2.0
-
-
-class TimeLimitExceeded(Exception):
-    """The item ran past its time limit; its thread is abandoned (still running)."""
-
-    def __init__(self, limit_seconds: float) -> None:
-        self.reason = f"exceeded the {limit_seconds:g} s time limit (MFX_TASK_TIME_LIMIT)"
-        super().__init__(self.reason)
-
-
-class ItemInterrupted(Exception):
-    """The worker was asked to stop while the item ran; its thread is abandoned."""
 
 
 def item_threads_alive() -> bool:

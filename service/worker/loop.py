@@ -31,7 +31,13 @@ from handlers.errors import UnusableEvent
 from service.adapters.stripe_events import fetch_full_event
 from service.config import Settings
 from service.db import MIGRATIONS_DIR, checkpoint_wal, session_scope
-from service.jobs.inputs import TaskInputMissing
+from service.errors import (
+    ItemInterrupted,
+    LeaseLost,
+    SchemaNotCurrent,
+    TaskInputMissing,
+    TimeLimitExceeded,
+)
 from service.logs import log_event
 from service.models.inbox import InboxStatus, PayloadStyle
 from service.runtime import Runtime
@@ -47,8 +53,6 @@ from service.worker.inbox import (
 )
 from service.worker.liveness import (
     ITEM_THREAD_PREFIX,
-    ItemInterrupted,
-    TimeLimitExceeded,
     WorkerHeartbeat,
     call_with_time_limit,
     heartbeat_interval,
@@ -67,14 +71,6 @@ DIED_WHILE_WORKING = (
     "the worker processing it stopped without finishing on its last attempt "
     "(killed, crashed, or stuck past its time limit)"
 )
-
-
-class LeaseLost(RuntimeError):
-    """Another worker took the row over (our lease expired): our writes are rolled back."""
-
-
-class SchemaNotCurrent(RuntimeError):
-    """The database has no schema yet, or an older one: `meterfix db upgrade` is due."""
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from service.jobs.quarantine_rerun import RerunInputMissing, rerun_quarantine
+from service.errors import RerunInputMissing
+from service.jobs.quarantine_rerun import rerun_quarantine
 from service.jobs.remediation import JobDeps, run_task
 from service.jobs.runs import RunContext
 from service.runtime import Runtime

@@ -10,9 +10,10 @@ from sqlalchemy import Engine, create_engine, text
 
 from service.adapters.stripe_events import VerifiedEvent
 from service.db import make_engine
+from service.errors import InboxUnavailable
 from service.intake.pg_writer import postgres_writer
 from service.models.inbox import PayloadStyle
-from service.worker.inbox import InboxUnavailable, StoreResult, store_event
+from service.worker.inbox import StoreResult, store_event
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from service.adapters.meter_events import MeterEventSendError, StripeMeterEventSink
+from service.adapters.meter_events import StripeMeterEventSink
 from service.adapters.stripe_client import build_stripe_client
 from service.config import Settings
+from service.errors import MeterEventSendError
 from tests.conftest import SandboxServer
 
 STREAM = "/v2/billing/meter_event_stream"

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from service.adapters.customers import StripeCustomerDirectory
-from service.adapters.meter_events import MeterEventSendError, StripeMeterEventSink
+from service.adapters.meter_events import StripeMeterEventSink
 from service.adapters.stripe_client import build_stripe_client
-from service.adapters.stripe_files import StripeFileError, StripeFileStore
+from service.adapters.stripe_files import StripeFileStore
 from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
+from service.errors import MeterEventSendError, StripeFileError
 from tests.conftest import SandboxServer
 
 

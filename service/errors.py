@@ -1,0 +1,143 @@
+"""Every exception the service raises, in one place, each with a `reason` safe to log.
+
+ServiceError                    reason: one line, no secrets
+├── WebhookRejected             a delivery we refuse (status: 400 or 413)
+├── InboxUnavailable            the database could not store an event (503)
+├── LeaseLost                   another worker took the item over
+├── SchemaNotCurrent            `meterfix db upgrade` is due
+├── TimeLimitExceeded           an item ran past MFX_TASK_TIME_LIMIT
+├── ItemInterrupted             the worker was asked to stop mid-item
+├── TaskInputMissing            a task's input cannot be had (dead-lettered at once)
+├── RerunInputMissing           the admin action naming the rows is gone
+├── HorizonPassed               resuming would re-send batches past the 23 h horizon
+├── StripeFileError             a Stripe file could not be fetched (status)
+├── MeterEventSendError         a batch of meter events was not accepted (status, permanent)
+├── BucketError                 a bucket operation failed
+│   └── ObjectNotFound          the key does not exist (also a FileNotFoundError)
+├── DeliveryFailed              a Slack or email message was not delivered (permanent)
+├── BadParameter                a query parameter that cannot be used (400; a ValueError)
+├── NotFound                    the item does not exist (404; a LookupError)
+└── Conflict                    the item is not in a state the action applies to (409)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+
+class ServiceError(Exception):
+    """Base of the service's exceptions: `reason` says why in one line."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class WebhookRejected(ServiceError):
+    """A delivery we refuse; `reason` goes back to the sender as `{"error": reason}`."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class InboxUnavailable(ServiceError, RuntimeError):
+    """The database could not store the event (the webhook answers 503; Stripe retries)."""
+
+
+class LeaseLost(ServiceError, RuntimeError):
+    """Another worker took the row over (our lease expired): our writes are rolled back."""
+
+
+class SchemaNotCurrent(ServiceError, RuntimeError):
+    """The database has no schema yet, or an older one: `meterfix db upgrade` is due."""
+
+
+class TimeLimitExceeded(ServiceError):
+    """The item ran past its time limit; its thread is abandoned (still running)."""
+
+    def __init__(self, limit_seconds: float) -> None:
+        super().__init__(f"exceeded the {limit_seconds:g} s time limit (MFX_TASK_TIME_LIMIT)")
+
+
+class ItemInterrupted(ServiceError):
+    """The worker was asked to stop while the item ran; its thread is abandoned."""
+
+
+class TaskInputMissing(ServiceError):
+    """The task's input cannot be had (not retried: a person must look)."""
+
+
+class RerunInputMissing(ServiceError):
+    """The admin action naming the rows is gone or unreadable (not retried)."""
+
+
+class SentBatch(Protocol):
+    """What HorizonPassed reads of a batch (`service.poller.progress.SentBatch`)."""
+
+    @property
+    def first_sent_at(self) -> datetime: ...
+    @property
+    def rows(self) -> int: ...
+
+
+class HorizonPassed(ServiceError):
+    """Resuming would re-send batches first sent more than 23 h ago."""
+
+    def __init__(self, stale: Sequence[SentBatch]) -> None:
+        first = min(b.first_sent_at for b in stale)
+        rows = sum(b.rows for b in stale)
+        super().__init__(
+            f"{len(stale)} unacknowledged batches ({rows} rows) were first sent at "
+            f"{first:%Y-%m-%d %H:%M} UTC, more than 23 h ago; sending them again could bill twice"
+        )
+
+
+class StripeFileError(ServiceError):
+    """A file could not be fetched."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class MeterEventSendError(ServiceError):
+    """A batch of meter events was not accepted.
+
+    `permanent`: Stripe refused the request itself (HTTP 400), so sending it again cannot
+    succeed; otherwise the failure outlasted the retries and a later attempt may."""
+
+    def __init__(self, reason: str, *, status: int | None = None, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.permanent = permanent
+
+
+class BucketError(ServiceError):
+    """A bucket operation failed."""
+
+
+class ObjectNotFound(BucketError, FileNotFoundError):
+    """The key does not exist in the bucket."""
+
+
+class DeliveryFailed(ServiceError):
+    """A channel could not deliver a message; `reason` is safe to log and store."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
+
+
+class BadParameter(ServiceError, ValueError):
+    """A query parameter that cannot be used; the reason is given to the caller."""
+
+
+class NotFound(ServiceError, LookupError):
+    """The item does not exist (404)."""
+
+
+class Conflict(ServiceError, ValueError):
+    """The item is not in a state the action applies to (409)."""
