@@ -6,8 +6,7 @@ trip per event, where a pooled connection costs a checkout with its ping, then B
 and COMMIT. Measured on the 2-core box: ~680 -> ~320 us per event, client CPU ~280 -> ~90 us.
 
 The connection is made through the engine's pool (same URL, options and dialect set-up) and
-then detached from it, lazily, in the process that uses it: a forked child makes its own and
-never closes its parent's (closing would end the parent's session on the shared socket).
+then detached from it, lazily, in the process that uses it (`service.intake.writers`).
 A connection that fails is dropped and the INSERT is tried once more on a new one; that is
 safe because a repeated event id is a unique violation, which the caller reports as a
 duplicate delivery.
@@ -17,12 +16,13 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from contextlib import suppress
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
+
+from service.intake.writers import WriterRegistry
 
 
 class PostgresWriter:
@@ -70,31 +70,11 @@ class PostgresWriter:
             self._drop()
 
 
-_WRITERS: weakref.WeakKeyDictionary[Engine, PostgresWriter] = weakref.WeakKeyDictionary()
-_GUARD = threading.Lock()
-_INHERITED: list[PostgresWriter] = []  # a parent's connections, never closed in a child
+_WRITERS: WriterRegistry[PostgresWriter] = WriterRegistry(
+    lambda engine: engine.dialect.name == "postgresql", PostgresWriter
+)
 
 
 def postgres_writer(engine: Engine) -> PostgresWriter | None:
     """This process's writer for a PostgreSQL engine; None for other databases."""
-    writer = _WRITERS.get(engine)
-    if writer is not None and writer.pid == os.getpid():
-        return writer
-    if engine.dialect.name != "postgresql":
-        return None
-    with _GUARD:
-        writer = _WRITERS.get(engine)
-        if writer is None or writer.pid != os.getpid():
-            if writer is not None:
-                _INHERITED.append(writer)
-            else:
-                event.listen(engine, "engine_disposed", _close_writer)
-            writer = _WRITERS[engine] = PostgresWriter(engine)
-    return writer
-
-
-def _close_writer(engine: Engine) -> None:
-    writer = _WRITERS.get(engine)
-    if writer is not None and writer.pid == os.getpid():
-        del _WRITERS[engine]
-        writer.close()
+    return _WRITERS.get(engine)

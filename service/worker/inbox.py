@@ -21,9 +21,9 @@ from sqlalchemy import Connection, Engine, Table, and_, insert, or_, select, upd
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.adapters.stripe_events import VerifiedEvent
-from service.db import sqlite_writer
 from service.errors import InboxUnavailable
 from service.intake.pg_writer import postgres_writer
+from service.intake.sqlite_writer import sqlite_writer
 from service.models._types import utcnow
 from service.models.inbox import InboxEvent, InboxStatus
 from service.notify.alerts import raise_alert, resolve_alert
@@ -113,9 +113,10 @@ def sqlite_datetime(value: datetime) -> str:
 def _insert(engine: Engine, row: tuple[Any, ...]) -> None:
     """One INSERT and COMMIT. The web hot path skips SQLAlchemy's statement machinery
     (about half the request's cost) and runs a fixed statement, which the DBAPI driver
-    prepares once and caches, on the process's own writer connection: for SQLite files
-    `service.db.SQLiteWriter`, for PostgreSQL `service.intake.pg_writer.PostgresWriter` (autocommit:
-    one round trip); an in-memory SQLite database uses a pooled DBAPI connection."""
+    prepares once and caches, on the process's own writer connection (one registry,
+    `service.intake.writers`): for SQLite files `service.intake.sqlite_writer.SQLiteWriter`, for
+    PostgreSQL `service.intake.pg_writer.PostgresWriter` (autocommit: one round trip); an
+    in-memory SQLite database uses a pooled DBAPI connection."""
     raw_insert = _RAW_INSERT.get(engine.dialect.name)
     if raw_insert is None:
         with engine.begin() as connection:

@@ -22,9 +22,9 @@ from service.db import (
     checkpoint_wal,
     make_engine,
     session_scope,
-    sqlite_writer,
     upgrade,
 )
+from service.intake.sqlite_writer import sqlite_writer
 from service.models._types import as_utc, utcnow
 from service.models.inbox import InboxEvent, PayloadStyle
 from service.runtime import Runtime
