@@ -56,11 +56,15 @@ def open_bucket(settings: Settings) -> Bucket:
     raise BucketError(f"BUCKET_URL must start with s3:// or file://, got {url!r}")
 
 
-def output_key(bucket: Bucket, kind: str, name: str, settings: Settings) -> str:
-    """Corrected files under the corrected prefix; quarantine and audit under quarantine
-    (the poller never reads the quarantine prefix, so an audit .jsonl is never imported)."""
+def output_key(
+    settings: Settings, bucket: Bucket, kind: str, name: str, tag: str | None = None
+) -> str:
+    """The one place output keys are made. Corrected files under the corrected prefix (the
+    poller imports them again); quarantine and audit files under the quarantine prefix (never
+    read by the poller, so an audit .jsonl is never imported). A run's outputs sit in a folder
+    named by its `tag`; `meterfix remediate --upload` writes none."""
     sub = settings.mfx_corrected_prefix if kind == "corrected" else settings.mfx_quarantine_prefix
-    return bucket.prefix + dir_prefix(sub) + name
+    return bucket.prefix + dir_prefix(sub) + (f"{tag}/" if tag is not None else "") + name
 
 
 def upload_outputs(bucket: Bucket, outputs: Sequence[OutputFile], settings: Settings) -> list[str]:
@@ -69,7 +73,7 @@ def upload_outputs(bucket: Bucket, outputs: Sequence[OutputFile], settings: Sett
     Keys are deterministic (prefix + file name), so a re-run uploads nothing new."""
     keys = []
     for output in outputs:
-        key = output_key(bucket, output.kind, output.path.name, settings)
+        key = output_key(settings, bucket, output.kind, output.path.name)
         metadata = {name: str(value) for name, value in output.metadata.items()}
         uploaded = bucket.upload(output.path, key, metadata)
         log_event("bucket.output", kind=output.kind, key=key, uploaded=uploaded)

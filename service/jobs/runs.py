@@ -26,6 +26,7 @@ from remediation.outputs import PlannedOutput, file_sha256, lineage
 from remediation.ports import Bucket, CustomerDirectory
 from remediation.records import UsageRecord
 from remediation.rules import Rules
+from service.adapters.bucket import output_key
 from service.config import Settings
 from service.db import session_scope
 from service.logs import log_event
@@ -211,20 +212,8 @@ def _audit_output(summary: Mapping[str, Any], request: RunRequest) -> list[Plann
     return [PlannedOutput("audit", audit, rows, digest, meta)]
 
 
-def output_key(settings: Settings, bucket: Bucket, kind: str, tag: str, name: str) -> str:
-    """Corrected files under the corrected prefix (imported again); quarantine and audit
-    files under the quarantine prefix (never imported)."""
-    prefix = (
-        settings.mfx_corrected_prefix
-        if kind == OutputKind.CORRECTED
-        else settings.mfx_quarantine_prefix
-    )
-    folder = prefix.strip("/")
-    return f"{bucket.prefix}{folder + '/' if folder else ''}{tag}/{name}"
-
-
 def _upload(ctx: RunContext, request: RunRequest, output: PlannedOutput) -> dict[str, Any]:
-    key = output_key(ctx.settings, ctx.bucket, output.kind, request.tag, output.path.name)
+    key = output_key(ctx.settings, ctx.bucket, output.kind, output.path.name, request.tag)
     uploaded = ctx.bucket.upload(output.path, key, output.metadata)
     log_event("remediation.output", kind=output.kind, key=key, rows=output.rows, new=uploaded)
     return {
