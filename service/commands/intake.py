@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from functools import partial
 
 import click
 from flask import current_app
@@ -16,6 +18,8 @@ from service.config import Settings
 from service.current import runtime
 from service.errors import SchemaNotCurrent
 from service.logs import log_event
+from service.notify.schedule import start_notify_jobs
+from service.poller.job import start_poller_job
 from service.web.access import login_banner
 from service.worker.inbox import requeue
 from service.worker.liveness import item_threads_alive
@@ -64,7 +68,8 @@ def worker_command(once: bool) -> None:
         sys.exit(supervise(stop_on_signals()))
     die_with_supervisor()
     code = 0
-    if run_loop(worker, stop_on_signals()) is LoopEnd.RESTART:
+    start_jobs = partial(start_scheduled_jobs, rt.settings)
+    if run_loop(worker, stop_on_signals(), start_jobs) is LoopEnd.RESTART:
         log_event("worker.restarting", level=logging.WARNING, reason="an item overran its limit")
         code = RESTART_EXIT_CODE  # the supervisor starts a fresh worker process at once
     rt.close()
@@ -118,6 +123,17 @@ def replay_command(event_id: str) -> None:
     if not found:
         raise click.ClickException(f"unknown event: {event_id} is not in the inbox")
     click.echo(f"{event_id} re-queued")
+
+
+def start_scheduled_jobs(settings: Settings, stop: threading.Event) -> list[threading.Thread]:
+    """The scheduled jobs `meterfix worker` runs beside the inbox (bundled poller, digests).
+
+    Each job is a thread that loops until `stop` is set; the worker joins them on shutdown.
+    With several workers on PostgreSQL, a job first takes a leader advisory lock
+    (docs/architecture.md, "Scale"): the poller and the notify jobs per pass.
+    """
+    poller = start_poller_job(settings, stop)
+    return ([poller] if poller is not None else []) + start_notify_jobs(settings, stop)
 
 
 COMMANDS: list[click.Command] = [serve_command, worker_command, replay_command]

@@ -29,6 +29,7 @@ from service.notify.heartbeats import check_heartbeats
 from service.notify.leader import notify_leader
 from service.notify.retention import purge_expired
 from service.runtime import Runtime
+from service.worker.heartbeats import new_instance_id
 
 CRITICAL_EVERY_SECONDS = 5
 DIGEST_RETRY_EVERY_SECONDS = 60
@@ -54,11 +55,9 @@ def run_notify_jobs(
     started: threading.Event | None = None,
 ) -> None:
     """Run the jobs until `stop` is set (`channels` and `instance` for tests)."""
-    from service.worker.loop import new_worker_id
-
     runtime = Runtime(settings)
     try:
-        jobs = NotifyJobs(runtime, settings, channels, instance or new_worker_id())
+        jobs = NotifyJobs(runtime, settings, channels, instance or new_instance_id())
         scheduler = jobs.scheduler()
     except ValueError as exc:  # bad DIGEST_EVERY / DIGEST_TZ / SMTP_URL: say it, keep working
         log_event("notify.not_started", level=logging.ERROR, reason=str(exc))

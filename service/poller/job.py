@@ -32,7 +32,7 @@ def poll_forever(
 
 
 def start_poller_job(settings: Settings, stop: threading.Event) -> threading.Thread | None:
-    """For `meterfix worker` (see `service.worker.loop.start_scheduled_jobs`): a thread running
+    """For `meterfix worker` (see `service.commands.intake.start_scheduled_jobs`): a thread running
     the poller until `stop` is set, or None when MFX_POLLER=off. On PostgreSQL every worker
     may start it: each pass takes the poller advisory lock, so one instance polls at a time."""
     if settings.mfx_poller == PollerMode.OFF:

@@ -259,30 +259,20 @@ def _permanent_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def start_scheduled_jobs(settings: Settings, stop: threading.Event) -> list[threading.Thread]:
-    """HOOK for scheduled jobs (bundled poller, digests) run by `meterfix worker`.
-
-    Start each job here as a thread that loops until `stop` is set and return the threads;
-    the worker joins them on shutdown. With several workers on PostgreSQL, a job should
-    first take the leader advisory lock (docs/architecture.md, "Scale"): the poller does, per pass.
-    """
-    from service.notify.schedule import start_notify_jobs
-    from service.poller.job import start_poller_job
-
-    poller = start_poller_job(settings, stop)
-    return ([poller] if poller is not None else []) + start_notify_jobs(settings, stop)
-
-
 class LoopEnd(StrEnum):
     STOPPED = "stopped"  # SIGTERM/SIGINT
     RESTART = "restart"  # an item's thread is stuck past its time limit: restart the process
 
 
-def run_loop(worker: InboxWorker, stop: threading.Event) -> LoopEnd:
+StartJobs = Callable[[threading.Event], list[threading.Thread]]
+
+
+def run_loop(worker: InboxWorker, stop: threading.Event, start_jobs: StartJobs) -> LoopEnd:
     """Drain the inbox every `mfx_worker_interval` seconds until `stop` is set (SIGTERM,
-    Ctrl-C: an item still running is handed back) or an item overruns its time limit."""
+    Ctrl-C: an item still running is handed back) or an item overruns its time limit.
+    `start_jobs` starts the scheduled jobs (threads that stop when the event they get is set)."""
     halt = threading.Event()  # the scheduled jobs stop when the loop ends, however it ends
-    jobs = start_scheduled_jobs(worker.settings, halt)
+    jobs = start_jobs(halt)
     worker.heartbeat.start()
     log_event("worker.started", worker_id=worker.worker_id, jobs=len(jobs))
     end = LoopEnd.STOPPED
