@@ -36,6 +36,7 @@ from service.models import (
     BucketObject,
     CorrectionAudit,
     ErrorReport,
+    ErrorReportStatus,
     ErrorSample,
     ErrorTypeCount,
     ImportedRow,
@@ -68,7 +69,7 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
     report, samples, counts = _load(ctx.engine, event_id)
     linked = _linked_objects(ctx.engine, samples)
     if not linked:
-        _set_status(ctx.engine, event_id, "unmatched")
+        _set_status(ctx.engine, event_id, ErrorReportStatus.UNMATCHED)
         return "no rows of ours: kept with its samples for the digest"
     job = _job(ctx, report, samples, counts)
     with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
@@ -161,9 +162,9 @@ def _records(
 
 def _conclude(engine: Engine, job: _Report, found: int) -> str:
     if found >= job.expected:
-        _set_status(engine, job.event_id, "remediated")
+        _set_status(engine, job.event_id, ErrorReportStatus.REMEDIATED)
         return f"remediated {found} row(s) for {job.expected} reported error(s)"
-    _set_status(engine, job.event_id, "partial")
+    _set_status(engine, job.event_id, ErrorReportStatus.PARTIAL)
     raise_alert(
         engine,
         key=f"error_report.partial:{job.event_id}",
@@ -257,7 +258,7 @@ def _event_name(ctx: RunContext, meter_id: str | None) -> str | None:
     return None
 
 
-def _set_status(engine: Engine, event_id: str, status: str) -> None:
+def _set_status(engine: Engine, event_id: str, status: ErrorReportStatus) -> None:
     with session_scope(engine) as session:
         report = session.exec(select(ErrorReport).where(ErrorReport.event_id == event_id)).one()
         report.status = status

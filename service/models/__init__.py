@@ -21,7 +21,13 @@ from service.models.remediation import (
     RunStatus,
     RunTrigger,
 )
-from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
+from service.models.reports import (
+    ErrorReport,
+    ErrorReportStatus,
+    ErrorSample,
+    ErrorTypeCount,
+    ImportSet,
+)
 
 __all__ = [
     "AdminAction",
@@ -34,6 +40,7 @@ __all__ = [
     "DigestRun",
     "DigestStatus",
     "ErrorReport",
+    "ErrorReportStatus",
     "ErrorSample",
     "ErrorTypeCount",
     "Heartbeat",

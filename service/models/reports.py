@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import Column, ForeignKey, Integer
 from sqlmodel import Field, SQLModel
@@ -17,10 +18,18 @@ from service.models._types import (
 )
 
 
+class ErrorReportStatus(StrEnum):
+    RECORDED = "recorded"  # stored; its samples are being linked to rows we imported
+    UNMATCHED = "unmatched"  # no sample names a row of ours: kept for the digest
+    REMEDIATED = "remediated"  # every reported row of ours was found and remediated
+    PARTIAL = "partial"  # fewer rows found than reported: remediated, and alerted
+
+
 class ErrorReport(SQLModel, table=True):
     """One `v1.billing.meter.error_report_triggered` or `no_meter_found` event."""
 
     __tablename__ = "error_reports"
+    __table_args__ = (one_of("status", ErrorReportStatus, "ck_error_reports_status"),)
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(max_length=255, unique=True)
@@ -31,7 +40,7 @@ class ErrorReport(SQLModel, table=True):
     validation_end: datetime | None = optional_time_field()
     summary: str | None = text_field()
     error_count: int = 0
-    status: str = Field(default="recorded", max_length=32)  # recorded|remediated|unmatched
+    status: str = Field(default=ErrorReportStatus.RECORDED, max_length=32)
     detail: dict[str, object] = json_field()
     created_at: datetime = created_at_field()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlmodel import Session, col, select
 
 from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus, RemediationKind
+from service.models import ErrorReportStatus
 from service.models._types import utcnow
 from service.models.poller import ImportedRow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
@@ -91,8 +92,8 @@ class DatabaseHandlerContext:
                 ErrorSample.report_id == report.id, col(ErrorSample.object_key).is_not(None)
             )
         ).first()
-        if linked is None and report.status == "recorded":
-            report.status = "unmatched"
+        if linked is None and report.status == ErrorReportStatus.RECORDED:
+            report.status = ErrorReportStatus.UNMATCHED
             self.session.add(report)
         return linked is not None
 

@@ -5,9 +5,9 @@ Revises: 0002
 Create Date: 2026-11-30
 
 The database refuses values outside the closed sets the code writes as enums:
-import_sets.remediation_status (handlers.records.RemediationStatus), remediation_runs.trigger
-(RunTrigger) and .status (RunStatus), output_objects.kind (OutputKind), admin_actions.action
-(AdminActionName). SQLite adds a CHECK by copying the table (batch mode).
+error_reports.status (ErrorReportStatus), import_sets.remediation_status
+(handlers.records.RemediationStatus), remediation_runs.trigger (RunTrigger) and .status
+(RunStatus), output_objects.kind (OutputKind), admin_actions.action (AdminActionName). SQLite adds a CHECK by copying the table (batch mode).
 """
 
 from collections.abc import Sequence
@@ -22,6 +22,9 @@ depends_on: str | Sequence[str] | None = None
 
 # The values as of this revision (a later revision that adds one replaces its constraint).
 CHECKS: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
+    'error_reports': [
+        ('ck_error_reports_status', 'status', ('recorded', 'unmatched', 'remediated', 'partial')),
+    ],
     'import_sets': [
         ('ck_import_sets_remediation_status', 'remediation_status',
          ('pending', 'none', 'not_needed', 'done')),
