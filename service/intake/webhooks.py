@@ -1,7 +1,7 @@
 """POST /webhooks: verify, store in the inbox, answer 200 only after the commit.
 
 The route stays thin: reading the body under a size limit, verification
-(`service.adapters.stripe_events`) and storage (`service.worker.inbox`) live elsewhere; the worker
+(`service.adapters.stripe_events`) and storage (`service.intake.store`) live elsewhere; the worker
 processes what is stored. Everything the route needs from the settings is built once, when
 the blueprint is registered on an app (`Intake`), never per request and never at import.
 The success path logs at DEBUG only: at webhook rates an INFO line per event costs more than
@@ -29,9 +29,9 @@ from handlers import REGISTRY
 from service.adapters.stripe_events import VerifiedEvent, WebhookVerifier
 from service.current import runtime_of
 from service.errors import InboxUnavailable, WebhookRejected
+from service.intake.store import store_event
 from service.logs import LOGGER, log_event
 from service.runtime import Runtime
-from service.worker.inbox import store_event
 
 bp = Blueprint("webhooks", __name__)
 

@@ -12,8 +12,8 @@ from service.adapters.stripe_events import VerifiedEvent
 from service.db import make_engine
 from service.errors import InboxUnavailable
 from service.intake.pg_writer import postgres_writer
+from service.intake.store import StoreResult, store_event
 from service.models.inbox import PayloadStyle
-from service.worker.inbox import StoreResult, store_event
 
 
 @pytest.fixture

@@ -25,10 +25,10 @@ from service.db import (
     upgrade,
 )
 from service.intake.sqlite_writer import sqlite_writer
+from service.intake.store import StoreResult, sqlite_datetime, store_event
 from service.models._types import as_utc, utcnow
 from service.models.inbox import InboxEvent, PayloadStyle
 from service.runtime import Runtime
-from service.worker.inbox import StoreResult, sqlite_datetime, store_event
 
 
 @pytest.fixture
