@@ -21,15 +21,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from handlers.records import RemediationStatus
-from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
 from service.db import session_scope
 from service.errors import TaskInputMissing
-from service.jobs.error_reports import remediate_error_report
 from service.jobs.inputs import (
-    GENERATION_KEY,
     JobDeps,
     download,
     event_time,
@@ -40,26 +37,6 @@ from service.jobs.inputs import (
 from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
 from service.models import ImportedRow, ImportSet, RunTrigger
 from service.models._types import as_utc, utcnow
-from service.notify.alerts import raise_alert
-from service.worker.tasks import TaskKind
-
-
-def run_task(deps: JobDeps, kind: TaskKind, ref: str) -> str:
-    job: Callable[[JobDeps, str], str] = JOBS[kind]
-    try:
-        return job(deps, ref)
-    except (TaskInputMissing, UnreadableFile) as exc:
-        reason = exc.reason if isinstance(exc, UnreadableFile) else str(exc)
-        raise_alert(
-            deps.run.engine,
-            key=f"remediation:{kind.value}:{ref}",
-            severity="critical",
-            kind="remediation_input",
-            subject=f"{kind.value} {ref}: cannot remediate",
-            message=reason,
-        )
-        return f"not remediated: {reason}"
-
 
 # --- import sets ---------------------------------------------------------------------------
 
@@ -195,21 +172,4 @@ def _mark_import_set(engine: Engine, import_set_id: str, run_key: str) -> str:
     return f"remediated ({run_key})"
 
 
-JOBS: dict[TaskKind, Callable[[JobDeps, str], str]] = {
-    TaskKind.IMPORT_SET_ERRORS: import_set_errors,
-    TaskKind.IMPORT_SET_FAILED: import_set_failed,
-    TaskKind.POLLER_ROWS: poller_rows,
-    TaskKind.ERROR_REPORT: remediate_error_report,
-}
-
-
-__all__ = [
-    "GENERATION_KEY",
-    "JOBS",
-    "JobDeps",
-    "TaskInputMissing",
-    "import_set_errors",
-    "import_set_failed",
-    "poller_rows",
-    "run_task",
-]
+__all__ = ["import_set_errors", "import_set_failed", "poller_rows"]

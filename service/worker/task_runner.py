@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from service.errors import RerunInputMissing
+from collections.abc import Callable
+
+from remediation.errors import UnreadableFile
+from service.errors import RerunInputMissing, TaskInputMissing
+from service.jobs.error_reports import remediate_error_report
+from service.jobs.inputs import JobDeps
 from service.jobs.quarantine_rerun import rerun_quarantine
-from service.jobs.remediation import JobDeps, run_task
+from service.jobs.remediation import import_set_errors, import_set_failed, poller_rows
 from service.jobs.runs import RunContext
+from service.notify.alerts import raise_alert
 from service.runtime import Runtime
 from service.worker.tasks import TaskKind
 
@@ -32,3 +38,28 @@ class TaskRunner:
             except RerunInputMissing as exc:  # not retried: nothing names the rows any more
                 return f"not re-run: {exc}"
         return run_task(JobDeps(run=context, files=rt.file_store), kind, ref)
+
+
+JOBS: dict[TaskKind, Callable[[JobDeps, str], str]] = {
+    TaskKind.IMPORT_SET_ERRORS: import_set_errors,
+    TaskKind.IMPORT_SET_FAILED: import_set_failed,
+    TaskKind.POLLER_ROWS: poller_rows,
+    TaskKind.ERROR_REPORT: remediate_error_report,
+}
+
+
+def run_task(deps: JobDeps, kind: TaskKind, ref: str) -> str:
+    job: Callable[[JobDeps, str], str] = JOBS[kind]
+    try:
+        return job(deps, ref)
+    except (TaskInputMissing, UnreadableFile) as exc:
+        reason = exc.reason if isinstance(exc, UnreadableFile) else str(exc)
+        raise_alert(
+            deps.run.engine,
+            key=f"remediation:{kind.value}:{ref}",
+            severity="critical",
+            kind="remediation_input",
+            subject=f"{kind.value} {ref}: cannot remediate",
+            message=reason,
+        )
+        return f"not remediated: {reason}"
