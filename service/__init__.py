@@ -1,1 +1,2 @@
-"""The running meterfix program: app factory, configuration, storage, worker, CLI, adapters."""
+"""The running meterfix program, in rooms by flow: intake, worker, jobs, poller, notify, web
+(plus adapters, models, commands); docs/architecture.md walks through them."""
