@@ -11,17 +11,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, Table, insert
+from sqlalchemy import Engine, insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.adapters.stripe_events import VerifiedEvent
 from service.errors import InboxUnavailable
 from service.intake.pg_writer import postgres_writer
 from service.intake.sqlite_writer import sqlite_writer
-from service.models._types import utcnow
+from service.models._types import table_of, utcnow
 from service.models.inbox import InboxEvent, InboxStatus
 
-INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
+INBOX = table_of(InboxEvent)
 _INSERT = insert(INBOX)  # a statement object only: nothing touches a database at import
 _INSERT_COLUMNS = (
     "event_id",

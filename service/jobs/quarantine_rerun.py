@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Engine, Table, func, select, update
+from sqlalchemy import Engine, func, select, update
 
 from remediation.codes import KNOWN_CODES, ErrorCode
 from remediation.filetypes import FileFormat
@@ -31,14 +31,15 @@ from service.errors import BadParameter, RerunInputMissing
 from service.jobs.inputs import LOOKUP_BATCH, parents
 from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
 from service.models import RunTrigger
+from service.models._types import table_of
 from service.models.alerts import AdminAction
 from service.models.remediation import QuarantinedRow, RemediationRun
 from service.web.params import quarantine_filter
 from service.web.quarantine import conditions
 
-QUARANTINE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
-RUNS: Table = RemediationRun.__table__  # type: ignore[attr-defined]
-ACTIONS: Table = AdminAction.__table__  # type: ignore[attr-defined]
+QUARANTINE = table_of(QuarantinedRow)
+RUNS = table_of(RemediationRun)
+ACTIONS = table_of(AdminAction)
 BATCH = 500
 CORE_KEYS = ("identifier", "timestamp", "event_name", "payload")
 # Codes our own validation decides (from the row and the meters): such a row goes through

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, delete, insert
+from sqlalchemy import Engine, delete, insert
 from sqlmodel import Session, select
 
 from remediation.engine import remediate
@@ -39,13 +39,13 @@ from service.models import (
     RunStatus,
     RunTrigger,
 )
-from service.models._types import utcnow
+from service.models._types import table_of, utcnow
 from service.notify.runs import alert_for_run
 
 AUDIT_BATCH = 1000
-AUDIT_TABLE: Table = CorrectionAudit.__table__  # type: ignore[attr-defined]
-QUARANTINE_TABLE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
-OUTPUT_TABLE: Table = OutputObject.__table__  # type: ignore[attr-defined]
+AUDIT_TABLE = table_of(CorrectionAudit)
+QUARANTINE_TABLE = table_of(QuarantinedRow)
+OUTPUT_TABLE = table_of(OutputObject)
 
 
 @dataclass(frozen=True)

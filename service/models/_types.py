@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Text
-from sqlmodel import Field
+from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Table, Text
+from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
@@ -48,3 +48,12 @@ def one_of(column: str, values: type[StrEnum], name: str) -> CheckConstraint:
     """The database refuses a value of `column` outside the enum (migration 0003 adds these)."""
     allowed = ", ".join(f"'{value}'" for value in values)
     return CheckConstraint(f'"{column}" IN ({allowed})', name=name)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A table model's Core table, typed: SQLModel sets `__table__` on the class at runtime
+    only, so this is the one place that reads it (Core queries use it on the hot paths)."""
+    table = model.__dict__["__table__"]
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table model")
+    return table

@@ -12,14 +12,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.logs import log_event
-from service.models._types import utcnow
+from service.models._types import table_of, utcnow
 from service.models.alerts import Alert, AlertSeverity, AlertStatus
 
-ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
+ALERTS = table_of(Alert)
 TEXT_LIMIT = 2000
 # Key in `detail` where the critical-message job keeps its per-channel progress
 # (service.notify.critical); kept while the incident lasts, dropped when it opens again.

@@ -17,18 +17,18 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, func, select
 
 from service.models import QuarantinedRow, RemediationRun, RunStatus
-from service.models._types import as_utc
+from service.models._types import as_utc, table_of
 from service.models.alerts import Alert, AlertSeverity, AlertStatus
 from service.models.inbox import InboxEvent, InboxStatus
 from service.models.poller import BucketObject, ObjectStatus
 from service.notify.urls import DashboardLinks
 from service.notify.windows import Window
 
-RUNS: Table = RemediationRun.__table__  # type: ignore[attr-defined]
-QUARANTINE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
-ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
-INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
-OBJECTS: Table = BucketObject.__table__  # type: ignore[attr-defined]
+RUNS = table_of(RemediationRun)
+QUARANTINE = table_of(QuarantinedRow)
+ALERTS = table_of(Alert)
+INBOX = table_of(InboxEvent)
+OBJECTS = table_of(BucketObject)
 TOP = 10
 EXAMPLE_CHARS = 300
 

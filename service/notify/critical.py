@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Table, select, update
+from sqlalchemy import Engine, select, update
 
 from service.config import Settings
 from service.errors import DeliveryFailed
 from service.logs import log_event
-from service.models._types import utcnow
+from service.models._types import table_of, utcnow
 from service.models.alerts import Alert, AlertSeverity, AlertStatus
 from service.notify.alerts import NOTIFY_STATE
 from service.notify.channels import Channel, redact, settings_secrets
@@ -27,7 +27,7 @@ from service.notify.digests import retry_delay
 from service.notify.render import AlertView, render_alert
 from service.notify.urls import DashboardLinks
 
-ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
+ALERTS = table_of(Alert)
 MAX_ATTEMPTS = 8
 BATCH = 20
 RAISED, RESOLVED = "raised", "resolved"

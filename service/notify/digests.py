@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Table, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.config import Settings
 from service.errors import DeliveryFailed
 from service.logs import log_event
-from service.models._types import as_utc, utcnow
+from service.models._types import as_utc, table_of, utcnow
 from service.models.alerts import DigestRun, DigestStatus
 from service.notify.alerts import raise_alert
 from service.notify.channels import Channel, Message, redact, settings_secrets
@@ -31,7 +31,7 @@ from service.notify.content import Digest, collect_digest
 from service.notify.render import render_digest
 from service.notify.windows import DigestSchedule, Window
 
-DIGEST_RUNS: Table = DigestRun.__table__  # type: ignore[attr-defined]
+DIGEST_RUNS = table_of(DigestRun)
 MAX_ATTEMPTS = 8
 FIRST_RETRY_SECONDS = 30.0
 MAX_RETRY_SECONDS = 3600.0

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, Table, func, select
+from sqlalchemy import Engine, func, select
 
 from service.config import PollerMode, Settings
-from service.models._types import as_utc, utcnow
+from service.models._types import as_utc, table_of, utcnow
 from service.models.alerts import Alert, AlertStatus
 from service.models.health import Heartbeat, ProcessRole
 from service.notify.alerts import raise_alert, resolve_alert
 
-HEARTBEATS: Table = Heartbeat.__table__  # type: ignore[attr-defined]
-ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
+HEARTBEATS = table_of(Heartbeat)
+ALERTS = table_of(Alert)
 
 
 def silence_key(role: str) -> str:

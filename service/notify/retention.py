@@ -17,7 +17,7 @@ from sqlalchemy import Engine, Table, delete, select
 
 from service.logs import log_event
 from service.models import CorrectionAudit, QuarantinedRow, RemediationRun
-from service.models._types import utcnow
+from service.models._types import table_of, utcnow
 from service.models.alerts import Alert, AlertStatus, DigestRun
 from service.models.health import Heartbeat
 from service.models.inbox import InboxEvent, InboxStatus
@@ -27,8 +27,7 @@ MAX_BATCHES_PER_TABLE = 200  # one pass stays short; the next pass goes on
 
 
 def _table(model: Any) -> Table:
-    table: Table = model.__table__
-    return table
+    return table_of(model)
 
 
 def purge_expired(

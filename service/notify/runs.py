@@ -9,14 +9,15 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Table, func, select
+from sqlalchemy import Engine, func, select
 
 from service.config import Settings
 from service.logs import log_event
 from service.models import QuarantinedRow, RemediationRun
+from service.models._types import table_of
 from service.notify.alerts import raise_alert
 
-QUARANTINE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
+QUARANTINE = table_of(QuarantinedRow)
 
 
 def alert_for_run(

@@ -12,9 +12,10 @@ from sqlalchemy import Engine, select
 from handlers.records import RemediationStatus
 from service.logs import log_event
 from service.models import ImportSet
+from service.models._types import table_of
 from service.worker.tasks import TaskKind, enqueue_task
 
-IMPORT_SETS = ImportSet.__table__  # type: ignore[attr-defined]
+IMPORT_SETS = table_of(ImportSet)
 
 FailedRowsHook = Callable[[ImportSet, Path], None]
 

@@ -22,12 +22,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from remediation.ports import ObjectInfo
 from service.db import is_postgres
 from service.models import BucketObject, ImportedRow, PollerBatch
-from service.models._types import as_utc
+from service.models._types import as_utc, table_of
 
 
 def _table(model: Any) -> Table:
-    table: Table = model.__table__
-    return table
+    return table_of(model)
 
 
 OBJECTS = _table(BucketObject)

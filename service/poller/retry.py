@@ -11,15 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, Table, desc, select
+from sqlalchemy import Engine, desc, select
 
 from remediation.ports import ObjectInfo
 from service.models import AdminAction, AdminActionName
-from service.models._types import as_utc, utcnow
+from service.models._types import as_utc, table_of, utcnow
 from service.poller.progress import OBJECTS, ObjectProgress, ProgressStore, SentBatch
 from service.poller.store import PollerStore
 
-ACTIONS: Table = AdminAction.__table__  # type: ignore[attr-defined]
+ACTIONS = table_of(AdminAction)
 
 
 @dataclass(frozen=True)

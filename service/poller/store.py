@@ -21,7 +21,7 @@ from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from service.db import is_postgres, session_scope
 from service.models import BucketObject, ImportedRow, ImportSet, ObjectStatus
-from service.models._types import utcnow
+from service.models._types import table_of, utcnow
 
 MAX_IDENTIFIER = 512
 MAX_EVENT_NAME = 255
@@ -189,5 +189,4 @@ class PollerStore:
 
 
 def _table(model: Any) -> Table:
-    table: Table = model.__table__
-    return table
+    return table_of(model)

@@ -7,19 +7,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, or_, select
+from sqlalchemy import Connection, Engine, and_, or_, select
 
+from service.models._types import table_of
 from service.models.poller import BucketObject, ObjectStatus
 from service.models.remediation import OutputObject, RemediationRun
 from service.models.reports import ErrorReport, ImportSet
 from service.web.params import Page
 from service.web.store import Listing, get_action, iso, keyset
 
-RUNS: Table = RemediationRun.__table__  # type: ignore[attr-defined]
-OUTPUTS: Table = OutputObject.__table__  # type: ignore[attr-defined]
-OBJECTS: Table = BucketObject.__table__  # type: ignore[attr-defined]
-IMPORT_SETS: Table = ImportSet.__table__  # type: ignore[attr-defined]
-REPORTS: Table = ErrorReport.__table__  # type: ignore[attr-defined]
+RUNS = table_of(RemediationRun)
+OUTPUTS = table_of(OutputObject)
+OBJECTS = table_of(BucketObject)
+IMPORT_SETS = table_of(ImportSet)
+REPORTS = table_of(ErrorReport)
 RERUN_PREFIX = "quarantine_rerun:"
 REPORT_PREFIX = "error_report:"
 

@@ -13,13 +13,14 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, func, select
 
+from service.models._types import table_of
 from service.models.remediation import QuarantinedRow
 from service.web.params import Page, QuarantineFilter
 from service.web.store import Listing, iso, keyset
 
-QUARANTINE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
+QUARANTINE = table_of(QuarantinedRow)
 STREAM_BATCH = 1000
 FORMULA_STARTS = ("=", "+", "@", "\t", "\r")
 CSV_COLUMNS = (

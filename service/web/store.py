@@ -14,7 +14,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Select,
-    Table,
     func,
     insert,
     literal_column,
@@ -22,14 +21,14 @@ from sqlalchemy import (
 )
 
 from service.models import AdminActionName
-from service.models._types import as_utc, utcnow
+from service.models._types import as_utc, table_of, utcnow
 from service.models.alerts import AdminAction, Alert, AlertSeverity, AlertStatus
 from service.models.inbox import InboxEvent, InboxStatus
 from service.web.params import Page
 
-ALERTS: Table = Alert.__table__  # type: ignore[attr-defined]
-EVENTS: Table = InboxEvent.__table__  # type: ignore[attr-defined]
-ACTIONS: Table = AdminAction.__table__  # type: ignore[attr-defined]
+ALERTS = table_of(Alert)
+EVENTS = table_of(InboxEvent)
+ACTIONS = table_of(AdminAction)
 ERROR_PREVIEW = 500  # characters of an event's last error in lists
 RARE_STATUS_ROWS = 2000  # fewer events than this in a status: read them from its index
 

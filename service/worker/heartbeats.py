@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.models._types import as_utc, utcnow
+from service.models._types import as_utc, table_of, utcnow
 from service.models.health import Heartbeat, ProcessRole
 from service.models.inbox import InboxEvent, InboxStatus
 
-HEARTBEATS: Table = Heartbeat.__table__  # type: ignore[attr-defined]
-INBOX: Table = InboxEvent.__table__  # type: ignore[attr-defined]
+HEARTBEATS = table_of(Heartbeat)
+INBOX = table_of(InboxEvent)
 BEAT_EVERY_SECONDS = 10.0  # how often a live process beats (the silence alert waits far longer)
 UNFINISHED = (InboxStatus.PENDING.value, InboxStatus.PROCESSING.value)
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.models._types import utcnow
+from service.models._types import table_of, utcnow
 from service.models.inbox import InboxEvent, InboxStatus
 
 TASK_STYLE = "task"
@@ -36,7 +36,7 @@ def task_id(kind: TaskKind, ref: str) -> str:
 
 def enqueue_task(connection: Connection, kind: TaskKind, ref: str) -> bool:
     """Store the task unless it exists; True when it was new."""
-    table = InboxEvent.__table__  # type: ignore[attr-defined]
+    table = table_of(InboxEvent)
     values = {
         "event_id": task_id(kind, ref),
         "event_type": TASK_TYPE_PREFIX + kind.value,
