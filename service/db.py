@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, Insert, Table, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, create_engine
 
 from service.config import SQLiteSynchronous
@@ -66,6 +67,16 @@ def checkpoint_wal(engine: Engine) -> None:
         return
     with engine.connect() as connection:
         connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def insert_or_ignore(
+    dialect_name: str, table: Table, index_elements: Sequence[str] | None = None
+) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL or SQLite (written here only): a row
+    that would repeat a unique key is skipped, not an error."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    statement: Insert = dialect.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+    return statement
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from service.db import insert_or_ignore
 from service.logs import log_event
 from service.models._types import table_of, utcnow
 from service.models.alerts import Alert, AlertSeverity, AlertStatus
@@ -70,9 +70,8 @@ def raise_alert(
 
 
 def _upsert(connection: Connection, key: str, values: dict[str, Any], now: Any) -> None:
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     inserted = connection.execute(
-        dialect.insert(ALERTS)
+        insert_or_ignore(connection.dialect.name, ALERTS, ["alert_key"])
         .values(
             alert_key=key,
             status=AlertStatus.OPEN.value,
@@ -81,7 +80,6 @@ def _upsert(connection: Connection, key: str, values: dict[str, Any], now: Any) 
             notified_at=None,
             **values,
         )
-        .on_conflict_do_nothing(index_elements=["alert_key"])
         .returning(ALERTS.c.id)  # rowcount is -1 here on PostgreSQL
     ).first()
     if inserted is not None:

@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from service.config import Settings
+from service.db import insert_or_ignore
 from service.errors import DeliveryFailed
 from service.logs import log_event
 from service.models._types import as_utc, table_of, utcnow
@@ -93,11 +93,9 @@ class DigestSender:
 
     def _claim(self, channel: str, window: Window, now: datetime) -> bool:
         with self.engine.begin() as conn:
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             inserted = conn.execute(
-                dialect.insert(DIGEST_RUNS)
+                insert_or_ignore(conn.dialect.name, DIGEST_RUNS, ["channel", "window_start"])
                 .values(**self._new_row(channel, window, now))
-                .on_conflict_do_nothing(index_elements=["channel", "window_start"])
                 .returning(DIGEST_RUNS.c.id)  # rowcount is -1 here on PostgreSQL
             ).first()
         return inserted is not None

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Insert, Table, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
 from handlers.records import RemediationStatus
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
-from service.db import is_postgres, session_scope
+from service.db import insert_or_ignore, session_scope
 from service.models import BucketObject, ImportedRow, ImportSet, ObjectStatus
 from service.models._types import table_of, utcnow
 
@@ -32,9 +31,7 @@ class PollerStore:
         self.engine = engine
 
     def _insert(self, table: Any) -> Insert:
-        dialect = postgresql if is_postgres(self.engine) else sqlite
-        stmt: Insert = dialect.insert(table).on_conflict_do_nothing()
-        return stmt
+        return insert_or_ignore(self.engine.dialect.name, table)
 
     def seen(self) -> tuple[set[tuple[str, str]], bool]:
         """(key, etag) pairs already handled (status other than `seen`), and first-sync flag."""

@@ -13,8 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from service.db import insert_or_ignore
 from service.models._types import table_of, utcnow
 from service.models.inbox import InboxEvent, InboxStatus
 
@@ -50,10 +50,8 @@ def enqueue_task(connection: Connection, kind: TaskKind, ref: str) -> bool:
     }
     dialect = connection.dialect.name
     statement: Any
-    if dialect == "postgresql":
-        statement = postgresql.insert(table).values(values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table).values(values).on_conflict_do_nothing()
+    if dialect in ("postgresql", "sqlite"):
+        statement = insert_or_ignore(dialect, table).values(values)
     else:  # another engine: check first (the worker is the only writer of tasks)
         exists = connection.execute(
             select(table.c.id).where(table.c.event_id == values["event_id"])
