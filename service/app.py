@@ -8,9 +8,8 @@ from flask import Flask
 
 from service.commands import register_commands
 from service.config import Settings
-from service.current import install
 from service.logs import configure_logging, log_event
-from service.runtime import Runtime
+from service.runtime import Runtime, install
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -1,9 +1,10 @@
 """The per-process runtime: the settings, and every adapter built once from them.
 
 Nothing is built at import time: each adapter is a cached property, made on first use.
-`create_app` makes one Runtime and stores it on the app (`service.current` hands it to
-blueprints and commands); the worker and the scheduled jobs make their own. Tests inject
-fakes through the constructor (`engine=`, `stripe_client=`) or by setting a property first.
+`create_app` makes one Runtime and stores it on the app (`install`); blueprints and commands
+get it with `runtime()` from this module, which imports none of them. The worker and the
+scheduled jobs make their own. Tests inject fakes through the constructor (`engine=`,
+`stripe_client=`) or by setting a property first.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from functools import cached_property
 from pathlib import Path
 
 import stripe
+from flask import current_app
+from flask.sansio.app import App
 from sqlalchemy import Engine
 
 from remediation.ports import Bucket
@@ -96,3 +99,22 @@ class Runtime:
     def close(self) -> None:
         if self._owns_engine and "engine" in self.__dict__:
             self.engine.dispose()
+
+
+# The Runtime of the app at hand, for blueprints and commands. This module imports none of
+# them, so they never import the app factory (which imports them).
+EXTENSION = "meterfix"
+
+
+def install(app: App, runtime: Runtime) -> None:
+    app.extensions[EXTENSION] = runtime
+
+
+def runtime_of(app: App) -> Runtime:
+    value: Runtime = app.extensions[EXTENSION]
+    return value
+
+
+def runtime() -> Runtime:
+    """The Runtime of the app handling the current request or command."""
+    return runtime_of(current_app)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
-from service.current import runtime
 from service.db import upgrade
+from service.runtime import runtime
 
 
 @click.group("db")

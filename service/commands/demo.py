@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 from flask.cli import with_appcontext
 
-from service.current import runtime
 from service.errors import BucketError
+from service.runtime import runtime
 
 HEADER = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
 DAY = 86_400

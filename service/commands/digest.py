@@ -10,7 +10,7 @@ from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import parse_duration
-from service.current import runtime
+from service.runtime import runtime
 
 
 @click.command("digest")

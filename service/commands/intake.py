@@ -15,11 +15,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.commands._signals import stop_on_signals
 from service.config import Settings
-from service.current import runtime
 from service.errors import SchemaNotCurrent
 from service.logs import log_event
 from service.notify.schedule import start_notify_jobs
 from service.poller.job import start_poller_job
+from service.runtime import runtime
 from service.web.access import login_banner
 from service.worker.inbox import requeue
 from service.worker.liveness import item_threads_alive

@@ -14,11 +14,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.commands._signals import stop_on_signals
-from service.current import runtime
 from service.models import ObjectStatus
 from service.poller.job import poll_forever
 from service.poller.passes import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
 from service.poller.retry import describe, find_retry, reopen
+from service.runtime import runtime
 
 
 @click.command("poll")

@@ -17,7 +17,7 @@ from sandbox.seed import seed_demo
 from sandbox.timers import start_timers
 from sandbox.triggers import create_sample_event, resolve_event_type
 from service.config import Settings
-from service.current import runtime
+from service.runtime import runtime
 
 DEFAULT_TARGET = "http://127.0.0.1:4242/webhooks"
 

@@ -27,11 +27,10 @@ from werkzeug.routing import Rule
 
 from handlers import REGISTRY
 from service.adapters.stripe_events import VerifiedEvent, WebhookVerifier
-from service.current import runtime_of
 from service.errors import InboxUnavailable, WebhookRejected
 from service.intake.store import store_event
 from service.logs import LOGGER, log_event
-from service.runtime import Runtime
+from service.runtime import Runtime, runtime_of
 
 bp = Blueprint("webhooks", __name__)
 

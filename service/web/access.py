@@ -18,7 +18,7 @@ from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 
 from service.config import Settings
-from service.current import runtime
+from service.runtime import runtime
 
 TOKEN_FILE = "admin-token"
 EXTENSION = "meterfix.web.token"

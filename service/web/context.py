@@ -6,7 +6,7 @@ from flask import g, request
 from sqlalchemy import Engine
 
 from service.config import Settings
-from service.current import runtime
+from service.runtime import runtime
 from service.web.actions import Actor
 
 

@@ -14,9 +14,9 @@ from flask import Blueprint, Response
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from service.current import runtime
 from service.models import BucketObject, InboxEvent, QuarantinedRow, RemediationRun
 from service.models.alerts import Alert, AlertSeverity, AlertStatus
+from service.runtime import runtime
 from service.worker.heartbeats import HealthSnapshot, health_snapshot
 
 bp = Blueprint("metrics", __name__)
