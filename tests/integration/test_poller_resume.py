@@ -122,7 +122,9 @@ def test_a_pass_after_a_crash_resumes_after_the_acknowledged_batches(
     assert _stream_requests(sandbox_server) - before == 25 - acked  # nothing acknowledged again
     prefix = {f"r-{i}" for i in range(acked * 100)}
     duplicates = {e["identifier"] for e in sandbox_server.admin.duplicates()}
-    assert duplicates and not duplicates & prefix  # only batches that were in flight
+    # Re-sent identifiers (Stripe dedupes them) come only from batches in flight at the kill;
+    # whether any was in flight depends on timing, so their number is not asserted.
+    assert not duplicates & prefix
     accepted = [e["identifier"] for e in sandbox_server.admin.meter_events()]
     assert sorted(accepted) == sorted({f"r-{i}" for i in range(2500)} - {"r-3"})
     with Session(poller().engine) as session:
