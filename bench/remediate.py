@@ -1,15 +1,22 @@
-"""Remediation benchmark: plain csv copy vs a pandas script vs `meterfix remediate`.
+"""Remediation benchmark: `meterfix remediate` next to plain copies and pandas/polars scripts.
 
-Generates a 1,000,000-row failed-records CSV in a temp dir (seeded, deterministic) that looks
-like real usage: every row has its own uuid-like identifier, value and timestamp; customers
-come from a pool of 50,000; about 9 rows in 10 carry an error code (ms timestamps and small
-future skews, "1,234"-style values, event names in another case or spelling, external
-customer ids mapped by the rules' customer map, text values, old usage, unknown codes), and a
-few cannot be corrected. Times each contender in its own process over alternating rounds,
-printing median seconds, peak RSS and ratios; then runs `meterfix remediate` on a 2x file to
-show memory stays flat, and `meterfix --help` for the CLI's start-up cost.
-Usage: python bench/remediate.py [--rows N] [--rounds N] [--only "csv copy,meterfix"]
-Peak RSS is per process (wait4); with two worker processes the machine holds more.
+Generates a failed-records file in a temp dir (seeded, deterministic), as CSV and as JSON
+Lines with the same rows. Two mixes (`--mix`):
+- `varied` (the bench's own): every row its own uuid-like identifier, value and timestamp;
+  customers from a pool of 50,000; about 9 rows in 10 carry an error code (ms timestamps and
+  small future skews, "1,234"-style values, event names in another case or spelling, external
+  customer ids mapped by the rules' customer map, text values, old usage, unknown codes), and
+  a few cannot be corrected;
+- `issue` (issue 10's measurement): 40 % millisecond timestamps, 30 % values with thousands
+  separators, 20 % case-mangled event names, 10 % already valid.
+Times each contender in its own process over alternating rounds, printing median seconds,
+CPU seconds, peak RSS and the ratios issue 10 sets as targets (CSV <= 0.6x the csv copy in one
+process, JSON Lines <= 1.0x a json.loads/json.dumps copy, peak RSS <= 150 MB and flat from 1x
+to 4x, <= 1.5x the polars script); the pandas and polars scripts apply the same basic fixes.
+Usage: python bench/remediate.py [--rows N] [--rounds N] [--mix varied|issue] [--big 4]
+       [--only "csv copy,meterfix"]
+Peak RSS is per process (wait4); CPU counts the process and its children (main splits a large
+CSV over two processes: see the CPU column).
 """
 
 from __future__ import annotations
@@ -66,6 +73,14 @@ MIX = (
     (9, "", "valid"),
     (1, "odd_code", "valid"),
 )
+# issue 10's mix: 40 % ms timestamps, 30 % thousands separators, 20 % case, 10 % valid
+ISSUE_MIX = (
+    (40, "timestamp_in_future", "ms"),
+    (30, "meter_event_invalid_value", "thousands"),
+    (20, "no_meter", "case"),
+    (10, "", "valid"),
+)
+MIXES = {"varied": MIX, "issue": ISSUE_MIX}
 
 
 class RowMaker:
@@ -111,13 +126,40 @@ class RowMaker:
         return [self.identifier(), str(ts), name, customer, value, code, MESSAGES[code]]
 
 
-def generate(path: Path, rows: int) -> None:
-    maker, weights = RowMaker(7), [w for w, _, _ in MIX]
-    kinds = maker.rng.choices([(c, d) for _, c, d in MIX], weights, k=rows)
-    with open(path, "w", newline="") as handle:
+def generate(path: Path, rows: int, mix: str = "varied") -> None:
+    """The CSV at `path` and the same rows as JSON Lines beside it (`.jsonl`)."""
+    table = MIXES[mix]
+    maker, weights = RowMaker(7), [w for w, _, _ in table]
+    kinds = maker.rng.choices([(c, d) for _, c, d in table], weights, k=rows)
+    with (
+        open(path, "w", newline="") as handle,
+        open(path.with_suffix(".jsonl"), "w") as lines,
+    ):
         writer = csv.writer(handle)
         writer.writerow(HEADER)
-        writer.writerows(maker.row(code, damage) for code, damage in kinds)
+        for code, damage in kinds:
+            row = maker.row(code, damage)
+            writer.writerow(row)
+            lines.write(json.dumps(json_row(row), separators=(",", ":")) + "\n")
+
+
+def json_row(row: list[str]) -> dict[str, object]:
+    """A CSV row as a JSON Lines record: numbers where the text is a plain number."""
+    identifier, ts, name, customer, value, code, message = row
+    number: object = value
+    if value.isdigit():
+        number = int(value)
+    elif value.replace(".", "", 1).isdigit():
+        number = float(value)
+    record: dict[str, object] = {
+        "identifier": identifier,
+        "timestamp": int(ts),
+        "event_name": name,
+        "payload": {"stripe_customer_id": customer, "value": number},
+    }
+    if code:
+        record["error"] = {"code": code, "message": message}
+    return record
 
 
 def rules_toml() -> str:
@@ -130,6 +172,50 @@ COPY = textwrap.dedent("""
     import csv, sys
     with open(sys.argv[1], newline="") as src, open(sys.argv[2], "w", newline="") as dst:
         csv.writer(dst).writerows(csv.reader(src))
+""")
+
+JSON_COPY = textwrap.dedent("""
+    import json, sys
+    with open(sys.argv[1]) as src, open(sys.argv[2], "w") as dst:
+        for line in src:
+            dst.write(json.dumps(json.loads(line)) + "\\n")
+""")
+
+# The same basic fixes as the pandas script, streaming in batches (polars' lazy engine).
+POLARS = textwrap.dedent("""
+    import json, sys
+    import polars as pl
+    now, skew, old = int(sys.argv[3]), 3600, 35 * 86400
+    customers = json.load(open(sys.argv[4]))
+    names = {"apirequests": "api_requests", "storagegb": "storage_gb",
+             "computeminutes": "compute_minutes"}
+    df = pl.scan_csv(sys.argv[1], infer_schema=False)
+    ts = pl.col("timestamp").cast(pl.Int64, strict=False)
+    for div in (10**9, 10**6, 10**3):
+        s = ts // div
+        ts = pl.when((ts > now + 300) & (s >= now - old) & (s <= now + skew)).then(s).otherwise(ts)
+    ts = pl.when((ts > now + 300) & (ts <= now + skew)).then(now).otherwise(ts)
+    value = pl.col("payload_value").str.strip_chars().str.replace_all(",", "", literal=True)
+    norm = pl.col("event_name").str.to_lowercase().str.replace_all(r"[-_ ]", "")
+    cust = pl.col("payload_stripe_customer_id")
+    df = df.with_columns(
+        ts.alias("ts"),
+        value.alias("payload_value"),
+        value.cast(pl.Float64, strict=False).alias("number"),
+        norm.replace_strict(names, default=pl.col("event_name")).alias("event_name"),
+        cust.replace_strict(customers, default=cust).alias("payload_stripe_customer_id"),
+        (pl.col("identifier") + "-mfx1").alias("identifier"),
+    )
+    bad = (pl.col("number").is_null() | ~pl.col("number").is_finite() | pl.col("ts").is_null()
+           | (pl.col("ts") < now - old) | (pl.col("ts") > now + 300)
+           | ~pl.col("payload_stripe_customer_id").str.starts_with("cus_")
+           | ~pl.col("event_name").is_in(list(names.values()))
+           | (pl.col("error_code") == "odd_code"))
+    df = df.with_columns(pl.col("ts").cast(pl.String).alias("timestamp"), bad.alias("bad"))
+    cols = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
+    df.filter(~pl.col("bad")).select(cols).sink_csv(sys.argv[2] + ".corrected.csv")
+    q = df.filter(pl.col("bad")).select(*cols, pl.col("error_code").alias("mfx_code"))
+    q.sink_csv(sys.argv[2] + ".quarantine.csv")
 """)
 
 PANDAS = textwrap.dedent("""
@@ -184,14 +270,16 @@ def timed(cmd: list[str]) -> Figures:
     return Figures(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
-def prepare(work: Path, rows: int) -> None:
-    generate(work / "failed.csv", rows)
+def prepare(work: Path, rows: int, mix: str) -> None:
+    generate(work / "failed.csv", rows, mix)
     (work / "meters.json").write_text(json.dumps(METERS))
     (work / "rules.toml").write_text(rules_toml())
     customers = {f"ext-{i:06d}": f"cus_x{i:013d}" for i in range(EXTERNAL_IDS)}
     (work / "customers.json").write_text(json.dumps(customers))
     (work / "plain_copy.py").write_text(COPY)
     (work / "pandas_fix.py").write_text(PANDAS)
+    (work / "polars_fix.py").write_text(POLARS)
+    (work / "json_copy.py").write_text(JSON_COPY)
 
 
 def contenders(work: Path) -> dict[str, list[str]]:
@@ -206,11 +294,15 @@ def contenders(work: Path) -> dict[str, list[str]]:
     meterfix = str(Path(py).with_name("meterfix"))
     mfx = [meterfix, "remediate", "--meters", str(work / "meters.json")]
     mfx += ["--rules", str(work / "rules.toml"), "--now", str(NOW), "--json"]
+    jsonl = str(work / "failed.jsonl")
     return {
         "csv copy": [py, str(work / "plain_copy.py"), src, str(work / "copy.csv")],
         "pandas": [py, *pandas],
+        "polars": [py, str(work / "polars_fix.py"), *pandas[1:]],
         "meterfix": [*mfx, src, "--out", str(work / "out1")],
-        "meterfix 2x": [*mfx, str(work / "failed2x.csv"), "--out", str(work / "out2")],
+        "meterfix big": [*mfx, str(work / "big.csv"), "--out", str(work / "out2")],
+        "json copy": [py, str(work / "json_copy.py"), jsonl, str(work / "copy.jsonl")],
+        "meterfix jsonl": [*mfx, jsonl, "--out", str(work / "out3")],
         "meterfix --help": [meterfix, "--help"],
     }
 
@@ -232,22 +324,50 @@ def rounds(commands: dict[str, list[str]], wanted: list[str], count: int) -> dic
     }
 
 
-def report(rows: int, results: dict[str, Figures]) -> None:
+def report(rows: int, big: int, mix: str, results: dict[str, Figures]) -> None:
     base = results.get("csv copy", Figures(1.0, 0.0, 1.0))
-    print(f"rows: {rows:,}  (2x file: {2 * rows:,}); load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"rows: {rows:,} ({mix} mix; big file: {big * rows:,}); "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     for name, got in results.items():
         print(
-            f"{name:16s} {got.seconds:7.2f} s  {got.seconds / base.seconds:5.2f}x copy  "
+            f"{name:16s} {got.seconds:7.2f} s  {got.seconds / base.seconds:5.2f}x csv copy  "
             f"cpu {got.cpu:6.2f} s ({got.cpu / base.cpu:4.2f}x)  peak RSS {got.rss:6.1f} MB"
         )
-    if not {"csv copy", "pandas", "meterfix", "meterfix 2x"} <= set(results):
-        return
-    mfx, pandas, big = results["meterfix"], results["pandas"], results["meterfix 2x"]
-    print(
-        f"meterfix / copy = {mfx.seconds / base.seconds:.2f} (target <= 1.5); "
-        f"meterfix / pandas = {mfx.seconds / pandas.seconds:.2f} (< 1); "
-        f"RSS 1x {mfx.rss:.0f} MB vs 2x {big.rss:.0f} MB (largest single process)"
-    )
+    print("targets (issue 10):")
+    for line in targets(big, results):
+        print("  " + line)
+
+
+def targets(big: int, results: dict[str, Figures]) -> list[str]:
+    """Each target with its figure, for the contenders that ran."""
+
+    def ratio(name: str, other: str) -> float | None:
+        if name in results and other in results:
+            return results[name].seconds / results[other].seconds
+        return None
+
+    lines = []
+    for name, other, goal, label in (
+        ("meterfix", "csv copy", 0.6, "CSV: meterfix / csv copy"),
+        ("meterfix jsonl", "json copy", 1.0, "JSON Lines: meterfix / json copy"),
+        ("meterfix", "polars", 1.5, "meterfix / polars (same fixes)"),
+        ("meterfix", "pandas", None, "meterfix / pandas (same fixes)"),
+    ):
+        got = ratio(name, other)
+        if got is not None:
+            wanted = f"(target <= {goal})" if goal else ""
+            met = "" if goal is None else ("met" if got <= goal else "NOT met")
+            lines.append(f"{label:34s} {got:5.2f} {wanted} {met}".rstrip())
+    if "meterfix" in results and "meterfix big" in results:
+        small, large = results["meterfix"].rss, results["meterfix big"].rss
+        met = "met" if max(small, large) <= 150 and large <= small * 1.15 else "NOT met"
+        lines.append(
+            f"{'peak RSS 1x -> ' + str(big) + 'x':34s} {small:.0f} -> {large:.0f} MB "
+            f"(target <= 150 MB, flat) {met}"
+        )
+    return lines
 
 
 def main() -> None:
@@ -255,16 +375,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--only", help="comma-separated contenders to run (default: all)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians")
+    parser.add_argument("--mix", choices=sorted(MIXES), default="varied")
+    parser.add_argument("--big", type=int, default=4, help="the big file is this many times")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prepare(work, args.rows)
+        prepare(work, args.rows, args.mix)
         commands = contenders(work)
         wanted = args.only.split(",") if args.only else list(commands)
-        if "meterfix 2x" in wanted:
-            generate(work / "failed2x.csv", 2 * args.rows)
+        if "meterfix big" in wanted:
+            generate(work / "big.csv", args.big * args.rows, args.mix)
         results = rounds(commands, wanted, args.rounds)
-    report(args.rows, results)
+    report(args.rows, args.big, args.mix, results)
 
 
 if __name__ == "__main__":
