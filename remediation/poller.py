@@ -1,13 +1,7 @@
-"""The bundled poller's pure parts: which bucket objects a pass takes, and one file's rows
-turned into meter-event batches plus failed rows.
+"""One usage file's rows turned into meter-event batches plus failed rows (the poller's
+domain part: validation against the meters, identifiers for rows without one, the row index).
 
-Planning mirrors Stripe's S3 connector (as its S3 guide describes it) with one deliberate
-difference: an object is new when its (key, ETag) pair was not seen before, never by a
-LastModified cursor — LastModified has one-second resolution, so a cursor skips objects
-written in the same second.
-The first sync looks back 90 days; a pass takes at most 50 files or 10 GB; the quarantine
-prefix and `.meta.json` sidecars are never read; only `.csv`, `.json` and `.jsonl` are usage
-files. Corrected files are imported like any other.
+Which objects a pass takes is the poller's own policy: `service/poller/planning.py`.
 """
 
 from __future__ import annotations
@@ -15,13 +9,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import BinaryIO, NamedTuple
 
 from remediation.errors import UnreadableFile
-from remediation.ports import ObjectInfo
 from remediation.readers import CsvLayout, text_stream
 from remediation.records import UsageRecord
 from remediation.validation import (
@@ -31,73 +23,7 @@ from remediation.validation import (
     validate_record,
 )
 
-USAGE_SUFFIXES = (".csv", ".json", ".jsonl")
-SIDECAR_SUFFIX = ".meta.json"
 BATCH_SIZE = 100  # the v2 meter event stream takes at most 100 events per request
-
-
-@dataclass(frozen=True, slots=True)
-class PassLimits:
-    max_files: int = 50
-    max_bytes: int = 10 * 1024**3
-    lookback: timedelta = timedelta(days=90)
-
-
-@dataclass(slots=True)
-class PassPlan:
-    """What one pass does: `take` in order; `skip` records as seen without reading; `deferred`
-    is left for a later pass (over the file or byte limit)."""
-
-    take: list[ObjectInfo] = field(default_factory=list)
-    skip: list[tuple[ObjectInfo, str]] = field(default_factory=list)
-    deferred: int = 0
-
-
-def is_usage_key(key: str, excluded_prefixes: Sequence[str] = ()) -> bool:
-    lowered = key.lower()
-    if lowered.endswith(SIDECAR_SUFFIX) or not lowered.endswith(USAGE_SUFFIXES):
-        return False
-    return not any(prefix and key.startswith(prefix) for prefix in excluded_prefixes)
-
-
-def plan_pass(
-    objects: Iterable[ObjectInfo],
-    seen: Container[tuple[str, str]],
-    *,
-    now: datetime,
-    first_sync: bool,
-    excluded_prefixes: Sequence[str] = (),
-    limits: PassLimits = PassLimits(),
-) -> PassPlan:
-    """Oldest first (ties broken by key), unseen (key, etag) pairs only."""
-    plan = PassPlan()
-    candidates = [
-        obj
-        for obj in objects
-        if is_usage_key(obj.key, excluded_prefixes) and (obj.key, obj.etag) not in seen
-    ]
-    candidates.sort(key=lambda obj: (obj.last_modified, obj.key))
-    taken_bytes = 0
-    for obj in candidates:
-        reason = _skip_reason(obj, now, first_sync, limits)
-        if reason:
-            plan.skip.append((obj, reason))
-            continue
-        over_bytes = plan.take and taken_bytes + obj.size > limits.max_bytes
-        if len(plan.take) >= limits.max_files or over_bytes:
-            plan.deferred += 1
-            continue
-        plan.take.append(obj)
-        taken_bytes += obj.size
-    return plan
-
-
-def _skip_reason(obj: ObjectInfo, now: datetime, first_sync: bool, limits: PassLimits) -> str:
-    if obj.size == 0:
-        return "empty object"
-    if first_sync and obj.last_modified < now - limits.lookback:
-        return f"modified more than {limits.lookback.days} days before the first sync"
-    return ""
 
 
 # --- one file ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 from remediation.errors import UnreadableFile
 from remediation.formats import detect_format, read_records
 from remediation.limits import DEFAULT_LIMITS, FieldLimits
-from remediation.poller import PassLimits, RowRef, index_chunks, plan_pass
+from remediation.poller import RowRef, index_chunks
 from remediation.ports import Bucket, MeterEventSink, MeterSource, ObjectInfo
 from remediation.validation import MeterIndex
 from service.config import PollerMode, Settings
@@ -47,6 +47,7 @@ from service.poller.handover import (
 )
 from service.poller.importer import ObjectImport, import_object
 from service.poller.lock import POLLER_LOCK_KEY, poller_lock
+from service.poller.planning import PassLimits, plan_pass
 from service.poller.progress import ProgressStore
 from service.poller.store import PollerStore
 from service.runtime import Runtime

@@ -8,17 +8,15 @@ from datetime import UTC, datetime, timedelta
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
 from remediation.poller import (
-    PassLimits,
     derived_identifier,
     import_chunks,
     index_chunks,
-    is_usage_key,
-    plan_pass,
     read_csv_with_header,
     source_tag,
 )
 from remediation.ports import ObjectInfo
 from remediation.validation import MeterIndex
+from service.poller.planning import PassLimits, is_usage_key, plan_pass
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 NOW_TS = int(NOW.timestamp())
