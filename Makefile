@@ -7,10 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint types pytest fuzz bench clean
 
+# Byte code is compiled at install: where PYTHONDONTWRITEBYTECODE is set (CI, containers) every
+# process would otherwise compile each module it imports from source, every time (`meterfix
+# --help` 5.0 s instead of 1.6 s on a loaded 2-core machine; each worker and sandbox the tests
+# start pays it too).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q -e '.[dev]'
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q --compile-bytecode -e '.[dev]'
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m compileall -q service handlers remediation sandbox >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -50,7 +55,7 @@ fuzz: install
 		tests
 
 bench: install
-	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q -e '.[dev,bench]'
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q --compile-bytecode -e '.[dev,bench]'
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/remediate.py
 	$(BIN)/python bench/poller.py
