@@ -36,7 +36,10 @@ LIMIT_NAMES = frozenset(f.name for f in fields(FieldLimits))
 
 
 def shown(value: object, width: int = 40) -> str:
-    """`repr(value)` for a reason, cut to about `width` characters (a row may hold megabytes)."""
+    """`repr(value)` for a reason, cut to about `width` characters (a row may hold megabytes);
+    a field that is not there (an empty CSV cell, a missing JSON key) is `(empty)`."""
+    if value is None:
+        return "(empty)"
     if isinstance(value, str) and len(value) > width:
         return f"{value[:width]!r}… ({len(value)} characters)"
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
