@@ -1,6 +1,6 @@
 """The service path end to end: a failed-records file from the sandbox to a moto S3 bucket.
 
-    .venv/bin/python bench/service_path.py [--rows 1000000] [--mix issue]
+    .venv/bin/python bench/service_path.py [--rows 1000000] [--mix basic]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
 A `data_management.import_set.succeeded` event whose failed-records file holds `--rows` rows
@@ -102,7 +102,7 @@ def quiet() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--mix", choices=sorted(remediate_bench.MIXES), default="issue")
+    parser.add_argument("--mix", choices=sorted(remediate_bench.MIXES), default="basic")
     parser.add_argument("--database-url", default=os.environ.get("MFX_BENCH_DATABASE_URL"))
     args = parser.parse_args()
 

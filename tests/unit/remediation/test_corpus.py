@@ -11,7 +11,7 @@ semicolon file with header aliases), and `expected/<input>/` every file the engi
 plus its JSON summary, byte for byte. Any change of behaviour or of an output format shows up
 here as a diff; a deliberate one is recorded by regenerating the expected files
 (`MFX_CORPUS_REGENERATE=1 pytest tests/unit/remediation/test_corpus.py`) and reviewing the
-diff in the commit. Issue 10's columnar core has to reproduce these files.
+diff in the commit. A new remediation core has to reproduce these files.
 """
 
 from __future__ import annotations
