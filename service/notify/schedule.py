@@ -19,10 +19,10 @@ from datetime import timedelta
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from service.adapters.channels import Channel, redact, settings_secrets
 from service.config import Settings
 from service.logs import log_event
 from service.models._types import utcnow
-from service.notify.channels import Channel, build_channels, redact, settings_secrets
 from service.notify.critical import send_critical_alerts
 from service.notify.digests import DigestSender
 from service.notify.heartbeats import check_heartbeats
@@ -79,7 +79,7 @@ class NotifyJobs:
         self, runtime: Runtime, settings: Settings, channels: list[Channel] | None, instance: str
     ) -> None:
         self.runtime, self.settings = runtime, settings
-        self.channels = build_channels(settings) if channels is None else channels
+        self.channels = runtime.channels if channels is None else channels
         self.digests = DigestSender(runtime.engine, settings, self.channels, instance=instance)
         self._digest_lock = threading.Lock()  # the grid job and the retry job never overlap
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from service.adapters.channels import build_channels, redact, settings_secrets
+from service.adapters.smtp import SmtpTarget
 from service.config import Settings
-from service.notify.channels import build_channels, redact, settings_secrets
-from service.notify.mail import SmtpTarget
 
 
 def test_smtp_url_forms() -> None:
