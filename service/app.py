@@ -7,13 +7,13 @@ import logging
 from flask import Flask
 
 from service.commands import register_commands
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.logs import configure_logging, log_event
 from service.runtime import Runtime, install
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     configure_logging(level=settings.log_level, log_format=settings.log_format)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # our own limit answers 413 with a JSON reason

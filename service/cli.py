@@ -1,26 +1,26 @@
-"""`meterfix` console script: a click group over the commands `create_app` registers.
+"""`meterfix` console script: a click group over the commands of `service.commands`.
 
-Listing the commands and printing help build no app (no settings, no database, no start-up
-line before the help): the commands are collected from `service.commands` on a bare Flask
-object, and a command that needs the app builds it when it runs (`with_appcontext`, through
-the `ScriptInfo` below). Flask's own options (`--app`, `--env-file`, `--debug`) are not
-offered: the app is always meterfix's. `.env` is loaded as Flask's CLI loads it.
+Listing the commands and printing help build no app and import no command module (no
+settings, no database, no start-up line before the help; `meterfix --help` imports click and
+little else): the list comes from `service.commands.COMMANDS`, a command's module is imported
+when it runs or shows its own help, and a command that needs the app builds it when it runs
+(`with_appcontext`, through the `ScriptInfo` below). Flask's own options (`--app`,
+`--env-file`, `--debug`) are not offered: the app is always meterfix's. `.env` is loaded as
+Flask's CLI loads it, before any command runs.
 """
 
 from __future__ import annotations
 
-import functools
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import click
-from flask import Flask
-from flask.cli import ScriptInfo, load_dotenv
-from pydantic import ValidationError
 
-from service.commands import remediate
-from service.config import Settings
+from service.commands import COMMANDS, load_command
 from service.logs import Role, configure_logging
+
+if TYPE_CHECKING:  # flask is imported when a command runs, not to list the commands
+    from flask import Flask
 
 # The process role in every log line; any other command is `cli`.
 ROLES = {"serve": Role.WEB, "worker": Role.WORKER, "poll": Role.POLLER, "sandbox": Role.SANDBOX}
@@ -28,29 +28,36 @@ ROLES = {"serve": Role.WEB, "worker": Role.WORKER, "poll": Role.POLLER, "sandbox
 
 def _create_app() -> Flask:
     """Bad configuration is one clear line (and exit 1), not a traceback."""
+    from pydantic import ValidationError
+
     from service.app import create_app  # only when a command needs the app
+    from service.config import settings_problems
 
     try:
         return create_app()
     except ValidationError as exc:
-        raise click.ClickException(f"bad configuration: {_problems(exc)}") from exc
+        raise click.ClickException(f"bad configuration: {settings_problems(exc)}") from exc
 
 
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+def load_dotenv() -> None:
+    """`.flaskenv`, then `.env` (which wins), each found from the working directory upward;
+    a variable already set is kept. What `flask.cli.load_dotenv` does, so that `meterfix` and
+    `flask --app service.app` read the same files; written here so that the file commands
+    start without importing flask (python-dotenv comes with pydantic-settings)."""
+    import dotenv
 
-
-@functools.cache
-def _app_commands() -> dict[str, click.Command]:
-    """The commands `create_app` registers, collected without building the app."""
-    from service.commands import register_commands
-
-    collector = Flask(__name__)  # bare: only its `cli` group is used
-    register_commands(collector)
-    return dict(collector.cli.commands)
+    values: dict[str, str | None] = {}
+    for name in (".flaskenv", ".env"):
+        if path := dotenv.find_dotenv(name, usecwd=True):
+            values |= dotenv.dotenv_values(path, encoding="utf-8")
+    for key, value in values.items():
+        if key not in os.environ and value is not None:
+            os.environ[key] = value
 
 
 def _meterfix_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("meterfix")
     except PackageNotFoundError:  # running from a checkout that was never installed
@@ -58,27 +65,51 @@ def _meterfix_version() -> str:
 
 
 class MeterfixGroup(click.Group):
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
-        **extra: Any,
-    ) -> click.Context:
+    """The commands of `service.commands.COMMANDS`, each module imported only when its
+    command runs or shows its help; the list in `meterfix --help` imports none of them."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         load_dotenv()
-        extra.setdefault("obj", ScriptInfo(create_app=_create_app, set_debug_flag=False))
-        return super().make_context(info_name, args, parent, **extra)
+        return super().invoke(ctx)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*self.commands, *_app_commands()})
+        return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return self.commands.get(cmd_name) or _app_commands().get(cmd_name)
+        command = load_command(cmd_name)
+        if command is not None and COMMANDS[cmd_name].uses_app and ctx.obj is None:
+            from flask.cli import ScriptInfo  # the file commands run without flask
+
+            ctx.obj = ScriptInfo(create_app=_create_app, set_debug_flag=False)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with the first sentence of its help, shortened as click does."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, _short_help(name, limit)) for name in names])
+
+
+def _short_help(name: str, limit: int) -> str:
+    return click.Command(name, help=COMMANDS[name].summary).get_short_help_str(limit)
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """`meterfix --version`: the installed version, looked up only when asked for."""
+    if value and not ctx.resilient_parsing:
+        click.echo(f"meterfix {_meterfix_version()}")
+        ctx.exit()
 
 
 @click.group(cls=MeterfixGroup)
-@click.version_option(
-    version=_meterfix_version(), prog_name="meterfix", message="%(prog)s %(version)s"
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
 )
 @click.pass_context
 def main(ctx: click.Context) -> None:
@@ -89,14 +120,12 @@ def main(ctx: click.Context) -> None:
 
 def _apply_log_settings() -> None:
     """LOG_LEVEL and LOG_FORMAT for commands that build no app (an app applies them too)."""
+    from pydantic import ValidationError
+
+    from service.config import load_settings
+
     try:
-        settings = Settings()
+        settings = load_settings()
     except ValidationError:  # the command that needs the settings says what is wrong
         return
     configure_logging(level=settings.log_level, log_format=settings.log_format)
-
-
-# `validate` and `remediate` work on files only: registered on the group itself, they run
-# without building the app (no database, no web stack imported: a faster start per file).
-for _command in remediate.COMMANDS:
-    main.add_command(_command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_BASE, SANDBOX_WEBHOOK_SECRET
@@ -150,6 +150,18 @@ class Settings(BaseSettings):
         data["slack_webhook_url"] = "set" if self.slack_webhook_url else ""
         data["smtp_url"] = "set" if self.smtp_url else ""
         return data
+
+
+def load_settings() -> Settings:
+    """The settings from the environment and `.env`: the one place they are read (the app
+    factory, the console script and the builder of the file commands call it). Raises
+    pydantic's ValidationError; `settings_problems` says it in one line."""
+    return Settings()
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """`MFX_WORKER_LEASE: Value error, must be a positive number; ...`: one line."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
 
 
 # Stripe dedupes meter event identifiers for at least 24 hours; we stay an hour inside.

@@ -9,6 +9,7 @@ import click
 from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.adapters.channels import Channel, ChannelName
 from service.config import parse_duration
 from service.runtime import runtime
 
@@ -23,7 +24,6 @@ from service.runtime import runtime
 def digest_command(dry_run: bool, since: str, channel: str | None) -> None:
     """Send the digest of the last SINCE now (exit 1 with one line if a send failed)."""
     from service.models._types import utcnow
-    from service.notify.channels import build_channels
     from service.notify.digests import DigestSender
     from service.notify.render import render_digest
     from service.notify.windows import Window
@@ -31,7 +31,7 @@ def digest_command(dry_run: bool, since: str, channel: str | None) -> None:
     rt = runtime()
     try:
         length = parse_duration(since)
-        channels = [] if dry_run else build_channels(rt.settings, channel)
+        channels = [] if dry_run else _channels(channel)
         sender = DigestSender(rt.engine, rt.settings, channels, instance=_instance())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -58,6 +58,15 @@ def digest_command(dry_run: bool, since: str, channel: str | None) -> None:
             click.echo(f"{outcome.channel}: {outcome.status}")
     if failed:
         raise click.ClickException("; ".join(f"{o.channel} failed: {o.reason}" for o in failed))
+
+
+def _channels(name: str | None) -> list[Channel]:
+    """The configured channels, or only the one `--channel` names (ValueError: bad SMTP_URL)."""
+    rt = runtime()
+    if name is None:
+        return rt.channels
+    channel = rt.channel(ChannelName(name))
+    return [channel] if channel is not None else []
 
 
 def _instance() -> str:

@@ -19,11 +19,13 @@ from service.errors import SchemaNotCurrent
 from service.logs import log_event
 from service.notify.schedule import start_notify_jobs
 from service.poller.job import start_poller_job
-from service.runtime import runtime
+from service.runtime import Runtime, runtime
 from service.web.access import login_banner
+from service.worker.heartbeats import new_instance_id
 from service.worker.inbox import requeue
 from service.worker.liveness import item_threads_alive
 from service.worker.loop import InboxWorker, LoopEnd, PassReport, run_loop
+from service.worker.silence import start_silence_watch
 from service.worker.supervisor import (
     RESTART_EXIT_CODE,
     die_with_supervisor,
@@ -68,7 +70,7 @@ def worker_command(once: bool) -> None:
         sys.exit(supervise(stop_on_signals()))
     die_with_supervisor()
     code = 0
-    start_jobs = partial(start_scheduled_jobs, rt.settings)
+    start_jobs = partial(start_scheduled_jobs, rt)
     if run_loop(worker, stop_on_signals(), start_jobs) is LoopEnd.RESTART:
         log_event("worker.restarting", level=logging.WARNING, reason="an item overran its limit")
         code = RESTART_EXIT_CODE  # the supervisor starts a fresh worker process at once
@@ -125,15 +127,19 @@ def replay_command(event_id: str) -> None:
     click.echo(f"{event_id} re-queued")
 
 
-def start_scheduled_jobs(settings: Settings, stop: threading.Event) -> list[threading.Thread]:
-    """The scheduled jobs `meterfix worker` runs beside the inbox (bundled poller, digests).
+def start_scheduled_jobs(rt: Runtime, stop: threading.Event) -> list[threading.Thread]:
+    """The scheduled jobs `meterfix worker` runs beside the inbox (bundled poller, digests
+    and alerts, the heartbeat-silence watch).
 
     Each job is a thread that loops until `stop` is set; the worker joins them on shutdown.
     With several workers on PostgreSQL, a job first takes a leader advisory lock
     (docs/architecture.md, "Scale"): the poller and the notify jobs per pass.
     """
+    settings = rt.settings
     poller = start_poller_job(settings, stop)
-    return ([poller] if poller is not None else []) + start_notify_jobs(settings, stop)
+    notify = start_notify_jobs(settings, stop, new_instance_id())
+    silence = start_silence_watch(rt.engine, settings, stop)
+    return ([poller] if poller is not None else []) + notify + [silence]
 
 
 COMMANDS: list[click.Command] = [serve_command, worker_command, replay_command]

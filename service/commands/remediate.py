@@ -14,58 +14,71 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from remediation.engine import RemediationResult, remediate
 from remediation.errors import MeterfixError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage, Parent, input_lineage, trace_ancestors
-from remediation.meters import Meter, parse_meters
+from remediation.meters import Meter
 from remediation.readers import CsvLayout
 from remediation.repair import InputPlan, plan_input, read_repaired
-from remediation.rules import Rules, load_rules
-from service.config import Settings
+from remediation.rules import Rules
+from service.config import settings_problems
+from service.runtime import Adapters
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+T = TypeVar("T")
 
 
-def _load_meters_from_stripe(settings: Settings) -> list[Meter]:
-    """Every meter (active and inactive) from Stripe, or the sandbox when none is configured."""
-    from service.adapters.stripe_client import build_stripe_client
-
-    retries = 0 if settings.embedded_sandbox else 2  # no key: one quick try of the sandbox
-    client = build_stripe_client(settings, max_network_retries=retries)
-    listing = client.v1.billing.meters.list({"limit": 100})
-    return [Meter.from_stripe(meter.to_dict()) for meter in listing.auto_paging_iter()]
+def _adapters(rules_path: str | None, meters_path: str | None) -> Adapters:
+    """The light builder: no database, no web stack; the settings are read only if a rules
+    file, the meters or the bucket need them. Without an API key (the embedded sandbox)
+    Stripe is tried once, quickly."""
+    return Adapters(rules_path=rules_path, meters_path=meters_path, stripe_network_retries=None)
 
 
-def _load_meters(path: str | None) -> list[Meter]:
-    if path is None:
-        settings = Settings()
-        try:
-            return _load_meters_from_stripe(settings)
-        except Exception as exc:  # one clear line: the Stripe call failed
-            if settings.embedded_sandbox:
-                raise click.ClickException(
-                    "no meters: pass --meters or set STRIPE_API_KEY (no key is set and the "
-                    f"bundled sandbox at {settings.stripe_api_base} does not answer)"
-                ) from exc
-            raise click.ClickException(f"cannot list meters from Stripe: {exc}") from exc
+def _configured(get: Callable[[], T]) -> T:
+    """`get()`; settings that do not validate are one line, as every command says them."""
     try:
-        return parse_meters(json.loads(Path(path).read_text(encoding="utf-8")))
+        return get()
+    except ValidationError as exc:
+        raise click.ClickException(f"bad configuration: {settings_problems(exc)}") from exc
+
+
+def _meters(adapters: Adapters) -> list[Meter]:
+    path = adapters.meters_path
+    if path is None:
+        return _meters_from_stripe(adapters)
+    try:
+        return adapters.meters
     except OSError as exc:
         raise click.ClickException(f"cannot read meters {path}: {exc.strerror or exc}") from exc
     except (ValueError, MeterfixError) as exc:  # not JSON, or not meters
         raise click.ClickException(f"cannot read meters {path}: {exc}") from exc
 
 
-def _load_rules(path: str | None) -> Rules:
-    path = path or Settings().mfx_rules or None
+def _meters_from_stripe(adapters: Adapters) -> list[Meter]:
+    """Every meter (active and inactive) from Stripe, or the sandbox when none is configured."""
+    settings = _configured(lambda: adapters.settings)
     try:
-        text = Path(path).read_text(encoding="utf-8") if path else None
-        return load_rules(text)
+        return adapters.meters
+    except Exception as exc:  # one clear line: the Stripe call failed
+        if settings.embedded_sandbox:
+            raise click.ClickException(
+                "no meters: pass --meters or set STRIPE_API_KEY (no key is set and the "
+                f"bundled sandbox at {settings.stripe_api_base} does not answer)"
+            ) from exc
+        raise click.ClickException(f"cannot list meters from Stripe: {exc}") from exc
+
+
+def _rules(adapters: Adapters) -> Rules:
+    path = _configured(lambda: adapters.rules_path)
+    try:
+        return adapters.rules
     except OSError as exc:
         raise click.ClickException(f"cannot read rules {path}: {exc.strerror}") from exc
     except MeterfixError as exc:
@@ -204,8 +217,9 @@ def validate_command(
 ) -> None:
     """Check FILE against the meters without writing anything; exit 1 if any row is invalid."""
     _exists(file)
-    rules = _load_rules(rules_path)
-    result = _run(file, None, _load_meters(meters_path), rules, _now(now_text), "derive")
+    adapters = _adapters(rules_path, meters_path)
+    rules = _rules(adapters)
+    result = _run(file, None, _meters(adapters), rules, _now(now_text), "derive")
     summary = dict(result.summary, outputs={"corrected": [], "quarantine": [], "audit": None})
     _report(summary, as_json)
     if summary["input_rows"] != summary["valid"]:
@@ -249,11 +263,12 @@ def remediate_command(
     """Write corrected and quarantine files for FILE into DIR (exit 0 when it ran)."""
     _exists(file)
     _writable(out)
-    rules = _load_rules(rules_path)
-    result = _run(file, out, _load_meters(meters_path), rules, _now(now_text), identifiers)
+    adapters = _adapters(rules_path, meters_path)
+    rules = _rules(adapters)
+    result = _run(file, out, _meters(adapters), rules, _now(now_text), identifiers)
     summary = dict(result.summary)
     if upload:
-        summary["uploaded"] = _upload(result)
+        summary["uploaded"] = _upload(adapters, result)
     _report(summary, as_json)
 
 
@@ -296,11 +311,11 @@ def _sidecar_generation(file: Path) -> int:
     return int(value) if value.isdigit() and len(value) < 6 else 0
 
 
-def _upload(result: RemediationResult) -> list[str]:
+def _upload(adapters: Adapters, result: RemediationResult) -> list[str]:
     """Corrected files to the corrected prefix (they are imported again), quarantine and
     audit files to the quarantine prefix; identical objects already there are skipped."""
     from remediation.outputs import PlannedOutput, file_sha256, lineage
-    from service.adapters.bucket import BucketError, open_bucket, upload_outputs
+    from service.adapters.bucket import BucketError, upload_outputs
 
     outputs = list(result.outputs)
     audit = result.summary["outputs"].get("audit")
@@ -308,9 +323,9 @@ def _upload(result: RemediationResult) -> list[str]:
         digest = file_sha256(Path(audit))
         meta = lineage(result.summary["source"], result.summary["generation"], "audit", 0, digest)
         outputs.append(PlannedOutput("audit", Path(audit), 0, digest, meta))
-    settings = Settings()
+    settings = _configured(lambda: adapters.settings)
     try:
-        return upload_outputs(open_bucket(settings), outputs, settings)
+        return upload_outputs(adapters.bucket, outputs, settings)
     except (BucketError, OSError) as exc:
         raise click.ClickException(f"upload to {settings.bucket_url} failed: {exc}") from exc
 

@@ -16,13 +16,13 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
+from service.adapters.channels import Channel, redact, settings_secrets
 from service.config import Settings
 from service.errors import DeliveryFailed
 from service.logs import log_event
 from service.models._types import table_of, utcnow
 from service.models.alerts import Alert, AlertSeverity, AlertStatus
 from service.notify.alerts import NOTIFY_STATE
-from service.notify.channels import Channel, redact, settings_secrets
 from service.notify.digests import retry_delay
 from service.notify.render import AlertView, render_alert
 from service.notify.urls import DashboardLinks

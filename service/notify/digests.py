@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
+from service.adapters.channels import Channel, Message, redact, settings_secrets
 from service.config import Settings
 from service.db import insert_or_ignore
 from service.errors import DeliveryFailed
@@ -26,7 +27,6 @@ from service.logs import log_event
 from service.models._types import as_utc, table_of, utcnow
 from service.models.alerts import DigestRun, DigestStatus
 from service.notify.alerts import raise_alert
-from service.notify.channels import Channel, Message, redact, settings_secrets
 from service.notify.content import Digest, collect_digest
 from service.notify.render import render_digest
 from service.notify.windows import DigestSchedule, Window

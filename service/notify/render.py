@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from service.notify.channels import Message
+from service.adapters.channels import Message
 from service.notify.content import Digest
 
 MAX_BLOCKS = 50

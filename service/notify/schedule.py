@@ -2,7 +2,9 @@
 
 - digests on the DIGEST_EVERY grid (and a catch-up/retry pass every minute),
 - critical alerts every few seconds,
-- the heartbeat-silence check, and retention once an hour.
+- retention once an hour.
+
+(The heartbeat-silence check runs beside them: `service.worker.silence`, the worker's room.)
 
 APScheduler (3.11, in-memory job store: never shared between processes) runs them in this
 process. On PostgreSQL several workers run the same jobs; each pass that sends takes the
@@ -19,28 +21,32 @@ from datetime import timedelta
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from service.adapters.channels import Channel, redact, settings_secrets
 from service.config import Settings
 from service.logs import log_event
 from service.models._types import utcnow
-from service.notify.channels import Channel, build_channels, redact, settings_secrets
 from service.notify.critical import send_critical_alerts
 from service.notify.digests import DigestSender
-from service.notify.heartbeats import check_heartbeats
 from service.notify.leader import notify_leader
 from service.notify.retention import purge_expired
 from service.runtime import Runtime
-from service.worker.heartbeats import new_instance_id
 
 CRITICAL_EVERY_SECONDS = 5
 DIGEST_RETRY_EVERY_SECONDS = 60
-HEARTBEAT_EVERY_SECONDS = 30
 RETENTION_EVERY_SECONDS = 3600
 
 
-def start_notify_jobs(settings: Settings, stop: threading.Event) -> list[threading.Thread]:
-    """Start the notification jobs; the returned thread stops them when `stop` is set."""
+def start_notify_jobs(
+    settings: Settings, stop: threading.Event, instance: str
+) -> list[threading.Thread]:
+    """Start the notification jobs of process `instance` (it claims digest windows by that
+    name); the returned thread stops them when `stop` is set."""
     thread = threading.Thread(
-        target=run_notify_jobs, args=(settings, stop), name="meterfix-notify", daemon=True
+        target=run_notify_jobs,
+        args=(settings, stop),
+        kwargs={"instance": instance},
+        name="meterfix-notify",
+        daemon=True,
     )
     thread.start()
     return [thread]
@@ -50,14 +56,14 @@ def run_notify_jobs(
     settings: Settings,
     stop: threading.Event,
     *,
-    instance: str | None = None,
+    instance: str,
     channels: list[Channel] | None = None,
     started: threading.Event | None = None,
 ) -> None:
-    """Run the jobs until `stop` is set (`channels` and `instance` for tests)."""
+    """Run the jobs until `stop` is set (`channels` and `started` for tests)."""
     runtime = Runtime(settings)
     try:
-        jobs = NotifyJobs(runtime, settings, channels, instance or new_instance_id())
+        jobs = NotifyJobs(runtime, settings, channels, instance)
         scheduler = jobs.scheduler()
     except ValueError as exc:  # bad DIGEST_EVERY / DIGEST_TZ / SMTP_URL: say it, keep working
         log_event("notify.not_started", level=logging.ERROR, reason=str(exc))
@@ -79,7 +85,7 @@ class NotifyJobs:
         self, runtime: Runtime, settings: Settings, channels: list[Channel] | None, instance: str
     ) -> None:
         self.runtime, self.settings = runtime, settings
-        self.channels = build_channels(settings) if channels is None else channels
+        self.channels = runtime.channels if channels is None else channels
         self.digests = DigestSender(runtime.engine, settings, self.channels, instance=instance)
         self._digest_lock = threading.Lock()  # the grid job and the retry job never overlap
 
@@ -108,13 +114,6 @@ class NotifyJobs:
                 next_run_time=now,
             )
         add(
-            self._guard(self.heartbeats),
-            "interval",
-            seconds=HEARTBEAT_EVERY_SECONDS,
-            id="heartbeats",
-            next_run_time=now + timedelta(seconds=HEARTBEAT_EVERY_SECONDS),
-        )
-        add(
             self._guard(self.retention),
             "interval",
             seconds=RETENTION_EVERY_SECONDS,
@@ -132,9 +131,6 @@ class NotifyJobs:
         with notify_leader(self.runtime.engine, ":meterfix.critical") as leader:
             if leader:
                 send_critical_alerts(self.runtime.engine, self.settings, self.channels)
-
-    def heartbeats(self) -> None:
-        check_heartbeats(self.runtime.engine, self.settings)
 
     def retention(self) -> None:
         with notify_leader(self.runtime.engine, ":meterfix.retention") as leader:

@@ -1,4 +1,4 @@
-"""A dead worker cannot report itself: /api/health and the overview ask the notify room to
+"""A dead worker cannot report itself: /api/health and the overview ask the worker room to
 raise (or resolve) the heartbeat-silence alert, so it comes even when only the web runs."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.logs import log_event
-from service.notify.heartbeats import check_heartbeats
+from service.worker.silence import check_heartbeats
 
 
 def notice_silence(engine: Engine, settings: Settings) -> None:

@@ -15,6 +15,7 @@ import click
 import pytest
 
 from service.cli import main
+from service.commands import COMMANDS as COMMAND_TABLE
 from tests.servers import free_port
 
 MFX = str(Path(sys.executable).parent / "meterfix")
@@ -83,25 +84,80 @@ def test_every_option_has_help() -> None:
     assert [name for name, option in options.items() if not option.help] == []
 
 
-def test_validate_starts_without_the_web_and_database_stack(tmp_path: Path) -> None:
-    usage = tmp_path / "usage.csv"
-    usage.write_text("identifier,timestamp,event_name,payload_value\n")
+def _imported_after(args: list[str], cwd: Path, heavy: tuple[str, ...]) -> list[str]:
+    """Which of `heavy` the `meterfix` process has imported once `args` ran."""
     probe = (
         "import sys\n"
         "from service.cli import main\n"
         "try:\n"
-        f"    main(['validate', {str(usage)!r}, '--meters', {str(tmp_path / 'meters.json')!r}])\n"
+        f"    main({args!r})\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = ('sqlalchemy', 'sqlmodel', 'service.app', 'service.intake.webhooks',"
-        " 'service.db')\n"
-        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
     )
-    (tmp_path / "meters.json").write_text("[]")
     result = subprocess.run(
-        [sys.executable, "-c", probe], env=_env(), cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-c", probe], env=_env(), cwd=cwd, capture_output=True, text=True
     )
-    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+    imported: list[str] = json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"'))
+    return imported
+
+
+WEB_AND_DATABASE = (
+    "sqlalchemy",
+    "sqlmodel",
+    "flask",
+    "service.app",
+    "service.intake.webhooks",
+    "service.db",
+)
+
+
+def test_validate_starts_without_the_web_and_database_stack(tmp_path: Path) -> None:
+    usage = tmp_path / "usage.csv"
+    usage.write_text("identifier,timestamp,event_name,payload_value\n")
+    (tmp_path / "meters.json").write_text("[]")
+    args = ["validate", str(usage), "--meters", str(tmp_path / "meters.json")]
+    assert _imported_after(args, tmp_path, WEB_AND_DATABASE) == []
+
+
+def test_remediate_runs_without_the_web_and_database_stack(tmp_path: Path) -> None:
+    data = Path(__file__).parent.parent / "data" / "usage"
+    args = ["remediate", str(data / "failed_records.csv"), "--out", str(tmp_path / "out")]
+    args += ["--meters", str(data / "meters.json"), "--rules", str(data / "rules.toml")]
+    assert _imported_after([*args, "--now", "1764000000"], tmp_path, WEB_AND_DATABASE) == []
+    assert list((tmp_path / "out").glob("*.corrected.*.csv"))  # it ran, and wrote
+
+
+def test_help_imports_no_command_module(tmp_path: Path) -> None:
+    modules = tuple(f"service.commands.{name}" for name in ("db", "intake", "remediate"))
+    assert _imported_after(["--help"], tmp_path, (*modules, "flask", "pydantic")) == []
+
+
+def test_each_listed_line_is_the_commands_own_help() -> None:
+    ctx = click.Context(main, info_name="meterfix")
+    for name, entry in COMMAND_TABLE.items():
+        command = main.get_command(ctx, name)
+        assert command is not None and command.name == name
+        for limit in (30, 60, 200):
+            listed = click.Command(name, help=entry.summary).get_short_help_str(limit)
+            assert listed == command.get_short_help_str(limit), name
+
+
+def test_dotenv_is_read_from_the_working_directory_upward(tmp_path: Path) -> None:
+    """As Flask's CLI reads it: `.env` of a parent directory too, variables already set kept."""
+    rules = tmp_path / "from-dotenv.toml"
+    (tmp_path / ".env").write_text(f"MFX_RULES={rules}\n")
+    rules.write_text("[policy]\nfuture_skew_seconds = 'x'\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    usage = work / "usage.csv"
+    usage.write_text("identifier,timestamp,event_name,payload_value\n")
+    (work / "meters.json").write_text("[]")
+    args = ["validate", str(usage), "--meters", str(work / "meters.json")]
+    result = _run(args, work)
+    assert result.returncode != 0 and f"bad rules {rules}" in result.stderr
+    kept = _run(args, work, MFX_RULES=str(tmp_path / "none.toml"))
+    assert f"cannot read rules {tmp_path / 'none.toml'}" in kept.stderr
 
 
 def _log_lines(stderr: str) -> list[dict[str, object]]:

@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from service.adapters.channels import build_channels
+from service.adapters.smtp import EmailChannel, SmtpTarget
 from service.db import make_engine
 from service.models.alerts import DigestRun
 from service.notify.alerts import raise_alert, resolve_alert
-from service.notify.channels import build_channels
 from service.notify.critical import send_critical_alerts
 from service.notify.digests import DigestSender
-from service.notify.mail import EmailChannel, SmtpTarget
 from tests.integration.notify_helpers import (
     NOW,
     SMTP_PASSWORD,

@@ -1,8 +1,10 @@
-"""The other notification jobs on a real database: heartbeat silence, retention, run-level
-alerts, and the `meterfix digest` command."""
+"""The other notification jobs on a real database: heartbeat silence (the worker's watch,
+alerting through notify), retention, run-level alerts, and the `meterfix digest` command."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -17,9 +19,10 @@ from service.models._types import utcnow
 from service.models.alerts import Alert, DigestRun
 from service.models.health import Heartbeat
 from service.models.inbox import InboxEvent
-from service.notify.heartbeats import check_heartbeats
 from service.notify.retention import purge_expired
 from service.notify.runs import alert_for_run
+from service.worker import silence
+from service.worker.silence import check_heartbeats
 from tests.integration.notify_helpers import SlackReceiver, seed_activity
 from tests.servers import serve_wsgi
 
@@ -73,6 +76,28 @@ def test_heartbeat_silence_raises_once_and_resolves(engine: Engine, make_setting
     assert [(a.alert_key, a.status) for a in _alerts(engine)] == [
         ("heartbeat.silent:worker", "resolved"),
         ("heartbeat.silent:poller", "open"),
+    ]
+
+
+def test_the_worker_watches_for_silence_until_stopped(
+    engine: Engine, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`meterfix worker` runs the check beside its scheduled jobs (service.worker.silence)."""
+    monkeypatch.setattr(silence, "CHECK_EVERY_SECONDS", 0.05)
+    with Session(engine) as session:
+        old = utcnow() - timedelta(seconds=400)
+        session.add(Heartbeat(instance="w1", role="worker", last_beat_at=old))
+        session.commit()
+    stop = threading.Event()
+    thread = silence.start_silence_watch(engine, make_settings(mfx_heartbeat_silence=300), stop)
+    deadline = time.monotonic() + 10
+    while not _alerts(engine) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert [(a.alert_key, a.status) for a in _alerts(engine)] == [
+        ("heartbeat.silent:worker", "open")
     ]
 
 

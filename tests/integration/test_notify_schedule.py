@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from service.adapters.channels import build_channels
 from service.db import make_engine
 from service.models._types import utcnow
 from service.models.alerts import DigestRun
-from service.notify.channels import build_channels
 from service.notify.digests import DigestSender
 from service.notify.windows import DigestSchedule
 from tests.integration.notify_helpers import NOW, SlackReceiver, seed_activity, smtp_server
@@ -89,7 +89,7 @@ import sys
 from datetime import timedelta
 from service.config import Settings
 from service.db import make_engine
-from service.notify.channels import build_channels
+from service.adapters.channels import build_channels
 from service.notify.digests import DigestSender
 from tests.integration.notify_helpers import NOW
 settings = Settings(_env_file=None, database_url=sys.argv[1], slack_webhook_url=sys.argv[2])

@@ -13,14 +13,14 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from service.adapters.channels import build_channels
+from service.adapters.slack import SlackChannel
+from service.adapters.smtp import EmailChannel, SmtpTarget
 from service.db import make_engine
 from service.models.alerts import Alert, DigestRun
 from service.notify.alerts import raise_alert
-from service.notify.channels import build_channels
 from service.notify.critical import send_critical_alerts
 from service.notify.digests import DigestSender
-from service.notify.mail import EmailChannel, SmtpTarget
-from service.notify.slack import SlackChannel
 from tests.integration.notify_helpers import NOW, SlackReceiver, seed_activity, smtp_server
 from tests.servers import serve_wsgi
 

@@ -1,19 +1,24 @@
 """Heartbeat silence: a critical alert when no worker (or poller, when MFX_POLLER is on or
 index) has beaten for MFX_HEARTBEAT_SILENCE seconds, resolved when heartbeats resume.
 
-A dead worker cannot report itself, so whichever process notices raises it: the worker's
-jobs, and the web's health endpoints. It is cheap (two small reads) and writes only when the
-state changes, so it may run on every health request. A role that never beat is not alerted
-on (nothing was started yet).
+A dead worker cannot report itself, so whichever process notices raises it: every `meterfix
+worker` (`start_silence_watch`, beside its scheduled jobs), and the web's health endpoints. It
+is cheap (two small reads) and writes only when the state changes, so it may run on every
+health request. A role that never beat is not alerted on (nothing was started yet). The
+heartbeats are the worker room's; the alert goes through `service.notify.alerts`.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
+from service.adapters.channels import redact, settings_secrets
 from service.config import PollerMode, Settings
+from service.logs import log_event
 from service.models._types import as_utc, table_of, utcnow
 from service.models.alerts import Alert, AlertStatus
 from service.models.health import Heartbeat, ProcessRole
@@ -21,6 +26,28 @@ from service.notify.alerts import raise_alert, resolve_alert
 
 HEARTBEATS = table_of(Heartbeat)
 ALERTS = table_of(Alert)
+CHECK_EVERY_SECONDS = 30
+
+
+def start_silence_watch(
+    engine: Engine, settings: Settings, stop: threading.Event
+) -> threading.Thread:
+    """A thread checking the heartbeats every CHECK_EVERY_SECONDS until `stop` is set."""
+    thread = threading.Thread(
+        target=_watch, args=(engine, settings, stop), name="meterfix-silence", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _watch(engine: Engine, settings: Settings, stop: threading.Event) -> None:
+    secrets = settings_secrets(settings)
+    while not stop.wait(CHECK_EVERY_SECONDS):
+        try:
+            check_heartbeats(engine, settings)
+        except Exception as exc:  # loop edge: database down; the next check goes on
+            reason = redact(f"{type(exc).__name__}: {exc}", secrets)
+            log_event("heartbeat.check_failed", level=logging.ERROR, reason=reason)
 
 
 def silence_key(role: str) -> str:

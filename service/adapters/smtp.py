@@ -17,10 +17,10 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from urllib.parse import unquote, urlsplit
 
+from service.adapters.channels import ChannelName, Message, Sleep, redact
 from service.config import Settings
 from service.errors import DeliveryFailed
 from service.logs import log_event
-from service.notify.channels import ChannelName, Message, Sleep, redact
 
 TIMEOUT_SECONDS = 15
 ATTEMPTS = 3

@@ -1,6 +1,7 @@
 """Where messages go: a channel sends one rendered message (Slack or email) or says why not.
 
-Channels are built from the settings by `build_channels`; a send is bounded in time (every
+The senders are `slack.py` and `smtp.py` beside this module; the runtime builds the
+configured ones once from the settings (`build_channel`). A send is bounded in time (every
 network call has a timeout) and retried inside the step for transient failures, then
 raises `DeliveryFailed` with a reason that never carries the Slack URL or SMTP password.
 """
@@ -50,15 +51,25 @@ def build_channels(
 ) -> list[Channel]:
     """The configured channels (Slack when SLACK_WEBHOOK_URL, email when SMTP_URL and
     DIGEST_EMAIL_TO), optionally only one of them by name."""
-    from service.notify.mail import EmailChannel
-    from service.notify.slack import SlackChannel
+    names = [name for name in ChannelName if only in (None, name)]
+    built = (build_channel(settings, name, tls_context=tls_context) for name in names)
+    return [channel for channel in built if channel is not None]
 
-    channels: list[Channel] = []
-    if settings.slack_webhook_url and only in (None, ChannelName.SLACK):
-        channels.append(SlackChannel(settings.slack_webhook_url))
-    if settings.smtp_url and settings.digest_email_to and only in (None, ChannelName.EMAIL):
-        channels.append(EmailChannel.from_settings(settings, tls_context=tls_context))
-    return channels
+
+def build_channel(
+    settings: Settings, name: ChannelName, *, tls_context: ssl.SSLContext | None = None
+) -> Channel | None:
+    """The channel `name` when the settings configure it, else None (ValueError: a bad
+    SMTP_URL). The senders' SDKs are imported only when a channel is built."""
+    if name is ChannelName.SLACK and settings.slack_webhook_url:
+        from service.adapters.slack import SlackChannel
+
+        return SlackChannel(settings.slack_webhook_url)
+    if name is ChannelName.EMAIL and settings.smtp_url and settings.digest_email_to:
+        from service.adapters.smtp import EmailChannel
+
+        return EmailChannel.from_settings(settings, tls_context=tls_context)
+    return None
 
 
 def settings_secrets(settings: Settings) -> list[str]:

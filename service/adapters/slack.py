@@ -13,9 +13,9 @@ from typing import Any
 
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
+from service.adapters.channels import ChannelName, Message, Sleep, redact
 from service.errors import DeliveryFailed
 from service.logs import log_event
-from service.notify.channels import ChannelName, Message, Sleep, redact
 
 TIMEOUT_SECONDS = 10
 ATTEMPTS = 4  # per Slack message, inside one send

@@ -1,15 +1,17 @@
-"""Channel settings: SMTP_URL forms, and secrets kept out of reasons."""
+"""Channel settings: SMTP_URL forms, secrets kept out of reasons, channels built once."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from service.adapters.channels import ChannelName, build_channels, redact, settings_secrets
+from service.adapters.smtp import EmailChannel, SmtpTarget
 from service.config import Settings
-from service.notify.channels import build_channels, redact, settings_secrets
-from service.notify.mail import SmtpTarget
+from service.runtime import Runtime
 
 
 def test_smtp_url_forms() -> None:
@@ -41,3 +43,18 @@ def test_channels_from_settings_and_secrets(tmp_path: Path) -> None:
         "failed for s/cret at https://hooks.slack.com/services/T/B/abc", settings_secrets(settings)
     )
     assert reason == "failed for [redacted] at [redacted]"
+
+
+def test_the_runtime_builds_each_channel_once(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path, smtp_url="smtps://mail.example.com", digest_email_to="a@example.com"
+    )
+    tls = ssl.create_default_context()
+    runtime = Runtime(settings, smtp_tls_context=tls)
+    email = runtime.channel(ChannelName.EMAIL)
+    assert isinstance(email, EmailChannel) and email._tls is tls
+    assert runtime.channels == [email] and runtime.channel(ChannelName.EMAIL) is email
+    assert runtime.channel(ChannelName.SLACK) is None  # not configured
+    bad = Runtime(_settings(tmp_path, smtp_url="http://mail", digest_email_to="a@example.com"))
+    with pytest.raises(ValueError):  # a bad SMTP_URL is said when the channels are built
+        bad.channel(ChannelName.EMAIL)
