@@ -197,7 +197,7 @@ def main() -> None:
         f"{run.quarantined:,} quarantined; {audit:,} audit rows, {held:,} quarantined rows stored"
     )
     stages = done.fields.get("stages") or {}
-    for name in ("download", "remediate", "upload", "database"):
+    for name in ("download", "lineage", "remediate", "upload", "database"):
         if name in stages:
             print(f"  {name:10s} {float(stages[name]):7.2f} s")
     print(f"  {'total':10s} {total:7.2f} s (worker drain: handler, task, every stage)")
