@@ -43,7 +43,7 @@ def load_dotenv() -> None:
     """`.flaskenv`, then `.env` (which wins), each found from the working directory upward;
     a variable already set is kept. What `flask.cli.load_dotenv` does, so that `meterfix` and
     `flask --app service.app` read the same files; written here so that the file commands
-    start without importing flask (python-dotenv comes with pydantic-settings)."""
+    start without importing flask (python-dotenv reads the files)."""
     import dotenv
 
     values: dict[str, str | None] = {}
