@@ -5,10 +5,12 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, event
+from sqlalchemy import Connection, Engine, Insert, Select, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, create_engine
 
@@ -77,6 +79,39 @@ def insert_or_ignore(
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     statement: Insert = dialect.insert(table).on_conflict_do_nothing(index_elements=index_elements)
     return statement
+
+
+DEFAULT_PAGE_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class Page:
+    """Keyset pagination: `limit` rows with id below `cursor` (None: from the newest)."""
+
+    limit: int = DEFAULT_PAGE_LIMIT
+    cursor: int | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One page of rows (as dicts) and the cursor of the next page (None: the last one)."""
+
+    data: list[dict[str, Any]]
+    next_cursor: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"data": self.data, "next_cursor": self.next_cursor}
+
+
+def keyset(connection: Connection, query: Select[Any], id_column: Any, page: Page) -> Listing:
+    """Rows of `query` with id below the cursor, newest first, and the next cursor (every
+    store's lists page this way: one indexed range, however deep the page)."""
+    if page.cursor is not None:
+        query = query.where(id_column < page.cursor)
+    rows = connection.execute(query.order_by(id_column.desc()).limit(page.limit + 1)).all()
+    more = len(rows) > page.limit
+    data = [dict(row._mapping) for row in rows[: page.limit]]
+    return Listing(data, str(data[-1]["id"]) if more else None)
 
 
 def is_postgres(engine: Engine) -> bool:

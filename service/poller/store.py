@@ -1,4 +1,5 @@
-"""The poller's database work: bucket objects, imported rows, local import sets.
+"""The poller's store: bucket objects, imported rows, local import sets. The dashboard,
+the digests, /metrics and the jobs read the poller's objects through the functions at the end.
 
 Inserts that may repeat (a retried object, a duplicate identifier inside one file) use the
 dialect's ON CONFLICT DO NOTHING, so SQLite and PostgreSQL behave the same. Rows are inserted
@@ -12,8 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, update
-from sqlmodel import select
+from sqlalchemy import Connection, Engine, Insert, Table, func, select, update
+from sqlmodel import select as select_model
 
 from handlers.records import RemediationStatus
 from remediation.poller import RowRef
@@ -105,10 +106,11 @@ class PollerStore:
                 conn.execute(self._insert(_table(ImportedRow)), values)
 
     def _update_object(self, obj: ObjectInfo, **values: Any) -> None:
+        table = _table(BucketObject)
         with self.engine.begin() as conn:
             conn.execute(
-                update(_table(BucketObject))
-                .where(BucketObject.key == obj.key, BucketObject.etag == obj.etag)  # type: ignore[arg-type]
+                update(table)
+                .where(table.c.key == obj.key, table.c.etag == obj.etag)
                 .values(**values)
             )
 
@@ -175,7 +177,7 @@ class PollerStore:
 
     def _save_import_set(self, impset_id: str, obj: ObjectInfo, **values: Any) -> ImportSet:
         with session_scope(self.engine) as session:
-            query = select(ImportSet).where(ImportSet.import_set_id == impset_id)
+            query = select_model(ImportSet).where(ImportSet.import_set_id == impset_id)
             found = session.exec(query).first()
             row = found or ImportSet(import_set_id=impset_id, status="")
             row.origin, row.source_object, row.updated_at = "poller", obj.key, utcnow()
@@ -187,3 +189,28 @@ class PollerStore:
 
 def _table(model: Any) -> Table:
     return table_of(model)
+
+
+# --- what other rooms read ----------------------------------------------------------------
+
+
+def objects_by_keys(connection: Connection, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Every recorded version of these keys, oldest first."""
+    if not keys:
+        return []
+    table = _table(BucketObject)
+    rows = connection.execute(select(table).where(table.c.key.in_(keys)).order_by(table.c.id)).all()
+    return [dict(row._mapping) for row in rows]
+
+
+def count_objects(connection: Connection, status: ObjectStatus) -> int:
+    table = _table(BucketObject)
+    query = select(func.count()).select_from(table).where(table.c.status == status)
+    return int(connection.execute(query).scalar() or 0)
+
+
+def objects_by_status(connection: Connection) -> list[tuple[str, int]]:
+    """(status, objects) for every status some object has."""
+    table = _table(BucketObject)
+    query = select(table.c.status, func.count().label("objects")).group_by(table.c.status)
+    return [(str(row.status), int(row.objects)) for row in connection.execute(query)]

@@ -10,13 +10,12 @@ from typing import Any
 from sqlalchemy import Engine, update
 
 from service.errors import Conflict, NotFound
+from service.jobs.store import QuarantineFilter, count_quarantine
 from service.models import AdminActionName
 from service.models._types import utcnow
 from service.models.alerts import AlertStatus
 from service.models.inbox import InboxStatus
 from service.notify.alerts import set_alert_status
-from service.web.params import QuarantineFilter
-from service.web.quarantine import count_quarantine
 from service.web.store import EVENTS, find_event, get_alert, record_action
 from service.worker.tasks import TaskKind, enqueue_task, task_id
 

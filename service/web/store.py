@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,18 +12,17 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    Select,
     func,
     insert,
     literal_column,
     select,
 )
 
+from service.db import Listing, Page, keyset
 from service.models import AdminActionName
 from service.models._types import as_utc, table_of, utcnow
 from service.models.alerts import AdminAction, Alert, AlertSeverity, AlertStatus
 from service.models.inbox import InboxEvent, InboxStatus
-from service.web.params import Page
 
 ALERTS = table_of(Alert)
 EVENTS = table_of(InboxEvent)
@@ -33,28 +31,9 @@ ERROR_PREVIEW = 500  # characters of an event's last error in lists
 RARE_STATUS_ROWS = 2000  # fewer events than this in a status: read them from its index
 
 
-@dataclass(frozen=True)
-class Listing:
-    data: list[dict[str, Any]]
-    next_cursor: str | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"data": self.data, "next_cursor": self.next_cursor}
-
-
 def iso(value: datetime | None) -> str | None:
     stamp = as_utc(value)
     return None if stamp is None else stamp.isoformat()
-
-
-def keyset(connection: Connection, query: Select[Any], id_column: Any, page: Page) -> Listing:
-    """Rows of `query` with id below the cursor, newest first, and the next cursor."""
-    if page.cursor is not None:
-        query = query.where(id_column < page.cursor)
-    rows = connection.execute(query.order_by(id_column.desc()).limit(page.limit + 1)).all()
-    more = len(rows) > page.limit
-    data = [dict(row._mapping) for row in rows[: page.limit]]
-    return Listing(data, str(data[-1]["id"]) if more else None)
 
 
 # --- admin actions -------------------------------------------------------------------------
