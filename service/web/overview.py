@@ -10,22 +10,15 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 
 from service.jobs.store import codes_per_bucket, runs_per_bucket
 from service.models._types import utcnow
-from service.models.alerts import AlertStatus
 from service.models.inbox import InboxStatus
-from service.web.store import (
-    ALERTS,
-    EVENT_COLUMNS,
-    EVENTS,
-    alert_json,
-    count_events,
-    event_json,
-    open_alert_counts,
-)
+from service.notify.store import latest_open_alerts, open_alert_counts
+from service.web.store import alert_json, event_json
 from service.worker.heartbeats import health_snapshot
+from service.worker.inbox import count_events, latest_events
 
 LATEST = 10  # open alerts and dead letters listed on the overview
 
@@ -141,20 +134,8 @@ def _by_code(
 
 
 def _latest_open_alerts(connection: Connection) -> list[dict[str, Any]]:
-    rows = connection.execute(
-        select(ALERTS)
-        .where(ALERTS.c.status == AlertStatus.OPEN.value)
-        .order_by(ALERTS.c.last_seen_at.desc())
-        .limit(LATEST)
-    ).all()
-    return [alert_json(dict(row._mapping), []) for row in rows]
+    return [alert_json(row, []) for row in latest_open_alerts(connection, LATEST)]
 
 
 def _latest_dead(connection: Connection) -> list[dict[str, Any]]:
-    rows = connection.execute(
-        select(*EVENT_COLUMNS)
-        .where(EVENTS.c.status == InboxStatus.DEAD.value)
-        .order_by(EVENTS.c.id.desc())
-        .limit(LATEST)
-    ).all()
-    return [event_json(dict(row._mapping), []) for row in rows]
+    return [event_json(row, []) for row in latest_events(connection, InboxStatus.DEAD, LATEST)]
