@@ -10,7 +10,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, Select, Table, event
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Insert,
+    Select,
+    Table,
+    delete,
+    event,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, create_engine
 
@@ -112,6 +122,14 @@ def keyset(connection: Connection, query: Select[Any], id_column: Any, page: Pag
     more = len(rows) > page.limit
     data = [dict(row._mapping) for row in rows[: page.limit]]
     return Listing(data, str(data[-1]["id"]) if more else None)
+
+
+def delete_batch(engine: Engine, table: Table, where: ColumnElement[bool], batch: int) -> int:
+    """Delete at most `batch` rows of `table` matching `where` in one short transaction (the
+    stores' purges for retention); the number deleted."""
+    ids = select(table.c.id).where(where).limit(batch).scalar_subquery()
+    with engine.begin() as connection:
+        return int(connection.execute(delete(table).where(table.c.id.in_(ids))).rowcount)
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -30,17 +30,23 @@ from sqlalchemy import (
     update,
 )
 
-from service.db import Listing, Page, keyset
+from service.db import Listing, Page, delete_batch, keyset
 from service.errors import BadParameter
 from service.models import RunStatus
 from service.models._types import table_of
 from service.models.alerts import AdminAction
-from service.models.remediation import OutputObject, QuarantinedRow, RemediationRun
+from service.models.remediation import (
+    CorrectionAudit,
+    OutputObject,
+    QuarantinedRow,
+    RemediationRun,
+)
 from service.models.reports import ErrorReport, ImportSet
 
 RUNS = table_of(RemediationRun)
 OUTPUTS = table_of(OutputObject)
 QUARANTINE = table_of(QuarantinedRow)
+AUDIT = table_of(CorrectionAudit)
 IMPORT_SETS = table_of(ImportSet)
 REPORTS = table_of(ErrorReport)
 ACTIONS = table_of(AdminAction)
@@ -298,6 +304,21 @@ def quarantine_reasons(
 
 def quarantined_record(connection: Connection, row_id: int) -> Any:
     return connection.execute(select(QUARANTINE.c.record).where(QUARANTINE.c.id == row_id)).scalar()
+
+
+def purge_audit(engine: Engine, runs_finished_before: datetime, batch: int) -> int:
+    """Retention: delete up to `batch` audit rows of runs finished before the cutoff (the
+    runs themselves stay, with their counts and outputs: lineage)."""
+    old_runs = select(RUNS.c.id).where(RUNS.c.finished_at < runs_finished_before)
+    return delete_batch(engine, AUDIT, AUDIT.c.run_id.in_(old_runs), batch)
+
+
+def purge_quarantined(engine: Engine, before: datetime, batch: int) -> int:
+    """Retention: delete up to `batch` quarantined rows of runs finished before the cutoff,
+    or quarantined before it."""
+    old_runs = select(RUNS.c.id).where(RUNS.c.finished_at < before)
+    where = QUARANTINE.c.run_id.in_(old_runs) | (QUARANTINE.c.created_at < before)
+    return delete_batch(engine, QUARANTINE, where, batch)
 
 
 # --- runs and their outputs ----------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, update
 
-from service.db import Listing, Page, insert_or_ignore, keyset
+from service.db import Listing, Page, delete_batch, insert_or_ignore, keyset
 from service.models._types import as_utc, table_of
 from service.models.alerts import Alert, AlertSeverity, AlertStatus, DigestRun, DigestStatus
 
@@ -150,6 +150,12 @@ def count_alerts_seen_between(connection: Connection, start: datetime, end: date
     return int(connection.execute(query).scalar() or 0)
 
 
+def purge_resolved_alerts(engine: Engine, before: datetime, batch: int) -> int:
+    """Retention: delete up to `batch` alerts resolved before `before`."""
+    where = (ALERTS.c.status == AlertStatus.RESOLVED) & (ALERTS.c.resolved_at < before)
+    return delete_batch(engine, ALERTS, where, batch)
+
+
 # --- digest runs ---------------------------------------------------------------------------
 
 
@@ -236,3 +242,8 @@ def update_own_window(
             )
             .values(**values)
         )
+
+
+def purge_digest_runs(engine: Engine, before: datetime, batch: int) -> int:
+    """Retention: delete up to `batch` digest records of windows that ended before `before`."""
+    return delete_batch(engine, DIGEST_RUNS, DIGEST_RUNS.c.window_end < before, batch)

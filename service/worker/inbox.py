@@ -25,7 +25,7 @@ from sqlalchemy import (
     update,
 )
 
-from service.db import Listing, Page, keyset
+from service.db import Listing, Page, delete_batch, keyset
 from service.intake.store import INBOX
 from service.models._types import as_utc, utcnow
 from service.models.inbox import InboxStatus
@@ -309,3 +309,11 @@ def oldest_pending(connection: Connection) -> datetime | None:
     """When the oldest pending event was received (None: nothing pending)."""
     query = select(func.min(INBOX.c.received_at)).where(INBOX.c.status == InboxStatus.PENDING)
     return as_utc(connection.execute(query).scalar())
+
+
+def purge_finished_events(engine: Engine, before: datetime, batch: int) -> int:
+    """Retention: delete up to `batch` events received before `before` and finished (done,
+    ignored or dead; pending work never)."""
+    finished = [InboxStatus.DONE, InboxStatus.IGNORED, InboxStatus.DEAD]
+    where = (INBOX.c.received_at < before) & INBOX.c.status.in_(finished)
+    return delete_batch(engine, INBOX, where, batch)
