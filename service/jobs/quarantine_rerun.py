@@ -29,7 +29,7 @@ from remediation.records import MFX_PREFIX, UsageRecord
 from service.errors import BadParameter, RerunInputMissing
 from service.jobs.inputs import LOOKUP_BATCH, parents
 from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
-from service.jobs.store import (
+from service.jobs.store.quarantine import (
     QuarantineFilter,
     mark_rerun,
     quarantined_entries,

@@ -16,13 +16,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from service.jobs.store import (
-    quarantine_groups,
-    quarantine_reasons,
-    quarantined_record,
-    runs_finished_between,
-    top_runs_finished_between,
-)
+from service.jobs.store.quarantine import quarantine_groups, quarantine_reasons, quarantined_record
+from service.jobs.store.runs import runs_finished_between, top_runs_finished_between
 from service.models.inbox import InboxStatus
 from service.models.poller import ObjectStatus
 from service.notify.store import count_alerts_seen_between, unresolved_critical_alerts

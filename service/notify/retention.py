@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 
 from service.db import delete_batch
-from service.jobs.store import purge_audit, purge_quarantined
+from service.jobs.store.quarantine import purge_quarantined
+from service.jobs.store.runs import purge_audit
 from service.logs import log_event
 from service.models._types import table_of, utcnow
 from service.models.health import Heartbeat

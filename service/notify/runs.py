@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from service.config import Settings
-from service.jobs.store import top_quarantine_group
+from service.jobs.store.quarantine import top_quarantine_group
 from service.logs import log_event
 from service.models import RemediationRun
 from service.notify.alerts import raise_alert

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from service.errors import Conflict, NotFound
-from service.jobs.store import QuarantineFilter, count_quarantine
+from service.jobs.store.quarantine import QuarantineFilter, count_quarantine
 from service.models import AdminActionName
 from service.models.alerts import AlertStatus
 from service.notify.alerts import set_alert_status

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from service.db import Listing, Page
-from service.jobs import store
+from service.jobs.store import reports, runs
 from service.models.poller import ObjectStatus
 from service.poller.store import objects_by_keys
 from service.web.store import get_action, iso
@@ -58,14 +58,14 @@ def run_json(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def list_runs(engine: Engine, page: Page) -> Listing:
     with engine.connect() as connection:
-        listing = store.list_runs(connection, page)
+        listing = runs.list_runs(connection, page)
     return Listing([run_json(row) for row in listing.data], listing.next_cursor)
 
 
 def get_run(engine: Engine, run_id: int) -> dict[str, Any] | None:
     """A run with its inputs, outputs and the re-import state of its corrected objects."""
     with engine.connect() as connection:
-        row = store.get_run(connection, run_id)
+        row = runs.get_run(connection, run_id)
         if row is None:
             return None
         run = run_json(row)
@@ -77,10 +77,10 @@ def get_run(engine: Engine, run_id: int) -> dict[str, Any] | None:
 def _inputs(connection: Connection, found: Mapping[str, Any]) -> list[dict[str, Any]]:
     kind = found["type"]
     if kind in ("import_set", "poller_import"):
-        row = store.get_import_set(connection, found["import_set_id"])
+        row = reports.get_import_set(connection, found["import_set_id"])
         return [{**found, "import_set": None if row is None else import_set_json(row)}]
     if kind == "error_report":
-        row = store.get_report(connection, found["event_id"])
+        row = reports.get_report(connection, found["event_id"])
         return [{**found, "error_report": None if row is None else report_json(row)}]
     if kind == "quarantine_rerun" and str(found["action_id"]).isdigit():
         return [{**found, "action": get_action(connection, int(found["action_id"]))}]
@@ -88,7 +88,7 @@ def _inputs(connection: Connection, found: Mapping[str, Any]) -> list[dict[str, 
 
 
 def _outputs(connection: Connection, run_id: int) -> list[dict[str, Any]]:
-    outputs = [output_json(row) for row in store.run_outputs(connection, run_id)]
+    outputs = [output_json(row) for row in runs.run_outputs(connection, run_id)]
     keys = [output["key"] for output in outputs if output["kind"] == "corrected"]
     imports = _imports(connection, keys)
     for output in outputs:
@@ -168,10 +168,10 @@ def report_json(row: Mapping[str, Any]) -> dict[str, Any]:
 def list_import_sets(engine: Engine, page: Page) -> Listing:
     """Import sets (Stripe's and the poller's) with the id of the run each one got."""
     with engine.connect() as connection:
-        listing = store.list_import_sets(connection, page)
+        listing = reports.list_import_sets(connection, page)
         data = [import_set_json(row) for row in listing.data]
         keys = [item["run_key"] for item in data if item["run_key"]]
-        ids = store.run_ids_by_key(connection, keys)
+        ids = runs.run_ids_by_key(connection, keys)
     for item in data:
         item["run_ids"] = [ids[item["run_key"]]] if item["run_key"] in ids else []
     return Listing(data, listing.next_cursor)
@@ -181,9 +181,9 @@ def list_reports(engine: Engine, page: Page) -> Listing:
     """Meter error reports with the ids of their runs (one query: a key range per report on
     the unique run key, `error_report:<event id>:<object>`)."""
     with engine.connect() as connection:
-        listing = store.list_reports(connection, page)
+        listing = reports.list_reports(connection, page)
         data = [report_json(row) for row in listing.data]
-        found = store.report_run_ids(connection, [item["event_id"] for item in data])
+        found = runs.report_run_ids(connection, [item["event_id"] for item in data])
     for item in data:
         item["run_ids"] = found.get(item["event_id"], [])
     return Listing(data, listing.next_cursor)

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from flask import Blueprint, Response
 from sqlalchemy import Connection
 
-from service.jobs.store import count_all_quarantined, run_totals
+from service.jobs.store.quarantine import count_all_quarantined
+from service.jobs.store.runs import run_totals
 from service.models.alerts import AlertSeverity, AlertStatus
 from service.notify.store import alert_counts
 from service.poller.store import objects_by_status

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from service.jobs.store import codes_per_bucket, runs_per_bucket
+from service.jobs.store.runs import codes_per_bucket, runs_per_bucket
 from service.models._types import utcnow
 from service.models.inbox import InboxStatus
 from service.notify.store import latest_open_alerts, open_alert_counts

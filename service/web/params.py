@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from service.db import DEFAULT_PAGE_LIMIT, Page
 from service.errors import BadParameter
-from service.jobs.store import QuarantineFilter, positive_int
+from service.jobs.store.quarantine import QuarantineFilter, positive_int
 from service.models.alerts import AlertSeverity, AlertStatus
 from service.models.inbox import InboxStatus
 

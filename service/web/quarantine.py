@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from service.db import Listing, Page
-from service.jobs import store
-from service.jobs.store import QuarantineFilter
+from service.jobs.store import quarantine as store
+from service.jobs.store.quarantine import QuarantineFilter
 from service.web.store import iso
 
 STREAM_BATCH = 1000
