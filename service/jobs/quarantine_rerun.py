@@ -28,7 +28,7 @@ from remediation.identifiers import (
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.errors import BadParameter, RerunInputMissing
 from service.jobs.inputs import LOOKUP_BATCH, parents
-from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
+from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.store.quarantine import (
     QuarantineFilter,
     mark_rerun,
@@ -36,6 +36,7 @@ from service.jobs.store.quarantine import (
     rerun_filters,
     rows_to_rerun,
 )
+from service.jobs.store.runs import finished_run
 from service.models import RunTrigger
 
 CORE_KEYS = ("identifier", "timestamp", "event_name", "payload")

@@ -1,8 +1,9 @@
-"""Remediation runs, their outputs and their correction audit."""
+"""Remediation runs, their outputs and their correction audit: what a run writes (exactly
+once per run key, see service/jobs/runs.py) and what is read of it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,23 +14,29 @@ from sqlalchemy import (
     Integer,
     and_,
     cast,
+    delete,
     func,
+    insert,
     literal_column,
     or_,
     select,
     true,
 )
+from sqlmodel import Session, col
+from sqlmodel import select as select_model
 
-from service.db import Listing, Page, delete_batch, keyset
+from service.db import Listing, Page, delete_batch, keyset, session_scope
 from service.models import RunStatus
-from service.models._types import table_of
+from service.models._types import table_of, utcnow
 from service.models.remediation import (
     CorrectionAudit,
     OutputObject,
+    QuarantinedRow,
     RemediationRun,
 )
 
 RUNS = table_of(RemediationRun)
+QUARANTINED = table_of(QuarantinedRow)
 OUTPUTS = table_of(OutputObject)
 AUDIT = table_of(CorrectionAudit)
 REPORT_PREFIX = "error_report:"
@@ -202,3 +209,94 @@ def _json_int(connection: Connection, value: Any, key: str) -> Any:
     if connection.dialect.name == "postgresql":
         return cast(value.op("->>")(key), Integer)
     return func.json_extract(value, f"$.{key}")
+
+
+# --- a run's writes ------------------------------------------------------------------------
+
+
+def finished_run(engine: Engine, run_key: str) -> RemediationRun | None:
+    with Session(engine) as session:
+        run = session.exec(
+            select_model(RemediationRun).where(RemediationRun.run_key == run_key)
+        ).first()
+    return run if run is not None and run.status == RunStatus.DONE else None
+
+
+def start_run(engine: Engine, run_key: str, trigger: str, source: str, generation: int) -> int:
+    """Record the run as running (new, or again after a crashed try, whose audit, quarantined
+    rows and outputs are deleted); its id."""
+    with session_scope(engine) as session:
+        run = session.exec(
+            select_model(RemediationRun).where(RemediationRun.run_key == run_key)
+        ).first()
+        if run is None:
+            run = RemediationRun(run_key=run_key, trigger=trigger)
+        run.source, run.generation = source, generation
+        run.status = RunStatus.RUNNING
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        for table in (AUDIT, QUARANTINED, OUTPUTS):  # a crashed earlier try
+            session.execute(delete(table).where(table.c.run_id == run.id))
+        return run.id
+
+
+def insert_audit(
+    engine: Engine,
+    corrections: Sequence[Mapping[str, Any]],
+    quarantined: Sequence[Mapping[str, Any]],
+) -> None:
+    """Corrections and quarantined rows of a run, in bulk (one transaction)."""
+    with engine.begin() as connection:
+        if corrections:
+            connection.execute(insert(CorrectionAudit), list(corrections))
+        if quarantined:
+            connection.execute(insert(QuarantinedRow), list(quarantined))
+
+
+def finish_run(
+    engine: Engine, run_id: int, summary: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]]
+) -> RemediationRun:
+    """Record the run's outputs and counts, and that it is done."""
+    with session_scope(engine) as session:
+        run = session.get(RemediationRun, run_id)
+        assert run is not None
+        for output in outputs:
+            session.add(OutputObject(run_id=run_id, **output))
+        run.input_rows = int(summary["input_rows"])
+        run.valid, run.corrected = int(summary["valid"]), int(summary["corrected"])
+        run.quarantined = int(summary["quarantined"])
+        run.by_code = dict(summary["by_code"])
+        run.status, run.error, run.finished_at = RunStatus.DONE, None, utcnow()
+        session.add(run)
+    return run
+
+
+# --- the audit, read by the jobs -----------------------------------------------------------
+
+
+def corrections_writing(
+    engine: Engine, identifiers: Sequence[str]
+) -> list[tuple[CorrectionAudit, int]]:
+    """The corrections that wrote these identifiers (oldest first), with their run's
+    generation."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select_model(CorrectionAudit, RemediationRun.generation)
+            .join(RemediationRun, col(RemediationRun.id) == col(CorrectionAudit.run_id))
+            .where(col(CorrectionAudit.new_identifier).in_(identifiers))
+            .order_by(col(CorrectionAudit.id))
+        ).all()
+    return [(audit, generation) for audit, generation in rows]
+
+
+def handled_rows(engine: Engine, source: str) -> frozenset[int]:
+    """Row numbers of `source` some run already corrected or quarantined."""
+    with Session(engine) as session:
+        corrected = session.exec(
+            select_model(CorrectionAudit.row_number).where(CorrectionAudit.source == source)
+        ).all()
+        quarantined = session.exec(
+            select_model(QuarantinedRow.row_number).where(QuarantinedRow.source == source)
+        ).all()
+    return frozenset(corrected) | frozenset(quarantined)
