@@ -73,6 +73,11 @@ def find_report(session: Session, event_id: str) -> ErrorReport | None:
     return session.exec(select_model(ErrorReport).where(ErrorReport.event_id == event_id)).first()
 
 
+def recorded_report(session: Session, event_id: str) -> ErrorReport:
+    """The report (which must be recorded)."""
+    return session.exec(select_model(ErrorReport).where(ErrorReport.event_id == event_id)).one()
+
+
 def has_linked_sample(session: Session, report_id: int | None) -> bool:
     """Whether a sample of the report is a row we imported (linked to its object)."""
     linked = session.exec(
