@@ -204,6 +204,15 @@ def objects_by_keys(connection: Connection, keys: Sequence[str]) -> list[dict[st
     return [dict(row._mapping) for row in rows]
 
 
+def newest_object(engine: Engine, keys: Collection[str]) -> dict[str, Any] | None:
+    """The newest recorded version of any of these keys."""
+    table = _table(BucketObject)
+    query = select(table).where(table.c.key.in_(keys)).order_by(table.c.id.desc()).limit(1)
+    with engine.connect() as connection:
+        row = connection.execute(query).first()
+    return None if row is None else dict(row._mapping)
+
+
 def count_objects(connection: Connection, status: ObjectStatus) -> int:
     table = _table(BucketObject)
     query = select(func.count()).select_from(table).where(table.c.status == status)
