@@ -62,8 +62,8 @@ def make_engine(url: str, *, synchronous: str = SQLiteSynchronous.NORMAL) -> Eng
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object = None, *, synchronous: str) -> None:
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+def _sqlite_pragmas(dbapi_connection: Any, _record: object = None, *, synchronous: str) -> None:
+    cursor = dbapi_connection.cursor()  # a DBAPI connection: untyped by PEP 249
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
     cursor.execute("PRAGMA busy_timeout=30000")

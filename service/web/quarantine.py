@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from service.db import Listing, Page
-from service.jobs.store import quarantine as store
+from service.jobs.store import quarantine as quarantine_store
 from service.jobs.store.quarantine import QuarantineFilter
 from service.web.store import iso
 
@@ -45,7 +45,7 @@ CSV_COLUMNS = (
 
 def list_quarantine(engine: Engine, found: QuarantineFilter, page: Page) -> Listing:
     with engine.connect() as connection:
-        listing = store.list_quarantine(connection, found, page)
+        listing = quarantine_store.list_quarantine(connection, found, page)
     return Listing([row_json(row) for row in listing.data], listing.next_cursor)
 
 
