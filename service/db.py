@@ -5,11 +5,23 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, Table, event
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Insert,
+    Select,
+    Table,
+    delete,
+    event,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, create_engine
 
@@ -51,8 +63,8 @@ def make_engine(url: str, *, synchronous: str = SQLiteSynchronous.NORMAL) -> Eng
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object = None, *, synchronous: str) -> None:
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+def _sqlite_pragmas(dbapi_connection: Any, _record: object = None, *, synchronous: str) -> None:
+    cursor = dbapi_connection.cursor()  # a DBAPI connection: untyped by PEP 249
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
     cursor.execute("PRAGMA busy_timeout=30000")
@@ -80,6 +92,47 @@ def insert_or_ignore(
     return statement
 
 
+DEFAULT_PAGE_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class Page:
+    """Keyset pagination: `limit` rows with id below `cursor` (None: from the newest)."""
+
+    limit: int = DEFAULT_PAGE_LIMIT
+    cursor: int | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One page of rows (as dicts) and the cursor of the next page (None: the last one)."""
+
+    data: list[dict[str, Any]]
+    next_cursor: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"data": self.data, "next_cursor": self.next_cursor}
+
+
+def keyset(connection: Connection, query: Select[Any], id_column: Any, page: Page) -> Listing:
+    """Rows of `query` with id below the cursor, newest first, and the next cursor (every
+    store's lists page this way: one indexed range, however deep the page)."""
+    if page.cursor is not None:
+        query = query.where(id_column < page.cursor)
+    rows = connection.execute(query.order_by(id_column.desc()).limit(page.limit + 1)).all()
+    more = len(rows) > page.limit
+    data = [dict(row._mapping) for row in rows[: page.limit]]
+    return Listing(data, str(data[-1]["id"]) if more else None)
+
+
+def delete_batch(engine: Engine, table: Table, where: ColumnElement[bool], batch: int) -> int:
+    """Delete at most `batch` rows of `table` matching `where` in one short transaction (the
+    stores' purges for retention); the number deleted."""
+    ids = select(table.c.id).where(where).limit(batch).scalar_subquery()
+    with engine.begin() as connection:
+        return int(connection.execute(delete(table).where(table.c.id.in_(ids))).rowcount)
+
+
 def bulk_load(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert `rows` (column name -> value; every row the same columns) in bulk, inside the
     connection's transaction: PostgreSQL `COPY ... FROM STDIN`, otherwise one driver
@@ -91,15 +144,15 @@ def bulk_load(connection: Connection, table: Table, rows: Sequence[Mapping[str, 
         return
     dialect = connection.dialect
     columns = [column for column in table.columns if column.name in rows[0]]
-    encoders = [column.type.dialect_impl(dialect).bind_processor(dialect) for column in columns]
     names = [column.name for column in columns]
-    values = [
-        tuple(
-            value if encode is None or value is None else encode(value)
-            for value, encode in zip([row[name] for name in names], encoders, strict=True)
-        )
-        for row in rows
-    ]
+    picked = itemgetter(*names)
+    values: list[Any] = [picked(row) for row in rows]  # tuples, in C
+    if len(names) == 1:
+        values = [(value,) for value in values]
+    for position, column in enumerate(columns):  # only columns whose type encodes (JSON, times)
+        encode = column.type.dialect_impl(dialect).bind_processor(dialect)
+        if encode is not None:
+            values = [_encoded(row, position, encode) for row in values]
     quote = dialect.identifier_preparer.quote
     target = dialect.identifier_preparer.format_table(table)
     listed = ", ".join(quote(name) for name in names)
@@ -115,6 +168,13 @@ def bulk_load(connection: Connection, table: Table, rows: Sequence[Mapping[str, 
         cursor.executemany(f"INSERT INTO {target} ({listed}) VALUES ({marks})", values)
     finally:
         cursor.close()
+
+
+def _encoded(row: tuple[Any, ...], position: int, encode: Callable[[Any], Any]) -> tuple[Any, ...]:
+    value = row[position]
+    if value is None:
+        return row
+    return (*row[:position], encode(value), *row[position + 1 :])
 
 
 def is_postgres(engine: Engine) -> bool:

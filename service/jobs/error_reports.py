@@ -21,30 +21,26 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
 
 from remediation.poller import derived_identifier, source_tag
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.reported import ReportScope, bad_customers, select_reported
 from remediation.validation import MeterIndex
-from service.db import session_scope
 from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, next_generation, run_lineage
-from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
+from service.jobs.runs import RunContext, RunRequest, execute_run
+from service.jobs.store.reports import load_report, set_report_status
+from service.jobs.store.runs import finished_run, handled_rows
 from service.models import (
-    BucketObject,
-    CorrectionAudit,
     ErrorReport,
     ErrorReportStatus,
     ErrorSample,
-    ErrorTypeCount,
-    ImportedRow,
-    QuarantinedRow,
     RunTrigger,
 )
 from service.models._types import as_utc, utcnow
 from service.notify.alerts import raise_alert
+from service.poller.store import event_names_of, objects_holding, objects_seen_between
 
 # Objects whose rows a report may be about: first seen up to a day before the report's window
 # (Stripe imports and validates later) and up to an hour after it (in index mode meterfix may
@@ -69,7 +65,7 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
     report, samples, counts = _load(ctx.engine, event_id)
     linked = _linked_objects(ctx.engine, samples)
     if not linked:
-        _set_status(ctx.engine, event_id, ErrorReportStatus.UNMATCHED)
+        set_report_status(ctx.engine, event_id, ErrorReportStatus.UNMATCHED)
         return "no rows of ours: kept with its samples for the digest"
     job = _job(ctx, report, samples, counts)
     with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
@@ -129,7 +125,7 @@ def _remediate(
     if done is not None:
         return done.input_rows
     base = job.scope
-    scope = ReportScope(base.codes, base.samples, base.event_name, _handled_rows(ctx.engine, key))
+    scope = ReportScope(base.codes, base.samples, base.event_name, handled_rows(ctx.engine, key))
     generation = next_generation(ctx.bucket, key)
     request = RunRequest(
         run_key=run_key,
@@ -162,9 +158,9 @@ def _records(
 
 def _conclude(engine: Engine, job: _Report, found: int) -> str:
     if found >= job.expected:
-        _set_status(engine, job.event_id, ErrorReportStatus.REMEDIATED)
+        set_report_status(engine, job.event_id, ErrorReportStatus.REMEDIATED)
         return f"remediated {found} row(s) for {job.expected} reported error(s)"
-    _set_status(engine, job.event_id, ErrorReportStatus.PARTIAL)
+    set_report_status(engine, job.event_id, ErrorReportStatus.PARTIAL)
     raise_alert(
         engine,
         key=f"error_report.partial:{job.event_id}",
@@ -178,19 +174,10 @@ def _conclude(engine: Engine, job: _Report, found: int) -> str:
 
 
 def _load(engine: Engine, event_id: str) -> tuple[ErrorReport, list[ErrorSample], dict[str, int]]:
-    with Session(engine) as session:
-        report = session.exec(select(ErrorReport).where(ErrorReport.event_id == event_id)).first()
-        if report is None:
-            raise TaskInputMissing(f"error report {event_id} is not recorded")
-        samples = list(
-            session.exec(select(ErrorSample).where(ErrorSample.report_id == report.id)).all()
-        )
-        counts = session.exec(
-            select(ErrorTypeCount.code, ErrorTypeCount.error_count).where(
-                ErrorTypeCount.report_id == report.id
-            )
-        ).all()
-    return report, samples, {code: count for code, count in counts}
+    found = load_report(engine, event_id)
+    if found is None:
+        raise TaskInputMissing(f"error report {event_id} is not recorded")
+    return found
 
 
 def _linked_objects(engine: Engine, samples: list[ErrorSample]) -> dict[str, str]:
@@ -198,22 +185,11 @@ def _linked_objects(engine: Engine, samples: list[ErrorSample]) -> dict[str, str
     identifiers = {s.identifier for s in samples if s.identifier}
     if not identifiers:
         return {}
-    with Session(engine) as session:
-        rows = session.exec(
-            select(ImportedRow.object_key, ImportedRow.etag).where(
-                col(ImportedRow.identifier).in_(identifiers)
-            )
-        ).all()
-    return {key: etag for key, etag in rows}
+    return objects_holding(engine, identifiers)
 
 
 def _sampled_event_names(engine: Engine, samples: list[ErrorSample]) -> set[str]:
-    identifiers = {s.identifier for s in samples if s.identifier}
-    with Session(engine) as session:
-        names = session.exec(
-            select(ImportedRow.event_name).where(col(ImportedRow.identifier).in_(identifiers))
-        ).all()
-    return {name for name in names if name}
+    return event_names_of(engine, {s.identifier for s in samples if s.identifier})
 
 
 def _other_objects(
@@ -224,31 +200,8 @@ def _other_objects(
     end = as_utc(report.validation_end) or utcnow()
     start = (as_utc(report.validation_start) or end) - WINDOW_BEFORE
     end += WINDOW_AFTER
-    with Session(engine) as session:
-        rows = session.exec(
-            select(BucketObject.key, BucketObject.etag)
-            .where(col(BucketObject.first_seen) >= start, col(BucketObject.first_seen) <= end)
-            .where(
-                col(BucketObject.key).in_(
-                    select(ImportedRow.object_key).where(
-                        col(ImportedRow.event_name).in_(job.event_names)
-                    )
-                )
-            )
-            .order_by(col(BucketObject.first_seen).desc())
-        ).all()
+    rows = objects_seen_between(engine, start, end, job.event_names)
     return [(key, etag) for key, etag in rows if key not in exclude]
-
-
-def _handled_rows(engine: Engine, key: str) -> frozenset[int]:
-    with Session(engine) as session:
-        corrected = session.exec(
-            select(CorrectionAudit.row_number).where(CorrectionAudit.source == key)
-        ).all()
-        quarantined = session.exec(
-            select(QuarantinedRow.row_number).where(QuarantinedRow.source == key)
-        ).all()
-    return frozenset(corrected) | frozenset(quarantined)
 
 
 def _event_name(ctx: RunContext, meter_id: str | None) -> str | None:
@@ -256,10 +209,3 @@ def _event_name(ctx: RunContext, meter_id: str | None) -> str | None:
         if meter_id and meter.id == meter_id:
             return meter.event_name
     return None
-
-
-def _set_status(engine: Engine, event_id: str, status: ErrorReportStatus) -> None:
-    with session_scope(engine) as session:
-        report = session.exec(select(ErrorReport).where(ErrorReport.event_id == event_id)).one()
-        report.status = status
-        session.add(report)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
 
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
@@ -23,9 +22,11 @@ from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
 from service.errors import TaskInputMissing
 from service.jobs.runs import RunContext
+from service.jobs.store.runs import corrections_writing
 from service.logs import log_event
-from service.models import BucketObject, CorrectionAudit, ImportSet, RemediationRun
+from service.models import ImportSet
 from service.models._types import as_utc, utcnow
+from service.poller.store import objects_named
 
 GENERATION_KEY = "mfx-generation"
 NEW_IDENTIFIER_WIDTH = 512  # correction_audit.new_identifier
@@ -97,14 +98,7 @@ def object_by_name(engine: Engine, name: str, before: int) -> str | None:
     """The newest object of that file name the poller saw by `before` (5 min clock skew)."""
     if not name:
         return None
-    with Session(engine) as session:
-        rows = session.exec(
-            select(BucketObject.key, BucketObject.first_seen)
-            .where(col(BucketObject.key).endswith(name, autoescape=True))
-            .order_by(col(BucketObject.first_seen).desc())
-        ).all()
-    for key, first_seen in rows:
-        seen = as_utc(first_seen)
+    for key, seen in objects_named(engine, name):
         if key.rsplit("/", 1)[-1] == name and (seen is None or seen.timestamp() <= before + 300):
             return key
     return None
@@ -161,15 +155,8 @@ def parents(engine: Engine, identifiers: list[str]) -> dict[str, Parent]:
     identifiers = [i for i in identifiers if len(i) <= NEW_IDENTIFIER_WIDTH and "\x00" not in i]
     if not identifiers:
         return {}
-    with Session(engine) as session:
-        rows = session.exec(
-            select(CorrectionAudit, RemediationRun.generation)
-            .join(RemediationRun, col(RemediationRun.id) == col(CorrectionAudit.run_id))
-            .where(col(CorrectionAudit.new_identifier).in_(identifiers))
-            .order_by(col(CorrectionAudit.id))
-        ).all()
     found: dict[str, Parent] = {}
-    for audit, generation in rows:
+    for audit, generation in corrections_writing(engine, identifiers):
         new = audit.new_identifier
         if new and new not in found:
             original = audit.identifier or row_identifier(audit.source, audit.row_number)

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from itertools import islice
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine
 
 from remediation.codes import KNOWN_CODES, ErrorCode
 from remediation.filetypes import FileFormat
@@ -29,18 +28,17 @@ from remediation.identifiers import (
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.errors import BadParameter, RerunInputMissing
 from service.jobs.inputs import LOOKUP_BATCH, parents
-from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
+from service.jobs.runs import RunContext, RunRequest, execute_run
+from service.jobs.store.quarantine import (
+    QuarantineFilter,
+    mark_rerun,
+    quarantined_entries,
+    rerun_filters,
+    rows_to_rerun,
+)
+from service.jobs.store.runs import finished_run
 from service.models import RunTrigger
-from service.models._types import table_of
-from service.models.alerts import AdminAction
-from service.models.remediation import QuarantinedRow, RemediationRun
-from service.web.params import quarantine_filter
-from service.web.quarantine import conditions
 
-QUARANTINE = table_of(QuarantinedRow)
-RUNS = table_of(RemediationRun)
-ACTIONS = table_of(AdminAction)
-BATCH = 500
 CORE_KEYS = ("identifier", "timestamp", "event_name", "payload")
 # Codes our own validation decides (from the row and the meters): such a row goes through
 # validation again, so a row that now passes (its meter exists now, its time is no longer in
@@ -70,7 +68,7 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     )
     run = execute_run(ctx, request, _records(ctx.engine, ids))
     assert run.id is not None
-    _mark(ctx.engine, ids, run.id)
+    mark_rerun(ctx.engine, ids, run.id)
     return (
         f"re-ran {len(ids)} quarantined rows as run {run.id}: {run.valid + run.corrected} "
         f"now pass, {run.quarantined} stay quarantined"
@@ -80,57 +78,27 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
 def _pick(engine: Engine, action_ref: str, run_key: str) -> tuple[list[int], int]:
     """The ids of the rows to re-run and the generation their corrected rows get."""
     with engine.connect() as connection:
-        detail = None
-        if action_ref.isdigit():
-            detail = connection.execute(
-                select(ACTIONS.c.detail).where(ACTIONS.c.id == int(action_ref))
-            ).scalar()
-        filters = detail.get("filters") if isinstance(detail, dict) else None
+        filters = rerun_filters(connection, int(action_ref)) if action_ref.isdigit() else None
         if not isinstance(filters, dict):
             raise RerunInputMissing(f"admin action {action_ref} with the re-run's filter is gone")
         try:
-            found = quarantine_filter({str(k): str(v) for k, v in filters.items()})
+            found = QuarantineFilter.from_query({str(k): str(v) for k, v in filters.items()})
         except BadParameter as exc:
             raise RerunInputMissing(f"admin action {action_ref}: {exc}") from exc
-        own = select(RUNS.c.id).where(RUNS.c.run_key == run_key).scalar_subquery()
-        where = [*conditions(found), QUARANTINE.c.rerun_id.is_(None)]
-        ids = [
-            int(row[0])
-            for row in connection.execute(
-                select(QUARANTINE.c.id)
-                .where(*where, QUARANTINE.c.run_id != func.coalesce(own, -1))
-                .order_by(QUARANTINE.c.id)
-            )
-        ]
-        generation = connection.execute(
-            select(func.max(RUNS.c.generation))
-            .select_from(QUARANTINE.join(RUNS, RUNS.c.id == QUARANTINE.c.run_id))
-            .where(*where)
-        ).scalar()
-    return ids, int(generation or 1)
+        return rows_to_rerun(connection, found, run_key)
 
 
 def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[tuple[str, Any, Any]]:
     """(identifier, code, record) of each row, by id; a row that had no identifier gets the
     one its first run gave it (from its source and row number), as its original."""
-    chunks = iter(ids)
-    while chunk := list(islice(chunks, BATCH)):
-        with engine.connect() as connection:
-            rows = connection.execute(
-                select(
-                    QUARANTINE.c.identifier,
-                    QUARANTINE.c.source,
-                    QUARANTINE.c.row_number,
-                    QUARANTINE.c.code,
-                    QUARANTINE.c.record,
-                )
-                .where(QUARANTINE.c.id.in_(chunk))
-                .order_by(QUARANTINE.c.id)
-            ).all()
-        for row in rows:
-            record = row[4] if isinstance(row[4], dict) else {}
-            identifier = _text(record.get("identifier")) or _text(row[0])
-            yield identifier or row_identifier(str(row[1] or ""), int(row[2] or 0)), row[3], record
+    for row in quarantined_entries(engine, ids):
+        record = row.record if isinstance(row.record, dict) else {}
+        identifier = _text(record.get("identifier")) or _text(row.identifier)
+        yield (
+            identifier or row_identifier(str(row.source or ""), int(row.row_number or 0)),
+            row.code,
+            record,
+        )
 
 
 def _lineage(engine: Engine, ids: Sequence[int], generation: int, source: str) -> Lineage:
@@ -168,15 +136,6 @@ def _usage_record(number: int, code: str, identifier: str, row: dict[str, Any]) 
         },
         error_code=None if code in CHECKED_BY_VALIDATION else code or None,
     )
-
-
-def _mark(engine: Engine, ids: Sequence[int], run_id: int) -> None:
-    chunks = iter(ids)
-    with engine.begin() as connection:
-        while chunk := list(islice(chunks, BATCH)):
-            connection.execute(
-                update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(rerun_id=run_id)
-            )
 
 
 def _text(value: object) -> str | None:

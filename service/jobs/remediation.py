@@ -18,13 +18,10 @@ from itertools import islice
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
 
-from handlers.records import RemediationStatus
 from remediation.filetypes import FileFormat
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
-from service.db import session_scope
 from service.errors import TaskInputMissing
 from service.jobs.inputs import (
     JobDeps,
@@ -34,9 +31,12 @@ from service.jobs.inputs import (
     next_generation,
     run_lineage,
 )
-from service.jobs.runs import RunContext, RunRequest, execute_run, finished_run
-from service.models import ImportedRow, ImportSet, RunTrigger
+from service.jobs.runs import RunContext, RunRequest, execute_run
+from service.jobs.store.reports import import_set, mark_import_set_remediated
+from service.jobs.store.runs import finished_run
+from service.models import ImportSet, RunTrigger
 from service.models._types import as_utc, utcnow
+from service.poller.store import row_numbers
 
 # --- import sets ---------------------------------------------------------------------------
 
@@ -140,35 +140,21 @@ def _source_rows(engine: Engine, key: str, records: Iterator[UsageRecord]) -> It
     while batch := list(islice(records, 1000)):
         # NUL: never an identifier the poller recorded (PostgreSQL refuses it as a parameter)
         identifiers = {r.identifier for r in batch if r.identifier and "\x00" not in r.identifier}
-        with Session(engine) as session:
-            found = session.exec(
-                select(ImportedRow.identifier, ImportedRow.row_number).where(
-                    ImportedRow.object_key == key, col(ImportedRow.identifier).in_(identifiers)
-                )
-            ).all()
-        numbers = dict(found)
+        numbers = row_numbers(engine, key, identifiers)
         for record in batch:
             record.row_number = numbers.get(record.identifier or "", record.row_number)
         yield from batch
 
 
 def _import_set(engine: Engine, import_set_id: str) -> ImportSet:
-    with Session(engine) as session:
-        row = session.exec(
-            select(ImportSet).where(ImportSet.import_set_id == import_set_id)
-        ).first()
+    row = import_set(engine, import_set_id)
     if row is None:
         raise TaskInputMissing(f"import set {import_set_id} is not recorded")
     return row
 
 
 def _mark_import_set(engine: Engine, import_set_id: str, run_key: str) -> str:
-    with session_scope(engine) as session:
-        row = session.exec(select(ImportSet).where(ImportSet.import_set_id == import_set_id)).one()
-        row.remediation_status = RemediationStatus.DONE
-        row.detail = {**row.detail, "run_key": run_key}
-        row.updated_at = utcnow()
-        session.add(row)
+    mark_import_set_remediated(engine, import_set_id, run_key)
     return f"remediated ({run_key})"
 
 

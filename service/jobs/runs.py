@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert
-from sqlmodel import Session, select
+from sqlalchemy import Engine
 
 from remediation.engine import remediate
 from remediation.filetypes import FileFormat
@@ -28,24 +27,13 @@ from remediation.records import UsageRecord
 from remediation.rules import Rules
 from service.adapters.bucket import output_key
 from service.config import Settings
-from service.db import session_scope
+from service.jobs.store.runs import finish_run, finished_run, insert_audit, start_run
 from service.logs import log_event
-from service.models import (
-    CorrectionAudit,
-    OutputKind,
-    OutputObject,
-    QuarantinedRow,
-    RemediationRun,
-    RunStatus,
-    RunTrigger,
-)
-from service.models._types import table_of, utcnow
+from service.models import OutputKind, RemediationRun, RunTrigger
+from service.models._types import utcnow
 from service.notify.runs import alert_for_run
 
 AUDIT_BATCH = 1000
-AUDIT_TABLE = table_of(CorrectionAudit)
-QUARANTINE_TABLE = table_of(QuarantinedRow)
-OUTPUT_TABLE = table_of(OutputObject)
 
 
 @dataclass(frozen=True)
@@ -72,12 +60,6 @@ class RunContext:
     customers: CustomerDirectory | None = None
 
 
-def finished_run(engine: Engine, run_key: str) -> RemediationRun | None:
-    with Session(engine) as session:
-        run = session.exec(select(RemediationRun).where(RemediationRun.run_key == run_key)).first()
-    return run if run is not None and run.status == RunStatus.DONE else None
-
-
 def execute_run(
     ctx: RunContext, request: RunRequest, records: Iterable[UsageRecord]
 ) -> RemediationRun:
@@ -85,7 +67,9 @@ def execute_run(
     done = finished_run(ctx.engine, request.run_key)
     if done is not None:
         return done
-    run_id = _start(ctx.engine, request)
+    run_id = start_run(
+        ctx.engine, request.run_key, request.trigger, request.source, request.generation
+    )
     audit = _AuditWriter(ctx.engine, run_id, {m.event_name: m.customer_key for m in ctx.meters})
     with tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp:
         result = remediate(
@@ -109,23 +93,6 @@ def execute_run(
     run = _finish(ctx.engine, run_id, result.summary, uploaded)
     alert_for_run(ctx.engine, ctx.settings, run, uploaded)  # critical/warning/info per run
     return run
-
-
-def _start(engine: Engine, request: RunRequest) -> int:
-    with session_scope(engine) as session:
-        run = session.exec(
-            select(RemediationRun).where(RemediationRun.run_key == request.run_key)
-        ).first()
-        if run is None:
-            run = RemediationRun(run_key=request.run_key, trigger=request.trigger)
-        run.source, run.generation = request.source, request.generation
-        run.status = RunStatus.RUNNING
-        session.add(run)
-        session.flush()
-        assert run.id is not None
-        for table in (AUDIT_TABLE, QUARANTINE_TABLE, OUTPUT_TABLE):  # a crashed earlier try
-            session.execute(delete(table).where(table.c.run_id == run.id))
-        return run.id
 
 
 class _AuditWriter:
@@ -188,11 +155,7 @@ class _AuditWriter:
         }
 
     def flush(self) -> None:
-        with self.engine.begin() as connection:
-            if self.corrections:
-                connection.execute(insert(CorrectionAudit), self.corrections)
-            if self.quarantined:
-                connection.execute(insert(QuarantinedRow), self.quarantined)
+        insert_audit(self.engine, self.corrections, self.quarantined)
         self.corrections, self.quarantined = [], []
 
 
@@ -230,17 +193,7 @@ def _upload(ctx: RunContext, request: RunRequest, output: PlannedOutput) -> dict
 def _finish(
     engine: Engine, run_id: int, summary: Mapping[str, Any], outputs: list[dict[str, Any]]
 ) -> RemediationRun:
-    with session_scope(engine) as session:
-        run = session.get(RemediationRun, run_id)
-        assert run is not None
-        for output in outputs:
-            session.add(OutputObject(run_id=run_id, **output))
-        run.input_rows = int(summary["input_rows"])
-        run.valid, run.corrected = int(summary["valid"]), int(summary["corrected"])
-        run.quarantined = int(summary["quarantined"])
-        run.by_code = dict(summary["by_code"])
-        run.status, run.error, run.finished_at = RunStatus.DONE, None, utcnow()
-        session.add(run)
+    run = finish_run(engine, run_id, summary, outputs)
     log_event(
         "remediation.run_done",
         run_key=run.run_key,

@@ -12,14 +12,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine
 
-from service.db import insert_or_ignore
 from service.logs import log_event
-from service.models._types import table_of, utcnow
-from service.models.alerts import Alert, AlertSeverity, AlertStatus
+from service.models._types import utcnow
+from service.models.alerts import AlertSeverity, AlertStatus
+from service.notify import store
 
-ALERTS = table_of(Alert)
 TEXT_LIMIT = 2000
 # Key in `detail` where the critical-message job keeps its per-channel progress
 # (service.notify.critical); kept while the incident lasts, dropped when it opens again.
@@ -70,23 +69,10 @@ def raise_alert(
 
 
 def _upsert(connection: Connection, key: str, values: dict[str, Any], now: Any) -> None:
-    inserted = connection.execute(
-        insert_or_ignore(connection.dialect.name, ALERTS, ["alert_key"])
-        .values(
-            alert_key=key,
-            status=AlertStatus.OPEN.value,
-            count=1,
-            created_at=now,
-            notified_at=None,
-            **values,
-        )
-        .returning(ALERTS.c.id)  # rowcount is -1 here on PostgreSQL
-    ).first()
-    if inserted is not None:
+    new = {"status": AlertStatus.OPEN.value, "count": 1, "created_at": now, "notified_at": None}
+    if store.insert_alert(connection, key, {**new, **values}):
         return
-    status, detail = connection.execute(
-        select(ALERTS.c.status, ALERTS.c.detail).where(ALERTS.c.alert_key == key)
-    ).one()
+    status, detail = store.alert_state(connection, key)
     again: dict[str, Any] = {}
     if status != AlertStatus.RESOLVED and isinstance(detail, dict) and NOTIFY_STATE in detail:
         # the same incident: keep what was already sent on which channel
@@ -99,26 +85,13 @@ def _upsert(connection: Connection, key: str, values: dict[str, Any], now: Any) 
             "notified_at": None,
             "resolved_notified_at": None,
         }
-    connection.execute(
-        update(ALERTS)
-        .where(ALERTS.c.alert_key == key)
-        .values(count=ALERTS.c.count + 1, **values, **again)
-    )
+    store.count_alert_again(connection, key, {**values, **again})
 
 
 def resolve_alert(target: Engine | Connection, key: str) -> bool:
     """Resolve the open or acknowledged alert with this key (a later success of the same
     thing); False when there is none. Its "resolved" follow-up is then due."""
-    statement = (
-        update(ALERTS)
-        .where(ALERTS.c.alert_key == key, ALERTS.c.status != AlertStatus.RESOLVED)
-        .values(status=AlertStatus.RESOLVED.value, resolved_at=utcnow())
-    )
-    if isinstance(target, Engine):
-        with target.begin() as connection:
-            resolved = connection.execute(statement).rowcount == 1
-    else:
-        resolved = target.execute(statement).rowcount == 1
+    resolved = store.resolve_alert_by_key(target, key, utcnow())
     if resolved:
         log_event("alert.resolved", key=key)
     return resolved
@@ -132,8 +105,7 @@ def set_alert_status(connection: Connection, alert_id: int, status: AlertStatus)
         values["acknowledged_at"] = now
     elif status is AlertStatus.RESOLVED:
         values["resolved_at"] = now
-    result = connection.execute(update(ALERTS).where(ALERTS.c.id == alert_id).values(**values))
-    return result.rowcount == 1
+    return store.update_alert(connection, alert_id, values)
 
 
 def _short(value: str | None) -> str | None:

@@ -14,21 +14,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, func, select
+from sqlalchemy import Connection, Engine
 
-from service.models import QuarantinedRow, RemediationRun, RunStatus
-from service.models._types import as_utc, table_of
-from service.models.alerts import Alert, AlertSeverity, AlertStatus
-from service.models.inbox import InboxEvent, InboxStatus
-from service.models.poller import BucketObject, ObjectStatus
+from service.intake.store import count_events, latest_events, oldest_pending
+from service.jobs.store.quarantine import quarantine_groups, quarantine_reasons, quarantined_record
+from service.jobs.store.runs import runs_finished_between, top_runs_finished_between
+from service.models.inbox import InboxStatus
+from service.models.poller import ObjectStatus
+from service.notify.store import count_alerts_seen_between, unresolved_critical_alerts
 from service.notify.urls import DashboardLinks
 from service.notify.windows import Window
+from service.poller.store import count_objects
 
-RUNS = table_of(RemediationRun)
-QUARANTINE = table_of(QuarantinedRow)
-ALERTS = table_of(Alert)
-INBOX = table_of(InboxEvent)
-OBJECTS = table_of(BucketObject)
 TOP = 10
 EXAMPLE_CHARS = 300
 
@@ -146,25 +143,18 @@ def collect_digest(
     return digest
 
 
-def _in_window(window: Window) -> Any:
-    return (
-        (RUNS.c.status == RunStatus.DONE)
-        & (RUNS.c.finished_at >= window.start)
-        & (RUNS.c.finished_at < window.end)
-    )
-
-
 def _totals(conn: Connection, window: Window) -> tuple[Totals, dict[str, list[int]]]:
     totals = Totals()
     by_code: dict[str, list[int]] = {}
-    columns = (RUNS.c.input_rows, RUNS.c.valid, RUNS.c.corrected, RUNS.c.quarantined)
-    for row in conn.execute(select(*columns, RUNS.c.by_code).where(_in_window(window))):
+    for received, valid, corrected, quarantined, run_codes in runs_finished_between(
+        conn, window.start, window.end
+    ):
         totals.runs += 1
-        totals.received += int(row[0])
-        totals.valid += int(row[1])
-        totals.corrected += int(row[2])
-        totals.quarantined += int(row[3])
-        codes: dict[str, Any] = row[4] if isinstance(row[4], dict) else {}
+        totals.received += received
+        totals.valid += valid
+        totals.corrected += corrected
+        totals.quarantined += quarantined
+        codes: dict[str, Any] = run_codes if isinstance(run_codes, dict) else {}
         for code, slot in codes.items():
             tally = by_code.setdefault(str(code), [0, 0])
             tally[0] += int(slot.get("corrected", 0)) if isinstance(slot, dict) else 0
@@ -189,55 +179,32 @@ def _codes(
     return sorted(lines, key=lambda c: (-(c.corrected + c.quarantined), c.code))
 
 
-def _window_quarantine(window: Window) -> Any:
-    return QUARANTINE.c.run_id.in_(select(RUNS.c.id).where(_in_window(window)))
-
-
 def _groups(
     conn: Connection, window: Window, links: DashboardLinks, examples: bool
 ) -> list[GroupLine]:
-    keys = [QUARANTINE.c.code, QUARANTINE.c.meter] + ([QUARANTINE.c.customer] if examples else [])
-    rows = func.count().label("rows")
-    statement = (
-        select(*keys, rows)
-        .where(_window_quarantine(window))
-        .group_by(*keys)
-        .order_by(rows.desc(), *keys)
-        .limit(TOP)
-    )
-    lines = []
-    for row in conn.execute(statement):
-        customer = row[2] if examples else None
-        url = links.quarantine(code=row[0], meter=row[1], customer=customer)
-        lines.append(GroupLine(row[0], row[1], customer, int(row.rows), url))
-    return lines
+    groups = quarantine_groups(conn, window.start, window.end, customers=examples, limit=TOP)
+    return [
+        GroupLine(
+            code, meter, customer, rows, links.quarantine(code=code, meter=meter, customer=customer)
+        )
+        for code, meter, customer, rows in groups
+    ]
 
 
 def _reasons(
     conn: Connection, window: Window, links: DashboardLinks, examples: bool
 ) -> list[ReasonLine]:
-    keys = [QUARANTINE.c.code] + ([QUARANTINE.c.reason] if examples else [])
-    rows = func.count().label("rows")
-    first = func.min(QUARANTINE.c.id).label("first")
-    statement = (
-        select(*keys, rows, first)
-        .where(_window_quarantine(window))
-        .group_by(*keys)
-        .order_by(rows.desc(), *keys)
-        .limit(5)
-    )
     lines = []
-    for row in conn.execute(statement):
-        example = _example(conn, int(row.first)) if examples else None
-        reason = str(row[1]) if examples else None
-        lines.append(
-            ReasonLine(row[0], reason, int(row.rows), example, links.quarantine(code=row[0]))
-        )
+    for code, reason, rows, first in quarantine_reasons(
+        conn, window.start, window.end, reasons=examples, limit=5
+    ):
+        example = _example(conn, first) if examples else None
+        lines.append(ReasonLine(code, reason, rows, example, links.quarantine(code=code)))
     return lines
 
 
 def _example(conn: Connection, row_id: int) -> str | None:
-    record = conn.execute(select(QUARANTINE.c.record).where(QUARANTINE.c.id == row_id)).scalar()
+    record = quarantined_record(conn, row_id)
     if not record:
         return None
     text = json.dumps(record, sort_keys=True, default=str, ensure_ascii=False)
@@ -245,57 +212,31 @@ def _example(conn: Connection, row_id: int) -> str | None:
 
 
 def _runs(conn: Connection, window: Window, links: DashboardLinks) -> list[RunLine]:
-    statement = (
-        select(RUNS)
-        .where(_in_window(window))
-        .order_by(RUNS.c.quarantined.desc(), RUNS.c.finished_at.desc())
-        .limit(TOP)
-    )
     return [
         RunLine(
-            r.id,
-            r.trigger,
-            r.source,
-            r.input_rows,
-            r.valid,
-            r.corrected,
-            r.quarantined,
-            links.run(r.id),
+            r["id"],
+            r["trigger"],
+            r["source"],
+            r["input_rows"],
+            r["valid"],
+            r["corrected"],
+            r["quarantined"],
+            links.run(r["id"]),
         )
-        for r in conn.execute(statement)
+        for r in top_runs_finished_between(conn, window.start, window.end, TOP)
     ]
 
 
 def _state(conn: Connection, window: Window, digest: Digest, links: DashboardLinks) -> None:
     """Open critical alerts, dead letters and backlog: the state at the end of the window."""
-    open_critical = (ALERTS.c.severity == AlertSeverity.CRITICAL) & (
-        ALERTS.c.status != AlertStatus.RESOLVED
-    )
-    for row in conn.execute(
-        select(ALERTS.c.subject, ALERTS.c.status, ALERTS.c.count)
-        .where(open_critical)
-        .order_by(ALERTS.c.last_seen_at.desc())
-        .limit(TOP)
-    ):
-        digest.alerts.append(AlertLine(str(row[0]), str(row[1]), int(row[2]), links.alerts()))
-    digest.alerts_in_window = _count(
-        conn, ALERTS, (ALERTS.c.last_seen_at >= window.start) & (ALERTS.c.last_seen_at < window.end)
-    )
-    dead = INBOX.c.status == InboxStatus.DEAD
-    digest.dead_total = _count(conn, INBOX, dead)
-    for row in conn.execute(
-        select(INBOX.c.event_id, INBOX.c.event_type)
-        .where(dead)
-        .order_by(INBOX.c.id.desc())
-        .limit(5)
-    ):
-        digest.dead.append(DeadLine(str(row[0]), str(row[1]), links.dead_letters()))
-    pending = INBOX.c.status == InboxStatus.PENDING
-    digest.backlog_events = _count(conn, INBOX, pending)
-    oldest = conn.execute(select(func.min(INBOX.c.received_at)).where(pending)).scalar()
-    digest.oldest_pending = as_utc(oldest)
-    digest.backlog_objects = _count(conn, OBJECTS, OBJECTS.c.status == ObjectStatus.SEEN)
-
-
-def _count(conn: Connection, table: Table, where: Any) -> int:
-    return int(conn.execute(select(func.count()).select_from(table).where(where)).scalar() or 0)
+    for subject, status, count in unresolved_critical_alerts(conn, TOP):
+        digest.alerts.append(AlertLine(subject, status, count, links.alerts()))
+    digest.alerts_in_window = count_alerts_seen_between(conn, window.start, window.end)
+    digest.dead_total = count_events(conn, InboxStatus.DEAD)
+    for row in latest_events(conn, InboxStatus.DEAD, 5):
+        digest.dead.append(
+            DeadLine(str(row["event_id"]), str(row["event_type"]), links.dead_letters())
+        )
+    digest.backlog_events = count_events(conn, InboxStatus.PENDING)
+    digest.oldest_pending = oldest_pending(conn)
+    digest.backlog_objects = count_objects(conn, ObjectStatus.SEEN)

@@ -17,21 +17,20 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine
 
 from service.adapters.channels import Channel, Message, redact, settings_secrets
 from service.config import Settings
-from service.db import insert_or_ignore
 from service.errors import DeliveryFailed
 from service.logs import log_event
-from service.models._types import as_utc, table_of, utcnow
-from service.models.alerts import DigestRun, DigestStatus
+from service.models._types import utcnow
+from service.models.alerts import DigestStatus
+from service.notify import store
 from service.notify.alerts import raise_alert
 from service.notify.content import Digest, collect_digest
 from service.notify.render import render_digest
 from service.notify.windows import DigestSchedule, Window
 
-DIGEST_RUNS = table_of(DigestRun)
 MAX_ATTEMPTS = 8
 FIRST_RETRY_SECONDS = 30.0
 MAX_RETRY_SECONDS = 3600.0
@@ -77,28 +76,14 @@ class DigestSender:
         return outcomes
 
     def _due_windows(self, channel: str, now: datetime) -> list[Window]:
-        with self.engine.connect() as conn:
-            recorded = conn.execute(
-                select(DIGEST_RUNS.c.window_start, DIGEST_RUNS.c.window_end)
-                .where(DIGEST_RUNS.c.channel == channel)
-                .order_by(DIGEST_RUNS.c.window_end.desc())
-                .limit(50)
-            ).all()
-        for row in recorded:  # manual runs (`meterfix digest`) are off the grid
-            start, end = as_utc(row[0]), as_utc(row[1])
-            assert start is not None and end is not None
+        for start, end in store.recorded_windows(self.engine, channel, 50):
+            # manual runs (`meterfix digest`) are off the grid
             if self.schedule.is_boundary(end) and self.schedule.is_boundary(start):
                 return self.schedule.windows_after(end, now, CATCH_UP_WINDOWS)
         return [self.schedule.latest_window(now)]
 
     def _claim(self, channel: str, window: Window, now: datetime) -> bool:
-        with self.engine.begin() as conn:
-            inserted = conn.execute(
-                insert_or_ignore(conn.dialect.name, DIGEST_RUNS, ["channel", "window_start"])
-                .values(**self._new_row(channel, window, now))
-                .returning(DIGEST_RUNS.c.id)  # rowcount is -1 here on PostgreSQL
-            ).first()
-        return inserted is not None
+        return store.claim_window(self.engine, self._new_row(channel, window, now))
 
     def _new_row(self, channel: str, window: Window, now: datetime) -> dict[str, Any]:
         return {
@@ -115,35 +100,10 @@ class DigestSender:
 
     def _due_retries(self, channel: str, now: datetime) -> list[tuple[Window, int]]:
         """Failed rows whose next try is due, and claims whose lease ran out, re-claimed."""
-        due = (
-            (DIGEST_RUNS.c.channel == channel)
-            & DIGEST_RUNS.c.status.in_([DigestStatus.FAILED, DigestStatus.SENDING])
-            & (DIGEST_RUNS.c.next_attempt_at <= now)
+        taken = store.take_due_windows(
+            self.engine, channel, now, instance=self.instance, lease_until=now + self.lease
         )
-        taken: list[tuple[Window, int]] = []
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                select(DIGEST_RUNS.c.id).where(due).order_by(DIGEST_RUNS.c.window_start).limit(10)
-            ).all()
-            for (row_id,) in rows:
-                claimed = conn.execute(
-                    update(DIGEST_RUNS)
-                    .where(due & (DIGEST_RUNS.c.id == row_id))
-                    .values(
-                        status=DigestStatus.SENDING.value,
-                        attempts=DIGEST_RUNS.c.attempts + 1,
-                        claimed_by=self.instance,
-                        next_attempt_at=now + self.lease,
-                    )
-                    .returning(
-                        DIGEST_RUNS.c.window_start, DIGEST_RUNS.c.window_end, DIGEST_RUNS.c.attempts
-                    )
-                ).first()
-                if claimed is not None:
-                    start, end = as_utc(claimed[0]), as_utc(claimed[1])
-                    assert start is not None and end is not None
-                    taken.append((Window(start, end), int(claimed[2])))
-        return taken
+        return [(Window(start, end), attempts) for start, end, attempts in taken]
 
     # --- one window on one channel ---------------------------------------------------------
 
@@ -217,16 +177,8 @@ class DigestSender:
 
     def _update(self, channel: str, window: Window, values: dict[str, Any]) -> None:
         """Only our own claim is finished (a row taken over by another sender is theirs)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(DIGEST_RUNS)
-                .where(
-                    (DIGEST_RUNS.c.channel == channel)
-                    & (DIGEST_RUNS.c.window_start == window.start.astimezone(UTC))
-                    & (DIGEST_RUNS.c.claimed_by == self.instance)
-                )
-                .values(**values)
-            )
+        start = window.start.astimezone(UTC)
+        store.update_own_window(self.engine, channel, start, self.instance, values)
 
     # --- `meterfix digest` -----------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Retention: records older than MFX_RETENTION_DAYS are purged in bounded batches (one short
-transaction each); bucket objects are never deleted.
+transaction each, each store deleting its own rows); bucket objects are never deleted.
 
 Purged: processed inbox events (done, ignored, dead; pending work never), the correction
 audit and quarantined rows of runs that finished before the cutoff (the runs themselves stay,
@@ -10,24 +10,23 @@ instances gone since before the cutoff.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Engine, Table, delete, select
+from sqlalchemy import Engine
 
+from service.db import delete_batch
+from service.intake.store import purge_finished_events
+from service.jobs.store.quarantine import purge_quarantined
+from service.jobs.store.runs import purge_audit
 from service.logs import log_event
-from service.models import CorrectionAudit, QuarantinedRow, RemediationRun
 from service.models._types import table_of, utcnow
-from service.models.alerts import Alert, AlertStatus, DigestRun
 from service.models.health import Heartbeat
-from service.models.inbox import InboxEvent, InboxStatus
+from service.notify.store import purge_digest_runs, purge_resolved_alerts
 
 BATCH = 1000
 MAX_BATCHES_PER_TABLE = 200  # one pass stays short; the next pass goes on
-
-
-def _table(model: Any) -> Table:
-    return table_of(model)
+PurgeBatch = Callable[[Engine, datetime, int], int]  # (engine, cutoff, batch) -> rows deleted
 
 
 def purge_expired(
@@ -40,38 +39,37 @@ def purge_expired(
 ) -> dict[str, int]:
     """Delete what is older than the cutoff; returns rows deleted per table."""
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
-    inbox, audit, quarantine = _table(InboxEvent), _table(CorrectionAudit), _table(QuarantinedRow)
-    runs, alerts = _table(RemediationRun), _table(Alert)
-    digests, beats = _table(DigestRun), _table(Heartbeat)
-    old_runs = select(runs.c.id).where(runs.c.finished_at < cutoff)
-    plan: list[tuple[Table, Any]] = [
-        (
-            inbox,
-            (inbox.c.received_at < cutoff)
-            & inbox.c.status.in_([InboxStatus.DONE, InboxStatus.IGNORED, InboxStatus.DEAD]),
-        ),
-        (audit, audit.c.run_id.in_(old_runs)),
-        (quarantine, quarantine.c.run_id.in_(old_runs) | (quarantine.c.created_at < cutoff)),
-        (alerts, (alerts.c.status == AlertStatus.RESOLVED) & (alerts.c.resolved_at < cutoff)),
-        (digests, digests.c.window_end < cutoff),
-        (beats, beats.c.last_beat_at < cutoff),
+    plan: list[tuple[str, PurgeBatch]] = [
+        ("inbox_events", purge_finished_events),
+        ("correction_audit", purge_audit),
+        ("quarantined_rows", purge_quarantined),
+        ("alerts", purge_resolved_alerts),
+        ("digest_runs", purge_digest_runs),
+        ("heartbeats", _purge_heartbeats),
     ]
     deleted = {
-        table.name: _purge(engine, table, where, batch, stop or threading.Event())
-        for table, where in plan
+        table: _purge(engine, cutoff, purge, batch, stop or threading.Event())
+        for table, purge in plan
     }
     log_event("retention.purged", cutoff=cutoff, **deleted)
     return deleted
 
 
-def _purge(engine: Engine, table: Table, where: Any, batch: int, stop: threading.Event) -> int:
+def _purge_heartbeats(engine: Engine, before: datetime, batch: int) -> int:
+    # Heartbeats are written by service/worker/heartbeats.py, which has no purge of its own
+    # yet: the one delete this room writes for another's table.
+    heartbeats = table_of(Heartbeat)
+    return delete_batch(engine, heartbeats, heartbeats.c.last_beat_at < before, batch)
+
+
+def _purge(
+    engine: Engine, cutoff: datetime, purge: PurgeBatch, batch: int, stop: threading.Event
+) -> int:
     total = 0
     for _ in range(MAX_BATCHES_PER_TABLE):
         if stop.is_set():
             break
-        ids = select(table.c.id).where(where).limit(batch).scalar_subquery()
-        with engine.begin() as conn:
-            count = conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount
+        count = purge(engine, cutoff, batch)
         total += count
         if count < batch:
             break

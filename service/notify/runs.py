@@ -9,15 +9,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from service.config import Settings
+from service.jobs.store.quarantine import top_quarantine_group
 from service.logs import log_event
-from service.models import QuarantinedRow, RemediationRun
-from service.models._types import table_of
+from service.models import RemediationRun
 from service.notify.alerts import raise_alert
-
-QUARANTINE = table_of(QuarantinedRow)
 
 
 def alert_for_run(
@@ -43,7 +41,8 @@ def _alert_for_run(
 ) -> None:
     if run.quarantined == 0 and run.corrected == 0:
         return  # nothing was wrong: nothing to tell
-    code, meter, customer = _top_group(engine, run)
+    assert run.id is not None
+    code, meter, customer = top_quarantine_group(engine, run.id)
     if run.quarantined >= settings.mfx_quarantine_alert_rows:
         severity, what = "critical", f"{run.quarantined} rows quarantined (threshold "
         what += f"{settings.mfx_quarantine_alert_rows})"
@@ -51,7 +50,6 @@ def _alert_for_run(
         severity, what = "warning", f"{run.quarantined} rows quarantined"
     else:
         severity, what = "info", f"all {run.corrected} rejected rows corrected"
-    assert run.id is not None
     raise_alert(
         engine,
         key=f"run:{run.run_key}",
@@ -69,21 +67,6 @@ def _alert_for_run(
         rows=run.quarantined or run.corrected,
         links=_links(run, outputs),
     )
-
-
-def _top_group(engine: Engine, run: RemediationRun) -> tuple[str | None, str | None, str | None]:
-    """The code, meter and customer with the most quarantined rows in the run."""
-    keys = (QUARANTINE.c.code, QUARANTINE.c.meter, QUARANTINE.c.customer)
-    rows = func.count().label("rows")
-    with engine.connect() as conn:
-        top = conn.execute(
-            select(*keys, rows)
-            .where(QUARANTINE.c.run_id == run.id)
-            .group_by(*keys)
-            .order_by(rows.desc())
-            .limit(1)
-        ).first()
-    return (top[0], top[1], top[2]) if top is not None else (None, None, None)
 
 
 def _top_code(by_code: Mapping[str, Any]) -> str | None:

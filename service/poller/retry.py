@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, desc, select
+from sqlalchemy import Engine
 
 from remediation.ports import ObjectInfo
 from service.models import AdminAction, AdminActionName
 from service.models._types import as_utc, table_of, utcnow
-from service.poller.progress import OBJECTS, ObjectProgress, ProgressStore, SentBatch
-from service.poller.store import PollerStore
+from service.poller.progress import ObjectProgress, ProgressStore, SentBatch
+from service.poller.store import PollerStore, newest_object
 
 ACTIONS = table_of(AdminAction)
 
@@ -37,24 +37,17 @@ class RetryPlan:
 
 def find_retry(engine: Engine, key: str, prefix: str, now: datetime) -> RetryPlan | None:
     """The newest version of `key` (as stored, or under the bucket prefix) the poller knows."""
-    query = (
-        select(OBJECTS)
-        .where(OBJECTS.c.key.in_({key, prefix + key}))
-        .order_by(desc(OBJECTS.c.id))
-        .limit(1)
-    )
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
+    row = newest_object(engine, {key, prefix + key})
     if row is None:
         return None
     obj = ObjectInfo(
-        key=row.key,
-        etag=row.etag,
-        size=row.size,
-        last_modified=as_utc(row.last_modified) or utcnow(),
+        key=row["key"],
+        etag=row["etag"],
+        size=row["size"],
+        last_modified=as_utc(row["last_modified"]) or utcnow(),
     )
     progress = ProgressStore(engine).load(obj)
-    return RetryPlan(obj, row.status, row.error, progress, progress.past_horizon(now))
+    return RetryPlan(obj, row["status"], row["error"], progress, progress.past_horizon(now))
 
 
 def describe(plan: RetryPlan) -> list[str]:
@@ -82,6 +75,8 @@ def reopen(engine: Engine, plan: RetryPlan, *, confirmed: bool) -> None:
     if plan.stale and confirmed:
         forgotten = ProgressStore(engine).forget_unacked(plan.progress.object_id)
     PollerStore(engine).reopen(plan.obj)
+    # The admin action of `poll --retry`: admin actions have no store of their own outside
+    # the dashboard's (service.web.store), which the poller may not import.
     with engine.begin() as conn:
         conn.execute(
             ACTIONS.insert().values(

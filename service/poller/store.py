@@ -1,4 +1,5 @@
-"""The poller's database work: bucket objects, imported rows, local import sets.
+"""The poller's store: bucket objects, imported rows, local import sets. The dashboard,
+the digests, /metrics and the jobs read the poller's objects through the functions at the end.
 
 Inserts that may repeat (a retried object, a duplicate identifier inside one file) use the
 dialect's ON CONFLICT DO NOTHING, so SQLite and PostgreSQL behave the same. Rows are inserted
@@ -7,20 +8,21 @@ in bulk (one statement per group of batches), never one commit per row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, update
-from sqlmodel import select
+from sqlalchemy import Connection, Engine, Insert, Table, func, select, update
+from sqlmodel import Session, col
+from sqlmodel import select as select_model
 
 from handlers.records import RemediationStatus
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from service.db import insert_or_ignore, session_scope
 from service.models import BucketObject, ImportedRow, ImportSet, ObjectStatus
-from service.models._types import table_of, utcnow
+from service.models._types import as_utc, table_of, utcnow
 
 MAX_IDENTIFIER = 512
 MAX_EVENT_NAME = 255
@@ -105,10 +107,11 @@ class PollerStore:
                 conn.execute(self._insert(_table(ImportedRow)), values)
 
     def _update_object(self, obj: ObjectInfo, **values: Any) -> None:
+        table = _table(BucketObject)
         with self.engine.begin() as conn:
             conn.execute(
-                update(_table(BucketObject))
-                .where(BucketObject.key == obj.key, BucketObject.etag == obj.etag)  # type: ignore[arg-type]
+                update(table)
+                .where(table.c.key == obj.key, table.c.etag == obj.etag)
                 .values(**values)
             )
 
@@ -175,7 +178,7 @@ class PollerStore:
 
     def _save_import_set(self, impset_id: str, obj: ObjectInfo, **values: Any) -> ImportSet:
         with session_scope(self.engine) as session:
-            query = select(ImportSet).where(ImportSet.import_set_id == impset_id)
+            query = select_model(ImportSet).where(ImportSet.import_set_id == impset_id)
             found = session.exec(query).first()
             row = found or ImportSet(import_set_id=impset_id, status="")
             row.origin, row.source_object, row.updated_at = "poller", obj.key, utcnow()
@@ -187,3 +190,116 @@ class PollerStore:
 
 def _table(model: Any) -> Table:
     return table_of(model)
+
+
+# --- what other rooms read ----------------------------------------------------------------
+
+
+def objects_by_keys(connection: Connection, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Every recorded version of these keys, oldest first."""
+    if not keys:
+        return []
+    table = _table(BucketObject)
+    rows = connection.execute(select(table).where(table.c.key.in_(keys)).order_by(table.c.id)).all()
+    return [dict(row._mapping) for row in rows]
+
+
+def newest_object(engine: Engine, keys: Collection[str]) -> dict[str, Any] | None:
+    """The newest recorded version of any of these keys."""
+    table = _table(BucketObject)
+    query = select(table).where(table.c.key.in_(keys)).order_by(table.c.id.desc()).limit(1)
+    with engine.connect() as connection:
+        row = connection.execute(query).first()
+    return None if row is None else dict(row._mapping)
+
+
+def count_objects(connection: Connection, status: ObjectStatus) -> int:
+    table = _table(BucketObject)
+    query = select(func.count()).select_from(table).where(table.c.status == status)
+    return int(connection.execute(query).scalar() or 0)
+
+
+def objects_by_status(connection: Connection) -> list[tuple[str, int]]:
+    """(status, objects) for every status some object has."""
+    table = _table(BucketObject)
+    query = select(table.c.status, func.count().label("objects")).group_by(table.c.status)
+    return [(str(row.status), int(row.objects)) for row in connection.execute(query)]
+
+
+def imported_rows_by_identifier(session: Session, identifiers: set[str]) -> dict[str, ImportedRow]:
+    """Rows we imported ourselves (bundled poller, index mode), by identifier: the first one
+    recorded for each (in the caller's session)."""
+    if not identifiers:
+        return {}
+    rows = session.exec(
+        select_model(ImportedRow)
+        .where(col(ImportedRow.identifier).in_(identifiers))
+        .order_by(col(ImportedRow.id))
+    ).all()
+    found: dict[str, ImportedRow] = {}
+    for row in rows:
+        found.setdefault(row.identifier, row)
+    return found
+
+
+def row_numbers(engine: Engine, key: str, identifiers: set[str]) -> dict[str, int]:
+    """identifier -> its row number in the object `key`, for the rows the poller recorded."""
+    with Session(engine) as session:
+        found = session.exec(
+            select_model(ImportedRow.identifier, ImportedRow.row_number).where(
+                ImportedRow.object_key == key, col(ImportedRow.identifier).in_(identifiers)
+            )
+        ).all()
+    return dict(found)
+
+
+def objects_holding(engine: Engine, identifiers: set[str]) -> dict[str, str]:
+    """object key -> the ETag we imported it at, for every object holding one of the rows."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select_model(ImportedRow.object_key, ImportedRow.etag).where(
+                col(ImportedRow.identifier).in_(identifiers)
+            )
+        ).all()
+    return {key: etag for key, etag in rows}
+
+
+def event_names_of(engine: Engine, identifiers: set[str]) -> set[str]:
+    """The event names of the rows we imported with these identifiers."""
+    with Session(engine) as session:
+        names = session.exec(
+            select_model(ImportedRow.event_name).where(col(ImportedRow.identifier).in_(identifiers))
+        ).all()
+    return {name for name in names if name}
+
+
+def objects_seen_between(
+    engine: Engine, start: datetime, end: datetime, event_names: Collection[str]
+) -> list[tuple[str, str]]:
+    """(key, ETag) of the objects first seen in [start, end] holding rows of these event
+    names, newest first."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select_model(BucketObject.key, BucketObject.etag)
+            .where(col(BucketObject.first_seen) >= start, col(BucketObject.first_seen) <= end)
+            .where(
+                col(BucketObject.key).in_(
+                    select_model(ImportedRow.object_key).where(
+                        col(ImportedRow.event_name).in_(event_names)
+                    )
+                )
+            )
+            .order_by(col(BucketObject.first_seen).desc())
+        ).all()
+    return [(key, etag) for key, etag in rows]
+
+
+def objects_named(engine: Engine, name: str) -> list[tuple[str, datetime | None]]:
+    """(key, first seen) of the objects whose key ends with `name`, newest first."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select_model(BucketObject.key, BucketObject.first_seen)
+            .where(col(BucketObject.key).endswith(name, autoescape=True))
+            .order_by(col(BucketObject.first_seen).desc())
+        ).all()
+    return [(key, as_utc(first_seen)) for key, first_seen in rows]

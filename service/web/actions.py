@@ -7,17 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 
 from service.errors import Conflict, NotFound
+from service.jobs.store.quarantine import QuarantineFilter, count_quarantine
 from service.models import AdminActionName
-from service.models._types import utcnow
 from service.models.alerts import AlertStatus
-from service.models.inbox import InboxStatus
 from service.notify.alerts import set_alert_status
-from service.web.params import QuarantineFilter
-from service.web.quarantine import count_quarantine
-from service.web.store import EVENTS, find_event, get_alert, record_action
+from service.web.store import find_event, get_alert, record_action
+from service.worker.inbox import requeue_row
 from service.worker.tasks import TaskKind, enqueue_task, task_id
 
 
@@ -69,17 +67,7 @@ def replay_event(engine: Engine, ref: str, actor: Actor) -> dict[str, Any]:
         event = find_event(connection, ref)
         if event is None:
             raise NotFound(f"no event {ref!r} in the inbox")
-        connection.execute(
-            update(EVENTS)
-            .where(EVENTS.c.id == event["id"])
-            .values(
-                status=InboxStatus.PENDING.value,
-                attempts=0,
-                next_attempt_at=utcnow(),
-                locked_by=None,
-                locked_at=None,
-            )
-        )
+        requeue_row(connection, int(event["id"]))
         record_action(
             connection,
             AdminActionName.REPLAY,

@@ -8,14 +8,16 @@ role ever beat, so `age > MFX_HEARTBEAT_SILENCE` alerts fire for a worker that n
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, cast
 
 from flask import Blueprint, Response
-from sqlalchemy import func, select
-from sqlmodel import Session, col
+from sqlalchemy import Connection
 
-from service.models import BucketObject, InboxEvent, QuarantinedRow, RemediationRun
-from service.models.alerts import Alert, AlertSeverity, AlertStatus
+from service.intake.store import events_by_status
+from service.jobs.store.quarantine import count_all_quarantined
+from service.jobs.store.runs import run_totals
+from service.models.alerts import AlertSeverity, AlertStatus
+from service.notify.store import alert_counts
+from service.poller.store import objects_by_status
 from service.runtime import runtime
 from service.worker.heartbeats import HealthSnapshot, health_snapshot
 
@@ -34,24 +36,16 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _by_status(session: Session, column: Any, model: type) -> list[tuple[str, float]]:
-    rows = session.execute(select(column, func.count()).select_from(model).group_by(column))
-    return [(f'{{status="{status}"}}', float(cast(int, count))) for status, count in rows]
+def _by_status(counts: Iterable[tuple[str, int]]) -> list[tuple[str, float]]:
+    return [(f'{{status="{status}"}}', float(count)) for status, count in counts]
 
 
-def render_metrics(session: Session) -> str:
-    totals = session.execute(
-        select(
-            func.coalesce(func.sum(RemediationRun.input_rows), 0),
-            func.coalesce(func.sum(RemediationRun.valid), 0),
-            func.coalesce(func.sum(RemediationRun.corrected), 0),
-            func.coalesce(func.sum(RemediationRun.quarantined), 0),
-        )
-    ).one()
+def render_metrics(connection: Connection) -> str:
+    totals = run_totals(connection)
     lines = _family(
         "meterfix_inbox_events",
         "Stored Stripe events by status.",
-        _by_status(session, InboxEvent.status, InboxEvent),
+        _by_status(events_by_status(connection)),
     )
     lines += _family(
         "meterfix_remediation_rows",
@@ -63,20 +57,18 @@ def render_metrics(session: Session) -> str:
             ('{outcome="quarantined"}', float(totals[3])),
         ],
     )
-    quarantined: int = session.execute(
-        select(func.count()).select_from(QuarantinedRow)
-    ).scalar_one()
+    quarantined = count_all_quarantined(connection)
     lines += _family(
         "meterfix_quarantined_rows", "Quarantined rows on record.", [("", float(quarantined))]
     )
     lines += _family(
         "meterfix_bucket_objects",
         "Bucket objects the poller has seen, by status.",
-        _by_status(session, BucketObject.status, BucketObject),
+        _by_status(objects_by_status(connection)),
     )
-    lines += _liveness(health_snapshot(session.connection()))
+    lines += _liveness(health_snapshot(connection))
     lines += _family(
-        "meterfix_alerts", "Alerts by severity and status.", _alerts_by_severity(session)
+        "meterfix_alerts", "Alerts by severity and status.", _alerts_by_severity(connection)
     )
     return "\n".join(lines) + "\n"
 
@@ -108,14 +100,9 @@ def _liveness(snapshot: HealthSnapshot) -> list[str]:
     return lines
 
 
-def _alerts_by_severity(session: Session) -> list[tuple[str, float]]:
+def _alerts_by_severity(connection: Connection) -> list[tuple[str, float]]:
     """Every severity x status pair (closed sets), zeros included, so series never vanish."""
-    rows = session.execute(
-        select(col(Alert.severity), col(Alert.status), func.count())
-        .select_from(Alert)
-        .group_by(col(Alert.severity), col(Alert.status))
-    )
-    counts = {(str(severity), str(status)): cast(int, n) for severity, status, n in rows}
+    counts = alert_counts(connection)
     return [
         (f'{{severity="{sev}",status="{st}"}}', float(counts.get((sev.value, st.value), 0)))
         for sev in AlertSeverity
@@ -125,6 +112,6 @@ def _alerts_by_severity(session: Session) -> list[tuple[str, float]]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    with Session(runtime().engine) as session:
-        body = render_metrics(session)
+    with runtime().engine.connect() as connection:
+        body = render_metrics(connection)
     return Response(body, mimetype="text/plain; version=0.0.4")

@@ -10,21 +10,14 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Integer, cast, func, literal_column, select, true
+from sqlalchemy import Connection, Engine
 
+from service.intake.store import count_events, latest_events
+from service.jobs.store.runs import codes_per_bucket, runs_per_bucket
 from service.models._types import utcnow
-from service.models.alerts import AlertStatus
 from service.models.inbox import InboxStatus
-from service.web.lineage import RUNS
-from service.web.store import (
-    ALERTS,
-    EVENT_COLUMNS,
-    EVENTS,
-    alert_json,
-    count_events,
-    event_json,
-    open_alert_counts,
-)
+from service.notify.store import latest_open_alerts, open_alert_counts
+from service.web.store import alert_json, event_json
 from service.worker.heartbeats import health_snapshot
 
 LATEST = 10  # open alerts and dead letters listed on the overview
@@ -126,87 +119,23 @@ def _floor(now: datetime, bucket: Bucket) -> datetime:
     return hour if bucket is Bucket.HOUR else hour.replace(hour=0)
 
 
-def _bucket_label(connection: Connection, bucket: Bucket) -> Any:
-    """The run's hour or day as text, computed by the database (one GROUP BY, no rows out)."""
-    if connection.dialect.name == "postgresql":
-        pattern = "YYYY-MM-DD HH24:00" if bucket is Bucket.HOUR else "YYYY-MM-DD"
-        utc: Any = literal_column("remediation_runs.created_at AT TIME ZONE 'UTC'")
-        return func.to_char(utc, pattern)
-    # SQLAlchemy keeps a SQLite time as text, `YYYY-MM-DD HH:MM:SS.ffffff` in UTC: its first
-    # characters are the bucket (half the cost of strftime, which parses every value).
-    if bucket is Bucket.HOUR:
-        return func.substr(RUNS.c.created_at, 1, 13).concat(":00")
-    return func.substr(RUNS.c.created_at, 1, 10)
-
-
 def _series(
     connection: Connection, bucket: Bucket, start: datetime
 ) -> dict[str, tuple[Fingerprint, tuple[int, int, int]]]:
     """Per bucket since `start`: its fingerprint, and rows valid, corrected, quarantined."""
-    label = _bucket_label(connection, bucket).label("bucket")
-    sums = (func.sum(RUNS.c.valid), func.sum(RUNS.c.corrected), func.sum(RUNS.c.quarantined))
-    rows = connection.execute(
-        select(label, *sums, func.count(), func.max(RUNS.c.finished_at), func.max(RUNS.c.id))
-        .where(RUNS.c.created_at >= start)
-        .group_by(label)
-    ).all()
-    found = {}
-    for row in rows:
-        counts = (int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
-        found[str(row[0])] = ((*counts, *row[4:]), counts)
-    return found
+    rows = runs_per_bucket(connection, hourly=bucket is Bucket.HOUR, start=start)
+    return {label: (fingerprint, counts) for label, counts, fingerprint in rows}
 
 
 def _by_code(
     connection: Connection, bucket: Bucket, since: datetime, until: datetime
 ) -> dict[str, Codes]:
-    """Rows per error code per bucket, corrected and quarantined, summed by the database over
-    the runs' `by_code` objects (json_each): 10,000 runs decoded in Python took 150 ms on
-    PostgreSQL, the database does it in a fraction of that."""
-    entry = func.json_each(RUNS.c.by_code).table_valued("key", "value").alias("entry")
-    label = _bucket_label(connection, bucket).label("bucket")
-    corrected, quarantined = (
-        _json_int(connection, entry.c.value, "corrected"),
-        _json_int(connection, entry.c.value, "quarantined"),
-    )
-    rows = connection.execute(
-        select(label, entry.c.key, func.sum(corrected), func.sum(quarantined))
-        .select_from(RUNS)
-        .join(entry, true())
-        .where(
-            RUNS.c.created_at >= since,
-            RUNS.c.created_at < until,
-            RUNS.c.quarantined + RUNS.c.corrected > 0,
-        )
-        .group_by(label, entry.c.key)
-    ).all()
-    found: dict[str, Codes] = {}
-    for row in rows:
-        found.setdefault(str(row[0]), {})[str(row[1])] = (int(row[2] or 0), int(row[3] or 0))
-    return found
-
-
-def _json_int(connection: Connection, value: Any, key: str) -> Any:
-    if connection.dialect.name == "postgresql":
-        return cast(value.op("->>")(key), Integer)
-    return func.json_extract(value, f"$.{key}")
+    return codes_per_bucket(connection, hourly=bucket is Bucket.HOUR, since=since, until=until)
 
 
 def _latest_open_alerts(connection: Connection) -> list[dict[str, Any]]:
-    rows = connection.execute(
-        select(ALERTS)
-        .where(ALERTS.c.status == AlertStatus.OPEN.value)
-        .order_by(ALERTS.c.last_seen_at.desc())
-        .limit(LATEST)
-    ).all()
-    return [alert_json(dict(row._mapping), []) for row in rows]
+    return [alert_json(row, []) for row in latest_open_alerts(connection, LATEST)]
 
 
 def _latest_dead(connection: Connection) -> list[dict[str, Any]]:
-    rows = connection.execute(
-        select(*EVENT_COLUMNS)
-        .where(EVENTS.c.status == InboxStatus.DEAD.value)
-        .order_by(EVENTS.c.id.desc())
-        .limit(LATEST)
-    ).all()
-    return [event_json(dict(row._mapping), []) for row in rows]
+    return [event_json(row, []) for row in latest_events(connection, InboxStatus.DEAD, LATEST)]

@@ -1,5 +1,6 @@
-"""Quarantined rows: filtered by code, meter, customer, run and date (each on an index),
-newest first; streamed in batches for CSV and for the re-run task.
+"""Quarantined rows as the dashboard and the API show them: filtered by code, meter,
+customer, run and date (the query is the jobs' store's), newest first, as JSON; streamed in
+batches for the CSV download.
 
 Rows a re-run took (`rerun_id` set) are replaced by that re-run's own rows, so lists leave
 them out, unless they ask for one run's rows (`run=`): a run's page shows all it quarantined.
@@ -13,14 +14,13 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, func, select
+from sqlalchemy import Engine
 
-from service.models._types import table_of
-from service.models.remediation import QuarantinedRow
-from service.web.params import Page, QuarantineFilter
-from service.web.store import Listing, iso, keyset
+from service.db import Listing, Page
+from service.jobs.store import quarantine as quarantine_store
+from service.jobs.store.quarantine import QuarantineFilter
+from service.web.store import iso
 
-QUARANTINE = table_of(QuarantinedRow)
 STREAM_BATCH = 1000
 FORMULA_STARTS = ("=", "+", "@", "\t", "\r")
 CSV_COLUMNS = (
@@ -43,36 +43,10 @@ CSV_COLUMNS = (
 )
 
 
-def conditions(found: QuarantineFilter) -> list[ColumnElement[bool]]:
-    table = QUARANTINE.c
-    where: list[ColumnElement[bool]] = []
-    if found.code is not None:
-        where.append(table.code == found.code)
-    if found.meter is not None:
-        where.append(table.meter == found.meter)
-    if found.customer is not None:
-        where.append(table.customer == found.customer)
-    if found.run is not None:
-        where.append(table.run_id == found.run)
-    else:
-        where.append(table.rerun_id.is_(None))
-    if found.since is not None:
-        where.append(table.created_at >= found.since)
-    if found.until is not None:
-        where.append(table.created_at <= found.until)
-    return where
-
-
 def list_quarantine(engine: Engine, found: QuarantineFilter, page: Page) -> Listing:
-    query = select(QUARANTINE).where(*conditions(found))
     with engine.connect() as connection:
-        listing = keyset(connection, query, QUARANTINE.c.id, page)
+        listing = quarantine_store.list_quarantine(connection, found, page)
     return Listing([row_json(row) for row in listing.data], listing.next_cursor)
-
-
-def count_quarantine(connection: Connection, found: QuarantineFilter) -> int:
-    query = select(func.count()).select_from(QUARANTINE).where(*conditions(found))
-    return int(connection.execute(query).scalar_one())
 
 
 def row_json(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,60 +1,35 @@
-"""The admin views' queries over alerts, inbox events and admin actions: keyset pages (id below
-the cursor, newest first), each row as a JSON-ready dict with the admin actions on it."""
+"""The admin actions' store (the dashboard and the API record them), and the admin views of
+alerts and inbox events: keyset pages (id below the cursor, newest first) read from the notify
+and inbox stores, each row as a JSON-ready dict with the admin actions on it."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
-    Select,
-    func,
     insert,
-    literal_column,
     select,
 )
 
+from service.db import Listing, Page
+from service.intake import store as inbox
 from service.models import AdminActionName
 from service.models._types import as_utc, table_of, utcnow
-from service.models.alerts import AdminAction, Alert, AlertSeverity, AlertStatus
-from service.models.inbox import InboxEvent, InboxStatus
-from service.web.params import Page
+from service.models.alerts import AdminAction, AlertSeverity, AlertStatus
+from service.models.inbox import InboxStatus
+from service.notify import store as alerts_store
 
-ALERTS = table_of(Alert)
-EVENTS = table_of(InboxEvent)
 ACTIONS = table_of(AdminAction)
 ERROR_PREVIEW = 500  # characters of an event's last error in lists
-RARE_STATUS_ROWS = 2000  # fewer events than this in a status: read them from its index
-
-
-@dataclass(frozen=True)
-class Listing:
-    data: list[dict[str, Any]]
-    next_cursor: str | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"data": self.data, "next_cursor": self.next_cursor}
 
 
 def iso(value: datetime | None) -> str | None:
     stamp = as_utc(value)
     return None if stamp is None else stamp.isoformat()
-
-
-def keyset(connection: Connection, query: Select[Any], id_column: Any, page: Page) -> Listing:
-    """Rows of `query` with id below the cursor, newest first, and the next cursor."""
-    if page.cursor is not None:
-        query = query.where(id_column < page.cursor)
-    rows = connection.execute(query.order_by(id_column.desc()).limit(page.limit + 1)).all()
-    more = len(rows) > page.limit
-    data = [dict(row._mapping) for row in rows[: page.limit]]
-    return Listing(data, str(data[-1]["id"]) if more else None)
 
 
 # --- admin actions -------------------------------------------------------------------------
@@ -140,24 +115,19 @@ def list_alerts(
     status: AlertStatus | None = None,
     severity: AlertSeverity | None = None,
 ) -> Listing:
-    query = select(ALERTS)
-    if status is not None:
-        query = query.where(ALERTS.c.status == status.value)
-    if severity is not None:
-        query = query.where(ALERTS.c.severity == severity.value)
     with engine.connect() as connection:
-        listing = keyset(connection, query, ALERTS.c.id, page)
+        listing = alerts_store.list_alerts(connection, page, status, severity)
         actions = actions_on(connection, "alert", [str(row["id"]) for row in listing.data])
     data = [alert_json(row, actions.get(str(row["id"]), [])) for row in listing.data]
     return Listing(data, listing.next_cursor)
 
 
 def get_alert(connection: Connection, alert_id: int) -> dict[str, Any] | None:
-    row = connection.execute(select(ALERTS).where(ALERTS.c.id == alert_id)).first()
+    row = alerts_store.get_alert(connection, alert_id)
     if row is None:
         return None
     actions = actions_on(connection, "alert", [str(alert_id)])
-    return alert_json(dict(row._mapping), actions[str(alert_id)])
+    return alert_json(row, actions[str(alert_id)])
 
 
 def alert_json(row: Mapping[str, Any], actions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -184,78 +154,22 @@ def alert_json(row: Mapping[str, Any], actions: list[dict[str, Any]]) -> dict[st
     }
 
 
-def open_alert_counts(connection: Connection) -> dict[str, int]:
-    """Open alerts by severity, counted here from the status index: with a GROUP BY, SQLite
-    walks the severity index over every alert ever kept instead (resolved ones are most)."""
-    severities: Sequence[str] = (
-        connection.execute(
-            select(ALERTS.c.severity).where(ALERTS.c.status == AlertStatus.OPEN.value)
-        )
-        .scalars()
-        .all()
-    )
-    counts = {severity.value: 0 for severity in AlertSeverity}
-    counts.update(Counter(str(severity) for severity in severities))
-    return counts
-
-
 # --- inbox events --------------------------------------------------------------------------
-
-EVENT_COLUMNS = (
-    EVENTS.c.id,
-    EVENTS.c.event_id,
-    EVENTS.c.event_type,
-    EVENTS.c.style,
-    EVENTS.c.livemode,
-    EVENTS.c.status,
-    EVENTS.c.attempts,
-    EVENTS.c.last_error,
-    EVENTS.c.outcome,
-    EVENTS.c.received_at,
-    EVENTS.c.next_attempt_at,
-    EVENTS.c.processed_at,
-)
 
 
 def list_events(engine: Engine, page: Page, status: InboxStatus | None = None) -> Listing:
-    query = select(*EVENT_COLUMNS)
     with engine.connect() as connection:
-        if status is not None:
-            query = query.where(_status_is(connection, status))
-        listing = keyset(connection, query, EVENTS.c.id, page)
+        listing = inbox.list_events(connection, page, status)
         actions = actions_on(connection, "event", [row["event_id"] for row in listing.data])
     data = [event_json(row, actions.get(row["event_id"], [])) for row in listing.data]
     return Listing(data, listing.next_cursor)
 
 
-def _status_is(connection: Connection, status: InboxStatus) -> ColumnElement[bool]:
-    """`status = ?`, marked unlikely for SQLite when the status is rare.
-
-    Most events are done; dead letters and pending items are few. SQLite's statistics hold
-    only the average number of rows per status, so for `status = 'dead' ORDER BY id DESC` it
-    walks the whole inbox backwards (bodies included) to find a few rows: 120 ms for 20,000
-    events. When a count bounded on the status index finds fewer than RARE_STATUS_ROWS,
-    `likelihood()` says so, and SQLite reads them from that index and sorts them instead.
-    PostgreSQL keeps statistics per value and needs no hint."""
-    condition = EVENTS.c.status == status.value
-    if connection.dialect.name != "sqlite":
-        return condition
-    some = select(EVENTS.c.id).where(condition).limit(RARE_STATUS_ROWS).subquery()
-    if connection.execute(select(func.count()).select_from(some)).scalar_one() >= RARE_STATUS_ROWS:
-        return condition
-    # The probability must be a constant in the SQL text (a bound parameter is refused), and
-    # the call must stand alone: typed Boolean, SQLAlchemy would compare it to 1, hiding it.
-    return func.likelihood(condition, literal_column("0.001"))
-
-
 def find_event(connection: Connection, ref: str) -> dict[str, Any] | None:
     """An inbox event by its event id (`evt_…`, `mfx_task_…`), or by its row id."""
-    row = connection.execute(select(*EVENT_COLUMNS).where(EVENTS.c.event_id == ref)).first()
-    if row is None and ref.isascii() and ref.isdigit() and len(ref) < 18:
-        row = connection.execute(select(*EVENT_COLUMNS).where(EVENTS.c.id == int(ref))).first()
-    if row is None:
+    data = inbox.find_event(connection, ref)
+    if data is None:
         return None
-    data = dict(row._mapping)
     return event_json(data, actions_on(connection, "event", [data["event_id"]])[data["event_id"]])
 
 
@@ -276,11 +190,3 @@ def event_json(row: Mapping[str, Any], actions: list[dict[str, Any]]) -> dict[st
         "processed_at": iso(row["processed_at"]),
         "actions": actions,
     }
-
-
-def count_events(connection: Connection, status: InboxStatus) -> int:
-    return int(
-        connection.execute(
-            select(func.count()).select_from(EVENTS).where(EVENTS.c.status == status.value)
-        ).scalar_one()
-    )

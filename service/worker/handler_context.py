@@ -6,13 +6,19 @@ and the inbox row's `done` commit together, so a crash in between redoes both or
 
 from __future__ import annotations
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus, RemediationKind
+from service.jobs.store.reports import (
+    find_import_set,
+    find_report,
+    has_linked_sample,
+    recorded_report,
+)
 from service.models import ErrorReportStatus
 from service.models._types import utcnow
-from service.models.poller import ImportedRow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
+from service.poller.store import imported_rows_by_identifier
 from service.worker.tasks import TaskKind, enqueue_task
 
 
@@ -21,10 +27,7 @@ class DatabaseHandlerContext:
         self.session = session
 
     def record_error_report(self, report: ErrorReportRecord) -> OutcomeStatus:
-        existing = self.session.exec(
-            select(ErrorReport.id).where(ErrorReport.event_id == report.event_id)
-        ).first()
-        if existing is not None:
+        if find_report(self.session, report.event_id) is not None:
             return OutcomeStatus.UNCHANGED
         row = ErrorReport(
             event_id=report.event_id,
@@ -48,7 +51,8 @@ class DatabaseHandlerContext:
             self.session.add(
                 ErrorTypeCount(report_id=report_id, code=item.code, error_count=item.error_count)
             )
-        known = self._imported_rows({s.identifier for s in report.samples if s.identifier})
+        identifiers = {s.identifier for s in report.samples if s.identifier}
+        known = imported_rows_by_identifier(self.session, identifiers)
         for sample in report.samples:
             imported = known.get(sample.identifier or "")
             self.session.add(
@@ -62,20 +66,6 @@ class DatabaseHandlerContext:
                 )
             )
 
-    def _imported_rows(self, identifiers: set[str]) -> dict[str, ImportedRow]:
-        """Rows we imported ourselves (bundled poller, index mode), by identifier."""
-        if not identifiers:
-            return {}
-        rows = self.session.exec(
-            select(ImportedRow)
-            .where(col(ImportedRow.identifier).in_(identifiers))
-            .order_by(col(ImportedRow.id))
-        ).all()
-        found: dict[str, ImportedRow] = {}
-        for row in rows:
-            found.setdefault(row.identifier, row)
-        return found
-
     def request_remediation(self, kind: RemediationKind, ref: str) -> bool:
         """Queue the task; a report none of whose samples is one of our rows is only marked
         `unmatched` (kept with its samples for the digest)."""
@@ -84,23 +74,15 @@ class DatabaseHandlerContext:
         return enqueue_task(self.session.connection(), TaskKind(kind.value), ref)
 
     def _has_rows_of_ours(self, event_id: str) -> bool:
-        report = self.session.exec(
-            select(ErrorReport).where(ErrorReport.event_id == event_id)
-        ).one()
-        linked = self.session.exec(
-            select(ErrorSample.id).where(
-                ErrorSample.report_id == report.id, col(ErrorSample.object_key).is_not(None)
-            )
-        ).first()
-        if linked is None and report.status == ErrorReportStatus.RECORDED:
+        report = recorded_report(self.session, event_id)
+        linked = has_linked_sample(self.session, report.id)
+        if not linked and report.status == ErrorReportStatus.RECORDED:
             report.status = ErrorReportStatus.UNMATCHED
             self.session.add(report)
-        return linked is not None
+        return linked
 
     def record_import_set(self, import_set: ImportSetRecord) -> OutcomeStatus:
-        row = self.session.exec(
-            select(ImportSet).where(ImportSet.import_set_id == import_set.import_set_id)
-        ).first()
+        row = find_import_set(self.session, import_set.import_set_id)
         if row is None:
             row = ImportSet(
                 import_set_id=import_set.import_set_id,

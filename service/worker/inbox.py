@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    or_,
+    select,
+    update,
+)
 
 from service.intake.store import INBOX
 from service.models._types import utcnow
@@ -170,17 +178,27 @@ def backoff_seconds(attempts: int, rng: random.Random | None = None) -> float:
 def requeue(engine: Engine, event_id: str) -> bool:
     """Make a stored event pending again, whatever its state; False if it is unknown."""
     with engine.begin() as connection:
-        result = connection.execute(
-            update(INBOX)
-            .where(INBOX.c.event_id == event_id)
-            .values(
-                status=InboxStatus.PENDING,
-                attempts=0,
-                next_attempt_at=utcnow(),
-                locked_by=None,
-                locked_at=None,
-            )
+        return _requeue(connection, INBOX.c.event_id == event_id)
+
+
+def requeue_row(connection: Connection, row_id: int) -> bool:
+    """`requeue` by row id in the caller's transaction (a replay by an admin records itself
+    in the same transaction)."""
+    return _requeue(connection, INBOX.c.id == row_id)
+
+
+def _requeue(connection: Connection, which: ColumnElement[bool]) -> bool:
+    result = connection.execute(
+        update(INBOX)
+        .where(which)
+        .values(
+            status=InboxStatus.PENDING,
+            attempts=0,
+            next_attempt_at=utcnow(),
+            locked_by=None,
+            locked_at=None,
         )
+    )
     return result.rowcount == 1
 
 

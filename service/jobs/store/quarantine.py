@@ -1,0 +1,286 @@
+"""Quarantined rows and the quarantine filter (code, meter, customer, run, time; each on an
+index). Rows a re-run took (`rerun_id` set) are replaced by that re-run's own rows, so
+filtered lists leave them out unless they ask for one run's rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any, NamedTuple
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    func,
+    select,
+    update,
+)
+
+from service.db import Listing, Page, delete_batch, keyset
+from service.errors import BadParameter
+from service.jobs.store.runs import RUNS, finished_between
+from service.models._types import table_of
+from service.models.alerts import AdminAction
+from service.models.remediation import (
+    QuarantinedRow,
+)
+
+QUARANTINE = table_of(QuarantinedRow)
+ACTIONS = table_of(AdminAction)
+MAX_FILTER_CHARS = 255
+ID_BATCH = 500  # ids per IN (...) list
+
+
+# --- the quarantine filter -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuarantineFilter:
+    """Which quarantined rows: by code, meter, customer, run and time (each on an index)."""
+
+    code: str | None = None
+    meter: str | None = None
+    customer: str | None = None
+    run: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def as_query(self) -> dict[str, str]:
+        """The filter as query parameters (for links, CSV and the re-run's record)."""
+        values = {
+            "code": self.code,
+            "meter": self.meter,
+            "customer": self.customer,
+            "run": None if self.run is None else str(self.run),
+            "since": None if self.since is None else self.since.isoformat(),
+            "until": None if self.until is None else self.until.isoformat(),
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+    @classmethod
+    def from_query(cls, args: Mapping[str, str]) -> QuarantineFilter:
+        """The filter from query parameters (a request's, or those a re-run kept); a bad
+        one is a `BadParameter` with the reason."""
+        run = args.get("run", "")
+        found = cls(
+            code=_text(args, "code"),
+            meter=_text(args, "meter"),
+            customer=_text(args, "customer"),
+            run=positive_int(args, "run", 0) if run != "" else None,
+            since=_time(args, "since"),
+            until=_time(args, "until"),
+        )
+        if found.since and found.until and found.since > found.until:
+            raise BadParameter("since must not be after until")
+        return found
+
+
+def positive_int(args: Mapping[str, str], name: str, default: int) -> int:
+    raw = args.get(name, "")
+    if raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) <= 0:
+        raise BadParameter(f"{name} must be a positive whole number, not {raw[:40]!r}")
+    return int(raw)
+
+
+def _text(args: Mapping[str, str], name: str) -> str | None:
+    value = args.get(name, "").strip()
+    if len(value) > MAX_FILTER_CHARS:
+        raise BadParameter(f"{name} is longer than {MAX_FILTER_CHARS} characters")
+    return value or None
+
+
+def _time(args: Mapping[str, str], name: str) -> datetime | None:
+    """ISO-8601 date or date-time; without a zone it is UTC."""
+    raw = args.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith("Z") else raw)
+    except ValueError:
+        raise BadParameter(f"{name} must be an ISO-8601 date or time, not {raw[:40]!r}") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def quarantine_conditions(found: QuarantineFilter) -> list[ColumnElement[bool]]:
+    table = QUARANTINE.c
+    where: list[ColumnElement[bool]] = []
+    if found.code is not None:
+        where.append(table.code == found.code)
+    if found.meter is not None:
+        where.append(table.meter == found.meter)
+    if found.customer is not None:
+        where.append(table.customer == found.customer)
+    if found.run is not None:
+        where.append(table.run_id == found.run)
+    else:
+        where.append(table.rerun_id.is_(None))
+    if found.since is not None:
+        where.append(table.created_at >= found.since)
+    if found.until is not None:
+        where.append(table.created_at <= found.until)
+    return where
+
+
+def rerun_filters(connection: Connection, action_id: int) -> Any:
+    """The filter kept on the admin action that queued a quarantine re-run (its `filters`
+    detail), or None when the action is gone. The dashboard and the API record the action
+    (`service.web.store`); the re-run task reads its input here."""
+    detail = connection.execute(select(ACTIONS.c.detail).where(ACTIONS.c.id == action_id)).scalar()
+    return detail.get("filters") if isinstance(detail, dict) else None
+
+
+# --- quarantined rows ----------------------------------------------------------------------
+
+
+class QuarantinedEntry(NamedTuple):
+    identifier: str | None
+    source: str | None
+    row_number: int | None
+    code: str | None
+    record: Any
+
+
+def list_quarantine(connection: Connection, found: QuarantineFilter, page: Page) -> Listing:
+    query = select(QUARANTINE).where(*quarantine_conditions(found))
+    return keyset(connection, query, QUARANTINE.c.id, page)
+
+
+def count_quarantine(connection: Connection, found: QuarantineFilter) -> int:
+    query = select(func.count()).select_from(QUARANTINE).where(*quarantine_conditions(found))
+    return int(connection.execute(query).scalar_one())
+
+
+def count_all_quarantined(connection: Connection) -> int:
+    return int(connection.execute(select(func.count()).select_from(QUARANTINE)).scalar_one())
+
+
+def rows_to_rerun(
+    connection: Connection, found: QuarantineFilter, run_key: str
+) -> tuple[list[int], int]:
+    """The ids (oldest first) of the rows the filter picks for the re-run `run_key`, never
+    that re-run's own rows nor rows another re-run took, and the highest generation of the
+    runs that quarantined them (1 when none)."""
+    own = select(RUNS.c.id).where(RUNS.c.run_key == run_key).scalar_subquery()
+    where = [*quarantine_conditions(found), QUARANTINE.c.rerun_id.is_(None)]
+    ids = [
+        int(row[0])
+        for row in connection.execute(
+            select(QUARANTINE.c.id)
+            .where(*where, QUARANTINE.c.run_id != func.coalesce(own, -1))
+            .order_by(QUARANTINE.c.id)
+        )
+    ]
+    generation = connection.execute(
+        select(func.max(RUNS.c.generation))
+        .select_from(QUARANTINE.join(RUNS, RUNS.c.id == QUARANTINE.c.run_id))
+        .where(*where)
+    ).scalar()
+    return ids, int(generation or 1)
+
+
+def quarantined_entries(engine: Engine, ids: Sequence[int]) -> Iterator[QuarantinedEntry]:
+    """The rows with these ids, in id order, one short query per batch."""
+    chunks = iter(ids)
+    while chunk := list(islice(chunks, ID_BATCH)):
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(
+                    QUARANTINE.c.identifier,
+                    QUARANTINE.c.source,
+                    QUARANTINE.c.row_number,
+                    QUARANTINE.c.code,
+                    QUARANTINE.c.record,
+                )
+                .where(QUARANTINE.c.id.in_(chunk))
+                .order_by(QUARANTINE.c.id)
+            ).all()
+        for row in rows:
+            yield QuarantinedEntry(row.identifier, row.source, row.row_number, row.code, row.record)
+
+
+def mark_rerun(engine: Engine, ids: Sequence[int], run_id: int) -> None:
+    """The rows with these ids were taken by the re-run `run_id` (one transaction)."""
+    chunks = iter(ids)
+    with engine.begin() as connection:
+        while chunk := list(islice(chunks, ID_BATCH)):
+            connection.execute(
+                update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(rerun_id=run_id)
+            )
+
+
+def top_quarantine_group(engine: Engine, run_id: int) -> tuple[str | None, str | None, str | None]:
+    """The code, meter and customer with the most quarantined rows in the run."""
+    keys = (QUARANTINE.c.code, QUARANTINE.c.meter, QUARANTINE.c.customer)
+    rows = func.count().label("rows")
+    with engine.connect() as connection:
+        top = connection.execute(
+            select(*keys, rows)
+            .where(QUARANTINE.c.run_id == run_id)
+            .group_by(*keys)
+            .order_by(rows.desc())
+            .limit(1)
+        ).first()
+    return (top[0], top[1], top[2]) if top is not None else (None, None, None)
+
+
+def _quarantined_by_runs_between(start: datetime, end: datetime) -> ColumnElement[bool]:
+    return QUARANTINE.c.run_id.in_(select(RUNS.c.id).where(finished_between(start, end)))
+
+
+def quarantine_groups(
+    connection: Connection, start: datetime, end: datetime, *, customers: bool, limit: int
+) -> list[tuple[str, str | None, str | None, int]]:
+    """(code, meter, customer or None, rows) of the runs finished in [start, end), most rows
+    first; grouped by customer too only when `customers`."""
+    keys = [QUARANTINE.c.code, QUARANTINE.c.meter] + ([QUARANTINE.c.customer] if customers else [])
+    rows = func.count().label("rows")
+    statement = (
+        select(*keys, rows)
+        .where(_quarantined_by_runs_between(start, end))
+        .group_by(*keys)
+        .order_by(rows.desc(), *keys)
+        .limit(limit)
+    )
+    return [
+        (row[0], row[1], row[2] if customers else None, int(row.rows))
+        for row in connection.execute(statement)
+    ]
+
+
+def quarantine_reasons(
+    connection: Connection, start: datetime, end: datetime, *, reasons: bool, limit: int
+) -> list[tuple[str, str | None, int, int]]:
+    """(code, reason or None, rows, id of the first row) of the runs finished in [start, end),
+    most rows first; grouped by reason too only when `reasons`."""
+    keys = [QUARANTINE.c.code] + ([QUARANTINE.c.reason] if reasons else [])
+    rows = func.count().label("rows")
+    first = func.min(QUARANTINE.c.id).label("first")
+    statement = (
+        select(*keys, rows, first)
+        .where(_quarantined_by_runs_between(start, end))
+        .group_by(*keys)
+        .order_by(rows.desc(), *keys)
+        .limit(limit)
+    )
+    return [
+        (row[0], str(row[1]) if reasons else None, int(row.rows), int(row.first))
+        for row in connection.execute(statement)
+    ]
+
+
+def quarantined_record(connection: Connection, row_id: int) -> Any:
+    return connection.execute(select(QUARANTINE.c.record).where(QUARANTINE.c.id == row_id)).scalar()
+
+
+def purge_quarantined(engine: Engine, before: datetime, batch: int) -> int:
+    """Retention: delete up to `batch` quarantined rows of runs finished before the cutoff,
+    or quarantined before it."""
+    old_runs = select(RUNS.c.id).where(RUNS.c.finished_at < before)
+    where = QUARANTINE.c.run_id.in_(old_runs) | (QUARANTINE.c.created_at < before)
+    return delete_batch(engine, QUARANTINE, where, batch)

@@ -1,0 +1,116 @@
+"""Import sets (Stripe's and the poller's) and meter error reports: what the handlers record
+(in the worker's transaction, through a session), what the jobs read and mark, and what the
+dashboard lists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+from sqlmodel import Session, col
+from sqlmodel import select as select_model
+
+from handlers.records import RemediationStatus
+from service.db import Listing, Page, keyset, session_scope
+from service.models import ErrorReportStatus
+from service.models._types import table_of, utcnow
+from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
+
+IMPORT_SETS = table_of(ImportSet)
+REPORTS = table_of(ErrorReport)
+
+
+def list_import_sets(connection: Connection, page: Page) -> Listing:
+    return keyset(connection, select(IMPORT_SETS), IMPORT_SETS.c.id, page)
+
+
+def get_import_set(connection: Connection, import_set_id: str) -> dict[str, Any] | None:
+    row = connection.execute(
+        select(IMPORT_SETS).where(IMPORT_SETS.c.import_set_id == import_set_id)
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def list_reports(connection: Connection, page: Page) -> Listing:
+    return keyset(connection, select(REPORTS), REPORTS.c.id, page)
+
+
+def get_report(connection: Connection, event_id: str) -> dict[str, Any] | None:
+    row = connection.execute(select(REPORTS).where(REPORTS.c.event_id == event_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+# --- import sets ---------------------------------------------------------------------------
+
+
+def find_import_set(session: Session, import_set_id: str) -> ImportSet | None:
+    return session.exec(
+        select_model(ImportSet).where(ImportSet.import_set_id == import_set_id)
+    ).first()
+
+
+def import_set(engine: Engine, import_set_id: str) -> ImportSet | None:
+    with Session(engine) as session:
+        return find_import_set(session, import_set_id)
+
+
+def mark_import_set_remediated(engine: Engine, import_set_id: str, run_key: str) -> None:
+    """The import set's remediation is done, by the run `run_key`."""
+    with session_scope(engine) as session:
+        row = session.exec(
+            select_model(ImportSet).where(ImportSet.import_set_id == import_set_id)
+        ).one()
+        row.remediation_status = RemediationStatus.DONE
+        row.detail = {**row.detail, "run_key": run_key}
+        row.updated_at = utcnow()
+        session.add(row)
+
+
+# --- error reports -------------------------------------------------------------------------
+
+
+def find_report(session: Session, event_id: str) -> ErrorReport | None:
+    return session.exec(select_model(ErrorReport).where(ErrorReport.event_id == event_id)).first()
+
+
+def recorded_report(session: Session, event_id: str) -> ErrorReport:
+    """The report (which must be recorded)."""
+    return session.exec(select_model(ErrorReport).where(ErrorReport.event_id == event_id)).one()
+
+
+def has_linked_sample(session: Session, report_id: int | None) -> bool:
+    """Whether a sample of the report is a row we imported (linked to its object)."""
+    linked = session.exec(
+        select_model(ErrorSample.id).where(
+            ErrorSample.report_id == report_id, col(ErrorSample.object_key).is_not(None)
+        )
+    ).first()
+    return linked is not None
+
+
+def load_report(
+    engine: Engine, event_id: str
+) -> tuple[ErrorReport, list[ErrorSample], dict[str, int]] | None:
+    """The report, its samples and its error count per code; None when not recorded."""
+    with Session(engine) as session:
+        report = find_report(session, event_id)
+        if report is None:
+            return None
+        samples = list(
+            session.exec(select_model(ErrorSample).where(ErrorSample.report_id == report.id)).all()
+        )
+        counts = session.exec(
+            select_model(ErrorTypeCount.code, ErrorTypeCount.error_count).where(
+                ErrorTypeCount.report_id == report.id
+            )
+        ).all()
+    return report, samples, {code: count for code, count in counts}
+
+
+def set_report_status(engine: Engine, event_id: str, status: ErrorReportStatus) -> None:
+    with session_scope(engine) as session:
+        report = session.exec(
+            select_model(ErrorReport).where(ErrorReport.event_id == event_id)
+        ).one()
+        report.status = status
+        session.add(report)

@@ -1,0 +1,302 @@
+"""Remediation runs, their outputs and their correction audit: what a run writes (exactly
+once per run key, see service/jobs/runs.py) and what is read of it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Integer,
+    and_,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    true,
+)
+from sqlmodel import Session, col
+from sqlmodel import select as select_model
+
+from service.db import Listing, Page, delete_batch, keyset, session_scope
+from service.models import RunStatus
+from service.models._types import table_of, utcnow
+from service.models.remediation import (
+    CorrectionAudit,
+    OutputObject,
+    QuarantinedRow,
+    RemediationRun,
+)
+
+RUNS = table_of(RemediationRun)
+QUARANTINED = table_of(QuarantinedRow)
+OUTPUTS = table_of(OutputObject)
+AUDIT = table_of(CorrectionAudit)
+REPORT_PREFIX = "error_report:"
+
+
+def finished_between(start: datetime, end: datetime) -> ColumnElement[bool]:
+    return (
+        (RUNS.c.status == RunStatus.DONE)
+        & (RUNS.c.finished_at >= start)
+        & (RUNS.c.finished_at < end)
+    )
+
+
+def purge_audit(engine: Engine, runs_finished_before: datetime, batch: int) -> int:
+    """Retention: delete up to `batch` audit rows of runs finished before the cutoff (the
+    runs themselves stay, with their counts and outputs: lineage)."""
+    old_runs = select(RUNS.c.id).where(RUNS.c.finished_at < runs_finished_before)
+    return delete_batch(engine, AUDIT, AUDIT.c.run_id.in_(old_runs), batch)
+
+
+# --- runs and their outputs ----------------------------------------------------------------
+
+
+def list_runs(connection: Connection, page: Page) -> Listing:
+    return keyset(connection, select(RUNS), RUNS.c.id, page)
+
+
+def get_run(connection: Connection, run_id: int) -> dict[str, Any] | None:
+    row = connection.execute(select(RUNS).where(RUNS.c.id == run_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def run_outputs(connection: Connection, run_id: int) -> list[dict[str, Any]]:
+    rows = connection.execute(
+        select(OUTPUTS).where(OUTPUTS.c.run_id == run_id).order_by(OUTPUTS.c.id)
+    ).all()
+    return [dict(row._mapping) for row in rows]
+
+
+def run_ids_by_key(connection: Connection, run_keys: Sequence[str]) -> dict[str, int]:
+    if not run_keys:
+        return {}
+    rows = connection.execute(select(RUNS.c.run_key, RUNS.c.id).where(RUNS.c.run_key.in_(run_keys)))
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
+def report_run_ids(connection: Connection, event_ids: Sequence[str]) -> dict[str, list[int]]:
+    """The ids of the runs of each error report (oldest first), in one query: a key range
+    per report on the unique run key, `error_report:<event id>:<object>`."""
+    ranges = [
+        and_(RUNS.c.run_key >= prefix, RUNS.c.run_key < prefix[:-1] + ";")
+        for prefix in (f"{REPORT_PREFIX}{event_id}:" for event_id in event_ids)
+    ]
+    rows: list[tuple[str, int]] = []
+    if ranges:
+        # No ORDER BY: with one, SQLite scans every run instead of probing each range.
+        query = select(RUNS.c.run_key, RUNS.c.id).where(or_(*ranges))
+        rows = sorted(
+            ((str(row[0]), int(row[1])) for row in connection.execute(query)),
+            key=lambda row: row[1],
+        )
+    found: dict[str, list[int]] = {}
+    for run_key, run_id in rows:
+        event_id = run_key.removeprefix(REPORT_PREFIX).partition(":")[0]
+        found.setdefault(event_id, []).append(run_id)
+    return found
+
+
+def run_totals(connection: Connection) -> tuple[int, int, int, int]:
+    """Rows received, valid, corrected and quarantined, summed over every run."""
+    totals = connection.execute(
+        select(
+            func.coalesce(func.sum(RUNS.c.input_rows), 0),
+            func.coalesce(func.sum(RUNS.c.valid), 0),
+            func.coalesce(func.sum(RUNS.c.corrected), 0),
+            func.coalesce(func.sum(RUNS.c.quarantined), 0),
+        )
+    ).one()
+    return int(totals[0]), int(totals[1]), int(totals[2]), int(totals[3])
+
+
+def runs_finished_between(
+    connection: Connection, start: datetime, end: datetime
+) -> list[tuple[int, int, int, int, Any]]:
+    """(input rows, valid, corrected, quarantined, by_code) of each run finished in
+    [start, end)."""
+    columns = (RUNS.c.input_rows, RUNS.c.valid, RUNS.c.corrected, RUNS.c.quarantined)
+    rows = connection.execute(select(*columns, RUNS.c.by_code).where(finished_between(start, end)))
+    return [(int(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4]) for row in rows]
+
+
+def top_runs_finished_between(
+    connection: Connection, start: datetime, end: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """The runs finished in [start, end) that quarantined most, latest first among equals."""
+    statement = (
+        select(RUNS)
+        .where(finished_between(start, end))
+        .order_by(RUNS.c.quarantined.desc(), RUNS.c.finished_at.desc())
+        .limit(limit)
+    )
+    return [dict(row._mapping) for row in connection.execute(statement)]
+
+
+# --- the overview's charts: runs summed per hour or day ------------------------------------
+
+
+def _bucket_label(connection: Connection, hourly: bool) -> Any:
+    """The run's hour or day as text, computed by the database (one GROUP BY, no rows out)."""
+    if connection.dialect.name == "postgresql":
+        pattern = "YYYY-MM-DD HH24:00" if hourly else "YYYY-MM-DD"
+        utc: Any = literal_column("remediation_runs.created_at AT TIME ZONE 'UTC'")
+        return func.to_char(utc, pattern)
+    # SQLAlchemy keeps a SQLite time as text, `YYYY-MM-DD HH:MM:SS.ffffff` in UTC: its first
+    # characters are the bucket (half the cost of strftime, which parses every value).
+    if hourly:
+        return func.substr(RUNS.c.created_at, 1, 13).concat(":00")
+    return func.substr(RUNS.c.created_at, 1, 10)
+
+
+def runs_per_bucket(
+    connection: Connection, *, hourly: bool, start: datetime
+) -> list[tuple[str, tuple[int, int, int], tuple[object, ...]]]:
+    """Per hour or day since `start`: its label, rows valid, corrected, quarantined, and a
+    fingerprint of its runs (how many, their counts, the latest finish, the highest id)."""
+    label = _bucket_label(connection, hourly).label("bucket")
+    sums = (func.sum(RUNS.c.valid), func.sum(RUNS.c.corrected), func.sum(RUNS.c.quarantined))
+    rows = connection.execute(
+        select(label, *sums, func.count(), func.max(RUNS.c.finished_at), func.max(RUNS.c.id))
+        .where(RUNS.c.created_at >= start)
+        .group_by(label)
+    ).all()
+    found = []
+    for row in rows:
+        counts = (int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
+        found.append((str(row[0]), counts, (*counts, *row[4:])))
+    return found
+
+
+def codes_per_bucket(
+    connection: Connection, *, hourly: bool, since: datetime, until: datetime
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """Rows per error code per hour or day, corrected and quarantined, summed by the database
+    over the runs' `by_code` objects (json_each): 10,000 runs decoded in Python took 150 ms on
+    PostgreSQL, the database does it in a fraction of that."""
+    entry = func.json_each(RUNS.c.by_code).table_valued("key", "value").alias("entry")
+    label = _bucket_label(connection, hourly).label("bucket")
+    corrected, quarantined = (
+        _json_int(connection, entry.c.value, "corrected"),
+        _json_int(connection, entry.c.value, "quarantined"),
+    )
+    rows = connection.execute(
+        select(label, entry.c.key, func.sum(corrected), func.sum(quarantined))
+        .select_from(RUNS)
+        .join(entry, true())
+        .where(
+            RUNS.c.created_at >= since,
+            RUNS.c.created_at < until,
+            RUNS.c.quarantined + RUNS.c.corrected > 0,
+        )
+        .group_by(label, entry.c.key)
+    ).all()
+    found: dict[str, dict[str, tuple[int, int]]] = {}
+    for row in rows:
+        found.setdefault(str(row[0]), {})[str(row[1])] = (int(row[2] or 0), int(row[3] or 0))
+    return found
+
+
+def _json_int(connection: Connection, value: Any, key: str) -> Any:
+    if connection.dialect.name == "postgresql":
+        return cast(value.op("->>")(key), Integer)
+    return func.json_extract(value, f"$.{key}")
+
+
+# --- a run's writes ------------------------------------------------------------------------
+
+
+def finished_run(engine: Engine, run_key: str) -> RemediationRun | None:
+    with Session(engine) as session:
+        run = session.exec(
+            select_model(RemediationRun).where(RemediationRun.run_key == run_key)
+        ).first()
+    return run if run is not None and run.status == RunStatus.DONE else None
+
+
+def start_run(engine: Engine, run_key: str, trigger: str, source: str, generation: int) -> int:
+    """Record the run as running (new, or again after a crashed try, whose audit, quarantined
+    rows and outputs are deleted); its id."""
+    with session_scope(engine) as session:
+        run = session.exec(
+            select_model(RemediationRun).where(RemediationRun.run_key == run_key)
+        ).first()
+        if run is None:
+            run = RemediationRun(run_key=run_key, trigger=trigger)
+        run.source, run.generation = source, generation
+        run.status = RunStatus.RUNNING
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        for table in (AUDIT, QUARANTINED, OUTPUTS):  # a crashed earlier try
+            session.execute(delete(table).where(table.c.run_id == run.id))
+        return run.id
+
+
+def insert_audit(
+    engine: Engine,
+    corrections: Sequence[Mapping[str, Any]],
+    quarantined: Sequence[Mapping[str, Any]],
+) -> None:
+    """Corrections and quarantined rows of a run, in bulk (one transaction)."""
+    with engine.begin() as connection:
+        if corrections:
+            connection.execute(insert(CorrectionAudit), list(corrections))
+        if quarantined:
+            connection.execute(insert(QuarantinedRow), list(quarantined))
+
+
+def finish_run(
+    engine: Engine, run_id: int, summary: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]]
+) -> RemediationRun:
+    """Record the run's outputs and counts, and that it is done."""
+    with session_scope(engine) as session:
+        run = session.get(RemediationRun, run_id)
+        assert run is not None
+        for output in outputs:
+            session.add(OutputObject(run_id=run_id, **output))
+        run.input_rows = int(summary["input_rows"])
+        run.valid, run.corrected = int(summary["valid"]), int(summary["corrected"])
+        run.quarantined = int(summary["quarantined"])
+        run.by_code = dict(summary["by_code"])
+        run.status, run.error, run.finished_at = RunStatus.DONE, None, utcnow()
+        session.add(run)
+    return run
+
+
+# --- the audit, read by the jobs -----------------------------------------------------------
+
+
+def corrections_writing(
+    engine: Engine, identifiers: Sequence[str]
+) -> list[tuple[CorrectionAudit, int]]:
+    """The corrections that wrote these identifiers (oldest first), with their run's
+    generation."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select_model(CorrectionAudit, RemediationRun.generation)
+            .join(RemediationRun, col(RemediationRun.id) == col(CorrectionAudit.run_id))
+            .where(col(CorrectionAudit.new_identifier).in_(identifiers))
+            .order_by(col(CorrectionAudit.id))
+        ).all()
+    return [(audit, generation) for audit, generation in rows]
+
+
+def handled_rows(engine: Engine, source: str) -> frozenset[int]:
+    """Row numbers of `source` some run already corrected or quarantined."""
+    with Session(engine) as session:
+        corrected = session.exec(
+            select_model(CorrectionAudit.row_number).where(CorrectionAudit.source == source)
+        ).all()
+        quarantined = session.exec(
+            select_model(QuarantinedRow.row_number).where(QuarantinedRow.source == source)
+        ).all()
+    return frozenset(corrected) | frozenset(quarantined)

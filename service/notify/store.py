@@ -1,0 +1,249 @@
+"""The notify room's store: every query over alerts and digest runs. `alerts.py` decides an
+alert's life (what raising, resolving, acknowledging means) and writes through here; the
+dashboard, the admin API, /metrics and the digests read alerts here.
+
+Digest runs: one row per (channel, window); the unique (channel, window_start) makes a claim
+an insert that only one process wins (see `digests.py`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, update
+
+from service.db import Listing, Page, delete_batch, insert_or_ignore, keyset
+from service.models._types import as_utc, table_of
+from service.models.alerts import Alert, AlertSeverity, AlertStatus, DigestRun, DigestStatus
+
+ALERTS = table_of(Alert)
+DIGEST_RUNS = table_of(DigestRun)
+
+
+# --- alerts: writes (service.notify.alerts decides what they mean) -------------------------
+
+
+def insert_alert(connection: Connection, key: str, values: Mapping[str, Any]) -> bool:
+    """Insert the alert `key` unless it exists; whether it was inserted."""
+    inserted = connection.execute(
+        insert_or_ignore(connection.dialect.name, ALERTS, ["alert_key"])
+        .values(alert_key=key, **values)
+        .returning(ALERTS.c.id)  # rowcount is -1 here on PostgreSQL
+    ).first()
+    return inserted is not None
+
+
+def alert_state(connection: Connection, key: str) -> tuple[str, Any]:
+    """The status and detail of the alert `key` (which exists)."""
+    status, detail = connection.execute(
+        select(ALERTS.c.status, ALERTS.c.detail).where(ALERTS.c.alert_key == key)
+    ).one()
+    return str(status), detail
+
+
+def count_alert_again(connection: Connection, key: str, values: Mapping[str, Any]) -> None:
+    """One more occurrence of the alert `key`, with these new values."""
+    connection.execute(
+        update(ALERTS).where(ALERTS.c.alert_key == key).values(count=ALERTS.c.count + 1, **values)
+    )
+
+
+def resolve_alert_by_key(target: Engine | Connection, key: str, at: datetime) -> bool:
+    """Resolve the open or acknowledged alert `key`; False when there is none."""
+    statement = (
+        update(ALERTS)
+        .where(ALERTS.c.alert_key == key, ALERTS.c.status != AlertStatus.RESOLVED)
+        .values(status=AlertStatus.RESOLVED.value, resolved_at=at)
+    )
+    if isinstance(target, Engine):
+        with target.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+    return target.execute(statement).rowcount == 1
+
+
+def update_alert(connection: Connection, alert_id: int, values: Mapping[str, Any]) -> bool:
+    """Change the alert `alert_id`; False when it is unknown."""
+    result = connection.execute(update(ALERTS).where(ALERTS.c.id == alert_id).values(**values))
+    return result.rowcount == 1
+
+
+# --- alerts: reads -------------------------------------------------------------------------
+
+
+def list_alerts(
+    connection: Connection,
+    page: Page,
+    status: AlertStatus | None = None,
+    severity: AlertSeverity | None = None,
+) -> Listing:
+    query = select(ALERTS)
+    if status is not None:
+        query = query.where(ALERTS.c.status == status.value)
+    if severity is not None:
+        query = query.where(ALERTS.c.severity == severity.value)
+    return keyset(connection, query, ALERTS.c.id, page)
+
+
+def get_alert(connection: Connection, alert_id: int) -> dict[str, Any] | None:
+    row = connection.execute(select(ALERTS).where(ALERTS.c.id == alert_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def latest_open_alerts(connection: Connection, limit: int) -> list[dict[str, Any]]:
+    """Open alerts, the most recently seen first."""
+    rows = connection.execute(
+        select(ALERTS)
+        .where(ALERTS.c.status == AlertStatus.OPEN.value)
+        .order_by(ALERTS.c.last_seen_at.desc())
+        .limit(limit)
+    ).all()
+    return [dict(row._mapping) for row in rows]
+
+
+def open_alert_counts(connection: Connection) -> dict[str, int]:
+    """Open alerts by severity, counted here from the status index: with a GROUP BY, SQLite
+    walks the severity index over every alert ever kept instead (resolved ones are most)."""
+    severities: Sequence[str] = (
+        connection.execute(
+            select(ALERTS.c.severity).where(ALERTS.c.status == AlertStatus.OPEN.value)
+        )
+        .scalars()
+        .all()
+    )
+    counts = {severity.value: 0 for severity in AlertSeverity}
+    counts.update(Counter(str(severity) for severity in severities))
+    return counts
+
+
+def alert_counts(connection: Connection) -> dict[tuple[str, str], int]:
+    """Alerts per (severity, status), for the pairs that have any."""
+    count = func.count().label("alerts")
+    rows = connection.execute(
+        select(ALERTS.c.severity, ALERTS.c.status, count).group_by(
+            ALERTS.c.severity, ALERTS.c.status
+        )
+    )
+    return {(str(row.severity), str(row.status)): int(row.alerts) for row in rows}
+
+
+def unresolved_critical_alerts(connection: Connection, limit: int) -> list[tuple[str, str, int]]:
+    """(subject, status, count) of critical alerts not resolved, most recently seen first."""
+    rows = connection.execute(
+        select(ALERTS.c.subject, ALERTS.c.status, ALERTS.c.count)
+        .where(
+            (ALERTS.c.severity == AlertSeverity.CRITICAL)
+            & (ALERTS.c.status != AlertStatus.RESOLVED)
+        )
+        .order_by(ALERTS.c.last_seen_at.desc())
+        .limit(limit)
+    )
+    return [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
+
+
+def count_alerts_seen_between(connection: Connection, start: datetime, end: datetime) -> int:
+    """Alerts raised (or raised again) in [start, end)."""
+    seen = (ALERTS.c.last_seen_at >= start) & (ALERTS.c.last_seen_at < end)
+    query = select(func.count()).select_from(ALERTS).where(seen)
+    return int(connection.execute(query).scalar() or 0)
+
+
+def purge_resolved_alerts(engine: Engine, before: datetime, batch: int) -> int:
+    """Retention: delete up to `batch` alerts resolved before `before`."""
+    where = (ALERTS.c.status == AlertStatus.RESOLVED) & (ALERTS.c.resolved_at < before)
+    return delete_batch(engine, ALERTS, where, batch)
+
+
+# --- digest runs ---------------------------------------------------------------------------
+
+
+def recorded_windows(engine: Engine, channel: str, limit: int) -> list[tuple[datetime, datetime]]:
+    """(start, end) of the latest windows recorded for `channel`, the latest first."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(DIGEST_RUNS.c.window_start, DIGEST_RUNS.c.window_end)
+            .where(DIGEST_RUNS.c.channel == channel)
+            .order_by(DIGEST_RUNS.c.window_end.desc())
+            .limit(limit)
+        ).all()
+    found = []
+    for row in rows:
+        start, end = as_utc(row[0]), as_utc(row[1])
+        assert start is not None and end is not None
+        found.append((start, end))
+    return found
+
+
+def claim_window(engine: Engine, values: Mapping[str, Any]) -> bool:
+    """Record a new (channel, window) row; False when another process recorded it first."""
+    with engine.begin() as connection:
+        inserted = connection.execute(
+            insert_or_ignore(connection.dialect.name, DIGEST_RUNS, ["channel", "window_start"])
+            .values(**values)
+            .returning(DIGEST_RUNS.c.id)  # rowcount is -1 here on PostgreSQL
+        ).first()
+    return inserted is not None
+
+
+def take_due_windows(
+    engine: Engine, channel: str, now: datetime, *, instance: str, lease_until: datetime
+) -> list[tuple[datetime, datetime, int]]:
+    """Failed rows whose next try is due, and claims whose lease ran out, re-claimed for
+    `instance` (at most 10 per pass): (window start, end, attempts so far) of each."""
+    due = (
+        (DIGEST_RUNS.c.channel == channel)
+        & DIGEST_RUNS.c.status.in_([DigestStatus.FAILED, DigestStatus.SENDING])
+        & (DIGEST_RUNS.c.next_attempt_at <= now)
+    )
+    taken: list[tuple[datetime, datetime, int]] = []
+    with engine.begin() as connection:
+        rows = connection.execute(
+            select(DIGEST_RUNS.c.id).where(due).order_by(DIGEST_RUNS.c.window_start).limit(10)
+        ).all()
+        for (row_id,) in rows:
+            claimed = connection.execute(
+                update(DIGEST_RUNS)
+                .where(due & (DIGEST_RUNS.c.id == row_id))
+                .values(
+                    status=DigestStatus.SENDING.value,
+                    attempts=DIGEST_RUNS.c.attempts + 1,
+                    claimed_by=instance,
+                    next_attempt_at=lease_until,
+                )
+                .returning(
+                    DIGEST_RUNS.c.window_start, DIGEST_RUNS.c.window_end, DIGEST_RUNS.c.attempts
+                )
+            ).first()
+            if claimed is not None:
+                start, end = as_utc(claimed[0]), as_utc(claimed[1])
+                assert start is not None and end is not None
+                taken.append((start, end, int(claimed[2])))
+    return taken
+
+
+def update_own_window(
+    engine: Engine,
+    channel: str,
+    window_start: datetime,
+    instance: str,
+    values: Mapping[str, Any],
+) -> None:
+    """Change the row of (channel, window) only while `instance` holds its claim (a row
+    taken over by another sender is theirs)."""
+    with engine.begin() as connection:
+        connection.execute(
+            update(DIGEST_RUNS)
+            .where(
+                (DIGEST_RUNS.c.channel == channel)
+                & (DIGEST_RUNS.c.window_start == window_start)
+                & (DIGEST_RUNS.c.claimed_by == instance)
+            )
+            .values(**values)
+        )
+
+
+def purge_digest_runs(engine: Engine, before: datetime, batch: int) -> int:
+    """Retention: delete up to `batch` digest records of windows that ended before `before`."""
+    return delete_batch(engine, DIGEST_RUNS, DIGEST_RUNS.c.window_end < before, batch)
