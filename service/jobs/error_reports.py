@@ -30,6 +30,7 @@ from remediation.validation import MeterIndex
 from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, next_generation, run_lineage
 from service.jobs.runs import RunContext, RunRequest, execute_run
+from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import load_report, set_report_status
 from service.jobs.store.runs import finished_run, handled_rows
 from service.models import (
@@ -127,6 +128,9 @@ def _remediate(
     base = job.scope
     scope = ReportScope(base.codes, base.samples, base.event_name, handled_rows(ctx.engine, key))
     generation = next_generation(ctx.bucket, key)
+    stages = Stages()
+    with stages.timing(Stage.LINEAGE):
+        lineage = run_lineage(ctx.engine, path, ctx.rules, key, generation)
     request = RunRequest(
         run_key=run_key,
         trigger=RunTrigger.ERROR_REPORT,
@@ -136,8 +140,9 @@ def _remediate(
         now=job.now,
         generation=generation,
         columns=plan.columns or None,
-        lineage=run_lineage(ctx.engine, path, ctx.rules, key, generation),
+        lineage=lineage,
         rejected=False,  # an object that was imported: only the reported rows are re-sent
+        stages=stages,
     )
     rows = _records(path, plan, ctx, key, etag)
     selected = select_reported(rows, scope, job.index, job.now, job.customers)

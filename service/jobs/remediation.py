@@ -32,6 +32,7 @@ from service.jobs.inputs import (
     run_lineage,
 )
 from service.jobs.runs import RunContext, RunRequest, execute_run
+from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import import_set, mark_import_set_remediated
 from service.jobs.store.runs import finished_run
 from service.models import ImportSet, RunTrigger
@@ -49,8 +50,12 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
     run_key = f"import_set:{import_set_id}:{file_id}"
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
-            path = download(deps.files, file_id, Path(tmp))
+            stages = Stages()
+            with stages.timing(Stage.DOWNLOAD):
+                path = download(deps.files, file_id, Path(tmp))
             generation = next_generation(deps.run.bucket, import_set.source_object)
+            with stages.timing(Stage.LINEAGE):
+                lineage = run_lineage(deps.run.engine, path, deps.run.rules, file_id, generation)
             request = RunRequest(
                 run_key=run_key,
                 trigger=RunTrigger.IMPORT_SET_SUCCEEDED,
@@ -59,8 +64,9 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
                 fmt=FileFormat.CSV,
                 now=event_time(import_set),
                 generation=generation,
-                lineage=run_lineage(deps.run.engine, path, deps.run.rules, file_id, generation),
+                lineage=lineage,
                 rejected=True,  # a failed-records file: every row was rejected
+                stages=stages,
             )
             _run_file(deps.run, request, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
@@ -71,8 +77,12 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
     run_key = f"import_set_failed:{import_set_id}"
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
-            path, source = fetch_source(deps, import_set, Path(tmp))
+            stages = Stages()
+            with stages.timing(Stage.DOWNLOAD):
+                path, source = fetch_source(deps, import_set, Path(tmp))
             generation = next_generation(deps.run.bucket, source)
+            with stages.timing(Stage.LINEAGE):
+                lineage = run_lineage(deps.run.engine, path, deps.run.rules, source, generation)
             request = RunRequest(
                 run_key=run_key,
                 trigger=RunTrigger.IMPORT_SET_FAILED,
@@ -81,8 +91,9 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
                 fmt=FileFormat.CSV,
                 now=event_time(import_set),
                 generation=generation,
-                lineage=run_lineage(deps.run.engine, path, deps.run.rules, source, generation),
+                lineage=lineage,
                 rejected=True,  # the whole file failed: none of its rows was billed
+                stages=stages,
             )
             _run_file(deps.run, request, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
@@ -101,6 +112,9 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
             )
         source = import_set.source_object or import_set_id
         generation = next_generation(deps.run.bucket, import_set.source_object)
+        stages = Stages()
+        with stages.timing(Stage.LINEAGE):
+            lineage = run_lineage(deps.run.engine, path, deps.run.rules, source, generation)
         request = RunRequest(
             run_key=run_key,
             trigger=RunTrigger.POLLER,
@@ -109,8 +123,9 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
             fmt=FileFormat.CSV,
             now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
             generation=generation,
-            lineage=run_lineage(deps.run.engine, path, deps.run.rules, source, generation),
+            lineage=lineage,
             rejected=True,  # the rows the poller refused (never sent)
+            stages=stages,
         )
         key = import_set.source_object or ""
         _run_file(deps.run, request, path, lambda rows: _source_rows(deps.run.engine, key, rows))

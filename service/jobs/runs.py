@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,14 @@ from remediation.records import UsageRecord
 from remediation.rules import Rules
 from service.adapters.bucket import output_key
 from service.config import Settings
+from service.jobs.stages import Stage, Stages
 from service.jobs.store.runs import finish_run, finished_run, insert_audit, start_run
 from service.logs import log_event
 from service.models import OutputKind, RemediationRun, RunTrigger
 from service.models._types import utcnow
 from service.notify.runs import alert_for_run
 
-AUDIT_BATCH = 1000
+AUDIT_BATCH = 5000  # rows per insert transaction: bounded memory, short write locks
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class RunRequest:
     columns: Sequence[str] | None = None
     lineage: Lineage | None = None  # which identifiers we wrote (remediation.identifiers)
     rejected: bool = False  # every row was rejected by Stripe: valid rows are re-sent too
+    # Time per stage, from the download on (logged with the run; never compared).
+    stages: Stages = field(default_factory=Stages, compare=False)
 
 
 @dataclass
@@ -67,30 +70,45 @@ def execute_run(
     done = finished_run(ctx.engine, request.run_key)
     if done is not None:
         return done
-    run_id = start_run(
-        ctx.engine, request.run_key, request.trigger, request.source, request.generation
-    )
-    audit = _AuditWriter(ctx.engine, run_id, {m.event_name: m.customer_key for m in ctx.meters})
-    with tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp:
-        result = remediate(
-            records,
-            source=request.source,
-            fmt=request.fmt,
-            meters=ctx.meters,
-            rules=ctx.rules,
-            now=request.now,
-            out_dir=Path(tmp),
-            generation=request.generation,
-            customers=ctx.customers,
-            on_audit=audit.add,
-            columns=request.columns,
-            lineage=request.lineage,
-            rejected=request.rejected,
+    stages = request.stages
+    with stages.timing(Stage.DATABASE):
+        run_id = start_run(
+            ctx.engine, request.run_key, request.trigger, request.source, request.generation
         )
+    customer_keys = {m.event_name: m.customer_key for m in ctx.meters}
+    audit = _AuditWriter(ctx.engine, run_id, customer_keys, stages)
+    with tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp:
+        with stages.timing(Stage.REMEDIATE):
+            result = remediate(
+                records,
+                source=request.source,
+                fmt=request.fmt,
+                meters=ctx.meters,
+                rules=ctx.rules,
+                now=request.now,
+                out_dir=Path(tmp),
+                generation=request.generation,
+                customers=ctx.customers,
+                on_audit=audit.add,
+                columns=request.columns,
+                lineage=request.lineage,
+                rejected=request.rejected,
+            )
         audit.flush()
         outputs = list(result.outputs) + _audit_output(result.summary, request)
-        uploaded = [_upload(ctx, request, output) for output in outputs]
-    run = _finish(ctx.engine, run_id, result.summary, uploaded)
+        with stages.timing(Stage.UPLOAD):
+            uploaded = [_upload(ctx, request, output) for output in outputs]
+    with stages.timing(Stage.DATABASE):
+        run = finish_run(ctx.engine, run_id, result.summary, uploaded)
+    log_event(
+        "remediation.run_done",
+        run_key=run.run_key,
+        input_rows=run.input_rows,
+        valid=run.valid,
+        corrected=run.corrected,
+        quarantined=run.quarantined,
+        stages=stages.fields(),
+    )
     alert_for_run(ctx.engine, ctx.settings, run, uploaded)  # critical/warning/info per run
     return run
 
@@ -99,10 +117,10 @@ class _AuditWriter:
     """Collects the engine's audit entries and inserts them in batches (not row by row)."""
 
     def __init__(
-        self, engine: Engine, run_id: int, customer_keys: Mapping[str, str] | None = None
+        self, engine: Engine, run_id: int, customer_keys: Mapping[str, str], stages: Stages
     ) -> None:
-        self.engine, self.run_id = engine, run_id
-        self.customer_keys = customer_keys or {}  # event name -> the meter's customer key
+        self.engine, self.run_id, self.stages = engine, run_id, stages
+        self.customer_keys = customer_keys  # event name -> the meter's customer key
         self.corrections: list[dict[str, Any]] = []
         self.quarantined: list[dict[str, Any]] = []
 
@@ -155,7 +173,8 @@ class _AuditWriter:
         }
 
     def flush(self) -> None:
-        insert_audit(self.engine, self.corrections, self.quarantined)
+        with self.stages.timing(Stage.DATABASE):
+            insert_audit(self.engine, self.corrections, self.quarantined)
         self.corrections, self.quarantined = [], []
 
 
@@ -188,18 +207,3 @@ def _upload(ctx: RunContext, request: RunRequest, output: PlannedOutput) -> dict
         "source": request.source,
         "uploaded": uploaded,
     }
-
-
-def _finish(
-    engine: Engine, run_id: int, summary: Mapping[str, Any], outputs: list[dict[str, Any]]
-) -> RemediationRun:
-    run = finish_run(engine, run_id, summary, outputs)
-    log_event(
-        "remediation.run_done",
-        run_key=run.run_key,
-        input_rows=run.input_rows,
-        valid=run.valid,
-        corrected=run.corrected,
-        quarantined=run.quarantined,
-    )
-    return run

@@ -3,6 +3,7 @@ rows that are not ours. Real sandbox (Files API, meters), a file:// bucket, both
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -118,6 +119,21 @@ def test_a_failed_upload_is_retried_and_recorded_once(service: Service) -> None:
     assert sorted(a.new_identifier for a in audit) == ["a1-mfx1", "a2-mfx1"]  # no duplicates
     corrected = list(bucket.glob("corrected/impset_retry/*.corrected.r1.csv"))
     assert len(corrected) == 1 and "a2-mfx1" in corrected[0].read_text()
+
+
+def test_a_run_logs_where_its_time_went(service: Service, caplog: pytest.LogCaptureFixture) -> None:
+    service.deliver(_import_set_with_errors(service, "impset_stages"))
+    with caplog.at_level(logging.INFO, logger="meterfix"):
+        service.drain()
+    done = [
+        r.msg.fields
+        for r in caplog.records
+        if getattr(r.msg, "event", "") == "remediation.run_done"
+    ]
+    assert len(done) == 1
+    stages = done[0]["stages"]
+    assert set(stages) == {"download", "lineage", "remediate", "upload", "database"}
+    assert all(isinstance(seconds, float) and seconds > 0 for seconds in stages.values())
 
 
 def test_a_failed_import_set_without_source_raises_an_alert(service: Service) -> None:

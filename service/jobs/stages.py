@@ -1,0 +1,46 @@
+"""Where a remediation run spends its time: download, lineage, remediate, upload, database.
+
+Logged with the run (`remediation.run_done`, field `stages`, seconds) so an operator sees why a
+run was slow, and read by bench/service_path.py. Stages nest: the audit rows the engine hands
+over while it runs are written to the database inside the remediation stage, and that time
+counts as database time only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+
+
+class Stage(StrEnum):
+    DOWNLOAD = "download"  # the input from Stripe's Files API or the bucket
+    LINEAGE = "lineage"  # which identifiers of the input we wrote (a pass over it + lookups)
+    REMEDIATE = "remediate"  # classify, correct, write the output files
+    UPLOAD = "upload"  # the outputs to the bucket
+    DATABASE = "database"  # the run's row, its audit and quarantined rows, its outputs
+
+
+class Stages:
+    def __init__(self) -> None:
+        self.seconds: dict[Stage, float] = dict.fromkeys(Stage, 0.0)
+        self._open: list[list[float]] = []  # [time spent in inner stages] per open stage
+
+    @contextmanager
+    def timing(self, stage: Stage) -> Iterator[None]:
+        inner = [0.0]
+        self._open.append(inner)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self._open.pop()
+            self.seconds[stage] += elapsed - inner[0]
+            if self._open:
+                self._open[-1][0] += elapsed  # the enclosing stage does not count it again
+
+    def fields(self) -> dict[str, float]:
+        """Seconds per stage that took any time, rounded to milliseconds."""
+        return {str(stage): round(s, 3) for stage, s in self.seconds.items() if s > 0}

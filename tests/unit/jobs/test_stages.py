@@ -1,0 +1,26 @@
+"""Stage timing of a run: nested stages count once, in the innermost stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.jobs import stages as stages_module
+from service.jobs.stages import Stage, Stages
+
+
+def test_an_inner_stage_is_not_counted_again_by_the_outer(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 1.0, 3.0, 10.0, 20.0, 21.5])  # perf_counter readings, in call order
+    monkeypatch.setattr(stages_module.time, "perf_counter", lambda: next(clock))
+    stages = Stages()
+    with stages.timing(Stage.REMEDIATE), stages.timing(Stage.DATABASE):  # 0 .. 10, 1 .. 3
+        pass
+    with stages.timing(Stage.DATABASE):  # 20 .. 21.5
+        pass
+    assert stages.fields() == {"remediate": 8.0, "database": 3.5}
+
+
+def test_a_failing_stage_still_counts() -> None:
+    stages = Stages()
+    with pytest.raises(RuntimeError), stages.timing(Stage.UPLOAD):
+        raise RuntimeError("bucket down")
+    assert set(stages.fields()) == {"upload"} and stages.seconds[Stage.DOWNLOAD] == 0
