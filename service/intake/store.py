@@ -206,3 +206,17 @@ def purge_finished_events(engine: Engine, before: datetime, batch: int) -> int:
     finished = [InboxStatus.DONE, InboxStatus.IGNORED, InboxStatus.DEAD]
     where = (INBOX.c.received_at < before) & INBOX.c.status.in_(finished)
     return delete_batch(engine, INBOX, where, batch)
+
+
+def unfinished(connection: Connection) -> tuple[dict[str, int], datetime | None]:
+    """Events not finished yet (pending, processing): how many per status, and when the
+    oldest of them was received (the health snapshot's backlog)."""
+    statuses = (InboxStatus.PENDING.value, InboxStatus.PROCESSING.value)
+    rows = connection.execute(
+        select(INBOX.c.status, func.count().label("events"))
+        .where(INBOX.c.status.in_(statuses))
+        .group_by(INBOX.c.status)
+    )
+    counts = {str(row.status): int(row.events) for row in rows}
+    query = select(func.min(INBOX.c.received_at)).where(INBOX.c.status.in_(statuses))
+    return counts, as_utc(connection.execute(query).scalar())

@@ -14,17 +14,18 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine
 
 from service.adapters.channels import Channel, redact, settings_secrets
 from service.config import Settings
 from service.errors import DeliveryFailed
 from service.logs import log_event
 from service.models._types import table_of, utcnow
-from service.models.alerts import Alert, AlertSeverity, AlertStatus
+from service.models.alerts import Alert
 from service.notify.alerts import NOTIFY_STATE
 from service.notify.digests import retry_delay
 from service.notify.render import AlertView, render_alert
+from service.notify.store import critical_alerts_to_notify, record_notification
 from service.notify.urls import DashboardLinks
 
 ALERTS = table_of(Alert)
@@ -54,21 +55,7 @@ def send_critical_alerts(
 
 
 def _due(engine: Engine, phase: str) -> list[Mapping[str, Any]]:
-    critical = ALERTS.c.severity == AlertSeverity.CRITICAL
-    if phase == RAISED:
-        where = (
-            critical & (ALERTS.c.status != AlertStatus.RESOLVED) & ALERTS.c.notified_at.is_(None)
-        )
-    else:
-        where = (
-            critical
-            & (ALERTS.c.status == AlertStatus.RESOLVED)
-            & ALERTS.c.notified_at.is_not(None)
-            & ALERTS.c.resolved_notified_at.is_(None)
-        )
-    with engine.connect() as conn:
-        rows = conn.execute(select(ALERTS).where(where).order_by(ALERTS.c.id).limit(BATCH))
-        return [dict(row._mapping) for row in rows]
+    return list(critical_alerts_to_notify(engine, resolved=phase == RESOLVED, limit=BATCH))
 
 
 def _send(
@@ -119,14 +106,10 @@ def _record(
     detail: dict[str, Any],
     finished_at: datetime | None,
 ) -> None:
-    column = ALERTS.c.notified_at if phase == RAISED else ALERTS.c.resolved_notified_at
-    values: dict[str, Any] = {"detail": detail}
-    if finished_at is not None:
-        values[column.name] = finished_at
-    with engine.begin() as conn:
-        conn.execute(
-            update(ALERTS).where((ALERTS.c.id == row["id"]) & column.is_(None)).values(**values)
-        )
+    resolved = phase == RESOLVED
+    record_notification(
+        engine, row["id"], resolved=resolved, detail=detail, finished_at=finished_at
+    )
 
 
 def _log(row: Mapping[str, Any], phase: str, progress: Mapping[str, Any], finished: bool) -> None:

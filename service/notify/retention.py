@@ -3,8 +3,8 @@ transaction each, each store deleting its own rows); bucket objects are never de
 
 Purged: processed inbox events (done, ignored, dead; pending work never), the correction
 audit and quarantined rows of runs that finished before the cutoff (the runs themselves stay,
-with their counts and outputs: lineage), resolved alerts, digest records, and heartbeats of
-instances gone since before the cutoff.
+with their counts and outputs: lineage), resolved alerts, digest records. (Heartbeats of
+instances gone since before the cutoff are purged by their owner, the worker's silence watch.)
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
-from service.db import delete_batch
 from service.intake.store import purge_finished_events
 from service.jobs.store.quarantine import purge_quarantined
 from service.jobs.store.runs import purge_audit
 from service.logs import log_event
-from service.models._types import table_of, utcnow
-from service.models.health import Heartbeat
+from service.models._types import utcnow
 from service.notify.store import purge_digest_runs, purge_resolved_alerts
 
 BATCH = 1000
@@ -45,7 +43,6 @@ def purge_expired(
         ("quarantined_rows", purge_quarantined),
         ("alerts", purge_resolved_alerts),
         ("digest_runs", purge_digest_runs),
-        ("heartbeats", _purge_heartbeats),
     ]
     deleted = {
         table: _purge(engine, cutoff, purge, batch, stop or threading.Event())
@@ -53,13 +50,6 @@ def purge_expired(
     }
     log_event("retention.purged", cutoff=cutoff, **deleted)
     return deleted
-
-
-def _purge_heartbeats(engine: Engine, before: datetime, batch: int) -> int:
-    # Heartbeats are written by service/worker/heartbeats.py, which has no purge of its own
-    # yet: the one delete this room writes for another's table.
-    heartbeats = table_of(Heartbeat)
-    return delete_batch(engine, heartbeats, heartbeats.c.last_beat_at < before, batch)
 
 
 def _purge(

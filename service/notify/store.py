@@ -247,3 +247,56 @@ def update_own_window(
 def purge_digest_runs(engine: Engine, before: datetime, batch: int) -> int:
     """Retention: delete up to `batch` digest records of windows that ended before `before`."""
     return delete_batch(engine, DIGEST_RUNS, DIGEST_RUNS.c.window_end < before, batch)
+
+
+# --- critical messages and silence checks ---------------------------------------------------
+
+
+def critical_alerts_to_notify(
+    engine: Engine, *, resolved: bool, limit: int
+) -> list[dict[str, Any]]:
+    """Critical alerts whose message is not sent yet, oldest first: raised (not resolved,
+    never notified), or `resolved` (notified when raised, its resolution not yet)."""
+    critical = ALERTS.c.severity == AlertSeverity.CRITICAL
+    if not resolved:
+        where = (
+            critical & (ALERTS.c.status != AlertStatus.RESOLVED) & ALERTS.c.notified_at.is_(None)
+        )
+    else:
+        where = (
+            critical
+            & (ALERTS.c.status == AlertStatus.RESOLVED)
+            & ALERTS.c.notified_at.is_not(None)
+            & ALERTS.c.resolved_notified_at.is_(None)
+        )
+    with engine.connect() as connection:
+        rows = connection.execute(select(ALERTS).where(where).order_by(ALERTS.c.id).limit(limit))
+        return [dict(row._mapping) for row in rows]
+
+
+def record_notification(
+    engine: Engine,
+    alert_id: int,
+    *,
+    resolved: bool,
+    detail: Mapping[str, Any],
+    finished_at: datetime | None,
+) -> None:
+    """Keep a critical message's progress in the alert's detail; `finished_at` marks it sent
+    (or given up). Only while still unmarked: two senders never both mark it."""
+    column = ALERTS.c.resolved_notified_at if resolved else ALERTS.c.notified_at
+    values: dict[str, Any] = {"detail": dict(detail)}
+    if finished_at is not None:
+        values[column.name] = finished_at
+    with engine.begin() as connection:
+        connection.execute(
+            update(ALERTS).where((ALERTS.c.id == alert_id) & column.is_(None)).values(**values)
+        )
+
+
+def unresolved_keys(connection: Connection, keys: Sequence[str]) -> set[str]:
+    """Which of these alert keys name an alert that is not resolved."""
+    query = select(ALERTS.c.alert_key).where(
+        ALERTS.c.alert_key.in_(list(keys)) & (ALERTS.c.status != AlertStatus.RESOLVED)
+    )
+    return set(connection.execute(query).scalars())

@@ -7,15 +7,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from handlers.records import RemediationStatus
+from service.jobs.store.reports import pending_poller_import_sets
 from service.logs import log_event
 from service.models import ImportSet
-from service.models._types import table_of
 from service.worker.tasks import TaskKind, enqueue_task
-
-IMPORT_SETS = table_of(ImportSet)
 
 FailedRowsHook = Callable[[ImportSet, Path], None]
 
@@ -43,11 +40,7 @@ def queue_pending_remediation(engine: Engine) -> int:
     """Queue a remediation task for every poller import set still `pending` (idempotent:
     an existing task is left alone), so rows a crash left behind are picked up too."""
     with engine.begin() as connection:
-        query = select(IMPORT_SETS.c.import_set_id).where(
-            IMPORT_SETS.c.origin == "poller",
-            IMPORT_SETS.c.remediation_status == RemediationStatus.PENDING,
-        )
-        pending: list[str] = list(connection.execute(query).scalars())
+        pending = pending_poller_import_sets(connection)
         return sum(enqueue_task(connection, TaskKind.POLLER_ROWS, ref) for ref in pending)
 
 

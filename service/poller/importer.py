@@ -21,13 +21,15 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from handlers.records import RemediationStatus
 from remediation.formats import detect_format
 from remediation.poller import ImportChunk, import_chunks, source_tag
 from remediation.ports import Bucket, MeterEventSink, ObjectInfo
 from remediation.records import UsageRecord
 from remediation.validation import MeterIndex
 from service.errors import HorizonPassed
-from service.models import ImportSet
+from service.jobs.store.reports import save_poller_import_set
+from service.models import ImportSet, ObjectStatus
 from service.poller.files import FailedRecords, failed_records_path
 from service.poller.progress import ObjectProgress, ProgressStore, row_was_sent
 from service.poller.store import PollerStore
@@ -85,8 +87,25 @@ def import_object(job: ObjectImport, obj: ObjectInfo, impset_id: str) -> tuple[I
         with closing(records):
             chunks = import_chunks(records, job.meters, now=reference, tag=tag)
             _send_all(job, obj, progress, chunks, failed_out, tally)
-    import_set = job.store.finish_import(
-        obj, impset_id, rows=tally.rows, sent=tally.sent, failed=tally.failed, path=path
+    failed = tally.failed
+    import_set = save_poller_import_set(
+        job.store.engine,
+        impset_id,
+        obj.key,
+        status="succeeded_with_errors" if failed else "succeeded",
+        rows_processed=tally.rows,
+        successes_row_count=tally.sent,
+        errors_row_count=failed,
+        remediation_status=RemediationStatus.PENDING if failed else RemediationStatus.NOT_NEEDED,
+        detail={"failed_records_path": str(path) if failed else None, "etag": obj.etag},
+    )
+    job.store.mark_done(
+        obj,
+        ObjectStatus.IMPORTED,
+        rows=tally.rows,
+        sent=tally.sent,
+        failed=failed,
+        import_set_id=impset_id,
     )
     return import_set, path
 

@@ -34,6 +34,7 @@ from remediation.poller import RowRef, index_chunks
 from remediation.ports import Bucket, MeterEventSink, MeterSource, ObjectInfo
 from remediation.validation import MeterIndex
 from service.config import PollerMode, Settings
+from service.jobs.store.reports import save_poller_import_set
 from service.logs import log_event
 from service.models import ObjectStatus, ProcessRole
 from service.models._types import utcnow
@@ -173,7 +174,12 @@ def _process_object(
             _import_object(deps, store, obj, meters, deps.sink, r)
             r.imported += 1
     except UnreadableFile as exc:
-        store.mark_unreadable(obj, exc.reason, None if deps.index_mode else _impset_id(obj))
+        impset_id = None if deps.index_mode else _impset_id(obj)
+        store.mark_unreadable(obj, exc.reason, impset_id)
+        if impset_id:  # the import set of a file that cannot be read: failed, with the reason
+            save_poller_import_set(
+                deps.engine, impset_id, obj.key, status="failed", failed_reason=exc.reason
+            )
         r.failed_files += 1
         r.errors.append(f"{obj.key}: {exc.reason}")
         log_event("poller.unreadable", level=logging.WARNING, key=obj.key, reason=exc.reason)

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, Table, func, select, update
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
-from handlers.records import RemediationStatus
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
-from service.db import insert_or_ignore, session_scope
-from service.models import BucketObject, ImportedRow, ImportSet, ObjectStatus
+from service.db import insert_or_ignore
+from service.models import BucketObject, ImportedRow, ObjectStatus
 from service.models._types import as_utc, table_of, utcnow
 
 MAX_IDENTIFIER = 512
@@ -153,39 +151,6 @@ class PollerStore:
     def mark_unreadable(self, obj: ObjectInfo, reason: str, impset_id: str | None) -> None:
         self.mark_done(obj, ObjectStatus.FAILED, import_set_id=impset_id)
         self._update_object(obj, error=reason)
-        if impset_id:
-            self._save_import_set(impset_id, obj, status="failed", failed_reason=reason)
-
-    def finish_import(
-        self, obj: ObjectInfo, impset_id: str, *, rows: int, sent: int, failed: int, path: Path
-    ) -> ImportSet:
-        import_set = self._save_import_set(
-            impset_id,
-            obj,
-            status="succeeded_with_errors" if failed else "succeeded",
-            rows_processed=rows,
-            successes_row_count=sent,
-            errors_row_count=failed,
-            remediation_status=(
-                RemediationStatus.PENDING if failed else RemediationStatus.NOT_NEEDED
-            ),
-            detail={"failed_records_path": str(path) if failed else None, "etag": obj.etag},
-        )
-        self.mark_done(
-            obj, ObjectStatus.IMPORTED, rows=rows, sent=sent, failed=failed, import_set_id=impset_id
-        )
-        return import_set
-
-    def _save_import_set(self, impset_id: str, obj: ObjectInfo, **values: Any) -> ImportSet:
-        with session_scope(self.engine) as session:
-            query = select_model(ImportSet).where(ImportSet.import_set_id == impset_id)
-            found = session.exec(query).first()
-            row = found or ImportSet(import_set_id=impset_id, status="")
-            row.origin, row.source_object, row.updated_at = "poller", obj.key, utcnow()
-            for name, value in values.items():
-                setattr(row, name, value)
-            session.add(row)
-        return row
 
 
 def _table(model: Any) -> Table:

@@ -10,22 +10,22 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.db import delete_batch
+from service.intake.store import unfinished
 from service.models._types import as_utc, table_of, utcnow
 from service.models.health import Heartbeat, ProcessRole
-from service.models.inbox import InboxEvent, InboxStatus
+from service.models.inbox import InboxStatus
 
 HEARTBEATS = table_of(Heartbeat)
-INBOX = table_of(InboxEvent)
 BEAT_EVERY_SECONDS = 10.0  # how often a live process beats (the silence alert waits far longer)
-UNFINISHED = (InboxStatus.PENDING.value, InboxStatus.PROCESSING.value)
 
 
 def new_instance_id() -> str:
@@ -163,17 +163,7 @@ def _snapshot(connection: Connection, now: datetime) -> HealthSnapshot:
         newest = _newest_beat(connection, role, now)
         if newest is not None:
             beats[role.value] = newest
-    rows = connection.execute(
-        select(INBOX.c.status, func.count())
-        .where(INBOX.c.status.in_(UNFINISHED))
-        .group_by(INBOX.c.status)
-    )
-    counts = {str(status): cast(int, count) for status, count in rows}
-    oldest = as_utc(
-        connection.execute(
-            select(func.min(INBOX.c.received_at)).where(INBOX.c.status.in_(UNFINISHED))
-        ).scalar()
-    )
+    counts, oldest = unfinished(connection)
     return HealthSnapshot(
         now=now,
         beats=beats,
@@ -214,3 +204,20 @@ def _age(now: datetime, then: datetime | None) -> float | None:
     if then is None:
         return None
     return max(0.0, (now - then).total_seconds())
+
+
+def newest_beats(connection: Connection, roles: Sequence[str]) -> dict[str, datetime]:
+    """The newest heartbeat time of each role that has one."""
+    newest = func.max(HEARTBEATS.c.last_beat_at).label("newest")
+    query = (
+        select(HEARTBEATS.c.role, newest)
+        .where(HEARTBEATS.c.role.in_(list(roles)))
+        .group_by(HEARTBEATS.c.role)
+    )
+    return {str(row.role): row.newest for row in connection.execute(query)}
+
+
+def purge_heartbeats(engine: Engine, before: datetime, batch: int) -> int:
+    """Retention: delete up to `batch` heartbeats of instances silent since before `before`
+    (a process that stopped leaves its row; a running one beats every few seconds)."""
+    return delete_batch(engine, HEARTBEATS, HEARTBEATS.c.last_beat_at < before, batch)

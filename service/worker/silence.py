@@ -14,19 +14,23 @@ import logging
 import threading
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from service.adapters.channels import redact, settings_secrets
 from service.config import PollerMode, Settings
 from service.logs import log_event
 from service.models._types import as_utc, table_of, utcnow
-from service.models.alerts import Alert, AlertStatus
+from service.models.alerts import Alert
 from service.models.health import Heartbeat, ProcessRole
 from service.notify.alerts import raise_alert, resolve_alert
+from service.notify.store import unresolved_keys
+from service.worker.heartbeats import newest_beats, purge_heartbeats
 
 HEARTBEATS = table_of(Heartbeat)
 ALERTS = table_of(Alert)
 CHECK_EVERY_SECONDS = 30
+PURGE_EVERY_CHECKS = 120  # once an hour: heartbeats of instances gone past MFX_RETENTION_DAYS
+PURGE_BATCH = 1000
 
 
 def start_silence_watch(
@@ -42,12 +46,17 @@ def start_silence_watch(
 
 def _watch(engine: Engine, settings: Settings, stop: threading.Event) -> None:
     secrets = settings_secrets(settings)
+    checks = 0
     while not stop.wait(CHECK_EVERY_SECONDS):
         try:
             check_heartbeats(engine, settings)
+            if checks % PURGE_EVERY_CHECKS == 0:  # retention of the heartbeats this room owns
+                cutoff = utcnow() - timedelta(days=settings.mfx_retention_days)
+                purge_heartbeats(engine, cutoff, PURGE_BATCH)
         except Exception as exc:  # loop edge: database down; the next check goes on
             reason = redact(f"{type(exc).__name__}: {exc}", secrets)
             log_event("heartbeat.check_failed", level=logging.ERROR, reason=reason)
+        checks += 1
 
 
 def silence_key(role: str) -> str:
@@ -63,22 +72,8 @@ def check_heartbeats(
     if settings.mfx_poller != PollerMode.OFF:
         roles.append(ProcessRole.POLLER.value)
     with engine.connect() as conn:
-        newest: dict[str, datetime] = {
-            str(row[0]): row[1]
-            for row in conn.execute(
-                select(HEARTBEATS.c.role, func.max(HEARTBEATS.c.last_beat_at))
-                .where(HEARTBEATS.c.role.in_(roles))
-                .group_by(HEARTBEATS.c.role)
-            )
-        }
-        open_keys: set[str] = set(
-            conn.execute(
-                select(ALERTS.c.alert_key).where(
-                    ALERTS.c.alert_key.in_([silence_key(r) for r in roles])
-                    & (ALERTS.c.status != AlertStatus.RESOLVED)
-                )
-            ).scalars()
-        )
+        newest = newest_beats(conn, roles)
+        open_keys = unresolved_keys(conn, [silence_key(r) for r in roles])
     ages: dict[str, float | None] = {}
     for role in roles:
         last = as_utc(newest.get(role))

@@ -82,11 +82,14 @@ def test_heartbeat_silence_raises_once_and_resolves(engine: Engine, make_setting
 def test_the_worker_watches_for_silence_until_stopped(
     engine: Engine, make_settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`meterfix worker` runs the check beside its scheduled jobs (service.worker.silence)."""
+    """`meterfix worker` runs the check beside its scheduled jobs (service.worker.silence),
+    and purges the heartbeats of instances gone for longer than MFX_RETENTION_DAYS."""
     monkeypatch.setattr(silence, "CHECK_EVERY_SECONDS", 0.05)
     with Session(engine) as session:
         old = utcnow() - timedelta(seconds=400)
         session.add(Heartbeat(instance="w1", role="worker", last_beat_at=old))
+        gone = utcnow() - timedelta(days=91)
+        session.add(Heartbeat(instance="w0", role="worker", last_beat_at=gone))
         session.commit()
     stop = threading.Event()
     thread = silence.start_silence_watch(engine, make_settings(mfx_heartbeat_silence=300), stop)
@@ -99,6 +102,9 @@ def test_the_worker_watches_for_silence_until_stopped(
     assert [(a.alert_key, a.status) for a in _alerts(engine)] == [
         ("heartbeat.silent:worker", "open")
     ]
+    with Session(engine) as session:
+        left = session.exec(select(Heartbeat.instance)).scalars().all()  # type: ignore[call-overload]
+    assert left == ["w1"]
 
 
 def test_retention_purges_old_records_in_batches(engine: Engine) -> None:

@@ -114,3 +114,31 @@ def set_report_status(engine: Engine, event_id: str, status: ErrorReportStatus) 
         ).one()
         report.status = status
         session.add(report)
+
+
+# --- the bundled poller's own import sets (written when it imports an object) --------------
+
+POLLER_ORIGIN = "poller"
+
+
+def save_poller_import_set(
+    engine: Engine, import_set_id: str, source_object: str, **values: Any
+) -> ImportSet:
+    """Create or update the import set the poller records for one object version."""
+    with session_scope(engine) as session:
+        query = select_model(ImportSet).where(ImportSet.import_set_id == import_set_id)
+        row = session.exec(query).first() or ImportSet(import_set_id=import_set_id, status="")
+        row.origin, row.source_object, row.updated_at = POLLER_ORIGIN, source_object, utcnow()
+        for name, value in values.items():
+            setattr(row, name, value)
+        session.add(row)
+    return row
+
+
+def pending_poller_import_sets(connection: Connection) -> list[str]:
+    """Ids of the poller's import sets whose failed rows still wait for remediation."""
+    query = select(IMPORT_SETS.c.import_set_id).where(
+        IMPORT_SETS.c.origin == POLLER_ORIGIN,
+        IMPORT_SETS.c.remediation_status == RemediationStatus.PENDING,
+    )
+    return list(connection.execute(query).scalars())
