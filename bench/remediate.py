@@ -16,8 +16,9 @@ flat from 1x to 4x, <= 1.5x the polars script); the pandas and polars scripts ap
 basic fixes.
 Usage: python bench/remediate.py [--rows N] [--rounds N] [--mix varied|basic] [--big 4]
        [--only "csv copy,meterfix"]
-Peak RSS is per process (wait4); CPU counts the process and its children (main splits a large
-CSV over two processes: see the CPU column).
+Peak RSS and CPU as GNU time reports them (`/usr/bin/time`; wait4 without it): RSS of the
+largest process, CPU of the process and its children (a large CSV is split over two processes:
+see the CPU column).
 """
 
 from __future__ import annotations
@@ -260,14 +261,25 @@ class Figures(NamedTuple):
     cpu: float  # user + system seconds of the process and its children
 
 
+GNU_TIME = "/usr/bin/time"
+
+
 def timed(cmd: list[str]) -> Figures:
-    """Figures of a child process, measured with wait4."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}")
+    """Figures of a child process: peak RSS and CPU as GNU time reports them when it is
+    installed (wait4 otherwise: Linux starts a forked child's peak RSS at its parent's, so
+    wait4 never reports less than this script's own size)."""
+    gnu = os.path.exists(GNU_TIME)
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        wrapped = [GNU_TIME, "-f", "%M %U %S", "-o", report.name, *cmd] if gnu else cmd
+        start = time.perf_counter()
+        proc = subprocess.Popen(wrapped, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"failed: {' '.join(cmd)}")
+        if gnu:
+            rss_kb, user, system = report.read().split()[-3:]
+            return Figures(seconds, int(rss_kb) / 1024, float(user) + float(system))
     return Figures(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
