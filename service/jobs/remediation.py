@@ -53,20 +53,17 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
             stages = Stages()
             with stages.timing(Stage.DOWNLOAD):
                 path = download(deps.files, file_id, Path(tmp))
-            generation = next_generation(deps.run.bucket, import_set.source_object)
-            with stages.timing(Stage.LINEAGE):
-                lineage = run_lineage(deps.run.engine, path, deps.run.rules, file_id, generation)
-            request = RunRequest(
+            # a failed-records file: every row was rejected
+            request = _rejected_rows(
+                deps,
+                stages,
+                path,
                 run_key=run_key,
                 trigger=RunTrigger.IMPORT_SET_SUCCEEDED,
                 source=file_id,
                 tag=import_set_id,
-                fmt=FileFormat.CSV,
                 now=event_time(import_set),
-                generation=generation,
-                lineage=lineage,
-                rejected=True,  # a failed-records file: every row was rejected
-                stages=stages,
+                generation=next_generation(deps.run.bucket, import_set.source_object),
             )
             _run_file(deps.run, request, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
@@ -80,20 +77,17 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
             stages = Stages()
             with stages.timing(Stage.DOWNLOAD):
                 path, source = fetch_source(deps, import_set, Path(tmp))
-            generation = next_generation(deps.run.bucket, source)
-            with stages.timing(Stage.LINEAGE):
-                lineage = run_lineage(deps.run.engine, path, deps.run.rules, source, generation)
-            request = RunRequest(
+            # the whole file failed: none of its rows was billed
+            request = _rejected_rows(
+                deps,
+                stages,
+                path,
                 run_key=run_key,
                 trigger=RunTrigger.IMPORT_SET_FAILED,
                 source=source,
                 tag=import_set_id,
-                fmt=FileFormat.CSV,
                 now=event_time(import_set),
-                generation=generation,
-                lineage=lineage,
-                rejected=True,  # the whole file failed: none of its rows was billed
-                stages=stages,
+                generation=next_generation(deps.run.bucket, source),
             )
             _run_file(deps.run, request, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
@@ -110,26 +104,51 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
                 f"the poller's failed-records file for {import_set.source_object} is gone; "
                 "re-import the object to rebuild it"
             )
-        source = import_set.source_object or import_set_id
-        generation = next_generation(deps.run.bucket, import_set.source_object)
-        stages = Stages()
-        with stages.timing(Stage.LINEAGE):
-            lineage = run_lineage(deps.run.engine, path, deps.run.rules, source, generation)
-        request = RunRequest(
+        # the rows the poller refused (never sent)
+        request = _rejected_rows(
+            deps,
+            Stages(),
+            path,
             run_key=run_key,
             trigger=RunTrigger.POLLER,
-            source=source,
+            source=import_set.source_object or import_set_id,
             tag=import_set_id,
-            fmt=FileFormat.CSV,
             now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
-            generation=generation,
-            lineage=lineage,
-            rejected=True,  # the rows the poller refused (never sent)
-            stages=stages,
+            generation=next_generation(deps.run.bucket, import_set.source_object),
         )
         key = import_set.source_object or ""
         _run_file(deps.run, request, path, lambda rows: _source_rows(deps.run.engine, key, rows))
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
+
+
+def _rejected_rows(
+    deps: JobDeps,
+    stages: Stages,
+    path: Path,
+    *,
+    run_key: str,
+    trigger: RunTrigger,
+    source: str,
+    tag: str,
+    now: int,
+    generation: int,
+) -> RunRequest:
+    """The run of a CSV file holding rejected rows only (each row goes to a corrected output
+    or to quarantine), with its lineage looked up (timed as the lineage stage)."""
+    with stages.timing(Stage.LINEAGE):
+        lineage = run_lineage(deps.run.engine, path, deps.run.rules, source, generation)
+    return RunRequest(
+        run_key=run_key,
+        trigger=trigger,
+        source=source,
+        tag=tag,
+        fmt=FileFormat.CSV,
+        now=now,
+        generation=generation,
+        lineage=lineage,
+        rejected=True,
+        stages=stages,
+    )
 
 
 RecordsTransform = Callable[[Iterator[UsageRecord]], Iterator[UsageRecord]]
