@@ -8,17 +8,20 @@ input, rules, lineage and `now` give byte-identical files.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from remediation import fastpath, parallel
 from remediation.changes import Context
-from remediation.decide import RowDecider
+from remediation.core.columns import Batch, from_records
+from remediation.core.csvbatch import csv_batch
+from remediation.core.csvout import CsvOut
+from remediation.core.decide import BatchDecider
+from remediation.core.outcomes import outcomes
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
-from remediation.identifiers import Lineage
+from remediation.identifiers import Identifiers, Lineage
 from remediation.meters import Meter
 from remediation.outcomes import Tally
 from remediation.outputs import PlannedOutput
@@ -29,7 +32,8 @@ from remediation.rules import Rules
 from remediation.sinks import AuditSink, Sinks
 from remediation.validation import MeterIndex
 
-PROGRESS_EVERY = 65536
+BATCH_ROWS = 65536
+BLOCK_BYTES = 8 << 20  # of CSV read at once: about 90,000 rows of a usual failed-records file
 
 
 @dataclass(slots=True)
@@ -67,90 +71,77 @@ def remediate(
     `lineage`: which identifiers of the input we wrote (see `identifiers`)."""
     index = MeterIndex(meters, value_precision=rules.value_precision, limits=rules.policy.limits)
     ctx = Context(index, rules, now, customers)
-    keep = identifiers == "keep"
-    run = RowDecider(source, ctx, generation, keep, lineage or Lineage(), rejected)
+    ids = Identifiers(source, generation, lineage or Lineage(), identifiers == "keep")
+    decider = BatchDecider(ctx, ids, lineage or Lineage(), rejected, source)
     sinks = Sinks(out_dir, source, fmt, generation, columns, write, max_rows, on_audit)
+    tally = Tally()
+    as_bytes = (
+        CsvOut(sinks, columns, ids, source) if columns and _bytes_out(records, write) else None
+    )
     try:
-        fast = fastpath.plan(records, sinks, columns)
-        if fast is not None and _in_halves(records, sinks, run, meters, columns, customers):
+        for batch in batches(records):
+            decided = decider.decide(batch)
+            if as_bytes is None or not as_bytes.write(decided, tally):
+                for outcome in outcomes(decided, ids, source):
+                    tally.add(outcome)
+                    sinks.emit(outcome)
             if on_progress is not None:
-                on_progress(run.tally.input_rows)
-        elif fast is not None:
-            fastpath.run(fast, _fast_settings(run, sinks, on_progress), run.tally)
-        else:
-            _run_records(run, sinks, records, on_progress)
-        outputs = sinks.finish(_summary_entry(run))
+                on_progress(tally.input_rows)
+        outputs = sinks.finish(_summary_entry(source, generation, now, tally))
     except BaseException:
         sinks.abort()
         raise
-    _check_conservation(run.tally, outputs, write, rejected)
-    summary = _summary(source, generation, run.tally, outputs, sinks.audit_path)
-    return RemediationResult(summary, outputs, run.tally.corrections)
+    _check_conservation(tally, outputs, write, rejected)
+    summary = _summary(source, generation, tally, outputs, sinks.audit_path)
+    return RemediationResult(summary, outputs, tally.corrections)
 
 
-def _run_records(
-    run: RowDecider,
-    sinks: Sinks,
-    records: Iterable[UsageRecord],
-    on_progress: Callable[[int], None] | None,
-) -> None:
+def _bytes_out(records: Iterable[UsageRecord], write: bool) -> bool:
+    """A CSV read as columns, written in known columns: its rows are written as bytes."""
+    return isinstance(records, CsvRecords) and write
+
+
+def batches(records: Iterable[UsageRecord], size: int | None = None) -> Iterator[Batch]:
+    """The input as batches: a CSV's cells as columns, other records converted in chunks."""
+    size = size or BATCH_ROWS
+    if isinstance(records, CsvRecords):
+        yield from csv_batches(records, size)
+        return
+    chunk: list[UsageRecord] = []
     for record in records:
-        outcome = run.decide(record)
-        run.tally.add(outcome)
-        sinks.emit(outcome)
-        if on_progress is not None and run.tally.input_rows % PROGRESS_EVERY == 0:
-            on_progress(run.tally.input_rows)
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield from_records(chunk)
+            chunk = []
+    if chunk:
+        yield from_records(chunk)
 
 
-def _in_halves(
-    records: Iterable[UsageRecord],
-    sinks: Sinks,
-    run: RowDecider,
-    meters: Sequence[Meter],
-    columns: Sequence[str] | None,
-    customers: CustomerDirectory | None,
-) -> bool:
-    """Remediate a large CSV file on two cores, if nothing needs this process per row."""
-    if not isinstance(records, CsvRecords) or sinks.on_audit is not None or customers is not None:
-        return False
-    assert columns is not None
-    ctx = run.ctx
-    spec = parallel.RunSpec(
-        run.source,
-        run.generation,
-        run.keep_ids,
-        tuple(meters),
-        ctx.rules,
-        ctx.now,
-        tuple(columns),
-        run.lineage,
-        run.rejected,
-    )
-    return parallel.remediate_halves(records, sinks, spec, run.tally, sinks.out_dir)
+def csv_batches(records: CsvRecords, size: int) -> Iterator[Batch]:
+    """A CSV's blocks as batches of at most `size` rows (slices of a block: no copies)."""
+    reader = records.columns(BLOCK_BYTES)
+    if reader.read_header() is None:
+        return
+    layout = reader.layout
+    assert layout is not None
+    for block in reader.blocks():
+        for start in range(0, block.rows, size):
+            rows = min(size, block.rows - start)
+            cells = [c.slice(start, rows) for c in block.cells]
+            malformed = {
+                i - start: reason
+                for i, reason in block.malformed.items()
+                if start <= i < start + rows
+            }
+            yield csv_batch(layout, cells, block.first_row + start, malformed, rows)
 
 
-def _fast_settings(
-    run: RowDecider, sinks: Sinks, on_progress: Callable[[int], None] | None
-) -> fastpath.RunSettings:
-    return fastpath.RunSettings(
-        run.source,
-        run.generation,
-        run.ids,
-        run.rejected,
-        run.ctx,
-        run.decide,
-        sinks.emit,
-        on_progress,
-    )
-
-
-def _summary_entry(run: RowDecider) -> dict[str, Any]:
-    tally = run.tally
+def _summary_entry(source: str, generation: int, now: int, tally: Tally) -> dict[str, Any]:
     return {
         "kind": "summary",
-        "source": run.source,
-        "generation": run.generation,
-        "now": run.ctx.now,
+        "source": source,
+        "generation": generation,
+        "now": now,
         "input_rows": tally.input_rows,
         "valid": tally.valid,
         "corrected": tally.corrected,

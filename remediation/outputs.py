@@ -73,18 +73,11 @@ class _Part:
         fmt: FileFormat,
         columns: Sequence[str] | None,
         annotations: Sequence[str],
-        rows: int = 0,
     ) -> None:
-        """A new file, or with `rows` a CSV file of that many rows (and a header) to extend."""
         self.path = path
-        # r+b, not ab: sendfile (`copy_rest`) refuses a file opened for appending
-        self.file: BinaryIO = open(path, "r+b" if rows else "wb")  # noqa: SIM115 - see close()
-        self.file.seek(0, os.SEEK_END)
+        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115 - see close()
         self.writer = RecordWriter(self.file, fmt, columns=columns, annotations=annotations)
-        if rows:
-            self.writer.begin(header_written=True)
-            self.writer.rows = rows
-        self.rows = rows
+        self.rows = 0
         self.full = False
 
     def close(self) -> None:
@@ -122,62 +115,21 @@ class OutputSet:
         part.rows += 1
         self._check_full(part)
 
-    def takes_rows(self) -> bool:
-        """Whether `write_rows` can be used: the first layout has (or will have) `columns`."""
-        if not self.layouts:
-            return self.columns is not None
-        return self.layouts[0][0].writer.columns == list(self.columns or ())
-
-    def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
-        """CSV rows in the first layout's columns; parts split exactly as `write` splits them."""
+    def write_block(self, data: bytes | memoryview, ends: Sequence[int]) -> None:
+        """Encoded CSV rows in the first layout's columns (row i ends at byte `ends[i + 1]`,
+        `ends[0]` is 0); parts split exactly as `write` splits them."""
         if not self.layouts:
             self.layouts.append([self._open(1, 1, self.columns)])
-        done = 0
-        while done < len(rows):
+        view, done, rows = memoryview(data), 0, len(ends) - 1
+        while done < rows:
             part = self._current(self.layouts[0])
             room = SIZE_CHECK_EVERY - part.rows % SIZE_CHECK_EVERY
-            chunk = rows[done : done + min(room, self.max_rows - part.rows)]
-            part.writer.write_rows(chunk)
-            done += len(chunk)
-            self.rows += len(chunk)
-            part.rows += len(chunk)
+            take = min(room, self.max_rows - part.rows, rows - done)
+            part.writer.write_bytes(view[ends[done] : ends[done + take]], take)
+            done += take
+            self.rows += take
+            part.rows += take
             self._check_full(part)
-
-    def adopt(self, path: Path, rows: int) -> None:
-        """Take over a CSV file of `rows` rows (at most `max_rows`) written in this set's
-        columns by another `OutputSet`, as the first part, before anything else is written."""
-        assert not self.layouts and 0 < rows <= self.max_rows and self.fmt is FileFormat.CSV
-        tmp = self.out_dir / f".{self.stem[:180]}.{self.kind}.1.1.tmp"
-        os.replace(path, tmp)
-        part = _Part(tmp, self.fmt, self.columns, self.annotations, rows)
-        part.full = rows >= self.max_rows
-        self.layouts.append([part])
-        self.rows += rows
-
-    def append_body(self, body: BinaryIO, rows: int) -> None:
-        """`rows` one-line CSV rows from `body` (after its header), as `write_rows` would
-        write them. The caller makes sure the size limit cannot be reached (see `parallel`)."""
-        if not self.layouts:
-            self.layouts.append([self._open(1, 1, self.columns)])
-        while rows:
-            part = self._current(self.layouts[0])
-            part.writer.begin()
-            part.writer.size()  # flushes the header and earlier rows
-            take = min(rows, self.max_rows - part.rows)
-            if take == rows:
-                copy_rest(body, part.file)  # the caller promises `rows` is all that is left
-            else:
-                copy_lines(body, part.file, take)
-            part.writer.rows += take
-            self.rows, part.rows, rows = self.rows + take, part.rows + take, rows - take
-            part.full = part.rows >= self.max_rows
-
-    def close_parts(self) -> list[list[tuple[Path, int]]]:
-        """Close every part; (temporary path, rows) of each, by layout (nothing renamed)."""
-        for layout in self.layouts:
-            for part in layout:
-                part.close()
-        return [[(part.path, part.rows) for part in layout] for layout in self.layouts]
 
     def _check_full(self, part: _Part) -> None:
         if part.rows >= self.max_rows:
@@ -241,39 +193,6 @@ class OutputSet:
             for part in layout:
                 part.file.close()
                 part.path.unlink(missing_ok=True)
-
-
-def copy_lines(source: BinaryIO, target: BinaryIO, lines: int) -> None:
-    """Copy the next `lines` lines of `source` (positioned at a line start) to `target`."""
-    while lines > 0:
-        start = source.tell()
-        block = source.read(1 << 20)
-        found = block.count(b"\n")
-        if not block:
-            raise ValueError(f"{lines} lines short")
-        if found >= lines:
-            cut = 0
-            for _ in range(lines):
-                cut = block.index(b"\n", cut) + 1
-            block = block[:cut]
-            source.seek(start + cut)
-            found = lines
-        target.write(block)
-        lines -= found
-
-
-def copy_rest(source: BinaryIO, target: BinaryIO) -> None:
-    """Append the rest of `source` to `target` (in the kernel where it can)."""
-    target.flush()
-    offset = source.tell()
-    size = os.fstat(source.fileno()).st_size
-    while offset < size:
-        sent = os.sendfile(target.fileno(), source.fileno(), offset, size - offset)
-        if sent == 0:
-            raise ValueError("file shrank while copying")
-        offset += sent
-    source.seek(offset)
-    target.seek(0, os.SEEK_END)  # the writer's idea of its position, after the kernel's writes
 
 
 def file_sha256(path: Path) -> str:

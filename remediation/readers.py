@@ -16,13 +16,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.jsonreaders import json_records, release, text_stream
 from remediation.limits import DEFAULT_LIMITS, MAX_LINE_CHARS, FieldLimits
 from remediation.records import ERROR_FIELDS, PAYLOAD_PREFIX, UsageRecord, resolve_error
+
+if TYPE_CHECKING:
+    from remediation.core.csvread import CsvColumns
 
 CSV_FIELD_LIMIT = MAX_LINE_CHARS
 
@@ -201,6 +204,12 @@ class CsvRecords(Iterator[UsageRecord]):
         if not self._stream.seekable() or self._stream.tell() != 0:
             return None
         return Path(name).resolve()
+
+    def columns(self, block_bytes: int = 1 << 20) -> CsvColumns:
+        """The same rows as text columns, in blocks (see `core.csvread`)."""
+        from remediation.core.csvread import CsvColumns
+
+        return CsvColumns(self._stream, self._delimiter, self._header, block_bytes)
 
     def __next__(self) -> UsageRecord:
         if self._records is None:

@@ -6,7 +6,6 @@ The audit file is written under a temporary name and renamed by `finish`, like t
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -15,7 +14,7 @@ from remediation.filetypes import FileFormat
 from remediation.outcomes import Outcome
 from remediation.outputs import MAX_BYTES as MAX_OUTPUT_BYTES
 from remediation.outputs import MAX_ROWS as MAX_OUTPUT_ROWS
-from remediation.outputs import OutputSet, PlannedOutput, copy_rest, source_stem
+from remediation.outputs import OutputSet, PlannedOutput, source_stem
 from remediation.records import QUARANTINE_FIELDS, UsageRecord
 from remediation.writers import record_object
 
@@ -108,21 +107,6 @@ class Sinks:
             self.audit_file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
         if self.on_audit is not None:
             self.on_audit(entry if row is None else {**entry, "record": row})
-
-    def adopt_audit(self, path: Path) -> None:
-        """Take over an audit file written for the first rows, before any entry of ours."""
-        assert self.audit_file is not None
-        self.audit_file.close()
-        os.replace(path, self.audit_tmp)
-        self.audit_file = open(self.audit_tmp, "r+", encoding="utf-8")  # noqa: SIM115
-        self.audit_file.seek(0, os.SEEK_END)  # r+, not a: see `copy_rest`
-
-    def append_audit(self, path: Path) -> None:
-        """Append the entries of an audit file written for the next rows."""
-        assert self.audit_file is not None
-        self.audit_file.flush()
-        with open(path, "rb") as stream:
-            copy_rest(stream, self.audit_file.buffer)
 
     def finish(self, summary_entry: dict[str, Any]) -> list[PlannedOutput]:
         """Close and rename every output; the audit trail ends with `summary_entry`."""

@@ -127,21 +127,16 @@ class RecordWriter:
         row.extend(cell(notes.get(name)) for name in self._annotations)
         self._csv.writerow(row)
 
-    def begin(self, header_written: bool = False) -> None:
-        """Write the CSV header now if nothing was written yet (rows follow as raw bytes);
-        `header_written`: the stream already holds it (a file this writer appends to)."""
-        if self._csv is not None and not self._getters:
-            self._start_csv(None, header_written)
-
-    def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
-        """CSV rows already in this writer's columns (annotations included; see `fastpath`)."""
+    def write_bytes(self, data: bytes | memoryview, rows: int) -> None:
+        """`rows` CSV rows already encoded in this writer's columns (see `core.csvout`)."""
         assert self._csv is not None and self._columns is not None
         if not self._getters:
             self._start_csv(None)
-        self._csv.writerows(rows)
-        self.rows += len(rows)
+        self._text.flush()
+        self._stream.write(data)
+        self.rows += rows
 
-    def _start_csv(self, record: UsageRecord | None, header_written: bool = False) -> None:
+    def _start_csv(self, record: UsageRecord | None) -> None:
         assert self._csv is not None
         if self._columns is None:
             assert record is not None
@@ -150,8 +145,7 @@ class RecordWriter:
         if self._with_errors:
             columns += ERROR_OUT_FIELDS
         self._getters = [getter(name) for name in columns]
-        if not header_written:
-            self._csv.writerow([*columns, *self._annotations])
+        self._csv.writerow([*columns, *self._annotations])
 
     def _write_json(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
         obj = record_object(record, self._with_errors)

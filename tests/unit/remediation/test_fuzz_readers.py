@@ -18,7 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from remediation.correctors import normalize_number
+from remediation.core.rules.values import normalize_number
 from remediation.engine import remediate
 from remediation.errors import Uncorrectable, UnreadableFile
 from remediation.formats import FileFormat, read_records

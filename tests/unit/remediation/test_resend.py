@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from remediation import parallel
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.identifiers import Ancestor, Lineage
-from tests.unit.remediation.test_fastpath import HEADER, METERS, NOW, RULES
-from tests.unit.remediation.test_parallel import compare, write_csv
+from tests.unit.remediation.test_batches import compare, write_csv
+from tests.unit.remediation.test_csv_columns import HEADER, METERS, NOW, RULES
 
 USAGE_HEADER = HEADER[:6]  # no error columns: a usage file Stripe or the poller imported
 BILLED = [
@@ -127,33 +126,32 @@ def test_a_corrected_row_failing_again_with_the_same_code_stays_out(tmp_path: Pa
 
 
 @pytest.mark.parametrize("rejected", [False, True])
-def test_two_processes_keep_billed_rows_out_too(
+def test_batches_keep_billed_rows_out_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rejected: bool
 ) -> None:
     rows = [[*r, "", ""] for r in BILLED * 5 + BROKEN * 10]
     rows = [[f"{n}-{r[0]}", *r[1:]] for n, r in enumerate(rows)]
     path = write_csv(tmp_path / "usage.csv", [r[:6] for r in rows], USAGE_HEADER)
-    assert compare(path, tmp_path, monkeypatch, rejected=rejected)
+    compare(path, tmp_path, monkeypatch, rejected=rejected)
     summary_files = list((tmp_path / "split").glob("*.corrected.*"))
     written = sum(len(p.read_text().splitlines()) - 1 for p in summary_files)
     assert written == (200 + 20 if rejected else 20)
-    assert parallel.MIN_ROWS == 10  # the halves were used (compare sets it)
 
 
 def test_a_rejected_input_keeping_a_row_out_is_a_conservation_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from remediation import decide
+    from remediation.core import decide
     from remediation.errors import ConservationError
 
-    original = decide.RowDecider.decide
+    original = decide.BatchDecider.decide
 
-    def keeping_out(self: decide.RowDecider, record: Any) -> Any:
-        outcome = original(self, record)
-        outcome.write = outcome.kind != "valid"
-        return outcome
+    def keeping_out(self: decide.BatchDecider, batch: Any) -> Any:
+        decided = original(self, batch)
+        decided.fate[decided.fate == decide.VALID] = decide.VALID_KEPT
+        return decided
 
-    monkeypatch.setattr(decide.RowDecider, "decide", keeping_out)
+    monkeypatch.setattr(decide.BatchDecider, "decide", keeping_out)
     rows = [[*r, "", ""] for r in BILLED[:2]]
     with pytest.raises(ConservationError, match="kept out"):
         run(usage_csv(rows, HEADER), tmp_path, fast=False, rejected=True)

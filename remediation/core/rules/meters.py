@@ -1,14 +1,21 @@
-"""Correctors that change which meter a record goes to, or which payload keys it carries.
+"""Meter rules: an event name is matched to an active meter (alias map, then a unique
+normalized match, then a clearly-best fuzzy match); an archived meter's usage goes to its
+configured successor. Both rename the customer and value keys to the new meter's keys.
 
-Rerouting (event-name match, successor meter) also renames the customer and value payload
-keys to the new meter's keys.
+The match is made once per distinct event name; only rows whose keys must be renamed are
+taken one at a time.
 """
 
 from __future__ import annotations
 
 import difflib
 
+import numpy as np
+import pyarrow as pa
+
 from remediation.changes import Change, Context, meter_of
+from remediation.core.columns import Batch, Column
+from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
 from remediation.errors import Uncorrectable
 from remediation.meters import Meter
 from remediation.records import UsageRecord
@@ -21,10 +28,41 @@ def normalized(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch not in " -_\t")
 
 
-def fix_event_name(record: UsageRecord, ctx: Context) -> list[Change]:
-    """Alias map, then a unique normalized match, then a clearly-best fuzzy match."""
+def fix_event_name(batch: Batch, ctx: Context) -> Fix:
+    """Each distinct name is matched once; rows keeping their keys are renamed on the column."""
+    names = batch.event_name.text
+    encoded = pa.compute.dictionary_encode(names)
+    picks = [pick_meter(name or "", ctx) for name in encoded.dictionary.to_pylist()]
+    positions = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    simple = np.zeros(len(batch), bool)
+    for at, pick in enumerate(picks):
+        if pick is not None and _keeps_keys(batch, pick[1]):
+            simple |= positions == at
+    fix = one_by_one(batch, ctx, fix_event_name_row, np.flatnonzero(~simple))
+    for at, pick in enumerate(picks):
+        rows = np.flatnonzero(simple & (positions == at))
+        if pick is None or not len(rows):
+            continue
+        rule, meter = pick
+        before = Column(names.take(pa.array(rows)))
+        after = Column(pa.array([meter.event_name] * len(rows), pa.string()))
+        fix.batch = fix.batch.with_fields(event_name=set_column(fix.batch.event_name, rows, after))
+        fix.changes.append(Changes(rows, rule, "event_name", before, after))
+    return fix
+
+
+def _keeps_keys(batch: Batch, meter: Meter) -> bool:
+    """Every row has the meter's customer and value keys (no renaming: `align_keys`)."""
+    for key in (meter.customer_key, meter.value_key):
+        column = batch.payload.get(key)
+        if column is None or not column.present().all():
+            return False
+    return True
+
+
+def fix_event_name_row(record: UsageRecord, ctx: Context) -> list[Change]:
     name = record.event_name or ""
-    target = _pick_meter(name, ctx)
+    target = pick_meter(name, ctx)
     if target is None:
         raise Uncorrectable(f"no single active meter matches event_name {name!r}")
     rule, meter = target
@@ -33,7 +71,7 @@ def fix_event_name(record: UsageRecord, ctx: Context) -> list[Change]:
     return changes + align_keys(record, None, meter, ctx)
 
 
-def _pick_meter(name: str, ctx: Context) -> tuple[str, Meter] | None:
+def pick_meter(name: str, ctx: Context) -> tuple[str, Meter] | None:
     aliased = ctx.index.get(ctx.rules.event_names.get(name))
     if aliased is not None and ctx.rules.enabled("alias_event_name"):
         return "alias_event_name", aliased
@@ -64,7 +102,11 @@ def _fuzzy(name: str, active: list[Meter], ctx: Context) -> Meter | None:
     return scored[0][2]
 
 
-def reroute_to_successor(record: UsageRecord, ctx: Context) -> list[Change]:
+def reroute_to_successor(batch: Batch, ctx: Context) -> Fix:
+    return one_by_one(batch, ctx, reroute_to_successor_row)
+
+
+def reroute_to_successor_row(record: UsageRecord, ctx: Context) -> list[Change]:
     """An archived meter's usage goes to its configured successor, if that one is active."""
     old = meter_of(record, ctx)
     name, hops = old.event_name, 0
@@ -74,11 +116,8 @@ def reroute_to_successor(record: UsageRecord, ctx: Context) -> list[Change]:
             break
         if successor.active:
             record.event_name = successor.event_name
-            changes = [Change("successor_meter", "event_name", old.event_name, name)]
-            changes[0] = Change(
-                "successor_meter", "event_name", old.event_name, successor.event_name
-            )
-            return changes + align_keys(record, old, successor, ctx)
+            change = Change("successor_meter", "event_name", old.event_name, successor.event_name)
+            return [change, *align_keys(record, old, successor, ctx)]
         name, hops = successor.event_name, hops + 1
     raise Uncorrectable(f"meter {old.event_name!r} is archived and has no active successor")
 
@@ -99,35 +138,4 @@ def align_keys(record: UsageRecord, old: Meter | None, new: Meter, ctx: Context)
         if source is not None:
             record.payload[target] = record.payload.pop(source)
             changes.append(Change("rename_key", f"payload.{source}", source, target))
-    return changes
-
-
-def drop_unused_keys(record: UsageRecord, ctx: Context) -> list[Change]:
-    meter = meter_of(record, ctx)
-    if not ctx.rules.enabled("drop_unused_keys"):
-        raise Uncorrectable("too many payload keys and rule drop_unused_keys is disabled")
-    used = {meter.customer_key, meter.value_key, *meter.dimension_keys}
-    unused = [key for key in record.payload if key not in used]
-    if not unused:
-        raise Uncorrectable("every payload key is used by the meter; nothing to drop")
-    return [
-        Change("drop_unused_keys", f"payload.{key}", record.payload.pop(key), None)
-        for key in unused
-    ]
-
-
-def fill_dimensions(record: UsageRecord, ctx: Context) -> list[Change]:
-    meter = meter_of(record, ctx)
-    changes = []
-    for key in meter.dimension_keys:
-        if key in record.payload:
-            continue
-        aliases = ctx.rules.dimension_aliases.get(key, ())
-        found = [a for a in aliases if a in record.payload or record.extra.get(a) not in (None, "")]
-        if len(found) != 1 or not ctx.rules.enabled("fill_dimension"):
-            raise Uncorrectable(f"dimension key {key!r} missing and no single alias holds it")
-        alias = found[0]
-        value = record.payload.pop(alias) if alias in record.payload else record.extra[alias]
-        record.payload[key] = value
-        changes.append(Change("fill_dimension", f"payload.{key}", None, value))
     return changes

@@ -1,4 +1,5 @@
-"""The CSV fast path (rows decided on their cells) writes exactly what the general path writes."""
+"""A CSV read as columns and written as bytes gives exactly what its records give, read and
+written one record at a time (the row API: the same core on batches built from records)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remediation import decide as deciding
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.identifiers import Ancestor, Lineage
@@ -115,12 +115,12 @@ def to_csv(rows: list[list[str]]) -> bytes:
 
 
 def run(
-    data: bytes, out: Path, fast: bool, **kwargs: Any
+    data: bytes, out: Path, columns: bool, **kwargs: Any
 ) -> tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]]]:
     records = read_records(io.BytesIO(data), FileFormat.CSV)
     entries: list[dict[str, Any]] = []
     result = remediate(
-        records if fast else list(records),
+        records if columns else list(records),
         source="failed.csv",
         fmt=FileFormat.CSV,
         meters=METERS,
@@ -138,13 +138,13 @@ def run(
 
 def assert_same(data: bytes, tmp: Path, **kwargs: Any) -> None:
     general = run(data, tmp / "general", False, **kwargs)
-    fast = run(data, tmp / "fast", True, **kwargs)
-    assert fast == general
+    as_columns = run(data, tmp / "columns", True, **kwargs)
+    assert as_columns == general
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=ROWS, keep=st.booleans(), rejected=st.booleans(), lineage=st.booleans())
-def test_fast_path_writes_what_the_general_path_writes(
+def test_columns_write_what_records_write(
     rows: list[list[str]], keep: bool, rejected: bool, lineage: bool, tmp_path_factory: Any
 ) -> None:
     doubled = rows + [list(row) for row in rows]
@@ -203,7 +203,7 @@ def varied_rows(count: int, seed: int) -> list[list[str]]:
         at = {"timestamp_in_future": 1, "no_meter": 2, "meter_event_customer_not_found": 3}
         cells[at.get(code, 4 if code else 1)] = make()
         if i % 97 == 0:
-            cells[0] += "-r1"  # ours per `ours()`: decided on the general path, between fast rows
+            cells[0] += "-r1"  # ours per `ours()`: lineage says we wrote it
         rows.append(cells)
     return rows
 
@@ -223,7 +223,7 @@ def test_varied_rows(tmp_path: Path, keep: bool, rejected: bool) -> None:
     )
 
 
-def test_reroute_to_another_layout_between_fast_rows(tmp_path: Path) -> None:
+def test_reroute_to_another_layout_between_column_rows(tmp_path: Path) -> None:
     rows = varied_rows(200, 6)
     rows[50] = ["r50", str(NOW), "tokens_v1", "cus_1", "4", "", "archived_meter", ""]
     assert_same(to_csv(rows), tmp_path, max_rows=64)
@@ -241,22 +241,3 @@ def test_superscript_timestamp_is_quarantined_not_a_crash(tmp_path: Path) -> Non
             "timestamp_invalid": {"corrected": 0, "quarantined": 1},
         },
     )
-
-
-def test_varied_rows_are_decided_on_the_fast_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls = []
-    decide = deciding.RowDecider.decide
-
-    def counting(run: Any, record: Any) -> Any:
-        calls.append(record.row_number)
-        return decide(run, record)
-
-    monkeypatch.setattr(deciding.RowDecider, "decide", counting)
-    rows = varied_rows(3000, 7)
-    run(to_csv(rows), tmp_path / "a", True, rejected=True, lineage=ours(rows))
-    assert len(calls) == 3000 // 97 + 1  # only the rows lineage says we wrote
-    calls.clear()
-    run(to_csv(rows), tmp_path / "b", True, rejected=True)
-    assert calls == []  # `-r1` is a spelling, not lineage: those rows are decided fast too

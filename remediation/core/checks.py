@@ -1,0 +1,251 @@
+"""Validation over a batch: the first problem Stripe would report for each row, as a code.
+
+The checks and their order are `validation.validate_record`'s (the row API, whose reasons this
+module does not word): field limits, meter, customer key, value key, value, dimensions,
+timestamp. Text is tested with Arrow kernels, numbers in numpy; only rows holding something
+unusual (a field past a limit, a JSON number, a timestamp of more than 18 digits) are read one
+by one, and those with `validate_record` itself, so both always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.codes import ErrorCode
+from remediation.core.columns import Batch, Column, Indexes, Kind, Mask
+from remediation.core.text import rows_holding
+from remediation.limits import FieldLimits
+from remediation.meters import Meter
+from remediation.validation import (
+    MAX_FUTURE_SECONDS,
+    MAX_PAST_SECONDS,
+    MeterIndex,
+    check_fields,
+    parse_timestamp,
+    plain_number,
+    validate_record,
+)
+
+Codes = npt.NDArray[np.object_]
+CONTROL_CLASS = "[\x00-\x1f\x7f\u2028\u2029]"
+SHORT_DIGITS = "^[0-9]{1,18}$"  # a count of seconds that fits int64 whatever its digits
+PLAIN = r"^-?[0-9]+(\.[0-9]+)?$"
+
+
+def mask(array: pa.Array) -> Mask:
+    """A boolean Arrow array as numpy (null: False)."""
+    return np.asarray(array.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def matches(column: Column, pattern: str) -> Mask:
+    return mask(pc.match_substring_regex(column.text, pattern))
+
+
+def has_control(column: Column) -> Mask:
+    """Rows holding a control character (`limits.CONTROL`): a byte scan finds the few rows
+    that may, the regex decides on those alone."""
+    found = np.zeros(len(column), bool)
+    suspects = rows_holding(column.text.cast(pa.large_string()), _CONTROL_BYTES)
+    if len(suspects):
+        picked = column.text.take(pa.array(suspects))
+        found[suspects] = mask(pc.match_substring_regex(picked, CONTROL_CLASS))
+    return found
+
+
+_CONTROL_BYTES = bytes(range(32)) + b"\x7f\xe2"  # U+2028/U+2029 start with 0xE2 in UTF-8
+
+
+def longer(column: Column, most: int) -> Mask:
+    return mask(pc.greater(pc.utf8_length(column.text), most))
+
+
+def field_suspects(batch: Batch, limits: FieldLimits) -> Mask:
+    """Rows that may break a field limit (a superset: `check_fields` has the last word)."""
+    suspect = mask(pc.is_valid(batch.malformed))
+    for column, most in (
+        (batch.identifier, limits.max_identifier_chars),
+        (batch.event_name, limits.max_event_name_chars),
+    ):
+        suspect |= longer(column, most) | has_control(column)
+    suspect |= batch.timestamp.is_text() & has_control(batch.timestamp)
+    for key, column in batch.payload.items():
+        if len(key) > limits.max_payload_key_chars or not key.isprintable():
+            suspect |= column.present()
+        text = column.is_text()
+        suspect |= text & (longer(column, limits.max_payload_value_chars))
+        suspect |= text & has_control(column)
+        if column.kinds is not None:
+            odd = (column.kinds == Kind.JSON) | (column.kinds == Kind.INT) & longer(
+                column, limits.max_payload_value_chars
+            )
+            suspect |= odd & column.present()
+    return suspect
+
+
+def problem_codes(batch: Batch, index: MeterIndex, now: int) -> Codes:
+    """The first problem's code per row (None: valid), as `validate_record` finds it."""
+    codes: Codes = np.full(len(batch), None, dtype=object)
+    odd = field_suspects(batch, index.limits) | _odd_values(batch)
+    if odd.any():
+        at = np.flatnonzero(odd)
+        for i, record in zip(at.tolist(), batch.take(at).records(), strict=True):
+            problem = validate_record(record, index, now)
+            codes[i] = problem.code if problem else None
+    open_rows = ~odd
+    _meters(batch, index, codes, open_rows)
+    _timestamps(batch.timestamp, now, codes, open_rows & _undecided(codes))
+    return codes
+
+
+def first_field_problems(batch: Batch, limits: FieldLimits) -> list[tuple[int, str, str]]:
+    """(row index, code, message) of rows past a field limit (malformed rows included)."""
+    suspect = np.flatnonzero(field_suspects(batch, limits))
+    found = []
+    for i, record in zip(suspect.tolist(), batch.take(suspect).records(), strict=True):
+        problem = check_fields(record, limits)
+        if problem is not None:
+            found.append((i, str(problem.code), problem.message))
+    return found
+
+
+def _undecided(codes: Codes) -> Mask:
+    return np.asarray(codes == None, dtype=bool)  # noqa: E711 - elementwise on an object array
+
+
+def _odd_values(batch: Batch) -> Mask:
+    """Rows with a non-text timestamp or payload value: checked one by one (JSON only)."""
+    odd = np.zeros(len(batch), bool)
+    for column in (batch.timestamp, *batch.payload.values()):
+        if column.kinds is not None:
+            odd |= (column.kinds != Kind.TEXT) & column.present()
+    return odd
+
+
+def meter_of_rows(batch: Batch, index: MeterIndex) -> tuple[list[Meter | None], Indexes]:
+    """Each row's meter as (distinct meters, index per row into them; -1: none)."""
+    names = batch.event_name.text
+    encoded = pc.dictionary_encode(names)
+    meters = [index.get(name) for name in encoded.dictionary.to_pylist()]
+    positions = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return meters, positions
+
+
+def _meters(batch: Batch, index: MeterIndex, codes: Codes, rows: Mask) -> None:
+    meters, positions = meter_of_rows(batch, index)
+    codes[rows & (positions < 0)] = ErrorCode.NO_METER
+    for at, meter in enumerate(meters):
+        of_meter = rows & (positions == at)
+        if not of_meter.any():
+            continue
+        if meter is None:
+            codes[of_meter] = ErrorCode.NO_METER
+        elif not meter.active:
+            codes[of_meter] = ErrorCode.ARCHIVED_METER
+        else:
+            _payload(batch, meter, index, codes, of_meter)
+
+
+def _payload(batch: Batch, meter: Meter, index: MeterIndex, codes: Codes, rows: Mask) -> None:
+    def flag(where: Mask, code: ErrorCode) -> None:
+        hit = rows & where & _undecided(codes)
+        codes[hit] = code
+
+    customer = batch.payload.get(meter.customer_key)
+    if customer is None:
+        flag(np.ones(len(batch), bool), ErrorCode.NO_CUSTOMER_DEFINED)
+        return
+    blank = mask(pc.equal(pc.utf8_trim_whitespace(customer.text), ""))
+    flag(~customer.present() | blank, ErrorCode.NO_CUSTOMER_DEFINED)
+    value = batch.payload.get(meter.value_key)
+    if value is None:
+        flag(np.ones(len(batch), bool), ErrorCode.VALUE_NOT_FOUND)
+        return
+    flag(~value.present(), ErrorCode.VALUE_NOT_FOUND)
+    flag(~matches(value, PLAIN), ErrorCode.INVALID_VALUE)
+    flag(_too_many_digits(value, index), ErrorCode.VALUE_TOO_MANY_DIGITS)
+    _dimensions(batch, meter, flag)
+
+
+def _too_many_digits(value: Column, index: MeterIndex) -> Mask:
+    """Plain numbers past the integer digits or the decimal places (`check_number`)."""
+    n = len(value)
+    shortest = min(index.limits.max_value_integer_digits, (index.value_precision or 0) + 1)
+    long_rows = np.flatnonzero(longer(value, shortest))
+    over = np.zeros(n, bool)
+    if len(long_rows):
+        over[long_rows] = _digits_over(value.text.take(pa.array(long_rows)), index)
+    return over
+
+
+def _digits_over(text: pa.Array, index: MeterIndex) -> Mask:
+    whole = pc.utf8_ltrim(pc.utf8_ltrim(pc.replace_substring_regex(text, r"\..*$", ""), "-"), "0")
+    over = longer(Column(whole), index.limits.max_value_integer_digits)
+    if index.value_precision is not None:
+        places = pc.replace_substring_regex(text, r"^[^.]*\.?", "")
+        over |= longer(Column(places), index.value_precision)
+    return over
+
+
+def _dimensions(batch: Batch, meter: Meter, flag: object) -> None:
+    if not meter.dimension_keys:
+        return
+    assert callable(flag)
+    n = len(batch)
+    missing = np.zeros(n, bool)
+    for key in meter.dimension_keys:
+        column = batch.payload.get(key)
+        missing |= np.ones(n, bool) if column is None else ~column.present()
+    flag(missing, ErrorCode.MISSING_DIMENSION_KEYS)
+    used = {meter.customer_key, meter.value_key, *meter.dimension_keys}
+    unused = np.zeros(n, bool)
+    for key, column in batch.payload.items():
+        if key not in used:
+            unused |= column.present()
+    flag(unused, ErrorCode.DIMENSION_COUNT_TOO_HIGH)
+
+
+def seconds(column: Column) -> tuple[npt.NDArray[np.int64], Mask, list[tuple[int, int | None]]]:
+    """Unix seconds per row where `parse_timestamp` reads them within int64: (values, which
+    rows have one, and (row, value or None) of the other present rows read one by one)."""
+    n = len(column)
+    values = np.zeros(n, np.int64)
+    short = column.is_text() & matches(column, SHORT_DIGITS)
+    if short.any():
+        at = np.flatnonzero(short)
+        picked = column.text.take(pa.array(at)).cast(pa.int64())
+        values[at] = picked.to_numpy(zero_copy_only=False)
+    others = np.flatnonzero(column.present() & ~short)
+    rest = []
+    for i, value in zip(others.tolist(), column.take(others).values(), strict=True):
+        rest.append((i, parse_timestamp(value)))
+    return values, short, rest
+
+
+def _timestamps(column: Column, now: int, codes: Codes, rows: Mask) -> None:
+    values, known, rest = seconds(column)
+    high, low = now + MAX_FUTURE_SECONDS, now - MAX_PAST_SECONDS
+    codes[rows & known & (values > high)] = ErrorCode.TIMESTAMP_IN_FUTURE
+    codes[rows & known & (values < low)] = ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST
+    for i, ts in rest:
+        if not rows[i]:
+            continue
+        if ts is None:
+            codes[i] = ErrorCode.TIMESTAMP_INVALID
+        elif ts > high:
+            codes[i] = ErrorCode.TIMESTAMP_IN_FUTURE
+        elif ts < low:
+            codes[i] = ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST
+
+
+def plain_numbers(column: Column) -> list[str | None]:
+    """`plain_number` of each row's value (None: absent or not a plain number)."""
+    return [plain_number(v) if v is not None else None for v in column.values()]
+
+
+def codes_of(values: Sequence[str | None]) -> Codes:
+    return np.asarray(values, dtype=object)

@@ -1,0 +1,296 @@
+"""A batch of usage rows held as columns: what readers yield, rules read and writers consume.
+
+Every field is text in an Arrow string array (null: the field is absent). A JSON value that is
+not a string keeps its JSON text and a `kind` per row, so a number stays a number on output and
+a rule can tell `"12"` from `12`; CSV columns have no kinds (every cell is text). Nothing here
+knows a rule: this is the shape of the data, and the conversions to and from `UsageRecord` (the
+row API is a batch of one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.records import UsageRecord
+
+Indexes = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+
+
+class Kind(IntEnum):
+    """What a value was in its file (CSV cells are all TEXT)."""
+
+    TEXT = 0
+    INT = 1
+    FLOAT = 2
+    BOOL = 3
+    NULL = 4  # a JSON null (a key present with no value)
+    JSON = 5  # an object or array, held as its JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One field of every row: `text` (null where absent) and, for JSON, each row's kind."""
+
+    text: pa.Array
+    kinds: npt.NDArray[np.uint8] | None = None
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    @classmethod
+    def absent(cls, length: int) -> Column:
+        return cls(pa.nulls(length, pa.string()))
+
+    @classmethod
+    def of(cls, values: Sequence[object]) -> Column:
+        """A column of typed values (None: absent), as a reader or a row rule has them."""
+        texts, kinds = zip(*(typed_text(v) for v in values), strict=True) if values else ((), ())
+        column_kinds = np.fromiter(kinds, np.uint8, len(values))
+        return cls(pa.array(texts, pa.string()), column_kinds if column_kinds.any() else None)
+
+    def take(self, indexes: Indexes, at: pa.Array | None = None) -> Column:
+        """Rows `indexes` (`at`: the same as an Arrow array, when the caller has one)."""
+        kinds = self.kinds[indexes] if self.kinds is not None else None
+        return Column(self.text.take(at if at is not None else pa.array(indexes)), kinds)
+
+    def kind_array(self) -> npt.NDArray[np.uint8]:
+        return self.kinds if self.kinds is not None else np.zeros(len(self.text), np.uint8)
+
+    def is_text(self) -> Mask:
+        """Rows whose value is present and text (a CSV cell, a JSON string)."""
+        present = self.present()
+        return present if self.kinds is None else present & (self.kinds == Kind.TEXT)
+
+    def present(self) -> Mask:
+        return np.asarray(pc.is_valid(self.text).to_numpy(zero_copy_only=False), dtype=bool)
+
+    def values(self) -> list[object]:
+        """Typed values (None where absent): for the few rows a rule handles one by one."""
+        texts: list[str | None] = self.text.to_pylist()
+        if self.kinds is None:
+            return list(texts)
+        return [value_of(t, int(k)) for t, k in zip(texts, self.kinds.tolist(), strict=True)]
+
+
+def typed_text(value: object) -> tuple[str | None, int]:
+    """(text, kind) of a typed value; None is absent."""
+    if value is None:
+        return None, Kind.TEXT
+    if isinstance(value, str):
+        return value, Kind.TEXT
+    if isinstance(value, bool):
+        return ("true" if value else "false"), Kind.BOOL
+    if isinstance(value, int):
+        return str(value), Kind.INT
+    if isinstance(value, float):
+        return repr(value), Kind.FLOAT
+    return json.dumps(value, ensure_ascii=False), Kind.JSON
+
+
+def present_text(value: object) -> tuple[str, int]:
+    """(text, kind) of a value that is present even when None (a payload key set to null)."""
+    if value is None:
+        return "null", Kind.NULL
+    text, kind = typed_text(value)
+    assert text is not None
+    return text, kind
+
+
+def value_of(text: str | None, kind: int) -> object:
+    """The typed value back from its text and kind."""
+    if text is None:
+        return None
+    if kind == Kind.TEXT:
+        return text
+    if kind == Kind.INT:
+        return int(text)
+    if kind == Kind.FLOAT:
+        return float(text)
+    if kind == Kind.BOOL:
+        return text == "true"
+    if kind == Kind.NULL:
+        return None
+    return json.loads(text)
+
+
+def concat_columns(columns: Sequence[Column]) -> Column:
+    text = pa.concat_arrays([c.text.cast(pa.string()) for c in columns])
+    if all(c.kinds is None for c in columns):
+        return Column(text)
+    return Column(text, np.concatenate([c.kind_array() for c in columns]))
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Rows of one input, in input order; `rows` numbers them (1-based, header excluded).
+
+    `payload` and `extra` hold one column per key any row has (null where a row lacks it).
+    `order`, when set (JSON), lists per row its payload and extra keys in their file order;
+    without it a row's keys follow the columns' order (CSV, where the header fixes them).
+    """
+
+    rows: Indexes
+    identifier: Column
+    timestamp: Column
+    event_name: Column
+    payload: Mapping[str, Column]
+    extra: Mapping[str, Column]
+    error_code: pa.Array  # normalized codes (null: none), as `records.resolve_error` gives them
+    error_message: pa.Array
+    malformed: pa.Array  # the reader's reason for a broken row, null for the others
+    order: list[tuple[tuple[str, ...], tuple[str, ...]]] | None = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, indexes: Indexes) -> Batch:
+        at = pa.array(indexes, pa.int64())
+        return Batch(
+            self.rows[indexes],
+            self.identifier.take(indexes, at),
+            self.timestamp.take(indexes, at),
+            self.event_name.take(indexes, at),
+            {k: c.take(indexes, at) for k, c in self.payload.items()},
+            {k: c.take(indexes, at) for k, c in self.extra.items()},
+            self.error_code.take(at),
+            self.error_message.take(at),
+            self.malformed.take(at),
+            [self.order[i] for i in indexes.tolist()] if self.order is not None else None,
+        )
+
+    def with_fields(self, **changes: Any) -> Batch:
+        return replace(self, **changes)
+
+    def records(self) -> list[UsageRecord]:
+        """The rows as records (for the few rows a rule handles one by one, and JSON output)."""
+        cores = [c.values() for c in (self.identifier, self.timestamp, self.event_name)]
+        payload = {k: _present_values(c) for k, c in self.payload.items()}
+        extra = {k: _present_values(c) for k, c in self.extra.items()}
+        codes, messages = self.error_code.to_pylist(), self.error_message.to_pylist()
+        broken = self.malformed.to_pylist()
+        out = []
+        for i, number in enumerate(self.rows.tolist()):
+            keys, extra_keys = self.order[i] if self.order is not None else (payload, extra)
+            out.append(
+                UsageRecord(
+                    number,
+                    _text_or_none(cores[0][i]),
+                    cores[1][i],
+                    _text_or_none(cores[2][i]),
+                    {k: v for k in keys if (v := payload[k][i]) is not _ABSENT},
+                    {k: v for k in extra_keys if (v := extra[k][i]) is not _ABSENT},
+                    codes[i],
+                    messages[i],
+                    broken[i],
+                )
+            )
+        return out
+
+
+_ABSENT: Any = object()
+
+
+def _present_values(column: Column) -> list[object]:
+    """Typed values, `_ABSENT` where the key is missing (a JSON null is a present None)."""
+    texts = column.text.to_pylist()
+    kinds = column.kinds.tolist() if column.kinds is not None else None
+    if kinds is None:
+        return [_ABSENT if t is None else t for t in texts]
+    return [_ABSENT if t is None else value_of(t, k) for t, k in zip(texts, kinds, strict=True)]
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def from_records(records: Sequence[UsageRecord], ordered: bool = True) -> Batch:
+    """A batch of records (JSON rows, or the rows a rule handled one by one).
+
+    `ordered`: keep each row's key order (`Batch.order`); off where the columns fix it."""
+    payload_keys = _union(r.payload for r in records)
+    extra_keys = _union(r.extra for r in records)
+    return Batch(
+        np.fromiter((r.row_number for r in records), np.int64, len(records)),
+        Column.of([r.identifier for r in records]),
+        Column.of([r.timestamp for r in records]),
+        Column.of([r.event_name for r in records]),
+        {k: _keyed(records, "payload", k) for k in payload_keys},
+        {k: _keyed(records, "extra", k) for k in extra_keys},
+        pa.array([r.error_code for r in records], pa.string()),
+        pa.array([r.error_message for r in records], pa.string()),
+        pa.array([r.malformed for r in records], pa.string()),
+        [(tuple(r.payload), tuple(r.extra)) for r in records] if ordered else None,
+    )
+
+
+def _union(mappings: Iterable[Mapping[str, object]]) -> list[str]:
+    keys: dict[str, None] = {}
+    for mapping in mappings:
+        keys.update(dict.fromkeys(mapping))
+    return list(keys)
+
+
+def _keyed(records: Sequence[UsageRecord], part: str, key: str) -> Column:
+    texts: list[str | None] = []
+    kinds: list[int] = []
+    for record in records:
+        values: Mapping[str, object] = getattr(record, part)
+        if key in values:
+            text, kind = present_text(values[key])
+        else:
+            text, kind = None, Kind.TEXT
+        texts.append(text)
+        kinds.append(kind)
+    array = np.asarray(kinds, np.uint8)
+    return Column(pa.array(texts, pa.string()), array if array.any() else None)
+
+
+def concat_batches(batches: Sequence[Batch]) -> Batch:
+    """Batches with possibly different key columns, one after the other."""
+    if len(batches) == 1:
+        return batches[0]
+    payload = _union(b.payload for b in batches)
+    extra = _union(b.extra for b in batches)
+    ordered = any(b.order is not None for b in batches)
+    return Batch(
+        np.concatenate([b.rows for b in batches]),
+        concat_columns([b.identifier for b in batches]),
+        concat_columns([b.timestamp for b in batches]),
+        concat_columns([b.event_name for b in batches]),
+        {k: concat_columns([_key(b.payload, k, len(b)) for b in batches]) for k in payload},
+        {k: concat_columns([_key(b.extra, k, len(b)) for b in batches]) for k in extra},
+        pa.concat_arrays([b.error_code for b in batches]),
+        pa.concat_arrays([b.error_message for b in batches]),
+        pa.concat_arrays([b.malformed for b in batches]),
+        [o for b in batches for o in _orders(b)] if ordered else None,
+    )
+
+
+def _key(columns: Mapping[str, Column], key: str, length: int) -> Column:
+    return columns.get(key) or Column.absent(length)
+
+
+def _orders(batch: Batch) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    if batch.order is not None:
+        return batch.order
+    payload = [k for k, c in batch.payload.items()]
+    extra = [k for k, c in batch.extra.items()]
+    present_p = {k: batch.payload[k].present() for k in payload}
+    present_e = {k: batch.extra[k].present() for k in extra}
+    return [
+        (
+            tuple(k for k in payload if present_p[k][i]),
+            tuple(k for k in extra if present_e[k][i]),
+        )
+        for i in range(len(batch))
+    ]

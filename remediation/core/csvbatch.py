@@ -1,0 +1,94 @@
+"""CSV cells (one text array per header column) as a `Batch`, by the header's `CsvLayout`.
+
+An empty `payload_<key>` cell means the key is absent and an empty core cell means none was
+given (the CSV convention of `readers`); other columns are kept verbatim; error columns become
+the normalized `error_code`/`error_message`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.core.columns import Batch, Column
+from remediation.readers import CsvLayout
+from remediation.records import resolve_error
+
+PY_SPACE = " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"  # what str.strip() strips of ASCII
+
+
+def csv_batch(
+    layout: CsvLayout,
+    cells: Sequence[pa.Array],
+    first_row: int,
+    malformed: Mapping[int, str],
+    rows: int,
+) -> Batch:
+    code, message = _errors(layout, cells, rows)
+    broken: list[str | None] = [None] * rows
+    for i, reason in malformed.items():
+        broken[i] = reason
+    return Batch(
+        np.arange(first_row, first_row + rows, dtype=np.int64),
+        _core(cells, layout.identifier, rows),
+        _core(cells, layout.timestamp, rows),
+        _core(cells, layout.event_name, rows),
+        {key: _core(cells, i, rows) for i, key in layout.payload},
+        {name: Column(cells[i].cast(pa.string())) for i, name in layout.extra},
+        code,
+        message,
+        pa.array(broken, pa.string()),
+    )
+
+
+def _core(cells: Sequence[pa.Array], index: int | None, rows: int) -> Column:
+    """A column where an empty cell is an absent field."""
+    if index is None:
+        return Column.absent(rows)
+    text = cells[index].cast(pa.string())
+    empty = pc.equal(text, "")
+    return Column(
+        pc.if_else(empty, pa.scalar(None, pa.string()), text) if pc.any(empty).as_py() else text
+    )
+
+
+def _errors(layout: CsvLayout, cells: Sequence[pa.Array], rows: int) -> tuple[pa.Array, pa.Array]:
+    none = pa.nulls(rows, pa.string())
+    if not layout.errors:
+        return none, none
+    simple = layout.simple_errors
+    if simple is not None and all(_ascii(cells[i]) for i, _ in layout.errors):
+        code = pc.utf8_lower(pc.utf8_trim(cells[simple[0]].cast(pa.string()), PY_SPACE))
+        message = (
+            pc.utf8_trim(cells[simple[1]].cast(pa.string()), PY_SPACE)
+            if simple[1] is not None
+            else none
+        )
+        return _nulled(code), _nulled(message)
+    if simple is not None:
+        codes = cells[simple[0]].to_pylist()
+        texts = cells[simple[1]].to_pylist() if simple[1] is not None else [""] * rows
+        code_list = [c.strip().lower() or None for c in codes]
+        return pa.array(code_list, pa.string()), pa.array(
+            [t.strip() or None for t in texts], pa.string()
+        )
+    columns = [(name, cells[i].to_pylist()) for i, name in layout.errors]
+    pairs = [resolve_error({name: values[r] for name, values in columns}) for r in range(rows)]
+    return pa.array([p[0] for p in pairs], pa.string()), pa.array(
+        [p[1] for p in pairs], pa.string()
+    )
+
+
+def _ascii(text: pa.Array) -> bool:
+    """Arrow trims and lowers ASCII exactly as Python does (not every other character)."""
+    return bool(pc.all(pc.string_is_ascii(text.cast(pa.string()))).as_py() is not False)
+
+
+def _nulled(text: pa.Array) -> pa.Array:
+    empty = pc.equal(text, "")
+    if not pc.any(empty).as_py():
+        return text
+    return pc.if_else(empty, pa.scalar(None, pa.string()), text)

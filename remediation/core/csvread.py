@@ -1,0 +1,373 @@
+"""CSV columns, fast: the rows `readers.CsvRecords.row_batches` gives, as Arrow string arrays.
+
+The stream is read in blocks cut after a line end. pyarrow's parser reads a block only when it
+provably reads it as csv.reader does: every quote opens a field, closes one or doubles one inside
+(checked with numpy), so both see the same fields and the block ends outside quotes. Any other
+block is read by csv.reader alone, and the fast path resumes after it when csv.reader ends the
+block between records. Otherwise (undecodable bytes, a csv.Error, a field longer than a few
+blocks, a quote left open) csv.reader reads the rest of the file, its bytes decoded in the chunks
+`jsonreaders.text_stream` decodes, so the same rows come out and the same error is raised, down
+to the offset of an undecodable byte (which io.TextIOWrapper counts from the start of a chunk).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from remediation.errors import UnreadableFile
+from remediation.readers import CSV_FIELD_LIMIT, CsvLayout, _line_breaks, csv_error
+
+__all__ = ["CsvBlock", "CsvColumns"]
+
+TEXT_CHUNK = 8192  # bytes io.TextIOWrapper decodes at a time (its _CHUNK_SIZE)
+EXACT_BATCH_ROWS = 65536
+GROWTH = 4  # a block grows to GROWTH * block_bytes to reach a line end outside quotes
+_KEEP_BEHIND = TEXT_CHUNK + 4  # bytes before a block the exact path re-decodes from
+_SENTINEL = "\udc80"  # a line no UTF-8 text holds: csv.reader returns it alone between records
+_QUOTE, _CR, _LF = ord('"'), ord("\r"), ord("\n")
+
+
+@dataclass(frozen=True, slots=True)
+class CsvBlock:
+    """Consecutive non-blank data rows as columns, padded or cut to the header's width."""
+
+    first_row: int  # number of its first data row (1-based, header excluded)
+    cells: list[pa.Array]  # one pa.string() array per header column, no nulls
+    malformed: dict[int, str]  # block-row index -> reason, for rows of the wrong width
+
+    @property
+    def rows(self) -> int:
+        # With no header column every row is malformed (a non-blank row has a field).
+        return len(self.cells[0]) if self.cells else len(self.malformed)
+
+
+class _ByteSource:
+    """A binary stream read ahead into `pending` (which starts at byte `start`), keeping the
+    last bytes before it in `behind`: a fallback re-decodes from a chunk start behind it."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.pending, self.behind = b"", b""
+        self.start = 0
+        self.eof = False
+
+    def fill(self, size: int) -> bytes:
+        """`pending` after reading ahead until it holds `size` bytes or the stream ends."""
+        parts, have = [self.pending], len(self.pending)
+        while have < size and not self.eof:
+            part = self._stream.read(size - have)
+            self.eof = not part
+            parts.append(part)
+            have += len(part)
+        if len(parts) > 1:
+            self.pending = b"".join(parts)
+        return self.pending
+
+    def take(self, size: int) -> bytes:
+        taken, self.pending = self.pending[:size], self.pending[size:]
+        self.behind = (self.behind + taken[-_KEEP_BEHIND:])[-_KEEP_BEHIND:]
+        self.start += len(taken)
+        return taken
+
+    def read(self, size: int) -> bytes:
+        """Exactly `size` bytes unless the stream ends, as BytesIO.read1 gives io.TextIOWrapper."""
+        self.fill(size)
+        return self.take(size)
+
+
+@contextmanager
+def _as_unreadable() -> Iterator[None]:
+    """The errors `CsvRecords.row_batches` turns into UnreadableFile, turned the same way."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
+    except csv.Error as exc:
+        raise UnreadableFile(csv_error(exc)) from exc
+
+
+class CsvColumns:
+    """The header and data rows of a CSV stream, in `CsvBlock`s of about `block_bytes` of input.
+
+    A repaired `header` of the file's width replaces the file's, as in `CsvRecords`. Counters:
+    `fast_blocks` were parsed by pyarrow, `exact_blocks` built from csv.reader rows.
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        delimiter: str,
+        header: Sequence[str] | None,
+        block_bytes: int = 1 << 20,
+    ) -> None:
+        self._source = _ByteSource(stream)
+        self._delimiter, self._repaired = delimiter, header
+        # A block never outgrows the field limit, so no field csv.reader refuses reaches pyarrow.
+        self._block_bytes = max(1, min(block_bytes, CSV_FIELD_LIMIT // GROWTH))
+        self._header: tuple[str, ...] | None = None
+        self._rows: Iterator[list[str]] | None = None  # set when csv.reader reads it all
+        self._started = False
+        self._next_row = 1
+        self.fast_blocks = self.exact_blocks = 0
+
+    @property
+    def layout(self) -> CsvLayout | None:
+        return None if self._header is None else CsvLayout.from_header(self._header)
+
+    def read_header(self) -> tuple[str, ...] | None:
+        """The header (the repaired one if as wide as the file's); None for an empty file."""
+        if self._started:
+            return self._header
+        self._started = True
+        if csv.field_size_limit() < CSV_FIELD_LIMIT:  # as `CsvRecords.row_batches` does
+            csv.field_size_limit(CSV_FIELD_LIMIT)
+        with _as_unreadable():
+            header = self._quick_header()
+            if header is None:
+                self._rows = csv.reader(_exact_lines(self._source), delimiter=self._delimiter)
+                header = next(self._rows, None)
+        if header is not None and self._repaired is not None:
+            header = list(self._repaired) if len(self._repaired) == len(header) else header
+        self._header = None if header is None else tuple(header)
+        if self._header is not None:
+            CsvLayout.from_header(self._header)  # an ambiguous header fails the file, as today
+        return self._header
+
+    def blocks(self) -> Iterator[CsvBlock]:
+        """The non-blank data rows in blocks, numbered from 1 in order."""
+        if self.read_header() is None:
+            return
+        with _as_unreadable():
+            rows = self._rows
+            if rows is None:
+                rows = yield from self._quick_blocks()
+            if rows is not None:
+                yield from self._exact_blocks(rows)
+
+    # --- the header ---------------------------------------------------------------------
+
+    def _quick_header(self) -> list[str] | None:
+        """The first line split at the delimiter, when that is what csv.reader reads and today's
+        decoding raises nothing before it; else None (csv.reader reads the whole file)."""
+        if _delimiter_byte(self._delimiter) is None:
+            return None
+        limit = self._block_bytes
+        while not (end := _line_end(raw := self._source.fill(limit), limit, first=True)):
+            if len(raw) < limit or limit >= GROWTH * self._block_bytes:
+                return None  # only a header, or a huge one
+            limit *= 2
+        skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+        line = raw[skip : end - 1]
+        if not line or b'"' in line or not self._decodes_through(end - 1):
+            return None
+        self._source.take(end)
+        return line.decode("utf-8").split(self._delimiter)
+
+    def _decodes_through(self, index: int) -> bool:
+        """Whether io.TextIOWrapper decodes every chunk it reads to find the line end at `index`
+        without an error (it reads one more when that end is a \\r closing a chunk)."""
+        stop = (index // TEXT_CHUNK + 1) * TEXT_CHUNK
+        raw = self._source.pending
+        if raw[index] == _CR and index == stop - 1:
+            stop += TEXT_CHUNK
+        raw = self._source.fill(stop + 1)
+        try:
+            codecs.getincrementaldecoder("utf-8-sig")().decode(raw[:stop], len(raw) <= stop)
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    # --- blocks ---------------------------------------------------------------------------
+
+    def _cut(self) -> tuple[bool, int]:
+        """(final, length) of the next block: after its last line end with an even number of
+        quotes before it, grown up to GROWTH times `block_bytes`; the whole rest when that is
+        shorter; 0 when no line end is near (a huge field)."""
+        limit = self._block_bytes
+        while True:
+            raw = self._source.fill(limit + 1)
+            if self._source.eof and len(raw) <= limit:
+                return True, len(raw)
+            cut = _line_end(raw, limit, first=False)
+            if (cut and raw.count(b'"', 0, cut) % 2 == 0) or limit >= GROWTH * self._block_bytes:
+                return False, cut
+            limit *= 2
+
+    def _quick_blocks(self) -> Generator[CsvBlock, None, Iterator[list[str]] | None]:
+        """Blocks read by pyarrow or csv.reader; returns csv.reader over the rest of the file
+        when it must read it all, else None."""
+        delimiter = _delimiter_byte(self._delimiter)
+        if delimiter is None or not self._header:
+            return self._exact_rows()
+        while self._source.fill(self._block_bytes + 1):
+            final, size = self._cut()
+            if size == 0:
+                return self._exact_rows()  # no line end within reach: a huge field
+            block = self._source.pending[:size]
+            if (table := self._parsed(block, delimiter)) is not None:
+                found = self._table_block(table)
+            elif (rows := _block_rows(block, self._delimiter, final)) is not None:
+                found = self._exact_block(rows)
+            else:
+                return self._exact_rows()  # a record running past the block, or an error
+            self._source.take(size)
+            if found is not None:
+                yield found
+        return None
+
+    def _parsed(self, block: bytes, delimiter: int) -> Any:
+        """The block as a pyarrow table of strings, when that provably holds csv.reader's rows."""
+        if block.startswith(codecs.BOM_UTF8) or not _quotes_regular(block, delimiter):
+            return None  # pyarrow drops a BOM opening its buffer; csv.reader keeps it
+        names = [f"c{i}" for i in range(len(self._header or ()))]
+        read = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1)
+        parse = pacsv.ParseOptions(
+            delimiter=self._delimiter,
+            quote_char='"',
+            double_quote=True,
+            newlines_in_values=True,
+            ignore_empty_lines=True,
+        )
+        convert = pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        )
+        try:
+            return pacsv.read_csv(pa.BufferReader(block), read, parse, convert)
+        except pa.ArrowInvalid:  # a row of another width, undecodable bytes, an empty block
+            return None
+
+    def _table_block(self, table: Any) -> CsvBlock | None:
+        self.fast_blocks += 1
+        if table.num_rows == 0:
+            return None
+        block = CsvBlock(self._next_row, [column.combine_chunks() for column in table.columns], {})
+        self._next_row += table.num_rows
+        return block
+
+    def _exact_rows(self) -> Iterator[list[str]]:
+        return csv.reader(_exact_lines(self._source), delimiter=self._delimiter)
+
+    def _exact_blocks(self, rows: Iterator[list[str]]) -> Iterator[CsvBlock]:
+        while batch := list(islice(rows, EXACT_BATCH_ROWS)):
+            block = self._exact_block(batch)
+            if block is not None:
+                yield block
+
+    def _exact_block(self, rows: list[list[str]]) -> CsvBlock | None:
+        """csv.reader's rows as a block, like `CsvLayout.record`: blank rows skipped, a row of
+        the wrong width padded or cut and its reason kept; None when all were blank."""
+        rows = [row for row in rows if row]
+        if not rows:
+            return None
+        width, malformed = len(self._header or ()), {}
+        for i, row in enumerate(rows):
+            if len(row) != width:
+                malformed[i] = f"row has {len(row)} fields, header has {width}" + _line_breaks(row)
+                rows[i] = [*row[:width], *([""] * (width - len(row)))]
+        cells = [pa.array(column, pa.string()) for column in zip(*rows, strict=True)]
+        block = CsvBlock(self._next_row, cells, malformed)
+        self._next_row += len(rows)
+        self.exact_blocks += 1
+        return block
+
+
+def _delimiter_byte(delimiter: str) -> int | None:
+    """The delimiter as the byte pyarrow splits on, if it can (else csv.reader reads it all)."""
+    ok = len(delimiter) == 1 and (delimiter.isprintable() or delimiter == "\t")
+    return ord(delimiter) if ok and delimiter.isascii() and delimiter != '"' else None
+
+
+def _line_end(raw: bytes, limit: int, *, first: bool) -> int:
+    """The index after the last (or first) \\r or \\n in raw[:limit], 0 when none."""
+    if first:
+        ends = [at for at in (raw.find(b"\r", 0, limit), raw.find(b"\n", 0, limit)) if at >= 0]
+        return min(ends) + 1 if ends else 0
+    return max(raw.rfind(b"\r", 0, limit), raw.rfind(b"\n", 0, limit)) + 1
+
+
+def _quotes_regular(block: bytes, delimiter: int) -> bool:
+    """Whether every quote opens a field (after the block start, a delimiter or a line end),
+    closes one (before a delimiter, a line end or the block end) or doubles one; counted in
+    order, quotes alternate opening and closing, so both parsers see the same quoted fields."""
+    if b'"' not in block:
+        return True
+    data = np.frombuffer(block, dtype=np.uint8)
+    at = np.flatnonzero(data == _QUOTE)
+    if len(at) % 2:
+        return False
+    opening, closing = at[0::2], at[1::2]
+    allowed = np.zeros(256, dtype=np.bool_)
+    allowed[[delimiter, _CR, _LF, _QUOTE]] = True
+    before = data[opening[opening > 0] - 1]
+    after = data[closing[closing < len(data) - 1] + 1]
+    return bool(allowed[before].all() and allowed[after].all())
+
+
+def _block_rows(block: bytes, delimiter: str, final: bool) -> list[list[str]] | None:
+    """csv.reader's rows of one block, when it ends between records; else None."""
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # the exact reader raises it with today's offset
+    lines: list[str] = io.StringIO(text, newline="").readlines()
+    try:
+        rows = list(csv.reader([*lines, *([] if final else [_SENTINEL])], delimiter=delimiter))
+    except csv.Error:
+        return None
+    if final:
+        return rows
+    return rows[:-1] if rows and rows[-1] == [_SENTINEL] else None
+
+
+def _exact_lines(source: _ByteSource) -> Iterator[str]:
+    """The lines `text_stream` gives csv.reader from byte `source.start` on (a line start)."""
+    return _lines(_decoded(source))
+
+
+def _decoded(source: _ByteSource) -> Iterator[str]:
+    """Text from byte `source.start` on, decoded in io.TextIOWrapper's chunks (from byte 0), so
+    an undecodable byte raises with the offset today's reader gives."""
+    at, behind = source.start, source.behind
+    chunk = at - at % TEXT_CHUNK
+    origin = chunk  # where the character running into the chunk starts (bytes before are valid)
+    while origin < at and 0x80 <= behind[origin - at + len(behind)] < 0xC0:
+        origin -= 1
+    before = behind[len(behind) - (at - origin) :] if at > origin else b""
+    encoding = "utf-8-sig" if origin == 0 else "utf-8"
+    decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder(encoding)(), False)
+    skip = len(before.decode(encoding))
+    decoder.decode(before[: chunk - origin])
+    piece = before[chunk - origin :] + source.read(TEXT_CHUNK - (at - chunk))
+    while piece:
+        text = decoder.decode(piece)
+        text, skip = text[skip:], max(0, skip - len(text))
+        yield text
+        piece = source.read(TEXT_CHUNK)
+    yield decoder.decode(b"", True)
+
+
+def _lines(pieces: Iterable[str]) -> Iterator[str]:
+    """Text split as io.TextIOWrapper(newline="") splits it: after \\n, \\r or \\r\\n."""
+    held: list[str] = []
+    for piece in pieces:
+        held.append(piece)
+        if "\n" not in piece and "\r" not in piece:
+            continue
+        lines = io.StringIO("".join(held), newline="").readlines()
+        held = [] if lines[-1].endswith(("\n", "\r")) else [lines.pop()]
+        yield from lines
+    if rest := "".join(held):
+        yield rest

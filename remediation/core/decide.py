@@ -1,0 +1,262 @@
+"""How the rows of a batch are decided: classify, correct (a few rounds), or quarantine.
+
+Billing safety: a row is re-sent only if it was rejected (it carries an error code, or the
+whole input holds rejected rows only: `rejected`) or if our validation proves Stripe rejects
+it and we corrected it. Any other row is `valid` and goes to no output.
+Each round hands the rows failing with one code to that code's rule (`rules.RULES`), then
+validates what it returned; a code met twice by a row, or a fifth round, stops the row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.changes import Context
+from remediation.codes import KNOWN_CODES, ErrorCode, code_from_message
+from remediation.core.checks import Codes, first_field_problems, problem_codes
+from remediation.core.columns import Batch, Indexes, Mask
+from remediation.core.rules import RULES, Changes
+from remediation.core.rules.base import replace_rows
+from remediation.identifiers import Identifiers, Lineage
+
+MAX_ROUNDS = 4
+CODE_BITS = {code: 1 << at for at, code in enumerate(RULES)}
+VALID_KEPT, VALID, CORRECTED, QUARANTINED = 0, 1, 2, 3
+
+
+@dataclass(slots=True)
+class Decided:
+    """Where each row of a batch goes (`fate`), and what is recorded about it."""
+
+    batch: Batch  # the input rows
+    fixed: Batch  # the corrected rows, in input order (`corrected` indexes into `batch`)
+    corrected: Indexes
+    fate: npt.NDArray[np.int8]
+    arrived: Codes
+    mfx_code: Codes
+    reason: Codes
+    changes: list[Changes] = field(default_factory=list)  # `at` indexes into `batch`
+    corrections: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def unclassified(self) -> Mask:
+        quarantined = self.fate == QUARANTINED
+        unknown = np.asarray([c not in KNOWN_CODES for c in self.arrived], bool)
+        mine = np.asarray(self.mfx_code == ErrorCode.UNCLASSIFIED, bool)
+        flags: Mask = quarantined & (unknown | mine)
+        return flags
+
+
+def reported_codes(batch: Batch) -> Codes:
+    """The code each row arrived with: explicit, else from a known message text, else None."""
+    codes: Codes = np.asarray(batch.error_code.to_pylist(), dtype=object)
+    missing = pc.is_null(batch.error_code)
+    if not pc.any(pc.and_(missing, pc.is_valid(batch.error_message))).as_py():
+        return codes
+    encoded = pc.dictionary_encode(batch.error_message)
+    known = [code_from_message(m) for m in encoded.dictionary.to_pylist()]
+    index = encoded.indices.to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(np.asarray(missing)).tolist():
+        position = index[i]
+        if position == position:  # not NaN: the row has a message
+            found = known[int(position)]
+            codes[i] = found.value if found else None
+    return codes
+
+
+class BatchDecider:
+    """Decides batches of one input (identifiers and lineage are the run's)."""
+
+    def __init__(
+        self, ctx: Context, ids: Identifiers, lineage: Lineage, rejected: bool, source: str
+    ) -> None:
+        self.ctx, self.ids, self.lineage, self.rejected = ctx, ids, lineage, rejected
+        self.source = source
+
+    def decide(self, batch: Batch) -> Decided:
+        n = len(batch)
+        arrived, to_fix = self._classify(batch)
+        fate = np.full(n, QUARANTINED, np.int8)
+        mfx: Codes = np.full(n, None, dtype=object)
+        reason: Codes = np.full(n, None, dtype=object)
+        valid = np.asarray(arrived == None, bool)  # noqa: E711 - elementwise
+        told = mask_of(pc.is_valid(batch.error_code)) | mask_of(pc.is_valid(batch.error_message))
+        fate[valid] = VALID if self.rejected else VALID_KEPT
+        fate[valid & told] = VALID
+        self._repeats(batch, arrived, valid, mfx, reason)
+        unknown = ~valid & np.asarray(to_fix == None, bool) & np.asarray(reason == None, bool)  # noqa: E711
+        for i in np.flatnonzero(unknown).tolist():
+            mfx[i] = ErrorCode.UNCLASSIFIED
+            reason[i] = (
+                f"unknown code {arrived[i]!r} and the row passes our validation (unclassified)"
+            )
+        work = np.flatnonzero(~valid & np.asarray(reason == None, bool))  # noqa: E711
+        decided = Decided(
+            batch, batch.take(np.zeros(0, np.int64)), work[:0], fate, arrived, mfx, reason
+        )
+        decided.corrections = np.zeros(n, np.int64)
+        if len(work):
+            _Rounds(self.ctx, batch, work, to_fix[work], decided).run()
+        return decided
+
+    def _classify(self, batch: Batch) -> tuple[Codes, Codes]:
+        """(code each row arrived with or was classified with, code to correct)."""
+        reported = reported_codes(batch)
+        ruled = np.asarray([c in RULES for c in reported], bool)
+        arrived, to_fix = reported.copy(), reported.copy()
+        check = np.flatnonzero(~ruled)
+        if len(check):
+            problems = problem_codes(batch.take(check), self.ctx.index, self.ctx.now)
+            told = reported[check]
+            arrived[check] = np.where(told == None, problems, told)  # noqa: E711
+            to_fix[check] = problems
+        return arrived, to_fix
+
+    def _repeats(
+        self, batch: Batch, arrived: Codes, valid: Mask, mfx: Codes, reason: Codes
+    ) -> None:
+        """A row we corrected (per lineage) that fails again with the same code stays out."""
+        ancestors = self.lineage.ancestors
+        if not ancestors:
+            return
+        ours = mask_of(pc.is_in(batch.identifier.text, pa.array(list(ancestors), pa.string())))
+        identifiers = batch.identifier.text
+        for i in np.flatnonzero(ours & ~valid).tolist():
+            ancestor = ancestors[identifiers[i].as_py()]
+            if ancestor.code == arrived[i]:
+                mfx[i] = arrived[i]
+                reason[i] = (
+                    f"failed again with {arrived[i]} after correction in generation "
+                    f"{ancestor.generation}"
+                )
+
+
+def mask_of(array: pa.Array) -> Mask:
+    return np.asarray(array.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+class _Rounds:
+    """The correction rounds of the rows `work` of a batch."""
+
+    def __init__(
+        self, ctx: Context, batch: Batch, work: Indexes, codes: Codes, decided: Decided
+    ) -> None:
+        self.ctx, self.rows, self.decided = ctx, work, decided
+        self.work = batch.take(work)
+        self.current = codes.copy()
+        self.seen = np.zeros(len(work), np.int64)  # bit `CODE_BITS[code]`: tried for `code`
+        self.changes: list[Changes] = []
+        self.failed = np.zeros(len(work), bool)
+
+    def run(self) -> None:
+        active = np.arange(len(self.rows), dtype=np.int64)
+        for _ in range(MAX_ROUNDS):
+            if not len(active):
+                break
+            tried = self._round(active)
+            active = self._validate(tried)
+        for i in active.tolist():
+            self._fail(i, str(self.current[i]), "too many problems in one row")
+        self._finish()
+
+    def _round(self, active: Indexes) -> Indexes:
+        """Each code's rule over its rows; the rows that went through a rule unharmed."""
+        tried = []
+        for code in sorted({str(c) for c in self.current[active]}):
+            rows = active[np.asarray(self.current[active] == code, bool)]
+            bit = CODE_BITS.get(code, 0)
+            fresh = (self.seen[rows] & bit) == 0 if bit else np.zeros(len(rows), bool)
+            for i in rows[~fresh].tolist():
+                self._fail(i, code, f"{code}: still failing after correction")
+            rows = rows[fresh]
+            self.seen[rows] |= bit
+            tried.append(self._apply(code, rows))
+        return np.concatenate(tried) if tried else np.zeros(0, np.int64)
+
+    def _apply(self, code: str, rows: Indexes) -> Indexes:
+        if not len(rows):
+            return rows
+        sub = self.work.take(rows)
+        bounded = np.ones(len(rows), bool)
+        for i, problem_code, message in first_field_problems(sub, self.ctx.index.limits):
+            if problem_code != ErrorCode.MALFORMED_ROW:
+                self._fail(int(rows[i]), code, message)
+                bounded[i] = False
+        rows, sub = rows[bounded], sub.take(np.flatnonzero(bounded))
+        if not len(rows):
+            return rows
+        fix = RULES[code](sub, self.ctx)
+        for i, message in fix.failed.items():
+            self._fail(int(rows[i]), code, message)
+        self.work = replace_rows(self.work, rows, fix.batch, sub)
+        for change in fix.changes:
+            self.changes.append(_moved(change, rows))
+        ok = np.ones(len(rows), bool)
+        ok[list(fix.failed)] = False
+        return rows[ok]
+
+    def _validate(self, tried: Indexes) -> Indexes:
+        if not len(tried):
+            return tried
+        tried = np.sort(tried)
+        codes = problem_codes(self.work.take(tried), self.ctx.index, self.ctx.now)
+        self.current[tried] = codes
+        failing: Indexes = tried[np.asarray(codes != None, bool)]  # noqa: E711 - elementwise
+        return failing
+
+    def _fail(self, i: int, code: str, reason: str) -> None:
+        row = int(self.rows[i])
+        self.failed[i] = True
+        self.decided.mfx_code[row] = code
+        self.decided.reason[row] = reason
+
+    def _finish(self) -> None:
+        decided, rows = self.decided, self.rows
+        counts = np.zeros(len(rows), np.int64)
+        kept = [c for c in self.changes if len(c)]
+        for change in kept:
+            np.add.at(counts, change.at, 1)
+        counts[self.failed] = 0
+        idle = ~self.failed & (counts == 0)
+        for i in np.flatnonzero(idle).tolist():
+            row = int(rows[i])
+            code = decided.arrived[row]
+            decided.mfx_code[row] = code
+            decided.reason[row] = f"reported as {code} but there is nothing to correct"
+        good = np.flatnonzero(~self.failed & (counts > 0))
+        decided.fate[rows[good]] = CORRECTED
+        decided.corrections[rows[good]] = counts[good]
+        decided.corrected = rows[good]
+        decided.fixed = self.work.take(good)
+        keep = np.zeros(len(rows), bool)
+        keep[good] = True
+        decided.changes = [_only(c, keep, rows) for c in kept]
+
+
+def _moved(change: Changes, rows: Indexes) -> Changes:
+    """A change of a sub-batch, with `at` pointing into the work rows."""
+    return Changes(rows[change.at], change.rule, change.field, change.before, change.after)
+
+
+def _only(change: Changes, keep: Mask, rows: Indexes) -> Changes:
+    """The entries of corrected rows, `at` pointing into the batch."""
+    picked = np.flatnonzero(keep[change.at])
+    chosen = picked.tolist()
+    rule = change.rule if isinstance(change.rule, str) else [change.rule[i] for i in chosen]
+    name = change.field if isinstance(change.field, str) else [change.field[i] for i in chosen]
+    return Changes(
+        rows[change.at[picked]],
+        rule,
+        name,
+        change.before.take(picked),
+        change.after.take(picked),
+    )
+
+
+def as_mapping(codes: Codes) -> Mapping[int, str]:
+    return {i: str(c) for i, c in enumerate(codes) if c is not None}

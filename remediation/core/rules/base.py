@@ -1,0 +1,159 @@
+"""What a rule returns (`Fix`), and how a rule handles the rows it takes one at a time.
+
+A rule gets the rows that failed with its code, as a batch, and the run's `Context`. It returns
+the batch after its changes (same rows, same order), the changes it made (`Changes`: which rows,
+which rule and field, the values before and after), and the reason for each row it cannot fix.
+Common shapes are computed on whole columns; the rest go through the rule's `row` function one
+record at a time (`one_by_one`), which is also what the row API runs for a batch of one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from remediation.changes import Change, Context
+from remediation.core.columns import Batch, Column, Indexes, from_records
+from remediation.errors import Uncorrectable
+from remediation.records import UsageRecord
+
+RowRule = Callable[[UsageRecord, Context], list[Change]]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Changes made to rows `at` (a row appears once per change, in the order they were made)."""
+
+    at: Indexes
+    rule: str | Sequence[str]
+    field: str | Sequence[str]
+    before: Column
+    after: Column
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+
+@dataclass(slots=True)
+class Fix:
+    batch: Batch
+    changes: list[Changes] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)  # row index -> reason
+
+    def fail(self, rows: Indexes, reason: str | Sequence[str]) -> None:
+        reasons = [reason] * len(rows) if isinstance(reason, str) else reason
+        self.failed.update(zip(rows.tolist(), reasons, strict=True))
+
+
+Rule = Callable[[Batch, Context], Fix]
+
+
+def everyone(batch: Batch) -> Indexes:
+    return np.arange(len(batch), dtype=np.int64)
+
+
+def one_by_one(batch: Batch, ctx: Context, row_rule: RowRule, rows: Indexes | None = None) -> Fix:
+    """Apply `row_rule` to `rows` (all by default) of `batch`, one record at a time."""
+    at = everyone(batch) if rows is None else rows
+    if not len(at):
+        return Fix(batch)
+    old = batch.take(at)
+    records = old.records()
+    fix = Fix(batch)
+    where: list[int] = []
+    rules, fields, before, after = [], [], [], []
+    for i, record in zip(at.tolist(), records, strict=True):
+        try:
+            made = row_rule(record, ctx)
+        except Uncorrectable as exc:
+            fix.failed[i] = exc.reason
+            continue
+        for change in made:
+            where.append(i)
+            rules.append(change.rule)
+            fields.append(change.field)
+            before.append(change.before)
+            after.append(change.after)
+    fix.batch = put(batch, at, old, records)
+    if where:
+        changed = np.asarray(where, np.int64)
+        fix.changes.append(Changes(changed, rules, fields, Column.of(before), Column.of(after)))
+    return fix
+
+
+def put(batch: Batch, at: Indexes, old: Batch, records: list[UsageRecord]) -> Batch:
+    """`batch` with rows `at` (which were `old`) replaced by `records`."""
+    if not len(at):
+        return batch
+    return replace_rows(batch, at, from_records(records, batch.order is not None), old)
+
+
+def replace_rows(batch: Batch, at: Indexes, new: Batch, old: Batch | None = None) -> Batch:
+    """`batch` with its rows `at` taken from `new` (whose row i replaces row at[i]); only the
+    columns that differ from `old` (those rows as they were) are rebuilt."""
+    if len(at) == len(batch) and np.array_equal(at, everyone(batch)):
+        return new
+    if old is None:
+        old = batch.take(at)
+    cores = {
+        name: _merged(getattr(batch, name), at, getattr(old, name), getattr(new, name))
+        for name in ("identifier", "timestamp", "event_name")
+    }
+    order = batch.order
+    if order is not None and new.order is not None and new.order != old.order:
+        order = list(order)
+        for i, keys in zip(at.tolist(), new.order, strict=True):
+            order[i] = keys
+    return batch.with_fields(
+        payload=_merged_keys(batch.payload, at, old.payload, new.payload, len(batch)),
+        extra=_merged_keys(batch.extra, at, old.extra, new.extra, len(batch)),
+        order=order,
+        **cores,
+    )
+
+
+def _merged(column: Column, at: Indexes, old: Column, new: Column) -> Column:
+    if new is old or _same(old, new):
+        return column
+    return set_column(column, at, new)
+
+
+def _same(a: Column, b: Column) -> bool:
+    if not a.text.cast(pa.string()).equals(b.text.cast(pa.string())):
+        return False
+    if a.kinds is None and b.kinds is None:
+        return True
+    return bool(np.array_equal(a.kind_array(), b.kind_array()))
+
+
+def _merged_keys(
+    columns: Mapping[str, Column],
+    at: Indexes,
+    old: Mapping[str, Column],
+    new: Mapping[str, Column],
+    length: int,
+) -> dict[str, Column]:
+    merged = dict(columns)
+    for key in dict.fromkeys([*columns, *new]):
+        before = old.get(key) or Column.absent(len(at))
+        after = new.get(key) or Column.absent(len(at))
+        merged[key] = _merged(columns.get(key) or Column.absent(length), at, before, after)
+    return merged
+
+
+def set_column(column: Column, at: Indexes, values: Column) -> Column:
+    """`column` with rows `at` set to `values` (text and kinds)."""
+    if not len(at):
+        return column
+    whole = pa.concat_arrays([column.text.cast(pa.string()), values.text.cast(pa.string())])
+    index = np.arange(len(column), dtype=np.int64)
+    index[at] = len(column) + np.arange(len(at), dtype=np.int64)
+    text = whole.take(pa.array(index))
+    if column.kinds is None and values.kinds is None:
+        return Column(text)
+    kinds = column.kind_array().copy()
+    kinds[at] = values.kind_array()
+    return Column(text, kinds if kinds.any() else None)

@@ -1,0 +1,95 @@
+"""Customer rule: the rules' customer map, then trim/case fixes (checked with the directory
+when there is one), then one unique metadata search hit. Decided once per distinct customer
+text, never per row (a file names few customers many times)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.changes import Change, Context, meter_of
+from remediation.core.checks import meter_of_rows
+from remediation.core.columns import Batch, Column, Indexes
+from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
+from remediation.errors import Uncorrectable
+from remediation.limits import shown
+from remediation.records import UsageRecord
+
+
+def fix_customer(batch: Batch, ctx: Context) -> Fix:
+    meters, positions = meter_of_rows(batch, ctx.index)
+    lanes = []
+    rest = np.ones(len(batch), bool)
+    for at, meter in enumerate(meters):
+        column = batch.payload.get(meter.customer_key) if meter is not None else None
+        if meter is None or column is None:
+            continue
+        rows = np.flatnonzero((positions == at) & column.is_text())
+        if len(rows):
+            rest[rows] = False
+            lanes.append((meter.customer_key, rows))
+    fix = one_by_one(batch, ctx, fix_customer_row, np.flatnonzero(rest))
+    for key, rows in lanes:
+        _by_distinct(fix, key, rows, ctx)
+    return fix
+
+
+def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
+    raw = fix.batch.payload[key].text.take(pa.array(rows))
+    encoded = pc.dictionary_encode(raw)
+    picks = [customer_for(text, ctx) for text in encoded.dictionary.to_pylist()]
+    index = encoded.indices.to_numpy(zero_copy_only=False)
+    failed = np.asarray([p is None for p in picks], bool)[index]
+    for i in np.flatnonzero(failed).tolist():
+        fix.failed[int(rows[i])] = no_match(str(raw[i].as_py()))
+    ok = np.flatnonzero(~failed)
+    if not len(ok):
+        return
+    chosen = [picks[i] for i in index[ok].tolist()]
+    after = Column(pa.array([c[1] for c in chosen if c], pa.string()))
+    at = rows[ok]
+    payload = dict(fix.batch.payload)
+    payload[key] = set_column(payload[key], at, after)
+    fix.batch = fix.batch.with_fields(payload=payload)
+    rules = [c[0] for c in chosen if c]
+    before = Column(raw.take(pa.array(ok)))
+    fix.changes.append(Changes(at, rules, f"payload.{key}", before, after))
+
+
+def fix_customer_row(record: UsageRecord, ctx: Context) -> list[Change]:
+    key = meter_of(record, ctx).customer_key
+    raw = str(record.payload.get(key, ""))
+    pick = customer_for(raw, ctx)
+    if pick is None:
+        raise Uncorrectable(no_match(raw))
+    record.payload[key] = pick[1]
+    return [Change(pick[0], f"payload.{key}", raw, pick[1])]
+
+
+def no_match(raw: str) -> str:
+    return f"customer {shown(raw)} is not in the customer map and has no unique match"
+
+
+def customer_for(raw: str, ctx: Context) -> tuple[str, str] | None:
+    """(rule, customer) for a customer text, or None when nothing matches."""
+    for rule, candidate in _customer_candidates(raw, ctx):
+        if candidate and candidate != raw and ctx.rules.enabled(rule):
+            return rule, candidate
+    return None
+
+
+def _customer_candidates(raw: str, ctx: Context) -> Iterator[tuple[str, str | None]]:
+    """Candidates in order; lazily, so the directory is asked only when the map has no answer."""
+    trimmed = raw.strip()
+    yield "map_customer", ctx.rules.customers.get(raw) or ctx.rules.customers.get(trimmed)
+    cased = "cus_" + trimmed[4:] if trimmed.lower().startswith("cus_") else trimmed
+    directory = ctx.customers
+    if directory is None or directory.exists(cased):
+        yield "trim_customer", cased
+    key = ctx.rules.policy.customer_metadata_key
+    if directory is not None and key and ctx.rules.enabled("search_customer"):
+        hits = directory.search_by_metadata(key, trimmed)
+        yield "search_customer", hits[0] if len(hits) == 1 else None

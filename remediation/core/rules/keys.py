@@ -1,0 +1,100 @@
+"""Payload-key rules: a value or customer key under an alias is renamed, keys the meter does
+not use are dropped, a missing dimension is filled from its single alias.
+
+These change which keys a row has, so they take rows one at a time (such rows are few).
+"""
+
+from __future__ import annotations
+
+from remediation.changes import Change, Context, meter_of
+from remediation.core.columns import Batch
+from remediation.core.rules.base import Fix, one_by_one
+from remediation.errors import Uncorrectable
+from remediation.records import UsageRecord
+
+
+def rename_value_key(batch: Batch, ctx: Context) -> Fix:
+    return one_by_one(batch, ctx, rename_value_key_row)
+
+
+def rename_value_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
+    meter = meter_of(record, ctx)
+    change = rename_alias(record, meter.value_key, ctx.rules.value_keys, {meter.customer_key})
+    if change is None or not ctx.rules.enabled("rename_value_key"):
+        raise Uncorrectable(f"no single aliased column for value key {meter.value_key!r}")
+    return [change]
+
+
+def fill_customer_key(batch: Batch, ctx: Context) -> Fix:
+    return one_by_one(batch, ctx, fill_customer_key_row)
+
+
+def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
+    meter = meter_of(record, ctx)
+    if not ctx.rules.enabled("fill_customer_key"):
+        raise Uncorrectable("rule fill_customer_key is disabled")
+    change = rename_alias(record, meter.customer_key, ctx.rules.customer_keys, {meter.value_key})
+    if change is not None:
+        return [change]
+    found = {
+        str(v).strip()
+        for k, v in record.extra.items()
+        if k.lower() in ctx.rules.customer_keys and str(v).strip()
+    }
+    if len(found) != 1:
+        raise Uncorrectable(f"no single aliased column for customer key {meter.customer_key!r}")
+    value = found.pop()
+    record.payload[meter.customer_key] = value
+    return [Change("fill_customer_key", f"payload.{meter.customer_key}", None, value)]
+
+
+def rename_alias(
+    record: UsageRecord, target: str, aliases: tuple[str, ...], exclude: set[str]
+) -> Change | None:
+    candidates = [
+        k for k in record.payload if k != target and k not in exclude and k.lower() in aliases
+    ]
+    if len(candidates) != 1:
+        return None
+    value = record.payload.pop(candidates[0])
+    record.payload[target] = value
+    return Change("rename_key", f"payload.{candidates[0]}", candidates[0], target)
+
+
+def drop_unused_keys(batch: Batch, ctx: Context) -> Fix:
+    return one_by_one(batch, ctx, drop_unused_keys_row)
+
+
+def drop_unused_keys_row(record: UsageRecord, ctx: Context) -> list[Change]:
+    meter = meter_of(record, ctx)
+    if not ctx.rules.enabled("drop_unused_keys"):
+        raise Uncorrectable("too many payload keys and rule drop_unused_keys is disabled")
+    used = {meter.customer_key, meter.value_key, *meter.dimension_keys}
+    unused = [key for key in record.payload if key not in used]
+    if not unused:
+        raise Uncorrectable("every payload key is used by the meter; nothing to drop")
+    return [
+        Change("drop_unused_keys", f"payload.{key}", record.payload.pop(key), None)
+        for key in unused
+    ]
+
+
+def fill_dimensions(batch: Batch, ctx: Context) -> Fix:
+    return one_by_one(batch, ctx, fill_dimensions_row)
+
+
+def fill_dimensions_row(record: UsageRecord, ctx: Context) -> list[Change]:
+    meter = meter_of(record, ctx)
+    changes = []
+    for key in meter.dimension_keys:
+        if key in record.payload:
+            continue
+        aliases = ctx.rules.dimension_aliases.get(key, ())
+        found = [a for a in aliases if a in record.payload or record.extra.get(a) not in (None, "")]
+        if len(found) != 1 or not ctx.rules.enabled("fill_dimension"):
+            raise Uncorrectable(f"dimension key {key!r} missing and no single alias holds it")
+        alias = found[0]
+        value = record.payload.pop(alias) if alias in record.payload else record.extra[alias]
+        record.payload[key] = value
+        changes.append(Change("fill_dimension", f"payload.{key}", None, value))
+    return changes

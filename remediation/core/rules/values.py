@@ -1,0 +1,170 @@
+"""Value rules: a number written with thousands separators, spaces, quotes or an exponent
+becomes plain text (`1,234` -> `1234`); too many decimal places are rounded only if policy
+allows. A number past the value limits is a reason, never parsed past them.
+
+Plain thousands (`1,234`, `12,345.50`) are rewritten on the whole column; every other shape goes
+through the row function.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Context as DecimalContext
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.changes import Change, Context, meter_of
+from remediation.core.checks import mask, meter_of_rows
+from remediation.core.columns import Batch, Column, Indexes
+from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
+from remediation.errors import Uncorrectable
+from remediation.limits import DEFAULT_LIMITS, FieldLimits, shown
+from remediation.records import UsageRecord
+from remediation.validation import MAX_INT_BITS, decimal_places, integer_digits, plain_number
+
+# Values are bounded (at most 100 characters) before they get here: exact arithmetic on them
+# needs more than the default 28 significant digits, never more than this.
+_EXACT = DecimalContext(prec=250)
+THOUSANDS = re.compile(r"[+-]?\d{1,3}([,_ ]\d{3})+(\.\d+)?")
+# what the column lane rewrites: unsigned, commas, at most 18 integer digits
+_COLUMN_THOUSANDS = r"^[0-9]{1,3}(,[0-9]{3}){1,5}(\.[0-9]{1,12})?$"
+
+
+def fix_value(batch: Batch, ctx: Context) -> Fix:
+    """Strip spaces/quotes/thousands separators, `12.0` -> `12`, exponent forms -> plain."""
+    lanes = _thousands_lane(batch, ctx)
+    rest = np.ones(len(batch), bool)
+    for _, at in lanes:
+        rest[at] = False
+    fix = one_by_one(batch, ctx, fix_value_row, np.flatnonzero(rest))
+    for key, at in lanes:
+        column = fix.batch.payload[key]
+        raw = column.text.take(pa.array(at))
+        plain = _plain_thousands(raw)
+        payload = dict(fix.batch.payload)
+        payload[key] = set_column(column, at, Column(plain))
+        fix.batch = fix.batch.with_fields(payload=payload)
+        fix.changes.append(
+            Changes(at, "normalize_value", f"payload.{key}", Column(raw), Column(plain))
+        )
+    return fix
+
+
+def _thousands_lane(batch: Batch, ctx: Context) -> list[tuple[str, Indexes]]:
+    """(value key, rows) of rows whose value is a plain thousands text of an active meter."""
+    if not ctx.rules.enabled("normalize_value"):
+        return []
+    meters, positions = meter_of_rows(batch, ctx.index)
+    lanes = []
+    for at, meter in enumerate(meters):
+        if meter is None or meter.value_key not in batch.payload:
+            continue
+        column = batch.payload[meter.value_key]
+        hit = (positions == at) & column.is_text()
+        hit &= mask(pc.match_substring_regex(column.text, _COLUMN_THOUSANDS))
+        if hit.any():
+            lanes.append((meter.value_key, np.flatnonzero(hit)))
+    return lanes
+
+
+def _plain_thousands(raw: pa.Array) -> pa.Array:
+    """`normalize_number` of plain thousands texts: commas out, trailing fraction zeros and
+    leading integer zeros dropped (`0,012.50` -> `12.5`)."""
+    text = pc.replace_substring(raw, ",", "")
+    text = pc.replace_substring_regex(text, r"(\.[0-9]*?)0+$", r"\1")
+    text = pc.replace_substring_regex(text, r"\.$", "")
+    return pc.replace_substring_regex(text, r"^0+([0-9])", r"\1")
+
+
+def fix_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
+    """`fix_value` for one row of any shape."""
+    key = meter_of(record, ctx).value_key
+    raw = record.payload.get(key)
+    number = normalize_number(raw, ctx.index.limits)
+    if number is None or not ctx.rules.enabled("normalize_value"):
+        raise Uncorrectable(f"value {shown(raw)} is not a number")
+    if number == raw:
+        raise Uncorrectable(f"value {shown(raw)} is already a plain number; nothing to correct")
+    record.payload[key] = number if isinstance(raw, str) else json_number(number)
+    return [Change("normalize_value", f"payload.{key}", raw, record.payload[key])]
+
+
+def normalize_number(raw: object, limits: FieldLimits = DEFAULT_LIMITS) -> str | None:
+    """A plain decimal text for `raw`, or None for NaN, infinity, empty or text.
+
+    Raises Uncorrectable for a number past the value limits: its length is checked before it
+    is parsed, and an exponent is never expanded past them (`1e100000000` stays a reason)."""
+    if isinstance(raw, bool) or raw is None:
+        return None
+    if isinstance(raw, int) and raw.bit_length() > MAX_INT_BITS:
+        raise Uncorrectable(f"value {shown(raw)} has more than {MAX_INT_BITS // 4} digits")
+    text = str(raw).strip().strip("\"'").strip()
+    if len(text) > limits.max_payload_value_chars:
+        most = limits.max_payload_value_chars
+        raise Uncorrectable(f"value {shown(raw)} is {len(text)} characters long; at most {most}")
+    if THOUSANDS.fullmatch(text):
+        text = re.sub(r"[,_ ]", "", text)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not number.is_finite():
+        return None
+    return _plain_text(number, raw, limits)
+
+
+def _plain_text(number: Decimal, raw: object, limits: FieldLimits) -> str:
+    """`number` written out, once its size is known to be within the limits."""
+    if number.is_zero():
+        return "0"
+    digits, most = max(number.adjusted() + 1, 0), limits.max_value_integer_digits
+    if digits > most:
+        reason = f"value {shown(raw)} has {digits} integer digits; at most {most} allowed"
+        raise Uncorrectable(reason)
+    places = max(-number.normalize(_EXACT).as_tuple().exponent, 0)  # type: ignore[operator]
+    written = number.is_signed() + max(digits, 1) + (places + 1 if places else 0)
+    if written > limits.max_payload_value_chars:
+        most = limits.max_value_decimal_places
+        reason = f"value {shown(raw)} has {places} decimal places; at most {most} allowed"
+        raise Uncorrectable(reason)
+    if places == 0:
+        return str(int(number))
+    return format(number.normalize(_EXACT), "f")
+
+
+def json_number(number: str) -> int | float:
+    return float(number) if "." in number else int(number)
+
+
+def round_value(batch: Batch, ctx: Context) -> Fix:
+    """Round to the meter's precision if policy allows (never past the integer digits)."""
+    return one_by_one(batch, ctx, round_value_row)
+
+
+def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
+    key = meter_of(record, ctx).value_key
+    raw = record.payload.get(key)
+    number = plain_number(raw) or normalize_number(raw, ctx.index.limits)
+    if number is not None:
+        digits, most = integer_digits(number), ctx.index.limits.max_value_integer_digits
+        if digits > most:  # rounding cannot fix that
+            reason = f"value {shown(raw)} has {digits} integer digits; at most {most} allowed"
+            raise Uncorrectable(reason)
+    precision = ctx.rules.value_precision
+    if not ctx.rules.policy.round_too_many_digits or precision is None:
+        counted = f" ({decimal_places(number)} decimal places)" if number else ""
+        reason = (
+            f"value {shown(raw)}{counted} has too many digits and policy does not allow rounding"
+        )
+        raise Uncorrectable(reason)
+    if number is None:
+        raise Uncorrectable(f"value {shown(raw)} is not a number")
+    places = min(precision, ctx.index.limits.max_value_decimal_places)
+    step = Decimal(1).scaleb(-places)
+    rounded = Decimal(number).quantize(step, rounding=ROUND_HALF_EVEN, context=_EXACT)
+    text = normalize_number(rounded, ctx.index.limits) or "0"
+    record.payload[key] = text if isinstance(raw, str) else json_number(text)
+    return [Change("round_value", f"payload.{key}", raw, record.payload[key])]

@@ -1,0 +1,288 @@
+"""`CsvColumns` gives exactly the rows (and errors) of `CsvRecords.row_batches`, mostly fast.
+
+Every test compares with today's reader on the same bytes, so a case pyarrow reads differently
+from csv.reader shows up as a difference, whichever path read it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Sequence
+from typing import BinaryIO
+
+import pyarrow as pa
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from remediation.core.csvread import TEXT_CHUNK, CsvColumns
+from remediation.errors import UnreadableFile
+from remediation.readers import CSV_FIELD_LIMIT, CsvRecords, text_stream
+
+Row = tuple[int, list[str], str | None]
+Outcome = tuple[tuple[str, ...] | None, list[Row]] | str
+
+
+def today(data: bytes, delimiter: str = ",", header: Sequence[str] | None = None) -> Outcome:
+    """What `CsvRecords.row_batches` + `CsvLayout.record` give: (header, rows) or the error."""
+    try:
+        rows: list[Row] = []
+        for layout, batch in CsvRecords(io.BytesIO(data), delimiter, header).row_batches():
+            width = len(layout.header)
+            for row in batch:
+                malformed = layout.record(len(rows) + 1, row).malformed
+                cells = [*row[:width], *([""] * (width - len(row)))]
+                rows.append((len(rows) + 1, cells, malformed))
+    except UnreadableFile as exc:
+        return str(exc)
+    return _today_header(data, delimiter, header), rows
+
+
+def _today_header(
+    data: bytes, delimiter: str, header: Sequence[str] | None
+) -> tuple[str, ...] | None:
+    """The header `row_batches` reads (it hands out only its layout, of stripped names)."""
+    first = next(csv.reader(text_stream(io.BytesIO(data)), delimiter=delimiter), None)
+    if first is None:
+        return None
+    same_width = header is not None and len(header) == len(first)
+    return tuple(header) if header is not None and same_width else tuple(first)
+
+
+def columns(
+    data: bytes | BinaryIO,
+    delimiter: str = ",",
+    header: Sequence[str] | None = None,
+    block_bytes: int = 1 << 20,
+) -> tuple[Outcome, CsvColumns]:
+    """What `CsvColumns` gives, in the shape of `today`, and the reader (for its counters)."""
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    reader = CsvColumns(stream, delimiter, header, block_bytes)
+    try:
+        found = reader.read_header()
+        rows: list[Row] = []
+        for block in reader.blocks():
+            assert all(c.type == pa.string() and len(c) == block.rows for c in block.cells)
+            assert not any(c.null_count for c in block.cells)
+            assert block.first_row == len(rows) + 1
+            values = [cells.to_pylist() for cells in block.cells]
+            for i in range(block.rows):
+                rows.append((block.first_row + i, [v[i] for v in values], block.malformed.get(i)))
+    except UnreadableFile as exc:
+        return str(exc), reader
+    return (found, rows), reader
+
+
+def assert_same(
+    data: bytes, delimiter: str = ",", header: Sequence[str] | None = None, block_bytes: int = 32
+) -> CsvColumns:
+    expected = today(data, delimiter, header)
+    found, reader = columns(data, delimiter, header, block_bytes)
+    assert found == expected
+    return reader
+
+
+# --- differential property tests ----------------------------------------------------------------
+
+TEXT_ALPHABET = list('aaé,,;\t""\n\n\r \ufeff\0')  # doubled: drawn twice as often
+BYTE_TOKENS = [b"a", b",", b'"', b"\n", b"\r", "é".encode(), b"\xff", b"\xc3", b"\xed\xa0\x80"]
+
+
+@st.composite
+def csv_texts(draw: st.DrawFn) -> tuple[bytes, str, list[str] | None, int]:
+    delimiter = draw(st.sampled_from([",", ";", "\t"]))
+    width = draw(st.integers(1, 4))
+    names = delimiter.join(f"h{i}" for i in range(width))
+    first = draw(st.one_of(st.just(names + "\n"), st.text(st.sampled_from(TEXT_ALPHABET))))
+    body = draw(st.text(st.sampled_from(TEXT_ALPHABET), max_size=300))
+    bom = draw(st.sampled_from(["", "", "\ufeff"]))
+    repaired = draw(st.sampled_from([None, [f"r{i}" for i in range(width)]]))
+    return (bom + first + body).encode(), delimiter, repaired, draw(st.integers(1, 64))
+
+
+QUOTED_PIECES = ["a", "é", " ", '""', ",", ";", "\n", "\r", "\r\n", "\ufeff"]
+
+
+@st.composite
+def csv_rows(draw: st.DrawFn) -> tuple[bytes, str, int]:
+    """Rows of mostly the header's width, fields plain or quoted, a few stray quotes."""
+    delimiter = draw(st.sampled_from([",", ";", "\t"]))
+    width = draw(st.integers(1, 3))
+    plain = st.text(st.sampled_from(["a", "é", " ", "\ufeff"]), max_size=4)
+    quoted = st.lists(st.sampled_from(QUOTED_PIECES), max_size=4).map(lambda p: f'"{"".join(p)}"')
+    stray = st.lists(st.sampled_from([*QUOTED_PIECES, '"']), max_size=4).map("".join)
+    field = (
+        st.one_of(plain, plain, quoted, stray) if draw(st.booleans()) else st.one_of(plain, quoted)
+    )
+    row = st.lists(field, min_size=width - 1, max_size=width + 1).map(delimiter.join)
+    ends = st.sampled_from(["\n", "\n", "\r\n", "\r", "\n\n"])
+    lines = draw(st.lists(st.tuples(row, ends).map("".join), max_size=30))
+    head = delimiter.join(f"h{i}" for i in range(width)) + "\n"
+    return (head + "".join(lines)).encode(), delimiter, draw(st.integers(1, 40))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(csv_rows())
+def test_same_rows_as_today_on_csv_like_rows(case: tuple[bytes, str, int]) -> None:
+    data, delimiter, block_bytes = case
+    reader = assert_same(data, delimiter, block_bytes=block_bytes)
+    paths = {(1, 0): "pyarrow", (0, 1): "csv.reader", (1, 1): "both", (0, 0): "none"}
+    event("blocks read by", paths[min(reader.fast_blocks, 1), min(reader.exact_blocks, 1)])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(csv_texts())
+def test_same_rows_as_today(case: tuple[bytes, str, list[str] | None, int]) -> None:
+    data, delimiter, repaired, block_bytes = case
+    assert_same(data, delimiter, repaired, block_bytes)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from(BYTE_TOKENS), max_size=200),
+    st.sampled_from([b"h0,h1\n", b"h0\n", b""]),
+    st.integers(1, 48),
+)
+def test_same_rows_or_error_on_raw_bytes(tokens: list[bytes], head: bytes, size: int) -> None:
+    assert_same(head + b"".join(tokens), block_bytes=size)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 3 * TEXT_CHUNK), st.sampled_from([b"\xff", b"\xc3", b"\xe2\x82"]))
+def test_undecodable_byte_reported_at_todays_offset(at: int, bad: bytes) -> None:
+    """io.TextIOWrapper counts the offset from its chunk's start: the exact path must too."""
+    rows = b"".join(b"%d,\xc3\xa9\xe2\x82\xac%d\n" % (i, i) for i in range(4000))
+    data = b"\xef\xbb\xbfa,b\n" + rows
+    at = data.index(b"\n", at) + 1  # a line start, so the rows before it stay valid
+    for block_bytes in (1000, 4096, 1 << 20):
+        assert_same(data[:at] + b"x" + bad + data[at:], block_bytes=block_bytes)
+        assert_same(data[:at] + bad + b"\n" + data[at:], block_bytes=block_bytes)
+
+
+# --- examples, one per case -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+def test_plain_file_is_read_fast(delimiter: str) -> None:
+    data = "\n".join(delimiter.join(f"{r}x{c}" for c in range(3)) for r in range(50)).encode()
+    reader = assert_same(data, delimiter, block_bytes=64)
+    assert reader.fast_blocks > 5 and reader.exact_blocks == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xef\xbb\xbfa,b\r\n1,2\r\n\r\n3,4\r\n",  # BOM, \r\n, a blank line
+        b"a,b\n1,2\n3,4",  # last line without a line end
+        b"a,b\r1,2\r\r3,4\r",  # lone \r line ends
+        b'a,b\n"x\ry",1\n"x\r\ny","2\n"\n"",""\n',  # quoted line breaks, empty quoted fields
+        b'a,b\n"q""",""""\n"a,b",c\n',  # doubled quotes, a quoted delimiter
+        b"a,b\n\n\n\n1,2\n\n",  # blank lines are no rows
+        b"a,b\n1\n1,2,3\n,\n",  # ragged rows: padded or cut, with their reason
+        b'a,b\n1,"x\ny\n',  # a quote left open swallows the lines after it
+        b'h\na"\n"b\nc\n"\nd\n',  # even quotes, yet a block may end inside a quoted field
+        b'h\n"a"b\n"c"\n',  # text after a closing quote
+        b'a,b\n5" pipe,1\n"a"b,2\n x ,"3"\n',  # quotes csv.reader keeps as text
+        b'a,"b\nc"\n1,2\n',  # a quote in the header
+        b"\n1,2\n",  # a blank first line: a header of no column
+        b"a,b\n\xef\xbb\xbf1,2\n",  # a BOM opening a data block is text
+        b"a,a\n1,2\n",  # an ambiguous header
+        b"a,a\n\xff\n",  # today's decoder fails before the header is judged
+        b"\xef\xbb",  # part of a BOM: an empty file to utf-8-sig
+        b"",
+        b"a,b",
+    ],
+)
+@pytest.mark.parametrize("block_bytes", [1, 5, 16, 1 << 20])
+def test_examples_match_today(data: bytes, block_bytes: int) -> None:
+    assert_same(data, block_bytes=block_bytes)
+
+
+def test_ragged_block_is_read_exactly_then_fast_again() -> None:
+    rows = [f"{i},{i}" for i in range(200)]
+    rows[100] = "1,2,3"
+    reader = assert_same(("a,b\n" + "\n".join(rows) + "\n").encode(), block_bytes=100)
+    assert reader.exact_blocks == 1 and reader.fast_blocks > 10
+
+
+def test_quoted_field_across_a_cut_stays_fast() -> None:
+    rows = "".join(f'{i},"line\n{i}"\n' for i in range(100))
+    reader = assert_same(f"a,b\n{rows}".encode(), block_bytes=20)
+    assert reader.exact_blocks == 0
+
+
+def test_header_with_a_quote_is_read_exactly() -> None:
+    reader = assert_same(b'"a",b\n1,2\n3,4\n', block_bytes=4)
+    assert reader.fast_blocks == 0 and reader.exact_blocks == 1
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_field_at_the_limit_is_read_and_past_it_fails(extra: int) -> None:
+    field = b"y" * (CSV_FIELD_LIMIT + extra)
+    data = b'a,b\n1,2\n3,"' + field + b'"\n5,6\n'
+    expected = today(data)
+    found, _ = columns(data, block_bytes=1 << 16)
+    assert found == expected
+    assert isinstance(found, str) == bool(extra)
+
+
+class OneWayStream(io.RawIOBase):
+    """A pipe: not seekable, and each read gives at most a few bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        chunk = self._data.read(min(len(buffer), 7))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_unseekable_stream_with_short_reads() -> None:
+    rows = [b'%d,"x\ny"\n' % i if i % 50 else b"%d\n" % i for i in range(200)]
+    data = b"a,b\n" + b"".join(rows)
+    found, reader = columns(OneWayStream(data), block_bytes=40)  # type: ignore[arg-type]
+    assert found == today(data)
+    assert reader.fast_blocks > 0 and reader.exact_blocks > 0
+
+
+def test_bad_delimiter_fails_as_today() -> None:
+    with pytest.raises(TypeError):
+        today(b"a,b\n", "ab")
+    with pytest.raises(TypeError):
+        columns(b"a,b\n", "ab")
+
+
+def test_large_file_mostly_fast() -> None:
+    lines = [f'{i},cus_{i % 97},"x, {i}",{i * 7 % 1000}.5,ok' for i in range(200_000)]
+    lines[1234] += ",extra"
+    data = ("identifier,customer,note,value,status\n" + "\n".join(lines) + "\n").encode()
+    reader = assert_same(data, block_bytes=1 << 16)
+    assert reader.fast_blocks >= 9 * reader.exact_blocks and reader.exact_blocks == 1
+
+
+def seven_columns(rows: int) -> bytes:
+    head = "identifier,timestamp,event_name,payload_value,payload_customer,error_code,note\n"
+    body = "".join(
+        f"id_{i},{1700000000 + i},api_call,{i % 1000},cus_{i % 5000},invalid,ok-{i % 7}\n"
+        for i in range(rows)
+    )
+    return (head + body).encode()
+
+
+if __name__ == "__main__":  # time 1,000,000 rows of 7 short columns, one thread
+    data = seven_columns(1_000_000)
+    started = time.perf_counter()
+    reader = CsvColumns(io.BytesIO(data), ",", None)
+    total = sum(block.rows for block in reader.blocks())
+    took = time.perf_counter() - started
+    print(f"{total} rows, {len(data) / 1e6:.0f} MB: CsvColumns {took:.2f} s", end=", ")
+    print(f"{reader.fast_blocks} fast / {reader.exact_blocks} exact blocks", end=", ")
+    started = time.perf_counter()
+    count = sum(len(b) for _, b in CsvRecords(io.BytesIO(data), ",", None).row_batches())
+    print(f"row_batches {time.perf_counter() - started:.2f} s ({count} rows)")

@@ -1,0 +1,271 @@
+"""Text built on arrow arrays is byte for byte what Python's csv and json modules write."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from remediation.core.text import csv_cells, csv_rows, join, json_strings
+
+# Characters csv and json treat specially, plus multi-byte ones sharing a first byte with the
+# non-ASCII delimiters (é/à, §/©, 😀/😁); lone surrogates cannot be held in an arrow string,
+# so the general alphabet is what UTF-8 can encode.
+SPECIAL = list(',;|\t "\\\r\n\x00\x1f\x7féà§©😀😁')
+CHARACTER = st.sampled_from(SPECIAL) | st.characters(codec="utf-8")
+TEXT = st.text(CHARACTER, max_size=12)
+MAYBE_TEXT = st.none() | TEXT
+# Any one character csv.writer accepts, including ones RE2 or quoting could trip over.
+DELIMITERS = list(',;"\t| \x00\\]-aé§😀\r\n')
+
+
+@st.composite
+def string_arrays(draw: st.DrawFn, values: Sequence[str | None]) -> pa.Array:
+    """`values` as string or large_string, sometimes a slice of a longer array (offset > 0)."""
+    kind = draw(st.sampled_from([pa.string(), pa.large_string()]))
+    before = draw(st.lists(MAYBE_TEXT, max_size=2))
+    after = draw(st.lists(MAYBE_TEXT, max_size=2))
+    return pa.array([*before, *values, *after], kind).slice(len(before), len(values))
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> list[list[str | None]]:
+    """Rows of one to four cells, nulls among them; zero rows included."""
+    width = draw(st.integers(1, 4))
+    return draw(st.lists(st.lists(MAYBE_TEXT, min_size=width, max_size=width), max_size=12))
+
+
+def columns_of(data: st.DataObject, rows: list[list[str | None]], width: int) -> list[pa.Array]:
+    """The table as arrow columns, each of a drawn kind and offset."""
+    return [data.draw(string_arrays([row[at] for row in rows])) for at in range(width)]
+
+
+def csv_text(rows: Sequence[Sequence[str | None]], delimiter: str = ",") -> str:
+    """What csv.writer writes for `rows`: the reference every test compares with."""
+    out = io.StringIO()
+    csv.writer(out, delimiter=delimiter).writerows(rows)
+    return out.getvalue()
+
+
+def texts(array: pa.Array) -> list[str]:
+    """The Python strings of a result, checking on the way that it is large_string."""
+    assert array.type == pa.large_string()
+    assert array.null_count == 0
+    values: list[str] = array.to_pylist()
+    return values
+
+
+# --- csv_rows ---------------------------------------------------------------------------------
+
+
+@given(st.data(), st.sampled_from(DELIMITERS))
+def test_csv_rows_is_what_csv_writer_writes(data: st.DataObject, delimiter: str) -> None:
+    rows = data.draw(tables())
+    width = len(rows[0]) if rows else data.draw(st.integers(1, 4))
+    columns = columns_of(data, rows, width)
+    body, offsets = csv_rows(columns, delimiter)
+    assert bytes(body) == csv_text(rows, delimiter).encode()
+    assert offsets.dtype == np.int64 and len(offsets) == len(rows) + 1
+    cut = [bytes(body)[start:end] for start, end in itertools.pairwise(offsets)]
+    assert cut == [csv_text([row], delimiter).encode() for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([[""]], '""\r\n'),  # a lone empty field is quoted, else the line would be blank
+        ([[None]], '""\r\n'),
+        ([["", ""]], ",\r\n"),
+        ([["", None, ""]], ",,\r\n"),
+        ([["a"], [""], ["b"]], 'a\r\n""\r\nb\r\n'),
+        ([['say "hi"', "x"]], '"say ""hi""",x\r\n'),
+        ([["a,b", "c\r\nd", "e\rf", "g\nh"]], '"a,b","c\r\nd","e\rf","g\nh"\r\n'),
+        ([["semi;colon", "tab\there", " pad "]], "semi;colon,tab\there, pad \r\n"),
+        ([["nul\x00", "é😀"]], "nul\x00,é😀\r\n"),
+    ],
+)
+def test_csv_rows_examples(rows: list[list[str | None]], expected: str) -> None:
+    columns = [pa.array([row[at] for row in rows], pa.string()) for at in range(len(rows[0]))]
+    body, _ = csv_rows(columns)
+    assert bytes(body) == expected.encode() == csv_text(rows).encode()
+
+
+def test_csv_rows_of_no_rows_is_empty() -> None:
+    body, offsets = csv_rows([pa.array([], pa.string()), pa.array([], pa.large_string())])
+    assert bytes(body) == b""
+    assert offsets.tolist() == [0]
+
+
+def test_csv_rows_quotes_by_the_delimiter_it_is_given() -> None:
+    rows = [["a;b", "c,d", "e\tf"]]
+    columns = [pa.array([cell]) for cell in rows[0]]
+    for delimiter in [";", ",", "\t", "§"]:
+        assert bytes(csv_rows(columns, delimiter)[0]) == csv_text(rows, delimiter).encode()
+
+
+def test_csv_rows_refuses_what_csv_refuses() -> None:
+    with pytest.raises(TypeError):
+        csv_rows([pa.array(["a"])], delimiter=";;")
+    with pytest.raises(ValueError, match="at least one column"):
+        csv_rows([])
+    with pytest.raises(ValueError, match="expected 2 rows"):
+        csv_rows([pa.array(["a", "b"]), pa.array(["c"])])
+    with pytest.raises(TypeError, match="string array"):
+        csv_rows([pa.array([1, 2])])
+
+
+def test_a_null_keeps_its_hidden_bytes_out_of_the_text() -> None:
+    # Arrow lets a null slot span bytes; they must not surface, nor make the cell look quoted.
+    hidden = pa.Array.from_buffers(
+        pa.string(),
+        3,
+        [
+            pa.py_buffer(bytes([0b101])),
+            pa.py_buffer(np.array([0, 1, 5, 6], np.int32)),
+            pa.py_buffer(b'a,"\n\x01b'),
+        ],
+    )
+    assert hidden.to_pylist() == ["a", None, "b"]
+    assert bytes(csv_rows([hidden])[0]) == b'a\r\n""\r\nb\r\n'
+    assert bytes(csv_rows([hidden, hidden])[0]) == b"a,a\r\n,\r\nb,b\r\n"
+    assert texts(csv_cells(hidden)) == ["a", "", "b"]
+    assert texts(json_strings(hidden)) == ['"a"', "null", '"b"']
+
+
+# --- csv_cells --------------------------------------------------------------------------------
+
+
+@given(st.data(), st.lists(MAYBE_TEXT, max_size=12), st.sampled_from(DELIMITERS))
+def test_csv_cells_are_what_csv_writer_writes(
+    data: st.DataObject, values: list[str | None], delimiter: str
+) -> None:
+    # A cell beside another is never the lone-empty-field case, so "" stays "".
+    tail = f"{delimiter}x\r\n"
+    expected = [csv_text([[value, "x"]], delimiter).removesuffix(tail) for value in values]
+    assert texts(csv_cells(data.draw(string_arrays(values)), delimiter)) == expected
+
+
+def test_csv_cells_quote_a_non_ascii_delimiter_only_where_it_is() -> None:
+    # "à" and "é" share their first UTF-8 byte, so the byte scan alone would quote "à" too.
+    values = pa.array(["à", "é", "xéy", "©"])
+    assert texts(csv_cells(values, "é")) == ["à", '"é"', '"xéy"', "©"]
+
+
+def test_csv_cells_examples() -> None:
+    values = pa.array(["plain", "", None, "a,b", 'q"', "\r", "\n", ";"])
+    expected = ["plain", "", "", '"a,b"', '"q"""', '"\r"', '"\n"', ";"]
+    assert texts(csv_cells(values)) == expected
+    assert texts(csv_cells(values, ";"))[-1] == '";"'
+
+
+# --- json_strings -----------------------------------------------------------------------------
+
+
+@given(st.data(), st.lists(MAYBE_TEXT, max_size=12))
+def test_json_strings_are_what_json_dumps_writes(
+    data: st.DataObject, values: list[str | None]
+) -> None:
+    expected = [json.dumps(value, ensure_ascii=False) for value in values]
+    assert texts(json_strings(data.draw(string_arrays(values)))) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", '""'),
+        (None, "null"),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("back\\slash", '"back\\\\slash"'),
+        ("\n\r\t\b\f", '"\\n\\r\\t\\b\\f"'),
+        ("\x00\x01\x1f", '"\\u0000\\u0001\\u001f"'),
+        ("\x7f é 😀 \u2028", '"\x7f é 😀 \u2028"'),  # nothing above U+001F is escaped
+        ("/", '"/"'),
+    ],
+)
+def test_json_strings_examples(value: str | None, expected: str) -> None:
+    assert texts(json_strings(pa.array([value], pa.string()))) == [expected]
+    assert expected == json.dumps(value, ensure_ascii=False)
+
+
+def test_json_strings_of_nothing() -> None:
+    assert texts(json_strings(pa.array([], pa.large_string()))) == []
+
+
+# --- join -------------------------------------------------------------------------------------
+
+
+@given(st.data(), st.integers(0, 10))
+def test_join_concatenates_row_by_row(data: st.DataObject, length: int) -> None:
+    kinds = st.lists(st.booleans(), max_size=6)
+    parts: list[pa.Array | str] = []
+    for is_array in data.draw(kinds):
+        column = data.draw(st.lists(TEXT, min_size=length, max_size=length))
+        parts.append(data.draw(string_arrays(column)) if is_array else data.draw(TEXT))
+    expected = [
+        "".join(part if isinstance(part, str) else part[row].as_py() for part in parts)
+        for row in range(length)
+    ]
+    assert texts(join(parts, length)) == expected
+
+
+def test_join_examples() -> None:
+    ids = pa.array(["a", "b"], pa.string())
+    names = pa.array(["x", ""], pa.large_string())
+    assert texts(join(["{", ids, ":", "", " ", names, "}"], 2)) == ["{a: x}", "{b: }"]
+    assert texts(join([], 3)) == ["", "", ""]
+    assert texts(join(["only"], 2)) == ["only", "only"]
+    assert texts(join([ids], 2)) == ["a", "b"]
+    assert texts(join([ids[1:], "!"], 1)) == ["b!"]
+    assert texts(join(["x", ids[:0]], 0)) == []
+
+
+def test_join_refuses_nulls_wrong_lengths_and_other_types() -> None:
+    with pytest.raises(ValueError, match="nulls"):
+        join([pa.array(["a", None])], 2)
+    with pytest.raises(ValueError, match="expected 3 rows"):
+        join([pa.array(["a", "b"])], 3)
+    with pytest.raises(TypeError, match="string array"):
+        join([pa.array([b"a"], pa.binary())], 1)
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+
+def _timed(name: str, build: Callable[[], object]) -> None:
+    """Print the best of three runs: a manual benchmark, run as a script, never asserted."""
+    best = min(_seconds(build) for _ in range(3))
+    print(f"{name}: {best:.3f} s")
+
+
+def _seconds(build: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    build()
+    return time.perf_counter() - start
+
+
+def _benchmark_columns(rows: int, width: int) -> list[pa.Array]:
+    """Ids and amounts like a usage file's, one cell in a hundred needing quotes or escapes."""
+    rng = np.random.default_rng(0)
+    columns = []
+    for _ in range(width):
+        cells = np.char.add("cus_", rng.integers(0, 10**9, rows).astype(str)).astype(object)
+        cells[::100] = 'say "hi",\nthere'
+        columns.append(pa.array(cells, pa.string()))
+    return columns
+
+
+if __name__ == "__main__":
+    ROWS, WIDTH = 1_000_000, 7
+    COLUMNS = _benchmark_columns(ROWS, WIDTH)
+    _timed(f"join {ROWS} x {WIDTH} parts", lambda: join(COLUMNS, ROWS))
+    _timed(f"csv_rows {ROWS} x {WIDTH}", lambda: csv_rows(COLUMNS))
+    _timed(f"json_strings {ROWS} x {WIDTH}", lambda: [json_strings(c) for c in COLUMNS])
