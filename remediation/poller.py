@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
+from remediation.core.checks import problem_codes
+from remediation.core.columns import from_records
 from remediation.errors import UnreadableFile
 from remediation.readers import CsvLayout, text_stream
 from remediation.records import UsageRecord
@@ -24,6 +26,7 @@ from remediation.validation import (
 )
 
 BATCH_SIZE = 100  # the v2 meter event stream takes at most 100 events per request
+CHECK_ROWS = 4096  # rows validated together
 
 
 # --- one file ------------------------------------------------------------------------------
@@ -68,12 +71,12 @@ def import_chunks(
     tag: str,
     batch_size: int = BATCH_SIZE,
 ) -> Iterator[ImportChunk]:
-    """Validate each record; yield a chunk every `batch_size` valid events and at the end."""
+    """Validate the records (in batches, on the remediation core's checks); yield a chunk every
+    `batch_size` valid events and at the end."""
     chunk = ImportChunk()
-    for record in records:
-        if not record.identifier:
-            record.identifier = derived_identifier(tag, record.row_number)
-        problem = validate_record(record, meters, now)
+    for record, code in _checked(records, meters, now, tag):
+        # the reason is worded (by the row check) only for the few rows that fail
+        problem = validate_record(record, meters, now) if code is not None else None
         meter = meters.get(record.event_name) if problem is None else None
         sent = meter is not None
         ts = parse_timestamp(record.timestamp)  # once for the event and the row reference
@@ -88,6 +91,29 @@ def import_chunks(
             chunk = ImportChunk()
     if chunk.events or chunk.rows:
         yield chunk
+
+
+def _checked(
+    records: Iterable[UsageRecord], meters: MeterIndex, now: int, tag: str
+) -> Iterator[tuple[UsageRecord, str | None]]:
+    """Each record (with an identifier) and the code of its first problem (None: valid)."""
+    for group in _groups(records, CHECK_ROWS):
+        for record in group:
+            if not record.identifier:
+                record.identifier = derived_identifier(tag, record.row_number)
+        codes = problem_codes(from_records(group, ordered=False), meters, now)
+        yield from zip(group, codes.tolist(), strict=True)
+
+
+def _groups(records: Iterable[UsageRecord], size: int) -> Iterator[list[UsageRecord]]:
+    group: list[UsageRecord] = []
+    for record in records:
+        group.append(record)
+        if len(group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def index_chunks(records: Iterable[UsageRecord], *, size: int = 1000) -> Iterator[list[RowRef]]:

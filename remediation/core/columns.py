@@ -37,15 +37,39 @@ class Kind(IntEnum):
     JSON = 5  # an object or array, held as its JSON text
 
 
-@dataclass(frozen=True, slots=True)
 class Column:
-    """One field of every row: `text` (null where absent) and, for JSON, each row's kind."""
+    """One field of every row: `text` (null where absent) and, for JSON, each row's kind.
 
-    text: pa.Array
-    kinds: npt.NDArray[np.uint8] | None = None
+    A column taken from another (`take`) is only gathered when its text is first read: a rule
+    reads few of a batch's columns, and a column no rule touched is never copied at all.
+    """
+
+    __slots__ = ("_at", "_base", "_length", "_text", "kinds")
+
+    def __init__(self, text: pa.Array, kinds: npt.NDArray[np.uint8] | None = None) -> None:
+        self._text: pa.Array | None = text
+        self._base: pa.Array | None = None
+        self._at: pa.Array | None = None
+        self._length = len(text)
+        self.kinds = kinds
+
+    @classmethod
+    def taken(cls, base: pa.Array, at: pa.Array, kinds: npt.NDArray[np.uint8] | None) -> Column:
+        column = cls.__new__(cls)
+        column._text, column._base, column._at = None, base, at
+        column._length, column.kinds = len(at), kinds
+        return column
+
+    @property
+    def text(self) -> pa.Array:
+        if self._text is None:
+            assert self._base is not None and self._at is not None
+            self._text = self._base.take(self._at)
+            self._base = self._at = None
+        return self._text
 
     def __len__(self) -> int:
-        return len(self.text)
+        return self._length
 
     @classmethod
     def absent(cls, length: int) -> Column:
@@ -54,6 +78,8 @@ class Column:
     @classmethod
     def of(cls, values: Sequence[object]) -> Column:
         """A column of typed values (None: absent), as a reader or a row rule has them."""
+        if all(v is None or type(v) is str for v in values):
+            return cls(pa.array(values, pa.string()))
         texts, kinds = zip(*(typed_text(v) for v in values), strict=True) if values else ((), ())
         column_kinds = np.fromiter(kinds, np.uint8, len(values))
         return cls(pa.array(texts, pa.string()), column_kinds if column_kinds.any() else None)
@@ -61,10 +87,14 @@ class Column:
     def take(self, indexes: Indexes, at: pa.Array | None = None) -> Column:
         """Rows `indexes` (`at`: the same as an Arrow array, when the caller has one)."""
         kinds = self.kinds[indexes] if self.kinds is not None else None
-        return Column(self.text.take(at if at is not None else pa.array(indexes)), kinds)
+        at = at if at is not None else pa.array(indexes, pa.int64())
+        if self._text is None:  # a take of a take: one gather from the first base
+            assert self._base is not None and self._at is not None
+            return Column.taken(self._base, self._at.take(at), kinds)
+        return Column.taken(self._text, at, kinds)
 
     def kind_array(self) -> npt.NDArray[np.uint8]:
-        return self.kinds if self.kinds is not None else np.zeros(len(self.text), np.uint8)
+        return self.kinds if self.kinds is not None else np.zeros(len(self), np.uint8)
 
     def is_text(self) -> Mask:
         """Rows whose value is present and text (a CSV cell, a JSON string)."""
@@ -217,15 +247,15 @@ def from_records(records: Sequence[UsageRecord], ordered: bool = True) -> Batch:
     """A batch of records (JSON rows, or the rows a rule handled one by one).
 
     `ordered`: keep each row's key order (`Batch.order`); off where the columns fix it."""
-    payload_keys = _union(r.payload for r in records)
-    extra_keys = _union(r.extra for r in records)
+    payloads = [r.payload for r in records]
+    extras = [r.extra for r in records]
     return Batch(
         np.fromiter((r.row_number for r in records), np.int64, len(records)),
         Column.of([r.identifier for r in records]),
         Column.of([r.timestamp for r in records]),
         Column.of([r.event_name for r in records]),
-        {k: _keyed(records, "payload", k) for k in payload_keys},
-        {k: _keyed(records, "extra", k) for k in extra_keys},
+        {k: _keyed(payloads, k) for k in _union(payloads)},
+        {k: _keyed(extras, k) for k in _union(extras)},
         pa.array([r.error_code for r in records], pa.string()),
         pa.array([r.error_message for r in records], pa.string()),
         pa.array([r.malformed for r in records], pa.string()),
@@ -240,15 +270,15 @@ def _union(mappings: Iterable[Mapping[str, object]]) -> list[str]:
     return list(keys)
 
 
-def _keyed(records: Sequence[UsageRecord], part: str, key: str) -> Column:
+def _keyed(mappings: Sequence[Mapping[str, object]], key: str) -> Column:
+    """One key of every row (absent where a row lacks it; a JSON null is present)."""
+    values = [m.get(key, _ABSENT) for m in mappings]
+    if all(type(v) is str or v is _ABSENT for v in values):  # CSV rows, most JSON keys
+        return Column(pa.array([None if v is _ABSENT else v for v in values], pa.string()))
     texts: list[str | None] = []
     kinds: list[int] = []
-    for record in records:
-        values: Mapping[str, object] = getattr(record, part)
-        if key in values:
-            text, kind = present_text(values[key])
-        else:
-            text, kind = None, Kind.TEXT
+    for value in values:
+        text, kind = (None, Kind.TEXT) if value is _ABSENT else present_text(value)
         texts.append(text)
         kinds.append(kind)
     array = np.asarray(kinds, np.uint8)

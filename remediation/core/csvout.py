@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.codes import ErrorCode
-from remediation.core.columns import Batch, Column, Indexes, Kind, concat_batches
+from remediation.core.columns import Batch, Column, Indexes, Kind, Mask, concat_batches
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
 from remediation.core.text import csv_rows, join, json_strings
 from remediation.identifiers import Identifiers
@@ -111,65 +111,71 @@ class CsvOut:
     def _audit(
         self, decided: Decided, written: Indexes, new_ids: pa.Array, quarantined: Indexes
     ) -> None:
-        lines: list[pa.Array] = []
-        rows: list[Indexes] = []
-        numbers = pa.array(decided.batch.rows).cast(pa.string())
-        identifiers = json_strings(decided.batch.identifier.text)
-        arrived = _json_codes(decided.arrived)
+        """One line per correction and quarantine, in row order (a row's corrections in the
+        order they were made): the pieces are put in order first, then joined once."""
         by_row = np.full(len(decided.batch), -1, np.int64)
         by_row[written] = np.arange(len(written))
         new_json = json_strings(new_ids)
+        arrived = _json_codes(decided.arrived)
+        chunks: list[tuple[Indexes, list[pa.Array | str]]] = []
         for change in decided.changes:
-            if not len(change):
-                continue
-            at = pa.array(change.at)
-            parts: list[pa.Array | str] = [
-                self.correction_head,
-                numbers.take(at),
-                ', "identifier": ',
-                identifiers.take(at),
-                ', "new_identifier": ',
-                new_json.take(pa.array(by_row[change.at])),
-                ', "code": ',
-                arrived.take(at),
-                ', "rule": ',
-                _json_of(change.rule),
-                ', "field": ',
-                _json_of(change.field),
-                ', "before": ',
-                value_json(change.before),
-                ', "after": ',
-                value_json(change.after),
-                "}\n",
-            ]
-            lines.append(join(parts, len(change)))
-            rows.append(change.at)
+            if len(change):
+                at = pa.array(change.at)
+                new = new_json.take(pa.array(by_row[change.at]))
+                chunks.append(
+                    (
+                        change.at,
+                        [
+                            new,
+                            arrived.take(at),
+                            _json_of(change.rule),
+                            _json_of(change.field),
+                            value_json(change.before),
+                            value_json(change.after),
+                        ],
+                    )
+                )
+        corrections = len(chunks)
         if len(quarantined):
-            at = pa.array(quarantined)
-            parts = [
-                self.quarantine_head,
-                numbers.take(at),
-                ', "identifier": ',
-                identifiers.take(at),
-                ', "code": ',
-                arrived.take(at),
-                ', "mfx_code": ',
-                _json_codes(decided.mfx_code[quarantined]),
-                ', "reason": ',
-                json_strings(pa.array(decided.reason[quarantined].tolist(), pa.string())),
-                "}\n",
-            ]
-            lines.append(join(parts, len(quarantined)))
-            rows.append(quarantined)
-        if lines:
-            self._write_audit(lines, rows)
+            mfx = _json_codes(decided.mfx_code[quarantined])
+            reason = json_strings(pa.array(decided.reason[quarantined].tolist(), pa.string()))
+            chunks.append(
+                (quarantined, [arrived.take(pa.array(quarantined)), mfx, reason, "", "", ""])
+            )
+        if chunks:
+            self._write_audit(decided, chunks, corrections)
         if self.sinks.on_audit is not None:
             self._on_audit(decided, written, new_ids, quarantined)
 
-    def _write_audit(self, lines: list[pa.Array], rows: list[Indexes]) -> None:
-        """Entries in row order; a row's entries in the order they were made (stable sort)."""
-        order = np.argsort(np.concatenate(rows), kind="stable")
-        text = pa.concat_arrays(lines).take(pa.array(order))
+    def _write_audit(
+        self,
+        decided: Decided,
+        chunks: list[tuple[Indexes, list[pa.Array | str]]],
+        corrections: int,
+    ) -> None:
+        rows = np.concatenate([at for at, _ in chunks])
+        order = np.argsort(rows, kind="stable")
+        taken = pa.array(rows[order])
+        quarantine = np.concatenate(
+            [np.full(len(at), n >= corrections) for n, (at, _) in enumerate(chunks)]
+        )[order]
+        numbers = pa.array(decided.batch.rows).cast(pa.string()).take(taken)
+        identifiers = json_strings(decided.batch.identifier.text.take(taken))
+        values = [
+            _in_order([c[1][j] for c in chunks], [len(c[0]) for c in chunks], order)
+            for j in range(6)
+        ]
+        labels = [_labels(pair, quarantine) for pair in _AUDIT_LABELS]
+        parts: list[pa.Array | str] = [
+            _labels((self.correction_head, self.quarantine_head), quarantine),
+            numbers,
+            ', "identifier": ',
+            identifiers,
+        ]
+        for label, value in zip(labels, values, strict=True):
+            parts += [label, value]
+        parts.append(_labels(("}\n", ""), quarantine))
+        text = join(parts, len(rows))
         audit = self.sinks.audit_file
         assert audit is not None
         audit.flush()
@@ -191,6 +197,40 @@ class CsvOut:
                 row = {**record_object(outcome.record), **outcome.notes}
             for entry in outcome.audit:
                 self.sinks.on_audit(entry if row is None else {**entry, "record": row})
+
+
+# the label before each of the six values of a (correction, quarantine) line
+_AUDIT_LABELS = (
+    (', "new_identifier": ', ', "code": '),
+    (', "code": ', ', "mfx_code": '),
+    (', "rule": ', ', "reason": '),
+    (', "field": ', "}\n"),
+    (', "before": ', ""),
+    (', "after": ', ""),
+)
+
+
+def _labels(pair: tuple[str, str], quarantine: Mask) -> pa.Array | str:
+    """The first text for correction lines, the second for quarantine lines."""
+    if not quarantine.any():
+        return pair[0]
+    if quarantine.all():
+        return pair[1]
+    return pa.array(pair, pa.large_string()).take(pa.array(quarantine.astype(np.int64)))
+
+
+def _in_order(pieces: list[pa.Array | str], lengths: list[int], order: Indexes) -> pa.Array | str:
+    """One value of every line, from each chunk's piece, put in line order."""
+    if all(isinstance(p, str) for p in pieces) and len(set(pieces)) == 1:
+        text = str(pieces[0])
+        return text
+    arrays = [
+        p.cast(pa.large_string())
+        if not isinstance(p, str)
+        else pa.repeat(pa.scalar(p, pa.large_string()), n)
+        for p, n in zip(pieces, lengths, strict=True)
+    ]
+    return pa.concat_arrays(arrays).take(pa.array(order))
 
 
 def _takes_bytes(output: OutputSet) -> bool:
