@@ -32,7 +32,7 @@ from remediation.rules import Rules
 from remediation.sinks import AuditSink, Sinks
 from remediation.validation import MeterIndex
 
-BATCH_ROWS = 65536
+BATCH_ROWS = 131072
 BLOCK_BYTES = 8 << 20  # of CSV read at once: about 90,000 rows of a usual failed-records file
 
 

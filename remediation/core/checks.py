@@ -118,11 +118,12 @@ def _undecided(codes: Codes) -> Mask:
 
 
 def _odd_values(batch: Batch) -> Mask:
-    """Rows with a non-text timestamp or payload value: checked one by one (JSON only)."""
+    """Rows with a JSON float in the payload (its plain text is not its JSON text: `12.0` is
+    `12`): checked one by one. Other kinds are checked on their text."""
     odd = np.zeros(len(batch), bool)
-    for column in (batch.timestamp, *batch.payload.values()):
+    for column in batch.payload.values():
         if column.kinds is not None:
-            odd |= (column.kinds != Kind.TEXT) & column.present()
+            odd |= column.kinds == Kind.FLOAT
     return odd
 
 
@@ -160,6 +161,8 @@ def _payload(batch: Batch, meter: Meter, index: MeterIndex, codes: Codes, rows: 
         flag(np.ones(len(batch), bool), ErrorCode.NO_CUSTOMER_DEFINED)
         return
     blank = mask(pc.equal(pc.utf8_trim_whitespace(customer.text), ""))
+    if customer.kinds is not None:  # a JSON null is no customer; a number is one
+        blank = (blank & (customer.kinds == Kind.TEXT)) | (customer.kinds == Kind.NULL)
     flag(~customer.present() | blank, ErrorCode.NO_CUSTOMER_DEFINED)
     value = batch.payload.get(meter.value_key)
     if value is None:
@@ -214,7 +217,9 @@ def seconds(column: Column) -> tuple[npt.NDArray[np.int64], Mask, list[tuple[int
     rows have one, and (row, value or None) of the other present rows read one by one)."""
     n = len(column)
     values = np.zeros(n, np.int64)
-    short = column.is_text() & matches(column, SHORT_DIGITS)
+    short = column.present() & matches(column, SHORT_DIGITS)
+    if column.kinds is not None:
+        short &= (column.kinds == Kind.TEXT) | (column.kinds == Kind.INT)
     if short.any():
         at = np.flatnonzero(short)
         picked = column.text.take(pa.array(at)).cast(pa.int64())

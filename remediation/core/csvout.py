@@ -104,8 +104,8 @@ class CsvOut:
     def _quarantine(self, decided: Decided, rows: Indexes) -> None:
         batch = decided.batch.take(rows)
         cells = self._cells(batch, batch.identifier.text)
-        cells.append(pa.array(decided.mfx_code[rows].tolist(), pa.string()))
-        cells.append(pa.array(decided.reason[rows].tolist(), pa.string()))
+        cells.append(pa.array(decided.mfx_code[rows], pa.string()))
+        cells.append(pa.array(decided.reason[rows], pa.string()))
         self._block(self.sinks.quarantine, cells)
 
     def _audit(
@@ -138,7 +138,7 @@ class CsvOut:
         corrections = len(chunks)
         if len(quarantined):
             mfx = _json_codes(decided.mfx_code[quarantined])
-            reason = json_strings(pa.array(decided.reason[quarantined].tolist(), pa.string()))
+            reason = json_strings(pa.array(decided.reason[quarantined], pa.string()))
             chunks.append(
                 (quarantined, [arrived.take(pa.array(quarantined)), mfx, reason, "", "", ""])
             )
@@ -256,7 +256,7 @@ def _count(decided: Decided, tally: Tally) -> None:
         rows = np.flatnonzero(fate == value)
         if not len(rows):
             continue
-        codes = pa.array(decided.arrived[rows].tolist(), pa.string()).dictionary_encode()
+        codes = pa.array(decided.arrived[rows], pa.string()).dictionary_encode()
         counts = np.bincount(codes.indices.to_numpy(), minlength=len(codes.dictionary))
         odd = np.bincount(
             codes.indices.to_numpy()[unclassified[rows]], minlength=len(codes.dictionary)
@@ -294,11 +294,13 @@ def new_identifiers(ids: Identifiers, identifier: Column, rows: Indexes) -> pa.A
 
 def value_json(column: Column) -> pa.Array:
     """Each value as the audit's json.dumps writes it (text quoted, numbers as they are)."""
-    quoted = json_strings(column.text)
     if column.kinds is None:
-        return quoted
-    raw = pc.fill_null(column.text, NULL)
+        return json_strings(column.text)
     literal = column.kinds != Kind.TEXT
+    raw = pc.fill_null(column.text, NULL)
+    if literal.all():
+        return raw
+    quoted = json_strings(column.text)
     if not literal.any():
         return quoted
     n = len(column)
@@ -316,7 +318,7 @@ def _json_of(value: str | Sequence[str]) -> pa.Array | str:
 
 def _json_codes(codes: Any) -> pa.Array:
     """JSON texts of a few distinct strings repeated over many rows (codes, rules, fields)."""
-    encoded = pc.dictionary_encode(pa.array(codes.tolist(), pa.string()))
+    encoded = pc.dictionary_encode(pa.array(codes, pa.string()))
     return json_strings(encoded.dictionary).take(encoded.indices)
 
 

@@ -45,10 +45,13 @@ class Decided:
     corrections: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def unclassified(self) -> Mask:
-        quarantined = self.fate == QUARANTINED
-        unknown = np.asarray([c not in KNOWN_CODES for c in self.arrived], bool)
-        mine = np.asarray(self.mfx_code == ErrorCode.UNCLASSIFIED, bool)
-        flags: Mask = quarantined & (unknown | mine)
+        """Quarantined rows that arrived with a code we do not know, or that we could not
+        classify."""
+        flags: Mask = np.zeros(len(self.fate), bool)
+        for i in np.flatnonzero(self.fate == QUARANTINED).tolist():
+            flags[i] = (
+                self.arrived[i] not in KNOWN_CODES or self.mfx_code[i] == ErrorCode.UNCLASSIFIED
+            )
         return flags
 
 
@@ -80,7 +83,7 @@ class BatchDecider:
 
     def decide(self, batch: Batch) -> Decided:
         n = len(batch)
-        arrived, to_fix = self._classify(batch)
+        arrived, to_fix, ruled = self._classify(batch)
         fate = np.full(n, QUARANTINED, np.int8)
         mfx: Codes = np.full(n, None, dtype=object)
         reason: Codes = np.full(n, None, dtype=object)
@@ -101,11 +104,12 @@ class BatchDecider:
         )
         decided.corrections = np.zeros(n, np.int64)
         if len(work):
-            _Rounds(self.ctx, batch, work, to_fix[work], decided).run()
+            _Rounds(self.ctx, batch, work, to_fix[work], decided, ~ruled[work]).run()
         return decided
 
-    def _classify(self, batch: Batch) -> tuple[Codes, Codes]:
-        """(code each row arrived with or was classified with, code to correct)."""
+    def _classify(self, batch: Batch) -> tuple[Codes, Codes, Mask]:
+        """(code each row arrived with or was classified with, code to correct, rows whose
+        reported code has a rule: those were not validated)."""
         reported = reported_codes(batch)
         ruled = np.asarray([c in RULES for c in reported], bool)
         arrived, to_fix = reported.copy(), reported.copy()
@@ -115,7 +119,7 @@ class BatchDecider:
             told = reported[check]
             arrived[check] = np.where(told == None, problems, told)  # noqa: E711
             to_fix[check] = problems
-        return arrived, to_fix
+        return arrived, to_fix, ruled
 
     def _repeats(
         self, batch: Batch, arrived: Codes, valid: Mask, mfx: Codes, reason: Codes
@@ -144,9 +148,17 @@ class _Rounds:
     """The correction rounds of the rows `work` of a batch."""
 
     def __init__(
-        self, ctx: Context, batch: Batch, work: Indexes, codes: Codes, decided: Decided
+        self,
+        ctx: Context,
+        batch: Batch,
+        work: Indexes,
+        codes: Codes,
+        decided: Decided,
+        validated: Mask,
     ) -> None:
         self.ctx, self.rows, self.decided = ctx, work, decided
+        # validated rows are within the field limits, or their code says they are not
+        self.validated = validated.copy()
         self.work = batch.take(work)
         self.current = codes.copy()
         self.seen = np.zeros(len(work), np.int64)  # bit `CODE_BITS[code]`: tried for `code`
@@ -181,15 +193,10 @@ class _Rounds:
     def _apply(self, code: str, rows: Indexes) -> Indexes:
         if not len(rows):
             return rows
-        sub = self.work.take(rows)
-        bounded = np.ones(len(rows), bool)
-        for i, problem_code, message in first_field_problems(sub, self.ctx.index.limits):
-            if problem_code != ErrorCode.MALFORMED_ROW:
-                self._fail(int(rows[i]), code, message)
-                bounded[i] = False
-        rows, sub = rows[bounded], sub.take(np.flatnonzero(bounded))
+        rows = self._bounded(code, rows)
         if not len(rows):
             return rows
+        sub = self.work.take(rows)
         fix = RULES[code](sub, self.ctx)
         for i, message in fix.failed.items():
             self._fail(int(rows[i]), code, message)
@@ -200,10 +207,26 @@ class _Rounds:
         ok[list(fix.failed)] = False
         return rows[ok]
 
+    def _bounded(self, code: str, rows: Indexes) -> Indexes:
+        """`rows` without those past a field limit (they fail with its reason): no rule sees
+        such a row (a fuzzy match over a 10 MB event name would never end)."""
+        unchecked = rows[~self.validated[rows]]
+        if not len(unchecked):
+            return rows
+        past = np.zeros(len(self.rows), bool)
+        limits = self.ctx.index.limits
+        for i, problem_code, message in first_field_problems(self.work.take(unchecked), limits):
+            if problem_code != ErrorCode.MALFORMED_ROW:
+                self._fail(int(unchecked[i]), code, message)
+                past[unchecked[i]] = True
+        bounded: Indexes = rows[~past[rows]]
+        return bounded
+
     def _validate(self, tried: Indexes) -> Indexes:
         if not len(tried):
             return tried
         tried = np.sort(tried)
+        self.validated[tried] = True
         codes = problem_codes(self.work.take(tried), self.ctx.index, self.ctx.now)
         self.current[tried] = codes
         failing: Indexes = tried[np.asarray(codes != None, bool)]  # noqa: E711 - elementwise
