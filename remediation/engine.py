@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from remediation.changes import Context
 from remediation.core.columns import Batch, from_records
 from remediation.core.csvbatch import csv_batch
@@ -32,8 +34,8 @@ from remediation.rules import Rules
 from remediation.sinks import AuditSink, Sinks
 from remediation.validation import MeterIndex
 
-BATCH_ROWS = 131072
-BLOCK_BYTES = 8 << 20  # of CSV read at once: about 90,000 rows of a usual failed-records file
+BATCH_ROWS = 32768
+BLOCK_BYTES = 2 << 20  # of CSV read at once (about 22,000 rows): a batch is at most one block
 
 
 @dataclass(slots=True)
@@ -69,6 +71,7 @@ def remediate(
     source of a whole-file failure, rows the poller refused), so its valid rows are re-sent
     too. Otherwise only rows carrying an error code or failing our validation are.
     `lineage`: which identifiers of the input we wrote (see `identifiers`)."""
+    _return_freed_memory()
     index = MeterIndex(meters, value_precision=rules.value_precision, limits=rules.policy.limits)
     ctx = Context(index, rules, now, customers)
     ids = Identifiers(source, generation, lineage or Lineage(), identifiers == "keep")
@@ -94,6 +97,13 @@ def remediate(
     _check_conservation(tally, outputs, write, rejected)
     summary = _summary(source, generation, tally, outputs, sinks.audit_path)
     return RemediationResult(summary, outputs, tally.corrections)
+
+
+def _return_freed_memory() -> None:
+    """Arrow on the system allocator: its default (mimalloc) keeps what each batch freed, and
+    a run's peak RSS grew by a third (1M rows: 172 MB, 141 MB on the system allocator)."""
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def _bytes_out(records: Iterable[UsageRecord], write: bool) -> bool:
