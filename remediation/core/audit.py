@@ -1,0 +1,230 @@
+"""Audit lines of decided batches, built on columns: one line per correction and quarantine,
+in row order (a row's corrections in the order they were made), the bytes `json.dumps(entry,
+ensure_ascii=False)` writes (`sinks.Sinks.audit`); the run's counts; derived identifiers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.core.columns import Column, Indexes, Kind, Mask
+from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
+from remediation.core.outcomes import outcomes
+from remediation.core.text import join, json_strings
+from remediation.identifiers import Identifiers
+from remediation.outcomes import Tally
+from remediation.sinks import AuditSink
+from remediation.writers import record_object
+
+NULL = "null"
+
+
+class AuditLines:
+    """The audit lines of one source's decided batches."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        head = '{"kind": "%s", "source": ' + json_strings(pa.array([source])).to_pylist()[0]
+        self.correction_head = head.replace("%s", "correction") + ', "row": '
+        self.quarantine_head = head.replace("%s", "quarantine") + ', "row": '
+
+    def write(self, decided: Decided, written: Indexes, new_ids: pa.Array, audit: TextIO) -> None:
+        """One line per correction and quarantine, in row order (a row's corrections in the
+        order they were made): the pieces are put in order first, then joined once."""
+        by_row = np.full(len(decided.batch), -1, np.int64)
+        by_row[written] = np.arange(len(written))
+        new_json = json_strings(new_ids)
+        arrived = _json_codes(decided.arrived)
+        chunks: list[tuple[Indexes, list[pa.Array | str]]] = []
+        for change in decided.changes:
+            if len(change):
+                at = pa.array(change.at)
+                new = new_json.take(pa.array(by_row[change.at]))
+                chunks.append(
+                    (
+                        change.at,
+                        [
+                            new,
+                            arrived.take(at),
+                            _json_of(change.rule),
+                            _json_of(change.field),
+                            value_json(change.before),
+                            value_json(change.after),
+                        ],
+                    )
+                )
+        corrections = len(chunks)
+        quarantined = np.flatnonzero(decided.fate == QUARANTINED)
+        if len(quarantined):
+            mfx = _json_codes(decided.mfx_code[quarantined])
+            reason = json_strings(pa.array(decided.reason[quarantined], pa.string()))
+            chunks.append(
+                (quarantined, [arrived.take(pa.array(quarantined)), mfx, reason, "", "", ""])
+            )
+        if chunks:
+            self._write(decided, chunks, corrections, audit)
+
+    def _write(
+        self,
+        decided: Decided,
+        chunks: list[tuple[Indexes, list[pa.Array | str]]],
+        corrections: int,
+        audit: TextIO,
+    ) -> None:
+        rows = np.concatenate([at for at, _ in chunks])
+        order = np.argsort(rows, kind="stable")
+        taken = pa.array(rows[order])
+        quarantine = np.concatenate(
+            [np.full(len(at), n >= corrections) for n, (at, _) in enumerate(chunks)]
+        )[order]
+        numbers = pa.array(decided.batch.rows).cast(pa.string()).take(taken)
+        identifiers = json_strings(decided.batch.identifier.text.take(taken))
+        values = [
+            _in_order([c[1][j] for c in chunks], [len(c[0]) for c in chunks], order)
+            for j in range(6)
+        ]
+        labels = [_labels(pair, quarantine) for pair in _AUDIT_LABELS]
+        parts: list[pa.Array | str] = [
+            _labels((self.correction_head, self.quarantine_head), quarantine),
+            numbers,
+            ', "identifier": ',
+            identifiers,
+        ]
+        for label, value in zip(labels, values, strict=True):
+            parts += [label, value]
+        parts.append(_labels(("}\n", ""), quarantine))
+        text = join(parts, len(rows))
+        audit.flush()
+        audit.buffer.write(array_bytes(text))
+
+
+def audit_entries(decided: Decided, ids: Identifiers, source: str, on_audit: AuditSink) -> None:
+    """The same entries as dicts, in row order (the service records them); a quarantine
+    entry carries its row in full as `record`, as its quarantine file holds it."""
+    for outcome in outcomes(decided, ids, source):
+        row = None
+        if outcome.notes is not None:
+            row = {**record_object(outcome.record), **outcome.notes}
+        for entry in outcome.audit:
+            on_audit(entry if row is None else {**entry, "record": row})
+
+
+# the label before each of the six values of a (correction, quarantine) line
+_AUDIT_LABELS = (
+    (', "new_identifier": ', ', "code": '),
+    (', "code": ', ', "mfx_code": '),
+    (', "rule": ', ', "reason": '),
+    (', "field": ', "}\n"),
+    (', "before": ', ""),
+    (', "after": ', ""),
+)
+
+
+def _labels(pair: tuple[str, str], quarantine: Mask) -> pa.Array | str:
+    """The first text for correction lines, the second for quarantine lines."""
+    if not quarantine.any():
+        return pair[0]
+    if quarantine.all():
+        return pair[1]
+    return pa.array(pair, pa.large_string()).take(pa.array(quarantine.astype(np.int64)))
+
+
+def _in_order(pieces: list[pa.Array | str], lengths: list[int], order: Indexes) -> pa.Array | str:
+    """One value of every line, from each chunk's piece, put in line order."""
+    if all(isinstance(p, str) for p in pieces) and len(set(pieces)) == 1:
+        text = str(pieces[0])
+        return text
+    arrays = [
+        p.cast(pa.large_string())
+        if not isinstance(p, str)
+        else pa.repeat(pa.scalar(p, pa.large_string()), n)
+        for p, n in zip(pieces, lengths, strict=True)
+    ]
+    return pa.concat_arrays(arrays).take(pa.array(order))
+
+
+def array_bytes(text: pa.Array) -> memoryview:
+    """The bytes of a large_string array's values, one after the other (no copy)."""
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)
+    start, end = offsets[text.offset], offsets[text.offset + len(text)]
+    return memoryview(text.buffers()[2])[start:end]
+
+
+def count(decided: Decided, tally: Tally) -> None:
+    fate = decided.fate
+    tally.count("valid", None, int(np.count_nonzero(fate <= VALID)), 0, 0)
+    tally.valid_kept += int(np.count_nonzero(fate == VALID_KEPT))
+    unclassified = decided.unclassified()
+    for kind, value in (("corrected", CORRECTED), ("quarantined", QUARANTINED)):
+        rows = np.flatnonzero(fate == value)
+        if not len(rows):
+            continue
+        codes = pa.array(decided.arrived[rows], pa.string()).dictionary_encode()
+        counts = np.bincount(codes.indices.to_numpy(), minlength=len(codes.dictionary))
+        odd = np.bincount(
+            codes.indices.to_numpy()[unclassified[rows]], minlength=len(codes.dictionary)
+        )
+        for at, name in enumerate(codes.dictionary.to_pylist()):
+            tally.count(kind, name, int(counts[at]), 0, int(odd[at]))
+    tally.count("valid", None, 0, int(decided.corrections.sum()), 0)
+
+
+def new_identifiers(ids: Identifiers, identifier: Column, rows: Indexes) -> pa.Array:
+    """The identifier each written row goes out under (`Identifiers.new`, on a column)."""
+    text = identifier.text
+    if ids.keep:
+        return text
+    n = len(text)
+    simple = np.asarray(pc.fill_null(pc.less_equal(pc.utf8_length(text), ids.longest_plain), False))
+    if ids.ancestors:
+        ours = pc.is_in(text, pa.array(list(ids.ancestors), pa.string()))
+        simple &= ~np.asarray(pc.fill_null(ours, False))
+    filled = pc.fill_null(text, "")
+    plain = join([filled, ids.suffix], n)
+    if ids.reserved:
+        clash = pc.is_in(plain, pa.array(list(ids.reserved), pa.string()))
+        simple &= ~np.asarray(pc.fill_null(clash, False))
+    others = np.flatnonzero(~simple)
+    if not len(others):
+        return plain
+    values = text.take(pa.array(others)).to_pylist()
+    derived = [ids.new(v, int(r)) for v, r in zip(values, rows[others].tolist(), strict=True)]
+    index = np.arange(n, dtype=np.int64)
+    index[others] = n + np.arange(len(others))
+    extra = pa.array(derived, pa.large_string())
+    return pa.concat_arrays([plain.cast(pa.large_string()), extra]).take(pa.array(index))
+
+
+def value_json(column: Column) -> pa.Array:
+    """Each value as the audit's json.dumps writes it (text quoted, numbers as they are)."""
+    if column.kinds is None:
+        return json_strings(column.text)
+    literal = column.kinds != Kind.TEXT
+    raw = pc.fill_null(column.text, NULL)
+    if literal.all():
+        return raw
+    quoted = json_strings(column.text)
+    if not literal.any():
+        return quoted
+    n = len(column)
+    index = np.where(literal, n + np.arange(n), np.arange(n))
+    both = pa.concat_arrays([quoted.cast(pa.large_string()), raw.cast(pa.large_string())])
+    return both.take(pa.array(index))
+
+
+def _json_of(value: str | Sequence[str]) -> pa.Array | str:
+    if isinstance(value, str):
+        text: str = json_strings(pa.array([value])).to_pylist()[0]
+        return text
+    return _json_codes(np.asarray(value, dtype=object))
+
+
+def _json_codes(codes: Any) -> pa.Array:
+    """JSON texts of a few distinct strings repeated over many rows (codes, rules, fields)."""
+    encoded = pc.dictionary_encode(pa.array(codes, pa.string()))
+    return json_strings(encoded.dictionary).take(encoded.indices)
