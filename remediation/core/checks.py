@@ -47,8 +47,13 @@ def matches(column: Column, pattern: str) -> Mask:
 
 
 def has_control(column: Column) -> Mask:
-    """Rows holding a control character (`limits.CONTROL`): a byte scan finds the few rows
-    that may, the regex decides on those alone."""
+    """Rows holding a control character (`limits.CONTROL`), once per column (`Column.mark`)."""
+    found: Mask = column.mark("control", _control)
+    return found
+
+
+def _control(column: Column) -> Mask:
+    """A byte scan finds the few rows that may hold one, the regex decides on those alone."""
     found = np.zeros(len(column), bool)
     suspects = rows_holding(column.text.cast(pa.large_string()), _CONTROL_BYTES)
     if len(suspects):
@@ -61,7 +66,14 @@ _CONTROL_BYTES = bytes(range(32)) + b"\x7f\xe2"  # U+2028/U+2029 start with 0xE2
 
 
 def longer(column: Column, most: int) -> Mask:
-    return mask(pc.greater(pc.utf8_length(column.text), most))
+    over: Mask = column.mark("length", _lengths) > most
+    return over
+
+
+def _lengths(column: Column) -> npt.NDArray[np.int64]:
+    """Characters per row (0 where absent), as `len()` counts them."""
+    counted = pc.fill_null(pc.utf8_length(column.text), 0)
+    return np.asarray(counted.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def field_suspects(batch: Batch, limits: FieldLimits) -> Mask:
@@ -137,8 +149,10 @@ def meter_of_rows(batch: Batch, index: MeterIndex) -> tuple[list[Meter | None], 
 
 
 def _meters(batch: Batch, index: MeterIndex, codes: Codes, rows: Mask) -> None:
+    """Meter checks; payload checks once per set of keys (meters usually share theirs)."""
     meters, positions = meter_of_rows(batch, index)
     codes[rows & (positions < 0)] = ErrorCode.NO_METER
+    by_keys: dict[tuple[str, str, tuple[str, ...]], tuple[Meter, Mask]] = {}
     for at, meter in enumerate(meters):
         of_meter = rows & (positions == at)
         if not of_meter.any():
@@ -148,7 +162,11 @@ def _meters(batch: Batch, index: MeterIndex, codes: Codes, rows: Mask) -> None:
         elif not meter.active:
             codes[of_meter] = ErrorCode.ARCHIVED_METER
         else:
-            _payload(batch, meter, index, codes, of_meter)
+            keys = (meter.customer_key, meter.value_key, meter.dimension_keys)
+            first, before = by_keys.get(keys, (meter, np.zeros(len(batch), bool)))
+            by_keys[keys] = (first, before | of_meter)
+    for meter, of_keys in by_keys.values():
+        _payload(batch, meter, index, codes, of_keys)
 
 
 def _payload(batch: Batch, meter: Meter, index: MeterIndex, codes: Codes, rows: Mask) -> None:
@@ -160,7 +178,7 @@ def _payload(batch: Batch, meter: Meter, index: MeterIndex, codes: Codes, rows: 
     if customer is None:
         flag(np.ones(len(batch), bool), ErrorCode.NO_CUSTOMER_DEFINED)
         return
-    blank = mask(pc.equal(pc.utf8_trim_whitespace(customer.text), ""))
+    blank = (customer.mark("length", _lengths) == 0) | mask(pc.utf8_is_space(customer.text))
     if customer.kinds is not None:  # a JSON null is no customer; a number is one
         blank = (blank & (customer.kinds == Kind.TEXT)) | (customer.kinds == Kind.NULL)
     flag(~customer.present() | blank, ErrorCode.NO_CUSTOMER_DEFINED)

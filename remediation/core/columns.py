@@ -10,7 +10,7 @@ row API is a batch of one).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
@@ -44,21 +44,30 @@ class Column:
     reads few of a batch's columns, and a column no rule touched is never copied at all.
     """
 
-    __slots__ = ("_at", "_base", "_length", "_text", "kinds")
+    __slots__ = ("_at", "_base", "_length", "_marks", "_text", "kinds")
 
     def __init__(self, text: pa.Array, kinds: npt.NDArray[np.uint8] | None = None) -> None:
         self._text: pa.Array | None = text
         self._base: pa.Array | None = None
         self._at: pa.Array | None = None
         self._length = len(text)
+        self._marks: dict[str, npt.NDArray[Any]] = {}
         self.kinds = kinds
 
     @classmethod
     def taken(cls, base: pa.Array, at: pa.Array, kinds: npt.NDArray[np.uint8] | None) -> Column:
         column = cls.__new__(cls)
         column._text, column._base, column._at = None, base, at
-        column._length, column.kinds = len(at), kinds
+        column._length, column._marks, column.kinds = len(at), {}, kinds
         return column
+
+    def mark(self, name: str, compute: Callable[[Column], npt.NDArray[Any]]) -> npt.NDArray[Any]:
+        """A per-row fact about this column's values (its lengths, its control characters),
+        computed once: rows taken from this column carry it along (`take`)."""
+        found = self._marks.get(name)
+        if found is None:
+            found = self._marks[name] = compute(self)
+        return found
 
     @property
     def text(self) -> pa.Array:
@@ -90,8 +99,11 @@ class Column:
         at = at if at is not None else pa.array(indexes, pa.int64())
         if self._text is None:  # a take of a take: one gather from the first base
             assert self._base is not None and self._at is not None
-            return Column.taken(self._base, self._at.take(at), kinds)
-        return Column.taken(self._text, at, kinds)
+            column = Column.taken(self._base, self._at.take(at), kinds)
+        else:
+            column = Column.taken(self._text, at, kinds)
+        column._marks = {name: values[indexes] for name, values in self._marks.items()}
+        return column
 
     def kind_array(self) -> npt.NDArray[np.uint8]:
         return self.kinds if self.kinds is not None else np.zeros(len(self), np.uint8)

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from remediation.changes import Context
 from remediation.codes import KNOWN_CODES, ErrorCode, code_from_message
-from remediation.core.checks import Codes, first_field_problems, problem_codes
+from remediation.core.checks import Codes, field_suspects, first_field_problems, problem_codes
 from remediation.core.columns import Batch, Indexes, Mask
 from remediation.core.rules import RULES, Changes
 from remediation.core.rules.base import replace_rows
@@ -83,6 +83,7 @@ class BatchDecider:
 
     def decide(self, batch: Batch) -> Decided:
         n = len(batch)
+        field_suspects(batch, self.ctx.index.limits)  # once: the rows taken later carry it
         arrived, to_fix, ruled = self._classify(batch)
         fate = np.full(n, QUARANTINED, np.int8)
         mfx: Codes = np.full(n, None, dtype=object)
