@@ -25,13 +25,13 @@ from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers, Lineage
 from remediation.meters import Meter
-from remediation.outcomes import Tally
+from remediation.outcomes import AuditSink, Tally
 from remediation.outputs import PlannedOutput
 from remediation.ports import CustomerDirectory
 from remediation.readers import CsvRecords
 from remediation.records import UsageRecord
 from remediation.rules import Rules
-from remediation.sinks import AuditSink, Sinks
+from remediation.sinks import Sinks
 from remediation.validation import MeterIndex
 
 BATCH_ROWS = 32768

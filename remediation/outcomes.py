@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from remediation.records import UsageRecord
 
@@ -75,3 +76,38 @@ class Tally:
             mine = self.by_code.setdefault(code, {"corrected": 0, "quarantined": 0})
             for kind, rows in slot.items():
                 mine[kind] += rows
+
+
+class Correction(NamedTuple):
+    """One change to one row, as the audit records it (values as text: `value_text`)."""
+
+    source: str
+    row: int
+    identifier: str | None
+    new_identifier: str | None
+    code: str  # the code the row arrived with
+    rule: str
+    field: str
+    before: str | None
+    after: str | None
+
+
+class QuarantinedRow(NamedTuple):
+    """One quarantined row: why, and the row in full (as its quarantine file holds it)."""
+
+    source: str
+    row: int
+    identifier: str | None
+    code: str  # the code the row arrived with
+    mfx_code: str
+    reason: str
+    record: dict[str, object]
+
+
+# Receives a run's audit records as they are decided (a batch at a time, in row order).
+AuditSink = Callable[[Sequence[Correction], Sequence[QuarantinedRow]], None]
+
+
+def value_text(value: object) -> str | None:
+    """A value before or after a change as the audit stores it: `str()` of it, None if none."""
+    return None if value is None else str(value)

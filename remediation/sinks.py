@@ -6,19 +6,53 @@ The audit file is written under a temporary name and renamed by `finish`, like t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from remediation.filetypes import FileFormat
-from remediation.outcomes import Outcome
+from remediation.outcomes import AuditSink, Correction, Outcome, QuarantinedRow, value_text
 from remediation.outputs import MAX_BYTES as MAX_OUTPUT_BYTES
 from remediation.outputs import MAX_ROWS as MAX_OUTPUT_ROWS
 from remediation.outputs import OutputSet, PlannedOutput, source_stem
 from remediation.records import QUARANTINE_FIELDS, UsageRecord
 from remediation.writers import record_object
 
-AuditSink = Callable[[dict[str, Any]], None]
+
+def typed_records(outcome: Outcome) -> tuple[list[Correction], list[QuarantinedRow]]:
+    """The audit records of one decided row (its `audit` entries, typed)."""
+    corrections = [
+        Correction(
+            e["source"],
+            e["row"],
+            e["identifier"],
+            e["new_identifier"],
+            e["code"],
+            e["rule"],
+            e["field"],
+            value_text(e["before"]),
+            value_text(e["after"]),
+        )
+        for e in outcome.audit
+        if e["kind"] == "correction"
+    ]
+    quarantined = []
+    if outcome.notes is not None:
+        record = {**record_object(outcome.record), **outcome.notes}
+        quarantined = [
+            QuarantinedRow(
+                e["source"],
+                e["row"],
+                e["identifier"],
+                e["code"],
+                e["mfx_code"],
+                e["reason"],
+                record,
+            )
+            for e in outcome.audit
+            if e["kind"] == "quarantine"
+        ]
+    return corrections, quarantined
 
 
 class NullSet:
@@ -94,19 +128,15 @@ class Sinks:
             self.corrected.write(outcome.record)
         else:
             self.quarantine.write(outcome.record, outcome.notes)
-        row = None
-        if outcome.notes is not None and self.on_audit is not None:
-            row = {**record_object(outcome.record), **outcome.notes}
         for entry in outcome.audit:
-            self.audit(entry, row)
+            self.audit(entry)
+        if self.on_audit is not None:
+            self.on_audit(*typed_records(outcome))
 
-    def audit(self, entry: dict[str, Any], row: dict[str, object] | None = None) -> None:
-        """`row`: a quarantined row in full (as its quarantine file holds it); `on_audit` gets
-        it as the entry's `record`, the audit file does not (one short line per decision)."""
+    def audit(self, entry: dict[str, Any]) -> None:
+        """One line of the audit file (one short line per decision)."""
         if self.audit_file is not None:
             self.audit_file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        if self.on_audit is not None:
-            self.on_audit(entry if row is None else {**entry, "record": row})
 
     def finish(self, summary_entry: dict[str, Any]) -> list[PlannedOutput]:
         """Close and rename every output; the audit trail ends with `summary_entry`."""

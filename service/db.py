@@ -142,13 +142,23 @@ def bulk_load(connection: Connection, table: Table, rows: Sequence[Mapping[str, 
     so the rows read back exactly as an ORM insert writes them."""
     if not rows:
         return
-    dialect = connection.dialect
-    columns = [column for column in table.columns if column.name in rows[0]]
-    names = [column.name for column in columns]
+    names = [column.name for column in table.columns if column.name in rows[0]]
     picked = itemgetter(*names)
     values: list[Any] = [picked(row) for row in rows]  # tuples, in C
     if len(names) == 1:
         values = [(value,) for value in values]
+    bulk_load_rows(connection, table, names, values)
+
+
+def bulk_load_rows(
+    connection: Connection, table: Table, names: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """`bulk_load` for rows that are tuples of the columns `names`, in that order."""
+    if not rows:
+        return
+    dialect = connection.dialect
+    columns = [table.c[name] for name in names]
+    values: Sequence[tuple[Any, ...]] = rows
     for position, column in enumerate(columns):  # only columns whose type encodes (JSON, times)
         encode = column.type.dialect_impl(dialect).bind_processor(dialect)
         if encode is not None:

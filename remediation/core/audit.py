@@ -14,11 +14,9 @@ import pyarrow.compute as pc
 
 from remediation.core.columns import Column, Indexes, Kind, Mask
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
-from remediation.core.outcomes import outcomes
 from remediation.core.text import join, json_strings
 from remediation.identifiers import Identifiers
-from remediation.outcomes import Tally
-from remediation.sinks import AuditSink
+from remediation.outcomes import Correction, QuarantinedRow, Tally, value_text
 from remediation.writers import record_object
 
 NULL = "null"
@@ -103,15 +101,55 @@ class AuditLines:
         audit.buffer.write(array_bytes(text))
 
 
-def audit_entries(decided: Decided, ids: Identifiers, source: str, on_audit: AuditSink) -> None:
-    """The same entries as dicts, in row order (the service records them); a quarantine
-    entry carries its row in full as `record`, as its quarantine file holds it."""
-    for outcome in outcomes(decided, ids, source):
-        row = None
-        if outcome.notes is not None:
-            row = {**record_object(outcome.record), **outcome.notes}
-        for entry in outcome.audit:
-            on_audit(entry if row is None else {**entry, "record": row})
+def audit_records(
+    decided: Decided, source: str, written: Indexes, new_ids: pa.Array
+) -> tuple[list[Correction], list[QuarantinedRow]]:
+    """The batch's audit as typed records, in row order: corrections built on columns (they
+    are most rows), quarantined rows with the row in full (as the quarantine file holds it)."""
+    by_row = np.full(len(decided.batch), -1, np.int64)
+    by_row[written] = np.arange(len(written))
+    numbers = decided.batch.rows
+    identifiers, news = decided.batch.identifier.text, new_ids
+    fields: list[list[Any]] = [[] for _ in range(8)]
+    for change in decided.changes:
+        at = pa.array(change.at)
+        n = len(change)
+        fields[0] += numbers[change.at].tolist()
+        fields[1] += identifiers.take(at).to_pylist()
+        fields[2] += news.take(pa.array(by_row[change.at])).to_pylist()
+        fields[3] += decided.arrived[change.at].tolist()
+        fields[4] += [change.rule] * n if isinstance(change.rule, str) else list(change.rule)
+        fields[5] += [change.field] * n if isinstance(change.field, str) else list(change.field)
+        fields[6] += _texts(change.before)
+        fields[7] += _texts(change.after)
+    order = np.argsort(np.asarray(fields[0], np.int64), kind="stable").tolist()
+    picked = [[values[i] for i in order] for values in fields]
+    corrections = [Correction(source, *values) for values in zip(*picked, strict=True)]
+    return corrections, _quarantined_rows(decided, source)
+
+
+def _texts(column: Column) -> list[str | None]:
+    """`value_text` of each value: numbers and text as their text (a boolean as Python
+    spells it, an object as `str()` of it), None where absent."""
+    if column.kinds is None or not np.isin(column.kinds, (Kind.BOOL, Kind.JSON, Kind.NULL)).any():
+        texts: list[str | None] = column.text.to_pylist()
+        return texts
+    return [value_text(value) for value in column.values()]
+
+
+def _quarantined_rows(decided: Decided, source: str) -> list[QuarantinedRow]:
+    rows = np.flatnonzero(decided.fate == QUARANTINED)
+    found = []
+    for i, record in zip(rows.tolist(), decided.batch.take(rows).records(), strict=True):
+        code, reason = str(decided.mfx_code[i]), str(decided.reason[i])
+        full = {**record_object(record), "mfx_code": code, "mfx_reason": reason}
+        arrived = str(decided.arrived[i])
+        found.append(
+            QuarantinedRow(
+                source, record.row_number, record.identifier, arrived, code, reason, full
+            )
+        )
+    return found
 
 
 # the label before each of the six values of a (correction, quarantine) line

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from remediation.codes import ErrorCode
-from remediation.core.audit import AuditLines, audit_entries, count, new_identifiers
+from remediation.core.audit import AuditLines, audit_records, count, new_identifiers
 from remediation.core.columns import Batch, Indexes, concat_batches
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, Decided
 from remediation.core.text import csv_rows
@@ -61,7 +61,7 @@ class CsvOut:
         assert self.sinks.audit_file is not None
         self.audit.write(decided, written, new_ids, self.sinks.audit_file)
         if self.sinks.on_audit is not None:
-            audit_entries(decided, self.ids, self.source, self.sinks.on_audit)
+            self.sinks.on_audit(*audit_records(decided, self.source, written, new_ids))
         count(decided, tally)
         return True
 

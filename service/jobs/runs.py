@@ -21,6 +21,8 @@ from remediation.engine import remediate
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage
 from remediation.meters import Meter
+from remediation.outcomes import Correction
+from remediation.outcomes import QuarantinedRow as Quarantined
 from remediation.outputs import PlannedOutput, file_sha256, lineage
 from remediation.ports import Bucket, CustomerDirectory
 from remediation.records import UsageRecord
@@ -118,45 +120,27 @@ def execute_run(
 
 
 class _AuditWriter:
-    """Collects the engine's audit entries and inserts them in batches (not row by row)."""
+    """Collects the engine's audit records and inserts them in batches (not row by row)."""
 
     def __init__(
         self, engine: Engine, run_id: int, customer_keys: Mapping[str, str], stages: Stages
     ) -> None:
         self.engine, self.run_id, self.stages = engine, run_id, stages
         self.customer_keys = customer_keys  # event name -> the meter's customer key
-        self.corrections: list[dict[str, Any]] = []
+        self.corrections: list[tuple[Any, ...]] = []
         self.quarantined: list[dict[str, Any]] = []
 
-    def add(self, entry: dict[str, Any]) -> None:
-        kind = entry.get("kind")
-        if kind == "correction":
-            self.corrections.append(self._correction(entry))
-        elif kind == "quarantine":
-            self.quarantined.append(self._quarantined(entry))
+    def add(self, corrections: Sequence[Correction], quarantined: Sequence[Quarantined]) -> None:
+        run_id = self.run_id
+        self.corrections += [(run_id, *correction) for correction in corrections]
+        self.quarantined += [self._quarantined(row) for row in quarantined]
         if len(self.corrections) + len(self.quarantined) >= AUDIT_BATCH:
             self.flush()
 
-    def _correction(self, entry: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "source": str(entry.get("source", "")),
-            "row_number": int(entry.get("row", 0)),
-            "identifier": _text(entry.get("identifier")),
-            "new_identifier": _text(entry.get("new_identifier")),
-            "code": str(entry.get("code", "")),
-            "rule": str(entry.get("rule", "")),
-            "field": str(entry.get("field", "")),
-            "before": _text(entry.get("before")),
-            "after": _text(entry.get("after")),
-        }
-
-    def _quarantined(self, entry: Mapping[str, Any]) -> dict[str, Any]:
-        """The row in full (`record`, as the quarantine file holds it), with its meter (event
-        name) and customer (the payload value under the meter's customer key) copied out."""
-        record = entry.get("record")
-        row: dict[str, Any] = dict(record) if isinstance(record, Mapping) else {}
-        row.setdefault("mfx_code", entry.get("mfx_code"))
+    def _quarantined(self, quarantined: Quarantined) -> dict[str, Any]:
+        """The row in full (as the quarantine file holds it), with its meter (event name) and
+        customer (the payload value under the meter's customer key) copied out."""
+        row = dict(quarantined.record)
         meter = _text(row.get("event_name"))
         payload = row.get("payload")
         customer = None
@@ -165,11 +149,11 @@ class _AuditWriter:
             customer = _text(payload.get(key))
         return {
             "run_id": self.run_id,
-            "source": str(entry.get("source", "")),
-            "row_number": int(entry.get("row", 0)),
-            "identifier": _text(entry.get("identifier")),
-            "code": str(entry.get("code", "")),
-            "reason": str(entry.get("reason", "")),
+            "source": quarantined.source,
+            "row_number": quarantined.row,
+            "identifier": quarantined.identifier,
+            "code": quarantined.code,
+            "reason": quarantined.reason,
             "meter": None if meter is None else meter[:255],
             "customer": None if customer is None else customer[:255],
             "record": row,

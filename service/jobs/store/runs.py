@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
-from service.db import Listing, Page, bulk_load, delete_batch, keyset, session_scope
+from service.db import Listing, Page, bulk_load, bulk_load_rows, delete_batch, keyset, session_scope
 from service.models import RunStatus
 from service.models._types import table_of, utcnow
 from service.models.remediation import (
@@ -240,15 +240,30 @@ def start_run(engine: Engine, run_key: str, trigger: str, source: str, generatio
         return run.id
 
 
+# A correction row as `insert_audit` takes it: these columns, in this order.
+AUDIT_COLUMNS = (
+    "run_id",
+    "source",
+    "row_number",
+    "identifier",
+    "new_identifier",
+    "code",
+    "rule",
+    "field",
+    "before",
+    "after",
+)
+
+
 def insert_audit(
     engine: Engine,
-    corrections: Sequence[Mapping[str, Any]],
+    corrections: Sequence[tuple[Any, ...]],
     quarantined: Sequence[Mapping[str, Any]],
 ) -> None:
-    """Corrections and quarantined rows of a run, in bulk (one transaction; COPY on
-    PostgreSQL: the measured hot path of a large run, see `db.bulk_load`)."""
+    """Corrections (tuples of `AUDIT_COLUMNS`) and quarantined rows of a run, in bulk (one
+    transaction; COPY on PostgreSQL: the measured hot path of a large run, see `db.bulk_load`)."""
     with engine.begin() as connection:
-        bulk_load(connection, AUDIT, corrections)
+        bulk_load_rows(connection, AUDIT, AUDIT_COLUMNS, corrections)
         bulk_load(connection, QUARANTINED, quarantined)
 
 

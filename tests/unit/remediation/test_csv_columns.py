@@ -118,7 +118,7 @@ def run(
     data: bytes, out: Path, columns: bool, **kwargs: Any
 ) -> tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]]]:
     records = read_records(io.BytesIO(data), FileFormat.CSV)
-    entries: list[dict[str, Any]] = []
+    entries: list[Any] = []
     result = remediate(
         records if columns else list(records),
         source="failed.csv",
@@ -128,12 +128,12 @@ def run(
         now=NOW,
         out_dir=out,
         columns=CsvLayout.from_header(HEADER).columns(),
-        on_audit=entries.append,
+        on_audit=lambda corrections, quarantined: entries.extend([*corrections, *quarantined]),
         **kwargs,
     )
     files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
     summary = dict(result.summary, outputs=None)
-    return summary, files, entries
+    return summary, files, sorted(entries, key=lambda entry: entry.row)  # stable: row order
 
 
 def assert_same(data: bytes, tmp: Path, **kwargs: Any) -> None:
