@@ -20,7 +20,7 @@ from remediation.core.columns import Batch, from_records
 from remediation.core.csvbatch import csv_batch
 from remediation.core.csvout import CsvOut
 from remediation.core.decide import BatchDecider
-from remediation.core.outcomes import outcomes
+from remediation.core.recordout import RecordOut
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers, Lineage
@@ -81,13 +81,12 @@ def remediate(
     as_bytes = (
         CsvOut(sinks, columns, ids, source) if columns and _bytes_out(records, write) else None
     )
+    as_records = RecordOut(sinks, ids, source)
     try:
         for batch in batches(records):
             decided = decider.decide(batch)
             if as_bytes is None or not as_bytes.write(decided, tally):
-                for outcome in outcomes(decided, ids, source):
-                    tally.add(outcome)
-                    sinks.emit(outcome)
+                as_records.write(decided, tally)
             if on_progress is not None:
                 on_progress(tally.input_rows)
         outputs = sinks.finish(_summary_entry(source, generation, now, tally))

@@ -1,27 +1,10 @@
-"""What the engine decided for one row (`Outcome`) and the running counts of a run (`Tally`)."""
+"""The running counts of a run (`Tally`) and the audit records it hands on (`AuditSink`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
-
-from remediation.records import UsageRecord
-
-
-@dataclass(slots=True)
-class Outcome:
-    """`record` goes to the corrected output, or with `notes` to quarantine, or with `write`
-    False (a valid row that was never rejected) nowhere; `audit` entries are written in order."""
-
-    kind: str  # valid | corrected | quarantined
-    arrived: str | None  # the code the row arrived with (or was classified with)
-    record: UsageRecord
-    notes: dict[str, object] | None
-    audit: list[dict[str, Any]]
-    corrections: int = 0
-    unclassified: bool = False
-    write: bool = True
+from typing import NamedTuple
 
 
 @dataclass(slots=True)
@@ -34,12 +17,6 @@ class Tally:
     unclassified: int = 0
     corrections: int = 0
     by_code: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def add(self, outcome: Outcome) -> None:
-        """Count one row that had this outcome."""
-        self.count(outcome.kind, outcome.arrived, 1, outcome.corrections, outcome.unclassified)
-        if not outcome.write:
-            self.valid_kept += 1
 
     def written(self) -> int:
         """Rows that went to an output."""
@@ -62,20 +39,6 @@ class Tally:
         assert arrived is not None
         slot = self.by_code.setdefault(arrived, {"corrected": 0, "quarantined": 0})
         slot[kind] += rows
-
-    def merge(self, other: Tally) -> None:
-        """Add the counts of a run over other rows of the same input."""
-        self.input_rows += other.input_rows
-        self.valid += other.valid
-        self.valid_kept += other.valid_kept
-        self.corrected += other.corrected
-        self.quarantined += other.quarantined
-        self.unclassified += other.unclassified
-        self.corrections += other.corrections
-        for code, slot in other.by_code.items():
-            mine = self.by_code.setdefault(code, {"corrected": 0, "quarantined": 0})
-            for kind, rows in slot.items():
-                mine[kind] += rows
 
 
 class Correction(NamedTuple):

@@ -11,48 +11,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from remediation.filetypes import FileFormat
-from remediation.outcomes import AuditSink, Correction, Outcome, QuarantinedRow, value_text
+from remediation.outcomes import AuditSink
 from remediation.outputs import MAX_BYTES as MAX_OUTPUT_BYTES
 from remediation.outputs import MAX_ROWS as MAX_OUTPUT_ROWS
 from remediation.outputs import OutputSet, PlannedOutput, source_stem
 from remediation.records import QUARANTINE_FIELDS, UsageRecord
-from remediation.writers import record_object
-
-
-def typed_records(outcome: Outcome) -> tuple[list[Correction], list[QuarantinedRow]]:
-    """The audit records of one decided row (its `audit` entries, typed)."""
-    corrections = [
-        Correction(
-            e["source"],
-            e["row"],
-            e["identifier"],
-            e["new_identifier"],
-            e["code"],
-            e["rule"],
-            e["field"],
-            value_text(e["before"]),
-            value_text(e["after"]),
-        )
-        for e in outcome.audit
-        if e["kind"] == "correction"
-    ]
-    quarantined = []
-    if outcome.notes is not None:
-        record = {**record_object(outcome.record), **outcome.notes}
-        quarantined = [
-            QuarantinedRow(
-                e["source"],
-                e["row"],
-                e["identifier"],
-                e["code"],
-                e["mfx_code"],
-                e["reason"],
-                record,
-            )
-            for e in outcome.audit
-            if e["kind"] == "quarantine"
-        ]
-    return corrections, quarantined
 
 
 class NullSet:
@@ -119,19 +82,6 @@ class Sinks:
             self.audit_path = (out_dir / name).resolve()
             self.audit_tmp = out_dir / f".{name}.tmp"
             self.audit_file = open(self.audit_tmp, "w", encoding="utf-8")  # noqa: SIM115
-
-    def emit(self, outcome: Outcome) -> None:
-        """Write one decided row to its output and its entries to the audit trail."""
-        if not outcome.write:
-            return  # never rejected: never re-sent
-        if outcome.notes is None:
-            self.corrected.write(outcome.record)
-        else:
-            self.quarantine.write(outcome.record, outcome.notes)
-        for entry in outcome.audit:
-            self.audit(entry)
-        if self.on_audit is not None:
-            self.on_audit(*typed_records(outcome))
 
     def audit(self, entry: dict[str, Any]) -> None:
         """One line of the audit file (one short line per decision)."""
