@@ -39,6 +39,9 @@ def resolve_error(fields: Mapping[str, object]) -> tuple[str | None, str | None]
     `error_message`/`message` a text, `error` either, `errors` a list of codes or objects;
     a JSON `error` object is `{code, message}`.
     """
+    if fields.keys() <= _SIMPLE_ERRORS and all(type(v) is str for v in fields.values()):
+        pair = [str(fields.get(k) or "").strip() for k in ("error_code", "error_message")]
+        return pair[0].lower() or None, pair[1] or None  # the usual pair, as below
     code: str | None = None
     message: str | None = None
     error = fields.get("error")
@@ -58,6 +61,9 @@ def resolve_error(fields: Mapping[str, object]) -> tuple[str | None, str | None]
     if not code and errors:
         code = first_code(errors if isinstance(errors, str) else _json_text(errors))
     return normalize_code(code), message
+
+
+_SIMPLE_ERRORS = frozenset({"error_code", "error_message"})
 
 
 def classify_reported(code: str | None, message: str | None) -> str | None:
