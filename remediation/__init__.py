@@ -1,1 +1,2 @@
-"""Pure remediation domain: records, error codes, classification, correctors, readers, writers."""
+"""Pure remediation domain: records, error codes, validation, readers, writers; `core/` the
+columnar engine and its rules."""

@@ -1,4 +1,4 @@
-"""What a corrector gets (Context) and returns (Change)."""
+"""What a rule gets (Context) and, for one row, returns (Change)."""
 
 from __future__ import annotations
 

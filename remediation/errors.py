@@ -6,7 +6,7 @@ Hierarchy (each carries a human-readable ``reason``, printed as one line by the 
   - ``UnreadableFile``   the whole input cannot be read (bad encoding, broken JSON array, no header)
   - ``BadRules``         the rules TOML is malformed or has a wrong type or unknown policy key
   - ``BadMeters``        the meters document cannot be used
-  - ``Uncorrectable``    a corrector cannot fix one record; the record is quarantined with
+  - ``Uncorrectable``    a rule cannot fix one record; the record is quarantined with
                          ``reason`` (``code`` says under which error code)
   - ``ConservationError`` an invariant check failed (rows in != valid + corrected + quarantined);
                          a bug, never expected in production

@@ -91,14 +91,6 @@ class Identifiers:
         original = self.original(identifier, row_number)
         return derived_identifier(original, self.generation, self.reserved)
 
-    def fast_new(self, identifier: str) -> str:
-        """`new` for a non-empty identifier not in `ancestors` (the CSV fast path's case)."""
-        if len(identifier) <= self.longest_plain:
-            plain = identifier + self.suffix
-            if not self.reserved or plain not in self.reserved:
-                return plain
-        return derived_identifier(identifier, self.generation, self.reserved)
-
 
 # --- lineage from the database (through a lookup) and from the input ------------------------
 

@@ -42,7 +42,7 @@ def read_records(
 ) -> Iterator[UsageRecord]:
     """Yield records one at a time; raise UnreadableFile on whole-file problems.
 
-    CSV gives a `CsvRecords`, which can also hand out its raw rows (the engine's fast path).
+    CSV gives a `CsvRecords`, which can also hand out its rows as columns (`columns`).
     """
     if fmt is FileFormat.CSV:
         return CsvRecords(stream, delimiter, header)

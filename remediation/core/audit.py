@@ -218,7 +218,9 @@ def new_identifiers(ids: Identifiers, identifier: Column, rows: Indexes) -> pa.A
     if ids.keep:
         return text
     n = len(text)
-    simple = np.asarray(pc.fill_null(pc.less_equal(pc.utf8_length(text), ids.longest_plain), False))
+    length = pc.utf8_length(text)
+    fits = pc.and_(pc.greater(length, 0), pc.less_equal(length, ids.longest_plain))
+    simple = np.asarray(pc.fill_null(fits, False))
     if ids.ancestors:
         ours = pc.is_in(text, pa.array(list(ids.ancestors), pa.string()))
         simple &= ~np.asarray(pc.fill_null(ours, False))

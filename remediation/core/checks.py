@@ -9,8 +9,6 @@ by one, and those with `validate_record` itself, so both always agree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -27,7 +25,6 @@ from remediation.validation import (
     MeterIndex,
     check_fields,
     parse_timestamp,
-    plain_number,
     validate_record,
 )
 
@@ -263,12 +260,3 @@ def _timestamps(column: Column, now: int, codes: Codes, rows: Mask) -> None:
             codes[i] = ErrorCode.TIMESTAMP_IN_FUTURE
         elif ts < low:
             codes[i] = ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST
-
-
-def plain_numbers(column: Column) -> list[str | None]:
-    """`plain_number` of each row's value (None: absent or not a plain number)."""
-    return [plain_number(v) if v is not None else None for v in column.values()]
-
-
-def codes_of(values: Sequence[str | None]) -> Codes:
-    return np.asarray(values, dtype=object)

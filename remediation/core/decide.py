@@ -9,7 +9,6 @@ validates what it returned; a code met twice by a row, or a fifth round, stops t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -280,7 +279,3 @@ def _only(change: Changes, keep: Mask, rows: Indexes) -> Changes:
         change.before.take(picked),
         change.after.take(picked),
     )
-
-
-def as_mapping(codes: Codes) -> Mapping[int, str]:
-    return {i: str(c) for i, c in enumerate(codes) if c is not None}

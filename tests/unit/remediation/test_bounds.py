@@ -1,5 +1,5 @@
 """Hostile values and sizes: every one ends in a quarantined row
-with a reason that states facts, within bounded time, on the fast and the general path alike."""
+with a reason that states facts, within bounded time, read as columns or as records alike."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def run(
 def both_paths(
     data: bytes, tmp: Path, **kwargs: Any
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """Run on the fast and the general path; they must write the same bytes."""
+    """Run on the CSV read as columns and on its records; they must write the same bytes."""
     fast = run(data, tmp / "fast", **kwargs)
     general = run(data, tmp / "general", fast=False, **kwargs)
     assert fast[2] == general[2]

@@ -1,4 +1,5 @@
-"""The batch checks find, for every row, the code the row check (`validate_record`) finds.
+"""The column code finds what the row functions find: the batch checks the code the row check
+(`validate_record`) finds, derived identifiers what `Identifiers.new` gives.
 
 Random rows of every shape a reader gives: CSV text and JSON values of every kind (numbers,
 floats, booleans, nulls, objects), in batches, so that the column checks meet mixed kinds.
@@ -6,11 +7,15 @@ floats, booleans, nulls, objects), in batches, so that the column checks meet mi
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from remediation.core.audit import new_identifiers
 from remediation.core.checks import problem_codes
-from remediation.core.columns import from_records
+from remediation.core.columns import Column, from_records
+from remediation.identifiers import Ancestor, Identifiers, Lineage
 from remediation.limits import FieldLimits
 from remediation.meters import Meter
 from remediation.records import UsageRecord
@@ -81,3 +86,28 @@ def vars_of(record: UsageRecord) -> tuple[object, ...]:
         record.error_message,
         record.malformed,
     )
+
+
+IDS = st.one_of(
+    st.none(),
+    st.sampled_from(["", "a", "a-mfx2", "ours", "x" * 95, "y" * 99, "z" * 150, "é" * 97]),
+    st.text(alphabet=st.sampled_from('ab-é"\\'), max_size=6),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    identifiers=st.lists(IDS, min_size=1, max_size=10),
+    keep=st.booleans(),
+    generation=st.integers(1, 3),
+)
+def test_new_identifiers_on_a_column_are_the_row_rule(
+    identifiers: list[str | None], keep: bool, generation: int
+) -> None:
+    """Derived identifiers built on a column are `Identifiers.new`'s, row by row (lineage,
+    reserved originals, the hashed form past 100 characters, rows without one)."""
+    lineage = Lineage({"ours": Ancestor("orig", "no_meter", 1)}, frozenset({"a-mfx2"}))
+    ids = Identifiers("s3://b/usage.csv", generation, lineage, keep)
+    rows = np.arange(1, len(identifiers) + 1, dtype=np.int64)
+    found = new_identifiers(ids, Column(pa.array(identifiers, pa.string())), rows).to_pylist()
+    assert found == [ids.new(i, int(r)) for i, r in zip(identifiers, rows, strict=True)]

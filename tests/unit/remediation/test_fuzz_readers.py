@@ -227,7 +227,7 @@ def test_fuzz_validation_always_answers(
     assert problem is None or (problem.code and len(problem.message) < 400)
 
 
-# --- end to end: conservation, and the fast path writes what the general path writes ------
+# --- end to end: conservation, and columns write what records write --------------------
 
 
 def remediate_csv(data: bytes, out: Path, fast: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
