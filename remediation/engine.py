@@ -35,7 +35,8 @@ from remediation.sinks import Sinks
 from remediation.validation import MeterIndex
 
 BATCH_ROWS = 32768
-BLOCK_BYTES = 2 << 20  # of CSV read at once (about 22,000 rows): a batch is at most one block
+RECORD_BATCH_ROWS = 4096  # records (JSON) are Python objects: fewer at a time
+BLOCK_BYTES = 3 << 19  # CSV read at once, 1.5 MB (~16,000 rows): a batch is at most one block
 
 
 @dataclass(slots=True)
@@ -117,6 +118,7 @@ def batches(records: Iterable[UsageRecord], size: int | None = None) -> Iterator
         yield from csv_batches(records, size)
         return
     chunk: list[UsageRecord] = []
+    size = min(size, RECORD_BATCH_ROWS)
     for record in records:
         chunk.append(record)
         if len(chunk) >= size:
