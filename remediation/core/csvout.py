@@ -69,6 +69,8 @@ class CsvOut:
         valid = np.flatnonzero(decided.fate == VALID)
         if not len(decided.corrected):
             return decided.batch.take(valid)
+        if not len(valid):
+            return decided.fixed
         both = concat_batches([decided.batch.take(valid), decided.fixed])
         order = np.argsort(np.concatenate([valid, decided.corrected]), kind="stable")
         return both.take(order)

@@ -159,7 +159,7 @@ class _Rounds:
         self.ctx, self.rows, self.decided = ctx, work, decided
         # validated rows are within the field limits, or their code says they are not
         self.validated = validated.copy()
-        self.work = batch.take(work)
+        self.work = batch if len(work) == len(batch) else batch.take(work)
         self.current = codes.copy()
         self.seen = np.zeros(len(work), np.int64)  # bit `CODE_BITS[code]`: tried for `code`
         self.changes: list[Changes] = []
@@ -255,7 +255,7 @@ class _Rounds:
         decided.fate[rows[good]] = CORRECTED
         decided.corrections[rows[good]] = counts[good]
         decided.corrected = rows[good]
-        decided.fixed = self.work.take(good)
+        decided.fixed = self.work if len(good) == len(rows) else self.work.take(good)
         keep = np.zeros(len(rows), bool)
         keep[good] = True
         decided.changes = [_only(c, keep, rows) for c in kept]

@@ -103,23 +103,55 @@ def _fuzzy(name: str, active: list[Meter], ctx: Context) -> Meter | None:
 
 
 def reroute_to_successor(batch: Batch, ctx: Context) -> Fix:
-    return one_by_one(batch, ctx, reroute_to_successor_row)
+    """Each distinct archived meter's successor is looked up once; rows keeping their keys
+    (the successor uses the same ones) move on the column, the others one by one."""
+    names = batch.event_name.text
+    encoded = pa.compute.dictionary_encode(names)
+    picks = [_successor(name, ctx) for name in encoded.dictionary.to_pylist()]
+    positions = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    simple = np.zeros(len(batch), bool)
+    for at, pick in enumerate(picks):
+        if pick is not None and _keeps_keys(batch, pick[1]):
+            simple |= positions == at
+    fix = one_by_one(batch, ctx, reroute_to_successor_row, np.flatnonzero(~simple))
+    for at, pick in enumerate(picks):
+        rows = np.flatnonzero(simple & (positions == at))
+        if pick is None or not len(rows):
+            continue
+        old, successor = pick
+        before = Column(pa.array([old.event_name] * len(rows), pa.string()))
+        after = Column(pa.array([successor.event_name] * len(rows), pa.string()))
+        fix.batch = fix.batch.with_fields(event_name=set_column(fix.batch.event_name, rows, after))
+        fix.changes.append(Changes(rows, "successor_meter", "event_name", before, after))
+    return fix
+
+
+def _successor(name: str | None, ctx: Context) -> tuple[Meter, Meter] | None:
+    """(the archived meter, its first active successor) for an event name, or None."""
+    old = ctx.index.get(name)
+    if old is None:
+        return None
+    current, hops = old.event_name, 0
+    while hops < MAX_SUCCESSOR_HOPS and ctx.rules.enabled("successor_meter"):
+        successor = ctx.index.get(ctx.rules.meter_successors.get(current))
+        if successor is None:
+            return None
+        if successor.active:
+            return old, successor
+        current, hops = successor.event_name, hops + 1
+    return None
 
 
 def reroute_to_successor_row(record: UsageRecord, ctx: Context) -> list[Change]:
     """An archived meter's usage goes to its configured successor, if that one is active."""
     old = meter_of(record, ctx)
-    name, hops = old.event_name, 0
-    while hops < MAX_SUCCESSOR_HOPS and ctx.rules.enabled("successor_meter"):
-        successor = ctx.index.get(ctx.rules.meter_successors.get(name))
-        if successor is None:
-            break
-        if successor.active:
-            record.event_name = successor.event_name
-            change = Change("successor_meter", "event_name", old.event_name, successor.event_name)
-            return [change, *align_keys(record, old, successor, ctx)]
-        name, hops = successor.event_name, hops + 1
-    raise Uncorrectable(f"meter {old.event_name!r} is archived and has no active successor")
+    pick = _successor(old.event_name, ctx)
+    if pick is None:
+        raise Uncorrectable(f"meter {old.event_name!r} is archived and has no active successor")
+    successor = pick[1]
+    record.event_name = successor.event_name
+    change = Change("successor_meter", "event_name", old.event_name, successor.event_name)
+    return [change, *align_keys(record, old, successor, ctx)]
 
 
 def align_keys(record: UsageRecord, old: Meter | None, new: Meter, ctx: Context) -> list[Change]:

@@ -74,6 +74,9 @@ def _plain_thousands(raw: pa.Array) -> pa.Array:
     """`normalize_number` of plain thousands texts: commas out, trailing fraction zeros and
     leading integer zeros dropped (`0,012.50` -> `12.5`)."""
     text = pc.replace_substring(raw, ",", "")
+    odd = pc.or_(pc.starts_with(text, "0"), pc.match_substring(text, "."))
+    if not pc.any(odd).as_py():
+        return text  # `1,234` -> `1234`: nothing else to drop
     text = pc.replace_substring_regex(text, r"(\.[0-9]*?)0+$", r"\1")
     text = pc.replace_substring_regex(text, r"\.$", "")
     return pc.replace_substring_regex(text, r"^0+([0-9])", r"\1")
