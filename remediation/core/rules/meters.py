@@ -9,13 +9,14 @@ taken one at a time.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 
 from remediation.changes import Change, Context, meter_of
 from remediation.core.columns import Batch, Column
-from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
+from remediation.core.rules.base import Changes, Fix, RowRule, one_by_one, set_column
 from remediation.errors import Uncorrectable
 from remediation.meters import Meter
 from remediation.records import UsageRecord
@@ -30,15 +31,26 @@ def normalized(name: str) -> str:
 
 def fix_event_name(batch: Batch, ctx: Context) -> Fix:
     """Each distinct name is matched once; rows keeping their keys are renamed on the column."""
+    return _moved(batch, ctx, lambda name: pick_meter(name or "", ctx), fix_event_name_row)
+
+
+def _moved(
+    batch: Batch,
+    ctx: Context,
+    target: Callable[[str | None], tuple[str, Meter] | None],
+    row_rule: RowRule,
+) -> Fix:
+    """Rows sent to the meter `target` picks for their event name (with the rule that picked
+    it), once per distinct name; rows whose keys must be renamed go through `row_rule`."""
     names = batch.event_name.text
     encoded = pa.compute.dictionary_encode(names)
-    picks = [pick_meter(name or "", ctx) for name in encoded.dictionary.to_pylist()]
+    picks = [target(name) for name in encoded.dictionary.to_pylist()]
     positions = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     simple = np.zeros(len(batch), bool)
     for at, pick in enumerate(picks):
         if pick is not None and _keeps_keys(batch, pick[1]):
             simple |= positions == at
-    fix = one_by_one(batch, ctx, fix_event_name_row, np.flatnonzero(~simple))
+    fix = one_by_one(batch, ctx, row_rule, np.flatnonzero(~simple))
     for at, pick in enumerate(picks):
         rows = np.flatnonzero(simple & (positions == at))
         if pick is None or not len(rows):
@@ -105,25 +117,12 @@ def _fuzzy(name: str, active: list[Meter], ctx: Context) -> Meter | None:
 def reroute_to_successor(batch: Batch, ctx: Context) -> Fix:
     """Each distinct archived meter's successor is looked up once; rows keeping their keys
     (the successor uses the same ones) move on the column, the others one by one."""
-    names = batch.event_name.text
-    encoded = pa.compute.dictionary_encode(names)
-    picks = [_successor(name, ctx) for name in encoded.dictionary.to_pylist()]
-    positions = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    simple = np.zeros(len(batch), bool)
-    for at, pick in enumerate(picks):
-        if pick is not None and _keeps_keys(batch, pick[1]):
-            simple |= positions == at
-    fix = one_by_one(batch, ctx, reroute_to_successor_row, np.flatnonzero(~simple))
-    for at, pick in enumerate(picks):
-        rows = np.flatnonzero(simple & (positions == at))
-        if pick is None or not len(rows):
-            continue
-        old, successor = pick
-        before = Column(pa.array([old.event_name] * len(rows), pa.string()))
-        after = Column(pa.array([successor.event_name] * len(rows), pa.string()))
-        fix.batch = fix.batch.with_fields(event_name=set_column(fix.batch.event_name, rows, after))
-        fix.changes.append(Changes(rows, "successor_meter", "event_name", before, after))
-    return fix
+
+    def successor(name: str | None) -> tuple[str, Meter] | None:
+        pick = _successor(name, ctx)
+        return ("successor_meter", pick[1]) if pick is not None else None
+
+    return _moved(batch, ctx, successor, reroute_to_successor_row)
 
 
 def _successor(name: str | None, ctx: Context) -> tuple[Meter, Meter] | None:

@@ -1,0 +1,135 @@
+"""Each rule on a batch of rows does what its row function does to each row on its own (the
+row API is a batch of one): the same values after, the same changes, the same reasons.
+
+The rules with column lanes (timestamps, values, event names, successor meters, customers)
+are fed rows of every shape, so that some rows take the lane and others the row function.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from remediation.changes import Change, Context
+from remediation.core.columns import from_records
+from remediation.core.rules import RULES
+from remediation.core.rules.customers import fix_customer_row
+from remediation.core.rules.meters import fix_event_name_row, reroute_to_successor_row
+from remediation.core.rules.timestamps import fix_timestamp_row
+from remediation.core.rules.values import fix_value_row
+from remediation.errors import Uncorrectable
+from remediation.meters import Meter
+from remediation.records import UsageRecord
+from remediation.rules import load_rules
+from remediation.validation import MeterIndex
+
+NOW = 1_764_000_000
+METERS = [
+    Meter("m1", "api_requests"),
+    Meter("m2", "api_v1", status="inactive"),  # successor api_requests: the same keys
+    Meter("m3", "tokens_v1", status="inactive"),  # successor tokens: another value key
+    Meter("m4", "tokens", value_key="tokens"),
+    Meter("m5", "storage_gb"),
+]
+RULES_TOML = """
+[meter_successors]
+"api_v1" = "api_requests"
+"tokens_v1" = "tokens"
+[event_names]
+"calls" = "api_requests"
+[customers]
+"ext-1" = "cus_1"
+" ext-2 " = "cus_2"
+"""
+CONTEXT = Context(MeterIndex(METERS), load_rules(RULES_TOML), NOW)
+TEXT = st.text(alphabet=st.sampled_from("aZ1,. -_"), max_size=6)
+STAMPS = st.one_of(
+    st.integers(NOW - 40 * 86_400, NOW * 10**9 + 10**6),
+    st.sampled_from([str(NOW * 1000), str(NOW + 100), str(NOW * 10**6), "2026-11-30T10:00:00Z"]),
+    st.integers(NOW * 1000 - 10**6, NOW * 1000 + 10**8).map(str),
+    st.floats(min_value=1e9, max_value=2e12),
+    TEXT,
+    st.none(),
+)
+VALUES = st.one_of(
+    st.sampled_from(["1,234", "12,345.50", "0,012.00", "1,000", " 7 ", "1e3", "12.0", "x"]),
+    st.integers(-5, 10**6),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6),
+    TEXT,
+)
+NAMES = st.sampled_from(
+    ["api_requests", "API-Requests", "calls", "api_v1", "tokens_v1", "tokens", "nope", "Storage GB"]
+)
+CUSTOMERS = st.one_of(st.sampled_from(["ext-1", " ext-2 ", "cus_9", " CUS_3", ""]), TEXT)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> UsageRecord:
+    payload: dict[str, object] = {"stripe_customer_id": draw(CUSTOMERS), "value": draw(VALUES)}
+    if draw(st.booleans()):
+        payload = {"value": payload["value"], "customer": payload["stripe_customer_id"]}
+    return UsageRecord(0, "id", draw(STAMPS), draw(st.one_of(NAMES, st.none())), payload)
+
+
+RowRule = Callable[[UsageRecord, Context], list[Change]]
+CASES: list[tuple[str, RowRule]] = [
+    ("timestamp_in_future", fix_timestamp_row),
+    ("meter_event_invalid_value", fix_value_row),
+    ("no_meter", fix_event_name_row),
+    ("archived_meter", reroute_to_successor_row),
+    ("meter_event_customer_not_found", fix_customer_row),
+]
+
+
+def by_rows(rows: list[UsageRecord], row_rule: RowRule) -> list[Any]:
+    found: list[Any] = []
+    for row in rows:
+        work = copy.deepcopy(row)
+        try:
+            made = row_rule(work, CONTEXT)
+        except Uncorrectable as exc:
+            found.append(("quarantined", exc.reason))
+            continue
+        changes = [(c.rule, c.field, c.before, c.after) for c in made]
+        found.append(("fixed", _shape(work), changes))
+    return found
+
+
+def by_batch(rows: list[UsageRecord], code: str) -> list[Any]:
+    fix = RULES[code](from_records(rows), CONTEXT)
+    changes: dict[int, list[Any]] = {i: [] for i in range(len(rows))}
+    for change in fix.changes:
+        before, after = change.before.values(), change.after.values()
+        for j, i in enumerate(change.at.tolist()):
+            rule = change.rule if isinstance(change.rule, str) else change.rule[j]
+            name = change.field if isinstance(change.field, str) else change.field[j]
+            changes[i].append((rule, name, before[j], after[j]))
+    fixed = fix.batch.records()
+    return [
+        ("quarantined", fix.failed[i]) if i in fix.failed else ("fixed", _shape(row), changes[i])
+        for i, row in enumerate(fixed)
+    ]
+
+
+def _shape(row: UsageRecord) -> tuple[Any, ...]:
+    return (row.timestamp, type(row.timestamp), row.event_name, list(row.payload.items()))
+
+
+@pytest.mark.parametrize(("code", "row_rule"), CASES)
+@settings(max_examples=120, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(rows=st.lists(records(), min_size=1, max_size=12))
+def test_a_rule_on_a_batch_is_its_row_function_on_each_row(
+    code: str, row_rule: RowRule, rows: list[UsageRecord]
+) -> None:
+    rows = [_numbered(row, n) for n, row in enumerate(rows)]
+    assert by_batch(rows, code) == by_rows(rows, row_rule)
+
+
+def _numbered(row: UsageRecord, number: int) -> UsageRecord:
+    row.row_number = number + 1
+    return row
