@@ -20,8 +20,10 @@ from remediation.limits import FieldLimits
 from remediation.meters import Meter
 from remediation.records import UsageRecord
 from remediation.validation import MeterIndex, validate_record
+from tests.fuzz import fuzz_examples
 
 NOW = 1_764_000_000
+SLOW = HealthCheck.too_slow
 METERS = [
     Meter("m1", "api_requests"),
     Meter("m2", "old", status="inactive"),
@@ -62,9 +64,11 @@ def records(draw: st.DrawFn) -> UsageRecord:
     )
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(
+    max_examples=fuzz_examples(600), suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
 @given(rows=st.lists(records(), min_size=1, max_size=12), precision=st.sampled_from([None, 2]))
-def test_batch_checks_find_what_the_row_check_finds(
+def test_fuzz_batch_checks_find_what_the_row_check_finds(
     rows: list[UsageRecord], precision: int | None
 ) -> None:
     rows = [UsageRecord(n, *vars_of(r)[1:]) for n, r in enumerate(rows, 1)]
@@ -95,13 +99,13 @@ IDS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=fuzz_examples(300), deadline=None)
 @given(
     identifiers=st.lists(IDS, min_size=1, max_size=10),
     keep=st.booleans(),
     generation=st.integers(1, 3),
 )
-def test_new_identifiers_on_a_column_are_the_row_rule(
+def test_fuzz_new_identifiers_on_a_column_are_the_row_rule(
     identifiers: list[str | None], keep: bool, generation: int
 ) -> None:
     """Derived identifiers built on a column are `Identifiers.new`'s, row by row (lineage,

@@ -27,8 +27,10 @@ from remediation.meters import Meter
 from remediation.records import UsageRecord
 from remediation.rules import load_rules
 from remediation.validation import MeterIndex
+from tests.fuzz import fuzz_examples
 
 NOW = 1_764_000_000
+SLOW = HealthCheck.too_slow
 METERS = [
     Meter("m1", "api_requests"),
     Meter("m2", "api_v1", status="inactive"),  # successor api_requests: the same keys
@@ -121,9 +123,11 @@ def _shape(row: UsageRecord) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize(("code", "row_rule"), CASES)
-@settings(max_examples=120, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(
+    max_examples=fuzz_examples(120), suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
 @given(rows=st.lists(records(), min_size=1, max_size=12))
-def test_a_rule_on_a_batch_is_its_row_function_on_each_row(
+def test_fuzz_a_rule_on_a_batch_is_its_row_function_on_each_row(
     code: str, row_rule: RowRule, rows: list[UsageRecord]
 ) -> None:
     rows = [_numbered(row, n) for n, row in enumerate(rows)]
