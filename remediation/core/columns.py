@@ -114,7 +114,9 @@ class Column:
         return present if self.kinds is None else present & (self.kinds == Kind.TEXT)
 
     def present(self) -> Mask:
-        return np.asarray(pc.is_valid(self.text).to_numpy(zero_copy_only=False), dtype=bool)
+        """Rows where the field is there (once per column: `mark`)."""
+        found: Mask = self.mark("present", _present)
+        return found
 
     def values(self) -> list[object]:
         """Typed values (None where absent): for the few rows a rule handles one by one."""
@@ -122,6 +124,10 @@ class Column:
         if self.kinds is None:
             return list(texts)
         return [value_of(t, int(k)) for t, k in zip(texts, self.kinds.tolist(), strict=True)]
+
+
+def _present(column: Column) -> Mask:
+    return np.asarray(pc.is_valid(column.text).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def typed_text(value: object) -> tuple[str | None, int]:
@@ -204,9 +210,9 @@ class Batch:
             self.event_name.take(indexes, at),
             {k: c.take(indexes, at) for k, c in self.payload.items()},
             {k: c.take(indexes, at) for k, c in self.extra.items()},
-            self.error_code.take(at),
-            self.error_message.take(at),
-            self.malformed.take(at),
+            _taken(self.error_code, at),
+            _taken(self.error_message, at),
+            _taken(self.malformed, at),
             [self.order[i] for i in indexes.tolist()] if self.order is not None else None,
         )
 
@@ -240,6 +246,14 @@ class Batch:
 
 
 _ABSENT: Any = object()
+
+
+def _taken(array: pa.Array, at: pa.Array) -> pa.Array:
+    """Rows `at` of an array (no gather when every row is null: a file without malformed
+    rows, or without error columns)."""
+    if array.null_count == len(array):
+        return pa.nulls(len(at), array.type)
+    return array.take(at)
 
 
 def _present_values(column: Column) -> list[object]:
