@@ -76,7 +76,7 @@ def remediate(
     index = MeterIndex(meters, value_precision=rules.value_precision, limits=rules.policy.limits)
     ctx = Context(index, rules, now, customers)
     ids = Identifiers(source, generation, lineage or Lineage(), identifiers == "keep")
-    decider = BatchDecider(ctx, ids, lineage or Lineage(), rejected, source)
+    decider = BatchDecider(ctx, lineage or Lineage(), rejected)
     sinks = Sinks(out_dir, source, fmt, generation, columns, write, max_rows, on_audit)
     tally = Tally()
     as_bytes = (

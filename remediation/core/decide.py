@@ -22,7 +22,7 @@ from remediation.core.checks import Codes, field_suspects, first_field_problems,
 from remediation.core.columns import Batch, Indexes, Mask
 from remediation.core.rules import RULES, Changes
 from remediation.core.rules.base import replace_rows
-from remediation.identifiers import Identifiers, Lineage
+from remediation.identifiers import Lineage
 
 MAX_ROUNDS = 4
 CODE_BITS = {code: 1 << at for at, code in enumerate(RULES)}
@@ -72,13 +72,10 @@ def reported_codes(batch: Batch) -> Codes:
 
 
 class BatchDecider:
-    """Decides batches of one input (identifiers and lineage are the run's)."""
+    """Decides batches of one input (`lineage` is the input's: which identifiers we wrote)."""
 
-    def __init__(
-        self, ctx: Context, ids: Identifiers, lineage: Lineage, rejected: bool, source: str
-    ) -> None:
-        self.ctx, self.ids, self.lineage, self.rejected = ctx, ids, lineage, rejected
-        self.source = source
+    def __init__(self, ctx: Context, lineage: Lineage, rejected: bool) -> None:
+        self.ctx, self.lineage, self.rejected = ctx, lineage, rejected
 
     def decide(self, batch: Batch) -> Decided:
         n = len(batch)

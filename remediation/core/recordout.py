@@ -13,7 +13,7 @@ from remediation.core.decide import CORRECTED, QUARANTINED, VALID, Decided
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
 from remediation.records import UsageRecord
-from remediation.sinks import Sinks
+from remediation.sinks import NullSet, Sinks
 
 
 class RecordOut:
@@ -24,6 +24,9 @@ class RecordOut:
         self.audit = AuditLines(source)
 
     def write(self, decided: Decided, tally: Tally) -> None:
+        if self._counting_only():
+            count(decided, tally)  # a validation run: nothing is written, no record is built
+            return
         fate = decided.fate
         written = np.flatnonzero((fate == VALID) | (fate == CORRECTED))
         rows = np.flatnonzero((fate == VALID) | (fate == CORRECTED) | (fate == QUARANTINED))
@@ -43,6 +46,12 @@ class RecordOut:
         if self.sinks.on_audit is not None:
             self.sinks.on_audit(*audit_records(decided, self.source, written, identifiers))
         count(decided, tally)
+
+    def _counting_only(self) -> bool:
+        sinks = self.sinks
+        outputs = (sinks.corrected, sinks.quarantine)
+        idle = all(isinstance(output, NullSet) for output in outputs)
+        return idle and sinks.audit_file is None and sinks.on_audit is None
 
     def _renamed(self, row: UsageRecord, original: UsageRecord) -> str | None:
         """Write a corrected or re-sent row under its new identifier; that identifier."""
