@@ -211,6 +211,17 @@ class CsvRecords(Iterator[UsageRecord]):
 
         return CsvColumns(self._stream, self._delimiter, self._header, block_bytes)
 
+    def identifiers(self) -> Iterator[tuple[str | None, int]]:
+        """(identifier, row number) of every row, read as a column (an empty cell is none)."""
+        reader = self.columns()
+        if reader.read_header() is None or reader.layout is None:
+            return
+        at = reader.layout.identifier
+        for block in reader.blocks():
+            cells = block.cells[at].to_pylist() if at is not None else [""] * block.rows
+            for number, identifier in enumerate(cells, block.first_row):
+                yield identifier or None, number
+
     def __next__(self) -> UsageRecord:
         if self._records is None:
             self._records = self._read_records()

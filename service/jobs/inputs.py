@@ -18,6 +18,7 @@ from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage, Parent, input_lineage, row_identifier, trace_ancestors
 from remediation.ports import Bucket, StripeFiles
+from remediation.readers import CsvRecords
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
 from service.errors import TaskInputMissing
@@ -135,7 +136,11 @@ def run_lineage(engine: Engine, path: Path, rules: Rules, source: str, generatio
     def rows() -> Iterator[tuple[str | None, int]]:
         try:
             with path.open("rb") as stream:
-                for record in read_repaired(stream, plan, rules):
+                records = read_repaired(stream, plan, rules)
+                if isinstance(records, CsvRecords):  # the identifier column alone, as columns
+                    yield from records.identifiers()
+                    return
+                for record in records:
                     yield record.identifier, record.row_number
         except UnreadableFile:
             return  # as above

@@ -18,7 +18,8 @@ from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.identifiers import Ancestor, Lineage
 from remediation.meters import Meter
-from remediation.readers import CsvLayout
+from remediation.readers import CsvLayout, CsvRecords
+from remediation.repair import plan_input, read_repaired
 from remediation.rules import load_rules
 
 NOW = 1_764_000_000
@@ -241,3 +242,20 @@ def test_superscript_timestamp_is_quarantined_not_a_crash(tmp_path: Path) -> Non
             "timestamp_invalid": {"corrected": 0, "quarantined": 1},
         },
     )
+
+
+@pytest.mark.parametrize("name", ["failed.csv", "semicolon.csv", "usage.csv"])
+def test_identifiers_read_as_a_column_are_the_records_identifiers(name: str) -> None:
+    """The lineage pass reads the identifier column alone; it must see what the records say,
+    malformed rows and rows without an identifier included."""
+    path = Path(__file__).parents[2] / "data" / "corpus" / name
+    plan = plan_input(path, RULES)
+    with open(path, "rb") as stream:
+        records = read_repaired(stream, plan, RULES)
+        assert isinstance(records, CsvRecords)
+        expected = [(r.identifier, r.row_number) for r in records]
+    with open(path, "rb") as stream:
+        records = read_repaired(stream, plan, RULES)
+        assert isinstance(records, CsvRecords)
+        assert list(records.identifiers()) == expected
+    assert len(expected) >= 3
