@@ -30,17 +30,21 @@ from remediation.rules import Rules
 from service.adapters.bucket import output_key
 from service.config import Settings
 from service.jobs.stages import Stage, Stages
-from service.jobs.store.runs import finish_run, finished_run, insert_audit, start_run
+from service.jobs.store.runs import (
+    AuditStage,
+    finish_run,
+    finished_run,
+    insert_quarantined,
+    start_run,
+)
 from service.logs import log_event
 from service.models import OutputKind, RemediationRun, RunTrigger
 from service.models._types import utcnow
 from service.notify.runs import alert_for_run
 
-# Rows per insert transaction. On SQLite the two identifier indexes make each committed page
-# of a small transaction costly in the WAL (900,000 audit rows: 36 s in transactions of 5,000,
-# 20 s of 20,000, 10 s in one); each transaction holds the write lock (~0.4 s at 20,000, while
-# webhooks wait) and the rows in memory (~20 MB).
-AUDIT_BATCH = 20_000
+# Quarantined rows per insert transaction (they are held in memory until then, in full).
+# Corrections are staged as they come and loaded sorted at the end (AuditStage).
+QUARANTINE_BATCH = 20_000
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,10 @@ def execute_run(
             ctx.engine, request.run_key, request.trigger, request.source, request.generation
         )
     customer_keys = {m.event_name: m.customer_key for m in ctx.meters}
-    audit = _AuditWriter(ctx.engine, run_id, customer_keys, stages)
-    with tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp,
+        _AuditWriter(ctx.engine, run_id, customer_keys, stages) as audit,
+    ):
         with stages.timing(Stage.REMEDIATE):
             result = remediate(
                 records,
@@ -100,7 +106,7 @@ def execute_run(
                 lineage=request.lineage,
                 rejected=request.rejected,
             )
-        audit.flush()
+        audit.finish()
         outputs = list(result.outputs) + _audit_output(result.summary, request)
         with stages.timing(Stage.UPLOAD):
             uploaded = [_upload(ctx, request, output) for output in outputs]
@@ -120,22 +126,31 @@ def execute_run(
 
 
 class _AuditWriter:
-    """Collects the engine's audit records and inserts them in batches (not row by row)."""
+    """Takes the engine's audit records as it hands them over: corrections are staged
+    (`AuditStage`, loaded sorted by `finish`), quarantined rows inserted in batches."""
 
     def __init__(
         self, engine: Engine, run_id: int, customer_keys: Mapping[str, str], stages: Stages
     ) -> None:
         self.engine, self.run_id, self.stages = engine, run_id, stages
         self.customer_keys = customer_keys  # event name -> the meter's customer key
-        self.corrections: list[tuple[Any, ...]] = []
         self.quarantined: list[dict[str, Any]] = []
+        with stages.timing(Stage.DATABASE):
+            self.stage = AuditStage(engine, run_id)
+
+    def __enter__(self) -> _AuditWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self.stages.timing(Stage.DATABASE):
+            self.stage.close()
 
     def add(self, corrections: Sequence[Correction], quarantined: Sequence[Quarantined]) -> None:
-        run_id = self.run_id
-        self.corrections += [(run_id, *correction) for correction in corrections]
+        with self.stages.timing(Stage.DATABASE):
+            self.stage.add(corrections)
         self.quarantined += [self._quarantined(row) for row in quarantined]
-        if len(self.corrections) + len(self.quarantined) >= AUDIT_BATCH:
-            self.flush()
+        if len(self.quarantined) >= QUARANTINE_BATCH:
+            self._flush_quarantined()
 
     def _quarantined(self, quarantined: Quarantined) -> dict[str, Any]:
         """The row in full (as the quarantine file holds it), with its meter (event name) and
@@ -160,10 +175,16 @@ class _AuditWriter:
             "created_at": utcnow(),
         }
 
-    def flush(self) -> None:
+    def _flush_quarantined(self) -> None:
         with self.stages.timing(Stage.DATABASE):
-            insert_audit(self.engine, self.corrections, self.quarantined)
-        self.corrections, self.quarantined = [], []
+            insert_quarantined(self.engine, self.quarantined)
+        self.quarantined = []
+
+    def finish(self) -> None:
+        """The last quarantined rows, then every correction, into their tables."""
+        self._flush_quarantined()
+        with self.stages.timing(Stage.DATABASE):
+            self.stage.load()
 
 
 def _text(value: object) -> str | None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import insert, select, text
 from sqlmodel import Session
 
+from remediation.outcomes import Correction
 from service.db import bulk_load, make_engine
+from service.jobs.store import runs as store
 from service.models import CorrectionAudit, QuarantinedRow, RemediationRun, RunTrigger
 from service.models._types import table_of
 
@@ -80,5 +83,95 @@ def test_bulk_rows_read_back_as_orm_rows(db_url: str) -> None:
         assert [(a.identifier, a.new_identifier, a.before, a.after) for a in audit] == [
             (f"a{i}", f"a{i}-mfx1", "1764000000000", None) for i in range(3)
         ]
+    finally:
+        engine.dispose()
+
+
+def _run(engine: Any, key: str) -> int:
+    with Session(engine) as session:
+        run = RemediationRun(run_key=key, trigger=RunTrigger.IMPORT_SET_SUCCEEDED)
+        session.add(run)
+        session.commit()
+        assert run.id is not None
+        return run.id
+
+
+def _stored_audit(engine: Any) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [
+            tuple(row)
+            for row in connection.execute(
+                text(
+                    "SELECT run_id, row_number, identifier, new_identifier, code, rule, field,"
+                    " before, after FROM correction_audit ORDER BY id"
+                )
+            )
+        ]
+
+
+def test_audit_stage_loads_every_row_sorted_by_identifier(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Corrections handed over in file order land in correction_audit sorted by identifier,
+    a row's corrections in the order they were made, every value as given; across several
+    load transactions (SQLite) and several staged batches."""
+    monkeypatch.setattr(store, "LOAD_CHUNK", 3)
+    engine = make_engine(db_url)
+    try:
+        run_id = _run(engine, "k")
+        names = ["m7", "b2", None, "z1", "b2", "a9", "c3", "m7", "é5"]  # b2, m7 twice
+        rows = [
+            Correction(
+                "file_x",
+                n,
+                name,
+                None if name is None else f"{name}-mfx1",
+                "timestamp_in_future",
+                f"rule{n}",
+                "timestamp",
+                f"{n}000",
+                str(n),
+            )
+            for n, name in enumerate(names, start=1)
+        ]
+        stage = store.AuditStage(engine, run_id)
+        try:
+            stage.add(rows[:4])
+            stage.add([])
+            stage.add(rows[4:])
+            assert _stored_audit(engine) == []  # nothing in the table before the load
+            assert stage.load() == len(rows)
+        finally:
+            stage.close()
+        stored = _stored_audit(engine)
+        # SQLite sorts NULL first, PostgreSQL last: compared without it
+        expected = sorted(
+            (row for row in rows if row.identifier is not None), key=lambda row: str(row.identifier)
+        )
+        assert [row for row in stored if row[2] is not None] == [
+            (run_id, *row[1:]) for row in expected
+        ]
+        assert [row[1] for row in stored if row[2] == "b2"] == [2, 5]  # arrival order kept
+        assert [row[1] for row in stored if row[2] is None] == [3]
+        # The staging tables went with the stage: a second run on the same pool stages anew.
+        again = _run(engine, "k2")
+        with store.AuditStage(engine, again) as second:
+            second.add([Correction("file_y", 1, "q", "q-mfx1", "c", "r", "f", None, "1")])
+            assert second.load() == 1
+        assert _stored_audit(engine)[-1] == (again, 1, "q", "q-mfx1", "c", "r", "f", None, "1")
+    finally:
+        engine.dispose()
+
+
+def test_audit_stage_refuses_rows_of_a_run_that_does_not_exist(db_url: str) -> None:
+    """The check that replaced the foreign key (once per load, not once per row)."""
+    engine = make_engine(db_url)
+    try:
+        missing = _run(engine, "k") + 1000
+        with store.AuditStage(engine, missing) as stage:
+            stage.add([Correction("file_x", 1, "a", "a-mfx1", "c", "r", "f", "1", "2")])
+            with pytest.raises(LookupError, match=f"run {missing} does not exist"):
+                stage.load()
+        assert _stored_audit(engine) == []
     finally:
         engine.dispose()

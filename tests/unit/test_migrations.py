@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
 import service.models  # noqa: F401
-from service.db import make_engine
+from service.db import make_engine, upgrade
+from tests.conftest import DB_PARAMS, PG_URL, _pg_schema_url
 
 
 def test_migrations_match_models(db_url: str) -> None:
@@ -25,3 +32,67 @@ def test_every_table_is_created(db_url: str) -> None:
     names = set(inspect(engine).get_table_names())
     engine.dispose()
     assert set(SQLModel.metadata.tables) <= names
+
+
+def _empty_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _pg_schema_url(schema)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.mark.parametrize("kind", DB_PARAMS)
+def test_0004_drops_the_audit_run_key_and_keeps_the_rows(kind: str, tmp_path: Path) -> None:
+    """correction_audit loses its foreign key to remediation_runs (checked once per load by
+    AuditStage instead); the rows written before stay, the run_id index stays."""
+    for url in _empty_database(kind, tmp_path):
+        upgrade(url, "0003")
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO remediation_runs (id, run_key, trigger, source, generation,"
+                    " status, input_rows, valid, corrected, quarantined, by_code, created_at)"
+                    " VALUES (7, 'k', 'cli', 's', 1, 'done', 1, 0, 1, 0, '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO correction_audit (run_id, source, row_number, identifier,"
+                    " new_identifier, code, rule, field, before, after)"
+                    " VALUES (7, 's', 1, 'a', 'a-mfx1', 'c', 'r', 'f', '1', '2')"
+                )
+            )
+        assert inspect(engine).get_foreign_keys("correction_audit") != []
+        engine.dispose()
+        upgrade(url)
+        engine = make_engine(url)
+        schema = inspect(engine)
+        assert schema.get_foreign_keys("correction_audit") == []
+        assert schema.get_foreign_keys("quarantined_rows") != []  # that one stays
+        collations = {
+            c["name"]: getattr(c["type"], "collation", None)
+            for c in schema.get_columns("correction_audit")
+        }
+        expected = "C" if kind == "postgresql" else None  # SQLite compares bytes anyway
+        assert (collations["identifier"], collations["new_identifier"]) == (expected, expected)
+        assert "ix_correction_audit_run_id" in {
+            i["name"] for i in schema.get_indexes("correction_audit")
+        }
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT run_id, identifier, new_identifier, before, after FROM correction_audit"
+                )
+            ).all()
+        engine.dispose()
+        assert [tuple(row) for row in rows] == [(7, "a", "a-mfx1", "1", "2")]

@@ -1,0 +1,64 @@
+"""audit without a foreign key on run_id
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-30
+
+correction_audit.run_id keeps its index but no longer references remediation_runs, and on
+PostgreSQL its identifier columns compare byte by byte (COLLATE "C", as on SQLite): they are
+opaque and only matched exactly, and the database's language rules made every comparison of
+the sort and the two indexes costly when a run's audit is loaded. The
+foreign key was checked for every audit row (on PostgreSQL a locking look-up of the run per
+row: about a third of the cost of loading 900,000 corrections, bench/service_path.py), while
+the only writer of the table is the run that has just created that run row
+(service/jobs/store/runs.py, AuditStage), and runs are never deleted (retention deletes
+their audit rows by run_id, the run rows stay as lineage). quarantined_rows keeps its key.
+SQLite drops the unnamed constraint by copying the table (batch mode).
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+
+revision: str = '0004'
+down_revision: str | None = '0003'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# A name for the key SQLite never named (batch mode reflects the table with it).
+NAMING = {'fk': 'fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s'}
+SQLITE_NAME = 'fk_correction_audit_run_id_remediation_runs'
+
+
+IDENTIFIERS = ('identifier', 'new_identifier')
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == 'sqlite':
+        with op.batch_alter_table('correction_audit', naming_convention=NAMING) as batch_op:
+            batch_op.drop_constraint(SQLITE_NAME, type_='foreignkey')
+        return
+    for key in sa.inspect(bind).get_foreign_keys('correction_audit'):
+        if key['referred_table'] == 'remediation_runs' and key['name']:
+            op.drop_constraint(key['name'], 'correction_audit', type_='foreignkey')
+    for column in IDENTIFIERS:  # rebuilds their indexes
+        op.alter_column(
+            'correction_audit', column, type_=sa.String(512, collation='C'),
+            existing_type=sa.String(512), existing_nullable=True,
+        )
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == 'postgresql':
+        for column in IDENTIFIERS:
+            op.alter_column(
+                'correction_audit', column, type_=sa.String(512),
+                existing_type=sa.String(512, collation='C'), existing_nullable=True,
+            )
+    with op.batch_alter_table('correction_audit', naming_convention=NAMING) as batch_op:
+        batch_op.create_foreign_key(
+            SQLITE_NAME, 'remediation_runs', ['run_id'], ['id'], ondelete='CASCADE'
+        )
