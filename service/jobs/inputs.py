@@ -31,7 +31,9 @@ from service.poller.store import objects_named
 
 GENERATION_KEY = "mfx-generation"
 NEW_IDENTIFIER_WIDTH = 512  # correction_audit.new_identifier
-LOOKUP_BATCH = 500  # identifiers per IN (...) query, well under every database's limit
+# Identifiers per look-up query (one array parameter on PostgreSQL, a list under SQLite's
+# 32,766 parameters): 1,000,000 identifiers took 2,000 queries of 500, 11 s on PostgreSQL.
+LOOKUP_BATCH = 10_000
 
 
 @dataclass

@@ -244,7 +244,8 @@ def test_a_report_counting_more_rows_than_we_can_find_is_partial(service: Servic
     ]
 
 
-def test_lineage_is_looked_up_in_batches(sqlite_url: str, tmp_path: Path) -> None:
+def test_lineage_is_looked_up_in_batches(db_url: str, tmp_path: Path) -> None:
+    """Every batch's identifiers are looked up (one array parameter on PostgreSQL)."""
     from remediation.identifiers import Ancestor
     from remediation.rules import load_rules
     from service.jobs.inputs import LOOKUP_BATCH, run_lineage
@@ -257,7 +258,7 @@ def test_lineage_is_looked_up_in_batches(sqlite_url: str, tmp_path: Path) -> Non
         + "\n".join(lines)
         + "\n"
     )
-    engine = make_engine(sqlite_url)
+    engine = make_engine(db_url)
     with Session(engine) as session:
         session.add(RemediationRun(run_key="k", trigger="cli", source="s"))
         session.commit()

@@ -14,8 +14,11 @@ from sqlalchemy import (
     Engine,
     Integer,
     MetaData,
+    String,
     Table,
     and_,
+    any_,
+    bindparam,
     cast,
     delete,
     func,
@@ -24,10 +27,20 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
-from service.db import Listing, Page, bulk_load, bulk_load_rows, delete_batch, keyset, session_scope
+from service.db import (
+    Listing,
+    Page,
+    bulk_load,
+    bulk_load_rows,
+    delete_batch,
+    is_postgres,
+    keyset,
+    session_scope,
+)
 from service.models import RunStatus
 from service.models._types import table_of, utcnow
 from service.models.remediation import (
@@ -401,12 +414,19 @@ def corrections_writing(
     engine: Engine, identifiers: Sequence[str]
 ) -> list[tuple[CorrectionAudit, int]]:
     """The corrections that wrote these identifiers (oldest first), with their run's
-    generation."""
+    generation. One query however many identifiers: on PostgreSQL they travel as one array
+    parameter (`= ANY`), on SQLite as a list (keep batches under its 32,766 parameters)."""
+    audit_new = col(CorrectionAudit.new_identifier)
+    wrote: ColumnElement[bool]
+    if is_postgres(engine):
+        wrote = audit_new == any_(bindparam("identifiers", list(identifiers), ARRAY(String)))
+    else:
+        wrote = audit_new.in_(identifiers)
     with Session(engine) as session:
         rows = session.exec(
             select_model(CorrectionAudit, RemediationRun.generation)
             .join(RemediationRun, col(RemediationRun.id) == col(CorrectionAudit.run_id))
-            .where(col(CorrectionAudit.new_identifier).in_(identifiers))
+            .where(wrote)
             .order_by(col(CorrectionAudit.id))
         ).all()
     return [(audit, generation) for audit, generation in rows]
