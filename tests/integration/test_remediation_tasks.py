@@ -281,3 +281,37 @@ def test_lineage_is_looked_up_in_batches(db_url: str, tmp_path: Path) -> None:
     assert found.ancestors == {
         f"x{n}-r1": Ancestor(f"x{n}", f"code{n}", 1) for n in (0, LOOKUP_BATCH + 1, count - 1)
     }  # the other `x…-r1` rows are not ours: no lineage says so
+
+
+def test_corrections_are_found_by_any_identifier_text(db_url: str) -> None:
+    """The one-parameter look-up (a JSON list on SQLite, an array on PostgreSQL) finds
+    identifiers holding quotes, backslashes, commas, braces and non-ASCII text, and only
+    those asked for."""
+    from service.jobs.store.runs import corrections_writing
+
+    odd = ['a"b', "c\\d", "e,f", "{g}", "ü–h", "i'j", "k l", "[1]"]
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        run = RemediationRun(run_key="k", trigger="cli", source="s", generation=3)
+        session.add(run)
+        session.commit()
+        assert run.id is not None
+        for n, identifier in enumerate([*odd, "not-asked"]):
+            session.add(
+                CorrectionAudit(
+                    run_id=run.id,
+                    source="s",
+                    row_number=n,
+                    identifier=f"o{n}",
+                    new_identifier=identifier,
+                    code="c",
+                    rule="r",
+                    field="f",
+                )
+            )
+        session.commit()
+    found = corrections_writing(engine, [*odd, "absent"])
+    engine.dispose()
+    assert [
+        (audit.new_identifier, audit.identifier, generation) for audit, generation in found
+    ] == [(identifier, f"o{n}", 3) for n, identifier in enumerate(odd)]

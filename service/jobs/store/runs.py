@@ -3,6 +3,7 @@ once per run key, see service/jobs/runs.py) and what is read of it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -414,14 +415,16 @@ def corrections_writing(
     engine: Engine, identifiers: Sequence[str]
 ) -> list[tuple[CorrectionAudit, int]]:
     """The corrections that wrote these identifiers (oldest first), with their run's
-    generation. One query however many identifiers: on PostgreSQL they travel as one array
-    parameter (`= ANY`), on SQLite as a list (keep batches under its 32,766 parameters)."""
+    generation. One query and one parameter however many identifiers: an array on
+    PostgreSQL (`= ANY`), a JSON list on SQLite (`IN json_each`); rendering a list of
+    10,000 parameters cost more than the query."""
     audit_new = col(CorrectionAudit.new_identifier)
     wrote: ColumnElement[bool]
     if is_postgres(engine):
         wrote = audit_new == any_(bindparam("identifiers", list(identifiers), ARRAY(String)))
     else:
-        wrote = audit_new.in_(identifiers)
+        listed = func.json_each(bindparam("identifiers", json.dumps(list(identifiers))))
+        wrote = audit_new.in_(select(literal_column("value")).select_from(listed))
     with Session(engine) as session:
         rows = session.exec(
             select_model(CorrectionAudit, RemediationRun.generation)
