@@ -89,14 +89,19 @@ class CorrectionAudit(SQLModel, table=True):
     """One correction: source, row, identifier, code, rule, field, before, after."""
 
     __tablename__ = "correction_audit"
+    # Two indexes (migration 0004), each written about once per page by a run's sorted load
+    # (service/jobs/store/runs.py, AuditStage): the identifiers we wrote (lineage look-ups)
+    # and a run's rows by identifier (a run's rows in order: appended at the index's end; it
+    # also serves purges and re-runs by run_id).
+    __table_args__ = (Index("ix_correction_audit_run_id_identifier", "run_id", "identifier"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    # Indexed, not a foreign key (migration 0004): checked once per run by its only writer,
-    # not once per row (service/jobs/store/runs.py, AuditStage).
-    run_id: int = Field(sa_column=Column(Integer, index=True))
+    # Not a foreign key (migration 0004): checked once per run by its only writer, not once
+    # per row.
+    run_id: int = Field(sa_column=Column(Integer))
     source: str = text_field()
     row_number: int
-    identifier: str | None = Field(default=None, sa_type=_identifier_type(), index=True)
+    identifier: str | None = Field(default=None, sa_type=_identifier_type())
     new_identifier: str | None = Field(default=None, sa_type=_identifier_type(), index=True)
     code: str = Field(max_length=255)
     rule: str = Field(max_length=255)

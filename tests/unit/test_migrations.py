@@ -51,9 +51,10 @@ def _empty_database(kind: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("kind", DB_PARAMS)
-def test_0004_drops_the_audit_run_key_and_keeps_the_rows(kind: str, tmp_path: Path) -> None:
+def test_0004_audit_for_bulk_loads_keeps_the_rows(kind: str, tmp_path: Path) -> None:
     """correction_audit loses its foreign key to remediation_runs (checked once per load by
-    AuditStage instead); the rows written before stay, the run_id index stays."""
+    AuditStage instead), gets its two indexes and byte-ordered identifiers on PostgreSQL; the
+    rows written before stay."""
     for url in _empty_database(kind, tmp_path):
         upgrade(url, "0003")
         engine = make_engine(url)
@@ -85,8 +86,10 @@ def test_0004_drops_the_audit_run_key_and_keeps_the_rows(kind: str, tmp_path: Pa
         }
         expected = "C" if kind == "postgresql" else None  # SQLite compares bytes anyway
         assert (collations["identifier"], collations["new_identifier"]) == (expected, expected)
-        assert "ix_correction_audit_run_id" in {
-            i["name"] for i in schema.get_indexes("correction_audit")
+        indexes = {i["name"]: i["column_names"] for i in schema.get_indexes("correction_audit")}
+        assert indexes == {
+            "ix_correction_audit_new_identifier": ["new_identifier"],
+            "ix_correction_audit_run_id_identifier": ["run_id", "identifier"],
         }
         with engine.connect() as connection:
             rows = connection.execute(

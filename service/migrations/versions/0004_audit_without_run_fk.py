@@ -1,10 +1,17 @@
-"""audit without a foreign key on run_id
+"""audit loaded in bulk: no foreign key on run_id, two indexes, identifiers byte-ordered
 
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-30
 
-correction_audit.run_id keeps its index but no longer references remediation_runs, and on
+A run's corrections are loaded sorted by identifier (service/jobs/store/runs.py, AuditStage);
+what each row cost beyond that goes. Indexes: the identifiers we wrote (new_identifier,
+lineage look-ups) as before, and (run_id, identifier) instead of run_id and identifier apart:
+one index fewer to write, a run's sorted rows are appended at its end, and it still serves
+purges and re-runs by run_id and a run's rows by identifier. (No query of meterfix looked an
+identifier up across runs; an operator's ad hoc one now scans the table.)
+
+correction_audit.run_id no longer references remediation_runs, and on
 PostgreSQL its identifier columns compare byte by byte (COLLATE "C", as on SQLite): they are
 opaque and only matched exactly, and the database's language rules made every comparison of
 the sort and the two indexes costly when a run's audit is loaded. The
@@ -37,6 +44,12 @@ IDENTIFIERS = ('identifier', 'new_identifier')
 
 def upgrade() -> None:
     bind = op.get_bind()
+    with op.batch_alter_table('correction_audit', schema=None) as batch_op:
+        batch_op.drop_index('ix_correction_audit_identifier')
+        batch_op.drop_index('ix_correction_audit_run_id')
+        batch_op.create_index(
+            'ix_correction_audit_run_id_identifier', ['run_id', 'identifier'], unique=False
+        )
     if bind.dialect.name == 'sqlite':
         with op.batch_alter_table('correction_audit', naming_convention=NAMING) as batch_op:
             batch_op.drop_constraint(SQLITE_NAME, type_='foreignkey')
@@ -62,3 +75,7 @@ def downgrade() -> None:
         batch_op.create_foreign_key(
             SQLITE_NAME, 'remediation_runs', ['run_id'], ['id'], ondelete='CASCADE'
         )
+    with op.batch_alter_table('correction_audit', schema=None) as batch_op:
+        batch_op.drop_index('ix_correction_audit_run_id_identifier')
+        batch_op.create_index('ix_correction_audit_run_id', ['run_id'], unique=False)
+        batch_op.create_index('ix_correction_audit_identifier', ['identifier'], unique=False)
