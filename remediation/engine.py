@@ -20,6 +20,7 @@ from remediation.core.columns import Batch, from_records
 from remediation.core.csvbatch import csv_batch
 from remediation.core.csvout import CsvOut
 from remediation.core.decide import BatchDecider
+from remediation.core.jsonlout import JsonlOut
 from remediation.core.recordout import RecordOut
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
@@ -79,9 +80,11 @@ def remediate(
     decider = BatchDecider(ctx, lineage or Lineage(), rejected)
     sinks = Sinks(out_dir, source, fmt, generation, columns, write, max_rows, on_audit)
     tally = Tally()
-    as_bytes = (
-        CsvOut(sinks, columns, ids, source) if columns and _bytes_out(records, write) else None
-    )
+    as_bytes: CsvOut | JsonlOut | None = None
+    if columns and _bytes_out(records, write):
+        as_bytes = CsvOut(sinks, columns, ids, source)
+    elif fmt is FileFormat.JSONL and write:
+        as_bytes = JsonlOut(sinks, ids, source)
     as_records = RecordOut(sinks, ids, source)
     try:
         for batch in batches(records):

@@ -116,8 +116,8 @@ class OutputSet:
         self._check_full(part)
 
     def write_block(self, data: bytes | memoryview, ends: Sequence[int]) -> None:
-        """Encoded CSV rows in the first layout's columns (row i ends at byte `ends[i + 1]`,
-        `ends[0]` is 0); parts split exactly as `write` splits them."""
+        """Encoded rows (CSV in the first layout's columns, or JSON Lines; row i ends at byte
+        `ends[i + 1]`, `ends[0]` is 0); parts split exactly as `write` splits them."""
         if not self.layouts:
             self.layouts.append([self._open(1, 1, self.columns)])
         view, done, rows = memoryview(data), 0, len(ends) - 1

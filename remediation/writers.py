@@ -128,10 +128,14 @@ class RecordWriter:
         self._csv.writerow(row)
 
     def write_bytes(self, data: bytes | memoryview, rows: int) -> None:
-        """`rows` CSV rows already encoded in this writer's columns (see `core.csvout`)."""
-        assert self._csv is not None and self._columns is not None
-        if not self._getters:
-            self._start_csv(None)
+        """`rows` rows already encoded: CSV in this writer's columns (see `core.csvout`) or
+        JSON Lines (`core.jsonlout`)."""
+        if self._csv is not None:
+            assert self._columns is not None
+            if not self._getters:
+                self._start_csv(None)
+        else:
+            assert self.fmt is FileFormat.JSONL, "a JSON array's rows need their separators"
         self._text.flush()
         self._stream.write(data)
         self.rows += rows

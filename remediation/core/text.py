@@ -186,10 +186,10 @@ def csv_rows(
         parts += [_cells(_as_text(column, length), delimiter, lone), delimiter]
     parts[-1] = _CSV_ROW_END
     joined = join(parts, length)
-    return _buffer(joined)
+    return line_bytes(joined)
 
 
-def _buffer(joined: pa.Array) -> tuple[pa.Buffer | bytes, Indices]:
+def line_bytes(joined: pa.Array) -> tuple[pa.Buffer | bytes, Indices]:
     """The bytes of a large_string array's values and its row offsets (from 0)."""
     if not len(joined):
         return b"", np.zeros(1, np.int64)

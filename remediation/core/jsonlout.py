@@ -1,0 +1,172 @@
+"""Decided JSON Lines batches written as bytes: the corrected rows built on columns.
+
+A corrected row's line is what `writers.RecordWriter` writes for its record (`json.dumps` of
+`writers.record_object`, compact, `ensure_ascii=False`): the identifier, timestamp and event
+name when present, the payload, then the other keys, each object's keys in the row's own
+order (`Batch.order`). Rows sharing a layout (which keys, in which order) are joined
+element-wise by Arrow, one layout at a time, then put back in row order. A batch holding a
+value whose JSON text is not its column text (an object or array, a float that is not
+finite) is left to the record path (`write` says False), as are quarantined rows, which are
+few and written with their notes by the record writer. The audit is the one built on columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from remediation.core.audit import AuditLines, audit_records, count, new_identifiers, value_json
+from remediation.core.columns import Batch, Column, Indexes, Kind, concat_batches
+from remediation.core.decide import CORRECTED, QUARANTINED, VALID, Decided
+from remediation.core.text import join, json_strings, line_bytes
+from remediation.filetypes import FileFormat
+from remediation.identifiers import Identifiers
+from remediation.outcomes import Tally
+from remediation.outputs import OutputSet
+from remediation.records import MFX_PREFIX
+from remediation.sinks import Sinks
+
+_NOT_FINITE = ("inf", "-inf", "nan")  # repr of a float json.dumps spells otherwise
+_CORE = ("identifier", "timestamp", "event_name")
+
+
+class JsonlOut:
+    """Writes the decided batches of one JSON Lines input into `sinks`."""
+
+    def __init__(self, sinks: Sinks, ids: Identifiers, source: str) -> None:
+        self.sinks, self.ids, self.source = sinks, ids, source
+        self.audit = AuditLines(source)
+        self._keys: dict[str, str] = {}  # key -> its JSON text and colon
+
+    def usable(self) -> bool:
+        corrected = self.sinks.corrected
+        return (
+            isinstance(corrected, OutputSet)
+            and corrected.fmt is FileFormat.JSONL
+            and isinstance(self.sinks.quarantine, OutputSet)
+            and self.sinks.audit_file is not None
+        )
+
+    def write(self, decided: Decided, tally: Tally) -> bool:
+        """Write one decided batch; False (nothing written) when it needs the record path."""
+        if not self.usable():
+            return False
+        written = np.flatnonzero((decided.fate == VALID) | (decided.fate == CORRECTED))
+        out = _written_rows(decided, written)
+        if not _plain(out):
+            return False
+        original = decided.batch.identifier.take(written)  # derived from the row as it came
+        new_ids = new_identifiers(self.ids, original, decided.batch.rows[written])
+        if len(out):
+            data, ends = self.lines(out, new_ids)
+            corrected = self.sinks.corrected
+            assert isinstance(corrected, OutputSet)
+            corrected.write_block(memoryview(data), ends.tolist())
+        quarantined = np.flatnonzero(decided.fate == QUARANTINED)
+        if len(quarantined):
+            self._quarantine(decided, quarantined)
+        assert self.sinks.audit_file is not None
+        self.audit.write(decided, written, new_ids, self.sinks.audit_file)
+        if self.sinks.on_audit is not None:
+            self.sinks.on_audit(*audit_records(decided, self.source, written, new_ids))
+        count(decided, tally)
+        return True
+
+    def lines(self, batch: Batch, identifiers: pa.Array) -> tuple[pa.Buffer | bytes, Indexes]:
+        """The JSON Lines bytes of `batch`'s rows written under `identifiers`, and where each
+        line ends (as `text.csv_rows` gives them)."""
+        n = len(batch)
+        cores = {
+            "identifier": Column(identifiers),
+            "timestamp": batch.timestamp,
+            "event_name": batch.event_name,
+        }
+        present = {name: column.present() for name, column in cores.items()}
+        assert batch.order is not None, "JSON rows keep their key order"
+        Layout = tuple[tuple[bool, ...], tuple[tuple[str, ...], tuple[str, ...]]]
+        layouts: dict[Layout, list[int]] = {}
+        flags = zip(*(present[name].tolist() for name in _CORE), strict=True)
+        for i, (has, order) in enumerate(zip(flags, batch.order, strict=True)):
+            layouts.setdefault((has, order), []).append(i)
+        encoded: dict[tuple[str, str], pa.Array] = {}
+
+        def values(group: str, key: str, column: Column) -> pa.Array:
+            found = encoded.get((group, key))
+            if found is None:
+                found = encoded[(group, key)] = value_json(column)  # absent rows: "null"
+            return found
+
+        pieces, rows = [], []
+        for (has, (payload_keys, extra_keys)), members in layouts.items():
+            at = pa.array(members, pa.int64())
+            parts: list[pa.Array | str] = ["{"]
+            for name, there in zip(_CORE, has, strict=True):
+                if there:
+                    parts += [self._key(name), values("", name, cores[name]).take(at), ","]
+            parts.append('"payload":{')
+            for key in payload_keys:
+                parts += [self._key(key), values("p", key, batch.payload[key]).take(at), ","]
+            if payload_keys:
+                parts.pop()
+            parts.append("}")
+            for key in extra_keys:
+                if not key.startswith(MFX_PREFIX):
+                    parts += [",", self._key(key), values("e", key, batch.extra[key]).take(at)]
+            parts.append("}\n")
+            pieces.append(join(parts, len(members)))
+            rows.append(np.asarray(members, np.int64))
+        every = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
+        if len(pieces) > 1:
+            position = np.empty(n, np.int64)
+            position[np.concatenate(rows)] = np.arange(n, dtype=np.int64)
+            every = every.take(pa.array(position))
+        return line_bytes(every)
+
+    def _key(self, key: str) -> str:
+        found = self._keys.get(key)
+        if found is None:
+            found = self._keys[key] = json_strings(pa.array([key])).to_pylist()[0] + ":"
+        return found
+
+    def _quarantine(self, decided: Decided, rows: Indexes) -> None:
+        records = decided.batch.take(rows).records()
+        for i, record in zip(rows.tolist(), records, strict=True):
+            notes = {"mfx_code": decided.mfx_code[i], "mfx_reason": decided.reason[i]}
+            self.sinks.quarantine.write(record, notes)
+
+
+def _written_rows(decided: Decided, written: Indexes) -> Batch:
+    """The valid and corrected rows of a batch, corrected ones as corrected, in row order."""
+    valid = np.flatnonzero(decided.fate == VALID)
+    if not len(decided.corrected):
+        return decided.batch.take(valid)
+    if not len(valid):
+        return decided.fixed
+    both = concat_batches([decided.batch.take(valid), decided.fixed])
+    order = np.argsort(np.concatenate([valid, decided.corrected]), kind="stable")
+    return both.take(order)
+
+
+def _plain(batch: Batch) -> bool:
+    """Every value's JSON text is its column text or its quoted string (no object or array,
+    no float json.dumps spells its own way)."""
+    columns: Sequence[Column] = [
+        batch.timestamp,
+        batch.event_name,
+        *batch.payload.values(),
+        *batch.extra.values(),
+    ]
+    for column in columns:
+        kinds = column.kinds
+        if kinds is None:
+            continue
+        if (kinds == Kind.JSON).any():
+            return False
+        floats = np.flatnonzero(kinds == Kind.FLOAT)
+        if len(floats) and any(
+            t in _NOT_FINITE for t in column.text.take(pa.array(floats)).to_pylist()
+        ):
+            return False
+    return True

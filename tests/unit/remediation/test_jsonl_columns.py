@@ -1,0 +1,234 @@
+"""JSON Lines corrected rows written as bytes from columns (`core.jsonlout`) are exactly what
+the record writer writes for the same rows (`json.dumps` of `writers.record_object`): values
+of every JSON kind, keys in each row's own order, rows whose keys a rule moved, outputs split
+into parts. The reference run is the same engine with the bytes lane switched off."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import remediation.engine as engine
+from remediation.core.jsonlout import JsonlOut
+from remediation.engine import remediate
+from remediation.formats import FileFormat, read_records
+from remediation.identifiers import Ancestor, Lineage
+from remediation.meters import Meter
+
+from .test_csv_columns import LINEAGE, METERS, NOW, RULES
+
+MORE_METERS = [*METERS, Meter("m4", "storage_gb")]
+VALUES = st.sampled_from(
+    [
+        "cus_1",
+        " cus_2 ",
+        "acme-42",
+        5,
+        -3,
+        0,
+        "1,234",
+        "12",
+        12.5,
+        1e16,
+        1764000000.0,
+        None,
+        True,
+        False,
+        {"x": [1, "ü"]},
+        [1, 2],
+        'q"uote',
+        "back\\slash",
+        "tab\tin",
+        "ü€𝄞",
+        "",
+        "L" * 101,
+        float("inf"),
+    ]
+)
+IDENTIFIERS = st.sampled_from(
+    ["a1", "", None, 12, "x-r2", "b-r0", "a1-mfx1", 'd"q', "ü{}", "a\\b", "L" * 97, "t\tab"]
+)
+TIMESTAMPS = st.sampled_from(
+    [
+        NOW,
+        NOW - 60,
+        NOW * 1000 + 5,
+        NOW * 10**6,
+        str(NOW),
+        str(NOW * 1000),
+        NOW + 1000,
+        NOW - 40 * 86400,
+        1764000000.0,
+        1.5,
+        "x",
+        None,
+        True,
+        [1],
+        "2025-11-24T16:00:00Z",
+    ]
+)
+EVENT_NAMES = st.sampled_from(
+    ["api_requests", "API-Requests", "api-call", "tokens", "tokens_v1", "nope", "", None, 7]
+)
+CODES = st.sampled_from(
+    [
+        None,
+        "timestamp_in_future",
+        "meter_event_invalid_value",
+        "no_meter",
+        "archived_meter",
+        "meter_event_customer_not_found",
+        "odd_code",
+    ]
+)
+PAYLOAD_KEYS = ["stripe_customer_id", "value", "tokens", "note", "ü-key", 'k"q']
+
+
+VALID = {"identifier": "a1", "timestamp": NOW, "event_name": "api_requests"}
+VALID_PAYLOAD = {"stripe_customer_id": "cus_1", "value": 5, "tokens": 7}
+
+
+@st.composite
+def rows(draw: Any) -> dict[str, Any]:
+    """A row whose fields are mostly valid (so that most rows are written, corrected or
+    not), each one sometimes anything; keys in any order."""
+
+    def field(strategy: Any, valid: Any) -> Any:
+        return draw(strategy) if draw(st.integers(0, 3)) == 0 else valid
+
+    obj: dict[str, Any] = {}
+    core = draw(st.permutations(["identifier", "timestamp", "event_name", "payload"]))
+    keys = draw(st.lists(st.sampled_from(PAYLOAD_KEYS), unique=True, max_size=4))
+    keys = draw(st.permutations(list(dict.fromkeys(["stripe_customer_id", "value", *keys]))))
+    strategies = {"identifier": IDENTIFIERS, "timestamp": TIMESTAMPS, "event_name": EVENT_NAMES}
+    for name in core:
+        if name == "payload":
+            if draw(st.integers(0, 9)):
+                obj["payload"] = {key: field(VALUES, VALID_PAYLOAD.get(key, "n")) for key in keys}
+        elif draw(st.integers(0, 9)):
+            obj[name] = field(strategies[name], VALID[name])
+    for extra in draw(st.lists(st.sampled_from(["zeta", "mfx_code", "alpha"]), unique=True)):
+        obj[extra] = draw(VALUES)
+    code = draw(CODES)
+    if code is not None:
+        obj["error"] = {"code": code, "message": "m"}
+    return obj
+
+
+def to_jsonl(objects: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects).encode()
+
+
+class _RecordsOnly(JsonlOut):
+    def usable(self) -> bool:
+        return False
+
+
+class _Counted(JsonlOut):
+    batches = 0  # batches written as bytes
+
+    def write(self, decided: Any, tally: Any) -> bool:
+        done = super().write(decided, tally)
+        _Counted.batches += done
+        return done
+
+
+def run(
+    data: bytes, out: Path, as_bytes: bool, monkeypatch: pytest.MonkeyPatch, **kwargs: Any
+) -> tuple[dict[str, Any], dict[str, bytes], list[Any]]:
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "JsonlOut", _Counted if as_bytes else _RecordsOnly)
+        entries: list[Any] = []
+        result = remediate(
+            read_records(io.BytesIO(data), FileFormat.JSONL),
+            source="failed.jsonl",
+            fmt=FileFormat.JSONL,
+            meters=MORE_METERS,
+            rules=RULES,
+            now=NOW,
+            out_dir=out,
+            on_audit=lambda corrections, held: entries.extend([*corrections, *held]),
+            **kwargs,
+        )
+    files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    return dict(result.summary, outputs=None), files, sorted(entries, key=lambda e: e.row)
+
+
+def assert_same(data: bytes, tmp: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> None:
+    reference = run(data, tmp / "records", False, monkeypatch, **kwargs)
+    assert run(data, tmp / "bytes", True, monkeypatch, **kwargs) == reference
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    objects=st.lists(rows(), min_size=1, max_size=40),
+    keep=st.booleans(),
+    rejected=st.booleans(),
+    lineage=st.booleans(),
+)
+def test_bytes_are_what_records_write(
+    objects: list[dict[str, Any]],
+    keep: bool,
+    rejected: bool,
+    lineage: bool,
+    tmp_path_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tmp = tmp_path_factory.mktemp("jsonl")
+    more = {"lineage": LINEAGE} if lineage else {}
+    identifiers = "keep" if keep else "derive"
+    data = to_jsonl(objects + objects)
+    assert_same(data, tmp, monkeypatch, identifiers=identifiers, rejected=rejected, **more)
+
+
+def varied(count: int, seed: int) -> list[dict[str, Any]]:
+    """Rows like a real failed-records file: mostly one layout, the basic fixes."""
+    rng = random.Random(seed)
+    objects = []
+    for i in range(count):
+        obj: dict[str, Any] = {
+            "identifier": f"{rng.getrandbits(64):016x}" + ("-r1" if i % 97 == 0 else ""),
+            "timestamp": NOW - rng.randrange(86400),
+            "event_name": "api_requests",
+            "payload": {"stripe_customer_id": f"cus_{rng.randrange(10**6)}", "value": i % 50},
+        }
+        kind = rng.randrange(5)
+        if kind == 0:
+            obj["timestamp"] = obj["timestamp"] * 1000 + rng.randrange(999)
+            obj["error"] = {"code": "timestamp_in_future", "message": "m"}
+        elif kind == 1:
+            obj["payload"]["value"] = f"{rng.randrange(1, 999)},{rng.randrange(1000):03d}"
+            obj["error"] = {"code": "meter_event_invalid_value", "message": "m"}
+        elif kind == 2:
+            obj["event_name"] = "tokens_v1"  # moved: the value key is renamed
+            obj["error"] = {"code": "archived_meter", "message": "m"}
+        elif kind == 3:
+            obj["payload"] = {"value": 3, "stripe_customer_id": "acme-42", "note": "ü"}
+            obj["error"] = {"code": "meter_event_customer_not_found", "message": "m"}
+        objects.append(obj)
+    return objects
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_varied_rows_in_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
+    objects = varied(3000, 7)
+    lineage = Lineage(
+        {o["identifier"]: Ancestor(o["identifier"][:-3], None, 1) for o in objects[::97]}
+    )
+    identifiers = "keep" if keep else "derive"
+    data = to_jsonl(objects)
+    assert_same(data, tmp_path, monkeypatch, identifiers=identifiers, max_rows=700, lineage=lineage)
+    _Counted.batches = 0
+    _, files, _ = run(data, tmp_path / "again", True, monkeypatch, max_rows=700)
+    corrected = [name for name in files if "corrected" in name]
+    assert _Counted.batches >= 1  # the bytes lane wrote them
+    assert len(corrected) >= 4  # split into parts of 700 rows
+    first = json.loads(files[corrected[0]].splitlines()[0])
+    assert first["identifier"] == objects[0]["identifier"] + "-mfx1"  # renamed, as written
