@@ -25,6 +25,7 @@ from remediation.core.recordout import RecordOut
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers, Lineage
+from remediation.jsonreaders import JsonlRecords
 from remediation.meters import Meter
 from remediation.outcomes import AuditSink, Tally
 from remediation.outputs import PlannedOutput
@@ -36,7 +37,8 @@ from remediation.sinks import Sinks
 from remediation.validation import MeterIndex
 
 BATCH_ROWS = 32768
-RECORD_BATCH_ROWS = 4096  # records (JSON) are Python objects: fewer at a time
+RECORD_BATCH_ROWS = 4096  # records (a JSON array) are Python objects: fewer at a time
+JSONL_BATCH_ROWS = 16384  # JSON Lines lines, held as text until matched (`core.jsonlread`)
 BLOCK_BYTES = 5 << 18  # CSV read at once, 1.25 MB (~13,000 rows): a batch is at most one block
 
 
@@ -119,6 +121,9 @@ def batches(records: Iterable[UsageRecord], size: int | None = None) -> Iterator
     size = size or BATCH_ROWS
     if isinstance(records, CsvRecords):
         yield from csv_batches(records, size)
+        return
+    if isinstance(records, JsonlRecords):
+        yield from records.batches(min(size, JSONL_BATCH_ROWS))
         return
     chunk: list[UsageRecord] = []
     size = min(size, RECORD_BATCH_ROWS)

@@ -14,12 +14,15 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.limits import MAX_LINE_CHARS, json_depth_over
 from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord, resolve_error
+
+if TYPE_CHECKING:
+    from remediation.core.columns import Batch
 
 CHUNK_CHARS = 64 * 1024
 MAX_JSON_ELEMENT_CHARS = MAX_LINE_CHARS
@@ -32,17 +35,58 @@ def text_stream(stream: BinaryIO) -> io.TextIOWrapper:
 
 
 def json_records(stream: BinaryIO, fmt: FileFormat, depth: int) -> Iterator[UsageRecord]:
+    if fmt is FileFormat.JSONL:
+        return JsonlRecords(stream, depth)
+    return _json_array_records(stream, depth)
+
+
+def _json_array_records(stream: BinaryIO, depth: int) -> Iterator[UsageRecord]:
     text = text_stream(stream)
     try:
-        if fmt is FileFormat.JSON:
-            items = _JsonArrayStream(text, depth).items()
-            yield from (_record_from_obj(n, obj) for n, obj in items)
-        else:
-            yield from _jsonl_records(text, depth)
+        items = _JsonArrayStream(text, depth).items()
+        yield from (record_from_obj(n, obj) for n, obj in items)
     except UnicodeDecodeError as exc:
-        raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
+        raise _not_utf8(exc) from exc
     finally:
         release(text)
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> UnreadableFile:
+    return UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}")
+
+
+class JsonlRecords(Iterator[UsageRecord]):
+    """The records of a JSON Lines stream, read lazily; or, through `batches`, its rows as
+    columns (`core.jsonlread`: most lines matched whole, without `json.loads`)."""
+
+    def __init__(self, stream: BinaryIO, depth: int) -> None:
+        self._stream, self._depth = stream, depth
+        self._records: Iterator[UsageRecord] | None = None
+
+    def __next__(self) -> UsageRecord:
+        if self._records is None:
+            self._records = self._read_records()
+        return next(self._records)
+
+    def _read_records(self) -> Iterator[UsageRecord]:
+        text = text_stream(self._stream)
+        try:
+            yield from _jsonl_records(text, self._depth)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(exc) from exc
+        finally:
+            release(text)
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        from remediation.core.jsonlread import JsonlBatches
+
+        text = text_stream(self._stream)
+        try:
+            yield from JsonlBatches(text, self._depth, size)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(exc) from exc
+        finally:
+            release(text)
 
 
 def release(text: io.TextIOWrapper) -> None:
@@ -55,9 +99,9 @@ def release(text: io.TextIOWrapper) -> None:
         pass  # already detached
 
 
-def _record_from_obj(number: int, obj: object) -> UsageRecord:
+def record_from_obj(number: int, obj: object) -> UsageRecord:
     if isinstance(obj, _Refused):
-        return _unreadable(number, obj.raw, obj.reason)
+        return unreadable(number, obj.raw, obj.reason)
     if not isinstance(obj, dict):
         return UsageRecord(
             number,
@@ -78,7 +122,7 @@ def _record_from_obj(number: int, obj: object) -> UsageRecord:
     extra = {
         k: v
         for k, v in obj.items()
-        if k not in _JSON_KNOWN and k not in ERROR_FIELDS and not k.startswith(MFX_PREFIX)
+        if k not in JSON_KNOWN and k not in ERROR_FIELDS and not k.startswith(MFX_PREFIX)
     }
     identifier, event_name = obj.get("identifier"), obj.get("event_name")
     return UsageRecord(
@@ -94,10 +138,12 @@ def _record_from_obj(number: int, obj: object) -> UsageRecord:
     )
 
 
-_JSON_KNOWN = frozenset({"identifier", "timestamp", "event_name", "payload"})
+JSON_KNOWN = frozenset({"identifier", "timestamp", "event_name", "payload"})
 
 
-def _jsonl_records(text: io.TextIOWrapper, depth: int) -> Iterator[UsageRecord]:
+def jsonl_lines(text: io.TextIOWrapper) -> Iterator[tuple[int, str, str | None]]:
+    """(row number, stripped line, None) for each non-blank line, or (number, its first
+    `RAW_KEPT` characters, why it is refused) for a line too long to be held."""
     number = 0
     while line := text.readline(MAX_LINE_CHARS + 1):
         length = len(line)
@@ -109,13 +155,21 @@ def _jsonl_records(text: io.TextIOWrapper, depth: int) -> Iterator[UsageRecord]:
         number += 1
         if length > MAX_LINE_CHARS:
             too_long = f"line is {length} characters long; at most {MAX_LINE_CHARS} are read"
-            yield _unreadable(number, stripped[:RAW_KEPT], too_long)
+            yield number, stripped[:RAW_KEPT], too_long
             continue
-        obj, refused = _parse(stripped, depth)
+        yield number, stripped, None
+
+
+def _jsonl_records(text: io.TextIOWrapper, depth: int) -> Iterator[UsageRecord]:
+    for number, line, too_long in jsonl_lines(text):
+        if too_long is not None:
+            yield unreadable(number, line, too_long)
+            continue
+        obj, refused = parse_line(line, depth)
         if refused is not None:
-            yield _unreadable(number, stripped, f"line {refused}")
+            yield unreadable(number, line, f"line {refused}")
             continue
-        yield _record_from_obj(number, obj)
+        yield record_from_obj(number, obj)
 
 
 def _skip_line(text: io.TextIOWrapper) -> int:
@@ -126,11 +180,11 @@ def _skip_line(text: io.TextIOWrapper) -> int:
     return skipped + len(rest)
 
 
-def _unreadable(number: int, raw: str, reason: str) -> UsageRecord:
+def unreadable(number: int, raw: str, reason: str) -> UsageRecord:
     return UsageRecord(number, None, None, None, {}, {"raw": raw}, malformed=reason)
 
 
-def _parse(text: str, depth: int) -> tuple[object, str | None]:
+def parse_line(text: str, depth: int) -> tuple[object, str | None]:
     """(the JSON value, None), or (None, why it is refused): nesting is measured before the
     text is parsed; a key named twice in one object is ambiguous. The cheap tests come first:
     they run on every line."""

@@ -1,0 +1,357 @@
+"""JSON Lines read into batches of columns, most lines without `json.loads`.
+
+Lines of a failed-records file mostly share one layout: the same keys in the same order, each
+value a string or an integer, written by one serializer. The first line of a layout is parsed
+by `json.loads` (`jsonreaders`) and, when its text is exactly what `json.dumps` writes for it
+(compact or default separators), becomes a pattern: the line's text with each value replaced by
+a capture (a string without escapes, quotes or control characters; an integer without sign
+games or leading zeros). Every later line is matched against the known patterns by Arrow (RE2,
+whole batch at once) and its values land in columns directly, with the kinds `json.loads` would
+have given them. A line no pattern matches, or one whose values need decoding (escapes,
+floats, booleans, nulls, nested values beyond `payload` and `error`), is read by the record
+path, unchanged: `parse_line` and `record_from_obj`, and its row joins the batch in its place. So a
+line matched here reads exactly as it reads there; `test_jsonl_read` holds the two together.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.core.columns import Batch, Column, Kind, concat_batches, from_records
+from remediation.jsonreaders import (
+    JSON_KNOWN,
+    jsonl_lines,
+    parse_line,
+    record_from_obj,
+    unreadable,
+)
+from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord, resolve_error
+
+MAX_LAYOUTS = 16  # patterns kept per file
+LEARN_PER_BATCH = 4  # new patterns tried per batch (each one is a pass over the unmatched)
+# What a value may look like in a matched line: a string with no escape, quote or control
+# character; an integer as json.dumps writes one (json.loads refuses more than 4,300 digits);
+# a float without exponent (`repr` of its value must give the same text back: checked).
+_SLOTS = {
+    Kind.TEXT: '[^"\\\\\\x00-\\x1f]*',  # between the quotes around it
+    Kind.INT: "(?:0|-?[1-9][0-9]{0,999})",
+    Kind.FLOAT: "-?(?:0|[1-9][0-9]{0,15})\\.[0-9]{1,17}",
+}
+_STYLES = ((",", ":"), (", ", ": "))
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    """One value of a layout: where it sits in the record, what kind `json.loads` gives it,
+    and where its text is in a matched line split at its quotes."""
+
+    group: str  # "identifier", "timestamp", "event_name", "payload", "extra" or "error"
+    key: str
+    kind: Kind  # TEXT, INT or FLOAT
+    path: tuple[str, ...]  # its keys from the record's top
+    piece: int = 0  # which piece of the line split at '"'
+    start: int = 0  # a number: where it starts in its piece,
+    stop: int | None = None  # and where it stops (counted from the piece's end)
+
+
+@dataclass(frozen=True)
+class Layout:
+    pattern: str  # the whole line (RE2, no captures: matched by its DFA)
+    leaves: tuple[_Leaf, ...]
+    pieces: int  # pieces of a matched line split at '"'
+    payload_keys: tuple[str, ...]
+    extra_keys: tuple[str, ...]
+
+
+def learn(obj: object, line: str, depth: int) -> Layout | None:
+    """The layout of a decoded line, or None when its text is not one `json.dumps` writes
+    for it or it holds a value this reader leaves to the record path."""
+    if type(obj) is not dict or not obj:
+        return None
+    for separators in _STYLES:
+        if json.dumps(obj, ensure_ascii=False, separators=separators) == line:
+            break
+    else:
+        return None
+    comma, colon = separators
+    tokens: list[str | _Leaf] = ["{"]
+    payload_keys: tuple[str, ...] = ()
+    extra_keys: list[str] = []
+    nested = False
+    for at, (key, value) in enumerate(obj.items()):
+        if not _plain(key):
+            return None
+        tokens.append(f'{comma if at else ""}"{key}"{colon}')
+        if key == "payload" or (key == "error" and type(value) is dict):
+            if type(value) is not dict:
+                return None
+            nested = True
+            tokens.append("{")
+            for inner_at, (inner_key, inner_value) in enumerate(value.items()):
+                kind = _kind(inner_value)
+                if kind is None or not _plain(inner_key):
+                    return None
+                tokens.append(f'{comma if inner_at else ""}"{inner_key}"{colon}')
+                group = "payload" if key == "payload" else "error"
+                tokens += _slot(_Leaf(group, inner_key, kind, (key, inner_key)))
+            tokens.append("}")
+            if key == "payload":
+                payload_keys = tuple(value)
+            continue
+        kind = _kind(value)
+        if kind is None:
+            return None
+        if key in ERROR_FIELDS:
+            group = "error"
+        elif key in JSON_KNOWN:
+            group = key
+        elif key.startswith(MFX_PREFIX):
+            group = "ignored"  # never read: the reader drops our own annotations
+        else:
+            group = "extra"
+            extra_keys.append(key)
+        tokens += _slot(_Leaf(group, key, kind, (key,)))
+    tokens.append("}")
+    if (2 if nested else 1) > depth:
+        return None
+    pattern = "^" + "".join(_pattern(t) for t in tokens) + "$"
+    leaves, pieces = _placed(tokens)
+    return Layout(pattern, leaves, pieces, payload_keys, tuple(extra_keys))
+
+
+def _slot(leaf: _Leaf) -> list[str | _Leaf]:
+    """A value's tokens: a string between its quotes, a number alone."""
+    return ['"', leaf, '"'] if leaf.kind == Kind.TEXT else [leaf]
+
+
+def _pattern(token: str | _Leaf) -> str:
+    if isinstance(token, _Leaf):
+        return _SLOTS[token.kind]
+    return _literal(token)
+
+
+def _placed(tokens: list[str | _Leaf]) -> tuple[tuple[_Leaf, ...], int]:
+    """The leaves with their place in a line split at '"', and how many pieces it has."""
+    piece, length = 0, 0  # the current piece, and how long it is so far
+    leaves: list[_Leaf] = []
+    open_number: _Leaf | None = None  # a number whose piece has not ended yet
+    for token in tokens:
+        if isinstance(token, _Leaf):
+            if token.kind == Kind.TEXT:
+                leaves.append(replace(token, piece=piece))
+            else:
+                open_number, length = replace(token, piece=piece, start=length), 0
+            continue
+        for char in token:
+            if char != '"':
+                length += 1
+                continue
+            if open_number is not None:
+                leaves.append(replace(open_number, stop=-length if length else None))
+                open_number = None
+            piece, length = piece + 1, 0
+    if open_number is not None:
+        leaves.append(replace(open_number, stop=-length if length else None))
+    return tuple(leaves), piece + 1
+
+
+def _kind(value: object) -> Kind | None:
+    """The kind of a value this reader takes, or None."""
+    if type(value) is str:
+        return Kind.TEXT if _plain(value) else None
+    if type(value) is int:
+        return Kind.INT
+    if type(value) is float:
+        text = repr(value)
+        return Kind.FLOAT if "e" not in text and "n" not in text else None  # inf, nan
+    return None
+
+
+def _plain(text: str) -> bool:
+    """Written by json.dumps as itself in quotes (no escape, no control character)."""
+    return not any(c in '"\\' or ord(c) < 0x20 for c in text)
+
+
+def _literal(text: str) -> str:
+    """`text` as an RE2 literal (ASCII punctuation as hex escapes, the rest as is)."""
+    return "".join(
+        c if c.isalnum() or c == "_" or ord(c) > 0x7F else f"\\x{{{ord(c):x}}}" for c in text
+    )
+
+
+class JsonlBatches:
+    """The rows of a JSON Lines text stream as batches of at most `size` rows."""
+
+    def __init__(self, text: io.TextIOWrapper, depth: int, size: int) -> None:
+        self.text, self.depth, self.size = text, depth, size
+        self.layouts: list[Layout] = []
+
+    def __iter__(self) -> Iterator[Batch]:
+        numbers: list[int] = []
+        lines: list[str] = []
+        early: dict[int, UsageRecord] = {}  # position -> a line refused before parsing
+        for number, line, refusal in jsonl_lines(self.text):
+            if refusal is not None:
+                early[len(numbers)] = unreadable(number, line, refusal)
+                numbers.append(number)
+                lines.append("")
+            else:
+                numbers.append(number)
+                lines.append(line)
+            if len(numbers) >= self.size:
+                yield self._batch(numbers, lines, early)
+                numbers, lines, early = [], [], {}
+        if numbers:
+            yield self._batch(numbers, lines, early)
+
+    def _batch(self, numbers: list[int], lines: list[str], early: dict[int, UsageRecord]) -> Batch:
+        text = pa.array(lines, pa.string())
+        left = np.ones(len(lines), bool)
+        left[list(early)] = False
+        parts: list[tuple[np.ndarray[Any, Any], Batch]] = []
+        for layout in self.layouts:
+            self._match(layout, text, left, numbers, parts)
+        tried = 0
+        after = 0  # lines before this one were tried, or matched
+        while tried < LEARN_PER_BATCH and len(self.layouts) < MAX_LAYOUTS:
+            unmatched = np.flatnonzero(left[after:])
+            if not len(unmatched):
+                break
+            first = after + int(unmatched[0])
+            after, tried = first + 1, tried + 1
+            obj, refusal = parse_line(lines[first], self.depth)
+            learned = learn(obj, lines[first], self.depth) if refusal is None else None
+            if learned is not None:
+                self.layouts.append(learned)
+                self._match(learned, text, left, numbers, parts)
+        slow = np.flatnonzero(left)
+        records = [self._record(numbers[i], lines[i]) for i in slow.tolist()]
+        at = np.asarray(sorted(early), np.int64)
+        records_early = [early[i] for i in at.tolist()]
+        if len(slow) or len(at):
+            positions = np.concatenate([slow, at]).astype(np.int64)
+            parts.append((positions, from_records([*records, *records_early])))
+        if len(parts) == 1:
+            return parts[0][1]
+        every = np.concatenate([p for p, _ in parts])
+        both = concat_batches([b for _, b in parts])
+        return both.take(np.argsort(every, kind="stable"))
+
+    def _record(self, number: int, line: str) -> UsageRecord:
+        obj, refusal = parse_line(line, self.depth)
+        if refusal is not None:
+            return unreadable(number, line, f"line {refusal}")
+        return record_from_obj(number, obj)
+
+    def _match(
+        self,
+        layout: Layout,
+        text: pa.Array,
+        left: np.ndarray[Any, Any],
+        numbers: Sequence[int],
+        parts: list[tuple[np.ndarray[Any, Any], Batch]],
+    ) -> None:
+        """Claim the unclaimed lines of `layout`: their values, split out at the quotes."""
+        candidates = np.flatnonzero(left)
+        if not len(candidates):
+            return
+        subset = text if len(candidates) == len(text) else text.take(pa.array(candidates))
+        matched = pc.match_substring_regex(subset, layout.pattern)
+        mask = np.asarray(matched.to_numpy(zero_copy_only=False), bool)
+        if not mask.any():
+            return
+        rows = candidates[mask]
+        pieces = pc.list_flatten(pc.split_pattern(text.take(pa.array(rows)), '"'))
+        assert len(pieces) == len(rows) * layout.pieces, "a matched line splits as its layout"
+        base = np.arange(len(rows), dtype=np.int64) * layout.pieces
+        values = []
+        keep = np.ones(len(rows), bool)
+        for leaf in layout.leaves:
+            value = pieces.take(pa.array(base + leaf.piece))
+            if leaf.kind != Kind.TEXT:
+                stop = leaf.stop if leaf.stop is not None else sys.maxsize
+                value = pc.utf8_slice_codeunits(value, leaf.start, stop)
+            if leaf.kind == Kind.FLOAT:  # only the text repr() gives back reads the same
+                keep &= [repr(float(t)) == t for t in value.to_pylist()]
+            values.append(value)
+        if not keep.all():
+            kept = pa.array(keep)
+            values = [v.filter(kept) for v in values]
+            rows = rows[keep]
+        left[rows] = False
+        parts.append((rows, _layout_batch(layout, values, np.asarray(numbers)[rows])))
+
+
+def _layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[Any, Any]) -> Batch:
+    n = len(numbers)
+    columns: dict[tuple[str, str], Column] = {}
+    errors: list[tuple[_Leaf, pa.Array]] = []
+    for leaf, texts in zip(layout.leaves, values, strict=True):
+        if leaf.group == "error":
+            errors.append((leaf, texts))
+            continue
+        kinds = np.full(n, leaf.kind, np.uint8) if leaf.kind != Kind.TEXT else None
+        if leaf.group in ("identifier", "event_name"):
+            kinds = None  # read as text (`str()` of a number), "" as absent
+            texts = pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts)
+        columns[(leaf.group, leaf.key)] = Column(texts, kinds)
+    code, message = _errors(errors, n)
+
+    def core(name: str) -> Column:
+        return columns.get((name, name)) or Column.absent(n)
+
+    return Batch(
+        numbers.astype(np.int64),
+        core("identifier"),
+        core("timestamp"),
+        core("event_name"),
+        {key: columns[("payload", key)] for key in layout.payload_keys},
+        {key: columns[("extra", key)] for key in layout.extra_keys},
+        code,
+        message,
+        pa.nulls(n, pa.string()),
+        [(layout.payload_keys, layout.extra_keys)] * n,
+    )
+
+
+def _errors(errors: list[tuple[_Leaf, pa.Array]], n: int) -> tuple[pa.Array, pa.Array]:
+    """(code, message) of each row, by `resolve_error`, once per distinct set of values."""
+    if not errors:
+        return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
+    keyed = (
+        errors[0][1]
+        if len(errors) == 1
+        else pc.binary_join_element_wise(*[values for _, values in errors], "\x1f")
+    )
+    encoded = pc.dictionary_encode(keyed)
+    codes, messages = [], []
+    for joined in encoded.dictionary.to_pylist():
+        texts = [joined] if len(errors) == 1 else joined.split("\x1f")
+        fields: dict[str, Any] = {}
+        for (leaf, _), text in zip(errors, texts, strict=True):
+            value: object = text
+            if leaf.kind == Kind.INT:
+                value = int(text)
+            elif leaf.kind == Kind.FLOAT:
+                value = float(text)
+            if len(leaf.path) == 2:
+                fields.setdefault(leaf.path[0], {})[leaf.path[1]] = value
+            else:
+                fields[leaf.path[0]] = value
+        code, message = resolve_error(fields)
+        codes.append(code)
+        messages.append(message)
+    indices = encoded.indices
+    return (
+        pa.array(codes, pa.string()).take(indices),
+        pa.array(messages, pa.string()).take(indices),
+    )

@@ -1,0 +1,214 @@
+"""JSON Lines read as batches of columns (`core.jsonlread`, lines matched by learned layouts)
+gives exactly the records the line-by-line reader gives: values of the same type and text,
+keys in the same order, the same error code and message, the same malformed rows and reasons."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from remediation.core.columns import Batch, concat_batches, from_records
+from remediation.core.jsonlread import JsonlBatches, learn
+from remediation.jsonreaders import JsonlRecords, text_stream
+from remediation.records import UsageRecord
+
+DEPTH = 32
+LEAVES = st.one_of(
+    st.sampled_from(["cus_1", "", "1,234", "ü€𝄞", 'q"uote', "back\\slash", "tab\tin", "a:b,c"]),
+    st.sampled_from([0, 5, -3, 1764000000000, 10**30, 12.5, 1e16, True, None, [1], {"x": 1}]),
+    st.text(max_size=6),
+    st.integers(-(10**12), 10**12),
+)
+KEYS = st.sampled_from(
+    [
+        "identifier",
+        "timestamp",
+        "event_name",
+        "note",
+        "mfx_code",
+        "error_code",
+        "error_message",
+        "code",
+        "message",
+        "errors",
+        "ü",
+        'k"q',
+        "a b",
+    ]
+)
+PAYLOAD_KEYS = st.sampled_from(["stripe_customer_id", "value", "tokens", "ü-key", "x{y}"])
+
+
+@st.composite
+def objects(draw: Any) -> Any:
+    obj: dict[str, Any] = {}
+    for key in draw(st.lists(KEYS, unique=True, max_size=5)):
+        obj[key] = draw(LEAVES)
+    if draw(st.booleans()):
+        obj["payload"] = {
+            k: draw(LEAVES) for k in draw(st.lists(PAYLOAD_KEYS, unique=True, max_size=3))
+        }
+    if draw(st.integers(0, 3)) == 0:
+        obj["payload"] = draw(LEAVES)  # not an object: malformed
+    if draw(st.booleans()):
+        obj["error"] = draw(
+            st.one_of(
+                st.fixed_dictionaries({"code": LEAVES, "message": LEAVES}),
+                LEAVES,
+            )
+        )
+    keys = draw(st.permutations(list(obj)))
+    return {k: obj[k] for k in keys}
+
+
+@st.composite
+def lines(draw: Any) -> str:
+    choice = draw(st.integers(0, 9))
+    if choice == 0:
+        return draw(
+            st.sampled_from(
+                [
+                    "",
+                    "   ",
+                    "not json",
+                    "[1, 2]",
+                    "{}",
+                    '{"a": 1, "a": 2}',
+                    '{"payload": {"v": 1, "v": 2}}',
+                    "null",
+                    '"x"',
+                    "{" * 40 + "}" * 40,
+                    '{ "identifier": "a" }',
+                    '{"identifier":"\\u00fc"}',
+                ]
+            )
+        )
+    obj = draw(objects())
+    style = draw(st.sampled_from([(",", ":"), (", ", ": ")]))
+    return json.dumps(obj, ensure_ascii=draw(st.booleans()), separators=style)
+
+
+def seen(record: UsageRecord) -> str:
+    """Everything about a record, types and key order included."""
+    return repr(
+        (
+            record.row_number,
+            record.identifier,
+            record.timestamp,
+            record.event_name,
+            list(record.payload.items()),
+            list(record.extra.items()),
+            record.error_code,
+            record.error_message,
+            record.malformed,
+        )
+    )
+
+
+def texts(batch: Batch) -> dict[str, list[tuple[str | None, int]]]:
+    """Every column's text and kind per row: what the writers and the audit read."""
+    columns = {"identifier": batch.identifier, "timestamp": batch.timestamp}
+    columns["event_name"] = batch.event_name
+    columns |= {f"payload.{k}": c for k, c in batch.payload.items()}
+    columns |= {f"extra.{k}": c for k, c in batch.extra.items()}
+    return {
+        name: list(zip(c.text.to_pylist(), c.kind_array().tolist(), strict=True))
+        for name, c in sorted(columns.items())
+    }
+
+
+def both(data: bytes, size: int) -> tuple[list[str], list[str], JsonlBatches]:
+    records = list(JsonlRecords(io.BytesIO(data), DEPTH))
+    expected = [seen(r) for r in records]
+    reader = JsonlBatches(text_stream(io.BytesIO(data)), DEPTH, size)
+    batches = list(reader)
+    got = [seen(r) for r in concat_batches(batches).records()] if batches else []
+    if batches:  # the same text for every value, not only the same value
+        assert texts(concat_batches(batches)) == texts(from_records(records))
+    return got, expected, reader
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.lists(lines(), min_size=1, max_size=40),
+    size=st.integers(1, 50),
+    repeat=st.integers(1, 3),
+)
+def test_batches_read_what_the_line_reader_reads(body: list[str], size: int, repeat: int) -> None:
+    data = ("\n".join(body * repeat) + "\n").encode()
+    got, expected, _ = both(data, size)
+    assert got == expected
+
+
+def test_a_regular_file_is_matched_by_one_layout_and_the_rest_by_the_line_reader() -> None:
+    rows = [
+        {
+            "identifier": f"e{i}",
+            "timestamp": 1764000000 + i,
+            "event_name": "api_requests",
+            "payload": {"stripe_customer_id": "cus_1", "value": i if i % 3 else str(i)},
+            "error": {"code": "timestamp_in_future", "message": "Timestamp is in the future."},
+        }
+        for i in range(300)
+    ]
+    body = [json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in rows]
+    body[7] = body[7].replace('"e7"', '"e\\u0037"')  # an escape: read by the line reader
+    body[8] = body[8].replace('"value":8', '"value":8.0')  # a float: a layout of its own
+    body[10] = body[10].replace('"value":10', '"value":10.50')  # repr() says 10.5: line reader
+    got, expected, reader = both(("\n".join(body) + "\n").encode(), 64)
+    assert got == expected
+    assert len(reader.layouts) == 3  # value as an integer, as text, as a float
+    assert "'e7'" in got[7] and "8.0" in got[8] and "10.5)" in got[10]
+
+
+@pytest.mark.parametrize(
+    ("obj", "line"),
+    [
+        ({"a": 1e20}, '{"a":1e+20}'),  # a float with an exponent
+        ({"a": float("inf")}, '{"a":Infinity}'),
+        ({"a": True}, '{"a":true}'),
+        ({"a": None}, '{"a":null}'),
+        ({"payload": {"x": {"y": 1}}}, '{"payload":{"x":{"y":1}}}'),
+        ({"a": "\u00fc"}, '{"a":"\\u00fc"}'),  # not what dumps(ensure_ascii=False) writes
+        ({"a": 1}, '{ "a":1 }'),
+    ],
+)
+def test_lines_left_to_the_line_reader(obj: Any, line: str) -> None:
+    assert learn(obj, line, DEPTH) is None
+
+
+def test_a_layout_deeper_than_the_limit_is_not_learned() -> None:
+    obj = {"payload": {"v": 1}}
+    assert learn(obj, '{"payload":{"v":1}}', 1) is None
+    assert learn(obj, '{"payload":{"v":1}}', 2) is not None
+
+
+def test_lines_near_a_learned_layout_read_as_the_line_reader_reads_them() -> None:
+    """Numbers json.loads spells another way or refuses, escapes and extra spaces in lines
+    that otherwise fit the layout learned from the line before them."""
+    good = '{"identifier":"e","timestamp":1764000000,"payload":{"value":5}}'
+    variants = [
+        good.replace("1764000000", "-0"),
+        good.replace("1764000000", "0"),
+        good.replace("1764000000", "017"),
+        good.replace("1764000000", "1e3"),
+        good.replace("1764000000", "-1764000000"),
+        good.replace("1764000000", "9" * 5000),  # json.loads refuses it
+        good.replace("1764000000", "9" * 999),
+        good.replace('"e"', '"x\\"y"'),
+        good.replace('"e"', '"x\\ny"'),
+        good.replace('"e"', '"x\ty"'),  # a raw tab: not JSON
+        good.replace(":5}", ": 5}"),
+        good.replace(":5}", ":5,}"),
+        good + " ",
+        good.replace('"payload"', '"identifier"'),  # a key twice
+    ]
+    data = "\n".join([good, *variants, good]) + "\n"
+    got, expected, reader = both(data.encode(), 100)
+    assert got == expected
+    assert reader.layouts  # the layout was learned and the variants held against it
