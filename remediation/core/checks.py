@@ -127,13 +127,21 @@ def _undecided(codes: Codes) -> Mask:
 
 
 def _odd_values(batch: Batch) -> Mask:
-    """Rows with a JSON float in the payload (its plain text is not its JSON text: `12.0` is
-    `12`): checked one by one. Other kinds are checked on their text."""
+    """Rows with a JSON float in the payload whose plain text is not its JSON text (`12.0` is
+    `12`, `1e-05` is no plain number): checked one by one. Other floats (`956.93`: `repr`
+    without exponent, not integral) and other kinds are checked on their text."""
     odd = np.zeros(len(batch), bool)
     for column in batch.payload.values():
-        if column.kinds is not None:
-            odd |= column.kinds == Kind.FLOAT
+        if column.kinds is None:
+            continue
+        floats = np.flatnonzero(column.kinds == Kind.FLOAT)
+        if len(floats):
+            texts = column.text.take(pa.array(floats))
+            odd[floats[~mask(pc.match_substring_regex(texts, _PLAIN_FLOAT))]] = True
     return odd
+
+
+_PLAIN_FLOAT = r"^-?[0-9]+\.[0-9]*[1-9]$"  # repr() of a float that is its own plain number
 
 
 def meter_of_rows(batch: Batch, index: MeterIndex) -> tuple[list[Meter | None], Indexes]:
