@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from remediation.core.columns import Batch
 
 CHUNK_CHARS = 64 * 1024
+LINE_BLOCK_CHARS = 1 << 20  # JSON Lines text read at once
 MAX_JSON_ELEMENT_CHARS = MAX_LINE_CHARS
 RAW_KEPT = 1024  # characters of an unreadable line kept in its quarantined row
 
@@ -144,20 +146,69 @@ JSON_KNOWN = frozenset({"identifier", "timestamp", "event_name", "payload"})
 def jsonl_lines(text: io.TextIOWrapper) -> Iterator[tuple[int, str, str | None]]:
     """(row number, stripped line, None) for each non-blank line, or (number, its first
     `RAW_KEPT` characters, why it is refused) for a line too long to be held."""
+    for block in jsonl_line_blocks(text):
+        yield from block
+
+
+def jsonl_line_blocks(text: io.TextIOWrapper) -> Iterator[list[tuple[int, str, str | None]]]:
+    """`jsonl_lines` a block of text at a time."""
     number = 0
-    while line := text.readline(MAX_LINE_CHARS + 1):
-        length = len(line)
-        if length > MAX_LINE_CHARS and line[-1] != "\n":
-            length += _skip_line(text)  # never held whole: only its start is kept
-        stripped = line.strip()
-        if not stripped:
-            continue
-        number += 1
-        if length > MAX_LINE_CHARS:
-            too_long = f"line is {length} characters long; at most {MAX_LINE_CHARS} are read"
-            yield number, stripped[:RAW_KEPT], too_long
-            continue
-        yield number, stripped, None
+    for lines in _raw_lines(text):
+        block: list[tuple[int, str, str | None]] = []
+        for head, length in lines:
+            stripped = head.strip()
+            if not stripped:
+                continue
+            number += 1
+            if length > MAX_LINE_CHARS:
+                too_long = f"line is {length} characters long; at most {MAX_LINE_CHARS} are read"
+                block.append((number, stripped[:RAW_KEPT], too_long))
+            else:
+                block.append((number, stripped, None))
+        if block:
+            yield block
+
+
+_BREAK = re.compile("(\r\n|\r|\n)")
+
+
+def _raw_lines(text: io.TextIOWrapper) -> Iterator[list[tuple[str, int]]]:
+    """The lines of `text` as `readline` splits them (at "\n", "\r" or "\r\n"), a block
+    at a time: (the line with its terminator, cut after MAX_LINE_CHARS + 1 characters; its
+    whole length). A line longer than that is never held whole: only its start is kept."""
+    head, length = "", 0  # the unfinished line: its start, and its length so far
+    keep = MAX_LINE_CHARS + 1
+    while block := text.read(LINE_BLOCK_CHARS):
+        if block[-1] == "\r":
+            block += text.read(1)  # "\r\n" is one terminator, however the blocks fall
+        if "\r" in block:
+            parts = _BREAK.split(block)
+        else:
+            pieces = block.split("\n")
+            parts = [x for piece in pieces for x in (piece, "\n")]
+            parts.pop()
+        lines: list[tuple[str, int]] = []
+        for at in range(0, len(parts) - 1, 2):
+            content, end = parts[at], parts[at + 1]
+            if length:
+                whole = length + len(content) + len(end)
+                if len(head) < keep:
+                    head = (head + content + end)[:keep]
+                lines.append((head, whole))
+                head, length = "", 0
+            elif len(content) < keep:
+                lines.append((content + end, len(content) + len(end)))
+            else:
+                lines.append(((content + end)[:keep], len(content) + len(end)))
+        rest = parts[-1]
+        if rest:
+            if len(head) < keep:
+                head = (head + rest)[:keep]
+            length += len(rest)
+        if lines:
+            yield lines
+    if length:
+        yield [(head, length)]
 
 
 def _jsonl_records(text: io.TextIOWrapper, depth: int) -> Iterator[UsageRecord]:
@@ -170,14 +221,6 @@ def _jsonl_records(text: io.TextIOWrapper, depth: int) -> Iterator[UsageRecord]:
             yield unreadable(number, line, f"line {refused}")
             continue
         yield record_from_obj(number, obj)
-
-
-def _skip_line(text: io.TextIOWrapper) -> int:
-    """Read the rest of a line in chunks; return how many characters it had."""
-    skipped = 0
-    while (rest := text.readline(CHUNK_CHARS)) and rest[-1] != "\n":
-        skipped += len(rest)
-    return skipped + len(rest)
 
 
 def unreadable(number: int, raw: str, reason: str) -> UsageRecord:

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from remediation.core.columns import Batch, Column, Kind, concat_batches, from_records
 from remediation.jsonreaders import (
     JSON_KNOWN,
-    jsonl_lines,
+    jsonl_line_blocks,
     parse_line,
     record_from_obj,
     unreadable,
@@ -199,17 +199,16 @@ class JsonlBatches:
         numbers: list[int] = []
         lines: list[str] = []
         early: dict[int, UsageRecord] = {}  # position -> a line refused before parsing
-        for number, line, refusal in jsonl_lines(self.text):
-            if refusal is not None:
-                early[len(numbers)] = unreadable(number, line, refusal)
-                numbers.append(number)
-                lines.append("")
-            else:
+        for block in jsonl_line_blocks(self.text):
+            for number, line, refusal in block:
+                if refusal is not None:
+                    early[len(numbers)] = unreadable(number, line, refusal)
+                    line = ""
                 numbers.append(number)
                 lines.append(line)
-            if len(numbers) >= self.size:
-                yield self._batch(numbers, lines, early)
-                numbers, lines, early = [], [], {}
+                if len(numbers) >= self.size:
+                    yield self._batch(numbers, lines, early)
+                    numbers, lines, early = [], [], {}
         if numbers:
             yield self._batch(numbers, lines, early)
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from remediation import jsonreaders
 from remediation.core.columns import Batch, concat_batches, from_records
 from remediation.core.jsonlread import JsonlBatches, learn
 from remediation.jsonreaders import JsonlRecords, text_stream
@@ -212,3 +214,45 @@ def test_lines_near_a_learned_layout_read_as_the_line_reader_reads_them() -> Non
     got, expected, reader = both(data.encode(), 100)
     assert got == expected
     assert reader.layouts  # the layout was learned and the variants held against it
+
+
+def whole_text_lines(data: str, most: int) -> list[tuple[int, str, str | None]]:
+    """The reference: the whole text split at "\\r\\n", "\\r" and "\\n" (where `readline`
+    ends a line), blank lines skipped, a line longer than `most` (with its terminator)
+    refused with its length and its start."""
+    parts = re.split("(\\r\\n|\\r|\\n)", data)
+    lines = [
+        parts[i] + (parts[i + 1] if i + 1 < len(parts) else "") for i in range(0, len(parts), 2)
+    ]
+    found: list[tuple[int, str, str | None]] = []
+    for line in lines:
+        stripped = line[: most + 1].strip()
+        if not stripped:
+            continue
+        number = len(found) + 1
+        if len(line) > most:
+            reason = f"line is {len(line)} characters long; at most {most} are read"
+            found.append((number, stripped[: jsonreaders.RAW_KEPT], reason))
+        else:
+            found.append((number, stripped, None))
+    return found
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pieces=st.lists(
+        st.sampled_from(["a", "b c", " ", "\n", "\r", "\r\n", "{}", "ü", "x" * 30, "\t", "\u2028"]),
+        max_size=60,
+    ),
+    block=st.integers(1, 9),
+    most=st.integers(3, 40),
+)
+def test_lines_read_in_blocks_are_the_lines_readline_gives(
+    pieces: list[str], block: int, most: int
+) -> None:
+    data = "".join(pieces).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jsonreaders, "LINE_BLOCK_CHARS", block)
+        patch.setattr(jsonreaders, "MAX_LINE_CHARS", most)
+        got = list(jsonreaders.jsonl_lines(text_stream(io.BytesIO(data))))
+    assert got == whole_text_lines("".join(pieces), most)
