@@ -38,7 +38,7 @@ from remediation.validation import MeterIndex
 
 BATCH_ROWS = 32768
 RECORD_BATCH_ROWS = 4096  # records (a JSON array) are Python objects: fewer at a time
-JSONL_BATCH_ROWS = 16384  # JSON Lines lines, held as text until matched (`core.jsonlread`)
+JSONL_BATCH_ROWS = 12288  # JSON Lines lines, held as text until matched (`core.jsonlread`)
 BLOCK_BYTES = 5 << 18  # CSV read at once, 1.25 MB (~13,000 rows): a batch is at most one block
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from remediation.core.columns import Batch
 
 CHUNK_CHARS = 64 * 1024
-LINE_BLOCK_CHARS = 1 << 20  # JSON Lines text read at once
+LINE_BLOCK_CHARS = 1 << 18  # JSON Lines text read at once
 MAX_JSON_ELEMENT_CHARS = MAX_LINE_CHARS
 RAW_KEPT = 1024  # characters of an unreadable line kept in its quarantined row
 

@@ -194,6 +194,7 @@ class JsonlBatches:
     def __init__(self, text: io.TextIOWrapper, depth: int, size: int) -> None:
         self.text, self.depth, self.size = text, depth, size
         self.layouts: list[Layout] = []
+        self.hits: dict[str, int] = {}  # lines matched per layout
 
     def __iter__(self) -> Iterator[Batch]:
         numbers: list[int] = []
@@ -216,9 +217,13 @@ class JsonlBatches:
         text = pa.array(lines, pa.string())
         left = np.ones(len(lines), bool)
         left[list(early)] = False
+        # A line of a layout holds as many quotes as it: only those lines are matched.
+        quotes = np.asarray(pc.count_substring(text, '"').to_numpy(zero_copy_only=False))
         parts: list[tuple[np.ndarray[Any, Any], Batch]] = []
         for layout in self.layouts:
-            self._match(layout, text, left, numbers, parts)
+            left[
+                self._match(layout, text, left & (quotes == layout.pieces - 1), numbers, parts)
+            ] = False
         tried = 0
         after = 0  # lines before this one were tried, or matched
         while tried < LEARN_PER_BATCH and len(self.layouts) < MAX_LAYOUTS:
@@ -231,7 +236,10 @@ class JsonlBatches:
             learned = learn(obj, lines[first], self.depth) if refusal is None else None
             if learned is not None:
                 self.layouts.append(learned)
-                self._match(learned, text, left, numbers, parts)
+                fits = left & (quotes == learned.pieces - 1)
+                left[self._match(learned, text, fits, numbers, parts)] = False
+        # The layouts most lines had are tried first in the next batch.
+        self.layouts.sort(key=lambda layout: -self.hits.get(layout.pattern, 0))
         slow = np.flatnonzero(left)
         records = [self._record(numbers[i], lines[i]) for i in slow.tolist()]
         at = np.asarray(sorted(early), np.int64)
@@ -255,20 +263,21 @@ class JsonlBatches:
         self,
         layout: Layout,
         text: pa.Array,
-        left: np.ndarray[Any, Any],
+        unclaimed: np.ndarray[Any, Any],
         numbers: Sequence[int],
         parts: list[tuple[np.ndarray[Any, Any], Batch]],
-    ) -> None:
-        """Claim the unclaimed lines of `layout`: their values, split out at the quotes."""
-        candidates = np.flatnonzero(left)
+    ) -> np.ndarray[Any, Any]:
+        """The lines of `layout` among the `unclaimed` (a mask), their rows added to `parts`
+        (values split out at the quotes)."""
+        candidates = np.flatnonzero(unclaimed)
         if not len(candidates):
-            return
+            return candidates
         subset = text if len(candidates) == len(text) else text.take(pa.array(candidates))
         matched = pc.match_substring_regex(subset, layout.pattern)
         mask = np.asarray(matched.to_numpy(zero_copy_only=False), bool)
         if not mask.any():
-            return
-        rows = candidates[mask]
+            return np.zeros(0, np.int64)
+        rows: np.ndarray[Any, Any] = candidates[mask]
         pieces = pc.list_flatten(pc.split_pattern(text.take(pa.array(rows)), '"'))
         assert len(pieces) == len(rows) * layout.pieces, "a matched line splits as its layout"
         base = np.arange(len(rows), dtype=np.int64) * layout.pieces
@@ -286,8 +295,9 @@ class JsonlBatches:
             kept = pa.array(keep)
             values = [v.filter(kept) for v in values]
             rows = rows[keep]
-        left[rows] = False
+        self.hits[layout.pattern] = self.hits.get(layout.pattern, 0) + len(rows)
         parts.append((rows, _layout_batch(layout, values, np.asarray(numbers)[rows])))
+        return rows
 
 
 def _layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[Any, Any]) -> Batch:
