@@ -39,12 +39,13 @@ from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord, resolve_e
 MAX_LAYOUTS = 16  # patterns kept per file
 LEARN_PER_BATCH = 4  # new patterns tried per batch (each one is a pass over the unmatched)
 # What a value may look like in a matched line: a string with no escape, quote or control
-# character; an integer as json.dumps writes one (json.loads refuses more than 4,300 digits);
-# a float without exponent (`repr` of its value must give the same text back: checked).
+# character; a number: an integer as json.dumps writes one (json.loads refuses more than 4,300
+# digits) or a float without exponent (`repr` of its value must give the same text back:
+# checked). Integers and floats share a slot (kind INT in a layout; FLOAT per row, where the
+# text has a point), so one layout serves a column holding both.
 _SLOTS = {
     Kind.TEXT: '[^"\\\\\\x00-\\x1f]*',  # between the quotes around it
-    Kind.INT: "(?:0|-?[1-9][0-9]{0,999})",
-    Kind.FLOAT: "-?(?:0|[1-9][0-9]{0,15})\\.[0-9]{1,17}",
+    Kind.INT: "(?:0|-?[1-9][0-9]{0,999}|-?(?:0|[1-9][0-9]{0,15})\\.[0-9]{1,17})",
 }
 _STYLES = ((",", ":"), (", ", ": "))
 
@@ -56,7 +57,7 @@ class _Leaf:
 
     group: str  # "identifier", "timestamp", "event_name", "payload", "extra" or "error"
     key: str
-    kind: Kind  # TEXT, INT or FLOAT
+    kind: Kind  # TEXT, or INT: a number
     path: tuple[str, ...]  # its keys from the record's top
     piece: int = 0  # which piece of the line split at '"'
     start: int = 0  # a number: where it starts in its piece,
@@ -172,7 +173,7 @@ def _kind(value: object) -> Kind | None:
         return Kind.INT
     if type(value) is float:
         text = repr(value)
-        return Kind.FLOAT if "e" not in text and "n" not in text else None  # inf, nan
+        return Kind.INT if "e" not in text and "n" not in text else None  # inf, nan
     return None
 
 
@@ -288,8 +289,11 @@ class JsonlBatches:
             if leaf.kind != Kind.TEXT:
                 stop = leaf.stop if leaf.stop is not None else sys.maxsize
                 value = pc.utf8_slice_codeunits(value, leaf.start, stop)
-            if leaf.kind == Kind.FLOAT:  # only the text repr() gives back reads the same
-                keep &= [repr(float(t)) == t for t in value.to_pylist()]
+            if leaf.kind == Kind.INT:  # a float: only the text repr() gives back reads the same
+                dotted = np.flatnonzero(_dotted(value))
+                if len(dotted):
+                    texts = value.take(pa.array(dotted)).to_pylist()
+                    keep[dotted] &= [repr(float(t)) == t for t in texts]
             values.append(value)
         if not keep.all():
             kept = pa.array(keep)
@@ -308,7 +312,9 @@ def _layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[An
         if leaf.group == "error":
             errors.append((leaf, texts))
             continue
-        kinds = np.full(n, leaf.kind, np.uint8) if leaf.kind != Kind.TEXT else None
+        kinds = None
+        if leaf.kind == Kind.INT:
+            kinds = np.where(_dotted(texts), np.uint8(Kind.FLOAT), np.uint8(Kind.INT))
         if leaf.group in ("identifier", "event_name"):
             kinds = None  # read as text (`str()` of a number), "" as absent
             texts = pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts)
@@ -332,6 +338,12 @@ def _layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[An
     )
 
 
+def _dotted(numbers: pa.Array) -> np.ndarray[Any, Any]:
+    """Which numbers are floats (their text has a point)."""
+    found = pc.match_substring(numbers, ".")
+    return np.asarray(found.to_numpy(zero_copy_only=False), bool)
+
+
 def _errors(errors: list[tuple[_Leaf, pa.Array]], n: int) -> tuple[pa.Array, pa.Array]:
     """(code, message) of each row, by `resolve_error`, once per distinct set of values."""
     if not errors:
@@ -349,9 +361,7 @@ def _errors(errors: list[tuple[_Leaf, pa.Array]], n: int) -> tuple[pa.Array, pa.
         for (leaf, _), text in zip(errors, texts, strict=True):
             value: object = text
             if leaf.kind == Kind.INT:
-                value = int(text)
-            elif leaf.kind == Kind.FLOAT:
-                value = float(text)
+                value = float(text) if "." in text else int(text)
             if len(leaf.path) == 2:
                 fields.setdefault(leaf.path[0], {})[leaf.path[1]] = value
             else:
