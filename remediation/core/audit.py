@@ -6,6 +6,7 @@ ensure_ascii=False)` writes (`sinks.Sinks.audit`); the run's counts; derived ide
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, TextIO
 
 import numpy as np
@@ -259,9 +260,15 @@ def value_json(column: Column) -> pa.Array:
 
 def _json_of(value: str | Sequence[str]) -> pa.Array | str:
     if isinstance(value, str):
-        text: str = json_strings(pa.array([value])).to_pylist()[0]
-        return text
+        return _json_text(value)
     return _json_codes(np.asarray(value, dtype=object))
+
+
+@lru_cache(maxsize=1024)
+def _json_text(value: str) -> str:
+    """A rule's or a field's name as JSON (a few names, met in every batch)."""
+    text: str = json_strings(pa.array([value])).to_pylist()[0]
+    return text
 
 
 def _json_codes(codes: Any) -> pa.Array:

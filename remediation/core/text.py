@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from functools import lru_cache
 from json.encoder import encode_basestring
 
 import numpy as np
@@ -42,15 +43,17 @@ def _mask(flags: pa.Array) -> Mask:
     return mask
 
 
-def _byte_runs(ascii_bytes: bytes) -> list[tuple[int, int]]:
-    """`ascii_bytes` as inclusive runs, so a scan makes one or two comparisons per run."""
+@lru_cache(maxsize=64)
+def _byte_runs(ascii_bytes: bytes) -> tuple[tuple[int, int], ...]:
+    """`ascii_bytes` as inclusive runs, so a scan makes one or two comparisons per run (a few
+    sets of bytes, met in every batch: computed once each)."""
     runs: list[tuple[int, int]] = []
     for byte in sorted(set(ascii_bytes)):
         if runs and runs[-1][1] == byte - 1:
             runs[-1] = (runs[-1][0], byte)
         else:
             runs.append((byte, byte))
-    return runs
+    return tuple(runs)
 
 
 def _holds_any(data: npt.NDArray[np.uint8], ascii_bytes: bytes) -> Mask:
