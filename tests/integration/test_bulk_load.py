@@ -175,3 +175,25 @@ def test_audit_stage_refuses_rows_of_a_run_that_does_not_exist(db_url: str) -> N
         assert _stored_audit(engine) == []
     finally:
         engine.dispose()
+
+
+def test_audit_stage_keeps_arrival_order_within_an_identifier(db_url: str) -> None:
+    """Many corrections under one identifier (staged over several batches and many pages)
+    are loaded in the order they were handed over."""
+    engine = make_engine(db_url)
+    try:
+        run_id = _run(engine, "k")
+        rows = [
+            Correction("f", n, "same" if n % 2 else f"i{n % 7}", "x", "c", "r", "f", "a" * 90, None)
+            for n in range(6000)
+        ]
+        with store.AuditStage(engine, run_id) as stage:
+            for start in range(0, len(rows), 1000):
+                stage.add(rows[start : start + 1000])
+            stage.load()
+        stored = _stored_audit(engine)
+        same = [row[1] for row in stored if row[2] == "same"]
+        assert same == [n for n in range(6000) if n % 2]
+        assert [row[2] for row in stored] == sorted(row.identifier for row in rows)
+    finally:
+        engine.dispose()

@@ -307,11 +307,9 @@ class AuditStage:
         self.listed = ", ".join(quote(name) for name in STAGED_COLUMNS)
         types = _STAGE_TYPES | ({"identifier": 'TEXT COLLATE "C"'} if self.postgres else {})
         typed = ", ".join(f"{quote(name)} {types[name]}" for name in STAGED_COLUMNS)
-        # PostgreSQL has no rowid: `seq` numbers the rows as they arrive.
-        seq = "seq BIGSERIAL, " if self.postgres else ""
         with self.connection.begin():
             self._drop()
-            self.connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {STAGE_NAME} ({seq}{typed})")
+            self.connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {STAGE_NAME} ({typed})")
         columns = (Column(name, AUDIT.c[name].type) for name in STAGED_COLUMNS)
         self.table = Table(STAGE_NAME, MetaData(), *columns)
 
@@ -326,14 +324,27 @@ class AuditStage:
         if not corrections:
             return
         with self.connection.begin():
-            bulk_load_rows(self.connection, self.table, STAGED_COLUMNS, corrections)
+            if self.postgres:
+                self._copy_binary(corrections)
+            else:
+                bulk_load_rows(self.connection, self.table, STAGED_COLUMNS, corrections)
         self.staged += len(corrections)
+
+    def _copy_binary(self, corrections: Sequence[tuple[Any, ...]]) -> None:
+        """COPY in PostgreSQL's binary format: no text escaping on either side."""
+        driver: Any = self.connection.connection.driver_connection
+        statement = f"COPY {STAGE_NAME} ({self.listed}) FROM STDIN (FORMAT BINARY)"
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types([_BINARY_TYPES[name] for name in STAGED_COLUMNS])
+            for correction in corrections:
+                copy.write_row(correction)
 
     def load(self) -> int:
         """Insert the staged rows into `correction_audit`, sorted; the number inserted."""
         if not self.staged:
             return 0
-        order = "seq" if self.postgres else "rowid"
+        # Arrival order: the stage is only appended to, so its rows' physical places follow it.
+        order = "ctid" if self.postgres else "rowid"
         if self.postgres:
             with self.connection.begin():
                 self._check_run()
@@ -378,6 +389,7 @@ class AuditStage:
             raise LookupError(f"remediation run {self.run_id} does not exist: audit not loaded")
 
 
+_BINARY_TYPES = {name: "int4" if name == "row_number" else "text" for name in STAGED_COLUMNS}
 _STAGE_TYPES = {name: "INTEGER" if name == "row_number" else "TEXT" for name in STAGED_COLUMNS}
 
 
