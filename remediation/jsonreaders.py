@@ -147,14 +147,33 @@ def jsonl_lines(text: io.TextIOWrapper) -> Iterator[tuple[int, str, str | None]]
     """(row number, stripped line, None) for each non-blank line, or (number, its first
     `RAW_KEPT` characters, why it is refused) for a line too long to be held."""
     for block in jsonl_line_blocks(text):
-        yield from block
+        for at, (number, line) in enumerate(zip(block.numbers, block.lines, strict=True)):
+            yield number, line, block.refused.get(at)
 
 
-def jsonl_line_blocks(text: io.TextIOWrapper) -> Iterator[list[tuple[int, str, str | None]]]:
+@dataclass
+class LineBlock:
+    """Non-blank lines of a block of text: their row numbers, the lines stripped, and why a
+    line was refused, by its place in the block (it then holds its first `RAW_KEPT`
+    characters)."""
+
+    numbers: list[int]
+    lines: list[str]
+    refused: dict[int, str]
+
+
+def jsonl_line_blocks(text: io.TextIOWrapper) -> Iterator[LineBlock]:
     """`jsonl_lines` a block of text at a time."""
     number = 0
-    for lines in _raw_lines(text):
-        block: list[tuple[int, str, str | None]] = []
+    for short, lines in _raw_lines(text):
+        if short:  # no line is too long: the common case, on whole lists
+            cleaned = [line.strip() for line in short]
+            kept = cleaned if all(cleaned) else [line for line in cleaned if line]
+            if kept:
+                yield LineBlock(list(range(number + 1, number + 1 + len(kept))), kept, {})
+                number += len(kept)
+            continue
+        block = LineBlock([], [], {})
         for head, length in lines:
             stripped = head.strip()
             if not stripped:
@@ -162,26 +181,38 @@ def jsonl_line_blocks(text: io.TextIOWrapper) -> Iterator[list[tuple[int, str, s
             number += 1
             if length > MAX_LINE_CHARS:
                 too_long = f"line is {length} characters long; at most {MAX_LINE_CHARS} are read"
-                block.append((number, stripped[:RAW_KEPT], too_long))
-            else:
-                block.append((number, stripped, None))
-        if block:
+                block.refused[len(block.lines)] = too_long
+                stripped = stripped[:RAW_KEPT]
+            block.numbers.append(number)
+            block.lines.append(stripped)
+        if block.lines:
             yield block
 
 
 _BREAK = re.compile("(\r\n|\r|\n)")
 
 
-def _raw_lines(text: io.TextIOWrapper) -> Iterator[list[tuple[str, int]]]:
+def _raw_lines(text: io.TextIOWrapper) -> Iterator[tuple[list[str], list[tuple[str, int]]]]:
     """The lines of `text` as `readline` splits them (at "\n", "\r" or "\r\n"), a block
-    at a time: (the line with its terminator, cut after MAX_LINE_CHARS + 1 characters; its
-    whole length). A line longer than that is never held whole: only its start is kept."""
+    at a time: either the lines alone (every one short: the common case), or each line as
+    (the line with its terminator, cut after MAX_LINE_CHARS + 1 characters; its whole length).
+    A line longer than that is never held whole: only its start is kept."""
     head, length = "", 0  # the unfinished line: its start, and its length so far
     keep = MAX_LINE_CHARS + 1
     while block := text.read(LINE_BLOCK_CHARS):
         if block[-1] == "\r":
             block += text.read(1)  # "\r\n" is one terminator, however the blocks fall
-        if "\r" in block:
+        if "\r" not in block and not length:
+            pieces = block.split("\n")
+            rest = pieces.pop()
+            if not pieces or max(map(len, pieces)) < MAX_LINE_CHARS:
+                if pieces:
+                    yield pieces, []
+                if rest:
+                    head, length = rest[:keep], len(rest)
+                continue
+            parts = [x for piece in pieces for x in (piece, "\n")] + [rest]
+        elif "\r" in block:
             parts = _BREAK.split(block)
         else:
             pieces = block.split("\n")
@@ -206,9 +237,9 @@ def _raw_lines(text: io.TextIOWrapper) -> Iterator[list[tuple[str, int]]]:
                 head = (head + rest)[:keep]
             length += len(rest)
         if lines:
-            yield lines
+            yield [], lines
     if length:
-        yield [(head, length)]
+        yield [], [(head, length)]
 
 
 def _jsonl_records(text: io.TextIOWrapper, depth: int) -> Iterator[UsageRecord]:

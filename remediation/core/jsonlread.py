@@ -203,21 +203,23 @@ class JsonlBatches:
     def __iter__(self) -> Iterator[Batch]:
         numbers: list[int] = []
         lines: list[str] = []
-        early: dict[int, UsageRecord] = {}  # position -> a line refused before parsing
+        refused: dict[int, str] = {}  # place in `lines` -> why that line was refused
         for block in jsonl_line_blocks(self.text):
-            for number, line, refusal in block:
-                if refusal is not None:
-                    early[len(numbers)] = unreadable(number, line, refusal)
-                    line = ""
-                numbers.append(number)
-                lines.append(line)
-                if len(numbers) >= self.size:
-                    yield self._batch(numbers, lines, early)
-                    numbers, lines, early = [], [], {}
-        if numbers:
-            yield self._batch(numbers, lines, early)
+            refused.update({len(lines) + at: why for at, why in block.refused.items()})
+            numbers += block.numbers
+            lines += block.lines
+            while len(lines) >= self.size:
+                first = {at: why for at, why in refused.items() if at < self.size}
+                yield self._batch(numbers[: self.size], lines[: self.size], first)
+                numbers, lines = numbers[self.size :], lines[self.size :]
+                refused = {at - self.size: why for at, why in refused.items() if at >= self.size}
+        if lines:
+            yield self._batch(numbers, lines, refused)
 
-    def _batch(self, numbers: list[int], lines: list[str], early: dict[int, UsageRecord]) -> Batch:
+    def _batch(self, numbers: list[int], lines: list[str], refused: dict[int, str]) -> Batch:
+        early = {at: unreadable(numbers[at], lines[at], why) for at, why in refused.items()}
+        if early:
+            lines = [("" if at in early else line) for at, line in enumerate(lines)]
         text = pa.array(lines, pa.string())
         left = np.ones(len(lines), bool)
         left[list(early)] = False
@@ -244,13 +246,14 @@ class JsonlBatches:
                 left[self._match(learned, text, fits, numbers, parts)] = False
         # The layouts most lines had are tried first in the next batch.
         self.layouts.sort(key=lambda layout: -self.hits.get(layout.pattern, 0))
-        slow = np.flatnonzero(left)
-        records = [self._record(numbers[i], lines[i]) for i in slow.tolist()]
-        at = np.asarray(sorted(early), np.int64)
-        records_early = [early[i] for i in at.tolist()]
-        if len(slow) or len(at):
-            positions = np.concatenate([slow, at]).astype(np.int64)
-            parts.append((positions, from_records([*records, *records_early])))
+        # The rest, in their places: lines read by the line reader, and lines refused unread.
+        rest = np.flatnonzero(left | np.isin(np.arange(len(lines)), list(early)))
+        if len(rest):
+            records = [
+                early[i] if i in early else self._record(numbers[i], lines[i])
+                for i in rest.tolist()
+            ]
+            parts.append((rest, from_records(records)))
         if len(parts) == 1:
             return parts[0][1]
         every = np.concatenate([p for p, _ in parts])

@@ -256,3 +256,33 @@ def test_lines_read_in_blocks_are_the_lines_readline_gives(
         patch.setattr(jsonreaders, "MAX_LINE_CHARS", most)
         got = list(jsonreaders.jsonl_lines(text_stream(io.BytesIO(data))))
     assert got == whole_text_lines("".join(pieces), most)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.lists(
+        st.sampled_from(
+            [
+                '{"identifier":"a","timestamp":1}',
+                '{"identifier":"b","timestamp":2}',
+                '{"identifier":"' + "x" * 60 + '","timestamp":3}',  # past the patched limit
+                "",
+                "  ",
+                "not json",
+            ]
+        ),
+        max_size=30,
+    ),
+    ends=st.sampled_from(["\n", "\r\n", "\r"]),
+    block=st.integers(1, 50),
+    size=st.integers(1, 7),
+)
+def test_refused_lines_keep_their_place_across_blocks_and_batches(
+    body: list[str], ends: str, block: int, size: int
+) -> None:
+    data = (ends.join(body) + ends).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jsonreaders, "LINE_BLOCK_CHARS", block)
+        patch.setattr(jsonreaders, "MAX_LINE_CHARS", 50)
+        got, expected, _ = both(data, size)
+    assert got == expected
