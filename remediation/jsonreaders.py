@@ -202,6 +202,8 @@ def _raw_lines(text: io.TextIOWrapper) -> Iterator[tuple[list[str], list[tuple[s
     while block := text.read(LINE_BLOCK_CHARS):
         if block[-1] == "\r":
             block += text.read(1)  # "\r\n" is one terminator, however the blocks fall
+        if length and len(head) == length < LINE_BLOCK_CHARS:  # a short unfinished line
+            block, head, length = head + block, "", 0
         if "\r" not in block and not length:
             pieces = block.split("\n")
             rest = pieces.pop()
