@@ -21,6 +21,7 @@ from remediation.core.csvbatch import csv_batch
 from remediation.core.csvout import CsvOut
 from remediation.core.decide import BatchDecider
 from remediation.core.jsonlout import JsonlOut
+from remediation.core.jsonlread import jsonl_batches
 from remediation.core.recordout import RecordOut
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
@@ -123,7 +124,7 @@ def batches(records: Iterable[UsageRecord], size: int | None = None) -> Iterator
         yield from csv_batches(records, size)
         return
     if isinstance(records, JsonlRecords):
-        yield from records.batches(min(size, JSONL_BATCH_ROWS))
+        yield from jsonl_batches(records, min(size, JSONL_BATCH_ROWS))
         return
     chunk: list[UsageRecord] = []
     size = min(size, RECORD_BATCH_ROWS)

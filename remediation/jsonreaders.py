@@ -14,16 +14,14 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.limits import MAX_LINE_CHARS, json_depth_over
 from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord, resolve_error
-
-if TYPE_CHECKING:
-    from remediation.core.columns import Batch
 
 CHUNK_CHARS = 64 * 1024
 LINE_BLOCK_CHARS = 1 << 18  # JSON Lines text read at once
@@ -58,8 +56,8 @@ def _not_utf8(exc: UnicodeDecodeError) -> UnreadableFile:
 
 
 class JsonlRecords(Iterator[UsageRecord]):
-    """The records of a JSON Lines stream, read lazily; or, through `batches`, its rows as
-    columns (`core.jsonlread`: most lines matched whole, without `json.loads`)."""
+    """The records of a JSON Lines stream, read lazily; or, through `text`, the stream for
+    `core.jsonlread`, which reads its rows as columns."""
 
     def __init__(self, stream: BinaryIO, depth: int) -> None:
         self._stream, self._depth = stream, depth
@@ -79,12 +77,17 @@ class JsonlRecords(Iterator[UsageRecord]):
         finally:
             release(text)
 
-    def batches(self, size: int) -> Iterator[Batch]:
-        from remediation.core.jsonlread import JsonlBatches
+    @property
+    def depth(self) -> int:
+        return self._depth
 
+    @contextmanager
+    def text(self) -> Iterator[io.TextIOWrapper]:
+        """The stream as text for a reader of its own (`core.jsonlread`), handed back after;
+        bytes that are not UTF-8 fail the file as the record reader fails it."""
         text = text_stream(self._stream)
         try:
-            yield from JsonlBatches(text, self._depth, size)
+            yield text
         except UnicodeDecodeError as exc:
             raise _not_utf8(exc) from exc
         finally:

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from remediation.core.columns import Batch, Column, Kind, concat_batches, from_records
 from remediation.jsonreaders import (
     JSON_KNOWN,
+    JsonlRecords,
     jsonl_line_blocks,
     parse_line,
     record_from_obj,
@@ -190,6 +191,12 @@ def _literal(text: str) -> str:
     return "".join(
         c if c.isalnum() or c == "_" or ord(c) > 0x7F else f"\\x{{{ord(c):x}}}" for c in text
     )
+
+
+def jsonl_batches(records: JsonlRecords, size: int) -> Iterator[Batch]:
+    """The rows of a JSON Lines input as batches of at most `size` rows."""
+    with records.text() as text:
+        yield from JsonlBatches(text, records.depth, size)
 
 
 class JsonlBatches:

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from remediation import jsonreaders
 from remediation.core.columns import Batch, concat_batches, from_records
-from remediation.core.jsonlread import JsonlBatches, learn
+from remediation.core.jsonlread import JsonlBatches, jsonl_batches, learn
+from remediation.errors import UnreadableFile
 from remediation.jsonreaders import JsonlRecords, text_stream
 from remediation.records import UsageRecord
 
@@ -286,3 +287,13 @@ def test_refused_lines_keep_their_place_across_blocks_and_batches(
         patch.setattr(jsonreaders, "MAX_LINE_CHARS", 50)
         got, expected, _ = both(data, size)
     assert got == expected
+
+
+def test_bytes_that_are_not_utf8_fail_the_file_as_the_line_reader_fails_it() -> None:
+    data = b'{"identifier":"a"}\n' * 3 + b'{"identifier":"\xff"}\n'
+    with pytest.raises(UnreadableFile) as by_records:
+        list(JsonlRecords(io.BytesIO(data), DEPTH))
+    with pytest.raises(UnreadableFile) as by_batches:
+        list(jsonl_batches(JsonlRecords(io.BytesIO(data), DEPTH), 2))
+    assert by_batches.value.reason == by_records.value.reason
+    assert "not UTF-8" in by_batches.value.reason
