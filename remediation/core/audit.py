@@ -18,6 +18,7 @@ from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, D
 from remediation.core.text import join, json_strings
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Correction, QuarantinedRow, Tally, value_text
+from remediation.sinks import Sinks
 from remediation.writers import record_object
 
 NULL = "null"
@@ -100,6 +101,23 @@ class AuditLines:
         text = join(parts, len(rows))
         audit.flush()
         audit.buffer.write(array_bytes(text))
+
+
+def account(
+    lines: AuditLines,
+    decided: Decided,
+    written: Indexes,
+    new_ids: pa.Array,
+    sinks: Sinks,
+    tally: Tally,
+) -> None:
+    """A written batch's audit (its lines in the audit file, its records for the service)
+    and its counts."""
+    assert sinks.audit_file is not None
+    lines.write(decided, written, new_ids, sinks.audit_file)
+    if sinks.on_audit is not None:
+        sinks.on_audit(*audit_records(decided, lines.source, written, new_ids))
+    count(decided, tally)
 
 
 def audit_records(

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 
 from remediation.codes import ErrorCode
-from remediation.core.audit import AuditLines, audit_records, count, new_identifiers
-from remediation.core.columns import Batch, Indexes, concat_batches
-from remediation.core.decide import CORRECTED, QUARANTINED, VALID, Decided
+from remediation.core.audit import AuditLines, account, new_identifiers
+from remediation.core.columns import Batch, Indexes
+from remediation.core.decide import QUARANTINED, Decided
 from remediation.core.text import csv_rows
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
@@ -48,8 +48,7 @@ class CsvOut:
         """Write one decided batch; False (nothing written) when it needs the record path."""
         if not self.usable():
             return False
-        written = np.flatnonzero((decided.fate == VALID) | (decided.fate == CORRECTED))
-        out = self._written_rows(decided, written)
+        written, out = decided.written()
         if not self._fits(out):
             return False
         new_ids = new_identifiers(self.ids, out.identifier, out.rows)
@@ -58,22 +57,8 @@ class CsvOut:
         quarantined = np.flatnonzero(decided.fate == QUARANTINED)
         if len(quarantined):
             self._quarantine(decided, quarantined)
-        assert self.sinks.audit_file is not None
-        self.audit.write(decided, written, new_ids, self.sinks.audit_file)
-        if self.sinks.on_audit is not None:
-            self.sinks.on_audit(*audit_records(decided, self.source, written, new_ids))
-        count(decided, tally)
+        account(self.audit, decided, written, new_ids, self.sinks, tally)
         return True
-
-    def _written_rows(self, decided: Decided, written: Indexes) -> Batch:
-        valid = np.flatnonzero(decided.fate == VALID)
-        if not len(decided.corrected):
-            return decided.batch.take(valid)
-        if not len(valid):
-            return decided.fixed
-        both = concat_batches([decided.batch.take(valid), decided.fixed])
-        order = np.argsort(np.concatenate([valid, decided.corrected]), kind="stable")
-        return both.take(order)
 
     def _fits(self, out: Batch) -> bool:
         for key, column in out.payload.items():

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from remediation.changes import Context
 from remediation.codes import KNOWN_CODES, ErrorCode, code_from_message
 from remediation.core.checks import Codes, field_suspects, first_field_problems, problem_codes
-from remediation.core.columns import Batch, Indexes, Mask
+from remediation.core.columns import Batch, Indexes, Mask, concat_batches
 from remediation.core.rules import RULES, Changes
 from remediation.core.rules.base import replace_rows
 from remediation.identifiers import Lineage
@@ -42,6 +42,19 @@ class Decided:
     reason: Codes
     changes: list[Changes] = field(default_factory=list)  # `at` indexes into `batch`
     corrections: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def written(self) -> tuple[Indexes, Batch]:
+        """The rows that go to the corrected output (valid and corrected: their places in
+        `batch`, ascending) and those rows as written (corrected ones as corrected)."""
+        written = np.flatnonzero((self.fate == VALID) | (self.fate == CORRECTED))
+        valid = np.flatnonzero(self.fate == VALID)
+        if not len(self.corrected):
+            return written, self.batch.take(valid)
+        if not len(valid):
+            return written, self.fixed
+        both = concat_batches([self.batch.take(valid), self.fixed])
+        order = np.argsort(np.concatenate([valid, self.corrected]), kind="stable")
+        return written, both.take(order)
 
     def unclassified(self) -> Mask:
         """Quarantined rows that arrived with a code we do not know, or that we could not

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from remediation.core.audit import AuditLines, audit_records, count, new_identifiers, value_json
-from remediation.core.columns import Batch, Column, Indexes, Kind, concat_batches
-from remediation.core.decide import CORRECTED, QUARANTINED, VALID, Decided
+from remediation.core.audit import AuditLines, account, new_identifiers, value_json
+from remediation.core.columns import Batch, Column, Indexes, Kind
+from remediation.core.decide import QUARANTINED, Decided
 from remediation.core.text import join, json_strings, line_bytes
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers
@@ -53,8 +53,7 @@ class JsonlOut:
         """Write one decided batch; False (nothing written) when it needs the record path."""
         if not self.usable():
             return False
-        written = np.flatnonzero((decided.fate == VALID) | (decided.fate == CORRECTED))
-        out = _written_rows(decided, written)
+        written, out = decided.written()
         if not _plain(out):
             return False
         original = decided.batch.identifier.take(written)  # derived from the row as it came
@@ -67,11 +66,7 @@ class JsonlOut:
         quarantined = np.flatnonzero(decided.fate == QUARANTINED)
         if len(quarantined):
             self._quarantine(decided, quarantined)
-        assert self.sinks.audit_file is not None
-        self.audit.write(decided, written, new_ids, self.sinks.audit_file)
-        if self.sinks.on_audit is not None:
-            self.sinks.on_audit(*audit_records(decided, self.source, written, new_ids))
-        count(decided, tally)
+        account(self.audit, decided, written, new_ids, self.sinks, tally)
         return True
 
     def lines(self, batch: Batch, identifiers: pa.Array) -> tuple[pa.Buffer | bytes, Indexes]:
@@ -135,18 +130,6 @@ class JsonlOut:
         for i, record in zip(rows.tolist(), records, strict=True):
             notes = {"mfx_code": decided.mfx_code[i], "mfx_reason": decided.reason[i]}
             self.sinks.quarantine.write(record, notes)
-
-
-def _written_rows(decided: Decided, written: Indexes) -> Batch:
-    """The valid and corrected rows of a batch, corrected ones as corrected, in row order."""
-    valid = np.flatnonzero(decided.fate == VALID)
-    if not len(decided.corrected):
-        return decided.batch.take(valid)
-    if not len(valid):
-        return decided.fixed
-    both = concat_batches([decided.batch.take(valid), decided.fixed])
-    order = np.argsort(np.concatenate([valid, decided.corrected]), kind="stable")
-    return both.take(order)
 
 
 def _plain(batch: Batch) -> bool:
