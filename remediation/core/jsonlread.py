@@ -1,16 +1,18 @@
 """JSON Lines read into batches of columns, most lines without `json.loads`.
 
-Lines of a failed-records file mostly share one layout: the same keys in the same order, each
-value a string or an integer, written by one serializer. The first line of a layout is parsed
-by `json.loads` (`jsonreaders`) and, when its text is exactly what `json.dumps` writes for it
-(compact or default separators), becomes a pattern: the line's text with each value replaced by
-a capture (a string without escapes, quotes or control characters; an integer without sign
-games or leading zeros). Every later line is matched against the known patterns by Arrow (RE2,
-whole batch at once) and its values land in columns directly, with the kinds `json.loads` would
-have given them. A line no pattern matches, or one whose values need decoding (escapes,
-floats, booleans, nulls, nested values beyond `payload` and `error`), is read by the record
-path, unchanged: `parse_line` and `record_from_obj`, and its row joins the batch in its place. So a
-line matched here reads exactly as it reads there; `test_jsonl_read` holds the two together.
+Lines of a failed-records file mostly share a few layouts: the same keys in the same order,
+each value a string or a number, written by one serializer. The first line of a layout is
+parsed by `json.loads` (`jsonreaders`) and, when its text is exactly what `json.dumps` writes
+for it (compact or default separators), becomes a pattern: the line's text with each value
+replaced by what such a value may look like (a string without escapes, quotes or control
+characters; an integer or a float as `json.dumps` writes one). Later lines holding as many
+quotes are matched against it by Arrow (RE2, a whole batch at once); a matched line is split at
+its quotes, so each value sits at a known place, and lands in columns with the kind `json.loads`
+would have given it (a float only when `repr` gives its text back). A line no layout matches,
+or one whose values need decoding (escapes, booleans, nulls, nested values beyond `payload` and
+`error`, exponents), is read by the line reader, unchanged: `parse_line` and `record_from_obj`,
+and its row joins the batch in its place. So a line matched here reads exactly as it reads
+there; `test_jsonl_read` holds the two together, records and column texts.
 """
 
 from __future__ import annotations
