@@ -92,7 +92,8 @@ class BatchDecider:
 
     def decide(self, batch: Batch) -> Decided:
         n = len(batch)
-        field_suspects(batch, self.ctx.index.limits)  # once: the rows taken later carry it
+        # Once: the rows taken later carry it; rows it does not suspect are within the limits.
+        suspects = field_suspects(batch, self.ctx.index.limits)
         arrived, to_fix, ruled = self._classify(batch)
         fate = np.full(n, QUARANTINED, np.int8)
         mfx: Codes = np.full(n, None, dtype=object)
@@ -114,7 +115,8 @@ class BatchDecider:
         )
         decided.corrections = np.zeros(n, np.int64)
         if len(work):
-            _Rounds(self.ctx, batch, work, to_fix[work], decided, ~ruled[work]).run()
+            checked = ~ruled[work] | ~suspects[work]
+            _Rounds(self.ctx, batch, work, to_fix[work], decided, checked).run()
         return decided
 
     def _classify(self, batch: Batch) -> tuple[Codes, Codes, Mask]:
@@ -167,7 +169,8 @@ class _Rounds:
         validated: Mask,
     ) -> None:
         self.ctx, self.rows, self.decided = ctx, work, decided
-        # validated rows are within the field limits, or their code says they are not
+        # validated rows (and rows no field limit suspects) are within the field limits, or
+        # their code says they are not
         self.validated = validated.copy()
         self.work = batch if len(work) == len(batch) else batch.take(work)
         self.current = codes.copy()
