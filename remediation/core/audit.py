@@ -6,7 +6,6 @@ ensure_ascii=False)` writes (`sinks.Sinks.audit`); the run's counts; derived ide
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any, TextIO
 
 import numpy as np
@@ -15,7 +14,7 @@ import pyarrow.compute as pc
 
 from remediation.core.columns import Column, Indexes, Kind, Mask
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
-from remediation.core.text import join, json_strings
+from remediation.core.text import join, json_strings, json_text
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Correction, QuarantinedRow, Tally, value_text
 from remediation.sinks import Sinks
@@ -29,7 +28,7 @@ class AuditLines:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        head = '{"kind": "%s", "source": ' + json_strings(pa.array([source])).to_pylist()[0]
+        head = '{"kind": "%s", "source": ' + json_text(source)
         self.correction_head = head.replace("%s", "correction") + ', "row": '
         self.quarantine_head = head.replace("%s", "quarantine") + ', "row": '
 
@@ -278,15 +277,8 @@ def value_json(column: Column) -> pa.Array:
 
 def _json_of(value: str | Sequence[str]) -> pa.Array | str:
     if isinstance(value, str):
-        return _json_text(value)
+        return json_text(value)
     return _json_codes(np.asarray(value, dtype=object))
-
-
-@lru_cache(maxsize=1024)
-def _json_text(value: str) -> str:
-    """A rule's or a field's name as JSON (a few names, met in every batch)."""
-    text: str = json_strings(pa.array([value])).to_pylist()[0]
-    return text
 
 
 def _json_codes(codes: Any) -> pa.Array:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from remediation.core.audit import AuditLines, account, new_identifiers, value_json
 from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.decide import QUARANTINED, Decided
-from remediation.core.text import join, json_strings, line_bytes
+from remediation.core.text import join, json_text, line_bytes
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
@@ -38,7 +38,6 @@ class JsonlOut:
     def __init__(self, sinks: Sinks, ids: Identifiers, source: str) -> None:
         self.sinks, self.ids, self.source = sinks, ids, source
         self.audit = AuditLines(source)
-        self._keys: dict[str, str] = {}  # key -> its JSON text and colon
 
     def usable(self) -> bool:
         corrected = self.sinks.corrected
@@ -99,16 +98,16 @@ class JsonlOut:
             parts: list[pa.Array | str] = ["{"]
             for name, there in zip(_CORE, has, strict=True):
                 if there:
-                    parts += [self._key(name), values("", name, cores[name]).take(at), ","]
+                    parts += [_key(name), values("", name, cores[name]).take(at), ","]
             parts.append('"payload":{')
             for key in payload_keys:
-                parts += [self._key(key), values("p", key, batch.payload[key]).take(at), ","]
+                parts += [_key(key), values("p", key, batch.payload[key]).take(at), ","]
             if payload_keys:
                 parts.pop()
             parts.append("}")
             for key in extra_keys:
                 if not key.startswith(MFX_PREFIX):
-                    parts += [",", self._key(key), values("e", key, batch.extra[key]).take(at)]
+                    parts += [",", _key(key), values("e", key, batch.extra[key]).take(at)]
             parts.append("}\n")
             pieces.append(join(parts, len(members)))
             rows.append(np.asarray(members, np.int64))
@@ -119,17 +118,16 @@ class JsonlOut:
             every = every.take(pa.array(position))
         return line_bytes(every)
 
-    def _key(self, key: str) -> str:
-        found = self._keys.get(key)
-        if found is None:
-            found = self._keys[key] = json_strings(pa.array([key])).to_pylist()[0] + ":"
-        return found
-
     def _quarantine(self, decided: Decided, rows: Indexes) -> None:
         records = decided.batch.take(rows).records()
         for i, record in zip(rows.tolist(), records, strict=True):
             notes = {"mfx_code": decided.mfx_code[i], "mfx_reason": decided.reason[i]}
             self.sinks.quarantine.write(record, notes)
+
+
+def _key(key: str) -> str:
+    """A key as JSON, with its colon."""
+    return json_text(key) + ":"
 
 
 def _plain(batch: Batch) -> bool:

@@ -223,3 +223,10 @@ def json_strings(values: pa.Array) -> pa.Array:
             quoted, nulls, pa.repeat(pa.scalar("null", pa.large_string()), len(nulls))
         )
     return quoted
+
+
+@lru_cache(maxsize=1024)
+def json_text(value: str) -> str:
+    """One string as `json_strings` writes it (names and keys met in every batch: once each)."""
+    text: str = json_strings(pa.array([value])).to_pylist()[0]
+    return text
