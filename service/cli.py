@@ -119,7 +119,13 @@ def main(ctx: click.Context) -> None:
 
 
 def _apply_log_settings() -> None:
-    """LOG_LEVEL and LOG_FORMAT for commands that build no app (an app applies them too)."""
+    """LOG_LEVEL and LOG_FORMAT for commands that build no app (an app applies them too).
+
+    The settings are read only when the environment (`.env` included) names either: reading
+    them imports pydantic (~30 MB, 0.1 s), which `meterfix remediate --rules R --meters M`
+    otherwise never needs."""
+    if not _names_log_settings():
+        return  # the defaults (INFO, automatic format) are what `configure_logging` installed
     from pydantic import ValidationError
 
     from service.config import load_settings
@@ -129,3 +135,12 @@ def _apply_log_settings() -> None:
     except ValidationError:  # the command that needs the settings says what is wrong
         return
     configure_logging(level=settings.log_level, log_format=settings.log_format)
+
+
+_LOG_SETTINGS = ("log_level", "log_format")
+
+
+def _names_log_settings() -> bool:
+    """Whether LOG_LEVEL or LOG_FORMAT is set, in any case as the settings read them (`.env`
+    files are in the environment by now: `MeterfixGroup.invoke` loads them first)."""
+    return any(name.lower() in _LOG_SETTINGS for name in os.environ)

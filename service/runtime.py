@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.adapters.channels import Channel, ChannelName, build_channel
-from service.config import Settings, load_settings
 
 if TYPE_CHECKING:  # annotations only: importing these at run time is what this module avoids
     import ssl
@@ -39,6 +38,7 @@ if TYPE_CHECKING:  # annotations only: importing these at run time is what this 
     from service.adapters.stripe_events import WebhookVerifier
     from service.adapters.stripe_files import StripeFileStore
     from service.adapters.stripe_meters import StripeMeterSource
+    from service.config import Settings
 
 # The SDK's own retries of a failed call (429, 5xx, dropped connections) inside one step.
 DEFAULT_STRIPE_NETWORK_RETRIES = 2
@@ -74,6 +74,8 @@ class Adapters:
 
     @cached_property
     def settings(self) -> Settings:
+        from service.config import load_settings  # pydantic: only a process that reads them
+
         return load_settings()
 
     @property

@@ -12,9 +12,10 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from service.config import Settings
+if TYPE_CHECKING:  # settings pull in pydantic: `meterfix remediate` with files reads none
+    from service.config import Settings
 
 
 class ChannelName(StrEnum):

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from pydantic import ValidationError
 
 from remediation.engine import RemediationResult, remediate
 from remediation.errors import MeterfixError
@@ -27,7 +26,6 @@ from remediation.meters import Meter
 from remediation.readers import CsvLayout
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.rules import Rules
-from service.config import settings_problems
 from service.runtime import Adapters
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
@@ -45,8 +43,16 @@ def _configured(get: Callable[[], T]) -> T:
     """`get()`; settings that do not validate are one line, as every command says them."""
     try:
         return get()
-    except ValidationError as exc:
-        raise click.ClickException(f"bad configuration: {settings_problems(exc)}") from exc
+    except Exception as exc:
+        # Imported here: pydantic is loaded only once settings are read (not with `--rules`
+        # and `--meters`: that command stays ~30 MB lighter), and by then it is loaded.
+        from pydantic import ValidationError
+
+        from service.config import settings_problems
+
+        if isinstance(exc, ValidationError):
+            raise click.ClickException(f"bad configuration: {settings_problems(exc)}") from exc
+        raise
 
 
 def _meters(adapters: Adapters) -> list[Meter]:

@@ -124,7 +124,10 @@ def test_remediate_runs_without_the_web_and_database_stack(tmp_path: Path) -> No
     data = Path(__file__).parent.parent / "data" / "usage"
     args = ["remediate", str(data / "failed_records.csv"), "--out", str(tmp_path / "out")]
     args += ["--meters", str(data / "meters.json"), "--rules", str(data / "rules.toml")]
-    assert _imported_after([*args, "--now", "1764000000"], tmp_path, WEB_AND_DATABASE) == []
+    # nor pydantic (~30 MB of the 150 MB a 1M-row run may use): given both files, no setting
+    # is read
+    heavy = (*WEB_AND_DATABASE, "pydantic", "service.config")
+    assert _imported_after([*args, "--now", "1764000000"], tmp_path, heavy) == []
     assert list((tmp_path / "out").glob("*.corrected.*.csv"))  # it ran, and wrote
 
 
@@ -212,3 +215,17 @@ def test_log_format_text_and_log_level(tmp_path: Path) -> None:
     bad = _run(["worker", "--once"], tmp_path, LOG_LEVEL="LOUD")
     events = [line["event"] for line in _log_lines(bad.stderr)]
     assert events == ["log.bad_setting", "config.embedded_defaults"]  # said once, then INFO
+
+
+def test_log_settings_in_dotenv_apply_to_a_cli_command(tmp_path: Path) -> None:
+    """A CLI command reads the settings for its logs only when LOG_LEVEL or LOG_FORMAT is set:
+    set in `.env`, in any case, they still apply."""
+    assert _run(["db", "upgrade"], tmp_path).returncode == 0
+    loud = _run(["db", "upgrade"], tmp_path)
+    assert [line["event"] for line in _log_lines(loud.stderr)] == ["config.embedded_defaults"]
+    (tmp_path / ".env").write_text("log_level=ERROR\n")
+    quiet = _run(["db", "upgrade"], tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    (tmp_path / ".env").write_text("Log_Format=text\n")
+    text = _run(["db", "upgrade"], tmp_path)
+    assert " WARNING cli     config.embedded_defaults " in text.stderr
