@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Column, Indexes, Kind, Mask
+from remediation.core.columns import Column, Indexes, Kind
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
 from remediation.core.text import join, json_strings, json_text
 from remediation.identifiers import Identifiers
@@ -34,72 +34,65 @@ class AuditLines:
 
     def write(self, decided: Decided, written: Indexes, new_ids: pa.Array, audit: TextIO) -> None:
         """One line per correction and quarantine, in row order (a row's corrections in the
-        order they were made): the pieces are put in order first, then joined once."""
+        order they were made). Each change's lines are joined on their own, what they share
+        (the rule, the field, often the code) folded into the text between the values, then
+        all lines are put in row order with one gather."""
         by_row = np.full(len(decided.batch), -1, np.int64)
         by_row[written] = np.arange(len(written))
+        chunks: list[tuple[Indexes, pa.Array]] = []
+        identifiers = json_strings(decided.batch.identifier.text)
         new_json = json_strings(new_ids)
-        arrived = _json_codes(decided.arrived)
-        chunks: list[tuple[Indexes, list[pa.Array | str]]] = []
         for change in decided.changes:
             if len(change):
                 at = pa.array(change.at)
-                new = new_json.take(pa.array(by_row[change.at]))
-                chunks.append(
-                    (
-                        change.at,
-                        [
-                            new,
-                            arrived.take(at),
-                            _json_of(change.rule),
-                            _json_of(change.field),
-                            value_json(change.before),
-                            value_json(change.after),
-                        ],
-                    )
-                )
-        corrections = len(chunks)
+                parts = [
+                    *self._start(decided, change.at, at, self.correction_head, identifiers),
+                    ', "new_identifier": ',
+                    new_json.take(pa.array(by_row[change.at])),
+                    ', "code": ',
+                    _json_codes(decided.arrived[change.at]),
+                    ', "rule": ',
+                    _json_of(change.rule),
+                    ', "field": ',
+                    _json_of(change.field),
+                    ', "before": ',
+                    value_json(change.before),
+                    ', "after": ',
+                    value_json(change.after),
+                    "}\n",
+                ]
+                chunks.append((change.at, join(parts, len(change))))
         quarantined = np.flatnonzero(decided.fate == QUARANTINED)
         if len(quarantined):
-            mfx = _json_codes(decided.mfx_code[quarantined])
-            reason = json_strings(pa.array(decided.reason[quarantined], pa.string()))
-            chunks.append(
-                (quarantined, [arrived.take(pa.array(quarantined)), mfx, reason, "", "", ""])
-            )
-        if chunks:
-            self._write(decided, chunks, corrections, audit)
-
-    def _write(
-        self,
-        decided: Decided,
-        chunks: list[tuple[Indexes, list[pa.Array | str]]],
-        corrections: int,
-        audit: TextIO,
-    ) -> None:
-        rows = np.concatenate([at for at, _ in chunks])
-        order = np.argsort(rows, kind="stable")
-        taken = pa.array(rows[order])
-        quarantine = np.concatenate(
-            [np.full(len(at), n >= corrections) for n, (at, _) in enumerate(chunks)]
-        )[order]
-        numbers = pa.array(decided.batch.rows).cast(pa.string()).take(taken)
-        identifiers = json_strings(decided.batch.identifier.text.take(taken))
-        values = [
-            _in_order([c[1][j] for c in chunks], [len(c[0]) for c in chunks], order)
-            for j in range(6)
-        ]
-        labels = [_labels(pair, quarantine) for pair in _AUDIT_LABELS]
-        parts: list[pa.Array | str] = [
-            _labels((self.correction_head, self.quarantine_head), quarantine),
-            numbers,
-            ', "identifier": ',
-            identifiers,
-        ]
-        for label, value in zip(labels, values, strict=True):
-            parts += [label, value]
-        parts.append(_labels(("}\n", ""), quarantine))
-        text = join(parts, len(rows))
+            at = pa.array(quarantined)
+            parts = [
+                *self._start(decided, quarantined, at, self.quarantine_head, identifiers),
+                ', "code": ',
+                _json_codes(decided.arrived[quarantined]),
+                ', "mfx_code": ',
+                _json_codes(decided.mfx_code[quarantined]),
+                ', "reason": ',
+                json_strings(pa.array(decided.reason[quarantined], pa.string())),
+                "}\n",
+            ]
+            chunks.append((quarantined, join(parts, len(quarantined))))
+        if not chunks:
+            return
+        text = chunks[0][1]
+        if len(chunks) > 1:
+            rows = np.concatenate([rows for rows, _ in chunks])
+            order = np.argsort(rows, kind="stable")
+            text = pa.concat_arrays([lines for _, lines in chunks]).take(pa.array(order))
         audit.flush()
         audit.buffer.write(array_bytes(text))
+
+    @staticmethod
+    def _start(
+        decided: Decided, rows: Indexes, at: pa.Array, head: str, identifiers: pa.Array
+    ) -> list[pa.Array | str]:
+        """The first parts of the lines of `rows`: the head, the row number, the identifier."""
+        numbers = pa.array(decided.batch.rows[rows]).cast(pa.string())
+        return [head, numbers, ', "identifier": ', identifiers.take(at)]
 
 
 def account(
@@ -168,40 +161,6 @@ def _quarantined_rows(decided: Decided, source: str) -> list[QuarantinedRow]:
             )
         )
     return found
-
-
-# the label before each of the six values of a (correction, quarantine) line
-_AUDIT_LABELS = (
-    (', "new_identifier": ', ', "code": '),
-    (', "code": ', ', "mfx_code": '),
-    (', "rule": ', ', "reason": '),
-    (', "field": ', "}\n"),
-    (', "before": ', ""),
-    (', "after": ', ""),
-)
-
-
-def _labels(pair: tuple[str, str], quarantine: Mask) -> pa.Array | str:
-    """The first text for correction lines, the second for quarantine lines."""
-    if not quarantine.any():
-        return pair[0]
-    if quarantine.all():
-        return pair[1]
-    return pa.array(pair, pa.large_string()).take(pa.array(quarantine.astype(np.int64)))
-
-
-def _in_order(pieces: list[pa.Array | str], lengths: list[int], order: Indexes) -> pa.Array | str:
-    """One value of every line, from each chunk's piece, put in line order."""
-    if all(isinstance(p, str) for p in pieces) and len(set(pieces)) == 1:
-        text = str(pieces[0])
-        return text
-    arrays = [
-        p.cast(pa.large_string())
-        if not isinstance(p, str)
-        else pa.repeat(pa.scalar(p, pa.large_string()), n)
-        for p, n in zip(pieces, lengths, strict=True)
-    ]
-    return pa.concat_arrays(arrays).take(pa.array(order))
 
 
 def array_bytes(text: pa.Array) -> memoryview:
@@ -281,7 +240,10 @@ def _json_of(value: str | Sequence[str]) -> pa.Array | str:
     return _json_codes(np.asarray(value, dtype=object))
 
 
-def _json_codes(codes: Any) -> pa.Array:
-    """JSON texts of a few distinct strings repeated over many rows (codes, rules, fields)."""
+def _json_codes(codes: Any) -> pa.Array | str:
+    """JSON texts of a few distinct strings repeated over many rows (codes, rules, fields);
+    one text when every row has the same (it goes into the line's constant parts)."""
     encoded = pc.dictionary_encode(pa.array(codes, pa.string()))
+    if len(encoded.dictionary) == 1 and not encoded.null_count:
+        return json_text(encoded.dictionary[0].as_py())
     return json_strings(encoded.dictionary).take(encoded.indices)

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from remediation.changes import Context
 from remediation.codes import KNOWN_CODES, ErrorCode, code_from_message
 from remediation.core.checks import Codes, field_suspects, first_field_problems, problem_codes
-from remediation.core.columns import Batch, Indexes, Mask, concat_batches
+from remediation.core.columns import Batch, Indexes, Mask, concat_batches, concat_columns
 from remediation.core.rules import RULES, Changes
 from remediation.core.rules.base import replace_rows
 from remediation.identifiers import Lineage
@@ -254,7 +254,7 @@ class _Rounds:
     def _finish(self) -> None:
         decided, rows = self.decided, self.rows
         counts = np.zeros(len(rows), np.int64)
-        kept = [c for c in self.changes if len(c)]
+        kept = _merged([c for c in self.changes if len(c)])
         for change in kept:
             np.add.at(counts, change.at, 1)
         counts[self.failed] = 0
@@ -272,6 +272,43 @@ class _Rounds:
         keep = np.zeros(len(rows), bool)
         keep[good] = True
         decided.changes = [_only(c, keep, rows) for c in kept]
+
+
+def _merged(changes: list[Changes]) -> list[Changes]:
+    """Consecutive changes of one rule to one field as one (a rule's lanes: one per meter or
+    per event name). Their rows stay in the order the changes were made, which is all the
+    audit keeps of that order (its lines are sorted by row, stably)."""
+    merged: list[Changes] = []
+    run: list[Changes] = []
+    for change in [*changes, None]:
+        if run and (
+            change is None
+            or not isinstance(change.rule, str)
+            or not isinstance(change.field, str)
+            or (change.rule, change.field) != (run[0].rule, run[0].field)
+        ):
+            merged.append(_joined(run))
+            run = []
+        if change is None:
+            break
+        if isinstance(change.rule, str) and isinstance(change.field, str):
+            run.append(change)
+        else:
+            merged.append(change)
+    return merged
+
+
+def _joined(run: list[Changes]) -> Changes:
+    if len(run) == 1:
+        return run[0]
+    first = run[0]
+    return Changes(
+        np.concatenate([c.at for c in run]),
+        first.rule,
+        first.field,
+        concat_columns([c.before for c in run]),
+        concat_columns([c.after for c in run]),
+    )
 
 
 def _moved(change: Changes, rows: Indexes) -> Changes:
