@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.columns import Batch, Column, Kind, concat_batches, from_records
+from remediation.core.text import byte_counts
 from remediation.jsonreaders import (
     JSON_KNOWN,
     JsonlRecords,
@@ -233,7 +234,7 @@ class JsonlBatches:
         left = np.ones(len(lines), bool)
         left[list(early)] = False
         # A line of a layout holds as many quotes as it: only those lines are matched.
-        quotes = np.asarray(pc.count_substring(text, '"').to_numpy(zero_copy_only=False))
+        quotes = byte_counts(text, ord('"'))
         parts: list[tuple[np.ndarray[Any, Any], Batch]] = []
         for layout in self.layouts:
             left[

@@ -84,6 +84,24 @@ def rows_holding(values: pa.Array, ascii_bytes: bytes) -> Indices:
     return rows[_mask(values.is_valid())[rows]] if values.null_count else rows
 
 
+def byte_counts(values: pa.Array, byte: int) -> Indices:
+    """How many times the ASCII `byte` occurs in each value of a string array (0 where null).
+
+    Counted on the data buffer by numpy: twice as fast as `pc.count_substring`, and exact, an
+    ASCII byte never being part of a longer character in UTF-8."""
+    _, offsets_buffer, data_buffer = values.buffers()
+    wide = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    offsets = np.frombuffer(offsets_buffer, wide)[values.offset : values.offset + len(values) + 1]
+    if data_buffer is None or len(values) == 0:
+        return np.zeros(len(values), np.int64)
+    data = np.frombuffer(data_buffer, np.uint8)[offsets[0] : offsets[-1]]
+    found = np.flatnonzero(data == byte) + offsets[0]
+    counts: Indices = np.diff(np.searchsorted(found, offsets)).astype(np.int64)
+    if values.null_count:
+        counts[_mask(values.is_null())] = 0
+    return counts
+
+
 def _merged_constants(parts: Sequence[pa.Array | str]) -> list[pa.Array | str]:
     """Adjacent constants as one, since every part costs a `take` element per row."""
     merged: list[pa.Array | str] = []

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediation.core.text import csv_cells, csv_rows, join, json_strings
+from remediation.core.text import byte_counts, csv_cells, csv_rows, join, json_strings
 
 # Characters csv and json treat specially, plus multi-byte ones sharing a first byte with the
 # non-ASCII delimiters (é/à, §/©, 😀/😁); lone surrogates cannot be held in an arrow string,
@@ -269,3 +269,17 @@ if __name__ == "__main__":
     _timed(f"join {ROWS} x {WIDTH} parts", lambda: join(COLUMNS, ROWS))
     _timed(f"csv_rows {ROWS} x {WIDTH}", lambda: csv_rows(COLUMNS))
     _timed(f"json_strings {ROWS} x {WIDTH}", lambda: [json_strings(c) for c in COLUMNS])
+
+
+@given(
+    st.lists(st.none() | st.text(alphabet='"ab\u00e9\u2028\U0001f600,', max_size=12), max_size=30),
+    st.integers(0, 3),
+    st.sampled_from([pa.string(), pa.large_string()]),
+)
+def test_byte_counts_count_as_str_count(
+    values: list[str | None], skip: int, kind: pa.DataType
+) -> None:
+    """Per value, as `str.count` counts the character (0 where null), on a sliced array too."""
+    array = pa.array(values, kind).slice(min(skip, len(values)))
+    expected = [0 if v is None else v.count('"') for v in values[min(skip, len(values)) :]]
+    assert byte_counts(array, ord('"')).tolist() == expected
