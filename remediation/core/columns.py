@@ -10,7 +10,7 @@ row API is a batch of one).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
@@ -178,6 +178,67 @@ def concat_columns(columns: Sequence[Column]) -> Column:
     return Column(text, np.concatenate([c.kind_array() for c in columns]))
 
 
+KeyOrder = tuple[tuple[str, ...], tuple[str, ...]]  # a row's payload keys and extra keys
+
+
+class KeyOrders:
+    """Each row's payload and extra keys in file order (`Batch.order`), held as a code per row
+    into the few distinct orders a batch has: taking rows takes codes, not Python tuples."""
+
+    __slots__ = ("codes", "distinct")
+
+    def __init__(self, distinct: Sequence[KeyOrder], codes: npt.NDArray[np.int32]) -> None:
+        self.distinct, self.codes = tuple(distinct), codes
+
+    @classmethod
+    def of(cls, orders: Iterable[KeyOrder]) -> KeyOrders:
+        index: dict[KeyOrder, int] = {}
+        codes = [index.setdefault(order, len(index)) for order in orders]
+        return cls(list(index), np.asarray(codes, np.int32))
+
+    @classmethod
+    def same(cls, order: KeyOrder, length: int) -> KeyOrders:
+        return cls([order], np.zeros(length, np.int32))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: int) -> KeyOrder:
+        return self.distinct[self.codes[i]]
+
+    def __iter__(self) -> Iterator[KeyOrder]:
+        distinct = self.distinct
+        return (distinct[code] for code in self.codes.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeyOrders) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable codes: compared, never hashed
+
+    def take(self, indexes: Indexes) -> KeyOrders:
+        return KeyOrders(self.distinct, self.codes[indexes])
+
+    def replaced(self, at: Indexes, new: KeyOrders) -> KeyOrders:
+        """These orders with rows `at` set to `new`'s (row i of `new` to row at[i])."""
+        joined = concat_orders([self, new])
+        codes = joined.codes[: len(self)].copy()
+        codes[at] = joined.codes[len(self) :]
+        return KeyOrders(joined.distinct, codes)
+
+
+def concat_orders(parts: Sequence[KeyOrders]) -> KeyOrders:
+    """The rows of `parts`, one after the other (their distinct orders merged)."""
+    index: dict[KeyOrder, int] = {}
+    codes = []
+    for part in parts:
+        mapping = np.asarray(
+            [index.setdefault(order, len(index)) for order in part.distinct], np.int32
+        )
+        codes.append(mapping[part.codes] if len(mapping) else part.codes)
+    joined = np.concatenate(codes) if codes else np.zeros(0, np.int32)
+    return KeyOrders(list(index), joined.astype(np.int32, copy=False))
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Rows of one input, in input order; `rows` numbers them (1-based, header excluded).
@@ -196,7 +257,7 @@ class Batch:
     error_code: pa.Array  # normalized codes (null: none), as `records.resolve_error` gives them
     error_message: pa.Array
     malformed: pa.Array  # the reader's reason for a broken row, null for the others
-    order: list[tuple[tuple[str, ...], tuple[str, ...]]] | None = field(default=None)
+    order: KeyOrders | None = field(default=None)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -213,7 +274,7 @@ class Batch:
             _taken(self.error_code, at),
             _taken(self.error_message, at),
             _taken(self.malformed, at),
-            [self.order[i] for i in indexes.tolist()] if self.order is not None else None,
+            self.order.take(indexes) if self.order is not None else None,
         )
 
     def with_fields(self, **changes: Any) -> Batch:
@@ -226,9 +287,10 @@ class Batch:
         extra = {k: _present_values(c) for k, c in self.extra.items()}
         codes, messages = self.error_code.to_pylist(), self.error_message.to_pylist()
         broken = self.malformed.to_pylist()
+        orders = list(self.order) if self.order is not None else None
         out = []
         for i, number in enumerate(self.rows.tolist()):
-            keys, extra_keys = self.order[i] if self.order is not None else (payload, extra)
+            keys, extra_keys = orders[i] if orders is not None else (payload, extra)
             out.append(
                 UsageRecord(
                     number,
@@ -285,7 +347,7 @@ def from_records(records: Sequence[UsageRecord], ordered: bool = True) -> Batch:
         pa.array([r.error_code for r in records], pa.string()),
         pa.array([r.error_message for r in records], pa.string()),
         pa.array([r.malformed for r in records], pa.string()),
-        [(tuple(r.payload), tuple(r.extra)) for r in records] if ordered else None,
+        KeyOrders.of((tuple(r.payload), tuple(r.extra)) for r in records) if ordered else None,
     )
 
 
@@ -328,7 +390,7 @@ def concat_batches(batches: Sequence[Batch]) -> Batch:
         pa.concat_arrays([b.error_code for b in batches]),
         pa.concat_arrays([b.error_message for b in batches]),
         pa.concat_arrays([b.malformed for b in batches]),
-        [o for b in batches for o in _orders(b)] if ordered else None,
+        concat_orders([_orders(b) for b in batches]) if ordered else None,
     )
 
 
@@ -336,17 +398,17 @@ def _key(columns: Mapping[str, Column], key: str, length: int) -> Column:
     return columns.get(key) or Column.absent(length)
 
 
-def _orders(batch: Batch) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+def _orders(batch: Batch) -> KeyOrders:
     if batch.order is not None:
         return batch.order
     payload = [k for k, c in batch.payload.items()]
     extra = [k for k, c in batch.extra.items()]
     present_p = {k: batch.payload[k].present() for k in payload}
     present_e = {k: batch.extra[k].present() for k in extra}
-    return [
+    return KeyOrders.of(
         (
             tuple(k for k in payload if present_p[k][i]),
             tuple(k for k in extra if present_e[k][i]),
         )
         for i in range(len(batch))
-    ]
+    )

@@ -79,11 +79,16 @@ class JsonlOut:
         }
         present = {name: column.present() for name, column in cores.items()}
         assert batch.order is not None, "JSON rows keep their key order"
-        Layout = tuple[tuple[bool, ...], tuple[tuple[str, ...], tuple[str, ...]]]
-        layouts: dict[Layout, list[int]] = {}
-        flags = zip(*(present[name].tolist() for name in _CORE), strict=True)
-        for i, (has, order) in enumerate(zip(flags, batch.order, strict=True)):
-            layouts.setdefault((has, order), []).append(i)
+        # A row's layout as one number: its key order's code, then a bit per core field.
+        layout = batch.order.codes.astype(np.int64) << len(_CORE)
+        for bit, name in enumerate(_CORE):
+            layout |= present[name].astype(np.int64) << bit
+        kinds, of_row = np.unique(layout, return_inverse=True)
+        layouts = {}
+        for at, kind in enumerate(kinds.tolist()):
+            has = tuple(bool(kind >> bit & 1) for bit in range(len(_CORE)))
+            order = batch.order.distinct[kind >> len(_CORE)]
+            layouts[(has, order)] = np.flatnonzero(of_row == at)
         encoded: dict[tuple[str, str], pa.Array] = {}
 
         def values(group: str, key: str, column: Column) -> pa.Array:
@@ -94,7 +99,7 @@ class JsonlOut:
 
         pieces, rows = [], []
         for (has, (payload_keys, extra_keys)), members in layouts.items():
-            at = pa.array(members, pa.int64())
+            at = pa.array(members)
             parts: list[pa.Array | str] = ["{"]
             for name, there in zip(_CORE, has, strict=True):
                 if there:
@@ -110,7 +115,7 @@ class JsonlOut:
                     parts += [",", _key(key), values("e", key, batch.extra[key]).take(at)]
             parts.append("}\n")
             pieces.append(join(parts, len(members)))
-            rows.append(np.asarray(members, np.int64))
+            rows.append(members)
         every = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
         if len(pieces) > 1:
             position = np.empty(n, np.int64)

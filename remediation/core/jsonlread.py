@@ -28,7 +28,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, Column, Kind, concat_batches, from_records
+from remediation.core.columns import (
+    Batch,
+    Column,
+    KeyOrders,
+    Kind,
+    concat_batches,
+    from_records,
+)
 from remediation.core.text import byte_counts
 from remediation.jsonreaders import (
     JSON_KNOWN,
@@ -351,7 +358,7 @@ def _layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[An
         code,
         message,
         pa.nulls(n, pa.string()),
-        [(layout.payload_keys, layout.extra_keys)] * n,
+        KeyOrders.same((layout.payload_keys, layout.extra_keys), n),
     )
 
 

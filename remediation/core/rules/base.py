@@ -104,9 +104,7 @@ def replace_rows(batch: Batch, at: Indexes, new: Batch, old: Batch | None = None
     }
     order = batch.order
     if order is not None and new.order is not None and new.order != old.order:
-        order = list(order)
-        for i, keys in zip(at.tolist(), new.order, strict=True):
-            order[i] = keys
+        order = order.replaced(at, new.order)
     return batch.with_fields(
         payload=_merged_keys(batch.payload, at, old.payload, new.payload, len(batch)),
         extra=_merged_keys(batch.extra, at, old.extra, new.extra, len(batch)),
