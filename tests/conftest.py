@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import stripe
 from flask import Flask
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 
 from sandbox.app import create_sandbox_app
@@ -25,6 +26,11 @@ from service.db import upgrade
 from tests.servers import serve_wsgi
 
 PG_URL = os.environ.get("MFX_TEST_DATABASE_URL", "")
+
+# No per-example time limit: a property test checks outcomes, and on a loaded 2-core machine a
+# correct example can take longer than hypothesis' default 200 ms (speed is bench/'s business).
+hypothesis_settings.register_profile("meterfix", deadline=None)
+hypothesis_settings.load_profile("meterfix")
 
 DB_PARAMS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 

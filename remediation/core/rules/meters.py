@@ -51,15 +51,20 @@ def _moved(
         if pick is not None and _keeps_keys(batch, pick[1]):
             simple |= positions == at
     fix = one_by_one(batch, ctx, row_rule, np.flatnonzero(~simple))
-    for at, pick in enumerate(picks):
-        rows = np.flatnonzero(simple & (positions == at))
-        if pick is None or not len(rows):
-            continue
-        rule, meter = pick
-        before = Column(names.take(pa.array(rows)))
-        after = Column(pa.array([meter.event_name] * len(rows), pa.string()))
-        fix.batch = fix.batch.with_fields(event_name=set_column(fix.batch.event_name, rows, after))
-        fix.changes.append(Changes(rows, rule, "event_name", before, after))
+    rows = np.flatnonzero(simple)
+    if not len(rows):
+        return fix
+    # One change for every name: each row's new name and rule by its name's pick.
+    picked = positions[rows]
+    new_names = pa.array([p[1].event_name if p else None for p in picks], pa.string())
+    rules = [p[0] if p else "" for p in picks]
+    after = Column(new_names.take(pa.array(picked)))
+    fix.batch = fix.batch.with_fields(event_name=set_column(fix.batch.event_name, rows, after))
+    rule: str | list[str] = rules[int(picked[0])]
+    if len({rules[i] for i in set(picked.tolist())}) > 1:
+        rule = [rules[i] for i in picked.tolist()]
+    before = Column(names.take(pa.array(rows)))
+    fix.changes.append(Changes(rows, rule, "event_name", before, after))
     return fix
 
 

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from remediation.changes import Change, Context, meter_of
 from remediation.core.checks import mask, meter_of_rows
-from remediation.core.columns import Batch, Column, Indexes
+from remediation.core.columns import Batch, Column, Indexes, Mask
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
 from remediation.errors import Uncorrectable
 from remediation.limits import DEFAULT_LIMITS, FieldLimits, shown
@@ -54,32 +54,41 @@ def fix_value(batch: Batch, ctx: Context) -> Fix:
 
 
 def _thousands_lane(batch: Batch, ctx: Context) -> list[tuple[str, Indexes]]:
-    """(value key, rows) of rows whose value is a plain thousands text of an active meter."""
+    """(value key, rows) of rows whose value is a plain thousands text of an active meter
+    (meters sharing a value key share one lane)."""
     if not ctx.rules.enabled("normalize_value"):
         return []
     meters, positions = meter_of_rows(batch, ctx.index)
-    lanes = []
+    by_key: dict[str, Mask] = {}
     for at, meter in enumerate(meters):
         if meter is None or meter.value_key not in batch.payload:
             continue
-        column = batch.payload[meter.value_key]
-        hit = (positions == at) & column.is_text()
+        rows = by_key.get(meter.value_key)
+        of_meter = positions == at
+        by_key[meter.value_key] = of_meter if rows is None else rows | of_meter
+    lanes = []
+    for key, rows in by_key.items():
+        column = batch.payload[key]
+        hit = rows & column.is_text()
         hit &= mask(pc.match_substring_regex(column.text, _COLUMN_THOUSANDS))
         if hit.any():
-            lanes.append((meter.value_key, np.flatnonzero(hit)))
+            lanes.append((key, np.flatnonzero(hit)))
     return lanes
 
 
 def _plain_thousands(raw: pa.Array) -> pa.Array:
     """`normalize_number` of plain thousands texts: commas out, trailing fraction zeros and
-    leading integer zeros dropped (`0,012.50` -> `12.5`)."""
+    leading integer zeros dropped (`0,012.50` -> `12.5`); the regexes run on the few texts
+    with a point or a leading zero alone."""
     text = pc.replace_substring(raw, ",", "")
-    odd = pc.or_(pc.starts_with(text, "0"), pc.match_substring(text, "."))
-    if not pc.any(odd).as_py():
+    odd = np.flatnonzero(mask(pc.or_(pc.starts_with(text, "0"), pc.match_substring(text, "."))))
+    if not len(odd):
         return text  # `1,234` -> `1234`: nothing else to drop
-    text = pc.replace_substring_regex(text, r"(\.[0-9]*?)0+$", r"\1")
-    text = pc.replace_substring_regex(text, r"\.$", "")
-    return pc.replace_substring_regex(text, r"^0+([0-9])", r"\1")
+    picked = text.take(pa.array(odd))
+    picked = pc.replace_substring_regex(picked, r"(\.[0-9]*?)0+$", r"\1")
+    picked = pc.replace_substring_regex(picked, r"\.$", "")
+    picked = pc.replace_substring_regex(picked, r"^0+([0-9])", r"\1")
+    return set_column(Column(text), odd, Column(picked)).text
 
 
 def fix_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
