@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from remediation.core.columns import Column, Indexes, Kind
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
-from remediation.core.text import join, json_strings, json_text
+from remediation.core.text import join, json_parts, json_strings, json_text, take_parts
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Correction, QuarantinedRow, Tally, value_text
 from remediation.sinks import Sinks
@@ -40,15 +40,15 @@ class AuditLines:
         by_row = np.full(len(decided.batch), -1, np.int64)
         by_row[written] = np.arange(len(written))
         chunks: list[tuple[Indexes, pa.Array]] = []
-        identifiers = json_strings(decided.batch.identifier.text)
-        new_json = json_strings(new_ids)
+        identifiers = json_parts(decided.batch.identifier.text)
+        new_json = json_parts(new_ids)
         for change in decided.changes:
             if len(change):
                 at = pa.array(change.at)
                 parts = [
                     *self._start(decided, change.at, at, self.correction_head, identifiers),
                     ', "new_identifier": ',
-                    new_json.take(pa.array(by_row[change.at])),
+                    *take_parts(new_json, pa.array(by_row[change.at])),
                     ', "code": ',
                     _json_codes(decided.arrived[change.at]),
                     ', "rule": ',
@@ -56,9 +56,9 @@ class AuditLines:
                     ', "field": ',
                     _json_of(change.field),
                     ', "before": ',
-                    value_json(change.before),
+                    *value_parts(change.before),
                     ', "after": ',
-                    value_json(change.after),
+                    *value_parts(change.after),
                     "}\n",
                 ]
                 chunks.append((change.at, join(parts, len(change))))
@@ -72,7 +72,7 @@ class AuditLines:
                 ', "mfx_code": ',
                 _json_codes(decided.mfx_code[quarantined]),
                 ', "reason": ',
-                json_strings(pa.array(decided.reason[quarantined], pa.string())),
+                *json_parts(pa.array(decided.reason[quarantined], pa.string())),
                 "}\n",
             ]
             chunks.append((quarantined, join(parts, len(quarantined))))
@@ -88,11 +88,15 @@ class AuditLines:
 
     @staticmethod
     def _start(
-        decided: Decided, rows: Indexes, at: pa.Array, head: str, identifiers: pa.Array
+        decided: Decided,
+        rows: Indexes,
+        at: pa.Array,
+        head: str,
+        identifiers: list[pa.Array | str],
     ) -> list[pa.Array | str]:
         """The first parts of the lines of `rows`: the head, the row number, the identifier."""
         numbers = pa.array(decided.batch.rows[rows]).cast(pa.string())
-        return [head, numbers, ', "identifier": ', identifiers.take(at)]
+        return [head, numbers, ', "identifier": ', *take_parts(identifiers, at)]
 
 
 def account(
@@ -215,6 +219,14 @@ def new_identifiers(ids: Identifiers, identifier: Column, rows: Indexes) -> pa.A
     index[others] = n + np.arange(len(others))
     extra = pa.array(derived, pa.large_string())
     return pa.concat_arrays([plain.cast(pa.large_string()), extra]).take(pa.array(index))
+
+
+def value_parts(column: Column) -> list[pa.Array | str]:
+    """`value_json(column)` as parts for `join` (text alone quoted by the constants around
+    it, when every value is text and present)."""
+    if column.kinds is None:
+        return json_parts(column.text)
+    return [value_json(column)]
 
 
 def value_json(column: Column) -> pa.Array:

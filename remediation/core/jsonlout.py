@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from remediation.core.audit import AuditLines, account, new_identifiers, value_json
+from remediation.core.audit import AuditLines, account, new_identifiers, value_parts
 from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.decide import QUARANTINED, Decided
-from remediation.core.text import join, json_text, line_bytes
+from remediation.core.text import join, json_text, line_bytes, take_parts
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
@@ -89,13 +89,13 @@ class JsonlOut:
             has = tuple(bool(kind >> bit & 1) for bit in range(len(_CORE)))
             order = batch.order.distinct[kind >> len(_CORE)]
             layouts[(has, order)] = np.flatnonzero(of_row == at)
-        encoded: dict[tuple[str, str], pa.Array] = {}
+        encoded: dict[tuple[str, str], list[pa.Array | str]] = {}
 
-        def values(group: str, key: str, column: Column) -> pa.Array:
+        def values(group: str, key: str, column: Column, at: pa.Array) -> list[pa.Array | str]:
             found = encoded.get((group, key))
             if found is None:
-                found = encoded[(group, key)] = value_json(column)  # absent rows: "null"
-            return found
+                found = encoded[(group, key)] = value_parts(column)  # absent rows: "null"
+            return take_parts(found, at)
 
         pieces, rows = [], []
         for (has, (payload_keys, extra_keys)), members in layouts.items():
@@ -103,16 +103,16 @@ class JsonlOut:
             parts: list[pa.Array | str] = ["{"]
             for name, there in zip(_CORE, has, strict=True):
                 if there:
-                    parts += [_key(name), values("", name, cores[name]).take(at), ","]
+                    parts += [_key(name), *values("", name, cores[name], at), ","]
             parts.append('"payload":{')
             for key in payload_keys:
-                parts += [_key(key), values("p", key, batch.payload[key]).take(at), ","]
+                parts += [_key(key), *values("p", key, batch.payload[key], at), ","]
             if payload_keys:
                 parts.pop()
             parts.append("}")
             for key in extra_keys:
                 if not key.startswith(MFX_PREFIX):
-                    parts += [",", _key(key), values("e", key, batch.extra[key]).take(at)]
+                    parts += [",", _key(key), *values("e", key, batch.extra[key], at)]
             parts.append("}\n")
             pieces.append(join(parts, len(members)))
             rows.append(members)

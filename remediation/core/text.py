@@ -243,6 +243,32 @@ def json_strings(values: pa.Array) -> pa.Array:
     return quoted
 
 
+def json_inner(values: pa.Array) -> pa.Array | None:
+    """Each value as `json_strings` writes it, without its quotes (large_string); None when
+    a value is null (its JSON, null, has none). A caller joining it with other parts puts
+    the quotes into the constant text around it, which costs nothing (`json_parts`)."""
+    text = _as_text(values)
+    if text.null_count:
+        return None
+    special = rows_holding(text, _JSON_ESCAPED)
+    if len(special):
+        escaped = [encode_basestring(s)[1:-1] for s in text.take(pa.array(special)).to_pylist()]
+        text = _scatter(text, special, pa.array(escaped, pa.large_string()))
+    return text
+
+
+def json_parts(values: pa.Array) -> list[pa.Array | str]:
+    """`json_strings(values)` as parts for `join`: the quotes apart from the text when no
+    value is null (they merge with the constants around them)."""
+    inner = json_inner(values)
+    return [json_strings(values)] if inner is None else ['"', inner, '"']
+
+
+def take_parts(parts: Sequence[pa.Array | str], at: pa.Array) -> list[pa.Array | str]:
+    """Rows `at` of each array among `parts` (constants kept)."""
+    return [part if isinstance(part, str) else part.take(at) for part in parts]
+
+
 @lru_cache(maxsize=1024)
 def json_text(value: str) -> str:
     """One string as `json_strings` writes it (names and keys met in every batch: once each)."""

@@ -15,7 +15,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediation.core.text import byte_counts, csv_cells, csv_rows, join, json_strings
+from remediation.core.text import (
+    byte_counts,
+    csv_cells,
+    csv_rows,
+    join,
+    json_inner,
+    json_parts,
+    json_strings,
+    take_parts,
+)
 
 # Characters csv and json treat specially, plus multi-byte ones sharing a first byte with the
 # non-ASCII delimiters (é/à, §/©, 😀/😁); lone surrogates cannot be held in an arrow string,
@@ -283,3 +292,18 @@ def test_byte_counts_count_as_str_count(
     array = pa.array(values, kind).slice(min(skip, len(values)))
     expected = [0 if v is None else v.count('"') for v in values[min(skip, len(values)) :]]
     assert byte_counts(array, ord('"')).tolist() == expected
+
+
+@given(st.lists(st.none() | st.text(max_size=8), max_size=20), st.integers(0, 19))
+def test_json_parts_join_to_json_dumps(values: list[str | None], pick: int) -> None:
+    """Joined, the parts are json.dumps of each value (null as null), taken rows too; the
+    inner text is there (quotes apart) only when no value is null."""
+    array = pa.array(values, pa.string())
+    parts = json_parts(array)
+    expected = [json.dumps(v, ensure_ascii=False) for v in values]
+    assert join(parts, len(values)).to_pylist() == expected
+    assert (json_inner(array) is None) == (None in values)
+    if values:
+        at = pa.array([pick % len(values)])
+        taken = join(take_parts(parts, at), 1).to_pylist()
+        assert taken == [expected[pick % len(values)]]
