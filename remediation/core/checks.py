@@ -36,7 +36,8 @@ PLAIN = r"^-?[0-9]+(\.[0-9]+)?$"
 
 def mask(array: pa.Array) -> Mask:
     """A boolean Arrow array as numpy (null: False)."""
-    return np.asarray(array.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    filled = array.fill_null(False) if array.null_count else array
+    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def matches(column: Column, pattern: str) -> Mask:
@@ -63,13 +64,21 @@ _CONTROL_BYTES = bytes(range(32)) + b"\x7f\xe2"  # U+2028/U+2029 start with 0xE2
 
 
 def longer(column: Column, most: int) -> Mask:
-    over: Mask = column.mark("length", _lengths) > most
+    """Rows holding more than `most` characters, as `len()` counts them. A value has at most
+    as many characters as bytes: only rows with more bytes are counted in characters."""
+    over: Mask = column.mark("bytes", _byte_lengths) > most
+    rows = np.flatnonzero(over)
+    if len(rows):
+        counted = pc.utf8_length(column.text.take(pa.array(rows)))
+        over[rows] = np.asarray(counted.to_numpy(zero_copy_only=False)) > most
     return over
 
 
-def _lengths(column: Column) -> npt.NDArray[np.int64]:
-    """Characters per row (0 where absent), as `len()` counts them."""
-    counted = pc.fill_null(pc.utf8_length(column.text), 0)
+def _byte_lengths(column: Column) -> npt.NDArray[np.int64]:
+    """Bytes per row (0 where absent): 0 exactly where `len()` is 0."""
+    counted = pc.binary_length(column.text)
+    if counted.null_count:
+        counted = counted.fill_null(0)
     return np.asarray(counted.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
@@ -183,7 +192,7 @@ def _payload(batch: Batch, meter: Meter, index: MeterIndex, codes: Codes, rows: 
     if customer is None:
         flag(np.ones(len(batch), bool), ErrorCode.NO_CUSTOMER_DEFINED)
         return
-    blank = (customer.mark("length", _lengths) == 0) | mask(pc.utf8_is_space(customer.text))
+    blank = (customer.mark("bytes", _byte_lengths) == 0) | mask(pc.utf8_is_space(customer.text))
     if customer.kinds is not None:  # a JSON null is no customer; a number is one
         blank = (blank & (customer.kinds == Kind.TEXT)) | (customer.kinds == Kind.NULL)
     flag(~customer.present() | blank, ErrorCode.NO_CUSTOMER_DEFINED)

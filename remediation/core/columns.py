@@ -171,8 +171,13 @@ def value_of(text: str | None, kind: int) -> object:
     return json.loads(text)
 
 
+def as_string(array: pa.Array) -> pa.Array:
+    """`array` as pa.string() (a cast to the type it has still costs a kernel call)."""
+    return array if pa.types.is_string(array.type) else array.cast(pa.string())
+
+
 def concat_columns(columns: Sequence[Column]) -> Column:
-    text = pa.concat_arrays([c.text.cast(pa.string()) for c in columns])
+    text = pa.concat_arrays([as_string(c.text) for c in columns])
     if all(c.kinds is None for c in columns):
         return Column(text)
     return Column(text, np.concatenate([c.kind_array() for c in columns]))

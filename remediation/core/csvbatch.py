@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, Column
+from remediation.core.columns import Batch, Column, as_string
 from remediation.readers import CsvLayout
 from remediation.records import resolve_error
 
@@ -37,7 +37,7 @@ def csv_batch(
         _core(cells, layout.timestamp, rows),
         _core(cells, layout.event_name, rows),
         {key: _core(cells, i, rows) for i, key in layout.payload},
-        {name: Column(cells[i].cast(pa.string())) for i, name in layout.extra},
+        {name: Column(as_string(cells[i])) for i, name in layout.extra},
         code,
         message,
         pa.array(broken, pa.string()),
@@ -48,7 +48,7 @@ def _core(cells: Sequence[pa.Array], index: int | None, rows: int) -> Column:
     """A column where an empty cell is an absent field."""
     if index is None:
         return Column.absent(rows)
-    text = cells[index].cast(pa.string())
+    text = as_string(cells[index])
     empty = pc.equal(text, "")
     return Column(
         pc.if_else(empty, pa.scalar(None, pa.string()), text) if pc.any(empty).as_py() else text
@@ -61,11 +61,9 @@ def _errors(layout: CsvLayout, cells: Sequence[pa.Array], rows: int) -> tuple[pa
         return none, none
     simple = layout.simple_errors
     if simple is not None and all(_ascii(cells[i]) for i, _ in layout.errors):
-        code = pc.utf8_lower(pc.utf8_trim(cells[simple[0]].cast(pa.string()), PY_SPACE))
+        code = pc.utf8_lower(pc.utf8_trim(as_string(cells[simple[0]]), PY_SPACE))
         message = (
-            pc.utf8_trim(cells[simple[1]].cast(pa.string()), PY_SPACE)
-            if simple[1] is not None
-            else none
+            pc.utf8_trim(as_string(cells[simple[1]]), PY_SPACE) if simple[1] is not None else none
         )
         return _nulled(code), _nulled(message)
     if simple is not None:
@@ -84,7 +82,7 @@ def _errors(layout: CsvLayout, cells: Sequence[pa.Array], rows: int) -> tuple[pa
 
 def _ascii(text: pa.Array) -> bool:
     """Arrow trims and lowers ASCII exactly as Python does (not every other character)."""
-    return bool(pc.all(pc.string_is_ascii(text.cast(pa.string()))).as_py() is not False)
+    return bool(pc.all(pc.string_is_ascii(as_string(text))).as_py() is not False)
 
 
 def _nulled(text: pa.Array) -> pa.Array:

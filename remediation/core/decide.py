@@ -153,7 +153,8 @@ class BatchDecider:
 
 
 def mask_of(array: pa.Array) -> Mask:
-    return np.asarray(array.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    filled = array.fill_null(False) if array.null_count else array
+    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 class _Rounds:

@@ -34,12 +34,14 @@ def _as_text(values: pa.Array, length: int | None = None) -> pa.Array:
         raise TypeError(f"expected a pyarrow string array, got {type(values).__name__}")
     if length is not None and len(values) != length:
         raise ValueError(f"expected {length} rows, got an array of {len(values)}")
-    return values.cast(pa.large_string())
+    return values if pa.types.is_large_string(values.type) else values.cast(pa.large_string())
 
 
 def _mask(flags: pa.Array) -> Mask:
     """A boolean arrow result as numpy, null (from a null input) counting as False."""
-    mask: Mask = pc.fill_null(flags, False).to_numpy(zero_copy_only=False)
+    mask: Mask = (pc.fill_null(flags, False) if flags.null_count else flags).to_numpy(
+        zero_copy_only=False
+    )
     return mask
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from remediation.changes import Change, Context
-from remediation.core.columns import Batch, Column, Indexes, from_records
+from remediation.core.columns import Batch, Column, Indexes, as_string, from_records
 from remediation.errors import Uncorrectable
 from remediation.records import UsageRecord
 
@@ -120,7 +120,7 @@ def _merged(column: Column, at: Indexes, old: Column, new: Column) -> Column:
 
 
 def _same(a: Column, b: Column) -> bool:
-    if not a.text.cast(pa.string()).equals(b.text.cast(pa.string())):
+    if not as_string(a.text).equals(as_string(b.text)):
         return False
     if a.kinds is None and b.kinds is None:
         return True
@@ -146,7 +146,7 @@ def set_column(column: Column, at: Indexes, values: Column) -> Column:
     """`column` with rows `at` set to `values` (text and kinds)."""
     if not len(at):
         return column
-    whole = pa.concat_arrays([column.text.cast(pa.string()), values.text.cast(pa.string())])
+    whole = pa.concat_arrays([as_string(column.text), as_string(values.text)])
     index = np.arange(len(column), dtype=np.int64)
     index[at] = len(column) + np.arange(len(at), dtype=np.int64)
     text = whole.take(pa.array(index))

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediation.core.audit import new_identifiers
-from remediation.core.checks import problem_codes
+from remediation.core.checks import longer, problem_codes
 from remediation.core.columns import Column, from_records
 from remediation.identifiers import Ancestor, Identifiers, Lineage
 from remediation.limits import FieldLimits
@@ -115,3 +115,18 @@ def test_fuzz_new_identifiers_on_a_column_are_the_row_rule(
     rows = np.arange(1, len(identifiers) + 1, dtype=np.int64)
     found = new_identifiers(ids, Column(pa.array(identifiers, pa.string())), rows).to_pylist()
     assert found == [ids.new(i, int(r)) for i, r in zip(identifiers, rows, strict=True)]
+
+
+@given(
+    st.lists(st.none() | st.text(alphabet="a\u00e9\u20ac\U0001f600", max_size=6), max_size=20),
+    st.integers(0, 8),
+)
+def test_longer_counts_characters_as_len(values: list[str | None], most: int) -> None:
+    """Past `most` characters as `len()` counts them (bytes only narrow the rows counted),
+    on a column and on rows taken from it (which carry its byte counts)."""
+    column = Column(pa.array(values, pa.string()))
+    expected = [v is not None and len(v) > most for v in values]
+    assert longer(column, most).tolist() == expected
+    assert longer(column, most).tolist() == expected  # the counts are kept, not changed
+    picks = np.arange(len(values))[::-1].copy()
+    assert longer(column.take(picks), most).tolist() == expected[::-1]
