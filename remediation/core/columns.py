@@ -259,10 +259,32 @@ class Batch:
     event_name: Column
     payload: Mapping[str, Column]
     extra: Mapping[str, Column]
-    error_code: pa.Array  # normalized codes (null: none), as `records.resolve_error` gives them
-    error_message: pa.Array
-    malformed: pa.Array  # the reader's reason for a broken row, null for the others
+    # Normalized error codes (null: none), as `records.resolve_error` gives them; the error
+    # messages; the reader's reason for a broken row (null for the others). Given as arrays,
+    # held as columns: rows taken are gathered only when read (the rounds and the writers
+    # take rows many times, and mostly never read these).
+    code_column: Column
+    message_column: Column
+    malformed_column: Column
     order: KeyOrders | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        for name in ("code_column", "message_column", "malformed_column"):
+            value = getattr(self, name)
+            if not isinstance(value, Column):
+                object.__setattr__(self, name, Column(value))
+
+    @property
+    def error_code(self) -> pa.Array:
+        return self.code_column.text
+
+    @property
+    def error_message(self) -> pa.Array:
+        return self.message_column.text
+
+    @property
+    def malformed(self) -> pa.Array:
+        return self.malformed_column.text
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -276,9 +298,9 @@ class Batch:
             self.event_name.take(indexes, at),
             {k: c.take(indexes, at) for k, c in self.payload.items()},
             {k: c.take(indexes, at) for k, c in self.extra.items()},
-            _taken(self.error_code, at),
-            _taken(self.error_message, at),
-            _taken(self.malformed, at),
+            _taken(self.code_column, indexes, at),
+            _taken(self.message_column, indexes, at),
+            _taken(self.malformed_column, indexes, at),
             self.order.take(indexes) if self.order is not None else None,
         )
 
@@ -315,12 +337,13 @@ class Batch:
 _ABSENT: Any = object()
 
 
-def _taken(array: pa.Array, at: pa.Array) -> pa.Array:
-    """Rows `at` of an array (no gather when every row is null: a file without malformed
+def _taken(column: Column, indexes: Indexes, at: pa.Array) -> Column:
+    """Rows `at` of a column (no gather when every row is null: a file without malformed
     rows, or without error columns)."""
-    if array.null_count == len(array):
-        return pa.nulls(len(at), array.type)
-    return array.take(at)
+    known = column._text
+    if known is not None and known.null_count == len(known):
+        return Column(pa.nulls(len(at), known.type))
+    return column.take(indexes, at)
 
 
 def _present_values(column: Column) -> list[object]:
