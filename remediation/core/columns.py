@@ -418,7 +418,7 @@ def concat_batches(batches: Sequence[Batch]) -> Batch:
         pa.concat_arrays([b.error_code for b in batches]),
         pa.concat_arrays([b.error_message for b in batches]),
         pa.concat_arrays([b.malformed for b in batches]),
-        concat_orders([_orders(b) for b in batches]) if ordered else None,
+        concat_orders([key_orders(b) for b in batches]) if ordered else None,
     )
 
 
@@ -426,7 +426,8 @@ def _key(columns: Mapping[str, Column], key: str, length: int) -> Column:
     return columns.get(key) or Column.absent(length)
 
 
-def _orders(batch: Batch) -> KeyOrders:
+def key_orders(batch: Batch) -> KeyOrders:
+    """Each row's keys: its own order, or the columns' order of the keys it has."""
     if batch.order is not None:
         return batch.order
     payload = [k for k, c in batch.payload.items()]

@@ -16,7 +16,15 @@ import numpy as np
 import pyarrow as pa
 
 from remediation.changes import Change, Context
-from remediation.core.columns import Batch, Column, Indexes, as_string, from_records
+from remediation.core.columns import (
+    Batch,
+    Column,
+    Indexes,
+    KeyOrders,
+    as_string,
+    from_records,
+    key_orders,
+)
 from remediation.errors import Uncorrectable
 from remediation.records import UsageRecord
 
@@ -85,32 +93,53 @@ def one_by_one(batch: Batch, ctx: Context, row_rule: RowRule, rows: Indexes | No
 
 
 def put(batch: Batch, at: Indexes, old: Batch, records: list[UsageRecord]) -> Batch:
-    """`batch` with rows `at` (which were `old`) replaced by `records`."""
+    """`batch` with rows `at` (which were `old`) replaced by `records`. Each record keeps its
+    own key order, as the row API keeps it (a renamed key goes last in its row, whatever
+    the other rows hold)."""
     if not len(at):
         return batch
-    return replace_rows(batch, at, from_records(records, batch.order is not None), old)
+    return replace_rows(batch, at, from_records(records), old)
 
 
 def replace_rows(batch: Batch, at: Indexes, new: Batch, old: Batch | None = None) -> Batch:
     """`batch` with its rows `at` taken from `new` (whose row i replaces row at[i]); only the
-    columns that differ from `old` (those rows as they were) are rebuilt."""
+    columns that differ from `old` (those rows as they were) are rebuilt.
+
+    A batch without key orders (CSV: the columns order every row's keys) gets them only when
+    a new row's keys are in another order than the columns give."""
     if len(at) == len(batch) and np.array_equal(at, everyone(batch)):
-        return new
+        return new if batch.order is not None else _unordered(new)
     if old is None:
         old = batch.take(at)
     cores = {
         name: _merged(getattr(batch, name), at, getattr(old, name), getattr(new, name))
         for name in ("identifier", "timestamp", "event_name")
     }
+    payload = _merged_keys(batch.payload, at, old.payload, new.payload, len(batch))
+    extra = _merged_keys(batch.extra, at, old.extra, new.extra, len(batch))
     order = batch.order
+    if order is None and new.order is not None and not follows(new.order, payload, extra):
+        order = key_orders(batch)
     if order is not None and new.order is not None and new.order != old.order:
         order = order.replaced(at, new.order)
-    return batch.with_fields(
-        payload=_merged_keys(batch.payload, at, old.payload, new.payload, len(batch)),
-        extra=_merged_keys(batch.extra, at, old.extra, new.extra, len(batch)),
-        order=order,
-        **cores,
-    )
+    return batch.with_fields(payload=payload, extra=extra, order=order, **cores)
+
+
+def _unordered(batch: Batch) -> Batch:
+    """`batch` without key orders when its columns give every row's keys in the same order."""
+    if batch.order is None or not follows(batch.order, batch.payload, batch.extra):
+        return batch
+    return batch.with_fields(order=None)
+
+
+def follows(orders: KeyOrders, payload: Mapping[str, Column], extra: Mapping[str, Column]) -> bool:
+    """Whether each row's keys are in the order of the columns (checked per distinct order)."""
+    for payload_keys, extra_keys in orders.distinct:
+        for keys, columns in ((payload_keys, payload), (extra_keys, extra)):
+            held = set(keys)
+            if keys != tuple(key for key in columns if key in held):
+                return False
+    return True
 
 
 def _merged(column: Column, at: Indexes, old: Column, new: Column) -> Column:

@@ -38,25 +38,35 @@ def fix_customer(batch: Batch, ctx: Context) -> Fix:
 
 
 def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
+    """The customer picked for each distinct text (and the reason when none is), handed to
+    its rows by index."""
     raw = fix.batch.payload[key].text.take(pa.array(rows))
     encoded = pc.dictionary_encode(raw)
-    picks = [customer_for(text, ctx) for text in encoded.dictionary.to_pylist()]
+    texts = encoded.dictionary.to_pylist()
+    picks = [customer_for(text, ctx) for text in texts]
     index = encoded.indices.to_numpy(zero_copy_only=False)
     failed = np.asarray([p is None for p in picks], bool)[index]
-    for i in np.flatnonzero(failed).tolist():
-        fix.failed[int(rows[i])] = no_match(str(raw[i].as_py()))
+    if failed.any():
+        reasons = [
+            no_match(str(text)) if p is None else "" for text, p in zip(texts, picks, strict=True)
+        ]
+        fix.fail(rows[failed], [reasons[i] for i in index[failed].tolist()])
     ok = np.flatnonzero(~failed)
     if not len(ok):
         return
-    chosen = [picks[i] for i in index[ok].tolist()]
-    after = Column(pa.array([c[1] for c in chosen if c], pa.string()))
+    picked = pa.array(index[ok])
+    after = Column(pa.array([p[1] if p else None for p in picks], pa.string()).take(picked))
     at = rows[ok]
     payload = dict(fix.batch.payload)
     payload[key] = set_column(payload[key], at, after)
     fix.batch = fix.batch.with_fields(payload=payload)
-    rules = [c[0] for c in chosen if c]
+    used = {pick[0] for i in set(index[ok].tolist()) if (pick := picks[i])}
+    rule: str | list[str] = next(iter(used))
+    if len(used) > 1:
+        rule = [p[0] if p else "" for p in picks]
+        rule = [rule[i] for i in index[ok].tolist()]
     before = Column(raw.take(pa.array(ok)))
-    fix.changes.append(Changes(at, rules, f"payload.{key}", before, after))
+    fix.changes.append(Changes(at, rule, f"payload.{key}", before, after))
 
 
 def fix_customer_row(record: UsageRecord, ctx: Context) -> list[Change]:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.changes import Change, Context, meter_of
-from remediation.core.checks import mask, meter_of_rows
+from remediation.core.checks import longer, mask, meter_of_rows
 from remediation.core.columns import Batch, Column, Indexes, Mask
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
 from remediation.errors import Uncorrectable
@@ -35,11 +35,18 @@ _COLUMN_THOUSANDS = r"^[0-9]{1,3}(,[0-9]{3}){1,5}(\.[0-9]{1,12})?$"
 
 def fix_value(batch: Batch, ctx: Context) -> Fix:
     """Strip spaces/quotes/thousands separators, `12.0` -> `12`, exponent forms -> plain."""
-    lanes = _thousands_lane(batch, ctx)
+    by_key = _rows_by_value_key(batch, ctx)
+    lanes = _thousands_lane(batch, ctx, by_key)
     rest = np.ones(len(batch), bool)
     for _, at in lanes:
         rest[at] = False
+    failed: dict[int, str] = {}
+    for key, at in _digitless_lane(batch, ctx, by_key):
+        rest[at] = False
+        texts = batch.payload[key].text.take(pa.array(at)).to_pylist()
+        failed.update(zip(at.tolist(), map(not_a_number, texts), strict=True))
     fix = one_by_one(batch, ctx, fix_value_row, np.flatnonzero(rest))
+    fix.failed.update(failed)
     for key, at in lanes:
         column = fix.batch.payload[key]
         raw = column.text.take(pa.array(at))
@@ -53,11 +60,9 @@ def fix_value(batch: Batch, ctx: Context) -> Fix:
     return fix
 
 
-def _thousands_lane(batch: Batch, ctx: Context) -> list[tuple[str, Indexes]]:
-    """(value key, rows) of rows whose value is a plain thousands text of an active meter
-    (meters sharing a value key share one lane)."""
-    if not ctx.rules.enabled("normalize_value"):
-        return []
+def _rows_by_value_key(batch: Batch, ctx: Context) -> dict[str, Mask]:
+    """Rows of an active meter by its value key, for keys the batch has (meters sharing a
+    value key share one lane)."""
     meters, positions = meter_of_rows(batch, ctx.index)
     by_key: dict[str, Mask] = {}
     for at, meter in enumerate(meters):
@@ -66,11 +71,36 @@ def _thousands_lane(batch: Batch, ctx: Context) -> list[tuple[str, Indexes]]:
         rows = by_key.get(meter.value_key)
         of_meter = positions == at
         by_key[meter.value_key] = of_meter if rows is None else rows | of_meter
+    return by_key
+
+
+def _thousands_lane(
+    batch: Batch, ctx: Context, by_key: dict[str, Mask]
+) -> list[tuple[str, Indexes]]:
+    """(value key, rows) of rows whose value is a plain thousands text."""
+    if not ctx.rules.enabled("normalize_value"):
+        return []
     lanes = []
     for key, rows in by_key.items():
         column = batch.payload[key]
         hit = rows & column.is_text()
         hit &= mask(pc.match_substring_regex(column.text, _COLUMN_THOUSANDS))
+        if hit.any():
+            lanes.append((key, np.flatnonzero(hit)))
+    return lanes
+
+
+def _digitless_lane(
+    batch: Batch, ctx: Context, by_key: dict[str, Mask]
+) -> list[tuple[str, Indexes]]:
+    """(value key, rows) of rows whose value is text without a decimal digit (`NaN`, `n/a`,
+    `twelve`, empty): no number, as `normalize_number` finds (within the length limit)."""
+    lanes = []
+    most = ctx.index.limits.max_payload_value_chars
+    for key, rows in by_key.items():
+        column = batch.payload[key]
+        hit = rows & column.is_text() & ~longer(column, most)
+        hit &= ~mask(pc.match_substring_regex(column.text, r"\p{Nd}"))
         if hit.any():
             lanes.append((key, np.flatnonzero(hit)))
     return lanes
@@ -97,11 +127,15 @@ def fix_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
     raw = record.payload.get(key)
     number = normalize_number(raw, ctx.index.limits)
     if number is None or not ctx.rules.enabled("normalize_value"):
-        raise Uncorrectable(f"value {shown(raw)} is not a number")
+        raise Uncorrectable(not_a_number(raw))
     if number == raw:
         raise Uncorrectable(f"value {shown(raw)} is already a plain number; nothing to correct")
     record.payload[key] = number if isinstance(raw, str) else json_number(number)
     return [Change("normalize_value", f"payload.{key}", raw, record.payload[key])]
+
+
+def not_a_number(raw: object) -> str:
+    return f"value {shown(raw)} is not a number"
 
 
 def normalize_number(raw: object, limits: FieldLimits = DEFAULT_LIMITS) -> str | None:

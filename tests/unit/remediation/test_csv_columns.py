@@ -155,6 +155,22 @@ def test_columns_write_what_records_write(
     assert_same(to_csv(doubled), tmp, identifiers=identifiers, rejected=rejected, **more)
 
 
+def test_a_renamed_key_goes_last_in_its_own_row(tmp_path: Path) -> None:
+    """Found by the property above: a row whose value key a rule renames (`value` ->
+    `tokens`) keeps its own key order, as the row API keeps it, whatever key order another
+    row of its batch has (the row before it lacks the customer key): the corrected file's
+    columns were `payload_tokens,payload_stripe_customer_id` on columns."""
+    message = "No meter was found matching event_name X."
+    rows = [
+        ["a1", str(NOW), "api_requests", "cus_1", "5", "", "", ""],
+        ["a1", str(NOW), "tokens", "", "5", "", "", message],
+        ["a1", str(NOW), "tokens", "cus_1", "5", "", "", message],
+    ]
+    assert_same(to_csv(rows), tmp_path, rejected=False)
+    written = (tmp_path / "columns" / "failed.corrected.r1.csv").read_bytes().splitlines()
+    assert written[0].decode().split(",")[3:5] == ["payload_stripe_customer_id", "payload_tokens"]
+
+
 def test_parts_split_at_the_same_rows(tmp_path: Path) -> None:
     rows = [
         [f"e{i}", str(NOW * 1000 + i), "api_requests", "cus_1", "5", "", "timestamp_in_future", ""]
