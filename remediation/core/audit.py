@@ -6,13 +6,15 @@ ensure_ascii=False)` writes (`sinks.Sinks.audit`); the run's counts; derived ide
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any, TextIO
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Column, Indexes, Kind
+from remediation.core.columns import Column, Indexes, Kind, as_string
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
 from remediation.core.text import join, json_parts, json_strings, json_text, take_parts
 from remediation.identifiers import Identifiers
@@ -78,11 +80,10 @@ class AuditLines:
             chunks.append((quarantined, join(parts, len(quarantined))))
         if not chunks:
             return
-        text = chunks[0][1]
-        if len(chunks) > 1:
-            rows = np.concatenate([rows for rows, _ in chunks])
-            order = np.argsort(rows, kind="stable")
-            text = pa.concat_arrays([lines for _, lines in chunks]).take(pa.array(order))
+        rows = np.concatenate([rows for rows, _ in chunks])
+        text = pa.concat_arrays([lines for _, lines in chunks])
+        if (np.diff(rows) < 0).any():  # a merged change's rows, or several changes
+            text = text.take(pa.array(np.argsort(rows, kind="stable")))
         audit.flush()
         audit.buffer.write(array_bytes(text))
 
@@ -120,36 +121,63 @@ def audit_records(
     decided: Decided, source: str, written: Indexes, new_ids: pa.Array
 ) -> tuple[list[Correction], list[QuarantinedRow]]:
     """The batch's audit as typed records, in row order: corrections built on columns (they
-    are most rows), quarantined rows with the row in full (as the quarantine file holds it)."""
+    are most rows; each field put in row order as one array, then read out once), quarantined
+    rows with the row in full (as the quarantine file holds it)."""
     by_row = np.full(len(decided.batch), -1, np.int64)
     by_row[written] = np.arange(len(written))
-    numbers = decided.batch.rows
-    identifiers, news = decided.batch.identifier.text, new_ids
-    fields: list[list[Any]] = [[] for _ in range(8)]
-    for change in decided.changes:
-        at = pa.array(change.at)
-        n = len(change)
-        fields[0] += numbers[change.at].tolist()
-        fields[1] += identifiers.take(at).to_pylist()
-        fields[2] += news.take(pa.array(by_row[change.at])).to_pylist()
-        fields[3] += decided.arrived[change.at].tolist()
-        fields[4] += [change.rule] * n if isinstance(change.rule, str) else list(change.rule)
-        fields[5] += [change.field] * n if isinstance(change.field, str) else list(change.field)
-        fields[6] += _texts(change.before)
-        fields[7] += _texts(change.after)
-    order = np.argsort(np.asarray(fields[0], np.int64), kind="stable").tolist()
-    picked = [[values[i] for i in order] for values in fields]
-    corrections = [Correction(source, *values) for values in zip(*picked, strict=True)]
+    changes = [change for change in decided.changes if len(change)]
+    if not changes:
+        return [], _quarantined_rows(decided, source)
+    at = np.concatenate([change.at for change in changes])
+    order = np.argsort(at, kind="stable")
+    rows = at[order]
+    taken = pa.array(rows)
+    identifiers = decided.batch.identifier.text.take(taken).to_pylist()
+    news = new_ids.take(pa.array(by_row[rows])).to_pylist()
+    names = [
+        _in_order([_repeated(getattr(c, name), len(c)) for c in changes], order)
+        for name in ("rule", "field")
+    ]
+    values = [
+        pa.concat_arrays([_texts(getattr(c, name)) for c in changes]).take(pa.array(order))
+        for name in ("before", "after")
+    ]
+    corrections = list(
+        map(
+            Correction._make,
+            zip(
+                repeat(source),
+                decided.batch.rows[rows].tolist(),
+                identifiers,
+                news,
+                decided.arrived[rows].tolist(),
+                *names,
+                values[0].to_pylist(),
+                values[1].to_pylist(),
+                strict=False,  # `repeat` never ends: the other fields have one value a row
+            ),
+        )
+    )
     return corrections, _quarantined_rows(decided, source)
 
 
-def _texts(column: Column) -> list[str | None]:
+def _repeated(value: str | Sequence[str], n: int) -> npt.NDArray[np.object_]:
+    if isinstance(value, str):
+        return np.full(n, value, dtype=object)
+    return np.asarray(value, dtype=object)
+
+
+def _in_order(parts: list[npt.NDArray[np.object_]], order: Indexes) -> list[Any]:
+    joined: list[Any] = np.concatenate(parts)[order].tolist()
+    return joined
+
+
+def _texts(column: Column) -> pa.Array:
     """`value_text` of each value: numbers and text as their text (a boolean as Python
-    spells it, an object as `str()` of it), None where absent."""
+    spells it, an object as `str()` of it), null where absent."""
     if column.kinds is None or not np.isin(column.kinds, (Kind.BOOL, Kind.JSON, Kind.NULL)).any():
-        texts: list[str | None] = column.text.to_pylist()
-        return texts
-    return [value_text(value) for value in column.values()]
+        return as_string(column.text)
+    return pa.array([value_text(value) for value in column.values()], pa.string())
 
 
 def _quarantined_rows(decided: Decided, source: str) -> list[QuarantinedRow]:
