@@ -216,7 +216,11 @@ class KeyOrders:
         return (distinct[code] for code in self.codes.tolist())
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, KeyOrders) and list(self) == list(other)
+        if not isinstance(other, KeyOrders):
+            return False
+        if self.distinct == other.distinct:  # rows taken from one batch: compare the codes
+            return bool(np.array_equal(self.codes, other.codes))
+        return list(self) == list(other)
 
     __hash__ = None  # type: ignore[assignment]  # mutable codes: compared, never hashed
 

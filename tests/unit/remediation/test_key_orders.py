@@ -46,3 +46,14 @@ def test_replaced_rows_take_the_new_orders(orders: list[KeyOrder], data: st.Data
     assert (replaced == KeyOrders.of(expected)) and (replaced != KeyOrders.of(orders)) == (
         expected != orders
     )
+
+
+@given(_LISTS, _LISTS)
+def test_equal_as_the_lists(first: list[KeyOrder], second: list[KeyOrder]) -> None:
+    """Equal when the rows' orders are, whether or not the distinct orders were listed alike."""
+    a, b = KeyOrders.of(first), KeyOrders.of(second)
+    assert (a == b) == (first == second)
+    joined = KeyOrders.of(first + second)  # one list of distinct orders for both
+    picks_a = np.arange(len(first), dtype=np.int64)
+    picks_b = np.arange(len(first), len(first) + len(second), dtype=np.int64)
+    assert (joined.take(picks_a) == joined.take(picks_b)) == (first == second)
