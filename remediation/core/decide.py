@@ -18,7 +18,13 @@ import pyarrow.compute as pc
 
 from remediation.changes import Context
 from remediation.codes import KNOWN_CODES, ErrorCode, code_from_message
-from remediation.core.checks import Codes, field_suspects, first_field_problems, problem_codes
+from remediation.core.checks import (
+    Codes,
+    field_suspects,
+    first_field_problems,
+    mask,
+    problem_codes,
+)
 from remediation.core.columns import Batch, Indexes, Mask, concat_batches, concat_columns
 from remediation.core.rules import RULES, Changes
 from remediation.core.rules.base import replace_rows
@@ -99,7 +105,7 @@ class BatchDecider:
         mfx: Codes = np.full(n, None, dtype=object)
         reason: Codes = np.full(n, None, dtype=object)
         valid = np.asarray(arrived == None, bool)  # noqa: E711 - elementwise
-        told = mask_of(pc.is_valid(batch.error_code)) | mask_of(pc.is_valid(batch.error_message))
+        told = mask(pc.is_valid(batch.error_code)) | mask(pc.is_valid(batch.error_message))
         fate[valid] = VALID if self.rejected else VALID_KEPT
         fate[valid & told] = VALID
         self._repeats(batch, arrived, valid, mfx, reason)
@@ -140,7 +146,7 @@ class BatchDecider:
         ancestors = self.lineage.ancestors
         if not ancestors:
             return
-        ours = mask_of(pc.is_in(batch.identifier.text, pa.array(list(ancestors), pa.string())))
+        ours = mask(pc.is_in(batch.identifier.text, pa.array(list(ancestors), pa.string())))
         identifiers = batch.identifier.text
         for i in np.flatnonzero(ours & ~valid).tolist():
             ancestor = ancestors[identifiers[i].as_py()]
@@ -150,11 +156,6 @@ class BatchDecider:
                     f"failed again with {arrived[i]} after correction in generation "
                     f"{ancestor.generation}"
                 )
-
-
-def mask_of(array: pa.Array) -> Mask:
-    filled = array.fill_null(False) if array.null_count else array
-    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 class _Rounds:
