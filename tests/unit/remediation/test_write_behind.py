@@ -1,0 +1,143 @@
+"""The writer thread (`engine.WriteBehind`): batches written in order, one behind the decider;
+audit records and progress handed over on the caller's thread; an error on either side stops
+the run with every output aborted and no thread left behind."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediation import engine
+from remediation.core.csvout import CsvOut
+from remediation.core.decide import Decided
+from remediation.engine import WriteBehind
+from remediation.outcomes import Correction, QuarantinedRow, Tally
+from tests.unit.remediation.test_batches import run_file, write_csv
+from tests.unit.remediation.test_csv_columns import varied_rows
+
+
+def _writers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("meterfix-writer")]
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_batches_are_written_in_order_and_handed_over_on_the_callers_thread(
+    threaded: bool,
+) -> None:
+    events: list[tuple[str, Any, int]] = []
+    caller = threading.get_ident()
+
+    def write(item: Any) -> None:
+        time.sleep(0.01 if item % 2 else 0)  # a slow batch is not overtaken by the next
+        events.append(("write", item, threading.get_ident()))
+
+    def written() -> None:
+        events.append(("written", len(events), threading.get_ident()))
+
+    with WriteBehind(write, written, threaded=threaded) as behind:
+        for item in range(6):
+            behind.put(item)
+    assert [e[1] for e in events if e[0] == "write"] == list(range(6))
+    assert [e[0] for e in events] == ["write", "written"] * 6  # each write handed over once
+    assert all(e[2] == caller for e in events if e[0] == "written")
+    writers = {e[2] for e in events if e[0] == "write"}
+    assert (writers != {caller}) is threaded
+    assert not _writers()
+
+
+def test_a_failed_write_is_raised_to_the_caller_and_nothing_is_written_after_it() -> None:
+    wrote: list[int] = []
+
+    def write(item: Any) -> None:
+        if item == 2:
+            raise OSError("disk full")
+        wrote.append(item)
+
+    with (
+        pytest.raises(OSError, match="disk full"),
+        WriteBehind(write, lambda: None, threaded=True) as behind,
+    ):
+        for item in range(5):
+            behind.put(item)
+    assert wrote == [0, 1]
+    assert not _writers()
+
+
+def test_an_error_in_the_caller_waits_for_the_batch_being_written() -> None:
+    finished: list[int] = []
+
+    def write(item: Any) -> None:
+        time.sleep(0.2)
+        finished.append(item)
+
+    with (
+        pytest.raises(ValueError, match="decide failed"),
+        WriteBehind(write, lambda: None, threaded=True) as behind,
+    ):
+        behind.put(1)
+        raise ValueError("decide failed")
+    assert finished == [1]  # the outputs are aborted only after this
+    assert not _writers()
+
+
+def test_audit_records_and_progress_reach_the_caller_in_row_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many batches (blocks of 4 KB) written by the writer thread: the records the service
+    stores arrive on the caller's thread, in row order, one hand-over per batch, and the
+    progress counts every row once."""
+    monkeypatch.setattr(engine, "BLOCK_BYTES", 4096)
+    path = write_csv(tmp_path / "in.csv", varied_rows(2000, 21))
+    caller = threading.get_ident()
+    stored: list[Any] = []
+    threads: set[int] = set()
+    progress: list[int] = []
+
+    def on_audit(corrections: list[Correction], quarantined: list[QuarantinedRow]) -> None:
+        threads.add(threading.get_ident())
+        stored.append((corrections, quarantined))
+
+    summary, files = run_file(
+        path, tmp_path / "out", on_audit=on_audit, on_progress=progress.append
+    )
+    assert threads == {caller}
+    assert len(stored) == len(progress) > 20  # one hand-over per batch
+    assert progress == sorted(progress) and progress[-1] == summary["input_rows"] == 2000
+    rows = [c.row for corrections, _ in stored for c in corrections]
+    assert rows == sorted(rows) and len(rows) == summary["corrections"]
+    quarantined = [q.row for _, found in stored for q in found]
+    assert quarantined == sorted(quarantined) and len(quarantined) == summary["quarantined"]
+    audit = next(v for k, v in files.items() if k.endswith(".audit.jsonl")).decode()
+    lines = [json.loads(line) for line in audit.splitlines()]
+    assert [x["row"] for x in lines if x["kind"] == "correction"] == rows
+    assert not _writers()
+
+
+def test_a_failure_in_the_writer_aborts_every_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third batch fails while it is written (on the writer thread): the run raises it,
+    no output or temporary file is left, and the writer thread is gone."""
+    monkeypatch.setattr(engine, "BLOCK_BYTES", 4096)
+    path = write_csv(tmp_path / "in.csv", varied_rows(600, 22))
+    real = CsvOut.write
+    calls: list[int] = []
+
+    def failing(self: CsvOut, decided: Decided, tally: Tally) -> bool:
+        calls.append(threading.get_ident())
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        return real(self, decided, tally)
+
+    monkeypatch.setattr(CsvOut, "write", failing)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        run_file(path, out)
+    assert len(calls) == 3 and threading.get_ident() not in calls
+    assert list(out.iterdir()) == []
+    assert not _writers()
