@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from remediation.errors import Uncorrectable
 from remediation.meters import Meter
@@ -27,6 +27,9 @@ class Context:
     rules: Rules
     now: int
     customers: CustomerDirectory | None = None
+    # The customer picked for each customer text met in this run (None: no match), so that
+    # every batch does not ask the directory again (`rules.customers.customer_for`).
+    customer_picks: dict[str, tuple[str, str] | None] = field(default_factory=dict)
 
 
 Corrector = Callable[[UsageRecord, Context], list[Change]]

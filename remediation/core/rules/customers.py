@@ -18,6 +18,8 @@ from remediation.errors import Uncorrectable
 from remediation.limits import shown
 from remediation.records import UsageRecord
 
+PICKS_KEPT = 20_000  # customer texts whose pick a run keeps (a few MB at most)
+
 
 def fix_customer(batch: Batch, ctx: Context) -> Fix:
     meters, positions = meter_of_rows(batch, ctx.index)
@@ -84,7 +86,19 @@ def no_match(raw: str) -> str:
 
 
 def customer_for(raw: str, ctx: Context) -> tuple[str, str] | None:
-    """(rule, customer) for a customer text, or None when nothing matches."""
+    """(rule, customer) for a customer text, or None when nothing matches: decided once per
+    run for the first `PICKS_KEPT` texts (a file names the same customers in every batch, and
+    each answer may have cost a Stripe search)."""
+    picks = ctx.customer_picks
+    if raw in picks:
+        return picks[raw]
+    pick = _pick(raw, ctx)
+    if len(picks) < PICKS_KEPT:
+        picks[raw] = pick
+    return pick
+
+
+def _pick(raw: str, ctx: Context) -> tuple[str, str] | None:
     for rule, candidate in _customer_candidates(raw, ctx):
         if candidate and candidate != raw and ctx.rules.enabled(rule):
             return rule, candidate
