@@ -6,8 +6,9 @@ name when present, the payload, then the other keys, each object's keys in the r
 order (`Batch.order`). Rows sharing a layout (which keys, in which order) are joined
 element-wise by Arrow, one layout at a time, then put back in row order. A batch holding a
 value whose JSON text is not its column text (an object or array, a float that is not
-finite) is left to the record path (`write` says False), as are quarantined rows, which are
-few and written with their notes by the record writer. The audit is the one built on columns.
+finite) is left to the record path (`write` says False). Quarantined rows are written the
+same way, as they came, their code and reason closing the line (`mfx_code`, `mfx_reason`, as
+the record writer adds them). The audit is the one built on columns.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 
 from remediation.core.audit import AuditLines, account, new_identifiers, value_parts
+from remediation.core.checks import Codes
 from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.decide import QUARANTINED, Decided
-from remediation.core.text import join, json_text, line_bytes, take_parts
+from remediation.core.text import join, json_strings, json_text, line_bytes, take_parts
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
@@ -68,9 +70,12 @@ class JsonlOut:
         account(self.audit, decided, written, new_ids, self.sinks, tally)
         return True
 
-    def lines(self, batch: Batch, identifiers: pa.Array) -> tuple[pa.Buffer | bytes, Indexes]:
+    def lines(
+        self, batch: Batch, identifiers: pa.Array, notes: Sequence[tuple[str, pa.Array]] = ()
+    ) -> tuple[pa.Buffer | bytes, Indexes]:
         """The JSON Lines bytes of `batch`'s rows written under `identifiers`, and where each
-        line ends (as `text.csv_rows` gives them)."""
+        line ends (as `text.csv_rows` gives them). `notes`: keys to close each line with, and
+        their values as JSON texts (a quarantined row's code and reason)."""
         n = len(batch)
         cores = {
             "identifier": Column(identifiers),
@@ -113,6 +118,8 @@ class JsonlOut:
             for key in extra_keys:
                 if not key.startswith(MFX_PREFIX):
                     parts += [",", _key(key), *values("e", key, batch.extra[key], at)]
+            for key, texts in notes:
+                parts += [",", _key(key), texts.take(at)]
             parts.append("}\n")
             pieces.append(join(parts, len(members)))
             rows.append(members)
@@ -124,15 +131,33 @@ class JsonlOut:
         return line_bytes(every)
 
     def _quarantine(self, decided: Decided, rows: Indexes) -> None:
-        records = decided.batch.take(rows).records()
-        for i, record in zip(rows.tolist(), records, strict=True):
+        """Quarantined rows as they came, closed by their code and reason: on columns, as
+        the corrected rows are, or record by record when a value is written its own way
+        (`_plain`)."""
+        batch = decided.batch.take(rows)
+        quarantine = self.sinks.quarantine
+        if batch.order is not None and _plain(batch):
+            closing = [
+                ("mfx_code", json_strings(_texts(decided.mfx_code[rows]))),
+                ("mfx_reason", json_strings(_texts(decided.reason[rows]))),
+            ]
+            data, ends = self.lines(batch, batch.identifier.text, closing)
+            assert isinstance(quarantine, OutputSet)
+            quarantine.write_block(memoryview(data), ends.tolist())
+            return
+        for i, record in zip(rows.tolist(), batch.records(), strict=True):
             notes = {"mfx_code": decided.mfx_code[i], "mfx_reason": decided.reason[i]}
-            self.sinks.quarantine.write(record, notes)
+            quarantine.write(record, notes)
 
 
 def _key(key: str) -> str:
     """A key as JSON, with its colon."""
     return json_text(key) + ":"
+
+
+def _texts(values: Codes) -> pa.Array:
+    """Codes and reasons (str, StrEnum or None) as a string array."""
+    return pa.array([None if v is None else str(v) for v in values.tolist()], pa.string())
 
 
 def _plain(batch: Batch) -> bool:

@@ -232,3 +232,32 @@ def test_varied_rows_in_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, k
     assert len(corrected) >= 4  # split into parts of 700 rows
     first = json.loads(files[corrected[0]].splitlines()[0])
     assert first["identifier"] == objects[0]["identifier"] + "-mfx1"  # renamed, as written
+
+
+def test_quarantined_rows_are_what_records_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quarantined lines are written on columns (their code and reason closing each line) as
+    the record writer writes them: identifiers and event names as text (the reader made them
+    text), timestamps and values as they came, nulls and booleans too; a batch holding an
+    object goes record by record. Every row here is quarantined."""
+    bad = {"code": "odd_code", "message": "m"}
+    payload = {"stripe_customer_id": "cus_1", "value": "n/a", "note": 'q"ü', "z": None}
+    plain = [
+        {"identifier": 41, "timestamp": NOW, "event_name": 7, "payload": payload, "error": bad},
+        {"identifier": 4.5, "timestamp": 1.5, "event_name": "nope", "payload": {}, "error": bad},
+        {"event_name": "api_requests", "payload": payload, "zeta": None, "error": bad},
+        {"identifier": "a\nb", "timestamp": True, "payload": payload, "mfx_code": 1, "error": bad},
+        {"identifier": "n1", "timestamp": None, "event_name": False, "error": bad},
+    ]
+    odd = [{"event_name": "api_requests", "payload": payload, "zeta": {"a": [1, 2]}, "error": bad}]
+    for objects in (plain, plain + odd):
+        data = to_jsonl(objects * 3) + b"{broken\n"
+        out = tmp_path / str(len(objects))
+        assert_same(data, out, monkeypatch)
+        _, files, _ = run(data, out / "again", True, monkeypatch)
+        lines = files["failed.quarantine.r1.jsonl"].decode().splitlines()
+        assert len(lines) == 3 * len(objects) + 1
+        first = json.loads(lines[0])
+        assert (first["identifier"], first["event_name"]) == ("41", "7")
+        assert list(first)[-2:] == ["mfx_code", "mfx_reason"]
