@@ -74,8 +74,12 @@ class Decided:
 
 
 def reported_codes(batch: Batch) -> Codes:
-    """The code each row arrived with: explicit, else from a known message text, else None."""
-    codes: Codes = np.asarray(batch.error_code.to_pylist(), dtype=object)
+    """The code each row arrived with: explicit, else from a known message text, else None.
+    (A file holds few distinct codes: each is made a Python string once, not once a row.)"""
+    encoded = pc.dictionary_encode(batch.error_code)
+    distinct = encoded.dictionary.to_pylist()
+    at = encoded.indices.fill_null(len(distinct)).to_numpy(zero_copy_only=False)
+    codes: Codes = np.asarray([*distinct, None], dtype=object)[at]
     missing = pc.is_null(batch.error_code)
     if not pc.any(pc.and_(missing, pc.is_valid(batch.error_message))).as_py():
         return codes
@@ -129,7 +133,7 @@ class BatchDecider:
         """(code each row arrived with or was classified with, code to correct, rows whose
         reported code has a rule: those were not validated)."""
         reported = reported_codes(batch)
-        ruled = np.asarray([c in RULES for c in reported], bool)
+        ruled = _has_rule(reported)
         arrived, to_fix = reported.copy(), reported.copy()
         check = np.flatnonzero(~ruled)
         if len(check):
@@ -194,7 +198,7 @@ class _Rounds:
     def _round(self, active: Indexes) -> Indexes:
         """Each code's rule over its rows; the rows that went through a rule unharmed."""
         tried = []
-        for code in sorted({str(c) for c in self.current[active]}):
+        for code in sorted({str(c) for c in set(self.current[active].tolist())}):
             rows = active[np.asarray(self.current[active] == code, bool)]
             bit = CODE_BITS.get(code, 0)
             fresh = (self.seen[rows] & bit) == 0 if bit else np.zeros(len(rows), bool)
@@ -274,6 +278,13 @@ class _Rounds:
         keep = np.zeros(len(rows), bool)
         keep[good] = True
         decided.changes = [_only(c, keep, rows) for c in kept]
+
+
+def _has_rule(codes: Codes) -> Mask:
+    """Rows whose code has a rule (each distinct code looked up once)."""
+    values = codes.tolist()
+    ruled = {code: code in RULES for code in set(values)}
+    return np.fromiter(map(ruled.__getitem__, values), bool, len(values))
 
 
 def _merged(changes: list[Changes]) -> list[Changes]:
