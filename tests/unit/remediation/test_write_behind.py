@@ -32,18 +32,23 @@ def test_batches_are_written_in_order_and_handed_over_on_the_callers_thread(
     events: list[tuple[str, Any, int]] = []
     caller = threading.get_ident()
 
-    def write(item: Any) -> None:
+    def write(item: Any) -> Any:
         time.sleep(0.01 if item % 2 else 0)  # a slow batch is not overtaken by the next
         events.append(("write", item, threading.get_ident()))
+        return item * 10
 
-    def written() -> None:
-        events.append(("written", len(events), threading.get_ident()))
+    def written(done: Any) -> None:
+        events.append(("written", done, threading.get_ident()))
 
     with WriteBehind(write, written, threaded=threaded) as behind:
         for item in range(6):
             behind.put(item)
     assert [e[1] for e in events if e[0] == "write"] == list(range(6))
-    assert [e[0] for e in events] == ["write", "written"] * 6  # each write handed over once
+    assert [e[1] for e in events if e[0] == "written"] == [i * 10 for i in range(6)]
+    for item in range(6):  # handed over only after it was written
+        wrote = next(at for at, e in enumerate(events) if e[:2] == ("write", item))
+        handed = next(at for at, e in enumerate(events) if e[:2] == ("written", item * 10))
+        assert wrote < handed
     assert all(e[2] == caller for e in events if e[0] == "written")
     writers = {e[2] for e in events if e[0] == "write"}
     assert (writers != {caller}) is threaded
@@ -60,7 +65,7 @@ def test_a_failed_write_is_raised_to_the_caller_and_nothing_is_written_after_it(
 
     with (
         pytest.raises(OSError, match="disk full"),
-        WriteBehind(write, lambda: None, threaded=True) as behind,
+        WriteBehind(write, lambda done: None, threaded=True) as behind,
     ):
         for item in range(5):
             behind.put(item)
@@ -77,7 +82,7 @@ def test_an_error_in_the_caller_waits_for_the_batch_being_written() -> None:
 
     with (
         pytest.raises(ValueError, match="decide failed"),
-        WriteBehind(write, lambda: None, threaded=True) as behind,
+        WriteBehind(write, lambda done: None, threaded=True) as behind,
     ):
         behind.put(1)
         raise ValueError("decide failed")
