@@ -22,6 +22,7 @@ from remediation.changes import Context
 from remediation.core.columns import Batch, from_records
 from remediation.core.csvbatch import csv_batch
 from remediation.core.csvout import CsvOut
+from remediation.core.csvread import Ahead
 from remediation.core.decide import BatchDecider, Decided
 from remediation.core.jsonlout import JsonlOut
 from remediation.core.jsonlread import jsonl_batches
@@ -114,7 +115,7 @@ def remediate(
 
     try:
         with WriteBehind(put, written, threaded=write) as writer:
-            for batch in batches(records):
+            for batch in batches(records, ahead=writer.ahead):
                 writer.put(decider.decide(batch))
                 del batch  # freed before the next batch is read, not after
         outputs = sinks.finish(_summary_entry(source, generation, now, tally))
@@ -185,6 +186,12 @@ class WriteBehind(Generic[Done]):
         if previous is not None:
             self._written(previous.result())
 
+    @property
+    def ahead(self) -> Ahead | None:
+        """The writer's thread, for work that may wait behind the writing (a CSV reader parses
+        its next block there: pyarrow lets go of the GIL while it parses)."""
+        return None if self._pool is None else self._pool.submit
+
     def _in_order(self, decided: Decided) -> Done:
         if self._failed:
             raise _AfterFailure
@@ -221,11 +228,14 @@ def _bytes_out(records: Iterable[UsageRecord], write: bool) -> bool:
     return isinstance(records, CsvRecords) and write
 
 
-def batches(records: Iterable[UsageRecord], size: int | None = None) -> Iterator[Batch]:
-    """The input as batches: a CSV's cells as columns, other records converted in chunks."""
+def batches(
+    records: Iterable[UsageRecord], size: int | None = None, ahead: Ahead | None = None
+) -> Iterator[Batch]:
+    """The input as batches: a CSV's cells as columns (`ahead`: a thread to parse the next
+    block on), other records converted in chunks."""
     size = size or BATCH_ROWS
     if isinstance(records, CsvRecords):
-        yield from csv_batches(records, size)
+        yield from csv_batches(records, size, ahead)
         return
     if isinstance(records, JsonlRecords):
         yield from jsonl_batches(records, min(size, JSONL_BATCH_ROWS))
@@ -241,9 +251,9 @@ def batches(records: Iterable[UsageRecord], size: int | None = None) -> Iterator
         yield from_records(chunk)
 
 
-def csv_batches(records: CsvRecords, size: int) -> Iterator[Batch]:
+def csv_batches(records: CsvRecords, size: int, ahead: Ahead | None = None) -> Iterator[Batch]:
     """A CSV's blocks as batches of at most `size` rows (slices of a block: no copies)."""
-    reader = records.columns(BLOCK_BYTES)
+    reader = records.columns(BLOCK_BYTES, ahead)
     if reader.read_header() is None:
         return
     layout = reader.layout

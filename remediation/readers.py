@@ -25,7 +25,7 @@ from remediation.limits import DEFAULT_LIMITS, MAX_LINE_CHARS, FieldLimits
 from remediation.records import ERROR_FIELDS, PAYLOAD_PREFIX, UsageRecord, resolve_error
 
 if TYPE_CHECKING:
-    from remediation.core.csvread import CsvColumns
+    from remediation.core.csvread import Ahead, CsvColumns
 
 CSV_FIELD_LIMIT = MAX_LINE_CHARS
 
@@ -205,11 +205,12 @@ class CsvRecords(Iterator[UsageRecord]):
             return None
         return Path(name).resolve()
 
-    def columns(self, block_bytes: int = 1 << 20) -> CsvColumns:
-        """The same rows as text columns, in blocks (see `core.csvread`)."""
+    def columns(self, block_bytes: int = 1 << 20, ahead: Ahead | None = None) -> CsvColumns:
+        """The same rows as text columns, in blocks (see `core.csvread`; `ahead`: a thread
+        to parse the next block on)."""
         from remediation.core.csvread import CsvColumns
 
-        return CsvColumns(self._stream, self._delimiter, self._header, block_bytes)
+        return CsvColumns(self._stream, self._delimiter, self._header, block_bytes, ahead)
 
     def identifiers(self) -> Iterator[tuple[str | None, int]]:
         """(identifier, row number) of every row, read as a column (an empty cell is none)."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -36,6 +37,10 @@ GROWTH = 4  # a block grows to GROWTH * block_bytes to reach a line end outside 
 _KEEP_BEHIND = TEXT_CHUNK + 4  # bytes before a block the exact path re-decodes from
 _SENTINEL = "\udc80"  # a line no UTF-8 text holds: csv.reader returns it alone between records
 _QUOTE, _CR, _LF = ord('"'), ord("\r"), ord("\n")
+
+
+# Runs a function on another thread (`concurrent.futures.Executor.submit`).
+Ahead = Callable[..., "Future[Any]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +115,10 @@ class CsvColumns:
         delimiter: str,
         header: Sequence[str] | None,
         block_bytes: int = 1 << 20,
+        ahead: Ahead | None = None,
     ) -> None:
         self._source = _ByteSource(stream)
+        self._ahead = ahead  # where pyarrow parses the next block while this one is used
         self._delimiter, self._repaired = delimiter, header
         # A block never outgrows the field limit, so no field csv.reader refuses reaches pyarrow.
         self._block_bytes = max(1, min(block_bytes, CSV_FIELD_LIMIT // GROWTH))
@@ -206,25 +213,40 @@ class CsvColumns:
 
     def _quick_blocks(self) -> Generator[CsvBlock, None, Iterator[list[str]] | None]:
         """Blocks read by pyarrow or csv.reader; returns csv.reader over the rest of the file
-        when it must read it all, else None."""
+        when it must read it all, else None. The next block is cut and handed to pyarrow
+        (on `ahead`'s thread, when given) before this one is yielded."""
         delimiter = _delimiter_byte(self._delimiter)
         if delimiter is None or not self._header:
             return self._exact_rows()
-        while self._source.fill(self._block_bytes + 1):
-            final, size = self._cut()
+        upcoming = self._next_block(delimiter)
+        while upcoming is not None:
+            final, size, block, parsing = upcoming
             if size == 0:
                 return self._exact_rows()  # no line end within reach: a huge field
-            block = self._source.pending[:size]
-            if (table := self._parsed(block, delimiter)) is not None:
+            if (table := parsing()) is not None:
                 found = self._table_block(table)
             elif (rows := _block_rows(block, self._delimiter, final)) is not None:
                 found = self._exact_block(rows)
             else:
                 return self._exact_rows()  # a record running past the block, or an error
             self._source.take(size)
+            upcoming = self._next_block(delimiter)
             if found is not None:
                 yield found
         return None
+
+    def _next_block(self, delimiter: int) -> tuple[bool, int, bytes, Callable[[], Any]] | None:
+        """(final, size, bytes, its pyarrow table when called) of the block the source starts
+        with; None at the end."""
+        if not self._source.fill(self._block_bytes + 1):
+            return None
+        final, size = self._cut()
+        block = self._source.pending[:size]
+        if size == 0:
+            return final, size, block, lambda: None
+        if self._ahead is None:
+            return final, size, block, lambda: self._parsed(block, delimiter)
+        return final, size, block, self._ahead(self._parsed, block, delimiter).result
 
     def _parsed(self, block: bytes, delimiter: int) -> Any:
         """The block as a pyarrow table of strings, when that provably holds csv.reader's rows."""

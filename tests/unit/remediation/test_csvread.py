@@ -10,6 +10,7 @@ import csv
 import io
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from remediation.core.csvread import TEXT_CHUNK, CsvColumns
+from remediation.core.csvread import TEXT_CHUNK, Ahead, CsvColumns
 from remediation.errors import UnreadableFile
 from remediation.readers import CSV_FIELD_LIMIT, CsvRecords, text_stream
 
@@ -56,10 +57,11 @@ def columns(
     delimiter: str = ",",
     header: Sequence[str] | None = None,
     block_bytes: int = 1 << 20,
+    ahead: Ahead | None = None,
 ) -> tuple[Outcome, CsvColumns]:
     """What `CsvColumns` gives, in the shape of `today`, and the reader (for its counters)."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
-    reader = CsvColumns(stream, delimiter, header, block_bytes)
+    reader = CsvColumns(stream, delimiter, header, block_bytes, ahead)
     try:
         found = reader.read_header()
         rows: list[Row] = []
@@ -81,7 +83,14 @@ def assert_same(
     expected = today(data, delimiter, header)
     found, reader = columns(data, delimiter, header, block_bytes)
     assert found == expected
+    # The same with each next block parsed on another thread (the engine's writer thread).
+    found, other = columns(data, delimiter, header, block_bytes, AHEAD.submit)
+    assert found == expected
+    assert (other.fast_blocks, other.exact_blocks) == (reader.fast_blocks, reader.exact_blocks)
     return reader
+
+
+AHEAD = ThreadPoolExecutor(1, "test-csv-ahead")
 
 
 # --- differential property tests ----------------------------------------------------------------
