@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from remediation import engine
@@ -146,3 +147,11 @@ def test_a_failure_in_the_writer_aborts_every_output(
     assert len(calls) == 3 and threading.get_ident() not in calls
     assert list(out.iterdir()) == []
     assert not _writers()
+
+
+def test_a_run_leaves_arrow_on_a_lean_allocator(tmp_path: Path) -> None:
+    """Arrow's default pool (mimalloc) kept what each batch freed (peak RSS +30 MB for 1M
+    rows): a run moves Arrow to jemalloc (or the system allocator, where pyarrow has no
+    jemalloc) before its first batch."""
+    run_file(write_csv(tmp_path / "in.csv", varied_rows(50, 23)), tmp_path / "out")
+    assert pa.default_memory_pool().backend_name in ("jemalloc", "system")
