@@ -5,6 +5,7 @@ ensure_ascii=False)` writes (`sinks.Sinks.audit`); the run's counts; derived ide
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from itertools import repeat
 from typing import Any, TextIO
@@ -211,13 +212,12 @@ def count(decided: Decided, tally: Tally) -> None:
         rows = np.flatnonzero(fate == value)
         if not len(rows):
             continue
-        codes = pa.array(decided.arrived[rows], pa.string()).dictionary_encode()
-        counts = np.bincount(codes.indices.to_numpy(), minlength=len(codes.dictionary))
-        odd = np.bincount(
-            codes.indices.to_numpy()[unclassified[rows]], minlength=len(codes.dictionary)
-        )
-        for at, name in enumerate(codes.dictionary.to_pylist()):
-            tally.count(kind, name, int(counts[at]), 0, int(odd[at]))
+        arrived = decided.arrived[rows]
+        counts = Counter(arrived.tolist())  # a StrEnum member and its text are one key
+        odd = Counter(arrived[unclassified[rows]].tolist())
+        for code, found in counts.items():
+            if code is not None:
+                tally.count(kind, str(code), found, 0, odd[code])
     tally.count("valid", None, 0, int(decided.corrections.sum()), 0)
 
 

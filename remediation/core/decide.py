@@ -66,10 +66,11 @@ class Decided:
         """Quarantined rows that arrived with a code we do not know, or that we could not
         classify."""
         flags: Mask = np.zeros(len(self.fate), bool)
-        for i in np.flatnonzero(self.fate == QUARANTINED).tolist():
-            flags[i] = (
-                self.arrived[i] not in KNOWN_CODES or self.mfx_code[i] == ErrorCode.UNCLASSIFIED
-            )
+        rows = np.flatnonzero(self.fate == QUARANTINED)
+        arrived = self.arrived[rows].tolist()
+        unknown = {code: code not in KNOWN_CODES for code in set(arrived)}
+        flags[rows] = np.fromiter(map(unknown.__getitem__, arrived), bool, len(rows))
+        flags[rows] |= np.asarray(self.mfx_code[rows] == ErrorCode.UNCLASSIFIED, bool)
         return flags
 
 
