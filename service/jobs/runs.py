@@ -10,7 +10,9 @@ rows are replaced. Outputs of a run go to `<corrected prefix><tag>/...` and
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,10 +108,8 @@ def execute_run(
                 lineage=request.lineage,
                 rejected=request.rejected,
             )
-        audit.finish()
         outputs = list(result.outputs) + _audit_output(result.summary, request)
-        with stages.timing(Stage.UPLOAD):
-            uploaded = [_upload(ctx, request, output) for output in outputs]
+        uploaded = _upload_while_loading(ctx, request, outputs, audit, stages)
     with stages.timing(Stage.DATABASE):
         run = finish_run(ctx.engine, run_id, result.summary, uploaded)
     log_event(
@@ -180,11 +180,34 @@ class _AuditWriter:
             insert_quarantined(self.engine, self.quarantined)
         self.quarantined = []
 
-    def finish(self) -> None:
-        """The last quarantined rows, then every correction, into their tables."""
-        self._flush_quarantined()
-        with self.stages.timing(Stage.DATABASE):
-            self.stage.load()
+    def finish(self) -> float:
+        """The last quarantined rows, then every correction, into their tables; the seconds
+        that took (timed here, not in `stages`: it runs beside the uploads)."""
+        start = time.perf_counter()
+        insert_quarantined(self.engine, self.quarantined)
+        self.quarantined = []
+        self.stage.load()
+        return time.perf_counter() - start
+
+
+def _upload_while_loading(
+    ctx: RunContext,
+    request: RunRequest,
+    outputs: Sequence[PlannedOutput],
+    audit: _AuditWriter,
+    stages: Stages,
+) -> list[dict[str, Any]]:
+    """The outputs to the bucket while the run's audit goes into the database, on a thread of
+    its own: the load (~5 s for 900,000 corrections, sorting and indexing in the database)
+    and the uploads (~4 s of network) wait on different things. Either failing fails the run,
+    after both have ended (the connection the load uses is closed only then); a redo starts
+    the run again (its audit rows replaced, identical objects not uploaded twice)."""
+    with ThreadPoolExecutor(1, "meterfix-audit-load") as pool:  # its exit waits for the load
+        loading = pool.submit(audit.finish)
+        with stages.timing(Stage.UPLOAD):
+            uploaded = [_upload(ctx, request, output) for output in outputs]
+        stages.add(Stage.DATABASE, loading.result())
+    return uploaded
 
 
 def _text(value: object) -> str | None:

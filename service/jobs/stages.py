@@ -3,7 +3,8 @@
 Logged with the run (`remediation.run_done`, field `stages`, seconds) so an operator sees why a
 run was slow, and read by bench/service_path.py. Stages nest: the audit rows the engine hands
 over while it runs are written to the database inside the remediation stage, and that time
-counts as database time only.
+counts as database time only. The run's audit is loaded while its outputs are uploaded (on a
+thread of its own, `add`): both count in full.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class Stages:
             self.seconds[stage] += elapsed - inner[0]
             if self._open:
                 self._open[-1][0] += elapsed  # the enclosing stage does not count it again
+
+    def add(self, stage: Stage, seconds: float) -> None:
+        """Time spent in `stage` on another thread, alongside the stages timed here (the
+        stages then add up to more than the run's wall time)."""
+        self.seconds[stage] += seconds
 
     def fields(self) -> dict[str, float]:
         """Seconds per stage that took any time, rounded to milliseconds."""

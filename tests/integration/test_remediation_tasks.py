@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +107,9 @@ def test_a_failed_upload_is_retried_and_recorded_once(service: Service) -> None:
         run = session.exec(select(RemediationRun)).one()
     assert (task.status, task.attempts) == ("pending", 1)
     assert task.last_error and run.status == "running"
+    # The audit was loaded beside the uploads, and the run failed only once the load had ended.
+    assert sorted(a.new_identifier for a in service.rows(CorrectionAudit)) == ["a1-mfx1", "a2-mfx1"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("meterfix-audit-load")]
     bucket.unlink()  # the bucket comes back
     with Session(service.engine) as session:
         task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()

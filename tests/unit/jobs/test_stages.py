@@ -24,3 +24,14 @@ def test_a_failing_stage_still_counts() -> None:
     with pytest.raises(RuntimeError), stages.timing(Stage.UPLOAD):
         raise RuntimeError("bucket down")
     assert set(stages.fields()) == {"upload"} and stages.seconds[Stage.DOWNLOAD] == 0
+
+
+def test_time_from_another_thread_adds_to_its_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit load runs beside the uploads: its seconds are added in full, and the stage
+    open on this thread is not shortened by them."""
+    clock = iter([0.0, 4.0])
+    monkeypatch.setattr(stages_module.time, "perf_counter", lambda: next(clock))
+    stages = Stages()
+    with stages.timing(Stage.UPLOAD):  # 0 .. 4
+        stages.add(Stage.DATABASE, 5.0)
+    assert stages.fields() == {"upload": 4.0, "database": 5.0}
