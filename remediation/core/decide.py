@@ -9,6 +9,7 @@ validates what it returned; a code met twice by a row, or a fifth round, stops t
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,9 +68,7 @@ class Decided:
         classify."""
         flags: Mask = np.zeros(len(self.fate), bool)
         rows = np.flatnonzero(self.fate == QUARANTINED)
-        arrived = self.arrived[rows].tolist()
-        unknown = {code: code not in KNOWN_CODES for code in set(arrived)}
-        flags[rows] = np.fromiter(map(unknown.__getitem__, arrived), bool, len(rows))
+        flags[rows] = ~_in(self.arrived[rows], KNOWN_CODES)
         flags[rows] |= np.asarray(self.mfx_code[rows] == ErrorCode.UNCLASSIFIED, bool)
         return flags
 
@@ -134,7 +133,7 @@ class BatchDecider:
         """(code each row arrived with or was classified with, code to correct, rows whose
         reported code has a rule: those were not validated)."""
         reported = reported_codes(batch)
-        ruled = _has_rule(reported)
+        ruled = _in(reported, RULES)
         arrived, to_fix = reported.copy(), reported.copy()
         check = np.flatnonzero(~ruled)
         if len(check):
@@ -281,11 +280,11 @@ class _Rounds:
         decided.changes = [_only(c, keep, rows) for c in kept]
 
 
-def _has_rule(codes: Codes) -> Mask:
-    """Rows whose code has a rule (each distinct code looked up once)."""
+def _in(codes: Codes, known: Container[object]) -> Mask:
+    """Rows whose code is in `known`, each distinct code looked up once."""
     values = codes.tolist()
-    ruled = {code: code in RULES for code in set(values)}
-    return np.fromiter(map(ruled.__getitem__, values), bool, len(values))
+    found = {code: code in known for code in set(values)}
+    return np.fromiter(map(found.__getitem__, values), bool, len(values))
 
 
 def _merged(changes: list[Changes]) -> list[Changes]:

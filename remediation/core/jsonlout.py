@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 
 from remediation.core.audit import AuditLines, account, new_identifiers, value_parts
-from remediation.core.checks import Codes
 from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.decide import QUARANTINED, Decided
 from remediation.core.text import join, json_strings, json_text, line_bytes, take_parts
@@ -138,8 +137,8 @@ class JsonlOut:
         quarantine = self.sinks.quarantine
         if batch.order is not None and _plain(batch):
             closing = [
-                ("mfx_code", json_strings(_texts(decided.mfx_code[rows]))),
-                ("mfx_reason", json_strings(_texts(decided.reason[rows]))),
+                ("mfx_code", json_strings(pa.array(decided.mfx_code[rows], pa.string()))),
+                ("mfx_reason", json_strings(pa.array(decided.reason[rows], pa.string()))),
             ]
             data, ends = self.lines(batch, batch.identifier.text, closing)
             assert isinstance(quarantine, OutputSet)
@@ -153,11 +152,6 @@ class JsonlOut:
 def _key(key: str) -> str:
     """A key as JSON, with its colon."""
     return json_text(key) + ":"
-
-
-def _texts(values: Codes) -> pa.Array:
-    """Codes and reasons (str, StrEnum or None) as a string array."""
-    return pa.array([None if v is None else str(v) for v in values.tolist()], pa.string())
 
 
 def _plain(batch: Batch) -> bool:
