@@ -43,8 +43,8 @@ from remediation.validation import MeterIndex
 
 BATCH_ROWS = 32768
 RECORD_BATCH_ROWS = 4096  # records (a JSON array) are Python objects: fewer at a time
-JSONL_BATCH_ROWS = 8192  # JSON Lines lines, held as text until matched (`core.jsonlread`)
-BLOCK_BYTES = 5 << 18  # CSV read at once, 1.25 MB (~13,000 rows): a batch is at most one block
+JSONL_BATCH_ROWS = 6144  # JSON Lines lines, held as text until matched (`core.jsonlread`)
+BLOCK_BYTES = 1 << 20  # CSV read at once, 1 MB (~7,900 rows): a batch is at most one block
 
 
 @dataclass(slots=True)

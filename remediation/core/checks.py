@@ -30,7 +30,7 @@ from remediation.validation import (
 
 Codes = npt.NDArray[np.object_]
 CONTROL_CLASS = "[\x00-\x1f\x7f\u2028\u2029]"
-SHORT_DIGITS = "^[0-9]{1,18}$"  # a count of seconds that fits int64 whatever its digits
+SHORT_DIGITS = 18  # ASCII digits of a count of seconds that fits int64 whatever they are
 PLAIN = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
@@ -40,8 +40,26 @@ def mask(array: pa.Array) -> Mask:
     return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def matches(column: Column, pattern: str) -> Mask:
-    return mask(pc.match_substring_regex(column.text, pattern))
+def short_digits(column: Column) -> Mask:
+    """Rows whose text is 1 to `SHORT_DIGITS` ASCII digits, once per column (`mark`): Arrow's
+    ASCII digit test and the byte lengths, several times faster than a regex (`^[0-9]{1,18}$`)."""
+    found: Mask = column.mark("digits", _short_digits)
+    return found
+
+
+def _short_digits(column: Column) -> Mask:
+    digits = mask(pc.ascii_is_decimal(column.text))
+    return digits & (column.mark("bytes", _byte_lengths) <= SHORT_DIGITS)
+
+
+def plain_numbers(column: Column) -> Mask:
+    """Rows whose text is a plain number (`PLAIN`): ASCII digits alone are one, the regex
+    decides on the other present rows only."""
+    found = mask(pc.ascii_is_decimal(column.text))
+    others = np.flatnonzero(column.present() & ~found)
+    if len(others):
+        found[others] = mask(pc.match_substring_regex(column.text.take(pa.array(others)), PLAIN))
+    return found
 
 
 def has_control(column: Column) -> Mask:
@@ -201,7 +219,7 @@ def _payload(batch: Batch, meter: Meter, index: MeterIndex, codes: Codes, rows: 
         flag(np.ones(len(batch), bool), ErrorCode.VALUE_NOT_FOUND)
         return
     flag(~value.present(), ErrorCode.VALUE_NOT_FOUND)
-    flag(~matches(value, PLAIN), ErrorCode.INVALID_VALUE)
+    flag(~plain_numbers(value), ErrorCode.INVALID_VALUE)
     flag(_too_many_digits(value, index), ErrorCode.VALUE_TOO_MANY_DIGITS)
     _dimensions(batch, meter, flag)
 
@@ -249,7 +267,7 @@ def seconds(column: Column) -> tuple[npt.NDArray[np.int64], Mask, list[tuple[int
     rows have one, and (row, value or None) of the other present rows read one by one)."""
     n = len(column)
     values = np.zeros(n, np.int64)
-    short = column.present() & matches(column, SHORT_DIGITS)
+    short = short_digits(column).copy()
     if column.kinds is not None:
         short &= (column.kinds == Kind.TEXT) | (column.kinds == Kind.INT)
     if short.any():

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from remediation.changes import Change, Context
-from remediation.core.checks import SHORT_DIGITS, matches
+from remediation.core.checks import short_digits
 from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
 from remediation.errors import Uncorrectable
@@ -35,7 +35,7 @@ NEVER_MOVED = "never move usage into another billing period; quarantined for rev
 def fix_timestamp(batch: Batch, ctx: Context) -> Fix:
     """ms/µs/ns -> seconds; ISO-8601 -> seconds; a small future skew -> clamped to now."""
     column = batch.timestamp
-    short = matches(column, SHORT_DIGITS) & column.present()
+    short = short_digits(column).copy()
     if column.kinds is not None:
         short &= (column.kinds == Kind.TEXT) | (column.kinds == Kind.INT)
     fix = one_by_one(batch, ctx, fix_timestamp_row, np.flatnonzero(~short))

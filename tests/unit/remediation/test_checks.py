@@ -7,13 +7,15 @@ floats, booleans, nulls, objects), in batches, so that the column checks meet mi
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediation.core.audit import new_identifiers
-from remediation.core.checks import longer, problem_codes
+from remediation.core.checks import longer, plain_numbers, problem_codes, short_digits
 from remediation.core.columns import Column, from_records
 from remediation.identifiers import Ancestor, Identifiers, Lineage
 from remediation.limits import FieldLimits
@@ -130,3 +132,25 @@ def test_longer_counts_characters_as_len(values: list[str | None], most: int) ->
     assert longer(column, most).tolist() == expected  # the counts are kept, not changed
     picks = np.arange(len(values))[::-1].copy()
     assert longer(column.take(picks), most).tolist() == expected[::-1]
+
+
+DIGITISH = st.text(alphabet="0123456789-.,+ e\u0663\u00b2\uff11a", max_size=24)
+
+
+@given(
+    st.lists(
+        st.none() | DIGITISH | st.integers(0, 10**20).map(str) | st.just("9" * 19), max_size=20
+    )
+)
+def test_number_shapes_are_the_regexes(values: list[str | None]) -> None:
+    """Seconds of at most 18 ASCII digits and plain numbers, found without a regex over every
+    row, are exactly what the regexes find (Unicode digits are neither; absent is neither), on
+    a column and on rows taken from it."""
+    column = Column(pa.array(values, pa.string()))
+    short = [v is not None and re.fullmatch("[0-9]{1,18}", v) is not None for v in values]
+    plain = [v is not None and re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", v) is not None for v in values]
+    assert short_digits(column).tolist() == short
+    assert plain_numbers(column).tolist() == plain
+    picks = np.arange(len(values))[::-1].copy()
+    assert short_digits(column.take(picks)).tolist() == short[::-1]
+    assert plain_numbers(column.take(picks)).tolist() == plain[::-1]
