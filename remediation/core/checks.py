@@ -29,6 +29,12 @@ from remediation.validation import (
 )
 
 Codes = npt.NDArray[np.object_]
+# While a batch is checked its codes are small integers: 0 for none, then ErrorCode's members
+# (`problem_ids`); comparing and masking them is numpy arithmetic, not an object compare per row.
+CodeIds = npt.NDArray[np.int16]
+CODES: tuple[ErrorCode | None, ...] = (None, *ErrorCode)
+CODE_IDS: dict[str | None, int] = {code: at for at, code in enumerate(CODES)}
+_CODE_OBJECTS: Codes = np.array(CODES, dtype=object)
 CONTROL_CLASS = "[\x00-\x1f\x7f\u2028\u2029]"
 SHORT_DIGITS = 18  # ASCII digits of a count of seconds that fits int64 whatever they are
 PLAIN = r"^-?[0-9]+(\.[0-9]+)?$"
@@ -125,13 +131,31 @@ def field_suspects(batch: Batch, limits: FieldLimits) -> Mask:
 
 def problem_codes(batch: Batch, index: MeterIndex, now: int) -> Codes:
     """The first problem's code per row (None: valid), as `validate_record` finds it."""
-    codes: Codes = np.full(len(batch), None, dtype=object)
+    return code_objects(problem_ids(batch, index, now))
+
+
+def code_objects(ids: CodeIds) -> Codes:
+    """Code ids as codes (None for 0)."""
+    found: Codes = _CODE_OBJECTS[ids]
+    return found
+
+
+def code_ids(codes: Codes) -> CodeIds:
+    """Codes (None, or ErrorCode values) as ids, each distinct code looked up once."""
+    values = codes.tolist()
+    found = {code: CODE_IDS[code] for code in set(values)}
+    return np.fromiter(map(found.__getitem__, values), np.int16, len(values))
+
+
+def problem_ids(batch: Batch, index: MeterIndex, now: int) -> CodeIds:
+    """`problem_codes` as code ids (0: valid)."""
+    codes: CodeIds = np.zeros(len(batch), np.int16)
     odd = field_suspects(batch, index.limits) | _odd_values(batch)
     if odd.any():
         at = np.flatnonzero(odd)
         for i, record in zip(at.tolist(), batch.take(at).records(), strict=True):
             problem = validate_record(record, index, now)
-            codes[i] = problem.code if problem else None
+            codes[i] = CODE_IDS[problem.code] if problem else 0
     open_rows = ~odd
     _meters(batch, index, codes, open_rows)
     _timestamps(batch.timestamp, now, codes, open_rows & _undecided(codes))
@@ -149,8 +173,9 @@ def first_field_problems(batch: Batch, limits: FieldLimits) -> list[tuple[int, s
     return found
 
 
-def _undecided(codes: Codes) -> Mask:
-    return np.asarray(codes == None, dtype=bool)  # noqa: E711 - elementwise on an object array
+def _undecided(codes: CodeIds) -> Mask:
+    undecided: Mask = codes == 0
+    return undecided
 
 
 def _odd_values(batch: Batch) -> Mask:
@@ -180,19 +205,19 @@ def meter_of_rows(batch: Batch, index: MeterIndex) -> tuple[list[Meter | None], 
     return meters, positions
 
 
-def _meters(batch: Batch, index: MeterIndex, codes: Codes, rows: Mask) -> None:
+def _meters(batch: Batch, index: MeterIndex, codes: CodeIds, rows: Mask) -> None:
     """Meter checks; payload checks once per set of keys (meters usually share theirs)."""
     meters, positions = meter_of_rows(batch, index)
-    codes[rows & (positions < 0)] = ErrorCode.NO_METER
+    codes[rows & (positions < 0)] = CODE_IDS[ErrorCode.NO_METER]
     by_keys: dict[tuple[str, str, tuple[str, ...]], tuple[Meter, Mask]] = {}
     for at, meter in enumerate(meters):
         of_meter = rows & (positions == at)
         if not of_meter.any():
             continue
         if meter is None:
-            codes[of_meter] = ErrorCode.NO_METER
+            codes[of_meter] = CODE_IDS[ErrorCode.NO_METER]
         elif not meter.active:
-            codes[of_meter] = ErrorCode.ARCHIVED_METER
+            codes[of_meter] = CODE_IDS[ErrorCode.ARCHIVED_METER]
         else:
             keys = (meter.customer_key, meter.value_key, meter.dimension_keys)
             first, before = by_keys.get(keys, (meter, np.zeros(len(batch), bool)))
@@ -201,10 +226,10 @@ def _meters(batch: Batch, index: MeterIndex, codes: Codes, rows: Mask) -> None:
         _payload(batch, meter, index, codes, of_keys)
 
 
-def _payload(batch: Batch, meter: Meter, index: MeterIndex, codes: Codes, rows: Mask) -> None:
+def _payload(batch: Batch, meter: Meter, index: MeterIndex, codes: CodeIds, rows: Mask) -> None:
     def flag(where: Mask, code: ErrorCode) -> None:
         hit = rows & where & _undecided(codes)
-        codes[hit] = code
+        codes[hit] = CODE_IDS[code]
 
     customer = batch.payload.get(meter.customer_key)
     if customer is None:
@@ -281,17 +306,17 @@ def seconds(column: Column) -> tuple[npt.NDArray[np.int64], Mask, list[tuple[int
     return values, short, rest
 
 
-def _timestamps(column: Column, now: int, codes: Codes, rows: Mask) -> None:
+def _timestamps(column: Column, now: int, codes: CodeIds, rows: Mask) -> None:
     values, known, rest = seconds(column)
     high, low = now + MAX_FUTURE_SECONDS, now - MAX_PAST_SECONDS
-    codes[rows & known & (values > high)] = ErrorCode.TIMESTAMP_IN_FUTURE
-    codes[rows & known & (values < low)] = ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST
+    codes[rows & known & (values > high)] = CODE_IDS[ErrorCode.TIMESTAMP_IN_FUTURE]
+    codes[rows & known & (values < low)] = CODE_IDS[ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST]
     for i, ts in rest:
         if not rows[i]:
             continue
         if ts is None:
-            codes[i] = ErrorCode.TIMESTAMP_INVALID
+            codes[i] = CODE_IDS[ErrorCode.TIMESTAMP_INVALID]
         elif ts > high:
-            codes[i] = ErrorCode.TIMESTAMP_IN_FUTURE
+            codes[i] = CODE_IDS[ErrorCode.TIMESTAMP_IN_FUTURE]
         elif ts < low:
-            codes[i] = ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST
+            codes[i] = CODE_IDS[ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST]

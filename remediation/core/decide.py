@@ -20,11 +20,14 @@ import pyarrow.compute as pc
 from remediation.changes import Context
 from remediation.codes import KNOWN_CODES, ErrorCode, code_from_message
 from remediation.core.checks import (
+    CODES,
     Codes,
+    code_ids,
     field_suspects,
     first_field_problems,
     mask,
     problem_codes,
+    problem_ids,
 )
 from remediation.core.columns import Batch, Indexes, Mask, concat_batches, concat_columns
 from remediation.core.rules import RULES, Changes
@@ -179,7 +182,7 @@ class _Rounds:
         # their code says they are not
         self.validated = validated.copy()
         self.work = batch if len(work) == len(batch) else batch.take(work)
-        self.current = codes.copy()
+        self.current = code_ids(codes)  # code ids (`checks.CODES`) each row fails with
         self.seen = np.zeros(len(work), np.int64)  # bit `CODE_BITS[code]`: tried for `code`
         self.changes: list[Changes] = []
         self.failed = np.zeros(len(work), bool)
@@ -192,14 +195,16 @@ class _Rounds:
             tried = self._round(active)
             active = self._validate(tried)
         for i in active.tolist():
-            self._fail(i, str(self.current[i]), "too many problems in one row")
+            self._fail(i, str(CODES[self.current[i]]), "too many problems in one row")
         self._finish()
 
     def _round(self, active: Indexes) -> Indexes:
         """Each code's rule over its rows; the rows that went through a rule unharmed."""
         tried = []
-        for code in sorted({str(c) for c in set(self.current[active].tolist())}):
-            rows = active[np.asarray(self.current[active] == code, bool)]
+        current = self.current[active]
+        for code_id in sorted(np.unique(current).tolist(), key=lambda at: str(CODES[at])):
+            code = str(CODES[code_id])
+            rows = active[current == code_id]
             bit = CODE_BITS.get(code, 0)
             fresh = (self.seen[rows] & bit) == 0 if bit else np.zeros(len(rows), bool)
             for i in rows[~fresh].tolist():
@@ -246,9 +251,9 @@ class _Rounds:
             return tried
         tried = np.sort(tried)
         self.validated[tried] = True
-        codes = problem_codes(self.work.take(tried), self.ctx.index, self.ctx.now)
+        codes = problem_ids(self.work.take(tried), self.ctx.index, self.ctx.now)
         self.current[tried] = codes
-        failing: Indexes = tried[np.asarray(codes != None, bool)]  # noqa: E711 - elementwise
+        failing: Indexes = tried[codes != 0]
         return failing
 
     def _fail(self, i: int, code: str, reason: str) -> None:
