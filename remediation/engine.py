@@ -43,7 +43,7 @@ from remediation.validation import MeterIndex
 
 BATCH_ROWS = 32768
 RECORD_BATCH_ROWS = 4096  # records (a JSON array) are Python objects: fewer at a time
-JSONL_BATCH_ROWS = 6144  # JSON Lines lines, held as text until matched (`core.jsonlread`)
+JSONL_BATCH_ROWS = 7168  # JSON Lines lines, held as text until matched (`core.jsonlread`)
 BLOCK_BYTES = 1 << 20  # CSV read at once, 1 MB (~7,900 rows): a batch is at most one block
 
 
@@ -231,14 +231,14 @@ def _bytes_out(records: Iterable[UsageRecord], write: bool) -> bool:
 def batches(
     records: Iterable[UsageRecord], size: int | None = None, ahead: Ahead | None = None
 ) -> Iterator[Batch]:
-    """The input as batches: a CSV's cells as columns (`ahead`: a thread to parse the next
-    block on), other records converted in chunks."""
+    """The input as batches: a CSV's cells as columns, JSON Lines matched to their layouts
+    (`ahead`: a thread to parse or match the next block on), other records in chunks."""
     size = size or BATCH_ROWS
     if isinstance(records, CsvRecords):
         yield from csv_batches(records, size, ahead)
         return
     if isinstance(records, JsonlRecords):
-        yield from jsonl_batches(records, min(size, JSONL_BATCH_ROWS))
+        yield from jsonl_batches(records, min(size, JSONL_BATCH_ROWS), ahead)
         return
     chunk: list[UsageRecord] = []
     size = min(size, RECORD_BATCH_ROWS)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,6 +36,7 @@ from remediation.core.columns import (
     concat_batches,
     from_records,
 )
+from remediation.core.csvread import Ahead
 from remediation.core.text import byte_counts
 from remediation.jsonreaders import (
     JSON_KNOWN,
@@ -203,21 +204,59 @@ def _literal(text: str) -> str:
     )
 
 
-def jsonl_batches(records: JsonlRecords, size: int) -> Iterator[Batch]:
-    """The rows of a JSON Lines input as batches of at most `size` rows."""
+def jsonl_batches(records: JsonlRecords, size: int, ahead: Ahead | None = None) -> Iterator[Batch]:
+    """The rows of a JSON Lines input as batches of at most `size` rows (`ahead`: a thread to
+    match the next batch's lines on)."""
     with records.text() as text:
-        yield from JsonlBatches(text, records.depth, size)
+        yield from JsonlBatches(text, records.depth, size, ahead)
+
+
+@dataclass(slots=True)
+class _Cut:
+    """A batch's lines as text, before they are matched."""
+
+    numbers: list[int]
+    lines: list[str]
+    early: dict[int, UsageRecord]  # lines refused unread, as their records
+    text: pa.Array
+    quotes: np.ndarray[Any, Any]  # per line
+    left: np.ndarray[Any, Any]  # lines still to read (all but the refused ones)
+    # (pattern, candidate lines, result) of the match started on `ahead`'s thread
+    started: tuple[str, np.ndarray[Any, Any], Callable[[], _Matched]] | None = None
+
+
+_Matched = tuple[np.ndarray[Any, Any], pa.Array]  # lines of a layout, and their pieces
 
 
 class JsonlBatches:
-    """The rows of a JSON Lines text stream as batches of at most `size` rows."""
+    """The rows of a JSON Lines text stream as batches of at most `size` rows.
 
-    def __init__(self, text: io.TextIOWrapper, depth: int, size: int) -> None:
-        self.text, self.depth, self.size = text, depth, size
+    With `ahead`, the next batch's lines are cut and matched against the layout most lines
+    had, on `ahead`'s thread (RE2 and the split at the quotes let go of the GIL), while this
+    batch is built and used: one batch more is held."""
+
+    def __init__(
+        self, text: io.TextIOWrapper, depth: int, size: int, ahead: Ahead | None = None
+    ) -> None:
+        self.text, self.depth, self.size, self.ahead = text, depth, size, ahead
         self.layouts: list[Layout] = []
         self.hits: dict[str, int] = {}  # lines matched per layout
 
     def __iter__(self) -> Iterator[Batch]:
+        held: _Cut | None = None
+        for numbers, lines, refused in self._slices():
+            cut = self._cut(numbers, lines, refused)
+            if held is not None:
+                yield self._batch(held)
+            held = cut
+            if self.ahead is None:
+                yield self._batch(held)
+                held = None
+        if held is not None:
+            yield self._batch(held)
+
+    def _slices(self) -> Iterator[tuple[list[int], list[str], dict[int, str]]]:
+        """(line numbers, lines, refused: place -> why) of at most `size` lines at a time."""
         numbers: list[int] = []
         lines: list[str] = []
         refused: dict[int, str] = {}  # place in `lines` -> why that line was refused
@@ -227,13 +266,13 @@ class JsonlBatches:
             lines += block.lines
             while len(lines) >= self.size:
                 first = {at: why for at, why in refused.items() if at < self.size}
-                yield self._batch(numbers[: self.size], lines[: self.size], first)
+                yield numbers[: self.size], lines[: self.size], first
                 numbers, lines = numbers[self.size :], lines[self.size :]
                 refused = {at - self.size: why for at, why in refused.items() if at >= self.size}
         if lines:
-            yield self._batch(numbers, lines, refused)
+            yield numbers, lines, refused
 
-    def _batch(self, numbers: list[int], lines: list[str], refused: dict[int, str]) -> Batch:
+    def _cut(self, numbers: list[int], lines: list[str], refused: dict[int, str]) -> _Cut:
         early = {at: unreadable(numbers[at], lines[at], why) for at, why in refused.items()}
         if early:
             lines = [("" if at in early else line) for at, line in enumerate(lines)]
@@ -242,11 +281,22 @@ class JsonlBatches:
         left[list(early)] = False
         # A line of a layout holds as many quotes as it: only those lines are matched.
         quotes = byte_counts(text, ord('"'))
+        cut = _Cut(numbers, lines, early, text, quotes, left)
+        if self.ahead is not None and self.layouts:
+            pattern, pieces = self.layouts[0].pattern, self.layouts[0].pieces
+            candidates = np.flatnonzero(left & (quotes == pieces - 1))
+            if len(candidates):
+                result = self.ahead(_matched, pattern, text, candidates).result
+                cut.started = (pattern, candidates, result)
+        return cut
+
+    def _batch(self, cut: _Cut) -> Batch:
+        numbers, lines, early, text = cut.numbers, cut.lines, cut.early, cut.text
+        quotes, left = cut.quotes, cut.left
         parts: list[tuple[np.ndarray[Any, Any], Batch]] = []
         for layout in self.layouts:
-            left[
-                self._match(layout, text, left & (quotes == layout.pieces - 1), numbers, parts)
-            ] = False
+            fits = left & (quotes == layout.pieces - 1)
+            left[self._match(layout, text, fits, numbers, parts, cut.started)] = False
         tried = 0
         after = 0  # lines before this one were tried, or matched
         while tried < LEARN_PER_BATCH and len(self.layouts) < MAX_LAYOUTS:
@@ -290,19 +340,24 @@ class JsonlBatches:
         unclaimed: np.ndarray[Any, Any],
         numbers: Sequence[int],
         parts: list[tuple[np.ndarray[Any, Any], Batch]],
+        started: tuple[str, np.ndarray[Any, Any], Callable[[], _Matched]] | None = None,
     ) -> np.ndarray[Any, Any]:
         """The lines of `layout` among the `unclaimed` (a mask), their rows added to `parts`
-        (values split out at the quotes)."""
+        (values split out at the quotes); `started`: a match already under way, used when it
+        is this layout's over these lines."""
         candidates = np.flatnonzero(unclaimed)
         if not len(candidates):
             return candidates
-        subset = text if len(candidates) == len(text) else text.take(pa.array(candidates))
-        matched = pc.match_substring_regex(subset, layout.pattern)
-        mask = np.asarray(matched.to_numpy(zero_copy_only=False), bool)
-        if not mask.any():
-            return np.zeros(0, np.int64)
-        rows: np.ndarray[Any, Any] = candidates[mask]
-        pieces = pc.list_flatten(pc.split_pattern(text.take(pa.array(rows)), '"'))
+        if (
+            started is not None
+            and started[0] == layout.pattern
+            and np.array_equal(started[1], candidates)
+        ):
+            rows, pieces = started[2]()
+        else:
+            rows, pieces = _matched(layout.pattern, text, candidates)
+        if not len(rows):
+            return rows
         assert len(pieces) == len(rows) * layout.pieces, "a matched line splits as its layout"
         base = np.arange(len(rows), dtype=np.int64) * layout.pieces
         values = []
@@ -326,6 +381,20 @@ class JsonlBatches:
         self.hits[layout.pattern] = self.hits.get(layout.pattern, 0) + len(rows)
         parts.append((rows, _layout_batch(layout, values, np.asarray(numbers)[rows])))
         return rows
+
+
+def _matched(pattern: str, text: pa.Array, candidates: np.ndarray[Any, Any]) -> _Matched:
+    """The `candidates` lines that match `pattern`, and those lines split at their quotes:
+    Arrow kernels that let go of the GIL (this runs on `ahead`'s thread too)."""
+    subset = text if len(candidates) == len(text) else text.take(pa.array(candidates))
+    matched = pc.match_substring_regex(subset, pattern)
+    rows: np.ndarray[Any, Any] = candidates[
+        np.asarray(matched.to_numpy(zero_copy_only=False), bool)
+    ]
+    if not len(rows):
+        return rows, pa.array([], pa.string())
+    lines = text if len(rows) == len(text) else text.take(pa.array(rows))
+    return rows, pc.list_flatten(pc.split_pattern(lines, '"'))
 
 
 def _layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[Any, Any]) -> Batch:

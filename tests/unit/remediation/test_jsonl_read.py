@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remediation import jsonreaders
+from remediation.core import jsonlread
 from remediation.core.columns import Batch, concat_batches, from_records
 from remediation.core.jsonlread import JsonlBatches, jsonl_batches, learn
 from remediation.errors import UnreadableFile
@@ -126,6 +129,8 @@ def texts(batch: Batch) -> dict[str, list[tuple[str | None, int]]]:
 
 
 def both(data: bytes, size: int) -> tuple[list[str], list[str], JsonlBatches]:
+    """What the batches and the line reader read; the batches read the same with the next
+    batch matched ahead on another thread (as `engine.remediate` reads them)."""
     records = list(JsonlRecords(io.BytesIO(data), DEPTH))
     expected = [seen(r) for r in records]
     reader = JsonlBatches(text_stream(io.BytesIO(data)), DEPTH, size)
@@ -133,6 +138,14 @@ def both(data: bytes, size: int) -> tuple[list[str], list[str], JsonlBatches]:
     got = [seen(r) for r in concat_batches(batches).records()] if batches else []
     if batches:  # the same text for every value, not only the same value
         assert texts(concat_batches(batches)) == texts(from_records(records))
+    with ThreadPoolExecutor(1) as pool:
+        ahead = JsonlBatches(text_stream(io.BytesIO(data)), DEPTH, size, pool.submit)
+        read_ahead = list(ahead)
+    assert [len(b) for b in read_ahead] == [len(b) for b in batches]
+    if batches:
+        assert [seen(r) for r in concat_batches(read_ahead).records()] == got
+        assert texts(concat_batches(read_ahead)) == texts(concat_batches(batches))
+    assert ahead.hits == reader.hits
     return got, expected, reader
 
 
@@ -167,6 +180,33 @@ def test_a_regular_file_is_matched_by_one_layout_and_the_rest_by_the_line_reader
     assert got == expected
     assert len(reader.layouts) == 2  # value as a number (integer or float), value as text
     assert "'e7'" in got[7] and "8.0" in got[8] and "10.5)" in got[10]
+
+
+def test_the_next_batch_is_matched_on_the_ahead_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a thread to match on, every batch after the second is matched there: the layout
+    is learned from the first batch's first line, on the caller's thread, and the second
+    batch was cut before that."""
+    body = [
+        json.dumps({"identifier": f"e{i}", "timestamp": i, "event_name": "a", "payload": {}})
+        for i in range(300)
+    ]
+    data = ("\n".join(body) + "\n").encode()
+    threads: list[str] = []
+    original = jsonlread._matched
+
+    def matched(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(jsonlread, "_matched", matched)
+    with ThreadPoolExecutor(1, thread_name_prefix="ahead") as pool:
+        reader = JsonlBatches(text_stream(io.BytesIO(data)), DEPTH, 50, pool.submit)
+        batches = list(reader)
+    assert [len(b) for b in batches] == [50] * 6
+    assert concat_batches(batches).identifier.text.to_pylist() == [f"e{i}" for i in range(300)]
+    main = threading.current_thread().name
+    assert threads == [main, "ahead_0", main] + ["ahead_0"] * 3
+    assert reader.hits == {reader.layouts[0].pattern: 300}
 
 
 @pytest.mark.parametrize(
