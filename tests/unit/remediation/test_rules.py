@@ -47,6 +47,8 @@ RULES_TOML = """
 [customers]
 "ext-1" = "cus_1"
 " ext-2 " = "cus_2"
+"same" = "same"
+"blank" = ""
 """
 CONTEXT = Context(MeterIndex(METERS), load_rules(RULES_TOML), NOW)
 TEXT = st.text(alphabet=st.sampled_from("aZ1,. -_"), max_size=6)
@@ -69,7 +71,10 @@ VALUES = st.one_of(
 NAMES = st.sampled_from(
     ["api_requests", "API-Requests", "calls", "api_v1", "tokens_v1", "tokens", "nope", "Storage GB"]
 )
-CUSTOMERS = st.one_of(st.sampled_from(["ext-1", " ext-2 ", "cus_9", " CUS_3", ""]), TEXT)
+# map keys (a customer, one the same as its key, an empty one), texts that map once trimmed
+CUSTOMERS = st.one_of(
+    st.sampled_from(["ext-1", " ext-2 ", "ext-1 ", "same", "blank", "cus_9", " CUS_3", ""]), TEXT
+)
 
 
 @st.composite
@@ -90,12 +95,12 @@ CASES: list[tuple[str, RowRule]] = [
 ]
 
 
-def by_rows(rows: list[UsageRecord], row_rule: RowRule) -> list[Any]:
+def by_rows(rows: list[UsageRecord], row_rule: RowRule, ctx: Context = CONTEXT) -> list[Any]:
     found: list[Any] = []
     for row in rows:
         work = copy.deepcopy(row)
         try:
-            made = row_rule(work, CONTEXT)
+            made = row_rule(work, ctx)
         except Uncorrectable as exc:
             found.append(("quarantined", exc.reason))
             continue
@@ -104,8 +109,8 @@ def by_rows(rows: list[UsageRecord], row_rule: RowRule) -> list[Any]:
     return found
 
 
-def by_batch(rows: list[UsageRecord], code: str) -> list[Any]:
-    fix = RULES[code](from_records(rows), CONTEXT)
+def by_batch(rows: list[UsageRecord], code: str, ctx: Context = CONTEXT) -> list[Any]:
+    fix = RULES[code](from_records(rows), ctx)
     changes: dict[int, list[Any]] = {i: [] for i in range(len(rows))}
     for change in fix.changes:
         before, after = change.before.values(), change.after.values()
@@ -134,6 +139,18 @@ def test_fuzz_a_rule_on_a_batch_is_its_row_function_on_each_row(
 ) -> None:
     rows = [_numbered(row, n) for n, row in enumerate(rows)]
     assert by_batch(rows, code) == by_rows(rows, row_rule)
+
+
+@settings(max_examples=fuzz_examples(120), deadline=None)
+@given(rows=st.lists(records(), min_size=1, max_size=12))
+def test_fuzz_customers_without_the_map_rule_are_the_row_function(rows: list[UsageRecord]) -> None:
+    """The customer map's keys are looked up for a whole lane at once: with `map_customer`
+    turned off, that lookup picks nothing and the rows go as the row function takes them."""
+    rules = load_rules(RULES_TOML + '[policy]\ndisabled_rules = ["map_customer"]\n')
+    ctx = Context(MeterIndex(METERS), rules, NOW)
+    rows = [_numbered(row, n) for n, row in enumerate(rows)]
+    code = "meter_event_customer_not_found"
+    assert by_batch(rows, code, ctx) == by_rows(rows, fix_customer_row, ctx)
 
 
 def _numbered(row: UsageRecord, number: int) -> UsageRecord:
