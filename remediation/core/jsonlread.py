@@ -216,9 +216,8 @@ class _Cut:
     """A batch's lines as text, before they are matched."""
 
     numbers: list[int]
-    lines: list[str]
     early: dict[int, UsageRecord]  # lines refused unread, as their records
-    text: pa.Array
+    text: pa.Array  # the lines (refused ones empty)
     quotes: np.ndarray[Any, Any]  # per line
     left: np.ndarray[Any, Any]  # lines still to read (all but the refused ones)
     # (pattern, candidate lines, result) of the match started on `ahead`'s thread
@@ -233,7 +232,7 @@ class JsonlBatches:
 
     With `ahead`, the next batch's lines are cut and matched against the layout most lines
     had, on `ahead`'s thread (RE2 and the split at the quotes let go of the GIL), while this
-    batch is built and used: one batch more is held."""
+    batch is built and used: one batch more is held, as Arrow text only."""
 
     def __init__(
         self, text: io.TextIOWrapper, depth: int, size: int, ahead: Ahead | None = None
@@ -243,17 +242,14 @@ class JsonlBatches:
         self.hits: dict[str, int] = {}  # lines matched per layout
 
     def __iter__(self) -> Iterator[Batch]:
-        held: _Cut | None = None
+        held: list[_Cut] = []  # popped into `_batch`: nothing of a cut is kept while in use
         for numbers, lines, refused in self._slices():
-            cut = self._cut(numbers, lines, refused)
-            if held is not None:
-                yield self._batch(held)
-            held = cut
-            if self.ahead is None:
-                yield self._batch(held)
-                held = None
-        if held is not None:
-            yield self._batch(held)
+            held.append(self._cut(numbers, lines, refused))
+            del lines
+            if len(held) > (0 if self.ahead is None else 1):
+                yield self._batch(held.pop(0))
+        while held:
+            yield self._batch(held.pop(0))
 
     def _slices(self) -> Iterator[tuple[list[int], list[str], dict[int, str]]]:
         """(line numbers, lines, refused: place -> why) of at most `size` lines at a time."""
@@ -281,7 +277,7 @@ class JsonlBatches:
         left[list(early)] = False
         # A line of a layout holds as many quotes as it: only those lines are matched.
         quotes = byte_counts(text, ord('"'))
-        cut = _Cut(numbers, lines, early, text, quotes, left)
+        cut = _Cut(numbers, early, text, quotes, left)
         if self.ahead is not None and self.layouts:
             pattern, pieces = self.layouts[0].pattern, self.layouts[0].pieces
             candidates = np.flatnonzero(left & (quotes == pieces - 1))
@@ -291,7 +287,7 @@ class JsonlBatches:
         return cut
 
     def _batch(self, cut: _Cut) -> Batch:
-        numbers, lines, early, text = cut.numbers, cut.lines, cut.early, cut.text
+        numbers, early, text = cut.numbers, cut.early, cut.text
         quotes, left = cut.quotes, cut.left
         parts: list[tuple[np.ndarray[Any, Any], Batch]] = []
         for layout in self.layouts:
@@ -305,8 +301,9 @@ class JsonlBatches:
                 break
             first = after + int(unmatched[0])
             after, tried = first + 1, tried + 1
-            obj, refusal = parse_line(lines[first], self.depth)
-            learned = learn(obj, lines[first], self.depth) if refusal is None else None
+            line = text[first].as_py()
+            obj, refusal = parse_line(line, self.depth)
+            learned = learn(obj, line, self.depth) if refusal is None else None
             if learned is not None:
                 self.layouts.append(learned)
                 fits = left & (quotes == learned.pieces - 1)
@@ -314,11 +311,12 @@ class JsonlBatches:
         # The layouts most lines had are tried first in the next batch.
         self.layouts.sort(key=lambda layout: -self.hits.get(layout.pattern, 0))
         # The rest, in their places: lines read by the line reader, and lines refused unread.
-        rest = np.flatnonzero(left | np.isin(np.arange(len(lines)), list(early)))
+        rest = np.flatnonzero(left | np.isin(np.arange(len(text)), list(early)))
         if len(rest):
+            lines = text.take(pa.array(rest)).to_pylist()
             records = [
-                early[i] if i in early else self._record(numbers[i], lines[i])
-                for i in rest.tolist()
+                early[i] if i in early else self._record(numbers[i], line)
+                for i, line in zip(rest.tolist(), lines, strict=True)
             ]
             parts.append((rest, from_records(records)))
         if len(parts) == 1:
