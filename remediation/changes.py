@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from remediation.errors import Uncorrectable
 from remediation.meters import Meter
@@ -31,9 +30,6 @@ class Context:
     # The customer picked for each customer text met in this run (None: no match), so that
     # every batch does not ask the directory again (`rules.customers.customer_for`).
     customer_picks: dict[str, tuple[str, str] | None] = field(default_factory=dict)
-    # The customer map's (keys, customers) as Arrow arrays, for whole columns at once: built
-    # on first use by `core.rules.customers` (empty until then).
-    mapped_customers: list[tuple[Any, Any]] = field(default_factory=list)
 
 
 Corrector = Callable[[UsageRecord, Context], list[Change]]

@@ -1,7 +1,6 @@
 """Customer rule: the rules' customer map, then trim/case fixes (checked with the directory
 when there is one), then one unique metadata search hit. Decided once per distinct customer
-text, never per row (a file names few customers many times); a text that is itself a key of
-the map is looked up in it by Arrow, for the whole lane at once."""
+text, never per row (a file names few customers many times)."""
 
 from __future__ import annotations
 
@@ -36,45 +35,8 @@ def fix_customer(batch: Batch, ctx: Context) -> Fix:
             lanes.append((meter.customer_key, rows))
     fix = one_by_one(batch, ctx, fix_customer_row, np.flatnonzero(rest))
     for key, rows in lanes:
-        others = _mapped(fix, key, rows, ctx)
-        if len(others):
-            _by_distinct(fix, key, others, ctx)
+        _by_distinct(fix, key, rows, ctx)
     return fix
-
-
-def _mapped(fix: Fix, key: str, rows: Indexes, ctx: Context) -> Indexes:
-    """The rows whose text is a key of the customer map that `customer_for` picks (the
-    "map_customer" rule) get their customer; the other rows are returned."""
-    keys, customers = _direct_map(ctx)
-    if not len(keys):
-        return rows
-    raw = fix.batch.payload[key].text.take(pa.array(rows))
-    found = pc.index_in(raw, value_set=keys)
-    hit = np.asarray(pc.is_valid(found).to_numpy(zero_copy_only=False), bool)
-    if not hit.any():
-        return rows
-    at = rows[hit]
-    after = Column(customers.take(found.filter(pa.array(hit))))
-    payload = dict(fix.batch.payload)
-    payload[key] = set_column(payload[key], at, after)
-    fix.batch = fix.batch.with_fields(payload=payload)
-    before = Column(raw.filter(pa.array(hit)))
-    fix.changes.append(Changes(at, "map_customer", f"payload.{key}", before, after))
-    others: Indexes = rows[~hit]
-    return others
-
-
-def _direct_map(ctx: Context) -> tuple[pa.Array, pa.Array]:
-    """(keys, customers) of the map entries `customer_for` picks for a text that is the key
-    itself: the rule is on and the customer is another, non-empty text. Built once a run."""
-    if not ctx.mapped_customers:
-        pairs = []
-        if ctx.rules.enabled("map_customer"):
-            pairs = [(k, v) for k, v in ctx.rules.customers.items() if v and v != k]
-        keys = pa.array([k for k, _ in pairs], pa.string())
-        ctx.mapped_customers.append((keys, pa.array([v for _, v in pairs], pa.string())))
-    keys, customers = ctx.mapped_customers[0]
-    return keys, customers
 
 
 def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:

@@ -144,8 +144,8 @@ def test_fuzz_a_rule_on_a_batch_is_its_row_function_on_each_row(
 @settings(max_examples=fuzz_examples(120), deadline=None)
 @given(rows=st.lists(records(), min_size=1, max_size=12))
 def test_fuzz_customers_without_the_map_rule_are_the_row_function(rows: list[UsageRecord]) -> None:
-    """The customer map's keys are looked up for a whole lane at once: with `map_customer`
-    turned off, that lookup picks nothing and the rows go as the row function takes them."""
+    """With `map_customer` turned off, no text is mapped (another rule may still pick a
+    customer) and the batch rule gives what the row function gives."""
     rules = load_rules(RULES_TOML + '[policy]\ndisabled_rules = ["map_customer"]\n')
     ctx = Context(MeterIndex(METERS), rules, NOW)
     rows = [_numbered(row, n) for n, row in enumerate(rows)]
