@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 MAX_IDENTIFIER = 100  # Stripe's limit on a meter event identifier
@@ -132,12 +133,7 @@ def trace_ancestors(
 
 
 def _take(items: Iterator[str], count: int) -> list[str]:
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= count:
-            break
-    return chunk
+    return list(islice(items, count))
 
 
 @dataclass(slots=True)
@@ -149,12 +145,18 @@ class _Trace:
 
 
 def _trace_chunk(chunk: list[str], generation: int, parents: ParentLookup) -> dict[str, Ancestor]:
+    known = parents(sorted(set(chunk)))
+    if generation < 1:
+        # Without a generation from the object's lineage only the audit moves an identifier
+        # back: one it has no parent for is an original (most of a first run's input).
+        chunk = [identifier for identifier in chunk if identifier in known]
     traces = {identifier: _Trace(identifier, generation) for identifier in dict.fromkeys(chunk)}
     moving = set(traces)
-    for _ in range(MAX_DEPTH):
+    for depth in range(MAX_DEPTH):
         if not moving:
             break
-        known = parents(sorted({traces[identifier].at for identifier in moving}))
+        if depth:  # the first step's parents were looked up above
+            known = parents(sorted({traces[identifier].at for identifier in moving}))
         for identifier in sorted(moving):
             if not _step(traces[identifier], known.get(traces[identifier].at)):
                 moving.discard(identifier)

@@ -140,6 +140,18 @@ def test_no_lineage_no_ancestors_whatever_the_spelling() -> None:
     }  # only because the object's metadata says we wrote it in generation 1
 
 
+def test_a_first_run_traces_only_what_the_audit_wrote() -> None:
+    """Input of no generation of ours (a first run): identifiers without a parent in the
+    audit stay where they are; one with a parent is traced back as far as the audit goes,
+    asking only for what is still moving."""
+    audit = FakeAudit(
+        {"a-mfx2": Parent("a-mfx1", "no_meter", 2), "a-mfx1": Parent("a", "other_code", 1)}
+    )
+    found = trace_ancestors(["z", "a-mfx2", "b-mfx1", "y", "z"], 0, audit)
+    assert found == {"a-mfx2": Ancestor("a", "no_meter", 2)}
+    assert audit.asked == [["a-mfx2", "b-mfx1", "y", "z"], ["a-mfx1"], ["a"]]
+
+
 def test_trace_asks_in_batches() -> None:
     audit = FakeAudit({f"x{n}": Parent(f"y{n}", "c", 1) for n in range(0, 1200, 7)})
     found = trace_ancestors((f"x{n}" for n in range(1200)), 0, audit, batch=500)
