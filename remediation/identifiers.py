@@ -18,7 +18,7 @@ identifiers: lineage leads from them to their originals like from any output of 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -127,13 +127,9 @@ def trace_ancestors(
     """
     found: dict[str, Ancestor] = {}
     pending = iter(identifiers)
-    while chunk := _take(pending, batch):
+    while chunk := list(islice(pending, batch)):
         found.update(_trace_chunk(chunk, input_generation, parents))
     return found
-
-
-def _take(items: Iterator[str], count: int) -> list[str]:
-    return list(islice(items, count))
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -220,11 +220,21 @@ class _Cut:
     text: pa.Array  # the lines (refused ones empty)
     quotes: np.ndarray[Any, Any]  # per line
     left: np.ndarray[Any, Any]  # lines still to read (all but the refused ones)
-    # (pattern, candidate lines, result) of the match started on `ahead`'s thread
-    started: tuple[str, np.ndarray[Any, Any], Callable[[], _Matched]] | None = None
+    started: _Started | None = None  # the match begun on `ahead`'s thread
 
 
 _Matched = tuple[np.ndarray[Any, Any], pa.Array]  # lines of a layout, and their pieces
+
+
+class _Started(NamedTuple):
+    """A match of `candidates` against `pattern` under way; `result` waits for it."""
+
+    pattern: str
+    candidates: np.ndarray[Any, Any]
+    result: Callable[[], _Matched]
+
+    def serves(self, pattern: str, candidates: np.ndarray[Any, Any]) -> bool:
+        return pattern == self.pattern and np.array_equal(candidates, self.candidates)
 
 
 class JsonlBatches:
@@ -283,7 +293,7 @@ class JsonlBatches:
             candidates = np.flatnonzero(left & (quotes == pieces - 1))
             if len(candidates):
                 result = self.ahead(_matched, pattern, text, candidates).result
-                cut.started = (pattern, candidates, result)
+                cut.started = _Started(pattern, candidates, result)
         return cut
 
     def _batch(self, cut: _Cut) -> Batch:
@@ -338,7 +348,7 @@ class JsonlBatches:
         unclaimed: np.ndarray[Any, Any],
         numbers: Sequence[int],
         parts: list[tuple[np.ndarray[Any, Any], Batch]],
-        started: tuple[str, np.ndarray[Any, Any], Callable[[], _Matched]] | None = None,
+        started: _Started | None = None,
     ) -> np.ndarray[Any, Any]:
         """The lines of `layout` among the `unclaimed` (a mask), their rows added to `parts`
         (values split out at the quotes); `started`: a match already under way, used when it
@@ -346,12 +356,8 @@ class JsonlBatches:
         candidates = np.flatnonzero(unclaimed)
         if not len(candidates):
             return candidates
-        if (
-            started is not None
-            and started[0] == layout.pattern
-            and np.array_equal(started[1], candidates)
-        ):
-            rows, pieces = started[2]()
+        if started is not None and started.serves(layout.pattern, candidates):
+            rows, pieces = started.result()
         else:
             rows, pieces = _matched(layout.pattern, text, candidates)
         if not len(rows):
