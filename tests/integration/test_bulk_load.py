@@ -1,8 +1,9 @@
-"""`db.bulk_load` (COPY on PostgreSQL, one executemany on SQLite) writes exactly what an ORM
-insert writes: the same text, JSON (non-ASCII, nesting, nulls) and timestamps read back."""
+"""`db.bulk_load` (COPY on PostgreSQL, many rows a statement on SQLite) writes exactly what an
+ORM insert writes: the same text, JSON (non-ASCII, nesting, nulls) and timestamps read back."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy import insert, select, text
 from sqlmodel import Session
 
 from remediation.outcomes import Correction
+from service import db
 from service.db import bulk_load, make_engine
 from service.jobs.store import runs as store
 from service.models import CorrectionAudit, QuarantinedRow, RemediationRun, RunTrigger
@@ -83,6 +85,40 @@ def test_bulk_rows_read_back_as_orm_rows(db_url: str) -> None:
         assert [(a.identifier, a.new_identifier, a.before, a.after) for a in audit] == [
             (f"a{i}", f"a{i}-mfx1", "1764000000000", None) for i in range(3)
         ]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("per", [4, 4000])
+def test_bulk_rows_in_statements_of_many_rows_keep_every_value_in_order(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, per: int
+) -> None:
+    """SQLite binds `ROWS_PER_INSERT` rows a statement and the rest one a statement: every row
+    lands once, in order, its nulls as nulls, whether the rows fill whole statements or not;
+    a setting past the connection's parameter limit is held to it."""
+    monkeypatch.setattr(db, "ROWS_PER_INSERT", per)
+    engine = make_engine(db_url)
+    try:
+        run_id = _run(engine, "k")
+        rows = [
+            {
+                **_correction(run_id, i),
+                "identifier": None if i % 5 == 0 else f"é{i}",
+                "after": str(i) if i % 3 else None,
+            }
+            for i in range(4003)
+        ]
+        with engine.begin() as connection:
+            driver: Any = connection.connection.driver_connection
+            if engine.dialect.name == "sqlite":  # 10 rows of 10 columns a statement at most
+                driver.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)
+            bulk_load(connection, table_of(CorrectionAudit), rows)
+        stored = _stored_audit(engine)
+        assert [(r[1], r[2], r[3], r[8]) for r in stored] == [
+            (row["row_number"], row["identifier"], row["new_identifier"], row["after"])
+            for row in rows
+        ]
+        assert {r[0] for r in stored} == {run_id} and {r[7] for r in stored} == {"1764000000000"}
     finally:
         engine.dispose()
 
