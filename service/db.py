@@ -140,10 +140,11 @@ def delete_batch(engine: Engine, table: Table, where: ColumnElement[bool], batch
 def bulk_load(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert `rows` (column name -> value; every row the same columns) in bulk, inside the
     connection's transaction: PostgreSQL `COPY ... FROM STDIN`, otherwise driver
-    `executemany` calls of many rows a statement (`bulk_load_rows`). Raw driver calls on a measured hot path (a run's audit and quarantined
-    rows, bench/service_path.py): SQLAlchemy's executemany spends about 20 µs a row building
-    parameters. Each value is encoded by its column's own SQLAlchemy type (JSON, timestamps),
-    so the rows read back exactly as an ORM insert writes them."""
+    `executemany` calls of many rows a statement (`bulk_load_rows`). Raw driver calls on a
+    measured hot path (a run's audit and quarantined rows, bench/service_path.py):
+    SQLAlchemy's executemany spends about 20 µs a row building parameters. Each value is
+    encoded by its column's own SQLAlchemy type (JSON, timestamps), so the rows read back
+    exactly as an ORM insert writes them."""
     if not rows:
         return
     names = [column.name for column in table.columns if column.name in rows[0]]

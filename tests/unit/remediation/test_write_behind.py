@@ -5,6 +5,7 @@ the run with every output aborted and no thread left behind."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -155,3 +156,45 @@ def test_a_run_leaves_arrow_on_a_lean_allocator(tmp_path: Path) -> None:
     jemalloc) before its first batch."""
     run_file(write_csv(tmp_path / "in.csv", varied_rows(50, 23)), tmp_path / "out")
     assert pa.default_memory_pool().backend_name in ("jemalloc", "system")
+
+
+def test_the_gil_is_switched_more_often_while_any_writer_runs() -> None:
+    """The shorter switch interval holds from the first writer's start to the last one's end
+    (two runs in one process overlap), then the interval there was comes back; a writer in
+    place leaves it alone."""
+    before = sys.getswitchinterval()
+    assert before > engine.SWITCH_SECONDS
+    seen: list[float] = []
+
+    def write(item: Any) -> Any:
+        seen.append(sys.getswitchinterval())
+        return item
+
+    first = WriteBehind(write, lambda done: None, threaded=True)
+    second = WriteBehind(write, lambda done: None, threaded=True)
+    with WriteBehind(write, lambda done: None, threaded=False) as in_place:
+        in_place.put(0)
+    assert seen == [before]
+    with first:
+        first.put(1)
+        with second:
+            second.put(2)
+        assert sys.getswitchinterval() == engine.SWITCH_SECONDS  # the first still runs
+        first.put(3)
+    assert seen[1:] == [engine.SWITCH_SECONDS] * 3
+    assert sys.getswitchinterval() == before
+
+
+def test_a_failed_run_gives_the_switch_interval_back() -> None:
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+
+    def write(item: Any) -> Any:
+        seen.append(sys.getswitchinterval())
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"), WriteBehind(write, print, threaded=True) as w:
+        w.put(1)
+        w.put(2)
+    assert seen == [engine.SWITCH_SECONDS]  # the second batch was never written
+    assert sys.getswitchinterval() == before
