@@ -233,3 +233,39 @@ def test_audit_stage_keeps_arrival_order_within_an_identifier(db_url: str) -> No
         assert [row[2] for row in stored] == sorted(row.identifier for row in rows)
     finally:
         engine.dispose()
+
+
+def test_corrections_writing_finds_identifiers_of_any_spelling(db_url: str) -> None:
+    """The look-up list travels as one JSON text: identifiers holding JSON's and PostgreSQL
+    array syntax's special characters, non-ASCII and "null" are found exactly, and only they
+    (a prefix, a case change, a trailing space find nothing)."""
+    tricky = [
+        'q"uote',
+        "back\\slash",
+        "com,ma",
+        "{brace}",
+        "null",
+        "NULL",
+        "ü-mfx1",
+        "a b",
+        "é" * 90,
+    ]
+    engine = make_engine(db_url)
+    try:
+        run_id = _run(engine, "k")
+        with store.AuditStage(engine, run_id) as stage:
+            stage.add(
+                [
+                    Correction("f", n, f"old{n}", new, "c", "r", "f", None, "1")
+                    for n, new in enumerate(tricky, start=1)
+                ]
+            )
+            stage.load()
+        decoys = ['q"uot', "Null", "a b ", "ü-MFX1", "back\\\\slash", "[]", ""]
+        found = store.corrections_writing(engine, [*decoys, *tricky])
+        assert sorted((audit.new_identifier, audit.identifier, g) for audit, g in found) == sorted(
+            (new, f"old{n}", 1) for n, new in enumerate(tricky, start=1)
+        )
+        assert store.corrections_writing(engine, decoys) == []
+    finally:
+        engine.dispose()

@@ -9,13 +9,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     Column,
     ColumnElement,
     Connection,
     Engine,
     Integer,
     MetaData,
-    String,
     Table,
     and_,
     any_,
@@ -28,7 +28,7 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import JSON
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
@@ -427,16 +427,22 @@ def corrections_writing(
     engine: Engine, identifiers: Sequence[str]
 ) -> list[tuple[CorrectionAudit, int]]:
     """The corrections that wrote these identifiers (oldest first), with their run's
-    generation. One query and one parameter however many identifiers: an array on
-    PostgreSQL (`= ANY`), a JSON list on SQLite (`IN json_each`); rendering a list of
-    10,000 parameters cost more than the query."""
+    generation. One query and one parameter however many identifiers: a JSON list (made an
+    array by PostgreSQL, read with `json_each` by SQLite); rendering a list of 10,000
+    parameters cost more than the query, and so did passing a PostgreSQL array (psycopg
+    quotes its text form element by element in Python: 23 ms per 10,000 identifiers against
+    9 ms with JSON on an empty audit, 2.3 s of a first 1M-row run's lineage)."""
     audit_new = col(CorrectionAudit.new_identifier)
+    listed_json: BindParameter[str] = bindparam("identifiers", json.dumps(list(identifiers)))
     wrote: ColumnElement[bool]
     if is_postgres(engine):
-        wrote = audit_new == any_(bindparam("identifiers", list(identifiers), ARRAY(String)))
+        # made an array once (`ARRAY(SELECT ...)`): the index is searched for its sorted
+        # values in one scan (21 ms per 10,000 against 900,000 rows; 28 ms probed one by one)
+        listed = select(func.json_array_elements_text(cast(listed_json, JSON)))
+        wrote = audit_new == any_(func.array(listed.scalar_subquery()))
     else:
-        listed = func.json_each(bindparam("identifiers", json.dumps(list(identifiers))))
-        wrote = audit_new.in_(select(literal_column("value")).select_from(listed))
+        listed_each = func.json_each(listed_json)
+        wrote = audit_new.in_(select(literal_column("value")).select_from(listed_each))
     with Session(engine) as session:
         rows = session.exec(
             select_model(CorrectionAudit, RemediationRun.generation)
