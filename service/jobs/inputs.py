@@ -155,11 +155,25 @@ def run_lineage(engine: Engine, path: Path, rules: Rules, source: str, generatio
     return input_lineage(path, rows, source, generation, ancestors, escapes)
 
 
+def _storable(identifier: str) -> bool:
+    """Whether a correction of ours could have written `identifier`. Not one wider than the
+    column, holding NUL (PostgreSQL refuses it in a query parameter) or a lone surrogate (a
+    JSON input may spell one; neither database stores it): such rows are not ours, and asking
+    would fail the task."""
+    if len(identifier) > NEW_IDENTIFIER_WIDTH or "\x00" in identifier:
+        return False
+    if identifier.isascii():
+        return True
+    try:
+        identifier.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parents(engine: Engine, identifiers: list[str]) -> dict[str, Parent]:
     """identifier -> the correction of ours that wrote it (the first one recorded)."""
-    # We never wrote an identifier wider than the column or holding NUL (PostgreSQL refuses
-    # NUL in a query parameter): such rows are not ours, and asking would fail the task.
-    identifiers = [i for i in identifiers if len(i) <= NEW_IDENTIFIER_WIDTH and "\x00" not in i]
+    identifiers = [i for i in identifiers if _storable(i)]
     if not identifiers:
         return {}
     found: dict[str, Parent] = {}

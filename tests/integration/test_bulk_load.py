@@ -11,9 +11,11 @@ import pytest
 from sqlalchemy import insert, select, text
 from sqlmodel import Session
 
+from remediation.identifiers import Parent
 from remediation.outcomes import Correction
 from service import db
 from service.db import bulk_load, make_engine
+from service.jobs.inputs import parents
 from service.jobs.store import runs as store
 from service.models import CorrectionAudit, QuarantinedRow, RemediationRun, RunTrigger
 from service.models._types import table_of
@@ -238,7 +240,10 @@ def test_audit_stage_keeps_arrival_order_within_an_identifier(db_url: str) -> No
 def test_corrections_writing_finds_identifiers_of_any_spelling(db_url: str) -> None:
     """The look-up list travels as one JSON text: identifiers holding JSON's and PostgreSQL
     array syntax's special characters, non-ASCII and "null" are found exactly, and only they
-    (a prefix, a case change, a trailing space find nothing)."""
+    (a prefix, a case change, a trailing space find nothing). An identifier no correction
+    could have written (a lone surrogate, which a JSON input may spell and no database
+    stores; NUL; wider than the column) is not asked for: it failed the run's lineage on
+    PostgreSQL."""
     tricky = [
         'q"uote',
         "back\\slash",
@@ -267,5 +272,9 @@ def test_corrections_writing_finds_identifiers_of_any_spelling(db_url: str) -> N
             (new, f"old{n}", 1) for n, new in enumerate(tricky, start=1)
         )
         assert store.corrections_writing(engine, decoys) == []
+        unwritable = ["a\ud800b", "\udc80", "x\x00", "w" * 513]
+        traced = parents(engine, [*unwritable, *decoys, *tricky])
+        assert traced == {new: Parent(f"old{n}", "c", 1) for n, new in enumerate(tricky, start=1)}
+        assert parents(engine, unwritable) == {}
     finally:
         engine.dispose()
