@@ -282,7 +282,25 @@ def parse_line(text: str, depth: int) -> tuple[object, str | None]:
         duplicate = _duplicate_key(text, 0, len(text), keys, multiline=False)
         if duplicate is not None:
             return None, f"names key {duplicate!r} twice in one object; nothing guessed"
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(obj):
+        return None, LONE_SURROGATE
     return obj, None
+
+
+# A lone surrogate escape (`\ud800` without its pair) decodes to a string no UTF-8 output, no
+# database and no Stripe request can hold: the line is refused and quarantined as it was
+# written (its text has the escape, never the character). Only a line with such an escape
+# can hold one (strict UTF-8 decoding refuses encoded surrogates).
+LONE_SURROGATE = "holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): not Unicode text"
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _keys(obj: object) -> int:
@@ -425,6 +443,8 @@ class _JsonArrayStream:
         if duplicate is not None:
             reason = f"element names key {duplicate!r} twice in one object; nothing guessed"
             return _Refused(buf[start : min(end, start + RAW_KEPT)], reason)
+        if _SURROGATE_ESCAPE.search(buf, start, end) and _lone_surrogate(value):
+            return _Refused(buf[start : min(end, start + RAW_KEPT)], f"element {LONE_SURROGATE}")
         return value
 
     def expect_end(self) -> None:

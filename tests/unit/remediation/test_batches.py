@@ -83,3 +83,28 @@ def test_blank_lines_and_crlf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     data = path.read_bytes()
     path.write_bytes(data + b"\r\n\r\n" + data.split(b"\r\n", 1)[1])
     compare(path, tmp_path, monkeypatch)  # either way, the same bytes
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_lone_surrogate_quarantines_its_row_and_the_run_goes_on(
+    tmp_path: Path, suffix: str
+) -> None:
+    """It failed the whole run (`UnicodeEncodeError` writing the outputs), in the CLI and in
+    the service alike: now its row is quarantined as it was written, the others corrected."""
+    rows = [
+        '{"identifier": "a\\ud800", "timestamp": 1763999999123, "event_name": "api_requests", '
+        '"payload": {"stripe_customer_id": "cus_1", "value": "1"}, "error_code": '
+        '"timestamp_in_future"}',
+        '{"identifier": "ok", "timestamp": 1763999999123, "event_name": "api_requests", '
+        '"payload": {"stripe_customer_id": "cus_1", "value": "1"}, "error_code": '
+        '"timestamp_in_future"}',
+    ]
+    text = "\n".join(rows) if suffix == ".jsonl" else "[" + ",".join(rows) + "]"
+    path = tmp_path / f"failed{suffix}"
+    path.write_text(text, encoding="ascii")
+    summary, files = run_file(path, tmp_path / "out", rejected=True)
+    assert (summary["corrected"], summary["quarantined"]) == (1, 1)
+    corrected = next(v for k, v in files.items() if ".corrected." in k).decode("utf-8")
+    assert '"ok-mfx1"' in corrected and "1763999999," in corrected
+    quarantine = next(v for k, v in files.items() if ".quarantine." in k).decode("utf-8")
+    assert "a\\\\ud800" in quarantine and "lone UTF-16 surrogate" in quarantine

@@ -155,3 +155,42 @@ def test_limits_are_policy_keys() -> None:
         read_records(io.BytesIO(deep + b"\n"), FileFormat.JSONL, limits=rules.policy.limits)
     )
     assert record.malformed == "line is nested deeper than 8 levels"
+
+
+LONE = "holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): not Unicode text"
+
+
+def test_a_lone_surrogate_escape_is_a_malformed_row_and_a_pair_is_text() -> None:
+    r"""`\ud800` alone decodes to a string no UTF-8 file, database or request can hold: the
+    line (or array element) is refused with its text kept as written; a surrogate pair is
+    one character, and an escaped backslash before "ud800" is no escape."""
+    lines = [
+        rb'{"identifier": "a\ud800b", "payload": {"value": 1}}',  # a lone high surrogate
+        rb'{"identifier": "g2", "payload": {"note": "\uDC00", "value": 1}}',  # a lone low one
+        rb'{"identifier": "\ud83d\ude00", "payload": {"value": 1}}',  # a pair: one character
+        rb'{"identifier": "x\\ud800", "payload": {"value": 1}}',  # a backslash, then text
+        rb'{"identifier": "h", "payload": {"\udbff": 1}}',  # in a key
+        GOOD,
+    ]
+    records = read(b"\n".join(lines), FileFormat.JSONL)
+    assert [r.malformed for r in records] == [
+        f"line {LONE}",
+        f"line {LONE}",
+        None,
+        None,
+        f"line {LONE}",
+        None,
+    ]
+    assert records[0].extra == {"raw": lines[0].decode()}  # the escape, as written
+    assert records[2].identifier == "\U0001f600" and records[3].identifier == "x\\ud800"
+    array = b"[" + b",".join(lines) + b"]"
+    elements = read(array, FileFormat.JSON)
+    assert [r.malformed for r in elements] == [
+        f"element {LONE}",
+        f"element {LONE}",
+        None,
+        None,
+        f"element {LONE}",
+        None,
+    ]
+    assert elements[1].extra == {"raw": lines[1].decode()}
