@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from remediation import identifiers
 from remediation.identifiers import (
     Ancestor,
     Identifiers,
@@ -17,6 +18,7 @@ from remediation.identifiers import (
     Parent,
     derived_identifier,
     input_lineage,
+    may_hold,
     reserved_originals,
     row_identifier,
     trace_ancestors,
@@ -174,3 +176,25 @@ def test_input_lineage_reads_rows_only_when_needed(
     lineage = input_lineage(path, rows, "in.csv", 1)
     assert bool(calls) == scanned
     assert lineage.reserved == (frozenset({text}) if scanned else frozenset())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(
+        st.sampled_from([b"a", b"-", b"-mfx", b"1", b"\\", b"u", b"\\u", b"x"]), max_size=40
+    ),
+    block=st.integers(5, 12),  # at least the needle: a block keeps its last bytes only
+    escapes=st.booleans(),
+)
+def test_may_hold_is_a_plain_search_whatever_the_blocks(
+    tmp_path_factory: pytest.TempPathFactory, data: list[bytes], block: int, escapes: bool
+) -> None:
+    """The scan in blocks (a backslash looked for before a `\\u`) finds what a search of the
+    whole file finds: a needle or an escape across two blocks included."""
+    text = b"".join(data)
+    path = tmp_path_factory.mktemp("scan") / "f.jsonl"
+    path.write_bytes(text)
+    expected = b"-mfx1" in text or (escapes and b"\\u" in text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(identifiers, "SCAN_BLOCK", block)
+        assert may_hold(path, b"-mfx1", escapes) == expected
