@@ -35,7 +35,7 @@ from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers, Lineage
 from remediation.jsonreaders import JsonlRecords
 from remediation.meters import Meter
-from remediation.outcomes import AuditSink, Correction, QuarantinedRow, Tally
+from remediation.outcomes import AuditSink, CorrectionRow, QuarantinedRow, Tally
 from remediation.outputs import PlannedOutput
 from remediation.ports import CustomerDirectory
 from remediation.readers import CsvRecords
@@ -155,7 +155,7 @@ _ALLOCATORS_SET = False
 _M_ARENA_MAX = -8  # glibc's malloc.h
 
 
-Audited = tuple[Sequence[Correction], Sequence[QuarantinedRow]]
+Audited = tuple[Sequence[CorrectionRow], Sequence[QuarantinedRow]]
 Done = TypeVar("Done")
 
 

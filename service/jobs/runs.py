@@ -23,7 +23,7 @@ from remediation.engine import remediate
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage
 from remediation.meters import Meter
-from remediation.outcomes import Correction
+from remediation.outcomes import CorrectionRow
 from remediation.outcomes import QuarantinedRow as Quarantined
 from remediation.outputs import PlannedOutput, file_sha256, lineage
 from remediation.ports import Bucket, CustomerDirectory
@@ -145,7 +145,7 @@ class _AuditWriter:
         with self.stages.timing(Stage.DATABASE):
             self.stage.close()
 
-    def add(self, corrections: Sequence[Correction], quarantined: Sequence[Quarantined]) -> None:
+    def add(self, corrections: Sequence[CorrectionRow], quarantined: Sequence[Quarantined]) -> None:
         with self.stages.timing(Stage.DATABASE):
             self.stage.add(corrections)
         self.quarantined += [self._quarantined(row) for row in quarantined]

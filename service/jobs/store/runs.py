@@ -320,7 +320,7 @@ class AuditStage:
         self.close()
 
     def add(self, corrections: Sequence[tuple[Any, ...]]) -> None:
-        """Stage corrections: tuples of `STAGED_COLUMNS` (`remediation.outcomes.Correction`)."""
+        """Stage corrections: tuples of `STAGED_COLUMNS` (`remediation.outcomes.CorrectionRow`)."""
         if not corrections:
             return
         with self.connection.begin():

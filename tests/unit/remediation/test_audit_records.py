@@ -1,6 +1,7 @@
-"""The audit the service stores (`on_audit`: typed `Correction` and `QuarantinedRow` records)
-says what the run's audit file says, line for line: same rows, same order, same identifiers,
-codes, rules, fields and values (as text: `value_text` of the file's JSON value)."""
+"""The audit the service stores (`on_audit`: `Correction` rows as plain tuples, and
+`QuarantinedRow` records) says what the run's audit file says, line for line: same rows, same
+order, same identifiers, codes, rules, fields and values (as text: `value_text` of the file's
+JSON value)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def _header(data: bytes) -> list[str]:
 def _as_lines(stored: list[Any]) -> list[dict[str, Any]]:
     found = []
     for entry in stored:
-        if isinstance(entry, Correction):
+        if not isinstance(entry, QuarantinedRow):
+            assert type(entry) is tuple  # plain: the collector stops tracking it
+            entry = Correction._make(entry)
             found.append(
                 {
                     "kind": "correction",
@@ -61,7 +64,6 @@ def _as_lines(stored: list[Any]) -> list[dict[str, Any]]:
                 }
             )
         else:
-            assert isinstance(entry, QuarantinedRow)
             found.append(
                 {
                     "kind": "quarantine",

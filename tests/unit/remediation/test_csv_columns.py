@@ -134,7 +134,11 @@ def run(
     )
     files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
     summary = dict(result.summary, outputs=None)
-    return summary, files, sorted(entries, key=lambda entry: entry.row)  # stable: row order
+    return (
+        summary,
+        files,
+        sorted(entries, key=lambda entry: entry[1]),
+    )  # stable: row order (both kinds' 2nd field)
 
 
 def assert_same(data: bytes, tmp: Path, **kwargs: Any) -> None:

@@ -158,7 +158,11 @@ def run(
             **kwargs,
         )
     files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
-    return dict(result.summary, outputs=None), files, sorted(entries, key=lambda e: e.row)
+    return (
+        dict(result.summary, outputs=None),
+        files,
+        sorted(entries, key=lambda e: e[1]),
+    )  # row: both kinds' 2nd field
 
 
 def assert_same(data: bytes, tmp: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> None:

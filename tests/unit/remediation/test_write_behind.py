@@ -18,7 +18,7 @@ from remediation import engine
 from remediation.core.csvout import CsvOut
 from remediation.core.decide import Decided
 from remediation.engine import WriteBehind
-from remediation.outcomes import Correction, QuarantinedRow, Tally
+from remediation.outcomes import Correction, CorrectionRow, QuarantinedRow, Tally
 from tests.unit.remediation.test_batches import run_file, write_csv
 from tests.unit.remediation.test_csv_columns import varied_rows
 
@@ -105,7 +105,7 @@ def test_audit_records_and_progress_reach_the_caller_in_row_order(
     threads: set[int] = set()
     progress: list[int] = []
 
-    def on_audit(corrections: list[Correction], quarantined: list[QuarantinedRow]) -> None:
+    def on_audit(corrections: list[CorrectionRow], quarantined: list[QuarantinedRow]) -> None:
         threads.add(threading.get_ident())
         stored.append((corrections, quarantined))
 
@@ -115,7 +115,7 @@ def test_audit_records_and_progress_reach_the_caller_in_row_order(
     assert threads == {caller}
     assert len(stored) == len(progress) > 20  # one hand-over per batch
     assert progress == sorted(progress) and progress[-1] == summary["input_rows"] == 2000
-    rows = [c.row for corrections, _ in stored for c in corrections]
+    rows = [Correction._make(c).row for corrections, _ in stored for c in corrections]
     assert rows == sorted(rows) and len(rows) == summary["corrections"]
     quarantined = [q.row for _, found in stored for q in found]
     assert quarantined == sorted(quarantined) and len(quarantined) == summary["quarantined"]
