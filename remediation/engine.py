@@ -9,6 +9,7 @@ input, rules, lineage and `now` give byte-identical files.
 from __future__ import annotations
 
 import ctypes
+import gc
 import platform
 import sys
 import threading
@@ -117,7 +118,7 @@ def remediate(
             on_progress(rows)
 
     try:
-        with WriteBehind(put, written, threaded=write) as writer:
+        with _FEWER_COLLECTIONS, WriteBehind(put, written, threaded=write) as writer:
             for batch in batches(records, ahead=writer.ahead):
                 writer.put(decider.decide(batch))
                 del batch  # freed before the next batch is read, not after
@@ -159,34 +160,59 @@ Audited = tuple[Sequence[CorrectionRow], Sequence[QuarantinedRow]]
 Done = TypeVar("Done")
 
 
-class _ShortSwitches(AbstractContextManager[None]):
-    """A shorter GIL switch interval while any writer thread runs (`SWITCH_SECONDS`, then the
-    interval there was before the first of them). The decider and the writer hand the GIL to
-    each other at every Arrow kernel (a few hundred times a batch); a thread that gave it up
-    waited up to the default 5 ms to get it back while the other ran Python. 1M CSV rows:
-    7 % faster (3.48 -> 3.23 s `basic`, 4.61 -> 4.28 s `varied`); JSON Lines 0-3 %."""
+Setting = TypeVar("Setting")
 
-    def __init__(self) -> None:
+
+class _Held(AbstractContextManager[None], Generic[Setting]):
+    """A process-wide setting held while any run needs it: changed by the first run to enter,
+    given back by the last to leave (runs may overlap in one process: the service's worker)."""
+
+    def __init__(
+        self,
+        read: Callable[[], Setting],
+        write: Callable[[Setting], object],
+        change: Callable[[Setting], Setting],
+    ) -> None:
+        self._read, self._write, self._change = read, write, change
         self._lock = threading.Lock()
         self._users = 0
-        self._before = 0.0
+        self._before: Setting | None = None
 
     def __enter__(self) -> None:
         with self._lock:
             if not self._users:
-                self._before = sys.getswitchinterval()
-                sys.setswitchinterval(min(SWITCH_SECONDS, self._before))
+                self._before = self._read()
+                self._write(self._change(self._before))
             self._users += 1
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._users -= 1
             if not self._users:
-                sys.setswitchinterval(self._before)
+                assert self._before is not None
+                self._write(self._before)
 
 
+# The GIL handed over every 0.5 ms while a writer thread runs (Python's default: 5 ms). The
+# decider and the writer hand it to each other at every Arrow kernel (a few hundred times a
+# batch); a thread that gave it up waited up to the full interval to get it back while the
+# other ran Python. 1M CSV rows: 7 % faster (3.48 -> 3.23 s `basic`, 4.61 -> 4.28 s
+# `varied`); JSON Lines 0-3 %.
 SWITCH_SECONDS = 0.0005
-_SHORT_SWITCHES = _ShortSwitches()
+_SHORT_SWITCHES = _Held(
+    sys.getswitchinterval, sys.setswitchinterval, lambda before: min(SWITCH_SECONDS, before)
+)
+# The cyclic collector run less often during a run (Python's default: a young collection
+# every 700 new container objects). A run makes its records in bulk and drops them a batch
+# later (quarantined rows are dicts, the service's rows for them too): promoted to the old
+# generation, they set off full collections of the whole process. A 1M-row `varied` run in
+# the service spent 3.3-4.1 s in the collector (0.5 s with these), 25.5 -> 21.7 s in all.
+GC_THRESHOLDS = (20_000, 20, 20)
+_FEWER_COLLECTIONS = _Held(
+    gc.get_threshold,
+    lambda thresholds: gc.set_threshold(*thresholds),
+    lambda before: tuple(max(*pair) for pair in zip(before, GC_THRESHOLDS, strict=True)),
+)
 
 
 class WriteBehind(Generic[Done]):
@@ -198,7 +224,7 @@ class WriteBehind(Generic[Done]):
     writer writes the next batch); at most two batches are held. An error in `write` is raised
     on the caller's thread, at the next `put` or at the end, and no batch is written after it.
     `threaded=False` writes in place. While the writer runs, the GIL is switched more often
-    (`_ShortSwitches`).
+    (`SWITCH_SECONDS`).
     """
 
     def __init__(
@@ -209,7 +235,7 @@ class WriteBehind(Generic[Done]):
     ) -> None:
         self._write, self._written = write, written
         self._pool = ThreadPoolExecutor(1, "meterfix-writer") if threaded else None
-        self._switches: _ShortSwitches | None = None  # held from `__enter__` to `__exit__`
+        self._switches: _Held[float] | None = None  # held from `__enter__` to `__exit__`
         self._pending: Future[Done] | None = None
         self._failed = False  # a write failed: the writer writes nothing more
 

@@ -4,6 +4,7 @@ the run with every output aborted and no thread left behind."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
@@ -198,3 +199,29 @@ def test_a_failed_run_gives_the_switch_interval_back() -> None:
         w.put(2)
     assert seen == [engine.SWITCH_SECONDS]  # the second batch was never written
     assert sys.getswitchinterval() == before
+
+
+@pytest.mark.parametrize("before", [(700, 10, 10), (50_000, 5, 100)])
+def test_the_collector_runs_less_often_during_a_run_and_as_before_after(
+    tmp_path: Path, before: tuple[int, int, int]
+) -> None:
+    """During a run the cyclic collector's thresholds are at least `GC_THRESHOLDS` (a higher
+    one an operator set is kept); after it, and after a failed run, they are as they were."""
+    path = write_csv(tmp_path / "in.csv", varied_rows(300, 5))
+    seen: list[tuple[int, int, int]] = []
+    original = gc.get_threshold()
+    gc.set_threshold(*before)
+    try:
+        run_file(path, tmp_path / "out", on_progress=lambda rows: seen.append(gc.get_threshold()))
+        during = tuple(max(pair) for pair in zip(before, engine.GC_THRESHOLDS, strict=True))
+        assert seen and set(seen) == {during}
+        assert gc.get_threshold() == before
+
+        def fail(rows: int) -> None:
+            raise OSError("disk full")
+
+        with pytest.raises(OSError, match="disk full"):
+            run_file(path, tmp_path / "again", on_progress=fail)
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*original)
