@@ -206,7 +206,8 @@ _SHORT_SWITCHES = _Held(
 # every 700 new container objects). A run makes its records in bulk and drops them a batch
 # later (quarantined rows are dicts, the service's rows for them too): promoted to the old
 # generation, they set off full collections of the whole process. A 1M-row `varied` run in
-# the service spent 3.3-4.1 s in the collector (0.5 s with these), 25.5 -> 21.7 s in all.
+# the service (alternating runs) spent 4.6-4.8 s in the collector, 1.3-1.4 s with these
+# (28.8-29.1 -> 24.9-25.8 s in all).
 GC_THRESHOLDS = (20_000, 20, 20)
 _FEWER_COLLECTIONS = _Held(
     gc.get_threshold,
