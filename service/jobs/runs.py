@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ class _AuditWriter:
     ) -> None:
         self.engine, self.run_id, self.stages = engine, run_id, stages
         self.customer_keys = customer_keys  # event name -> the meter's customer key
-        self.quarantined: list[dict[str, Any]] = []
+        self.quarantined: list[tuple[Any, ...]] = []  # QUARANTINE_COLUMNS
         with stages.timing(Stage.DATABASE):
             self.stage = AuditStage(engine, run_id)
 
@@ -148,32 +149,35 @@ class _AuditWriter:
     def add(self, corrections: Sequence[CorrectionRow], quarantined: Sequence[Quarantined]) -> None:
         with self.stages.timing(Stage.DATABASE):
             self.stage.add(corrections)
-        self.quarantined += [self._quarantined(row) for row in quarantined]
+        if quarantined:
+            now = utcnow()  # one per batch: the database encodes it once (`db._encoded`)
+            self.quarantined += [self._quarantined(row, now) for row in quarantined]
         if len(self.quarantined) >= QUARANTINE_BATCH:
             self._flush_quarantined()
 
-    def _quarantined(self, quarantined: Quarantined) -> dict[str, Any]:
+    def _quarantined(self, quarantined: Quarantined, now: datetime) -> tuple[Any, ...]:
         """The row in full (as the quarantine file holds it), with its meter (event name) and
-        customer (the payload value under the meter's customer key) copied out."""
-        row = dict(quarantined.record)
+        customer (the payload value under the meter's customer key) copied out: a tuple of
+        `QUARANTINE_COLUMNS`."""
+        row = quarantined.record
         meter = _text(row.get("event_name"))
         payload = row.get("payload")
         customer = None
         if isinstance(payload, Mapping):
             key = self.customer_keys.get(meter or "", "stripe_customer_id")
             customer = _text(payload.get(key))
-        return {
-            "run_id": self.run_id,
-            "source": quarantined.source,
-            "row_number": quarantined.row,
-            "identifier": quarantined.identifier,
-            "code": quarantined.code,
-            "reason": quarantined.reason,
-            "meter": None if meter is None else meter[:255],
-            "customer": None if customer is None else customer[:255],
-            "record": row,
-            "created_at": utcnow(),
-        }
+        return (
+            self.run_id,
+            quarantined.source,
+            quarantined.row,
+            quarantined.identifier,
+            quarantined.code,
+            quarantined.reason,
+            None if meter is None else meter[:255],
+            None if customer is None else customer[:255],
+            row,
+            now,
+        )
 
     def _flush_quarantined(self) -> None:
         with self.stages.timing(Stage.DATABASE):

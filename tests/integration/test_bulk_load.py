@@ -125,6 +125,103 @@ def test_bulk_rows_in_statements_of_many_rows_keep_every_value_in_order(
         engine.dispose()
 
 
+def test_quarantined_rows_as_tuples_read_back_as_orm_rows(db_url: str) -> None:
+    """`insert_quarantined` takes tuples of `QUARANTINE_COLUMNS`, a batch sharing one
+    timestamp object: every row reads back as an ORM insert of the same values, rows with
+    their own timestamp and record keep theirs."""
+    engine = make_engine(db_url)
+    try:
+        run_id = _run(engine, "k")
+        later = datetime(2026, 12, 1, 1, 2, 3, 4, tzinfo=UTC)
+        dicts = [_quarantined(run_id, i) for i in range(5)]
+        dicts[3] |= {"created_at": later, "record": {"other": True}, "customer": "cus_1"}
+        dicts[4] |= {"record": {**dicts[4]["record"]}}  # equal, not the same object
+        with engine.begin() as connection:  # row 0 the ORM's way
+            connection.execute(insert(QuarantinedRow), [dicts[0]])
+        store.insert_quarantined(
+            engine, [tuple(row[name] for name in store.QUARANTINE_COLUMNS) for row in dicts[1:]]
+        )
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text(
+                    "SELECT created_at, record, reason, customer, row_number, identifier"
+                    " FROM quarantined_rows ORDER BY id"
+                )
+            ).all()
+        assert [row[4:] for row in stored] == [(i, f"q{i}") for i in range(5)]
+        assert stored[1][:4] == stored[0][:4] == stored[2][:4] == stored[4][:4]
+        assert stored[3][2] == stored[0][2] and stored[3][:4] != stored[0][:4]
+        with Session(engine) as session:
+            held = session.scalars(select(QuarantinedRow).order_by(QuarantinedRow.id)).all()
+        assert [row.record for row in held] == [row["record"] for row in dicts]
+        assert [row.created_at.replace(tzinfo=UTC) for row in held] == [WHEN] * 3 + [later, WHEN]
+        assert [row.customer for row in held] == [None, None, None, "cus_1", None]
+    finally:
+        engine.dispose()
+
+
+def test_a_value_repeated_from_the_row_before_is_encoded_once() -> None:
+    """`db._encoded` encodes each column's value once for a run of rows holding that very
+    object (a batch's timestamp), again for an equal but other object, never a null."""
+    calls: list[object] = []
+
+    def encode(value: object) -> str:
+        calls.append(value)
+        return f"<{value}>"
+
+    stamp, other = ["t"], ["t"]
+    rows = [(1, stamp, None), (2, stamp, "x"), (3, other, "x"), (4, None, "x"), (5, other, "y")]
+    encoded = db._encoded(rows, [(1, encode), (2, encode)])
+    assert encoded == [
+        (1, "<['t']>", None),
+        (2, "<['t']>", "<x>"),
+        (3, "<['t']>", "<x>"),
+        (4, None, "<x>"),
+        (5, "<['t']>", "<y>"),
+    ]
+    assert calls == [stamp, "x", other, "y"]  # a null between two of `other`: still one
+    assert calls[0] is stamp and calls[2] is other
+
+
+def test_sqlite_bulk_loads_run_with_a_roomier_page_cache_and_give_it_back(sqlite_url: str) -> None:
+    """A bulk load raises SQLite's page cache to `BULK_CACHE_KIB` for its statements and puts
+    the connection's own setting back after them, even when a statement fails; an operator's
+    larger cache is left as it is."""
+    engine = make_engine(sqlite_url)
+    try:
+        run_id = _run(engine, "k")
+        rows = [_correction(run_id, i) for i in range(300)]
+        for own in (-2000, 500, -(db.BULK_CACHE_KIB * 2)):
+            with engine.begin() as connection:
+                driver: Any = connection.connection.driver_connection
+                driver.execute(f"PRAGMA cache_size={own}")
+                seen: list[str] = []
+                driver.set_trace_callback(seen.append)
+                bulk_load(connection, table_of(CorrectionAudit), rows)
+                driver.set_trace_callback(None)
+                assert driver.execute("PRAGMA cache_size").fetchone()[0] == own
+                raised = [line for line in seen if line.startswith("PRAGMA cache_size=")]
+                inserts = [i for i, line in enumerate(seen) if line.startswith("INSERT")]
+                if own == -(db.BULK_CACHE_KIB * 2):
+                    assert raised == []
+                else:
+                    assert raised == [
+                        f"PRAGMA cache_size={-db.BULK_CACHE_KIB}",
+                        f"PRAGMA cache_size={own}",
+                    ]
+                    first, last = (seen.index(line) for line in raised)
+                    assert inserts and first < min(inserts) and max(inserts) < last
+        with engine.begin() as connection:
+            driver = connection.connection.driver_connection
+            driver.execute("PRAGMA cache_size=-2000")
+            broken = [_correction(run_id, 1) | {"code": None}]  # NOT NULL: the insert fails
+            with pytest.raises(sqlite3.IntegrityError):
+                bulk_load(connection, table_of(CorrectionAudit), broken)
+            assert driver.execute("PRAGMA cache_size").fetchone()[0] == -2000
+    finally:
+        engine.dispose()
+
+
 def _run(engine: Any, key: str) -> int:
     with Session(engine) as session:
         run = RemediationRun(run_key=key, trigger=RunTrigger.IMPORT_SET_SUCCEEDED)

@@ -35,7 +35,6 @@ from sqlmodel import select as select_model
 from service.db import (
     Listing,
     Page,
-    bulk_load,
     bulk_load_rows,
     delete_batch,
     is_postgres,
@@ -393,13 +392,29 @@ _BINARY_TYPES = {name: "int4" if name == "row_number" else "text" for name in ST
 _STAGE_TYPES = {name: "INTEGER" if name == "row_number" else "TEXT" for name in STAGED_COLUMNS}
 
 
-def insert_quarantined(engine: Engine, quarantined: Sequence[Mapping[str, Any]]) -> None:
-    """Quarantined rows of a run, in bulk (one transaction; COPY on PostgreSQL, see
-    `db.bulk_load`)."""
+# A quarantined row as `insert_quarantined` takes it: these columns, in this order (`record`
+# the row in full as a mapping, `created_at` a timestamp; the rest text or numbers).
+QUARANTINE_COLUMNS = (
+    "run_id",
+    "source",
+    "row_number",
+    "identifier",
+    "code",
+    "reason",
+    "meter",
+    "customer",
+    "record",
+    "created_at",
+)
+
+
+def insert_quarantined(engine: Engine, quarantined: Sequence[tuple[Any, ...]]) -> None:
+    """Quarantined rows of a run (tuples of `QUARANTINE_COLUMNS`), in bulk: one transaction,
+    COPY on PostgreSQL (see `db.bulk_load_rows`)."""
     if not quarantined:
         return
     with engine.begin() as connection:
-        bulk_load(connection, QUARANTINED, quarantined)
+        bulk_load_rows(connection, QUARANTINED, QUARANTINE_COLUMNS, quarantined)
 
 
 def finish_run(
