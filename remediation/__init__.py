@@ -1,2 +1,9 @@
 """Pure remediation domain: records, error codes, validation, readers, writers; `core/` the
 columnar engine and its rules."""
+
+import os
+
+# Arrow's allocator for the whole process, named before pyarrow first loads (it reads this
+# once then; only this package imports pyarrow), unless the operator named one. See
+# `engine._use_lean_allocators` for why the system allocator and for what it measured.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")

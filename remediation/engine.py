@@ -132,22 +132,25 @@ def remediate(
 
 
 def _use_lean_allocators() -> None:
-    """Arrow on jemalloc, where the wheel has it, else on the system allocator; and the C
-    allocator with one arena for every thread (glibc). Measured peak RSS of 1M CSV rows:
-    Arrow's default (mimalloc) kept what each batch freed (172 MB); on the system allocator
-    Arrow's buffers and Python's objects shared one heap and fragmented it (141 MB; 150 MB
-    with the writer thread); on jemalloc 129 MB (144 MB with it). glibc gives each thread an
-    arena of its own and keeps what each frees: with the writer thread the run spent twice the
-    system time (4.4 s instead of 2.6 s for 4M rows) handing pages back and forth."""
+    """Arrow on the system allocator, and the C allocator with one arena for every thread
+    (glibc). The package names the system allocator before pyarrow loads
+    (`ARROW_DEFAULT_MEMORY_POOL`, in `remediation/__init__.py`), so that Arrow's C++ code
+    allocates from it too: a pool set from Python after the load (`pa.set_memory_pool`, as
+    here when pyarrow was loaded before this package) left some of Arrow's own allocations on
+    mimalloc, which keeps what each batch frees. Peak RSS of 1M rows, alternating runs
+    (GNU time, right after a boot, shared libraries' pages included: ~68 MB of them):
+    mimalloc for Arrow's own and jemalloc set from Python, JSON Lines 152-158 MB, CSV
+    141-145 MB; the system allocator throughout 140-148 and 142-145 MB (jemalloc throughout
+    147-153 and 138-142 MB). The time is the same within the noise (CSV `varied` 3 % slower
+    in some rounds). glibc gives each thread an arena of its own and keeps what each frees:
+    with the writer thread the run spent twice the system time (4.4 s instead of 2.6 s for
+    4M rows) handing pages back and forth."""
     global _ALLOCATORS_SET
     if _ALLOCATORS_SET:
         return
     _ALLOCATORS_SET = True
-    if pa.default_memory_pool().backend_name == "mimalloc":
-        try:
-            pa.set_memory_pool(pa.jemalloc_memory_pool())
-        except NotImplementedError:  # a pyarrow built without jemalloc
-            pa.set_memory_pool(pa.system_memory_pool())
+    if pa.default_memory_pool().backend_name == "mimalloc":  # pyarrow loaded before us
+        pa.set_memory_pool(pa.system_memory_pool())
     if platform.libc_ver()[0] == "glibc":
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -152,11 +154,42 @@ def test_a_failure_in_the_writer_aborts_every_output(
 
 
 def test_a_run_leaves_arrow_on_a_lean_allocator(tmp_path: Path) -> None:
-    """Arrow's default pool (mimalloc) kept what each batch freed (peak RSS +30 MB for 1M
-    rows): a run moves Arrow to jemalloc (or the system allocator, where pyarrow has no
-    jemalloc) before its first batch."""
+    """Arrow's default pool (mimalloc) kept what each batch freed (peak RSS +10 MB for 1M
+    JSON Lines rows): a run leaves Arrow on the system allocator (named before pyarrow
+    loads, see the next test; set from Python when pyarrow loaded first)."""
     run_file(write_csv(tmp_path / "in.csv", varied_rows(50, 23)), tmp_path / "out")
-    assert pa.default_memory_pool().backend_name in ("jemalloc", "system")
+    assert pa.default_memory_pool().backend_name in ("system", "jemalloc")
+
+
+ALLOCATOR_PROBE = """
+import sys
+import remediation.engine
+import pyarrow as pa
+import pyarrow.csv
+print(pa.default_memory_pool().backend_name, pa.total_allocated_bytes() >= 0)
+"""
+
+
+@pytest.mark.parametrize(("named", "expected"), [(None, "system"), ("jemalloc", "jemalloc")])
+def test_arrow_allocates_from_the_system_allocator_unless_the_operator_names_one(
+    named: str | None, expected: str
+) -> None:
+    """The package names Arrow's allocator before pyarrow loads, so Arrow's C++ code uses it
+    too (a pool set from Python after the load left some of its allocations on mimalloc); an
+    operator's `ARROW_DEFAULT_MEMORY_POOL` is kept. A fresh interpreter: this one loaded
+    pyarrow long ago."""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if named is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = named
+    done = subprocess.run(
+        [sys.executable, "-c", ALLOCATOR_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.split() == [expected, "True"]
 
 
 def test_the_gil_is_switched_more_often_while_any_writer_runs() -> None:
