@@ -78,11 +78,12 @@ def _run_fk() -> Column[int]:
     return Column(Integer, ForeignKey("remediation_runs.id", ondelete="CASCADE"), index=True)
 
 
-def _identifier_type() -> TypeEngine[str]:
-    """Identifiers are opaque and only ever matched exactly: PostgreSQL compares and indexes
-    them byte by byte (COLLATE "C"), as SQLite always does, not by the database's language
-    rules (with C.UTF-8, loading 900,000 corrections took a quarter longer, migration 0004)."""
-    return AutoString(512).with_variant(AutoString(512, collation="C"), "postgresql")
+def _identifier_type(length: int = 512) -> TypeEngine[str]:
+    """Identifiers (and customer ids) are opaque and only ever matched exactly or grouped:
+    PostgreSQL compares and indexes them byte by byte (COLLATE "C"), as SQLite always does,
+    not by the database's language rules (with C.UTF-8, loading 900,000 corrections took a
+    quarter longer, migrations 0004 and 0005)."""
+    return AutoString(length).with_variant(AutoString(length, collation="C"), "postgresql")
 
 
 class CorrectionAudit(SQLModel, table=True):
@@ -124,14 +125,16 @@ class QuarantinedRow(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    run_id: int = Field(sa_column=_run_fk())
+    # Not a foreign key (migration 0005): checked once per insert by its only writer
+    # (`insert_quarantined`), not once per row.
+    run_id: int = Field(sa_column=Column(Integer, index=True))
     source: str = text_field()
     row_number: int
-    identifier: str | None = Field(default=None, max_length=512, index=True)
+    identifier: str | None = Field(default=None, sa_type=_identifier_type(), index=True)
     code: str = Field(max_length=255)
     reason: str = text_field()
     meter: str | None = Field(default=None, max_length=255)
-    customer: str | None = Field(default=None, max_length=255)
+    customer: str | None = Field(default=None, sa_type=_identifier_type(255))
     record: dict[str, object] = json_field()
     created_at: datetime = Field(
         default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False, index=True

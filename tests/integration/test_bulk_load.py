@@ -160,6 +160,29 @@ def test_quarantined_rows_as_tuples_read_back_as_orm_rows(db_url: str) -> None:
         engine.dispose()
 
 
+def test_quarantined_rows_of_a_run_that_does_not_exist_are_refused(db_url: str) -> None:
+    """The check that replaced the foreign key (once per insert, not once per row); rows of
+    two runs in one insert are refused too (the check covers one run)."""
+    engine = make_engine(db_url)
+    try:
+        run_id = _run(engine, "k")
+        missing = run_id + 1000
+
+        def row(run: int) -> tuple[Any, ...]:
+            return tuple(_quarantined(run, 1)[name] for name in store.QUARANTINE_COLUMNS)
+
+        with pytest.raises(LookupError, match=f"run {missing} does not exist: quarantined rows"):
+            store.insert_quarantined(engine, [row(missing)])
+        with pytest.raises(ValueError, match="one run at a time"):
+            store.insert_quarantined(engine, [row(run_id), row(missing)])
+        store.insert_quarantined(engine, [row(run_id)])
+        with engine.connect() as connection:
+            held = connection.execute(text("SELECT run_id FROM quarantined_rows")).all()
+        assert [tuple(r) for r in held] == [(run_id,)]
+    finally:
+        engine.dispose()
+
+
 def test_a_value_repeated_from_the_row_before_is_encoded_once() -> None:
     """`db._encoded` encodes each column's value once for a run of rows holding that very
     object (a batch's timestamp), again for an equal but other object, never a null."""

@@ -7,13 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
 import service.models  # noqa: F401
-from service.db import make_engine, upgrade
+from service.db import MIGRATIONS_DIR, make_engine, upgrade
 from tests.conftest import DB_PARAMS, PG_URL, _pg_schema_url
 
 
@@ -75,11 +77,11 @@ def test_0004_audit_for_bulk_loads_keeps_the_rows(kind: str, tmp_path: Path) -> 
             )
         assert inspect(engine).get_foreign_keys("correction_audit") != []
         engine.dispose()
-        upgrade(url)
+        upgrade(url, "0004")
         engine = make_engine(url)
         schema = inspect(engine)
         assert schema.get_foreign_keys("correction_audit") == []
-        assert schema.get_foreign_keys("quarantined_rows") != []  # that one stays
+        assert schema.get_foreign_keys("quarantined_rows") != []  # that one stays (till 0005)
         collations = {
             c["name"]: getattr(c["type"], "collation", None)
             for c in schema.get_columns("correction_audit")
@@ -99,3 +101,65 @@ def test_0004_audit_for_bulk_loads_keeps_the_rows(kind: str, tmp_path: Path) -> 
             ).all()
         engine.dispose()
         assert [tuple(row) for row in rows] == [(7, "a", "a-mfx1", "1", "2")]
+
+
+@pytest.mark.parametrize("kind", DB_PARAMS)
+def test_0005_quarantine_for_bulk_loads_keeps_the_rows(kind: str, tmp_path: Path) -> None:
+    """quarantined_rows loses its foreign key to remediation_runs (checked once per insert by
+    `insert_quarantined` instead) and compares identifiers and customers byte by byte on
+    PostgreSQL; its indexes and the rows written before stay, and a downgrade gives the key
+    back."""
+    for url in _empty_database(kind, tmp_path):
+        upgrade(url, "0004")
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO remediation_runs (id, run_key, trigger, source, generation,"
+                    " status, input_rows, valid, corrected, quarantined, by_code, created_at)"
+                    " VALUES (7, 'k', 'cli', 's', 1, 'done', 1, 0, 0, 1, '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO quarantined_rows (run_id, source, row_number, identifier, code,"
+                    " reason, meter, customer, record, created_at) VALUES (7, 's', 1, 'a',"
+                    " 'c', 'why', 'm', 'cus_1', '{\"x\": 1}', CURRENT_TIMESTAMP)"
+                )
+            )
+        before = {
+            i["name"]: i["column_names"] for i in inspect(engine).get_indexes("quarantined_rows")
+        }
+        assert inspect(engine).get_foreign_keys("quarantined_rows") != []
+        engine.dispose()
+        upgrade(url)
+        engine = make_engine(url)
+        schema = inspect(engine)
+        assert schema.get_foreign_keys("quarantined_rows") == []
+        assert schema.get_foreign_keys("output_objects") != []  # that one stays
+        collations = {
+            c["name"]: getattr(c["type"], "collation", None)
+            for c in schema.get_columns("quarantined_rows")
+        }
+        expected = "C" if kind == "postgresql" else None  # SQLite compares bytes anyway
+        assert (collations["identifier"], collations["customer"]) == (expected, expected)
+        assert {i["name"]: i["column_names"] for i in schema.get_indexes("quarantined_rows")} == (
+            before
+        )
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT run_id, identifier, customer, reason FROM quarantined_rows")
+            ).all()
+        engine.dispose()
+        assert [tuple(row) for row in rows] == [(7, "a", "cus_1", "why")]
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        command.downgrade(config, "0004")
+        engine = make_engine(url)
+        assert inspect(engine).get_foreign_keys("quarantined_rows") != []
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT identifier FROM quarantined_rows")).all() == [
+                ("a",)
+            ]
+        engine.dispose()

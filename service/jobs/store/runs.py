@@ -381,11 +381,16 @@ class AuditStage:
             self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
 
     def _check_run(self) -> None:
-        query = select(RUNS.c.id).where(RUNS.c.id == self.run_id)
-        # What the foreign key did per row, once: the run cannot go while its rows go in.
-        found = self.connection.execute(query.with_for_update(key_share=True)).first()
-        if found is None:
-            raise LookupError(f"remediation run {self.run_id} does not exist: audit not loaded")
+        _check_run(self.connection, self.run_id, "audit")
+
+
+def _check_run(connection: Connection, run_id: int, what: str) -> None:
+    """What a foreign key did per row, once per transaction: the run exists and cannot go
+    while its rows go in (correction_audit and quarantined_rows have no key on run_id)."""
+    query = select(RUNS.c.id).where(RUNS.c.id == run_id)
+    found = connection.execute(query.with_for_update(key_share=True)).first()
+    if found is None:
+        raise LookupError(f"remediation run {run_id} does not exist: {what} not loaded")
 
 
 _BINARY_TYPES = {name: "int4" if name == "row_number" else "text" for name in STAGED_COLUMNS}
@@ -409,11 +414,15 @@ QUARANTINE_COLUMNS = (
 
 
 def insert_quarantined(engine: Engine, quarantined: Sequence[tuple[Any, ...]]) -> None:
-    """Quarantined rows of a run (tuples of `QUARANTINE_COLUMNS`), in bulk: one transaction,
-    COPY on PostgreSQL (see `db.bulk_load_rows`)."""
+    """Quarantined rows of one run (tuples of `QUARANTINE_COLUMNS`), in bulk: one
+    transaction, COPY on PostgreSQL (see `db.bulk_load_rows`)."""
     if not quarantined:
         return
+    run_ids = {row[0] for row in quarantined}
+    if len(run_ids) != 1:
+        raise ValueError(f"quarantined rows of one run at a time, not of runs {sorted(run_ids)}")
     with engine.begin() as connection:
+        _check_run(connection, run_ids.pop(), "quarantined rows")
         bulk_load_rows(connection, QUARANTINED, QUARANTINE_COLUMNS, quarantined)
 
 
