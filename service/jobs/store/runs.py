@@ -276,6 +276,9 @@ STAGE_NAME = "mfx_audit_stage"
 SORTED_NAME = "mfx_audit_sorted"
 # Rows per load transaction on SQLite (each holds the write lock while webhooks wait: ~0.2 s).
 LOAD_CHUNK = 100_000
+# Helper threads SQLite's sorter may use to sort the staged rows (`PRAGMA threads`; 0 by
+# default): 900,000 corrections were loaded in 2.8-3.4 s with none, 2.3-2.7 s with 1-4.
+SORT_THREADS = 2
 
 
 class AuditStage:
@@ -354,6 +357,8 @@ class AuditStage:
                 )
             return self.staged
         with self.connection.begin():
+            # the connection is the stage's own, and closed with it (`close`)
+            self.connection.exec_driver_sql(f"PRAGMA threads={SORT_THREADS}")
             self.connection.exec_driver_sql(
                 f"CREATE TEMPORARY TABLE {SORTED_NAME} AS SELECT {self.listed} "
                 f"FROM {STAGE_NAME} ORDER BY identifier, {order}"
