@@ -56,6 +56,7 @@ class RemediationResult:
     summary: dict[str, Any]
     outputs: list[PlannedOutput] = field(default_factory=list)
     corrections: int = 0
+    audit: PlannedOutput | None = None  # the audit file as an output, when asked for
 
 
 def remediate(
@@ -77,8 +78,12 @@ def remediate(
     rejected: bool = False,
     max_rows: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    audit_output: bool = False,
 ) -> RemediationResult:
     """Correct what the rules allow, quarantine the rest; see the module docstring.
+
+    `audit_output`: the audit file is hashed and its lines counted as it is written, and comes
+    back as an output (`RemediationResult.audit`) for a caller that uploads it.
 
     `rejected`: every row of the input was rejected by Stripe (a failed-records file, the
     source of a whole-file failure, rows the poller refused), so its valid rows are re-sent
@@ -93,7 +98,17 @@ def remediate(
     # over with the batch, and `written` passes them on from this thread.
     held: list[Audited] = []
     handed = None if on_audit is None else lambda *records: held.append(records)
-    sinks = Sinks(out_dir, source, fmt, generation, columns, write, max_rows, handed)
+    sinks = Sinks(
+        out_dir,
+        source,
+        fmt,
+        generation,
+        columns,
+        write,
+        max_rows,
+        handed,
+        audit_output=audit_output,
+    )
     tally = Tally()
     as_bytes: CsvOut | JsonlOut | None = None
     if columns and _bytes_out(records, write):
@@ -128,7 +143,7 @@ def remediate(
         raise
     _check_conservation(tally, outputs, write, rejected)
     summary = _summary(source, generation, tally, outputs, sinks.audit_path)
-    return RemediationResult(summary, outputs, tally.corrections)
+    return RemediationResult(summary, outputs, tally.corrections, sinks.audit_output)
 
 
 def _use_lean_allocators() -> None:

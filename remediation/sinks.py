@@ -5,6 +5,7 @@ The audit file is written under a temporary name and renamed by `finish`, like t
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,7 +15,14 @@ from remediation.filetypes import FileFormat
 from remediation.outcomes import AuditSink
 from remediation.outputs import MAX_BYTES as MAX_OUTPUT_BYTES
 from remediation.outputs import MAX_ROWS as MAX_OUTPUT_ROWS
-from remediation.outputs import OutputSet, PlannedOutput, source_stem
+from remediation.outputs import (
+    Digesting,
+    OutputSet,
+    PlannedOutput,
+    lineage,
+    open_digesting,
+    source_stem,
+)
 from remediation.records import QUARANTINE_FIELDS, UsageRecord
 
 
@@ -47,14 +55,20 @@ class Sinks:
         max_rows: int | None,
         on_audit: AuditSink | None,
         max_bytes: int = MAX_OUTPUT_BYTES,
+        audit_output: bool = False,
     ) -> None:
         limit = max_rows or MAX_OUTPUT_ROWS
         self.corrected: OutputSet | NullSet = NullSet()
         self.quarantine: OutputSet | NullSet = NullSet()
         self.audit_path: Path | None = None
         self.audit_file: TextIO | None = None
+        self._audit_digest: Digesting | None = None
+        # The audit file as an output (its lines, its SHA-256, its lineage), once finished,
+        # when asked for (`audit_output`: hashed and counted as it is written).
+        self.audit_output: PlannedOutput | None = None
         self.on_audit = on_audit
         self.out_dir = out_dir
+        self.source, self.generation = source, generation
         if write:
             out_dir.mkdir(parents=True, exist_ok=True)
             self.corrected = OutputSet(
@@ -81,7 +95,11 @@ class Sinks:
             name = f"{source_stem(source)[:200]}.r{generation}.audit.jsonl"
             self.audit_path = (out_dir / name).resolve()
             self.audit_tmp = out_dir / f".{name}.tmp"
-            self.audit_file = open(self.audit_tmp, "w", encoding="utf-8")  # noqa: SIM115
+            if audit_output:
+                binary, self._audit_digest = open_digesting(self.audit_tmp, count_lines=True)
+                self.audit_file = io.TextIOWrapper(binary, encoding="utf-8")  # as open(.., "w")
+            else:
+                self.audit_file = open(self.audit_tmp, "w", encoding="utf-8")  # noqa: SIM115
 
     def audit(self, entry: dict[str, Any]) -> None:
         """One line of the audit file (one short line per decision)."""
@@ -95,6 +113,10 @@ class Sinks:
         if self.audit_file is not None and self.audit_path is not None:
             self.audit_file.close()
             self.audit_tmp.replace(self.audit_path)
+            if self._audit_digest is not None:
+                rows, digest = self._audit_digest.lines, self._audit_digest.hexdigest()
+                meta = lineage(self.source, self.generation, "audit", rows, digest)
+                self.audit_output = PlannedOutput("audit", self.audit_path, rows, digest, meta)
         return outputs
 
     def abort(self) -> None:

@@ -26,7 +26,7 @@ from remediation.identifiers import Lineage
 from remediation.meters import Meter
 from remediation.outcomes import CorrectionRow
 from remediation.outcomes import QuarantinedRow as Quarantined
-from remediation.outputs import PlannedOutput, file_sha256, lineage
+from remediation.outputs import PlannedOutput
 from remediation.ports import Bucket, CustomerDirectory
 from remediation.records import UsageRecord
 from remediation.rules import Rules
@@ -108,8 +108,9 @@ def execute_run(
                 columns=request.columns,
                 lineage=request.lineage,
                 rejected=request.rejected,
+                audit_output=True,  # uploaded with the outputs
             )
-        outputs = list(result.outputs) + _audit_output(result.summary, request)
+        outputs = list(result.outputs) + ([result.audit] if result.audit else [])
         uploaded = _upload_while_loading(ctx, request, outputs, audit, stages)
     with stages.timing(Stage.DATABASE):
         run = finish_run(ctx.engine, run_id, result.summary, uploaded)
@@ -216,18 +217,6 @@ def _upload_while_loading(
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
-
-
-def _audit_output(summary: Mapping[str, Any], request: RunRequest) -> list[PlannedOutput]:
-    path = summary.get("outputs", {}).get("audit")
-    if not path:
-        return []
-    audit = Path(path)
-    digest = file_sha256(audit)
-    with audit.open(encoding="utf-8") as lines:
-        rows = sum(1 for _ in lines)
-    meta = lineage(request.source, request.generation, "audit", rows, digest)
-    return [PlannedOutput("audit", audit, rows, digest, meta)]
 
 
 def _upload(ctx: RunContext, request: RunRequest, output: PlannedOutput) -> dict[str, Any]:

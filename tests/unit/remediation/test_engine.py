@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from remediation.errors import BadRules
 from remediation.formats import FileFormat, read_records
 from remediation.identifiers import Ancestor, Lineage, derived_identifier, row_identifier
 from remediation.meters import Meter
-from remediation.outputs import output_name
+from remediation.outputs import PlannedOutput, open_digesting, output_name
 from remediation.records import UsageRecord
 from remediation.rules import load_rules
 
@@ -249,6 +251,7 @@ def test_split_layout_and_names(tmp_path: Path) -> None:
         out_dir=tmp_path,
         max_rows=2,
         rejected=True,
+        audit_output=True,
     )
     names = [o.path.name for o in result.outputs]
     assert names == [f"usage.corrected.r1.part000{n}.csv" for n in (1, 2, 3)]
@@ -256,6 +259,20 @@ def test_split_layout_and_names(tmp_path: Path) -> None:
     meta = result.outputs[0].metadata
     assert meta["mfx-rows"] == "2" and meta["mfx-kind"] == "corrected"
     assert len(meta["mfx-sha256"]) == 64 and meta["mfx-source"] == "dir/usage.csv"
+    _check_digests(result.outputs, result.audit, result.summary["outputs"]["audit"])
+
+
+def _check_digests(outputs: list[PlannedOutput], audit: PlannedOutput | None, path: str) -> None:
+    """Each output's SHA-256 (kept as it was written) is its file's, in its metadata too; the
+    audit file is an output of its own, with its lines as rows."""
+    assert audit is not None and str(audit.path) == path
+    for output in [*outputs, audit]:
+        data = output.path.read_bytes()
+        assert output.sha256 == hashlib.sha256(data).hexdigest() == output.metadata["mfx-sha256"]
+        assert output.metadata["mfx-rows"] == str(output.rows)
+    lines = audit.path.read_bytes().splitlines()
+    assert audit.rows == len(lines) > 0 and audit.kind == "audit" == audit.metadata["mfx-kind"]
+    assert json.loads(lines[-1])["kind"] == "summary"
     assert len(output_name("x" * 400, "quarantine", 1, FileFormat.JSONL)) <= 254
 
 
@@ -337,6 +354,7 @@ def test_conservation_and_determinism(
             now=NOW,
             out_dir=out,
             rejected=rejected,
+            audit_output=attempt == 1,  # the same bytes, hashed as written or not
         )
         s = result.summary
         assert s["input_rows"] == len(rows) == s["valid"] + s["corrected"] + s["quarantined"]
@@ -346,6 +364,10 @@ def test_conservation_and_determinism(
                 written += list(read_records(handle, fmt))
         resent = len(rows) if rejected else s["corrected"] + s["quarantined"]
         assert len(written) == resent
+        if attempt:
+            _check_digests(result.outputs, result.audit, s["outputs"]["audit"])
+        else:
+            assert result.audit is None
         digests.append(
             [(o.path.name, o.sha256) for o in result.outputs]
             + [Path(s["outputs"]["audit"]).read_bytes()]
@@ -372,3 +394,32 @@ def test_csv_round_trip_through_engine(tmp_path: Path) -> None:
         "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\r\n"
         "a-mfx1,1764000000,api_requests,cus_1,5\r\n"
     )
+
+
+def test_a_digesting_file_hashes_and_counts_what_reaches_the_disk(tmp_path: Path) -> None:
+    """`open_digesting`: writes of any size and kind (through its buffer and past it), its
+    size as `tell` says it while it is written, and the SHA-256 and lines of the bytes on
+    disk once it is closed; a text layer over it writes what `open(path, "w")` writes."""
+    path = tmp_path / "out.bin"
+    binary, digest = open_digesting(path, count_lines=True)
+    long = b"x\n" * 300_000  # counted in slices
+    pieces = [b"a\n", bytearray(b"\n\nb"), memoryview(long + b"\n"), b"", b"z" * 9000]
+    sizes = []
+    for piece in pieces:
+        binary.write(piece)
+        sizes.append(binary.tell())
+    binary.close()
+    data = path.read_bytes()
+    assert data == b"".join(bytes(p) for p in pieces)
+    assert sizes == list(accumulate(len(p) for p in pieces))
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert digest.lines == data.count(b"\n") == 300_004
+    text_path = tmp_path / "out.txt"
+    binary, digest = open_digesting(text_path, count_lines=True)
+    with io.TextIOWrapper(binary, encoding="utf-8") as text:
+        text.write('{"é": "a\\nb"}\n')
+        text.flush()
+        text.buffer.write("ü\n".encode())
+    assert text_path.read_bytes() == '{"é": "a\\nb"}\nü\n'.encode()
+    assert digest.lines == 2
+    assert digest.hexdigest() == hashlib.sha256(text_path.read_bytes()).hexdigest()
