@@ -105,7 +105,13 @@ def _now(value: str | None) -> int:
 
 
 def _run(
-    file: Path, out: Path | None, meters: Sequence[Meter], rules: Rules, now: int, identifiers: str
+    file: Path,
+    out: Path | None,
+    meters: Sequence[Meter],
+    rules: Rules,
+    now: int,
+    identifiers: str,
+    audit_output: bool = False,
 ) -> RemediationResult:
     try:
         plan = plan_input(file, rules)
@@ -126,6 +132,7 @@ def _run(
                 lineage=lineage,
                 rejected=rejected,
                 on_progress=progress,
+                audit_output=audit_output,
             )
     except MeterfixError as exc:
         raise click.ClickException(f"{file}: {exc.reason}") from exc
@@ -271,7 +278,8 @@ def remediate_command(
     _writable(out)
     adapters = _adapters(rules_path, meters_path)
     rules = _rules(adapters)
-    result = _run(file, out, _meters(adapters), rules, _now(now_text), identifiers)
+    meters = _meters(adapters)
+    result = _run(file, out, meters, rules, _now(now_text), identifiers, audit_output=upload)
     summary = dict(result.summary)
     if upload:
         summary["uploaded"] = _upload(adapters, result)
@@ -320,15 +328,9 @@ def _sidecar_generation(file: Path) -> int:
 def _upload(adapters: Adapters, result: RemediationResult) -> list[str]:
     """Corrected files to the corrected prefix (they are imported again), quarantine and
     audit files to the quarantine prefix; identical objects already there are skipped."""
-    from remediation.outputs import PlannedOutput, file_sha256, lineage
     from service.adapters.bucket import BucketError, upload_outputs
 
-    outputs = list(result.outputs)
-    audit = result.summary["outputs"].get("audit")
-    if audit:
-        digest = file_sha256(Path(audit))
-        meta = lineage(result.summary["source"], result.summary["generation"], "audit", 0, digest)
-        outputs.append(PlannedOutput("audit", Path(audit), 0, digest, meta))
+    outputs = list(result.outputs) + ([result.audit] if result.audit else [])
     settings = _configured(lambda: adapters.settings)
     try:
         return upload_outputs(adapters.bucket, outputs, settings)

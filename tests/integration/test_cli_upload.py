@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -61,6 +62,13 @@ def test_upload_lands_in_s3_with_lineage(tmp_path: Path, s3_endpoint: str) -> No
     rows = list(csv.DictReader(io.StringIO(body)))
     assert {r["identifier"] for r in rows} >= {"r1-mfx1", "r2-mfx1", "r7-mfx1"}
     assert "error_code" not in rows[0]
+    audit_key = "in/quarantine/failed_records.r1.audit.jsonl"
+    audit_meta = s3.head_object(Bucket="usage", Key=audit_key)["Metadata"]
+    audit = s3.get_object(Bucket="usage", Key=audit_key)["Body"].read()
+    assert audit_meta["mfx-kind"] == "audit"
+    assert audit_meta["mfx-rows"] == str(audit.count(b"\n")) != "0"  # was recorded as 0
+    assert audit_meta["mfx-sha256"] == hashlib.sha256(audit).hexdigest()
+    assert json.loads(audit.splitlines()[-1])["kind"] == "summary"
     quarantine = s3.get_object(Bucket="usage", Key="in/quarantine/failed_records.quarantine.r1.csv")
     assert "value 'abc' is not a number" in quarantine["Body"].read().decode()
     etags = {k: s3.head_object(Bucket="usage", Key=k)["ETag"] for k in uploaded}
