@@ -11,7 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Connection, create_engine, inspect, text
 from sqlmodel import SQLModel
 
 import service.models  # noqa: F401
@@ -52,6 +52,18 @@ def _empty_database(kind: str, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
+def _run_seven(connection: Connection) -> None:
+    """Run 7, written as the schema of an old revision holds it (raw SQL: the models are
+    today's)."""
+    connection.execute(
+        text(
+            "INSERT INTO remediation_runs (id, run_key, trigger, source, generation,"
+            " status, input_rows, valid, corrected, quarantined, by_code, created_at)"
+            " VALUES (7, 'k', 'cli', 's', 1, 'done', 1, 0, 1, 0, '{}', CURRENT_TIMESTAMP)"
+        )
+    )
+
+
 @pytest.mark.parametrize("kind", DB_PARAMS)
 def test_0004_audit_for_bulk_loads_keeps_the_rows(kind: str, tmp_path: Path) -> None:
     """correction_audit loses its foreign key to remediation_runs (checked once per load by
@@ -61,13 +73,7 @@ def test_0004_audit_for_bulk_loads_keeps_the_rows(kind: str, tmp_path: Path) -> 
         upgrade(url, "0003")
         engine = make_engine(url)
         with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO remediation_runs (id, run_key, trigger, source, generation,"
-                    " status, input_rows, valid, corrected, quarantined, by_code, created_at)"
-                    " VALUES (7, 'k', 'cli', 's', 1, 'done', 1, 0, 1, 0, '{}', CURRENT_TIMESTAMP)"
-                )
-            )
+            _run_seven(connection)
             connection.execute(
                 text(
                     "INSERT INTO correction_audit (run_id, source, row_number, identifier,"
@@ -113,13 +119,7 @@ def test_0005_quarantine_for_bulk_loads_keeps_the_rows(kind: str, tmp_path: Path
         upgrade(url, "0004")
         engine = make_engine(url)
         with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO remediation_runs (id, run_key, trigger, source, generation,"
-                    " status, input_rows, valid, corrected, quarantined, by_code, created_at)"
-                    " VALUES (7, 'k', 'cli', 's', 1, 'done', 1, 0, 0, 1, '{}', CURRENT_TIMESTAMP)"
-                )
-            )
+            _run_seven(connection)
             connection.execute(
                 text(
                     "INSERT INTO quarantined_rows (run_id, source, row_number, identifier, code,"
