@@ -200,6 +200,8 @@ def main() -> None:
     for name in ("download", "lineage", "remediate", "upload", "database"):
         if name in stages:
             print(f"  {name:10s} {float(stages[name]):7.2f} s")
+    for name, seconds in (done.fields.get("database_parts") or {}).items():
+        print(f"    {name:18s} {float(seconds):7.2f} s")
     print(f"  {'total':10s} {total:7.2f} s (worker drain: handler, task, every stage)")
     if "remediate" in stages and "database" in stages:
         ratio = float(stages["database"]) / float(stages["remediate"])
