@@ -11,7 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, text
 from sqlmodel import SQLModel
 
 import service.models  # noqa: F401
@@ -52,16 +52,21 @@ def _empty_database(kind: str, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def _run_seven(connection: Connection) -> None:
-    """Run 7, written as the schema of an old revision holds it (raw SQL: the models are
-    today's)."""
-    connection.execute(
-        text(
-            "INSERT INTO remediation_runs (id, run_key, trigger, source, generation,"
-            " status, input_rows, valid, corrected, quarantined, by_code, created_at)"
-            " VALUES (7, 'k', 'cli', 's', 1, 'done', 1, 0, 1, 0, '{}', CURRENT_TIMESTAMP)"
+def _written_at(url: str, revision: str, row: str) -> Engine:
+    """The database at `revision` holding run 7 and one row of its (`row`: an INSERT), written
+    as that revision's schema holds them (raw SQL: the models are today's); its engine."""
+    upgrade(url, revision)
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO remediation_runs (id, run_key, trigger, source, generation,"
+                " status, input_rows, valid, corrected, quarantined, by_code, created_at)"
+                " VALUES (7, 'k', 'cli', 's', 1, 'done', 1, 0, 1, 0, '{}', CURRENT_TIMESTAMP)"
+            )
         )
-    )
+        connection.execute(text(row))
+    return engine
 
 
 @pytest.mark.parametrize("kind", DB_PARAMS)
@@ -70,17 +75,13 @@ def test_0004_audit_for_bulk_loads_keeps_the_rows(kind: str, tmp_path: Path) -> 
     AuditStage instead), gets its two indexes and byte-ordered identifiers on PostgreSQL; the
     rows written before stay."""
     for url in _empty_database(kind, tmp_path):
-        upgrade(url, "0003")
-        engine = make_engine(url)
-        with engine.begin() as connection:
-            _run_seven(connection)
-            connection.execute(
-                text(
-                    "INSERT INTO correction_audit (run_id, source, row_number, identifier,"
-                    " new_identifier, code, rule, field, before, after)"
-                    " VALUES (7, 's', 1, 'a', 'a-mfx1', 'c', 'r', 'f', '1', '2')"
-                )
-            )
+        engine = _written_at(
+            url,
+            "0003",
+            "INSERT INTO correction_audit (run_id, source, row_number, identifier,"
+            " new_identifier, code, rule, field, before, after)"
+            " VALUES (7, 's', 1, 'a', 'a-mfx1', 'c', 'r', 'f', '1', '2')",
+        )
         assert inspect(engine).get_foreign_keys("correction_audit") != []
         engine.dispose()
         upgrade(url, "0004")
@@ -116,17 +117,13 @@ def test_0005_quarantine_for_bulk_loads_keeps_the_rows(kind: str, tmp_path: Path
     PostgreSQL; its indexes and the rows written before stay, and a downgrade gives the key
     back."""
     for url in _empty_database(kind, tmp_path):
-        upgrade(url, "0004")
-        engine = make_engine(url)
-        with engine.begin() as connection:
-            _run_seven(connection)
-            connection.execute(
-                text(
-                    "INSERT INTO quarantined_rows (run_id, source, row_number, identifier, code,"
-                    " reason, meter, customer, record, created_at) VALUES (7, 's', 1, 'a',"
-                    " 'c', 'why', 'm', 'cus_1', '{\"x\": 1}', CURRENT_TIMESTAMP)"
-                )
-            )
+        engine = _written_at(
+            url,
+            "0004",
+            "INSERT INTO quarantined_rows (run_id, source, row_number, identifier, code,"
+            " reason, meter, customer, record, created_at) VALUES (7, 's', 1, 'a',"
+            " 'c', 'why', 'm', 'cus_1', '{\"x\": 1}', CURRENT_TIMESTAMP)",
+        )
         before = {
             i["name"]: i["column_names"] for i in inspect(engine).get_indexes("quarantined_rows")
         }

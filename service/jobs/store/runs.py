@@ -349,7 +349,7 @@ class AuditStage:
         order = "ctid" if self.postgres else "rowid"
         if self.postgres:
             with self.connection.begin():
-                self._check_run()
+                _check_run(self.connection, self.run_id, "audit")
                 self.connection.exec_driver_sql(
                     f"INSERT INTO correction_audit (run_id, {self.listed}) "
                     f"SELECT %(run)s, {self.listed} FROM {STAGE_NAME} ORDER BY identifier, {order}",
@@ -365,7 +365,7 @@ class AuditStage:
             )
         for low in range(0, self.staged, LOAD_CHUNK):
             with self.connection.begin():
-                self._check_run()
+                _check_run(self.connection, self.run_id, "audit")
                 self.connection.exec_driver_sql(
                     f"INSERT INTO main.correction_audit (run_id, {self.listed}) "
                     f"SELECT ?, {self.listed} FROM temp.{SORTED_NAME} "
@@ -384,9 +384,6 @@ class AuditStage:
     def _drop(self) -> None:
         for name in (STAGE_NAME, SORTED_NAME):
             self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
-
-    def _check_run(self) -> None:
-        _check_run(self.connection, self.run_id, "audit")
 
 
 def _check_run(connection: Connection, run_id: int, what: str) -> None:
