@@ -5,13 +5,17 @@ chunks; JSON Lines line by line. A line or an element is read up to `limits.MAX_
 its nesting is measured on the text before it is parsed (JSON Lines) or on the element's text
 (an array, whose extent is known only once decoded; the decoder's own recursion guard stops a
 pathological one early, which fails the file). A key named twice in one object is a malformed
-row: which value Stripe should get is unknowable, so nothing is guessed.
+row: which value Stripe should get is unknowable, so nothing is guessed. So is a number JSON
+does not have (`NaN`, `Infinity`, or one past a float's range such as `1e999`): `json.loads`
+reads it as a float and `json.dumps` writes it back as no JSON reader takes (Stripe's,
+PostgreSQL's), so it would reach a corrected file or fail the database's insert.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -270,9 +274,11 @@ def parse_line(text: str, depth: int) -> tuple[object, str | None]:
     if text.count("[") + text.count("{") > depth and json_depth_over(text, depth):
         return None, f"is nested deeper than {depth} levels"
     try:
-        obj = json.loads(text)
+        obj = _STRICT.decode(text)
     except json.JSONDecodeError as exc:
         return None, f"is not JSON: {exc.msg}"
+    except _NotJsonNumber as exc:
+        return None, exc.reason
     except RecursionError:
         return None, f"is nested deeper than {depth} levels"
     except ValueError:  # int() refuses a number of more than 4300 digits
@@ -285,6 +291,36 @@ def parse_line(text: str, depth: int) -> tuple[object, str | None]:
     if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(obj):
         return None, LONE_SURROGATE
     return obj, None
+
+
+class _NotJsonNumber(ValueError):
+    """A number JSON does not have, met while decoding (see the module's docstring)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        if text in _CONSTANTS:
+            self.reason = f"holds {text}, which is not a JSON number"
+        else:
+            self.reason = f"holds the number {shown}, past the range of a float"
+
+
+_CONSTANTS = ("NaN", "Infinity", "-Infinity")
+
+
+def _refuse_constant(text: str) -> float:
+    raise _NotJsonNumber(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJsonNumber(text)
+    return value
+
+
+# Decodes as json.loads does, refusing the numbers JSON does not have (`_NotJsonNumber`).
+_STRICT = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
 
 
 # A lone surrogate escape (`\ud800` without its pair) decodes to a string no UTF-8 output, no
@@ -363,7 +399,20 @@ class _JsonArrayStream:
 
     def __init__(self, text: io.TextIOWrapper, depth: int) -> None:
         self.text, self.buf, self.pos, self.depth = text, "", 0, depth
-        self.decoder = json.JSONDecoder()
+        # Reads the numbers JSON does not have, noting the first (`odd`): the element is
+        # refused whole once its extent is known (`checked`).
+        self.decoder = json.JSONDecoder(parse_float=self._float, parse_constant=self._constant)
+        self.odd: str | None = None
+
+    def _float(self, text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            self._constant(text)
+        return value
+
+    def _constant(self, text: str) -> float:
+        self.odd = self.odd or text
+        return 0.0
 
     def fill(self) -> bool:
         chunk = self.text.read(CHUNK_CHARS)
@@ -411,6 +460,7 @@ class _JsonArrayStream:
 
     def decode(self, number: int) -> object:
         while True:
+            self.odd = None
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as exc:
@@ -435,6 +485,9 @@ class _JsonArrayStream:
     def checked(self, value: object, start: int, end: int) -> object:
         """`value`, or `_Refused` when its text nests too deep or names a key twice."""
         buf = self.buf
+        if self.odd is not None:
+            reason = f"element {_NotJsonNumber(self.odd).reason}"
+            return _Refused(buf[start : min(end, start + RAW_KEPT)], reason)
         brackets = buf.count("[", start, end) + buf.count("{", start, end)
         if brackets > self.depth and json_depth_over(buf[start:end], self.depth):
             reason = f"element is nested deeper than {self.depth} levels"

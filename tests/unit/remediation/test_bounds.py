@@ -324,3 +324,64 @@ def test_validation_messages_are_dates_not_distances() -> None:
         "timestamp 1760544000 (2025-10-15T16:00:00Z) is before 2025-10-20T16:00:00Z, "
         "35 days before the reference time"
     )
+
+
+@pytest.mark.parametrize("fmt", [FileFormat.JSONL, FileFormat.JSON])
+def test_a_number_json_does_not_have_never_reaches_an_output(
+    tmp_path: Path, fmt: FileFormat
+) -> None:
+    """A row holding `NaN` (or `Infinity`, or `1e999`) beside a correctable timestamp was
+    corrected and written with `NaN` in it: a corrected file Stripe cannot parse, and a
+    quarantined row's record PostgreSQL's JSON column refuses. It is quarantined as the
+    malformed row it is; every output is strict JSON."""
+    rows = [
+        b'{"identifier": "n", "timestamp": 1764000000000, "event_name": "api_requests", '
+        b'"payload": {"stripe_customer_id": "cus_1", "value": 1, "note": NaN}}',
+        b'{"identifier": "i", "timestamp": 1764000000000, "event_name": "api_requests", '
+        b'"payload": {"stripe_customer_id": "cus_1", "value": Infinity}}',
+        b'{"identifier": "e", "timestamp": 1764000000000, "event_name": "api_requests", '
+        b'"payload": {"stripe_customer_id": "cus_1", "value": 1, "note": 1e999}}',
+        b'{"identifier": "g", "timestamp": 1764000000000, "event_name": "api_requests", '
+        b'"payload": {"stripe_customer_id": "cus_1", "value": 1, "note": 1.5}}',
+    ]
+    data = b"[" + b",\n".join(rows) + b"]" if fmt is FileFormat.JSON else b"\n".join(rows)
+    result = remediate(
+        read_records(io.BytesIO(data), fmt),
+        source=f"in.{fmt.value}",
+        fmt=fmt,
+        meters=METERS,
+        rules=Rules(),
+        now=NOW,
+        out_dir=tmp_path,
+        rejected=True,
+    )
+    assert (result.summary["corrected"], result.summary["quarantined"]) == (1, 3)
+
+    def strict(text: str) -> Any:
+        def refuse(token: str) -> None:
+            raise AssertionError(f"{token} in an output")
+
+        return json.loads(text, parse_constant=refuse)
+
+    outputs = result.summary["outputs"]
+    texts = {
+        kind: [Path(path).read_text(encoding="utf-8") for path in outputs[kind]]
+        for kind in ("corrected", "quarantine")
+    }
+    if fmt is FileFormat.JSON:
+        corrected = [row for text in texts["corrected"] for row in strict(text)]
+        quarantined = [row for text in texts["quarantine"] for row in strict(text)]
+    else:
+        corrected = [strict(line) for text in texts["corrected"] for line in text.splitlines()]
+        quarantined = [strict(line) for text in texts["quarantine"] for line in text.splitlines()]
+    assert [row["identifier"] for row in corrected] == ["g-mfx1"]
+    assert corrected[0]["payload"]["note"] == 1.5
+    where = "line" if fmt is FileFormat.JSONL else "element"
+    assert [(row["mfx_code"], row["mfx_reason"]) for row in quarantined] == [
+        ("malformed_row", f"{where} holds NaN, which is not a JSON number"),
+        ("malformed_row", f"{where} holds Infinity, which is not a JSON number"),
+        ("malformed_row", f"{where} holds the number 1e999, past the range of a float"),
+    ]
+    assert [row["raw"] for row in quarantined] == [row.decode() for row in rows[:3]]
+    for line in Path(outputs["audit"]).read_text(encoding="utf-8").splitlines():
+        strict(line)

@@ -194,3 +194,31 @@ def test_a_lone_surrogate_escape_is_a_malformed_row_and_a_pair_is_text() -> None
         None,
     ]
     assert elements[1].extra == {"raw": lines[1].decode()}
+
+
+ODD_NUMBERS = [
+    (b"NaN", "holds NaN, which is not a JSON number"),
+    (b"Infinity", "holds Infinity, which is not a JSON number"),
+    (b"-Infinity", "holds -Infinity, which is not a JSON number"),
+    (b"1e999", "holds the number 1e999, past the range of a float"),
+    (b"-2.5E+400", "holds the number -2.5E+400, past the range of a float"),
+    (b"1" * 400 + b".5", "holds the number " + "1" * 40 + "…, past the range of a float"),
+]
+
+
+@pytest.mark.parametrize(("number", "reason"), ODD_NUMBERS)
+def test_numbers_json_does_not_have_are_malformed_rows(number: bytes, reason: str) -> None:
+    """`NaN`, `Infinity` and numbers past a float's range: json.loads reads them as floats and
+    json.dumps writes them back as no JSON reader takes (Stripe's, PostgreSQL's). The line or
+    element is refused whole, its text kept as written; the rows around it read as before
+    (tiny and large finite numbers among them)."""
+    odd = b'{"identifier": "o", "payload": {"value": 1, "note": ' + number + b"}}"
+    fine = b'{"identifier": "f", "payload": {"value": 1e-999, "big": 1e300, "n": %d}}' % 10**22
+    records = read(b"\n".join([GOOD, odd, fine]), FileFormat.JSONL)
+    assert [r.malformed for r in records] == [None, f"line {reason}", None]
+    assert records[1].extra == {"raw": odd.decode()} and records[1].payload == {}
+    assert records[2].payload == {"value": 0.0, "big": 1e300, "n": 10**22}
+    elements = read(b"[" + b",\n".join([GOOD, odd, fine, GOOD]) + b"]", FileFormat.JSON)
+    assert [r.malformed for r in elements] == [None, f"element {reason}", None, None]
+    assert elements[1].extra == {"raw": odd.decode()}
+    assert elements[2].payload == records[2].payload
