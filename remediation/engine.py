@@ -35,7 +35,7 @@ from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers, Lineage
 from remediation.jsonreaders import JsonlRecords
-from remediation.meters import Meter
+from remediation.meters import Meter, customer_keys
 from remediation.outcomes import AuditSink, CorrectionRow, QuarantinedRow, Tally
 from remediation.outputs import PlannedOutput
 from remediation.ports import CustomerDirectory
@@ -108,6 +108,7 @@ def remediate(
         max_rows,
         handed,
         audit_output=audit_output,
+        customer_keys=customer_keys(meters),
     )
     tally = Tally()
     as_bytes: CsvOut | JsonlOut | None = None

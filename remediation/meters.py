@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from remediation.errors import BadMeters
+
+DEFAULT_CUSTOMER_KEY = "stripe_customer_id"  # Stripe's default `customer_mapping` key
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,7 +16,7 @@ class Meter:
     id: str
     event_name: str
     status: str = "active"
-    customer_key: str = "stripe_customer_id"
+    customer_key: str = DEFAULT_CUSTOMER_KEY
     value_key: str = "value"
     display_name: str = ""
     # Not in the 16.1.0 Meter model; kept when present (preview dimension feature).
@@ -40,11 +42,16 @@ class Meter:
             id=str(obj.get("id", "")),
             event_name=event_name,
             status=str(obj.get("status", "active")),
-            customer_key=str(customer.get("event_payload_key") or "stripe_customer_id"),
+            customer_key=str(customer.get("event_payload_key") or DEFAULT_CUSTOMER_KEY),
             value_key=str(value.get("event_payload_key") or "value"),
             display_name=str(obj.get("display_name") or ""),
             dimension_keys=tuple(str(d) for d in dims),
         )
+
+
+def customer_keys(meters: Iterable[Meter]) -> dict[str, str]:
+    """Each event name's customer key (the last meter's, when several share a name)."""
+    return {meter.event_name: meter.customer_key for meter in meters}
 
 
 def _object(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:

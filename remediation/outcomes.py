@@ -66,7 +66,11 @@ class QuarantinedRow(NamedTuple):
     code: str  # the code the row arrived with
     mfx_code: str
     reason: str
-    record: dict[str, object]
+    # The row in full as JSON text: what a JSON Lines quarantine file holds for it (json.dumps
+    # of `writers.record_object` with `mfx_code` and `mfx_reason`, compact, not ASCII-escaped).
+    record: str
+    meter: str | None  # its event name
+    customer: str | None  # the payload value under its meter's customer key, as text
 
 
 # A correction as the engine hands it over: `Correction`'s fields, in its order, as a plain

@@ -56,6 +56,7 @@ class Sinks:
         on_audit: AuditSink | None,
         max_bytes: int = MAX_OUTPUT_BYTES,
         audit_output: bool = False,
+        customer_keys: Mapping[str, str] | None = None,
     ) -> None:
         limit = max_rows or MAX_OUTPUT_ROWS
         self.corrected: OutputSet | NullSet = NullSet()
@@ -67,6 +68,8 @@ class Sinks:
         # when asked for (`audit_output`: hashed and counted as it is written).
         self.audit_output: PlannedOutput | None = None
         self.on_audit = on_audit
+        # Each event name's customer key: a quarantined row's customer, for `on_audit`.
+        self.customer_keys: Mapping[str, str] = customer_keys or {}
         self.out_dir = out_dir
         self.source, self.generation = source, generation
         if write:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -158,9 +158,15 @@ def bulk_load(connection: Connection, table: Table, rows: Sequence[Mapping[str, 
 
 
 def bulk_load_rows(
-    connection: Connection, table: Table, names: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    connection: Connection,
+    table: Table,
+    names: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    as_stored: Collection[str] = (),
 ) -> None:
-    """`bulk_load` for rows that are tuples of the columns `names`, in that order."""
+    """`bulk_load` for rows that are tuples of the columns `names`, in that order. The values
+    of the columns `as_stored` are already as the database stores them (a JSON column's text)
+    and go in unchanged."""
     if not rows:
         return
     dialect = connection.dialect
@@ -168,7 +174,8 @@ def bulk_load_rows(
     coders = [  # only columns whose type encodes (JSON, times)
         (position, encode)
         for position, column in enumerate(columns)
-        if (encode := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        if column.name not in as_stored
+        and (encode := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
     ]
     values = _encoded(rows, coders) if coders else rows
     quote = dialect.identifier_preparer.quote

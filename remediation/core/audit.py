@@ -5,8 +5,9 @@ ensure_ascii=False)` writes (`sinks.Sinks.audit`); the run's counts; derived ide
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import repeat
 from typing import Any, TextIO
 
@@ -15,15 +16,16 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Column, Indexes, Kind, as_string
+from remediation.core.columns import Batch, Column, Indexes, Kind, as_string
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
+from remediation.core.jsonrows import plain, row_texts, value_parts
 from remediation.core.text import join, json_parts, json_strings, json_text, take_parts
 from remediation.identifiers import Identifiers
+from remediation.meters import DEFAULT_CUSTOMER_KEY
 from remediation.outcomes import CorrectionRow, QuarantinedRow, Tally, value_text
+from remediation.records import UsageRecord
 from remediation.sinks import Sinks
 from remediation.writers import record_object
-
-NULL = "null"
 
 
 class AuditLines:
@@ -114,22 +116,27 @@ def account(
     assert sinks.audit_file is not None
     lines.write(decided, written, new_ids, sinks.audit_file)
     if sinks.on_audit is not None:
-        sinks.on_audit(*audit_records(decided, lines.source, written, new_ids))
+        records = audit_records(decided, lines.source, written, new_ids, sinks.customer_keys)
+        sinks.on_audit(*records)
     count(decided, tally)
 
 
 def audit_records(
-    decided: Decided, source: str, written: Indexes, new_ids: pa.Array
+    decided: Decided,
+    source: str,
+    written: Indexes,
+    new_ids: pa.Array,
+    customer_keys: Mapping[str, str],
 ) -> tuple[list[CorrectionRow], list[QuarantinedRow]]:
     """The batch's audit as records, in row order: corrections as plain tuples of
     `Correction`'s fields, built on columns (they are most rows; each field put in row order
     as one array, then read out once), quarantined rows with the row in full (as the
-    quarantine file holds it)."""
+    quarantine file holds it, as JSON text)."""
     by_row = np.full(len(decided.batch), -1, np.int64)
     by_row[written] = np.arange(len(written))
     changes = [change for change in decided.changes if len(change)]
     if not changes:
-        return [], _quarantined_rows(decided, source)
+        return [], _quarantined_rows(decided, source, customer_keys)
     at = np.concatenate([change.at for change in changes])
     order = np.argsort(at, kind="stable")
     rows = at[order]
@@ -157,7 +164,7 @@ def audit_records(
             strict=False,  # `repeat` never ends: the other fields have one value a row
         )
     )
-    return corrections, _quarantined_rows(decided, source)
+    return corrections, _quarantined_rows(decided, source, customer_keys)
 
 
 def _repeated(value: str | Sequence[str], n: int) -> npt.NDArray[np.object_]:
@@ -179,18 +186,67 @@ def _texts(column: Column) -> pa.Array:
     return pa.array([value_text(value) for value in column.values()], pa.string())
 
 
-def _quarantined_rows(decided: Decided, source: str) -> list[QuarantinedRow]:
+def _quarantined_rows(
+    decided: Decided, source: str, customer_keys: Mapping[str, str]
+) -> list[QuarantinedRow]:
+    """The batch's quarantined rows, each with the row in full as JSON text (what a JSON
+    Lines quarantine file holds for it: `jsonrows.row_texts`, or `record_json` per record
+    when a value is written its own way), its event name, and the value under its meter's
+    customer key (`customer_keys`; `stripe_customer_id` for an event name no meter has)."""
     rows = np.flatnonzero(decided.fate == QUARANTINED)
-    found = []
-    for i, record in zip(rows.tolist(), decided.batch.take(rows).records(), strict=True):
-        code, reason = str(decided.mfx_code[i]), str(decided.reason[i])
-        full = {**record_object(record), "mfx_code": code, "mfx_reason": reason}
-        arrived = str(decided.arrived[i])
-        found.append(
-            QuarantinedRow(
-                source, record.row_number, record.identifier, arrived, code, reason, full
-            )
+    if not len(rows):
+        return []
+    batch = decided.batch.take(rows)
+    codes = [str(code) for code in decided.mfx_code[rows].tolist()]
+    reasons = [str(reason) for reason in decided.reason[rows].tolist()]
+    if plain(batch):
+        notes = [
+            ("mfx_code", json_strings(pa.array(codes, pa.string()))),
+            ("mfx_reason", json_strings(pa.array(reasons, pa.string()))),
+        ]
+        texts = row_texts(batch, batch.identifier.text, notes).to_pylist()
+    else:
+        texts = [
+            record_json(record, code, reason)
+            for record, code, reason in zip(batch.records(), codes, reasons, strict=True)
+        ]
+    meters = [value_text(value) for value in batch.event_name.values()]
+    return [
+        QuarantinedRow(source, *fields)
+        for fields in zip(
+            batch.rows.tolist(),
+            [value_text(value) for value in batch.identifier.values()],
+            [str(code) for code in decided.arrived[rows].tolist()],
+            codes,
+            reasons,
+            texts,
+            meters,
+            _customers(batch, meters, customer_keys),
+            strict=True,
         )
+    ]
+
+
+def record_json(record: UsageRecord, code: str, reason: str) -> str:
+    """A quarantined record as JSON text, as a JSON Lines quarantine file holds it."""
+    full = {**record_object(record), "mfx_code": code, "mfx_reason": reason}
+    return json.dumps(full, ensure_ascii=False, separators=(",", ":"))
+
+
+def _customers(
+    batch: Batch, meters: Sequence[str | None], customer_keys: Mapping[str, str]
+) -> list[str | None]:
+    """Each row's value under its meter's customer key, as text (None where absent)."""
+    keys = [customer_keys.get(meter or "", DEFAULT_CUSTOMER_KEY) for meter in meters]
+    found: list[str | None] = [None] * len(batch)
+    for key in set(keys):
+        column = batch.payload.get(key)
+        if column is None:
+            continue
+        at = np.flatnonzero(np.asarray(keys, dtype=object) == key)
+        values = column.take(at).values()
+        for i, value in zip(at.tolist(), values, strict=True):
+            found[i] = value_text(value)
     return found
 
 
@@ -245,31 +301,6 @@ def new_identifiers(ids: Identifiers, identifier: Column, rows: Indexes) -> pa.A
     index[others] = n + np.arange(len(others))
     extra = pa.array(derived, pa.large_string())
     return pa.concat_arrays([plain.cast(pa.large_string()), extra]).take(pa.array(index))
-
-
-def value_parts(column: Column) -> list[pa.Array | str]:
-    """`value_json(column)` as parts for `join` (text alone quoted by the constants around
-    it, when every value is text and present)."""
-    if column.kinds is None:
-        return json_parts(column.text)
-    return [value_json(column)]
-
-
-def value_json(column: Column) -> pa.Array:
-    """Each value as the audit's json.dumps writes it (text quoted, numbers as they are)."""
-    if column.kinds is None:
-        return json_strings(column.text)
-    literal = column.kinds != Kind.TEXT
-    raw = pc.fill_null(column.text, NULL)
-    if literal.all():
-        return raw
-    quoted = json_strings(column.text)
-    if not literal.any():
-        return quoted
-    n = len(column)
-    index = np.where(literal, n + np.arange(n), np.arange(n))
-    both = pa.concat_arrays([quoted.cast(pa.large_string()), raw.cast(pa.large_string())])
-    return both.take(pa.array(index))
 
 
 def _json_of(value: str | Sequence[str]) -> pa.Array | str:

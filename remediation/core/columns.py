@@ -431,17 +431,31 @@ def _key(columns: Mapping[str, Column], key: str, length: int) -> Column:
 
 
 def key_orders(batch: Batch) -> KeyOrders:
-    """Each row's keys: its own order, or the columns' order of the keys it has."""
+    """Each row's keys: its own order, or the columns' order of the keys it has. A row's
+    presence across the columns is one pattern (a bit per column, up to 63 columns in one
+    number); the few distinct patterns a batch has are made orders once each, coded in the
+    order rows first show them."""
     if batch.order is not None:
         return batch.order
-    payload = [k for k, c in batch.payload.items()]
-    extra = [k for k, c in batch.extra.items()]
-    present_p = {k: batch.payload[k].present() for k in payload}
-    present_e = {k: batch.extra[k].present() for k in extra}
-    return KeyOrders.of(
-        (
-            tuple(k for k in payload if present_p[k][i]),
-            tuple(k for k in extra if present_e[k][i]),
+    columns = [*batch.payload.values(), *batch.extra.values()]
+    if not columns:
+        return KeyOrders.same(((), ()), len(batch))
+    present = np.column_stack([column.present() for column in columns])
+    if len(columns) < 64:
+        bits = np.left_shift(np.int64(1), np.arange(len(columns), dtype=np.int64))
+        _, first, of_row = np.unique(present @ bits, return_index=True, return_inverse=True)
+    else:
+        _, first, of_row = np.unique(present, axis=0, return_index=True, return_inverse=True)
+    by_first = np.argsort(first, kind="stable")
+    code = np.empty(len(first), np.int32)
+    code[by_first] = np.arange(len(first), dtype=np.int32)
+    payload, extra = list(batch.payload), list(batch.extra)
+    distinct = []
+    for pattern in present[first[by_first]].tolist():
+        distinct.append(
+            (
+                tuple(k for k, there in zip(payload, pattern, strict=False) if there),
+                tuple(k for k, there in zip(extra, pattern[len(payload) :], strict=True) if there),
+            )
         )
-        for i in range(len(batch))
-    )
+    return KeyOrders(distinct, code[of_row.reshape(-1)])

@@ -44,7 +44,8 @@ class RecordOut:
         if self.sinks.audit_file is not None:
             self.audit.write(decided, written, identifiers, self.sinks.audit_file)
         if self.sinks.on_audit is not None:
-            self.sinks.on_audit(*audit_records(decided, self.source, written, identifiers))
+            keys = self.sinks.customer_keys
+            self.sinks.on_audit(*audit_records(decided, self.source, written, identifiers, keys))
         count(decided, tally)
 
     def _counting_only(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -89,10 +89,9 @@ def execute_run(
         run_id = start_run(
             ctx.engine, request.run_key, request.trigger, request.source, request.generation
         )
-    customer_keys = {m.event_name: m.customer_key for m in ctx.meters}
     with (
         tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp,
-        _AuditWriter(ctx.engine, run_id, customer_keys, stages) as audit,
+        _AuditWriter(ctx.engine, run_id, stages) as audit,
     ):
         with stages.timing(Stage.REMEDIATE):
             result = remediate(
@@ -133,11 +132,8 @@ class _AuditWriter:
     """Takes the engine's audit records as it hands them over: corrections are staged
     (`AuditStage`, loaded sorted by `finish`), quarantined rows inserted in batches."""
 
-    def __init__(
-        self, engine: Engine, run_id: int, customer_keys: Mapping[str, str], stages: Stages
-    ) -> None:
+    def __init__(self, engine: Engine, run_id: int, stages: Stages) -> None:
         self.engine, self.run_id, self.stages = engine, run_id, stages
-        self.customer_keys = customer_keys  # event name -> the meter's customer key
         self.quarantined: list[tuple[Any, ...]] = []  # QUARANTINE_COLUMNS
         # Where the database stage's time went (seconds; logged with the run beside `stages`):
         # corrections staged as they come, loaded sorted at the end; quarantined rows inserted.
@@ -162,16 +158,9 @@ class _AuditWriter:
             self._flush_quarantined()
 
     def _quarantined(self, quarantined: Quarantined, now: datetime) -> tuple[Any, ...]:
-        """The row in full (as the quarantine file holds it), with its meter (event name) and
-        customer (the payload value under the meter's customer key) copied out: a tuple of
-        `QUARANTINE_COLUMNS`."""
-        row = quarantined.record
-        meter = _text(row.get("event_name"))
-        payload = row.get("payload")
-        customer = None
-        if isinstance(payload, Mapping):
-            key = self.customer_keys.get(meter or "", "stripe_customer_id")
-            customer = _text(payload.get(key))
+        """The row in full (JSON text, as the quarantine file holds it), with its meter (event
+        name) and customer copied out by the engine: a tuple of `QUARANTINE_COLUMNS`."""
+        meter, customer = quarantined.meter, quarantined.customer
         return (
             self.run_id,
             quarantined.source,
@@ -181,7 +170,7 @@ class _AuditWriter:
             quarantined.reason,
             None if meter is None else meter[:255],
             None if customer is None else customer[:255],
-            row,
+            quarantined.record,
             now,
         )
 
@@ -233,10 +222,6 @@ def _upload_while_loading(
             uploaded = [_upload(ctx, request, output) for output in outputs]
         stages.add(Stage.DATABASE, loading.result())
     return uploaded
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 def _upload(ctx: RunContext, request: RunRequest, output: PlannedOutput) -> dict[str, Any]:

@@ -3,6 +3,7 @@ ORM insert writes: the same text, JSON (non-ASCII, nesting, nulls) and timestamp
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,9 @@ from service.models import CorrectionAudit, QuarantinedRow, RemediationRun, RunT
 from service.models._types import table_of
 
 WHEN = datetime(2026, 11, 30, 12, 34, 56, 789012, tzinfo=UTC)
+
+
+COLUMNS = store.QUARANTINE_COLUMNS
 
 
 def _quarantined(run_id: int, index: int) -> dict[str, Any]:
@@ -127,30 +131,38 @@ def test_bulk_rows_in_statements_of_many_rows_keep_every_value_in_order(
 
 def test_quarantined_rows_as_tuples_read_back_as_orm_rows(db_url: str) -> None:
     """`insert_quarantined` takes tuples of `QUARANTINE_COLUMNS`, a batch sharing one
-    timestamp object: every row reads back as an ORM insert of the same values, rows with
-    their own timestamp and record keep theirs."""
+    timestamp object, each record as JSON text (the engine writes it): every row reads back
+    as an ORM insert of the same values, rows with their own timestamp and record keep
+    theirs, and a record's text is stored as it came (compact, not ASCII-escaped)."""
     engine = make_engine(db_url)
     try:
         run_id = _run(engine, "k")
         later = datetime(2026, 12, 1, 1, 2, 3, 4, tzinfo=UTC)
         dicts = [_quarantined(run_id, i) for i in range(5)]
         dicts[3] |= {"created_at": later, "record": {"other": True}, "customer": "cus_1"}
-        dicts[4] |= {"record": {**dicts[4]["record"]}}  # equal, not the same object
         with engine.begin() as connection:  # row 0 the ORM's way
             connection.execute(insert(QuarantinedRow), [dicts[0]])
+        texts = [json.dumps(row["record"]) for row in dicts]  # as the ORM encodes it
+        texts[4] = json.dumps(dicts[4]["record"], ensure_ascii=False, separators=(",", ":"))
         store.insert_quarantined(
-            engine, [tuple(row[name] for name in store.QUARANTINE_COLUMNS) for row in dicts[1:]]
+            engine,
+            [
+                tuple(texts[i] if name == "record" else dicts[i][name] for name in COLUMNS)
+                for i in range(1, 5)
+            ],
         )
         with engine.connect() as connection:
             stored = connection.execute(
                 text(
-                    "SELECT created_at, record, reason, customer, row_number, identifier"
-                    " FROM quarantined_rows ORDER BY id"
+                    "SELECT created_at, CAST(record AS TEXT), reason, customer, row_number,"
+                    " identifier FROM quarantined_rows ORDER BY id"
                 )
             ).all()
         assert [row[4:] for row in stored] == [(i, f"q{i}") for i in range(5)]
-        assert stored[1][:4] == stored[0][:4] == stored[2][:4] == stored[4][:4]
+        assert stored[1][:4] == stored[0][:4] == stored[2][:4]
         assert stored[3][2] == stored[0][2] and stored[3][:4] != stored[0][:4]
+        assert [row[1] for row in stored] == texts
+        assert '"ü":[1,null]' in texts[4]
         with Session(engine) as session:
             held = session.scalars(select(QuarantinedRow).order_by(QuarantinedRow.id)).all()
         assert [row.record for row in held] == [row["record"] for row in dicts]
@@ -169,7 +181,8 @@ def test_quarantined_rows_of_a_run_that_does_not_exist_are_refused(db_url: str) 
         missing = run_id + 1000
 
         def row(run: int) -> tuple[Any, ...]:
-            return tuple(_quarantined(run, 1)[name] for name in store.QUARANTINE_COLUMNS)
+            found = _quarantined(run, 1) | {"record": "{}"}
+            return tuple(found[name] for name in COLUMNS)
 
         with pytest.raises(LookupError, match=f"run {missing} does not exist: quarantined rows"):
             store.insert_quarantined(engine, [row(missing)])

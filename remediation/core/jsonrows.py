@@ -1,0 +1,148 @@
+"""Rows as JSON objects, built on columns: the text `json.dumps(writers.record_object(record),
+ensure_ascii=False, separators=(",", ":"))` gives for each row, byte for byte.
+
+The identifier, timestamp and event name when present, the payload, then the other keys, each
+object's keys in the row's own order (`Batch.order`; a CSV row's keys follow its columns).
+Rows sharing a layout (which keys, in which order) are joined element-wise by Arrow, one
+layout at a time, then put back in row order. A batch holding a value whose JSON text is not
+its column text (an object or array, a float that is not finite) is not `plain`: its rows are
+written record by record. What uses it: the JSON Lines writer (corrected and quarantined
+lines) and the quarantined rows the service stores (`audit.audit_records`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.core.columns import Batch, Column, Kind, key_orders
+from remediation.core.text import join, json_parts, json_strings, json_text, take_parts
+from remediation.records import MFX_PREFIX
+
+NULL = "null"
+_NOT_FINITE = ("inf", "-inf", "nan")  # repr of a float json.dumps spells otherwise
+_CORE = ("identifier", "timestamp", "event_name")
+_OBJECT_KEYS = frozenset((*_CORE, "payload"))  # `record_object` writes these first
+
+
+def row_texts(
+    batch: Batch,
+    identifiers: pa.Array,
+    notes: Sequence[tuple[str, pa.Array]] = (),
+    end: str = "",
+) -> pa.Array:
+    """Each row of a `plain` batch as its JSON object, written under `identifiers`, closed by
+    `notes` (keys, and their values as JSON texts: a quarantined row's code and reason) and
+    `end` (a large_string array, in row order)."""
+    n = len(batch)
+    cores = {
+        "identifier": Column(identifiers),
+        "timestamp": batch.timestamp,
+        "event_name": batch.event_name,
+    }
+    present = {name: column.present() for name, column in cores.items()}
+    orders = key_orders(batch)
+    # A row's layout as one number: its key order's code, then a bit per core field.
+    layout = orders.codes.astype(np.int64) << len(_CORE)
+    for bit, name in enumerate(_CORE):
+        layout |= present[name].astype(np.int64) << bit
+    kinds, of_row = np.unique(layout, return_inverse=True)
+    encoded: dict[tuple[str, str], list[pa.Array | str]] = {}
+
+    def values(group: str, key: str, column: Column, at: pa.Array) -> list[pa.Array | str]:
+        found = encoded.get((group, key))
+        if found is None:
+            found = encoded[(group, key)] = value_parts(column)  # absent rows: "null"
+        return take_parts(found, at)
+
+    pieces, rows = [], []
+    for at_kind, kind in enumerate(kinds.tolist()):
+        has = tuple(bool(kind >> bit & 1) for bit in range(len(_CORE)))
+        payload_keys, extra_keys = orders.distinct[kind >> len(_CORE)]
+        members = np.flatnonzero(of_row.reshape(-1) == at_kind)
+        at = pa.array(members)
+        parts: list[pa.Array | str] = ["{"]
+        for name, there in zip(_CORE, has, strict=True):
+            if there:
+                parts += [_key(name), *values("", name, cores[name], at), ","]
+        parts.append('"payload":{')
+        for key in payload_keys:
+            parts += [_key(key), *values("p", key, batch.payload[key], at), ","]
+        if payload_keys:
+            parts.pop()
+        parts.append("}")
+        for key in extra_keys:
+            if not key.startswith(MFX_PREFIX):
+                parts += [",", _key(key), *values("e", key, batch.extra[key], at)]
+        for key, texts in notes:
+            parts += [",", _key(key), texts.take(at)]
+        parts.append("}" + end)
+        pieces.append(join(parts, len(members)))
+        rows.append(members)
+    if not pieces:
+        return pa.array([], pa.large_string())
+    every = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
+    if len(pieces) > 1:
+        position = np.empty(n, np.int64)
+        position[np.concatenate(rows)] = np.arange(n, dtype=np.int64)
+        every = every.take(pa.array(position))
+    return every
+
+
+def _key(key: str) -> str:
+    """A key as JSON, with its colon."""
+    return json_text(key) + ":"
+
+
+def plain(batch: Batch) -> bool:
+    """Every value's JSON text is its column text or its quoted string (no object or array,
+    no float json.dumps spells its own way), and no other key takes the name of one
+    `record_object` writes first (a CSV column named `payload`): `row_texts` writes it."""
+    if any(key in _OBJECT_KEYS for key in batch.extra):
+        return False
+    columns: Sequence[Column] = [
+        batch.timestamp,
+        batch.event_name,
+        *batch.payload.values(),
+        *batch.extra.values(),
+    ]
+    for column in columns:
+        kinds = column.kinds
+        if kinds is None:
+            continue
+        if (kinds == Kind.JSON).any():
+            return False
+        floats = np.flatnonzero(kinds == Kind.FLOAT)
+        if len(floats) and any(
+            t in _NOT_FINITE for t in column.text.take(pa.array(floats)).to_pylist()
+        ):
+            return False
+    return True
+
+
+def value_parts(column: Column) -> list[pa.Array | str]:
+    """`value_json(column)` as parts for `join` (text alone quoted by the constants around
+    it, when every value is text and present)."""
+    if column.kinds is None:
+        return json_parts(column.text)
+    return [value_json(column)]
+
+
+def value_json(column: Column) -> pa.Array:
+    """Each value as json.dumps writes it (text quoted, numbers as they are)."""
+    if column.kinds is None:
+        return json_strings(column.text)
+    literal = column.kinds != Kind.TEXT
+    raw = pc.fill_null(column.text, NULL)
+    if literal.all():
+        return raw
+    quoted = json_strings(column.text)
+    if not literal.any():
+        return quoted
+    n = len(column)
+    index = np.where(literal, n + np.arange(n), np.arange(n))
+    both = pa.concat_arrays([quoted.cast(pa.large_string()), raw.cast(pa.large_string())])
+    return both.take(pa.array(index))
