@@ -36,9 +36,9 @@ from service.config import Settings
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.runs import (
     AuditStage,
+    QuarantineStage,
     finish_run,
     finished_run,
-    insert_quarantined,
     start_run,
 )
 from service.logs import log_event
@@ -46,9 +46,8 @@ from service.models import OutputKind, RemediationRun, RunTrigger
 from service.models._types import utcnow
 from service.notify.runs import alert_for_run
 
-# Quarantined rows per insert transaction (they are held in memory until then, in full).
-# Corrections are staged as they come and loaded sorted at the end (AuditStage).
-QUARANTINE_BATCH = 20_000
+# The parts of a run's database stage (`_AuditWriter.parts`, logged as `database_parts`).
+PARTS = ("audit_staging", "audit_load", "quarantine_staging", "quarantine_load")
 
 
 @dataclass(frozen=True)
@@ -129,17 +128,17 @@ def execute_run(
 
 
 class _AuditWriter:
-    """Takes the engine's audit records as it hands them over: corrections are staged
-    (`AuditStage`, loaded sorted by `finish`), quarantined rows inserted in batches."""
+    """Takes the engine's audit records as it hands them over: corrections and quarantined
+    rows are staged (`AuditStage`, `QuarantineStage`) and loaded sorted by `finish`."""
 
     def __init__(self, engine: Engine, run_id: int, stages: Stages) -> None:
         self.engine, self.run_id, self.stages = engine, run_id, stages
-        self.quarantined: list[tuple[Any, ...]] = []  # QUARANTINE_COLUMNS
         # Where the database stage's time went (seconds; logged with the run beside `stages`):
-        # corrections staged as they come, loaded sorted at the end; quarantined rows inserted.
-        self.seconds = dict.fromkeys(("audit_staging", "audit_load", "quarantined_rows"), 0.0)
+        # rows staged as they come, loaded sorted at the end.
+        self.seconds = dict.fromkeys(PARTS, 0.0)
         with stages.timing(Stage.DATABASE):
             self.stage = AuditStage(engine, run_id)
+            self.quarantine = QuarantineStage(engine, run_id)
 
     def __enter__(self) -> _AuditWriter:
         return self
@@ -147,15 +146,16 @@ class _AuditWriter:
     def __exit__(self, *exc: object) -> None:
         with self.stages.timing(Stage.DATABASE):
             self.stage.close()
+            self.quarantine.close()
 
     def add(self, corrections: Sequence[CorrectionRow], quarantined: Sequence[Quarantined]) -> None:
         with self.stages.timing(Stage.DATABASE), self._timing("audit_staging"):
             self.stage.add(corrections)
         if quarantined:
             now = utcnow()  # one per batch: the database encodes it once (`db._encoded`)
-            self.quarantined += [self._quarantined(row, now) for row in quarantined]
-        if len(self.quarantined) >= QUARANTINE_BATCH:
-            self._flush_quarantined()
+            rows = [self._quarantined(row, now) for row in quarantined]
+            with self.stages.timing(Stage.DATABASE), self._timing("quarantine_staging"):
+                self.quarantine.add(rows)
 
     def _quarantined(self, quarantined: Quarantined, now: datetime) -> tuple[Any, ...]:
         """The row in full (JSON text, as the quarantine file holds it), with its meter (event
@@ -174,18 +174,12 @@ class _AuditWriter:
             now,
         )
 
-    def _flush_quarantined(self) -> None:
-        with self.stages.timing(Stage.DATABASE), self._timing("quarantined_rows"):
-            insert_quarantined(self.engine, self.quarantined)
-        self.quarantined = []
-
     def finish(self) -> float:
-        """The last quarantined rows, then every correction, into their tables; the seconds
-        that took (timed here, not in `stages`: it runs beside the uploads)."""
+        """The quarantined rows, then the corrections, into their tables; the seconds that
+        took (timed here, not in `stages`: it runs beside the uploads)."""
         start = time.perf_counter()
-        with self._timing("quarantined_rows"):
-            insert_quarantined(self.engine, self.quarantined)
-        self.quarantined = []
+        with self._timing("quarantine_load"):
+            self.quarantine.load()
         with self._timing("audit_load"):
             self.stage.load()
         return time.perf_counter() - start
@@ -211,11 +205,12 @@ def _upload_while_loading(
     audit: _AuditWriter,
     stages: Stages,
 ) -> list[dict[str, Any]]:
-    """The outputs to the bucket while the run's audit goes into the database, on a thread of
-    its own: the load (~5 s for 900,000 corrections, sorting and indexing in the database)
-    and the uploads (~4 s of network) wait on different things. Either failing fails the run,
-    after both have ended (the connection the load uses is closed only then); a redo starts
-    the run again (its audit rows replaced, identical objects not uploaded twice)."""
+    """The outputs to the bucket while the run's audit and quarantined rows go into the
+    database, on a thread of its own: the loads (~5 s for 900,000 corrections, sorting and
+    indexing in the database) and the uploads (~4 s of network) wait on different things.
+    Either failing fails the run, after both have ended (the connections the loads use are
+    closed only then); a redo starts the run again (its audit and quarantined rows replaced,
+    identical objects not uploaded twice)."""
     with ThreadPoolExecutor(1, "meterfix-audit-load") as pool:  # its exit waits for the load
         loading = pool.submit(audit.finish)
         with stages.timing(Stage.UPLOAD):

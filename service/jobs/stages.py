@@ -4,8 +4,9 @@ Logged with the run (`remediation.run_done`, field `stages`, seconds) so an oper
 run was slow, and read by bench/service_path.py. Stages nest: the audit rows the engine hands
 over while it runs are written to the database inside the remediation stage, and that time
 counts as database time only. The run's audit is loaded while its outputs are uploaded (on a
-thread of its own, `add`): both count in full. The database stage's parts (corrections staged,
-their load, quarantined rows) are logged beside the stages (`database_parts`, `jobs/runs.py`).
+thread of its own, `add`): both count in full. The database stage's parts (corrections and
+quarantined rows staged, and their loads) are logged beside the stages (`database_parts`,
+`jobs/runs.py`).
 """
 
 from __future__ import annotations

@@ -42,6 +42,12 @@ def _quarantined(run_id: int, index: int) -> dict[str, Any]:
     }
 
 
+def _insert_quarantined(engine: Any, run_id: int, rows: list[tuple[Any, ...]]) -> None:
+    with store.QuarantineStage(engine, run_id) as stage:
+        stage.add(rows)
+        stage.load()
+
+
 def _correction(run_id: int, index: int) -> dict[str, Any]:
     return {
         "run_id": run_id,
@@ -130,7 +136,7 @@ def test_bulk_rows_in_statements_of_many_rows_keep_every_value_in_order(
 
 
 def test_quarantined_rows_as_tuples_read_back_as_orm_rows(db_url: str) -> None:
-    """`insert_quarantined` takes tuples of `QUARANTINE_COLUMNS`, a batch sharing one
+    """`QuarantineStage` takes tuples of `QUARANTINE_COLUMNS`, a batch sharing one
     timestamp object, each record as JSON text (the engine writes it): every row reads back
     as an ORM insert of the same values, rows with their own timestamp and record keep
     theirs, and a record's text is stored as it came (compact, not ASCII-escaped)."""
@@ -144,8 +150,9 @@ def test_quarantined_rows_as_tuples_read_back_as_orm_rows(db_url: str) -> None:
             connection.execute(insert(QuarantinedRow), [dicts[0]])
         texts = [json.dumps(row["record"]) for row in dicts]  # as the ORM encodes it
         texts[4] = json.dumps(dicts[4]["record"], ensure_ascii=False, separators=(",", ":"))
-        store.insert_quarantined(
+        _insert_quarantined(
             engine,
+            run_id,
             [
                 tuple(texts[i] if name == "record" else dicts[i][name] for name in COLUMNS)
                 for i in range(1, 5)
@@ -173,8 +180,8 @@ def test_quarantined_rows_as_tuples_read_back_as_orm_rows(db_url: str) -> None:
 
 
 def test_quarantined_rows_of_a_run_that_does_not_exist_are_refused(db_url: str) -> None:
-    """The check that replaced the foreign key (once per insert, not once per row); rows of
-    two runs in one insert are refused too (the check covers one run)."""
+    """The check that replaced the foreign key (once per load transaction, not once per row);
+    a row of another run is refused as it is staged (the check covers the stage's run)."""
     engine = make_engine(db_url)
     try:
         run_id = _run(engine, "k")
@@ -185,10 +192,12 @@ def test_quarantined_rows_of_a_run_that_does_not_exist_are_refused(db_url: str) 
             return tuple(found[name] for name in COLUMNS)
 
         with pytest.raises(LookupError, match=f"run {missing} does not exist: quarantined rows"):
-            store.insert_quarantined(engine, [row(missing)])
-        with pytest.raises(ValueError, match="one run at a time"):
-            store.insert_quarantined(engine, [row(run_id), row(missing)])
-        store.insert_quarantined(engine, [row(run_id)])
+            _insert_quarantined(engine, missing, [row(missing)])
+        with store.QuarantineStage(engine, run_id) as stage:
+            with pytest.raises(ValueError, match=f"rows of run {run_id} only"):
+                stage.add([row(run_id), row(missing)])
+            assert stage.load() == 0
+        _insert_quarantined(engine, run_id, [row(run_id)])
         with engine.connect() as connection:
             held = connection.execute(text("SELECT run_id FROM quarantined_rows")).all()
         assert [tuple(r) for r in held] == [(run_id,)]
@@ -409,5 +418,56 @@ def test_corrections_writing_finds_identifiers_of_any_spelling(db_url: str) -> N
         traced = parents(engine, [*unwritable, *decoys, *tricky])
         assert traced == {new: Parent(f"old{n}", "c", 1) for n, new in enumerate(tricky, start=1)}
         assert parents(engine, unwritable) == {}
+    finally:
+        engine.dispose()
+
+
+def test_quarantine_stage_loads_every_row_sorted_by_identifier(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quarantined rows handed over in file order, over several staged batches, land in
+    quarantined_rows sorted by identifier (their ids in that order), rows under one
+    identifier in arrival order, every value as given (the record's text as it came); across
+    several load transactions (SQLite). Nothing is in the table before the load."""
+    monkeypatch.setattr(store, "LOAD_CHUNK", 3)
+    engine = make_engine(db_url)
+    try:
+        run_id = _run(engine, "k")
+        names = ["m7", "b2", None, "z1", "b2", "a9", "c3", "m7", "é5"]
+        rows = [
+            tuple(
+                (_quarantined(run_id, n) | {"identifier": name, "record": f'{{"n":{n},"é":"ü"}}'})[
+                    column
+                ]
+                for column in COLUMNS
+            )
+            for n, name in enumerate(names, start=1)
+        ]
+        with store.QuarantineStage(engine, run_id) as stage:
+            stage.add(rows[:4])
+            stage.add([])
+            stage.add(rows[4:])
+            with engine.connect() as connection:
+                assert connection.execute(text("SELECT * FROM quarantined_rows")).all() == []
+            assert stage.load() == len(rows)
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text(
+                    "SELECT identifier, row_number, CAST(record AS TEXT), run_id, reason"
+                    " FROM quarantined_rows ORDER BY id"
+                )
+            ).all()
+        named = [row[:2] for row in stored if row[0] is not None]  # NULL: first or last
+        assert named == sorted((name, n) for n, name in enumerate(names, start=1) if name)
+        assert [row[1] for row in stored if row[0] is None] == [3]
+        assert {row[2] for row in stored} == {f'{{"n":{n},"é":"ü"}}' for n in range(1, 10)}
+        assert {row[3:] for row in stored} == {(run_id, 'value "1,2" is not a number\ttab')}
+        with Session(engine) as session:
+            held = session.scalars(select(QuarantinedRow).order_by(QuarantinedRow.id)).all()
+        assert [row.record for row in held if row.identifier == "b2"] == [
+            {"n": 2, "é": "ü"},
+            {"n": 5, "é": "ü"},
+        ]
+        assert {row.created_at.replace(tzinfo=UTC) for row in held} == {WHEN}
     finally:
         engine.dispose()

@@ -138,10 +138,10 @@ def test_a_run_logs_where_its_time_went(service: Service, caplog: pytest.LogCapt
     stages = done[0]["stages"]
     assert set(stages) == {"download", "lineage", "remediate", "upload", "database"}
     assert all(isinstance(seconds, float) and seconds > 0 for seconds in stages.values())
-    # The database stage's parts: the corrections staged and loaded, the quarantined row
-    # inserted (the run's row and outputs are the rest).
+    # The database stage's parts: the corrections and the quarantined row staged and loaded
+    # (the run's row and outputs are the rest).
     parts = done[0]["database_parts"]
-    assert set(parts) == {"audit_staging", "audit_load", "quarantined_rows"}
+    assert set(parts) == {"audit_staging", "audit_load", "quarantine_staging", "quarantine_load"}
     assert done[0]["corrected"] > 0 and done[0]["quarantined"] > 0
     assert all(isinstance(seconds, float) and seconds > 0 for seconds in parts.values())
     assert sum(parts.values()) <= stages["database"] + 0.001  # the stage rounded to 1 ms

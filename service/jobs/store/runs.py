@@ -272,134 +272,8 @@ AUDIT_COLUMNS = (
 
 # What is staged per correction: the run's id is written once, at the load.
 STAGED_COLUMNS = AUDIT_COLUMNS[1:]
-STAGE_NAME = "mfx_audit_stage"
-SORTED_NAME = "mfx_audit_sorted"
-# Rows per load transaction on SQLite (each holds the write lock while webhooks wait: ~0.2 s).
-LOAD_CHUNK = 100_000
-# Helper threads SQLite's sorter may use to sort the staged rows (`PRAGMA threads`; 0 by
-# default): 900,000 corrections were loaded in 2.8-3.4 s with none, 2.3-2.7 s with 1-4.
-SORT_THREADS = 2
 
-
-class AuditStage:
-    """A run's corrections, staged as the engine hands them over and loaded into
-    `correction_audit` in identifier order when the run is done.
-
-    Staged in a temporary table on one connection held for the run: private to it, no index,
-    no lock on the database (SQLite keeps it in its temp store, PostgreSQL in session memory
-    spilling to disk), so memory stays flat however many rows a run corrects. Loaded sorted by
-    identifier (then by arrival, so a row's corrections keep their order): inserted in arrival
-    order, the identifiers are random and every batch dirties pages all over the two
-    identifier indexes, each page written to the WAL again at every commit (900,000
-    corrections: 20 s on SQLite in transactions of 20,000, 12 s on PostgreSQL); sorted, each
-    index page is written about once (~4 s and ~6 s, bench/service_path.py; on PostgreSQL
-    the identifiers sort byte by byte, as the table's columns do: COLLATE "C"). SQLite loads in
-    transactions of `LOAD_CHUNK` rows of a sorted copy; PostgreSQL in one statement. Ids
-    follow identifier order within a run; `row_number` keeps the file's order.
-
-    The table has no foreign key on run_id (migration 0004): `load` checks once that the run
-    exists, in the transaction that writes its rows."""
-
-    def __init__(self, engine: Engine, run_id: int) -> None:
-        self.run_id = run_id
-        self.connection = engine.connect()
-        self.postgres = self.connection.dialect.name == "postgresql"
-        self.staged = 0
-        quote = self.connection.dialect.identifier_preparer.quote
-        self.listed = ", ".join(quote(name) for name in STAGED_COLUMNS)
-        types = _STAGE_TYPES | ({"identifier": 'TEXT COLLATE "C"'} if self.postgres else {})
-        typed = ", ".join(f"{quote(name)} {types[name]}" for name in STAGED_COLUMNS)
-        with self.connection.begin():
-            self._drop()
-            self.connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {STAGE_NAME} ({typed})")
-        columns = (Column(name, AUDIT.c[name].type) for name in STAGED_COLUMNS)
-        self.table = Table(STAGE_NAME, MetaData(), *columns)
-
-    def __enter__(self) -> AuditStage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def add(self, corrections: Sequence[tuple[Any, ...]]) -> None:
-        """Stage corrections: tuples of `STAGED_COLUMNS` (`remediation.outcomes.CorrectionRow`)."""
-        if not corrections:
-            return
-        with self.connection.begin():
-            if self.postgres:
-                self._copy_binary(corrections)
-            else:
-                bulk_load_rows(self.connection, self.table, STAGED_COLUMNS, corrections)
-        self.staged += len(corrections)
-
-    def _copy_binary(self, corrections: Sequence[tuple[Any, ...]]) -> None:
-        """COPY in PostgreSQL's binary format: no text escaping on either side."""
-        driver: Any = self.connection.connection.driver_connection
-        statement = f"COPY {STAGE_NAME} ({self.listed}) FROM STDIN (FORMAT BINARY)"
-        with driver.cursor() as cursor, cursor.copy(statement) as copy:
-            copy.set_types([_BINARY_TYPES[name] for name in STAGED_COLUMNS])
-            for correction in corrections:
-                copy.write_row(correction)
-
-    def load(self) -> int:
-        """Insert the staged rows into `correction_audit`, sorted; the number inserted."""
-        if not self.staged:
-            return 0
-        # Arrival order: the stage is only appended to, so its rows' physical places follow it.
-        order = "ctid" if self.postgres else "rowid"
-        if self.postgres:
-            with self.connection.begin():
-                _check_run(self.connection, self.run_id, "audit")
-                self.connection.exec_driver_sql(
-                    f"INSERT INTO correction_audit (run_id, {self.listed}) "
-                    f"SELECT %(run)s, {self.listed} FROM {STAGE_NAME} ORDER BY identifier, {order}",
-                    {"run": self.run_id},
-                )
-            return self.staged
-        with self.connection.begin():
-            # the connection is the stage's own, and closed with it (`close`)
-            self.connection.exec_driver_sql(f"PRAGMA threads={SORT_THREADS}")
-            self.connection.exec_driver_sql(
-                f"CREATE TEMPORARY TABLE {SORTED_NAME} AS SELECT {self.listed} "
-                f"FROM {STAGE_NAME} ORDER BY identifier, {order}"
-            )
-        for low in range(0, self.staged, LOAD_CHUNK):
-            with self.connection.begin():
-                _check_run(self.connection, self.run_id, "audit")
-                self.connection.exec_driver_sql(
-                    f"INSERT INTO main.correction_audit (run_id, {self.listed}) "
-                    f"SELECT ?, {self.listed} FROM temp.{SORTED_NAME} "
-                    "WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
-                    (self.run_id, low, low + LOAD_CHUNK),
-                )
-        return self.staged
-
-    def close(self) -> None:
-        """Drop the staging tables with the connection: closed, not handed back to the pool
-        (dropping a large temporary table page by page took SQLite most of a second; a
-        closed connection takes them along at once, on both databases)."""
-        self.connection.invalidate()
-        self.connection.close()
-
-    def _drop(self) -> None:
-        for name in (STAGE_NAME, SORTED_NAME):
-            self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
-
-
-def _check_run(connection: Connection, run_id: int, what: str) -> None:
-    """What a foreign key did per row, once per transaction: the run exists and cannot go
-    while its rows go in (correction_audit and quarantined_rows have no key on run_id)."""
-    query = select(RUNS.c.id).where(RUNS.c.id == run_id)
-    found = connection.execute(query.with_for_update(key_share=True)).first()
-    if found is None:
-        raise LookupError(f"remediation run {run_id} does not exist: {what} not loaded")
-
-
-_BINARY_TYPES = {name: "int4" if name == "row_number" else "text" for name in STAGED_COLUMNS}
-_STAGE_TYPES = {name: "INTEGER" if name == "row_number" else "TEXT" for name in STAGED_COLUMNS}
-
-
-# A quarantined row as `insert_quarantined` takes it: these columns, in this order (`record`
+# A quarantined row as `QuarantineStage.add` takes it: these columns, in this order (`record`
 # the row in full as JSON text, stored as it is; `created_at` a timestamp; the rest text or
 # numbers).
 QUARANTINE_COLUMNS = (
@@ -415,21 +289,192 @@ QUARANTINE_COLUMNS = (
     "created_at",
 )
 
+# Rows per load transaction on SQLite (each holds the write lock while webhooks wait: ~0.2 s).
+LOAD_CHUNK = 100_000
+# Helper threads SQLite's sorter may use to sort the staged rows (`PRAGMA threads`; 0 by
+# default): 900,000 corrections were loaded in 2.8-3.4 s with none, 2.3-2.7 s with 1-4.
+SORT_THREADS = 2
 
-def insert_quarantined(engine: Engine, quarantined: Sequence[tuple[Any, ...]]) -> None:
-    """Quarantined rows of one run (tuples of `QUARANTINE_COLUMNS`), in bulk: one
-    transaction, COPY on PostgreSQL (see `db.bulk_load_rows`). The records come as JSON text
-    (the engine writes it on columns): 233,000 rows encoded by `json.dumps` took ~1 s."""
-    if not quarantined:
-        return
-    run_ids = {row[0] for row in quarantined}
-    if len(run_ids) != 1:
-        raise ValueError(f"quarantined rows of one run at a time, not of runs {sorted(run_ids)}")
-    with engine.begin() as connection:
-        _check_run(connection, run_ids.pop(), "quarantined rows")
-        bulk_load_rows(
-            connection, QUARANTINED, QUARANTINE_COLUMNS, quarantined, as_stored=("record",)
+
+class _SortedStage:
+    """A run's rows for one table, staged as the engine hands them over and loaded into the
+    table sorted by identifier when the run is done (`AuditStage`, `QuarantineStage`).
+
+    Staged in a temporary table on one connection held for the run: private to it, no index,
+    no lock on the database (SQLite keeps it in its temp store, PostgreSQL in session memory
+    spilling to disk), so memory stays flat however many rows a run writes. Loaded sorted by
+    identifier (then by arrival, so rows under one identifier keep their order): inserted in
+    arrival order, the identifiers are random and every batch dirties pages all over the
+    identifier indexes, each page written to the WAL again at every commit (900,000
+    corrections: 20 s on SQLite in transactions of 20,000, 12 s on PostgreSQL); sorted, each
+    index page is written about once (~4 s and ~6 s, bench/service_path.py; on PostgreSQL
+    the identifiers sort byte by byte, as the tables' columns do: COLLATE "C"). SQLite loads
+    in transactions of `LOAD_CHUNK` rows of a sorted copy; PostgreSQL in one statement. Ids
+    follow identifier order within a run; `row_number` keeps the file's order.
+
+    The tables have no foreign key on run_id (migrations 0004, 0005): `load` checks that the
+    run exists in each transaction that writes its rows."""
+
+    target: str  # the table loaded
+    stage_name: str
+    sorted_name: str
+    what: str  # the rows, as an error names them
+
+    def __init__(self, engine: Engine, run_id: int, columns: Sequence[str]) -> None:
+        self.run_id = run_id
+        self.columns = tuple(columns)  # staged, in the order `add` takes them
+        self.connection = engine.connect()
+        self.postgres = self.connection.dialect.name == "postgresql"
+        self.staged = 0
+        quote = self.connection.dialect.identifier_preparer.quote
+        self.listed = ", ".join(quote(name) for name in self.columns)
+        with self.connection.begin():
+            for name in (self.stage_name, self.sorted_name):
+                self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+            self._create()
+
+    def __enter__(self) -> _SortedStage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create(self) -> None:
+        raise NotImplementedError
+
+    def _stage(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    def add(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Stage rows: tuples of the stage's columns."""
+        if not rows:
+            return
+        with self.connection.begin():
+            self._stage(rows)
+        self.staged += len(rows)
+
+    def load(self) -> int:
+        """Insert the staged rows into the table, sorted; the number inserted."""
+        if not self.staged:
+            return 0
+        # Written with the run's id when it is not staged (the audit's: one value a run).
+        run_first = "run_id" not in self.columns
+        into = f"{'run_id, ' if run_first else ''}{self.listed}"
+        # Arrival order: the stage is only appended to, so its rows' physical places follow it.
+        order = "ctid" if self.postgres else "rowid"
+        if self.postgres:
+            with self.connection.begin():
+                _check_run(self.connection, self.run_id, self.what)
+                self.connection.exec_driver_sql(
+                    f"INSERT INTO {self.target} ({into}) "
+                    f"SELECT {'%(run)s, ' if run_first else ''}{self.listed} "
+                    f"FROM {self.stage_name} ORDER BY identifier, {order}",
+                    {"run": self.run_id},
+                )
+            return self.staged
+        with self.connection.begin():
+            # the connection is the stage's own, and closed with it (`close`)
+            self.connection.exec_driver_sql(f"PRAGMA threads={SORT_THREADS}")
+            self.connection.exec_driver_sql(
+                f"CREATE TEMPORARY TABLE {self.sorted_name} AS SELECT {self.listed} "
+                f"FROM {self.stage_name} ORDER BY identifier, {order}"
+            )
+        run = (self.run_id,) if run_first else ()
+        selected = f"{'?, ' if run_first else ''}{self.listed}"
+        for low in range(0, self.staged, LOAD_CHUNK):
+            with self.connection.begin():
+                _check_run(self.connection, self.run_id, self.what)
+                self.connection.exec_driver_sql(
+                    f"INSERT INTO main.{self.target} ({into}) "
+                    f"SELECT {selected} FROM temp.{self.sorted_name} "
+                    "WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+                    (*run, low, low + LOAD_CHUNK),
+                )
+        return self.staged
+
+    def close(self) -> None:
+        """Drop the staging tables with the connection: closed, not handed back to the pool
+        (dropping a large temporary table page by page took SQLite most of a second; a
+        closed connection takes them along at once, on both databases)."""
+        self.connection.invalidate()
+        self.connection.close()
+
+
+class AuditStage(_SortedStage):
+    """A run's corrections (tuples of `STAGED_COLUMNS`: `remediation.outcomes.CorrectionRow`),
+    loaded into `correction_audit`; staged with PostgreSQL's binary COPY."""
+
+    target, what = "correction_audit", "audit"
+    stage_name, sorted_name = "mfx_audit_stage", "mfx_audit_sorted"
+
+    def __init__(self, engine: Engine, run_id: int) -> None:
+        super().__init__(engine, run_id, STAGED_COLUMNS)
+        columns = (Column(name, AUDIT.c[name].type) for name in STAGED_COLUMNS)
+        self.table = Table(self.stage_name, MetaData(), *columns)
+
+    def _create(self) -> None:
+        quote = self.connection.dialect.identifier_preparer.quote
+        types = _STAGE_TYPES | ({"identifier": 'TEXT COLLATE "C"'} if self.postgres else {})
+        typed = ", ".join(f"{quote(name)} {types[name]}" for name in self.columns)
+        self.connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {self.stage_name} ({typed})")
+
+    def _stage(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        if self.postgres:
+            self._copy_binary(rows)
+        else:
+            bulk_load_rows(self.connection, self.table, STAGED_COLUMNS, rows)
+
+    def _copy_binary(self, corrections: Sequence[tuple[Any, ...]]) -> None:
+        """COPY in PostgreSQL's binary format: no text escaping on either side."""
+        driver: Any = self.connection.connection.driver_connection
+        statement = f"COPY {self.stage_name} ({self.listed}) FROM STDIN (FORMAT BINARY)"
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types([_BINARY_TYPES[name] for name in STAGED_COLUMNS])
+            for correction in corrections:
+                copy.write_row(correction)
+
+
+class QuarantineStage(_SortedStage):
+    """A run's quarantined rows (tuples of `QUARANTINE_COLUMNS`), loaded into
+    `quarantined_rows`: staged in a table shaped as it is (its columns' types, the record as
+    JSON text), COPY on PostgreSQL (`db.bulk_load_rows`). 233,000 of them inserted 20,000 a
+    transaction as they came took SQLite 5.9 s alone, staged and loaded sorted 3.3 s (the
+    identifier index written in order; the customer index stays random); PostgreSQL 7.3 s
+    against 5.1 s. The rows of a run are listed by id, so in identifier order, not the file's
+    (`row_number` keeps it)."""
+
+    target, what = "quarantined_rows", "quarantined rows"
+    stage_name, sorted_name = "mfx_quarantine_stage", "mfx_quarantine_sorted"
+
+    def __init__(self, engine: Engine, run_id: int) -> None:
+        super().__init__(engine, run_id, QUARANTINE_COLUMNS)
+        columns = (Column(name, QUARANTINED.c[name].type) for name in QUARANTINE_COLUMNS)
+        self.table = Table(self.stage_name, MetaData(), *columns)
+
+    def _create(self) -> None:
+        self.connection.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {self.stage_name} AS SELECT {self.listed} "
+            f"FROM {self.target} WHERE 1 = 0"
         )
+
+    def _stage(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        runs = {row[0] for row in rows}
+        if runs != {self.run_id}:
+            raise ValueError(f"rows of run {self.run_id} only, not of runs {sorted(runs)}")
+        bulk_load_rows(self.connection, self.table, self.columns, rows, as_stored=("record",))
+
+
+def _check_run(connection: Connection, run_id: int, what: str) -> None:
+    """What a foreign key did per row, once per transaction: the run exists and cannot go
+    while its rows go in (correction_audit and quarantined_rows have no key on run_id)."""
+    query = select(RUNS.c.id).where(RUNS.c.id == run_id)
+    found = connection.execute(query.with_for_update(key_share=True)).first()
+    if found is None:
+        raise LookupError(f"remediation run {run_id} does not exist: {what} not loaded")
+
+
+_BINARY_TYPES = {name: "int4" if name == "row_number" else "text" for name in STAGED_COLUMNS}
+_STAGE_TYPES = {name: "INTEGER" if name == "row_number" else "TEXT" for name in STAGED_COLUMNS}
 
 
 def finish_run(
