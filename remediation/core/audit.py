@@ -190,7 +190,7 @@ def _quarantined_rows(
     decided: Decided, source: str, customer_keys: Mapping[str, str]
 ) -> list[QuarantinedRow]:
     """The batch's quarantined rows, each with the row in full as JSON text (what a JSON
-    Lines quarantine file holds for it: `jsonrows.row_texts`, or `record_json` per record
+    Lines quarantine file holds for it: `jsonrows.row_texts`, or `_record_json` per record
     when a value is written its own way), its event name, and the value under its meter's
     customer key (`customer_keys`; `stripe_customer_id` for an event name no meter has)."""
     rows = np.flatnonzero(decided.fate == QUARANTINED)
@@ -207,7 +207,7 @@ def _quarantined_rows(
         texts = row_texts(batch, batch.identifier.text, notes).to_pylist()
     else:
         texts = [
-            record_json(record, code, reason)
+            _record_json(record, code, reason)
             for record, code, reason in zip(batch.records(), codes, reasons, strict=True)
         ]
     meters = [value_text(value) for value in batch.event_name.values()]
@@ -227,7 +227,7 @@ def _quarantined_rows(
     ]
 
 
-def record_json(record: UsageRecord, code: str, reason: str) -> str:
+def _record_json(record: UsageRecord, code: str, reason: str) -> str:
     """A quarantined record as JSON text, as a JSON Lines quarantine file holds it."""
     full = {**record_object(record), "mfx_code": code, "mfx_reason": reason}
     return json.dumps(full, ensure_ascii=False, separators=(",", ":"))
@@ -237,13 +237,15 @@ def _customers(
     batch: Batch, meters: Sequence[str | None], customer_keys: Mapping[str, str]
 ) -> list[str | None]:
     """Each row's value under its meter's customer key, as text (None where absent)."""
-    keys = [customer_keys.get(meter or "", DEFAULT_CUSTOMER_KEY) for meter in meters]
+    keys = np.asarray(
+        [customer_keys.get(meter or "", DEFAULT_CUSTOMER_KEY) for meter in meters], dtype=object
+    )
     found: list[str | None] = [None] * len(batch)
-    for key in set(keys):
+    for key in set(keys.tolist()):
         column = batch.payload.get(key)
         if column is None:
             continue
-        at = np.flatnonzero(np.asarray(keys, dtype=object) == key)
+        at = np.flatnonzero(keys == key)
         values = column.take(at).values()
         for i, value in zip(at.tolist(), values, strict=True):
             found[i] = value_text(value)

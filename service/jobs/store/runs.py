@@ -345,6 +345,20 @@ class _SortedStage:
     def _stage(self, rows: Sequence[tuple[Any, ...]]) -> None:
         raise NotImplementedError
 
+    def _copy_binary(self, rows: Sequence[tuple[Any, ...]], types: Sequence[str]) -> None:
+        """COPY in PostgreSQL's binary format (`types`: each column's): no text escaping or
+        formatting of times on either side."""
+        driver: Any = self.connection.connection.driver_connection
+        statement = f"COPY {self.stage_name} ({self.listed}) FROM STDIN (FORMAT BINARY)"
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(list(types))
+            for row in rows:
+                copy.write_row(row)
+
+    def _selected(self) -> str:
+        """The staged columns as the load selects them."""
+        return self.listed
+
     def add(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Stage rows: tuples of the stage's columns."""
         if not rows:
@@ -367,7 +381,7 @@ class _SortedStage:
                 _check_run(self.connection, self.run_id, self.what)
                 self.connection.exec_driver_sql(
                     f"INSERT INTO {self.target} ({into}) "
-                    f"SELECT {'%(run)s, ' if run_first else ''}{self.listed} "
+                    f"SELECT {'%(run)s, ' if run_first else ''}{self._selected()} "
                     f"FROM {self.stage_name} ORDER BY identifier, {order}",
                     {"run": self.run_id},
                 )
@@ -380,7 +394,7 @@ class _SortedStage:
                 f"FROM {self.stage_name} ORDER BY identifier, {order}"
             )
         run = (self.run_id,) if run_first else ()
-        selected = f"{'?, ' if run_first else ''}{self.listed}"
+        selected = f"{'?, ' if run_first else ''}{self._selected()}"
         for low in range(0, self.staged, LOAD_CHUNK):
             with self.connection.begin():
                 _check_run(self.connection, self.run_id, self.what)
@@ -420,28 +434,20 @@ class AuditStage(_SortedStage):
 
     def _stage(self, rows: Sequence[tuple[Any, ...]]) -> None:
         if self.postgres:
-            self._copy_binary(rows)
+            self._copy_binary(rows, [_BINARY_TYPES[name] for name in STAGED_COLUMNS])
         else:
             bulk_load_rows(self.connection, self.table, STAGED_COLUMNS, rows)
-
-    def _copy_binary(self, corrections: Sequence[tuple[Any, ...]]) -> None:
-        """COPY in PostgreSQL's binary format: no text escaping on either side."""
-        driver: Any = self.connection.connection.driver_connection
-        statement = f"COPY {self.stage_name} ({self.listed}) FROM STDIN (FORMAT BINARY)"
-        with driver.cursor() as cursor, cursor.copy(statement) as copy:
-            copy.set_types([_BINARY_TYPES[name] for name in STAGED_COLUMNS])
-            for correction in corrections:
-                copy.write_row(correction)
 
 
 class QuarantineStage(_SortedStage):
     """A run's quarantined rows (tuples of `QUARANTINE_COLUMNS`), loaded into
-    `quarantined_rows`: staged in a table shaped as it is (its columns' types, the record as
-    JSON text), COPY on PostgreSQL (`db.bulk_load_rows`). 233,000 of them inserted 20,000 a
-    transaction as they came took SQLite 5.9 s alone, staged and loaded sorted 3.3 s (the
-    identifier index written in order; the customer index stays random); PostgreSQL 7.3 s
-    against 5.1 s. The rows of a run are listed by id, so in identifier order, not the file's
-    (`row_number` keeps it)."""
+    `quarantined_rows`. SQLite stages them in a table shaped as it is (its columns' types,
+    the record as JSON text: `db.bulk_load_rows`); PostgreSQL with binary COPY, the record
+    as text made JSON by the load (233,000 rows staged with text COPY: 3.0 s in a run).
+    233,000 of them inserted 20,000 a transaction as they came took SQLite 5.9 s alone,
+    staged and loaded sorted 3.3 s (the identifier index written in order; the customer
+    index stays random); PostgreSQL 7.3 s against 5.1 s. The rows of a run are listed by id,
+    so in identifier order, not the file's (`row_number` keeps it)."""
 
     target, what = "quarantined_rows", "quarantined rows"
     stage_name, sorted_name = "mfx_quarantine_stage", "mfx_quarantine_sorted"
@@ -452,16 +458,36 @@ class QuarantineStage(_SortedStage):
         self.table = Table(self.stage_name, MetaData(), *columns)
 
     def _create(self) -> None:
-        self.connection.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE {self.stage_name} AS SELECT {self.listed} "
-            f"FROM {self.target} WHERE 1 = 0"
+        if self.postgres:
+            quote = self.connection.dialect.identifier_preparer.quote
+            typed = ", ".join(
+                f"{quote(name)} {_QUARANTINE_STAGE_TYPES[name]}" for name in self.columns
+            )
+            statement = f"CREATE TEMPORARY TABLE {self.stage_name} ({typed})"
+        else:
+            statement = (
+                f"CREATE TEMPORARY TABLE {self.stage_name} AS SELECT {self.listed} "
+                f"FROM {self.target} WHERE 1 = 0"
+            )
+        self.connection.exec_driver_sql(statement)
+
+    def _selected(self) -> str:
+        if not self.postgres:
+            return self.listed
+        quote = self.connection.dialect.identifier_preparer.quote
+        return ", ".join(
+            f"CAST({quote(name)} AS JSON)" if name == "record" else quote(name)
+            for name in self.columns
         )
 
     def _stage(self, rows: Sequence[tuple[Any, ...]]) -> None:
         runs = {row[0] for row in rows}
         if runs != {self.run_id}:
             raise ValueError(f"rows of run {self.run_id} only, not of runs {sorted(runs)}")
-        bulk_load_rows(self.connection, self.table, self.columns, rows, as_stored=("record",))
+        if self.postgres:
+            self._copy_binary(rows, [_QUARANTINE_BINARY_TYPES[name] for name in self.columns])
+        else:
+            bulk_load_rows(self.connection, self.table, self.columns, rows, as_stored=("record",))
 
 
 def _check_run(connection: Connection, run_id: int, what: str) -> None:
@@ -475,6 +501,17 @@ def _check_run(connection: Connection, run_id: int, what: str) -> None:
 
 _BINARY_TYPES = {name: "int4" if name == "row_number" else "text" for name in STAGED_COLUMNS}
 _STAGE_TYPES = {name: "INTEGER" if name == "row_number" else "TEXT" for name in STAGED_COLUMNS}
+# PostgreSQL's staged quarantined rows: the record as text (a binary COPY of `json` would
+# take a Python object, not its text), made JSON by the load.
+_QUARANTINE_BINARY_TYPES = {name: "text" for name in QUARANTINE_COLUMNS} | {
+    "run_id": "int4",
+    "row_number": "int4",
+    "created_at": "timestamptz",
+}
+_QUARANTINE_STAGE_TYPES = {
+    name: {"int4": "INTEGER", "text": "TEXT", "timestamptz": "TIMESTAMPTZ"}[kind]
+    for name, kind in _QUARANTINE_BINARY_TYPES.items()
+} | {"identifier": 'TEXT COLLATE "C"'}
 
 
 def finish_run(
