@@ -176,7 +176,10 @@ class _AuditWriter:
 
     def finish(self) -> float:
         """The quarantined rows, then the corrections, into their tables; the seconds that
-        took (timed here, not in `stages`: it runs beside the uploads)."""
+        took (timed here, not in `stages`: it runs beside the uploads). One after the other:
+        loaded at the same time (a thread each), beside the uploads on two cores, the
+        database stage of a `varied` run took 14.6 s instead of 12.8 s on SQLite, 16.9 s
+        instead of 14.3 s on PostgreSQL."""
         start = time.perf_counter()
         with self._timing("quarantine_load"):
             self.quarantine.load()

@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from remediation.identifiers import Parent
 from remediation.outcomes import Correction
+from remediation.outcomes import QuarantinedRow as Held
 from service import db
 from service.db import bulk_load, make_engine
 from service.jobs.inputs import parents
@@ -469,5 +470,39 @@ def test_quarantine_stage_loads_every_row_sorted_by_identifier(
             {"n": 5, "é": "ü"},
         ]
         assert {row.created_at.replace(tzinfo=UTC) for row in held} == {WHEN}
+    finally:
+        engine.dispose()
+
+
+def test_a_runs_audit_and_quarantined_rows_both_load_or_fail(db_url: str) -> None:
+    """The service's writer stages a run's corrections and quarantined rows (each stage on a
+    connection of its own) and loads both: both land, each load timed; for a run that is
+    gone, the loads refuse their rows and the failure reaches the caller, nothing stored."""
+    from service.jobs.runs import _AuditWriter
+    from service.jobs.stages import Stages
+
+    engine = make_engine(db_url)
+    try:
+        kept = _run(engine, "k")
+        for run_id in (kept, kept + 1000):
+            correction = ("file_x", 1, f"a{run_id}", f"a{run_id}-mfx1", "c", "r", "f", "1", "2")
+            held = Held("file_x", 2, f"q{run_id}", "c", "m", "why", '{"n":1}', "api", None)
+            with _AuditWriter(engine, run_id, Stages()) as writer:
+                writer.add([correction], [held])
+                if run_id != kept:
+                    with pytest.raises(LookupError, match=f"run {run_id} does not exist"):
+                        writer.finish()
+                    continue
+                assert writer.finish() > 0
+                parts = writer.parts()
+                assert parts["audit_load"] > 0 and parts["quarantine_load"] > 0
+        with Session(engine) as session:
+            audit = session.scalars(select(CorrectionAudit)).all()
+            quarantined = session.scalars(select(QuarantinedRow)).all()
+        stored = [(row.run_id, row.identifier, row.after) for row in audit]
+        assert stored == [(kept, f"a{kept}", "2")]
+        assert [(row.run_id, row.identifier, row.record) for row in quarantined] == [
+            (kept, f"q{kept}", {"n": 1})
+        ]
     finally:
         engine.dispose()
