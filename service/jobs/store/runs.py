@@ -315,14 +315,17 @@ class _SortedStage:
     The tables have no foreign key on run_id (migrations 0004, 0005): `load` checks that the
     run exists in each transaction that writes its rows."""
 
-    target: str  # the table loaded
+    target: Table  # the table loaded
+    columns: tuple[str, ...]  # staged, in the order `add` takes them
     stage_name: str
     sorted_name: str
     what: str  # the rows, as an error names them
 
-    def __init__(self, engine: Engine, run_id: int, columns: Sequence[str]) -> None:
+    def __init__(self, engine: Engine, run_id: int) -> None:
         self.run_id = run_id
-        self.columns = tuple(columns)  # staged, in the order `add` takes them
+        # The stage as SQLAlchemy sees it: the target's columns' types (how values encode).
+        typed = (Column(name, self.target.c[name].type) for name in self.columns)
+        self.table = Table(self.stage_name, MetaData(), *typed)
         self.connection = engine.connect()
         self.postgres = self.connection.dialect.name == "postgresql"
         self.staged = 0
@@ -380,7 +383,7 @@ class _SortedStage:
             with self.connection.begin():
                 _check_run(self.connection, self.run_id, self.what)
                 self.connection.exec_driver_sql(
-                    f"INSERT INTO {self.target} ({into}) "
+                    f"INSERT INTO {self.target.name} ({into}) "
                     f"SELECT {'%(run)s, ' if run_first else ''}{self._selected()} "
                     f"FROM {self.stage_name} ORDER BY identifier, {order}",
                     {"run": self.run_id},
@@ -399,7 +402,7 @@ class _SortedStage:
             with self.connection.begin():
                 _check_run(self.connection, self.run_id, self.what)
                 self.connection.exec_driver_sql(
-                    f"INSERT INTO main.{self.target} ({into}) "
+                    f"INSERT INTO main.{self.target.name} ({into}) "
                     f"SELECT {selected} FROM temp.{self.sorted_name} "
                     "WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
                     (*run, low, low + LOAD_CHUNK),
@@ -418,13 +421,8 @@ class AuditStage(_SortedStage):
     """A run's corrections (tuples of `STAGED_COLUMNS`: `remediation.outcomes.CorrectionRow`),
     loaded into `correction_audit`; staged with PostgreSQL's binary COPY."""
 
-    target, what = "correction_audit", "audit"
+    target, columns, what = AUDIT, STAGED_COLUMNS, "audit"
     stage_name, sorted_name = "mfx_audit_stage", "mfx_audit_sorted"
-
-    def __init__(self, engine: Engine, run_id: int) -> None:
-        super().__init__(engine, run_id, STAGED_COLUMNS)
-        columns = (Column(name, AUDIT.c[name].type) for name in STAGED_COLUMNS)
-        self.table = Table(self.stage_name, MetaData(), *columns)
 
     def _create(self) -> None:
         quote = self.connection.dialect.identifier_preparer.quote
@@ -449,13 +447,8 @@ class QuarantineStage(_SortedStage):
     index stays random); PostgreSQL 7.3 s against 5.1 s. The rows of a run are listed by id,
     so in identifier order, not the file's (`row_number` keeps it)."""
 
-    target, what = "quarantined_rows", "quarantined rows"
+    target, columns, what = QUARANTINED, QUARANTINE_COLUMNS, "quarantined rows"
     stage_name, sorted_name = "mfx_quarantine_stage", "mfx_quarantine_sorted"
-
-    def __init__(self, engine: Engine, run_id: int) -> None:
-        super().__init__(engine, run_id, QUARANTINE_COLUMNS)
-        columns = (Column(name, QUARANTINED.c[name].type) for name in QUARANTINE_COLUMNS)
-        self.table = Table(self.stage_name, MetaData(), *columns)
 
     def _create(self) -> None:
         if self.postgres:
@@ -467,7 +460,7 @@ class QuarantineStage(_SortedStage):
         else:
             statement = (
                 f"CREATE TEMPORARY TABLE {self.stage_name} AS SELECT {self.listed} "
-                f"FROM {self.target} WHERE 1 = 0"
+                f"FROM {self.target.name} WHERE 1 = 0"
             )
         self.connection.exec_driver_sql(statement)
 
