@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from remediation.core.columns import Batch, Column, Indexes, Kind, as_string
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
-from remediation.core.jsonrows import plain, row_texts, value_parts
+from remediation.core.jsonrows import plain, quarantine_notes, row_texts, value_parts
 from remediation.core.text import join, json_parts, json_strings, json_text, take_parts
 from remediation.identifiers import Identifiers
 from remediation.meters import DEFAULT_CUSTOMER_KEY
@@ -200,10 +200,7 @@ def _quarantined_rows(
     codes = [str(code) for code in decided.mfx_code[rows].tolist()]
     reasons = [str(reason) for reason in decided.reason[rows].tolist()]
     if plain(batch):
-        notes = [
-            ("mfx_code", json_strings(pa.array(codes, pa.string()))),
-            ("mfx_reason", json_strings(pa.array(reasons, pa.string()))),
-        ]
+        notes = quarantine_notes(codes, reasons)
         texts = row_texts(batch, batch.identifier.text, notes).to_pylist()
     else:
         texts = [

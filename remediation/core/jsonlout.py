@@ -18,8 +18,8 @@ import pyarrow as pa
 from remediation.core.audit import AuditLines, account, new_identifiers
 from remediation.core.columns import Batch, Indexes
 from remediation.core.decide import QUARANTINED, Decided
-from remediation.core.jsonrows import plain, row_texts
-from remediation.core.text import json_strings, line_bytes
+from remediation.core.jsonrows import plain, quarantine_notes, row_texts
+from remediation.core.text import line_bytes
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
@@ -78,10 +78,7 @@ class JsonlOut:
         batch = decided.batch.take(rows)
         quarantine = self.sinks.quarantine
         if batch.order is not None and plain(batch):
-            closing = [
-                ("mfx_code", json_strings(pa.array(decided.mfx_code[rows], pa.string()))),
-                ("mfx_reason", json_strings(pa.array(decided.reason[rows], pa.string()))),
-            ]
+            closing = quarantine_notes(decided.mfx_code[rows], decided.reason[rows])
             data, ends = self.lines(batch, batch.identifier.text, closing)
             assert isinstance(quarantine, OutputSet)
             quarantine.write_block(memoryview(data), ends.tolist())

@@ -13,6 +13,7 @@ lines) and the quarantined rows the service stores (`audit.audit_records`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -90,6 +91,15 @@ def row_texts(
         position[np.concatenate(rows)] = np.arange(n, dtype=np.int64)
         every = every.take(pa.array(position))
     return every
+
+
+def quarantine_notes(codes: Any, reasons: Any) -> list[tuple[str, pa.Array]]:
+    """The keys closing a quarantined row's object (`row_texts` notes), as the record writer
+    adds them: its code and its reason, as JSON texts."""
+    return [
+        ("mfx_code", json_strings(pa.array(codes, pa.string()))),
+        ("mfx_reason", json_strings(pa.array(reasons, pa.string()))),
+    ]
 
 
 def _key(key: str) -> str:

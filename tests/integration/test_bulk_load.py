@@ -43,6 +43,13 @@ def _quarantined(run_id: int, index: int) -> dict[str, Any]:
     }
 
 
+def _stored_quarantined(engine: Any, columns: str) -> list[Any]:
+    """`columns` of every quarantined row, as stored (the record's text: CAST), by id."""
+    with engine.connect() as connection:
+        query = text(f"SELECT {columns} FROM quarantined_rows ORDER BY id")
+        return list(connection.execute(query).all())
+
+
 def _insert_quarantined(engine: Any, run_id: int, rows: list[tuple[Any, ...]]) -> None:
     with store.QuarantineStage(engine, run_id) as stage:
         stage.add(rows)
@@ -159,13 +166,9 @@ def test_quarantined_rows_as_tuples_read_back_as_orm_rows(db_url: str) -> None:
                 for i in range(1, 5)
             ],
         )
-        with engine.connect() as connection:
-            stored = connection.execute(
-                text(
-                    "SELECT created_at, CAST(record AS TEXT), reason, customer, row_number,"
-                    " identifier FROM quarantined_rows ORDER BY id"
-                )
-            ).all()
+        stored = _stored_quarantined(
+            engine, "created_at, CAST(record AS TEXT), reason, customer, row_number, identifier"
+        )
         assert [row[4:] for row in stored] == [(i, f"q{i}") for i in range(5)]
         assert stored[1][:4] == stored[0][:4] == stored[2][:4]
         assert stored[3][2] == stored[0][2] and stored[3][:4] != stored[0][:4]
@@ -451,13 +454,9 @@ def test_quarantine_stage_loads_every_row_sorted_by_identifier(
             with engine.connect() as connection:
                 assert connection.execute(text("SELECT * FROM quarantined_rows")).all() == []
             assert stage.load() == len(rows)
-        with engine.connect() as connection:
-            stored = connection.execute(
-                text(
-                    "SELECT identifier, row_number, CAST(record AS TEXT), run_id, reason"
-                    " FROM quarantined_rows ORDER BY id"
-                )
-            ).all()
+        stored = _stored_quarantined(
+            engine, "identifier, row_number, CAST(record AS TEXT), run_id, reason"
+        )
         named = [row[:2] for row in stored if row[0] is not None]  # NULL: first or last
         assert named == sorted((name, n) for n, name in enumerate(names, start=1) if name)
         assert [row[1] for row in stored if row[0] is None] == [3]
