@@ -90,7 +90,7 @@ def execute_run(
         )
     with (
         tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp,
-        _AuditWriter(ctx.engine, run_id, stages) as audit,
+        _AuditWriter(ctx.engine, run_id, request.source, stages) as audit,
     ):
         with stages.timing(Stage.REMEDIATE):
             result = remediate(
@@ -131,14 +131,14 @@ class _AuditWriter:
     """Takes the engine's audit records as it hands them over: corrections and quarantined
     rows are staged (`AuditStage`, `QuarantineStage`) and loaded sorted by `finish`."""
 
-    def __init__(self, engine: Engine, run_id: int, stages: Stages) -> None:
-        self.engine, self.run_id, self.stages = engine, run_id, stages
+    def __init__(self, engine: Engine, run_id: int, source: str, stages: Stages) -> None:
+        self.stages = stages
         # Where the database stage's time went (seconds; logged with the run beside `stages`):
         # rows staged as they come, loaded sorted at the end.
         self.seconds = dict.fromkeys(PARTS, 0.0)
         with stages.timing(Stage.DATABASE):
-            self.stage = AuditStage(engine, run_id)
-            self.quarantine = QuarantineStage(engine, run_id)
+            self.stage = AuditStage(engine, run_id, source)
+            self.quarantine = QuarantineStage(engine, run_id, source)
 
     def __enter__(self) -> _AuditWriter:
         return self
@@ -162,7 +162,6 @@ class _AuditWriter:
         name) and customer copied out by the engine: a tuple of `QUARANTINE_COLUMNS`."""
         meter, customer = quarantined.meter, quarantined.customer
         return (
-            self.run_id,
             quarantined.source,
             quarantined.row,
             quarantined.identifier,

@@ -125,8 +125,8 @@ class QuarantinedRow(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    # Not a foreign key (migration 0005): checked once per insert by its only writer
-    # (`insert_quarantined`), not once per row.
+    # Not a foreign key (migration 0005): checked once per load transaction by its only
+    # writer (service/jobs/store/runs.py, QuarantineStage), not once per row.
     run_id: int = Field(sa_column=Column(Integer, index=True))
     source: str = text_field()
     row_number: int

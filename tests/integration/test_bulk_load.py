@@ -51,7 +51,7 @@ def _stored_quarantined(engine: Any, columns: str) -> list[Any]:
 
 
 def _insert_quarantined(engine: Any, run_id: int, rows: list[tuple[Any, ...]]) -> None:
-    with store.QuarantineStage(engine, run_id) as stage:
+    with store.QuarantineStage(engine, run_id, "file_x") as stage:
         stage.add(rows)
         stage.load()
 
@@ -185,26 +185,29 @@ def test_quarantined_rows_as_tuples_read_back_as_orm_rows(db_url: str) -> None:
 
 def test_quarantined_rows_of_a_run_that_does_not_exist_are_refused(db_url: str) -> None:
     """The check that replaced the foreign key (once per load transaction, not once per row);
-    a row of another run is refused as it is staged (the check covers the stage's run)."""
+    a row of another source than the run's is refused as it is staged (the load writes the
+    run's id and source into every row), and nothing of that batch is staged."""
     engine = make_engine(db_url)
     try:
         run_id = _run(engine, "k")
         missing = run_id + 1000
 
-        def row(run: int) -> tuple[Any, ...]:
-            found = _quarantined(run, 1) | {"record": "{}"}
+        def row(source: str) -> tuple[Any, ...]:
+            found = _quarantined(run_id, 1) | {"record": "{}", "source": source}
             return tuple(found[name] for name in COLUMNS)
 
         with pytest.raises(LookupError, match=f"run {missing} does not exist: quarantined rows"):
-            _insert_quarantined(engine, missing, [row(missing)])
-        with store.QuarantineStage(engine, run_id) as stage:
-            with pytest.raises(ValueError, match=f"rows of run {run_id} only"):
-                stage.add([row(run_id), row(missing)])
+            _insert_quarantined(engine, missing, [row("file_x")])
+        with store.QuarantineStage(engine, run_id, "file_x") as stage:
+            with pytest.raises(
+                ValueError, match="quarantined rows of source 'file_x' only, not of \\['file_y'\\]"
+            ):
+                stage.add([row("file_x"), row("file_y")])
             assert stage.load() == 0
-        _insert_quarantined(engine, run_id, [row(run_id)])
+        _insert_quarantined(engine, run_id, [row("file_x")])
         with engine.connect() as connection:
-            held = connection.execute(text("SELECT run_id FROM quarantined_rows")).all()
-        assert [tuple(r) for r in held] == [(run_id,)]
+            held = connection.execute(text("SELECT run_id, source FROM quarantined_rows")).all()
+        assert [tuple(r) for r in held] == [(run_id, "file_x")]
     finally:
         engine.dispose()
 
@@ -280,6 +283,13 @@ def _run(engine: Any, key: str) -> int:
         return run.id
 
 
+def _audit_sources(engine: Any) -> set[tuple[Any, ...]]:
+    """(run id, source) of every correction stored."""
+    with engine.connect() as connection:
+        query = text("SELECT run_id, source FROM correction_audit")
+        return {tuple(row) for row in connection.execute(query)}
+
+
 def _stored_audit(engine: Any) -> list[tuple[Any, ...]]:
     with engine.connect() as connection:
         return [
@@ -318,7 +328,7 @@ def test_audit_stage_loads_every_row_sorted_by_identifier(
             )
             for n, name in enumerate(names, start=1)
         ]
-        stage = store.AuditStage(engine, run_id)
+        stage = store.AuditStage(engine, run_id, "file_x")
         try:
             stage.add(rows[:4])
             stage.add([])
@@ -339,24 +349,38 @@ def test_audit_stage_loads_every_row_sorted_by_identifier(
         assert [row[1] for row in stored if row[2] is None] == [3]
         # The staging tables went with the stage: a second run on the same pool stages anew.
         again = _run(engine, "k2")
-        with store.AuditStage(engine, again) as second:
+        with store.AuditStage(engine, again, "file_y") as second:
             second.add([Correction("file_y", 1, "q", "q-mfx1", "c", "r", "f", None, "1")])
             assert second.load() == 1
         assert _stored_audit(engine)[-1] == (again, 1, "q", "q-mfx1", "c", "r", "f", None, "1")
+        assert _audit_sources(engine) == {(run_id, "file_x"), (again, "file_y")}
     finally:
         engine.dispose()
 
 
 def test_audit_stage_refuses_rows_of_a_run_that_does_not_exist(db_url: str) -> None:
-    """The check that replaced the foreign key (once per load, not once per row)."""
+    """The check that replaced the foreign key (once per load, not once per row); a
+    correction of another source than the run's is refused as it is staged (the load writes
+    the run's source into every row), and nothing of that batch is staged."""
     engine = make_engine(db_url)
     try:
-        missing = _run(engine, "k") + 1000
-        with store.AuditStage(engine, missing) as stage:
+        run_id = _run(engine, "k")
+        missing = run_id + 1000
+        with store.AuditStage(engine, missing, "file_x") as stage:
             stage.add([Correction("file_x", 1, "a", "a-mfx1", "c", "r", "f", "1", "2")])
             with pytest.raises(LookupError, match=f"run {missing} does not exist"):
                 stage.load()
         assert _stored_audit(engine) == []
+        with store.AuditStage(engine, run_id, "file_x") as stage:
+            kept = Correction("file_x", 1, "a", "a-mfx1", "c", "r", "f", "1", "2")
+            other = Correction("file_y", 2, "b", "b-mfx1", "c", "r", "f", "1", "2")
+            with pytest.raises(ValueError, match="audit of source 'file_x' only"):
+                stage.add([kept, other])
+            assert stage.load() == 0
+            stage.add([kept])
+            assert stage.load() == 1
+        assert _stored_audit(engine) == [(run_id, 1, "a", "a-mfx1", "c", "r", "f", "1", "2")]
+        assert _audit_sources(engine) == {(run_id, "file_x")}
     finally:
         engine.dispose()
 
@@ -371,7 +395,7 @@ def test_audit_stage_keeps_arrival_order_within_an_identifier(db_url: str) -> No
             Correction("f", n, "same" if n % 2 else f"i{n % 7}", "x", "c", "r", "f", "a" * 90, None)
             for n in range(6000)
         ]
-        with store.AuditStage(engine, run_id) as stage:
+        with store.AuditStage(engine, run_id, "f") as stage:
             for start in range(0, len(rows), 1000):
                 stage.add(rows[start : start + 1000])
             stage.load()
@@ -404,7 +428,7 @@ def test_corrections_writing_finds_identifiers_of_any_spelling(db_url: str) -> N
     engine = make_engine(db_url)
     try:
         run_id = _run(engine, "k")
-        with store.AuditStage(engine, run_id) as stage:
+        with store.AuditStage(engine, run_id, "f") as stage:
             stage.add(
                 [
                     Correction("f", n, f"old{n}", new, "c", "r", "f", None, "1")
@@ -447,7 +471,7 @@ def test_quarantine_stage_loads_every_row_sorted_by_identifier(
             )
             for n, name in enumerate(names, start=1)
         ]
-        with store.QuarantineStage(engine, run_id) as stage:
+        with store.QuarantineStage(engine, run_id, "file_x") as stage:
             stage.add(rows[:4])
             stage.add([])
             stage.add(rows[4:])
@@ -486,7 +510,7 @@ def test_a_runs_audit_and_quarantined_rows_both_load_or_fail(db_url: str) -> Non
         for run_id in (kept, kept + 1000):
             correction = ("file_x", 1, f"a{run_id}", f"a{run_id}-mfx1", "c", "r", "f", "1", "2")
             held = Held("file_x", 2, f"q{run_id}", "c", "m", "why", '{"n":1}', "api", None)
-            with _AuditWriter(engine, run_id, Stages()) as writer:
+            with _AuditWriter(engine, run_id, "file_x", Stages()) as writer:
                 writer.add([correction], [held])
                 if run_id != kept:
                     with pytest.raises(LookupError, match=f"run {run_id} does not exist"):

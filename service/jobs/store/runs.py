@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -256,9 +257,9 @@ def start_run(engine: Engine, run_key: str, trigger: str, source: str, generatio
         return run.id
 
 
-# A correction row as `AuditStage.add` takes it: these columns, in this order.
+# A correction row as `AuditStage.add` takes it (`remediation.outcomes.CorrectionRow`): these
+# columns, in this order.
 AUDIT_COLUMNS = (
-    "run_id",
     "source",
     "row_number",
     "identifier",
@@ -270,14 +271,10 @@ AUDIT_COLUMNS = (
     "after",
 )
 
-# What is staged per correction: the run's id is written once, at the load.
-STAGED_COLUMNS = AUDIT_COLUMNS[1:]
-
 # A quarantined row as `QuarantineStage.add` takes it: these columns, in this order (`record`
 # the row in full as JSON text, stored as it is; `created_at` a timestamp; the rest text or
 # numbers).
 QUARANTINE_COLUMNS = (
-    "run_id",
     "source",
     "row_number",
     "identifier",
@@ -288,6 +285,17 @@ QUARANTINE_COLUMNS = (
     "record",
     "created_at",
 )
+
+# The columns a run's rows share, written by the load, not staged (`_SortedStage`).
+FIXED = ("run_id", "source")
+
+# The staged columns' types in PostgreSQL's binary COPY: the record as text (a binary COPY of
+# `json` would take a Python object, not its text), made JSON by the load.
+_AUDIT_BINARY = {name: "int4" if name == "row_number" else "text" for name in AUDIT_COLUMNS[1:]}
+_QUARANTINE_BINARY = {name: "text" for name in QUARANTINE_COLUMNS[1:]} | {
+    "row_number": "int4",
+    "created_at": "timestamptz",
+}
 
 # Rows per load transaction on SQLite (each holds the write lock while webhooks wait: ~0.2 s).
 LOAD_CHUNK = 100_000
@@ -312,25 +320,35 @@ class _SortedStage:
     in transactions of `LOAD_CHUNK` rows of a sorted copy; PostgreSQL in one statement. Ids
     follow identifier order within a run; `row_number` keeps the file's order.
 
+    What every row of a run shares, its run's id and its source (the one file a run reads),
+    is not staged: the load writes it (`FIXED`). Each row handed over starts with its source,
+    checked against the run's and dropped (900,000 corrections carried ~60 MB of the same
+    source text through the stage and the sort: SQLite's sort took 2.1-2.5 s with it, 1.0-1.5
+    s without).
+
     The tables have no foreign key on run_id (migrations 0004, 0005): `load` checks that the
     run exists in each transaction that writes its rows."""
 
     target: Table  # the table loaded
-    columns: tuple[str, ...]  # staged, in the order `add` takes them
+    columns: tuple[str, ...]  # the columns of a row `add` takes, in order: the source first
     stage_name: str
     sorted_name: str
     what: str  # the rows, as an error names them
+    binary: Mapping[str, str]  # each staged column's type in PostgreSQL's binary COPY
+    # JSON columns handed over as their JSON text, stored as it is
+    as_text: tuple[str, ...] = ()
 
-    def __init__(self, engine: Engine, run_id: int) -> None:
-        self.run_id = run_id
+    def __init__(self, engine: Engine, run_id: int, source: str) -> None:
+        self.run_id, self.source = run_id, source
+        self.staged_columns = self.columns[1:]
         # The stage as SQLAlchemy sees it: the target's columns' types (how values encode).
-        typed = (Column(name, self.target.c[name].type) for name in self.columns)
+        typed = (Column(name, self.target.c[name].type) for name in self.staged_columns)
         self.table = Table(self.stage_name, MetaData(), *typed)
         self.connection = engine.connect()
         self.postgres = self.connection.dialect.name == "postgresql"
         self.staged = 0
         quote = self.connection.dialect.identifier_preparer.quote
-        self.listed = ", ".join(quote(name) for name in self.columns)
+        self.listed = ", ".join(quote(name) for name in self.staged_columns)
         with self.connection.begin():
             for name in (self.stage_name, self.sorted_name):
                 self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
@@ -343,10 +361,30 @@ class _SortedStage:
         self.close()
 
     def _create(self) -> None:
-        raise NotImplementedError
+        """The stage: on PostgreSQL its columns typed as they are copied (`binary`; the
+        identifier ordered byte by byte, as the table's is); on SQLite shaped as the table's
+        columns are."""
+        if self.postgres:
+            quote = self.connection.dialect.identifier_preparer.quote
+            typed = ", ".join(
+                f"{quote(name)} {_PG_STAGE_TYPES[self.binary[name]]}"
+                + (' COLLATE "C"' if name == "identifier" else "")
+                for name in self.staged_columns
+            )
+            statement = f"CREATE TEMPORARY TABLE {self.stage_name} ({typed})"
+        else:
+            statement = (
+                f"CREATE TEMPORARY TABLE {self.stage_name} AS SELECT {self.listed} "
+                f"FROM {self.target.name} WHERE 1 = 0"
+            )
+        self.connection.exec_driver_sql(statement)
 
     def _stage(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        raise NotImplementedError
+        if self.postgres:
+            self._copy_binary(rows, [self.binary[name] for name in self.staged_columns])
+        else:
+            names = self.staged_columns
+            bulk_load_rows(self.connection, self.table, names, rows, as_stored=self.as_text)
 
     def _copy_binary(self, rows: Sequence[tuple[Any, ...]], types: Sequence[str]) -> None:
         """COPY in PostgreSQL's binary format (`types`: each column's): no text escaping or
@@ -359,34 +397,47 @@ class _SortedStage:
                 copy.write_row(row)
 
     def _selected(self) -> str:
-        """The staged columns as the load selects them."""
-        return self.listed
+        """The staged columns as the load selects them (PostgreSQL makes JSON of the text)."""
+        if not self.postgres:
+            return self.listed
+        quote = self.connection.dialect.identifier_preparer.quote
+        return ", ".join(
+            f"CAST({quote(name)} AS JSON)" if name in self.as_text else quote(name)
+            for name in self.staged_columns
+        )
 
     def add(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Stage rows: tuples of the stage's columns."""
+        """Stage rows: tuples of the stage's `columns`, each starting with the run's source
+        (a row of another source is refused, and nothing of the call is staged)."""
         if not rows:
             return
+        sources = set(map(itemgetter(0), rows))
+        if sources != {self.source}:
+            others = sorted(sources - {self.source})
+            raise ValueError(f"{self.what} of source {self.source!r} only, not of {others!r}")
+        staged = [row[1:] for row in rows]
         with self.connection.begin():
-            self._stage(rows)
+            self._stage(staged)
         self.staged += len(rows)
 
     def load(self) -> int:
-        """Insert the staged rows into the table, sorted; the number inserted."""
+        """Insert the staged rows into the table, sorted, with the run's id and source; the
+        number inserted."""
         if not self.staged:
             return 0
-        # Written with the run's id when it is not staged (the audit's: one value a run).
-        run_first = "run_id" not in self.columns
-        into = f"{'run_id, ' if run_first else ''}{self.listed}"
+        fixed = {"run_id": self.run_id, "source": self.source}
+        into = f"{', '.join(FIXED)}, {self.listed}"
         # Arrival order: the stage is only appended to, so its rows' physical places follow it.
         order = "ctid" if self.postgres else "rowid"
         if self.postgres:
+            values = ", ".join(f"%({name})s" for name in FIXED)
             with self.connection.begin():
                 _check_run(self.connection, self.run_id, self.what)
                 self.connection.exec_driver_sql(
                     f"INSERT INTO {self.target.name} ({into}) "
-                    f"SELECT {'%(run)s, ' if run_first else ''}{self._selected()} "
+                    f"SELECT {values}, {self._selected()} "
                     f"FROM {self.stage_name} ORDER BY identifier, {order}",
-                    {"run": self.run_id},
+                    fixed,
                 )
             return self.staged
         with self.connection.begin():
@@ -396,16 +447,15 @@ class _SortedStage:
                 f"CREATE TEMPORARY TABLE {self.sorted_name} AS SELECT {self.listed} "
                 f"FROM {self.stage_name} ORDER BY identifier, {order}"
             )
-        run = (self.run_id,) if run_first else ()
-        selected = f"{'?, ' if run_first else ''}{self._selected()}"
+        values = ", ".join("?" for _ in FIXED)
         for low in range(0, self.staged, LOAD_CHUNK):
             with self.connection.begin():
                 _check_run(self.connection, self.run_id, self.what)
                 self.connection.exec_driver_sql(
                     f"INSERT INTO main.{self.target.name} ({into}) "
-                    f"SELECT {selected} FROM temp.{self.sorted_name} "
+                    f"SELECT {values}, {self._selected()} FROM temp.{self.sorted_name} "
                     "WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
-                    (*run, low, low + LOAD_CHUNK),
+                    (*(fixed[name] for name in FIXED), low, low + LOAD_CHUNK),
                 )
         return self.staged
 
@@ -418,69 +468,27 @@ class _SortedStage:
 
 
 class AuditStage(_SortedStage):
-    """A run's corrections (tuples of `STAGED_COLUMNS`: `remediation.outcomes.CorrectionRow`),
-    loaded into `correction_audit`; staged with PostgreSQL's binary COPY."""
+    """A run's corrections (tuples of `AUDIT_COLUMNS`: `remediation.outcomes.CorrectionRow`),
+    loaded into `correction_audit`."""
 
-    target, columns, what = AUDIT, STAGED_COLUMNS, "audit"
+    target, columns, what = AUDIT, AUDIT_COLUMNS, "audit"
     stage_name, sorted_name = "mfx_audit_stage", "mfx_audit_sorted"
-
-    def _create(self) -> None:
-        quote = self.connection.dialect.identifier_preparer.quote
-        types = _STAGE_TYPES | ({"identifier": 'TEXT COLLATE "C"'} if self.postgres else {})
-        typed = ", ".join(f"{quote(name)} {types[name]}" for name in self.columns)
-        self.connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {self.stage_name} ({typed})")
-
-    def _stage(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        if self.postgres:
-            self._copy_binary(rows, [_BINARY_TYPES[name] for name in STAGED_COLUMNS])
-        else:
-            bulk_load_rows(self.connection, self.table, STAGED_COLUMNS, rows)
+    binary = _AUDIT_BINARY
 
 
 class QuarantineStage(_SortedStage):
     """A run's quarantined rows (tuples of `QUARANTINE_COLUMNS`), loaded into
-    `quarantined_rows`. SQLite stages them in a table shaped as it is (its columns' types,
-    the record as JSON text: `db.bulk_load_rows`); PostgreSQL with binary COPY, the record
-    as text made JSON by the load (233,000 rows staged with text COPY: 3.0 s in a run).
-    233,000 of them inserted 20,000 a transaction as they came took SQLite 5.9 s alone,
-    staged and loaded sorted 3.3 s (the identifier index written in order; the customer
-    index stays random); PostgreSQL 7.3 s against 5.1 s. The rows of a run are listed by id,
-    so in identifier order, not the file's (`row_number` keeps it)."""
+    `quarantined_rows`, the record as JSON text stored as it is (PostgreSQL: staged as text,
+    made JSON by the load; 233,000 rows staged with text COPY took 3.0 s in a run, with
+    binary COPY 1.5 s). 233,000 of them inserted 20,000 a transaction as they came took
+    SQLite 5.9 s alone, staged and loaded sorted 3.3 s (the identifier index written in
+    order; the customer index stays random); PostgreSQL 7.3 s against 5.1 s. The rows of a
+    run are listed by id, so in identifier order, not the file's (`row_number` keeps it)."""
 
     target, columns, what = QUARANTINED, QUARANTINE_COLUMNS, "quarantined rows"
     stage_name, sorted_name = "mfx_quarantine_stage", "mfx_quarantine_sorted"
-
-    def _create(self) -> None:
-        if self.postgres:
-            quote = self.connection.dialect.identifier_preparer.quote
-            typed = ", ".join(
-                f"{quote(name)} {_QUARANTINE_STAGE_TYPES[name]}" for name in self.columns
-            )
-            statement = f"CREATE TEMPORARY TABLE {self.stage_name} ({typed})"
-        else:
-            statement = (
-                f"CREATE TEMPORARY TABLE {self.stage_name} AS SELECT {self.listed} "
-                f"FROM {self.target.name} WHERE 1 = 0"
-            )
-        self.connection.exec_driver_sql(statement)
-
-    def _selected(self) -> str:
-        if not self.postgres:
-            return self.listed
-        quote = self.connection.dialect.identifier_preparer.quote
-        return ", ".join(
-            f"CAST({quote(name)} AS JSON)" if name == "record" else quote(name)
-            for name in self.columns
-        )
-
-    def _stage(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        runs = {row[0] for row in rows}
-        if runs != {self.run_id}:
-            raise ValueError(f"rows of run {self.run_id} only, not of runs {sorted(runs)}")
-        if self.postgres:
-            self._copy_binary(rows, [_QUARANTINE_BINARY_TYPES[name] for name in self.columns])
-        else:
-            bulk_load_rows(self.connection, self.table, self.columns, rows, as_stored=("record",))
+    binary = _QUARANTINE_BINARY
+    as_text = ("record",)
 
 
 def _check_run(connection: Connection, run_id: int, what: str) -> None:
@@ -492,19 +500,8 @@ def _check_run(connection: Connection, run_id: int, what: str) -> None:
         raise LookupError(f"remediation run {run_id} does not exist: {what} not loaded")
 
 
-_BINARY_TYPES = {name: "int4" if name == "row_number" else "text" for name in STAGED_COLUMNS}
-_STAGE_TYPES = {name: "INTEGER" if name == "row_number" else "TEXT" for name in STAGED_COLUMNS}
-# PostgreSQL's staged quarantined rows: the record as text (a binary COPY of `json` would
-# take a Python object, not its text), made JSON by the load.
-_QUARANTINE_BINARY_TYPES = {name: "text" for name in QUARANTINE_COLUMNS} | {
-    "run_id": "int4",
-    "row_number": "int4",
-    "created_at": "timestamptz",
-}
-_QUARANTINE_STAGE_TYPES = {
-    name: {"int4": "INTEGER", "text": "TEXT", "timestamptz": "TIMESTAMPTZ"}[kind]
-    for name, kind in _QUARANTINE_BINARY_TYPES.items()
-} | {"identifier": 'TEXT COLLATE "C"'}
+# A PostgreSQL stage's column types, by the binary COPY type each is staged as.
+_PG_STAGE_TYPES = {"int4": "INTEGER", "text": "TEXT", "timestamptz": "TIMESTAMPTZ"}
 
 
 def finish_run(
