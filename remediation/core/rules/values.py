@@ -139,7 +139,8 @@ def not_a_number(raw: object) -> str:
 
 
 def normalize_number(raw: object, limits: FieldLimits = DEFAULT_LIMITS) -> str | None:
-    """A plain decimal text for `raw`, or None for NaN, infinity, empty or text.
+    """A plain decimal text for `raw`, or None for NaN, infinity, empty or text (an
+    underscore anywhere but between groups of three digits is text, as a comma is).
 
     Raises Uncorrectable for a number past the value limits: its length is checked before it
     is parsed, and an exponent is never expanded past them (`1e100000000` stays a reason)."""
@@ -153,6 +154,8 @@ def normalize_number(raw: object, limits: FieldLimits = DEFAULT_LIMITS) -> str |
         raise Uncorrectable(f"value {shown(raw)} is {len(text)} characters long; at most {most}")
     if THOUSANDS.fullmatch(text):
         text = re.sub(r"[,_ ]", "", text)
+    elif "_" in text:
+        return None  # `1_0`: no thousands, as `1,0` is not (Decimal would read 10: PEP 515)
     try:
         number = Decimal(text)
     except InvalidOperation:

@@ -156,3 +156,19 @@ def test_fuzz_customers_without_the_map_rule_are_the_row_function(rows: list[Usa
 def _numbered(row: UsageRecord, number: int) -> UsageRecord:
     row.row_number = number + 1
     return row
+
+
+@pytest.mark.parametrize("raw", ["1_0", "12_34", "1_2_3", "1_0.5", "1_0e3", "-1_0", "'1_0'"])
+def test_an_underscore_separates_thousands_only_as_a_comma_does(raw: str) -> None:
+    """`1_000` is written with a thousands separator (-> `1000`), as `1,000` and `1 000` are;
+    `1_0` is not, as `1,0` is not: both are quarantined as text, whichever path a row takes.
+    Python's Decimal reads `1_0` as 10 (PEP 515 grouping), which is not a rule of ours."""
+    values = [raw, raw.replace("_", ","), "1_000", "1 000", "1,000", "12_345.50"]
+    rows = [
+        _numbered(UsageRecord(0, f"v{n}", NOW, "api_requests", {"value": value}), n)
+        for n, value in enumerate(values)
+    ]
+    for found in (by_rows(rows, fix_value_row), by_batch(rows, "meter_event_invalid_value")):
+        assert found[0] == ("quarantined", f"value {raw!r} is not a number")
+        assert found[1][0] == "quarantined"
+        assert [changes[-1][3] for _, _, changes in found[2:]] == ["1000"] * 3 + ["12345.5"]
