@@ -119,32 +119,51 @@ def record_from_obj(number: int, obj: object) -> UsageRecord:
             None,
             {},
             {"element": obj},
-            malformed=f"element is a JSON {type(obj).__name__}, not an object",
+            malformed=f"element is a JSON {_json_kind(obj)}, not an object",
         )
-    payload = obj.get("payload")
-    malformed = None
-    if payload is None:
-        payload = {}
-    elif not isinstance(payload, dict):
-        malformed, payload = "payload is not an object", {}
-    code, message = resolve_error({k: obj[k] for k in ERROR_FIELDS if k in obj})
+    problems: list[str] = []
     extra = {
         k: v
         for k, v in obj.items()
         if k not in JSON_KNOWN and k not in ERROR_FIELDS and not k.startswith(MFX_PREFIX)
     }
-    identifier, event_name = obj.get("identifier"), obj.get("event_name")
+    payload = obj.get("payload")
+    if payload is None:
+        payload = {}
+    elif not isinstance(payload, dict):
+        # kept as it came (`writers.record_object` writes it back), never read by a rule
+        problems.append(f"payload is a JSON {_json_kind(payload)}, not an object")
+        extra["payload"], payload = payload, {}
+    code, message = resolve_error({k: obj[k] for k in ERROR_FIELDS if k in obj})
+    texts: dict[str, str | None] = {}
+    for name in ("identifier", "event_name"):
+        value = obj.get(name)
+        if isinstance(value, dict | list):  # no text of it is the row's: kept as it came
+            problems.append(f"{name} is a JSON {_json_kind(value)}, not text")
+            extra[name], value = value, None
+        texts[name] = None if value is None or value == "" else str(value)
     return UsageRecord(
         number,
-        None if identifier is None or identifier == "" else str(identifier),
+        texts["identifier"],
         obj.get("timestamp"),
-        None if event_name is None or event_name == "" else str(event_name),
+        texts["event_name"],
         dict(payload),
         extra,
         code,
         message,
-        malformed,
+        "; ".join(problems) or None,
     )
+
+
+def _json_kind(value: object) -> str:
+    """What JSON calls a parsed value's type."""
+    if isinstance(value, bool) or value is None:
+        return "boolean" if value is not None else "null"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, dict):
+        return "object"
+    return "list" if isinstance(value, list) else "string"
 
 
 JSON_KNOWN = frozenset({"identifier", "timestamp", "event_name", "payload"})

@@ -51,6 +51,8 @@ def record_object(record: UsageRecord, with_errors: bool = False) -> dict[str, o
     for key, value in record.extra.items():
         if not key.startswith(MFX_PREFIX) and key not in obj:
             obj[key] = value
+    if record.malformed and not record.payload and "payload" in record.extra:
+        obj["payload"] = record.extra["payload"]  # a payload that was no object, as it came
     if with_errors and (record.error_code or record.error_message):
         obj["error"] = {"code": record.error_code, "message": record.error_message}
     return obj

@@ -25,6 +25,7 @@ from remediation.identifiers import (
     row_identifier,
     trace_ancestors,
 )
+from remediation.jsonreaders import record_from_obj
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.errors import BadParameter, RerunInputMissing
 from service.jobs.inputs import LOOKUP_BATCH, parents
@@ -39,7 +40,6 @@ from service.jobs.store.quarantine import (
 from service.jobs.store.runs import finished_run
 from service.models import RunTrigger
 
-CORE_KEYS = ("identifier", "timestamp", "event_name", "payload")
 # Codes our own validation decides (from the row and the meters): such a row goes through
 # validation again, so a row that now passes (its meter exists now, its time is no longer in
 # the future) goes out. Other codes (a customer Stripe did not find, unknown codes) only
@@ -120,22 +120,18 @@ def _records(engine: Engine, ids: Sequence[int]) -> Iterator[UsageRecord]:
 
 
 def _usage_record(number: int, code: str, identifier: str, row: dict[str, Any]) -> UsageRecord:
-    """The row as it arrived (without the `mfx_*` notes), with the code it arrived with
-    unless our validation decides that code (see CHECKED_BY_VALIDATION)."""
-    payload = row.get("payload")
-    return UsageRecord(
-        row_number=number,
-        identifier=identifier,
-        timestamp=row.get("timestamp"),
-        event_name=_text(row.get("event_name")),
-        payload=dict(payload) if isinstance(payload, dict) else {},
-        extra={
-            key: value
-            for key, value in row.items()
-            if key not in CORE_KEYS and not key.startswith(MFX_PREFIX)
-        },
-        error_code=None if code in CHECKED_BY_VALIDATION else code or None,
+    """The row as it arrived (without the `mfx_*` notes), read as the JSON readers read an
+    object (a payload that is no object, an identifier or event name that is one: a malformed
+    row again, its values as they came), with the code it arrived with unless our validation
+    decides that code (see CHECKED_BY_VALIDATION)."""
+    record = record_from_obj(
+        number, {key: value for key, value in row.items() if not key.startswith(MFX_PREFIX)}
     )
+    if "identifier" not in record.extra:  # not an object or list kept as it came
+        record.identifier = identifier
+    record.error_code = None if code in CHECKED_BY_VALIDATION else code or None
+    record.error_message = None
+    return record
 
 
 def _text(value: object) -> str | None:

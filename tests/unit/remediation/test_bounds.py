@@ -385,3 +385,70 @@ def test_a_number_json_does_not_have_never_reaches_an_output(
     assert [row["raw"] for row in quarantined] == [row.decode() for row in rows[:3]]
     for line in Path(outputs["audit"]).read_text(encoding="utf-8").splitlines():
         strict(line)
+
+
+@pytest.mark.parametrize("fmt", [FileFormat.JSONL, FileFormat.JSON])
+def test_a_row_of_the_wrong_shape_is_quarantined_as_it_came(
+    tmp_path: Path, fmt: FileFormat
+) -> None:
+    """A payload that is not an object was quarantined as `{}`, its value gone; an identifier
+    or event name that is an object or a list was written as Python's spelling of it
+    (`"{'n': 'api_requests'}"`), and an identifier list read as text passed as valid. Each is
+    a malformed row whose quarantine line and stored record hold the value as it came."""
+    ok = {
+        "identifier": "ok",
+        "timestamp": NOW * 1000,
+        "event_name": "api_requests",
+        "payload": {"stripe_customer_id": "cus_1", "value": "1"},
+        "error_code": "timestamp_in_future",
+    }
+    odd: dict[str, dict[str, Any]] = {
+        "p1": {"payload": "abc"},
+        "p2": {"payload": [1, {"a": 2}]},
+        "p3": {"payload": 7},
+        "e1": {"event_name": {"n": "api_requests"}},
+        "e2": {"event_name": ["api_requests"]},
+        "i1": {"identifier": ["a", 1]},
+        "i2": {"identifier": {"k": "v"}},
+    }
+    reasons = {
+        "p1": "payload is a JSON string, not an object",
+        "p2": "payload is a JSON list, not an object",
+        "p3": "payload is a JSON number, not an object",
+        "e1": "event_name is a JSON object, not text",
+        "e2": "event_name is a JSON list, not text",
+        "i1": "identifier is a JSON list, not text",
+        "i2": "identifier is a JSON object, not text",
+    }
+    rows = [ok]
+    for name, change in odd.items():
+        row = {key: value for key, value in ok.items() if key != "error_code"}
+        rows.append({**row, "identifier": name, **change})
+    lines = [json.dumps(row).encode() for row in rows]
+    data = b"[" + b",\n".join(lines) + b"]" if fmt is FileFormat.JSON else b"\n".join(lines)
+    stored: list[Any] = []
+    result = remediate(
+        read_records(io.BytesIO(data), fmt),
+        source=f"in.{fmt.value}",
+        fmt=fmt,
+        meters=METERS,
+        rules=Rules(),
+        now=NOW,
+        out_dir=tmp_path,
+        on_audit=lambda corrections, quarantined: stored.extend(quarantined),
+    )
+    assert (result.summary["corrected"], result.summary["quarantined"]) == (1, len(odd))
+    (path,) = result.summary["outputs"]["quarantine"]
+    text = Path(path).read_text(encoding="utf-8")
+    written = (
+        json.loads(text) if fmt is FileFormat.JSON else list(map(json.loads, text.split("\n")[:-1]))
+    )
+    expected = [
+        {**row, "mfx_code": "malformed_row", "mfx_reason": reasons[name]}
+        for name, row in zip(odd, rows[1:], strict=True)
+    ]
+    assert written == expected
+    assert [json.loads(row.record) for row in stored] == expected
+    assert [(row.code, row.mfx_code, row.reason) for row in stored] == [
+        ("malformed_row", "malformed_row", reasons[name]) for name in odd
+    ]
