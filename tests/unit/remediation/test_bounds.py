@@ -344,17 +344,7 @@ def test_a_number_json_does_not_have_never_reaches_an_output(
         b'{"identifier": "g", "timestamp": 1764000000000, "event_name": "api_requests", '
         b'"payload": {"stripe_customer_id": "cus_1", "value": 1, "note": 1.5}}',
     ]
-    data = b"[" + b",\n".join(rows) + b"]" if fmt is FileFormat.JSON else b"\n".join(rows)
-    result = remediate(
-        read_records(io.BytesIO(data), fmt),
-        source=f"in.{fmt.value}",
-        fmt=fmt,
-        meters=METERS,
-        rules=Rules(),
-        now=NOW,
-        out_dir=tmp_path,
-        rejected=True,
-    )
+    result = _remediate_json(tmp_path, fmt, rows, rejected=True)
     assert (result.summary["corrected"], result.summary["quarantined"]) == (1, 3)
 
     def strict(text: str) -> Any:
@@ -424,17 +414,11 @@ def test_a_row_of_the_wrong_shape_is_quarantined_as_it_came(
     for name, change in odd.items():
         row = {key: value for key, value in ok.items() if key != "error_code"}
         rows.append({**row, "identifier": name, **change})
-    lines = [json.dumps(row).encode() for row in rows]
-    data = b"[" + b",\n".join(lines) + b"]" if fmt is FileFormat.JSON else b"\n".join(lines)
     stored: list[Any] = []
-    result = remediate(
-        read_records(io.BytesIO(data), fmt),
-        source=f"in.{fmt.value}",
-        fmt=fmt,
-        meters=METERS,
-        rules=Rules(),
-        now=NOW,
-        out_dir=tmp_path,
+    result = _remediate_json(
+        tmp_path,
+        fmt,
+        [json.dumps(row).encode() for row in rows],
         on_audit=lambda corrections, quarantined: stored.extend(quarantined),
     )
     assert (result.summary["corrected"], result.summary["quarantined"]) == (1, len(odd))
@@ -452,3 +436,18 @@ def test_a_row_of_the_wrong_shape_is_quarantined_as_it_came(
     assert [(row.code, row.mfx_code, row.reason) for row in stored] == [
         ("malformed_row", "malformed_row", reasons[name]) for name in odd
     ]
+
+
+def _remediate_json(tmp_path: Path, fmt: FileFormat, rows: list[bytes], **options: Any) -> Any:
+    """`rows` (JSON objects' texts) as a JSON array or JSON Lines file, remediated."""
+    data = b"[" + b",\n".join(rows) + b"]" if fmt is FileFormat.JSON else b"\n".join(rows)
+    return remediate(
+        read_records(io.BytesIO(data), fmt),
+        source=f"in.{fmt.value}",
+        fmt=fmt,
+        meters=METERS,
+        rules=Rules(),
+        now=NOW,
+        out_dir=tmp_path,
+        **options,
+    )
