@@ -22,7 +22,13 @@ from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.jsonreaders import json_records, release, text_stream
 from remediation.limits import DEFAULT_LIMITS, MAX_LINE_CHARS, FieldLimits
-from remediation.records import ERROR_FIELDS, PAYLOAD_PREFIX, UsageRecord, resolve_error
+from remediation.records import (
+    ERROR_FIELDS,
+    MFX_PREFIX,
+    PAYLOAD_PREFIX,
+    UsageRecord,
+    resolve_error,
+)
 
 if TYPE_CHECKING:
     from remediation.core.csvread import Ahead, CsvColumns
@@ -82,7 +88,7 @@ class CsvLayout:
                 payload.append((i, name[len(PAYLOAD_PREFIX) :]))
             elif low in ERROR_FIELDS:
                 errors.append((i, low))
-            else:
+            elif not name.startswith(MFX_PREFIX):  # our notes of an earlier run: not the row's
                 extra.append((i, name))
         layout = cls(
             names,
@@ -137,11 +143,13 @@ class CsvLayout:
 
 def _refuse_duplicates(names: Sequence[str], lowered: Sequence[str]) -> None:
     """A column named twice (`payload_value` twice): which one Stripe should bill is unknowable,
-    so the whole file fails with the reason. Core and error names are case-insensitive."""
+    so the whole file fails with the reason. Core and error names are case-insensitive. Our
+    own `mfx_` notes are not read at all: named twice (a quarantine file written from a
+    quarantine file fed back, before they were dropped on reading), they are no ambiguity."""
     seen: dict[str, int] = {}
     for at, (name, low) in enumerate(zip(names, lowered, strict=True), 1):
         key = low if low in _CASELESS or not low.startswith(PAYLOAD_PREFIX) else name
-        if key in seen and name:
+        if key in seen and name and not name.startswith(MFX_PREFIX):
             raise UnreadableFile(
                 f"ambiguous header: column {name!r} appears twice (columns {seen[key]} and {at}); "
                 "nothing guessed"

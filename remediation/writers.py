@@ -187,7 +187,13 @@ def getter(column: str) -> Getter:
         return lambda r: cell(r.error_code)
     if column == "error_message":
         return lambda r: cell(r.error_message)
-    if column.startswith(PAYLOAD_PREFIX):
+    if payload_column(column):
         key = column[len(PAYLOAD_PREFIX) :]
         return lambda r: cell(r.payload.get(key))
     return lambda r: cell(r.extra.get(column))
+
+
+def payload_column(column: str) -> bool:
+    """Whether an output column holds a payload key: `payload_<key>`, a key after the prefix
+    (a column named `payload_` alone is the row's own, as the CSV reader reads it)."""
+    return column.startswith(PAYLOAD_PREFIX) and len(column) > len(PAYLOAD_PREFIX)

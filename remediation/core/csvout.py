@@ -23,7 +23,7 @@ from remediation.outcomes import Tally
 from remediation.outputs import OutputSet
 from remediation.records import PAYLOAD_PREFIX
 from remediation.sinks import Sinks
-from remediation.writers import output_columns
+from remediation.writers import output_columns, payload_column
 
 
 class CsvOut:
@@ -32,9 +32,7 @@ class CsvOut:
     def __init__(self, sinks: Sinks, columns: Sequence[str], ids: Identifiers, source: str):
         self.sinks, self.ids, self.source = sinks, ids, source
         self.columns = output_columns(columns)
-        self.payload_keys = {
-            c[len(PAYLOAD_PREFIX) :] for c in self.columns if c.startswith(PAYLOAD_PREFIX)
-        }
+        self.payload_keys = {c[len(PAYLOAD_PREFIX) :] for c in self.columns if payload_column(c)}
         self.audit = AuditLines(source)
 
     def usable(self) -> bool:
@@ -73,7 +71,7 @@ class CsvOut:
                 cells.append(identifiers)
             elif name in ("timestamp", "event_name"):
                 cells.append(getattr(batch, name).text)
-            elif name.startswith(PAYLOAD_PREFIX):
+            elif payload_column(name):
                 column = batch.payload.get(name[len(PAYLOAD_PREFIX) :])
                 cells.append(column.text if column is not None else _empty(len(batch)))
             else:

@@ -451,3 +451,40 @@ def _remediate_json(tmp_path: Path, fmt: FileFormat, rows: list[bytes], **option
         out_dir=tmp_path,
         **options,
     )
+
+
+def test_a_quarantine_file_fed_back_keeps_its_values_and_its_notes_once(tmp_path: Path) -> None:
+    """A quarantine file edited and fed back in carries our `mfx_code` and `mfx_reason`
+    columns: the new quarantine file wrote them twice (a header our own reader refuses), and
+    the corrected file carried the stale notes. They are our notes, not the row's: read as
+    the JSON readers read `mfx_` keys (not at all), written once, fresh. A column named
+    `payload_` (no key after the prefix) is the row's own column: its value was written out
+    as empty."""
+    header = [*CODED, "payload_", "mfx_code", "mfx_reason"]
+    rows = [
+        ["a1", str(NOW * 1000), "api_requests", "cus_1", "5", "timestamp_in_future"],
+        ["a2", str(NOW), "api_requests", "cus_1", "NaN", "meter_event_invalid_value"],
+    ]
+    rows = [[*row, f"own{n}", "stale_code", "stale reason"] for n, row in enumerate(rows)]
+    summary, _ = both_paths(to_csv(header, rows), tmp_path)
+    assert (summary["corrected"], summary["quarantined"]) == (1, 1)
+    (corrected_path,) = summary["outputs"]["corrected"]
+    with open(corrected_path, newline="") as handle:
+        corrected = list(csv.reader(handle))
+    assert corrected == [
+        [*HEADER, "payload_"],
+        ["a1-mfx1", str(NOW), "api_requests", "cus_1", "5", "own0"],
+    ]
+    (quarantine_path,) = summary["outputs"]["quarantine"]
+    with open(quarantine_path, newline="") as handle:
+        written = list(csv.reader(handle))
+    assert written[0] == [*HEADER, "payload_", "mfx_code", "mfx_reason"]
+    assert written[1][:6] == ["a2", str(NOW), "api_requests", "cus_1", "NaN", "own1"]
+    assert written[1][6] == "meter_event_invalid_value" and "'NaN'" in written[1][7]
+    with open(quarantine_path, "rb") as handle:  # and it reads back
+        again = list(read_records(handle, FileFormat.CSV))
+    assert [(r.identifier, r.extra) for r in again] == [("a2", {"payload_": "own1"})]
+    doubled = to_csv([*header, "mfx_code", "mfx_reason"], [[*rows[1], "old", "older"]])
+    assert [r.extra for r in read_records(io.BytesIO(doubled), FileFormat.CSV)] == [
+        {"payload_": "own1"}
+    ]  # a file written before this fix reads too
