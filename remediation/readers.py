@@ -28,6 +28,7 @@ from remediation.records import (
     PAYLOAD_PREFIX,
     UsageRecord,
     resolve_error,
+    unnamed_key,
 )
 
 if TYPE_CHECKING:
@@ -80,7 +81,10 @@ class CsvLayout:
             k: (lowered.index(k) if k in lowered else None)
             for k in ("identifier", "timestamp", "event_name")
         }
-        payload, extra, errors = [], [], []
+        payload: list[tuple[int, str]] = []
+        extra: list[tuple[int, str]] = []
+        errors: list[tuple[int, str]] = []
+        unnamed = 0
         for i, (name, low) in enumerate(zip(names, lowered, strict=True)):
             if low in core and core[low] == i:
                 continue
@@ -88,6 +92,9 @@ class CsvLayout:
                 payload.append((i, name[len(PAYLOAD_PREFIX) :]))
             elif low in ERROR_FIELDS:
                 errors.append((i, low))
+            elif not name:  # each unnamed column its own key, the first one ''
+                extra.append((i, unnamed_key(i + 1) if unnamed else name))
+                unnamed += 1
             elif not name.startswith(MFX_PREFIX):  # our notes of an earlier run: not the row's
                 extra.append((i, name))
         layout = cls(

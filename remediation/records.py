@@ -16,6 +16,18 @@ QUARANTINE_FIELDS = ("mfx_code", "mfx_reason")
 MFX_PREFIX = "mfx_"
 
 
+def unnamed_key(position: int) -> str:
+    """The key of a CSV column with no name after the file's first such column (a
+    spreadsheet's trailing commas): a space and its 1-based position. No column is named so
+    (header names are stripped), so each keeps its own cells; written back as ''."""
+    return f" {position}"
+
+
+def header_name(column: str) -> str:
+    """The name a CSV header gives `column` (an `unnamed_key` is written unnamed)."""
+    return "" if column[:1] == " " and column[1:].isdigit() else column
+
+
 @dataclass(slots=True)
 class UsageRecord:
     """One usage row. `row_number` is the 1-based data row (header excluded)."""

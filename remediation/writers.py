@@ -15,7 +15,13 @@ from types import TracebackType
 from typing import BinaryIO
 
 from remediation.filetypes import FileFormat
-from remediation.records import CORE_FIELDS, MFX_PREFIX, PAYLOAD_PREFIX, UsageRecord
+from remediation.records import (
+    CORE_FIELDS,
+    MFX_PREFIX,
+    PAYLOAD_PREFIX,
+    UsageRecord,
+    header_name,
+)
 
 ERROR_OUT_FIELDS = ("error_code", "error_message")
 Getter = Callable[[UsageRecord], str]
@@ -151,7 +157,7 @@ class RecordWriter:
         if self._with_errors:
             columns += ERROR_OUT_FIELDS
         self._getters = [getter(name) for name in columns]
-        self._csv.writerow([*columns, *self._annotations])
+        self._csv.writerow([*map(header_name, columns), *self._annotations])
 
     def _write_json(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
         obj = record_object(record, self._with_errors)

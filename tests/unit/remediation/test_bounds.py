@@ -488,3 +488,30 @@ def test_a_quarantine_file_fed_back_keeps_its_values_and_its_notes_once(tmp_path
     assert [r.extra for r in read_records(io.BytesIO(doubled), FileFormat.CSV)] == [
         {"payload_": "own1"}
     ]  # a file written before this fix reads too
+
+
+def test_unnamed_columns_keep_their_own_values(tmp_path: Path) -> None:
+    """A spreadsheet export often ends its header with empty names (trailing commas). Two or
+    more unnamed columns holding different cells were merged: the row's extra columns are
+    keyed by name, both were named '', and both were written with the last one's cell."""
+    header = [*CODED, "", "note", ""]
+    rows = [
+        ["a1", str(NOW * 1000), "api_requests", "cus_1", "5", "timestamp_in_future", "x", "n", "y"],
+        ["a2", str(NOW), "api_requests", "cus_1", "NaN", "meter_event_invalid_value", "p", "", ""],
+    ]
+    summary, _ = both_paths(to_csv(header, rows), tmp_path)
+    (corrected_path,) = summary["outputs"]["corrected"]
+    with open(corrected_path, newline="") as handle:
+        corrected = list(csv.reader(handle))
+    assert corrected == [
+        [*HEADER, "", "note", ""],
+        ["a1-mfx1", str(NOW), "api_requests", "cus_1", "5", "x", "n", "y"],
+    ]
+    (quarantine_path,) = summary["outputs"]["quarantine"]
+    with open(quarantine_path, newline="") as handle:
+        written = list(csv.reader(handle))
+    assert written[0] == [*HEADER, "", "note", "", "mfx_code", "mfx_reason"]
+    assert written[1][:8] == ["a2", str(NOW), "api_requests", "cus_1", "NaN", "p", "", ""]
+    with open(quarantine_path, "rb") as handle:  # and it reads back with the cells apart
+        (again,) = list(read_records(handle, FileFormat.CSV))
+    assert sorted(again.extra.values()) == ["", "", "p"]
