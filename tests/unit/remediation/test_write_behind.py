@@ -19,6 +19,7 @@ import pytest
 
 from remediation import engine
 from remediation.core.csvout import CsvOut
+from remediation.core.csvread import CsvColumns
 from remediation.core.decide import Decided
 from remediation.engine import WriteBehind
 from remediation.outcomes import Correction, CorrectionRow, QuarantinedRow, Tally
@@ -128,11 +129,13 @@ def test_audit_records_and_progress_reach_the_caller_in_row_order(
     assert not _writers()
 
 
+@pytest.mark.parametrize("audited", [True, False])
 def test_a_failure_in_the_writer_aborts_every_output(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, audited: bool
 ) -> None:
-    """The third batch fails while it is written (on the writer thread): the run raises it,
-    no output or temporary file is left, and the writer thread is gone."""
+    """The third batch fails while it is written (on the writer thread when the caller takes
+    the audit records, in place when not: see the next test): the run raises it, no output or
+    temporary file is left, and the writer thread is gone."""
     monkeypatch.setattr(engine, "BLOCK_BYTES", 4096)
     path = write_csv(tmp_path / "in.csv", varied_rows(600, 22))
     real = CsvOut.write
@@ -147,9 +150,43 @@ def test_a_failure_in_the_writer_aborts_every_output(
     monkeypatch.setattr(CsvOut, "write", failing)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space left"):
-        run_file(path, out)
-    assert len(calls) == 3 and threading.get_ident() not in calls
+        run_file(path, out, on_audit=(lambda *records: None) if audited else None)
+    assert len(calls) == 3 and (threading.get_ident() not in calls) is audited
     assert list(out.iterdir()) == []
+    assert not _writers()
+
+
+@pytest.mark.parametrize("audited", [True, False])
+def test_a_csv_is_written_behind_only_when_its_audit_records_are_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, audited: bool
+) -> None:
+    """A CSV written as bytes is written in place unless the caller takes its audit records
+    (the service stages them while the next batch is written); its blocks are parsed ahead on
+    the writer's thread either way. Same bytes both ways."""
+    monkeypatch.setattr(engine, "BLOCK_BYTES", 4096)
+    path = write_csv(tmp_path / "in.csv", varied_rows(600, 24))
+    caller = threading.get_ident()
+    writes: set[int] = set()
+    parses: set[int] = set()
+    write, parse = CsvOut.write, CsvColumns._parsed
+
+    def watched_write(self: CsvOut, decided: Decided, tally: Tally) -> bool:
+        writes.add(threading.get_ident())
+        return write(self, decided, tally)
+
+    def watched_parse(self: CsvColumns, block: bytes, delimiter: int) -> Any:
+        parses.add(threading.get_ident())
+        return parse(self, block, delimiter)
+
+    monkeypatch.setattr(CsvOut, "write", watched_write)
+    monkeypatch.setattr(CsvColumns, "_parsed", watched_parse)
+    _, files = run_file(
+        path, tmp_path / "out", on_audit=(lambda *records: None) if audited else None
+    )
+    assert (writes == {caller}) is not audited and len(writes) == 1
+    assert parses and caller not in parses
+    _, plain = run_file(path, tmp_path / "plain", on_audit=None)
+    assert files == plain
     assert not _writers()
 
 
