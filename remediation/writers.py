@@ -82,7 +82,7 @@ class RecordWriter:
         self._annotations = tuple(annotations)
         self._with_errors = with_errors
         self._columns: list[str] | None = list(columns) if columns is not None else None
-        self._getters: list[Getter] = []
+        self._getters: list[Getter] | None = None  # set with the header, by the first row
         self._column_set: frozenset[str] | None = None
         self._csv = csv.writer(self._text) if fmt is FileFormat.CSV else None
 
@@ -129,8 +129,8 @@ class RecordWriter:
 
     def _write_csv(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
         assert self._csv is not None
-        if not self._getters:
-            self._start_csv(record)
+        if self._getters is None:
+            self._getters = self._start_csv(record)
         row = [get(record) for get in self._getters]
         row.extend(cell(notes.get(name)) for name in self._annotations)
         self._csv.writerow(row)
@@ -140,15 +140,16 @@ class RecordWriter:
         JSON Lines (`core.jsonlout`)."""
         if self._csv is not None:
             assert self._columns is not None
-            if not self._getters:
-                self._start_csv(None)
+            if self._getters is None:
+                self._getters = self._start_csv(None)
         else:
             assert self.fmt is FileFormat.JSONL, "a JSON array's rows need their separators"
         self._text.flush()
         self._stream.write(data)
         self.rows += rows
 
-    def _start_csv(self, record: UsageRecord | None) -> None:
+    def _start_csv(self, record: UsageRecord | None) -> list[Getter]:
+        """Writes the header; the getters of its columns (none: only the notes are written)."""
         assert self._csv is not None
         if self._columns is None:
             assert record is not None
@@ -156,8 +157,8 @@ class RecordWriter:
         columns = output_columns(self._columns)
         if self._with_errors:
             columns += ERROR_OUT_FIELDS
-        self._getters = [getter(name) for name in columns]
         self._csv.writerow([*map(header_name, columns), *self._annotations])
+        return [getter(name) for name in columns]
 
     def _write_json(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
         obj = record_object(record, self._with_errors)

@@ -515,3 +515,16 @@ def test_unnamed_columns_keep_their_own_values(tmp_path: Path) -> None:
     with open(quarantine_path, "rb") as handle:  # and it reads back with the cells apart
         (again,) = list(read_records(handle, FileFormat.CSV))
     assert sorted(again.extra.values()) == ["", "", "p"]
+
+
+def test_a_file_of_error_columns_only_writes_its_quarantine_header_once(tmp_path: Path) -> None:
+    """Rows with no column to write (a file of error columns only, read without the plan that
+    names the usage columns) are quarantined under one header: the writer took its empty list
+    of columns for a header not yet written and wrote it again before every row."""
+    data = to_csv(["message", "error_code"], [["", "x"], ["1", "no_meter"], ["2", ""]])
+    summary, quarantined = both_paths(data, tmp_path)
+    assert summary["quarantined"] == 3
+    (path,) = summary["outputs"]["quarantine"]
+    lines = Path(path).read_text().splitlines()
+    assert lines[0] == "mfx_code,mfx_reason" and len(lines) == 4
+    assert [row["mfx_code"] for row in quarantined] == ["no_meter", "no_meter", "no_meter"]
