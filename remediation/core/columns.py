@@ -41,7 +41,10 @@ class Column:
     """One field of every row: `text` (null where absent) and, for JSON, each row's kind.
 
     A column taken from another (`take`) is only gathered when its text is first read: a rule
-    reads few of a batch's columns, and a column no rule touched is never copied at all.
+    reads few of a batch's columns, and a column no rule touched is never copied at all. It
+    remembers where it came from (`_base`, the first column's text, and `_at`, its rows there;
+    a take of a take composes them), read or not: a column no rule changed is known as rows of
+    its batch's own (`interleaved`).
     """
 
     __slots__ = ("_at", "_base", "_length", "_marks", "_text", "kinds")
@@ -74,7 +77,6 @@ class Column:
         if self._text is None:
             assert self._base is not None and self._at is not None
             self._text = self._base.take(self._at)
-            self._base = self._at = None
         return self._text
 
     def __len__(self) -> int:
@@ -97,10 +99,10 @@ class Column:
         """Rows `indexes` (`at`: the same as an Arrow array, when the caller has one)."""
         kinds = self.kinds[indexes] if self.kinds is not None else None
         at = at if at is not None else pa.array(indexes, pa.int64())
-        if self._text is None:  # a take of a take: one gather from the first base
-            assert self._base is not None and self._at is not None
-            column = Column.taken(self._base, self._at.take(at), kinds)
+        if self._base is not None and self._at is not None:  # a take of a take: from the
+            column = Column.taken(self._base, self._at.take(at), kinds)  # first base
         else:
+            assert self._text is not None
             column = Column.taken(self._text, at, kinds)
         column._marks = {name: values[indexes] for name, values in self._marks.items()}
         return column
@@ -430,6 +432,79 @@ def concat_batches(batches: Sequence[Batch]) -> Batch:
         pa.concat_arrays([b.malformed for b in batches]),
         concat_orders([key_orders(b) for b in batches]) if ordered else None,
     )
+
+
+def interleaved(batch: Batch, kept: Indexes, other: Batch, placed: Indexes) -> Batch:
+    """Rows `kept` of `batch` and the rows of `other` (row i standing for `batch` row
+    `placed[i]`), in `batch` order; `kept` and `placed` ascending and disjoint. A column of
+    `other` that is `batch`'s own, taken at `placed` (no rule touched it), is one gather from
+    `batch`'s; another is gathered from the two columns one after the other. Nothing is
+    gathered until read (`Column.take`). Batches with key orders are concatenated and
+    sorted (`concat_batches`)."""
+    if batch.order is not None or other.order is not None:
+        both = concat_batches([batch.take(kept), other])
+        return both.take(np.argsort(np.concatenate([kept, placed]), kind="stable"))
+    rows = np.sort(np.concatenate([kept, placed]))
+    at = pa.array(rows, pa.int64())
+    n = len(batch)
+    spliced = np.arange(n, dtype=np.int64)
+    spliced[placed] = n + np.arange(len(placed), dtype=np.int64)
+    from_both = pa.array(spliced[rows], pa.int64())
+    taken_placed = pa.array(placed, pa.int64())
+
+    def column(mine: Column, theirs: Column) -> Column:
+        if _taken_from(theirs, mine, taken_placed):
+            return mine.take(rows, at)
+        if _all_null(mine) and _all_null(theirs):  # no malformed rows, no error columns
+            return Column(pa.nulls(len(rows), pa.string()))
+        kinds = None
+        if mine.kinds is not None or theirs.kinds is not None:
+            kinds = np.concatenate([mine.kind_array(), theirs.kind_array()])[spliced[rows]]
+        whole = pa.concat_arrays([as_string(mine.text), as_string(theirs.text)])
+        return Column(whole.take(from_both), kinds)  # gathered now: `whole` is not kept
+
+    def keyed(mine: Mapping[str, Column], theirs: Mapping[str, Column]) -> dict[str, Column]:
+        return {
+            k: column(_key(mine, k, n), _key(theirs, k, len(placed)))
+            for k in _union([mine, theirs])
+        }
+
+    return Batch(
+        batch.rows[rows],
+        column(batch.identifier, other.identifier),
+        column(batch.timestamp, other.timestamp),
+        column(batch.event_name, other.event_name),
+        keyed(batch.payload, other.payload),
+        keyed(batch.extra, other.extra),
+        column(batch.code_column, other.code_column),
+        column(batch.message_column, other.message_column),
+        column(batch.malformed_column, other.malformed_column),
+    )
+
+
+def _all_null(column: Column) -> bool:
+    """Whether a column is known to be null throughout, without gathering it."""
+    known = column._text if column._text is not None else column._base
+    return known is not None and known.null_count == len(known) and column.kinds is None
+
+
+def _taken_from(column: Column, source: Column, at: pa.Array) -> bool:
+    """Whether `column` is rows `at` of `source` as it is, not yet gathered."""
+    if column._base is None or column._at is None:
+        return False
+    if source._base is not None and source._at is not None:
+        base, wanted = source._base, source._at.take(at)
+    elif source._text is not None:
+        base, wanted = source._text, at
+    else:
+        return False
+    if column._base is not base or len(column._at) != len(wanted):
+        return False
+    if column.kinds is not None or source.kinds is not None:
+        indexes = np.asarray(at.to_numpy(zero_copy_only=False), np.int64)
+        if not np.array_equal(column.kind_array(), source.kind_array()[indexes]):
+            return False
+    return bool(column._at.equals(wanted))
 
 
 def _key(columns: Mapping[str, Column], key: str, length: int) -> Column:

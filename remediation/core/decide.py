@@ -29,7 +29,7 @@ from remediation.core.checks import (
     problem_codes,
     problem_ids,
 )
-from remediation.core.columns import Batch, Indexes, Mask, concat_batches, concat_columns
+from remediation.core.columns import Batch, Indexes, Mask, concat_columns, interleaved
 from remediation.core.rules import RULES, Changes
 from remediation.core.rules.base import replace_rows
 from remediation.identifiers import Lineage
@@ -62,9 +62,7 @@ class Decided:
             return written, self.batch.take(valid)
         if not len(valid):
             return written, self.fixed
-        both = concat_batches([self.batch.take(valid), self.fixed])
-        order = np.argsort(np.concatenate([valid, self.corrected]), kind="stable")
-        return written, both.take(order)
+        return written, interleaved(self.batch, valid, self.fixed, self.corrected)
 
     def unclassified(self) -> Mask:
         """Quarantined rows that arrived with a code we do not know, or that we could not

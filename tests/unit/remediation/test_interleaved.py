@@ -1,0 +1,88 @@
+"""`columns.interleaved`: the written rows of a batch (its valid rows and its corrected ones,
+in file order) are what concatenating and sorting gives, and a column no rule changed is
+taken from the batch's own in one gather."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from remediation.core.columns import Batch, Column, Kind, concat_batches, interleaved
+from remediation.core.rules.base import set_column
+
+
+def _batch(n: int, kinds: bool) -> Batch:
+    def column(name: str) -> Column:
+        spelt = [str(i) if name == "v" else f"{name}{i}" for i in range(n)]
+        texts = pa.array([text if i % 5 else None for i, text in enumerate(spelt)], pa.string())
+        typed = np.full(n, Kind.INT, np.uint8) if kinds and name == "v" else None
+        return Column(texts, typed)
+
+    return Batch(
+        np.arange(100, 100 + n, dtype=np.int64),
+        column("id"),
+        column("ts"),
+        column("ev"),
+        {"v": column("v"), "c": column("c")},
+        {"note": column("note")},
+        pa.array([f"code{i % 3}" for i in range(n)], pa.string()),
+        pa.nulls(n, pa.string()),
+        pa.nulls(n, pa.string()),
+    )
+
+
+def _rows(batch: Batch) -> list[tuple[object, ...]]:
+    payload = {k: c.values() for k, c in batch.payload.items()}
+    extra = {k: c.values() for k, c in batch.extra.items()}
+    return [
+        (
+            int(batch.rows[i]),
+            batch.identifier.values()[i],
+            batch.timestamp.values()[i],
+            tuple(sorted((k, v[i]) for k, v in payload.items())),
+            tuple(sorted((k, v[i]) for k, v in extra.items())),
+            batch.error_code[i].as_py(),
+            batch.malformed[i].as_py(),
+        )
+        for i in range(len(batch))
+    ]
+
+
+@given(
+    n=st.integers(1, 40),
+    picks=st.lists(st.booleans(), min_size=40, max_size=40),
+    kinds=st.booleans(),
+    added=st.booleans(),
+)
+def test_the_written_rows_are_the_sorted_concatenation(
+    n: int, picks: list[bool], kinds: bool, added: bool
+) -> None:
+    batch = _batch(n, kinds)
+    placed = np.flatnonzero(np.asarray(picks[:n]))
+    kept = np.flatnonzero(~np.asarray(picks[:n]))
+    fixed = batch.take(placed)  # what the rounds hand back: some columns changed
+    at = np.arange(0, len(placed), 2, dtype=np.int64)
+    new = Column(pa.array([str(1000 + i) for i in range(len(at))], pa.string()))
+    payload = dict(fixed.payload, v=set_column(fixed.payload["v"], at, new))
+    if added:
+        payload["alias"] = Column(pa.array(["x"] * len(placed), pa.string()))
+    fixed = fixed.with_fields(timestamp=set_column(fixed.timestamp, at, new), payload=payload)
+    got = interleaved(batch, kept, fixed, placed)
+    both = concat_batches([batch.take(kept), fixed])
+    want = both.take(np.argsort(np.concatenate([kept, placed]), kind="stable"))
+    assert _rows(got) == _rows(want)
+    assert list(got.payload) == list(want.payload)
+    for key, column in got.payload.items():  # None and all TEXT are one (`kind_array`)
+        assert column.kind_array().tolist() == want.payload[key].kind_array().tolist()
+
+
+def test_a_column_no_rule_changed_is_one_gather_from_the_batch() -> None:
+    batch = _batch(10, False)
+    placed, kept = np.array([1, 4, 7]), np.array([0, 2, 3, 5, 6, 8, 9])
+    fixed = batch.take(np.array([1, 2, 4, 7])).take(np.array([0, 2, 3]))  # a take of a take
+    assert fixed.identifier.text.to_pylist() == ["id1", "id4", "id7"]  # read: still known
+    got = interleaved(batch, kept, fixed, placed)
+    assert got.identifier._base is batch.identifier.text
+    assert got.identifier.text.to_pylist() == batch.identifier.text.to_pylist()
