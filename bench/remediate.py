@@ -303,8 +303,8 @@ def prepare(work: Path, rows: int, mix: str) -> None:
 
 def outputs(work: Path, name: str) -> Path:
     """Where contender `name` writes: emptied before each of its runs (`rounds`), so that no
-    run pays for deleting the last round's files (replacing 300 MB of outputs cost a
-    `meterfix` run 0.15-0.3 s of system time)."""
+    run pays for replacing the last round's files (300 MB of outputs: 0.2-0.3 s of a
+    `meterfix` run's wall time, alternating runs)."""
     return work / "out" / name.replace(" ", "-").replace("--", "")
 
 
