@@ -93,11 +93,15 @@ CELLS = [
             "timestamp_too_far_in_past",
             "odd_code",
             " No_Meter ",
+            "\u00a0no_meter\u00a0",  # str.strip() strips a no-break space, Arrow's ASCII trim not
+            "Nö_Meter",
             "unclassified",
             "timestamp_invalid",
         ]
     ),
-    st.sampled_from(["", "No meter was found matching event_name X."]),
+    st.sampled_from(
+        ["", "No meter was found matching event_name X.", "  No customer.\t", "Kein Zähler. "]
+    ),
 ]
 ROWS = st.lists(st.tuples(*CELLS).map(list), min_size=1, max_size=60)
 # `x-r2` and `b-r0` were written by us (lineage), `a1-mfx1` is also an original of the input
