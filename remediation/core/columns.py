@@ -99,8 +99,8 @@ class Column:
         """Rows `indexes` (`at`: the same as an Arrow array, when the caller has one)."""
         kinds = self.kinds[indexes] if self.kinds is not None else None
         at = at if at is not None else pa.array(indexes, pa.int64())
-        if self._base is not None and self._at is not None:  # a take of a take: from the
-            column = Column.taken(self._base, self._at.take(at), kinds)  # first base
+        if self._base is not None and self._at is not None:  # a take of a take: one gather
+            column = Column.taken(self._base, self._at.take(at), kinds)  # from the first base
         else:
             assert self._text is not None
             column = Column.taken(self._text, at, kinds)
@@ -349,9 +349,8 @@ _TEXT_OR_ABSENT = frozenset({str, type(_ABSENT)})
 def _taken(column: Column, indexes: Indexes, at: pa.Array) -> Column:
     """Rows `at` of a column (no gather when every row is null: a file without malformed
     rows, or without error columns)."""
-    known = column._text
-    if known is not None and known.null_count == len(known):
-        return Column(pa.nulls(len(at), known.type))
+    if _all_null(column):
+        return Column(pa.nulls(len(at), pa.string()))
     return column.take(indexes, at)
 
 
@@ -438,9 +437,9 @@ def interleaved(batch: Batch, kept: Indexes, other: Batch, placed: Indexes) -> B
     """Rows `kept` of `batch` and the rows of `other` (row i standing for `batch` row
     `placed[i]`), in `batch` order; `kept` and `placed` ascending and disjoint. A column of
     `other` that is `batch`'s own, taken at `placed` (no rule touched it), is one gather from
-    `batch`'s; another is gathered from the two columns one after the other. Nothing is
-    gathered until read (`Column.take`). Batches with key orders are concatenated and
-    sorted (`concat_batches`)."""
+    `batch`'s, when it is read (`Column.take`); another is gathered at once from the two
+    columns one after the other. Batches with key orders are concatenated and sorted
+    (`concat_batches`)."""
     if batch.order is not None or other.order is not None:
         both = concat_batches([batch.take(kept), other])
         return both.take(np.argsort(np.concatenate([kept, placed]), kind="stable"))
@@ -489,7 +488,8 @@ def _all_null(column: Column) -> bool:
 
 
 def _taken_from(column: Column, source: Column, at: pa.Array) -> bool:
-    """Whether `column` is rows `at` of `source` as it is, not yet gathered."""
+    """Whether `column` is rows `at` of `source` as it is (by where it came from, read or
+    not: no rule replaced it)."""
     if column._base is None or column._at is None:
         return False
     if source._base is not None and source._at is not None:
