@@ -24,7 +24,8 @@ from typing import BinaryIO
 
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
-from remediation.limits import MAX_LINE_CHARS, json_depth_over
+from remediation.limits import MAX_LINE_CHARS as MAX_LINE_CHARS  # core.jsonllines reads it here
+from remediation.limits import json_depth_over
 from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord, resolve_error
 
 CHUNK_CHARS = 64 * 1024
@@ -188,9 +189,10 @@ class LineBlock:
     refused: dict[int, str]
 
 
-def jsonl_line_blocks(text: io.TextIOWrapper) -> Iterator[LineBlock]:
-    """`jsonl_lines` a block of text at a time."""
-    number = 0
+def jsonl_line_blocks(text: io.TextIOWrapper, first: int = 0) -> Iterator[LineBlock]:
+    """`jsonl_lines` a block of text at a time (`first`: the row number before the text's
+    first line, when the text is the rest of a stream whose lines were read another way)."""
+    number = first
     for short, lines in _raw_lines(text):
         if short:  # no line is too long: the common case, on whole lists
             cleaned = [line.strip() for line in short]

@@ -37,11 +37,11 @@ from remediation.core.columns import (
     from_records,
 )
 from remediation.core.csvread import Ahead
+from remediation.core.jsonllines import line_arrays
 from remediation.core.text import byte_counts
 from remediation.jsonreaders import (
     JSON_KNOWN,
     JsonlRecords,
-    jsonl_line_blocks,
     parse_line,
     record_from_obj,
     unreadable,
@@ -261,28 +261,42 @@ class JsonlBatches:
         while held:
             yield self._batch(held.pop(0))
 
-    def _slices(self) -> Iterator[tuple[list[int], list[str], dict[int, str]]]:
-        """(line numbers, lines, refused: place -> why) of at most `size` lines at a time."""
+    def _slices(self) -> Iterator[tuple[list[int], pa.Array, dict[int, str]]]:
+        """(line numbers, lines, refused: place -> why) of at most `size` lines at a time
+        (slices of the blocks' lines, concatenated)."""
         numbers: list[int] = []
-        lines: list[str] = []
-        refused: dict[int, str] = {}  # place in `lines` -> why that line was refused
-        for block in jsonl_line_blocks(self.text):
-            refused.update({len(lines) + at: why for at, why in block.refused.items()})
+        pieces: list[pa.Array] = []  # the lines not yet handed out, by block
+        held = 0
+        refused: dict[int, str] = {}  # place among the held lines -> why that line was refused
+        for block in line_arrays(self.text):
+            refused.update({held + at: why for at, why in block.refused.items()})
             numbers += block.numbers
-            lines += block.lines
-            while len(lines) >= self.size:
-                first = {at: why for at, why in refused.items() if at < self.size}
-                yield numbers[: self.size], lines[: self.size], first
-                numbers, lines = numbers[self.size :], lines[self.size :]
-                refused = {at - self.size: why for at, why in refused.items() if at >= self.size}
-        if lines:
-            yield numbers, lines, refused
+            pieces.append(block.text)
+            held += len(block.text)
+            if held < self.size:
+                continue
+            lines = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
+            done = 0
+            while held - done >= self.size:
+                end = done + self.size
+                first = {at - done: why for at, why in refused.items() if done <= at < end}
+                yield numbers[done:end], lines.slice(done, self.size), first
+                done = end
+            # the rest copied: the batches' lines go with the last of them
+            rest = pa.concat_arrays([lines.slice(done)])
+            numbers, pieces, held = numbers[done:], [rest], held - done
+            refused = {at - done: why for at, why in refused.items() if at >= done}
+            del lines, rest
+        if held:
+            yield numbers, pa.concat_arrays(pieces), refused
 
-    def _cut(self, numbers: list[int], lines: list[str], refused: dict[int, str]) -> _Cut:
-        early = {at: unreadable(numbers[at], lines[at], why) for at, why in refused.items()}
-        if early:
-            lines = [("" if at in early else line) for at, line in enumerate(lines)]
-        text = pa.array(lines, pa.string())
+    def _cut(self, numbers: list[int], lines: pa.Array, refused: dict[int, str]) -> _Cut:
+        early = {at: unreadable(numbers[at], lines[at].as_py(), why) for at, why in refused.items()}
+        text = lines
+        if early:  # matched by no layout, read by no one: their records are made here
+            blank = np.zeros(len(lines), bool)
+            blank[list(early)] = True
+            text = pc.if_else(pa.array(blank), pa.scalar("", pa.string()), lines)
         left = np.ones(len(lines), bool)
         left[list(early)] = False
         # A line of a layout holds as many quotes as it: only those lines are matched.
