@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from remediation.errors import UnreadableFile
+from remediation.errors import UnreadableFile, not_utf8
 from remediation.filetypes import FileFormat
 from remediation.limits import MAX_LINE_CHARS as MAX_LINE_CHARS  # core.jsonllines reads it here
 from remediation.limits import json_depth_over
@@ -51,13 +51,9 @@ def _json_array_records(stream: BinaryIO, depth: int) -> Iterator[UsageRecord]:
         items = _JsonArrayStream(text, depth).items()
         yield from (record_from_obj(n, obj) for n, obj in items)
     except UnicodeDecodeError as exc:
-        raise _not_utf8(exc) from exc
+        raise not_utf8(exc, stream) from exc
     finally:
         release(text)
-
-
-def _not_utf8(exc: UnicodeDecodeError) -> UnreadableFile:
-    return UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}")
 
 
 class JsonlRecords(Iterator[UsageRecord]):
@@ -78,7 +74,7 @@ class JsonlRecords(Iterator[UsageRecord]):
         try:
             yield from _jsonl_records(text, self._depth)
         except UnicodeDecodeError as exc:
-            raise _not_utf8(exc) from exc
+            raise not_utf8(exc, self._stream) from exc
         finally:
             release(text)
 
@@ -94,7 +90,7 @@ class JsonlRecords(Iterator[UsageRecord]):
         try:
             yield text
         except UnicodeDecodeError as exc:
-            raise _not_utf8(exc) from exc
+            raise not_utf8(exc, self._stream) from exc
         finally:
             release(text)
 

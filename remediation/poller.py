@@ -15,7 +15,7 @@ from typing import BinaryIO, NamedTuple
 
 from remediation.core.checks import problem_codes
 from remediation.core.columns import from_records
-from remediation.errors import UnreadableFile
+from remediation.errors import UnreadableFile, not_utf8
 from remediation.readers import CsvLayout, text_stream
 from remediation.records import UsageRecord
 from remediation.validation import (
@@ -162,7 +162,7 @@ def _csv_rows(
                 number += 1
                 yield layout.record(number, row)
     except UnicodeDecodeError as exc:
-        raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
+        raise not_utf8(exc, text.buffer) from exc
     except csv.Error as exc:
         raise UnreadableFile(f"broken CSV: {exc}") from exc
     finally:

@@ -18,7 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from remediation.errors import UnreadableFile
+from remediation.errors import UnreadableFile, not_utf8
 from remediation.filetypes import FileFormat
 from remediation.jsonreaders import json_records, release, text_stream
 from remediation.limits import DEFAULT_LIMITS, MAX_LINE_CHARS, FieldLimits
@@ -266,7 +266,7 @@ class CsvRecords(Iterator[UsageRecord]):
                 if batch:
                     yield layout, batch
         except UnicodeDecodeError as exc:
-            raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
+            raise not_utf8(exc, self._stream) from exc
         except csv.Error as exc:
             raise UnreadableFile(csv_error(exc)) from exc
         finally:

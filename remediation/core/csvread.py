@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from remediation.errors import UnreadableFile
+from remediation.errors import UnreadableFile, not_utf8
 from remediation.readers import CSV_FIELD_LIMIT, CsvLayout, _line_breaks, csv_error
 
 __all__ = ["CsvBlock", "CsvColumns"]
@@ -62,7 +62,7 @@ class _ByteSource:
     last bytes before it in `behind`: a fallback re-decodes from a chunk start behind it."""
 
     def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
+        self.stream = stream
         self.pending, self.behind = b"", b""
         self.start = 0
         self.eof = False
@@ -71,7 +71,7 @@ class _ByteSource:
         """`pending` after reading ahead until it holds `size` bytes or the stream ends."""
         parts, have = [self.pending], len(self.pending)
         while have < size and not self.eof:
-            part = self._stream.read(size - have)
+            part = self.stream.read(size - have)
             self.eof = not part
             parts.append(part)
             have += len(part)
@@ -92,12 +92,13 @@ class _ByteSource:
 
 
 @contextmanager
-def _as_unreadable() -> Iterator[None]:
-    """The errors `CsvRecords.row_batches` turns into UnreadableFile, turned the same way."""
+def _as_unreadable(stream: BinaryIO) -> Iterator[None]:
+    """The errors `CsvRecords.row_batches` turns into UnreadableFile, turned the same way
+    (`stream`: the file's, where an undecodable byte is looked for)."""
     try:
         yield
     except UnicodeDecodeError as exc:
-        raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {exc.start}") from exc
+        raise not_utf8(exc, stream) from exc
     except csv.Error as exc:
         raise UnreadableFile(csv_error(exc)) from exc
 
@@ -139,7 +140,7 @@ class CsvColumns:
         self._started = True
         if csv.field_size_limit() < CSV_FIELD_LIMIT:  # as `CsvRecords.row_batches` does
             csv.field_size_limit(CSV_FIELD_LIMIT)
-        with _as_unreadable():
+        with _as_unreadable(self._source.stream):
             header = self._quick_header()
             if header is None:
                 self._rows = csv.reader(_exact_lines(self._source), delimiter=self._delimiter)
@@ -155,7 +156,7 @@ class CsvColumns:
         """The non-blank data rows in blocks, numbered from 1 in order."""
         if self.read_header() is None:
             return
-        with _as_unreadable():
+        with _as_unreadable(self._source.stream):
             rows = self._rows
             if rows is None:
                 rows = yield from self._quick_blocks()

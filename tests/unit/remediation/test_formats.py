@@ -5,14 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from typing import Any, BinaryIO
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remediation import jsonreaders
+from remediation.core.csvread import CsvColumns
+from remediation.core.jsonlread import jsonl_batches
 from remediation.errors import UnreadableFile
 from remediation.formats import FileFormat, RecordWriter, detect_format, read_records
+from remediation.jsonreaders import JsonlRecords
+from remediation.poller import read_csv_with_header
 from remediation.records import UsageRecord
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value"
@@ -102,6 +107,82 @@ def test_csv_broken_quoting_and_long_fields() -> None:
 def test_non_utf8_is_unreadable() -> None:
     with pytest.raises(UnreadableFile, match="not UTF-8"):
         read(f"{HEADER}\na,1,api,caf\xe9,5\n".encode("latin-1"), FileFormat.CSV)
+
+
+class _Unseekable(io.RawIOBase):
+    """Bytes that can be read once, as from a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._data.readinto(buffer)
+
+
+def _csv_records(stream: BinaryIO) -> object:
+    return list(read_records(stream, FileFormat.CSV))
+
+
+def _csv_columns(stream: BinaryIO) -> object:
+    return list(CsvColumns(stream, ",", None, 1 << 16).blocks())
+
+
+def _jsonl_records(stream: BinaryIO) -> object:
+    return list(read_records(stream, FileFormat.JSONL))
+
+
+def _jsonl_batches(stream: BinaryIO) -> object:
+    return list(jsonl_batches(JsonlRecords(stream, 32), 7168))
+
+
+def _json_array(stream: BinaryIO) -> object:
+    return list(read_records(stream, FileFormat.JSON))
+
+
+def _poller_csv(stream: BinaryIO) -> object:
+    return list(read_csv_with_header(stream)[1])
+
+
+@pytest.mark.parametrize(
+    ("reader", "head", "row", "tail"),
+    [
+        (_csv_records, HEADER + "\n", "a,1,api,cus_1,5\n", ""),
+        (_csv_columns, HEADER + "\n", "a,1,api,cus_1,5\n", ""),
+        (_poller_csv, HEADER + "\n", "a,1,api,cus_1,5\n", ""),
+        (_jsonl_records, "", '{"identifier":"a","timestamp":1}\n', ""),
+        (_jsonl_batches, "", '{"identifier":"a","timestamp":1}\n', ""),
+        (_json_array, "[", '{"identifier":"a","timestamp":1},', "{}]"),
+    ],
+)
+def test_a_byte_that_is_not_utf8_is_named_by_its_offset_in_the_file(
+    reader: Any, head: str, row: str, tail: str
+) -> None:
+    """Far past the first chunks any reader decodes: the offset is the file's, not the
+    chunk's (a byte at 1,900,015 was reported at 65,007). A stream that cannot seek back
+    gets the error without an offset."""
+    before = (head + row * 20_000).encode()
+    data = before + b"caf\xe9" + (row * 10 + tail).encode()
+    where = len(before) + 3
+    with pytest.raises(UnreadableFile) as failed:
+        reader(io.BytesIO(data))
+    assert failed.value.reason == f"not UTF-8 text: undecodable byte at offset {where}"
+    with pytest.raises(UnreadableFile) as failed:
+        reader(io.BufferedReader(_Unseekable(data)))
+    assert failed.value.reason == "not UTF-8 text: a byte sequence is not UTF-8"
+
+
+def test_a_character_cut_by_a_read_is_no_error_and_a_broken_one_is_found_past_it() -> None:
+    """The search reads 1 MB at a time: a character split between two reads decodes, and
+    the offset of a broken one in the second read counts the split character's bytes once."""
+    body = b"x" * 12 + b"\n" + '{"identifier":"ü€"}\n'.encode() * 60_000  # 1.4 MB
+    assert body[(1 << 20) - 1] >= 0x80 and body[1 << 20] >= 0x80  # "ü" cut by the first read
+    data = body + b'{"identifier":"\xe2\x82"}\n'  # a character with its last byte missing
+    with pytest.raises(UnreadableFile) as failed:
+        _jsonl_records(io.BytesIO(data))
+    assert failed.value.reason == f"not UTF-8 text: undecodable byte at offset {len(body) + 15}"
 
 
 def test_header_only_and_empty_files_have_no_records() -> None:
