@@ -52,9 +52,9 @@ class ConservationError(MeterfixError):
     """Rows in != valid + corrected + quarantined (or a row was written twice)."""
 
 
-def not_utf8(exc: UnicodeDecodeError, stream: object = None) -> UnreadableFile:
+def not_utf8(stream: object = None) -> UnreadableFile:
     """The file is not UTF-8: the error names the offset in the file of its first undecodable
-    byte. A decode error's own offset counts from the start of the chunk being decoded (a byte
+    byte. A decode error's own offset (`exc.start`) counts from the chunk being decoded (a byte
     at 1,900,015 of a JSON Lines file was reported at 65,007), so the offset is found again
     from the file's start when `stream` (the binary stream read) can seek back; otherwise the
     message names none."""

@@ -51,7 +51,7 @@ def _json_array_records(stream: BinaryIO, depth: int) -> Iterator[UsageRecord]:
         items = _JsonArrayStream(text, depth).items()
         yield from (record_from_obj(n, obj) for n, obj in items)
     except UnicodeDecodeError as exc:
-        raise not_utf8(exc, stream) from exc
+        raise not_utf8(stream) from exc
     finally:
         release(text)
 
@@ -74,7 +74,7 @@ class JsonlRecords(Iterator[UsageRecord]):
         try:
             yield from _jsonl_records(text, self._depth)
         except UnicodeDecodeError as exc:
-            raise not_utf8(exc, self._stream) from exc
+            raise not_utf8(self._stream) from exc
         finally:
             release(text)
 
@@ -90,7 +90,7 @@ class JsonlRecords(Iterator[UsageRecord]):
         try:
             yield text
         except UnicodeDecodeError as exc:
-            raise not_utf8(exc, self._stream) from exc
+            raise not_utf8(self._stream) from exc
         finally:
             release(text)
 

@@ -162,7 +162,7 @@ def _csv_rows(
                 number += 1
                 yield layout.record(number, row)
     except UnicodeDecodeError as exc:
-        raise not_utf8(exc, text.buffer) from exc
+        raise not_utf8(text.buffer) from exc
     except csv.Error as exc:
         raise UnreadableFile(f"broken CSV: {exc}") from exc
     finally:

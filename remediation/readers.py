@@ -266,7 +266,7 @@ class CsvRecords(Iterator[UsageRecord]):
                 if batch:
                     yield layout, batch
         except UnicodeDecodeError as exc:
-            raise not_utf8(exc, self._stream) from exc
+            raise not_utf8(self._stream) from exc
         except csv.Error as exc:
             raise UnreadableFile(csv_error(exc)) from exc
         finally:

@@ -98,7 +98,7 @@ def _as_unreadable(stream: BinaryIO) -> Iterator[None]:
     try:
         yield
     except UnicodeDecodeError as exc:
-        raise not_utf8(exc, stream) from exc
+        raise not_utf8(stream) from exc
     except csv.Error as exc:
         raise UnreadableFile(csv_error(exc)) from exc
 
