@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.abc
 import logging
-import sys
 import tempfile
 import threading
 import time
@@ -35,18 +33,7 @@ def generate(path: Path, rows: int, now: int) -> None:
         )
 
 
-class _WithoutPandas(importlib.abc.MetaPathFinder):
-    """pandas is installed for bench/remediate.py's contender only, and pyarrow imports it on
-    its first array whenever it can (1.1 s and ~40 MB, inside the timed pass): the poller
-    runs as meterfix is installed, without it (as bench/remediate.py runs meterfix)."""
-
-    def find_spec(self, name: str, path: object, target: object = None) -> None:
-        if name.partition(".")[0] == "pandas":
-            raise ImportError("pandas is not a meterfix dependency")
-
-
 def bench_parse(path: Path, now: int) -> tuple[int, int, float]:
-    sys.meta_path.insert(0, _WithoutPandas())
     from remediation.meters import Meter
     from remediation.poller import import_chunks, read_csv_with_header
     from remediation.validation import MeterIndex
