@@ -1,7 +1,7 @@
 """Remediation benchmark: `meterfix remediate` next to plain copies and pandas/polars scripts.
 
-Generates a failed-records file in a temp dir (seeded, deterministic), as CSV and as JSON
-Lines with the same rows. Two mixes (`--mix`):
+Generates a failed-records file in a temp dir (seeded, deterministic), as CSV, as JSON
+Lines and as a JSON array (one element a line) with the same rows. Two mixes (`--mix`):
 - `varied` (the bench's own): every row its own uuid-like identifier, value and timestamp;
   customers from a pool of 50,000; about 9 rows in 10 carry an error code (ms timestamps and
   small future skews, "1,234"-style values, event names in another case or spelling, external
@@ -286,6 +286,12 @@ def timed(cmd: list[str]) -> Figures:
 
 def prepare(work: Path, rows: int, mix: str) -> None:
     generate(work / "failed.csv", rows, mix)
+    with open(work / "failed.jsonl") as lines, open(work / "failed.json", "w") as array:
+        # the same rows as a JSON array, one element a line (as meterfix writes one)
+        array.write("[\n")
+        for at, line in enumerate(lines):
+            array.write((",\n" if at else "") + line.rstrip("\n"))
+        array.write("\n]\n")
     (work / "meters.json").write_text(json.dumps(METERS))
     (work / "rules.toml").write_text(rules_toml())
     customers = {f"ext-{i:06d}": f"cus_x{i:013d}" for i in range(EXTERNAL_IDS)}
@@ -332,6 +338,12 @@ def contenders(work: Path) -> dict[str, list[str]]:
             str(outputs(work, "json copy") / "c"),
         ],
         "meterfix jsonl": [*mfx, jsonl, "--out", str(outputs(work, "meterfix jsonl"))],
+        "meterfix json": [
+            *mfx,
+            str(work / "failed.json"),
+            "--out",
+            str(outputs(work, "meterfix json")),
+        ],
         "meterfix jsonl big": [
             *mfx,
             str(work / "big.jsonl"),
@@ -392,6 +404,7 @@ def targets(big: int, results: dict[str, Figures]) -> list[str]:
     for name, other, goal, label in (
         ("meterfix", "csv copy", 0.6, "CSV: meterfix / csv copy"),
         ("meterfix jsonl", "json copy", 1.0, "JSON Lines: meterfix / json copy"),
+        ("meterfix json", "json copy", None, "JSON array: meterfix / json copy"),
         ("meterfix", "polars", 1.5, "meterfix / polars (same fixes)"),
         ("meterfix", "pandas", None, "meterfix / pandas (same fixes)"),
     ):

@@ -28,13 +28,14 @@ from remediation.core.csvbatch import csv_batch
 from remediation.core.csvout import CsvOut
 from remediation.core.csvread import Ahead
 from remediation.core.decide import BatchDecider, Decided
+from remediation.core.jsonarray import json_array_batches
 from remediation.core.jsonlout import JsonlOut
 from remediation.core.jsonlread import jsonl_batches
 from remediation.core.recordout import RecordOut
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers, Lineage
-from remediation.jsonreaders import JsonlRecords
+from remediation.jsonreaders import JsonArrayRecords, JsonlRecords
 from remediation.meters import Meter, customer_keys
 from remediation.outcomes import AuditSink, CorrectionRow, QuarantinedRow, Tally
 from remediation.outputs import PlannedOutput
@@ -114,7 +115,7 @@ def remediate(
     as_bytes: CsvOut | JsonlOut | None = None
     if columns and _bytes_out(records, write):
         as_bytes = CsvOut(sinks, columns, ids, source)
-    elif fmt is FileFormat.JSONL and write:
+    elif fmt in (FileFormat.JSONL, FileFormat.JSON) and write:
         as_bytes = JsonlOut(sinks, ids, source)
     as_records = RecordOut(sinks, ids, source)
 
@@ -341,6 +342,10 @@ def batches(
         return
     if isinstance(records, JsonlRecords):
         yield from jsonl_batches(records, min(size, JSONL_BATCH_ROWS), ahead)
+        return
+    if isinstance(records, JsonArrayRecords):
+        rows = min(size, JSONL_BATCH_ROWS)
+        yield from json_array_batches(records, rows, min(size, RECORD_BATCH_ROWS), ahead)
         return
     chunk: list[UsageRecord] = []
     size = min(size, RECORD_BATCH_ROWS)

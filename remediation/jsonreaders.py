@@ -42,23 +42,12 @@ def text_stream(stream: BinaryIO) -> io.TextIOWrapper:
 def json_records(stream: BinaryIO, fmt: FileFormat, depth: int) -> Iterator[UsageRecord]:
     if fmt is FileFormat.JSONL:
         return JsonlRecords(stream, depth)
-    return _json_array_records(stream, depth)
+    return JsonArrayRecords(stream, depth)
 
 
-def _json_array_records(stream: BinaryIO, depth: int) -> Iterator[UsageRecord]:
-    text = text_stream(stream)
-    try:
-        items = _JsonArrayStream(text, depth).items()
-        yield from (record_from_obj(n, obj) for n, obj in items)
-    except UnicodeDecodeError as exc:
-        raise not_utf8(stream) from exc
-    finally:
-        release(text)
-
-
-class JsonlRecords(Iterator[UsageRecord]):
-    """The records of a JSON Lines stream, read lazily; or, through `text`, the stream for
-    `core.jsonlread`, which reads its rows as columns."""
+class _JsonRecords(Iterator[UsageRecord]):
+    """The records of a JSON stream, read lazily; or, through `text`, the stream for a reader
+    of columns (`core.jsonlread`, `core.jsonarray`)."""
 
     def __init__(self, stream: BinaryIO, depth: int) -> None:
         self._stream, self._depth = stream, depth
@@ -70,13 +59,11 @@ class JsonlRecords(Iterator[UsageRecord]):
         return next(self._records)
 
     def _read_records(self) -> Iterator[UsageRecord]:
-        text = text_stream(self._stream)
-        try:
-            yield from _jsonl_records(text, self._depth)
-        except UnicodeDecodeError as exc:
-            raise not_utf8(self._stream) from exc
-        finally:
-            release(text)
+        with self.text() as text:
+            yield from self._records_of(text)
+
+    def _records_of(self, text: io.TextIOWrapper) -> Iterator[UsageRecord]:
+        raise NotImplementedError
 
     @property
     def depth(self) -> int:
@@ -84,8 +71,8 @@ class JsonlRecords(Iterator[UsageRecord]):
 
     @contextmanager
     def text(self) -> Iterator[io.TextIOWrapper]:
-        """The stream as text for a reader of its own (`core.jsonlread`), handed back after;
-        bytes that are not UTF-8 fail the file as the record reader fails it."""
+        """The stream as text, handed back after; bytes that are not UTF-8 fail the file
+        (named by the offset of the first, in the file)."""
         text = text_stream(self._stream)
         try:
             yield text
@@ -93,6 +80,39 @@ class JsonlRecords(Iterator[UsageRecord]):
             raise not_utf8(self._stream) from exc
         finally:
             release(text)
+
+
+class JsonlRecords(_JsonRecords):
+    """The records of a JSON Lines stream (`core.jsonlread` reads them as columns)."""
+
+    def _records_of(self, text: io.TextIOWrapper) -> Iterator[UsageRecord]:
+        return _jsonl_records(text, self._depth)
+
+
+class JsonArrayRecords(_JsonRecords):
+    """The records of a JSON array (`core.jsonarray` reads them as columns)."""
+
+    def _records_of(self, text: io.TextIOWrapper) -> Iterator[UsageRecord]:
+        return array_records(text, self._depth)
+
+
+def array_records(
+    text: io.TextIOWrapper, depth: int, after: int | None = None
+) -> Iterator[UsageRecord]:
+    """The records of the elements of a JSON array, in order (`after`: the text starts inside
+    the array, after that many items and the comma following the last; `core.jsonarray`
+    hands a stream over so)."""
+    items = _JsonArrayStream(text, depth).items(after)
+    return (record_from_obj(n, obj) for n, obj in items)
+
+
+def element_record(number: int, text: str, depth: int) -> UsageRecord:
+    """The record of array item `number`, whose text (one whole JSON value, blanks stripped)
+    is `text`: as the array reader reads it in the stream (a refusal the same, and so a
+    number too long to read, which fails the file)."""
+    reader = _JsonArrayStream(None, depth)
+    reader.buf = text
+    return record_from_obj(number, reader.decode(number))
 
 
 def release(text: io.TextIOWrapper) -> None:
@@ -414,7 +434,8 @@ class _Refused:
 class _JsonArrayStream:
     """A window over the text: `buf[pos:]` is what has not been consumed yet."""
 
-    def __init__(self, text: io.TextIOWrapper, depth: int) -> None:
+    def __init__(self, text: io.TextIOWrapper | None, depth: int) -> None:
+        # None: no stream, `buf` holds the text whole (`element_record`)
         self.text, self.buf, self.pos, self.depth = text, "", 0, depth
         # Reads the numbers JSON does not have, noting the first (`odd`): the element is
         # refused whole once its extent is known (`checked`).
@@ -432,6 +453,8 @@ class _JsonArrayStream:
         return 0.0
 
     def fill(self) -> bool:
+        if self.text is None:
+            return False
         chunk = self.text.read(CHUNK_CHARS)
         self.buf, self.pos = self.buf[self.pos :] + chunk, 0
         return bool(chunk)
@@ -448,14 +471,17 @@ class _JsonArrayStream:
             if not self.fill():
                 return ""
 
-    def items(self) -> Iterator[tuple[int, object]]:
-        first = self.peek()
-        if first == "":
-            return
-        if first != "[":
-            raise UnreadableFile("JSON file is not an array (expected '[')")
-        self.pos += 1
-        number, expect_value = 0, True
+    def items(self, after: int | None = None) -> Iterator[tuple[int, object]]:
+        """(item number, value) of each element; `after`: the text starts inside the array,
+        after that many items and the comma that follows the last (0: right after "[")."""
+        if after is None:
+            first = self.peek()
+            if first == "":
+                return
+            if first != "[":
+                raise UnreadableFile("JSON file is not an array (expected '[')")
+            self.pos += 1
+        number, expect_value = after or 0, True
         while True:
             char = self.peek()
             if char == "":

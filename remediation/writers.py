@@ -137,13 +137,16 @@ class RecordWriter:
 
     def write_bytes(self, data: bytes | memoryview, rows: int) -> None:
         """`rows` rows already encoded: CSV in this writer's columns (see `core.csvout`) or
-        JSON Lines (`core.jsonlout`)."""
+        JSON Lines (`core.jsonlout`), which a JSON array's writer writes as its elements (each
+        line as `_write_json` writes it, the separators between: no JSON line holds a line
+        break)."""
         if self._csv is not None:
             assert self._columns is not None
             if self._getters is None:
                 self._getters = self._start_csv(None)
-        else:
-            assert self.fmt is FileFormat.JSONL, "a JSON array's rows need their separators"
+        elif self.fmt is FileFormat.JSON and rows:
+            lines = bytes(data)
+            data = (b",\n" if self.rows else b"[\n") + lines[:-1].replace(b"\n", b",\n")
         self._text.flush()
         self._stream.write(data)
         self.rows += rows

@@ -125,7 +125,7 @@ def _split(block: bytes) -> pa.Array | None:
 def _rest(data: bytes, stream: BinaryIO, number: int, bom: bool = False) -> Iterator[Lines]:
     """The lines of `data` and of the rest of `stream`, read by the line reader (`bom`: the
     data is the stream's start, where a BOM is dropped)."""
-    replayed = io.BufferedReader(_Replay(data, stream))
+    replayed = io.BufferedReader(Replay(data, stream))
     text = io.TextIOWrapper(replayed, encoding="utf-8-sig" if bom else "utf-8", newline="")
     try:
         for block in jsonreaders.jsonl_line_blocks(text, number):
@@ -134,7 +134,7 @@ def _rest(data: bytes, stream: BinaryIO, number: int, bom: bool = False) -> Iter
         text.detach()
 
 
-class _Replay(io.RawIOBase):
+class Replay(io.RawIOBase):
     """`data`, then what is left of `stream` (which is not closed with this)."""
 
     def __init__(self, data: bytes, stream: BinaryIO) -> None:

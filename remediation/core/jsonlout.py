@@ -1,4 +1,5 @@
-"""Decided JSON Lines batches written as bytes: the corrected rows built on columns.
+"""Decided JSON Lines and JSON array batches written as bytes: the corrected rows built on
+columns (a JSON array's writer puts its separators between the lines, `writers.write_bytes`).
 
 A corrected row's line is what `writers.RecordWriter` writes for its record (`json.dumps` of
 `writers.record_object`, compact, `ensure_ascii=False`), built by `jsonrows.row_texts`. A
@@ -38,7 +39,7 @@ class JsonlOut:
         corrected = self.sinks.corrected
         return (
             isinstance(corrected, OutputSet)
-            and corrected.fmt is FileFormat.JSONL
+            and corrected.fmt in (FileFormat.JSONL, FileFormat.JSON)
             and isinstance(self.sinks.quarantine, OutputSet)
             and self.sinks.audit_file is not None
         )

@@ -37,7 +37,7 @@ from remediation.core.columns import (
     from_records,
 )
 from remediation.core.csvread import Ahead
-from remediation.core.jsonllines import line_arrays
+from remediation.core.jsonllines import Lines, line_arrays
 from remediation.core.text import byte_counts
 from remediation.jsonreaders import (
     JSON_KNOWN,
@@ -245,9 +245,22 @@ class JsonlBatches:
     batch is built and used: one batch more is held, as Arrow text only."""
 
     def __init__(
-        self, text: io.TextIOWrapper, depth: int, size: int, ahead: Ahead | None = None
+        self,
+        text: io.TextIOWrapper | None,
+        depth: int,
+        size: int,
+        ahead: Ahead | None = None,
+        *,
+        source: Iterator[Lines] | None = None,
+        record: Callable[[int, str], UsageRecord] | None = None,
     ) -> None:
-        self.text, self.depth, self.size, self.ahead = text, depth, size, ahead
+        """`text`'s lines, or those of `source` (a JSON array's element lines: then `record`
+        reads a line no layout matches, as `_record` reads a JSON Lines line)."""
+        self.depth, self.size, self.ahead = depth, size, ahead
+        if source is None:
+            assert text is not None
+            source = line_arrays(text)
+        self.source, self.record = source, record or self._record
         self.layouts: list[Layout] = []
         self.hits: dict[str, int] = {}  # lines matched per layout
 
@@ -268,7 +281,7 @@ class JsonlBatches:
         pieces: list[pa.Array] = []  # the lines not yet handed out, by block
         held = 0
         refused: dict[int, str] = {}  # place among the held lines -> why that line was refused
-        for block in line_arrays(self.text):
+        for block in self.source:
             refused.update({held + at: why for at, why in block.refused.items()})
             numbers += block.numbers
             pieces.append(block.text)
@@ -339,7 +352,7 @@ class JsonlBatches:
         if len(rest):
             lines = text.take(pa.array(rest)).to_pylist()
             records = [
-                early[i] if i in early else self._record(numbers[i], line)
+                early[i] if i in early else self.record(numbers[i], line)
                 for i, line in zip(rest.tolist(), lines, strict=True)
             ]
             parts.append((rest, from_records(records)))

@@ -1,0 +1,263 @@
+"""A JSON array read as batches of columns (`core.jsonarray`: element lines matched by the JSON
+Lines layouts while the array has one element a line, the array reader after) gives exactly
+what the array reader gives: the same records, column texts and refusals, and the same error
+for a file it fails; and a JSON array written from lines is what the record writer writes."""
+
+from __future__ import annotations
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from unittest.mock import patch
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from remediation.core import jsonarray
+from remediation.core.columns import concat_batches, from_records
+from remediation.core.jsonarray import ElementLines, json_array_batches
+from remediation.engine import remediate
+from remediation.errors import UnreadableFile
+from remediation.filetypes import FileFormat
+from remediation.jsonreaders import JsonArrayRecords
+from remediation.meters import Meter
+from remediation.rules import Rules
+from tests.unit.remediation.test_jsonl_read import lines, objects, seen, texts
+
+DEPTH = 32
+NOW = 1_764_000_000
+
+
+def read_both(data: bytes, size: int, block: int, depth: int = DEPTH) -> tuple[Any, Any]:
+    """(what the batches read, what the array reader reads): the rows, or the error; the
+    batches the same with the next one matched ahead on another thread."""
+    try:
+        records = list(JsonArrayRecords(io.BytesIO(data), depth))
+        expected: Any = [seen(r) for r in records]
+    except UnreadableFile as exc:
+        expected, records = ("fails", str(exc)), []
+    results = []
+    for pool in (None, ThreadPoolExecutor(1)):
+        ahead = None if pool is None else pool.submit
+        try:
+            with patch.object(jsonarray, "LINE_BLOCK_BYTES", block):
+                source = JsonArrayRecords(io.BytesIO(data), depth)
+                batches = list(json_array_batches(source, size, 3, ahead))
+            got: Any = [seen(r) for b in batches for r in b.records()]
+            if batches and records:  # the same text for every value, not only the same value
+                assert texts(concat_batches(batches)) == texts(from_records(records))
+        except UnreadableFile as exc:
+            got = ("fails", str(exc))
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        results.append(got)
+    assert results[0] == results[1]
+    return results[0], expected
+
+
+PLAIN = st.one_of(
+    st.sampled_from(["cus_1", "", "1,234", "ü€𝄞", "a:b,c", "x{y}]", "t r u e"]),
+    st.integers(-(10**20), 10**20),
+    st.sampled_from([0.5, -2.25, 3.0, 12345.678, 1e16, 1e-07]),  # 1e16: with an exponent
+    st.booleans(),
+    st.none(),
+)
+PLAIN_KEYS = st.sampled_from(["identifier", "timestamp", "event_name", "note", "ü", "a b", "c"])
+
+
+@st.composite
+def plain_lines(draw: Any) -> str:
+    """Objects of plain values (and a payload, an error of them) as json.dumps writes them:
+    lines that qualify, but for a float json.dumps writes with an exponent."""
+    obj: dict[str, Any] = {k: draw(PLAIN) for k in draw(st.lists(PLAIN_KEYS, unique=True))}
+    for nested in ("payload", "error"):
+        if draw(st.booleans()):
+            obj[nested] = {k: draw(PLAIN) for k in draw(st.lists(PLAIN_KEYS, unique=True))}
+    style = draw(st.sampled_from([(",", ":"), (", ", ": ")]))
+    return json.dumps(obj, ensure_ascii=False, separators=style)
+
+
+ODD_ELEMENTS = st.one_of(
+    lines(),  # JSON Lines lines: objects as json.dumps writes them (escapes too), odd ones
+    objects().map(lambda obj: json.dumps(obj, indent=2)),  # an element over several lines
+    st.sampled_from(
+        [
+            '{"a": NaN}',
+            '{"a": 1e999}',
+            '{"a": ' + "1" * 400 + ".5}",  # past a float's range, no exponent
+            '{"a": ' + "9" * 5000 + "}",  # too long to read: fails the file
+            '{"a": "\\ud800"}',
+            '{"payload": {"v": 1, "v": 2}}',
+            '{"c": 1, "c": 1}',
+            '{"x": {"y": {"z": 1}}}',
+            "{}",
+            "  {\t}  ",
+            "7",
+            "[]",
+        ]
+    ),
+)
+ODD_SEPARATORS = [", ", " ,\n", ",\r\n", ",\n\n", "\n,", ",  \t\n", ",\n \n", ",\n\t"]
+OPENINGS = st.sampled_from(
+    ["[\n"] * 6 + ["[", " [ \n", "\ufeff[\n", "[\r\n", "\n[\n", "{\n", "[\n\n"]
+)
+CLOSINGS = st.sampled_from(["\n]\n", "\n]\n", "\n]", "]", "\n] x", "", ",\n]\n", "\n]\n\n  "])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    plain=st.lists(plain_lines(), min_size=1, max_size=30),
+    odd=st.lists(st.tuples(st.integers(0, 30), ODD_ELEMENTS), max_size=2),
+    separators=st.lists(st.tuples(st.integers(0, 30), st.sampled_from(ODD_SEPARATORS)), max_size=2),
+    opening=OPENINGS,
+    closing=CLOSINGS,
+    size=st.integers(1, 40),
+    block=st.sampled_from([1, 7, 64, 300, 1 << 18]),
+)
+def test_batches_read_what_the_array_reader_reads(
+    plain: list[str],
+    odd: list[tuple[int, str]],
+    separators: list[tuple[int, str]],
+    opening: str,
+    closing: str,
+    size: int,
+    block: int,
+) -> None:
+    """Elements that qualify as lines, with up to two others and two other separators among
+    them, in arrays opened and closed in various ways, read in blocks of various sizes."""
+    elements = list(plain)
+    for at, element in odd:
+        elements.insert(at, element)
+    between = [",\n"] * (len(elements) - 1)
+    for at, separator in separators:
+        if at < len(between):
+            between[at] = separator
+    body = "".join(e + s for e, s in zip(elements, between, strict=False))
+    text = opening + body + elements[-1] + closing
+    got, expected = read_both(text.encode(), size, block)
+    assert got == expected
+
+
+def _row(i: int) -> dict[str, Any]:
+    return {
+        "identifier": f"e{i}",
+        "timestamp": NOW * 1000 + i,
+        "event_name": "api_requests",
+        "payload": {"stripe_customer_id": "cus_1", "value": i if i % 3 else f"{i},000"},
+        "error": {"code": "timestamp_in_future", "message": "Timestamp is in the future."},
+    }
+
+
+def _array(rows: list[str]) -> bytes:
+    return ("[\n" + ",\n".join(rows) + "\n]\n").encode()
+
+
+def test_an_array_of_one_element_a_line_is_read_as_lines_up_to_its_last() -> None:
+    """Every element line but the last is read as a line (the last has no ","), and they are
+    matched by one layout; an element the layout does not fit is read in its place."""
+    rows = [json.dumps(_row(i), separators=(",", ":")) for i in range(300)]
+    rows[7] = rows[7].replace('"e7"', '"e\\u0037"')  # an escape: not a qualifying line
+    rows[10] = rows[10].replace('"value":10', '"value":10,"value":9')  # a key twice
+    rows[11] = rows[11].replace('"value":11', '"value": 11')  # the layout does not fit
+    data = _array(rows)
+    lines = ElementLines(io.BytesIO(data), DEPTH)
+    assert sum(len(block.text) for block in lines) == 7
+    assert lines.items == 7 and lines.left is not None and lines.left.startswith(b'{"identi')
+    got, expected = read_both(data, 64, 1 << 18)
+    assert got == expected
+    assert "'e7'" in got[7] and "names key 'value' twice" in got[10] and ", 11)]" in got[11]
+
+    rows[7] = rows[7].replace('"e\\u0037"', '"e7"')
+    lines = ElementLines(io.BytesIO(_array(rows)), DEPTH)
+    assert sum(len(block.text) for block in lines) == 299
+    assert [r.identifier for r in lines.rest()] == ["e299"]  # the last, by the array reader
+    got, expected = read_both(_array(rows), 64, 1 << 18)
+    assert got == expected and len(got) == 300
+
+
+def test_blanks_and_carriage_returns_around_element_lines_are_stripped() -> None:
+    data = b'[\r\n  {"a":1} ,\r\n\t{"a":2},  \r\n\r\n {"a":"x"}\t,\n{"a":3}\r\n]\r\n'
+    lines = ElementLines(io.BytesIO(data), DEPTH)
+    assert [text for block in lines for text in block.text.to_pylist()] == [
+        '{"a":1}',
+        '{"a":2}',
+        '{"a":"x"}',
+    ]
+    got, expected = read_both(data, 2, 1 << 18)
+    assert got == expected and len(got) == 4
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b'[\n{"a":1},\n{"a":2}\n', "JSON array is not closed (file truncated?)"),
+        (b'[\n{"a":1},\n{"a":2},\n]\n', "invalid JSON in item 3: Expecting value"),
+        (b'[\n{"a":1},\n{"a":2}\n]\nx', "unexpected data after the JSON array"),
+        (b'[\n{"a":1},\n{"a":2}\n{"a":3}\n]', "JSON array: expected ',' after item 2"),
+        (b'[\n{"a":1},\n,\n]', "JSON array: missing item after item 1"),
+        (b'[\n{"a":1},\n{"a":\xff},\n]', "not UTF-8 text: undecodable byte at offset 16"),
+        (b'[\n{"a":1},\n{"a":' + b"9" * 5000 + b"},\n]", "item 2 holds a number too long"),
+    ],
+)
+def test_a_broken_array_fails_as_the_array_reader_fails_it(data: bytes, error: str) -> None:
+    got, expected = read_both(data, 10, 1 << 18)
+    assert got == expected
+    assert got[0] == "fails" and got[1].startswith(error)
+
+
+def test_an_array_deeper_than_the_limit_allows_is_left_to_the_array_reader() -> None:
+    data = _array([json.dumps(_row(i)) + "" for i in range(5)])
+    lines = ElementLines(io.BytesIO(data), 1)
+    assert list(lines) == [] and lines.items == 0
+    got, expected = read_both(data, 10, 1 << 18, depth=1)
+    assert got == expected and "nested deeper than 1 levels" in got[0]
+
+
+def _remediate(data: bytes, fmt: FileFormat, out: Path, max_rows: int | None) -> Any:
+    records: Any
+    if fmt is FileFormat.JSON:
+        records = JsonArrayRecords(io.BytesIO(data), DEPTH)
+    else:
+        from remediation.jsonreaders import JsonlRecords
+
+        records = JsonlRecords(io.BytesIO(data), DEPTH)
+    return remediate(
+        records,
+        source=f"usage.{fmt.value}",
+        fmt=fmt,
+        meters=[Meter(id="mtr_1", event_name="api_requests")],
+        rules=Rules(),
+        now=NOW,
+        out_dir=out,
+        max_rows=max_rows,
+    )
+
+
+@pytest.mark.parametrize("max_rows", [None, 4000])
+def test_a_json_array_is_written_as_the_json_lines_rows_with_separators(
+    tmp_path: Path, max_rows: int | None
+) -> None:
+    """Corrected and quarantined rows of a JSON array, built as JSON Lines lines, are written
+    with "[", ",\\n" and "]" between them: each part is a JSON array of the very lines the
+    same rows get as JSON Lines (batches of 7,168 rows; parts of `max_rows`)."""
+    rows = [_row(i) for i in range(20_000)]
+    for i in range(0, 20_000, 7):
+        rows[i]["event_name"] = "zzz"  # no meter: quarantined
+    texts_ = [json.dumps(r, separators=(",", ":")) for r in rows]
+    as_array = _remediate(_array(texts_), FileFormat.JSON, tmp_path / "json", max_rows)
+    as_lines = ("\n".join(texts_) + "\n").encode()
+    as_jsonl = _remediate(as_lines, FileFormat.JSONL, tmp_path / "jsonl", max_rows)
+    assert as_array.summary["corrected"] == as_jsonl.summary["corrected"] > 0
+    assert as_array.summary["quarantined"] == as_jsonl.summary["quarantined"] > 0
+    pairs = list(zip(as_array.outputs, as_jsonl.outputs, strict=True))
+    assert len(pairs) == (2 if max_rows is None else 6)
+    for array_output, lines_output in pairs:
+        lines_ = lines_output.path.read_bytes().decode().splitlines()
+        written = array_output.path.read_bytes().decode()
+        assert written == "[\n" + ",\n".join(lines_) + "\n]\n"
+        assert json.loads(written) == [json.loads(line) for line in lines_]
+        assert array_output.rows == len(lines_) > 0
