@@ -1,30 +1,37 @@
-"""A JSON array read into batches of columns as JSON Lines are, while it has one element a line.
+"""A JSON array read into batches of columns as JSON Lines are: its elements split by Arrow.
 
-Our own writer and most that stream an array write "[", then one element a line, each but the
-last followed by ",", then "]". While a file is such, each element line is a row's text, read
-by `jsonlread.JsonlBatches` as a JSON Lines line is: matched to the layouts most rows share, by
-Arrow, most without `json.loads`. Before, every element was decoded into a record and the
-records into columns: 1M `varied` rows took 24.6 s, against 4.7 s as JSON Lines.
+Writers of arrays put the same text between every two elements: "},{" (minified), "}, {"
+(`json.dumps` of a list), "},\n{" (one element a line, as our writer and most that stream an
+array write), "},\n  {" (pretty-printed). That text is found once, after the first element,
+and the array is split at it, a block of bytes at a time; each piece, with the blanks and the
+comma after it, is an element's text, read by `jsonlread.JsonlBatches` as a JSON Lines line is:
+matched to the layouts most rows share, by Arrow, most without `json.loads`. Before, every
+element was decoded into a record and the records into columns: 1M `varied` rows took 24.6 s,
+against 4.7 s as JSON Lines.
 
-An element line qualifies when Arrow (RE2) finds it holds one JSON object of plain values, with
-blanks (space, tab, CR) around it, then ",": keys and strings without escapes or control
-characters, numbers without exponent, true, false, null, and objects of those one level deep
-(a payload). So it is one whole element, its extent the array reader's, and it decodes
-without a refusal but for a key named twice; a line no layout matches is read by
-`jsonreaders.element_record`, which reads it as the array reader does (refusing such a key, or
-a float past a float's range, and failing the file on a number too long to read).
+A piece qualifies when RE2 finds it is one JSON object of plain values (keys and strings
+without escapes, quotes or control characters; numbers without exponent; true, false, null;
+objects of those one level deep, a payload) followed by blanks, ",", blanks. Such a piece is
+one whole element, its extent the array reader's: a cut inside a string would leave an odd
+number of quotes, which no qualifying piece has, and a cut inside a nested array leaves a
+bracket, which none holds. It decodes without a refusal but for a key named twice; a piece no
+layout matches is read by `jsonreaders.element_record`, which reads it as the array reader
+does (refusing such a key, or a float past a float's range; failing the file on a number too
+long to read).
 
-The first line that does not qualify (the last element, which has no ","; a pretty-printed
-element; a long line; anything else) hands the rest of the stream, from that line's first
-byte, to the array reader, in the state it would be in there: inside the array, after so many
-items and a comma. So is a block that is not UTF-8 (the array reader fails the file on it), and
-a file whose first line is not "[" alone: the array reader reads it from the start. What it
-reads, refuses or fails, it reads, refuses or fails as it always did.
+The first piece that does not qualify (the last element, which no comma follows; an element
+with an array or an escape; a separator spelled another way; a block that is not UTF-8; an
+element over 1 MB) hands the rest of the stream, from that element's first byte, to the array
+reader (`jsonreaders`), in the state it would be in there: inside the array, after so many
+items and a comma. A file that does not start as "[" and an object, or holds no separator in
+its first 256 KB, is read by the array reader from its start. What it reads, refuses or fails,
+it reads, refuses or fails as it always did.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, BinaryIO, cast
@@ -47,7 +54,10 @@ from remediation.limits import json_depth_over
 from remediation.records import UsageRecord
 
 _BOM = b"\xef\xbb\xbf"
-_BLANK = "[ \\t\\r]*"
+_WHITESPACE = b" \t\r\n"  # JSON's
+_BLANK = "[ \\t\\r\\n]*"
+# Where one element ends and the next starts (found once; that text then splits the array)
+_SEPARATOR = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
 _STRING = '"[^"\\\\\\x00-\\x1f]*"'
 _PLAIN = f"(?:{_STRING}|-?(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?|true|false|null)"
 
@@ -57,8 +67,8 @@ def _object(value: str) -> str:
     return f"\\{{{_BLANK}(?:{pair}(?:{_BLANK},{_BLANK}{pair})*)?{_BLANK}\\}}"
 
 
-# One element line, but the last: an object of plain values and objects of them, then ",".
-ELEMENT_LINE = f"^{_BLANK}{_object(f'(?:{_PLAIN}|{_object(_PLAIN)})')}{_BLANK},{_BLANK}$"
+# One element but the last: an object of plain values and objects of them, then ",".
+ELEMENT = f"^{_object(f'(?:{_PLAIN}|{_object(_PLAIN)})')}{_BLANK},{_BLANK}$"
 _NESTED = '{"a":{"b":1}}'  # the deepest element a qualifying line holds
 
 
@@ -69,7 +79,7 @@ def json_array_batches(
     qualify, then of at most `record_rows` records, from the array reader."""
     depth = records.depth
     with records.text() as text:
-        lines = ElementLines(cast(BinaryIO, text.buffer), depth)
+        lines = Elements(cast(BinaryIO, text.buffer), depth)
         record = partial(element_record, depth=depth)
         yield from JsonlBatches(None, depth, size, ahead, source=iter(lines), record=record)
         chunk: list[UsageRecord] = []
@@ -82,63 +92,64 @@ def json_array_batches(
             yield from_records(chunk)
 
 
-class ElementLines:
-    """The element lines of a JSON array as `Lines` (each element's text, blanks and comma
-    stripped), until one does not qualify; `rest` then reads the rest of the stream."""
+class Elements:
+    """The elements of a JSON array as `Lines` (each element's text, the blanks around it and
+    the comma after it stripped), while they qualify; `rest` then reads the rest of the
+    stream."""
 
     def __init__(self, stream: BinaryIO, depth: int) -> None:
         self.stream, self.depth = stream, depth
-        self.items = 0  # items read as lines
+        self.items = 0  # items read here
         # what the array reader reads: these bytes, then the stream; None: nothing is left
         self.left: bytes | None = b""
-        self.opened = False  # the "[" was read as a line: `left` starts inside the array
+        self.opened = False  # `left` starts inside the array, after `items` items and a comma
         self.bom = False  # `left` is the stream's start, where a BOM is dropped
 
     def __iter__(self) -> Iterator[Lines]:
         data = b""
-        while b"\n" not in data and len(data) <= LINE_BLOCK_BYTES:  # the first line, whole
-            chunk = self.stream.read(LINE_BLOCK_BYTES)
-            if not chunk:
-                break
+        while len(data) < LINE_BLOCK_BYTES and (chunk := self.stream.read(LINE_BLOCK_BYTES)):
             data += chunk
         if data[:3] == _BOM:
             data = data[3:]
-        elif data[:1] == _BOM[:1]:  # a BOM cut short by the read, or a character
+        elif data[:1] == _BOM[:1]:  # a BOM cut short, or a character that is not "["
             self.left, self.bom = data, True
             return
-        opening = data.find(b"\n")
-        if (
-            opening < 0
-            or data[:opening].strip(b" \t\r") != b"["
-            or json_depth_over(_NESTED, self.depth)
-        ):
-            self.left = data  # the array reader reads it all
+        self.left = data  # unless the array starts as expected: the array reader reads it all
+        head = data.lstrip(_WHITESPACE)
+        first = head[1:].lstrip(_WHITESPACE)
+        found = _SEPARATOR.search(first)
+        if head[:1] != b"[" or first[:1] != b"{" or found is None:
             return
-        self.opened = True
-        pending = data[opening + 1 :]
+        if json_depth_over(_NESTED, self.depth):
+            return
+        separator = found.group()  # "},{", "}, {", "},\n{"...: the first found, then taken as
+        # the only one (an element followed by another does not qualify, and is handed over)
+        self.opened, self.left = True, None
+        pending = first
         while True:
             chunk = self.stream.read(LINE_BLOCK_BYTES)
             data = pending + chunk if pending else chunk
-            cut = data.rfind(b"\n") + 1
-            if not cut:  # no line ends in it: the end, or a long line
-                if chunk and len(data) <= LINE_BLOCK_BYTES:
+            cut = data.rfind(separator)
+            if cut < 0:  # the last element and the end, or a long element
+                if chunk and len(data) <= 4 * LINE_BLOCK_BYTES:
                     pending = data
                     continue
                 self.left = data
                 return
-            block, pending = data[:cut], data[cut:]
-            lines, taken = self._elements(block)
-            if len(lines):
-                numbers = list(range(self.items + 1, self.items + 1 + len(lines)))
-                self.items += len(lines)
-                yield Lines(numbers, lines, {})
-            if taken < len(block):  # from a line that does not qualify
+            # the elements, each with the separator after it but its last "{"
+            block, pending = data[: cut + len(separator) - 1], data[cut + len(separator) - 1 :]
+            texts, taken = self._elements(block, separator)
+            if len(texts):
+                numbers = list(range(self.items + 1, self.items + 1 + len(texts)))
+                self.items += len(texts)
+                yield Lines(numbers, texts, {})
+            if taken < len(block):  # from an element that does not qualify
                 self.left = block[taken:] + pending
                 return
 
-    def _elements(self, block: bytes) -> tuple[pa.Array, int]:
-        """The texts of the qualifying lines `block` starts with (blank ones skipped), and
-        the bytes of the block they take."""
+    def _elements(self, block: bytes, separator: bytes) -> tuple[pa.Array, int]:
+        """The texts of the qualifying elements `block` starts with (each followed in the
+        block by `separator` but its "{"), and the bytes of the block they take."""
         empty = pa.array([], pa.string())
         if not block.isascii():
             try:
@@ -148,28 +159,31 @@ class ElementLines:
         whole = pa.Array.from_buffers(
             pa.string(),
             1,
-            [None, pa.py_buffer(np.array([0, len(block) - 1], np.int32)), pa.py_buffer(block)],
+            [None, pa.py_buffer(np.array([0, len(block)], np.int32)), pa.py_buffer(block)],
         )
-        lines: pa.Array = pc.list_flatten(pc.split_pattern(whole, "\n"))
-        offsets = np.frombuffer(lines.buffers()[1], np.int32)[
-            lines.offset : lines.offset + len(lines) + 1
-        ]
-        fits = np.diff(offsets) < MAX_JSON_ELEMENT_CHARS
-        fits &= _mask(pc.match_substring_regex(lines, ELEMENT_LINE))
-        blank = _mask(pc.match_substring_regex(lines, f"^{_BLANK}$"))
-        stops = np.flatnonzero(~(fits | blank))
-        count = int(stops[0]) if len(stops) else len(lines)
-        # the lines before the first that does not qualify, each with its "\n"
-        taken = int(offsets[count] - offsets[0]) + count if count < len(lines) else len(block)
-        kept = np.flatnonzero(fits[:count])
-        if not len(kept):
+        # where each element starts: right after a separator but its "{" (the last
+        # separator, which ends the block, has none: no piece starts after it)
+        pieces: pa.Array = pc.list_flatten(pc.split_pattern(whole, separator.decode()))
+        ends = np.frombuffer(pieces.buffers()[1], np.int32)
+        lengths = np.diff(ends[pieces.offset : pieces.offset + len(pieces) + 1])
+        starts = np.empty(len(pieces) + 1, np.int32)
+        starts[0], starts[-1] = 0, len(block)
+        starts[1:-1] = np.cumsum(lengths[:-1] + len(separator)) - 1
+        elements = pa.Array.from_buffers(
+            pa.string(), len(pieces), [None, pa.py_buffer(starts), pa.py_buffer(block)]
+        )
+        fits = np.diff(starts) < MAX_JSON_ELEMENT_CHARS
+        fits &= _mask(pc.match_substring_regex(elements, ELEMENT))
+        stops = np.flatnonzero(~fits)
+        count = int(stops[0]) if len(stops) else len(elements)
+        taken = int(starts[count])
+        if not count:
             return empty, taken
-        texts = lines.take(pa.array(kept)) if len(kept) < len(lines) else lines
-        stripped = pc.replace_substring_regex(texts, f"{_BLANK},{_BLANK}$", "")
-        return pc.utf8_ltrim(stripped, " \t\r"), taken
+        texts = elements.slice(0, count)
+        return pc.replace_substring_regex(texts, f"{_BLANK},{_BLANK}$", ""), taken
 
     def rest(self) -> Iterator[UsageRecord]:
-        """The records of what the lines did not take, read by the array reader."""
+        """The records of what was not read as elements, read by the array reader."""
         if self.left is None:
             return
         left, self.left = self.left, None

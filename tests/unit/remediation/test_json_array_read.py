@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from remediation.core import jsonarray
 from remediation.core.columns import concat_batches, from_records
-from remediation.core.jsonarray import ElementLines, json_array_batches
+from remediation.core.jsonarray import Elements, json_array_batches
 from remediation.engine import remediate
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
@@ -70,15 +70,14 @@ PLAIN_KEYS = st.sampled_from(["identifier", "timestamp", "event_name", "note", "
 
 
 @st.composite
-def plain_lines(draw: Any) -> str:
-    """Objects of plain values (and a payload, an error of them) as json.dumps writes them:
-    lines that qualify, but for a float json.dumps writes with an exponent."""
+def plain_objects(draw: Any) -> dict[str, Any]:
+    """Objects of plain values, and a payload and an error of them: elements that qualify
+    as json.dumps writes them, but for a float it writes with an exponent."""
     obj: dict[str, Any] = {k: draw(PLAIN) for k in draw(st.lists(PLAIN_KEYS, unique=True))}
     for nested in ("payload", "error"):
         if draw(st.booleans()):
             obj[nested] = {k: draw(PLAIN) for k in draw(st.lists(PLAIN_KEYS, unique=True))}
-    style = draw(st.sampled_from([(",", ":"), (", ", ": ")]))
-    return json.dumps(obj, ensure_ascii=False, separators=style)
+    return obj
 
 
 ODD_ELEMENTS = st.one_of(
@@ -101,17 +100,19 @@ ODD_ELEMENTS = st.one_of(
         ]
     ),
 )
-ODD_SEPARATORS = [", ", " ,\n", ",\r\n", ",\n\n", "\n,", ",  \t\n", ",\n \n", ",\n\t"]
+ODD_SEPARATORS = [", ", " ,\n", ",\r\n", ",\n\n", "\n,", ",  \t\n", ",\n \n", ",\n\t", ","]
 OPENINGS = st.sampled_from(
-    ["[\n"] * 6 + ["[", " [ \n", "\ufeff[\n", "[\r\n", "\n[\n", "{\n", "[\n\n"]
+    ["[\n"] * 6 + ["[", " [ \n", "\ufeff[\n", "[\r\n", "\n[\n", "{\n", "[\n\n", "[]"]
 )
 CLOSINGS = st.sampled_from(["\n]\n", "\n]\n", "\n]", "]", "\n] x", "", ",\n]\n", "\n]\n\n  "])
+STYLES = st.sampled_from([(",", ":"), (", ", ": ")])
 
 
 @settings(max_examples=400, deadline=None)
 @given(
-    plain=st.lists(plain_lines(), min_size=1, max_size=30),
+    plain=st.lists(st.tuples(plain_objects(), STYLES), min_size=1, max_size=30),
     odd=st.lists(st.tuples(st.integers(0, 30), ODD_ELEMENTS), max_size=2),
+    between=st.sampled_from([",\n", ",\n", ",", ", ", ",\r\n", "\t,\n  "]),
     separators=st.lists(st.tuples(st.integers(0, 30), st.sampled_from(ODD_SEPARATORS)), max_size=2),
     opening=OPENINGS,
     closing=CLOSINGS,
@@ -119,26 +120,47 @@ CLOSINGS = st.sampled_from(["\n]\n", "\n]\n", "\n]", "]", "\n] x", "", ",\n]\n",
     block=st.sampled_from([1, 7, 64, 300, 1 << 18]),
 )
 def test_batches_read_what_the_array_reader_reads(
-    plain: list[str],
+    plain: list[tuple[dict[str, Any], tuple[str, str]]],
     odd: list[tuple[int, str]],
+    between: str,
     separators: list[tuple[int, str]],
     opening: str,
     closing: str,
     size: int,
     block: int,
 ) -> None:
-    """Elements that qualify as lines, with up to two others and two other separators among
-    them, in arrays opened and closed in various ways, read in blocks of various sizes."""
-    elements = list(plain)
+    """Elements that qualify, with up to two others and two other separators among them, in
+    arrays opened and closed in various ways, read in blocks of various sizes."""
+    elements = [json.dumps(obj, ensure_ascii=False, separators=style) for obj, style in plain]
     for at, element in odd:
         elements.insert(at, element)
-    between = [",\n"] * (len(elements) - 1)
+    gaps = [between] * (len(elements) - 1)
     for at, separator in separators:
-        if at < len(between):
-            between[at] = separator
-    body = "".join(e + s for e, s in zip(elements, between, strict=False))
+        if at < len(gaps):
+            gaps[at] = separator
+    body = "".join(e + s for e, s in zip(elements, gaps, strict=False))
     text = opening + body + elements[-1] + closing
     got, expected = read_both(text.encode(), size, block)
+    assert got == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    objs=st.lists(plain_objects(), min_size=1, max_size=30),
+    indent=st.sampled_from([None, 0, 2, "\t"]),
+    style=st.sampled_from([None, (",", ":")]),
+    ascii_only=st.booleans(),
+    size=st.integers(1, 40),
+)
+def test_arrays_as_json_dumps_writes_them_read_what_the_array_reader_reads(
+    objs: list[dict[str, Any]],
+    indent: int | str | None,
+    style: tuple[str, str] | None,
+    ascii_only: bool,
+    size: int,
+) -> None:
+    text = json.dumps(objs, indent=indent, separators=style, ensure_ascii=ascii_only)
+    got, expected = read_both(text.encode(), size, 1 << 18)
     assert got == expected
 
 
@@ -164,7 +186,7 @@ def test_an_array_of_one_element_a_line_is_read_as_lines_up_to_its_last() -> Non
     rows[10] = rows[10].replace('"value":10', '"value":10,"value":9')  # a key twice
     rows[11] = rows[11].replace('"value":11', '"value": 11')  # the layout does not fit
     data = _array(rows)
-    lines = ElementLines(io.BytesIO(data), DEPTH)
+    lines = Elements(io.BytesIO(data), DEPTH)
     assert sum(len(block.text) for block in lines) == 7
     assert lines.items == 7 and lines.left is not None and lines.left.startswith(b'{"identi')
     got, expected = read_both(data, 64, 1 << 18)
@@ -172,23 +194,37 @@ def test_an_array_of_one_element_a_line_is_read_as_lines_up_to_its_last() -> Non
     assert "'e7'" in got[7] and "names key 'value' twice" in got[10] and ", 11)]" in got[11]
 
     rows[7] = rows[7].replace('"e\\u0037"', '"e7"')
-    lines = ElementLines(io.BytesIO(_array(rows)), DEPTH)
+    lines = Elements(io.BytesIO(_array(rows)), DEPTH)
     assert sum(len(block.text) for block in lines) == 299
     assert [r.identifier for r in lines.rest()] == ["e299"]  # the last, by the array reader
     got, expected = read_both(_array(rows), 64, 1 << 18)
     assert got == expected and len(got) == 300
 
 
-def test_blanks_and_carriage_returns_around_element_lines_are_stripped() -> None:
-    data = b'[\r\n  {"a":1} ,\r\n\t{"a":2},  \r\n\r\n {"a":"x"}\t,\n{"a":3}\r\n]\r\n'
-    lines = ElementLines(io.BytesIO(data), DEPTH)
-    assert [text for block in lines for text in block.text.to_pylist()] == [
+def test_the_separator_found_first_splits_the_array_and_another_hands_it_over() -> None:
+    data = b'[\r\n  {"a":1} ,\r\n\t{"a":2} ,\r\n\t{"a":"x"},\n{"a":3} ,\r\n\t{"a":4}\r\n]'
+    elements = Elements(io.BytesIO(data), DEPTH)
+    assert [text for block in elements for text in block.text.to_pylist()] == [
         '{"a":1}',
         '{"a":2}',
-        '{"a":"x"}',
     ]
+    assert elements.left == b'{"a":"x"},\n{"a":3} ,\r\n\t{"a":4}\r\n]'
     got, expected = read_both(data, 2, 1 << 18)
-    assert got == expected and len(got) == 4
+    assert got == expected and len(got) == 5
+
+
+@pytest.mark.parametrize(
+    ("indent", "separators"), [(None, None), (None, (",", ":")), (2, None), (1, (",", ":"))]
+)
+def test_arrays_as_json_dumps_writes_them_are_split_up_to_their_last_element(
+    indent: int | None, separators: tuple[str, str] | None
+) -> None:
+    rows = [_row(i) for i in range(3000)]
+    data = json.dumps(rows, indent=indent, separators=separators).encode()
+    elements = Elements(io.BytesIO(data), DEPTH)
+    assert sum(len(block.text) for block in elements) == 2999 == elements.items
+    got, expected = read_both(data, 700, 1 << 14)
+    assert got == expected and len(got) == 3000
 
 
 @pytest.mark.parametrize(
@@ -200,6 +236,9 @@ def test_blanks_and_carriage_returns_around_element_lines_are_stripped() -> None
         (b'[\n{"a":1},\n{"a":2}\n{"a":3}\n]', "JSON array: expected ',' after item 2"),
         (b'[\n{"a":1},\n,\n]', "JSON array: missing item after item 1"),
         (b'[\n{"a":1},\n{"a":\xff},\n]', "not UTF-8 text: undecodable byte at offset 16"),
+        (b'[\n{"a":1},\n{"a":"\xff"},\n{"a":2}\n]', "not UTF-8 text: undecodable byte at"),
+        (b'{\n{"a":1},\n{"a":2}\n]', "JSON file is not an array (expected '[')"),
+        (b'x[\n{"a":1},\n{"a":2}\n]', "JSON file is not an array (expected '[')"),
         (b'[\n{"a":1},\n{"a":' + b"9" * 5000 + b"},\n]", "item 2 holds a number too long"),
     ],
 )
@@ -211,7 +250,7 @@ def test_a_broken_array_fails_as_the_array_reader_fails_it(data: bytes, error: s
 
 def test_an_array_deeper_than_the_limit_allows_is_left_to_the_array_reader() -> None:
     data = _array([json.dumps(_row(i)) + "" for i in range(5)])
-    lines = ElementLines(io.BytesIO(data), 1)
+    lines = Elements(io.BytesIO(data), 1)
     assert list(lines) == [] and lines.items == 0
     got, expected = read_both(data, 10, 1 << 18, depth=1)
     assert got == expected and "nested deeper than 1 levels" in got[0]
