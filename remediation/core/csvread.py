@@ -166,8 +166,11 @@ class CsvColumns:
     # --- the header ---------------------------------------------------------------------
 
     def _quick_header(self) -> list[str] | None:
-        """The first line split at the delimiter, when that is what csv.reader reads and today's
-        decoding raises nothing before it; else None (csv.reader reads the whole file)."""
+        """The first line split at the delimiter (or read by csv.reader, when it holds quotes:
+        exporters that quote every field quote the names too), when that is what csv.reader
+        reads of the file and today's decoding raises nothing before it; else None (csv.reader
+        reads the whole file: a quoted header sent every row of such a file there, 1M rows in
+        3.3 s and 193 MB instead of 0.6 s and 101 MB)."""
         if _delimiter_byte(self._delimiter) is None:
             return None
         limit = self._block_bytes
@@ -177,8 +180,14 @@ class CsvColumns:
             limit *= 2
         skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
         line = raw[skip : end - 1]
-        if not line or b'"' in line or not self._decodes_through(end - 1):
+        if not line or not self._decodes_through(end - 1):
             return None
+        if b'"' in line:  # quoted names: csv.reader's, when the line holds the whole record
+            rows = _block_rows(raw[skip:end], self._delimiter, final=False)
+            if rows is None or len(rows) != 1:
+                return None
+            self._source.take(end)
+            return rows[0]
         self._source.take(end)
         return line.decode("utf-8").split(self._delimiter)
 

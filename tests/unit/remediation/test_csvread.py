@@ -222,9 +222,27 @@ def test_quoted_field_across_a_cut_stays_fast() -> None:
     assert reader.exact_blocks == 0
 
 
-def test_header_with_a_quote_is_read_exactly() -> None:
-    reader = assert_same(b'"a",b\n1,2\n3,4\n', block_bytes=4)
-    assert reader.fast_blocks == 0 and reader.exact_blocks == 1
+@pytest.mark.parametrize(
+    "head",
+    [b'"a",b\n', b'"a","b"\r\n', b'"a""",b\n', b'"a"b",c\n', b'"a",b\r', b'\xef\xbb\xbf"a",b\n'],
+)
+def test_header_with_quotes_is_read_by_csv_reader_and_the_rows_fast(head: bytes) -> None:
+    """Exporters that quote every field quote the names too: the header line is csv.reader's,
+    the rows after it go to pyarrow as in any file."""
+    rows = "".join(f'"{i}","x{i}"\n' for i in range(100))
+    reader = assert_same(head + rows.encode(), block_bytes=64)
+    assert reader.fast_blocks > 5 and reader.exact_blocks == 0
+
+
+@pytest.mark.parametrize(
+    ("head", "exact"), [(b'a,"b\nc"\n', 1), (b'"a,b\n', 0), (b'"a","b\r\n', 0)]
+)
+def test_header_whose_quotes_do_not_close_on_its_line_is_read_exactly(
+    head: bytes, exact: int
+) -> None:
+    """csv.reader reads the whole file (a quote left open swallows every line after it)."""
+    reader = assert_same(head + b"1,2\n3,4\n", block_bytes=4)
+    assert reader.fast_blocks == 0 and reader.exact_blocks == exact
 
 
 @pytest.mark.parametrize("extra", [0, 1])
