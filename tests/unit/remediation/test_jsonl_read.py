@@ -214,8 +214,11 @@ def test_the_next_batch_is_matched_on_the_ahead_thread(monkeypatch: pytest.Monke
     [
         ({"a": 1e20}, '{"a":1e+20}'),  # a float with an exponent
         ({"a": float("inf")}, '{"a":Infinity}'),
-        ({"a": True}, '{"a":true}'),
-        ({"a": None}, '{"a":null}'),
+        ({"identifier": True}, '{"identifier":true}'),  # read as text by the line reader
+        ({"event_name": None}, '{"event_name":null}'),
+        ({"timestamp": False}, '{"timestamp":false}'),
+        ({"error": {"code": None}}, '{"error":{"code":null}}'),
+        ({"error_code": True}, '{"error_code":true}'),
         ({"payload": {"x": {"y": 1}}}, '{"payload":{"x":{"y":1}}}'),
         ({"a": "\u00fc"}, '{"a":"\\u00fc"}'),  # not what dumps(ensure_ascii=False) writes
         ({"a": 1}, '{ "a":1 }'),
@@ -223,6 +226,27 @@ def test_the_next_batch_is_matched_on_the_ahead_thread(monkeypatch: pytest.Monke
 )
 def test_lines_left_to_the_line_reader(obj: Any, line: str) -> None:
     assert learn(obj, line, DEPTH) is None
+
+
+def test_true_false_and_null_in_the_payload_and_other_keys_are_matched() -> None:
+    """A file whose every line holds a null or a boolean (a writer's empty fields) is matched
+    by its layouts, not read line by line (1M rows: 13.0 s that way, 3.6 s matched)."""
+    rows = [
+        {
+            "identifier": f"e{i}",
+            "timestamp": 1764000000 + i,
+            "event_name": "api_requests",
+            "payload": {"stripe_customer_id": "cus_1", "value": i, "flag": [True, False][i % 2]},
+            "note": None if i % 3 else "n",
+            "test": i % 2 == 0,
+        }
+        for i in range(300)
+    ]
+    body = [json.dumps(r, separators=(",", ":")) for r in rows]
+    got, expected, reader = both(("\n".join(body) + "\n").encode(), 64)
+    assert got == expected
+    assert sum(reader.hits.values()) == 300  # every line matched by a layout
+    assert "('note', None)" in got[1] and "('test', True)" in got[0] and "('flag', False)" in got[1]
 
 
 def test_a_layout_deeper_than_the_limit_is_not_learned() -> None:
