@@ -30,6 +30,10 @@ class Context:
     # The customer picked for each customer text met in this run (None: no match), so that
     # every batch does not ask the directory again (`rules.customers.customer_for`).
     customer_picks: dict[str, tuple[str, str] | None] = field(default_factory=dict)
+    # The meter matched to each event name met in this run, and by which rule (None: none),
+    # so that a fuzzy match is made once per name, not once per batch or per row
+    # (`rules.meters.pick_meter`).
+    meter_picks: dict[str, tuple[str, Meter] | None] = field(default_factory=dict)
 
 
 Corrector = Callable[[UsageRecord, Context], list[Change]]

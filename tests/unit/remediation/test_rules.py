@@ -172,3 +172,41 @@ def test_an_underscore_separates_thousands_only_as_a_comma_does(raw: str) -> Non
         assert found[0] == ("quarantined", f"value {raw!r} is not a number")
         assert found[1][0] == "quarantined"
         assert [changes[-1][3] for _, _, changes in found[2:]] == ["1000"] * 3 + ["12345.5"]
+
+
+@pytest.mark.parametrize(
+    ("code", "name", "reason"),
+    [
+        ("no_meter", "zzz_unknown", "no single active meter matches event_name 'zzz_unknown'"),
+        ("no_meter", None, "no single active meter matches event_name ''"),
+        ("archived_meter", "zzz_unknown", "no meter matches event_name 'zzz_unknown'"),
+    ],
+)
+def test_rows_of_a_name_nothing_matches_are_refused_after_one_lookup(
+    code: str, name: str | None, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose rows all name a meter that is gone: the match (a fuzzy one included) is
+    made once for the name, and every row is refused with the row rule's reason (one row at
+    a time, 1M such rows took 36 s, a fuzzy match each)."""
+    from remediation.core.rules import meters
+
+    calls: list[str] = []
+
+    def counted(function: str) -> Any:
+        real = getattr(meters, function)
+
+        def spy(*args: Any) -> Any:
+            calls.append(function)
+            return real(*args)
+
+        return spy
+
+    for function in ("_pick_meter", "fix_event_name_row", "reroute_to_successor_row"):
+        monkeypatch.setattr(meters, function, counted(function))
+    ctx = Context(MeterIndex(METERS), load_rules(RULES_TOML), NOW)
+    rows = [UsageRecord(n, f"id{n}", NOW, name, {"value": 1}) for n in range(1, 2001)]
+    found = by_batch(rows, code, ctx)
+    assert found == [("quarantined", reason)] * 2000
+    assert len(calls) <= 2  # the match, and the row rule once for its reason
+    assert by_batch(rows, code, ctx) == found and len(calls) <= 3  # the match kept for the run
+    assert by_rows(rows[:3], dict(CASES)[code], ctx) == found[:3]
