@@ -73,7 +73,9 @@ _SLOTS = {
 # text or absent, and the error fields through `resolve_error`, so lines with such values
 # there are left to it.
 _LITERAL_GROUPS = ("payload", "extra", "ignored")
-_STYLES = ((",", ":"), (", ", ": "))
+# json.dumps's separators: compact, its default, and the pair it uses with `indent` (a
+# pretty-printed JSON array's elements, their line breaks and indents taken out: `jsonarray`)
+_STYLES = ((",", ":"), (", ", ": "), (",", ": "))
 
 
 @dataclass(frozen=True)
@@ -237,9 +239,10 @@ class _Cut:
 
     numbers: list[int]
     early: dict[int, UsageRecord]  # lines refused unread, as their records
-    text: pa.Array  # the lines (refused ones empty)
+    text: pa.Array  # the lines (refused ones empty), as the layouts match them
     quotes: np.ndarray[Any, Any]  # per line
     left: np.ndarray[Any, Any]  # lines still to read (all but the refused ones)
+    raw: pa.Array  # the lines as they came (`text`, unless `matchable` respelled them)
     started: _Started | None = None  # the match begun on `ahead`'s thread
 
 
@@ -273,14 +276,17 @@ class JsonlBatches:
         *,
         source: Iterator[Lines] | None = None,
         record: Callable[[int, str], UsageRecord] | None = None,
+        matchable: Callable[[pa.Array], pa.Array] | None = None,
     ) -> None:
-        """`text`'s lines, or those of `source` (a JSON array's element lines: then `record`
-        reads a line no layout matches, as `_record` reads a JSON Lines line)."""
+        """`text`'s lines, or those of `source` (a JSON array's elements: then `record` reads
+        one no layout matches, as `_record` reads a JSON Lines line, and `matchable` gives the
+        texts the layouts are learned from and matched against, the same JSON spelled without
+        what no layout holds; `record` gets the text as it came)."""
         self.depth, self.size, self.ahead = depth, size, ahead
         if source is None:
             assert text is not None
             source = line_arrays(text)
-        self.source, self.record = source, record or self._record
+        self.source, self.record, self.matchable = source, record or self._record, matchable
         self.layouts: list[Layout] = []
         self.hits: dict[str, int] = {}  # lines matched per layout
 
@@ -332,9 +338,12 @@ class JsonlBatches:
             text = pc.if_else(pa.array(blank), pa.scalar("", pa.string()), lines)
         left = np.ones(len(lines), bool)
         left[list(early)] = False
+        raw = text
+        if self.matchable is not None:
+            text = self.matchable(text)
         # A line of a layout holds as many quotes as it: only those lines are matched.
         quotes = byte_counts(text, ord('"'))
-        cut = _Cut(numbers, early, text, quotes, left)
+        cut = _Cut(numbers, early, text, quotes, left, raw)
         if self.ahead is not None and self.layouts:
             pattern, pieces = self.layouts[0].pattern, self.layouts[0].pieces
             candidates = np.flatnonzero(left & (quotes == pieces - 1))
@@ -344,7 +353,7 @@ class JsonlBatches:
         return cut
 
     def _batch(self, cut: _Cut) -> Batch:
-        numbers, early, text = cut.numbers, cut.early, cut.text
+        numbers, early, text, raw = cut.numbers, cut.early, cut.text, cut.raw
         quotes, left = cut.quotes, cut.left
         parts: list[tuple[np.ndarray[Any, Any], Batch]] = []
         for layout in self.layouts:
@@ -370,7 +379,7 @@ class JsonlBatches:
         # The rest, in their places: lines read by the line reader, and lines refused unread.
         rest = np.flatnonzero(left | np.isin(np.arange(len(text)), list(early)))
         if len(rest):
-            lines = text.take(pa.array(rest)).to_pylist()
+            lines = raw.take(pa.array(rest)).to_pylist()
             records = [
                 early[i] if i in early else self.record(numbers[i], line)
                 for i, line in zip(rest.tolist(), lines, strict=True)

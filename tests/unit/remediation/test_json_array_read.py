@@ -217,14 +217,26 @@ def test_the_separator_found_first_splits_the_array_and_another_hands_it_over() 
     ("indent", "separators"), [(None, None), (None, (",", ":")), (2, None), (1, (",", ":"))]
 )
 def test_arrays_as_json_dumps_writes_them_are_split_up_to_their_last_element(
-    indent: int | None, separators: tuple[str, str] | None
+    indent: int | None, separators: tuple[str, str] | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Minified, `json.dumps`'s default, pretty-printed: every element but the last is split
+    out here and matched by a layout (pretty-printed ones without their line breaks and
+    indents), none decoded one by one."""
     rows = [_row(i) for i in range(3000)]
     data = json.dumps(rows, indent=indent, separators=separators).encode()
     elements = Elements(io.BytesIO(data), DEPTH)
     assert sum(len(block.text) for block in elements) == 2999 == elements.items
+    decoded: list[int] = []
+    real = jsonarray.element_record
+
+    def counted(number: int, text: str, depth: int) -> Any:
+        decoded.append(number)
+        return real(number, text, depth)
+
+    monkeypatch.setattr(jsonarray, "element_record", counted)
     got, expected = read_both(data, 700, 1 << 14)
     assert got == expected and len(got) == 3000
+    assert decoded == []
 
 
 @pytest.mark.parametrize(
@@ -300,3 +312,14 @@ def test_a_json_array_is_written_as_the_json_lines_rows_with_separators(
         assert written == "[\n" + ",\n".join(lines_) + "\n]\n"
         assert json.loads(written) == [json.loads(line) for line in lines_]
         assert array_output.rows == len(lines_) > 0
+
+
+def test_a_refused_element_of_a_pretty_printed_array_keeps_its_text_as_it_came() -> None:
+    """Layouts match pretty-printed elements without their line breaks; an element refused
+    (a key named twice) is quarantined with its text as the file has it."""
+    rows = [json.dumps(_row(i), indent=2) for i in range(50)]
+    rows[20] = rows[20].replace('"value": 20', '"value": 20,\n    "value": 21')
+    data = ("[\n" + ",\n".join(rows) + "\n]\n").encode()
+    got, expected = read_both(data, 16, 1 << 18)
+    assert got == expected
+    assert "names key 'value' twice" in got[20] and '\\n    "value": 21' in got[20]
