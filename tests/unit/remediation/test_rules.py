@@ -55,6 +55,22 @@ TEXT = st.text(alphabet=st.sampled_from("aZ1,. -_"), max_size=6)
 STAMPS = st.one_of(
     st.integers(NOW - 40 * 86_400, NOW * 10**9 + 10**6),
     st.sampled_from([str(NOW * 1000), str(NOW + 100), str(NOW * 10**6), "2026-11-30T10:00:00Z"]),
+    st.sampled_from(  # ISO-8601: read on the column when spelled `...T..Z` on a real day
+        [
+            "2025-11-20T23:59:59Z",
+            "2024-02-29T12:00:00Z",  # a leap day, past the window
+            "2025-11-31T10:00:00Z",  # no such day
+            "2025-02-29T10:00:00Z",
+            "2025-11-25T00:00:60Z",  # a leap second: fromisoformat refuses it
+            "2025-11-25T10:00:00+00:00",
+            "2025-11-25T10:00:00.5Z",
+            "2025-11-25 10:00:00Z",
+            " 2025-11-25T10:00:00Z",
+            "2025-11-25T10:00:00",  # no zone: never placed
+            "2026-01-25T10:00:00Z",  # far ahead: refused
+            "2025-11-24T16:30:00Z",  # a small skew: clamped
+        ]
+    ),
     st.integers(NOW * 1000 - 10**6, NOW * 1000 + 10**8).map(str),
     st.floats(min_value=1e9, max_value=2e12),
     TEXT,
@@ -210,3 +226,33 @@ def test_rows_of_a_name_nothing_matches_are_refused_after_one_lookup(
     assert len(calls) <= 2  # the match, and the row rule once for its reason
     assert by_batch(rows, code, ctx) == found and len(calls) <= 3  # the match kept for the run
     assert by_rows(rows[:3], dict(CASES)[code], ctx) == found[:3]
+
+
+def test_iso_times_in_utc_are_read_on_the_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file of ISO-8601 times (`...T...Z`) is read without the row rule (1M rows took 8.3 s
+    one row at a time, 4.4 s so); what it gives is what the row rule gives."""
+    from remediation.core.rules import timestamps
+
+    calls: list[object] = []
+    real = timestamps.fix_timestamp_row
+
+    def counted(record: UsageRecord, ctx: Context) -> Any:
+        calls.append(record.timestamp)
+        return real(record, ctx)
+
+    stamps = ["2025-11-24T16:30:00Z", "2025-11-20T00:00:00Z", "2024-02-29T00:00:00Z"]
+    rows = [
+        UsageRecord(n, f"id{n}", stamps[(n - 1) % 3], "api_requests", {"value": 1}) for n in range(1, 301)
+    ]
+    expected = by_rows(rows, fix_timestamp_row)
+    monkeypatch.setattr(timestamps, "fix_timestamp_row", counted)
+    assert by_batch(rows, "timestamp_in_future") == expected
+    assert calls == []
+    assert expected[0] == (
+        "fixed",
+        (str(NOW), str, "api_requests", [("value", 1)]),
+        [
+            ("iso_timestamp", "timestamp", "2025-11-24T16:30:00Z", NOW + 1800),
+            ("clamp_skew", "timestamp", NOW + 1800, NOW),
+        ],
+    )
