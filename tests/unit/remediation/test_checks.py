@@ -45,6 +45,7 @@ STAMPS = st.one_of(
     st.none(),
     st.integers(NOW - 40 * 86_400, NOW * 10**6),
     st.sampled_from([str(NOW), str(NOW * 1000), "2026-11-30T10:00:00Z", "-5", "²", " 17 ", ""]),
+    st.sampled_from(["+5", "1.5", "1,000", "12:00", "\u00a017\u2003", "-\u00a05", "5e3", "x"]),
     st.floats(allow_nan=False, allow_infinity=False, min_value=-1e20, max_value=1e20),
     st.booleans(),
     TEXT,
@@ -154,3 +155,17 @@ def test_number_shapes_are_the_regexes(values: list[str | None]) -> None:
     picks = np.arange(len(values))[::-1].copy()
     assert short_digits(column.take(picks)).tolist() == short[::-1]
     assert plain_numbers(column.take(picks)).tolist() == plain[::-1]
+
+
+def test_seconds_are_what_parse_timestamp_reads_for_every_text() -> None:
+    """Texts known unreadable on the column (a letter, a colon...) and the rest, read one by
+    one, give what `parse_timestamp` gives each."""
+    from remediation.core.checks import seconds
+    from remediation.core.columns import Column
+    from remediation.validation import parse_timestamp
+
+    texts = [str(NOW), "2026-11-30T10:00:00Z", "-5", "²", " 17 ", "\u00a017\u2003", "-\u00a05"]
+    texts += ["+5", "1.5", "1,000", "12:00", "5e3", "x", "", "9" * 25, " -17", None]
+    values, known, rest = seconds(Column.of(texts))
+    got = {i: int(values[i]) for i in range(len(texts)) if known[i]} | dict(rest)
+    assert got == {i: parse_timestamp(t) for i, t in enumerate(texts) if t is not None}

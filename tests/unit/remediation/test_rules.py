@@ -242,7 +242,8 @@ def test_iso_times_in_utc_are_read_on_the_column(monkeypatch: pytest.MonkeyPatch
 
     stamps = ["2025-11-24T16:30:00Z", "2025-11-20T00:00:00Z", "2024-02-29T00:00:00Z"]
     rows = [
-        UsageRecord(n, f"id{n}", stamps[(n - 1) % 3], "api_requests", {"value": 1}) for n in range(1, 301)
+        UsageRecord(n, f"id{n}", stamps[(n - 1) % 3], "api_requests", {"value": 1})
+        for n in range(1, 301)
     ]
     expected = by_rows(rows, fix_timestamp_row)
     monkeypatch.setattr(timestamps, "fix_timestamp_row", counted)
