@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 import pyarrow as pa
 
 from remediation.changes import Context
-from remediation.core.columns import Batch, from_records
+from remediation.core.columns import Batch, record_batches
 from remediation.core.csvbatch import csv_batch
 from remediation.core.csvout import CsvOut
 from remediation.core.csvread import Ahead
@@ -347,15 +347,7 @@ def batches(
         rows = min(size, JSONL_BATCH_ROWS)
         yield from json_array_batches(records, rows, min(size, RECORD_BATCH_ROWS), ahead)
         return
-    chunk: list[UsageRecord] = []
-    size = min(size, RECORD_BATCH_ROWS)
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= size:
-            yield from_records(chunk)
-            chunk = []
-    if chunk:
-        yield from_records(chunk)
+    yield from record_batches(records, min(size, RECORD_BATCH_ROWS))
 
 
 def csv_batches(records: CsvRecords, size: int, ahead: Ahead | None = None) -> Iterator[Batch]:

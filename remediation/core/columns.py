@@ -367,6 +367,18 @@ def _text_or_none(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+def record_batches(records: Iterable[UsageRecord], size: int) -> Iterator[Batch]:
+    """Records as batches of at most `size` (`from_records` of each chunk)."""
+    chunk: list[UsageRecord] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield from_records(chunk)
+            chunk = []
+    if chunk:
+        yield from_records(chunk)
+
+
 def from_records(records: Sequence[UsageRecord], ordered: bool = True) -> Batch:
     """A batch of records (JSON rows, or the rows a rule handled one by one).
 

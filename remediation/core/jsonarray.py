@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, from_records
+from remediation.core.columns import Batch, record_batches
 from remediation.core.csvread import Ahead
 from remediation.core.jsonllines import LINE_BLOCK_BYTES, Lines, Replay
 from remediation.core.jsonlread import JsonlBatches
@@ -87,14 +87,7 @@ def json_array_batches(
         yield from JsonlBatches(
             None, depth, size, ahead, source=iter(lines), record=record, matchable=lines.matchable
         )
-        chunk: list[UsageRecord] = []
-        for row in lines.rest():
-            chunk.append(row)
-            if len(chunk) >= record_rows:
-                yield from_records(chunk)
-                chunk = []
-        if chunk:
-            yield from_records(chunk)
+        yield from record_batches(lines.rest(), record_rows)
 
 
 class Elements:
