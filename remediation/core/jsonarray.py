@@ -72,22 +72,23 @@ def _object(value: str) -> str:
 
 # One element but the last: an object of plain values and objects of them, then ",".
 ELEMENT = f"^{_object(f'(?:{_PLAIN}|{_object(_PLAIN)})')}{_BLANK},{_BLANK}$"
-_NESTED = '{"a":{"b":1}}'  # the deepest element a qualifying line holds
+_NESTED = '{"a":{"b":1}}'  # the deepest a qualifying element is
 
 
 def json_array_batches(
     records: JsonArrayRecords, size: int, record_rows: int, ahead: Ahead | None = None
 ) -> Iterator[Batch]:
-    """The rows of a JSON array as batches: of at most `size` rows while its element lines
+    """The rows of a JSON array as batches: of at most `size` rows while its elements
     qualify, then of at most `record_rows` records, from the array reader."""
     depth = records.depth
     with records.text() as text:
-        lines = Elements(cast(BinaryIO, text.buffer), depth)
+        elements = Elements(cast(BinaryIO, text.buffer), depth)
         record = partial(element_record, depth=depth)
+        source, matchable = iter(elements), elements.matchable
         yield from JsonlBatches(
-            None, depth, size, ahead, source=iter(lines), record=record, matchable=lines.matchable
+            None, depth, size, ahead, source=source, record=record, matchable=matchable
         )
-        yield from record_batches(lines.rest(), record_rows)
+        yield from record_batches(elements.rest(), record_rows)
 
 
 class Elements:

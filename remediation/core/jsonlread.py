@@ -3,20 +3,19 @@
 Lines of a failed-records file mostly share a few layouts: the same keys in the same order,
 each value a string, a number, true, false or null, written by one serializer. The first line
 of a layout is parsed by `json.loads` (`jsonreaders`) and, when its text is exactly what
-`json.dumps` writes for it (compact or default separators), becomes a pattern: the line's text
-with each value
-replaced by what such a value may look like (a string without escapes, quotes or control
-characters; an integer or a float as `json.dumps` writes one; true or false; null: these three
-in the payload and other keys of the row only). Later lines holding as many
-quotes are matched against it by Arrow (RE2, a whole batch at once); a matched line is split at
-its quotes, so each value sits at a known place, and lands in columns with the kind `json.loads`
-would have given it (a float only when `repr` gives its text back). A line no layout matches,
-or one whose values need decoding (escapes, nested values beyond `payload` and `error`,
-exponents, a boolean or null as the identifier, timestamp, event name or error), is read by the
-line reader, unchanged (a file whose every line held a null took 13.0 s for 1M rows there,
-against 3.6 s matched): `parse_line` and `record_from_obj`,
-and its row joins the batch in its place. So a line matched here reads exactly as it reads
-there; `test_jsonl_read` holds the two together, records and column texts.
+`json.dumps` writes for it (compact separators, its default ones, or those it uses with
+`indent`), becomes a pattern: the line's text with each value replaced by what such a value
+may look like (a string without escapes, quotes or control characters; an integer or a float as
+`json.dumps` writes one; true or false; null: these three in the payload and other keys of the
+row only). Later lines holding as many quotes are matched against it by Arrow (RE2, a whole
+batch at once); a matched line is split at its quotes, so each value sits at a known place, and
+lands in columns with the kind `json.loads` would have given it (a float only when `repr` gives
+its text back). A line no layout matches, or one whose values need decoding (escapes, nested
+values beyond `payload` and `error`, exponents, a boolean or null as the identifier,
+timestamp, event name or error), is read by the line reader, unchanged (a file whose every line
+held a null took 13.0 s for 1M rows there, against 3.6 s matched): `parse_line` and
+`record_from_obj`, and its row joins the batch in its place. So a line matched here reads
+exactly as it reads there; `test_jsonl_read` holds the two together, records and column texts.
 """
 
 from __future__ import annotations
