@@ -52,8 +52,11 @@ def _moved(
     positions = positions.astype(np.int64)
     simple = np.zeros(len(batch), bool)
     failed: dict[int, str] = {}
+    # each name's rows, grouped once (not a pass over the batch per distinct name)
+    order = np.argsort(positions, kind="stable")
+    bounds = np.searchsorted(positions[order], np.arange(len(distinct) + 1))
     for at, name in enumerate(distinct):
-        named = np.flatnonzero(positions == at)
+        named = order[bounds[at] : bounds[at + 1]]
         if not len(named):
             continue
         pick = picks[at] = target(name)
