@@ -1,17 +1,15 @@
 """JSON Lines read into batches of columns, most lines without `json.loads`.
 
 Lines of a failed-records file mostly share a few layouts: the same keys in the same order,
-each value a string, a number, true, false or null, written by one serializer. The first line
-of a layout is parsed by `json.loads` (`jsonreaders`) and, when its text is exactly what
-`json.dumps` writes for it (compact separators, its default ones, or those it uses with
-`indent`), becomes a pattern: the line's text with each value replaced by what such a value
-may look like (a string without escapes, quotes or control characters; an integer or a float as
-`json.dumps` writes one; true or false; null: these three in the payload and other keys of the
-row only). Later lines holding as many quotes are matched against it by Arrow (RE2, a whole
-batch at once); a matched line is split at its quotes, so each value sits at a known place, and
-lands in columns with the kind `json.loads` would have given it (a float only when `repr` gives
-its text back). A line no layout matches, or one whose values need decoding (escapes, nested
-values beyond `payload` and `error`, exponents, a boolean or null as the identifier,
+each value a string, a number, true, false or null, written by one serializer
+(`jsonllayouts`). The lines no layout kept here matches are read by shape (`jsonlshapes`): the
+first line of a shape is parsed by `json.loads` (`jsonreaders`) and its layout learned, the
+others are cut out by it. A layout that read a good share of a batch is kept, and its lines
+in later batches matched against it by Arrow (RE2, a whole batch at once, the next batch on
+`ahead`'s thread): a matched line is split at its quotes, so each value sits at a known place,
+and lands in columns with the kind `json.loads` would have given it (a float only when `repr`
+gives its text back). A line that fits no shape, or one whose values need decoding (escapes,
+nested values beyond `payload` and `error`, exponents, a boolean or null as the identifier,
 timestamp, event name or error), is read by the line reader, unchanged (a file whose every line
 held a null took 13.0 s for 1M rows there, against 3.6 s matched): `parse_line` and
 `record_from_obj`, and its row joins the batch in its place. So a line matched here reads
@@ -21,208 +19,28 @@ exactly as it reads there; `test_jsonl_read` holds the two together, records and
 from __future__ import annotations
 
 import io
-import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import (
-    Batch,
-    Column,
-    KeyOrders,
-    Kind,
-    concat_batches,
-    from_records,
-)
+from remediation.core.columns import Batch, Kind, concat_batches, from_records
 from remediation.core.csvread import Ahead
+from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, dotted, layout_batch, mask
 from remediation.core.jsonllines import Lines, line_arrays
+from remediation.core.jsonlshapes import Shapes
 from remediation.core.text import byte_counts
-from remediation.jsonreaders import (
-    JSON_KNOWN,
-    JsonlRecords,
-    parse_line,
-    record_from_obj,
-    unreadable,
-)
-from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord, resolve_error
+from remediation.jsonreaders import JsonlRecords, parse_line, record_from_obj, unreadable
+from remediation.records import UsageRecord
 
-MAX_LAYOUTS = 16  # patterns kept per file
-MAX_NUMBER_CHARS = 1000
-LEARN_PER_BATCH = 4  # new patterns tried per batch (each one is a pass over the unmatched)
-# What a value may look like in a matched line: a string with no escape, quote or control
-# character; a number: an integer as json.dumps writes one, or a float without exponent (a
-# float's text must be what `repr` gives back, and a number at most `MAX_NUMBER_CHARS` long,
-# json.loads refusing more than 4,300 digits: both checked once split out). Integers and
-# floats share a slot (kind INT in a layout; FLOAT per row, where the text has a point), so
-# one layout serves a column holding both. No counted repetition: RE2 unrolls it, and a
-# pattern holding `{0,999}` took 7 ms to compile, once per batch and layout.
-_SLOTS = {
-    Kind.TEXT: '[^"\\\\\\x00-\\x1f]*',  # between the quotes around it
-    Kind.INT: "(?:0|-?[1-9][0-9]*|-?(?:0|[1-9][0-9]*)\\.[0-9]+)",
-    Kind.BOOL: "(?:true|false)",
-    Kind.NULL: "null",
-}
-# Groups whose values may be true, false or null in a layout: the record path keeps them as
-# typed values there (`present_text`); the identifier, event name and timestamp it reads as
-# text or absent, and the error fields through `resolve_error`, so lines with such values
-# there are left to it.
-_LITERAL_GROUPS = ("payload", "extra", "ignored")
-# json.dumps's separators: compact, its default, and the pair it uses with `indent` (a
-# pretty-printed JSON array's elements, their line breaks and indents taken out: `jsonarray`)
-_STYLES = ((",", ":"), (", ", ": "), (",", ": "))
-
-
-@dataclass(frozen=True)
-class _Leaf:
-    """One value of a layout: where it sits in the record, what kind `json.loads` gives it,
-    and where its text is in a matched line split at its quotes."""
-
-    group: str  # "identifier", "timestamp", "event_name", "payload", "extra" or "error"
-    key: str
-    kind: Kind  # TEXT, or INT: a number
-    path: tuple[str, ...]  # its keys from the record's top
-    piece: int = 0  # which piece of the line split at '"'
-    start: int = 0  # a number: where it starts in its piece,
-    stop: int | None = None  # and where it stops (counted from the piece's end)
-
-
-@dataclass(frozen=True)
-class Layout:
-    pattern: str  # the whole line (RE2, no captures: matched by its DFA)
-    leaves: tuple[_Leaf, ...]
-    pieces: int  # pieces of a matched line split at '"'
-    payload_keys: tuple[str, ...]
-    extra_keys: tuple[str, ...]
-
-
-def learn(obj: object, line: str, depth: int) -> Layout | None:
-    """The layout of a decoded line, or None when its text is not one `json.dumps` writes
-    for it or it holds a value this reader leaves to the record path."""
-    if type(obj) is not dict or not obj:
-        return None
-    for separators in _STYLES:
-        if json.dumps(obj, ensure_ascii=False, separators=separators) == line:
-            break
-    else:
-        return None
-    comma, colon = separators
-    tokens: list[str | _Leaf] = ["{"]
-    payload_keys: tuple[str, ...] = ()
-    extra_keys: list[str] = []
-    nested = False
-    for at, (key, value) in enumerate(obj.items()):
-        if not _plain(key):
-            return None
-        tokens.append(f'{comma if at else ""}"{key}"{colon}')
-        if key == "payload" or (key == "error" and type(value) is dict):
-            if type(value) is not dict:
-                return None
-            nested = True
-            tokens.append("{")
-            for inner_at, (inner_key, inner_value) in enumerate(value.items()):
-                kind = _kind(inner_value)
-                if kind is None or not _plain(inner_key):
-                    return None
-                tokens.append(f'{comma if inner_at else ""}"{inner_key}"{colon}')
-                group = "payload" if key == "payload" else "error"
-                if kind in _LITERALS and group not in _LITERAL_GROUPS:
-                    return None
-                tokens += _slot(_Leaf(group, inner_key, kind, (key, inner_key)))
-            tokens.append("}")
-            if key == "payload":
-                payload_keys = tuple(value)
-            continue
-        kind = _kind(value)
-        if kind is None:
-            return None
-        if key in ERROR_FIELDS:
-            group = "error"
-        elif key in JSON_KNOWN:
-            group = key
-        elif key.startswith(MFX_PREFIX):
-            group = "ignored"  # never read: the reader drops our own annotations
-        else:
-            group = "extra"
-            extra_keys.append(key)
-        if kind in _LITERALS and group not in _LITERAL_GROUPS:
-            return None
-        tokens += _slot(_Leaf(group, key, kind, (key,)))
-    tokens.append("}")
-    if (2 if nested else 1) > depth:
-        return None
-    pattern = "^" + "".join(_pattern(t) for t in tokens) + "$"
-    leaves, pieces = _placed(tokens)
-    return Layout(pattern, leaves, pieces, payload_keys, tuple(extra_keys))
-
-
-def _slot(leaf: _Leaf) -> list[str | _Leaf]:
-    """A value's tokens: a string between its quotes, a number alone."""
-    return ['"', leaf, '"'] if leaf.kind == Kind.TEXT else [leaf]
-
-
-def _pattern(token: str | _Leaf) -> str:
-    if isinstance(token, _Leaf):
-        return _SLOTS[token.kind]
-    return _literal(token)
-
-
-def _placed(tokens: list[str | _Leaf]) -> tuple[tuple[_Leaf, ...], int]:
-    """The leaves with their place in a line split at '"', and how many pieces it has."""
-    piece, length = 0, 0  # the current piece, and how long it is so far
-    leaves: list[_Leaf] = []
-    open_number: _Leaf | None = None  # a number whose piece has not ended yet
-    for token in tokens:
-        if isinstance(token, _Leaf):
-            if token.kind == Kind.TEXT:
-                leaves.append(replace(token, piece=piece))
-            else:
-                open_number, length = replace(token, piece=piece, start=length), 0
-            continue
-        for char in token:
-            if char != '"':
-                length += 1
-                continue
-            if open_number is not None:
-                leaves.append(replace(open_number, stop=-length if length else None))
-                open_number = None
-            piece, length = piece + 1, 0
-    if open_number is not None:
-        leaves.append(replace(open_number, stop=-length if length else None))
-    return tuple(leaves), piece + 1
-
-
-def _kind(value: object) -> Kind | None:
-    """The kind of a value this reader takes, or None."""
-    if type(value) is str:
-        return Kind.TEXT if _plain(value) else None
-    if type(value) is int:
-        return Kind.INT
-    if type(value) is float:
-        text = repr(value)
-        return Kind.INT if "e" not in text and "n" not in text else None  # inf, nan
-    if type(value) is bool:
-        return Kind.BOOL
-    return Kind.NULL if value is None else None
-
-
-_LITERALS = (Kind.BOOL, Kind.NULL)
-
-
-def _plain(text: str) -> bool:
-    """Written by json.dumps as itself in quotes (no escape, no control character)."""
-    return not any(c in '"\\' or ord(c) < 0x20 for c in text)
-
-
-def _literal(text: str) -> str:
-    """`text` as an RE2 literal (ASCII punctuation as hex escapes, the rest as is)."""
-    return "".join(
-        c if c.isalnum() or c == "_" or ord(c) > 0x7F else f"\\x{{{ord(c):x}}}" for c in text
-    )
+# Layouts matched by their pattern, before the rest of a batch is read by shape: those that
+# read at least `HOT_SHARE` of a batch, most lines first (each is a regex pass per batch).
+MAX_LAYOUTS = 4
+HOT_SHARE = 0.25
 
 
 def jsonl_batches(records: JsonlRecords, size: int, ahead: Ahead | None = None) -> Iterator[Batch]:
@@ -286,7 +104,8 @@ class JsonlBatches:
             assert text is not None
             source = line_arrays(text)
         self.source, self.record, self.matchable = source, record or self._record, matchable
-        self.layouts: list[Layout] = []
+        self.layouts: list[Layout] = []  # the hot ones (`_keep_hot`)
+        self.shapes = Shapes(depth)
         self.hits: dict[str, int] = {}  # lines matched per layout
 
     def __iter__(self) -> Iterator[Batch]:
@@ -358,21 +177,12 @@ class JsonlBatches:
         for layout in self.layouts:
             fits = left & (quotes == layout.pieces - 1)
             left[self._match(layout, text, fits, numbers, parts, cut.started)] = False
-        tried = 0
-        after = 0  # lines before this one were tried, or matched
-        while tried < LEARN_PER_BATCH and len(self.layouts) < MAX_LAYOUTS:
-            unmatched = np.flatnonzero(left[after:])
-            if not len(unmatched):
-                break
-            first = after + int(unmatched[0])
-            after, tried = first + 1, tried + 1
-            line = text[first].as_py()
-            obj, refusal = parse_line(line, self.depth)
-            learned = learn(obj, line, self.depth) if refusal is None else None
-            if learned is not None:
-                self.layouts.append(learned)
-                fits = left & (quotes == learned.pieces - 1)
-                left[self._match(learned, text, fits, numbers, parts)] = False
+        if left.any():  # the rest by shape, and the layouts most of a batch had kept
+            read = self.shapes.read(text, np.flatnonzero(left), numbers)
+            if read.batch is not None:
+                left[read.lines] = False
+                parts.append((read.lines, read.batch))
+                self._keep_hot(read.hits, len(text))
         # The layouts most lines had are tried first in the next batch.
         self.layouts.sort(key=lambda layout: -self.hits.get(layout.pattern, 0))
         # The rest, in their places: lines read by the line reader, and lines refused unread.
@@ -389,6 +199,15 @@ class JsonlBatches:
         every = np.concatenate([p for p, _ in parts])
         both = concat_batches([b for _, b in parts])
         return both.take(np.argsort(every, kind="stable"))
+
+    def _keep_hot(self, read: dict[Layout, int], lines: int) -> None:
+        """Layouts that read at least `HOT_SHARE` of a batch's lines are matched first from
+        the next batch on (at most `MAX_LAYOUTS`); every layout's lines are counted."""
+        for layout, count in read.items():
+            self.hits[layout.pattern] = self.hits.get(layout.pattern, 0) + count
+            hot = count >= HOT_SHARE * lines and len(self.layouts) < MAX_LAYOUTS
+            if hot and layout not in self.layouts:
+                self.layouts.append(layout)
 
     def _record(self, number: int, line: str) -> UsageRecord:
         obj, refusal = parse_line(line, self.depth)
@@ -427,18 +246,18 @@ class JsonlBatches:
                 stop = leaf.stop if leaf.stop is not None else sys.maxsize
                 value = pc.utf8_slice_codeunits(value, leaf.start, stop)
             if leaf.kind == Kind.INT:  # a float: only the text repr() gives back reads the same
-                keep &= _mask(pc.less_equal(pc.utf8_length(value), MAX_NUMBER_CHARS))
-                dotted = np.flatnonzero(_dotted(value))
-                if len(dotted):
-                    texts = value.take(pa.array(dotted)).to_pylist()
-                    keep[dotted] &= [repr(float(t)) == t for t in texts]
+                keep &= mask(pc.less_equal(pc.utf8_length(value), MAX_NUMBER_CHARS))
+                floats = np.flatnonzero(dotted(value))
+                if len(floats):
+                    texts = value.take(pa.array(floats)).to_pylist()
+                    keep[floats] &= [repr(float(t)) == t for t in texts]
             values.append(value)
         if not keep.all():
             kept = pa.array(keep)
             values = [v.filter(kept) for v in values]
             rows = rows[keep]
         self.hits[layout.pattern] = self.hits.get(layout.pattern, 0) + len(rows)
-        parts.append((rows, _layout_batch(layout, values, np.asarray(numbers)[rows])))
+        parts.append((rows, layout_batch(layout, values, np.asarray(numbers)[rows])))
         return rows
 
 
@@ -454,80 +273,3 @@ def _matched(pattern: str, text: pa.Array, candidates: np.ndarray[Any, Any]) -> 
         return rows, pa.array([], pa.string())
     lines = text if len(rows) == len(text) else text.take(pa.array(rows))
     return rows, pc.list_flatten(pc.split_pattern(lines, '"'))
-
-
-def _layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[Any, Any]) -> Batch:
-    n = len(numbers)
-    columns: dict[tuple[str, str], Column] = {}
-    errors: list[tuple[_Leaf, pa.Array]] = []
-    for leaf, texts in zip(layout.leaves, values, strict=True):
-        if leaf.group == "error":
-            errors.append((leaf, texts))
-            continue
-        kinds = None
-        if leaf.kind == Kind.INT:
-            kinds = np.where(_dotted(texts), np.uint8(Kind.FLOAT), np.uint8(Kind.INT))
-        elif leaf.kind in _LITERALS:  # "true", "false" or "null", as `present_text` has them
-            kinds = np.full(n, leaf.kind, np.uint8)
-        if leaf.group in ("identifier", "event_name"):
-            kinds = None  # read as text (`str()` of a number), "" as absent
-            texts = pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts)
-        columns[(leaf.group, leaf.key)] = Column(texts, kinds)
-    code, message = _errors(errors, n)
-
-    def core(name: str) -> Column:
-        return columns.get((name, name)) or Column.absent(n)
-
-    return Batch(
-        numbers.astype(np.int64),
-        core("identifier"),
-        core("timestamp"),
-        core("event_name"),
-        {key: columns[("payload", key)] for key in layout.payload_keys},
-        {key: columns[("extra", key)] for key in layout.extra_keys},
-        code,
-        message,
-        pa.nulls(n, pa.string()),
-        KeyOrders.same((layout.payload_keys, layout.extra_keys), n),
-    )
-
-
-def _dotted(numbers: pa.Array) -> np.ndarray[Any, Any]:
-    """Which numbers are floats (their text has a point)."""
-    return _mask(pc.match_substring(numbers, "."))
-
-
-def _mask(flags: pa.Array) -> np.ndarray[Any, Any]:
-    return np.asarray(flags.to_numpy(zero_copy_only=False), bool)
-
-
-def _errors(errors: list[tuple[_Leaf, pa.Array]], n: int) -> tuple[pa.Array, pa.Array]:
-    """(code, message) of each row, by `resolve_error`, once per distinct set of values."""
-    if not errors:
-        return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
-    keyed = (
-        errors[0][1]
-        if len(errors) == 1
-        else pc.binary_join_element_wise(*[values for _, values in errors], "\x1f")
-    )
-    encoded = pc.dictionary_encode(keyed)
-    codes, messages = [], []
-    for joined in encoded.dictionary.to_pylist():
-        texts = [joined] if len(errors) == 1 else joined.split("\x1f")
-        fields: dict[str, Any] = {}
-        for (leaf, _), text in zip(errors, texts, strict=True):
-            value: object = text
-            if leaf.kind == Kind.INT:
-                value = float(text) if "." in text else int(text)
-            if len(leaf.path) == 2:
-                fields.setdefault(leaf.path[0], {})[leaf.path[1]] = value
-            else:
-                fields[leaf.path[0]] = value
-        code, message = resolve_error(fields)
-        codes.append(code)
-        messages.append(message)
-    indices = encoded.indices
-    return (
-        pa.array(codes, pa.string()).take(indices),
-        pa.array(messages, pa.string()).take(indices),
-    )

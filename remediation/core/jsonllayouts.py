@@ -1,0 +1,274 @@
+"""JSON Lines layouts: what `json.dumps` writes for a line, learned from one decoded line, and
+the batch of rows a layout's values make (`jsonlread` matches lines against layouts,
+`jsonlshapes` groups lines by shape and reads each shape with its layout).
+
+A layout is a line's text with each value replaced by what such a value may look like (a
+string without escapes, quotes or control characters; an integer or a float as `json.dumps`
+writes one; true or false; null: these three in the payload and other keys of the row only),
+learned only when the line's text is exactly what `json.dumps` writes for it (compact
+separators, its default ones, or those it uses with `indent`). A line of a layout split at its
+quotes has each value at a known place (`Leaf`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.core.columns import Batch, Column, KeyOrders, Kind
+from remediation.jsonreaders import JSON_KNOWN
+from remediation.records import ERROR_FIELDS, MFX_PREFIX, resolve_error
+
+MAX_NUMBER_CHARS = 1000
+
+# What a value may look like in a matched line: a string with no escape, quote or control
+# character; a number: an integer as json.dumps writes one, or a float without exponent (a
+# float's text must be what `repr` gives back, and a number at most `MAX_NUMBER_CHARS` long,
+# json.loads refusing more than 4,300 digits: both checked once split out). Integers and
+# floats share a slot (kind INT in a layout; FLOAT per row, where the text has a point), so
+# one layout serves a column holding both. No counted repetition: RE2 unrolls it, and a
+# pattern holding `{0,999}` took 7 ms to compile, once per batch and layout.
+SLOTS = {
+    Kind.TEXT: '[^"\\\\\\x00-\\x1f]*',  # between the quotes around it
+    Kind.INT: "(?:0|-?[1-9][0-9]*|-?(?:0|[1-9][0-9]*)\\.[0-9]+)",
+    Kind.BOOL: "(?:true|false)",
+    Kind.NULL: "null",
+}
+# Groups whose values may be true, false or null in a layout: the record path keeps them as
+# typed values there (`present_text`); the identifier, event name and timestamp it reads as
+# text or absent, and the error fields through `resolve_error`, so lines with such values
+# there are left to it.
+_LITERAL_GROUPS = ("payload", "extra", "ignored")
+# json.dumps's separators: compact, its default, and the pair it uses with `indent` (a
+# pretty-printed JSON array's elements, their line breaks and indents taken out: `jsonarray`)
+_STYLES = ((",", ":"), (", ", ": "), (",", ": "))
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One value of a layout: where it sits in the record, what kind `json.loads` gives it,
+    and where its text is in a matched line split at its quotes."""
+
+    group: str  # "identifier", "timestamp", "event_name", "payload", "extra" or "error"
+    key: str
+    kind: Kind  # TEXT, or INT: a number
+    path: tuple[str, ...]  # its keys from the record's top
+    piece: int = 0  # which piece of the line split at '"'
+    start: int = 0  # a number: where it starts in its piece,
+    stop: int | None = None  # and where it stops (counted from the piece's end)
+
+
+@dataclass(frozen=True)
+class Layout:
+    pattern: str  # the whole line (RE2, no captures: matched by its DFA)
+    leaves: tuple[Leaf, ...]
+    pieces: int  # pieces of a matched line split at '"'
+    payload_keys: tuple[str, ...]
+    extra_keys: tuple[str, ...]
+
+
+def learn(obj: object, line: str, depth: int) -> Layout | None:
+    """The layout of a decoded line, or None when its text is not one `json.dumps` writes
+    for it or it holds a value this reader leaves to the record path."""
+    if type(obj) is not dict or not obj:
+        return None
+    for separators in _STYLES:
+        if json.dumps(obj, ensure_ascii=False, separators=separators) == line:
+            break
+    else:
+        return None
+    comma, colon = separators
+    tokens: list[str | Leaf] = ["{"]
+    payload_keys: tuple[str, ...] = ()
+    extra_keys: list[str] = []
+    nested = False
+    for at, (key, value) in enumerate(obj.items()):
+        if not plain(key):
+            return None
+        tokens.append(f'{comma if at else ""}"{key}"{colon}')
+        if key == "payload" or (key == "error" and type(value) is dict):
+            if type(value) is not dict:
+                return None
+            nested = True
+            tokens.append("{")
+            for inner_at, (inner_key, inner_value) in enumerate(value.items()):
+                kind = _kind(inner_value)
+                if kind is None or not plain(inner_key):
+                    return None
+                tokens.append(f'{comma if inner_at else ""}"{inner_key}"{colon}')
+                group = "payload" if key == "payload" else "error"
+                if kind in LITERALS and group not in _LITERAL_GROUPS:
+                    return None
+                tokens += _slot(Leaf(group, inner_key, kind, (key, inner_key)))
+            tokens.append("}")
+            if key == "payload":
+                payload_keys = tuple(value)
+            continue
+        kind = _kind(value)
+        if kind is None:
+            return None
+        if key in ERROR_FIELDS:
+            group = "error"
+        elif key in JSON_KNOWN:
+            group = key
+        elif key.startswith(MFX_PREFIX):
+            group = "ignored"  # never read: the reader drops our own annotations
+        else:
+            group = "extra"
+            extra_keys.append(key)
+        if kind in LITERALS and group not in _LITERAL_GROUPS:
+            return None
+        tokens += _slot(Leaf(group, key, kind, (key,)))
+    tokens.append("}")
+    if (2 if nested else 1) > depth:
+        return None
+    pattern = "^" + "".join(_pattern(t) for t in tokens) + "$"
+    leaves, pieces = _placed(tokens)
+    return Layout(pattern, leaves, pieces, payload_keys, tuple(extra_keys))
+
+
+def _slot(leaf: Leaf) -> list[str | Leaf]:
+    """A value's tokens: a string between its quotes, a number alone."""
+    return ['"', leaf, '"'] if leaf.kind == Kind.TEXT else [leaf]
+
+
+def _pattern(token: str | Leaf) -> str:
+    if isinstance(token, Leaf):
+        return SLOTS[token.kind]
+    return _literal(token)
+
+
+def _placed(tokens: list[str | Leaf]) -> tuple[tuple[Leaf, ...], int]:
+    """The leaves with their place in a line split at '"', and how many pieces it has."""
+    piece, length = 0, 0  # the current piece, and how long it is so far
+    leaves: list[Leaf] = []
+    open_number: Leaf | None = None  # a number whose piece has not ended yet
+    for token in tokens:
+        if isinstance(token, Leaf):
+            if token.kind == Kind.TEXT:
+                leaves.append(replace(token, piece=piece))
+            else:
+                open_number, length = replace(token, piece=piece, start=length), 0
+            continue
+        for char in token:
+            if char != '"':
+                length += 1
+                continue
+            if open_number is not None:
+                leaves.append(replace(open_number, stop=-length if length else None))
+                open_number = None
+            piece, length = piece + 1, 0
+    if open_number is not None:
+        leaves.append(replace(open_number, stop=-length if length else None))
+    return tuple(leaves), piece + 1
+
+
+def _kind(value: object) -> Kind | None:
+    """The kind of a value this reader takes, or None."""
+    if type(value) is str:
+        return Kind.TEXT if plain(value) else None
+    if type(value) is int:
+        return Kind.INT
+    if type(value) is float:
+        text = repr(value)
+        return Kind.INT if "e" not in text and "n" not in text else None  # inf, nan
+    if type(value) is bool:
+        return Kind.BOOL
+    return Kind.NULL if value is None else None
+
+
+LITERALS = (Kind.BOOL, Kind.NULL)
+
+
+def plain(text: str) -> bool:
+    """Written by json.dumps as itself in quotes (no escape, no control character)."""
+    return not any(c in '"\\' or ord(c) < 0x20 for c in text)
+
+
+def _literal(text: str) -> str:
+    """`text` as an RE2 literal (ASCII punctuation as hex escapes, the rest as is)."""
+    return "".join(
+        c if c.isalnum() or c == "_" or ord(c) > 0x7F else f"\\x{{{ord(c):x}}}" for c in text
+    )
+
+
+def layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[Any, Any]) -> Batch:
+    n = len(numbers)
+    columns: dict[tuple[str, str], Column] = {}
+    errors: list[tuple[Leaf, pa.Array]] = []
+    for leaf, texts in zip(layout.leaves, values, strict=True):
+        if leaf.group == "error":
+            errors.append((leaf, texts))
+            continue
+        kinds = None
+        if leaf.kind == Kind.INT:
+            kinds = np.where(dotted(texts), np.uint8(Kind.FLOAT), np.uint8(Kind.INT))
+        elif leaf.kind in LITERALS:  # "true", "false" or "null", as `present_text` has them
+            kinds = np.full(n, leaf.kind, np.uint8)
+        if leaf.group in ("identifier", "event_name"):
+            kinds = None  # read as text (`str()` of a number), "" as absent
+            texts = pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts)
+        columns[(leaf.group, leaf.key)] = Column(texts, kinds)
+    code, message = errors_of(errors, n)
+
+    def core(name: str) -> Column:
+        return columns.get((name, name)) or Column.absent(n)
+
+    return Batch(
+        numbers.astype(np.int64),
+        core("identifier"),
+        core("timestamp"),
+        core("event_name"),
+        {key: columns[("payload", key)] for key in layout.payload_keys},
+        {key: columns[("extra", key)] for key in layout.extra_keys},
+        code,
+        message,
+        pa.nulls(n, pa.string()),
+        KeyOrders.same((layout.payload_keys, layout.extra_keys), n),
+    )
+
+
+def dotted(numbers: pa.Array) -> np.ndarray[Any, Any]:
+    """Which numbers are floats (their text has a point)."""
+    return mask(pc.match_substring(numbers, "."))
+
+
+def mask(flags: pa.Array) -> np.ndarray[Any, Any]:
+    return np.asarray(flags.to_numpy(zero_copy_only=False), bool)
+
+
+def errors_of(errors: list[tuple[Leaf, pa.Array]], n: int) -> tuple[pa.Array, pa.Array]:
+    """(code, message) of each row, by `resolve_error`, once per distinct set of values."""
+    if not errors:
+        return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
+    keyed = (
+        errors[0][1]
+        if len(errors) == 1
+        else pc.binary_join_element_wise(*[values for _, values in errors], "\x1f")
+    )
+    encoded = pc.dictionary_encode(keyed)
+    codes, messages = [], []
+    for joined in encoded.dictionary.to_pylist():
+        texts = [joined] if len(errors) == 1 else joined.split("\x1f")
+        fields: dict[str, Any] = {}
+        for (leaf, _), text in zip(errors, texts, strict=True):
+            value: object = text
+            if leaf.kind == Kind.INT:
+                value = float(text) if "." in text else int(text)
+            if len(leaf.path) == 2:
+                fields.setdefault(leaf.path[0], {})[leaf.path[1]] = value
+            else:
+                fields[leaf.path[0]] = value
+        code, message = resolve_error(fields)
+        codes.append(code)
+        messages.append(message)
+    indices = encoded.indices
+    return (
+        pa.array(codes, pa.string()).take(indices),
+        pa.array(messages, pa.string()).take(indices),
+    )

@@ -1,0 +1,282 @@
+"""JSON Lines lines of any number of layouts, read at once: grouped by shape, cut out together.
+
+Matching lines against layouts (`jsonlread`) costs a regex pass per layout and batch: a file
+whose rows carry optional payload keys (128 layouts) took 42 s for 1M rows, most lines read by
+`json.loads` once the layouts kept ran out, against 11 s for a json.loads/json.dumps copy.
+Here the lines no hot layout took are first held against one grammar (`LINE`: an object of
+keys without quotes, escapes, control characters or `,:{}`, whose values are strings without
+quotes, escapes or control characters, numbers as `json.dumps` writes them, true, false, null,
+or, one level down, objects of those). A line that fits has one reading as keys and values, so
+two regex replacements give its shape: its text with every string value replaced by \\x01 and
+every number by \\x02 (control characters, which no fitting line holds). Lines of one shape have
+the same keys in the same order, values of the same kinds, the same separators: the layout
+learned from the first of them (`learn`, one `json.loads` per shape) is what every other one
+matches. Their values are then cut out of all lines at once, whatever the number of shapes:
+the lines split at their quotes, one gather per column from each row's shape's place for it.
+A line that does not fit, or whose shape learned no layout, is left to the line reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.core.columns import Batch, Column, KeyOrder, KeyOrders, Kind
+from remediation.core.jsonllayouts import (
+    MAX_NUMBER_CHARS,
+    SLOTS,
+    Layout,
+    Leaf,
+    dotted,
+    learn,
+    mask,
+)
+from remediation.jsonreaders import parse_line
+from remediation.records import resolve_error
+
+MAX_SHAPES = 1024  # shapes remembered per file (a line of a shape beyond them: the line reader)
+
+_STRING = r'"[^"\\\x00-\x1f]*"'
+_KEY = r'"[^"\\\x00-\x1f,:{}]+"'
+_VALUE = rf"(?:{_STRING}|{SLOTS[Kind.INT]}|true|false|null)"
+_FLAT = rf"\{{(?:{_KEY}: ?{_VALUE}(?:, ?{_KEY}: ?{_VALUE})*)?\}}"
+LINE = rf"^\{{{_KEY}: ?(?:{_VALUE}|{_FLAT})(?:, ?{_KEY}: ?(?:{_VALUE}|{_FLAT}))*\}}$"
+# In a line that fits `LINE`, a key and its string value, from the `{` or `,` before the key
+# (keys hold neither, so no match starts inside one); then, string values gone, a key's closing
+# quote and its number.
+_STRING_VALUES = (r'([{,] ?"[^"]*": ?)"[^"]*"', "\\1\x01")
+_NUMBER_VALUES = (r'(": ?)-?[0-9][0-9.]*', "\\1\x02")
+_TRIMMED = ":, }"  # around a number, true, false or null in its piece of a line split at '"'
+_UNSEEN = object()
+
+
+@dataclass(frozen=True)
+class ShapesRead:
+    """What `Shapes.read` took: lines (places in the batch), their rows, and how many lines
+    each layout read."""
+
+    lines: np.ndarray[Any, Any]
+    batch: Batch | None
+    hits: dict[Layout, int]
+
+
+class Shapes:
+    """The shapes of a file's lines seen so far, each with its layout (None: none learned)."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.known: dict[str, Layout | None] = {}
+
+    def read(
+        self, text: pa.Array, candidates: np.ndarray[Any, Any], numbers: Sequence[int]
+    ) -> ShapesRead:
+        """The `candidates` lines of `text` whose shape has a layout, as rows."""
+        lines = text.take(pa.array(candidates))
+        fits = mask(pc.match_substring_regex(lines, LINE))
+        if not fits.all():
+            candidates, lines = candidates[fits], lines.filter(pa.array(fits))
+        if not len(candidates):
+            return _NOTHING
+        shapes = pc.replace_substring_regex(lines, *_STRING_VALUES)
+        encoded = pc.dictionary_encode(pc.replace_substring_regex(shapes, *_NUMBER_VALUES))
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        _, first = np.unique(codes, return_index=True)
+        layouts = [
+            self._layout(shape, lines, int(at))
+            for shape, at in zip(encoded.dictionary.to_pylist(), first.tolist(), strict=True)
+        ]
+        usable = np.asarray([layout is not None for layout in layouts], bool)
+        taken = usable[codes]
+        if not taken.any():
+            return _NOTHING
+        if not taken.all():
+            candidates, lines, codes = (
+                candidates[taken],
+                lines.filter(pa.array(taken)),
+                codes[taken],
+            )
+        kept = [layout for layout in layouts if layout is not None]
+        renumbered = np.cumsum(usable) - 1
+        return _cut_out(kept, renumbered[codes], lines, candidates, np.asarray(numbers))
+
+    def _layout(self, shape: str, lines: pa.Array, at: int) -> Layout | None:
+        found = self.known.get(shape, _UNSEEN)
+        if found is not _UNSEEN:
+            return found  # type: ignore[return-value]
+        if len(self.known) >= MAX_SHAPES:
+            return None
+        line = lines[at].as_py()
+        obj, refusal = parse_line(line, self.depth)
+        layout = learn(obj, line, self.depth) if refusal is None else None
+        self.known[shape] = layout
+        return layout
+
+
+_NOTHING = ShapesRead(np.zeros(0, np.int64), None, {})
+
+
+def _cut_out(
+    layouts: list[Layout],
+    codes: np.ndarray[Any, Any],
+    lines: pa.Array,
+    places: np.ndarray[Any, Any],
+    numbers: np.ndarray[Any, Any],
+) -> ShapesRead:
+    """The rows of `lines` (each of the shape `layouts[codes[i]]`): every value cut out of
+    the lines split at their quotes, one gather per column for all shapes."""
+    split = pc.split_pattern(lines, '"')
+    offsets = split.offsets.to_numpy(zero_copy_only=False)
+    starts = (offsets[:-1] - offsets[0]).astype(np.int64)
+    pieces = pc.list_flatten(split)
+    keep = np.ones(len(lines), bool)
+    columns: dict[tuple[str, str], Column] = {}
+    errors: list[tuple[tuple[str, ...], pa.Array, np.ndarray[Any, Any]]] = []
+    for (group, key, path), leaves in _leaves_by_column(layouts).items():
+        texts, kinds, fine = _gathered(leaves, codes, starts, pieces)
+        keep &= fine
+        if group == "error":
+            errors.append((path, texts, kinds))
+        elif group != "ignored":
+            columns[(group, key)] = _column(group, texts, kinds)
+    code, message = _errors(layouts, codes, errors)
+    orders = [(layout.payload_keys, layout.extra_keys) for layout in layouts]
+    n = len(lines)
+
+    def core(name: str) -> Column:
+        return columns.get((name, name)) or Column.absent(n)
+
+    def keys(group: str) -> dict[str, Column]:
+        return {key: column for (g, key), column in columns.items() if g == group}
+
+    batch = Batch(
+        numbers[places].astype(np.int64),
+        core("identifier"),
+        core("timestamp"),
+        core("event_name"),
+        keys("payload"),
+        keys("extra"),
+        code,
+        message,
+        pa.nulls(n, pa.string()),
+        _key_orders(orders, codes),
+    )
+    counts = np.bincount(codes[keep], minlength=len(layouts)).tolist()
+    hits: dict[Layout, int] = {}  # shapes apart only by true and false share a layout
+    for layout, count in zip(layouts, counts, strict=True):
+        hits[layout] = hits.get(layout, 0) + count
+    if keep.all():
+        return ShapesRead(places, batch, hits)
+    at = np.flatnonzero(keep)
+    return ShapesRead(places[at], batch.take(at), hits)
+
+
+def _leaves_by_column(
+    layouts: list[Layout],
+) -> dict[tuple[str, str, tuple[str, ...]], list[Leaf | None]]:
+    """Each column any layout has (group, key, path), with each layout's leaf for it."""
+    found: dict[tuple[str, str, tuple[str, ...]], list[Leaf | None]] = {}
+    for at, layout in enumerate(layouts):
+        for leaf in layout.leaves:
+            column = found.setdefault((leaf.group, leaf.key, leaf.path), [None] * len(layouts))
+            column[at] = leaf
+    return found
+
+
+def _gathered(
+    leaves: list[Leaf | None],
+    codes: np.ndarray[Any, Any],
+    starts: np.ndarray[Any, Any],
+    pieces: pa.Array,
+) -> tuple[pa.Array, np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """One column's text (null where a row's shape lacks it), its kind per row, and which
+    rows read as `json.loads` reads them (a number at most `MAX_NUMBER_CHARS` long; a float
+    only when `repr` gives its text back)."""
+    piece = np.asarray([-1 if leaf is None else leaf.piece for leaf in leaves], np.int64)[codes]
+    kinds = np.asarray([0 if leaf is None else leaf.kind for leaf in leaves], np.uint8)[codes]
+    absent = piece < 0
+    at = pa.array(starts + np.where(absent, 0, piece), mask=absent)
+    texts = pieces.take(at)
+    bare = kinds != Kind.TEXT  # a number, true, false or null: not between quotes
+    fine = np.ones(len(codes), bool)
+    if bare.any():
+        texts = pc.if_else(pa.array(bare), pc.utf8_trim(texts, _TRIMMED), texts)
+        numbers = kinds == Kind.INT
+        if numbers.any():
+            fine &= ~numbers | mask(
+                pc.fill_null(pc.less_equal(pc.utf8_length(texts), MAX_NUMBER_CHARS), True)
+            )
+            floats = np.flatnonzero(numbers & dotted(texts))
+            if len(floats):
+                values = texts.take(pa.array(floats)).to_pylist()
+                fine[floats] &= [repr(float(t)) == t for t in values]
+                kinds[floats] = Kind.FLOAT
+    return texts, kinds, fine
+
+
+def _column(group: str, texts: pa.Array, kinds: np.ndarray[Any, Any]) -> Column:
+    """A column as `layout_batch` makes it: the identifier and event name as text ("" as
+    absent), the rest with their kinds (none when every row's is text)."""
+    if group in ("identifier", "event_name"):
+        return Column(pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts))
+    return Column(texts, kinds if kinds.any() else None)
+
+
+def _errors(
+    layouts: list[Layout],
+    codes: np.ndarray[Any, Any],
+    errors: list[tuple[tuple[str, ...], pa.Array, np.ndarray[Any, Any]]],
+) -> tuple[pa.Array, pa.Array]:
+    """(code, message) of each row, by `resolve_error` of its error fields, once per shape and
+    distinct set of values (a shape with no error fields: none)."""
+    n = len(codes)
+    if not errors:
+        return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
+    shape = pa.array(codes.astype(np.int64)).cast(pa.string())
+    parts = [texts for _, texts, _ in errors]
+    keyed = pc.binary_join_element_wise(
+        shape, *parts, "\x1f", null_handling="replace", null_replacement=""
+    )
+    encoded = pc.dictionary_encode(keyed)
+    found_codes, found_messages = [], []
+    for joined in encoded.dictionary.to_pylist():
+        which, *texts = joined.split("\x1f")
+        layout = layouts[int(which)]
+        fields: dict[str, Any] = {}
+        for (path, _, _), text, leaf in zip(
+            errors, texts, _error_leaves(layout, errors), strict=True
+        ):
+            if leaf is None:
+                continue
+            value: object = text
+            if leaf.kind == Kind.INT:  # `learn` takes no true, false or null there
+                value = float(text) if "." in text else int(text)
+            if len(path) == 2:
+                fields.setdefault(path[0], {})[path[1]] = value
+            else:
+                fields[path[0]] = value
+        code, message = resolve_error(fields) if fields else (None, None)
+        found_codes.append(code)
+        found_messages.append(message)
+    indices = encoded.indices
+    return (
+        pa.array(found_codes, pa.string()).take(indices),
+        pa.array(found_messages, pa.string()).take(indices),
+    )
+
+
+def _error_leaves(
+    layout: Layout, errors: list[tuple[tuple[str, ...], pa.Array, np.ndarray[Any, Any]]]
+) -> list[Leaf | None]:
+    by_path = {leaf.path: leaf for leaf in layout.leaves if leaf.group == "error"}
+    return [by_path.get(path) for path, _, _ in errors]
+
+
+def _key_orders(orders: list[KeyOrder], codes: np.ndarray[Any, Any]) -> KeyOrders:
+    index: dict[KeyOrder, int] = {}
+    mapping = np.asarray([index.setdefault(order, len(index)) for order in orders], np.int32)
+    return KeyOrders(list(index), mapping[codes])
