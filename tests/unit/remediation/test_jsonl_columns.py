@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import remediation.engine as engine
+from remediation.core import jsonrows
 from remediation.core.jsonlout import JsonlOut
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
@@ -190,6 +191,53 @@ def test_bytes_are_what_records_write(
     identifiers = "keep" if keep else "derive"
     data = to_jsonl(objects + objects)
     assert_same(data, tmp, monkeypatch, identifiers=identifiers, rejected=rejected, **more)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(objects=st.lists(rows(), min_size=1, max_size=40), keep=st.booleans())
+def test_rows_of_every_layout_written_at_once_are_what_records_write(
+    objects: list[dict[str, Any]],
+    keep: bool,
+    tmp_path_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rows of a batch written all at once (as a batch of many layouts is: keys joined in
+    one order every row's own follows), not a layout at a time; rows whose key orders
+    disagree go a layout at a time still."""
+    monkeypatch.setattr(jsonrows, "FEW_LAYOUTS", 0)
+    tmp = tmp_path_factory.mktemp("jsonl")
+    identifiers = "keep" if keep else "derive"
+    assert_same(to_jsonl(objects + objects), tmp, monkeypatch, identifiers=identifiers)
+
+
+def test_many_optional_keys_are_written_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows with optional payload and other keys (64 layouts in a batch) are written as
+    records write them, in one pass over the keys, not one per layout."""
+    rng = random.Random(3)
+    objects = []
+    for i in range(400):
+        obj = dict(varied(1, i)[0])
+        payload = dict(obj["payload"])
+        for bit in range(5):
+            if rng.random() < 0.5:
+                payload[f"dim{bit}"] = bit if bit % 2 else f"v{i % 3}"
+        obj["payload"] = payload
+        if rng.random() < 0.5:
+            obj["zeta"] = i
+        objects.append(obj)
+    calls: list[int] = []
+    original = jsonrows._all_at_once
+
+    def counted(*args: Any) -> Any:
+        found = original(*args)
+        calls.append(found is not None)
+        return found
+
+    monkeypatch.setattr(jsonrows, "_all_at_once", counted)
+    assert_same(to_jsonl(objects), tmp_path, monkeypatch)
+    assert calls and all(calls)
 
 
 def varied(count: int, seed: int) -> list[dict[str, Any]]:
