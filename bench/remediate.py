@@ -15,7 +15,8 @@ copy in one process, JSON Lines <= 1.0x a json.loads/json.dumps copy, peak RSS <
 flat from 1x to 4x, <= 1.5x the polars script); the pandas and polars scripts apply the same
 basic fixes.
 Usage: python bench/remediate.py [--rows N] [--rounds N] [--mix varied|basic] [--big 4]
-       [--only "csv copy,meterfix"]
+       [--only "csv copy,meterfix"] [--optional-keys N]
+`--optional-keys 7`: the JSON rows (not the CSV) carry optional payload keys, 128 layouts.
 Peak RSS and CPU as GNU time reports them (`/usr/bin/time`; wait4 without it): RSS of the
 largest process, CPU of the process and its children (meterfix runs in one process: its CPU
 time is about its wall time).
@@ -129,10 +130,12 @@ class RowMaker:
         return [self.identifier(), str(ts), name, customer, value, code, MESSAGES[code]]
 
 
-def generate(path: Path, rows: int, mix: str = "varied") -> None:
-    """The CSV at `path` and the same rows as JSON Lines beside it (`.jsonl`)."""
+def generate(path: Path, rows: int, mix: str = "varied", optional: int = 0) -> None:
+    """The CSV at `path` and the same rows as JSON Lines beside it (`.jsonl`); `optional`:
+    the JSON rows' payloads carry each of that many more keys or not (2**optional layouts)."""
     table = MIXES[mix]
     maker, weights = RowMaker(7), [w for w, _, _ in table]
+    dimensions = Dimensions(optional)
     kinds = maker.rng.choices([(c, d) for _, c, d in table], weights, k=rows)
     with (
         open(path, "w", newline="") as handle,
@@ -143,7 +146,25 @@ def generate(path: Path, rows: int, mix: str = "varied") -> None:
         for code, damage in kinds:
             row = maker.row(code, damage)
             writer.writerow(row)
-            lines.write(json.dumps(json_row(row), separators=(",", ":")) + "\n")
+            record = dimensions.added(json_row(row))
+            lines.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+
+class Dimensions:
+    """Optional payload keys (region, tier, ...), each in a row or not, a text or a number."""
+
+    def __init__(self, count: int) -> None:
+        self.keys = [f"dim{i}" for i in range(count)]
+        self.rng = random.Random(11)  # apart from the rows' own: the CSV stays the same
+
+    def added(self, record: dict[str, object]) -> dict[str, object]:
+        if self.keys:
+            payload = record["payload"]
+            assert isinstance(payload, dict)
+            for at, key in enumerate(self.keys):
+                if self.rng.random() < 0.5:
+                    payload[key] = at if at % 2 else self.rng.choice(("eu", "us-east-1", "b"))
+        return record
 
 
 def json_row(row: list[str]) -> dict[str, object]:
@@ -284,8 +305,8 @@ def timed(cmd: list[str]) -> Figures:
     return Figures(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
-def prepare(work: Path, rows: int, mix: str) -> None:
-    generate(work / "failed.csv", rows, mix)
+def prepare(work: Path, rows: int, mix: str, optional: int = 0) -> None:
+    generate(work / "failed.csv", rows, mix, optional)
     with open(work / "failed.jsonl") as lines, open(work / "failed.json", "w") as array:
         # the same rows as a JSON array, one element a line (as meterfix writes one)
         array.write("[\n")
@@ -376,10 +397,11 @@ def rounds(
     }
 
 
-def report(rows: int, big: int, mix: str, results: dict[str, Figures]) -> None:
+def report(rows: int, big: int, mix: str, results: dict[str, Figures], optional: int = 0) -> None:
     base = results.get("csv copy", Figures(1.0, 0.0, 1.0))
+    keys = f", JSON rows with {optional} optional payload keys" if optional else ""
     print(
-        f"rows: {rows:,} ({mix} mix; big file: {big * rows:,}); "
+        f"rows: {rows:,} ({mix} mix{keys}; big file: {big * rows:,}); "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     for name, got in results.items():
@@ -434,16 +456,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians")
     parser.add_argument("--mix", choices=sorted(MIXES), default="varied")
     parser.add_argument("--big", type=int, default=4, help="the big file is this many times")
+    parser.add_argument(
+        "--optional-keys",
+        type=int,
+        default=0,
+        help="JSON rows carry each of this many more payload keys or not (2**N layouts)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prepare(work, args.rows, args.mix)
+        prepare(work, args.rows, args.mix, args.optional_keys)
         commands = contenders(work)
         wanted = args.only.split(",") if args.only else list(commands)
         if {"meterfix big", "meterfix jsonl big"} & set(wanted):  # the .jsonl beside it
-            generate(work / "big.csv", args.big * args.rows, args.mix)
+            generate(work / "big.csv", args.big * args.rows, args.mix, args.optional_keys)
         results = rounds(commands, wanted, args.rounds, work)
-    report(args.rows, args.big, args.mix, results)
+    report(args.rows, args.big, args.mix, results, args.optional_keys)
 
 
 if __name__ == "__main__":
