@@ -15,8 +15,9 @@ copy in one process, JSON Lines <= 1.0x a json.loads/json.dumps copy, peak RSS <
 flat from 1x to 4x, <= 1.5x the polars script); the pandas and polars scripts apply the same
 basic fixes.
 Usage: python bench/remediate.py [--rows N] [--rounds N] [--mix varied|basic] [--big 4]
-       [--only "csv copy,meterfix"] [--optional-keys N]
-`--optional-keys 7`: the JSON rows (not the CSV) carry optional payload keys, 128 layouts.
+       [--only "csv copy,meterfix"] [--optional-keys N] [--payload-columns N]
+`--optional-keys 7`: the JSON rows (not the CSV) carry optional payload keys, 128 layouts;
+`--payload-columns 20`: every row 20 more payload columns (27 in all).
 Peak RSS and CPU as GNU time reports them (`/usr/bin/time`; wait4 without it): RSS of the
 largest process, CPU of the process and its children (meterfix runs in one process: its CPU
 time is about its wall time).
@@ -130,23 +131,30 @@ class RowMaker:
         return [self.identifier(), str(ts), name, customer, value, code, MESSAGES[code]]
 
 
-def generate(path: Path, rows: int, mix: str = "varied", optional: int = 0) -> None:
+def generate(path: Path, rows: int, mix: str = "varied", optional: int = 0, wide: int = 0) -> None:
     """The CSV at `path` and the same rows as JSON Lines beside it (`.jsonl`); `optional`:
-    the JSON rows' payloads carry each of that many more keys or not (2**optional layouts)."""
+    the JSON rows' payloads carry each of that many more keys or not (2**optional layouts);
+    `wide`: every row carries that many more payload columns (CSV) and keys (JSON)."""
     table = MIXES[mix]
     maker, weights = RowMaker(7), [w for w, _, _ in table]
     dimensions = Dimensions(optional)
+    more = [f"dim{i}" for i in range(wide)]
+    texts = random.Random(13)  # apart from the rows' own
     kinds = maker.rng.choices([(c, d) for _, c, d in table], weights, k=rows)
     with (
         open(path, "w", newline="") as handle,
         open(path.with_suffix(".jsonl"), "w") as lines,
     ):
         writer = csv.writer(handle)
-        writer.writerow(HEADER)
+        writer.writerow(HEADER[:5] + [f"payload_{key}" for key in more] + HEADER[5:])
         for code, damage in kinds:
             row = maker.row(code, damage)
-            writer.writerow(row)
+            values = [texts.choice(("eu", "us-east-1", "b", "")) for _ in more]
+            writer.writerow(row[:5] + values + row[5:])
             record = dimensions.added(json_row(row))
+            payload = record["payload"]
+            assert isinstance(payload, dict)
+            payload.update(zip(more, values, strict=True))
             lines.write(json.dumps(record, separators=(",", ":")) + "\n")
 
 
@@ -305,8 +313,8 @@ def timed(cmd: list[str]) -> Figures:
     return Figures(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
-def prepare(work: Path, rows: int, mix: str, optional: int = 0) -> None:
-    generate(work / "failed.csv", rows, mix, optional)
+def prepare(work: Path, rows: int, mix: str, optional: int = 0, wide: int = 0) -> None:
+    generate(work / "failed.csv", rows, mix, optional, wide)
     with open(work / "failed.jsonl") as lines, open(work / "failed.json", "w") as array:
         # the same rows as a JSON array, one element a line (as meterfix writes one)
         array.write("[\n")
@@ -397,9 +405,12 @@ def rounds(
     }
 
 
-def report(rows: int, big: int, mix: str, results: dict[str, Figures], optional: int = 0) -> None:
+def report(
+    rows: int, big: int, mix: str, results: dict[str, Figures], optional: int = 0, wide: int = 0
+) -> None:
     base = results.get("csv copy", Figures(1.0, 0.0, 1.0))
     keys = f", JSON rows with {optional} optional payload keys" if optional else ""
+    keys += f", {wide} more payload columns" if wide else ""
     print(
         f"rows: {rows:,} ({mix} mix{keys}; big file: {big * rows:,}); "
         f"load average {os.getloadavg()[0]:.2f}"
@@ -462,16 +473,23 @@ def main() -> None:
         default=0,
         help="JSON rows carry each of this many more payload keys or not (2**N layouts)",
     )
+    parser.add_argument(
+        "--payload-columns",
+        type=int,
+        default=0,
+        help="every row carries this many more payload columns (CSV) and keys (JSON)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prepare(work, args.rows, args.mix, args.optional_keys)
+        prepare(work, args.rows, args.mix, args.optional_keys, args.payload_columns)
         commands = contenders(work)
         wanted = args.only.split(",") if args.only else list(commands)
         if {"meterfix big", "meterfix jsonl big"} & set(wanted):  # the .jsonl beside it
-            generate(work / "big.csv", args.big * args.rows, args.mix, args.optional_keys)
+            more = (args.optional_keys, args.payload_columns)
+            generate(work / "big.csv", args.big * args.rows, args.mix, *more)
         results = rounds(commands, wanted, args.rounds, work)
-    report(args.rows, args.big, args.mix, results, args.optional_keys)
+    report(args.rows, args.big, args.mix, results, args.optional_keys, args.payload_columns)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import platform
 import sys
 import threading
@@ -140,6 +141,7 @@ def remediate(
             for batch in batches(records, ahead=writer.ahead):
                 writer.put(decider.decide(batch))
                 del batch  # freed before the next batch is read, not after
+                _trim_heap()
         outputs = sinks.finish(_summary_entry(source, generation, now, tally))
     except BaseException:
         sinks.abort()
@@ -174,6 +176,35 @@ def _use_lean_allocators() -> None:
 
 
 _ALLOCATORS_SET = False
+
+# Resident memory past which the C heap's free pages are handed back after a batch (glibc's
+# `malloc_trim`). glibc keeps what a batch frees for the next one (its trim threshold grows
+# with the buffers it has mapped, up to 64 MB, and pages freed below the heap's top are kept
+# whatever it is): a CSV of 27 columns (1M rows) peaked at 155-158 MB; trimmed after every
+# 4th batch, at 127 MB and 7 % slower; after every batch, at 113 MB and 20 % slower. A
+# narrow file stays under the mark and is never trimmed.
+TRIM_ABOVE_BYTES = 128 << 20
+
+
+def _trim_heap() -> None:
+    """`malloc_trim` when the process holds more than `TRIM_ABOVE_BYTES` (glibc on Linux)."""
+    if _MALLOC_TRIM is None:
+        return
+    with open("/proc/self/statm", "rb") as statm:
+        resident = int(statm.read().split()[1]) * _PAGE_BYTES
+    if resident > TRIM_ABOVE_BYTES:
+        _MALLOC_TRIM(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    if platform.libc_ver()[0] != "glibc" or not Path("/proc/self/statm").exists():
+        return None
+    trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if _MALLOC_TRIM is not None else 4096
 _M_ARENA_MAX = -8  # glibc's malloc.h
 
 
