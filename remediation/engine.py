@@ -180,10 +180,11 @@ _ALLOCATORS_SET = False
 # Resident memory past which the C heap's free pages are handed back after a batch (glibc's
 # `malloc_trim`). glibc keeps what a batch frees for the next one (its trim threshold grows
 # with the buffers it has mapped, up to 64 MB, and pages freed below the heap's top are kept
-# whatever it is): a CSV of 27 columns (1M rows) peaked at 155-158 MB; trimmed after every
-# 4th batch, at 127 MB and 7 % slower; after every batch, at 113 MB and 20 % slower. A
-# narrow file stays under the mark and is never trimmed.
-TRIM_ABOVE_BYTES = 128 << 20
+# whatever it is): a CSV of 27 columns (1M rows) peaked at 155-163 MB, 146 MB with this mark
+# at the same speed (134 MB with 128 MB, but JSON Lines runs, at 130-134 MB, were then
+# trimmed after every batch and 5-10 % slower); trimmed after every batch, 113 MB and 20 %
+# slower. A narrow file stays under the mark and is never trimmed.
+TRIM_ABOVE_BYTES = 140 << 20
 
 
 def _trim_heap() -> None:
