@@ -5,10 +5,11 @@ The identifier, timestamp and event name when present, the payload, then the oth
 object's keys in the row's own order (`Batch.order`; a CSV row's keys follow its columns).
 Rows sharing a layout (which keys, in which order) are joined element-wise by Arrow, one
 layout at a time, then put back in row order; a batch of many layouts (optional keys) is
-joined in one pass over its keys, each row's pairs present or empty. A batch holding a value whose JSON text is not
-its column text (an object or array, a float that is not finite) is not `plain`: its rows are
-written record by record. What uses it: the JSON Lines writer (corrected and quarantined
-lines) and the quarantined rows the service stores (`audit.audit_records`).
+joined in one pass over its keys, each row's pairs present or empty. A batch holding a value
+whose JSON text is not its column text (an object or array, a float that is not finite) is
+not `plain`: its rows are written record by record. What uses it: the JSON Lines writer
+(corrected and quarantined lines) and the quarantined rows the service stores
+(`audit.audit_records`).
 """
 
 from __future__ import annotations
