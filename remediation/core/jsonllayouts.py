@@ -257,18 +257,30 @@ def errors_of(errors: list[tuple[Leaf, pa.Array]], n: int) -> tuple[pa.Array, pa
         texts = [joined] if len(errors) == 1 else joined.split("\x1f")
         fields: dict[str, Any] = {}
         for (leaf, _), text in zip(errors, texts, strict=True):
-            value: object = text
-            if leaf.kind == Kind.INT:
-                value = float(text) if "." in text else int(text)
-            if len(leaf.path) == 2:
-                fields.setdefault(leaf.path[0], {})[leaf.path[1]] = value
-            else:
-                fields[leaf.path[0]] = value
+            put_error_field(fields, leaf, text)
         code, message = resolve_error(fields)
         codes.append(code)
         messages.append(message)
-    indices = encoded.indices
+    return per_row(codes, messages, encoded.indices)
+
+
+def per_row(
+    codes: list[str | None], messages: list[str | None], indices: pa.Array
+) -> tuple[pa.Array, pa.Array]:
+    """(code, message) of each row, from those of each distinct set of error values."""
     return (
         pa.array(codes, pa.string()).take(indices),
         pa.array(messages, pa.string()).take(indices),
     )
+
+
+def put_error_field(fields: dict[str, Any], leaf: Leaf, text: str) -> None:
+    """An error leaf's value, from its text, into the fields `resolve_error` reads (`learn`
+    takes no true, false or null there: text or a number)."""
+    value: object = text
+    if leaf.kind == Kind.INT:
+        value = float(text) if "." in text else int(text)
+    if len(leaf.path) == 2:
+        fields.setdefault(leaf.path[0], {})[leaf.path[1]] = value
+    else:
+        fields[leaf.path[0]] = value

@@ -35,6 +35,8 @@ from remediation.core.jsonllayouts import (
     dotted,
     learn,
     mask,
+    per_row,
+    put_error_field,
 )
 from remediation.jsonreaders import parse_line
 from remediation.records import resolve_error
@@ -247,26 +249,13 @@ def _errors(
         which, *texts = joined.split("\x1f")
         layout = layouts[int(which)]
         fields: dict[str, Any] = {}
-        for (path, _, _), text, leaf in zip(
-            errors, texts, _error_leaves(layout, errors), strict=True
-        ):
-            if leaf is None:
-                continue
-            value: object = text
-            if leaf.kind == Kind.INT:  # `learn` takes no true, false or null there
-                value = float(text) if "." in text else int(text)
-            if len(path) == 2:
-                fields.setdefault(path[0], {})[path[1]] = value
-            else:
-                fields[path[0]] = value
+        for text, leaf in zip(texts, _error_leaves(layout, errors), strict=True):
+            if leaf is not None:
+                put_error_field(fields, leaf, text)
         code, message = resolve_error(fields) if fields else (None, None)
         found_codes.append(code)
         found_messages.append(message)
-    indices = encoded.indices
-    return (
-        pa.array(found_codes, pa.string()).take(indices),
-        pa.array(found_messages, pa.string()).take(indices),
-    )
+    return per_row(found_codes, found_messages, encoded.indices)
 
 
 def _error_leaves(

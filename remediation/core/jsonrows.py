@@ -15,6 +15,7 @@ not `plain`: its rows are written record by record. What uses it: the JSON Lines
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,7 @@ def row_texts(
         layout |= present[name].astype(np.int64) << bit
     kinds, of_row = np.unique(layout, return_inverse=True)
     if len(kinds) > FEW_LAYOUTS:
-        merged = _all_at_once(batch, cores, present, orders, notes, end)
+        merged = _all_at_once(_Rows(batch, cores, present, orders, notes), end)
         if merged is not None:
             return merged
     encoded: dict[tuple[str, str], list[pa.Array | str]] = {}
@@ -103,58 +104,55 @@ def row_texts(
     return every
 
 
-def _all_at_once(
-    batch: Batch,
-    cores: dict[str, Column],
-    present: dict[str, np.ndarray[Any, Any]],
-    orders: KeyOrders,
-    notes: Sequence[tuple[str, pa.Array]],
-    end: str,
-) -> pa.Array | None:
+@dataclass(frozen=True)
+class _Rows:
+    """What `row_texts` writes rows from: the batch, its core columns (the identifiers as
+    written), which rows have each, the rows' key orders and the closing notes."""
+
+    batch: Batch
+    cores: dict[str, Column]
+    present: dict[str, np.ndarray[Any, Any]]
+    orders: KeyOrders
+    notes: Sequence[tuple[str, pa.Array]]
+
+    def take(self, members: np.ndarray[Any, Any]) -> _Rows:
+        taken = pa.array(members)
+        return _Rows(
+            self.batch.take(members),
+            {name: column.take(members, taken) for name, column in self.cores.items()},
+            {name: has[members] for name, has in self.present.items()},
+            self.orders.take(members),
+            [(key, texts.take(taken)) for key, texts in self.notes],
+        )
+
+
+def _all_at_once(rows: _Rows, end: str) -> pa.Array | None:
     """`row_texts` for many rows at once: the rows whose key orders one order of the keys
-    follows (`_agreeing`) are written together, each key's `"key":value` where a row has the
-    key, null where not, joined with commas skipping the nulls. None when that makes more than
+    follows (`_agreeing`) are written together (`_written`). None when that makes more than
     `FEW_LAYOUTS` groups."""
-    groups = _agreeing(orders.distinct)
+    groups = _agreeing(rows.orders.distinct)
     if groups is None:
         return None
-    group_of = np.zeros(len(orders.distinct), np.int64)
+    if len(groups) == 1:
+        return _written(rows, end, groups[0][0])
+    group_of = np.zeros(len(rows.orders.distinct), np.int64)
     for at, (_, held) in enumerate(groups):
         group_of[held] = at
-    of_row = group_of[orders.codes]
-    pieces, rows = [], []
+    of_row = group_of[rows.orders.codes]
+    pieces, places = [], []
     for at, (keys, _) in enumerate(groups):
         members = np.flatnonzero(of_row == at)
-        if len(groups) == 1:
-            pieces.append(_written(batch, cores, present, orders, notes, end, keys))
-            return pieces[0]
-        taken = pa.array(members)
-        pieces.append(
-            _written(
-                batch.take(members),
-                {name: column.take(members, taken) for name, column in cores.items()},
-                {name: has[members] for name, has in present.items()},
-                orders.take(members),
-                [(key, texts.take(taken)) for key, texts in notes],
-                end,
-                keys,
-            )
-        )
-        rows.append(members)
-    position = np.empty(len(batch), np.int64)
-    position[np.concatenate(rows)] = np.arange(len(batch), dtype=np.int64)
+        pieces.append(_written(rows.take(members), end, keys))
+        places.append(members)
+    position = np.empty(len(of_row), np.int64)
+    position[np.concatenate(places)] = np.arange(len(of_row), dtype=np.int64)
     return pa.concat_arrays(pieces).take(pa.array(position))
 
 
-def _written(
-    batch: Batch,
-    cores: dict[str, Column],
-    present: dict[str, np.ndarray[Any, Any]],
-    orders: KeyOrders,
-    notes: Sequence[tuple[str, pa.Array]],
-    end: str,
-    keys: tuple[list[str], list[str]],
-) -> pa.Array:
+def _written(rows: _Rows, end: str, keys: tuple[list[str], list[str]]) -> pa.Array:
+    """The rows, each key's `,"key":value` where a row has the key and nothing where not, in
+    the order `keys` (payload keys, other keys), every object's first comma cut off."""
+    batch, orders = rows.batch, rows.orders
     n = len(batch)
 
     def pair(key: str, column: Column, has: np.ndarray[Any, Any]) -> pa.Array:
@@ -166,11 +164,11 @@ def _written(
         return held[orders.codes]
 
     payload_keys, extra_keys = keys
-    top = [pair(name, cores[name], present[name]) for name in _CORE]
+    top = [pair(name, rows.cores[name], rows.present[name]) for name in _CORE]
     inner = [pair(key, batch.payload[key], holding(key, 0)) for key in payload_keys]
     top += [',"payload":{', *_after_comma(inner, n), "}"]
     top += [pair(key, batch.extra[key], holding(key, 1)) for key in extra_keys]
-    top += [join(["," + _key(key), texts], n) for key, texts in notes]
+    top += [join(["," + _key(key), texts], n) for key, texts in rows.notes]
     return join(["{", *_after_comma(top, n), "}" + end], n)
 
 
