@@ -113,6 +113,7 @@ def remediate(
         customer_keys=customer_keys(meters),
     )
     tally = Tally()
+    trim_heap = _HeapTrim()
     as_bytes: CsvOut | JsonlOut | None = None
     if columns and _bytes_out(records, write):
         as_bytes = CsvOut(sinks, columns, ids, source)
@@ -141,7 +142,7 @@ def remediate(
             for batch in batches(records, ahead=writer.ahead):
                 writer.put(decider.decide(batch))
                 del batch  # freed before the next batch is read, not after
-                _trim_heap()
+                trim_heap()
         outputs = sinks.finish(_summary_entry(source, generation, now, tally))
     except BaseException:
         sinks.abort()
@@ -177,24 +178,38 @@ def _use_lean_allocators() -> None:
 
 _ALLOCATORS_SET = False
 
-# Resident memory past which the C heap's free pages are handed back after a batch (glibc's
-# `malloc_trim`). glibc keeps what a batch frees for the next one (its trim threshold grows
-# with the buffers it has mapped, up to 64 MB, and pages freed below the heap's top are kept
-# whatever it is): a CSV of 27 columns (1M rows) peaked at 155-163 MB, 146 MB with this mark
-# at the same speed (134 MB with 128 MB, but JSON Lines runs, at 130-134 MB, were then
-# trimmed after every batch and 5-10 % slower); trimmed after every batch, 113 MB and 20 %
-# slower. A narrow file stays under the mark and is never trimmed.
-TRIM_ABOVE_BYTES = 140 << 20
+_M_ARENA_MAX = -8  # glibc's malloc.h
 
 
-def _trim_heap() -> None:
-    """`malloc_trim` when the process holds more than `TRIM_ABOVE_BYTES` (glibc on Linux)."""
-    if _MALLOC_TRIM is None:
-        return
+# Growth of resident memory during a run past which the C heap's free pages are handed back
+# after a batch (glibc's `malloc_trim`), counted from what the process held when the run began
+# (the CLI 73-80 MB, so a mark near 140 MB; the service's worker holds far more, and must not
+# trim after every batch). glibc keeps what a batch frees for the next one (its trim
+# threshold grows with the buffers it has mapped, up to 64 MB, and pages freed below the
+# heap's top are kept whatever it is): a CSV of 27 columns (1M rows) peaked at 155-163 MB,
+# 143-146 MB with the mark near 140 MB at the same speed (130 MB with 50 MB of growth, but
+# JSON Lines runs, at 130-134 MB, were then trimmed after every batch, 5-10 % slower and
+# three times the system time); trimmed after every batch, 113 MB and 20 % slower. A narrow
+# file stays under the mark and is never trimmed.
+TRIM_GROWTH_BYTES = 64 << 20
+
+
+class _HeapTrim:
+    """`malloc_trim` after a batch once the process holds `TRIM_GROWTH_BYTES` more than when
+    the run began (glibc on Linux; elsewhere nothing)."""
+
+    def __init__(self) -> None:
+        self._mark = None if _MALLOC_TRIM is None else _resident() + TRIM_GROWTH_BYTES
+
+    def __call__(self) -> None:
+        if self._mark is not None and _resident() > self._mark:
+            assert _MALLOC_TRIM is not None
+            _MALLOC_TRIM(0)
+
+
+def _resident() -> int:
     with open("/proc/self/statm", "rb") as statm:
-        resident = int(statm.read().split()[1]) * _PAGE_BYTES
-    if resident > TRIM_ABOVE_BYTES:
-        _MALLOC_TRIM(0)
+        return int(statm.read().split()[1]) * _PAGE_BYTES
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -206,7 +221,6 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 _MALLOC_TRIM = _malloc_trim()
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if _MALLOC_TRIM is not None else 4096
-_M_ARENA_MAX = -8  # glibc's malloc.h
 
 
 Audited = tuple[Sequence[CorrectionRow], Sequence[QuarantinedRow]]
