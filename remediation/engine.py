@@ -38,7 +38,7 @@ from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers, Lineage
 from remediation.jsonreaders import JsonArrayRecords, JsonlRecords
 from remediation.meters import Meter, customer_keys
-from remediation.outcomes import AuditSink, CorrectionRow, QuarantinedRow, Tally
+from remediation.outcomes import AuditSink, QuarantinedRow, Tally
 from remediation.outputs import PlannedOutput
 from remediation.ports import CustomerDirectory
 from remediation.readers import CsvRecords
@@ -223,7 +223,7 @@ _MALLOC_TRIM = _malloc_trim()
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if _MALLOC_TRIM is not None else 4096
 
 
-Audited = tuple[Sequence[CorrectionRow], Sequence[QuarantinedRow]]
+Audited = tuple[pa.RecordBatch, Sequence[QuarantinedRow]]
 Done = TypeVar("Done")
 
 

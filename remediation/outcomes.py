@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import pyarrow as pa
+
 
 @dataclass(slots=True)
 class Tally:
@@ -43,8 +45,8 @@ class Tally:
 
 class Correction(NamedTuple):
     """One change to one row, as the audit records it (values as text: `value_text`). The
-    engine hands corrections over as plain tuples of these fields (`CorrectionRow`);
-    `Correction._make(row)` names them."""
+    engine hands corrections over as columns of these fields (`CORRECTIONS`);
+    `corrections_of` names them."""
 
     source: str
     row: int
@@ -73,14 +75,41 @@ class QuarantinedRow(NamedTuple):
     customer: str | None  # the payload value under its meter's customer key, as text
 
 
-# A correction as the engine hands it over: `Correction`'s fields, in its order, as a plain
-# tuple. Python's collector stops tracking a plain tuple of strings and numbers at its first
-# pass, never a NamedTuple: 900,000 NamedTuples a run kept the service's worker in full
-# collections (0.9 s of a 1M-row run's 4.4 s remediation; 0.2 s with plain tuples).
-CorrectionRow = tuple[str, int, str | None, str | None, str, str, str, str | None, str | None]
+# A batch's corrections as the engine hands them over: one Arrow record batch of `Correction`'s
+# fields (`row` as `row`), a row per correction, in row order. Columns, not a tuple a
+# correction: the service spills them to disk as they come and loads them into the database
+# sorted, with no Python object per correction (900,000 tuples a run cost 0.5-0.9 s of the
+# remediation stage to build and as much again to encode for the database).
+CORRECTIONS = pa.schema(
+    [
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("identifier", pa.string()),
+        ("new_identifier", pa.string()),
+        ("code", pa.string()),
+        ("rule", pa.string()),
+        ("field", pa.string()),
+        ("before", pa.string()),
+        ("after", pa.string()),
+    ]
+)
 
 # Receives a run's audit records as they are decided (a batch at a time, in row order).
-AuditSink = Callable[[Sequence[CorrectionRow], Sequence[QuarantinedRow]], None]
+AuditSink = Callable[[pa.RecordBatch, Sequence[QuarantinedRow]], None]
+
+
+def corrections_batch(corrections: Sequence[Correction | tuple[object, ...]]) -> pa.RecordBatch:
+    """`Correction`s (or plain tuples of its fields) as the engine hands them over."""
+    fields = list(zip(*corrections, strict=True)) or [()] * len(CORRECTIONS)
+    return pa.record_batch(
+        [pa.array(values, column.type) for values, column in zip(fields, CORRECTIONS, strict=True)],
+        schema=CORRECTIONS,
+    )
+
+
+def corrections_of(batch: pa.RecordBatch) -> list[Correction]:
+    """The corrections of a batch the engine handed over, one `Correction` each."""
+    return [Correction._make(row) for row in zip(*batch.to_pydict().values(), strict=True)]
 
 
 def value_text(value: object) -> str | None:

@@ -13,6 +13,9 @@ from pathlib import Path
 from sqlite3 import SQLITE_LIMIT_VARIABLE_NUMBER
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -255,6 +258,73 @@ def _roomier_cache(driver: Any) -> Iterator[None]:
         yield
     finally:
         driver.execute(f"PRAGMA cache_size={before}")
+
+
+# PostgreSQL's binary COPY format around the rows: the signature, no flags, no header
+# extension; and the trailer (a field count of -1).
+PG_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+PG_COPY_TRAILER = b"\xff\xff"
+_INT4 = (-(2**31), 2**31 - 1)
+
+
+def pg_copy_rows(columns: Sequence[pa.Array | str | int]) -> pa.Array:
+    """Each row of `columns` as PostgreSQL's binary COPY spells it (the number of fields, then
+    each field's length and bytes, a length of -1 for NULL), one binary value a row, built by
+    Arrow kernels with no Python object per row: a bulk load's rows encoded ten times faster
+    than psycopg's `write_row` encodes tuples (a measured hot path: a run's audit, see
+    `jobs/store/runs.py`). A column is an integer array (an `int4` column), a string array
+    (a text, varchar or json column: their binary forms are the UTF-8 text), or a str or int
+    every row shares."""
+    rows = max((len(column) for column in columns if isinstance(column, pa.Array)), default=0)
+    parts: list[pa.Array | pa.Scalar] = [_binary_scalar(len(columns).to_bytes(2, "big"))]
+    for column in columns:
+        if isinstance(column, int):
+            parts.append(_binary_scalar(b"\x00\x00\x00\x04" + _int4(np.array([column]))))
+        elif isinstance(column, str):
+            text = column.encode()
+            parts.append(_binary_scalar(len(text).to_bytes(4, "big") + text))
+        elif pa.types.is_integer(column.type):
+            if column.null_count:
+                raise ValueError("an int4 column of a bulk load holds no NULL")
+            parts += [_binary_scalar(b"\x00\x00\x00\x04"), _fixed(_int4(column.to_numpy()), 4)]
+        else:
+            values = column.cast(pa.binary())
+            lengths = pc.binary_length(values).fill_null(-1).to_numpy(zero_copy_only=False)
+            parts += [_fixed(lengths.astype(">i4").tobytes(), 4), values]
+    if not any(isinstance(part, pa.Array) for part in parts):
+        parts.append(pa.array([b""] * rows, pa.binary()))
+    # nulls joined as nothing (their length already says -1); never `skip`, which drops a row
+    # whose every part is null
+    nothing = _binary_scalar(b"")
+    return pc.binary_join_element_wise(
+        *parts, nothing, null_handling="replace", null_replacement=b""
+    )
+
+
+def pg_copy_data(rows: pa.Array) -> pa.Buffer:
+    """The bytes of `pg_copy_rows`' rows, one after the other (a slice of its data)."""
+    offsets = np.frombuffer(rows.buffers()[1], np.int32, len(rows) + 1, rows.offset * 4)
+    data = rows.buffers()[2]
+    return pa.py_buffer(b"") if data is None else data[int(offsets[0]) : int(offsets[-1])]
+
+
+def _int4(values: np.ndarray[Any, Any]) -> bytes:
+    if len(values) and (values.min() < _INT4[0] or values.max() > _INT4[1]):
+        raise ValueError("a value of an int4 column of a bulk load is out of range")
+    return values.astype(">i4").tobytes()
+
+
+def _fixed(data: bytes, width: int) -> pa.Array:
+    """`data` cut into values of `width` bytes, as a binary array."""
+    count = len(data) // width
+    fixed = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), count, [None, pa.py_buffer(data)]
+    )
+    return fixed.cast(pa.binary())
+
+
+def _binary_scalar(value: bytes) -> pa.Scalar:
+    return pa.scalar(value, pa.binary())
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from itertools import repeat
 from typing import Any, TextIO
 
 import numpy as np
@@ -22,7 +21,7 @@ from remediation.core.jsonrows import plain, quarantine_notes, row_texts, value_
 from remediation.core.text import join, json_parts, json_strings, json_text, take_parts
 from remediation.identifiers import Identifiers
 from remediation.meters import DEFAULT_CUSTOMER_KEY
-from remediation.outcomes import CorrectionRow, QuarantinedRow, Tally, value_text
+from remediation.outcomes import CORRECTIONS, QuarantinedRow, Tally, value_text
 from remediation.records import UsageRecord
 from remediation.sinks import Sinks
 from remediation.writers import record_object
@@ -127,55 +126,50 @@ def audit_records(
     written: Indexes,
     new_ids: pa.Array,
     customer_keys: Mapping[str, str],
-) -> tuple[list[CorrectionRow], list[QuarantinedRow]]:
-    """The batch's audit as records, in row order: corrections as plain tuples of
-    `Correction`'s fields, built on columns (they are most rows; each field put in row order
-    as one array, then read out once), quarantined rows with the row in full (as the
-    quarantine file holds it, as JSON text)."""
+) -> tuple[pa.RecordBatch, list[QuarantinedRow]]:
+    """The batch's audit as records, in row order: corrections as one record batch of
+    `CORRECTIONS` (each field put in row order as one array), quarantined rows with the row
+    in full (as the quarantine file holds it, as JSON text)."""
     by_row = np.full(len(decided.batch), -1, np.int64)
     by_row[written] = np.arange(len(written))
     changes = [change for change in decided.changes if len(change)]
+    quarantined = _quarantined_rows(decided, source, customer_keys)
     if not changes:
-        return [], _quarantined_rows(decided, source, customer_keys)
+        return NO_CORRECTIONS, quarantined
     at = np.concatenate([change.at for change in changes])
     order = np.argsort(at, kind="stable")
     rows = at[order]
     taken = pa.array(rows)
-    identifiers = decided.batch.identifier.text.take(taken).to_pylist()
-    news = new_ids.take(pa.array(by_row[rows])).to_pylist()
     names = [
-        _in_order([_repeated(getattr(c, name), len(c)) for c in changes], order)
+        pa.array(
+            np.concatenate([_repeated(getattr(c, name), len(c)) for c in changes])[order],
+            pa.string(),
+        )
         for name in ("rule", "field")
     ]
     values = [
         pa.concat_arrays([_texts(getattr(c, name)) for c in changes]).take(pa.array(order))
         for name in ("before", "after")
     ]
-    corrections: list[CorrectionRow] = list(
-        zip(
-            repeat(source),
-            decided.batch.rows[rows].tolist(),
-            identifiers,
-            news,
-            decided.arrived[rows].tolist(),
-            *names,
-            values[0].to_pylist(),
-            values[1].to_pylist(),
-            strict=False,  # `repeat` never ends: the other fields have one value a row
-        )
-    )
-    return corrections, _quarantined_rows(decided, source, customer_keys)
+    columns = [
+        pa.repeat(source, len(rows)),
+        pa.array(decided.batch.rows[rows]),
+        as_string(decided.batch.identifier.text.take(taken)),
+        as_string(new_ids.take(pa.array(by_row[rows]))),
+        pa.array(decided.arrived[rows], pa.string()),
+        *names,
+        *values,
+    ]
+    return pa.record_batch(columns, schema=CORRECTIONS), quarantined
+
+
+NO_CORRECTIONS = pa.RecordBatch.from_pylist([], schema=CORRECTIONS)
 
 
 def _repeated(value: str | Sequence[str], n: int) -> npt.NDArray[np.object_]:
     if isinstance(value, str):
         return np.full(n, value, dtype=object)
     return np.asarray(value, dtype=object)
-
-
-def _in_order(parts: list[npt.NDArray[np.object_]], order: Indexes) -> list[Any]:
-    joined: list[Any] = np.concatenate(parts)[order].tolist()
-    return joined
 
 
 def _texts(column: Column) -> pa.Array:

@@ -19,13 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from sqlalchemy import Engine
 
 from remediation.engine import remediate
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage
 from remediation.meters import Meter
-from remediation.outcomes import CorrectionRow
 from remediation.outcomes import QuarantinedRow as Quarantined
 from remediation.outputs import PlannedOutput
 from remediation.ports import Bucket, CustomerDirectory
@@ -148,7 +148,7 @@ class _AuditWriter:
             self.stage.close()
             self.quarantine.close()
 
-    def add(self, corrections: Sequence[CorrectionRow], quarantined: Sequence[Quarantined]) -> None:
+    def add(self, corrections: pa.RecordBatch, quarantined: Sequence[Quarantined]) -> None:
         with self.stages.timing(Stage.DATABASE), self._timing("audit_staging"):
             self.stage.add(corrections)
         if quarantined:

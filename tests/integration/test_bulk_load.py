@@ -8,6 +8,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from sqlalchemy import insert, select, text
 from sqlmodel import Session
@@ -529,3 +530,77 @@ def test_a_runs_audit_and_quarantined_rows_both_load_or_fail(db_url: str) -> Non
         ]
     finally:
         engine.dispose()
+
+
+def test_rows_encoded_by_arrow_for_binary_copy_read_back_exactly(pg_url: str) -> None:
+    """`db.pg_copy_rows` (how a run's corrections are staged on PostgreSQL): NULL and empty
+    text kept apart, non-ASCII, quotes, commas, line breaks, backslashes, tabs, long text,
+    JSON text into a json column, a text and a number every row shares, int4's bounds, rows
+    sent out of order and in pieces; an int4 out of range or missing is refused before
+    anything is sent."""
+    texts = [
+        None,
+        "",
+        "é€😀",
+        'q"uote',
+        "com,ma",
+        "line\nbreak\r",
+        "back\\slash",
+        "\ttab",
+        "x" * 5000,
+    ]
+    numbers = [0, -1, 2**31 - 1, -(2**31), 7, 8, 9, 10, 11]
+    objects = [
+        '{"k": [1, null], "é": "\\u00e9"}',
+        None,
+        "[]",
+        "1",
+        '"s"',
+        "{}",
+        "null",
+        "2.5",
+        "{}",
+    ]
+    rows = db.pg_copy_rows(
+        [
+            42,
+            "shared, é",
+            pa.array(numbers, pa.int64()),
+            pa.array(texts, pa.string()),
+            pa.array(texts[::-1], pa.string()),
+            pa.array(objects, pa.string()),
+        ]
+    )
+    assert len(rows) == len(numbers)
+    engine = make_engine(pg_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "CREATE TABLE copied"
+                " (k integer, s text, n integer, a text, b varchar(6000), j json)"
+            )
+            driver: Any = connection.connection.driver_connection
+            with (
+                driver.cursor() as cursor,
+                cursor.copy("COPY copied FROM STDIN (FORMAT BINARY)") as copy,
+            ):
+                copy.write(db.PG_COPY_HEADER)
+                copy.write(db.pg_copy_data(rows.slice(4)))
+                copy.write(db.pg_copy_data(rows.slice(0, 4)))
+                copy.write(db.PG_COPY_TRAILER)
+            stored = connection.exec_driver_sql(
+                "SELECT k, s, n, a, b, CAST(j AS text) FROM copied"
+            ).all()
+    finally:
+        engine.dispose()
+    expected = list(
+        zip([42] * 9, ["shared, é"] * 9, numbers, texts, texts[::-1], objects, strict=True)
+    )
+    assert sorted(map(tuple, stored), key=lambda row: row[2]) == sorted(
+        expected, key=lambda row: row[2]
+    )
+    with pytest.raises(ValueError, match="out of range"):
+        db.pg_copy_rows([pa.array([2**31], pa.int64())])
+    with pytest.raises(ValueError, match="no NULL"):
+        db.pg_copy_rows([pa.array([1, None], pa.int64())])
+    assert len(db.pg_copy_data(db.pg_copy_rows([pa.array([], pa.string())]))) == 0

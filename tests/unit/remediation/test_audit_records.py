@@ -1,9 +1,9 @@
-"""The audit the service stores (`on_audit`: `Correction` rows as plain tuples, and
+"""The audit the service stores (`on_audit`: `Correction`s as a record batch of `CORRECTIONS`, and
 `QuarantinedRow` records) says what the run's audit file says, line for line: same rows, same
 order, same identifiers, codes, rules, fields and values (as text: `value_text` of the file's
-JSON value). A quarantined row's record is the row as the record writer writes it in JSON
-Lines, built on columns; its meter and customer are its event name and the value under its
-meter's customer key."""
+JSON value). A quarantined row's record is the row as the record writer writes it in JSON Lines,
+built on columns; its meter and customer are its event name and the value under its meter's
+customer key."""
 
 from __future__ import annotations
 
@@ -12,13 +12,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
-from remediation.outcomes import Correction, QuarantinedRow, value_text
+from remediation.outcomes import (
+    CORRECTIONS,
+    Correction,
+    QuarantinedRow,
+    corrections_of,
+    value_text,
+)
 from remediation.writers import record_object
 
 from .test_csv_columns import LINEAGE, METERS, NOW, ROWS, RULES, to_csv
@@ -29,6 +36,11 @@ def _run(
     data: bytes, fmt: FileFormat, out: Path, lineage: bool, meters: list[Meter] = METERS
 ) -> tuple[list[Any], list[Any]]:
     stored: list[Any] = []
+
+    def on_audit(corrections: pa.RecordBatch, quarantined: list[QuarantinedRow]) -> None:
+        assert corrections.schema == CORRECTIONS
+        stored.extend([*corrections_of(corrections), *quarantined])
+
     result = remediate(
         read_records(io.BytesIO(data), fmt),
         source="failed",
@@ -38,7 +50,7 @@ def _run(
         now=NOW,
         out_dir=out,
         columns=None if fmt is FileFormat.JSONL else _header(data),
-        on_audit=lambda corrections, quarantined: stored.extend([*corrections, *quarantined]),
+        on_audit=on_audit,
         lineage=LINEAGE if lineage else None,
     )
     audit = Path(result.summary["outputs"]["audit"]).read_text(encoding="utf-8")
@@ -54,8 +66,7 @@ def _as_lines(stored: list[Any]) -> list[dict[str, Any]]:
     found = []
     for entry in stored:
         if not isinstance(entry, QuarantinedRow):
-            assert type(entry) is tuple  # plain: the collector stops tracking it
-            entry = Correction._make(entry)
+            assert isinstance(entry, Correction)
             found.append(
                 {
                     "kind": "correction",

@@ -18,6 +18,7 @@ from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.identifiers import Ancestor, Lineage
 from remediation.meters import Meter
+from remediation.outcomes import corrections_of
 from remediation.readers import CsvLayout, CsvRecords
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import load_rules
@@ -133,7 +134,7 @@ def run(
         now=NOW,
         out_dir=out,
         columns=CsvLayout.from_header(HEADER).columns(),
-        on_audit=lambda corrections, quarantined: entries.extend([*corrections, *quarantined]),
+        on_audit=lambda done, held: entries.extend([*corrections_of(done), *held]),
         **kwargs,
     )
     files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}

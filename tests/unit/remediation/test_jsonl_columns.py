@@ -22,6 +22,7 @@ from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.identifiers import Ancestor, Lineage
 from remediation.meters import Meter
+from remediation.outcomes import corrections_of
 
 from .test_csv_columns import LINEAGE, METERS, NOW, RULES
 
@@ -155,7 +156,7 @@ def run(
             rules=RULES,
             now=NOW,
             out_dir=out,
-            on_audit=lambda corrections, held: entries.extend([*corrections, *held]),
+            on_audit=lambda done, held: entries.extend([*corrections_of(done), *held]),
             **kwargs,
         )
     files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}

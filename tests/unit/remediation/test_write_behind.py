@@ -22,7 +22,7 @@ from remediation.core.csvout import CsvOut
 from remediation.core.csvread import CsvColumns
 from remediation.core.decide import Decided
 from remediation.engine import WriteBehind
-from remediation.outcomes import Correction, CorrectionRow, QuarantinedRow, Tally
+from remediation.outcomes import QuarantinedRow, Tally, corrections_of
 from tests.unit.remediation.test_batches import run_file, write_csv
 from tests.unit.remediation.test_csv_columns import varied_rows
 
@@ -109,7 +109,7 @@ def test_audit_records_and_progress_reach_the_caller_in_row_order(
     threads: set[int] = set()
     progress: list[int] = []
 
-    def on_audit(corrections: list[CorrectionRow], quarantined: list[QuarantinedRow]) -> None:
+    def on_audit(corrections: pa.RecordBatch, quarantined: list[QuarantinedRow]) -> None:
         threads.add(threading.get_ident())
         stored.append((corrections, quarantined))
 
@@ -119,7 +119,7 @@ def test_audit_records_and_progress_reach_the_caller_in_row_order(
     assert threads == {caller}
     assert len(stored) == len(progress) > 20  # one hand-over per batch
     assert progress == sorted(progress) and progress[-1] == summary["input_rows"] == 2000
-    rows = [Correction._make(c).row for corrections, _ in stored for c in corrections]
+    rows = [c.row for corrections, _ in stored for c in corrections_of(corrections)]
     assert rows == sorted(rows) and len(rows) == summary["corrections"]
     quarantined = [q.row for _, found in stored for q in found]
     assert quarantined == sorted(quarantined) and len(quarantined) == summary["quarantined"]
