@@ -76,10 +76,10 @@ class QuarantinedRow(NamedTuple):
 
 
 # A batch's corrections as the engine hands them over: one Arrow record batch of `Correction`'s
-# fields (`row` as `row`), a row per correction, in row order. Columns, not a tuple a
-# correction: the service spills them to disk as they come and loads them into the database
-# sorted, with no Python object per correction (900,000 tuples a run cost 0.5-0.9 s of the
-# remediation stage to build and as much again to encode for the database).
+# fields, a row per correction, in row order. Columns, not a tuple a correction: the service
+# stages them with no Python object per correction (PostgreSQL: encoded for binary COPY by
+# Arrow kernels); 900,000 tuples a run cost 0.5-0.9 s of the service's remediation stage to
+# build (bench/service_path.py, alternating runs).
 CORRECTIONS = pa.schema(
     [
         ("source", pa.string()),

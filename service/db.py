@@ -270,12 +270,12 @@ _INT4 = (-(2**31), 2**31 - 1)
 def pg_copy_rows(columns: Sequence[pa.Array | str | int]) -> pa.Array:
     """Each row of `columns` as PostgreSQL's binary COPY spells it (the number of fields, then
     each field's length and bytes, a length of -1 for NULL), one binary value a row, built by
-    Arrow kernels with no Python object per row: a bulk load's rows encoded ten times faster
-    than psycopg's `write_row` encodes tuples (a measured hot path: a run's audit, see
+    Arrow kernels with no Python object per row (a measured hot path: a run's audit, see
     `jobs/store/runs.py`). A column is an integer array (an `int4` column), a string array
     (a text, varchar or json column: their binary forms are the UTF-8 text), or a str or int
     every row shares."""
-    rows = max((len(column) for column in columns if isinstance(column, pa.Array)), default=0)
+    if not any(isinstance(column, pa.Array) for column in columns):
+        return pa.array([], pa.binary())  # no rows to spell
     parts: list[pa.Array | pa.Scalar] = [_binary_scalar(len(columns).to_bytes(2, "big"))]
     for column in columns:
         if isinstance(column, int):
@@ -291,8 +291,6 @@ def pg_copy_rows(columns: Sequence[pa.Array | str | int]) -> pa.Array:
             values = column.cast(pa.binary())
             lengths = pc.binary_length(values).fill_null(-1).to_numpy(zero_copy_only=False)
             parts += [_fixed(lengths.astype(">i4").tobytes(), 4), values]
-    if not any(isinstance(part, pa.Array) for part in parts):
-        parts.append(pa.array([b""] * rows, pa.binary()))
     # nulls joined as nothing (their length already says -1); never `skip`, which drops a row
     # whose every part is null
     nothing = _binary_scalar(b"")
