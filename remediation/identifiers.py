@@ -146,6 +146,13 @@ def _trace_chunk(chunk: list[str], generation: int, parents: ParentLookup) -> di
         # Without a generation from the object's lineage only the audit moves an identifier
         # back: one it has no parent for is an original (most of a first run's input).
         chunk = [identifier for identifier in chunk if identifier in known]
+    else:
+        # With one, an identifier the audit has no parent for moves back only by the suffix
+        # that generation appended (`_step`): one without it is an original, and is left out
+        # before any trace is made (1M rows of such originals: 6.3-7.0 s of lineage, 3.3 s
+        # when they were traced one by one).
+        suffixes = (plain_suffix(generation), f"-r{generation}")
+        chunk = [i for i in chunk if i in known or i.endswith(suffixes)]
     traces = {identifier: _Trace(identifier, generation) for identifier in dict.fromkeys(chunk)}
     moving = set(traces)
     for depth in range(MAX_DEPTH):

@@ -229,14 +229,20 @@ class CsvRecords(Iterator[UsageRecord]):
 
     def identifiers(self) -> Iterator[tuple[str | None, int]]:
         """(identifier, row number) of every row, read as a column (an empty cell is none)."""
+        for first, cells in self.identifier_blocks():
+            for number, identifier in enumerate(cells, first):
+                yield identifier or None, number
+
+    def identifier_blocks(self) -> Iterator[tuple[int, list[str]]]:
+        """The identifier cells of every row ("" where empty), a block at a time, each with
+        the row number of its first row."""
         reader = self.columns()
         if reader.read_header() is None or reader.layout is None:
             return
         at = reader.layout.identifier
         for block in reader.blocks():
             cells = block.cells[at].to_pylist() if at is not None else [""] * block.rows
-            for number, identifier in enumerate(cells, block.first_row):
-                yield identifier or None, number
+            yield block.first_row, cells
 
     def __next__(self) -> UsageRecord:
         if self._records is None:

@@ -147,12 +147,38 @@ def run_lineage(engine: Engine, path: Path, rules: Rules, source: str, generatio
         except UnreadableFile:
             return  # as above
 
-    identifiers = (identifier for identifier, _ in rows() if identifier)
+    def identifiers() -> Iterator[str]:
+        """The input's identifiers (none for a row without one); of a CSV, a block's cells
+        at a time (1M rows: a pair made and unpacked per row was most of the stage)."""
+        try:
+            with path.open("rb") as stream:
+                records = read_repaired(stream, plan, rules)
+                if isinstance(records, CsvRecords):
+                    for _, cells in records.identifier_blocks():
+                        yield from filter(None, cells)
+                    return
+                for record in records:
+                    if record.identifier:
+                        yield record.identifier
+        except UnreadableFile:
+            return  # as above
+
     ancestors = trace_ancestors(
-        identifiers, generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
+        identifiers(), generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
     )
     escapes = plan.fmt is not FileFormat.CSV
     return input_lineage(path, rows, source, generation, ancestors, escapes)
+
+
+def _storable_ones(identifiers: list[str]) -> list[str]:
+    """The identifiers a correction of ours could have written (`_storable`): all of them
+    when, joined, they are ASCII without NUL and none is too wide (tested at once, not one by
+    one: 1M identifiers a run)."""
+    joined = "".join(identifiers)
+    plain = joined.isascii() and "\x00" not in joined
+    if plain and max(map(len, identifiers), default=0) <= NEW_IDENTIFIER_WIDTH:
+        return identifiers
+    return [identifier for identifier in identifiers if _storable(identifier)]
 
 
 def _storable(identifier: str) -> bool:
@@ -173,7 +199,7 @@ def _storable(identifier: str) -> bool:
 
 def parents(engine: Engine, identifiers: list[str]) -> dict[str, Parent]:
     """identifier -> the correction of ours that wrote it (the first one recorded)."""
-    identifiers = [i for i in identifiers if _storable(i)]
+    identifiers = _storable_ones(identifiers)
     if not identifiers:
         return {}
     found: dict[str, Parent] = {}

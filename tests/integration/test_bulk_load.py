@@ -447,6 +447,9 @@ def test_corrections_writing_finds_identifiers_of_any_spelling(db_url: str) -> N
         traced = parents(engine, [*unwritable, *decoys, *tricky])
         assert traced == {new: Parent(f"old{n}", "c", 1) for n, new in enumerate(tricky, start=1)}
         assert parents(engine, unwritable) == {}
+        # ASCII only, one at a time (the look-up tests a plain list at once)
+        for one in ("x\x00", "w" * 513):
+            assert parents(engine, [one, *tricky[:3]]) == parents(engine, tricky[:3])
     finally:
         engine.dispose()
 

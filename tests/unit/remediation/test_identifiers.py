@@ -133,6 +133,50 @@ def test_trace_through_the_audit_and_the_objects_generation() -> None:
     }
 
 
+def _traced_one_by_one(
+    names: list[str], generation: int, parents: dict[str, Parent]
+) -> dict[str, Ancestor]:
+    """Each identifier traced on its own, one step after the other (`_step`), none left out."""
+    found = {}
+    for name in dict.fromkeys(names):
+        trace = identifiers._Trace(name, generation)
+        for _ in range(identifiers.MAX_DEPTH):
+            if not identifiers._step(trace, parents.get(trace.at)):
+                break
+        if trace.wrote:
+            found[name] = Ancestor(trace.at, trace.code, trace.wrote)
+    return found
+
+
+BASES = st.sampled_from(["a", "b", "c-mfx1", "d-r2"])
+SPELT = st.builds(
+    lambda base, suffix: base + suffix,
+    BASES,
+    st.sampled_from(["", "-mfx1", "-mfx2", "-mfx3", "-r1", "-r2", "-mfx1-mfx2", "-r"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    names=st.lists(SPELT, max_size=30),
+    generation=st.integers(min_value=0, max_value=3),
+    written=st.dictionaries(
+        SPELT,
+        st.builds(Parent, SPELT, st.sampled_from(["c1", "c2"]), st.integers(1, 3)),
+        max_size=8,
+    ),
+    batch=st.integers(min_value=1, max_value=7),
+)
+def test_traced_in_batches_as_one_by_one(
+    names: list[str], generation: int, written: dict[str, Parent], batch: int
+) -> None:
+    """The batches and what each leaves out before tracing (no parent and, with no
+    generation, anything; with one, no suffix of it) find what tracing every identifier on
+    its own finds."""
+    found = trace_ancestors(names, generation, FakeAudit(written), batch)
+    assert found == _traced_one_by_one(names, generation, written)
+
+
 def test_no_lineage_no_ancestors_whatever_the_spelling() -> None:
     names = ["inv-r7", "x-r1000", "plain-r1", "abc-mfx1"]
     assert trace_ancestors(names, 0, FakeAudit({})) == {}
