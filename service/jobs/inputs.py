@@ -8,9 +8,11 @@ A task whose input cannot be had raises `TaskInputMissing` (not retried: a perso
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine
 
@@ -19,6 +21,7 @@ from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage, Parent, input_lineage, row_identifier, trace_ancestors
 from remediation.ports import Bucket, StripeFiles
 from remediation.readers import CsvRecords
+from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
 from service.errors import TaskInputMissing
@@ -34,6 +37,9 @@ NEW_IDENTIFIER_WIDTH = 512  # correction_audit.new_identifier
 # Identifiers per look-up query (one array parameter on PostgreSQL, a list under SQLite's
 # 32,766 parameters): 1,000,000 identifiers took 2,000 queries of 500, 11 s on PostgreSQL.
 LOOKUP_BATCH = 10_000
+
+T = TypeVar("T")
+RecordsTo = Callable[[Iterator[UsageRecord]], Iterator[T]]
 
 
 @dataclass
@@ -135,36 +141,30 @@ def run_lineage(engine: Engine, path: Path, rules: Rules, source: str, generatio
     except UnreadableFile:
         return Lineage()  # the run itself reads the file again and says what is wrong with it
 
-    def rows() -> Iterator[tuple[str | None, int]]:
-        try:
-            with path.open("rb") as stream:
-                records = read_repaired(stream, plan, rules)
-                if isinstance(records, CsvRecords):  # the identifier column alone, as columns
-                    yield from records.identifiers()
-                    return
-                for record in records:
-                    yield record.identifier, record.row_number
-        except UnreadableFile:
-            return  # as above
-
-    def identifiers() -> Iterator[str]:
-        """The input's identifiers (none for a row without one); of a CSV, a block's cells
-        at a time (1M rows: a pair made and unpacked per row was most of the stage)."""
+    def read(of_csv: Callable[[CsvRecords], Iterator[T]], of_records: RecordsTo[T]) -> Iterator[T]:
+        """What `of_csv` takes out of a CSV (its identifier column alone, as columns), or
+        `of_records` out of any other input's records."""
         try:
             with path.open("rb") as stream:
                 records = read_repaired(stream, plan, rules)
                 if isinstance(records, CsvRecords):
-                    for _, cells in records.identifier_blocks():
-                        yield from filter(None, cells)
-                    return
-                for record in records:
-                    if record.identifier:
-                        yield record.identifier
+                    yield from of_csv(records)
+                else:
+                    yield from of_records(records)
         except UnreadableFile:
             return  # as above
 
+    def rows() -> Iterator[tuple[str | None, int]]:
+        return read(CsvRecords.identifiers, lambda rs: ((r.identifier, r.row_number) for r in rs))
+
+    # The input's identifiers (none for a row without one); of a CSV, a block's cells at a
+    # time (1M rows: a pair made and unpacked per row was most of the stage).
+    identifiers = read(
+        lambda r: chain.from_iterable(filter(None, cells) for _, cells in r.identifier_blocks()),
+        lambda rs: (r.identifier for r in rs if r.identifier),
+    )
     ancestors = trace_ancestors(
-        identifiers(), generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
+        identifiers, generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
     )
     escapes = plan.fmt is not FileFormat.CSV
     return input_lineage(path, rows, source, generation, ancestors, escapes)
