@@ -200,13 +200,47 @@ def may_hold(path: Path, needle: bytes, escapes: bool = True) -> bool:
     """Whether the file's bytes hold `needle` (or, with `escapes`, a JSON `\\u` escape that
     could spell it)."""
     tail = b""
+    anchor: int | None = None
     with open(path, "rb") as handle:
         while block := handle.read(SCAN_BLOCK):
-            if needle in block or needle in tail + block[: len(needle)]:
+            if anchor is None:
+                anchor = _rarest(needle, block)
+            if _holds(block, needle, anchor) or needle in tail + block[: len(needle)]:
                 return True
             if escapes and _escape(block, tail[-1:]):
                 return True
             tail = block[-len(needle) :]
+    return False
+
+
+# Hits of the anchor byte a block's search checks one by one, and one more per this many
+# bytes, before it searches the rest of the block for the needle itself.
+ANCHOR_HITS = 16
+ANCHOR_HIT_BYTES = 512
+
+
+def _rarest(needle: bytes, sample: bytes) -> int:
+    """The byte of `needle` met least often in `sample` (the first block): the anchor."""
+    head = sample[:65536]
+    return min(range(len(needle)), key=lambda at: head.count(needle[at : at + 1]))
+
+
+def _holds(block: bytes, needle: bytes, anchor: int) -> bool:
+    """`needle in block`, found by its `anchor`-th byte: one byte is found by memchr, far
+    faster than the needle (whose last byte, a digit, is met everywhere: 0.19 s for the 246 MB
+    of the bench's `varied` JSON Lines), and each place it is met is checked (the scan of that
+    file 0.19-0.23 -> 0.09 s, of its CSV 0.12-0.23 -> 0.08 s; its `x` is met once in 2 KB). A
+    block where the byte is met often is searched for the needle from there."""
+    byte = needle[anchor : anchor + 1]
+    budget = ANCHOR_HITS + len(block) // ANCHOR_HIT_BYTES
+    at = block.find(byte, anchor)
+    while at != -1:
+        if block.startswith(needle, at - anchor):
+            return True
+        budget -= 1
+        if not budget:
+            return block.find(needle, at - anchor) != -1
+        at = block.find(byte, at + 1)
     return False
 
 

@@ -225,20 +225,28 @@ def test_input_lineage_reads_rows_only_when_needed(
 @settings(max_examples=300, deadline=None)
 @given(
     data=st.lists(
-        st.sampled_from([b"a", b"-", b"-mfx", b"1", b"\\", b"u", b"\\u", b"x"]), max_size=40
+        st.sampled_from([b"a", b"-", b"-mfx", b"1", b"\\", b"u", b"\\u", b"x", b"x" * 9]),
+        max_size=40,
     ),
-    block=st.integers(5, 12),  # at least the needle: a block keeps its last bytes only
+    block=st.integers(5, 40),  # at least the needle: a block keeps its last bytes only
     escapes=st.booleans(),
+    hits=st.integers(1, 3),
 )
 def test_may_hold_is_a_plain_search_whatever_the_blocks(
-    tmp_path_factory: pytest.TempPathFactory, data: list[bytes], block: int, escapes: bool
+    tmp_path_factory: pytest.TempPathFactory,
+    data: list[bytes],
+    block: int,
+    escapes: bool,
+    hits: int,
 ) -> None:
-    """The scan in blocks (a backslash looked for before a `\\u`) finds what a search of the
-    whole file finds: a needle or an escape across two blocks included."""
+    """The scan in blocks (a backslash looked for before a `\\u`; the needle by its rarest
+    byte, checked where it is met, then searched for where that byte is met often) finds what
+    a search of the whole file finds: a needle or an escape across two blocks included."""
     text = b"".join(data)
     path = tmp_path_factory.mktemp("scan") / "f.jsonl"
     path.write_bytes(text)
     expected = b"-mfx1" in text or (escapes and b"\\u" in text)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(identifiers, "SCAN_BLOCK", block)
+        patch.setattr(identifiers, "ANCHOR_HITS", hits)
         assert may_hold(path, b"-mfx1", escapes) == expected
