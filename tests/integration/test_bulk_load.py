@@ -607,3 +607,66 @@ def test_rows_encoded_by_arrow_for_binary_copy_read_back_exactly(pg_url: str) ->
     with pytest.raises(ValueError, match="no NULL"):
         db.pg_copy_rows([pa.array([1, None], pa.int64())])
     assert len(db.pg_copy_data(db.pg_copy_rows([pa.array([], pa.string())]))) == 0
+
+
+def _run_of(engine: Any, key: str, source: str) -> int:
+    with Session(engine) as session:
+        run = RemediationRun(run_key=key, trigger=RunTrigger.ERROR_REPORT, source=source)
+        session.add(run)
+        session.commit()
+        assert run.id is not None
+        return run.id
+
+
+def test_handled_rows_are_those_of_the_runs_of_one_source(db_url: str) -> None:
+    """The rows an error report skips: corrected or quarantined by any run of that object,
+    none of another object's (whose row numbers overlap)."""
+    engine = make_engine(db_url)
+    try:
+        for key, source, corrected, quarantined in (
+            ("a1", "usage/a.csv", [1, 4], [2]),
+            ("a2", "usage/a.csv", [7], [9, 4]),
+            ("b1", "usage/b.csv", [3, 5], [6, 8]),
+            ("c1", "usage/a.csv.bak", [10], [11]),
+        ):
+            run_id = _run_of(engine, key, source)
+            with store.AuditStage(engine, run_id, source) as audit:
+                audit.add(
+                    [
+                        Correction(source, n, f"{key}-{n}", None, "c", "r", "f", "1", "2")
+                        for n in corrected
+                    ]
+                )
+                audit.load()
+            with store.QuarantineStage(engine, run_id, source) as held:
+                held.add(
+                    [(source, n, f"q{n}", "c", "why", None, None, "{}", WHEN) for n in quarantined]
+                )
+                held.load()
+        assert store.handled_rows(engine, "usage/a.csv") == {1, 2, 4, 7, 9}
+        assert store.handled_rows(engine, "usage/b.csv") == {3, 5, 6, 8}
+        assert store.handled_rows(engine, "usage/none.csv") == frozenset()
+    finally:
+        engine.dispose()
+
+
+def test_handled_rows_are_found_by_index_not_by_a_scan(sqlite_url: str) -> None:
+    """Neither the audit (a row per correction of every run kept) nor the quarantined rows
+    are read whole at each error report: both are searched by run id (SQLite's plan)."""
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            for query, table in zip(
+                store.handled_queries("usage/a.csv"),
+                ("correction_audit", "quarantined_rows"),
+                strict=True,
+            ):
+                compiled = query.compile(engine)
+                plan = connection.exec_driver_sql(
+                    f"EXPLAIN QUERY PLAN {compiled}", tuple(compiled.params.values())
+                ).all()
+                steps = [str(step[-1]) for step in plan]
+                assert not [s for s in steps if s.startswith(f"SCAN {table}")], steps
+                assert [s for s in steps if s.startswith(f"SEARCH {table} USING")], steps
+    finally:
+        engine.dispose()

@@ -605,10 +605,20 @@ def corrections_writing(
 def handled_rows(engine: Engine, source: str) -> frozenset[int]:
     """Row numbers of `source` some run already corrected or quarantined."""
     with Session(engine) as session:
-        corrected = session.exec(
-            select_model(CorrectionAudit.row_number).where(CorrectionAudit.source == source)
-        ).all()
-        quarantined = session.exec(
-            select_model(QuarantinedRow.row_number).where(QuarantinedRow.source == source)
-        ).all()
-    return frozenset(corrected) | frozenset(quarantined)
+        corrected, quarantined = (session.exec(query).all() for query in handled_queries(source))
+        return frozenset(corrected) | frozenset(quarantined)
+
+
+def handled_queries(source: str) -> tuple[Any, Any]:
+    """The row numbers of `source` in the audit and among the quarantined rows, found by the
+    ids of the runs of that source (`run_id` leads an index of each table; neither indexes
+    `source`, which a run's rows all share: the audit's loader refuses any other). Filtered
+    by `source` alone, each was a scan of its whole table, at every error report (the audit
+    holds a row per correction of every run kept)."""
+    runs = select_model(RemediationRun.id).where(RemediationRun.source == source)
+    audit_run = col(CorrectionAudit.run_id).in_(runs.scalar_subquery())
+    held_run = col(QuarantinedRow.run_id).in_(runs.scalar_subquery())
+    return (
+        select_model(CorrectionAudit.row_number).where(audit_run, CorrectionAudit.source == source),
+        select_model(QuarantinedRow.row_number).where(held_run, QuarantinedRow.source == source),
+    )
