@@ -153,25 +153,34 @@ def remediate(
 
 
 def _use_lean_allocators() -> None:
-    """Arrow on the system allocator, and the C allocator with one arena for every thread
-    (glibc). The package names the system allocator before pyarrow loads
+    """Arrow on jemalloc (else the system allocator), and the C allocator with one arena for
+    every thread (glibc). The package names Arrow's allocator before pyarrow loads
     (`ARROW_DEFAULT_MEMORY_POOL`, in `remediation/__init__.py`), so that Arrow's C++ code
     allocates from it too: a pool set from Python after the load (`pa.set_memory_pool`, as
     here when pyarrow was loaded before this package) left some of Arrow's own allocations on
-    mimalloc, which keeps what each batch frees. Peak RSS of 1M rows, alternating runs
-    (GNU time, right after a boot, shared libraries' pages included: ~68 MB of them):
-    mimalloc for Arrow's own and jemalloc set from Python, JSON Lines 152-158 MB, CSV
-    141-145 MB; the system allocator throughout 140-148 and 142-145 MB (jemalloc throughout
-    147-153 and 138-142 MB). The time is the same within the noise (CSV `varied` 3 % slower
-    in some rounds). glibc gives each thread an arena of its own and keeps what each frees:
-    with the writer thread the run spent twice the system time (4.4 s instead of 2.6 s for
-    4M rows) handing pages back and forth."""
+    mimalloc, which keeps what each batch frees.
+
+    Peak RSS of 1M rows, system allocator -> jemalloc for Arrow, three alternating rounds on
+    one machine (2026-12-02): CSV `basic` 131-135 -> 123-124 MB, `varied` 134-136 -> 126-130 MB,
+    the CSV of 27 columns 153-154 (over the 150 MB target) -> 131-132 MB; JSON Lines `basic`
+    132 -> 138-140 MB, `varied` 142-143 -> 143 MB, the JSON array 135-139 -> 142-144 MB; the
+    times the same within the noise. On the system allocator Arrow's buffers and Python's
+    objects share glibc's heap, which Arrow's buffers left fragmented (a `varied` run in
+    blocks of 4 MB, never trimmed: 158 MB of heap, 26 MB of it in use). Before, with the code of that day: mimalloc for
+    Arrow's own and jemalloc set from Python, JSON Lines 152-158 MB, CSV 141-145 MB; the
+    system allocator throughout 140-148 and 142-145 MB (jemalloc throughout 147-153 and
+    138-142 MB). glibc gives each thread an arena of its own and keeps what each frees: with
+    the writer thread the run spent twice the system time (4.4 s instead of 2.6 s for 4M rows)
+    handing pages back and forth."""
     global _ALLOCATORS_SET
     if _ALLOCATORS_SET:
         return
     _ALLOCATORS_SET = True
     if pa.default_memory_pool().backend_name == "mimalloc":  # pyarrow loaded before us
-        pa.set_memory_pool(pa.system_memory_pool())
+        try:
+            pa.set_memory_pool(pa.jemalloc_memory_pool())
+        except NotImplementedError:  # a pyarrow built without it
+            pa.set_memory_pool(pa.system_memory_pool())
     if platform.libc_ver()[0] == "glibc":
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
 
