@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -138,7 +138,8 @@ def remediate(
 
     try:
         behind = on_audit is not None or not isinstance(records, CsvRecords)
-        with _FEWER_COLLECTIONS, WriteBehind(put, written, write, behind) as writer:
+        pool = _CSV_POOL if isinstance(records, CsvRecords) else nullcontext()
+        with _FEWER_COLLECTIONS, pool, WriteBehind(put, written, write, behind) as writer:
             for batch in batches(records, ahead=writer.ahead):
                 writer.put(decider.decide(batch))
                 del batch  # freed before the next batch is read, not after
@@ -153,34 +154,25 @@ def remediate(
 
 
 def _use_lean_allocators() -> None:
-    """Arrow on jemalloc (else the system allocator), and the C allocator with one arena for
-    every thread (glibc). The package names Arrow's allocator before pyarrow loads
-    (`ARROW_DEFAULT_MEMORY_POOL`, in `remediation/__init__.py`), so that Arrow's C++ code
-    allocates from it too: a pool set from Python after the load (`pa.set_memory_pool`, as
-    here when pyarrow was loaded before this package) left some of Arrow's own allocations on
-    mimalloc, which keeps what each batch frees.
-
-    Peak RSS of 1M rows, system allocator -> jemalloc for Arrow, three alternating rounds on
-    one machine (2026-12-02): CSV `basic` 131-135 -> 123-124 MB, `varied` 134-136 -> 126-130 MB,
-    the CSV of 27 columns 153-154 (over the 150 MB target) -> 131-132 MB; JSON Lines `basic`
-    132 -> 138-140 MB, `varied` 142-143 -> 143 MB, the JSON array 135-139 -> 142-144 MB; the
-    times the same within the noise. On the system allocator Arrow's buffers and Python's
-    objects share glibc's heap, which Arrow's buffers left fragmented (a `varied` run in
-    blocks of 4 MB, never trimmed: 158 MB of heap, 26 MB of it in use). Before, with the code of that day: mimalloc for
-    Arrow's own and jemalloc set from Python, JSON Lines 152-158 MB, CSV 141-145 MB; the
-    system allocator throughout 140-148 and 142-145 MB (jemalloc throughout 147-153 and
-    138-142 MB). glibc gives each thread an arena of its own and keeps what each frees: with
-    the writer thread the run spent twice the system time (4.4 s instead of 2.6 s for 4M rows)
-    handing pages back and forth."""
+    """Arrow on the system allocator (jemalloc while a CSV is read: `_CSV_POOL`), and the C
+    allocator with one arena for every thread (glibc). The package names the system
+    allocator before pyarrow loads (`ARROW_DEFAULT_MEMORY_POOL`, in
+    `remediation/__init__.py`), so that Arrow's C++ code allocates from it too: a pool set
+    from Python after the load (`pa.set_memory_pool`, as here when pyarrow was loaded before
+    this package) left some of Arrow's own allocations on mimalloc, which keeps what each
+    batch frees. Peak RSS of 1M rows, alternating runs (GNU time, right after a boot, shared
+    libraries' pages included: ~68 MB of them): mimalloc for Arrow's own and jemalloc set
+    from Python, JSON Lines 152-158 MB, CSV 141-145 MB; the system allocator throughout
+    140-148 and 142-145 MB (jemalloc throughout 147-153 and 138-142 MB). The time is the same
+    within the noise (CSV `varied` 3 % slower in some rounds). glibc gives each thread an
+    arena of its own and keeps what each frees: with the writer thread the run spent twice
+    the system time (4.4 s instead of 2.6 s for 4M rows) handing pages back and forth."""
     global _ALLOCATORS_SET
     if _ALLOCATORS_SET:
         return
     _ALLOCATORS_SET = True
     if pa.default_memory_pool().backend_name == "mimalloc":  # pyarrow loaded before us
-        try:
-            pa.set_memory_pool(pa.jemalloc_memory_pool())
-        except NotImplementedError:  # a pyarrow built without it
-            pa.set_memory_pool(pa.system_memory_pool())
+        pa.set_memory_pool(pa.system_memory_pool())
     if platform.libc_ver()[0] == "glibc":
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
 
@@ -290,6 +282,28 @@ _FEWER_COLLECTIONS = _Held(
     lambda thresholds: gc.set_threshold(*thresholds),
     lambda before: tuple(max(*pair) for pair in zip(before, GC_THRESHOLDS, strict=True)),
 )
+
+
+def _jemalloc_or(before: pa.MemoryPool) -> pa.MemoryPool:
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without it
+        return before
+
+
+# Arrow allocates from its jemalloc while a CSV is read and written (the system allocator
+# otherwise, `_use_lean_allocators`). A CSV's buffers, made and freed a block at a time beside
+# Python's objects on glibc's heap, left it fragmented (a `varied` run in 4 MB blocks, never
+# trimmed: 158 MB of heap, 26 MB of it in use). Peak RSS of 1M rows, system -> jemalloc, in
+# alternating runs on one machine (2026-12-02): `varied` 134-136 -> 117-118 MB, `basic`
+# 131-135 -> 122-124 MB, the CSV of 27 columns 153-154 (over the 150 MB target) -> 124-125
+# MB, at the same speed. JSON runs stay on the system allocator: on jemalloc JSON Lines with
+# optional keys peaked at 147-152 MB instead of 129-133 MB (its two busy threads allocate
+# from two of jemalloc's arenas, each keeping what it freed), `basic` JSON Lines +7 MB.
+# The pool is set from Python (what pyarrow's calls allocate from; Arrow's C++ code keeps the
+# pool named when it loaded), and process-wide: a JSON run beside a CSV one in the service's
+# worker allocates from jemalloc too, which costs only memory.
+_CSV_POOL = _Held(pa.default_memory_pool, pa.set_memory_pool, _jemalloc_or)
 
 
 class WriteBehind(Generic[Done]):
