@@ -296,13 +296,13 @@ def _jemalloc_or(before: pa.MemoryPool) -> pa.MemoryPool:
 # Python's objects on glibc's heap, left it fragmented (a `varied` run in 4 MB blocks, never
 # trimmed: 158 MB of heap, 26 MB of it in use). Peak RSS of 1M rows, system -> jemalloc, in
 # alternating runs on one machine (2026-12-02): `varied` 134-136 -> 117-118 MB, `basic`
-# 131-135 -> 122-124 MB, the CSV of 27 columns 153-154 (over the 150 MB target) -> 124-125
+# 131-135 -> 115-124 MB, the CSV of 27 columns 153-154 (over the 150 MB target) -> 124-125
 # MB, at the same speed. JSON runs stay on the system allocator: on jemalloc JSON Lines with
-# optional keys peaked at 147-152 MB instead of 129-133 MB (its two busy threads allocate
-# from two of jemalloc's arenas, each keeping what it freed), `basic` JSON Lines +7 MB.
-# The pool is set from Python (what pyarrow's calls allocate from; Arrow's C++ code keeps the
-# pool named when it loaded), and process-wide: a JSON run beside a CSV one in the service's
-# worker allocates from jemalloc too, which costs only memory.
+# optional keys peaked at 147-152 MB instead of 129-133 MB (likely its two busy threads
+# allocating from two of jemalloc's arenas, each keeping what it freed), `basic` JSON Lines
+# +7 MB. The pool is set from Python (what pyarrow's calls allocate from; Arrow's C++ code
+# keeps the pool named when it loaded), and process-wide: a JSON run beside a CSV one in the
+# service's worker allocates from jemalloc too, which costs only memory.
 _CSV_POOL = _Held(pa.default_memory_pool, pa.set_memory_pool, _jemalloc_or)
 
 
