@@ -227,6 +227,7 @@ def test_a_csv_is_read_and_written_on_jemalloc_and_json_on_the_system_allocator(
             lines = [json.dumps(_nested(row)) for row in csv.DictReader(rows)]
         path = tmp_path / "in.jsonl"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    engine._use_lean_allocators()  # what the first run in a process sets (`_CSV_POOL` after)
     before = pa.default_memory_pool().backend_name
     seen: list[str] = []
     jemalloc = pa.jemalloc_memory_pool().bytes_allocated() if _jemalloc() else 0
