@@ -4,7 +4,6 @@ the run with every output aborted and no thread left behind."""
 
 from __future__ import annotations
 
-import csv
 import gc
 import json
 import os
@@ -26,6 +25,7 @@ from remediation.engine import WriteBehind
 from remediation.outcomes import QuarantinedRow, Tally, corrections_of
 from tests.unit.remediation.test_batches import run_file, write_csv
 from tests.unit.remediation.test_csv_columns import varied_rows
+from tests.unit.remediation.test_jsonl_columns import to_jsonl, varied
 
 
 def _writers() -> list[threading.Thread]:
@@ -199,12 +199,6 @@ def test_a_run_leaves_arrow_on_a_lean_allocator(tmp_path: Path) -> None:
     assert pa.default_memory_pool().backend_name in ("system", "jemalloc")
 
 
-def _nested(row: dict[str, str]) -> dict[str, Any]:
-    """A CSV row as a JSON row: `payload_` columns under `payload`."""
-    payload = {k.removeprefix("payload_"): v for k, v in row.items() if k.startswith("payload_")}
-    return {**{k: v for k, v in row.items() if not k.startswith("payload_")}, "payload": payload}
-
-
 def _jemalloc() -> bool:
     try:
         pa.jemalloc_memory_pool()
@@ -221,12 +215,11 @@ def test_a_csv_is_read_and_written_on_jemalloc_and_json_on_the_system_allocator(
     its run, apart from glibc's heap (a 27-column CSV's peak: 153 -> 124 MB); JSON runs stay
     on the system allocator (on jemalloc, JSON Lines with optional keys peaked over 150 MB).
     The pool before the run comes back after it."""
-    path = write_csv(tmp_path / "in.csv", varied_rows(300, 29))
-    if suffix == ".jsonl":
-        with open(path, newline="", encoding="utf-8") as rows:
-            lines = [json.dumps(_nested(row)) for row in csv.DictReader(rows)]
+    if suffix == ".csv":
+        path = write_csv(tmp_path / "in.csv", varied_rows(300, 29))
+    else:
         path = tmp_path / "in.jsonl"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        path.write_bytes(to_jsonl(varied(300, 29)))
     engine._use_lean_allocators()  # what the first run in a process sets (`_CSV_POOL` after)
     before = pa.default_memory_pool().backend_name
     seen: list[str] = []
