@@ -15,15 +15,9 @@ from remediation.filetypes import FileFormat
 from remediation.outcomes import AuditSink
 from remediation.outputs import MAX_BYTES as MAX_OUTPUT_BYTES
 from remediation.outputs import MAX_ROWS as MAX_OUTPUT_ROWS
-from remediation.outputs import (
-    Digesting,
-    OutputSet,
-    PlannedOutput,
-    lineage,
-    open_digesting,
-    source_stem,
-)
+from remediation.outputs import OutputSet, PlannedOutput, lineage, source_stem
 from remediation.records import QUARANTINE_FIELDS, UsageRecord
+from remediation.spool import SpooledFile, open_spooled
 
 
 class NullSet:
@@ -63,7 +57,7 @@ class Sinks:
         self.quarantine: OutputSet | NullSet = NullSet()
         self.audit_path: Path | None = None
         self.audit_file: TextIO | None = None
-        self._audit_digest: Digesting | None = None
+        self._audit_digest: SpooledFile | None = None
         # The audit file as an output (its lines, its SHA-256, its lineage), once finished,
         # when asked for (`audit_output`: hashed and counted as it is written).
         self.audit_output: PlannedOutput | None = None
@@ -98,11 +92,10 @@ class Sinks:
             name = f"{source_stem(source)[:200]}.r{generation}.audit.jsonl"
             self.audit_path = (out_dir / name).resolve()
             self.audit_tmp = out_dir / f".{name}.tmp"
-            if audit_output:
-                binary, self._audit_digest = open_digesting(self.audit_tmp, count_lines=True)
-                self.audit_file = io.TextIOWrapper(binary, encoding="utf-8")  # as open(.., "w")
-            else:
-                self.audit_file = open(self.audit_tmp, "w", encoding="utf-8")  # noqa: SIM115
+            # hashed and its lines counted only when it is an output
+            binary, spooled = open_spooled(self.audit_tmp, audit_output, hashed=audit_output)
+            self._audit_digest = spooled if audit_output else None
+            self.audit_file = io.TextIOWrapper(binary, encoding="utf-8")  # as open(.., "w")
 
     def audit(self, entry: dict[str, Any]) -> None:
         """One line of the audit file (one short line per decision)."""

@@ -22,6 +22,7 @@ from remediation.records import (
     UsageRecord,
     header_name,
 )
+from remediation.spool import write_shared
 
 ERROR_OUT_FIELDS = ("error_code", "error_message")
 Getter = Callable[[UsageRecord], str]
@@ -148,7 +149,7 @@ class RecordWriter:
             lines = bytes(data)
             data = (b",\n" if self.rows else b"[\n") + lines[:-1].replace(b"\n", b",\n")
         self._text.flush()
-        self._stream.write(data)
+        write_shared(self._stream, data)
         self.rows += rows
 
     def _start_csv(self, record: UsageRecord | None) -> list[Getter]:

@@ -24,6 +24,7 @@ from remediation.meters import DEFAULT_CUSTOMER_KEY
 from remediation.outcomes import CORRECTIONS, QuarantinedRow, Tally, value_text
 from remediation.records import UsageRecord
 from remediation.sinks import Sinks
+from remediation.spool import write_shared
 from remediation.writers import record_object
 
 
@@ -87,7 +88,7 @@ class AuditLines:
         if (np.diff(rows) < 0).any():  # a merged change's rows, or several changes
             text = text.take(pa.array(np.argsort(rows, kind="stable")))
         audit.flush()
-        audit.buffer.write(array_bytes(text))
+        write_shared(audit.buffer, array_bytes(text))
 
     @staticmethod
     def _start(

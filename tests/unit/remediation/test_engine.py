@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from remediation.errors import BadRules
 from remediation.formats import FileFormat, read_records
 from remediation.identifiers import Ancestor, Lineage, derived_identifier, row_identifier
 from remediation.meters import Meter
-from remediation.outputs import PlannedOutput, open_digesting, output_name
+from remediation.outputs import PlannedOutput, output_name
 from remediation.records import UsageRecord
 from remediation.rules import load_rules
 
@@ -394,32 +393,3 @@ def test_csv_round_trip_through_engine(tmp_path: Path) -> None:
         "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\r\n"
         "a-mfx1,1764000000,api_requests,cus_1,5\r\n"
     )
-
-
-def test_a_digesting_file_hashes_and_counts_what_reaches_the_disk(tmp_path: Path) -> None:
-    """`open_digesting`: writes of any size and kind (through its buffer and past it), its
-    size as `tell` says it while it is written, and the SHA-256 and lines of the bytes on
-    disk once it is closed; a text layer over it writes what `open(path, "w")` writes."""
-    path = tmp_path / "out.bin"
-    binary, digest = open_digesting(path, count_lines=True)
-    long = b"x\n" * 300_000  # counted in slices
-    pieces = [b"a\n", bytearray(b"\n\nb"), memoryview(long + b"\n"), b"", b"z" * 9000]
-    sizes = []
-    for piece in pieces:
-        binary.write(piece)
-        sizes.append(binary.tell())
-    binary.close()
-    data = path.read_bytes()
-    assert data == b"".join(bytes(p) for p in pieces)
-    assert sizes == list(accumulate(len(p) for p in pieces))
-    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
-    assert digest.lines == data.count(b"\n") == 300_004
-    text_path = tmp_path / "out.txt"
-    binary, digest = open_digesting(text_path, count_lines=True)
-    with io.TextIOWrapper(binary, encoding="utf-8") as text:
-        text.write('{"é": "a\\nb"}\n')
-        text.flush()
-        text.buffer.write("ü\n".encode())
-    assert text_path.read_bytes() == '{"é": "a\\nb"}\nü\n'.encode()
-    assert digest.lines == 2
-    assert digest.hexdigest() == hashlib.sha256(text_path.read_bytes()).hexdigest()
