@@ -435,7 +435,7 @@ def csv_batches(records: CsvRecords, size: int, ahead: Ahead | None = None) -> I
                 for i, reason in block.malformed.items()
                 if start <= i < start + rows
             }
-            yield csv_batch(layout, cells, block.first_row + start, malformed, rows)
+            yield csv_batch(layout, cells, block.first_row + start, malformed, rows, block.widths)
 
 
 def _summary_entry(source: str, generation: int, now: int, tally: Tally) -> dict[str, Any]:

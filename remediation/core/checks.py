@@ -69,7 +69,10 @@ def plain_numbers(column: Column) -> Mask:
 
 
 def has_control(column: Column) -> Mask:
-    """Rows holding a control character (`limits.CONTROL`), once per column (`Column.mark`)."""
+    """Rows holding a control character (`limits.CONTROL`), once per column (`Column.mark`);
+    none in a column known to hold none (`Column.plain_within`)."""
+    if column.plain_within is not None:
+        return np.zeros(len(column), np.bool_)
     found: Mask = column.mark("control", _control)
     return found
 
@@ -89,7 +92,10 @@ _CONTROL_BYTES = bytes(range(32)) + b"\x7f\xe2"  # U+2028/U+2029 start with 0xE2
 
 def longer(column: Column, most: int) -> Mask:
     """Rows holding more than `most` characters, as `len()` counts them. A value has at most
-    as many characters as bytes: only rows with more bytes are counted in characters."""
+    as many characters as bytes: only rows with more bytes are counted in characters, and none
+    in a column whose widest value is known to be short enough (`Column.plain_within`)."""
+    if column.plain_within is not None and column.plain_within <= most:
+        return np.zeros(len(column), np.bool_)
     over: Mask = column.mark("bytes", _byte_lengths) > most
     rows = np.flatnonzero(over)
     if len(rows):

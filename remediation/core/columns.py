@@ -47,7 +47,7 @@ class Column:
     its batch's own (`interleaved`).
     """
 
-    __slots__ = ("_at", "_base", "_length", "_marks", "_text", "kinds")
+    __slots__ = ("_at", "_base", "_length", "_marks", "_text", "kinds", "plain_within")
 
     def __init__(self, text: pa.Array, kinds: npt.NDArray[np.uint8] | None = None) -> None:
         self._text: pa.Array | None = text
@@ -56,12 +56,16 @@ class Column:
         self._length = len(text)
         self._marks: dict[str, npt.NDArray[Any]] = {}
         self.kinds = kinds
+        # No value holds a control character nor more than this many bytes, when known (the
+        # cells of a CSV block measured as it was read: `csvwidths`); rows taken keep it.
+        self.plain_within: int | None = None
 
     @classmethod
     def taken(cls, base: pa.Array, at: pa.Array, kinds: npt.NDArray[np.uint8] | None) -> Column:
         column = cls.__new__(cls)
         column._text, column._base, column._at = None, base, at
         column._length, column._marks, column.kinds = len(at), {}, kinds
+        column.plain_within = None
         return column
 
     def mark(self, name: str, compute: Callable[[Column], npt.NDArray[Any]]) -> npt.NDArray[Any]:
@@ -105,6 +109,7 @@ class Column:
             assert self._text is not None
             column = Column.taken(self._text, at, kinds)
         column._marks = {name: values[indexes] for name, values in self._marks.items()}
+        column.plain_within = self.plain_within
         return column
 
     def kind_array(self) -> npt.NDArray[np.uint8]:

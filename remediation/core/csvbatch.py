@@ -26,33 +26,47 @@ def csv_batch(
     first_row: int,
     malformed: Mapping[int, str],
     rows: int,
+    widths: Sequence[int] | None = None,
 ) -> Batch:
+    """`widths`: each cell column's widest cell in bytes, when none holds a control character
+    (`csvwidths.plain_widths`; `Column.plain_within`)."""
     code, message = _errors(layout, cells, rows)
     broken: list[str | None] = [None] * rows
     for i, reason in malformed.items():
         broken[i] = reason
     return Batch(
         np.arange(first_row, first_row + rows, dtype=np.int64),
-        _core(cells, layout.identifier, rows),
-        _core(cells, layout.timestamp, rows),
-        _core(cells, layout.event_name, rows),
-        {key: _core(cells, i, rows) for i, key in layout.payload},
-        {name: Column(as_string(cells[i])) for i, name in layout.extra},
+        _core(cells, layout.identifier, rows, widths),
+        _core(cells, layout.timestamp, rows, widths),
+        _core(cells, layout.event_name, rows, widths),
+        {key: _core(cells, i, rows, widths) for i, key in layout.payload},
+        {name: _plain(Column(as_string(cells[i])), i, widths) for i, name in layout.extra},
         code,
         message,
         pa.array(broken, pa.string()),
     )
 
 
-def _core(cells: Sequence[pa.Array], index: int | None, rows: int) -> Column:
+def _core(
+    cells: Sequence[pa.Array], index: int | None, rows: int, widths: Sequence[int] | None
+) -> Column:
     """A column where an empty cell is an absent field."""
     if index is None:
         return Column.absent(rows)
     text = as_string(cells[index])
     empty = pc.equal(text, "")
-    return Column(
-        pc.if_else(empty, pa.scalar(None, pa.string()), text) if pc.any(empty).as_py() else text
+    return _plain(
+        Column(
+            pc.if_else(empty, pa.scalar(None, pa.string()), text) if pc.any(empty).as_py() else text
+        ),
+        index,
+        widths,
     )
+
+
+def _plain(column: Column, index: int, widths: Sequence[int] | None) -> Column:
+    column.plain_within = None if widths is None else widths[index]
+    return column
 
 
 def _errors(layout: CsvLayout, cells: Sequence[pa.Array], rows: int) -> tuple[pa.Array, pa.Array]:

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from remediation.core.csvwidths import plain_widths
 from remediation.errors import UnreadableFile, not_utf8
 from remediation.readers import CSV_FIELD_LIMIT, CsvLayout, _line_breaks, csv_error
 
@@ -50,6 +51,8 @@ class CsvBlock:
     first_row: int  # number of its first data row (1-based, header excluded)
     cells: list[pa.Array]  # one pa.string() array per header column, no nulls
     malformed: dict[int, str]  # block-row index -> reason, for rows of the wrong width
+    # Each column's widest cell in bytes, when no cell holds a control character (`csvwidths`)
+    widths: list[int] | None = None
 
     @property
     def rows(self) -> int:
@@ -233,8 +236,8 @@ class CsvColumns:
             final, size, block, parsing = upcoming
             if size == 0:
                 return self._exact_rows()  # no line end within reach: a huge field
-            if (table := parsing()) is not None:
-                found = self._table_block(table)
+            if (parsed := parsing()) is not None:
+                found = self._table_block(parsed)
             elif (rows := _block_rows(block, self._delimiter, final)) is not None:
                 found = self._exact_block(rows)
             else:
@@ -258,8 +261,9 @@ class CsvColumns:
             return final, size, block, lambda: self._parsed(block, delimiter)
         return final, size, block, self._ahead(self._parsed, block, delimiter).result
 
-    def _parsed(self, block: bytes, delimiter: int) -> Any:
-        """The block as a pyarrow table of strings, when that provably holds csv.reader's rows."""
+    def _parsed(self, block: bytes, delimiter: int) -> tuple[Any, list[int] | None] | None:
+        """The block as a pyarrow table of strings, when that provably holds csv.reader's rows,
+        and its columns' widest cells when they can be read off its bytes (`plain_widths`)."""
         if block.startswith(codecs.BOM_UTF8) or not _quotes_regular(block, delimiter):
             return None  # pyarrow drops a BOM opening its buffer; csv.reader keeps it
         names = [f"c{i}" for i in range(len(self._header or ()))]
@@ -277,15 +281,18 @@ class CsvColumns:
             quoted_strings_can_be_null=False,
         )
         try:
-            return pacsv.read_csv(pa.BufferReader(block), read, parse, convert)
+            table = pacsv.read_csv(pa.BufferReader(block), read, parse, convert)
         except pa.ArrowInvalid:  # a row of another width, undecodable bytes, an empty block
             return None
+        return table, plain_widths(block, delimiter, table)
 
-    def _table_block(self, table: Any) -> CsvBlock | None:
+    def _table_block(self, parsed: tuple[Any, list[int] | None]) -> CsvBlock | None:
         self.fast_blocks += 1
+        table, widths = parsed
         if table.num_rows == 0:
             return None
-        block = CsvBlock(self._next_row, [column.combine_chunks() for column in table.columns], {})
+        cells = [column.combine_chunks() for column in table.columns]
+        block = CsvBlock(self._next_row, cells, {}, widths)
         self._next_row += table.num_rows
         return block
 

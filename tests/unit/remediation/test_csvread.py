@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from remediation.core.checks import CONTROL_CLASS
 from remediation.core.csvread import TEXT_CHUNK, Ahead, CsvColumns
 from remediation.errors import UnreadableFile
 from remediation.readers import CSV_FIELD_LIMIT, CsvRecords, text_stream
@@ -70,11 +72,23 @@ def columns(
             assert not any(c.null_count for c in block.cells)
             assert block.first_row == len(rows) + 1
             values = [cells.to_pylist() for cells in block.cells]
+            assert_within_widths(values, block.widths)
             for i in range(block.rows):
                 rows.append((block.first_row + i, [v[i] for v in values], block.malformed.get(i)))
     except UnreadableFile as exc:
         return str(exc), reader
     return (found, rows), reader
+
+
+def assert_within_widths(values: list[list[str]], widths: list[int] | None) -> None:
+    """A block's widths, when measured, bound its cells' bytes, and its cells hold no control
+    character (what the field-limit checks then skip: `csvwidths`)."""
+    if widths is None:
+        return
+    assert len(widths) == len(values)
+    for cells, width in zip(values, widths, strict=True):
+        assert all(len(cell.encode()) <= width for cell in cells)
+        assert not any(re.search(CONTROL_CLASS, cell) for cell in cells)
 
 
 def assert_same(
@@ -313,3 +327,46 @@ if __name__ == "__main__":  # time 1,000,000 rows of 7 short columns, one thread
     started = time.perf_counter()
     count = sum(len(b) for _, b in CsvRecords(io.BytesIO(data), ",", None).row_batches())
     print(f"row_batches {time.perf_counter() - started:.2f} s ({count} rows)")
+
+
+@pytest.mark.parametrize(
+    ("body", "widths"),
+    [
+        (b"a,bb,ccc\n1,22,3333\n", [1, 2, 4]),
+        (b"a,bb,ccc\r\n1,22,333\r\n", [1, 2, 3]),
+        (b"\na,bb,ccc\n", [1, 2, 3]),  # the line feed of a header ending in "\r\n"
+        (b'a,"b,b",ccc\n1,22,333', [1, 3, 3]),  # no line end at the end
+        (b'a,"b""b",\xc3\xa9\n', [1, 3, 2]),  # bytes, not characters
+        (b'a,"b\nb",c\n', None),  # a line break inside a cell
+        (b"a,b\x01b,c\n", None),  # a control character
+        (b"a,\xe2\x80\xa8,c\n", None),  # U+2028
+        (b"a,\xe2\x82\xac,c\n", None),  # the euro sign: not measured either (0xE2)
+        (b"a,b\x7f,c\n", None),  # DEL
+        (b"a,b,c\n\n1,2,3\n", None),  # a blank line
+        (b"a,b,c\r1,2,3\n", None),  # a carriage return alone
+        (b'a,"b\r",c\n', None),
+    ],
+)
+def test_a_blocks_widths_are_read_off_its_bytes(body: bytes, widths: list[int] | None) -> None:
+    """The widest cell of each column, in bytes, when no cell can hold a control character."""
+    reader = CsvColumns(io.BytesIO(b"h0,h1,h2\n" + body), ",", None, 1 << 20, None)
+    assert reader.read_header() is not None
+    (block,) = list(reader.blocks())
+    assert reader.fast_blocks == 1
+    assert block.widths == widths
+
+
+@pytest.mark.parametrize(
+    ("body", "widths"),
+    [
+        (b"a\tbb\tc\n1\t2\t3\n", [1, 2, 1]),
+        (b'a\t"b\tb"\tc\n', None),  # a tab inside a cell
+        (b'a\t"b\x0bb"\tc\n', None),
+    ],
+)
+def test_a_tab_separated_blocks_widths(body: bytes, widths: list[int] | None) -> None:
+    reader = CsvColumns(io.BytesIO(b"h0\th1\th2\n" + body), "\t", None, 1 << 20, None)
+    assert reader.read_header() is not None
+    (block,) = list(reader.blocks())
+    assert reader.fast_blocks == 1
+    assert block.widths == widths
