@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from remediation.changes import Change, Context, meter_of
 from remediation.core.checks import meter_of_rows
-from remediation.core.columns import Batch, Column, Indexes
+from remediation.core.columns import Batch, Column, Indexes, Mask
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
 from remediation.errors import Uncorrectable
 from remediation.limits import shown
@@ -23,19 +23,20 @@ PICKS_KEPT = 20_000  # customer texts whose pick a run keeps (a few MB at most)
 
 def fix_customer(batch: Batch, ctx: Context) -> Fix:
     meters, positions = meter_of_rows(batch, ctx.index)
-    lanes = []
+    lanes: dict[str, Mask] = {}  # by customer key: the meters that share one, at once
     rest = np.ones(len(batch), bool)
     for at, meter in enumerate(meters):
         column = batch.payload.get(meter.customer_key) if meter is not None else None
         if meter is None or column is None:
             continue
-        rows = np.flatnonzero((positions == at) & column.is_text())
-        if len(rows):
-            rest[rows] = False
-            lanes.append((meter.customer_key, rows))
+        rows = (positions == at) & column.is_text()
+        lane = lanes.setdefault(meter.customer_key, np.zeros(len(batch), bool))
+        lane |= rows
+        rest &= ~rows
     fix = one_by_one(batch, ctx, fix_customer_row, np.flatnonzero(rest))
-    for key, rows in lanes:
-        _by_distinct(fix, key, rows, ctx)
+    for key, lane in lanes.items():
+        if lane.any():
+            _by_distinct(fix, key, np.flatnonzero(lane), ctx)
     return fix
 
 
