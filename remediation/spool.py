@@ -3,8 +3,8 @@
 A run's outputs (the corrected and quarantine files, the audit file) are written as their
 bytes are made, a block at a time. Written where they are made, the system calls, the SHA-256
 and the line count held the thread that decides the rows; here they run on one thread for
-the process (`write`, `os.write` and the hash let go of the GIL), in the order given, while
-that thread decides the next batch. What is handed over and not yet written is bounded
+the process (the writes and the hash let go of the GIL), in the order given, while that
+thread decides the next batch. What is handed over and not yet written is bounded
 (`PENDING_BYTES`): a slow disk makes the writers wait, never the memory grow.
 """
 
@@ -21,7 +21,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 # Bytes handed to the spool's thread and not yet written, past which a writer waits (a few
-# batches' outputs: a CSV batch of 1 MB makes ~1 MB of rows and ~2 MB of audit lines).
+# batches' outputs: a CSV block of 1.25 MB makes ~1.3 MB of rows and ~2.5 MB of audit lines;
+# 4 MB instead changed neither the time nor the peak RSS of 1M-row runs).
 PENDING_BYTES = 16 << 20
 # Lines counted in slices of this many bytes (a bounded temporary mask).
 _COUNT_SLICE = 1 << 20

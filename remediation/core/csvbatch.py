@@ -55,16 +55,13 @@ def _core(
         return Column.absent(rows)
     text = as_string(cells[index])
     empty = pc.equal(text, "")
-    return _plain(
-        Column(
-            pc.if_else(empty, pa.scalar(None, pa.string()), text) if pc.any(empty).as_py() else text
-        ),
-        index,
-        widths,
-    )
+    if pc.any(empty).as_py():
+        text = pc.if_else(empty, pa.scalar(None, pa.string()), text)
+    return _plain(Column(text), index, widths)
 
 
 def _plain(column: Column, index: int, widths: Sequence[int] | None) -> Column:
+    """`column` (cell column `index`), knowing its widest cell when the block was measured."""
     column.plain_within = None if widths is None else widths[index]
     return column
 
