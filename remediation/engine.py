@@ -49,7 +49,12 @@ from remediation.validation import MeterIndex
 
 BATCH_ROWS = 32768
 RECORD_BATCH_ROWS = 4096  # records (a JSON array) are Python objects: fewer at a time
-JSONL_BATCH_ROWS = 7168  # JSON Lines lines, held as text until matched (`core.jsonlread`)
+# JSON Lines lines a batch, held as text until matched (`core.jsonlread`). 8,192 against 7,168
+# (alternating runs, once the files were written on their own thread, `spool`): 1M `varied`
+# rows 6.14 -> 5.85 s, `basic` 5.25 -> 4.53 s, 7 optional keys 10.15 -> 9.68 s; peak RSS +1 to
+# +3 MB (136, 128, 134 MB; 4M rows: `varied` 133 -> 139 MB, optional keys 134 -> 138 MB).
+# 9,216: 141 MB; 10,240: 143 MB; 14,336: 159 MB (1M `varied`).
+JSONL_BATCH_ROWS = 8192
 # CSV read at once, 1.25 MB (~9,900 rows): a batch is at most one block. Each batch costs a
 # fixed ~12 ms of Python between Arrow's kernels; against 1 MB blocks, 1M `varied` rows (once
 # the files were written on their own thread, `spool`) took 3.30 instead of 3.79 s (medians of

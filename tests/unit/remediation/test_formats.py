@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remediation import jsonreaders
+from remediation import engine, jsonreaders
 from remediation.core.csvread import CsvColumns
 from remediation.core.jsonlread import jsonl_batches
 from remediation.errors import UnreadableFile
@@ -135,7 +135,7 @@ def _jsonl_records(stream: BinaryIO) -> object:
 
 
 def _jsonl_batches(stream: BinaryIO) -> object:
-    return list(jsonl_batches(JsonlRecords(stream, 32), 7168))
+    return list(jsonl_batches(JsonlRecords(stream, 32), engine.JSONL_BATCH_ROWS))
 
 
 def _json_array(stream: BinaryIO) -> object:

@@ -294,7 +294,7 @@ def test_a_json_array_is_written_as_the_json_lines_rows_with_separators(
 ) -> None:
     """Corrected and quarantined rows of a JSON array, built as JSON Lines lines, are written
     with "[", ",\\n" and "]" between them: each part is a JSON array of the very lines the
-    same rows get as JSON Lines (batches of 7,168 rows; parts of `max_rows`)."""
+    same rows get as JSON Lines (batches of 8,192 rows; parts of `max_rows`)."""
     rows = [_row(i) for i in range(20_000)]
     for i in range(0, 20_000, 7):
         rows[i]["event_name"] = "zzz"  # no meter: quarantined
