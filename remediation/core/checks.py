@@ -80,14 +80,14 @@ def has_control(column: Column) -> Mask:
 def _control(column: Column) -> Mask:
     """A byte scan finds the few rows that may hold one, the regex decides on those alone."""
     found = np.zeros(len(column), bool)
-    suspects = rows_holding(column.text.cast(pa.large_string()), _CONTROL_BYTES)
+    suspects = rows_holding(column.text.cast(pa.large_string()), CONTROL_BYTES)
     if len(suspects):
         picked = column.text.take(pa.array(suspects))
         found[suspects] = mask(pc.match_substring_regex(picked, CONTROL_CLASS))
     return found
 
 
-_CONTROL_BYTES = bytes(range(32)) + b"\x7f\xe2"  # U+2028/U+2029 start with 0xE2 in UTF-8
+CONTROL_BYTES = bytes(range(32)) + b"\x7f\xe2"  # U+2028/U+2029 start with 0xE2 in UTF-8
 
 
 def longer(column: Column, most: int) -> Mask:

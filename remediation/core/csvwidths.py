@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from remediation.core.checks import CONTROL_BYTES
+
 _LF, _CR = ord("\n"), ord("\r")
-# Bytes of control characters at or past 0x7f (`checks.CONTROL_CLASS`: DEL, and U+2028/U+2029,
-# whose UTF-8 starts with 0xE2); the C0 ones are counted.
-_HIGH_CONTROL = (b"\x7f", b"\xe2")
+# The bytes that may start a control character past C0 (DEL, 0xE2 of U+2028/U+2029): a block
+# holding one is not measured; the C0 ones are counted.
+_HIGH_CONTROL = tuple(bytes([byte]) for byte in CONTROL_BYTES if byte >= 0x20)
 
 
 def plain_widths(block: bytes, delimiter: int, table: Any) -> list[int] | None:
