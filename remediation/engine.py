@@ -55,12 +55,14 @@ RECORD_BATCH_ROWS = 4096  # records (a JSON array) are Python objects: fewer at 
 # +3 MB (136, 128, 134 MB; 4M rows: `varied` 133 -> 139 MB, optional keys 134 -> 138 MB).
 # 9,216: 141 MB; 10,240: 143 MB; 14,336: 159 MB (1M `varied`).
 JSONL_BATCH_ROWS = 8192
-# CSV read at once, 1.25 MB (~9,900 rows): a batch is at most one block. Each batch costs a
-# fixed ~12 ms of Python between Arrow's kernels; against 1 MB blocks, 1M `varied` rows (once
-# the files were written on their own thread, `spool`) took 3.30 instead of 3.79 s (medians of
-# 4 alternating runs), peak RSS 126 instead of 120 MB (4M rows: 127 MB; the CSV of 27 columns
-# 128 MB, 4M rows 133 MB). 1.5 MB: no faster (3.34 s), 132-137 MB; 2 MB: 147 MB.
-BLOCK_BYTES = 5 << 18
+# CSV read at once, 1.875 MB (~14,800 rows): a batch is at most one block. Each batch costs a
+# fixed ~10 ms of Python between Arrow's kernels (`bench/batches.py`: 28 % of a 1M-row run in
+# 1.25 MB blocks), and each MB of block about 20 MB of peak RSS. Once a block's bytes and table
+# were let go before it is used and the audit lines were no longer held three times over,
+# alternating runs (1M `varied` rows, medians of 5): 1.25 MB 3.47 s, 123-125 MB; 1.5625 MB
+# 2.89 s, 129-131 MB; 1.875 MB 2.57 s, 134-140 MB (the CSV of 27 columns and 4M rows: ~140
+# MB); 2.5 MB 150 MB, too near the target.
+BLOCK_BYTES = 15 << 17
 
 
 @dataclass(slots=True)

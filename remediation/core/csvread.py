@@ -83,10 +83,17 @@ class _ByteSource:
         return self.pending
 
     def take(self, size: int) -> bytes:
-        taken, self.pending = self.pending[:size], self.pending[size:]
-        self.behind = (self.behind + taken[-_KEEP_BEHIND:])[-_KEEP_BEHIND:]
-        self.start += len(taken)
+        taken = self.pending[:size]
+        self.skip(size)
         return taken
+
+    def skip(self, size: int) -> None:
+        """`take` without a copy of what is taken (a block's bytes, parsed already)."""
+        size = min(size, len(self.pending))
+        tail = self.pending[max(0, size - _KEEP_BEHIND) : size]
+        self.behind = (self.behind + tail)[-_KEEP_BEHIND:]
+        self.pending = self.pending[size:]
+        self.start += size
 
     def read(self, size: int) -> bytes:
         """Exactly `size` bytes unless the stream ends, as BytesIO.read1 gives io.TextIOWrapper."""
@@ -242,7 +249,10 @@ class CsvColumns:
                 found = self._exact_block(rows)
             else:
                 return self._exact_rows()  # a record running past the block, or an error
-            self._source.take(size)
+            # the block's bytes and its table are let go before it is used (held through the
+            # yield, they were a block's worth more at the run's peak)
+            del parsed, parsing, block, upcoming
+            self._source.skip(size)
             upcoming = self._next_block(delimiter)
             if found is not None:
                 yield found
@@ -291,7 +301,8 @@ class CsvColumns:
         table, widths = parsed
         if table.num_rows == 0:
             return None
-        cells = [column.combine_chunks() for column in table.columns]
+        # one chunk a column (the block is parsed whole): used as it is, not copied
+        cells = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in table.columns]
         block = CsvBlock(self._next_row, cells, {}, widths)
         self._next_row += table.num_rows
         return block

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from remediation import engine
+from remediation.core import audit as audit_module
 from remediation.engine import remediate
 from remediation.repair import plan_input, read_repaired
 from tests.unit.remediation.test_csv_columns import HEADER, METERS, NOW, RULES, varied_rows
@@ -108,3 +111,21 @@ def test_a_lone_surrogate_quarantines_its_row_and_the_run_goes_on(
     assert '"ok-mfx1"' in corrected and "1763999999," in corrected
     quarantine = next(v for k, v in files.items() if ".quarantine." in k).decode("utf-8")
     assert "a\\\\ud800" in quarantine and "lone UTF-16 surrogate" in quarantine
+
+
+def test_audit_lines_ordered_in_slices_are_the_lines_ordered_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's audit lines are put in row order a slice at a time (`AUDIT_SLICE_LINES`):
+    slices of 7 lines write every output, the audit above all, as one slice does."""
+    path = write_csv(tmp_path / "in.csv", varied_rows(3000, 17))
+    whole = run_file(path, tmp_path / "whole")
+    audit = next(name for name in whole[1] if name.endswith(".audit.jsonl"))
+    entries = [json.loads(line) for line in whole[1][audit].splitlines()][:-1]  # no summary
+    rows = [entry["row"] for entry in entries]
+    assert len(rows) > 2 * 7 and rows == sorted(rows)  # many slices' worth, in row order
+    kinds = [(entry["kind"], entry.get("rule")) for entry in entries]
+    switches = sum(a != b for a, b in itertools.pairwise(kinds))
+    assert switches > 10 * len(set(kinds))  # several changes' lines, interleaved by row
+    monkeypatch.setattr(audit_module, "AUDIT_SLICE_LINES", 7)
+    assert run_file(path, tmp_path / "sliced") == whole
