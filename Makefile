@@ -58,6 +58,7 @@ bench: install
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q --compile-bytecode -e '.[dev,bench]'
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/remediate.py
+	$(BIN)/python bench/batches.py
 	$(BIN)/python bench/poller.py
 	$(BIN)/python bench/pages.py
 
