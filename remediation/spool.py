@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 # Bytes handed to the spool's thread and not yet written, past which a writer waits (a few
-# batches' outputs: a CSV block of 1.25 MB makes ~1.3 MB of rows and ~2.5 MB of audit lines;
+# batches' outputs: a CSV block of 1.875 MB makes ~2 MB of rows and ~3.8 MB of audit lines;
 # 4 MB instead changed neither the time nor the peak RSS of 1M-row runs).
 PENDING_BYTES = 16 << 20
 # Lines counted in slices of this many bytes (a bounded temporary mask).
