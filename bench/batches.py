@@ -14,8 +14,8 @@ also waits for its writer), the batches decided and peak RSS. A least-squares li
 cost per batch (the Python between Arrow's kernels, which does not grow with the rows) and the
 rest; the rest less start-up is what the rows cost. Alternating rounds, medians.
 
-What the split says: a batch size's speed is bought with memory (a batch's working set is
-about 20 times its input bytes in peak RSS), so the per-batch cost is the lever a larger batch pulls; the
+What the split says: a batch size's speed is bought with memory (each MB of a batch costs
+about 20 MB of peak RSS), so the per-batch cost is the lever a larger batch pulls; the
 per-row cost and start-up are what no batch size removes (their sum is this design's floor
 for the run, printed next to the CSV copy's 0.6x target).
 """
