@@ -380,6 +380,9 @@ def contenders(work: Path) -> dict[str, list[str]]:
             str(outputs(work, "meterfix jsonl big")),
         ],
         "meterfix --help": [meterfix, "--help"],
+        # what the libraries alone hold: their pages counted in a run's peak RSS depend on the
+        # page cache (files just installed are all in it: ~20 MB more than after a while)
+        "imports": [py, "-c", "import remediation.engine"],
     }
 
 
@@ -419,6 +422,11 @@ def report(
         print(
             f"{name:16s} {got.seconds:7.2f} s  {got.seconds / base.seconds:5.2f}x csv copy  "
             f"cpu {got.cpu:6.2f} s ({got.cpu / base.cpu:4.2f}x)  peak RSS {got.rss:6.1f} MB"
+        )
+    if "imports" in results:
+        print(
+            f"(the libraries alone peak at {results['imports'].rss:.0f} MB here: their pages "
+            "in the page cache count; compare peak RSS within one run of this bench)"
         )
     print("targets:")
     for line in targets(big, results):
