@@ -60,8 +60,8 @@ JSONL_BATCH_ROWS = 8192
 # 1.25 MB blocks), and each MB of block about 20 MB of peak RSS. Once a block's bytes and table
 # were let go before it is used and the audit lines were no longer held three times over,
 # alternating runs (1M `varied` rows, medians of 5): 1.25 MB 3.47 s, 123-125 MB; 1.5625 MB
-# 2.89 s, 129-131 MB; 1.875 MB 2.57 s, 134-140 MB (the CSV of 27 columns and 4M rows: ~140
-# MB); 2.5 MB 150 MB, too near the target.
+# 2.89 s, 129-131 MB; 1.875 MB 2.57 s, 134-140 MB (`bench/remediate.py`: 4M rows 142 MB, the
+# CSV of 27 columns 142 MB, 4M rows 146 MB); 2.5 MB 150 MB, too near the target.
 BLOCK_BYTES = 15 << 17
 
 
