@@ -8,3 +8,6 @@ import os
 # `engine._use_lean_allocators` for why the system allocator and for what it measured (and
 # `engine._CSV_POOL` for jemalloc while a CSV is read).
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+# Arrow's jemalloc (a CSV's pool) with one arena for every thread, read when it first
+# allocates; an operator's options win. See `engine._CSV_POOL`.
+os.environ.setdefault("JE_ARROW_MALLOC_CONF", "narenas:1")
