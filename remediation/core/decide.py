@@ -220,13 +220,14 @@ class _Rounds:
             return rows
         sub = self.work.take(rows)
         fix = RULES[code](sub, self.ctx)
-        for i, message in fix.failed.items():
-            self._fail(int(rows[i]), code, message)
+        failed = np.fromiter(fix.failed, np.int64, len(fix.failed))
+        if len(failed):  # a rule may refuse most of its rows: one assignment, not one a row
+            self._fail_all(rows[failed], code, list(fix.failed.values()))
         self.work = replace_rows(self.work, rows, fix.batch, sub)
         for change in fix.changes:
             self.changes.append(_moved(change, rows))
         ok = np.ones(len(rows), bool)
-        ok[list(fix.failed)] = False
+        ok[failed] = False
         return rows[ok]
 
     def _bounded(self, code: str, rows: Indexes) -> Indexes:
@@ -259,6 +260,15 @@ class _Rounds:
         self.failed[i] = True
         self.decided.mfx_code[row] = code
         self.decided.reason[row] = reason
+
+    def _fail_all(self, at: Indexes, code: str, reasons: list[str]) -> None:
+        """`_fail` for each work row `at[i]`, with `reasons[i]` (each row once)."""
+        rows = self.rows[at]
+        self.failed[at] = True
+        self.decided.mfx_code[rows] = code
+        texts: Codes = np.empty(len(reasons), dtype=object)
+        texts[:] = reasons
+        self.decided.reason[rows] = texts
 
     def _finish(self) -> None:
         decided, rows = self.decided, self.rows
