@@ -5,6 +5,8 @@ text, never per row (a file names few customers many times)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import repeat
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,13 +48,12 @@ def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
     raw = fix.batch.payload[key].text.take(pa.array(rows))
     encoded = pc.dictionary_encode(raw)
     texts = encoded.dictionary.to_pylist()
-    picks = [customer_for(text, ctx) for text in texts]
+    picks = _picks(texts, ctx)
     index = encoded.indices.to_numpy(zero_copy_only=False)
-    failed = np.asarray([p is None for p in picks], bool)[index]
+    none = np.asarray([p is None for p in picks], bool)
+    failed = none[index]
     if failed.any():
-        reasons = [
-            no_match(str(text)) if p is None else "" for text, p in zip(texts, picks, strict=True)
-        ]
+        reasons = {at: no_match(str(texts[at])) for at in np.flatnonzero(none).tolist()}
         fix.fail(rows[failed], [reasons[i] for i in index[failed].tolist()])
     ok = np.flatnonzero(~failed)
     if not len(ok):
@@ -70,6 +71,20 @@ def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
         rule = [rule[i] for i in index[ok].tolist()]
     before = Column(raw.take(pa.array(ok)))
     fix.changes.append(Changes(at, rule, f"payload.{key}", before, after))
+
+
+def _picks(texts: list[str], ctx: Context) -> list[tuple[str, str] | None]:
+    """`customer_for` of each text: the run's kept picks read in one pass (a batch names
+    thousands of customers, nearly all met before), the others decided one by one."""
+    kept = ctx.customer_picks
+    picks = list(map(kept.get, texts, repeat(_UNKNOWN)))
+    for at, pick in enumerate(picks):
+        if pick is _UNKNOWN:
+            picks[at] = customer_for(texts[at], ctx)
+    return picks
+
+
+_UNKNOWN: Any = object()
 
 
 def fix_customer_row(record: UsageRecord, ctx: Context) -> list[Change]:
