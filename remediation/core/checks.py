@@ -146,13 +146,6 @@ def code_objects(ids: CodeIds) -> Codes:
     return found
 
 
-def code_ids(codes: Codes) -> CodeIds:
-    """Codes (None, or ErrorCode values) as ids, each distinct code looked up once."""
-    values = codes.tolist()
-    found = {code: CODE_IDS[code] for code in set(values)}
-    return np.fromiter(map(found.__getitem__, values), np.int16, len(values))
-
-
 def problem_ids(batch: Batch, index: MeterIndex, now: int) -> CodeIds:
     """`problem_codes` as code ids (0: valid)."""
     codes: CodeIds = np.zeros(len(batch), np.int16)

@@ -20,13 +20,14 @@ import pyarrow.compute as pc
 from remediation.changes import Context
 from remediation.codes import KNOWN_CODES, ErrorCode, code_from_message
 from remediation.core.checks import (
+    CODE_IDS,
     CODES,
+    CodeIds,
     Codes,
-    code_ids,
+    code_objects,
     field_suspects,
     first_field_problems,
     mask,
-    problem_codes,
     problem_ids,
 )
 from remediation.core.columns import Batch, Indexes, Mask, concat_columns, interleaved
@@ -36,6 +37,8 @@ from remediation.identifiers import Lineage
 
 MAX_ROUNDS = 4
 CODE_BITS = {code: 1 << at for at, code in enumerate(RULES)}
+OTHER_ID = len(CODES)  # a reported code we do not know: no rule, not valid
+_RULED: Mask = np.asarray([code in RULES for code in CODES] + [False], bool)
 VALID_KEPT, VALID, CORRECTED, QUARANTINED = 0, 1, 2, 3
 
 
@@ -74,16 +77,18 @@ class Decided:
         return flags
 
 
-def reported_codes(batch: Batch) -> Codes:
-    """The code each row arrived with: explicit, else from a known message text, else None.
-    (A file holds few distinct codes: each is made a Python string once, not once a row.)"""
+def _reported(batch: Batch) -> tuple[Codes, CodeIds]:
+    """The code each row arrived with (explicit, else from a known message text, else None),
+    and the same as ids (`checks.CODES`; `OTHER_ID` for a code we do not know). A file holds
+    few distinct codes: each is made a Python string and looked up once, not once a row."""
     encoded = pc.dictionary_encode(batch.error_code)
-    distinct = encoded.dictionary.to_pylist()
-    at = encoded.indices.fill_null(len(distinct)).to_numpy(zero_copy_only=False)
-    codes: Codes = np.asarray([*distinct, None], dtype=object)[at]
+    distinct = [*encoded.dictionary.to_pylist(), None]
+    at = encoded.indices.fill_null(len(distinct) - 1).to_numpy(zero_copy_only=False)
+    codes: Codes = np.asarray(distinct, dtype=object)[at]
+    ids: CodeIds = np.asarray([CODE_IDS.get(c, OTHER_ID) for c in distinct], np.int16)[at]
     missing = pc.is_null(batch.error_code)
     if not pc.any(pc.and_(missing, pc.is_valid(batch.error_message))).as_py():
-        return codes
+        return codes, ids
     encoded = pc.dictionary_encode(batch.error_message)
     known = [code_from_message(m) for m in encoded.dictionary.to_pylist()]
     index = encoded.indices.to_numpy(zero_copy_only=False)
@@ -92,7 +97,8 @@ def reported_codes(batch: Batch) -> Codes:
         if position == position:  # not NaN: the row has a message
             found = known[int(position)]
             codes[i] = found.value if found else None
-    return codes
+            ids[i] = CODE_IDS[found]
+    return codes, ids
 
 
 class BatchDecider:
@@ -105,22 +111,21 @@ class BatchDecider:
         n = len(batch)
         # Once: the rows taken later carry it; rows it does not suspect are within the limits.
         suspects = field_suspects(batch, self.ctx.index.limits)
-        arrived, to_fix, ruled = self._classify(batch)
+        arrived, valid, to_fix, ruled = self._classify(batch)
         fate = np.full(n, QUARANTINED, np.int8)
         mfx: Codes = np.full(n, None, dtype=object)
         reason: Codes = np.full(n, None, dtype=object)
-        valid = np.asarray(arrived == None, bool)  # noqa: E711 - elementwise
         told = mask(pc.is_valid(batch.error_code)) | mask(pc.is_valid(batch.error_message))
         fate[valid] = VALID if self.rejected else VALID_KEPT
         fate[valid & told] = VALID
-        self._repeats(batch, arrived, valid, mfx, reason)
-        unknown = ~valid & np.asarray(to_fix == None, bool) & np.asarray(reason == None, bool)  # noqa: E711
+        stopped = self._repeats(batch, arrived, valid, mfx, reason)
+        unknown = ~valid & (to_fix == 0) & ~stopped
         for i in np.flatnonzero(unknown).tolist():
             mfx[i] = ErrorCode.UNCLASSIFIED
             reason[i] = (
                 f"unknown code {arrived[i]!r} and the row passes our validation (unclassified)"
             )
-        work = np.flatnonzero(~valid & np.asarray(reason == None, bool))  # noqa: E711
+        work = np.flatnonzero(~valid & ~stopped & ~unknown)
         decided = Decided(
             batch, batch.take(np.zeros(0, np.int64)), work[:0], fate, arrived, mfx, reason
         )
@@ -130,37 +135,44 @@ class BatchDecider:
             _Rounds(self.ctx, batch, work, to_fix[work], decided, checked).run()
         return decided
 
-    def _classify(self, batch: Batch) -> tuple[Codes, Codes, Mask]:
-        """(code each row arrived with or was classified with, code to correct, rows whose
-        reported code has a rule: those were not validated)."""
-        reported = reported_codes(batch)
-        ruled = _in(reported, RULES)
-        arrived, to_fix = reported.copy(), reported.copy()
+    def _classify(self, batch: Batch) -> tuple[Codes, Mask, CodeIds, Mask]:
+        """(code each row arrived with or was classified with, rows with none of either: valid,
+        code to correct as ids, rows whose reported code has a rule: those were not
+        validated)."""
+        arrived, reported = _reported(batch)
+        ruled = _RULED[reported]
+        valid = reported == 0
+        to_fix = reported.copy()
         check = np.flatnonzero(~ruled)
         if len(check):
-            problems = problem_codes(batch.take(check), self.ctx.index, self.ctx.now)
-            told = reported[check]
-            arrived[check] = np.where(told == None, problems, told)  # noqa: E711
+            problems = problem_ids(batch.take(check), self.ctx.index, self.ctx.now)
             to_fix[check] = problems
-        return arrived, to_fix, ruled
+            untold = check[reported[check] == 0]
+            arrived[untold] = code_objects(to_fix[untold])
+            valid[untold] = to_fix[untold] == 0
+        return arrived, valid, to_fix, ruled
 
     def _repeats(
         self, batch: Batch, arrived: Codes, valid: Mask, mfx: Codes, reason: Codes
-    ) -> None:
-        """A row we corrected (per lineage) that fails again with the same code stays out."""
+    ) -> Mask:
+        """A row we corrected (per lineage) that fails again with the same code stays out
+        (the rows stopped so)."""
+        stopped: Mask = np.zeros(len(batch), bool)
         ancestors = self.lineage.ancestors
         if not ancestors:
-            return
+            return stopped
         ours = mask(pc.is_in(batch.identifier.text, pa.array(list(ancestors), pa.string())))
         identifiers = batch.identifier.text
         for i in np.flatnonzero(ours & ~valid).tolist():
             ancestor = ancestors[identifiers[i].as_py()]
             if ancestor.code == arrived[i]:
+                stopped[i] = True
                 mfx[i] = arrived[i]
                 reason[i] = (
                     f"failed again with {arrived[i]} after correction in generation "
                     f"{ancestor.generation}"
                 )
+        return stopped
 
 
 class _Rounds:
@@ -171,7 +183,7 @@ class _Rounds:
         ctx: Context,
         batch: Batch,
         work: Indexes,
-        codes: Codes,
+        codes: CodeIds,
         decided: Decided,
         validated: Mask,
     ) -> None:
@@ -180,7 +192,7 @@ class _Rounds:
         # their code says they are not
         self.validated = validated.copy()
         self.work = batch if len(work) == len(batch) else batch.take(work)
-        self.current = code_ids(codes)  # code ids (`checks.CODES`) each row fails with
+        self.current = codes  # code ids (`checks.CODES`) each row fails with
         self.seen = np.zeros(len(work), np.int64)  # bit `CODE_BITS[code]`: tried for `code`
         self.changes: list[Changes] = []
         self.failed = np.zeros(len(work), bool)
