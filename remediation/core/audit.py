@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any, TextIO
 
 import numpy as np
@@ -15,8 +16,16 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from remediation.core.checks import CODES
 from remediation.core.columns import Batch, Column, Indexes, Kind, as_string
-from remediation.core.decide import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
+from remediation.core.decide import (
+    CORRECTED,
+    OTHER_ID,
+    QUARANTINED,
+    VALID,
+    VALID_KEPT,
+    Decided,
+)
 from remediation.core.jsonrows import plain, quarantine_notes, row_texts, value_parts
 from remediation.core.text import join, json_parts, json_strings, json_text, take_parts
 from remediation.identifiers import Identifiers
@@ -59,7 +68,7 @@ class AuditLines:
                     ', "new_identifier": ',
                     *take_parts(new_json, pa.array(by_row[change.at])),
                     ', "code": ',
-                    _json_codes(decided.arrived[change.at]),
+                    _json_arrived(decided, change.at),
                     ', "rule": ',
                     _json_of(change.rule),
                     ', "field": ',
@@ -77,7 +86,7 @@ class AuditLines:
             parts = [
                 *self._start(decided, quarantined, at, self.quarantine_head, identifiers),
                 ', "code": ',
-                _json_codes(decided.arrived[quarantined]),
+                _json_arrived(decided, quarantined),
                 ', "mfx_code": ',
                 _json_codes(decided.mfx_code[quarantined]),
                 ', "reason": ',
@@ -270,12 +279,19 @@ def count(decided: Decided, tally: Tally) -> None:
         rows = np.flatnonzero(fate == value)
         if not len(rows):
             continue
-        arrived = decided.arrived[rows]
-        counts = Counter(arrived.tolist())  # a StrEnum member and its text are one key
-        odd = Counter(arrived[unclassified[rows]].tolist())
-        for code, found in counts.items():
-            if code is not None:
-                tally.count(kind, str(code), found, 0, odd[code])
+        ids = decided.arrived_ids[rows]
+        counts = np.bincount(ids, minlength=OTHER_ID + 1)
+        odd = np.bincount(ids[unclassified[rows]], minlength=OTHER_ID + 1)
+        for at in np.flatnonzero(counts[1:OTHER_ID]).tolist():
+            code = CODES[at + 1]
+            tally.count(kind, str(code), int(counts[at + 1]), 0, int(odd[at + 1]))
+        if counts[OTHER_ID]:  # codes we do not know, counted by their texts
+            other = ids == OTHER_ID
+            arrived = decided.arrived[rows]
+            by_text = Counter(arrived[other].tolist())
+            odd_text = Counter(arrived[other & unclassified[rows]].tolist())
+            for code, found in by_text.items():
+                tally.count(kind, str(code), found, 0, odd_text[code])
     tally.count("valid", None, 0, int(decided.corrections.sum()), 0)
 
 
@@ -311,6 +327,27 @@ def _json_of(value: str | Sequence[str]) -> pa.Array | str:
     if isinstance(value, str):
         return json_text(value)
     return _json_codes(np.asarray(value, dtype=object))
+
+
+def _json_arrived(decided: Decided, rows: Indexes) -> pa.Array | str:
+    """`_json_codes` of the codes rows arrived with, from their ids (no Python object a row),
+    unless one is a code we do not know (or none)."""
+    ids = decided.arrived_ids[rows]
+    if not len(ids) or not _KNOWN_IDS[ids].all():
+        return _json_codes(decided.arrived[rows])
+    if (ids == ids[0]).all():
+        return _code_json()[ids[0]]
+    texts = pa.array(_code_json(), pa.large_string())
+    return texts.take(pa.array(ids.astype(np.int64)))
+
+
+_KNOWN_IDS = np.asarray([0 < at < OTHER_ID for at in range(OTHER_ID + 1)], bool)
+
+
+@cache
+def _code_json() -> list[str]:
+    """Each code id's JSON text (`json_text` of its code; id 0, no code, is not written)."""
+    return ["null", *(json_text(str(code)) for code in CODES[1:])]
 
 
 def _json_codes(codes: Any) -> pa.Array | str:

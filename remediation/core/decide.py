@@ -9,7 +9,6 @@ validates what it returned; a code met twice by a row, or a fifth round, stops t
 
 from __future__ import annotations
 
-from collections.abc import Container
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +38,7 @@ MAX_ROUNDS = 4
 CODE_BITS = {code: 1 << at for at, code in enumerate(RULES)}
 OTHER_ID = len(CODES)  # a reported code we do not know: no rule, not valid
 _RULED: Mask = np.asarray([code in RULES for code in CODES] + [False], bool)
+_KNOWN: Mask = np.asarray([code in KNOWN_CODES for code in CODES] + [False], bool)
 VALID_KEPT, VALID, CORRECTED, QUARANTINED = 0, 1, 2, 3
 
 
@@ -55,6 +55,8 @@ class Decided:
     reason: Codes
     changes: list[Changes] = field(default_factory=list)  # `at` indexes into `batch`
     corrections: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    # `arrived` as code ids (`checks.CODES`; `OTHER_ID` where it is a code we do not know)
+    arrived_ids: CodeIds = field(default_factory=lambda: np.zeros(0, np.int16))
 
     def written(self) -> tuple[Indexes, Batch]:
         """The rows that go to the corrected output (valid and corrected: their places in
@@ -68,11 +70,11 @@ class Decided:
         return written, interleaved(self.batch, valid, self.fixed, self.corrected)
 
     def unclassified(self) -> Mask:
-        """Quarantined rows that arrived with a code we do not know, or that we could not
-        classify."""
+        """Quarantined rows that arrived with a code we do not know (or none), or that we could
+        not classify."""
         flags: Mask = np.zeros(len(self.fate), bool)
         rows = np.flatnonzero(self.fate == QUARANTINED)
-        flags[rows] = ~_in(self.arrived[rows], KNOWN_CODES)
+        flags[rows] = ~_KNOWN[self.arrived_ids[rows]]
         flags[rows] |= np.asarray(self.mfx_code[rows] == ErrorCode.UNCLASSIFIED, bool)
         return flags
 
@@ -111,7 +113,7 @@ class BatchDecider:
         n = len(batch)
         # Once: the rows taken later carry it; rows it does not suspect are within the limits.
         suspects = field_suspects(batch, self.ctx.index.limits)
-        arrived, valid, to_fix, ruled = self._classify(batch)
+        arrived, arrived_ids, valid, to_fix, ruled = self._classify(batch)
         fate = np.full(n, QUARANTINED, np.int8)
         mfx: Codes = np.full(n, None, dtype=object)
         reason: Codes = np.full(n, None, dtype=object)
@@ -130,27 +132,26 @@ class BatchDecider:
             batch, batch.take(np.zeros(0, np.int64)), work[:0], fate, arrived, mfx, reason
         )
         decided.corrections = np.zeros(n, np.int64)
+        decided.arrived_ids = arrived_ids
         if len(work):
             checked = ~ruled[work] | ~suspects[work]
             _Rounds(self.ctx, batch, work, to_fix[work], decided, checked).run()
         return decided
 
-    def _classify(self, batch: Batch) -> tuple[Codes, Mask, CodeIds, Mask]:
-        """(code each row arrived with or was classified with, rows with none of either: valid,
-        code to correct as ids, rows whose reported code has a rule: those were not
-        validated)."""
+    def _classify(self, batch: Batch) -> tuple[Codes, CodeIds, Mask, CodeIds, Mask]:
+        """(code each row arrived with or was classified with, the same as ids, rows with none
+        of either: valid, code to correct as ids, rows whose reported code has a rule: those
+        were not validated)."""
         arrived, reported = _reported(batch)
         ruled = _RULED[reported]
-        valid = reported == 0
-        to_fix = reported.copy()
+        arrived_ids, to_fix = reported.copy(), reported.copy()
         check = np.flatnonzero(~ruled)
         if len(check):
-            problems = problem_ids(batch.take(check), self.ctx.index, self.ctx.now)
-            to_fix[check] = problems
+            to_fix[check] = problem_ids(batch.take(check), self.ctx.index, self.ctx.now)
             untold = check[reported[check] == 0]
+            arrived_ids[untold] = to_fix[untold]
             arrived[untold] = code_objects(to_fix[untold])
-            valid[untold] = to_fix[untold] == 0
-        return arrived, valid, to_fix, ruled
+        return arrived, arrived_ids, arrived_ids == 0, to_fix, ruled
 
     def _repeats(
         self, batch: Batch, arrived: Codes, valid: Mask, mfx: Codes, reason: Codes
@@ -303,13 +304,6 @@ class _Rounds:
         keep = np.zeros(len(rows), bool)
         keep[good] = True
         decided.changes = [_only(c, keep, rows) for c in kept]
-
-
-def _in(codes: Codes, known: Container[object]) -> Mask:
-    """Rows whose code is in `known`, each distinct code looked up once."""
-    values = codes.tolist()
-    found = {code: code in known for code in set(values)}
-    return np.fromiter(map(found.__getitem__, values), bool, len(values))
 
 
 def _merged(changes: list[Changes]) -> list[Changes]:
