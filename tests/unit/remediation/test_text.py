@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from remediation.core.text import (
@@ -23,6 +23,7 @@ from remediation.core.text import (
     json_inner,
     json_parts,
     json_strings,
+    rows_holding,
     take_parts,
 )
 
@@ -292,6 +293,25 @@ def test_byte_counts_count_as_str_count(
     array = pa.array(values, kind).slice(min(skip, len(values)))
     expected = [0 if v is None else v.count('"') for v in values[min(skip, len(values)) :]]
     assert byte_counts(array, ord('"')).tolist() == expected
+
+
+@given(
+    st.lists(MAYBE_TEXT, max_size=30),
+    st.integers(0, 3),
+    st.sampled_from([b'"\r\n,', b'"\r\n;', bytes(range(0x20)) + b'"\\', b"\x7f", b"%&'"]),
+)
+@example(['"ab', "cd", None], 0, b'"\r\n,')  # the only hit the data's first byte
+@example(["ab", "c\x1f"], 1, bytes(range(0x20)) + b'"\\')  # a range's, past the slice start
+def test_rows_holding_are_the_rows_whose_text_holds_a_byte(
+    values: list[str | None], skip: int, wanted: bytes
+) -> None:
+    """The valid rows holding any of the bytes, on a sliced array too, whether the quick test
+    for none at all (a search per byte, a minimum for a range from NUL) passes or not."""
+    array = pa.array(values, pa.large_string()).slice(min(skip, len(values)))
+    kept = values[min(skip, len(values)) :]
+    chars = set(wanted.decode())
+    expected = [i for i, v in enumerate(kept) if v is not None and chars & set(v)]
+    assert rows_holding(array, wanted).tolist() == expected
 
 
 @given(st.lists(st.none() | st.text(max_size=8), max_size=20), st.integers(0, 19))
