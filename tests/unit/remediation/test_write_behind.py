@@ -254,18 +254,26 @@ def test_arrow_allocates_from_the_system_allocator_unless_the_operator_names_one
     too (a pool set from Python after the load left some of its allocations on mimalloc); an
     operator's `ARROW_DEFAULT_MEMORY_POOL` is kept. A fresh interpreter: this one loaded
     pyarrow long ago."""
-    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-    if named is not None:
-        env["ARROW_DEFAULT_MEMORY_POOL"] = named
-    done = subprocess.run(
-        [sys.executable, "-c", ALLOCATOR_PROBE],
+    done = _fresh_interpreter(ALLOCATOR_PROBE, "ARROW_DEFAULT_MEMORY_POOL", named)
+    assert done.stdout.split() == [expected, "True"]
+
+
+def _fresh_interpreter(
+    script: str, variable: str, value: str | None
+) -> subprocess.CompletedProcess[str]:
+    """`script` run by a fresh interpreter (this one loaded pyarrow long ago), with the
+    environment `variable` set to `value`, or unset when None."""
+    env = {k: v for k, v in os.environ.items() if k != variable}
+    if value is not None:
+        env[variable] = value
+    return subprocess.run(
+        [sys.executable, "-c", script],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    assert done.stdout.split() == [expected, "True"]
 
 
 JEMALLOC_PROBE = """
@@ -288,18 +296,8 @@ def test_arrows_jemalloc_has_one_arena_unless_the_operator_names_its_options(
     """The package names jemalloc's options before Arrow's jemalloc first allocates: one arena
     for every thread (jemalloc's default, 4 a core, gave the reading, deciding and writing
     threads arenas of their own, each keeping the pages it freed: a 27-column CSV's peak RSS
-    159-162 -> 146-150 MB); an operator's `JE_ARROW_MALLOC_CONF` is kept."""
-    env = {k: v for k, v in os.environ.items() if k != "JE_ARROW_MALLOC_CONF"}
-    if named is not None:
-        env["JE_ARROW_MALLOC_CONF"] = named
-    done = subprocess.run(
-        [sys.executable, "-c", JEMALLOC_PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    159-168 -> 146-151 MB); an operator's `JE_ARROW_MALLOC_CONF` is kept."""
+    done = _fresh_interpreter(JEMALLOC_PROBE, "JE_ARROW_MALLOC_CONF", named)
     options = [line.split() for line in done.stderr.splitlines() if "opt.narenas:" in line]
     assert options == [["opt.narenas:", arenas]]
 
