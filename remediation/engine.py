@@ -318,9 +318,10 @@ def _jemalloc_or(before: pa.MemoryPool) -> pa.MemoryPool:
 # arena for every thread (`JE_ARROW_MALLOC_CONF`, named in `remediation/__init__.py`): with
 # its default, 4 a core, the reading, deciding and writing threads each kept the pages they
 # freed in an arena of their own (jemalloc resident 52-64 MB for 4-19 MB in use, one arena
-# 35 MB). Peak RSS, 5 alternating rounds with the libraries' pages all in the page cache
-# (2026-12-02): the 27-column CSV 159-168 -> 146-151 MB (over the target before), `varied`
-# 148-152 -> 144-150 MB, `basic` 143-150 -> 143-146 MB, the times the same.
+# 35 MB). Peak RSS, 5 alternating rounds right after `make install` (the README's "Peak RSS
+# right after make install"; 2026-12-02): the 27-column CSV 159-168 -> 146-151 MB (over the
+# target before), `varied` 148-152 -> 144-150 MB, `basic` 143-150 -> 143-146 MB, the times
+# the same.
 _CSV_POOL = _Held(pa.default_memory_pool, pa.set_memory_pool, _jemalloc_or)
 
 
