@@ -335,19 +335,21 @@ def _json_arrived(decided: Decided, rows: Indexes) -> pa.Array | str:
     ids = decided.arrived_ids[rows]
     if not len(ids) or not _KNOWN_IDS[ids].all():
         return _json_codes(decided.arrived[rows])
+    texts, table = _code_json()
     if (ids == ids[0]).all():
-        return _code_json()[ids[0]]
-    texts = pa.array(_code_json(), pa.large_string())
-    return texts.take(pa.array(ids.astype(np.int64)))
+        return texts[ids[0]]
+    return table.take(pa.array(ids.astype(np.int64)))
 
 
 _KNOWN_IDS = np.asarray([0 < at < OTHER_ID for at in range(OTHER_ID + 1)], bool)
 
 
 @cache
-def _code_json() -> list[str]:
-    """Each code id's JSON text (`json_text` of its code; id 0, no code, is not written)."""
-    return ["null", *(json_text(str(code)) for code in CODES[1:])]
+def _code_json() -> tuple[list[str], pa.Array]:
+    """Each code id's JSON text (`json_text` of its code; id 0, no code, is not written), as
+    a list and as an array to take from (made once, not per change)."""
+    texts = ["null", *(json_text(str(code)) for code in CODES[1:])]
+    return texts, pa.array(texts, pa.large_string())
 
 
 def _json_codes(codes: Any) -> pa.Array | str:
