@@ -22,6 +22,7 @@ from remediation.core.csvout import CsvOut
 from remediation.core.csvread import CsvColumns
 from remediation.core.decide import Decided
 from remediation.engine import WriteBehind
+from remediation.errors import UnreadableFile
 from remediation.outcomes import QuarantinedRow, Tally, corrections_of
 from tests.unit.remediation.test_batches import run_file, write_csv
 from tests.unit.remediation.test_csv_columns import varied_rows
@@ -158,18 +159,48 @@ def test_a_failure_in_the_writer_aborts_every_output(
 
 
 @pytest.mark.parametrize("audited", [True, False])
+def test_a_csv_unreadable_past_its_first_blocks_fails_the_run_on_the_callers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, audited: bool
+) -> None:
+    """Blocks are read and made batches ahead, on the writer's thread: a byte that is not
+    UTF-8 several blocks in still fails the run with the reader's own error (the offset in
+    the file), raised on the caller's thread after the batches before it were decided; no
+    output or temporary file is left, and the writer thread is gone."""
+    monkeypatch.setattr(engine, "BLOCK_BYTES", 4096)
+    good = write_csv(tmp_path / "in.csv", varied_rows(600, 25)).read_bytes()
+    at = good.index(b"\n", 5 * 4096) + 1
+    path = tmp_path / "bad.csv"
+    path.write_bytes(good[:at] + b"\xff" + good[at:])
+    decided: list[int] = []
+    decide = engine.BatchDecider.decide
+
+    def watched(self: Any, batch: Any) -> Any:
+        decided.append(threading.get_ident())
+        return decide(self, batch)
+
+    monkeypatch.setattr(engine.BatchDecider, "decide", watched)
+    out = tmp_path / "out"
+    with pytest.raises(UnreadableFile, match=f"undecodable byte at offset {at}$"):
+        run_file(path, out, on_audit=(lambda *records: None) if audited else None)
+    assert len(decided) >= 4 and set(decided) == {threading.get_ident()}
+    assert list(out.iterdir()) == []
+    assert not _writers()
+
+
+@pytest.mark.parametrize("audited", [True, False])
 def test_a_csv_is_written_behind_only_when_its_audit_records_are_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, audited: bool
 ) -> None:
     """A CSV written as bytes is written in place unless the caller takes its audit records
-    (the service stages them while the next batch is written); its blocks are parsed ahead on
-    the writer's thread either way. Same bytes both ways."""
+    (the service stages them while the next batch is written); its blocks are read, parsed
+    and made batches ahead on the writer's thread either way. Same bytes both ways."""
     monkeypatch.setattr(engine, "BLOCK_BYTES", 4096)
     path = write_csv(tmp_path / "in.csv", varied_rows(600, 24))
     caller = threading.get_ident()
     writes: set[int] = set()
     parses: set[int] = set()
-    write, parse = CsvOut.write, CsvColumns._parsed
+    built: set[int] = set()
+    write, parse, build = CsvOut.write, CsvColumns._parsed, engine.csv_batch
 
     def watched_write(self: CsvOut, decided: Decided, tally: Tally) -> bool:
         writes.add(threading.get_ident())
@@ -179,13 +210,19 @@ def test_a_csv_is_written_behind_only_when_its_audit_records_are_taken(
         parses.add(threading.get_ident())
         return parse(self, block, delimiter)
 
+    def watched_build(*args: Any, **kwargs: Any) -> Any:
+        built.add(threading.get_ident())
+        return build(*args, **kwargs)
+
     monkeypatch.setattr(CsvOut, "write", watched_write)
     monkeypatch.setattr(CsvColumns, "_parsed", watched_parse)
+    monkeypatch.setattr(engine, "csv_batch", watched_build)
     _, files = run_file(
         path, tmp_path / "out", on_audit=(lambda *records: None) if audited else None
     )
     assert (writes == {caller}) is not audited and len(writes) == 1
     assert parses and caller not in parses
+    assert built and caller not in built
     _, plain = run_file(path, tmp_path / "plain", on_audit=None)
     assert files == plain
     assert not _writers()
