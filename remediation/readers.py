@@ -32,7 +32,7 @@ from remediation.records import (
 )
 
 if TYPE_CHECKING:
-    from remediation.core.csvread import Ahead, CsvColumns
+    from remediation.core.csvread import CsvColumns
 
 CSV_FIELD_LIMIT = MAX_LINE_CHARS
 
@@ -220,12 +220,11 @@ class CsvRecords(Iterator[UsageRecord]):
             return None
         return Path(name).resolve()
 
-    def columns(self, block_bytes: int = 1 << 20, ahead: Ahead | None = None) -> CsvColumns:
-        """The same rows as text columns, in blocks (see `core.csvread`; `ahead`: a thread
-        to parse the next block on)."""
+    def columns(self, block_bytes: int = 1 << 20) -> CsvColumns:
+        """The same rows as text columns, in blocks (see `core.csvread`)."""
         from remediation.core.csvread import CsvColumns
 
-        return CsvColumns(self._stream, self._delimiter, self._header, block_bytes, ahead)
+        return CsvColumns(self._stream, self._delimiter, self._header, block_bytes)
 
     def identifiers(self) -> Iterator[tuple[str | None, int]]:
         """(identifier, row number) of every row, read as a column (an empty cell is none)."""

@@ -126,10 +126,8 @@ class CsvColumns:
         delimiter: str,
         header: Sequence[str] | None,
         block_bytes: int = 1 << 20,
-        ahead: Ahead | None = None,
     ) -> None:
         self._source = _ByteSource(stream)
-        self._ahead = ahead  # where pyarrow parses the next block while this one is used
         self._delimiter, self._repaired = delimiter, header
         # A block never outgrows the field limit, so no field csv.reader refuses reaches pyarrow.
         self._block_bytes = max(1, min(block_bytes, CSV_FIELD_LIMIT // GROWTH))
@@ -233,17 +231,16 @@ class CsvColumns:
 
     def _quick_blocks(self) -> Generator[CsvBlock, None, Iterator[list[str]] | None]:
         """Blocks read by pyarrow or csv.reader; returns csv.reader over the rest of the file
-        when it must read it all, else None. The next block is cut and handed to pyarrow
-        (on `ahead`'s thread, when given) before this one is yielded."""
+        when it must read it all, else None."""
         delimiter = _delimiter_byte(self._delimiter)
         if delimiter is None or not self._header:
             return self._exact_rows()
-        upcoming = self._next_block(delimiter)
-        while upcoming is not None:
-            final, size, block, parsing = upcoming
+        while self._source.fill(self._block_bytes + 1):
+            final, size = self._cut()
             if size == 0:
                 return self._exact_rows()  # no line end within reach: a huge field
-            if (parsed := parsing()) is not None:
+            block = self._source.pending[:size]
+            if (parsed := self._parsed(block, delimiter)) is not None:
                 found = self._table_block(parsed)
             elif (rows := _block_rows(block, self._delimiter, final)) is not None:
                 found = self._exact_block(rows)
@@ -251,25 +248,11 @@ class CsvColumns:
                 return self._exact_rows()  # a record running past the block, or an error
             # the block's bytes and its table are let go before it is used (held through the
             # yield, they were a block's worth more at the run's peak)
-            del parsed, parsing, block, upcoming
+            del parsed, block
             self._source.skip(size)
-            upcoming = self._next_block(delimiter)
             if found is not None:
                 yield found
         return None
-
-    def _next_block(self, delimiter: int) -> tuple[bool, int, bytes, Callable[[], Any]] | None:
-        """(final, size, bytes, its pyarrow table when called) of the block the source starts
-        with; None at the end."""
-        if not self._source.fill(self._block_bytes + 1):
-            return None
-        final, size = self._cut()
-        block = self._source.pending[:size]
-        if size == 0:
-            return final, size, block, lambda: None
-        if self._ahead is None:
-            return final, size, block, lambda: self._parsed(block, delimiter)
-        return final, size, block, self._ahead(self._parsed, block, delimiter).result
 
     def _parsed(self, block: bytes, delimiter: int) -> tuple[Any, list[int] | None] | None:
         """The block as a pyarrow table of strings, when that provably holds csv.reader's rows,

@@ -6,6 +6,7 @@ import csv
 import io
 import itertools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import pytest
 from remediation import engine
 from remediation.core import audit as audit_module
 from remediation.engine import remediate
+from remediation.readers import CsvRecords
 from remediation.repair import plan_input, read_repaired
 from tests.unit.remediation.test_csv_columns import HEADER, METERS, NOW, RULES, varied_rows
+from tests.unit.remediation.test_jsonl_read import texts
 
 
 def write_csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
@@ -129,3 +132,30 @@ def test_audit_lines_ordered_in_slices_are_the_lines_ordered_at_once(
     assert switches > 10 * len(set(kinds))  # several changes' lines, interleaved by row
     monkeypatch.setattr(audit_module, "AUDIT_SLICE_LINES", 7)
     assert run_file(path, tmp_path / "sliced") == whole
+
+
+def test_a_csv_read_ahead_on_a_thread_gives_the_batches_read_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine reads a CSV's next batch on its writer's thread (`csv_batches` with
+    `ahead`): the same batches, in the same order, as read in place, blocks parsed by pyarrow
+    and by csv.reader alike (a quoted line end sends its block to csv.reader)."""
+    monkeypatch.setattr(engine, "BLOCK_BYTES", 2048)
+    rows = varied_rows(900, 16)
+    rows[500][5] = 'two\nlines, "quoted"'
+    path = write_csv(tmp_path / "in.csv", rows)
+    plan = plan_input(path, RULES)
+
+    def read(ahead: Any) -> list[tuple[list[int], dict[str, Any]]]:
+        with open(path, "rb") as stream:
+            records = read_repaired(stream, plan, RULES)
+            assert isinstance(records, CsvRecords)
+            found = engine.csv_batches(records, 128, ahead)
+            return [(batch.rows.tolist(), texts(batch)) for batch in found]
+
+    with ThreadPoolExecutor(1, "test-ahead") as pool:
+        threaded = read(pool.submit)
+    in_place = read(None)
+    assert threaded == in_place
+    assert len(in_place) > 20 and sum(len(r) for r, _ in in_place) == 900
+    assert all(len(r) <= 128 for r, _ in in_place)

@@ -11,7 +11,6 @@ import io
 import re
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -20,7 +19,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from remediation.core.checks import CONTROL_CLASS
-from remediation.core.csvread import TEXT_CHUNK, Ahead, CsvColumns
+from remediation.core.csvread import TEXT_CHUNK, CsvColumns
 from remediation.errors import UnreadableFile
 from remediation.readers import CSV_FIELD_LIMIT, CsvRecords, text_stream
 
@@ -59,11 +58,10 @@ def columns(
     delimiter: str = ",",
     header: Sequence[str] | None = None,
     block_bytes: int = 1 << 20,
-    ahead: Ahead | None = None,
 ) -> tuple[Outcome, CsvColumns]:
     """What `CsvColumns` gives, in the shape of `today`, and the reader (for its counters)."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
-    reader = CsvColumns(stream, delimiter, header, block_bytes, ahead)
+    reader = CsvColumns(stream, delimiter, header, block_bytes)
     try:
         found = reader.read_header()
         rows: list[Row] = []
@@ -97,14 +95,7 @@ def assert_same(
     expected = today(data, delimiter, header)
     found, reader = columns(data, delimiter, header, block_bytes)
     assert found == expected
-    # The same with each next block parsed on another thread (the engine's writer thread).
-    found, other = columns(data, delimiter, header, block_bytes, AHEAD.submit)
-    assert found == expected
-    assert (other.fast_blocks, other.exact_blocks) == (reader.fast_blocks, reader.exact_blocks)
     return reader
-
-
-AHEAD = ThreadPoolExecutor(1, "test-csv-ahead")
 
 
 # --- differential property tests ----------------------------------------------------------------
@@ -354,7 +345,7 @@ def test_a_blocks_widths_are_read_off_its_bytes(body: bytes, widths: list[int] |
     """The widest cell of each column, in bytes, when no cell can hold a control character."""
     delimiter = "\t" if b"\t" in body else ","
     head = delimiter.join(["h0", "h1", "h2"]).encode() + b"\n"
-    reader = CsvColumns(io.BytesIO(head + body), delimiter, None, 1 << 20, None)
+    reader = CsvColumns(io.BytesIO(head + body), delimiter, None, 1 << 20)
     assert reader.read_header() is not None
     (block,) = list(reader.blocks())
     assert reader.fast_blocks == 1
