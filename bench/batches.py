@@ -47,9 +47,9 @@ engine.BLOCK_BYTES = max(4096, int(engine.BLOCK_BYTES * scale))
 engine.JSONL_BATCH_ROWS = max(16, int(engine.JSONL_BATCH_ROWS * scale))
 batches = [0]
 plain = decide.BatchDecider.decide
-def counted(self, batch, facts=None):
+def counted(self, batch):
     batches[0] += 1
-    return plain(self, batch, facts)
+    return plain(self, batch)
 decide.BatchDecider.decide = counted
 def figures():
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -28,7 +28,7 @@ from remediation.core.columns import Batch, record_batches
 from remediation.core.csvbatch import csv_batch
 from remediation.core.csvout import CsvOut
 from remediation.core.csvread import Ahead
-from remediation.core.decide import BatchDecider, Decided, Facts
+from remediation.core.decide import BatchDecider, Decided
 from remediation.core.jsonarray import json_array_batches
 from remediation.core.jsonlout import JsonlOut
 from remediation.core.jsonlread import jsonl_batches
@@ -152,9 +152,9 @@ def remediate(
         behind = on_audit is not None or not isinstance(records, CsvRecords)
         pool = _CSV_POOL if isinstance(records, CsvRecords) else nullcontext()
         with _FEWER_COLLECTIONS, pool, WriteBehind(put, written, write, behind) as writer:
-            for batch, facts in batches(records, ahead=writer.ahead, facts=decider.facts):
-                writer.put(decider.decide(batch, facts))
-                del batch, facts  # freed before the next batch is read, not after
+            for batch in batches(records, ahead=writer.ahead):
+                writer.put(decider.decide(batch))
+                del batch  # freed before the next batch is read, not after
                 trim_heap()
         outputs = sinks.finish(_summary_entry(source, generation, now, tally))
     except BaseException:
@@ -420,35 +420,33 @@ def _bytes_out(records: Iterable[UsageRecord], write: bool) -> bool:
 
 
 def batches(
-    records: Iterable[UsageRecord],
-    size: int | None = None,
-    ahead: Ahead | None = None,
-    facts: Callable[[Batch], Facts] | None = None,
-) -> Iterator[tuple[Batch, Facts | None]]:
-    """The input as batches: a CSV's cells as columns, JSON Lines matched to their layouts,
-    other records in chunks. With `ahead` (a thread), a CSV's next batch is read, parsed and
-    built there, with its `facts` when given, while the one before is used; a JSON file's next
-    block is parsed or matched there. Each batch comes with its facts, or None."""
+    records: Iterable[UsageRecord], size: int | None = None, ahead: Ahead | None = None
+) -> Iterator[Batch]:
+    """The input as batches: a CSV's cells as columns, JSON Lines matched to their layouts
+    (`ahead`: a thread to parse or match the next block on), other records in chunks."""
     size = size or BATCH_ROWS
     if isinstance(records, CsvRecords):
-        if ahead is None:
-            yield from ((batch, None) for batch in csv_batches(records, size))
-            return
-        read = ((batch, facts(batch) if facts else None) for batch in csv_batches(records, size))
-        yield from _prefetched(read, ahead)
+        yield from csv_batches(records, size, ahead)
         return
     if isinstance(records, JsonlRecords):
-        found = jsonl_batches(records, min(size, JSONL_BATCH_ROWS), ahead)
-    elif isinstance(records, JsonArrayRecords):
+        yield from jsonl_batches(records, min(size, JSONL_BATCH_ROWS), ahead)
+        return
+    if isinstance(records, JsonArrayRecords):
         rows = min(size, JSONL_BATCH_ROWS)
-        found = json_array_batches(records, rows, min(size, RECORD_BATCH_ROWS), ahead)
-    else:
-        found = record_batches(records, min(size, RECORD_BATCH_ROWS))
-    yield from ((batch, None) for batch in found)
+        yield from json_array_batches(records, rows, min(size, RECORD_BATCH_ROWS), ahead)
+        return
+    yield from record_batches(records, min(size, RECORD_BATCH_ROWS))
 
 
-def csv_batches(records: CsvRecords, size: int) -> Iterator[Batch]:
-    """A CSV's blocks as batches of at most `size` rows (slices of a block: no copies)."""
+def csv_batches(records: CsvRecords, size: int, ahead: Ahead | None = None) -> Iterator[Batch]:
+    """A CSV's blocks as batches of at most `size` rows (slices of a block: no copies); with
+    `ahead`, each next batch is read, parsed and built on its thread while this one is used
+    (before, only the parse ran there: the file reads, the block's cut and the batch's columns
+    took 9 % of the deciding thread; alternating runs, 1M rows, medians of 5: `varied` 4.46 ->
+    4.20 s, `basic` 3.40 -> 3.25 s, the deciding thread's CPU 10 % less)."""
+    if ahead is not None:
+        yield from _prefetched(csv_batches(records, size), ahead)
+        return
     reader = records.columns(BLOCK_BYTES)
     if reader.read_header() is None:
         return
@@ -466,19 +464,8 @@ def csv_batches(records: CsvRecords, size: int) -> Iterator[Batch]:
             yield csv_batch(layout, cells, block.first_row + start, malformed, rows, block.widths)
 
 
-Item = TypeVar("Item")
-
-
-def _prefetched(items: Iterator[Item], ahead: Ahead) -> Iterator[Item]:
-    """`items`, each next one made on `ahead`'s thread while the one before is used.
-
-    A CSV's next batch is read, parsed and built there, and its `Facts` found there. Before,
-    only the parse ran there, and the file reads, the block's cut, the batch's columns, the
-    field-limit suspects and the classification took 17 % of the deciding thread. Alternating
-    runs, 1M rows: the batch built there, `varied` 3.96 -> 3.69 s (medians of 8; the deciding
-    thread's CPU 3.83 -> 3.44 s), `basic` 3.65 -> 3.25 s; its facts found there too, `varied`
-    4.21 -> 4.09 s (medians of 6, a slower hour; the deciding thread 3.94 -> 3.69 s), `basic`
-    the same (its rows all carry a code with a rule: little to classify)."""
+def _prefetched(items: Iterator[Batch], ahead: Ahead) -> Iterator[Batch]:
+    """`items`, each next one made on `ahead`'s thread while the one before is used."""
     upcoming = ahead(next, items, None)
     while (item := upcoming.result()) is not None:
         upcoming = ahead(next, items, None)

@@ -103,44 +103,21 @@ def _reported(batch: Batch) -> tuple[Codes, CodeIds]:
     return codes, ids
 
 
-@dataclass(frozen=True, slots=True)
-class Facts:
-    """What a batch's decision starts from, found from the batch and the run's settings alone
-    (so on another thread, while the batch before it is decided: `BatchDecider.facts`)."""
-
-    suspects: Mask  # rows that may break a field limit (the others are within them)
-    arrived: Codes  # the code each row arrived with or was classified with
-    arrived_ids: CodeIds  # the same as ids
-    valid: Mask  # rows with neither
-    to_fix: CodeIds  # the code to correct each row for
-    ruled: Mask  # rows whose reported code has a rule (those were not validated)
-    told: Mask  # rows that carry an error code or message
-
-
 class BatchDecider:
     """Decides batches of one input (`lineage` is the input's: which identifiers we wrote)."""
 
     def __init__(self, ctx: Context, lineage: Lineage, rejected: bool) -> None:
         self.ctx, self.lineage, self.rejected = ctx, lineage, rejected
 
-    def facts(self, batch: Batch) -> Facts:
-        """The batch's `Facts`: they read no run state (lineage, picks), so any thread may
-        find them for a batch no other thread uses."""
+    def decide(self, batch: Batch) -> Decided:
+        n = len(batch)
         # Once: the rows taken later carry it; rows it does not suspect are within the limits.
         suspects = field_suspects(batch, self.ctx.index.limits)
-        told = mask(pc.is_valid(batch.error_code)) | mask(pc.is_valid(batch.error_message))
-        return Facts(suspects, *self._classify(batch), told)
-
-    def decide(self, batch: Batch, facts: Facts | None = None) -> Decided:
-        """`facts`: the batch's, when found already (each batch's are used once)."""
-        n = len(batch)
-        if facts is None:
-            facts = self.facts(batch)
-        suspects, arrived, arrived_ids = facts.suspects, facts.arrived, facts.arrived_ids
-        valid, to_fix, ruled, told = facts.valid, facts.to_fix, facts.ruled, facts.told
+        arrived, arrived_ids, valid, to_fix, ruled = self._classify(batch)
         fate = np.full(n, QUARANTINED, np.int8)
         mfx: Codes = np.full(n, None, dtype=object)
         reason: Codes = np.full(n, None, dtype=object)
+        told = mask(pc.is_valid(batch.error_code)) | mask(pc.is_valid(batch.error_message))
         fate[valid] = VALID if self.rejected else VALID_KEPT
         fate[valid & told] = VALID
         stopped = self._repeats(batch, arrived, valid, mfx, reason)

@@ -13,13 +13,10 @@ from typing import Any
 import pytest
 
 from remediation import engine
-from remediation.changes import Context
 from remediation.core import audit as audit_module
-from remediation.core.decide import BatchDecider, Facts
 from remediation.engine import remediate
-from remediation.identifiers import Lineage
+from remediation.readers import CsvRecords
 from remediation.repair import plan_input, read_repaired
-from remediation.validation import MeterIndex
 from tests.unit.remediation.test_csv_columns import HEADER, METERS, NOW, RULES, varied_rows
 from tests.unit.remediation.test_jsonl_read import texts
 
@@ -140,36 +137,25 @@ def test_audit_lines_ordered_in_slices_are_the_lines_ordered_at_once(
 def test_a_csv_read_ahead_on_a_thread_gives_the_batches_read_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The engine reads a CSV's next batch on its writer's thread, and finds its facts there
-    (`batches` with `ahead`): the same batches, in the same order, with the facts the decider
-    finds in place, blocks parsed by pyarrow and by csv.reader alike (a quoted line end sends
-    its block to csv.reader)."""
+    """The engine reads a CSV's next batch on its writer's thread (`csv_batches` with
+    `ahead`): the same batches, in the same order, as read in place, blocks parsed by pyarrow
+    and by csv.reader alike (a quoted line end sends its block to csv.reader)."""
     monkeypatch.setattr(engine, "BLOCK_BYTES", 2048)
     rows = varied_rows(900, 16)
     rows[500][5] = 'two\nlines, "quoted"'
     path = write_csv(tmp_path / "in.csv", rows)
     plan = plan_input(path, RULES)
-    decider = BatchDecider(Context(MeterIndex(METERS), RULES, NOW), Lineage(), False)
 
-    def read(ahead: Any) -> list[tuple[list[int], Any, list[Any]]]:
+    def read(ahead: Any) -> list[tuple[list[int], dict[str, Any]]]:
         with open(path, "rb") as stream:
             records = read_repaired(stream, plan, RULES)
-            found = list(engine.batches(records, 128, ahead, decider.facts))
-        in_place = [decider.facts(batch) for batch, _ in found]
-        if ahead is not None:
-            assert [_facts(f) for _, f in found] == [_facts(f) for f in in_place]
-        pairs = zip(found, in_place, strict=True)
-        return [(batch.rows.tolist(), texts(batch), _facts(f)) for (batch, _), f in pairs]
+            assert isinstance(records, CsvRecords)
+            found = engine.csv_batches(records, 128, ahead)
+            return [(batch.rows.tolist(), texts(batch)) for batch in found]
 
     with ThreadPoolExecutor(1, "test-ahead") as pool:
         threaded = read(pool.submit)
     in_place = read(None)
     assert threaded == in_place
-    assert len(in_place) > 20 and sum(len(r) for r, _, _ in in_place) == 900
-    assert all(len(r) <= 128 for r, _, _ in in_place)
-    assert any(f[4].count(0) < len(f[4]) for _, _, f in in_place)  # rows to correct
-
-
-def _facts(facts: Facts | None) -> list[Any]:
-    assert facts is not None
-    return [getattr(facts, name).tolist() for name in Facts.__slots__]
+    assert len(in_place) > 20 and sum(len(r) for r, _ in in_place) == 900
+    assert all(len(r) <= 128 for r, _ in in_place)

@@ -146,8 +146,8 @@ def test_a_rejected_input_keeping_a_row_out_is_a_conservation_error(
 
     original = decide.BatchDecider.decide
 
-    def keeping_out(self: decide.BatchDecider, batch: Any, facts: Any = None) -> Any:
-        decided = original(self, batch, facts)
+    def keeping_out(self: decide.BatchDecider, batch: Any) -> Any:
+        decided = original(self, batch)
         decided.fate[decided.fate == decide.VALID] = decide.VALID_KEPT
         return decided
 

@@ -174,9 +174,9 @@ def test_a_csv_unreadable_past_its_first_blocks_fails_the_run_on_the_callers_thr
     decided: list[int] = []
     decide = engine.BatchDecider.decide
 
-    def watched(self: Any, batch: Any, facts: Any = None) -> Any:
+    def watched(self: Any, batch: Any) -> Any:
         decided.append(threading.get_ident())
-        return decide(self, batch, facts)
+        return decide(self, batch)
 
     monkeypatch.setattr(engine.BatchDecider, "decide", watched)
     out = tmp_path / "out"
