@@ -56,7 +56,8 @@ def _core(
     text = as_string(cells[index])
     empty = pc.equal(text, "")
     if pc.any(empty).as_py():
-        text = pc.if_else(empty, pa.scalar(None, pa.string()), text)
+        absent = pc.if_else(empty, pa.scalar(None, pa.string()), text)
+        return _plain(Column(absent, filled=text), index, widths)
     return _plain(Column(text), index, widths)
 
 

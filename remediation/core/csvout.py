@@ -70,13 +70,13 @@ class CsvOut:
             if name == "identifier":
                 cells.append(identifiers)
             elif name in ("timestamp", "event_name"):
-                cells.append(getattr(batch, name).text)
+                cells.append(getattr(batch, name).cells())
             elif payload_column(name):
                 column = batch.payload.get(name[len(PAYLOAD_PREFIX) :])
-                cells.append(column.text if column is not None else _empty(len(batch)))
+                cells.append(column.cells() if column is not None else _empty(len(batch)))
             else:
                 column = batch.extra.get(name)
-                cells.append(column.text if column is not None else _empty(len(batch)))
+                cells.append(column.cells() if column is not None else _empty(len(batch)))
         return cells
 
     def _block(self, output: object, cells: list[pa.Array]) -> None:

@@ -106,3 +106,41 @@ def test_columns_taken_together_compose_their_rows_once() -> None:
     got = interleaved(first, np.array([1, 4]), again, np.array([0, 2, 3, 5]))
     assert len({id(column._at) for column in [got.identifier, *got.payload.values()]}) == 1
     assert got.identifier.text.to_pylist() == ["id1", "id2", "id4", "id7", "id9", "id11"]
+
+
+@given(
+    cells=st.lists(
+        st.sampled_from(
+            ["", "a", "b,c", 'q"'],
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    picks=st.lists(st.booleans(), min_size=30, max_size=30),
+    changed=st.booleans(),
+)
+def test_a_csv_columns_cells_are_its_values_with_absent_ones_empty(
+    cells: list[str], picks: list[bool], changed: bool
+) -> None:
+    """A CSV column keeps the block's cells beside its values (empty cells absent): what a
+    CSV writer writes for its rows (`Column.cells`) is the value or "" where absent, through
+    takes and `interleaved`, read from those cells for rows no rule changed."""
+    n = len(cells)
+    block = pa.array(cells, pa.string())
+    values = pa.array([c or None for c in cells], pa.string())
+    batch = _batch(n, False)
+    column = Column(values, filled=block)
+    assert column.cells().to_pylist() == cells
+    batch = batch.with_fields(payload=dict(batch.payload, v=column))
+    placed = np.flatnonzero(np.asarray(picks[:n]))
+    kept = np.flatnonzero(~np.asarray(picks[:n]))
+    fixed = batch.take(placed)
+    if changed and len(placed):
+        new = Column(pa.array([None] * len(placed), pa.string()))
+        fixed = fixed.with_fields(payload=dict(fixed.payload, v=new))
+    got = interleaved(batch, kept, fixed, placed).payload["v"]
+    want = [c if (i in kept or not changed) else "" for i, c in enumerate(cells)]
+    assert got.cells().to_pylist() == want
+    assert got.text.to_pylist() == [w or None for w in want]
+    if not changed and len(placed):  # one gather from the batch's own, its cells too
+        assert got._filled is not None
