@@ -24,10 +24,9 @@ from typing import Any, Generic, TypeVar
 import pyarrow as pa
 
 from remediation.changes import Context
-from remediation.core.columns import Batch, record_batches
+from remediation.core.columns import Ahead, Batch, record_batches
 from remediation.core.csvbatch import csv_batch
 from remediation.core.csvout import CsvOut
-from remediation.core.csvread import Ahead
 from remediation.core.decide import BatchDecider, Decided
 from remediation.core.jsonarray import json_array_batches
 from remediation.core.jsonlout import JsonlOut

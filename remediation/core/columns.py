@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
@@ -21,6 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.records import UsageRecord
+
+# Runs a function on another thread (`concurrent.futures.Executor.submit`): where a reader
+# makes its next batch, or parses or matches its next block, while the engine decides one.
+Ahead = Callable[..., "Future[Any]"]
 
 Indexes = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]

@@ -15,8 +15,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -38,10 +37,6 @@ GROWTH = 4  # a block grows to GROWTH * block_bytes to reach a line end outside 
 _KEEP_BEHIND = TEXT_CHUNK + 4  # bytes before a block the exact path re-decodes from
 _SENTINEL = "\udc80"  # a line no UTF-8 text holds: csv.reader returns it alone between records
 _QUOTE, _CR, _LF = ord('"'), ord("\r"), ord("\n")
-
-
-# Runs a function on another thread (`concurrent.futures.Executor.submit`).
-Ahead = Callable[..., "Future[Any]"]
 
 
 @dataclass(frozen=True, slots=True)

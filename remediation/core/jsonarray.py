@@ -41,8 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, record_batches
-from remediation.core.csvread import Ahead
+from remediation.core.columns import Ahead, Batch, record_batches
 from remediation.core.jsonllines import LINE_BLOCK_BYTES, Lines, Replay
 from remediation.core.jsonlread import JsonlBatches
 from remediation.jsonreaders import (

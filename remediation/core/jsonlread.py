@@ -28,8 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, Kind, concat_batches, from_records
-from remediation.core.csvread import Ahead
+from remediation.core.columns import Ahead, Batch, Kind, concat_batches, from_records
 from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, dotted, layout_batch, mask
 from remediation.core.jsonllines import Lines, line_arrays
 from remediation.core.jsonlshapes import Shapes
