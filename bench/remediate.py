@@ -218,6 +218,7 @@ POLARS = textwrap.dedent("""
     import json, sys
     import polars as pl
     now, skew, old = int(sys.argv[3]), 3600, 35 * 86400
+    DROPPED = ("error_code", "error_message", "ts", "number", "bad")
     customers = json.load(open(sys.argv[4]))
     names = {"apirequests": "api_requests", "storagegb": "storage_gb",
              "computeminutes": "compute_minutes"}
@@ -242,9 +243,9 @@ POLARS = textwrap.dedent("""
            | (pl.col("ts") < now - old) | (pl.col("ts") > now + 300)
            | ~pl.col("payload_stripe_customer_id").str.starts_with("cus_")
            | ~pl.col("event_name").is_in(list(names.values()))
-           | (pl.col("error_code") == "odd_code"))
+           | pl.col("error_code").eq_missing("odd_code")).fill_null(True)
     df = df.with_columns(pl.col("ts").cast(pl.String).alias("timestamp"), bad.alias("bad"))
-    cols = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
+    cols = [c for c in df.collect_schema().names() if c not in DROPPED]
     df.filter(~pl.col("bad")).select(cols).sink_csv(sys.argv[2] + ".corrected.csv")
     q = df.filter(pl.col("bad")).select(*cols, pl.col("error_code").alias("mfx_code"))
     q.sink_csv(sys.argv[2] + ".quarantine.csv")
@@ -255,6 +256,7 @@ PANDAS = textwrap.dedent("""
     import numpy as np
     import pandas as pd
     now, skew, old = int(sys.argv[3]), 3600, 35 * 86400
+    DROPPED = ("error_code", "error_message")
     customers = json.load(open(sys.argv[4]))
     names = {"apirequests": "api_requests", "storagegb": "storage_gb",
              "computeminutes": "compute_minutes"}
@@ -277,7 +279,7 @@ PANDAS = textwrap.dedent("""
            | (ts > now + 300) | ~df["payload_stripe_customer_id"].str.startswith("cus_")
            | ~df["event_name"].isin(names.values()) | (df["error_code"] == "odd_code"))
     df["identifier"] = df["identifier"] + "-mfx1"
-    cols = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
+    cols = [c for c in df.columns if c not in DROPPED]
     df.loc[~bad, cols].to_csv(sys.argv[2] + ".corrected.csv", index=False)
     q = df.loc[bad, cols].copy()
     q["mfx_code"] = df.loc[bad, "error_code"]
@@ -408,6 +410,33 @@ def rounds(
     }
 
 
+def same_work(work: Path, wanted: list[str], rows: int) -> None:
+    """Stop unless the fixing scripts and meterfix wrote every input row to the corrected or
+    the quarantine file, with the columns meterfix keeps (the input's, less `error_code` and
+    `error_message`): a script that drops rows or columns does less than meterfix and its
+    ratio would mean nothing. (The polars script once lost every row whose `error_code` was
+    empty, a null in its filter, and wrote 5 of the 27 columns of `--payload-columns 20`.)"""
+    with open(work / "failed.csv", newline="") as src:
+        header = next(csv.reader(src))
+    kept = [name for name in header if name not in ("error_code", "error_message")]
+    for name in ("pandas", "polars", "meterfix"):
+        if name not in wanted:
+            continue
+        counted, columns = 0, None
+        for path in sorted(outputs(work, name).glob("*.csv")):
+            with open(path, newline="") as out:
+                read = csv.reader(out)
+                first = next(read)
+                if ".corrected." in path.name:
+                    columns = first
+                counted += sum(1 for _ in read)
+        if counted != rows or columns != kept:
+            raise SystemExit(
+                f"{name} wrote {counted:,} of {rows:,} rows, corrected columns {columns}: "
+                "not the work meterfix does"
+            )
+
+
 def report(
     rows: int, big: int, mix: str, results: dict[str, Figures], optional: int = 0, wide: int = 0
 ) -> None:
@@ -497,6 +526,7 @@ def main() -> None:
             more = (args.optional_keys, args.payload_columns)
             generate(work / "big.csv", args.big * args.rows, args.mix, *more)
         results = rounds(commands, wanted, args.rounds, work)
+        same_work(work, wanted, args.rows)
     report(args.rows, args.big, args.mix, results, args.optional_keys, args.payload_columns)
 
 
