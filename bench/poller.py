@@ -3,8 +3,8 @@
     .venv/bin/python bench/poller.py [--rows 1000000] [--e2e-rows 100000]
 
 1. Generates a usage CSV (`--rows`, default 1,000,000) and runs the poller's per-file path
-   (shared CSV reader -> validate_record -> to_meter_event -> stream-request bodies of 100),
-   nothing sent.
+   (the shared CSV reader as columns -> the remediation core's checks -> meter events ->
+   stream-request bodies of 100), nothing sent.
 2. End to end on loopback: a `file://` bucket holding a `--e2e-rows` slice, the bundled
    sandbox in-process (werkzeug, threaded) as Stripe, SQLite; one `run_poll_pass`, which
    sends every event through the v2 meter event stream and records imported_rows.
@@ -34,15 +34,16 @@ def generate(path: Path, rows: int, now: int) -> None:
 
 
 def bench_parse(path: Path, now: int) -> tuple[int, int, float]:
+    from remediation.formats import FileFormat, read_records
     from remediation.meters import Meter
-    from remediation.poller import import_chunks, read_csv_with_header
+    from remediation.poller import import_chunks
     from remediation.validation import MeterIndex
 
     index = MeterIndex([Meter(id="mtr_bench", event_name="api_requests")])
     bodies = rows = 0
     started = time.perf_counter()
     with path.open("rb") as stream:
-        _header, records = read_csv_with_header(stream)
+        records = read_records(stream, FileFormat.CSV)  # as the poller reads a CSV object
         for chunk in import_chunks(records, index, now=now, tag="bench"):
             body = {"events": chunk.events}  # one stream request body, not sent
             bodies += 1 if body["events"] else 0

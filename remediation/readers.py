@@ -202,6 +202,7 @@ class CsvRecords(Iterator[UsageRecord]):
     def __init__(self, stream: BinaryIO, delimiter: str, header: Sequence[str] | None) -> None:
         self._stream, self._delimiter, self._header = stream, delimiter, header
         self._records: Iterator[UsageRecord] | None = None
+        self._columns: CsvColumns | None = None
 
     @property
     def delimiter(self) -> str:
@@ -224,7 +225,15 @@ class CsvRecords(Iterator[UsageRecord]):
         """The same rows as text columns, in blocks (see `core.csvread`)."""
         from remediation.core.csvread import CsvColumns
 
-        return CsvColumns(self._stream, self._delimiter, self._header, block_bytes)
+        self._columns = CsvColumns(self._stream, self._delimiter, self._header, block_bytes)
+        return self._columns
+
+    @property
+    def columns_header(self) -> tuple[str, ...] | None:
+        """The header the rows read as columns came under (`CsvLayout.header`); None before
+        they are read, or for an empty file."""
+        layout = None if self._columns is None else self._columns.layout
+        return None if layout is None else layout.header
 
     def identifiers(self) -> Iterator[tuple[str | None, int]]:
         """(identifier, row number) of every row, read as a column (an empty cell is none)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from remediation.formats import FileFormat, RecordWriter, read_records
-from remediation.poller import read_csv_with_header
+from remediation.readers import CsvRecords
 from remediation.records import UsageRecord
 
 
@@ -26,6 +26,7 @@ class FailedRecords:
         self.columns: list[str] | None = None
         self._writer: RecordWriter | None = None
         self._handle: Any = None
+        self._csv: CsvRecords | None = None
 
     def __enter__(self) -> FailedRecords:
         self.path.unlink(missing_ok=True)  # a retried object starts a fresh file
@@ -37,10 +38,10 @@ class FailedRecords:
             self._handle.close()
 
     def open_records(self, stream: Any) -> Iterable[UsageRecord]:
-        if self.fmt is not FileFormat.CSV:
-            return read_records(stream, self.fmt)
-        header, records = read_csv_with_header(stream)
-        self.columns = header
+        """The object's records, read as the remediation core reads them (a CSV as columns:
+        its header, which the failed rows keep, is known once its rows are read)."""
+        records = read_records(stream, self.fmt)
+        self._csv = records if isinstance(records, CsvRecords) else None
         return records
 
     def write(self, groups: Iterable[list[UsageRecord]]) -> int:
@@ -54,6 +55,9 @@ class FailedRecords:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = self.path.open("wb")
+            if self._csv is not None and self.columns is None:
+                header = self._csv.columns_header
+                self.columns = None if header is None else list(header)
             out_fmt = FileFormat.CSV if self.fmt is FileFormat.CSV else FileFormat.JSONL
             self._writer = RecordWriter(
                 self._handle, out_fmt, columns=self.columns, with_errors=True

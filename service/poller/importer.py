@@ -13,7 +13,7 @@ validating them again is free of risk).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from handlers.records import RemediationStatus
+from remediation.core.columns import Indexes, Mask
 from remediation.formats import detect_format
 from remediation.poller import ImportChunk, import_chunks, source_tag
 from remediation.ports import Bucket, MeterEventSink, ObjectInfo
-from remediation.records import UsageRecord
 from remediation.validation import MeterIndex
 from service.errors import HorizonPassed
 from service.jobs.store.reports import save_poller_import_set
@@ -81,11 +81,17 @@ def import_object(job: ObjectImport, obj: ObjectInfo, impset_id: str) -> tuple[I
     tally = ImportTally()
     skip = job.progress.sent_rows_before(obj, progress.resume_row)
     with job.bucket.open_read(obj.key) as stream, FailedRecords(path, fmt) as failed_out:
-        records = _not_acknowledged(failed_out.open_records(stream), skip, progress, tally)
+        records = failed_out.open_records(stream)
         reference, tag = int(progress.first_seen.timestamp()), source_tag(obj.key, obj.etag)
+        chunks = import_chunks(
+            records,
+            job.meters,
+            now=reference,
+            tag=tag,
+            sent_before=_acknowledged(skip, progress),
+        )
         # closing: a failure mid-file finishes the readers while their stream is still open
-        with closing(records):
-            chunks = import_chunks(records, job.meters, now=reference, tag=tag)
+        with closing(chunks):
             _send_all(job, obj, progress, chunks, failed_out, tally)
     failed = tally.failed
     import_set = save_poller_import_set(
@@ -127,7 +133,10 @@ def _send_all(
         while group := list(islice(chunks, CHUNKS_PER_GROUP)):
             sending = _record_group(job, obj, progress, group, number)
             tally.failed += failed_out.write(chunk.failed for chunk in group)
-            tally.rows += sum(len(chunk.rows) for chunk in group)
+            # rows an earlier pass sent count as rows and as sent (acknowledged then)
+            skipped = sum(chunk.skipped for chunk in group)
+            tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
+            tally.sent += skipped
             number += len(sending)
             yield from sending
             if time.monotonic() - last_beat >= BEAT_EVERY:
@@ -200,14 +209,17 @@ def _send(
     return sent
 
 
-def _not_acknowledged(
-    records: Iterable[UsageRecord], skip: bytearray, progress: ObjectProgress, tally: ImportTally
-) -> Generator[UsageRecord, None, None]:
-    """Drop the rows of the acknowledged prefix that were sent (counted as rows and sent);
-    the prefix's failed rows are validated again (they were never sent)."""
-    for record in records:
-        if record.row_number < progress.resume_row and row_was_sent(skip, record.row_number):
-            tally.rows += 1
-            tally.sent += 1
-            continue
-        yield record
+def _acknowledged(skip: bytearray, progress: ObjectProgress) -> Callable[[Indexes], Mask]:
+    """Which of a batch's row numbers are in the acknowledged prefix and were sent: left out
+    (the prefix's failed rows are validated again: they were never sent)."""
+
+    def sent(rows: Indexes) -> Mask:
+        before = rows < progress.resume_row
+        if not before.any():
+            return before
+        early = rows[before].tolist()
+        sent = before.copy()
+        sent[before] = [row_was_sent(skip, row) for row in early]
+        return sent
+
+    return sent

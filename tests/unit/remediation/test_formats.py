@@ -17,8 +17,10 @@ from remediation.core.jsonlread import jsonl_batches
 from remediation.errors import UnreadableFile
 from remediation.formats import FileFormat, RecordWriter, detect_format, read_records
 from remediation.jsonreaders import JsonlRecords
-from remediation.poller import read_csv_with_header
+from remediation.meters import Meter
+from remediation.poller import import_chunks
 from remediation.records import UsageRecord
+from remediation.validation import MeterIndex
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value"
 
@@ -143,7 +145,8 @@ def _json_array(stream: BinaryIO) -> object:
 
 
 def _poller_csv(stream: BinaryIO) -> object:
-    return list(read_csv_with_header(stream)[1])
+    index = MeterIndex([Meter(id="mtr_1", event_name="api")])
+    return list(import_chunks(read_records(stream, FileFormat.CSV), index, now=1, tag="t"))
 
 
 @pytest.mark.parametrize(
