@@ -118,10 +118,10 @@ def import_chunks(
 def _identified(batch: Batch, tag: str) -> Batch:
     """Rows without an identifier get `derived_identifier` (before the checks, which would
     find it missing)."""
-    text = batch.identifier.text
-    missing = pc.fill_null(pc.equal(text, ""), True) if len(text) else None
-    if missing is None or not pc.any(missing).as_py():
-        return batch
+    if batch.identifier.kinds is None:  # text (a CSV): none empty or absent, none to derive
+        text = batch.identifier.text
+        if not pc.any(pc.fill_null(pc.equal(text, ""), True)).as_py():
+            return batch
     values = batch.identifier.values()
     numbers = batch.rows.tolist()
     named = [v if v else derived_identifier(tag, n) for v, n in zip(values, numbers, strict=True)]
