@@ -15,14 +15,14 @@ import numpy as np
 import pyarrow.compute as pc
 
 from remediation.core.checks import problem_ids
-from remediation.core.columns import Batch, Column, Indexes, Mask
+from remediation.core.columns import Batch, Column, Indexes, Kind, Mask, value_of
 from remediation.engine import batches
 from remediation.records import UsageRecord
 from remediation.validation import (
     MeterIndex,
     parse_timestamp,
+    payload_text,
     rfc3339,
-    to_meter_event,
     validate_record,
 )
 
@@ -147,20 +147,15 @@ class _Checked:
         self.timestamps = [parse_timestamp(t) for t in batch.timestamp.values()]
         by_name = {name: meters.get(name) for name in set(names)}  # type: ignore[arg-type]
         self._meters = [None if i in self.failed else by_name[n] for i, n in enumerate(names)]
-        self._batch = batch
-        self._payloads = _text_payloads(batch)
-        self._records: list[UsageRecord] | None = None
+        self._payloads = _payloads(batch)
 
     def event(self, i: int) -> dict[str, object] | None:
-        """The meter event of row `i`, None when it is not sent (failed, or no meter)."""
+        """Row `i` as a v2 meter event stream item (`event_name`, `identifier`, `payload` of
+        texts, `timestamp` in RFC 3339); None when it is not sent (failed, or no meter)."""
         meter = self._meters[i]
         if meter is None:
             return None
         ts = self.timestamps[i]
-        if self._payloads is None:  # typed values (JSON): the record's own conversion
-            if self._records is None:
-                self._records = self._batch.records()
-            return to_meter_event(self._records[i], meter, ts)
         event: dict[str, object] = {"event_name": meter.event_name}
         event["identifier"] = self.identifiers[i]
         event["payload"] = self._payloads[i]
@@ -169,20 +164,38 @@ class _Checked:
         return event
 
 
-def _text_payloads(batch: Batch) -> list[dict[str, str]] | None:
-    """Each row's payload when every value is text in the columns' order (a CSV): the event's
-    payload as `to_meter_event` writes it (a text value is sent as it is, the value key's
-    too: `plain_number` of a text gives the text or nothing). None for typed values (JSON)."""
-    if batch.order is not None or any(c.kinds is not None for c in batch.payload.values()):
-        return None
+def _payloads(batch: Batch) -> list[dict[str, str]]:
+    """Each row's payload as a meter event sends it: its keys in the row's order, each value
+    as text (`payload_text`: a text or an integer as it is, a boolean `true`/`false`, a float
+    as its plain number). Values are converted once per column, only those whose text is not
+    already the one sent (floats, objects, nulls)."""
     keys = list(batch.payload)
-    columns = [batch.payload[key].text.to_pylist() for key in keys]
-    if not columns:
-        return [{} for _ in range(len(batch))]
+    columns = {key: _sent_texts(batch.payload[key]) for key in keys}
+    if batch.order is None:  # a CSV: every row's keys in the columns' order
+        if not keys:
+            return [{} for _ in range(len(batch))]
+        rows = zip(*(columns[key] for key in keys), strict=True)
+        return [{k: v for k, v in zip(keys, row, strict=True) if v is not None} for row in rows]
     return [
-        {key: value for key, value in zip(keys, row, strict=True) if value is not None}
-        for row in zip(*columns, strict=True)
+        {key: value for key in order if (value := columns[key][i]) is not None}
+        for i, (order, _extra) in enumerate(batch.order)
     ]
+
+
+def _sent_texts(column: Column) -> list[str | None]:
+    """`payload_text` of each value of a column (None where the key is absent)."""
+    texts: list[str | None] = column.text.to_pylist()
+    if column.kinds is None:
+        return texts
+    kinds = column.kinds
+    for i in np.flatnonzero(np.isin(kinds, _CONVERTED)).tolist():
+        texts[i] = payload_text(value_of(texts[i], int(kinds[i])))
+    return texts
+
+
+# Kinds whose text is not what `payload_text` sends (a float's plain number, `str()` of an
+# object or of a JSON null: the row check refuses such rows, but what is sent stays the same)
+_CONVERTED = np.asarray([Kind.FLOAT, Kind.JSON, Kind.NULL], np.uint8)
 
 
 def index_chunks(records: Iterable[UsageRecord], *, size: int = 1000) -> Iterator[list[RowRef]]:

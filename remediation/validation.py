@@ -284,26 +284,7 @@ def _utc_date(day: int) -> str:
     return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
-def to_meter_event(record: UsageRecord, meter: Meter, ts: int | None = None) -> dict[str, object]:
-    """A v2 meter event stream item: {event_name, identifier, payload{str: str}, timestamp}.
-    `ts`: the record's timestamp already parsed by the caller (else parsed here)."""
-    payload = {key: _payload_text(value) for key, value in record.payload.items()}
-    if meter.value_key in record.payload:
-        number = plain_number(record.payload[meter.value_key])
-        if number is not None:
-            payload[meter.value_key] = number
-    event: dict[str, object] = {"event_name": meter.event_name}
-    if record.identifier:
-        event["identifier"] = record.identifier
-    event["payload"] = payload
-    if ts is None:
-        ts = parse_timestamp(record.timestamp)
-    if ts is not None:
-        event["timestamp"] = rfc3339(ts)
-    return event
-
-
-def _payload_text(value: object) -> str:
+def payload_text(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, bool):

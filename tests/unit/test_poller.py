@@ -193,13 +193,16 @@ def test_rows_sent_before_are_left_out_and_counted() -> None:
 
 
 def test_json_lines_events_keep_the_row_checks_conversions() -> None:
-    """JSON values are typed: a number is sent as its plain text, a row without an
-    identifier gets a derived one, and rows fail with the row check's own reason."""
+    """JSON values are typed: a number is sent as its plain text (2.0 as `2`), a boolean as
+    `true`, each row's keys in its own order; a row without an identifier gets a derived one,
+    and rows fail with the row check's own reason."""
     lines = [
         {"identifier": "j1", "timestamp": NOW_TS - 60, "event_name": "api_requests",
          "payload": {"stripe_customer_id": "cus_A", "value": 5}},
         {"timestamp": NOW_TS - 60, "event_name": "api_requests",
          "payload": {"value": 2.5, "stripe_customer_id": "cus_B"}},
+        {"identifier": "j4", "timestamp": NOW_TS - 60, "event_name": "api_requests",
+         "payload": {"region": True, "value": 2.0, "stripe_customer_id": "cus_C"}},
         {"identifier": "j3", "timestamp": "soon", "event_name": "api_requests",
          "payload": {"stripe_customer_id": "cus_A", "value": "1"}},
     ]  # fmt: skip
@@ -214,6 +217,9 @@ def test_json_lines_events_keep_the_row_checks_conversions() -> None:
          "payload": {"stripe_customer_id": "cus_A", "value": "5"}, "timestamp": stamp},
         {"event_name": "api_requests", "identifier": derived_identifier("t", 2),
          "payload": {"value": "2.5", "stripe_customer_id": "cus_B"}, "timestamp": stamp},
+        {"event_name": "api_requests", "identifier": "j4",
+         "payload": {"region": "true", "value": "2", "stripe_customer_id": "cus_C"},
+         "timestamp": stamp},
     ]  # fmt: skip
     failed = [r for c in chunks for r in c.failed]
     assert [(r.identifier, r.error_code) for r in failed] == [("j3", "timestamp_invalid")]
