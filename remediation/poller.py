@@ -118,7 +118,7 @@ def import_chunks(
 def _identified(batch: Batch, tag: str) -> Batch:
     """Rows without an identifier get `derived_identifier` (before the checks, which would
     find it missing)."""
-    if batch.identifier.kinds is None:  # text (a CSV): none empty or absent, none to derive
+    if batch.identifier.kinds is None:  # text: nothing to derive unless a value is empty or absent
         text = batch.identifier.text
         if not pc.any(pc.fill_null(pc.equal(text, ""), True)).as_py():
             return batch
