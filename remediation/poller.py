@@ -200,18 +200,18 @@ _CONVERTED = np.asarray([Kind.FLOAT, Kind.JSON, Kind.NULL], np.uint8)
 
 def index_chunks(records: Iterable[UsageRecord], *, size: int = 1000) -> Iterator[list[RowRef]]:
     """Index mode: identified rows only (rows without one get an identifier from Stripe's own
-    connector that we cannot know, so they cannot be traced)."""
+    connector that we cannot know, so they cannot be traced); read a batch of columns at a
+    time, as `import_chunks` reads."""
     rows: list[RowRef] = []
-    for record in records:
-        if record.identifier:
-            rows.append(_row_ref(record, False))
-            if len(rows) >= size:
-                yield rows
-                rows = []
+    for batch in batches(records, CHECK_ROWS):
+        names: list[str | None] = batch.event_name.values()  # type: ignore[assignment]
+        numbers, stamps = batch.rows.tolist(), batch.timestamp.values()
+        found = zip(batch.identifier.values(), numbers, names, stamps, strict=True)
+        for identifier, number, name, stamp in found:
+            if identifier:
+                rows.append(RowRef(str(identifier), number, name, parse_timestamp(stamp), False))
+                if len(rows) >= size:
+                    yield rows
+                    rows = []
     if rows:
         yield rows
-
-
-def _row_ref(record: UsageRecord, sent: bool) -> RowRef:
-    timestamp = parse_timestamp(record.timestamp)
-    return RowRef(str(record.identifier), record.row_number, record.event_name, timestamp, sent)

@@ -133,6 +133,8 @@ def test_index_chunks_keep_identified_rows_only() -> None:
     refs = [ref for group in groups for ref in group]
     assert len(refs) == 253 and refs[0].identifier == "id-1" and not any(r.sent for r in refs)
     assert [len(g) for g in groups] == [100, 100, 53]
+    by_columns = list(index_chunks(_ColumnsOnly(io.BytesIO(CSV.encode()), ",", None), size=100))
+    assert by_columns == groups  # a CSV's rows read as columns, never record by record
 
 
 def test_failed_rows_keep_the_csv_header_read_as_columns(tmp_path: Path) -> None:
