@@ -135,11 +135,6 @@ def field_suspects(batch: Batch, limits: FieldLimits) -> Mask:
     return suspect
 
 
-def problem_codes(batch: Batch, index: MeterIndex, now: int) -> Codes:
-    """The first problem's code per row (None: valid), as `validate_record` finds it."""
-    return code_objects(problem_ids(batch, index, now))
-
-
 def code_objects(ids: CodeIds) -> Codes:
     """Code ids as codes (None for 0)."""
     found: Codes = _CODE_OBJECTS[ids]
@@ -147,7 +142,8 @@ def code_objects(ids: CodeIds) -> Codes:
 
 
 def problem_ids(batch: Batch, index: MeterIndex, now: int) -> CodeIds:
-    """`problem_codes` as code ids (0: valid)."""
+    """The first problem's code per row as a code id (0: valid), as `validate_record` finds
+    it (`code_objects` gives the codes)."""
     codes: CodeIds = np.zeros(len(batch), np.int16)
     odd = field_suspects(batch, index.limits) | _odd_values(batch)
     if odd.any():

@@ -442,10 +442,9 @@ def record_batches(records: Iterable[UsageRecord], size: int) -> Iterator[Batch]
         yield from_records(chunk)
 
 
-def from_records(records: Sequence[UsageRecord], ordered: bool = True) -> Batch:
-    """A batch of records (JSON rows, or the rows a rule handled one by one).
-
-    `ordered`: keep each row's key order (`Batch.order`); off where the columns fix it."""
+def from_records(records: Sequence[UsageRecord]) -> Batch:
+    """A batch of records (JSON rows, or the rows a rule handled one by one), each row's key
+    order kept (`Batch.order`)."""
     payloads = [r.payload for r in records]
     extras = [r.extra for r in records]
     return Batch(
@@ -458,7 +457,7 @@ def from_records(records: Sequence[UsageRecord], ordered: bool = True) -> Batch:
         pa.array([r.error_code for r in records], pa.string()),
         pa.array([r.error_message for r in records], pa.string()),
         pa.array([r.malformed for r in records], pa.string()),
-        KeyOrders.of((tuple(r.payload), tuple(r.extra)) for r in records) if ordered else None,
+        KeyOrders.of((tuple(r.payload), tuple(r.extra)) for r in records),
     )
 
 

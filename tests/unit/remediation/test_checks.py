@@ -15,7 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediation.core.audit import new_identifiers
-from remediation.core.checks import longer, plain_numbers, problem_codes, short_digits
+from remediation.core.checks import (
+    code_objects,
+    longer,
+    plain_numbers,
+    problem_ids,
+    short_digits,
+)
 from remediation.core.columns import Column, from_records
 from remediation.identifiers import Ancestor, Identifiers, Lineage
 from remediation.limits import FieldLimits
@@ -77,7 +83,7 @@ def test_fuzz_batch_checks_find_what_the_row_check_finds(
     rows = [UsageRecord(n, *vars_of(r)[1:]) for n, r in enumerate(rows, 1)]
     index = MeterIndex(METERS, value_precision=precision, limits=FieldLimits())
     expected = [p.code if (p := validate_record(r, index, NOW)) else None for r in rows]
-    found = problem_codes(from_records(rows), index, NOW).tolist()
+    found = code_objects(problem_ids(from_records(rows), index, NOW)).tolist()
     assert found == expected
 
 
