@@ -213,13 +213,12 @@ def _acknowledged(skip: bytearray, progress: ObjectProgress) -> Callable[[Indexe
     """Which of a batch's row numbers are in the acknowledged prefix and were sent: left out
     (the prefix's failed rows are validated again: they were never sent)."""
 
-    def sent(rows: Indexes) -> Mask:
-        before = rows < progress.resume_row
-        if not before.any():
-            return before
-        early = rows[before].tolist()
-        sent = before.copy()
-        sent[before] = [row_was_sent(skip, row) for row in early]
-        return sent
+    def sent_before(rows: Indexes) -> Mask:
+        early = rows < progress.resume_row
+        if not early.any():
+            return early
+        done = early.copy()
+        done[early] = [row_was_sent(skip, row) for row in rows[early].tolist()]
+        return done
 
-    return sent
+    return sent_before
