@@ -8,6 +8,9 @@ import os
 # `engine._use_lean_allocators` for why the system allocator and for what it measured (and
 # `engine._CSV_POOL` for jemalloc while a CSV is read).
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-# Arrow's jemalloc (a CSV's pool) with one arena for every thread, read when it first
-# allocates; an operator's options win. See `engine._CSV_POOL`.
-os.environ.setdefault("JE_ARROW_MALLOC_CONF", "narenas:1")
+# Arrow's jemalloc (a CSV's pool) with one arena for every thread, and the pages it frees
+# handed back to the system half a second later (`dirty_decay_ms`), never first marked lazily
+# freed (`muzzy_decay_ms`: Linux counts such pages in RSS until memory runs short; Arrow's own
+# setting holds each kind for a second). Read when it first allocates; an operator's options
+# win. See `engine._CSV_POOL`.
+os.environ.setdefault("JE_ARROW_MALLOC_CONF", "narenas:1,dirty_decay_ms:500,muzzy_decay_ms:0")
