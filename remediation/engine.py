@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -149,8 +149,7 @@ def remediate(
 
     try:
         behind = on_audit is not None or not isinstance(records, CsvRecords)
-        pool = _CSV_POOL if isinstance(records, CsvRecords) else nullcontext()
-        with _FEWER_COLLECTIONS, pool, WriteBehind(put, written, write, behind) as writer:
+        with _FEWER_COLLECTIONS, _RUN_POOL, WriteBehind(put, written, write, behind) as writer:
             for batch in batches(records, ahead=writer.ahead):
                 writer.put(decider.decide(batch))
                 del batch  # freed before the next batch is read, not after
@@ -165,8 +164,8 @@ def remediate(
 
 
 def _use_lean_allocators() -> None:
-    """Arrow on the system allocator (jemalloc while a CSV is read: `_CSV_POOL`), and the C
-    allocator with one arena for every thread (glibc). The package names the system
+    """Arrow on the system allocator (jemalloc while a run reads and writes: `_RUN_POOL`),
+    and the C allocator with one arena for every thread (glibc). The package names the system
     allocator before pyarrow loads (`ARROW_DEFAULT_MEMORY_POOL`, in
     `remediation/__init__.py`), so that Arrow's C++ code allocates from it too: a pool set
     from Python after the load (`pa.set_memory_pool`, as here when pyarrow was loaded before
@@ -302,26 +301,25 @@ def _jemalloc_or(before: pa.MemoryPool) -> pa.MemoryPool:
         return before
 
 
-# Arrow allocates from its jemalloc while a CSV is read and written (the system allocator
+# Arrow allocates from its jemalloc while a run reads and writes (the system allocator
 # otherwise, `_use_lean_allocators`). A CSV's buffers, made and freed a block at a time beside
 # Python's objects on glibc's heap, left it fragmented (a `varied` run in 4 MB blocks, never
 # trimmed: 158 MB of heap, 26 MB of it in use). Peak RSS of 1M rows, system -> jemalloc, in
 # alternating runs on one machine (2026-12-02): `varied` 134-136 -> 117-118 MB, `basic`
 # 131-135 -> 115-124 MB, the CSV of 27 columns 153-154 (over the 150 MB target) -> 124-125
-# MB, at the same speed. JSON runs stay on the system allocator: on jemalloc JSON Lines with
-# optional keys peaked at 147-152 MB instead of 129-133 MB (likely its two busy threads
-# allocating from two of jemalloc's arenas, each keeping what it freed), `basic` JSON Lines
-# +7 MB. The pool is set from Python (what pyarrow's calls allocate from; Arrow's C++ code
-# keeps the pool named when it loaded), and process-wide: a JSON run beside a CSV one in the
-# service's worker allocates from jemalloc too, which costs only memory. jemalloc has one
-# arena for every thread (`JE_ARROW_MALLOC_CONF`, named in `remediation/__init__.py`): with
-# its default, 4 a core, the reading, deciding and writing threads each kept the pages they
-# freed in an arena of their own (jemalloc resident 52-64 MB for 4-19 MB in use, one arena
-# 35 MB). Peak RSS, 5 alternating rounds right after `make install` (the README's "Peak RSS
-# right after make install"; 2026-12-02): the 27-column CSV 159-168 -> 146-151 MB (over the
-# target before), `varied` 148-152 -> 144-150 MB, `basic` 143-150 -> 143-146 MB, the times
-# the same.
-_CSV_POOL = _Held(pa.default_memory_pool, pa.set_memory_pool, _jemalloc_or)
+# MB, at the same speed. The pool is set from Python (what pyarrow's calls allocate from;
+# Arrow's C++ code keeps the pool named when it loaded), and process-wide. jemalloc has one
+# arena for every thread and hands freed pages back within half a second
+# (`JE_ARROW_MALLOC_CONF`, named in `remediation/__init__.py`): with its default, 4 arenas a
+# core, the reading, deciding and writing threads each kept the pages they freed in an arena
+# of their own (jemalloc resident 52-64 MB for 4-19 MB in use, one arena 35 MB), and JSON
+# runs stayed on the system allocator then (JSON Lines with optional keys peaked at 147-152
+# MB instead of 129-133 MB). With those options JSON runs allocate from jemalloc too: right
+# after `make install`, alternating runs of 1M rows (2026-12-02, twenty-first session),
+# `varied` JSON Lines 146-147 -> 143-147 MB, the JSON array 146-150 -> 141-143 MB, `basic`
+# JSON Lines 140-142 -> 138-139 MB, 4M `varied` JSON Lines 150-152 -> 147-148 MB, JSON Lines
+# with 7 optional keys 154-155 -> 156 MB, at the same speed or a little faster.
+_RUN_POOL = _Held(pa.default_memory_pool, pa.set_memory_pool, _jemalloc_or)
 
 
 class WriteBehind(Generic[Done]):

@@ -244,20 +244,25 @@ def _jemalloc() -> bool:
     return True
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
-def test_a_csv_is_read_and_written_on_jemalloc_and_json_on_the_system_allocator(
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json"])
+def test_a_run_reads_and_writes_on_jemalloc_and_gives_the_pool_back(
     tmp_path: Path, suffix: str
 ) -> None:
-    """A CSV's Arrow buffers come from jemalloc (when this pyarrow has it) for the length of
-    its run, apart from glibc's heap (a 27-column CSV's peak: 153 -> 124 MB); JSON runs stay
-    on the system allocator (on jemalloc, JSON Lines with optional keys peaked over 150 MB).
-    The pool before the run comes back after it."""
+    """A run's Arrow buffers come from jemalloc (when this pyarrow has it) for the length of
+    the run, apart from glibc's heap (a 27-column CSV's peak: 153 -> 124 MB), whatever the
+    format (JSON runs stayed on the system allocator until jemalloc had one arena and handed
+    freed pages back: right after `make install`, `varied` JSON Lines 146-147 -> 143-147 MB,
+    the JSON array 146-150 -> 141-143 MB). The pool before the run comes back after it."""
+    rows = varied(300, 29)
     if suffix == ".csv":
         path = write_csv(tmp_path / "in.csv", varied_rows(300, 29))
-    else:
+    elif suffix == ".jsonl":
         path = tmp_path / "in.jsonl"
-        path.write_bytes(to_jsonl(varied(300, 29)))
-    engine._use_lean_allocators()  # what the first run in a process sets (`_CSV_POOL` after)
+        path.write_bytes(to_jsonl(rows))
+    else:
+        path = tmp_path / "in.json"
+        path.write_text(json.dumps(rows, ensure_ascii=False))
+    engine._use_lean_allocators()  # what the first run in a process sets (`_RUN_POOL` after)
     # a first run makes what later runs share (lookups cached on the pool of its run): run
     # alone, this test saw 640 bytes still allocated after its run otherwise
     run_file(path, tmp_path / "first")
@@ -270,7 +275,7 @@ def test_a_csv_is_read_and_written_on_jemalloc_and_json_on_the_system_allocator(
 
     summary, files = run_file(path, tmp_path / "out", on_progress=progress)
     assert summary["corrected"] > 0 and files
-    expected = "jemalloc" if suffix == ".csv" and _jemalloc() else "system"
+    expected = "jemalloc" if _jemalloc() else "system"
     assert seen and set(seen) == {expected}
     assert pa.default_memory_pool().backend_name == before == "system"
     if expected == "jemalloc":  # what the run freed went back to the pool it came from
