@@ -78,19 +78,22 @@ class Shapes:
         self, text: pa.Array, candidates: np.ndarray[Any, Any], numbers: Sequence[int]
     ) -> ShapesRead:
         """The `candidates` lines of `text` whose shape has a layout, as rows."""
-        lines = text.take(pa.array(candidates))
+        lines = text if len(candidates) == len(text) else text.take(pa.array(candidates))
         fits = mask(pc.match_substring_regex(lines, LINE))
         if not fits.all():
             candidates, lines = candidates[fits], lines.filter(pa.array(fits))
         if not len(candidates):
             return _NOTHING
-        shapes = pc.replace_substring_regex(lines, *_STRING_VALUES)
-        encoded = pc.dictionary_encode(pc.replace_substring_regex(shapes, *_NUMBER_VALUES))
+        strings = pc.replace_substring_regex(lines, *_STRING_VALUES)
+        encoded = pc.dictionary_encode(pc.replace_substring_regex(strings, *_NUMBER_VALUES))
+        del strings
         codes = encoded.indices.to_numpy(zero_copy_only=False)
+        shapes = encoded.dictionary.to_pylist()
+        del encoded
         _, first = np.unique(codes, return_index=True)
         layouts = [
             self._layout(shape, lines, int(at))
-            for shape, at in zip(encoded.dictionary.to_pylist(), first.tolist(), strict=True)
+            for shape, at in zip(shapes, first.tolist(), strict=True)
         ]
         usable = np.asarray([layout is not None for layout in layouts], bool)
         taken = usable[codes]
