@@ -346,9 +346,9 @@ def test_arrows_jemalloc_has_one_arena_and_hands_pages_back_unless_the_operator_
     threads arenas of their own, each keeping the pages it freed: a 27-column CSV's peak RSS
     159-168 -> 146-151 MB), and freed pages handed back within half a second, never lazily
     freed first (Arrow's 1,000 ms each: pages lazily freed count in RSS until memory runs
-    short; right after `make install`, 1M `varied` CSV rows peaked at 147-154 MB instead of
-    142-144, 4M `basic` rows at 147-149 instead of 142). An operator's `JE_ARROW_MALLOC_CONF`
-    is kept, with Arrow's own settings for what it leaves out."""
+    short; right after `make install`, 1M `varied` CSV rows peaked at 140-141 MB instead of
+    145-150, 4M at 144-146 instead of 152-154). An operator's `JE_ARROW_MALLOC_CONF` is
+    kept, with Arrow's own settings for what it leaves out."""
     done = _fresh_interpreter(JEMALLOC_PROBE, "JE_ARROW_MALLOC_CONF", named)
     wanted = ("opt.narenas:", "opt.dirty_decay_ms:", "opt.muzzy_decay_ms:")
     found = [
