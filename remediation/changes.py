@@ -21,6 +21,14 @@ class Change:
     after: object
 
 
+class CustomerPicks(dict[str, tuple[str, str] | None]):
+    """The customer picked for each customer text met in a run, in the order met (None: no
+    match; picks are never dropped). `columns`: where the customer rule keeps the same picks
+    as Arrow columns, to look a batch's texts up at once (`core.rules.customers`)."""
+
+    columns: object = None
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     index: MeterIndex
@@ -29,7 +37,7 @@ class Context:
     customers: CustomerDirectory | None = None
     # The customer picked for each customer text met in this run (None: no match), so that
     # every batch does not ask the directory again (`rules.customers.customer_for`).
-    customer_picks: dict[str, tuple[str, str] | None] = field(default_factory=dict)
+    customer_picks: CustomerPicks = field(default_factory=CustomerPicks)
     # The meter matched to each event name met in this run, and by which rule (None: none),
     # so that a fuzzy match is made once per name, not once per batch or per row
     # (`rules.meters.pick_meter`).

@@ -4,9 +4,9 @@ text, never per row (a file names few customers many times)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from itertools import repeat
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import pyarrow as pa
@@ -44,47 +44,86 @@ def fix_customer(batch: Batch, ctx: Context) -> Fix:
 
 def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
     """The customer picked for each distinct text (and the reason when none is), handed to
-    its rows by index."""
+    its rows by index: texts the run has picked for already are looked up for all rows at
+    once (`_Kept`), the others decided once each."""
     raw = fix.batch.payload[key].text.take(pa.array(rows))
-    encoded = pc.dictionary_encode(raw)
-    texts = encoded.dictionary.to_pylist()
-    picks = _picks(texts, ctx)
-    index = encoded.indices.to_numpy(zero_copy_only=False)
-    none = np.asarray([p is None for p in picks], bool)
-    failed = none[index]
+    kept = _kept(ctx)
+    found = pc.index_in(raw, value_set=kept.texts)
+    if found.null_count:  # texts met for the first time (or not kept: the run's picks full)
+        new = pc.unique(raw.filter(found.is_null())).to_pylist()
+        picks = {text: customer_for(text, ctx) for text in new}  # the run keeps what it can
+        kept = _kept(ctx)
+        loose = {text: pick for text, pick in picks.items() if text not in ctx.customer_picks}
+        texts, customers, rules = kept.with_picks(loose)
+        found = pc.index_in(raw, value_set=texts)
+    else:
+        texts, customers, rules = kept.texts, kept.customers, kept.rules
+    picked = customers.take(found)
+    failed = np.asarray(picked.is_null().to_numpy(zero_copy_only=False), bool)
     if failed.any():
-        reasons = {at: no_match(str(texts[at])) for at in np.flatnonzero(none).tolist()}
-        fix.fail(rows[failed], [reasons[i] for i in index[failed].tolist()])
+        refused = raw.filter(failed).to_pylist()
+        reasons = {text: no_match(text) for text in dict.fromkeys(refused)}
+        fix.fail(rows[failed], [reasons[text] for text in refused])
     ok = np.flatnonzero(~failed)
     if not len(ok):
         return
-    picked = pa.array(index[ok])
-    after = Column(pa.array([p[1] if p else None for p in picks], pa.string()).take(picked))
+    taken = pa.array(ok)
+    after = Column(picked.take(taken))
     at = rows[ok]
     payload = dict(fix.batch.payload)
     payload[key] = set_column(payload[key], at, after)
     fix.batch = fix.batch.with_fields(payload=payload)
-    used = {pick[0] for i in set(index[ok].tolist()) if (pick := picks[i])}
-    rule: str | list[str] = next(iter(used))
-    if len(used) > 1:
-        rule = [p[0] if p else "" for p in picks]
-        rule = [rule[i] for i in index[ok].tolist()]
-    before = Column(raw.take(pa.array(ok)))
+    by_rule = rules.take(found.take(taken))
+    used = pc.unique(by_rule)
+    rule: str | list[str] = used[0].as_py() if len(used) == 1 else by_rule.to_pylist()
+    before = Column(raw.take(taken))
     fix.changes.append(Changes(at, rule, f"payload.{key}", before, after))
 
 
-def _picks(texts: list[str], ctx: Context) -> list[tuple[str, str] | None]:
-    """`customer_for` of each text: the run's kept picks read in one pass (a batch names
-    thousands of customers, nearly all met before), the others decided one by one."""
-    kept = ctx.customer_picks
-    picks = list(map(kept.get, texts, repeat(_UNKNOWN)))
-    for at, pick in enumerate(picks):
-        if pick is _UNKNOWN:
-            picks[at] = customer_for(texts[at], ctx)
-    return picks
+@dataclass(slots=True)
+class _Kept:
+    """The run's kept picks (`Context.customer_picks`, in the order kept) as columns, for a
+    batch's texts to be looked up at once: `texts[i]` was picked `customers[i]` by
+    `rules[i]` (both null: no match). A `varied` file's 133,000 customer texts (113,000
+    distinct within their batches) looked up one by one in Python were 16 % of the deciding
+    thread."""
+
+    texts: pa.Array
+    customers: pa.Array
+    rules: pa.Array
+
+    @classmethod
+    def of(cls, picks: Sequence[tuple[str, tuple[str, str] | None]]) -> _Kept:
+        texts, chosen = zip(*picks, strict=True) if picks else ((), ())
+        return cls(
+            pa.array(texts, pa.string()),
+            pa.array([pick[1] if pick else None for pick in chosen], pa.string()),
+            pa.array([pick[0] if pick else None for pick in chosen], pa.string()),
+        )
+
+    def with_picks(
+        self, picks: Mapping[str, tuple[str, str] | None]
+    ) -> tuple[pa.Array, pa.Array, pa.Array]:
+        if not picks:
+            return self.texts, self.customers, self.rules
+        more = _Kept.of(list(picks.items()))
+        return (
+            pa.concat_arrays([self.texts, more.texts]),
+            pa.concat_arrays([self.customers, more.customers]),
+            pa.concat_arrays([self.rules, more.rules]),
+        )
 
 
-_UNKNOWN: Any = object()
+def _kept(ctx: Context) -> _Kept:
+    """The run's kept picks as columns, extended with those kept since last asked (by this
+    rule or by the row rule's `customer_for`: the picks keep their order, none is dropped)."""
+    picks = ctx.customer_picks
+    table = picks.columns if isinstance(picks.columns, _Kept) else _Kept.of([])
+    if len(table.texts) < len(picks):
+        added = dict(islice(picks.items(), len(table.texts), None))
+        table = _Kept(*table.with_picks(added))
+    picks.columns = table
+    return table
 
 
 def fix_customer_row(record: UsageRecord, ctx: Context) -> list[Change]:
