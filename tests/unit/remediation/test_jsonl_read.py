@@ -12,6 +12,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -440,3 +442,31 @@ def test_shapes_past_the_limit_are_read_by_the_line_reader(monkeypatch: pytest.M
     assert got == expected
     assert len(reader.shapes.known) == 3
     assert 0 < sum(reader.hits.values()) < 200
+
+
+def _shape_in_one_pass(line: str) -> str:
+    """A line's shape as the one pass with the key captured gave it (before the two passes
+    without a capture group, `jsonlshapes._STRING_VALUES`)."""
+    strings = re.sub(r'([{,] ?"[^"]*": ?)"[^"]*"', "\\1\x01", line)
+    return re.sub(r'(": ?)-?[0-9][0-9.]*', "\\1\x02", strings)
+
+
+def _alternated(line: str) -> str:
+    """`line` with its key separators `:` and `: ` in turn."""
+    turns = iter(range(len(line)))
+    return re.sub(r'": ?', lambda _: '": ' if next(turns) % 2 else '":', line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.lists(lines(), min_size=1, max_size=20))
+def test_a_lines_shape_is_its_keys_and_separators_with_every_value_a_kind(body: list[str]) -> None:
+    """Of the lines that fit `LINE` (separators mixed within a line too), the shapes are
+    what the one pass with the key captured gave: string values and numbers replaced, keys
+    and separators kept."""
+    fits = [
+        line for line in [*body, *map(_alternated, body)] if re.fullmatch(jsonlshapes.LINE, line)
+    ]
+    reader = jsonlshapes.Shapes(DEPTH)
+    if fits:
+        reader.read(pa.array(fits, pa.string()), np.arange(len(fits)), range(1, len(fits) + 1))
+    assert set(reader.known) == {_shape_in_one_pass(line) for line in fits}
