@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,16 @@ class Layout:
     pieces: int  # pieces of a matched line split at '"'
     payload_keys: tuple[str, ...]
     extra_keys: tuple[str, ...]
+
+    def __hash__(self) -> int:
+        """The pattern's (a text's hash is kept with it; equal layouts have equal patterns):
+        a batch of many shapes counting each layout's lines hashed every leaf each time."""
+        return hash(self.pattern)
+
+    @cached_property
+    def columns(self) -> tuple[tuple[tuple[str, str, tuple[str, ...]], Leaf], ...]:
+        """Each leaf with the column it fills: (group, key, path)."""
+        return tuple(((leaf.group, leaf.key, leaf.path), leaf) for leaf in self.leaves)
 
 
 def learn(obj: object, line: str, depth: int) -> Layout | None:

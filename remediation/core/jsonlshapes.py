@@ -191,8 +191,10 @@ def _leaves_by_column(
     """Each column any layout has (group, key, path), with each layout's leaf for it."""
     found: dict[tuple[str, str, tuple[str, ...]], list[Leaf | None]] = {}
     for at, layout in enumerate(layouts):
-        for leaf in layout.leaves:
-            column = found.setdefault((leaf.group, leaf.key, leaf.path), [None] * len(layouts))
+        for name, leaf in layout.columns:  # made once per layout
+            column = found.get(name)
+            if column is None:
+                column = found[name] = [None] * len(layouts)
             column[at] = leaf
     return found
 

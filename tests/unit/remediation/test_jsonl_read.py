@@ -470,3 +470,22 @@ def test_a_lines_shape_is_its_keys_and_separators_with_every_value_a_kind(body: 
     if fits:
         reader.read(pa.array(fits, pa.string()), np.arange(len(fits)), range(1, len(fits) + 1))
     assert set(reader.known) == {_shape_in_one_pass(line) for line in fits}
+
+
+def test_a_layout_is_hashed_by_its_pattern_not_its_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting the lines each layout read hashes the layouts of a batch's shapes, hundreds a
+    batch for a file of optional keys: by the pattern's text (hashed once), never leaf by
+    leaf; equal layouts stay one key."""
+    from remediation.core import jsonllayouts
+
+    obj = {"identifier": "a", "timestamp": 1, "payload": {"value": 2, "dim": "x"}}
+    layout, same = (learn(obj, json.dumps(obj), DEPTH) for _ in range(2))
+    assert layout is not None and same is not None and layout.leaves
+    hashed: list[object] = []
+    monkeypatch.setattr(jsonllayouts.Leaf, "__hash__", lambda leaf: hashed.append(leaf) or 0)
+    counts = {layout: 1}
+    counts[same] = counts.get(same, 0) + 1
+    assert counts == {layout: 2} and hashed == []
+    assert [name for name, _ in layout.columns] == [
+        (leaf.group, leaf.key, leaf.path) for leaf in layout.leaves
+    ]
