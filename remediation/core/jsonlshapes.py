@@ -87,9 +87,9 @@ class Shapes:
             candidates, lines = candidates[fits], lines.filter(pa.array(fits))
         if not len(candidates):
             return _NOTHING
-        shaped = lines
+        shaped = lines  # each pass's input let go once the next pass has made its output
         for pattern, replacement in (*_STRING_VALUES, _NUMBER_VALUES):
-            shaped = pc.replace_substring_regex(shaped, pattern, replacement)  # the last let go
+            shaped = pc.replace_substring_regex(shaped, pattern, replacement)
         encoded = pc.dictionary_encode(shaped)
         del shaped
         codes = encoded.indices.to_numpy(zero_copy_only=False)
