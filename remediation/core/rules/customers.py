@@ -54,11 +54,9 @@ def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
         picks = {text: customer_for(text, ctx) for text in new}  # the run keeps what it can
         kept = _kept(ctx)
         loose = {text: pick for text, pick in picks.items() if text not in ctx.customer_picks}
-        texts, customers, rules = kept.with_picks(loose)
-        found = pc.index_in(raw, value_set=texts)
-    else:
-        texts, customers, rules = kept.texts, kept.customers, kept.rules
-    picked = customers.take(found)
+        kept = kept.with_picks(loose)
+        found = pc.index_in(raw, value_set=kept.texts)
+    picked = kept.customers.take(found)
     failed = np.asarray(picked.is_null().to_numpy(zero_copy_only=False), bool)
     if failed.any():
         refused = raw.filter(failed).to_pylist()
@@ -73,7 +71,7 @@ def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
     payload = dict(fix.batch.payload)
     payload[key] = set_column(payload[key], at, after)
     fix.batch = fix.batch.with_fields(payload=payload)
-    by_rule = rules.take(found.take(taken))
+    by_rule = kept.rules.take(found.take(taken))
     used = pc.unique(by_rule)
     rule: str | list[str] = used[0].as_py() if len(used) == 1 else by_rule.to_pylist()
     before = Column(raw.take(taken))
@@ -101,13 +99,11 @@ class _Kept:
             pa.array([pick[0] if pick else None for pick in chosen], pa.string()),
         )
 
-    def with_picks(
-        self, picks: Mapping[str, tuple[str, str] | None]
-    ) -> tuple[pa.Array, pa.Array, pa.Array]:
+    def with_picks(self, picks: Mapping[str, tuple[str, str] | None]) -> _Kept:
         if not picks:
-            return self.texts, self.customers, self.rules
+            return self
         more = _Kept.of(list(picks.items()))
-        return (
+        return _Kept(
             pa.concat_arrays([self.texts, more.texts]),
             pa.concat_arrays([self.customers, more.customers]),
             pa.concat_arrays([self.rules, more.rules]),
@@ -121,7 +117,7 @@ def _kept(ctx: Context) -> _Kept:
     table = picks.columns if isinstance(picks.columns, _Kept) else _Kept.of([])
     if len(table.texts) < len(picks):
         added = dict(islice(picks.items(), len(table.texts), None))
-        table = _Kept(*table.with_picks(added))
+        table = table.with_picks(added)
     picks.columns = table
     return table
 
