@@ -5,6 +5,7 @@ keys in the same order, the same error code and message, the same malformed rows
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import re
@@ -453,7 +454,7 @@ def _shape_in_one_pass(line: str) -> str:
 
 def _alternated(line: str) -> str:
     """`line` with its key separators `:` and `: ` in turn."""
-    turns = iter(range(len(line)))
+    turns = itertools.count()
     return re.sub(r'": ?', lambda _: '": ' if next(turns) % 2 else '":', line)
 
 

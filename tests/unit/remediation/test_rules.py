@@ -246,7 +246,7 @@ def test_customer_texts_past_the_picks_a_run_keeps_are_decided_in_each_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Once a run keeps `PICKS_KEPT` picks, a new text is decided again in each batch that
-    names it, with the same outcome, and the kept ones are still looked up at once."""
+    names it, with the same outcome as the row function's, and the kept picks stay those."""
     from remediation.core.rules import customers
 
     monkeypatch.setattr(customers, "PICKS_KEPT", 3)
