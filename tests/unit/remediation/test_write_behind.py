@@ -394,10 +394,10 @@ def test_the_heap_keeps_what_a_block_frees_unless_the_operator_names_thresholds(
     """glibc's heap serves and keeps the numpy temporaries of a block (`MMAP_THRESHOLD_BYTES`,
     `TRIM_THRESHOLD_BYTES`): with its own thresholds (following the largest mapping freed) a
     block's temporaries grew the heap past its trim threshold, were handed back at the next
-    free and faulted in again at the next block, 1,400 page faults each time here (1M rows:
-    171,000-199,000 minor faults, 35,000-74,000 with the thresholds). An operator's
-    `MALLOC_TRIM_THRESHOLD_` (or glibc tunable) is kept. A fresh interpreter: glibc's
-    options are the process's."""
+    free and faulted in again at the next block, 1,400 page faults each time here (a 1M-row
+    CSV run: 126,000-200,000 minor faults, 35,000-59,000 with the thresholds). An operator's
+    `MALLOC_TRIM_THRESHOLD_` (or glibc tunable) is kept: the faults come back. A fresh
+    interpreter: glibc's options are the process's."""
     done = _fresh_interpreter(HEAP_PROBE, variable or "MALLOC_TRIM_THRESHOLD_", value)
     faults = int(done.stdout)
     if kept:
