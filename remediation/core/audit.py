@@ -27,7 +27,7 @@ from remediation.core.decide import (
     Decided,
 )
 from remediation.core.jsonrows import plain, quarantine_notes, row_texts, value_parts
-from remediation.core.text import join, json_parts, json_strings, json_text
+from remediation.core.text import join, json_parts, json_strings, json_text, merged_constants
 from remediation.identifiers import Identifiers
 from remediation.meters import DEFAULT_CUSTOMER_KEY
 from remediation.outcomes import CORRECTIONS, QuarantinedRow, Tally, value_text
@@ -37,7 +37,7 @@ from remediation.spool import write_shared
 from remediation.writers import record_object
 
 # Audit lines gathered this many at a time: a batch's lines are about twice its input's bytes,
-# and made all at once they were held three times over at the run's peak.
+# and a slice's are let go once written, before the next is made.
 AUDIT_SLICE_LINES = 4096
 
 # A part of every line of a change: a constant, or each line's value taken from a text array
@@ -134,13 +134,7 @@ class _Gather:
 
     def add(self, rows: Indexes, parts: Sequence[Part]) -> None:
         """Lines for `rows` (one each, in this order), each the texts of `parts`."""
-        merged: list[Part] = []
-        for part in parts:
-            if isinstance(part, str) and merged and isinstance(merged[-1], str):
-                merged[-1] += part
-            else:
-                merged.append(part)
-        self._blocks.append((rows, merged))
+        self._blocks.append((rows, merged_constants(parts)))
 
     def texts(self, slice_lines: int) -> Iterator[pa.Array]:
         """The lines in row order (stable: lines added first come first within a row), as

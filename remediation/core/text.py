@@ -12,6 +12,7 @@ import io
 from collections.abc import Sequence
 from functools import lru_cache
 from json.encoder import encode_basestring
+from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 Indices = npt.NDArray[np.int64]
+P = TypeVar("P")  # a part of a joined text: a constant (str) or values to take it from
 Mask = npt.NDArray[np.bool_]
 
 _CSV_ROW_END = "\r\n"  # csv.writer's default (excel) lineterminator
@@ -124,12 +126,14 @@ def byte_counts(values: pa.Array, byte: int) -> Indices:
     return counts
 
 
-def _merged_constants(parts: Sequence[pa.Array | str]) -> list[pa.Array | str]:
-    """Adjacent constants as one, since every part costs a `take` element per row."""
-    merged: list[pa.Array | str] = []
+def merged_constants(parts: Sequence[P]) -> list[P]:
+    """Adjacent constants (strings) as one, since every part costs a kernel element per row;
+    other parts kept as they are."""
+    merged: list[P] = []
     for part in parts:
-        if isinstance(part, str) and merged and isinstance(merged[-1], str):
-            merged[-1] += part
+        last = merged[-1] if merged else None
+        if isinstance(part, str) and isinstance(last, str):
+            merged[-1] = cast(P, last + part)
         else:
             merged.append(part)
     return merged
@@ -142,7 +146,7 @@ def join(parts: Sequence[pa.Array | str], length: int) -> pa.Array:
     text, and guessing one ("" or "null") belongs to the caller. Arrow's own element-wise join
     does the work (measured: 0.19 s for 17 parts x 900,000 rows, 15x a gather by index).
     """
-    merged = _merged_constants(parts)
+    merged = merged_constants(parts)
     arguments: list[pa.Array | pa.Scalar] = []
     for at, part in enumerate(merged):
         if isinstance(part, str):
