@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from remediation.core.text import CellSource
 from remediation.records import UsageRecord
 
 # Runs a function on another thread (`concurrent.futures.Executor.submit`): where a reader
@@ -116,6 +117,17 @@ class Column:
             return self._filled if self._at is None else self._filled.take(self._at)
         text = self.text
         return pc.fill_null(text, "") if text.null_count else text
+
+    def cell_rows(self) -> tuple[pa.Array, Indexes]:
+        """Where this column's cells are, without gathering them: an array of texts (null
+        where absent; "" instead when the block's own cells are known, `cells`) and each
+        row's place in it."""
+        if self._base is not None and self._at is not None:
+            array = self._filled if self._filled is not None else self._base
+            return array, np.asarray(self._at.to_numpy(zero_copy_only=False), np.int64)
+        assert self._text is not None
+        array = self._filled if self._filled is not None else self._text
+        return array, np.arange(self._length, dtype=np.int64)
 
     def __len__(self) -> int:
         return self._length
@@ -517,42 +529,77 @@ def interleaved(batch: Batch, kept: Indexes, other: Batch, placed: Indexes) -> B
     if batch.order is not None or other.order is not None:
         both = concat_batches([batch.take(kept), other])
         return both.take(np.argsort(np.concatenate([kept, placed]), kind="stable"))
-    rows = np.sort(np.concatenate([kept, placed]))
-    at = pa.array(rows, pa.int64())
+    weave = Interleave(len(batch), kept, placed)
     n = len(batch)
-    spliced = np.arange(n, dtype=np.int64)
-    spliced[placed] = n + np.arange(len(placed), dtype=np.int64)
-    from_both = pa.array(spliced[rows], pa.int64())
-    taken_placed, composed = Composed(pa.array(placed, pa.int64())), Composed(at)
-
-    def column(mine: Column, theirs: Column) -> Column:
-        if _taken_from(theirs, mine, taken_placed):
-            return mine.take(rows, at, composed)
-        if _all_null(mine) and _all_null(theirs):  # no malformed rows, no error columns
-            return Column(pa.nulls(len(rows), pa.string()))
-        kinds = None
-        if mine.kinds is not None or theirs.kinds is not None:
-            kinds = np.concatenate([mine.kind_array(), theirs.kind_array()])[spliced[rows]]
-        whole = pa.concat_arrays([as_string(mine.text), as_string(theirs.text)])
-        return Column(whole.take(from_both), kinds)  # gathered now: `whole` is not kept
 
     def keyed(mine: Mapping[str, Column], theirs: Mapping[str, Column]) -> dict[str, Column]:
         return {
-            k: column(_key(mine, k, n), _key(theirs, k, len(placed)))
+            k: weave.column(_key(mine, k, n), _key(theirs, k, len(placed)))
             for k in _union([mine, theirs])
         }
 
     return Batch(
-        batch.rows[rows],
-        column(batch.identifier, other.identifier),
-        column(batch.timestamp, other.timestamp),
-        column(batch.event_name, other.event_name),
+        batch.rows[weave.rows],
+        weave.column(batch.identifier, other.identifier),
+        weave.column(batch.timestamp, other.timestamp),
+        weave.column(batch.event_name, other.event_name),
         keyed(batch.payload, other.payload),
         keyed(batch.extra, other.extra),
-        column(batch.code_column, other.code_column),
-        column(batch.message_column, other.message_column),
-        column(batch.malformed_column, other.malformed_column),
+        weave.column(batch.code_column, other.code_column),
+        weave.column(batch.message_column, other.message_column),
+        weave.column(batch.malformed_column, other.malformed_column),
     )
+
+
+class Interleave:
+    """Rows `kept` of a column and the rows of another (row i standing for the first's row
+    `placed[i]`), in the first column's order (`rows`); `kept` and `placed` ascending and
+    disjoint (`interleaved`, a column at a time)."""
+
+    def __init__(self, length: int, kept: Indexes, placed: Indexes) -> None:
+        self.length, self.kept, self.placed = length, kept, placed
+        self.rows = np.sort(np.concatenate([kept, placed]))
+        self.at = pa.array(self.rows, pa.int64())
+        self._composed = Composed(self.at)
+        self._taken_placed = Composed(pa.array(placed, pa.int64()))
+        self._spliced: Indexes | None = None
+
+    def column(self, mine: Column, theirs: Column) -> Column:
+        """The rows of `mine` and `theirs` as one column: a take of `mine` when `theirs` is
+        rows of it no rule changed, else gathered now from both."""
+        if _taken_from(theirs, mine, self._taken_placed):
+            return mine.take(self.rows, self.at, self._composed)
+        if _all_null(mine) and _all_null(theirs):  # no malformed rows, no error columns
+            return Column(pa.nulls(len(self.rows), pa.string()))
+        spliced = self._splice()
+        kinds = None
+        if mine.kinds is not None or theirs.kinds is not None:
+            kinds = np.concatenate([mine.kind_array(), theirs.kind_array()])[spliced]
+        whole = pa.concat_arrays([as_string(mine.text), as_string(theirs.text)])
+        return Column(whole.take(pa.array(spliced, pa.int64())), kinds)  # `whole` not kept
+
+    def sources(self, mine: Column, theirs: Column) -> list[CellSource]:
+        """Where each row of `column(mine, theirs)` reads its cell, nothing gathered: the
+        arrays the two columns' cells are in (`Column.cell_rows`), with the rows and places
+        that read from each."""
+        array, places = mine.cell_rows()
+        if _taken_from(theirs, mine, self._taken_placed):
+            return [(array, np.arange(len(self.rows), dtype=np.int64), places[self.rows])]
+        kept_lines = np.searchsorted(self.rows, self.kept)
+        placed_lines = np.searchsorted(self.rows, self.placed)
+        other, other_places = theirs.cell_rows()
+        if other is array:
+            lines = np.concatenate([kept_lines, placed_lines])
+            return [(array, lines, np.concatenate([places[self.kept], other_places]))]
+        return [(array, kept_lines, places[self.kept]), (other, placed_lines, other_places)]
+
+    def _splice(self) -> Indexes:
+        """Each row's place in the two columns one after the other."""
+        if self._spliced is None:
+            spliced = np.arange(self.length, dtype=np.int64)
+            spliced[self.placed] = self.length + np.arange(len(self.placed), dtype=np.int64)
+            self._spliced = spliced[self.rows]
+        return self._spliced
 
 
 def _all_null(column: Column) -> bool:

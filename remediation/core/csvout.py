@@ -8,16 +8,16 @@ as is every batch once an output was opened with other columns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from remediation.codes import ErrorCode
 from remediation.core.audit import AuditLines, account, new_identifiers
-from remediation.core.columns import Batch, Indexes
-from remediation.core.decide import QUARANTINED, Decided
-from remediation.core.text import csv_rows
+from remediation.core.columns import Batch, Column, Indexes, Interleave
+from remediation.core.decide import QUARANTINED, VALID, Decided
+from remediation.core.text import CellSource, csv_lines
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
 from remediation.outputs import OutputSet
@@ -46,50 +46,116 @@ class CsvOut:
         """Write one decided batch; False (nothing written) when it needs the record path."""
         if not self.usable():
             return False
+        batch, fixed = decided.batch, decided.fixed
+        if batch.order is not None or fixed.order is not None:
+            return self._write_ordered(decided, tally)
+        valid = np.flatnonzero(decided.fate == VALID)
+        if not self._fits([(batch, valid), (fixed, None)]):
+            return False
+        weave = Interleave(len(batch), valid, decided.corrected)
+        identifiers = weave.column(batch.identifier, fixed.identifier)
+        new_ids = new_identifiers(self.ids, identifiers, batch.rows[weave.rows])
+        if len(weave.rows):
+            cells = self._sources(batch, fixed, weave, new_ids)
+            self._block(self.sinks.corrected, cells, len(weave.rows))
+        self._finish(decided, weave.rows, new_ids, tally)
+        return True
+
+    def _write_ordered(self, decided: Decided, tally: Tally) -> bool:
+        """`write` for rows with key orders of their own (a rule renamed a key): the written
+        rows made one batch first (`Decided.written`)."""
         written, out = decided.written()
-        if not self._fits(out):
+        if not self._fits([(out, None)]):
             return False
         new_ids = new_identifiers(self.ids, out.identifier, out.rows)
         if len(out):
-            self._block(self.sinks.corrected, self._cells(out, new_ids))
-        quarantined = np.flatnonzero(decided.fate == QUARANTINED)
-        if len(quarantined):
-            self._quarantine(decided, quarantined)
-        account(self.audit, decided, written, new_ids, self.sinks, tally)
+            everyone = np.arange(len(out), dtype=np.int64)
+            cells = self._taken(out, everyone, new_ids)
+            self._block(self.sinks.corrected, cells, len(out))
+        self._finish(decided, written, new_ids, tally)
         return True
 
-    def _fits(self, out: Batch) -> bool:
-        for key, column in out.payload.items():
-            if key not in self.payload_keys and column.present().any():
-                return False
-        return all(name in self.columns for name in out.extra)
+    def _finish(self, decided: Decided, written: Indexes, new_ids: pa.Array, tally: Tally) -> None:
+        """The batch's quarantined rows, its audit and its counts."""
+        quarantined = np.flatnonzero(decided.fate == QUARANTINED)
+        if len(quarantined):
+            batch = decided.batch
+            cells = self._taken(batch, quarantined)
+            for notes in (decided.mfx_code, decided.reason):
+                lines = np.arange(len(quarantined), dtype=np.int64)
+                cells.append([(pa.array(notes[quarantined], pa.string()), lines, lines)])
+            self._block(self.sinks.quarantine, cells, len(quarantined))
+        account(self.audit, decided, written, new_ids, self.sinks, tally)
 
-    def _cells(self, batch: Batch, identifiers: pa.Array) -> list[pa.Array]:
-        cells = []
+    def _fits(self, parts: Sequence[tuple[Batch, Indexes | None]]) -> bool:
+        """The written rows (of each batch, those given, or all) hold no key the output has
+        no column for."""
+        for batch, rows in parts:
+            for key, column in batch.payload.items():
+                if key in self.payload_keys:
+                    continue
+                present = column.present()
+                if (present if rows is None else present[rows]).any():
+                    return False
+            if any(name not in self.columns for name in batch.extra):
+                return False
+        return True
+
+    def _sources(
+        self, batch: Batch, fixed: Batch, weave: Interleave, new_ids: pa.Array
+    ) -> list[list[CellSource]]:
+        """Where each output column's cells are read for the written rows (`weave`): the
+        valid rows' from the batch's columns, the corrected rows' from the corrected ones
+        (from the batch's when no rule changed the column), nothing gathered."""
+        n, placed = len(batch), len(fixed)
+        lines = np.arange(len(weave.rows), dtype=np.int64)
+        cells: list[list[CellSource]] = []
         for name in self.columns:
             if name == "identifier":
-                cells.append(identifiers)
+                cells.append([(new_ids, lines, lines)])
             elif name in ("timestamp", "event_name"):
-                cells.append(getattr(batch, name).cells())
+                cells.append(weave.sources(getattr(batch, name), getattr(fixed, name)))
             elif payload_column(name):
-                column = batch.payload.get(name[len(PAYLOAD_PREFIX) :])
-                cells.append(column.cells() if column is not None else _empty(len(batch)))
+                key = name[len(PAYLOAD_PREFIX) :]
+                mine, theirs = _key(batch.payload, key, n), _key(fixed.payload, key, placed)
+                cells.append(weave.sources(mine, theirs))
             else:
-                column = batch.extra.get(name)
-                cells.append(column.cells() if column is not None else _empty(len(batch)))
+                mine, theirs = _key(batch.extra, name, n), _key(fixed.extra, name, placed)
+                cells.append(weave.sources(mine, theirs))
         return cells
 
-    def _block(self, output: object, cells: list[pa.Array]) -> None:
+    def _block(self, output: object, cells: Sequence[Sequence[CellSource]], rows: int) -> None:
         assert isinstance(output, OutputSet)
-        data, ends = csv_rows(cells)
+        data, ends = csv_lines(cells, rows)
         output.write_block(memoryview(data), ends.tolist())
 
-    def _quarantine(self, decided: Decided, rows: Indexes) -> None:
-        batch = decided.batch.take(rows)
-        cells = self._cells(batch, batch.identifier.text)
-        cells.append(pa.array(decided.mfx_code[rows], pa.string()))
-        cells.append(pa.array(decided.reason[rows], pa.string()))
-        self._block(self.sinks.quarantine, cells)
+    def _taken(
+        self, batch: Batch, rows: Indexes, new_ids: pa.Array | None = None
+    ) -> list[list[CellSource]]:
+        """Where each output column's cells are read for rows `rows` of `batch` (under
+        `new_ids`, one a row, when given), nothing gathered."""
+        lines = np.arange(len(rows), dtype=np.int64)
+        cells: list[list[CellSource]] = []
+        for name in self.columns:
+            if name == "identifier" and new_ids is not None:
+                cells.append([(new_ids, lines, lines)])
+                continue
+            if name in ("identifier", "timestamp", "event_name"):
+                column: Column | None = getattr(batch, name)
+            elif payload_column(name):
+                column = batch.payload.get(name[len(PAYLOAD_PREFIX) :])
+            else:
+                column = batch.extra.get(name)
+            if column is None:
+                cells.append([(_empty(len(rows)), lines, lines)])
+            else:
+                array, places = column.cell_rows()
+                cells.append([(array, lines, places[rows])])
+        return cells
+
+
+def _key(columns: Mapping[str, Column], key: str, length: int) -> Column:
+    return columns.get(key) or Column.absent(length)
 
 
 def _takes_bytes(output: OutputSet) -> bool:

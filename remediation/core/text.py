@@ -2,7 +2,9 @@
 
 Rows are joined element-wise by Arrow (`join`); the few cells that need quoting or escaping
 are found by a byte scan, rewritten alone and put back with one gather (`_scatter`). A joined
-array's data buffer is the text itself, row boundaries at its offsets (`csv_rows`).
+array's data buffer is the text itself, row boundaries at its offsets. CSV lines are gathered
+in one take from a pool of every column's cells and the delimiters (`csv_lines`; `csv_rows`
+is its case of whole columns).
 """
 
 from __future__ import annotations
@@ -224,16 +226,82 @@ def csv_rows(
     rows[i] = [column[i] or "" for column in columns], lines end in "\r\n", text is UTF-8.
     Row i is data[offsets[i]:offsets[i + 1]], so a caller can cut the output at any row.
     """
-    _check_delimiter(delimiter)
     if not columns:
         raise ValueError("csv_rows needs at least one column: the row count comes from them")
-    length, lone = len(columns[0]), len(columns) == 1
-    parts: list[pa.Array | str] = []
+    length = len(columns[0])
+    everyone = np.arange(length, dtype=np.int64)
     for column in columns:
-        parts += [_cells(_as_text(column, length), delimiter, lone), delimiter]
-    parts[-1] = _CSV_ROW_END
-    joined = join(parts, length)
-    return line_bytes(joined)
+        _as_text(column, length)  # the checks: string arrays of one length
+    return csv_lines([[(column, everyone, everyone)] for column in columns], length, delimiter)
+
+
+# One source of a column's cells: an array of texts (null: absent, an empty CSV cell), the rows
+# (lines) that read their cell from it and, for each, its place there.
+CellSource = tuple[pa.Array, Indices, Indices]
+
+
+def csv_lines(
+    columns: Sequence[Sequence[CellSource]], length: int, delimiter: str = ","
+) -> tuple[pa.Buffer | bytes, Indices]:
+    """What `csv_rows` writes for `length` rows whose cells are read where `columns` say: each
+    column's lines, together, once each from its sources. Each source's cells are made once
+    (the few that need quoting rewritten and added to it), then every line's cells and
+    delimiters are gathered from one pool of texts in one take: a line's parts side by side
+    are its text. Gathering each column's rows, then joining the columns element-wise, made
+    every cell's bytes twice and cost a kernel call per column and part (a 29,000-row batch
+    of five columns: 7.4 -> 5.0 ms)."""
+    _check_delimiter(delimiter)
+    if not columns:
+        raise ValueError("csv_lines needs at least one column")
+    lone = len(columns) == 1
+    arrays: list[pa.Array] = [pa.array(["", delimiter, _CSV_ROW_END], pa.large_string())]
+    start = 3
+    width = 2 * len(columns)
+    index = np.full((length, width), -1, np.int64)
+    index[:, 1::2] = 1
+    index[:, -1] = 2
+    for at, sources in enumerate(columns):
+        for values, lines, positions in sources:
+            if len(lines) != len(positions):
+                raise ValueError("csv_lines: a source's lines and positions differ in length")
+            if len(positions) and not 0 <= positions.min() <= positions.max() < len(values):
+                raise IndexError("csv_lines: a position outside its source")
+            if len(positions) * 4 < len(values):  # a few rows of many: measured on their own
+                values = values.take(pa.array(positions, pa.int64()))
+                positions = np.arange(len(positions), dtype=np.int64)
+            cells, positions = _cell_source(_as_text(values), positions, delimiter, lone)
+            index[lines, 2 * at] = start + positions
+            arrays.append(cells)
+            start += len(cells)
+        if (index[:, 2 * at] < 0).any():
+            raise ValueError(f"csv_lines: column {at} has lines no source gives a cell")
+    if not length:
+        return b"", np.zeros(1, np.int64)
+    parts = pa.concat_arrays(arrays).take(pa.array(index.ravel()))
+    _, offsets_buffer, data_buffer = parts.buffers()
+    every = np.frombuffer(offsets_buffer, np.int64)[parts.offset :][: len(parts) + 1]
+    ends: Indices = every[::width]
+    data = data_buffer.slice(int(ends[0]), int(ends[-1] - ends[0]))
+    return data, ends - ends[0]
+
+
+def _cell_source(
+    values: pa.Array, positions: Indices, delimiter: str, lone: bool
+) -> tuple[pa.Array, Indices]:
+    """`values` as csv.writer writes each (`_cells`), as an array with `positions` into it:
+    a value that needs quoting (or a lone empty cell) rewritten, added at the end, and its
+    rows' positions moved there; the others are `values` as they are ("" where null)."""
+    text = pc.fill_null(values, "") if values.null_count else values
+    rewrite = _csv_quoting_rows(text, delimiter)
+    if lone:
+        empty = np.flatnonzero(_mask(pc.equal(pc.binary_length(text), 0)))
+        rewrite = np.union1d(rewrite, empty)
+    if not len(rewrite):
+        return text, positions
+    cells = _cells(text.take(pa.array(rewrite)), delimiter, lone)
+    moved = np.arange(len(text), dtype=np.int64)
+    moved[rewrite] = len(text) + np.arange(len(rewrite), dtype=np.int64)
+    return pa.concat_arrays([text, cells]), moved[positions]
 
 
 def line_bytes(joined: pa.Array) -> tuple[pa.Buffer | bytes, Indices]:

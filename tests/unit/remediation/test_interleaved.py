@@ -9,8 +9,16 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediation.core.columns import Batch, Column, Kind, concat_batches, interleaved
+from remediation.core.columns import (
+    Batch,
+    Column,
+    Interleave,
+    Kind,
+    concat_batches,
+    interleaved,
+)
 from remediation.core.rules.base import set_column
+from remediation.core.text import csv_lines, csv_rows
 
 
 def _batch(n: int, kinds: bool) -> Batch:
@@ -144,3 +152,46 @@ def test_a_csv_columns_cells_are_its_values_with_absent_ones_empty(
     assert got.text.to_pylist() == [w or None for w in want]
     if not changed and len(placed):  # one gather from the batch's own, its cells too
         assert got._filled is not None
+
+
+@given(
+    n=st.integers(1, 40),
+    picks=st.lists(st.booleans(), min_size=40, max_size=40),
+    twice=st.booleans(),
+    filled=st.booleans(),
+)
+def test_the_cell_sources_write_the_interleaved_columns_cells(
+    n: int, picks: list[bool], twice: bool, filled: bool
+) -> None:
+    """A CSV writer reads each written row's cells where `Interleave.sources` says, nothing
+    gathered first: the lines are those of the interleaved columns, whether a column was
+    changed by a rule, taken from the batch's own (through a take of a take) or kept with
+    the block's cells beside it."""
+    batch = _batch(2 * n, False)
+    if filled:  # a CSV column: the block's cells beside its values, "" where absent
+        cells = [f"v,{i}" if i % 3 else "" for i in range(2 * n)]
+        column = Column(pa.array([c or None for c in cells]), filled=pa.array(cells))
+        batch = batch.with_fields(payload=dict(batch.payload, v=column))
+    batch = batch.take(np.arange(2 * n - 1, 0, -2))  # a batch read at places of its blocks
+    placed = np.flatnonzero(np.asarray(picks[:n]))
+    kept = np.flatnonzero(~np.asarray(picks[:n]))
+    fixed = batch.take(np.sort(np.concatenate([placed, kept[:1]])))
+    fixed = fixed.take(np.flatnonzero(np.isin(fixed.rows, batch.rows[placed])))
+    at = np.arange(0, len(placed), 2, dtype=np.int64)
+    new = Column(pa.array([f'new"{i}' for i in range(len(at))], pa.string()))
+    fixed = fixed.with_fields(timestamp=set_column(fixed.timestamp, at, new))
+    if twice:
+        fixed = fixed.with_fields(event_name=Column(pa.nulls(len(placed), pa.string())))
+    got = interleaved(batch, kept, fixed, placed)
+    weave = Interleave(n, kept, placed)
+    pairs = [
+        (batch.identifier, fixed.identifier),
+        (batch.timestamp, fixed.timestamp),
+        (batch.event_name, fixed.event_name),
+        (batch.payload["v"], fixed.payload["v"]),
+        (batch.payload["c"], fixed.payload["c"]),
+    ]
+    body, _ = csv_lines([weave.sources(mine, theirs) for mine, theirs in pairs], len(got), ";")
+    written = [got.identifier, got.timestamp, got.event_name, got.payload["v"], got.payload["c"]]
+    want, _ = csv_rows([column.text for column in written], ";")
+    assert bytes(body) == bytes(want)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from remediation.core.text import (
     byte_counts,
     csv_cells,
+    csv_lines,
     csv_rows,
     join,
     json_inner,
@@ -149,6 +150,81 @@ def test_a_null_keeps_its_hidden_bytes_out_of_the_text() -> None:
     assert bytes(csv_rows([hidden, hidden])[0]) == b"a,a\r\n,\r\nb,b\r\n"
     assert texts(csv_cells(hidden)) == ["a", "", "b"]
     assert texts(json_strings(hidden)) == ['"a"', "null", '"b"']
+
+
+# --- csv_lines --------------------------------------------------------------------------------
+
+
+@st.composite
+def sources_of(
+    draw: st.DrawFn, cells: list[str | None]
+) -> list[tuple[pa.Array, np.ndarray, np.ndarray]]:
+    """One column's `cells` spread over one to three source arrays, each holding its rows'
+    cells at shuffled places among values no line reads (so a source may be used for a few
+    of its rows only), the lines given in any order."""
+    count = draw(st.integers(1, 3))
+    owner = [draw(st.integers(0, count - 1)) for _ in cells]
+    sources = []
+    for source in range(count):
+        lines = [line for line, at in enumerate(owner) if at == source]
+        lines = draw(st.permutations(lines))
+        unread = draw(st.lists(MAYBE_TEXT, max_size=draw(st.sampled_from([0, 2, 40]))))
+        values: list[str | None] = [cells[line] for line in lines] + unread
+        order = draw(st.permutations(range(len(values))))
+        placed = [order.index(at) for at in range(len(lines))]  # where each line's cell went
+        array = draw(string_arrays([values[at] for at in order]))
+        sources.append((array, np.array(lines, np.int64), np.array(placed, np.int64)))
+    return sources
+
+
+@given(st.data(), st.sampled_from(DELIMITERS))
+def test_csv_lines_from_many_sources_is_what_csv_writer_writes(
+    data: st.DataObject, delimiter: str
+) -> None:
+    rows = data.draw(tables())
+    width = len(rows[0]) if rows else data.draw(st.integers(1, 4))
+    columns = [data.draw(sources_of([row[at] for row in rows])) for at in range(width)]
+    body, offsets = csv_lines(columns, len(rows), delimiter)
+    assert bytes(body) == csv_text(rows, delimiter).encode()
+    cut = [bytes(body)[start:end] for start, end in itertools.pairwise(offsets)]
+    assert cut == [csv_text([row], delimiter).encode() for row in rows]
+
+
+def test_csv_lines_takes_each_cell_where_its_source_says() -> None:
+    early = pa.array(["b", "x,y", None, "unread"])
+    late = pa.array(['q"', ""])
+    columns = [
+        [(early, np.array([1, 3, 0]), np.array([0, 1, 2])), (late, np.array([2]), np.array([0]))],
+        [(late, np.array([0, 1, 2, 3]), np.array([1, 1, 0, 0]))],
+    ]
+    body, offsets = csv_lines(columns, 4, ";")
+    assert bytes(body) == b';\r\nb;\r\n"q""";"q"""\r\nx,y;"q"""\r\n'
+    assert offsets.tolist() == [0, 3, 7, 20, 31]
+    lone, _ = csv_lines([[(late, np.array([0, 1]), np.array([1, 0]))]], 2)
+    assert bytes(lone) == b'""\r\n"q"""\r\n'
+
+
+def test_csv_lines_refuses_sources_that_do_not_cover_the_lines() -> None:
+    values = pa.array(["a", "b"])
+    with pytest.raises(IndexError, match="outside its source"):
+        csv_lines([[(values, np.array([0, 1]), np.array([0, 2]))]], 2)
+    with pytest.raises(IndexError, match="outside its source"):
+        csv_lines([[(values, np.array([0, 1]), np.array([-1, 0]))]], 2)
+    with pytest.raises(ValueError, match="column 1 has lines no source gives a cell"):
+        csv_lines(
+            [
+                [(values, np.array([0, 1]), np.array([0, 1]))],
+                [(values, np.array([0]), np.array([1]))],
+            ],
+            2,
+        )
+    with pytest.raises(ValueError, match="differ in length"):
+        csv_lines([[(values, np.array([0, 1]), np.array([0]))]], 2)
+    with pytest.raises(ValueError, match="at least one column"):
+        csv_lines([], 0)
+    with pytest.raises(TypeError):
+        csv_lines([[(values, np.array([0, 1]), np.array([0, 1]))]], 2, delimiter="")
+    assert csv_lines([[(values, np.array([], np.int64), np.array([], np.int64))]], 0)[0] == b""
 
 
 # --- csv_cells --------------------------------------------------------------------------------
