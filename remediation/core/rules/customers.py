@@ -50,12 +50,18 @@ def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
     kept = _kept(ctx)
     found = pc.index_in(raw, value_set=kept.texts)
     if found.null_count:  # texts met for the first time (or not kept: the run's picks full)
-        new = pc.unique(raw.filter(found.is_null())).to_pylist()
-        picks = {text: customer_for(text, ctx) for text in new}  # the run keeps what it can
-        kept = _kept(ctx)
-        loose = {text: pick for text, pick in picks.items() if text not in ctx.customer_picks}
-        kept = kept.with_picks(loose)
-        found = pc.index_in(raw, value_set=kept.texts)
+        # looked up among themselves, placed after the kept ones: hashing the run's kept texts
+        # a second time cost 0.6 ms a batch (a `varied` file: 40 ms of its 170 in this rule)
+        missing = np.asarray(found.is_null().to_numpy(zero_copy_only=False), bool)
+        unknown = raw.filter(pa.array(missing))
+        new = pc.unique(unknown).to_pylist()
+        fresh = _Kept.of([(text, customer_for(text, ctx)) for text in new])  # the run keeps
+        places = np.asarray(found.fill_null(-1).to_numpy(zero_copy_only=False), np.int64)
+        places[missing] = len(kept.texts) + np.asarray(
+            pc.index_in(unknown, value_set=fresh.texts).to_numpy(zero_copy_only=False), np.int64
+        )
+        kept = kept.then(fresh)
+        found = pa.array(places, pa.int64())
     picked = kept.customers.take(found)
     failed = np.asarray(picked.is_null().to_numpy(zero_copy_only=False), bool)
     if failed.any():
@@ -102,7 +108,10 @@ class _Kept:
     def with_picks(self, picks: Mapping[str, tuple[str, str] | None]) -> _Kept:
         if not picks:
             return self
-        more = _Kept.of(list(picks.items()))
+        return self.then(_Kept.of(list(picks.items())))
+
+    def then(self, more: _Kept) -> _Kept:
+        """These picks, then `more` (their places after these)."""
         return _Kept(
             pa.concat_arrays([self.texts, more.texts]),
             pa.concat_arrays([self.customers, more.customers]),
