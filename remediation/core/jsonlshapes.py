@@ -7,8 +7,8 @@ Here the lines no hot layout took are first held against one grammar (`LINE`: an
 keys without quotes, escapes, control characters or `,:{}`, whose values are strings without
 quotes, escapes or control characters, numbers as `json.dumps` writes them, true, false, null,
 or, one level down, objects of those). A line that fits has one reading as keys and values, so
-two regex replacements give its shape: its text with every string value replaced by \\x01 and
-every number by \\x02 (control characters, which no fitting line holds). Lines of one shape have
+two regex replacements give its shape (`line_shapes`): its text with every string value but its
+closing quote, and every number, taken out after its key's separator. Lines of one shape have
 the same keys in the same order, values of the same kinds, the same separators: the layout
 learned from the first of them (`learn`, one `json.loads` per shape) is what every other one
 matches. Their values are then cut out of all lines at once, whatever the number of shapes:
@@ -49,13 +49,15 @@ _VALUE = rf"(?:{_STRING}|{SLOTS[Kind.INT]}|true|false|null)"
 _FLAT = rf"\{{(?:{_KEY}: ?{_VALUE}(?:, ?{_KEY}: ?{_VALUE})*)?\}}"
 LINE = rf"^\{{{_KEY}: ?(?:{_VALUE}|{_FLAT})(?:, ?{_KEY}: ?(?:{_VALUE}|{_FLAT}))*\}}$"
 # In a line that fits `LINE`, a key's closing quote and its separator (`":` only closes a key:
-# a string value is followed by `,` or `}`) with its string value, in two passes, one a
-# separator: without a capture group RE2 finds a match's bounds alone (the one pass with the
-# key captured, `([{,] ?"[^"]*": ?)"[^"]*"`, took a third longer: a quarter of the deciding
-# thread on the optional-keys file); then, string values gone, a key's closing quote and its
-# number.
-_STRING_VALUES = ((r'":"[^"]*"', '":\x01'), (r'": "[^"]*"', '": \x01'))
-_NUMBER_VALUES = (r'(": ?)-?[0-9][0-9.]*', "\\1\x02")
+# a string value is followed by `,` or `}`) with the value after it, a string but its closing
+# quote or a number, in two passes, one a separator. A string leaves `":"` and a number `":`
+# (then `,` or `}`); true, false, null and an object stay (`":true`, `":{`): a line's shape
+# still spells its keys, separators and every value's kind. Neither pass has a capture
+# group: RE2 finds a match's bounds alone (the one pass with the key captured,
+# `([{,] ?"[^"]*": ?)"[^"]*"`, took a third longer; string values and numbers in passes of
+# their own, the numbers' separator captured, 500-580 ms for 200,000 lines of the
+# optional-keys file against 430-440 ms).
+_VALUES = ((r'":(?:"[^"]*|-?[0-9][0-9.]*)', '":'), (r'": (?:"[^"]*|-?[0-9][0-9.]*)', '": '))
 _TRIMMED = ":, }"  # around a number, true, false or null in its piece of a line split at '"'
 _UNSEEN = object()
 
@@ -87,11 +89,7 @@ class Shapes:
             candidates, lines = candidates[fits], lines.filter(pa.array(fits))
         if not len(candidates):
             return _NOTHING
-        shaped = lines  # each pass's input let go once the next pass has made its output
-        for pattern, replacement in (*_STRING_VALUES, _NUMBER_VALUES):
-            shaped = pc.replace_substring_regex(shaped, pattern, replacement)
-        encoded = pc.dictionary_encode(shaped)
-        del shaped
+        encoded = pc.dictionary_encode(line_shapes(lines))
         codes = encoded.indices.to_numpy(zero_copy_only=False)
         shapes = encoded.dictionary.to_pylist()
         del encoded
@@ -128,6 +126,14 @@ class Shapes:
 
 
 _NOTHING = ShapesRead(np.zeros(0, np.int64), None, {})
+
+
+def line_shapes(lines: pa.Array) -> pa.Array:
+    """Each line's shape (lines that fit `LINE`): its keys, separators and values' kinds."""
+    shaped = lines  # each pass's input let go once the next pass has made its output
+    for pattern, replacement in _VALUES:
+        shaped = pc.replace_substring_regex(shaped, pattern, replacement)
+    return shaped
 
 
 def _cut_out(

@@ -446,10 +446,17 @@ def test_shapes_past_the_limit_are_read_by_the_line_reader(monkeypatch: pytest.M
 
 
 def _shape_in_one_pass(line: str) -> str:
-    """A line's shape as the one pass with the key captured gave it (before the two passes
-    without a capture group, `jsonlshapes._STRING_VALUES`)."""
+    """A line's shape as the one pass with the key captured gave it (before the passes
+    without a capture group, `jsonlshapes.line_shapes`)."""
     strings = re.sub(r'([{,] ?"[^"]*": ?)"[^"]*"', "\\1\x01", line)
     return re.sub(r'(": ?)-?[0-9][0-9.]*', "\\1\x02", strings)
+
+
+def _revalued(line: str) -> str:
+    """`line` with other values of the same kinds: each string value longer by a letter, each
+    number another one (its shape is `line`'s)."""
+    strings = re.sub(r'(": ?)"([^"]*)"', '\\1"\\2q"', line)
+    return re.sub(r'(": ?)-?[0-9][0-9.]*', "\\g<1>70", strings)
 
 
 def _alternated(line: str) -> str:
@@ -461,16 +468,19 @@ def _alternated(line: str) -> str:
 @settings(max_examples=300, deadline=None)
 @given(body=st.lists(lines(), min_size=1, max_size=20))
 def test_a_lines_shape_is_its_keys_and_separators_with_every_value_a_kind(body: list[str]) -> None:
-    """Of the lines that fit `LINE` (separators mixed within a line too), the shapes are
-    what the one pass with the key captured gave: string values and numbers replaced, keys
-    and separators kept."""
-    fits = [
-        line for line in [*body, *map(_alternated, body)] if re.fullmatch(jsonlshapes.LINE, line)
-    ]
+    """Of the lines that fit `LINE` (separators mixed within a line too), two share a shape
+    exactly when the one pass with the key captured gave them one (string values and numbers
+    replaced by a mark of their kind, keys and separators kept), and the reader keeps one
+    shape for each."""
+    both = [*body, *map(_alternated, body)]
+    fits = [line for line in [*both, *map(_revalued, both)] if re.fullmatch(jsonlshapes.LINE, line)]
     reader = jsonlshapes.Shapes(DEPTH)
     if fits:
         reader.read(pa.array(fits, pa.string()), np.arange(len(fits)), range(1, len(fits) + 1))
-    assert set(reader.known) == {_shape_in_one_pass(line) for line in fits}
+    shapes = jsonlshapes.line_shapes(pa.array(fits, pa.string())).to_pylist()
+    reference = [_shape_in_one_pass(line) for line in fits]
+    assert len(set(zip(shapes, reference, strict=True))) == len(set(shapes)) == len(set(reference))
+    assert set(reader.known) == set(shapes)
 
 
 def test_a_layout_is_hashed_by_its_pattern_not_its_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
