@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.columns import Batch, Column, KeyOrder, KeyOrders, Kind, key_orders
-from remediation.core.text import join, json_parts, json_strings, json_text, take_parts
+from remediation.core.text import join, json_inner, json_parts, json_strings, json_text, take_parts
 from remediation.records import MFX_PREFIX
 
 NULL = "null"
@@ -34,6 +34,10 @@ _OBJECT_KEYS = frozenset((*_CORE, "payload"))  # `record_object` writes these fi
 # layout at a time: each layout costs a dozen Arrow calls (1M rows of 128 layouts, read by
 # shape: 15-18 s written a layout at a time, 12.7 s at once).
 FEW_LAYOUTS = 8
+# Groups of key orders (`_agreeing`) a batch written at once may make: past them, its rows are
+# written a layout at a time. Apart from `FEW_LAYOUTS`, so that a test can write every batch
+# at once (with both at 0, none ever was).
+AT_ONCE_GROUPS = 8
 
 
 def row_texts(
@@ -115,74 +119,218 @@ class _Rows:
     orders: KeyOrders
     notes: Sequence[tuple[str, pa.Array]]
 
-    def take(self, members: np.ndarray[Any, Any]) -> _Rows:
-        taken = pa.array(members)
-        return _Rows(
-            self.batch.take(members),
-            {name: column.take(members, taken) for name, column in self.cores.items()},
-            {name: has[members] for name, has in self.present.items()},
-            self.orders.take(members),
-            [(key, texts.take(taken)) for key, texts in self.notes],
-        )
-
 
 def _all_at_once(rows: _Rows, end: str) -> pa.Array | None:
     """`row_texts` for many rows at once: the rows whose key orders one order of the keys
-    follows (`_agreeing`) are written together (`_written`). None when that makes more than
-    `FEW_LAYOUTS` groups."""
+    follows (`_agreeing`) are written by that order (`_written`), every row's parts gathered
+    in row order in one take (`_Pieces`). None when that makes more than `AT_ONCE_GROUPS`
+    groups."""
     groups = _agreeing(rows.orders.distinct)
     if groups is None:
         return None
+    pieces = _Pieces(len(rows.batch))
     if len(groups) == 1:
-        return _written(rows, end, groups[0][0])
+        _written(pieces, rows, np.arange(len(rows.batch)), end, groups[0][0])
+        return pieces.rows()
     group_of = np.zeros(len(rows.orders.distinct), np.int64)
     for at, (_, held) in enumerate(groups):
         group_of[held] = at
     of_row = group_of[rows.orders.codes]
-    pieces, places = [], []
     for at, (keys, _) in enumerate(groups):
-        members = np.flatnonzero(of_row == at)
-        pieces.append(_written(rows.take(members), end, keys))
-        places.append(members)
-    position = np.empty(len(of_row), np.int64)
-    position[np.concatenate(places)] = np.arange(len(of_row), dtype=np.int64)
-    return pa.concat_arrays(pieces).take(pa.array(position))
+        _written(pieces, rows, np.flatnonzero(of_row == at), end, keys)
+    return pieces.rows()
 
 
-def _written(rows: _Rows, end: str, keys: tuple[list[str], list[str]]) -> pa.Array:
-    """The rows, each key's `,"key":value` where a row has the key and nothing where not, in
-    the order `keys` (payload keys, other keys), every object's first comma cut off."""
+def _written(
+    pieces: _Pieces,
+    rows: _Rows,
+    members: np.ndarray[Any, Any],
+    end: str,
+    keys: tuple[list[str], list[str]],
+) -> None:
+    """The rows `members`, each key's `"key":value` where a row has the key and nothing where
+    not, in the order `keys` (payload keys, other keys), a comma before every pair but an
+    object's first, as parts of `pieces`. Joined element-wise instead (each pair, then each
+    object's pairs with their first comma cut off, then the row; each order's rows taken out
+    first and put back in row order after) every value's bytes were made five or six times
+    (200,000 rows of the optional-keys file, 128 layouts: 0.52-0.70 s, gathered 0.27-0.34 s)."""
     batch, orders = rows.batch, rows.orders
-    n = len(batch)
-
-    def pair(key: str, column: Column, has: np.ndarray[Any, Any]) -> pa.Array:
-        text = join(["," + _key(key), value_json(column)], n)
-        return text if has.all() else pc.if_else(pa.array(has), text, _NO_TEXT)
+    codes = orders.codes[members]
 
     def holding(key: str, group: int) -> np.ndarray[Any, Any]:
         held = np.asarray([key in order[group] for order in orders.distinct], bool)
-        return held[orders.codes]
+        found: np.ndarray[Any, Any] = held[codes]
+        return found
 
     payload_keys, extra_keys = keys
-    top = [pair(name, rows.cores[name], rows.present[name]) for name in _CORE]
-    inner = [pair(key, batch.payload[key], holding(key, 0)) for key in payload_keys]
-    top += [',"payload":{', *_after_comma(inner, n), "}"]
-    top += [pair(key, batch.extra[key], holding(key, 1)) for key in extra_keys]
-    top += [join(["," + _key(key), texts], n) for key, texts in rows.notes]
-    return join(["{", *_after_comma(top, n), "}" + end], n)
+    every = np.ones(len(members), bool)
+    # the object's keys: each with its value (None: the payload object) and the rows having it
+    top: list[tuple[str, Column | pa.Array | None, np.ndarray[Any, Any]]] = [
+        (name, rows.cores[name], rows.present[name][members]) for name in _CORE
+    ]
+    top.append(("payload", None, every))
+    top += [(key, batch.extra[key], holding(key, 1)) for key in extra_keys]
+    top += [(key, texts, every) for key, texts in rows.notes]
+    pieces.start(members)
+    pieces.constant("{")
+    for (key, value, has), first in zip(top, _firsts([has for _, _, has in top]), strict=True):
+        if value is not None:
+            pieces.pair(key, value, has, first)
+            continue
+        pieces.prefix(key, has, first, "{")
+        inner = [(k, batch.payload[k], holding(k, 0)) for k in payload_keys]
+        for (k, column, held), at in zip(inner, _firsts([h for _, _, h in inner]), strict=True):
+            pieces.pair(k, column, held, at)
+        pieces.constant("}")
+    pieces.constant("}" + end)
 
 
-# A key absent from a row: no text. (Arrow's join skipping nulls drops the rows whose every
-# part is null, pyarrow 26: each pair carries its comma, and the first is cut off instead.)
-_NO_TEXT = pa.scalar("", pa.large_string())
-
-
-def _after_comma(parts: Sequence[pa.Array | str], n: int) -> list[pa.Array | str]:
-    """The parts joined, each row's text without its first character (the comma before its
-    first pair), as parts for `join`."""
-    if not parts:
+def _firsts(present: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+    """For each of an object's keys, the rows where it is the first key present."""
+    if not present:
         return []
-    return [pc.utf8_slice_codeunits(join(parts, n), 1)]
+    seen = np.cumsum(np.stack(present), axis=0)
+    return [has & (count == 1) for has, count in zip(present, seen, strict=True)]
+
+
+class _Pieces:
+    """Rows made of parts side by side, written a group of rows at a time (`start`): per
+    part, each row's text is a constant or its value in an array of the batch's rows.
+    `rows` gathers every row's parts, in row order, from one pool of texts in one take (a
+    string array's data is its values one after the other); a row of fewer parts than
+    another is padded with "". Each array's texts (a column's JSON) are made once, whatever
+    the groups."""
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+        self._constants: dict[str, int] = {"": 0}
+        self._pooled: dict[int, tuple[int, pa.Array]] = {}  # id(array) -> (its start, array)
+        self._size = 0  # the arrays' texts pooled so far
+        # by id(column): its texts, where absent, where not a string; its JSON string texts
+        self._facts: dict[int, tuple[pa.Array, np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
+        self._inner: dict[int, pa.Array] = {}
+        # per part, each row's place: in the arrays' texts, or -1 - a constant's number
+        self._parts: list[np.ndarray[Any, Any]] = []
+        self._members = np.zeros(0, np.int64)
+        self._part = 0
+
+    def start(self, members: np.ndarray[Any, Any]) -> None:
+        """The next parts are those of the rows `members`."""
+        self._members, self._part = members, 0
+
+    def _put(self, places: np.ndarray[Any, Any]) -> None:
+        if self._part == len(self._parts):
+            self._parts.append(np.full(self._n, -1, np.int64))  # ""
+        self._parts[self._part][self._members] = places
+        self._part += 1
+
+    def _constant(self, text: str) -> int:
+        return -1 - self._constants.setdefault(text, len(self._constants))
+
+    def _start_of(self, array: pa.Array) -> int:
+        found = self._pooled.get(id(array))
+        if found is None:
+            found = self._pooled[id(array)] = (self._size, array)
+            self._size += len(array)
+        return found[0]
+
+    def constant(self, text: str) -> None:
+        self._put(np.full(len(self._members), self._constant(text), np.int64))
+
+    def prefix(
+        self, key: str, has: np.ndarray[Any, Any], first: np.ndarray[Any, Any], then: str = ""
+    ) -> None:
+        """`"key":` (after a comma unless `first`) where a row has the key, then `then`."""
+        named = _key(key) + then
+        places = np.where(first, self._constant(named), self._constant("," + named))
+        self._put(np.where(has, places, -1))
+
+    def pair(
+        self,
+        key: str,
+        value: Column | pa.Array,
+        has: np.ndarray[Any, Any],
+        first: np.ndarray[Any, Any],
+    ) -> None:
+        """`"key":` (after a comma unless `first`) and the value's JSON text, where a row has
+        the key: a JSON text array's as it is; a column's as `value_json` writes it, a
+        string's quotes as constants around its text, null where the value is absent."""
+        named = _key(key)
+        if isinstance(value, pa.Array):
+            self.prefix(key, has, first)
+            self._values(value, has, np.full(len(self._members), -1, np.int64))
+            return
+        text, missing, literal = self._texts_of(value)
+        missing, literal = missing[self._members], literal[self._members]
+        quoted = has & ~missing & ~literal
+        bare = has & ~missing & literal
+        # each row's head: `"key":` after a comma or not, then a string's opening quote,
+        # nothing (a bare value follows) or null
+        heads = np.asarray(
+            [
+                self._constant(comma + named + then)
+                for comma in (",", "")
+                for then in ('"', "", NULL)
+            ],
+            np.int64,
+        )
+        kind = np.where(quoted, 0, np.where(bare, 1, 2))
+        places = np.where(has, heads[first.astype(np.int64) * 3 + kind], -1)
+        self._put(places)
+        if bare.any():
+            self._values(text, bare, np.full(len(self._members), -1, np.int64))
+        if quoted.any():
+            self._values(self._inner_of(value), quoted, np.full(len(self._members), -1, np.int64))
+            self._put(np.where(quoted, self._constant('"'), -1))
+
+    def _texts_of(
+        self, column: Column
+    ) -> tuple[pa.Array, np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """A column's texts, where they are absent, and where a value is not a string (its
+        JSON text is its text: numbers, true, false, null)."""
+        found = self._facts.get(id(column))
+        if found is None:
+            text = column.text
+            missing = np.asarray(text.is_null().to_numpy(zero_copy_only=False), bool)
+            literal = (
+                np.zeros(len(text), bool) if column.kinds is None else column.kinds != Kind.TEXT
+            )
+            found = self._facts[id(column)] = (text, missing, literal)
+        return found
+
+    def _inner_of(self, column: Column) -> pa.Array:
+        """A column's texts as JSON strings without their quotes ("" where absent)."""
+        found = self._inner.get(id(column))
+        if found is None:
+            text = column.text
+            inner = json_inner(pc.fill_null(text, "") if text.null_count else text)
+            assert inner is not None
+            found = self._inner[id(column)] = inner
+        return found
+
+    def _values(
+        self, array: pa.Array, use: np.ndarray[Any, Any], other: np.ndarray[Any, Any]
+    ) -> None:
+        """Each row's value in `array` (of the batch's rows) where `use`, else `other`."""
+        self._put(np.where(use, self._start_of(array) + self._members, other))
+
+    def rows(self) -> pa.Array:
+        n, width = self._n, len(self._parts)
+        arrays = [array for _, array in sorted(self._pooled.values(), key=lambda p: p[0])]
+        arrays = [
+            a if pa.types.is_large_string(a.type) else a.cast(pa.large_string()) for a in arrays
+        ]
+        arrays.append(pa.array(list(self._constants), pa.large_string()))
+        index = np.stack(self._parts, axis=1)
+        index = np.where(index < 0, self._size - 1 - index, index)
+        gathered = pa.concat_arrays(arrays).take(pa.array(index.ravel()))
+        offsets = np.frombuffer(gathered.buffers()[1], np.int64)
+        offsets = offsets[gathered.offset : gathered.offset + n * width + 1 : width]
+        return pa.Array.from_buffers(
+            pa.large_string(),
+            n,
+            [None, pa.py_buffer(np.ascontiguousarray(offsets)), gathered.buffers()[2]],
+        )
 
 
 _Keys = tuple[list[str], list[str]]  # payload keys and other keys, in one order
@@ -191,7 +339,7 @@ _Keys = tuple[list[str], list[str]]  # payload keys and other keys, in one order
 def _agreeing(orders: Sequence[KeyOrder]) -> list[tuple[_Keys, list[int]]] | None:
     """The orders in groups whose orders one order of their keys follows (payload keys and
     the other keys apart; our own `mfx_` keys are not written): that order, and the group's
-    orders (their places in `orders`). None past `FEW_LAYOUTS` groups."""
+    orders (their places in `orders`). None past `AT_ONCE_GROUPS` groups."""
     groups: list[tuple[list[str], list[str], list[int]]] = []
     for at, (payload, extra) in enumerate(orders):
         written = [key for key in extra if not key.startswith(MFX_PREFIX)]
@@ -203,7 +351,7 @@ def _agreeing(orders: Sequence[KeyOrder]) -> list[tuple[_Keys, list[int]]] | Non
                 members.append(at)
                 break
         else:
-            if len(groups) == FEW_LAYOUTS:
+            if len(groups) == AT_ONCE_GROUPS:
                 return None
             groups.append((list(payload), written, [at]))
     return [((payload_keys, extra_keys), members) for payload_keys, extra_keys, members in groups]

@@ -11,12 +11,15 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import remediation.engine as engine
 from remediation.core import jsonrows
+from remediation.core.columns import Batch, Column, KeyOrders, Kind
 from remediation.core.jsonlout import JsonlOut
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
@@ -314,3 +317,50 @@ def test_quarantined_rows_are_what_records_write(
         first = json.loads(lines[0])
         assert (first["identifier"], first["event_name"]) == ("41", "7")
         assert list(first)[-2:] == ["mfx_code", "mfx_reason"]
+
+
+@pytest.mark.parametrize("layouts", [0, 100])
+def test_rows_at_once_and_a_layout_at_a_time_write_null_for_a_key_held_without_a_value(
+    monkeypatch: pytest.MonkeyPatch, layouts: int
+) -> None:
+    """A row whose key order holds a key its column has no value for writes `null` there,
+    whether its batch is written at once (`FEW_LAYOUTS` 0) or a layout at a time; numbers
+    bare, strings quoted and escaped, a key order no other follows written in its own."""
+    monkeypatch.setattr(jsonrows, "FEW_LAYOUTS", layouts)
+    kinds = np.asarray([Kind.INT, Kind.TEXT, Kind.INT, Kind.TEXT, Kind.INT], np.uint8)
+    texts = {
+        "value": Column(pa.array(["5", None, "7", "x", "9"], pa.string()), kinds),
+        "note": Column(pa.array([None, "y", None, 'q"', "z"], pa.string())),
+    }
+    orders = KeyOrders(
+        [(("value", "note"), ()), (("note",), ()), (("value",), ()), (("note", "value"), ())],
+        np.asarray([0, 0, 1, 2, 3], np.int32),
+    )
+    batch = Batch(
+        np.arange(1, 6, dtype=np.int64),
+        Column(pa.array(list("abcde"), pa.string())),
+        Column(pa.array(["1", "2", "3", "4", "5"]), np.full(5, Kind.INT, np.uint8)),
+        Column(pa.array(["m"] * 5, pa.string())),
+        texts,
+        {},
+        pa.nulls(5, pa.string()),
+        pa.nulls(5, pa.string()),
+        pa.nulls(5, pa.string()),
+        orders,
+    )
+    payloads = [
+        {"value": 5, "note": None},
+        {"value": None, "note": "y"},
+        {"note": None},
+        {"value": "x"},
+        {"note": "z", "value": 9},
+    ]
+    expected = [
+        json.dumps(
+            {"identifier": i, "timestamp": t, "event_name": "m", "payload": p},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        for i, t, p in zip("abcde", range(1, 6), payloads, strict=True)
+    ]
+    assert jsonrows.row_texts(batch, batch.identifier.text).to_pylist() == expected
