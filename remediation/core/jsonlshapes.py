@@ -7,7 +7,7 @@ Here the lines no hot layout took are first held against one grammar (`LINE`: an
 keys without quotes, escapes, control characters or `,:{}`, whose values are strings without
 quotes, escapes or control characters, numbers as `json.dumps` writes them, true, false, null,
 or, one level down, objects of those). A line that fits has one reading as keys and values, so
-two regex replacements give its shape (`line_shapes`): its text with every string value but its
+one regex replacement gives its shape (`line_shapes`): its text with every string value but its
 closing quote, and every number, taken out after its key's separator. Lines of one shape have
 the same keys in the same order, values of the same kinds, the same separators: the layout
 learned from the first of them (`learn`, one `json.loads` per shape) is what every other one
@@ -50,14 +50,15 @@ _FLAT = rf"\{{(?:{_KEY}: ?{_VALUE}(?:, ?{_KEY}: ?{_VALUE})*)?\}}"
 LINE = rf"^\{{{_KEY}: ?(?:{_VALUE}|{_FLAT})(?:, ?{_KEY}: ?(?:{_VALUE}|{_FLAT}))*\}}$"
 # In a line that fits `LINE`, a key's closing quote and its separator (`":` only closes a key:
 # a string value is followed by `,` or `}`) with the value after it, a string but its closing
-# quote or a number, in two passes, one a separator. A string leaves `":"` and a number `":`
-# (then `,` or `}`); true, false, null and an object stay (`":true`, `":{`): a line's shape
-# still spells its keys, separators and every value's kind. Neither pass has a capture
-# group: RE2 finds a match's bounds alone (the one pass with the key captured,
-# `([{,] ?"[^"]*": ?)"[^"]*"`, took a third longer; string values and numbers in passes of
-# their own, the numbers' separator captured, 500-580 ms for 200,000 lines of the
-# optional-keys file against 430-440 ms).
-_VALUES = ((r'":(?:"[^"]*|-?[0-9][0-9.]*)', '":'), (r'": (?:"[^"]*|-?[0-9][0-9.]*)', '": '))
+# quote or a number, in one pass: a string leaves `":"` and a number `":` (then `,` or `}`),
+# the separator kept (captured); true, false, null and an object stay (`":true`, `":{`). A
+# line's shape spells its keys, separators and every value's kind. One pass, so that every
+# match starts at a key's end: matched left to right, each string value is taken whole before
+# its text is looked at. A pass per separator style (and one more for numbers) looked into the
+# string values of the other style: a value starting with `:` was taken for a key's end, and
+# two lines of different keys could get one shape (one read with the other's layout: a key
+# read under another's name).
+_VALUES = (r'"(: ?)(?:"[^"]*|-?[0-9][0-9.]*)', '"\\1')
 _TRIMMED = ":, }"  # around a number, true, false or null in its piece of a line split at '"'
 _UNSEEN = object()
 
@@ -130,10 +131,7 @@ _NOTHING = ShapesRead(np.zeros(0, np.int64), None, {})
 
 def line_shapes(lines: pa.Array) -> pa.Array:
     """Each line's shape (lines that fit `LINE`): its keys, separators and values' kinds."""
-    shaped = lines  # each pass's input let go once the next pass has made its output
-    for pattern, replacement in _VALUES:
-        shaped = pc.replace_substring_regex(shaped, pattern, replacement)
-    return shaped
+    return pc.replace_substring_regex(lines, *_VALUES)
 
 
 def _cut_out(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from remediation import jsonreaders
@@ -436,6 +436,27 @@ def test_lines_of_a_shape_that_learned_no_layout_are_read_by_the_line_reader() -
     assert got == expected
 
 
+def test_string_values_starting_with_a_colon_are_read_as_the_line_reader_reads_them() -> None:
+    """A string value's text is never taken for a key's end: with spaced separators, the
+    shapes of `{"p": ":", "b": "x"}` and `{"p": ":", "c": "x"}` were one (a pass for compact
+    separators ran into the value), and the second line's `c` was read as `b`."""
+    head = '{"identifier": "i%d", "timestamp": 1764000000, "event_name": "m", "payload": '
+    payloads = [
+        '{"p": ":", "b": "x"}',
+        '{"p": ":", "c": "x"}',
+        '{"p": ":5", "value": 3}',
+        '{"p": ":-1", "value": 4}',
+        '{"p": ": 7", "value": 5}',
+        '{"p": "a:", "value": 6}',
+        '{"p": ":", "value": 7}',
+    ]
+    spaced = [head % at + payload + "}" for at, payload in enumerate(payloads)]
+    compact = [line.replace(": ", ":").replace(", ", ",") for line in spaced]
+    for body in (spaced, compact, [*spaced, *compact]):
+        got, expected, _ = both(("\n".join(body * 3) + "\n").encode(), 50)
+        assert got == expected
+
+
 def test_shapes_past_the_limit_are_read_by_the_line_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jsonlshapes, "MAX_SHAPES", 3)
     body = optional_keys_rows(200, 4)
@@ -467,6 +488,9 @@ def _alternated(line: str) -> str:
 
 @settings(max_examples=300, deadline=None)
 @given(body=st.lists(lines(), min_size=1, max_size=20))
+@example(  # separators alternated, the payload's value `:` was taken for a key's end
+    body=['{"identifier":"c","timestamp":"c","event_name":"c","payload":":"}']
+)
 def test_a_lines_shape_is_its_keys_and_separators_with_every_value_a_kind(body: list[str]) -> None:
     """Of the lines that fit `LINE` (separators mixed within a line too), two share a shape
     exactly when the one pass with the key captured gave them one (string values and numbers
