@@ -320,20 +320,30 @@ def test_quarantined_rows_are_what_records_write(
 
 
 @pytest.mark.parametrize("layouts", [0, 100])
-def test_rows_at_once_and_a_layout_at_a_time_write_null_for_a_key_held_without_a_value(
+def test_rows_write_null_for_a_key_held_without_a_value(
     monkeypatch: pytest.MonkeyPatch, layouts: int
 ) -> None:
     """A row whose key order holds a key its column has no value for writes `null` there,
     whether its batch is written at once (`FEW_LAYOUTS` 0) or a layout at a time; numbers
-    bare, strings quoted and escaped, a key order no other follows written in its own."""
+    bare, strings quoted and escaped, other keys after the payload, our own `mfx_` keys left
+    out, a key order no other follows written in its own group."""
     monkeypatch.setattr(jsonrows, "FEW_LAYOUTS", layouts)
     kinds = np.asarray([Kind.INT, Kind.TEXT, Kind.INT, Kind.TEXT, Kind.INT], np.uint8)
     texts = {
         "value": Column(pa.array(["5", None, "7", "x", "9"], pa.string()), kinds),
         "note": Column(pa.array([None, "y", None, 'q"', "z"], pa.string())),
     }
+    others = {
+        "zeta": Column(pa.array(["1", None, None, None, "2"]), np.full(5, Kind.INT, np.uint8)),
+        "mfx_code": Column(pa.array(["c"] * 5, pa.string())),
+    }
     orders = KeyOrders(
-        [(("value", "note"), ()), (("note",), ()), (("value",), ()), (("note", "value"), ())],
+        [
+            (("value", "note"), ("zeta", "mfx_code")),
+            (("note",), ("mfx_code",)),
+            (("value",), ()),
+            (("note", "value"), ("mfx_code", "zeta")),
+        ],
         np.asarray([0, 0, 1, 2, 3], np.int32),
     )
     batch = Batch(
@@ -342,25 +352,25 @@ def test_rows_at_once_and_a_layout_at_a_time_write_null_for_a_key_held_without_a
         Column(pa.array(["1", "2", "3", "4", "5"]), np.full(5, Kind.INT, np.uint8)),
         Column(pa.array(["m"] * 5, pa.string())),
         texts,
-        {},
+        others,
         pa.nulls(5, pa.string()),
         pa.nulls(5, pa.string()),
         pa.nulls(5, pa.string()),
         orders,
     )
-    payloads = [
-        {"value": 5, "note": None},
-        {"value": None, "note": "y"},
-        {"note": None},
-        {"value": "x"},
-        {"note": "z", "value": 9},
+    objects: list[dict[str, Any]] = [
+        {"payload": {"value": 5, "note": None}, "zeta": 1},
+        {"payload": {"value": None, "note": "y"}, "zeta": None},
+        {"payload": {"note": None}},
+        {"payload": {"value": "x"}},
+        {"payload": {"note": "z", "value": 9}, "zeta": 2},
     ]
     expected = [
         json.dumps(
-            {"identifier": i, "timestamp": t, "event_name": "m", "payload": p},
+            {"identifier": i, "timestamp": t, "event_name": "m", **obj},
             ensure_ascii=False,
             separators=(",", ":"),
         )
-        for i, t, p in zip("abcde", range(1, 6), payloads, strict=True)
+        for i, t, obj in zip("abcde", range(1, 6), objects, strict=True)
     ]
     assert jsonrows.row_texts(batch, batch.identifier.text).to_pylist() == expected
