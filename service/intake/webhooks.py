@@ -23,7 +23,7 @@ from typing import IO, Any
 from flask import Blueprint, Request, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, NotFound
-from werkzeug.routing import Rule
+from werkzeug.routing import PathConverter, Rule
 
 from handlers import REGISTRY
 from service.adapters.stripe_events import VerifiedEvent, WebhookVerifier
@@ -70,11 +70,19 @@ def receive_webhook() -> Response:
 OTHER_REQUESTS = "webhooks.other_request"
 
 
+class _Below(PathConverter):
+    """Whatever follows /webhooks/, line breaks included: `path`'s `.` stops at one, and a
+    request for /webhooks/0%0A got the app's HTML 404 instead of this room's JSON."""
+
+    regex = "[^/](?s:.*?)"
+
+
 @bp.record_once
 def _route_everything_else_here(state: BlueprintSetupState) -> None:
     """Any other method on /webhooks, any path below it: rules without a method list match
     every method (Flask's `route` always sets one), added after the POST rule, which wins."""
-    for path in ("/webhooks", "/webhooks/", "/webhooks/<path:rest>"):
+    state.app.url_map.converters["webhooks_below"] = _Below
+    for path in ("/webhooks", "/webhooks/", "/webhooks/<webhooks_below:rest>"):
         state.app.url_map.add(Rule(path, endpoint=OTHER_REQUESTS))
     state.app.view_functions[OTHER_REQUESTS] = _other_request
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
@@ -284,6 +284,8 @@ def test_intake_never_fails_and_stores_only_well_formed_events(
         alphabet=string.ascii_letters + string.digits + "-_/%", max_size=30
     ),  # no dots: urllib3 resolves ".."
 )
+@example(method="GET", suffix="0%0A")  # a line break below /webhooks/: the app's HTML 404
+@example(method="POST", suffix="a%0Ab%0D%0A/c")
 def test_other_requests_under_webhooks_answer_json(
     intake: Intake, method: str, suffix: str
 ) -> None:
