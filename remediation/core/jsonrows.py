@@ -255,11 +255,11 @@ class _Pieces:
         """`"key":` (after a comma unless `first`) and the value's JSON text, where a row has
         the key: a JSON text array's as it is; a column's as `value_json` writes it, a
         string's quotes as constants around its text, null where the value is absent."""
-        named = _key(key)
         if isinstance(value, pa.Array):
             self.prefix(key, has, first)
-            self._values(value, has, np.full(len(self._members), -1, np.int64))
+            self._values(value, has)
             return
+        named = _key(key)
         text, missing, literal = self._texts_of(value)
         missing, literal = missing[self._members], literal[self._members]
         quoted = has & ~missing & ~literal
@@ -278,9 +278,9 @@ class _Pieces:
         places = np.where(has, heads[first.astype(np.int64) * 3 + kind], -1)
         self._put(places)
         if bare.any():
-            self._values(text, bare, np.full(len(self._members), -1, np.int64))
+            self._values(text, bare)
         if quoted.any():
-            self._values(self._inner_of(value), quoted, np.full(len(self._members), -1, np.int64))
+            self._values(self._inner_of(value), quoted)
             self._put(np.where(quoted, self._constant('"'), -1))
 
     def _texts_of(
@@ -308,11 +308,9 @@ class _Pieces:
             found = self._inner[id(column)] = inner
         return found
 
-    def _values(
-        self, array: pa.Array, use: np.ndarray[Any, Any], other: np.ndarray[Any, Any]
-    ) -> None:
-        """Each row's value in `array` (of the batch's rows) where `use`, else `other`."""
-        self._put(np.where(use, self._start_of(array) + self._members, other))
+    def _values(self, array: pa.Array, use: np.ndarray[Any, Any]) -> None:
+        """Each row's value in `array` (of the batch's rows) where `use`, else ""."""
+        self._put(np.where(use, self._start_of(array) + self._members, -1))
 
     def rows(self) -> pa.Array:
         n, width = self._n, len(self._parts)
