@@ -27,7 +27,14 @@ from remediation.core.decide import (
     Decided,
 )
 from remediation.core.jsonrows import plain, quarantine_notes, row_texts, value_parts
-from remediation.core.text import join, json_parts, json_strings, json_text, merged_constants
+from remediation.core.text import (
+    TextPool,
+    join,
+    json_parts,
+    json_strings,
+    json_text,
+    merged_constants,
+)
 from remediation.identifiers import Identifiers
 from remediation.meters import DEFAULT_CUSTOMER_KEY
 from remediation.outcomes import CORRECTIONS, QuarantinedRow, Tally, value_text
@@ -117,12 +124,10 @@ class AuditLines:
 
 
 class _Gather:
-    """Lines made of parts, gathered in row order from one pool of texts: the constants
-    (and "", which pads a line of fewer parts), then each array a part takes from. A line's
-    parts side by side in the pool's order are its text, since a string array's data is its
-    values one after the other. Each change's lines joined element-wise by Arrow, then put
-    in row order with the other changes' (a concatenation and a gather), made every line's
-    bytes three times: alternating runs of 1M CSV rows, `basic` 2.64-3.33 -> 2.53-3.05 s,
+    """Lines made of parts, gathered in row order from one pool of texts (`TextPool`), a
+    line of fewer parts padded with "". Each change's lines joined element-wise by Arrow,
+    then put in row order with the other changes' (a concatenation and a gather), made every
+    line's bytes three times: alternating runs of 1M CSV rows, `basic` 2.64-3.33 -> 2.53-3.05 s,
     `varied` 3.48-4.02 -> 3.21-3.33 s, peak RSS 5 MB lower."""
 
     def __init__(self) -> None:
@@ -139,45 +144,29 @@ class _Gather:
     def texts(self, slice_lines: int) -> Iterator[pa.Array]:
         """The lines in row order (stable: lines added first come first within a row), as
         large_string arrays of a line's parts, `slice_lines` lines at a time."""
-        constants: dict[str, int] = {"": 0}
-        sources: dict[int, tuple[int, pa.Array]] = {}  # id(array) -> (its order, array)
-        for _, parts in self._blocks:
-            for part in parts:
-                if isinstance(part, str):
-                    constants.setdefault(part, len(constants))
-                elif id(part[0]) not in sources:
-                    sources[id(part[0])] = (len(sources), _pooled(part[0]))
-        arrays = [pa.array(list(constants), pa.large_string())]
-        arrays += [array for _, array in sources.values()]
-        starts = np.cumsum([0, *map(len, arrays)])
-        pool = pa.concat_arrays(arrays)
+        pool = TextPool()
         width = max(len(parts) for _, parts in self._blocks)
-        index = np.zeros((sum(len(rows) for rows, _ in self._blocks), width), np.int64)
+        lines = sum(len(rows) for rows, _ in self._blocks)
+        index = np.full((lines, width), pool.EMPTY, np.int64)
         at = 0
         for rows, parts in self._blocks:
             block = index[at : at + len(rows)]
             for column, part in enumerate(parts):
                 if isinstance(part, str):
-                    block[:, column] = constants[part]
+                    block[:, column] = pool.constant(part)
                 else:
                     array, positions = part
+                    if array.null_count:  # a null has no text: the caller says what to write
+                        raise ValueError(f"audit line part holds {array.null_count} nulls")
                     if len(positions) and not 0 <= positions.min() <= positions.max() < len(array):
                         raise IndexError("audit line part: a position past its array")
-                    block[:, column] = starts[1 + sources[id(array)][0]] + positions
+                    block[:, column] = pool.start(array) + positions
             at += len(rows)
         rows = np.concatenate([rows for rows, _ in self._blocks])
         if (np.diff(rows) < 0).any():  # several changes, or a merged change's rows
             index = index[np.argsort(rows, kind="stable")]
         for start in range(0, len(index), slice_lines):
-            yield pool.take(pa.array(index[start : start + slice_lines].ravel()))
-
-
-def _pooled(array: pa.Array) -> pa.Array:
-    """`array` as large_string; no value may be null (a null has no text: the caller says
-    what to write for one)."""
-    if array.null_count:
-        raise ValueError(f"audit line part holds {array.null_count} nulls")
-    return array if pa.types.is_large_string(array.type) else array.cast(pa.large_string())
+            yield pool.take(index[start : start + slice_lines])
 
 
 def _at(parts: Sequence[pa.Array | str], positions: Indexes) -> list[Part]:

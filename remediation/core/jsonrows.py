@@ -23,7 +23,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.columns import Batch, Column, KeyOrder, KeyOrders, Kind, key_orders
-from remediation.core.text import join, json_inner, json_parts, json_strings, json_text, take_parts
+from remediation.core.text import (
+    TextPool,
+    join,
+    json_inner,
+    json_parts,
+    json_strings,
+    json_text,
+    take_parts,
+    texts_of,
+)
 from remediation.records import MFX_PREFIX
 
 NULL = "null"
@@ -196,20 +205,17 @@ def _firsts(present: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any
 class _Pieces:
     """Rows made of parts side by side, written a group of rows at a time (`start`): per
     part, each row's text is a constant or its value in an array of the batch's rows.
-    `rows` gathers every row's parts, in row order, from one pool of texts in one take (a
-    string array's data is its values one after the other); a row of fewer parts than
-    another is padded with "". Each array's texts (a column's JSON) are made once, whatever
-    the groups."""
+    `rows` gathers every row's parts, in row order, from one pool of texts in one take
+    (`TextPool`); a row of fewer parts than another is padded with "". Each array's texts
+    (a column's JSON) are made once, whatever the groups."""
 
     def __init__(self, n: int) -> None:
         self._n = n
-        self._constants: dict[str, int] = {"": 0}
-        self._pooled: dict[int, tuple[int, pa.Array]] = {}  # id(array) -> (its start, array)
-        self._size = 0  # the arrays' texts pooled so far
+        self._pool = TextPool()
         # by id(column): its texts, where absent, where not a string; its JSON string texts
         self._facts: dict[int, tuple[pa.Array, np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
         self._inner: dict[int, pa.Array] = {}
-        # per part, each row's place: in the arrays' texts, or -1 - a constant's number
+        # per part, each row's place in the pool
         self._parts: list[np.ndarray[Any, Any]] = []
         self._members = np.zeros(0, np.int64)
         self._part = 0
@@ -220,30 +226,20 @@ class _Pieces:
 
     def _put(self, places: np.ndarray[Any, Any]) -> None:
         if self._part == len(self._parts):
-            self._parts.append(np.full(self._n, -1, np.int64))  # ""
+            self._parts.append(np.full(self._n, TextPool.EMPTY, np.int64))
         self._parts[self._part][self._members] = places
         self._part += 1
 
-    def _constant(self, text: str) -> int:
-        return -1 - self._constants.setdefault(text, len(self._constants))
-
-    def _start_of(self, array: pa.Array) -> int:
-        found = self._pooled.get(id(array))
-        if found is None:
-            found = self._pooled[id(array)] = (self._size, array)
-            self._size += len(array)
-        return found[0]
-
     def constant(self, text: str) -> None:
-        self._put(np.full(len(self._members), self._constant(text), np.int64))
+        self._put(np.full(len(self._members), self._pool.constant(text), np.int64))
 
     def prefix(
         self, key: str, has: np.ndarray[Any, Any], first: np.ndarray[Any, Any], then: str = ""
     ) -> None:
         """`"key":` (after a comma unless `first`) where a row has the key, then `then`."""
         named = _key(key) + then
-        places = np.where(first, self._constant(named), self._constant("," + named))
-        self._put(np.where(has, places, -1))
+        places = np.where(first, self._pool.constant(named), self._pool.constant("," + named))
+        self._put(np.where(has, places, TextPool.EMPTY))
 
     def pair(
         self,
@@ -268,20 +264,20 @@ class _Pieces:
         # nothing (a bare value follows) or null
         heads = np.asarray(
             [
-                self._constant(comma + named + then)
+                self._pool.constant(comma + named + then)
                 for comma in (",", "")
                 for then in ('"', "", NULL)
             ],
             np.int64,
         )
         kind = np.where(quoted, 0, np.where(bare, 1, 2))
-        places = np.where(has, heads[first.astype(np.int64) * 3 + kind], -1)
+        places = np.where(has, heads[first.astype(np.int64) * 3 + kind], TextPool.EMPTY)
         self._put(places)
         if bare.any():
             self._values(text, bare)
         if quoted.any():
             self._values(self._inner_of(value), quoted)
-            self._put(np.where(quoted, self._constant('"'), -1))
+            self._put(np.where(quoted, self._pool.constant('"'), TextPool.EMPTY))
 
     def _texts_of(
         self, column: Column
@@ -310,25 +306,10 @@ class _Pieces:
 
     def _values(self, array: pa.Array, use: np.ndarray[Any, Any]) -> None:
         """Each row's value in `array` (of the batch's rows) where `use`, else ""."""
-        self._put(np.where(use, self._start_of(array) + self._members, -1))
+        self._put(np.where(use, self._pool.start(array) + self._members, TextPool.EMPTY))
 
     def rows(self) -> pa.Array:
-        n, width = self._n, len(self._parts)
-        arrays = [array for _, array in sorted(self._pooled.values(), key=lambda p: p[0])]
-        arrays = [
-            a if pa.types.is_large_string(a.type) else a.cast(pa.large_string()) for a in arrays
-        ]
-        arrays.append(pa.array(list(self._constants), pa.large_string()))
-        index = np.stack(self._parts, axis=1)
-        index = np.where(index < 0, self._size - 1 - index, index)
-        gathered = pa.concat_arrays(arrays).take(pa.array(index.ravel()))
-        offsets = np.frombuffer(gathered.buffers()[1], np.int64)
-        offsets = offsets[gathered.offset : gathered.offset + n * width + 1 : width]
-        return pa.Array.from_buffers(
-            pa.large_string(),
-            n,
-            [None, pa.py_buffer(np.ascontiguousarray(offsets)), gathered.buffers()[2]],
-        )
+        return texts_of(self._pool.take(np.stack(self._parts, axis=1)), len(self._parts))
 
 
 _Keys = tuple[list[str], list[str]]  # payload keys and other keys, in one order

@@ -2,8 +2,9 @@
 
 Rows are joined element-wise by Arrow (`join`); the few cells that need quoting or escaping
 are found by a byte scan, rewritten alone and put back with one gather (`_scatter`). A joined
-array's data buffer is the text itself, row boundaries at its offsets. CSV lines are gathered
-in one take from a pool of every column's cells and the delimiters (`csv_lines`; `csv_rows`
+array's data buffer is the text itself, row boundaries at its offsets. Texts of many parts
+(CSV lines, audit lines, JSON rows) are gathered in one take from a pool of their parts
+(`TextPool`): CSV lines from every column's cells and the delimiters (`csv_lines`; `csv_rows`
 is its case of whole columns).
 """
 
@@ -165,6 +166,73 @@ def join(parts: Sequence[pa.Array | str], length: int) -> pa.Array:
     return joined
 
 
+class TextPool:
+    """Texts made of parts, every text's parts gathered in order from one pool in one take (a
+    string array's data is its values one after the other, so a text's parts side by side in
+    the pool's order are its text). A part is a constant (`constant`) or a value of an array
+    (`start` + its position); each array is pooled once (by identity) and the constants come
+    after the arrays, their places known once the pool is made. Audit lines, CSV lines and
+    JSON rows are made this way: joined element-wise, then put in order, they made every
+    text's bytes two or three times."""
+
+    EMPTY = -1  # the place of "": it pads a text of fewer parts than another
+
+    def __init__(self) -> None:
+        self._constants: dict[str, int] = {"": 0}
+        self._starts: dict[int, int] = {}  # id(array given) -> where its values start
+        self._given: list[pa.Array] = []  # held, so that no id above is another array's
+        self._arrays: list[pa.Array] = []  # as large_string
+        self._size = 0
+        self._pool: pa.Array | None = None
+
+    def constant(self, text: str) -> int:
+        """The place of `text` (negative until the pool is made: counted from the arrays'
+        end)."""
+        found = self._constants.get(text)
+        if found is None:
+            self._unmade()
+            found = self._constants[text] = len(self._constants)
+        return -1 - found
+
+    def start(self, array: pa.Array) -> int:
+        """Where the values of `array` (a string array) start in the pool: value i's place is
+        this + i."""
+        found = self._starts.get(id(array))
+        if found is None:
+            self._unmade()
+            self._arrays.append(_as_text(array))
+            self._given.append(array)
+            found = self._starts[id(array)] = self._size
+            self._size += len(array)
+        return found
+
+    def take(self, places: Indices) -> pa.Array:
+        """The parts at `places` (a 2-D array: a text's parts on a row), in their order, as
+        large_string. Nothing is added to the pool after its first take."""
+        if self._pool is None:
+            constants = pa.array(list(self._constants), pa.large_string())
+            self._pool = pa.concat_arrays([*self._arrays, constants])
+        resolved = np.where(places < 0, self._size - 1 - places, places)
+        return self._pool.take(pa.array(resolved.ravel()))
+
+    def _unmade(self) -> None:
+        if self._pool is not None:
+            raise RuntimeError("TextPool: nothing is added after its first take")
+
+
+def texts_of(parts: pa.Array, width: int) -> pa.Array:
+    """The texts of `parts` taken `width` at a time (a `TextPool.take` of a 2-D array), as a
+    large_string array sharing their data: text i is parts i * width to (i + 1) * width - 1."""
+    if width < 1 or len(parts) % width:
+        raise ValueError(f"texts_of: {len(parts)} parts are not texts of {width}")
+    _, offsets_buffer, data_buffer = parts.buffers()
+    every = np.frombuffer(offsets_buffer, np.int64)[parts.offset : parts.offset + len(parts) + 1]
+    offsets = np.ascontiguousarray(every[::width])
+    return pa.Array.from_buffers(
+        pa.large_string(), len(parts) // width, [None, pa.py_buffer(offsets), data_buffer]
+    )
+
+
 def _check_delimiter(delimiter: str) -> None:
     """Refuse what csv.writer refuses, with its own message, so both accept the same."""
     csv.writer(io.StringIO(), delimiter=delimiter)
@@ -254,12 +322,11 @@ def csv_lines(
     if not columns:
         raise ValueError("csv_lines needs at least one column")
     lone = len(columns) == 1
-    arrays: list[pa.Array] = [pa.array(["", delimiter, _CSV_ROW_END], pa.large_string())]
-    start = 3
+    pool = TextPool()
     width = 2 * len(columns)
-    index = np.full((length, width), -1, np.int64)
-    index[:, 1::2] = 1
-    index[:, -1] = 2
+    index = np.full((length, width), pool.constant(delimiter), np.int64)
+    index[:, -1] = pool.constant(_CSV_ROW_END)
+    index[:, 0::2] = _NO_CELL
     for at, sources in enumerate(columns):
         for values, lines, positions in sources:
             if len(lines) != len(positions):
@@ -270,19 +337,16 @@ def csv_lines(
                 values = values.take(pa.array(positions, pa.int64()))
                 positions = np.arange(len(positions), dtype=np.int64)
             cells, positions = _cell_source(_as_text(values), positions, delimiter, lone)
-            index[lines, 2 * at] = start + positions
-            arrays.append(cells)
-            start += len(cells)
-        if (index[:, 2 * at] < 0).any():
+            index[lines, 2 * at] = pool.start(cells) + positions
+        if (index[:, 2 * at] == _NO_CELL).any():
             raise ValueError(f"csv_lines: column {at} has lines no source gives a cell")
     if not length:
         return b"", np.zeros(1, np.int64)
-    parts = pa.concat_arrays(arrays).take(pa.array(index.ravel()))
-    _, offsets_buffer, data_buffer = parts.buffers()
-    every = np.frombuffer(offsets_buffer, np.int64)[parts.offset :][: len(parts) + 1]
-    ends: Indices = every[::width]
-    data = data_buffer.slice(int(ends[0]), int(ends[-1] - ends[0]))
-    return data, ends - ends[0]
+    return line_bytes(texts_of(pool.take(index), width))
+
+
+# A line's cell no source has given yet (`csv_lines`): no place in a pool is this.
+_NO_CELL = np.iinfo(np.int64).min
 
 
 def _cell_source(

@@ -16,6 +16,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from remediation.core.text import (
+    TextPool,
     byte_counts,
     csv_cells,
     csv_lines,
@@ -26,6 +27,7 @@ from remediation.core.text import (
     json_strings,
     rows_holding,
     take_parts,
+    texts_of,
 )
 
 # Characters csv and json treat specially, plus multi-byte ones sharing a first byte with the
@@ -150,6 +152,60 @@ def test_a_null_keeps_its_hidden_bytes_out_of_the_text() -> None:
     assert bytes(csv_rows([hidden, hidden])[0]) == b"a,a\r\n,\r\nb,b\r\n"
     assert texts(csv_cells(hidden)) == ["a", "", "b"]
     assert texts(json_strings(hidden)) == ['"a"', "null", '"b"']
+
+
+# --- TextPool -------------------------------------------------------------------------------
+
+
+@given(st.data())
+def test_pooled_texts_are_their_parts_one_after_the_other(data: st.DataObject) -> None:
+    """Any texts of parts (constants, values of arrays of either string type, sliced or not,
+    an array used by several parts) taken from one pool, padded with "", are their parts
+    joined in order, in the order asked for."""
+    arrays = [
+        data.draw(string_arrays(data.draw(st.lists(TEXT, min_size=1, max_size=6))))
+        for _ in range(data.draw(st.integers(0, 3)))
+    ]
+    constants = data.draw(st.lists(TEXT, max_size=4))
+    part = st.tuples(st.integers(0, len(arrays) - 1), st.integers(0, 5)) if arrays else st.nothing()
+    width = data.draw(st.integers(1, 5))
+    wanted = data.draw(
+        st.lists(st.lists(part | st.sampled_from(constants or [""]), max_size=width), max_size=8)
+    )
+    pool = TextPool()
+    index = np.full((len(wanted), width), pool.EMPTY, np.int64)
+    expected = []
+    for row, parts in enumerate(wanted):
+        text = ""
+        for column, one in enumerate(parts):
+            if isinstance(one, str):
+                index[row, column] = pool.constant(one)
+                text += one
+            else:
+                array = arrays[one[0]]
+                at = one[1] % len(array)
+                index[row, column] = pool.start(array) + at
+                text += array[at].as_py()
+        expected.append(text)
+    assert texts(texts_of(pool.take(index), width)) == expected
+
+
+def test_a_pool_holds_each_array_once_and_takes_nothing_new_after_its_first_take() -> None:
+    pool = TextPool()
+    names, more = pa.array(["ab", "c"]), pa.array(["d"], pa.large_string())
+    assert (pool.start(names), pool.start(more), pool.start(names)) == (0, 2, 0)
+    comma = pool.constant(",")
+    assert pool.constant(",") == comma and pool.constant("") == pool.EMPTY
+    index = np.array([[0, comma, 2], [1, pool.EMPTY, pool.EMPTY]])
+    assert texts(texts_of(pool.take(index), 3)) == ["ab,d", "c"]
+    assert texts(texts_of(pool.take(index[1:]), 3)) == ["c"]  # taken again, pool unchanged
+    assert pool.constant(",") == comma  # known constants still answer
+    with pytest.raises(RuntimeError, match="after its first take"):
+        pool.constant(";")
+    with pytest.raises(RuntimeError, match="after its first take"):
+        pool.start(pa.array(["e"]))
+    with pytest.raises(ValueError, match="5 parts are not texts of 2"):
+        texts_of(pa.array(list("abcde"), pa.large_string()), 2)
 
 
 # --- csv_lines --------------------------------------------------------------------------------
