@@ -144,7 +144,8 @@ class _Gather:
     def texts(self, slice_lines: int) -> Iterator[pa.Array]:
         """The lines in row order (stable: lines added first come first within a row), as
         large_string arrays of a line's parts, `slice_lines` lines at a time."""
-        pool = TextPool()
+        named = (part for _, parts in self._blocks for part in parts if isinstance(part, str))
+        pool = TextPool(named)  # every constant first: no place to resolve at the take
         width = max(len(parts) for _, parts in self._blocks)
         lines = sum(len(rows) for rows, _ in self._blocks)
         index = np.full((lines, width), pool.EMPTY, np.int64)

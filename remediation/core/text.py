@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import TypeVar, cast
@@ -170,29 +170,33 @@ class TextPool:
     """Texts made of parts, every text's parts gathered in order from one pool in one take (a
     string array's data is its values one after the other, so a text's parts side by side in
     the pool's order are its text). A part is a constant (`constant`) or a value of an array
-    (`start` + its position); each array is pooled once (by identity) and the constants come
-    after the arrays, their places known once the pool is made. Audit lines, CSV lines and
-    JSON rows are made this way: joined element-wise, then put in order, they made every
-    text's bytes two or three times."""
+    (`start` + its position); each array is pooled once (by identity). The constants named
+    when the pool is made come first; others come after the arrays, their places negative
+    until the pool is made (then one pass over the places resolves them: naming the
+    constants first spares it). Audit lines, CSV lines and JSON rows are made this way:
+    joined element-wise, then put in order, they made every text's bytes two or three
+    times."""
 
-    EMPTY = -1  # the place of "": it pads a text of fewer parts than another
+    EMPTY = 0  # the place of "": it pads a text of fewer parts than another
 
-    def __init__(self) -> None:
-        self._constants: dict[str, int] = {"": 0}
+    def __init__(self, constants: Iterable[str] = ()) -> None:
+        self._first = list(dict.fromkeys(("", *constants)))  # places 0, 1, ...
+        self._constants = {text: at for at, text in enumerate(self._first)}
+        self._later: list[str] = []  # after the arrays
         self._starts: dict[int, int] = {}  # id(array given) -> where its values start
         self._given: list[pa.Array] = []  # held, so that no id above is another array's
         self._arrays: list[pa.Array] = []  # as large_string
-        self._size = 0
+        self._size = len(self._first)  # constants named first and arrays' values
         self._pool: pa.Array | None = None
 
     def constant(self, text: str) -> int:
-        """The place of `text` (negative until the pool is made: counted from the arrays'
-        end)."""
+        """The place of `text` (negative until the pool is made when not named first)."""
         found = self._constants.get(text)
         if found is None:
             self._unmade()
-            found = self._constants[text] = len(self._constants)
-        return -1 - found
+            found = self._constants[text] = -1 - len(self._later)
+            self._later.append(text)
+        return found
 
     def start(self, array: pa.Array) -> int:
         """Where the values of `array` (a string array) start in the pool: value i's place is
@@ -210,10 +214,12 @@ class TextPool:
         """The parts at `places` (a 2-D array: a text's parts on a row), in their order, as
         large_string. Nothing is added to the pool after its first take."""
         if self._pool is None:
-            constants = pa.array(list(self._constants), pa.large_string())
-            self._pool = pa.concat_arrays([*self._arrays, constants])
-        resolved = np.where(places < 0, self._size - 1 - places, places)
-        return self._pool.take(pa.array(resolved.ravel()))
+            first = pa.array(self._first, pa.large_string())
+            later = pa.array(self._later, pa.large_string())
+            self._pool = pa.concat_arrays([first, *self._arrays, later])
+        if self._later:
+            places = np.where(places < 0, self._size - 1 - places, places)
+        return self._pool.take(pa.array(places.ravel()))
 
     def _unmade(self) -> None:
         if self._pool is not None:
@@ -322,7 +328,7 @@ def csv_lines(
     if not columns:
         raise ValueError("csv_lines needs at least one column")
     lone = len(columns) == 1
-    pool = TextPool()
+    pool = TextPool((delimiter, _CSV_ROW_END))
     width = 2 * len(columns)
     index = np.full((length, width), pool.constant(delimiter), np.int64)
     index[:, -1] = pool.constant(_CSV_ROW_END)

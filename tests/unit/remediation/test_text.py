@@ -172,7 +172,7 @@ def test_pooled_texts_are_their_parts_one_after_the_other(data: st.DataObject) -
     wanted = data.draw(
         st.lists(st.lists(part | st.sampled_from(constants or [""]), max_size=width), max_size=8)
     )
-    pool = TextPool()
+    pool = TextPool(data.draw(st.lists(st.sampled_from(constants))) if constants else ())
     index = np.full((len(wanted), width), pool.EMPTY, np.int64)
     expected = []
     for row, parts in enumerate(wanted):
@@ -191,17 +191,18 @@ def test_pooled_texts_are_their_parts_one_after_the_other(data: st.DataObject) -
 
 
 def test_a_pool_holds_each_array_once_and_takes_nothing_new_after_its_first_take() -> None:
-    pool = TextPool()
+    pool = TextPool([";"])  # "" and ";" first, then the arrays, then constants met later
     names, more = pa.array(["ab", "c"]), pa.array(["d"], pa.large_string())
-    assert (pool.start(names), pool.start(more), pool.start(names)) == (0, 2, 0)
+    assert (pool.start(names), pool.start(more), pool.start(names)) == (2, 4, 2)
     comma = pool.constant(",")
-    assert pool.constant(",") == comma and pool.constant("") == pool.EMPTY
-    index = np.array([[0, comma, 2], [1, pool.EMPTY, pool.EMPTY]])
-    assert texts(texts_of(pool.take(index), 3)) == ["ab,d", "c"]
-    assert texts(texts_of(pool.take(index[1:]), 3)) == ["c"]  # taken again, pool unchanged
+    assert comma < 0 and pool.constant(",") == comma
+    assert (pool.constant(""), pool.constant(";")) == (pool.EMPTY, 1)
+    index = np.array([[2, comma, 4], [3, 1, pool.EMPTY]])
+    assert texts(texts_of(pool.take(index), 3)) == ["ab,d", "c;"]
+    assert texts(texts_of(pool.take(index[1:]), 3)) == ["c;"]  # taken again, pool unchanged
     assert pool.constant(",") == comma  # known constants still answer
     with pytest.raises(RuntimeError, match="after its first take"):
-        pool.constant(";")
+        pool.constant(":")
     with pytest.raises(RuntimeError, match="after its first take"):
         pool.start(pa.array(["e"]))
     with pytest.raises(ValueError, match="5 parts are not texts of 2"):
