@@ -138,9 +138,6 @@ def _all_at_once(rows: _Rows, end: str) -> pa.Array | None:
     if groups is None:
         return None
     pieces = _Pieces(len(rows.batch))
-    if len(groups) == 1:
-        _written(pieces, rows, np.arange(len(rows.batch)), end, groups[0][0])
-        return pieces.rows()
     group_of = np.zeros(len(rows.orders.distinct), np.int64)
     for at, (_, held) in enumerate(groups):
         group_of[held] = at
