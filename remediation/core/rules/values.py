@@ -136,10 +136,11 @@ def fix_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
     number = normalize_number(raw, ctx.index.limits)
     if number is None or not ctx.rules.enabled("normalize_value"):
         raise Uncorrectable(not_a_number(raw))
-    if number == raw:
+    written = number if isinstance(raw, str) else json_number(number)
+    if type(written) is type(raw) and written == raw:  # a JSON 5 is plain, as a text "5" is
         raise Uncorrectable(f"value {shown(raw)} is already a plain number; nothing to correct")
-    record.payload[key] = number if isinstance(raw, str) else json_number(number)
-    return [Change("normalize_value", f"payload.{key}", raw, record.payload[key])]
+    record.payload[key] = written
+    return [Change("normalize_value", f"payload.{key}", raw, written)]
 
 
 def not_a_number(raw: object) -> str:

@@ -192,6 +192,24 @@ def test_an_underscore_separates_thousands_only_as_a_comma_does(raw: str) -> Non
         assert [changes[-1][3] for _, _, changes in found[2:]] == ["1000"] * 3 + ["12345.5"]
 
 
+def test_a_json_number_refused_as_a_value_is_quarantined_not_sent_again_unchanged() -> None:
+    """A JSON `5` Stripe refused is as plain as the text `"5"`: nothing to correct, so the row
+    is quarantined (it was "corrected" from 5 to 5 and re-sent under a new identifier, to be
+    refused again). `5.0` is written `5`: that is a correction."""
+    values: list[object] = [5, -3, 0, 1.5, "5", 5.0, 2.5e3]
+    rows = [
+        _numbered(UsageRecord(0, f"v{n}", NOW, "api_requests", {"value": value}), n)
+        for n, value in enumerate(values)
+    ]
+    for found in (by_rows(rows, fix_value_row), by_batch(rows, "meter_event_invalid_value")):
+        refused = [f"value {v!r} is already a plain number; nothing to correct" for v in values]
+        assert found[:5] == [("quarantined", reason) for reason in refused[:5]]
+        assert [changes for _, _, changes in found[5:]] == [
+            [("normalize_value", "payload.value", 5.0, 5)],
+            [("normalize_value", "payload.value", 2500.0, 2500)],
+        ]
+
+
 class _CountedPicks(CustomerPicks):
     """A run's kept picks that count the texts looked up in them one by one."""
 

@@ -1,0 +1,161 @@
+"""The same failed rows as a CSV, as JSON Lines and as a JSON array are decided alike: the same
+counts, the same corrected rows, the same quarantine codes and reasons, the same audit.
+
+A JSON file may carry a timestamp or value as a JSON number where a CSV holds text; the rules
+read both the same way (`5` and `"5"` are the same plain number). Known and deliberate
+differences are left out of the rows: a JSON float timestamp (`1763996400.0` is read as
+seconds, the text `"1763996400.0"` is not) and how a reason shows a number (`5` or `'5'`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from remediation.engine import remediate
+from remediation.meters import Meter
+from remediation.repair import plan_input, read_repaired
+from remediation.rules import load_rules
+from tests.fuzz import fuzz_settings
+
+NOW = 1_764_000_000
+HOUR_AGO = NOW - 3600
+METERS = [Meter("m1", "api_requests"), Meter("m2", "old", status="inactive")]
+RULES = load_rules('[customers]\n"acme" = "cus_A"\n[meter_successors]\n"old" = "api_requests"\n')
+HEADER = [
+    "identifier",
+    "timestamp",
+    "event_name",
+    "payload_stripe_customer_id",
+    "payload_value",
+    "error_code",
+    "error_message",
+]
+CODES = st.sampled_from(
+    ["timestamp_in_future", "meter_event_invalid_value", "no_meter", "archived_meter",
+     "meter_event_customer_not_found", "timestamp_too_far_in_past", "odd", "field_too_long"]
+)  # fmt: skip
+TIMESTAMPS = st.sampled_from(
+    [str(HOUR_AGO), str(HOUR_AGO * 1000), str(NOW + 120), str(NOW + 3 * 86400),
+     "2025-11-24T16:00:00Z", str(NOW - 40 * 86400), f"{HOUR_AGO}.0", "-3", "", "soon"]
+)  # fmt: skip
+EVENT_NAMES = st.sampled_from(
+    ["api_requests", "API_REQUESTS", "Api_Requests", "old", "api-requests", " api_requests",
+     "apirequests", "", "\x00"]
+)  # fmt: skip
+CUSTOMERS = st.sampled_from(["cus_1", "acme", "cus_A", "ACME", "", "x" * 101])
+VALUES = st.sampled_from(
+    ["5", "-3", "0", "1764000000000", "1,234", "1.5", "12.0", "1.50", "1 234", "1,234.5",
+     "1.234,5", "  8", "007", "1e3", "NaN", "", "9" * 25, "\u2028"]
+)  # fmt: skip
+ROW = st.tuples(
+    st.integers(0, 10**6).map(lambda n: f"id{n}"), TIMESTAMPS, EVENT_NAMES, CUSTOMERS, VALUES,
+    CODES, st.just("rejected"),
+).map(list)  # fmt: skip
+INTEGER = re.compile(r"-?[1-9][0-9]{0,15}")
+DECIMAL = re.compile(r"-?[0-9]{1,6}\.[0-9]{1,4}")
+
+
+def json_lines(rows: list[list[str]], numbers: bool) -> list[str]:
+    """The rows as Stripe's JSON objects; with `numbers`, plain integers (and decimal values)
+    as JSON numbers. An empty CSV cell is an absent key."""
+
+    def number(text: str, decimals: bool) -> object:
+        if numbers and INTEGER.fullmatch(text):
+            return int(text)
+        if numbers and decimals and DECIMAL.fullmatch(text) and repr(float(text)) == text:
+            return float(text)  # `1.5`, `12.0`; never `1.50`, which JSON would write `1.5`
+        return text
+
+    lines = []
+    for identifier, timestamp, event_name, customer, value, code, message in rows:
+        payload = {"stripe_customer_id": customer, "value": number(value, True)}
+        record = {
+            "identifier": identifier,
+            "timestamp": number(timestamp, False),
+            "event_name": event_name,
+            "payload": {key: held for key, held in payload.items() if held != ""},
+            "error": {"code": code, "message": message},
+        }
+        lines.append(json.dumps({k: v for k, v in record.items() if v != ""}))
+    return lines
+
+
+def outcome(path: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
+    """The run's summary and its output files as flat records of texts (CSV columns, JSON
+    objects with `payload.*` and `error.*` flattened into `payload_*` / `error_*`)."""
+    plan = plan_input(path, RULES)
+    out = path.parent / f"out-{path.suffix[1:]}"
+    with open(path, "rb") as stream:
+        result = remediate(
+            read_repaired(stream, plan, RULES),
+            source="rows",
+            fmt=plan.fmt,
+            meters=METERS,
+            rules=RULES,
+            now=NOW,
+            out_dir=out,
+            columns=plan.columns or None,
+            rejected=True,
+        )
+    summary = {k: v for k, v in result.summary.items() if k not in ("source", "outputs")}
+    files = {}
+    for written in sorted(out.iterdir()):
+        kind = "audit" if ".audit." in written.name else written.name.split(".")[1]
+        with open(written, newline="", encoding="utf-8") as handle:
+            text = handle.read()
+        if written.suffix == ".csv":
+            records: list[dict[str, Any]] = list(csv.DictReader(io.StringIO(text, newline="")))
+        elif written.suffix == ".jsonl":
+            records = [json.loads(line) for line in text.split("\n") if line]
+        else:
+            records = json.loads(text)
+        files[kind] = [flat(record) for record in records]
+    return summary, files
+
+
+def flat(record: dict[str, Any]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, held in record.items():
+        if isinstance(held, dict) and key in ("payload", "error"):
+            found.update({f"{key}_{inner}": shown(value) for inner, value in held.items()})
+        elif held not in ("", None):
+            found[key] = shown(held)
+    return found
+
+
+def shown(held: object) -> str:
+    return held.replace("'", "") if isinstance(held, str) else json.dumps(held)
+
+
+@fuzz_settings(25)
+@given(rows=st.lists(ROW, min_size=1, max_size=6), numbers=st.booleans())
+@example(  # a JSON number Stripe refused as a value is not "corrected" to itself and re-sent
+    rows=[[f"id{n}", str(HOUR_AGO), "api_requests", "cus_A", value, "meter_event_invalid_value",
+           "rejected"] for n, value in enumerate(["5", "-3", "0", "12.0"])],
+    numbers=True,
+)  # fmt: skip
+def test_fuzz_csv_json_lines_and_json_array_rows_are_decided_alike(
+    rows: list[list[str]], numbers: bool, tmp_path_factory: Any
+) -> None:
+    work = tmp_path_factory.mktemp("formats")
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows([HEADER, *rows])
+    (work / "rows.csv").write_text(buffer.getvalue(), encoding="utf-8", newline="")
+    lines = json_lines(rows, numbers)
+    (work / "rows.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (work / "rows.json").write_text("[\n" + ",\n".join(lines) + "\n]\n", encoding="utf-8")
+    as_csv = outcome(work / "rows.csv")
+    assert outcome(work / "rows.jsonl") == as_csv
+    assert outcome(work / "rows.json") == as_csv
+    summary, files = as_csv
+    assert summary["input_rows"] == len(rows)
+    assert summary["corrected"] == len(files.get("corrected", []))
+    assert summary["quarantined"] == len(files.get("quarantine", []))
