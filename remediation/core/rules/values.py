@@ -136,8 +136,8 @@ def fix_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
     number = normalize_number(raw, ctx.index.limits)
     if number is None or not ctx.rules.enabled("normalize_value"):
         raise Uncorrectable(not_a_number(raw))
-    written = number if isinstance(raw, str) else json_number(number)
-    if type(written) is type(raw) and written == raw:  # a JSON 5 is plain, as a text "5" is
+    written = _written(raw, number)
+    if _unchanged(raw, written):
         raise Uncorrectable(f"value {shown(raw)} is already a plain number; nothing to correct")
     record.payload[key] = written
     return [Change("normalize_value", f"payload.{key}", raw, written)]
@@ -197,6 +197,22 @@ def json_number(number: str) -> int | float:
     return float(number) if "." in number else int(number)
 
 
+def _written(raw: object, number: str) -> object:
+    """The plain `number` as it goes back where `raw` was: text for text, a JSON number for a
+    number unless JSON would write that number with an exponent (`1e-05`): then text."""
+    if isinstance(raw, str):
+        return number
+    written = json_number(number)
+    return written if plain_number(written) is not None else number
+
+
+def _unchanged(raw: object, written: object) -> bool:
+    """Nothing to correct: a JSON `5` written back as `5` (a JSON `5.0` written `5` changed),
+    as a text `"5"` written back as `"5"`. A row sent again unchanged would only be refused
+    again, under a new identifier."""
+    return type(written) is type(raw) and written == raw
+
+
 def round_value(batch: Batch, ctx: Context) -> Fix:
     """Round to the meter's precision if policy allows (never past the integer digits)."""
     return one_by_one(batch, ctx, round_value_row)
@@ -223,6 +239,9 @@ def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
     places = min(precision, ctx.index.limits.max_value_decimal_places)
     step = Decimal(1).scaleb(-places)
     rounded = Decimal(number).quantize(step, rounding=ROUND_HALF_EVEN, context=_EXACT)
-    text = normalize_number(rounded, ctx.index.limits) or "0"
-    record.payload[key] = text if isinstance(raw, str) else json_number(text)
-    return [Change("round_value", f"payload.{key}", raw, record.payload[key])]
+    written = _written(raw, normalize_number(rounded, ctx.index.limits) or "0")
+    if _unchanged(raw, written):
+        reason = f"value {shown(raw)} has at most {places} decimal places; nothing to round"
+        raise Uncorrectable(reason)
+    record.payload[key] = written
+    return [Change("round_value", f"payload.{key}", raw, written)]

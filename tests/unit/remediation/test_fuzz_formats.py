@@ -28,19 +28,24 @@ from tests.fuzz import fuzz_settings
 NOW = 1_764_000_000
 HOUR_AGO = NOW - 3600
 METERS = [Meter("m1", "api_requests"), Meter("m2", "old", status="inactive")]
-RULES = load_rules('[customers]\n"acme" = "cus_A"\n[meter_successors]\n"old" = "api_requests"\n')
+RULES = load_rules(
+    '[customers]\n"acme" = "cus_A"\n[meter_successors]\n"old" = "api_requests"\n'
+    "[policy]\nround_too_many_digits = true\nvalue_precision = 2\n"
+)
 HEADER = [
     "identifier",
     "timestamp",
     "event_name",
     "payload_stripe_customer_id",
     "payload_value",
+    "payload_region",
     "error_code",
     "error_message",
 ]
 CODES = st.sampled_from(
     ["timestamp_in_future", "meter_event_invalid_value", "no_meter", "archived_meter",
-     "meter_event_customer_not_found", "timestamp_too_far_in_past", "odd", "field_too_long"]
+     "meter_event_customer_not_found", "timestamp_too_far_in_past", "odd", "field_too_long",
+     "meter_event_value_too_many_digits"]
 )  # fmt: skip
 TIMESTAMPS = st.sampled_from(
     [str(HOUR_AGO), str(HOUR_AGO * 1000), str(NOW + 120), str(NOW + 3 * 86400),
@@ -53,17 +58,24 @@ EVENT_NAMES = st.sampled_from(
 CUSTOMERS = st.sampled_from(["cus_1", "acme", "cus_A", "ACME", "", "x" * 101])
 VALUES = st.sampled_from(
     ["5", "-3", "0", "1764000000000", "1,234", "1.5", "12.0", "1.50", "1 234", "1,234.5",
+     "3.14159", "3.14", "0.001", "0.00001", "1.005",
      "1.234,5", "  8", "007", "1e3", "NaN", "", "9" * 25, "\u2028"]
 )  # fmt: skip
+IDENTIFIERS = st.one_of(
+    st.integers(0, 3).map(lambda n: f"id{n}"),  # repeated within a file now and then
+    st.integers(0, 3).map(lambda n: f"id{n}-mfx1"),
+    st.integers(0, 3).map(lambda n: "i" * 95 + str(n)),  # derived would pass 100 characters
+    st.just(""),  # none: `row-<hash of source and row>`
+)
+REGIONS = st.sampled_from(["eu", "", " EU ", "x" * 101])
 ROW = st.tuples(
-    st.integers(0, 10**6).map(lambda n: f"id{n}"), TIMESTAMPS, EVENT_NAMES, CUSTOMERS, VALUES,
-    CODES, st.just("rejected"),
+    IDENTIFIERS, TIMESTAMPS, EVENT_NAMES, CUSTOMERS, VALUES, REGIONS, CODES, st.just("rejected")
 ).map(list)  # fmt: skip
 INTEGER = re.compile(r"-?[1-9][0-9]{0,15}")
 DECIMAL = re.compile(r"-?[0-9]{1,6}\.[0-9]{1,4}")
 
 
-def json_lines(rows: list[list[str]], numbers: bool) -> list[str]:
+def json_lines(rows: list[list[str]], numbers: bool, errors: bool) -> list[str]:
     """The rows as Stripe's JSON objects; with `numbers`, plain integers (and decimal values)
     as JSON numbers. An empty CSV cell is an absent key."""
 
@@ -75,20 +87,21 @@ def json_lines(rows: list[list[str]], numbers: bool) -> list[str]:
         return text
 
     lines = []
-    for identifier, timestamp, event_name, customer, value, code, message in rows:
-        payload = {"stripe_customer_id": customer, "value": number(value, True)}
-        record = {
+    for identifier, timestamp, event_name, customer, value, region, code, message in rows:
+        payload = {"stripe_customer_id": customer, "value": number(value, True), "region": region}
+        record: dict[str, Any] = {
             "identifier": identifier,
             "timestamp": number(timestamp, False),
             "event_name": event_name,
             "payload": {key: held for key, held in payload.items() if held != ""},
-            "error": {"code": code, "message": message},
         }
+        if errors:
+            record["error"] = {"code": code, "message": message}
         lines.append(json.dumps({k: v for k, v in record.items() if v != ""}))
     return lines
 
 
-def outcome(path: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
+def outcome(path: Path, rejected: bool) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
     """The run's summary and its output files as flat records of texts (CSV columns, JSON
     objects with `payload.*` and `error.*` flattened into `payload_*` / `error_*`)."""
     plan = plan_input(path, RULES)
@@ -103,7 +116,7 @@ def outcome(path: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]
             now=NOW,
             out_dir=out,
             columns=plan.columns or None,
-            rejected=True,
+            rejected=rejected,
         )
     summary = {k: v for k, v in result.summary.items() if k not in ("source", "outputs")}
     files = {}
@@ -135,27 +148,44 @@ def shown(held: object) -> str:
     return held.replace("'", "") if isinstance(held, str) else json.dumps(held)
 
 
+def changed(line: dict[str, str]) -> bool:
+    """A correction changes what is sent again: a row sent unchanged is refused again, under
+    a new identifier. One deliberate exception: an event name Stripe found no meter for that
+    names an active meter now (`match_event_name`, the meter made after the row was sent) is
+    sent again as it was."""
+    if line["kind"] != "correction" or line["rule"] == "match_event_name":
+        return True
+    return line.get("before") != line.get("after")
+
+
 @fuzz_settings(25)
-@given(rows=st.lists(ROW, min_size=1, max_size=6), numbers=st.booleans())
+@given(rows=st.lists(ROW, min_size=1, max_size=6), numbers=st.booleans(), errors=st.booleans())
 @example(  # a JSON number Stripe refused as a value is not "corrected" to itself and re-sent
-    rows=[[f"id{n}", str(HOUR_AGO), "api_requests", "cus_A", value, "meter_event_invalid_value",
+    rows=[[f"id{n}", str(HOUR_AGO), "api_requests", "cus_A", value, "", "meter_event_invalid_value",
            "rejected"] for n, value in enumerate(["5", "-3", "0", "12.0"])],
     numbers=True,
+    errors=True,
 )  # fmt: skip
 def test_fuzz_csv_json_lines_and_json_array_rows_are_decided_alike(
-    rows: list[list[str]], numbers: bool, tmp_path_factory: Any
+    rows: list[list[str]], numbers: bool, errors: bool, tmp_path_factory: Any
 ) -> None:
+    """With error columns a failed-records file (every row was rejected); without, a usage
+    file that may hold billed rows."""
     work = tmp_path_factory.mktemp("formats")
     buffer = io.StringIO(newline="")
-    csv.writer(buffer).writerows([HEADER, *rows])
+    width = len(HEADER) if errors else len(HEADER) - 2
+    csv.writer(buffer).writerows(row[:width] for row in [HEADER, *rows])
     (work / "rows.csv").write_text(buffer.getvalue(), encoding="utf-8", newline="")
-    lines = json_lines(rows, numbers)
+    lines = json_lines(rows, numbers, errors)
     (work / "rows.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (work / "rows.json").write_text("[\n" + ",\n".join(lines) + "\n]\n", encoding="utf-8")
-    as_csv = outcome(work / "rows.csv")
-    assert outcome(work / "rows.jsonl") == as_csv
-    assert outcome(work / "rows.json") == as_csv
+    as_csv = outcome(work / "rows.csv", errors)
+    assert outcome(work / "rows.jsonl", errors) == as_csv
+    assert outcome(work / "rows.json", errors) == as_csv
     summary, files = as_csv
     assert summary["input_rows"] == len(rows)
-    assert summary["corrected"] == len(files.get("corrected", []))
+    for line in files.get("audit", []):
+        assert changed(line), line
+    sent = summary["corrected"] + (summary["valid"] if errors else 0)
+    assert sent == len(files.get("corrected", []))
     assert summary["quarantined"] == len(files.get("quarantine", []))

@@ -21,7 +21,7 @@ from remediation.core.rules import RULES
 from remediation.core.rules.customers import fix_customer_row
 from remediation.core.rules.meters import fix_event_name_row, reroute_to_successor_row
 from remediation.core.rules.timestamps import fix_timestamp_row
-from remediation.core.rules.values import fix_value_row
+from remediation.core.rules.values import fix_value_row, round_value_row
 from remediation.errors import Uncorrectable
 from remediation.meters import Meter
 from remediation.records import UsageRecord
@@ -207,6 +207,44 @@ def test_a_json_number_refused_as_a_value_is_quarantined_not_sent_again_unchange
         assert [changes for _, _, changes in found[5:]] == [
             [("normalize_value", "payload.value", 5.0, 5)],
             [("normalize_value", "payload.value", 2500.0, 2500)],
+        ]
+
+
+def test_a_json_number_json_writes_with_an_exponent_is_written_as_plain_text() -> None:
+    """A JSON `1e-05` is no plain number (validation refuses the exponent) and written back as
+    a number it would be `1e-05` again: it becomes the text `"0.00001"`."""
+    rows = [_numbered(UsageRecord(0, "e", NOW, "api_requests", {"value": 1e-05}), 0)]
+    for found in (by_rows(rows, fix_value_row), by_batch(rows, "meter_event_invalid_value")):
+        assert found == [
+            (
+                "fixed",
+                (NOW, int, "api_requests", [("value", "0.00001")]),
+                [("normalize_value", "payload.value", 1e-05, "0.00001")],
+            )
+        ]
+
+
+def test_a_value_within_the_precision_is_quarantined_not_rounded_to_itself() -> None:
+    """Rounding that changes nothing is no correction (the row was sent again as it was, to be
+    refused again); a rounded JSON number JSON would write with an exponent becomes text."""
+    rules = load_rules(RULES_TOML + "[policy]\nround_too_many_digits = true\nvalue_precision = 6\n")
+    ctx = Context(MeterIndex(METERS), rules, NOW)
+    values: list[object] = ["3.14", 3.14, 7, "3.14159265", 3.14159265, 0.0000123456, "3.1400000"]
+    rows = [
+        _numbered(UsageRecord(0, f"r{n}", NOW, "api_requests", {"value": value}), n)
+        for n, value in enumerate(values)
+    ]
+    code = "meter_event_value_too_many_digits"
+    for found in (by_rows(rows, round_value_row, ctx), by_batch(rows, code, ctx)):
+        assert found[:3] == [
+            ("quarantined", f"value {v!r} has at most 6 decimal places; nothing to round")
+            for v in values[:3]
+        ]
+        assert [changes for _, _, changes in found[3:]] == [
+            [("round_value", "payload.value", "3.14159265", "3.141593")],
+            [("round_value", "payload.value", 3.14159265, 3.141593)],
+            [("round_value", "payload.value", 0.0000123456, "0.000012")],
+            [("round_value", "payload.value", "3.1400000", "3.14")],
         ]
 
 
