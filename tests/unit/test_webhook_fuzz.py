@@ -180,7 +180,7 @@ def headers(draw: st.DrawFn, body: bytes) -> tuple[str | None, bool]:
     if mode == "wrong":
         return f"t={t},v1={_v1(body, t, 'whsec_wrong')}", False
     if mode == "stale":
-        old = str(now() - draw(st.sampled_from([301, 10**6, -301])))
+        old = str(now() - draw(st.sampled_from([330, 10**6, -330])))  # 301: flaky (whole seconds)
         return f"t={old},v1={_v1(body, old)}", False
     if mode == "none":
         return None, False
