@@ -135,7 +135,9 @@ def json_lines(rows: list[dict[str, str]], numbers: bool) -> list[str]:
     return lines
 
 
-def outcome(path: Path, rejected: bool) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
+def outcome(
+    path: Path, rejected: bool, generation: int = 1, identifiers: str = "derive"
+) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
     """The run's summary and its output files as flat records of texts (CSV columns, JSON
     objects with `payload.*` and `error.*` flattened into `payload_*` / `error_*`)."""
     plan = plan_input(path, RULES)
@@ -151,6 +153,8 @@ def outcome(path: Path, rejected: bool) -> tuple[dict[str, Any], dict[str, list[
             out_dir=out,
             columns=plan.columns or None,
             rejected=rejected,
+            generation=generation,
+            identifiers=identifiers,
         )
     summary = {k: v for k, v in result.summary.items() if k not in ("source", "outputs")}
     found: dict[str, list[dict[str, str]]] = {}
@@ -196,7 +200,12 @@ def changed(line: dict[str, str]) -> bool:
 
 
 @fuzz_settings(25)
-@given(file=files(), numbers=st.booleans())
+@given(
+    file=files(),
+    numbers=st.booleans(),
+    generation=st.integers(1, 3),
+    identifiers=st.sampled_from(["derive", "keep"]),
+)
 @example(  # a JSON number Stripe refused as a value is not "corrected" to itself and re-sent
     file=(
         [*FIRST, "payload_stripe_customer_id", "payload_value", *ERRORS],
@@ -209,21 +218,27 @@ def changed(line: dict[str, str]) -> bool:
         True,
     ),
     numbers=True,
+    generation=1,
+    identifiers="derive",
 )  # fmt: skip
 def test_fuzz_csv_json_lines_and_json_array_rows_are_decided_alike(
-    file: tuple[list[str], list[dict[str, str]], bool], numbers: bool, tmp_path_factory: Any
+    file: tuple[list[str], list[dict[str, str]], bool],
+    numbers: bool,
+    generation: int,
+    identifiers: str,
+    tmp_path_factory: Any,
 ) -> None:
     """With error columns a failed-records file (every row was rejected); without, a usage
-    file that may hold billed rows."""
+    file that may hold billed rows. Of any generation, identifiers derived or kept."""
     columns, rows, errors = file
     work = tmp_path_factory.mktemp("formats")
     (work / "rows.csv").write_text(as_csv(columns, rows), encoding="utf-8", newline="")
     lines = json_lines(rows, numbers)
     (work / "rows.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (work / "rows.json").write_text("[\n" + ",\n".join(lines) + "\n]\n", encoding="utf-8")
-    decided = outcome(work / "rows.csv", errors)
-    assert outcome(work / "rows.jsonl", errors) == decided
-    assert outcome(work / "rows.json", errors) == decided
+    decided = outcome(work / "rows.csv", errors, generation, identifiers)
+    assert outcome(work / "rows.jsonl", errors, generation, identifiers) == decided
+    assert outcome(work / "rows.json", errors, generation, identifiers) == decided
     summary, outputs = decided
     assert summary["input_rows"] == len(rows)
     for line in outputs.get("audit", []):
