@@ -133,15 +133,19 @@ def _kept(ctx: Context) -> _Kept:
 
 def fix_customer_row(record: UsageRecord, ctx: Context) -> list[Change]:
     key = meter_of(record, ctx).customer_key
-    raw = str(record.payload.get(key, ""))
+    held = record.payload.get(key)
+    # looked up as text (a JSON 12345 as "12345"); named and audited as it came, a number as
+    # a number (a JSON null is no customer text: not "None")
+    raw = "" if held is None else str(held)
+    came = raw if held is None else held
     pick = customer_for(raw, ctx)
     if pick is None:
-        raise Uncorrectable(no_match(raw))
+        raise Uncorrectable(no_match(came))
     record.payload[key] = pick[1]
-    return [Change(pick[0], f"payload.{key}", raw, pick[1])]
+    return [Change(pick[0], f"payload.{key}", came, pick[1])]
 
 
-def no_match(raw: str) -> str:
+def no_match(raw: object) -> str:
     return f"customer {shown(raw)} is not in the customer map and has no unique match"
 
 

@@ -248,6 +248,30 @@ def test_a_value_within_the_precision_is_quarantined_not_rounded_to_itself() -> 
         ]
 
 
+def test_a_customer_that_is_a_json_number_is_audited_and_named_as_it_came() -> None:
+    """A JSON 12345 is looked up as "12345" and recorded as the number it was (it was the text
+    "12345"); a JSON null is no customer text (it was looked up, and named, as "None")."""
+    ctx = Context(MeterIndex(METERS), load_rules(RULES_TOML + '"12345" = "cus_9"\n'), NOW)
+    customers: list[object] = [12345, "12345", True, None]
+    rows = [
+        _numbered(
+            UsageRecord(0, f"c{n}", NOW, "api_requests", {"stripe_customer_id": c, "value": 1}),
+            n,
+        )
+        for n, c in enumerate(customers)
+    ]
+    code = "meter_event_customer_not_found"
+    for found in (by_rows(rows, fix_customer_row, ctx), by_batch(rows, code, ctx)):
+        assert [changes for _, _, changes in found[:2]] == [
+            [("map_customer", "payload.stripe_customer_id", 12345, "cus_9")],
+            [("map_customer", "payload.stripe_customer_id", "12345", "cus_9")],
+        ]
+        assert found[2:] == [
+            ("quarantined", f"customer {shown} is not in the customer map and has no unique match")
+            for shown in ("True", "''")
+        ]
+
+
 class _CountedPicks(CustomerPicks):
     """A run's kept picks that count the texts looked up in them one by one."""
 
