@@ -1,11 +1,17 @@
 """The quarantine re-run task: rows an operator picked (by the filter kept on the admin
-action) run again through the current rules as one new run. Rows that now pass go to its
-corrected object, the rest to its own quarantine rows; the rows taken get `rerun_id`.
+action, up to the newest row when it was queued) run again through the current rules. Rows
+that now pass go to a corrected object, the rest to the re-run's own quarantine rows; the
+rows taken get `rerun_id`.
 
 Quarantined rows were never sent, so re-running them is always safe (the run is `rejected`:
-a row that passes goes out). The rows are picked
-once (ids, oldest first) before the run starts, so a retried task after a crash takes the
-same rows and never its own new ones.
+a row that passes goes out). Rows keep the generation of the run that quarantined them: a
+re-run makes one run per generation among its rows (`quarantine_rerun:<action>` for rows of
+first-generation runs, `quarantine_rerun:<action>:g<n>` for the others), so every row's
+lineage goes on one generation at a time, as if its own run had corrected it. (One run at
+the newest generation for all of them took a first run's `inv-mfx1`, the customer's own
+identifier, for our `inv` re-sent, and wrote `inv` and `inv-mfx1` both as `inv-mfx2`.)
+Each generation's run is idempotent per run key and its rows are marked taken after it, so a
+task retried after a crash runs what is left and never its own new rows.
 """
 
 from __future__ import annotations
@@ -34,11 +40,10 @@ from service.jobs.store.quarantine import (
     QuarantineFilter,
     mark_rerun,
     quarantined_entries,
-    rerun_filters,
+    rerun_detail,
     rows_to_rerun,
 )
-from service.jobs.store.runs import finished_run
-from service.models import RunTrigger
+from service.models import RemediationRun, RunTrigger
 
 # Codes our own validation decides (from the row and the meters): such a row goes through
 # validation again, so a row that now passes (its meter exists now, its time is no longer in
@@ -47,16 +52,37 @@ from service.models import RunTrigger
 CHECKED_BY_VALIDATION = KNOWN_CODES - {ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.UNCLASSIFIED}
 
 
+def rerun_key(action_ref: str, generation: int) -> str:
+    """The run key of a re-run's run for rows that runs of `generation` quarantined."""
+    base = f"quarantine_rerun:{action_ref}"
+    return base if generation <= 1 else f"{base}:g{generation}"
+
+
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
-    run_key = f"quarantine_rerun:{action_ref}"
-    if finished_run(ctx.engine, run_key) is not None:
-        return f"already re-run ({run_key})"
-    ids, generation = _pick(ctx.engine, action_ref, run_key)
-    if not ids:
-        return "no quarantined rows match: nothing to re-run"
+    picked = _pick(ctx.engine, action_ref)
+    if not picked:
+        return "no quarantined rows to re-run: none match, or this re-run took them"
+    by_generation: dict[int, list[int]] = {}
+    for row_id, generation in picked:
+        by_generation.setdefault(generation, []).append(row_id)
+    runs: list[RemediationRun] = []
+    for generation, ids in sorted(by_generation.items()):
+        runs.append(_rerun(ctx, action_ref, generation, ids))
+    passed = sum(run.valid + run.corrected for run in runs)
+    stayed = sum(run.quarantined for run in runs)
+    named = ", ".join(str(run.id) for run in runs)
+    return (
+        f"re-ran {len(picked)} quarantined rows as run{'s' if len(runs) > 1 else ''} "
+        f"{named}: {passed} now pass, {stayed} stay quarantined"
+    )
+
+
+def _rerun(ctx: RunContext, action_ref: str, generation: int, ids: list[int]) -> RemediationRun:
+    """One run of the rows (by id) that runs of `generation` quarantined; their corrected
+    rows are of that generation too, and their lineage is traced from its input's."""
     source = f"quarantine re-run {action_ref}"
     request = RunRequest(
-        run_key=run_key,
+        run_key=rerun_key(action_ref, generation),
         trigger=RunTrigger.QUARANTINE_RERUN,
         source=source,
         tag=f"rerun-{action_ref}",
@@ -69,23 +95,27 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     run = execute_run(ctx, request, _records(ctx.engine, ids))
     assert run.id is not None
     mark_rerun(ctx.engine, ids, run.id)
-    return (
-        f"re-ran {len(ids)} quarantined rows as run {run.id}: {run.valid + run.corrected} "
-        f"now pass, {run.quarantined} stay quarantined"
-    )
+    return run
 
 
-def _pick(engine: Engine, action_ref: str, run_key: str) -> tuple[list[int], int]:
-    """The ids of the rows to re-run and the generation their corrected rows get."""
+def _pick(engine: Engine, action_ref: str) -> list[tuple[int, int]]:
+    """(id, generation of the run that quarantined it) of each row to re-run."""
     with engine.connect() as connection:
-        filters = rerun_filters(connection, int(action_ref)) if action_ref.isdigit() else None
+        detail = rerun_detail(connection, int(action_ref)) if action_ref.isdigit() else None
+        filters = None if detail is None else detail.get("filters")
         if not isinstance(filters, dict):
             raise RerunInputMissing(f"admin action {action_ref} with the re-run's filter is gone")
+        through = detail.get("through") if detail is not None else None
         try:
             found = QuarantineFilter.from_query({str(k): str(v) for k, v in filters.items()})
         except BadParameter as exc:
             raise RerunInputMissing(f"admin action {action_ref}: {exc}") from exc
-        return rows_to_rerun(connection, found, run_key)
+        return rows_to_rerun(
+            connection,
+            found,
+            f"quarantine_rerun:{action_ref}",
+            through if isinstance(through, int) else None,
+        )
 
 
 def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[tuple[str, Any, Any]]:
@@ -103,7 +133,8 @@ def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[tuple[str, 
 
 def _lineage(engine: Engine, ids: Sequence[int], generation: int, source: str) -> Lineage:
     """Which of the rows' identifiers we wrote (a quarantined row of a corrected file) and
-    the originals a derived identifier must not equal, as the other jobs find them."""
+    the originals a derived identifier must not equal, as the other jobs find them: the rows
+    are those runs of `generation` quarantined, so their input was of `generation - 1`."""
     identifiers = [identifier for identifier, _, _ in _identified_rows(engine, ids)]
     ancestors = trace_ancestors(
         identifiers, generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH

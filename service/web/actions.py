@@ -10,7 +10,11 @@ from typing import Any
 from sqlalchemy import Engine
 
 from service.errors import Conflict, NotFound
-from service.jobs.store.quarantine import QuarantineFilter, count_quarantine
+from service.jobs.store.quarantine import (
+    QuarantineFilter,
+    count_quarantine,
+    latest_quarantined_id,
+)
 from service.models import AdminActionName
 from service.models.alerts import AlertStatus
 from service.notify.alerts import set_alert_status
@@ -87,6 +91,7 @@ def queue_rerun(engine: Engine, found: QuarantineFilter, actor: Actor) -> dict[s
     kept on the admin action, which the task reads)."""
     with engine.begin() as connection:
         rows = count_quarantine(connection, found)
+        through = latest_quarantined_id(connection)
         if rows == 0:
             return {"queued": False, "rows": 0, "filters": found.as_query()}
         action_id = record_action(
@@ -96,7 +101,9 @@ def queue_rerun(engine: Engine, found: QuarantineFilter, actor: Actor) -> dict[s
             _describe(found),
             via=actor.via,
             source_address=actor.address,
-            detail={"filters": found.as_query(), "rows": rows},
+            # `through`: the newest row then, so the task takes the rows counted here and
+            # none quarantined after the operator asked (nor, when retried, any other)
+            detail={"filters": found.as_query(), "rows": rows, "through": through},
         )
         enqueue_task(connection, TaskKind.QUARANTINE_RERUN, str(action_id))
     return {

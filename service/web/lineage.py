@@ -31,8 +31,8 @@ def run_input(run_key: str, source: str | None) -> dict[str, Any]:
         return {"type": "poller_import", "import_set_id": rest, "object": source}
     if kind == "error_report":
         return {"type": "error_report", "event_id": rest.partition(":")[0], "source": source}
-    if kind == RERUN_PREFIX[:-1]:
-        return {"type": "quarantine_rerun", "action_id": rest}
+    if kind == RERUN_PREFIX[:-1]:  # `quarantine_rerun:<action>[:g<generation>]`
+        return {"type": "quarantine_rerun", "action_id": rest.partition(":")[0]}
     return {"type": "file", "source": source}
 
 

@@ -14,11 +14,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from service.config import Settings
 from service.db import make_engine
-from service.models import AdminAction, InboxEvent
+from service.models import AdminAction, InboxEvent, QuarantinedRow
 from tests.integration import web_seed as seed
 
 TOKEN = "test-admin-token-0123456789"
@@ -272,7 +272,9 @@ def test_rerun_queues_one_task_and_records_the_action(api: Api) -> None:
     assert queued["task"] == f"mfx_task_quarantine_rerun_{queued['action_id']}"
     [action] = api.actions()
     assert (action.action, action.target_type, action.via) == ("rerun", "quarantine", "api")
-    assert action.detail == {"filters": {"code": "no_meter"}, "rows": 2}
+    with Session(api.engine) as session:  # the newest row then: the task takes none after it
+        newest = session.exec(select(func.max(QuarantinedRow.id))).one()
+    assert action.detail == {"filters": {"code": "no_meter"}, "rows": 2, "through": newest}
     assert action.source_address == "127.0.0.1"
     nothing = api.post("/api/quarantine/rerun", 200, json={"code": "unknown_code"})
     assert nothing == {"queued": False, "rows": 0, "filters": {"code": "unknown_code"}}

@@ -4,6 +4,8 @@ bucket), rows that now pass land in a new corrected object, the rest stay quaran
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,9 +105,91 @@ def test_rows_stored_in_full_then_rerun_with_current_rules(
     engine.dispose()
 
 
-def _remediate(settings: Settings, engine: object, tmp_path: Path, content: str) -> RemediationRun:
+def test_a_rerun_of_rows_from_runs_of_two_generations_makes_a_run_for_each(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """Whether a row's identifier is ours is a fact of ITS run's lineage: `inv-mfx1` that a
+    first run (generation 1, a customer's file) quarantined is the customer's own identifier,
+    not our `inv` re-sent. One re-run run at the newest generation of its rows (2, for a row of
+    a second-generation run beside them) traced it as `inv` re-sent, and both rows went out as
+    `inv-mfx2` (Stripe keeps one: usage lost). Now each generation's rows make a run of that
+    generation, as their own run would have corrected them."""
+    sandbox_server.admin.create_meter("api_requests")
+    now = int(time.time())
+    settings = make_settings(
+        database_url=db_url,
+        mfx_admin_token=TOKEN,
+        stripe_api_key=sandbox_server.api_key,
+        stripe_webhook_secrets=sandbox_server.webhook_secret,
+        stripe_api_base=sandbox_server.url,
+        stripe_files_base=sandbox_server.url,
+        stripe_meter_events_base=sandbox_server.url,
+    )
+    engine = make_engine(db_url)
+    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+    customers = header + "".join(
+        f"{identifier},{now},tokens,cus_1,{value},no_meter\n"
+        for identifier, value in (("inv", 1), ("inv-mfx1", 2))
+    )
+    first = _remediate(settings, engine, tmp_path, customers)
+    ours = header + f"z-mfx1,{now},tokens,cus_1,3,no_meter\n"  # our first output, failed again
+    second = _remediate(settings, engine, tmp_path, ours, generation=2, key="file_r")
+    counts = (first.generation, first.quarantined, second.generation, second.quarantined)
+    assert counts == (1, 2, 2, 1)
+
+    sandbox_server.admin.create_meter("tokens")  # the operator makes the missing meter
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    queued = client.post("/api/quarantine/rerun?code=no_meter", headers=bearer).get_json()
+    assert queued["queued"] and queued["rows"] == 3
+    later = header + f"late,{now},widgets,cus_1,4,no_meter\n"  # quarantined after the request
+    _remediate(settings, engine, tmp_path, later, key="file_s")
+    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
+    assert worker.drain().done == [queued["task"]]
+
+    with Session(engine) as session:
+        reruns = session.exec(
+            select(RemediationRun)
+            .where(RemediationRun.trigger == "quarantine_rerun")
+            .order_by(col(RemediationRun.id))
+        ).all()
+    action = queued["action_id"]
+    assert [(r.run_key, r.generation, r.input_rows, r.valid, r.quarantined) for r in reruns] == [
+        (f"quarantine_rerun:{action}", 1, 2, 2, 0),
+        (f"quarantine_rerun:{action}:g2", 2, 1, 1, 0),
+    ]
+    sent: dict[str, str] = {}
+    for run in reruns:
+        detail = client.get(f"/api/runs/{run.id}", headers=bearer).get_json()
+        assert detail["input"] == {"type": "quarantine_rerun", "action_id": str(action)}
+        [corrected] = [o for o in detail["outputs"] if o["kind"] == "corrected"]
+        text = (Path(settings.bucket_url[len("file://") :]) / corrected["key"]).read_text()
+        sent |= {
+            row["payload"]["value"]: row["identifier"] for row in map(json.loads, text.splitlines())
+        }
+    digest = hashlib.sha256(b"inv").hexdigest()[:12]  # `inv-mfx1` is an original of its input
+    assert sent == {"1": f"inv-{digest}-mfx1", "2": "inv-mfx1-mfx1", "3": "z-mfx2"}
+    # the row quarantined after the request is not taken; the task ran once
+    left = client.get("/api/quarantine?code=no_meter", headers=bearer).get_json()["data"]
+    assert [(r["identifier"], r["rerun_id"]) for r in left] == [("late", None)]
+    assert worker.drain().done == []
+    engine.dispose()
+
+
+def _remediate(
+    settings: Settings,
+    engine: object,
+    tmp_path: Path,
+    content: str,
+    generation: int = 1,
+    key: str = "file_q",
+) -> RemediationRun:
     """One run as the import-set job makes it (the same reader and execute_run)."""
-    path = tmp_path / "failed-records.csv"
+    path = tmp_path / f"{key}.csv"
     path.write_text(content)
     rules = load_rules(None)
     runtime = Runtime(settings, engine=engine)  # type: ignore[arg-type]
@@ -118,10 +202,11 @@ def _remediate(settings: Settings, engine: object, tmp_path: Path, content: str)
     )
     plan = plan_input(path, rules)
     request = RunRequest(
-        run_key="import_set:impset_q:file_q",
+        run_key=f"import_set:impset_q:{key}",
         trigger="import_set.succeeded",
-        source="file_q",
-        tag="impset_q",
+        source=key,
+        tag=f"impset_{key}",
+        generation=generation,
         fmt=plan.fmt,
         now=int(time.time()),
         columns=plan.columns or None,

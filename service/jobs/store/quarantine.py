@@ -127,12 +127,12 @@ def quarantine_conditions(found: QuarantineFilter) -> list[ColumnElement[bool]]:
     return where
 
 
-def rerun_filters(connection: Connection, action_id: int) -> Any:
-    """The filter kept on the admin action that queued a quarantine re-run (its `filters`
-    detail), or None when the action is gone. The dashboard and the API record the action
-    (`service.web.store`); the re-run task reads its input here."""
+def rerun_detail(connection: Connection, action_id: int) -> Mapping[str, Any] | None:
+    """What the admin action that queued a quarantine re-run kept (its `filters`, and the
+    newest row then, `through`), or None when the action is gone. The dashboard and the API
+    record the action (`service.web.actions`); the re-run task reads its input here."""
     detail = connection.execute(select(ACTIONS.c.detail).where(ACTIONS.c.id == action_id)).scalar()
-    return detail.get("filters") if isinstance(detail, dict) else None
+    return detail if isinstance(detail, dict) else None
 
 
 # --- quarantined rows ----------------------------------------------------------------------
@@ -160,28 +160,36 @@ def count_all_quarantined(connection: Connection) -> int:
     return int(connection.execute(select(func.count()).select_from(QUARANTINE)).scalar_one())
 
 
+def latest_quarantined_id(connection: Connection) -> int:
+    """The newest quarantined row's id (0 when there is none): a re-run takes no row after
+    the one its operator's filter saw last."""
+    return int(connection.execute(select(func.max(QUARANTINE.c.id))).scalar() or 0)
+
+
 def rows_to_rerun(
-    connection: Connection, found: QuarantineFilter, run_key: str
-) -> tuple[list[int], int]:
-    """The ids (oldest first) of the rows the filter picks for the re-run `run_key`, never
-    that re-run's own rows nor rows another re-run took, and the highest generation of the
-    runs that quarantined them (1 when none)."""
-    own = select(RUNS.c.id).where(RUNS.c.run_key == run_key).scalar_subquery()
-    where = [*quarantine_conditions(found), QUARANTINE.c.rerun_id.is_(None)]
-    ids = [
-        int(row[0])
-        for row in connection.execute(
-            select(QUARANTINE.c.id)
-            .where(*where, QUARANTINE.c.run_id != func.coalesce(own, -1))
-            .order_by(QUARANTINE.c.id)
-        )
+    connection: Connection, found: QuarantineFilter, run_key: str, through: int | None = None
+) -> list[tuple[int, int]]:
+    """(id, generation of the run that quarantined it: 1 when that run is gone) of each row
+    the filter picks for the re-run `run_key` (oldest first; up to id `through`), never the
+    rows of that re-run's own runs (`run_key`, `run_key:g<n>`) nor rows another re-run took."""
+    own = select(RUNS.c.id).where(
+        (RUNS.c.run_key == run_key)
+        | (func.substr(RUNS.c.run_key, 1, len(run_key) + 2) == f"{run_key}:g")
+    )
+    where = [
+        *quarantine_conditions(found),
+        QUARANTINE.c.rerun_id.is_(None),
+        QUARANTINE.c.run_id.not_in(own),
     ]
-    generation = connection.execute(
-        select(func.max(RUNS.c.generation))
-        .select_from(QUARANTINE.join(RUNS, RUNS.c.id == QUARANTINE.c.run_id))
+    if through is not None:
+        where.append(QUARANTINE.c.id <= through)
+    query = (
+        select(QUARANTINE.c.id, func.coalesce(RUNS.c.generation, 1).label("generation"))
+        .select_from(QUARANTINE.outerjoin(RUNS, RUNS.c.id == QUARANTINE.c.run_id))
         .where(*where)
-    ).scalar()
-    return ids, int(generation or 1)
+        .order_by(QUARANTINE.c.id)
+    )
+    return [(int(row.id), int(row.generation)) for row in connection.execute(query)]
 
 
 def quarantined_entries(engine: Engine, ids: Sequence[int]) -> Iterator[QuarantinedEntry]:
