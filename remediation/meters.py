@@ -21,6 +21,9 @@ class Meter:
     display_name: str = ""
     # Not in the 16.1.0 Meter model; kept when present (preview dimension feature).
     dimension_keys: tuple[str, ...] = field(default_factory=tuple)
+    # `status_transitions.deactivated_at` (unix seconds) of an archived meter, when Stripe says:
+    # rows Stripe took before it were billed (remediation.reported).
+    deactivated_at: int | None = None
 
     @property
     def active(self) -> bool:
@@ -46,7 +49,13 @@ class Meter:
             value_key=str(value.get("event_payload_key") or "value"),
             display_name=str(obj.get("display_name") or ""),
             dimension_keys=tuple(str(d) for d in dims),
+            deactivated_at=_seconds(_object(obj, "status_transitions").get("deactivated_at")),
         )
+
+
+def _seconds(value: object) -> int | None:
+    """Unix seconds as Stripe gives them (an integer), or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def customer_keys(meters: Iterable[Meter]) -> dict[str, str]:

@@ -5,18 +5,30 @@ failed row. When the rows are ours, every row of that meter that fails our own v
 with a reported code is selected, not only the samples; rows Stripe sampled are selected
 with the code Stripe gave. `meter_event_customer_not_found` cannot be checked offline, so
 rows sharing a customer id with a sampled row of that code are selected with it.
+
+A row of an object that was imported may have been billed, so it is selected only when our
+validation proves Stripe refused it WHENEVER Stripe took its object (`Taken`: no earlier than
+the object was uploaded, no later than the report's window for an object holding a sampled
+row). Checks that depend on that time are held against the bound that makes them a proof:
+a timestamp in the future against the latest time, one too far in the past against the
+earliest; an archived meter only when it was archived before the earliest time (or a sampled
+row of the same object was refused for it: Stripe takes an object at once). Otherwise a row
+Stripe billed before its meter was archived fails our validation today and would be sent
+again to the successor meter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from remediation.codes import ErrorCode
 from remediation.records import UsageRecord
-from remediation.validation import MeterIndex, validate_record
+from remediation.validation import MeterIndex, check_timestamp, validate_record
 
-IdentifierFill = Callable[[UsageRecord], None]
+# A customer id shaped like Stripe's (`cus_…`) may have existed when Stripe took another
+# object (a customer deleted since); any other text never names a Stripe customer.
+STRIPE_CUSTOMER_PREFIX = "cus_"
 
 
 @dataclass(frozen=True)
@@ -27,18 +39,44 @@ class ReportScope:
     skip_rows: frozenset[int] = field(default_factory=frozenset)  # handled by an earlier run
 
 
-def bad_customers(
-    records: Iterable[UsageRecord], scope: ReportScope, index: MeterIndex
-) -> set[str]:
-    """Customer ids of sampled rows reported as `meter_event_customer_not_found`."""
-    found: set[str] = set()
+@dataclass(frozen=True)
+class Taken:
+    """When Stripe may have taken (validated) an object's rows: not after `latest`, not
+    before `earliest` (None: unknown), and the codes of the sampled rows it holds. An object
+    holding no sampled row (`searched`) was found by looking beyond the samples: Stripe may
+    have taken it at another time than the report's, so sharing a customer id with a sampled
+    row proves nothing for a `cus_…` id."""
+
+    latest: int
+    earliest: int | None = None
+    sampled: frozenset[str] = frozenset()
+    searched: bool = False
+
+
+@dataclass
+class Sampled:
+    """What the sampled rows of one object say: their codes, and the customer ids of those
+    Stripe did not find."""
+
+    codes: set[str] = field(default_factory=set)
+    customers: set[str] = field(default_factory=set)
+
+
+def sampled_rows(records: Iterable[UsageRecord], scope: ReportScope, index: MeterIndex) -> Sampled:
+    """The codes of an object's sampled rows and the customer ids of those reported as
+    `meter_event_customer_not_found`."""
+    found = Sampled()
     for record in records:
-        if scope.samples.get(record.identifier or "") != ErrorCode.CUSTOMER_NOT_FOUND:
+        code = scope.samples.get(record.identifier or "")
+        if code is None:
+            continue
+        found.codes.add(code)
+        if code != ErrorCode.CUSTOMER_NOT_FOUND:
             continue
         meter = index.get(record.event_name)
         value = record.payload.get(meter.customer_key) if meter else None
         if value not in (None, ""):
-            found.add(str(value))
+            found.customers.add(str(value))
     return found
 
 
@@ -46,33 +84,58 @@ def select_reported(
     records: Iterable[UsageRecord],
     scope: ReportScope,
     index: MeterIndex,
-    now: int,
+    taken: Taken,
     customers: set[str],
 ) -> Iterator[UsageRecord]:
     """The rows the report is about, each with `error_code` set."""
     for record in records:
         if record.row_number in scope.skip_rows:
             continue
-        code = _reported_code(record, scope, index, now, customers)
+        code = _reported_code(record, scope, index, taken, customers)
         if code is not None:
             record.error_code, record.error_message = code, None
             yield record
 
 
 def _reported_code(
-    record: UsageRecord, scope: ReportScope, index: MeterIndex, now: int, customers: set[str]
+    record: UsageRecord, scope: ReportScope, index: MeterIndex, taken: Taken, customers: set[str]
 ) -> str | None:
     sampled = scope.samples.get(record.identifier or "")
     if sampled is not None:
         return sampled
     if scope.event_name is not None and record.event_name != scope.event_name:
         return None
-    problem = validate_record(record, index, now)
+    problem = validate_record(record, index, taken.latest)
     if problem is not None:
-        return problem.code if problem.code in scope.codes else None
+        if problem.code in scope.codes and _refused_whenever_taken(
+            problem.code, record, index, taken
+        ):
+            return problem.code
+        return None
     if customers and ErrorCode.CUSTOMER_NOT_FOUND in scope.codes:
         meter = index.get(record.event_name)
         value = record.payload.get(meter.customer_key) if meter else None
         if value is not None and str(value) in customers:
+            if taken.searched and str(value).startswith(STRIPE_CUSTOMER_PREFIX):
+                return None
             return ErrorCode.CUSTOMER_NOT_FOUND.value
     return None
+
+
+def _refused_whenever_taken(
+    code: str, record: UsageRecord, index: MeterIndex, taken: Taken
+) -> bool:
+    """Whether a problem our validation found (held against `taken.latest`) was one at any
+    time Stripe may have taken the row."""
+    if code == ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST:
+        if taken.earliest is None:
+            return False
+        problem = check_timestamp(record.timestamp, taken.earliest)
+        return problem is not None and problem.code == code
+    if code == ErrorCode.ARCHIVED_METER:
+        if code in taken.sampled:
+            return True
+        meter = index.get(record.event_name)
+        archived = meter.deactivated_at if meter is not None else None
+        return archived is not None and taken.earliest is not None and archived < taken.earliest
+    return True

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from remediation.poller import derived_identifier, source_tag
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, plan_input, read_repaired
-from remediation.reported import ReportScope, bad_customers, select_reported
+from remediation.reported import ReportScope, Taken, sampled_rows, select_reported
 from remediation.validation import MeterIndex
 from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, next_generation, run_lineage
@@ -41,13 +41,23 @@ from service.models import (
 )
 from service.models._types import as_utc, utcnow
 from service.notify.alerts import raise_alert
-from service.poller.store import event_names_of, objects_holding, objects_seen_between
+from service.poller.store import (
+    event_names_of,
+    object_uploaded_at,
+    objects_holding,
+    objects_seen_between,
+)
 
 # Objects whose rows a report may be about: first seen up to a day before the report's window
 # (Stripe imports and validates later) and up to an hour after it (in index mode meterfix may
 # list an object after Stripe's connector took it).
 WINDOW_BEFORE = timedelta(days=1)
 WINDOW_AFTER = timedelta(hours=1)
+# An object found by that search holds no sampled row: Stripe may have taken it at another
+# time than the report's, up to now or (its connector not there yet) a little later. A
+# timestamp of it counts as in the future only past this much after now: whenever Stripe took
+# it, it refused the row (milliseconds always are), never one it billed.
+SEARCHED_LATEST_MARGIN = timedelta(days=1)
 
 
 @dataclass
@@ -56,9 +66,11 @@ class _Report:
     scope: ReportScope
     expected: int  # errors the report counted
     event_names: set[str]
-    now: int
+    now: int  # the end of the report's window: every row it counts was taken by then
+    start: int | None  # its start: every row it counts was taken since
     index: MeterIndex
     customers: set[str] = field(default_factory=set)
+    sampled: dict[str, frozenset[str]] = field(default_factory=dict)  # key -> sampled codes
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
@@ -73,12 +85,19 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
         files = {key: _fetch(ctx, key, etag, Path(tmp), event_id) for key, etag in linked.items()}
         for key, (path, plan) in files.items():
             rows = _records(path, plan, ctx, key, linked[key])
-            job.customers |= bad_customers(rows, job.scope, job.index)
-        found = sum(_remediate(ctx, job, key, linked[key], *files[key]) for key in sorted(files))
+            sampled = sampled_rows(rows, job.scope, job.index)
+            job.customers |= sampled.customers
+            job.sampled[key] = frozenset(sampled.codes)
+        found = 0
+        for key in sorted(files):
+            taken = _linked_taken(ctx.engine, job, key, linked[key])
+            found += _remediate(ctx, job, key, linked[key], *files[key], taken)
         for key, etag in _other_objects(ctx.engine, report, job, set(linked)):
             if found >= job.expected:
                 break
-            found += _remediate(ctx, job, key, etag, *_fetch(ctx, key, etag, Path(tmp), event_id))
+            taken = _searched_taken(ctx.engine, job, key, etag)
+            fetched = _fetch(ctx, key, etag, Path(tmp), event_id)
+            found += _remediate(ctx, job, key, etag, *fetched, taken)
     return _conclude(ctx.engine, job, found)
 
 
@@ -88,6 +107,7 @@ def _job(
     meter_name = _event_name(ctx, report.meter_id)
     names = _sampled_event_names(ctx.engine, samples) | ({meter_name} if meter_name else set())
     reference = as_utc(report.validation_end) or as_utc(report.created_at) or utcnow()
+    start = as_utc(report.validation_start)
     return _Report(
         event_id=report.event_id,
         scope=ReportScope(
@@ -98,6 +118,7 @@ def _job(
         expected=sum(counts.values()) or len(samples),
         event_names=names,
         now=int(reference.timestamp()),
+        start=None if start is None else int(start.timestamp()),
         index=MeterIndex(
             ctx.meters,
             value_precision=ctx.rules.value_precision,
@@ -117,8 +138,34 @@ def _fetch(
     return path, plan_input(path, ctx.rules)
 
 
+def _linked_taken(engine: Engine, job: _Report, key: str, etag: str) -> Taken:
+    """An object holding sampled rows was taken within the report's window (and after it was
+    uploaded), all at once: its sampled codes hold for its other rows of the meter."""
+    bounds = [job.start, _uploaded(engine, key, etag)]
+    known = [bound for bound in bounds if bound is not None]
+    return Taken(latest=job.now, earliest=max(known) if known else None, sampled=job.sampled[key])
+
+
+def _searched_taken(engine: Engine, job: _Report, key: str, etag: str) -> Taken:
+    """An object found by the search may have been taken at any time after it was uploaded,
+    up to now and a little later (SEARCHED_LATEST_MARGIN)."""
+    latest = max(job.now, int(utcnow().timestamp())) + int(SEARCHED_LATEST_MARGIN.total_seconds())
+    return Taken(latest=latest, earliest=_uploaded(engine, key, etag), searched=True)
+
+
+def _uploaded(engine: Engine, key: str, etag: str) -> int | None:
+    moment = object_uploaded_at(engine, key, etag)
+    return None if moment is None else int(moment.timestamp())
+
+
 def _remediate(
-    ctx: RunContext, job: _Report, key: str, etag: str, path: Path, plan: InputPlan
+    ctx: RunContext,
+    job: _Report,
+    key: str,
+    etag: str,
+    path: Path,
+    plan: InputPlan,
+    taken: Taken,
 ) -> int:
     """Remediate the rows of one object the report is about; how many were selected."""
     run_key = f"error_report:{job.event_id}:{key}"
@@ -145,7 +192,7 @@ def _remediate(
         stages=stages,
     )
     rows = _records(path, plan, ctx, key, etag)
-    selected = select_reported(rows, scope, job.index, job.now, job.customers)
+    selected = select_reported(rows, scope, job.index, taken, job.customers)
     return execute_run(ctx, request, selected).input_rows
 
 

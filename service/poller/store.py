@@ -229,6 +229,18 @@ def objects_holding(engine: Engine, identifiers: set[str]) -> dict[str, str]:
     return {key: etag for key, etag in rows}
 
 
+def object_uploaded_at(engine: Engine, key: str, etag: str) -> datetime | None:
+    """When the object at this ETag was uploaded (its LastModified, as the poller listed it),
+    or None when unknown."""
+    with Session(engine) as session:
+        moment = session.exec(
+            select_model(BucketObject.last_modified).where(
+                col(BucketObject.key) == key, col(BucketObject.etag) == etag
+            )
+        ).first()
+    return as_utc(moment)
+
+
 def event_names_of(engine: Engine, identifiers: set[str]) -> set[str]:
     """The event names of the rows we imported with these identifiers."""
     with Session(engine) as session:

@@ -1,0 +1,110 @@
+"""An error report counts more errors than its samples lead to, so meterfix searches the other
+objects it saw around the report's window (MFX_POLLER=index: Stripe's S3 connector, the
+sandbox, imports the bucket). Only rows Stripe must have refused WHENEVER it took their object
+may be re-sent: an object Stripe billed before its meter was archived holds rows that fail our
+validation today (`archived_meter`), and re-sending them to the successor meter bills them
+twice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import stripe
+from flask import Flask
+from sqlmodel import select
+
+from sandbox.defaults import SANDBOX_API_KEY
+from service.config import PollerMode, Settings
+from service.models import Alert, ErrorReport
+from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
+from service.runtime import Runtime
+from tests.integration.test_billing_safety import originals_billed
+from tests.integration.test_e2e import BUCKET, RULES, Loop, render, running_loop
+
+
+@pytest.fixture
+def loop(
+    db_url: str, s3_endpoint: str, tmp_path: Path, make_app: Callable[[Settings], Flask]
+) -> Iterator[Loop]:
+    with running_loop(
+        db_url, s3_endpoint, tmp_path, make_app, poller=PollerMode.INDEX, data_errors="report"
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def deps(loop: Loop) -> Iterator[PollerDeps]:
+    runtime = Runtime(loop.settings)
+    try:
+        yield build_poller_deps(runtime)
+    finally:
+        runtime.close()
+
+
+def _rows(identifiers: list[str]) -> bytes:
+    now = int(time.time())
+    return render(
+        [
+            {
+                "identifier": identifier,
+                "timestamp": now - 60,
+                "event_name": "api_requests",
+                "customer": "cus_alice",
+                "value": "5",
+            }
+            for identifier in identifiers
+        ],
+        "csv",
+    )
+
+
+def _cycle(loop: Loop, deps: PollerDeps) -> None:
+    """Index, Stripe imports, Stripe reports, meterfix remediates."""
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()
+    loop.sandbox_app.extensions["sandbox"].flush_reports()
+    loop.drain()
+
+
+def test_rows_billed_before_their_meter_was_archived_are_not_sent_again(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    Path(loop.settings.mfx_rules).write_text(
+        RULES + '[meter_successors]\n"api_requests" = "api_v2"\n'
+    )
+    loop.sandbox.create_meter("api_v2")
+    early = [f"e{n}" for n in range(5)]
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/early.csv", Body=_rows(early))
+    _cycle(loop, deps)
+    assert sorted(loop.accepted()) == early  # billed on api_requests
+
+    time.sleep(1.1)  # the meter is archived after the early object was uploaded (whole seconds)
+    [meter] = [m for m in loop.sandbox.meters() if m["event_name"] == "api_requests"]
+    loop.sandbox.deactivate_meter(meter["id"])
+    late = [f"l{n}" for n in range(4)]
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/late.csv", Body=_rows(late))
+    client = stripe.StripeClient(SANDBOX_API_KEY, base_addresses={"api": loop.sandbox.base_url})
+    for identifier in ("direct1", "direct2"):  # sent by the customer's app, not through files
+        client.v1.billing.meter_events.create(
+            {
+                "event_name": "api_requests",
+                "identifier": identifier,
+                "payload": {"stripe_customer_id": "cus_alice", "value": "1"},
+            }
+        )
+    _cycle(loop, deps)  # one report: 6 archived_meter errors, 3 samples, all from late.csv
+    loop.sandbox.connector_poll()  # Stripe imports the corrected files
+
+    accepted = sorted(loop.accepted())
+    assert accepted == sorted([*early, *(f"{i}-mfx1" for i in late)])
+    assert max(originals_billed(loop).values()) == 1
+    with loop.session() as session:
+        [report] = session.exec(select(ErrorReport)).all()
+        alerts = session.exec(select(Alert).where(Alert.kind == "error_report.partial")).all()
+    assert report.status == "partial"  # 4 of 6 found: the 2 direct events are not in a file
+    assert [alert.detail for alert in alerts] == [
+        {"event_id": report.event_id, "found": 4, "expected": 6}
+    ]
