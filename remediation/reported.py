@@ -8,11 +8,11 @@ rows sharing a customer id with a sampled row of that code are selected with it.
 
 A row of an object that was imported may have been billed, so it is selected only when our
 validation proves Stripe refused it WHENEVER Stripe took its object (`Taken`: no earlier than
-the object was uploaded, no later than the report's window for an object holding a sampled
-row). Checks that depend on that time are held against the bound that makes them a proof:
-a timestamp in the future against the latest time, one too far in the past against the
-earliest; an archived meter only when it was archived before the earliest time (or a sampled
-row of the same object was refused for it: Stripe takes an object at once). Otherwise a row
+the object was uploaded or first sent, no later than the report's window for an object Stripe
+took at once with a sampled row). Checks that depend on that time are held against the bound
+that makes them a proof: a timestamp in the future against the latest time, one too far in the
+past against the earliest; an archived meter only when it was archived before the earliest
+time (or a sampled row of an object Stripe took at once was refused for it). Otherwise a row
 Stripe billed before its meter was archived fails our validation today and would be sent
 again to the successor meter.
 """
@@ -42,15 +42,15 @@ class ReportScope:
 @dataclass(frozen=True)
 class Taken:
     """When Stripe may have taken (validated) an object's rows: not after `latest`, not
-    before `earliest` (None: unknown), and the codes of the sampled rows it holds. An object
-    holding no sampled row (`searched`) was found by looking beyond the samples: Stripe may
-    have taken it at another time than the report's, so sharing a customer id with a sampled
-    row proves nothing for a `cus_…` id."""
+    before `earliest` (None: unknown). `at_once`: Stripe took every row of it at one time, as
+    it took its sampled rows (whose codes are `sampled`), so a customer id Stripe did not find
+    for a sampled row was unknown for every row; otherwise (rows sent batch by batch, or an
+    object found beyond the samples) a `cus_…` customer may have been deleted in between."""
 
     latest: int
     earliest: int | None = None
     sampled: frozenset[str] = frozenset()
-    searched: bool = False
+    at_once: bool = False
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _reported_code(
         meter = index.get(record.event_name)
         value = record.payload.get(meter.customer_key) if meter else None
         if value is not None and str(value) in customers:
-            if taken.searched and str(value).startswith(STRIPE_CUSTOMER_PREFIX):
+            if not taken.at_once and str(value).startswith(STRIPE_CUSTOMER_PREFIX):
                 return None
             return ErrorCode.CUSTOMER_NOT_FOUND.value
     return None
@@ -133,7 +133,7 @@ def _refused_whenever_taken(
         problem = check_timestamp(record.timestamp, taken.earliest)
         return problem is not None and problem.code == code
     if code == ErrorCode.ARCHIVED_METER:
-        if code in taken.sampled:
+        if taken.at_once and code in taken.sampled:
             return True
         meter = index.get(record.event_name)
         archived = meter.deactivated_at if meter is not None else None

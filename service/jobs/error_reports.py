@@ -17,7 +17,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -43,7 +43,7 @@ from service.models._types import as_utc, utcnow
 from service.notify.alerts import raise_alert
 from service.poller.store import (
     event_names_of,
-    object_uploaded_at,
+    object_times,
     objects_holding,
     objects_seen_between,
 )
@@ -53,10 +53,11 @@ from service.poller.store import (
 # list an object after Stripe's connector took it).
 WINDOW_BEFORE = timedelta(days=1)
 WINDOW_AFTER = timedelta(hours=1)
-# An object found by that search holds no sampled row: Stripe may have taken it at another
-# time than the report's, up to now or (its connector not there yet) a little later. A
-# timestamp of it counts as in the future only past this much after now: whenever Stripe took
-# it, it refused the row (milliseconds always are), never one it billed.
+# An object found by that search holds no sampled row, and the poller sends an object's rows
+# batch by batch: Stripe may have taken such rows at another time than the report's, up to now
+# or (its connector or queue not there yet) a little later. A timestamp of them counts as in
+# the future only past this much after now: whenever Stripe took it, it refused the row
+# (milliseconds always are), never one it billed.
 SEARCHED_LATEST_MARGIN = timedelta(days=1)
 
 
@@ -90,12 +91,12 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
             job.sampled[key] = frozenset(sampled.codes)
         found = 0
         for key in sorted(files):
-            taken = _linked_taken(ctx.engine, job, key, linked[key])
+            taken = _taken(ctx.engine, job, key, linked[key], linked=True)
             found += _remediate(ctx, job, key, linked[key], *files[key], taken)
         for key, etag in _other_objects(ctx.engine, report, job, set(linked)):
             if found >= job.expected:
                 break
-            taken = _searched_taken(ctx.engine, job, key, etag)
+            taken = _taken(ctx.engine, job, key, etag, linked=False)
             fetched = _fetch(ctx, key, etag, Path(tmp), event_id)
             found += _remediate(ctx, job, key, etag, *fetched, taken)
     return _conclude(ctx.engine, job, found)
@@ -138,23 +139,32 @@ def _fetch(
     return path, plan_input(path, ctx.rules)
 
 
-def _linked_taken(engine: Engine, job: _Report, key: str, etag: str) -> Taken:
-    """An object holding sampled rows was taken within the report's window (and after it was
-    uploaded), all at once: its sampled codes hold for its other rows of the meter."""
-    bounds = [job.start, _uploaded(engine, key, etag)]
-    known = [bound for bound in bounds if bound is not None]
-    return Taken(latest=job.now, earliest=max(known) if known else None, sampled=job.sampled[key])
+def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -> Taken:
+    """When Stripe may have taken the object's rows (remediation.reported).
 
-
-def _searched_taken(engine: Engine, job: _Report, key: str, etag: str) -> Taken:
-    """An object found by the search may have been taken at any time after it was uploaded,
-    up to now and a little later (SEARCHED_LATEST_MARGIN)."""
+    Stripe's S3 connector takes an object holding sampled rows (`linked`) at once, as one
+    import set, within the report's window and after the upload: what its sampled rows say
+    holds for its other rows of the meter. The bundled poller sends an object's rows batch by
+    batch, from its first send on, maybe hours apart; an object found by the search beyond the
+    samples may have been taken at any time after its upload, up to now and a little later
+    (SEARCHED_LATEST_MARGIN)."""
+    times = object_times(engine, key, etag)
+    uploaded = _seconds(times.uploaded)
     latest = max(job.now, int(utcnow().timestamp())) + int(SEARCHED_LATEST_MARGIN.total_seconds())
-    return Taken(latest=latest, earliest=_uploaded(engine, key, etag), searched=True)
+    if times.first_sent is not None:  # the poller sent it (import mode)
+        return Taken(latest=latest, earliest=_seconds(times.first_sent))
+    if not linked:
+        return Taken(latest=latest, earliest=uploaded)
+    known = [bound for bound in (job.start, uploaded) if bound is not None]
+    return Taken(
+        latest=job.now,
+        earliest=max(known) if known else None,
+        sampled=job.sampled[key],
+        at_once=True,
+    )
 
 
-def _uploaded(engine: Engine, key: str, etag: str) -> int | None:
-    moment = object_uploaded_at(engine, key, etag)
+def _seconds(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp())
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, Insert, Table, func, select, update
 from sqlmodel import Session, col
@@ -229,16 +229,24 @@ def objects_holding(engine: Engine, identifiers: set[str]) -> dict[str, str]:
     return {key: etag for key, etag in rows}
 
 
-def object_uploaded_at(engine: Engine, key: str, etag: str) -> datetime | None:
-    """When the object at this ETag was uploaded (its LastModified, as the poller listed it),
-    or None when unknown."""
+class ObjectTimes(NamedTuple):
+    """When an object version was uploaded (its LastModified as the poller listed it) and
+    when the poller first sent a row of it (import mode; None when it only indexed it)."""
+
+    uploaded: datetime | None
+    first_sent: datetime | None
+
+
+def object_times(engine: Engine, key: str, etag: str) -> ObjectTimes:
     with Session(engine) as session:
-        moment = session.exec(
-            select_model(BucketObject.last_modified).where(
+        row = session.exec(
+            select_model(BucketObject.last_modified, BucketObject.first_sent_at).where(
                 col(BucketObject.key) == key, col(BucketObject.etag) == etag
             )
         ).first()
-    return as_utc(moment)
+    if row is None:
+        return ObjectTimes(None, None)
+    return ObjectTimes(as_utc(row[0]), as_utc(row[1]))
 
 
 def event_names_of(engine: Engine, identifiers: set[str]) -> set[str]:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import stripe
 from flask import Flask
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from sandbox.defaults import SANDBOX_API_KEY
+from sandbox.events import build_error_report_event
 from service.config import PollerMode, Settings
-from service.models import Alert, ErrorReport
+from service.models import Alert, BucketObject, CorrectionAudit, ErrorReport, ImportedRow
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from tests.integration.test_billing_safety import originals_billed
 from tests.integration.test_e2e import BUCKET, RULES, Loop, render, running_loop
+from tests.integration.test_remediation_tasks import Service, service  # noqa: F401 (fixture)
 
 
 @pytest.fixture
@@ -108,3 +111,59 @@ def test_rows_billed_before_their_meter_was_archived_are_not_sent_again(
     assert [alert.detail for alert in alerts] == [
         {"event_id": report.event_id, "found": 4, "expected": 6}
     ]
+
+
+ARCHIVED_OBJECT = (
+    "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+    + "".join(f"q{n},{{now}},api_requests,cus_1,{n}\n" for n in range(1, 5))
+)
+
+
+@pytest.mark.parametrize(
+    ("first_sent", "rerouted"),
+    [
+        # the bundled poller sent the object's batches from ten minutes before the meter was
+        # archived: q1 and q2 may have been billed; only the sampled rows go to the successor
+        (-600, ["q3", "q4"]),
+        # Stripe's S3 connector took the object at once, in the report's window: every row of
+        # the archived meter was refused, as its sampled rows were
+        (None, ["q1", "q2", "q3", "q4"]),
+    ],
+)
+def test_a_sampled_archived_meter_speaks_for_the_rows_stripe_took_with_it(
+    service: Service,  # noqa: F811 (the fixture imported above)
+    first_sent: int | None,
+    rerouted: list[str],
+) -> None:
+    admin = service.sandbox.admin
+    admin.create_meter("api_v2")
+    [meter] = [m for m in admin.meters() if m["event_name"] == "api_requests"]
+    archived_at = admin.deactivate_meter(meter["id"])["status_transitions"]["deactivated_at"]
+    Path(service.settings.mfx_rules).write_text('[meter_successors]\n"api_requests" = "api_v2"\n')
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    bucket.mkdir(parents=True)
+    (bucket / "q.csv").write_text(ARCHIVED_OBJECT.format(now=int(time.time()) - 60))
+    sent = None if first_sent is None else datetime.fromtimestamp(archived_at + first_sent, UTC)
+    with Session(service.engine) as session:  # what the poller recorded for q.csv
+        session.add(
+            BucketObject(
+                key="q.csv",
+                etag="e1",
+                size=10,
+                status="indexed" if sent is None else "imported",
+                last_modified=datetime.fromtimestamp(archived_at - 900, UTC),
+                first_sent_at=sent,
+            )
+        )
+        for n in range(1, 5):
+            row = ImportedRow(identifier=f"q{n}", object_key="q.csv", etag="e1", row_number=n)
+            session.add(row)
+        session.commit()
+    samples = [("archived_meter", "meter is inactive", f"q{n}") for n in (3, 4)]
+    service.deliver(build_error_report_event(meter["id"], samples))
+    service.drain()
+
+    audit = service.rows(CorrectionAudit)
+    assert sorted(a.identifier for a in audit if a.field == "event_name") == rerouted
+    assert {a.after for a in audit if a.field == "event_name"} == {"api_v2"}
+    assert [r.status for r in service.rows(ErrorReport)] == ["remediated"]

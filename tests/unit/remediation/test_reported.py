@@ -13,8 +13,8 @@ from remediation.validation import MAX_PAST_SECONDS, MeterIndex
 WINDOW_START, WINDOW_END = 1_764_000_000, 1_764_003_600  # the report's hour
 UPLOADED = WINDOW_START - 600
 DAY = 86_400
-LINKED = Taken(latest=WINDOW_END, earliest=WINDOW_START)
-SEARCHED = Taken(latest=WINDOW_END + DAY, earliest=UPLOADED, searched=True)
+LINKED = Taken(latest=WINDOW_END, earliest=WINDOW_START, at_once=True)
+SEARCHED = Taken(latest=WINDOW_END + DAY, earliest=UPLOADED)
 ALL_CODES = frozenset(
     {
         "timestamp_in_future",
@@ -65,7 +65,7 @@ def test_a_timestamp_too_far_in_the_past_counts_against_the_earliest_time() -> N
     billed = row("billed", WINDOW_END - MAX_PAST_SECONDS - 600)
     old = row("old", WINDOW_START - MAX_PAST_SECONDS - 600)
     assert selected([billed, old], LINKED) == {"old": "timestamp_too_far_in_past"}
-    unknown = Taken(latest=WINDOW_END, earliest=None, searched=True)
+    unknown = Taken(latest=WINDOW_END, earliest=None)
     old = row("old", WINDOW_START - MAX_PAST_SECONDS - 600)
     assert selected([old], unknown) == {}  # when it was uploaded is unknown: no proof
 
@@ -79,8 +79,14 @@ def test_a_timestamp_too_far_in_the_past_counts_against_the_earliest_time() -> N
         (None, SEARCHED, False),  # when is unknown
         (WINDOW_START - 1, LINKED, True),
         (WINDOW_START + 60, LINKED, False),  # archived within the window, no sample says so
-        (WINDOW_START + 60, Taken(WINDOW_END, WINDOW_START, frozenset({"archived_meter"})), True),
-        (UPLOADED - 1, Taken(WINDOW_END + DAY, None, searched=True), False),
+        (
+            WINDOW_START + 60,
+            Taken(WINDOW_END, WINDOW_START, frozenset({"archived_meter"}), True),
+            True,
+        ),
+        # rows sent batch by batch: a sampled row says nothing of the rows sent before it
+        (WINDOW_START + 60, Taken(WINDOW_END, WINDOW_START, frozenset({"archived_meter"})), False),
+        (UPLOADED - 1, Taken(WINDOW_END + DAY, None), False),
     ],
 )
 def test_an_archived_meter_counts_only_when_it_was_archived_before_stripe_took_the_rows(
