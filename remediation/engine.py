@@ -92,6 +92,7 @@ def remediate(
     max_rows: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     audit_output: bool = False,
+    loop_protection: bool = True,
 ) -> RemediationResult:
     """Correct what the rules allow, quarantine the rest; see the module docstring.
 
@@ -101,12 +102,15 @@ def remediate(
     `rejected`: every row of the input was rejected by Stripe (a failed-records file, the
     source of a whole-file failure, rows the poller refused), so its valid rows are re-sent
     too. Otherwise only rows carrying an error code or failing our validation are.
-    `lineage`: which identifiers of the input we wrote (see `identifiers`)."""
+    `lineage`: which identifiers of the input we wrote (see `identifiers`).
+    `loop_protection`: a row we corrected (per lineage) that fails again with the same code is
+    quarantined, not corrected again; off only for an operator's explicit re-run of
+    quarantined rows after a rules change (service.jobs.quarantine_rerun)."""
     _use_lean_allocators()
     index = MeterIndex(meters, value_precision=rules.value_precision, limits=rules.policy.limits)
     ctx = Context(index, rules, now, customers)
     ids = Identifiers(source, generation, lineage or Lineage(), identifiers == "keep")
-    decider = BatchDecider(ctx, lineage or Lineage(), rejected)
+    decider = BatchDecider(ctx, lineage or Lineage(), rejected, loop_protection)
     # The audit records of the batch being written (on the writer's thread); `put` hands them
     # over with the batch, and `written` passes them on from this thread.
     held: list[Audited] = []

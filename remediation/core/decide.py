@@ -106,8 +106,11 @@ def _reported(batch: Batch) -> tuple[Codes, CodeIds]:
 class BatchDecider:
     """Decides batches of one input (`lineage` is the input's: which identifiers we wrote)."""
 
-    def __init__(self, ctx: Context, lineage: Lineage, rejected: bool) -> None:
+    def __init__(
+        self, ctx: Context, lineage: Lineage, rejected: bool, loop_protection: bool = True
+    ) -> None:
         self.ctx, self.lineage, self.rejected = ctx, lineage, rejected
+        self.loop_protection = loop_protection
 
     def decide(self, batch: Batch) -> Decided:
         n = len(batch)
@@ -160,7 +163,7 @@ class BatchDecider:
         (the rows stopped so)."""
         stopped: Mask = np.zeros(len(batch), bool)
         ancestors = self.lineage.ancestors
-        if not ancestors:
+        if not ancestors or not self.loop_protection:
             return stopped
         ours = mask(pc.is_in(batch.identifier.text, pa.array(list(ancestors), pa.string())))
         identifiers = batch.identifier.text

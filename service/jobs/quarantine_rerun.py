@@ -4,7 +4,9 @@ that now pass go to a corrected object, the rest to the re-run's own quarantine 
 rows taken get `rerun_id`.
 
 Quarantined rows were never sent, so re-running them is always safe (the run is `rejected`:
-a row that passes goes out). Rows keep the generation of the run that quarantined them: a
+a row that passes goes out), and a re-run is the operator's decision after fixing the rules:
+loop protection, which keeps a row that failed again with the code it was corrected for from
+being corrected again by itself, does not stop it here. Rows keep the generation of the run that quarantined them: a
 re-run makes one run per generation among its rows (`quarantine_rerun:<action>` for rows of
 first-generation runs, `quarantine_rerun:<action>:g<n>` for the others), so every row's
 lineage goes on one generation at a time, as if its own run had corrected it. (One run at
@@ -91,6 +93,10 @@ def _rerun(ctx: RunContext, action_ref: str, generation: int, ids: list[int]) ->
         generation=generation,
         lineage=_lineage(ctx.engine, ids, generation, source),
         rejected=True,  # quarantined rows were never sent: every row may go out corrected
+        # the operator's decision after fixing the rules: a row loop protection stopped (it
+        # failed again with the code it was corrected for) is corrected again by them; if it
+        # fails again still, the next run stops it again
+        loop_protection=False,
     )
     run = execute_run(ctx, request, _records(ctx.engine, ids))
     assert run.id is not None

@@ -62,6 +62,7 @@ class RunRequest:
     columns: Sequence[str] | None = None
     lineage: Lineage | None = None  # which identifiers we wrote (remediation.identifiers)
     rejected: bool = False  # every row was rejected by Stripe: valid rows are re-sent too
+    loop_protection: bool = True  # off: an operator re-runs quarantined rows (remediate)
     # Time per stage, from the download on (logged with the run; never compared).
     stages: Stages = field(default_factory=Stages, compare=False)
 
@@ -107,6 +108,7 @@ def execute_run(
                 columns=request.columns,
                 lineage=request.lineage,
                 rejected=request.rejected,
+                loop_protection=request.loop_protection,
                 audit_output=True,  # uploaded with the outputs
             )
         outputs = list(result.outputs) + ([result.audit] if result.audit else [])

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlmodel import select
+from sqlmodel import col, select
 
 from service.config import Settings
+from service.jobs.store.quarantine import QuarantineFilter
 from service.models import CorrectionAudit, QuarantinedRow
 from service.poller.passes import build_poller_deps, run_poll_pass
 from service.runtime import Runtime
+from service.web.actions import Actor, queue_rerun
 from tests.integration.test_e2e import BUCKET, RULES, Loop, _put, messy_rows, render, running_loop
 
 METERFIX = str(Path(sys.executable).with_name("meterfix"))
@@ -134,6 +136,37 @@ def test_a_row_failing_again_with_the_same_code_is_quarantined(loop: Loop) -> No
     assert loop.accepted() == ["ok"]
     corrected = [k for k in loop.objects() if k.startswith("usage/corrected/")]
     assert not [k for k in corrected if ".r2." in k]  # no second generation was written
+
+
+def test_an_operators_rerun_corrects_a_row_that_failed_again_once_the_rules_are_fixed(
+    loop: Loop,
+) -> None:
+    """Loop protection stops a corrected row that fails again with the same code from being
+    corrected again by itself; "re-run with current rules" is the operator's decision after
+    fixing the rules, and a quarantined row was never sent: the re-run corrects it (it kept
+    it quarantined as "failed again", whatever the rules said)."""
+    rules = Path(loop.settings.mfx_rules)
+    rules.write_text(RULES + '"ghost-1" = "cus_ghost"\n')  # a mapping to no customer
+    now = int(time.time())
+    _put(loop, "ghost.csv", usage_csv([["g1", now - 60, "api_requests", "ghost-1", "5"]]))
+    for _ in range(3):
+        loop.sandbox.connector_poll()
+        loop.drain()
+    with loop.session() as session:
+        [stopped] = session.exec(select(QuarantinedRow)).all()
+    assert (stopped.identifier, stopped.customer) == ("g1-mfx1", "cus_ghost")
+    assert loop.accepted() == []
+
+    rules.write_text(RULES + '"cus_ghost" = "cus_alice"\n')  # the operator's fix
+    queued = queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+    assert queued["rows"] == 1
+    loop.drain()
+    loop.sandbox.connector_poll()  # Stripe imports the re-run's corrected file
+    assert loop.accepted() == ["g1-mfx2"]
+    assert max(originals_billed(loop).values()) == 1
+    with loop.session() as session:
+        left = session.exec(select(QuarantinedRow).where(col(QuarantinedRow.rerun_id).is_(None)))
+        assert left.all() == []
 
 
 def test_poller_and_error_report_resend_only_rejected_rows(loop: Loop) -> None:
