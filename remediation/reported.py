@@ -36,7 +36,8 @@ class ReportScope:
     codes: frozenset[str]  # every code the report counted
     samples: Mapping[str, str]  # sample identifier -> code
     event_name: str | None  # the reported meter's event name (None: no_meter_found)
-    skip_rows: frozenset[int] = field(default_factory=frozenset)  # handled by an earlier run
+    # (row number, identifier) of rows an earlier run over the object handled
+    skip_rows: frozenset[tuple[int, str | None]] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def select_reported(
 ) -> Iterator[UsageRecord]:
     """The rows the report is about, each with `error_code` set."""
     for record in records:
-        if record.row_number in scope.skip_rows:
+        identifier = None if record.identifier is None else str(record.identifier)
+        if (record.row_number, identifier) in scope.skip_rows:
             continue
         code = _reported_code(record, scope, index, taken, customers)
         if code is not None:

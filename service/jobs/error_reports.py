@@ -8,8 +8,11 @@ few rows: when the rows found fall short of the report's error count, the other 
 saw around the report's window holding rows of those event names are searched too; if the
 count is still not reached the report is marked `partial` and an alert says so.
 
-Rows an earlier run over the same object already handled are skipped, so no row is sent
-twice. A report with no linked rows is kept as it is, with its samples, for the digest.
+Rows an earlier run over the same object already handled (the same row number and
+identifier: an object overwritten under its key is another file) are skipped, so no row is
+sent twice and none of a new version is taken for one of the old. Only rows Stripe refused
+whenever it took them are selected (remediation.reported, `_taken`). A report with no
+linked rows is kept as it is, with its samples, for the digest.
 """
 
 from __future__ import annotations

@@ -6,14 +6,16 @@ rows taken get `rerun_id`.
 Quarantined rows were never sent, so re-running them is always safe (the run is `rejected`:
 a row that passes goes out), and a re-run is the operator's decision after fixing the rules:
 loop protection, which keeps a row that failed again with the code it was corrected for from
-being corrected again by itself, does not stop it here. Rows keep the generation of the run that quarantined them: a
-re-run makes one run per generation among its rows (`quarantine_rerun:<action>` for rows of
-first-generation runs, `quarantine_rerun:<action>:g<n>` for the others), so every row's
-lineage goes on one generation at a time, as if its own run had corrected it. (One run at
-the newest generation for all of them took a first run's `inv-mfx1`, the customer's own
-identifier, for our `inv` re-sent, and wrote `inv` and `inv-mfx1` both as `inv-mfx2`.)
-Each generation's run is idempotent per run key and its rows are marked taken after it, so a
-task retried after a crash runs what is left and never its own new rows.
+being corrected again by itself, does not stop it here.
+
+Rows keep the generation of the run that quarantined them: a re-run makes one run per
+generation among its rows (`quarantine_rerun:<action>` for rows of first-generation runs,
+`quarantine_rerun:<action>:g<n>` for the others), so every row's lineage goes on one
+generation at a time, as if its own run had corrected it. (One run at the newest generation
+for all of them took a first run's `inv-mfx1`, the customer's own identifier, for our `inv`
+re-sent, and wrote `inv` and `inv-mfx1` both as `inv-mfx2`.) Each generation's run is
+idempotent per run key and its rows are marked taken after it, so a task retried after a
+crash runs what is left and never its own new rows.
 """
 
 from __future__ import annotations

@@ -643,8 +643,20 @@ def test_handled_rows_are_those_of_the_runs_of_one_source(db_url: str) -> None:
                     [(source, n, f"q{n}", "c", "why", None, None, "{}", WHEN) for n in quarantined]
                 )
                 held.load()
-        assert store.handled_rows(engine, "usage/a.csv") == {1, 2, 4, 7, 9}
-        assert store.handled_rows(engine, "usage/b.csv") == {3, 5, 6, 8}
+        assert store.handled_rows(engine, "usage/a.csv") == {
+            (1, "a1-1"),
+            (4, "a1-4"),
+            (2, "q2"),
+            (7, "a2-7"),
+            (9, "q9"),
+            (4, "q4"),
+        }
+        assert store.handled_rows(engine, "usage/b.csv") == {
+            (3, "b1-3"),
+            (5, "b1-5"),
+            (6, "q6"),
+            (8, "q8"),
+        }
         assert store.handled_rows(engine, "usage/none.csv") == frozenset()
     finally:
         engine.dispose()

@@ -167,3 +167,31 @@ def test_a_sampled_archived_meter_speaks_for_the_rows_stripe_took_with_it(
     assert sorted(a.identifier for a in audit if a.field == "event_name") == rerouted
     assert {a.after for a in audit if a.field == "event_name"} == {"api_v2"}
     assert [r.status for r in service.rows(ErrorReport)] == ["remediated"]
+
+
+def test_a_report_about_a_new_version_of_an_object_skips_only_rows_of_that_version_handled(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """Rows an earlier run over the same object handled are skipped, so no row is sent twice;
+    but an object overwritten under the same key is another file: its row 2 is not the row 2
+    a run corrected in the version before (it was skipped: usage lost)."""
+    now = int(time.time())
+    base = {"timestamp": now - 60, "event_name": "api_requests", "value": "5"}
+
+    def version(prefix: str) -> bytes:
+        customers = ("cus_alice", "acme-42", "cus_bob")  # acme-42: mapped by the rules
+        rows = [
+            {**base, "identifier": f"{prefix}{n}", "customer": customer}
+            for n, customer in enumerate(customers, start=1)
+        ]
+        return render(rows, "csv")
+
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/latest.csv", Body=version("a"))
+    _cycle(loop, deps)
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/latest.csv", Body=version("b"))  # overwritten
+    _cycle(loop, deps)
+    loop.sandbox.connector_poll()  # Stripe imports the corrected files
+    assert sorted(loop.accepted()) == ["a1", "a2-mfx1", "a3", "b1", "b2-mfx1", "b3"]
+    with loop.session() as session:
+        statuses = [report.status for report in session.exec(select(ErrorReport)).all()]
+    assert statuses == ["remediated", "remediated"]

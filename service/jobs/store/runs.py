@@ -602,11 +602,18 @@ def corrections_writing(
     return [(audit, generation) for audit, generation in rows]
 
 
-def handled_rows(engine: Engine, source: str) -> frozenset[int]:
-    """Row numbers of `source` some run already corrected or quarantined."""
+def handled_rows(engine: Engine, source: str) -> frozenset[tuple[int, str | None]]:
+    """(row number, identifier) of the rows of `source` some run already corrected or
+    quarantined. Both, because an object overwritten under the same key is another file: its
+    row 2 is not the row 2 of the version a run handled before (rows without an identifier
+    get one made of the object's version, `remediation.poller.derived_identifier`)."""
     with Session(engine) as session:
         corrected, quarantined = (session.exec(query).all() for query in handled_queries(source))
-        return frozenset(corrected) | frozenset(quarantined)
+        return frozenset((int(n), _text(i)) for n, i in [*corrected, *quarantined])
+
+
+def _text(identifier: object) -> str | None:
+    return None if identifier is None else str(identifier)
 
 
 def handled_queries(source: str) -> tuple[Any, Any]:
@@ -619,6 +626,10 @@ def handled_queries(source: str) -> tuple[Any, Any]:
     audit_run = col(CorrectionAudit.run_id).in_(runs.scalar_subquery())
     held_run = col(QuarantinedRow.run_id).in_(runs.scalar_subquery())
     return (
-        select_model(CorrectionAudit.row_number).where(audit_run, CorrectionAudit.source == source),
-        select_model(QuarantinedRow.row_number).where(held_run, QuarantinedRow.source == source),
+        select_model(CorrectionAudit.row_number, CorrectionAudit.identifier).where(
+            audit_run, CorrectionAudit.source == source
+        ),
+        select_model(QuarantinedRow.row_number, QuarantinedRow.identifier).where(
+            held_run, QuarantinedRow.source == source
+        ),
     )
