@@ -75,6 +75,7 @@ class _Report:
     index: MeterIndex
     customers: set[str] = field(default_factory=set)
     sampled: dict[str, frozenset[str]] = field(default_factory=dict)  # key -> sampled codes
+    changed: list[str] = field(default_factory=list)  # objects overwritten since Stripe took them
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
@@ -86,7 +87,11 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
         return "no rows of ours: kept with its samples for the digest"
     job = _job(ctx, report, samples, counts)
     with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
-        files = {key: _fetch(ctx, key, etag, Path(tmp), event_id) for key, etag in linked.items()}
+        files = {}
+        for key, etag in linked.items():
+            fetched = _fetch(ctx, job, key, etag, Path(tmp))
+            if fetched is not None:
+                files[key] = fetched
         for key, (path, plan) in files.items():
             rows = _records(path, plan, ctx, key, linked[key])
             sampled = sampled_rows(rows, job.scope, job.index)
@@ -99,9 +104,10 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
         for key, etag in _other_objects(ctx.engine, report, job, set(linked)):
             if found >= job.expected:
                 break
-            taken = _taken(ctx.engine, job, key, etag, linked=False)
-            fetched = _fetch(ctx, key, etag, Path(tmp), event_id)
-            found += _remediate(ctx, job, key, etag, *fetched, taken)
+            fetched = _fetch(ctx, job, key, etag, Path(tmp))
+            if fetched is not None:
+                taken = _taken(ctx.engine, job, key, etag, linked=False)
+                found += _remediate(ctx, job, key, etag, *fetched, taken)
     return _conclude(ctx.engine, job, found)
 
 
@@ -132,10 +138,19 @@ def _job(
 
 
 def _fetch(
-    ctx: RunContext, key: str, etag: str, folder: Path, event_id: str
-) -> tuple[Path, InputPlan]:
-    if ctx.bucket.head(key) is None:
-        raise TaskInputMissing(f"object {key} named by report {event_id} is gone from the bucket")
+    ctx: RunContext, job: _Report, key: str, etag: str, folder: Path
+) -> tuple[Path, InputPlan] | None:
+    """The object as Stripe took it, or None when it was overwritten since (another ETag):
+    the rows the report is about are gone with that version, and the rows there now are
+    another file's, never remediated for this report (`job.changed` names it)."""
+    head = ctx.bucket.head(key)
+    if head is None:
+        raise TaskInputMissing(
+            f"object {key} named by report {job.event_id} is gone from the bucket"
+        )
+    if head.etag != etag:
+        job.changed.append(key)
+        return None
     path = folder / f"{source_tag(key, etag)}-{Path(key).name}"
     if not path.exists():
         ctx.bucket.download(key, path)
@@ -232,10 +247,26 @@ def _conclude(engine: Engine, job: _Report, found: int) -> str:
         severity="warning",
         kind="error_report.partial",
         subject=f"report {job.event_id}: found {found} of {job.expected} reported rows",
-        message="the other rows are not in any object meterfix saw around the report's window",
-        detail={"event_id": job.event_id, "found": found, "expected": job.expected},
+        message=_shortfall(job),
+        detail={
+            "event_id": job.event_id,
+            "found": found,
+            "expected": job.expected,
+            **({"changed": sorted(job.changed)} if job.changed else {}),
+        },
     )
     return f"partial: remediated {found} row(s) of {job.expected} reported"
+
+
+def _shortfall(job: _Report) -> str:
+    message = "the other rows are not in any object meterfix saw around the report's window"
+    if not job.changed:
+        return message
+    changed = ", ".join(sorted(job.changed))
+    return (
+        f"{message}; overwritten since Stripe took them (the version the report is about is "
+        f"gone): {changed}"
+    )
 
 
 def _load(engine: Engine, event_id: str) -> tuple[ErrorReport, list[ErrorSample], dict[str, int]]:

@@ -15,6 +15,7 @@ from flask import Flask
 from sqlmodel import Session, select
 
 from sandbox.events import build_error_report_event, build_import_set_event
+from service.adapters.bucket import open_bucket
 from service.config import Settings
 from service.db import make_engine
 from service.models import (
@@ -232,10 +233,11 @@ def test_a_report_counting_more_rows_than_we_can_find_is_partial(service: Servic
         "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
         f"p1,{now},api_requests,acme-42,5\np2,{now},api_requests,cus_ok,5\n"
     )
+    etag = _etag(service, "p.csv")
     with Session(service.engine) as session:  # what the poller recorded for p.csv
-        session.add(BucketObject(key="p.csv", etag="e1", size=10, status="imported"))
+        session.add(BucketObject(key="p.csv", etag=etag, size=10, status="imported"))
         for n, ident in enumerate(("p1", "p2"), start=1):
-            session.add(ImportedRow(identifier=ident, object_key="p.csv", etag="e1", row_number=n))
+            session.add(ImportedRow(identifier=ident, object_key="p.csv", etag=etag, row_number=n))
         session.commit()
     event = build_error_report_event(
         service.sandbox.admin.meters()[0]["id"],
@@ -253,6 +255,13 @@ def test_a_report_counting_more_rows_than_we_can_find_is_partial(service: Servic
     assert [(a.identifier, a.new_identifier, a.after) for a in audit] == [
         ("p1", "p1-mfx1", "cus_acme")
     ]
+
+
+def _etag(service: Service, key: str) -> str:
+    """The object's ETag as the poller lists it (the report reads only that version)."""
+    found = open_bucket(service.settings).head(key)
+    assert found is not None
+    return found.etag
 
 
 def test_lineage_is_looked_up_in_batches(db_url: str, tmp_path: Path) -> None:

@@ -20,12 +20,23 @@ from sqlmodel import Session, select
 from sandbox.defaults import SANDBOX_API_KEY
 from sandbox.events import build_error_report_event
 from service.config import PollerMode, Settings
-from service.models import Alert, BucketObject, CorrectionAudit, ErrorReport, ImportedRow
+from service.models import (
+    Alert,
+    BucketObject,
+    CorrectionAudit,
+    ErrorReport,
+    ImportedRow,
+    RemediationRun,
+)
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from tests.integration.test_billing_safety import originals_billed
 from tests.integration.test_e2e import BUCKET, RULES, Loop, render, running_loop
-from tests.integration.test_remediation_tasks import Service, service  # noqa: F401 (fixture)
+from tests.integration.test_remediation_tasks import (  # noqa: F401 (the fixture)
+    Service,
+    _etag,
+    service,
+)
 
 
 @pytest.fixture
@@ -144,11 +155,12 @@ def test_a_sampled_archived_meter_speaks_for_the_rows_stripe_took_with_it(
     bucket.mkdir(parents=True)
     (bucket / "q.csv").write_text(ARCHIVED_OBJECT.format(now=int(time.time()) - 60))
     sent = None if first_sent is None else datetime.fromtimestamp(archived_at + first_sent, UTC)
+    etag = _etag(service, "q.csv")
     with Session(service.engine) as session:  # what the poller recorded for q.csv
         session.add(
             BucketObject(
                 key="q.csv",
-                etag="e1",
+                etag=etag,
                 size=10,
                 status="indexed" if sent is None else "imported",
                 last_modified=datetime.fromtimestamp(archived_at - 900, UTC),
@@ -156,7 +168,7 @@ def test_a_sampled_archived_meter_speaks_for_the_rows_stripe_took_with_it(
             )
         )
         for n in range(1, 5):
-            row = ImportedRow(identifier=f"q{n}", object_key="q.csv", etag="e1", row_number=n)
+            row = ImportedRow(identifier=f"q{n}", object_key="q.csv", etag=etag, row_number=n)
             session.add(row)
         session.commit()
     samples = [("archived_meter", "meter is inactive", f"q{n}") for n in (3, 4)]
@@ -195,3 +207,41 @@ def test_a_report_about_a_new_version_of_an_object_skips_only_rows_of_that_versi
     with loop.session() as session:
         statuses = [report.status for report in session.exec(select(ErrorReport)).all()]
     assert statuses == ["remediated", "remediated"]
+
+
+def test_a_report_about_an_object_overwritten_since_stripe_took_it_reads_no_other_version(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """The report is about the version Stripe took; the bucket holds another under the key
+    now. Its rows are another file's: remediating them for this report counted them as the
+    reported rows and marked the report remediated, while the reported row was lost."""
+    now = int(time.time())
+    base = {"event_name": "api_requests", "customer": "cus_alice", "value": "5"}
+
+    def version(prefix: str) -> bytes:
+        rows = [
+            {**base, "identifier": f"{prefix}1", "timestamp": now - 60},
+            {**base, "identifier": f"{prefix}2", "timestamp": (now - 60) * 1000},  # ms
+        ]
+        return render(rows, "csv")
+
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/latest.csv", Body=version("a"))
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()  # Stripe takes version a: a2 is refused
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/latest.csv", Body=version("b"))  # overwritten
+    loop.sandbox_app.extensions["sandbox"].flush_reports()  # the report about a2
+    loop.drain()
+
+    with loop.session() as session:
+        [report] = session.exec(select(ErrorReport)).all()
+        runs = session.exec(select(RemediationRun)).all()
+        [alert] = session.exec(select(Alert).where(Alert.kind == "error_report.partial")).all()
+    assert report.status == "partial"
+    assert [run.run_key for run in runs if run.run_key.startswith("error_report:")] == []
+    assert alert.detail == {
+        "event_id": report.event_id,
+        "found": 0,
+        "expected": 1,
+        "changed": ["usage/latest.csv"],
+    }
+    assert "overwritten since Stripe took them" in alert.message
