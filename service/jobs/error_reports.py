@@ -46,6 +46,7 @@ from service.models._types import as_utc, utcnow
 from service.notify.alerts import raise_alert
 from service.poller.store import (
     event_names_of,
+    object_known,
     object_times,
     objects_holding,
     objects_seen_between,
@@ -87,27 +88,31 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
         return "no rows of ours: kept with its samples for the digest"
     job = _job(ctx, report, samples, counts)
     with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
-        files = {}
+        files: dict[str, tuple[str, Path, InputPlan]] = {}
         for key, etag in linked.items():
-            fetched = _fetch(ctx, job, key, etag, Path(tmp))
-            if fetched is not None:
-                files[key] = fetched
-        for key, (path, plan) in files.items():
-            rows = _records(path, plan, ctx, key, linked[key])
-            sampled = sampled_rows(rows, job.scope, job.index)
+            fetched = _fetch(ctx, job, key, etag, Path(tmp), or_current=True)
+            if fetched is None:
+                continue
+            version, path, plan = fetched
+            sampled = sampled_rows(_records(path, plan, ctx, key, version), job.scope, job.index)
+            if version != etag and not sampled.codes:  # another file under the key now
+                job.changed.append(key)
+                continue
+            files[key] = fetched
             job.customers |= sampled.customers
             job.sampled[key] = frozenset(sampled.codes)
         found = 0
         for key in sorted(files):
-            taken = _taken(ctx.engine, job, key, linked[key], linked=True)
-            found += _remediate(ctx, job, key, linked[key], *files[key], taken)
+            version, path, plan = files[key]
+            taken = _taken(ctx.engine, job, key, version, linked=True)
+            found += _remediate(ctx, job, key, version, path, plan, taken)
         for key, etag in _other_objects(ctx.engine, report, job, set(linked)):
             if found >= job.expected:
                 break
             fetched = _fetch(ctx, job, key, etag, Path(tmp))
             if fetched is not None:
                 taken = _taken(ctx.engine, job, key, etag, linked=False)
-                found += _remediate(ctx, job, key, etag, *fetched, taken)
+                found += _remediate(ctx, job, key, *fetched, taken)
     return _conclude(ctx.engine, job, found)
 
 
@@ -138,23 +143,28 @@ def _job(
 
 
 def _fetch(
-    ctx: RunContext, job: _Report, key: str, etag: str, folder: Path
-) -> tuple[Path, InputPlan] | None:
-    """The object as Stripe took it, or None when it was overwritten since (another ETag):
-    the rows the report is about are gone with that version, and the rows there now are
-    another file's, never remediated for this report (`job.changed` names it)."""
+    ctx: RunContext, job: _Report, key: str, etag: str, folder: Path, *, or_current: bool = False
+) -> tuple[str, Path, InputPlan] | None:
+    """(ETag, local copy, plan) of the object as Stripe took it, or None when it was
+    overwritten since (another ETag): the rows the report is about are gone with that
+    version, and the rows there now are another file's, never remediated for this report
+    (`job.changed` names it). `or_current`: the version in the bucket now will do if the
+    poller listed it too (an identifier is recorded with the first version that held it; the
+    caller checks the sampled rows are in it)."""
     head = ctx.bucket.head(key)
     if head is None:
         raise TaskInputMissing(
             f"object {key} named by report {job.event_id} is gone from the bucket"
         )
     if head.etag != etag:
-        job.changed.append(key)
-        return None
+        if not (or_current and object_known(ctx.engine, key, head.etag)):
+            job.changed.append(key)
+            return None
+        etag = head.etag
     path = folder / f"{source_tag(key, etag)}-{Path(key).name}"
     if not path.exists():
         ctx.bucket.download(key, path)
-    return path, plan_input(path, ctx.rules)
+    return etag, path, plan_input(path, ctx.rules)
 
 
 def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -> Taken:

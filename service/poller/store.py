@@ -234,6 +234,17 @@ def objects_holding(engine: Engine, identifiers: set[str]) -> dict[str, str]:
     return {key: etag for key, etag in rows}
 
 
+def object_known(engine: Engine, key: str, etag: str) -> bool:
+    """Whether the poller listed this version of the object (and recorded its rows)."""
+    with Session(engine) as session:
+        found = session.exec(
+            select_model(BucketObject.id).where(
+                col(BucketObject.key) == key, col(BucketObject.etag) == etag
+            )
+        ).first()
+    return found is not None
+
+
 class ObjectTimes(NamedTuple):
     """When an object version was uploaded (its LastModified as the poller listed it) and
     when the poller first sent a row of it (import mode; None when it only indexed it)."""

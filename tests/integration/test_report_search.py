@@ -245,3 +245,28 @@ def test_a_report_about_an_object_overwritten_since_stripe_took_it_reads_no_othe
         "changed": ["usage/latest.csv"],
     }
     assert "overwritten since Stripe took them" in alert.message
+
+
+def test_a_sampled_row_both_versions_of_an_object_hold_is_read_from_the_one_in_the_bucket(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    now = int(time.time())
+    base = {"event_name": "api_requests", "customer": "cus_alice", "value": "5"}
+    sampled = {**base, "identifier": "s", "timestamp": (now - 60) * 1000}  # ms: refused
+
+    def version(first: str) -> bytes:
+        return render([{**base, "identifier": first, "timestamp": now - 60}, sampled], "csv")
+
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/latest.csv", Body=version("a1"))
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()  # Stripe takes the first version: s is refused
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/latest.csv", Body=version("b1"))
+    run_poll_pass(deps)  # meterfix indexes the second version too: s is in both
+    loop.sandbox_app.extensions["sandbox"].flush_reports()
+    loop.drain()
+    loop.sandbox.connector_poll()  # Stripe takes the second version and the corrected file
+
+    assert sorted(loop.accepted()) == ["a1", "b1", "s-mfx1"]
+    with loop.session() as session:
+        [report] = session.exec(select(ErrorReport)).all()
+    assert report.status == "remediated"
