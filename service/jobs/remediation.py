@@ -117,11 +117,7 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
             generation=next_generation(deps.run.bucket, import_set.source_object),
         )
         key = import_set.source_object or ""
-        etag = import_set.detail.get("etag")  # the version the poller read
-        version = str(etag) if etag else None
-        _run_file(
-            deps.run, request, path, lambda rows: _source_rows(deps.run.engine, key, version, rows)
-        )
+        _run_file(deps.run, request, path, lambda rows: _source_rows(deps.run.engine, key, rows))
     return _mark_import_set(deps.run.engine, import_set_id, run_key)
 
 
@@ -172,16 +168,13 @@ def _run_file(
         raise TaskInputMissing(f"{request.source} has no usage rows to remediate")
 
 
-def _source_rows(
-    engine: Engine, key: str, etag: str | None, records: Iterator[UsageRecord]
-) -> Iterator[UsageRecord]:
-    """Give each failed row its row number in the source object at the version the poller read
-    (the poller recorded every row's identifier), so the audit points at the object's own
-    rows."""
+def _source_rows(engine: Engine, key: str, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
+    """Give each failed row its row number in the source object (the poller recorded every
+    row's identifier), so the audit points at the object's own rows."""
     while batch := list(islice(records, 1000)):
         # NUL: never an identifier the poller recorded (PostgreSQL refuses it as a parameter)
         identifiers = {r.identifier for r in batch if r.identifier and "\x00" not in r.identifier}
-        numbers = row_numbers(engine, key, identifiers, etag)
+        numbers = row_numbers(engine, key, identifiers)
         for record in batch:
             record.row_number = numbers.get(record.identifier or "", record.row_number)
         yield from batch

@@ -207,19 +207,14 @@ def imported_rows_by_identifier(session: Session, identifiers: set[str]) -> dict
     return found
 
 
-def row_numbers(
-    engine: Engine, key: str, identifiers: set[str], etag: str | None = None
-) -> dict[str, int]:
-    """identifier -> its row number in the object `key` (at version `etag`, when known: an
-    object overwritten under its key may hold the identifier at another row), for the rows
-    the poller recorded."""
-    query = select_model(ImportedRow.identifier, ImportedRow.row_number).where(
-        ImportedRow.object_key == key, col(ImportedRow.identifier).in_(identifiers)
-    )
-    if etag is not None:
-        query = query.where(ImportedRow.etag == etag)
+def row_numbers(engine: Engine, key: str, identifiers: set[str]) -> dict[str, int]:
+    """identifier -> its row number in the object `key`, for the rows the poller recorded."""
     with Session(engine) as session:
-        found = session.exec(query).all()
+        found = session.exec(
+            select_model(ImportedRow.identifier, ImportedRow.row_number).where(
+                ImportedRow.object_key == key, col(ImportedRow.identifier).in_(identifiers)
+            )
+        ).all()
     return dict(found)
 
 
