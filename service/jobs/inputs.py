@@ -7,6 +7,7 @@ A task whose input cannot be had raises `TaskInputMissing` (not retried: a perso
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,44 +74,62 @@ def download(files: StripeFiles, file_id: str, folder: Path) -> Path:
 
 def fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Path, str]:
     """The failed file: the bucket object the import set names, else the object of ours with
-    the same file name seen last before the event, else the copy Stripe kept (its `file`).
-    Only configured hosts are called."""
-    key = locate_source(deps, import_set)
-    if key is not None:
-        path = folder / Path(key).name
-        deps.run.bucket.download(key, path)
-        return path, key
+    the same file name and the very content of the copy Stripe kept (its `file`), seen last
+    before the event, else that copy itself. Only configured hosts are called."""
+    bucket = deps.run.bucket
+    for key in candidate_keys(bucket, import_set.source_object):
+        if bucket.head(key) is not None:
+            path = folder / Path(key).name
+            bucket.download(key, path)
+            return path, key
     if import_set.source_file_id:
-        return download(deps.files, import_set.source_file_id, folder), import_set.source_file_id
+        (folder / "stripe").mkdir(parents=True, exist_ok=True)
+        copy = download(deps.files, import_set.source_file_id, folder / "stripe")
+        same = object_like(deps, copy, import_set, folder / "bucket")
+        if same is not None:
+            return folder / "bucket" / Path(same).name, same
+        return copy, import_set.source_file_id
     raise TaskInputMissing(
         f"source of import set {import_set.import_set_id} not found "
         f"(object {import_set.source_object!r}, file {import_set.source_file_id!r})"
     )
 
 
-def locate_source(deps: JobDeps, import_set: ImportSet) -> str | None:
-    bucket = deps.run.bucket
-    for key in candidate_keys(bucket, import_set.source_object):
-        if bucket.head(key) is not None:
-            return key
-    if not import_set.source_file_id:
-        return None
+def object_like(deps: JobDeps, copy: Path, import_set: ImportSet, folder: Path) -> str | None:
+    """The newest object of ours named as Stripe's copy of a failed file, seen by the event
+    (5 min clock skew), whose bytes are that copy's: the file Stripe failed, with its lineage.
+    Every row of a failed file is re-sent, so a file of the same name in another folder (the
+    day before's, imported and billed) never stands in for it (it did, the newest by name)."""
     try:
-        filename = str(deps.files.file_metadata(import_set.source_file_id).get("filename") or "")
-    except Exception as exc:  # no name, no match: Stripe's own copy is the fallback
+        metadata = deps.files.file_metadata(import_set.source_file_id or "")
+        filename = str(metadata.get("filename") or "")
+    except Exception as exc:  # no name, no match: Stripe's own copy is the input
         log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
         return None
-    return object_by_name(deps.run.engine, Path(filename).name, event_time(import_set))
-
-
-def object_by_name(engine: Engine, name: str, before: int) -> str | None:
-    """The newest object of that file name the poller saw by `before` (5 min clock skew)."""
+    name, before = Path(filename).name, event_time(import_set)
     if not name:
         return None
-    for key, seen in objects_named(engine, name):
-        if key.rsplit("/", 1)[-1] == name and (seen is None or seen.timestamp() <= before + 300):
+    size, digest = copy.stat().st_size, _sha256(copy)
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, seen in objects_named(deps.run.engine, name):
+        if key.rsplit("/", 1)[-1] != name or (seen is not None and seen.timestamp() > before + 300):
+            continue
+        info = deps.run.bucket.head(key)
+        if info is None or info.size != size:
+            continue
+        path = folder / name
+        deps.run.bucket.download(key, path)
+        if _sha256(path) == digest:
             return key
     return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def candidate_keys(bucket: Bucket, key: str | None) -> Iterator[str]:

@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -192,14 +193,15 @@ def test_a_failed_import_set_is_traced_to_our_object_by_file_name(service: Servi
     now = int(time.time()) - 60
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
     (bucket / "in").mkdir(parents=True)
-    (bucket / "in" / "usage-7.csv").write_text(
+    content = (
         "identifier;timestamp;event_name;payload_stripe_customer_id;payload_value\n"
         f"b1;{now};api_requests;cus_1;5\nb2;{now * 1000};api_requests;cus_1;3\n"
     )
+    (bucket / "in" / "usage-7.csv").write_text(content)
     with Session(service.engine) as session:  # what the poller (index mode) recorded
         session.add(BucketObject(key="in/usage-7.csv", etag="e1", size=10, status="indexed"))
         session.commit()
-    stripe_copy = service.sandbox.admin.upload_file("not,usage\n", "usage-7.csv")
+    stripe_copy = service.sandbox.admin.upload_file(content, "usage-7.csv")  # what it took
     body = {
         "id": "impset_by_name",
         "object": "data_management.import_set",
@@ -214,6 +216,39 @@ def test_a_failed_import_set_is_traced_to_our_object_by_file_name(service: Servi
     corrected = (bucket / "corrected" / "impset_by_name").glob("*.corrected.r1.csv")
     text = next(corrected).read_text()
     assert "b1-mfx1" in text and "b2-mfx1" in text and f",{now}," in text
+
+
+def test_a_failed_import_set_is_traced_only_to_an_object_holding_what_stripe_took(
+    service: Service,
+) -> None:
+    """Dated folders hold files of one name. The file Stripe failed is the one whose content
+    is Stripe's copy, not the newest of that name: every row of a failed file is re-sent, so
+    tracing it to another day's file (imported, billed) re-sent that whole day's usage."""
+    now = int(time.time()) - 60
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    header = "identifier;timestamp;event_name;payload_stripe_customer_id;payload_value\n"
+    failed = header + f"f1;{now};api_requests;cus_1;5\n"  # `;`: Stripe failed the whole file
+    billed = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+    billed += f"d1,{now},api_requests,cus_1,7\n"  # the next day's file, imported
+    for day, content in (("2026-11-30", failed), ("2026-12-01", billed)):
+        (bucket / day).mkdir(parents=True)
+        (bucket / day / "usage.csv").write_text(content)
+    with Session(service.engine) as session:  # the poller saw both, the billed one last
+        for minute, day in enumerate(("2026-11-30", "2026-12-01")):
+            seen = datetime.fromtimestamp(now - 600 + 60 * minute, UTC)
+            obj = BucketObject(key=f"{day}/usage.csv", etag=day, size=10, first_seen=seen)
+            session.add(obj)
+        session.commit()
+    stripe_copy = service.sandbox.admin.upload_file(failed, "usage.csv")
+    body = {"id": "impset_day", "status": "failed", "file": stripe_copy["id"]}
+    service.deliver(build_import_set_event("data_management.import_set.failed", body))
+    service.drain()
+
+    [run] = service.rows(RemediationRun)
+    assert (run.source, run.input_rows) == ("2026-11-30/usage.csv", 1)
+    [corrected] = (bucket / "corrected" / "impset_day").glob("*.corrected.r1.csv")
+    text = corrected.read_text()
+    assert "f1-mfx1" in text and "d1" not in text
 
 
 def test_a_source_without_rows_raises_an_alert(service: Service) -> None:
