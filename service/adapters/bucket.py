@@ -22,6 +22,7 @@ from service.adapters.bucket_base import (
     TEMP_MARK,
     dir_prefix,
     file_digests,
+    is_identical,
 )
 from service.adapters.file_bucket import FileBucket
 from service.adapters.s3_bucket import MULTIPART_BYTES, S3Bucket
@@ -70,15 +71,36 @@ def output_key(
 def upload_outputs(bucket: Bucket, outputs: Sequence[OutputFile], settings: Settings) -> list[str]:
     """Upload remediation outputs with their lineage; the keys, in input order.
 
-    Keys are deterministic (prefix + file name), so a re-run uploads nothing new."""
+    Keys are deterministic (prefix + file name), so a re-run uploads nothing new. They hold
+    no run's folder, so another input of the same file name makes the same keys: an output
+    key holding another file refuses the whole upload (BucketError, nothing uploaded).
+    Replacing a corrected file the poller may have imported would send its rows again under
+    the same identifiers (billed twice once Stripe's dedupe window is past), or lose those not
+    imported yet."""
+    planned = [
+        (output, output_key(settings, bucket, output.kind, output.path.name)) for output in outputs
+    ]
+    taken = [key for output, key in planned if _holds_another(bucket, key, output.path)]
+    if taken:
+        held = "; ".join(f"{key} already holds another file" for key in taken)
+        raise BucketError(
+            f"{held} (another input of this file name, or this input remediated with other "
+            "rules or another --now): meterfix never "
+            "replaces an output the poller may have imported; nothing was uploaded. Rename the "
+            "input, or remove the object after checking what the poller sent from it"
+        )
     keys = []
-    for output in outputs:
-        key = output_key(settings, bucket, output.kind, output.path.name)
+    for output, key in planned:
         metadata = {name: str(value) for name, value in output.metadata.items()}
         uploaded = bucket.upload(output.path, key, metadata)
         log_event("bucket.output", kind=output.kind, key=key, uploaded=uploaded)
         keys.append(key)
     return keys
+
+
+def _holds_another(bucket: Bucket, key: str, path: Path) -> bool:
+    existing = bucket.head(key)
+    return existing is not None and not is_identical(existing, *file_digests(path))
 
 
 __all__ = [

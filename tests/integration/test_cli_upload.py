@@ -18,7 +18,9 @@ DATA = Path(__file__).parent.parent / "data" / "usage"
 METERFIX = str(Path(sys.executable).with_name("meterfix"))
 
 
-def _remediate(tmp_path: Path, endpoint: str) -> subprocess.CompletedProcess[str]:
+def _remediate(
+    tmp_path: Path, endpoint: str, file: Path = DATA / "failed_records.csv"
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
@@ -27,7 +29,7 @@ def _remediate(tmp_path: Path, endpoint: str) -> subprocess.CompletedProcess[str
         **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    args = ["remediate", str(DATA / "failed_records.csv"), "--out", str(tmp_path / "out")]
+    args = ["remediate", str(file), "--out", str(tmp_path / "out")]
     args += ["--meters", str(DATA / "meters.json"), "--rules", str(DATA / "rules.toml")]
     args += ["--now", "1764000000", "--upload", "--json"]
     return subprocess.run(
@@ -77,3 +79,33 @@ def test_upload_lands_in_s3_with_lineage(tmp_path: Path, s3_endpoint: str) -> No
     assert json.loads(again.stdout)["uploaded"] == uploaded
     assert {k: s3.head_object(Bucket="usage", Key=k)["ETag"] for k in uploaded} == etags
     assert '"uploaded": false' in again.stderr
+
+
+def test_upload_never_replaces_another_file_under_an_output_key(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    """`--upload` writes no tag folder: another input of the same file name (another day's
+    `failed_records.csv`) makes the same keys. Replacing a corrected file the poller may have
+    imported sends its rows again under the same identifiers (billed twice once Stripe's
+    dedupe window is past) or loses the rows not yet imported: nothing is uploaded then."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    s3.create_bucket(Bucket="usage")
+    first = _remediate(tmp_path, s3_endpoint)
+    assert first.returncode == 0, first.stderr
+    uploaded = json.loads(first.stdout)["uploaded"]
+    bodies = {k: s3.get_object(Bucket="usage", Key=k)["Body"].read() for k in uploaded}
+
+    other = tmp_path / "next-day" / "failed_records.csv"
+    other.parent.mkdir()
+    lines = (DATA / "failed_records.csv").read_text().splitlines(keepends=True)
+    other.write_text("".join([lines[0], *lines[2:]]))  # one row fewer: other outputs
+    second = _remediate(tmp_path / "next-day", s3_endpoint, other)
+    assert second.returncode != 0
+    key = "in/corrected/failed_records.corrected.r1.csv"
+    assert f"{key} already holds another file" in second.stderr
+    assert "nothing was uploaded" in second.stderr
+    assert {k: s3.get_object(Bucket="usage", Key=k)["Body"].read() for k in uploaded} == bodies
