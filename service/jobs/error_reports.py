@@ -58,11 +58,13 @@ from service.poller.store import (
 WINDOW_BEFORE = timedelta(days=1)
 WINDOW_AFTER = timedelta(hours=1)
 # An object found by that search holds no sampled row, and the poller sends an object's rows
-# batch by batch: Stripe may have taken such rows at another time than the report's, up to now
-# or (its connector or queue not there yet) a little later. A timestamp of them counts as in
-# the future only past this much after now: whenever Stripe took it, it refused the row
-# (milliseconds always are), never one it billed.
-SEARCHED_LATEST_MARGIN = timedelta(days=1)
+# batch by batch: Stripe may have taken such rows at another time than the report's. The
+# latest it took them: a day after the search's window (its connector or queue may come to an
+# object it listed late), or a day after the poller's first send of the object (it sends
+# nothing past 23 h). A timestamp of them counts as in the future only past that (so, whenever
+# Stripe took the row, it refused it: milliseconds always are), never one it billed. Bounds
+# from the report and the database only: a task retried later selects the same rows.
+TAKEN_LATEST_MARGIN = timedelta(days=1)
 
 
 @dataclass
@@ -174,14 +176,14 @@ def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -
     import set, within the report's window and after the upload: what its sampled rows say
     holds for its other rows of the meter. The bundled poller sends an object's rows batch by
     batch, from its first send on, maybe hours apart; an object found by the search beyond the
-    samples may have been taken at any time after its upload, up to now and a little later
-    (SEARCHED_LATEST_MARGIN)."""
+    samples may have been taken at any time after its upload (TAKEN_LATEST_MARGIN)."""
     times = object_times(engine, key, etag)
-    uploaded = _seconds(times.uploaded)
-    latest = max(job.now, int(utcnow().timestamp())) + int(SEARCHED_LATEST_MARGIN.total_seconds())
-    if times.first_sent is not None:  # the poller sent it (import mode)
-        return Taken(latest=latest, earliest=_seconds(times.first_sent))
+    uploaded, first_sent = _seconds(times.uploaded), _seconds(times.first_sent)
+    margin = int(TAKEN_LATEST_MARGIN.total_seconds())
+    if first_sent is not None:  # the poller sent it (import mode)
+        return Taken(latest=max(job.now, first_sent) + margin, earliest=first_sent)
     if not linked:
+        latest = job.now + int(WINDOW_AFTER.total_seconds()) + margin
         return Taken(latest=latest, earliest=uploaded)
     known = [bound for bound in (job.start, uploaded) if bound is not None]
     return Taken(
