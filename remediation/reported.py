@@ -46,12 +46,17 @@ class Taken:
     before `earliest` (None: unknown). `at_once`: Stripe took every row of it at one time, as
     it took its sampled rows (whose codes are `sampled`), so a customer id Stripe did not find
     for a sampled row was unknown for every row; otherwise (rows sent batch by batch, or an
-    object found beyond the samples) a `cus_…` customer may have been deleted in between."""
+    object found beyond the samples) a `cus_…` customer may have been deleted in between.
+    `gone_from`: rows the bundled poller sent in row order (batch by batch), each `cus_…`
+    customer Stripe did not find for a sampled row of this object, with that row's number: a
+    customer Stripe does not know stays unknown (a deleted one never comes back), so the rows
+    sent after that row were refused too; those before it may have been billed."""
 
     latest: int
     earliest: int | None = None
     sampled: frozenset[str] = frozenset()
     at_once: bool = False
+    gone_from: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Sampled:
 
     codes: set[str] = field(default_factory=set)
     customers: set[str] = field(default_factory=set)
+    first_row: dict[str, int] = field(default_factory=dict)  # customer -> first sampled row
 
 
 def sampled_rows(records: Iterable[UsageRecord], scope: ReportScope, index: MeterIndex) -> Sampled:
@@ -78,6 +84,8 @@ def sampled_rows(records: Iterable[UsageRecord], scope: ReportScope, index: Mete
         value = record.payload.get(meter.customer_key) if meter else None
         if value not in (None, ""):
             found.customers.add(str(value))
+            first = found.first_row.get(str(value), record.row_number)
+            found.first_row[str(value)] = min(first, record.row_number)
     return found
 
 
@@ -118,8 +126,11 @@ def _reported_code(
         meter = index.get(record.event_name)
         value = record.payload.get(meter.customer_key) if meter else None
         if value is not None and str(value) in customers:
-            if not taken.at_once and str(value).startswith(STRIPE_CUSTOMER_PREFIX):
-                return None
+            text = str(value)
+            if not taken.at_once and text.startswith(STRIPE_CUSTOMER_PREFIX):
+                since = taken.gone_from.get(text)
+                if since is None or record.row_number < since:
+                    return None
             return ErrorCode.CUSTOMER_NOT_FOUND.value
     return None
 

@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from remediation.poller import derived_identifier, source_tag
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, plan_input, read_repaired
-from remediation.reported import ReportScope, Taken, sampled_rows, select_reported
+from remediation.reported import ReportScope, Sampled, Taken, sampled_rows, select_reported
 from remediation.validation import MeterIndex
 from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, next_generation, run_lineage
@@ -77,7 +77,7 @@ class _Report:
     start: int | None  # its start: every row it counts was taken since
     index: MeterIndex
     customers: set[str] = field(default_factory=set)
-    sampled: dict[str, frozenset[str]] = field(default_factory=dict)  # key -> sampled codes
+    sampled: dict[str, Sampled] = field(default_factory=dict)  # key -> what its samples say
     changed: list[str] = field(default_factory=list)  # objects overwritten since Stripe took them
 
 
@@ -102,7 +102,7 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
                 continue
             files[key] = fetched
             job.customers |= sampled.customers
-            job.sampled[key] = frozenset(sampled.codes)
+            job.sampled[key] = sampled
         found = 0
         for key in sorted(files):
             version, path, plan = files[key]
@@ -180,8 +180,10 @@ def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -
     times = object_times(engine, key, etag)
     uploaded, first_sent = _seconds(times.uploaded), _seconds(times.first_sent)
     margin = int(TAKEN_LATEST_MARGIN.total_seconds())
-    if first_sent is not None:  # the poller sent it (import mode)
-        return Taken(latest=max(job.now, first_sent) + margin, earliest=first_sent)
+    sampled = job.sampled.get(key) if linked else None
+    if first_sent is not None:  # the poller sent it (import mode), in row order
+        gone_from = sampled.first_row if sampled is not None else {}
+        return Taken(max(job.now, first_sent) + margin, first_sent, gone_from=gone_from)
     if not linked:
         latest = job.now + int(WINDOW_AFTER.total_seconds()) + margin
         return Taken(latest=latest, earliest=uploaded)
@@ -189,7 +191,7 @@ def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -
     return Taken(
         latest=job.now,
         earliest=max(known) if known else None,
-        sampled=job.sampled[key],
+        sampled=frozenset(sampled.codes) if sampled is not None else frozenset(),
         at_once=True,
     )
 

@@ -27,7 +27,7 @@ from sqlmodel import col, select
 
 from service.config import Settings
 from service.jobs.store.quarantine import QuarantineFilter
-from service.models import CorrectionAudit, QuarantinedRow
+from service.models import CorrectionAudit, ErrorReport, QuarantinedRow
 from service.poller.passes import build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from service.web.actions import Actor, queue_rerun
@@ -192,6 +192,33 @@ def test_poller_and_error_report_resend_only_rejected_rows(loop: Loop) -> None:
     corrected = [k for k in loop.objects() if k.startswith("usage/corrected/")]
     bodies = b"".join(loop.s3.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in corrected)
     assert b"b1" not in bodies  # no billed row in any corrected object
+
+
+def test_a_customer_stripe_does_not_know_is_followed_past_its_samples_in_sending_order(
+    loop: Loop,
+) -> None:
+    """The bundled poller sends an object's rows in row order. Stripe samples three of the
+    rows of a `cus_` customer it does not know: the rows sent after the first sample were
+    refused as well, and go to quarantine with it (no `[customers]` entry maps it); the rows of
+    that customer are not left out of the report."""
+    now = int(time.time())
+    rows = [[f"k{n}", now - 60, "api_requests", "cus_unknown", "5"] for n in range(6)]
+    _put(loop, "unknown.csv", usage_csv(rows))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)
+        loop.sandbox_app.extensions["sandbox"].flush_reports()  # 6 errors, 3 sampled
+        loop.drain()
+    finally:
+        runtime.close()
+    assert loop.accepted() == []
+    with loop.session() as session:
+        quarantined = session.exec(select(QuarantinedRow)).all()
+        [report] = session.exec(select(ErrorReport)).all()
+    assert sorted(q.identifier for q in quarantined) == [f"k{n}" for n in range(6)]
+    assert {q.code for q in quarantined} == {"meter_event_customer_not_found"}
+    assert report.status == "remediated"
 
 
 DATA = Path(__file__).parent.parent / "data" / "usage"

@@ -147,3 +147,32 @@ def test_a_meter_keeps_when_stripe_archived_it() -> None:
         is None
     )
     assert Meter.from_stripe({"id": "m", "event_name": "e"}).deactivated_at is None
+
+
+def test_rows_sent_in_order_after_a_sampled_row_share_its_unknown_customer() -> None:
+    """The bundled poller sends an object's rows in row order: a customer Stripe did not
+    know for a sampled row (deleted, or never made) was unknown for every row sent after it,
+    while a row sent before it may have been billed."""
+    customers = {"cus_gone"}
+    records = [
+        UsageRecord(n, f"r{n}", WINDOW_START, "api_requests", {"stripe_customer_id": "cus_gone"})
+        for n in range(1, 6)
+    ]
+    for record in records:
+        record.payload["value"] = "5"
+    in_order = Taken(latest=WINDOW_END + DAY, earliest=UPLOADED, gone_from={"cus_gone": 3})
+    code = "meter_event_customer_not_found"
+    assert selected(records, in_order, customers=customers) == {"r3": code, "r4": code, "r5": code}
+    elsewhere = Taken(latest=WINDOW_END + DAY, earliest=UPLOADED, gone_from={"cus_other": 1})
+    assert selected(records, elsewhere, customers=customers) == {}
+
+
+def test_sampled_rows_give_the_first_row_of_each_customer_stripe_did_not_find() -> None:
+    samples = {"b": "meter_event_customer_not_found", "d": "meter_event_customer_not_found"}
+    scope = ReportScope(ALL_CODES, samples, None)
+    records = [
+        UsageRecord(n, name, WINDOW_START, "api_requests", {"stripe_customer_id": "cus_gone"})
+        for n, name in enumerate("abcd", start=1)
+    ]
+    found = sampled_rows(records, scope, MeterIndex([Meter("mtr_1", "api_requests")]))
+    assert found.first_row == {"cus_gone": 2}
