@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -37,13 +38,19 @@ def _remediate(
     )
 
 
-def test_upload_lands_in_s3_with_lineage(tmp_path: Path, s3_endpoint: str) -> None:
+def _bucket(endpoint: str) -> Any:
+    """A boto3 client of the moto server, with the bucket `usage` made."""
     s3 = boto3.client(
         "s3",
-        endpoint_url=s3_endpoint,
+        endpoint_url=endpoint,
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
     )
     s3.create_bucket(Bucket="usage")
+    return s3
+
+
+def test_upload_lands_in_s3_with_lineage(tmp_path: Path, s3_endpoint: str) -> None:
+    s3 = _bucket(s3_endpoint)
     proc = _remediate(tmp_path, s3_endpoint)
     assert proc.returncode == 0, proc.stderr
     uploaded = json.loads(proc.stdout)["uploaded"]
@@ -88,12 +95,7 @@ def test_upload_never_replaces_another_file_under_an_output_key(
     `failed_records.csv`) makes the same keys. Replacing a corrected file the poller may have
     imported sends its rows again under the same identifiers (billed twice once Stripe's
     dedupe window is past) or loses the rows not yet imported: nothing is uploaded then."""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
-    s3.create_bucket(Bucket="usage")
+    s3 = _bucket(s3_endpoint)
     first = _remediate(tmp_path, s3_endpoint)
     assert first.returncode == 0, first.stderr
     uploaded = json.loads(first.stdout)["uploaded"]

@@ -8,18 +8,15 @@ twice."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import stripe
-from flask import Flask
 from sqlmodel import Session, select
 
 from sandbox.defaults import SANDBOX_API_KEY
 from sandbox.events import build_error_report_event
-from service.config import PollerMode, Settings
 from service.models import (
     Alert,
     BucketObject,
@@ -28,34 +25,18 @@ from service.models import (
     ImportedRow,
     RemediationRun,
 )
-from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
-from service.runtime import Runtime
+from service.poller.passes import PollerDeps, run_poll_pass
+from tests.integration import test_e2e_index
 from tests.integration.test_billing_safety import originals_billed
-from tests.integration.test_e2e import BUCKET, RULES, Loop, render, running_loop
+from tests.integration.test_e2e import BUCKET, RULES, Loop, render
 from tests.integration.test_remediation_tasks import (  # noqa: F401 (the fixture)
     Service,
     _etag,
     service,
 )
 
-
-@pytest.fixture
-def loop(
-    db_url: str, s3_endpoint: str, tmp_path: Path, make_app: Callable[[Settings], Flask]
-) -> Iterator[Loop]:
-    with running_loop(
-        db_url, s3_endpoint, tmp_path, make_app, poller=PollerMode.INDEX, data_errors="report"
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def deps(loop: Loop) -> Iterator[PollerDeps]:
-    runtime = Runtime(loop.settings)
-    try:
-        yield build_poller_deps(runtime)
-    finally:
-        runtime.close()
+# MFX_POLLER=index: Stripe's S3 connector (the sandbox) imports, meterfix indexes
+loop, deps = test_e2e_index.loop, test_e2e_index.deps
 
 
 def _rows(identifiers: list[str]) -> bytes:

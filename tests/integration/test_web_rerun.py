@@ -46,16 +46,7 @@ def test_rows_stored_in_full_then_rerun_with_current_rules(
     now = int(time.time())
     rules = tmp_path / "rules.toml"
     rules.write_text("[policy]\n")
-    settings = make_settings(
-        database_url=db_url,
-        mfx_rules=str(rules),
-        mfx_admin_token=TOKEN,
-        stripe_api_key=sandbox_server.api_key,
-        stripe_webhook_secrets=sandbox_server.webhook_secret,
-        stripe_api_base=sandbox_server.url,
-        stripe_files_base=sandbox_server.url,
-        stripe_meter_events_base=sandbox_server.url,
-    )
+    settings = _settings(make_settings, sandbox_server, db_url, mfx_rules=str(rules))
     engine = make_engine(db_url)
     first = _remediate(settings, engine, tmp_path, FAILED.format(now=now, ms=now * 1000))
     assert (first.corrected, first.quarantined) == (1, 3)
@@ -120,15 +111,7 @@ def test_a_rerun_of_rows_from_runs_of_two_generations_makes_a_run_for_each(
     generation, as their own run would have corrected them."""
     sandbox_server.admin.create_meter("api_requests")
     now = int(time.time())
-    settings = make_settings(
-        database_url=db_url,
-        mfx_admin_token=TOKEN,
-        stripe_api_key=sandbox_server.api_key,
-        stripe_webhook_secrets=sandbox_server.webhook_secret,
-        stripe_api_base=sandbox_server.url,
-        stripe_files_base=sandbox_server.url,
-        stripe_meter_events_base=sandbox_server.url,
-    )
+    settings = _settings(make_settings, sandbox_server, db_url)
     engine = make_engine(db_url)
     header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
     customers = header + "".join(
@@ -178,6 +161,22 @@ def test_a_rerun_of_rows_from_runs_of_two_generations_makes_a_run_for_each(
     assert [(r["identifier"], r["rerun_id"]) for r in left] == [("late", None)]
     assert worker.drain().done == []
     engine.dispose()
+
+
+def _settings(
+    make_settings: Callable[..., Settings], sandbox: SandboxServer, db_url: str, **more: str
+) -> Settings:
+    """The service against the sandbox (Stripe), with the admin token of these tests."""
+    return make_settings(
+        database_url=db_url,
+        mfx_admin_token=TOKEN,
+        stripe_api_key=sandbox.api_key,
+        stripe_webhook_secrets=sandbox.webhook_secret,
+        stripe_api_base=sandbox.url,
+        stripe_files_base=sandbox.url,
+        stripe_meter_events_base=sandbox.url,
+        **more,
+    )
 
 
 def _remediate(
