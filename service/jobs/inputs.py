@@ -73,55 +73,72 @@ def download(files: StripeFiles, file_id: str, folder: Path) -> Path:
 
 
 def fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Path, str]:
-    """The failed file: the bucket object the import set names, else the object of ours with
-    the same file name and the very content of the copy Stripe kept (its `file`), seen last
-    before the event, else that copy itself. Only configured hosts are called."""
+    """The failed file, and the source its outputs name: the bucket object the import set
+    names, else the object of ours with the same file name, seen last before the event, as
+    long as it holds the very bytes of the copy Stripe kept (its `file`); else that copy
+    itself. Every row of a failed file is re-sent, so an object that holds other bytes (the
+    named one overwritten since, another folder's file of the same name) never stands in for
+    it. Only configured hosts are called."""
     bucket = deps.run.bucket
-    for key in candidate_keys(bucket, import_set.source_object):
-        if bucket.head(key) is not None:
-            path = folder / Path(key).name
-            bucket.download(key, path)
-            return path, key
+    named = next(
+        (k for k in candidate_keys(bucket, import_set.source_object) if bucket.head(k)), None
+    )
     if import_set.source_file_id:
         (folder / "stripe").mkdir(parents=True, exist_ok=True)
         copy = download(deps.files, import_set.source_file_id, folder / "stripe")
-        same = object_like(deps, copy, import_set, folder / "bucket")
-        if same is not None:
-            return folder / "bucket" / Path(same).name, same
+        keys = [named] if named is not None else objects_like(deps, import_set)
+        for key in keys:
+            if _holds(bucket, key, copy, folder / "bucket"):
+                return folder / "bucket" / Path(key).name, key
+        if named is not None:
+            log_event("remediation.source_changed", key=named, file=import_set.source_file_id)
         return copy, import_set.source_file_id
+    if named is not None:
+        # no copy of Stripe's to hold it against: the object, unless it changed after the event
+        info = bucket.head(named)
+        if info is not None and info.last_modified.timestamp() > event_time(import_set) + 300:
+            raise TaskInputMissing(
+                f"object {named} of import set {import_set.import_set_id} changed after the "
+                "import failed, and Stripe kept no copy: the failed file is gone"
+            )
+        path = folder / Path(named).name
+        bucket.download(named, path)
+        return path, named
     raise TaskInputMissing(
         f"source of import set {import_set.import_set_id} not found "
         f"(object {import_set.source_object!r}, file {import_set.source_file_id!r})"
     )
 
 
-def object_like(deps: JobDeps, copy: Path, import_set: ImportSet, folder: Path) -> str | None:
-    """The newest object of ours named as Stripe's copy of a failed file, seen by the event
-    (5 min clock skew), whose bytes are that copy's: the file Stripe failed, with its lineage.
-    Every row of a failed file is re-sent, so a file of the same name in another folder (the
-    day before's, imported and billed) never stands in for it (it did, the newest by name)."""
+def objects_like(deps: JobDeps, import_set: ImportSet) -> list[str]:
+    """The objects of ours named as Stripe's copy of a failed file, seen by the event (5 min
+    clock skew), newest first."""
     try:
         metadata = deps.files.file_metadata(import_set.source_file_id or "")
         filename = str(metadata.get("filename") or "")
     except Exception as exc:  # no name, no match: Stripe's own copy is the input
         log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
-        return None
+        return []
     name, before = Path(filename).name, event_time(import_set)
     if not name:
-        return None
-    size, digest = copy.stat().st_size, _sha256(copy)
+        return []
+    return [
+        key
+        for key, seen in objects_named(deps.run.engine, name)
+        if key.rsplit("/", 1)[-1] == name and (seen is None or seen.timestamp() <= before + 300)
+    ]
+
+
+def _holds(bucket: Bucket, key: str, copy: Path, folder: Path) -> bool:
+    """Whether the object at `key` holds the bytes of `copy` (sizes first, then SHA-256 of a
+    download into `folder`, named as the key)."""
+    info = bucket.head(key)
+    if info is None or info.size != copy.stat().st_size:
+        return False
     folder.mkdir(parents=True, exist_ok=True)
-    for key, seen in objects_named(deps.run.engine, name):
-        if key.rsplit("/", 1)[-1] != name or (seen is not None and seen.timestamp() > before + 300):
-            continue
-        info = deps.run.bucket.head(key)
-        if info is None or info.size != size:
-            continue
-        path = folder / name
-        deps.run.bucket.download(key, path)
-        if _sha256(path) == digest:
-            return key
-    return None
+    path = folder / Path(key).name
+    bucket.download(key, path)
+    return _sha256(path) == _sha256(copy)
 
 
 def _sha256(path: Path) -> str:

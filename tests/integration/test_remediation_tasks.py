@@ -251,6 +251,59 @@ def test_a_failed_import_set_is_traced_only_to_an_object_holding_what_stripe_too
     assert "f1-mfx1" in text and "d1" not in text
 
 
+def test_a_failed_import_set_naming_an_object_overwritten_since_reads_stripes_copy(
+    service: Service,
+) -> None:
+    """The import set names its object, but the object was overwritten after Stripe failed it
+    (the exporter fixed the file and uploaded it again: Stripe imports and bills that version).
+    Every row of a failed file is re-sent, so the failed file is Stripe's copy, not what the
+    key holds now (whose rows were all sent again)."""
+    now = int(time.time()) - 60
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    header = "identifier;timestamp;event_name;payload_stripe_customer_id;payload_value\n"
+    failed = header + f"f1;{now};api_requests;cus_1;5\n"  # `;`: Stripe failed the whole file
+    fixed = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+    fixed += f"f1,{now},api_requests,cus_1,5\nf2,{now},api_requests,cus_1,6\n"
+    bucket.mkdir(parents=True)
+    (bucket / "daily.csv").write_text(fixed)  # the key holds the fixed version now
+    stripe_copy = service.sandbox.admin.upload_file(failed, "daily.csv")
+    body = {
+        "id": "impset_fixed",
+        "status": "failed",
+        "file": stripe_copy["id"],
+        "source_object": "daily.csv",
+    }
+    service.deliver(build_import_set_event("data_management.import_set.failed", body))
+    service.drain()
+
+    [run] = service.rows(RemediationRun)
+    assert (run.source, run.input_rows) == (stripe_copy["id"], 1)
+    [corrected] = (bucket / "corrected" / "impset_fixed").glob("*.corrected.r1.csv")
+    text = corrected.read_text()
+    assert "f1-mfx1" in text and "f2" not in text
+
+
+def test_a_failed_import_set_whose_object_changed_and_no_copy_kept_is_not_guessed(
+    service: Service,
+) -> None:
+    """Without Stripe's copy to hold it against, the named object stands for the failed file
+    only if it was not written after the failure: a newer version is another file."""
+    now = int(time.time())
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    bucket.mkdir(parents=True)
+    (bucket / "later.csv").write_text(
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+        f"g1,{now - 60},api_requests,cus_1,5\n"
+    )
+    body = {"id": "impset_gone", "status": "failed", "source_object": "later.csv"}
+    event = build_import_set_event("data_management.import_set.failed", body, created=now - 3600)
+    service.deliver(event)
+    service.drain()
+    assert service.rows(RemediationRun) == []
+    [alert] = service.rows(Alert)
+    assert "changed after the import failed" in alert.message
+
+
 def test_a_source_without_rows_raises_an_alert(service: Service) -> None:
     stripe_copy = service.sandbox.admin.upload_file("not,usage\n", "lost.csv")
     body = {"id": "impset_empty", "status": "failed", "file": stripe_copy["id"]}
