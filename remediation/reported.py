@@ -4,7 +4,8 @@ Stripe's report names a meter, the codes it saw and a few sample identifiers, ne
 failed row. When the rows are ours, every row of that meter that fails our own validation
 with a reported code is selected, not only the samples; rows Stripe sampled are selected
 with the code Stripe gave. `meter_event_customer_not_found` cannot be checked offline, so
-rows sharing a customer id with a sampled row of that code are selected with it.
+rows sharing a customer id with a sampled row of that code are selected with it (a `cus_…` id
+only for rows Stripe took with or after that row: `Taken`).
 
 A row of an object that was imported may have been billed, so it is selected only when our
 validation proves Stripe refused it WHENEVER Stripe took its object (`Taken`: no earlier than
