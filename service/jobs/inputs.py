@@ -7,7 +7,6 @@ A task whose input cannot be had raises `TaskInputMissing` (not retried: a perso
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from remediation.readers import CsvRecords
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
+from service.adapters.bucket_base import file_digests
 from service.errors import TaskInputMissing
 from service.jobs.runs import RunContext
 from service.jobs.store.runs import corrections_writing
@@ -138,15 +138,7 @@ def _holds(bucket: Bucket, key: str, copy: Path, folder: Path) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / Path(key).name
     bucket.download(key, path)
-    return _sha256(path) == _sha256(copy)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digests(path)[0] == file_digests(copy)[0]
 
 
 def candidate_keys(bucket: Bucket, key: str | None) -> Iterator[str]:
