@@ -45,8 +45,8 @@ from service.models import (
 from service.models._types import as_utc, utcnow
 from service.notify.alerts import raise_alert
 from service.poller.store import (
+    ObjectTimes,
     event_names_of,
-    object_known,
     object_times,
     objects_holding,
     objects_seen_between,
@@ -159,7 +159,7 @@ def _fetch(
             f"object {key} named by report {job.event_id} is gone from the bucket"
         )
     if head.etag != etag:
-        if not (or_current and object_known(ctx.engine, key, head.etag)):
+        if not (or_current and object_times(ctx.engine, key, head.etag) is not None):
             job.changed.append(key)
             return None
         etag = head.etag
@@ -177,7 +177,7 @@ def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -
     holds for its other rows of the meter. The bundled poller sends an object's rows batch by
     batch, from its first send on, maybe hours apart; an object found by the search beyond the
     samples may have been taken at any time after its upload (TAKEN_LATEST_MARGIN)."""
-    times = object_times(engine, key, etag)
+    times = object_times(engine, key, etag) or ObjectTimes(None, None)
     uploaded, first_sent = _seconds(times.uploaded), _seconds(times.first_sent)
     margin = int(TAKEN_LATEST_MARGIN.total_seconds())
     sampled = job.sampled.get(key) if linked else None

@@ -229,17 +229,6 @@ def objects_holding(engine: Engine, identifiers: set[str]) -> dict[str, str]:
     return {key: etag for key, etag in rows}
 
 
-def object_known(engine: Engine, key: str, etag: str) -> bool:
-    """Whether the poller listed this version of the object (and recorded its rows)."""
-    with Session(engine) as session:
-        found = session.exec(
-            select_model(BucketObject.id).where(
-                col(BucketObject.key) == key, col(BucketObject.etag) == etag
-            )
-        ).first()
-    return found is not None
-
-
 class ObjectTimes(NamedTuple):
     """When an object version was uploaded (its LastModified as the poller listed it) and
     when the poller first sent a row of it (import mode; None when it only indexed it)."""
@@ -248,7 +237,8 @@ class ObjectTimes(NamedTuple):
     first_sent: datetime | None
 
 
-def object_times(engine: Engine, key: str, etag: str) -> ObjectTimes:
+def object_times(engine: Engine, key: str, etag: str) -> ObjectTimes | None:
+    """The times of the object version, or None when the poller never listed it."""
     with Session(engine) as session:
         row = session.exec(
             select_model(BucketObject.last_modified, BucketObject.first_sent_at).where(
@@ -256,7 +246,7 @@ def object_times(engine: Engine, key: str, etag: str) -> ObjectTimes:
             )
         ).first()
     if row is None:
-        return ObjectTimes(None, None)
+        return None
     return ObjectTimes(as_utc(row[0]), as_utc(row[1]))
 
 
