@@ -37,8 +37,10 @@ class ReportScope:
     codes: frozenset[str]  # every code the report counted
     samples: Mapping[str, str]  # sample identifier -> code
     event_name: str | None  # the reported meter's event name (None: no_meter_found)
-    # (row number, identifier) of rows an earlier run over the object handled
-    skip_rows: frozenset[tuple[int, str | None]] = field(default_factory=frozenset)
+    # identifiers of rows another run over the object corrected or quarantined: skipped
+    # wherever the object holds them now (correcting one again sends its derived identifier
+    # again), and counted in `Selection.handled` when the report is about them
+    handled: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True)
@@ -90,22 +92,34 @@ def sampled_rows(records: Iterable[UsageRecord], scope: ReportScope, index: Mete
     return found
 
 
+@dataclass
+class Selection:
+    """What `select_reported` found beyond the rows it yields: rows the report is about that
+    another run already handled (`ReportScope.handled`), so they are not lost but done."""
+
+    handled: int = 0
+
+
 def select_reported(
     records: Iterable[UsageRecord],
     scope: ReportScope,
     index: MeterIndex,
     taken: Taken,
     customers: set[str],
+    selection: Selection | None = None,
 ) -> Iterator[UsageRecord]:
-    """The rows the report is about, each with `error_code` set."""
+    """The rows the report is about that no other run handled, each with `error_code` set
+    (those another run handled are counted in `selection`)."""
     for record in records:
-        identifier = None if record.identifier is None else str(record.identifier)
-        if (record.row_number, identifier) in scope.skip_rows:
-            continue
         code = _reported_code(record, scope, index, taken, customers)
-        if code is not None:
-            record.error_code, record.error_message = code, None
-            yield record
+        if code is None:
+            continue
+        if record.identifier is not None and str(record.identifier) in scope.handled:
+            if selection is not None:
+                selection.handled += 1
+            continue
+        record.error_code, record.error_message = code, None
+        yield record
 
 
 def _reported_code(

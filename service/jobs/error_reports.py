@@ -8,9 +8,10 @@ few rows: when the rows found fall short of the report's error count, the other 
 saw around the report's window holding rows of those event names are searched too; if the
 count is still not reached the report is marked `partial` and an alert says so.
 
-Rows an earlier run over the same object already handled (the same row number and
-identifier: an object overwritten under its key is another file) are skipped, so no row is
-sent twice and none of a new version is taken for one of the old. Only rows Stripe refused
+Rows another run over the same object already handled (corrected or quarantined: the same
+identifier, wherever the object holds it now) are skipped and counted as found, so no row is
+sent twice; a row without an identifier has one made of its object's version, so none of a
+new version is taken for one of the old. Only rows Stripe refused
 whenever it took them are selected (remediation.reported, `_taken`). A report with no
 linked rows is kept as it is, with its samples, for the digest.
 """
@@ -28,14 +29,21 @@ from sqlalchemy import Engine
 from remediation.poller import derived_identifier, source_tag
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, plan_input, read_repaired
-from remediation.reported import ReportScope, Sampled, Taken, sampled_rows, select_reported
+from remediation.reported import (
+    ReportScope,
+    Sampled,
+    Selection,
+    Taken,
+    sampled_rows,
+    select_reported,
+)
 from remediation.validation import MeterIndex
 from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, next_generation, run_lineage
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import load_report, set_report_status
-from service.jobs.store.runs import finished_run, handled_rows
+from service.jobs.store.runs import finished_run, handled_identifiers
 from service.models import (
     ErrorReport,
     ErrorReportStatus,
@@ -209,13 +217,20 @@ def _remediate(
     plan: InputPlan,
     taken: Taken,
 ) -> int:
-    """Remediate the rows of one object the report is about; how many were selected."""
+    """Remediate the rows of one object the report is about; how many it holds: those this
+    run selected and those another run over the object handled (corrected or quarantined)
+    before, under the same identifiers, which are not selected again."""
     run_key = f"error_report:{job.event_id}:{key}"
-    done = finished_run(ctx.engine, run_key)
-    if done is not None:
-        return done.input_rows
     base = job.scope
-    scope = ReportScope(base.codes, base.samples, base.event_name, handled_rows(ctx.engine, key))
+    handled = handled_identifiers(ctx.engine, key, other_than=run_key)
+    scope = ReportScope(base.codes, base.samples, base.event_name, handled)
+    selection = Selection()
+    done = finished_run(ctx.engine, run_key)
+    if done is not None:  # a retried task: count what the run found, and the rows handled
+        rows = _records(path, plan, ctx, key, etag)
+        for _ in select_reported(rows, scope, job.index, taken, job.customers, selection):
+            pass
+        return done.input_rows + selection.handled
     generation = next_generation(ctx.bucket, key)
     stages = Stages()
     with stages.timing(Stage.LINEAGE):
@@ -234,8 +249,8 @@ def _remediate(
         stages=stages,
     )
     rows = _records(path, plan, ctx, key, etag)
-    selected = select_reported(rows, scope, job.index, taken, job.customers)
-    return execute_run(ctx, request, selected).input_rows
+    selected = select_reported(rows, scope, job.index, taken, job.customers, selection)
+    return execute_run(ctx, request, selected).input_rows + selection.handled
 
 
 def _records(

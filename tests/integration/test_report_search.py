@@ -8,7 +8,7 @@ twice."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 
 from sandbox.defaults import SANDBOX_API_KEY
 from sandbox.events import build_error_report_event
+from service.jobs import runs as job_runs
 from service.models import (
     Alert,
     BucketObject,
@@ -26,6 +27,7 @@ from service.models import (
     RemediationRun,
 )
 from service.poller.passes import PollerDeps, run_poll_pass
+from service.worker import inbox
 from tests.integration import test_e2e_index
 from tests.integration.test_billing_safety import originals_billed
 from tests.integration.test_e2e import BUCKET, RULES, Loop, render
@@ -251,3 +253,91 @@ def test_a_sampled_row_both_versions_of_an_object_hold_is_read_from_the_one_in_t
     with loop.session() as session:
         [report] = session.exec(select(ErrorReport)).all()
     assert report.status == "remediated"
+
+
+def test_a_row_a_run_corrected_in_one_version_is_not_corrected_again_in_the_next(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """A row an earlier run over the object corrected is skipped by its identifier, wherever
+    the next version holds it: `s` moved from row 2 to row 1 when the object was overwritten,
+    Stripe refused it again, and a second correction sent `s-mfx1` again (billed twice once
+    Stripe's 24-hour dedupe window has passed)."""
+    now = int(time.time())
+    base = {"event_name": "api_requests", "customer": "cus_alice", "value": "5"}
+    sampled = {**base, "identifier": "s", "timestamp": (now - 60) * 1000}  # ms: refused
+
+    def row(identifier: str) -> dict[str, object]:
+        return {**base, "identifier": identifier, "timestamp": now - 60}
+
+    loop.s3.put_object(
+        Bucket=BUCKET, Key="usage/latest.csv", Body=render([row("a1"), sampled], "csv")
+    )
+    _cycle(loop, deps)  # Stripe refuses s; meterfix corrects it
+    loop.sandbox.connector_poll()  # Stripe imports the corrected file: s-mfx1 billed
+    assert sorted(loop.accepted()) == ["a1", "s-mfx1"]
+
+    body = render([sampled, row("b1")], "csv")  # s moved to row 1
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/latest.csv", Body=body)
+    _cycle(loop, deps)  # Stripe refuses s again
+    loop.sandbox.connector_poll()
+
+    with loop.session() as session:
+        audit = session.exec(select(CorrectionAudit)).all()
+        reports = session.exec(select(ErrorReport)).all()
+        alerts = session.exec(select(Alert).where(Alert.kind == "error_report.partial")).all()
+    assert [(a.identifier, a.new_identifier) for a in audit] == [("s", "s-mfx1")]
+    assert sorted(loop.accepted()) == ["a1", "b1", "s-mfx1"]
+    assert loop.sandbox.duplicates() == []  # nothing meterfix sent twice
+    # the second report's row was handled before: counted found, no alert about lost rows
+    assert [r.status for r in reports] == ["remediated", "remediated"]
+    assert alerts == []
+
+
+def test_a_report_run_done_again_after_a_crash_selects_its_own_rows_again(
+    loop: Loop, deps: PollerDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report's run that crashed after loading its audit (before it was recorded done) is
+    done again, its first try's rows deleted: they counted as handled by another run, so the
+    second try selected none of them, and the audit lost its corrections and the report
+    said rows were missing."""
+    now = int(time.time())
+    base = {"event_name": "api_requests", "customer": "cus_alice", "value": "5"}
+    rows = [
+        {**base, "identifier": "a1", "timestamp": now - 60},
+        *({**base, "identifier": f"s{n}", "timestamp": (now - 60) * 1000} for n in (1, 2)),
+    ]
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/latest.csv", Body=render(rows, "csv"))
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()  # Stripe refuses s1 and s2
+    loop.sandbox_app.extensions["sandbox"].flush_reports()
+
+    crashes = []
+
+    def crashing(*args: object, **kwargs: object) -> None:
+        crashes.append(args[1])
+        raise RuntimeError("worker killed before the run was recorded done")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(job_runs, "finish_run", crashing)
+        first = loop.worker().drain()
+    assert len(crashes) == 1 and len(first.retrying) == 1
+    with loop.session() as session:  # the first try's audit was loaded
+        assert sorted(a.identifier or "" for a in session.exec(select(CorrectionAudit))) == [
+            "s1",
+            "s2",
+        ]
+    later = datetime.now(UTC) + timedelta(hours=1)
+    monkeypatch.setattr(inbox, "utcnow", lambda: later)
+    loop.drain()
+    loop.sandbox.connector_poll()  # Stripe imports the corrected file
+
+    with loop.session() as session:
+        audit = session.exec(select(CorrectionAudit)).all()
+        [report] = session.exec(select(ErrorReport)).all()
+        alerts = session.exec(select(Alert).where(Alert.kind == "error_report.partial")).all()
+    assert sorted((a.identifier, a.new_identifier) for a in audit) == [
+        ("s1", "s1-mfx1"),
+        ("s2", "s2-mfx1"),
+    ]
+    assert (report.status, alerts) == ("remediated", [])
+    assert sorted(loop.accepted()) == ["a1", "s1-mfx1", "s2-mfx1"]

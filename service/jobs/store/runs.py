@@ -602,34 +602,41 @@ def corrections_writing(
     return [(audit, generation) for audit, generation in rows]
 
 
-def handled_rows(engine: Engine, source: str) -> frozenset[tuple[int, str | None]]:
-    """(row number, identifier) of the rows of `source` some run already corrected or
-    quarantined. Both, because an object overwritten under the same key is another file: its
-    row 2 is not the row 2 of the version a run handled before (rows without an identifier
-    get one made of the object's version, `remediation.poller.derived_identifier`)."""
+def handled_identifiers(
+    engine: Engine, source: str, other_than: str | None = None
+) -> frozenset[str]:
+    """The identifiers of the rows of `source` some run (other than the run of key
+    `other_than`: a crashed try of it is done again, its rows deleted) already corrected or
+    quarantined. By identifier, wherever the row stood: an object
+    overwritten under its key may hold the same row at another number, and correcting it
+    again sends the same derived identifier again (Stripe dedupes for 24 hours only). A row
+    of a new version is never taken for one of the old by its number: rows without an
+    identifier get one made of the object's version (`remediation.poller.derived_identifier`)."""
     with Session(engine) as session:
-        corrected, quarantined = (session.exec(query).all() for query in handled_queries(source))
-        return frozenset((int(n), _text(i)) for n, i in [*corrected, *quarantined])
+        queries = handled_queries(source, other_than)
+        return frozenset(str(i) for query in queries for i in session.exec(query).all())
 
 
-def _text(identifier: object) -> str | None:
-    return None if identifier is None else str(identifier)
-
-
-def handled_queries(source: str) -> tuple[Any, Any]:
-    """The row numbers of `source` in the audit and among the quarantined rows, found by the
+def handled_queries(source: str, other_than: str | None = None) -> tuple[Any, Any]:
+    """The identifiers of `source` in the audit and among the quarantined rows, found by the
     ids of the runs of that source (`run_id` leads an index of each table; neither indexes
     `source`, which a run's rows all share: the audit's loader refuses any other). Filtered
     by `source` alone, each was a scan of its whole table, at every error report (the audit
     holds a row per correction of every run kept)."""
     runs = select_model(RemediationRun.id).where(RemediationRun.source == source)
+    if other_than is not None:
+        runs = runs.where(RemediationRun.run_key != other_than)
     audit_run = col(CorrectionAudit.run_id).in_(runs.scalar_subquery())
     held_run = col(QuarantinedRow.run_id).in_(runs.scalar_subquery())
+    audit_identifier, held_identifier = (
+        col(CorrectionAudit.identifier),
+        col(QuarantinedRow.identifier),
+    )
     return (
-        select_model(CorrectionAudit.row_number, CorrectionAudit.identifier).where(
-            audit_run, CorrectionAudit.source == source
-        ),
-        select_model(QuarantinedRow.row_number, QuarantinedRow.identifier).where(
-            held_run, QuarantinedRow.source == source
-        ),
+        select_model(CorrectionAudit.identifier)
+        .where(audit_run, CorrectionAudit.source == source, audit_identifier.is_not(None))
+        .distinct(),
+        select_model(QuarantinedRow.identifier)
+        .where(held_run, QuarantinedRow.source == source, held_identifier.is_not(None))
+        .distinct(),
     )
