@@ -57,6 +57,7 @@ class ImportChunk:
     rows: list[RowRef] = field(default_factory=list)
     failed: list[UsageRecord] = field(default_factory=list)
     skipped: int = 0  # rows an earlier pass sent, left out (`import_chunks`' `sent_before`)
+    elsewhere: int = 0  # rows another object version sent, left out (`sent_elsewhere`)
 
 
 def source_tag(key: str, etag: str) -> str:
@@ -78,11 +79,15 @@ def import_chunks(
     tag: str,
     batch_size: int = BATCH_SIZE,
     sent_before: Callable[[Indexes], Mask] | None = None,
+    sent_elsewhere: Callable[[list[str]], set[str]] | None = None,
 ) -> Generator[ImportChunk, None, None]:
     """Validate the records on the remediation core, a batch of columns at a time (a CSV read
     as columns, JSON matched to its layouts: `engine.batches`); yield a chunk every
     `batch_size` valid events and at the end. `sent_before`: which of a batch's row numbers an
-    earlier pass already sent (left out, counted in `ImportChunk.skipped`).
+    earlier pass already sent (left out, counted in `ImportChunk.skipped`). `sent_elsewhere`:
+    which of a batch's identifiers another object version sent (left out before they are
+    checked, so neither sent again nor handed to remediation as failed rows; counted in
+    `ImportChunk.elsewhere`).
 
     Before, every row was a record read by `csv.reader`, turned back into columns for the
     checks and into an event one call at a time: 95,000-97,000 rows/s (`bench/poller.py`,
@@ -97,6 +102,10 @@ def import_chunks(
         if not len(batch):
             continue
         batch = _identified(batch, tag)
+        if sent_elsewhere is not None:
+            batch, chunk.elsewhere = _not_sent_elsewhere(batch, sent_elsewhere, chunk.elsewhere)
+            if not len(batch):
+                continue
         checked = _Checked(batch, meters, now)
         for i, number in enumerate(batch.rows.tolist()):
             event = checked.event(i)
@@ -116,8 +125,21 @@ def import_chunks(
             if len(chunk.events) >= batch_size:
                 yield chunk
                 chunk = ImportChunk()
-    if chunk.events or chunk.rows or chunk.skipped:
+    if chunk.events or chunk.rows or chunk.skipped or chunk.elsewhere:
         yield chunk
+
+
+def _not_sent_elsewhere(
+    batch: Batch, sent_elsewhere: Callable[[list[str]], set[str]], count: int
+) -> tuple[Batch, int]:
+    """The batch without the rows whose identifier another object version sent, and `count`
+    plus how many those were."""
+    identifiers = [str(v) for v in batch.identifier.values()]
+    sent = sent_elsewhere(identifiers)
+    if not sent:
+        return batch, count
+    keep = np.fromiter((i not in sent for i in identifiers), bool, len(identifiers))
+    return batch.take(np.flatnonzero(keep)), count + len(identifiers) - int(keep.sum())
 
 
 def _identified(batch: Batch, tag: str) -> Batch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,17 +18,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
     Engine,
     Insert,
     Select,
     Table,
+    any_,
+    bindparam,
+    cast,
     delete,
     event,
+    func,
+    literal_column,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSON
 from sqlmodel import Session, create_engine
 
 from service.config import SQLiteSynchronous
@@ -327,6 +335,28 @@ def _binary_scalar(value: bytes) -> pa.Scalar:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def in_listed(
+    column: Any, values: Sequence[str], engine: Engine, name: str = "listed"
+) -> ColumnElement[bool]:
+    """`column IN values` with one parameter however many values: a JSON list (made an array
+    by PostgreSQL, read with `json_each` by SQLite). Rendering a list of 10,000 parameters
+    cost more than the query, and so did passing a PostgreSQL array (psycopg quotes its text
+    form element by element in Python: 23 ms per 10,000 identifiers against 9 ms with JSON on
+    an empty audit, 2.3 s of a first 1M-row run's lineage)."""
+    listed_json: BindParameter[str] = bindparam(name, json.dumps(list(values)))
+    if is_postgres(engine):
+        # made an array once (`ARRAY(SELECT ...)`): the index is searched for its sorted
+        # values in one scan (21 ms per 10,000 against 900,000 rows; 28 ms probed one by one)
+        listed = select(func.json_array_elements_text(cast(listed_json, JSON)))
+        found: ColumnElement[bool] = column == any_(func.array(listed.scalar_subquery()))
+        return found
+    listed_each = func.json_each(listed_json)
+    among: ColumnElement[bool] = column.in_(
+        select(literal_column("value")).select_from(listed_each)
+    )
+    return among
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from service.errors import HorizonPassed
 from service.jobs.store.reports import save_poller_import_set
 from service.models import ImportSet, ObjectStatus
 from service.poller.files import FailedRecords, failed_records_path
-from service.poller.progress import ObjectProgress, ProgressStore, row_was_sent
+from service.poller.progress import ObjectProgress, OtherVersions, ProgressStore, row_was_sent
 from service.poller.store import PollerStore
 
 CHUNKS_PER_GROUP = 10  # batches recorded before sending, and acknowledgements recorded, at once
@@ -53,6 +53,7 @@ class ImportTally:
     rows: int = 0
     sent: int = 0  # acknowledged on an earlier pass included
     failed: int = 0
+    elsewhere: int = 0  # rows another object version sent (left out: counted in `sent`)
 
 
 @dataclass
@@ -83,12 +84,14 @@ def import_object(job: ObjectImport, obj: ObjectInfo, impset_id: str) -> tuple[I
     with job.bucket.open_read(obj.key) as stream, FailedRecords(path, fmt) as failed_out:
         records = failed_out.open_records(stream)
         reference, tag = int(progress.first_seen.timestamp()), source_tag(obj.key, obj.etag)
+        others = OtherVersions(job.progress, obj, job.clock())
         chunks = import_chunks(
             records,
             job.meters,
             now=reference,
             tag=tag,
             sent_before=_acknowledged(skip, progress),
+            sent_elsewhere=others.sent,
         )
         # closing: a failure mid-file finishes the readers while their stream is still open
         with closing(chunks):
@@ -103,7 +106,11 @@ def import_object(job: ObjectImport, obj: ObjectInfo, impset_id: str) -> tuple[I
         successes_row_count=tally.sent,
         errors_row_count=failed,
         remediation_status=RemediationStatus.PENDING if failed else RemediationStatus.NOT_NEEDED,
-        detail={"failed_records_path": str(path) if failed else None, "etag": obj.etag},
+        detail={
+            "failed_records_path": str(path) if failed else None,
+            "etag": obj.etag,
+            **({"sent_by_other_versions": tally.elsewhere} if tally.elsewhere else {}),
+        },
     )
     job.store.mark_done(
         obj,
@@ -133,8 +140,10 @@ def _send_all(
         while group := list(islice(chunks, CHUNKS_PER_GROUP)):
             sending = _record_group(job, obj, progress, group, number)
             tally.failed += failed_out.write(chunk.failed for chunk in group)
-            # rows an earlier pass sent count as rows and as sent (acknowledged then)
-            skipped = sum(chunk.skipped for chunk in group)
+            # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
+            # do rows another object version sent
+            skipped = sum(chunk.skipped + chunk.elsewhere for chunk in group)
+            tally.elsewhere += sum(chunk.elsewhere for chunk in group)
             tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
             tally.sent += skipped
             number += len(sending)

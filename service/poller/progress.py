@@ -11,16 +11,17 @@ the row the prefix ends at. Everything after it is sent again under the same ide
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, Row, Table, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
-from service.db import is_postgres
+from service.db import in_listed, is_postgres
 from service.models import BucketObject, ImportedRow, PollerBatch
 from service.models._types import as_utc, table_of
 
@@ -36,6 +37,7 @@ ROWS = _table(ImportedRow)
 # Stripe dedupes identifiers for a rolling period of at least 24 hours; nothing is sent again
 # past this much after its first send without an operator's `poll --retry KEY --yes`.
 RESEND_HORIZON = timedelta(hours=23)
+MAX_IDENTIFIER = 512  # imported_rows.identifier (longer ones are not recorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,46 @@ class SentBatch:
     rows: int  # file rows the batch spans (rows that failed validation included)
     first_sent_at: datetime
     acked_at: datetime | None
+
+
+class SentRow(NamedTuple):
+    """A row of an object version recorded as sent (`imported_rows.sent`)."""
+
+    identifier: str
+    object_id: int
+    row_number: int
+
+
+class OtherVersions:
+    """Which identifiers of the object version being imported the poller sent from another
+    version (another key, or this key before it was overwritten). Stripe dedupes an
+    identifier for 24 hours only, so a file rewritten with the rows of the day so far, or
+    copied under another name, would bill them again a day later: such rows are left out,
+    unless Stripe may not have them and would still dedupe them (their batch was never
+    acknowledged and was first sent within the re-send horizon: sending them again is
+    harmless then, and the only way to deliver them if their own version is gone). A row
+    recorded as sent whose batch is not recorded was never sent (a batch is recorded before
+    it goes out). Each other version's batches are read once per import."""
+
+    def __init__(self, progress: ProgressStore, obj: ObjectInfo, now: datetime) -> None:
+        self.progress, self.obj = progress, obj
+        self.horizon = now - RESEND_HORIZON
+        self._batches: dict[int, tuple[list[int], list[SentBatch]]] = {}
+
+    def sent(self, identifiers: list[str]) -> set[str]:
+        found = self.progress.sent_elsewhere(self.obj, identifiers)
+        return {row.identifier for row in found if self._delivered(row)}
+
+    def _delivered(self, row: SentRow) -> bool:
+        if row.object_id not in self._batches:
+            batches = self.progress.batches_of(row.object_id)
+            self._batches[row.object_id] = ([b.first_row for b in batches], batches)
+        starts, batches = self._batches[row.object_id]
+        at = bisect_right(starts, row.row_number) - 1
+        if at < 0 or row.row_number >= batches[at].first_row + batches[at].rows:
+            return False
+        batch = batches[at]
+        return batch.acked_at is not None or batch.first_sent_at <= self.horizon
 
 
 @dataclass(slots=True)
@@ -116,6 +158,33 @@ class ProgressStore:
             for number in map(int, result.scalars()):
                 bitmap[number >> 3] |= 1 << (number & 7)
         return bitmap
+
+    def sent_elsewhere(self, obj: ObjectInfo, identifiers: Sequence[str]) -> list[SentRow]:
+        """The rows of other object versions (another key, or this key before it was
+        overwritten) recorded as sent under one of `identifiers` (`OtherVersions` decides
+        which of them count)."""
+        # only what imported_rows can hold (PostgreSQL refuses NUL in a text parameter)
+        identifiers = [i for i in identifiers if len(i) <= MAX_IDENTIFIER and "\x00" not in i]
+        if not identifiers:
+            return []
+        other = ~and_(ROWS.c.object_key == obj.key, ROWS.c.etag == obj.etag)
+        version = and_(OBJECTS.c.key == ROWS.c.object_key, OBJECTS.c.etag == ROWS.c.etag)
+        query = (
+            select(ROWS.c.identifier, OBJECTS.c.id, ROWS.c.row_number)
+            .join(OBJECTS, version)
+            .where(in_listed(ROWS.c.identifier, identifiers, self.engine, "identifiers"))
+            .where(ROWS.c.sent.is_(True), other)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [SentRow(str(row[0]), int(row[1]), int(row[2])) for row in rows]
+
+    def batches_of(self, object_id: int) -> list[SentBatch]:
+        """Every batch recorded for an object version, by first row."""
+        query = select(BATCHES).where(BATCHES.c.object_id == object_id)
+        with self.engine.connect() as conn:
+            found = [_batch(row) for row in conn.execute(query.order_by(BATCHES.c.first_row))]
+        return found
 
     def record_sending(
         self, object_id: int, batches: Sequence[tuple[int, int, int]], now: datetime

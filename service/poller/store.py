@@ -21,8 +21,8 @@ from remediation.ports import ObjectInfo
 from service.db import insert_or_ignore
 from service.models import BucketObject, ImportedRow, ObjectStatus
 from service.models._types import as_utc, table_of, utcnow
+from service.poller.progress import MAX_IDENTIFIER
 
-MAX_IDENTIFIER = 512
 MAX_EVENT_NAME = 255
 
 

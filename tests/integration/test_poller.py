@@ -16,16 +16,18 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlmodel import Session, select
 
-from remediation.ports import Bucket
+import sandbox.intake
+from remediation.ports import Bucket, ObjectInfo
 from service.adapters.bucket import open_bucket
 from service.adapters.meter_events import StripeMeterEventSink
 from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
 from service.db import make_engine
-from service.models import Alert, BucketObject, ImportedRow, ImportSet
+from service.models import Alert, BucketObject, ImportedRow, ImportSet, PollerBatch
 from service.models._types import as_utc
 from service.poller.passes import PassReport, PollerDeps, poller_lock, run_poll_pass
+from service.poller.progress import OtherVersions, ProgressStore
 from tests.conftest import SandboxServer
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
@@ -330,3 +332,120 @@ def test_a_file_that_keeps_failing_backs_off_then_is_given_up_with_an_alert(
     assert "meterfix poll --retry stuck.csv" in alert.message
     assert sandbox_server.admin.meter_events() == []
     harness.engine.dispose()
+
+
+def test_a_file_rewritten_a_day_later_sends_only_its_new_rows(
+    harness: Harness,
+    sandbox_server: SandboxServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The day's file rewritten with the rows so far, and a copy under another name: the rows
+    another object version sent were sent again, and Stripe dedupes an identifier for 24
+    hours only, so a day later it billed them twice. A row of them that fails validation now
+    is not handed to remediation either (its correction would bill it once more)."""
+    ts = int(time.time()) - 60
+    harness.put("day.csv", HEADER + _rows("d", 3, ts), tmp_path)
+    assert run_poll_pass(harness.deps).sent == 3
+    later = 25 * 3600  # past Stripe's dedupe window: the sandbox would bill them again
+    monkeypatch.setattr(sandbox.intake, "now", lambda: time.time() + later)
+    harness.deps.clock = lambda: datetime.now(UTC) + timedelta(seconds=later)
+    in_ms = f"d-2,{ts * 1000},api_requests,cus_A,3\n"  # d-2 again, its timestamp now in ms
+    rewritten = HEADER + _rows("d", 2, ts) + in_ms + _rows("e", 2, ts)
+    harness.put("day.csv", rewritten, tmp_path)
+    harness.put("copy.csv", HEADER + _rows("d", 1, ts), tmp_path)
+    report = run_poll_pass(harness.deps)
+
+    accepted = sorted(e["identifier"] for e in sandbox_server.admin.meter_events())
+    assert accepted == ["d-0", "d-1", "d-2", "e-0", "e-1"]  # each once
+    assert sandbox_server.admin.duplicates() == []
+    assert (report.imported, report.rows, report.failed_rows) == (2, 6, 0)
+    assert len(harness.handed) == 0  # no failed records: d-2 was billed a day ago
+    with Session(harness.engine) as session:
+        sets = {s.source_object: s for s in session.exec(select(ImportSet))}
+    day = sets["day.csv"]
+    assert day.detail is not None and day.detail["sent_by_other_versions"] == 3
+    assert (day.rows_processed, day.successes_row_count, day.errors_row_count) == (5, 5, 0)
+    assert sets["copy.csv"].detail == {
+        "failed_records_path": None,
+        "etag": harness.objects()["copy.csv"].etag,
+        "sent_by_other_versions": 1,
+    }
+
+
+def test_rows_another_version_may_not_have_delivered_are_sent_within_the_horizon(
+    settings: Settings, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    """A version's batch that never got through (no acknowledgement) while the object was
+    overwritten: its rows in the new version are sent, not left out as sent elsewhere (its
+    own version is gone; within the horizon Stripe dedupes them if they did arrive)."""
+    client = build_stripe_client(settings)
+
+    class DownSink(StripeMeterEventSink):
+        def send_batch(self, batch: Any) -> int:
+            raise ConnectionError("network went away")
+
+    down = Harness(settings, tmp_path, sink=DownSink(client, settings, workers=1))
+    down.put("day.csv", HEADER + _rows("d", 3), tmp_path)
+    assert run_poll_pass(down.deps).retry_files == 1
+    assert sandbox_server.admin.meter_events() == []
+    healthy = Harness(settings, tmp_path)
+    healthy.put("day.csv", HEADER + _rows("d", 4), tmp_path)  # overwritten meanwhile
+    report = run_poll_pass(healthy.deps)
+    accepted = sorted(e["identifier"] for e in sandbox_server.admin.meter_events())
+    assert accepted == ["d-0", "d-1", "d-2", "d-3"]
+    assert (report.imported, report.sent) == (1, 4)
+    down.engine.dispose()
+    healthy.engine.dispose()
+
+
+def test_which_rows_of_other_versions_count_as_sent(db_url: str) -> None:
+    """Acknowledged, or first sent past the re-send horizon (Stripe may bill it again): left
+    out. Not acknowledged within the horizon (maybe never delivered), or recorded as sent
+    with no batch recorded (never sent), or of the version being imported: sent."""
+    engine = make_engine(db_url)
+    now = datetime.now(UTC)
+    try:
+        with Session(engine) as session:
+            old = BucketObject(key="day.csv", etag="v1", status="seen")
+            session.add(old)
+            session.flush()
+            assert old.id is not None
+            for number, first_row, sent_at, acked_at in (
+                (0, 1, now - timedelta(hours=2), now - timedelta(hours=2)),
+                (1, 101, now - timedelta(hours=1), None),
+                (2, 201, now - timedelta(hours=24), None),
+            ):
+                session.add(
+                    PollerBatch(
+                        object_id=old.id,
+                        batch_number=number,
+                        first_row=first_row,
+                        rows=100,
+                        first_sent_at=sent_at,
+                        acked_at=acked_at,
+                    )
+                )
+            for identifier, key, etag, n in (
+                ("acked", "day.csv", "v1", 5),
+                ("in-flight", "day.csv", "v1", 150),
+                ("stale", "day.csv", "v1", 300),
+                ("unbatched", "day.csv", "v1", 301),
+                ("mine", "day.csv", "v2", 7),
+            ):
+                session.add(
+                    ImportedRow(
+                        identifier=identifier,
+                        object_key=key,
+                        etag=etag,
+                        row_number=n,
+                        sent=True,
+                    )
+                )
+            session.commit()
+        current = ObjectInfo(key="day.csv", etag="v2", size=0, last_modified=now)
+        others = OtherVersions(ProgressStore(engine), current, now)
+        asked = ["acked", "in-flight", "stale", "unbatched", "mine", "new", "nul\x00"]
+        assert others.sent(asked) == {"acked", "stale"}
+    finally:
+        engine.dispose()

@@ -3,7 +3,6 @@ once per run key, see service/jobs/runs.py) and what is read of it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
@@ -12,7 +11,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import (
-    BindParameter,
     Column,
     ColumnElement,
     Connection,
@@ -21,8 +19,6 @@ from sqlalchemy import (
     MetaData,
     Table,
     and_,
-    any_,
-    bindparam,
     cast,
     delete,
     func,
@@ -31,7 +27,6 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSON
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
@@ -43,7 +38,7 @@ from service.db import (
     Page,
     bulk_load_rows,
     delete_batch,
-    is_postgres,
+    in_listed,
     keyset,
     pg_copy_data,
     pg_copy_rows,
@@ -576,22 +571,8 @@ def corrections_writing(
     engine: Engine, identifiers: Sequence[str]
 ) -> list[tuple[CorrectionAudit, int]]:
     """The corrections that wrote these identifiers (oldest first), with their run's
-    generation. One query and one parameter however many identifiers: a JSON list (made an
-    array by PostgreSQL, read with `json_each` by SQLite); rendering a list of 10,000
-    parameters cost more than the query, and so did passing a PostgreSQL array (psycopg
-    quotes its text form element by element in Python: 23 ms per 10,000 identifiers against
-    9 ms with JSON on an empty audit, 2.3 s of a first 1M-row run's lineage)."""
-    audit_new = col(CorrectionAudit.new_identifier)
-    listed_json: BindParameter[str] = bindparam("identifiers", json.dumps(list(identifiers)))
-    wrote: ColumnElement[bool]
-    if is_postgres(engine):
-        # made an array once (`ARRAY(SELECT ...)`): the index is searched for its sorted
-        # values in one scan (21 ms per 10,000 against 900,000 rows; 28 ms probed one by one)
-        listed = select(func.json_array_elements_text(cast(listed_json, JSON)))
-        wrote = audit_new == any_(func.array(listed.scalar_subquery()))
-    else:
-        listed_each = func.json_each(listed_json)
-        wrote = audit_new.in_(select(literal_column("value")).select_from(listed_each))
+    generation. One query and one parameter however many identifiers (`db.in_listed`)."""
+    wrote = in_listed(col(CorrectionAudit.new_identifier), identifiers, engine, "identifiers")
     with Session(engine) as session:
         rows = session.exec(
             select_model(CorrectionAudit, RemediationRun.generation)
