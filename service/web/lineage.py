@@ -145,6 +145,8 @@ def import_set_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "successes_row_count": row["successes_row_count"],
         "remediation_status": row["remediation_status"],
         "run_key": (row["detail"] or {}).get("run_key"),
+        # poller imports: rows left out because another object version sent them
+        "sent_by_other_versions": int((row["detail"] or {}).get("sent_by_other_versions") or 0),
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
     }

@@ -125,6 +125,8 @@ def test_lineage_pages_follow_a_run_to_its_objects(dashboard: Dashboard) -> None
     key = "import_set:impset_9:file_9"
     run_id = seed.run(dashboard.engine, key)
     seed.import_set(dashboard.engine, "impset_9", key)
+    poller = {"run_key": None, "sent_by_other_versions": 3}
+    seed.import_set(dashboard.engine, "impset_local_1", "-", origin="poller", detail=poller)
     seed.output(dashboard.engine, run_id, "corrected", "corrected/impset_9/f.r1.csv")
     seed.output(dashboard.engine, run_id, "quarantine", "quarantine/impset_9/f.r1.csv", rows=3)
     seed.bucket_object(dashboard.engine, "corrected/impset_9/f.r1.csv")
@@ -133,6 +135,8 @@ def test_lineage_pages_follow_a_run_to_its_objects(dashboard: Dashboard) -> None
     assert f'href="/runs/{run_id}" data-testid="run-link"' in runs and "import set impset_9" in runs
     sets = dashboard.page("/runs?view=import_sets")
     assert "impset_9" in sets and f'href="/runs/{run_id}"' in sets
+    left_out = 'data-testid="sent-by-other-versions">3 rows left out: sent before from another'
+    assert left_out in sets and sets.count('data-testid="sent-by-other-versions"') == 1
     assert 'data-testid="reports-table"' in dashboard.page("/runs?view=reports")
     run = dashboard.page(f"/runs/{run_id}")
     assert 'data-testid="count-corrected">5<' in run
