@@ -83,6 +83,17 @@ def retrieve_customer(customer_id: str) -> Response:
     return jsonify(current_sandbox().state.require("customers", customer_id, "customer"))
 
 
+@bp.delete("/v1/customers/<customer_id>")
+def delete_customer(customer_id: str) -> Response:
+    """Stripe deletes a customer for good: meter events naming it are refused from then on
+    (`meter_event_customer_not_found`)."""
+    state = current_sandbox().state
+    state.require("customers", customer_id, "customer")
+    with state.lock:
+        state.customers.pop(customer_id, None)
+    return jsonify({"id": customer_id, "object": "customer", "deleted": True})
+
+
 @bp.get("/v1/files/<file_id>")
 def retrieve_file(file_id: str) -> Response:
     return jsonify(file_with_url(_stored_file(file_id).obj))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
-from itertools import islice
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -37,7 +36,7 @@ from service.jobs.store.reports import import_set, mark_import_set_remediated
 from service.jobs.store.runs import finished_run
 from service.models import ImportSet, RunTrigger
 from service.models._types import as_utc, utcnow
-from service.poller.store import row_numbers
+from service.poller.store import lookup_batches, row_numbers
 
 # --- import sets ---------------------------------------------------------------------------
 
@@ -171,9 +170,7 @@ def _run_file(
 def _source_rows(engine: Engine, key: str, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
     """Give each failed row its row number in the source object (the poller recorded every
     row's identifier), so the audit points at the object's own rows."""
-    while batch := list(islice(records, 1000)):
-        # NUL: never an identifier the poller recorded (PostgreSQL refuses it as a parameter)
-        identifiers = {r.identifier for r in batch if r.identifier and "\x00" not in r.identifier}
+    for batch, identifiers in lookup_batches(records):
         numbers = row_numbers(engine, key, identifiers)
         for record in batch:
             record.row_number = numbers.get(record.identifier or "", record.row_number)

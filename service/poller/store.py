@@ -8,8 +8,9 @@ in bulk (one statement per group of batches), never one commit per row.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
+from itertools import islice
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, Insert, Table, func, select, update
@@ -18,6 +19,7 @@ from sqlmodel import select as select_model
 
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
+from remediation.records import UsageRecord
 from service.db import insert_or_ignore
 from service.models import BucketObject, ImportedRow, ObjectStatus
 from service.models._types import as_utc, table_of, utcnow
@@ -212,6 +214,29 @@ def row_numbers(engine: Engine, key: str, identifiers: set[str]) -> dict[str, in
     with Session(engine) as session:
         found = session.exec(
             select_model(ImportedRow.identifier, ImportedRow.row_number).where(
+                ImportedRow.object_key == key, col(ImportedRow.identifier).in_(identifiers)
+            )
+        ).all()
+    return dict(found)
+
+
+def lookup_batches(
+    records: Iterator[UsageRecord], size: int = 1000
+) -> Iterator[tuple[list[UsageRecord], set[str]]]:
+    """The records `size` at a time, each batch with the identifiers of it the poller may
+    have recorded, to look up in one query (NUL: never recorded, and PostgreSQL refuses it
+    as a parameter)."""
+    while batch := list(islice(records, size)):
+        yield batch, {r.identifier for r in batch if r.identifier and "\x00" not in r.identifier}
+
+
+def recorded_versions(engine: Engine, key: str, identifiers: set[str]) -> dict[str, str]:
+    """identifier -> the ETag of the version of object `key` the poller recorded it with
+    (the first version that held it: a later one that holds it too leaves it out in import
+    mode, `service.poller.progress.OtherVersions`)."""
+    with Session(engine) as session:
+        found = session.exec(
+            select_model(ImportedRow.identifier, ImportedRow.etag).where(
                 ImportedRow.object_key == key, col(ImportedRow.identifier).in_(identifiers)
             )
         ).all()

@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import stripe
 from flask import Flask
 from sqlmodel import col, select
 
+from sandbox.defaults import SANDBOX_API_KEY
 from service.config import Settings
 from service.jobs.store.quarantine import QuarantineFilter
 from service.models import CorrectionAudit, ErrorReport, QuarantinedRow
@@ -218,6 +220,42 @@ def test_a_customer_stripe_does_not_know_is_followed_past_its_samples_in_sending
         [report] = session.exec(select(ErrorReport)).all()
     assert sorted(q.identifier for q in quarantined) == [f"k{n}" for n in range(6)]
     assert {q.code for q in quarantined} == {"meter_event_customer_not_found"}
+    assert report.status == "remediated"
+
+
+def test_rows_an_earlier_version_of_a_rewritten_file_sent_are_not_taken_for_a_report(
+    loop: Loop,
+) -> None:
+    """The day's file rewritten with a new row first: the poller sends only the new row (the
+    others were sent and billed with the first version), and Stripe refuses it: its customer
+    was deleted in between. The rows of that customer after it in the new version were sent
+    before the deletion, by the first version, not after the sampled row: taken for the
+    report, the rules' mapping re-sent them to another customer (billed twice)."""
+    now = int(time.time())
+    Path(loop.settings.mfx_rules).write_text(RULES + '"cus_gone" = "cus_alice"\n')
+    loop.sandbox.create_customer("cus_gone")
+    old = [[f"o{n}", now - 120, "api_requests", "cus_gone", "5"] for n in range(2)]
+    _put(loop, "day.csv", usage_csv(old))
+    runtime = Runtime(loop.settings)
+    client = stripe.StripeClient(SANDBOX_API_KEY, base_addresses={"api": loop.sandbox.base_url})
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)
+        assert sorted(loop.accepted()) == ["o0", "o1"]  # billed
+        client.v1.customers.delete("cus_gone")
+        _put(loop, "day.csv", usage_csv([["n0", now - 60, "api_requests", "cus_gone", "5"], *old]))
+        run_poll_pass(deps)  # n0 only: o0 and o1 were sent by the first version
+        loop.sandbox_app.extensions["sandbox"].flush_reports()  # 1 error: n0
+        loop.drain()
+        run_poll_pass(deps)  # the corrected file
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["n0-mfx1", "o0", "o1"]
+    assert max(originals_billed(loop).values()) == 1
+    with loop.session() as session:
+        [report] = session.exec(select(ErrorReport)).all()
+        audit = session.exec(select(CorrectionAudit)).all()
+    assert [(a.identifier, a.after) for a in audit] == [("n0", "cus_alice")]
     assert report.status == "remediated"
 
 
