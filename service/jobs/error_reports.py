@@ -55,11 +55,11 @@ from service.notify.alerts import raise_alert
 from service.poller.store import (
     ObjectTimes,
     event_names_of,
+    first_versions,
     lookup_batches,
     object_times,
     objects_holding,
     objects_seen_between,
-    recorded_versions,
 )
 
 # Objects whose rows a report may be about: first seen up to a day before the report's window
@@ -229,7 +229,7 @@ def _remediate(
     selection = Selection()
     done = finished_run(ctx.engine, run_key)
     if done is not None:  # a retried task: count what the run found, and the rows handled
-        rows = _sent_with(ctx.engine, job, key, etag, _records(path, plan, ctx, key, etag))
+        rows = _held_first(ctx.engine, job, key, etag, _records(path, plan, ctx, key, etag))
         for _ in select_reported(rows, scope, job.index, taken, job.customers, selection):
             pass
         return done.input_rows + selection.handled
@@ -250,28 +250,27 @@ def _remediate(
         rejected=False,  # an object that was imported: only the reported rows are re-sent
         stages=stages,
     )
-    rows = _sent_with(ctx.engine, job, key, etag, _records(path, plan, ctx, key, etag))
+    rows = _held_first(ctx.engine, job, key, etag, _records(path, plan, ctx, key, etag))
     selected = select_reported(rows, scope, job.index, taken, job.customers, selection)
     return execute_run(ctx, request, selected).input_rows + selection.handled
 
 
-def _sent_with(
+def _held_first(
     engine: Engine, job: _Report, key: str, etag: str, records: Iterator[UsageRecord]
 ) -> Iterator[UsageRecord]:
-    """The rows Stripe may have taken with this version of the object. Stripe's S3 connector
-    takes a version whole; the bundled poller sends a version's rows except those another
-    version sent (a file rewritten with the day's rows so far): those were taken at another
-    time, before or after a customer was deleted or a meter archived, and what this version's
-    times prove says nothing of them. Such a row is the report's only when Stripe sampled it."""
-    times = object_times(engine, key, etag)
-    if times is None or times.first_sent is None:  # not sent by the poller: taken whole
-        yield from records
-        return
+    """The rows of this object version that no earlier version (of this object or another)
+    held: a row the poller recorded first with another version (the day's file rewritten
+    with the rows so far, a copy under another name) was taken with that one, maybe billed,
+    before a customer was deleted or a meter archived. Stripe's S3 connector dedupes it
+    within a day and takes it as a new event after; the bundled poller leaves it out. What
+    this version's report and times prove says nothing of it: such a row is the report's
+    only when Stripe sampled it."""
+    here = (key, etag)
     for batch, identifiers in lookup_batches(records):
-        versions = recorded_versions(engine, key, identifiers)
+        first = first_versions(engine, identifiers)
         for record in batch:
             identifier = record.identifier or ""
-            if identifier in job.scope.samples or versions.get(identifier) == etag:
+            if identifier in job.scope.samples or first.get(identifier, here) == here:
                 yield record
 
 

@@ -230,17 +230,19 @@ def lookup_batches(
         yield batch, {r.identifier for r in batch if r.identifier and "\x00" not in r.identifier}
 
 
-def recorded_versions(engine: Engine, key: str, identifiers: set[str]) -> dict[str, str]:
-    """identifier -> the ETag of the version of object `key` the poller recorded it with
-    (the first version that held it: a later one that holds it too leaves it out in import
-    mode, `service.poller.progress.OtherVersions`)."""
+def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, tuple[str, str]]:
+    """identifier -> (key, ETag) of the first object version the poller recorded it with (a
+    later version, or another object, that holds it too is taken for a copy: in import mode
+    the poller leaves such rows out, `service.poller.progress.OtherVersions`)."""
+    if not identifiers:
+        return {}
     with Session(engine) as session:
-        found = session.exec(
-            select_model(ImportedRow.identifier, ImportedRow.etag).where(
-                ImportedRow.object_key == key, col(ImportedRow.identifier).in_(identifiers)
-            )
+        rows = session.exec(
+            select_model(ImportedRow.identifier, ImportedRow.object_key, ImportedRow.etag)
+            .where(col(ImportedRow.identifier).in_(identifiers))
+            .order_by(col(ImportedRow.id).desc())
         ).all()
-    return dict(found)
+    return {identifier: (key, etag) for identifier, key, etag in rows}  # the first one last
 
 
 def objects_holding(engine: Engine, identifiers: set[str]) -> dict[str, str]:

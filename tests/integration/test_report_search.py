@@ -341,3 +341,36 @@ def test_a_report_run_done_again_after_a_crash_selects_its_own_rows_again(
     ]
     assert (report.status, alerts) == ("remediated", [])
     assert sorted(loop.accepted()) == ["a1", "s1-mfx1", "s2-mfx1"]
+
+
+def test_rows_an_earlier_version_held_are_not_taken_for_a_report_about_the_next(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """Index mode: the day's file rewritten with a new row first. Stripe's connector takes the
+    new version whole; the rows the first version held were billed with it (and are deduped
+    now). Its new row is refused: its customer was deleted in between. A customer Stripe did
+    not find speaks for every row of the version taken with it, but the rows of the first
+    version are the first version's: taken for the report, the rules' mapping re-sent them to
+    another customer (billed twice)."""
+    now = int(time.time())
+    Path(loop.settings.mfx_rules).write_text(RULES + '"cus_gone" = "cus_alice"\n')
+    loop.sandbox.create_customer("cus_gone")
+    base = {"event_name": "api_requests", "customer": "cus_gone", "value": "5"}
+    old = [{**base, "identifier": f"o{n}", "timestamp": now - 120} for n in range(2)]
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render(old, "csv"))
+    _cycle(loop, deps)
+    assert sorted(loop.accepted()) == ["o0", "o1"]  # billed
+    client = stripe.StripeClient(SANDBOX_API_KEY, base_addresses={"api": loop.sandbox.base_url})
+    client.v1.customers.delete("cus_gone")
+    new = {**base, "identifier": "n0", "timestamp": now - 60}
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([new, *old], "csv"))
+    _cycle(loop, deps)  # Stripe takes it whole: o0 and o1 deduped, n0 refused
+    loop.sandbox.connector_poll()  # the corrected file
+
+    assert sorted(loop.accepted()) == ["n0-mfx1", "o0", "o1"]
+    assert max(originals_billed(loop).values()) == 1
+    with loop.session() as session:
+        [report] = session.exec(select(ErrorReport)).all()
+        audit = session.exec(select(CorrectionAudit)).all()
+    assert [(a.identifier, a.after) for a in audit] == [("n0", "cus_alice")]
+    assert report.status == "remediated"
