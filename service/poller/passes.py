@@ -38,6 +38,7 @@ from service.jobs.store.reports import save_poller_import_set
 from service.logs import log_event
 from service.models import ObjectStatus, ProcessRole
 from service.models._types import utcnow
+from service.poller.again import TakenAgain
 from service.poller.failures import judge, raise_gave_up, resolve_gave_up
 from service.poller.handover import (
     FailedRowsHook,
@@ -220,11 +221,14 @@ def _beat(deps: PollerDeps, doing: str, **detail: Any) -> None:
 
 def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo) -> int:
     rows = 0
+    again = TakenAgain(deps.engine, obj)  # rows Stripe's connector bills again: an alert
     with deps.bucket.open_read(obj.key) as stream:
         for refs in index_chunks(read_records(stream, detect_format(obj.key))):
+            again.check(refs)
             store.insert_rows(obj, refs)
             rows += len(refs)
     store.mark_done(obj, ObjectStatus.INDEXED, rows=rows, sent=0, failed=0, import_set_id=None)
+    again.alert()
     return rows
 
 

@@ -449,3 +449,42 @@ def test_which_rows_of_other_versions_count_as_sent(db_url: str) -> None:
         assert others.sent(asked) == {"acked", "stale"}
     finally:
         engine.dispose()
+
+
+def test_index_mode_says_when_stripe_takes_rows_of_an_earlier_version_again(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Stripe's S3 connector takes a rewritten file whole and dedupes an identifier for 24
+    hours only: rows an earlier version held, uploaded more than a day before, are billed
+    again. meterfix cannot stop it in index mode, so a warning alert says which rows and
+    versions; a copy within the day (Stripe dedupes it) raises none."""
+    h = Harness(settings.model_copy(update={"mfx_poller": "index"}), tmp_path)
+    h.deps.sink, h.deps.meters = None, None
+    h.put("day.csv", HEADER + _rows("d", 3), tmp_path)
+    run_poll_pass(h.deps)
+    first = h.objects()["day.csv"]
+    with Session(h.engine) as session:  # the first version was uploaded 30 hours ago
+        stored = session.get(BucketObject, first.id)
+        assert stored is not None and stored.last_modified is not None
+        stored.last_modified -= timedelta(hours=30)
+        session.add(stored)
+        session.commit()
+    h.put("day.csv", HEADER + _rows("d", 5), tmp_path)  # rewritten with the day's rows so far
+    run_poll_pass(h.deps)
+    same_day = "".join(_rows("d", 5).splitlines(keepends=True)[3:])  # d-3, d-4
+    h.put("copy.csv", HEADER + same_day, tmp_path)  # a copy within the day: deduped
+    run_poll_pass(h.deps)
+
+    with Session(h.engine) as session:
+        alerts = session.exec(select(Alert).where(Alert.kind == "poller.taken_again")).all()
+    [alert] = alerts
+    assert h.objects()["copy.csv"].rows == 2
+    second = h.objects()["day.csv"]
+    assert alert.alert_key == f"poller.taken_again:day.csv:{second.etag}"
+    assert (alert.severity, alert.rows) == ("warning", 3)
+    assert alert.detail is not None
+    assert sorted(alert.detail["identifiers"]) == ["d-0", "d-1", "d-2"]
+    assert alert.detail["earlier"] == [{"key": "day.csv", "etag": first.etag}]
+    assert "bills these rows again" in alert.message and "day.csv" in alert.subject
+    assert alert.links == {"objects": ["day.csv"]}
+    h.engine.dispose()

@@ -1,0 +1,104 @@
+"""Index mode: rows of a new object version that an earlier version held, taken again by
+Stripe's S3 connector.
+
+Stripe's connector takes every object version whole and dedupes an identifier for 24 hours
+only: a file rewritten with the rows of the day so far (or copied under another name) more
+than a day after the version that first held its rows has them billed again. meterfix cannot
+keep Stripe from taking them (the bundled poller in import mode leaves such rows out:
+`service.poller.progress.OtherVersions`), but it sees both versions when it indexes them, so
+it says so: one warning alert per object version, with how many rows and which versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from remediation.poller import RowRef
+from remediation.ports import ObjectInfo
+from service.models._types import as_utc
+from service.notify.alerts import raise_alert
+from service.poller.progress import MAX_IDENTIFIER, RESEND_HORIZON
+from service.poller.store import first_versions, object_times
+
+SAMPLES = 5  # identifiers named in the alert
+
+
+class TakenAgain:
+    """Counts, while a version is indexed, its rows whose identifier an earlier version held
+    when that version was uploaded more than the re-send horizon (23 h) before this one."""
+
+    def __init__(self, engine: Engine, obj: ObjectInfo) -> None:
+        self.engine, self.obj = engine, obj
+        self.uploaded = as_utc(obj.last_modified)
+        self.rows = 0
+        self.samples: list[str] = []
+        self.versions: dict[tuple[str, str], datetime | None] = {}
+        self.counted: set[tuple[str, str]] = set()
+
+    def check(self, refs: Sequence[RowRef]) -> None:
+        """Look the rows up before they are recorded (one query per call)."""
+        if self.uploaded is None:
+            return
+        here = (self.obj.key, self.obj.etag)
+        identifiers = {
+            r.identifier
+            for r in refs
+            if len(r.identifier) <= MAX_IDENTIFIER and "\x00" not in r.identifier
+        }
+        for identifier, version in first_versions(self.engine, identifiers).items():
+            if version == here:
+                continue
+            uploaded = self._uploaded(version)
+            if uploaded is not None and self.uploaded - uploaded > RESEND_HORIZON:
+                self.rows += 1
+                self.counted.add(version)
+                if len(self.samples) < SAMPLES:
+                    self.samples.append(identifier)
+
+    def _uploaded(self, version: tuple[str, str]) -> datetime | None:
+        if version not in self.versions:
+            times = object_times(self.engine, *version)
+            self.versions[version] = None if times is None else times.uploaded
+        return self.versions[version]
+
+    def alert(self) -> None:
+        """A warning alert when rows were counted."""
+        if not self.rows:
+            return
+        earlier = sorted(self.counted)
+        named = ", ".join(f"{key} ({self._when(key, etag)})" for key, etag in earlier[:3])
+        raise_alert(
+            self.engine,
+            key=f"poller.taken_again:{self.obj.key}:{self.obj.etag}",
+            severity="warning",
+            kind="poller.taken_again",
+            subject=f"{self.obj.key}: {self.rows} rows an earlier version held, taken again",
+            message=(
+                f"{self.rows} rows of {self.obj.key} (uploaded {self._stamp(self.uploaded)}) "
+                f"carry identifiers that {named} held, uploaded more than a day before. "
+                "Stripe's S3 connector takes every version whole and dedupes an identifier "
+                "for 24 hours only, so it bills these rows again: upload only new rows, or "
+                "let meterfix import (MFX_POLLER=on leaves them out)."
+            ),
+            detail={
+                "key": self.obj.key,
+                "etag": self.obj.etag,
+                "rows": self.rows,
+                "identifiers": self.samples,
+                "earlier": [{"key": key, "etag": etag} for key, etag in earlier],
+            },
+            rows=self.rows,
+            links={
+                "objects": [self.obj.key, *sorted({key for key, _ in earlier} - {self.obj.key})]
+            },
+        )
+
+    def _when(self, key: str, etag: str) -> str:
+        return self._stamp(self.versions.get((key, etag)))
+
+    @staticmethod
+    def _stamp(moment: datetime | None) -> str:
+        return "at an unknown time" if moment is None else f"{moment:%Y-%m-%d %H:%M} UTC"
