@@ -14,6 +14,7 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, Insert, Table, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
@@ -102,9 +103,30 @@ class PollerStore:
             for ref in refs
             if len(ref.identifier) <= MAX_IDENTIFIER
         ]
+        held = [value for value in values if not value["sent"]]
+        sent = [value for value in values if value["sent"]]
         if values:
             with self.engine.begin() as conn:
-                conn.execute(self._insert(_table(ImportedRow)), values)
+                if held:
+                    conn.execute(self._insert(_table(ImportedRow)), held)
+                if sent:
+                    conn.execute(self._record_sent(), sent)
+
+    def _record_sent(self) -> Insert:
+        """Rows sent: recorded with this version, also where an earlier version of the object
+        only held the identifier (its row failed validation, and was never sent): the version
+        that sent it is the one another version must not send it again after
+        (`service.poller.progress.OtherVersions`) and the one a report about it is about."""
+        table = _table(ImportedRow)
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(table)
+        again = ("etag", "row_number", "event_name", "timestamp", "sent")
+        statement: Insert = insert.on_conflict_do_update(
+            index_elements=["identifier", "object_key"],
+            set_={name: insert.excluded[name] for name in again},
+            where=table.c.sent.is_(False),
+        )
+        return statement
 
     def _update_object(self, obj: ObjectInfo, **values: Any) -> None:
         table = _table(BucketObject)

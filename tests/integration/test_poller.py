@@ -488,3 +488,29 @@ def test_index_mode_says_when_stripe_takes_rows_of_an_earlier_version_again(
     assert "bills these rows again" in alert.message and "day.csv" in alert.subject
     assert alert.links == {"objects": ["day.csv"]}
     h.engine.dispose()
+
+
+def test_a_row_a_later_version_sent_is_not_sent_again_by_the_next(
+    harness: Harness,
+    sandbox_server: SandboxServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A row that failed validation in the first version (never sent), fixed and sent by the
+    second: it stayed recorded with the first, as not sent, so the third version, a day
+    later, sent it again (billed twice)."""
+    ts = int(time.time()) - 60
+    fixed = f"x,{ts},api_requests,cus_A,9\n"
+    harness.put("day.csv", HEADER + fixed.replace("api_requests", "no_such_meter"), tmp_path)
+    assert run_poll_pass(harness.deps).failed_rows == 1
+    for days, rows in ((1, 1), (2, 2)):  # rewritten a day later, and a day after that
+        later = days * 25 * 3600
+        monkeypatch.setattr(sandbox.intake, "now", lambda later=later: time.time() + later)
+        harness.deps.clock = lambda later=later: datetime.now(UTC) + timedelta(seconds=later)
+        harness.put("day.csv", HEADER + fixed + _rows("d", rows, ts), tmp_path)
+        run_poll_pass(harness.deps)
+
+    accepted = sorted(e["identifier"] for e in sandbox_server.admin.meter_events())
+    assert accepted == ["d-0", "d-1", "x"]  # each once
+    [second] = [r for r in harness.imported() if r.identifier == "x"]
+    assert second.sent and second.row_number == 1
