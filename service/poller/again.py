@@ -20,8 +20,8 @@ from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
-from service.poller.progress import MAX_IDENTIFIER, RESEND_HORIZON
-from service.poller.store import first_versions, object_times
+from service.poller.progress import RESEND_HORIZON
+from service.poller.store import first_versions, object_times, recordable
 
 SAMPLES = 5  # identifiers named in the alert
 
@@ -43,11 +43,7 @@ class TakenAgain:
         if self.uploaded is None:
             return
         here = (self.obj.key, self.obj.etag)
-        identifiers = {
-            r.identifier
-            for r in refs
-            if len(r.identifier) <= MAX_IDENTIFIER and "\x00" not in r.identifier
-        }
+        identifiers = {r.identifier for r in refs if recordable(r.identifier)}
         for identifier, version in first_versions(self.engine, identifiers).items():
             if version == here:
                 continue

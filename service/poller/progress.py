@@ -22,8 +22,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
 from service.db import in_listed, is_postgres
+from service.jobs.store.runs import corrected_among
 from service.models import BucketObject, ImportedRow, PollerBatch
 from service.models._types import as_utc, table_of
+from service.poller.store import recordable
 
 
 def _table(model: Any) -> Table:
@@ -37,7 +39,6 @@ ROWS = _table(ImportedRow)
 # Stripe dedupes identifiers for a rolling period of at least 24 hours; nothing is sent again
 # past this much after its first send without an operator's `poll --retry KEY --yes`.
 RESEND_HORIZON = timedelta(hours=23)
-MAX_IDENTIFIER = 512  # imported_rows.identifier (longer ones are not recorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,10 @@ class OtherVersions:
     acknowledged and was first sent within the re-send horizon: sending them again is
     harmless then, and the only way to deliver them if their own version is gone). A row
     recorded as sent whose batch is not recorded was never sent (a batch is recorded before
-    it goes out). Each other version's batches are read once per import."""
+    it goes out). A row a run over the object corrected is left out too, in any version (the
+    customer fixed by hand a row meterfix had corrected and sent as `<id>-mfx1`: another
+    identifier, which nothing dedupes). Each other version's batches are read once per
+    import."""
 
     def __init__(self, progress: ProgressStore, obj: ObjectInfo, now: datetime) -> None:
         self.progress, self.obj = progress, obj
@@ -75,7 +79,11 @@ class OtherVersions:
 
     def sent(self, identifiers: list[str]) -> set[str]:
         found = self.progress.sent_elsewhere(self.obj, identifiers)
-        return {row.identifier for row in found if self._delivered(row)}
+        sent = {row.identifier for row in found if self._delivered(row)}
+        # a row a run over this object corrected (it failed in an earlier version): its
+        # correction went out under a derived identifier, so the row itself must not
+        rest = [i for i in identifiers if i not in sent and recordable(i)]
+        return sent | corrected_among(self.progress.engine, self.obj.key, rest) if rest else sent
 
     def _delivered(self, row: SentRow) -> bool:
         if row.object_id not in self._batches:
@@ -163,8 +171,7 @@ class ProgressStore:
         """The rows of other object versions (another key, or this key before it was
         overwritten) recorded as sent under one of `identifiers` (`OtherVersions` decides
         which of them count)."""
-        # only what imported_rows can hold (PostgreSQL refuses NUL in a text parameter)
-        identifiers = [i for i in identifiers if len(i) <= MAX_IDENTIFIER and "\x00" not in i]
+        identifiers = [i for i in identifiers if recordable(i)]
         if not identifiers:
             return []
         other = ~and_(ROWS.c.object_key == obj.key, ROWS.c.etag == obj.etag)

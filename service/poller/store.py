@@ -24,9 +24,15 @@ from remediation.records import UsageRecord
 from service.db import insert_or_ignore
 from service.models import BucketObject, ImportedRow, ObjectStatus
 from service.models._types import as_utc, table_of, utcnow
-from service.poller.progress import MAX_IDENTIFIER
 
+MAX_IDENTIFIER = 512  # imported_rows.identifier (longer ones are not recorded)
 MAX_EVENT_NAME = 255
+
+
+def recordable(identifier: str) -> bool:
+    """Whether imported_rows can hold the identifier, so a look-up may find it (NUL: never
+    recorded, and PostgreSQL refuses it as a parameter)."""
+    return len(identifier) <= MAX_IDENTIFIER and "\x00" not in identifier
 
 
 class PollerStore:
@@ -101,7 +107,7 @@ class PollerStore:
                 "sent": ref.sent,
             }
             for ref in refs
-            if len(ref.identifier) <= MAX_IDENTIFIER
+            if recordable(ref.identifier)
         ]
         held = [value for value in values if not value["sent"]]
         sent = [value for value in values if value["sent"]]
@@ -249,7 +255,7 @@ def lookup_batches(
     have recorded, to look up in one query (NUL: never recorded, and PostgreSQL refuses it
     as a parameter)."""
     while batch := list(islice(records, size)):
-        yield batch, {r.identifier for r in batch if r.identifier and "\x00" not in r.identifier}
+        yield batch, {r.identifier for r in batch if r.identifier and recordable(r.identifier)}
 
 
 def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, tuple[str, str]]:

@@ -259,6 +259,37 @@ def test_rows_an_earlier_version_of_a_rewritten_file_sent_are_not_taken_for_a_re
     assert report.status == "remediated"
 
 
+def test_a_row_meterfix_corrected_is_not_sent_again_when_the_file_is_fixed_by_hand(
+    loop: Loop,
+) -> None:
+    """The poller refused a row (a timestamp in milliseconds) and meterfix corrected it: `x-mfx1`
+    was billed. The customer then fixed the row in the file and uploaded it again with the
+    others: the fixed `x` went out too (another identifier: nothing dedupes it), billed twice."""
+    now = int(time.time())
+    row = ["x", (now - 60) * 1000, "api_requests", "cus_alice", "5"]
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)  # a sent, x refused by the poller
+        loop.drain()  # x corrected
+        run_poll_pass(deps)  # the corrected file: x-mfx1
+        assert sorted(loop.accepted()) == ["a", "x-mfx1"]
+        fixed = [*row[:1], now - 60, *row[2:]]
+        _put(
+            loop,
+            "day.csv",
+            usage_csv([other, fixed, ["b", now - 30, "api_requests", "cus_alice", "1"]]),
+        )
+        run_poll_pass(deps)
+        loop.drain()
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["a", "b", "x-mfx1"]
+    assert max(originals_billed(loop).values()) == 1
+
+
 DATA = Path(__file__).parent.parent / "data" / "usage"
 
 

@@ -598,6 +598,22 @@ def handled_identifiers(
         return frozenset(str(i) for query in queries for i in session.exec(query).all())
 
 
+def corrected_among(engine: Engine, source: str, identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` a run over `source` corrected: its corrected row went out, or
+    will, under a derived identifier (found by the runs' ids: `run_id` leads the audit's
+    index with the identifier)."""
+    runs = select_model(RemediationRun.id).where(RemediationRun.source == source)
+    audit = col(CorrectionAudit.identifier)
+    query = (
+        select_model(CorrectionAudit.identifier)
+        .where(col(CorrectionAudit.run_id).in_(runs.scalar_subquery()))
+        .where(CorrectionAudit.source == source, in_listed(audit, identifiers, engine))
+        .distinct()
+    )
+    with Session(engine) as session:
+        return {str(identifier) for identifier in session.exec(query).all()}
+
+
 def handled_queries(source: str, other_than: str | None = None) -> tuple[Any, Any]:
     """The identifiers of `source` in the audit and among the quarantined rows, found by the
     ids of the runs of that source (`run_id` leads an index of each table; neither indexes
