@@ -1,12 +1,14 @@
-"""Index mode: rows of a new object version that an earlier version held, taken again by
+"""Index mode: rows of a new object version that were billed before, taken again by
 Stripe's S3 connector.
 
 Stripe's connector takes every object version whole and dedupes an identifier for 24 hours
 only: a file rewritten with the rows of the day so far (or copied under another name) more
-than a day after the version that first held its rows has them billed again. meterfix cannot
-keep Stripe from taking them (the bundled poller in import mode leaves such rows out:
-`service.poller.progress.OtherVersions`), but it sees both versions when it indexes them, so
-it says so: one warning alert per object version, with how many rows and which versions.
+than a day after the version that first held its rows has them billed again, and a row
+meterfix corrected (billed as `<id>-mfx<n>`) is billed again whenever it is taken again.
+meterfix cannot keep Stripe from taking them (the bundled poller in import mode leaves such
+rows out: `service.poller.progress.OtherVersions`), but it sees both versions when it
+indexes them, so it says so: one warning alert per object version, with how many rows and
+which versions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import Engine
 
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
+from service.jobs.store.runs import corrected_among
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
 from service.poller.progress import RESEND_HORIZON
@@ -28,7 +31,9 @@ SAMPLES = 5  # identifiers named in the alert
 
 class TakenAgain:
     """Counts, while a version is indexed, its rows whose identifier an earlier version held
-    when that version was uploaded more than the re-send horizon (23 h) before this one."""
+    when that version was uploaded more than the re-send horizon (23 h) before this one, and
+    its rows meterfix corrected before (their correction was billed as `<id>-mfx<n>`, another
+    identifier: the row fixed by hand and taken again is billed a second time at any time)."""
 
     def __init__(self, engine: Engine, obj: ObjectInfo) -> None:
         self.engine, self.obj = engine, obj
@@ -37,6 +42,8 @@ class TakenAgain:
         self.samples: list[str] = []
         self.versions: dict[tuple[str, str], datetime | None] = {}
         self.counted: set[tuple[str, str]] = set()
+        self.corrected = 0
+        self.corrected_samples: list[str] = []
 
     def check(self, refs: Sequence[RowRef]) -> None:
         """Look the rows up before they are recorded (one query per call)."""
@@ -53,6 +60,13 @@ class TakenAgain:
                 self.counted.add(version)
                 if len(self.samples) < SAMPLES:
                     self.samples.append(identifier)
+                identifiers.discard(identifier)
+        if not identifiers:
+            return
+        for identifier in sorted(corrected_among(self.engine, self.obj.key, list(identifiers))):
+            self.corrected += 1
+            if len(self.corrected_samples) < SAMPLES:
+                self.corrected_samples.append(identifier)
 
     def _uploaded(self, version: tuple[str, str]) -> datetime | None:
         if version not in self.versions:
@@ -62,22 +76,32 @@ class TakenAgain:
 
     def alert(self) -> None:
         """A warning alert when rows were counted."""
-        if not self.rows:
+        total = self.rows + self.corrected
+        if not total:
             return
         earlier = sorted(self.counted)
         named = ", ".join(f"{key} ({self._when(key, etag)})" for key, etag in earlier[:3])
+        said = []
+        if self.rows:
+            said.append(
+                f"{_rows(self.rows)} of it carry identifiers that {named} held, uploaded more "
+                "than a day before: Stripe's S3 connector takes every version whole and "
+                "dedupes an identifier for 24 hours only, so it bills them again."
+            )
+        if self.corrected:
+            said.append(
+                f"{_rows(self.corrected)} of it meterfix corrected before (billed as "
+                "`<identifier>-mfx<n>`): taken again, fixed or not, they are billed twice."
+            )
         raise_alert(
             self.engine,
             key=f"poller.taken_again:{self.obj.key}:{self.obj.etag}",
             severity="warning",
             kind="poller.taken_again",
-            subject=f"{self.obj.key}: {self.rows} rows an earlier version held, taken again",
+            subject=f"{self.obj.key}: {_rows(total)} billed before, taken again",
             message=(
-                f"{self.rows} rows of {self.obj.key} (uploaded {self._stamp(self.uploaded)}) "
-                f"carry identifiers that {named} held, uploaded more than a day before. "
-                "Stripe's S3 connector takes every version whole and dedupes an identifier "
-                "for 24 hours only, so it bills these rows again: upload only new rows, or "
-                "let meterfix import (MFX_POLLER=on leaves them out)."
+                f"{self.obj.key} (uploaded {self._stamp(self.uploaded)}): {' '.join(said)} "
+                "Upload only new rows, or let meterfix import (MFX_POLLER=on leaves them out)."
             ),
             detail={
                 "key": self.obj.key,
@@ -85,8 +109,10 @@ class TakenAgain:
                 "rows": self.rows,
                 "identifiers": self.samples,
                 "earlier": [{"key": key, "etag": etag} for key, etag in earlier],
+                "corrected": self.corrected,
+                "corrected_identifiers": self.corrected_samples,
             },
-            rows=self.rows,
+            rows=total,
             links={
                 "objects": [self.obj.key, *sorted({key for key, _ in earlier} - {self.obj.key})]
             },
@@ -98,3 +124,7 @@ class TakenAgain:
     @staticmethod
     def _stamp(moment: datetime | None) -> str:
         return "at an unknown time" if moment is None else f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"

@@ -485,7 +485,8 @@ def test_index_mode_says_when_stripe_takes_rows_of_an_earlier_version_again(
     assert alert.detail is not None
     assert sorted(alert.detail["identifiers"]) == ["d-0", "d-1", "d-2"]
     assert alert.detail["earlier"] == [{"key": "day.csv", "etag": first.etag}]
-    assert "bills these rows again" in alert.message and "day.csv" in alert.subject
+    assert "so it bills them again" in alert.message and "day.csv" in alert.subject
+    assert (alert.detail["corrected"], alert.detail["corrected_identifiers"]) == (0, [])
     assert alert.links == {"objects": ["day.csv"]}
     h.engine.dispose()
 

@@ -374,3 +374,31 @@ def test_rows_an_earlier_version_held_are_not_taken_for_a_report_about_the_next(
         audit = session.exec(select(CorrectionAudit)).all()
     assert [(a.identifier, a.after) for a in audit] == [("n0", "cus_alice")]
     assert report.status == "remediated"
+
+
+def test_index_mode_says_when_stripe_takes_a_row_meterfix_corrected_again(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """Stripe refused a row, meterfix corrected it (`x-mfx1` billed), and the customer fixed the
+    row in the file and uploaded it again with the others: Stripe's connector bills the fixed
+    `x` too (another identifier). meterfix cannot stop it in index mode: an alert says so."""
+    now = int(time.time())
+    base = {"event_name": "api_requests", "customer": "cus_alice", "value": "5"}
+    ok = {**base, "identifier": "a", "timestamp": now - 60}
+    broken = {**base, "identifier": "x", "timestamp": (now - 60) * 1000}  # ms: refused
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, broken], "csv"))
+    _cycle(loop, deps)
+    loop.sandbox.connector_poll()  # the corrected file
+    assert sorted(loop.accepted()) == ["a", "x-mfx1"]
+    fixed = {**broken, "timestamp": now - 60}
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, fixed], "csv"))
+    run_poll_pass(deps)
+
+    with loop.session() as session:
+        [alert] = session.exec(select(Alert).where(Alert.kind == "poller.taken_again")).all()
+    assert (alert.severity, alert.rows) == ("warning", 1)
+    assert alert.detail is not None
+    assert (alert.detail["corrected"], alert.detail["corrected_identifiers"]) == (1, ["x"])
+    assert (alert.detail["rows"], alert.detail["identifiers"]) == (0, [])  # a: the same day
+    assert "1 row of it meterfix corrected before" in alert.message
+    assert alert.subject == "usage/day.csv: 1 row billed before, taken again"
