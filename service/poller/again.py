@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
-from service.jobs.store.runs import corrected_among
+from service.jobs.store.runs import corrected_among, runs_correcting
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
 from service.poller.progress import RESEND_HORIZON
@@ -43,6 +43,7 @@ class TakenAgain:
         self.versions: dict[tuple[str, str], datetime | None] = {}
         self.counted: set[tuple[str, str]] = set()
         self.corrected = 0
+        self.runs: list[int] | None = None  # the runs correcting this object's rows
         self.corrected_samples: list[str] = []
 
     def check(self, refs: Sequence[RowRef]) -> None:
@@ -63,7 +64,9 @@ class TakenAgain:
                 identifiers.discard(identifier)
         if not identifiers:
             return
-        for identifier in sorted(corrected_among(self.engine, self.obj.key, list(identifiers))):
+        if self.runs is None:
+            self.runs = runs_correcting(self.engine, self.obj.key)
+        for identifier in sorted(corrected_among(self.engine, self.runs, list(identifiers))):
             self.corrected += 1
             if len(self.corrected_samples) < SAMPLES:
                 self.corrected_samples.append(identifier)

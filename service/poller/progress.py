@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
 from service.db import in_listed, is_postgres
-from service.jobs.store.runs import corrected_among
+from service.jobs.store.runs import corrected_among, runs_correcting
 from service.models import BucketObject, ImportedRow, PollerBatch
 from service.models._types import as_utc, table_of
 from service.poller.store import recordable
@@ -67,15 +67,16 @@ class OtherVersions:
     acknowledged and was first sent within the re-send horizon: sending them again is
     harmless then, and the only way to deliver them if their own version is gone). A row
     recorded as sent whose batch is not recorded was never sent (a batch is recorded before
-    it goes out). A row a run over the object corrected is left out too, in any version (the
-    customer fixed by hand a row meterfix had corrected and sent as `<id>-mfx1`: another
-    identifier, which nothing dedupes). Each other version's batches are read once per
+    it goes out). A row a run over the object (or a quarantine re-run of its rows) corrected
+    is left out too, in any version (the customer fixed by hand a row meterfix had corrected
+    and sent as `<id>-mfx1`: another identifier, which nothing dedupes). Each other version's batches are read once per
     import."""
 
     def __init__(self, progress: ProgressStore, obj: ObjectInfo, now: datetime) -> None:
         self.progress, self.obj = progress, obj
         self.horizon = now - RESEND_HORIZON
         self._batches: dict[int, tuple[list[int], list[SentBatch]]] = {}
+        self._runs: list[int] | None = None
 
     def sent(self, identifiers: list[str]) -> set[str]:
         found = self.progress.sent_elsewhere(self.obj, identifiers)
@@ -83,7 +84,13 @@ class OtherVersions:
         # a row a run over this object corrected (it failed in an earlier version): its
         # correction went out under a derived identifier, so the row itself must not
         rest = [i for i in identifiers if i not in sent and recordable(i)]
-        return sent | corrected_among(self.progress.engine, self.obj.key, rest) if rest else sent
+        return sent | corrected_among(self.progress.engine, self._correcting(), rest)
+
+    def _correcting(self) -> list[int]:
+        """The runs whose corrections are of this object's rows (read once per import)."""
+        if self._runs is None:
+            self._runs = runs_correcting(self.progress.engine, self.obj.key)
+        return self._runs
 
     def _delivered(self, row: SentRow) -> bool:
         if row.object_id not in self._batches:

@@ -290,6 +290,40 @@ def test_a_row_meterfix_corrected_is_not_sent_again_when_the_file_is_fixed_by_ha
     assert max(originals_billed(loop).values()) == 1
 
 
+def test_a_row_an_operators_rerun_corrected_is_not_sent_again_when_fixed_by_hand(
+    loop: Loop,
+) -> None:
+    """The poller refused a row (no meter by that name) and meterfix quarantined it; the
+    operator mapped the name and re-ran it: `x-mfx1` was billed. The customer then fixed the
+    row in the file and uploaded it again: the re-run's correction, recorded with the re-run
+    as its source, was not seen, and `x` went out too (billed twice)."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)  # a sent; x refused by the poller
+        loop.drain()  # x quarantined: no meter matches `legacy_calls`
+        with loop.session() as session:
+            assert [q.identifier for q in session.exec(select(QuarantinedRow))] == ["x"]
+        rules = Path(loop.settings.mfx_rules)
+        rules.write_text(RULES + '[event_names]\n"legacy_calls" = "api_requests"\n')
+        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+        loop.drain()
+        run_poll_pass(deps)  # the re-run's corrected file: x-mfx1
+        assert sorted(loop.accepted()) == ["a", "x-mfx1"]
+        fixed = [*row[:2], "api_requests", *row[3:]]
+        later = ["b", now - 30, "api_requests", "cus_alice", "1"]
+        _put(loop, "day.csv", usage_csv([other, fixed, later]))
+        run_poll_pass(deps)
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["a", "b", "x-mfx1"]
+    assert max(originals_billed(loop).values()) == 1
+
+
 DATA = Path(__file__).parent.parent / "data" / "usage"
 
 

@@ -598,16 +598,31 @@ def handled_identifiers(
         return frozenset(str(i) for query in queries for i in session.exec(query).all())
 
 
-def corrected_among(engine: Engine, source: str, identifiers: Sequence[str]) -> set[str]:
-    """Which of `identifiers` a run over `source` corrected: its corrected row went out, or
-    will, under a derived identifier (found by the runs' ids: `run_id` leads the audit's
-    index with the identifier)."""
-    runs = select_model(RemediationRun.id).where(RemediationRun.source == source)
+def runs_correcting(engine: Engine, source: str) -> list[int]:
+    """The ids of the runs whose corrections are of rows of `source`: its own runs, and the
+    quarantine re-runs that took its quarantined rows (a re-run's source is the re-run). The
+    quarantined rows are read by `source` (not indexed: once per caller, not per row)."""
+    with Session(engine) as session:
+        own = session.exec(select_model(RemediationRun.id).where(RemediationRun.source == source))
+        rerun = col(QuarantinedRow.rerun_id)
+        taken = session.exec(
+            select_model(rerun)
+            .where(QuarantinedRow.source == source, rerun.is_not(None))
+            .distinct()
+        )
+        return sorted({int(i) for i in [*own.all(), *taken.all()] if i is not None})
+
+
+def corrected_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` one of these runs corrected: its corrected row went out, or
+    will, under a derived identifier (`run_id` leads the audit's index with the identifier)."""
+    if not run_ids or not identifiers:
+        return set()
     audit = col(CorrectionAudit.identifier)
     query = (
         select_model(CorrectionAudit.identifier)
-        .where(col(CorrectionAudit.run_id).in_(runs.scalar_subquery()))
-        .where(CorrectionAudit.source == source, in_listed(audit, identifiers, engine))
+        .where(col(CorrectionAudit.run_id).in_(list(run_ids)))
+        .where(in_listed(audit, identifiers, engine))
         .distinct()
     )
     with Session(engine) as session:
