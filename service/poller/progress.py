@@ -69,8 +69,8 @@ class OtherVersions:
     recorded as sent whose batch is not recorded was never sent (a batch is recorded before
     it goes out). A row a run over the object (or a quarantine re-run of its rows) corrected
     is left out too, in any version (the customer fixed by hand a row meterfix had corrected
-    and sent as `<id>-mfx1`: another identifier, which nothing dedupes). Each other version's batches are read once per
-    import."""
+    and sent as `<id>-mfx1`: another identifier, which nothing dedupes). Each other version's
+    batches are read once per import."""
 
     def __init__(self, progress: ProgressStore, obj: ObjectInfo, now: datetime) -> None:
         self.progress, self.obj = progress, obj
