@@ -124,6 +124,7 @@ def _echo(report: PassReport) -> None:
         f"{report.mode}: {files} files, {report.rows} rows, {report.sent} sent, "
         f"{report.failed_rows} failed rows, {report.failed_files} unreadable, "
         f"{report.retry_files} to retry, {report.skipped} skipped, {report.deferred} deferred"
+        + (f", {report.left_out} of them left out: sent before" if report.left_out else "")
         + (f", {report.gave_up} given up" if report.gave_up else "")
         + (f", {report.waiting} backing off" if report.waiting else "")
     )

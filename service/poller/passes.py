@@ -94,6 +94,7 @@ class PassReport:
     waiting: int = 0  # failing objects still backing off
     rows: int = 0
     sent: int = 0  # rows Stripe accepted in the files imported (earlier passes' share included)
+    left_out: int = 0  # of sent: rows another object version sent, or meterfix corrected, before
     failed_rows: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -253,6 +254,8 @@ def _import_object(
     import_set, path = import_object(job, obj, _impset_id(obj))
     rows, sent = import_set.rows_processed or 0, import_set.successes_row_count or 0
     failed = import_set.errors_row_count or 0
+    left_out = (import_set.detail or {}).get("sent_by_other_versions")
+    report.left_out += left_out if isinstance(left_out, int) else 0
     report.rows, report.sent, report.failed_rows = (
         report.rows + rows,
         report.sent + sent,

@@ -359,7 +359,7 @@ def test_a_file_rewritten_a_day_later_sends_only_its_new_rows(
     accepted = sorted(e["identifier"] for e in sandbox_server.admin.meter_events())
     assert accepted == ["d-0", "d-1", "d-2", "e-0", "e-1"]  # each once
     assert sandbox_server.admin.duplicates() == []
-    assert (report.imported, report.rows, report.failed_rows) == (2, 6, 0)
+    assert (report.imported, report.rows, report.failed_rows, report.left_out) == (2, 6, 0, 4)
     assert len(harness.handed) == 0  # no failed records: d-2 was billed a day ago
     with Session(harness.engine) as session:
         sets = {s.source_object: s for s in session.exec(select(ImportSet))}
