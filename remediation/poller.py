@@ -57,7 +57,8 @@ class ImportChunk:
     rows: list[RowRef] = field(default_factory=list)
     failed: list[UsageRecord] = field(default_factory=list)
     skipped: int = 0  # rows an earlier pass sent, left out (`import_chunks`' `sent_before`)
-    elsewhere: int = 0  # rows another object version sent, left out (`sent_elsewhere`)
+    elsewhere: int = 0  # rows sent before, by another object version or as meterfix's
+    # correction, left out (`sent_elsewhere`)
 
 
 def source_tag(key: str, etag: str) -> str:
@@ -85,9 +86,9 @@ def import_chunks(
     as columns, JSON matched to its layouts: `engine.batches`); yield a chunk every
     `batch_size` valid events and at the end. `sent_before`: which of a batch's row numbers an
     earlier pass already sent (left out, counted in `ImportChunk.skipped`). `sent_elsewhere`:
-    which of a batch's identifiers another object version sent (left out before they are
-    checked, so neither sent again nor handed to remediation as failed rows; counted in
-    `ImportChunk.elsewhere`).
+    which of a batch's identifiers were sent before, by another object version or as
+    meterfix's correction (left out before they are checked, so neither sent again nor handed
+    to remediation as failed rows; counted in `ImportChunk.elsewhere`).
 
     Before, every row was a record read by `csv.reader`, turned back into columns for the
     checks and into an event one call at a time: 95,000-97,000 rows/s (`bench/poller.py`,
@@ -132,8 +133,8 @@ def import_chunks(
 def _not_sent_elsewhere(
     batch: Batch, sent_elsewhere: Callable[[list[str]], set[str]], count: int
 ) -> tuple[Batch, int]:
-    """The batch without the rows whose identifier another object version sent, and `count`
-    plus how many those were."""
+    """The batch without the rows `sent_elsewhere` names, and `count` plus how many those
+    were."""
     identifiers = [str(v) for v in batch.identifier.values()]
     sent = sent_elsewhere(identifiers)
     if not sent:

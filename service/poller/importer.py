@@ -53,7 +53,7 @@ class ImportTally:
     rows: int = 0
     sent: int = 0  # acknowledged on an earlier pass included
     failed: int = 0
-    elsewhere: int = 0  # rows another object version sent (left out: counted in `sent`)
+    elsewhere: int = 0  # rows sent before, elsewhere (left out: counted in `sent`)
 
 
 @dataclass
@@ -141,7 +141,7 @@ def _send_all(
             sending = _record_group(job, obj, progress, group, number)
             tally.failed += failed_out.write(chunk.failed for chunk in group)
             # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
-            # do rows another object version sent
+            # do rows sent before by another object version or as meterfix's correction
             skipped = sum(chunk.skipped + chunk.elsewhere for chunk in group)
             tally.elsewhere += sum(chunk.elsewhere for chunk in group)
             tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
