@@ -665,14 +665,14 @@ def test_handled_identifiers_are_those_of_the_runs_of_one_source(db_url: str) ->
 
 def test_handled_identifiers_are_found_by_index_not_by_a_scan(sqlite_url: str) -> None:
     """Neither the audit (a row per correction of every run kept) nor the quarantined rows
-    are read whole at each error report: both are searched by run id (SQLite's plan)."""
+    are read whole at each error report, nor the quarantined rows at each poller import: all
+    are searched by run id (SQLite's plan)."""
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as connection:
+            queries = [*store.handled_queries("usage/a.csv"), store.correcting_queries("a")[1]]
             for query, table in zip(
-                store.handled_queries("usage/a.csv"),
-                ("correction_audit", "quarantined_rows"),
-                strict=True,
+                queries, ("correction_audit", "quarantined_rows", "quarantined_rows"), strict=True
             ):
                 compiled = query.compile(engine)
                 plan = connection.exec_driver_sql(

@@ -600,17 +600,26 @@ def handled_identifiers(
 
 def runs_correcting(engine: Engine, source: str) -> list[int]:
     """The ids of the runs whose corrections are of rows of `source`: its own runs, and the
-    quarantine re-runs that took its quarantined rows (a re-run's source is the re-run). The
-    quarantined rows are read by `source` (not indexed: once per caller, not per row)."""
+    quarantine re-runs that took its quarantined rows (a re-run's source is the re-run)."""
+    own, taken = correcting_queries(source)
     with Session(engine) as session:
-        own = session.exec(select_model(RemediationRun.id).where(RemediationRun.source == source))
-        rerun = col(QuarantinedRow.rerun_id)
-        taken = session.exec(
-            select_model(rerun)
-            .where(QuarantinedRow.source == source, rerun.is_not(None))
-            .distinct()
-        )
-        return sorted({int(i) for i in [*own.all(), *taken.all()] if i is not None})
+        found = [*session.exec(own).all(), *session.exec(taken).all()]
+    return sorted({int(i) for i in found if i is not None})
+
+
+def correcting_queries(source: str) -> tuple[Any, Any]:
+    """The ids of `source`'s runs, and of the re-runs that took the rows they quarantined
+    (found by the runs' ids, which lead an index of quarantined_rows: filtered by `source`
+    alone, a scan of every quarantined row at every import)."""
+    runs = select_model(RemediationRun.id).where(RemediationRun.source == source)
+    rerun = col(QuarantinedRow.rerun_id)
+    taken = (
+        select_model(rerun)
+        .where(col(QuarantinedRow.run_id).in_(runs.scalar_subquery()))
+        .where(QuarantinedRow.source == source, rerun.is_not(None))
+        .distinct()
+    )
+    return runs, taken
 
 
 def corrected_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
