@@ -227,10 +227,12 @@ def _remediate(
     handled = handled_identifiers(ctx.engine, key, other_than=run_key)
     scope = ReportScope(base.codes, base.samples, base.event_name, handled)
     selection = Selection()
+    # read lazily, by the retried task's count or by the run
+    rows = _held_first(ctx.engine, job, key, etag, _records(path, plan, ctx, key, etag))
+    selected = select_reported(rows, scope, job.index, taken, job.customers, selection)
     done = finished_run(ctx.engine, run_key)
     if done is not None:  # a retried task: count what the run found, and the rows handled
-        rows = _held_first(ctx.engine, job, key, etag, _records(path, plan, ctx, key, etag))
-        for _ in select_reported(rows, scope, job.index, taken, job.customers, selection):
+        for _ in selected:
             pass
         return done.input_rows + selection.handled
     generation = next_generation(ctx.bucket, key)
@@ -250,8 +252,6 @@ def _remediate(
         rejected=False,  # an object that was imported: only the reported rows are re-sent
         stages=stages,
     )
-    rows = _held_first(ctx.engine, job, key, etag, _records(path, plan, ctx, key, etag))
-    selected = select_reported(rows, scope, job.index, taken, job.customers, selection)
     return execute_run(ctx, request, selected).input_rows + selection.handled
 
 
