@@ -329,6 +329,44 @@ def test_a_row_an_operators_rerun_corrected_is_not_sent_again_when_fixed_by_hand
     assert max(originals_billed(loop).values()) == 1
 
 
+def test_a_row_a_second_rerun_corrected_is_not_sent_again_when_fixed_by_hand(loop: Loop) -> None:
+    """As above, but the operator's first re-run quarantined the row again (the rules were not
+    changed yet) and a second re-run corrected it: its correction's source is the second
+    re-run, whose rows were quarantined by the first re-run, not by a run over the file, so
+    the row fixed by hand and uploaded again went out as `x` beside `x-mfx1`."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)  # a sent; x refused by the poller
+        loop.drain()  # x quarantined: no meter matches `legacy_calls`
+        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+        loop.drain()  # the same rules: quarantined again, by the re-run
+        with loop.session() as session:
+            held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+            assert [(q.identifier, q.rerun_id is None) for q in held] == [
+                ("x", False),
+                ("x", True),
+            ]
+        rules = Path(loop.settings.mfx_rules)
+        rules.write_text(RULES + '[event_names]\n"legacy_calls" = "api_requests"\n')
+        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+        loop.drain()
+        run_poll_pass(deps)  # the second re-run's corrected file: x-mfx1
+        assert sorted(loop.accepted()) == ["a", "x-mfx1"]
+        fixed = [*row[:2], "api_requests", *row[3:]]
+        later = ["b", now - 30, "api_requests", "cus_alice", "1"]
+        _put(loop, "day.csv", usage_csv([other, fixed, later]))
+        run_poll_pass(deps)
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["a", "b", "x-mfx1"]
+    assert max(originals_billed(loop).values()) == 1
+
+
 DATA = Path(__file__).parent.parent / "data" / "usage"
 
 

@@ -666,15 +666,18 @@ def test_handled_identifiers_are_those_of_the_runs_of_one_source(db_url: str) ->
 def test_handled_identifiers_are_found_by_index_not_by_a_scan(sqlite_url: str) -> None:
     """Neither the audit (a row per correction of every run kept) nor the quarantined rows
     are read whole at each error report, nor the quarantined rows at each poller import: all
-    are searched by run id (SQLite's plan)."""
+    are searched by run id (SQLite's plan), nor the re-runs of re-runs."""
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as connection:
-            queries = [*store.handled_queries("usage/a.csv"), store.correcting_queries("a")[1]]
-            for query, table in zip(
-                queries, ("correction_audit", "quarantined_rows", "quarantined_rows"), strict=True
-            ):
-                compiled = query.compile(engine)
+            queries = [
+                *store.handled_queries("usage/a.csv"),
+                store.correcting_queries("a")[1],
+                store.reruns_of([1, 2]),
+            ]
+            tables = ("correction_audit", *["quarantined_rows"] * 3)
+            for query, table in zip(queries, tables, strict=True):
+                compiled = query.compile(engine, compile_kwargs={"render_postcompile": True})
                 plan = connection.exec_driver_sql(
                     f"EXPLAIN QUERY PLAN {compiled}", tuple(compiled.params.values())
                 ).all()

@@ -600,11 +600,16 @@ def handled_identifiers(
 
 def runs_correcting(engine: Engine, source: str) -> list[int]:
     """The ids of the runs whose corrections are of rows of `source`: its own runs, and the
-    quarantine re-runs that took its quarantined rows (a re-run's source is the re-run)."""
+    quarantine re-runs that took its quarantined rows (a re-run's source is the re-run), and
+    the re-runs that took the rows those re-runs quarantined again, to the end of the chain."""
     own, taken = correcting_queries(source)
     with Session(engine) as session:
-        found = [*session.exec(own).all(), *session.exec(taken).all()]
-    return sorted({int(i) for i in found if i is not None})
+        found = {int(i) for i in session.exec(own).all() if i is not None}
+        later = {int(i) for i in session.exec(taken).all() if i is not None}
+        while later - found:
+            found |= later
+            later = {int(i) for i in session.exec(reruns_of(sorted(later))).all()}
+    return sorted(found | later)
 
 
 def correcting_queries(source: str) -> tuple[Any, Any]:
@@ -620,6 +625,16 @@ def correcting_queries(source: str) -> tuple[Any, Any]:
         .distinct()
     )
     return runs, taken
+
+
+def reruns_of(run_ids: Sequence[int]) -> Any:
+    """The ids of the re-runs that took rows these runs quarantined (by run id: indexed)."""
+    rerun = col(QuarantinedRow.rerun_id)
+    return (
+        select_model(rerun)
+        .where(col(QuarantinedRow.run_id).in_(list(run_ids)), rerun.is_not(None))
+        .distinct()
+    )
 
 
 def corrected_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
