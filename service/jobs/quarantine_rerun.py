@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from remediation.codes import KNOWN_CODES, ErrorCode
 from remediation.filetypes import FileFormat
@@ -43,11 +44,13 @@ from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.store.quarantine import (
     QuarantineFilter,
     mark_rerun,
+    quarantined_at,
     quarantined_entries,
     rerun_detail,
     rows_to_rerun,
 )
 from service.models import RemediationRun, RunTrigger
+from service.poller.store import sent_moments
 
 # Codes our own validation decides (from the row and the meters): such a row goes through
 # validation again, so a row that now passes (its meter exists now, its time is no longer in
@@ -63,9 +66,15 @@ def rerun_key(action_ref: str, generation: int) -> str:
 
 
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
-    picked = _pick(ctx.engine, action_ref)
+    picked, billed = _pick(ctx.engine, action_ref)
+    left = (
+        f"; {billed} left quarantined: the poller sent their identifiers since, from a "
+        "later version of their file or a copy (billed as they are)"
+        if billed
+        else ""
+    )
     if not picked:
-        return "no quarantined rows to re-run: none match, or this re-run took them"
+        return f"no quarantined rows to re-run: none match, or this re-run took them{left}"
     by_generation: dict[int, list[int]] = {}
     for row_id, generation in picked:
         by_generation.setdefault(generation, []).append(row_id)
@@ -77,7 +86,7 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     named = ", ".join(str(run.id) for run in runs)
     return (
         f"re-ran {len(picked)} quarantined rows as run{'s' if len(runs) > 1 else ''} "
-        f"{named}: {passed} now pass, {stayed} stay quarantined"
+        f"{named}: {passed} now pass, {stayed} stay quarantined{left}"
     )
 
 
@@ -106,8 +115,9 @@ def _rerun(ctx: RunContext, action_ref: str, generation: int, ids: list[int]) ->
     return run
 
 
-def _pick(engine: Engine, action_ref: str) -> list[tuple[int, int]]:
-    """(id, generation of the run that quarantined it) of each row to re-run."""
+def _pick(engine: Engine, action_ref: str) -> tuple[list[tuple[int, int]], int]:
+    """(id, generation of the run that quarantined it) of each row to re-run, and how many
+    rows the filter picked that are left: billed as they are since (`_sent_since`)."""
     with engine.connect() as connection:
         detail = rerun_detail(connection, int(action_ref)) if action_ref.isdigit() else None
         filters = None if detail is None else detail.get("filters")
@@ -118,12 +128,28 @@ def _pick(engine: Engine, action_ref: str) -> list[tuple[int, int]]:
             found = QuarantineFilter.from_query({str(k): str(v) for k, v in filters.items()})
         except BadParameter as exc:
             raise RerunInputMissing(f"admin action {action_ref}: {exc}") from exc
-        return rows_to_rerun(
+        picked = rows_to_rerun(
             connection,
             found,
             f"quarantine_rerun:{action_ref}",
             through if isinstance(through, int) else None,
         )
+        billed = _sent_since(engine, connection, [row_id for row_id, _ in picked])
+    return [row for row in picked if row[0] not in billed], len(billed)
+
+
+def _sent_since(engine: Engine, connection: Connection, ids: list[int]) -> set[int]:
+    """The ids among `ids` of rows whose identifier the bundled poller sent after the row
+    was quarantined: from a later version of its file (the customer fixed the row by hand)
+    or a copy. Such a row was billed as it is; re-run, it would go out a second time under
+    a derived identifier, which nothing dedupes. A row Stripe refused after the poller sent
+    it (an error report) was sent before it was quarantined: it is re-run."""
+    found: set[int] = set()
+    rows = iter(quarantined_at(connection, ids))
+    while chunk := list(islice(rows, LOOKUP_BATCH)):
+        sent = sent_moments(engine, {identifier for _, identifier, _ in chunk})
+        found.update(i for i, identifier, held in chunk if sent.get(identifier, held) > held)
+    return found
 
 
 def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[tuple[str, Any, Any]]:

@@ -12,6 +12,7 @@ reports why. Any other failure (Stripe, S3, database) raises, so the worker retr
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,9 +35,10 @@ from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import import_set, mark_import_set_remediated
 from service.jobs.store.runs import finished_run
+from service.logs import log_event
 from service.models import ImportSet, RunTrigger
 from service.models._types import as_utc, utcnow
-from service.poller.store import lookup_batches, row_numbers
+from service.poller.store import lookup_batches, row_numbers, sent_moments
 
 # --- import sets ---------------------------------------------------------------------------
 
@@ -95,6 +97,7 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
 def poller_rows(deps: JobDeps, import_set_id: str) -> str:
     import_set = _import_set(deps.run.engine, import_set_id)
     run_key = f"poller:{import_set_id}"
+    left = ""
     if finished_run(deps.run.engine, run_key) is None:
         path_text = import_set.detail.get("failed_records_path")
         path = Path(str(path_text)) if path_text else None
@@ -115,9 +118,18 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
             now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
             generation=next_generation(deps.run.bucket, import_set.source_object),
         )
-        key = import_set.source_object or ""
-        _run_file(deps.run, request, path, lambda rows: _source_rows(deps.run.engine, key, rows))
-    return _mark_import_set(deps.run.engine, import_set_id, run_key)
+        rows = _SourceRows(deps.run.engine, import_set.source_object or "")
+        _run_file(deps.run, request, path, rows, allow_none=lambda: rows.sent > 0)
+        if rows.sent:
+            log_event(
+                "remediation.rows_sent_since",
+                level=logging.WARNING,
+                run_key=run_key,
+                rows=rows.sent,
+                key=import_set.source_object,
+            )
+            left = f"; {rows.sent} left out: sent since from another version of the file"
+    return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
 
 
 def _rejected_rows(
@@ -154,27 +166,44 @@ RecordsTransform = Callable[[Iterator[UsageRecord]], Iterator[UsageRecord]]
 
 
 def _run_file(
-    ctx: RunContext, request: RunRequest, path: Path, transform: RecordsTransform | None = None
+    ctx: RunContext,
+    request: RunRequest,
+    path: Path,
+    transform: RecordsTransform | None = None,
+    allow_none: Callable[[], bool] = lambda: False,
 ) -> None:
     """Read `path` with the whole-file repairs applied and run it. A file with no rows at
-    all is a failure a person must look at (Stripe said rows failed)."""
+    all is a failure a person must look at (Stripe said rows failed), unless `transform`
+    left them all out for a reason of its own (`allow_none()`, asked after the run)."""
     plan = plan_input(path, ctx.rules)
     run = RunRequest(**{**request.__dict__, "fmt": plan.fmt, "columns": plan.columns or None})
     with path.open("rb") as stream:
         records = read_repaired(stream, plan, ctx.rules)
         done = execute_run(ctx, run, transform(records) if transform else records)
-    if done.input_rows == 0:
+    if done.input_rows == 0 and not allow_none():
         raise TaskInputMissing(f"{request.source} has no usage rows to remediate")
 
 
-def _source_rows(engine: Engine, key: str, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-    """Give each failed row its row number in the source object (the poller recorded every
-    row's identifier), so the audit points at the object's own rows."""
-    for batch, identifiers in lookup_batches(records):
-        numbers = row_numbers(engine, key, identifiers)
-        for record in batch:
-            record.row_number = numbers.get(record.identifier or "", record.row_number)
-        yield from batch
+class _SourceRows:
+    """The rows the poller refused, each with its row number in the source object (the
+    poller recorded every row's identifier, so the audit points at the object's own rows),
+    without the rows a version of some object sent since (`sent`: how many): the customer
+    fixed the row and uploaded the file again while this task waited. Such a row was billed
+    as it is; corrected, it would go out a second time under a derived identifier."""
+
+    def __init__(self, engine: Engine, key: str) -> None:
+        self.engine, self.key, self.sent = engine, key, 0
+
+    def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
+        for batch, identifiers in lookup_batches(records):
+            numbers = row_numbers(self.engine, self.key, identifiers)
+            sent = sent_moments(self.engine, identifiers)
+            for record in batch:
+                if record.identifier in sent:
+                    self.sent += 1
+                    continue
+                record.row_number = numbers.get(record.identifier or "", record.row_number)
+                yield record
 
 
 def _import_set(engine: Engine, import_set_id: str) -> ImportSet:

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
-from service.jobs.store.runs import corrected_among, runs_correcting
+from service.jobs.store.runs import runs_correcting, written_among
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
 from service.poller.progress import RESEND_HORIZON
@@ -66,7 +66,7 @@ class TakenAgain:
             return
         if self.runs is None:
             self.runs = runs_correcting(self.engine, self.obj.key)
-        for identifier in sorted(corrected_among(self.engine, self.runs, list(identifiers))):
+        for identifier in sorted(written_among(self.engine, self.runs, list(identifiers))):
             self.corrected += 1
             if len(self.corrected_samples) < SAMPLES:
                 self.corrected_samples.append(identifier)

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
 from service.db import in_listed, is_postgres
-from service.jobs.store.runs import corrected_among, runs_correcting
+from service.jobs.store.runs import runs_correcting, written_among
 from service.models import BucketObject, ImportedRow, PollerBatch
 from service.models._types import as_utc, table_of
 from service.poller.store import recordable
@@ -84,7 +84,7 @@ class OtherVersions:
         # a row a run over this object corrected (it failed in an earlier version): its
         # correction went out under a derived identifier, so the row itself must not
         rest = [i for i in identifiers if i not in sent and recordable(i)]
-        return sent | corrected_among(self.progress.engine, self._correcting(), rest)
+        return sent | written_among(self.progress.engine, self._correcting(), rest)
 
     def _correcting(self) -> list[int]:
         """The runs whose corrections are of this object's rows (read once per import)."""

@@ -13,7 +13,7 @@ from datetime import datetime
 from itertools import islice
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, Insert, Table, func, select, update
+from sqlalchemy import Connection, Engine, Insert, Table, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
@@ -22,7 +22,7 @@ from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from remediation.records import UsageRecord
 from service.db import insert_or_ignore
-from service.models import BucketObject, ImportedRow, ObjectStatus
+from service.models import BucketObject, ImportedRow, ObjectStatus, PollerBatch
 from service.models._types import as_utc, table_of, utcnow
 
 MAX_IDENTIFIER = 512  # imported_rows.identifier (longer ones are not recorded)
@@ -256,6 +256,41 @@ def lookup_batches(
     as a parameter)."""
     while batch := list(islice(records, size)):
         yield batch, {r.identifier for r in batch if r.identifier and recordable(r.identifier)}
+
+
+def sent_moments(engine: Engine, identifiers: set[str]) -> dict[str, datetime]:
+    """identifier -> when a version of some object that sent it first sent its batch (the
+    latest such moment), for those of `identifiers` the poller sent: recorded as sent in a
+    batch that was recorded (a batch is recorded before it goes out; a row recorded as sent
+    outside any batch never went)."""
+    if not identifiers:
+        return {}
+    rows, objects = _table(ImportedRow), _table(BucketObject)
+    batches = _table(PollerBatch)
+    version = and_(objects.c.key == rows.c.object_key, objects.c.etag == rows.c.etag)
+    within = and_(
+        batches.c.object_id == objects.c.id,
+        batches.c.first_row <= rows.c.row_number,
+        rows.c.row_number < batches.c.first_row + batches.c.rows,
+    )
+    query = (
+        select(rows.c.identifier, func.max(batches.c.first_sent_at))
+        .select_from(rows.join(objects, version).join(batches, within))
+        .where(rows.c.identifier.in_(identifiers), rows.c.sent.is_(True))
+        .group_by(rows.c.identifier)
+    )
+    with engine.connect() as connection:
+        found = connection.execute(query).all()
+    return {str(identifier): moment for identifier, moment in _moments(found)}
+
+
+def _moments(found: Sequence[Any]) -> Iterator[tuple[str, datetime]]:
+    for identifier, moment in found:
+        # SQLite hands back an aggregate of a timestamp column as its text
+        when = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+        utc = as_utc(when)
+        if utc is not None:
+            yield str(identifier), utc
 
 
 def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, tuple[str, str]]:

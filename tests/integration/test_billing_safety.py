@@ -29,7 +29,7 @@ from sqlmodel import col, select
 from sandbox.defaults import SANDBOX_API_KEY
 from service.config import Settings
 from service.jobs.store.quarantine import QuarantineFilter
-from service.models import CorrectionAudit, ErrorReport, QuarantinedRow
+from service.models import CorrectionAudit, ErrorReport, InboxEvent, QuarantinedRow
 from service.poller.passes import build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from service.web.actions import Actor, queue_rerun
@@ -365,6 +365,133 @@ def test_a_row_a_second_rerun_corrected_is_not_sent_again_when_fixed_by_hand(loo
         runtime.close()
     assert sorted(loop.accepted()) == ["a", "b", "x-mfx1"]
     assert max(originals_billed(loop).values()) == 1
+
+
+def test_a_row_a_rerun_sent_unchanged_is_not_sent_again_with_the_rewritten_file(
+    loop: Loop,
+) -> None:
+    """The poller refused a row (no meter by that name) and meterfix quarantined it; the
+    operator created the meter and re-ran it: the row now passes as it is, counted valid and
+    re-sent unchanged as `x-mfx1` (no correction, so no audit row). The file was then
+    rewritten with a new row: the poller took `x` for a row never sent and billed it again."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)  # a sent; x refused by the poller
+        loop.drain()  # x quarantined: no meter matches `legacy_calls`
+        loop.sandbox.create_meter("legacy_calls")
+        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+        loop.drain()
+        assert deps.meters is not None
+        deps.meters.refresh()  # the poller's meters are cached for a while
+        run_poll_pass(deps)  # the re-run's corrected file: x-mfx1, sent unchanged
+        assert sorted(loop.accepted()) == ["a", "x-mfx1"]
+        with loop.session() as session:
+            assert session.exec(select(CorrectionAudit)).all() == []
+        later = ["b", now - 30, "api_requests", "cus_alice", "1"]
+        _put(loop, "day.csv", usage_csv([other, row, later]))
+        run_poll_pass(deps)
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["a", "b", "x-mfx1"]
+
+
+def test_a_quarantined_row_the_customer_fixed_and_sent_is_not_re_run(loop: Loop) -> None:
+    """The poller refused a row (no meter by that name) and meterfix quarantined it; the
+    customer fixed the row in the file and uploaded it again, and the poller sent it as `x`.
+    The operator then mapped the old name and re-ran every quarantined row: the row went out
+    a second time as `x-mfx1` ("quarantined rows were never sent", but this one was since)."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)  # a sent; x refused by the poller
+        loop.drain()  # x quarantined: no meter matches `legacy_calls`
+        fixed = [*row[:2], "api_requests", *row[3:]]
+        _put(loop, "day.csv", usage_csv([other, fixed]))
+        run_poll_pass(deps)  # x sent, fixed
+        assert sorted(loop.accepted()) == ["a", "x"]
+        rules = Path(loop.settings.mfx_rules)
+        rules.write_text(RULES + '[event_names]\n"legacy_calls" = "api_requests"\n')
+        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+        loop.drain()
+        run_poll_pass(deps)
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["a", "x"]
+    with loop.session() as session:
+        held = session.exec(select(QuarantinedRow)).all()
+        [task] = session.exec(
+            select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.quarantine_rerun")
+        )
+    assert [(q.identifier, q.rerun_id) for q in held] == [("x", None)]  # left as it is
+    assert "1 left quarantined: the poller sent their identifiers since" in str(task.outcome)
+
+
+def test_a_row_stripe_refused_after_the_poller_sent_it_may_be_re_run(loop: Loop) -> None:
+    """The other side of the test above: the poller sent the row and Stripe refused it (a
+    customer it does not know, in an error report); quarantined, it was sent before it was
+    quarantined, never billed: the operator's re-run after mapping the customer sends it."""
+    now = int(time.time())
+    _put(loop, "day.csv", usage_csv([["g", now - 60, "api_requests", "cus_ghost", "5"]]))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)  # sent; Stripe reports it
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()  # quarantined: no rule maps cus_ghost
+        with loop.session() as session:
+            [held] = session.exec(select(QuarantinedRow)).all()
+        assert (held.identifier, held.code) == ("g", "meter_event_customer_not_found")
+        rules = Path(loop.settings.mfx_rules)
+        rules.write_text(RULES + '"cus_ghost" = "cus_alice"\n')
+        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+        loop.drain()
+        run_poll_pass(deps)  # the re-run's corrected file
+    finally:
+        runtime.close()
+    assert loop.accepted() == ["g-mfx1"]
+
+
+def test_a_refused_row_sent_fixed_before_its_remediation_ran_is_not_corrected(loop: Loop) -> None:
+    """The poller refused a row (a timestamp in milliseconds) and handed it to remediation;
+    before the worker got to it (a long run ahead of it), the customer fixed the row and
+    uploaded the file again, and the poller sent it. The remediation then corrected the
+    first version's row and sent it as `x-mfx1` too."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["x", (now - 60) * 1000, "api_requests", "cus_alice", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)  # a sent; x refused, its remediation queued
+        _put(loop, "day.csv", usage_csv([other, [row[0], now - 60, *row[2:]]]))
+        run_poll_pass(deps)  # x sent as fixed
+        assert sorted(loop.accepted()) == ["a", "x"]
+        loop.drain()  # the first version's refused rows
+        run_poll_pass(deps)
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["a", "x"]
+    with loop.session() as session:
+        assert session.exec(select(CorrectionAudit)).all() == []
+        assert session.exec(select(QuarantinedRow)).all() == []
+        [task] = session.exec(
+            select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.poller_rows")
+        )
+    assert (task.status, task.outcome) == (
+        "done",
+        f"remediated (poller:{task.event_id.split('poller_rows_')[1]}); 1 left out: sent "
+        "since from another version of the file",
+    )
 
 
 DATA = Path(__file__).parent.parent / "data" / "usage"

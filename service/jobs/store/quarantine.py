@@ -23,7 +23,7 @@ from sqlalchemy import (
 from service.db import Listing, Page, delete_batch, keyset
 from service.errors import BadParameter
 from service.jobs.store.runs import RUNS, finished_between
-from service.models._types import table_of
+from service.models._types import as_utc, table_of
 from service.models.alerts import AdminAction
 from service.models.remediation import (
     QuarantinedRow,
@@ -190,6 +190,24 @@ def rows_to_rerun(
         .order_by(QUARANTINE.c.id)
     )
     return [(int(row.id), int(row.generation)) for row in connection.execute(query)]
+
+
+def quarantined_at(connection: Connection, ids: Sequence[int]) -> Iterator[QuarantinedAt]:
+    """When each row with these ids that has an identifier was quarantined."""
+    chunks = iter(ids)
+    while chunk := list(islice(chunks, ID_BATCH)):
+        query = select(QUARANTINE.c.id, QUARANTINE.c.identifier, QUARANTINE.c.created_at).where(
+            QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None)
+        )
+        for row in connection.execute(query):
+            held = as_utc(row.created_at) or datetime.now(UTC)
+            yield QuarantinedAt(int(row.id), str(row.identifier), held)
+
+
+class QuarantinedAt(NamedTuple):
+    id: int
+    identifier: str
+    at: datetime
 
 
 def quarantined_entries(engine: Engine, ids: Sequence[int]) -> Iterator[QuarantinedEntry]:

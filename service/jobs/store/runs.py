@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     and_,
+    case,
     cast,
     delete,
     func,
@@ -637,20 +638,34 @@ def reruns_of(run_ids: Sequence[int]) -> Any:
     )
 
 
-def corrected_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
-    """Which of `identifiers` one of these runs corrected: its corrected row went out, or
-    will, under a derived identifier (`run_id` leads the audit's index with the identifier)."""
+def written_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` one of these runs wrote to a corrected output, so that it went
+    out, or will, under a derived identifier: corrected (the audit: `run_id` leads its index
+    with the identifier), or taken from quarantine by a re-run among them that did not
+    quarantine it again (a re-run sends unchanged a row that passes now: its meter was
+    created, its time is no longer ahead; no correction, no audit row)."""
     if not run_ids or not identifiers:
         return set()
+    runs = list(run_ids)
     audit = col(CorrectionAudit.identifier)
-    query = (
+    corrected = (
         select_model(CorrectionAudit.identifier)
-        .where(col(CorrectionAudit.run_id).in_(list(run_ids)))
+        .where(col(CorrectionAudit.run_id).in_(runs))
         .where(in_listed(audit, identifiers, engine))
         .distinct()
     )
+    held = col(QuarantinedRow.identifier)
+    still_held = func.max(case((col(QuarantinedRow.rerun_id).is_(None), 1), else_=0))
+    taken = (
+        select_model(held)
+        .where(col(QuarantinedRow.run_id).in_(runs))
+        .where(in_listed(held, identifiers, engine))
+        .group_by(held)
+        .having(still_held == 0)  # every quarantined entry of it taken by a re-run
+    )
     with Session(engine) as session:
-        return {str(identifier) for identifier in session.exec(query).all()}
+        found = [*session.exec(corrected).all(), *session.exec(taken).all()]
+    return {str(identifier) for identifier in found}
 
 
 def handled_queries(source: str, other_than: str | None = None) -> tuple[Any, Any]:
