@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
 from service.db import in_listed, is_postgres
-from service.jobs.store.runs import runs_correcting, written_among
+from service.jobs.store.runs import refused_among, runs_correcting, written_among
 from service.models import BucketObject, ImportedRow, PollerBatch
 from service.models._types import as_utc, table_of
 from service.poller.store import recordable
@@ -67,10 +67,12 @@ class OtherVersions:
     acknowledged and was first sent within the re-send horizon: sending them again is
     harmless then, and the only way to deliver them if their own version is gone). A row
     recorded as sent whose batch is not recorded was never sent (a batch is recorded before
-    it goes out). A row a run over the object (or a quarantine re-run of its rows) corrected
-    is left out too, in any version (the customer fixed by hand a row meterfix had corrected
-    and sent as `<id>-mfx1`: another identifier, which nothing dedupes). Each other version's
-    batches are read once per import."""
+    it goes out). A row Stripe refused after it was sent (an error report) that meterfix holds
+    in quarantine was never billed: a version holding it (fixed by hand) sends it. A row a run
+    over the object, or a quarantine re-run of its rows, corrected or re-sent unchanged is
+    left out too, in any version (the customer fixed by hand a row meterfix had sent as
+    `<id>-mfx1`: another identifier, which nothing dedupes). Each other version's batches
+    are read once per import."""
 
     def __init__(self, progress: ProgressStore, obj: ObjectInfo, now: datetime) -> None:
         self.progress, self.obj = progress, obj
@@ -81,6 +83,8 @@ class OtherVersions:
     def sent(self, identifiers: list[str]) -> set[str]:
         found = self.progress.sent_elsewhere(self.obj, identifiers)
         sent = {row.identifier for row in found if self._delivered(row)}
+        if sent:  # Stripe refused some of them (an error report) and they stay quarantined
+            sent -= refused_among(self.progress.engine, self._correcting(), sorted(sent))
         # a row a run over this object corrected (it failed in an earlier version): its
         # correction went out under a derived identifier, so the row itself must not
         rest = [i for i in identifiers if i not in sent and recordable(i)]

@@ -494,6 +494,34 @@ def test_a_refused_row_sent_fixed_before_its_remediation_ran_is_not_corrected(lo
     )
 
 
+def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_hand(
+    loop: Loop,
+) -> None:
+    """The poller sent a row and Stripe refused it (a customer it does not know, in an error
+    report); no rule maps the customer, so meterfix quarantined it: never billed. The
+    customer fixed the row in the file and uploaded it again: the poller left it out as a
+    row another version had sent (usage lost), although Stripe had refused it."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)  # both sent; Stripe reports g
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()  # g quarantined: no rule maps cus_ghost
+        with loop.session() as session:
+            assert [q.identifier for q in session.exec(select(QuarantinedRow))] == ["g"]
+        _put(loop, "day.csv", usage_csv([other, [*row[:3], "cus_alice", row[4]]]))
+        run_poll_pass(deps)
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["a", "g"]
+
+
 DATA = Path(__file__).parent.parent / "data" / "usage"
 
 

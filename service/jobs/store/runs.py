@@ -45,7 +45,7 @@ from service.db import (
     pg_copy_rows,
     session_scope,
 )
-from service.models import RunStatus
+from service.models import RunStatus, RunTrigger
 from service.models._types import table_of, utcnow
 from service.models.remediation import (
     CorrectionAudit,
@@ -666,6 +666,27 @@ def written_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[
     with Session(engine) as session:
         found = [*session.exec(corrected).all(), *session.exec(taken).all()]
     return {str(identifier) for identifier in found}
+
+
+def refused_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` Stripe refused after they were sent and these runs hold in
+    quarantine (an error report's run, or a re-run of its rows; not taken by a later
+    re-run): never billed, so a new version of the file that holds them fixed sends them."""
+    if not run_ids or not identifiers:
+        return set()
+    held = col(QuarantinedRow.identifier)
+    refused = (RunTrigger.ERROR_REPORT, RunTrigger.QUARANTINE_RERUN)
+    query = (
+        select_model(held)
+        .join(RemediationRun, col(RemediationRun.id) == col(QuarantinedRow.run_id))
+        .where(col(QuarantinedRow.run_id).in_(list(run_ids)))
+        .where(col(RemediationRun.trigger).in_([str(t) for t in refused]))
+        .where(col(QuarantinedRow.rerun_id).is_(None))
+        .where(in_listed(held, identifiers, engine))
+        .distinct()
+    )
+    with Session(engine) as session:
+        return {str(identifier) for identifier in session.exec(query).all()}
 
 
 def handled_queries(source: str, other_than: str | None = None) -> tuple[Any, Any]:
