@@ -6,6 +6,7 @@ them through `as_utc`. Every timestamp the service writes is UTC.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -22,6 +23,16 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+def latest(moments: Iterable[tuple[str, datetime | None]]) -> dict[str, datetime]:
+    """key -> the latest of its moments (a timestamp column read row by row: aggregated by
+    SQLite, it comes back as text)."""
+    found: dict[str, datetime] = {}
+    for key, moment in moments:
+        if moment is not None and (key not in found or moment > found[key]):
+            found[key] = moment
+    return found
 
 
 def created_at_field() -> Any:

@@ -81,14 +81,21 @@ class OtherVersions:
         self._runs: list[int] | None = None
 
     def sent(self, identifiers: list[str]) -> set[str]:
-        found = self.progress.sent_elsewhere(self.obj, identifiers)
-        sent = {row.identifier for row in found if self._delivered(row)}
-        if sent:  # Stripe refused some of them (an error report) and they stay quarantined
-            sent -= refused_among(self.progress.engine, self._correcting(), sorted(sent))
+        sent: dict[str, datetime] = {}  # identifier -> when its batch was first sent
+        for row in self.progress.sent_elsewhere(self.obj, identifiers):
+            batch = self._batch(row)
+            if batch is not None and self._delivered(batch):
+                known = sent.get(row.identifier)
+                sent[row.identifier] = max(known or batch.first_sent_at, batch.first_sent_at)
+        if sent:  # quarantined after it was sent: Stripe refused it (never billed)
+            held = refused_among(self.progress.engine, self._correcting(), sorted(sent))
+            for identifier, quarantined in held.items():
+                if quarantined > sent[identifier]:
+                    del sent[identifier]
         # a row a run over this object corrected (it failed in an earlier version): its
         # correction went out under a derived identifier, so the row itself must not
         rest = [i for i in identifiers if i not in sent and recordable(i)]
-        return sent | written_among(self.progress.engine, self._correcting(), rest)
+        return set(sent) | written_among(self.progress.engine, self._correcting(), rest)
 
     def _correcting(self) -> list[int]:
         """The runs whose corrections are of this object's rows (read once per import)."""
@@ -96,15 +103,18 @@ class OtherVersions:
             self._runs = runs_correcting(self.progress.engine, self.obj.key)
         return self._runs
 
-    def _delivered(self, row: SentRow) -> bool:
+    def _batch(self, row: SentRow) -> SentBatch | None:
+        """The batch of its version that sent `row` (None: it never went out)."""
         if row.object_id not in self._batches:
             batches = self.progress.batches_of(row.object_id)
             self._batches[row.object_id] = ([b.first_row for b in batches], batches)
         starts, batches = self._batches[row.object_id]
         at = bisect_right(starts, row.row_number) - 1
         if at < 0 or row.row_number >= batches[at].first_row + batches[at].rows:
-            return False
-        batch = batches[at]
+            return None
+        return batches[at]
+
+    def _delivered(self, batch: SentBatch) -> bool:
         return batch.acked_at is not None or batch.first_sent_at <= self.horizon
 
 

@@ -23,7 +23,7 @@ from remediation.ports import ObjectInfo
 from remediation.records import UsageRecord
 from service.db import insert_or_ignore
 from service.models import BucketObject, ImportedRow, ObjectStatus, PollerBatch
-from service.models._types import as_utc, table_of, utcnow
+from service.models._types import as_utc, latest, table_of, utcnow
 
 MAX_IDENTIFIER = 512  # imported_rows.identifier (longer ones are not recorded)
 MAX_EVENT_NAME = 255
@@ -274,23 +274,13 @@ def sent_moments(engine: Engine, identifiers: set[str]) -> dict[str, datetime]:
         rows.c.row_number < batches.c.first_row + batches.c.rows,
     )
     query = (
-        select(rows.c.identifier, func.max(batches.c.first_sent_at))
+        select(rows.c.identifier, batches.c.first_sent_at)
         .select_from(rows.join(objects, version).join(batches, within))
         .where(rows.c.identifier.in_(identifiers), rows.c.sent.is_(True))
-        .group_by(rows.c.identifier)
     )
     with engine.connect() as connection:
         found = connection.execute(query).all()
-    return {str(identifier): moment for identifier, moment in _moments(found)}
-
-
-def _moments(found: Sequence[Any]) -> Iterator[tuple[str, datetime]]:
-    for identifier, moment in found:
-        # SQLite hands back an aggregate of a timestamp column as its text
-        when = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
-        utc = as_utc(when)
-        if utc is not None:
-            yield str(identifier), utc
+    return latest((str(row.identifier), as_utc(row.first_sent_at)) for row in found)
 
 
 def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, tuple[str, str]]:

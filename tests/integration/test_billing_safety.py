@@ -522,6 +522,36 @@ def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_han
     assert sorted(loop.accepted()) == ["a", "g"]
 
 
+def test_a_row_a_rerun_held_before_it_was_sent_fixed_is_not_sent_by_the_next_version(
+    loop: Loop,
+) -> None:
+    """A row the poller refused was quarantined, and a re-run held it again (the rules were
+    not fixed); the customer then fixed the row in the file and the poller sent it. The day's
+    next rewrite sent it once more: the re-run's quarantined row was taken for a row Stripe
+    refused after it was sent (a day later, past Stripe's dedupe window, billed twice)."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
+    fixed = [*row[:2], "api_requests", *row[3:]]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        run_poll_pass(deps)  # a sent; x refused by the poller
+        loop.drain()  # x quarantined
+        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+        loop.drain()  # held again by the re-run
+        _put(loop, "day.csv", usage_csv([other, fixed]))
+        run_poll_pass(deps)  # x sent, fixed
+        _put(loop, "day.csv", usage_csv([other, fixed, ["b", now - 30, *fixed[2:]]]))
+        report = run_poll_pass(deps)
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["a", "b", "x"]
+    assert loop.sandbox.duplicates() == []
+    assert report.left_out == 2  # a and x
+
+
 DATA = Path(__file__).parent.parent / "data" / "usage"
 
 

@@ -46,7 +46,7 @@ from service.db import (
     session_scope,
 )
 from service.models import RunStatus, RunTrigger
-from service.models._types import table_of, utcnow
+from service.models._types import as_utc, latest, table_of, utcnow
 from service.models.remediation import (
     CorrectionAudit,
     OutputObject,
@@ -668,25 +668,29 @@ def written_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[
     return {str(identifier) for identifier in found}
 
 
-def refused_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
-    """Which of `identifiers` Stripe refused after they were sent and these runs hold in
-    quarantine (an error report's run, or a re-run of its rows; not taken by a later
-    re-run): never billed, so a new version of the file that holds them fixed sends them."""
+def refused_among(
+    engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
+) -> dict[str, datetime]:
+    """identifier -> when it was last quarantined, for those of `identifiers` these runs hold
+    in quarantine (not taken by a later re-run) after an error report's run or a re-run
+    quarantined them. Quarantined after it was sent, such a row is one Stripe refused: never
+    billed, so a new version of the file that holds it fixed sends it (the caller compares
+    with when it was sent)."""
     if not run_ids or not identifiers:
-        return set()
+        return {}
     held = col(QuarantinedRow.identifier)
     refused = (RunTrigger.ERROR_REPORT, RunTrigger.QUARANTINE_RERUN)
     query = (
-        select_model(held)
+        select_model(held, col(QuarantinedRow.created_at))
         .join(RemediationRun, col(RemediationRun.id) == col(QuarantinedRow.run_id))
         .where(col(QuarantinedRow.run_id).in_(list(run_ids)))
         .where(col(RemediationRun.trigger).in_([str(t) for t in refused]))
         .where(col(QuarantinedRow.rerun_id).is_(None))
         .where(in_listed(held, identifiers, engine))
-        .distinct()
     )
     with Session(engine) as session:
-        return {str(identifier) for identifier in session.exec(query).all()}
+        found = session.exec(query).all()
+    return latest((str(identifier), as_utc(moment)) for identifier, moment in found)
 
 
 def handled_queries(source: str, other_than: str | None = None) -> tuple[Any, Any]:
