@@ -68,8 +68,9 @@ def rerun_key(action_ref: str, generation: int) -> str:
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     picked, billed = _pick(ctx.engine, action_ref)
     left = (
-        f"; {billed} left quarantined: the poller sent their identifiers since, from a "
-        "later version of their file or a copy (billed as they are)"
+        f"; {billed} left quarantined: billed as they are since, from a later version of "
+        "their file or a copy (the poller sent their identifiers, or Stripe's connector took "
+        "them again)"
         if billed
         else ""
     )
@@ -117,7 +118,8 @@ def _rerun(ctx: RunContext, action_ref: str, generation: int, ids: list[int]) ->
 
 def _pick(engine: Engine, action_ref: str) -> tuple[list[tuple[int, int]], int]:
     """(id, generation of the run that quarantined it) of each row to re-run, and how many
-    rows the filter picked that are left: billed as they are since (`_sent_since`)."""
+    rows the filter picked that are left: billed as they are since (`_sent_since`, and rows
+    Stripe's connector took again: `mark_taken_again`)."""
     with engine.connect() as connection:
         detail = rerun_detail(connection, int(action_ref)) if action_ref.isdigit() else None
         filters = None if detail is None else detail.get("filters")
@@ -128,14 +130,16 @@ def _pick(engine: Engine, action_ref: str) -> tuple[list[tuple[int, int]], int]:
             found = QuarantineFilter.from_query({str(k): str(v) for k, v in filters.items()})
         except BadParameter as exc:
             raise RerunInputMissing(f"admin action {action_ref}: {exc}") from exc
-        picked = rows_to_rerun(
+        listed = rows_to_rerun(
             connection,
             found,
             f"quarantine_rerun:{action_ref}",
             through if isinstance(through, int) else None,
         )
+        picked = [(row_id, generation) for row_id, generation, again in listed if not again]
         billed = _sent_since(engine, connection, [row_id for row_id, _ in picked])
-    return [row for row in picked if row[0] not in billed], len(billed)
+    kept = [row for row in picked if row[0] not in billed]
+    return kept, len(listed) - len(kept)
 
 
 def _sent_since(engine: Engine, connection: Connection, ids: list[int]) -> set[int]:

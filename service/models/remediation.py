@@ -141,6 +141,10 @@ class QuarantinedRow(SQLModel, table=True):
     )
     # Set when "re-run with current rules" took the row into a new run (it stays on record).
     rerun_id: int | None = None
+    # Index mode: the object version Stripe's connector took the row again from (the customer
+    # uploaded the file again, the row fixed or not): billed as it is there, or refused again
+    # and quarantined anew. A re-run leaves such a row (migration 0006).
+    taken_again: str | None = text_field()
 
 
 class OutputObject(SQLModel, table=True):

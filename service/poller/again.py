@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
+from service.jobs.store.quarantine import mark_taken_again
 from service.jobs.store.runs import runs_correcting, written_among
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
@@ -45,13 +46,21 @@ class TakenAgain:
         self.corrected = 0
         self.runs: list[int] | None = None  # the runs correcting this object's rows
         self.corrected_samples: list[str] = []
+        self.held = 0  # rows meterfix holds in quarantine, taken again (marked so)
 
     def check(self, refs: Sequence[RowRef]) -> None:
-        """Look the rows up before they are recorded (one query per call)."""
+        """Look the rows up before they are recorded (one query per call, one more for the
+        rows this object's runs hold in quarantine)."""
         if self.uploaded is None:
             return
         here = (self.obj.key, self.obj.etag)
         identifiers = {r.identifier for r in refs if recordable(r.identifier)}
+        if self.runs is None:
+            self.runs = runs_correcting(self.engine, self.obj.key)
+        label = f"{self.obj.key} (ETag {self.obj.etag}, uploaded {self._stamp(self.uploaded)})"
+        self.held += mark_taken_again(
+            self.engine, self.runs, sorted(identifiers), label, self.uploaded
+        )
         for identifier, version in first_versions(self.engine, identifiers).items():
             if version == here:
                 continue
@@ -64,8 +73,6 @@ class TakenAgain:
                 identifiers.discard(identifier)
         if not identifiers:
             return
-        if self.runs is None:
-            self.runs = runs_correcting(self.engine, self.obj.key)
         for identifier in sorted(written_among(self.engine, self.runs, list(identifiers))):
             self.corrected += 1
             if len(self.corrected_samples) < SAMPLES:
@@ -78,9 +85,11 @@ class TakenAgain:
         return self.versions[version]
 
     def alert(self) -> None:
-        """A warning alert when rows were counted."""
+        """A warning alert when rows billed before were counted; an info alert when only rows
+        meterfix held in quarantine were taken again."""
         total = self.rows + self.corrected
         if not total:
+            self._held_alert()
             return
         earlier = sorted(self.counted)
         named = ", ".join(f"{key} ({self._when(key, etag)})" for key, etag in earlier[:3])
@@ -96,6 +105,8 @@ class TakenAgain:
                 f"{_rows(self.corrected)} of it meterfix corrected before (billed as "
                 "`<identifier>-mfx<n>`): taken again, fixed or not, they are billed twice."
             )
+        if self.held:
+            said.append(self._held_said())
         raise_alert(
             self.engine,
             key=f"poller.taken_again:{self.obj.key}:{self.obj.etag}",
@@ -114,11 +125,40 @@ class TakenAgain:
                 "earlier": [{"key": key, "etag": etag} for key, etag in earlier],
                 "corrected": self.corrected,
                 "corrected_identifiers": self.corrected_samples,
+                "quarantined_taken_again": self.held,
             },
             rows=total,
             links={
                 "objects": [self.obj.key, *sorted({key for key, _ in earlier} - {self.obj.key})]
             },
+        )
+
+    def _held_said(self) -> str:
+        return (
+            f"{_rows(self.held)} of it meterfix holds in quarantine: Stripe takes them again "
+            "from this version (billed as they are, or refused again and quarantined anew), "
+            "so a quarantine re-run leaves them."
+        )
+
+    def _held_alert(self) -> None:
+        if not self.held:
+            return
+        raise_alert(
+            self.engine,
+            key=f"poller.taken_again:{self.obj.key}:{self.obj.etag}",
+            severity="info",
+            kind="poller.taken_again",
+            subject=f"{self.obj.key}: {_rows(self.held)} held in quarantine, taken again",
+            message=f"{self.obj.key} (uploaded {self._stamp(self.uploaded)}): {self._held_said()}",
+            detail={
+                "key": self.obj.key,
+                "etag": self.obj.etag,
+                "rows": 0,
+                "corrected": 0,
+                "quarantined_taken_again": self.held,
+            },
+            rows=self.held,
+            links={"objects": [self.obj.key]},
         )
 
     def _when(self, key: str, etag: str) -> str:

@@ -4,6 +4,8 @@ batches for the CSV download.
 
 Rows a re-run took (`rerun_id` set) are replaced by that re-run's own rows, so lists leave
 them out, unless they ask for one run's rows (`run=`): a run's page shows all it quarantined.
+Rows Stripe's connector took again from a later version of their object (`taken_again`, index
+mode) stay listed, with that version named: a re-run leaves them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ CSV_COLUMNS = (
     "payload",
     "record",
     "rerun_id",
+    "taken_again",
 )
 
 
@@ -64,6 +67,7 @@ def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "customer": row["customer"],
         "created_at": iso(row["created_at"]),
         "rerun_id": row["rerun_id"],
+        "taken_again": row["taken_again"],
         "record": record,
     }
 

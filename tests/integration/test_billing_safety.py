@@ -432,7 +432,7 @@ def test_a_quarantined_row_the_customer_fixed_and_sent_is_not_re_run(loop: Loop)
             select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.quarantine_rerun")
         )
     assert [(q.identifier, q.rerun_id) for q in held] == [("x", None)]  # left as it is
-    assert "1 left quarantined: the poller sent their identifiers since" in str(task.outcome)
+    assert "1 left quarantined: billed as they are since, from a later version" in str(task.outcome)
 
 
 def test_a_row_stripe_refused_after_the_poller_sent_it_may_be_re_run(loop: Loop) -> None:

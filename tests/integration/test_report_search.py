@@ -13,20 +13,23 @@ from pathlib import Path
 
 import pytest
 import stripe
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from sandbox.defaults import SANDBOX_API_KEY
 from sandbox.events import build_error_report_event
 from service.jobs import runs as job_runs
+from service.jobs.store.quarantine import QuarantineFilter
 from service.models import (
     Alert,
     BucketObject,
     CorrectionAudit,
     ErrorReport,
     ImportedRow,
+    QuarantinedRow,
     RemediationRun,
 )
 from service.poller.passes import PollerDeps, run_poll_pass
+from service.web.actions import Actor, queue_rerun
 from service.worker import inbox
 from tests.integration import test_e2e_index
 from tests.integration.test_billing_safety import (
@@ -398,3 +401,42 @@ def test_index_mode_says_when_stripe_takes_a_row_meterfix_corrected_again(
     assert (alert.detail["rows"], alert.detail["identifiers"]) == (0, [])  # a: the same day
     assert "1 row of it meterfix corrected before" in alert.message
     assert alert.subject == "usage/day.csv: 1 row billed before, taken again"
+
+
+def test_index_mode_leaves_quarantined_rows_stripe_took_again_out_of_a_rerun(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """Stripe refused a row (a customer it does not know) and meterfix quarantined it; the
+    customer fixed the row and uploaded the file again, and Stripe's connector billed it. The
+    operator then mapped the old customer and re-ran the quarantine: the row went out a
+    second time as `x-mfx1`. Indexing the new version marks the quarantined row as taken
+    again; the re-run leaves it, and an alert says so."""
+    now = int(time.time())
+    base = {"event_name": "api_requests", "value": "5", "timestamp": now - 60}
+    ok = {**base, "identifier": "a", "customer": "cus_alice"}
+    broken = {**base, "identifier": "x", "customer": "cus_ghost"}
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, broken], "csv"))
+    _cycle(loop, deps)  # x refused by Stripe, quarantined: nothing maps cus_ghost
+    with loop.session() as session:
+        [held] = session.exec(select(QuarantinedRow)).all()
+    assert (held.identifier, held.taken_again) == ("x", None)
+    fixed = {**broken, "customer": "cus_alice"}
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, fixed], "csv"))
+    _cycle(loop, deps)  # Stripe takes it whole: a deduped, x billed
+    assert sorted(loop.accepted()) == ["a", "x"]
+
+    Path(loop.settings.mfx_rules).write_text(RULES + '"cus_ghost" = "cus_alice"\n')
+    queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+    loop.drain()
+    loop.sandbox.connector_poll()
+    assert sorted(loop.accepted()) == ["a", "x"]
+    with loop.session() as session:
+        [held] = session.exec(select(QuarantinedRow)).all()
+        [alert] = session.exec(select(Alert).where(Alert.kind == "poller.taken_again")).all()
+        version = session.exec(select(BucketObject).order_by(col(BucketObject.id).desc())).first()
+    assert version is not None and held.rerun_id is None
+    assert held.taken_again is not None
+    assert held.taken_again.startswith(f"usage/day.csv (ETag {version.etag}, uploaded ")
+    assert (alert.severity, alert.rows) == ("info", 1)
+    assert alert.subject == "usage/day.csv: 1 row held in quarantine, taken again"
+    assert "a quarantine re-run leaves them" in alert.message

@@ -154,12 +154,29 @@ def test_quarantine_page_filters_downloads_and_reruns(dashboard: Dashboard) -> N
         [
             {"identifier": "keep-1", "code": "no_meter", "meter": "api", "customer": "cus_9"},
             {"identifier": "other-2", "code": "archived_meter", "meter": "old", "customer": "c2"},
+            {
+                "identifier": "again-3",
+                "code": "no_meter",
+                "meter": "api",
+                "customer": "c3",
+                "taken_again": "usage/day.csv (ETag e2, uploaded 2026-12-04 10:00 UTC)",
+            },
         ],
     )
     dashboard.login()
     html = dashboard.page("/quarantine?code=no_meter&customer=cus_9")
     assert html.count('data-testid="quarantine-row"') == 1 and "keep-1" in html
     assert "reason for keep-1" in html and "other-2" not in html
+    assert 'data-testid="q-taken-again"' not in html
+    again = dashboard.page("/quarantine?customer=c3")
+    assert (
+        "taken again by Stripe from usage/day.csv (ETag e2, uploaded 2026-12-04 10:00 UTC): "
+        "a re-run leaves it" in again
+    )
+    api = dashboard.browser.get(dashboard.url + "/api/quarantine?customer=c3").json()
+    assert [r["taken_again"] for r in api["data"]] == [
+        "usage/day.csv (ETag e2, uploaded 2026-12-04 10:00 UTC)"
+    ]
     assert 'href="/api/quarantine.csv?code=no_meter&amp;customer=cus_9"' in html
     csv_text = dashboard.browser.get(
         dashboard.url + "/api/quarantine.csv?code=no_meter&customer=cus_9"

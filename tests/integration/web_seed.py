@@ -138,7 +138,7 @@ def bucket_object(engine: Engine, key: str, status: str = "imported", **values: 
 
 
 def quarantined(engine: Engine, run_id: int, rows: list[dict[str, Any]]) -> list[int]:
-    """Rows given as {identifier, code, meter, customer, created_at?, value?}."""
+    """Rows given as {identifier, code, meter, customer, created_at?, value?, taken_again?}."""
     values = []
     for number, given in enumerate(rows, start=1):
         meter, customer = given.get("meter"), given.get("customer")
@@ -162,6 +162,7 @@ def quarantined(engine: Engine, run_id: int, rows: list[dict[str, Any]]) -> list
                 "customer": customer,
                 "record": record,
                 "created_at": given.get("created_at", NOW),
+                "taken_again": given.get("taken_again"),
             }
         )
     return _insert(engine, QuarantinedRow, values)

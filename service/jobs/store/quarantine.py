@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 
-from service.db import Listing, Page, delete_batch, keyset
+from service.db import Listing, Page, delete_batch, in_listed, keyset
 from service.errors import BadParameter
 from service.jobs.store.runs import RUNS, finished_between
 from service.models._types import as_utc, table_of
@@ -152,7 +152,10 @@ def list_quarantine(connection: Connection, found: QuarantineFilter, page: Page)
 
 
 def count_quarantine(connection: Connection, found: QuarantineFilter) -> int:
-    query = select(func.count()).select_from(QUARANTINE).where(*quarantine_conditions(found))
+    """The rows a re-run of `found` would take: not the rows Stripe's connector took again
+    (`mark_taken_again`), which it leaves."""
+    where = [*quarantine_conditions(found), QUARANTINE.c.taken_again.is_(None)]
+    query = select(func.count()).select_from(QUARANTINE).where(*where)
     return int(connection.execute(query).scalar_one())
 
 
@@ -168,10 +171,11 @@ def latest_quarantined_id(connection: Connection) -> int:
 
 def rows_to_rerun(
     connection: Connection, found: QuarantineFilter, run_key: str, through: int | None = None
-) -> list[tuple[int, int]]:
-    """(id, generation of the run that quarantined it: 1 when that run is gone) of each row
-    the filter picks for the re-run `run_key` (oldest first; up to id `through`), never the
-    rows of that re-run's own runs (`run_key`, `run_key:g<n>`) nor rows another re-run took."""
+) -> list[tuple[int, int, bool]]:
+    """(id, generation of the run that quarantined it: 1 when that run is gone, whether
+    Stripe's connector took it again: `mark_taken_again`) of each row the filter picks for the
+    re-run `run_key` (oldest first; up to id `through`), never the rows of that re-run's own
+    runs (`run_key`, `run_key:g<n>`) nor rows another re-run took."""
     own = select(RUNS.c.id).where(
         (RUNS.c.run_key == run_key)
         | (func.substr(RUNS.c.run_key, 1, len(run_key) + 2) == f"{run_key}:g")
@@ -184,12 +188,19 @@ def rows_to_rerun(
     if through is not None:
         where.append(QUARANTINE.c.id <= through)
     query = (
-        select(QUARANTINE.c.id, func.coalesce(RUNS.c.generation, 1).label("generation"))
+        select(
+            QUARANTINE.c.id,
+            func.coalesce(RUNS.c.generation, 1).label("generation"),
+            QUARANTINE.c.taken_again,
+        )
         .select_from(QUARANTINE.outerjoin(RUNS, RUNS.c.id == QUARANTINE.c.run_id))
         .where(*where)
         .order_by(QUARANTINE.c.id)
     )
-    return [(int(row.id), int(row.generation)) for row in connection.execute(query)]
+    return [
+        (int(row.id), int(row.generation), row.taken_again is not None)
+        for row in connection.execute(query)
+    ]
 
 
 def quarantined_at(connection: Connection, ids: Sequence[int]) -> Iterator[QuarantinedAt]:
@@ -238,6 +249,39 @@ def mark_rerun(engine: Engine, ids: Sequence[int], run_id: int) -> None:
             connection.execute(
                 update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(rerun_id=run_id)
             )
+
+
+def mark_taken_again(
+    engine: Engine,
+    run_ids: Sequence[int],
+    identifiers: Sequence[str],
+    version: str,
+    uploaded: datetime,
+) -> int:
+    """Index mode: the rows these runs hold in quarantine (not taken by a re-run, not marked
+    yet) under one of `identifiers`, quarantined before `uploaded`, are taken again by
+    Stripe's connector from the object version `version`, uploaded then: marked with it.
+    Rows quarantined after the upload are that version's own failures. How many."""
+    if not run_ids or not identifiers:
+        return 0
+    query = select(QUARANTINE.c.id, QUARANTINE.c.created_at).where(
+        QUARANTINE.c.run_id.in_(list(run_ids)),
+        QUARANTINE.c.rerun_id.is_(None),
+        QUARANTINE.c.taken_again.is_(None),
+        in_listed(QUARANTINE.c.identifier, identifiers, engine),
+    )
+    # S3 keeps whole seconds (rounded down): a row quarantined within the second the version
+    # was uploaded in was quarantined before it (a version's own failures come far later)
+    bound = uploaded + timedelta(seconds=1)
+    with engine.begin() as connection:
+        rows = connection.execute(query).all()
+        ids = [int(row.id) for row in rows if (as_utc(row.created_at) or bound) < bound]
+        chunks = iter(ids)
+        while chunk := list(islice(chunks, ID_BATCH)):
+            connection.execute(
+                update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(taken_again=version)
+            )
+    return len(ids)
 
 
 def top_quarantine_group(engine: Engine, run_id: int) -> tuple[str | None, str | None, str | None]:
