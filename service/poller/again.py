@@ -102,8 +102,8 @@ class TakenAgain:
             )
         if self.corrected:
             said.append(
-                f"{_rows(self.corrected)} of it meterfix corrected before (billed as "
-                "`<identifier>-mfx<n>`): taken again, fixed or not, they are billed twice."
+                f"{_rows(self.corrected)} of it meterfix corrected or re-sent before (billed "
+                "as `<identifier>-mfx<n>`): taken again, fixed or not, they are billed twice."
             )
         if self.held:
             said.append(self._held_said())

@@ -7,6 +7,8 @@ twice."""
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -399,7 +401,7 @@ def test_index_mode_says_when_stripe_takes_a_row_meterfix_corrected_again(
     assert alert.detail is not None
     assert (alert.detail["corrected"], alert.detail["corrected_identifiers"]) == (1, ["x"])
     assert (alert.detail["rows"], alert.detail["identifiers"]) == (0, [])  # a: the same day
-    assert "1 row of it meterfix corrected before" in alert.message
+    assert "1 row of it meterfix corrected or re-sent before" in alert.message
     assert alert.subject == "usage/day.csv: 1 row billed before, taken again"
 
 
@@ -440,3 +442,34 @@ def test_index_mode_leaves_quarantined_rows_stripe_took_again_out_of_a_rerun(
     assert (alert.severity, alert.rows) == ("info", 1)
     assert alert.subject == "usage/day.csv: 1 row held in quarantine, taken again"
     assert "a quarantine re-run leaves them" in alert.message
+
+
+def test_index_mode_says_when_stripe_takes_rows_meterfix_resent_unchanged_again(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """A whole file failed (`;` between fields, `event` for `event_name`); meterfix repaired
+    it and re-sent its rows unchanged as `<id>-mfx1` (counted valid: no correction, no audit
+    row). The customer also fixed the file by hand and uploaded it again: Stripe's connector
+    bills every row a second time, and no alert said so."""
+    now = int(time.time())
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=";", lineterminator="\n")
+    writer.writerow(["identifier", "timestamp", "event", "payload_stripe_customer_id", "value"])
+    for identifier in ("a", "b"):
+        writer.writerow([identifier, now - 60, "api_requests", "cus_alice", "5"])
+    Path(loop.settings.mfx_rules).write_text(RULES + '[columns]\n"event" = "event_name"\n')
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=out.getvalue().encode())
+    _cycle(loop, deps)  # Stripe fails the whole file; meterfix repairs it
+    _cycle(loop, deps)  # the corrected file, indexed and taken
+    assert sorted(loop.accepted()) == ["a-mfx1", "b-mfx1"]
+    with loop.session() as session:
+        assert session.exec(select(CorrectionAudit)).all() == []
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=_rows(["a", "b"]))
+    run_poll_pass(deps)
+
+    with loop.session() as session:
+        [alert] = session.exec(select(Alert).where(Alert.kind == "poller.taken_again")).all()
+    assert (alert.severity, alert.rows) == ("warning", 2)
+    assert alert.detail is not None
+    assert (alert.detail["corrected"], alert.detail["corrected_identifiers"]) == (2, ["a", "b"])
+    assert "2 rows of it meterfix corrected or re-sent before" in alert.message

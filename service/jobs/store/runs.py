@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
+from remediation.identifiers import derived_identifier
 from remediation.outcomes import corrections_batch
 from service.db import (
     PG_COPY_HEADER,
@@ -47,8 +48,10 @@ from service.db import (
 )
 from service.models import RunStatus, RunTrigger
 from service.models._types import as_utc, latest, table_of, utcnow
+from service.models.poller import ImportedRow
 from service.models.remediation import (
     CorrectionAudit,
+    OutputKind,
     OutputObject,
     QuarantinedRow,
     RemediationRun,
@@ -665,7 +668,42 @@ def written_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[
     )
     with Session(engine) as session:
         found = [*session.exec(corrected).all(), *session.exec(taken).all()]
-    return {str(identifier) for identifier in found}
+        written = {str(identifier) for identifier in found}
+        rest = [identifier for identifier in identifiers if identifier not in written]
+        return written | _resent_unchanged(session, engine, runs, rest)
+
+
+def _resent_unchanged(
+    session: Session, engine: Engine, runs: list[int], identifiers: Sequence[str]
+) -> set[str]:
+    """Which of `identifiers` these runs wrote unchanged to a corrected output that the
+    poller has imported or indexed since: a rejected row our validation passes (a whole-file
+    failure's rows, a failed-records row without an error) goes out as `<id>-mfx<n>`
+    counted valid, with no audit row. Its derived identifiers (either form: plain, or hashed
+    when the plain one was taken) are looked up among the poller's records of those outputs."""
+    if not identifiers:
+        return set()
+    outputs = session.exec(
+        select_model(OutputObject.key, OutputObject.generation)
+        .where(col(OutputObject.run_id).in_(runs))
+        .where(OutputObject.kind == OutputKind.CORRECTED)
+    ).all()
+    if not outputs:
+        return set()
+    keys, generations = sorted({key for key, _ in outputs}), {g for _, g in outputs}
+    derived: dict[str, str] = {}
+    for identifier in identifiers:
+        for generation in generations:
+            plain = derived_identifier(identifier, generation)
+            derived[plain] = identifier
+            derived[derived_identifier(identifier, generation, (plain,))] = identifier
+    held = col(ImportedRow.identifier)
+    query = (
+        select_model(held)
+        .where(col(ImportedRow.object_key).in_(keys))
+        .where(in_listed(held, list(derived), engine))
+    )
+    return {derived[str(identifier)] for identifier in session.exec(query).all()}
 
 
 def refused_among(
