@@ -95,7 +95,7 @@ def import_object(job: ObjectImport, obj: ObjectInfo, impset_id: str) -> tuple[I
         )
         # closing: a failure mid-file finishes the readers while their stream is still open
         with closing(chunks):
-            _send_all(job, obj, progress, chunks, failed_out, tally)
+            _send_all(job, obj, progress, chunks, failed_out, tally, others)
     failed = tally.failed
     import_set = save_poller_import_set(
         job.store.engine,
@@ -130,6 +130,7 @@ def _send_all(
     chunks: Iterator[ImportChunk],
     failed_out: FailedRecords,
     tally: ImportTally,
+    others: OtherVersions,
 ) -> None:
     """One stream of batches through the sink: a batch waiting out a backoff does not hold
     up the next ones. Batch i of this pass is number `acked_batches + i`."""
@@ -139,6 +140,7 @@ def _send_all(
         number, last_beat = progress.acked_batches, time.monotonic()
         while group := list(islice(chunks, CHUNKS_PER_GROUP)):
             sending = _record_group(job, obj, progress, group, number)
+            others.sending([ref.identifier for chunk in group for ref in chunk.rows if ref.sent])
             tally.failed += failed_out.write(chunk.failed for chunk in group)
             # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
             # do rows sent before by another object version or as meterfix's correction

@@ -22,9 +22,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
 from service.db import in_listed, is_postgres
+from service.jobs.store.quarantine import mark_taken_again
 from service.jobs.store.runs import refused_among, runs_correcting, written_among
 from service.models import BucketObject, ImportedRow, PollerBatch
-from service.models._types import as_utc, table_of
+from service.models._types import as_utc, table_of, utcnow
 from service.poller.store import recordable
 
 
@@ -96,6 +97,19 @@ class OtherVersions:
         # correction went out under a derived identifier, so the row itself must not
         rest = [i for i in identifiers if i not in sent and recordable(i)]
         return set(sent) | written_among(self.progress.engine, self._correcting(), rest)
+
+    def sending(self, identifiers: list[str]) -> None:
+        """Rows of this version about to be sent that a run over the object holds in
+        quarantine (quarantined before now) are taken again: marked so, a quarantine re-run
+        leaves them and an error report about them is a new refusal (their correction would
+        bill them a second time; the row sent is either billed or refused again)."""
+        recorded = [i for i in identifiers if recordable(i)]
+        runs = self._correcting() if recorded else []
+        if runs:
+            now = utcnow()
+            sent = f"sent by the poller {now:%Y-%m-%d %H:%M} UTC"
+            label = f"{self.obj.key} (ETag {self.obj.etag}), {sent}"
+            mark_taken_again(self.progress.engine, runs, recorded, label, now)
 
     def _correcting(self) -> list[int]:
         """The runs whose corrections are of this object's rows (read once per import)."""

@@ -402,9 +402,10 @@ def test_a_row_a_rerun_sent_unchanged_is_not_sent_again_with_the_rewritten_file(
 
 def test_a_quarantined_row_the_customer_fixed_and_sent_is_not_re_run(loop: Loop) -> None:
     """The poller refused a row (no meter by that name) and meterfix quarantined it; the
-    customer fixed the row in the file and uploaded it again, and the poller sent it as `x`.
-    The operator then mapped the old name and re-ran every quarantined row: the row went out
-    a second time as `x-mfx1` ("quarantined rows were never sent", but this one was since)."""
+    customer fixed the row and uploaded it in a new file, and the poller sent it as `x`. The
+    operator then mapped the old name and re-ran every quarantined row: the row went out a
+    second time as `x-mfx1` ("quarantined rows were never sent", but this one was since).
+    (The same file uploaded again marks the row taken again when it is sent: below.)"""
     now = int(time.time())
     other = ["a", now - 60, "api_requests", "cus_alice", "3"]
     row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
@@ -415,7 +416,7 @@ def test_a_quarantined_row_the_customer_fixed_and_sent_is_not_re_run(loop: Loop)
         run_poll_pass(deps)  # a sent; x refused by the poller
         loop.drain()  # x quarantined: no meter matches `legacy_calls`
         fixed = [*row[:2], "api_requests", *row[3:]]
-        _put(loop, "day.csv", usage_csv([other, fixed]))
+        _put(loop, "day-fixed.csv", usage_csv([fixed]))
         run_poll_pass(deps)  # x sent, fixed
         assert sorted(loop.accepted()) == ["a", "x"]
         rules = Path(loop.settings.mfx_rules)
@@ -550,6 +551,71 @@ def test_a_row_a_rerun_held_before_it_was_sent_fixed_is_not_sent_by_the_next_ver
     assert sorted(loop.accepted()) == ["a", "b", "x"]
     assert loop.sandbox.duplicates() == []
     assert report.left_out == 2  # a and x
+
+
+def test_a_quarantined_row_sent_again_unfixed_and_refused_again_is_not_lost(loop: Loop) -> None:
+    """Stripe refused a row the poller sent (a customer it does not know) and meterfix
+    quarantined it. The file was uploaded again with the row as it was: the poller sent it
+    again (Stripe had refused it, never billed), Stripe refused it again, and the new report
+    skipped it as a row a run over the object had handled. The operator then mapped the
+    customer and re-ran the quarantine: the row had been sent since it was quarantined, so the
+    re-run left it, and it was never billed. Now the second refusal is the report's, and the
+    re-run sends the row once."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        for body in (usage_csv([other, row]), usage_csv([other, row, ["b", now - 30, *other[2:]]])):
+            _put(loop, "day.csv", body)
+            run_poll_pass(deps)  # g sent; Stripe reports it
+            loop.sandbox_app.extensions["sandbox"].flush_reports()
+            loop.drain()  # g quarantined: no rule maps cus_ghost
+        rules = Path(loop.settings.mfx_rules)
+        rules.write_text(RULES + '"cus_ghost" = "cus_alice"\n')
+        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+        loop.drain()
+        run_poll_pass(deps)  # the re-run's corrected file
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["a", "b", "g-mfx1"]
+    assert max(originals_billed(loop).values()) == 1
+
+
+def test_a_refused_row_sent_fixed_by_hand_is_not_re_run(loop: Loop) -> None:
+    """Stripe refused a row the poller sent (a customer it does not know) and meterfix
+    quarantined it; the customer fixed the row in the file and the poller sent it again,
+    billed. The operator then mapped the old customer and re-ran the quarantine: the row was
+    recorded as sent by the first version, before it was quarantined, so the re-run sent it
+    as `g-mfx1` (billed twice)."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        for customer in ("cus_ghost", "cus_alice"):
+            _put(loop, "day.csv", usage_csv([other, [*row[:3], customer, row[4]]]))
+            run_poll_pass(deps)  # g sent; the first time Stripe reports it
+            loop.sandbox_app.extensions["sandbox"].flush_reports()
+            loop.drain()  # g quarantined: no rule maps cus_ghost
+        assert sorted(loop.accepted()) == ["a", "g"]
+        rules = Path(loop.settings.mfx_rules)
+        rules.write_text(RULES + '"cus_ghost" = "cus_alice"\n')
+        queued = queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+        loop.drain()
+        run_poll_pass(deps)
+    finally:
+        runtime.close()
+    assert sorted(loop.accepted()) == ["a", "g"]
+    assert (queued["queued"], queued["rows"]) == (False, 0)
+    with loop.session() as session:
+        [held] = session.exec(select(QuarantinedRow)).all()
+    assert held.rerun_id is None and held.taken_again is not None
+    assert held.taken_again.startswith("usage/day.csv (ETag ")
+    assert ", sent by the poller " in held.taken_again
 
 
 DATA = Path(__file__).parent.parent / "data" / "usage"

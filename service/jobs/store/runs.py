@@ -723,7 +723,7 @@ def refused_among(
         .join(RemediationRun, col(RemediationRun.id) == col(QuarantinedRow.run_id))
         .where(col(QuarantinedRow.run_id).in_(list(run_ids)))
         .where(col(RemediationRun.trigger).in_([str(t) for t in refused]))
-        .where(col(QuarantinedRow.rerun_id).is_(None))
+        .where(col(QuarantinedRow.rerun_id).is_(None), col(QuarantinedRow.taken_again).is_(None))
         .where(in_listed(held, identifiers, engine))
     )
     with Session(engine) as session:
@@ -752,5 +752,6 @@ def handled_queries(source: str, other_than: str | None = None) -> tuple[Any, An
         .distinct(),
         select_model(QuarantinedRow.identifier)
         .where(held_run, QuarantinedRow.source == source, held_identifier.is_not(None))
+        .where(col(QuarantinedRow.taken_again).is_(None))  # sent again since: a new refusal
         .distinct(),
     )
