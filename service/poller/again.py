@@ -86,10 +86,9 @@ class TakenAgain:
 
     def alert(self) -> None:
         """A warning alert when rows billed before were counted; an info alert when only rows
-        meterfix held in quarantine were taken again."""
+        meterfix held in quarantine were taken again (re-runs leave them: nothing to do)."""
         total = self.rows + self.corrected
-        if not total:
-            self._held_alert()
+        if not total and not self.held:
             return
         earlier = sorted(self.counted)
         named = ", ".join(f"{key} ({self._when(key, etag)})" for key, etag in earlier[:3])
@@ -106,17 +105,26 @@ class TakenAgain:
                 "as `<identifier>-mfx<n>`): taken again, fixed or not, they are billed twice."
             )
         if self.held:
-            said.append(self._held_said())
+            said.append(
+                f"{_rows(self.held)} of it meterfix holds in quarantine: Stripe takes them "
+                "again from this version (billed as they are, or refused again and quarantined "
+                "anew), so a quarantine re-run leaves them."
+            )
+        if total:
+            said.append(
+                "Upload only new rows, or let meterfix import (MFX_POLLER=on leaves them out)."
+            )
         raise_alert(
             self.engine,
             key=f"poller.taken_again:{self.obj.key}:{self.obj.etag}",
-            severity="warning",
+            severity="warning" if total else "info",
             kind="poller.taken_again",
-            subject=f"{self.obj.key}: {_rows(total)} billed before, taken again",
-            message=(
-                f"{self.obj.key} (uploaded {self._stamp(self.uploaded)}): {' '.join(said)} "
-                "Upload only new rows, or let meterfix import (MFX_POLLER=on leaves them out)."
+            subject=(
+                f"{self.obj.key}: {_rows(total)} billed before, taken again"
+                if total
+                else f"{self.obj.key}: {_rows(self.held)} held in quarantine, taken again"
             ),
+            message=f"{self.obj.key} (uploaded {self._stamp(self.uploaded)}): {' '.join(said)}",
             detail={
                 "key": self.obj.key,
                 "etag": self.obj.etag,
@@ -127,38 +135,10 @@ class TakenAgain:
                 "corrected_identifiers": self.corrected_samples,
                 "quarantined_taken_again": self.held,
             },
-            rows=total,
+            rows=total or self.held,
             links={
                 "objects": [self.obj.key, *sorted({key for key, _ in earlier} - {self.obj.key})]
             },
-        )
-
-    def _held_said(self) -> str:
-        return (
-            f"{_rows(self.held)} of it meterfix holds in quarantine: Stripe takes them again "
-            "from this version (billed as they are, or refused again and quarantined anew), "
-            "so a quarantine re-run leaves them."
-        )
-
-    def _held_alert(self) -> None:
-        if not self.held:
-            return
-        raise_alert(
-            self.engine,
-            key=f"poller.taken_again:{self.obj.key}:{self.obj.etag}",
-            severity="info",
-            kind="poller.taken_again",
-            subject=f"{self.obj.key}: {_rows(self.held)} held in quarantine, taken again",
-            message=f"{self.obj.key} (uploaded {self._stamp(self.uploaded)}): {self._held_said()}",
-            detail={
-                "key": self.obj.key,
-                "etag": self.obj.etag,
-                "rows": 0,
-                "corrected": 0,
-                "quarantined_taken_again": self.held,
-            },
-            rows=self.held,
-            links={"objects": [self.obj.key]},
         )
 
     def _when(self, key: str, etag: str) -> str:

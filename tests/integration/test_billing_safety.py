@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from sandbox.defaults import SANDBOX_API_KEY
 from service.config import Settings
 from service.jobs.store.quarantine import QuarantineFilter
 from service.models import CorrectionAudit, ErrorReport, InboxEvent, QuarantinedRow
-from service.poller.passes import build_poller_deps, run_poll_pass
+from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from service.web.actions import Actor, queue_rerun
 from tests.integration.test_e2e import BUCKET, RULES, Loop, _put, messy_rows, render, running_loop
@@ -57,6 +58,48 @@ def originals_billed(loop: Loop) -> Counter[str]:
             identifier = str(audit[identifier])
         counts[identifier.split("-mfx", 1)[0]] += 1
     return counts
+
+
+@contextmanager
+def bundled_poller(loop: Loop) -> Iterator[PollerDeps]:
+    """The bundled poller's dependencies over the loop's settings (import mode)."""
+    runtime = Runtime(loop.settings)
+    try:
+        yield build_poller_deps(runtime)
+    finally:
+        runtime.close()
+
+
+def rerun(loop: Loop) -> dict[str, object]:
+    """The operator re-runs every quarantined row ("Re-run with current rules"), and the
+    worker runs the task."""
+    queued = queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+    loop.drain()
+    return queued
+
+
+def reported(loop: Loop) -> None:
+    """Stripe sends its error reports now, and the worker handles them."""
+    loop.sandbox_app.extensions["sandbox"].flush_reports()
+    loop.drain()
+
+
+def add_rules(loop: Loop, tables: str) -> None:
+    Path(loop.settings.mfx_rules).write_text(RULES + tables)
+
+
+def a_row_the_poller_refused(
+    loop: Loop, deps: PollerDeps
+) -> tuple[int, list[object], list[object], list[object]]:
+    """The day's file: `a`, and `x` naming no meter (`legacy_calls`). The poller sends `a` and
+    refuses `x`; meterfix quarantines it. (now, a's row, x's row, x's row fixed by hand)"""
+    now = int(time.time())
+    other: list[object] = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row: list[object] = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    run_poll_pass(deps)
+    loop.drain()
+    return now, other, row, [*row[:2], "api_requests", *row[3:]]
 
 
 def usage_csv(rows: list[list[object]]) -> bytes:
@@ -179,15 +222,10 @@ def test_poller_and_error_report_resend_only_rejected_rows(loop: Loop) -> None:
         ["mapped", now - 60, "api_requests", "acme-42", "5"],  # Stripe reports it
     ]
     _put(loop, "partly.csv", usage_csv(rows))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
+    with bundled_poller(loop) as deps:
         for _ in range(3):
             run_poll_pass(deps)
-            loop.sandbox_app.extensions["sandbox"].flush_reports()
-            loop.drain()
-    finally:
-        runtime.close()
+            reported(loop)
     accepted = sorted(loop.accepted())
     assert accepted == sorted([*(f"b{n}" for n in range(30)), "ms-mfx1", "mapped-mfx1"])
     assert max(originals_billed(loop).values()) == 1
@@ -206,14 +244,9 @@ def test_a_customer_stripe_does_not_know_is_followed_past_its_samples_in_sending
     now = int(time.time())
     rows = [[f"k{n}", now - 60, "api_requests", "cus_unknown", "5"] for n in range(6)]
     _put(loop, "unknown.csv", usage_csv(rows))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
+    with bundled_poller(loop) as deps:
         run_poll_pass(deps)
-        loop.sandbox_app.extensions["sandbox"].flush_reports()  # 6 errors, 3 sampled
-        loop.drain()
-    finally:
-        runtime.close()
+        reported(loop)  # 6 errors, 3 sampled
     assert loop.accepted() == []
     with loop.session() as session:
         quarantined = session.exec(select(QuarantinedRow)).all()
@@ -232,24 +265,19 @@ def test_rows_an_earlier_version_of_a_rewritten_file_sent_are_not_taken_for_a_re
     before the deletion, by the first version, not after the sampled row: taken for the
     report, the rules' mapping re-sent them to another customer (billed twice)."""
     now = int(time.time())
-    Path(loop.settings.mfx_rules).write_text(RULES + '"cus_gone" = "cus_alice"\n')
+    add_rules(loop, '"cus_gone" = "cus_alice"\n')
     loop.sandbox.create_customer("cus_gone")
     old = [[f"o{n}", now - 120, "api_requests", "cus_gone", "5"] for n in range(2)]
     _put(loop, "day.csv", usage_csv(old))
-    runtime = Runtime(loop.settings)
     client = stripe.StripeClient(SANDBOX_API_KEY, base_addresses={"api": loop.sandbox.base_url})
-    try:
-        deps = build_poller_deps(runtime)
+    with bundled_poller(loop) as deps:
         run_poll_pass(deps)
         assert sorted(loop.accepted()) == ["o0", "o1"]  # billed
         client.v1.customers.delete("cus_gone")
         _put(loop, "day.csv", usage_csv([["n0", now - 60, "api_requests", "cus_gone", "5"], *old]))
         run_poll_pass(deps)  # n0 only: o0 and o1 were sent by the first version
-        loop.sandbox_app.extensions["sandbox"].flush_reports()  # 1 error: n0
-        loop.drain()
+        reported(loop)  # 1 error: n0
         run_poll_pass(deps)  # the corrected file
-    finally:
-        runtime.close()
     assert_only_the_new_row_was_mapped(loop)
 
 
@@ -274,9 +302,7 @@ def test_a_row_meterfix_corrected_is_not_sent_again_when_the_file_is_fixed_by_ha
     row = ["x", (now - 60) * 1000, "api_requests", "cus_alice", "5"]
     other = ["a", now - 60, "api_requests", "cus_alice", "3"]
     _put(loop, "day.csv", usage_csv([other, row]))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
+    with bundled_poller(loop) as deps:
         run_poll_pass(deps)  # a sent, x refused by the poller
         loop.drain()  # x corrected
         run_poll_pass(deps)  # the corrected file: x-mfx1
@@ -289,80 +315,35 @@ def test_a_row_meterfix_corrected_is_not_sent_again_when_the_file_is_fixed_by_ha
         )
         run_poll_pass(deps)
         loop.drain()
-    finally:
-        runtime.close()
     assert sorted(loop.accepted()) == ["a", "b", "x-mfx1"]
     assert max(originals_billed(loop).values()) == 1
 
 
+@pytest.mark.parametrize("held_again", [False, True], ids=["first_rerun", "second_rerun"])
 def test_a_row_an_operators_rerun_corrected_is_not_sent_again_when_fixed_by_hand(
-    loop: Loop,
+    loop: Loop, held_again: bool
 ) -> None:
     """The poller refused a row (no meter by that name) and meterfix quarantined it; the
     operator mapped the name and re-ran it: `x-mfx1` was billed. The customer then fixed the
     row in the file and uploaded it again: the re-run's correction, recorded with the re-run
-    as its source, was not seen, and `x` went out too (billed twice)."""
-    now = int(time.time())
-    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
-    row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
-    _put(loop, "day.csv", usage_csv([other, row]))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
-        run_poll_pass(deps)  # a sent; x refused by the poller
-        loop.drain()  # x quarantined: no meter matches `legacy_calls`
-        with loop.session() as session:
-            assert [q.identifier for q in session.exec(select(QuarantinedRow))] == ["x"]
-        rules = Path(loop.settings.mfx_rules)
-        rules.write_text(RULES + '[event_names]\n"legacy_calls" = "api_requests"\n')
-        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
-        loop.drain()
-        run_poll_pass(deps)  # the re-run's corrected file: x-mfx1
-        assert sorted(loop.accepted()) == ["a", "x-mfx1"]
-        fixed = [*row[:2], "api_requests", *row[3:]]
-        later = ["b", now - 30, "api_requests", "cus_alice", "1"]
-        _put(loop, "day.csv", usage_csv([other, fixed, later]))
-        run_poll_pass(deps)
-    finally:
-        runtime.close()
-    assert sorted(loop.accepted()) == ["a", "b", "x-mfx1"]
-    assert max(originals_billed(loop).values()) == 1
-
-
-def test_a_row_a_second_rerun_corrected_is_not_sent_again_when_fixed_by_hand(loop: Loop) -> None:
-    """As above, but the operator's first re-run quarantined the row again (the rules were not
-    changed yet) and a second re-run corrected it: its correction's source is the second
-    re-run, whose rows were quarantined by the first re-run, not by a run over the file, so
-    the row fixed by hand and uploaded again went out as `x` beside `x-mfx1`."""
-    now = int(time.time())
-    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
-    row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
-    _put(loop, "day.csv", usage_csv([other, row]))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
-        run_poll_pass(deps)  # a sent; x refused by the poller
-        loop.drain()  # x quarantined: no meter matches `legacy_calls`
-        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
-        loop.drain()  # the same rules: quarantined again, by the re-run
+    as its source, was not seen, and `x` went out too (billed twice). `held_again`: a first
+    re-run quarantined the row again (the rules were not changed yet) and a second one
+    corrected it, its rows quarantined by the first re-run, not by a run over the file."""
+    with bundled_poller(loop) as deps:
+        now, other, _row, fixed = a_row_the_poller_refused(loop, deps)
+        if held_again:
+            rerun(loop)  # the same rules: quarantined again, by the re-run
         with loop.session() as session:
             held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
-            assert [(q.identifier, q.rerun_id is None) for q in held] == [
-                ("x", False),
-                ("x", True),
-            ]
-        rules = Path(loop.settings.mfx_rules)
-        rules.write_text(RULES + '[event_names]\n"legacy_calls" = "api_requests"\n')
-        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
-        loop.drain()
-        run_poll_pass(deps)  # the second re-run's corrected file: x-mfx1
+        taken = [("x", False)] if held_again else []
+        assert [(q.identifier, q.rerun_id is None) for q in held] == [*taken, ("x", True)]
+        add_rules(loop, '[event_names]\n"legacy_calls" = "api_requests"\n')
+        rerun(loop)
+        run_poll_pass(deps)  # the (last) re-run's corrected file: x-mfx1
         assert sorted(loop.accepted()) == ["a", "x-mfx1"]
-        fixed = [*row[:2], "api_requests", *row[3:]]
         later = ["b", now - 30, "api_requests", "cus_alice", "1"]
         _put(loop, "day.csv", usage_csv([other, fixed, later]))
         run_poll_pass(deps)
-    finally:
-        runtime.close()
     assert sorted(loop.accepted()) == ["a", "b", "x-mfx1"]
     assert max(originals_billed(loop).values()) == 1
 
@@ -374,18 +355,10 @@ def test_a_row_a_rerun_sent_unchanged_is_not_sent_again_with_the_rewritten_file(
     operator created the meter and re-ran it: the row now passes as it is, counted valid and
     re-sent unchanged as `x-mfx1` (no correction, so no audit row). The file was then
     rewritten with a new row: the poller took `x` for a row never sent and billed it again."""
-    now = int(time.time())
-    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
-    row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
-    _put(loop, "day.csv", usage_csv([other, row]))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
-        run_poll_pass(deps)  # a sent; x refused by the poller
-        loop.drain()  # x quarantined: no meter matches `legacy_calls`
+    with bundled_poller(loop) as deps:
+        now, other, row, _fixed = a_row_the_poller_refused(loop, deps)
         loop.sandbox.create_meter("legacy_calls")
-        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
-        loop.drain()
+        rerun(loop)
         assert deps.meters is not None
         deps.meters.refresh()  # the poller's meters are cached for a while
         run_poll_pass(deps)  # the re-run's corrected file: x-mfx1, sent unchanged
@@ -395,8 +368,6 @@ def test_a_row_a_rerun_sent_unchanged_is_not_sent_again_with_the_rewritten_file(
         later = ["b", now - 30, "api_requests", "cus_alice", "1"]
         _put(loop, "day.csv", usage_csv([other, row, later]))
         run_poll_pass(deps)
-    finally:
-        runtime.close()
     assert sorted(loop.accepted()) == ["a", "b", "x-mfx1"]
 
 
@@ -406,26 +377,14 @@ def test_a_quarantined_row_the_customer_fixed_and_sent_is_not_re_run(loop: Loop)
     operator then mapped the old name and re-ran every quarantined row: the row went out a
     second time as `x-mfx1` ("quarantined rows were never sent", but this one was since).
     (The same file uploaded again marks the row taken again when it is sent: below.)"""
-    now = int(time.time())
-    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
-    row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
-    _put(loop, "day.csv", usage_csv([other, row]))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
-        run_poll_pass(deps)  # a sent; x refused by the poller
-        loop.drain()  # x quarantined: no meter matches `legacy_calls`
-        fixed = [*row[:2], "api_requests", *row[3:]]
+    with bundled_poller(loop) as deps:
+        _now, _other, _row, fixed = a_row_the_poller_refused(loop, deps)
         _put(loop, "day-fixed.csv", usage_csv([fixed]))
         run_poll_pass(deps)  # x sent, fixed
         assert sorted(loop.accepted()) == ["a", "x"]
-        rules = Path(loop.settings.mfx_rules)
-        rules.write_text(RULES + '[event_names]\n"legacy_calls" = "api_requests"\n')
-        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
-        loop.drain()
+        add_rules(loop, '[event_names]\n"legacy_calls" = "api_requests"\n')
+        rerun(loop)
         run_poll_pass(deps)
-    finally:
-        runtime.close()
     assert sorted(loop.accepted()) == ["a", "x"]
     with loop.session() as session:
         held = session.exec(select(QuarantinedRow)).all()
@@ -442,22 +401,15 @@ def test_a_row_stripe_refused_after_the_poller_sent_it_may_be_re_run(loop: Loop)
     quarantined, never billed: the operator's re-run after mapping the customer sends it."""
     now = int(time.time())
     _put(loop, "day.csv", usage_csv([["g", now - 60, "api_requests", "cus_ghost", "5"]]))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
+    with bundled_poller(loop) as deps:
         run_poll_pass(deps)  # sent; Stripe reports it
-        loop.sandbox_app.extensions["sandbox"].flush_reports()
-        loop.drain()  # quarantined: no rule maps cus_ghost
+        reported(loop)  # quarantined: no rule maps cus_ghost
         with loop.session() as session:
             [held] = session.exec(select(QuarantinedRow)).all()
         assert (held.identifier, held.code) == ("g", "meter_event_customer_not_found")
-        rules = Path(loop.settings.mfx_rules)
-        rules.write_text(RULES + '"cus_ghost" = "cus_alice"\n')
-        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
-        loop.drain()
+        add_rules(loop, '"cus_ghost" = "cus_alice"\n')
+        rerun(loop)
         run_poll_pass(deps)  # the re-run's corrected file
-    finally:
-        runtime.close()
     assert loop.accepted() == ["g-mfx1"]
 
 
@@ -470,17 +422,13 @@ def test_a_refused_row_sent_fixed_before_its_remediation_ran_is_not_corrected(lo
     other = ["a", now - 60, "api_requests", "cus_alice", "3"]
     row = ["x", (now - 60) * 1000, "api_requests", "cus_alice", "5"]
     _put(loop, "day.csv", usage_csv([other, row]))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
+    with bundled_poller(loop) as deps:
         run_poll_pass(deps)  # a sent; x refused, its remediation queued
         _put(loop, "day.csv", usage_csv([other, [row[0], now - 60, *row[2:]]]))
         run_poll_pass(deps)  # x sent as fixed
         assert sorted(loop.accepted()) == ["a", "x"]
         loop.drain()  # the first version's refused rows
         run_poll_pass(deps)
-    finally:
-        runtime.close()
     assert sorted(loop.accepted()) == ["a", "x"]
     with loop.session() as session:
         assert session.exec(select(CorrectionAudit)).all() == []
@@ -506,20 +454,14 @@ def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_han
     other = ["a", now - 60, "api_requests", "cus_alice", "3"]
     row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
     _put(loop, "day.csv", usage_csv([other, row]))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
+    with bundled_poller(loop) as deps:
         run_poll_pass(deps)  # both sent; Stripe reports g
-        loop.sandbox_app.extensions["sandbox"].flush_reports()
-        loop.drain()  # g quarantined: no rule maps cus_ghost
+        reported(loop)  # g quarantined: no rule maps cus_ghost
         with loop.session() as session:
             assert [q.identifier for q in session.exec(select(QuarantinedRow))] == ["g"]
         _put(loop, "day.csv", usage_csv([other, [*row[:3], "cus_alice", row[4]]]))
         run_poll_pass(deps)
-        loop.sandbox_app.extensions["sandbox"].flush_reports()
-        loop.drain()
-    finally:
-        runtime.close()
+        reported(loop)
     assert sorted(loop.accepted()) == ["a", "g"]
 
 
@@ -530,24 +472,13 @@ def test_a_row_a_rerun_held_before_it_was_sent_fixed_is_not_sent_by_the_next_ver
     not fixed); the customer then fixed the row in the file and the poller sent it. The day's
     next rewrite sent it once more: the re-run's quarantined row was taken for a row Stripe
     refused after it was sent (a day later, past Stripe's dedupe window, billed twice)."""
-    now = int(time.time())
-    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
-    row = ["x", now - 60, "legacy_calls", "cus_alice", "5"]
-    fixed = [*row[:2], "api_requests", *row[3:]]
-    _put(loop, "day.csv", usage_csv([other, row]))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
-        run_poll_pass(deps)  # a sent; x refused by the poller
-        loop.drain()  # x quarantined
-        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
-        loop.drain()  # held again by the re-run
+    with bundled_poller(loop) as deps:
+        now, other, _row, fixed = a_row_the_poller_refused(loop, deps)
+        rerun(loop)  # held again by the re-run
         _put(loop, "day.csv", usage_csv([other, fixed]))
         run_poll_pass(deps)  # x sent, fixed
         _put(loop, "day.csv", usage_csv([other, fixed, ["b", now - 30, *fixed[2:]]]))
         report = run_poll_pass(deps)
-    finally:
-        runtime.close()
     assert sorted(loop.accepted()) == ["a", "b", "x"]
     assert loop.sandbox.duplicates() == []
     assert report.left_out == 2  # a and x
@@ -565,21 +496,14 @@ def test_a_quarantined_row_sent_again_unfixed_and_refused_again_is_not_lost(loop
     other = ["a", now - 60, "api_requests", "cus_alice", "3"]
     row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
     _put(loop, "day.csv", usage_csv([other, row]))
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
+    with bundled_poller(loop) as deps:
         for body in (usage_csv([other, row]), usage_csv([other, row, ["b", now - 30, *other[2:]]])):
             _put(loop, "day.csv", body)
             run_poll_pass(deps)  # g sent; Stripe reports it
-            loop.sandbox_app.extensions["sandbox"].flush_reports()
-            loop.drain()  # g quarantined: no rule maps cus_ghost
-        rules = Path(loop.settings.mfx_rules)
-        rules.write_text(RULES + '"cus_ghost" = "cus_alice"\n')
-        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
-        loop.drain()
+            reported(loop)  # g quarantined: no rule maps cus_ghost
+        add_rules(loop, '"cus_ghost" = "cus_alice"\n')
+        rerun(loop)
         run_poll_pass(deps)  # the re-run's corrected file
-    finally:
-        runtime.close()
     assert sorted(loop.accepted()) == ["a", "b", "g-mfx1"]
     assert max(originals_billed(loop).values()) == 1
 
@@ -593,22 +517,15 @@ def test_a_refused_row_sent_fixed_by_hand_is_not_re_run(loop: Loop) -> None:
     now = int(time.time())
     other = ["a", now - 60, "api_requests", "cus_alice", "3"]
     row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
+    with bundled_poller(loop) as deps:
         for customer in ("cus_ghost", "cus_alice"):
             _put(loop, "day.csv", usage_csv([other, [*row[:3], customer, row[4]]]))
             run_poll_pass(deps)  # g sent; the first time Stripe reports it
-            loop.sandbox_app.extensions["sandbox"].flush_reports()
-            loop.drain()  # g quarantined: no rule maps cus_ghost
+            reported(loop)  # g quarantined: no rule maps cus_ghost
         assert sorted(loop.accepted()) == ["a", "g"]
-        rules = Path(loop.settings.mfx_rules)
-        rules.write_text(RULES + '"cus_ghost" = "cus_alice"\n')
-        queued = queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
-        loop.drain()
+        add_rules(loop, '"cus_ghost" = "cus_alice"\n')
+        queued = rerun(loop)
         run_poll_pass(deps)
-    finally:
-        runtime.close()
     assert sorted(loop.accepted()) == ["a", "g"]
     assert (queued["queued"], queued["rows"]) == (False, 0)
     with loop.session() as session:
