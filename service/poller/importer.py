@@ -135,12 +135,15 @@ def _send_all(
     """One stream of batches through the sink: a batch waiting out a backoff does not hold
     up the next ones. Batch i of this pass is number `acked_batches + i`."""
     acks = _Acknowledgements(job, progress)
+    # batch (its place in this pass) -> its rows a run over the object holds in quarantine:
+    # marked taken again once Stripe acknowledged the batch
+    held: dict[int, list[str]] = {}
 
     def batches() -> Iterator[list[dict[str, object]]]:
         number, last_beat = progress.acked_batches, time.monotonic()
         while group := list(islice(chunks, CHUNKS_PER_GROUP)):
             sending = _record_group(job, obj, progress, group, number)
-            others.sending([ref.identifier for chunk in group for ref in chunk.rows if ref.sent])
+            _note_held(others, group, sending, number - progress.acked_batches, held)
             tally.failed += failed_out.write(chunk.failed for chunk in group)
             # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
             # do rows sent before by another object version or as meterfix's correction
@@ -154,11 +157,34 @@ def _send_all(
                 job.beat()
                 last_beat = time.monotonic()
 
+    def acknowledged(index: int) -> None:
+        acks.add(index)
+        if index in held:
+            others.taken_again(held.pop(index))
+
     try:
-        sent = _send(job.sink, batches(), acks.add)  # iterating counts skipped rows in tally
+        sent = _send(job.sink, batches(), acknowledged)  # iterating counts skipped rows in tally
         tally.sent += sent
     finally:
         acks.flush()
+
+
+def _note_held(
+    others: OtherVersions,
+    group: list[ImportChunk],
+    sending: list[list[dict[str, object]]],
+    first: int,
+    held: dict[int, list[str]],
+) -> None:
+    """Note, by the place in this pass of each batch of `sending` (from `first`), its rows a
+    run over the object holds in quarantine (one query a group)."""
+    quarantined = others.held([ref.identifier for c in group for ref in c.rows if ref.sent])
+    if not quarantined:
+        return
+    for at, events in enumerate(sending):
+        found = [str(e["identifier"]) for e in events if e["identifier"] in quarantined]
+        if found:
+            held[first + at] = found
 
 
 def _record_group(

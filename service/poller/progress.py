@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
 from service.db import in_listed, is_postgres
-from service.jobs.store.quarantine import mark_taken_again
+from service.jobs.store.quarantine import held_among, mark_taken_again
 from service.jobs.store.runs import refused_among, runs_correcting, written_among
 from service.models import BucketObject, ImportedRow, PollerBatch
 from service.models._types import as_utc, table_of, utcnow
@@ -98,18 +98,21 @@ class OtherVersions:
         rest = [i for i in identifiers if i not in sent and recordable(i)]
         return set(sent) | written_among(self.progress.engine, self._correcting(), rest)
 
-    def sending(self, identifiers: list[str]) -> None:
-        """Rows of this version about to be sent that a run over the object holds in
-        quarantine (quarantined before now) are taken again: marked so, a quarantine re-run
-        leaves them and an error report about them is a new refusal (their correction would
-        bill them a second time; the row sent is either billed or refused again)."""
+    def held(self, identifiers: list[str]) -> set[str]:
+        """Which of these rows of this version, about to be sent, a run over the object holds
+        in quarantine (one query, and none for an object no run has taken rows of)."""
         recorded = [i for i in identifiers if recordable(i)]
         runs = self._correcting() if recorded else []
-        if runs:
-            now = utcnow()
-            sent = f"sent by the poller {now:%Y-%m-%d %H:%M} UTC"
-            label = f"{self.obj.key} (ETag {self.obj.etag}), {sent}"
-            mark_taken_again(self.progress.engine, runs, recorded, label, now)
+        return held_among(self.progress.engine, runs, recorded) if runs else set()
+
+    def taken_again(self, identifiers: list[str]) -> None:
+        """Rows of this version Stripe acknowledged that a run over the object holds in
+        quarantine: marked taken again (a quarantine re-run leaves them, and an error report
+        about them is a new refusal): each is now billed, or refused again."""
+        now = utcnow()
+        sent = f"sent by the poller {now:%Y-%m-%d %H:%M} UTC"
+        label = f"{self.obj.key} (ETag {self.obj.etag}), {sent}"
+        mark_taken_again(self.progress.engine, self._correcting(), identifiers, label, now)
 
     def _correcting(self) -> list[int]:
         """The runs whose corrections are of this object's rows (read once per import)."""

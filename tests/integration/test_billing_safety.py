@@ -32,6 +32,7 @@ from service.config import Settings
 from service.jobs.store.quarantine import QuarantineFilter
 from service.models import CorrectionAudit, ErrorReport, InboxEvent, QuarantinedRow
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
+from service.poller.retry import find_retry, reopen
 from service.runtime import Runtime
 from service.web.actions import Actor, queue_rerun
 from tests.integration.test_e2e import BUCKET, RULES, Loop, _put, messy_rows, render, running_loop
@@ -533,6 +534,35 @@ def test_a_refused_row_sent_fixed_by_hand_is_not_re_run(loop: Loop) -> None:
     assert held.rerun_id is None and held.taken_again is not None
     assert held.taken_again.startswith("usage/day.csv (ETag ")
     assert ", sent by the poller " in held.taken_again
+
+
+def test_a_quarantined_row_is_marked_taken_again_only_once_stripe_took_its_batch(
+    loop: Loop,
+) -> None:
+    """The same file uploaded again with the refused row fixed, but Stripe refuses the
+    request (HTTP 400) and the poller gives the object up: the row was never sent, so it stays
+    a quarantined row a re-run takes (it was marked when its batch was recorded, before the
+    send). Once `poll --retry` sends it, it is marked."""
+    with bundled_poller(loop) as deps:
+        _now, other, _row, fixed = a_row_the_poller_refused(loop, deps)
+        stream = "/v2/billing/meter_event_stream"
+        loop.sandbox.inject_fault("POST", stream, 400, count=-1)
+        _put(loop, "day.csv", usage_csv([other, fixed]))
+        assert run_poll_pass(deps).gave_up == 1
+        with loop.session() as session:
+            [held] = session.exec(select(QuarantinedRow)).all()
+        assert (held.identifier, held.taken_again) == ("x", None)
+        assert queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))["rows"] == 1
+        loop.sandbox.clear_faults()
+        plan = find_retry(deps.engine, "usage/day.csv", deps.bucket.prefix, deps.clock())
+        assert plan is not None
+        reopen(deps.engine, plan, confirmed=False)  # `meterfix poll --retry usage/day.csv`
+        deps.only = {(plan.obj.key, plan.obj.etag)}
+        assert run_poll_pass(deps).imported == 1
+    assert sorted(loop.accepted()) == ["a", "x"]
+    with loop.session() as session:
+        [held] = session.exec(select(QuarantinedRow)).all()
+    assert held.taken_again is not None and ", sent by the poller " in held.taken_again
 
 
 DATA = Path(__file__).parent.parent / "data" / "usage"

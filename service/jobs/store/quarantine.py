@@ -251,6 +251,25 @@ def mark_rerun(engine: Engine, ids: Sequence[int], run_id: int) -> None:
             )
 
 
+def held_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` these runs hold in quarantine: not taken by a re-run, not
+    marked taken again (`mark_taken_again`)."""
+    if not run_ids or not identifiers:
+        return set()
+    query = (
+        select(QUARANTINE.c.identifier)
+        .where(
+            QUARANTINE.c.run_id.in_(list(run_ids)),
+            QUARANTINE.c.rerun_id.is_(None),
+            QUARANTINE.c.taken_again.is_(None),
+            in_listed(QUARANTINE.c.identifier, identifiers, engine),
+        )
+        .distinct()
+    )
+    with engine.connect() as connection:
+        return {str(row.identifier) for row in connection.execute(query)}
+
+
 def mark_taken_again(
     engine: Engine,
     run_ids: Sequence[int],
