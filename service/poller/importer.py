@@ -158,9 +158,11 @@ def _send_all(
                 last_beat = time.monotonic()
 
     def acknowledged(index: int) -> None:
-        acks.add(index)
+        # marked before the acknowledgement is recorded: a crash between the two re-sends the
+        # batch on resume (Stripe dedupes it), never leaves a billed row unmarked
         if index in held:
             others.taken_again(held.pop(index))
+        acks.add(index)
 
     try:
         sent = _send(job.sink, batches(), acknowledged)  # iterating counts skipped rows in tally
