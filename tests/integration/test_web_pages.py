@@ -177,6 +177,14 @@ def test_quarantine_page_filters_downloads_and_reruns(dashboard: Dashboard) -> N
     assert [r["taken_again"] for r in api["data"]] == [
         "usage/day.csv (ETag e2, uploaded 2026-12-04 10:00 UTC)"
     ]
+    marked = dashboard.browser.get(dashboard.url + "/api/quarantine?taken_again=yes").json()
+    assert [r["identifier"] for r in marked["data"]] == ["again-3"]
+    unmarked = dashboard.page("/quarantine?code=no_meter&taken_again=no")
+    assert unmarked.count('data-testid="quarantine-row"') == 1 and "keep-1" in unmarked
+    assert '<option value="no" selected>' in unmarked
+    assert "taken_again must be yes or no, not &#39;maybe&#39;" in dashboard.page(
+        "/quarantine?taken_again=maybe", 400
+    )
     assert 'href="/api/quarantine.csv?code=no_meter&amp;customer=cus_9"' in html
     csv_text = dashboard.browser.get(
         dashboard.url + "/api/quarantine.csv?code=no_meter&customer=cus_9"

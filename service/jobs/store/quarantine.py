@@ -40,7 +40,9 @@ ID_BATCH = 500  # ids per IN (...) list
 
 @dataclass(frozen=True)
 class QuarantineFilter:
-    """Which quarantined rows: by code, meter, customer, run and time (each on an index)."""
+    """Which quarantined rows: by code, meter, customer, run and time (each on an index), and
+    whether their object sent them again since (`taken_again`: yes/no; not indexed, few rows
+    are marked: a page of unmarked rows reads about a page of rows)."""
 
     code: str | None = None
     meter: str | None = None
@@ -48,6 +50,7 @@ class QuarantineFilter:
     run: int | None = None
     since: datetime | None = None
     until: datetime | None = None
+    taken_again: bool | None = None
 
     def as_query(self) -> dict[str, str]:
         """The filter as query parameters (for links, CSV and the re-run's record)."""
@@ -58,6 +61,7 @@ class QuarantineFilter:
             "run": None if self.run is None else str(self.run),
             "since": None if self.since is None else self.since.isoformat(),
             "until": None if self.until is None else self.until.isoformat(),
+            "taken_again": None if self.taken_again is None else YES_NO[self.taken_again],
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -73,6 +77,7 @@ class QuarantineFilter:
             run=positive_int(args, "run", 0) if run != "" else None,
             since=_time(args, "since"),
             until=_time(args, "until"),
+            taken_again=_yes_no(args, "taken_again"),
         )
         if found.since and found.until and found.since > found.until:
             raise BadParameter("since must not be after until")
@@ -86,6 +91,18 @@ def positive_int(args: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) <= 0:
         raise BadParameter(f"{name} must be a positive whole number, not {raw[:40]!r}")
     return int(raw)
+
+
+YES_NO = {True: "yes", False: "no"}
+
+
+def _yes_no(args: Mapping[str, str], name: str) -> bool | None:
+    raw = args.get(name, "").strip().lower()
+    if raw == "":
+        return None
+    if raw not in ("yes", "no"):
+        raise BadParameter(f"{name} must be yes or no, not {raw[:40]!r}")
+    return raw == "yes"
 
 
 def _text(args: Mapping[str, str], name: str) -> str | None:
@@ -124,6 +141,9 @@ def quarantine_conditions(found: QuarantineFilter) -> list[ColumnElement[bool]]:
         where.append(table.created_at >= found.since)
     if found.until is not None:
         where.append(table.created_at <= found.until)
+    if found.taken_again is not None:
+        marked = table.taken_again
+        where.append(marked.is_not(None) if found.taken_again else marked.is_(None))
     return where
 
 
