@@ -119,7 +119,7 @@ def _rerun(ctx: RunContext, action_ref: str, generation: int, ids: list[int]) ->
 def _pick(engine: Engine, action_ref: str) -> tuple[list[tuple[int, int]], int]:
     """(id, generation of the run that quarantined it) of each row to re-run, and how many
     rows the filter picked that are left: billed as they are since (`_sent_since`, and rows
-    Stripe's connector took again: `mark_taken_again`)."""
+    their object sent again: `mark_taken_again`)."""
     with engine.connect() as connection:
         detail = rerun_detail(connection, int(action_ref)) if action_ref.isdigit() else None
         filters = None if detail is None else detail.get("filters")

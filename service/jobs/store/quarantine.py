@@ -172,7 +172,7 @@ def list_quarantine(connection: Connection, found: QuarantineFilter, page: Page)
 
 
 def count_quarantine(connection: Connection, found: QuarantineFilter) -> int:
-    """The rows a re-run of `found` would take: not the rows Stripe's connector took again
+    """The rows a re-run of `found` would take: not the rows their object sent again since
     (`mark_taken_again`), which it leaves."""
     where = [*quarantine_conditions(found), QUARANTINE.c.taken_again.is_(None)]
     query = select(func.count()).select_from(QUARANTINE).where(*where)
@@ -192,8 +192,8 @@ def latest_quarantined_id(connection: Connection) -> int:
 def rows_to_rerun(
     connection: Connection, found: QuarantineFilter, run_key: str, through: int | None = None
 ) -> list[tuple[int, int, bool]]:
-    """(id, generation of the run that quarantined it: 1 when that run is gone, whether
-    Stripe's connector took it again: `mark_taken_again`) of each row the filter picks for the
+    """(id, generation of the run that quarantined it: 1 when that run is gone, whether its
+    object sent it again since: `mark_taken_again`) of each row the filter picks for the
     re-run `run_key` (oldest first; up to id `through`), never the rows of that re-run's own
     runs (`run_key`, `run_key:g<n>`) nor rows another re-run took."""
     own = select(RUNS.c.id).where(
@@ -276,18 +276,22 @@ def held_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str
     marked taken again (`mark_taken_again`)."""
     if not run_ids or not identifiers:
         return set()
-    query = (
-        select(QUARANTINE.c.identifier)
-        .where(
-            QUARANTINE.c.run_id.in_(list(run_ids)),
-            QUARANTINE.c.rerun_id.is_(None),
-            QUARANTINE.c.taken_again.is_(None),
-            in_listed(QUARANTINE.c.identifier, identifiers, engine),
-        )
-        .distinct()
-    )
+    query = select(QUARANTINE.c.identifier).where(*_held(engine, run_ids, identifiers)).distinct()
     with engine.connect() as connection:
         return {str(row.identifier) for row in connection.execute(query)}
+
+
+def _held(
+    engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
+) -> list[ColumnElement[bool]]:
+    """Rows these runs hold in quarantine under one of `identifiers`: not taken by a re-run,
+    not marked taken again (by run id: indexed)."""
+    return [
+        QUARANTINE.c.run_id.in_(list(run_ids)),
+        QUARANTINE.c.rerun_id.is_(None),
+        QUARANTINE.c.taken_again.is_(None),
+        in_listed(QUARANTINE.c.identifier, identifiers, engine),
+    ]
 
 
 def mark_taken_again(
@@ -297,17 +301,15 @@ def mark_taken_again(
     version: str,
     uploaded: datetime,
 ) -> int:
-    """Index mode: the rows these runs hold in quarantine (not taken by a re-run, not marked
-    yet) under one of `identifiers`, quarantined before `uploaded`, are taken again by
-    Stripe's connector from the object version `version`, uploaded then: marked with it.
-    Rows quarantined after the upload are that version's own failures. How many."""
+    """The rows these runs hold in quarantine (`_held`) under one of `identifiers`,
+    quarantined before `uploaded`, were sent again from the object version `version` at that
+    moment (index mode: uploaded then, Stripe's connector takes it whole; import mode: the
+    poller's batch of them acknowledged then): marked with it. Rows quarantined after it are
+    that version's own failures. How many."""
     if not run_ids or not identifiers:
         return 0
     query = select(QUARANTINE.c.id, QUARANTINE.c.created_at).where(
-        QUARANTINE.c.run_id.in_(list(run_ids)),
-        QUARANTINE.c.rerun_id.is_(None),
-        QUARANTINE.c.taken_again.is_(None),
-        in_listed(QUARANTINE.c.identifier, identifiers, engine),
+        *_held(engine, run_ids, identifiers)
     )
     # S3 keeps whole seconds (rounded down): a row quarantined within the second the version
     # was uploaded in was quarantined before it (a version's own failures come far later)

@@ -710,10 +710,10 @@ def refused_among(
     engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
 ) -> dict[str, datetime]:
     """identifier -> when it was last quarantined, for those of `identifiers` these runs hold
-    in quarantine (not taken by a later re-run) after an error report's run or a re-run
-    quarantined them. Quarantined after it was sent, such a row is one Stripe refused: never
-    billed, so a new version of the file that holds it fixed sends it (the caller compares
-    with when it was sent)."""
+    in quarantine (not taken by a later re-run, not marked sent again since) after an error
+    report's run or a re-run quarantined them. Quarantined after it was sent, such a row is
+    one Stripe refused: never billed, so a new version of the file that holds it fixed sends
+    it (the caller compares with when it was sent)."""
     if not run_ids or not identifiers:
         return {}
     held = col(QuarantinedRow.identifier)
