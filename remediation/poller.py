@@ -7,7 +7,7 @@ Which objects a pass takes is the poller's own policy: `service/poller/planning.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -39,13 +39,15 @@ BLOCK_BYTES = 1 << 19
 
 
 class RowRef(NamedTuple):
-    """identifier -> (object, row): what imported_rows records for every identified row."""
+    """identifier -> (object, row): what imported_rows records for every identified row
+    (`content`: `row_content` of the row as this version holds it)."""
 
     identifier: str
     row_number: int
     event_name: str | None
     timestamp: int | None
     sent: bool
+    content: int | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +66,23 @@ class ImportChunk:
 def source_tag(key: str, etag: str) -> str:
     """A short stable digest of one object version."""
     return hashlib.sha256(f"{key}\n{etag}".encode()).hexdigest()[:16]
+
+
+def row_content(event_name: object, timestamp: int | None, payload: Mapping[str, str]) -> int:
+    """A 64-bit digest (signed: a BIGINT) of what a row sends: its event name, its timestamp
+    as Unix seconds, its payload as texts (`payload_text`), in any key order. Whether a row an
+    object version holds now is the one an earlier version sent (a customer may fix a row by
+    hand and upload the file again before Stripe's error report about it comes)."""
+    pairs = "\x1e".join(f"{key}\x1f{value}" for key, value in sorted(payload.items()))
+    text = f"{event_name}\x1d{timestamp}\x1d{pairs}".encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(text, digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def record_content(record: UsageRecord) -> int:
+    """`row_content` of a row read as a record (the same as the poller's of its columns)."""
+    payload = {key: payload_text(value) for key, value in record.payload.items()}
+    return row_content(record.event_name, parse_timestamp(record.timestamp), payload)
 
 
 def derived_identifier(tag: str, row_number: int) -> str:
@@ -121,6 +140,7 @@ def import_chunks(
                     checked.event_names[i],
                     checked.timestamps[i],
                     event is not None,
+                    checked.content(i),
                 )
             )
             if len(chunk.events) >= batch_size:
@@ -176,6 +196,9 @@ class _Checked:
         by_name = {name: meters.get(name) for name in set(names)}  # type: ignore[arg-type]
         self._meters = [None if i in self.failed else by_name[n] for i, n in enumerate(names)]
         self._payloads = _payloads(batch)
+
+    def content(self, i: int) -> int:
+        return row_content(self.event_names[i], self.timestamps[i], self._payloads[i])
 
     def event(self, i: int) -> dict[str, object] | None:
         """Row `i` as a v2 meter event stream item (`event_name`, `identifier`, `payload` of
@@ -234,10 +257,13 @@ def index_chunks(records: Iterable[UsageRecord], *, size: int = 1000) -> Iterato
     for batch in batches(records, CHECK_ROWS, block_bytes=BLOCK_BYTES):
         names: list[str | None] = batch.event_name.values()  # type: ignore[assignment]
         numbers, stamps = batch.rows.tolist(), batch.timestamp.values()
-        found = zip(batch.identifier.values(), numbers, names, stamps, strict=True)
-        for identifier, number, name, stamp in found:
+        payloads = _payloads(batch)
+        found = zip(batch.identifier.values(), numbers, names, stamps, payloads, strict=True)
+        for identifier, number, name, stamp, payload in found:
             if identifier:
-                rows.append(RowRef(str(identifier), number, name, parse_timestamp(stamp), False))
+                ts = parse_timestamp(stamp)
+                content = row_content(name, ts, payload)
+                rows.append(RowRef(str(identifier), number, name, ts, False, content))
                 if len(rows) >= size:
                     yield rows
                     rows = []

@@ -41,6 +41,18 @@ class ReportScope:
     # wherever the object holds them now (correcting one again sends its derived identifier
     # again), and counted in `Selection.handled` when the report is about them
     handled: frozenset[str] = field(default_factory=frozenset)
+    # sampled rows the object holds changed since Stripe refused them (a customer fixed the
+    # row by hand and uploaded the file again before the report came): the row there is not
+    # the one Stripe refused. True: the bundled poller sent the row and left the changed one
+    # out of the new version, so it is selected with no code (CHANGED_SINCE_SENT): sent as it
+    # is now unless our validation finds a problem. False: Stripe's own connector took the
+    # new version; the row is left to it (counted in `Selection.left`).
+    changed: Mapping[str, bool] = field(default_factory=dict)
+
+
+# The message of a row selected because it changed since Stripe refused it (no code: our
+# validation decides; a text no known message pattern matches).
+CHANGED_SINCE_SENT = "changed in its file since Stripe refused it: sent as it is now"
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,8 @@ class Selection:
     another run already handled (`ReportScope.handled`), so they are not lost but done."""
 
     handled: int = 0
+    left: int = 0  # changed rows left to Stripe's connector (`ReportScope.changed`)
+    resent: int = 0  # changed rows selected to be sent as they are now
 
 
 def select_reported(
@@ -108,18 +122,28 @@ def select_reported(
     customers: set[str],
     selection: Selection | None = None,
 ) -> Iterator[UsageRecord]:
-    """The rows the report is about that no other run handled, each with `error_code` set
-    (those another run handled are counted in `selection`)."""
+    """The rows the report is about that no other run handled, each with `error_code` set,
+    or no code and CHANGED_SINCE_SENT for a sampled row changed since it was sent (those
+    another run handled, and changed rows left to Stripe's connector, are counted in
+    `selection`)."""
+    counts = selection if selection is not None else Selection()
     for record in records:
-        code = _reported_code(record, scope, index, taken, customers)
-        if code is None:
-            continue
-        if record.identifier is not None and str(record.identifier) in scope.handled:
-            if selection is not None:
-                selection.handled += 1
-            continue
-        record.error_code, record.error_message = code, None
-        yield record
+        identifier = str(record.identifier or "")
+        resend = scope.changed.get(identifier)
+        code = None
+        if resend is None:
+            code = _reported_code(record, scope, index, taken, customers)
+            if code is None:
+                continue
+        if identifier and identifier in scope.handled:
+            counts.handled += 1
+        elif resend is False:
+            counts.left += 1
+        else:
+            counts.resent += bool(resend)
+            record.error_code = code
+            record.error_message = CHANGED_SINCE_SENT if resend else None
+            yield record
 
 
 def _reported_code(

@@ -19,14 +19,14 @@ linked rows is kept as it is, with its samples, for the digest.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from remediation.poller import derived_identifier, source_tag
+from remediation.poller import derived_identifier, record_content, source_tag
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.reported import (
@@ -42,8 +42,9 @@ from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, next_generation, run_lineage
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
+from service.jobs.store.quarantine import marked_among
 from service.jobs.store.reports import load_report, set_report_status
-from service.jobs.store.runs import finished_run, handled_identifiers
+from service.jobs.store.runs import finished_run, handled_identifiers, runs_correcting
 from service.models import (
     ErrorReport,
     ErrorReportStatus,
@@ -53,6 +54,7 @@ from service.models import (
 from service.models._types import as_utc, utcnow
 from service.notify.alerts import raise_alert
 from service.poller.store import (
+    FirstVersion,
     ObjectTimes,
     event_names_of,
     first_versions,
@@ -89,6 +91,10 @@ class _Report:
     customers: set[str] = field(default_factory=set)
     sampled: dict[str, Sampled] = field(default_factory=dict)  # key -> what its samples say
     changed: list[str] = field(default_factory=list)  # objects overwritten since Stripe took them
+    # key -> its sampled rows changed since they were sent (`ReportScope.changed`)
+    altered: dict[str, dict[str, bool]] = field(default_factory=dict)
+    resent: int = 0  # changed rows sent as they are now
+    left: int = 0  # changed rows left to Stripe's connector
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
@@ -99,6 +105,7 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
         set_report_status(ctx.engine, event_id, ErrorReportStatus.UNMATCHED)
         return "no rows of ours: kept with its samples for the digest"
     job = _job(ctx, report, samples, counts)
+    firsts = first_versions(ctx.engine, set(job.scope.samples))
     with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
         files: dict[str, tuple[str, Path, InputPlan]] = {}
         for key, etag in linked.items():
@@ -106,13 +113,17 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
             if fetched is None:
                 continue
             version, path, plan = fetched
-            sampled = sampled_rows(_records(path, plan, ctx, key, version), job.scope, job.index)
-            if version != etag and not sampled.codes:  # another file under the key now
+            altered: dict[str, bool] = {}
+            records = _records(path, plan, ctx, key, version)
+            since = _SentSince(ctx.engine, job, firsts, key, version)
+            sampled = sampled_rows(since.unchanged(records, altered), job.scope, job.index)
+            if version != etag and not sampled.codes and not altered:  # another file now
                 job.changed.append(key)
                 continue
             files[key] = fetched
             job.customers |= sampled.customers
             job.sampled[key] = sampled
+            job.altered[key] = altered
         found = 0
         for key in sorted(files):
             version, path, plan = files[key]
@@ -206,6 +217,61 @@ def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -
     )
 
 
+class _SentSince:
+    """Which sampled rows an object version holds changed since another version sent them.
+
+    A customer may fix a row by hand and upload the file again after the row was sent and
+    before Stripe's report about it comes: what the report says of the row Stripe refused
+    (its code, its customer) is not said of the row this version holds. Import mode: the
+    poller left the row out of the new version (another version sent it), so it is sent as
+    it is now. Index mode: Stripe's connector took the new version itself, so the row is left
+    to it, when that version was uploaded after the report's window (else the report may be
+    about the new row). A row some version sent again since a run quarantined it (marked
+    `taken_again`) is not taken for changed: the report may be about that send."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        job: _Report,
+        firsts: Mapping[str, FirstVersion],
+        key: str,
+        version: str,
+    ) -> None:
+        self.firsts, self.here = firsts, (key, version)
+        self.samples = job.scope.samples
+        runs = runs_correcting(engine, key)
+        self.again = marked_among(engine, runs, sorted(job.scope.samples))
+        times = object_times(engine, key, version)
+        uploaded = _seconds(times.uploaded) if times is not None else None
+        self.after_report = uploaded is not None and uploaded > job.now
+
+    def changed(self, record: UsageRecord) -> bool | None:
+        """None: not a changed sampled row; True: the bundled poller sent it (import mode);
+        False: Stripe's connector took it (index mode)."""
+        identifier = record.identifier or ""
+        first = self.firsts.get(identifier) if identifier in self.samples else None
+        if (
+            first is None
+            or first.version == self.here
+            or first.content is None
+            or identifier in self.again
+            or not (first.sent or self.after_report)
+        ):
+            return None
+        return None if first.content == record_content(record) else first.sent
+
+    def unchanged(
+        self, records: Iterator[UsageRecord], altered: dict[str, bool]
+    ) -> Iterator[UsageRecord]:
+        """The records but the changed sampled rows (noted in `altered`)."""
+        for record in records:
+            changed = self.changed(record)
+            if changed is None:
+                yield record
+            else:
+                altered[record.identifier or ""] = changed
+
+
 def _seconds(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp())
 
@@ -225,7 +291,8 @@ def _remediate(
     run_key = f"error_report:{job.event_id}:{key}"
     base = job.scope
     handled = handled_identifiers(ctx.engine, key, other_than=run_key)
-    scope = ReportScope(base.codes, base.samples, base.event_name, handled)
+    changed = job.altered.get(key, {})
+    scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed)
     selection = Selection()
     # read lazily, by the retried task's count or by the run
     rows = _held_first(ctx.engine, job, key, etag, _records(path, plan, ctx, key, etag))
@@ -234,7 +301,7 @@ def _remediate(
     if done is not None:  # a retried task: count what the run found, and the rows handled
         for _ in selected:
             pass
-        return done.input_rows + selection.handled
+        return _counted(job, done.input_rows, selection)
     generation = next_generation(ctx.bucket, key)
     stages = Stages()
     with stages.timing(Stage.LINEAGE):
@@ -252,7 +319,15 @@ def _remediate(
         rejected=False,  # an object that was imported: only the reported rows are re-sent
         stages=stages,
     )
-    return execute_run(ctx, request, selected).input_rows + selection.handled
+    return _counted(job, execute_run(ctx, request, selected).input_rows, selection)
+
+
+def _counted(job: _Report, selected: int, selection: Selection) -> int:
+    """The rows of one object the report is about, found: those selected, those another run
+    handled, and the changed rows left to Stripe's connector."""
+    job.resent += selection.resent
+    job.left += selection.left
+    return selected + selection.handled + selection.left
 
 
 def _held_first(
@@ -270,7 +345,8 @@ def _held_first(
         first = first_versions(engine, identifiers)
         for record in batch:
             identifier = record.identifier or ""
-            if identifier in job.scope.samples or first.get(identifier, here) == here:
+            held = first.get(identifier)
+            if identifier in job.scope.samples or held is None or held.version == here:
                 yield record
 
 
@@ -287,9 +363,10 @@ def _records(
 
 
 def _conclude(engine: Engine, job: _Report, found: int) -> str:
+    changed = _changed_rows(job)
     if found >= job.expected:
         set_report_status(engine, job.event_id, ErrorReportStatus.REMEDIATED)
-        return f"remediated {found} row(s) for {job.expected} reported error(s)"
+        return f"remediated {found} row(s) for {job.expected} reported error(s){changed}"
     set_report_status(engine, job.event_id, ErrorReportStatus.PARTIAL)
     raise_alert(
         engine,
@@ -305,7 +382,20 @@ def _conclude(engine: Engine, job: _Report, found: int) -> str:
             **({"changed": sorted(job.changed)} if job.changed else {}),
         },
     )
-    return f"partial: remediated {found} row(s) of {job.expected} reported"
+    return f"partial: remediated {found} row(s) of {job.expected} reported{changed}"
+
+
+def _changed_rows(job: _Report) -> str:
+    """What became of the sampled rows changed since they were sent, for the outcome."""
+    parts = []
+    if job.resent:
+        parts.append(f"{job.resent} changed in the file since sent: sent as they are now")
+    if job.left:
+        parts.append(
+            f"{job.left} changed in the file since Stripe took them: left to Stripe's import "
+            "of the new version"
+        )
+    return "".join(f"; {part}" for part in parts)
 
 
 def _shortfall(job: _Report) -> str:

@@ -61,7 +61,8 @@ class TakenAgain:
         self.held += mark_taken_again(
             self.engine, self.runs, sorted(identifiers), label, self.uploaded
         )
-        for identifier, version in first_versions(self.engine, identifiers).items():
+        for identifier, first in first_versions(self.engine, identifiers).items():
+            version = first.version
             if version == here:
                 continue
             uploaded = self._uploaded(version)

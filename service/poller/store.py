@@ -105,6 +105,7 @@ class PollerStore:
                 "event_name": (ref.event_name or "")[:MAX_EVENT_NAME] or None,
                 "timestamp": ref.timestamp,
                 "sent": ref.sent,
+                "content": ref.content,
             }
             for ref in refs
             if recordable(ref.identifier)
@@ -126,7 +127,7 @@ class PollerStore:
         table = _table(ImportedRow)
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(table)
-        again = ("etag", "row_number", "event_name", "timestamp", "sent")
+        again = ("etag", "row_number", "event_name", "timestamp", "sent", "content")
         statement: Insert = insert.on_conflict_do_update(
             index_elements=["identifier", "object_key"],
             set_={name: insert.excluded[name] for name in again},
@@ -283,19 +284,41 @@ def sent_moments(engine: Engine, identifiers: set[str]) -> dict[str, datetime]:
     return latest((str(row.identifier), as_utc(row.first_sent_at)) for row in found)
 
 
-def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, tuple[str, str]]:
-    """identifier -> (key, ETag) of the first object version the poller recorded it with (a
-    later version, or another object, that holds it too is taken for a copy: in import mode
-    the poller leaves such rows out, `service.poller.progress.OtherVersions`)."""
+class FirstVersion(NamedTuple):
+    """The first object version the poller recorded a row with: the one that sent it, if
+    any did (`sent`), and what the row held there (`content`: `row_content`, None when
+    recorded before migration 0007)."""
+
+    key: str
+    etag: str
+    sent: bool
+    content: int | None
+
+    @property
+    def version(self) -> tuple[str, str]:
+        return self.key, self.etag
+
+
+def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVersion]:
+    """identifier -> the first object version the poller recorded it with (a later version,
+    or another object, that holds it too is taken for a copy: in import mode the poller leaves
+    such rows out, `service.poller.progress.OtherVersions`)."""
     if not identifiers:
         return {}
-    with Session(engine) as session:
-        rows = session.exec(
-            select_model(ImportedRow.identifier, ImportedRow.object_key, ImportedRow.etag)
-            .where(col(ImportedRow.identifier).in_(identifiers))
-            .order_by(col(ImportedRow.id).desc())
-        ).all()
-    return {identifier: (key, etag) for identifier, key, etag in rows}  # the first one last
+    rows = _table(ImportedRow)
+    query = (
+        select(rows.c.identifier, rows.c.object_key, rows.c.etag, rows.c.sent, rows.c.content)
+        .where(rows.c.identifier.in_(identifiers))
+        .order_by(rows.c.id.desc())
+    )
+    with engine.connect() as connection:
+        found = connection.execute(query).all()
+    return {  # the first one last
+        str(row.identifier): FirstVersion(
+            str(row.object_key), str(row.etag), bool(row.sent), row.content
+        )
+        for row in found
+    }
 
 
 def objects_holding(engine: Engine, identifiers: set[str]) -> dict[str, str]:

@@ -466,6 +466,81 @@ def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_han
     assert sorted(loop.accepted()) == ["a", "g"]
 
 
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed", "unchanged"])
+def test_a_refused_row_fixed_by_hand_before_its_report_came_is_sent_as_it_is_now(
+    loop: Loop, fixed: bool
+) -> None:
+    """The poller sent a row and Stripe refused it (a customer it does not know); before
+    Stripe's error report came, the customer fixed the row in the file and uploaded it again.
+    The poller left the row out of the new version (another version had sent it), and the
+    report then read the fixed row from the new version and quarantined it for the old row's
+    code ("cus_alice is not in the customer map"): never billed. The row as it is now was never
+    sent: it is sent now (`g-mfx1`). A rewrite that leaves the row as it was (`unchanged`)
+    still quarantines it for the report's code."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
+    again = [*row[:3], "cus_alice" if fixed else "cus_ghost", row[4]]
+    with bundled_poller(loop) as deps:
+        _put(loop, "day.csv", usage_csv([other, row]))
+        run_poll_pass(deps)  # both sent; Stripe refuses g, its report not sent yet
+        _put(loop, "day.csv", usage_csv([other, again, ["b", now - 30, *other[2:]]]))
+        run_poll_pass(deps)  # b only: a and g were sent by the first version
+        reported(loop)
+        run_poll_pass(deps)  # the report's corrected file, if any
+    with loop.session() as session:
+        held = session.exec(select(QuarantinedRow)).all()
+        [report] = session.exec(select(ErrorReport)).all()
+        [task] = session.exec(
+            select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.error_report")
+        )
+    assert report.status == "remediated"
+    outcome = "remediated 1 row(s) for 1 reported error(s)"
+    if fixed:
+        assert sorted(loop.accepted()) == ["a", "b", "g-mfx1"]
+        # nor is `b` (cus_alice, after g in the new version) taken for the old row's customer
+        assert held == []
+        assert task.outcome == f"{outcome}; 1 changed in the file since sent: sent as they are now"
+    else:
+        assert sorted(loop.accepted()) == ["a", "b"]
+        assert [(q.identifier, q.code) for q in held] == [("g", "meter_event_customer_not_found")]
+        assert task.outcome == outcome
+    assert max(originals_billed(loop).values()) == 1
+
+
+def test_a_refused_row_sent_changed_and_refused_again_is_quarantined_not_sent_again(
+    loop: Loop,
+) -> None:
+    """Stripe refused a row the poller sent (a customer it does not know) and meterfix
+    quarantined it; the customer changed the row by hand, to another customer Stripe does not
+    know, and the poller sent it (Stripe had refused it). Stripe's report about that send is
+    about the row as it is now, not a row changed since it was sent: quarantined anew, not
+    sent as `g-mfx1` to be refused a third time."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
+    with bundled_poller(loop) as deps:
+        for customer in ("cus_ghost", "cus_phantom"):
+            _put(loop, "day.csv", usage_csv([other, [*row[:3], customer, row[4]]]))
+            run_poll_pass(deps)  # g sent; Stripe reports it
+            reported(loop)  # g quarantined: no rule maps the customer
+        run_poll_pass(deps)
+        reported(loop)
+    assert sorted(loop.accepted()) == ["a"]
+    with loop.session() as session:
+        held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+        tasks = session.exec(
+            select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.error_report")
+        ).all()
+    assert [(q.identifier, q.customer) for q in held] == [
+        ("g", "cus_ghost"),
+        ("g", "cus_phantom"),
+    ]
+    assert held[0].taken_again is not None and held[1].taken_again is None
+    assert len(tasks) == 2
+    assert all(" changed " not in str(task.outcome) for task in tasks)
+
+
 def test_a_row_a_rerun_held_before_it_was_sent_fixed_is_not_sent_by_the_next_version(
     loop: Loop,
 ) -> None:

@@ -473,3 +473,62 @@ def test_index_mode_says_when_stripe_takes_rows_meterfix_resent_unchanged_again(
     assert alert.detail is not None
     assert (alert.detail["corrected"], alert.detail["corrected_identifiers"]) == (2, ["a", "b"])
     assert "2 rows of it meterfix corrected or re-sent before" in alert.message
+
+
+def test_index_mode_leaves_a_row_fixed_before_its_report_came_to_stripes_connector(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """Stripe's connector took a row and refused it (a customer it does not know); before
+    the report came, the customer fixed the row and uploaded the file again, with a new row of
+    the right customer after it. The report read the fixed row from the new version and
+    quarantined it for the old row's code, and took the new row for a row of the customer
+    Stripe did not know (quarantined too: a re-run mapping the customer would bill both
+    twice). The connector takes the new version itself: both are left to it."""
+    now = int(time.time())
+    base = {"event_name": "api_requests", "value": "5", "timestamp": now - 60}
+    ok = {**base, "identifier": "a", "customer": "cus_alice"}
+    broken = {**base, "identifier": "x", "customer": "cus_ghost"}
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, broken], "csv"))
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()  # a billed, x refused
+    loop.sandbox_app.extensions["sandbox"].flush_reports()  # the report, not handled yet
+    time.sleep(1.1)  # the new version uploaded after the report's window (whole seconds)
+    fixed = {**broken, "customer": "cus_alice"}
+    new = {**ok, "identifier": "b"}
+    body = render([ok, fixed, new], "csv")
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=body)
+    _cycle(loop, deps)
+    with loop.session() as session:
+        held = session.exec(select(QuarantinedRow)).all()
+        [report] = session.exec(select(ErrorReport)).all()
+    assert [q.identifier for q in held] == []
+    assert report.status == "remediated"
+    assert sorted(loop.accepted()) == ["a", "b", "x"]  # x as fixed, by the connector
+    assert max(originals_billed(loop).values()) == 1
+
+
+def test_index_mode_quarantines_a_row_changed_and_refused_again(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """Stripe's connector refused a row (a customer it does not know) and meterfix quarantined
+    it; the customer changed the row, to another customer Stripe does not know, and uploaded
+    the file again: the connector refused it again. The second report is about the row as it
+    is now: quarantined anew, not left to the connector as a row changed since it was sent."""
+    now = int(time.time())
+    base = {"event_name": "api_requests", "value": "5", "timestamp": now - 60}
+    ok = {**base, "identifier": "a", "customer": "cus_alice"}
+    broken = {**base, "identifier": "x", "customer": "cus_ghost"}
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, broken], "csv"))
+    _cycle(loop, deps)  # x refused, quarantined
+    changed = {**broken, "customer": "cus_phantom"}
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, changed], "csv"))
+    _cycle(loop, deps)  # x refused again
+    with loop.session() as session:
+        held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+        reports = session.exec(select(ErrorReport)).all()
+    assert [(q.identifier, q.customer) for q in held] == [
+        ("x", "cus_ghost"),
+        ("x", "cus_phantom"),
+    ]
+    assert [r.status for r in reports] == ["remediated", "remediated"]
+    assert sorted(loop.accepted()) == ["a"]

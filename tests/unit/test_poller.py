@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,8 @@ from remediation.poller import (
     derived_identifier,
     import_chunks,
     index_chunks,
+    record_content,
+    row_content,
     source_tag,
 )
 from remediation.ports import ObjectInfo
@@ -237,3 +240,69 @@ def test_json_lines_events_keep_the_row_checks_conversions() -> None:
     failed = [r for c in chunks for r in c.failed]
     assert [(r.identifier, r.error_code) for r in failed] == [("j3", "timestamp_invalid")]
     assert failed[0].error_message
+
+
+_CONTENT_ROWS = [
+    {"identifier": "c1", "timestamp": NOW_TS - 60, "event_name": "api_requests",
+     "payload": {"stripe_customer_id": "cus_A", "value": 5}},
+    {"identifier": "c2", "timestamp": str(NOW_TS - 60), "event_name": "api_requests",
+     "payload": {"value": 2.0, "stripe_customer_id": "cus_B", "region": True}},
+    {"identifier": "c3", "timestamp": (NOW_TS - 60) * 1000, "event_name": "API_Requests",
+     "payload": {"stripe_customer_id": "cus_C", "value": "1,234", "note": None}},
+    {"identifier": "c4", "timestamp": "soon", "event_name": "nope",
+     "payload": {"stripe_customer_id": "", "value": 0.1, "nested": {"a": [1, 2]}}},
+    {"identifier": "c5", "timestamp": NOW_TS - 60, "event_name": "api_requests",
+     "payload": {"stripe_customer_id": "cus_é,\"q\"", "value": "7"}},
+]  # fmt: skip
+
+
+def _content_files() -> dict[FileFormat, bytes]:
+    lines = "".join(json.dumps(row) + "\n" for row in _CONTENT_ROWS)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    keys = ["stripe_customer_id", "value"]
+    writer.writerow(["identifier", "timestamp", "event_name", *(f"payload_{k}" for k in keys)])
+    for row in _CONTENT_ROWS:
+        payload: dict[str, object] = row["payload"]  # type: ignore[assignment]
+        writer.writerow([row["identifier"], row["timestamp"], row["event_name"]] +
+                        [payload[k] for k in keys])  # fmt: skip
+    return {
+        FileFormat.JSONL: lines.encode(),
+        FileFormat.JSON: json.dumps(_CONTENT_ROWS, indent=1).encode(),
+        FileFormat.CSV: out.getvalue().encode(),
+    }
+
+
+def test_a_rows_content_is_the_same_read_as_columns_or_as_a_record() -> None:
+    """The poller records `row_content` of every row it reads as columns (import and index
+    mode); an error report compares it with the row read as a record: sent and failed rows,
+    typed JSON values (numbers, booleans, null, objects), every format."""
+    index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
+    for fmt, data in _content_files().items():
+        records = list(read_records(io.BytesIO(data), fmt))
+        by_record = {r.identifier: record_content(r) for r in records}
+        assert len(set(by_record.values())) == len(_CONTENT_ROWS), fmt
+        chunks = import_chunks(read_records(io.BytesIO(data), fmt), index, now=NOW_TS, tag="t")
+        imported = {ref.identifier: ref.content for chunk in chunks for ref in chunk.rows}
+        indexed = {
+            ref.identifier: ref.content
+            for group in index_chunks(read_records(io.BytesIO(data), fmt))
+            for ref in group
+        }
+        assert imported == indexed == by_record, fmt
+
+
+def test_a_rows_content_changes_with_what_it_sends_only() -> None:
+    payload = {"stripe_customer_id": "cus_A", "value": "5"}
+    content = row_content("api_requests", NOW_TS, payload)
+    assert content == row_content("api_requests", NOW_TS, dict(reversed(payload.items())))
+    assert -(2**63) <= content < 2**63  # a BIGINT
+    changed = [
+        row_content("api_requests", NOW_TS, {**payload, "stripe_customer_id": "cus_B"}),
+        row_content("api_requests", NOW_TS + 1, payload),
+        row_content("api_requests_v2", NOW_TS, payload),
+        row_content("api_requests", NOW_TS, {**payload, "region": "eu"}),
+        row_content("api_requests", None, payload),
+        row_content(None, NOW_TS, payload),
+    ]
+    assert content not in changed and len(set(changed)) == len(changed)

@@ -281,6 +281,24 @@ def held_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str
         return {str(row.identifier) for row in connection.execute(query)}
 
 
+def marked_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` these runs quarantined and a later object version sent again
+    since (marked `taken_again`)."""
+    if not run_ids or not identifiers:
+        return set()
+    query = (
+        select(QUARANTINE.c.identifier)
+        .where(
+            QUARANTINE.c.run_id.in_(list(run_ids)),
+            QUARANTINE.c.taken_again.is_not(None),
+            in_listed(QUARANTINE.c.identifier, identifiers, engine),
+        )
+        .distinct()
+    )
+    with engine.connect() as connection:
+        return {str(row.identifier) for row in connection.execute(query)}
+
+
 def _held(
     engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
 ) -> list[ColumnElement[bool]]:
