@@ -15,13 +15,13 @@ import numpy as np
 import pyarrow.compute as pc
 
 from remediation.core.checks import problem_ids
-from remediation.core.columns import Batch, Column, Indexes, Kind, Mask, value_of
+from remediation.core.columns import Batch, Column, Indexes, Mask
 from remediation.engine import batches
 from remediation.records import UsageRecord
+from remediation.rowdigest import batch_digests, sent_array, sent_texts
 from remediation.validation import (
     MeterIndex,
     parse_timestamp,
-    payload_text,
     rfc3339,
     validate_record,
 )
@@ -40,7 +40,7 @@ BLOCK_BYTES = 1 << 19
 
 class RowRef(NamedTuple):
     """identifier -> (object, row): what imported_rows records for every identified row
-    (`content`: `row_content` of the row as this version holds it)."""
+    (`content`: `remediation.rowdigest` of the row as this version holds it)."""
 
     identifier: str
     row_number: int
@@ -66,23 +66,6 @@ class ImportChunk:
 def source_tag(key: str, etag: str) -> str:
     """A short stable digest of one object version."""
     return hashlib.sha256(f"{key}\n{etag}".encode()).hexdigest()[:16]
-
-
-def row_content(event_name: object, timestamp: int | None, payload: Mapping[str, str]) -> int:
-    """A 64-bit digest (signed: a BIGINT) of what a row sends: its event name, its timestamp
-    as Unix seconds, its payload as texts (`payload_text`), in any key order. Whether a row an
-    object version holds now is the one an earlier version sent (a customer may fix a row by
-    hand and upload the file again before Stripe's error report about it comes)."""
-    pairs = "\x1e".join(f"{key}\x1f{value}" for key, value in sorted(payload.items()))
-    text = f"{event_name}\x1d{timestamp}\x1d{pairs}".encode("utf-8", "surrogatepass")
-    digest = hashlib.blake2b(text, digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def record_content(record: UsageRecord) -> int:
-    """`row_content` of a row read as a record (the same as the poller's of its columns)."""
-    payload = {key: payload_text(value) for key, value in record.payload.items()}
-    return row_content(record.event_name, parse_timestamp(record.timestamp), payload)
 
 
 def derived_identifier(tag: str, row_number: int) -> str:
@@ -140,7 +123,7 @@ def import_chunks(
                     checked.event_names[i],
                     checked.timestamps[i],
                     event is not None,
-                    checked.content(i),
+                    checked.contents[i],
                 )
             )
             if len(chunk.events) >= batch_size:
@@ -195,10 +178,10 @@ class _Checked:
         self.timestamps = [parse_timestamp(t) for t in batch.timestamp.values()]
         by_name = {name: meters.get(name) for name in set(names)}  # type: ignore[arg-type]
         self._meters = [None if i in self.failed else by_name[n] for i, n in enumerate(names)]
-        self._payloads = _payloads(batch)
-
-    def content(self, i: int) -> int:
-        return row_content(self.event_names[i], self.timestamps[i], self._payloads[i])
+        sent = {key: sent_texts(column) for key, column in batch.payload.items()}
+        self._payloads = _payloads(batch, sent)
+        arrays = {key: sent_array(batch.payload[key], texts) for key, texts in sent.items()}
+        self.contents = batch_digests(batch, self.timestamps, arrays).tolist()
 
     def event(self, i: int) -> dict[str, object] | None:
         """Row `i` as a v2 meter event stream item (`event_name`, `identifier`, `payload` of
@@ -215,13 +198,12 @@ class _Checked:
         return event
 
 
-def _payloads(batch: Batch) -> list[dict[str, str]]:
+def _payloads(batch: Batch, columns: Mapping[str, list[str | None]]) -> list[dict[str, str]]:
     """Each row's payload as a meter event sends it: its keys in the row's order, each value
-    as text (`payload_text`: a text or an integer as it is, a boolean `true`/`false`, a float
-    as its plain number). Values are converted once per column, only those whose text is not
-    already the one sent (floats, objects, nulls)."""
+    as text (`columns`: `rowdigest.sent_texts` of each payload column: a text or an integer as
+    it is, a boolean `true`/`false`, a float as its plain number, converted once per column,
+    only those whose text is not already the one sent)."""
     keys = list(batch.payload)
-    columns = {key: _sent_texts(batch.payload[key]) for key in keys}
     if batch.order is None:  # a CSV: every row's keys in the columns' order
         if not keys:
             return [{} for _ in range(len(batch))]
@@ -233,22 +215,6 @@ def _payloads(batch: Batch) -> list[dict[str, str]]:
     ]
 
 
-def _sent_texts(column: Column) -> list[str | None]:
-    """`payload_text` of each value of a column (None where the key is absent)."""
-    texts: list[str | None] = column.text.to_pylist()
-    if column.kinds is None:
-        return texts
-    kinds = column.kinds
-    for i in np.flatnonzero(np.isin(kinds, _CONVERTED)).tolist():
-        texts[i] = payload_text(value_of(texts[i], int(kinds[i])))
-    return texts
-
-
-# Kinds whose text is not what `payload_text` sends (a float's plain number, `str()` of an
-# object or of a JSON null: the row check refuses such rows, but what is sent stays the same)
-_CONVERTED = np.asarray([Kind.FLOAT, Kind.JSON, Kind.NULL], np.uint8)
-
-
 def index_chunks(records: Iterable[UsageRecord], *, size: int = 1000) -> Iterator[list[RowRef]]:
     """Index mode: identified rows only (rows without one get an identifier from Stripe's own
     connector that we cannot know, so they cannot be traced); read a batch of columns at a
@@ -257,12 +223,12 @@ def index_chunks(records: Iterable[UsageRecord], *, size: int = 1000) -> Iterato
     for batch in batches(records, CHECK_ROWS, block_bytes=BLOCK_BYTES):
         names: list[str | None] = batch.event_name.values()  # type: ignore[assignment]
         numbers, stamps = batch.rows.tolist(), batch.timestamp.values()
-        payloads = _payloads(batch)
-        found = zip(batch.identifier.values(), numbers, names, stamps, payloads, strict=True)
-        for identifier, number, name, stamp, payload in found:
+        timestamps = [parse_timestamp(stamp) for stamp in stamps]
+        sent = {key: sent_array(column) for key, column in batch.payload.items()}
+        contents = batch_digests(batch, timestamps, sent).tolist()
+        found = zip(batch.identifier.values(), numbers, names, timestamps, contents, strict=True)
+        for identifier, number, name, ts, content in found:
             if identifier:
-                ts = parse_timestamp(stamp)
-                content = row_content(name, ts, payload)
                 rows.append(RowRef(str(identifier), number, name, ts, False, content))
                 if len(rows) >= size:
                     yield rows

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from remediation.poller import derived_identifier, record_content, source_tag
+from remediation.poller import derived_identifier, source_tag
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.reported import (
@@ -37,6 +37,7 @@ from remediation.reported import (
     sampled_rows,
     select_reported,
 )
+from remediation.rowdigest import record_digests
 from remediation.validation import MeterIndex
 from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, next_generation, run_lineage
@@ -258,7 +259,7 @@ class _SentSince:
             or not (first.sent or self.after_report)
         ):
             return None
-        return None if first.content == record_content(record) else first.sent
+        return None if [first.content] == record_digests([record]) else first.sent
 
     def unchanged(
         self, records: Iterator[UsageRecord], altered: dict[str, bool]

@@ -59,7 +59,7 @@ class ImportedRow(SQLModel, table=True):
     event_name: str | None = Field(default=None, max_length=255)
     timestamp: int | None = Field(default=None, sa_type=BigInteger)
     sent: bool = False
-    # remediation.poller.row_content of the row as this version held it (None: recorded
+    # remediation.rowdigest of the row as this version held it (None: recorded
     # before migration 0007)
     content: int | None = Field(default=None, sa_type=BigInteger)
 

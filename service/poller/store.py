@@ -286,7 +286,7 @@ def sent_moments(engine: Engine, identifiers: set[str]) -> dict[str, datetime]:
 
 class FirstVersion(NamedTuple):
     """The first object version the poller recorded a row with: the one that sent it, if
-    any did (`sent`), and what the row held there (`content`: `row_content`, None when
+    any did (`sent`), and what the row held there (`content`: `remediation.rowdigest`, None when
     recorded before migration 0007)."""
 
     key: str

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
-from remediation import poller
+from remediation import poller, rowdigest
 from remediation.core.csvread import CsvColumns
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
@@ -18,12 +19,11 @@ from remediation.poller import (
     derived_identifier,
     import_chunks,
     index_chunks,
-    record_content,
-    row_content,
     source_tag,
 )
 from remediation.ports import ObjectInfo
 from remediation.readers import CsvRecords
+from remediation.rowdigest import record_digests, row_digest
 from remediation.validation import MeterIndex
 from service.poller.files import FailedRecords
 from service.poller.planning import PassLimits, is_usage_key, plan_pass
@@ -253,6 +253,12 @@ _CONTENT_ROWS = [
      "payload": {"stripe_customer_id": "", "value": 0.1, "nested": {"a": [1, 2]}}},
     {"identifier": "c5", "timestamp": NOW_TS - 60, "event_name": "api_requests",
      "payload": {"stripe_customer_id": "cus_é,\"q\"", "value": "7"}},
+    {"identifier": "c6", "timestamp": None, "event_name": None,
+     "payload": {"value": "7"}},
+    {"identifier": "c7", "timestamp": 1.5, "event_name": True,
+     "payload": {"stripe_customer_id": None, "value": -0.0}},
+    *({"identifier": f"n{n}", "timestamp": NOW_TS - n, "event_name": "api_requests",
+       "payload": {"stripe_customer_id": f"cus_{n % 7}", "value": n}} for n in range(5000)),
 ]  # fmt: skip
 
 
@@ -265,7 +271,7 @@ def _content_files() -> dict[FileFormat, bytes]:
     for row in _CONTENT_ROWS:
         payload: dict[str, object] = row["payload"]  # type: ignore[assignment]
         writer.writerow([row["identifier"], row["timestamp"], row["event_name"]] +
-                        [payload[k] for k in keys])  # fmt: skip
+                        [payload.get(k) for k in keys])  # fmt: skip
     return {
         FileFormat.JSONL: lines.encode(),
         FileFormat.JSON: json.dumps(_CONTENT_ROWS, indent=1).encode(),
@@ -274,14 +280,18 @@ def _content_files() -> dict[FileFormat, bytes]:
 
 
 def test_a_rows_content_is_the_same_read_as_columns_or_as_a_record() -> None:
-    """The poller records `row_content` of every row it reads as columns (import and index
-    mode); an error report compares it with the row read as a record: sent and failed rows,
-    typed JSON values (numbers, booleans, null, objects), every format."""
+    """The poller records the digest of every row it reads as columns (import and index mode);
+    an error report compares it with the row read as a record: sent and failed rows, typed
+    JSON values (numbers, booleans, null, objects), absent keys, empty cells, every format,
+    rows past the first batch."""
     index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
     for fmt, data in _content_files().items():
         records = list(read_records(io.BytesIO(data), fmt))
-        by_record = {r.identifier: record_content(r) for r in records}
+        by_record = dict(zip([r.identifier for r in records], record_digests(records), strict=True))
         assert len(set(by_record.values())) == len(_CONTENT_ROWS), fmt
+        assert by_record["c1"] == row_digest(
+            "api_requests", NOW_TS - 60, {"value": "5", "stripe_customer_id": "cus_A"}
+        )
         chunks = import_chunks(read_records(io.BytesIO(data), fmt), index, now=NOW_TS, tag="t")
         imported = {ref.identifier: ref.content for chunk in chunks for ref in chunk.rows}
         indexed = {
@@ -292,17 +302,24 @@ def test_a_rows_content_is_the_same_read_as_columns_or_as_a_record() -> None:
         assert imported == indexed == by_record, fmt
 
 
+def test_digests_of_a_slice_are_those_of_its_rows() -> None:
+    texts = pa.array([f"row {n}\x1e{'é' * (n % 5)}" for n in range(50)] + [None, ""])
+    whole = rowdigest._texts(texts)
+    assert (rowdigest._texts(texts.slice(7, 45)) == whole[7:52]).all()
+    assert len(set(whole.tolist())) == 51 and whole[50] == whole[51]  # null reads as ""
+
+
 def test_a_rows_content_changes_with_what_it_sends_only() -> None:
     payload = {"stripe_customer_id": "cus_A", "value": "5"}
-    content = row_content("api_requests", NOW_TS, payload)
-    assert content == row_content("api_requests", NOW_TS, dict(reversed(payload.items())))
+    content = row_digest("api_requests", NOW_TS, payload)
+    assert content == row_digest("api_requests", NOW_TS, dict(reversed(payload.items())))
     assert -(2**63) <= content < 2**63  # a BIGINT
     changed = [
-        row_content("api_requests", NOW_TS, {**payload, "stripe_customer_id": "cus_B"}),
-        row_content("api_requests", NOW_TS + 1, payload),
-        row_content("api_requests_v2", NOW_TS, payload),
-        row_content("api_requests", NOW_TS, {**payload, "region": "eu"}),
-        row_content("api_requests", None, payload),
-        row_content(None, NOW_TS, payload),
+        row_digest("api_requests", NOW_TS, {**payload, "stripe_customer_id": "cus_B"}),
+        row_digest("api_requests", NOW_TS + 1, payload),
+        row_digest("api_requests_v2", NOW_TS, payload),
+        row_digest("api_requests", NOW_TS, {**payload, "region": "eu"}),
+        row_digest("api_requests", None, payload),
+        row_digest(None, NOW_TS, payload),
     ]
     assert content not in changed and len(set(changed)) == len(changed)

@@ -7,7 +7,7 @@ Create Date: 2026-12-04
 A customer may fix a row by hand and upload the file again after the poller sent the row and
 before Stripe's error report about it comes: the poller leaves the row out of the new version
 (another version sent it), and the report reads the row from the new version. `content`
-(`remediation.poller.row_content`, 64 bits) tells the report whether the row there is the one
+(`remediation.rowdigest`, 64 bits) tells the report whether the row there is the one
 Stripe refused. Nullable, no default to fill: rows recorded before stay as they are (taken for
 unchanged, as before).
 """
