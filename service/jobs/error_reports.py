@@ -390,7 +390,10 @@ def _changed_rows(job: _Report) -> str:
     """What became of the sampled rows changed since they were sent, for the outcome."""
     parts = []
     if job.resent:
-        parts.append(f"{job.resent} changed in the file since sent: sent as they are now")
+        parts.append(
+            f"{job.resent} changed in the file since sent: taken as they are now, not for the "
+            "report's code"
+        )
     if job.left:
         parts.append(
             f"{job.left} changed in the file since Stripe took them: left to Stripe's import "

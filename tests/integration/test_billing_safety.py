@@ -466,21 +466,26 @@ def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_han
     assert sorted(loop.accepted()) == ["a", "g"]
 
 
-@pytest.mark.parametrize("fixed", [True, False], ids=["fixed", "unchanged"])
+@pytest.mark.parametrize("change", ["fixed", "fixed_in_ms", "unchanged"])
 def test_a_refused_row_fixed_by_hand_before_its_report_came_is_sent_as_it_is_now(
-    loop: Loop, fixed: bool
+    loop: Loop, change: str
 ) -> None:
     """The poller sent a row and Stripe refused it (a customer it does not know); before
     Stripe's error report came, the customer fixed the row in the file and uploaded it again.
     The poller left the row out of the new version (another version had sent it), and the
     report then read the fixed row from the new version and quarantined it for the old row's
     code ("cus_alice is not in the customer map"): never billed. The row as it is now was never
-    sent: it is sent now (`g-mfx1`). A rewrite that leaves the row as it was (`unchanged`)
-    still quarantines it for the report's code."""
+    sent: it is sent now (`g-mfx1`), corrected by the rules if our validation finds a problem
+    in it (`fixed_in_ms`: the timestamp written in milliseconds). A rewrite that leaves the
+    row as it was (`unchanged`) still quarantines it for the report's code."""
     now = int(time.time())
     other = ["a", now - 60, "api_requests", "cus_alice", "3"]
     row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
-    again = [*row[:3], "cus_alice" if fixed else "cus_ghost", row[4]]
+    again = {
+        "fixed": [*row[:3], "cus_alice", row[4]],
+        "fixed_in_ms": ["g", (now - 60) * 1000, "api_requests", "cus_alice", row[4]],
+        "unchanged": row,
+    }[change]
     with bundled_poller(loop) as deps:
         _put(loop, "day.csv", usage_csv([other, row]))
         run_poll_pass(deps)  # both sent; Stripe refuses g, its report not sent yet
@@ -494,17 +499,24 @@ def test_a_refused_row_fixed_by_hand_before_its_report_came_is_sent_as_it_is_now
         [task] = session.exec(
             select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.error_report")
         )
+        audit = session.exec(select(CorrectionAudit)).all()
     assert report.status == "remediated"
     outcome = "remediated 1 row(s) for 1 reported error(s)"
-    if fixed:
-        assert sorted(loop.accepted()) == ["a", "b", "g-mfx1"]
-        # nor is `b` (cus_alice, after g in the new version) taken for the old row's customer
-        assert held == []
-        assert task.outcome == f"{outcome}; 1 changed in the file since sent: sent as they are now"
-    else:
+    if change == "unchanged":
         assert sorted(loop.accepted()) == ["a", "b"]
         assert [(q.identifier, q.code) for q in held] == [("g", "meter_event_customer_not_found")]
         assert task.outcome == outcome
+    else:
+        assert sorted(loop.accepted()) == ["a", "b", "g-mfx1"]
+        # nor is `b` (cus_alice, after g in the new version) taken for the old row's customer
+        assert held == []
+        changed = (
+            "1 changed in the file since sent: taken as they are now, not for the report's code"
+        )
+        assert task.outcome == f"{outcome}; {changed}"
+        corrected = [(a.identifier, a.code, a.after) for a in audit]
+        ms = [("g", "timestamp_in_future", str(now - 60))]
+        assert corrected == (ms if change == "fixed_in_ms" else [])
     assert max(originals_billed(loop).values()) == 1
 
 
