@@ -41,12 +41,12 @@ class ReportScope:
     # wherever the object holds them now (correcting one again sends its derived identifier
     # again), and counted in `Selection.handled` when the report is about them
     handled: frozenset[str] = field(default_factory=frozenset)
-    # sampled rows the object holds changed since Stripe refused them (a customer fixed the
-    # row by hand and uploaded the file again before the report came): the row there is not
-    # the one Stripe refused. True: the bundled poller sent the row and left the changed one
-    # out of the new version, so it is selected with no code (CHANGED_SINCE_SENT): sent as it
-    # is now unless our validation finds a problem. False: Stripe's own connector took the
-    # new version; the row is left to it (counted in `Selection.left`).
+    # sampled rows the object holds that are not the rows Stripe refused. True: changed
+    # since the bundled poller sent them (a customer fixed the row by hand and uploaded the
+    # file again before the report came; the poller left it out of the new version): selected
+    # with no code (CHANGED_SINCE_SENT), our validation decides. False: Stripe's own connector
+    # took them again from a version uploaded after the report: left to it (counted in
+    # `Selection.left`).
     changed: Mapping[str, bool] = field(default_factory=dict)
 
 
@@ -110,7 +110,7 @@ class Selection:
     another run already handled (`ReportScope.handled`), so they are not lost but done."""
 
     handled: int = 0
-    left: int = 0  # changed rows left to Stripe's connector (`ReportScope.changed`)
+    left: int = 0  # rows left to Stripe's connector (`ReportScope.changed`)
     resent: int = 0  # changed rows selected to be sent as they are now
 
 
@@ -124,8 +124,7 @@ def select_reported(
 ) -> Iterator[UsageRecord]:
     """The rows the report is about that no other run handled, each with `error_code` set,
     or no code and CHANGED_SINCE_SENT for a sampled row changed since it was sent (those
-    another run handled, and changed rows left to Stripe's connector, are counted in
-    `selection`)."""
+    another run handled, and rows left to Stripe's connector, are counted in `selection`)."""
     counts = selection if selection is not None else Selection()
     for record in records:
         identifier = str(record.identifier or "")

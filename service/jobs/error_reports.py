@@ -92,10 +92,10 @@ class _Report:
     customers: set[str] = field(default_factory=set)
     sampled: dict[str, Sampled] = field(default_factory=dict)  # key -> what its samples say
     changed: list[str] = field(default_factory=list)  # objects overwritten since Stripe took them
-    # key -> its sampled rows changed since they were sent (`ReportScope.changed`)
+    # key -> its sampled rows that are not the rows Stripe refused (`ReportScope.changed`)
     altered: dict[str, dict[str, bool]] = field(default_factory=dict)
     resent: int = 0  # changed rows sent as they are now
-    left: int = 0  # changed rows left to Stripe's connector
+    left: int = 0  # rows left to Stripe's connector (taken again from a later version)
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
@@ -219,16 +219,18 @@ def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -
 
 
 class _SentSince:
-    """Which sampled rows an object version holds changed since another version sent them.
+    """Which sampled rows an object version holds that are not the rows Stripe refused.
 
-    A customer may fix a row by hand and upload the file again after the row was sent and
-    before Stripe's report about it comes: what the report says of the row Stripe refused
-    (its code, its customer) is not said of the row this version holds. Import mode: the
-    poller left the row out of the new version (another version sent it), so it is sent as
-    it is now. Index mode: Stripe's connector took the new version itself, so the row is left
-    to it, when that version was uploaded after the report's window (else the report may be
-    about the new row). A row some version sent again since a run quarantined it (marked
-    `taken_again`) is not taken for changed: the report may be about that send."""
+    Import mode: a customer may fix a row by hand and upload the file again after the
+    poller sent it and before Stripe's report about it comes. The poller left the row out of
+    the new version (another version sent it); when it changed since it was sent (its digest,
+    `remediation.rowdigest`), what the report says of the row Stripe refused (its code, its
+    customer) is not said of it: it is taken as it is now. Index mode: Stripe's connector
+    takes every version whole; a version uploaded after the report's window holds rows the
+    connector took again, changed or not (billed, or refused again and reported again): they
+    are left to it (a version uploaded within the window may be the one the report is about).
+    A row some version sent again since a run quarantined it (marked `taken_again`) is
+    neither: the report may be about that send."""
 
     def __init__(
         self,
@@ -247,19 +249,17 @@ class _SentSince:
         self.after_report = uploaded is not None and uploaded > job.now
 
     def changed(self, record: UsageRecord) -> bool | None:
-        """None: not a changed sampled row; True: the bundled poller sent it (import mode);
-        False: Stripe's connector took it (index mode)."""
+        """None: the report's row; True: changed since the bundled poller sent it (import
+        mode); False: taken again by Stripe's connector from this version (index mode)."""
         identifier = record.identifier or ""
         first = self.firsts.get(identifier) if identifier in self.samples else None
-        if (
-            first is None
-            or first.version == self.here
-            or first.content is None
-            or identifier in self.again
-            or not (first.sent or self.after_report)
-        ):
+        if first is None or first.version == self.here or identifier in self.again:
             return None
-        return None if [first.content] == record_digests([record]) else first.sent
+        if not first.sent:
+            return False if self.after_report else None
+        if first.content is None or [first.content] == record_digests([record]):
+            return None
+        return True
 
     def unchanged(
         self, records: Iterator[UsageRecord], altered: dict[str, bool]
@@ -325,7 +325,7 @@ def _remediate(
 
 def _counted(job: _Report, selected: int, selection: Selection) -> int:
     """The rows of one object the report is about, found: those selected, those another run
-    handled, and the changed rows left to Stripe's connector."""
+    handled, and the rows left to Stripe's connector."""
     job.resent += selection.resent
     job.left += selection.left
     return selected + selection.handled + selection.left
@@ -396,8 +396,8 @@ def _changed_rows(job: _Report) -> str:
         )
     if job.left:
         parts.append(
-            f"{job.left} changed in the file since Stripe took them: left to Stripe's import "
-            "of the new version"
+            f"{job.left} read from a version uploaded after the report: taken again by "
+            "Stripe's connector, left to it"
         )
     return "".join(f"; {part}" for part in parts)
 

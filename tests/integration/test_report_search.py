@@ -27,6 +27,7 @@ from service.models import (
     CorrectionAudit,
     ErrorReport,
     ImportedRow,
+    InboxEvent,
     QuarantinedRow,
     RemediationRun,
 )
@@ -532,3 +533,42 @@ def test_index_mode_quarantines_a_row_changed_and_refused_again(
     ]
     assert [r.status for r in reports] == ["remediated", "remediated"]
     assert sorted(loop.accepted()) == ["a"]
+
+
+def test_index_mode_leaves_a_row_stripe_took_again_before_its_report_was_handled(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """Stripe's connector refused a row (a customer it did not know yet). Before the report
+    was handled, the customer was created in Stripe and the file uploaded again as it was:
+    the connector took the row again and billed it. The report then read the row from the new
+    version and, the customer now mapped by a rule, sent it a second time as `x-mfx1` (a
+    version uploaded before the row was quarantined is never marked taken again). A row read
+    from a version uploaded after the report's window is left to the connector."""
+    now = int(time.time())
+    base = {"event_name": "api_requests", "value": "5", "timestamp": now - 60}
+    ok = {**base, "identifier": "a", "customer": "cus_alice"}
+    late = {**base, "identifier": "x", "customer": "cus_late"}
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, late], "csv"))
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()  # a billed, x refused
+    loop.sandbox_app.extensions["sandbox"].flush_reports()  # the report, not handled yet
+    time.sleep(1.1)  # the new version uploaded after the report's window (whole seconds)
+    loop.sandbox.create_customer("cus_late")
+    Path(loop.settings.mfx_rules).write_text(RULES + '"cus_late" = "cus_alice"\n')
+    new = {**ok, "identifier": "b"}
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, late, new], "csv"))
+    _cycle(loop, deps)  # x billed from the new version; the report handled
+    _cycle(loop, deps)  # a corrected file, if any
+    with loop.session() as session:
+        held = session.exec(select(QuarantinedRow)).all()
+        [report] = session.exec(select(ErrorReport)).all()
+        [task] = session.exec(
+            select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.error_report")
+        )
+    assert sorted(loop.accepted()) == ["a", "b", "x"]
+    assert max(originals_billed(loop).values()) == 1
+    assert held == [] and report.status == "remediated"
+    assert task.outcome == (
+        "remediated 1 row(s) for 1 reported error(s); 1 read from a version uploaded after "
+        "the report: taken again by Stripe's connector, left to it"
+    )
