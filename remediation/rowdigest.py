@@ -112,7 +112,7 @@ def _names(column: Column) -> pa.Array:
 def _combined(
     names: pa.Array, timestamps: Sequence[int | None], sent: Mapping[str, pa.Array]
 ) -> Digests:
-    stamps = pa.array(timestamps, pa.int64())
+    stamps = _int64(timestamps)
     known = np.asarray(stamps.is_valid(), bool)
     values = stamps.fill_null(0).to_numpy().view(np.uint64)
     encoded = pc.dictionary_encode(names)  # few event names: each digested once
@@ -130,6 +130,19 @@ def _combined(
 def _key(key: str) -> np.uint64:
     digest: np.uint64 = _texts(pa.array([key], pa.string()))[0]
     return digest
+
+
+def _int64(timestamps: Sequence[int | None]) -> pa.Array:
+    """The timestamps as int64, one past 64 bits (digits, but no time: a hostile row) taken
+    mod 2^64."""
+    try:
+        return pa.array(timestamps, pa.int64())
+    except OverflowError:
+        return pa.array([None if t is None else _wrapped(t) for t in timestamps], pa.int64())
+
+
+def _wrapped(value: int) -> int:
+    return (value + 2**63) % 2**64 - 2**63
 
 
 def _texts(array: pa.Array) -> Words:

@@ -29,6 +29,12 @@ MAX_IDENTIFIER = 512  # imported_rows.identifier (longer ones are not recorded)
 MAX_EVENT_NAME = 255
 
 
+def bigint(value: int | None) -> int | None:
+    """`value` when a BIGINT holds it, else None: a timestamp of 20 digits is digits, not a
+    time (the row fails validation), and would fail the whole file's insert."""
+    return value if value is None or -(2**63) <= value < 2**63 else None
+
+
 def recordable(identifier: str) -> bool:
     """Whether imported_rows can hold the identifier, so a look-up may find it (NUL: never
     recorded, and PostgreSQL refuses it as a parameter)."""
@@ -103,7 +109,7 @@ class PollerStore:
                 "etag": obj.etag,
                 "row_number": ref.row_number,
                 "event_name": (ref.event_name or "")[:MAX_EVENT_NAME] or None,
-                "timestamp": ref.timestamp,
+                "timestamp": bigint(ref.timestamp),
                 "sent": ref.sent,
                 "content": ref.content,
             }

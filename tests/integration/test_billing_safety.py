@@ -712,3 +712,21 @@ def test_lineage_lookup_survives_identifiers_we_never_write(db_url: str, tmp_pat
     finally:
         engine.dispose()
     assert lineage.ancestors == {}
+
+
+def test_a_timestamp_past_64_bits_is_quarantined_and_the_rest_billed(loop: Loop) -> None:
+    """A row whose timestamp is 20 digits (no time, but digits): the poller failed the whole
+    file on it (its 64-bit columns), so no row of it was billed. Now the file is imported,
+    the row handed to remediation and quarantined with a reason."""
+    now = int(time.time())
+    rows: list[list[object]] = [["h", "9" * 20, "api_requests", "cus_alice", "5"]]
+    rows += [[f"k{n}", now - 60, "api_requests", "cus_alice", "5"] for n in range(2)]
+    _put(loop, "day.csv", usage_csv(rows))
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)
+        loop.drain()
+    assert sorted(loop.accepted()) == ["k0", "k1"]
+    with loop.session() as session:
+        [held] = session.exec(select(QuarantinedRow)).all()
+    assert (held.identifier, held.code) == ("h", "timestamp_in_future"), held.reason
+    assert "9" * 20 in str(held.reason)

@@ -515,3 +515,29 @@ def test_a_row_a_later_version_sent_is_not_sent_again_by_the_next(
     assert accepted == ["d-0", "d-1", "x"]  # each once
     [second] = [r for r in harness.imported() if r.identifier == "x"]
     assert second.sent and second.row_number == 1
+
+
+@pytest.mark.parametrize("mode", ["import", "index"])
+def test_rows_with_timestamps_past_64_bits_neither_crash_nor_stop_the_file(
+    settings: Settings, sandbox_server: SandboxServer, tmp_path: Path, mode: str
+) -> None:
+    """A hostile row holds a timestamp of 20 digits (or 19 with a sign): no time at all, but
+    digits. The poller records every row's timestamp and a digest of it as 64-bit integers:
+    such a row crashed the file (OverflowError) and the other rows were never sent."""
+    h = Harness(settings.model_copy(update={"mfx_poller": mode}), tmp_path)
+    if mode == "index":
+        h.deps.sink, h.deps.meters = None, None
+    huge = [("h1", "9" * 20), ("h2", "-" + "9" * 19), ("h3", str(2**63))]
+    body = "".join(f"{i},{ts},api_requests,cus_A,5\n" for i, ts in huge)
+    h.put("a.csv", HEADER + body + _rows("ok", 3), tmp_path)
+    report = run_poll_pass(h.deps)
+    assert report.errors == [] and h.objects()["a.csv"].status == f"{mode}ed"
+    rows = {r.identifier: r for r in h.imported()}
+    assert sorted(rows) == ["h1", "h2", "h3", "ok-0", "ok-1", "ok-2"]
+    assert all(rows[i].timestamp is None for i, _ in huge)  # not a time we can hold
+    assert len({r.content for r in rows.values()}) == 6
+    if mode == "import":
+        assert (report.sent, report.failed_rows) == (3, 3)
+        accepted = sorted(e["identifier"] for e in sandbox_server.admin.meter_events())
+        assert accepted == ["ok-0", "ok-1", "ok-2"]
+    h.engine.dispose()
