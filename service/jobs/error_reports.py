@@ -39,6 +39,7 @@ from remediation.reported import (
 )
 from remediation.rowdigest import record_digests
 from remediation.validation import MeterIndex
+from service.config import PollerMode
 from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, next_generation, run_lineage
 from service.jobs.runs import RunContext, RunRequest, execute_run
@@ -116,7 +117,7 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
             version, path, plan = fetched
             altered: dict[str, bool] = {}
             records = _records(path, plan, ctx, key, version)
-            since = _SentSince(ctx.engine, job, firsts, key, version)
+            since = _SentSince(ctx, job, firsts, key, version)
             sampled = sampled_rows(since.unchanged(records, altered), job.scope, job.index)
             if version != etag and not sampled.codes and not altered:  # another file now
                 job.changed.append(key)
@@ -234,7 +235,7 @@ class _SentSince:
 
     def __init__(
         self,
-        engine: Engine,
+        ctx: RunContext,
         job: _Report,
         firsts: Mapping[str, FirstVersion],
         key: str,
@@ -242,11 +243,13 @@ class _SentSince:
     ) -> None:
         self.firsts, self.here = firsts, (key, version)
         self.samples = job.scope.samples
-        runs = runs_correcting(engine, key)
-        self.again = marked_among(engine, runs, sorted(job.scope.samples))
-        times = object_times(engine, key, version)
+        runs = runs_correcting(ctx.engine, key)
+        self.again = marked_among(ctx.engine, runs, sorted(job.scope.samples))
+        times = object_times(ctx.engine, key, version)
         uploaded = _seconds(times.uploaded) if times is not None else None
-        self.after_report = uploaded is not None and uploaded > job.now
+        # Stripe's connector takes the bucket's versions (index mode), not the bundled poller
+        connector = ctx.settings.mfx_poller != PollerMode.ON
+        self.taken_again = connector and uploaded is not None and uploaded > job.now
 
     def changed(self, record: UsageRecord) -> bool | None:
         """None: the report's row; True: changed since the bundled poller sent it (import
@@ -256,7 +259,7 @@ class _SentSince:
         if first is None or first.version == self.here or identifier in self.again:
             return None
         if not first.sent:
-            return False if self.after_report else None
+            return False if self.taken_again else None
         if first.content is None or [first.content] == record_digests([record]):
             return None
         return True
