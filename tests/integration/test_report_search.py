@@ -476,6 +476,23 @@ def test_index_mode_says_when_stripe_takes_rows_meterfix_resent_unchanged_again(
     assert "2 rows of it meterfix corrected or re-sent before" in alert.message
 
 
+def _refused_and_reported(
+    loop: Loop, deps: PollerDeps, customer: str
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The day's file: `a` (cus_alice) and `x` of `customer`, which Stripe does not know. The
+    connector bills a and refuses x; Stripe sends its report, not handled yet; a second
+    passes, so a version uploaded next is uploaded after the report's window. (a, x)"""
+    base = {"event_name": "api_requests", "value": "5", "timestamp": int(time.time()) - 60}
+    ok = {**base, "identifier": "a", "customer": "cus_alice"}
+    refused = {**base, "identifier": "x", "customer": customer}
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, refused], "csv"))
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()
+    loop.sandbox_app.extensions["sandbox"].flush_reports()
+    time.sleep(1.1)  # S3 keeps whole seconds
+    return ok, refused
+
+
 def test_index_mode_leaves_a_row_fixed_before_its_report_came_to_stripes_connector(
     loop: Loop, deps: PollerDeps
 ) -> None:
@@ -485,15 +502,7 @@ def test_index_mode_leaves_a_row_fixed_before_its_report_came_to_stripes_connect
     quarantined it for the old row's code, and took the new row for a row of the customer
     Stripe did not know (quarantined too: a re-run mapping the customer would bill both
     twice). The connector takes the new version itself: both are left to it."""
-    now = int(time.time())
-    base = {"event_name": "api_requests", "value": "5", "timestamp": now - 60}
-    ok = {**base, "identifier": "a", "customer": "cus_alice"}
-    broken = {**base, "identifier": "x", "customer": "cus_ghost"}
-    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, broken], "csv"))
-    run_poll_pass(deps)
-    loop.sandbox.connector_poll()  # a billed, x refused
-    loop.sandbox_app.extensions["sandbox"].flush_reports()  # the report, not handled yet
-    time.sleep(1.1)  # the new version uploaded after the report's window (whole seconds)
+    ok, broken = _refused_and_reported(loop, deps, "cus_ghost")
     fixed = {**broken, "customer": "cus_alice"}
     new = {**ok, "identifier": "b"}
     body = render([ok, fixed, new], "csv")
@@ -544,15 +553,7 @@ def test_index_mode_leaves_a_row_stripe_took_again_before_its_report_was_handled
     version and, the customer now mapped by a rule, sent it a second time as `x-mfx1` (a
     version uploaded before the row was quarantined is never marked taken again). A row read
     from a version uploaded after the report's window is left to the connector."""
-    now = int(time.time())
-    base = {"event_name": "api_requests", "value": "5", "timestamp": now - 60}
-    ok = {**base, "identifier": "a", "customer": "cus_alice"}
-    late = {**base, "identifier": "x", "customer": "cus_late"}
-    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([ok, late], "csv"))
-    run_poll_pass(deps)
-    loop.sandbox.connector_poll()  # a billed, x refused
-    loop.sandbox_app.extensions["sandbox"].flush_reports()  # the report, not handled yet
-    time.sleep(1.1)  # the new version uploaded after the report's window (whole seconds)
+    ok, late = _refused_and_reported(loop, deps, "cus_late")
     loop.sandbox.create_customer("cus_late")
     Path(loop.settings.mfx_rules).write_text(RULES + '"cus_late" = "cus_alice"\n')
     new = {**ok, "identifier": "b"}
