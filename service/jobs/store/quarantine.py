@@ -5,7 +5,7 @@ filtered lists leave them out unless they ask for one run's rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -274,29 +274,38 @@ def mark_rerun(engine: Engine, ids: Sequence[int], run_id: int) -> None:
 def held_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
     """Which of `identifiers` these runs hold in quarantine: not taken by a re-run, not
     marked taken again (`mark_taken_again`)."""
-    if not run_ids or not identifiers:
-        return set()
-    query = select(QUARANTINE.c.identifier).where(*_held(engine, run_ids, identifiers)).distinct()
-    with engine.connect() as connection:
-        return {str(row.identifier) for row in connection.execute(query)}
+    return _identifiers_where(engine, run_ids, identifiers, _held)
 
 
 def marked_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
     """Which of `identifiers` these runs quarantined and a later object version sent again
     since (marked `taken_again`)."""
+    return _identifiers_where(engine, run_ids, identifiers, _marked)
+
+
+def _identifiers_where(
+    engine: Engine,
+    run_ids: Sequence[int],
+    identifiers: Sequence[str],
+    conditions: Callable[[Engine, Sequence[int], Sequence[str]], list[ColumnElement[bool]]],
+) -> set[str]:
     if not run_ids or not identifiers:
         return set()
-    query = (
-        select(QUARANTINE.c.identifier)
-        .where(
-            QUARANTINE.c.run_id.in_(list(run_ids)),
-            QUARANTINE.c.taken_again.is_not(None),
-            in_listed(QUARANTINE.c.identifier, identifiers, engine),
-        )
-        .distinct()
-    )
+    where = conditions(engine, run_ids, identifiers)
+    query = select(QUARANTINE.c.identifier).where(*where).distinct()
     with engine.connect() as connection:
         return {str(row.identifier) for row in connection.execute(query)}
+
+
+def _marked(
+    engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
+) -> list[ColumnElement[bool]]:
+    """Rows these runs quarantined under one of `identifiers`, marked taken again."""
+    return [
+        QUARANTINE.c.run_id.in_(list(run_ids)),
+        QUARANTINE.c.taken_again.is_not(None),
+        in_listed(QUARANTINE.c.identifier, identifiers, engine),
+    ]
 
 
 def _held(
