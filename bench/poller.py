@@ -36,7 +36,7 @@ def generate(path: Path, rows: int, now: int) -> None:
 def bench_parse(path: Path, now: int) -> tuple[int, int, float]:
     from remediation.formats import FileFormat, read_records
     from remediation.meters import Meter
-    from remediation.poller import import_chunks
+    from remediation.poller import RowNames, import_chunks
     from remediation.validation import MeterIndex
 
     index = MeterIndex([Meter(id="mtr_bench", event_name="api_requests")])
@@ -44,7 +44,7 @@ def bench_parse(path: Path, now: int) -> tuple[int, int, float]:
     started = time.perf_counter()
     with path.open("rb") as stream:
         records = read_records(stream, FileFormat.CSV)  # as the poller reads a CSV object
-        for chunk in import_chunks(records, index, now=now, tag="bench"):
+        for chunk in import_chunks(records, index, now=now, names=RowNames("bench.csv", "bench")):
             body = {"events": chunk.events}  # one stream request body, not sent
             bodies += 1 if body["events"] else 0
             rows += len(chunk.rows)

@@ -18,7 +18,7 @@ from remediation.core.checks import problem_ids
 from remediation.core.columns import Batch, Column, Indexes, Mask
 from remediation.engine import batches
 from remediation.records import UsageRecord
-from remediation.rowdigest import batch_digests, sent_array, sent_texts
+from remediation.rowdigest import batch_digests, record_digests, sent_array, sent_texts
 from remediation.validation import (
     MeterIndex,
     parse_timestamp,
@@ -69,9 +69,64 @@ def source_tag(key: str, etag: str) -> str:
 
 
 def derived_identifier(tag: str, row_number: int) -> str:
-    """For a row without an identifier: stable per object version and row, so re-sending the
-    same file after a crash is deduplicated by Stripe (identifiers are unique for ≥ 24 h)."""
+    """For a row without an identifier nor a timestamp: stable per object version and row, so
+    re-sending the same file after a crash is deduplicated by Stripe (identifiers are unique
+    for ≥ 24 h). Stripe gives such a row the time it arrives: one like it in a new version
+    of the object may be new usage, so it is named per version."""
     return f"mfx-{tag}-{row_number}"
+
+
+def content_identifier(key: str, content: int, occurrence: int) -> str:
+    """For a row without an identifier but with a timestamp: the object's key, the row's
+    digest (`remediation.rowdigest`: event name, timestamp, payload as sent) and which row of
+    the object holding the same it is (1, 2, …, in row order). A new version of the object
+    (the day's file rewritten with the rows so far, in any order) names the rows it still
+    holds as the old one did, so the poller does not send them again, and a further row
+    alike gets the next number: new usage. The digest is part of the name: changing how
+    `rowdigest` digests a row would make every such row of a rewritten file new again."""
+    keyed = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"mfx-{keyed}-{content & _DIGEST_BITS:016x}-{occurrence}"
+
+
+_DIGEST_BITS = (1 << 64) - 1
+
+
+class RowNames:
+    """Identifiers for the rows of one object version that have none, given in row order (the
+    poller's import and an error report's read of the object name them alike):
+    `content_identifier` for a row with a timestamp, `derived_identifier` for one without.
+    Counts the rows alike read so far (one entry a distinct digest of a row without an
+    identifier)."""
+
+    def __init__(self, key: str, etag: str) -> None:
+        self.key = key
+        self.tag = source_tag(key, etag)
+        self._alike: dict[int, int] = {}
+
+    def name(self, row_number: int, timestamp: int | None, content: int) -> str:
+        if timestamp is None:
+            return derived_identifier(self.tag, row_number)
+        occurrence = self._alike.get(content, 0) + 1
+        self._alike[content] = occurrence
+        return content_identifier(self.key, content, occurrence)
+
+    def records(self, records: Iterable[UsageRecord], size: int = 1000) -> Iterator[UsageRecord]:
+        """`records` in their order, each without an identifier named (digested as records
+        `size` at a time)."""
+        group: list[UsageRecord] = []
+        for record in records:
+            group.append(record)
+            if len(group) >= size:
+                yield from self._named(group)
+                group = []
+        yield from self._named(group)
+
+    def _named(self, group: list[UsageRecord]) -> list[UsageRecord]:
+        unnamed = [record for record in group if not record.identifier]
+        for record, content in zip(unnamed, record_digests(unnamed), strict=True):
+            stamp = parse_timestamp(record.timestamp)
+            record.identifier = self.name(record.row_number, stamp, content)
+        return group
 
 
 def import_chunks(
@@ -79,7 +134,7 @@ def import_chunks(
     meters: MeterIndex,
     *,
     now: int,
-    tag: str,
+    names: RowNames,
     batch_size: int = BATCH_SIZE,
     sent_before: Callable[[Indexes], Mask] | None = None,
     sent_elsewhere: Callable[[list[str]], set[str]] | None = None,
@@ -97,6 +152,7 @@ def import_chunks(
     2026-12-02), under the 100,000 target on that machine."""
     chunk = ImportChunk()
     for batch in batches(records, CHECK_ROWS, block_bytes=BLOCK_BYTES):
+        batch = _identified(batch, names)  # every row counted: skipped rows name rows alike
         if sent_before is not None:
             done = sent_before(batch.rows)
             if done.any():
@@ -104,7 +160,6 @@ def import_chunks(
                 batch = batch.take(np.flatnonzero(~done))
         if not len(batch):
             continue
-        batch = _identified(batch, tag)
         if sent_elsewhere is not None:
             batch, chunk.elsewhere = _not_sent_elsewhere(batch, sent_elsewhere, chunk.elsewhere)
             if not len(batch):
@@ -146,17 +201,25 @@ def _not_sent_elsewhere(
     return batch.take(np.flatnonzero(keep)), count + len(identifiers) - int(keep.sum())
 
 
-def _identified(batch: Batch, tag: str) -> Batch:
-    """Rows without an identifier get `derived_identifier` (before the checks, which would
-    find it missing)."""
+def _identified(batch: Batch, names: RowNames) -> Batch:
+    """Rows without an identifier get one from `names` (before the checks, which would find
+    it missing), digested as columns."""
     if batch.identifier.kinds is None:  # text: nothing to derive unless a value is empty or absent
         text = batch.identifier.text
         if not pc.any(pc.fill_null(pc.equal(text, ""), True)).as_py():
             return batch
     values = batch.identifier.values()
-    numbers = batch.rows.tolist()
-    named = [v if v else derived_identifier(tag, n) for v, n in zip(values, numbers, strict=True)]
-    return batch.with_fields(identifier=Column.of(named))
+    unnamed = np.flatnonzero(np.fromiter((not v for v in values), bool, len(values)))
+    if not len(unnamed):
+        return batch
+    rows = batch.take(unnamed)
+    stamps = [parse_timestamp(stamp) for stamp in rows.timestamp.values()]
+    sent = {key: sent_array(column) for key, column in rows.payload.items()}
+    contents = batch_digests(rows, stamps, sent).tolist()
+    found = zip(unnamed.tolist(), rows.rows.tolist(), stamps, contents, strict=True)
+    for i, number, stamp, content in found:
+        values[i] = names.name(number, stamp, content)
+    return batch.with_fields(identifier=Column.of(values))
 
 
 class _Checked:

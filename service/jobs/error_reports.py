@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from remediation.poller import derived_identifier, source_tag
+from remediation.poller import RowNames, source_tag
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.reported import (
@@ -358,12 +358,8 @@ def _records(
     path: Path, plan: InputPlan, ctx: RunContext, key: str, etag: str
 ) -> Iterator[UsageRecord]:
     """The object's rows, identifiers filled in exactly as the poller filled them."""
-    tag = source_tag(key, etag)
     with path.open("rb") as stream:
-        for record in read_repaired(stream, plan, ctx.rules):
-            if not record.identifier:
-                record.identifier = derived_identifier(tag, record.row_number)
-            yield record
+        yield from RowNames(key, etag).records(read_repaired(stream, plan, ctx.rules))
 
 
 def _conclude(engine: Engine, job: _Report, found: int) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 from handlers.records import RemediationStatus
 from remediation.core.columns import Indexes, Mask
 from remediation.formats import detect_format
-from remediation.poller import ImportChunk, import_chunks, source_tag
+from remediation.poller import ImportChunk, RowNames, import_chunks
 from remediation.ports import Bucket, MeterEventSink, ObjectInfo
 from remediation.validation import MeterIndex
 from service.errors import HorizonPassed
@@ -83,13 +83,13 @@ def import_object(job: ObjectImport, obj: ObjectInfo, impset_id: str) -> tuple[I
     skip = job.progress.sent_rows_before(obj, progress.resume_row)
     with job.bucket.open_read(obj.key) as stream, FailedRecords(path, fmt) as failed_out:
         records = failed_out.open_records(stream)
-        reference, tag = int(progress.first_seen.timestamp()), source_tag(obj.key, obj.etag)
+        reference = int(progress.first_seen.timestamp())
         others = OtherVersions(job.progress, obj, job.clock())
         chunks = import_chunks(
             records,
             job.meters,
             now=reference,
-            tag=tag,
+            names=RowNames(obj.key, obj.etag),
             sent_before=_acknowledged(skip, progress),
             sent_elsewhere=others.sent,
         )

@@ -520,6 +520,48 @@ def test_a_refused_row_fixed_by_hand_before_its_report_came_is_sent_as_it_is_now
     assert max(originals_billed(loop).values()) == 1
 
 
+def test_rows_without_identifiers_in_a_rewritten_file_are_billed_reported_and_corrected_once(
+    loop: Loop,
+) -> None:
+    """The day's file, its rows without identifiers: one billed, one Stripe refuses (a customer
+    it does not know), one in milliseconds (the poller's validation refuses it and meterfix
+    sends it corrected). Rewritten with a new row, in another order, before Stripe's report
+    came: each row got an identifier made of the object's version, so the new version's rows
+    were all new: the billed row was billed twice, the row in milliseconds corrected and
+    billed twice, and the report's sampled row was not found in the object (`partial`). Now a
+    row is named by what it holds: the new version sends the new row only, and the report
+    finds its row in the version the bucket holds and quarantines it."""
+    now = int(time.time())
+    billed = ["", now - 60, "api_requests", "cus_alice", "3"]
+    ghost = ["", now - 60, "api_requests", "cus_ghost", "5"]
+    in_ms = ["", (now - 60) * 1000, "api_requests", "cus_alice", "7"]
+    new = ["", now - 30, "api_requests", "cus_alice", "11"]
+    with bundled_poller(loop) as deps:
+        _put(loop, "day.csv", usage_csv([billed, ghost, in_ms]))
+        run_poll_pass(deps)  # billed and ghost sent; the row in ms to remediation
+        loop.drain()
+        run_poll_pass(deps)  # the corrected file
+        _put(loop, "day.csv", usage_csv([new, in_ms, ghost, billed]))
+        run_poll_pass(deps)
+        loop.drain()
+        reported(loop)
+        run_poll_pass(deps)
+    events = loop.sandbox.meter_events()
+    sent = sorted((e["payload"]["stripe_customer_id"], e["payload"]["value"]) for e in events)
+    assert sent == [("cus_alice", "11"), ("cus_alice", "3"), ("cus_alice", "7")]
+    assert loop.sandbox.duplicates() == []
+    with loop.session() as session:
+        held = session.exec(select(QuarantinedRow)).all()
+        [report] = session.exec(select(ErrorReport)).all()
+        audit = session.exec(select(CorrectionAudit)).all()
+    assert report.status == "remediated"
+    [ghostly] = held
+    assert (ghostly.code, ghostly.customer) == ("meter_event_customer_not_found", "cus_ghost")
+    assert ghostly.identifier.startswith("mfx-")
+    assert [(a.code, a.after) for a in audit] == [("timestamp_in_future", str(now - 60))]
+    assert max(originals_billed(loop).values()) == 1
+
+
 def test_a_refused_row_sent_changed_and_refused_again_is_quarantined_not_sent_again(
     loop: Loop,
 ) -> None:

@@ -541,3 +541,44 @@ def test_rows_with_timestamps_past_64_bits_neither_crash_nor_stop_the_file(
         accepted = sorted(e["identifier"] for e in sandbox_server.admin.meter_events())
         assert accepted == ["ok-0", "ok-1", "ok-2"]
     h.engine.dispose()
+
+
+def test_a_file_without_identifiers_rewritten_a_day_later_sends_only_its_new_rows(
+    harness: Harness,
+    sandbox_server: SandboxServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The day's file, rows without identifiers (Stripe's format allows it), rewritten with the
+    rows so far in another order: each row got an identifier made of the object's version, so
+    every row of the new version was new to Stripe and billed again. A row is now named by
+    what it holds (timestamp, event name, payload) and its place among the object's rows
+    that hold the same: a third row alike is new usage and billed; a row without a
+    timestamp is named per version, as before (Stripe gives it the time it arrives: one like
+    it in a new version may be new usage)."""
+    header = "timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+    ts = int(time.time()) - 60
+    same, other = f"{ts},api_requests,cus_A,1\n", f"{ts},api_requests,cus_B,2\n"
+    timeless = ",api_requests,cus_D,4\n"
+    harness.put("day.csv", header + same + other + same + timeless, tmp_path)
+    assert run_poll_pass(harness.deps).sent == 4
+    later = 25 * 3600  # past Stripe's dedupe window: the sandbox would bill them again
+    monkeypatch.setattr(sandbox.intake, "now", lambda: time.time() + later)
+    harness.deps.clock = lambda: datetime.now(UTC) + timedelta(seconds=later)
+    new = f"{ts + 30},api_requests,cus_A,1\n"
+    harness.put("day.csv", header + same + timeless + other + same + new + same, tmp_path)
+    report = run_poll_pass(harness.deps)
+
+    events = sandbox_server.admin.meter_events()
+    billed = sorted((e["payload"]["stripe_customer_id"], e["timestamp"]) for e in events)
+    assert [b for b in billed if b[0] != "cus_D"] == [
+        ("cus_A", ts),
+        ("cus_A", ts),
+        ("cus_A", ts),  # the third alike: new usage
+        ("cus_A", ts + 30),
+        ("cus_B", ts),
+    ]
+    assert [b[0] for b in billed if b[0] == "cus_D"] == ["cus_D", "cus_D"]  # one a version
+    assert sandbox_server.admin.duplicates() == []
+    assert len({e["identifier"] for e in events}) == 7
+    assert (report.rows, report.sent, report.failed_rows, report.left_out) == (6, 6, 0, 3)

@@ -16,6 +16,8 @@ from remediation.core.csvread import CsvColumns
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
 from remediation.poller import (
+    RowNames,
+    content_identifier,
     derived_identifier,
     import_chunks,
     index_chunks,
@@ -102,7 +104,9 @@ CSV = (
 def _chunks(text: str, batch: int = 100) -> list:  # type: ignore[type-arg]
     index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
     records = read_records(io.BytesIO(text.encode()), FileFormat.CSV)
-    return list(import_chunks(records, index, now=NOW_TS, tag="t", batch_size=batch))
+    return list(
+        import_chunks(records, index, now=NOW_TS, names=RowNames("k.csv", "t"), batch_size=batch)
+    )
 
 
 def test_import_chunks_batch_valid_rows_and_collect_failures() -> None:
@@ -115,7 +119,9 @@ def test_import_chunks_batch_valid_rows_and_collect_failures() -> None:
         "payload": {"stripe_customer_id": "cus_A", "value": "5"},
         "timestamp": datetime.fromtimestamp(NOW_TS - 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    assert chunks[0].events[1]["identifier"] == derived_identifier("t", 2) == "mfx-t-2"
+    payload = {"stripe_customer_id": "cus_B", "value": "7"}
+    content = row_digest("api_requests", NOW_TS - 60, payload)
+    assert chunks[0].events[1]["identifier"] == content_identifier("k.csv", content, 1)
     failed = [r for c in chunks for r in c.failed]
     assert [(r.identifier, r.error_code) for r in failed] == [
         ("id-3", "no_meter"),
@@ -130,6 +136,41 @@ def test_identifiers_derive_stably_per_object_version() -> None:
     assert source_tag("a.csv", "e1") == source_tag("a.csv", "e1")
     assert source_tag("a.csv", "e1") != source_tag("a.csv", "e2")
     assert _chunks(CSV)[0].events[1]["identifier"] == _chunks(CSV)[0].events[1]["identifier"]
+
+
+def test_rows_without_identifiers_are_named_by_what_they_hold_and_which_alike_they_are() -> None:
+    """A row with a timestamp: the object's key, its digest and its place among the rows
+    alike, whatever the version and wherever it stands; one without a timestamp: per version
+    and row. The name is pinned: a change to the digest would make every such row of a
+    rewritten file new to Stripe again (billed twice)."""
+    assert content_identifier("day.csv", 0x0123456789ABCDEF, 2) == (
+        "mfx-1c0191376c953aa4-0123456789abcdef-2"
+    )
+    assert content_identifier("day.csv", -1, 1).split("-")[2] == "f" * 16
+    payload = {"stripe_customer_id": "cus_A", "value": "1"}
+    assert row_digest("api_requests", 1_700_000_000, payload) == 2867782742273103825
+
+    def names(etag: str, rows: list[str]) -> list[str]:
+        text = "timestamp,event_name,payload_stripe_customer_id,payload_value\n" + "".join(rows)
+        records = read_records(io.BytesIO(text.encode()), FileFormat.CSV)
+        index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
+        chunks = import_chunks(records, index, now=NOW_TS, names=RowNames("day.csv", etag))
+        return [ref.identifier for chunk in chunks for ref in chunk.rows]
+
+    a, b = f"{NOW_TS - 60},api_requests,cus_A,1\n", f"{NOW_TS - 60},api_requests,cus_B,1\n"
+    timeless = ",api_requests,cus_A,1\n"
+    first = names("v1", [a, b, a, timeless])
+    second = names("v2", [b, timeless, a, a, a])
+    assert len(set(first)) == 4 and first[1] == second[0]
+    assert second[2:4] == [first[0], first[2]]  # the first two rows alike, in row order
+    assert second[4] not in first  # a third alike: new usage
+    assert first[3] == derived_identifier(source_tag("day.csv", "v1"), 4)
+    assert second[1] == derived_identifier(source_tag("day.csv", "v2"), 2)
+    assert names("v1", [a])[0] != RowNames("copy.csv", "v1").name(1, NOW_TS - 60, 0)
+    records = read_records(io.BytesIO(("timestamp,event_name,payload_stripe_customer_id,"
+        "payload_value\n" + b + timeless + a + a + a).encode()), FileFormat.CSV)  # fmt: skip
+    named = RowNames("day.csv", "v2").records(records, size=2)
+    assert [record.identifier for record in named] == second  # an error report's read
 
 
 def test_index_chunks_keep_identified_rows_only() -> None:
@@ -150,7 +191,7 @@ def test_failed_rows_keep_the_csv_header_read_as_columns(tmp_path: Path) -> None
     index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
     with FailedRecords(tmp_path / "f.csv", FileFormat.CSV) as failed:
         records = failed.open_records(io.BytesIO(data.encode()))
-        chunks = list(import_chunks(records, index, now=NOW_TS, tag="t"))
+        chunks = list(import_chunks(records, index, now=NOW_TS, names=RowNames("k.csv", "t")))
         assert failed.write(chunk.failed for chunk in chunks) == 1
     names = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id"]
     assert failed.columns == [*names, "payload_value", "region"]
@@ -160,7 +201,7 @@ def test_failed_rows_keep_the_csv_header_read_as_columns(tmp_path: Path) -> None
     assert [e["identifier"] for c in chunks for e in c.events] == ["a"]
     empty = FailedRecords(tmp_path / "e.csv", FileFormat.CSV)
     nothing = empty.open_records(io.BytesIO(b""))
-    assert list(import_chunks(nothing, index, now=NOW_TS, tag="t")) == []
+    assert list(import_chunks(nothing, index, now=NOW_TS, names=RowNames("k.csv", "t"))) == []
 
 
 class _ColumnsOnly(CsvRecords):
@@ -181,7 +222,7 @@ def test_a_csv_object_is_read_as_columns_not_record_by_record() -> None:
     the few failed rows become records."""
     index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
     records = _ColumnsOnly(io.BytesIO(CSV.encode()), ",", None)
-    chunks = list(import_chunks(records, index, now=NOW_TS, tag="t"))
+    chunks = list(import_chunks(records, index, now=NOW_TS, names=RowNames("k.csv", "t")))
     assert [len(c.events) for c in chunks] == [100, 100, 52]
     assert [r.identifier for c in chunks for r in c.failed] == ["id-3", "id-4"]
     # in blocks of its own size: in the remediation's 1.875 MB blocks, 1M rows peaked at
@@ -198,7 +239,11 @@ def test_rows_sent_before_are_left_out_and_counted() -> None:
     def sent_before(rows: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
         return (rows <= 200) & (rows != 3)  # row 3 failed: never sent
 
-    chunks = list(import_chunks(records, index, now=NOW_TS, tag="t", sent_before=sent_before))
+    chunks = list(
+        import_chunks(
+            records, index, now=NOW_TS, names=RowNames("k.csv", "t"), sent_before=sent_before
+        )
+    )
     assert sum(c.skipped for c in chunks) == 199
     rows = [ref.row_number for c in chunks for ref in c.rows]
     assert rows == [3, *range(201, 255)]
@@ -225,13 +270,16 @@ def test_json_lines_events_keep_the_row_checks_conversions() -> None:
     data = "".join(json.dumps(line) + "\n" for line in lines).encode()
     index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
     records = read_records(io.BytesIO(data), FileFormat.JSONL)
-    chunks = list(import_chunks(records, index, now=NOW_TS, tag="t"))
+    chunks = list(import_chunks(records, index, now=NOW_TS, names=RowNames("k.csv", "t")))
     events = [e for c in chunks for e in c.events]
+    content = row_digest(
+        "api_requests", NOW_TS - 60, {"value": "2.5", "stripe_customer_id": "cus_B"}
+    )
     stamp = datetime.fromtimestamp(NOW_TS - 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert events == [
         {"event_name": "api_requests", "identifier": "j1",
          "payload": {"stripe_customer_id": "cus_A", "value": "5"}, "timestamp": stamp},
-        {"event_name": "api_requests", "identifier": derived_identifier("t", 2),
+        {"event_name": "api_requests", "identifier": content_identifier("k.csv", content, 1),
          "payload": {"value": "2.5", "stripe_customer_id": "cus_B"}, "timestamp": stamp},
         {"event_name": "api_requests", "identifier": "j4",
          "payload": {"region": "true", "value": "2", "stripe_customer_id": "cus_C"},
@@ -292,7 +340,9 @@ def test_a_rows_content_is_the_same_read_as_columns_or_as_a_record() -> None:
         assert by_record["c1"] == row_digest(
             "api_requests", NOW_TS - 60, {"value": "5", "stripe_customer_id": "cus_A"}
         )
-        chunks = import_chunks(read_records(io.BytesIO(data), fmt), index, now=NOW_TS, tag="t")
+        chunks = import_chunks(
+            read_records(io.BytesIO(data), fmt), index, now=NOW_TS, names=RowNames("k.csv", "t")
+        )
         imported = {ref.identifier: ref.content for chunk in chunks for ref in chunk.rows}
         indexed = {
             ref.identifier: ref.content

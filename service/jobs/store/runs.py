@@ -596,7 +596,8 @@ def handled_identifiers(
     overwritten under its key may hold the same row at another number, and correcting it
     again sends the same derived identifier again (Stripe dedupes for 24 hours only). A row
     of a new version is never taken for one of the old by its number: rows without an
-    identifier get one made of the object's version (`remediation.poller.derived_identifier`)."""
+    identifier are named by what they hold, or, without a timestamp, by the object's version
+    and row (`remediation.poller.RowNames`)."""
     with Session(engine) as session:
         queries = handled_queries(source, other_than)
         return frozenset(str(i) for query in queries for i in session.exec(query).all())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 import pytest
@@ -18,7 +19,7 @@ from remediation.errors import UnreadableFile
 from remediation.formats import FileFormat, RecordWriter, detect_format, read_records
 from remediation.jsonreaders import JsonlRecords
 from remediation.meters import Meter
-from remediation.poller import import_chunks, index_chunks
+from remediation.poller import RowNames, import_chunks, index_chunks
 from remediation.records import UsageRecord
 from remediation.rowdigest import record_digests
 from remediation.validation import MeterIndex
@@ -148,7 +149,11 @@ def _json_array(stream: BinaryIO) -> object:
 
 def _poller_csv(stream: BinaryIO) -> object:
     index = MeterIndex([Meter(id="mtr_1", event_name="api")])
-    return list(import_chunks(read_records(stream, FileFormat.CSV), index, now=1, tag="t"))
+    return list(
+        import_chunks(
+            read_records(stream, FileFormat.CSV), index, now=1, names=RowNames("k.csv", "t")
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -374,7 +379,9 @@ def test_fuzz_a_rows_digest_is_the_same_read_as_columns_or_as_a_record(
     again = read(data, fmt)
     by_record = dict(zip([r.row_number for r in again], record_digests(again), strict=True))
     index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
-    chunks = import_chunks(read_records(io.BytesIO(data), fmt), index, now=1, tag="t")
+    chunks = import_chunks(
+        read_records(io.BytesIO(data), fmt), index, now=1, names=RowNames("k.csv", "t")
+    )
     imported = {ref.row_number: ref.content for chunk in chunks for ref in chunk.rows}
     assert imported == by_record
     indexed = {
@@ -383,3 +390,34 @@ def test_fuzz_a_rows_digest_is_the_same_read_as_columns_or_as_a_record(
         for ref in group
     }
     assert indexed == {n: d for n, d in by_record.items() if again[n - 1].identifier}
+
+
+@settings(max_examples=fuzz_examples(150), deadline=None)
+@given(
+    st.one_of(
+        st.tuples(csv_records(), st.just(FileFormat.CSV)),
+        st.tuples(typed_records(), st.sampled_from([FileFormat.JSON, FileFormat.JSONL])),
+    ),
+    st.lists(st.booleans(), min_size=12, max_size=12),
+)
+def test_fuzz_rows_without_identifiers_are_named_alike_read_as_columns_or_as_records(
+    written: tuple[list[UsageRecord], FileFormat], blank: list[bool]
+) -> None:
+    """The poller names a row without an identifier from columns; an error report names the
+    rows of the object it reads as records, to find the row Stripe sampled: for any rows
+    (some twice, alike), the names must agree."""
+    records, fmt = written
+    twice = records * 2
+    rows = [
+        replace(r, identifier="" if b else r.identifier) for r, b in zip(twice, blank, strict=False)
+    ]
+    data = write(_numbered(rows), fmt)
+    index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
+    chunks = import_chunks(
+        read_records(io.BytesIO(data), fmt), index, now=1, names=RowNames("k.csv", "t")
+    )
+    imported = {ref.row_number: ref.identifier for chunk in chunks for ref in chunk.rows}
+    named = RowNames("k.csv", "t").records(read(data, fmt), size=3)
+    assert imported == {record.row_number: record.identifier for record in named}
+    unnamed = [imported[n] for n, row in enumerate(rows, 1) if not row.identifier]
+    assert len(set(unnamed)) == len(unnamed)  # rows alike get the next number
