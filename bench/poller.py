@@ -1,6 +1,6 @@
 """Poller throughput: parse + validate + batch (target ≥ 100,000 rows/s), then end to end.
 
-    .venv/bin/python bench/poller.py [--rows 1000000] [--e2e-rows 100000]
+    .venv/bin/python bench/poller.py [--rows 1000000] [--e2e-rows 100000] [--no-identifiers]
 
 1. Generates a usage CSV (`--rows`, default 1,000,000) and runs the poller's per-file path
    (the shared CSV reader as columns -> the remediation core's checks -> meter events ->
@@ -8,6 +8,7 @@
 2. End to end on loopback: a `file://` bucket holding a `--e2e-rows` slice, the bundled
    sandbox in-process (werkzeug, threaded) as Stripe, SQLite; one `run_poll_pass`, which
    sends every event through the v2 meter event stream and records imported_rows.
+`--no-identifiers`: the rows carry no identifier (the poller names each by what it holds).
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ from pathlib import Path
 HEADER = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
 
 
-def generate(path: Path, rows: int, now: int) -> None:
+def generate(path: Path, rows: int, now: int, identified: bool = True) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(HEADER)
         writer.writerows(
-            (f"id-{i:09d}", now - 3600 - i % 86_400, "api_requests", f"cus_{i % 5000:06d}", i % 97)
+            (
+                f"id-{i:09d}" if identified else "",
+                now - 3600 - i % 86_400,
+                "api_requests",
+                f"cus_{i % 5000:06d}",
+                i % 97,
+            )
             for i in range(rows)
         )
 
@@ -51,7 +58,9 @@ def bench_parse(path: Path, now: int) -> tuple[int, int, float]:
     return rows, bodies, time.perf_counter() - started
 
 
-def bench_end_to_end(rows: int, now: int, workdir: Path) -> tuple[int, float, int]:
+def bench_end_to_end(
+    rows: int, now: int, workdir: Path, identified: bool
+) -> tuple[int, float, int]:
     from werkzeug.serving import make_server
 
     from sandbox.app import create_sandbox_app
@@ -69,7 +78,7 @@ def bench_end_to_end(rows: int, now: int, workdir: Path) -> tuple[int, float, in
     admin = SandboxAdmin(url, timeout=120)
     admin.create_meter("api_requests")
     (workdir / "bucket").mkdir()
-    generate(workdir / "bucket" / "usage.csv", rows, now)
+    generate(workdir / "bucket" / "usage.csv", rows, now, identified)
     db_url = f"sqlite:///{workdir / 'bench.db'}"
     upgrade(db_url)
     settings = Settings(  # type: ignore[call-arg]
@@ -97,12 +106,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--e2e-rows", type=int, default=100_000)
+    parser.add_argument("--no-identifiers", action="store_true")
     args = parser.parse_args()
     now = int(time.time())
     with tempfile.TemporaryDirectory(prefix="mfx-bench-") as tmp:
         work = Path(tmp)
         path = work / "usage.csv"
-        generate(path, args.rows, now)
+        generate(path, args.rows, now, not args.no_identifiers)
         size_mb = path.stat().st_size / 1e6
         rows, bodies, elapsed = bench_parse(path, now)
         print(
@@ -110,7 +120,7 @@ def main() -> None:
             f"{rows / elapsed:,.0f} rows/s, {bodies:,} request bodies of ≤ 100 events "
             f"(target ≥ 100,000 rows/s)"
         )
-        sent, e2e, accepted = bench_end_to_end(args.e2e_rows, now, work)
+        sent, e2e, accepted = bench_end_to_end(args.e2e_rows, now, work, not args.no_identifiers)
         print(
             f"end to end (file:// bucket -> sandbox over loopback, SQLite): {sent:,} rows in "
             f"{e2e:.2f} s = {sent / e2e:,.0f} rows/s; sandbox accepted {accepted:,} events "

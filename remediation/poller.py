@@ -84,8 +84,11 @@ def content_identifier(key: str, content: int, occurrence: int) -> str:
     holds as the old one did, so the poller does not send them again, and a further row
     alike gets the next number: new usage. The digest is part of the name: changing how
     `rowdigest` digests a row would make every such row of a rewritten file new again."""
-    keyed = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return f"mfx-{keyed}-{content & _DIGEST_BITS:016x}-{occurrence}"
+    return f"{_keyed(key)}{content & _DIGEST_BITS:016x}-{occurrence}"
+
+
+def _keyed(key: str) -> str:
+    return f"mfx-{hashlib.sha256(key.encode()).hexdigest()[:16]}-"
 
 
 _DIGEST_BITS = (1 << 64) - 1
@@ -99,8 +102,8 @@ class RowNames:
     identifier)."""
 
     def __init__(self, key: str, etag: str) -> None:
-        self.key = key
         self.tag = source_tag(key, etag)
+        self._keyed = _keyed(key)
         self._alike: dict[int, int] = {}
 
     def name(self, row_number: int, timestamp: int | None, content: int) -> str:
@@ -108,7 +111,7 @@ class RowNames:
             return derived_identifier(self.tag, row_number)
         occurrence = self._alike.get(content, 0) + 1
         self._alike[content] = occurrence
-        return content_identifier(self.key, content, occurrence)
+        return f"{self._keyed}{content & _DIGEST_BITS:016x}-{occurrence}"  # content_identifier
 
     def records(self, records: Iterable[UsageRecord], size: int = 1000) -> Iterator[UsageRecord]:
         """`records` in their order, each without an identifier named (digested as records
