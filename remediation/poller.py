@@ -7,11 +7,12 @@ Which objects a pass takes is the poller's own policy: `service/poller/planning.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow.compute as pc
 
 from remediation.core.checks import problem_ids
@@ -97,21 +98,28 @@ _DIGEST_BITS = (1 << 64) - 1
 class RowNames:
     """Identifiers for the rows of one object version that have none, given in row order (the
     poller's import and an error report's read of the object name them alike):
-    `content_identifier` for a row with a timestamp, `derived_identifier` for one without.
-    Counts the rows alike read so far (one entry a distinct digest of a row without an
-    identifier)."""
+    `content_identifier` for a row with a timestamp, `derived_identifier` for one without."""
 
     def __init__(self, key: str, etag: str) -> None:
         self.tag = source_tag(key, etag)
         self._keyed = _keyed(key)
-        self._alike: dict[int, int] = {}
+        self._alike = RowsAlike()
 
-    def name(self, row_number: int, timestamp: int | None, content: int) -> str:
-        if timestamp is None:
-            return derived_identifier(self.tag, row_number)
-        occurrence = self._alike.get(content, 0) + 1
-        self._alike[content] = occurrence
-        return f"{self._keyed}{content & _DIGEST_BITS:016x}-{occurrence}"  # content_identifier
+    def names(
+        self, numbers: Sequence[int], stamps: Sequence[int | None], contents: Sequence[int]
+    ) -> list[str]:
+        """The names of the next rows without an identifier, in row order: their row numbers,
+        timestamps (parsed) and digests."""
+        timed = np.fromiter((stamp is not None for stamp in stamps), bool, len(stamps))
+        digests = np.asarray(contents, np.int64)[timed]
+        occurrences = iter(self._alike.occurrences(digests).tolist())
+        keyed, tag = self._keyed, self.tag
+        return [
+            f"{keyed}{content & _DIGEST_BITS:016x}-{next(occurrences)}"  # content_identifier
+            if stamp is not None
+            else derived_identifier(tag, number)
+            for number, stamp, content in zip(numbers, stamps, contents, strict=True)
+        ]
 
     def records(self, records: Iterable[UsageRecord], size: int = 1000) -> Iterator[UsageRecord]:
         """`records` in their order, each without an identifier named (digested as records
@@ -126,10 +134,58 @@ class RowNames:
 
     def _named(self, group: list[UsageRecord]) -> list[UsageRecord]:
         unnamed = [record for record in group if not record.identifier]
-        for record, content in zip(unnamed, record_digests(unnamed), strict=True):
-            stamp = parse_timestamp(record.timestamp)
-            record.identifier = self.name(record.row_number, stamp, content)
+        numbers = [record.row_number for record in unnamed]
+        stamps = [parse_timestamp(record.timestamp) for record in unnamed]
+        found = self.names(numbers, stamps, record_digests(unnamed))
+        for record, name in zip(unnamed, found, strict=True):
+            record.identifier = name
         return group
+
+
+_SLOTS = 1 << 27
+
+
+class RowsAlike:
+    """The digests of the rows named so far, 8 bytes a row (a file may hold tens of millions
+    of rows: a dict of them took ~100 bytes a row), as sorted runs, each more than twice the
+    length of the next (merged when not): at most log2(rows) runs to look in."""
+
+    def __init__(self) -> None:
+        self._runs: list[npt.NDArray[np.int64]] = []
+        # one bit a slot, set for the digests seen (by their low bits): only a digest whose
+        # bit is set is looked for in the runs (16 MB, the pages touched only as bits are set)
+        self._slots = np.zeros(_SLOTS // 8, np.uint8)
+
+    def occurrences(self, digests: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """For each of the next rows' digests (in row order), which row holding it this is:
+        1 for the first ever, 2 for the next, …; the digests are then counted as seen."""
+        if not len(digests):
+            return np.zeros(0, np.int64)
+        order = np.argsort(digests, kind="stable")
+        ordered = digests[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        lengths = np.diff(np.r_[starts, len(ordered)])
+        ranks = np.arange(len(ordered)) - np.repeat(starts, lengths) + 1
+        slots = (ordered & (_SLOTS - 1)).astype(np.int64)
+        maybe = np.flatnonzero((self._slots[slots >> 3] >> (slots & 7).astype(np.uint8)) & 1)
+        needles = ordered[maybe]  # digests some row may hold already (few, unless many are)
+        for run in self._runs:  # needles in order: each search starts near the last one
+            at = np.searchsorted(run, needles)
+            hit = np.flatnonzero(run[np.minimum(at, len(run) - 1)] == needles)
+            if len(hit):  # fewer: rows alike are rare
+                found = np.searchsorted(run, needles[hit], "right") - at[hit]
+                ranks[maybe[hit]] += found
+        np.bitwise_or.at(self._slots, slots >> 3, np.left_shift(1, slots & 7).astype(np.uint8))
+        occurrences = np.empty(len(digests), np.int64)
+        occurrences[order] = ranks
+        self._add(ordered)
+        return occurrences
+
+    def _add(self, ordered: npt.NDArray[np.int64]) -> None:
+        run = ordered
+        while self._runs and len(self._runs[-1]) <= 4 * len(run):
+            run = np.sort(np.concatenate([self._runs.pop(), run]), kind="stable")
+        self._runs.append(run)
 
 
 def import_chunks(
@@ -219,9 +275,10 @@ def _identified(batch: Batch, names: RowNames) -> Batch:
     stamps = [parse_timestamp(stamp) for stamp in rows.timestamp.values()]
     sent = {key: sent_array(column) for key, column in rows.payload.items()}
     contents = batch_digests(rows, stamps, sent).tolist()
-    found = zip(unnamed.tolist(), rows.rows.tolist(), stamps, contents, strict=True)
-    for i, number, stamp, content in found:
-        values[i] = names.name(number, stamp, content)
+    for i, name in zip(
+        unnamed.tolist(), names.names(rows.rows.tolist(), stamps, contents), strict=True
+    ):
+        values[i] = name
     return batch.with_fields(identifier=Column.of(values))
 
 

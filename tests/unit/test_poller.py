@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from remediation import poller, rowdigest
 from remediation.core.csvread import CsvColumns
@@ -17,6 +20,7 @@ from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
 from remediation.poller import (
     RowNames,
+    RowsAlike,
     content_identifier,
     derived_identifier,
     import_chunks,
@@ -29,6 +33,7 @@ from remediation.rowdigest import record_digests, row_digest
 from remediation.validation import MeterIndex
 from service.poller.files import FailedRecords
 from service.poller.planning import PassLimits, is_usage_key, plan_pass
+from tests.fuzz import fuzz_examples
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 NOW_TS = int(NOW.timestamp())
@@ -166,7 +171,7 @@ def test_rows_without_identifiers_are_named_by_what_they_hold_and_which_alike_th
     assert second[4] not in first  # a third alike: new usage
     assert first[3] == derived_identifier(source_tag("day.csv", "v1"), 4)
     assert second[1] == derived_identifier(source_tag("day.csv", "v2"), 2)
-    assert names("v1", [a])[0] != RowNames("copy.csv", "v1").name(1, NOW_TS - 60, 0)
+    assert names("v1", [a])[0] != RowNames("copy.csv", "v1").names([1], [NOW_TS - 60], [0])[0]
     records = read_records(io.BytesIO(("timestamp,event_name,payload_stripe_customer_id,"
         "payload_value\n" + b + timeless + a + a + a).encode()), FileFormat.CSV)  # fmt: skip
     named = RowNames("day.csv", "v2").records(records, size=2)
@@ -373,3 +378,24 @@ def test_a_rows_content_changes_with_what_it_sends_only() -> None:
         row_digest(None, NOW_TS, payload),
     ]
     assert content not in changed and len(set(changed)) == len(changed)
+
+
+@settings(max_examples=fuzz_examples(100), deadline=None)
+@given(
+    st.lists(
+        st.lists(st.one_of(st.integers(-3, 3), st.integers(-(2**63), 2**63 - 1)), max_size=40),
+        max_size=40,
+    )
+)
+def test_fuzz_rows_alike_are_counted_in_row_order_across_batches(
+    batches: list[list[int]],
+) -> None:
+    """Which row alike each is (the n of a row's name), counted in sorted runs of the digests
+    seen and a bitmap of their low bits: the same as counting every row in order."""
+    alike, counted = RowsAlike(), Counter[int]()
+    for batch in batches:
+        expected = []
+        for digest in batch:
+            counted[digest] += 1
+            expected.append(counted[digest])
+        assert alike.occurrences(np.array(batch, np.int64)).tolist() == expected
