@@ -81,9 +81,21 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
             f"not a usage file: its first line {_first(text)!r} names none of identifier, "
             "timestamp, event_name, payload_* or an error column"
         )
+    columns = layout.columns()
     if layout.event_name is None and rules.policy.default_event_name:
         repairs += (f"event_name filled with {rules.policy.default_event_name!r}",)
-    return InputPlan(fmt, delimiter, tuple(header), tuple(layout.columns()), repairs)
+        columns = _with_event_name(columns)
+    return InputPlan(fmt, delimiter, tuple(header), tuple(columns), repairs)
+
+
+def _with_event_name(columns: list[str]) -> list[str]:
+    """The output columns with `event_name` where Stripe's template has it: after
+    `timestamp`, else after `identifier`, else first. Without it in the header, the filled
+    event names were not written, and Stripe failed the corrected file as it failed the
+    input (a new generation each time, never billed)."""
+    after = [name for name in ("timestamp", "identifier") if name in columns]
+    at = columns.index(after[0]) + 1 if after else 0
+    return [*columns[:at], "event_name", *columns[at:]]
 
 
 _JSON_VALUE_STARTS = frozenset('{["]-0123456789tfn') | {""}

@@ -52,6 +52,24 @@ def test_tab_delimiter_and_default_event_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("header", "columns"),
+    [
+        ("identifier,timestamp,payload_value", "identifier,timestamp,event_name,payload_value"),
+        ("payload_value,identifier", "payload_value,identifier,event_name"),
+        ("payload_value", "event_name,payload_value"),
+    ],
+)
+def test_a_filled_event_name_is_an_output_column(tmp_path: Path, header: str, columns: str) -> None:
+    """The corrected file of a file without an event_name column, filled from the policy's
+    default, held no event_name column: Stripe failed it again for the same reason."""
+    path = tmp_path / "u.csv"
+    path.write_text(header + "\n")
+    plan = plan_input(path, load_rules('[policy]\ndefault_event_name = "api_requests"'))
+    assert ",".join(plan.columns) == columns
+    assert ",".join(plan_input(path, load_rules("")).columns) == header
+
+
+@pytest.mark.parametrize(
     ("name", "content", "fmt"),
     [
         ("u.jsonl", '[{"event_name": "api", "payload": {}}]', FileFormat.JSON),
