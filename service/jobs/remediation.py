@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -38,7 +39,7 @@ from service.jobs.store.runs import finished_run
 from service.logs import log_event
 from service.models import ImportSet, RunTrigger
 from service.models._types import as_utc, utcnow
-from service.poller.store import lookup_batches, row_numbers, sent_moments
+from service.poller.store import lookup_batches, row_numbers, sent_moments, taken_since
 
 # --- import sets ---------------------------------------------------------------------------
 
@@ -49,6 +50,7 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
     if not file_id:
         return "no failed-records file"
     run_key = f"import_set:{import_set_id}:{file_id}"
+    left = ""
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
             stages = Stages()
@@ -66,13 +68,16 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
                 now=event_time(import_set),
                 generation=next_generation(deps.run.bucket, import_set.source_object),
             )
-            _run_file(deps.run, request, path)
-    return _mark_import_set(deps.run.engine, import_set_id, run_key)
+            rows = _TakenAgain(deps.run.engine, event_time(import_set))
+            _run_file(deps.run, request, path, rows, allow_none=lambda: rows.left > 0)
+            left = rows.outcome()
+    return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
 
 
 def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
     import_set = _import_set(deps.run.engine, import_set_id)
     run_key = f"import_set_failed:{import_set_id}"
+    left = ""
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
             stages = Stages()
@@ -90,8 +95,10 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
                 now=event_time(import_set),
                 generation=next_generation(deps.run.bucket, source),
             )
-            _run_file(deps.run, request, path)
-    return _mark_import_set(deps.run.engine, import_set_id, run_key)
+            rows = _TakenAgain(deps.run.engine, event_time(import_set))
+            _run_file(deps.run, request, path, rows, allow_none=lambda: rows.left > 0)
+            left = rows.outcome()
+    return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
 
 
 def poller_rows(deps: JobDeps, import_set_id: str) -> str:
@@ -204,6 +211,36 @@ class _SourceRows:
                     continue
                 record.row_number = numbers.get(record.identifier or "", record.row_number)
                 yield record
+
+
+class _TakenAgain:
+    """The rows of an import set Stripe's S3 connector refused, without those an object
+    version uploaded after the import set holds (`left`: how many): the connector takes
+    every version whole, so it took them again from it (billed as the customer fixed them
+    by hand, or refused again and reported again). Corrected now, such a row would go out a
+    second time under a derived identifier. Import sets come from the connector (index
+    mode), or from the poller, whose versions never hold a row another version sent."""
+
+    def __init__(self, engine: Engine, since: int) -> None:
+        self.engine, self.since, self.left = engine, datetime.fromtimestamp(since, UTC), 0
+
+    def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
+        for batch, identifiers in lookup_batches(records):
+            taken = taken_since(self.engine, identifiers, self.since)
+            for record in batch:
+                if record.identifier in taken:
+                    self.left += 1
+                    continue
+                yield record
+
+    def outcome(self) -> str:
+        if not self.left:
+            return ""
+        log_event("remediation.rows_taken_again", level=logging.WARNING, rows=self.left)
+        return (
+            f"; {self.left} left to Stripe's connector: a version of the file uploaded since "
+            "holds them"
+        )
 
 
 def _import_set(engine: Engine, import_set_id: str) -> ImportSet:

@@ -62,6 +62,9 @@ class ImportedRow(SQLModel, table=True):
     # remediation.rowdigest of the row as this version held it (None: recorded
     # before migration 0007)
     content: int | None = Field(default=None, sa_type=BigInteger)
+    # the latest version of the object that held the identifier too, when not the first
+    # (migration 0008: Stripe's connector takes every version whole, index mode)
+    latest_etag: str | None = Field(default=None, max_length=255)
 
 
 class PollerBatch(SQLModel, table=True):

@@ -13,7 +13,7 @@ from datetime import datetime
 from itertools import islice
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, Insert, Table, and_, func, select, update
+from sqlalchemy import Connection, Engine, Insert, Table, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
@@ -121,9 +121,23 @@ class PollerStore:
         if values:
             with self.engine.begin() as conn:
                 if held:
-                    conn.execute(self._insert(_table(ImportedRow)), held)
+                    conn.execute(self._record_held(), held)
                 if sent:
                     conn.execute(self._record_sent(), sent)
+
+    def _record_held(self) -> Insert:
+        """Rows not sent (index mode: every row): recorded with the first version that held
+        each identifier; a later version of the object holding it too is named its latest
+        (Stripe's connector takes that version whole: the row is taken again from it)."""
+        table = _table(ImportedRow)
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(table)
+        statement: Insert = insert.on_conflict_do_update(
+            index_elements=["identifier", "object_key"],
+            set_={"latest_etag": insert.excluded.etag},
+            where=table.c.etag != insert.excluded.etag,
+        )
+        return statement
 
     def _record_sent(self) -> Insert:
         """Rows sent: recorded with this version, also where an earlier version of the object
@@ -303,6 +317,28 @@ class FirstVersion(NamedTuple):
     @property
     def version(self) -> tuple[str, str]:
         return self.key, self.etag
+
+
+def taken_since(engine: Engine, identifiers: set[str], since: datetime) -> set[str]:
+    """Those of `identifiers` that an object version uploaded after `since` held: the first
+    version the poller recorded them with, or the latest that held them too (Stripe's S3
+    connector takes every version whole, so it took them again from it)."""
+    if not identifiers:
+        return set()
+    rows, objects = _table(ImportedRow), _table(BucketObject)
+    versions = and_(
+        objects.c.key == rows.c.object_key,
+        or_(objects.c.etag == rows.c.etag, objects.c.etag == rows.c.latest_etag),
+    )
+    query = (
+        select(rows.c.identifier, objects.c.last_modified)
+        .join(objects, versions)
+        .where(rows.c.identifier.in_(identifiers))
+    )
+    with engine.connect() as connection:
+        found = connection.execute(query).all()
+    uploaded: list[tuple[str, datetime | None]] = [(str(r[0]), as_utc(r[1])) for r in found]
+    return {identifier for identifier, at in uploaded if at is not None and at > since}
 
 
 def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVersion]:

@@ -22,10 +22,10 @@ from sqlmodel import select
 
 from sandbox.reports import SAMPLES_PER_CODE
 from service.config import PollerMode, Settings
-from service.models import ErrorReport, QuarantinedRow, RemediationRun
+from service.models import ErrorReport, InboxEvent, QuarantinedRow, RemediationRun
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
-from tests.integration.test_e2e import BUCKET, Loop, render, running_loop
+from tests.integration.test_e2e import BUCKET, RULES, Loop, render, running_loop
 
 DAY = 86_400
 MAPPED = [f"acme{i}" for i in range(1, 6)]  # customer "acme-42": mapped by the rules
@@ -186,3 +186,80 @@ def test_report_rows_in_an_object_without_samples_are_remediated(
     _cycles(loop, deps)
     expected = ["a0-mfx1", "a1-mfx1", "a2-mfx1", "a3-mfx1", "b0-mfx1", "b1-mfx1"]
     assert sorted(loop.accepted()) == expected
+
+
+def test_a_refused_row_fixed_by_hand_before_its_failed_records_were_handled_is_not_corrected(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """Stripe's connector refused a row (a value written `1,234`: its import set's
+    failed-records file); before meterfix handled the file, the customer fixed the row by
+    hand and uploaded the file again, and the connector billed it from the new version.
+    meterfix then corrected the refused row and sent it as `thou-mfx1`: billed twice."""
+    rows = _rows([{"identifier": "ok1"}, {"identifier": "thou", "value": "1,234"}])
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render(rows, "csv"))
+    run_poll_pass(deps)
+    events = loop.sandbox.connector_poll()  # thou refused: the import set's failed records
+    assert events[0]["data"]["object"]["result"]["errors"]["row_count"] == 1
+    rows[1]["value"] = "1234"  # fixed by hand, uploaded again before meterfix ran
+    time.sleep(1)  # S3 and Stripe stamp whole seconds: uploaded after the import set
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render(rows, "csv"))
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()
+    assert sorted(loop.accepted()) == ["ok1", "thou"]
+    _cycles(loop, deps)
+    assert sorted(loop.accepted()) == ["ok1", "thou"]
+    with loop.session() as session:
+        assert session.exec(select(QuarantinedRow)).all() == []
+        [task] = session.exec(
+            select(InboxEvent).where(
+                InboxEvent.event_type == "meterfix.remediate.import_set_errors"
+            )
+        ).all()
+    assert task.outcome.endswith(
+        "; 1 left to Stripe's connector: a version of the file uploaded since holds them"
+    )
+
+
+def test_a_failed_file_fixed_by_hand_and_taken_again_before_meterfix_ran_is_not_sent_again(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """Stripe's connector failed a whole file (no `event_name` column); before meterfix
+    handled the failure, the customer fixed the file and uploaded it again (without one row)
+    and the connector billed it. meterfix then re-sent every row of the failed file under
+    derived identifiers (`f1-mfx1`): f1 billed twice. A row the new version holds is left to
+    the connector; the row it dropped is still re-sent, with the event name the policy
+    fills in (its corrected file held no `event_name` column: Stripe failed it as it failed
+    the input, and meterfix wrote a new generation of it each time, never billed)."""
+    policy = '[policy]\ndefault_event_name = "api_requests"\n'
+    Path(loop.settings.mfx_rules).write_text(RULES + policy)
+    now = int(time.time()) - 60
+    header = "identifier,timestamp,payload_stripe_customer_id,payload_value\n"
+    failed = header + f"f1,{now},cus_alice,5\nf2,{now},cus_alice,6\n"
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=failed.encode())
+    run_poll_pass(deps)
+    events = loop.sandbox.connector_poll()
+    assert [e["type"] for e in events] == ["data_management.import_set.failed"]
+    time.sleep(1)  # S3 and Stripe stamp whole seconds: uploaded after the import set
+    fixed = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+    fixed += f"f1,{now},api_requests,cus_alice,5\n"
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=fixed.encode())
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()
+    assert loop.accepted() == ["f1"]
+    _cycles(loop, deps)
+    assert sorted(loop.accepted()) == ["f1", "f2-mfx1"]
+    [corrected] = [body for key, body in loop.objects().items() if "/corrected/" in key]
+    assert corrected.decode().splitlines()[:2] == [
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value",
+        f"f2-mfx1,{now},api_requests,cus_alice,6",
+    ]  # the event name filled in is written: without it Stripe failed the file again
+    with loop.session() as session:
+        [task] = session.exec(
+            select(InboxEvent).where(
+                InboxEvent.event_type == "meterfix.remediate.import_set_failed"
+            )
+        ).all()
+    assert task.outcome is not None
+    assert task.outcome.endswith(
+        "; 1 left to Stripe's connector: a version of the file uploaded since holds them"
+    )
