@@ -110,6 +110,47 @@ def fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Pa
     )
 
 
+def later_version(
+    deps: JobDeps, import_set: ImportSet, folder: Path, copy: Path | None = None
+) -> Path | None:
+    """The object the import set names, downloaded into `folder`, when it is a later version
+    than the one Stripe took: Stripe's connector takes it whole too, and the rows it holds
+    with it (billed as the customer fixed them by hand, or refused again). A later version
+    holds other bytes than Stripe's copy of the file it took (`copy`, else the import set's
+    source file); without a copy to hold it against, one written after the import set's
+    event is taken for one. None: no such object."""
+    bucket = deps.run.bucket
+    named = next(
+        (k for k in candidate_keys(bucket, import_set.source_object) if bucket.head(k)), None
+    )
+    info = bucket.head(named) if named is not None else None
+    if named is None or info is None:
+        return None
+    if copy is None:
+        if info.last_modified.timestamp() <= event_time(import_set):
+            return None  # the version Stripe took, or one before it
+        if import_set.source_file_id:
+            (folder / "stripe").mkdir(parents=True, exist_ok=True)
+            copy = download(deps.files, import_set.source_file_id, folder / "stripe")
+    if copy is not None and _holds(bucket, named, copy, folder / "bucket"):
+        return None  # the very bytes Stripe took, uploaded again
+    path = folder / "later" / Path(named).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bucket.download(named, path)
+    return path
+
+
+def identifiers_in(path: Path, rules: Rules) -> set[str]:
+    """The identifiers a usage file holds (none when it cannot be read: Stripe fails it as a
+    whole, and its rows come back in their own import set)."""
+    try:
+        plan = plan_input(path, rules)
+        with path.open("rb") as stream:
+            return {r.identifier for r in read_repaired(stream, plan, rules) if r.identifier}
+    except UnreadableFile:
+        return set()
+
+
 def objects_like(deps: JobDeps, import_set: ImportSet) -> list[str]:
     """The objects of ours named as Stripe's copy of a failed file, seen by the event (5 min
     clock skew), newest first."""

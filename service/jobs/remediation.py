@@ -29,6 +29,8 @@ from service.jobs.inputs import (
     download,
     event_time,
     fetch_source,
+    identifiers_in,
+    later_version,
     next_generation,
     run_lineage,
 )
@@ -68,7 +70,8 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
                 now=event_time(import_set),
                 generation=next_generation(deps.run.bucket, import_set.source_object),
             )
-            rows = _TakenAgain(deps.run.engine, event_time(import_set))
+            later = later_version(deps, import_set, Path(tmp))
+            rows = _TakenAgain(deps, import_set, later)
             _run_file(deps.run, request, path, rows, allow_none=lambda: rows.left > 0)
             left = rows.outcome()
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
@@ -95,7 +98,10 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
                 now=event_time(import_set),
                 generation=next_generation(deps.run.bucket, source),
             )
-            rows = _TakenAgain(deps.run.engine, event_time(import_set))
+            # read from Stripe's copy: the object the import set names holds other bytes
+            copied = source == import_set.source_file_id
+            later = later_version(deps, import_set, Path(tmp), path) if copied else None
+            rows = _TakenAgain(deps, import_set, later)
             _run_file(deps.run, request, path, rows, allow_none=lambda: rows.left > 0)
             left = rows.outcome()
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
@@ -214,19 +220,22 @@ class _SourceRows:
 
 
 class _TakenAgain:
-    """The rows of an import set Stripe's S3 connector refused, without those an object
-    version uploaded after the import set holds (`left`: how many): the connector takes
-    every version whole, so it took them again from it (billed as the customer fixed them
-    by hand, or refused again and reported again). Corrected now, such a row would go out a
-    second time under a derived identifier. Import sets come from the connector (index
-    mode), or from the poller, whose versions never hold a row another version sent."""
+    """The rows of an import set Stripe's S3 connector refused, without those a later object
+    version holds (`left`: how many): the connector takes every version whole, so it took
+    them again from it (billed as the customer fixed them by hand, or refused again and
+    reported again). Corrected now, such a row would go out a second time under a derived
+    identifier. A later version: the one the import set names now, when it is one
+    (`inputs.later_version`, downloaded: `later`), and (index mode) any version the poller
+    indexed, uploaded after the import set's event."""
 
-    def __init__(self, engine: Engine, since: int) -> None:
-        self.engine, self.since, self.left = engine, datetime.fromtimestamp(since, UTC), 0
+    def __init__(self, deps: JobDeps, import_set: ImportSet, later: Path | None) -> None:
+        self.engine, self.left = deps.run.engine, 0
+        self.since = datetime.fromtimestamp(event_time(import_set), UTC)
+        self.held = identifiers_in(later, deps.run.rules) if later is not None else set()
 
     def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
         for batch, identifiers in lookup_batches(records):
-            taken = taken_since(self.engine, identifiers, self.since)
+            taken = taken_since(self.engine, identifiers, self.since) | self.held
             for record in batch:
                 if record.identifier in taken:
                     self.left += 1

@@ -274,6 +274,42 @@ def test_connector_whole_file_failure_is_repaired(loop: Loop) -> None:
     assert quarantined == QUARANTINED
 
 
+def test_connector_mode_leaves_rows_fixed_by_hand_before_meterfix_ran_to_the_connector(
+    loop: Loop,
+) -> None:
+    """Stripe's connector refused rows of a file (its failed-records file); before meterfix
+    handled the file, the customer fixed one row by hand and uploaded the file again, and
+    the connector billed the new version. meterfix then corrected that row too and sent it
+    as `e3-mfx1`: billed twice. The rows the new version holds are left to the connector;
+    the others are remediated as before."""
+    rows = messy_rows(int(time.time()))
+    key = _put(loop, "day.csv", render(rows, "csv"))
+    events = loop.sandbox.connector_poll()
+    assert [e["type"] for e in events] == ["data_management.import_set.succeeded"]
+    time.sleep(1)  # S3 and Stripe stamp whole seconds: uploaded after the import set
+    fixed = [{**row, "value": "1234"} if row["identifier"] == "e3" else row for row in rows]
+    loop.s3.put_object(Bucket=BUCKET, Key=key, Body=render(fixed, "csv"))
+    loop.sandbox.connector_poll()  # the new version: e3 billed (e1 and e8 deduped)
+    assert sorted(loop.accepted()) == ["e1", "e3", "e8"]
+    loop.drain()
+    loop.sandbox.connector_poll()
+    billed = sorted(loop.accepted())
+    assert billed == sorted({"e1", "e3", "e8"} | (RECOVERED - {"e3-mfx1"}))  # each once
+    with loop.session() as session:
+        held = {q.identifier for q in session.exec(select(QuarantinedRow)).all()}
+        tasks = session.exec(
+            select(InboxEvent)
+            .where(InboxEvent.event_type == "meterfix.remediate.import_set_errors")
+            .order_by(col(InboxEvent.id))
+        ).all()
+    # the new version holds all six refused rows: the first file's run leaves them; those
+    # it holds unfixed were refused again, and come back in its own failed-records file
+    first, second = (str(task.outcome) for task in tasks)
+    left = "; 6 left to Stripe's connector: a version of the file uploaded since holds them"
+    assert first.endswith(left) and " left " not in second
+    assert held == set(QUARANTINED)
+
+
 def test_bundled_poller_fixes_a_messy_file(loop: Loop) -> None:
     _put(loop, "2026-11-25.csv", render(messy_rows(int(time.time())), "csv"))
     runtime = Runtime(loop.settings)

@@ -257,11 +257,14 @@ def test_a_failed_import_set_naming_an_object_overwritten_since_reads_stripes_co
     """The import set names its object, but the object was overwritten after Stripe failed it
     (the exporter fixed the file and uploaded it again: Stripe imports and bills that version).
     Every row of a failed file is re-sent, so the failed file is Stripe's copy, not what the
-    key holds now (whose rows were all sent again)."""
+    key holds now (whose rows were all sent again). A row of the failed file that the new
+    version holds too (f1) is not: Stripe's connector takes the new version whole, and f1
+    with it (re-sent as `f1-mfx1`, it was billed twice); f3, which the new version dropped,
+    is."""
     now = int(time.time()) - 60
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
     header = "identifier;timestamp;event_name;payload_stripe_customer_id;payload_value\n"
-    failed = header + f"f1;{now};api_requests;cus_1;5\n"  # `;`: Stripe failed the whole file
+    failed = header + f"f1;{now};api_requests;cus_1;5\nf3;{now};api_requests;cus_1;7\n"
     fixed = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
     fixed += f"f1,{now},api_requests,cus_1,5\nf2,{now},api_requests,cus_1,6\n"
     bucket.mkdir(parents=True)
@@ -279,8 +282,15 @@ def test_a_failed_import_set_naming_an_object_overwritten_since_reads_stripes_co
     [run] = service.rows(RemediationRun)
     assert (run.source, run.input_rows) == (stripe_copy["id"], 1)
     [corrected] = (bucket / "corrected" / "impset_fixed").glob("*.corrected.r1.csv")
-    text = corrected.read_text()
-    assert "f1-mfx1" in text and "f2" not in text
+    assert [line.split(",")[0] for line in corrected.read_text().splitlines()] == [
+        "identifier",
+        "f3-mfx1",
+    ]
+    [task] = [e for e in service.rows(InboxEvent) if e.event_type.endswith("import_set_failed")]
+    assert task.outcome is not None
+    assert task.outcome.endswith(
+        "; 1 left to Stripe's connector: a version of the file uploaded since holds them"
+    )
 
 
 def test_a_failed_import_set_whose_object_changed_and_no_copy_kept_is_not_guessed(
