@@ -160,9 +160,14 @@ def test_failed_rows_go_to_a_failed_records_file_and_the_hook(
     assert stored.detail["failed_records_path"] == str(path)
 
 
+@pytest.mark.parametrize("identified", [True, False])
 def test_crash_mid_file_resends_without_double_billing(
-    settings: Settings, sandbox_server: SandboxServer, tmp_path: Path
+    settings: Settings, sandbox_server: SandboxServer, tmp_path: Path, identified: bool
 ) -> None:
+    """A crash mid-file: the next pass resumes and re-sends the batches in flight under the
+    same identifiers. Rows without identifiers (many alike: each named by its digest and
+    which of the rows alike it is) are named on resume as on the first pass, the rows
+    before the resumed batch counted too."""
     client = build_stripe_client(settings)
 
     class CrashingSink(StripeMeterEventSink):
@@ -175,7 +180,9 @@ def test_crash_mid_file_resends_without_double_billing(
             return super().send_batch(batch)
 
     crashing = Harness(settings, tmp_path, sink=CrashingSink(client, settings, workers=1))
-    crashing.put("big.csv", HEADER + _rows("big", 450), tmp_path)
+    ts = int(time.time()) - 60
+    alike = "".join(f",{ts},api_requests,cus_A,{i % 7 + 1}\n" for i in range(450))
+    crashing.put("big.csv", HEADER + (_rows("big", 450) if identified else alike), tmp_path)
     first = run_poll_pass(crashing.deps)
     assert first.retry_files == 1 and "network went away" in first.errors[0]
     assert crashing.objects()["big.csv"].status == "seen"  # not marked imported
@@ -189,6 +196,10 @@ def test_crash_mid_file_resends_without_double_billing(
     accepted = sandbox_server.admin.meter_events()
     assert len(accepted) == 450  # re-sent batches deduplicated by identifier
     assert len({e["identifier"] for e in accepted}) == 450
+    if not identified:
+        assert sum(int(e["payload"]["value"]) for e in accepted) == sum(
+            i % 7 + 1 for i in range(450)
+        )
     assert healthy.objects()["big.csv"].status == "imported"
     assert len(healthy.imported()) == 450
     crashing.engine.dispose()
