@@ -20,9 +20,12 @@ crash runs what is left and never its own new rows.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -38,18 +41,24 @@ from remediation.identifiers import (
 )
 from remediation.jsonreaders import record_from_obj
 from remediation.records import MFX_PREFIX, UsageRecord
+from service.config import PollerMode
 from service.errors import BadParameter, RerunInputMissing
-from service.jobs.inputs import LOOKUP_BATCH, parents
+from service.jobs.inputs import LOOKUP_BATCH, candidate_keys, identifiers_in, parents
+from service.jobs.remediation import import_set_of
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.store.quarantine import (
+    QuarantinedFrom,
     QuarantineFilter,
     mark_rerun,
     quarantined_at,
     quarantined_entries,
+    quarantined_from,
     rerun_detail,
     rows_to_rerun,
 )
+from service.jobs.store.reports import import_set
 from service.models import RemediationRun, RunTrigger
+from service.models._types import as_utc
 from service.poller.store import sent_moments
 
 # Codes our own validation decides (from the row and the meters): such a row goes through
@@ -66,7 +75,7 @@ def rerun_key(action_ref: str, generation: int) -> str:
 
 
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
-    picked, billed = _pick(ctx.engine, action_ref)
+    picked, billed = _pick(ctx, action_ref)
     left = (
         f"; {billed} left quarantined: billed as they are since, from a later version of "
         "their file or a copy (the poller sent their identifiers, or Stripe's connector took "
@@ -116,11 +125,11 @@ def _rerun(ctx: RunContext, action_ref: str, generation: int, ids: list[int]) ->
     return run
 
 
-def _pick(engine: Engine, action_ref: str) -> tuple[list[tuple[int, int]], int]:
+def _pick(ctx: RunContext, action_ref: str) -> tuple[list[tuple[int, int]], int]:
     """(id, generation of the run that quarantined it) of each row to re-run, and how many
-    rows the filter picked that are left: billed as they are since (`_sent_since`, and rows
-    their object sent again: `mark_taken_again`)."""
-    with engine.connect() as connection:
+    rows the filter picked that are left: billed as they are since (`_sent_since`,
+    `_in_later_versions`, and rows their object sent again: `mark_taken_again`)."""
+    with ctx.engine.connect() as connection:
         detail = rerun_detail(connection, int(action_ref)) if action_ref.isdigit() else None
         filters = None if detail is None else detail.get("filters")
         if not isinstance(filters, dict):
@@ -137,7 +146,9 @@ def _pick(engine: Engine, action_ref: str) -> tuple[list[tuple[int, int]], int]:
             through if isinstance(through, int) else None,
         )
         picked = [(row_id, generation) for row_id, generation, again in listed if not again]
-        billed = _sent_since(engine, connection, [row_id for row_id, _ in picked])
+        ids = [row_id for row_id, _ in picked]
+        billed = _sent_since(ctx.engine, connection, ids)
+        billed |= _in_later_versions(ctx, connection, [i for i in ids if i not in billed])
     kept = [row for row in picked if row[0] not in billed]
     return kept, len(listed) - len(kept)
 
@@ -154,6 +165,51 @@ def _sent_since(engine: Engine, connection: Connection, ids: list[int]) -> set[i
         sent = sent_moments(engine, {identifier for _, identifier, _ in chunk})
         found.update(i for i, identifier, held in chunk if sent.get(identifier, held) > held)
     return found
+
+
+def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) -> set[int]:
+    """With Stripe's connector importing the bucket (not the bundled poller): the ids among
+    `ids` of rows whose object is now a version written after the row was quarantined that
+    holds its identifier. The connector takes every version whole, so it took the row again
+    (billed as the customer fixed it by hand, or refused again and quarantined anew); re-run,
+    it would go out a second time under a derived identifier. The object: the one the
+    row's import set names, else the bucket key its run read. (Index mode marks such rows
+    when the poller indexes the version, `taken_again`; this finds them before it does, and
+    in the default mode, which indexes nothing.)"""
+    if ctx.settings.mfx_poller == PollerMode.ON or not ids:
+        return set()
+    by_key: dict[str, list[QuarantinedFrom]] = {}
+    named: dict[str, str | None] = {}
+    for row in quarantined_from(connection, ids):
+        impset = import_set_of(row.run_key)
+        if impset is not None and impset not in named:
+            found = import_set(ctx.engine, impset)
+            named[impset] = found.source_object if found is not None else None
+        key = named[impset] if impset is not None else row.source
+        if key:
+            by_key.setdefault(key, []).append(row)
+    taken: set[int] = set()
+    for key, rows in by_key.items():
+        uploaded, held = _later_version(ctx, key, min(row.at for row in rows))
+        taken.update(r.id for r in rows if r.identifier in held and uploaded > r.at)
+    return taken
+
+
+def _later_version(ctx: RunContext, key: str, since: datetime) -> tuple[datetime, set[str]]:
+    """When the object at `key` (or under the bucket's prefix) was written, and the
+    identifiers it holds when that was after `since` (else none)."""
+    for candidate in candidate_keys(ctx.bucket, key):
+        info = ctx.bucket.head(candidate)
+        if info is None:
+            continue
+        uploaded = as_utc(info.last_modified) or since
+        if uploaded <= since:
+            return uploaded, set()
+        with tempfile.TemporaryDirectory(prefix="meterfix-rerun-") as tmp:
+            path = Path(tmp) / Path(candidate).name
+            ctx.bucket.download(candidate, path)
+            return uploaded, identifiers_in(path, ctx.rules)
+    return since, set()
 
 
 def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[tuple[str, Any, Any]]:

@@ -772,3 +772,44 @@ def test_a_timestamp_past_64_bits_is_quarantined_and_the_rest_billed(loop: Loop)
         [held] = session.exec(select(QuarantinedRow)).all()
     assert (held.identifier, held.code) == ("h", "timestamp_in_future"), held.reason
     assert "9" * 20 in str(held.reason)
+
+
+@pytest.mark.parametrize("mode", ["off", "index"])
+def test_a_quarantined_row_stripes_connector_took_again_fixed_is_left_by_a_rerun(
+    db_url: str,
+    s3_endpoint: str,
+    tmp_path: Path,
+    make_app: Callable[[Settings], Flask],
+    mode: str,
+) -> None:
+    """Stripe's connector refused a row (a customer it does not know) and meterfix
+    quarantined it. The customer then fixed the row by hand and uploaded the file again, and
+    the connector billed it; the operator, not knowing, mapped the customer and re-ran the
+    quarantine: the row went out again as `g1-mfx1`, billed twice (the default mode indexes
+    nothing, and in index mode the poller had not indexed the new version yet)."""
+    with running_loop(db_url, s3_endpoint, tmp_path, make_app, poller=mode) as loop:
+        now = int(time.time()) - 60
+        rows = [["ok1", now, "api_requests", "cus_alice", "3"]]
+        rows.append(["g1", now, "api_requests", "ghost-1", "5"])
+        _put(loop, "day.csv", usage_csv(rows))
+        loop.sandbox.connector_poll()
+        loop.drain()  # g1 quarantined: no rule maps its customer
+        with loop.session() as session:
+            assert [q.identifier for q in session.exec(select(QuarantinedRow))] == ["g1"]
+        time.sleep(1)  # S3 stamps whole seconds: uploaded after the row was quarantined
+        rows[1][3] = "cus_alice"
+        _put(loop, "day.csv", usage_csv(rows))
+        loop.sandbox.connector_poll()  # g1 billed as fixed; ok1 deduped
+        assert sorted(loop.accepted()) == ["g1", "ok1"]
+        add_rules(loop, '"ghost-1" = "cus_alice"\n')
+        rerun(loop)
+        loop.sandbox.connector_poll()
+        assert sorted(loop.accepted()) == ["g1", "ok1"]
+        with loop.session() as session:
+            [task] = session.exec(
+                select(InboxEvent).where(
+                    InboxEvent.event_type == "meterfix.remediate.quarantine_rerun"
+                )
+            ).all()
+        assert str(task.outcome).startswith("no quarantined rows to re-run")
+        assert "; 1 left quarantined: billed as they are since" in str(task.outcome)

@@ -241,6 +241,39 @@ class QuarantinedAt(NamedTuple):
     at: datetime
 
 
+class QuarantinedFrom(NamedTuple):
+    """A quarantined row with the run that quarantined it (its source and run key)."""
+
+    id: int
+    identifier: str
+    at: datetime
+    source: str
+    run_key: str
+
+
+def quarantined_from(connection: Connection, ids: Sequence[int]) -> Iterator[QuarantinedFrom]:
+    """Each row with these ids that has an identifier, with when it was quarantined and the
+    source and key of the run that quarantined it."""
+    chunks = iter(ids)
+    while chunk := list(islice(chunks, ID_BATCH)):
+        query = (
+            select(
+                QUARANTINE.c.id,
+                QUARANTINE.c.identifier,
+                QUARANTINE.c.created_at,
+                RUNS.c.source,
+                RUNS.c.run_key,
+            )
+            .join(RUNS, RUNS.c.id == QUARANTINE.c.run_id)
+            .where(QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None))
+        )
+        for row in connection.execute(query):
+            held = as_utc(row.created_at) or datetime.now(UTC)
+            yield QuarantinedFrom(
+                int(row.id), str(row.identifier), held, str(row.source), str(row.run_key)
+            )
+
+
 def quarantined_entries(engine: Engine, ids: Sequence[int]) -> Iterator[QuarantinedEntry]:
     """The rows with these ids, in id order, one short query per batch."""
     chunks = iter(ids)
