@@ -23,7 +23,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from remediation.identifiers import (
     trace_ancestors,
 )
 from remediation.jsonreaders import record_from_obj
+from remediation.ports import ObjectInfo
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.config import PollerMode
 from service.errors import BadParameter, RerunInputMissing
@@ -50,6 +51,7 @@ from service.jobs.store.quarantine import (
     QuarantinedFrom,
     QuarantineFilter,
     mark_rerun,
+    mark_rows_taken_again,
     quarantined_at,
     quarantined_entries,
     quarantined_from,
@@ -170,12 +172,12 @@ def _sent_since(engine: Engine, connection: Connection, ids: list[int]) -> set[i
 def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) -> set[int]:
     """With Stripe's connector importing the bucket (not the bundled poller): the ids among
     `ids` of rows whose object is now a version written after the row was quarantined that
-    holds its identifier. The connector takes every version whole, so it took the row again
-    (billed as the customer fixed it by hand, or refused again and quarantined anew); re-run,
-    it would go out a second time under a derived identifier. The object: the one the
-    row's import set names, else the bucket key its run read. (Index mode marks such rows
-    when the poller indexes the version, `taken_again`; this finds them before it does, and
-    in the default mode, which indexes nothing.)"""
+    holds its identifier, marked `taken_again` with that version. The connector takes every
+    version whole, so it took the row again (billed as the customer fixed it by hand, or
+    refused again and quarantined anew); re-run, it would go out a second time under a
+    derived identifier. The object: the one the row's import set names, else the bucket key
+    its run read. (Index mode marks such rows when the poller indexes the version; this
+    finds them before it does, and in the default mode, which indexes nothing.)"""
     if ctx.settings.mfx_poller == PollerMode.ON or not ids:
         return set()
     by_key: dict[str, list[QuarantinedFrom]] = {}
@@ -190,26 +192,34 @@ def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) 
             by_key.setdefault(key, []).append(row)
     taken: set[int] = set()
     for key, rows in by_key.items():
-        uploaded, held = _later_version(ctx, key, min(row.at for row in rows))
-        taken.update(r.id for r in rows if r.identifier in held and uploaded > r.at)
+        later = _later_version(ctx, key, min(row.at for row in rows))
+        if later is None:
+            continue
+        info, held = later
+        uploaded = as_utc(info.last_modified) or datetime.now(UTC)
+        found_ids = [r.id for r in rows if r.identifier in held and uploaded > r.at]
+        label = f"{info.key} (ETag {info.etag}, uploaded {uploaded:%Y-%m-%d %H:%M} UTC)"
+        mark_rows_taken_again(ctx.engine, found_ids, label)
+        taken.update(found_ids)
     return taken
 
 
-def _later_version(ctx: RunContext, key: str, since: datetime) -> tuple[datetime, set[str]]:
-    """When the object at `key` (or under the bucket's prefix) was written, and the
-    identifiers it holds when that was after `since` (else none)."""
+def _later_version(
+    ctx: RunContext, key: str, since: datetime
+) -> tuple[ObjectInfo, set[str]] | None:
+    """The object at `key` (or under the bucket's prefix) and the identifiers it holds, when
+    it was written after `since`; else None."""
     for candidate in candidate_keys(ctx.bucket, key):
         info = ctx.bucket.head(candidate)
         if info is None:
             continue
-        uploaded = as_utc(info.last_modified) or since
-        if uploaded <= since:
-            return uploaded, set()
+        if (as_utc(info.last_modified) or since) <= since:
+            return None
         with tempfile.TemporaryDirectory(prefix="meterfix-rerun-") as tmp:
             path = Path(tmp) / Path(candidate).name
             ctx.bucket.download(candidate, path)
-            return uploaded, identifiers_in(path, ctx.rules)
-    return since, set()
+            return info, identifiers_in(path, ctx.rules)
+    return None
 
 
 def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[tuple[str, Any, Any]]:

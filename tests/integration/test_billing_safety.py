@@ -811,5 +811,8 @@ def test_a_quarantined_row_stripes_connector_took_again_fixed_is_left_by_a_rerun
                     InboxEvent.event_type == "meterfix.remediate.quarantine_rerun"
                 )
             ).all()
+            [held] = session.exec(select(QuarantinedRow)).all()
         assert str(task.outcome).startswith("no quarantined rows to re-run")
         assert "; 1 left quarantined: billed as they are since" in str(task.outcome)
+        assert held.taken_again is not None  # shown as taken again, with the version
+        assert held.taken_again.startswith("usage/day.csv (ETag ")

@@ -377,12 +377,19 @@ def mark_taken_again(
     with engine.begin() as connection:
         rows = connection.execute(query).all()
         ids = [int(row.id) for row in rows if (as_utc(row.created_at) or bound) < bound]
+    mark_rows_taken_again(engine, ids, version)
+    return len(ids)
+
+
+def mark_rows_taken_again(engine: Engine, ids: Sequence[int], version: str) -> None:
+    """These rows were taken again from the object version `version` (Stripe's connector
+    took a version written after they were quarantined that holds them): marked with it."""
+    with engine.begin() as connection:
         chunks = iter(ids)
         while chunk := list(islice(chunks, ID_BATCH)):
             connection.execute(
                 update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(taken_again=version)
             )
-    return len(ids)
 
 
 def top_quarantine_group(engine: Engine, run_id: int) -> tuple[str | None, str | None, str | None]:
