@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.checks import problem_ids
@@ -272,7 +273,7 @@ def _identified(batch: Batch, names: RowNames) -> Batch:
     if not len(unnamed):
         return batch
     rows = batch.take(unnamed)
-    stamps = [parse_timestamp(stamp) for stamp in rows.timestamp.values()]
+    stamps = timestamps_of(rows.timestamp)
     sent = {key: sent_array(column) for key, column in rows.payload.items()}
     contents = batch_digests(rows, stamps, sent).tolist()
     for i, name in zip(
@@ -298,7 +299,7 @@ class _Checked:
         self.identifiers = [str(v) for v in batch.identifier.values()]
         names = batch.event_name.values()
         self.event_names: list[str | None] = names  # type: ignore[assignment]
-        self.timestamps = [parse_timestamp(t) for t in batch.timestamp.values()]
+        self.timestamps = timestamps_of(batch.timestamp)
         by_name = {name: meters.get(name) for name in set(names)}  # type: ignore[arg-type]
         self._meters = [None if i in self.failed else by_name[n] for i, n in enumerate(names)]
         sent = {key: sent_texts(column) for key, column in batch.payload.items()}
@@ -319,6 +320,22 @@ class _Checked:
         if ts is not None:
             event["timestamp"] = rfc3339(ts)
         return event
+
+
+def timestamps_of(column: Column) -> list[int | None]:
+    """Each row's timestamp as `parse_timestamp` reads it: a text column of plain digits
+    (the common case: every row of a usage CSV) in one Arrow cast, anything else row by
+    row."""
+    if column.kinds is None:
+        text = column.text
+        plain = pc.match_substring_regex(text, r"^[0-9]{1,18}$")  # within int64
+        empty = pc.fill_null(pc.equal(text, ""), True)
+        if pc.all(pc.or_(pc.fill_null(plain, False), empty)).as_py():
+            stamps: list[int | None] = pc.cast(
+                pc.if_else(plain, text, None), pa.int64()
+            ).to_pylist()
+            return stamps
+    return [parse_timestamp(stamp) for stamp in column.values()]
 
 
 def _payloads(batch: Batch, columns: Mapping[str, list[str | None]]) -> list[dict[str, str]]:
@@ -345,8 +362,7 @@ def index_chunks(records: Iterable[UsageRecord], *, size: int = 1000) -> Iterato
     rows: list[RowRef] = []
     for batch in batches(records, CHECK_ROWS, block_bytes=BLOCK_BYTES):
         names: list[str | None] = batch.event_name.values()  # type: ignore[assignment]
-        numbers, stamps = batch.rows.tolist(), batch.timestamp.values()
-        timestamps = [parse_timestamp(stamp) for stamp in stamps]
+        numbers, timestamps = batch.rows.tolist(), timestamps_of(batch.timestamp)
         sent = {key: sent_array(column) for key, column in batch.payload.items()}
         contents = batch_digests(batch, timestamps, sent).tolist()
         found = zip(batch.identifier.values(), numbers, names, timestamps, contents, strict=True)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remediation import poller, rowdigest
+from remediation.core.columns import Column
 from remediation.core.csvread import CsvColumns
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
@@ -30,7 +31,7 @@ from remediation.poller import (
 from remediation.ports import ObjectInfo
 from remediation.readers import CsvRecords
 from remediation.rowdigest import record_digests, row_digest
-from remediation.validation import MeterIndex
+from remediation.validation import MeterIndex, parse_timestamp
 from service.poller.files import FailedRecords
 from service.poller.planning import PassLimits, is_usage_key, plan_pass
 from tests.fuzz import fuzz_examples
@@ -399,3 +400,25 @@ def test_fuzz_rows_alike_are_counted_in_row_order_across_batches(
             counted[digest] += 1
             expected.append(counted[digest])
         assert alike.occurrences(np.array(batch, np.int64)).tolist() == expected
+
+
+@settings(max_examples=fuzz_examples(200), deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.from_regex(r"\A[0-9]{1,20}\Z"),
+            st.sampled_from(["", " 17", "-5", "+5", "1e9", "²", "0017", "9" * 19, "soon"]),
+            st.integers(-(10**21), 10**21),
+            st.floats(allow_nan=True),
+            st.booleans(),
+        ),
+        max_size=12,
+    )
+)
+def test_fuzz_timestamps_read_as_a_column_are_those_read_one_by_one(values: list[object]) -> None:
+    """A text column of plain digits is cast at once; any other column row by row: both read
+    every value as `parse_timestamp` does."""
+    assert poller.timestamps_of(Column.of(values)) == [parse_timestamp(v) for v in values]
+    texts = [v for v in values if v is None or isinstance(v, str)]
+    assert poller.timestamps_of(Column.of(texts)) == [parse_timestamp(v) for v in texts]
