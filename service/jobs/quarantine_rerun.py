@@ -50,12 +50,14 @@ from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.store.quarantine import (
     QuarantinedFrom,
     QuarantineFilter,
+    RunOf,
     mark_rerun,
     mark_rows_taken_again,
     quarantined_at,
     quarantined_entries,
     quarantined_from,
     rerun_detail,
+    rerun_origins,
     rows_to_rerun,
 )
 from service.jobs.store.reports import import_set
@@ -70,9 +72,12 @@ from service.poller.store import sent_moments
 CHECKED_BY_VALIDATION = KNOWN_CODES - {ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.UNCLASSIFIED}
 
 
+RERUN_PREFIX = "quarantine_rerun:"
+
+
 def rerun_key(action_ref: str, generation: int) -> str:
     """The run key of a re-run's run for rows that runs of `generation` quarantined."""
-    base = f"quarantine_rerun:{action_ref}"
+    base = f"{RERUN_PREFIX}{action_ref}"
     return base if generation <= 1 else f"{base}:g{generation}"
 
 
@@ -181,13 +186,9 @@ def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) 
     if ctx.settings.mfx_poller == PollerMode.ON or not ids:
         return set()
     by_key: dict[str, list[QuarantinedFrom]] = {}
-    named: dict[str, str | None] = {}
+    objects = _Objects(ctx.engine, connection)
     for row in quarantined_from(connection, ids):
-        impset = import_set_of(row.run_key)
-        if impset is not None and impset not in named:
-            found = import_set(ctx.engine, impset)
-            named[impset] = found.source_object if found is not None else None
-        key = named[impset] if impset is not None else row.source
+        key = objects.key(RunOf(row.run_id, row.source, row.run_key), row.identifier)
         if key:
             by_key.setdefault(key, []).append(row)
     taken: set[int] = set()
@@ -202,6 +203,34 @@ def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) 
         mark_rows_taken_again(ctx.engine, found_ids, label)
         taken.update(found_ids)
     return taken
+
+
+class _Objects:
+    """The object a quarantined row came from: the one its import set names, else the
+    bucket key its run read; for a row a re-run quarantined again, that of the row the
+    re-run took, back to the first run (looked up once a re-run, once an import set)."""
+
+    def __init__(self, engine: Engine, connection: Connection) -> None:
+        self.engine, self.connection = engine, connection
+        self.named: dict[str, str | None] = {}
+        self.origins: dict[int, dict[str, RunOf]] = {}
+
+    def key(self, run: RunOf | None, identifier: str) -> str | None:
+        seen: set[int] = set()
+        while run is not None and run.run_key.startswith(RERUN_PREFIX) and run.id not in seen:
+            seen.add(run.id)
+            if run.id not in self.origins:
+                self.origins[run.id] = rerun_origins(self.connection, run.id)
+            run = self.origins[run.id].get(identifier)
+        if run is None or run.run_key.startswith(RERUN_PREFIX):
+            return None
+        impset = import_set_of(run.run_key)
+        if impset is None:
+            return run.source
+        if impset not in self.named:
+            found = import_set(self.engine, impset)
+            self.named[impset] = found.source_object if found is not None else None
+        return self.named[impset]
 
 
 def _later_version(

@@ -774,17 +774,19 @@ def test_a_timestamp_past_64_bits_is_quarantined_and_the_rest_billed(loop: Loop)
     assert "9" * 20 in str(held.reason)
 
 
-@pytest.mark.parametrize("mode", ["off", "index"])
+@pytest.mark.parametrize(("mode", "reruns"), [("off", 0), ("index", 0), ("off", 1)])
 def test_a_quarantined_row_stripes_connector_took_again_fixed_is_left_by_a_rerun(
     db_url: str,
     s3_endpoint: str,
     tmp_path: Path,
     make_app: Callable[[Settings], Flask],
     mode: str,
+    reruns: int,
 ) -> None:
     """Stripe's connector refused a row (a customer it does not know) and meterfix
-    quarantined it. The customer then fixed the row by hand and uploaded the file again, and
-    the connector billed it; the operator, not knowing, mapped the customer and re-ran the
+    quarantined it (and, `reruns`, a re-run before the rules were fixed quarantined it
+    again). The customer then fixed the row by hand and uploaded the file again, and the
+    connector billed it; the operator, not knowing, mapped the customer and re-ran the
     quarantine: the row went out again as `g1-mfx1`, billed twice (the default mode indexes
     nothing, and in index mode the poller had not indexed the new version yet)."""
     with running_loop(db_url, s3_endpoint, tmp_path, make_app, poller=mode) as loop:
@@ -794,8 +796,11 @@ def test_a_quarantined_row_stripes_connector_took_again_fixed_is_left_by_a_rerun
         _put(loop, "day.csv", usage_csv(rows))
         loop.sandbox.connector_poll()
         loop.drain()  # g1 quarantined: no rule maps its customer
+        for _ in range(reruns):
+            rerun(loop)  # quarantined again: the rules are not fixed yet
         with loop.session() as session:
-            assert [q.identifier for q in session.exec(select(QuarantinedRow))] == ["g1"]
+            held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+            assert [q.identifier for q in held] == ["g1"] * (1 + reruns)
         time.sleep(1)  # S3 stamps whole seconds: uploaded after the row was quarantined
         rows[1][3] = "cus_alice"
         _put(loop, "day.csv", usage_csv(rows))
@@ -806,12 +811,13 @@ def test_a_quarantined_row_stripes_connector_took_again_fixed_is_left_by_a_rerun
         loop.sandbox.connector_poll()
         assert sorted(loop.accepted()) == ["g1", "ok1"]
         with loop.session() as session:
-            [task] = session.exec(
-                select(InboxEvent).where(
-                    InboxEvent.event_type == "meterfix.remediate.quarantine_rerun"
-                )
-            ).all()
-            [held] = session.exec(select(QuarantinedRow)).all()
+            task = session.exec(
+                select(InboxEvent)
+                .where(InboxEvent.event_type == "meterfix.remediate.quarantine_rerun")
+                .order_by(col(InboxEvent.id).desc())
+            ).first()
+            held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()[-1]
+        assert task is not None
         assert str(task.outcome).startswith("no quarantined rows to re-run")
         assert "; 1 left quarantined: billed as they are since" in str(task.outcome)
         assert held.taken_again is not None  # shown as taken again, with the version

@@ -242,13 +242,34 @@ class QuarantinedAt(NamedTuple):
 
 
 class QuarantinedFrom(NamedTuple):
-    """A quarantined row with the run that quarantined it (its source and run key)."""
+    """A quarantined row with the run that quarantined it (its id, source and run key)."""
 
     id: int
     identifier: str
     at: datetime
     source: str
     run_key: str
+    run_id: int
+
+
+class RunOf(NamedTuple):
+    id: int
+    source: str
+    run_key: str
+
+
+def rerun_origins(connection: Connection, rerun_id: int) -> dict[str, RunOf]:
+    """identifier -> the run that had quarantined the row the re-run's run `rerun_id` took
+    (each row a re-run quarantines again is one it took, under the same identifier)."""
+    query = (
+        select(QUARANTINE.c.identifier, RUNS.c.id, RUNS.c.source, RUNS.c.run_key)
+        .join(RUNS, RUNS.c.id == QUARANTINE.c.run_id)
+        .where(QUARANTINE.c.rerun_id == rerun_id, QUARANTINE.c.identifier.is_not(None))
+    )
+    return {
+        str(row.identifier): RunOf(int(row.id), str(row.source), str(row.run_key))
+        for row in connection.execute(query)
+    }
 
 
 def quarantined_from(connection: Connection, ids: Sequence[int]) -> Iterator[QuarantinedFrom]:
@@ -263,6 +284,7 @@ def quarantined_from(connection: Connection, ids: Sequence[int]) -> Iterator[Qua
                 QUARANTINE.c.created_at,
                 RUNS.c.source,
                 RUNS.c.run_key,
+                RUNS.c.id.label("run_id"),
             )
             .join(RUNS, RUNS.c.id == QUARANTINE.c.run_id)
             .where(QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None))
@@ -270,7 +292,12 @@ def quarantined_from(connection: Connection, ids: Sequence[int]) -> Iterator[Qua
         for row in connection.execute(query):
             held = as_utc(row.created_at) or datetime.now(UTC)
             yield QuarantinedFrom(
-                int(row.id), str(row.identifier), held, str(row.source), str(row.run_key)
+                int(row.id),
+                str(row.identifier),
+                held,
+                str(row.source),
+                str(row.run_key),
+                int(row.run_id),
             )
 
 
