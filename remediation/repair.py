@@ -98,6 +98,34 @@ def _with_event_name(columns: list[str]) -> list[str]:
     return [*columns[:at], "event_name", *columns[at:]]
 
 
+HEAD_BYTES = 64 * 1024  # enough for a CSV header line of many payload columns
+
+
+def whole_file_failure(head: bytes, name: str) -> str | None:
+    """Why Stripe's importer fails a file as a whole (`data_management.import_set.failed`),
+    read from its first bytes, when a whole-file repair may make it importable: a JSON array
+    named `.jsonl` or JSON Lines named `.json`, a CSV delimited by `;`, tab or `|`, a CSV
+    header without an `event_name` column. None: none of these (a file that cannot be read
+    at all fails when it is read). The bundled poller hands such a file to the same repair
+    as Stripe's failure event; read row by row, its rows were quarantined for reasons that
+    said nothing of the file (`no single active meter matches event_name ''`)."""
+    text = head.decode("utf-8-sig", errors="ignore").lstrip()
+    if not text or not_usage(name):
+        return None
+    fmt, repairs = _actual_format(detect_format(name), text)
+    if repairs:
+        return repairs[0]
+    if fmt is not FileFormat.CSV:
+        return None
+    delimiter = _sniff_delimiter(text)
+    if delimiter != ",":
+        return f"delimiter {delimiter!r}: a usage CSV is delimited by commas"
+    first_line = next(csv.reader([text.splitlines()[0]]), [])
+    if "event_name" not in {name.strip() for name in first_line}:
+        return "Missing required column: event_name."
+    return None
+
+
 _JSON_VALUE_STARTS = frozenset('{["]-0123456789tfn') | {""}
 
 

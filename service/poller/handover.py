@@ -38,10 +38,17 @@ def _queue(engine: Engine) -> None:
 
 def queue_pending_remediation(engine: Engine) -> int:
     """Queue a remediation task for every poller import set still `pending` (idempotent:
-    an existing task is left alone), so rows a crash left behind are picked up too."""
+    an existing task is left alone), so rows a crash left behind are picked up too: its
+    failed rows, or, when the whole file failed, the file (repaired as a file Stripe's
+    importer failed)."""
     with engine.begin() as connection:
         pending = pending_poller_import_sets(connection)
-        return sum(enqueue_task(connection, TaskKind.POLLER_ROWS, ref) for ref in pending)
+        return sum(
+            enqueue_task(
+                connection, TaskKind.IMPORT_SET_FAILED if failed else TaskKind.POLLER_ROWS, ref
+            )
+            for ref, failed in pending
+        )
 
 
 def hand_over(hook: FailedRowsHook, import_set: ImportSet, path: Path) -> None:

@@ -32,6 +32,7 @@ from remediation.formats import detect_format, read_records
 from remediation.limits import DEFAULT_LIMITS, FieldLimits
 from remediation.poller import RowRef, index_chunks
 from remediation.ports import Bucket, MeterEventSink, MeterSource, ObjectInfo
+from remediation.repair import HEAD_BYTES, whole_file_failure
 from remediation.validation import MeterIndex
 from service.config import PollerMode, Settings
 from service.jobs.store.reports import save_poller_import_set
@@ -173,15 +174,20 @@ def _process_object(
             r.rows += _index_object(deps, store, obj)
             r.indexed += 1
         else:
+            _whole_file(deps, obj)
             _import_object(deps, store, obj, meters, deps.sink, r)
             r.imported += 1
     except UnreadableFile as exc:
         impset_id = None if deps.index_mode else _impset_id(obj)
         store.mark_unreadable(obj, exc.reason, impset_id)
-        if impset_id:  # the import set of a file that cannot be read: failed, with the reason
-            save_poller_import_set(
+        if impset_id:
+            # the import set of a file that cannot be read as it is: failed, with the reason;
+            # remediation repairs it as it repairs a file Stripe's importer failed, or says
+            # why it cannot (`import_set_failed`)
+            import_set = save_poller_import_set(
                 deps.engine, impset_id, obj.key, status="failed", failed_reason=exc.reason
             )
+            hand_over(deps.on_failed_rows, import_set, Path(obj.key))
         r.failed_files += 1
         r.errors.append(f"{obj.key}: {exc.reason}")
         log_event("poller.unreadable", level=logging.WARNING, key=obj.key, reason=exc.reason)
@@ -191,6 +197,16 @@ def _process_object(
         r.gave_up += _failed(deps, store, obj, exc, reason)
         r.errors.append(f"{obj.key}: {reason}")
         log_event("poller.object_failed", level=logging.ERROR, key=obj.key, reason=reason)
+
+
+def _whole_file(deps: PollerDeps, obj: ObjectInfo) -> None:
+    """Raise UnreadableFile when Stripe's importer would fail the object as a whole (its
+    first bytes say so: `remediation.repair.whole_file_failure`), before any row is sent."""
+    with deps.bucket.open_read(obj.key) as stream:
+        head = stream.read(HEAD_BYTES)
+    reason = whole_file_failure(head, obj.key)
+    if reason is not None:
+        raise UnreadableFile(reason)
 
 
 def _failed(

@@ -30,7 +30,7 @@ from sqlmodel import col, select
 from sandbox.defaults import SANDBOX_API_KEY
 from service.config import Settings
 from service.jobs.store.quarantine import QuarantineFilter
-from service.models import CorrectionAudit, ErrorReport, InboxEvent, QuarantinedRow
+from service.models import Alert, CorrectionAudit, ErrorReport, InboxEvent, QuarantinedRow
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.poller.retry import find_retry, reopen
 from service.runtime import Runtime
@@ -822,3 +822,65 @@ def test_a_quarantined_row_stripes_connector_took_again_fixed_is_left_by_a_rerun
         assert "; 1 left quarantined: billed as they are since" in str(task.outcome)
         assert held.taken_again is not None  # shown as taken again, with the version
         assert held.taken_again.startswith("usage/day.csv (ETag ")
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        (
+            "semi.csv",
+            "identifier;timestamp;event_name;payload_stripe_customer_id;payload_value\n"
+            "s1;{now};api_requests;cus_alice;5\ns2;{now};api_requests;cus_alice;6\n",
+        ),
+        (
+            "array.jsonl",
+            '[{{"identifier": "s1", "timestamp": {now}, "event_name": "api_requests", '
+            '"payload": {{"stripe_customer_id": "cus_alice", "value": 5}}}},\n'
+            '{{"identifier": "s2", "timestamp": {now}, "event_name": "api_requests", '
+            '"payload": {{"stripe_customer_id": "cus_alice", "value": 6}}}}]\n',
+        ),
+    ],
+)
+def test_the_bundled_poller_repairs_a_file_stripe_would_fail_whole(
+    loop: Loop, name: str, body: str
+) -> None:
+    """A file Stripe's importer fails as a whole (`;` delimiters, a JSON array named
+    `.jsonl`), given to the bundled poller: it read every row as one field and meterfix
+    quarantined each "no single active meter matches event_name ''", none billed. Now the
+    poller fails the file whole, as Stripe does, and remediation repairs it as it repairs a
+    file Stripe failed: every row billed once, under a derived identifier."""
+    now = int(time.time()) - 60
+    with bundled_poller(loop) as deps:
+        _put(loop, name, body.format(now=now).encode())
+        report = run_poll_pass(deps)
+        assert (report.failed_files, report.sent) == (1, 0)
+        loop.drain()  # the whole-file repair: a corrected file
+        run_poll_pass(deps)  # which the poller imports
+    assert sorted(loop.accepted()) == ["s1-mfx1", "s2-mfx1"]
+    with loop.session() as session:
+        assert session.exec(select(QuarantinedRow)).all() == []
+        [task] = session.exec(
+            select(InboxEvent).where(
+                InboxEvent.event_type == "meterfix.remediate.import_set_failed"
+            )
+        ).all()
+    assert str(task.outcome).startswith("remediated (import_set_failed:impset_local_")
+
+
+def test_a_file_the_bundled_poller_cannot_read_raises_a_critical_alert_saying_why(
+    loop: Loop,
+) -> None:
+    """A file no repair can read (JSON cut off): its import set was handed to the remediation
+    of failed rows, which found no failed-records file and alerted that it was "gone; re-import
+    the object to rebuild it", which re-importing never does. Now it goes to the whole-file
+    repair, which says what is wrong with the file."""
+    with bundled_poller(loop) as deps:
+        _put(loop, "broken.json", b'[{"identifier": "x"')
+        assert run_poll_pass(deps).failed_files == 1
+        loop.drain()
+    with loop.session() as session:
+        alerts = session.exec(select(Alert).where(Alert.severity == "critical")).all()
+    assert [a.kind for a in alerts] == ["remediation_input"]
+    said = f"{alerts[0].subject} {alerts[0].message}"
+    assert "cannot remediate" in said and "invalid JSON in item 1" in said
+    assert "gone" not in said

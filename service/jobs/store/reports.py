@@ -135,10 +135,11 @@ def save_poller_import_set(
     return row
 
 
-def pending_poller_import_sets(connection: Connection) -> list[str]:
-    """Ids of the poller's import sets whose failed rows still wait for remediation."""
-    query = select(IMPORT_SETS.c.import_set_id).where(
+def pending_poller_import_sets(connection: Connection) -> list[tuple[str, bool]]:
+    """(id, whether the whole file failed) of the poller's import sets whose failed rows, or
+    failed file, still wait for remediation."""
+    query = select(IMPORT_SETS.c.import_set_id, IMPORT_SETS.c.status).where(
         IMPORT_SETS.c.origin == POLLER_ORIGIN,
         IMPORT_SETS.c.remediation_status == RemediationStatus.PENDING,
     )
-    return list(connection.execute(query).scalars())
+    return [(str(i), status == "failed") for i, status in connection.execute(query)]

@@ -8,7 +8,7 @@ import pytest
 
 from remediation.errors import UnreadableFile
 from remediation.formats import FileFormat
-from remediation.repair import plan_input, read_repaired
+from remediation.repair import plan_input, read_repaired, whole_file_failure
 from remediation.rules import load_rules
 
 
@@ -91,3 +91,26 @@ def test_empty_file_is_dropped_with_reason(tmp_path: Path) -> None:
     path.write_text("  \n")
     with pytest.raises(UnreadableFile, match="empty file"):
         plan_input(path, load_rules(""))
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "reason"),
+    [
+        ("u.csv", "identifier,timestamp,event_name,payload_value\na,1,api,5\n", None),
+        ("u.csv", "\ufeffidentifier, event_name ,payload_value\n", None),
+        ("u.csv", "identifier;timestamp;event_name;payload_value\n", "delimiter ';'"),
+        ("u.csv", "identifier\ttimestamp\tevent_name\n", "delimiter '\\t'"),
+        ("u.csv", "identifier,timestamp,payload_value\n", "Missing required column: event_name."),
+        ("u.jsonl", '[{"event_name": "api"}]', "jsonl file holds a JSON array"),
+        ("u.json", '{"event_name": "api"}\n', "json file holds JSON Lines"),
+        ("u.jsonl", '{"event_name": "api"}\n', None),
+        ("u.json", '[{"event_name": "api"}]', None),
+        ("u.csv", "", None),
+        ("notes.toml", "[customers]\n", None),
+    ],
+)
+def test_whole_file_failures_are_told_from_the_first_bytes(
+    name: str, head: str, reason: str | None
+) -> None:
+    found = whole_file_failure(head.encode(), name)
+    assert found == reason if reason is None else (found or "").startswith(reason)
