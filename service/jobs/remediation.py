@@ -36,7 +36,7 @@ from service.jobs.inputs import (
 )
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
-from service.jobs.store.reports import import_set, mark_import_set_remediated
+from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated
 from service.jobs.store.runs import finished_run
 from service.logs import log_event
 from service.models import ImportSet, RunTrigger
@@ -102,8 +102,17 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
             copied = source == import_set.source_file_id
             later = later_version(deps, import_set, Path(tmp), path) if copied else None
             rows = _TakenAgain(deps, import_set, later)
-            _run_file(deps.run, request, path, rows, allow_none=lambda: rows.left > 0)
-            left = rows.outcome()
+            # a file the bundled poller failed whole: it never sends a row another version
+            # of some object sent (the day's file rewritten with the rows so far)
+            sent = _SourceRows(deps.run.engine, None)
+
+            def transform(records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
+                return rows(sent(records) if _by_poller(import_set) else records)
+
+            _run_file(
+                deps.run, request, path, transform, allow_none=lambda: rows.left + sent.sent > 0
+            )
+            left = rows.outcome() + _sent_before(sent.sent, run_key, source)
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
 
 
@@ -143,6 +152,19 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
             )
             left = f"; {rows.sent} left out: sent since from another version of the file"
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
+
+
+def _by_poller(import_set: ImportSet) -> bool:
+    return import_set.origin == POLLER_ORIGIN
+
+
+def _sent_before(count: int, run_key: str, key: str) -> str:
+    if not count:
+        return ""
+    log_event(
+        "remediation.rows_sent_since", level=logging.WARNING, run_key=run_key, rows=count, key=key
+    )
+    return f"; {count} left out: sent before from another version of the file"
 
 
 def _rejected_rows(
@@ -204,12 +226,14 @@ class _SourceRows:
     fixed the row and uploaded the file again while this task waited. Such a row was billed
     as it is; corrected, it would go out a second time under a derived identifier."""
 
-    def __init__(self, engine: Engine, key: str) -> None:
+    def __init__(self, engine: Engine, key: str | None) -> None:
+        """`key`: the object whose row numbers the records take (None: they keep theirs,
+        read from the object itself)."""
         self.engine, self.key, self.sent = engine, key, 0
 
     def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
         for batch, identifiers in lookup_batches(records):
-            numbers = row_numbers(self.engine, self.key, identifiers)
+            numbers = {} if self.key is None else row_numbers(self.engine, self.key, identifiers)
             sent = sent_moments(self.engine, identifiers)
             for record in batch:
                 if record.identifier in sent:

@@ -884,3 +884,31 @@ def test_a_file_the_bundled_poller_cannot_read_raises_a_critical_alert_saying_wh
     said = f"{alerts[0].subject} {alerts[0].message}"
     assert "cannot remediate" in said and "invalid JSON in item 1" in said
     assert "gone" not in said
+
+
+def test_a_file_rewritten_so_stripe_would_fail_it_whole_sends_only_its_new_rows(
+    loop: Loop,
+) -> None:
+    """The day's file, billed, rewritten with the rows so far and one more, but delimited by
+    `;`: the poller fails the new version whole and the whole-file repair re-sent every row
+    under a derived identifier (`a-mfx1`): the rows the first version sent were billed twice.
+    The poller leaves out a row another version sent; so does the repair of a file it
+    failed whole."""
+    now = int(time.time()) - 60
+    with bundled_poller(loop) as deps:
+        _put(loop, "day.csv", usage_csv([["a", now, "api_requests", "cus_alice", "3"]]))
+        run_poll_pass(deps)
+        header = "identifier;timestamp;event_name;payload_stripe_customer_id;payload_value\n"
+        rows = f"a;{now};api_requests;cus_alice;3\nb;{now};api_requests;cus_alice;4\n"
+        _put(loop, "day.csv", (header + rows).encode())
+        assert run_poll_pass(deps).failed_files == 1
+        loop.drain()
+        run_poll_pass(deps)
+    assert sorted(loop.accepted()) == ["a", "b-mfx1"]
+    with loop.session() as session:
+        [task] = session.exec(
+            select(InboxEvent).where(
+                InboxEvent.event_type == "meterfix.remediate.import_set_failed"
+            )
+        ).all()
+    assert str(task.outcome).endswith("; 1 left out: sent before from another version of the file")
