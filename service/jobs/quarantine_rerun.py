@@ -189,7 +189,7 @@ def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) 
     objects = _Objects(ctx.engine, connection)
     for row in quarantined_from(connection, ids):
         key = objects.key(RunOf(row.run_id, row.source, row.run_key), row.identifier)
-        if key:
+        if key and _object_key(key):  # not a local path (`remediate --upload`'s source)
             by_key.setdefault(key, []).append(row)
     taken: set[int] = set()
     for key, rows in by_key.items():
@@ -231,6 +231,12 @@ class _Objects:
             found = import_set(self.engine, impset)
             self.named[impset] = found.source_object if found is not None else None
         return self.named[impset]
+
+
+def _object_key(text: str) -> bool:
+    """Whether `text` can name an object (the file bucket refuses anything else)."""
+    parts = text.split("/")
+    return not text.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
 def _later_version(
