@@ -130,14 +130,24 @@ def later_version(
         if info.last_modified.timestamp() <= event_time(import_set):
             return None  # the version Stripe took, or one before it
         if import_set.source_file_id:
-            (folder / "stripe").mkdir(parents=True, exist_ok=True)
-            copy = download(deps.files, import_set.source_file_id, folder / "stripe")
+            copy = _stripe_copy(deps, import_set.source_file_id, folder / "stripe")
     if copy is not None and _holds(bucket, named, copy, folder / "bucket"):
         return None  # the very bytes Stripe took, uploaded again
     path = folder / "later" / Path(named).name
     path.parent.mkdir(parents=True, exist_ok=True)
     bucket.download(named, path)
     return path
+
+
+def _stripe_copy(deps: JobDeps, file_id: str, folder: Path) -> Path | None:
+    """Stripe's copy of the file it took, or None when it cannot be had (the failed records
+    are remediated all the same: the object is then judged by its time alone)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return download(deps.files, file_id, folder)
+    except Exception as exc:  # a nicety: the failed-records file is what matters
+        log_event("remediation.source_copy_failed", level=logging.WARNING, error=str(exc))
+        return None
 
 
 def identifiers_in(path: Path, rules: Rules) -> set[str]:

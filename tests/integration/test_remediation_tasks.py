@@ -4,6 +4,7 @@ rows that are not ours. Real sandbox (Files API, meters), a file:// bucket, both
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -26,6 +27,7 @@ from service.models import (
     ErrorReport,
     ImportedRow,
     InboxEvent,
+    QuarantinedRow,
     RemediationRun,
 )
 from service.worker.loop import InboxWorker
@@ -433,3 +435,40 @@ def test_corrections_are_found_by_any_identifier_text(db_url: str) -> None:
     assert [
         (audit.new_identifier, audit.identifier, generation) for audit, generation in found
     ] == [(identifier, f"o{n}", 3) for n, identifier in enumerate(odd)]
+
+
+@pytest.mark.parametrize("copy", ["kept", "gone"])
+def test_failed_records_held_by_a_later_version_of_the_object_are_left_to_stripe(
+    service: Service, copy: str
+) -> None:
+    """The import set names its object, and the bucket holds a version written after Stripe
+    took it: a1 and a2 fixed by hand (Stripe's connector bills them from it), a3 dropped. Its
+    failed records a1 and a2 are left to the connector (re-sent, they were billed twice); a3 is
+    remediated. Stripe's copy of the file it took tells the versions apart; when that copy
+    cannot be had (`gone`), the object's time alone does: the failed records are remediated all
+    the same, not held up."""
+    now = int(time.time()) - 60
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    bucket.mkdir(parents=True)
+    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+    taken = header + f"a1,{now * 1000},api_requests,cus_1,5\na2,{now},api_requests,cus_1,x\n"
+    fixed = header + f"a1,{now},api_requests,cus_1,5\na2,{now},api_requests,cus_1,1234\n"
+    (bucket / "daily.csv").write_text(fixed)
+    later = time.time() + 5  # written after Stripe's event
+    os.utime(bucket / "daily.csv", (later, later))
+    source = service.sandbox.admin.upload_file(taken, "daily.csv")["id"]
+    event = _import_set_with_errors(service, "impset_later")
+    event["data"]["object"].update(  # type: ignore[index]
+        {"source_object": "daily.csv", "file": source if copy == "kept" else "file_gone"}
+    )
+    service.deliver(event)
+    service.drain()
+
+    [run] = service.rows(RemediationRun)
+    assert (run.input_rows, run.quarantined) == (1, 1)  # a3 only
+    assert [q.identifier for q in service.rows(QuarantinedRow)] == ["a3"]
+    [task] = [e for e in service.rows(InboxEvent) if e.event_type.endswith("import_set_errors")]
+    assert task.status == "done"
+    assert str(task.outcome).endswith(
+        "; 2 left to Stripe's connector: a version of the file uploaded since holds them"
+    )
