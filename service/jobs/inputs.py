@@ -120,10 +120,8 @@ def later_version(
     source file); without a copy to hold it against, one written after the import set's
     event is taken for one. None: no such object."""
     bucket = deps.run.bucket
-    named = next(
-        (k for k in candidate_keys(bucket, import_set.source_object) if bucket.head(k)), None
-    )
-    info = bucket.head(named) if named is not None else None
+    heads = ((k, bucket.head(k)) for k in candidate_keys(bucket, import_set.source_object))
+    named, info = next(((k, i) for k, i in heads if i is not None), (None, None))
     if named is None or info is None:
         return None
     if copy is None:
