@@ -148,8 +148,8 @@ _SLOTS = 1 << 27
 
 class RowsAlike:
     """The digests of the rows named so far, 8 bytes a row (a file may hold tens of millions
-    of rows: a dict of them took ~100 bytes a row), as sorted runs, each more than twice the
-    length of the next (merged when not): at most log2(rows) runs to look in."""
+    of rows: a dict of them took ~100 bytes a row), as sorted runs, each more than four times
+    the length of the next (merged when not): a few runs to look in (5 at 8M rows)."""
 
     def __init__(self) -> None:
         self._runs: list[npt.NDArray[np.int64]] = []
