@@ -13,7 +13,18 @@ from datetime import datetime
 from itertools import islice
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, Insert, Table, and_, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    Table,
+    and_,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
@@ -130,28 +141,27 @@ class PollerStore:
         each identifier; a later version of the object holding it too is named its latest
         (Stripe's connector takes that version whole: the row is taken again from it)."""
         table = _table(ImportedRow)
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(table)
-        statement: Insert = insert.on_conflict_do_update(
-            index_elements=["identifier", "object_key"],
-            set_={"latest_etag": insert.excluded.etag},
-            where=table.c.etag != insert.excluded.etag,
-        )
-        return statement
+        return self._upsert_row({"latest_etag": "etag"}, table.c.etag != _excluded("etag"))
 
     def _record_sent(self) -> Insert:
         """Rows sent: recorded with this version, also where an earlier version of the object
         only held the identifier (its row failed validation, and was never sent): the version
         that sent it is the one another version must not send it again after
         (`service.poller.progress.OtherVersions`) and the one a report about it is about."""
-        table = _table(ImportedRow)
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(table)
         again = ("etag", "row_number", "event_name", "timestamp", "sent", "content")
+        table = _table(ImportedRow)
+        return self._upsert_row({name: name for name in again}, table.c.sent.is_(False))
+
+    def _upsert_row(self, columns: dict[str, str], where: Any) -> Insert:
+        """INSERT into imported_rows; a row already recorded for the identifier and object
+        gets each column set from the new row's (`columns`: set -> from), where `where` holds
+        (`_excluded(name)` names the new row's column in it)."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(_table(ImportedRow))
         statement: Insert = insert.on_conflict_do_update(
             index_elements=["identifier", "object_key"],
-            set_={name: insert.excluded[name] for name in again},
-            where=table.c.sent.is_(False),
+            set_={name: insert.excluded[source] for name, source in columns.items()},
+            where=where,
         )
         return statement
 
@@ -206,6 +216,12 @@ class PollerStore:
 
 def _table(model: Any) -> Table:
     return table_of(model)
+
+
+def _excluded(name: str) -> Any:
+    """The new row's column `name` in an upsert's condition (`excluded.name`, on PostgreSQL
+    and SQLite alike)."""
+    return literal_column(f"excluded.{name}")
 
 
 # --- what other rooms read ----------------------------------------------------------------
