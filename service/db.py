@@ -110,6 +110,9 @@ def insert_or_ignore(
 
 
 DEFAULT_PAGE_LIMIT = 50
+# The largest row id: ids are INTEGER columns, 32 bits on PostgreSQL (a larger number in a
+# query is a DataError there, an OverflowError past 64 bits on SQLite).
+MAX_ROW_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)

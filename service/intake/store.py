@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, func, insert, literal_
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.adapters.stripe_events import VerifiedEvent
-from service.db import Listing, Page, delete_batch, keyset
+from service.db import MAX_ROW_ID, Listing, Page, delete_batch, keyset
 from service.errors import InboxUnavailable
 from service.intake.pg_writer import postgres_writer
 from service.intake.sqlite_writer import sqlite_writer
@@ -166,8 +166,12 @@ def _status_is(connection: Connection, status: InboxStatus) -> ColumnElement[boo
 
 def find_event(connection: Connection, ref: str) -> dict[str, Any] | None:
     """An inbox event by its event id (`evt_…`, `mfx_task_…`), or by its row id."""
+    if "\x00" in ref:  # no event id holds one (PostgreSQL's text cannot: the query fails)
+        return None
     row = connection.execute(select(*EVENT_COLUMNS).where(INBOX.c.event_id == ref)).first()
     if row is None and ref.isascii() and ref.isdigit() and len(ref) < 18:
+        if int(ref) > MAX_ROW_ID:
+            return None
         row = connection.execute(select(*EVENT_COLUMNS).where(INBOX.c.id == int(ref))).first()
     return None if row is None else dict(row._mapping)
 

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from werkzeug.datastructures import MultiDict
 
 from service.errors import BadParameter, Conflict, NotFound
+from service.jobs.store.quarantine import QuarantineFilter
 from service.models.alerts import AlertStatus
 from service.web import actions, lineage, params, quarantine, store
 from service.web.access import bearer_ok, csrf_ok, current_token, session_ok
@@ -68,11 +69,13 @@ def alerts() -> Response:
 
 @bp.post("/alerts/<int:alert_id>/acknowledge")
 def acknowledge(alert_id: int) -> Response:
+    alert_id = params.row_id(alert_id, "alert")
     return jsonify(actions.change_alert(engine(), alert_id, AlertStatus.ACKNOWLEDGED, actor()))
 
 
 @bp.post("/alerts/<int:alert_id>/resolve")
 def resolve(alert_id: int) -> Response:
+    alert_id = params.row_id(alert_id, "alert")
     return jsonify(actions.change_alert(engine(), alert_id, AlertStatus.RESOLVED, actor()))
 
 
@@ -83,7 +86,7 @@ def runs() -> Response:
 
 @bp.get("/runs/<int:run_id>")
 def run(run_id: int) -> Response:
-    found = lineage.get_run(engine(), run_id)
+    found = lineage.get_run(engine(), params.row_id(run_id, "run"))
     if found is None:
         raise NotFound(f"no run with id {run_id}")
     return jsonify(found)
@@ -115,13 +118,34 @@ def rerun() -> tuple[Response, int]:
 
 
 def _filter_args() -> MultiDict[str, str]:
-    """The filter from the query string, a JSON object body or a form (later ones win)."""
+    """The filter from the query string, a JSON object body or a form (later ones win). A
+    re-run acts on every row its filter matches, so a filter that would be read as less than
+    it says is refused: a body that is not a JSON object, a value that is not text or a whole
+    number, or a name no filter has (a misspelt filter would re-run every row)."""
     merged: MultiDict[str, str] = MultiDict(request.args)
-    body: Any = request.get_json(silent=True) if request.is_json else None
-    if isinstance(body, dict):
-        merged.update({str(k): "" if v is None else str(v) for k, v in body.items()})
+    if request.is_json and request.get_data(cache=True):
+        body: Any = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            what = "not JSON" if body is None else f"a JSON {type(body).__name__}"
+            raise BadParameter(f"the body must be a JSON object of filters; it is {what}")
+        merged.update({str(k): _filter_value(str(k), v) for k, v in body.items()})
     merged.update(request.form)
+    unknown = sorted(set(merged) - set(QuarantineFilter.NAMES) - {"csrf_token"})
+    if unknown:
+        names = ", ".join(QuarantineFilter.NAMES)
+        raise BadParameter(f"unknown filter {unknown[0][:40]!r}; the filters are {names}")
     return merged
+
+
+def _filter_value(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    kind = {bool: "boolean", float: "number", list: "list", dict: "object"}[type(value)]
+    raise BadParameter(f"{name[:40]} must be text or a whole number, not a JSON {kind}")
 
 
 @bp.get("/events")

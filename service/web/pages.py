@@ -157,7 +157,7 @@ def runs_page() -> str:
 
 @bp.get("/runs/<int:run_id>")
 def run_page(run_id: int) -> str:
-    found = lineage.get_run(engine(), run_id)
+    found = lineage.get_run(engine(), params.row_id(run_id, "run"))
     if found is None:
         raise NotFound(f"no run with id {run_id}")
     return render_template("run.html", run=found)
@@ -231,6 +231,7 @@ def alerts_page() -> str:
 @bp.post("/alerts/<int:alert_id>/<any(acknowledge, resolve):action>")
 def alert_post(alert_id: int, action: str) -> BaseResponse:
     to = AlertStatus.ACKNOWLEDGED if action == AdminActionName.ACKNOWLEDGE else AlertStatus.RESOLVED
+    alert_id = params.row_id(alert_id, "alert")
     try:
         actions.change_alert(engine(), alert_id, to, actor())
         flash(f"Alert {alert_id} {to.value}.")

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import TypeVar
 
-from service.db import DEFAULT_PAGE_LIMIT, Page
-from service.errors import BadParameter
+from service.db import DEFAULT_PAGE_LIMIT, MAX_ROW_ID, Page
+from service.errors import BadParameter, NotFound
 from service.jobs.store.quarantine import QuarantineFilter, positive_int
 from service.models.alerts import AlertSeverity, AlertStatus
 from service.models.inbox import InboxStatus
@@ -23,6 +23,14 @@ def page(args: Mapping[str, str]) -> Page:
         raise BadParameter(f"limit must be at most {MAX_LIMIT}")
     raw = args.get("cursor", "")
     return Page(limit, positive_int(args, "cursor", 0) if raw != "" else None)
+
+
+def row_id(value: int, what: str) -> int:
+    """A row id from a path (`<int:...>` takes any number of digits): one past `MAX_ROW_ID`
+    names no row (the database would refuse to compare it: a 500, or a 503 on PostgreSQL)."""
+    if value > MAX_ROW_ID:
+        raise NotFound(f"no {what} with id {value}")
+    return value
 
 
 def quarantine_filter(args: Mapping[str, str]) -> QuarantineFilter:

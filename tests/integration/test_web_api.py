@@ -280,6 +280,102 @@ def test_rerun_queues_one_task_and_records_the_action(api: Api) -> None:
     assert nothing == {"queued": False, "rows": 0, "filters": {"code": "unknown_code"}}
 
 
+BAD_RERUN_BODIES = [
+    (
+        {"data": '{"code": "no_meter"', "content_type": "application/json"},
+        "the body must be a JSON object of filters; it is not JSON",
+    ),
+    ({"json": ["no_meter"]}, "the body must be a JSON object of filters; it is a JSON list"),
+    ({"json": {"code": ["no_meter"]}}, "code must be text or a whole number, not a JSON list"),
+    ({"json": {"run": True}}, "run must be text or a whole number, not a JSON boolean"),
+    ({"json": {"cod": "no_meter"}}, "unknown filter 'cod'; the filters are code, meter, customer"),
+    ({"query_string": {"custmer": "cus_1"}}, "unknown filter 'custmer'"),
+    ({"data": {"meter": "m", "runn": "3"}}, "unknown filter 'runn'"),
+]
+
+
+@pytest.mark.parametrize(("request_", "reason"), BAD_RERUN_BODIES)
+def test_a_rerun_whose_filter_cannot_be_read_in_full_is_400_and_queues_nothing(
+    api: Api, request_: dict[str, Any], reason: str
+) -> None:
+    """A re-run takes every row its filter matches: a body it could not read, or a misspelt
+    filter, was taken as no filter at all (every quarantined row re-run)."""
+    _quarantine(api)
+    assert api.post("/api/quarantine/rerun", 400, **request_)["error"].startswith(reason)
+    assert api.actions() == []
+    with Session(api.engine) as session:
+        assert session.exec(select(InboxEvent).where(InboxEvent.style == "task")).all() == []
+    queued = api.post("/api/quarantine/rerun", 202, json={"code": "no_meter", "run": None})
+    assert (queued["rows"], queued["filters"]) == (2, {"code": "no_meter"})
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/runs/2147483648",
+        "/api/runs/9223372036854775808",
+        "/api/runs/99999999999999999999999",
+        "/api/alerts/2147483648/acknowledge",
+        "/api/alerts/9223372036854775808/acknowledge",
+        "/api/alerts/99999999999999999999999/resolve",
+    ],
+)
+def test_an_id_past_what_a_row_id_holds_is_404_not_500(api: Api, path: str) -> None:
+    """Ids are INTEGER columns: a larger one was a 500 on SQLite past 64 bits, and on
+    PostgreSQL past 32 bits a 503 "database unavailable" (the database was fine)."""
+    what = "run" if "/runs/" in path else "alert"
+    number = path.split("/")[3]
+    send = api.get if what == "run" else api.post
+    assert send(path, 404) == {"error": f"no {what} with id {number}"}
+    largest = "2147483647"
+    assert send(path.replace(number, largest), 404) == {"error": f"no {what} with id {largest}"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/api/quarantine?run={}",
+        "/api/quarantine.csv?run={}",
+        "/api/quarantine?cursor={}",
+        "/api/alerts?cursor={}",
+        "/api/runs?cursor={}",
+        "/api/events?cursor={}",
+    ],
+)
+def test_a_run_or_cursor_past_what_a_row_id_holds_is_400(api: Api, query: str) -> None:
+    name = "run" if "run=" in query else "cursor"
+    reason = f"{name} must be at most 2147483647, not 2147483648"
+    assert api.get(query.format(2147483648), 400) == {"error": reason}
+    largest = api.get(query.format(2147483647))  # no row has it: nothing listed
+    if isinstance(largest, str):
+        assert largest.splitlines()[1:] == []
+    elif name == "run":
+        assert largest["data"] == []
+    if name == "run":
+        assert api.post("/api/quarantine/rerun?run=2147483648", 400) == {"error": reason}
+
+
+@pytest.mark.parametrize("name", ["code", "meter", "customer"])
+def test_a_filter_holding_a_nul_character_is_400(api: Api, name: str) -> None:
+    """PostgreSQL's text holds no NUL: such a filter failed the query there, answered 503
+    "database unavailable" (a stored row cannot hold one, so the filter matches nothing)."""
+    _quarantine(api)
+    reason = f"{name} holds a NUL character (U+0000); no stored value does"
+    for path in ("/api/quarantine", "/api/quarantine.csv"):
+        assert api.get(f"{path}?{name}=a%00b", 400) == {"error": reason}
+    assert api.post("/api/quarantine/rerun", 400, json={name: "\x00"}) == {"error": reason}
+    assert api.actions() == []
+
+
+@pytest.mark.parametrize("ref", ["%00", "evt_1%00", "2147483648", "99999999999999999"])
+def test_replaying_an_event_no_row_can_be_is_404(api: Api, ref: str) -> None:
+    """An event id with a NUL, or a row id past what an id holds: 503 on PostgreSQL."""
+    shown = ref.replace("%00", "\\x00")
+    assert api.post(f"/api/events/{ref}/replay", 404) == {
+        "error": f"no event '{shown}' in the inbox"
+    }
+
+
 def test_events_list_and_replay(api: Api) -> None:
     done = seed.event(api.engine, "evt_done")
     dead = seed.event(api.engine, "evt_dead", status="dead")

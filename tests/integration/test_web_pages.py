@@ -228,6 +228,16 @@ def test_alerts_page_acknowledges_and_resolves(dashboard: Dashboard) -> None:
     assert dashboard.page("/alerts?status=open").count('data-testid="alert-row"') == 0
 
 
+def test_an_id_past_what_a_row_id_holds_is_a_404_page(dashboard: Dashboard) -> None:
+    dashboard.login()
+    assert "no run with id 2147483648" in dashboard.page("/runs/2147483648", 404)
+    form = {"csrf_token": dashboard.csrf("/alerts"), "back": "/alerts"}
+    posted = dashboard.browser.post(
+        dashboard.url + "/alerts/99999999999999999999/resolve", data=form
+    )
+    assert posted.status_code == 404 and "no alert with id 99999999999999999999" in posted.text
+
+
 def test_embedded_defaults_generate_keep_and_reuse_a_token(
     tmp_path: Path,
     make_settings: Callable[..., Settings],

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 
-from service.db import Listing, Page, delete_batch, in_listed, keyset
+from service.db import MAX_ROW_ID, Listing, Page, delete_batch, in_listed, keyset
 from service.errors import BadParameter
 from service.jobs.store.runs import RUNS, finished_between
 from service.models._types import as_utc, table_of
@@ -51,6 +51,16 @@ class QuarantineFilter:
     since: datetime | None = None
     until: datetime | None = None
     taken_again: bool | None = None
+
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "code",
+        "meter",
+        "customer",
+        "run",
+        "since",
+        "until",
+        "taken_again",
+    )
 
     def as_query(self) -> dict[str, str]:
         """The filter as query parameters (for links, CSV and the re-run's record)."""
@@ -90,6 +100,8 @@ def positive_int(args: Mapping[str, str], name: str, default: int) -> int:
         return default
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) <= 0:
         raise BadParameter(f"{name} must be a positive whole number, not {raw[:40]!r}")
+    if int(raw) > MAX_ROW_ID:  # as a run or a cursor: no row has such an id
+        raise BadParameter(f"{name} must be at most {MAX_ROW_ID}, not {raw}")
     return int(raw)
 
 
@@ -109,6 +121,8 @@ def _text(args: Mapping[str, str], name: str) -> str | None:
     value = args.get(name, "").strip()
     if len(value) > MAX_FILTER_CHARS:
         raise BadParameter(f"{name} is longer than {MAX_FILTER_CHARS} characters")
+    if "\x00" in value:  # PostgreSQL's text holds none: the query would fail (a 503)
+        raise BadParameter(f"{name} holds a NUL character (U+0000); no stored value does")
     return value or None
 
 
