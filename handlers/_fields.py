@@ -17,8 +17,24 @@ def mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+# Counts (rows, errors) go into INTEGER columns: 32 bits on PostgreSQL. Texts of a bounded
+# column: an import set's status; error codes, sample identifiers and meter ids.
+MAX_COUNT = 2**31 - 1
+STATUS_CHARS = 64
+ID_CHARS = 255
+
+
+def text(value: object, most: int | None = None) -> str | None:
+    """A non-empty string as a column holds it: a NUL (PostgreSQL's text holds none: the
+    insert would fail, and the event be retried as if the failure were passing) as U+FFFD,
+    and at most `most` characters (a longer one cut, ending in an ellipsis)."""
+    if not isinstance(value, str) or not value:
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    if most is not None and len(value) > most:
+        value = value[: most - 1] + "\u2026"
+    return value
 
 
 def kind(value: object) -> str:
@@ -45,17 +61,23 @@ def integer(value: object) -> int | None:
     return None
 
 
-def first_text(source: Mapping[str, Any], *keys: str) -> str | None:
+def count(value: object) -> int | None:
+    """A count: none below zero, at most `MAX_COUNT` (a larger one is held as that)."""
+    found = integer(value)
+    return None if found is None or found < 0 else min(found, MAX_COUNT)
+
+
+def first_text(source: Mapping[str, Any], *keys: str, most: int | None = None) -> str | None:
     for key in keys:
-        found = text(source.get(key))
+        found = text(source.get(key), most)
         if found:
             return found
     return None
 
 
-def first_integer(source: Mapping[str, Any], *keys: str) -> int | None:
+def first_count(source: Mapping[str, Any], *keys: str) -> int | None:
     for key in keys:
-        found = integer(source.get(key))
+        found = count(source.get(key))
         if found is not None:
             return found
     return None

@@ -15,7 +15,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from handlers._fields import first_integer, first_text, integer, is_stripe_id, kind, mapping, text
+from handlers._fields import (
+    STATUS_CHARS,
+    count,
+    first_count,
+    first_text,
+    integer,
+    is_stripe_id,
+    kind,
+    mapping,
+    text,
+)
 from handlers.context import HandlerContext
 from handlers.errors import UnusableEvent
 from handlers.meter_error_reports import IncompleteEvent
@@ -58,14 +68,14 @@ def parse_import_set(event: Mapping[str, Any]) -> ImportSetRecord:
         event_id=event_id,
         event_type=str(event.get("type", "")),
         event_created=integer(event.get("created")),
-        status=text(obj.get("status")) or "unknown",
+        status=text(obj.get("status"), STATUS_CHARS) or "unknown",
         failed_reason=_reason(obj.get("failed_reason")),
         source_file_id=_checked_file_id(source_file, "data.object.file"),
         source_object=_source_object(obj),
         errors_file_id=_checked_file_id(errors_file, "data.object.result.errors.file"),
-        errors_row_count=first_integer(errors, "row_count", "count"),
-        successes_row_count=first_integer(mapping(result.get("successes")), "row_count", "count"),
-        rows_processed=integer(result.get("rows_processed")),
+        errors_row_count=first_count(errors, "row_count", "count"),
+        successes_row_count=first_count(mapping(result.get("successes")), "row_count", "count"),
+        rows_processed=count(result.get("rows_processed")),
         detail={"livemode": bool(event.get("livemode", False)), "result": dict(result)},
     )
 
@@ -97,9 +107,10 @@ def _checked_file_id(value: str | None, where: str) -> str | None:
 
 
 def _file_id(value: object) -> str | None:
+    """As the event spells it (`_checked_file_id` refuses what is no id, NUL and all)."""
     if isinstance(value, Mapping):
-        return text(value.get("id"))
-    return text(value)
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
 
 
 def _reason(value: object) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from handlers._fields import first_text, integer, kind, mapping, rfc3339, text
+from handlers._fields import ID_CHARS, MAX_COUNT, count, first_text, kind, mapping, rfc3339, text
 from handlers.context import HandlerContext
 from handlers.errors import UnusableEvent
 from handlers.records import (
@@ -67,23 +67,23 @@ def _meter_id(related: Mapping[str, Any]) -> str | None:
     kind = related.get("type")
     if kind not in (None, "billing.meter"):
         return None
-    return text(related.get("id"))
+    return text(related.get("id"), ID_CHARS)
 
 
 def _total(reason: Mapping[str, Any], error_types: list[Mapping[str, Any]]) -> int:
-    total = integer(reason.get("error_count"))
+    total = count(reason.get("error_count"))
     if total is not None:
         return total
-    return sum(integer(item.get("error_count")) or 0 for item in error_types)
+    return min(sum(count(item.get("error_count")) or 0 for item in error_types), MAX_COUNT)
 
 
 def _code(item: Mapping[str, Any]) -> str:
     # Unknown codes are kept verbatim (open enum); a missing one is named so it stays visible.
-    return text(item.get("code")) or "unknown"
+    return text(item.get("code"), ID_CHARS) or "unknown"
 
 
 def _type_count(item: Mapping[str, Any]) -> ErrorTypeRecord:
-    return ErrorTypeRecord(code=_code(item), error_count=integer(item.get("error_count")) or 0)
+    return ErrorTypeRecord(code=_code(item), error_count=count(item.get("error_count")) or 0)
 
 
 def _samples(item: Mapping[str, Any]) -> list[ErrorSampleRecord]:
@@ -93,6 +93,6 @@ def _samples(item: Mapping[str, Any]) -> list[ErrorSampleRecord]:
         sample = mapping(raw)
         request = mapping(sample.get("request"))
         # The API reference says `identifier`; the usage guides show `idempotency_key`.
-        identifier = first_text(request, "identifier", "idempotency_key")
+        identifier = first_text(request, "identifier", "idempotency_key", most=ID_CHARS)
         samples.append(ErrorSampleRecord(code, text(sample.get("error_message")), identifier))
     return samples

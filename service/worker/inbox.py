@@ -88,6 +88,13 @@ def claim_next(engine: Engine, worker_id: str, lease: timedelta) -> ClaimedEvent
     return ClaimedEvent(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
+def storable(reason: str) -> str:
+    """A reason or outcome as a text column holds it on any database: a NUL (an event's or a
+    file's, quoted in a message; PostgreSQL's text holds none, and the row would never record
+    its failure) spelt `\\x00`."""
+    return reason.replace("\x00", "\\x00")
+
+
 def mark_done(
     connection: Connection, claimed: ClaimedEvent, worker_id: str, outcome: str, status: str
 ) -> bool:
@@ -100,7 +107,7 @@ def mark_done(
         .where(_owned(claimed, worker_id))
         .values(
             status=status,
-            outcome=outcome[:ERROR_TEXT_LIMIT],
+            outcome=storable(outcome)[:ERROR_TEXT_LIMIT],
             processed_at=utcnow(),
             locked_by=None,
             locked_at=None,

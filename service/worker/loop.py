@@ -50,6 +50,7 @@ from service.worker.inbox import (
     mark_done,
     mark_failed,
     release_claim,
+    storable,
 )
 from service.worker.liveness import (
     ITEM_THREAD_PREFIX,
@@ -222,6 +223,7 @@ class InboxWorker:
         self, claimed: ClaimedEvent, error: str, report: PassReport, *, permanent: bool = False
     ) -> None:
         dead = permanent or claimed.attempts >= self.settings.mfx_max_attempts
+        error = storable(error)
         next_at = None
         try:
             with self.engine.begin() as connection:

@@ -136,6 +136,75 @@ def test_snapshot_import_sets_recorded_without_fetch(intake: Intake) -> None:
     assert bad.failed_reason == "Missing required column: event_name"
 
 
+def test_an_error_report_with_values_no_column_holds_is_recorded_at_once(intake: Intake) -> None:
+    """Counts past 32 bits, a code or identifier past its column, a NUL in a message: on
+    PostgreSQL each failed the insert (DataError), and the event was retried as if the failure
+    were passing, then dead-lettered (its rows never remediated); SQLite took them as they
+    came."""
+    long_code, long_id = "c" * 300, "i" * 300
+    event = build_error_report_event("mtr_p", [(long_code, "bad\x00message", long_id)])
+    event["data"]["reason"]["error_count"] = 10**12
+    event["data"]["reason"]["error_types"][0]["error_count"] = 10**13
+    event["data"]["developer_message_summary"] = "1\x002"
+    event_id = intake.deliver(event)
+    report = intake.worker().drain()
+    assert (report.done, report.retrying, report.dead) == ([event_id], [], [])
+    with Session(intake.engine) as session:
+        stored = session.exec(select(ErrorReport)).one()
+        [counted] = session.exec(select(ErrorTypeCount)).all()
+        [sample] = session.exec(select(ErrorSample)).all()
+    assert (stored.error_count, stored.summary) == (2**31 - 1, "1\ufffd2")
+    assert (counted.code, counted.error_count) == ("c" * 254 + "\u2026", 2**31 - 1)
+    assert (sample.code, sample.message) == ("c" * 254 + "\u2026", "bad\ufffdmessage")
+    assert sample.identifier == "i" * 254 + "\u2026"
+
+
+def test_an_import_set_with_values_no_column_holds_is_recorded_and_remediated(
+    intake: Intake,
+) -> None:
+    """As above, for a snapshot import set: its status past 64 characters, counts past 32
+    bits, a NUL in its reason."""
+    failed = load_event("snapshot_import_set_failed")
+    obj = failed["data"]["object"]
+    obj["status"], obj["failed_reason"] = "failed" + "!" * 70, "Missing\x00 column"
+    succeeded = load_event("snapshot_import_set_succeeded")
+    result = succeeded["data"]["object"]["result"]
+    result["rows_processed"], result["errors"]["row_count"] = 10**30, 10**12
+    result["successes"]["row_count"] = -5
+    for event in (failed, succeeded):
+        intake.deliver(event)
+    report = intake.worker().drain()  # the remediation queued fails: no such file here
+    task = "mfx_task_import_set_errors_impset_test_inferred_0001"
+    assert [e for e, _ in report.retrying] == [task] and report.dead == []
+    assert {failed["id"], succeeded["id"]} <= set(report.done)
+    with Session(intake.engine) as session:
+        rows = {r.import_set_id: r for r in session.exec(select(ImportSet)).all()}
+    bad, ok = rows["impset_test_failed_0001"], rows["impset_test_inferred_0001"]
+    assert (bad.status, bad.failed_reason) == (
+        "failed" + "!" * 57 + "\u2026",
+        "Missing\ufffd column",
+    )
+    assert (ok.rows_processed, ok.errors_row_count) == (2**31 - 1, 2**31 - 1)
+    assert (ok.successes_row_count, ok.remediation_status) == (None, "pending")
+
+
+def test_a_failure_whose_reason_holds_a_nul_is_recorded_and_retried(intake: Intake) -> None:
+    """A reason quoting a NUL (from a file or an event): PostgreSQL refused to record it, so
+    the row stayed claimed until its lease ran out, its failure nowhere."""
+    with intake.engine.begin() as connection:
+        enqueue_task(connection, TaskKind.POLLER_ROWS, "nul")
+
+    def failing_task(_kind: TaskKind, _ref: str) -> str:
+        raise ValueError("no object 'usage/a\x00b.csv'")
+
+    report = intake.worker(task_runner=failing_task).drain()
+    reason = "ValueError: no object 'usage/a\\x00b.csv'"
+    assert [why for _, why in report.retrying] == [reason]
+    [row] = _rows(intake)
+    assert (row.status, row.attempts, row.last_error) == (InboxStatus.PENDING, 1, reason)
+    assert row.locked_by is None
+
+
 def test_reprocessing_changes_nothing(intake: Intake) -> None:
     event_id = intake.deliver(build_error_report_event("mtr_1", ERRORS))
     snapshot = intake.deliver(load_event("snapshot_import_set_succeeded"))
