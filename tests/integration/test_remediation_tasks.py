@@ -129,6 +129,47 @@ def test_a_failed_upload_is_retried_and_recorded_once(service: Service) -> None:
     assert len(corrected) == 1 and "a2-mfx1" in corrected[0].read_text()
 
 
+def test_values_longer_than_their_columns_are_cut_and_every_row_remediated(
+    service: Service,
+) -> None:
+    """An unknown error code past 255 characters, an identifier past 512, a customer past
+    255: PostgreSQL refused the load of the run's quarantined rows (or audit), the task was
+    retried until dead, and no row of the file was ever corrected (a1 never billed)."""
+    now = int(time.time()) - 60
+    long_code, long_id, long_customer = "e" * 300, "x" * 600, "c" * 400
+    content = (
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+        f"a1,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
+        f"a2,{now},api_requests,cus_1,5,{long_code}\n"
+        f"a3,{now * 1000},api_requests,cus_1,5,{long_code}\n"
+        f"{long_id},{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
+        f"a5,{now},api_requests,{long_customer},5,meter_event_customer_not_found\n"
+    )
+    file = service.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
+    body = {
+        "id": "impset_long",
+        "object": "data_management.import_set",
+        "status": "succeeded_with_errors",
+        "result": {"errors": {"file": file["id"], "row_count": 5}},
+    }
+    service.deliver(build_import_set_event("data_management.import_set.succeeded", body))
+    service.drain()
+    with Session(service.engine) as session:
+        task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
+    assert (task.status, task.last_error) == ("done", None)
+    [run] = service.rows(RemediationRun)
+    assert (run.status, run.corrected, run.quarantined) == ("done", 2, 3)
+    audit = {a.identifier: a for a in service.rows(CorrectionAudit)}
+    assert sorted(audit) == ["a1", "a3"]
+    assert audit["a3"].code == long_code[:255]
+    quarantined = {q.row_number: q for q in service.rows(QuarantinedRow)}
+    assert sorted(quarantined) == [2, 4, 5]
+    assert (quarantined[2].code, quarantined[4].identifier) == (long_code[:255], long_id[:512])
+    assert quarantined[5].customer == long_customer[:255]
+    assert quarantined[4].record["identifier"] == long_id  # the row itself, in full
+    assert "is 600 characters long" in (quarantined[4].reason or "")
+
+
 def test_a_run_logs_where_its_time_went(service: Service, caplog: pytest.LogCaptureFixture) -> None:
     service.deliver(_import_set_with_errors(service, "impset_stages"))
     with caplog.at_level(logging.INFO, logger="meterfix"):

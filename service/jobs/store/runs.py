@@ -353,6 +353,17 @@ class _SortedStage:
         self.connection = engine.connect()
         self.postgres = self.connection.dialect.name == "postgresql"
         self.staged = 0
+        # Text columns of a bounded length (codes, identifiers, meters, customers), by their
+        # place in a staged row: a value longer (an unknown code of a failed-records file, an
+        # identifier Stripe refused for its length) is cut to it by the load, on both
+        # databases (PostgreSQL refused the whole load: the run failed and was retried until
+        # dead, every row of its file left unbilled).
+        self.bounded = {
+            at: length
+            for at, name in enumerate(self.staged_columns)
+            if (length := getattr(self.target.c[name].type, "length", None))
+        }
+        self.too_long = False  # a staged value is longer than its column
         quote = self.connection.dialect.identifier_preparer.quote
         self.listed = ", ".join(quote(name) for name in self.staged_columns)
         with self.connection.begin():
@@ -403,13 +414,28 @@ class _SortedStage:
                 copy.write_row(row)
 
     def _selected(self) -> str:
-        """The staged columns as the load selects them (PostgreSQL makes JSON of the text)."""
-        if not self.postgres:
+        """The staged columns as the load selects them (PostgreSQL makes JSON of the text),
+        cut to their columns' lengths when a staged value is longer."""
+        if not self.postgres and not self.too_long:
             return self.listed
         quote = self.connection.dialect.identifier_preparer.quote
-        return ", ".join(
-            f"CAST({quote(name)} AS JSON)" if name in self.as_text else quote(name)
-            for name in self.staged_columns
+        selected = []
+        for at, name in enumerate(self.staged_columns):
+            value = quote(name)
+            if self.postgres and name in self.as_text:
+                value = f"CAST({value} AS JSON)"
+            elif self.too_long and at in self.bounded:
+                value = f"substr({value}, 1, {self.bounded[at]})"
+            selected.append(value)
+        return ", ".join(selected)
+
+    def _note_lengths(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        if self.too_long:
+            return
+        self.too_long = any(
+            isinstance(value := row[at], str) and len(value) > most
+            for row in rows
+            for at, most in self.bounded.items()
         )
 
     def add(self, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -422,6 +448,7 @@ class _SortedStage:
             others = sorted(sources - {self.source})
             raise ValueError(f"{self.what} of source {self.source!r} only, not of {others!r}")
         staged = [row[1:] for row in rows]
+        self._note_lengths(staged)
         with self.connection.begin():
             self._stage(staged)
         self.staged += len(rows)
@@ -504,6 +531,11 @@ class AuditStage(_SortedStage):
             others = sorted(map(str, sources - {self.source}))
             raise ValueError(f"{self.what} of source {self.source!r} only, not of {others!r}")
         fields = batch.columns[1:]  # CORRECTIONS' fields after the source: the stage's columns
+        if not self.too_long:
+            self.too_long = any(
+                (pc.max(pc.utf8_length(fields[at])).as_py() or 0) > most
+                for at, most in self.bounded.items()
+            )
         with self.connection.begin():
             if self.postgres:
                 self._copy_encoded(pg_copy_rows(fields))
