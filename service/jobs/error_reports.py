@@ -41,12 +41,17 @@ from remediation.rowdigest import record_digests
 from remediation.validation import MeterIndex
 from service.config import PollerMode
 from service.errors import TaskInputMissing
-from service.jobs.inputs import JobDeps, next_generation, run_lineage
+from service.jobs.inputs import JobDeps, local_name, next_generation, run_lineage
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.quarantine import marked_among
 from service.jobs.store.reports import load_report, set_report_status
-from service.jobs.store.runs import finished_run, handled_identifiers, runs_correcting
+from service.jobs.store.runs import (
+    finished_run,
+    handled_identifiers,
+    report_run_key,
+    runs_correcting,
+)
 from service.models import (
     ErrorReport,
     ErrorReportStatus,
@@ -186,7 +191,7 @@ def _fetch(
             job.changed.append(key)
             return None
         etag = head.etag
-    path = folder / f"{source_tag(key, etag)}-{Path(key).name}"
+    path = folder / f"{source_tag(key, etag)}-{local_name(key)}"
     if not path.exists():
         ctx.bucket.download(key, path)
     return etag, path, plan_input(path, ctx.rules)
@@ -292,7 +297,7 @@ def _remediate(
     """Remediate the rows of one object the report is about; how many it holds: those this
     run selected and those another run over the object handled (corrected or quarantined)
     before, under the same identifiers, which are not selected again."""
-    run_key = f"error_report:{job.event_id}:{key}"
+    run_key = report_run_key(job.event_id, key)
     base = job.scope
     handled = handled_identifiers(ctx.engine, key, other_than=run_key)
     changed = job.altered.get(key, {})

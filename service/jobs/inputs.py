@@ -7,6 +7,7 @@ A task whose input cannot be had raises `TaskInputMissing` (not retried: a perso
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,25 @@ from service.logs import log_event
 from service.models import ImportSet
 from service.models._types import as_utc, utcnow
 from service.poller.store import objects_named
+
+# A local file's name: the longest most filesystems take is 255 bytes; a key's last part
+# may be longer (S3 keys run to 1,024 bytes).
+LOCAL_NAME_BYTES = 200
+
+
+def local_name(key: str) -> str:
+    """The name of the local copy of the object `key`: its last part, or, past
+    `LOCAL_NAME_BYTES`, its start and a digest of the whole with its suffix (the format is
+    told by it). A longer name failed the download (`File name too long`), and the task was
+    retried until dead, its rows never remediated."""
+    name = Path(key).name or "object"
+    if len(name.encode("utf-8", "surrogatepass")) <= LOCAL_NAME_BYTES:
+        return name
+    suffix = Path(name).suffix
+    suffix = suffix if len(suffix) <= 16 and suffix.isascii() else ""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{name[:64]}-{digest}{suffix}"
+
 
 GENERATION_KEY = "mfx-generation"
 NEW_IDENTIFIER_WIDTH = 512  # correction_audit.new_identifier
@@ -64,7 +84,7 @@ def download(files: StripeFiles, file_id: str, folder: Path) -> Path:
     try:
         filename = str(files.file_metadata(file_id).get("filename") or "")
         if filename.lower().endswith((".csv", ".json", ".jsonl")):
-            name = Path(filename).name
+            name = local_name(filename)
     except Exception as exc:  # metadata is a nicety: the contents are what matters
         log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
     path = folder / name
@@ -89,7 +109,7 @@ def fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Pa
         keys = [named] if named is not None else objects_like(deps, import_set)
         for key in keys:
             if _holds(bucket, key, copy, folder / "bucket"):
-                return folder / "bucket" / Path(key).name, key
+                return folder / "bucket" / local_name(key), key
         if named is not None:
             log_event("remediation.source_changed", key=named, file=import_set.source_file_id)
         return copy, import_set.source_file_id
@@ -101,7 +121,7 @@ def fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Pa
                 f"object {named} of import set {import_set.import_set_id} changed after the "
                 "import failed, and Stripe kept no copy: the failed file is gone"
             )
-        path = folder / Path(named).name
+        path = folder / local_name(named)
         bucket.download(named, path)
         return path, named
     raise TaskInputMissing(
@@ -131,7 +151,7 @@ def later_version(
             copy = _stripe_copy(deps, import_set.source_file_id, folder / "stripe")
     if copy is not None and _holds(bucket, named, copy, folder / "bucket"):
         return None  # the very bytes Stripe took, uploaded again
-    path = folder / "later" / Path(named).name
+    path = folder / "later" / local_name(named)
     path.parent.mkdir(parents=True, exist_ok=True)
     bucket.download(named, path)
     return path
@@ -185,7 +205,7 @@ def _holds(bucket: Bucket, key: str, copy: Path, folder: Path) -> bool:
     if info is None or info.size != copy.stat().st_size:
         return False
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / Path(key).name
+    path = folder / local_name(key)
     bucket.download(key, path)
     return file_digests(path)[0] == file_digests(copy)[0]
 

@@ -44,7 +44,13 @@ from remediation.ports import ObjectInfo
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.config import PollerMode
 from service.errors import BadParameter, RerunInputMissing
-from service.jobs.inputs import LOOKUP_BATCH, candidate_keys, identifiers_in, parents
+from service.jobs.inputs import (
+    LOOKUP_BATCH,
+    candidate_keys,
+    identifiers_in,
+    local_name,
+    parents,
+)
 from service.jobs.remediation import import_set_of
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.store.quarantine import (
@@ -251,7 +257,7 @@ def _later_version(
         if (as_utc(info.last_modified) or since) <= since:
             return None
         with tempfile.TemporaryDirectory(prefix="meterfix-rerun-") as tmp:
-            path = Path(tmp) / Path(candidate).name
+            path = Path(tmp) / local_name(candidate)
             ctx.bucket.download(candidate, path)
             return info, identifiers_in(path, ctx.rules)
     return None

@@ -8,6 +8,7 @@ Resolving happens by a later success of the same thing (the caller names the key
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,7 @@ from service.models.alerts import AlertSeverity, AlertStatus
 from service.notify import store
 
 TEXT_LIMIT = 2000
+KEY_CHARS = 512  # the alert_key column's length
 # Key in `detail` where the critical-message job keeps its per-channel progress
 # (service.notify.critical); kept while the incident lasts, dropped when it opens again.
 NOTIFY_STATE = "notify"
@@ -45,6 +47,7 @@ def raise_alert(
     `target` is an engine (own transaction) or a connection (the caller's transaction, so
     the alert commits with what caused it)."""
     severity = AlertSeverity(severity)
+    key = stored_key(key)
     now = utcnow()
     values: dict[str, Any] = {
         "severity": severity.value,
@@ -66,6 +69,17 @@ def raise_alert(
         _upsert(target, key, values, now)
     level = logging.ERROR if severity is AlertSeverity.CRITICAL else logging.WARNING
     log_event("alert.raised", level=level, key=key, kind=kind, severity=severity.value)
+
+
+def stored_key(key: str) -> str:
+    """An alert's key as its column holds it: a key past `KEY_CHARS` (one naming an object
+    whose key is long, S3 allowing 1,024 bytes) is cut and ends in the SHA-256 of the whole,
+    so that it stays one alert's and the same each time (PostgreSQL refused the insert, and
+    whatever raised the alert failed with it)."""
+    if len(key) <= KEY_CHARS:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{key[: KEY_CHARS - len(digest) - 8]}\u2026sha256:{digest}"
 
 
 def _upsert(connection: Connection, key: str, values: dict[str, Any], now: Any) -> None:
@@ -91,6 +105,7 @@ def _upsert(connection: Connection, key: str, values: dict[str, Any], now: Any) 
 def resolve_alert(target: Engine | Connection, key: str) -> bool:
     """Resolve the open or acknowledged alert with this key (a later success of the same
     thing); False when there is none. Its "resolved" follow-up is then due."""
+    key = stored_key(key)
     resolved = store.resolve_alert_by_key(target, key, utcnow())
     if resolved:
         log_event("alert.resolved", key=key)

@@ -11,6 +11,7 @@ it with a reported code.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,6 +176,26 @@ def test_row_fixed_for_one_code_and_reported_for_another_is_corrected_again(
         quarantined = [q.identifier for q in session.exec(select(QuarantinedRow)).all()]
     assert quarantined == []
     assert loop.accepted() == ["both-mfx2"]
+
+
+def test_report_rows_in_an_object_with_a_long_key_are_remediated(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """S3 keys run to 1,024 bytes: the report's run over such an object was keyed
+    `error_report:<event id>:<key>`, past its column's 512 characters (PostgreSQL refused the
+    run, and the rows were never billed), and so was the alert about the run."""
+    key = "usage/" + "k" * 690 + ".csv"
+    specs = [{"identifier": i, "customer": "acme-42"} for i in ("l0", "l1", "l2", "l3")]
+    loop.s3.put_object(Bucket=BUCKET, Key=key, Body=render(_rows(specs), "csv"))
+    _cycles(loop, deps)
+    assert sorted(loop.accepted()) == ["l0-mfx1", "l1-mfx1", "l2-mfx1", "l3-mfx1"]
+    with loop.session() as session:
+        [run] = session.exec(select(RemediationRun)).all()
+        statuses = [r.status for r in session.exec(select(ErrorReport)).all()]
+    assert run.run_key.startswith("error_report:") and run.run_key.endswith(
+        ":sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    )
+    assert (run.source, run.corrected, statuses) == (key, 4, ["remediated"])
 
 
 def test_report_rows_in_an_object_without_samples_are_remediated(

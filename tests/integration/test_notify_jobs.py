@@ -19,6 +19,7 @@ from service.models._types import utcnow
 from service.models.alerts import Alert, DigestRun
 from service.models.health import Heartbeat
 from service.models.inbox import InboxEvent
+from service.notify.alerts import raise_alert, resolve_alert
 from service.notify.retention import purge_expired
 from service.notify.runs import alert_for_run
 from service.worker import silence
@@ -266,3 +267,27 @@ def test_the_digest_command(sqlite_url: str, make_settings: Any, make_app: Any) 
     assert sent.exit_code == 0 and sent.output.endswith("\nslack: sent\n")
     assert receiver.bodies[-1]["blocks"][0]["type"] == "header"
     engine.dispose()
+
+
+def test_an_alert_whose_key_is_longer_than_its_column_is_raised_counted_and_resolved(
+    engine: Engine,
+) -> None:
+    """Alert keys name objects (`poller.taken_again:<key>:<etag>`, `run:error_report:…:<key>`)
+    and S3 keys run to 1,024 bytes: PostgreSQL refused a key past 512 characters, and what
+    raised the alert failed with it (the poller's pass, the run)."""
+    long_a = "poller.taken_again:" + "usage/" + "a" * 700 + ".csv:etag1"
+    long_b = long_a.replace("etag1", "etag2")  # alike for 512 characters: another alert
+    for key in (long_a, long_a, long_b):
+        raise_alert(
+            engine, key=key, severity="warning", kind="poller.taken_again", subject="s", message="m"
+        )
+    alerts = _alerts(engine)
+    assert [(len(a.alert_key), a.count, a.status) for a in alerts] == [
+        (512, 2, "open"),
+        (512, 1, "open"),
+    ]
+    assert (
+        alerts[0].alert_key.startswith(long_a[:400]) and alerts[0].alert_key != alerts[1].alert_key
+    )
+    assert resolve_alert(engine, long_a) and not resolve_alert(engine, long_a)
+    assert [a.status for a in _alerts(engine)] == ["resolved", "open"]

@@ -3,6 +3,7 @@ once per run key, see service/jobs/runs.py) and what is read of it."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
@@ -62,6 +63,19 @@ QUARANTINED = table_of(QuarantinedRow)
 OUTPUTS = table_of(OutputObject)
 AUDIT = table_of(CorrectionAudit)
 REPORT_PREFIX = "error_report:"
+RUN_KEY_CHARS = 512  # the run_key column's length
+
+
+def report_run_key(event_id: str, key: str) -> str:
+    """The run key of an error report's run over the object `key`: `error_report:<event
+    id>:<key>`, or, past the column's length (S3 keys run to 1,024 bytes: PostgreSQL refused
+    the run, and the report's rows in that object were never remediated), the key's SHA-256
+    in its place."""
+    run_key = f"{REPORT_PREFIX}{event_id}:{key}"
+    if len(run_key) <= RUN_KEY_CHARS:
+        return run_key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{REPORT_PREFIX}{event_id}:sha256:{digest}"
 
 
 def finished_between(start: datetime, end: datetime) -> ColumnElement[bool]:
