@@ -912,3 +912,29 @@ def test_a_file_rewritten_so_stripe_would_fail_it_whole_sends_only_its_new_rows(
             )
         ).all()
     assert str(task.outcome).endswith("; 1 left out: sent before from another version of the file")
+
+
+@pytest.mark.parametrize("delimiter", [",", ";"])
+def test_a_file_under_a_long_key_is_billed_once_and_its_bad_rows_corrected(
+    loop: Loop, delimiter: str
+) -> None:
+    """S3 keys run to 1,024 bytes; a key's last part past 255 bytes named the local copies
+    the remediation downloads ("File name too long": retried until dead, never billed)."""
+    now = int(time.time()) - 60
+    name = "k" * 600 + ".csv"
+    rows = [
+        ["a", now, "api_requests", "cus_alice", "3"],
+        ["b", now * 1000, "api_requests", "cus_alice", "4"],
+    ]
+    body = usage_csv(rows).replace(b",", delimiter.encode())
+    with bundled_poller(loop) as deps:
+        _put(loop, name, body)
+        run_poll_pass(deps)
+        loop.drain()
+        run_poll_pass(deps)
+        loop.drain()
+    expected = ["a", "b-mfx1"] if delimiter == "," else ["a-mfx1", "b-mfx1"]
+    assert sorted(loop.accepted()) == expected
+    with loop.session() as session:
+        tasks = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).all()
+    assert [(t.status, t.last_error) for t in tasks] == [("done", None)]
