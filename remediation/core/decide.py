@@ -255,9 +255,10 @@ class _Rounds:
         past = np.zeros(len(self.rows), bool)
         limits = self.ctx.index.limits
         for i, problem_code, message in first_field_problems(self.work.take(unchecked), limits):
-            if problem_code != ErrorCode.MALFORMED_ROW:
-                self._fail(int(unchecked[i]), code, message)
-                past[unchecked[i]] = True
+            # a malformed row fails as one, whatever its code's rule would have said of it
+            malformed = problem_code == ErrorCode.MALFORMED_ROW
+            self._fail(int(unchecked[i]), problem_code if malformed else code, message)
+            past[unchecked[i]] = True
         bounded: Indexes = rows[~past[rows]]
         return bounded
 

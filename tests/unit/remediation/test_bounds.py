@@ -284,6 +284,27 @@ def test_an_open_quote_says_what_it_swallowed(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "code", ["meter_event_invalid_value", "no_meter", "timestamp_in_future", "bogus_code"]
+)
+def test_a_row_of_the_wrong_width_is_quarantined_as_malformed_whatever_its_code(
+    tmp_path: Path, code: str
+) -> None:
+    """A row with a field more than its header, reported `meter_event_invalid_value` with a
+    plain value: its code's rule refused it first ("value '5' is already a plain number;
+    nothing to correct") and the fact that matters, the row's shape, was never said."""
+    data = (
+        to_csv(CODED, [row(ident="ok", code=code)])
+        + f"w,{NOW},api_requests,cus_1,5,{code},x\n".encode()
+    )
+    summary, quarantined = both_paths(data, tmp_path)
+    wide = [q for q in quarantined if q["identifier"] == "w"]
+    assert [(q["mfx_code"], q["mfx_reason"]) for q in wide] == [
+        ("malformed_row", "row has 7 fields, header has 6")
+    ]
+    assert summary["input_rows"] == 2
+
+
 # --- 5. determinism ------------------------------------------------------------------------
 
 
