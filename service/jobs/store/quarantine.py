@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -51,16 +51,6 @@ class QuarantineFilter:
     since: datetime | None = None
     until: datetime | None = None
     taken_again: bool | None = None
-
-    NAMES: ClassVar[tuple[str, ...]] = (
-        "code",
-        "meter",
-        "customer",
-        "run",
-        "since",
-        "until",
-        "taken_again",
-    )
 
     def as_query(self) -> dict[str, str]:
         """The filter as query parameters (for links, CSV and the re-run's record)."""
