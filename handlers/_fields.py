@@ -20,6 +20,7 @@ def mapping(value: object) -> Mapping[str, Any]:
 # Counts (rows, errors) go into INTEGER columns: 32 bits on PostgreSQL. Texts of a bounded
 # column: an import set's status; error codes, sample identifiers and meter ids.
 MAX_COUNT = 2**31 - 1
+MAX_UNIX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z
 STATUS_CHARS = 64
 ID_CHARS = 255
 
@@ -56,9 +57,18 @@ def integer(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
+    if isinstance(value, str):
+        digits = value.strip().lstrip("-")
+        # ASCII digits only (`²` is a digit to str.isdigit, not to int), at most 18 of them
+        if digits.isascii() and digits.isdigit() and len(digits) <= 18:
+            return int(value)
     return None
+
+
+def unix_time(value: object) -> int | None:
+    """A unix time a datetime holds (years 1970-9999), else None."""
+    found = integer(value)
+    return found if found is not None and 0 <= found <= MAX_UNIX_TIME else None
 
 
 def count(value: object) -> int | None:
@@ -89,6 +99,6 @@ def rfc3339(value: object) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: past year 1 or 9999 in UTC
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -20,11 +20,11 @@ from handlers._fields import (
     count,
     first_count,
     first_text,
-    integer,
     is_stripe_id,
     kind,
     mapping,
     text,
+    unix_time,
 )
 from handlers.context import HandlerContext
 from handlers.errors import UnusableEvent
@@ -67,7 +67,7 @@ def parse_import_set(event: Mapping[str, Any]) -> ImportSetRecord:
         import_set_id=import_set_id,
         event_id=event_id,
         event_type=str(event.get("type", "")),
-        event_created=integer(event.get("created")),
+        event_created=unix_time(event.get("created")),
         status=text(obj.get("status"), STATUS_CHARS) or "unknown",
         failed_reason=_reason(obj.get("failed_reason")),
         source_file_id=_checked_file_id(source_file, "data.object.file"),

@@ -93,6 +93,8 @@ class FileBucket:
             data = json.loads(sidecar.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
+        except ValueError:  # not JSON, not UTF-8: no metadata (as an S3 object without any)
+            return {}
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def open_read(self, key: str) -> BinaryIO:

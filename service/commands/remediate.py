@@ -322,7 +322,7 @@ def _sidecar_generation(file: Path) -> int:
     except (OSError, ValueError):
         return 0
     value = str(meta.get("mfx-generation", "")) if isinstance(meta, dict) else ""
-    return int(value) if value.isdigit() and len(value) < 6 else 0
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 6 else 0
 
 
 def _upload(adapters: Adapters, result: RemediationResult) -> list[str]:

@@ -98,6 +98,7 @@ class _Report:
     customers: set[str] = field(default_factory=set)
     sampled: dict[str, Sampled] = field(default_factory=dict)  # key -> what its samples say
     changed: list[str] = field(default_factory=list)  # objects overwritten since Stripe took them
+    gone: list[str] = field(default_factory=list)  # objects deleted since Stripe took them
     # key -> its sampled rows that are not the rows Stripe refused (`ReportScope.changed`)
     altered: dict[str, dict[str, bool]] = field(default_factory=dict)
     resent: int = 0  # changed rows sent as they are now
@@ -182,10 +183,9 @@ def _fetch(
     poller listed it too (an identifier is recorded with the first version that held it; the
     caller checks the sampled rows are in it)."""
     head = ctx.bucket.head(key)
-    if head is None:
-        raise TaskInputMissing(
-            f"object {key} named by report {job.event_id} is gone from the bucket"
-        )
+    if head is None:  # deleted since: its rows are gone, the other objects' are remediated
+        job.gone.append(key)
+        return None
     if head.etag != etag:
         if not (or_current and object_times(ctx.engine, key, head.etag) is not None):
             job.changed.append(key)
@@ -408,13 +408,17 @@ def _changed_rows(job: _Report) -> str:
 
 def _shortfall(job: _Report) -> str:
     message = "the other rows are not in any object meterfix saw around the report's window"
-    if not job.changed:
-        return message
-    changed = ", ".join(sorted(job.changed))
-    return (
-        f"{message}; overwritten since Stripe took them (the version the report is about is "
-        f"gone): {changed}"
-    )
+    if job.changed:
+        changed = ", ".join(sorted(job.changed))
+        message += (
+            "; overwritten since Stripe took them (the version the report is about is "
+            f"gone): {changed}"
+        )
+    if job.gone:
+        message += (
+            f"; deleted from the bucket since Stripe took them: {', '.join(sorted(job.gone))}"
+        )
+    return message
 
 
 def _load(engine: Engine, event_id: str) -> tuple[ErrorReport, list[ErrorSample], dict[str, int]]:

@@ -54,6 +54,7 @@ def local_name(key: str) -> str:
 
 
 GENERATION_KEY = "mfx-generation"
+MAX_GENERATION_DIGITS = 5
 NEW_IDENTIFIER_WIDTH = 512  # correction_audit.new_identifier
 # Identifiers per look-up query (one array parameter on PostgreSQL, a list under SQLite's
 # 32,766 parameters): 1,000,000 identifiers took 2,000 queries of 500, 11 s on PostgreSQL.
@@ -224,7 +225,10 @@ def next_generation(bucket: Bucket, key: str | None) -> int:
         info = bucket.head(candidate)
         if info is not None:
             value = info.metadata.get(GENERATION_KEY, "0")
-            return int(value) + 1 if value.isdigit() else 1
+            # ASCII digits of a generation a chain of runs can reach; anything else (forged,
+            # `²`, past the run table's INTEGER) is no lineage of ours
+            usable = value.isascii() and value.isdigit() and len(value) <= MAX_GENERATION_DIGITS
+            return int(value) + 1 if usable else 1
     return 1
 
 

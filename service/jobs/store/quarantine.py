@@ -123,9 +123,9 @@ def _time(args: Mapping[str, str], name: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith("Z") else raw)
-    except ValueError:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: past year 1 or 9999 in UTC
         raise BadParameter(f"{name} must be an ISO-8601 date or time, not {raw[:40]!r}") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def quarantine_conditions(found: QuarantineFilter) -> list[ColumnElement[bool]]:
