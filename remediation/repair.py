@@ -85,6 +85,9 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
     if layout.event_name is None and rules.policy.default_event_name:
         repairs += (f"event_name filled with {rules.policy.default_event_name!r}",)
         columns = _with_event_name(columns)
+    if "identifier" not in columns:  # a corrected row is written with its derived identifier:
+        # without the column it went out with none, and Stripe gave it a new one at each import
+        columns = ["identifier", *columns]
     return InputPlan(fmt, delimiter, tuple(header), tuple(columns), repairs)
 
 

@@ -56,7 +56,7 @@ def test_tab_delimiter_and_default_event_name(tmp_path: Path) -> None:
     [
         ("identifier,timestamp,payload_value", "identifier,timestamp,event_name,payload_value"),
         ("payload_value,identifier", "payload_value,identifier,event_name"),
-        ("payload_value", "event_name,payload_value"),
+        ("payload_value", "identifier,event_name,payload_value"),  # identifier: see below
     ],
 )
 def test_a_filled_event_name_is_an_output_column(tmp_path: Path, header: str, columns: str) -> None:
@@ -66,7 +66,21 @@ def test_a_filled_event_name_is_an_output_column(tmp_path: Path, header: str, co
     path.write_text(header + "\n")
     plan = plan_input(path, load_rules('[policy]\ndefault_event_name = "api_requests"'))
     assert ",".join(plan.columns) == columns
-    assert ",".join(plan_input(path, load_rules("")).columns) == header
+    unfilled = header if "identifier" in header else f"identifier,{header}"
+    assert ",".join(plan_input(path, load_rules("")).columns) == unfilled
+
+
+def test_a_csv_without_identifiers_is_corrected_with_derived_ones(tmp_path: Path) -> None:
+    """A failed-records CSV without an identifier column: its corrected file had none either
+    (the audit naming `row-…-mfx1` identifiers the file never held), so Stripe gave each row
+    a new identifier at each import, and a second upload billed it twice."""
+    path = tmp_path / "noid.csv"
+    path.write_text(
+        "timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+        '1764000000,api_requests,cus_a,"1,234",meter_event_invalid_value\n'
+    )
+    plan = plan_input(path, load_rules(""))
+    assert plan.columns[0] == "identifier"
 
 
 @pytest.mark.parametrize(
