@@ -81,32 +81,38 @@ class StripeMeterEventSink:
         self.send_batches(batches)
 
     def send_batches(
-        self, batches: Iterable[Sequence[Mapping[str, Any]]], on_sent: BatchSent | None = None
+        self,
+        batches: Iterable[Sequence[Mapping[str, Any]]],
+        on_sent: BatchSent | None = None,
+        on_refused: BatchSent | None = None,
     ) -> int:
         """Send batches (each ≤ 100 events) on a small thread pool; the number of events sent.
 
         `on_sent(i)` is called, in this thread, for each batch (its index in `batches`) that
         Stripe accepted, so the caller can record what was acknowledged even when another
-        batch fails. At most `2 * workers` batches are in flight, so memory stays bounded
+        batch fails; `on_refused(i)` for each batch Stripe refused (HTTP 400: nothing of it
+        was taken). At most `2 * workers` batches are in flight, so memory stays bounded
         however long `batches` is, and a batch waiting out a backoff does not hold up the
-        others. Raises the first MeterEventSendError (or what iterating `batches` raised)
-        after in-flight batches settle."""
+        others. No batch is taken from `batches` after a failure: every batch taken went out
+        (the caller knows the ones after it never did). Raises the first MeterEventSendError
+        (or what iterating `batches` raised) after in-flight batches settle."""
         sent = 0
+        settled = (on_sent, on_refused)
         with ThreadPoolExecutor(self._workers, thread_name_prefix="meter-events") as pool:
             pending: dict[Future[int], int] = {}
             failure: MeterEventSendError | None = None
             try:
-                for index, batch in enumerate(batches):
-                    if failure is not None:
-                        break
+                taking, index = iter(batches), 0
+                while failure is None and (batch := next(taking, None)) is not None:
                     pending[pool.submit(self.send_batch, batch)] = index
+                    index += 1
                     if len(pending) >= 2 * self._workers:
                         done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        count, failure = _settle(done, pending, on_sent, failure)
+                        count, failure = _settle(done, pending, settled, failure)
                         sent += count
             finally:
                 done, _ = wait(pending)
-                count, failure = _settle(done, pending, on_sent, failure)
+                count, failure = _settle(done, pending, settled, failure)
                 sent += count
         if failure is not None:
             raise failure
@@ -214,11 +220,13 @@ def is_transient(exc: stripe.StripeError) -> bool:
 def _settle(
     done: set[Future[int]],
     pending: dict[Future[int], int],
-    on_sent: BatchSent | None,
+    callbacks: tuple[BatchSent | None, BatchSent | None],
     failure: MeterEventSendError | None,
 ) -> tuple[int, MeterEventSendError | None]:
-    """Events sent by the finished futures (removed from `pending`), and the first failure."""
+    """Events sent by the finished futures (removed from `pending`), and the first failure;
+    `callbacks` are (on_sent, on_refused)."""
     sent = 0
+    on_sent, on_refused = callbacks
     for future in sorted(done, key=pending.__getitem__):
         index = pending.pop(future)
         error = future.exception()
@@ -226,9 +234,12 @@ def _settle(
             sent += future.result()
             if on_sent is not None:
                 on_sent(index)
-        elif not isinstance(error, Exception):
+            continue
+        if not isinstance(error, Exception):
             raise error  # KeyboardInterrupt, SystemExit: stop at once
-        elif failure is None:
+        if on_refused is not None and getattr(error, "permanent", False):
+            on_refused(index)
+        if failure is None:
             failure = _as_send_error(error)
     return sent, failure
 

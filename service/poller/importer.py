@@ -45,6 +45,7 @@ class BatchSender(Protocol):
         self,
         batches: Iterable[Sequence[Mapping[str, Any]]],
         on_sent: Callable[[int], None] | None = None,
+        on_refused: Callable[[int], None] | None = None,
     ) -> int: ...
 
 
@@ -138,11 +139,13 @@ def _send_all(
     # batch (its place in this pass) -> its rows a run over the object holds in quarantine:
     # marked taken again once Stripe acknowledged the batch
     held: dict[int, list[str]] = {}
+    unsent = _Unsent(progress.acked_batches)
 
     def batches() -> Iterator[list[dict[str, object]]]:
         number, last_beat = progress.acked_batches, time.monotonic()
         while group := list(islice(chunks, CHUNKS_PER_GROUP)):
-            sending = _record_group(job, obj, progress, group, number)
+            sending, new = _record_group(job, obj, progress, group, number)
+            unsent.recorded |= new
             _note_held(others, group, sending, number - progress.acked_batches, held)
             tally.failed += failed_out.write(chunk.failed for chunk in group)
             # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
@@ -152,7 +155,9 @@ def _send_all(
             tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
             tally.sent += skipped
             number += len(sending)
-            yield from sending
+            for events in sending:
+                unsent.taken += 1  # the sink takes no batch it does not send
+                yield events
             if time.monotonic() - last_beat >= BEAT_EVERY:
                 job.beat()
                 last_beat = time.monotonic()
@@ -165,8 +170,12 @@ def _send_all(
         acks.add(index)
 
     try:
-        sent = _send(job.sink, batches(), acknowledged)  # iterating counts skipped rows in tally
+        # iterating counts skipped rows in tally
+        sent = _send(job.sink, batches(), acknowledged, unsent.refused.append)
         tally.sent += sent
+    except Exception:
+        job.progress.forget_unsent(progress.object_id, unsent.never_billed())
+        raise
     finally:
         acks.flush()
 
@@ -189,19 +198,37 @@ def _note_held(
             held[first + at] = found
 
 
+class _Unsent:
+    """Which batches of a pass that stopped were recorded on it for the first time and never
+    billed: never taken by the sink (`taken` counts the batches it took, in order), or
+    refused by Stripe (their places in this pass)."""
+
+    def __init__(self, first: int) -> None:
+        self.first = first  # the number of this pass's first batch
+        self.recorded: set[int] = set()  # numbers first recorded on this pass
+        self.taken = 0
+        self.refused: list[int] = []
+
+    def never_billed(self) -> set[int]:
+        refused = {self.first + at for at in self.refused}
+        later = {n for n in self.recorded if n >= self.first + self.taken}
+        return (later | refused) & self.recorded
+
+
 def _record_group(
     job: ObjectImport,
     obj: ObjectInfo,
     progress: ObjectProgress,
     group: list[ImportChunk],
     number: int,
-) -> list[list[dict[str, object]]]:
-    """Record a group's rows and batches before any of it is sent; its batches' events."""
+) -> tuple[list[list[dict[str, object]]], set[int]]:
+    """Record a group's rows and batches before any of it is sent; its batches' events and
+    the numbers of the batches recorded for the first time."""
     job.store.insert_rows(obj, [ref for chunk in group for ref in chunk.rows])
     batches = [chunk for chunk in group if chunk.events]
     spans = [(number + i, *_span(chunk)) for i, chunk in enumerate(batches)]
-    job.progress.record_sending(progress.object_id, spans, job.clock())
-    return [chunk.events for chunk in batches]
+    new = job.progress.record_sending(progress.object_id, spans, job.clock())
+    return [chunk.events for chunk in batches], new
 
 
 class _Acknowledgements:
@@ -237,12 +264,18 @@ def _send(
     sink: MeterEventSink,
     batches: Iterable[list[dict[str, object]]],
     on_sent: Callable[[int], None],
+    on_refused: Callable[[int], None],
 ) -> int:
     if isinstance(sink, BatchSender):
-        return sink.send_batches(batches, on_sent)
+        return sink.send_batches(batches, on_sent, on_refused)
     sent = 0
     for index, batch in enumerate(batches):
-        sink.send(batch)
+        try:
+            sink.send(batch)
+        except Exception as exc:
+            if getattr(exc, "permanent", False):
+                on_refused(index)
+            raise
         on_sent(index)
         sent += len(batch)
     return sent

@@ -68,7 +68,8 @@ class OtherVersions:
     acknowledged and was first sent within the re-send horizon: sending them again is
     harmless then, and the only way to deliver them if their own version is gone). A row
     recorded as sent whose batch is not recorded was never sent (a batch is recorded before
-    it goes out). A row Stripe refused after it was sent (an error report) that meterfix holds
+    it goes out; its record goes when the pass stops before it went out, or Stripe refused
+    it: `ProgressStore.forget_unsent`). A row Stripe refused after it was sent (an error report) that meterfix holds
     in quarantine was never billed: a version holding it (fixed by hand) sends it. A row a run
     over the object, or a quarantine re-run of its rows, corrected or re-sent unchanged is
     left out too, in any version (the customer fixed by hand a row meterfix had sent as
@@ -233,13 +234,14 @@ class ProgressStore:
 
     def record_sending(
         self, object_id: int, batches: Sequence[tuple[int, int, int]], now: datetime
-    ) -> None:
-        """(number, first_row, rows) of batches about to be sent. A batch sent before keeps
-        its first send time (the 23 h horizon counts from there) but loses an earlier
-        acknowledgement: it counts as acknowledged again only once this send is, so a batch
-        cut differently on this pass (meters changed meanwhile) never moves the prefix."""
+    ) -> set[int]:
+        """(number, first_row, rows) of batches about to be sent; the numbers of those not
+        recorded before. A batch sent before keeps its first send time (the 23 h horizon
+        counts from there) but loses an earlier acknowledgement: it counts as acknowledged
+        again only once this send is, so a batch cut differently on this pass (meters changed
+        meanwhile) never moves the prefix."""
         if not batches:
-            return
+            return set()
         dialect = postgresql if is_postgres(self.engine) else sqlite
         values = [
             {
@@ -251,7 +253,15 @@ class ProgressStore:
             }
             for n, f, r in batches
         ]
+        numbers = [n for n, _, _ in batches]
         with self.engine.begin() as conn:
+            known: Iterable[int] = conn.execute(
+                select(BATCHES.c.batch_number).where(
+                    BATCHES.c.object_id == object_id,
+                    BATCHES.c.batch_number.between(min(numbers), max(numbers)),
+                )
+            ).scalars()
+            new = set(numbers) - set(map(int, known))
             insert = dialect.insert(BATCHES)
             again = {"first_row": insert.excluded.first_row, "rows": insert.excluded.rows}
             upsert = insert.on_conflict_do_update(
@@ -263,6 +273,26 @@ class ProgressStore:
                 .where(OBJECTS.c.id == object_id, OBJECTS.c.first_sent_at.is_(None))
                 .values(first_sent_at=now)
             )
+        return new
+
+    def forget_unsent(self, object_id: int, numbers: Iterable[int]) -> int:
+        """Batches recorded for the first time on a pass that then stopped before they went
+        out, or that Stripe refused (HTTP 400: nothing of the request was taken): none of their
+        rows was billed, so their records go (a row recorded as sent outside any batch never
+        went). Left recorded, they would count as delivered once their first send time is 23 h
+        old, and a fixed version of the file would leave their rows out. How many went."""
+        numbers = sorted(set(numbers))
+        if not numbers:
+            return 0
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(BATCHES).where(
+                    BATCHES.c.object_id == object_id,
+                    BATCHES.c.batch_number.in_(numbers),
+                    BATCHES.c.acked_at.is_(None),
+                )
+            )
+        return int(result.rowcount or 0)
 
     def record_acks(self, object_id: int, numbers: Iterable[int], now: datetime) -> int:
         """Mark batches acknowledged and move the contiguous prefix; its new length."""
