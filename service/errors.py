@@ -115,12 +115,34 @@ class MeterEventSendError(ServiceError):
         self.permanent = permanent
 
 
+class PartlyUnreadable(ServiceError):
+    """An object could not be read past some point after rows before it were sent: not a
+    whole-file failure (a whole-file repair would send those rows again), so the poller gives
+    up on it at once and says what was sent."""
+
+    permanent = True
+
+
 class BucketError(ServiceError):
     """A bucket operation failed."""
 
 
 class ObjectNotFound(BucketError, FileNotFoundError):
     """The key does not exist in the bucket."""
+
+
+class ObjectChanged(BucketError):
+    """The object under a key is no longer the version asked for (its ETag): it was
+    overwritten or deleted after it was listed, or changed while it was read."""
+
+
+class ObjectNotSettled(BucketError):
+    """A `file://` object still being written (modified moments ago and ending mid-line): it
+    is read once it stops changing. `ready_at` is when it may be taken again."""
+
+    def __init__(self, reason: str, *, ready_at: float) -> None:
+        super().__init__(reason)
+        self.ready_at = ready_at
 
 
 class DeliveryFailed(ServiceError):

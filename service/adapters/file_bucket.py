@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from remediation.ports import ObjectInfo
 from service.adapters.bucket_base import (
@@ -20,7 +23,7 @@ from service.adapters.bucket_base import (
     is_identical,
     temp_path,
 )
-from service.errors import BucketError, ObjectNotFound
+from service.errors import BucketError, ObjectChanged, ObjectNotFound, ObjectNotSettled
 from service.logs import log_event
 
 
@@ -97,11 +100,30 @@ class FileBucket:
             return {}
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
-    def open_read(self, key: str) -> BinaryIO:
+    def open_read(self, key: str, etag: str | None = None) -> BinaryIO:
+        """The file's bytes. With `etag` (a version the poller listed): ObjectChanged when the
+        file is no longer that version, on open or, when it changes while read, at its last
+        read (its bytes are hashed as read); ObjectNotSettled when it is still being written
+        (modified less than SETTLE_SECONDS ago and its last byte is not a line end: a
+        writer's next block would finish its last row)."""
+        path = self._path(key)
         try:
-            return self._path(key).open("rb")
+            handle = path.open("rb")
         except (FileNotFoundError, IsADirectoryError) as exc:
+            if etag is not None:
+                raise ObjectChanged(f"{key} is gone (it was the version with ETag {etag})") from exc
             raise ObjectNotFound(f"no such object: {key}") from exc
+        if etag is None:
+            return handle
+        try:
+            stat = os.fstat(handle.fileno())
+            if self._etag(path, stat.st_size, stat.st_mtime_ns) != etag:
+                raise ObjectChanged(f"{key} is no longer the version with ETag {etag}")
+            _settled(key, handle, stat)
+        except BaseException:
+            handle.close()
+            raise
+        return cast(BinaryIO, io.BufferedReader(_Verified(handle, key, etag), CHUNK))
 
     def download(self, key: str, dest: Path) -> None:
         with self.open_read(key) as source:
@@ -123,6 +145,54 @@ class FileBucket:
             _atomic_write(path, lambda out: shutil.copyfileobj(source, out, CHUNK))
         log_event("bucket.uploaded", key=key, size=src.stat().st_size, sha256=sha)
         return True
+
+
+SETTLE_SECONDS = 30.0
+
+
+def _settled(key: str, handle: BinaryIO, stat: os.stat_result) -> None:
+    """Raise ObjectNotSettled for a file modified less than SETTLE_SECONDS ago whose last
+    byte is not a line end: a file copied in by a writer that has not finished (its last row
+    cut short, `125` read as `12`, billed so and the whole row then left out as sent)."""
+    age = time.time() - stat.st_mtime
+    if age >= SETTLE_SECONDS or stat.st_size == 0:
+        return
+    handle.seek(stat.st_size - 1)
+    last = handle.read(1)
+    handle.seek(0)
+    if last not in (b"\n", b"\r"):
+        raise ObjectNotSettled(
+            f"{key} was modified {max(age, 0):.0f} s ago and ends mid-line: still being "
+            f"written? taken once unchanged for {SETTLE_SECONDS:.0f} s",
+            ready_at=stat.st_mtime + SETTLE_SECONDS,
+        )
+
+
+class _Verified(io.RawIOBase):
+    """A file read as the version `etag` (the md5 of its bytes): its last read raises
+    ObjectChanged when the bytes read hash to another ETag (the file changed while read)."""
+
+    def __init__(self, handle: BinaryIO, key: str, etag: str) -> None:
+        self._handle, self._key, self._etag = handle, key, etag
+        self._md5 = hashlib.md5(usedforsecurity=False)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._handle.read(len(buffer))
+        if not data and len(buffer):
+            if self._md5.hexdigest() != self._etag:
+                raise ObjectChanged(f"{self._key} changed while it was read")
+            return 0
+        self._md5.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.close()
+        super().close()
 
 
 def _atomic_write(dest: Path, fill: Callable[[BinaryIO], object]) -> None:

@@ -19,7 +19,7 @@ from service.adapters.bucket_base import (
     is_identical,
     temp_path,
 )
-from service.errors import ObjectNotFound
+from service.errors import ObjectChanged, ObjectNotFound
 from service.logs import log_event
 
 if TYPE_CHECKING:  # the stubs package exists only for type checking
@@ -92,13 +92,22 @@ class S3Bucket:
             metadata=dict(response.get("Metadata", {})),
         )
 
-    def open_read(self, key: str) -> BinaryIO:
-        """A streamed body (read in chunks; nothing is buffered whole)."""
+    def open_read(self, key: str, etag: str | None = None) -> BinaryIO:
+        """A streamed body (read in chunks; nothing is buffered whole); with `etag`, of that
+        version only (`IfMatch`: an object overwritten since it was listed is ObjectChanged,
+        never read as the version listed)."""
         from botocore.exceptions import ClientError
 
         try:
-            response = self.client.get_object(Bucket=self.name, Key=key)
+            if etag is None:
+                response = self.client.get_object(Bucket=self.name, Key=key)
+            else:
+                response = self.client.get_object(Bucket=self.name, Key=key, IfMatch=f'"{etag}"')
         except ClientError as exc:
+            if etag is not None and (_is_missing(exc) or _status(exc) == 412):
+                raise ObjectChanged(
+                    f"s3://{self.name}/{key} is no longer the version with ETag {etag}"
+                ) from exc
             if _is_missing(exc):
                 raise ObjectNotFound(f"no such object: s3://{self.name}/{key}") from exc
             raise
@@ -152,6 +161,11 @@ def _transfer_config() -> Any:
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
+
+
+def _status(exc: Exception) -> int | None:
+    status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return int(status) if isinstance(status, int) else None
 
 
 def _is_missing(exc: Exception) -> bool:

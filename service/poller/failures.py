@@ -5,6 +5,8 @@ pass that still fails leaves the object `seen` with `next_attempt_at` pushed out
 doubling, at most 30 min, with jitter); `failing_since` marks the start of the failing
 run. The poller gives up (status `failed`, one critical alert) only when:
 - Stripe refused a request built from the file (HTTP 400): sending it again cannot help;
+- the file cannot be read past a point after rows before it were sent (not a whole-file
+  failure: a whole-file repair would send those rows again);
 - the failures have lasted `MFX_POLLER_GIVE_UP_AFTER` (under 23 h by validation);
 - resuming would send again a batch first sent more than 23 h ago (Stripe may no longer
   dedupe its identifiers): only an operator may decide that (`poll --retry KEY --yes`).
@@ -20,7 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 
 from remediation.ports import ObjectInfo
-from service.errors import HorizonPassed
+from service.errors import HorizonPassed, PartlyUnreadable
 from service.logs import log_event
 from service.notify.alerts import raise_alert, resolve_alert
 from service.poller.progress import RESEND_HORIZON, ObjectProgress
@@ -32,7 +34,7 @@ BACKOFF_CAP = timedelta(minutes=30)
 @dataclass(frozen=True, slots=True)
 class Verdict:
     give_up: bool
-    why: str  # "permanent" | "lasting" | "horizon" | "" (back off)
+    why: str  # "permanent" | "unreadable" | "lasting" | "horizon" | "" (back off)
     next_attempt_at: datetime | None
     failing_since: datetime
 
@@ -44,6 +46,8 @@ def judge(
     since = progress.failing_since or now
     if isinstance(exc, HorizonPassed):
         why = "horizon"
+    elif isinstance(exc, PartlyUnreadable):
+        why = "unreadable"
     elif getattr(exc, "permanent", False):  # MeterEventSendError: Stripe answered 400
         why = "permanent"
     elif now - since >= timedelta(seconds=give_up_after):
@@ -80,6 +84,14 @@ def raise_gave_up(
             "Check in Stripe which of its rows were accepted, then run "
             f"`{retry} --yes` to send the unacknowledged batches again (rows Stripe already "
             "accepted would be billed twice), or upload only the missing rows under a new key."
+        )
+    elif verdict.why == "unreadable":
+        subject = f"{obj.key}: cannot be read past a point; rows before it were sent"
+        todo = (
+            f"Rows before row {progress.resume_row} are billed; nothing after the unreadable "
+            "part was sent. Upload the rows after it, fixed, under a new key (rows that carry "
+            "identifiers and were sent are left out of a fixed copy of the whole file; rows "
+            "without would be billed again)."
         )
     elif verdict.why == "permanent":
         subject = f"{obj.key}: Stripe refused a request built from this file; the poller gave up"

@@ -25,7 +25,7 @@ from handlers.records import RemediationStatus
 from remediation.core.columns import Indexes, Mask
 from remediation.formats import detect_format
 from remediation.poller import ImportChunk, RowNames, import_chunks
-from remediation.ports import Bucket, MeterEventSink, ObjectInfo
+from remediation.ports import MeterEventSink, ObjectInfo
 from remediation.validation import MeterIndex
 from service.errors import HorizonPassed
 from service.jobs.store.reports import save_poller_import_set
@@ -63,7 +63,6 @@ class ObjectImport:
 
     store: PollerStore
     progress: ProgressStore
-    bucket: Bucket
     sink: MeterEventSink
     meters: MeterIndex
     work_dir: Path
@@ -71,9 +70,12 @@ class ObjectImport:
     beat: Callable[[], None] = lambda: None
 
 
-def import_object(job: ObjectImport, obj: ObjectInfo, impset_id: str) -> tuple[ImportSet, Path]:
-    """Send what is left of `obj`; its import set and failed-records file (if any rows failed).
-    Raises HorizonPassed before sending anything that may no longer be deduplicated."""
+def import_object(
+    job: ObjectImport, obj: ObjectInfo, impset_id: str, source: Path
+) -> tuple[ImportSet, Path]:
+    """Send what is left of `obj` (its bytes: `source`, the version's local copy); its import
+    set and failed-records file (if any rows failed). Raises HorizonPassed before sending
+    anything that may no longer be deduplicated."""
     progress = job.progress.load(obj)
     stale = progress.past_horizon(job.clock())
     if stale:
@@ -82,7 +84,7 @@ def import_object(job: ObjectImport, obj: ObjectInfo, impset_id: str) -> tuple[I
     path = failed_records_path(job.work_dir, impset_id, fmt)
     tally = ImportTally()
     skip = job.progress.sent_rows_before(obj, progress.resume_row)
-    with job.bucket.open_read(obj.key) as stream, FailedRecords(path, fmt) as failed_out:
+    with source.open("rb") as stream, FailedRecords(path, fmt) as failed_out:
         records = failed_out.open_records(stream)
         reference = int(progress.first_seen.timestamp())
         others = OtherVersions(job.progress, obj, job.clock())

@@ -21,7 +21,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from remediation.ports import Bucket, MeterEventSink, MeterSource, ObjectInfo
 from remediation.repair import HEAD_BYTES, whole_file_failure
 from remediation.validation import MeterIndex
 from service.config import PollerMode, Settings
+from service.errors import ObjectChanged, ObjectNotSettled, PartlyUnreadable
 from service.jobs.store.reports import save_poller_import_set
 from service.logs import log_event
 from service.models import ObjectStatus, ProcessRole
@@ -52,6 +53,7 @@ from service.poller.importer import ObjectImport, import_object
 from service.poller.lock import POLLER_LOCK_KEY, poller_lock
 from service.poller.planning import PassLimits, plan_pass
 from service.poller.progress import ProgressStore
+from service.poller.snapshot import take_snapshot
 from service.poller.store import PollerStore
 from service.runtime import Runtime
 from service.worker.heartbeats import beat, new_instance_id
@@ -169,15 +171,37 @@ def _process_object(
     deps: PollerDeps, store: PollerStore, obj: ObjectInfo, meters: MeterIndex | None, r: PassReport
 ) -> None:
     store.claim(obj)
+    source: Path | None = None
     try:
+        source = take_snapshot(deps.bucket, obj, deps.work_dir / "objects")
         if meters is None or deps.sink is None:
-            r.rows += _index_object(deps, store, obj)
+            r.rows += _index_object(deps, store, obj, source)
             r.indexed += 1
         else:
-            _whole_file(deps, obj)
-            _import_object(deps, store, obj, meters, deps.sink, r)
+            _whole_file(source, obj)
+            _import_object(deps, store, obj, meters, deps.sink, r, source)
             r.imported += 1
+    except ObjectChanged as exc:
+        # the version listed is gone: its new version (if any) is another object, taken on
+        # its own; what this version sent stays recorded (other versions leave those rows out)
+        store.mark_done(obj, ObjectStatus.SKIPPED)
+        store.record_error(obj, f"not imported: {exc}")
+        r.skipped += 1
+        log_event("poller.object_changed", level=logging.WARNING, key=obj.key, reason=str(exc))
+    except ObjectNotSettled as exc:
+        store.defer(obj, datetime.fromtimestamp(exc.ready_at, UTC), str(exc))
+        r.deferred += 1
+        log_event("poller.object_not_settled", key=obj.key, reason=str(exc))
     except UnreadableFile as exc:
+        if ProgressStore(deps.engine).batch_count(store.object_id(obj)):
+            # rows of it went out before the unreadable part: not a whole-file failure (a
+            # whole-file repair would send them again); given up with what was sent
+            partly = PartlyUnreadable(exc.reason)
+            r.retry_files += 1
+            r.gave_up += _failed(deps, store, obj, partly, f"{obj.key}: {exc.reason}")
+            r.errors.append(f"{obj.key}: {exc.reason}")
+            log_event("poller.unreadable_part_way", level=logging.ERROR, key=obj.key)
+            return
         impset_id = None if deps.index_mode else _impset_id(obj)
         store.mark_unreadable(obj, exc.reason, impset_id)
         if impset_id:
@@ -197,12 +221,15 @@ def _process_object(
         r.gave_up += _failed(deps, store, obj, exc, reason)
         r.errors.append(f"{obj.key}: {reason}")
         log_event("poller.object_failed", level=logging.ERROR, key=obj.key, reason=reason)
+    finally:
+        if source is not None:
+            source.unlink(missing_ok=True)
 
 
-def _whole_file(deps: PollerDeps, obj: ObjectInfo) -> None:
+def _whole_file(source: Path, obj: ObjectInfo) -> None:
     """Raise UnreadableFile when Stripe's importer would fail the object as a whole (its
     first bytes say so: `remediation.repair.whole_file_failure`), before any row is sent."""
-    with deps.bucket.open_read(obj.key) as stream:
+    with source.open("rb") as stream:
         head = stream.read(HEAD_BYTES)
     reason = whole_file_failure(head, obj.key)
     if reason is not None:
@@ -236,10 +263,10 @@ def _beat(deps: PollerDeps, doing: str, **detail: Any) -> None:
         log_event("poller.heartbeat_failed", level=logging.WARNING, reason=type(exc).__name__)
 
 
-def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo) -> int:
+def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo, source: Path) -> int:
     rows = 0
     again = TakenAgain(deps.engine, obj)  # rows Stripe's connector bills again: an alert
-    with deps.bucket.open_read(obj.key) as stream:
+    with source.open("rb") as stream:
         for refs in index_chunks(read_records(stream, detect_format(obj.key))):
             again.check(refs)
             store.insert_rows(obj, refs)
@@ -256,18 +283,18 @@ def _import_object(
     meters: MeterIndex,
     sink: MeterEventSink,
     report: PassReport,
+    source: Path,
 ) -> None:
     job = ObjectImport(
         store=store,
         progress=ProgressStore(deps.engine),
-        bucket=deps.bucket,
         sink=sink,
         meters=meters,
         work_dir=deps.work_dir,
         clock=deps.clock,
         beat=lambda: _beat(deps, "import", key=obj.key),
     )
-    import_set, path = import_object(job, obj, _impset_id(obj))
+    import_set, path = import_object(job, obj, _impset_id(obj), source)
     rows, sent = import_set.rows_processed or 0, import_set.successes_row_count or 0
     failed = import_set.errors_row_count or 0
     left_out = (import_set.detail or {}).get("sent_by_other_versions")

@@ -60,21 +60,20 @@ class SentRow(NamedTuple):
 
 
 class OtherVersions:
-    """Which identifiers of the object version being imported the poller sent from another
-    version (another key, or this key before it was overwritten). Stripe dedupes an
-    identifier for 24 hours only, so a file rewritten with the rows of the day so far, or
-    copied under another name, would bill them again a day later: such rows are left out,
-    unless Stripe may not have them and would still dedupe them (their batch was never
-    acknowledged and was first sent within the re-send horizon: sending them again is
-    harmless then, and the only way to deliver them if their own version is gone). A row
-    recorded as sent whose batch is not recorded was never sent (a batch is recorded before
-    it goes out; its record goes when the pass stops before it went out, or Stripe refused
-    it: `ProgressStore.forget_unsent`). A row Stripe refused after it was sent (an error report) that meterfix holds
-    in quarantine was never billed: a version holding it (fixed by hand) sends it. A row a run
-    over the object, or a quarantine re-run of its rows, corrected or re-sent unchanged is
-    left out too, in any version (the customer fixed by hand a row meterfix had sent as
-    `<id>-mfx1`: another identifier, which nothing dedupes). Each other version's batches
-    are read once per import."""
+    """Which identifiers of the object version being imported the poller sent from another version
+    (another key, or this key before it was overwritten). Stripe dedupes an identifier for 24
+    hours only, so a file rewritten with the rows of the day so far, or copied under another
+    name, would bill them again a day later: such rows are left out, unless Stripe may not have
+    them and would still dedupe them (their batch was never acknowledged and was first sent
+    within the re-send horizon: sending them again is harmless then, and the only way to deliver
+    them if their own version is gone). A row recorded as sent whose batch is not recorded was
+    never sent (a batch is recorded before it goes out; its record goes when the pass stops
+    before it went out, or Stripe refused it: `ProgressStore.forget_unsent`). A row Stripe
+    refused after it was sent (an error report) that meterfix holds in quarantine was never
+    billed: a version holding it (fixed by hand) sends it. A row a run over the object, or a
+    quarantine re-run of its rows, corrected or re-sent unchanged is left out too, in any
+    version (the customer fixed by hand a row meterfix had sent as `<id>-mfx1`: another
+    identifier, which nothing dedupes). Each other version's batches are read once per import."""
 
     def __init__(self, progress: ProgressStore, obj: ObjectInfo, now: datetime) -> None:
         self.progress, self.obj = progress, obj

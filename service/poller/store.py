@@ -194,6 +194,24 @@ class PollerStore:
             next_attempt_at=None if give_up else next_attempt_at,
         )
 
+    def object_id(self, obj: ObjectInfo) -> int:
+        table = _table(BucketObject)
+        mine = (table.c.key == obj.key) & (table.c.etag == obj.etag)
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(table.c.id).where(mine)).scalar_one())
+
+    def record_error(self, obj: ObjectInfo, reason: str) -> None:
+        self._update_object(obj, error=reason[:2000])
+
+    def defer(self, obj: ObjectInfo, until: datetime, reason: str) -> None:
+        """Not taken yet (not a failure: no backoff counted): taken again after `until`."""
+        self._update_object(
+            obj,
+            error=reason[:2000],
+            next_attempt_at=until,
+            attempts=_table(BucketObject).c.attempts - 1,
+        )
+
     def reopen(self, obj: ObjectInfo) -> None:
         """`poll --retry`: take the object on the next pass, as if it never failed."""
         self._update_object(obj, status=ObjectStatus.SEEN, failing_since=None, next_attempt_at=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -223,6 +224,15 @@ def test_index_mode_records_identifiers_and_sends_nothing(
 
 def test_unreadable_file_is_marked_failed(harness: Harness, tmp_path: Path) -> None:
     harness.put("broken.json", '[{"identifier": "x"', tmp_path)
+    # ending mid-line, moments after it was written: still being written? not read yet
+    waiting = run_poll_pass(harness.deps)
+    assert (waiting.deferred, waiting.failed_files, waiting.sent) == (1, 0, 0)
+    assert "ends mid-line: still being written?" in (harness.objects()["broken.json"].error or "")
+    assert run_poll_pass(harness.deps).deferred == 0  # waits out the settle time
+    path = Path(harness.settings.bucket_url.removeprefix("file://")) / "broken.json"
+    written = time.time() - 60  # unchanged for a minute: as it will stay
+    os.utime(path, (written, written))
+    harness.deps.clock = lambda: datetime.now(UTC) + timedelta(seconds=60)
     report = run_poll_pass(harness.deps)
     assert report.failed_files == 1 and "invalid JSON" in report.errors[0]
     obj = harness.objects()["broken.json"]

@@ -1,0 +1,52 @@
+"""The object version a poller pass imports, copied to the work directory first.
+
+A pass reads the version it listed, never a later one: the bucket is asked for that ETag
+(`Bucket.open_read(key, etag)`: S3's `IfMatch`; a `file://` object hashed as read), so an
+object overwritten between the listing and the read (or while read) is `ObjectChanged`, not
+read new and recorded under the old ETag (then imported again under the new one: rows
+without an identifier billed twice). The copy is also checked to be UTF-8 from end to end
+before any row is sent: a bad byte 2 MB into a CSV failed the import after the rows before it
+were billed, and the object was then reported failed with none sent.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+from pathlib import Path
+
+from remediation.errors import UnreadableFile
+from remediation.ports import Bucket, ObjectInfo
+
+CHUNK = 1 << 20
+
+
+def take_snapshot(bucket: Bucket, obj: ObjectInfo, work_dir: Path) -> Path:
+    """Copy the version `obj` names to `work_dir`; its path. Raises ObjectChanged (the
+    version is gone), ObjectNotSettled (a `file://` object still being written) or
+    UnreadableFile (not UTF-8: nothing of it can be sent as Stripe would read it)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(f"{obj.key}\n{obj.etag}".encode()).hexdigest()[:24]
+    path = work_dir / f"object-{digest}{Path(obj.key).suffix.lower()[:8]}"
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    done = 0  # bytes copied
+    try:
+        with bucket.open_read(obj.key, etag=obj.etag) as source, path.open("wb") as out:
+            while chunk := source.read(CHUNK):
+                _decode(utf8, chunk, done)
+                out.write(chunk)
+                done += len(chunk)
+            _decode(utf8, b"", done, final=True)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _decode(utf8: codecs.IncrementalDecoder, chunk: bytes, done: int, final: bool = False) -> None:
+    pending = len(utf8.getstate()[0])  # bytes of a character cut by the previous chunk
+    try:
+        utf8.decode(chunk, final)
+    except UnicodeDecodeError as exc:
+        at = done - pending + exc.start
+        raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {at}") from exc
