@@ -19,6 +19,7 @@ from remediation.changes import Change, Context, meter_of
 from remediation.core.columns import Batch, Column
 from remediation.core.rules.base import Changes, Fix, RowRule, one_by_one, set_column
 from remediation.errors import Uncorrectable
+from remediation.limits import shown
 from remediation.meters import Meter
 from remediation.records import UsageRecord
 
@@ -40,9 +41,11 @@ def _moved(
     ctx: Context,
     target: Callable[[str | None], tuple[str, Meter] | None],
     row_rule: RowRule,
+    moving: bool = False,
 ) -> Fix:
     """Rows sent to the meter `target` picks for their event name (with the rule that picked
-    it), once per distinct name; rows whose keys must be renamed go through `row_rule`."""
+    it), once per distinct name; rows whose keys must be renamed go through `row_rule`.
+    `moving`: the meter a row names is its old meter, whose keys move (`align_keys`)."""
     names = batch.event_name.text
     encoded = pa.compute.dictionary_encode(names)
     distinct: list[str | None] = [*encoded.dictionary.to_pylist(), None]  # None: absent
@@ -67,7 +70,7 @@ def _moved(
             if reason is not None:
                 failed.update(dict.fromkeys(named.tolist(), reason))
                 continue
-        elif _keeps_keys(batch, pick[1]):
+        elif _keeps_keys(batch, pick[1], ctx.index.get(name) if moving else None):
             simple[named] = True
     alone = np.ones(len(batch), bool)
     alone[simple] = False
@@ -101,11 +104,19 @@ def _refusal(batch: Batch, ctx: Context, row_rule: RowRule, row: int) -> str | N
     return None
 
 
-def _keeps_keys(batch: Batch, meter: Meter) -> bool:
-    """Every row has the meter's customer and value keys (no renaming: `align_keys`)."""
+def _keeps_keys(batch: Batch, meter: Meter, old: Meter | None) -> bool:
+    """Every row has the meter's customer and value keys, and none the `old` meter's keys
+    that move to them (no renaming: `align_keys`)."""
     for key in (meter.customer_key, meter.value_key):
         column = batch.payload.get(key)
         if column is None or not column.present().all():
+            return False
+    if old is None:
+        return True
+    roles = ((old.customer_key, meter.customer_key), (old.value_key, meter.value_key))
+    for source in (s for s, t in roles if s != t):
+        column = batch.payload.get(source)
+        if column is not None and column.present().any():
             return False
     return True
 
@@ -169,7 +180,7 @@ def reroute_to_successor(batch: Batch, ctx: Context) -> Fix:
         pick = _successor(name, ctx)
         return ("successor_meter", pick[1]) if pick is not None else None
 
-    return _moved(batch, ctx, successor, reroute_to_successor_row)
+    return _moved(batch, ctx, successor, reroute_to_successor_row, moving=True)
 
 
 def _successor(name: str | None, ctx: Context) -> tuple[Meter, Meter] | None:
@@ -201,19 +212,60 @@ def reroute_to_successor_row(record: UsageRecord, ctx: Context) -> list[Change]:
 
 
 def align_keys(record: UsageRecord, old: Meter | None, new: Meter, ctx: Context) -> list[Change]:
-    """Rename the customer and value keys to the new meter's (from the old meter's or aliases)."""
+    """Rename the customer and value keys to the new meter's: from the old meter's keys (what
+    the row was sent with, which wins over anything the row holds under the new keys; a
+    different customer or amount there refuses the row: which one it means is not ours to
+    guess), else, where the row lacks a new key, from its single alias."""
+    moves = _moves(record, old, new)
+    sent = {source: record.payload.pop(source) for source in moves}
     changes = []
-    for role, target, aliases in (
-        ("customer", new.customer_key, ctx.rules.customer_keys),
-        ("value", new.value_key, ctx.rules.value_keys),
+    for target, aliases in (
+        (new.customer_key, ctx.rules.customer_keys),
+        (new.value_key, ctx.rules.value_keys),
     ):
-        if target in record.payload:
-            continue
-        source = (old.customer_key if role == "customer" else old.value_key) if old else None
-        if source is None or source not in record.payload:
+        source = next((s for s, t in moves.items() if t == target), None)
+        if source is not None:
+            held = record.payload.get(target)
+            if target in record.payload and held != sent[source]:  # a blank it replaces
+                changes.append(Change("rename_key", f"payload.{target}", held, sent[source]))
+            record.payload[target] = sent[source]
+        elif target not in record.payload:
             found = [k for k in record.payload if k.lower() in aliases and k != target]
             source = found[0] if len(found) == 1 else None
+            if source is not None:
+                record.payload[target] = record.payload.pop(source)
         if source is not None:
-            record.payload[target] = record.payload.pop(source)
             changes.append(Change("rename_key", f"payload.{source}", source, target))
     return changes
+
+
+def _moves(record: UsageRecord, old: Meter | None, new: Meter) -> dict[str, str]:
+    """The old meter's keys the row holds, each to the new meter's key of the same role;
+    refused when a new key already holds another customer or amount than the one it gets."""
+    if old is None:
+        return {}
+    roles = {
+        "customer": (old.customer_key, new.customer_key),
+        "value": (old.value_key, new.value_key),
+    }
+    moves = {s: t for s, t in roles.values() if s != t and s in record.payload}
+    for role, (source, target) in roles.items():
+        if source in moves and target not in moves and _conflict(record, source, target):
+            held, sent = record.payload[target], record.payload[source]
+            raise Uncorrectable(
+                f"meter {old.event_name!r} moves to {new.event_name!r}: its {role} key "
+                f"{source!r} holds {shown(sent)} but the row already holds {shown(held)} "
+                f"under the successor's {role} key {target!r}"
+            )
+    return moves
+
+
+def _conflict(record: UsageRecord, source: str, target: str) -> bool:
+    """The row holds under `target` a customer or amount other than `source`'s (a blank one,
+    or the same one spelled as text or a number, is none)."""
+    if target not in record.payload:
+        return False
+    held, sent = record.payload[target], record.payload[source]
+    if held is None or (isinstance(held, str) and not held.strip()):
+        return False
+    return held != sent and str(held).strip() != str(sent).strip()

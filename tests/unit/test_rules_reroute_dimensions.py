@@ -1,0 +1,229 @@
+"""A row moved to a successor meter is billed with the amount and customer it was sent with,
+never with another key that happens to carry the successor's key name; a row with too many
+payload keys keeps (renamed) the alias a required key of its meter is under.
+
+Each case runs through the rule's row function, the rule on a batch (`RULES`), and the whole
+engine (written rows and audit lines).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediation.changes import Context
+from remediation.core.columns import from_records
+from remediation.core.rules import RULES
+from remediation.core.rules.meters import reroute_to_successor_row
+from remediation.engine import remediate
+from remediation.errors import Uncorrectable
+from remediation.formats import FileFormat
+from remediation.meters import Meter
+from remediation.records import UsageRecord
+from remediation.rules import load_rules
+from remediation.validation import MeterIndex
+
+NOW = 1_764_000_000
+ARCHIVED = "archived_meter"
+METERS = [
+    # tokens_v1 billed `tokens` for `stripe_customer_id`; its successor bills `units` for `account`
+    Meter("m1", "tokens_v1", status="inactive", value_key="tokens"),
+    Meter("m2", "units", value_key="units", customer_key="account"),
+    # a successor whose keys are the old meter's the other way round
+    Meter("m3", "swapped_v1", status="inactive", customer_key="a", value_key="b"),
+    Meter("m4", "swapped", customer_key="b", value_key="a"),
+    Meter("m5", "regional", dimension_keys=("region",)),
+    Meter("m6", "api_requests"),
+]
+RULES_TOML = """
+[meter_successors]
+"tokens_v1" = "units"
+"swapped_v1" = "swapped"
+[dimension_aliases]
+region = ["zone", "area"]
+"""
+CONTEXT = Context(MeterIndex(METERS), load_rules(RULES_TOML), NOW)
+
+
+def rec(event: str, code: str, ident: str = "id1", **payload: object) -> UsageRecord:
+    return UsageRecord(1, ident, NOW, event, dict(payload), {}, code, None)
+
+
+def by_row(record: UsageRecord, row_rule: Any) -> tuple[Any, ...]:
+    work = copy.deepcopy(record)
+    try:
+        made = row_rule(work, CONTEXT)
+    except Uncorrectable as exc:
+        return ("quarantined", exc.reason)
+    return (
+        "fixed",
+        work.event_name,
+        work.payload,
+        [(c.rule, c.field, c.before, c.after) for c in made],
+    )
+
+
+def by_batch(records: list[UsageRecord], code: str) -> list[tuple[Any, ...]]:
+    fix = RULES[code](from_records(records), CONTEXT)
+    changes: dict[int, list[Any]] = {i: [] for i in range(len(records))}
+    for change in fix.changes:
+        before, after = change.before.values(), change.after.values()
+        for j, i in enumerate(change.at.tolist()):
+            rule = change.rule if isinstance(change.rule, str) else change.rule[j]
+            name = change.field if isinstance(change.field, str) else change.field[j]
+            changes[i].append((rule, name, before[j], after[j]))
+    return [
+        ("quarantined", fix.failed[i])
+        if i in fix.failed
+        else ("fixed", row.event_name, row.payload, changes[i])
+        for i, row in enumerate(fix.batch.records())
+    ]
+
+
+def engine(
+    records: list[UsageRecord], tmp_path: Path
+) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    """(summary, rows written to the corrected and quarantine outputs, audit lines)."""
+    result = remediate(
+        records,
+        source="in.jsonl",
+        fmt=FileFormat.JSONL,
+        meters=METERS,
+        rules=CONTEXT.rules,
+        now=NOW,
+        out_dir=tmp_path,
+        rejected=True,
+    )
+    rows = [
+        json.loads(line)
+        for output in result.outputs
+        for line in output.path.read_text().splitlines()
+    ]
+    audit_path = Path(result.summary["outputs"]["audit"])
+    audit = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    return result.summary, rows, [a for a in audit if a["kind"] != "summary"]
+
+
+# --- C4: a reroute to a successor meter -----------------------------------------------------
+
+CONFLICTS = [
+    (
+        rec("tokens_v1", ARCHIVED, stripe_customer_id="cus_1", tokens="5", units="99"),
+        "meter 'tokens_v1' moves to 'units': its value key 'tokens' holds '5' but the row "
+        "already holds '99' under the successor's value key 'units'",
+    ),
+    (
+        rec("tokens_v1", ARCHIVED, stripe_customer_id="cus_1", tokens="5", account="cus_other"),
+        "meter 'tokens_v1' moves to 'units': its customer key 'stripe_customer_id' holds "
+        "'cus_1' but the row already holds 'cus_other' under the successor's customer key "
+        "'account'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("record", "reason"), CONFLICTS)
+def test_a_rerouted_row_holding_another_amount_or_customer_under_the_new_key_is_quarantined(
+    record: UsageRecord, reason: str, tmp_path: Path
+) -> None:
+    """It would be billed `99` (or to `cus_other`), not the `5` for `cus_1` it was sent with;
+    which one the row means is not ours to guess."""
+    assert by_row(record, reroute_to_successor_row) == ("quarantined", reason)
+    assert by_batch([record], ARCHIVED) == [("quarantined", reason)]
+    summary, rows, audit = engine([record], tmp_path)
+    assert summary["quarantined"] == 1 and summary["corrected"] == 0
+    (row,) = rows
+    assert row["payload"] == record.payload and row["event_name"] == "tokens_v1"
+    assert row["mfx_code"] == ARCHIVED and row["mfx_reason"] == reason
+    assert [(a["kind"], a["reason"]) for a in audit] == [("quarantine", reason)]
+
+
+def test_a_rerouted_batch_whose_rows_all_hold_the_new_keys_still_moves_the_old_amount() -> None:
+    """Rows that all hold the successor's keys take the column lane (no renaming); a row that
+    also holds the old meter's keys must not: its old amount is the one billed."""
+    clean = rec("tokens_v1", ARCHIVED, "c", account="cus_1", units="7")
+    conflict = rec("tokens_v1", ARCHIVED, "d", account="cus_1", units="99", tokens="5")
+    same = rec("tokens_v1", ARCHIVED, "e", account="cus_1", units="5", tokens="5")
+    reason = (
+        "meter 'tokens_v1' moves to 'units': its value key 'tokens' holds '5' but the row "
+        "already holds '99' under the successor's value key 'units'"
+    )
+    moved = ("successor_meter", "event_name", "tokens_v1", "units")
+    assert by_batch([clean, conflict, same], ARCHIVED) == [
+        ("fixed", "units", {"account": "cus_1", "units": "7"}, [moved]),
+        ("quarantined", reason),
+        (
+            "fixed",
+            "units",
+            {"account": "cus_1", "units": "5"},
+            [moved, ("rename_key", "payload.tokens", "tokens", "units")],
+        ),
+    ]
+    rows = [clean, conflict, same]
+    assert by_batch(rows, ARCHIVED) == [by_row(r, reroute_to_successor_row) for r in rows]
+
+
+def test_a_moved_amount_equal_to_or_replacing_a_blank_new_key_wins_and_is_audited(
+    tmp_path: Path,
+) -> None:
+    equal = rec("tokens_v1", ARCHIVED, "e", stripe_customer_id="cus_1", tokens="5", units="5")
+    blank = rec("tokens_v1", ARCHIVED, "b", stripe_customer_id="cus_1", tokens="5", units=" ")
+    assert by_row(equal, reroute_to_successor_row) == (
+        "fixed",
+        "units",
+        {"account": "cus_1", "units": "5"},
+        [
+            ("successor_meter", "event_name", "tokens_v1", "units"),
+            ("rename_key", "payload.stripe_customer_id", "stripe_customer_id", "account"),
+            ("rename_key", "payload.tokens", "tokens", "units"),
+        ],
+    )
+    assert by_row(blank, reroute_to_successor_row) == (
+        "fixed",
+        "units",
+        {"account": "cus_1", "units": "5"},
+        [
+            ("successor_meter", "event_name", "tokens_v1", "units"),
+            ("rename_key", "payload.stripe_customer_id", "stripe_customer_id", "account"),
+            ("rename_key", "payload.units", " ", "5"),
+            ("rename_key", "payload.tokens", "tokens", "units"),
+        ],
+    )
+    assert by_batch([equal, blank], ARCHIVED) == [
+        by_row(equal, reroute_to_successor_row),
+        by_row(blank, reroute_to_successor_row),
+    ]
+    summary, rows, audit = engine([equal, blank], tmp_path)
+    assert summary["corrected"] == 2 and summary["quarantined"] == 0
+    assert [(r["identifier"], r["event_name"], r["payload"]) for r in rows] == [
+        ("e-mfx1", "units", {"account": "cus_1", "units": "5"}),
+        ("b-mfx1", "units", {"account": "cus_1", "units": "5"}),
+    ]
+    assert [(a["identifier"], a["rule"], a["field"], a["before"], a["after"]) for a in audit] == [
+        ("e", "successor_meter", "event_name", "tokens_v1", "units"),
+        ("e", "rename_key", "payload.stripe_customer_id", "stripe_customer_id", "account"),
+        ("e", "rename_key", "payload.tokens", "tokens", "units"),
+        ("b", "successor_meter", "event_name", "tokens_v1", "units"),
+        ("b", "rename_key", "payload.stripe_customer_id", "stripe_customer_id", "account"),
+        ("b", "rename_key", "payload.units", " ", "5"),
+        ("b", "rename_key", "payload.tokens", "tokens", "units"),
+    ]
+
+
+def test_a_successor_with_the_old_keys_swapped_swaps_the_values(tmp_path: Path) -> None:
+    """Old meter: customer `a`, value `b`; successor: customer `b`, value `a`. Each key holds
+    the other's meaning after the move (nothing was renamed: the customer was billed 5)."""
+    record = rec("swapped_v1", ARCHIVED, a="cus_1", b="5")
+    summary, rows, audit = engine([record], tmp_path)
+    assert summary["corrected"] == 1
+    (row,) = rows
+    assert row["event_name"] == "swapped" and row["payload"] == {"b": "cus_1", "a": "5"}
+    assert [(a["rule"], a["field"], a["before"], a["after"]) for a in audit] == [
+        ("successor_meter", "event_name", "swapped_v1", "swapped"),
+        ("rename_key", "payload.a", "a", "b"),
+        ("rename_key", "payload.b", "b", "a"),
+    ]
+    assert by_batch([record], ARCHIVED) == [by_row(record, reroute_to_successor_row)]
