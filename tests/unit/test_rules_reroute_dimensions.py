@@ -18,6 +18,7 @@ import pytest
 from remediation.changes import Context
 from remediation.core.columns import from_records
 from remediation.core.rules import RULES
+from remediation.core.rules.keys import drop_unused_keys_row
 from remediation.core.rules.meters import reroute_to_successor_row
 from remediation.engine import remediate
 from remediation.errors import Uncorrectable
@@ -29,6 +30,7 @@ from remediation.validation import MeterIndex
 
 NOW = 1_764_000_000
 ARCHIVED = "archived_meter"
+TOO_MANY = "meter_event_dimension_count_too_high"
 METERS = [
     # tokens_v1 billed `tokens` for `stripe_customer_id`; its successor bills `units` for `account`
     Meter("m1", "tokens_v1", status="inactive", value_key="tokens"),
@@ -227,3 +229,100 @@ def test_a_successor_with_the_old_keys_swapped_swaps_the_values(tmp_path: Path) 
         ("rename_key", "payload.b", "b", "a"),
     ]
     assert by_batch([record], ARCHIVED) == [by_row(record, reroute_to_successor_row)]
+
+
+# --- C7: too many payload keys, a required key under an alias --------------------------------
+
+
+def test_too_many_keys_with_a_dimension_under_its_alias_renames_it_and_drops_the_rest(
+    tmp_path: Path,
+) -> None:
+    record = rec("regional", TOO_MANY, stripe_customer_id="c", value="1", zone="eu", color="red")
+    expected = (
+        "fixed",
+        "regional",
+        {"stripe_customer_id": "c", "value": "1", "region": "eu"},
+        [
+            ("fill_dimension", "payload.region", None, "eu"),
+            ("drop_unused_keys", "payload.color", "red", None),
+        ],
+    )
+    assert by_row(record, drop_unused_keys_row) == expected
+    assert by_batch([record], TOO_MANY) == [expected]
+    summary, rows, audit = engine([record], tmp_path)
+    assert summary["corrected"] == 1 and summary["quarantined"] == 0
+    (row,) = rows
+    assert row["payload"] == {"stripe_customer_id": "c", "value": "1", "region": "eu"}
+    assert [(a["code"], a["rule"], a["field"], a["before"], a["after"]) for a in audit] == [
+        (TOO_MANY, "fill_dimension", "payload.region", None, "eu"),
+        (TOO_MANY, "drop_unused_keys", "payload.color", "red", None),
+    ]
+
+
+def test_too_many_keys_with_the_value_under_its_alias_keeps_it_for_the_value_rule(
+    tmp_path: Path,
+) -> None:
+    """`quantity` is the meter's value under an alias, not a key it does not use: it is renamed
+    (by the value rule, the next round), not dropped to be quarantined as `value not found`."""
+    record = rec("api_requests", TOO_MANY, stripe_customer_id="c", quantity="3", color="red")
+    summary, rows, audit = engine([record], tmp_path)
+    assert summary["corrected"] == 1 and summary["quarantined"] == 0
+    (row,) = rows
+    assert row["payload"] == {"stripe_customer_id": "c", "value": "3"}
+    assert [(a["rule"], a["field"], a["before"], a["after"]) for a in audit] == [
+        ("drop_unused_keys", "payload.color", "red", None),
+        ("rename_key", "payload.quantity", "quantity", "value"),
+    ]
+
+
+UNCORRECTABLE = [
+    # no alias of `region` in the row
+    (
+        {"stripe_customer_id": "c", "value": "1", "color": "red"},
+        "dimension key 'region' missing and no single alias holds it",
+    ),
+    # two aliases: which one is the region is not ours to guess
+    (
+        {"stripe_customer_id": "c", "value": "1", "zone": "eu", "area": "us", "color": "red"},
+        "dimension key 'region' missing and no single alias holds it",
+    ),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), UNCORRECTABLE)
+def test_too_many_keys_missing_a_dimension_no_alias_gives_is_quarantined_saying_so(
+    payload: dict[str, object], reason: str, tmp_path: Path
+) -> None:
+    record = rec("regional", TOO_MANY, **payload)
+    assert by_row(record, drop_unused_keys_row) == ("quarantined", reason)
+    assert by_batch([record], TOO_MANY) == [("quarantined", reason)]
+    summary, rows, audit = engine([record], tmp_path)
+    assert summary["quarantined"] == 1
+    (row,) = rows
+    assert row["payload"] == payload and row["mfx_reason"] == reason
+    assert [(a["kind"], a["code"], a["reason"]) for a in audit] == [
+        ("quarantine", TOO_MANY, reason)
+    ]
+
+
+def test_too_many_keys_when_every_extra_key_is_an_alias_of_a_lacking_key_says_so() -> None:
+    """Nothing to drop, and the reason says why: not 'every key is used by the meter'."""
+    record = rec("api_requests", TOO_MANY, stripe_customer_id="c", quantity="3")
+    reason = (
+        "no payload key to drop: 'quantity' is an alias of the meter's key 'value', "
+        "which the row lacks"
+    )
+    assert by_row(record, drop_unused_keys_row) == ("quarantined", reason)
+    assert by_batch([record], TOO_MANY) == [("quarantined", reason)]
+
+
+def test_a_dimension_its_alias_holds_with_the_fill_rule_disabled_says_the_rule_is_off() -> None:
+    """Not 'no single alias holds it': `zone` does."""
+    rules = load_rules(RULES_TOML + '[policy]\ndisabled_rules = ["fill_dimension"]\n')
+    ctx = Context(MeterIndex(METERS), rules, NOW)
+    record = rec("regional", TOO_MANY, stripe_customer_id="c", value="1", zone="eu", color="red")
+    with pytest.raises(Uncorrectable) as refused:
+        drop_unused_keys_row(record, ctx)
+    assert (
+        refused.value.reason == "dimension key 'region' missing and rule fill_dimension is disabled"
+    )

@@ -66,17 +66,47 @@ def drop_unused_keys(batch: Batch, ctx: Context) -> Fix:
 
 
 def drop_unused_keys_row(record: UsageRecord, ctx: Context) -> list[Change]:
+    """Keys the meter does not use are dropped; an alias of a key it needs is not one of them:
+    a missing dimension is filled from its alias first (or the row refused, saying which
+    dimension no single alias holds), an alias of a missing customer or value key is kept for
+    that key's own rule (dropped, the row was quarantined as lacking what it held)."""
     meter = meter_of(record, ctx)
     if not ctx.rules.enabled("drop_unused_keys"):
         raise Uncorrectable("too many payload keys and rule drop_unused_keys is disabled")
-    used = {meter.customer_key, meter.value_key, *meter.dimension_keys}
+    changes = fill_dimensions_row(record, ctx)
+    kept = _aliases_kept(record, ctx)
+    used = {meter.customer_key, meter.value_key, *meter.dimension_keys, *kept}
     unused = [key for key in record.payload if key not in used]
-    if not unused:
+    if not unused and not changes and kept:
+        alias, target = next(iter(kept.items()))
+        raise Uncorrectable(
+            f"no payload key to drop: {alias!r} is an alias of the meter's key {target!r}, "
+            "which the row lacks"
+        )
+    if not unused and not changes:
         raise Uncorrectable("every payload key is used by the meter; nothing to drop")
-    return [
+    return changes + [
         Change("drop_unused_keys", f"payload.{key}", record.payload.pop(key), None)
         for key in unused
     ]
+
+
+def _aliases_kept(record: UsageRecord, ctx: Context) -> dict[str, str]:
+    """The row's aliases (each to its key) of its meter's customer key (when missing or blank)
+    and value key (when missing): the rules for those codes rename them
+    (`validation.check_payload` says which code a row has)."""
+    meter = meter_of(record, ctx)
+    customer = record.payload.get(meter.customer_key)
+    kept: dict[str, str] = {}
+    if customer is None or (isinstance(customer, str) and not customer.strip()):
+        kept |= {
+            k: meter.customer_key for k in record.payload if k.lower() in ctx.rules.customer_keys
+        }
+    if meter.value_key not in record.payload:
+        kept |= {k: meter.value_key for k in record.payload if k.lower() in ctx.rules.value_keys}
+    kept.pop(meter.customer_key, None)
+    kept.pop(meter.value_key, None)
+    return kept
 
 
 def fill_dimensions(batch: Batch, ctx: Context) -> Fix:
@@ -91,7 +121,11 @@ def fill_dimensions_row(record: UsageRecord, ctx: Context) -> list[Change]:
             continue
         aliases = ctx.rules.dimension_aliases.get(key, ())
         found = [a for a in aliases if a in record.payload or record.extra.get(a) not in (None, "")]
-        if len(found) != 1 or not ctx.rules.enabled("fill_dimension"):
+        if not ctx.rules.enabled("fill_dimension"):
+            raise Uncorrectable(
+                f"dimension key {key!r} missing and rule fill_dimension is disabled"
+            )
+        if len(found) != 1:
             raise Uncorrectable(f"dimension key {key!r} missing and no single alias holds it")
         alias = found[0]
         value = record.payload.pop(alias) if alias in record.payload else record.extra[alias]
