@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.checks import problem_ids
-from remediation.core.columns import Batch, Column, Indexes, Mask
+from remediation.core.columns import Batch, Column, Mask
 from remediation.engine import batches
 from remediation.records import UsageRecord
 from remediation.rowdigest import batch_digests, record_digests, sent_array, sent_texts
@@ -196,13 +196,14 @@ def import_chunks(
     now: int,
     names: RowNames,
     batch_size: int = BATCH_SIZE,
-    sent_before: Callable[[Indexes], Mask] | None = None,
+    sent_before: Callable[[Batch], Mask] | None = None,
     sent_elsewhere: Callable[[list[str]], set[str]] | None = None,
 ) -> Generator[ImportChunk, None, None]:
     """Validate the records on the remediation core, a batch of columns at a time (a CSV read
     as columns, JSON matched to its layouts: `engine.batches`); yield a chunk every
-    `batch_size` valid events and at the end. `sent_before`: which of a batch's row numbers an
-    earlier pass already sent (left out, counted in `ImportChunk.skipped`). `sent_elsewhere`:
+    `batch_size` valid events and at the end. `sent_before`: which of a batch's rows (their
+    numbers and identifiers) an earlier pass already sent (left out, counted in
+    `ImportChunk.skipped`). `sent_elsewhere`:
     which of a batch's identifiers were sent before, by another object version or as
     meterfix's correction (left out before they are checked, so neither sent again nor handed
     to remediation as failed rows; counted in `ImportChunk.elsewhere`).
@@ -214,7 +215,7 @@ def import_chunks(
     for batch in batches(records, CHECK_ROWS, block_bytes=BLOCK_BYTES):
         batch = _identified(batch, names)  # every row counted: skipped rows name rows alike
         if sent_before is not None:
-            done = sent_before(batch.rows)
+            done = sent_before(batch)
             if done.any():
                 chunk.skipped += int(np.count_nonzero(done))
                 batch = batch.take(np.flatnonzero(~done))

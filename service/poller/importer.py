@@ -21,8 +21,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from handlers.records import RemediationStatus
-from remediation.core.columns import Indexes, Mask
+from remediation.core.columns import Batch, Mask
 from remediation.formats import detect_format
 from remediation.poller import ImportChunk, RowNames, import_chunks
 from remediation.ports import MeterEventSink, ObjectInfo
@@ -93,7 +95,7 @@ def import_object(
             job.meters,
             now=reference,
             names=RowNames(obj.key, obj.etag),
-            sent_before=_acknowledged(skip, progress),
+            sent_before=_acknowledged(job, obj, skip, progress),
             sent_elsewhere=others.sent,
         )
         # closing: a failure mid-file finishes the readers while their stream is still open
@@ -283,16 +285,28 @@ def _send(
     return sent
 
 
-def _acknowledged(skip: bytearray, progress: ObjectProgress) -> Callable[[Indexes], Mask]:
-    """Which of a batch's row numbers are in the acknowledged prefix and were sent: left out
-    (the prefix's failed rows are validated again: they were never sent)."""
+def _acknowledged(
+    job: ObjectImport, obj: ObjectInfo, skip: bytearray, progress: ObjectProgress
+) -> Callable[[Batch], Mask]:
+    """Which of a batch's rows are in the acknowledged prefix and were sent: left out (the
+    prefix's failed rows are validated again: they were never sent). A prefix row not
+    recorded as sent that repeats the identifier of a row of this version that was (one row
+    is recorded per identifier) went out with it and Stripe deduped it then: left out too,
+    or a resume a day later bills it."""
 
-    def sent_before(rows: Indexes) -> Mask:
+    def sent_before(batch: Batch) -> Mask:
+        rows = batch.rows
         early = rows < progress.resume_row
         if not early.any():
             return early
         done = early.copy()
         done[early] = [row_was_sent(skip, row) for row in rows[early].tolist()]
+        again = np.flatnonzero(early & ~done).tolist()  # failed rows, and repeats
+        if again:
+            named = batch.identifier.values()
+            sent = job.progress.sent_here(obj, [str(named[i]) for i in again])
+            for i in again:
+                done[i] = named[i] in sent
         return done
 
     return sent_before

@@ -205,6 +205,21 @@ class ProgressStore:
                 bitmap[number >> 3] |= 1 << (number & 7)
         return bitmap
 
+    def sent_here(self, obj: ObjectInfo, identifiers: Sequence[str]) -> set[str]:
+        """Which of `identifiers` this object version recorded as sent."""
+        identifiers = [i for i in identifiers if recordable(i)]
+        if not identifiers:
+            return set()
+        query = select(ROWS.c.identifier).where(
+            ROWS.c.object_key == obj.key,
+            ROWS.c.etag == obj.etag,
+            ROWS.c.sent.is_(True),
+            in_listed(ROWS.c.identifier, identifiers, self.engine, "identifiers"),
+        )
+        with self.engine.connect() as conn:
+            found: Iterable[object] = conn.execute(query).scalars()
+            return set(map(str, found))
+
     def sent_elsewhere(self, obj: ObjectInfo, identifiers: Sequence[str]) -> list[SentRow]:
         """The rows of other object versions (another key, or this key before it was
         overwritten) recorded as sent under one of `identifiers` (`OtherVersions` decides

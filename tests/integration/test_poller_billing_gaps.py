@@ -21,10 +21,13 @@ from service.adapters.stripe_client import build_stripe_client
 from service.config import Settings
 from service.models import Alert, BucketObject, ImportSet, PollerBatch
 from service.poller.passes import run_poll_pass
+from service.poller.retry import find_retry, reopen
 from tests.conftest import SandboxServer
 from tests.integration.test_poller_resume import (  # noqa: F401
     HEADER,
     STREAM,
+    DyingSink,
+    Killed,
     _object,
     _put,
     poller,
@@ -222,3 +225,39 @@ def test_a_json_array_unreadable_after_rows_were_sent_is_given_up_saying_what_wa
     assert alert.severity == "critical"
     assert alert.subject == "array.json: cannot be read past a point; rows before it were sent"
     assert "Rows before row 1001 are billed" in alert.message
+
+
+class _RecordingSink(StripeMeterEventSink):
+    """The real sink, noting the identifiers of every request it sends."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.identifiers: list[str] = []
+
+    def send_batch(self, batch: Any) -> int:
+        self.identifiers.extend(str(event["identifier"]) for event in batch)
+        return super().send_batch(batch)
+
+
+def test_a_row_repeating_an_identifier_sent_before_is_not_sent_again_on_resume(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """Row 151 repeats row 5's identifier (Stripe deduped it on the first pass). A resume
+    after the acknowledged prefix left out only the rows recorded as sent, one row per
+    identifier: row 151 was sent again, more than a day later, when Stripe bills it."""
+    day_ago = datetime.now(UTC) - timedelta(hours=24)
+    stamp = int(day_ago.timestamp()) - 60
+    rows = [f"d-{i},{stamp},api_requests,cus_A,{i + 1}\n" for i in range(300)]
+    rows[150] = f"d-4,{stamp},api_requests,cus_A,7\n"
+    _put(settings, "dups.csv", rows, tmp_path)
+    client = build_stripe_client(settings)
+    dying = DyingSink(client, settings, workers=1, base_delay=0.01, die_at=3)
+    with pytest.raises(Killed):  # batches 0 and 1 acknowledged, the poller killed sending 2
+        run_poll_pass(poller(dying, at=day_ago))
+    assert _object(poller(), "dups.csv").acked_batches == 2
+    assert run_poll_pass(poller()).gave_up == 1  # batch 2 first sent over 23 h ago
+    deps = poller(_RecordingSink(client, settings, workers=1, base_delay=0.01))
+    reopen(deps.engine, find_retry(deps.engine, "dups.csv", "", deps.clock()), confirmed=True)
+    report = run_poll_pass(deps)  # what `poll --retry dups.csv --yes` does
+    assert (report.imported, report.rows, report.sent) == (1, 300, 300)
+    assert sorted(deps.sink.identifiers) == sorted(f"d-{i}" for i in range(200, 300))

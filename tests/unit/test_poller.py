@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remediation import poller, rowdigest
-from remediation.core.columns import Column
+from remediation.core.columns import Batch, Column
 from remediation.core.csvread import CsvColumns
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
@@ -242,7 +242,8 @@ def test_rows_sent_before_are_left_out_and_counted() -> None:
     index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
     records = read_records(io.BytesIO(CSV.encode()), FileFormat.CSV)
 
-    def sent_before(rows: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    def sent_before(batch: Batch) -> np.ndarray:  # type: ignore[type-arg]
+        rows = batch.rows
         return (rows <= 200) & (rows != 3)  # row 3 failed: never sent
 
     chunks = list(
