@@ -96,8 +96,11 @@ def raise_gave_up(
     elif verdict.why == "permanent":
         subject = f"{obj.key}: Stripe refused a request built from this file; the poller gave up"
         todo = (
-            "Fix the rows Stripe names and upload the file under a new key, or fix the cause "
-            f"and run `{retry}`."
+            "Fix the rows Stripe names and upload the fixed file under the same key (rows it "
+            "accepted are left out of it; a row without an identifier is named after its key, "
+            "so under a new key one it accepted would be billed again, and one without a "
+            "timestamp too is named after the version: leave those out), or fix the cause and "
+            f"run `{retry}`."
         )
     else:
         hours = round(give_up_after / 3600, 1)

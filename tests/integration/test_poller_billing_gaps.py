@@ -261,3 +261,32 @@ def test_a_row_repeating_an_identifier_sent_before_is_not_sent_again_on_resume(
     report = run_poll_pass(deps)  # what `poll --retry dups.csv --yes` does
     assert (report.imported, report.rows, report.sent) == (1, 300, 300)
     assert sorted(deps.sink.identifiers) == sorted(f"d-{i}" for i in range(200, 300))
+
+
+def test_a_refused_file_fixed_under_its_own_key_bills_each_row_without_identifier_once(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """What the give-up alert advises after a 400: the fixed file under the same key. Rows
+    without an identifier are named after the key and their content, so the rows Stripe
+    accepted before are left out and the others sent once."""
+    rows = _recent(250)
+    _put_raw(settings, "plain.csv", NO_ID_HEADER + "".join(rows), tmp_path)
+    sandbox_server.admin.inject_fault("POST", STREAM, 400, count=1)
+    first = run_poll_pass(poller(_one_worker(settings)))
+    assert first.gave_up == 1
+    with Session(poller().engine) as session:
+        alert = session.exec(select(Alert)).one()
+    assert "upload the fixed file under the same key" in alert.message
+    accepted = len(sandbox_server.admin.meter_events())
+    assert 0 < accepted < 250
+    _put_raw(settings, "plain.csv", NO_ID_HEADER + "".join(rows) + "\n", tmp_path)  # "fixed"
+    second = run_poll_pass(poller(_one_worker(settings)))
+    assert (second.imported, second.sent, second.left_out) == (1, 250, accepted)
+    values = sorted(int(e["payload"]["value"]) for e in sandbox_server.admin.meter_events())
+    assert values == list(range(1, 251))  # each row billed once
+
+
+def _put_raw(settings: Settings, key: str, text: str, tmp_path: Path) -> None:
+    source = tmp_path / "raw.tmp"
+    source.write_text(text)
+    open_bucket(settings).upload(source, key, {})
