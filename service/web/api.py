@@ -124,14 +124,21 @@ def _filter_args() -> MultiDict[str, str]:
     re-run acts on every row its filter matches, so a filter that would be read as less than
     it says is refused: a body that is not a JSON object, a value that is not text or a whole
     number, or a name no filter has (a misspelt filter would re-run every row)."""
-    merged: MultiDict[str, str] = MultiDict(request.args)
+    merged: MultiDict[str, str] = MultiDict()
+    given = [request.args]
     if request.is_json and request.get_data(cache=True):
         body: Any = request.get_json(silent=True)
         if not isinstance(body, dict):
             what = "not JSON" if body is None else f"a JSON {type(body).__name__}"
             raise BadParameter(f"the body must be a JSON object of filters; it is {what}")
-        merged.update({str(k): _filter_value(str(k), v) for k, v in body.items()})
-    merged.update(request.form)
+        given.append(MultiDict({str(k): _filter_value(str(k), v) for k, v in body.items()}))
+    given.append(request.form)
+    for source in given:  # a later one replaces a filter an earlier one gave
+        for name in source:
+            values = set(source.getlist(name))
+            if len(values) > 1:
+                raise BadParameter(f"{name[:40]} is given more than once, with different values")
+            merged[name] = values.pop()
     unknown = sorted(set(merged) - set(FILTER_NAMES) - {"csrf_token"})
     if unknown:
         names = ", ".join(FILTER_NAMES)
