@@ -91,17 +91,35 @@ def _rules(adapters: Adapters) -> Rules:
         raise click.ClickException(f"bad rules {path}: {exc.reason}") from exc
 
 
+LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: Stripe's timestamps are RFC 3339
+
+
 def _now(value: str | None) -> int:
+    """`--now`: unix seconds (ASCII digits) or ISO-8601 (UTC when no offset is given), from
+    1970 to the end of year 9999. `²`, 5,000 digits or a date past the calendar failed with
+    a traceback; a negative time or one past 9999 was taken."""
     if value is None:
         return int(time.time())
-    if value.lstrip("-").isdigit():
-        return int(value)
-    from datetime import datetime
+    from datetime import UTC, datetime
 
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is neither unix seconds nor ISO-8601") from exc
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        seconds = int(text) if len(text) <= 12 else LAST_SECOND + 1
+    else:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            seconds = int(moment.timestamp())
+        except (ValueError, OverflowError) as exc:
+            shown = repr(value[:40])
+            raise click.BadParameter(
+                f"{shown} is neither unix seconds nor ISO-8601", param_hint="--now"
+            ) from exc
+    if not 0 <= seconds <= LAST_SECOND:
+        raise click.BadParameter(
+            f"{value[:40]!r} is outside 1970-01-01 to 9999-12-31 (UTC)", param_hint="--now"
+        )
+    return seconds
 
 
 def _run(

@@ -321,3 +321,54 @@ def test_the_readme_example_runs_as_described(tmp_path: Path) -> None:
     with open(summary["outputs"]["quarantine"][0], newline="") as handle:
         reasons = [row["mfx_reason"] for row in csv.DictReader(handle)]
     assert reasons[2] == "value '1e309' has 310 integer digits; at most 20 allowed"
+
+
+@pytest.mark.parametrize(
+    ("now", "reason"),
+    [
+        ("\u00b2", "'²' is neither unix seconds nor ISO-8601"),  # "²".isdigit(): int() failed
+        ("9" * 5000, f"'{'9' * 40}' is outside 1970-01-01 to 9999-12-31 (UTC)"),
+        ("-5", "'-5' is neither unix seconds nor ISO-8601"),  # was taken: 1969
+        ("253402300800", "'253402300800' is outside 1970-01-01 to 9999-12-31 (UTC)"),
+        ("9999-12-31T23:59:59-01:00", "is outside 1970-01-01 to 9999-12-31 (UTC)"),
+    ],
+)
+def test_a_reference_time_no_calendar_holds_is_refused_with_a_reason(
+    tmp_path: Path, now: str, reason: str
+) -> None:
+    args = ["--meters", str(DATA / "meters.json"), "--rules", str(DATA / "rules.toml")]
+    proc = meterfix("validate", str(DATA / "failed_records.csv"), *args, "--now", now, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: Invalid value for --now: ") and last.endswith(reason)
+
+
+def test_a_reference_time_without_an_offset_is_utc(tmp_path: Path) -> None:
+    """`--now 2025-11-24T16:00:00` was read in the machine's time zone (9 h early in Tokyo)."""
+    args = ["--meters", str(DATA / "meters.json"), "--rules", str(DATA / "rules.toml")]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TZ": "Asia/Tokyo"}
+    runs = [
+        subprocess.run(
+            [
+                METERFIX,
+                "validate",
+                str(DATA / "failed_records.csv"),
+                *args,
+                "--now",
+                when,
+                "--json",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        for when in ("2025-11-24T16:00:00", "1764000000")
+    ]
+    assert runs[0].returncode == runs[1].returncode and not runs[0].stderr
+    assert json.loads(runs[0].stdout) == json.loads(runs[1].stdout)
+    assert json.loads(runs[0].stdout)["by_code"]["timestamp_in_future"] == {
+        "corrected": 1,
+        "quarantined": 0,
+    }
