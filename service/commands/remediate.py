@@ -21,7 +21,13 @@ import click
 from remediation.engine import RemediationResult, remediate
 from remediation.errors import MeterfixError
 from remediation.filetypes import FileFormat
-from remediation.identifiers import Lineage, Parent, input_lineage, trace_ancestors
+from remediation.identifiers import (
+    Lineage,
+    Parent,
+    input_lineage,
+    may_hold,
+    trace_ancestors,
+)
 from remediation.meters import Meter
 from remediation.readers import CsvLayout
 from remediation.repair import InputPlan, plan_input, read_repaired
@@ -321,12 +327,35 @@ def _input_kind(file: Path, plan: InputPlan, rules: Rules) -> tuple[Lineage, boo
     ancestors = trace_ancestors(identifiers, generation - 1, _no_audit) if generation > 1 else {}
     escapes = plan.fmt is not FileFormat.CSV
     lineage = input_lineage(file, rows, str(file), generation, ancestors, escapes)
+    return lineage, _failed_records(file, plan, rules), generation
+
+
+# How an error field's key starts in JSON text (`records.ERROR_FIELDS`: error, error_code,
+# error_message, errors; code; message). A file holding none of them (nor a `\u` escape that
+# could spell one) has no row carrying an error.
+_ERROR_KEYS = (b'"error', b'"code"', b'"message"')
+
+
+def _failed_records(file: Path, plan: InputPlan, rules: Rules) -> bool:
+    """Whether the input is a failed-records file: every row rejected, so every row goes to an
+    output. A CSV file is one when its header has error columns; a JSON or JSON Lines file
+    when ANY of its rows carries an error code or message (its keys are the columns of all
+    its rows, as a header is a CSV file's), not only its first: a first row without one made
+    the rows of a failed-records file "valid, never re-sent". The first row decides at once
+    when it carries one (Stripe's files: every row does); otherwise a byte scan finds files
+    that cannot carry one, and only the rest are read through."""
     if plan.fmt is FileFormat.CSV:
-        return lineage, CsvLayout.from_header(plan.header).errors != (), generation
-    with open(file, "rb") as stream:  # JSON: assumed to carry error keys on every row if any
-        first = next(read_repaired(stream, plan, rules), None)
-    rejected = first is not None and bool(first.error_code or first.error_message)
-    return lineage, rejected, generation
+        return CsvLayout.from_header(plan.header).errors != ()
+    with open(file, "rb") as stream:
+        records = read_repaired(stream, plan, rules)
+        first = next(records, None)
+        if first is None:
+            return False
+        if first.error_code or first.error_message:
+            return True
+        if not any(may_hold(file, key) for key in _ERROR_KEYS):
+            return False
+        return any(record.error_code or record.error_message for record in records)
 
 
 def _no_audit(identifiers: list[str]) -> dict[str, Parent]:
