@@ -10,6 +10,7 @@ Reasons state facts about the row (values, dates, windows), never a distance fro
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from remediation.limits import (
     shown,
 )
 from remediation.meters import Meter
-from remediation.records import UsageRecord
+from remediation.records import MFX_PREFIX, UsageRecord
 
 MAX_FUTURE_SECONDS = 5 * 60
 MAX_PAST_SECONDS = 35 * 86_400
@@ -176,7 +177,11 @@ def check_fields(record: UsageRecord, limits: FieldLimits) -> Problem | None:
     stamp = record.timestamp
     if isinstance(stamp, str) and not stamp.isprintable() and CONTROL.search(stamp):
         return check_text("timestamp", stamp, len(stamp))
-    return check_payload_fields(record.payload, limits)
+    if isinstance(stamp, dict | list):
+        problem = check_nested("timestamp", stamp)
+        if problem is not None:
+            return problem
+    return check_payload_fields(record.payload, limits) or check_other_fields(record.extra)
 
 
 def check_payload_fields(payload: dict[str, object], limits: FieldLimits) -> Problem | None:
@@ -194,9 +199,51 @@ def check_payload_fields(payload: dict[str, object], limits: FieldLimits) -> Pro
             message = f"payload value {shown(key)} is a number of more than {most} digits"
             problem = Problem(ErrorCode.FIELD_TOO_LONG, message)
         elif isinstance(value, dict | list):  # sent as its text: bounded like one
-            problem = check_text(f"payload value {shown(key)}", str(value), most)
+            name = f"payload value {shown(key)}"
+            # `str()` escapes what the value holds: its strings are checked one by one
+            problem = check_text(name, str(value), most) or check_nested(name, value)
         if problem is not None:
             return problem
+    return None
+
+
+def check_other_fields(extra: dict[str, object]) -> Problem | None:
+    """A row's fields besides the four Stripe reads (written to a corrected file as they
+    came) hold no control character, in their names or anywhere in their values; our own
+    `mfx_` notes are never written. No length limit: Stripe does not read them."""
+    for key, value in extra.items():
+        if key.startswith(MFX_PREFIX):
+            continue
+        problem = check_text("field name", key, len(key))
+        if problem is None and isinstance(value, str) and not value.isprintable():
+            problem = check_text(f"field {shown(key)}", value, len(value))
+        elif problem is None and isinstance(value, dict | list):
+            problem = check_nested(f"field {shown(key)}", value)
+        if problem is not None:
+            return problem
+    return None
+
+
+def check_nested(name: str, value: dict[str, object] | list[object]) -> Problem | None:
+    """The first key or string inside a JSON object or array (document order) holding a
+    control character, named by its path (`[0]`, `["k"]`)."""
+    pending: list[tuple[str, object]] = [("", value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, str):
+            if not item.isprintable() and CONTROL.search(item):
+                return check_text(f"{name} at {path}", item, len(item))
+            continue
+        children: list[tuple[str, object]] = []
+        if isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}[{json.dumps(str(key))}]"
+                if not str(key).isprintable() and CONTROL.search(str(key)):
+                    return check_text(f"{name} key at {where}", str(key), len(str(key)))
+                children.append((where, child))
+        elif isinstance(item, list):
+            children = [(f"{path}[{at}]", child) for at, child in enumerate(item)]
+        pending.extend(reversed(children))
     return None
 
 

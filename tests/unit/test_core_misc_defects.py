@@ -1,0 +1,182 @@
+"""Control characters nested in a row or in its other fields; derived identifiers that crafted
+originals made collide through the hashed form."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediation.engine import remediate
+from remediation.formats import FileFormat, read_records
+from remediation.meters import Meter
+from remediation.readers import CsvLayout
+from remediation.records import UsageRecord
+from remediation.rules import Rules
+from remediation.validation import MeterIndex, validate_record
+
+NOW = 1_764_000_000
+METERS = [Meter("m1", "api_requests")]
+
+
+# --- control characters anywhere in a row ---------------------------------------------------
+
+
+def usage(identifier: str, **fields: Any) -> dict[str, Any]:
+    payload = {"stripe_customer_id": "cus_1", "value": "5", **fields.pop("payload", {})}
+    return {
+        "identifier": identifier,
+        "timestamp": NOW,
+        "event_name": "api_requests",
+        "payload": payload,
+        **fields,
+    }
+
+
+# identifier -> (the row's other fields, the reason it is quarantined with)
+HOSTILE: dict[str, tuple[dict[str, Any], str]] = {
+    "list": (
+        {"payload": {"d": ["\u0000"]}},
+        "payload value 'd' at [0] '\\x00' holds a control character: U+0000 at position 1",
+    ),
+    "dict": (
+        {"payload": {"d": {"k": "a\u2028"}}},
+        "payload value 'd' at [\"k\"] 'a\\u2028' holds a control character: U+2028 at position 2",
+    ),
+    "deep": (
+        {"payload": {"d": {"k": [1, {"m": "ok", "n": "x\u007f"}]}}},
+        "payload value 'd' at [\"k\"][1][\"n\"] 'x\\x7f' holds a control character: U+007F at "
+        "position 2",
+    ),
+    "nested-key": (
+        {"payload": {"d": {"k\u0001": "v"}}},
+        "payload value 'd' key at [\"k\\u0001\"] 'k\\x01' holds a control character: U+0001 at "
+        "position 2",
+    ),
+    "extra": (
+        {"note": "line\nbreak"},
+        "field 'note' 'line\\nbreak' holds a control character: U+000A at position 5 (a line "
+        "break: a quote left open?)",
+    ),
+    "extra-nested": (
+        {"meta": {"tags": ["ok", "\u2029"]}},
+        "field 'meta' at [\"tags\"][1] '\\u2029' holds a control character: U+2029 at position 1",
+    ),
+    "extra-key": (
+        {"no\u0000te": "x"},
+        "field name 'no\\x00te' holds a control character: U+0000 at position 3",
+    ),
+}
+
+
+def hostile_rows() -> list[dict[str, Any]]:
+    rows = [usage("clean", payload={"d": ["a", {"k": "b"}]}, note="fine")]
+    return rows + [usage(identifier, **fields) for identifier, (fields, _) in HOSTILE.items()]
+
+
+def lines_of(rows: list[dict[str, Any]], fmt: FileFormat) -> bytes:
+    if fmt is FileFormat.JSON:
+        return json.dumps(rows).encode()
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def quarantined(paths: list[str], fmt: FileFormat) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        text = Path(path).read_text(encoding="utf-8")
+        if fmt is FileFormat.JSON:
+            rows += json.loads(text)
+        else:
+            # not splitlines(): a line may hold a raw U+2028 (valid JSON), which it splits at
+            rows += [json.loads(line) for line in text.split("\n") if line]
+    return rows
+
+
+@pytest.mark.parametrize("fmt", [FileFormat.JSONL, FileFormat.JSON])
+@pytest.mark.parametrize("code", [None, "timestamp_in_future"])
+@pytest.mark.parametrize("as_records", [False, True])
+def test_control_characters_nested_or_in_other_fields_never_go_out(
+    tmp_path: Path, fmt: FileFormat, code: str | None, as_records: bool
+) -> None:
+    """`str()` of a nested payload value escapes its control characters, so they passed; a
+    row's other top-level fields were not checked at all. Every such row is quarantined with
+    the code and the kind of reason a top-level text holding one gets, read as columns or as
+    records, reported under a code or not."""
+    rows = hostile_rows()
+    if code is not None:  # reported in milliseconds: the rule corrects, the check must stop
+        rows[1:] = [{**row, "timestamp": NOW * 1000, "error_code": code} for row in rows[1:]]
+    records = read_records(io.BytesIO(lines_of(rows, fmt)), fmt)
+    result = remediate(
+        list(records) if as_records else records,
+        source=f"in.{fmt.value}",
+        fmt=fmt,
+        meters=METERS,
+        rules=Rules(),
+        now=NOW,
+        out_dir=tmp_path,
+        rejected=True,
+    )
+    summary = result.summary
+    assert (summary["valid"], summary["quarantined"]) == (1, len(HOSTILE))
+    (corrected,) = quarantined(summary["outputs"]["corrected"], fmt)
+    assert corrected["identifier"] == "clean-mfx1"
+    got = {
+        row["identifier"]: (row["mfx_code"], row["mfx_reason"])
+        for row in quarantined(summary["outputs"]["quarantine"], fmt)
+    }
+    expected_code = code or "control_character"
+    assert got == {ident: (expected_code, reason) for ident, (_, reason) in HOSTILE.items()}
+
+
+@pytest.mark.parametrize("as_records", [False, True])
+def test_a_csv_column_of_its_own_holding_a_control_character_never_goes_out(
+    tmp_path: Path, as_records: bool
+) -> None:
+    header = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id"]
+    header += ["payload_value", "note", "error_code"]
+    buffer = io.StringIO()
+    out = csv.writer(buffer)
+    out.writerow(header)
+    out.writerow(["ok", NOW, "api_requests", "cus_1", "5", "fine", ""])
+    out.writerow(["bad", NOW, "api_requests", "cus_1", "5", "a\x00b", ""])
+    records = read_records(io.BytesIO(buffer.getvalue().encode()), FileFormat.CSV)
+    result = remediate(
+        list(records) if as_records else records,
+        source="in.csv",
+        fmt=FileFormat.CSV,
+        meters=METERS,
+        rules=Rules(),
+        now=NOW,
+        out_dir=tmp_path,
+        columns=CsvLayout.from_header(header).columns(),
+        rejected=True,
+    )
+    (path,) = result.summary["outputs"]["quarantine"]
+    with open(path, newline="") as handle:
+        (bad,) = list(csv.DictReader(handle))
+    assert (bad["identifier"], bad["mfx_code"]) == ("bad", "control_character")
+    assert bad["mfx_reason"] == (
+        "field 'note' 'a\\x00b' holds a control character: U+0000 at position 2"
+    )
+    (kept,) = result.summary["outputs"]["corrected"]
+    with open(kept, newline="") as handle:
+        assert [row["identifier"] for row in csv.DictReader(handle)] == ["ok-mfx1"]
+
+
+def test_validate_record_sees_nested_control_characters() -> None:
+    index = MeterIndex(METERS)
+    record = UsageRecord(
+        1, "a", NOW, "api_requests", {"stripe_customer_id": "cus_1", "value": "5", "d": ["\x00"]}
+    )
+    problem = validate_record(record, index, NOW)
+    assert problem is not None and problem.code == "control_character"
+    record.payload["d"] = ["fine", {"k": 1}]
+    record.extra = {"n": {"x": "\x1f"}}
+    problem = validate_record(record, index, NOW)
+    assert problem is not None and problem.code == "control_character"
+    record.extra = {"n": {"x": "fine"}, "mfx_reason": "notes of ours\n"}  # never written
+    assert validate_record(record, index, NOW) is None
