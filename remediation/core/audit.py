@@ -16,8 +16,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.checks import CODES, Codes
-from remediation.core.columns import Batch, Column, Indexes, Kind, as_string
+from remediation.core.checks import CODES, Codes, mask
+from remediation.core.columns import Batch, Column, Indexes, Kind, Mask, as_string
 from remediation.core.decide import (
     CORRECTED,
     OTHER_ID,
@@ -35,7 +35,7 @@ from remediation.core.text import (
     json_text,
     merged_constants,
 )
-from remediation.identifiers import Identifiers
+from remediation.identifiers import HASH_DIGITS, HASHED_KEEP, Identifiers
 from remediation.meters import DEFAULT_CUSTOMER_KEY
 from remediation.outcomes import CORRECTIONS, QuarantinedRow, Tally, value_text
 from remediation.records import UsageRecord
@@ -365,6 +365,7 @@ def new_identifiers(ids: Identifiers, identifier: Column, rows: Indexes) -> pa.A
     if ids.reserved:
         clash = pc.is_in(plain, pa.array(list(ids.reserved), pa.string()))
         simple &= ~np.asarray(pc.fill_null(clash, False))
+    simple &= ~_may_be_hashed(text, length, bool(ids.reserved))
     others = np.flatnonzero(~simple)
     if not len(others):
         return plain
@@ -374,6 +375,23 @@ def new_identifiers(ids: Identifiers, identifier: Column, rows: Indexes) -> pa.A
     index[others] = n + np.arange(len(others))
     extra = pa.array(derived, pa.large_string())
     return pa.concat_arrays([plain.cast(pa.large_string()), extra]).take(pa.array(index))
+
+
+def _may_be_hashed(text: pa.Array, length: pa.Array, reserved: bool) -> Mask:
+    """Rows `identifiers.may_be_hashed` may hold true for (`Identifiers.new` decides them):
+    shaped `<head>-<12 hex digits>`; with no reserved originals only a head of 80 characters
+    (93 in all) can be one, and only those rows are matched."""
+    found: Mask = np.zeros(len(text), bool)
+    if reserved:
+        rows = np.arange(len(text))
+    else:
+        rows = np.flatnonzero(mask(pc.equal(length, HASHED_KEEP + 1 + HASH_DIGITS)))
+    if len(rows):
+        found[rows] = mask(pc.match_substring_regex(text.take(pa.array(rows)), _HASHED_TAIL))
+    return found
+
+
+_HASHED_TAIL = f"-[0-9a-f]{{{HASH_DIGITS}}}$"
 
 
 def _arrived_part(decided: Decided, rows: Indexes) -> Part:

@@ -4,6 +4,7 @@ originals made collide through the hashed form."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -13,6 +14,12 @@ import pytest
 
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
+from remediation.identifiers import (
+    Identifiers,
+    Lineage,
+    derived_identifier,
+    reserved_originals,
+)
 from remediation.meters import Meter
 from remediation.readers import CsvLayout
 from remediation.records import UsageRecord
@@ -180,3 +187,114 @@ def test_validate_record_sees_nested_control_characters() -> None:
     assert problem is not None and problem.code == "control_character"
     record.extra = {"n": {"x": "fine"}, "mfx_reason": "notes of ours\n"}  # never written
     assert validate_record(record, index, NOW) is None
+
+
+# --- derived identifiers: no two originals share one ----------------------------------------
+
+
+def sha(text: str, salt: str = "") -> str:
+    return hashlib.sha256(text.encode() + (b"\x00" + salt.encode() if salt else b"")).hexdigest()
+
+
+def run_ids(originals: list[str], generation: int = 1) -> list[str]:
+    """Derived identifiers of one input holding `originals` (the reserved set as runs make it)."""
+    ids = Identifiers("usage.csv", generation, Lineage(), keep=False)
+    pairs = [(original, row) for row, original in enumerate(originals, 1)]
+    reserved = reserved_originals(pairs, ids)
+    run = Identifiers("usage.csv", generation, Lineage({}, reserved), keep=False)
+    return [str(run.new(original, row)) for original, row in pairs]
+
+
+def assert_one_each(originals: list[str], derived: list[str]) -> None:
+    by_original = dict(zip(originals, derived, strict=True))
+    assert len(set(by_original.values())) == len(by_original)  # one per original
+    assert not set(derived) & set(originals)  # never another row's own identifier
+    assert all(len(identifier) <= 100 for identifier in derived)
+
+
+LONG = "x" * 97  # too long for the plain form: goes out hashed
+# its hashed form without the suffix: a plain original that spelt the same identifier
+STEM = f"{'x' * 80}-{sha(LONG)[:12]}"
+# two 100-character originals with one first 80 characters and one 12 hex digits of sha256
+# (found by a birthday search over 2^25 such texts)
+TWIN_A, TWIN_B = ("p" * 80 + f"{n:020d}" for n in (3837155, 13613443))
+
+
+@pytest.mark.parametrize(
+    "originals",
+    [
+        [LONG, STEM],
+        [STEM, LONG],
+        # a short original goes out hashed when its plain form is another row's original ...
+        ["abc", "abc-mfx1", f"abc-{sha('abc')[:12]}"],
+        [f"abc-{sha('abc')[:12]}", "abc-mfx1", "abc"],
+        # ... and one shaped like a hashed stem of such an original, one level further
+        ["a-mfx1", f"a-{'0' * 12}", f"a-{'0' * 12}-{sha('a-' + '0' * 12)[:12]}"],
+        [f"a-{'0' * 12}-{sha('a-' + '0' * 12)[:12]}", f"a-{'0' * 12}", "a-mfx1"],
+        # the hashed form is an original of the input itself
+        ["abc", "abc-mfx1", f"abc-{sha('abc')[:12]}-mfx1"],
+        [TWIN_A, TWIN_B],
+        [TWIN_B, TWIN_A, TWIN_B],
+    ],
+)
+def test_crafted_originals_never_share_a_derived_identifier(originals: list[str]) -> None:
+    derived = run_ids(originals)
+    assert_one_each(originals, derived)
+    assert run_ids(originals) == derived  # deterministic
+    for original, identifier in zip(originals, derived, strict=True):
+        assert identifier == derived[originals.index(original)]  # one original, one identifier
+
+
+def test_the_forms_chosen_when_the_first_is_taken() -> None:
+    assert sha(TWIN_A)[:12] == sha(TWIN_B)[:12] and TWIN_A[:80] == TWIN_B[:80]
+    first = f"{'p' * 80}-{sha(TWIN_A)[:12]}-mfx1"
+    assert run_ids([TWIN_A, TWIN_B, TWIN_A]) == [
+        first,
+        f"{'p' * 80}-{sha(TWIN_B, '1')[:12]}-mfx1",  # the next form, from sha256(original, NUL, 1)
+        first,
+    ]
+    # the stem of a long original is no plain identifier any more: it goes out hashed
+    assert run_ids([STEM]) == [f"{STEM[:80]}-{sha(STEM)[:12]}-mfx1"]
+    assert derived_identifier(STEM, 1) == f"{STEM[:80]}-{sha(STEM)[:12]}-mfx1"
+    # a hashed form that is an original of the input is passed over like a plain one
+    held = f"abc-{sha('abc')[:12]}-mfx1"
+    assert run_ids(["abc", "abc-mfx1", held])[0] == f"abc-{sha('abc', '1')[:12]}-mfx1"
+    # identifiers shaped so, but that no original's hashed form can be, stay plain
+    uuid = "550e8400-e29b-41d4-a716-446655440000"
+    assert run_ids([uuid, f"{'x' * 79}-{sha('q')[:12]}"]) == [
+        f"{uuid}-mfx1",
+        f"{'x' * 79}-{sha('q')[:12]}-mfx1",
+    ]
+
+
+@pytest.mark.parametrize("as_records", [False, True])
+@pytest.mark.parametrize(
+    "originals", [[LONG, STEM], [STEM, LONG], [TWIN_A, TWIN_B], ["abc", "abc-mfx1", STEM]]
+)
+def test_a_corrected_file_never_holds_one_identifier_twice(
+    tmp_path: Path, originals: list[str], as_records: bool
+) -> None:
+    """Two rejected rows of one failed-records file went out under one identifier: Stripe
+    took one, deduplicated the other (its usage lost)."""
+    rows = [
+        {**usage(original, timestamp=NOW * 1000), "error_code": "timestamp_in_future"}
+        for original in originals
+    ]
+    records = read_records(io.BytesIO(lines_of(rows, FileFormat.JSONL)), FileFormat.JSONL)
+    ids = Identifiers("in.jsonl", 1, Lineage(), keep=False)
+    reserved = reserved_originals(((o, n) for n, o in enumerate(originals, 1)), ids)
+    result = remediate(
+        list(records) if as_records else records,
+        source="in.jsonl",
+        fmt=FileFormat.JSONL,
+        meters=METERS,
+        rules=Rules(),
+        now=NOW,
+        out_dir=tmp_path,
+        rejected=True,
+        lineage=Lineage({}, reserved),
+    )
+    written = quarantined(result.summary["outputs"]["corrected"], FileFormat.JSONL)
+    assert len(written) == len(originals)
+    assert all(row["timestamp"] == NOW for row in written)
+    assert_one_each(originals, [row["identifier"] for row in written])

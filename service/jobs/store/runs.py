@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
-from remediation.identifiers import derived_identifier
+from remediation.identifiers import hashed_identifier, plain_suffix
 from remediation.outcomes import corrections_batch
 from service.db import (
     PG_COPY_HEADER,
@@ -726,8 +726,9 @@ def _resent_unchanged(
     """Which of `identifiers` these runs wrote unchanged to a corrected output that the
     poller has imported or indexed since: a rejected row our validation passes (a whole-file
     failure's rows, a failed-records row without an error) goes out as `<id>-mfx<n>`
-    counted valid, with no audit row. Its derived identifiers (either form: plain, or hashed
-    when the plain one was taken) are looked up among the poller's records of those outputs."""
+    counted valid, with no audit row. Its derived identifiers (either form: plain, or the first
+    hashed one; a later hashed one only when two originals of an input were crafted to share
+    it) are looked up among the poller's records of those outputs."""
     if not identifiers:
         return set()
     outputs = session.exec(
@@ -741,9 +742,8 @@ def _resent_unchanged(
     derived: dict[str, str] = {}
     for identifier in identifiers:
         for generation in generations:
-            plain = derived_identifier(identifier, generation)
-            derived[plain] = identifier
-            derived[derived_identifier(identifier, generation, (plain,))] = identifier
+            derived[identifier + plain_suffix(generation)] = identifier
+            derived[hashed_identifier(identifier, generation)] = identifier
     held = col(ImportedRow.identifier)
     query = (
         select_model(held)
