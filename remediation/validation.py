@@ -28,7 +28,7 @@ from remediation.limits import (
     shown,
 )
 from remediation.meters import Meter
-from remediation.records import MFX_PREFIX, UsageRecord
+from remediation.records import UsageRecord
 
 MAX_FUTURE_SECONDS = 5 * 60
 MAX_PAST_SECONDS = 35 * 86_400
@@ -181,7 +181,7 @@ def check_fields(record: UsageRecord, limits: FieldLimits) -> Problem | None:
         problem = check_nested("timestamp", stamp)
         if problem is not None:
             return problem
-    return check_payload_fields(record.payload, limits) or check_other_fields(record.extra)
+    return check_payload_fields(record.payload, limits)
 
 
 def check_payload_fields(payload: dict[str, object], limits: FieldLimits) -> Problem | None:
@@ -202,23 +202,6 @@ def check_payload_fields(payload: dict[str, object], limits: FieldLimits) -> Pro
             name = f"payload value {shown(key)}"
             # `str()` escapes what the value holds: its strings are checked one by one
             problem = check_text(name, str(value), most) or check_nested(name, value)
-        if problem is not None:
-            return problem
-    return None
-
-
-def check_other_fields(extra: dict[str, object]) -> Problem | None:
-    """A row's fields besides the four Stripe reads (written to a corrected file as they
-    came) hold no control character, in their names or anywhere in their values; our own
-    `mfx_` notes are never written. No length limit: Stripe does not read them."""
-    for key, value in extra.items():
-        if key.startswith(MFX_PREFIX):
-            continue
-        problem = check_text("field name", key, len(key))
-        if problem is None and isinstance(value, str) and not value.isprintable():
-            problem = check_text(f"field {shown(key)}", value, len(value))
-        elif problem is None and isinstance(value, dict | list):
-            problem = check_nested(f"field {shown(key)}", value)
         if problem is not None:
             return problem
     return None

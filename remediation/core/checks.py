@@ -19,7 +19,6 @@ from remediation.core.columns import Batch, Column, Indexes, Kind, Mask
 from remediation.core.text import rows_holding
 from remediation.limits import FieldLimits
 from remediation.meters import Meter
-from remediation.records import MFX_PREFIX
 from remediation.validation import (
     MAX_FUTURE_SECONDS,
     MAX_PAST_SECONDS,
@@ -133,29 +132,7 @@ def field_suspects(batch: Batch, limits: FieldLimits) -> Mask:
                 column, limits.max_payload_value_chars
             )
             suspect |= odd & column.present()
-    return suspect | _other_field_suspects(batch)
-
-
-def _other_field_suspects(batch: Batch) -> Mask:
-    """Rows whose other fields (`validation.check_other_fields`) may hold a control character:
-    in a key, in a text, or in an object's or array's JSON text, raw or escaped (a backslash:
-    that text escapes U+0000 to U+001F)."""
-    suspect = np.zeros(len(batch), bool)
-    for key, column in batch.extra.items():
-        if key.startswith(MFX_PREFIX):
-            continue
-        if not key.isprintable():
-            suspect |= column.present()
-        suspect |= has_control(column)  # a text, or a raw U+007F/U+2028/U+2029 in JSON text
-        if column.kinds is not None:
-            suspect |= _escaped(column) & (column.kinds == Kind.JSON)
     return suspect
-
-
-def _escaped(column: Column) -> Mask:
-    found = np.zeros(len(column), bool)
-    found[rows_holding(column.text.cast(pa.large_string()), b"\\")] = True
-    return found
 
 
 def code_objects(ids: CodeIds) -> Codes:
