@@ -37,7 +37,7 @@ from service.jobs.inputs import (
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated
-from service.jobs.store.runs import finished_run
+from service.jobs.store.runs import finished_run, import_set_run_key
 from service.logs import log_event
 from service.models import ImportSet, RunTrigger
 from service.models._types import as_utc, utcnow
@@ -51,7 +51,7 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
     file_id = import_set.errors_file_id
     if not file_id:
         return "no failed-records file"
-    run_key = f"import_set:{import_set_id}:{file_id}"
+    run_key = import_set_run_key(import_set_id, file_id)
     left = ""
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:

@@ -23,8 +23,9 @@ def run_input(run_key: str, source: str | None) -> dict[str, Any]:
     """What a run remediated, read from its deterministic key (see the jobs that make it)."""
     kind, _, rest = run_key.partition(":")
     if kind == "import_set":
-        import_set_id, _, file_id = rest.partition(":")
-        return {"type": "import_set", "import_set_id": import_set_id, "file": file_id}
+        import_set_id, _, file_id = rest.partition(":")  # a digest past the key's length
+        file = source if file_id.startswith("sha256:") and source else file_id
+        return {"type": "import_set", "import_set_id": import_set_id, "file": file}
     if kind == "import_set_failed":
         return {"type": "import_set", "import_set_id": rest, "file": source}
     if kind == "poller":

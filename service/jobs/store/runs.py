@@ -78,6 +78,17 @@ def report_run_key(event_id: str, key: str) -> str:
     return f"{REPORT_PREFIX}{event_id}:sha256:{digest}"
 
 
+def import_set_run_key(import_set_id: str, file_id: str) -> str:
+    """The run key of an import set's failed-records run: `import_set:<id>:<file id>`, or,
+    past the column's length (ids are held to 255 characters each: two such made a key
+    PostgreSQL refused), the file id's SHA-256 in its place."""
+    run_key = f"import_set:{import_set_id}:{file_id}"
+    if len(run_key) <= RUN_KEY_CHARS:
+        return run_key
+    digest = hashlib.sha256(file_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"import_set:{import_set_id}:sha256:{digest}"
+
+
 def finished_between(start: datetime, end: datetime) -> ColumnElement[bool]:
     return (
         (RUNS.c.status == RunStatus.DONE)
