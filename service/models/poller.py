@@ -10,6 +10,8 @@ from sqlmodel import Field, SQLModel
 
 from service.models._types import created_at_field, optional_time_field, text_field
 
+OBJECT_KEY_CHARS = 1024  # S3 keys run to 1,024 bytes; a `file://` path may be longer
+
 
 class ObjectStatus(StrEnum):
     SEEN = "seen"
@@ -24,7 +26,7 @@ class BucketObject(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("key", "etag", name="uq_bucket_objects_key_etag"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    key: str = Field(max_length=1024, index=True)
+    key: str = Field(max_length=OBJECT_KEY_CHARS, index=True)
     etag: str = Field(max_length=255)
     size: int = Field(default=0, sa_type=BigInteger)
     last_modified: datetime | None = optional_time_field()
@@ -53,7 +55,7 @@ class ImportedRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     identifier: str = Field(max_length=512, index=True)
-    object_key: str = Field(max_length=1024)
+    object_key: str = Field(max_length=OBJECT_KEY_CHARS)
     etag: str = Field(max_length=255)
     row_number: int
     event_name: str | None = Field(default=None, max_length=255)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,8 @@ from service.jobs.store.reports import save_poller_import_set
 from service.logs import log_event
 from service.models import ObjectStatus, ProcessRole
 from service.models._types import utcnow
+from service.models.poller import OBJECT_KEY_CHARS
+from service.notify.alerts import raise_alert
 from service.poller.again import TakenAgain
 from service.poller.failures import judge, raise_gave_up, resolve_gave_up
 from service.poller.handover import (
@@ -137,7 +139,7 @@ def run_poll_pass(target: PollerDeps | Runtime) -> PassReport:
 def _run_pass(deps: PollerDeps) -> PassReport:
     store = PollerStore(deps.engine)
     report = PassReport(mode="index" if deps.index_mode else "import")
-    listed = list(deps.bucket.list_objects())
+    listed = _recordable(deps.engine, deps.bucket.list_objects(), report)
     seen, first_sync = store.seen()
     waiting = store.waiting(deps.clock())
     if deps.only is not None:
@@ -165,6 +167,33 @@ def _run_pass(deps: PollerDeps) -> PassReport:
         if deps.progress:
             deps.progress(number, len(plan.take), obj.key)
     return report
+
+
+def _recordable(
+    engine: Engine, objects: Iterable[ObjectInfo], report: PassReport
+) -> list[ObjectInfo]:
+    """The objects whose key a record can hold: a `file://` path past OBJECT_KEY_CHARS (S3
+    keys never are) failed the pass on PostgreSQL at its record, every pass, and no object
+    after it was ever imported. It is left alone, named in the pass's errors and a warning
+    alert."""
+    found = []
+    for obj in objects:
+        if len(obj.key) <= OBJECT_KEY_CHARS:
+            found.append(obj)
+            continue
+        reason = f"key longer than {OBJECT_KEY_CHARS} characters ({len(obj.key)}): not read"
+        report.errors.append(f"{obj.key[:200]}…: {reason}")
+        log_event("poller.key_too_long", level=logging.WARNING, key=obj.key[:200], reason=reason)
+        raise_alert(
+            engine,
+            key=f"poller.key_too_long:{obj.key}",
+            severity="warning",
+            kind="poller.key_too_long",
+            subject=f"{obj.key[:80]}…: key too long to import",
+            message=f"{obj.key[:1000]}: {reason}. Move it to a shorter path to have it imported.",
+            detail={"key": obj.key[:OBJECT_KEY_CHARS], "length": len(obj.key)},
+        )
+    return found
 
 
 def _process_object(

@@ -290,3 +290,26 @@ def _put_raw(settings: Settings, key: str, text: str, tmp_path: Path) -> None:
     source = tmp_path / "raw.tmp"
     source.write_text(text)
     open_bucket(settings).upload(source, key, {})
+
+
+def test_a_file_whose_key_no_record_holds_is_named_and_the_others_imported(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """A `file://` path past the 1,024 characters of `bucket_objects.key` (S3 keys never are)
+    failed every pass on PostgreSQL at its record: no object after it was imported."""
+    root = Path(settings.bucket_url.removeprefix("file://"))
+    deep = root.joinpath(*(["d" * 250] * 5))
+    deep.mkdir(parents=True)
+    stamp = int(time.time()) - 60
+    (deep / "a.csv").write_text(HEADER + f"long-1,{stamp},api_requests,cus_A,3\n")
+    _put(settings, "z.csv", [f"short-1,{stamp},api_requests,cus_A,4\n"], tmp_path)
+    reports = [run_poll_pass(poller()) for _ in range(2)]  # the alert is counted, not twice
+    assert [(r.listed, r.imported) for r in reports] == [(1, 1), (1, 0)]
+    assert _accepted(sandbox_server) == ["short-1"]
+    for report in reports:
+        assert len(report.errors) == 1
+        assert report.errors[0].endswith("…: key longer than 1024 characters (1260): not read")
+    with Session(poller().engine) as session:
+        alert = session.exec(select(Alert)).one()
+        assert session.exec(select(BucketObject.key)).all() == ["z.csv"]
+    assert (alert.kind, alert.severity) == ("poller.key_too_long", "warning")
