@@ -64,6 +64,7 @@ from service.jobs.store.quarantine import (
     quarantined_from,
     rerun_detail,
     rerun_origins,
+    rerun_queued_at,
     rows_to_rerun,
 )
 from service.jobs.store.reports import import_set
@@ -89,6 +90,11 @@ def rerun_key(action_ref: str, generation: int) -> str:
 
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     picked, billed = _pick(ctx, action_ref)
+    with ctx.engine.connect() as connection:
+        queued = rerun_queued_at(connection, int(action_ref)) if action_ref.isdigit() else None
+    # the reference time: the operator's decision, the same when the task is run again after
+    # a crash (the clock made a redo judge rows, and write its outputs, otherwise)
+    now = int(queued.timestamp()) if queued is not None else int(time.time())
     left = (
         f"; {billed} left quarantined: billed as they are since, from a later version of "
         "their file or a copy (the poller sent their identifiers, or Stripe's connector took "
@@ -103,7 +109,7 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
         by_generation.setdefault(generation, []).append(row_id)
     runs: list[RemediationRun] = []
     for generation, ids in sorted(by_generation.items()):
-        runs.append(_rerun(ctx, action_ref, generation, ids))
+        runs.append(_rerun(ctx, action_ref, generation, ids, now))
     passed = sum(run.valid + run.corrected for run in runs)
     stayed = sum(run.quarantined for run in runs)
     named = ", ".join(str(run.id) for run in runs)
@@ -113,7 +119,9 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     )
 
 
-def _rerun(ctx: RunContext, action_ref: str, generation: int, ids: list[int]) -> RemediationRun:
+def _rerun(
+    ctx: RunContext, action_ref: str, generation: int, ids: list[int], now: int
+) -> RemediationRun:
     """One run of the rows (by id) that runs of `generation` quarantined; their corrected
     rows are of that generation too, and their lineage is traced from its input's."""
     source = f"quarantine re-run {action_ref}"
@@ -123,7 +131,7 @@ def _rerun(ctx: RunContext, action_ref: str, generation: int, ids: list[int]) ->
         source=source,
         tag=f"rerun-{action_ref}",
         fmt=FileFormat.JSONL,
-        now=int(time.time()),
+        now=now,
         generation=generation,
         lineage=_lineage(ctx.engine, ids, generation, source),
         rejected=True,  # quarantined rows were never sent: every row may go out corrected

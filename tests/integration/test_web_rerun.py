@@ -9,7 +9,9 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from flask import Flask
 from sqlmodel import Session, col, select
 
@@ -160,6 +162,48 @@ def test_a_rerun_of_rows_from_runs_of_two_generations_makes_a_run_for_each(
     left = client.get("/api/quarantine?code=no_meter", headers=bearer).get_json()["data"]
     assert [(r["identifier"], r["rerun_id"]) for r in left] == [("late", None)]
     assert worker.drain().done == []
+    engine.dispose()
+
+
+def test_a_rerun_judges_rows_at_the_time_it_was_queued_however_late_its_task_runs(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A re-run's reference time was the clock when its task ran: a task run again after a
+    crash judged the rows (and wrote its outputs) otherwise than the first attempt. It is the
+    time the operator queued it: a row three hours ahead then is still ahead three hours
+    later."""
+    sandbox_server.admin.create_meter("api_requests")
+    now = int(time.time())
+    settings = _settings(make_settings, sandbox_server, db_url)
+    engine = make_engine(db_url)
+    failed = (
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+        f"f1,{now + 3 * 3600},api_requests,cus_1,5,timestamp_in_future\n"  # past the skew
+    )
+    first = _remediate(settings, engine, tmp_path, failed)
+    assert (first.corrected, first.quarantined) == (0, 1)
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    queued = client.post(f"/api/quarantine/rerun?run={first.id}", headers=bearer).get_json()
+    assert queued["queued"] and queued["rows"] == 1
+    later = time.time() + 3 * 3600  # the task runs 3 h later (or again, after a crash)
+    monkeypatch.setattr("service.jobs.quarantine_rerun.time", SimpleNamespace(time=lambda: later))
+    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
+    assert worker.drain().done == [queued["task"]]
+    with Session(engine) as session:
+        rerun = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
+        ).one()
+    assert (rerun.input_rows, rerun.corrected, rerun.valid, rerun.quarantined) == (1, 0, 0, 1)
+    still = client.get("/api/quarantine", headers=bearer).get_json()["data"]
+    assert [(r["identifier"], r["code"], r["run_id"]) for r in still] == [
+        ("f1", "timestamp_in_future", rerun.id)
+    ]
     engine.dispose()
 
 

@@ -159,6 +159,13 @@ def rerun_detail(connection: Connection, action_id: int) -> Mapping[str, Any] | 
     return detail if isinstance(detail, dict) else None
 
 
+def rerun_queued_at(connection: Connection, action_id: int) -> datetime | None:
+    """When the admin action that queued a quarantine re-run was taken: the re-run's
+    reference time, the same however often the task is run again after a crash."""
+    query = select(ACTIONS.c.created_at).where(ACTIONS.c.id == action_id)
+    return as_utc(connection.execute(query).scalar())
+
+
 # --- quarantined rows ----------------------------------------------------------------------
 
 
