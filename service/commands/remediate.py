@@ -143,7 +143,7 @@ def _run(
         with open(file, "rb") as stream, _progress(file) as progress:
             return remediate(
                 read_repaired(stream, plan, rules),
-                source=str(file.resolve()),  # its rows are named alike however it is typed
+                source=str(file),
                 fmt=plan.fmt,
                 meters=meters,
                 rules=rules,

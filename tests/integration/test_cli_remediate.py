@@ -372,20 +372,3 @@ def test_a_reference_time_without_an_offset_is_utc(tmp_path: Path) -> None:
         "corrected": 1,
         "quarantined": 0,
     }
-
-
-def test_rows_without_identifiers_are_named_alike_however_the_file_is_typed(
-    tmp_path: Path,
-) -> None:
-    """`row-<sha256(source, row)>` took the path as typed: `a.csv` and `./a.csv` named the same
-    rows differently, so both corrected files uploaded billed each row twice."""
-    header = "timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
-    (tmp_path / "a.csv").write_text(header + f"{NOW}000,api_requests,cus_1,5,timestamp_in_future\n")
-    named = []
-    for typed, out in (("a.csv", "o1"), ("./a.csv", "o2"), (str(tmp_path / "a.csv"), "o3")):
-        proc = meterfix("remediate", typed, "--out", out, *common("--json"), cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        (corrected,) = json.loads(proc.stdout)["outputs"]["corrected"]
-        with open(tmp_path / out / Path(corrected).name, newline="") as handle:
-            named += [row["identifier"] for row in csv.DictReader(handle)]
-    assert len(named) == 3 and len(set(named)) == 1 and named[0].startswith("row-")
