@@ -8,7 +8,9 @@ pathological one early, which fails the file). A key named twice in one object i
 row: which value Stripe should get is unknowable, so nothing is guessed. So is a number JSON
 does not have (`NaN`, `Infinity`, or one past a float's range such as `1e999`): `json.loads`
 reads it as a float and `json.dumps` writes it back as no JSON reader takes (Stripe's,
-PostgreSQL's), so it would reach a corrected file or fail the database's insert.
+PostgreSQL's), so it would reach a corrected file or fail the database's insert. Every other
+number with a fraction or an exponent is read by `jsonnumbers.json_float`: its text, as
+written, is what goes out again (a float's `repr` of it would change a billed value unseen).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import BinaryIO
 
 from remediation.errors import UnreadableFile, not_utf8
 from remediation.filetypes import FileFormat
+from remediation.jsonnumbers import json_float
 from remediation.limits import MAX_LINE_CHARS as MAX_LINE_CHARS  # core.jsonllines reads it here
 from remediation.limits import json_depth_over
 from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord, resolve_error
@@ -350,13 +353,14 @@ def _refuse_constant(text: str) -> float:
 
 
 def _finite_float(text: str) -> float:
-    value = float(text)
+    value = json_float(text)
     if not math.isfinite(value):
         raise _NotJsonNumber(text)
     return value
 
 
-# Decodes as json.loads does, refusing the numbers JSON does not have (`_NotJsonNumber`).
+# Decodes as json.loads does, refusing the numbers JSON does not have (`_NotJsonNumber`), a
+# number with a fraction or an exponent kept as its text (`jsonnumbers.json_float`).
 _STRICT = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
 
 
@@ -443,7 +447,7 @@ class _JsonArrayStream:
         self.odd: str | None = None
 
     def _float(self, text: str) -> float:
-        value = float(text)
+        value = json_float(text)
         if not math.isfinite(value):
             self._constant(text)
         return value

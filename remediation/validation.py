@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from remediation.codes import ErrorCode
+from remediation.jsonnumbers import JsonNumber
 from remediation.limits import (
     CONTROL,
     DEFAULT_LIMITS,
@@ -34,7 +35,6 @@ MAX_FUTURE_SECONDS = 5 * 60
 MAX_PAST_SECONDS = 35 * 86_400
 PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 MAX_INT_BITS = 4000  # about 1,200 digits: far past every limit, still cheap to print
-PLAIN_FLOAT_BELOW = 1e21  # a float at or above this prints with an exponent
 
 
 class Problem(NamedTuple):
@@ -94,11 +94,14 @@ def plain_number(raw: object) -> str | None:
         return None
     if isinstance(raw, int):
         return str(raw) if raw.bit_length() <= MAX_INT_BITS else None
-    if isinstance(raw, float):
-        if not math.isfinite(raw) or abs(raw) >= PLAIN_FLOAT_BELOW:
+    if isinstance(raw, float):  # its text in its file (a JsonNumber's repr), read as a CSV
+        # cell of it is (`1e2` is no plain number), its fraction's trailing zeros dropped
+        text = repr(raw)
+        if not math.isfinite(raw) or not PLAIN_NUMBER.fullmatch(text):
             return None
-        text = str(int(raw)) if raw.is_integer() else repr(raw)
-        return text if "e" not in text else None
+        if "." in text:  # `2.0` is sent `2`, `12.50` is `12.5`
+            text = text.rstrip("0").rstrip(".")
+        return "0" if text == "-0" else text
     if isinstance(raw, str) and ((raw.isdigit() and raw.isascii()) or PLAIN_NUMBER.fullmatch(raw)):
         return raw
     return None
@@ -195,6 +198,8 @@ def check_payload_fields(payload: dict[str, object], limits: FieldLimits) -> Pro
         if isinstance(value, str):
             if len(value) > most or not value.isprintable():
                 problem = check_text(f"payload value {shown(key)}", value, most)
+        elif isinstance(value, JsonNumber):  # sent as its text: bounded like one
+            problem = check_text(f"payload value {shown(key)}", value.text, most)
         elif isinstance(value, int) and value.bit_length() > 3.33 * most:
             message = f"payload value {shown(key)} is a number of more than {most} digits"
             problem = Problem(ErrorCode.FIELD_TOO_LONG, message)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import BinaryIO
 
 from remediation.filetypes import FileFormat
+from remediation.jsonnumbers import dumps
 from remediation.records import (
     CORE_FIELDS,
     MFX_PREFIX,
@@ -167,7 +167,7 @@ class RecordWriter:
     def _write_json(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
         obj = record_object(record, self._with_errors)
         obj.update(notes)
-        line = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        line = dumps(obj)
         if self.fmt is FileFormat.JSONL:
             self._text.write(line + "\n")
         else:

@@ -5,7 +5,6 @@ ensure_ascii=False)` writes (`sinks.Sinks.audit`); the run's counts; derived ide
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
@@ -36,6 +35,7 @@ from remediation.core.text import (
     merged_constants,
 )
 from remediation.identifiers import HASH_DIGITS, HASHED_KEEP, Identifiers
+from remediation.jsonnumbers import dumps
 from remediation.meters import DEFAULT_CUSTOMER_KEY
 from remediation.outcomes import CORRECTIONS, QuarantinedRow, Tally, value_text
 from remediation.records import UsageRecord
@@ -294,7 +294,7 @@ def _quarantined_rows(
 def _record_json(record: UsageRecord, code: str, reason: str) -> str:
     """A quarantined record as JSON text, as a JSON Lines quarantine file holds it."""
     full = {**record_object(record), "mfx_code": code, "mfx_reason": reason}
-    return json.dumps(full, ensure_ascii=False, separators=(",", ":"))
+    return dumps(full)
 
 
 def _customers(

@@ -128,7 +128,8 @@ def field_suspects(batch: Batch, limits: FieldLimits) -> Mask:
         suspect |= text & (longer(column, limits.max_payload_value_chars))
         suspect |= text & has_control(column)
         if column.kinds is not None:
-            odd = (column.kinds == Kind.JSON) | (column.kinds == Kind.INT) & longer(
+            numbers = (column.kinds == Kind.INT) | (column.kinds == Kind.FLOAT)
+            odd = (column.kinds == Kind.JSON) | numbers & longer(
                 column, limits.max_payload_value_chars
             )
             suspect |= odd & column.present()

@@ -9,7 +9,6 @@ row API is a batch of one).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.text import CellSource
+from remediation.jsonnumbers import dumps, json_float, loads
 from remediation.records import UsageRecord
 
 # Runs a function on another thread (`concurrent.futures.Executor.submit`): where a reader
@@ -216,9 +216,9 @@ def typed_text(value: object) -> tuple[str | None, int]:
         return ("true" if value else "false"), Kind.BOOL
     if isinstance(value, int):
         return str(value), Kind.INT
-    if isinstance(value, float):
+    if isinstance(value, float):  # a JsonNumber's repr is its text in the file
         return repr(value), Kind.FLOAT
-    return json.dumps(value, ensure_ascii=False), Kind.JSON
+    return dumps(value, (", ", ": ")), Kind.JSON
 
 
 def present_text(value: object) -> tuple[str, int]:
@@ -239,12 +239,12 @@ def value_of(text: str | None, kind: int) -> object:
     if kind == Kind.INT:
         return int(text)
     if kind == Kind.FLOAT:
-        return float(text)
+        return json_float(text)
     if kind == Kind.BOOL:
         return text == "true"
     if kind == Kind.NULL:
         return None
-    return json.loads(text)
+    return loads(text)
 
 
 def as_string(array: pa.Array) -> pa.Array:

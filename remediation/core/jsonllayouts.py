@@ -12,7 +12,7 @@ quotes has each value at a known place (`Leaf`).
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -22,15 +22,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.columns import Batch, Column, KeyOrders, Kind
+from remediation.jsonnumbers import JsonNumber, dumps, json_float
 from remediation.jsonreaders import JSON_KNOWN
 from remediation.records import ERROR_FIELDS, MFX_PREFIX, resolve_error
 
 MAX_NUMBER_CHARS = 1000
 
 # What a value may look like in a matched line: a string with no escape, quote or control
-# character; a number: an integer as json.dumps writes one, or a float without exponent (a
-# float's text must be what `repr` gives back, and a number at most `MAX_NUMBER_CHARS` long,
-# json.loads refusing more than 4,300 digits: both checked once split out). Integers and
+# character; a number: an integer as json.dumps writes one, or a float without exponent (its
+# text is kept as it is, as the line reader keeps it: `jsonnumbers`), a number at most
+# `MAX_NUMBER_CHARS` long (json.loads refusing more than 4,300 digits) and a float within a
+# float's range (`in_range`): both checked once split out. Integers and
 # floats share a slot (kind INT in a layout; FLOAT per row, where the text has a point), so
 # one layout serves a column holding both. No counted repetition: RE2 unrolls it, and a
 # pattern holding `{0,999}` took 7 ms to compile, once per batch and layout.
@@ -89,7 +91,7 @@ def learn(obj: object, line: str, depth: int) -> Layout | None:
     if type(obj) is not dict or not obj:
         return None
     for separators in _STYLES:
-        if json.dumps(obj, ensure_ascii=False, separators=separators) == line:
+        if dumps(obj, separators) == line:
             break
     else:
         return None
@@ -185,9 +187,9 @@ def _kind(value: object) -> Kind | None:
         return Kind.TEXT if plain(value) else None
     if type(value) is int:
         return Kind.INT
-    if type(value) is float:
-        text = repr(value)
-        return Kind.INT if "e" not in text and "n" not in text else None  # inf, nan
+    if type(value) is float or type(value) is JsonNumber:  # no exponent: the slot holds none
+        text = repr(value)  # a JsonNumber's: its text
+        return Kind.INT if "e" not in text and "E" not in text and "n" not in text else None
     if type(value) is bool:
         return Kind.BOOL
     return Kind.NULL if value is None else None
@@ -249,6 +251,22 @@ def dotted(numbers: pa.Array) -> np.ndarray[Any, Any]:
     return mask(pc.match_substring(numbers, "."))
 
 
+# A float's text this long or shorter is within a float's range (1.8e308 has 309 digits)
+_SHORT_FLOAT = 300
+
+
+def in_range(numbers: pa.Array) -> np.ndarray[Any, Any]:
+    """Which numbers the line reader takes: all but a float past a float's range, which it
+    refuses (`jsonreaders`); only floats longer than `_SHORT_FLOAT` are read to tell."""
+    fine = np.ones(len(numbers), bool)
+    long = pc.fill_null(pc.greater(pc.utf8_length(numbers), _SHORT_FLOAT), False)
+    at = np.flatnonzero(mask(long) & dotted(numbers))
+    if len(at):
+        texts = numbers.take(pa.array(at)).to_pylist()
+        fine[at] = [math.isfinite(float(text)) for text in texts]
+    return fine
+
+
 def mask(flags: pa.Array) -> np.ndarray[Any, Any]:
     return np.asarray(flags.to_numpy(zero_copy_only=False), bool)
 
@@ -290,7 +308,7 @@ def put_error_field(fields: dict[str, Any], leaf: Leaf, text: str) -> None:
     takes no true, false or null there: text or a number)."""
     value: object = text
     if leaf.kind == Kind.INT:
-        value = float(text) if "." in text else int(text)
+        value = json_float(text) if "." in text else int(text)
     if len(leaf.path) == 2:
         fields.setdefault(leaf.path[0], {})[leaf.path[1]] = value
     else:

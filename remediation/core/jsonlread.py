@@ -7,13 +7,14 @@ first line of a shape is parsed by `json.loads` (`jsonreaders`) and its layout l
 others are cut out by it. A layout that read a good share of a batch is kept, and its lines
 in later batches matched against it by Arrow (RE2, a whole batch at once, the next batch on
 `ahead`'s thread): a matched line is split at its quotes, so each value sits at a known place,
-and lands in columns with the kind `json.loads` would have given it (a float only when `repr`
-gives its text back). A line that fits no shape, or one whose values need decoding (escapes,
-nested values beyond `payload` and `error`, exponents, a boolean or null as the identifier,
-timestamp, event name or error), is read by the line reader, unchanged (a file whose every line
-held a null took 13.0 s for 1M rows there, against 3.6 s matched): `parse_line` and
-`record_from_obj`, and its row joins the batch in its place. So a line matched here reads
-exactly as it reads there; `test_jsonl_read` holds the two together, records and column texts.
+and lands in columns with the kind and the text the line reader would have given it (a number
+with a fraction keeps its text: `jsonnumbers`). A line that fits no shape, or one whose values
+need decoding (escapes, nested values beyond `payload` and `error`, exponents, a boolean or
+null as the identifier, timestamp, event name or error), is read by the line reader,
+unchanged (a file whose every line held a null took 13.0 s for 1M rows there, against 3.6 s
+matched): `parse_line` and `record_from_obj`, and its row joins the batch in its place. So a
+line matched here reads exactly as it reads there; `test_jsonl_read` holds the two together,
+records and column texts.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.columns import Ahead, Batch, Kind, concat_batches, from_records
-from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, dotted, layout_batch, mask
+from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, in_range, layout_batch, mask
 from remediation.core.jsonllines import Lines, line_arrays
 from remediation.core.jsonlshapes import Shapes
 from remediation.core.text import byte_counts
@@ -247,12 +248,9 @@ class JsonlBatches:
             if leaf.kind != Kind.TEXT:
                 stop = leaf.stop if leaf.stop is not None else sys.maxsize
                 value = pc.utf8_slice_codeunits(value, leaf.start, stop)
-            if leaf.kind == Kind.INT:  # a float: only the text repr() gives back reads the same
+            if leaf.kind == Kind.INT:  # a number the line reader reads (and keeps) as it is
                 keep &= mask(pc.less_equal(pc.utf8_length(value), MAX_NUMBER_CHARS))
-                floats = np.flatnonzero(dotted(value))
-                if len(floats):
-                    texts = value.take(pa.array(floats)).to_pylist()
-                    keep[floats] &= [repr(float(t)) == t for t in texts]
+                keep &= in_range(value)
             values.append(value)
         if not keep.all():
             kept = pa.array(keep)

@@ -33,6 +33,7 @@ from remediation.core.jsonllayouts import (
     Layout,
     Leaf,
     dotted,
+    in_range,
     learn,
     mask,
     per_row,
@@ -210,8 +211,8 @@ def _gathered(
     pieces: pa.Array,
 ) -> tuple[pa.Array, np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """One column's text (null where a row's shape lacks it), its kind per row, and which
-    rows read as `json.loads` reads them (a number at most `MAX_NUMBER_CHARS` long; a float
-    only when `repr` gives its text back)."""
+    rows read as the line reader reads them (a number at most `MAX_NUMBER_CHARS` long; a
+    float within a float's range, its text kept as it is)."""
     piece = np.asarray([-1 if leaf is None else leaf.piece for leaf in leaves], np.int64)[codes]
     kinds = np.asarray([0 if leaf is None else leaf.kind for leaf in leaves], np.uint8)[codes]
     absent = piece < 0
@@ -226,11 +227,8 @@ def _gathered(
             fine &= ~numbers | mask(
                 pc.fill_null(pc.less_equal(pc.utf8_length(texts), MAX_NUMBER_CHARS), True)
             )
-            floats = np.flatnonzero(numbers & dotted(texts))
-            if len(floats):
-                values = texts.take(pa.array(floats)).to_pylist()
-                fine[floats] &= [repr(float(t)) == t for t in values]
-                kinds[floats] = Kind.FLOAT
+            fine &= ~numbers | in_range(texts)
+            kinds[numbers & dotted(texts)] = Kind.FLOAT
     return texts, kinds, fine
 
 

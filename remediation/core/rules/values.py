@@ -21,6 +21,7 @@ from remediation.core.checks import longer, mask, meter_of_rows
 from remediation.core.columns import Batch, Column, Indexes, Mask
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
 from remediation.errors import Uncorrectable
+from remediation.jsonnumbers import json_float
 from remediation.limits import DEFAULT_LIMITS, FieldLimits, shown
 from remediation.records import UsageRecord
 from remediation.validation import MAX_INT_BITS, decimal_places, integer_digits, plain_number
@@ -194,22 +195,25 @@ def _plain_text(number: Decimal, raw: object, limits: FieldLimits) -> str:
 
 
 def json_number(number: str) -> int | float:
-    return float(number) if "." in number else int(number)
+    """A plain number's text as a JSON number, written as that text (`jsonnumbers`)."""
+    return json_float(number) if "." in number else int(number)
 
 
 def _written(raw: object, number: str) -> object:
-    """The plain `number` as it goes back where `raw` was: text for text, a JSON number for a
-    number unless JSON would write that number with an exponent (`1e-05`): then text."""
+    """The plain `number` as it goes back where `raw` was: text for text, a JSON number of
+    the same digits for a number."""
     if isinstance(raw, str):
         return number
-    written = json_number(number)
-    return written if plain_number(written) is not None else number
+    return json_number(number)
 
 
 def _unchanged(raw: object, written: object) -> bool:
     """Nothing to correct: a JSON `5` written back as `5` (a JSON `5.0` written `5` changed),
     as a text `"5"` written back as `"5"`. A row sent again unchanged would only be refused
-    again, under a new identifier."""
+    again, under a new identifier. A JSON number with a fraction is compared by its text
+    (`repr`: a JsonNumber's is its text in its file): that is what is written and sent."""
+    if isinstance(raw, float) and isinstance(written, float):
+        return repr(written) == repr(raw)
     return type(written) is type(raw) and written == raw
 
 

@@ -180,11 +180,11 @@ def test_a_regular_file_is_matched_by_one_layout_and_the_rest_by_the_line_reader
     body = [json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in rows]
     body[7] = body[7].replace('"e7"', '"e\\u0037"')  # an escape: read by the line reader
     body[8] = body[8].replace('"value":8', '"value":8.0')  # a float: the same layout
-    body[10] = body[10].replace('"value":10', '"value":10.50')  # repr() says 10.5: line reader
+    body[10] = body[10].replace('"value":10', '"value":10.50')  # kept as written: same layout
     got, expected, reader = both(("\n".join(body) + "\n").encode(), 64)
     assert got == expected
     assert len(reader.layouts) == 2  # value as a number (integer or float), value as text
-    assert "'e7'" in got[7] and "8.0" in got[8] and "10.5)" in got[10]
+    assert "'e7'" in got[7] and "8.0" in got[8] and "10.50)" in got[10]
 
 
 def test_the_next_batch_is_matched_on_the_ahead_thread(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ from remediation.core.rules.meters import fix_event_name_row, reroute_to_success
 from remediation.core.rules.timestamps import fix_timestamp_row
 from remediation.core.rules.values import fix_value_row, round_value_row
 from remediation.errors import Uncorrectable
+from remediation.jsonnumbers import JsonNumber
 from remediation.meters import Meter
 from remediation.records import UsageRecord
 from remediation.rules import load_rules
@@ -210,23 +211,27 @@ def test_a_json_number_refused_as_a_value_is_quarantined_not_sent_again_unchange
         ]
 
 
-def test_a_json_number_json_writes_with_an_exponent_is_written_as_plain_text() -> None:
-    """A JSON `1e-05` is no plain number (validation refuses the exponent) and written back as
-    a number it would be `1e-05` again: it becomes the text `"0.00001"`."""
+def test_a_json_number_json_writes_with_an_exponent_is_written_as_a_plain_number() -> None:
+    """A JSON `1e-05` is no plain number (validation refuses the exponent): it becomes the
+    number `0.00001`, written so (a `JsonNumber`: json.dumps of a float would write `1e-05`
+    again, so it was made the text `"0.00001"` before numbers kept their text)."""
     rows = [_numbered(UsageRecord(0, "e", NOW, "api_requests", {"value": 1e-05}), 0)]
     for found in (by_rows(rows, fix_value_row), by_batch(rows, "meter_event_invalid_value")):
         assert found == [
             (
                 "fixed",
-                (NOW, int, "api_requests", [("value", "0.00001")]),
-                [("normalize_value", "payload.value", 1e-05, "0.00001")],
+                (NOW, int, "api_requests", [("value", 0.00001)]),
+                [("normalize_value", "payload.value", 1e-05, 0.00001)],
             )
         ]
+        written = found[0][2][0][3]
+        assert (type(written), repr(written)) == (JsonNumber, "0.00001")
 
 
 def test_a_value_within_the_precision_is_quarantined_not_rounded_to_itself() -> None:
     """Rounding that changes nothing is no correction (the row was sent again as it was, to be
-    refused again); a rounded JSON number JSON would write with an exponent becomes text."""
+    refused again); a rounded JSON number json.dumps would write with an exponent is written
+    as its plain digits (a `JsonNumber`)."""
     rules = load_rules(RULES_TOML + "[policy]\nround_too_many_digits = true\nvalue_precision = 6\n")
     ctx = Context(MeterIndex(METERS), rules, NOW)
     values: list[object] = ["3.14", 3.14, 7, "3.14159265", 3.14159265, 0.0000123456, "3.1400000"]
@@ -243,7 +248,7 @@ def test_a_value_within_the_precision_is_quarantined_not_rounded_to_itself() -> 
         assert [changes for _, _, changes in found[3:]] == [
             [("round_value", "payload.value", "3.14159265", "3.141593")],
             [("round_value", "payload.value", 3.14159265, 3.141593)],
-            [("round_value", "payload.value", 0.0000123456, "0.000012")],
+            [("round_value", "payload.value", 0.0000123456, JsonNumber("0.000012"))],
             [("round_value", "payload.value", "3.1400000", "3.14")],
         ]
 
