@@ -3,14 +3,15 @@
 A JSON array is decoded one element at a time with `json.JSONDecoder.raw_decode` over 64 KiB
 chunks; JSON Lines line by line. A line or an element is read up to `limits.MAX_LINE_CHARS`;
 its nesting is measured on the text before it is parsed (JSON Lines) or on the element's text
-(an array, whose extent is known only once decoded; the decoder's own recursion guard stops a
-pathological one early, which fails the file). A key named twice in one object is a malformed
-row: which value Stripe should get is unknowable, so nothing is guessed. So is a number JSON
-does not have (`NaN`, `Infinity`, or one past a float's range such as `1e999`): `json.loads`
-reads it as a float and `json.dumps` writes it back as no JSON reader takes (Stripe's,
-PostgreSQL's), so it would reach a corrected file or fail the database's insert. Every other
-number with a fraction or an exponent is read by `jsonnumbers.json_float`: its text, as
-written, is what goes out again (a float's `repr` of it would change a billed value unseen).
+(an array, whose extent is known only once decoded; an element the decoder's own recursion
+guard stops is measured by its brackets and refused, one row like any other). A key named
+twice in one object is a malformed row: which value Stripe should get is unknowable, so
+nothing is guessed. So is a number JSON does not have (`NaN`, `Infinity`, or one past a
+float's range such as `1e999`): `json.loads` reads it as a float and `json.dumps` writes it
+back as no JSON reader takes (Stripe's, PostgreSQL's), so it would reach a corrected file or
+fail the database's insert. Every other number with a fraction or an exponent is read by
+`jsonnumbers.json_float`: its text, as written, is what goes out again (a float's `repr` of
+it would change a billed value unseen).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from remediation.errors import UnreadableFile, not_utf8
 from remediation.filetypes import FileFormat
 from remediation.jsonnumbers import json_float
 from remediation.limits import MAX_LINE_CHARS as MAX_LINE_CHARS  # core.jsonllines reads it here
-from remediation.limits import json_depth_over
+from remediation.limits import json_depth_over, json_value_end
 from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord, resolve_error
 
 CHUNK_CHARS = 64 * 1024
@@ -518,16 +519,32 @@ class _JsonArrayStream:
                 if not self.fill():
                     raise UnreadableFile(f"invalid JSON in item {number}: {exc.msg}") from exc
                 continue
-            except RecursionError as exc:  # the decoder's own guard, far past `depth`
-                raise UnreadableFile(
-                    f"item {number} is nested deeper than {self.depth} levels"
-                ) from exc
+            except RecursionError:  # the decoder's own guard, far past `depth`
+                return self.too_deep(number)
             except ValueError as exc:
                 raise UnreadableFile(f"item {number} holds a number too long to read") from exc
             if end == len(self.buf) and self.fill():
                 continue  # a bare number may go on in the next chunk: decode again
             start, self.pos = self.pos, end
             return self.checked(value, start, end)
+
+    def too_deep(self, number: int) -> _Refused:
+        """The element the decoder gave up on (nested past its recursion limit, far past
+        `depth`), refused: its extent found by its brackets, the stream read on past it. Only
+        an element longer than an element may be, or a file that ends inside it, fails the
+        file."""
+        while (end := json_value_end(self.buf, self.pos)) is None:
+            if len(self.buf) - self.pos > MAX_JSON_ELEMENT_CHARS:
+                raise UnreadableFile(
+                    f"item {number} is longer than {MAX_JSON_ELEMENT_CHARS} characters"
+                )
+            if not self.fill():
+                raise UnreadableFile(
+                    f"invalid JSON in item {number}: an array or object not closed"
+                )
+        start, self.pos = self.pos, end
+        reason = f"element is nested deeper than {self.depth} levels"
+        return _Refused(self.buf[start : min(end, start + RAW_KEPT)], reason)
 
     def checked(self, value: object, start: int, end: int) -> object:
         """`value`, or `_Refused` when its text nests too deep or names a key twice."""

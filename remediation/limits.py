@@ -74,4 +74,20 @@ def json_depth_over(text: str, limit: int) -> bool:
     return False
 
 
+def json_value_end(text: str, start: int) -> int | None:
+    """Where the object or array opening at `text[start]` closes (the index past its closing
+    bracket), counting brackets outside strings; None when `text` ends first. Its nesting is
+    not bounded: what the decoder cannot read (`RecursionError`) is measured here."""
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text, start):
+        char = token.group()
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return token.end()
+    return None
+
+
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.S)

@@ -1,4 +1,5 @@
-"""JSON numbers keep the text they had in the file.
+"""JSON numbers keep the text they had in the file, and a JSON array element nested too deep
+is one quarantined row, not a failed file.
 
 A JSON number with a fraction or an exponent was read as a Python float and written back as
 `repr` spells it: `12345678901234567.25` went out as `1.2345678901234568e+16`,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +196,51 @@ def test_a_json_number_past_the_digit_limit_is_quarantined_as_it_was_written(
     as_it_came = line(2, "123456789012345678901.5").replace(f',"error_code":"{CODE}"', "")
     notes = f',"mfx_code":"meter_event_value_too_many_digits","mfx_reason":"{reason}"}}'
     assert quarantined == [as_it_came[:-1] + notes]
+
+
+# --- a JSON array element nested past any bound -------------------------------------------
+
+DEEP_VALUES = {
+    "array-1000": "[" * 1000 + "1" + "]" * 1000,
+    "object-5000": '{"a":' * 5000 + "1" + "}" * 5000,
+    "strings-with-brackets": '["]]]",' * 2000 + '"x"' + "]" * 2000,
+}
+
+
+@pytest.mark.parametrize("deep", list(DEEP_VALUES), ids=list(DEEP_VALUES))
+@pytest.mark.parametrize("separator", [",\n", ", ", ",\n  "], ids=["lines", "spaced", "indented"])
+@pytest.mark.parametrize("place", [0, 2, 4], ids=["first", "middle", "last"])
+def test_a_json_array_element_nested_too_deep_is_one_quarantined_row(
+    tmp_path: Path, deep: str, separator: str, place: int
+) -> None:
+    values = ["5"] * 5
+    values[place] = DEEP_VALUES[deep]
+    lines = [line(n, value) for n, value in enumerate(values, start=1)]
+    started = time.monotonic()
+    summary = run(file_bytes(lines, FileFormat.JSON, separator), FileFormat.JSON, tmp_path)
+    assert time.monotonic() - started < 5
+    assert (summary["corrected"], summary["quarantined"]) == (4, 1)
+    expected = [corrected_line(n, "5") for n in range(1, 6) if n != place + 1]
+    assert written_lines(summary["outputs"]["corrected"], FileFormat.JSON) == expected
+    (quarantined,) = written_lines(summary["outputs"]["quarantine"], FileFormat.JSON)
+    row = json.loads(quarantined)
+    assert row["mfx_code"] == "malformed_row"
+    assert row["mfx_reason"] == "element is nested deeper than 32 levels"
+    assert row["raw"] == lines[place][:1024]
+    (entry,) = [json.loads(e) for e in audit_lines(summary) if '"quarantine"' in e]
+    assert (entry["row"], entry["mfx_code"]) == (place + 1, "malformed_row")
+
+
+def test_json_lines_and_the_array_quarantine_a_deep_row_alike(tmp_path: Path) -> None:
+    values = ["5", DEEP_VALUES["array-1000"], "5"]
+    lines = [line(n, value) for n, value in enumerate(values, start=1)]
+    reasons = {}
+    for fmt in (FileFormat.JSONL, FileFormat.JSON):
+        summary = run(file_bytes(lines, fmt), fmt, tmp_path / fmt.value)
+        assert (summary["corrected"], summary["quarantined"]) == (2, 1)
+        (quarantined,) = written_lines(summary["outputs"]["quarantine"], fmt)
+        reasons[fmt] = json.loads(quarantined)["mfx_reason"]
+    assert reasons == {
+        FileFormat.JSONL: "line is nested deeper than 32 levels",
+        FileFormat.JSON: "element is nested deeper than 32 levels",
+    }
