@@ -112,8 +112,7 @@ def array_records(
 
 def element_record(number: int, text: str, depth: int) -> UsageRecord:
     """The record of array item `number`, whose text (one whole JSON value, blanks stripped)
-    is `text`: as the array reader reads it in the stream (a refusal the same, and so a
-    number too long to read, which fails the file)."""
+    is `text`: as the array reader reads it in the stream (a refusal the same)."""
     reader = _JsonArrayStream(None, depth)
     reader.buf = text
     return record_from_obj(number, reader.decode(number))
@@ -428,6 +427,9 @@ def _pairs(pairs: list[tuple[str, object]], found: list[str]) -> dict[str, objec
     return obj
 
 
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?")
+
+
 @dataclass(frozen=True, slots=True)
 class _Refused:
     """A JSON array element that was read but is not a usable value (and why)."""
@@ -520,31 +522,43 @@ class _JsonArrayStream:
                     raise UnreadableFile(f"invalid JSON in item {number}: {exc.msg}") from exc
                 continue
             except RecursionError:  # the decoder's own guard, far past `depth`
-                return self.too_deep(number)
-            except ValueError as exc:
-                raise UnreadableFile(f"item {number} holds a number too long to read") from exc
+                return self.refused(number, f"is nested deeper than {self.depth} levels")
+            except ValueError:  # int() refuses a number of more than 4300 digits
+                return self.refused(number, "holds a number too long to read (thousands of digits)")
             if end == len(self.buf) and self.fill():
                 continue  # a bare number may go on in the next chunk: decode again
             start, self.pos = self.pos, end
             return self.checked(value, start, end)
 
-    def too_deep(self, number: int) -> _Refused:
+    def refused(self, number: int, why: str) -> _Refused:
         """The element the decoder gave up on (nested past its recursion limit, far past
-        `depth`), refused: its extent found by its brackets, the stream read on past it. Only
-        an element longer than an element may be, or a file that ends inside it, fails the
-        file."""
-        while (end := json_value_end(self.buf, self.pos)) is None:
+        `depth`, or holding a number int() will not read), refused as one row, as JSON Lines
+        refuse its line: its extent found by its brackets (a bare number: its characters),
+        the stream read on past it. Only an element longer than an element may be, or a file
+        that ends inside one, fails the file."""
+        while (end := self._extent()) is None:
             if len(self.buf) - self.pos > MAX_JSON_ELEMENT_CHARS:
                 raise UnreadableFile(
                     f"item {number} is longer than {MAX_JSON_ELEMENT_CHARS} characters"
                 )
             if not self.fill():
-                raise UnreadableFile(
-                    f"invalid JSON in item {number}: an array or object not closed"
-                )
+                if self.buf[self.pos] in "[{":
+                    raise UnreadableFile(
+                        f"invalid JSON in item {number}: an array or object not closed"
+                    )
+                end = len(self.buf)  # a bare number at the end of the text
+                break
         start, self.pos = self.pos, end
-        reason = f"element is nested deeper than {self.depth} levels"
-        return _Refused(self.buf[start : min(end, start + RAW_KEPT)], reason)
+        return _Refused(self.buf[start : min(end, start + RAW_KEPT)], f"element {why}")
+
+    def _extent(self) -> int | None:
+        """Where the element at `pos` ends, or None when the text read so far may end first."""
+        buf, pos = self.buf, self.pos
+        if buf[pos] in "[{":
+            return json_value_end(buf, pos)
+        found = _NUMBER.match(buf, pos)
+        end = found.end() if found else pos + 1
+        return end if end < len(buf) else None
 
     def checked(self, value: object, start: int, end: int) -> object:
         """`value`, or `_Refused` when its text nests too deep or names a key twice."""

@@ -17,8 +17,7 @@ one whole element, its extent the array reader's: a cut inside a string would le
 number of quotes, which no qualifying piece has, and a cut inside a nested array leaves a
 bracket, which none holds. It decodes without a refusal but for a key named twice; a piece no
 layout matches is read by `jsonreaders.element_record`, which reads it as the array reader
-does (refusing such a key, or a float past a float's range; failing the file on a number too
-long to read).
+does (refusing such a key, a float past a float's range, or a number too long to read).
 
 The first piece that does not qualify (the last element, which no comma follows; an element
 with an array or an escape; a separator spelled another way; a block that is not UTF-8; an

@@ -1,5 +1,5 @@
 """JSON numbers keep the text they had in the file, and a JSON array element nested too deep
-is one quarantined row, not a failed file.
+(or holding a number too long to read) is one quarantined row, not a failed file.
 
 A JSON number with a fraction or an exponent was read as a Python float and written back as
 `repr` spells it: `12345678901234567.25` went out as `1.2345678901234568e+16`,
@@ -244,3 +244,23 @@ def test_json_lines_and_the_array_quarantine_a_deep_row_alike(tmp_path: Path) ->
         FileFormat.JSONL: "line is nested deeper than 32 levels",
         FileFormat.JSON: "element is nested deeper than 32 levels",
     }
+
+
+@pytest.mark.parametrize("bare", [False, True], ids=["in-payload", "bare-element"])
+@pytest.mark.parametrize("separator", [",\n", ", "], ids=["lines", "spaced"])
+@pytest.mark.parametrize("place", [0, 2, 4], ids=["first", "middle", "last"])
+def test_a_json_array_element_with_a_number_too_long_to_read_is_one_quarantined_row(
+    tmp_path: Path, bare: bool, separator: str, place: int
+) -> None:
+    """int() reads at most 4,300 digits: such an element failed the file ("item 3 holds a
+    number too long to read"), where JSON Lines quarantine its line."""
+    lines = [line(n, "5") for n in range(1, 6)]
+    lines[place] = "9" * 5000 if bare else line(place + 1, "9" * 5000)
+    summary = run(file_bytes(lines, FileFormat.JSON, separator), FileFormat.JSON, tmp_path)
+    assert (summary["corrected"], summary["quarantined"]) == (4, 1)
+    expected = [corrected_line(n, "5") for n in range(1, 6) if n != place + 1]
+    assert written_lines(summary["outputs"]["corrected"], FileFormat.JSON) == expected
+    (quarantined,) = written_lines(summary["outputs"]["quarantine"], FileFormat.JSON)
+    row = json.loads(quarantined)
+    assert (row["mfx_code"], row["raw"]) == ("malformed_row", lines[place][:1024])
+    assert row["mfx_reason"] == "element holds a number too long to read (thousands of digits)"
