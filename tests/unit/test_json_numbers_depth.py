@@ -25,8 +25,10 @@ import pytest
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
+from remediation.poller import RowNames, import_chunks
 from remediation.readers import CsvLayout
 from remediation.rules import Rules
+from remediation.validation import MeterIndex
 
 NOW = 1_764_000_000
 METERS = [Meter("m1", "api_requests")]
@@ -264,3 +266,23 @@ def test_a_json_array_element_with_a_number_too_long_to_read_is_one_quarantined_
     row = json.loads(quarantined)
     assert (row["mfx_code"], row["raw"]) == ("malformed_row", lines[place][:1024])
     assert row["mfx_reason"] == "element holds a number too long to read (thousands of digits)"
+
+
+@pytest.mark.parametrize("fmt", [FileFormat.JSONL, FileFormat.JSON])
+def test_the_bundled_poller_sends_a_corrected_json_value_as_it_is_written(
+    tmp_path: Path, fmt: FileFormat
+) -> None:
+    """The corrected file imported by the bundled poller: each value goes to Stripe as the
+    file spells it (a float's repr sent `1.2345678901234568e+16`, refused or billed wrong)."""
+    lines, _, _ = rows_of()
+    summary = run(file_bytes(lines, fmt), fmt, tmp_path)
+    (path,) = summary["outputs"]["corrected"]
+    index = MeterIndex(METERS)
+    with open(path, "rb") as stream:
+        names = RowNames(Path(path).name, "t")
+        chunks = list(import_chunks(read_records(stream, fmt), index, now=NOW, names=names))
+    sent = [event["payload"]["value"] for chunk in chunks for event in chunk.events]
+    assert [failed for chunk in chunks for failed in chunk.failed] == []
+    # `12.50` is sent as its plain number `12.5`, as a JSON `2.0` is sent `2`
+    expected = [out if out != "12.50" else "12.5" for _, out, _ in VALUES]
+    assert sent == ["5"] * PLAIN_ROWS + expected + ["5"] * PLAIN_ROWS
