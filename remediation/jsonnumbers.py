@@ -46,8 +46,11 @@ def json_float(text: str) -> float:
 _EXACT = json.JSONDecoder(parse_float=json_float)
 
 
-def loads(text: str) -> Any:
-    """`json.loads`, a number with a fraction or an exponent read by `json_float`."""
+def loads(text: str | bytes | bytearray | memoryview) -> Any:
+    """`json.loads`, a number with a fraction or an exponent read by `json_float` (bytes are
+    UTF-8 text: a database driver hands a JSON column's value over so)."""
+    if not isinstance(text, str):
+        text = bytes(text).decode("utf-8")
     return _EXACT.decode(text)
 
 

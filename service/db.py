@@ -38,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSON
 from sqlmodel import Session, create_engine
 
+from remediation import jsonnumbers
 from service.config import SQLiteSynchronous
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -67,17 +68,26 @@ def sqlite_pragmas(engine: Engine) -> Callable[[object], None]:
 
 
 def make_engine(url: str, *, synchronous: str = SQLiteSynchronous.NORMAL) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout, foreign keys and `synchronous`."""
+    """An engine for `url`; SQLite gets WAL, a busy timeout, foreign keys and `synchronous`.
+    JSON columns are read with `jsonnumbers.loads`: a quarantined row stored in full keeps its
+    numbers as its file spelled them (`12345678901234567.25`, not the float nearest), and a
+    re-run of it writes them so."""
     if url.startswith("sqlite"):
         if synchronous not in set(SQLiteSynchronous):
             levels = ", ".join(SQLiteSynchronous)
             raise ValueError(f"SQLite synchronous must be one of: {levels}")
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            json_deserializer=jsonnumbers.loads,
+        )
         pragmas = partial(_sqlite_pragmas, synchronous=synchronous)
         _PRAGMAS[engine] = pragmas
         event.listen(engine, "connect", pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, json_deserializer=jsonnumbers.loads
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object = None, *, synchronous: str) -> None:
