@@ -35,6 +35,7 @@ MAX_FUTURE_SECONDS = 5 * 60
 MAX_PAST_SECONDS = 35 * 86_400
 PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 MAX_INT_BITS = 4000  # about 1,200 digits: far past every limit, still cheap to print
+PLAIN_FLOAT_BELOW = 1e21  # a float at or above this prints with an exponent
 
 
 class Problem(NamedTuple):
@@ -94,14 +95,23 @@ def plain_number(raw: object) -> str | None:
         return None
     if isinstance(raw, int):
         return str(raw) if raw.bit_length() <= MAX_INT_BITS else None
-    if isinstance(raw, float):  # its text in its file (a JsonNumber's repr), read as a CSV
-        # cell of it is (`1e2` is no plain number), its fraction's trailing zeros dropped
+    if isinstance(raw, float):  # its text in its file (a JsonNumber's repr), its
+        # fraction's trailing zeros dropped
         text = repr(raw)
-        if not math.isfinite(raw) or not PLAIN_NUMBER.fullmatch(text):
+        if not math.isfinite(raw):
             return None
-        if "." in text:  # `2.0` is sent `2`, `12.50` is `12.5`
-            text = text.rstrip("0").rstrip(".")
-        return "0" if text == "-0" else text
+        if PLAIN_NUMBER.fullmatch(text):
+            if "." in text:  # `2.0` is sent `2`, `12.50` is `12.5`
+                text = text.rstrip("0").rstrip(".")
+            return "0" if text == "-0" else text
+        # an exponent (`1e2`): a JSON number Stripe takes, judged by its value as it always
+        # was (a row of a usage file counted valid is never sent again: judged otherwise now,
+        # a billed `1e2` would be corrected and sent a second time)
+        number = float(raw)
+        if abs(number) >= PLAIN_FLOAT_BELOW:
+            return None
+        text = str(int(number)) if number.is_integer() else repr(number)
+        return text if "e" not in text else None
     if isinstance(raw, str) and ((raw.isdigit() and raw.isascii()) or PLAIN_NUMBER.fullmatch(raw)):
         return raw
     return None
