@@ -158,7 +158,8 @@ def record_from_obj(number: int, obj: object) -> UsageRecord:
     texts: dict[str, str | None] = {}
     for name in ("identifier", "event_name"):
         value = obj.get(name)
-        if isinstance(value, dict | list):  # no text of it is the row's: kept as it came
+        # no text of it is the row's (Python's of `true` is `True`): kept as it came
+        if isinstance(value, dict | list | bool):
             problems.append(f"{name} is a JSON {_json_kind(value)}, not text")
             extra[name], value = value, None
         texts[name] = None if value is None or value == "" else str(value)

@@ -404,8 +404,9 @@ def test_a_row_of_the_wrong_shape_is_quarantined_as_it_came(
     tmp_path: Path, fmt: FileFormat
 ) -> None:
     """A payload that is not an object was quarantined as `{}`, its value gone; an identifier
-    or event name that is an object or a list was written as Python's spelling of it
-    (`"{'n': 'api_requests'}"`), and an identifier list read as text passed as valid. Each is
+    or event name that is an object, a list or a boolean was written as Python's spelling of
+    it (`"{'n': 'api_requests'}"`, `True-mfx1`), and an identifier list read as text passed as
+    valid. Each is
     a malformed row whose quarantine line and stored record hold the value as it came."""
     ok = {
         "identifier": "ok",
@@ -422,6 +423,8 @@ def test_a_row_of_the_wrong_shape_is_quarantined_as_it_came(
         "e2": {"event_name": ["api_requests"]},
         "i1": {"identifier": ["a", 1]},
         "i2": {"identifier": {"k": "v"}},
+        "i3": {"identifier": True},  # written `True-mfx1`: Python's text of it
+        "e3": {"event_name": False},
     }
     reasons = {
         "p1": "payload is a JSON string, not an object",
@@ -431,6 +434,8 @@ def test_a_row_of_the_wrong_shape_is_quarantined_as_it_came(
         "e2": "event_name is a JSON list, not text",
         "i1": "identifier is a JSON list, not text",
         "i2": "identifier is a JSON object, not text",
+        "i3": "identifier is a JSON boolean, not text",
+        "e3": "event_name is a JSON boolean, not text",
     }
     rows = [ok]
     for name, change in odd.items():
