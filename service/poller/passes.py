@@ -55,7 +55,7 @@ from service.poller.importer import ObjectImport, import_object
 from service.poller.lock import POLLER_LOCK_KEY, poller_lock
 from service.poller.planning import PassLimits, plan_pass
 from service.poller.progress import ProgressStore
-from service.poller.snapshot import take_snapshot
+from service.poller.snapshot import clear_snapshots, take_snapshot
 from service.poller.store import PollerStore
 from service.runtime import Runtime
 from service.worker.heartbeats import beat, new_instance_id
@@ -139,6 +139,7 @@ def run_poll_pass(target: PollerDeps | Runtime) -> PassReport:
 def _run_pass(deps: PollerDeps) -> PassReport:
     store = PollerStore(deps.engine)
     report = PassReport(mode="index" if deps.index_mode else "import")
+    clear_snapshots(deps.work_dir / "objects")
     listed = _recordable(deps.engine, deps.bucket.list_objects(), report)
     seen, first_sync = store.seen()
     waiting = store.waiting(deps.clock())

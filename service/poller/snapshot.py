@@ -50,3 +50,14 @@ def _decode(utf8: codecs.IncrementalDecoder, chunk: bytes, done: int, final: boo
     except UnicodeDecodeError as exc:
         at = done - pending + exc.start
         raise UnreadableFile(f"not UTF-8 text: undecodable byte at offset {at}") from exc
+
+
+def clear_snapshots(work_dir: Path) -> int:
+    """Remove the copies a pass that died left behind (one pass runs at a time: none is in
+    use); how many there were."""
+    if not work_dir.is_dir():
+        return 0
+    found = [path for path in work_dir.glob("object-*") if path.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return len(found)

@@ -313,3 +313,26 @@ def test_a_file_whose_key_no_record_holds_is_named_and_the_others_imported(
         alert = session.exec(select(Alert)).one()
         assert session.exec(select(BucketObject.key)).all() == ["z.csv"]
     assert (alert.kind, alert.severity) == ("poller.key_too_long", "warning")
+
+
+def test_the_copy_of_an_object_is_removed_after_its_import_and_after_a_crash(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """A pass imports a local copy of the version it listed: none is left behind, not even
+    by a pass killed mid-import (SIGKILL runs no cleanup: the next pass clears its copy)."""
+    stamp = int(time.time()) - 60
+    _put(
+        settings,
+        "kept.csv",
+        [f"k-{i},{stamp},api_requests,cus_A,1\n" for i in range(300)],
+        tmp_path,
+    )
+    copies = tmp_path / "work" / "objects"
+    dying = DyingSink(build_stripe_client(settings), settings, workers=1, base_delay=0.01, die_at=2)
+    with pytest.raises(Killed):
+        run_poll_pass(poller(dying))
+    assert list(copies.iterdir()) == []  # removed on the way out
+    copies.joinpath("object-0123456789abcdef01234567.csv").write_text("left by a killed pass")
+    report = run_poll_pass(poller())
+    assert (report.imported, report.sent) == (1, 300)
+    assert list(copies.iterdir()) == []
