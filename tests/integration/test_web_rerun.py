@@ -230,9 +230,10 @@ def _remediate(
     content: str,
     generation: int = 1,
     key: str = "file_q",
+    suffix: str = ".csv",
 ) -> RemediationRun:
     """One run as the import-set job makes it (the same reader and execute_run)."""
-    path = tmp_path / f"{key}.csv"
+    path = tmp_path / f"{key}{suffix}"
     path.write_text(content)
     rules = load_rules(None)
     runtime = Runtime(settings, engine=engine)  # type: ignore[arg-type]
