@@ -18,7 +18,7 @@ import pytest
 from remediation.changes import Context
 from remediation.core.columns import from_records
 from remediation.core.rules import RULES
-from remediation.core.rules.keys import drop_unused_keys_row
+from remediation.core.rules.keys import drop_unused_keys_row, rename_value_key_row
 from remediation.core.rules.meters import reroute_to_successor_row
 from remediation.engine import remediate
 from remediation.errors import Uncorrectable
@@ -326,3 +326,17 @@ def test_a_dimension_its_alias_holds_with_the_fill_rule_disabled_says_the_rule_i
     assert (
         refused.value.reason == "dimension key 'region' missing and rule fill_dimension is disabled"
     )
+
+
+def test_a_value_under_its_alias_with_the_rename_rule_disabled_says_the_rule_is_off() -> None:
+    """Not 'no single aliased column' (`quantity` is one), and the row is left as it came:
+    the alias was renamed before the rule was found disabled."""
+    rules = load_rules(RULES_TOML + '[policy]\ndisabled_rules = ["rename_value_key"]\n')
+    ctx = Context(MeterIndex(METERS), rules, NOW)
+    record = rec(
+        "api_requests", "meter_event_value_not_found", stripe_customer_id="c", quantity="3"
+    )
+    with pytest.raises(Uncorrectable) as refused:
+        rename_value_key_row(record, ctx)
+    assert refused.value.reason == "rule rename_value_key is disabled"
+    assert record.payload == {"stripe_customer_id": "c", "quantity": "3"}

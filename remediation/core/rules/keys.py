@@ -19,8 +19,10 @@ def rename_value_key(batch: Batch, ctx: Context) -> Fix:
 
 def rename_value_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
     meter = meter_of(record, ctx)
+    if not ctx.rules.enabled("rename_value_key"):  # before the row is changed
+        raise Uncorrectable("rule rename_value_key is disabled")
     change = rename_alias(record, meter.value_key, ctx.rules.value_keys, {meter.customer_key})
-    if change is None or not ctx.rules.enabled("rename_value_key"):
+    if change is None:
         raise Uncorrectable(f"no single aliased column for value key {meter.value_key!r}")
     return [change]
 
