@@ -13,6 +13,7 @@ and sent; a rule that changes a value writes a new one and records the change
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 
@@ -54,13 +55,27 @@ def loads(text: str | bytes | bytearray | memoryview) -> Any:
     return _EXACT.decode(text)
 
 
-def dumps(value: object, separators: tuple[str, str] = (",", ":")) -> str:
-    """`json.dumps(value, ensure_ascii=False, separators=separators)`, but a `JsonNumber`
-    anywhere in it written as its text (json's encoder writes every float as `float.__repr__`
-    spells it, whatever its class)."""
+def dumps(
+    value: object,
+    separators: tuple[str, str] = (",", ":"),
+    *,
+    ensure_ascii: bool = False,
+    sort_keys: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> str:
+    """`json.dumps(value, ensure_ascii=False, separators=separators)` (its other options as
+    json's), but a `JsonNumber` anywhere in it written as its text (json's encoder writes every
+    float as `float.__repr__` spells it, whatever its class)."""
     if not _holds_number(value):
-        return json.dumps(value, ensure_ascii=False, separators=separators)
-    return _written(value, separators)
+        return json.dumps(
+            value,
+            ensure_ascii=ensure_ascii,
+            separators=separators,
+            sort_keys=sort_keys,
+            default=default,
+        )
+    options: dict[str, Any] = {"ensure_ascii": ensure_ascii, "default": default}
+    return _written(value, separators, sort_keys, options)
 
 
 def _holds_number(value: object) -> bool:
@@ -68,24 +83,29 @@ def _holds_number(value: object) -> bool:
         return True
     if type(value) is dict:
         return any(_holds_number(v) for v in value.values())
-    if type(value) is list:
+    if isinstance(value, list | tuple):
         return any(_holds_number(v) for v in value)
     return False
 
 
-def _written(value: object, separators: tuple[str, str]) -> str:
+def _written(
+    value: object, separators: tuple[str, str], sort_keys: bool, options: dict[str, Any]
+) -> str:
     item, key = separators
     if type(value) is JsonNumber:
         return value.text
     if type(value) is dict:
-        pairs = (_key(k) + key + _written(v, separators) for k, v in value.items())
+        items = sorted(value.items()) if sort_keys else value.items()
+        pairs = (
+            _key(k, options) + key + _written(v, separators, sort_keys, options) for k, v in items
+        )
         return "{" + item.join(pairs) + "}"
-    if type(value) is list:
-        return "[" + item.join(_written(v, separators) for v in value) + "]"
-    return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + item.join(_written(v, separators, sort_keys, options) for v in value) + "]"
+    return json.dumps(value, separators=separators, sort_keys=sort_keys, **options)
 
 
-def _key(key: object) -> str:
+def _key(key: object, options: dict[str, Any]) -> str:
     """A key as json.dumps writes it (a key that is not text as its JSON text, quoted)."""
     text = key if isinstance(key, str) else json.dumps(key)
-    return json.dumps(text, ensure_ascii=False)
+    return json.dumps(text, ensure_ascii=options["ensure_ascii"])

@@ -4,7 +4,6 @@ login form, and the buttons' POST routes (CSRF token required, then back to the 
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,6 +20,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
+from remediation import jsonnumbers
 from service.errors import BadParameter, Conflict, NotFound
 from service.models import AdminActionName
 from service.models.alerts import AlertStatus
@@ -70,7 +70,7 @@ bp.add_app_template_global(csrf_token, "csrf_token")
 def row_json(record: Any) -> str:
     """A stored row as the JSON it is (quotes and non-ASCII kept as typed; the page's
     autoescaping makes it safe), not `tojson`'s script-safe `\\u0027` escapes."""
-    return json.dumps(record, ensure_ascii=False, sort_keys=True)
+    return jsonnumbers.dumps(record, (", ", ": "), sort_keys=True)
 
 
 @bp.app_template_global("page_url")

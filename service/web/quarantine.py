@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import Engine
 
+from remediation import jsonnumbers
 from service.db import Listing, Page
 from service.jobs.store import quarantine as quarantine_store
 from service.jobs.store.quarantine import QuarantineFilter
@@ -98,9 +98,9 @@ def csv_lines(engine: Engine, found: QuarantineFilter) -> Iterator[str]:
 
 def _cell(row: Mapping[str, Any], record: Mapping[str, Any], column: str) -> str:
     if column == "record":
-        return json.dumps(record, ensure_ascii=False, sort_keys=True)
+        return jsonnumbers.dumps(record, (", ", ": "), sort_keys=True)
     if column == "payload":
-        return json.dumps(record.get("payload") or {}, ensure_ascii=False)
+        return jsonnumbers.dumps(record.get("payload") or {}, (", ", ": "))
     value = record.get(column) if column in ("timestamp", "event_name") else row.get(column)
     text = "" if value is None else str(value)
     # Row contents come from usage files: a cell a spreadsheet would run as a formula gets a

@@ -4,11 +4,14 @@ JSON errors for every path under /api/ (never an HTML page or a bare 500 there).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from remediation import jsonnumbers
 from service.config import Settings
 from service.logs import log_event
 from service.web.access import configure_sessions
@@ -17,12 +20,30 @@ from service.web.access import configure_sessions
 def register_web(app: Flask, settings: Settings) -> None:
     from service.web import api, pages, probes
 
+    app.json = ExactJSONProvider(app)
     configure_sessions(app, settings)
     app.register_blueprint(probes.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(SQLAlchemyError, _database_error)
+
+
+class ExactJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, but a number a stored row kept as its file spelled it
+    (`jsonnumbers.JsonNumber`: `12345678901234567.25`) written so, not as the float nearest
+    it (`1.2345678901234568e+16`). Pretty-printed output (`indent`, debug only) is Flask's."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if set(kwargs) - {"separators"}:
+            return super().dumps(obj, **kwargs)
+        return jsonnumbers.dumps(
+            obj,
+            kwargs.get("separators") or (", ", ": "),
+            ensure_ascii=self.ensure_ascii,
+            sort_keys=self.sort_keys,
+            default=self.default,
+        )
 
 
 def _under_api() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlmodel import Session, col, func, select
 
 from service.config import Settings
@@ -421,3 +422,31 @@ def test_health_shows_heartbeats_backlog_and_oldest_pending(api: Api) -> None:
     assert health["backlog_items"] == 1
     assert 299 <= health["oldest_pending_age_seconds"] < 400
     assert health["heartbeat_silence_seconds"] == 300
+
+
+def test_a_stored_exact_number_is_shown_as_its_file_spelled_it(api: Api) -> None:
+    """A quarantined JSON row's `12345678901234567.25` (kept exact in the database) is shown
+    so by the API, its CSV download and the dashboard, not as the float nearest it."""
+    run_id = seed.run(api.engine, "cli:exact")
+    [row_id] = seed.quarantined(api.engine, run_id, [{"identifier": "x1", "code": "no_meter"}])
+    exact = '{"identifier": "x1", "payload": {"value": 12345678901234567.25, "n": 1e400}}'
+    with api.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE quarantined_rows SET record = :record WHERE id = :id"),
+            {"record": exact, "id": row_id},
+        )
+    [shown] = api.get(f"/api/quarantine?run={run_id}")["data"]
+    assert shown["record"]["payload"]["value"] == 12345678901234567.25
+    body = api.client.get(f"/api/quarantine?run={run_id}", headers=BEARER).get_data(as_text=True)
+    assert '"value":12345678901234567.25' in body and "1.2345678901234568e+16" not in body
+    assert '"n":1e400' in body and "Infinity" not in body
+    [line] = list(csv.DictReader(io.StringIO(api.get(f"/api/quarantine.csv?run={run_id}"))))
+    assert '"value": 12345678901234567.25' in line["payload"]
+    assert '"value": 12345678901234567.25' in line["record"]
+    login = api.client.get("/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login)
+    assert csrf is not None
+    form = {"token": TOKEN, "csrf_token": csrf.group(1), "next": "/quarantine"}
+    assert api.client.post("/login", data=form).status_code == 302
+    page = api.client.get(f"/quarantine?run={run_id}").get_data(as_text=True)
+    assert "x1" in page and "12345678901234567.25" in page and "1.2345678901234568e+16" not in page
