@@ -42,6 +42,7 @@ from remediation.validation import MeterIndex
 from service.config import PollerMode
 from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, local_name, next_generation, run_lineage
+from service.jobs.object_runs import object_sources
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.quarantine import marked_among
@@ -299,7 +300,9 @@ def _remediate(
     before, under the same identifiers, which are not selected again."""
     run_key = report_run_key(job.event_id, key)
     base = job.scope
-    handled = handled_identifiers(ctx.engine, key, other_than=run_key)
+    # the object's runs, and those of its import sets' failed-records files (the same rows)
+    sources = object_sources(ctx.engine, ctx.bucket, key)
+    handled = handled_identifiers(ctx.engine, sources, other_than=run_key)
     changed = job.altered.get(key, {})
     scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed)
     selection = Selection()

@@ -34,6 +34,7 @@ from service.jobs.inputs import (
     next_generation,
     run_lineage,
 )
+from service.jobs.object_runs import HandledElsewhere
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated
@@ -72,8 +73,21 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
             )
             later = later_version(deps, import_set, Path(tmp))
             rows = _TakenAgain(deps, import_set, later)
-            _run_file(deps.run, request, path, rows, allow_none=lambda: rows.left > 0)
-            left = rows.outcome()
+            # rows an error report's run over the object (or another import set's) took
+            key = import_set.source_object
+            elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key)
+
+            def transform(records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
+                return elsewhere(rows(records))
+
+            _run_file(
+                deps.run,
+                request,
+                path,
+                transform,
+                allow_none=lambda: rows.left + elsewhere.left > 0,
+            )
+            left = rows.outcome() + elsewhere.outcome()
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
 
 

@@ -54,6 +54,21 @@ def import_set(engine: Engine, import_set_id: str) -> ImportSet | None:
         return find_import_set(session, import_set_id)
 
 
+def failed_records_files(engine: Engine, names: list[str]) -> list[str]:
+    """The failed-records files of the import sets of the object known by `names` (its key,
+    and the key without the bucket's prefix, as Stripe's connector may name it): the source
+    of their runs (`import_set_errors`), which names the file, not the object. One scan of
+    the import sets (one per object imported; `source_object` has no index)."""
+    if not names:
+        return []
+    query = select(IMPORT_SETS.c.errors_file_id).where(
+        IMPORT_SETS.c.source_object.in_(names), IMPORT_SETS.c.errors_file_id.is_not(None)
+    )
+    with engine.connect() as connection:
+        found: list[object] = list(connection.scalars(query))
+    return sorted({str(file_id) for file_id in found})
+
+
 def mark_import_set_remediated(engine: Engine, import_set_id: str, run_key: str) -> None:
     """The import set's remediation is done, by the run `run_key`."""
     with session_scope(engine) as session:

@@ -645,7 +645,7 @@ def corrections_writing(
 
 
 def handled_identifiers(
-    engine: Engine, source: str, other_than: str | None = None
+    engine: Engine, source: str | Sequence[str], other_than: str | None = None
 ) -> frozenset[str]:
     """The identifiers of the rows of `source` some run (other than the run of key
     `other_than`: a crashed try of it is done again, its rows deleted) already corrected or
@@ -654,10 +654,52 @@ def handled_identifiers(
     again sends the same derived identifier again (Stripe dedupes for 24 hours only). A row
     of a new version is never taken for one of the old by its number: rows without an
     identifier are named by what they hold, or, without a timestamp, by the object's version
-    and row (`remediation.poller.RowNames`)."""
+    and row (`remediation.poller.RowNames`). Several sources: the runs of each (an object's
+    key and the failed-records files of its import sets, `jobs.object_runs`)."""
     with Session(engine) as session:
         queries = handled_queries(source, other_than)
         return frozenset(str(i) for query in queries for i in session.exec(query).all())
+
+
+def runs_of_sources(
+    engine: Engine, sources: Sequence[str], other_than: str | None = None
+) -> list[int]:
+    """The ids of the runs whose source is one of `sources`, but the run of key
+    `other_than`."""
+    if not sources:
+        return []
+    query = select_model(RemediationRun.id).where(col(RemediationRun.source).in_(list(sources)))
+    if other_than is not None:
+        query = query.where(RemediationRun.run_key != other_than)
+    with Session(engine) as session:
+        return sorted(int(i) for i in session.exec(query).all() if i is not None)
+
+
+def handled_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` one of these runs corrected or quarantined (a quarantined row
+    sent again since, `taken_again`, is a new refusal: not counted), as `handled_identifiers`
+    says, looked up for a batch of identifiers (two queries, each on an index led by
+    `run_id`; none without runs)."""
+    if not run_ids or not identifiers:
+        return set()
+    runs = list(run_ids)
+    audit, held = col(CorrectionAudit.identifier), col(QuarantinedRow.identifier)
+    corrected = (
+        select_model(CorrectionAudit.identifier)
+        .where(col(CorrectionAudit.run_id).in_(runs))
+        .where(in_listed(audit, identifiers, engine))
+        .distinct()
+    )
+    quarantined = (
+        select_model(QuarantinedRow.identifier)
+        .where(col(QuarantinedRow.run_id).in_(runs))
+        .where(in_listed(held, identifiers, engine))
+        .where(col(QuarantinedRow.taken_again).is_(None))
+        .distinct()
+    )
+    with Session(engine) as session:
+        found = [*session.exec(corrected).all(), *session.exec(quarantined).all()]
+    return {str(identifier) for identifier in found}
 
 
 def runs_correcting(engine: Engine, source: str) -> list[int]:
@@ -789,13 +831,14 @@ def refused_among(
     return latest((str(identifier), as_utc(moment)) for identifier, moment in found)
 
 
-def handled_queries(source: str, other_than: str | None = None) -> tuple[Any, Any]:
-    """The identifiers of `source` in the audit and among the quarantined rows, found by the
-    ids of the runs of that source (`run_id` leads an index of each table; neither indexes
-    `source`, which a run's rows all share: the audit's loader refuses any other). Filtered
-    by `source` alone, each was a scan of its whole table, at every error report (the audit
-    holds a row per correction of every run kept)."""
-    runs = select_model(RemediationRun.id).where(RemediationRun.source == source)
+def handled_queries(source: str | Sequence[str], other_than: str | None = None) -> tuple[Any, Any]:
+    """The identifiers of `source` (one, or several) in the audit and among the quarantined
+    rows, found by the ids of the runs of that source (`run_id` leads an index of each table;
+    neither indexes `source`, which a run's rows all share: the audit's loader refuses any
+    other). Filtered by `source` alone, each was a scan of its whole table, at every error
+    report (the audit holds a row per correction of every run kept)."""
+    sources = [source] if isinstance(source, str) else list(source)
+    runs = select_model(RemediationRun.id).where(col(RemediationRun.source).in_(sources))
     if other_than is not None:
         runs = runs.where(RemediationRun.run_key != other_than)
     audit_run = col(CorrectionAudit.run_id).in_(runs.scalar_subquery())
@@ -806,10 +849,12 @@ def handled_queries(source: str, other_than: str | None = None) -> tuple[Any, An
     )
     return (
         select_model(CorrectionAudit.identifier)
-        .where(audit_run, CorrectionAudit.source == source, audit_identifier.is_not(None))
+        .where(audit_run, col(CorrectionAudit.source).in_(sources))
+        .where(audit_identifier.is_not(None))
         .distinct(),
         select_model(QuarantinedRow.identifier)
-        .where(held_run, QuarantinedRow.source == source, held_identifier.is_not(None))
+        .where(held_run, col(QuarantinedRow.source).in_(sources))
+        .where(held_identifier.is_not(None))
         .where(col(QuarantinedRow.taken_again).is_(None))  # sent again since: a new refusal
         .distinct(),
     )
