@@ -249,7 +249,7 @@ class _SentSince:
     ) -> None:
         self.firsts, self.here = firsts, (key, version)
         self.samples = job.scope.samples
-        runs = runs_correcting(ctx.engine, key)
+        runs = runs_correcting(ctx.engine, object_sources(ctx.engine, ctx.bucket, key))
         self.again = marked_among(ctx.engine, runs, sorted(job.scope.samples))
         times = object_times(ctx.engine, key, version)
         uploaded = _seconds(times.uploaded) if times is not None else None

@@ -22,29 +22,16 @@ from sqlalchemy import Engine
 
 from remediation.ports import Bucket
 from remediation.records import UsageRecord
-from service.jobs.store.reports import failed_records_files
+from service.jobs.store import reports
 from service.jobs.store.runs import handled_among, runs_of_sources
 from service.logs import log_event
 from service.poller.store import lookup_batches
 
 
-def object_names(bucket: Bucket, key: str | None) -> list[str]:
-    """The names the object `key` goes by: as the poller records it (under the bucket's
-    prefix) and as Stripe's connector may name it (relative to the prefix)."""
-    if not key:
-        return []
-    prefix = bucket.prefix
-    if not prefix:
-        return [key]
-    other = key.removeprefix(prefix) if key.startswith(prefix) else prefix + key
-    return [key] if not other else [key, other]
-
-
 def object_sources(engine: Engine, bucket: Bucket, key: str | None) -> list[str]:
     """The sources of the runs over the rows of the object `key`: its names, and the
-    failed-records files of the import sets that name it."""
-    names = object_names(bucket, key)
-    return [*names, *failed_records_files(engine, names)]
+    failed-records files of the import sets that name it (`reports.object_sources`)."""
+    return reports.object_sources(engine, bucket.prefix, key)
 
 
 class HandledElsewhere:
@@ -80,4 +67,4 @@ class HandledElsewhere:
         return f"; {self.left} left out: another run over {self.key} corrected or quarantined them"
 
 
-__all__ = ["HandledElsewhere", "object_names", "object_sources"]
+__all__ = ["HandledElsewhere", "object_sources"]

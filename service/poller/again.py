@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from service.jobs.store.quarantine import mark_taken_again
+from service.jobs.store.reports import object_sources
 from service.jobs.store.runs import runs_correcting, written_among
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
@@ -36,8 +37,10 @@ class TakenAgain:
     its rows meterfix corrected before (their correction was billed as `<id>-mfx<n>`, another
     identifier: the row fixed by hand and taken again is billed a second time at any time)."""
 
-    def __init__(self, engine: Engine, obj: ObjectInfo) -> None:
-        self.engine, self.obj = engine, obj
+    def __init__(self, engine: Engine, obj: ObjectInfo, prefix: str = "") -> None:
+        """`prefix`: the bucket's (Stripe's connector names the object's import sets by the
+        key relative to it)."""
+        self.engine, self.obj, self.prefix = engine, obj, prefix
         self.uploaded = as_utc(obj.last_modified)
         self.rows = 0
         self.samples: list[str] = []
@@ -56,7 +59,9 @@ class TakenAgain:
         here = (self.obj.key, self.obj.etag)
         identifiers = {r.identifier for r in refs if recordable(r.identifier)}
         if self.runs is None:
-            self.runs = runs_correcting(self.engine, self.obj.key)
+            # the object's runs and its import sets' (their failed-records files' runs)
+            sources = object_sources(self.engine, self.prefix, self.obj.key)
+            self.runs = runs_correcting(self.engine, sources)
         label = f"{self.obj.key} (ETag {self.obj.etag}, uploaded {self._stamp(self.uploaded)})"
         self.held += mark_taken_again(
             self.engine, self.runs, sorted(identifiers), label, self.uploaded

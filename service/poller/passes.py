@@ -295,7 +295,7 @@ def _beat(deps: PollerDeps, doing: str, **detail: Any) -> None:
 
 def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo, source: Path) -> int:
     rows = 0
-    again = TakenAgain(deps.engine, obj)  # rows Stripe's connector bills again: an alert
+    again = TakenAgain(deps.engine, obj, deps.bucket.prefix)  # rows billed again: an alert
     with source.open("rb") as stream:
         for refs in index_chunks(read_records(stream, detect_format(obj.key))):
             again.check(refs)

@@ -21,6 +21,7 @@ import pytest
 from sqlmodel import select
 
 from service.models import (
+    Alert,
     CorrectionAudit,
     ErrorReport,
     InboxEvent,
@@ -143,3 +144,40 @@ def test_a_row_both_channels_name_is_remediated_by_one_run(
         )
     loop.sandbox.connector_poll()  # Stripe imports the corrected files
     assert sorted(loop.accepted()) == sorted(derived)
+
+
+def test_a_row_an_import_set_quarantined_fixed_by_hand_and_refused_again_is_remediated(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """The import set's run quarantined `x` (its value is no number). The customer fixes
+    the value by hand, names the customer by an external id, and uploads the file again:
+    meterfix indexes the new version, which holds `x` again (marked taken again, an info
+    alert), Stripe's connector takes it and refuses `x` again for its customer, and the
+    report's run corrects it through the customer map. Unmarked, the quarantined row of the
+    import set's run counted as handled: the report's run left `x` out, billed never."""
+    now = int(time.time()) - 60
+    base = {"timestamp": now, "event_name": "api_requests", "customer": "cus_alice"}
+    rows: list[dict[str, Any]] = [{**base, "identifier": "ok1", "value": "3"}]
+    rows.append({**base, "identifier": "x", "value": "abc"})
+    loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=render(rows, "csv"))
+    assert run_poll_pass(deps).indexed == 1
+    loop.sandbox.connector_poll()  # `x` in the failed-records file
+    loop.drain()
+    with loop.session() as session:
+        [held] = session.exec(select(QuarantinedRow)).all()
+    assert (held.identifier, held.taken_again) == ("x", None)
+    time.sleep(1.1)  # S3 stamps whole seconds: uploaded after the row was quarantined
+    rows[1] = {**base, "identifier": "x", "value": "5", "customer": "acme-42"}
+    loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=render(rows, "csv"))
+    assert run_poll_pass(deps).indexed == 1
+    with loop.session() as session:
+        [held] = session.exec(select(QuarantinedRow)).all()
+        alerts = session.exec(select(Alert).where(Alert.kind == "poller.taken_again")).all()
+    assert held.taken_again is not None and held.taken_again.startswith(f"{KEY} (ETag ")
+    assert [a.detail["quarantined_taken_again"] for a in alerts] == [1]
+    loop.sandbox.connector_poll()  # ok1 deduped; `x` refused: no customer `acme-42`
+    assert loop.sandbox_app.extensions["sandbox"].flush_reports()
+    loop.drain()
+    assert _corrected_identifiers(loop) == Counter(["x-mfx1"])
+    loop.sandbox.connector_poll()  # the corrected file
+    assert sorted(loop.accepted()) == ["ok1", "x-mfx1"]

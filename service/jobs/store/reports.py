@@ -54,6 +54,24 @@ def import_set(engine: Engine, import_set_id: str) -> ImportSet | None:
         return find_import_set(session, import_set_id)
 
 
+def object_names(prefix: str, key: str | None) -> list[str]:
+    """The names the object `key` goes by: as the poller records it (under the bucket's
+    `prefix`) and as Stripe's connector may name it (relative to the prefix)."""
+    if not key:
+        return []
+    if not prefix:
+        return [key]
+    other = key.removeprefix(prefix) if key.startswith(prefix) else prefix + key
+    return [key] if not other else [key, other]
+
+
+def object_sources(engine: Engine, prefix: str, key: str | None) -> list[str]:
+    """The sources of the runs over the rows of the object `key` (in a bucket under
+    `prefix`): its names, and the failed-records files of the import sets that name it."""
+    names = object_names(prefix, key)
+    return [*names, *failed_records_files(engine, names)]
+
+
 def failed_records_files(engine: Engine, names: list[str]) -> list[str]:
     """The failed-records files of the import sets of the object known by `names` (its key,
     and the key without the bucket's prefix, as Stripe's connector may name it): the source

@@ -702,10 +702,12 @@ def handled_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[
     return {str(identifier) for identifier in found}
 
 
-def runs_correcting(engine: Engine, source: str) -> list[int]:
-    """The ids of the runs whose corrections are of rows of `source`: its own runs, and the
-    quarantine re-runs that took its quarantined rows (a re-run's source is the re-run), and
-    the re-runs that took the rows those re-runs quarantined again, to the end of the chain."""
+def runs_correcting(engine: Engine, source: str | Sequence[str]) -> list[int]:
+    """The ids of the runs whose corrections are of rows of `source` (one, or several: an
+    object's key and the failed-records files of its import sets, `reports.object_sources`):
+    its own runs, and the quarantine re-runs that took its quarantined rows (a re-run's source
+    is the re-run), and the re-runs that took the rows those re-runs quarantined again, to the
+    end of the chain."""
     own, taken = correcting_queries(source)
     with Session(engine) as session:
         found = {int(i) for i in session.exec(own).all() if i is not None}
@@ -716,16 +718,17 @@ def runs_correcting(engine: Engine, source: str) -> list[int]:
     return sorted(found | later)
 
 
-def correcting_queries(source: str) -> tuple[Any, Any]:
-    """The ids of `source`'s runs, and of the re-runs that took the rows they quarantined
-    (found by the runs' ids, which lead an index of quarantined_rows: filtered by `source`
-    alone, a scan of every quarantined row at every import)."""
-    runs = select_model(RemediationRun.id).where(RemediationRun.source == source)
+def correcting_queries(source: str | Sequence[str]) -> tuple[Any, Any]:
+    """The ids of `source`'s runs (one source or several), and of the re-runs that took the
+    rows they quarantined (found by the runs' ids, which lead an index of quarantined_rows:
+    filtered by `source` alone, a scan of every quarantined row at every import)."""
+    sources = [source] if isinstance(source, str) else list(source)
+    runs = select_model(RemediationRun.id).where(col(RemediationRun.source).in_(sources))
     rerun = col(QuarantinedRow.rerun_id)
     taken = (
         select_model(rerun)
         .where(col(QuarantinedRow.run_id).in_(runs.scalar_subquery()))
-        .where(QuarantinedRow.source == source, rerun.is_not(None))
+        .where(col(QuarantinedRow.source).in_(sources), rerun.is_not(None))
         .distinct()
     )
     return runs, taken
