@@ -1,8 +1,9 @@
 """Identifiers of re-sent rows: `<original>-mfx<generation>`, from lineage, never from spelling.
 
 A row written to a corrected output gets a deterministic identifier made from its ORIGINAL
-identifier and the run's generation (1 + the generation of the object it came from). Both come
-from lineage (the object's `mfx-generation` metadata, the correction audit in the database),
+identifier and the run's generation (1 + the generation of the object it came from, and above
+every generation that wrote one of its identifiers: `run_generation`). Both come from lineage
+(the object's `mfx-generation` metadata, the correction audit in the database),
 never from the identifier's text: `order-r099` or `inv-mfx3` are a customer's own identifiers
 unless lineage says we wrote them. Exactly:
 - `<original>-mfx<generation>`, or
@@ -208,6 +209,18 @@ class Parent:
 
 # identifiers -> the parents the correction audit knows of (the service asks the database)
 ParentLookup = Callable[[list[str]], Mapping[str, Parent]]
+
+
+def run_generation(generation: int, ancestors: Mapping[str, Ancestor]) -> int:
+    """The generation a run writes: `generation` (1 + its source object's, per the object's
+    metadata), or 1 + the highest generation that lineage says wrote one of its input's
+    identifiers, whichever is higher. An input whose object names no generation (an import
+    set naming no object, a failed file read from Stripe's copy) may still hold rows a run of
+    ours wrote: re-sent in that run's generation, a corrected row went out under the very
+    identifier that had just failed (`abc-mfx1` again), which Stripe drops as a duplicate
+    within a day, and the audit then named two corrections as its parent."""
+    written = max((ancestor.generation for ancestor in ancestors.values()), default=0)
+    return max(generation, written + 1)
 
 
 def trace_ancestors(

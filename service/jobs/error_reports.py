@@ -314,10 +314,12 @@ def _remediate(
         for _ in selected:
             pass
         return _counted(job, done.input_rows, selection)
-    generation = next_generation(ctx.bucket, key)
     stages = Stages()
     with stages.timing(Stage.LINEAGE):
-        lineage = run_lineage(ctx.engine, path, ctx.rules, key, generation)
+        # above the object's generation, and any that wrote one of its identifiers
+        generation, lineage = run_lineage(
+            ctx.engine, path, ctx.rules, key, next_generation(ctx.bucket, key)
+        )
     request = RunRequest(
         run_key=run_key,
         trigger=RunTrigger.ERROR_REPORT,

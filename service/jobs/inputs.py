@@ -13,13 +13,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from sqlalchemy import Engine
 
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
-from remediation.identifiers import Lineage, Parent, input_lineage, row_identifier, trace_ancestors
+from remediation.identifiers import (
+    Lineage,
+    Parent,
+    input_lineage,
+    row_identifier,
+    run_generation,
+    trace_ancestors,
+)
 from remediation.ports import Bucket, StripeFiles
 from remediation.readers import CsvRecords
 from remediation.records import UsageRecord
@@ -232,15 +239,27 @@ def next_generation(bucket: Bucket, key: str | None) -> int:
     return 1
 
 
-def run_lineage(engine: Engine, path: Path, rules: Rules, source: str, generation: int) -> Lineage:
-    """The lineage of the input at `path`, rows of `source` remediated in `generation` (the
-    source object's generation + 1): the identifiers of ours in it (from the correction audit,
-    and from the object's metadata), and the originals a derived identifier must not equal."""
+class RunLineage(NamedTuple):
+    """The generation a run writes and its input's lineage, decided before it writes."""
+
+    generation: int
+    lineage: Lineage
+
+
+def run_lineage(
+    engine: Engine, path: Path, rules: Rules, source: str, generation: int
+) -> RunLineage:
+    """The lineage of the input at `path`, rows of `source` (`generation`: the source
+    object's generation + 1, `next_generation`): the identifiers of ours in it (from the
+    correction audit, and from the object's metadata), the generation the run writes (above
+    every generation that wrote one of them: `run_generation`), and the originals a derived
+    identifier of that generation must not equal."""
 
     try:
         plan = plan_input(path, rules)
     except UnreadableFile:
-        return Lineage()  # the run itself reads the file again and says what is wrong with it
+        # the run itself reads the file again and says what is wrong with it
+        return RunLineage(generation, Lineage())
 
     def read(of_csv: Callable[[CsvRecords], Iterator[T]], of_records: RecordsTo[T]) -> Iterator[T]:
         """What `of_csv` takes out of a CSV (its identifier column alone, as columns), or
@@ -264,11 +283,13 @@ def run_lineage(engine: Engine, path: Path, rules: Rules, source: str, generatio
         lambda r: chain.from_iterable(filter(None, cells) for _, cells in r.identifier_blocks()),
         lambda rs: (r.identifier for r in rs if r.identifier),
     )
+    # traced from the object's own generation (the suffix it appended), not the run's
     ancestors = trace_ancestors(
         identifiers, generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
     )
+    generation = run_generation(generation, ancestors)
     escapes = plan.fmt is not FileFormat.CSV
-    return input_lineage(path, rows, source, generation, ancestors, escapes)
+    return RunLineage(generation, input_lineage(path, rows, source, generation, ancestors, escapes))
 
 
 def _storable_ones(identifiers: list[str]) -> list[str]:

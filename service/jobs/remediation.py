@@ -194,9 +194,11 @@ def _rejected_rows(
     generation: int,
 ) -> RunRequest:
     """The run of a CSV file holding rejected rows only (each row goes to a corrected output
-    or to quarantine), with its lineage looked up (timed as the lineage stage)."""
+    or to quarantine), with its lineage looked up (timed as the lineage stage). `generation`:
+    the source object's + 1 (`next_generation`); the run's is raised above any that lineage
+    says wrote one of the file's identifiers (`run_lineage`)."""
     with stages.timing(Stage.LINEAGE):
-        lineage = run_lineage(deps.run.engine, path, deps.run.rules, source, generation)
+        generation, lineage = run_lineage(deps.run.engine, path, deps.run.rules, source, generation)
     return RunRequest(
         run_key=run_key,
         trigger=trigger,

@@ -750,10 +750,11 @@ def test_lineage_lookup_survives_identifiers_we_never_write(db_url: str, tmp_pat
     )
     engine = make_engine(db_url)
     try:
-        lineage = run_lineage(engine, path, load_rules(None), "failed.csv", 2)
+        generation, lineage = run_lineage(engine, path, load_rules(None), "failed.csv", 2)
     finally:
         engine.dispose()
     assert lineage.ancestors == {}
+    assert generation == 2
 
 
 def test_a_timestamp_past_64_bits_is_quarantined_and_the_rest_billed(loop: Loop) -> None:

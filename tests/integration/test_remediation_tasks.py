@@ -437,11 +437,12 @@ def test_lineage_is_looked_up_in_batches(db_url: str, tmp_path: Path) -> None:
                 )
             )
         session.commit()
-    found = run_lineage(engine, path, load_rules(None), "corrected.csv", 1)
+    generation, found = run_lineage(engine, path, load_rules(None), "corrected.csv", 1)
     engine.dispose()
     assert found.ancestors == {
         f"x{n}-r1": Ancestor(f"x{n}", f"code{n}", 1) for n in (0, LOOKUP_BATCH + 1, count - 1)
     }  # the other `x…-r1` rows are not ours: no lineage says so
+    assert generation == 2  # above the generation that wrote them
 
 
 def test_corrections_are_found_by_any_identifier_text(db_url: str) -> None:

@@ -21,6 +21,7 @@ from remediation.identifiers import (
     may_hold,
     reserved_originals,
     row_identifier,
+    run_generation,
     trace_ancestors,
 )
 
@@ -196,6 +197,27 @@ def test_a_first_run_traces_only_what_the_audit_wrote() -> None:
     found = trace_ancestors(["z", "a-mfx2", "b-mfx1", "y", "z"], 0, audit)
     assert found == {"a-mfx2": Ancestor("a", "no_meter", 2)}
     assert audit.asked == [["a-mfx2", "b-mfx1", "y", "z"], ["a-mfx1"], ["a"]]
+
+
+def test_a_run_writes_above_every_generation_that_wrote_its_input() -> None:
+    """An input whose object names no generation (1 for the run) holding `abc-mfx1`, which
+    the audit says generation 1 wrote, and `def-mfx3` of generation 3: the run is generation
+    4, and no row of it goes out under an identifier it came in with (`abc-mfx1` again)."""
+    audit = FakeAudit(
+        {
+            "abc-mfx1": Parent("abc", "timestamp_in_future", 1),
+            "def-mfx3": Parent("def-mfx2", "no_meter", 3),
+            "def-mfx2": Parent("def", "no_meter", 2),
+        }
+    )
+    found = trace_ancestors(["abc-mfx1", "plain", "def-mfx3"], 0, audit)
+    assert run_generation(1, {}) == 1
+    assert run_generation(1, {"abc-mfx1": found["abc-mfx1"]}) == 2
+    assert run_generation(1, found) == 4
+    assert run_generation(7, found) == 7  # the object's own generation, when higher
+    ids = Identifiers("src", run_generation(1, found), Lineage(found), keep=False)
+    written = [ids.new(i, n) for n, i in enumerate(["abc-mfx1", "plain", "def-mfx3"], 1)]
+    assert written == ["abc-mfx4", "plain-mfx4", "def-mfx4"]
 
 
 def test_trace_asks_in_batches() -> None:
