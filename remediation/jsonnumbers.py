@@ -55,27 +55,31 @@ def loads(text: str | bytes | bytearray | memoryview) -> Any:
     return _EXACT.decode(text)
 
 
-def dumps(
+def dumps(value: object, separators: tuple[str, str] = (",", ":")) -> str:
+    """`json.dumps(value, ensure_ascii=False, separators=separators)`, but a `JsonNumber`
+    anywhere in it written as its text (json's encoder writes every float as `float.__repr__`
+    spells it, whatever its class). Once per row written: kept to json's own arguments."""
+    if not _holds_number(value):
+        return json.dumps(value, ensure_ascii=False, separators=separators)
+    return _written(value, separators, False, _PLAIN)
+
+
+def dumps_as(
     value: object,
-    separators: tuple[str, str] = (",", ":"),
+    separators: tuple[str, str],
     *,
     ensure_ascii: bool = False,
     sort_keys: bool = False,
     default: Callable[[Any], Any] | None = None,
 ) -> str:
-    """`json.dumps(value, ensure_ascii=False, separators=separators)` (its other options as
-    json's), but a `JsonNumber` anywhere in it written as its text (json's encoder writes every
-    float as `float.__repr__` spells it, whatever its class)."""
-    if not _holds_number(value):
-        return json.dumps(
-            value,
-            ensure_ascii=ensure_ascii,
-            separators=separators,
-            sort_keys=sort_keys,
-            default=default,
-        )
+    """`dumps` with json's other options (a web page or an API answer showing stored rows)."""
     options: dict[str, Any] = {"ensure_ascii": ensure_ascii, "default": default}
+    if not _holds_number(value):
+        return json.dumps(value, separators=separators, sort_keys=sort_keys, **options)
     return _written(value, separators, sort_keys, options)
+
+
+_PLAIN: dict[str, Any] = {"ensure_ascii": False, "default": None}
 
 
 def _holds_number(value: object) -> bool:
@@ -83,7 +87,7 @@ def _holds_number(value: object) -> bool:
         return True
     if type(value) is dict:
         return any(_holds_number(v) for v in value.values())
-    if isinstance(value, list | tuple):
+    if type(value) is list:
         return any(_holds_number(v) for v in value)
     return False
 
@@ -100,7 +104,7 @@ def _written(
             _key(k, options) + key + _written(v, separators, sort_keys, options) for k, v in items
         )
         return "{" + item.join(pairs) + "}"
-    if isinstance(value, list | tuple):
+    if type(value) is list:
         return "[" + item.join(_written(v, separators, sort_keys, options) for v in value) + "]"
     return json.dumps(value, separators=separators, sort_keys=sort_keys, **options)
 

@@ -70,7 +70,7 @@ bp.add_app_template_global(csrf_token, "csrf_token")
 def row_json(record: Any) -> str:
     """A stored row as the JSON it is (quotes and non-ASCII kept as typed; the page's
     autoescaping makes it safe), not `tojson`'s script-safe `\\u0027` escapes."""
-    return jsonnumbers.dumps(record, (", ", ": "), sort_keys=True)
+    return jsonnumbers.dumps_as(record, (", ", ": "), sort_keys=True)
 
 
 @bp.app_template_global("page_url")

@@ -98,9 +98,9 @@ def csv_lines(engine: Engine, found: QuarantineFilter) -> Iterator[str]:
 
 def _cell(row: Mapping[str, Any], record: Mapping[str, Any], column: str) -> str:
     if column == "record":
-        return jsonnumbers.dumps(record, (", ", ": "), sort_keys=True)
+        return jsonnumbers.dumps_as(record, (", ", ": "), sort_keys=True)
     if column == "payload":
-        return jsonnumbers.dumps(record.get("payload") or {}, (", ", ": "))
+        return jsonnumbers.dumps_as(record.get("payload") or {}, (", ", ": "))
     value = record.get(column) if column in ("timestamp", "event_name") else row.get(column)
     text = "" if value is None else str(value)
     # Row contents come from usage files: a cell a spreadsheet would run as a formula gets a

@@ -37,7 +37,7 @@ class ExactJSONProvider(DefaultJSONProvider):
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         if set(kwargs) - {"separators"}:
             return super().dumps(obj, **kwargs)
-        return jsonnumbers.dumps(
+        return jsonnumbers.dumps_as(
             obj,
             kwargs.get("separators") or (", ", ": "),
             ensure_ascii=self.ensure_ascii,
