@@ -42,6 +42,9 @@ class Context:
     # so that a fuzzy match is made once per name, not once per batch or per row
     # (`rules.meters.pick_meter`).
     meter_picks: dict[str, tuple[str, Meter] | None] = field(default_factory=dict)
+    # Payload keys a CSV header alias was renamed to, each to its alias (`stripe_customer_id`:
+    # `customer_id`): Stripe read the file's rows without them (`repair.plan_input`).
+    header_aliases: dict[str, str] = field(default_factory=dict)
 
 
 Corrector = Callable[[UsageRecord, Context], list[Change]]

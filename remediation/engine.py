@@ -41,7 +41,7 @@ from remediation.outcomes import AuditSink, QuarantinedRow, Tally
 from remediation.outputs import PlannedOutput
 from remediation.ports import CustomerDirectory
 from remediation.readers import CsvRecords
-from remediation.records import UsageRecord
+from remediation.records import PAYLOAD_PREFIX, UsageRecord
 from remediation.rules import Rules
 from remediation.sinks import Sinks
 from remediation.validation import MeterIndex
@@ -70,6 +70,17 @@ class RemediationResult:
     outputs: list[PlannedOutput] = field(default_factory=list)
     corrections: int = 0
     audit: PlannedOutput | None = None  # the audit file as an output, when asked for
+
+
+def _header_aliases(records: Iterable[UsageRecord]) -> dict[str, str]:
+    """The payload keys a CSV input's repaired header renamed from an alias, to the alias."""
+    if not isinstance(records, CsvRecords):
+        return {}
+    return {
+        column.removeprefix(PAYLOAD_PREFIX): alias
+        for column, alias in records.renamed.items()
+        if column.startswith(PAYLOAD_PREFIX)
+    }
 
 
 def remediate(
@@ -108,7 +119,7 @@ def remediate(
     quarantined rows after a rules change (service.jobs.quarantine_rerun)."""
     _use_lean_allocators()
     index = MeterIndex(meters, value_precision=rules.value_precision, limits=rules.policy.limits)
-    ctx = Context(index, rules, now, customers)
+    ctx = Context(index, rules, now, customers, header_aliases=_header_aliases(records))
     ids = Identifiers(source, generation, lineage or Lineage(), identifiers == "keep")
     decider = BatchDecider(ctx, lineage or Lineage(), rejected, loop_protection)
     # The audit records of the batch being written (on the writer's thread); `put` hands them

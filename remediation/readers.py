@@ -46,13 +46,15 @@ def read_records(
     delimiter: str = ",",
     header: Sequence[str] | None = None,
     limits: FieldLimits = DEFAULT_LIMITS,
+    renamed: Sequence[tuple[str, str]] = (),
 ) -> Iterator[UsageRecord]:
     """Yield records one at a time; raise UnreadableFile on whole-file problems.
 
     CSV gives a `CsvRecords`, which can also hand out its rows as columns (`columns`).
+    `renamed`: (column, alias) of the columns a repaired `header` renamed from an alias.
     """
     if fmt is FileFormat.CSV:
-        return CsvRecords(stream, delimiter, header)
+        return CsvRecords(stream, delimiter, header, renamed)
     return json_records(stream, fmt, limits.max_json_depth)
 
 
@@ -196,11 +198,19 @@ def _cell(row: Sequence[str], index: int | None) -> str | None:
 class CsvRecords(Iterator[UsageRecord]):
     """The records of a CSV stream, read lazily; or, through `row_batches`, its raw rows.
 
-    A repaired header (`header`, same width as the file's) is used instead of the file's.
+    A repaired header (`header`, same width as the file's) is used instead of the file's;
+    `renamed` says which of its columns were renamed from which alias.
     """
 
-    def __init__(self, stream: BinaryIO, delimiter: str, header: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO,
+        delimiter: str,
+        header: Sequence[str] | None,
+        renamed: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self._stream, self._delimiter, self._header = stream, delimiter, header
+        self.renamed: dict[str, str] = dict(renamed) if header is not None else {}
         self._records: Iterator[UsageRecord] | None = None
         self._columns: CsvColumns | None = None
 

@@ -31,6 +31,9 @@ class InputPlan:
     header: tuple[str, ...] = ()  # the repaired CSV header
     columns: tuple[str, ...] = ()  # output columns (no error columns)
     repairs: tuple[str, ...] = field(default_factory=tuple)  # what was repaired, for the audit
+    # (column, alias) of each column a header alias was renamed to (`payload_stripe_customer_id`,
+    # `customer_id`): the rows held it under the alias, as Stripe read them
+    renamed: tuple[tuple[str, str], ...] = ()
 
 
 def repair_header(header: Sequence[str], aliases: Mapping[str, str]) -> list[str]:
@@ -73,7 +76,12 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
         repairs += (f"delimiter {delimiter!r} read as CSV",)
     first_line = next(csv.reader([text.splitlines()[0]], delimiter=delimiter), [])
     header = repair_header(first_line, rules.columns)
-    if header != [c.strip() for c in first_line]:
+    renamed = tuple(
+        (name, alias.strip())
+        for name, alias in zip(header, first_line, strict=True)
+        if name != alias.strip()
+    )
+    if renamed:
         repairs += ("header aliases renamed",)
     layout = CsvLayout.from_header(header)
     if not _names_usage(layout):
@@ -88,7 +96,7 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
     if "identifier" not in columns:  # a corrected row is written with its derived identifier:
         # without the column it went out with none, and Stripe gave it a new one at each import
         columns = ["identifier", *columns]
-    return InputPlan(fmt, delimiter, tuple(header), tuple(columns), repairs)
+    return InputPlan(fmt, delimiter, tuple(header), tuple(columns), repairs, renamed)
 
 
 def _with_event_name(columns: list[str]) -> list[str]:
@@ -165,6 +173,7 @@ def read_repaired(stream: BinaryIO, plan: InputPlan, rules: Rules) -> Iterator[U
         delimiter=plan.delimiter,
         header=plan.header or None,
         limits=rules.policy.limits,
+        renamed=plan.renamed,
     )
     default = rules.policy.default_event_name
     if not default:

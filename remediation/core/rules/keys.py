@@ -43,6 +43,12 @@ def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
         for k, v in record.extra.items()
         if k.lower() in ctx.rules.customer_keys and str(v).strip()
     }
+    held = record.payload.get(meter.customer_key)
+    if not found and meter.customer_key in ctx.header_aliases and str(held or "").strip():
+        # a CSV column under an alias (`customer_id`), which the repaired header renamed to
+        # the meter's key: the row holds it there now, but Stripe read it without one, so it
+        # is filled as from a top-level alias in JSON (the correction the row is re-sent for)
+        return [Change("fill_customer_key", f"payload.{meter.customer_key}", None, held)]
     if len(found) != 1:
         raise Uncorrectable(f"no single aliased column for customer key {meter.customer_key!r}")
     value = found.pop()

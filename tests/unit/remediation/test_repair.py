@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from remediation.errors import UnreadableFile
 from remediation.formats import FileFormat
 from remediation.repair import plan_input, read_repaired, whole_file_failure
 from remediation.rules import load_rules
+from service.commands.remediate import remediate_command
 
 
 def records(path: Path, rules_text: str = "") -> list[tuple[object, ...]]:
@@ -128,3 +133,71 @@ def test_whole_file_failures_are_told_from_the_first_bytes(
 ) -> None:
     found = whole_file_failure(head.encode(), name)
     assert found == reason if reason is None else (found or "").startswith(reason)
+
+
+def _remediated(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """`meterfix remediate` of `path` (its summary, corrected rows and audit lines)."""
+    (path.parent / "meters.json").write_text(
+        '[{"id": "mtr_1", "event_name": "api_requests", "status": "active"}]'
+    )
+    args = [str(path), "--meters", str(path.parent / "meters.json"), "--now", "1764000000"]
+    out = path.parent / "out"
+    result = CliRunner().invoke(
+        remediate_command, [*args, "--out", str(out), "--json"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    corrected: list[dict[str, Any]] = []
+    for written in sorted(out.glob("*.corrected.*")):
+        if written.suffix == ".csv":
+            with written.open(newline="") as handle:
+                corrected += [
+                    {k: v for k, v in row.items() if k.startswith("payload_") or k == "identifier"}
+                    for row in csv.DictReader(handle)
+                ]
+        else:
+            for line in written.read_text().splitlines():
+                row = json.loads(line)
+                payload = {f"payload_{k}": v for k, v in row["payload"].items()}
+                corrected.append({"identifier": row["identifier"], **payload})
+    audit = next(out.glob("*.audit.jsonl")).read_text().splitlines()
+    keys = ("row", "rule", "field", "before", "after")
+    lines = [{key: line.get(key) for key in keys} for line in map(json.loads, audit)]
+    return json.loads(result.output), corrected, [line for line in lines if line["rule"]]
+
+
+def test_a_customer_under_a_header_alias_fills_a_failed_rows_customer(tmp_path: Path) -> None:
+    """Stripe refused rows whose customer sat in a `customer_id` column (not
+    `payload_stripe_customer_id`) as `meter_event_no_customer_defined`. The repaired header
+    renamed the column, and the CSV's rows were then quarantined as having "no single aliased
+    column" (the row holding the customer), where the same rows as JSON Lines, the customer a
+    top-level `customer_id`, were corrected: both fill the customer from the alias."""
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "csv" / "f.csv").write_text(
+        "identifier,timestamp,event_name,payload_value,customer_id,error_code,error_message\n"
+        "a,1763996400,api_requests,5,cus_1,meter_event_no_customer_defined,no customer\n"
+        "b,1763996400,api_requests,6,,meter_event_no_customer_defined,no customer\n"
+    )
+    (tmp_path / "jsonl" / "f.jsonl").write_text(
+        '{"identifier": "a", "timestamp": 1763996400, "event_name": "api_requests", '
+        '"payload": {"value": "5"}, "customer_id": "cus_1", '
+        '"error": {"code": "meter_event_no_customer_defined", "message": "no customer"}}\n'
+        '{"identifier": "b", "timestamp": 1763996400, "event_name": "api_requests", '
+        '"payload": {"value": "6"}, '
+        '"error": {"code": "meter_event_no_customer_defined", "message": "no customer"}}\n'
+    )
+    summary, corrected, audit = _remediated(tmp_path / "csv" / "f.csv")
+    assert corrected == [
+        {"identifier": "a-mfx1", "payload_value": "5", "payload_stripe_customer_id": "cus_1"}
+    ]
+    assert audit == [
+        {
+            "row": 1,
+            "rule": "fill_customer_key",
+            "field": "payload.stripe_customer_id",
+            "before": None,
+            "after": "cus_1",
+        }
+    ]
+    assert (summary["corrected"], summary["quarantined"]) == (1, 1)  # b: no customer anywhere
+    assert _remediated(tmp_path / "jsonl" / "f.jsonl")[1:] == (corrected, audit)
