@@ -34,26 +34,39 @@ def object_sources(engine: Engine, bucket: Bucket, key: str | None) -> list[str]
     return reports.object_sources(engine, bucket.prefix, key)
 
 
-class HandledElsewhere:
+class LeftOut:
+    """The records without those whose identifier `excluded` names (`left`: how many), asked
+    a batch of identifiers at a time (`poller.store.lookup_batches`)."""
+
+    left = 0
+
+    def excluded(self, identifiers: set[str]) -> set[str]:
+        raise NotImplementedError
+
+    def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
+        for batch, identifiers in lookup_batches(records):
+            excluded = self.excluded(identifiers)
+            for record in batch:
+                if record.identifier in excluded:
+                    self.left += 1
+                    continue
+                yield record
+
+
+class HandledElsewhere(LeftOut):
     """The rows without those another run over the same object corrected or quarantined
     (`left`: how many), looked up a batch at a time (no query at all when no other run took
     rows of the object: the common case)."""
 
     def __init__(self, engine: Engine, bucket: Bucket, key: str | None, run_key: str) -> None:
-        self.engine, self.key, self.left = engine, key, 0
+        self.engine, self.key = engine, key
         self.runs = runs_of_sources(engine, object_sources(engine, bucket, key), run_key)
 
     def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-        if not self.runs:
-            yield from records
-            return
-        for batch, identifiers in lookup_batches(records):
-            handled = handled_among(self.engine, self.runs, sorted(identifiers))
-            for record in batch:
-                if record.identifier in handled:
-                    self.left += 1
-                    continue
-                yield record
+        return super().__call__(records) if self.runs else records
+
+    def excluded(self, identifiers: set[str]) -> set[str]:
+        return handled_among(self.engine, self.runs, sorted(identifiers))
 
     def outcome(self) -> str:
         if not self.left:
@@ -67,4 +80,4 @@ class HandledElsewhere:
         return f"; {self.left} left out: another run over {self.key} corrected or quarantined them"
 
 
-__all__ = ["HandledElsewhere", "object_sources"]
+__all__ = ["HandledElsewhere", "LeftOut", "object_sources"]

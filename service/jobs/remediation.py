@@ -34,7 +34,7 @@ from service.jobs.inputs import (
     next_generation,
     run_lineage,
 )
-from service.jobs.object_runs import HandledElsewhere
+from service.jobs.object_runs import HandledElsewhere, LeftOut
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated
@@ -259,7 +259,7 @@ class _SourceRows:
                 yield record
 
 
-class _TakenAgain:
+class _TakenAgain(LeftOut):
     """The rows of an import set Stripe's S3 connector refused, without those a later object
     version holds (`left`: how many): the connector takes every version whole, so it took
     them again from it (billed as the customer fixed them by hand, or refused again and
@@ -269,18 +269,12 @@ class _TakenAgain:
     indexed, uploaded after the import set's event."""
 
     def __init__(self, deps: JobDeps, import_set: ImportSet, later: Path | None) -> None:
-        self.engine, self.left = deps.run.engine, 0
+        self.engine = deps.run.engine
         self.since = datetime.fromtimestamp(event_time(import_set), UTC)
         self.held = identifiers_in(later, deps.run.rules) if later is not None else set()
 
-    def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-        for batch, identifiers in lookup_batches(records):
-            taken = taken_since(self.engine, identifiers, self.since) | self.held
-            for record in batch:
-                if record.identifier in taken:
-                    self.left += 1
-                    continue
-                yield record
+    def excluded(self, identifiers: set[str]) -> set[str]:
+        return taken_since(self.engine, identifiers, self.since) | self.held
 
     def outcome(self) -> str:
         if not self.left:
