@@ -13,7 +13,9 @@ generation among its rows (`quarantine_rerun:<action>` for rows of first-generat
 `quarantine_rerun:<action>:g<n>` for the others), so every row's lineage goes on one
 generation at a time, as if its own run had corrected it. (One run at the newest generation
 for all of them took a first run's `inv-mfx1`, the customer's own identifier, for our `inv`
-re-sent, and wrote `inv` and `inv-mfx1` both as `inv-mfx2`.) Each generation's run is
+re-sent, and wrote `inv` and `inv-mfx1` both as `inv-mfx2`.) Like every run, a group's run
+writes above every generation the audit says wrote one of its rows (`run_generation`: a run
+from before that rule may have quarantined our `a1-mfx1` in generation 1). Each generation's run is
 idempotent per run key and its rows are marked taken after it, so a task retried after a
 crash runs what is left and never its own new rows.
 """
@@ -37,6 +39,7 @@ from remediation.identifiers import (
     Lineage,
     reserved_originals,
     row_identifier,
+    run_generation,
     trace_ancestors,
 )
 from remediation.jsonreaders import record_from_obj
@@ -46,6 +49,7 @@ from service.config import PollerMode
 from service.errors import BadParameter, RerunInputMissing
 from service.jobs.inputs import (
     LOOKUP_BATCH,
+    RunLineage,
     candidate_keys,
     identifiers_in,
     local_name,
@@ -125,15 +129,17 @@ def _rerun(
     """One run of the rows (by id) that runs of `generation` quarantined; their corrected
     rows are of that generation too, and their lineage is traced from its input's."""
     source = f"quarantine re-run {action_ref}"
+    written, lineage = _lineage(ctx.engine, ids, generation, source)
     request = RunRequest(
+        # keyed by the quarantining runs' generation: one run per group, whatever it writes
         run_key=rerun_key(action_ref, generation),
         trigger=RunTrigger.QUARANTINE_RERUN,
         source=source,
         tag=f"rerun-{action_ref}",
         fmt=FileFormat.JSONL,
         now=now,
-        generation=generation,
-        lineage=_lineage(ctx.engine, ids, generation, source),
+        generation=written,
+        lineage=lineage,
         rejected=True,  # quarantined rows were never sent: every row may go out corrected
         # the operator's decision after fixing the rules: a row loop protection stopped (it
         # failed again with the code it was corrected for) is corrected again by them; if it
@@ -284,18 +290,23 @@ def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[tuple[str, 
         )
 
 
-def _lineage(engine: Engine, ids: Sequence[int], generation: int, source: str) -> Lineage:
-    """Which of the rows' identifiers we wrote (a quarantined row of a corrected file) and
-    the originals a derived identifier must not equal, as the other jobs find them: the rows
-    are those runs of `generation` quarantined, so their input was of `generation - 1`."""
+def _lineage(engine: Engine, ids: Sequence[int], generation: int, source: str) -> RunLineage:
+    """The generation the re-run writes and which of the rows' identifiers we wrote (a
+    quarantined row of a corrected file), with the originals a derived identifier must not
+    equal, as the other jobs find them: the rows are those runs of `generation` quarantined,
+    so their input was of `generation - 1`. The re-run writes above every generation the audit
+    says wrote one of them (`run_generation`): a run from before that rule (an import set
+    naming no object ran in generation 1) may have quarantined our own `a1-mfx1` in
+    generation 1, which re-sent in it went out as `a1-mfx1`, the identifier just refused."""
     identifiers = [identifier for identifier, _, _ in _identified_rows(engine, ids)]
     ancestors = trace_ancestors(
         identifiers, generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
     )
+    written = run_generation(generation, ancestors)
     lineage = Lineage(ancestors)
     numbered = ((identifier, n) for n, identifier in enumerate(identifiers, start=1))
-    reserved = reserved_originals(numbered, Identifiers(source, generation, lineage, keep=False))
-    return Lineage(ancestors, reserved)
+    reserved = reserved_originals(numbered, Identifiers(source, written, lineage, keep=False))
+    return RunLineage(written, Lineage(ancestors, reserved))
 
 
 def _records(engine: Engine, ids: Sequence[int]) -> Iterator[UsageRecord]:

@@ -165,6 +165,61 @@ def test_a_rerun_of_rows_from_runs_of_two_generations_makes_a_run_for_each(
     engine.dispose()
 
 
+def test_a_rerun_of_our_row_that_a_run_of_its_own_generation_quarantined_goes_out_above_it(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """A run before the generation rule (an import set naming no object ran in generation 1)
+    quarantined `a1-mfx1`, the row a first-generation run of ours wrote for `a1`, as the
+    database holds it after an upgrade. Re-run in the generation of the run that quarantined
+    it, it went out as `a1-mfx1` again: the identifier Stripe had just refused, which it drops
+    as a duplicate within a day (usage lost). The re-run writes above every generation the
+    audit says wrote its rows, as every other run does."""
+    sandbox_server.admin.create_meter("api_requests")
+    now = int(time.time())
+    settings = _settings(make_settings, sandbox_server, db_url)
+    engine = make_engine(db_url)
+    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+    first = _remediate(
+        settings,
+        engine,
+        tmp_path,
+        header + f"a1,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n",
+    )
+    assert (first.generation, first.corrected) == (1, 1)
+    # Stripe refuses our a1-mfx1 for its meter (made later); the old run stayed in generation 1
+    ours = header + f"a1-mfx1,{now},tokens,cus_1,5,no_meter\n"
+    second = _remediate(settings, engine, tmp_path, ours, key="file_r")
+    assert (second.generation, second.quarantined) == (1, 1)
+
+    sandbox_server.admin.create_meter("tokens")  # the operator makes the missing meter
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    queued = client.post(f"/api/quarantine/rerun?run={second.id}", headers=bearer).get_json()
+    assert queued["queued"] and queued["rows"] == 1
+    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
+    assert worker.drain().done == [queued["task"]]
+
+    with Session(engine) as session:
+        rerun = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
+        ).one()
+    assert (rerun.run_key, rerun.generation, rerun.valid) == (
+        f"quarantine_rerun:{queued['action_id']}",  # keyed by the quarantining run's generation
+        2,
+        1,
+    )
+    detail = client.get(f"/api/runs/{rerun.id}", headers=bearer).get_json()
+    [corrected] = [o for o in detail["outputs"] if o["kind"] == "corrected"]
+    text = (Path(settings.bucket_url[len("file://") :]) / corrected["key"]).read_text()
+    [sent] = map(json.loads, text.splitlines())
+    assert (sent["identifier"], sent["event_name"]) == ("a1-mfx2", "tokens")
+    engine.dispose()
+
+
 def test_a_rerun_judges_rows_at_the_time_it_was_queued_however_late_its_task_runs(
     sandbox_server: SandboxServer,
     db_url: str,
