@@ -60,13 +60,23 @@ def rename_alias(
     record: UsageRecord, target: str, aliases: tuple[str, ...], exclude: set[str]
 ) -> Change | None:
     candidates = [
-        k for k in record.payload if k != target and k not in exclude and k.lower() in aliases
+        k
+        for k, v in record.payload.items()
+        if k != target and k not in exclude and k.lower() in aliases and holds(v)
     ]
     if len(candidates) != 1:
         return None
     value = record.payload.pop(candidates[0])
     record.payload[target] = value
     return Change("rename_key", f"payload.{candidates[0]}", candidates[0], target)
+
+
+def holds(value: object) -> bool:
+    """Whether an alias's value is a candidate for the key it aliases: a blank (None, or a
+    string of spaces or nothing) holds no customer or amount. JSON spells one `""` or `null`
+    where a CSV leaves the cell empty (absent); counted, it made a second candidate beside
+    the alias that holds the customer, and the row was quarantined in JSON only."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
 
 
 def drop_unused_keys(batch: Batch, ctx: Context) -> Fix:
@@ -128,7 +138,7 @@ def fill_dimensions_row(record: UsageRecord, ctx: Context) -> list[Change]:
         if key in record.payload:
             continue
         aliases = ctx.rules.dimension_aliases.get(key, ())
-        found = [a for a in aliases if a in record.payload or record.extra.get(a) not in (None, "")]
+        found = [a for a in aliases if holds(record.payload.get(a)) or holds(record.extra.get(a))]
         if not ctx.rules.enabled("fill_dimension"):
             raise Uncorrectable(
                 f"dimension key {key!r} missing and rule fill_dimension is disabled"
@@ -136,7 +146,9 @@ def fill_dimensions_row(record: UsageRecord, ctx: Context) -> list[Change]:
         if len(found) != 1:
             raise Uncorrectable(f"dimension key {key!r} missing and no single alias holds it")
         alias = found[0]
-        value = record.payload.pop(alias) if alias in record.payload else record.extra[alias]
+        value = (
+            record.payload.pop(alias) if holds(record.payload.get(alias)) else record.extra[alias]
+        )
         record.payload[key] = value
         changes.append(Change("fill_dimension", f"payload.{key}", None, value))
     return changes

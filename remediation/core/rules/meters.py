@@ -18,6 +18,7 @@ import pyarrow as pa
 from remediation.changes import Change, Context, meter_of
 from remediation.core.columns import Batch, Column
 from remediation.core.rules.base import Changes, Fix, RowRule, one_by_one, set_column
+from remediation.core.rules.keys import holds
 from remediation.errors import Uncorrectable
 from remediation.limits import shown
 from remediation.meters import Meter
@@ -230,7 +231,11 @@ def align_keys(record: UsageRecord, old: Meter | None, new: Meter, ctx: Context)
                 changes.append(Change("rename_key", f"payload.{target}", held, sent[source]))
             record.payload[target] = sent[source]
         elif target not in record.payload:
-            found = [k for k in record.payload if k.lower() in aliases and k != target]
+            found = [
+                k
+                for k, v in record.payload.items()
+                if k.lower() in aliases and k != target and holds(v)
+            ]
             source = found[0] if len(found) == 1 else None
             if source is not None:
                 record.payload[target] = record.payload.pop(source)

@@ -201,3 +201,90 @@ def test_a_customer_under_a_header_alias_fills_a_failed_rows_customer(tmp_path: 
     ]
     assert (summary["corrected"], summary["quarantined"]) == (1, 1)  # b: no customer anywhere
     assert _remediated(tmp_path / "jsonl" / "f.jsonl")[1:] == (corrected, audit)
+
+
+def test_a_blank_alias_is_no_second_candidate_for_a_missing_key(tmp_path: Path) -> None:
+    """A JSON row whose payload held the customer under one alias (`customer`) and a blank
+    string under another (`customer_id`) was quarantined as having "no single aliased column"
+    (the blank counted as a second candidate), where the same row as CSV, the blank an empty
+    cell (absent), was corrected. A blank (empty, spaces, null) holds no customer or amount:
+    it is not a candidate, in either format, for the customer key or the value key."""
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "csv" / "f.csv").write_text(
+        "identifier,timestamp,event_name,payload_value,payload_customer,payload_customer_id,"
+        "error_code,error_message\n"
+        "a,1763996400,api_requests,5,cus_1,,meter_event_no_customer_defined,no customer\n"
+        "s,1763996400,api_requests,6,cus_2,  ,meter_event_no_customer_defined,no customer\n"
+    )
+    rows = [
+        ("a", {"value": "5", "customer": "cus_1", "customer_id": ""}, "no_customer_defined"),
+        ("s", {"value": "6", "customer": "cus_2", "customer_id": "  "}, "no_customer_defined"),
+        ("v", {"stripe_customer_id": "cus_1", "qty": "7", "count": ""}, "value_not_found"),
+        ("w", {"stripe_customer_id": "cus_1", "qty": "8", "count": None}, "value_not_found"),
+    ]
+    (tmp_path / "jsonl" / "f.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "identifier": identifier,
+                    "timestamp": 1763996400,
+                    "event_name": "api_requests",
+                    "payload": payload,
+                    "error": {"code": f"meter_event_{code}", "message": "refused"},
+                }
+            )
+            + "\n"
+            for identifier, payload, code in rows
+        )
+    )
+    summary, corrected, audit = _remediated(tmp_path / "csv" / "f.csv")
+    assert (summary["corrected"], summary["quarantined"]) == (2, 0)
+    assert corrected == [  # a blank of spaces kept (another key layout: another file)
+        {"identifier": "a-mfx1", "payload_value": "5", "payload_stripe_customer_id": "cus_1"},
+        {
+            "identifier": "s-mfx1",
+            "payload_value": "6",
+            "payload_customer_id": "  ",
+            "payload_stripe_customer_id": "cus_2",
+        },
+    ]
+    renamed = {"rule": "rename_key", "field": "payload.customer"}
+    assert audit == [
+        {"row": 1, **renamed, "before": "customer", "after": "stripe_customer_id"},
+        {"row": 2, **renamed, "before": "customer", "after": "stripe_customer_id"},
+    ]
+    summary, corrected, audit = _remediated(tmp_path / "jsonl" / "f.jsonl")
+    assert (summary["corrected"], summary["quarantined"]) == (4, 0)
+    assert corrected == [  # the blank kept as it came (the meter does not read it)
+        {
+            "identifier": "a-mfx1",
+            "payload_value": "5",
+            "payload_customer_id": "",
+            "payload_stripe_customer_id": "cus_1",
+        },
+        {
+            "identifier": "s-mfx1",
+            "payload_value": "6",
+            "payload_customer_id": "  ",
+            "payload_stripe_customer_id": "cus_2",
+        },
+        {
+            "identifier": "v-mfx1",
+            "payload_stripe_customer_id": "cus_1",
+            "payload_count": "",
+            "payload_value": "7",
+        },
+        {
+            "identifier": "w-mfx1",
+            "payload_stripe_customer_id": "cus_1",
+            "payload_count": None,
+            "payload_value": "8",
+        },
+    ]
+    assert audit == [
+        {"row": 1, **renamed, "before": "customer", "after": "stripe_customer_id"},
+        {"row": 2, **renamed, "before": "customer", "after": "stripe_customer_id"},
+        {"row": 3, "rule": "rename_key", "field": "payload.qty", "before": "qty", "after": "value"},
+        {"row": 4, "rule": "rename_key", "field": "payload.qty", "before": "qty", "after": "value"},
+    ]
