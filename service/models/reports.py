@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, ForeignKey, Integer
+from sqlalchemy import Column, ForeignKey, Index, Integer
 from sqlmodel import Field, SQLModel
 
 from handlers.records import RemediationStatus
@@ -77,6 +77,10 @@ class ImportSet(SQLModel, table=True):
     __tablename__ = "import_sets"
     __table_args__ = (
         one_of("remediation_status", RemediationStatus, "ck_import_sets_remediation_status"),
+        # every run over an object looks up the import sets naming it (`object_sources`);
+        # hash on PostgreSQL: equality is all it serves, and a btree entry cannot exceed
+        # about 2.7 kB, which a key a webhook names need not respect
+        Index("ix_import_sets_source_object", "source_object", postgresql_using="hash"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -75,8 +75,8 @@ def object_sources(engine: Engine, prefix: str, key: str | None) -> list[str]:
 def failed_records_files(engine: Engine, names: list[str]) -> list[str]:
     """The failed-records files of the import sets of the object known by `names` (its key,
     and the key without the bucket's prefix, as Stripe's connector may name it): the source
-    of their runs (`import_set_errors`), which names the file, not the object. One scan of
-    the import sets (one per object imported; `source_object` has no index)."""
+    of their runs (`import_set_errors`), which names the file, not the object (one look-up
+    on `ix_import_sets_source_object`)."""
     if not names:
         return []
     query = select(IMPORT_SETS.c.errors_file_id).where(
