@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import Engine
 
 from remediation.ports import Bucket
 from remediation.records import UsageRecord
 from service.jobs.store import reports
-from service.jobs.store.runs import handled_among, runs_of_sources
+from service.jobs.store.quarantine import mark_refused_again
+from service.jobs.store.runs import handled_among, runs_correcting, runs_of_sources
 from service.logs import log_event
 from service.poller.store import lookup_batches
 
@@ -53,31 +56,68 @@ class LeftOut:
                 yield record
 
 
+class RefusedAgain(NamedTuple):
+    """Stripe refused the rows again at `at`, from the object version `version` (a label)."""
+
+    at: datetime
+    version: str
+
+
 class HandledElsewhere(LeftOut):
     """The rows without those another run over the same object corrected or quarantined
     (`left`: how many), looked up a batch at a time (no query at all when no other run took
-    rows of the object: the common case)."""
+    rows of the object: the common case).
 
-    def __init__(self, engine: Engine, bucket: Bucket, key: str | None, run_key: str) -> None:
-        self.engine, self.key = engine, key
-        self.runs = runs_of_sources(engine, object_sources(engine, bucket, key), run_key)
+    `refused`: the rows are Stripe's refusals of a version of the object (an import set's
+    failed records). A row a run over the object quarantined before then, which Stripe now
+    refused again, was taken again by the connector (it takes every version whole): a new
+    refusal, not one handled. It is marked taken again (`again`: how many), as the poller does
+    when it indexes the version (which, with MFX_POLLER=off or before it got to the version,
+    it had not: the row was left out as handled, held with the old version's content, and the
+    quarantine re-run then left it as billed since: never billed)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        bucket: Bucket,
+        key: str | None,
+        run_key: str,
+        refused: RefusedAgain | None = None,
+    ) -> None:
+        self.engine, self.key, self.refused, self.again = engine, key, refused, 0
+        sources = object_sources(engine, bucket, key)
+        self.runs = runs_of_sources(engine, sources, run_key)
+        # the re-runs that took their quarantined rows too (quarantined again there)
+        self.chain = runs_correcting(engine, sources) if self.runs and refused else []
 
     def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
         return super().__call__(records) if self.runs else records
 
     def excluded(self, identifiers: set[str]) -> set[str]:
-        return handled_among(self.engine, self.runs, sorted(identifiers))
+        listed = sorted(identifiers)
+        if self.refused is not None:
+            at, version = self.refused
+            self.again += mark_refused_again(self.engine, self.chain, listed, version, at)
+        return handled_among(self.engine, self.runs, listed)
 
     def outcome(self) -> str:
+        again = (
+            f"; {self.again} quarantined before refused again (marked taken again): "
+            "remediated from this version"
+            if self.again
+            else ""
+        )
         if not self.left:
-            return ""
+            return again
         log_event(
             "remediation.rows_handled_elsewhere",
             level=logging.WARNING,
             rows=self.left,
             key=self.key,
         )
-        return f"; {self.left} left out: another run over {self.key} corrected or quarantined them"
+        return again + (
+            f"; {self.left} left out: another run over {self.key} corrected or quarantined them"
+        )
 
 
-__all__ = ["HandledElsewhere", "LeftOut", "object_sources"]
+__all__ = ["HandledElsewhere", "LeftOut", "RefusedAgain", "object_sources"]

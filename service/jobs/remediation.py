@@ -34,7 +34,7 @@ from service.jobs.inputs import (
     next_generation,
     run_lineage,
 )
-from service.jobs.object_runs import HandledElsewhere, LeftOut
+from service.jobs.object_runs import HandledElsewhere, LeftOut, RefusedAgain
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated
@@ -75,7 +75,8 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
             rows = _TakenAgain(deps, import_set, later)
             # rows an error report's run over the object (or another import set's) took
             key = import_set.source_object
-            elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key)
+            refused = RefusedAgain(rows.since, _refusal(import_set))
+            elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
 
             def transform(records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
                 return elsewhere(rows(records))
@@ -284,6 +285,15 @@ class _TakenAgain(LeftOut):
             f"; {self.left} left to Stripe's connector: a version of the file uploaded since "
             "holds them"
         )
+
+
+def _refusal(import_set: ImportSet) -> str:
+    """How a quarantined row Stripe refused again in this import set is marked."""
+    at = datetime.fromtimestamp(event_time(import_set), UTC)
+    return (
+        f"{import_set.source_object} (import set {import_set.import_set_id}, refused again "
+        f"{at:%Y-%m-%d %H:%M} UTC)"
+    )
 
 
 def import_set_of(run_key: str) -> str | None:

@@ -825,6 +825,99 @@ def test_a_quarantined_row_stripes_connector_took_again_fixed_is_left_by_a_rerun
         assert held.taken_again.startswith("usage/day.csv (ETag ")
 
 
+@pytest.mark.parametrize(("mode", "reruns"), [("off", 0), ("index", 0), ("off", 1)])
+def test_a_quarantined_row_stripes_connector_refused_again_from_a_new_version_is_billed(
+    db_url: str,
+    s3_endpoint: str,
+    tmp_path: Path,
+    make_app: Callable[[Settings], Flask],
+    mode: str,
+    reruns: int,
+) -> None:
+    """Stripe's connector refused a row (a customer it does not know) and meterfix
+    quarantined it (and, `reruns`, a re-run before the rules were fixed quarantined it
+    again). The file was uploaded again with the row as it was; the connector took the new
+    version whole and refused the row again, after the operator had mapped the customer.
+    The new import set's run left the row out as one another run over the object had
+    quarantined, so it stayed held with the old version's content, and a quarantine re-run
+    then left it as "billed since": never billed. (In index mode the poller marks it when it
+    indexes the new version: here it had not got to it yet.) The new refusal is the new
+    import set's: the row goes out once, corrected."""
+    with running_loop(db_url, s3_endpoint, tmp_path, make_app, poller=mode) as loop:
+        now = int(time.time()) - 60
+        rows = [["ok1", now, "api_requests", "cus_alice", "3"]]
+        rows.append(["g1", now, "api_requests", "ghost-1", "5"])
+        _put(loop, "day.csv", usage_csv(rows))
+        loop.sandbox.connector_poll()
+        loop.drain()  # g1 quarantined: no rule maps its customer
+        for _ in range(reruns):
+            rerun(loop)  # quarantined again: the rules are not fixed yet
+        time.sleep(1)  # the new version's import comes after the row was quarantined
+        rows.append(["ok2", now, "api_requests", "cus_alice", "4"])
+        _put(loop, "day.csv", usage_csv(rows))  # g1 as it was
+        add_rules(loop, '"ghost-1" = "cus_alice"\n')
+        loop.sandbox.connector_poll()  # ok2 billed, ok1 deduped, g1 refused again
+        loop.drain()
+        loop.sandbox.connector_poll()  # the corrected object
+        assert sorted(loop.accepted()) == ["g1-mfx1", "ok1", "ok2"]
+        assert max(originals_billed(loop).values()) == 1
+        with loop.session() as session:
+            held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+            tasks = session.exec(
+                select(InboxEvent)
+                .where(InboxEvent.event_type == "meterfix.remediate.import_set_errors")
+                .order_by(col(InboxEvent.id))
+            ).all()
+        assert [q.identifier for q in held] == ["g1"] * (1 + reruns)
+        assert all(q.taken_again is not None for q in held), "no longer held"
+        assert all(str(q.taken_again).startswith("day.csv (import set impset_") for q in held), (
+            held[0].taken_again
+        )
+        assert "; 1 quarantined before refused again (marked taken again)" in str(tasks[-1].outcome)
+        assert "left out" not in str(tasks[-1].outcome)
+        # the re-run has nothing left to take
+        assert rerun(loop)["rows"] == 0
+
+
+def test_a_row_a_rerun_corrected_and_stripe_refused_again_from_a_new_version_is_not_resent(
+    db_url: str, s3_endpoint: str, tmp_path: Path, make_app: Callable[[Settings], Flask]
+) -> None:
+    """The other side of the test above: the operator mapped the customer and re-ran the
+    quarantine, so `g1-mfx1` was billed; the file, uploaded again with g1 as it was, is
+    refused again for it. That refusal is not a row to correct: sent again it is billed twice
+    (a day later, past Stripe's dedupe). Left out, and the row's entries stay as they were."""
+    with running_loop(db_url, s3_endpoint, tmp_path, make_app, poller="off") as loop:
+        now = int(time.time()) - 60
+        rows = [["ok1", now, "api_requests", "cus_alice", "3"]]
+        rows.append(["g1", now, "api_requests", "ghost-1", "5"])
+        _put(loop, "day.csv", usage_csv(rows))
+        loop.sandbox.connector_poll()
+        loop.drain()  # g1 quarantined
+        add_rules(loop, '"ghost-1" = "cus_alice"\n')
+        rerun(loop)
+        loop.sandbox.connector_poll()  # the re-run's corrected object: g1-mfx1 billed
+        time.sleep(1)
+        rows.append(["ok2", now, "api_requests", "cus_alice", "4"])
+        _put(loop, "day.csv", usage_csv(rows))
+        loop.sandbox.connector_poll()  # g1 refused again (the map is meterfix's, not Stripe's)
+        loop.drain()
+        loop.sandbox.connector_poll()
+        assert sorted(loop.accepted()) == ["g1-mfx1", "ok1", "ok2"]
+        with loop.session() as session:
+            held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+            [task] = session.exec(
+                select(InboxEvent)
+                .where(InboxEvent.event_type == "meterfix.remediate.import_set_errors")
+                .order_by(col(InboxEvent.id).desc())
+            ).all()[:1]
+        assert [(q.identifier, q.rerun_id is not None, q.taken_again) for q in held] == [
+            ("g1", True, None)
+        ]
+        assert "1 left out: another run over day.csv corrected or quarantined them" in str(
+            task.outcome
+        )
+
+
 @pytest.mark.parametrize(
     ("name", "body"),
     [

@@ -419,6 +419,56 @@ def mark_taken_again(
     return len(ids)
 
 
+def mark_refused_again(
+    engine: Engine,
+    run_ids: Sequence[int],
+    identifiers: Sequence[str],
+    version: str,
+    before: datetime,
+) -> int:
+    """Stripe refused again, from a later version of their object (`version`, refused at
+    `before`), rows these runs (an object's runs and the re-runs that took their rows,
+    `runs_correcting`) quarantined before then: the connector takes every version whole, so
+    each is a new refusal, which the later version's run remediates. Marked taken again: the
+    rows held (`_held`), and the entries of them a re-run took and quarantined again, down
+    the chain to a held one (so no run over the object counts them as handled). A row a
+    re-run corrected or sent is not marked: it was billed. How many rows were held."""
+    if not run_ids or not identifiers:
+        return 0
+    query = select(
+        QUARANTINE.c.id,
+        QUARANTINE.c.run_id,
+        QUARANTINE.c.rerun_id,
+        QUARANTINE.c.identifier,
+        QUARANTINE.c.created_at,
+    ).where(
+        QUARANTINE.c.run_id.in_(list(run_ids)),
+        QUARANTINE.c.taken_again.is_(None),
+        in_listed(QUARANTINE.c.identifier, identifiers, engine),
+    )
+    with engine.connect() as connection:
+        rows = [
+            row
+            for row in connection.execute(query).all()
+            if (as_utc(row.created_at) or before) < before
+        ]
+    held = {(int(row.run_id), str(row.identifier)) for row in rows if row.rerun_id is None}
+    marked = set(held)
+    taken = [row for row in rows if row.rerun_id is not None]
+    while True:  # up the chain: an entry whose re-run quarantined it again, and so on
+        more = {
+            (int(row.run_id), str(row.identifier))
+            for row in taken
+            if (int(row.rerun_id), str(row.identifier)) in marked
+        }
+        if more <= marked:
+            break
+        marked |= more
+    ids = [int(row.id) for row in rows if (int(row.run_id), str(row.identifier)) in marked]
+    mark_rows_taken_again(engine, ids, version)
+    return len(held)
+
+
 def mark_rows_taken_again(engine: Engine, ids: Sequence[int], version: str) -> None:
     """These rows were taken again from the object version `version` (Stripe's connector
     took a version written after they were quarantined that holds them): marked with it."""
