@@ -317,7 +317,7 @@ def _remediate(
     stages = Stages()
     with stages.timing(Stage.LINEAGE):
         # above the object's generation, and any that wrote one of its identifiers
-        generation, lineage = run_lineage(
+        generation, lineage, traced_from = run_lineage(
             ctx.engine, path, ctx.rules, key, next_generation(ctx.bucket, key)
         )
     request = RunRequest(
@@ -330,6 +330,7 @@ def _remediate(
         generation=generation,
         columns=plan.columns or None,
         lineage=lineage,
+        input_generation=traced_from,
         rejected=False,  # an object that was imported: only the reported rows are re-sent
         stages=stages,
     )

@@ -240,10 +240,12 @@ def next_generation(bucket: Bucket, key: str | None) -> int:
 
 
 class RunLineage(NamedTuple):
-    """The generation a run writes and its input's lineage, decided before it writes."""
+    """The generation a run writes and its input's lineage, decided before it writes, and
+    the generation that lineage traced the input from (the object's: `traced_from`)."""
 
     generation: int
     lineage: Lineage
+    traced_from: int
 
 
 def run_lineage(
@@ -259,7 +261,7 @@ def run_lineage(
         plan = plan_input(path, rules)
     except UnreadableFile:
         # the run itself reads the file again and says what is wrong with it
-        return RunLineage(generation, Lineage())
+        return RunLineage(generation, Lineage(), generation - 1)
 
     def read(of_csv: Callable[[CsvRecords], Iterator[T]], of_records: RecordsTo[T]) -> Iterator[T]:
         """What `of_csv` takes out of a CSV (its identifier column alone, as columns), or
@@ -284,12 +286,14 @@ def run_lineage(
         lambda rs: (r.identifier for r in rs if r.identifier),
     )
     # traced from the object's own generation (the suffix it appended), not the run's
+    traced_from = generation - 1
     ancestors = trace_ancestors(
-        identifiers, generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
+        identifiers, traced_from, lambda batch: parents(engine, batch), LOOKUP_BATCH
     )
     generation = run_generation(generation, ancestors)
     escapes = plan.fmt is not FileFormat.CSV
-    return RunLineage(generation, input_lineage(path, rows, source, generation, ancestors, escapes))
+    lineage = input_lineage(path, rows, source, generation, ancestors, escapes)
+    return RunLineage(generation, lineage, traced_from)
 
 
 def _storable_ones(identifiers: list[str]) -> list[str]:

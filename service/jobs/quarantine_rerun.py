@@ -60,6 +60,7 @@ from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.store.quarantine import (
     QuarantinedFrom,
     QuarantineFilter,
+    RerunRow,
     RunOf,
     mark_rerun,
     mark_rows_taken_again,
@@ -86,10 +87,15 @@ CHECKED_BY_VALIDATION = KNOWN_CODES - {ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.U
 RERUN_PREFIX = "quarantine_rerun:"
 
 
-def rerun_key(action_ref: str, generation: int) -> str:
-    """The run key of a re-run's run for rows that runs of `generation` quarantined."""
+def rerun_key(action_ref: str, generation: int, traced_from: int | None = None) -> str:
+    """The run key of a re-run's run for rows that runs of `generation` quarantined, whose
+    input was traced from `traced_from` (`:i<n>` only when that is not `generation - 1`,
+    so the keys of re-runs queued before it was kept stay the same)."""
     base = f"{RERUN_PREFIX}{action_ref}"
-    return base if generation <= 1 else f"{base}:g{generation}"
+    key = base if generation <= 1 else f"{base}:g{generation}"
+    if traced_from is None or traced_from == generation - 1:
+        return key
+    return f"{base}:g{generation}:i{traced_from}"
 
 
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
@@ -108,12 +114,12 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     )
     if not picked:
         return f"no quarantined rows to re-run: none match, or this re-run took them{left}"
-    by_generation: dict[int, list[int]] = {}
-    for row_id, generation in picked:
-        by_generation.setdefault(generation, []).append(row_id)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for row in picked:
+        groups.setdefault((row.generation, row.traced_from), []).append(row.id)
     runs: list[RemediationRun] = []
-    for generation, ids in sorted(by_generation.items()):
-        runs.append(_rerun(ctx, action_ref, generation, ids, now))
+    for (generation, traced_from), ids in sorted(groups.items()):
+        runs.append(_rerun(ctx, action_ref, generation, traced_from, ids, now))
     passed = sum(run.valid + run.corrected for run in runs)
     stayed = sum(run.quarantined for run in runs)
     named = ", ".join(str(run.id) for run in runs)
@@ -124,15 +130,16 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
 
 
 def _rerun(
-    ctx: RunContext, action_ref: str, generation: int, ids: list[int], now: int
+    ctx: RunContext, action_ref: str, generation: int, traced_from: int, ids: list[int], now: int
 ) -> RemediationRun:
-    """One run of the rows (by id) that runs of `generation` quarantined; their corrected
-    rows are of that generation too, and their lineage is traced from its input's."""
+    """One run of the rows (by id) that runs of `generation` quarantined, whose input they
+    traced from `traced_from`; their corrected rows are of that generation too (or above:
+    `_lineage`), and their lineage is traced as their runs traced it."""
     source = f"quarantine re-run {action_ref}"
-    written, lineage = _lineage(ctx.engine, ids, generation, source)
+    written, lineage, _ = _lineage(ctx.engine, ids, traced_from, generation, source)
     request = RunRequest(
-        # keyed by the quarantining runs' generation: one run per group, whatever it writes
-        run_key=rerun_key(action_ref, generation),
+        # keyed by the quarantining runs' generations: one run per group, whatever it writes
+        run_key=rerun_key(action_ref, generation, traced_from),
         trigger=RunTrigger.QUARANTINE_RERUN,
         source=source,
         tag=f"rerun-{action_ref}",
@@ -140,6 +147,7 @@ def _rerun(
         now=now,
         generation=written,
         lineage=lineage,
+        input_generation=traced_from,
         rejected=True,  # quarantined rows were never sent: every row may go out corrected
         # the operator's decision after fixing the rules: a row loop protection stopped (it
         # failed again with the code it was corrected for) is corrected again by them; if it
@@ -152,10 +160,10 @@ def _rerun(
     return run
 
 
-def _pick(ctx: RunContext, action_ref: str) -> tuple[list[tuple[int, int]], int]:
-    """(id, generation of the run that quarantined it) of each row to re-run, and how many
-    rows the filter picked that are left: billed as they are since (`_sent_since`,
-    `_in_later_versions`, and rows their object sent again: `mark_taken_again`)."""
+def _pick(ctx: RunContext, action_ref: str) -> tuple[list[RerunRow], int]:
+    """The rows to re-run, and how many rows the filter picked that are left: billed as they
+    are since (`_sent_since`, `_in_later_versions`, and rows their object sent again:
+    `mark_taken_again`)."""
     with ctx.engine.connect() as connection:
         detail = rerun_detail(connection, int(action_ref)) if action_ref.isdigit() else None
         filters = None if detail is None else detail.get("filters")
@@ -172,11 +180,11 @@ def _pick(ctx: RunContext, action_ref: str) -> tuple[list[tuple[int, int]], int]
             f"quarantine_rerun:{action_ref}",
             through if isinstance(through, int) else None,
         )
-        picked = [(row_id, generation) for row_id, generation, again in listed if not again]
-        ids = [row_id for row_id, _ in picked]
+        picked = [row for row in listed if not row.again]
+        ids = [row.id for row in picked]
         billed = _sent_since(ctx.engine, connection, ids)
         billed |= _in_later_versions(ctx, connection, [i for i in ids if i not in billed])
-    kept = [row for row in picked if row[0] not in billed]
+    kept = [row for row in picked if row.id not in billed]
     return kept, len(listed) - len(kept)
 
 
@@ -290,23 +298,28 @@ def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[tuple[str, 
         )
 
 
-def _lineage(engine: Engine, ids: Sequence[int], generation: int, source: str) -> RunLineage:
+def _lineage(
+    engine: Engine, ids: Sequence[int], traced_from: int, generation: int, source: str
+) -> RunLineage:
     """The generation the re-run writes and which of the rows' identifiers we wrote (a
     quarantined row of a corrected file), with the originals a derived identifier must not
-    equal, as the other jobs find them: the rows are those runs of `generation` quarantined,
-    so their input was of `generation - 1`. The re-run writes above every generation the audit
-    says wrote one of them (`run_generation`): a run from before that rule (an import set
-    naming no object ran in generation 1) may have quarantined our own `a1-mfx1` in
-    generation 1, which re-sent in it went out as `a1-mfx1`, the identifier just refused."""
+    equal, as the other jobs find them: the rows are those runs of `generation` quarantined
+    from an input they traced from `traced_from` (`generation - 1` but for a run raised by
+    lineage, whose object's generation was lower: traced from the run's less one, the
+    customer's own `c1-mfx1` was taken for our `c1` re-sent). The re-run writes above every
+    generation the audit says wrote one of them (`run_generation`): a run from before that
+    rule (an import set naming no object ran in generation 1) may have quarantined our own
+    `a1-mfx1` in generation 1, which re-sent in it went out as `a1-mfx1`, the identifier just
+    refused."""
     identifiers = [identifier for identifier, _, _ in _identified_rows(engine, ids)]
     ancestors = trace_ancestors(
-        identifiers, generation - 1, lambda batch: parents(engine, batch), LOOKUP_BATCH
+        identifiers, traced_from, lambda batch: parents(engine, batch), LOOKUP_BATCH
     )
     written = run_generation(generation, ancestors)
     lineage = Lineage(ancestors)
     numbered = ((identifier, n) for n, identifier in enumerate(identifiers, start=1))
     reserved = reserved_originals(numbered, Identifiers(source, written, lineage, keep=False))
-    return RunLineage(written, Lineage(ancestors, reserved))
+    return RunLineage(written, Lineage(ancestors, reserved), traced_from)
 
 
 def _records(engine: Engine, ids: Sequence[int]) -> Iterator[UsageRecord]:

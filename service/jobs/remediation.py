@@ -199,7 +199,9 @@ def _rejected_rows(
     the source object's + 1 (`next_generation`); the run's is raised above any that lineage
     says wrote one of the file's identifiers (`run_lineage`)."""
     with stages.timing(Stage.LINEAGE):
-        generation, lineage = run_lineage(deps.run.engine, path, deps.run.rules, source, generation)
+        generation, lineage, traced_from = run_lineage(
+            deps.run.engine, path, deps.run.rules, source, generation
+        )
     return RunRequest(
         run_key=run_key,
         trigger=trigger,
@@ -209,6 +211,7 @@ def _rejected_rows(
         now=now,
         generation=generation,
         lineage=lineage,
+        input_generation=traced_from,
         rejected=True,
         stages=stages,
     )

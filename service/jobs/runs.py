@@ -61,6 +61,7 @@ class RunRequest:
     generation: int = 1
     columns: Sequence[str] | None = None
     lineage: Lineage | None = None  # which identifiers we wrote (remediation.identifiers)
+    input_generation: int | None = None  # the generation `lineage` traced its input from
     rejected: bool = False  # every row was rejected by Stripe: valid rows are re-sent too
     loop_protection: bool = True  # off: an operator re-runs quarantined rows (remediate)
     # Time per stage, from the download on (logged with the run; never compared).
@@ -87,7 +88,12 @@ def execute_run(
     stages = request.stages
     with stages.timing(Stage.DATABASE):
         run_id = start_run(
-            ctx.engine, request.run_key, request.trigger, request.source, request.generation
+            ctx.engine,
+            request.run_key,
+            request.trigger,
+            request.source,
+            request.generation,
+            request.input_generation,
         )
     with (
         tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp,

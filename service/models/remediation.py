@@ -61,6 +61,10 @@ class RemediationRun(SQLModel, table=True):
     source: str = text_field()
     source_sha256: str | None = Field(default=None, max_length=64)
     generation: int = 1
+    # the generation its input's identifiers were traced from (its object's; None: a run
+    # written before it was kept, taken as generation - 1): a run raised above its object's
+    # generation by lineage (`run_generation`) traced from below it
+    input_generation: int | None = None
     status: str = Field(default=RunStatus.RUNNING, max_length=16)
     input_rows: int = 0
     valid: int = 0

@@ -750,7 +750,7 @@ def test_lineage_lookup_survives_identifiers_we_never_write(db_url: str, tmp_pat
     )
     engine = make_engine(db_url)
     try:
-        generation, lineage = run_lineage(engine, path, load_rules(None), "failed.csv", 2)
+        generation, lineage, _ = run_lineage(engine, path, load_rules(None), "failed.csv", 2)
     finally:
         engine.dispose()
     assert lineage.ancestors == {}

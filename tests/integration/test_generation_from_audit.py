@@ -17,7 +17,9 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from sandbox.events import build_import_set_event
+from service.jobs.store.quarantine import QuarantineFilter
 from service.models import CorrectionAudit, QuarantinedRow, RemediationRun
+from service.web.actions import Actor, queue_rerun
 from tests.integration.test_remediation_tasks import Service, service  # noqa: F401
 
 COLUMNS = ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
@@ -133,3 +135,51 @@ def test_a_failed_file_read_from_stripes_copy_resends_rows_of_ours_in_the_next_g
     ]
     assert generations == ["2"]
     assert _generations(service) == {"impset_g1": 1, "impset_whole": 2}
+
+
+def test_a_rerun_traces_a_raised_runs_rows_from_its_inputs_generation(
+    service: Service,
+) -> None:
+    """An import set naming no object held our `a1-mfx1` (so its run went up to generation
+    2) and the customer's own `c1-mfx1` (a meter not made yet: quarantined). The quarantine
+    re-run traced that row from generation 1 (the run's, less one), not from its input's (0:
+    no object, no generation), so it took `c1-mfx1` for our `c1` re-sent and wrote `c1-mfx2`
+    (another original's derived identifier: Stripe keeps one of the two). Now the run keeps
+    its input's generation, and the re-run traces the row from it: `c1-mfx1-mfx2`, as the
+    run itself would have written it."""
+    now = int(time.time()) - 60
+    written = _first_generation(service, now)
+    theirs = dict(zip(COLUMNS, ["c1-mfx1", str(now), "tokens", "cus_1", "3"], strict=True))
+    _failed_records(
+        service,
+        "impset_mix",
+        [
+            {**written, "error_code": "meter_event_customer_not_found"},
+            {**theirs, "error_code": "no_meter"},
+        ],
+    )
+    [again], _ = _corrected(service, "impset_mix")
+    assert again["identifier"] == "a1-mfx2"
+    with Session(service.engine) as session:
+        [held] = session.exec(select(QuarantinedRow)).all()
+        run = session.get(RemediationRun, held.run_id)
+    assert held.identifier == "c1-mfx1"
+    assert run is not None and (run.generation, run.input_generation) == (2, 0)
+
+    service.sandbox.admin.create_meter("tokens")  # the operator makes the missing meter
+    queued = queue_rerun(service.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+    assert queued["rows"] == 1
+    service.drain()
+    with Session(service.engine) as session:
+        [rerun] = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
+        ).all()
+    assert (rerun.run_key, rerun.generation, rerun.input_generation, rerun.valid) == (
+        f"quarantine_rerun:{queued['action_id']}:g2:i0",
+        2,
+        0,
+        1,
+    )
+    [output] = (_bucket(service) / "corrected").glob("rerun-*/*.corrected.*.jsonl")
+    [sent] = map(json.loads, output.read_text().splitlines())
+    assert (sent["identifier"], sent["event_name"]) == ("c1-mfx1-mfx2", "tokens")

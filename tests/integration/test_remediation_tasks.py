@@ -437,7 +437,7 @@ def test_lineage_is_looked_up_in_batches(db_url: str, tmp_path: Path) -> None:
                 )
             )
         session.commit()
-    generation, found = run_lineage(engine, path, load_rules(None), "corrected.csv", 1)
+    generation, found, _ = run_lineage(engine, path, load_rules(None), "corrected.csv", 1)
     engine.dispose()
     assert found.ancestors == {
         f"x{n}-r1": Ancestor(f"x{n}", f"code{n}", 1) for n in (0, LOOKUP_BATCH + 1, count - 1)

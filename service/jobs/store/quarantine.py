@@ -200,13 +200,24 @@ def latest_quarantined_id(connection: Connection) -> int:
     return int(connection.execute(select(func.max(QUARANTINE.c.id))).scalar() or 0)
 
 
+class RerunRow(NamedTuple):
+    """A quarantined row a re-run picks: the generation of the run that quarantined it (1
+    when that run is gone), the generation that run traced its input from (the run's less
+    one when it did not keep it), and whether its object sent it again since
+    (`mark_taken_again`)."""
+
+    id: int
+    generation: int
+    traced_from: int
+    again: bool
+
+
 def rows_to_rerun(
     connection: Connection, found: QuarantineFilter, run_key: str, through: int | None = None
-) -> list[tuple[int, int, bool]]:
-    """(id, generation of the run that quarantined it: 1 when that run is gone, whether its
-    object sent it again since: `mark_taken_again`) of each row the filter picks for the
-    re-run `run_key` (oldest first; up to id `through`), never the rows of that re-run's own
-    runs (`run_key`, `run_key:g<n>`) nor rows another re-run took."""
+) -> list[RerunRow]:
+    """The rows the filter picks for the re-run `run_key` (oldest first; up to id
+    `through`), never the rows of that re-run's own runs (`run_key`, `run_key:g<n>…`) nor
+    rows another re-run took."""
     own = select(RUNS.c.id).where(
         (RUNS.c.run_key == run_key)
         | (func.substr(RUNS.c.run_key, 1, len(run_key) + 2) == f"{run_key}:g")
@@ -218,10 +229,12 @@ def rows_to_rerun(
     ]
     if through is not None:
         where.append(QUARANTINE.c.id <= through)
+    generation = func.coalesce(RUNS.c.generation, 1)
     query = (
         select(
             QUARANTINE.c.id,
-            func.coalesce(RUNS.c.generation, 1).label("generation"),
+            generation.label("generation"),
+            func.coalesce(RUNS.c.input_generation, generation - 1).label("traced_from"),
             QUARANTINE.c.taken_again,
         )
         .select_from(QUARANTINE.outerjoin(RUNS, RUNS.c.id == QUARANTINE.c.run_id))
@@ -229,7 +242,9 @@ def rows_to_rerun(
         .order_by(QUARANTINE.c.id)
     )
     return [
-        (int(row.id), int(row.generation), row.taken_again is not None)
+        RerunRow(
+            int(row.id), int(row.generation), int(row.traced_from), row.taken_again is not None
+        )
         for row in connection.execute(query)
     ]
 

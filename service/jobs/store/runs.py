@@ -269,9 +269,17 @@ def finished_run(engine: Engine, run_key: str) -> RemediationRun | None:
     return run if run is not None and run.status == RunStatus.DONE else None
 
 
-def start_run(engine: Engine, run_key: str, trigger: str, source: str, generation: int) -> int:
+def start_run(
+    engine: Engine,
+    run_key: str,
+    trigger: str,
+    source: str,
+    generation: int,
+    input_generation: int | None = None,
+) -> int:
     """Record the run as running (new, or again after a crashed try, whose audit, quarantined
-    rows and outputs are deleted); its id."""
+    rows and outputs are deleted); its id. `input_generation`: the generation its input was
+    traced from (None: not traced)."""
     with session_scope(engine) as session:
         run = session.exec(
             select_model(RemediationRun).where(RemediationRun.run_key == run_key)
@@ -279,6 +287,7 @@ def start_run(engine: Engine, run_key: str, trigger: str, source: str, generatio
         if run is None:
             run = RemediationRun(run_key=run_key, trigger=trigger)
         run.source, run.generation = source, generation
+        run.input_generation = input_generation
         run.status = RunStatus.RUNNING
         session.add(run)
         session.flush()
