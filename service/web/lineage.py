@@ -32,7 +32,7 @@ def run_input(run_key: str, source: str | None) -> dict[str, Any]:
         return {"type": "poller_import", "import_set_id": rest, "object": source}
     if kind == "error_report":
         return {"type": "error_report", "event_id": rest.partition(":")[0], "source": source}
-    if kind == RERUN_PREFIX[:-1]:  # `quarantine_rerun:<action>[:g<generation>]`
+    if kind == RERUN_PREFIX[:-1]:  # `quarantine_rerun:<action>[:g<generation>[:i<traced from>]]`
         return {"type": "quarantine_rerun", "action_id": rest.partition(":")[0]}
     return {"type": "file", "source": source}
 
