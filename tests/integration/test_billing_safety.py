@@ -775,6 +775,21 @@ def test_a_timestamp_past_64_bits_is_quarantined_and_the_rest_billed(loop: Loop)
     assert "9" * 20 in str(held.reason)
 
 
+def a_row_the_connector_refused(loop: Loop, reruns: int = 0) -> list[list[object]]:
+    """The day's file: `ok1`, and `g1` naming a customer Stripe does not know (`ghost-1`).
+    Stripe's connector bills ok1 and refuses g1, and meterfix quarantines it (no rule maps
+    the customer); `reruns` re-runs before the rules are fixed hold it again. The rows."""
+    now = int(time.time()) - 60
+    rows: list[list[object]] = [["ok1", now, "api_requests", "cus_alice", "3"]]
+    rows.append(["g1", now, "api_requests", "ghost-1", "5"])
+    _put(loop, "day.csv", usage_csv(rows))
+    loop.sandbox.connector_poll()
+    loop.drain()  # g1 quarantined
+    for _ in range(reruns):
+        rerun(loop)  # quarantined again: the rules are not fixed yet
+    return rows
+
+
 @pytest.mark.parametrize(("mode", "reruns"), [("off", 0), ("index", 0), ("off", 1)])
 def test_a_quarantined_row_stripes_connector_took_again_fixed_is_left_by_a_rerun(
     db_url: str,
@@ -791,14 +806,7 @@ def test_a_quarantined_row_stripes_connector_took_again_fixed_is_left_by_a_rerun
     quarantine: the row went out again as `g1-mfx1`, billed twice (the default mode indexes
     nothing, and in index mode the poller had not indexed the new version yet)."""
     with running_loop(db_url, s3_endpoint, tmp_path, make_app, poller=mode) as loop:
-        now = int(time.time()) - 60
-        rows = [["ok1", now, "api_requests", "cus_alice", "3"]]
-        rows.append(["g1", now, "api_requests", "ghost-1", "5"])
-        _put(loop, "day.csv", usage_csv(rows))
-        loop.sandbox.connector_poll()
-        loop.drain()  # g1 quarantined: no rule maps its customer
-        for _ in range(reruns):
-            rerun(loop)  # quarantined again: the rules are not fixed yet
+        rows = a_row_the_connector_refused(loop, reruns)
         with loop.session() as session:
             held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
             assert [q.identifier for q in held] == ["g1"] * (1 + reruns)
@@ -844,16 +852,9 @@ def test_a_quarantined_row_stripes_connector_refused_again_from_a_new_version_is
     indexes the new version: here it had not got to it yet.) The new refusal is the new
     import set's: the row goes out once, corrected."""
     with running_loop(db_url, s3_endpoint, tmp_path, make_app, poller=mode) as loop:
-        now = int(time.time()) - 60
-        rows = [["ok1", now, "api_requests", "cus_alice", "3"]]
-        rows.append(["g1", now, "api_requests", "ghost-1", "5"])
-        _put(loop, "day.csv", usage_csv(rows))
-        loop.sandbox.connector_poll()
-        loop.drain()  # g1 quarantined: no rule maps its customer
-        for _ in range(reruns):
-            rerun(loop)  # quarantined again: the rules are not fixed yet
+        rows = a_row_the_connector_refused(loop, reruns)
         time.sleep(1)  # the new version's import comes after the row was quarantined
-        rows.append(["ok2", now, "api_requests", "cus_alice", "4"])
+        rows.append(["ok2", rows[0][1], "api_requests", "cus_alice", "4"])
         _put(loop, "day.csv", usage_csv(rows))  # g1 as it was
         add_rules(loop, '"ghost-1" = "cus_alice"\n')
         loop.sandbox.connector_poll()  # ok2 billed, ok1 deduped, g1 refused again
@@ -887,17 +888,12 @@ def test_a_row_a_rerun_corrected_and_stripe_refused_again_from_a_new_version_is_
     refused again for it. That refusal is not a row to correct: sent again it is billed twice
     (a day later, past Stripe's dedupe). Left out, and the row's entries stay as they were."""
     with running_loop(db_url, s3_endpoint, tmp_path, make_app, poller="off") as loop:
-        now = int(time.time()) - 60
-        rows = [["ok1", now, "api_requests", "cus_alice", "3"]]
-        rows.append(["g1", now, "api_requests", "ghost-1", "5"])
-        _put(loop, "day.csv", usage_csv(rows))
-        loop.sandbox.connector_poll()
-        loop.drain()  # g1 quarantined
+        rows = a_row_the_connector_refused(loop)
         add_rules(loop, '"ghost-1" = "cus_alice"\n')
         rerun(loop)
         loop.sandbox.connector_poll()  # the re-run's corrected object: g1-mfx1 billed
         time.sleep(1)
-        rows.append(["ok2", now, "api_requests", "cus_alice", "4"])
+        rows.append(["ok2", rows[0][1], "api_requests", "cus_alice", "4"])
         _put(loop, "day.csv", usage_csv(rows))
         loop.sandbox.connector_poll()  # g1 refused again (the map is meterfix's, not Stripe's)
         loop.drain()
