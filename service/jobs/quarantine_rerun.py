@@ -8,16 +8,21 @@ a row that passes goes out), and a re-run is the operator's decision after fixin
 loop protection, which keeps a row that failed again with the code it was corrected for from
 being corrected again by itself, does not stop it here.
 
-Rows keep the generation of the run that quarantined them: a re-run makes one run per
-generation among its rows (`quarantine_rerun:<action>` for rows of first-generation runs,
-`quarantine_rerun:<action>:g<n>` for the others), so every row's lineage goes on one
-generation at a time, as if its own run had corrected it. (One run at the newest generation
-for all of them took a first run's `inv-mfx1`, the customer's own identifier, for our `inv`
-re-sent, and wrote `inv` and `inv-mfx1` both as `inv-mfx2`.) Like every run, a group's run
-writes above every generation the audit says wrote one of its rows (`run_generation`: a run
-from before that rule may have quarantined our `a1-mfx1` in generation 1). Each generation's run is
-idempotent per run key and its rows are marked taken after it, so a task retried after a
-crash runs what is left and never its own new rows.
+Rows keep the generation of the run that quarantined them, and the generation that run traced
+its input from (`input_generation`: its object's, below the run's when lineage raised it): a
+re-run makes one run per pair among its rows (`quarantine_rerun:<action>` for rows of
+first-generation runs, `quarantine_rerun:<action>:g<n>` for the others, `:g<n>:i<m>` when
+the input was traced from `m`, not `n - 1`), so every row's lineage goes on one generation at
+a time, as if its own run had corrected it. (One run at the newest generation for all of them
+took a first run's `inv-mfx1`, the customer's own identifier, for our `inv` re-sent, and
+wrote `inv` and `inv-mfx1` both as `inv-mfx2`; traced from a raised run's generation less
+one, the customer's own `c1-mfx1` went out as `c1-mfx2`.) A run written before the input's
+generation was kept is taken as traced from its generation less one, under the key it had,
+so a task queued before and retried after the upgrade finds its runs. Like every run, a
+group's run writes above every generation the audit says wrote one of its rows
+(`run_generation`: a run from before that rule may have quarantined our `a1-mfx1` in
+generation 1). Each group's run is idempotent per run key and its rows are marked taken
+after it, so a task retried after a crash runs what is left and never its own new rows.
 """
 
 from __future__ import annotations

@@ -110,7 +110,9 @@ def test_a_rerun_of_rows_from_runs_of_two_generations_makes_a_run_for_each(
     not our `inv` re-sent. One re-run run at the newest generation of its rows (2, for a row of
     a second-generation run beside them) traced it as `inv` re-sent, and both rows went out as
     `inv-mfx2` (Stripe keeps one: usage lost). Now each generation's rows make a run of that
-    generation, as their own run would have corrected them."""
+    generation, as their own run would have corrected them. The runs here keep no input
+    generation, as runs from before migration 0010: traced from their generation less one
+    (`z-mfx1` is our `z` re-sent), under the run keys a re-run had before it."""
     sandbox_server.admin.create_meter("api_requests")
     now = int(time.time())
     settings = _settings(make_settings, sandbox_server, db_url)
@@ -125,6 +127,7 @@ def test_a_rerun_of_rows_from_runs_of_two_generations_makes_a_run_for_each(
     second = _remediate(settings, engine, tmp_path, ours, generation=2, key="file_r")
     counts = (first.generation, first.quarantined, second.generation, second.quarantined)
     assert counts == (1, 2, 2, 1)
+    assert (first.input_generation, second.input_generation) == (None, None)
 
     sandbox_server.admin.create_meter("tokens")  # the operator makes the missing meter
     client = make_app(settings).test_client()
