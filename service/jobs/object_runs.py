@@ -11,6 +11,12 @@ twice (Stripe dedupes identifiers for 24 hours only); its quarantine would be do
 An import set that names no object is linked to none: its rows are matched with no other
 run's (by identifier alone, a row of another object that reuses the identifier a day later,
 as Stripe allows, would be left out and never billed).
+
+A row a run over the object quarantined that a later import set's failed records name again
+is a new refusal (`HandledElsewhere`, `refused`). Which runs came earlier is told by the time
+their rows were quarantined, and for the runs of import sets and error reports by Stripe's
+own times (`runs_refused_before`): a worker's backlog may run an earlier import set's run
+after the later import set's event, and a late-delivered older import set is no later one.
 """
 
 from __future__ import annotations
@@ -24,9 +30,17 @@ from sqlalchemy import Engine
 
 from remediation.ports import Bucket
 from remediation.records import UsageRecord
+from service.jobs.inputs import event_time
 from service.jobs.store import reports
-from service.jobs.store.quarantine import mark_refused_again
-from service.jobs.store.runs import handled_among, runs_correcting, runs_of_sources
+from service.jobs.store.quarantine import mark_refused_again, marked_among
+from service.jobs.store.runs import (
+    handled_among,
+    import_set_of,
+    report_of,
+    run_keys,
+    runs_correcting,
+    runs_of_sources,
+)
 from service.logs import log_event
 from service.poller.store import lookup_batches
 
@@ -54,6 +68,25 @@ class LeftOut:
                     self.left += 1
                     continue
                 yield record
+
+
+def runs_refused_before(engine: Engine, run_ids: list[int], moment: datetime) -> set[int]:
+    """Those of these runs that took rows Stripe refused before `moment` (an import set's
+    event), so from an earlier version of the object: the runs of an import set (its failed
+    records, or its failed file) whose event came before, and of an error report whose window
+    ended before (whole seconds: one of the same second is not taken for earlier)."""
+    keys = run_keys(engine, run_ids)
+    impsets = {r: i for r, k in keys.items() if (i := import_set_of(k)) is not None}
+    events = {r: e for r, k in keys.items() if (e := report_of(k)) is not None}
+    found = reports.import_sets(engine, sorted(set(impsets.values())))
+    taken = {row.import_set_id: event_time(row) for row in found}
+    ended = reports.report_ends(engine, sorted(set(events.values())))
+    moments = {r: taken.get(i) for r, i in impsets.items()}
+    moments |= {
+        r: int(end.timestamp()) if (end := ended.get(e)) else None for r, e in events.items()
+    }
+    before = int(moment.timestamp())
+    return {r for r, when in moments.items() if when is not None and when < before}
 
 
 class RefusedAgain(NamedTuple):
@@ -89,16 +122,25 @@ class HandledElsewhere(LeftOut):
         self.runs = runs_of_sources(engine, sources, run_key)
         # the re-runs that took their quarantined rows too (quarantined again there)
         self.chain = runs_correcting(engine, sources) if self.runs and refused else []
+        self.earlier = set()
+        if self.chain and refused is not None:
+            self.earlier = runs_refused_before(engine, self.runs, refused.at)
 
     def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
         return super().__call__(records) if self.runs else records
 
     def excluded(self, identifiers: set[str]) -> set[str]:
         listed = sorted(identifiers)
-        if self.refused is not None:
+        again: set[str] = set()
+        if self.refused is not None and self.chain:
             at, version = self.refused
-            self.again += mark_refused_again(self.engine, self.chain, listed, version, at)
-        return handled_among(self.engine, self.runs, listed)
+            mark_refused_again(self.engine, self.chain, listed, version, at, self.earlier)
+            # counted by what is marked, not by what this try marked: a task retried after
+            # a crash (its first try marked them) says the same
+            again = marked_among(self.engine, self.chain, listed)
+        excluded = handled_among(self.engine, self.runs, listed)
+        self.again += len(again - excluded)
+        return excluded
 
     def outcome(self) -> str:
         again = (
@@ -120,4 +162,4 @@ class HandledElsewhere(LeftOut):
         )
 
 
-__all__ = ["HandledElsewhere", "LeftOut", "RefusedAgain", "object_sources"]
+__all__ = ["HandledElsewhere", "LeftOut", "RefusedAgain", "object_sources", "runs_refused_before"]

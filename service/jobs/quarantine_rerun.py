@@ -60,7 +60,6 @@ from service.jobs.inputs import (
     local_name,
     parents,
 )
-from service.jobs.remediation import import_set_of
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.store.quarantine import (
     QuarantinedFrom,
@@ -78,6 +77,7 @@ from service.jobs.store.quarantine import (
     rows_to_rerun,
 )
 from service.jobs.store.reports import import_set
+from service.jobs.store.runs import import_set_of
 from service.models import RemediationRun, RunTrigger
 from service.models._types import as_utc
 from service.poller.store import sent_moments

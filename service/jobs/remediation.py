@@ -299,15 +299,6 @@ def _refusal(import_set: ImportSet) -> str:
     )
 
 
-def import_set_of(run_key: str) -> str | None:
-    """The import set a run of these tasks remediated (its failed records, or its failed
-    file), by the run's key; None for any other run."""
-    kind, _, rest = run_key.partition(":")
-    if kind in ("import_set", "import_set_failed") and rest:
-        return rest.split(":", 1)[0] if kind == "import_set" else rest
-    return None
-
-
 def _import_set(engine: Engine, import_set_id: str) -> ImportSet:
     row = import_set(engine, import_set_id)
     if row is None:
@@ -320,4 +311,4 @@ def _mark_import_set(engine: Engine, import_set_id: str, run_key: str) -> str:
     return f"remediated ({run_key})"
 
 
-__all__ = ["import_set_errors", "import_set_failed", "import_set_of", "poller_rows"]
+__all__ = ["import_set_errors", "import_set_failed", "poller_rows"]

@@ -5,7 +5,7 @@ filtered lists leave them out unless they ask for one run's rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -440,11 +440,15 @@ def mark_refused_again(
     identifiers: Sequence[str],
     version: str,
     before: datetime,
+    earlier: Collection[int] = frozenset(),
 ) -> int:
     """Stripe refused again, from a later version of their object (`version`, refused at
     `before`), rows these runs (an object's runs and the re-runs that took their rows,
     `runs_correcting`) quarantined before then: the connector takes every version whole, so
-    each is a new refusal, which the later version's run remediates. Marked taken again: the
+    each is a new refusal, which the later version's run remediates. `earlier`: runs among
+    them that took Stripe's refusals of an earlier version (an import set whose event, a
+    report whose window, came before `before`): their rows count whenever they were
+    quarantined (a worker's backlog may have run them after it). Marked taken again: the
     rows held (`_held`), and the entries of them a re-run took and quarantined again, down
     the chain to a held one (so no run over the object counts them as handled). A row a
     re-run corrected or sent is not marked: it was billed. How many rows were held."""
@@ -465,7 +469,7 @@ def mark_refused_again(
         rows = [
             row
             for row in connection.execute(query).all()
-            if (as_utc(row.created_at) or before) < before
+            if int(row.run_id) in earlier or (as_utc(row.created_at) or before) < before
         ]
     held = {(int(row.run_id), str(row.identifier)) for row in rows if row.rerun_id is None}
     marked = set(held)

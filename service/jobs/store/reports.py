@@ -4,6 +4,8 @@ dashboard lists."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
@@ -13,7 +15,7 @@ from sqlmodel import select as select_model
 from handlers.records import RemediationStatus
 from service.db import Listing, Page, keyset, session_scope
 from service.models import ErrorReportStatus
-from service.models._types import table_of, utcnow
+from service.models._types import as_utc, table_of, utcnow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
 
 IMPORT_SETS = table_of(ImportSet)
@@ -54,6 +56,15 @@ def import_set(engine: Engine, import_set_id: str) -> ImportSet | None:
         return find_import_set(session, import_set_id)
 
 
+def import_sets(engine: Engine, import_set_ids: Sequence[str]) -> list[ImportSet]:
+    """The recorded import sets of these ids (one query; an id not recorded is left out)."""
+    if not import_set_ids:
+        return []
+    wanted = col(ImportSet.import_set_id).in_(list(import_set_ids))
+    with Session(engine) as session:
+        return list(session.exec(select_model(ImportSet).where(wanted)).all())
+
+
 def object_names(prefix: str, key: str | None) -> list[str]:
     """The names the object `key` goes by: as the poller records it (under the bucket's
     `prefix`) and as Stripe's connector may name it (relative to the prefix)."""
@@ -85,6 +96,22 @@ def failed_records_files(engine: Engine, names: list[str]) -> list[str]:
     with engine.connect() as connection:
         found: list[object] = list(connection.scalars(query))
     return sorted({str(file_id) for file_id in found})
+
+
+def report_ends(engine: Engine, event_ids: Sequence[str]) -> dict[str, datetime]:
+    """event id -> the end of the report's window (when it was stored, without one), for
+    the recorded reports of these ids (one query)."""
+    if not event_ids:
+        return {}
+    query = select(REPORTS.c.event_id, REPORTS.c.validation_end, REPORTS.c.created_at).where(
+        REPORTS.c.event_id.in_(list(event_ids))
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    ends = (
+        (str(row.event_id), as_utc(row.validation_end) or as_utc(row.created_at)) for row in rows
+    )
+    return {event_id: end for event_id, end in ends if end is not None}
 
 
 def mark_import_set_remediated(engine: Engine, import_set_id: str, run_key: str) -> None:

@@ -89,6 +89,36 @@ def import_set_run_key(import_set_id: str, file_id: str) -> str:
     return f"import_set:{import_set_id}:sha256:{digest}"
 
 
+def import_set_of(run_key: str) -> str | None:
+    """The import set a run of the import-set tasks remediated (its failed records,
+    `import_set_run_key`, or its failed file, `import_set_failed:<id>`), by the run's key;
+    None for any other run."""
+    kind, _, rest = run_key.partition(":")
+    if kind in ("import_set", "import_set_failed") and rest:
+        return rest.split(":", 1)[0] if kind == "import_set" else rest
+    return None
+
+
+def report_of(run_key: str) -> str | None:
+    """The event id of the error report a run remediated (`report_run_key`), by the run's
+    key; None for any other run."""
+    if not run_key.startswith(REPORT_PREFIX):
+        return None
+    return run_key.removeprefix(REPORT_PREFIX).partition(":")[0] or None
+
+
+def run_keys(engine: Engine, run_ids: Sequence[int]) -> dict[int, str]:
+    """run id -> run key, for these runs (one query)."""
+    if not run_ids:
+        return {}
+    query = select_model(RemediationRun.id, RemediationRun.run_key).where(
+        col(RemediationRun.id).in_(list(run_ids))
+    )
+    with Session(engine) as session:
+        rows = session.exec(query).all()
+    return {int(run_id): str(run_key) for run_id, run_key in rows if run_id is not None}
+
+
 def finished_between(start: datetime, end: datetime) -> ColumnElement[bool]:
     return (
         (RUNS.c.status == RunStatus.DONE)

@@ -1,0 +1,358 @@
+"""A row Stripe's S3 connector refuses again from a new version of its object, with nothing
+indexing the bucket (MFX_POLLER=off, the default): the connector (the sandbox) imports every
+version whole, each as its own import set.
+
+Import set 1's run quarantined `x1`. The customer uploads the file again, `x1` still in it;
+the connector refuses it again and import set 2's failed-records file names it. That is a
+new refusal: the quarantined row of import set 1 is marked taken again (by import set 2)
+and import set 2's run remediates `x1` from its own failed records. Left out as "handled
+elsewhere", it stayed quarantined with version 1's content, and a quarantine re-run then
+left it as billed since (the bucket's version holds it): billed never. A row import set 1's
+run corrected is still left out (its correction was billed; corrected again, billed twice).
+In index mode the same holds for a row an error report's run quarantined when the import set
+comes before the poller indexed the new version (nothing had marked the row yet).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlmodel import col, select
+
+from service.config import PollerMode, Settings
+from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
+from service.poller.passes import build_poller_deps, run_poll_pass
+from service.runtime import Runtime
+from tests.integration.test_e2e import BUCKET, RULES, Loop, render, running_loop
+
+NAME = "usage.csv"
+KEY = f"usage/{NAME}"
+TASK = "meterfix.remediate.import_set_errors"
+
+
+@pytest.fixture
+def loop(
+    db_url: str,
+    s3_endpoint: str,
+    tmp_path: Path,
+    make_app: Callable[[Settings], Flask],
+) -> Iterator[Loop]:
+    # MFX_POLLER=off: nothing indexes the bucket; data problems come in the failed records
+    with running_loop(db_url, s3_endpoint, tmp_path, make_app, poller=PollerMode.OFF) as running:
+        yield running
+
+
+def _rows(now: int, x1: dict[str, Any], *extra: str) -> list[dict[str, Any]]:
+    base = {"timestamp": now, "event_name": "api_requests", "customer": "cus_alice"}
+    rows: list[dict[str, Any]] = [{**base, "identifier": "ok1", "value": "3"}]
+    rows.append({**base, "identifier": "c1", "value": "1,234"})  # corrected by import set 1
+    rows.append({**base, "identifier": "x1", "value": "5", **x1})
+    rows += [{**base, "identifier": i, "value": "2"} for i in extra]  # new usage
+    return rows
+
+
+def _put(loop: Loop, rows: list[dict[str, Any]]) -> None:
+    loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=render(rows, "csv"))
+
+
+def _corrected(loop: Loop) -> list[tuple[str, str, str]]:
+    """(identifier, customer, value) of every row of every corrected object in the bucket."""
+    found = []
+    for key, body in sorted(loop.objects().items()):
+        if key.startswith("usage/corrected/") and key.endswith(".csv"):
+            for row in csv.DictReader(io.StringIO(body.decode())):
+                found.append(
+                    (row["identifier"], row["payload_stripe_customer_id"], row["payload_value"])
+                )
+    return sorted(found)
+
+
+def _held(loop: Loop) -> list[tuple[str, str, str | None, str | None]]:
+    """(identifier, value as quarantined, taken_again, run key) of every quarantined row."""
+    with loop.session() as session:
+        rows = session.exec(
+            select(QuarantinedRow, RemediationRun.run_key)
+            .join(RemediationRun, col(RemediationRun.id) == col(QuarantinedRow.run_id))
+            .order_by(col(QuarantinedRow.id))
+        ).all()
+    return [(str(q.identifier), _value(q.record), q.taken_again, run_key) for q, run_key in rows]
+
+
+def _value(record: Any) -> str:
+    payload = record.get("payload") if isinstance(record, dict) else None
+    if isinstance(payload, dict):
+        return str(payload.get("value"))
+    return str(record.get("payload_value") if isinstance(record, dict) else record)
+
+
+def _outcomes(loop: Loop) -> list[str]:
+    with loop.session() as session:
+        tasks = session.exec(
+            select(InboxEvent).where(InboxEvent.event_type == TASK).order_by(col(InboxEvent.id))
+        ).all()
+    return [str(task.outcome) for task in tasks]
+
+
+def _import_set_ids(loop: Loop) -> list[str]:
+    """The ids of the import sets of usage.csv (not of our corrected objects), oldest first."""
+    sets = [s for s in loop.sandbox.import_sets() if s["source_object"] == NAME]
+    return [str(s["id"]) for s in sorted(sets, key=lambda s: (s["created"], s["id"]))]
+
+
+def _poll(loop: Loop) -> dict[str, Any]:
+    """One pass of Stripe's connector; the event of usage.csv's import set (the pass may
+    import our corrected objects too)."""
+    [event] = [
+        e for e in loop.sandbox.connector_poll() if e["data"]["object"]["source_object"] == NAME
+    ]
+    return event
+
+
+def _first_version(loop: Loop, x1: dict[str, Any]) -> int:
+    """Version 1: import set 1 corrects c1 and quarantines x1."""
+    now = int(time.time()) - 60
+    _put(loop, _rows(now, x1))
+    event = _poll(loop)
+    assert event["data"]["object"]["result"]["errors"]["row_count"] == 2  # c1, x1
+    loop.drain()
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234")]
+    [(identifier, _, taken, _)] = _held(loop)
+    assert (identifier, taken) == ("x1", None)
+    time.sleep(1.1)  # S3 and Stripe stamp whole seconds: the next version comes later
+    return now
+
+
+def _second_version(loop: Loop, now: int, x1: dict[str, Any]) -> str:
+    """Version 2, c1 and x1 still in it, and a new row: the connector takes it whole (ok1
+    deduped within the day, n1 billed, c1 and x1 refused again). Its event's id."""
+    _put(loop, _rows(now, x1, "n1"))
+    event = _poll(loop)
+    assert event["data"]["object"]["result"]["errors"]["row_count"] == 2  # c1, x1 again
+    loop.drain()
+    return str(event["id"])
+
+
+def test_a_quarantined_row_refused_again_from_a_new_version_is_corrected(loop: Loop) -> None:
+    """x1's customer is unknown; the operator maps it before the customer uploads the file
+    again: import set 2's run corrects x1 (billed as `x1-mfx1`)."""
+    now = _first_version(loop, {"customer": "acme-99"})
+    Path(loop.settings.mfx_rules).write_text(RULES + '"acme-99" = "cus_acme"\n')
+    _second_version(loop, now, {"customer": "acme-99"})
+    first, second = _import_set_ids(loop)
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234"), ("x1-mfx1", "cus_acme", "5")]
+    [(identifier, value, taken, run_key)] = _held(loop)
+    assert (identifier, value, run_key.split(":")[1]) == ("x1", "5", first)
+    assert taken is not None and taken.startswith(f"{NAME} (import set {second}, "), taken
+    with loop.session() as session:
+        audit = sorted(
+            (a.identifier, a.new_identifier) for a in session.exec(select(CorrectionAudit))
+        )
+    assert audit == [("c1", "c1-mfx1"), ("x1", "x1-mfx1")]
+    _, outcome = _outcomes(loop)
+    assert outcome.startswith(f"remediated (import_set:{second}:"), outcome
+    assert "; 1 left out: another run over usage.csv corrected or quarantined them" in outcome
+    assert (
+        "; 1 quarantined before refused again (marked taken again): remediated from this version"
+        in outcome
+    )
+    loop.sandbox.connector_poll()  # Stripe imports the corrected objects
+    assert sorted(loop.accepted()) == ["c1-mfx1", "n1", "ok1", "x1-mfx1"]  # each once
+
+
+def test_a_quarantined_row_refused_again_unfixable_is_quarantined_anew(loop: Loop) -> None:
+    """x1's value is no number, in both versions (another text in version 2): import set 2's
+    run quarantines it anew, with version 2's content; version 1's row is taken again."""
+    now = _first_version(loop, {"value": "abc"})
+    _second_version(loop, now, {"value": "xyz"})
+    first, second = _import_set_ids(loop)
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234")]  # c1 corrected once only
+    [old, new] = _held(loop)
+    assert (old[0], old[1], old[3].split(":")[1]) == ("x1", "abc", first)
+    assert old[2] is not None and old[2].startswith(f"{NAME} (import set {second}, "), old
+    assert (new[0], new[1], new[2], new[3].split(":")[1]) == ("x1", "xyz", None, second)
+    _, outcome = _outcomes(loop)
+    assert "; 1 left out: another run over usage.csv corrected or quarantined them" in outcome
+    assert "; 1 quarantined before refused again (marked taken again)" in outcome
+
+
+def test_import_set_2_s_task_retried_after_a_crash_gives_the_same_result(loop: Loop) -> None:
+    """Import set 2's run marks version 1's x1 taken again, then fails to upload (the
+    bucket is gone for a while): the task is retried, finds the row marked already (this
+    try marks nothing), and remediates x1 all the same; delivered again, nothing changes."""
+    now = _first_version(loop, {"value": "abc"})
+    _put(loop, _rows(now, {"value": "xyz"}, "n1"))
+    event = _poll(loop)
+    kept = loop.objects()
+    for key in kept:
+        loop.s3.delete_object(Bucket=BUCKET, Key=key)
+    loop.s3.delete_bucket(Bucket=BUCKET)
+    report = loop.worker().drain()
+    assert [event_id for event_id, _ in report.retrying] == [
+        f"mfx_task_import_set_errors_{_import_set_ids(loop)[1]}"
+    ]
+    taken = _held(loop)[0][2]  # version 1's x1 (the crashed try's rows go when it is redone)
+    assert taken is not None and f"(import set {_import_set_ids(loop)[1]}, " in taken
+    loop.s3.create_bucket(Bucket=BUCKET)
+    for key, body in kept.items():
+        loop.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    with loop.session() as session:
+        [task] = session.exec(
+            select(InboxEvent)
+            .where(InboxEvent.event_type == TASK)
+            .where(InboxEvent.status == "pending")
+        ).all()
+        task.next_attempt_at = None  # due now, not after its backoff
+        session.add(task)
+        session.commit()
+    loop.drain()
+    first, second = _import_set_ids(loop)
+    [old, new] = _held(loop)
+    assert (old[0], old[1], old[2], old[3].split(":")[1]) == ("x1", "abc", taken, first)
+    assert (new[0], new[1], new[2], new[3].split(":")[1]) == ("x1", "xyz", None, second)
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234")]
+    outcome = _outcomes(loop)[-1]
+    assert outcome.startswith(f"remediated (import_set:{second}:"), outcome
+    assert outcome.endswith(
+        "; 1 quarantined before refused again (marked taken again): remediated from this version"
+        "; 1 left out: another run over usage.csv corrected or quarantined them"
+    ), outcome
+    held, outcomes = _held(loop), _outcomes(loop)
+    with loop.session() as session:
+        runs = [(r.run_key, r.status) for r in session.exec(select(RemediationRun))]
+    assert loop.sandbox.deliver(str(event["id"]), f"{loop.service_url}/webhooks")["status"] == 200
+    loop.drain()
+    assert (_held(loop), _corrected(loop), _outcomes(loop)) == (
+        held,
+        [("c1-mfx1", "cus_alice", "1234")],
+        outcomes,
+    )
+    with loop.session() as session:
+        assert [(r.run_key, r.status) for r in session.exec(select(RemediationRun))] == runs
+
+
+def test_an_older_import_set_delivered_late_marks_no_newer_run_s_rows(loop: Loop) -> None:
+    """Import set 1's event comes after import set 2's run quarantined x1 (and the customer
+    deleted the file since, so no version in the bucket tells them apart): import set 1 is
+    the older refusal; it leaves x1 to import set 2's run and marks nothing."""
+    sandbox = loop.sandbox_app.extensions["sandbox"]
+    now = int(time.time()) - 60
+    _put(loop, _rows(now, {"value": "abc"}))
+    url, sandbox.webhook_url = sandbox.webhook_url, None  # import set 1's event comes late
+    late = _poll(loop)
+    sandbox.webhook_url = url
+    time.sleep(1.1)
+    _put(loop, _rows(now, {"value": "xyz"}, "n1"))
+    _poll(loop)
+    loop.drain()  # import set 2's run: c1 corrected, x1 quarantined ("xyz")
+    first, second = _import_set_ids(loop)
+    loop.s3.delete_object(Bucket=BUCKET, Key=KEY)
+    assert loop.sandbox.deliver(str(late["id"]), f"{loop.service_url}/webhooks")["status"] == 200
+    loop.drain()
+    [(identifier, value, taken, run_key)] = _held(loop)
+    assert (identifier, value, taken, run_key.split(":")[1]) == ("x1", "xyz", None, second)
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234")]
+    outcome = _outcomes(loop)[-1]
+    assert outcome.startswith(f"remediated (import_set:{first}:"), outcome
+    assert "; 2 left out: another run over usage.csv corrected or quarantined them" in outcome
+    assert "refused again" not in outcome  # nothing marked
+
+
+def test_an_earlier_import_set_s_run_done_after_the_later_one_s_event_still_counts_as_earlier(
+    loop: Loop,
+) -> None:
+    """The worker was down while Stripe's connector took both versions (and the customer
+    deleted the file before it came back, so no version in the bucket holds x1): import set
+    1's run quarantines x1 after import set 2's event. Import set 1's event came first: x1
+    is import set 2's new refusal all the same (told by the rows' time alone, it was left
+    out as handled: never billed)."""
+    sandbox = loop.sandbox_app.extensions["sandbox"]
+    url, sandbox.webhook_url = sandbox.webhook_url, None  # nothing reaches meterfix yet
+    now = int(time.time()) - 60
+    _put(loop, _rows(now, {"value": "abc"}))
+    first_event = _poll(loop)
+    time.sleep(1.1)
+    _put(loop, _rows(now, {"value": "1,234"}, "n1"))  # x1 still refused: a format problem
+    second_event = _poll(loop)
+    sandbox.webhook_url = url
+    loop.s3.delete_object(Bucket=BUCKET, Key=KEY)
+    time.sleep(1.1)  # the worker comes back after import set 2's event
+    for event in (first_event, second_event):
+        assert loop.sandbox.deliver(str(event["id"]), url)["status"] == 200
+    loop.drain()
+    first, second = _import_set_ids(loop)
+    assert _corrected(loop) == [
+        ("c1-mfx1", "cus_alice", "1234"),
+        ("x1-mfx1", "cus_alice", "1234"),
+    ]
+    [(identifier, value, taken, run_key)] = _held(loop)
+    assert (identifier, value, run_key.split(":")[1]) == ("x1", "abc", first)
+    assert taken is not None and taken.startswith(f"{NAME} (import set {second}, "), taken
+    outcome = _outcomes(loop)[-1]
+    assert outcome.startswith(f"remediated (import_set:{second}:"), outcome
+    assert outcome.endswith(
+        "; 1 quarantined before refused again (marked taken again): remediated from this version"
+        "; 1 left out: another run over usage.csv corrected or quarantined them"
+    ), outcome
+
+
+@pytest.fixture
+def index_loop(
+    db_url: str,
+    s3_endpoint: str,
+    tmp_path: Path,
+    make_app: Callable[[Settings], Flask],
+) -> Iterator[Loop]:
+    """MFX_POLLER=index, data problems reported as Stripe reports them (thin events)."""
+    with running_loop(
+        db_url, s3_endpoint, tmp_path, make_app, poller=PollerMode.INDEX, data_errors="report"
+    ) as running:
+        yield running
+
+
+def test_a_row_a_report_s_run_quarantined_refused_again_before_indexing_is_corrected(
+    index_loop: Loop,
+) -> None:
+    """Index mode, before the poller came to version 2: an error report's run quarantined
+    x1 (its customer unknown); the customer fixes the customer by hand and uploads the file
+    again, with a value Stripe refuses as a format problem; import set 2's failed records
+    name x1. Its run marks the report run's row taken again and corrects x1 (`1,234`)."""
+    loop = index_loop
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        now = int(time.time()) - 60
+        _put(loop, _rows(now, {"customer": "ghost-9"}))
+        assert run_poll_pass(deps).indexed == 1
+    finally:
+        runtime.close()
+    _poll(loop)  # c1 in the failed-records file; x1 reported later
+    loop.drain()
+    assert loop.sandbox_app.extensions["sandbox"].flush_reports()
+    loop.drain()  # the report's run: x1 quarantined (no customer ghost-9, none mapped)
+    [(identifier, _, taken, run_key)] = _held(loop)
+    assert (identifier, taken, run_key.split(":")[0]) == ("x1", None, "error_report")
+    time.sleep(1.1)  # S3 and Stripe stamp whole seconds: the next version comes later
+    _put(loop, _rows(now, {"value": "1,234"}, "n1"))  # not indexed yet
+    event = _poll(loop)
+    assert event["data"]["object"]["result"]["errors"]["row_count"] == 2  # c1, x1
+    loop.drain()
+    second = str(event["data"]["object"]["id"])
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234"), ("x1-mfx1", "cus_alice", "1234")]
+    [(identifier, value, taken, _)] = _held(loop)
+    assert (identifier, value) == ("x1", "5")
+    assert taken is not None and taken.startswith(f"{NAME} (import set {second}, "), taken
+    outcome = _outcomes(loop)[-1]
+    assert outcome.startswith(f"remediated (import_set:{second}:"), outcome
+    assert outcome.endswith(
+        "; 1 quarantined before refused again (marked taken again): remediated from this version"
+        "; 1 left out: another run over usage.csv corrected or quarantined them"
+    ), outcome
+    loop.sandbox.connector_poll()  # Stripe imports the corrected objects
+    assert sorted(loop.accepted()) == ["c1-mfx1", "n1", "ok1", "x1-mfx1"]
