@@ -13,7 +13,9 @@ run's (by identifier alone, a row of another object that reuses the identifier a
 as Stripe allows, would be left out and never billed).
 
 A row a run over the object quarantined that a later import set's failed records name again
-is a new refusal (`HandledElsewhere`, `refused`). Which runs came earlier is told by the time
+(or a later version that failed whole holds) is a new refusal (`HandledElsewhere`,
+`refused`). A version that failed whole is repaired without the rows another version took
+(`TakenBefore`). Which runs came earlier is told by the time
 their rows were quarantined, and for the runs of import sets and error reports by Stripe's
 own times (`runs_refused_before`): a worker's backlog may run an earlier import set's run
 after the later import set's event, and a late-delivered older import set is no later one.
@@ -24,16 +26,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import NamedTuple
 
 from sqlalchemy import Engine
 
 from remediation.ports import Bucket
 from remediation.records import UsageRecord
-from service.jobs.inputs import event_time
+from service.errors import StripeFileError, TaskInputMissing
+from service.jobs.inputs import JobDeps, download, event_time, identifiers_in
 from service.jobs.store import reports
-from service.jobs.store.quarantine import mark_refused_again, marked_among
+from service.jobs.store.quarantine import mark_refused_again, marked_among, quarantined_among
 from service.jobs.store.runs import (
+    failed_file_run_key,
+    finished_run,
     handled_among,
     import_set_of,
     report_of,
@@ -42,12 +48,14 @@ from service.jobs.store.runs import (
     runs_of_sources,
 )
 from service.logs import log_event
+from service.models import ImportSet, RemediationRun
 from service.poller.store import lookup_batches
 
 
 def object_sources(engine: Engine, bucket: Bucket, key: str | None) -> list[str]:
     """The sources of the runs over the rows of the object `key`: its names, and the
-    failed-records files of the import sets that name it (`reports.object_sources`)."""
+    failed-records files (and copies of files that failed whole) of the import sets that
+    name it (`reports.object_sources`)."""
     return reports.object_sources(engine, bucket.prefix, key)
 
 
@@ -162,4 +170,80 @@ class HandledElsewhere(LeftOut):
         )
 
 
-__all__ = ["HandledElsewhere", "LeftOut", "RefusedAgain", "object_sources", "runs_refused_before"]
+def _taken(
+    deps: JobDeps, import_set: ImportSet, repair: RemediationRun | None, folder: Path
+) -> set[str]:
+    """The identifiers of Stripe's copy of the import set's file, but those Stripe refused
+    (its failed records) or, of a file that failed whole, those its `repair` quarantined."""
+    folder.mkdir(parents=True)
+    try:
+        copy = download(deps.files, str(import_set.source_file_id), folder)
+    except StripeFileError as exc:
+        if exc.status != 404:
+            raise  # retried
+        raise TaskInputMissing(
+            f"Stripe no longer gives its copy ({import_set.source_file_id}) of the version "
+            f"of {import_set.source_object} import set {import_set.import_set_id} took: "
+            "which rows of the failed file that version took (billed) cannot be told, and "
+            "re-sent they would be billed twice; remediate the file with `meterfix "
+            "remediate`, leaving out the rows billed before"
+        ) from exc
+    rows = identifiers_in(copy, deps.run.rules)
+    if repair is not None and repair.id is not None:
+        return rows - quarantined_among(deps.run.engine, [repair.id], sorted(rows))
+    if not import_set.errors_file_id:
+        return rows
+    (folder / "refused").mkdir()
+    failed = download(deps.files, import_set.errors_file_id, folder / "refused")
+    return rows - identifiers_in(failed, deps.run.rules)
+
+
+class TakenBefore(LeftOut):
+    """The rows of a file Stripe's connector failed whole, without those another import set
+    of the same object took (`left`: how many). The connector takes every version whole: a
+    row the day's file held in a version it imported was billed then (or deduped, within a
+    day); the whole-file repair re-sends every row under a derived identifier, so sent again
+    it is billed twice. Taken: the rows of Stripe's copy of each other version it imported,
+    but those its failed-records file names (refused: another run's, `HandledElsewhere`), and
+    of each other version it failed whole whose repair ran, but those that run quarantined.
+    A version whose copy Stripe no longer gives fails the task (retried, then a person must
+    look): sent without knowing, its rows may be billed twice."""
+
+    def __init__(self, deps: JobDeps, import_set: ImportSet, folder: Path) -> None:
+        engine = deps.run.engine
+        names = reports.object_names(deps.run.bucket.prefix, import_set.source_object)
+        self.taken: set[str] = set()
+        for n, other in enumerate(reports.import_sets_of_object(engine, names)):
+            if (
+                other.import_set_id == import_set.import_set_id
+                or other.origin == reports.POLLER_ORIGIN
+                or not other.source_file_id
+            ):
+                continue
+            repair = None
+            if other.status == reports.FAILED:
+                repair = finished_run(engine, failed_file_run_key(other.import_set_id))
+                if repair is None or repair.id is None:
+                    continue  # none of its rows was sent yet
+            self.taken |= _taken(deps, other, repair, folder / f"version-{n}")
+
+    def excluded(self, identifiers: set[str]) -> set[str]:
+        return identifiers & self.taken
+
+    def outcome(self) -> str:
+        if not self.left:
+            return ""
+        log_event("remediation.rows_taken_before", level=logging.WARNING, rows=self.left)
+        return (
+            f"; {self.left} left out: Stripe's connector took them from another version of the file"
+        )
+
+
+__all__ = [
+    "HandledElsewhere",
+    "LeftOut",
+    "RefusedAgain",
+    "TakenBefore",
+    "object_sources",
+    "runs_refused_before",
+]

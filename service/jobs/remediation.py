@@ -2,7 +2,7 @@
 
 - import_set_errors: the failed-records file of an import set (Stripe Files API, streamed).
 - import_set_failed: the whole file failed; repair the source object (or the source file
-  Stripe kept) and remediate every row of it.
+  Stripe kept) and remediate every row of it that no other version of the object took.
 - poller_rows: rows the bundled poller found invalid (its failed-records file).
 - error_report: a meter error report whose sample identifiers are rows we imported.
 
@@ -34,11 +34,11 @@ from service.jobs.inputs import (
     next_generation,
     run_lineage,
 )
-from service.jobs.object_runs import HandledElsewhere, LeftOut, RefusedAgain
+from service.jobs.object_runs import HandledElsewhere, LeftOut, RefusedAgain, TakenBefore
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated
-from service.jobs.store.runs import finished_run, import_set_run_key
+from service.jobs.store.runs import failed_file_run_key, finished_run, import_set_run_key
 from service.logs import log_event
 from service.models import ImportSet, RunTrigger
 from service.models._types import as_utc, utcnow
@@ -94,7 +94,7 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
 
 def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
     import_set = _import_set(deps.run.engine, import_set_id)
-    run_key = f"import_set_failed:{import_set_id}"
+    run_key = failed_file_run_key(import_set_id)
     left = ""
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
@@ -118,16 +118,26 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
             later = later_version(deps, import_set, Path(tmp), path) if copied else None
             rows = _TakenAgain(deps, import_set, later)
             # a file the bundled poller failed whole: it never sends a row another version
-            # of some object sent (the day's file rewritten with the rows so far)
+            # of some object sent (the day's file rewritten with the rows so far); one
+            # Stripe's connector failed: not a row it took from another version
             sent = _SourceRows(deps.run.engine, None)
+            taken = None if _by_poller(import_set) else TakenBefore(deps, import_set, Path(tmp))
+            # rows another run over the object corrected or quarantined (one it quarantined
+            # is refused again: the whole file was)
+            key = import_set.source_object
+            refused = RefusedAgain(rows.since, _refusal(import_set))
+            elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
 
             def transform(records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-                return rows(sent(records) if _by_poller(import_set) else records)
+                fresh = elsewhere(rows(records))
+                return sent(fresh) if taken is None else taken(fresh)
 
-            _run_file(
-                deps.run, request, path, transform, allow_none=lambda: rows.left + sent.sent > 0
-            )
-            left = rows.outcome() + _sent_before(sent.sent, run_key, source)
+            def none_left() -> bool:
+                return rows.left + sent.sent + elsewhere.left + (taken.left if taken else 0) > 0
+
+            _run_file(deps.run, request, path, transform, allow_none=none_left)
+            left = rows.outcome() + elsewhere.outcome() + _sent_before(sent.sent, run_key, source)
+            left += taken.outcome() if taken else ""
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
 
 

@@ -44,6 +44,9 @@ def run_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "trigger": row["trigger"],
         "source": row["source"],
         "generation": row["generation"],
+        # the generation the run traced its input from (None: a run before migration 0010,
+        # taken as its generation less one)
+        "input_generation": row["input_generation"],
         "status": row["status"],
         "input_rows": row["input_rows"],
         "valid": row["valid"],

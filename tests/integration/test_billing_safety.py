@@ -1004,6 +1004,49 @@ def test_a_file_rewritten_so_stripe_would_fail_it_whole_sends_only_its_new_rows(
     assert str(task.outcome).endswith("; 1 left out: sent before from another version of the file")
 
 
+def test_a_file_rewritten_so_the_poller_fails_it_whole_leaves_rows_corrected_before(
+    loop: Loop,
+) -> None:
+    """The day's file, its row `b` in milliseconds corrected (`b-mfx1`, billed) and `q` of a
+    meter not made yet quarantined, rewritten with them as they were and one more, delimited
+    by `;`: the whole-file repair held version 2's `q` beside version 1's, both waiting for a
+    fix. Version 1's `q` is marked taken again (refused again with
+    the whole file); `b` stays left out (its correction was billed)."""
+    now = int(time.time()) - 60
+    rows: list[list[object]] = [
+        ["a", now, "api_requests", "cus_alice", "3"],
+        ["b", now * 1000, "api_requests", "cus_alice", "4"],
+        ["q", now, "not_a_meter", "cus_alice", "5"],
+    ]
+    with bundled_poller(loop) as deps:
+        _put(loop, "day.csv", usage_csv(rows))
+        run_poll_pass(deps)
+        loop.drain()  # b corrected, q quarantined
+        run_poll_pass(deps)  # b-mfx1 sent
+        time.sleep(1)
+        rows.append(["c", now, "api_requests", "cus_alice", "6"])
+        _put(loop, "day.csv", usage_csv(rows).replace(b",", b";"))
+        assert run_poll_pass(deps).failed_files == 1
+        loop.drain()
+        run_poll_pass(deps)
+    assert sorted(loop.accepted()) == ["a", "b-mfx1", "c-mfx1"]
+    with loop.session() as session:
+        held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+        [task] = session.exec(
+            select(InboxEvent).where(
+                InboxEvent.event_type == "meterfix.remediate.import_set_failed"
+            )
+        ).all()
+    assert [(q.identifier, q.taken_again is not None) for q in held] == [
+        ("q", True),
+        ("q", False),
+    ]
+    outcome = str(task.outcome)
+    assert "; 1 quarantined before refused again (marked taken again)" in outcome, outcome
+    assert "; 1 left out: another run over usage/day.csv corrected or quarantined them" in outcome
+    assert outcome.endswith("; 1 left out: sent before from another version of the file")
+
+
 @pytest.mark.parametrize("delimiter", [",", ";"])
 def test_a_file_under_a_long_key_is_billed_once_and_its_bad_rows_corrected(
     loop: Loop, delimiter: str

@@ -62,10 +62,12 @@ RECOVERED = {"e1", "e8", "e2-mfx1", "e3-mfx1", "e4-mfx1", "e6-mfx1"}
 QUARANTINED = {"e5": "meter_event_invalid_value", "e7": "timestamp_too_far_in_past"}
 
 
-def render(rows: list[dict[str, Any]], fmt: str) -> bytes:
+def render(rows: list[dict[str, Any]], fmt: str, delimiter: str = ",") -> bytes:
+    """The rows as a usage file of format `fmt` (`csv` delimited by `delimiter`: any other
+    than `,` makes a file Stripe fails whole, as it then finds no `event_name` column)."""
     if fmt == "csv":
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
         writer.writerow(
             ["identifier", "timestamp", "event_name", "payload_stripe_customer_id", "payload_value"]
         )

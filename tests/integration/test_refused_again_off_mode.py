@@ -10,7 +10,9 @@ elsewhere", it stayed quarantined with version 1's content, and a quarantine re-
 left it as billed since (the bucket's version holds it): billed never. A row import set 1's
 run corrected is still left out (its correction was billed; corrected again, billed twice).
 In index mode the same holds for a row an error report's run quarantined when the import set
-comes before the poller indexed the new version (nothing had marked the row yet).
+comes before the poller indexed the new version (nothing had marked the row yet). A new
+version the connector fails whole is a refusal of all its rows: its repair marks `x1` the
+same way, and leaves out the rows another version took (billed) or another run corrected.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from flask import Flask
 from sqlmodel import col, select
 
 from service.config import PollerMode, Settings
-from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
+from service.models import Alert, CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
 from service.poller.passes import build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from tests.integration.test_e2e import BUCKET, RULES, Loop, render, running_loop
@@ -356,3 +358,85 @@ def test_a_row_a_report_s_run_quarantined_refused_again_before_indexing_is_corre
     ), outcome
     loop.sandbox.connector_poll()  # Stripe imports the corrected objects
     assert sorted(loop.accepted()) == ["c1-mfx1", "n1", "ok1", "x1-mfx1"]
+
+
+FAILED_TASK = "meterfix.remediate.import_set_failed"
+
+
+@pytest.mark.parametrize("versions", [1, 2])
+def test_a_version_stripe_fails_whole_resends_only_rows_no_version_took(
+    loop: Loop, versions: int
+) -> None:
+    """Version 2 is written with `;` delimiters: Stripe's connector fails it whole, and the
+    whole-file repair re-sent every row under a derived identifier: `ok1`, billed from
+    version 1, went out again as `ok1-mfx1` (billed twice), `c1`, corrected by import set
+    1's run (`c1-mfx1`, billed), as `c1-mfx2`; and version 1's quarantined `x1` stayed held
+    with its old content beside the new refusal's. Now the repair leaves out the rows another
+    version took and the rows another run over the object corrected, and marks version 1's
+    `x1` taken again, remediating it from version 2. `versions`: a third version failing
+    whole too; rows the second one's repair sent count as taken (n1: billed as `n1-mfx1`)."""
+    now = _first_version(loop, {"value": "abc"})
+    loop.s3.put_object(
+        Bucket=BUCKET, Key=KEY, Body=render(_rows(now, {"value": "xyz"}, "n1"), "csv", ";")
+    )
+    [event] = [
+        e for e in loop.sandbox.connector_poll() if e["data"]["object"]["source_object"] == NAME
+    ]
+    assert event["type"] == "data_management.import_set.failed"
+    loop.drain()
+    if versions == 2:
+        time.sleep(1.1)
+        body = render(_rows(now, {"value": "xyz"}, "n1", "n2"), "csv", ";")
+        loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=body)
+        [event] = [
+            e for e in loop.sandbox.connector_poll() if e["data"]["object"]["source_object"] == NAME
+        ]
+        loop.drain()
+    *_, second = _import_set_ids(loop)
+    new_rows = [("n1-mfx1", "cus_alice", "2"), ("n2-mfx1", "cus_alice", "2")][:versions]
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234"), *new_rows]
+    *old, new = _held(loop)  # version 1's (and version 2's repair's), marked taken again
+    assert [(o[0], o[1]) for o in old] == [("x1", "abc"), ("x1", "xyz")][:versions]
+    assert all(str(o[2]).startswith(f"{NAME} (import set ") for o in old), old
+    assert (new[0], new[1], new[2]) == ("x1", "xyz", None), "held anew, from the last version"
+    with loop.session() as session:
+        [*_, task] = session.exec(
+            select(InboxEvent)
+            .where(InboxEvent.event_type == FAILED_TASK)
+            .order_by(col(InboxEvent.id))
+        ).all()
+    outcome = str(task.outcome)
+    assert outcome.startswith(f"remediated (import_set_failed:{second})"), outcome
+    # ok1 (and n1, sent by version 2's repair)
+    assert f"; {versions} left out: Stripe's connector took them from another version" in outcome
+    assert "; 1 left out: another run over usage.csv corrected or quarantined them" in outcome
+    loop.sandbox.connector_poll()  # Stripe imports the corrected objects
+    billed = sorted(["c1-mfx1", "ok1", *[n for n, _, _ in new_rows]])
+    assert sorted(loop.accepted()) == billed  # each once
+
+
+def test_a_version_stripe_fails_whole_waits_for_a_person_when_an_earlier_copy_is_gone(
+    loop: Loop,
+) -> None:
+    """Stripe no longer gives its copy of version 1: which rows of version 2 it took cannot
+    be told, and re-sent they would be billed twice. The task is not retried: a critical
+    alert says why; nothing is sent."""
+    now = _first_version(loop, {"value": "abc"})
+    [first] = _import_set_ids(loop)
+    [copy] = [s["file"] for s in loop.sandbox.import_sets() if s["id"] == first]
+    state = loop.sandbox_app.extensions["sandbox"].state
+    with state.lock:
+        del state.files[copy]  # expired, say
+    loop.s3.put_object(
+        Bucket=BUCKET, Key=KEY, Body=render(_rows(now, {"value": "xyz"}), "csv", ";")
+    )
+    loop.sandbox.connector_poll()
+    loop.drain()
+    with loop.session() as session:
+        [task] = session.exec(select(InboxEvent).where(InboxEvent.event_type == FAILED_TASK)).all()
+        alerts = session.exec(select(Alert).where(Alert.severity == "critical")).all()
+    why = f"Stripe no longer gives its copy ({copy}) of the version of {NAME} import set {first}"
+    assert str(task.outcome).startswith(f"not remediated: {why}"), task.outcome
+    assert len(alerts) == 1 and why in alerts[0].message, [a.message for a in alerts]
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234")]  # nothing new
+    assert [(h[0], h[1], h[2]) for h in _held(loop)] == [("x1", "abc", None)]

@@ -141,7 +141,7 @@ def test_bad_alert_parameters_are_400_with_reason(api: Api) -> None:
 
 def test_runs_and_a_run_with_inputs_outputs_and_reimport_state(api: Api) -> None:
     key = "import_set:impset_1:file_123"
-    run_id = seed.run(api.engine, key)
+    run_id = seed.run(api.engine, key, generation=2, input_generation=0)
     older = seed.run(api.engine, "poller:impset_p", trigger="poller", source="usage/a.csv")
     seed.import_set(api.engine, "impset_1", key)
     corrected = "corrected/impset_1/a.r1.csv"
@@ -159,6 +159,11 @@ def test_runs_and_a_run_with_inputs_outputs_and_reimport_state(api: Api) -> None
         "object": "usage/a.csv",
     }
     assert [r["id"] for r in api.get("/api/runs?limit=1")["data"]] == [older]
+    # the generation a run traced its input from; none kept before migration 0010
+    assert [(r["generation"], r["input_generation"]) for r in listing["data"]] == [
+        (1, None),
+        (2, 0),
+    ]
 
     run = api.get(f"/api/runs/{run_id}")
     assert (run["input_rows"], run["valid"], run["corrected"], run["quarantined"]) == (10, 2, 5, 3)

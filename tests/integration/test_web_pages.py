@@ -123,7 +123,8 @@ def test_overview_shows_charts_alerts_dead_letters_and_health(dashboard: Dashboa
 
 def test_lineage_pages_follow_a_run_to_its_objects(dashboard: Dashboard) -> None:
     key = "import_set:impset_9:file_9"
-    run_id = seed.run(dashboard.engine, key)
+    run_id = seed.run(dashboard.engine, key, generation=2, input_generation=0)
+    plain = seed.run(dashboard.engine, "import_set:impset_8:file_8", input_generation=0)
     seed.import_set(dashboard.engine, "impset_9", key)
     poller = {"run_key": None, "sent_by_other_versions": 3}
     seed.import_set(dashboard.engine, "impset_local_1", "-", origin="poller", detail=poller)
@@ -140,6 +141,9 @@ def test_lineage_pages_follow_a_run_to_its_objects(dashboard: Dashboard) -> None
     assert 'data-testid="reports-table"' in dashboard.page("/runs?view=reports")
     run = dashboard.page(f"/runs/{run_id}")
     assert 'data-testid="count-corrected">5<' in run
+    generation = '2 <span class="small">(raised by lineage: its input traced from generation 0)'
+    assert f'data-testid="run-generation">{generation}' in run
+    assert 'data-testid="run-generation">1</dd>' in dashboard.page(f"/runs/{plain}")
     assert "corrected/impset_9/f.r1.csv" in run and "quarantine/impset_9/f.r1.csv" in run
     assert re.search(r'data-testid="reimport">\s*yes, <time datetime="2026-11-30T12:01', run)
     assert f'href="/quarantine?run={run_id}"' in run

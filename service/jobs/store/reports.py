@@ -19,6 +19,7 @@ from service.models._types import as_utc, table_of, utcnow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
 
 IMPORT_SETS = table_of(ImportSet)
+FAILED = "failed"  # an import set's status: the whole file failed, none of its rows taken
 REPORTS = table_of(ErrorReport)
 
 
@@ -78,24 +79,38 @@ def object_names(prefix: str, key: str | None) -> list[str]:
 
 def object_sources(engine: Engine, prefix: str, key: str | None) -> list[str]:
     """The sources of the runs over the rows of the object `key` (in a bucket under
-    `prefix`): its names, and the failed-records files of the import sets that name it."""
+    `prefix`): its names, and the files Stripe kept of the import sets that name it
+    (`stripe_files_of`)."""
     names = object_names(prefix, key)
-    return [*names, *failed_records_files(engine, names)]
+    return [*names, *stripe_files_of(engine, names)]
 
 
-def failed_records_files(engine: Engine, names: list[str]) -> list[str]:
-    """The failed-records files of the import sets of the object known by `names` (its key,
-    and the key without the bucket's prefix, as Stripe's connector may name it): the source
-    of their runs (`import_set_errors`), which names the file, not the object (one look-up
-    on `ix_import_sets_source_object`)."""
+def stripe_files_of(engine: Engine, names: list[str]) -> list[str]:
+    """The files Stripe kept of the import sets of the object known by `names` (its key, and
+    the key without the bucket's prefix, as Stripe's connector may name it) that name the
+    file, not the object, as their runs' source: the failed-records files (`import_set_errors`)
+    and the copies of files that failed whole (`import_set_failed` reads Stripe's copy when
+    the object holds other bytes since). One look-up on `ix_import_sets_source_object`."""
     if not names:
         return []
-    query = select(IMPORT_SETS.c.errors_file_id).where(
-        IMPORT_SETS.c.source_object.in_(names), IMPORT_SETS.c.errors_file_id.is_not(None)
-    )
+    query = select(
+        IMPORT_SETS.c.errors_file_id, IMPORT_SETS.c.source_file_id, IMPORT_SETS.c.status
+    ).where(IMPORT_SETS.c.source_object.in_(names))
     with engine.connect() as connection:
-        found: list[object] = list(connection.scalars(query))
-    return sorted({str(file_id) for file_id in found})
+        rows = connection.execute(query).all()
+    found = {row.errors_file_id for row in rows}
+    found |= {row.source_file_id for row in rows if row.status == FAILED}
+    return sorted(str(file_id) for file_id in found if file_id)
+
+
+def import_sets_of_object(engine: Engine, names: list[str]) -> list[ImportSet]:
+    """The import sets of the object known by `names` (see `stripe_files_of`), in the
+    order they were recorded (one look-up on `ix_import_sets_source_object`)."""
+    if not names:
+        return []
+    query = select_model(ImportSet).where(col(ImportSet.source_object).in_(names))
+    with Session(engine) as session:
+        return list(session.exec(query.order_by(col(ImportSet.id))).all())
 
 
 def report_ends(engine: Engine, event_ids: Sequence[str]) -> dict[str, datetime]:
@@ -202,4 +217,4 @@ def pending_poller_import_sets(connection: Connection) -> list[tuple[str, bool]]
         IMPORT_SETS.c.origin == POLLER_ORIGIN,
         IMPORT_SETS.c.remediation_status == RemediationStatus.PENDING,
     )
-    return [(str(i), status == "failed") for i, status in connection.execute(query)]
+    return [(str(i), status == FAILED) for i, status in connection.execute(query)]

@@ -89,6 +89,11 @@ def import_set_run_key(import_set_id: str, file_id: str) -> str:
     return f"import_set:{import_set_id}:sha256:{digest}"
 
 
+def failed_file_run_key(import_set_id: str) -> str:
+    """The run key of the repair of an import set's file that failed whole."""
+    return f"import_set_failed:{import_set_id}"
+
+
 def import_set_of(run_key: str) -> str | None:
     """The import set a run of the import-set tasks remediated (its failed records,
     `import_set_run_key`, or its failed file, `import_set_failed:<id>`), by the run's key;

@@ -10,20 +10,23 @@ import string
 from sqlmodel import Session
 
 from service.db import make_engine
-from service.jobs.store.reports import failed_records_files, object_sources
+from service.jobs.store.reports import object_sources, stripe_files_of
 from service.models import ImportSet
 
 
-def _import_set(import_set_id: str, key: str, errors_file: str | None) -> ImportSet:
+def _import_set(
+    import_set_id: str, key: str, errors_file: str | None, status: str = "succeeded_with_errors"
+) -> ImportSet:
     return ImportSet(
         import_set_id=import_set_id,
-        status="succeeded_with_errors",
+        status=status,
         source_object=key,
         errors_file_id=errors_file,
+        source_file_id=f"copy_{import_set_id}",
     )
 
 
-def test_the_failed_records_files_of_an_objects_import_sets_whatever_its_key(
+def test_the_stripe_files_of_of_an_objects_import_sets_whatever_its_key(
     db_url: str,
 ) -> None:
     engine = make_engine(db_url)
@@ -38,12 +41,14 @@ def test_the_failed_records_files_of_an_objects_import_sets_whatever_its_key(
                 _import_set("impset_4", "usage/other.csv", "file_c"),
                 _import_set("impset_5", long_key, "file_d"),
                 _import_set("impset_6", long_key[:-1], "file_e"),
+                # failed whole: its repair may read Stripe's copy (its run's source)
+                _import_set("impset_7", "usage/day.csv", None, status="failed"),
             ]
         )
         session.commit()
-    assert failed_records_files(engine, ["usage/day.csv"]) == ["file_a", "file_b"]
-    assert failed_records_files(engine, [long_key]) == ["file_d"]
-    assert failed_records_files(engine, []) == []
+    assert stripe_files_of(engine, ["usage/day.csv"]) == ["copy_impset_7", "file_a", "file_b"]
+    assert stripe_files_of(engine, [long_key]) == ["file_d"]
+    assert stripe_files_of(engine, []) == []
     # the key with and without the bucket's prefix (the connector names it relative to it)
     assert object_sources(engine, "usage/", "usage/other.csv") == [
         "usage/other.csv",
