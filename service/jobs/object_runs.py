@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,8 +36,15 @@ from remediation.records import UsageRecord
 from service.errors import StripeFileError, TaskInputMissing
 from service.jobs.inputs import JobDeps, download, event_time, identifiers_in
 from service.jobs.store import reports
-from service.jobs.store.quarantine import mark_refused_again, marked_among, quarantined_among
+from service.jobs.store.quarantine import (
+    mark_refused_again,
+    mark_taken_again,
+    marked_among,
+    quarantine_times,
+    quarantined_among,
+)
 from service.jobs.store.runs import (
+    corrected_among,
     failed_file_run_key,
     finished_run,
     handled_among,
@@ -83,18 +90,23 @@ def runs_refused_before(engine: Engine, run_ids: list[int], moment: datetime) ->
     event), so from an earlier version of the object: the runs of an import set (its failed
     records, or its failed file) whose event came before, and of an error report whose window
     ended before (whole seconds: one of the same second is not taken for earlier)."""
+    before = int(moment.timestamp())
+    return {r for r, when in refusal_moments(engine, run_ids).items() if when < before}
+
+
+def refusal_moments(engine: Engine, run_ids: list[int]) -> dict[int, int]:
+    """run id -> when Stripe refused the rows the run took (whole seconds), for the runs of an
+    import set (its event) and of an error report (the end of its window); other runs (the
+    poller's, re-runs) are left out: their time is their own."""
     keys = run_keys(engine, run_ids)
     impsets = {r: i for r, k in keys.items() if (i := import_set_of(k)) is not None}
     events = {r: e for r, k in keys.items() if (e := report_of(k)) is not None}
     found = reports.import_sets(engine, sorted(set(impsets.values())))
     taken = {row.import_set_id: event_time(row) for row in found}
     ended = reports.report_ends(engine, sorted(set(events.values())))
-    moments = {r: taken.get(i) for r, i in impsets.items()}
-    moments |= {
-        r: int(end.timestamp()) if (end := ended.get(e)) else None for r, e in events.items()
-    }
-    before = int(moment.timestamp())
-    return {r for r, when in moments.items() if when is not None and when < before}
+    moments = {r: when for r, i in impsets.items() if (when := taken.get(i)) is not None}
+    moments |= {r: int(end.timestamp()) for r, e in events.items() if (end := ended.get(e))}
+    return moments
 
 
 class RefusedAgain(NamedTuple):
@@ -198,6 +210,15 @@ def _taken(
     return rows - identifiers_in(failed, deps.run.rules)
 
 
+def _took(import_set: ImportSet) -> str:
+    """How a quarantined row a version of its object took since is marked."""
+    at = datetime.fromtimestamp(event_time(import_set), UTC)
+    return (
+        f"{import_set.source_object} (import set {import_set.import_set_id}, taken "
+        f"{at:%Y-%m-%d %H:%M} UTC)"
+    )
+
+
 class TakenBefore(LeftOut):
     """The rows of a file Stripe's connector failed whole, without those another import set
     of the same object took (`left`: how many). The connector takes every version whole: a
@@ -205,14 +226,18 @@ class TakenBefore(LeftOut):
     day); the whole-file repair re-sends every row under a derived identifier, so sent again
     it is billed twice. Taken: the rows of Stripe's copy of each other version it imported,
     but those its failed-records file names (refused: another run's, `HandledElsewhere`), and
-    of each other version it failed whole whose repair ran, but those that run quarantined.
-    A version whose copy Stripe no longer gives fails the task (retried, then a person must
-    look): sent without knowing, its rows may be billed twice."""
+    of each other version it failed whole whose repair ran, but those that repair quarantined;
+    and not refused since: a row a run over the object quarantined after Stripe took it (an
+    error report about that version, told by Stripe's times, `refusal_moments`) was not
+    billed. A version whose copy Stripe no longer gives stops the task (`TaskInputMissing`):
+    sent without knowing, its rows may be billed twice."""
 
-    def __init__(self, deps: JobDeps, import_set: ImportSet, folder: Path) -> None:
+    def __init__(self, deps: JobDeps, import_set: ImportSet, folder: Path, run_key: str) -> None:
         engine = deps.run.engine
+        self.engine = engine
         names = reports.object_names(deps.run.bucket.prefix, import_set.source_object)
-        self.taken: set[str] = set()
+        # identifier -> when a version took it last (its import set's event), and a label
+        self.taken: dict[str, tuple[int, str]] = {}
         for n, other in enumerate(reports.import_sets_of_object(engine, names)):
             if (
                 other.import_set_id == import_set.import_set_id
@@ -225,10 +250,38 @@ class TakenBefore(LeftOut):
                 repair = finished_run(engine, failed_file_run_key(other.import_set_id))
                 if repair is None or repair.id is None:
                     continue  # none of its rows was sent yet
-            self.taken |= _taken(deps, other, repair, folder / f"version-{n}")
+            took = (event_time(other), _took(other))
+            for identifier in _taken(deps, other, repair, folder / f"version-{n}"):
+                self.taken[identifier] = max(took, self.taken.get(identifier, took))
+        self.runs: list[int] = []
+        if self.taken:
+            sources = object_sources(engine, deps.run.bucket, import_set.source_object)
+            runs = runs_correcting(engine, sources)
+            own = {r for r, k in run_keys(engine, runs).items() if k == run_key}
+            self.runs = [r for r in runs if r not in own]
+        self.moments = refusal_moments(engine, self.runs)
 
     def excluded(self, identifiers: set[str]) -> set[str]:
-        return identifiers & self.taken
+        listed = sorted(i for i in identifiers if i in self.taken)
+        if not listed:
+            return set()
+        refused: dict[str, int] = {}
+        for identifier, run_id, at in quarantine_times(self.engine, self.runs, listed):
+            when = self.moments.get(run_id, int(at.timestamp()))
+            refused[identifier] = max(when, refused.get(identifier, when))
+        # a row a run corrected is another run's (`HandledElsewhere`: left out, its
+        # correction billed); one refused in the same second as taken counts as refused after
+        corrected = corrected_among(self.engine, self.runs, listed)
+        left = {i for i in listed if i not in corrected and self.taken[i][0] > refused.get(i, -1)}
+        # quarantined before a version took them: billed from it (the customer fixed them
+        # by hand), no longer waiting for a fix
+        by_version: dict[tuple[int, str], list[str]] = {}
+        for identifier in sorted(left & refused.keys()):
+            by_version.setdefault(self.taken[identifier], []).append(identifier)
+        for (when, label), identifiers_of in by_version.items():
+            at = datetime.fromtimestamp(when, UTC)
+            mark_taken_again(self.engine, self.runs, identifiers_of, label, at)
+        return left
 
     def outcome(self) -> str:
         if not self.left:
@@ -245,5 +298,6 @@ __all__ = [
     "RefusedAgain",
     "TakenBefore",
     "object_sources",
+    "refusal_moments",
     "runs_refused_before",
 ]

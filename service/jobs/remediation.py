@@ -121,7 +121,11 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
             # of some object sent (the day's file rewritten with the rows so far); one
             # Stripe's connector failed: not a row it took from another version
             sent = _SourceRows(deps.run.engine, None)
-            taken = None if _by_poller(import_set) else TakenBefore(deps, import_set, Path(tmp))
+            taken = (
+                None
+                if _by_poller(import_set)
+                else TakenBefore(deps, import_set, Path(tmp), run_key)
+            )
             # rows another run over the object corrected or quarantined (one it quarantined
             # is refused again: the whole file was)
             key = import_set.source_object
@@ -129,8 +133,8 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
             elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
 
             def transform(records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-                fresh = elsewhere(rows(records))
-                return sent(fresh) if taken is None else taken(fresh)
+                fresh = rows(records)
+                return elsewhere(sent(fresh) if taken is None else taken(fresh))
 
             def none_left() -> bool:
                 return rows.left + sent.sent + elsewhere.left + (taken.left if taken else 0) > 0

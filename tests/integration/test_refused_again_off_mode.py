@@ -440,3 +440,74 @@ def test_a_version_stripe_fails_whole_waits_for_a_person_when_an_earlier_copy_is
     assert len(alerts) == 1 and why in alerts[0].message, [a.message for a in alerts]
     assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234")]  # nothing new
     assert [(h[0], h[1], h[2]) for h in _held(loop)] == [("x1", "abc", None)]
+
+
+def test_a_row_a_report_refused_is_remediated_from_a_version_stripe_fails_whole(
+    index_loop: Loop,
+) -> None:
+    """Stripe's connector took version 1 with x1 in it (no meter for its event name yet) and
+    reported it later: the report's run quarantined it. The operator makes the meter; the
+    file, uploaded again with `;` delimiters, fails whole. x1 is in Stripe's copy of version
+    1 but in none of its failed records: taken by the look of it, though the report refused
+    it after. The repair sends it (`x1-mfx1`), and the report run's row is marked taken
+    again; `ok1` (taken, never refused) and `c1` (corrected) stay left out."""
+    loop = index_loop
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        now = int(time.time()) - 60
+        _put(loop, _rows(now, {"event_name": "tokens_x"}))
+        assert run_poll_pass(deps).indexed == 1
+    finally:
+        runtime.close()
+    _poll(loop)  # c1 in the failed-records file; x1 reported later
+    loop.drain()
+    assert loop.sandbox_app.extensions["sandbox"].flush_reports()
+    loop.drain()  # the report's run: x1 quarantined (no meter)
+    [(identifier, _, taken, run_key)] = _held(loop)
+    assert (identifier, taken, run_key.split(":")[0]) == ("x1", None, "error_report")
+    loop.sandbox.create_meter("tokens_x")
+    time.sleep(1.1)
+    body = render(_rows(now, {"event_name": "tokens_x"}, "n1"), "csv", ";")
+    loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=body)
+    event = _poll(loop)
+    assert event["type"] == "data_management.import_set.failed"
+    loop.drain()
+    assert _corrected(loop) == [
+        ("c1-mfx1", "cus_alice", "1234"),
+        ("n1-mfx1", "cus_alice", "2"),
+        ("x1-mfx1", "cus_alice", "5"),
+    ]
+    [(identifier, _, taken, _)] = _held(loop)
+    assert identifier == "x1" and str(taken).startswith(f"{NAME} (import set "), taken
+    loop.sandbox.connector_poll()  # Stripe imports the corrected objects
+    assert sorted(loop.accepted()) == ["c1-mfx1", "n1-mfx1", "ok1", "x1-mfx1"]
+
+
+def test_a_row_fixed_by_hand_and_taken_before_a_version_fails_whole_is_not_sent_again(
+    loop: Loop,
+) -> None:
+    """x1, quarantined from version 1, was fixed by hand in version 2, which Stripe's
+    connector took (x1 billed); version 3, rewritten with `;`, fails whole. Version 1's
+    refusal came before version 2 took x1: the repair leaves it out (re-sent, billed twice)
+    and marks version 1's row taken again, by version 2 (no longer waiting for a fix)."""
+    now = _first_version(loop, {"value": "abc"})
+    _put(loop, _rows(now, {"value": "5"}))
+    event = _poll(loop)
+    assert event["data"]["object"]["result"]["errors"]["row_count"] == 1  # c1 only
+    loop.drain()  # c1 left out: import set 1's run corrected it
+    time.sleep(1.1)
+    body = render(_rows(now, {"value": "5"}, "n1"), "csv", ";")
+    loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=body)
+    assert _poll(loop)["type"] == "data_management.import_set.failed"
+    loop.drain()
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234"), ("n1-mfx1", "cus_alice", "2")]
+    [(identifier, value, taken, _)] = _held(loop)
+    assert (identifier, value) == ("x1", "abc")
+    second = str(event["data"]["object"]["id"])
+    assert str(taken).startswith(f"{NAME} (import set {second}, taken "), taken
+    with loop.session() as session:
+        [task] = session.exec(select(InboxEvent).where(InboxEvent.event_type == FAILED_TASK)).all()
+    assert "; 2 left out: Stripe's connector took them from another version" in str(task.outcome)
+    loop.sandbox.connector_poll()
+    assert sorted(loop.accepted()) == ["c1-mfx1", "n1-mfx1", "ok1", "x1"]  # each once

@@ -385,6 +385,25 @@ def quarantined_among(
     )
 
 
+def quarantine_times(
+    engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
+) -> list[tuple[str, int, datetime]]:
+    """(identifier, run id, when quarantined) of the rows these runs quarantined under one of
+    `identifiers` (held, taken by a re-run, or marked taken again since)."""
+    if not run_ids or not identifiers:
+        return []
+    query = select(QUARANTINE.c.identifier, QUARANTINE.c.run_id, QUARANTINE.c.created_at).where(
+        QUARANTINE.c.run_id.in_(list(run_ids)),
+        in_listed(QUARANTINE.c.identifier, identifiers, engine),
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return [
+        (str(row.identifier), int(row.run_id), as_utc(row.created_at) or datetime.now(UTC))
+        for row in rows
+    ]
+
+
 def _identifiers_where(
     engine: Engine,
     run_ids: Sequence[int],

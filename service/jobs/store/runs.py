@@ -746,6 +746,22 @@ def handled_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[
     return {str(identifier) for identifier in found}
 
 
+def corrected_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` one of these runs corrected (one query on an index led by
+    `run_id`; none without runs)."""
+    if not run_ids or not identifiers:
+        return set()
+    audit = col(CorrectionAudit.identifier)
+    query = (
+        select_model(CorrectionAudit.identifier)
+        .where(col(CorrectionAudit.run_id).in_(list(run_ids)))
+        .where(in_listed(audit, identifiers, engine))
+        .distinct()
+    )
+    with Session(engine) as session:
+        return {str(identifier) for identifier in session.exec(query).all()}
+
+
 def runs_correcting(engine: Engine, source: str | Sequence[str]) -> list[int]:
     """The ids of the runs whose corrections are of rows of `source` (one, or several: an
     object's key and the failed-records files of its import sets, `reports.object_sources`):
