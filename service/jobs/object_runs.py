@@ -75,6 +75,13 @@ class LeftOut:
     def excluded(self, identifiers: set[str]) -> set[str]:
         raise NotImplementedError
 
+    def said(self, event: str, what: str, **fields: object) -> str:
+        """`; <left> <what>` for a task's outcome, logged as `event` (nothing when none)."""
+        if not self.left:
+            return ""
+        log_event(event, level=logging.WARNING, rows=self.left, **fields)
+        return f"; {self.left} {what}"
+
     def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
         for batch, identifiers in lookup_batches(records):
             excluded = self.excluded(identifiers)
@@ -169,17 +176,8 @@ class HandledElsewhere(LeftOut):
             if self.again
             else ""
         )
-        if not self.left:
-            return again
-        log_event(
-            "remediation.rows_handled_elsewhere",
-            level=logging.WARNING,
-            rows=self.left,
-            key=self.key,
-        )
-        return again + (
-            f"; {self.left} left out: another run over {self.key} corrected or quarantined them"
-        )
+        what = f"left out: another run over {self.key} corrected or quarantined them"
+        return again + self.said("remediation.rows_handled_elsewhere", what, key=self.key)
 
 
 def _taken(
@@ -284,12 +282,8 @@ class TakenBefore(LeftOut):
         return left
 
     def outcome(self) -> str:
-        if not self.left:
-            return ""
-        log_event("remediation.rows_taken_before", level=logging.WARNING, rows=self.left)
-        return (
-            f"; {self.left} left out: Stripe's connector took them from another version of the file"
-        )
+        what = "left out: Stripe's connector took them from another version of the file"
+        return self.said("remediation.rows_taken_before", what)
 
 
 __all__ = [

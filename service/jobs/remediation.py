@@ -295,13 +295,8 @@ class _TakenAgain(LeftOut):
         return taken_since(self.engine, identifiers, self.since) | self.held
 
     def outcome(self) -> str:
-        if not self.left:
-            return ""
-        log_event("remediation.rows_taken_again", level=logging.WARNING, rows=self.left)
-        return (
-            f"; {self.left} left to Stripe's connector: a version of the file uploaded since "
-            "holds them"
-        )
+        what = "left to Stripe's connector: a version of the file uploaded since holds them"
+        return self.said("remediation.rows_taken_again", what)
 
 
 def _refusal(import_set: ImportSet) -> str:

@@ -318,6 +318,26 @@ def index_loop(
         yield running
 
 
+def _reported_first_version(loop: Loop, x1: dict[str, Any]) -> int:
+    """Version 1, indexed by the poller and taken by Stripe's connector: c1 in its
+    failed-records file, x1 reported later and quarantined by the report's run."""
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        now = int(time.time()) - 60
+        _put(loop, _rows(now, x1))
+        assert run_poll_pass(deps).indexed == 1
+    finally:
+        runtime.close()
+    _poll(loop)
+    loop.drain()
+    assert loop.sandbox_app.extensions["sandbox"].flush_reports()
+    loop.drain()  # the report's run
+    [(identifier, _, taken, run_key)] = _held(loop)
+    assert (identifier, taken, run_key.split(":")[0]) == ("x1", None, "error_report")
+    return now
+
+
 def test_a_row_a_report_s_run_quarantined_refused_again_before_indexing_is_corrected(
     index_loop: Loop,
 ) -> None:
@@ -326,20 +346,7 @@ def test_a_row_a_report_s_run_quarantined_refused_again_before_indexing_is_corre
     again, with a value Stripe refuses as a format problem; import set 2's failed records
     name x1. Its run marks the report run's row taken again and corrects x1 (`1,234`)."""
     loop = index_loop
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
-        now = int(time.time()) - 60
-        _put(loop, _rows(now, {"customer": "ghost-9"}))
-        assert run_poll_pass(deps).indexed == 1
-    finally:
-        runtime.close()
-    _poll(loop)  # c1 in the failed-records file; x1 reported later
-    loop.drain()
-    assert loop.sandbox_app.extensions["sandbox"].flush_reports()
-    loop.drain()  # the report's run: x1 quarantined (no customer ghost-9, none mapped)
-    [(identifier, _, taken, run_key)] = _held(loop)
-    assert (identifier, taken, run_key.split(":")[0]) == ("x1", None, "error_report")
+    now = _reported_first_version(loop, {"customer": "ghost-9"})  # none mapped
     time.sleep(1.1)  # S3 and Stripe stamp whole seconds: the next version comes later
     _put(loop, _rows(now, {"value": "1,234"}, "n1"))  # not indexed yet
     event = _poll(loop)
@@ -452,20 +459,7 @@ def test_a_row_a_report_refused_is_remediated_from_a_version_stripe_fails_whole(
     it after. The repair sends it (`x1-mfx1`), and the report run's row is marked taken
     again; `ok1` (taken, never refused) and `c1` (corrected) stay left out."""
     loop = index_loop
-    runtime = Runtime(loop.settings)
-    try:
-        deps = build_poller_deps(runtime)
-        now = int(time.time()) - 60
-        _put(loop, _rows(now, {"event_name": "tokens_x"}))
-        assert run_poll_pass(deps).indexed == 1
-    finally:
-        runtime.close()
-    _poll(loop)  # c1 in the failed-records file; x1 reported later
-    loop.drain()
-    assert loop.sandbox_app.extensions["sandbox"].flush_reports()
-    loop.drain()  # the report's run: x1 quarantined (no meter)
-    [(identifier, _, taken, run_key)] = _held(loop)
-    assert (identifier, taken, run_key.split(":")[0]) == ("x1", None, "error_report")
+    now = _reported_first_version(loop, {"event_name": "tokens_x"})  # no meter
     loop.sandbox.create_meter("tokens_x")
     time.sleep(1.1)
     body = render(_rows(now, {"event_name": "tokens_x"}, "n1"), "csv", ";")
