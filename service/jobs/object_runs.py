@@ -14,11 +14,11 @@ as Stripe allows, would be left out and never billed).
 
 A row a run over the object quarantined that a later import set's failed records name again
 (or a later version that failed whole holds) is a new refusal (`HandledElsewhere`,
-`refused`). A version that failed whole is repaired without the rows another version took
-(`TakenBefore`). Which runs came earlier is told by the time
-their rows were quarantined, and for the runs of import sets and error reports by Stripe's
-own times (`runs_refused_before`): a worker's backlog may run an earlier import set's run
-after the later import set's event, and a late-delivered older import set is no later one.
+`refused`). Neither run sends a row another version of the object took (`TakenBefore`).
+Which runs came earlier is told by the time their rows were quarantined, and for the runs
+of import sets and error reports by Stripe's own times (`runs_refused_before`): a worker's
+backlog may run an earlier import set's run after the later import set's event, and a
+late-delivered older import set is no later one.
 """
 
 from __future__ import annotations
@@ -181,10 +181,15 @@ class HandledElsewhere(LeftOut):
 
 
 def _taken(
-    deps: JobDeps, import_set: ImportSet, repair: RemediationRun | None, folder: Path
+    deps: JobDeps,
+    import_set: ImportSet,
+    repair: RemediationRun | None,
+    folder: Path,
+    wanted: set[str],
 ) -> set[str]:
-    """The identifiers of Stripe's copy of the import set's file, but those Stripe refused
-    (its failed records) or, of a file that failed whole, those its `repair` quarantined."""
+    """Those of `wanted` Stripe's copy of the import set's file holds, but those Stripe
+    refused (its failed records) or, of a file that failed whole, those its `repair`
+    quarantined."""
     folder.mkdir(parents=True)
     try:
         copy = download(deps.files, str(import_set.source_file_id), folder)
@@ -198,7 +203,9 @@ def _taken(
             "re-sent they would be billed twice; remediate the file with `meterfix "
             "remediate`, leaving out the rows billed before"
         ) from exc
-    rows = identifiers_in(copy, deps.run.rules)
+    rows = identifiers_in(copy, deps.run.rules) & wanted
+    if not rows:
+        return rows
     if repair is not None and repair.id is not None:
         return rows - quarantined_among(deps.run.engine, [repair.id], sorted(rows))
     if not import_set.errors_file_id:
@@ -218,63 +225,73 @@ def _took(import_set: ImportSet) -> str:
 
 
 class TakenBefore(LeftOut):
-    """The rows of a file Stripe's connector failed whole, without those another import set
-    of the same object took (`left`: how many). The connector takes every version whole: a
-    row the day's file held in a version it imported was billed then (or deduped, within a
-    day); the whole-file repair re-sends every row under a derived identifier, so sent again
+    """The rows Stripe's connector refused in a version of an object (its failed records, or
+    a file that failed whole), without those another version of the object took (`left`:
+    how many). The connector takes every version whole: a row the day's file held in a
+    version it imported was billed then (or deduped, within a day); refused in this version
+    (a day later, say, its meter archived since), it is no usage left unbilled, and corrected
     it is billed twice. Taken: the rows of Stripe's copy of each other version it imported,
-    but those its failed-records file names (refused: another run's, `HandledElsewhere`), and
-    of each other version it failed whole whose repair ran, but those that repair quarantined;
-    and not refused since: a row a run over the object quarantined after Stripe took it (an
-    error report about that version, told by Stripe's times, `refusal_moments`) was not
-    billed. A version whose copy Stripe no longer gives stops the task (`TaskInputMissing`):
-    sent without knowing, its rows may be billed twice."""
+    but those its failed-records file names, and of each other version it failed whole whose
+    repair ran, but those that repair quarantined; and not refused since by an error report
+    (its window ended after that version's event: the event Stripe created from the row was
+    refused, not billed; `refusal_moments`). A refusal in another version's failed records
+    says nothing of the version that took the row. A version whose copy Stripe no longer
+    gives stops the task (`TaskInputMissing`): sent without knowing, its rows may be billed
+    twice. `source`: the file of the rows (read for their identifiers only when the object
+    has other versions)."""
 
-    def __init__(self, deps: JobDeps, import_set: ImportSet, folder: Path, run_key: str) -> None:
+    def __init__(
+        self, deps: JobDeps, import_set: ImportSet, source: Path, folder: Path, run_key: str
+    ) -> None:
         engine = deps.run.engine
         self.engine = engine
         names = reports.object_names(deps.run.bucket.prefix, import_set.source_object)
+        others = [
+            other
+            for other in reports.import_sets_of_object(engine, names)
+            if other.import_set_id != import_set.import_set_id
+            and other.origin != reports.POLLER_ORIGIN
+            and other.source_file_id
+        ]
+        wanted = identifiers_in(source, deps.run.rules) if others else set()
         # identifier -> when a version took it last (its import set's event), and a label
         self.taken: dict[str, tuple[int, str]] = {}
-        for n, other in enumerate(reports.import_sets_of_object(engine, names)):
-            if (
-                other.import_set_id == import_set.import_set_id
-                or other.origin == reports.POLLER_ORIGIN
-                or not other.source_file_id
-            ):
-                continue
+        for n, other in enumerate(others):
             repair = None
             if other.status == reports.FAILED:
                 repair = finished_run(engine, failed_file_run_key(other.import_set_id))
                 if repair is None or repair.id is None:
                     continue  # none of its rows was sent yet
             took = (event_time(other), _took(other))
-            for identifier in _taken(deps, other, repair, folder / f"version-{n}"):
+            for identifier in _taken(deps, other, repair, folder / f"version-{n}", wanted):
                 self.taken[identifier] = max(took, self.taken.get(identifier, took))
         self.runs: list[int] = []
+        self.reports: dict[int, int] = {}
         if self.taken:
             sources = object_sources(engine, deps.run.bucket, import_set.source_object)
             runs = runs_correcting(engine, sources)
-            own = {r for r, k in run_keys(engine, runs).items() if k == run_key}
-            self.runs = [r for r in runs if r not in own]
-        self.moments = refusal_moments(engine, self.runs)
+            keys = run_keys(engine, runs)
+            self.runs = [r for r in runs if keys.get(r) != run_key]
+            # the error reports' runs: when their window ended
+            reported = [r for r in self.runs if report_of(keys.get(r, "")) is not None]
+            self.reports = refusal_moments(engine, reported)
 
     def excluded(self, identifiers: set[str]) -> set[str]:
         listed = sorted(i for i in identifiers if i in self.taken)
         if not listed:
             return set()
-        refused: dict[str, int] = {}
-        for identifier, run_id, at in quarantine_times(self.engine, self.runs, listed):
-            when = self.moments.get(run_id, int(at.timestamp()))
-            refused[identifier] = max(when, refused.get(identifier, when))
+        reported: dict[str, int] = {}
+        for identifier, run_id, _ in quarantine_times(self.engine, list(self.reports), listed):
+            when = self.reports[run_id]
+            reported[identifier] = max(when, reported.get(identifier, when))
         # a row a run corrected is another run's (`HandledElsewhere`: left out, its
-        # correction billed); one refused in the same second as taken counts as refused after
+        # correction billed); one reported in the same second as taken counts as after
         corrected = corrected_among(self.engine, self.runs, listed)
-        left = {i for i in listed if i not in corrected and self.taken[i][0] > refused.get(i, -1)}
-        # quarantined before a version took them: billed from it (the customer fixed them
-        # by hand), no longer waiting for a fix
+        left = {i for i in listed if i not in corrected and self.taken[i][0] > reported.get(i, -1)}
+        # the entries of them quarantined before a version took them: billed from it (the
+        # customer fixed them by hand), no longer waiting for a fix
         by_version: dict[tuple[int, str], list[str]] = {}
-        for identifier in sorted(left & refused.keys()):
+        for identifier in sorted(left):
             by_version.setdefault(self.taken[identifier], []).append(identifier)
         for (when, label), identifiers_of in by_version.items():
             at = datetime.fromtimestamp(when, UTC)

@@ -2,7 +2,9 @@
 
 - import_set_errors: the failed-records file of an import set (Stripe Files API, streamed).
 - import_set_failed: the whole file failed; repair the source object (or the source file
-  Stripe kept) and remediate every row of it that no other version of the object took.
+  Stripe kept) and remediate every row of it.
+Both leave out the rows another version of the object took (`object_runs.TakenBefore`),
+another run over it handled (`HandledElsewhere`), or a later version holds (`_TakenAgain`).
 - poller_rows: rows the bundled poller found invalid (its failed-records file).
 - error_report: a meter error report whose sample identifiers are rows we imported.
 
@@ -73,22 +75,24 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
             )
             later = later_version(deps, import_set, Path(tmp))
             rows = _TakenAgain(deps, import_set, later)
+            # rows another version of the object took (billed then)
+            taken = TakenBefore(deps, import_set, path, Path(tmp) / "taken", run_key)
             # rows an error report's run over the object (or another import set's) took
             key = import_set.source_object
             refused = RefusedAgain(rows.since, _refusal(import_set))
             elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
 
             def transform(records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-                return elsewhere(rows(records))
+                return elsewhere(taken(rows(records)))
 
             _run_file(
                 deps.run,
                 request,
                 path,
                 transform,
-                allow_none=lambda: rows.left + elsewhere.left > 0,
+                allow_none=lambda: rows.left + taken.left + elsewhere.left > 0,
             )
-            left = rows.outcome() + elsewhere.outcome()
+            left = rows.outcome() + elsewhere.outcome() + taken.outcome()
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
 
 
@@ -121,11 +125,9 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
             # of some object sent (the day's file rewritten with the rows so far); one
             # Stripe's connector failed: not a row it took from another version
             sent = _SourceRows(deps.run.engine, None)
-            taken = (
-                None
-                if _by_poller(import_set)
-                else TakenBefore(deps, import_set, Path(tmp), run_key)
-            )
+            taken = None
+            if not _by_poller(import_set):
+                taken = TakenBefore(deps, import_set, path, Path(tmp) / "taken", run_key)
             # rows another run over the object corrected or quarantined (one it quarantined
             # is refused again: the whole file was)
             key = import_set.source_object

@@ -505,3 +505,38 @@ def test_a_row_fixed_by_hand_and_taken_before_a_version_fails_whole_is_not_sent_
     assert "; 2 left out: Stripe's connector took them from another version" in str(task.outcome)
     loop.sandbox.connector_poll()
     assert sorted(loop.accepted()) == ["c1-mfx1", "n1-mfx1", "ok1", "x1"]  # each once
+
+
+def test_rows_a_version_took_and_a_later_one_refused_are_not_sent_again(loop: Loop) -> None:
+    """The day's file is written again a day later, past Stripe's dedupe, after its meter
+    was archived: Stripe's connector refuses the rows version 1 billed (`archived_meter`)
+    with the new one. The run re-routed them to the successor meter: `ok1-mfx1` and
+    `x1-mfx1` on `api_v2` beside the `ok1` and `x1` billed on `api_requests`. Only `n1`, new
+    in version 2, is usage left unbilled; the rows version 1 took are left out, and `c1`
+    (import set 1's run corrected it) stays left out too."""
+    Path(loop.settings.mfx_rules).write_text(
+        RULES + '[meter_successors]\n"api_requests" = "api_v2"\n'
+    )
+    loop.sandbox.create_meter("api_v2")
+    now = int(time.time()) - 60
+    _put(loop, _rows(now, {}))
+    _poll(loop)
+    loop.drain()  # c1 corrected
+    loop.sandbox.connector_poll()
+    assert sorted(loop.accepted()) == ["c1-mfx1", "ok1", "x1"]
+    state = loop.sandbox_app.extensions["sandbox"].state
+    with state.lock:  # a day passes: Stripe dedupes identifiers for 24 hours only
+        state.identifiers = {i: at - 25 * 3600 for i, at in state.identifiers.items()}
+    [meter] = [m for m in loop.sandbox.meters() if m["event_name"] == "api_requests"]
+    loop.sandbox.deactivate_meter(meter["id"])
+    time.sleep(1.1)
+    _put(loop, _rows(now, {}, "n1"))
+    event = _poll(loop)
+    assert event["data"]["object"]["result"]["errors"]["row_count"] == 4  # all refused
+    loop.drain()
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234"), ("n1-mfx1", "cus_alice", "2")]
+    outcome = _outcomes(loop)[-1]
+    assert "; 2 left out: Stripe's connector took them from another version" in outcome
+    assert "; 1 left out: another run over usage.csv corrected or quarantined them" in outcome
+    loop.sandbox.connector_poll()
+    assert sorted(loop.accepted()) == ["c1-mfx1", "n1-mfx1", "ok1", "x1"]  # each once
