@@ -41,7 +41,6 @@ from service.jobs.store.quarantine import (
     mark_taken_again,
     marked_among,
     quarantine_times,
-    quarantined_among,
 )
 from service.jobs.store.runs import (
     corrected_among,
@@ -190,29 +189,35 @@ def _taken(
     """Those of `wanted` Stripe's copy of the import set's file holds, but those Stripe
     refused (its failed records) or, of a file that failed whole, those its `repair`
     quarantined."""
-    folder.mkdir(parents=True)
-    try:
-        copy = download(deps.files, str(import_set.source_file_id), folder)
-    except StripeFileError as exc:
-        if exc.status != 404:
-            raise  # retried
-        raise TaskInputMissing(
-            f"Stripe no longer gives its copy ({import_set.source_file_id}) of the version "
-            f"of {import_set.source_object} import set {import_set.import_set_id} took: "
-            "which rows of the failed file that version took (billed) cannot be told, and "
-            "re-sent they would be billed twice; remediate the file with `meterfix "
-            "remediate`, leaving out the rows billed before"
-        ) from exc
+    copy = _stripe_file(deps, import_set, str(import_set.source_file_id), folder)
     rows = identifiers_in(copy, deps.run.rules) & wanted
     if not rows:
         return rows
     if repair is not None and repair.id is not None:
-        return rows - quarantined_among(deps.run.engine, [repair.id], sorted(rows))
+        held = quarantine_times(deps.run.engine, [repair.id], sorted(rows))
+        return rows - {identifier for identifier, _, _ in held}
     if not import_set.errors_file_id:
         return rows
-    (folder / "refused").mkdir()
-    failed = download(deps.files, import_set.errors_file_id, folder / "refused")
+    failed = _stripe_file(deps, import_set, import_set.errors_file_id, folder / "refused")
     return rows - identifiers_in(failed, deps.run.rules)
+
+
+def _stripe_file(deps: JobDeps, import_set: ImportSet, file_id: str, folder: Path) -> Path:
+    """A file Stripe kept of another version's import set (its copy of the file, its failed
+    records), downloaded into `folder`. One Stripe no longer gives (404) stops the task."""
+    folder.mkdir(parents=True)
+    try:
+        return download(deps.files, file_id, folder)
+    except StripeFileError as exc:
+        if exc.status != 404:
+            raise  # retried
+        raise TaskInputMissing(
+            f"Stripe no longer gives its file {file_id} of the version of "
+            f"{import_set.source_object} import set {import_set.import_set_id} took: which "
+            "rows that version took (billed) cannot be told, and re-sent they would be billed "
+            "twice; remediate these rows with `meterfix remediate`, leaving out the rows "
+            "billed before"
+        ) from exc
 
 
 def _took(import_set: ImportSet) -> str:

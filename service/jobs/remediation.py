@@ -3,10 +3,12 @@
 - import_set_errors: the failed-records file of an import set (Stripe Files API, streamed).
 - import_set_failed: the whole file failed; repair the source object (or the source file
   Stripe kept) and remediate every row of it.
-Both leave out the rows another version of the object took (`object_runs.TakenBefore`),
-another run over it handled (`HandledElsewhere`), or a later version holds (`_TakenAgain`).
 - poller_rows: rows the bundled poller found invalid (its failed-records file).
 - error_report: a meter error report whose sample identifiers are rows we imported.
+
+The import-set tasks leave out the rows another version of the object took
+(`object_runs.TakenBefore`), another run over it handled (`HandledElsewhere`), or a later
+version holds (`_TakenAgain`).
 
 A task whose input cannot be found or read is not retried: it raises a critical alert and
 reports why. Any other failure (Stripe, S3, database) raises, so the worker retries it.

@@ -442,7 +442,7 @@ def test_a_version_stripe_fails_whole_waits_for_a_person_when_an_earlier_copy_is
     with loop.session() as session:
         [task] = session.exec(select(InboxEvent).where(InboxEvent.event_type == FAILED_TASK)).all()
         alerts = session.exec(select(Alert).where(Alert.severity == "critical")).all()
-    why = f"Stripe no longer gives its copy ({copy}) of the version of {NAME} import set {first}"
+    why = f"Stripe no longer gives its file {copy} of the version of {NAME} import set {first}"
     assert str(task.outcome).startswith(f"not remediated: {why}"), task.outcome
     assert len(alerts) == 1 and why in alerts[0].message, [a.message for a in alerts]
     assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234")]  # nothing new

@@ -369,22 +369,6 @@ def marked_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[s
     return _identifiers_where(engine, run_ids, identifiers, _marked)
 
 
-def quarantined_among(
-    engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
-) -> set[str]:
-    """Which of `identifiers` these runs quarantined (held, taken by a re-run, or marked
-    taken again since)."""
-    return _identifiers_where(
-        engine,
-        run_ids,
-        identifiers,
-        lambda engine, runs, listed: [
-            QUARANTINE.c.run_id.in_(list(runs)),
-            in_listed(QUARANTINE.c.identifier, listed, engine),
-        ],
-    )
-
-
 def quarantine_times(
     engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
 ) -> list[tuple[str, int, datetime]]:
