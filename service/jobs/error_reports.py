@@ -102,8 +102,11 @@ class _Report:
     gone: list[str] = field(default_factory=list)  # objects deleted since Stripe took them
     # key -> its sampled rows that are not the rows Stripe refused (`ReportScope.changed`)
     altered: dict[str, dict[str, bool]] = field(default_factory=dict)
+    # key -> those of them first held by a version uploaded long before the report (`_SentSince`)
+    earlier: dict[str, set[str]] = field(default_factory=dict)
     resent: int = 0  # changed rows sent as they are now
     left: int = 0  # rows left to Stripe's connector (taken again from a later version)
+    billed: int = 0  # rows left out: taken from a version long before the report's window
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
@@ -133,6 +136,7 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
             job.customers |= sampled.customers
             job.sampled[key] = sampled
             job.altered[key] = altered
+            job.earlier[key] = since.earlier
         found = 0
         for key in sorted(files):
             version, path, plan = files[key]
@@ -236,8 +240,13 @@ class _SentSince:
     takes every version whole; a version uploaded after the report's window holds rows the
     connector took again, changed or not (billed, or refused again and reported again): they
     are left to it (a version uploaded within the window may be the one the report is about).
-    A row some version sent again since a run quarantined it (marked `taken_again`) is
-    neither: the report may be about that send."""
+    So are the rows first held by a version uploaded more than `WINDOW_BEFORE` before the
+    report's window (`earlier`): the report is not about that version (no more than it is
+    about an object first seen then, `_other_objects`), so it is about a later one that held
+    the row again, after Stripe's dedupe of a day; the connector took the row from the first
+    version then (billed, or refused and reported then). Re-routed (an archived meter's rows)
+    or corrected, it would be billed twice. A row some version sent again since a run
+    quarantined it (marked `taken_again`) is neither: the report may be about that send."""
 
     def __init__(
         self,
@@ -254,8 +263,21 @@ class _SentSince:
         times = object_times(ctx.engine, key, version)
         uploaded = _seconds(times.uploaded) if times is not None else None
         # Stripe's connector takes the bucket's versions (index mode), not the bundled poller
-        connector = ctx.settings.mfx_poller != PollerMode.ON
-        self.taken_again = connector and uploaded is not None and uploaded > job.now
+        self.connector = ctx.settings.mfx_poller != PollerMode.ON
+        self.taken_again = self.connector and uploaded is not None and uploaded > job.now
+        window = job.now if job.start is None else job.start
+        self.before = window - int(WINDOW_BEFORE.total_seconds())
+        self.engine = ctx.engine
+        self.uploaded: dict[tuple[str, str], int | None] = {}  # version -> when
+        self.earlier: set[str] = set()  # the rows first held long before the report
+
+    def _long_before(self, first: FirstVersion) -> bool:
+        """Was the version uploaded more than `WINDOW_BEFORE` before the report's window?"""
+        if first.version not in self.uploaded:
+            times = object_times(self.engine, first.key, first.etag)
+            self.uploaded[first.version] = _seconds(times.uploaded) if times else None
+        uploaded = self.uploaded[first.version]
+        return uploaded is not None and uploaded < self.before
 
     def changed(self, record: UsageRecord) -> bool | None:
         """None: the report's row; True: changed since the bundled poller sent it (import
@@ -265,7 +287,12 @@ class _SentSince:
         if first is None or first.version == self.here or identifier in self.again:
             return None
         if not first.sent:
-            return False if self.taken_again else None
+            if self.taken_again:
+                return False
+            if self.connector and self._long_before(first):
+                self.earlier.add(identifier)
+                return False
+            return None
         if first.content is None or [first.content] == record_digests([record]):
             return None
         return True
@@ -313,7 +340,7 @@ def _remediate(
     if done is not None:  # a retried task: count what the run found, and the rows handled
         for _ in selected:
             pass
-        return _counted(job, done.input_rows, selection)
+        return _counted(job, key, done.input_rows, selection, scope)
     stages = Stages()
     with stages.timing(Stage.LINEAGE):
         # above the object's generation, and any that wrote one of its identifiers
@@ -334,14 +361,19 @@ def _remediate(
         rejected=False,  # an object that was imported: only the reported rows are re-sent
         stages=stages,
     )
-    return _counted(job, execute_run(ctx, request, selected).input_rows, selection)
+    return _counted(job, key, execute_run(ctx, request, selected).input_rows, selection, scope)
 
 
-def _counted(job: _Report, selected: int, selection: Selection) -> int:
+def _counted(
+    job: _Report, key: str, selected: int, selection: Selection, scope: ReportScope
+) -> int:
     """The rows of one object the report is about, found: those selected, those another run
-    handled, and the rows left to Stripe's connector."""
+    handled, and the rows left to Stripe's connector (taken again from a later version, or
+    taken from an earlier one long before the report: `billed`)."""
+    billed = len(job.earlier.get(key, set()) - scope.handled)
     job.resent += selection.resent
-    job.left += selection.left
+    job.left += selection.left - billed
+    job.billed += billed
     return selected + selection.handled + selection.left
 
 
@@ -408,6 +440,11 @@ def _changed_rows(job: _Report) -> str:
         parts.append(
             f"{job.left} read from a version uploaded after the report: taken again by "
             "Stripe's connector, left to it"
+        )
+    if job.billed:
+        parts.append(
+            f"{job.billed} first held by a version uploaded more than a day before the "
+            "report's window: Stripe's connector took them from it then, left out"
         )
     return "".join(f"; {part}" for part in parts)
 

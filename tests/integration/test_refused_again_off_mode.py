@@ -21,6 +21,7 @@ import csv
 import io
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from sqlmodel import col, select
 
 from service.config import PollerMode, Settings
 from service.models import Alert, CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
+from service.models._types import as_utc, utcnow
+from service.models.poller import BucketObject
 from service.poller.passes import build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from tests.integration.test_e2e import BUCKET, RULES, Loop, render, running_loop
@@ -538,5 +541,66 @@ def test_rows_a_version_took_and_a_later_one_refused_are_not_sent_again(loop: Lo
     outcome = _outcomes(loop)[-1]
     assert "; 2 left out: Stripe's connector took them from another version" in outcome
     assert "; 1 left out: another run over usage.csv corrected or quarantined them" in outcome
+    loop.sandbox.connector_poll()
+    assert sorted(loop.accepted()) == ["c1-mfx1", "n1-mfx1", "ok1", "x1"]  # each once
+
+
+def test_rows_a_version_took_a_day_before_a_report_are_not_sent_again(index_loop: Loop) -> None:
+    """Index mode, data errors reported: the day's file written again a day later, past
+    Stripe's dedupe, after its meter was archived. Stripe's connector takes version 2 whole
+    and refuses its rows of the archived meter, the rows version 1 billed among them, and
+    reports them. The report's run re-routed them all to the successor meter: `ok1-mfx1` and
+    `x1-mfx1` on `api_v2` beside the `ok1` and `x1` billed on `api_requests`. A version
+    uploaded more than a day before the report's window (`WINDOW_BEFORE`) is not what the
+    report is about: Stripe's connector took its rows then (billed, or refused and reported
+    then). Only `n1`, new in version 2, is usage left unbilled."""
+    loop = index_loop
+    Path(loop.settings.mfx_rules).write_text(
+        RULES + '[meter_successors]\n"api_requests" = "api_v2"\n'
+    )
+    loop.sandbox.create_meter("api_v2")
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        now = int(time.time()) - 60
+        _put(loop, _rows(now, {}))
+        assert run_poll_pass(deps).indexed == 1
+        _poll(loop)
+        loop.drain()  # c1 corrected
+        loop.sandbox.connector_poll()
+        assert sorted(loop.accepted()) == ["c1-mfx1", "ok1", "x1"]
+        day = timedelta(hours=25)  # a day passes
+        state = loop.sandbox_app.extensions["sandbox"].state
+        with state.lock:  # Stripe dedupes identifiers for 24 hours only
+            state.identifiers = {
+                i: at - int(day.total_seconds()) for i, at in state.identifiers.items()
+            }
+        with loop.session() as session:  # the poller listed version 1 a day ago
+            [first] = session.exec(select(BucketObject).where(BucketObject.key == KEY)).all()
+            first.last_modified = (as_utc(first.last_modified) or utcnow()) - day
+            session.add(first)
+            session.commit()
+        [meter] = [m for m in loop.sandbox.meters() if m["event_name"] == "api_requests"]
+        loop.sandbox.deactivate_meter(meter["id"])
+        time.sleep(1.1)
+        _put(loop, _rows(now, {}, "n1"))
+        assert run_poll_pass(deps).indexed == 2  # version 2, import set 1's corrected file
+    finally:
+        runtime.close()
+    _poll(loop)
+    loop.drain()  # import set 2: c1 (format) left out, corrected by import set 1's run
+    assert loop.sandbox_app.extensions["sandbox"].flush_reports()
+    loop.drain()  # the report's run
+    assert _corrected(loop) == [("c1-mfx1", "cus_alice", "1234"), ("n1-mfx1", "cus_alice", "2")]
+    with loop.session() as session:
+        [task] = session.exec(
+            select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.error_report")
+        ).all()
+    outcome = str(task.outcome)
+    assert outcome.startswith("remediated 3 row(s) for 3 reported error(s)"), outcome
+    assert outcome.endswith(
+        "; 2 first held by a version uploaded more than a day before the report's window: "
+        "Stripe's connector took them from it then, left out"
+    ), outcome
     loop.sandbox.connector_poll()
     assert sorted(loop.accepted()) == ["c1-mfx1", "n1-mfx1", "ok1", "x1"]  # each once
