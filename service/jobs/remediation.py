@@ -38,11 +38,23 @@ from service.jobs.inputs import (
     next_generation,
     run_lineage,
 )
-from service.jobs.object_runs import HandledElsewhere, LeftOut, RefusedAgain, TakenBefore
+from service.jobs.object_runs import (
+    HandledElsewhere,
+    LeftOut,
+    RefusedAgain,
+    TakenBefore,
+    object_sources,
+)
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated
-from service.jobs.store.runs import failed_file_run_key, finished_run, import_set_run_key
+from service.jobs.store.runs import (
+    failed_file_run_key,
+    finished_run,
+    import_set_run_key,
+    refused_among,
+    runs_correcting,
+)
 from service.logs import log_event
 from service.models import ImportSet, RunTrigger
 from service.models._types import as_utc, utcnow
@@ -124,15 +136,19 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
             later = later_version(deps, import_set, Path(tmp), path) if copied else None
             rows = _TakenAgain(deps, import_set, later)
             # a file the bundled poller failed whole: it never sends a row another version
-            # of some object sent (the day's file rewritten with the rows so far); one
+            # of some object sent (the day's file rewritten with the rows so far) unless a
+            # run over the object quarantined it since (Stripe refused that send); one
             # Stripe's connector failed: not a row it took from another version
+            key = import_set.source_object
             sent = _SourceRows(deps.run.engine, None)
             taken = None
             if not _by_poller(import_set):
                 taken = TakenBefore(deps, import_set, path, Path(tmp) / "taken", run_key)
+            else:
+                sources = object_sources(deps.run.engine, deps.run.bucket, key)
+                sent.refused_by = runs_correcting(deps.run.engine, sources)
             # rows another run over the object corrected or quarantined (one it quarantined
             # is refused again: the whole file was)
-            key = import_set.source_object
             refused = RefusedAgain(rows.since, _refusal(import_set))
             elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
 
@@ -262,17 +278,25 @@ class _SourceRows:
     poller recorded every row's identifier, so the audit points at the object's own rows),
     without the rows a version of some object sent since (`sent`: how many): the customer
     fixed the row and uploaded the file again while this task waited. Such a row was billed
-    as it is; corrected, it would go out a second time under a derived identifier."""
+    as it is; corrected, it would go out a second time under a derived identifier. Unless
+    one of the runs `refused_by` (an error report's, a re-run's) quarantined it after that
+    send: Stripe refused it, never billed (as the poller's `OtherVersions` tells)."""
 
     def __init__(self, engine: Engine, key: str | None) -> None:
         """`key`: the object whose row numbers the records take (None: they keep theirs,
         read from the object itself)."""
         self.engine, self.key, self.sent = engine, key, 0
+        self.refused_by: list[int] = []
+
+    def _sent(self, identifiers: set[str]) -> set[str]:
+        sent = sent_moments(self.engine, identifiers)
+        held = refused_among(self.engine, self.refused_by, sorted(sent)) if sent else {}
+        return {i for i, at in sent.items() if i not in held or held[i] <= at}
 
     def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
         for batch, identifiers in lookup_batches(records):
             numbers = {} if self.key is None else row_numbers(self.engine, self.key, identifiers)
-            sent = sent_moments(self.engine, identifiers)
+            sent = self._sent(identifiers)
             for record in batch:
                 if record.identifier in sent:
                     self.sent += 1

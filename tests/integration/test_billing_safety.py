@@ -466,6 +466,41 @@ def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_han
     assert sorted(loop.accepted()) == ["a", "g"]
 
 
+def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_from_a_version_failed_whole(
+    loop: Loop,
+) -> None:
+    """As above, but the customer's fixed file is written with `;` delimiters: the poller
+    fails it whole and its repair left `g` out as a row another version sent, although Stripe
+    refused that send (usage lost: version 1's entry held the old customer, no one's fix
+    would take). The repair sends `g` as fixed (`g-mfx1`) and marks version 1's entry taken
+    again; `a` (billed from version 1) stays left out."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)  # both sent; Stripe reports g
+        reported(loop)  # g quarantined: no rule maps cus_ghost
+        time.sleep(1)
+        fixed = usage_csv([other, [*row[:3], "cus_alice", row[4]]]).replace(b",", b";")
+        _put(loop, "day.csv", fixed)
+        assert run_poll_pass(deps).failed_files == 1
+        loop.drain()
+        run_poll_pass(deps)  # the repair's corrected file
+    assert sorted(loop.accepted()) == ["a", "g-mfx1"]
+    with loop.session() as session:
+        held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+        [task] = session.exec(
+            select(InboxEvent).where(
+                InboxEvent.event_type == "meterfix.remediate.import_set_failed"
+            )
+        ).all()
+    assert [(q.identifier, q.taken_again is not None) for q in held] == [("g", True)]
+    outcome = str(task.outcome)
+    assert "; 1 quarantined before refused again (marked taken again)" in outcome, outcome
+    assert outcome.endswith("; 1 left out: sent before from another version of the file")
+
+
 @pytest.mark.parametrize("change", ["fixed", "fixed_in_ms", "unchanged"])
 def test_a_refused_row_fixed_by_hand_before_its_report_came_is_sent_as_it_is_now(
     loop: Loop, change: str
