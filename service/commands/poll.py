@@ -127,6 +127,12 @@ def _echo(report: PassReport) -> None:
         + (f", {report.left_out} of them left out: sent before" if report.left_out else "")
         + (f", {report.gave_up} given up" if report.gave_up else "")
         + (f", {report.waiting} backing off" if report.waiting else "")
+        + (
+            f", {report.reports_matched} error reports that came before their rows were "
+            "recorded queued for remediation"
+            if report.reports_matched
+            else ""
+        )
     )
     for error in report.errors:
         click.echo(f"failed: {error}")

@@ -48,6 +48,7 @@ from service.poller.handover import (
     FailedRowsHook,
     hand_over,
     log_failed_rows,
+    queue_late_reports,
     queue_pending_remediation,
     remediation_hook,
 )
@@ -101,6 +102,9 @@ class PassReport:
     sent: int = 0  # rows Stripe accepted in the files imported (earlier passes' share included)
     left_out: int = 0  # of sent: rows another object version sent, or meterfix corrected, before
     failed_rows: int = 0
+    # error reports that matched none of our rows when they came, and now do (their rows
+    # recorded by this pass): remediation queued
+    reports_matched: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -132,6 +136,8 @@ def run_poll_pass(target: PollerDeps | Runtime) -> PassReport:
         if not deps.index_mode:
             queue_pending_remediation(deps.engine)
         report = _run_pass(deps)
+        if report.indexed or report.imported:
+            report.reports_matched = queue_late_reports(deps.engine, deps.clock())
     log_event("poller.pass", **{k: v for k, v in vars(report).items() if k != "errors"})
     return report
 

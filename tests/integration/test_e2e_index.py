@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,45 @@ def test_index_mode_remediates_every_reported_row(loop: Loop, deps: PollerDeps, 
     }
     assert not set(MAPPED + CASED) <= _sampled(reports), "remediation must go beyond samples"
     loop.drain()  # failed-records file + both reports: corrected files into the bucket
+    loop.sandbox.connector_poll()  # Stripe imports the corrected files
+    _assert_outcome(loop)
+    _assert_repeat_changes_nothing(loop, deps)
+
+
+@pytest.mark.parametrize("hours", [0, 25])
+def test_reports_that_come_before_the_poller_indexed_their_object_are_remediated_once_it_does(
+    loop: Loop, deps: PollerDeps, hours: int
+) -> None:
+    """Stripe's connector took the object and reported its rows before the poller's next pass
+    (its interval, a long pass over other files): no sample was a row of ours yet, so both
+    reports were kept `unmatched` for the digest and never remediated (usage lost). The pass
+    that indexes the object links their samples and queues their remediation; not for
+    reports that came more than a day before (`LATE_MATCH`: no report is about rows taken
+    that long before it)."""
+    loop.s3.put_object(
+        Bucket=BUCKET, Key="usage/2026-11-25.csv", Body=render(index_rows(int(time.time())), "csv")
+    )
+    loop.sandbox.connector_poll()  # Stripe imports before meterfix indexed the object
+    assert len(_flush(loop)) == 2
+    loop.drain()  # the failed-records file is remediated; the reports match nothing yet
+    with loop.session() as session:
+        reports = session.exec(select(ErrorReport)).all()
+        tasks = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).all()
+        assert [t.event_type for t in tasks] == ["meterfix.remediate.import_set_errors"]
+        assert [r.status for r in reports] == ["unmatched", "unmatched"]
+        for report in reports:  # came `hours` ago
+            report.created_at = report.created_at - timedelta(hours=hours)
+            session.add(report)
+        session.commit()
+    report = run_poll_pass(deps)
+    # the object, and the failed-records run's corrected file
+    assert (report.indexed, report.reports_matched) == (2, 0 if hours else 2), report
+    loop.drain()  # both reports' runs
+    if hours:
+        with loop.session() as session:
+            statuses = [r.status for r in session.exec(select(ErrorReport)).all()]
+        assert statuses == ["unmatched", "unmatched"]
+        return
     loop.sandbox.connector_poll()  # Stripe imports the corrected files
     _assert_outcome(loop)
     _assert_repeat_changes_nothing(loop, deps)

@@ -163,6 +163,29 @@ def has_linked_sample(session: Session, report_id: int | None) -> bool:
     return linked is not None
 
 
+def unmatched_reports(
+    session: Session, since: datetime
+) -> list[tuple[ErrorReport, list[ErrorSample]]]:
+    """The reports none of whose samples was a row of ours when they came (`unmatched`),
+    recorded since `since`, each with its samples that name an identifier."""
+    reports = session.exec(
+        select_model(ErrorReport)
+        .where(ErrorReport.status == ErrorReportStatus.UNMATCHED)
+        .where(col(ErrorReport.created_at) >= since)
+        .order_by(col(ErrorReport.id))
+    ).all()
+    ids = [report.id for report in reports]
+    samples = session.exec(
+        select_model(ErrorSample)
+        .where(col(ErrorSample.report_id).in_(ids), col(ErrorSample.identifier).is_not(None))
+        .order_by(col(ErrorSample.id))
+    ).all()
+    by_report: dict[int | None, list[ErrorSample]] = {}
+    for sample in samples:
+        by_report.setdefault(sample.report_id, []).append(sample)
+    return [(report, by_report.get(report.id, [])) for report in reports]
+
+
 def load_report(
     engine: Engine, event_id: str
 ) -> tuple[ErrorReport, list[ErrorSample], dict[str, int]] | None:
