@@ -60,7 +60,7 @@ from service.models import (
     RunTrigger,
 )
 from service.models._types import as_utc, utcnow
-from service.notify.alerts import raise_alert
+from service.notify.alerts import raise_alert, resolve_alert
 from service.poller.store import (
     FirstVersion,
     ObjectTimes,
@@ -100,6 +100,9 @@ class _Report:
     sampled: dict[str, Sampled] = field(default_factory=dict)  # key -> what its samples say
     changed: list[str] = field(default_factory=list)  # objects overwritten since Stripe took them
     gone: list[str] = field(default_factory=list)  # objects deleted since Stripe took them
+    # of `changed`: overwritten by a version the poller had not recorded yet (it may hold the
+    # rows: the report is taken up again when the poller records it)
+    unrecorded: list[str] = field(default_factory=list)
     # key -> its sampled rows that are not the rows Stripe refused (`ReportScope.changed`)
     altered: dict[str, dict[str, bool]] = field(default_factory=dict)
     # key -> those of them first held by a version uploaded long before the report (`_SentSince`)
@@ -186,14 +189,18 @@ def _fetch(
     version, and the rows there now are another file's, never remediated for this report
     (`job.changed` names it). `or_current`: the version in the bucket now will do if the
     poller listed it too (an identifier is recorded with the first version that held it; the
-    caller checks the sampled rows are in it)."""
+    caller checks the sampled rows are in it; one the poller has not listed yet is named in
+    `job.unrecorded` too)."""
     head = ctx.bucket.head(key)
     if head is None:  # deleted since: its rows are gone, the other objects' are remediated
         job.gone.append(key)
         return None
     if head.etag != etag:
-        if not (or_current and object_times(ctx.engine, key, head.etag) is not None):
+        recorded = object_times(ctx.engine, key, head.etag) is not None
+        if not (or_current and recorded):
             job.changed.append(key)
+            if or_current:
+                job.unrecorded.append(key)
             return None
         etag = head.etag
     path = folder / f"{source_tag(key, etag)}-{local_name(key)}"
@@ -407,13 +414,15 @@ def _records(
 
 def _conclude(engine: Engine, job: _Report, found: int) -> str:
     changed = _changed_rows(job)
+    alert = f"error_report.partial:{job.event_id}"
     if found >= job.expected:
         set_report_status(engine, job.event_id, ErrorReportStatus.REMEDIATED)
+        resolve_alert(engine, alert)  # taken up again (`poller.handover`), and found now
         return f"remediated {found} row(s) for {job.expected} reported error(s){changed}"
-    set_report_status(engine, job.event_id, ErrorReportStatus.PARTIAL)
+    set_report_status(engine, job.event_id, ErrorReportStatus.PARTIAL, job.unrecorded)
     raise_alert(
         engine,
-        key=f"error_report.partial:{job.event_id}",
+        key=alert,
         severity="warning",
         kind="error_report.partial",
         subject=f"report {job.event_id}: found {found} of {job.expected} reported rows",
@@ -456,6 +465,11 @@ def _shortfall(job: _Report) -> str:
         message += (
             "; overwritten since Stripe took them (the version the report is about is "
             f"gone): {changed}"
+        )
+    if job.unrecorded:
+        message += (
+            "; the poller has not recorded the version there now of "
+            f"{', '.join(sorted(job.unrecorded))}: the report is taken up again when it does"
         )
     if job.gone:
         message += (

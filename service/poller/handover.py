@@ -12,11 +12,17 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from service.jobs.store.reports import pending_poller_import_sets, unmatched_reports
+from service.jobs.store.reports import (
+    mark_report,
+    pending_poller_import_sets,
+    reports_overwritten,
+    unmatched_reports,
+)
 from service.logs import log_event
 from service.models import ErrorReportStatus, ImportSet
 from service.poller.store import imported_rows_by_identifier
-from service.worker.tasks import TaskKind, enqueue_task
+from service.worker.inbox import requeue_event
+from service.worker.tasks import TaskKind, enqueue_task, task_id
 
 FailedRowsHook = Callable[[ImportSet, Path], None]
 
@@ -55,17 +61,20 @@ def queue_pending_remediation(engine: Engine) -> int:
         )
 
 
-# How long after it came an `unmatched` error report is matched again by each pass that
-# recorded rows: Stripe's connector may take a version before the poller lists it (index
+# How long after it came an error report is taken up again by a pass that recorded its rows
+# or its object: Stripe's connector may take a version before the poller lists it (index
 # mode), and a report is about rows taken up to a day before its window.
 LATE_MATCH = timedelta(days=1)
 
 
-def queue_late_reports(engine: Engine, now: datetime) -> int:
-    """Link the samples of the `unmatched` reports of the last LATE_MATCH that name rows the
-    poller has recorded since (Stripe's connector took the version, and reported its rows,
-    before the poller indexed it) and queue their remediation; how many were queued. The
-    report's task does the rest as for a report that matched when it came."""
+def queue_late_reports(engine: Engine, now: datetime, keys: set[str]) -> int:
+    """Take up again the reports of the last LATE_MATCH that came before the poller recorded
+    what they are about (Stripe's connector took a version, and reported its rows, before the
+    poller listed it); how many. An `unmatched` report whose samples name rows recorded since
+    has them linked and its remediation queued; a `partial` one that found one of `keys` (the
+    objects this pass recorded) overwritten by a version not recorded then has its task run
+    again (the runs it finished are counted, not run again)."""
+    again = _reports_overwritten(engine, now, keys) if keys else []
     with Session(engine) as session:
         reports = unmatched_reports(session, now - LATE_MATCH)
         identifiers = {str(s.identifier) for _, samples in reports for s in samples}
@@ -78,14 +87,31 @@ def queue_late_reports(engine: Engine, now: datetime) -> int:
                 sample.object_key, sample.row_number = row.object_key, row.row_number
                 session.add(sample)
             if linked:
-                report.status = ErrorReportStatus.RECORDED
+                mark_report(report, ErrorReportStatus.RECORDED)
                 session.add(report)
                 enqueue_task(session.connection(), TaskKind.ERROR_REPORT, report.event_id)
                 queued.append(report.event_id)
         session.commit()
     if queued:
         log_event("poller.reports_matched", reports=len(queued), event_ids=queued[:20])
-    return len(queued)
+    return len(queued) + len(again)
+
+
+def _reports_overwritten(engine: Engine, now: datetime, keys: set[str]) -> list[str]:
+    """Run again the task of each partial report that found one of `keys` overwritten by a
+    version the poller had not recorded (it may hold the rows)."""
+    with Session(engine) as session:
+        found = []
+        for report in reports_overwritten(session, now - LATE_MATCH, keys):
+            # recorded (no longer waiting for a version), its task due: in one transaction
+            requeue_event(session.connection(), task_id(TaskKind.ERROR_REPORT, report.event_id))
+            mark_report(report, ErrorReportStatus.RECORDED)
+            session.add(report)
+            found.append(report.event_id)
+        session.commit()
+    if found:
+        log_event("poller.reports_taken_up", reports=len(found), event_ids=found[:20])
+    return found
 
 
 def hand_over(hook: FailedRowsHook, import_set: ImportSet, path: Path) -> None:

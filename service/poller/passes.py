@@ -106,6 +106,7 @@ class PassReport:
     # recorded by this pass): remediation queued
     reports_matched: int = 0
     errors: list[str] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)  # the objects whose version it recorded
 
 
 def build_poller_deps(runtime: Runtime, *, progress: Progress | None = None) -> PollerDeps:
@@ -136,9 +137,11 @@ def run_poll_pass(target: PollerDeps | Runtime) -> PassReport:
         if not deps.index_mode:
             queue_pending_remediation(deps.engine)
         report = _run_pass(deps)
-        if report.indexed or report.imported:
-            report.reports_matched = queue_late_reports(deps.engine, deps.clock())
-    log_event("poller.pass", **{k: v for k, v in vars(report).items() if k != "errors"})
+        if report.keys:
+            report.reports_matched = queue_late_reports(deps.engine, deps.clock(), report.keys)
+    log_event(
+        "poller.pass", **{k: v for k, v in vars(report).items() if k not in ("errors", "keys")}
+    )
     return report
 
 
@@ -217,6 +220,7 @@ def _process_object(
             _whole_file(source, obj)
             _import_object(deps, store, obj, meters, deps.sink, r, source)
             r.imported += 1
+        r.keys.add(obj.key)
     except ObjectChanged as exc:
         # the version listed is gone: its new version (if any) is another object, taken on
         # its own; what this version sent stays recorded (other versions leave those rows out)

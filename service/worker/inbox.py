@@ -188,6 +188,11 @@ def requeue(engine: Engine, event_id: str) -> bool:
         return _requeue(connection, INBOX.c.event_id == event_id)
 
 
+def requeue_event(connection: Connection, event_id: str) -> bool:
+    """`requeue` in the caller's transaction."""
+    return _requeue(connection, INBOX.c.event_id == event_id)
+
+
 def requeue_row(connection: Connection, row_id: int) -> bool:
     """`requeue` by row id in the caller's transaction (a replay by an admin records itself
     in the same transaction)."""

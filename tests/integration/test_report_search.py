@@ -237,6 +237,58 @@ def test_a_report_about_an_object_overwritten_since_stripe_took_it_reads_no_othe
         "changed": ["usage/latest.csv"],
     }
     assert "overwritten since Stripe took them" in alert.message
+    # the pass that records version b takes the report up again: b does not hold a2
+    assert run_poll_pass(deps).reports_matched == 1
+    loop.drain()
+    assert run_poll_pass(deps).reports_matched == 0  # not again
+    with loop.session() as session:
+        [report] = session.exec(select(ErrorReport)).all()
+        [alert] = session.exec(select(Alert).where(Alert.kind == "error_report.partial")).all()
+        runs = session.exec(select(RemediationRun)).all()
+    assert (report.status, alert.status) == ("partial", "open")
+    assert "overwritten" not in report.detail
+    assert [run.run_key for run in runs if run.run_key.startswith("error_report:")] == []
+
+
+def test_a_report_about_a_version_rewritten_before_the_poller_listed_it_is_taken_up_again(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """The day's file is written again with the rows so far and one more before Stripe's
+    report about its first version came, and before the poller's next pass: the version in
+    the bucket was not recorded yet, so the report was `partial` ("overwritten since Stripe
+    took them"), its rows left unremediated until someone replayed it. The pass that indexes
+    the new version takes the report up again: it reads the rows from that version (they are
+    the rows Stripe refused, unchanged), corrects `a2`, and resolves the partial alert."""
+    now = int(time.time())
+    base = {"event_name": "api_requests", "customer": "cus_alice", "value": "5"}
+    rows = [
+        {**base, "identifier": "a1", "timestamp": now - 60},
+        {**base, "identifier": "a2", "timestamp": (now - 60) * 1000},  # ms
+    ]
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render(rows, "csv"))
+    run_poll_pass(deps)
+    loop.sandbox.connector_poll()  # Stripe takes version 1: a2 is refused
+    time.sleep(1.1)  # S3 stamps whole seconds
+    rows.append({**base, "identifier": "a3", "timestamp": now - 30})
+    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render(rows, "csv"))
+    loop.sandbox_app.extensions["sandbox"].flush_reports()  # the report about a2
+    loop.drain()
+    with loop.session() as session:
+        [report] = session.exec(select(ErrorReport)).all()
+    assert report.status == "partial"
+    assert run_poll_pass(deps).reports_matched == 1
+    loop.drain()
+    loop.sandbox.connector_poll()  # Stripe imports version 2 (a3; a1, a2 deduped) and a2-mfx1
+    assert sorted(loop.accepted()) == ["a1", "a2-mfx1", "a3"]
+    with loop.session() as session:
+        [report] = session.exec(select(ErrorReport)).all()
+        [alert] = session.exec(select(Alert).where(Alert.kind == "error_report.partial")).all()
+        [task] = session.exec(
+            select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.error_report")
+        ).all()
+    assert report.status == "remediated"
+    assert alert.status == "resolved"
+    assert task.outcome == "remediated 1 row(s) for 1 reported error(s)"
 
 
 def test_a_sampled_row_both_versions_of_an_object_hold_is_read_from_the_one_in_the_bucket(

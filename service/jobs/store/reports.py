@@ -205,13 +205,47 @@ def load_report(
     return report, samples, {code: count for code, count in counts}
 
 
-def set_report_status(engine: Engine, event_id: str, status: ErrorReportStatus) -> None:
+# The report's detail key naming the objects its run found overwritten by a version the
+# poller had not recorded yet (a `partial` report, taken up again when it does).
+OVERWRITTEN = "overwritten"
+
+
+def set_report_status(
+    engine: Engine, event_id: str, status: ErrorReportStatus, overwritten: Sequence[str] = ()
+) -> None:
+    """Set the report's status; `overwritten`: the objects overwritten (a partial report's)
+    by a version the poller had not recorded."""
     with session_scope(engine) as session:
         report = session.exec(
             select_model(ErrorReport).where(ErrorReport.event_id == event_id)
         ).one()
-        report.status = status
+        mark_report(report, status, overwritten)
         session.add(report)
+
+
+def mark_report(
+    report: ErrorReport, status: ErrorReportStatus, overwritten: Sequence[str] = ()
+) -> None:
+    """`set_report_status` on a report the caller's session holds."""
+    report.status = status
+    detail = {k: v for k, v in report.detail.items() if k != OVERWRITTEN}
+    report.detail = {**detail, OVERWRITTEN: sorted(overwritten)} if overwritten else detail
+
+
+def reports_overwritten(session: Session, since: datetime, keys: set[str]) -> list[ErrorReport]:
+    """The `partial` reports recorded since `since` whose run found one of these objects
+    overwritten by a version the poller had not recorded then."""
+    reports = session.exec(
+        select_model(ErrorReport)
+        .where(ErrorReport.status == ErrorReportStatus.PARTIAL)
+        .where(col(ErrorReport.created_at) >= since)
+        .order_by(col(ErrorReport.id))
+    ).all()
+    return [r for r in reports if set(_texts(r.detail.get(OVERWRITTEN))) & keys]
+
+
+def _texts(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 # --- the bundled poller's own import sets (written when it imports an object) --------------
