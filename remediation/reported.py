@@ -131,7 +131,7 @@ def select_reported(
         resend = scope.changed.get(identifier)
         code = None
         if resend is None:
-            code = _reported_code(record, scope, index, taken, customers)
+            code = reported_code(record, scope, index, taken, customers)
             if code is None:
                 continue
         if identifier and identifier in scope.handled:
@@ -145,9 +145,11 @@ def select_reported(
             yield record
 
 
-def _reported_code(
+def reported_code(
     record: UsageRecord, scope: ReportScope, index: MeterIndex, taken: Taken, customers: set[str]
 ) -> str | None:
+    """The code of the report's that the row has (its sample's, or one our validation finds
+    Stripe refused whenever it took the row), or None: not a row the report is about."""
     sampled = scope.samples.get(record.identifier or "")
     if sampled is not None:
         return sampled

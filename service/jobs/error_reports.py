@@ -19,7 +19,7 @@ linked rows is kept as it is, with its samples, for the digest.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,6 +34,7 @@ from remediation.reported import (
     Sampled,
     Selection,
     Taken,
+    reported_code,
     sampled_rows,
     select_reported,
 )
@@ -110,6 +111,7 @@ class _Report:
     resent: int = 0  # changed rows sent as they are now
     left: int = 0  # rows left to Stripe's connector (taken again from a later version)
     billed: int = 0  # rows left out: taken from a version long before the report's window
+    long_before: _TakenLongBefore | None = None  # set once the job is made
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
@@ -120,6 +122,7 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
         set_report_status(ctx.engine, event_id, ErrorReportStatus.UNMATCHED)
         return "no rows of ours: kept with its samples for the digest"
     job = _job(ctx, report, samples, counts)
+    job.long_before = _TakenLongBefore(ctx, job)
     firsts = first_versions(ctx.engine, set(job.scope.samples))
     with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
         files: dict[str, tuple[str, Path, InputPlan]] = {}
@@ -270,21 +273,10 @@ class _SentSince:
         times = object_times(ctx.engine, key, version)
         uploaded = _seconds(times.uploaded) if times is not None else None
         # Stripe's connector takes the bucket's versions (index mode), not the bundled poller
-        self.connector = ctx.settings.mfx_poller != PollerMode.ON
-        self.taken_again = self.connector and uploaded is not None and uploaded > job.now
-        window = job.now if job.start is None else job.start
-        self.before = window - int(WINDOW_BEFORE.total_seconds())
-        self.engine = ctx.engine
-        self.uploaded: dict[tuple[str, str], int | None] = {}  # version -> when
+        connector = ctx.settings.mfx_poller != PollerMode.ON
+        self.taken_again = connector and uploaded is not None and uploaded > job.now
+        self.long_before = job.long_before or _TakenLongBefore(ctx, job)
         self.earlier: set[str] = set()  # the rows first held long before the report
-
-    def _long_before(self, first: FirstVersion) -> bool:
-        """Was the version uploaded more than `WINDOW_BEFORE` before the report's window?"""
-        if first.version not in self.uploaded:
-            times = object_times(self.engine, first.key, first.etag)
-            self.uploaded[first.version] = _seconds(times.uploaded) if times else None
-        uploaded = self.uploaded[first.version]
-        return uploaded is not None and uploaded < self.before
 
     def changed(self, record: UsageRecord) -> bool | None:
         """None: the report's row; True: changed since the bundled poller sent it (import
@@ -296,7 +288,7 @@ class _SentSince:
         if not first.sent:
             if self.taken_again:
                 return False
-            if self.connector and self._long_before(first):
+            if self.long_before(first):
                 self.earlier.add(identifier)
                 return False
             return None
@@ -314,6 +306,31 @@ class _SentSince:
                 yield record
             else:
                 altered[record.identifier or ""] = changed
+
+
+class _TakenLongBefore:
+    """Whether Stripe's connector took an object version (index mode: it takes one at once,
+    when it is uploaded) more than `WINDOW_BEFORE` before the report's window: the report is
+    not about that version's rows (no more than about an object first seen then,
+    `_other_objects`), but about a later version holding them again, past Stripe's dedupe; the
+    connector took the rows from the first version then (billed, or refused and reported
+    then). Never for rows the bundled poller sent (import mode: it sends a row once)."""
+
+    def __init__(self, ctx: RunContext, job: _Report) -> None:
+        self.engine = ctx.engine
+        self.connector = ctx.settings.mfx_poller != PollerMode.ON
+        window = job.now if job.start is None else job.start
+        self.before = window - int(WINDOW_BEFORE.total_seconds())
+        self.uploaded: dict[tuple[str, str], int | None] = {}  # version -> when
+
+    def __call__(self, first: FirstVersion) -> bool:
+        if not self.connector or first.sent:
+            return False
+        if first.version not in self.uploaded:
+            times = object_times(self.engine, first.key, first.etag)
+            self.uploaded[first.version] = _seconds(times.uploaded) if times else None
+        uploaded = self.uploaded[first.version]
+        return uploaded is not None and uploaded < self.before
 
 
 def _seconds(moment: datetime | None) -> int | None:
@@ -341,13 +358,23 @@ def _remediate(
     scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed)
     selection = Selection()
     # read lazily, by the retried task's count or by the run
-    rows = _held_first(ctx.engine, job, key, etag, _records(path, plan, ctx, key, etag))
+    held = _HeldFirst(ctx.engine, job, (key, etag))
+
+    def billed(record: UsageRecord) -> bool:
+        # not a row another run over the object handled: it may have been refused for
+        # another reason (in an import set's failed records), not counted in this report
+        if (record.identifier or "") in handled:
+            return False
+        return reported_code(record, scope, job.index, taken, job.customers) is not None
+
+    held.reported = billed
+    rows = held(_records(path, plan, ctx, key, etag))
     selected = select_reported(rows, scope, job.index, taken, job.customers, selection)
     done = finished_run(ctx.engine, run_key)
     if done is not None:  # a retried task: count what the run found, and the rows handled
         for _ in selected:
             pass
-        return _counted(job, key, done.input_rows, selection, scope)
+        return _counted(job, key, done.input_rows, selection, scope, held.billed)
     stages = Stages()
     with stages.timing(Stage.LINEAGE):
         # above the object's generation, and any that wrote one of its identifiers
@@ -368,40 +395,51 @@ def _remediate(
         rejected=False,  # an object that was imported: only the reported rows are re-sent
         stages=stages,
     )
-    return _counted(job, key, execute_run(ctx, request, selected).input_rows, selection, scope)
+    run = execute_run(ctx, request, selected)
+    return _counted(job, key, run.input_rows, selection, scope, held.billed)
 
 
 def _counted(
-    job: _Report, key: str, selected: int, selection: Selection, scope: ReportScope
+    job: _Report, key: str, selected: int, selection: Selection, scope: ReportScope, unsampled: int
 ) -> int:
     """The rows of one object the report is about, found: those selected, those another run
     handled, and the rows left to Stripe's connector (taken again from a later version, or
-    taken from an earlier one long before the report: `billed`)."""
+    taken from an earlier one long before the report: `billed`, sampled or `unsampled`)."""
     billed = len(job.earlier.get(key, set()) - scope.handled)
     job.resent += selection.resent
     job.left += selection.left - billed
-    job.billed += billed
-    return selected + selection.handled + selection.left
+    job.billed += billed + unsampled
+    return selected + selection.handled + selection.left + unsampled
 
 
-def _held_first(
-    engine: Engine, job: _Report, key: str, etag: str, records: Iterator[UsageRecord]
-) -> Iterator[UsageRecord]:
+class _HeldFirst:
     """The rows of this object version that no earlier version (of this object or another)
     held: a row the poller recorded first with another version (the day's file rewritten
     with the rows so far, a copy under another name) was taken with that one, maybe billed,
     before a customer was deleted or a meter archived. Stripe's S3 connector dedupes it
     within a day and takes it as a new event after; the bundled poller leaves it out. What
     this version's report and times prove says nothing of it: such a row is the report's
-    only when Stripe sampled it."""
-    here = (key, etag)
-    for batch, identifiers in lookup_batches(records):
-        first = first_versions(engine, identifiers)
-        for record in batch:
-            identifier = record.identifier or ""
-            held = first.get(identifier)
-            if identifier in job.scope.samples or held is None or held.version == here:
-                yield record
+    only when Stripe sampled it. Unless the connector took that version long before the
+    report (`_TakenLongBefore`): then the report counts the row when the report's code fits it
+    (`reported`), as it counts the row of this version Stripe refused, but the row was taken
+    from that version (`billed`: counted as found, never sent)."""
+
+    def __init__(self, engine: Engine, job: _Report, version: tuple[str, str]) -> None:
+        self.engine, self.job, self.version = engine, job, version
+        self.reported: Callable[[UsageRecord], bool] = lambda _: False
+        self.billed = 0
+
+    def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
+        samples, long_before = self.job.scope.samples, self.job.long_before
+        for batch, identifiers in lookup_batches(records):
+            first = first_versions(self.engine, identifiers)
+            for record in batch:
+                identifier = record.identifier or ""
+                held = first.get(identifier)
+                if identifier in samples or held is None or held.version == self.version:
+                    yield record
+                elif long_before is not None and long_before(held) and self.reported(record):
+                    self.billed += 1
 
 
 def _records(
