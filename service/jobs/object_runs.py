@@ -220,11 +220,12 @@ def _stripe_file(deps: JobDeps, import_set: ImportSet, file_id: str, folder: Pat
         ) from exc
 
 
-def _took(import_set: ImportSet) -> str:
-    """How a quarantined row a version of its object took since is marked."""
+def version_label(import_set: ImportSet, what: str) -> str:
+    """How a quarantined row is marked that the version of its object this import set took
+    took since (`what`: "taken"), or refused again ("refused again")."""
     at = datetime.fromtimestamp(event_time(import_set), UTC)
     return (
-        f"{import_set.source_object} (import set {import_set.import_set_id}, taken "
+        f"{import_set.source_object} (import set {import_set.import_set_id}, {what} "
         f"{at:%Y-%m-%d %H:%M} UTC)"
     )
 
@@ -267,7 +268,7 @@ class TakenBefore(LeftOut):
                 repair = finished_run(engine, failed_file_run_key(other.import_set_id))
                 if repair is None or repair.id is None:
                     continue  # none of its rows was sent yet
-            took = (event_time(other), _took(other))
+            took = (event_time(other), version_label(other, "taken"))
             for identifier in _taken(deps, other, repair, folder / f"version-{n}", wanted):
                 self.taken[identifier] = max(took, self.taken.get(identifier, took))
         self.runs: list[int] = []
@@ -316,4 +317,5 @@ __all__ = [
     "object_sources",
     "refusal_moments",
     "runs_refused_before",
+    "version_label",
 ]

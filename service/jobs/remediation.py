@@ -44,6 +44,7 @@ from service.jobs.object_runs import (
     RefusedAgain,
     TakenBefore,
     object_sources,
+    version_label,
 )
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
@@ -93,7 +94,7 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
             taken = TakenBefore(deps, import_set, path, Path(tmp) / "taken", run_key)
             # rows an error report's run over the object (or another import set's) took
             key = import_set.source_object
-            refused = RefusedAgain(rows.since, _refusal(import_set))
+            refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
             elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
 
             def transform(records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
@@ -149,7 +150,7 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
                 sent.refused_by = runs_correcting(deps.run.engine, sources)
             # rows another run over the object corrected or quarantined (one it quarantined
             # is refused again: the whole file was)
-            refused = RefusedAgain(rows.since, _refusal(import_set))
+            refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
             elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
 
             def transform(records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
@@ -325,15 +326,6 @@ class _TakenAgain(LeftOut):
     def outcome(self) -> str:
         what = "left to Stripe's connector: a version of the file uploaded since holds them"
         return self.said("remediation.rows_taken_again", what)
-
-
-def _refusal(import_set: ImportSet) -> str:
-    """How a quarantined row Stripe refused again in this import set is marked."""
-    at = datetime.fromtimestamp(event_time(import_set), UTC)
-    return (
-        f"{import_set.source_object} (import set {import_set.import_set_id}, refused again "
-        f"{at:%Y-%m-%d %H:%M} UTC)"
-    )
 
 
 def _import_set(engine: Engine, import_set_id: str) -> ImportSet:
