@@ -444,13 +444,29 @@ def test_a_refused_row_sent_fixed_before_its_remediation_ran_is_not_corrected(lo
     )
 
 
+def _held_and_the_repair(loop: Loop) -> tuple[list[QuarantinedRow], InboxEvent]:
+    """The quarantined rows, oldest first, and the task of the one whole-file repair."""
+    with loop.session() as session:
+        held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+        [task] = session.exec(
+            select(InboxEvent).where(
+                InboxEvent.event_type == "meterfix.remediate.import_set_failed"
+            )
+        ).all()
+    return list(held), task
+
+
+@pytest.mark.parametrize("delimiter", [",", ";"])
 def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_hand(
-    loop: Loop,
+    loop: Loop, delimiter: str
 ) -> None:
     """The poller sent a row and Stripe refused it (a customer it does not know, in an error
     report); no rule maps the customer, so meterfix quarantined it: never billed. The
     customer fixed the row in the file and uploaded it again: the poller left it out as a
-    row another version had sent (usage lost), although Stripe had refused it."""
+    row another version had sent (usage lost), although Stripe had refused it. Written with
+    `;` delimiters, the new version fails whole, and its repair left `g` out the same way
+    (version 1's entry held the old customer, no one's fix would take): it sends `g` as fixed
+    (`g-mfx1`) and marks version 1's entry taken again; `a` (billed) stays left out."""
     now = int(time.time())
     other = ["a", now - 60, "api_requests", "cus_alice", "3"]
     row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
@@ -460,41 +476,17 @@ def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_han
         reported(loop)  # g quarantined: no rule maps cus_ghost
         with loop.session() as session:
             assert [q.identifier for q in session.exec(select(QuarantinedRow))] == ["g"]
-        _put(loop, "day.csv", usage_csv([other, [*row[:3], "cus_alice", row[4]]]))
-        run_poll_pass(deps)
-        reported(loop)
-    assert sorted(loop.accepted()) == ["a", "g"]
-
-
-def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_from_a_version_failed_whole(
-    loop: Loop,
-) -> None:
-    """As above, but the customer's fixed file is written with `;` delimiters: the poller
-    fails it whole and its repair left `g` out as a row another version sent, although Stripe
-    refused that send (usage lost: version 1's entry held the old customer, no one's fix
-    would take). The repair sends `g` as fixed (`g-mfx1`) and marks version 1's entry taken
-    again; `a` (billed from version 1) stays left out."""
-    now = int(time.time())
-    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
-    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
-    _put(loop, "day.csv", usage_csv([other, row]))
-    with bundled_poller(loop) as deps:
-        run_poll_pass(deps)  # both sent; Stripe reports g
-        reported(loop)  # g quarantined: no rule maps cus_ghost
         time.sleep(1)
-        fixed = usage_csv([other, [*row[:3], "cus_alice", row[4]]]).replace(b",", b";")
-        _put(loop, "day.csv", fixed)
-        assert run_poll_pass(deps).failed_files == 1
-        loop.drain()
+        fixed = usage_csv([other, [*row[:3], "cus_alice", row[4]]])
+        _put(loop, "day.csv", fixed.replace(b",", delimiter.encode()))
+        assert run_poll_pass(deps).failed_files == (delimiter == ";")
+        reported(loop)  # the whole-file repair, if any
         run_poll_pass(deps)  # the repair's corrected file
+    if delimiter == ",":
+        assert sorted(loop.accepted()) == ["a", "g"]
+        return
     assert sorted(loop.accepted()) == ["a", "g-mfx1"]
-    with loop.session() as session:
-        held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
-        [task] = session.exec(
-            select(InboxEvent).where(
-                InboxEvent.event_type == "meterfix.remediate.import_set_failed"
-            )
-        ).all()
+    held, task = _held_and_the_repair(loop)
     assert [(q.identifier, q.taken_again is not None) for q in held] == [("g", True)]
     outcome = str(task.outcome)
     assert "; 1 quarantined before refused again (marked taken again)" in outcome, outcome
@@ -1065,13 +1057,7 @@ def test_a_file_rewritten_so_the_poller_fails_it_whole_leaves_rows_corrected_bef
         loop.drain()
         run_poll_pass(deps)
     assert sorted(loop.accepted()) == ["a", "b-mfx1", "c-mfx1"]
-    with loop.session() as session:
-        held = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
-        [task] = session.exec(
-            select(InboxEvent).where(
-                InboxEvent.event_type == "meterfix.remediate.import_set_failed"
-            )
-        ).all()
+    held, task = _held_and_the_repair(loop)
     assert [(q.identifier, q.taken_again is not None) for q in held] == [
         ("q", True),
         ("q", False),

@@ -168,12 +168,7 @@ def unmatched_reports(
 ) -> list[tuple[ErrorReport, list[ErrorSample]]]:
     """The reports none of whose samples was a row of ours when they came (`unmatched`),
     recorded since `since`, each with its samples that name an identifier."""
-    reports = session.exec(
-        select_model(ErrorReport)
-        .where(ErrorReport.status == ErrorReportStatus.UNMATCHED)
-        .where(col(ErrorReport.created_at) >= since)
-        .order_by(col(ErrorReport.id))
-    ).all()
+    reports = _reports_since(session, ErrorReportStatus.UNMATCHED, since)
     ids = [report.id for report in reports]
     samples = session.exec(
         select_model(ErrorSample)
@@ -235,13 +230,19 @@ def mark_report(
 def reports_overwritten(session: Session, since: datetime, keys: set[str]) -> list[ErrorReport]:
     """The `partial` reports recorded since `since` whose run found one of these objects
     overwritten by a version the poller had not recorded then."""
-    reports = session.exec(
+    reports = _reports_since(session, ErrorReportStatus.PARTIAL, since)
+    return [r for r in reports if set(_texts(r.detail.get(OVERWRITTEN))) & keys]
+
+
+def _reports_since(
+    session: Session, status: ErrorReportStatus, since: datetime
+) -> Sequence[ErrorReport]:
+    return session.exec(
         select_model(ErrorReport)
-        .where(ErrorReport.status == ErrorReportStatus.PARTIAL)
+        .where(ErrorReport.status == status)
         .where(col(ErrorReport.created_at) >= since)
         .order_by(col(ErrorReport.id))
     ).all()
-    return [r for r in reports if set(_texts(r.detail.get(OVERWRITTEN))) & keys]
 
 
 def _texts(value: object) -> list[str]:
