@@ -23,6 +23,7 @@ from flask import Flask
 from sqlmodel import select
 
 from sandbox.reports import SAMPLES_PER_CODE
+from service.commands.poll import _echo as echo
 from service.config import PollerMode, Settings
 from service.models import ErrorReport, InboxEvent, QuarantinedRow, RemediationRun
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
@@ -130,7 +131,7 @@ def test_index_mode_remediates_every_reported_row(loop: Loop, deps: PollerDeps, 
 
 @pytest.mark.parametrize("hours", [0, 25])
 def test_reports_that_come_before_the_poller_indexed_their_object_are_remediated_once_it_does(
-    loop: Loop, deps: PollerDeps, hours: int
+    loop: Loop, deps: PollerDeps, hours: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Stripe's connector took the object and reported its rows before the poller's next pass
     (its interval, a long pass over other files): no sample was a row of ours yet, so both
@@ -156,6 +157,9 @@ def test_reports_that_come_before_the_poller_indexed_their_object_are_remediated
     report = run_poll_pass(deps)
     # the object, and the failed-records run's corrected file
     assert (report.indexed, report.reports_matched) == (2, 0 if hours else 2), report
+    echo(report)  # what `meterfix poll` prints
+    said = "2 error reports that came before their rows were recorded queued for remediation"
+    assert (said in capsys.readouterr().out) == (not hours)
     loop.drain()  # both reports' runs
     if hours:
         with loop.session() as session:
