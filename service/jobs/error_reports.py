@@ -358,7 +358,7 @@ def _remediate(
     scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed)
     selection = Selection()
     # read lazily, by the retried task's count or by the run
-    held = _HeldFirst(ctx.engine, job, (key, etag))
+    held = _HeldFirst(ctx.engine, job, (key, etag), runs_correcting(ctx.engine, sources))
 
     def billed(record: UsageRecord) -> bool:
         # not a row another run over the object handled: it may have been refused for
@@ -422,10 +422,14 @@ class _HeldFirst:
     only when Stripe sampled it. Unless the connector took that version long before the
     report (`_TakenLongBefore`): then the report counts the row when the report's code fits it
     (`reported`), as it counts the row of this version Stripe refused, but the row was taken
-    from that version (`billed`: counted as found, never sent)."""
+    from that version (`billed`: counted as found, never sent). Not a row a run over the
+    object quarantined, even one a later version sent again since (marked `taken_again`, one
+    of `runs`): that version refused it, it was not billed then."""
 
-    def __init__(self, engine: Engine, job: _Report, version: tuple[str, str]) -> None:
-        self.engine, self.job, self.version = engine, job, version
+    def __init__(
+        self, engine: Engine, job: _Report, version: tuple[str, str], runs: list[int]
+    ) -> None:
+        self.engine, self.job, self.version, self.runs = engine, job, version, runs
         self.reported: Callable[[UsageRecord], bool] = lambda _: False
         self.billed = 0
 
@@ -433,13 +437,16 @@ class _HeldFirst:
         samples, long_before = self.job.scope.samples, self.job.long_before
         for batch, identifiers in lookup_batches(records):
             first = first_versions(self.engine, identifiers)
+            taken: list[str] = []  # taken from a version long before, by the look of them
             for record in batch:
                 identifier = record.identifier or ""
                 held = first.get(identifier)
                 if identifier in samples or held is None or held.version == self.version:
                     yield record
                 elif long_before is not None and long_before(held) and self.reported(record):
-                    self.billed += 1
+                    taken.append(identifier)
+            refused = marked_among(self.engine, self.runs, taken) if taken and self.runs else ()
+            self.billed += sum(1 for identifier in taken if identifier not in refused)
 
 
 def _records(
