@@ -29,7 +29,11 @@ class ErrorReport(SQLModel, table=True):
     """One `v1.billing.meter.error_report_triggered` or `no_meter_found` event."""
 
     __tablename__ = "error_reports"
-    __table_args__ = (one_of("status", ErrorReportStatus, "ck_error_reports_status"),)
+    __table_args__ = (
+        one_of("status", ErrorReportStatus, "ck_error_reports_status"),
+        # the poller's look-up of the last day's reports to take up again (migration 0011)
+        Index("ix_error_reports_status_created_at", "status", "created_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(max_length=255, unique=True)

@@ -19,8 +19,8 @@ from service.jobs.store.reports import (
     unmatched_reports,
 )
 from service.logs import log_event
-from service.models import ErrorReportStatus, ImportSet
-from service.poller.store import imported_rows_by_identifier
+from service.models import ErrorReportStatus, ImportedRow, ImportSet
+from service.poller.store import imported_rows_by_identifier, recordable
 from service.worker.inbox import requeue_event
 from service.worker.tasks import TaskKind, enqueue_task, task_id
 
@@ -65,6 +65,7 @@ def queue_pending_remediation(engine: Engine) -> int:
 # or its object: Stripe's connector may take a version before the poller lists it (index
 # mode), and a report is about rows taken up to a day before its window.
 LATE_MATCH = timedelta(days=1)
+LOOKUP_SIZE = 1000  # sample identifiers looked up in one query
 
 
 def queue_late_reports(engine: Engine, now: datetime, keys: set[str]) -> int:
@@ -77,8 +78,11 @@ def queue_late_reports(engine: Engine, now: datetime, keys: set[str]) -> int:
     again = _reports_overwritten(engine, now, keys) if keys else []
     with Session(engine) as session:
         reports = unmatched_reports(session, now - LATE_MATCH)
-        identifiers = {str(s.identifier) for _, samples in reports for s in samples}
-        known = imported_rows_by_identifier(session, identifiers)
+        identifiers = sorted({str(s.identifier) for _, samples in reports for s in samples} - {""})
+        known: dict[str, ImportedRow] = {}
+        for start in range(0, len(identifiers), LOOKUP_SIZE):  # a few samples a report
+            chunk = {i for i in identifiers[start : start + LOOKUP_SIZE] if recordable(i)}
+            known |= imported_rows_by_identifier(session, chunk)
         queued = []
         for report, samples in reports:
             linked = [s for s in samples if str(s.identifier) in known]

@@ -169,10 +169,12 @@ def unmatched_reports(
     """The reports none of whose samples was a row of ours when they came (`unmatched`),
     recorded since `since`, each with its samples that name an identifier."""
     reports = _reports_since(session, ErrorReportStatus.UNMATCHED, since)
-    ids = [report.id for report in reports]
     samples = session.exec(
         select_model(ErrorSample)
-        .where(col(ErrorSample.report_id).in_(ids), col(ErrorSample.identifier).is_not(None))
+        .join(ErrorReport, col(ErrorReport.id) == col(ErrorSample.report_id))
+        .where(ErrorReport.status == ErrorReportStatus.UNMATCHED)
+        .where(col(ErrorReport.created_at) >= since)
+        .where(col(ErrorSample.identifier).is_not(None))
         .order_by(col(ErrorSample.id))
     ).all()
     by_report: dict[int | None, list[ErrorSample]] = {}
