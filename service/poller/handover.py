@@ -13,13 +13,16 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from service.jobs.store.reports import (
+    any_unmatched_like,
     mark_report,
     pending_poller_import_sets,
     reports_overwritten,
+    unmatched_alert_key,
     unmatched_reports,
 )
 from service.logs import log_event
 from service.models import ErrorReportStatus, ImportedRow, ImportSet
+from service.notify.alerts import resolve_alert
 from service.poller.store import imported_rows_by_identifier, recordable
 from service.worker.inbox import requeue_event
 from service.worker.tasks import TaskKind, enqueue_task, task_id
@@ -96,6 +99,11 @@ def queue_late_reports(engine: Engine, now: datetime, keys: set[str]) -> int:
                 enqueue_task(session.connection(), TaskKind.ERROR_REPORT, report.event_id)
                 queued.append(report.event_id)
         session.commit()
+        # the warning of the meter's unmatched reports, once none is left
+        matched = {unmatched_alert_key(r): r for r, _ in reports if r.event_id in queued}
+        for key, report in matched.items():
+            if not any_unmatched_like(session, report):
+                resolve_alert(engine, key)
     if queued:
         log_event("poller.reports_matched", reports=len(queued), event_ids=queued[:20])
     return len(queued) + len(again)

@@ -10,14 +10,18 @@ from sqlmodel import Session
 
 from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus, RemediationKind
 from service.jobs.store.reports import (
+    UNMATCHED_ALERT,
+    error_counts,
     find_import_set,
     find_report,
     has_linked_sample,
     recorded_report,
+    unmatched_alert_key,
 )
 from service.models import ErrorReportStatus
 from service.models._types import utcnow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
+from service.notify.alerts import raise_alert
 from service.poller.store import imported_rows_by_identifier
 from service.worker.tasks import TaskKind, enqueue_task
 
@@ -79,7 +83,37 @@ class DatabaseHandlerContext:
         if not linked and report.status == ErrorReportStatus.RECORDED:
             report.status = ErrorReportStatus.UNMATCHED
             self.session.add(report)
+            self._unmatched_alert(report)
         return linked
+
+    def _unmatched_alert(self, report: ErrorReport) -> None:
+        """A warning, one per meter (each report counted in it): Stripe refused usage that
+        meterfix cannot remediate, so nobody would be told otherwise."""
+        counts = error_counts(self.session, report.id)
+        codes = ", ".join(f"{code} x{n}" for code, n in sorted(counts.items())) or "no codes"
+        meter = report.meter_id or "unknown event names"
+        raise_alert(
+            self.session.connection(),  # commits with the report
+            key=unmatched_alert_key(report),
+            severity="warning",
+            kind=UNMATCHED_ALERT,
+            subject=(
+                f"Stripe refused {report.error_count} meter event(s) ({meter}) that meterfix "
+                "cannot trace to a bucket row"
+            ),
+            message=(
+                f"Error report {report.event_id}: {codes}. None of its sampled rows is one the "
+                "poller recorded: usage sent to Stripe some other way, or, with MFX_POLLER=off, "
+                "rows of bucket files (nothing indexes them; MFX_POLLER=index has such reports "
+                "remediated). With MFX_POLLER=index or on, a report that came before the poller "
+                "recorded its rows is taken up by the pass that does, within a day. Stripe "
+                "billed none of these events."
+            ),
+            detail={"event_id": report.event_id, "meter_id": report.meter_id, "counts": counts},
+            meter=report.meter_id,
+            rows=report.error_count,
+            links={"event": report.event_id},
+        )
 
     def record_import_set(self, import_set: ImportSetRecord) -> OutcomeStatus:
         row = find_import_set(self.session, import_set.import_set_id)

@@ -25,7 +25,7 @@ from sqlmodel import select
 from sandbox.reports import SAMPLES_PER_CODE
 from service.commands.poll import _echo as echo
 from service.config import PollerMode, Settings
-from service.models import ErrorReport, InboxEvent, QuarantinedRow, RemediationRun
+from service.models import Alert, ErrorReport, InboxEvent, QuarantinedRow, RemediationRun
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from tests.integration.test_e2e import BUCKET, RULES, Loop, render, running_loop
@@ -150,6 +150,8 @@ def test_reports_that_come_before_the_poller_indexed_their_object_are_remediated
         tasks = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).all()
         assert [t.event_type for t in tasks] == ["meterfix.remediate.import_set_errors"]
         assert [r.status for r in reports] == ["unmatched", "unmatched"]
+        warned = session.exec(select(Alert).where(Alert.kind == "error_report.unmatched")).all()
+        assert sorted(a.status for a in warned) == ["open", "open"]  # a meter's, no meter's
         for report in reports:  # came `hours` ago
             report.created_at = report.created_at - timedelta(hours=hours)
             session.add(report)
@@ -161,6 +163,9 @@ def test_reports_that_come_before_the_poller_indexed_their_object_are_remediated
     said = "2 error reports that came before their rows were recorded queued for remediation"
     assert (said in capsys.readouterr().out) == (not hours)
     loop.drain()  # both reports' runs
+    with loop.session() as session:
+        warned = session.exec(select(Alert).where(Alert.kind == "error_report.unmatched")).all()
+    assert {a.status for a in warned} == {"open" if hours else "resolved"}
     if hours:
         with loop.session() as session:
             statuses = [r.status for r in session.exec(select(ErrorReport)).all()]

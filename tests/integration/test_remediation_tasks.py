@@ -215,6 +215,28 @@ def test_a_report_about_rows_that_are_not_ours_is_kept_for_the_digest(service: S
     report = service.rows(ErrorReport)[0]
     assert report.status == "unmatched"
     assert [e.style for e in service.rows(InboxEvent)] == ["thin"]  # no task was queued
+    # Stripe refused usage meterfix cannot remediate: a person is told (it was told nothing)
+    [alert] = service.rows(Alert)
+    assert (alert.kind, alert.severity, alert.status) == (
+        "error_report.unmatched",
+        "warning",
+        "open",
+    )
+    assert alert.subject == (
+        "Stripe refused 1 meter event(s) (mtr_other) that meterfix cannot trace to a bucket row"
+    )
+    assert alert.message.startswith(
+        f"Error report {report.event_id}: meter_event_customer_not_found x1. None of its sampled"
+    )
+    assert alert.detail == {
+        "event_id": report.event_id,
+        "meter_id": "mtr_other",
+        "counts": {"meter_event_customer_not_found": 1},
+    }
+    service.deliver(build_error_report_event("mtr_other", errors))  # another report, same meter
+    service.drain()
+    [alert] = service.rows(Alert)
+    assert alert.count == 2
 
 
 def test_replaying_a_finished_task_changes_nothing(service: Service) -> None:

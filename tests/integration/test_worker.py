@@ -286,9 +286,13 @@ def test_permanent_failure_dead_letters_then_replay(
     assert result.exit_code == 0 and "re-queued" in result.output
     assert _rows(intake)[0].status == InboxStatus.PENDING
     assert intake.worker().drain().done == [event_id]
-    assert intake.count(ErrorReport) == 1 and intake.count(Alert) == 1
+    assert intake.count(ErrorReport) == 1 and intake.count(Alert) == 2
     with Session(intake.engine) as session:  # the success resolved the dead-letter alert
-        assert session.exec(select(Alert)).one().status == "resolved"
+        dead = session.exec(select(Alert).where(Alert.kind == "inbox.dead_letter")).one()
+        assert dead.status == "resolved"
+        # and the report, about rows of no file of ours, raised its own warning
+        unmatched = session.exec(select(Alert).where(Alert.kind != "inbox.dead_letter")).one()
+        assert (unmatched.kind, unmatched.status) == ("error_report.unmatched", "open")
 
 
 def test_replay_unknown_event_fails_clearly(intake: Intake) -> None:

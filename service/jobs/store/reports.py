@@ -183,6 +183,16 @@ def unmatched_reports(
     return [(report, by_report.get(report.id, [])) for report in reports]
 
 
+def error_counts(session: Session, report_id: int | None) -> dict[str, int]:
+    """code -> errors the report counted of it."""
+    rows = session.exec(
+        select_model(ErrorTypeCount.code, ErrorTypeCount.error_count).where(
+            ErrorTypeCount.report_id == report_id
+        )
+    ).all()
+    return {str(code): int(count) for code, count in rows}
+
+
 def load_report(
     engine: Engine, event_id: str
 ) -> tuple[ErrorReport, list[ErrorSample], dict[str, int]] | None:
@@ -201,6 +211,11 @@ def load_report(
         ).all()
     return report, samples, {code: count for code, count in counts}
 
+
+# The kind (and key prefix) of the warning an unmatched report raises, per meter
+# (`worker.handler_context`); resolved once none of the meter's last day's reports is left
+# unmatched (`poller.handover`).
+UNMATCHED_ALERT = "error_report.unmatched"
 
 # The report's detail key naming the objects its run found overwritten by a version the
 # poller had not recorded yet (a `partial` report, taken up again when it does).
@@ -227,6 +242,27 @@ def mark_report(
     report.status = status
     detail = {k: v for k, v in report.detail.items() if k != OVERWRITTEN}
     report.detail = {**detail, OVERWRITTEN: sorted(overwritten)} if overwritten else detail
+
+
+def unmatched_alert_key(report: ErrorReport) -> str:
+    """The key of the warning an unmatched report raises: one per meter."""
+    return f"{UNMATCHED_ALERT}:{report.meter_id or report.event_type}"
+
+
+def any_unmatched_like(session: Session, report: ErrorReport) -> bool:
+    """Whether a report of the same meter (or, without one, of the same event type) is still
+    `unmatched`."""
+    same = (
+        ErrorReport.meter_id == report.meter_id
+        if report.meter_id is not None
+        else col(ErrorReport.meter_id).is_(None) & (ErrorReport.event_type == report.event_type)
+    )
+    found = session.exec(
+        select_model(ErrorReport.id)
+        .where(ErrorReport.status == ErrorReportStatus.UNMATCHED)
+        .where(same)
+    ).first()
+    return found is not None
 
 
 def reports_overwritten(session: Session, since: datetime, keys: set[str]) -> list[ErrorReport]:
