@@ -13,7 +13,8 @@ identifier, wherever the object holds it now) are skipped and counted as found, 
 sent twice; a row without an identifier has one made of its object's version, so none of a
 new version is taken for one of the old. Only rows Stripe refused
 whenever it took them are selected (remediation.reported, `_taken`). A report with no
-linked rows is kept as it is, with its samples, for the digest.
+linked rows is kept as it is, with its samples (`unmatched`: its meter's warning says so, and
+a poll pass that records its rows within a day takes it up, `poller.handover`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
     linked = _linked_objects(ctx.engine, samples)
     if not linked:
         set_report_status(ctx.engine, event_id, ErrorReportStatus.UNMATCHED)
-        return "no rows of ours: kept with its samples for the digest"
+        return "no rows of ours: kept unmatched with its samples"
     job = _job(ctx, report, samples, counts)
     job.long_before = _TakenLongBefore(ctx, job)
     firsts = first_versions(ctx.engine, set(job.scope.samples))

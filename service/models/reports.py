@@ -20,7 +20,7 @@ from service.models._types import (
 
 class ErrorReportStatus(StrEnum):
     RECORDED = "recorded"  # stored; its samples are being linked to rows we imported
-    UNMATCHED = "unmatched"  # no sample names a row of ours: kept for the digest
+    UNMATCHED = "unmatched"  # no sample names a row of ours (yet): kept, a warning raised
     REMEDIATED = "remediated"  # every reported row of ours was found and remediated
     PARTIAL = "partial"  # fewer rows found than reported: remediated, and alerted
 

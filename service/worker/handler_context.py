@@ -72,7 +72,7 @@ class DatabaseHandlerContext:
 
     def request_remediation(self, kind: RemediationKind, ref: str) -> bool:
         """Queue the task; a report none of whose samples is one of our rows is only marked
-        `unmatched` (kept with its samples for the digest)."""
+        `unmatched` (kept with its samples, its meter's warning raised)."""
         if kind is RemediationKind.ERROR_REPORT and not self._has_rows_of_ours(ref):
             return False
         return enqueue_task(self.session.connection(), TaskKind(kind.value), ref)

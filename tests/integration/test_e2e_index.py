@@ -135,7 +135,7 @@ def test_reports_that_come_before_the_poller_indexed_their_object_are_remediated
 ) -> None:
     """Stripe's connector took the object and reported its rows before the poller's next pass
     (its interval, a long pass over other files): no sample was a row of ours yet, so both
-    reports were kept `unmatched` for the digest and never remediated (usage lost). The pass
+    reports were kept `unmatched` and never remediated (usage lost). The pass
     that indexes the object links their samples and queues their remediation; not for
     reports that came more than a day before (`LATE_MATCH`: no report is about rows taken
     that long before it)."""
