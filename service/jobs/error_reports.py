@@ -98,6 +98,7 @@ class _Report:
     now: int  # the end of the report's window: every row it counts was taken by then
     start: int | None  # its start: every row it counts was taken since
     index: MeterIndex
+    long_before: _TakenLongBefore  # versions Stripe's connector took long before the window
     customers: set[str] = field(default_factory=set)
     sampled: dict[str, Sampled] = field(default_factory=dict)  # key -> what its samples say
     changed: list[str] = field(default_factory=list)  # objects overwritten since Stripe took them
@@ -112,7 +113,6 @@ class _Report:
     resent: int = 0  # changed rows sent as they are now
     left: int = 0  # rows left to Stripe's connector (taken again from a later version)
     billed: int = 0  # rows left out: taken from a version long before the report's window
-    long_before: _TakenLongBefore | None = None  # set once the job is made
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
@@ -123,7 +123,6 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
         set_report_status(ctx.engine, event_id, ErrorReportStatus.UNMATCHED)
         return "no rows of ours: kept unmatched with its samples"
     job = _job(ctx, report, samples, counts)
-    job.long_before = _TakenLongBefore(ctx, job)
     firsts = first_versions(ctx.engine, set(job.scope.samples))
     with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
         files: dict[str, tuple[str, Path, InputPlan]] = {}
@@ -166,6 +165,8 @@ def _job(
     names = _sampled_event_names(ctx.engine, samples) | ({meter_name} if meter_name else set())
     reference = as_utc(report.validation_end) or as_utc(report.created_at) or utcnow()
     start = as_utc(report.validation_start)
+    now = int(reference.timestamp())
+    begins = None if start is None else int(start.timestamp())
     return _Report(
         event_id=report.event_id,
         scope=ReportScope(
@@ -175,13 +176,14 @@ def _job(
         ),
         expected=sum(counts.values()) or len(samples),
         event_names=names,
-        now=int(reference.timestamp()),
-        start=None if start is None else int(start.timestamp()),
+        now=now,
+        start=begins,
         index=MeterIndex(
             ctx.meters,
             value_precision=ctx.rules.value_precision,
             limits=ctx.rules.policy.limits,
         ),
+        long_before=_TakenLongBefore(ctx, begins if begins is not None else now),
     )
 
 
@@ -276,7 +278,7 @@ class _SentSince:
         # Stripe's connector takes the bucket's versions (index mode), not the bundled poller
         connector = ctx.settings.mfx_poller != PollerMode.ON
         self.taken_again = connector and uploaded is not None and uploaded > job.now
-        self.long_before = job.long_before or _TakenLongBefore(ctx, job)
+        self.long_before = job.long_before
         self.earlier: set[str] = set()  # the rows first held long before the report
 
     def changed(self, record: UsageRecord) -> bool | None:
@@ -317,10 +319,10 @@ class _TakenLongBefore:
     connector took the rows from the first version then (billed, or refused and reported
     then). Never for rows the bundled poller sent (import mode: it sends a row once)."""
 
-    def __init__(self, ctx: RunContext, job: _Report) -> None:
+    def __init__(self, ctx: RunContext, window: int) -> None:
+        """`window`: when the report's window starts (or ends, when it has no start)."""
         self.engine = ctx.engine
         self.connector = ctx.settings.mfx_poller != PollerMode.ON
-        window = job.now if job.start is None else job.start
         self.before = window - int(WINDOW_BEFORE.total_seconds())
         self.uploaded: dict[tuple[str, str], int | None] = {}  # version -> when
 
@@ -444,7 +446,7 @@ class _HeldFirst:
                 held = first.get(identifier)
                 if identifier in samples or held is None or held.version == self.version:
                     yield record
-                elif long_before is not None and long_before(held) and self.reported(record):
+                elif long_before(held) and self.reported(record):
                     taken.append(identifier)
             refused = marked_among(self.engine, self.runs, taken) if taken and self.runs else ()
             self.billed += sum(1 for identifier in taken if identifier not in refused)
