@@ -119,6 +119,10 @@ def rerun() -> tuple[Response, int]:
     return jsonify(result), 202 if result["queued"] else 200
 
 
+# The bodies Flask reads as a form (`request.form`).
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
 def _filter_args() -> MultiDict[str, str]:
     """The filter from the query string, a JSON object body or a form (later ones win). A
     re-run acts on every row its filter matches, so a filter that would be read as less than
@@ -132,6 +136,13 @@ def _filter_args() -> MultiDict[str, str]:
             what = "not JSON" if body is None else f"a JSON {type(body).__name__}"
             raise BadParameter(f"the body must be a JSON object of filters; it is {what}")
         given.append(MultiDict({str(k): _filter_value(str(k), v) for k, v in body.items()}))
+    elif request.mimetype not in _FORM_TYPES and request.get_data(cache=True):
+        # neither read nor refused, a JSON filter sent as text re-ran every row
+        what = request.mimetype or "of no type"
+        raise BadParameter(
+            "the body must be a JSON object of filters (Content-Type: application/json) "
+            f"or a form; it is {what[:60]}"
+        )
     given.append(request.form)
     for source in given:  # a later one replaces a filter an earlier one gave
         for name in source:

@@ -297,6 +297,13 @@ BAD_RERUN_BODIES = [
     ({"json": {"cod": "no_meter"}}, "unknown filter 'cod'; the filters are code, meter, customer"),
     ({"query_string": {"custmer": "cus_1"}}, "unknown filter 'custmer'"),
     ({"data": {"meter": "m", "runn": "3"}}, "unknown filter 'runn'"),
+    # a JSON filter not declared JSON was neither read nor refused: every row re-run
+    (
+        {"data": b'{"code": "no_meter"}', "content_type": "text/plain"},
+        "the body must be a JSON object of filters (Content-Type: application/json) or a "
+        "form; it is text/plain",
+    ),
+    ({"data": b'{"code": "no_meter"}'}, "the body must be a JSON object of filters"),
 ]
 
 

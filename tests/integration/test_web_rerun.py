@@ -21,7 +21,7 @@ from service.adapters.bucket import open_bucket
 from service.config import Settings
 from service.db import make_engine
 from service.jobs.runs import RunContext, RunRequest, execute_run
-from service.models import QuarantinedRow, RemediationRun
+from service.models import InboxEvent, QuarantinedRow, RemediationRun
 from service.runtime import Runtime
 from service.worker.loop import InboxWorker
 from service.worker.task_runner import TaskRunner
@@ -263,6 +263,47 @@ def test_a_rerun_judges_rows_at_the_time_it_was_queued_however_late_its_task_run
         ("f1", "timestamp_in_future", rerun.id)
     ]
     engine.dispose()
+
+
+def test_a_second_rerun_of_a_runs_rows_already_taken_is_not_queued_as_if_it_took_them(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """A re-run took all of a run's rows (two pass now). "Re-run" for that run again
+    (`?run=<id>`: the run's page still lists its rows) answered 202 `{"queued": true,
+    "rows": 2}` and recorded an action of 2 rows, for a task that took none: the count
+    took rows a re-run took, which no re-run takes again. Nothing is queued now, as for any
+    other filter that matches no row to take."""
+    sandbox_server.admin.create_meter("api_requests")
+    now = int(time.time())
+    settings = _settings(make_settings, sandbox_server, db_url)
+    engine = make_engine(db_url)
+    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+    failed = header + f"t1,{now},tokens,cus_1,1,no_meter\n" + f"t2,{now},tokens,cus_1,2,no_meter\n"
+    first = _remediate(settings, engine, tmp_path, failed)
+    assert first.quarantined == 2
+    sandbox_server.admin.create_meter("tokens")
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    queued = client.post(f"/api/quarantine/rerun?run={first.id}", headers=bearer).get_json()
+    assert queued["queued"] and queued["rows"] == 2
+    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
+    assert worker.drain().done == [queued["task"]]
+    with Session(engine) as session:
+        taken = session.exec(select(QuarantinedRow).where(QuarantinedRow.run_id == first.id)).all()
+    assert all(row.rerun_id is not None for row in taken)
+
+    again = client.post(f"/api/quarantine/rerun?run={first.id}", headers=bearer)
+    body = again.get_json()
+    worker.drain()
+    with Session(engine) as session:
+        tasks = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).all()
+    engine.dispose()
+    outcomes = [str(task.outcome) for task in tasks]
+    assert (again.status_code, body["queued"], body["rows"]) == (200, False, 0), (body, outcomes)
 
 
 def _settings(

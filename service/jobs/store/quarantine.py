@@ -184,8 +184,13 @@ def list_quarantine(connection: Connection, found: QuarantineFilter, page: Page)
 
 def count_quarantine(connection: Connection, found: QuarantineFilter) -> int:
     """The rows a re-run of `found` would take: not the rows their object sent again since
-    (`mark_taken_again`), which it leaves."""
-    where = [*quarantine_conditions(found), QUARANTINE.c.taken_again.is_(None)]
+    (`mark_taken_again`), which it leaves, nor the rows another re-run took (listed with a
+    run's rows, `run=`; `rows_to_rerun` never takes them)."""
+    where = [
+        *quarantine_conditions(found),
+        QUARANTINE.c.taken_again.is_(None),
+        QUARANTINE.c.rerun_id.is_(None),
+    ]
     query = select(func.count()).select_from(QUARANTINE).where(*where)
     return int(connection.execute(query).scalar_one())
 
