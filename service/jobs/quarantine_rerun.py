@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine
 
@@ -90,6 +90,7 @@ CHECKED_BY_VALIDATION = KNOWN_CODES - {ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.U
 
 
 RERUN_PREFIX = "quarantine_rerun:"
+QUARANTINE_CODE = f"{MFX_PREFIX}code"  # a stored row's note of the code it was quarantined with
 
 
 def rerun_key(action_ref: str, generation: int, traced_from: int | None = None) -> str:
@@ -290,16 +291,24 @@ def _later_version(
     return None
 
 
-def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[tuple[str, Any, Any]]:
-    """(identifier, code, record) of each row, by id; a row that had no identifier gets the
-    one its first run gave it (from its source and row number), as its original."""
+class _Entry(NamedTuple):
+    identifier: str
+    code: str
+    record: dict[str, Any]
+    reason: str
+
+
+def _identified_rows(engine: Engine, ids: Sequence[int]) -> Iterator[_Entry]:
+    """Each row, by id; a row that had no identifier gets the one its first run gave it
+    (from its source and row number), as its original."""
     for row in quarantined_entries(engine, ids):
         record = row.record if isinstance(row.record, dict) else {}
         identifier = _text(record.get("identifier")) or _text(row.identifier)
-        yield (
+        yield _Entry(
             identifier or row_identifier(str(row.source or ""), int(row.row_number or 0)),
-            row.code,
+            _text(row.code) or "",
             record,
+            _text(row.reason) or "",
         )
 
 
@@ -316,7 +325,7 @@ def _lineage(
     rule (an import set naming no object ran in generation 1) may have quarantined our own
     `a1-mfx1` in generation 1, which re-sent in it went out as `a1-mfx1`, the identifier just
     refused."""
-    identifiers = [identifier for identifier, _, _ in _identified_rows(engine, ids)]
+    identifiers = [entry.identifier for entry in _identified_rows(engine, ids)]
     ancestors = trace_ancestors(
         identifiers, traced_from, lambda batch: parents(engine, batch), LOOKUP_BATCH
     )
@@ -328,22 +337,32 @@ def _lineage(
 
 
 def _records(engine: Engine, ids: Sequence[int]) -> Iterator[UsageRecord]:
-    for number, (identifier, code, record) in enumerate(_identified_rows(engine, ids), start=1):
-        yield _usage_record(number, _text(code) or "", identifier, record)
+    for number, entry in enumerate(_identified_rows(engine, ids), start=1):
+        yield _usage_record(number, entry)
 
 
-def _usage_record(number: int, code: str, identifier: str, row: dict[str, Any]) -> UsageRecord:
+def _usage_record(number: int, entry: _Entry) -> UsageRecord:
     """The row as it arrived (without the `mfx_*` notes), read as the JSON readers read an
     object (a payload that is no object, an identifier or event name that is one: a malformed
     row again, its values as they came), with the code it arrived with unless our validation
-    decides that code (see CHECKED_BY_VALIDATION)."""
+    decides that code (see CHECKED_BY_VALIDATION). A row quarantined malformed (its record's
+    `mfx_code`, whatever code it arrived with) stays so, for the reason it was: what is stored
+    of it is what could be read, not the row (a CSV row of 7 fields for 6 columns, its value
+    cut at an unquoted comma, was validated from its first 6 and sent with the part before
+    the comma; a JSON Lines line that is not JSON came back as a row with no meter, under an
+    identifier made up for it)."""
+    row = entry.record
     record = record_from_obj(
         number, {key: value for key, value in row.items() if not key.startswith(MFX_PREFIX)}
     )
-    if "identifier" not in record.extra:  # not an object or list kept as it came
-        record.identifier = identifier
-    record.error_code = None if code in CHECKED_BY_VALIDATION else code or None
     record.error_message = None
+    if ErrorCode.MALFORMED_ROW in (entry.code, row.get(QUARANTINE_CODE)):
+        record.malformed = entry.reason or "malformed row"
+        record.error_code = None if entry.code == ErrorCode.MALFORMED_ROW else entry.code or None
+        return record
+    if "identifier" not in record.extra:  # not an object or list kept as it came
+        record.identifier = entry.identifier
+    record.error_code = None if entry.code in CHECKED_BY_VALIDATION else entry.code or None
     return record
 
 

@@ -265,6 +265,73 @@ def test_a_rerun_judges_rows_at_the_time_it_was_queued_however_late_its_task_run
     engine.dispose()
 
 
+HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "reason"),
+    [
+        # an unquoted thousands separator: 7 fields, the value read as "1" of "1,234"
+        (
+            "identifier,timestamp,event_name,error_code,payload_stripe_customer_id,payload_value\n"
+            "q1,{now},api_requests,no_meter,cus_1,1,234\n",
+            ".csv",
+            None,
+        ),
+        (
+            '{{"identifier": "m3", "timestamp": {now}, "event_name": "api_requests", '
+            '"payload": {{"stripe_customer_id": "cus_1", "value": "5"}}\n',
+            ".jsonl",
+            None,
+        ),
+    ],
+    ids=["csv-fields", "jsonl-not-json"],
+)
+def test_a_malformed_row_rerun_stays_quarantined_as_it_was(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+    content: str,
+    suffix: str,
+    reason: str | None,
+) -> None:
+    """What is stored of a malformed row is what could be read of it, not the row. Re-run,
+    the CSV row of 7 fields for 6 columns (a value of "1,234" unquoted; it arrived as
+    `no_meter`, a code our validation decides) was validated from its first 6 and sent as
+    `q1-mfx1` with the value 1; the JSON Lines line that is not JSON came back as a row with
+    no meter under an identifier made up for it. Both stay quarantined malformed, for the
+    same reason, under the code they arrived with, and nothing goes out."""
+    sandbox_server.admin.create_meter("api_requests")
+    settings = _settings(make_settings, sandbox_server, db_url)
+    engine = make_engine(db_url)
+    first = _remediate(
+        settings, engine, tmp_path, content.format(now=int(time.time())), suffix=suffix
+    )
+    assert (first.input_rows, first.quarantined) == (1, 1)
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    before = client.get("/api/quarantine", headers=bearer).get_json()["data"]
+    [(identifier, code, why)] = [(r["identifier"], r["code"], r["reason"]) for r in before]
+    assert [r["record"]["mfx_code"] for r in before] == ["malformed_row"]
+    queued = client.post(f"/api/quarantine/rerun?run={first.id}", headers=bearer).get_json()
+    assert queued["queued"] and queued["rows"] == 1
+    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
+    assert worker.drain().done == [queued["task"]]
+    with Session(engine) as session:
+        rerun = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
+        ).one()
+    engine.dispose()
+    assert (rerun.input_rows, rerun.corrected, rerun.valid, rerun.quarantined) == (1, 0, 0, 1)
+    still = client.get("/api/quarantine", headers=bearer).get_json()["data"]
+    assert [(r["identifier"], r["code"], r["reason"], r["run_id"]) for r in still] == [
+        (identifier, code, why, rerun.id)
+    ]
+    assert [r["record"]["mfx_code"] for r in still] == ["malformed_row"]
+
+
 def test_a_second_rerun_of_a_runs_rows_already_taken_is_not_queued_as_if_it_took_them(
     sandbox_server: SandboxServer,
     db_url: str,

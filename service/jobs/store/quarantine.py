@@ -175,6 +175,7 @@ class QuarantinedEntry(NamedTuple):
     row_number: int | None
     code: str | None
     record: Any
+    reason: str | None
 
 
 def list_quarantine(connection: Connection, found: QuarantineFilter, page: Page) -> Listing:
@@ -344,12 +345,15 @@ def quarantined_entries(engine: Engine, ids: Sequence[int]) -> Iterator[Quaranti
                     QUARANTINE.c.row_number,
                     QUARANTINE.c.code,
                     QUARANTINE.c.record,
+                    QUARANTINE.c.reason,
                 )
                 .where(QUARANTINE.c.id.in_(chunk))
                 .order_by(QUARANTINE.c.id)
             ).all()
         for row in rows:
-            yield QuarantinedEntry(row.identifier, row.source, row.row_number, row.code, row.record)
+            yield QuarantinedEntry(
+                row.identifier, row.source, row.row_number, row.code, row.record, row.reason
+            )
 
 
 def mark_rerun(engine: Engine, ids: Sequence[int], run_id: int) -> None:
