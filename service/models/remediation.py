@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer
+from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, text
 from sqlalchemy.types import TypeEngine
 from sqlmodel import AutoString, Field, SQLModel
 
@@ -126,6 +126,14 @@ class QuarantinedRow(SQLModel, table=True):
         Index("ix_quarantined_rows_code_id", "code", "id"),
         Index("ix_quarantined_rows_meter_id", "meter", "id"),
         Index("ix_quarantined_rows_customer_id", "customer", "id"),
+        # The rows a re-run took (few: the rest hold NULL), by re-run: its rows' origins, the
+        # chains of re-runs the purge keeps (migration 0012).
+        Index(
+            "ix_quarantined_rows_rerun_id",
+            "rerun_id",
+            postgresql_where=text("rerun_id IS NOT NULL"),
+            sqlite_where=text("rerun_id IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

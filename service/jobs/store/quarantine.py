@@ -27,6 +27,7 @@ from service.models._types import as_utc, table_of
 from service.models.alerts import AdminAction
 from service.models.remediation import (
     QuarantinedRow,
+    RunTrigger,
 )
 
 QUARANTINE = table_of(QuarantinedRow)
@@ -593,7 +594,32 @@ def quarantined_record(connection: Connection, row_id: int) -> Any:
 
 def purge_quarantined(engine: Engine, before: datetime, batch: int) -> int:
     """Retention: delete up to `batch` quarantined rows of runs finished before the cutoff,
-    or quarantined before it."""
+    or quarantined before it; but not a row a re-run took while that re-run, or one that
+    took the rows it quarantined again, to the end of the chain, is kept (`_chains_kept`)."""
     old_runs = select(RUNS.c.id).where(RUNS.c.finished_at < before)
-    where = QUARANTINE.c.run_id.in_(old_runs) | (QUARANTINE.c.created_at < before)
+    old = QUARANTINE.c.run_id.in_(old_runs) | (QUARANTINE.c.created_at < before)
+    with engine.connect() as connection:  # a few ids (SQLite counts no rows a WITH deletes)
+        found: Sequence[Any] = connection.execute(select(_chains_kept(before))).scalars().all()
+    kept = sorted(int(i) for i in found)
+    taken = QUARANTINE.c.rerun_id
+    where = old & (taken.is_(None) | taken.not_in(kept)) if kept else old
     return delete_batch(engine, QUARANTINE, where, batch)
+
+
+def _chains_kept(before: datetime) -> Any:
+    """The re-runs the purge keeps (finished since `before`, or not finished), and the
+    re-runs whose rows they took, back to the first: a row a re-run took is how the re-run
+    is found (`runs.runs_correcting`: a row it corrected or re-sent is never sent again from
+    a version fixed by hand), and how a row it quarantined again is traced back to its object
+    (`rerun_origins`). Purged with the first run while the re-run was kept, the row it sent
+    was sent again, under its own identifier, from the file fixed by hand: billed twice.
+    (The run rows themselves are never purged.)"""
+    runs = RUNS.c
+    live = (runs.finished_at.is_(None)) | (runs.finished_at >= before)
+    kept = (
+        select(runs.id)
+        .where(runs.trigger == RunTrigger.QUARANTINE_RERUN.value, live)
+        .cte("kept_reruns", recursive=True)
+    )
+    taken_by = select(QUARANTINE.c.run_id).join(kept, QUARANTINE.c.rerun_id == kept.c.id)
+    return kept.union(taken_by)
