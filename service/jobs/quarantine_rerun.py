@@ -30,12 +30,13 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 from remediation.codes import KNOWN_CODES, ErrorCode
 from remediation.filetypes import FileFormat
@@ -51,6 +52,7 @@ from remediation.jsonreaders import record_from_obj
 from remediation.ports import ObjectInfo
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.config import PollerMode
+from service.db import is_postgres
 from service.errors import BadParameter, RerunInputMissing
 from service.jobs.inputs import (
     LOOKUP_BATCH,
@@ -105,6 +107,38 @@ def rerun_key(action_ref: str, generation: int, traced_from: int | None = None) 
 
 
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
+    with _one_at_a_time(ctx.engine):
+        return _rerun_quarantine(ctx, action_ref)
+
+
+# Re-runs one at a time: the seed of their advisory-lock id, with the database and schema.
+_LOCK_KEY = 0x6D66785F72657275  # "mfx_reru"
+_LOCK_ID = text("SELECT hashtextextended(current_database() || '.' || current_schema(), :key)")
+
+
+@contextmanager
+def _one_at_a_time(engine: Engine) -> Iterator[None]:
+    """One re-run at a time: a re-run picks its rows, runs them and only then marks them
+    taken (a task run again after a crash runs what is left), so two re-runs at once (two
+    clicks, two workers) picked the same rows and wrote both to corrected objects, each run
+    counting them. On PostgreSQL a session advisory lock held for the task (waited for; let
+    go with the connection if the worker dies); SQLite has one worker process, which runs
+    one task at a time."""
+    if not is_postgres(engine):
+        yield
+        return
+    with engine.connect() as connection:
+        key = int(connection.execute(_LOCK_ID, {"key": _LOCK_KEY}).scalar_one())
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
+
+
+def _rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     picked, billed = _pick(ctx, action_ref)
     with ctx.engine.connect() as connection:
         queued = rerun_queued_at(connection, int(action_ref)) if action_ref.isdigit() else None

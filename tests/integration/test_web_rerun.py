@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -20,11 +22,13 @@ from remediation.rules import load_rules
 from service.adapters.bucket import open_bucket
 from service.config import Settings
 from service.db import make_engine
+from service.jobs import quarantine_rerun
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.models import InboxEvent, QuarantinedRow, RemediationRun
 from service.runtime import Runtime
 from service.worker.loop import InboxWorker
 from service.worker.task_runner import TaskRunner
+from service.worker.tasks import TaskKind
 from tests.conftest import SandboxServer
 
 TOKEN = "rerun-token"
@@ -330,6 +334,69 @@ def test_a_malformed_row_rerun_stays_quarantined_as_it_was(
         (identifier, code, why, rerun.id)
     ]
     assert [r["record"]["mfx_code"] for r in still] == ["malformed_row"]
+
+
+def test_two_reruns_at_once_take_each_row_once(
+    sandbox_server: SandboxServer,
+    pg_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two clicks queue two re-runs, two workers (PostgreSQL) run them at once. A re-run picks
+    its rows, runs them, then marks them taken: both picked the same row before either
+    marked it, and both wrote it to a corrected object, each run counting it. Here the
+    second re-run starts once the first has picked, and the first waits (up to 3 s) for the
+    second to pick before it runs: they are taken one at a time now, so the second finds
+    the row taken."""
+    sandbox_server.admin.create_meter("api_requests")
+    settings = _settings(make_settings, sandbox_server, pg_url)
+    engine = make_engine(pg_url)
+    now = int(time.time())
+    first = _remediate(settings, engine, tmp_path, HEADER + f"t1,{now},tokens,cus_1,1,no_meter\n")
+    assert first.quarantined == 1
+    sandbox_server.admin.create_meter("tokens")
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    a, b = (
+        client.post("/api/quarantine/rerun?code=no_meter", headers=bearer).get_json()
+        for _ in range(2)
+    )
+    assert a["queued"] and b["queued"]
+    runner = TaskRunner(Runtime(settings, engine=engine))
+    picked = {ref: threading.Event() for ref in (str(a["action_id"]), str(b["action_id"]))}
+    real_pick = quarantine_rerun._pick
+
+    def pick(ctx: RunContext, action_ref: str) -> Any:
+        found = real_pick(ctx, action_ref)
+        picked[action_ref].set()
+        if action_ref == str(a["action_id"]):
+            picked[str(b["action_id"])].wait(3)
+        return found
+
+    monkeypatch.setattr(quarantine_rerun, "_pick", pick)
+    outcomes: dict[str, str] = {}
+
+    def run(ref: str) -> None:
+        outcomes[ref] = runner(TaskKind.QUARANTINE_RERUN, ref)
+
+    first_task = threading.Thread(target=run, args=(str(a["action_id"]),))
+    first_task.start()
+    assert picked[str(a["action_id"])].wait(30)
+    second_task = threading.Thread(target=run, args=(str(b["action_id"]),))
+    second_task.start()
+    first_task.join(60)
+    second_task.join(60)
+    with Session(engine) as session:
+        reruns = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
+        ).all()
+        taken = session.exec(select(QuarantinedRow)).all()
+    engine.dispose()
+    assert [(r.input_rows, r.valid + r.corrected) for r in reruns] == [(1, 1)], outcomes
+    assert [row.rerun_id for row in taken] == [reruns[0].id]
+    assert outcomes[str(b["action_id"])].startswith("no quarantined rows to re-run")
 
 
 def test_a_second_rerun_of_a_runs_rows_already_taken_is_not_queued_as_if_it_took_them(
