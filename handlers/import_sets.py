@@ -29,13 +29,17 @@ from handlers._fields import (
 from handlers.context import HandlerContext
 from handlers.errors import UnusableEvent
 from handlers.meter_error_reports import IncompleteEvent
-from handlers.records import ImportSetRecord, Outcome, RemediationKind
+from handlers.records import ImportSetRecord, Outcome, OutcomeStatus, RemediationKind
 
 
 def handle_import_set(event: Mapping[str, Any], ctx: HandlerContext) -> Outcome:
     record = parse_import_set(event)
     status = ctx.record_import_set(record)
-    kind = remediation_kind(record)
+    # an event recorded before (its remediation was queued then), or older than the one
+    # applied: Stripe does not deliver in order, and an older `failed` after a newer
+    # `succeeded` repaired the whole file again, re-sending the rows Stripe had billed
+    stale = status is OutcomeStatus.UNCHANGED
+    kind = None if stale else remediation_kind(record)
     queued = kind is not None and ctx.request_remediation(kind, record.import_set_id)
     errors = f"failed records file {record.errors_file_id}" if record.errors_file_id else "no file"
     summary = f"import set {record.import_set_id} {record.status}, {errors}"

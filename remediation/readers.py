@@ -278,7 +278,7 @@ class CsvRecords(Iterator[UsageRecord]):
             if csv.field_size_limit() < CSV_FIELD_LIMIT:
                 csv.field_size_limit(CSV_FIELD_LIMIT)
             rows = csv.reader(text, delimiter=self._delimiter)
-            header = next(rows, None)
+            header = header_row(rows)
             if header is None:
                 return
             if self._header is not None and len(self._header) == len(header):
@@ -295,6 +295,16 @@ class CsvRecords(Iterator[UsageRecord]):
             raise UnreadableFile(csv_error(exc)) from exc
         finally:
             release(text)
+
+
+def header_row(rows: Iterator[list[str]]) -> list[str] | None:
+    """The first row that is not blank (the file's repair finds the header past blank lines
+    and spaces before it, `repair.plan_input`; read from the first line, the blank one, every
+    row was malformed, "row has 5 fields, header has 0", its cells dropped); None for none."""
+    for row in rows:
+        if len(row) > 1 or (row and row[0].strip()):
+            return row
+    return None
 
 
 def csv_error(exc: csv.Error) -> str:

@@ -21,7 +21,9 @@ from remediation.readers import CsvLayout, read_records
 from remediation.records import UsageRecord
 from remediation.rules import Rules
 
-SNIFF_BYTES = 1024
+# What is read to plan a file: enough for a CSV header line of many payload columns (the
+# first 1 KB cut a header of 25 note columns, and its aliases past the cut were not renamed).
+HEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ def repair_header(header: Sequence[str], aliases: Mapping[str, str]) -> list[str
 
 def plan_input(path: Path, rules: Rules) -> InputPlan:
     with open(path, "rb") as handle:
-        head = handle.read(SNIFF_BYTES)
+        head = handle.read(HEAD_BYTES)
     text = head.decode("utf-8-sig", errors="ignore").lstrip()
     if not text:
         raise UnreadableFile("empty file: nothing to import (dropped)")
@@ -71,6 +73,10 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
         )
     if fmt is not FileFormat.CSV:
         return InputPlan(fmt, repairs=repairs)
+    if len(head) == HEAD_BYTES and not any(end in text for end in "\r\n"):
+        raise UnreadableFile(
+            f"its first line is longer than {HEAD_BYTES // 1024} KiB: no CSV header is"
+        )
     delimiter = _sniff_delimiter(text)
     if delimiter != ",":
         repairs += (f"delimiter {delimiter!r} read as CSV",)
@@ -107,9 +113,6 @@ def _with_event_name(columns: list[str]) -> list[str]:
     after = [name for name in ("timestamp", "identifier") if name in columns]
     at = columns.index(after[0]) + 1 if after else 0
     return [*columns[:at], "event_name", *columns[at:]]
-
-
-HEAD_BYTES = 64 * 1024  # enough for a CSV header line of many payload columns
 
 
 def whole_file_failure(head: bytes, name: str) -> str | None:

@@ -27,7 +27,13 @@ import pyarrow.csv as pacsv
 
 from remediation.core.csvwidths import plain_widths
 from remediation.errors import UnreadableFile, not_utf8
-from remediation.readers import CSV_FIELD_LIMIT, CsvLayout, _line_breaks, csv_error
+from remediation.readers import (
+    CSV_FIELD_LIMIT,
+    CsvLayout,
+    _line_breaks,
+    csv_error,
+    header_row,
+)
 
 __all__ = ["CsvBlock", "CsvColumns"]
 
@@ -147,7 +153,7 @@ class CsvColumns:
             header = self._quick_header()
             if header is None:
                 self._rows = csv.reader(_exact_lines(self._source), delimiter=self._delimiter)
-                header = next(self._rows, None)
+                header = header_row(self._rows)
         if header is not None and self._repaired is not None:
             header = list(self._repaired) if len(self._repaired) == len(header) else header
         self._header = None if header is None else tuple(header)
@@ -183,11 +189,11 @@ class CsvColumns:
             limit *= 2
         skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
         line = raw[skip : end - 1]
-        if not line or not self._decodes_through(end - 1):
-            return None
+        if not line.strip() or not self._decodes_through(end - 1):
+            return None  # a blank line before the header: csv.reader's path skips it
         if b'"' in line:  # quoted names: csv.reader's, when the line holds the whole record
             rows = _block_rows(raw[skip:end], self._delimiter, final=False)
-            if rows is None or len(rows) != 1:
+            if rows is None or len(rows) != 1 or header_row(iter(rows)) is None:
                 return None
             self._source.take(end)
             return rows[0]

@@ -113,6 +113,8 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
 
 def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
     import_set = _import_set(deps.run.engine, import_set_id)
+    if import_set.status != "failed":  # a newer event said otherwise: some rows were billed
+        return f"not repaired: the import set is {import_set.status} now, not failed"
     run_key = failed_file_run_key(import_set_id)
     left = ""
     if finished_run(deps.run.engine, run_key) is None:

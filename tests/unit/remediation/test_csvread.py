@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from remediation.core.checks import CONTROL_CLASS
 from remediation.core.csvread import TEXT_CHUNK, CsvColumns
 from remediation.errors import UnreadableFile
-from remediation.readers import CSV_FIELD_LIMIT, CsvRecords, text_stream
+from remediation.readers import CSV_FIELD_LIMIT, CsvRecords, header_row, text_stream
 
 Row = tuple[int, list[str], str | None]
 Outcome = tuple[tuple[str, ...] | None, list[Row]] | str
@@ -45,8 +45,9 @@ def today(data: bytes, delimiter: str = ",", header: Sequence[str] | None = None
 def _today_header(
     data: bytes, delimiter: str, header: Sequence[str] | None
 ) -> tuple[str, ...] | None:
-    """The header `row_batches` reads (it hands out only its layout, of stripped names)."""
-    first = next(csv.reader(text_stream(io.BytesIO(data)), delimiter=delimiter), None)
+    """The header `row_batches` reads (it hands out only its layout, of stripped names): the
+    first row that is not blank."""
+    first = header_row(csv.reader(text_stream(io.BytesIO(data)), delimiter=delimiter))
     if first is None:
         return None
     same_width = header is not None and len(header) == len(first)

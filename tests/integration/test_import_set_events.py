@@ -1,0 +1,201 @@
+"""Import-set events (failed, succeeded) through webhooks, the inbox, the worker and their
+runs: events out of order, files whose header needs finding or repairing, and the counts of a
+whole-file repair held against what it wrote."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from sandbox.events import build_import_set_event
+from service.config import Settings
+from service.models import ImportSet, QuarantinedRow, RemediationRun
+from tests.conftest import SandboxServer
+from tests.integration.test_remediation_tasks import Service
+from tests.servers import serve_wsgi
+
+HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+
+
+@pytest.fixture
+def service(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> Iterator[Service]:
+    """As `test_remediation_tasks.service`: the app on a real server, the sandbox, a
+    file:// bucket, both databases."""
+    sandbox_server.admin.create_meter("api_requests")
+    settings = make_settings(
+        database_url=db_url,
+        stripe_api_key=sandbox_server.api_key,
+        stripe_webhook_secrets=sandbox_server.webhook_secret,
+        stripe_api_base=sandbox_server.url,
+        stripe_files_base=sandbox_server.url,
+        stripe_meter_events_base=sandbox_server.url,
+        mfx_work_dir=str(tmp_path / "work"),
+    )
+    with serve_wsgi(make_app(settings)) as running:
+        svc = Service(settings, sandbox_server, running.url)
+        yield svc
+        svc.engine.dispose()
+
+
+def _bucket(svc: Service) -> Path:
+    path = Path(svc.settings.bucket_url.removeprefix("file://"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _corrected_ids(bucket: Path) -> list[str]:
+    ids = []
+    for path in sorted((bucket / "corrected").rglob("*.csv")):
+        lines = path.read_text().splitlines()
+        ids += [line.split(",")[0] for line in lines[1:]]
+    return ids
+
+
+def test_an_older_failed_event_after_a_newer_succeeded_does_not_resend_billed_rows(
+    service: Service,
+) -> None:
+    """Stripe does not deliver in order. The import set succeeded with one failed row (s3);
+    s1 and s2 were imported and billed. An older `failed` event for the same import set came
+    after: the handler kept the newer state (the stale event is not applied), but queued the
+    whole-file repair all the same, which re-sent s1 and s2 as s1-mfx1 and s2-mfx1 (billed
+    twice)."""
+    now = int(time.time()) - 120
+    bucket = _bucket(service)
+    source = HEADER + "".join(f"s{i},{now},api_requests,cus_1,{i}\n" for i in (1, 2, 3))
+    (bucket / "day.csv").write_text(source)
+    stripe_copy = service.sandbox.admin.upload_file(source, "day.csv")
+    failed_rows = HEADER.rstrip("\n") + ",error_code\n"
+    failed_rows += f"s3,{now * 1000},api_requests,cus_1,3,timestamp_in_future\n"
+    errors = service.sandbox.admin.upload_file(failed_rows, "failed_records.csv")
+    base = {
+        "id": "impset_order",
+        "object": "data_management.import_set",
+        "file": stripe_copy["id"],
+        "source_object": "day.csv",
+    }
+    succeeded = {
+        **base,
+        "status": "succeeded_with_errors",
+        "result": {"errors": {"file": errors["id"], "row_count": 1}, "successes": {"row_count": 2}},
+    }
+    failed = {**base, "status": "failed", "failed_reason": "Unparseable file"}
+    service.deliver(build_import_set_event("succeeded", succeeded, created=now + 60))
+    service.drain()
+    service.deliver(build_import_set_event("failed", failed, created=now + 30))  # older
+    service.drain()
+
+    [impset] = service.rows(ImportSet)
+    assert impset.status == "succeeded_with_errors"  # the newer state is kept
+    assert _corrected_ids(bucket) == ["s3-mfx1"]
+    assert [run.trigger for run in service.rows(RemediationRun)] == ["import_set.succeeded"]
+
+
+def _failed_file(service: Service, impset: str, content: str, name: str, **extra: object) -> None:
+    stripe_copy = service.sandbox.admin.upload_file(content, name)
+    body = {
+        "id": impset,
+        "object": "data_management.import_set",
+        "status": "failed",
+        "failed_reason": "Unparseable file",
+        "file": stripe_copy["id"],
+        **extra,
+    }
+    service.deliver(build_import_set_event("failed", body))
+    service.drain()
+
+
+def _csv_rows(paths: list[Path]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for path in paths:
+        with path.open(newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    return rows
+
+
+def _read_corrected(bucket: Path, impset: str) -> list[dict[str, str]]:
+    return _csv_rows(sorted((bucket / "corrected" / impset).glob("*.csv")))
+
+
+def test_a_failed_file_with_a_header_longer_than_1kb_has_its_aliases_repaired(
+    service: Service,
+) -> None:
+    """A `;` file (failed whole) whose header has many columns (over 1 KB), its customer and
+    value under aliases (`customer_id`, `value`) past the first KB. The repair read the header
+    from the first 1 KB only: the repaired header was cut, and with it the alias renames
+    (every row quarantined, "no single aliased column for value key 'value'")."""
+    now = int(time.time()) - 60
+    extras = [f"note_{i:03d}_" + "x" * 40 for i in range(25)]
+    header = ["identifier", "timestamp", "event_name", *extras, "customer_id", "value"]
+    lines = [";".join(header)]
+    for i in range(3):
+        lines.append(
+            ";".join([f"w{i}", str(now), "api_requests", *["n"] * 25, "cus_1", str(i + 5)])
+        )
+    _failed_file(service, "impset_wide", "\n".join(lines) + "\n", "wide.csv")
+    [run] = service.rows(RemediationRun)
+    rows = _read_corrected(_bucket(service), "impset_wide")
+    assert [
+        (r["identifier"], r.get("payload_stripe_customer_id"), r.get("payload_value")) for r in rows
+    ] == [("w0-mfx1", "cus_1", "5"), ("w1-mfx1", "cus_1", "6"), ("w2-mfx1", "cus_1", "7")], [
+        (q.code, q.reason) for q in service.rows(QuarantinedRow)
+    ]
+    assert (run.input_rows, run.quarantined) == (3, 0)
+
+
+def test_a_failed_file_starting_with_blank_lines_loses_no_usage(service: Service) -> None:
+    """Stripe failed a CSV whose first lines are blank (no header where it looks for one). The
+    repair found the header past them; the reader took the blank line for the header: the
+    header line became a row, and every row was quarantined `malformed_row` ("row has 5
+    fields, header has 0") with its cells dropped, no identifier, customer or value kept."""
+    now = int(time.time()) - 60
+    content = "\n  \n" + HEADER + f"b1,{now},api_requests,cus_1,5\nb2,{now},api_requests,cus_1,7\n"
+    _failed_file(service, "impset_blank", content, "blank.csv")
+    [run] = service.rows(RemediationRun)
+    rows = _read_corrected(_bucket(service), "impset_blank")
+    assert [(r["identifier"], r["payload_value"]) for r in rows] == [
+        ("b1-mfx1", "5"),
+        ("b2-mfx1", "7"),
+    ], [(q.code, q.reason) for q in service.rows(QuarantinedRow)]
+    assert (run.input_rows, run.quarantined) == (2, 0)  # the header line is no usage row
+
+
+def test_conservation_of_a_failed_file_in_the_database_and_the_bucket(service: Service) -> None:
+    """A whole failed file of every kind of row: the run's counts, the corrected and
+    quarantine files in the bucket and the stored quarantined rows agree, and no identifier
+    is written twice."""
+    now = int(time.time()) - 60
+    lines = [
+        f"c1;{now};api_requests;cus_1;5",  # valid as it is
+        f"c2;{now * 1000};api_requests;cus_1;6",  # ms -> s
+        f"c3;{now};api_requests;cus_1;abc",  # quarantined
+        f"c4;{now};api_requests;cus_1;1 234",  # corrected value
+        f"c5;{now};api_requests;cus_1",  # short row
+        f";{now};api_requests;cus_1;8",  # no identifier
+        f"c7;{now};API-Requests;cus_1;9",  # an event name in another case
+        f"c8;{now - 40 * 86400};api_requests;cus_1;9",  # too old
+    ]
+    content = HEADER.replace(",", ";") + "\n".join(lines) + "\n"
+    _failed_file(service, "impset_cons", content, "cons.csv")
+    [run] = service.rows(RemediationRun)
+    bucket = _bucket(service)
+    corrected = _csv_rows(sorted((bucket / "corrected").rglob("*.csv")))
+    quarantined_file = _csv_rows(sorted((bucket / "quarantine").rglob("*.csv")))
+    stored = service.rows(QuarantinedRow)
+    assert run.input_rows == len(lines)
+    assert run.valid + run.corrected + run.quarantined == run.input_rows
+    assert len(corrected) == run.valid + run.corrected
+    assert len(quarantined_file) == len(stored) == run.quarantined
+    assert run.quarantined >= 2  # c3 and c8 at least
+    ids = [r["identifier"] for r in corrected] + [q.identifier or "" for q in stored]
+    assert len(ids) == len(set(ids))
