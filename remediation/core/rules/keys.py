@@ -41,7 +41,7 @@ def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
     found = {
         str(v).strip()
         for k, v in record.extra.items()
-        if k.lower() in ctx.rules.customer_keys and str(v).strip()
+        if k.lower() in ctx.rules.customer_keys and _customer_text(v)
     }
     held = record.payload.get(meter.customer_key)
     if not found and meter.customer_key in ctx.header_aliases and str(held or "").strip():
@@ -54,6 +54,16 @@ def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
     value = found.pop()
     record.payload[meter.customer_key] = value
     return [Change("fill_customer_key", f"payload.{meter.customer_key}", None, value)]
+
+
+def _customer_text(value: object) -> bool:
+    """Whether a top-level alias's value can be a customer: text that is not blank, or a
+    whole number (an external id a `[customers]` entry may map). `null` is no candidate (it
+    was the customer "None"), nor is an object, a list or a boolean (Python's text of it,
+    "{'a': 1}" or "False", was sent as the customer)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and holds(value))
 
 
 def rename_alias(

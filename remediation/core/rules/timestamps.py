@@ -119,7 +119,7 @@ def _from_units(
     ts: npt.NDArray[np.int64], at: Indexes, ctx: Context, changes: list[Changes]
 ) -> npt.NDArray[np.int64]:
     ahead = ts > ctx.now + MAX_FUTURE_SECONDS
-    low, high = ctx.now - MAX_PAST_SECONDS, ctx.now + ctx.rules.policy.future_skew_seconds
+    low, high = ctx.now - MAX_PAST_SECONDS, _units_bound(ctx)
     for divisor, unit in UNITS:
         seconds = ts // divisor
         hit = ahead & (seconds >= low) & (seconds <= high)
@@ -129,6 +129,14 @@ def _from_units(
             ts = np.where(hit, seconds, ts)
             ahead &= ~hit
     return ts
+
+
+def _units_bound(ctx: Context) -> int:
+    """The latest a timestamp read in another unit may be: the accepted window's end (Stripe's
+    five minutes, or the skew that is clamped when longer). Bound by the skew alone, a
+    millisecond timestamp two minutes ahead with `future_skew_seconds = 0` was quarantined,
+    its reason naming a window it was in, while the same moment as ISO-8601 was corrected."""
+    return ctx.now + max(ctx.rules.policy.future_skew_seconds, MAX_FUTURE_SECONDS)
 
 
 def _clamped(
@@ -169,11 +177,7 @@ def fix_timestamp_row(record: UsageRecord, ctx: Context) -> list[Change]:
     if ts > ctx.now + MAX_FUTURE_SECONDS and ctx.rules.enabled("timestamp_units"):
         for divisor, unit in UNITS:
             seconds = ts // divisor
-            if (
-                ctx.now - MAX_PAST_SECONDS
-                <= seconds
-                <= ctx.now + ctx.rules.policy.future_skew_seconds
-            ):
+            if ctx.now - MAX_PAST_SECONDS <= seconds <= _units_bound(ctx):
                 changes.append(Change(f"timestamp_{unit}_to_s", "timestamp", ts, seconds))
                 ts = seconds
                 break
