@@ -100,13 +100,24 @@ def download(files: StripeFiles, file_id: str, folder: Path) -> Path:
     return path
 
 
-def fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Path, str]:
+class FailedSource(NamedTuple):
+    path: Path  # the failed file, downloaded
+    name: str  # the source its outputs name (a bucket key or Stripe's file id)
+    copied: bool  # read from Stripe's copy: the object the import set names holds other bytes
+
+
+def fetch_source(
+    deps: JobDeps, import_set: ImportSet, folder: Path, named_before: str | None = None
+) -> FailedSource:
     """The failed file, and the source its outputs name: the bucket object the import set
     names, else the object of ours with the same file name, seen last before the event, as
     long as it holds the very bytes of the copy Stripe kept (its `file`); else that copy
     itself. Every row of a failed file is re-sent, so an object that holds other bytes (the
     named one overwritten since, another folder's file of the same name) never stands in for
-    it. Only configured hosts are called."""
+    it. Only configured hosts are called. `named_before`: the source a crashed try named,
+    named again when the copy is read (the object overwritten since): named after the copy,
+    the redo wrote a second corrected file beside the first try's, the rows without an
+    identifier under other identifiers (billed twice)."""
     bucket = deps.run.bucket
     named = next(
         (k for k in candidate_keys(bucket, import_set.source_object) if bucket.head(k)), None
@@ -117,10 +128,10 @@ def fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Pa
         keys = [named] if named is not None else objects_like(deps, import_set)
         for key in keys:
             if _holds(bucket, key, copy, folder / "bucket"):
-                return folder / "bucket" / local_name(key), key
+                return FailedSource(folder / "bucket" / local_name(key), key, copied=False)
         if named is not None:
             log_event("remediation.source_changed", key=named, file=import_set.source_file_id)
-        return copy, import_set.source_file_id
+        return FailedSource(copy, named_before or import_set.source_file_id, copied=True)
     if named is not None:
         # no copy of Stripe's to hold it against: the object, unless it changed after the event
         info = bucket.head(named)
@@ -131,7 +142,7 @@ def fetch_source(deps: JobDeps, import_set: ImportSet, folder: Path) -> tuple[Pa
             )
         path = folder / local_name(named)
         bucket.download(named, path)
-        return path, named
+        return FailedSource(path, named, copied=False)
     raise TaskInputMissing(
         f"source of import set {import_set.import_set_id} not found "
         f"(object {import_set.source_object!r}, file {import_set.source_file_id!r})"

@@ -55,6 +55,7 @@ from service.jobs.store.runs import (
     import_set_run_key,
     refused_among,
     runs_correcting,
+    unfinished_run,
 )
 from service.logs import log_event
 from service.models import ImportSet, RunTrigger
@@ -118,10 +119,12 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
     run_key = failed_file_run_key(import_set_id)
     left = ""
     if finished_run(deps.run.engine, run_key) is None:
+        crashed = unfinished_run(deps.run.engine, run_key)  # a try before: its names stand
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
             stages = Stages()
             with stages.timing(Stage.DOWNLOAD):
-                path, source = fetch_source(deps, import_set, Path(tmp))
+                before = crashed.source if crashed is not None else None
+                path, source, copied = fetch_source(deps, import_set, Path(tmp), before)
             # the whole file failed: none of its rows was billed
             request = _rejected_rows(
                 deps,
@@ -132,10 +135,11 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
                 source=source,
                 tag=import_set_id,
                 now=event_time(import_set),
-                generation=next_generation(deps.run.bucket, source),
+                generation=crashed.generation
+                if crashed is not None
+                else next_generation(deps.run.bucket, source),
             )
             # read from Stripe's copy: the object the import set names holds other bytes
-            copied = source == import_set.source_file_id
             later = later_version(deps, import_set, Path(tmp), path) if copied else None
             rows = _TakenAgain(deps, import_set, later)
             # a file the bundled poller failed whole: it never sends a row another version

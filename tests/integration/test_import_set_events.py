@@ -7,10 +7,12 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from flask import Flask
+from sqlalchemy import text
 
 from sandbox.events import build_import_set_event
 from service.config import Settings
@@ -199,3 +201,50 @@ def test_conservation_of_a_failed_file_in_the_database_and_the_bucket(service: S
     assert run.quarantined >= 2  # c3 and c8 at least
     ids = [r["identifier"] for r in corrected] + [q.identifier or "" for q in stored]
     assert len(ids) == len(set(ids))
+
+
+def test_a_failed_file_redone_after_a_crash_writes_no_second_file_for_the_same_rows(
+    service: Service,
+) -> None:
+    """The first try of a whole-file repair read the object (it held Stripe's bytes), uploaded
+    its corrected file and failed before the run was done (here its audit's upload). The
+    customer then uploaded a fixed version of the object. The redo read Stripe's copy instead,
+    named its outputs after the file id, and derived the identifier of the row that had none
+    from it: a second corrected file holding the same row under another identifier (both
+    imported: billed twice). The redo names what the first try named."""
+    now = int(time.time()) - 60
+    bucket = _bucket(service)
+    failed = (
+        HEADER.replace(",", ";") + f"f1;{now};api_requests;cus_1;5\n;{now};api_requests;cus_1;8\n"
+    )
+    (bucket / "daily.csv").write_text(failed)
+    audit = bucket / "quarantine" / "impset_crash" / "daily.r1.audit.jsonl"
+    audit.mkdir(parents=True)  # the audit's upload fails: the try ends before the run is done
+    _failed_file(service, "impset_crash", failed, "daily.csv", source_object="daily.csv")
+    [first] = service.rows(RemediationRun)
+    assert first.status != "done"
+    written = sorted(p.relative_to(bucket) for p in (bucket / "corrected").rglob("*.csv"))
+    assert [str(p) for p in written] == ["corrected/impset_crash/daily.corrected.r1.csv"]
+    before = _csv_rows([bucket / written[0]])
+    assert sorted(row["payload_value"] for row in before) == ["5", "8"]
+
+    time.sleep(1)  # the customer's fix comes after the event
+    (bucket / "daily.csv").write_text(HEADER + f"f1,{now},api_requests,cus_1,5\n")
+    audit.rmdir()
+    with service.engine.begin() as connection:  # the retry's time has come
+        connection.execute(
+            text("UPDATE inbox_events SET next_attempt_at = :at WHERE status = 'pending'"),
+            {"at": datetime.now(UTC) - timedelta(seconds=1)},
+        )
+    service.drain()
+    [run] = service.rows(RemediationRun)
+    assert run.status == "done"
+    now_written = sorted(p.relative_to(bucket) for p in (bucket / "corrected").rglob("*.csv"))
+    assert now_written == written
+    unnamed = [(r["identifier"], r["payload_value"]) for r in before if r["payload_value"] == "8"]
+    assert unnamed[0][0].startswith("row-")
+    # the row without an identifier under the same one; f1 left out: Stripe's connector takes
+    # the fixed version whole
+    assert [(r["identifier"], r["payload_value"]) for r in _csv_rows([bucket / written[0]])] == (
+        unnamed
+    )

@@ -304,6 +304,15 @@ def finished_run(engine: Engine, run_key: str) -> RemediationRun | None:
     return run if run is not None and run.status == RunStatus.DONE else None
 
 
+def unfinished_run(engine: Engine, run_key: str) -> RemediationRun | None:
+    """The run of this key when a try of it started and did not finish (it crashed)."""
+    with Session(engine) as session:
+        run = session.exec(
+            select_model(RemediationRun).where(RemediationRun.run_key == run_key)
+        ).first()
+    return run if run is not None and run.status != RunStatus.DONE else None
+
+
 def start_run(
     engine: Engine,
     run_key: str,
