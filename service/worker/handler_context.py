@@ -23,12 +23,15 @@ from service.models._types import utcnow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
 from service.notify.alerts import raise_alert
 from service.poller.store import imported_rows_by_identifier
-from service.worker.tasks import TaskKind, enqueue_task
+from service.worker.inbox import requeue_event
+from service.worker.tasks import TaskKind, enqueue_task, task_id
 
 
 class DatabaseHandlerContext:
     def __init__(self, session: Session) -> None:
         self.session = session
+        # import sets this event names another failed-records file for than the one recorded
+        self.new_file: set[str] = set()
 
     def record_error_report(self, report: ErrorReportRecord) -> OutcomeStatus:
         if find_report(self.session, report.event_id) is not None:
@@ -75,7 +78,16 @@ class DatabaseHandlerContext:
         `unmatched` (kept with its samples, its meter's warning raised)."""
         if kind is RemediationKind.ERROR_REPORT and not self._has_rows_of_ours(ref):
             return False
-        return enqueue_task(self.session.connection(), TaskKind(kind.value), ref)
+        connection, task = self.session.connection(), TaskKind(kind.value)
+        if enqueue_task(connection, task, ref):
+            return True
+        # the task of the file recorded before: run again, for this file (its own run key);
+        # done, it swallowed the request and the new file's rows were never remediated
+        return (
+            kind is RemediationKind.IMPORT_SET_ERRORS
+            and ref in self.new_file
+            and (requeue_event(connection, task_id(task, ref)))
+        )
 
     def _has_rows_of_ours(self, event_id: str) -> bool:
         report = recorded_report(self.session, event_id)
@@ -127,6 +139,8 @@ class DatabaseHandlerContext:
             return OutcomeStatus.UNCHANGED
         elif row.errors_file_id != import_set.errors_file_id:
             row.remediation_status = import_set.remediation_status
+            if import_set.errors_file_id:
+                self.new_file.add(import_set.import_set_id)
         _apply(row, import_set)
         self.session.add(row)
         return OutcomeStatus.RECORDED

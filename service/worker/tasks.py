@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy import Connection, select
 
@@ -49,17 +48,18 @@ def enqueue_task(connection: Connection, kind: TaskKind, ref: str) -> bool:
         "next_attempt_at": utcnow(),
     }
     dialect = connection.dialect.name
-    statement: Any
     if dialect in ("postgresql", "sqlite"):
-        statement = insert_or_ignore(dialect, table).values(values)
-    else:  # another engine: check first (the worker is the only writer of tasks)
-        exists = connection.execute(
-            select(table.c.id).where(table.c.event_id == values["event_id"])
-        ).first()
-        if exists is not None:
-            return False
-        statement = table.insert().values(values)
-    return bool(connection.execute(statement).rowcount)
+        # the id it returns says whether it was new: PostgreSQL's row count of an insert
+        # that returns its key was -1 (read as new) for a row it skipped
+        statement = insert_or_ignore(dialect, table).values(values).returning(table.c.id)
+        return connection.execute(statement).first() is not None
+    # another engine: check first (the worker is the only writer of tasks)
+    exists = connection.execute(
+        select(table.c.id).where(table.c.event_id == values["event_id"])
+    ).first()
+    if exists is not None:
+        return False
+    return bool(connection.execute(table.insert().values(values)).rowcount)
 
 
 def parse_task(body: str) -> tuple[TaskKind, str]:

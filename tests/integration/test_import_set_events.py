@@ -248,3 +248,37 @@ def test_a_failed_file_redone_after_a_crash_writes_no_second_file_for_the_same_r
     assert [(r["identifier"], r["payload_value"]) for r in _csv_rows([bucket / written[0]])] == (
         unnamed
     )
+
+
+def test_a_newer_event_naming_another_failed_records_file_gets_it_remediated(
+    service: Service,
+) -> None:
+    """The same import set came again, newer, under another event id, naming another
+    failed-records file (recorded, the import set `pending` again for it). The task is one per
+    import set: done with the first file, it swallowed the request, and the second file's rows
+    were never remediated nor quarantined, the import set left pending."""
+    now = int(time.time()) - 120
+    header = HEADER.rstrip("\n") + ",error_code\n"
+    first = service.sandbox.admin.upload_file(
+        header + f"e1,{now * 1000},api_requests,cus_1,3,timestamp_in_future\n", "failed1.csv"
+    )
+    second = service.sandbox.admin.upload_file(
+        header + f"e2,{now * 1000},api_requests,cus_1,4,timestamp_in_future\n", "failed2.csv"
+    )
+    for created, file in ((now, first), (now + 60, second)):
+        body = {
+            "id": "impset_again",
+            "object": "data_management.import_set",
+            "status": "succeeded_with_errors",
+            "result": {"errors": {"file": file["id"], "row_count": 1}},
+        }
+        service.deliver(build_import_set_event("succeeded", body, created=created))
+        service.drain()
+    service.drain()  # the task queued again: the worker's next pass
+    [impset] = service.rows(ImportSet)
+    assert impset.errors_file_id == second["id"]
+    assert sorted(_corrected_ids(_bucket(service))) == ["e1-mfx1", "e2-mfx1"]
+    assert impset.remediation_status == "done"
+    assert sorted(run.source for run in service.rows(RemediationRun)) == sorted(
+        [first["id"], second["id"]]
+    )
