@@ -1,53 +1,22 @@
 """Import-set events (failed, succeeded) through webhooks, the inbox, the worker and their
 runs: events out of order, files whose header needs finding or repairing, and the counts of a
 whole-file repair held against what it wrote."""
+# ruff: noqa: F811  (the fixture imported from the module that defines it)
 
 from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-from flask import Flask
 from sqlalchemy import text
 
 from sandbox.events import build_import_set_event
-from service.config import Settings
 from service.models import ImportSet, QuarantinedRow, RemediationRun
-from tests.conftest import SandboxServer
-from tests.integration.test_remediation_tasks import Service
-from tests.servers import serve_wsgi
+from tests.integration.test_remediation_tasks import Service, service  # noqa: F401
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
-
-
-@pytest.fixture
-def service(
-    sandbox_server: SandboxServer,
-    db_url: str,
-    tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    make_app: Callable[[Settings], Flask],
-) -> Iterator[Service]:
-    """As `test_remediation_tasks.service`: the app on a real server, the sandbox, a
-    file:// bucket, both databases."""
-    sandbox_server.admin.create_meter("api_requests")
-    settings = make_settings(
-        database_url=db_url,
-        stripe_api_key=sandbox_server.api_key,
-        stripe_webhook_secrets=sandbox_server.webhook_secret,
-        stripe_api_base=sandbox_server.url,
-        stripe_files_base=sandbox_server.url,
-        stripe_meter_events_base=sandbox_server.url,
-        mfx_work_dir=str(tmp_path / "work"),
-    )
-    with serve_wsgi(make_app(settings)) as running:
-        svc = Service(settings, sandbox_server, running.url)
-        yield svc
-        svc.engine.dispose()
 
 
 def _bucket(svc: Service) -> Path:

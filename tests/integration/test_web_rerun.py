@@ -205,15 +205,7 @@ def test_a_rerun_of_our_row_that_a_run_of_its_own_generation_quarantined_goes_ou
     sandbox_server.admin.create_meter("tokens")  # the operator makes the missing meter
     client = make_app(settings).test_client()
     bearer = {"Authorization": f"Bearer {TOKEN}"}
-    queued = client.post(f"/api/quarantine/rerun?run={second.id}", headers=bearer).get_json()
-    assert queued["queued"] and queued["rows"] == 1
-    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
-    assert worker.drain().done == [queued["task"]]
-
-    with Session(engine) as session:
-        rerun = session.exec(
-            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
-        ).one()
+    queued, rerun = _rerun_one(client, settings, engine, f"run={second.id}", rows=1)
     assert (rerun.run_key, rerun.generation, rerun.valid) == (
         f"quarantine_rerun:{queued['action_id']}",  # keyed by the quarantining run's generation
         2,
@@ -319,14 +311,7 @@ def test_a_malformed_row_rerun_stays_quarantined_as_it_was(
     before = client.get("/api/quarantine", headers=bearer).get_json()["data"]
     [(identifier, code, why)] = [(r["identifier"], r["code"], r["reason"]) for r in before]
     assert [r["record"]["mfx_code"] for r in before] == ["malformed_row"]
-    queued = client.post(f"/api/quarantine/rerun?run={first.id}", headers=bearer).get_json()
-    assert queued["queued"] and queued["rows"] == 1
-    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
-    assert worker.drain().done == [queued["task"]]
-    with Session(engine) as session:
-        rerun = session.exec(
-            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
-        ).one()
+    _, rerun = _rerun_one(client, settings, engine, f"run={first.id}", rows=1)
     engine.dispose()
     assert (rerun.input_rows, rerun.corrected, rerun.valid, rerun.quarantined) == (1, 0, 0, 1)
     still = client.get("/api/quarantine", headers=bearer).get_json()["data"]
@@ -438,6 +423,23 @@ def test_a_second_rerun_of_a_runs_rows_already_taken_is_not_queued_as_if_it_took
     engine.dispose()
     outcomes = [str(task.outcome) for task in tasks]
     assert (again.status_code, body["queued"], body["rows"]) == (200, False, 0), (body, outcomes)
+
+
+def _rerun_one(
+    client: Any, settings: Settings, engine: Any, query: str, rows: int
+) -> tuple[dict[str, Any], RemediationRun]:
+    """Queue a re-run of the rows `query` filters (checked to be `rows`), run its task; what
+    the API answered, and the re-run's one run."""
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    queued = client.post(f"/api/quarantine/rerun?{query}", headers=bearer).get_json()
+    assert queued["queued"] and queued["rows"] == rows
+    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
+    assert worker.drain().done == [queued["task"]]
+    with Session(engine) as session:
+        rerun = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
+        ).one()
+    return queued, rerun
 
 
 def _settings(
