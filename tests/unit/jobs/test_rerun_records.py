@@ -14,7 +14,7 @@ from remediation.engine import remediate
 from remediation.filetypes import FileFormat
 from remediation.meters import Meter
 from remediation.rules import Rules
-from service.jobs.quarantine_rerun import _usage_record
+from service.jobs.quarantine_rerun import _Entry, _usage_record
 
 NOW = 1_764_000_000
 
@@ -29,7 +29,8 @@ def test_a_stored_row_reads_back_as_it_arrived() -> None:
         "mfx_code": "meter_event_customer_not_found",
         "mfx_reason": "customer 'acme-42' is not in the customer map",
     }
-    record = _usage_record(3, "meter_event_customer_not_found", "a1", row)
+    code = "meter_event_customer_not_found"
+    record = _usage_record(3, _Entry("a1", code, row, str(row["mfx_reason"])))
     assert (record.row_number, record.identifier, record.timestamp, record.event_name) == (
         3,
         "a1",
@@ -39,7 +40,8 @@ def test_a_stored_row_reads_back_as_it_arrived() -> None:
     assert record.payload == row["payload"] and record.extra == {"region": "eu"}
     assert (record.error_code, record.malformed) == ("meter_event_customer_not_found", None)
     # a row that had no identifier gets the one its first run gave it
-    assert _usage_record(1, "no_meter", "row-0123", {"payload": {}}).identifier == "row-0123"
+    entry = _Entry("row-0123", "no_meter", {"payload": {}}, "no meter")
+    assert _usage_record(1, entry).identifier == "row-0123"
 
 
 @pytest.mark.parametrize(
@@ -62,7 +64,7 @@ def test_a_stored_row_of_the_wrong_shape_is_quarantined_again_as_it_came(
         **change,
     }
     stored = {**row, "mfx_code": "malformed_row", "mfx_reason": reason}
-    record = _usage_record(1, "malformed_row", "b1", stored)
+    record = _usage_record(1, _Entry("b1", "malformed_row", stored, reason))
     assert record.malformed == reason
     result = remediate(
         [record],
