@@ -1,5 +1,5 @@
 """Edges of the remediation rules, each through the real CLI (`meterfix remediate`), held to
-DESIGN.md's rules table and the README: what an alias may hold, and units read against the
+the README's rules table: what an alias may hold, and units read against the
 accepted window."""
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def test_customer_alias_of_wrong_shape_is_never_python_text(tmp_path: Path) -> N
 def test_millisecond_timestamp_two_minutes_ahead_is_converted_with_skew_zero(
     tmp_path: Path,
 ) -> None:
-    """DESIGN (rules table): "value in ms/µs/ns → seconds; ISO-8601 text → seconds; small
-    skew (≤ 1 h) → clamp to now". With `future_skew_seconds = 0` (no clamping), a time 2
+    """The rules table (README, docs/architecture.md): ms/µs/ns → s; ISO-8601 → s; a small
+    skew → clamped to now. With `future_skew_seconds = 0` (no clamping), a time 2
     minutes ahead is within what Stripe takes (5 minutes, `validation.MAX_FUTURE_SECONDS`):
     its ISO spelling was converted and sent, but the same instant in ms or µs was
     quarantined, with a reason saying 16:02 is "outside the accepted window ... to 16:05"."""
