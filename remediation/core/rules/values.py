@@ -243,6 +243,14 @@ def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
     places = min(precision, ctx.index.limits.max_value_decimal_places)
     step = Decimal(1).scaleb(-places)
     rounded = Decimal(number).quantize(step, rounding=ROUND_HALF_EVEN, context=_EXACT)
+    digits = integer_digits(f"{rounded:f}")
+    if digits > ctx.index.limits.max_value_integer_digits:  # `99…9.6` rounds up one digit
+        most = ctx.index.limits.max_value_integer_digits
+        reason = (
+            f"value {shown(raw)} rounded to {places} decimal places has {digits} integer "
+            f"digits; at most {most} allowed"
+        )
+        raise Uncorrectable(reason)
     written = _written(raw, normalize_number(rounded, ctx.index.limits) or "0")
     if _unchanged(raw, written):
         reason = f"value {shown(raw)} has at most {places} decimal places; nothing to round"
