@@ -232,6 +232,14 @@ def _iso_seconds(raw: object) -> int | None:
 
 def refuse_past(batch: Batch, ctx: Context) -> Fix:
     """Usage past the window stays out: moving it would bill it in another period."""
-    fix = Fix(batch)
-    fix.fail(np.arange(len(batch), dtype=np.int64), NEVER_MOVED)
-    return fix
+    return one_by_one(batch, ctx, refuse_past_row)
+
+
+def refuse_past_row(record: UsageRecord, ctx: Context) -> list[Change]:
+    """The reason says what the timestamp was read as, as a date (never its distance from
+    the clock: Stripe found it too old when it read the row, whatever our reference time)."""
+    ts = parse_timestamp(record.timestamp)
+    if ts is None:
+        raise Uncorrectable(f"timestamp {shown(record.timestamp)}: {NEVER_MOVED}")
+    reason = f"timestamp {ts} ({utc_text(ts)}): Stripe found it more than 35 days old"
+    raise Uncorrectable(f"{reason}; {NEVER_MOVED}")
