@@ -11,6 +11,7 @@ column Stripe should bill is unknowable, so nothing is guessed.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -134,7 +135,7 @@ class CsvLayout:
         width = len(self.header)
         malformed = None
         if len(row) != width:
-            malformed = f"row has {len(row)} fields, header has {width}" + _line_breaks(row)
+            malformed = ragged_reason(row, width)
             row = [*row[:width], *([""] * (width - len(row)))]
         rec = UsageRecord(
             number,
@@ -175,6 +176,16 @@ def _error_columns(layout: CsvLayout) -> tuple[int, int | None] | None:
     if "error_code" in names and set(names) <= {"error_code", "error_message"}:
         return names["error_code"], names.get("error_message")
     return None
+
+
+def ragged_reason(row: Sequence[str], width: int) -> str:
+    """Why a row of the wrong width is malformed. The row keeps the header's width (its cells
+    under their columns, as read), so the cells past it are in the reason, as a JSON list:
+    a quarantined row is kept in full (an unquoted `1,234` leaves `234` past the header)."""
+    reason = f"row has {len(row)} fields, header has {width}"
+    if len(row) > width:
+        reason += "; fields past the header: " + json.dumps(row[width:], ensure_ascii=False)
+    return reason + _line_breaks(row)
 
 
 def _line_breaks(row: Sequence[str]) -> str:

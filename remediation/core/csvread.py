@@ -30,9 +30,9 @@ from remediation.errors import UnreadableFile, not_utf8
 from remediation.readers import (
     CSV_FIELD_LIMIT,
     CsvLayout,
-    _line_breaks,
     csv_error,
     header_row,
+    ragged_reason,
 )
 
 __all__ = ["CsvBlock", "CsvColumns"]
@@ -309,7 +309,7 @@ class CsvColumns:
         width, malformed = len(self._header or ()), {}
         for i, row in enumerate(rows):
             if len(row) != width:
-                malformed[i] = f"row has {len(row)} fields, header has {width}" + _line_breaks(row)
+                malformed[i] = ragged_reason(row, width)
                 rows[i] = [*row[:width], *([""] * (width - len(row)))]
         cells = [pa.array(column, pa.string()) for column in zip(*rows, strict=True)]
         block = CsvBlock(self._next_row, cells, malformed)

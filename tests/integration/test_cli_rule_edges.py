@@ -148,7 +148,82 @@ def test_millisecond_timestamp_two_minutes_ahead_is_converted_with_skew_zero(
 # --- meter_event_value_too_many_digits: the reason of a value rounding pushes past 20 digits -----
 
 
+def test_value_rounded_past_the_digit_limit_is_quarantined_with_a_plain_reason(
+    tmp_path: Path,
+) -> None:
+    """README (Bounded input): a value at most 20 integer digits; a reason states the fact.
+    `99999999999999999999.6` has 20 integer digits, rounded to 0 places it has 21: the row
+    was quarantined with `value Decimal('100000000000000000000') has 21 integer digits`,
+    Python's text of a number the file never held. The rounding beside it still happens."""
+    text = (
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+        "d1,1764000000,api_requests,cus_1,99999999999999999999.6,"
+        "meter_event_value_too_many_digits\n"
+        "d2,1764000000,api_requests,cus_1,5.55,meter_event_value_too_many_digits\n"
+    )
+    rules = "[policy]\nround_too_many_digits = true\nvalue_precision = 0\n"
+    found = remediate(tmp_path, "digits.csv", text, rules=rules)
+    assert [(r["identifier"], r["payload_value"]) for r in found["corrected"]] == [("d2-mfx1", "6")]
+    (row,) = found["quarantine"]
+    assert row["identifier"] == "d1"
+    assert row["payload_value"] == "99999999999999999999.6"
+    assert row["mfx_reason"] == (
+        "value '99999999999999999999.6' rounded to 0 decimal places has 21 integer digits; "
+        "at most 20 allowed"
+    )
+
+
 # --- a JSON number keeps its text: `-0` ----------------------------------------------------------
 
 
 # --- timestamp_too_far_in_past: the reason says what the timestamp was read as ------------------
+
+
+def test_too_far_in_past_reason_says_what_the_timestamp_was_read_as(tmp_path: Path) -> None:
+    """README (Bounded input): "a timestamp's reason says what it was read as ... as dates".
+    A row Stripe found too old was quarantined with the same fixed text whatever its time
+    ("never move usage into another billing period; quarantined for review"): nothing told
+    the reader which period it belonged to. One that is no time at all says so too."""
+    text = (
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+        "p1,1760544000,api_requests,cus_1,5,timestamp_too_far_in_past\n"
+        "p2,1760544000000,api_requests,cus_1,5,timestamp_too_far_in_past\n"
+        "p3,last week,api_requests,cus_1,5,timestamp_too_far_in_past\n"
+    )
+    found = remediate(tmp_path, "past.csv", text)
+    assert found["corrected"] == []
+    never = "never move usage into another billing period; quarantined for review"
+    old = "more than 35 days old"
+    assert {row["identifier"]: row["mfx_reason"] for row in found["quarantine"]} == {
+        "p1": f"timestamp 1760544000 (2025-10-15T16:00:00Z): Stripe found it {old}; {never}",
+        "p2": f"timestamp 1760544000000 (after year 9999): Stripe found it {old}; {never}",
+        "p3": f"timestamp 'last week': {never}",
+    }
+
+
+# --- malformed_row: a row with more fields than its header is kept in full ----------------------
+
+
+def test_a_row_wider_than_its_header_keeps_every_cell_in_quarantine(tmp_path: Path) -> None:
+    """README: the quarantine holds rows "in full", and bad input "loses nothing". An
+    unquoted `1,234` value shifts a row one field past its header: its last cell (`hello`,
+    the note) was dropped from the quarantine file and the stored row, with nothing saying
+    what it had held. The row keeps its cells under their columns as read; the ones past
+    the header are in the reason, as a JSON list. A short row is padded, as before."""
+    text = (
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,note\n"
+        'm1,1764000000,api_requests,cus_1,1,234,"hello, world",x\n'
+        "m2,1764000000,api_requests\n"
+    )
+    found = remediate(tmp_path, "wide.csv", text)
+    assert found["corrected"] == []
+    quarantined = _by_id(found["quarantine"])
+    wide = quarantined["m1"]
+    assert (wide["payload_value"], wide["note"]) == ("1", "234")
+    assert wide["mfx_code"] == "malformed_row"
+    assert wide["mfx_reason"] == (
+        'row has 8 fields, header has 6; fields past the header: ["hello, world", "x"]'
+    )
+    assert quarantined["m2"]["mfx_reason"] == "row has 3 fields, header has 6"
+    reasons = [line["reason"] for line in found["audit"] if line["kind"] == "quarantine"]
+    assert wide["mfx_reason"] in reasons

@@ -301,7 +301,7 @@ def test_a_row_of_the_wrong_width_is_quarantined_as_malformed_whatever_its_code(
     summary, quarantined = both_paths(data, tmp_path)
     wide = [q for q in quarantined if q["identifier"] == "w"]
     assert [(q["mfx_code"], q["mfx_reason"]) for q in wide] == [
-        ("malformed_row", "row has 7 fields, header has 6")
+        ("malformed_row", 'row has 7 fields, header has 6; fields past the header: ["x"]')
     ]
     assert summary["input_rows"] == 2
 

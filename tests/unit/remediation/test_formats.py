@@ -94,7 +94,7 @@ def test_csv_error_column_variants(
 def test_csv_ragged_row_is_marked_malformed_not_dropped() -> None:
     data = f"{HEADER}\na,1,api,cus_1,5,EXTRA\nb,1\n".encode()
     first, second = read(data, FileFormat.CSV)
-    assert first.malformed == "row has 6 fields, header has 5"
+    assert first.malformed == 'row has 6 fields, header has 5; fields past the header: ["EXTRA"]'
     assert second.malformed and second.payload == {}
 
 
