@@ -33,6 +33,7 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSON
@@ -348,6 +349,39 @@ def _binary_scalar(value: bytes) -> pa.Scalar:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+# Advisory locks are shared by the whole PostgreSQL cluster: the id is derived from the lock's
+# seed and name and from the database and schema, so two meterfix installations (or test runs)
+# in different databases or schemas of one server never hold each other's locks.
+_LOCK_ID = text(
+    "SELECT hashtextextended(current_database() || '.' || current_schema() || :name, :seed)"
+)
+
+
+@contextmanager
+def advisory_lock(engine: Engine, seed: int, name: str = "", *, wait: bool) -> Iterator[bool]:
+    """One holder at a time across processes: on PostgreSQL a session advisory lock held on a
+    connection of its own while the block runs (let go with the connection if the process
+    dies). `wait`: wait for it (yields True); else try once and yield whether it was taken.
+    SQLite means one process, so the lock is always granted there."""
+    if not is_postgres(engine):
+        yield True
+        return
+    with engine.connect() as connection:
+        key = {"key": int(connection.execute(_LOCK_ID, {"seed": seed, "name": name}).scalar_one())}
+        if wait:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
+            held = True
+        else:
+            held = bool(connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar())
+        connection.commit()
+        try:
+            yield held
+        finally:
+            if held:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+                connection.commit()
 
 
 def in_listed(

@@ -36,7 +36,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
 from remediation.codes import KNOWN_CODES, ErrorCode
 from remediation.filetypes import FileFormat
@@ -52,7 +52,7 @@ from remediation.jsonreaders import record_from_obj
 from remediation.ports import ObjectInfo
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.config import PollerMode
-from service.db import is_postgres
+from service.db import advisory_lock
 from service.errors import BadParameter, RerunInputMissing
 from service.jobs.inputs import (
     LOOKUP_BATCH,
@@ -111,9 +111,7 @@ def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
         return _rerun_quarantine(ctx, action_ref)
 
 
-# Re-runs one at a time: the seed of their advisory-lock id, with the database and schema.
-_LOCK_KEY = 0x6D66785F72657275  # "mfx_reru"
-_LOCK_ID = text("SELECT hashtextextended(current_database() || '.' || current_schema(), :key)")
+RERUN_LOCK_KEY = 0x6D66785F72657275  # "mfx_reru": the seed of the re-runs' advisory-lock id
 
 
 @contextmanager
@@ -121,21 +119,10 @@ def _one_at_a_time(engine: Engine) -> Iterator[None]:
     """One re-run at a time: a re-run picks its rows, runs them and only then marks them
     taken (a task run again after a crash runs what is left), so two re-runs at once (two
     clicks, two workers) picked the same rows and wrote both to corrected objects, each run
-    counting them. On PostgreSQL a session advisory lock held for the task (waited for; let
-    go with the connection if the worker dies); SQLite has one worker process, which runs
-    one task at a time."""
-    if not is_postgres(engine):
+    counting them. On PostgreSQL an advisory lock held for the task, waited for; SQLite has
+    one worker process, which runs one task at a time."""
+    with advisory_lock(engine, RERUN_LOCK_KEY, wait=True):
         yield
-        return
-    with engine.connect() as connection:
-        key = int(connection.execute(_LOCK_ID, {"key": _LOCK_KEY}).scalar_one())
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        connection.commit()
-        try:
-            yield
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            connection.commit()
 
 
 def _rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
