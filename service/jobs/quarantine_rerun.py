@@ -86,9 +86,16 @@ from service.poller.store import sent_moments
 
 # Codes our own validation decides (from the row and the meters): such a row goes through
 # validation again, so a row that now passes (its meter exists now, its time is no longer in
-# the future) goes out. Other codes (a customer Stripe did not find, unknown codes) only
-# Stripe can judge: the row keeps its code, and only a correction sends it out.
-CHECKED_BY_VALIDATION = KNOWN_CODES - {ErrorCode.CUSTOMER_NOT_FOUND, ErrorCode.UNCLASSIFIED}
+# the future) goes out. Other codes only Stripe can judge: a customer Stripe did not find,
+# unknown codes, and a value Stripe refused that our checks pass (the meter's precision, or
+# what made a plain `5` invalid, is Stripe's to know): the row keeps its code, and only its
+# rule's correction sends it out (README: never sent again unchanged, only to be refused).
+CHECKED_BY_VALIDATION = KNOWN_CODES - {
+    ErrorCode.CUSTOMER_NOT_FOUND,
+    ErrorCode.UNCLASSIFIED,
+    ErrorCode.INVALID_VALUE,
+    ErrorCode.VALUE_TOO_MANY_DIGITS,
+}
 
 
 RERUN_PREFIX = "quarantine_rerun:"

@@ -321,6 +321,62 @@ def test_a_malformed_row_rerun_stays_quarantined_as_it_was(
     assert [r["record"]["mfx_code"] for r in still] == ["malformed_row"]
 
 
+def test_a_value_stripe_refused_that_our_checks_pass_is_not_rerun_unchanged(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """README: "A rule that would change nothing corrects nothing: a row already as the rule
+    would write it (a value Stripe refused that is already plain ...; a value already within
+    `value_precision`) is quarantined with that reason, never sent again unchanged under a new
+    identifier only to be refused again. The one exception is deliberate: [no_meter]". A
+    re-run validated such rows again instead of applying their code's rule: `5` refused as
+    invalid and `1.5` refused as too precise (the meter's precision is Stripe's to know) both
+    passed and went out unchanged as `v1-mfx1` and `v2-mfx1`. They stay quarantined by their
+    rules' reasons; once the rules allow rounding, the re-run rounds."""
+    sandbox_server.admin.create_meter("api_requests")
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[policy]\n")
+    settings = _settings(make_settings, sandbox_server, db_url, mfx_rules=str(rules))
+    engine = make_engine(db_url)
+    now = int(time.time())
+    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+    content = (
+        header
+        + f"v1,{now},api_requests,cus_1,1.5,meter_event_value_too_many_digits\n"
+        + f"v2,{now},api_requests,cus_1,5,meter_event_invalid_value\n"
+    )
+    first = _remediate(settings, engine, tmp_path, content)
+    assert (first.input_rows, first.quarantined) == (2, 2)
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    reasons = {
+        r["identifier"]: r["reason"]
+        for r in client.get("/api/quarantine", headers=bearer).get_json()["data"]
+    }
+    _, rerun = _rerun_one(client, settings, engine, f"run={first.id}", rows=2)
+    assert (rerun.input_rows, rerun.corrected, rerun.valid, rerun.quarantined) == (2, 0, 0, 2)
+    still = client.get("/api/quarantine", headers=bearer).get_json()["data"]
+    assert {r["identifier"]: (r["code"], r["reason"], r["run_id"]) for r in still} == {
+        "v1": ("meter_event_value_too_many_digits", reasons["v1"], rerun.id),
+        "v2": ("meter_event_invalid_value", reasons["v2"], rerun.id),
+    }
+
+    rules.write_text("[policy]\nround_too_many_digits = true\nvalue_precision = 0\n")
+    queued = client.post(f"/api/quarantine/rerun?run={rerun.id}", headers=bearer).get_json()
+    assert queued["queued"] and queued["rows"] == 2
+    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
+    assert worker.drain().done == [queued["task"]]
+    detail = client.get(f"/api/runs/{rerun.id + 1}", headers=bearer).get_json()
+    engine.dispose()
+    assert (detail["corrected"], detail["valid"], detail["quarantined"]) == (1, 0, 1)
+    [corrected] = [o for o in detail["outputs"] if o["kind"] == "corrected"]
+    text = (Path(settings.bucket_url[len("file://") :]) / corrected["key"]).read_text()
+    assert '"identifier":"v1-mfx1"' in text and '"value":"2"' in text and "v2" not in text
+
+
 def test_two_reruns_at_once_take_each_row_once(
     sandbox_server: SandboxServer,
     pg_url: str,
