@@ -33,7 +33,9 @@ def _family(name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> 
 def _number(value: float) -> str:
     if value == float("inf"):
         return "+Inf"  # Prometheus spells infinity this way, not Python's "inf"
-    return f"{value:g}"
+    if value.is_integer():
+        return str(int(value))  # a count exactly: `{value:g}` wrote 1,234,567 as 1.23457e+06
+    return repr(value)
 
 
 def _by_status(counts: Iterable[tuple[str, int]]) -> list[tuple[str, float]]:
