@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from flask import (
     Blueprint,
@@ -118,9 +118,20 @@ def logout() -> BaseResponse:
 
 def _next_path(value: str | None) -> str:
     """Only a path on this site (no open redirect)."""
-    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
-        return value
-    return url_for("dashboard.overview_page")
+    return on_this_site(value) or url_for("dashboard.overview_page")
+
+
+def on_this_site(value: str | None) -> str | None:
+    """`value` when it is a path on this site, else None. Browsers and werkzeug drop tabs and
+    line breaks from a URL (`/<tab>/evil.example` is `//evil.example`, another site), and a
+    line break is no header value (a 500): a path holding a control character is none, and
+    neither is one naming a scheme or a host, or starting `//` or a backslash after `/`."""
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+        return None
+    if any(c < " " or c == "\x7f" for c in value):
+        return None
+    parts = urlsplit(value)
+    return None if parts.scheme or parts.netloc else value
 
 
 # --- pages ---------------------------------------------------------------------------------
@@ -242,7 +253,4 @@ def alert_post(alert_id: int, action: str) -> BaseResponse:
 
 def _back(endpoint: str) -> str:
     """Back to the page the button was on (a path on this site), else to `endpoint`."""
-    target = request.form.get("back", "")
-    if target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
-    return url_for(endpoint)
+    return on_this_site(request.form.get("back")) or url_for(endpoint)
