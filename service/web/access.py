@@ -117,7 +117,10 @@ def csrf_token() -> str:
 def csrf_ok() -> bool:
     given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD, "")
     expected = session.get("csrf")
-    return isinstance(expected, str) and bool(given) and hmac.compare_digest(given, expected)
+    if not isinstance(expected, str) or not given:
+        return False
+    # bytes: compare_digest refuses text holding anything but ASCII (a 500 for `é`)
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
 def _fingerprint(token: str) -> str:
