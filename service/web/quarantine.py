@@ -24,7 +24,7 @@ from service.jobs.store.quarantine import QuarantineFilter
 from service.web.store import iso
 
 STREAM_BATCH = 1000
-FORMULA_STARTS = ("=", "+", "@", "\t", "\r")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 CSV_COLUMNS = (
     "id",
     "created_at",
@@ -99,13 +99,21 @@ def csv_lines(engine: Engine, found: QuarantineFilter) -> Iterator[str]:
 def _cell(row: Mapping[str, Any], record: Mapping[str, Any], column: str) -> str:
     if column == "record":
         return jsonnumbers.dumps_as(record, (", ", ": "), sort_keys=True)
-    if column == "payload":
-        return jsonnumbers.dumps_as(record.get("payload") or {}, (", ", ": "))
-    value = record.get(column) if column in ("timestamp", "event_name") else row.get(column)
-    text = "" if value is None else str(value)
+    if column == "payload":  # as it came: a payload of the wrong shape is no `{}`
+        return jsonnumbers.dumps_as(record.get("payload", {}), (", ", ": "))
+    if column in ("timestamp", "event_name"):
+        value = record.get(column)  # as it came: a JSON value as JSON, never Python's text
+        text = value if isinstance(value, str) or value is None else _json_text(value)
+    else:
+        text = row.get(column)
+    text = "" if text is None else str(text)
     # Row contents come from usage files: a cell a spreadsheet would run as a formula gets a
     # leading quote (the `record` column keeps the row exactly).
     return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _json_text(value: object) -> str:
+    return jsonnumbers.dumps_as(value, (", ", ": "))
 
 
 def _drain(buffer: io.StringIO) -> str:
