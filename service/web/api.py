@@ -62,7 +62,7 @@ def _conflict(exc: Conflict) -> tuple[Response, int]:
 
 @bp.get("/alerts")
 def alerts() -> Response:
-    args = request.args
+    args = _known(request.args, "status", "severity", *PAGING)
     listing = store.list_alerts(
         engine(), params.page(args), params.alert_status(args), params.alert_severity(args)
     )
@@ -83,7 +83,8 @@ def resolve(alert_id: int) -> Response:
 
 @bp.get("/runs")
 def runs() -> Response:
-    return jsonify(lineage.list_runs(engine(), params.page(request.args)).as_json())
+    args = _known(request.args, *PAGING)
+    return jsonify(lineage.list_runs(engine(), params.page(args)).as_json())
 
 
 @bp.get("/runs/<int:run_id>")
@@ -96,7 +97,7 @@ def run(run_id: int) -> Response:
 
 @bp.get("/quarantine")
 def quarantined() -> Response:
-    args = request.args
+    args = _known(request.args, *FILTER_NAMES, *PAGING)
     listing = quarantine.list_quarantine(
         engine(), params.quarantine_filter(args), params.page(args)
     )
@@ -105,7 +106,7 @@ def quarantined() -> Response:
 
 @bp.get("/quarantine.csv")
 def quarantined_csv() -> Response:
-    found = params.quarantine_filter(request.args)
+    found = params.quarantine_filter(_known(request.args, *FILTER_NAMES))
     lines = quarantine.csv_lines(engine(), found)
     response = Response(stream_with_context(lines), mimetype="text/csv")
     response.headers["Content-Disposition"] = "attachment; filename=quarantine.csv"
@@ -117,6 +118,20 @@ def rerun() -> tuple[Response, int]:
     found = params.quarantine_filter(_filter_args())
     result = actions.queue_rerun(engine(), found, actor())
     return jsonify(result), 202 if result["queued"] else 200
+
+
+PAGING = ("limit", "cursor")
+
+
+def _known(args: MultiDict[str, str], *names: str) -> MultiDict[str, str]:
+    """`args`, refused (400) when one is no parameter of the list: a misspelt filter
+    (`?cod=no_meter`) answered every row as if it were the filtered list."""
+    unknown = sorted(set(args) - set(names))
+    if unknown:
+        raise BadParameter(
+            f"unknown parameter {unknown[0][:40]!r}; this list takes {', '.join(names)}"
+        )
+    return args
 
 
 # The bodies Flask reads as a form (`request.form`).
@@ -170,7 +185,7 @@ def _filter_value(name: str, value: Any) -> str:
 
 @bp.get("/events")
 def events() -> Response:
-    args = request.args
+    args = _known(request.args, "status", *PAGING)
     listing = store.list_events(engine(), params.page(args), params.event_status(args))
     return jsonify(listing.as_json())
 

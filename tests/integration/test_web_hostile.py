@@ -170,6 +170,29 @@ def test_quarantine_csv_neutralises_a_formula_that_starts_with_minus(site: Site)
     assert row["customer"] == "'-1+1"
 
 
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/api/quarantine?cod=no_meter", "cod"),
+        ("/api/quarantine.csv?custmer=cus_1", "custmer"),
+        ("/api/alerts?stauts=open", "stauts"),
+        ("/api/events?limit=5&state=dead", "state"),
+        ("/api/runs?page=2", "page"),
+    ],
+)
+def test_a_misspelt_list_parameter_is_a_400_not_every_row(
+    site: Site, path: str, name: str
+) -> None:
+    """The brief: "a bad request gets a 400 with a reason". A misspelt filter on a list
+    (`?cod=no_meter`) was ignored: the answer was every row, read as the filtered list (a
+    CSV download of "this customer's rows" held everyone's)."""
+    run_id = seed.run(site.engine, "cli:misspelt")
+    seed.quarantined(site.engine, run_id, [{"identifier": "q1", "code": "no_meter"}])
+    response = site.get(path, headers=BEARER)
+    assert response.status_code == 400, response.text[:200]
+    assert f"unknown parameter '{name}'" in response.json()["error"]
+
+
 def _set_record(engine: Engine, row_id: int, record: dict[str, object]) -> None:
     """The row's record as the remediation stores it (seed.quarantined writes a plain one)."""
     from sqlalchemy import update
