@@ -20,7 +20,6 @@ stored, and Stripe would retry it for days).
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 
 import stripe
 
+from remediation.limits import json_depth_over
 from service.errors import WebhookRejected
 from service.models.inbox import PayloadStyle
 
@@ -43,9 +43,6 @@ MAX_NESTING = 32  # Stripe's events nest a handful of levels; the JSON decoder r
 # A unix time in seconds has 10 digits until the year 2286; more is not a timestamp (and
 # int() refuses strings over 4,300 digits).
 MAX_TIMESTAMP_DIGITS = 12
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
-_INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +69,8 @@ def signature_timestamp(header: str | None) -> int:
         if key == "t":
             if not value.isdigit() or len(value) > MAX_TIMESTAMP_DIGITS:
                 raise WebhookRejected("malformed Stripe-Signature header: bad timestamp")
+            if timestamp is not None:  # the SDK checks the first, the window took the last
+                raise WebhookRejected("malformed Stripe-Signature header: more than one t=")
             timestamp = int(value)
         has_v1 = has_v1 or key == "v1"
     if timestamp is None:
@@ -169,19 +168,13 @@ def _may_nest_deeper(text: str) -> bool:
 
 
 def _require_nesting_within_bound(text: str) -> None:
-    """Rejects a body nested deeper than MAX_NESTING, before any JSON decoder recurses into it.
-
-    Strings are cut out, then everything but brackets; each round removes the innermost
-    pairs, one level per round (re.sub does not rescan what it produced). Brackets left
-    without a pair are not JSON (and could nest without bound: refused too)."""
-    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
-    for _ in range(MAX_NESTING):
-        brackets, removed = _INNERMOST_PAIR.subn("", brackets)
-        if not brackets:
-            return
-        if not removed:
-            raise WebhookRejected("invalid JSON")
-    raise WebhookRejected(f"malformed event: nested deeper than {MAX_NESTING} levels")
+    """Rejects a body nested deeper than MAX_NESTING, before any JSON decoder recurses into it:
+    one pass over its brackets outside strings (`limits.json_depth_over`; an unterminated
+    string ends the text, so a string of escaped quotes is no quadratic rescan). Brackets
+    without a pair are left to the decoder, which stops at the first and never recurses
+    deeper than the brackets before it."""
+    if json_depth_over(text, MAX_NESTING):
+        raise WebhookRejected(f"malformed event: nested deeper than {MAX_NESTING} levels")
 
 
 def _decode(text: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,8 +128,9 @@ def test_deeply_nested_signed_body_is_a_400(url: str, db_url: str, depth: int) -
 
 
 def test_unterminated_nesting_signed_is_a_400(url: str, db_url: str) -> None:
-    body = "[" * 100_000
-    assert _rejected(post_raw(url, body, sign(body)), db_url) == "invalid JSON"
+    body = "[" * 100_000  # opened 100,000 levels deep before it ends
+    reason = _rejected(post_raw(url, body, sign(body)), db_url)
+    assert reason == "malformed event: nested deeper than 32 levels"
 
 
 def test_deeply_nested_unsigned_body_is_a_400(url: str, db_url: str) -> None:
@@ -226,3 +228,32 @@ def test_broken_chunked_body_is_a_json_400(url: str, db_url: str, chunks: bytes)
     assert (status, headers["Content-Type"]) == (400, "application/json")
     assert json.loads(body) == {"error": "unreadable body: OSError"}
     assert inbox_rows(db_url) == []
+
+
+def test_a_signed_body_with_an_unterminated_string_is_refused_in_linear_time(
+    url: str, db_url: str
+) -> None:
+    """DESIGN (reliability contract): no input can produce a hang. A signed body with more
+    than 32 brackets had its strings cut out by a pattern retried from every escaped quote
+    of a string left open: 60 KB took 10-13 s, a body at the 1 MiB limit most of an hour."""
+    head = '{"id": "evt_slow", "object": "event", "type": "x", "data": '
+    body = head + "[" * 40 + '"' + '\\"' * 30_000
+    started = time.monotonic()
+    reason = _rejected(post_raw(url, body, sign(body)), db_url)
+    elapsed = time.monotonic() - started
+    assert reason == "malformed event: nested deeper than 32 levels"  # 40 levels opened
+    assert elapsed < 2.0, f"a 60 KB signed body took {elapsed:.1f} s to refuse"
+
+
+def test_a_second_t_in_the_signature_header_is_refused(url: str, db_url: str) -> None:
+    """DESIGN (POST /webhooks): a stale timestamp, "past or future beyond tolerance", is a
+    400, nothing stored. The SDK verifies the signature over the header's first `t=`, the
+    window was checked on the last: a delivery signed an hour ahead, with a current `t=`
+    appended, was stored."""
+    body = json.dumps(load_event("thin_no_meter_found", id="evt_two_t"))
+    ahead = now() + 3600
+    signed = sign(body, timestamp=ahead)  # t=<ahead>,v1=<signature over it>
+    t_part, v1_part = signed.split(",", 1)
+    header = f"{t_part},t={now()},{v1_part}"
+    reason = _rejected(post_raw(url, body, header), db_url)
+    assert reason == "malformed Stripe-Signature header: more than one t="
