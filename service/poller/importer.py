@@ -138,29 +138,32 @@ def _send_all(
     others: OtherVersions,
 ) -> None:
     """One stream of batches through the sink: a batch waiting out a backoff does not hold
-    up the next ones. Batch i of this pass is number `acked_batches + i`."""
+    up the next ones. Batch i of this pass is number `acked_batches + i`; one an earlier pass
+    had acknowledged past the prefix, cut the same, is left out (`ObjectProgress.
+    acknowledged_as`). `unsent.numbers` maps the sink's places to batch numbers."""
     acks = _Acknowledgements(job, progress)
-    # batch (its place in this pass) -> its rows a run over the object holds in quarantine:
-    # marked taken again once Stripe acknowledged the batch
+    # batch number -> its rows a run over the object holds in quarantine: marked taken
+    # again once Stripe acknowledged the batch
     held: dict[int, list[str]] = {}
-    unsent = _Unsent(progress.acked_batches)
+    unsent = _Unsent()
 
     def batches() -> Iterator[list[dict[str, object]]]:
         number, last_beat = progress.acked_batches, time.monotonic()
         while group := list(islice(chunks, CHUNKS_PER_GROUP)):
-            sending, new = _record_group(job, obj, progress, group, number)
-            unsent.recorded |= new
-            _note_held(others, group, sending, number - progress.acked_batches, held)
+            sending, recorded = _record_group(job, obj, progress, group, number)
+            unsent.recorded |= recorded.new
+            unsent.same |= recorded.same
+            _note_held(others, group, sending, held)
             tally.failed += failed_out.write(chunk.failed for chunk in group)
             # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
             # do rows sent before by another object version or as meterfix's correction
             skipped = sum(chunk.skipped + chunk.elsewhere for chunk in group)
             tally.elsewhere += sum(chunk.elsewhere for chunk in group)
             tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
-            tally.sent += skipped
-            number += len(sending)
-            for events in sending:
-                unsent.taken += 1  # the sink takes no batch it does not send
+            tally.sent += skipped + recorded.acked_rows
+            number += recorded.batches
+            for batch_number, events in sending:
+                unsent.numbers.append(batch_number)  # the sink takes no batch it does not send
                 yield events
             if time.monotonic() - last_beat >= BEAT_EVERY:
                 job.beat()
@@ -169,13 +172,17 @@ def _send_all(
     def acknowledged(index: int) -> None:
         # marked before the acknowledgement is recorded: a crash between the two re-sends the
         # batch on resume (Stripe dedupes it), never leaves a billed row unmarked
-        if index in held:
-            others.taken_again(held.pop(index))
-        acks.add(index)
+        batch_number = unsent.numbers[index]
+        if batch_number in held:
+            others.taken_again(held.pop(batch_number))
+        acks.add(batch_number)
+
+    def refused(index: int) -> None:
+        unsent.refused.append(unsent.numbers[index])
 
     try:
         # iterating counts skipped rows in tally
-        sent = _send(job.sink, batches(), acknowledged, unsent.refused.append)
+        sent = _send(job.sink, batches(), acknowledged, refused)
         tally.sent += sent
     except Exception:
         job.progress.forget_unsent(progress.object_id, unsent.never_billed())
@@ -187,36 +194,44 @@ def _send_all(
 def _note_held(
     others: OtherVersions,
     group: list[ImportChunk],
-    sending: list[list[dict[str, object]]],
-    first: int,
+    sending: list[tuple[int, list[dict[str, object]]]],
     held: dict[int, list[str]],
 ) -> None:
-    """Note, by the place in this pass of each batch of `sending` (from `first`), its rows a
-    run over the object holds in quarantine (one query a group)."""
+    """Note, by batch number, the rows of each batch of `sending` a run over the object holds
+    in quarantine (one query a group)."""
     quarantined = others.held([ref.identifier for c in group for ref in c.rows if ref.sent])
     if not quarantined:
         return
-    for at, events in enumerate(sending):
+    for number, events in sending:
         found = [str(e["identifier"]) for e in events if e["identifier"] in quarantined]
         if found:
-            held[first + at] = found
+            held[number] = found
 
 
 class _Unsent:
-    """Which batches of a pass that stopped were recorded on it for the first time and never
-    billed: never taken by the sink (`taken` counts the batches it took, in order), or
-    refused by Stripe (their places in this pass)."""
+    """Which batches of a pass that stopped were never billed: recorded on it for the first
+    time and never taken by the sink (`numbers` are those it took, in order), or refused by
+    Stripe (HTTP 400: nothing of the request taken), recorded on this pass or, as the same
+    cut and never acknowledged, on an earlier one (the same rows refused: a fixed version of
+    the file must send them, not count them delivered a day later)."""
 
-    def __init__(self, first: int) -> None:
-        self.first = first  # the number of this pass's first batch
+    def __init__(self) -> None:
+        self.numbers: list[int] = []  # the sink's places -> batch numbers
         self.recorded: set[int] = set()  # numbers first recorded on this pass
-        self.taken = 0
-        self.refused: list[int] = []
+        self.same: set[int] = set()  # recorded before as the same cut, never acknowledged
+        self.refused: list[int] = []  # batch numbers
 
     def never_billed(self) -> set[int]:
-        refused = {self.first + at for at in self.refused}
-        later = {n for n in self.recorded if n >= self.first + self.taken}
-        return (later | refused) & self.recorded
+        later = self.recorded - set(self.numbers)
+        return later | (set(self.refused) & (self.recorded | self.same))
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    new: set[int]  # batch numbers recorded for the first time
+    same: set[int]  # recorded before as the same cut, never acknowledged
+    batches: int  # numbers the group took (sent or left out)
+    acked_rows: int  # events of the batches left out: acknowledged on an earlier pass
 
 
 def _record_group(
@@ -225,14 +240,20 @@ def _record_group(
     progress: ObjectProgress,
     group: list[ImportChunk],
     number: int,
-) -> tuple[list[list[dict[str, object]]], set[int]]:
-    """Record a group's rows and batches before any of it is sent; its batches' events and
-    the numbers of the batches recorded for the first time."""
+) -> tuple[list[tuple[int, list[dict[str, object]]]], _Recorded]:
+    """Record a group's rows and batches before any of it is sent; its batches to send (by
+    number, with their events) and what was recorded. A batch an earlier pass had
+    acknowledged past the prefix, cut the same, is neither recorded nor sent again."""
     job.store.insert_rows(obj, [ref for chunk in group for ref in chunk.rows])
     batches = [chunk for chunk in group if chunk.events]
     spans = [(number + i, *_span(chunk)) for i, chunk in enumerate(batches)]
-    new = job.progress.record_sending(progress.object_id, spans, job.clock())
-    return [chunk.events for chunk in batches], new
+    acked = [i for i, span in enumerate(spans) if progress.acknowledged_as(*span)]
+    left = set(acked)
+    sending = [span for i, span in enumerate(spans) if i not in left]
+    new, same = job.progress.record_sending(progress.object_id, sending, job.clock())
+    events = [(span[0], batches[i].events) for i, span in enumerate(spans) if i not in left]
+    acked_rows = sum(len(batches[i].events) for i in acked)
+    return events, _Recorded(new, same, len(spans), acked_rows)
 
 
 class _Acknowledgements:
@@ -245,8 +266,8 @@ class _Acknowledgements:
         self.pending: list[int] = []
         self.flushed_at = time.monotonic()
 
-    def add(self, index: int) -> None:
-        self.pending.append(self.progress.acked_batches + index)
+    def add(self, number: int) -> None:
+        self.pending.append(number)
         due = time.monotonic() - self.flushed_at >= ACK_EVERY
         if due or len(self.pending) >= CHUNKS_PER_GROUP:
             self.flush()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,16 +167,40 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     report.listed, report.skipped, report.deferred = len(listed), len(plan.skip), plan.deferred
     report.waiting = sum(1 for obj in listed if (obj.key, obj.etag) in waiting)
     store.record_skipped(plan.skip)
-    meters = (
-        MeterIndex(deps.meters.meters(), limits=deps.field_limits)
-        if deps.meters and not deps.index_mode
-        else None
-    )
+    try:
+        meters = (
+            MeterIndex(deps.meters.meters(), limits=deps.field_limits)
+            if deps.meters and not deps.index_mode
+            else None
+        )
+    except Exception as exc:  # loop edge: Stripe's meters unreadable (an incident, a key)
+        _meters_failed(deps, store, plan.take, exc, report)
+        return report
     for number, obj in enumerate(plan.take, start=1):
         _process_object(deps, store, obj, meters, report)
         if deps.progress:
             deps.progress(number, len(plan.take), obj.key)
     return report
+
+
+def _meters_failed(
+    deps: PollerDeps,
+    store: PollerStore,
+    take: Sequence[ObjectInfo],
+    exc: Exception,
+    report: PassReport,
+) -> None:
+    """No file can be validated without Stripe's meters: each file the pass would have taken
+    fails as it would on its own, backing off and, past MFX_POLLER_GIVE_UP_AFTER, given up
+    with a critical alert (a pass that only raised left usage unimported for days, no file
+    failing, no alert, the heartbeat green)."""
+    reason = f"Stripe's meters could not be read: {type(exc).__name__}: {exc}"
+    log_event("poller.meters_failed", level=logging.ERROR, reason=reason, files=len(take))
+    for obj in take:
+        store.claim(obj)
+        report.retry_files += 1
+        report.gave_up += _failed(deps, store, obj, exc, reason)
+        report.errors.append(f"{obj.key}: {reason}")
 
 
 def _recordable(

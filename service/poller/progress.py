@@ -6,7 +6,9 @@ Several batches are in flight at once, so they may be acknowledged out of order;
 `bucket_objects.acked_batches` only counts batches 0..n-1 that were ALL acknowledged (the
 last one with no gap before it). The rows of those batches are never sent again: a pass skips
 every row recorded as sent (`imported_rows.sent`, written before its batch goes out) before
-the row the prefix ends at. Everything after it is sent again under the same identifiers.
+the row the prefix ends at. Everything after it is sent again under the same identifiers,
+but for a batch acknowledged past the prefix that the pass cuts the same: left out
+(`ObjectProgress.acknowledged_as`), its rows billed.
 """
 
 from __future__ import annotations
@@ -143,7 +145,17 @@ class ObjectProgress:
     resume_row: int = 0  # rows before this one belong to the acknowledged prefix
     failing_since: datetime | None = None
     attempts: int = 0
-    unacked: tuple[SentBatch, ...] = ()  # sent, not in the prefix: a pass sends them again
+    unacked: tuple[SentBatch, ...] = ()  # sent, never acknowledged: a pass sends them again
+    # past the prefix, acknowledged (in flight beside a batch that failed): a pass cutting
+    # the same batch again leaves it out (`acknowledged_as`), never sends it a second time
+    acked_beyond: tuple[SentBatch, ...] = ()
+
+    def acknowledged_as(self, number: int, first_row: int, rows: int) -> bool:
+        """Whether batch `number`, cut as (first_row, rows), was acknowledged past the prefix
+        as that same cut (its rows billed: sending it again a day later bills them twice)."""
+        return any(
+            (b.number, b.first_row, b.rows) == (number, first_row, rows) for b in self.acked_beyond
+        )
 
     def oldest_resend(self) -> datetime | None:
         return min((b.first_sent_at for b in self.unacked), default=None)
@@ -185,7 +197,12 @@ class ProgressStore:
             resume_row=last.first_row + last.rows if last else 0,
             failing_since=as_utc(row.failing_since),
             attempts=int(row.attempts),
-            unacked=tuple(b for b in batches if b.number >= row.acked_batches),
+            unacked=tuple(
+                b for b in batches if b.number >= row.acked_batches and b.acked_at is None
+            ),
+            acked_beyond=tuple(
+                b for b in batches if b.number >= row.acked_batches and b.acked_at is not None
+            ),
         )
 
     def sent_rows_before(self, obj: ObjectInfo, resume_row: int) -> bytearray:
@@ -248,14 +265,15 @@ class ProgressStore:
 
     def record_sending(
         self, object_id: int, batches: Sequence[tuple[int, int, int]], now: datetime
-    ) -> set[int]:
+    ) -> tuple[set[int], set[int]]:
         """(number, first_row, rows) of batches about to be sent; the numbers of those not
-        recorded before. A batch sent before keeps its first send time (the 23 h horizon
-        counts from there) but loses an earlier acknowledgement: it counts as acknowledged
-        again only once this send is, so a batch cut differently on this pass (meters changed
-        meanwhile) never moves the prefix."""
+        recorded before, and of those recorded before as the same cut and never acknowledged
+        (a refusal of this send is a refusal of that one: the same rows). A batch sent before
+        keeps its first send time (the 23 h horizon counts from there) but loses an earlier
+        acknowledgement: it counts as acknowledged again only once this send is, so a batch
+        cut differently on this pass (meters changed meanwhile) never moves the prefix."""
         if not batches:
-            return set()
+            return set(), set()
         dialect = postgresql if is_postgres(self.engine) else sqlite
         values = [
             {
@@ -269,13 +287,22 @@ class ProgressStore:
         ]
         numbers = [n for n, _, _ in batches]
         with self.engine.begin() as conn:
-            known: Iterable[int] = conn.execute(
-                select(BATCHES.c.batch_number).where(
-                    BATCHES.c.object_id == object_id,
-                    BATCHES.c.batch_number.between(min(numbers), max(numbers)),
+            known = {
+                int(row[0]): (int(row[1]), int(row[2]), row[3])
+                for row in conn.execute(
+                    select(
+                        BATCHES.c.batch_number,
+                        BATCHES.c.first_row,
+                        BATCHES.c.rows,
+                        BATCHES.c.acked_at,
+                    ).where(
+                        BATCHES.c.object_id == object_id,
+                        BATCHES.c.batch_number.between(min(numbers), max(numbers)),
+                    )
                 )
-            ).scalars()
-            new = set(numbers) - set(map(int, known))
+            }
+            new = set(numbers) - set(known)
+            same = {n for n, f, r in batches if n in known and known[n] == (f, r, None)}
             insert = dialect.insert(BATCHES)
             again = {"first_row": insert.excluded.first_row, "rows": insert.excluded.rows}
             upsert = insert.on_conflict_do_update(
@@ -287,7 +314,7 @@ class ProgressStore:
                 .where(OBJECTS.c.id == object_id, OBJECTS.c.first_sent_at.is_(None))
                 .values(first_sent_at=now)
             )
-        return new
+        return new, same
 
     def forget_unsent(self, object_id: int, numbers: Iterable[int]) -> int:
         """Batches recorded for the first time on a pass that then stopped before they went
@@ -341,7 +368,8 @@ class ProgressStore:
 
     def forget_unacked(self, object_id: int) -> int:
         """An operator decided to send the unacknowledged batches again past the horizon:
-        their records go (the next send is their new first send); how many were dropped."""
+        their records go (the next send is their new first send); how many were dropped. A
+        batch acknowledged past the prefix stays: a pass leaves it out (its rows are billed)."""
         with self.engine.begin() as conn:
             acked = select(OBJECTS.c.acked_batches).where(OBJECTS.c.id == object_id)
             result = conn.execute(
@@ -349,6 +377,7 @@ class ProgressStore:
                     and_(
                         BATCHES.c.object_id == object_id,
                         BATCHES.c.batch_number >= acked.scalar_subquery(),
+                        BATCHES.c.acked_at.is_(None),
                     )
                 )
             )

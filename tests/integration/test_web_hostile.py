@@ -180,9 +180,7 @@ def test_quarantine_csv_neutralises_a_formula_that_starts_with_minus(site: Site)
         ("/api/runs?page=2", "page"),
     ],
 )
-def test_a_misspelt_list_parameter_is_a_400_not_every_row(
-    site: Site, path: str, name: str
-) -> None:
+def test_a_misspelt_list_parameter_is_a_400_not_every_row(site: Site, path: str, name: str) -> None:
     """The brief: "a bad request gets a 400 with a reason". A misspelt filter on a list
     (`?cod=no_meter`) was ignored: the answer was every row, read as the filtered list (a
     CSV download of "this customer's rows" held everyone's)."""

@@ -1,0 +1,176 @@
+"""The bundled poller through Stripe incidents and partial failures, against real local parts
+(the sandbox through the real stripe SDK, a file:// bucket, SQLite, and PostgreSQL when
+MFX_TEST_DATABASE_URL is set). Each test failed on the code before its fix (the docstrings
+say what went wrong)."""
+
+# ruff: noqa: F811  (fixtures imported from the module that defines them)
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from service.adapters.meter_events import StripeMeterEventSink
+from service.adapters.stripe_client import build_stripe_client
+from service.config import Settings
+from service.errors import MeterEventSendError
+from service.models import Alert, PollerBatch
+from service.poller.passes import run_poll_pass
+from tests.conftest import SandboxServer
+from tests.integration.test_poller_resume import (  # noqa: F401
+    STREAM,
+    _object,
+    _put,
+    poller,
+    settings,
+)
+
+# -- the bundled poller ------------------------------------------------------------------------
+# (fixtures `settings` and `poller`: the sandbox over HTTP through the real SDK, a file://
+# bucket, SQLite and PostgreSQL, as in test_poller_resume)
+
+
+def _one_worker(settings: Settings) -> StripeMeterEventSink:
+    """One request at a time (two in flight), retried quickly."""
+    return StripeMeterEventSink(build_stripe_client(settings), settings, workers=1, base_delay=0.01)
+
+
+def _accepted(server: SandboxServer) -> list[str]:
+    return sorted(e["identifier"] for e in server.admin.meter_events())
+
+
+def test_a_batch_refused_on_a_resumed_pass_is_sent_from_the_fixed_file_a_day_later(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """README (the version listed, whole): "When a pass stops on a failure (a 400, a failure
+    that outlasted the retries), the batches it recorded that never went out, and the ones
+    Stripe refused, are forgotten: they were never billed, so a fixed version sends them (they
+    used to count as delivered once 23 h old: 350 of 450 rows of a fixed file left out)."
+
+    Instead: a batch is forgotten only when it was first recorded on the pass Stripe refused
+    it (`_Unsent.never_billed` intersects the refused batches with `recorded`, the batches
+    new on this pass). Here Stripe answers batch 0 with 500s until the first pass gives up on
+    it (the pass backs off), then refuses it with a 400 on the next pass: it stays recorded as
+    sent, unacknowledged; a day later the fixed file treats its 100 rows as delivered by the
+    first version (`OtherVersions._delivered`) and leaves them out. Never billed, never sent."""
+    day_ago = datetime.now(UTC) - timedelta(hours=24)
+    stamp = int(day_ago.timestamp()) - 60
+    rows = [f"u-{i},{stamp},api_requests,cus_A,{i + 1}\n" for i in range(450)]
+    _put(settings, "usage.csv", rows, tmp_path)
+    # batch 0's eight attempts answer 500: the pass fails on it and the object backs off
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=8)
+    first = run_poll_pass(poller(_one_worker(settings), at=day_ago))
+    assert (first.retry_files, first.gave_up) == (1, 0)
+    # the next attempt: Stripe refuses batch 0 (HTTP 400): nothing of it was taken
+    sandbox_server.admin.inject_fault("POST", STREAM, 400, count=1)
+    second = run_poll_pass(poller(_one_worker(settings), at=day_ago + timedelta(minutes=5)))
+    assert (second.retry_files, second.gave_up) == (1, 1)
+    billed = set(_accepted(sandbox_server))
+    assert not any(f"u-{i}" in billed for i in range(100))  # batch 0 never billed
+    with Session(poller().engine) as session:
+        recorded = session.exec(select(PollerBatch)).all()
+    unacked = [(b.batch_number, b.acked_at) for b in recorded if b.acked_at is None]
+    # the customer fixes the file and uploads it a day later
+    _put(settings, "usage-fixed.csv", rows, tmp_path)
+    third = run_poll_pass(poller(_one_worker(settings)))
+    assert third.imported == 1
+    missing = sorted(set(f"u-{i}" for i in range(450)) - set(_accepted(sandbox_server)))
+    assert missing == [], (
+        f"{len(missing)} rows never billed (first {missing[:3]}); batches still recorded "
+        f"unacknowledged after the refusal: {unacked}"
+    )
+    assert not sandbox_server.admin.duplicates()
+
+
+def test_a_stripe_outage_of_the_meters_list_is_alerted_like_a_failing_file(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """README: `MFX_POLLER_GIVE_UP_AFTER` is "how long a usage file may keep failing (its
+    passes backing off from 30 s to 30 min) before the poller gives up and raises a critical
+    alert"; "the poller gives up only when ... failures have lasted MFX_POLLER_GIVE_UP_AFTER
+    ...: the object is marked failed and a critical alert says what to do".
+
+    Instead: a pass reads Stripe's meters before it takes any object (`_run_pass`), so when
+    `GET /v1/billing/meters` fails (a Stripe incident on that endpoint, a key that lost its
+    meter read permission) every pass raises before an object is recorded: `poll_forever`
+    logs `poller.pass_failed` and nothing else. Seven hours later the file has still not
+    been billed, no object is failing, no alert is open, and the poller's heartbeat (beaten
+    at the start of each pass) keeps /api/health green."""
+    stamp = int(time.time()) - 60
+    _put(
+        settings, "usage.csv", [f"m-{i},{stamp},api_requests,cus_A,1\n" for i in range(5)], tmp_path
+    )
+    sandbox_server.admin.inject_fault("GET", "/v1/billing/meters", 500, count=-1)
+    start = datetime.now(UTC)
+    for minutes in range(0, 7 * 60 + 1, 30):  # a pass every 30 minutes for seven hours
+        with contextlib.suppress(Exception):  # what poll_forever does: log, try again
+            run_poll_pass(poller(at=start + timedelta(minutes=minutes)))
+    assert _accepted(sandbox_server) == []
+    with Session(poller().engine) as session:
+        alerts = session.exec(select(Alert)).all()
+    assert [a for a in alerts if a.severity == "critical" and a.status == "open"], (
+        "seven hours without importing usage.csv, and no alert"
+    )
+
+
+class _OneBatchFails(StripeMeterEventSink):
+    """The real sink, but the batch holding `row` fails as a 5xx that outlasted the retries
+    (what `send_batch` raises then): the batches in flight beside it go on and are acked."""
+
+    def __init__(self, *args: Any, row: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.row = row
+
+    def send_batch(self, batch: Any) -> int:
+        if any(event["identifier"] == self.row for event in batch):
+            time.sleep(1.0)  # its eight attempts take a while: the batches beside it go on
+            raise MeterEventSendError("failed after 8 attempts: HTTP 500", status=500)
+        return super().send_batch(batch)
+
+
+def test_poll_retry_yes_does_not_resend_batches_stripe_acknowledged(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path, make_app: Any
+) -> None:
+    """README: the poller "records, per object and ETag, every batch it sent (when first
+    sent, when acknowledged)"; `meterfix poll --retry KEY` "first prints what it will re-send
+    (batches, rows, first-send times) and, past the 23 h horizon, sends nothing without
+    `--yes`"; the alert says to "run `poll --retry KEY --yes` to send the unacknowledged
+    batches again"; DESIGN: "no identifier is ever sent again more than 23 hours after its
+    first send without an operator's explicit decision".
+
+    Instead: "unacknowledged" is every batch numbered at or after the contiguous prefix
+    (`ObjectProgress.unacked`, `past_horizon`), acknowledged or not. Batch 3 of a file fails
+    while batches 4.. in flight beside it are acknowledged; a day later `poll --retry --yes`
+    prints all of them as "sent before and never acknowledged" and re-sends them (`forget_
+    unacked` drops their records, acknowledged ones included): rows Stripe accepted a day
+    earlier go out again past its 24 h dedupe window, billed twice, although meterfix knew
+    they were acknowledged and the operator consented to re-send only unacknowledged ones."""
+    day_ago = datetime.now(UTC) - timedelta(hours=24)
+    stamp = int(day_ago.timestamp()) - 60
+    _put(
+        settings,
+        "day.csv",
+        [f"r-{i},{stamp},api_requests,cus_A,1\n" for i in range(1000)],
+        tmp_path,
+    )
+    sink = _OneBatchFails(
+        build_stripe_client(settings), settings, workers=2, base_delay=0.01, row="r-300"
+    )
+    first = run_poll_pass(poller(sink, at=day_ago))
+    assert first.retry_files == 1
+    with Session(poller().engine) as session:
+        batches = session.exec(select(PollerBatch)).all()
+    acked_after_gap = sorted(b.batch_number for b in batches if b.acked_at and b.batch_number > 3)
+    assert _object(poller(), "day.csv").acked_batches == 3 and acked_after_gap
+    cli = make_app(settings).test_cli_runner()
+    retry = cli.invoke(args=["poll", "--retry", "day.csv", "--yes"], catch_exceptions=False)
+    assert retry.exit_code == 0, retry.output
+    resent = sorted({d["identifier"] for d in sandbox_server.admin.duplicates()})
+    assert resent == [], (
+        f"{len(resent)} rows of batches {acked_after_gap} (acknowledged a day ago) sent again; "
+        f"the CLI said: {retry.output!r}"
+    )
