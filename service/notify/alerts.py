@@ -24,7 +24,7 @@ TEXT_LIMIT = 2000
 KEY_CHARS = 512  # the alert_key column's length
 # Key in `detail` where the critical-message job keeps its per-channel progress
 # (service.notify.critical); kept while the incident lasts, dropped when it opens again.
-NOTIFY_STATE = "notify"
+NOTIFY_STATE = store.NOTIFY_STATE
 
 
 def raise_alert(
@@ -94,6 +94,7 @@ def _upsert(connection: Connection, key: str, values: dict[str, Any], now: Any) 
     if status == AlertStatus.RESOLVED:  # a new incident of the same thing: a new message
         again = {
             "status": AlertStatus.OPEN.value,
+            "created_at": now,  # when this incident opened: what a message in flight names
             "resolved_at": None,
             "acknowledged_at": None,
             "notified_at": None,

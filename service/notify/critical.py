@@ -10,7 +10,7 @@ message is given up (recorded with its reason). Callers hold the notify leader l
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from service.config import Settings
 from service.errors import DeliveryFailed
 from service.logs import log_event
 from service.models._types import table_of, utcnow
-from service.models.alerts import Alert
+from service.models.alerts import Alert, AlertStatus
 from service.notify.alerts import NOTIFY_STATE
 from service.notify.digests import retry_delay
 from service.notify.render import AlertView, render_alert
@@ -49,13 +49,36 @@ def send_critical_alerts(
     secrets = settings_secrets(settings)
     for phase in (RAISED, RESOLVED):
         for row in _due(engine, phase):
+            if phase == RAISED and row["status"] == AlertStatus.RESOLVED:
+                _close_raised(engine, row, clock())
+                continue
             view = AlertView.of(row, examples=settings.mfx_message_examples, run_url=links.run)
             sent += _send(engine, row, phase, view, channels, links, clock(), secrets)
     return sent
 
 
-def _due(engine: Engine, phase: str) -> list[Mapping[str, Any]]:
-    return list(critical_alerts_to_notify(engine, resolved=phase == RESOLVED, limit=BATCH))
+def _due(engine: Engine, phase: str) -> Iterator[Mapping[str, Any]]:
+    """Every alert whose `phase` message is not sent, a page at a time (the ones backing off
+    are skipped by `_send`: twenty of them held every newer alert back, a page being all
+    that was read)."""
+    after = 0
+    while page := critical_alerts_to_notify(
+        engine, resolved=phase == RESOLVED, limit=BATCH, after=after
+    ):
+        yield from page
+        after = int(page[-1]["id"])
+
+
+def _close_raised(engine: Engine, row: Mapping[str, Any], now: datetime) -> None:
+    """An incident resolved before every channel had its "raised" message: none is sent now
+    (the incident is over); the channels that had it get the "resolved" one, and when none
+    had it there is nothing to follow up."""
+    state: dict[str, Any] = dict((row["detail"] or {}).get(NOTIFY_STATE) or {})
+    told = bool(dict(state.get(RAISED) or {}).get("channels"))
+    record_notification(
+        engine, row, resolved=False, state=state, finished_at=now, close_resolved=not told
+    )
+    log_event("alert.notify_closed", key=row["alert_key"], phase=RAISED, resolved_follows=told)
 
 
 def _send(
@@ -74,11 +97,12 @@ def _send(
     if progress.get("next_at") and str(progress["next_at"]) > now.isoformat():
         return 0  # backing off after a failure
     done = set(progress.get("channels", []))
+    told = state.get(RAISED, {}).get("channels") if phase == RESOLVED else None
     message = render_alert(view, resolved=phase == RESOLVED, alerts_url=links.alerts())
     errors = []
     for channel in channels:
-        if channel.name in done:
-            continue
+        if channel.name in done or (told is not None and channel.name not in told):
+            continue  # had it; or a resolution for a channel never told it was raised
         try:
             channel.send(message)
             done.add(channel.name)
@@ -94,7 +118,7 @@ def _send(
         if not finished:
             progress["next_at"] = (now + timedelta(seconds=retry_delay(attempts))).isoformat()
     state[phase] = progress
-    _record(engine, row, phase, {**detail, NOTIFY_STATE: state}, now if finished else None)
+    _record(engine, row, phase, state, now if finished else None)
     _log(row, phase, progress, finished)
     return 1 if not errors else 0
 
@@ -103,13 +127,11 @@ def _record(
     engine: Engine,
     row: Mapping[str, Any],
     phase: str,
-    detail: dict[str, Any],
+    state: dict[str, Any],
     finished_at: datetime | None,
 ) -> None:
     resolved = phase == RESOLVED
-    record_notification(
-        engine, row["id"], resolved=resolved, detail=detail, finished_at=finished_at
-    )
+    record_notification(engine, row, resolved=resolved, state=state, finished_at=finished_at)
 
 
 def _log(row: Mapping[str, Any], phase: str, progress: Mapping[str, Any], finished: bool) -> None:

@@ -253,15 +253,15 @@ def purge_digest_runs(engine: Engine, before: datetime, batch: int) -> int:
 
 
 def critical_alerts_to_notify(
-    engine: Engine, *, resolved: bool, limit: int
+    engine: Engine, *, resolved: bool, limit: int, after: int = 0
 ) -> list[dict[str, Any]]:
-    """Critical alerts whose message is not sent yet, oldest first: raised (not resolved,
-    never notified), or `resolved` (notified when raised, its resolution not yet)."""
-    critical = ALERTS.c.severity == AlertSeverity.CRITICAL
+    """Critical alerts whose message is not sent yet, oldest first, ids past `after` (a page
+    at a time): raised (never notified, resolved since or not: an incident resolved while a
+    channel still waited for its message is closed out by the sender), or `resolved`
+    (notified when raised, its resolution not yet)."""
+    critical = (ALERTS.c.severity == AlertSeverity.CRITICAL) & (ALERTS.c.id > after)
     if not resolved:
-        where = (
-            critical & (ALERTS.c.status != AlertStatus.RESOLVED) & ALERTS.c.notified_at.is_(None)
-        )
+        where = critical & ALERTS.c.notified_at.is_(None)
     else:
         where = (
             critical
@@ -274,24 +274,40 @@ def critical_alerts_to_notify(
         return [dict(row._mapping) for row in rows]
 
 
+NOTIFY_STATE = "notify"  # the key of `detail` holding a critical message's progress
+
+
 def record_notification(
     engine: Engine,
-    alert_id: int,
+    alert: Mapping[str, Any],
     *,
     resolved: bool,
-    detail: Mapping[str, Any],
+    state: Mapping[str, Any],
     finished_at: datetime | None,
-) -> None:
-    """Keep a critical message's progress in the alert's detail; `finished_at` marks it sent
-    (or given up). Only while still unmarked: two senders never both mark it."""
+    close_resolved: bool = False,
+) -> bool:
+    """Keep a critical message's progress (`state`) in the alert's detail, beside what the
+    alert's raising wrote there since it was read; `finished_at` marks the phase (`resolved`
+    or raised) sent or given up, and with `close_resolved` the resolved phase too (nothing
+    to follow up). Only while the alert is still the incident read (`created_at`: one
+    resolved and raised again meanwhile is another incident, due for its own message) and
+    the phase is still unmarked: two senders never both mark it. Whether it was written."""
     column = ALERTS.c.resolved_notified_at if resolved else ALERTS.c.notified_at
-    values: dict[str, Any] = {"detail": dict(detail)}
+    values: dict[str, Any] = {}
     if finished_at is not None:
         values[column.name] = finished_at
+        if close_resolved:
+            values[ALERTS.c.resolved_notified_at.name] = finished_at
+    where = (ALERTS.c.id == alert["id"]) & (ALERTS.c.created_at == alert["created_at"])
+    where &= column.is_(None)
     with engine.begin() as connection:
-        connection.execute(
-            update(ALERTS).where((ALERTS.c.id == alert_id) & column.is_(None)).values(**values)
-        )
+        current = connection.execute(select(ALERTS.c.detail).where(where).with_for_update()).first()
+        if current is None:
+            return False
+        detail = dict(current[0] or {}) if isinstance(current[0], dict) else {}
+        values["detail"] = {**detail, NOTIFY_STATE: dict(state)}
+        connection.execute(update(ALERTS).where(where).values(**values))
+        return True
 
 
 def unresolved_keys(connection: Connection, keys: Sequence[str]) -> set[str]:
