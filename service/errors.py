@@ -148,9 +148,10 @@ class ObjectNotSettled(BucketError):
 class DeliveryFailed(ServiceError):
     """A channel could not deliver a message; `reason` is safe to log and store."""
 
-    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+    def __init__(self, reason: str, *, permanent: bool = False, delivered: bool = False) -> None:
         super().__init__(reason)
         self.permanent = permanent
+        self.delivered = delivered  # some recipients have it (sending again repeats it)
 
 
 class BadParameter(ServiceError, ValueError):

@@ -8,6 +8,7 @@ retried with backoff inside the send. The password never appears in a reason or 
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -82,8 +83,11 @@ class EmailChannel:
         return cls(target, sender, recipients, tls_context=tls_context)
 
     def build(self, message: Message) -> EmailMessage:
+        """The email of `message`. Its subject is one line: it may name an object key or a
+        file name, which may hold a line break (a header refuses one: the message failed
+        on every try and the alert never reached email)."""
         email = EmailMessage()
-        email["Subject"] = message.subject
+        email["Subject"] = one_line(message.subject)
         email["From"] = self.sender
         email["To"] = ", ".join(self.recipients)
         email["Date"] = formatdate(localtime=False)
@@ -97,8 +101,7 @@ class EmailChannel:
         backoff = FIRST_BACKOFF_SECONDS
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                self._deliver(email)
-                return
+                refused = self._deliver(email)
             except (smtplib.SMTPException, OSError) as exc:
                 reason, permanent = self._reason(exc)
                 if permanent or attempt == ATTEMPTS:
@@ -106,8 +109,25 @@ class EmailChannel:
                 log_event("email.retry", level=logging.WARNING, reason=reason, wait=backoff)
                 self._sleep(backoff)
                 backoff *= 2
+                continue
+            if refused:  # the others have it: sent again, they would have it twice
+                raise DeliveryFailed(self._refused(refused), permanent=True, delivered=True)
+            return
 
-    def _deliver(self, email: EmailMessage) -> None:
+    def _refused(self, refused: dict[str, tuple[int, bytes]]) -> str:
+        """Which recipients the server refused, and why (it took the message for the rest)."""
+        named = "; ".join(
+            f"{address} ({code} {text.decode('utf-8', 'replace')})"
+            for address, (code, text) in sorted(refused.items())
+        )
+        sent = len(self.recipients) - len(refused)
+        return redact(
+            f"email: delivered to {sent} of {len(self.recipients)} recipients; refused: {named}",
+            [self.target.password],
+        )[:1000]
+
+    def _deliver(self, email: EmailMessage) -> dict[str, tuple[int, bytes]]:
+        """Send `email`; the recipients the server refused (it took it for the others)."""
         t = self.target
         context = self._tls or ssl.create_default_context()
         smtp: smtplib.SMTP
@@ -122,7 +142,7 @@ class EmailChannel:
                 smtp.ehlo()
             if t.username:
                 smtp.login(t.username, t.password)
-            smtp.send_message(email, from_addr=self.sender, to_addrs=self.recipients)
+            return smtp.send_message(email, from_addr=self.sender, to_addrs=self.recipients)
 
     def _reason(self, exc: Exception) -> tuple[str, bool]:
         secrets = [self.target.password]
@@ -133,3 +153,11 @@ class EmailChannel:
         if isinstance(exc, smtplib.SMTPRecipientsRefused):
             return "every recipient was refused", True
         return redact(f"{type(exc).__name__}: {exc}", secrets), False
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks and other control characters as spaces."""
+    return _CONTROL.sub(" ", text)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f\u0085\u2028\u2029]")

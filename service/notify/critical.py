@@ -97,22 +97,30 @@ def _send(
     if progress.get("next_at") and str(progress["next_at"]) > now.isoformat():
         return 0  # backing off after a failure
     done = set(progress.get("channels", []))
+    given_up = set(progress.get("given_up", []))  # refused for good: not tried again
     told = state.get(RAISED, {}).get("channels") if phase == RESOLVED else None
     message = render_alert(view, resolved=phase == RESOLVED, alerts_url=links.alerts())
     errors = []
     for channel in channels:
-        if channel.name in done or (told is not None and channel.name not in told):
+        if channel.name in done | given_up or (told is not None and channel.name not in told):
             continue  # had it; or a resolution for a channel never told it was raised
         try:
             channel.send(message)
             done.add(channel.name)
         except DeliveryFailed as exc:
             errors.append(exc.reason)
+            if exc.delivered:  # some recipients have it: sent again, they would twice
+                done.add(channel.name)
+            elif exc.permanent:
+                given_up.add(channel.name)
         except Exception as exc:  # loop edge: one alert's failure never stops the job
             errors.append(redact(f"{type(exc).__name__}: {exc}", secrets)[:500])
     attempts = int(progress.get("attempts", 0)) + 1
-    finished = not errors or attempts >= MAX_ATTEMPTS
+    left = [c for c in channels if c.name not in done | given_up]
+    finished = not errors or not left or attempts >= MAX_ATTEMPTS
     progress = {"channels": sorted(done), "attempts": attempts}
+    if given_up:
+        progress["given_up"] = sorted(given_up)
     if errors:
         progress["error"] = "; ".join(errors)[:1000]
         if not finished:
