@@ -245,8 +245,18 @@ def update_own_window(
 
 
 def purge_digest_runs(engine: Engine, before: datetime, batch: int) -> int:
-    """Retention: delete up to `batch` digest records of windows that ended before `before`."""
-    return delete_batch(engine, DIGEST_RUNS, DIGEST_RUNS.c.window_end < before, batch)
+    """Retention: delete up to `batch` digest records of windows that ended before `before`,
+    but for each channel's newest: it is where the next window starts from (with none, the
+    latest window is due again: a weekly digest under a 3-day retention was sent again after
+    every purge)."""
+    newer = DIGEST_RUNS.alias("newer")
+    newest = (
+        select(func.max(newer.c.window_end))
+        .where(newer.c.channel == DIGEST_RUNS.c.channel)
+        .scalar_subquery()
+    )
+    where = (DIGEST_RUNS.c.window_end < before) & (DIGEST_RUNS.c.window_end < newest)
+    return delete_batch(engine, DIGEST_RUNS, where, batch)
 
 
 # --- critical messages and silence checks ---------------------------------------------------
