@@ -160,7 +160,9 @@ class AlertView:
     customer: str | None
     rows: int
     message: str | None
-    links: Sequence[tuple[str, str]]
+    # (name, text, whether it is a URL we made: only the run's dashboard page is; an object
+    # key or an import set id is data, whatever it starts with)
+    links: Sequence[tuple[str, str, bool]]
 
     @classmethod
     def of(cls, row: Mapping[str, Any], *, examples: bool, run_url: Any) -> AlertView:
@@ -179,14 +181,14 @@ class AlertView:
         )
 
 
-def _alert_links(links: Mapping[str, Any], run_url: Any) -> Iterable[tuple[str, str]]:
+def _alert_links(links: Mapping[str, Any], run_url: Any) -> Iterable[tuple[str, str, bool]]:
     for name, value in sorted(links.items()):
         if name == "run" and isinstance(value, int):
-            yield "run", run_url(value)
+            yield "run", run_url(value), True
         elif isinstance(value, list):
-            yield name, ", ".join(str(v) for v in value)
+            yield name, ", ".join(str(v) for v in value), False
         elif value not in (None, ""):
-            yield name, str(value)
+            yield name, str(value), False
 
 
 def render_alert(alert: AlertView, *, resolved: bool, alerts_url: str) -> Message:
@@ -203,7 +205,7 @@ def render_alert(alert: AlertView, *, resolved: bool, alerts_url: str) -> Messag
     blocks = [header(headline), {"type": "section", "fields": [mrkdwn(f) for f in fields[:10]]}]
     if alert.message:
         blocks += sections("", [escape(alert.message)])
-    blocks += sections("", [f"• {escape(name)}: {_value(v)}" for name, v in alert.links])
+    blocks += sections("", [f"• {escape(name)}: {_value(v, url)}" for name, v, url in alert.links])
     blocks.append(button("Open the alerts", alerts_url))
     return Message(
         subject=f"[meterfix] {headline}"[:250],
@@ -223,8 +225,8 @@ def _facts(alert: AlertView) -> list[tuple[str, str | None]]:
     ]
 
 
-def _value(value: str) -> str:
-    return link(value, value) if value.startswith("http") else f"`{escape(value)}`"
+def _value(value: str, url: bool) -> str:
+    return link(value, value) if url else f"`{escape(value)}`"
 
 
 # --- Block Kit -----------------------------------------------------------------------------
