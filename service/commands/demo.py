@@ -48,8 +48,12 @@ def demo_command(name: str | None) -> None:
     settings = runtime().settings
     now = int(time.time())
     name = name or f"demo-{now}.csv"
+    if not name.strip("/") or name.startswith("/") or ".." in name.split("/"):
+        raise click.ClickException(
+            f"--name {name!r}: a key inside the bucket (no leading /, no ..)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
+        path = Path(tmp) / "demo.csv"  # the name is the bucket key (it may name a folder)
         with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(HEADER)

@@ -40,7 +40,12 @@ def digest_command(dry_run: bool, since: str, channel: str | None) -> None:
             "no channel configured: set SLACK_WEBHOOK_URL, or SMTP_URL and DIGEST_EMAIL_TO"
         )
     now = utcnow()
-    window = Window(now - timedelta(seconds=length), now)
+    try:
+        window = Window(now - timedelta(seconds=length), now)
+    except OverflowError as exc:
+        raise click.ClickException(
+            f"--since {since}: the window would start before year 1"
+        ) from exc
     try:
         if dry_run:
             digest = sender.collect(window)

@@ -13,6 +13,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
+from remediation.errors import MeterfixError
 from service.commands._signals import stop_on_signals
 from service.config import Settings
 from service.errors import SchemaNotCurrent
@@ -35,7 +36,9 @@ from service.worker.supervisor import (
 
 
 @click.command("serve")
-@click.option("--port", default=4242, show_default=True, help="TCP port")
+@click.option(
+    "--port", default=4242, show_default=True, type=click.IntRange(1, 65535), help="TCP port"
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
 @with_appcontext
 def serve_command(port: int, host: str) -> None:
@@ -61,6 +64,10 @@ def worker_command(once: bool) -> None:
         raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
     except SchemaNotCurrent as exc:
         raise click.ClickException(f"{exc}: run `meterfix db upgrade` first") from exc
+    try:  # read now: a poller thread that failed on them died unseen, never beating
+        rt.rules  # noqa: B018
+    except (OSError, MeterfixError) as exc:
+        raise click.ClickException(f"cannot read the rules ({rt.rules_path}): {exc}") from exc
     if once:
         _run_once(worker)
         if item_threads_alive():  # an item overran its time limit: do not wait for it
@@ -90,8 +97,10 @@ def _exit_worker_process(code: int) -> None:
 
 
 def _run_once(worker: InboxWorker) -> None:
+    """One drain; Ctrl-C or SIGTERM mid-item hands the item back (as `meterfix worker` does),
+    never leaving it locked by a process that is gone, its attempt spent."""
     try:
-        report = worker.drain()
+        report = worker.drain(stop_on_signals())
     except SQLAlchemyError as exc:
         raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
     _echo_report(report)

@@ -27,7 +27,13 @@ def _settings() -> Settings:
 
 
 @click.command("sandbox")
-@click.option("--port", default=SANDBOX_PORT, show_default=True, type=int, help="TCP port")
+@click.option(
+    "--port",
+    default=SANDBOX_PORT,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="TCP port",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
 @click.option("--webhook-url", default=None, help="Deliver flushed reports and import sets here.")
 @click.option("--connector-interval", default=0.0, type=float, help="Poll BUCKET_URL every S s.")

@@ -48,9 +48,18 @@ def start_poller_job(settings: Settings, stop: threading.Event) -> threading.Thr
 
 
 def _run_job(settings: Settings, stop: threading.Event) -> None:
+    """The worker's poller thread: what a pass needs is built again until it can be (a
+    thread that failed on it died unseen, never beating: no file imported, no alert)."""
     runtime = Runtime(settings)
     try:
-        poll_forever(build_poller_deps(runtime), stop, settings.mfx_poll_interval)
+        while not stop.is_set():
+            try:
+                deps = build_poller_deps(runtime)
+            except Exception as exc:  # loop edge: a bucket or rules it cannot use yet
+                log_event("poller.pass_failed", level=logging.ERROR, reason=_reason(exc))
+                stop.wait(settings.mfx_poll_interval)
+                continue
+            poll_forever(deps, stop, settings.mfx_poll_interval)
     finally:
         runtime.close()
 
