@@ -550,7 +550,7 @@ class _JsonArrayStream:
                 end = len(self.buf)  # a bare number at the end of the text
                 break
         start, self.pos = self.pos, end
-        return _Refused(self.buf[start : min(end, start + RAW_KEPT)], f"element {why}")
+        return _Refused(self.buf[start:end], f"element {why}")
 
     def _extent(self) -> int | None:
         """Where the element at `pos` ends, or None when the text read so far may end first."""
@@ -562,21 +562,23 @@ class _JsonArrayStream:
         return end if end < len(buf) else None
 
     def checked(self, value: object, start: int, end: int) -> object:
-        """`value`, or `_Refused` when its text nests too deep or names a key twice."""
+        """`value`, or `_Refused` when its text nests too deep or names a key twice. A
+        refused element is kept whole, as a refused JSON line is (its extent is bounded by
+        MAX_JSON_ELEMENT_CHARS): cut to RAW_KEPT, what was left was no JSON to fix by hand."""
         buf = self.buf
         if self.odd is not None:
             reason = f"element {_NotJsonNumber(self.odd).reason}"
-            return _Refused(buf[start : min(end, start + RAW_KEPT)], reason)
+            return _Refused(buf[start:end], reason)
         brackets = buf.count("[", start, end) + buf.count("{", start, end)
         if brackets > self.depth and json_depth_over(buf[start:end], self.depth):
             reason = f"element is nested deeper than {self.depth} levels"
-            return _Refused(buf[start : min(end, start + RAW_KEPT)], reason)
+            return _Refused(buf[start:end], reason)
         duplicate = _duplicate_key(buf, start, end, _keys(value))
         if duplicate is not None:
             reason = f"element names key {duplicate!r} twice in one object; nothing guessed"
-            return _Refused(buf[start : min(end, start + RAW_KEPT)], reason)
+            return _Refused(buf[start:end], reason)
         if _SURROGATE_ESCAPE.search(buf, start, end) and _lone_surrogate(value):
-            return _Refused(buf[start : min(end, start + RAW_KEPT)], f"element {LONE_SURROGATE}")
+            return _Refused(buf[start:end], f"element {LONE_SURROGATE}")
         return value
 
     def expect_end(self) -> None:
