@@ -213,8 +213,11 @@ class PollerStore:
         )
 
     def reopen(self, obj: ObjectInfo) -> None:
-        """`poll --retry`: take the object on the next pass, as if it never failed."""
-        self._update_object(obj, status=ObjectStatus.SEEN, failing_since=None, next_attempt_at=None)
+        """`poll --retry`: take the object on the next pass, as if it never failed (its
+        backoff starts again at 30 s: counted on, a failure after the retry waited 30 min)."""
+        self._update_object(
+            obj, status=ObjectStatus.SEEN, failing_since=None, next_attempt_at=None, attempts=0
+        )
 
     def mark_done(self, obj: ObjectInfo, status: str, **counts: Any) -> None:
         self._update_object(

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from remediation.ports import ObjectInfo
 from service.adapters.meter_events import StripeMeterEventSink
 from service.adapters.stripe_client import build_stripe_client
 from service.config import Settings
@@ -174,3 +175,26 @@ def test_poll_retry_yes_does_not_resend_batches_stripe_acknowledged(
         f"{len(resent)} rows of batches {acked_after_gap} (acknowledged a day ago) sent again; "
         f"the CLI said: {retry.output!r}"
     )
+
+
+def test_a_reopened_object_backs_off_from_the_start_again(sqlite_url: str) -> None:
+    """`PollerStore.reopen` (`poll --retry KEY`): "take the object on the next pass, as if it
+    never failed". Its count of attempts was kept: after ten failing passes and a retry, the
+    next transient failure waited up to 30 minutes, not 30 s."""
+    from service.db import make_engine
+    from service.poller.failures import BACKOFF_BASE, judge
+    from service.poller.progress import ProgressStore
+    from service.poller.store import PollerStore
+
+    engine = make_engine(sqlite_url)
+    store = PollerStore(engine)
+    now = datetime.now(UTC)
+    obj = ObjectInfo(key="day.csv", etag="e1", size=10, last_modified=now)
+    for _ in range(10):
+        store.claim(obj)
+    store.reopen(obj)
+    assert store.claim(obj) == 1  # the first attempt since the operator's retry
+    verdict = judge(TimeoutError("Stripe timed out"), ProgressStore(engine).load(obj), now, 3600)
+    engine.dispose()
+    assert verdict.next_attempt_at is not None
+    assert verdict.next_attempt_at - now <= BACKOFF_BASE
