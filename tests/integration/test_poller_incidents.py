@@ -22,6 +22,7 @@ from service.errors import MeterEventSendError
 from service.models import Alert, PollerBatch
 from service.poller.passes import run_poll_pass
 from tests.conftest import SandboxServer
+from tests.integration.test_poller_billing_gaps import _accepted, _one_worker
 from tests.integration.test_poller_resume import (  # noqa: F401
     STREAM,
     _object,
@@ -33,15 +34,6 @@ from tests.integration.test_poller_resume import (  # noqa: F401
 # -- the bundled poller ------------------------------------------------------------------------
 # (fixtures `settings` and `poller`: the sandbox over HTTP through the real SDK, a file://
 # bucket, SQLite and PostgreSQL, as in test_poller_resume)
-
-
-def _one_worker(settings: Settings) -> StripeMeterEventSink:
-    """One request at a time (two in flight), retried quickly."""
-    return StripeMeterEventSink(build_stripe_client(settings), settings, workers=1, base_delay=0.01)
-
-
-def _accepted(server: SandboxServer) -> list[str]:
-    return sorted(e["identifier"] for e in server.admin.meter_events())
 
 
 def test_a_batch_refused_on_a_resumed_pass_is_sent_from_the_fixed_file_a_day_later(

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the `gate` fixture imported from the module that defines it)
 """The worker and the CLI at their edges: a bad rules file at start, Ctrl-C in `--once`, and
 arguments out of range, each a clear line, never a traceback or a silent failure. Each test
 failed on the code before its fix (the docstrings say what went wrong)."""
@@ -7,74 +8,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sandbox.events import build_error_report_event
 from service.models.inbox import InboxStatus
 from tests.integration.intake_helpers import inbox_rows
-from tests.servers import serve_wsgi
-
-MFX = str(Path(sys.executable).parent / "meterfix")
-ERRORS = [("no_meter", "No meter was found matching event_name x.", "id-9")]
-
-
-class GatedEventFetch:
-    """WSGI middleware in front of the sandbox: the first event fetch blocks until released."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ["PATH_INFO"].startswith("/v2/core/events/") and not self.entered.is_set():
-            self.entered.set()
-            self.release.wait(30)
-        return self.app(environ, start_response)
-
-
-@pytest.fixture
-def gate(sandbox_server: Any) -> Iterator[tuple[GatedEventFetch, str]]:
-    gated = GatedEventFetch(sandbox_server.app)
-    with serve_wsgi(gated) as server:
-        yield gated, server.url
-    gated.release.set()
-
-
-def _env(db_url: str, sandbox: Any, api_base: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "MFX_"))}
-    env.update(
-        DATABASE_URL=db_url,
-        STRIPE_API_KEY=sandbox.api_key,
-        STRIPE_WEBHOOK_SECRETS=sandbox.webhook_secret,
-        STRIPE_API_BASE=api_base,
-        STRIPE_FILES_BASE=api_base,
-        MFX_WORKER_INTERVAL="0.1",
-        **extra,
-    )
-    return env
-
-
-def _deliver(sandbox: Any, db_url: str, make_settings: Any, make_app: Any) -> str:
-    settings = make_settings(
-        database_url=db_url, stripe_webhook_secrets=[sandbox.webhook_secret], stripe_api_key="x"
-    )
-    event = sandbox.admin.add_event(build_error_report_event("mtr_k", ERRORS))
-    with serve_wsgi(make_app(settings)) as server:
-        assert sandbox.admin.deliver(event["id"], f"{server.url}/webhooks")["status"] == 200
-    return str(event["id"])
-
-
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MFX, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
+from tests.integration.test_worker_process import (  # noqa: F401  (the `gate` fixture)
+    MFX,
+    _deliver,
+    _env,
+    gate,
+)
+from tests.integration.test_worker_process import _run as _cli
 
 
 def _file_env(tmp_path: Path, db_url: str) -> dict[str, str]:
