@@ -470,8 +470,8 @@ def test_an_object_key_starting_with_http_is_shown_as_data_not_a_link(
     engine: Engine, sqlite_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
 ) -> None:
     """README: alerts carry "links (run, import set, corrected objects, quarantine file,
-    event)"; DESIGN: "the service calls only configured hosts, never a URL taken from an
-    event payload", and Slack messages are Block Kit mrkdwn.
+    event)"; docs/architecture.md: "the service calls only configured hosts, never a URL
+    taken from an event payload", and Slack messages are Block Kit mrkdwn.
 
     Instead `render._value` (and the `value.startswith("http")` test in alert.html) takes
     any link value whose text starts with "http" for a URL: the poller's object key

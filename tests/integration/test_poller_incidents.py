@@ -132,8 +132,8 @@ def test_poll_retry_yes_does_not_resend_batches_stripe_acknowledged(
     sent, when acknowledged)"; `meterfix poll --retry KEY` "first prints what it will re-send
     (batches, rows, first-send times) and, past the 23 h horizon, sends nothing without
     `--yes`"; the alert says to "run `poll --retry KEY --yes` to send the unacknowledged
-    batches again"; DESIGN: "no identifier is ever sent again more than 23 hours after its
-    first send without an operator's explicit decision".
+    batches again"; docs/architecture.md: "no identifier is ever sent again more than 23
+    hours after its first send without an operator's explicit decision".
 
     Instead: "unacknowledged" is every batch numbered at or after the contiguous prefix
     (`ObjectProgress.unacked`, `past_horizon`), acknowledged or not. Batch 3 of a file fails

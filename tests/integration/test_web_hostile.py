@@ -113,7 +113,7 @@ def test_login_next_with_a_tab_is_no_redirect_to_another_site(site: Site) -> Non
 
 
 def test_login_next_with_a_line_break_is_not_a_500(site: Site) -> None:
-    """DESIGN.md, reliability contract: "No input can produce a traceback, a 500". A login
+    """docs/architecture.md, reliability contract: "No input produces a traceback, a 500". A login
     link `/login?next=/%0Ax` (the form keeps `next` in a hidden field) makes the right token
     answer 500: `_next_path` lets the line break through and werkzeug refuses it in the
     Location header (ValueError: Header values must not contain newline characters)."""
@@ -124,10 +124,10 @@ def test_login_next_with_a_line_break_is_not_a_500(site: Site) -> None:
 
 def test_a_non_ascii_csrf_token_on_the_login_form_is_403_not_500(site: Site) -> None:
     """README: "Every button posts a CSRF token" and errors are "403 missing CSRF token";
-    DESIGN.md: "No input can produce a traceback, a 500". Anyone may open /login (it sets the
-    session's CSRF token) and post it back: a `csrf_token` holding a non-ASCII character made
-    `hmac.compare_digest` raise TypeError (it compares only ASCII str), a 500 with a
-    traceback, before any login."""
+    docs/architecture.md: "No input produces a traceback, a 500". Anyone may open /login (it
+    sets the session's CSRF token) and post it back: a `csrf_token` holding a non-ASCII
+    character made `hmac.compare_digest` raise TypeError (it compares only ASCII str), a 500
+    with a traceback, before any login."""
     site.login_form_csrf()  # the session now holds a CSRF token
     response = site.post("/login", data={"token": "x", "csrf_token": "é"})
     assert response.status_code == 403, (response.status_code, response.text[:200])
@@ -205,8 +205,8 @@ def _set_record(engine: Engine, row_id: int, record: dict[str, object]) -> None:
 def test_quarantine_csv_shows_json_values_as_json_not_python_text_or_braces(site: Site) -> None:
     """README: a JSON row of the wrong shape ("a payload that is not an object, an identifier
     or event name that is an object, a list or a boolean") is "a malformed row, each value
-    quarantined as it came, never `{}` or Python's text of it"; DESIGN.md: `GET
-    /api/quarantine.csv` (same filters) as `GET /api/quarantine`. `meterfix remediate`
+    quarantined as it came, never `{}` or Python's text of it"; README (admin API): the
+    CSV download holds the rows `GET /api/quarantine` lists. `meterfix remediate`
     quarantines `"event_name": ["api_requests"]`, `"timestamp": true` and `"payload": false`
     as they came, and the JSON API shows them so; the CSV's cells are Python's `str()`
     (`['api_requests']`, `True`) and, for a payload that is falsy, `{}`."""
@@ -292,8 +292,8 @@ def test_error_reports_list_their_runs_on_a_language_collated_postgresql(
     make_settings: Callable[..., Settings],
     make_app: Callable[[Settings], Flask],
 ) -> None:
-    """README: Lineage `/runs?view=reports` lists "error reports" with their runs (DESIGN.md:
-    "any SQLAlchemy URL; PostgreSQL for several instances"). `report_run_ids` finds a
+    """README: Lineage `/runs?view=reports` lists "error reports" with their runs, on SQLite
+    or PostgreSQL (README: `DATABASE_URL`). `report_run_ids` finds a
     report's runs by a text range on the run key, `error_report:<event>:` up to
     `error_report:<event>;`, which holds only where `:` sorts just before `;` (byte order:
     SQLite, or PostgreSQL with the `C` collation). With a language collation (ICU or glibc

@@ -233,8 +233,8 @@ def test_broken_chunked_body_is_a_json_400(url: str, db_url: str, chunks: bytes)
 def test_a_signed_body_with_an_unterminated_string_is_refused_in_linear_time(
     url: str, db_url: str
 ) -> None:
-    """DESIGN (reliability contract): no input can produce a hang. A signed body with more
-    than 32 brackets had its strings cut out by a pattern retried from every escaped quote
+    """docs/architecture.md (reliability contract): no input produces a hang. A signed body
+    with more than 32 brackets had its strings cut out by a pattern retried from every escaped quote
     of a string left open: 60 KB took 10-13 s, a body at the 1 MiB limit most of an hour."""
     head = '{"id": "evt_slow", "object": "event", "type": "x", "data": '
     body = head + "[" * 40 + '"' + '\\"' * 30_000
@@ -246,10 +246,10 @@ def test_a_signed_body_with_an_unterminated_string_is_refused_in_linear_time(
 
 
 def test_a_second_t_in_the_signature_header_is_refused(url: str, db_url: str) -> None:
-    """DESIGN (POST /webhooks): a stale timestamp, "past or future beyond tolerance", is a
-    400, nothing stored. The SDK verifies the signature over the header's first `t=`, the
-    window was checked on the last: a delivery signed an hour ahead, with a current `t=`
-    appended, was stored."""
+    """README: `STRIPE_WEBHOOK_TOLERANCE` is "seconds a signature may be old **or** ahead";
+    a stale one is a 400, nothing stored. The SDK verifies the signature over the header's
+    first `t=`, the window was checked on the last: a delivery signed an hour ahead, with a
+    current `t=` appended, was stored."""
     body = json.dumps(load_event("thin_no_meter_found", id="evt_two_t"))
     ahead = now() + 3600
     signed = sign(body, timestamp=ahead)  # t=<ahead>,v1=<signature over it>

@@ -35,7 +35,7 @@ def test_once_ctrl_c_mid_item_hands_the_item_back(
 ) -> None:
     """README (Liveness): "Ctrl-C or SIGTERM stops a worker within a second or two even
     mid-item: the item is handed back and taken at once by the next worker." `meterfix worker
-    --once` (the form DESIGN.md gives "for cron, tests and debugging") installs no signal
+    --once` (the README's one pass, for cron, tests and debugging) installs no signal
     handler: Ctrl-C mid-item leaves the row `processing`, locked by a dead process for the
     whole lease (30 s) with the attempt counted, and a SIGTERM (cron's timeout) the same;
     each interrupted pass brings the item one attempt nearer to being dead-lettered."""
