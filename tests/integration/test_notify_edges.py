@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures imported from the module that defines them)
 """Notifications at their edges (digest windows across DST and crontabs, retention, critical
 alerts racing their incidents, hostile keys and refused recipients), against real local
 servers: a Slack incoming-webhook receiver, an aiosmtpd SMTP server, SQLite (and PostgreSQL
@@ -9,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from remediation.ports import ObjectInfo
 from service.adapters.channels import build_channels
 from service.adapters.slack import SlackChannel
 from service.adapters.smtp import EmailChannel, SmtpTarget
-from service.db import make_engine
 from service.models import RemediationRun
 from service.models.alerts import Alert, DigestRun
 from service.notify.alerts import raise_alert, resolve_alert
@@ -33,31 +32,11 @@ from service.notify.retention import purge_expired
 from service.poller.failures import Verdict, raise_gave_up
 from service.poller.progress import ObjectProgress
 from tests.integration.notify_helpers import NOW, SlackReceiver, seed_activity, smtp_server
-from tests.servers import free_port, serve_wsgi
+from tests.integration.test_notify_slack import db_engine, engine, slack  # noqa: F401
+from tests.servers import free_port
 
 BASE = "https://mfx.example.com"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def db_engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def slack() -> Iterator[tuple[SlackReceiver, str]]:
-    receiver = SlackReceiver()
-    with serve_wsgi(receiver) as server:
-        yield receiver, f"{server.url}/services/T000/B000/XXXXSECRET"
 
 
 def _headers(receiver: SlackReceiver) -> list[str]:
