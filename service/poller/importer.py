@@ -26,7 +26,7 @@ import numpy as np
 from handlers.records import RemediationStatus
 from remediation.core.columns import Batch, Mask
 from remediation.formats import detect_format
-from remediation.poller import ImportChunk, RowNames, import_chunks
+from remediation.poller import ImportChunk, RowNames, RowRef, import_chunks
 from remediation.ports import MeterEventSink, ObjectInfo
 from remediation.validation import MeterIndex
 from service.errors import HorizonPassed
@@ -34,7 +34,7 @@ from service.jobs.store.reports import save_poller_import_set
 from service.models import ImportSet, ObjectStatus
 from service.poller.files import FailedRecords, failed_records_path
 from service.poller.progress import ObjectProgress, OtherVersions, ProgressStore, row_was_sent
-from service.poller.store import PollerStore
+from service.poller.store import PollerStore, recordable
 
 CHUNKS_PER_GROUP = 10  # batches recorded before sending, and acknowledgements recorded, at once
 ACK_EVERY = 0.25  # seconds: acknowledgements are written at least this often
@@ -153,7 +153,7 @@ def _send_all(
             sending, recorded = _record_group(job, obj, progress, group, number)
             unsent.recorded |= recorded.new
             unsent.same |= recorded.same
-            _note_held(others, group, sending, held)
+            _note_held(others, group, [(s.number, s.events) for s in sending], held)
             tally.failed += failed_out.write(chunk.failed for chunk in group)
             # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
             # do rows sent before by another object version or as meterfix's correction
@@ -162,9 +162,10 @@ def _send_all(
             tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
             tally.sent += skipped + recorded.acked_rows
             number += recorded.batches
-            for batch_number, events in sending:
-                unsent.numbers.append(batch_number)  # the sink takes no batch it does not send
-                yield events
+            for send in sending:
+                unsent.numbers.append(send.number)  # the sink takes no batch it does not send
+                unsent.late.append(send.late)
+                yield send.events
             if time.monotonic() - last_beat >= BEAT_EVERY:
                 job.beat()
                 last_beat = time.monotonic()
@@ -172,10 +173,13 @@ def _send_all(
     def acknowledged(index: int) -> None:
         # marked before the acknowledgement is recorded: a crash between the two re-sends the
         # batch on resume (Stripe dedupes it), never leaves a billed row unmarked
-        batch_number = unsent.numbers[index]
+        batch_number, late = unsent.numbers[index], unsent.late[index]
         if batch_number in held:
             others.taken_again(held.pop(batch_number))
-        acks.add(batch_number)
+        if late:  # rows of a batch acknowledged before: recorded as sent once they are
+            job.store.insert_rows(obj, [ref._replace(sent=True) for ref in late])
+        else:
+            acks.add(batch_number)
 
     def refused(index: int) -> None:
         unsent.refused.append(unsent.numbers[index])
@@ -217,6 +221,7 @@ class _Unsent:
 
     def __init__(self) -> None:
         self.numbers: list[int] = []  # the sink's places -> batch numbers
+        self.late: list[tuple[RowRef, ...]] = []  # the sink's places -> late rows sent there
         self.recorded: set[int] = set()  # numbers first recorded on this pass
         self.same: set[int] = set()  # recorded before as the same cut, never acknowledged
         self.refused: list[int] = []  # batch numbers
@@ -234,26 +239,66 @@ class _Recorded:
     acked_rows: int  # events of the batches left out: acknowledged on an earlier pass
 
 
+@dataclass(frozen=True, slots=True)
+class _Send:
+    """One request of a pass: batch `number`'s events; or, for a batch an earlier pass had
+    acknowledged past the prefix, cut the same, its rows that pass never sent (`late`: they
+    failed validation then and are valid now), recorded as sent once Stripe takes them."""
+
+    number: int
+    events: list[dict[str, object]]
+    late: tuple[RowRef, ...] = ()
+
+
 def _record_group(
     job: ObjectImport,
     obj: ObjectInfo,
     progress: ObjectProgress,
     group: list[ImportChunk],
     number: int,
-) -> tuple[list[tuple[int, list[dict[str, object]]]], _Recorded]:
-    """Record a group's rows and batches before any of it is sent; its batches to send (by
-    number, with their events) and what was recorded. A batch an earlier pass had
-    acknowledged past the prefix, cut the same, is neither recorded nor sent again."""
-    job.store.insert_rows(obj, [ref for chunk in group for ref in chunk.rows])
+) -> tuple[list[_Send], _Recorded]:
+    """Record a group's rows and batches before any of it is sent; its requests to send and
+    what was recorded. A batch an earlier pass had acknowledged past the prefix, cut the
+    same, is neither recorded nor sent again, but for its rows that pass never sent (only a
+    file's last, partial batch keeps its cut when a row of it that failed is valid now: the
+    meter made meanwhile): sent by themselves, their rows recorded as sent once acknowledged
+    (a failure leaves them to the next pass; recorded as sent before, inside a batch
+    acknowledged before, they would count as billed)."""
     batches = [chunk for chunk in group if chunk.events]
     spans = [(number + i, *_span(chunk)) for i, chunk in enumerate(batches)]
-    acked = [i for i, span in enumerate(spans) if progress.acknowledged_as(*span)]
-    left = set(acked)
+    left = {i for i, span in enumerate(spans) if progress.acknowledged_as(*span)}
+    late = _late_rows(job, obj, [batches[i] for i in sorted(left)])
+    refs = [ref for chunk in group for ref in chunk.rows]
+    if late:
+        refs = [ref._replace(sent=False) if ref.identifier in late else ref for ref in refs]
+    job.store.insert_rows(obj, refs)
     sending = [span for i, span in enumerate(spans) if i not in left]
     new, same = job.progress.record_sending(progress.object_id, sending, job.clock())
-    events = [(span[0], batches[i].events) for i, span in enumerate(spans) if i not in left]
-    acked_rows = sum(len(batches[i].events) for i in acked)
-    return events, _Recorded(new, same, len(spans), acked_rows)
+    sends: list[_Send] = []
+    acked_rows = 0
+    for i, span in enumerate(spans):
+        events = batches[i].events
+        if i not in left:
+            sends.append(_Send(span[0], events))
+            continue
+        again = [e for e in events if e["identifier"] in late]
+        acked_rows += len(events) - len(again)
+        if again:
+            rows = tuple(r for r in batches[i].rows if r.sent and r.identifier in late)
+            sends.append(_Send(span[0], again, rows))
+    return sends, _Recorded(new, same, len(spans), acked_rows)
+
+
+def _late_rows(job: ObjectImport, obj: ObjectInfo, chunks: list[ImportChunk]) -> set[str]:
+    """The identifiers of these batches' events (batches an earlier pass had acknowledged)
+    that were never recorded as sent: rows that failed validation on that pass. Looked up
+    before this pass records its rows (an identifier the table cannot hold counts as sent:
+    no look-up can tell, and sending it again could bill it twice)."""
+    named = [str(e["identifier"]) for chunk in chunks for e in chunk.events]
+    known = [i for i in named if recordable(i)]
+    if not known:
+        return set()
+    return set(known) - job.progress.sent_here(obj, known)
 
 
 class _Acknowledgements:

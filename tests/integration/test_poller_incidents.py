@@ -190,3 +190,70 @@ def test_a_reopened_object_backs_off_from_the_start_again(sqlite_url: str) -> No
     engine.dispose()
     assert verdict.next_attempt_at is not None
     assert verdict.next_attempt_at - now <= BACKOFF_BASE
+
+
+def test_a_row_valid_only_on_the_resume_in_a_batch_acknowledged_before_is_billed(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """README: a pass "leaves out a batch Stripe acknowledged past the prefix when it cuts it
+    the same" and "no usage is lost": every row is billed once, or handed to remediation.
+
+    Instead: the last, partial batch keeps its cut (first row, rows spanned) when a row of it
+    that failed validation on the failing pass (`no_meter`: the meter did not exist yet) is
+    valid on the resume (the meter made meanwhile). The batch was acknowledged beside the one
+    that failed, so the resume leaves it out whole: the row that is valid now is neither sent
+    (its batch left out) nor in the failed-records file (it fails no longer)."""
+    stamp = int(time.time()) - 60
+    rows = [f"g-{i},{stamp},api_requests,cus_A,1\n" for i in range(250)]
+    rows[220] = f"g-220,{stamp},new_meter,cus_A,7\n"  # batch 2 (rows 200-249), no meter yet
+    _put(settings, "gap.csv", rows, tmp_path)
+    sink = _OneBatchFails(
+        build_stripe_client(settings), settings, workers=2, base_delay=0.01, row="g-150"
+    )
+    first = run_poll_pass(poller(sink))
+    assert first.retry_files == 1
+    with Session(poller().engine) as session:
+        acked = sorted(b.batch_number for b in session.exec(select(PollerBatch)) if b.acked_at)
+    assert acked == [0, 2]  # batch 1 failed; batch 2, in flight beside it, was acknowledged
+    sandbox_server.admin.create_meter("new_meter")
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    second = run_poll_pass(poller(at=later))
+    assert (second.imported, second.failed_rows) == (1, 0)
+    billed = _accepted(sandbox_server)
+    assert "g-220" in billed, "row g-220 (valid now) never sent and never handed to remediation"
+    assert sorted(billed) == sorted(f"g-{i}" for i in range(250))
+    assert not sandbox_server.admin.duplicates()
+    with Session(poller().engine) as session:
+        object_row = _object(poller(), "gap.csv")
+        batches = session.exec(select(PollerBatch)).all()
+    assert object_row.acked_batches == 3
+    assert all(b.acked_at is not None for b in batches)
+
+
+def test_late_rows_whose_send_fails_are_sent_by_the_next_pass(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """The rows of an acknowledged batch that only the resume sends (above) are recorded as
+    sent once Stripe takes them: when that request fails, the next pass sends them, once."""
+    stamp = int(time.time()) - 60
+    rows = [f"h-{i},{stamp},api_requests,cus_A,1\n" for i in range(250)]
+    rows[230] = f"h-230,{stamp},new_meter,cus_A,7\n"
+    _put(settings, "late.csv", rows, tmp_path)
+    client = build_stripe_client(settings)
+    first = run_poll_pass(
+        poller(_OneBatchFails(client, settings, workers=2, base_delay=0.01, row="h-150"))
+    )
+    assert first.retry_files == 1
+    sandbox_server.admin.create_meter("new_meter")
+    at = datetime.now(UTC)
+    failing = _OneBatchFails(client, settings, workers=2, base_delay=0.01, row="h-230")
+    second = run_poll_pass(poller(failing, at=at + timedelta(minutes=5)))
+    assert second.retry_files == 1
+    assert "h-230" not in _accepted(sandbox_server)
+    third = run_poll_pass(poller(at=at + timedelta(minutes=10)))
+    assert (third.imported, third.failed_rows) == (1, 0)
+    assert sorted(_accepted(sandbox_server)) == sorted(f"h-{i}" for i in range(250))
+    assert not sandbox_server.admin.duplicates()
+    fourth = run_poll_pass(poller(at=at + timedelta(minutes=15)))
+    assert fourth.imported == 0
+    assert not sandbox_server.admin.duplicates()
