@@ -335,3 +335,38 @@ def test_error_reports_list_their_runs_on_a_language_collated_postgresql(
         engine.dispose()
     [row] = re.findall(r'<tr data-testid="report-row">.*?</tr>', html, re.S)
     assert f'href="/runs/{run_id}"' in row, row
+
+
+def test_a_date_only_until_takes_in_that_whole_day(site: Site) -> None:
+    """README: the quarantine filter's `since=&until=` are dates or times; "until 2026-12-01"
+    means through that day, as a person reads it. A date-only `until` was that day's
+    midnight: every row of the day was left out (the CSV of "rows until today" held none of
+    today's), and `since=D&until=D` was always empty."""
+    from datetime import UTC, datetime
+
+    run_id = seed.run(site.engine, "cli:until")
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    seed.quarantined(
+        site.engine,
+        run_id,
+        [
+            {
+                "identifier": "before",
+                "code": "no_meter",
+                "created_at": at.replace(month=11, day=30),
+            },
+            {"identifier": "morning", "code": "no_meter", "created_at": at.replace(hour=9)},
+            {
+                "identifier": "night",
+                "code": "no_meter",
+                "created_at": at.replace(hour=23, minute=59, second=59, microsecond=999_000),
+            },
+            {"identifier": "after", "code": "no_meter", "created_at": at.replace(day=2)},
+        ],
+    )
+    day = site.get("/api/quarantine?since=2026-12-01&until=2026-12-01", headers=BEARER).json()
+    assert sorted(row["identifier"] for row in day["data"]) == ["morning", "night"]
+    through = _csv_rows(site, "until=2026-12-01")
+    assert sorted(row["identifier"] for row in through) == ["before", "morning", "night"]
+    exact = site.get("/api/quarantine?until=2026-12-01T09:00:00Z", headers=BEARER).json()
+    assert sorted(row["identifier"] for row in exact["data"]) == ["before", "morning"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -77,7 +77,7 @@ class QuarantineFilter:
             customer=_text(args, "customer"),
             run=positive_int(args, "run", 0) if run != "" else None,
             since=_time(args, "since"),
-            until=_time(args, "until"),
+            until=_time(args, "until", through_the_day=True),
             taken_again=_yes_no(args, "taken_again"),
         )
         if found.since and found.until and found.since > found.until:
@@ -117,16 +117,30 @@ def _text(args: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _time(args: Mapping[str, str], name: str) -> datetime | None:
-    """ISO-8601 date or date-time; without a zone it is UTC."""
+def _time(args: Mapping[str, str], name: str, through_the_day: bool = False) -> datetime | None:
+    """ISO-8601 date or date-time; without a zone it is UTC. A date alone is its midnight, or
+    with `through_the_day` (an inclusive end: `until`) its last microsecond, so "until
+    2026-12-01" takes in that day's rows as a person means it."""
     raw = args.get(name, "").strip()
     if not raw:
         return None
     try:
         value = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith("Z") else raw)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if through_the_day and _date_only(raw):
+            day_end = datetime.max.replace(tzinfo=UTC) - value
+            value += min(timedelta(days=1) - timedelta(microseconds=1), day_end)
+        return value
     except (ValueError, OverflowError):  # OverflowError: past year 1 or 9999 in UTC
         raise BadParameter(f"{name} must be an ISO-8601 date or time, not {raw[:40]!r}") from None
+
+
+def _date_only(raw: str) -> bool:
+    try:
+        date.fromisoformat(raw)
+    except ValueError:
+        return False
+    return True
 
 
 def quarantine_conditions(found: QuarantineFilter) -> list[ColumnElement[bool]]:
