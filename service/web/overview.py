@@ -4,6 +4,7 @@ the health of the worker and the poller."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -69,6 +70,9 @@ Fingerprint = tuple[object, ...]
 # the buckets whose runs changed (the current one, mostly) are summed again. Summing the
 # `by_code` objects of 30 days of runs (10,000) costs 50-100 ms; the counts are read every time.
 _KEPT: dict[tuple[str, Bucket], dict[str, tuple[Fingerprint, Codes]]] = {}
+# Requests are served on threads: one straddling the hour would drop a bucket another still
+# reads (a KeyError, a 500 on the overview). One chart is summed at a time.
+_KEPT_LOCK = threading.Lock()
 
 
 def _charts(engine: Engine, bucket: Bucket, now: datetime) -> ChartData:
@@ -76,7 +80,19 @@ def _charts(engine: Engine, bucket: Bucket, now: datetime) -> ChartData:
     start = _floor(now, bucket) - step * (count - 1)
     fmt = "%Y-%m-%d %H:00" if bucket is Bucket.HOUR else "%Y-%m-%d"
     labels = [(start + step * n).strftime(fmt) for n in range(count)]
-    kept = _KEPT.setdefault((engine.url.render_as_string(hide_password=True), bucket), {})
+    with _KEPT_LOCK:
+        kept = _KEPT.setdefault((engine.url.render_as_string(hide_password=True), bucket), {})
+        return _summed(engine, bucket, labels, kept, start)
+
+
+def _summed(
+    engine: Engine,
+    bucket: Bucket,
+    labels: list[str],
+    kept: dict[str, tuple[Fingerprint, Codes]],
+    start: datetime,
+) -> ChartData:
+    step, _ = SPANS[bucket]
     with engine.connect() as connection:
         series = _series(connection, bucket, start)
         stale = [n for n, label in enumerate(labels) if _changed(kept, series, label)]

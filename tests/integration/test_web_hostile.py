@@ -370,3 +370,41 @@ def test_a_date_only_until_takes_in_that_whole_day(site: Site) -> None:
     assert sorted(row["identifier"] for row in through) == ["before", "morning", "night"]
     exact = site.get("/api/quarantine?until=2026-12-01T09:00:00Z", headers=BEARER).json()
     assert sorted(row["identifier"] for row in exact["data"]) == ["before", "morning"]
+
+
+def test_overview_charts_read_on_two_threads_across_the_hour_do_not_fail(sqlite_url: str) -> None:
+    """The dashboard serves requests on threads, and the overview's rows-per-code cache
+    (`service.web.overview._KEPT`) is shared by them: a request summing the new hour's window
+    dropped the bucket that had just left it while a request begun a moment before still read
+    it (a KeyError: a 500 on the overview page, at the turn of an hour). The interpreter is
+    made to switch threads often, so the interleaving comes within a few hundred requests."""
+    import sys
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    from service.web.overview import Bucket, _charts
+
+    engine = make_engine(sqlite_url)
+    base = datetime(2026, 12, 1, 10, 30, tzinfo=UTC)
+    errors: list[BaseException] = []
+
+    def requests_at_the_turn(offset: int) -> None:
+        for i in range(300):
+            try:
+                _charts(engine, Bucket.HOUR, base + timedelta(hours=(i + offset) % 2))
+            except Exception as exc:
+                errors.append(exc)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=requests_at_the_turn, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+        engine.dispose()
+    assert not errors, repr(errors[0])
