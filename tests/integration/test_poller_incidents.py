@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from remediation.ports import ObjectInfo
 from service.adapters.meter_events import StripeMeterEventSink
 from service.adapters.stripe_client import build_stripe_client
+from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
 from service.errors import MeterEventSendError
 from service.models import Alert, PollerBatch
@@ -99,9 +100,13 @@ def test_a_stripe_outage_of_the_meters_list_is_alerted_like_a_failing_file(
     )
     sandbox_server.admin.inject_fault("GET", "/v1/billing/meters", 500, count=-1)
     start = datetime.now(UTC)
+    # the SDK's own retries (0.5 s backoff) only slow each failing pass down here
+    meters = StripeMeterSource(build_stripe_client(settings, max_network_retries=0))
     for minutes in range(0, 7 * 60 + 1, 30):  # a pass every 30 minutes for seven hours
+        deps = poller(at=start + timedelta(minutes=minutes))
+        deps.meters = meters
         with contextlib.suppress(Exception):  # what poll_forever does: log, try again
-            run_poll_pass(poller(at=start + timedelta(minutes=minutes)))
+            run_poll_pass(deps)
     assert _accepted(sandbox_server) == []
     with Session(poller().engine) as session:
         alerts = session.exec(select(Alert)).all()
