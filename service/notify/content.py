@@ -124,8 +124,8 @@ def collect_digest(
 ) -> Digest:
     # SQLite keeps times as naive UTC text: compare in UTC whatever DIGEST_TZ is.
     window = Window(window.start.astimezone(UTC), window.end.astimezone(UTC))
-    links = DashboardLinks(public_url, window)
     with engine.connect() as conn:
+        links = DashboardLinks(public_url, window, run=_sole_quarantining_run(conn, window))
         totals, by_code = _totals(conn, window)
         previous, previous_codes = _totals(conn, window.previous)
         digest = Digest(window, tz, examples, totals, previous)
@@ -141,6 +141,15 @@ def collect_digest(
         "quarantine": links.quarantine(),
     }
     return digest
+
+
+def _sole_quarantining_run(conn: Connection, window: Window) -> int | None:
+    """The run finished in the window that quarantined every row the digest counts, when
+    there is one: the quarantine page's `run=` then opens exactly those rows (filtered by
+    when rows were quarantined, a run started before the window was missed)."""
+    top = top_runs_finished_between(conn, window.start, window.end, 2)  # most quarantined first
+    quarantining = [int(run["id"]) for run in top if run["quarantined"]]
+    return quarantining[0] if len(quarantining) == 1 else None
 
 
 def _totals(conn: Connection, window: Window) -> tuple[Totals, dict[str, list[int]]]:

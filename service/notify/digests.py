@@ -1,8 +1,10 @@
 """Sending digests: one `digest_runs` row per (channel, window) makes each window sent once.
 
 A window is claimed by inserting its row (`sending`, with a lease); the unique (channel,
-window_start) means only one process wins. The row then ends `sent`, `empty` (nothing
-happened: nothing sent) or `failed` with its reason and the time of its next try (backoff).
+window_start) means only one process wins. A finished row of another cadence that starts at
+the same time (`DIGEST_EVERY` changed from 1h to 1d: midnight's hourly row) is taken over.
+The row then ends `sent`, `empty` (nothing happened: nothing sent) or `failed` with its
+reason and the time of its next try (backoff).
 A claim whose lease ran out (the sender died mid-send) is taken again, so a crash repeats at
 most that one message and never loses a window. Windows missed while no worker ran are caught
 up, oldest first (at most CATCH_UP_WINDOWS of them). Callers hold the notify leader lock.
@@ -69,7 +71,7 @@ class DigestSender:
         outcomes: list[DigestOutcome] = []
         for channel in self.channels:
             for window in self._due_windows(channel.name, now):
-                if self._claim(channel.name, window, now):
+                if self._claim(channel.name, window, now, over_other_window=True):
                     outcomes.append(self._deliver(channel, window, attempts=1))
             for window, attempts in self._due_retries(channel.name, now):
                 outcomes.append(self._deliver(channel, window, attempts))
@@ -82,8 +84,16 @@ class DigestSender:
                 return self.schedule.windows_after(end, now, CATCH_UP_WINDOWS)
         return [self.schedule.latest_window(now)]
 
-    def _claim(self, channel: str, window: Window, now: datetime) -> bool:
-        return store.claim_window(self.engine, self._new_row(channel, window, now))
+    def _claim(
+        self, channel: str, window: Window, now: datetime, *, over_other_window: bool = False
+    ) -> bool:
+        """Insert the window's row; on the grid, a finished row of the cadence before (same
+        start, another end) is taken over: its window was sent, this one not yet. A manual
+        window (`send_now`) never takes over a scheduled one: the grid would send it again."""
+        row = self._new_row(channel, window, now)
+        if store.claim_window(self.engine, row):
+            return True
+        return over_other_window and store.take_over_window(self.engine, row)
 
     def _new_row(self, channel: str, window: Window, now: datetime) -> dict[str, Any]:
         return {
@@ -177,8 +187,8 @@ class DigestSender:
 
     def _update(self, channel: str, window: Window, values: dict[str, Any]) -> None:
         """Only our own claim is finished (a row taken over by another sender is theirs)."""
-        start = window.start.astimezone(UTC)
-        store.update_own_window(self.engine, channel, start, self.instance, values)
+        bounds = (window.start.astimezone(UTC), window.end.astimezone(UTC))
+        store.update_own_window(self.engine, channel, bounds, self.instance, values)
 
     # --- `meterfix digest` -----------------------------------------------------------------
 

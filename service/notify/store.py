@@ -3,7 +3,8 @@ alert's life (what raising, resolving, acknowledging means) and writes through h
 dashboard, the admin API, /metrics and the digests read alerts here.
 
 Digest runs: one row per (channel, window); the unique (channel, window_start) makes a claim
-an insert that only one process wins (see `digests.py`).
+an insert that only one process wins (see `digests.py`), or, where a finished row of another
+`DIGEST_EVERY` starts at the same time, an update of that row that only one process wins.
 """
 
 from __future__ import annotations
@@ -187,6 +188,29 @@ def claim_window(engine: Engine, values: Mapping[str, Any]) -> bool:
     return inserted is not None
 
 
+def take_over_window(engine: Engine, values: Mapping[str, Any]) -> bool:
+    """Claim a window over the finished row of another window that starts at the same time
+    (`DIGEST_EVERY` changed: the hourly row of midnight holds the daily window's start, and
+    (channel, window_start) has one row); False when there is none, or it is still being
+    sent or retried (its window is the next pass's). Only one process moves the row: the
+    first update makes its end this window's."""
+    row = DIGEST_RUNS.c
+    finished = row.status.in_([DigestStatus.SENT, DigestStatus.EMPTY]) | (
+        (row.status == DigestStatus.FAILED) & row.next_attempt_at.is_(None)
+    )
+    other = (
+        (row.channel == values["channel"])
+        & (row.window_start == values["window_start"])
+        & (row.window_end != values["window_end"])
+    )
+    cleared = {"last_error": None, "sent_at": None}
+    with engine.begin() as connection:
+        moved = connection.execute(
+            update(DIGEST_RUNS).where(other & finished).values(**values, **cleared)
+        )
+    return moved.rowcount == 1
+
+
 def take_due_windows(
     engine: Engine, channel: str, now: datetime, *, instance: str, lease_until: datetime
 ) -> list[tuple[datetime, datetime, int]]:
@@ -226,18 +250,20 @@ def take_due_windows(
 def update_own_window(
     engine: Engine,
     channel: str,
-    window_start: datetime,
+    window: tuple[datetime, datetime],
     instance: str,
     values: Mapping[str, Any],
 ) -> None:
     """Change the row of (channel, window) only while `instance` holds its claim (a row
-    taken over by another sender is theirs)."""
+    taken over by another sender, or for another window since, is theirs)."""
+    start, end = window
     with engine.begin() as connection:
         connection.execute(
             update(DIGEST_RUNS)
             .where(
                 (DIGEST_RUNS.c.channel == channel)
-                & (DIGEST_RUNS.c.window_start == window_start)
+                & (DIGEST_RUNS.c.window_start == start)
+                & (DIGEST_RUNS.c.window_end == end)
                 & (DIGEST_RUNS.c.claimed_by == instance)
             )
             .values(**values)

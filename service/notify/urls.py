@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 from service.notify.windows import Window
@@ -12,13 +12,26 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _last_moment_before(moment: datetime) -> str:
+    """`until` is inclusive: the window's end less a microsecond (the database's precision),
+    so a row quarantined at the end is the next window's only."""
+    return (moment - timedelta(microseconds=1)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class DashboardLinks:
-    def __init__(self, public_url: str, window: Window | None = None) -> None:
-        """With a window, quarantine links show that window's rows (`since`/`until`)."""
+    def __init__(
+        self, public_url: str, window: Window | None = None, *, run: int | None = None
+    ) -> None:
+        """With a window, quarantine links show the rows a digest counts: those of the runs
+        finished in it. With `run`, the one run that quarantined rows in the window, that is
+        exactly `run=`; the filter takes one run, so with several the links fall back to the
+        rows quarantined in the window (`since`, `until`), which may differ."""
         self.base = public_url.rstrip("/")
-        self.period = (
-            {} if window is None else {"since": _iso(window.start), "until": _iso(window.end)}
-        )
+        self.period: dict[str, str | int] = {}
+        if run is not None:
+            self.period = {"run": run}
+        elif window is not None:
+            self.period = {"since": _iso(window.start), "until": _last_moment_before(window.end)}
 
     def home(self) -> str:
         return f"{self.base}/"
