@@ -107,12 +107,22 @@ class MeterEventSendError(ServiceError):
     """A batch of meter events was not accepted.
 
     `permanent`: Stripe refused the request itself (HTTP 400), so sending it again cannot
-    succeed; otherwise the failure outlasted the retries and a later attempt may."""
+    succeed; otherwise the failure outlasted the retries and a later attempt may.
+    `retry_after`: the seconds Stripe's last answer asked us to wait (`Retry-After`), if any:
+    the poller tries the object again no sooner."""
 
-    def __init__(self, reason: str, *, status: int | None = None, permanent: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        permanent: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.permanent = permanent
+        self.retry_after = retry_after
 
 
 class PartlyUnreadable(ServiceError):

@@ -9,9 +9,11 @@ type `temporary_session_expired` (`stripe.TemporarySessionExpiredError`, which i
 
 Transient failures (5xx, 409, 429, timeouts, dropped connections) are retried here, with
 exponential backoff and full jitter, honouring `Retry-After`; only a failure that outlasts
-`max_attempts` raises `MeterEventSendError`. A 400 names the request itself (the file's
-rows): it is raised at once, marked `permanent`. Re-sending a batch is safe: Stripe dedupes
-identifiers for at least 24 hours, so a batch whose answer was lost bills nothing twice.
+`max_attempts` raises `MeterEventSendError`, carrying the last `Retry-After` (one longer than
+`MAX_RETRY_AFTER` raises at once): the poller tries the object again no sooner. A 400 names
+the request itself (the file's rows): it is raised at once, marked `permanent`. Re-sending a
+batch is safe: Stripe dedupes identifiers for at least 24 hours, so a batch whose answer was
+lost bills nothing twice.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ MAX_EVENTS_PER_REQUEST = 100
 SESSION_SECONDS = 15 * 60  # Stripe's session lifetime, when `expires_at` cannot be read
 SESSION_MARGIN = 60.0  # renew this long before `expires_at` (a fifth of shorter lifetimes)
 MAX_RENEWALS = 2  # per request: a fresh session rejected again is not an expiry
-MAX_RETRY_AFTER = 60.0  # a longer Retry-After fails the request; the poller backs off instead
+MAX_RETRY_AFTER = 60.0  # a longer Retry-After fails the request; the poller waits it out
 DEFAULT_WORKERS = 8
 DEFAULT_TIMEOUT = 30.0  # seconds per stream request (the SDK's own default is 80)
 _SESSION_ERRORS = (stripe.TemporarySessionExpiredError, stripe.AuthenticationError)
@@ -152,7 +154,7 @@ class StripeMeterEventSink:
         if attempt >= self._max_attempts or delay is None:
             if isinstance(exc, stripe.RateLimitError):
                 what = "still rate limited"
-            raise _send_error(exc, f"{what} after {attempt} attempts") from exc
+            raise _send_error(exc, f"{what} after {attempt} attempts", retry_after=True) from exc
         log_event(
             "stripe.meter_events_retry",
             attempt=attempt,
@@ -280,10 +282,15 @@ def _lifetime(created: object, expires_at: object) -> float:
 
 
 def _send_error(
-    exc: stripe.StripeError, what: str, *, permanent: bool = False
+    exc: stripe.StripeError, what: str, *, permanent: bool = False, retry_after: bool = False
 ) -> MeterEventSendError:
+    """`retry_after`: carry the answer's `Retry-After` (a transient failure given up on), so
+    the poller's next attempt at the object is not before the time Stripe asked for."""
     status = exc.http_status
     detail = exc.user_message or type(exc).__name__
     return MeterEventSendError(
-        f"{what}: HTTP {status}: {detail}", status=status, permanent=permanent
+        f"{what}: HTTP {status}: {detail}",
+        status=status,
+        permanent=permanent,
+        retry_after=_retry_after(exc) if retry_after else None,
     )

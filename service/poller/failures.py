@@ -2,8 +2,9 @@
 
 Transient failures were already retried inside the pass (service.adapters.meter_events). A
 pass that still fails leaves the object `seen` with `next_attempt_at` pushed out (30 s,
-doubling, at most 30 min, with jitter); `failing_since` marks the start of the failing
-run. The poller gives up (status `failed`, one critical alert) only when:
+doubling, at most 30 min, with jitter), and never before the `Retry-After` Stripe last sent
+(up to an hour: `RETRY_AFTER_CAP`); `failing_since` marks the start of the failing run. The
+poller gives up (status `failed`, one critical alert) only when:
 - Stripe refused a request built from the file (HTTP 400): sending it again cannot help;
 - the file cannot be read past a point after rows before it were sent (not a whole-file
   failure: a whole-file repair would send those rows again);
@@ -29,6 +30,9 @@ from service.poller.progress import RESEND_HORIZON, ObjectProgress
 
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(minutes=30)
+# Stripe's Retry-After is honoured up to this: a longer one (a misconfigured proxy's) must not
+# keep the file from being tried, and given up on with an alert, for a day
+RETRY_AFTER_CAP = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +57,17 @@ def judge(
     elif now - since >= timedelta(seconds=give_up_after):
         why = "lasting"
     else:
-        return Verdict(False, "", now + backoff(progress.attempts), since)
+        return Verdict(False, "", now + _wait(exc, progress.attempts), since)
     return Verdict(True, why, None, since)
+
+
+def _wait(exc: BaseException, attempts: int) -> timedelta:
+    """The backoff, or longer when Stripe asked for longer (`MeterEventSendError.retry_after`):
+    trying before it only adds to the load of an incident."""
+    asked = getattr(exc, "retry_after", None)
+    if not isinstance(asked, int | float):
+        return backoff(attempts)
+    return max(backoff(attempts), min(timedelta(seconds=asked), RETRY_AFTER_CAP))
 
 
 def backoff(attempts: int) -> timedelta:

@@ -1,0 +1,83 @@
+"""The bundled poller when Stripe asks it to wait longer than a pass waits (`Retry-After`
+past `MAX_RETRY_AFTER`), against real local parts (the sandbox through the real stripe SDK, a
+file:// bucket, SQLite, and PostgreSQL when MFX_TEST_DATABASE_URL is set). Each test failed
+on the code before its fix (the docstrings say what went wrong)."""
+
+# ruff: noqa: F811  (fixtures imported from the module that defines them)
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from service.config import Settings
+from service.models import Alert
+from service.poller.passes import run_poll_pass
+from tests.conftest import SandboxServer
+from tests.integration.test_poller_resume import (  # noqa: F401
+    STREAM,
+    _object,
+    _put,
+    _rows,
+    _stream_requests,
+    poller,
+    settings,
+)
+
+
+def _utc(moment: datetime | None) -> datetime:
+    assert moment is not None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite reads naive
+
+
+def test_a_long_retry_after_holds_the_next_attempt_back_as_long_as_stripe_asked(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """README: a stream request that fails transiently is retried "waiting what `Retry-After`
+    says"; docs/architecture.md: transient failures are retried "honouring `Retry-After`".
+
+    Instead: a 429 asking for 600 s (more than a pass waits) fails the pass at once, and the
+    object's next attempt is the poller's own backoff (30 s, jittered down to 15 s): the next
+    passes send to Stripe again long before the 600 s it asked for, during its incident."""
+    _put(settings, "usage.csv", _rows(5, "ra"), tmp_path)
+    sandbox_server.admin.inject_fault("POST", STREAM, 429, count=-1, retry_after=600)
+    start = datetime.now(UTC)
+    first = run_poll_pass(poller(at=start))
+    assert (first.retry_files, first.gave_up) == (1, 0)
+    assert _utc(_object(poller(), "usage.csv").next_attempt_at) >= start + timedelta(seconds=600)
+    asked = _stream_requests(sandbox_server)
+    for minutes in (1, 3, 5, 9):  # passes inside Stripe's 600 s leave the object alone
+        run_poll_pass(poller(at=start + timedelta(minutes=minutes)))
+    assert _stream_requests(sandbox_server) == asked, "sent again inside Stripe's Retry-After"
+    sandbox_server.admin.clear_faults()
+    after = run_poll_pass(poller(at=start + timedelta(minutes=11)))
+    assert (after.imported, after.sent) == (1, 5)
+    assert sorted(e["identifier"] for e in sandbox_server.admin.meter_events()) == [
+        f"ra-{i}" for i in range(5)
+    ]
+
+
+def test_a_retry_after_of_a_day_waits_at_most_an_hour_and_still_counts_toward_giving_up(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """README: `MFX_POLLER_GIVE_UP_AFTER` is "how long a usage file may keep failing ...
+    before the poller gives up and raises a critical alert". A Retry-After is honoured up to
+    an hour (a longer one is not trusted to hold the file back past the give-up time), and
+    the waiting is part of the failing time: the poller still gives up on schedule."""
+    _put(settings, "usage.csv", _rows(3, "rb"), tmp_path)
+    sandbox_server.admin.inject_fault("POST", STREAM, 503, count=-1, retry_after=86400)
+    start = datetime.now(UTC)
+    run_poll_pass(poller(at=start))
+    next_at = _utc(_object(poller(), "usage.csv").next_attempt_at)
+    assert start + timedelta(minutes=59) <= next_at <= start + timedelta(hours=1, seconds=1)
+    give_up = timedelta(seconds=settings.mfx_poller_give_up_after)
+    late = run_poll_pass(poller(at=start + give_up + timedelta(minutes=1)))
+    assert (late.retry_files, late.gave_up) == (1, 1)
+    assert _object(poller(), "usage.csv").status == "failed"
+    with Session(poller().engine) as session:
+        alert = session.exec(select(Alert)).one()
+    assert (alert.severity, alert.status) == ("critical", "open")
+    assert "the poller gave up" in alert.subject
+    assert sandbox_server.admin.meter_events() == []
