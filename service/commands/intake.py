@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import threading
+from datetime import timedelta
 from functools import partial
 
 import click
@@ -23,9 +24,10 @@ from service.poller.job import start_poller_job
 from service.runtime import Runtime, runtime
 from service.web.access import login_banner
 from service.worker.heartbeats import new_instance_id
-from service.worker.inbox import requeue
+from service.worker.inbox import replay
 from service.worker.liveness import item_threads_alive
 from service.worker.loop import InboxWorker, LoopEnd, PassReport, run_loop
+from service.worker.schema import check_schema
 from service.worker.silence import start_silence_watch
 from service.worker.supervisor import (
     RESTART_EXIT_CODE,
@@ -125,14 +127,25 @@ def _echo_report(report: PassReport) -> None:
 @click.argument("event_id")
 @with_appcontext
 def replay_command(event_id: str) -> None:
-    """Re-queue a stored event, whatever its state."""
+    """Re-queue a stored event, whatever its state. Refused while a live worker processes it
+    (its lease not expired): a second worker would take it beside the first."""
     rt = runtime()
+    lease = rt.settings.mfx_worker_lease
     try:
-        found = requeue(rt.engine, event_id)
+        check_schema(rt.engine)
+        outcome = replay(rt.engine, event_id, timedelta(seconds=lease))
     except SQLAlchemyError as exc:
         raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
-    if not found:
+    except SchemaNotCurrent as exc:
+        raise click.ClickException(f"{exc}: run `meterfix db upgrade` first") from exc
+    if not outcome.found:
         raise click.ClickException(f"unknown event: {event_id} is not in the inbox")
+    if outcome.held_by is not None:
+        raise click.ClickException(
+            f"{event_id} is being processed by worker {outcome.held_by}: not re-queued "
+            f"(replay it once that worker has finished; a worker that died lets go of it "
+            f"{lease} s after its last heartbeat)"
+        )
     click.echo(f"{event_id} re-queued")
 
 

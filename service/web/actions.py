@@ -5,11 +5,13 @@ transaction as its effect, and shown on the item it touched."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 
 from service.errors import Conflict, NotFound
+from service.intake.store import INBOX
 from service.jobs.store.quarantine import (
     QuarantineFilter,
     count_quarantine,
@@ -19,7 +21,7 @@ from service.models import AdminActionName
 from service.models.alerts import AlertStatus
 from service.notify.alerts import set_alert_status
 from service.web.store import find_event, get_alert, record_action
-from service.worker.inbox import requeue_row
+from service.worker.inbox import replay_in
 from service.worker.tasks import TaskKind, enqueue_task, task_id
 
 
@@ -65,13 +67,21 @@ def change_alert(engine: Engine, alert_id: int, to: AlertStatus, actor: Actor) -
     return changed
 
 
-def replay_event(engine: Engine, ref: str, actor: Actor) -> dict[str, Any]:
-    """Make a stored event pending again, whatever its state (as `meterfix replay` does)."""
+def replay_event(engine: Engine, ref: str, actor: Actor, lease: timedelta) -> dict[str, Any]:
+    """Make a stored event pending again, whatever its state, but while a live worker holds
+    it (its `lease` not expired: a second worker would run it beside the first), as
+    `meterfix replay` does: a Conflict then."""
     with engine.begin() as connection:
         event = find_event(connection, ref)
         if event is None:
             raise NotFound(f"no event {ref!r} in the inbox")
-        requeue_row(connection, int(event["id"]))
+        outcome = replay_in(connection, INBOX.c.id == int(event["id"]), lease)
+        if outcome.held_by is not None:
+            raise Conflict(
+                f"event {event['event_id']} is being processed by worker {outcome.held_by}: "
+                "not re-queued (replay it once that worker has finished; a worker that died "
+                f"lets go of it {int(lease.total_seconds())} s after its last heartbeat)"
+            )
         record_action(
             connection,
             AdminActionName.REPLAY,

@@ -5,6 +5,7 @@ JSON with a reason: 400 bad parameter, 401 bad token, 403 no CSRF token, 404, 40
 from __future__ import annotations
 
 from dataclasses import fields
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
@@ -192,7 +193,8 @@ def events() -> Response:
 
 @bp.post("/events/<path:ref>/replay")
 def replay(ref: str) -> Response:
-    return jsonify(actions.replay_event(engine(), ref, actor()))
+    lease = timedelta(seconds=settings().mfx_worker_lease)
+    return jsonify(actions.replay_event(engine(), ref, actor(), lease))
 
 
 @bp.get("/health")

@@ -4,6 +4,7 @@ login form, and the buttons' POST routes (CSRF token required, then back to the 
 from __future__ import annotations
 
 import hmac
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -218,8 +219,12 @@ def events_page() -> str:
 
 @bp.post("/events/<path:ref>/replay")
 def replay_post(ref: str) -> BaseResponse:
-    event = actions.replay_event(engine(), ref, actor())
-    flash(f"Event {event['event_id']} re-queued.")
+    lease = timedelta(seconds=settings().mfx_worker_lease)
+    try:
+        event = actions.replay_event(engine(), ref, actor(), lease)
+        flash(f"Event {event['event_id']} re-queued.")
+    except Conflict as exc:
+        flash(str(exc))
     return redirect(_back("dashboard.events_page"))
 
 

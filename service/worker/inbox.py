@@ -18,6 +18,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    case,
     or_,
     select,
     update,
@@ -31,6 +32,7 @@ from service.notify.alerts import raise_alert, resolve_alert
 FIRST_RETRY_SECONDS = 15.0  # jittered to 7.5-15 s: the first retry comes within 30 s
 MAX_BACKOFF_SECONDS = 900.0  # 15 minutes
 ERROR_TEXT_LIMIT = 2000
+TAKEN_OVER = "its previous attempt's worker stopped without finishing (its lease expired)"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class ClaimedEvent:
     style: str
     body: str
     attempts: int
+    # Taken over from a worker that stopped without finishing (its lease expired), not due
+    # after a recorded failure: its attempts past the limit mean it keeps killing workers.
+    taken_over: bool = False
 
 
 def _claimable(now: datetime, lease: timedelta) -> Any:
@@ -71,6 +76,12 @@ def claim_next(engine: Engine, worker_id: str, lease: timedelta) -> ClaimedEvent
             locked_by=worker_id,
             locked_at=now,
             attempts=INBOX.c.attempts + 1,
+            # RETURNING sees the new row only: the old status is told through last_error,
+            # which then says (on the dashboard too) why the previous attempt has no result
+            last_error=case(
+                (INBOX.c.status == InboxStatus.PROCESSING, TAKEN_OVER),
+                else_=INBOX.c.last_error,
+            ),
         )
         .returning(
             INBOX.c.id,
@@ -79,13 +90,14 @@ def claim_next(engine: Engine, worker_id: str, lease: timedelta) -> ClaimedEvent
             INBOX.c.style,
             INBOX.c.body,
             INBOX.c.attempts,
+            INBOX.c.last_error,
         )
     )
     with engine.begin() as connection:
         row = connection.execute(statement).first()
     if row is None:
         return None
-    return ClaimedEvent(row[0], row[1], row[2], row[3], row[4], row[5])
+    return ClaimedEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6] == TAKEN_OVER)
 
 
 def storable(reason: str) -> str:
@@ -186,6 +198,37 @@ def requeue(engine: Engine, event_id: str) -> bool:
     """Make a stored event pending again, whatever its state; False if it is unknown."""
     with engine.begin() as connection:
         return _requeue(connection, INBOX.c.event_id == event_id)
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    found: bool
+    held_by: str | None = None  # the live worker holding the row: it was not re-queued
+
+
+def replay(engine: Engine, event_id: str, lease: timedelta) -> ReplayOutcome:
+    """`meterfix replay`: make a stored event pending again, unless a live worker holds it
+    (re-queued, a second worker would run it beside the first). A row whose lease expired
+    (`_claimable`: its worker died) is re-queued."""
+    with engine.begin() as connection:
+        return replay_in(connection, INBOX.c.event_id == event_id, lease)
+
+
+def replay_in(
+    connection: Connection, which: ColumnElement[bool], lease: timedelta
+) -> ReplayOutcome:
+    """`replay` in the caller's transaction (a replay by an admin records itself in it)."""
+    free = or_(
+        INBOX.c.status != InboxStatus.PROCESSING,
+        INBOX.c.locked_at.is_(None),
+        INBOX.c.locked_at < utcnow() - lease,
+    )
+    if _requeue(connection, and_(which, free)):
+        return ReplayOutcome(found=True)
+    row = connection.execute(select(INBOX.c.locked_by).where(which)).first()
+    if row is None:
+        return ReplayOutcome(found=False)
+    return ReplayOutcome(found=True, held_by=row.locked_by or "unknown")
 
 
 def requeue_event(connection: Connection, event_id: str) -> bool:

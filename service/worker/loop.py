@@ -21,8 +21,6 @@ from enum import StrEnum
 from typing import Any
 
 import stripe
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,11 +28,10 @@ from handlers import handler_for
 from handlers.errors import UnusableEvent
 from service.adapters.stripe_events import fetch_full_event
 from service.config import Settings
-from service.db import MIGRATIONS_DIR, checkpoint_wal, session_scope
+from service.db import checkpoint_wal, session_scope
 from service.errors import (
     ItemInterrupted,
     LeaseLost,
-    SchemaNotCurrent,
     TaskInputMissing,
     TimeLimitExceeded,
 )
@@ -58,6 +55,7 @@ from service.worker.liveness import (
     call_with_time_limit,
     heartbeat_interval,
 )
+from service.worker.schema import check_schema
 from service.worker.task_runner import TaskRunner
 from service.worker.tasks import TASK_STYLE, TaskKind, parse_task
 
@@ -137,13 +135,7 @@ class InboxWorker:
     def check_database(self) -> None:
         """Raises SQLAlchemyError when the database is unreachable, SchemaNotCurrent when
         it was never migrated or is behind this code."""
-        with self.engine.connect() as connection:
-            current = set(MigrationContext.configure(connection).get_current_heads())
-        scripts = ScriptDirectory(str(MIGRATIONS_DIR))
-        known = {script.revision for script in scripts.walk_revisions()}
-        # A revision this code does not know is a newer schema: not ours to refuse.
-        if not current or (current <= known and current != set(scripts.get_heads())):
-            raise SchemaNotCurrent("the database schema is not up to date")
+        check_schema(self.engine)
 
     def drain(self, stop: threading.Event | None = None) -> PassReport:
         """Process everything due now; failures are rescheduled, never waited for. With
@@ -165,7 +157,10 @@ class InboxWorker:
         self, claimed: ClaimedEvent, report: PassReport, stop: threading.Event | None = None
     ) -> None:
         log_event("inbox.claimed", event_id=claimed.event_id, attempt=claimed.attempts)
-        if claimed.attempts > self.settings.mfx_max_attempts:  # it keeps killing workers
+        # Past the limit and taken over: it keeps killing workers. Past it after a recorded
+        # failure (the limit was lowered since), it gets its next attempt, whose failure is
+        # its last (`_fail`): never dead-lettered unrun for a death that did not happen.
+        if claimed.taken_over and claimed.attempts > self.settings.mfx_max_attempts:
             self._fail(claimed, DIED_WHILE_WORKING, report)
             return
         try:

@@ -11,7 +11,7 @@ from service.jobs.inputs import JobDeps
 from service.jobs.quarantine_rerun import rerun_quarantine
 from service.jobs.remediation import import_set_errors, import_set_failed, poller_rows
 from service.jobs.runs import RunContext
-from service.notify.alerts import raise_alert
+from service.notify.alerts import raise_alert, resolve_alert
 from service.runtime import Runtime
 from service.worker.tasks import TaskKind
 
@@ -49,17 +49,27 @@ JOBS: dict[TaskKind, Callable[[JobDeps, str], str]] = {
 
 
 def run_task(deps: JobDeps, kind: TaskKind, ref: str) -> str:
+    """Run the task's job. An input that cannot be had ends the task with a critical alert
+    (not retried: a person must look); a later run that succeeds (a replay once the input
+    is back) resolves it."""
     job: Callable[[JobDeps, str], str] = JOBS[kind]
+    key = input_alert_key(kind, ref)
     try:
-        return job(deps, ref)
+        outcome = job(deps, ref)
     except (TaskInputMissing, UnreadableFile) as exc:
         reason = exc.reason if isinstance(exc, UnreadableFile) else str(exc)
         raise_alert(
             deps.run.engine,
-            key=f"remediation:{kind.value}:{ref}",
+            key=key,
             severity="critical",
             kind="remediation_input",
             subject=f"{kind.value} {ref}: cannot remediate",
             message=reason,
         )
         return f"not remediated: {reason}"
+    resolve_alert(deps.run.engine, key)
+    return outcome
+
+
+def input_alert_key(kind: TaskKind, ref: str) -> str:
+    return f"remediation:{kind.value}:{ref}"

@@ -408,3 +408,43 @@ def test_overview_charts_read_on_two_threads_across_the_hour_do_not_fail(sqlite_
         sys.setswitchinterval(interval)
         engine.dispose()
     assert not errors, repr(errors[0])
+
+
+def test_replaying_an_event_a_live_worker_holds_is_refused_on_the_api_and_the_page(
+    site: Site,
+) -> None:
+    """README: `meterfix replay EVENT_ID` re-queues any event or task "but one a live worker
+    is processing"; the dashboard's and the API's replay are the same action. They re-queued
+    it: a second worker took the item beside the first, which still held it."""
+    from datetime import UTC, datetime
+
+    from sqlmodel import Session, select
+
+    from service.models import AdminAction, InboxEvent
+    from service.models.inbox import InboxStatus
+    from service.worker.tasks import TaskKind, enqueue_task, task_id
+
+    with site.engine.begin() as connection:
+        enqueue_task(connection, TaskKind.POLLER_ROWS, "held")
+    held = task_id(TaskKind.POLLER_ROWS, "held")
+    with Session(site.engine) as session:  # a live worker took it a moment ago
+        row = session.exec(select(InboxEvent)).one()
+        row.status, row.attempts = InboxStatus.PROCESSING, 1
+        row.locked_by, row.locked_at = "host:1:live", datetime.now(UTC)
+        session.add(row)
+        session.commit()
+    csrf = {"X-CSRF-Token": "unused"}  # a bearer token needs none
+    api = site.post(f"/api/events/{held}/replay", headers={**BEARER, **csrf})
+    assert api.status_code == 409, api.text[:200]
+    assert "being processed by worker host:1:live" in api.json()["error"]
+    response = site.post("/login", data={"token": TOKEN, "csrf_token": site.login_form_csrf()})
+    assert response.status_code == 302
+    page = site.post(f"/events/{held}/replay", data={"csrf_token": site.login_form_csrf("/events")})
+    assert page.status_code == 302
+    shown = site.get(page.headers["Location"]).text
+    assert "being processed by worker host:1:live" in shown
+    with Session(site.engine) as session:
+        row = session.exec(select(InboxEvent)).one()
+        actions = session.exec(select(AdminAction)).all()
+    assert (row.status, row.attempts, row.locked_by) == (InboxStatus.PROCESSING, 1, "host:1:live")
+    assert actions == []  # nothing was replayed, so no replay is recorded
