@@ -133,7 +133,12 @@ def _header_cases() -> list[tuple[str | None, str]]:
     ]
 
 
-@pytest.mark.parametrize(("header", "expected"), _header_cases())
+# ids fixed: the headers hold a signing time, and collection (by each xdist worker) must
+# give every test the same name
+HEADER_IDS = ["none", "empty", "garbage", "t-not-a-number", "space-after-comma", "no-t", "v0"]
+
+
+@pytest.mark.parametrize(("header", "expected"), _header_cases(), ids=HEADER_IDS)
 def test_bad_headers(url: str, db_url: str, header: str | None, expected: str) -> None:
     body = json.dumps(load_event("thin_no_meter_found"))
     assert expected in _rejected(post_raw(url, body, header), db_url)
