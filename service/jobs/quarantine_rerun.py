@@ -30,7 +30,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -114,7 +114,9 @@ def rerun_key(action_ref: str, generation: int, traced_from: int | None = None) 
 
 
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
-    with _one_at_a_time(ctx.engine):
+    with ExitStack() as held:
+        with ctx.waiting_turn():  # the wait for the re-run before is not this one's time
+            held.enter_context(_one_at_a_time(ctx.engine))
         return _rerun_quarantine(ctx, action_ref)
 
 

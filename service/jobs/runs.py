@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -76,6 +76,9 @@ class RunContext:
     meters: Sequence[Meter]
     rules: Rules
     customers: CustomerDirectory | None = None
+    # around a job's wait for its turn (a re-run waits for the one before it): the worker
+    # does not count it against the item's time limit (`service.worker.liveness`)
+    waiting_turn: Callable[[], AbstractContextManager[None]] = nullcontext
 
 
 def execute_run(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import math
 import sys
 import threading
 import time
@@ -138,8 +139,11 @@ def call_with_time_limit(
     faulthandler watchdog that ends the process if even this thread cannot run."""
     box: list[tuple[bool, Any]] = []
     finished = threading.Event()
+    armed = hard_limit and _arm_watchdog(limit_seconds + HARD_LIMIT_GRACE_SECONDS)
+    deadline = _Deadline(limit_seconds, armed)
 
     def target() -> None:
+        _ITEM.deadline = deadline
         try:
             box.append((True, work()))
         except BaseException as exc:  # handed to the waiting thread, which re-raises it
@@ -147,28 +151,64 @@ def call_with_time_limit(
         finally:
             finished.set()
 
-    deadline = time.monotonic() + limit_seconds
-    with _watchdog(limit_seconds + HARD_LIMIT_GRACE_SECONDS, enabled=hard_limit):
+    try:
         threading.Thread(target=target, name=name, daemon=True).start()
-        while not finished.wait(min(WAIT_STEP_SECONDS, max(deadline - time.monotonic(), 0))):
+        while not finished.wait(min(WAIT_STEP_SECONDS, max(deadline.left(), 0))):
             if stop is not None and stop.is_set():
                 raise ItemInterrupted(name)
-            if time.monotonic() >= deadline:
+            if deadline.left() <= 0:
                 raise TimeLimitExceeded(limit_seconds)
+    finally:
+        deadline.waited = False
+        if armed:
+            faulthandler.cancel_dump_traceback_later()
     ok, value = box[0]
     if ok:
         return cast(T, value)  # `work`'s own result
     raise value
 
 
+class _Deadline:
+    """When an item's time is up; paused while it waits for its turn (a lock another item
+    holds: that wait is not its work) and counted afresh after. Written by the item's thread,
+    read by the waiting one (a float assignment: atomic)."""
+
+    def __init__(self, seconds: float, watchdog: bool) -> None:
+        self.seconds, self.watchdog = seconds, watchdog
+        self.at = time.monotonic() + seconds
+        self.waited = True  # False once the waiting thread has given up on the item
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def pause(self) -> None:
+        self.at = math.inf
+        if self.watchdog and self.waited:
+            faulthandler.cancel_dump_traceback_later()
+
+    def restart(self) -> None:
+        self.at = time.monotonic() + self.seconds
+        if self.watchdog and self.waited:
+            _arm_watchdog(self.seconds + HARD_LIMIT_GRACE_SECONDS)
+
+
+_ITEM = threading.local()  # on an item's thread: its `_Deadline`
+
+
 @contextmanager
-def _watchdog(seconds: float, *, enabled: bool) -> Iterator[None]:
-    armed = enabled and _arm_watchdog(seconds)
+def waiting_turn() -> Iterator[None]:
+    """Around an item's wait for its turn (a re-run waits for the one before it), on its
+    thread: the wait does not count, and its `MFX_TASK_TIME_LIMIT` counts from the end of
+    it. The worker still stops it on a signal. Off an item's thread (the CLI) nothing."""
+    deadline: _Deadline | None = getattr(_ITEM, "deadline", None)
+    if deadline is None:
+        yield
+        return
+    deadline.pause()
     try:
         yield
     finally:
-        if armed:
-            faulthandler.cancel_dump_traceback_later()
+        deadline.restart()
 
 
 def _arm_watchdog(seconds: float) -> bool:

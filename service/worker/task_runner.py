@@ -13,6 +13,7 @@ from service.jobs.remediation import import_set_errors, import_set_failed, polle
 from service.jobs.runs import RunContext
 from service.notify.alerts import raise_alert, resolve_alert
 from service.runtime import Runtime
+from service.worker.liveness import waiting_turn
 from service.worker.tasks import TaskKind
 
 
@@ -31,6 +32,7 @@ class TaskRunner:
             meters=list(rt.meter_source.meters()),
             rules=rt.rules,
             customers=rt.customers if rt.rules.policy.customer_metadata_key else None,
+            waiting_turn=waiting_turn,
         )
         if kind is TaskKind.QUARANTINE_RERUN:
             try:

@@ -84,12 +84,6 @@ def test_a_row_a_rerun_sends_unchanged_is_traced_when_stripe_refuses_it_later(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MFX_TASK_TIME_LIMIT is enforced by the worker around the whole task "
-    "(service.worker.liveness.call_with_time_limit, from InboxWorker.process); the re-run "
-    "cannot restart that clock when it takes its lock: a worker change",
-)
 def test_a_rerun_waiting_for_another_reruns_lock_is_not_timed_out_for_the_wait(
     sandbox_server: SandboxServer,
     pg_url: str,
@@ -99,7 +93,8 @@ def test_a_rerun_waiting_for_another_reruns_lock_is_not_timed_out_for_the_wait(
     """README: "Each item may run `MFX_TASK_TIME_LIMIT` seconds"; re-runs run one at a time
     (`quarantine_rerun._one_at_a_time`: on PostgreSQL an advisory lock, waited for).
 
-    Instead: the wait for the lock counts against the re-run's own limit. Another re-run
+    Instead (before `liveness.restart_time_limit`): the wait for the lock counted against the
+    re-run's own limit. Another re-run
     holds the lock for 4 s; this one, limited to 2 s and needing well under a second once it
     has the lock, is failed "exceeded the 2 s time limit" having done nothing (and its
     worker process restarts)."""
