@@ -44,8 +44,13 @@ lint: install
 types: install
 	$(BIN)/mypy
 
+# Most of the suite waits on sockets, subprocesses and sleeps (one process keeps a 2-core machine
+# about 30 % busy), so it runs on TEST_WORKERS processes (pytest-xdist), a test file each at a
+# time (`loadfile`: a file's tests share its module state). `TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
+
 pytest: install
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: lint types pytest
 
