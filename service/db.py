@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -364,9 +366,16 @@ def advisory_lock(engine: Engine, seed: int, name: str = "", *, wait: bool) -> I
     """One holder at a time across processes: on PostgreSQL a session advisory lock held on a
     connection of its own while the block runs (let go with the connection if the process
     dies). `wait`: wait for it (yields True); else try once and yield whether it was taken.
-    SQLite means one process, so the lock is always granted there."""
+    On a SQLite file, a file lock beside it (`meterfix poll` beside `meterfix worker` are two
+    processes on one file; let go by the system if the process dies too); an in-memory
+    database has one process."""
     if not is_postgres(engine):
-        yield True
+        path = _sqlite_lock_path(engine, seed, name)
+        if path is None:
+            yield True
+            return
+        with _file_lock(path, wait=wait) as held:
+            yield held
         return
     with engine.connect() as connection:
         key = {"key": int(connection.execute(_LOCK_ID, {"seed": seed, "name": name}).scalar_one())}
@@ -382,6 +391,32 @@ def advisory_lock(engine: Engine, seed: int, name: str = "", *, wait: bool) -> I
             if held:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
                 connection.commit()
+
+
+def _sqlite_lock_path(engine: Engine, seed: int, name: str) -> Path | None:
+    """`<database file>.lock-<id>` for a SQLite file; None in memory."""
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:12]
+    db_file = Path(database)
+    return db_file.with_name(f"{db_file.name}.lock-{digest}")
+
+
+@contextmanager
+def _file_lock(path: Path, *, wait: bool) -> Iterator[bool]:
+    """An exclusive `flock` on `path` (kept: removing a lock file races with its next
+    holder); whether it was taken. Two opens conflict in one process too."""
+    with path.open("a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def in_listed(
