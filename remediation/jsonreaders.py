@@ -11,7 +11,10 @@ float's range such as `1e999`): `json.loads` reads it as a float and `json.dumps
 back as no JSON reader takes (Stripe's, PostgreSQL's), so it would reach a corrected file or
 fail the database's insert. Every other number with a fraction or an exponent is read by
 `jsonnumbers.json_float`: its text, as written, is what goes out again (a float's `repr` of
-it would change a billed value unseen).
+it would change a billed value unseen); so is the integer `-0` (`jsonnumbers.json_int`, for a
+line or element whose text holds `-0` only). A line is trimmed of JSON's whitespace (space,
+tab, line feed, carriage return) alone: a Unicode space at its end (NBSP, U+3000) is part of
+what was written, kept in a line quarantined as written.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import BinaryIO
 
 from remediation.errors import UnreadableFile, not_utf8
 from remediation.filetypes import FileFormat
-from remediation.jsonnumbers import json_float
+from remediation.jsonnumbers import json_float, json_int
 from remediation.limits import MAX_LINE_CHARS as MAX_LINE_CHARS  # core.jsonllines reads it here
 from remediation.limits import json_depth_over, json_value_end
 from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord, resolve_error
@@ -36,6 +39,7 @@ CHUNK_CHARS = 64 * 1024
 LINE_BLOCK_CHARS = 1 << 18  # JSON Lines text read at once
 MAX_JSON_ELEMENT_CHARS = MAX_LINE_CHARS
 RAW_KEPT = 1024  # characters of an unreadable line kept in its quarantined row
+JSON_SPACE = " \t\r\n"  # what JSON calls whitespace (RFC 8259), all a line is trimmed of
 
 
 def text_stream(stream: BinaryIO) -> io.TextIOWrapper:
@@ -149,24 +153,36 @@ def record_from_obj(number: int, obj: object) -> UsageRecord:
     }
     payload = obj.get("payload")
     if payload is None:
+        if "payload" in obj:  # null: written back so in a quarantined row (`record_object`)
+            extra["payload"] = None
         payload = {}
     elif not isinstance(payload, dict):
         # kept as it came (`writers.record_object` writes it back), never read by a rule
         problems.append(f"payload is a JSON {_json_kind(payload)}, not an object")
         extra["payload"], payload = payload, {}
+    timestamp = obj.get("timestamp")
+    if timestamp is None and "timestamp" in obj:
+        extra["timestamp"] = None  # null, as the payload's
     code, message = resolve_error({k: obj[k] for k in ERROR_FIELDS if k in obj})
     texts: dict[str, str | None] = {}
     for name in ("identifier", "event_name"):
         value = obj.get(name)
+        if type(value) is str:  # the common case, first
+            texts[name] = value or None
+            continue
         # no text of it is the row's (Python's of `true` is `True`): kept as it came
         if isinstance(value, dict | list | bool):
             problems.append(f"{name} is a JSON {_json_kind(value)}, not text")
             extra[name], value = value, None
-        texts[name] = None if value is None or value == "" else str(value)
+        elif isinstance(value, int | float):
+            extra[name] = value  # read as its text; a quarantined row keeps the number
+        elif name == "event_name" and name in obj:
+            extra[name] = None  # null, as the payload's (a null identifier gets one made up)
+        texts[name] = None if value is None else str(value)
     return UsageRecord(
         number,
         texts["identifier"],
-        obj.get("timestamp"),
+        timestamp,
         texts["event_name"],
         dict(payload),
         extra,
@@ -215,7 +231,7 @@ def jsonl_line_blocks(text: io.TextIOWrapper, first: int = 0) -> Iterator[LineBl
     number = first
     for short, lines in _raw_lines(text):
         if short:  # no line is too long: the common case, on whole lists
-            cleaned = [line.strip() for line in short]
+            cleaned = [line.strip(JSON_SPACE) for line in short]
             kept = cleaned if all(cleaned) else [line for line in cleaned if line]
             if kept:
                 yield LineBlock(list(range(number + 1, number + 1 + len(kept))), kept, {})
@@ -223,7 +239,7 @@ def jsonl_line_blocks(text: io.TextIOWrapper, first: int = 0) -> Iterator[LineBl
             continue
         block = LineBlock([], [], {})
         for head, length in lines:
-            stripped = head.strip()
+            stripped = head.strip(JSON_SPACE)
             if not stripped:
                 continue
             number += 1
@@ -315,7 +331,9 @@ def parse_line(text: str, depth: int) -> tuple[object, str | None]:
     if text.count("[") + text.count("{") > depth and json_depth_over(text, depth):
         return None, f"is nested deeper than {depth} levels"
     try:
-        obj = _STRICT.decode(text)
+        # `jsonnumbers.may_hold_minus_zero`, inlined: this runs on every line read here
+        signed = "-" in text and "-0" in text
+        obj = (_STRICT_SIGNED if signed else _STRICT).decode(text)
     except json.JSONDecodeError as exc:
         return None, f"is not JSON: {exc.msg}"
     except _NotJsonNumber as exc:
@@ -361,8 +379,13 @@ def _finite_float(text: str) -> float:
 
 
 # Decodes as json.loads does, refusing the numbers JSON does not have (`_NotJsonNumber`), a
-# number with a fraction or an exponent kept as its text (`jsonnumbers.json_float`).
+# number with a fraction or an exponent kept as its text (`jsonnumbers.json_float`); for a
+# line that may hold `-0`, every integer read by `jsonnumbers.json_int` (a Python call per
+# integer: only there).
 _STRICT = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
+_STRICT_SIGNED = json.JSONDecoder(
+    parse_float=_finite_float, parse_constant=_refuse_constant, parse_int=json_int
+)
 
 
 # A lone surrogate escape (`\ud800` without its pair) decodes to a string no UTF-8 output, no
@@ -448,6 +471,7 @@ class _JsonArrayStream:
         # Reads the numbers JSON does not have, noting the first (`odd`): the element is
         # refused whole once its extent is known (`checked`).
         self.decoder = json.JSONDecoder(parse_float=self._float, parse_constant=self._constant)
+        self._signed: json.JSONDecoder | None = None  # the same, `-0` kept (`signed`)
         self.odd: str | None = None
 
     def _float(self, text: str) -> float:
@@ -529,7 +553,23 @@ class _JsonArrayStream:
             if end == len(self.buf) and self.fill():
                 continue  # a bare number may go on in the next chunk: decode again
             start, self.pos = self.pos, end
+            if self.holds_minus_zero(start, end):
+                value = self.signed().raw_decode(self.buf, start)[0]
             return self.checked(value, start, end)
+
+    def holds_minus_zero(self, start: int, end: int) -> bool:
+        """`jsonnumbers.may_hold_minus_zero` of the element's text, not copied out."""
+        buf = self.buf
+        return buf.find("-", start, end) >= 0 and buf.find("-0", start, end) >= 0
+
+    def signed(self) -> json.JSONDecoder:
+        """`decoder`, every integer read by `json_int` (`-0` kept): decoded again with it is
+        only an element whose text may hold `-0`."""
+        if self._signed is None:
+            self._signed = json.JSONDecoder(
+                parse_float=self._float, parse_constant=self._constant, parse_int=json_int
+            )
+        return self._signed
 
     def refused(self, number: int, why: str) -> _Refused:
         """The element the decoder gave up on (nested past its recursion limit, far past

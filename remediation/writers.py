@@ -25,6 +25,7 @@ from remediation.records import (
 from remediation.spool import write_shared
 
 ERROR_OUT_FIELDS = ("error_code", "error_message")
+_OBJECT_KEYS = frozenset((*CORE_FIELDS, "payload"))  # `record_object` writes these first
 Getter = Callable[[UsageRecord], str]
 
 
@@ -45,24 +46,41 @@ def default_columns(record: UsageRecord) -> list[str]:
     ]
 
 
-def record_object(record: UsageRecord, with_errors: bool = False) -> dict[str, object]:
-    """The JSON object of a record: core keys (omitted when None), payload, extra keys."""
+def record_object(
+    record: UsageRecord, with_errors: bool = False, *, as_came: bool = False
+) -> dict[str, object]:
+    """The JSON object of a record: core keys (omitted when None), payload, extra keys.
+
+    `as_came` (a quarantined row): a core key or payload the JSON reader kept in `extra` as
+    it came (null, a number where text belongs, a value of the wrong shape) is written so, in
+    its place. Otherwise (a row sent to Stripe) those are left out: the identifier is the text
+    Stripe takes, a null timestamp or event name is absent as before."""
+    kept = record.extra if as_came else {}
     obj: dict[str, object] = {}
-    if record.identifier is not None:
-        obj["identifier"] = record.identifier
-    if record.timestamp is not None:
-        obj["timestamp"] = record.timestamp
-    if record.event_name is not None:
-        obj["event_name"] = record.event_name
-    obj["payload"] = record.payload
+    for name, value in (
+        ("identifier", record.identifier),
+        ("timestamp", record.timestamp),
+        ("event_name", record.event_name),
+    ):
+        if name in kept:
+            obj[name] = kept[name]
+        elif value is not None:
+            obj[name] = value
+    obj["payload"] = kept["payload"] if _payload_came(record, kept) else record.payload
     for key, value in record.extra.items():
-        if not key.startswith(MFX_PREFIX) and key not in obj:
+        if not key.startswith(MFX_PREFIX) and key not in _OBJECT_KEYS:
             obj[key] = value
-    if record.malformed and not record.payload and "payload" in record.extra:
-        obj["payload"] = record.extra["payload"]  # a payload that was no object, as it came
     if with_errors and (record.error_code or record.error_message):
         obj["error"] = {"code": record.error_code, "message": record.error_message}
     return obj
+
+
+def _payload_came(record: UsageRecord, kept: Mapping[str, object]) -> bool:
+    """Whether the payload is written as the JSON reader kept it: null, or no object (a
+    malformed row); not a CSV column named `payload` beside a row's payload columns."""
+    if "payload" not in kept or record.payload:
+        return False
+    return kept["payload"] is None or record.malformed is not None
 
 
 class RecordWriter:
@@ -165,7 +183,8 @@ class RecordWriter:
         return [getter(name) for name in columns]
 
     def _write_json(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
-        obj = record_object(record, self._with_errors)
+        # an annotated writer's rows (`mfx_code`, `mfx_reason`) are quarantined: as they came
+        obj = record_object(record, self._with_errors, as_came=bool(self._annotations))
         obj.update(notes)
         line = dumps(obj)
         if self.fmt is FileFormat.JSONL:

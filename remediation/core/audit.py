@@ -293,7 +293,7 @@ def _quarantined_rows(
 
 def _record_json(record: UsageRecord, code: str, reason: str) -> str:
     """A quarantined record as JSON text, as a JSON Lines quarantine file holds it."""
-    full = {**record_object(record), "mfx_code": code, "mfx_reason": reason}
+    full = {**record_object(record, as_came=True), "mfx_code": code, "mfx_reason": reason}
     return dumps(full)
 
 

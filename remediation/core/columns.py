@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.text import CellSource
-from remediation.jsonnumbers import dumps, json_float, loads
+from remediation.jsonnumbers import dumps, json_float, json_int, loads
 from remediation.records import UsageRecord
 
 # Runs a function on another thread (`concurrent.futures.Executor.submit`): where a reader
@@ -237,7 +237,7 @@ def value_of(text: str | None, kind: int) -> object:
     if kind == Kind.TEXT:
         return text
     if kind == Kind.INT:
-        return int(text)
+        return json_int(text)  # `-0` kept
     if kind == Kind.FLOAT:
         return json_float(text)
     if kind == Kind.BOOL:

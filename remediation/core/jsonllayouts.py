@@ -47,6 +47,9 @@ SLOTS = {
 # text or absent, and the error fields through `resolve_error`, so lines with such values
 # there are left to it.
 _LITERAL_GROUPS = ("payload", "extra", "ignored")
+# Groups read as text: a number there is read as its text by the record path, which keeps the
+# number too (a quarantined row is written with it), so lines with one are left to it.
+_TEXT_GROUPS = ("identifier", "event_name")
 # json.dumps's separators: compact, its default, and the pair it uses with `indent` (a
 # pretty-printed JSON array's elements, their line breaks and indents taken out: `jsonarray`)
 _STYLES = ((",", ":"), (", ", ": "), (",", ": "))
@@ -136,6 +139,8 @@ def learn(obj: object, line: str, depth: int) -> Layout | None:
             extra_keys.append(key)
         if kind in LITERALS and group not in _LITERAL_GROUPS:
             return None
+        if kind != Kind.TEXT and group in _TEXT_GROUPS:
+            return None
         tokens += _slot(Leaf(group, key, kind, (key,)))
     tokens.append("}")
     if (2 if nested else 1) > depth:
@@ -224,7 +229,7 @@ def layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[Any
         elif leaf.kind in LITERALS:  # "true", "false" or "null", as `present_text` has them
             kinds = np.full(n, leaf.kind, np.uint8)
         if leaf.group in ("identifier", "event_name"):
-            kinds = None  # read as text (`str()` of a number), "" as absent
+            kinds = None  # text (a number there is left to the record path), "" as absent
             texts = pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts)
         columns[(leaf.group, leaf.key)] = Column(texts, kinds)
     code, message = errors_of(errors, n)

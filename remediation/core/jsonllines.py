@@ -1,18 +1,18 @@
 """The lines of a JSON Lines stream as Arrow text, a block of bytes at a time.
 
 The line reader (`jsonreaders.jsonl_line_blocks`) decodes the stream, splits it where
-`readline` would ("\\n", "\\r", "\\r\\n"), strips each line of what `str.strip` calls
-whitespace, skips blank lines and refuses a line longer than `MAX_LINE_CHARS`: all of it in
-Python, a string object per line, then encoded again into Arrow (the bench's 1M `varied`
-lines: 1.1 s of the 4.5 s its batches took to read, under cProfile; 0.45 s split here). Most
-files need nothing of that but the split. Here a block of
-bytes that ends at a "\\n" is split by Arrow when the line reader would give exactly those
-lines: the block is UTF-8 and holds no "\\r", no line is longer than the limit, and no line
-starts or ends with a byte that could be whitespace to `str.strip` (ASCII whitespace, or any
-byte of a character beyond ASCII: U+0085, U+00A0, U+2028 and others are whitespace to it).
-Empty lines are skipped, as the line reader skips them. The first block that is not such hands
-the rest of the stream, from that block's first byte, to the line reader, which reads, refuses
-or fails it as it always did (a byte that is not UTF-8 fails the file there).
+`readline` would ("\\n", "\\r", "\\r\\n"), strips each line of JSON's whitespace (space,
+tab, carriage return, line feed: `jsonreaders.JSON_SPACE`), skips blank lines and refuses a
+line longer than `MAX_LINE_CHARS`: all of it in Python, a string object per line, then
+encoded again into Arrow (the bench's 1M `varied` lines: 1.1 s of the 4.5 s its batches took
+to read, under cProfile; 0.45 s split here). Most files need nothing of that but the split.
+Here a block of bytes that ends at a "\\n" is split by Arrow when the line reader would give
+exactly those lines: the block is UTF-8 and holds no "\\r", no line is longer than the limit,
+and no line starts or ends with a byte of JSON's whitespace (a Unicode space, U+00A0 or
+U+3000, is not one: it stays in its line, as the line reader keeps it). Empty lines are
+skipped, as the line reader skips them. The first block that is not such hands the rest of
+the stream, from that block's first byte, to the line reader, which reads, refuses or fails
+it as it always did (a byte that is not UTF-8 fails the file there).
 """
 
 from __future__ import annotations
@@ -31,12 +31,9 @@ from remediation import jsonreaders
 LINE_BLOCK_BYTES = 1 << 18  # bytes read at once (a block is cut at its last "\n")
 _BOM = b"\xef\xbb\xbf"
 
-# Bytes that may start or end what `str.strip` removes: ASCII whitespace (tab, line feed,
-# vertical tab, form feed, carriage return, the separators 0x1c-0x1f, space) and every byte
-# of a character beyond ASCII.
+# Bytes the line reader strips off a line's ends: JSON's whitespace (`jsonreaders.JSON_SPACE`)
 _EDGE = np.zeros(256, bool)
-_EDGE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = True
-_EDGE[0x80:] = True
+_EDGE[list(jsonreaders.JSON_SPACE.encode())] = True
 
 
 @dataclass(slots=True)

@@ -168,7 +168,11 @@ def _records_as_written(
     held = [entry for entry in stored if isinstance(entry, QuarantinedRow)]
     for entry in held:
         record = records[entry.row]
-        full = {**record_object(record), "mfx_code": entry.mfx_code, "mfx_reason": entry.reason}
+        full = {
+            **record_object(record, as_came=True),  # a quarantined row, as it came
+            "mfx_code": entry.mfx_code,
+            "mfx_reason": entry.reason,
+        }
         assert entry.record == json.dumps(full, ensure_ascii=False, separators=(",", ":"))
         assert entry.meter == record.event_name
         key = keys.get(record.event_name or "", "stripe_customer_id")

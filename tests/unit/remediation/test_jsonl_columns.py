@@ -294,9 +294,10 @@ def test_quarantined_rows_are_what_records_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Quarantined lines are written on columns (their code and reason closing each line) as
-    the record writer writes them: identifiers and event names as text (the reader made them
-    text), timestamps and values as they came, nulls and booleans too; a batch holding an
-    object goes record by record. Every row here is quarantined."""
+    the record writer writes them: identifiers and event names that were numbers as those
+    numbers (the reader reads them as text, and keeps the number for a quarantined row),
+    timestamps and values as they came, nulls and booleans too; a batch holding an object
+    goes record by record. Every row here is quarantined."""
     bad = {"code": "odd_code", "message": "m"}
     payload = {"stripe_customer_id": "cus_1", "value": "n/a", "note": 'q"ü', "z": None}
     plain = [
@@ -315,7 +316,7 @@ def test_quarantined_rows_are_what_records_write(
         lines = files["failed.quarantine.r1.jsonl"].decode().splitlines()
         assert len(lines) == 3 * len(objects) + 1
         first = json.loads(lines[0])
-        assert (first["identifier"], first["event_name"]) == ("41", "7")
+        assert (first["identifier"], first["event_name"]) == (41, 7)
         assert list(first)[-2:] == ["mfx_code", "mfx_reason"]
 
 

@@ -297,7 +297,7 @@ def whole_text_lines(data: str, most: int) -> list[tuple[int, str, str | None]]:
     ]
     found: list[tuple[int, str, str | None]] = []
     for line in lines:
-        stripped = line[: most + 1].strip()
+        stripped = line[: most + 1].strip(" \t\r\n")  # JSON's whitespace only
         if not stripped:
             continue
         number = len(found) + 1
