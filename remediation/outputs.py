@@ -50,10 +50,20 @@ def output_name(
     suffix += f".layout{layout}" if layout > 1 else ""
     suffix += f".part{part:04d}" if part is not None else ""
     suffix += f".{fmt.value}"
-    if len(stem) + len(suffix) > MAX_NAME:
-        digest = hashlib.sha256(stem.encode()).hexdigest()[:10]
-        stem = stem[: MAX_NAME - len(suffix) - 11] + "-" + digest
+    # in UTF-8 bytes, as filesystems count (255): 100 CJK characters are 300 bytes
+    if len(_utf8(stem)) + len(suffix) > MAX_NAME:
+        digest = hashlib.sha256(_utf8(stem)).hexdigest()[:10]
+        stem = bytes_prefix(stem, MAX_NAME - len(suffix) - 11) + "-" + digest
     return stem + suffix
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def bytes_prefix(text: str, limit: int) -> str:
+    """The longest start of `text` of at most `limit` UTF-8 bytes (no character cut)."""
+    return _utf8(text)[:limit].decode("utf-8", "ignore")
 
 
 def lineage(source: str, generation: int, kind: str, rows: int, sha256: str) -> dict[str, str]:
@@ -167,7 +177,7 @@ class OutputSet:
         return layout[-1]
 
     def _open(self, layout: int, part: int, columns: Sequence[str] | None) -> _Part:
-        tmp = self.out_dir / f".{self.stem[:180]}.{self.kind}.{layout}.{part}.tmp"
+        tmp = self.out_dir / f".{bytes_prefix(self.stem, 180)}.{self.kind}.{layout}.{part}.tmp"
         return _Part(tmp, self.fmt, columns, self.annotations)
 
     def finish(self) -> list[PlannedOutput]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import time
@@ -57,7 +58,7 @@ class FileBucket:
                 if name.endswith(SIDECAR_SUFFIX) or name.startswith(TEMP_MARK):
                     continue
                 key = Path(dirpath, name).relative_to(self.root).as_posix()
-                if key.startswith(prefix):
+                if key.startswith(prefix) and _utf8_key(key):
                     keys.append(key)
         for key in sorted(keys):
             info = self._info(key, with_metadata=False)
@@ -91,7 +92,7 @@ class FileBucket:
 
     @staticmethod
     def _read_sidecar(path: Path) -> dict[str, str]:
-        sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+        sidecar = sidecar_path(path)
         try:
             data = json.loads(sidecar.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -138,13 +139,48 @@ class FileBucket:
         lineage = {str(k).lower(): str(v) for k, v in metadata.items()} | {SHA_KEY: sha}
         sidecar_text = json.dumps(lineage, sort_keys=True, indent=2).encode()
         # Sidecar first: an object never appears without its lineage.
-        _atomic_write(
-            path.with_name(path.name + SIDECAR_SUFFIX), lambda out: out.write(sidecar_text)
-        )
+        _atomic_write(sidecar_path(path), lambda out: out.write(sidecar_text))
         with src.open("rb") as source:
             _atomic_write(path, lambda out: shutil.copyfileobj(source, out, CHUNK))
         log_event("bucket.uploaded", key=key, size=src.stat().st_size, sha256=sha)
         return True
+
+
+# The longest file name most filesystems take, in bytes.
+NAME_BYTES = 255
+
+
+def sidecar_path(path: Path) -> Path:
+    """The lineage sidecar of the object at `path`: `<object>.meta.json`, or, when that
+    would pass NAME_BYTES, the object name's start and a digest of the whole name (ending
+    `.meta.json` all the same, so never listed). Output names run to 254 characters
+    (`remediation.outputs.MAX_NAME`): their sidecar failed the upload (`File name too long`)
+    and the run with it, on every retry."""
+    name = path.name + SIDECAR_SUFFIX
+    raw = path.name.encode("utf-8", "surrogateescape")
+    if len(name.encode("utf-8", "surrogateescape")) <= NAME_BYTES:
+        return path.with_name(name)
+    start = raw[:128].decode("utf-8", "ignore")
+    return path.with_name(f"{start}-{hashlib.sha256(raw).hexdigest()[:16]}{SIDECAR_SUFFIX}")
+
+
+def _utf8_key(key: str) -> bool:
+    """Whether a path's key is UTF-8, as every S3 key is. A name in another encoding (Latin-1
+    from a Windows share or an old zip) reaches Python as lone surrogates no database takes:
+    recorded, it failed every poller pass, and no file listed after it was imported. It is
+    left out, with its reason, until renamed."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        log_event(
+            "bucket.key_not_utf8",
+            level=logging.WARNING,
+            key=shown,
+            reason="file name is not UTF-8: not listed; rename it (UTF-8) to have it imported",
+        )
+        return False
+    return True
 
 
 SETTLE_SECONDS = 30.0

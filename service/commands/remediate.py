@@ -363,9 +363,12 @@ def _no_audit(identifiers: list[str]) -> dict[str, Parent]:
 
 
 def _sidecar_generation(file: Path) -> int:
-    """`mfx-generation` of the file's lineage sidecar `<file>.meta.json` (0: none)."""
+    """`mfx-generation` of the file's lineage sidecar (`<file>.meta.json`, shortened for a
+    long name as the file bucket writes it) (0: none)."""
+    from service.adapters.file_bucket import sidecar_path
+
     try:
-        meta = json.loads(file.with_name(file.name + ".meta.json").read_text(encoding="utf-8"))
+        meta = json.loads(sidecar_path(file).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return 0
     value = str(meta.get("mfx-generation", "")) if isinstance(meta, dict) else ""

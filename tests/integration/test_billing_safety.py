@@ -1099,3 +1099,51 @@ def test_a_file_under_a_long_key_is_billed_once_and_its_bad_rows_corrected(
     with loop.session() as session:
         tasks = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).all()
     assert [(t.status, t.last_error) for t in tasks] == [("done", None)]
+
+
+def test_cli_reads_the_generation_of_a_long_named_file_from_its_shortened_sidecar(
+    tmp_path: Path,
+) -> None:
+    """A corrected file of ours with a long name (output names run to 254 characters) has its
+    lineage sidecar under a shortened name (`file_bucket.sidecar_path`: `<name>.meta.json`
+    would pass 255 bytes). `meterfix remediate` looked only for `<name>.meta.json`: it took
+    our own file for a customer's, and its rows got `-mfx1-mfx1` identifiers."""
+    from service.adapters.file_bucket import FileBucket
+
+    ms = 1764000000 * 1000
+    body = f"{','.join(HEADER)},error_code\n"
+    body += f"a-mfx1,{ms},api_requests,cus_1,5,timestamp_in_future\n"
+    source = tmp_path / "upload.csv"
+    source.write_text(body)
+    name = "x" * 230 + ".corrected.r1.csv"
+    FileBucket(tmp_path / "bucket").upload(source, name, {"mfx-generation": "1"})
+    [sidecar] = [f.name for f in (tmp_path / "bucket").iterdir() if f.name != name]
+    assert sidecar.endswith(".meta.json") and len(sidecar) < 255  # `<name>.meta.json` is 264
+    summary = cli_remediate(tmp_path / "bucket" / name, tmp_path / "out")
+    outputs = summary["outputs"]
+    assert isinstance(outputs, dict)
+    (corrected,) = outputs["corrected"]
+    rows = list(csv.DictReader(io.StringIO(Path(corrected).read_text())))
+    assert [r["identifier"] for r in rows] == ["a-mfx2"]
+
+
+def test_a_file_named_in_many_non_ascii_characters_is_remediated(tmp_path: Path) -> None:
+    """Bucket output: "names under 255 characters"; filesystems count a name's UTF-8 bytes.
+    Output names were cut by characters: a file named in 80 CJK characters (244 bytes) gave
+    a corrected name of 97 characters but 257 bytes, and every run of it failed writing it
+    (`File name too long`): its rows never corrected (an S3 key of 100 such characters, which
+    S3 takes, failed the worker's runs so)."""
+    ms = 1764000000 * 1000
+    body = f"{','.join(HEADER)},error_code\n"
+    body += f"c1,{ms},api_requests,cus_1,5,timestamp_in_future\n"
+    source = tmp_path / "in" / ("月次使用量" * 16 + ".csv")  # 80 characters, 244 bytes
+    source.parent.mkdir()
+    source.write_text(body)
+    summary = cli_remediate(source, tmp_path / "out")
+    outputs = summary["outputs"]
+    assert isinstance(outputs, dict)
+    (corrected,) = outputs["corrected"]
+    assert len(Path(corrected).name.encode()) <= 254
+    assert Path(corrected).name.startswith("月次使用量")
+    rows = list(csv.DictReader(io.StringIO(Path(corrected).read_text())))
+    assert [(r["identifier"], r["timestamp"]) for r in rows] == [("c1-mfx1", "1764000000")]
