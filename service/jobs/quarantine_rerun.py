@@ -113,6 +113,15 @@ def rerun_key(action_ref: str, generation: int, traced_from: int | None = None) 
     return f"{base}:g{generation}:i{traced_from}"
 
 
+def rerun_tag(run_key: str) -> str:
+    """The folder of a re-run run's outputs: `rerun-<action>`, and the group's part of its
+    run key (`-g2`, `-g2-i1`) for a group past the first generation. Two groups may write one
+    generation (a generation-1 row of ours goes out above it, in 2, as the generation-2 rows
+    do): in one folder their corrected objects had one key, the second replacing the first
+    before it was imported."""
+    return "rerun-" + run_key.removeprefix(RERUN_PREFIX).replace(":", "-")
+
+
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     with ExitStack() as held:
         with ctx.waiting_turn():  # the wait for the re-run before is not this one's time
@@ -173,12 +182,13 @@ def _rerun(
     `_lineage`), and their lineage is traced as their runs traced it."""
     source = f"quarantine re-run {action_ref}"
     written, lineage, _ = _lineage(ctx.engine, ids, traced_from, generation, source)
+    # keyed by the quarantining runs' generations: one run per group, whatever it writes
+    run_key = rerun_key(action_ref, generation, traced_from)
     request = RunRequest(
-        # keyed by the quarantining runs' generations: one run per group, whatever it writes
-        run_key=rerun_key(action_ref, generation, traced_from),
+        run_key=run_key,
         trigger=RunTrigger.QUARANTINE_RERUN,
         source=source,
-        tag=f"rerun-{action_ref}",
+        tag=rerun_tag(run_key),
         fmt=FileFormat.JSONL,
         now=now,
         generation=written,

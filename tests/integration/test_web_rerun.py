@@ -548,3 +548,64 @@ def _remediate(
     )
     with path.open("rb") as stream:
         return execute_run(ctx, request, read_repaired(stream, plan, rules))
+
+
+def test_two_runs_of_one_rerun_writing_one_generation_keep_both_corrected_objects(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """README: a re-run makes one run per generation of its rows, and each writes "a new
+    corrected object". Our `a1-mfx1`, quarantined by a generation-1 run, goes out above it, in
+    generation 2 (the test above); a row a generation-2 run quarantined goes out in
+    generation 2 as well. Both runs wrote `rerun-<action>/quarantine re-run <action>.corrected.
+    r2.jsonl`: the second replaced the first before anything imported it, and the first run's
+    row, counted corrected, was never billed."""
+    sandbox_server.admin.create_meter("api_requests")
+    now = int(time.time())
+    settings = _settings(make_settings, sandbox_server, db_url)
+    engine = make_engine(db_url)
+    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+    first = _remediate(
+        settings,
+        engine,
+        tmp_path,
+        header + f"a1,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n",
+    )
+    assert (first.generation, first.corrected) == (1, 1)
+    ours = header + f"a1-mfx1,{now},tokens,cus_1,5,no_meter\n"
+    second = _remediate(settings, engine, tmp_path, ours, key="file_r")
+    theirs = header + f"b1-mfx1,{now},tokens,cus_1,7,no_meter\n"
+    third = _remediate(settings, engine, tmp_path, theirs, generation=2, key="file_s")
+    assert (second.generation, second.quarantined, third.generation, third.quarantined) == (
+        1,
+        1,
+        2,
+        1,
+    )
+    sandbox_server.admin.create_meter("tokens")
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    queued = client.post("/api/quarantine/rerun?code=no_meter", headers=bearer).get_json()
+    assert queued["queued"] and queued["rows"] == 2
+    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
+    assert worker.drain().done == [queued["task"]]
+    with Session(engine) as session:
+        reruns = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
+        ).all()
+    assert sorted((r.generation, r.corrected + r.valid) for r in reruns) == [(2, 1), (2, 1)]
+    root = Path(settings.bucket_url[len("file://") :])
+    sent: list[str] = []
+    keys: list[str] = []
+    for run in reruns:
+        detail = client.get(f"/api/runs/{run.id}", headers=bearer).get_json()
+        [corrected] = [o for o in detail["outputs"] if o["kind"] == "corrected"]
+        keys.append(corrected["key"])
+        lines = (root / corrected["key"]).read_text().splitlines()
+        sent += [json.loads(line)["identifier"] for line in lines]
+    assert len(set(keys)) == 2, keys
+    assert sorted(sent) == ["a1-mfx2", "b1-mfx2"]
+    engine.dispose()
