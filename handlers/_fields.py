@@ -11,6 +11,10 @@ from typing import Any
 # hyphen is tolerated. Anything else (a slash, a dot, a control character) never reaches a
 # URL path, a bucket key or a database column.
 _STRIPE_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+# A file is downloaded by id through the Files API, which takes `file_` and letters, digits
+# or underscores only (`service.adapters.stripe_files`): an id it refuses makes the event
+# unusable, never a task retried as if the failure were passing.
+_FILE_ID = re.compile(r"file_[A-Za-z0-9_]{1,250}")
 
 
 def mapping(value: object) -> Mapping[str, Any]:
@@ -50,6 +54,10 @@ def kind(value: object) -> str:
 
 def is_stripe_id(value: str) -> bool:
     return _STRIPE_ID.fullmatch(value) is not None
+
+
+def is_file_id(value: str) -> bool:
+    return _FILE_ID.fullmatch(value) is not None
 
 
 def integer(value: object) -> int | None:

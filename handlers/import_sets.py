@@ -20,6 +20,7 @@ from handlers._fields import (
     count,
     first_count,
     first_text,
+    is_file_id,
     is_stripe_id,
     kind,
     mapping,
@@ -39,6 +40,8 @@ def handle_import_set(event: Mapping[str, Any], ctx: HandlerContext) -> Outcome:
     # applied: Stripe does not deliver in order, and an older `failed` after a newer
     # `succeeded` repaired the whole file again, re-sending the rows Stripe had billed
     stale = status is OutcomeStatus.UNCHANGED
+    if not stale:
+        _require_failed_records_file(record)  # raised, the record is rolled back with it
     kind = None if stale else remediation_kind(record)
     queued = kind is not None and ctx.request_remediation(kind, record.import_set_id)
     errors = f"failed records file {record.errors_file_id}" if record.errors_file_id else "no file"
@@ -84,6 +87,22 @@ def parse_import_set(event: Mapping[str, Any]) -> ImportSetRecord:
     )
 
 
+def _require_failed_records_file(record: ImportSetRecord) -> None:
+    """Stripe says records failed (`succeeded_with_errors`, a count of errors) but names
+    no file of them: recorded, it read as nothing to remediate (and its rows as taken, when
+    another version of the object is remediated), the rows never billed, nobody told."""
+    if record.errors_file_id or record.status == "failed":
+        return
+    failed = record.errors_row_count
+    if record.status != "succeeded_with_errors" and not failed:
+        return
+    counted = f"{failed} failed record(s)" if failed else "failed records"
+    raise UnusableEvent(
+        f"import set event: {record.import_set_id} is {record.status} with {counted} but "
+        "names no failed-records file (data.object.result.errors.file)"
+    )
+
+
 def _import_set(event: Mapping[str, Any]) -> Mapping[str, Any]:
     data = event.get("data")
     if not isinstance(data, Mapping):
@@ -105,7 +124,7 @@ def _import_set_id(value: object) -> str:
 def _checked_file_id(value: str | None, where: str) -> str | None:
     """Files are downloaded by id (the source, the failed records): only an id goes into
     that URL."""
-    if value is not None and not is_stripe_id(value):
+    if value is not None and not is_file_id(value):
         raise UnusableEvent(f"import set event: {where} {value[:40]!r} is not a Stripe file id")
     return value
 

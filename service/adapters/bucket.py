@@ -9,10 +9,10 @@ same key already holds the same content (equal `mfx-sha256`, or an ETag equal to
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from remediation.ports import Bucket
 from service.adapters.bucket_base import (
@@ -50,10 +50,12 @@ def open_bucket(settings: Settings) -> Bucket:
     if url.startswith("file://"):
         return FileBucket(Path(url[len("file://") :]).absolute())
     if url.startswith("s3://"):
-        parts = urlsplit(url)
-        if not parts.netloc:
+        # split by hand, not as a web address: a prefix may hold `#` or `?` (S3 keys do),
+        # and `s3://b/usage#eu` read as one listed and wrote under `usage/`
+        name, _, prefix = url[len("s3://") :].partition("/")
+        if not name:
             raise BucketError(f"BUCKET_URL has no bucket name: {url!r}")
-        return S3Bucket(parts.netloc, parts.path, settings.s3_endpoint_url or None)
+        return S3Bucket(name, prefix, settings.s3_endpoint_url or None)
     raise BucketError(f"BUCKET_URL must start with s3:// or file://, got {url!r}")
 
 
@@ -66,6 +68,28 @@ def output_key(
     named by its `tag`; `meterfix remediate --upload` writes none."""
     sub = settings.mfx_corrected_prefix if kind == "corrected" else settings.mfx_quarantine_prefix
     return bucket.prefix + dir_prefix(sub) + (f"{tag}/" if tag is not None else "") + name
+
+
+# An object's folder as a path under a run's tag, in bytes; a longer one (S3 keys run to
+# 1,024 bytes) is named by its digest, so the output key stays within S3's limit.
+OBJECT_FOLDER_BYTES = 200
+
+
+def object_tag(tag: str, bucket: Bucket, key: str) -> str:
+    """`tag` and the folder of the object `key` inside the bucket prefix (`tag` alone for an
+    object at its top). A run writing the outputs of several objects under one tag (an error
+    report's) names them by the object's file name: `eu/2026-11.csv` and `us/2026-11.csv`
+    wrote one corrected key, the second replacing the first before it was imported (its
+    rows never billed)."""
+    relative = key[len(bucket.prefix) :] if key.startswith(bucket.prefix) else key
+    folder = relative.rpartition("/")[0]
+    if not folder:
+        return tag
+    odd = any(part in ("", ".", "..") for part in folder.split("/"))
+    if odd or len(folder.encode("utf-8", "surrogatepass")) > OBJECT_FOLDER_BYTES:
+        digest = hashlib.sha256(folder.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        folder = f"folder-{digest}"
+    return f"{tag}/{folder}"
 
 
 def upload_outputs(bucket: Bucket, outputs: Sequence[OutputFile], settings: Settings) -> list[str]:
@@ -115,6 +139,7 @@ __all__ = [
     "OutputFile",
     "S3Bucket",
     "file_digests",
+    "object_tag",
     "open_bucket",
     "output_key",
     "upload_outputs",

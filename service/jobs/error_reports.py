@@ -22,11 +22,12 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
 
+from remediation.errors import UnreadableFile
 from remediation.poller import RowNames, source_tag
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, plan_input, read_repaired
@@ -41,6 +42,7 @@ from remediation.reported import (
 )
 from remediation.rowdigest import record_digests
 from remediation.validation import MeterIndex
+from service.adapters.bucket import object_tag
 from service.config import PollerMode
 from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, local_name, next_generation, run_lineage
@@ -103,6 +105,8 @@ class _Report:
     sampled: dict[str, Sampled] = field(default_factory=dict)  # key -> what its samples say
     changed: list[str] = field(default_factory=list)  # objects overwritten since Stripe took them
     gone: list[str] = field(default_factory=list)  # objects deleted since Stripe took them
+    # key -> why the version there now cannot be read (written again empty, no usage file)
+    unreadable: dict[str, str] = field(default_factory=dict)
     # of `changed`: overwritten by a version the poller had not recorded yet (it may hold the
     # rows: the report is taken up again when the poller records it)
     unrecorded: list[str] = field(default_factory=list)
@@ -132,9 +136,10 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
                 continue
             version, path, plan = fetched
             altered: dict[str, bool] = {}
-            records = _records(path, plan, ctx, key, version)
             since = _SentSince(ctx, job, firsts, key, version)
-            sampled = sampled_rows(since.unchanged(records, altered), job.scope, job.index)
+            sampled = _sampled(ctx, job, key, fetched, since, altered)
+            if sampled is None:
+                continue
             if version != etag and not sampled.codes and not altered:  # another file now
                 job.changed.append(key)
                 continue
@@ -156,6 +161,26 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
                 taken = _taken(ctx.engine, job, key, etag, linked=False)
                 found += _remediate(ctx, job, key, *fetched, taken)
     return _conclude(ctx.engine, job, found)
+
+
+def _sampled(
+    ctx: RunContext,
+    job: _Report,
+    key: str,
+    fetched: tuple[str, Path, InputPlan],
+    since: _SentSince,
+    altered: dict[str, bool],
+) -> Sampled | None:
+    """What the sampled rows of the object say (`sampled_rows`), or None when it cannot be
+    read past a point (`job.unreadable` says why): read whole before any run, so the other
+    objects' rows are remediated."""
+    version, path, plan = fetched
+    records = _records(path, plan, ctx, key, version)
+    try:
+        return sampled_rows(since.unchanged(records, altered), job.scope, job.index)
+    except UnreadableFile as exc:
+        job.unreadable[key] = exc.reason
+        return None
 
 
 def _job(
@@ -212,7 +237,13 @@ def _fetch(
     path = folder / f"{source_tag(key, etag)}-{local_name(key)}"
     if not path.exists():
         ctx.bucket.download(key, path)
-    return etag, path, plan_input(path, ctx.rules)
+    try:
+        return etag, path, plan_input(path, ctx.rules)
+    except UnreadableFile as exc:
+        # one object that cannot be read (written again empty, say) holds back no other
+        # object's rows: they are remediated, and the report is left partial, saying why
+        job.unreadable[key] = exc.reason
+        return None
 
 
 def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -> Taken:
@@ -388,7 +419,7 @@ def _remediate(
         run_key=run_key,
         trigger=RunTrigger.ERROR_REPORT,
         source=key,
-        tag=f"report-{job.event_id}",
+        tag=object_tag(f"report-{job.event_id}", ctx.bucket, key),
         fmt=plan.fmt,
         now=job.now,
         generation=generation,
@@ -523,6 +554,9 @@ def _shortfall(job: _Report) -> str:
         message += (
             f"; deleted from the bucket since Stripe took them: {', '.join(sorted(job.gone))}"
         )
+    if job.unreadable:
+        unreadable = ", ".join(f"{key} ({why})" for key, why in sorted(job.unreadable.items()))
+        message += f"; unreadable since Stripe took them: {unreadable}"
     return message
 
 
@@ -551,10 +585,18 @@ def _other_objects(
     """Objects first seen around the report's window that hold rows of the reported event
     names, newest first."""
     end = as_utc(report.validation_end) or utcnow()
-    start = (as_utc(report.validation_start) or end) - WINDOW_BEFORE
-    end += WINDOW_AFTER
-    rows = objects_seen_between(engine, start, end, job.event_names)
+    start = _shifted(as_utc(report.validation_start) or end, -WINDOW_BEFORE)
+    rows = objects_seen_between(engine, start, _shifted(end, WINDOW_AFTER), job.event_names)
     return [(key, etag) for key, etag in rows if key not in exclude]
+
+
+def _shifted(moment: datetime, by: timedelta) -> datetime:
+    """`moment + by`, held at the calendar's edge: a window Stripe's API dates in year 1 or
+    9999 failed the task with OverflowError on every attempt, the report never concluded."""
+    try:
+        return moment + by
+    except OverflowError:
+        return (datetime.max if by > timedelta(0) else datetime.min).replace(tzinfo=UTC)
 
 
 def _event_name(ctx: RunContext, meter_id: str | None) -> str | None:
