@@ -185,22 +185,9 @@ def test_a_rerun_of_our_row_that_a_run_of_its_own_generation_quarantined_goes_ou
     it, it went out as `a1-mfx1` again: the identifier Stripe had just refused, which it drops
     as a duplicate within a day (usage lost). The re-run writes above every generation the
     audit says wrote its rows, as every other run does."""
-    sandbox_server.admin.create_meter("api_requests")
-    now = int(time.time())
     settings = _settings(make_settings, sandbox_server, db_url)
     engine = make_engine(db_url)
-    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
-    first = _remediate(
-        settings,
-        engine,
-        tmp_path,
-        header + f"a1,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n",
-    )
-    assert (first.generation, first.corrected) == (1, 1)
-    # Stripe refuses our a1-mfx1 for its meter (made later); the old run stayed in generation 1
-    ours = header + f"a1-mfx1,{now},tokens,cus_1,5,no_meter\n"
-    second = _remediate(settings, engine, tmp_path, ours, key="file_r")
-    assert (second.generation, second.quarantined) == (1, 1)
+    second = _ours_quarantined_in_generation_1(sandbox_server, settings, engine, tmp_path)
 
     sandbox_server.admin.create_meter("tokens")  # the operator makes the missing meter
     client = make_app(settings).test_client()
@@ -498,6 +485,26 @@ def _rerun_one(
     return queued, rerun
 
 
+HEADER_ERR = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+
+
+def _ours_quarantined_in_generation_1(
+    sandbox: SandboxServer, settings: Settings, engine: Any, tmp_path: Path
+) -> RemediationRun:
+    """Our `a1-mfx1` (a first-generation run corrected `a1`) quarantined `no_meter` by a run
+    that stayed in generation 1 (before the generation rule): that run."""
+    sandbox.admin.create_meter("api_requests")
+    now = int(time.time())
+    row = f"a1,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
+    first = _remediate(settings, engine, tmp_path, HEADER_ERR + row)
+    assert (first.generation, first.corrected) == (1, 1)
+    # Stripe refuses our a1-mfx1 for its meter (made later); the old run stayed in generation 1
+    ours = HEADER_ERR + f"a1-mfx1,{now},tokens,cus_1,5,no_meter\n"
+    second = _remediate(settings, engine, tmp_path, ours, key="file_r")
+    assert (second.generation, second.quarantined) == (1, 1)
+    return second
+
+
 def _settings(
     make_settings: Callable[..., Settings], sandbox: SandboxServer, db_url: str, **more: str
 ) -> Settings:
@@ -563,28 +570,12 @@ def test_two_runs_of_one_rerun_writing_one_generation_keep_both_corrected_object
     generation 2 as well. Both runs wrote `rerun-<action>/quarantine re-run <action>.corrected.
     r2.jsonl`: the second replaced the first before anything imported it, and the first run's
     row, counted corrected, was never billed."""
-    sandbox_server.admin.create_meter("api_requests")
-    now = int(time.time())
     settings = _settings(make_settings, sandbox_server, db_url)
     engine = make_engine(db_url)
-    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
-    first = _remediate(
-        settings,
-        engine,
-        tmp_path,
-        header + f"a1,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n",
-    )
-    assert (first.generation, first.corrected) == (1, 1)
-    ours = header + f"a1-mfx1,{now},tokens,cus_1,5,no_meter\n"
-    second = _remediate(settings, engine, tmp_path, ours, key="file_r")
-    theirs = header + f"b1-mfx1,{now},tokens,cus_1,7,no_meter\n"
+    _ours_quarantined_in_generation_1(sandbox_server, settings, engine, tmp_path)
+    theirs = HEADER_ERR + f"b1-mfx1,{int(time.time())},tokens,cus_1,7,no_meter\n"
     third = _remediate(settings, engine, tmp_path, theirs, generation=2, key="file_s")
-    assert (second.generation, second.quarantined, third.generation, third.quarantined) == (
-        1,
-        1,
-        2,
-        1,
-    )
+    assert (third.generation, third.quarantined) == (2, 1)
     sandbox_server.admin.create_meter("tokens")
     client = make_app(settings).test_client()
     bearer = {"Authorization": f"Bearer {TOKEN}"}
