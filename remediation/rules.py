@@ -7,6 +7,7 @@ off by name in `[policy] disabled_rules`.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -31,6 +32,23 @@ DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType(
 )
 DEFAULT_CUSTOMER_KEYS = ("stripe_customer_id", "customer_id", "customer", "customer_stripe_id")
 DEFAULT_VALUE_KEYS = ("value", "tokens", "quantity", "qty", "amount", "count", "usage", "units")
+# The names `[policy] disabled_rules` takes: each one a switch the engine asks (`Rules.enabled`).
+# Any other name is refused: a misspelt one turned nothing off, and the rule went on correcting.
+RULE_NAMES = frozenset(
+    {
+        *("clamp_skew", "iso_timestamp", "timestamp_units"),
+        *("normalize_value", "round_value", "rename_value_key"),
+        *("fill_customer_key", "map_customer", "trim_customer", "search_customer"),
+        *("alias_event_name", "match_event_name", "fuzzy_event_name", "successor_meter"),
+        *("drop_unused_keys", "fill_dimension"),
+    }
+)
+# Policies that are ratios (difflib scores): NaN passed every comparison and made any
+# candidate a "clear winner"; a percentage (80) or a negative margin meant nothing.
+_RATIOS = frozenset({"fuzzy_cutoff", "fuzzy_margin"})
+# What no Stripe customer id holds (they are `cus_` and letters, digits, underscores); only
+# this is refused, so a map to a stand-in's own ids still loads.
+_NOT_IN_AN_ID = re.compile(r"\s|[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +84,12 @@ class Rules:
         return self.policy.value_precision if self.policy.value_precision >= 0 else None
 
 
-def load_rules(text: str | None) -> Rules:
-    """Parse a rules TOML document (None or empty: the defaults)."""
+def load_rules(text: str | bytes | None) -> Rules:
+    """Parse a rules TOML document (None or empty: the defaults); bytes are a file as read,
+    UTF-8 with or without a byte order mark."""
+    if isinstance(text, bytes):
+        text = _decoded(text)
+    text = text.removeprefix("\ufeff") if text else text  # Notepad's BOM is no TOML statement
     if not text:
         return Rules()
     try:
@@ -79,7 +101,7 @@ def load_rules(text: str | None) -> Rules:
         raise BadRules(f"unknown rules table(s): {', '.join(sorted(unknown))}")
     aliases = _table(doc, "aliases")
     return Rules(
-        customers=_str_map(doc, "customers"),
+        customers=_customer_map(doc),
         event_names=_str_map(doc, "event_names"),
         meter_successors=_str_map(doc, "meter_successors"),
         columns={**DEFAULT_COLUMNS, **{k.lower(): v for k, v in _str_map(doc, "columns").items()}},
@@ -121,6 +143,29 @@ def _str_map(doc: Mapping[str, Any], name: str) -> dict[str, str]:
     return dict(table)
 
 
+def _decoded(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise BadRules(
+            f"rules are not UTF-8: byte 0x{data[exc.start]:02x} on line {line} "
+            "(save the file as UTF-8)"
+        ) from exc
+
+
+def _customer_map(doc: Mapping[str, Any]) -> dict[str, str]:
+    customers = _str_map(doc, "customers")
+    for key, value in customers.items():
+        # (An empty one maps nothing: the row is quarantined, never sent with no customer.)
+        if _NOT_IN_AN_ID.search(value):
+            raise BadRules(
+                f"[customers] {key!r} must map to a Stripe customer id, not {value!r} "
+                "(no Stripe id holds a space or a control character)"
+            )
+    return customers
+
+
 def _str_list(table: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
     value = table.get(key, default)
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
@@ -139,13 +184,25 @@ def _policy(table: Mapping[str, Any]) -> Policy:
             raise BadRules(f"unknown policy {key!r}")
         default = getattr(policy, key)
         if key == "disabled_rules":
-            value = _str_list(table, key, ())
+            value = _rule_names(_str_list(table, key, ()))
         elif isinstance(default, bool) != isinstance(value, bool) or not isinstance(
             value, type(default) if not isinstance(default, float) else (int, float)
         ):
             raise BadRules(f"policy {key!r} must be a {type(default).__name__}")
+        if key in _RATIOS and not 0 <= value <= 1:  # NaN too: it compares False
+            raise BadRules(f"policy {key!r} must be between 0 and 1 (a ratio), not {value}")
         policy = replace(policy, **{key: value})
     return policy
+
+
+def _rule_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [name for name in names if name not in RULE_NAMES]
+    if unknown:
+        raise BadRules(
+            f"policy 'disabled_rules' names no rule {unknown[0]!r}; "
+            f"rules: {', '.join(sorted(RULE_NAMES))}"
+        )
+    return names
 
 
 def _limit(limits: FieldLimits, key: str, value: object) -> FieldLimits:

@@ -108,7 +108,7 @@ class Adapters:
         from remediation.rules import load_rules
 
         path = self.rules_path
-        return load_rules(Path(path).read_text(encoding="utf-8") if path else None)
+        return load_rules(Path(path).read_bytes() if path else None)  # decoded as rules
 
     @cached_property
     def meter_source(self) -> StripeMeterSource:

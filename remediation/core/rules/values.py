@@ -232,6 +232,9 @@ def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
             reason = f"value {shown(raw)} has {digits} integer digits; at most {most} allowed"
             raise Uncorrectable(reason)
     precision = ctx.rules.value_precision
+    if not ctx.rules.enabled("round_value"):  # the name the audit gives it turns it off
+        reason = f"value {shown(raw)} has too many digits; rule round_value is disabled"
+        raise Uncorrectable(reason)
     if not ctx.rules.policy.round_too_many_digits or precision is None:
         counted = f" ({decimal_places(number)} decimal places)" if number else ""
         reason = (
