@@ -14,7 +14,7 @@ SIDECAR_SUFFIX = ".meta.json"
 @dataclass(frozen=True)
 class BucketObject:
     key: str  # relative to the bucket prefix
-    version: str  # ETag (S3) or mtime+size (file://): a changed object is a new object
+    version: str  # ETag+LastModified (S3) or mtime+size (file://): an upload is a new object
 
 
 class BucketReader(Protocol):
@@ -24,7 +24,8 @@ class BucketReader(Protocol):
 
 
 def is_usage_key(key: str) -> bool:
-    """Usage files only: never quarantine outputs, never lineage sidecars."""
+    """Usage files only: never quarantine outputs (a deviation: sandbox/DEVIATIONS.md),
+    never lineage sidecars."""
     if key.startswith(QUARANTINE_PREFIX) or key.endswith(SIDECAR_SUFFIX):
         return False
     return key.lower().endswith(USAGE_SUFFIXES)
@@ -65,7 +66,10 @@ class S3Bucket:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for item in page.get("Contents", []):
                 key = str(item["Key"])[len(self.prefix) :]
-                found.append(BucketObject(key, str(item["ETag"])))
+                # Stripe's connector takes an object again when its LastModified is newer,
+                # even with the same bytes (the same ETag)
+                version = f"{item['ETag']}@{item['LastModified'].isoformat()}"
+                found.append(BucketObject(key, version))
         return found
 
     def read(self, key: str) -> bytes:

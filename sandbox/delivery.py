@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets as token_source
 import time
 from typing import Any
 
@@ -39,12 +40,17 @@ def sign(body: str, secret: str, timestamp: int | None = None) -> str:
     )
 
 
-def post_signed(body: str, url: str, secrets: list[str], timeout: float = 10.0) -> dict[str, Any]:
-    """POST a signed body; one `v1=` per secret (as during a secret rotation)."""
+def post_signed(
+    body: str, url: str, secrets: list[str], *, test_mode: bool = True, timeout: float = 10.0
+) -> dict[str, Any]:
+    """POST a signed body; one `v1=` per secret (as during a secret rotation), then, for a
+    test-mode event, Stripe's `v0=` under a secret nobody has: receivers must ignore it."""
     timestamp = int(time.time())
     header = sign(body, secrets[0], timestamp)
     for extra in secrets[1:]:
         header += "," + sign(body, extra, timestamp).split(",", 1)[1]
+    if test_mode:
+        header += f",v0={token_source.token_hex(32)}"
     headers = {"Content-Type": "application/json", "Stripe-Signature": header}
     response = requests.post(url, data=body.encode(), headers=headers, timeout=timeout)
     return {"status": response.status_code, "body": response.text}

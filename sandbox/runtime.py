@@ -50,7 +50,9 @@ class Sandbox:
             event = self.state.events.get(event_id)
         if event is None:
             raise StripeApiError(404, f"No such event: '{event_id}'", "resource_missing")
-        result = post_signed(delivery_body(event), url, secrets or [self.webhook_secret])
+        signing = secrets or [self.webhook_secret]
+        test_mode = not event.get("livemode", False)
+        result = post_signed(delivery_body(event), url, signing, test_mode=test_mode)
         with self.state.lock:
             self.state.deliveries.append({"event_id": event_id, "url": url, **result})
         return result
