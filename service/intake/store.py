@@ -205,11 +205,21 @@ def oldest_pending(connection: Connection) -> datetime | None:
 
 
 def purge_finished_events(engine: Engine, before: datetime, batch: int) -> int:
-    """Retention: delete up to `batch` events received before `before` and finished (done,
-    ignored or dead; pending work never)."""
-    finished = [InboxStatus.DONE, InboxStatus.IGNORED, InboxStatus.DEAD]
+    """Retention: delete up to `batch` events received before `before` and processed (done
+    or ignored). Never work not done: pending, nor dead letters, which an operator replays
+    (`meterfix replay`): the event is the one copy of what Stripe said, or of the task."""
+    finished = [InboxStatus.DONE, InboxStatus.IGNORED]
     where = (INBOX.c.received_at < before) & INBOX.c.status.in_(finished)
     return delete_batch(engine, INBOX, where, batch)
+
+
+def any_unfinished(engine: Engine, event_type: str) -> bool:
+    """Whether an event or task of `event_type` is pending or being worked on (retention
+    holds back what such a task still has to read)."""
+    waiting = (InboxStatus.PENDING, InboxStatus.PROCESSING)
+    query = select(INBOX.c.id).where(INBOX.c.event_type == event_type, INBOX.c.status.in_(waiting))
+    with engine.connect() as connection:
+        return connection.execute(query.limit(1)).first() is not None
 
 
 def unfinished(connection: Connection) -> tuple[dict[str, int], datetime | None]:

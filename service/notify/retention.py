@@ -1,10 +1,15 @@
 """Retention: records older than MFX_RETENTION_DAYS are purged in bounded batches (one short
 transaction each, each store deleting its own rows); bucket objects are never deleted.
 
-Purged: processed inbox events (done, ignored, dead; pending work never), the correction
-audit and quarantined rows of runs that finished before the cutoff (the runs themselves stay,
-with their counts and outputs: lineage), resolved alerts, digest records. (Heartbeats of
-instances gone since before the cutoff are purged by their owner, the worker's silence watch.)
+Purged: processed inbox events (done, ignored; pending work and dead letters never), the
+correction audit and quarantined rows of runs that finished before the cutoff (the runs
+themselves stay, with their counts and outputs: lineage), resolved alerts, digest records.
+(Heartbeats of instances gone since before the cutoff are purged by their owner, the worker's
+silence watch.)
+While a quarantine re-run is queued or running, the audit and the quarantined rows wait for a
+later pass: the re-run reads the rows its operator counted, and traces their lineage in the
+audit, when it runs (`service.jobs.quarantine_rerun`). Quarantined rows are kept at least as
+long as Stripe takes usage (`STRIPE_TAKES`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
-from service.intake.store import purge_finished_events
+from remediation.validation import MAX_PAST_SECONDS
+from service.intake.store import any_unfinished, purge_finished_events
 from service.jobs.store.quarantine import purge_quarantined
 from service.jobs.store.runs import purge_audit
 from service.logs import log_event
@@ -25,6 +31,14 @@ from service.notify.store import purge_digest_runs, purge_resolved_alerts
 BATCH = 1000
 MAX_BATCHES_PER_TABLE = 200  # one pass stays short; the next pass goes on
 PurgeBatch = Callable[[Engine, datetime, int], int]  # (engine, cutoff, batch) -> rows deleted
+# The task type of a quarantine re-run (`service.worker.tasks`, which notify does not import)
+RERUN_TASK = "meterfix.remediate.quarantine_rerun"
+RERUN_INPUTS = ("correction_audit", "quarantined_rows")  # what a waiting re-run still reads
+# Quarantined rows stay at least as long as Stripe takes usage (35 days back), whatever
+# MFX_RETENTION_DAYS: until then a held row is still billable (a re-run, or its file fixed by
+# hand, sends it), and its entry is how the poller knows Stripe refused a row it had sent
+# (`refused_among`); purged, the row fixed by hand was left out as billed: usage lost.
+STRIPE_TAKES = timedelta(seconds=MAX_PAST_SECONDS)
 
 
 def purge_expired(
@@ -36,20 +50,39 @@ def purge_expired(
     batch: int = BATCH,
 ) -> dict[str, int]:
     """Delete what is older than the cutoff; returns rows deleted per table."""
-    cutoff = (now or utcnow()) - timedelta(days=retention_days)
-    plan: list[tuple[str, PurgeBatch]] = [
-        ("inbox_events", purge_finished_events),
-        ("correction_audit", purge_audit),
-        ("quarantined_rows", purge_quarantined),
-        ("alerts", purge_resolved_alerts),
-        ("digest_runs", purge_digest_runs),
+    moment = now or utcnow()
+    cutoff = moment - timedelta(days=retention_days)
+    held_cutoff = min(cutoff, moment - STRIPE_TAKES)
+    plan: list[tuple[str, PurgeBatch, datetime]] = [
+        ("inbox_events", purge_finished_events, cutoff),
+        ("correction_audit", purge_audit, cutoff),
+        ("quarantined_rows", purge_quarantined, held_cutoff),
+        ("alerts", purge_resolved_alerts, cutoff),
+        ("digest_runs", purge_digest_runs, cutoff),
     ]
+    stop = stop or threading.Event()
     deleted = {
-        table: _purge(engine, cutoff, purge, batch, stop or threading.Event())
-        for table, purge in plan
+        table: _purge(engine, before, _held_for_rerun(purge, table), batch, stop)
+        for table, purge, before in plan
     }
-    log_event("retention.purged", cutoff=cutoff, **deleted)
+    log_event("retention.purged", cutoff=cutoff, quarantine_cutoff=held_cutoff, **deleted)
     return deleted
+
+
+def _held_for_rerun(purge: PurgeBatch, table: str) -> PurgeBatch:
+    """`purge`, but nothing while a quarantine re-run is queued or running: it reads the rows
+    its operator counted (and their lineage in the audit) when it runs, and rows purged before
+    then were never re-run, their usage lost (a pass after it ends purges them). Asked again
+    each batch, so a re-run queued during a pass stops it."""
+    if table not in RERUN_INPUTS:
+        return purge
+
+    def purge_unless_waited_for(engine: Engine, cutoff: datetime, batch: int) -> int:
+        if any_unfinished(engine, RERUN_TASK):
+            return 0
+        return purge(engine, cutoff, batch)
+
+    return purge_unless_waited_for
 
 
 def _purge(
