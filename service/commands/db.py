@@ -21,8 +21,15 @@ def upgrade_command() -> None:
     try:
         upgrade(runtime().settings.database_url)
     except Exception as exc:  # one clear line, no traceback
-        raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from exc
+        raise click.ClickException(f"migration failed: {_one_line(exc)}") from exc
     click.echo("database is at the latest schema")
+
+
+def _one_line(exc: Exception) -> str:
+    """The error's name and first line: a database error's own message (the driver's,
+    `orig`) without the SQL and the link SQLAlchemy adds on lines of their own."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
+    return f"{type(exc).__name__}: {reason[0]}"
 
 
 COMMANDS = [db_group]

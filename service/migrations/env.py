@@ -7,7 +7,7 @@ from sqlalchemy import Engine
 from sqlmodel import SQLModel
 
 import service.models  # noqa: F401  (registers every table on SQLModel.metadata)
-from service.db import make_engine
+from service.db import migration_engine
 
 target_metadata = SQLModel.metadata
 
@@ -19,7 +19,7 @@ def run_migrations() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(str(url))
+    engine = migration_engine(str(url))
     try:
         _run_online(engine)
     finally:
