@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event, text
 
 from service.db import make_engine, upgrade
 from tests.conftest import DB_PARAMS, PG_URL, _pg_schema_url
+from tests.unit.test_migrations import _empty_database
 
 MFX = str(Path(sys.executable).parent / "meterfix")
 
@@ -50,23 +51,6 @@ KEPT = {
 }
 
 
-def _fresh(kind: str, tmp_path: Path) -> Iterator[str]:
-    """An empty database (no schema): a SQLite file, or a PostgreSQL schema of its own."""
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'meterfix.db'}"
-        return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield _pg_schema_url(schema)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 def _at_0002_with_rows(url: str) -> None:
     upgrade(url, "0002")
     engine = make_engine(url)
@@ -93,7 +77,7 @@ def test_upgrade_from_0002_keeps_each_runs_outputs_audit_quarantine_and_samples(
     `error_reports` (to add their CHECK constraints) with foreign keys on: dropping the old
     table deleted, by ON DELETE CASCADE, every output object, audit row, quarantined row and
     error sample of every run and report written before."""
-    for url in _fresh(kind, tmp_path):
+    for url in _empty_database(kind, tmp_path):
         _at_0002_with_rows(url)
         upgrade(url)
         assert _kept(url) == KEPT
@@ -171,7 +155,7 @@ def test_two_db_upgrades_at_once_both_succeed(tmp_path: Path) -> None:
     revision they were at, both ran the migrations after it, and the second to commit failed
     (`Online migration expected to match one row when updating '0012' to '0013'`, or a
     duplicate key when creating the tables of a fresh schema), failing that pod's release."""
-    for url in _fresh("postgresql", tmp_path):
+    for url in _empty_database("postgresql", tmp_path):
         upgrade(url, "0012")
         results = _two_upgrades_meeting_at_0013(url, tmp_path)
         engine = make_engine(url)
