@@ -140,7 +140,7 @@ def _parts(code: str, meter: str | None, customer: str | None, examples: bool) -
 def _reason_line(r: Any) -> str:
     text = f"• {link(r.url, r.code)}" + (f": {escape(r.reason)}" if r.reason else "")
     text += f" ({rows(r.rows)})"
-    return text + (f"\n    example: `{escape(r.example)}`" if r.example else "")
+    return text + (f"\n    example: {code(r.example)}" if r.example else "")
 
 
 # --- alerts --------------------------------------------------------------------------------
@@ -201,7 +201,8 @@ def render_alert(alert: AlertView, *, resolved: bool, alerts_url: str) -> Messag
         "colour": "#2b8a3e" if resolved else "#c92a2a",
     }
     fields = [f"*Kind*\n{escape(alert.kind)}", f"*Seen*\n{alert.count}×"]
-    fields += [f"*{k.title()}*\n{escape(v)}" for k, v in _facts(alert) if v]
+    fields += [f"*{k.title()}*\n{code(v)}" for k, v in _facts(alert) if v]
+    fields += [f"*Rows*\n{alert.rows}"] if alert.rows else []
     blocks = [header(headline), {"type": "section", "fields": [mrkdwn(f) for f in fields[:10]]}]
     if alert.message:
         blocks += sections("", [escape(alert.message)])
@@ -216,17 +217,11 @@ def render_alert(alert: AlertView, *, resolved: bool, alerts_url: str) -> Messag
 
 
 def _facts(alert: AlertView) -> list[tuple[str, str | None]]:
-    rows = str(alert.rows) if alert.rows else None
-    return [
-        ("meter", alert.meter),
-        ("code", alert.code),
-        ("customer", alert.customer),
-        ("rows", rows),
-    ]
+    return [("meter", alert.meter), ("code", alert.code), ("customer", alert.customer)]
 
 
 def _value(value: str, url: bool) -> str:
-    return link(value, value) if url else f"`{escape(value)}`"
+    return link(value, value) if url else code(value)
 
 
 # --- Block Kit -----------------------------------------------------------------------------
@@ -234,6 +229,13 @@ def _value(value: str, url: bool) -> str:
 
 def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def code(text: str) -> str:
+    """A value from a row (an object key, a customer id) as a code span, where Slack formats
+    nothing. Its backticks are drawn by a look-alike (U+02CB): one of them ended the span and
+    the rest of the value was read as mrkdwn (`*bold*`, `_italic_`, `~struck~`)."""
+    return "`" + escape(text).replace("`", "\u02cb") + "`"
 
 
 def link(url: str, label: str) -> str:
@@ -280,11 +282,14 @@ def _section(text: str) -> dict[str, Any]:
 
 
 def split_blocks(blocks: Sequence[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """Slack messages of at most MAX_BLOCKS blocks each; `text` is the notification text."""
+    """Slack messages of at most MAX_BLOCKS blocks each; `text` is the notification text.
+
+    Slack reads that text as mrkdwn: it is escaped like every other text taken from a row
+    (an alert's headline names an object key, and `<!channel>` in one paged the channel)."""
     messages = []
     for start in range(0, len(blocks), MAX_BLOCKS):
         part = list(blocks[start : start + MAX_BLOCKS])
-        messages.append({"text": _cut(text, MAX_TEXT), "blocks": part})
+        messages.append({"text": _cut(escape(text), MAX_TEXT), "blocks": part})
     return messages
 
 

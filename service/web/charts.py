@@ -9,6 +9,8 @@ from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
+from service.web.shown import shown_as_text
+
 OUTCOME_COLOURS = ("#4c9a2a", "#e0a100", "#c0392b")  # valid, corrected, quarantined
 
 
@@ -23,7 +25,11 @@ def rows_chart(
 
 def codes_chart(by_code: Mapping[str, Mapping[str, int]], top: int = 12) -> str:
     counts = tuple(
-        (code, by_code[code].get("corrected", 0), by_code[code].get("quarantined", 0))
+        (
+            shown_as_text(code),
+            by_code[code].get("corrected", 0),
+            by_code[code].get("quarantined", 0),
+        )
         for code in list(by_code)[:top]
     )
     return _codes_svg(counts)

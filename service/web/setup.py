@@ -15,12 +15,15 @@ from remediation import jsonnumbers
 from service.config import Settings
 from service.logs import log_event
 from service.web.access import configure_sessions
+from service.web.shown import shown_as_text
 
 
 def register_web(app: Flask, settings: Settings) -> None:
     from service.web import api, pages, probes
 
     app.json = ExactJSONProvider(app)
+    # Templates are compiled on first use, so every page writes values through it.
+    app.jinja_env.finalize = shown_as_text
     configure_sessions(app, settings)
     app.register_blueprint(probes.bp)
     app.register_blueprint(api.bp)
