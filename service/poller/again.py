@@ -56,7 +56,6 @@ class TakenAgain:
         rows this object's runs hold in quarantine)."""
         if self.uploaded is None:
             return
-        here = (self.obj.key, self.obj.etag)
         identifiers = {r.identifier for r in refs if recordable(r.identifier)}
         if self.runs is None:
             # the object's runs and its import sets' (their failed-records files' runs)
@@ -67,9 +66,9 @@ class TakenAgain:
             self.engine, self.runs, sorted(identifiers), label, self.uploaded
         )
         for identifier, first in first_versions(self.engine, identifiers).items():
+            # this version itself counts when uploaded again (the same bytes, a later
+            # LastModified): its recorded upload is the earlier one
             version = first.version
-            if version == here:
-                continue
             uploaded = self._uploaded(version)
             if uploaded is not None and self.uploaded - uploaded > RESEND_HORIZON:
                 self.rows += 1

@@ -152,6 +152,8 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     listed = _recordable(deps.engine, deps.bucket.list_objects(), report)
     seen, first_sync = store.seen()
     waiting = store.waiting(deps.clock())
+    if deps.index_mode:
+        seen -= store.uploaded_again(listed)  # Stripe's connector takes each upload whole
     if deps.only is not None:
         only = deps.only
         listed = [obj for obj in listed if (obj.key, obj.etag) in only]
@@ -247,9 +249,9 @@ def _process_object(
         r.keys.add(obj.key)
     except ObjectChanged as exc:
         # the version listed is gone: its new version (if any) is another object, taken on
-        # its own; what this version sent stays recorded (other versions leave those rows out)
-        store.mark_done(obj, ObjectStatus.SKIPPED)
-        store.record_error(obj, f"not imported: {exc}")
+        # its own; what this version sent stays recorded (other versions leave those rows out);
+        # put back with the same bytes, it is taken again (`PollerStore.mark_gone`)
+        store.mark_gone(obj, str(exc))
         r.skipped += 1
         log_event("poller.object_changed", level=logging.WARNING, key=obj.key, reason=str(exc))
     except ObjectNotSettled as exc:
@@ -335,7 +337,16 @@ def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo, source:
             again.check(refs)
             store.insert_rows(obj, refs)
             rows += len(refs)
-    store.mark_done(obj, ObjectStatus.INDEXED, rows=rows, sent=0, failed=0, import_set_id=None)
+    # the upload indexed (a later one of the same bytes is read again: `uploaded_again`)
+    store.mark_done(
+        obj,
+        ObjectStatus.INDEXED,
+        rows=rows,
+        sent=0,
+        failed=0,
+        import_set_id=None,
+        last_modified=obj.last_modified,
+    )
     again.alert()
     return rows
 

@@ -26,7 +26,7 @@ from remediation.ports import ObjectInfo
 from service.db import in_listed, is_postgres
 from service.jobs.store.quarantine import held_among, mark_taken_again
 from service.jobs.store.runs import refused_among, runs_correcting, written_among
-from service.models import BucketObject, ImportedRow, PollerBatch
+from service.models import BucketObject, ImportedRow, ObjectStatus, PollerBatch
 from service.models._types import as_utc, table_of, utcnow
 from service.poller.store import recordable
 
@@ -90,6 +90,10 @@ class OtherVersions:
             if batch is not None and self._delivered(batch):
                 known = sent.get(row.identifier)
                 sent[row.identifier] = max(known or batch.first_sent_at, batch.first_sent_at)
+        # a version the poller indexed for Stripe's connector (`MFX_POLLER=index` before
+        # `on`): the connector took it whole when it was uploaded, its rows billed then
+        for identifier, uploaded in self.progress.indexed_elsewhere(self.obj, identifiers):
+            sent[identifier] = max(sent.get(identifier) or uploaded, uploaded)
         if sent:  # quarantined after it was sent: Stripe refused it (never billed)
             held = refused_among(self.progress.engine, self._correcting(), sorted(sent))
             for identifier, quarantined in held.items():
@@ -255,6 +259,28 @@ class ProgressStore:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [SentRow(str(row[0]), int(row[1]), int(row[2])) for row in rows]
+
+    def indexed_elsewhere(
+        self, obj: ObjectInfo, identifiers: Sequence[str]
+    ) -> list[tuple[str, datetime]]:
+        """(identifier, upload time) of the rows of other object versions the poller only
+        indexed (`MFX_POLLER=index`: Stripe's connector imports them) holding one of
+        `identifiers`: switched to `on`, a later version holding them must not bill them
+        again (an indexed row counts as sent by no batch)."""
+        identifiers = [i for i in identifiers if recordable(i)]
+        if not identifiers:
+            return []
+        other = ~and_(ROWS.c.object_key == obj.key, ROWS.c.etag == obj.etag)
+        version = and_(OBJECTS.c.key == ROWS.c.object_key, OBJECTS.c.etag == ROWS.c.etag)
+        query = (
+            select(ROWS.c.identifier, OBJECTS.c.last_modified, OBJECTS.c.first_seen)
+            .join(OBJECTS, version)
+            .where(in_listed(ROWS.c.identifier, identifiers, self.engine, "identifiers"))
+            .where(ROWS.c.sent.is_(False), OBJECTS.c.status == ObjectStatus.INDEXED, other)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [(str(row[0]), _utc(row[1] or row[2])) for row in rows]
 
     def batches_of(self, object_id: int) -> list[SentBatch]:
         """Every batch recorded for an object version, by first row."""

@@ -9,7 +9,7 @@ in bulk (one statement per group of batches), never one commit per row.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -38,6 +38,8 @@ from service.models._types import as_utc, latest, table_of, utcnow
 
 MAX_IDENTIFIER = 512  # imported_rows.identifier (longer ones are not recorded)
 MAX_EVENT_NAME = 255
+SAME_UPLOAD = timedelta(seconds=1)  # S3's LastModified resolution: later is another upload
+GONE = "not imported: "  # the error of a version gone when read (`PollerStore.mark_gone`)
 
 
 def bigint(value: int | None) -> int | None:
@@ -60,19 +62,50 @@ class PollerStore:
         return insert_or_ignore(self.engine.dialect.name, table)
 
     def seen(self) -> tuple[set[tuple[str, str]], bool]:
-        """(key, etag) pairs already handled (status other than `seen`), and first-sync flag."""
+        """(key, etag) pairs already handled (status other than `seen`), and first-sync flag.
+        A version that was gone when read is not handled: listed again (put back with the
+        same bytes), it is taken."""
         table = _table(BucketObject)
+        gone = table.c.error.startswith(GONE, autoescape=True)
+        query = select(table.c.key, table.c.etag, table.c.status, gone)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(table.c.key, table.c.etag, table.c.status))
-            pairs = [(str(key), str(etag), str(status)) for key, etag, status in rows]
-        done = {(key, etag) for key, etag, status in pairs if status != ObjectStatus.SEEN}
-        return done, not pairs
+            rows = [
+                (str(key), str(etag), str(status), bool(g))
+                for key, etag, status, g in conn.execute(query)
+            ]
+        done = {
+            (key, etag)
+            for key, etag, status, was_gone in rows
+            if status != ObjectStatus.SEEN and not (status == ObjectStatus.SKIPPED and was_gone)
+        }
+        return done, not rows
+
+    def uploaded_again(self, listed: Sequence[ObjectInfo]) -> set[tuple[str, str]]:
+        """(key, etag) of the versions indexed whose listing has a later LastModified: the
+        same bytes uploaded again under the key. Stripe's S3 connector takes such an upload
+        as a new object, whole (index mode reads it again: `service.poller.again`)."""
+        table = _table(BucketObject)
+        query = select(table.c.key, table.c.etag, table.c.last_modified).where(
+            table.c.status == ObjectStatus.INDEXED
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        indexed = {(str(row.key), str(row.etag)): as_utc(row.last_modified) for row in rows}
+        found = set()
+        for obj in listed:
+            before = indexed.get((obj.key, obj.etag))
+            uploaded = as_utc(obj.last_modified)
+            if before is not None and uploaded is not None and uploaded - before >= SAME_UPLOAD:
+                found.add((obj.key, obj.etag))
+        return found
 
     def waiting(self, now: datetime) -> set[tuple[str, str]]:
-        """(key, etag) of failing objects still backing off (`next_attempt_at` ahead)."""
+        """(key, etag) of failing objects still backing off (`next_attempt_at` ahead): also
+        a version indexed whose new upload failed to be read again (it stays `indexed`)."""
         table = _table(BucketObject)
         query = select(table.c.key, table.c.etag).where(
-            table.c.status == ObjectStatus.SEEN, table.c.next_attempt_at > now
+            table.c.status.in_((ObjectStatus.SEEN, ObjectStatus.INDEXED)),
+            table.c.next_attempt_at > now,
         )
         with self.engine.connect() as conn:
             return {(str(key), str(etag)) for key, etag in conn.execute(query)}
@@ -199,6 +232,12 @@ class PollerStore:
         mine = (table.c.key == obj.key) & (table.c.etag == obj.etag)
         with self.engine.connect() as conn:
             return int(conn.execute(select(table.c.id).where(mine)).scalar_one())
+
+    def mark_gone(self, obj: ObjectInfo, reason: str) -> None:
+        """The version listed was gone when read (overwritten or deleted): skipped, yet taken
+        if it is listed again (the same bytes put back: otherwise never read, its usage lost)."""
+        self.mark_done(obj, ObjectStatus.SKIPPED)
+        self.record_error(obj, f"{GONE}{reason}")
 
     def record_error(self, obj: ObjectInfo, reason: str) -> None:
         self._update_object(obj, error=reason[:2000])
