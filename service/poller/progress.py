@@ -245,19 +245,8 @@ class ProgressStore:
         """The rows of other object versions (another key, or this key before it was
         overwritten) recorded as sent under one of `identifiers` (`OtherVersions` decides
         which of them count)."""
-        identifiers = [i for i in identifiers if recordable(i)]
-        if not identifiers:
-            return []
-        other = ~and_(ROWS.c.object_key == obj.key, ROWS.c.etag == obj.etag)
-        version = and_(OBJECTS.c.key == ROWS.c.object_key, OBJECTS.c.etag == ROWS.c.etag)
-        query = (
-            select(ROWS.c.identifier, OBJECTS.c.id, ROWS.c.row_number)
-            .join(OBJECTS, version)
-            .where(in_listed(ROWS.c.identifier, identifiers, self.engine, "identifiers"))
-            .where(ROWS.c.sent.is_(True), other)
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+        columns = (ROWS.c.identifier, OBJECTS.c.id, ROWS.c.row_number)
+        rows = self._elsewhere(obj, identifiers, columns, ROWS.c.sent.is_(True))
         return [SentRow(str(row[0]), int(row[1]), int(row[2])) for row in rows]
 
     def indexed_elsewhere(
@@ -267,20 +256,29 @@ class ProgressStore:
         indexed (`MFX_POLLER=index`: Stripe's connector imports them) holding one of
         `identifiers`: switched to `on`, a later version holding them must not bill them
         again (an indexed row counts as sent by no batch)."""
+        columns = (ROWS.c.identifier, OBJECTS.c.last_modified, OBJECTS.c.first_seen)
+        indexed = ROWS.c.sent.is_(False) & (OBJECTS.c.status == ObjectStatus.INDEXED)
+        rows = self._elsewhere(obj, identifiers, columns, indexed)
+        return [(str(row[0]), _utc(row[1] or row[2])) for row in rows]
+
+    def _elsewhere(
+        self, obj: ObjectInfo, identifiers: Sequence[str], columns: tuple[Any, ...], which: Any
+    ) -> list[tuple[Any, ...]]:
+        """`columns` of the rows of other object versions, joined to their version's object,
+        holding one of `identifiers` and matching `which`."""
         identifiers = [i for i in identifiers if recordable(i)]
         if not identifiers:
             return []
         other = ~and_(ROWS.c.object_key == obj.key, ROWS.c.etag == obj.etag)
         version = and_(OBJECTS.c.key == ROWS.c.object_key, OBJECTS.c.etag == ROWS.c.etag)
         query = (
-            select(ROWS.c.identifier, OBJECTS.c.last_modified, OBJECTS.c.first_seen)
+            select(*columns)
             .join(OBJECTS, version)
             .where(in_listed(ROWS.c.identifier, identifiers, self.engine, "identifiers"))
-            .where(ROWS.c.sent.is_(False), OBJECTS.c.status == ObjectStatus.INDEXED, other)
+            .where(which, other)
         )
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [(str(row[0]), _utc(row[1] or row[2])) for row in rows]
+            return [tuple(row) for row in conn.execute(query)]
 
     def batches_of(self, object_id: int) -> list[SentBatch]:
         """Every batch recorded for an object version, by first row."""
