@@ -187,3 +187,26 @@ def test_a_file_id_the_files_api_refuses_is_dead_lettered_at_once(service: Servi
         "is not a Stripe file id"
     )
     assert [e.style for e in service.rows(InboxEvent)] == ["snapshot"]
+
+
+def test_two_error_types_of_one_code_count_together(service: Service) -> None:
+    """README: "a report left short is marked `partial`, with an alert". A report whose
+    `error_types` name one code twice (two entries without a code are both `unknown`) was
+    counted by its last entry only (`{code: count}` kept one per code): Stripe counted 2
+    errors, meterfix expected 1, found 1, and marked the report `remediated`: the row it
+    never found was never billed, and no alert said so."""
+    now = int(time.time()) - 60
+    bucket = _bucket(service)
+    (bucket / "a.csv").write_text(HEADER + f"a1,{now},api_requests,acme-42,5\n")
+    _imported(service, "a.csv", ["a1"])
+    event = _report(service, ["a1"])
+    reason = event["data"]["reason"]  # type: ignore[index]
+    reason["error_types"].append({"code": NOT_FOUND, "error_count": 1, "sample_errors": []})
+    reason["error_count"] = 2
+    event_id = service.deliver(event)
+    service.drain()
+    assert _audit(service) == [("a1", "a1-mfx1", "cus_acme")]
+    [report] = service.rows(ErrorReport)
+    assert report.status == "partial"
+    [alert] = [a for a in service.rows(Alert) if a.kind == "error_report.partial"]
+    assert alert.subject == f"report {event_id}: found 1 of 2 reported rows"

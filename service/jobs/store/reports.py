@@ -4,7 +4,7 @@ dashboard lists."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -190,7 +190,17 @@ def error_counts(session: Session, report_id: int | None) -> dict[str, int]:
             ErrorTypeCount.report_id == report_id
         )
     ).all()
-    return {str(code): int(count) for code, count in rows}
+    return _per_code(rows)
+
+
+def _per_code(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """code -> errors, summed: a report may name one code in two `error_types` entries (two
+    without a code are both `unknown`); kept one per code, the last entry's count was the
+    report's, and a report found short was marked remediated."""
+    counts: dict[str, int] = {}
+    for code, count in rows:
+        counts[str(code)] = counts.get(str(code), 0) + int(count)
+    return counts
 
 
 def load_report(
@@ -209,7 +219,7 @@ def load_report(
                 ErrorTypeCount.report_id == report.id
             )
         ).all()
-    return report, samples, {code: count for code, count in counts}
+    return report, samples, _per_code(counts)
 
 
 # The kind (and key prefix) of the warning an unmatched report raises, per meter
