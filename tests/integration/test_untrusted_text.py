@@ -12,35 +12,18 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine
 
 from service.adapters.slack import SlackChannel
-from service.db import make_engine
 from service.notify.alerts import raise_alert
 from service.notify.critical import send_critical_alerts
 from tests.integration import web_seed as seed
 from tests.integration.notify_helpers import NOW, SlackReceiver
+from tests.integration.test_notify_slack import BASE, db_engine, slack  # noqa: F401 (fixtures)
 from tests.integration.test_web_hostile import TOKEN, Site, _login, site  # noqa: F401 (a fixture)
-from tests.servers import serve_wsgi
 
-BASE = "https://mfx.example.com"
 # An object key as a customer's bucket may hold it: Slack's special mentions and a link.
 HOSTILE_KEY = "in/<!channel> <!here> <@U123> <https://evil.example|click>.csv"
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def slack() -> Iterator[tuple[SlackReceiver, str]]:
-    receiver = SlackReceiver()
-    with serve_wsgi(receiver) as server:
-        yield receiver, f"{server.url}/services/T000/B000/XXXXSECRET"
 
 
 def _mrkdwn_texts(body: Any) -> Iterator[str]:
@@ -61,7 +44,7 @@ SLACK_CONTROL = re.compile(r"<[!@#]|<https?:")
 
 
 def test_a_critical_alert_naming_a_hostile_key_mentions_nobody_in_slack(
-    engine: Engine, make_settings: Any, db_url: str, slack: tuple[SlackReceiver, str]
+    db_engine: Engine, make_settings: Any, db_url: str, slack: tuple[SlackReceiver, str]
 ) -> None:
     """README, critical alerts: "an object key or an id is shown as text, whatever it starts
     with". The Slack message's notification `text` (mrkdwn) carried the alert's headline as
@@ -70,7 +53,7 @@ def test_a_critical_alert_naming_a_hostile_key_mentions_nobody_in_slack(
     receiver, url = slack
     settings = make_settings(database_url=db_url, slack_webhook_url=url, mfx_public_url=BASE)
     raise_alert(
-        engine,
+        db_engine,
         key=f"poller.gave_up:{HOSTILE_KEY}",
         severity="critical",
         kind="poller.gave_up",
@@ -80,7 +63,7 @@ def test_a_critical_alert_naming_a_hostile_key_mentions_nobody_in_slack(
         code="<@U999>",
         links={"objects": [HOSTILE_KEY]},
     )
-    sent = send_critical_alerts(engine, settings, [SlackChannel(url)], clock=lambda: NOW)
+    sent = send_critical_alerts(db_engine, settings, [SlackChannel(url)], clock=lambda: NOW)
     assert sent == 1 and len(receiver.bodies) == 1
     [body] = receiver.bodies
     texts = list(_mrkdwn_texts(body))
@@ -143,7 +126,7 @@ def _outside_code(text: str) -> str:
 
 
 def test_a_backtick_in_a_value_does_not_end_its_code_span_in_slack(
-    engine: Engine, make_settings: Any, db_url: str, slack: tuple[SlackReceiver, str]
+    db_engine: Engine, make_settings: Any, db_url: str, slack: tuple[SlackReceiver, str]
 ) -> None:
     """README, critical alerts: "an object key or an id is shown as text". An object key or
     a customer id is shown in a `code span`, where Slack formats nothing; a backtick in the
@@ -154,7 +137,7 @@ def test_a_backtick_in_a_value_does_not_end_its_code_span_in_slack(
     settings = make_settings(database_url=db_url, slack_webhook_url=url, mfx_public_url=BASE)
     key = "in/a` *bold* _it_ ~gone~ `b.csv"
     raise_alert(
-        engine,
+        db_engine,
         key="poller.gave_up:tick",
         severity="critical",
         kind="poller.gave_up",
@@ -165,7 +148,7 @@ def test_a_backtick_in_a_value_does_not_end_its_code_span_in_slack(
         customer="cus_`*VIP*`",
         links={"objects": [key]},
     )
-    assert send_critical_alerts(engine, settings, [SlackChannel(url)], clock=lambda: NOW) == 1
+    assert send_critical_alerts(db_engine, settings, [SlackChannel(url)], clock=lambda: NOW) == 1
     texts = list(_mrkdwn_texts(receiver.bodies[0]))
     formatted = " ".join(_outside_code(t) for t in texts)
     for fragment in ("*bold*", "_it_", "~gone~", "*api*", "~no_meter~", "*VIP*"):
