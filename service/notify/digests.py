@@ -169,21 +169,32 @@ class DigestSender:
             level=logging.ERROR,
             channel=channel,
             window_start=window.start,
+            window_end=window.end,
             attempt=attempts,
             reason=reason,
             next_attempt_at=next_at,
         )
         if give_up and retry:
-            raise_alert(
-                self.engine,
-                key=f"digest.failed:{channel}:{window.start.astimezone(UTC).isoformat()}",
-                severity="warning",
-                kind="digest.failed",
-                subject=f"{channel} digest for {window.start:%Y-%m-%d %H:%M} could not be sent",
-                message=f"after {attempts} attempts: {reason}",
-                detail={"channel": channel, "window_start": window.start.isoformat()},
-            )
+            self._alert_failed(channel, window, attempts, reason)
         return DigestOutcome(channel, window, DigestStatus.FAILED, reason)
+
+    def _alert_failed(self, channel: str, window: Window, attempts: int, reason: str) -> None:
+        """One alert per window: by its start and end, since a daily window starts where
+        the hourly one of midnight did (`DIGEST_EVERY` changed) and is another digest."""
+        start, end = window.start.astimezone(UTC), window.end.astimezone(UTC)
+        raise_alert(
+            self.engine,
+            key=f"digest.failed:{channel}:{start.isoformat()}/{end.isoformat()}",
+            severity="warning",
+            kind="digest.failed",
+            subject=f"{channel} digest for {_span(start, end)} could not be sent",
+            message=f"after {attempts} attempts: {reason}",
+            detail={
+                "channel": channel,
+                "window_start": start.isoformat(),
+                "window_end": end.isoformat(),
+            },
+        )
 
     def _update(self, channel: str, window: Window, values: dict[str, Any]) -> None:
         """Only our own claim is finished (a row taken over by another sender is theirs)."""
@@ -209,6 +220,12 @@ def retry_delay(attempts: int) -> float:
     """30 s after the first failure, doubling up to an hour, with jitter."""
     ceiling = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** max(attempts - 1, 0))
     return float(ceiling * random.uniform(0.5, 1.0))
+
+
+def _span(start: datetime, end: datetime) -> str:
+    """A window in UTC (a retried window is read back from the database in UTC)."""
+    until = f"{end:%H:%M}" if start.date() == end.date() else f"{end:%Y-%m-%d %H:%M}"
+    return f"{start:%Y-%m-%d %H:%M} to {until} UTC"
 
 
 def _summary(digest: Digest, message: Message) -> dict[str, Any]:

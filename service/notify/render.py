@@ -16,6 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service.adapters.channels import Message
 from service.notify.content import Digest
+from service.shown import shown_as_text, shown_on_one_line
 
 MAX_BLOCKS = 50
 MAX_TEXT = 3000
@@ -23,11 +24,14 @@ MAX_HEADER = 150
 
 
 @cache
-def _templates() -> Environment:
+def _templates(plain_text: bool) -> Environment:
+    """Values from rows are written as the dashboard writes them; in plain text, where a
+    line break in one would write a line of its own, their line breaks too."""
     env = Environment(
         loader=FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=select_autoescape(["html"]),
         keep_trailing_newline=True,
+        finalize=shown_on_one_line if plain_text else shown_as_text,
     )
     env.globals["signed"] = lambda n: f"{n:+d}"
     env.globals["rows"] = rows
@@ -39,7 +43,7 @@ def rows(count: int) -> str:
 
 
 def _render(name: str, **values: Any) -> str:
-    return _templates().get_template(name).render(**values)
+    return _templates(name.endswith(".txt")).get_template(name).render(**values)
 
 
 # --- digests -------------------------------------------------------------------------------
@@ -228,7 +232,9 @@ def _value(value: str, url: bool) -> str:
 
 
 def escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text from a row as mrkdwn shows it: as text, on its line (`shown_on_one_line`)."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return str(shown_on_one_line(text))
 
 
 def code(text: str) -> str:
@@ -247,7 +253,8 @@ def mrkdwn(text: str) -> dict[str, Any]:
 
 
 def header(text: str) -> dict[str, Any]:
-    return {"type": "header", "text": {"type": "plain_text", "text": _cut(text, MAX_HEADER)}}
+    shown = str(shown_on_one_line(text))
+    return {"type": "header", "text": {"type": "plain_text", "text": _cut(shown, MAX_HEADER)}}
 
 
 def context(text: str) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from werkzeug.exceptions import HTTPException
 from remediation import jsonnumbers
 from service.config import Settings
 from service.logs import log_event
+from service.shown import shown_as_text
 from service.web.access import configure_sessions
-from service.web.shown import shown_as_text
 
 
 def register_web(app: Flask, settings: Settings) -> None:
