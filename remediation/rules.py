@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from remediation.errors import BadRules
-from remediation.limits import DEFAULT_LIMITS, LIMIT_NAMES, FieldLimits
+from remediation.limits import DEFAULT_LIMITS, LIMIT_NAMES, FieldLimits, shown
 
 # Header alias -> canonical column (whole-file repair; applied only when the canonical is absent).
 DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType(
@@ -46,6 +46,10 @@ RULE_NAMES = frozenset(
 # Policies that are ratios (difflib scores): NaN passed every comparison and made any
 # candidate a "clear winner"; a percentage (80) or a negative margin meant nothing.
 _RATIOS = frozenset({"fuzzy_cutoff", "fuzzy_margin"})
+# The field limits Stripe publishes; the others' defaults are what Stripe is taken to accept.
+_STRIPE_PUBLISHED = frozenset({"max_identifier_chars", "max_event_name_chars"})
+# The keys `[aliases]` takes (any other was ignored: a misspelt `customers` added no alias).
+ALIAS_LISTS = ("customer", "value")
 # What no Stripe customer id holds (they are `cus_` and letters, digits, underscores); only
 # this is refused, so a map to a stand-in's own ids still loads.
 _NOT_IN_AN_ID = re.compile(r"\s|[\x00-\x1f\x7f]")
@@ -99,7 +103,7 @@ def load_rules(text: str | bytes | None) -> Rules:
     unknown = set(doc) - _TABLES
     if unknown:
         raise BadRules(f"unknown rules table(s): {', '.join(sorted(unknown))}")
-    aliases = _table(doc, "aliases")
+    aliases = _known_keys(_table(doc, "aliases"), "aliases", ALIAS_LISTS)
     return Rules(
         customers=_customer_map(doc),
         event_names=_str_map(doc, "event_names"),
@@ -135,6 +139,13 @@ def _table(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+def _known_keys(table: dict[str, Any], name: str, known: tuple[str, ...]) -> dict[str, Any]:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise BadRules(f"[{name}] {unknown[0]!r} is not a key it takes (keys: {', '.join(known)})")
+    return table
+
+
 def _str_map(doc: Mapping[str, Any], name: str) -> dict[str, str]:
     table = _table(doc, name)
     for key, value in table.items():
@@ -157,7 +168,8 @@ def _decoded(data: bytes) -> str:
 def _customer_map(doc: Mapping[str, Any]) -> dict[str, str]:
     customers = _str_map(doc, "customers")
     for key, value in customers.items():
-        # (An empty one maps nothing: the row is quarantined, never sent with no customer.)
+        if not value:  # it mapped nothing: every row of `key` ended in quarantine
+            raise BadRules(f"[customers] {key!r} maps to an empty customer id: fill it in")
         if _NOT_IN_AN_ID.search(value):
             raise BadRules(
                 f"[customers] {key!r} must map to a Stripe customer id, not {value!r} "
@@ -206,7 +218,15 @@ def _rule_names(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _limit(limits: FieldLimits, key: str, value: object) -> FieldLimits:
+    """A limit may be tightened, never loosened: its default is the most Stripe accepts
+    (published for the identifier and event name, assumed for the others), and a row past
+    it passed validation only for Stripe to refuse it."""
     lowest = 0 if key == "max_value_decimal_places" else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        raise BadRules(f"policy {key!r} must be an integer of at least {lowest}")
+    most = getattr(DEFAULT_LIMITS, key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= most:
+        whose = "Stripe's limit" if key in _STRIPE_PUBLISHED else "what Stripe is taken to accept"
+        raise BadRules(
+            f"policy {key!r} must be an integer of at least {lowest} and at most {most} "
+            f"({whose}), not {shown(value)}"
+        )
     return replace(limits, **{key: value})

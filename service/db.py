@@ -43,6 +43,7 @@ from sqlmodel import Session, create_engine
 
 from remediation import jsonnumbers
 from service.config import SQLiteSynchronous
+from service.errors import SchemaNewer
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # SQLite checkpoints the WAL into the database file after a commit that leaves the WAL longer
@@ -468,16 +469,37 @@ def upgrade(url: str, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    if not url.startswith("postgresql"):
-        command.upgrade(config, revision)
-        return
     engine = make_engine(url)
     try:
+        if not url.startswith("postgresql"):
+            _require_known_revision(engine)
+            command.upgrade(config, revision)
+            return
         _require_schema(engine)
         with advisory_lock(engine, MIGRATION_LOCK_KEY, wait=True):
+            _require_known_revision(engine)
             command.upgrade(config, revision)
     finally:
         engine.dispose()
+
+
+def _require_known_revision(engine: Engine) -> None:
+    """SchemaNewer when the database is at a revision no migration here names: Alembic's own
+    "Can't locate revision" said neither why (a newer release upgraded it, and this one was
+    deployed after) nor what to do."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_heads()
+    known = {script.revision for script in ScriptDirectory(str(MIGRATIONS_DIR)).walk_revisions()}
+    unknown = sorted(set(current) - known)
+    if unknown:
+        raise SchemaNewer(
+            f"the database is at revision {unknown[0]!r}, which this meterfix release does not "
+            "know: a newer meterfix release upgraded it; run that release (or newer), or "
+            "restore the backup taken before that upgrade"
+        )
 
 
 def _require_schema(engine: Engine) -> None:

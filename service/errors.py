@@ -5,6 +5,7 @@ ServiceError                    reason: one line, no secrets
 ├── InboxUnavailable            the database could not store an event (503)
 ├── LeaseLost                   another worker took the item over
 ├── SchemaNotCurrent            `meterfix db upgrade` is due
+├── SchemaNewer                 a newer release upgraded the database
 ├── TimeLimitExceeded           an item ran past MFX_TASK_TIME_LIMIT
 ├── ItemInterrupted             the worker was asked to stop mid-item
 ├── TaskInputMissing            a task's input cannot be had (dead-lettered at once)
@@ -53,6 +54,10 @@ class LeaseLost(ServiceError, RuntimeError):
 
 class SchemaNotCurrent(ServiceError, RuntimeError):
     """The database has no schema yet, or an older one: `meterfix db upgrade` is due."""
+
+
+class SchemaNewer(ServiceError, RuntimeError):
+    """The database is at a revision this release does not ship: a newer one upgraded it."""
 
 
 class TimeLimitExceeded(ServiceError):

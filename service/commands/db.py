@@ -6,6 +6,7 @@ import click
 from flask.cli import with_appcontext
 
 from service.db import upgrade
+from service.errors import SchemaNewer
 from service.runtime import runtime
 
 
@@ -20,6 +21,8 @@ def upgrade_command() -> None:
     """Apply every migration (migrations ship inside the package)."""
     try:
         upgrade(runtime().settings.database_url)
+    except SchemaNewer as exc:  # says what to do: no "migration failed" before it
+        raise click.ClickException(exc.reason) from exc
     except Exception as exc:  # one clear line, no traceback
         raise click.ClickException(f"migration failed: {_one_line(exc)}") from exc
     click.echo("database is at the latest schema")

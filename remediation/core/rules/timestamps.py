@@ -231,8 +231,23 @@ def _iso_seconds(raw: object) -> int | None:
 
 
 def refuse_past(batch: Batch, ctx: Context) -> Fix:
-    """Usage past the window stays out: moving it would bill it in another period."""
-    return one_by_one(batch, ctx, refuse_past_row)
+    """Usage past the window stays out: moving it would bill it in another period.
+
+    Timestamps of up to 18 digits are read on the column (their reasons made once per
+    distinct time); anything else goes through `refuse_past_row`, as `fix_timestamp` splits
+    its rows (55,000 refused rows of 1M took 0.3 s one record at a time)."""
+    column = batch.timestamp
+    short = short_digits(column).copy()
+    if column.kinds is not None:
+        short &= (column.kinds == Kind.TEXT) | (column.kinds == Kind.INT)
+    fix = one_by_one(batch, ctx, refuse_past_row, np.flatnonzero(~short))
+    at = np.flatnonzero(short)
+    if len(at):
+        seconds = column.text.take(pa.array(at)).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        times = seconds.tolist()
+        reasons = {ts: _too_old(ts) for ts in set(times)}
+        fix.fail(at, [reasons[ts] for ts in times])
+    return fix
 
 
 def refuse_past_row(record: UsageRecord, ctx: Context) -> list[Change]:
@@ -241,5 +256,8 @@ def refuse_past_row(record: UsageRecord, ctx: Context) -> list[Change]:
     ts = parse_timestamp(record.timestamp)
     if ts is None:
         raise Uncorrectable(f"timestamp {shown(record.timestamp)}: {NEVER_MOVED}")
-    reason = f"timestamp {ts} ({utc_text(ts)}): Stripe found it more than 35 days old"
-    raise Uncorrectable(f"{reason}; {NEVER_MOVED}")
+    raise Uncorrectable(_too_old(ts))
+
+
+def _too_old(ts: int) -> str:
+    return f"timestamp {ts} ({utc_text(ts)}): Stripe found it more than 35 days old; {NEVER_MOVED}"
