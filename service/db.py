@@ -162,9 +162,16 @@ def keyset(connection: Connection, query: Select[Any], id_column: Any, page: Pag
 def delete_batch(engine: Engine, table: Table, where: ColumnElement[bool], batch: int) -> int:
     """Delete at most `batch` rows of `table` matching `where` in one short transaction (the
     stores' purges for retention); the number deleted."""
-    ids = select(table.c.id).where(where).limit(batch).scalar_subquery()
     with engine.begin() as connection:
-        return int(connection.execute(delete(table).where(table.c.id.in_(ids))).rowcount)
+        return delete_batch_in(connection, table, where, batch)
+
+
+def delete_batch_in(
+    connection: Connection, table: Table, where: ColumnElement[bool], batch: int
+) -> int:
+    """`delete_batch` in the caller's transaction."""
+    ids = select(table.c.id).where(where).limit(batch).scalar_subquery()
+    return int(connection.execute(delete(table).where(table.c.id.in_(ids))).rowcount)
 
 
 def bulk_load(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -392,6 +399,22 @@ def advisory_lock(engine: Engine, seed: int, name: str = "", *, wait: bool) -> I
             if held:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
                 connection.commit()
+
+
+def transaction_lock(
+    connection: Connection, seed: int, name: str = "", *, shared: bool = False
+) -> None:
+    """Hold a lock until the caller's transaction ends, for what must not change between a
+    check and the write it allows (waiting for a holder). Call it first in the transaction.
+    PostgreSQL: a transaction advisory lock, `shared` ones held side by side. SQLite: the
+    database's write lock (BEGIN IMMEDIATE: one writer at a time, `shared` or not), taken
+    before the transaction reads, so what it reads stays so until it commits."""
+    if connection.dialect.name != "postgresql":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    key = {"key": int(connection.execute(_LOCK_ID, {"seed": seed, "name": name}).scalar_one())}
+    take = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    connection.execute(text(f"SELECT {take}(:key)"), key)
 
 
 def _sqlite_lock_path(engine: Engine, seed: int, name: str) -> Path | None:

@@ -213,13 +213,17 @@ def purge_finished_events(engine: Engine, before: datetime, batch: int) -> int:
     return delete_batch(engine, INBOX, where, batch)
 
 
-def any_unfinished(engine: Engine, event_type: str) -> bool:
-    """Whether an event or task of `event_type` is pending or being worked on (retention
-    holds back what such a task still has to read)."""
-    waiting = (InboxStatus.PENDING, InboxStatus.PROCESSING)
-    query = select(INBOX.c.id).where(INBOX.c.event_type == event_type, INBOX.c.status.in_(waiting))
-    with engine.connect() as connection:
-        return connection.execute(query.limit(1)).first() is not None
+# What is not finished: still to run, or dead-lettered (`meterfix replay` runs it again)
+UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING, InboxStatus.DEAD)
+
+
+def any_unfinished(connection: Connection, event_type: str) -> bool:
+    """Whether an event or task of `event_type` is pending, being worked on, or dead-lettered
+    (retention holds back what such a task still has to read), in the caller's transaction."""
+    query = select(INBOX.c.id).where(
+        INBOX.c.event_type == event_type, INBOX.c.status.in_(UNFINISHED)
+    )
+    return connection.execute(query.limit(1)).first() is not None
 
 
 def unfinished(connection: Connection) -> tuple[dict[str, int], datetime | None]:

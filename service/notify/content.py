@@ -22,7 +22,7 @@ from service.jobs.store.runs import runs_finished_between, top_runs_finished_bet
 from service.models.inbox import InboxStatus
 from service.models.poller import ObjectStatus
 from service.notify.store import count_alerts_seen_between, unresolved_critical_alerts
-from service.notify.urls import DashboardLinks
+from service.notify.urls import MAX_LINK_RUNS, DashboardLinks
 from service.notify.windows import Window
 from service.poller.store import count_objects
 
@@ -125,7 +125,7 @@ def collect_digest(
     # SQLite keeps times as naive UTC text: compare in UTC whatever DIGEST_TZ is.
     window = Window(window.start.astimezone(UTC), window.end.astimezone(UTC))
     with engine.connect() as conn:
-        links = DashboardLinks(public_url, window, run=_sole_quarantining_run(conn, window))
+        links = DashboardLinks(public_url, window, runs=_quarantining_runs(conn, window))
         totals, by_code = _totals(conn, window)
         previous, previous_codes = _totals(conn, window.previous)
         digest = Digest(window, tz, examples, totals, previous)
@@ -143,13 +143,13 @@ def collect_digest(
     return digest
 
 
-def _sole_quarantining_run(conn: Connection, window: Window) -> int | None:
-    """The run finished in the window that quarantined every row the digest counts, when
-    there is one: the quarantine page's `run=` then opens exactly those rows (filtered by
-    when rows were quarantined, a run started before the window was missed)."""
-    top = top_runs_finished_between(conn, window.start, window.end, 2)  # most quarantined first
-    quarantining = [int(run["id"]) for run in top if run["quarantined"]]
-    return quarantining[0] if len(quarantining) == 1 else None
+def _quarantining_runs(conn: Connection, window: Window) -> list[int]:
+    """The runs finished in the window that quarantined the rows the digest counts, up to
+    one past the links' cap (`DashboardLinks` takes the window's rows beyond it): the
+    quarantine page's `run=` then opens exactly those rows (filtered by when rows were
+    quarantined, a run started before the window was missed)."""
+    top = top_runs_finished_between(conn, window.start, window.end, MAX_LINK_RUNS + 1)
+    return [int(run["id"]) for run in top if run["quarantined"]]  # most quarantined first
 
 
 def _totals(conn: Connection, window: Window) -> tuple[Totals, dict[str, list[int]]]:

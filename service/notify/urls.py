@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 from service.notify.windows import Window
+
+MAX_LINK_RUNS = 20  # runs a link names (`run=3,7,…`): beyond them, the window's rows
 
 
 def _iso(moment: datetime) -> str:
@@ -20,16 +23,17 @@ def _last_moment_before(moment: datetime) -> str:
 
 class DashboardLinks:
     def __init__(
-        self, public_url: str, window: Window | None = None, *, run: int | None = None
+        self, public_url: str, window: Window | None = None, *, runs: Sequence[int] = ()
     ) -> None:
         """With a window, quarantine links show the rows a digest counts: those of the runs
-        finished in it. With `run`, the one run that quarantined rows in the window, that is
-        exactly `run=`; the filter takes one run, so with several the links fall back to the
-        rows quarantined in the window (`since`, `until`), which may differ."""
+        finished in it. With `runs`, the runs that quarantined rows in the window, that is
+        exactly `run=`; beyond `MAX_LINK_RUNS` of them (or with none) the links fall back to
+        the rows quarantined in the window (`since`, `until`), which may differ: a run started
+        before the window is left out, one finishing after it is in."""
         self.base = public_url.rstrip("/")
-        self.period: dict[str, str | int] = {}
-        if run is not None:
-            self.period = {"run": run}
+        self.period: dict[str, str] = {}
+        if runs and len(runs) <= MAX_LINK_RUNS:
+            self.period = {"run": ",".join(str(run) for run in sorted(runs))}
         elif window is not None:
             self.period = {"since": _iso(window.start), "until": _last_moment_before(window.end)}
 

@@ -16,6 +16,7 @@ from service.jobs.store.quarantine import (
     QuarantineFilter,
     count_quarantine,
     latest_quarantined_id,
+    lock_rerun_inputs,
 )
 from service.models import AdminActionName
 from service.models.alerts import AlertStatus
@@ -100,6 +101,7 @@ def queue_rerun(engine: Engine, found: QuarantineFilter, actor: Actor) -> dict[s
     """Queue a task that re-runs the matching rows with the current rules (the filter is
     kept on the admin action, which the task reads)."""
     with engine.begin() as connection:
+        lock_rerun_inputs(connection, shared=True)  # no retention batch between count and task
         rows = count_quarantine(connection, found)
         through = latest_quarantined_id(connection)
         if rows == 0:

@@ -162,10 +162,7 @@ def _filter_args() -> MultiDict[str, str]:
     given.append(request.form)
     for source in given:  # a later one replaces a filter an earlier one gave
         for name in source:
-            values = set(source.getlist(name))
-            if len(values) > 1:
-                raise BadParameter(f"{name[:40]} is given more than once, with different values")
-            merged[name] = values.pop()
+            merged[name] = _one_value(name, source.getlist(name))
     unknown = sorted(set(merged) - set(FILTER_NAMES) - {"csrf_token"})
     if unknown:
         names = ", ".join(FILTER_NAMES)
@@ -173,9 +170,23 @@ def _filter_args() -> MultiDict[str, str]:
     return merged
 
 
+def _one_value(name: str, values: list[str]) -> str:
+    """A filter given more than once: runs, the rows of any of them; another, refused unless
+    every value is the same."""
+    if name == "run":
+        return params.joined_runs(values)
+    if len(set(values)) > 1:
+        raise BadParameter(f"{name[:40]} is given more than once, with different values")
+    return values[0]
+
+
 def _filter_value(name: str, value: Any) -> str:
     if value is None:
         return ""
+    if name == "run" and isinstance(value, list) and not any(isinstance(v, list) for v in value):
+        if not value:  # read as no filter, it re-ran every run's rows
+            raise BadParameter("run must name at least one run, not an empty list")
+        return ",".join(_filter_value(name, item) for item in value)  # runs: `[3, 7]`
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool):

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import TypeVar
 
+from werkzeug.datastructures import MultiDict
+
 from service.db import DEFAULT_PAGE_LIMIT, MAX_ROW_ID, Page
 from service.errors import BadParameter, NotFound
 from service.jobs.store.quarantine import QuarantineFilter, positive_int
@@ -34,8 +36,22 @@ def row_id(value: int, what: str) -> int:
 
 
 def quarantine_filter(args: Mapping[str, str]) -> QuarantineFilter:
-    """The quarantine filter of a request (the jobs' store runs it)."""
-    return QuarantineFilter.from_query(args)
+    """The quarantine filter of a request (the jobs' store runs it). `run` may be given more
+    than once (`run=3&run=7`, as `run=3,7`): the rows of any of those runs."""
+    return QuarantineFilter.from_query(_runs_joined(args))
+
+
+def _runs_joined(args: Mapping[str, str]) -> Mapping[str, str]:
+    """A query string's every `run`, as one comma-separated value (a mapping reads the
+    first alone: the other runs' rows were left out unsaid, and a bad one went unchecked)."""
+    if not isinstance(args, MultiDict) or len(args.getlist("run")) < 2:
+        return args
+    return {**args, "run": joined_runs(args.getlist("run"))}
+
+
+def joined_runs(values: list[str]) -> str:
+    """Several `run` values as one (empty ones left out: `run=` names no run)."""
+    return ",".join(value for value in values if value.strip())
 
 
 def choice(args: Mapping[str, str], name: str, kind: type[E]) -> E | None:

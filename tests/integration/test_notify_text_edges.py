@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
@@ -284,10 +283,6 @@ def _quarantining_run(engine: Engine, key: str, started: datetime, finished: dat
         session.commit()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the quarantine filter (service/jobs/store/quarantine.py) takes one run",
-)
 def test_a_quarantine_link_of_several_runs_opens_the_rows_the_digest_counts(
     db_engine: Engine, db_url: str, make_settings: Any, slack: tuple[SlackReceiver, str]
 ) -> None:

@@ -1,6 +1,6 @@
-"""Quarantined rows and the quarantine filter (code, meter, customer, run, time; each on an
+"""Quarantined rows and the quarantine filter (code, meter, customer, runs, time; each on an
 index). Rows a re-run took (`rerun_id` set) are replaced by that re-run's own rows, so
-filtered lists leave them out unless they ask for one run's rows.
+filtered lists leave them out unless they ask for runs' rows.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from sqlalchemy import (
     update,
 )
 
-from service.db import MAX_ROW_ID, Listing, Page, delete_batch, in_listed, keyset
+from service.db import (
+    MAX_ROW_ID,
+    Listing,
+    Page,
+    delete_batch_in,
+    in_listed,
+    keyset,
+    transaction_lock,
+)
 from service.errors import BadParameter
 from service.jobs.store.runs import RUNS, finished_between
 from service.models._types import as_utc, table_of
@@ -33,6 +41,7 @@ from service.models.remediation import (
 QUARANTINE = table_of(QuarantinedRow)
 ACTIONS = table_of(AdminAction)
 MAX_FILTER_CHARS = 255
+MAX_FILTER_RUNS = 100  # runs one filter may name (a digest link names up to 20)
 ID_BATCH = 500  # ids per IN (...) list
 
 
@@ -41,25 +50,27 @@ ID_BATCH = 500  # ids per IN (...) list
 
 @dataclass(frozen=True)
 class QuarantineFilter:
-    """Which quarantined rows: by code, meter, customer, run and time (each on an index), and
-    whether their object sent them again since (`taken_again`: yes/no; not indexed, few rows
-    are marked: a page of unmarked rows reads about a page of rows)."""
+    """Which quarantined rows: by code, meter, customer, runs (the rows of any of them; none:
+    every run's) and time (each on an index), and whether their object sent them again since
+    (`taken_again`: yes/no; not indexed, few rows are marked: a page of unmarked rows reads
+    about a page of rows)."""
 
     code: str | None = None
     meter: str | None = None
     customer: str | None = None
-    run: int | None = None
+    run: tuple[int, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
     taken_again: bool | None = None
 
     def as_query(self) -> dict[str, str]:
-        """The filter as query parameters (for links, CSV and the re-run's record)."""
+        """The filter as query parameters (for links, CSV and the re-run's record): one value
+        each, runs as `3,7` (read back by `from_query`, as a single run kept before was)."""
         values = {
             "code": self.code,
             "meter": self.meter,
             "customer": self.customer,
-            "run": None if self.run is None else str(self.run),
+            "run": ",".join(str(run) for run in self.run) or None,
             "since": None if self.since is None else self.since.isoformat(),
             "until": None if self.until is None else self.until.isoformat(),
             "taken_again": None if self.taken_again is None else YES_NO[self.taken_again],
@@ -70,12 +81,11 @@ class QuarantineFilter:
     def from_query(cls, args: Mapping[str, str]) -> QuarantineFilter:
         """The filter from query parameters (a request's, or those a re-run kept); a bad
         one is a `BadParameter` with the reason."""
-        run = args.get("run", "")
         found = cls(
             code=_text(args, "code"),
             meter=_text(args, "meter"),
             customer=_text(args, "customer"),
-            run=positive_int(args, "run", 0) if run != "" else None,
+            run=_runs(args),
             since=_time(args, "since"),
             until=_time(args, "until", through_the_day=True),
             taken_again=_yes_no(args, "taken_again"),
@@ -94,6 +104,19 @@ def positive_int(args: Mapping[str, str], name: str, default: int) -> int:
     if int(raw) > MAX_ROW_ID:  # as a run or a cursor: no row has such an id
         raise BadParameter(f"{name} must be at most {MAX_ROW_ID}, not {raw}")
     return int(raw)
+
+
+def _runs(args: Mapping[str, str]) -> tuple[int, ...]:
+    """`run`: a run id, or several separated by commas; in id order, each once."""
+    raw = args.get("run", "").strip()
+    if raw == "":
+        return ()
+    parts = [part.strip() for part in raw.split(",")]
+    if "" in parts:
+        raise BadParameter(f"run must be run ids separated by commas, not {raw[:40]!r}")
+    if len(parts) > MAX_FILTER_RUNS:
+        raise BadParameter(f"run takes at most {MAX_FILTER_RUNS} runs, not {len(parts)}")
+    return tuple(sorted({positive_int({"run": part}, "run", 0) for part in parts}))
 
 
 YES_NO = {True: "yes", False: "no"}
@@ -152,8 +175,8 @@ def quarantine_conditions(found: QuarantineFilter) -> list[ColumnElement[bool]]:
         where.append(table.meter == found.meter)
     if found.customer is not None:
         where.append(table.customer == found.customer)
-    if found.run is not None:
-        where.append(table.run_id == found.run)
+    if found.run:
+        where.append(table.run_id.in_(found.run))
     else:
         where.append(table.rerun_id.is_(None))
     if found.since is not None:
@@ -200,8 +223,8 @@ def list_quarantine(connection: Connection, found: QuarantineFilter, page: Page)
 
 def count_quarantine(connection: Connection, found: QuarantineFilter) -> int:
     """The rows a re-run of `found` would take: not the rows their object sent again since
-    (`mark_taken_again`), which it leaves, nor the rows another re-run took (listed with a
-    run's rows, `run=`; `rows_to_rerun` never takes them)."""
+    (`mark_taken_again`), which it leaves, nor the rows another re-run took (listed with
+    their runs' rows, `run=`; `rows_to_rerun` never takes them)."""
     where = [
         *quarantine_conditions(found),
         QUARANTINE.c.taken_again.is_(None),
@@ -606,18 +629,32 @@ def quarantined_record(connection: Connection, row_id: int) -> Any:
     return connection.execute(select(QUARANTINE.c.record).where(QUARANTINE.c.id == row_id)).scalar()
 
 
-def purge_quarantined(engine: Engine, before: datetime, batch: int) -> int:
+# The seed of the lock on what a quarantine re-run reads ("mfx_reru", `lock_rerun_inputs`).
+RERUN_INPUTS_LOCK = 0x6D66785F72657275
+
+
+def lock_rerun_inputs(connection: Connection, *, shared: bool) -> None:
+    """Hold, until the caller's transaction ends, the rows a quarantine re-run reads (the
+    quarantined rows and their audit): queueing a re-run holds it `shared` from its count to
+    its task, a retention batch alone from its check for a waiting re-run to its delete, so
+    neither comes between the other's two steps (a re-run queued there had its rows
+    deleted after they were counted). First in the transaction (`transaction_lock`)."""
+    transaction_lock(connection, RERUN_INPUTS_LOCK, shared=shared)
+
+
+def purge_quarantined(connection: Connection, before: datetime, batch: int) -> int:
     """Retention: delete up to `batch` quarantined rows of runs finished before the cutoff,
     or quarantined before it; but not a row a re-run took while that re-run, or one that
-    took the rows it quarantined again, to the end of the chain, is kept (`_chains_kept`)."""
+    took the rows it quarantined again, to the end of the chain, is kept (`_chains_kept`).
+    In the caller's transaction."""
     old_runs = select(RUNS.c.id).where(RUNS.c.finished_at < before)
     old = QUARANTINE.c.run_id.in_(old_runs) | (QUARANTINE.c.created_at < before)
-    with engine.connect() as connection:  # a few ids (SQLite counts no rows a WITH deletes)
-        found: Sequence[Any] = connection.execute(select(_chains_kept(before))).scalars().all()
+    # a few ids, looked up first (SQLite counts no rows a WITH deletes)
+    found: Sequence[Any] = connection.execute(select(_chains_kept(before))).scalars().all()
     kept = sorted(int(i) for i in found)
     taken = QUARANTINE.c.rerun_id
     where = old & (taken.is_(None) | taken.not_in(kept)) if kept else old
-    return delete_batch(engine, QUARANTINE, where, batch)
+    return delete_batch_in(connection, QUARANTINE, where, batch)
 
 
 def _chains_kept(before: datetime) -> Any:

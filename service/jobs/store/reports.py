@@ -8,19 +8,24 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import ColumnElement, Connection, Engine, exists, func, literal, or_, select
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
 from handlers.records import RemediationStatus
-from service.db import Listing, Page, keyset, session_scope
+from service.db import Listing, Page, delete_batch, keyset, session_scope
+from service.jobs.store.runs import AUDIT, QUARANTINED, REPORT_PREFIX, RUNS
 from service.models import ErrorReportStatus
 from service.models._types import as_utc, table_of, utcnow
+from service.models.alerts import Alert, AlertStatus
+from service.models.inbox import InboxEvent, InboxStatus
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
 
 IMPORT_SETS = table_of(ImportSet)
 FAILED = "failed"  # an import set's status: the whole file failed, none of its rows taken
 REPORTS = table_of(ErrorReport)
+INBOX = table_of(InboxEvent)  # read by retention only (`purge_reports`)
+ALERTS = table_of(Alert)
 
 
 def list_import_sets(connection: Connection, page: Page) -> Listing:
@@ -295,6 +300,40 @@ def _reports_since(
 
 def _texts(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def purge_reports(engine: Engine, before: datetime, batch: int, task_prefix: str) -> int:
+    """Retention: delete up to `batch` error reports recorded before the cutoff (their
+    samples and counts with them, ON DELETE CASCADE) that nothing needs any more: not one
+    whose event, or task (`task_prefix` + event id), is unfinished (pending, processing,
+    or dead-lettered: a replay reads the report); nor one rows of whose runs are kept (a
+    quarantined row's refusal is timed by its report's window, `refusal_moments`); nor an
+    `unmatched` one while its meter's warning is up (`any_unmatched_like` keeps it up)."""
+    where = (REPORTS.c.created_at < before) & ~_report_needed(task_prefix)
+    return delete_batch(engine, REPORTS, where, batch)
+
+
+def _report_needed(task_prefix: str) -> ColumnElement[bool]:
+    reports, inbox, alerts = REPORTS.c, INBOX.c, ALERTS.c
+    unfinished = (InboxStatus.PENDING, InboxStatus.PROCESSING, InboxStatus.DEAD)
+    its_work = inbox.event_id.in_([reports.event_id, literal(task_prefix) + reports.event_id])
+    run_key = RUNS.c.run_key  # `error_report:<event id>:<object>`, a range on its unique index
+    of_report = (run_key >= literal(REPORT_PREFIX) + reports.event_id + ":") & (
+        run_key < literal(REPORT_PREFIX) + reports.event_id + ";"
+    )
+    kept = [
+        select(RUNS.c.id).join(rows, rows.c.run_id == RUNS.c.id).where(of_report)
+        for rows in (QUARANTINED, AUDIT)
+    ]
+    warning = literal(f"{UNMATCHED_ALERT}:") + func.coalesce(reports.meter_id, reports.event_type)
+    warned = select(alerts.id).where(
+        alerts.alert_key == warning, alerts.status != AlertStatus.RESOLVED
+    )
+    return or_(
+        exists(select(inbox.id).where(its_work, inbox.status.in_(unfinished))),
+        *(exists(query) for query in kept),
+        (reports.status == ErrorReportStatus.UNMATCHED) & exists(warned),
+    )
 
 
 # --- the bundled poller's own import sets (written when it imports an object) --------------

@@ -40,7 +40,7 @@ from service.db import (
     Listing,
     Page,
     bulk_load_rows,
-    delete_batch,
+    delete_batch_in,
     in_listed,
     keyset,
     pg_copy_data,
@@ -132,11 +132,12 @@ def finished_between(start: datetime, end: datetime) -> ColumnElement[bool]:
     )
 
 
-def purge_audit(engine: Engine, runs_finished_before: datetime, batch: int) -> int:
+def purge_audit(connection: Connection, runs_finished_before: datetime, batch: int) -> int:
     """Retention: delete up to `batch` audit rows of runs finished before the cutoff (the
-    runs themselves stay, with their counts and outputs: lineage)."""
+    runs themselves stay, with their counts and outputs: lineage), in the caller's
+    transaction."""
     old_runs = select(RUNS.c.id).where(RUNS.c.finished_at < runs_finished_before)
-    return delete_batch(engine, AUDIT, AUDIT.c.run_id.in_(old_runs), batch)
+    return delete_batch_in(connection, AUDIT, AUDIT.c.run_id.in_(old_runs), batch)
 
 
 # --- runs and their outputs ----------------------------------------------------------------
