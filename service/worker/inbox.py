@@ -4,6 +4,11 @@ takes `FOR UPDATE SKIP LOCKED` on PostgreSQL (several workers never take the sam
 SQLite the write lock serialises it and the repeated WHERE makes it a compare-and-set. A live
 worker renews the lease of the row it works on from its heartbeat; rows left `processing`
 longer than the lease (a dead worker) become claimable again.
+
+A `processing` row's `next_attempt_at` is NULL (the claim clears it) unless `requeue` was
+asked while a worker ran it: it is then due again once that run is done (`mark_done`), never
+run beside it. Its `last_error` is `TAKEN_OVER` only from a take-over until the row is made
+pending again (handed back, re-queued, replayed) or fails.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from sqlalchemy import (
 )
 
 from service.intake.store import INBOX
+from service.logs import log_event
 from service.models._types import utcnow
 from service.models.inbox import InboxStatus
 from service.notify.alerts import raise_alert, resolve_alert
@@ -76,11 +82,13 @@ def claim_next(engine: Engine, worker_id: str, lease: timedelta) -> ClaimedEvent
             locked_by=worker_id,
             locked_at=now,
             attempts=INBOX.c.attempts + 1,
+            next_attempt_at=None,
             # RETURNING sees the new row only: the old status is told through last_error,
-            # which then says (on the dashboard too) why the previous attempt has no result
+            # which then says (on the dashboard too) why the previous attempt has no result;
+            # a due row's claim is no take-over, whatever mark an earlier one left
             last_error=case(
                 (INBOX.c.status == InboxStatus.PROCESSING, TAKEN_OVER),
-                else_=INBOX.c.last_error,
+                else_=_take_over_ended(),
             ),
         )
         .returning(
@@ -111,19 +119,22 @@ def mark_done(
     connection: Connection, claimed: ClaimedEvent, worker_id: str, outcome: str, status: str
 ) -> bool:
     """Finish a claimed row inside the caller's transaction; False if the lease was lost.
+    A row `requeue` asked for while it ran is pending again (due since it was asked).
 
     A success also resolves the row's dead-letter alert (a replayed or retried item that now
     works), in the same transaction."""
+    again = INBOX.c.next_attempt_at.is_not(None)  # asked for again while it ran
     result = connection.execute(
         update(INBOX)
         .where(_owned(claimed, worker_id))
         .values(
-            status=status,
+            status=case((again, InboxStatus.PENDING.value), else_=status),
+            attempts=case((again, 0), else_=INBOX.c.attempts),
+            last_error=case((again, _take_over_ended()), else_=INBOX.c.last_error),
             outcome=storable(outcome)[:ERROR_TEXT_LIMIT],
             processed_at=utcnow(),
             locked_by=None,
             locked_at=None,
-            next_attempt_at=None,
         )
     )
     if result.rowcount != 1:
@@ -155,6 +166,7 @@ def release_claim(engine: Engine, claimed: ClaimedEvent, worker_id: str) -> bool
                 next_attempt_at=utcnow(),
                 locked_by=None,
                 locked_at=None,
+                last_error=_take_over_ended(),  # its next claim is no take-over
             )
         )
     return result.rowcount == 1
@@ -164,7 +176,8 @@ def mark_failed(
     connection: Connection, claimed: ClaimedEvent, worker_id: str, error: str, dead: bool
 ) -> tuple[bool, datetime | None]:
     """Schedule a retry or dead-letter the row, keeping the error either way. Returns whether
-    the row was still ours (False: another worker took it over) and when it is due again."""
+    the row was still ours (False: another worker took it over) and when it is due again.
+    A `requeue` asked for while it ran is answered by the retry (a dead row by a replay)."""
     next_at = None if dead else utcnow() + timedelta(seconds=backoff_seconds(claimed.attempts))
     result = connection.execute(
         update(INBOX)
@@ -195,9 +208,9 @@ def backoff_seconds(attempts: int, rng: random.Random | None = None) -> float:
 
 
 def requeue(engine: Engine, event_id: str) -> bool:
-    """Make a stored event pending again, whatever its state; False if it is unknown."""
+    """Have a stored event run again (`requeue_event`); False if it is unknown."""
     with engine.begin() as connection:
-        return _requeue(connection, INBOX.c.event_id == event_id)
+        return requeue_event(connection, event_id)
 
 
 @dataclass(frozen=True)
@@ -232,14 +245,39 @@ def replay_in(
 
 
 def requeue_event(connection: Connection, event_id: str) -> bool:
-    """`requeue` in the caller's transaction."""
-    return _requeue(connection, INBOX.c.event_id == event_id)
+    """Have a stored event run again, in the caller's transaction (a handler's or the
+    poller's records commit with it); False if it is unknown. Pending again at once with its
+    attempts reset, unless a worker is running it: it is then run again once that run is done
+    (`mark_done`), never beside it (a dead worker's row is taken over within its lease)."""
+    return _requeue_or_defer(connection, INBOX.c.event_id == event_id)
 
 
 def requeue_row(connection: Connection, row_id: int) -> bool:
-    """`requeue` by row id in the caller's transaction (a replay by an admin records itself
-    in the same transaction)."""
-    return _requeue(connection, INBOX.c.id == row_id)
+    """`requeue_event` by row id."""
+    return _requeue_or_defer(connection, INBOX.c.id == row_id)
+
+
+def _requeue_or_defer(connection: Connection, which: ColumnElement[bool]) -> bool:
+    # One statement: the row's state is read under its lock (a worker finishing it meanwhile
+    # waits, then sees the request), and a due row stays locked, so unclaimable, until the
+    # caller's records are committed
+    running = INBOX.c.status == InboxStatus.PROCESSING
+    row = connection.execute(
+        update(INBOX)
+        .where(which)
+        .values(
+            status=case((running, INBOX.c.status), else_=InboxStatus.PENDING.value),
+            attempts=case((running, INBOX.c.attempts), else_=0),
+            next_attempt_at=utcnow(),
+            locked_by=case((running, INBOX.c.locked_by), else_=None),
+            locked_at=case((running, INBOX.c.locked_at), else_=None),
+            last_error=case((running, INBOX.c.last_error), else_=_take_over_ended()),
+        )
+        .returning(INBOX.c.event_id, INBOX.c.status, INBOX.c.locked_by)
+    ).first()
+    if row is not None and row.status == InboxStatus.PROCESSING:
+        log_event("inbox.requeue_deferred", event_id=row.event_id, held_by=row.locked_by)
+    return row is not None
 
 
 def _requeue(connection: Connection, which: ColumnElement[bool]) -> bool:
@@ -252,9 +290,15 @@ def _requeue(connection: Connection, which: ColumnElement[bool]) -> bool:
             next_attempt_at=utcnow(),
             locked_by=None,
             locked_at=None,
+            last_error=_take_over_ended(),
         )
     )
     return result.rowcount == 1
+
+
+def _take_over_ended() -> ColumnElement[Any]:
+    """`last_error` without the take-over mark (`TAKEN_OVER`): the take-over is over."""
+    return case((INBOX.c.last_error == TAKEN_OVER, None), else_=INBOX.c.last_error)
 
 
 def dead_letter_alert(
