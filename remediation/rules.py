@@ -146,11 +146,13 @@ def _known_keys(table: dict[str, Any], name: str, known: tuple[str, ...]) -> dic
     return table
 
 
-def _str_map(doc: Mapping[str, Any], name: str) -> dict[str, str]:
+def _str_map(doc: Mapping[str, Any], name: str, what: str = "name") -> dict[str, str]:
     table = _table(doc, name)
     for key, value in table.items():
         if not isinstance(value, str):
             raise BadRules(f"[{name}] {key!r} must map to a string, not {type(value).__name__}")
+        if not value:  # a name not filled in yet: its rows failed again and were quarantined
+            raise BadRules(f"[{name}] {key!r} maps to an empty {what}: fill it in")
     return dict(table)
 
 
@@ -166,10 +168,8 @@ def _decoded(data: bytes) -> str:
 
 
 def _customer_map(doc: Mapping[str, Any]) -> dict[str, str]:
-    customers = _str_map(doc, "customers")
+    customers = _str_map(doc, "customers", "customer id")
     for key, value in customers.items():
-        if not value:  # it mapped nothing: every row of `key` ended in quarantine
-            raise BadRules(f"[customers] {key!r} maps to an empty customer id: fill it in")
         if _NOT_IN_AN_ID.search(value):
             raise BadRules(
                 f"[customers] {key!r} must map to a Stripe customer id, not {value!r} "

@@ -92,6 +92,16 @@ def test_a_customer_mapped_to_nothing_is_refused_at_load(tmp_path: Path) -> None
     assert "[customers] 'ext-1'" in line and "empty" in line, line
 
 
+@pytest.mark.parametrize("table", ["event_names", "meter_successors", "columns"])
+def test_a_name_mapped_to_nothing_is_refused_at_load(tmp_path: Path, table: str) -> None:
+    """`"api-call" = ""` under `[event_names]` (or a successor, or a column not filled in
+    yet) loaded: an event renamed to "" failed again and was quarantined, a column renamed
+    to "" became a column without a name. Refused at load, naming the table and the key."""
+    stderr = _refused(tmp_path, f'[{table}]\n"api-call" = ""\n'.encode())
+    [line] = [line for line in stderr.splitlines() if line.strip()]
+    assert f"[{table}] 'api-call'" in line and "empty" in line, line
+
+
 # --- `meterfix db upgrade` on a newer schema ---------------------------------------------------
 
 
