@@ -162,22 +162,12 @@ def _filter_args() -> MultiDict[str, str]:
     given.append(request.form)
     for source in given:  # a later one replaces a filter an earlier one gave
         for name in source:
-            merged[name] = _one_value(name, source.getlist(name))
+            merged[name] = params.one_value(name, source.getlist(name))
     unknown = sorted(set(merged) - set(FILTER_NAMES) - {"csrf_token"})
     if unknown:
         names = ", ".join(FILTER_NAMES)
         raise BadParameter(f"unknown filter {unknown[0][:40]!r}; the filters are {names}")
     return merged
-
-
-def _one_value(name: str, values: list[str]) -> str:
-    """A filter given more than once: runs, the rows of any of them; another, refused unless
-    every value is the same."""
-    if name == "run":
-        return params.joined_runs(values)
-    if len(set(values)) > 1:
-        raise BadParameter(f"{name[:40]} is given more than once, with different values")
-    return values[0]
 
 
 def _filter_value(name: str, value: Any) -> str:

@@ -37,16 +37,27 @@ def row_id(value: int, what: str) -> int:
 
 def quarantine_filter(args: Mapping[str, str]) -> QuarantineFilter:
     """The quarantine filter of a request (the jobs' store runs it). `run` may be given more
-    than once (`run=3&run=7`, as `run=3,7`): the rows of any of those runs."""
-    return QuarantineFilter.from_query(_runs_joined(args))
+    than once (`run=3&run=7`, as `run=3,7`): the rows of any of those runs; another filter
+    given twice with different values is refused, as the re-run refuses it."""
+    return QuarantineFilter.from_query(_one_each(args))
 
 
-def _runs_joined(args: Mapping[str, str]) -> Mapping[str, str]:
-    """A query string's every `run`, as one comma-separated value (a mapping reads the
-    first alone: the other runs' rows were left out unsaid, and a bad one went unchecked)."""
-    if not isinstance(args, MultiDict) or len(args.getlist("run")) < 2:
+def _one_each(args: Mapping[str, str]) -> Mapping[str, str]:
+    """A query string's values one per name (a mapping reads the first alone: the other
+    runs' rows, or the other code's, were left out unsaid, and a bad one went unchecked)."""
+    if not isinstance(args, MultiDict):
         return args
-    return {**args, "run": joined_runs(args.getlist("run"))}
+    return {name: one_value(name, args.getlist(name)) for name in args}
+
+
+def one_value(name: str, values: list[str]) -> str:
+    """A filter given more than once: runs, the rows of any of them; another, refused unless
+    every value is the same."""
+    if name == "run":
+        return joined_runs(values)
+    if len(set(values)) > 1:
+        raise BadParameter(f"{name[:40]} is given more than once, with different values")
+    return values[0]
 
 
 def joined_runs(values: list[str]) -> str:

@@ -106,6 +106,29 @@ def test_a_bad_run_is_a_400_with_its_reason(api: Api, query: str, reason: str) -
     assert api.actions() == []
 
 
+def test_another_filter_given_twice_is_refused_by_the_lists_as_by_the_rerun(api: Api) -> None:
+    """`code=a&code=b` listed the rows of code a alone, unsaid (a mapping reads the first
+    value), while the re-run refused the same filter: the lists refuse it too, with the
+    re-run's reason; the same value twice is that value."""
+    _three_runs(api.engine)
+    reason = {"error": "meter is given more than once, with different values"}
+    assert api.get("/api/quarantine?meter=tokens&meter=other", 400) == reason
+    assert api.get("/api/quarantine.csv?meter=tokens&meter=other", 400) == reason
+    assert api.post("/api/quarantine/rerun?meter=tokens&meter=other", 400) == reason
+    listed = api.get("/api/quarantine?meter=tokens&meter=tokens")["data"]
+    assert _identifiers(listed) == {"a1", "a2", "b1", "c1"}
+
+
+def test_the_dashboard_refuses_another_filter_given_twice(dashboard: Dashboard) -> None:
+    _three_runs(dashboard.engine)
+    dashboard.login()
+    assert "code is given more than once, with different values" in dashboard.page(
+        "/quarantine?code=no_meter&code=other", 400
+    )
+    same = dashboard.page("/quarantine?code=no_meter&code=no_meter")
+    assert sorted(re.findall(r'<td class="key">([abc]\d)</td>', same)) == ["a1", "a2", "b1", "c1"]
+
+
 def test_a_json_run_list_of_other_than_ids_is_refused(api: Api) -> None:
     refused = api.post("/api/quarantine/rerun", 400, json={"run": [1, [2]]})
     assert refused == {"error": "run must be text or a whole number, not a JSON list"}
