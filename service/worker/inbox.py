@@ -24,6 +24,7 @@ from sqlalchemy import (
     Engine,
     and_,
     case,
+    false,
     or_,
     select,
     update,
@@ -173,24 +174,45 @@ def release_claim(engine: Engine, claimed: ClaimedEvent, worker_id: str) -> bool
 
 
 def mark_failed(
-    connection: Connection, claimed: ClaimedEvent, worker_id: str, error: str, dead: bool
-) -> tuple[bool, datetime | None]:
+    connection: Connection,
+    claimed: ClaimedEvent,
+    worker_id: str,
+    error: str,
+    dead: bool,
+    *,
+    permanent: bool = False,
+) -> tuple[bool, datetime | None, bool]:
     """Schedule a retry or dead-letter the row, keeping the error either way. Returns whether
-    the row was still ours (False: another worker took it over) and when it is due again.
-    A `requeue` asked for while it ran is answered by the retry (a dead row by a replay)."""
-    next_at = None if dead else utcnow() + timedelta(seconds=backoff_seconds(claimed.attempts))
-    result = connection.execute(
+    the row was still ours (False: another worker took it over), when it is due again, and
+    whether it was dead-lettered. A `requeue` asked for while it ran is answered by the retry;
+    on its last attempt, by a fresh set of attempts, due now (the run asked for is new work: a
+    new file's rows), unless the failure is `permanent` (the event itself is unusable)."""
+    now = utcnow()
+    retry_at = now + timedelta(seconds=backoff_seconds(claimed.attempts))
+    asked = INBOX.c.next_attempt_at.is_not(None) if dead and not permanent else false()
+    row = connection.execute(
         update(INBOX)
         .where(_owned(claimed, worker_id))
         .values(
-            status=InboxStatus.DEAD if dead else InboxStatus.PENDING,
+            status=case((asked, InboxStatus.PENDING.value), else_=_failed(dead)),
+            attempts=case((asked, 0), else_=INBOX.c.attempts),
             last_error=error[:ERROR_TEXT_LIMIT],
-            next_attempt_at=next_at,
+            next_attempt_at=case((asked, now), else_=None if dead else retry_at),
             locked_by=None,
             locked_at=None,
         )
-    )
-    return result.rowcount == 1, next_at
+        .returning(INBOX.c.status)
+    ).first()
+    if row is None:
+        return False, None, dead
+    if not dead:
+        return True, retry_at, False
+    again = row.status != InboxStatus.DEAD
+    return True, now if again else None, not again
+
+
+def _failed(dead: bool) -> str:
+    return InboxStatus.DEAD.value if dead else InboxStatus.PENDING.value
 
 
 def _owned(claimed: ClaimedEvent, worker_id: str) -> Any:

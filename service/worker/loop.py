@@ -222,7 +222,9 @@ class InboxWorker:
         next_at = None
         try:
             with self.engine.begin() as connection:
-                owned, next_at = mark_failed(connection, claimed, self.worker_id, error, dead)
+                owned, next_at, dead = mark_failed(
+                    connection, claimed, self.worker_id, error, dead, permanent=permanent
+                )
                 if owned and dead:
                     dead_letter_alert(connection, claimed, error, permanent=permanent)
         except SQLAlchemyError as exc:  # the lease will expire and the row be retried

@@ -225,3 +225,40 @@ def test_a_pending_claim_never_reads_a_stale_take_over_mark(intake: Intake) -> N
     assert again is not None and not again.taken_over
     [row] = _rows(intake)
     assert (row.status, row.locked_by, row.last_error) == (InboxStatus.PROCESSING, "worker-2", None)
+
+
+def test_a_run_asked_for_while_the_last_attempt_fails_is_not_dead_lettered(
+    intake: Intake,
+) -> None:
+    """A new failed-records file for an import set (a requeue) came while its task was on its
+    last attempt, and that attempt failed: the row was dead-lettered and the run asked for
+    (the new file's rows) waited for an operator's replay. The request gives the item a fresh
+    set of attempts: it runs again rather than being dead-lettered."""
+    with intake.engine.begin() as connection:
+        enqueue_task(connection, TaskKind.POLLER_ROWS, "last")
+    last = task_id(TaskKind.POLLER_ROWS, "last")
+    entered, release, runs = threading.Event(), threading.Event(), []
+
+    def runner(_kind: TaskKind, ref: str) -> str:
+        runs.append(ref)
+        if len(runs) == 1:  # the last attempt: asked for again while it runs, then it fails
+            entered.set()
+            release.wait(20)
+            raise RuntimeError("S3 down")
+        return "remediated"
+
+    settings = intake.settings.model_copy(update={"mfx_max_attempts": 1})
+    first = InboxWorker(intake.engine, settings, task_runner=runner)
+    thread = threading.Thread(target=first.drain)
+    thread.start()
+    try:
+        assert entered.wait(20), "the worker never started the task"
+        assert requeue(intake.engine, last)
+    finally:
+        release.set()
+        thread.join(20)
+    InboxWorker(intake.engine, settings, task_runner=runner).drain()
+    [row] = _rows(intake)
+    assert (row.status, row.outcome, runs) == (InboxStatus.DONE, "remediated", ["last"] * 2), (
+        row.last_error
+    )
