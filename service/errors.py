@@ -152,8 +152,9 @@ class ObjectChanged(BucketError):
 
 
 class ObjectNotSettled(BucketError):
-    """A `file://` object still being written (modified moments ago and ending mid-line): it
-    is read once it stops changing. `ready_at` is when it may be taken again."""
+    """An object version that may still be being written (it ends mid-line): read once two
+    listings SETTLE apart by the poller's clock find it unchanged (`service.poller.settling`).
+    `ready_at` is when it may be taken again."""
 
     def __init__(self, reason: str, *, ready_at: float) -> None:
         super().__init__(reason)

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +23,7 @@ from service.adapters.bucket_base import (
     is_identical,
     temp_path,
 )
-from service.errors import BucketError, ObjectChanged, ObjectNotFound, ObjectNotSettled
+from service.errors import BucketError, ObjectChanged, ObjectNotFound
 from service.logs import log_event
 
 
@@ -104,9 +103,8 @@ class FileBucket:
     def open_read(self, key: str, etag: str | None = None) -> BinaryIO:
         """The file's bytes. With `etag` (a version the poller listed): ObjectChanged when the
         file is no longer that version, on open or, when it changes while read, at its last
-        read (its bytes are hashed as read); ObjectNotSettled when it is still being written
-        (modified less than SETTLE_SECONDS ago and its last byte is not a line end: a
-        writer's next block would finish its last row)."""
+        read (its bytes are hashed as read). Whether it is still being written is the poller's
+        to judge, by its own clock (`service.poller.settling`), never by its mtime."""
         path = self._path(key)
         try:
             handle = path.open("rb")
@@ -120,7 +118,6 @@ class FileBucket:
             stat = os.fstat(handle.fileno())
             if self._etag(path, stat.st_size, stat.st_mtime_ns) != etag:
                 raise ObjectChanged(f"{key} is no longer the version with ETag {etag}")
-            _settled(key, handle, stat)
         except BaseException:
             handle.close()
             raise
@@ -181,27 +178,6 @@ def _utf8_key(key: str) -> bool:
         )
         return False
     return True
-
-
-SETTLE_SECONDS = 30.0
-
-
-def _settled(key: str, handle: BinaryIO, stat: os.stat_result) -> None:
-    """Raise ObjectNotSettled for a file modified less than SETTLE_SECONDS ago whose last
-    byte is not a line end: a file copied in by a writer that has not finished (its last row
-    cut short, `125` read as `12`, billed so and the whole row then left out as sent)."""
-    age = time.time() - stat.st_mtime
-    if age >= SETTLE_SECONDS or stat.st_size == 0:
-        return
-    handle.seek(stat.st_size - 1)
-    last = handle.read(1)
-    handle.seek(0)
-    if last not in (b"\n", b"\r"):
-        raise ObjectNotSettled(
-            f"{key} was modified {max(age, 0):.0f} s ago and ends mid-line: still being "
-            f"written? taken once unchanged for {SETTLE_SECONDS:.0f} s",
-            ready_at=stat.st_mtime + SETTLE_SECONDS,
-        )
 
 
 class _Verified(io.RawIOBase):

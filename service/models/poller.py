@@ -41,6 +41,9 @@ class BucketObject(SQLModel, table=True):
     first_sent_at: datetime | None = optional_time_field()  # first batch of this object sent
     failing_since: datetime | None = optional_time_field()  # first failure of the current run
     next_attempt_at: datetime | None = optional_time_field()  # failing passes back off
+    # a version ending mid-line (still being written?): the poller's clock when a listing
+    # first found it as it is (size, LastModified); read once a listing SETTLE later still does
+    settling_since: datetime | None = optional_time_field()
     import_set_id: str | None = Field(default=None, max_length=255)
     error: str | None = text_field()
     first_seen: datetime = created_at_field()

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from service.config import PollerMode, Settings
 from service.errors import ObjectChanged, ObjectNotSettled, PartlyUnreadable
 from service.jobs.store.reports import save_poller_import_set
 from service.logs import log_event
-from service.models import ObjectStatus, ProcessRole
+from service.models import ProcessRole
 from service.models._types import utcnow
 from service.models.poller import OBJECT_KEY_CHARS
 from service.notify.alerts import raise_alert
@@ -56,6 +57,7 @@ from service.poller.importer import ObjectImport, import_object
 from service.poller.lock import POLLER_LOCK_KEY, poller_lock
 from service.poller.planning import PassLimits, plan_pass
 from service.poller.progress import ProgressStore
+from service.poller.settling import Listing, check_settled
 from service.poller.snapshot import clear_snapshots, take_snapshot
 from service.poller.store import PollerStore
 from service.runtime import Runtime
@@ -149,7 +151,10 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     store = PollerStore(deps.engine)
     report = PassReport(mode="index" if deps.index_mode else "import")
     clear_snapshots(deps.work_dir / "objects")
+    started = deps.clock()
     listed = _recordable(deps.engine, deps.bucket.list_objects(), report)
+    listing = Listing(started, deps.clock())
+    _mark_unlisted(store, listed)
     seen, first_sync = store.seen()
     waiting = store.waiting(deps.clock())
     if deps.index_mode:
@@ -179,7 +184,7 @@ def _run_pass(deps: PollerDeps) -> PassReport:
         _meters_failed(deps, store, plan.take, exc, report)
         return report
     for number, obj in enumerate(plan.take, start=1):
-        _process_object(deps, store, obj, meters, report)
+        _process_object(deps, store, obj, meters, report, listing)
         if deps.progress:
             deps.progress(number, len(plan.take), obj.key)
     return report
@@ -232,13 +237,31 @@ def _recordable(
     return found
 
 
+def _mark_unlisted(store: PollerStore, listed: Sequence[ObjectInfo]) -> None:
+    """Versions left `seen` that the bucket no longer has are gone, not waiting for ever (the
+    digests counted them in the backlog)."""
+    for key in store.mark_unlisted(listed):
+        log_event(
+            "poller.object_gone",
+            level=logging.WARNING,
+            key=key,
+            reason="no longer listed (deleted or overwritten) before it was imported",
+        )
+
+
 def _process_object(
-    deps: PollerDeps, store: PollerStore, obj: ObjectInfo, meters: MeterIndex | None, r: PassReport
+    deps: PollerDeps,
+    store: PollerStore,
+    obj: ObjectInfo,
+    meters: MeterIndex | None,
+    r: PassReport,
+    listing: Listing,
 ) -> None:
     store.claim(obj)
     source: Path | None = None
     try:
-        source = take_snapshot(deps.bucket, obj, deps.work_dir / "objects")
+        settled = partial(check_settled, store, obj, listing)
+        source = take_snapshot(deps.bucket, obj, deps.work_dir / "objects", settled)
         if meters is None or deps.sink is None:
             r.rows += _index_object(deps, store, obj, source)
             r.indexed += 1
@@ -337,16 +360,7 @@ def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo, source:
             again.check(refs)
             store.insert_rows(obj, refs)
             rows += len(refs)
-    # the upload indexed (a later one of the same bytes is read again: `uploaded_again`)
-    store.mark_done(
-        obj,
-        ObjectStatus.INDEXED,
-        rows=rows,
-        sent=0,
-        failed=0,
-        import_set_id=None,
-        last_modified=obj.last_modified,
-    )
+    store.mark_indexed(obj, rows)
     again.alert()
     return rows
 

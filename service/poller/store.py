@@ -40,6 +40,8 @@ MAX_IDENTIFIER = 512  # imported_rows.identifier (longer ones are not recorded)
 MAX_EVENT_NAME = 255
 SAME_UPLOAD = timedelta(seconds=1)  # S3's LastModified resolution: later is another upload
 GONE = "not imported: "  # the error of a version gone when read (`PollerStore.mark_gone`)
+# statuses of a version read again when the same bytes are uploaded again (index mode)
+READ_AGAIN = (ObjectStatus.INDEXED, ObjectStatus.IMPORTED)
 
 
 def bigint(value: int | None) -> int | None:
@@ -81,12 +83,14 @@ class PollerStore:
         return done, not rows
 
     def uploaded_again(self, listed: Sequence[ObjectInfo]) -> set[tuple[str, str]]:
-        """(key, etag) of the versions indexed whose listing has a later LastModified: the
-        same bytes uploaded again under the key. Stripe's S3 connector takes such an upload
-        as a new object, whole (index mode reads it again: `service.poller.again`)."""
+        """(key, etag) of the versions indexed or imported whose listing has a later
+        LastModified: the same bytes uploaded again under the key. Stripe's S3 connector
+        takes such an upload as a new object, whole (index mode reads it again:
+        `service.poller.again`), also of a version the poller imported before a switch from
+        `on` to `index`."""
         table = _table(BucketObject)
         query = select(table.c.key, table.c.etag, table.c.last_modified).where(
-            table.c.status == ObjectStatus.INDEXED
+            table.c.status.in_(READ_AGAIN)
         )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
@@ -101,23 +105,73 @@ class PollerStore:
 
     def waiting(self, now: datetime) -> set[tuple[str, str]]:
         """(key, etag) of failing objects still backing off (`next_attempt_at` ahead): also
-        a version indexed whose new upload failed to be read again (it stays `indexed`)."""
+        a version indexed or imported whose new upload failed to be read again (it keeps its
+        status)."""
         table = _table(BucketObject)
         query = select(table.c.key, table.c.etag).where(
-            table.c.status.in_((ObjectStatus.SEEN, ObjectStatus.INDEXED)),
+            table.c.status.in_((ObjectStatus.SEEN, *READ_AGAIN)),
             table.c.next_attempt_at > now,
         )
         with self.engine.connect() as conn:
             return {(str(key), str(etag)) for key, etag in conn.execute(query)}
 
     def claim(self, obj: ObjectInfo) -> int:
-        """Record the object (once) and count this attempt; the attempt number."""
+        """Record the object (once) and count this attempt; the attempt number. A version
+        gone before and listed again is `seen` again: taken, and failing, it backs off (left
+        `skipped` with another error, it counted as handled and was never retried)."""
         self._add_objects([obj], ObjectStatus.SEEN, None)
         table = _table(BucketObject)
         mine = (table.c.key == obj.key) & (table.c.etag == obj.etag)
         with self.engine.begin() as conn:
+            gone = table.c.error.startswith(GONE, autoescape=True)
+            back = mine & (table.c.status == ObjectStatus.SKIPPED) & gone
+            conn.execute(update(table).where(back).values(status=ObjectStatus.SEEN))
             conn.execute(update(table).where(mine).values(attempts=table.c.attempts + 1))
             return int(conn.execute(select(table.c.attempts).where(mine)).scalar_one())
+
+    def mark_unlisted(self, listed: Sequence[ObjectInfo]) -> list[str]:
+        """Mark gone the versions still `seen` (backing off, waiting to settle, or left by a
+        pass that died) that the listing no longer has: deleted or overwritten before they
+        were imported. They are taken again if listed again (`seen`). Their keys."""
+        table = _table(BucketObject)
+        query = select(table.c.id, table.c.key, table.c.etag).where(
+            table.c.status == ObjectStatus.SEEN
+        )
+        present = {(obj.key, obj.etag) for obj in listed}
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        gone = [row for row in rows if (str(row.key), str(row.etag)) not in present]
+        for chunk in _chunks([int(row.id) for row in gone], 500):
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(table)
+                    .where(table.c.id.in_(chunk))
+                    .values(
+                        status=ObjectStatus.SKIPPED,
+                        error=f"{GONE}no longer listed (deleted or overwritten)",
+                        processed_at=utcnow(),
+                        failing_since=None,
+                        next_attempt_at=None,
+                    )
+                )
+        return [str(row.key) for row in gone]
+
+    def settling_since(self, obj: ObjectInfo) -> datetime | None:
+        """When a listing first found the version as listed now (its size and LastModified
+        unchanged since: `service.poller.settling`); None when none did."""
+        table = _table(BucketObject)
+        mine = (table.c.key == obj.key) & (table.c.etag == obj.etag)
+        query = select(table.c.settling_since, table.c.size, table.c.last_modified).where(mine)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None or (row.size, as_utc(row.last_modified)) != (obj.size, obj.last_modified):
+            return None
+        return as_utc(row.settling_since)
+
+    def start_settling(self, obj: ObjectInfo, listed_at: datetime) -> None:
+        self._update_object(
+            obj, settling_since=listed_at, size=obj.size, last_modified=obj.last_modified
+        )
 
     def record_skipped(self, skipped: Sequence[tuple[ObjectInfo, str]]) -> None:
         for obj, reason in skipped:
@@ -269,9 +323,37 @@ class PollerStore:
             **counts,
         )
 
+    def mark_indexed(self, obj: ObjectInfo, rows: int) -> None:
+        """The upload indexed (a later one of the same bytes is read again: `uploaded_again`).
+        A version the poller imported before a switch to `index`, read again for its new
+        upload, stays `imported` with what it sent."""
+        if self._status(obj) == ObjectStatus.IMPORTED:
+            self.mark_done(obj, ObjectStatus.IMPORTED, last_modified=obj.last_modified)
+            return
+        self.mark_done(
+            obj,
+            ObjectStatus.INDEXED,
+            rows=rows,
+            sent=0,
+            failed=0,
+            import_set_id=None,
+            last_modified=obj.last_modified,
+        )
+
+    def _status(self, obj: ObjectInfo) -> str:
+        table = _table(BucketObject)
+        mine = (table.c.key == obj.key) & (table.c.etag == obj.etag)
+        with self.engine.connect() as conn:
+            return str(conn.execute(select(table.c.status).where(mine)).scalar_one())
+
     def mark_unreadable(self, obj: ObjectInfo, reason: str, impset_id: str | None) -> None:
         self.mark_done(obj, ObjectStatus.FAILED, import_set_id=impset_id)
         self._update_object(obj, error=reason)
+
+
+def _chunks(values: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def _table(model: Any) -> Table:

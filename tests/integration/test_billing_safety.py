@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -1000,6 +1001,8 @@ def test_a_file_the_bundled_poller_cannot_read_raises_a_critical_alert_saying_wh
     repair, which says what is wrong with the file."""
     with bundled_poller(loop) as deps:
         _put(loop, "broken.json", b'[{"identifier": "x"')
+        assert run_poll_pass(deps).deferred == 1  # ends mid-line: read once listed unchanged
+        deps.clock = lambda: datetime.now(UTC) + timedelta(seconds=60)
         assert run_poll_pass(deps).failed_files == 1
         loop.drain()
     with loop.session() as session:
