@@ -10,8 +10,9 @@ from typing import Any
 from markupsafe import Markup
 
 # Bidi controls (U+202E draws `report-\u202evsc.exe` as `report-exe.csv`, an executable shown
-# as a CSV file), and control characters other than tab and line breaks.
-_UNSEEN = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+# as a CSV file), and control characters other than tab and line breaks, C1 ones too (U+009B
+# starts a terminal's escape sequence where a plain-text email is read in one).
+_UNSEEN = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f"
 _UNSEEN_ON_A_PAGE = re.compile(f"[{_UNSEEN}]")
 # A line break in a value of a line of text (an email's plain text, a Slack message) starts
 # a line of its own, that the value writes: `in/a.csv\nAlerts: https://…` under ours.

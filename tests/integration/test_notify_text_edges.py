@@ -76,7 +76,7 @@ def test_a_line_break_in_an_alert_value_forges_no_line_in_the_plain_text_email(
         severity="critical",
         kind="poller.gave_up",
         subject="usage/report-\u202evsc.exe: the poller gave up",
-        message="HTTP 400\r\nRows: 0",
+        message="HTTP 400\r\nRows: 0\x9b2J",
         customer="cus_1\u2028Severity: info",
         links={"objects": [FORGING_KEY]},
     )
@@ -89,11 +89,12 @@ def test_a_line_break_in_an_alert_value_forges_no_line_in_the_plain_text_email(
     assert _lines_starting(text, "Alerts:") == [f"Alerts: {ALERTS_URL}"], text
     assert _lines_starting(text, "Rows:") == [] and _lines_starting(text, "Severity: info") == []
     assert "objects: in/a.csv[U+000A]Alerts: https://evil.example/login" in text
-    assert "HTTP 400[U+000D][U+000A]Rows: 0" in text
+    assert "HTTP 400[U+000D][U+000A]Rows: 0[U+009B]2J" in text  # a C1 control (CSI) too
     assert "Customer: cus_1[U+2028]Severity: info" in text
     assert "usage/report-[U+202E]vsc.exe: the poller gave up" in text
     # the HTML part is drawn as the dashboard draws it: controls as code points, still escaped
     assert "\u202e" not in html and "usage/report-[U+202E]vsc.exe" in html
+    assert "\x9b" not in html and "Rows: 0[U+009B]2J" in html
     assert '<a href="https://evil' not in html and "in/a.csv" in html
 
 
