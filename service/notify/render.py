@@ -213,7 +213,7 @@ def render_alert(alert: AlertView, *, resolved: bool, alerts_url: str) -> Messag
     blocks += sections("", [f"• {escape(name)}: {_value(v, url)}" for name, v, url in alert.links])
     blocks.append(button("Open the alerts", alerts_url))
     return Message(
-        subject=f"[meterfix] {headline}"[:250],
+        subject=f"[meterfix] {shown_on_one_line(headline)}"[:250],  # mail clients draw it too
         text=_render("alert.txt", **values),
         html=_render("alert.html", **values),
         slack=split_blocks(blocks, headline),

@@ -86,6 +86,9 @@ def test_a_line_break_in_an_alert_value_forges_no_line_in_the_plain_text_email(
         assert send_critical_alerts(db_engine, settings, channels, clock=lambda: NOW) == 1
         [(_, _, email)] = mailbox.received
     text, html = _plain_and_html(email)
+    assert email["Subject"] == (
+        "[meterfix] CRITICAL: usage/report-[U+202E]vsc.exe: the poller gave up"
+    )  # the subject line is drawn by mail clients too: the key is not reversed there either
     assert _lines_starting(text, "Alerts:") == [f"Alerts: {ALERTS_URL}"], text
     assert _lines_starting(text, "Rows:") == [] and _lines_starting(text, "Severity: info") == []
     assert "objects: in/a.csv[U+000A]Alerts: https://evil.example/login" in text
