@@ -10,10 +10,11 @@ same key already holds the same content (equal `mfx-sha256`, or an ETag equal to
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from remediation.outputs import source_stem
 from remediation.ports import Bucket
 from service.adapters.bucket_base import (
     CHUNK,
@@ -70,26 +71,45 @@ def output_key(
     return bucket.prefix + dir_prefix(sub) + (f"{tag}/" if tag is not None else "") + name
 
 
-# An object's folder as a path under a run's tag, in bytes; a longer one (S3 keys run to
-# 1,024 bytes) is named by its digest, so the output key stays within S3's limit.
+# An object's folder (or file name) as a path under a run's tag, in bytes; a longer one (S3
+# keys run to 1,024 bytes) is named by its digest, so the output key stays within S3's limit.
 OBJECT_FOLDER_BYTES = 200
 
 
-def object_tag(tag: str, bucket: Bucket, key: str) -> str:
+def object_tag(tag: str, bucket: Bucket, key: str, peers: Iterable[str] = ()) -> str:
     """`tag` and the folder of the object `key` inside the bucket prefix (`tag` alone for an
     object at its top). A run writing the outputs of several objects under one tag (an error
     report's) names them by the object's file name: `eu/2026-11.csv` and `us/2026-11.csv`
     wrote one corrected key, the second replacing the first before it was imported (its
-    rows never billed)."""
+    rows never billed). One of `peers` (the other objects of those runs) in the same folder
+    with the same stem (`day.csv`, `day.CSV`, `day.jsonl`) makes the same names there: then
+    the object's file name is one folder more (`<tag>/eu/day.jsonl/`); alone, it is not."""
     relative = key[len(bucket.prefix) :] if key.startswith(bucket.prefix) else key
-    folder = relative.rpartition("/")[0]
-    if not folder:
-        return tag
-    odd = any(part in ("", ".", "..") for part in folder.split("/"))
-    if odd or len(folder.encode("utf-8", "surrogatepass")) > OBJECT_FOLDER_BYTES:
-        digest = hashlib.sha256(folder.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        folder = f"folder-{digest}"
-    return f"{tag}/{folder}"
+    folder, _, name = relative.rpartition("/")
+    parts = [tag] + ([_folder_part(folder, "folder")] if folder else [])
+    if _shares_stem(key, peers):
+        parts.append(_folder_part(name, "file"))
+    return "/".join(parts)
+
+
+def _folder_part(path: str, kind: str) -> str:
+    """`path` as folders under a tag, or `<kind>-<digest>` for one too long or holding an
+    empty, `.` or `..` folder."""
+    raw = path.encode("utf-8", "surrogatepass")
+    if any(part in ("", ".", "..") for part in path.split("/")) or len(raw) > OBJECT_FOLDER_BYTES:
+        return f"{kind}-{hashlib.sha256(raw).hexdigest()[:16]}"
+    return path
+
+
+def _shares_stem(key: str, peers: Iterable[str]) -> bool:
+    """Whether another of `peers` in the folder of `key` gives its outputs the same stem."""
+    folder, _, name = key.rpartition("/")
+    stem = source_stem(name)
+    for peer in peers:
+        other_folder, _, other = peer.rpartition("/")
+        if peer != key and other_folder == folder and source_stem(other) == stem:
+            return True
+    return False
 
 
 def upload_outputs(bucket: Bucket, outputs: Sequence[OutputFile], settings: Settings) -> list[str]:
@@ -108,8 +128,10 @@ def upload_outputs(bucket: Bucket, outputs: Sequence[OutputFile], settings: Sett
     if taken:
         held = "; ".join(f"{key} already holds another file" for key in taken)
         raise BucketError(
-            f"{held} (another input of this file name, or this input remediated with other "
-            "rules or another --now): meterfix never "
+            f"{held} (another input of this file name, or of this name with another "
+            "extension: `day.csv` and `day.jsonl` make one audit name, `day.csv` and `day.txt` "
+            "one corrected name; or this input remediated with other rules or another --now): "
+            "meterfix never "
             "replaces an output the poller may have imported; nothing was uploaded. Rename the "
             "input, or remove the object after checking what the poller sent from it"
         )

@@ -117,6 +117,9 @@ class _Report:
     resent: int = 0  # changed rows sent as they are now
     left: int = 0  # rows left to Stripe's connector (taken again from a later version)
     billed: int = 0  # rows left out: taken from a version long before the report's window
+    # every object the report may run over (linked or found around its window): an object
+    # sharing its folder and stem with another gets a folder of its own (`object_tag`)
+    objects: set[str] = field(default_factory=set)
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
@@ -148,12 +151,14 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
             job.sampled[key] = sampled
             job.altered[key] = altered
             job.earlier[key] = since.earlier
+        others = _other_objects(ctx.engine, report, job, set(linked))
+        job.objects = set(linked) | {key for key, _ in others}
         found = 0
         for key in sorted(files):
             version, path, plan = files[key]
             taken = _taken(ctx.engine, job, key, version, linked=True)
             found += _remediate(ctx, job, key, version, path, plan, taken)
-        for key, etag in _other_objects(ctx.engine, report, job, set(linked)):
+        for key, etag in others:
             if found >= job.expected:
                 break
             fetched = _fetch(ctx, job, key, etag, Path(tmp))
@@ -419,7 +424,7 @@ def _remediate(
         run_key=run_key,
         trigger=RunTrigger.ERROR_REPORT,
         source=key,
-        tag=object_tag(f"report-{job.event_id}", ctx.bucket, key),
+        tag=object_tag(f"report-{job.event_id}", ctx.bucket, key, job.objects),
         fmt=plan.fmt,
         now=job.now,
         generation=generation,
