@@ -57,6 +57,12 @@ def output_name(
     return stem + suffix
 
 
+def audit_name(source: str, generation: int) -> str:
+    """The audit file of `source`'s run: 200 bytes of the stem (a filesystem counts a name's
+    bytes: CJK are 3 each)."""
+    return f"{bytes_prefix(source_stem(source), 200)}.r{generation}.audit.jsonl"
+
+
 def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 

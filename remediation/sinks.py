@@ -15,7 +15,7 @@ from remediation.filetypes import FileFormat
 from remediation.outcomes import AuditSink
 from remediation.outputs import MAX_BYTES as MAX_OUTPUT_BYTES
 from remediation.outputs import MAX_ROWS as MAX_OUTPUT_ROWS
-from remediation.outputs import OutputSet, PlannedOutput, bytes_prefix, lineage, source_stem
+from remediation.outputs import OutputSet, PlannedOutput, audit_name, lineage
 from remediation.records import QUARANTINE_FIELDS, UsageRecord
 from remediation.spool import SpooledFile, open_spooled
 
@@ -89,8 +89,7 @@ class Sinks:
                 max_rows=limit,
                 max_bytes=max_bytes,
             )
-            # 200 bytes of the stem (a filesystem counts a name's bytes: CJK are 3 each)
-            name = f"{bytes_prefix(source_stem(source), 200)}.r{generation}.audit.jsonl"
+            name = audit_name(source, generation)
             self.audit_path = (out_dir / name).resolve()
             self.audit_tmp = out_dir / f".{name}.tmp"
             # hashed and its lines counted only when it is an output

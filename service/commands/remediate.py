@@ -29,6 +29,7 @@ from remediation.identifiers import (
     trace_ancestors,
 )
 from remediation.meters import Meter
+from remediation.outputs import audit_name
 from remediation.readers import CsvLayout
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.rules import Rules
@@ -140,6 +141,8 @@ def _run(
     try:
         plan = plan_input(file, rules)
         lineage, rejected, generation = _input_kind(file, plan, rules)
+        if out is not None:
+            _not_anothers(out, file, generation)
         with open(file, "rb") as stream, _progress(file) as progress:
             return remediate(
                 read_repaired(stream, plan, rules),
@@ -158,6 +161,8 @@ def _run(
                 on_progress=progress,
                 audit_output=audit_output,
             )
+    except click.ClickException:
+        raise
     except MeterfixError as exc:
         raise click.ClickException(f"{file}: {exc.reason}") from exc
     except OSError as exc:  # named by the path it concerns: the input, or an output
@@ -166,6 +171,31 @@ def _run(
         raise click.ClickException(
             f"{file}: cannot remediate: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _not_anothers(out: Path, file: Path, generation: int) -> None:
+    """Outputs are named by the input's name without its extension: `day.jsonl` after
+    `day.csv` (or `day.txt`, another CSV) into one `--out` replaced the first one's audit (and
+    corrected rows), unsaid. Refused when the audit file there names another input (as typed:
+    the same file typed otherwise is refused too, never replaced)."""
+    audit = out / audit_name(str(file), generation)
+    try:
+        with open(audit, encoding="utf-8") as lines:
+            first = lines.readline()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{audit}: cannot read it: {exc}") from exc
+    try:
+        source = json.loads(first).get("source")
+    except (ValueError, AttributeError):
+        source = None
+    if source != str(file):
+        held = "another input" if not isinstance(source, str) else source
+        raise click.ClickException(
+            f"--out {out} holds the outputs of {held} ({audit.name}), which {file} would "
+            "replace (one name without its extension): remediate it into another --out"
+        )
 
 
 def _writable(out: Path) -> None:

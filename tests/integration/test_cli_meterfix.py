@@ -145,7 +145,7 @@ def test_remediate_does_not_load_pandas_where_it_is_installed(tmp_path: Path) ->
     )
     data = Path(__file__).parent.parent / "data" / "usage"
     for name in ("failed_records.csv", "failed_records.jsonl"):
-        args = ["remediate", str(data / name), "--out", str(tmp_path / "out"), "--json"]
+        args = ["remediate", str(data / name), "--out", str(tmp_path / "out" / name), "--json"]
         args += ["--meters", str(data / "meters.json"), "--rules", str(data / "rules.toml")]
         result = _run([*args, "--now", "1764000000"], tmp_path, PYTHONPATH=str(stand_in.parent))
         assert result.returncode == 0, result.stderr

@@ -372,3 +372,35 @@ def test_a_reference_time_without_an_offset_is_utc(tmp_path: Path) -> None:
         "corrected": 1,
         "quarantined": 0,
     }
+
+
+def test_two_inputs_of_one_stem_never_replace_each_others_outputs_in_one_out(
+    tmp_path: Path,
+) -> None:
+    """Outputs are named by the input's name without its extension: `day.csv`, then
+    `day.jsonl`, remediated into one `--out` wrote `day.r1.audit.jsonl` (and, for a second
+    CSV such as `day.txt`, `day.corrected.r1.csv`) over the first's, silently: the first
+    file's corrected rows and its audit were gone. The second run is refused, naming the
+    input whose outputs are there, and writes nothing; the same input again is allowed."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "day.csv").write_bytes((DATA / "failed_records.csv").read_bytes())
+    (folder / "day.txt").write_bytes((DATA / "failed_records.csv").read_bytes())
+    (folder / "day.jsonl").write_bytes((DATA / "failed_records.jsonl").read_bytes())
+    first = meterfix("remediate", "in/day.csv", *common("--out", "out", "--json"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    written = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert "day.r1.audit.jsonl" in written and "day.corrected.r1.csv" in written
+    for other in ("in/day.jsonl", "in/day.txt"):
+        refused = meterfix("remediate", other, *common("--out", "out"), cwd=tmp_path)
+        assert refused.returncode != 0
+        [line] = refused.stderr.strip().splitlines()
+        assert line == (
+            f"Error: --out out holds the outputs of in/day.csv (day.r1.audit.jsonl), which "
+            f"{other} would replace (one name without its extension): remediate it into "
+            "another --out"
+        )
+        assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == written
+    again = meterfix("remediate", "in/day.csv", *common("--out", "out"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == written
