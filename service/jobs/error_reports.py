@@ -50,7 +50,7 @@ from service.jobs.object_runs import object_sources
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.quarantine import marked_among
-from service.jobs.store.reports import load_report, set_report_status
+from service.jobs.store.reports import PARTIAL_ALERT, load_report, set_report_status
 from service.jobs.store.runs import (
     finished_run,
     handled_identifiers,
@@ -498,7 +498,7 @@ def _records(
 
 def _conclude(engine: Engine, job: _Report, found: int) -> str:
     changed = _changed_rows(job)
-    alert = f"error_report.partial:{job.event_id}"
+    alert = f"{PARTIAL_ALERT}:{job.event_id}"
     if found >= job.expected:
         set_report_status(engine, job.event_id, ErrorReportStatus.REMEDIATED)
         resolve_alert(engine, alert)  # taken up again (`poller.handover`), and found now
@@ -508,7 +508,7 @@ def _conclude(engine: Engine, job: _Report, found: int) -> str:
         engine,
         key=alert,
         severity="warning",
-        kind="error_report.partial",
+        kind=PARTIAL_ALERT,
         subject=f"report {job.event_id}: found {found} of {job.expected} reported rows",
         message=_shortfall(job),
         detail={

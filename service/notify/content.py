@@ -18,7 +18,9 @@ from sqlalchemy import Connection, Engine
 
 from service.intake.store import count_events, latest_events, oldest_pending
 from service.jobs.store.quarantine import quarantine_groups, quarantine_reasons, quarantined_record
+from service.jobs.store.reports import ReportsLeft, reports_left_between
 from service.jobs.store.runs import runs_finished_between, top_runs_finished_between
+from service.models import ErrorReportStatus
 from service.models.inbox import InboxStatus
 from service.models.poller import ObjectStatus
 from service.notify.store import count_alerts_seen_between, unresolved_critical_alerts
@@ -28,6 +30,8 @@ from service.poller.store import count_objects
 
 TOP = 10
 EXAMPLE_CHARS = 300
+REPORT_LINES = 5  # status x meter lines of error reports; the rest summed in one line
+REPORT_CODES = 5  # codes named on one of them
 
 
 @dataclass
@@ -94,6 +98,25 @@ class DeadLine:
 
 
 @dataclass
+class ReportLine:
+    """Error reports of one status (`unmatched`, `partial`) and meter, left in the window."""
+
+    status: str
+    meter: str | None  # None: `no_meter_found` reports
+    reports: int
+    failed: int  # records Stripe counted as failed in them
+    codes: list[tuple[str, int]]  # the most failed first, at most REPORT_CODES
+    more_codes: int = 0
+
+
+@dataclass
+class ReportCount:
+    reports: int = 0
+    failed: int = 0
+    lines: int = 0
+
+
+@dataclass
 class Digest:
     window: Window
     tz: str
@@ -106,6 +129,9 @@ class Digest:
     runs: list[RunLine] = field(default_factory=list)
     alerts: list[AlertLine] = field(default_factory=list)
     dead: list[DeadLine] = field(default_factory=list)
+    reports: list[ReportLine] = field(default_factory=list)
+    reports_total: ReportCount = field(default_factory=ReportCount)
+    reports_more: ReportCount = field(default_factory=ReportCount)  # beyond REPORT_LINES
     dead_total: int = 0
     backlog_events: int = 0
     oldest_pending: datetime | None = None
@@ -115,8 +141,10 @@ class Digest:
 
     @property
     def empty(self) -> bool:
-        """Nothing happened: no run finished and no alert was raised in the window."""
-        return self.totals.runs == 0 and self.alerts_in_window == 0
+        """Nothing happened: no run finished, no alert was raised and no error report was left
+        unmatched or partial in the window."""
+        nothing_left = self.reports_total.reports == 0
+        return self.totals.runs == 0 and self.alerts_in_window == 0 and nothing_left
 
 
 def collect_digest(
@@ -133,12 +161,14 @@ def collect_digest(
         digest.groups = _groups(conn, window, links, examples)
         digest.reasons = _reasons(conn, window, links, examples)
         digest.runs = _runs(conn, window, links)
+        _reports(reports_left_between(conn, window.start, window.end), digest)
         _state(conn, window, digest, links)
     digest.links = {
         "dashboard": links.home(),
         "alerts": links.alerts(),
         "dead_letters": links.dead_letters(),
         "quarantine": links.quarantine(),
+        "reports": links.reports(),
     }
     return digest
 
@@ -234,6 +264,39 @@ def _runs(conn: Connection, window: Window, links: DashboardLinks) -> list[RunLi
         )
         for r in top_runs_finished_between(conn, window.start, window.end, TOP)
     ]
+
+
+def _reports(left: list[ReportsLeft], digest: Digest) -> None:
+    """Unmatched first (nothing of them was remediated), then the most failed records."""
+    ordered = sorted(
+        left,
+        key=lambda r: (
+            r.status != ErrorReportStatus.UNMATCHED,
+            -r.failed,
+            r.meter_id is None,
+            r.meter_id or "",
+        ),
+    )
+    lines = [_report_line(found) for found in ordered]
+    digest.reports = lines[:REPORT_LINES]
+    digest.reports_total = _count(lines)
+    digest.reports_more = _count(lines[REPORT_LINES:])
+
+
+def _report_line(found: ReportsLeft) -> ReportLine:
+    codes = sorted(found.codes.items(), key=lambda item: (-item[1], item[0]))
+    return ReportLine(
+        found.status,
+        found.meter_id,
+        found.reports,
+        found.failed,
+        codes[:REPORT_CODES],
+        more_codes=max(len(codes) - REPORT_CODES, 0),
+    )
+
+
+def _count(lines: list[ReportLine]) -> ReportCount:
+    return ReportCount(sum(r.reports for r in lines), sum(r.failed for r in lines), len(lines))
 
 
 def _state(conn: Connection, window: Window, digest: Digest, links: DashboardLinks) -> None:

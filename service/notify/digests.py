@@ -235,5 +235,6 @@ def _summary(digest: Digest, message: Message) -> dict[str, Any]:
         "codes": len(digest.codes),
         "open_critical_alerts": len(digest.alerts),
         "dead_letters": digest.dead_total,
+        "error_reports_left": digest.reports_total.reports,
         "subject": message.subject,
     }

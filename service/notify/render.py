@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service.adapters.channels import Message
-from service.notify.content import Digest
+from service.notify.content import Digest, ReportLine
 from service.shown import shown_as_text, shown_on_one_line
 
 MAX_BLOCKS = 50
@@ -35,11 +35,17 @@ def _templates(plain_text: bool) -> Environment:
     )
     env.globals["signed"] = lambda n: f"{n:+d}"
     env.globals["rows"] = rows
+    env.globals |= {"counted": counted, "report_line": report_line, "report_codes": report_codes}
+    env.globals |= {"REPORTS_TITLE": REPORTS_TITLE, "REPORT_STATUSES": REPORT_STATUSES}
     return env
 
 
 def rows(count: int) -> str:
-    return f"{count} row" if count == 1 else f"{count} rows"
+    return counted(count, "row")
+
+
+def counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _render(name: str, **values: Any) -> str:
@@ -61,6 +67,9 @@ def render_digest(digest: Digest, now: datetime | None = None) -> Message:
     t = digest.totals
     title = f"meterfix digest, {window_label(digest)}"
     subject = f"{title}: {t.corrected} corrected, {t.quarantined} quarantined"
+    if digest.reports_total.reports:
+        left = counted(digest.reports_total.reports, "Stripe error report")
+        subject += f", {left} not remediated"
     values: dict[str, Any] = {
         "title": title,
         "d": digest,
@@ -105,6 +114,7 @@ def _digest_blocks(d: Digest, title: str, oldest: str) -> list[dict[str, Any]]:
         for c in d.codes
     ]
     blocks += sections("*By error code*", lines)
+    blocks += _report_sections(d)
     blocks += sections(
         "*Quarantined by code × meter" + (" × customer*" if d.examples else "*"),
         [
@@ -134,6 +144,44 @@ def _digest_blocks(d: Digest, title: str, oldest: str) -> list[dict[str, Any]]:
     blocks.append(context(f"{t.runs} runs · meterfix digest"))
     blocks.append(button("Open the dashboard", d.links["dashboard"]))
     return blocks
+
+
+REPORTS_TITLE = "Stripe error reports not remediated"
+REPORT_STATUSES = (
+    "unmatched: Stripe refused usage meterfix cannot trace to a row it imported, and nobody "
+    "will fix it; partial: fewer rows found than Stripe reported, the rest not remediated"
+)
+
+
+def report_line(r: ReportLine, times: str = "x") -> str:
+    """What follows `status / meter: ` on a line of error reports (`times` before a count:
+    the plain text's x, or Slack's multiplication sign)."""
+    text = f"{counted(r.reports, 'report')}, {counted(r.failed, 'failed record')}"
+    codes = report_codes(r, times)
+    return f"{text}: {codes}" if codes else text
+
+
+def report_codes(r: ReportLine, times: str = "x") -> str:
+    codes = [f"{name} {times}{count}" for name, count in r.codes]
+    codes += [counted(r.more_codes, "more code")] if r.more_codes else []
+    return ", ".join(codes)
+
+
+def _report_sections(d: Digest) -> list[dict[str, Any]]:
+    total, more = d.reports_total, d.reports_more
+    if not total.reports:
+        return []
+    title = f"*{link(d.links['reports'], REPORTS_TITLE)}*: {counted(total.reports, 'report')}, "
+    title += counted(total.failed, "failed record")
+    lines = [
+        f"• {escape(r.status)} / {code(r.meter) if r.meter else '(no meter)'}: "
+        + escape(report_line(r, "×"))
+        for r in d.reports
+    ]
+    if more.lines:
+        failed = counted(more.failed, "failed record")
+        lines.append(f"• and {more.lines} more: {counted(more.reports, 'report')}, {failed}")
+    return [*sections(title, lines), context(f"_{REPORT_STATUSES}_")]
 
 
 def _parts(code: str, meter: str | None, customer: str | None, examples: bool) -> list[str]:

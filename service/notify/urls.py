@@ -48,6 +48,10 @@ class DashboardLinks:
         query = urlencode(chosen | self.period)
         return f"{self.base}/quarantine" + (f"?{query}" if query else "")
 
+    def reports(self) -> str:
+        """The error reports page (its status column tells unmatched and partial apart)."""
+        return f"{self.base}/runs?view=reports"
+
     def alerts(self) -> str:
         return f"{self.base}/alerts"
 

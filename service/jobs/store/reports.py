@@ -5,10 +5,11 @@ dashboard lists."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, exists, func, literal, or_, select
+from sqlalchemy import ColumnElement, Connection, Engine, Join, exists, func, literal, or_, select
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
@@ -24,6 +25,7 @@ from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, Imp
 IMPORT_SETS = table_of(ImportSet)
 FAILED = "failed"  # an import set's status: the whole file failed, none of its rows taken
 REPORTS = table_of(ErrorReport)
+TYPE_COUNTS = table_of(ErrorTypeCount)
 INBOX = table_of(InboxEvent)  # read by retention only (`purge_reports`)
 ALERTS = table_of(Alert)
 
@@ -300,6 +302,73 @@ def _reports_since(
 
 def _texts(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
+
+
+# The key prefix of the warning a `partial` report raises, `<prefix>:<event id>`, when its
+# task finds it short (`jobs.error_reports._conclude`): raised again each time it is.
+PARTIAL_ALERT = "error_report.partial"
+UNREMEDIATED = (ErrorReportStatus.UNMATCHED, ErrorReportStatus.PARTIAL)
+
+
+@dataclass(frozen=True)
+class ReportsLeft:
+    """Reports of one status and meter left `unmatched` or `partial`: how many, the records
+    Stripe counted as failed in them, and those records per code."""
+
+    status: str
+    meter_id: str | None
+    reports: int
+    failed: int
+    codes: dict[str, int]
+
+
+def reports_left_between(
+    connection: Connection, start: datetime, end: datetime
+) -> list[ReportsLeft]:
+    """The reports left `unmatched` or `partial` in [start, end), per status and meter: an
+    unmatched one when it was recorded (it is found so then), a partial one when its task
+    last found it short (its warning's last sighting; when it was recorded, without one)."""
+    joined, where = _left_between(start, end)
+    group = (REPORTS.c.status, REPORTS.c.meter_id)
+    totals = select(
+        *group, func.count().label("n"), func.sum(REPORTS.c.error_count).label("failed")
+    )
+    rows = connection.execute(totals.select_from(joined).where(where).group_by(*group))
+    codes = _left_codes(connection, joined, where)
+    return [
+        ReportsLeft(
+            str(row.status),
+            row.meter_id,
+            int(row.n),
+            int(row.failed or 0),
+            codes.get((str(row.status), row.meter_id), {}),
+        )
+        for row in rows
+    ]
+
+
+def _left_between(start: datetime, end: datetime) -> tuple[Join, ColumnElement[bool]]:
+    """The reports joined to their partial warning (if any), and the condition for them to
+    be left in [start, end)."""
+    reports, alerts = REPORTS.c, ALERTS.c
+    warning = alerts.alert_key == literal(f"{PARTIAL_ALERT}:") + reports.event_id
+    concluded = func.coalesce(alerts.last_seen_at, reports.created_at)
+    where = reports.status.in_(UNREMEDIATED) & (concluded >= start) & (concluded < end)
+    return REPORTS.outerjoin(ALERTS, warning), where
+
+
+def _left_codes(
+    connection: Connection, joined: Join, where: ColumnElement[bool]
+) -> dict[tuple[str, str | None], dict[str, int]]:
+    """(status, meter) -> code -> the failed records the reports counted of it."""
+    counts = TYPE_COUNTS.c
+    group = (REPORTS.c.status, REPORTS.c.meter_id, counts.code)
+    query = select(*group, func.sum(counts.error_count).label("failed"))
+    query = query.select_from(joined.join(TYPE_COUNTS, counts.report_id == REPORTS.c.id))
+    found: dict[tuple[str, str | None], dict[str, int]] = {}
+    for row in connection.execute(query.where(where).group_by(*group)):
+        found.setdefault((str(row.status), row.meter_id), {})[str(row.code)] = int(row.failed or 0)
+    return found
 
 
 def purge_reports(engine: Engine, before: datetime, batch: int, task_prefix: str) -> int:
