@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from sandbox.clock import now
 from sandbox.errors import StripeApiError, missing_param, not_found
+from sandbox.hosts import host_url
 from sandbox.intake import submit
 from sandbox.objects import JSON, list_object, search_result
 from sandbox.runtime import current_sandbox
@@ -130,9 +131,9 @@ def store_file(content: bytes, filename: str, purpose: str) -> JSON:
 
 
 def file_with_url(obj: JSON) -> JSON:
-    """The file object as served: `url` points at this sandbox's own contents route."""
-    base = request.host_url.rstrip("/")
-    return {**obj, "url": f"{base}/v1/files/{obj['id']}/contents"}
+    """The file object as served: `url` points at the contents route of this sandbox's files
+    host (its root URL when the request came through the root)."""
+    return {**obj, "url": f"{host_url('files')}/v1/files/{obj['id']}/contents"}
 
 
 def _stored_file(file_id: str) -> StoredFile:

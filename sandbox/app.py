@@ -12,6 +12,7 @@ from sandbox import admin, api_v1, api_v2
 from sandbox.clock import now
 from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
 from sandbox.errors import StripeApiError, stripe_error
+from sandbox.hosts import HostPrefixes, host_of, requested_host
 from sandbox.runtime import Sandbox, current_sandbox
 from sandbox.state import Fault, SandboxState
 
@@ -40,6 +41,7 @@ def create_sandbox_app(
     )
     for blueprint in (api_v1.bp, api_v2.bp, admin.bp):
         app.register_blueprint(blueprint)
+    app.wsgi_app = HostPrefixes(app.wsgi_app)  # type: ignore[method-assign]
     app.before_request(_gate_api_request)
     app.after_request(_fault_after_handling)
     app.register_error_handler(StripeApiError, _api_error)
@@ -48,11 +50,14 @@ def create_sandbox_app(
 
 
 def _gate_api_request() -> Response | None:
-    """Log, inject faults, rate-limit and authenticate every Stripe API request."""
+    """Log, refuse the wrong host, inject faults, rate-limit and authenticate every Stripe
+    API request."""
     if not request.path.startswith(API_PREFIXES):
         return None
     state = current_sandbox().state
     _log_request()
+    if (wrong_host := _wrong_host_error()) is not None:
+        return wrong_host
     fault = state.take_fault(request.method, request.path)
     if fault is not None and fault.after:
         g.sandbox_fault = fault  # handled first; _fault_after_handling answers the fault
@@ -61,6 +66,19 @@ def _gate_api_request() -> Response | None:
     if state.over_rate_limit():
         return stripe_error(429, "Too many requests hit the API too quickly.")
     return _authentication_error()
+
+
+def _wrong_host_error() -> Response | None:
+    """Stripe's 404 for a path sent to another of its hosts (before any key check); the
+    root URL serves every host."""
+    host, serving = requested_host(), host_of(request.method, request.path)
+    if host is None or host == serving:
+        return None
+    message = (
+        f"Unrecognized request URL ({request.method}: {request.path}). "
+        f"It is served on the {serving} host, not the {host} host."
+    )
+    return stripe_error(404, message)
 
 
 def _authentication_error() -> Response | None:
@@ -114,6 +132,7 @@ def _log_request() -> None:
         headers["Authorization"] = f"{scheme} {REDACTED}"
     entry = {
         "method": request.method,
+        "host": requested_host(),
         "path": request.path,
         "query": request.args.to_dict(flat=True),
         "query_string": request.query_string.decode("latin-1"),

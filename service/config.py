@@ -8,7 +8,12 @@ from typing import Annotated
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_BASE, SANDBOX_WEBHOOK_SECRET
+from sandbox.defaults import (
+    SANDBOX_API_KEY,
+    SANDBOX_BASE,
+    SANDBOX_WEBHOOK_SECRET,
+    sandbox_bases,
+)
 
 STRIPE_API_BASE = "https://api.stripe.com"
 STRIPE_FILES_BASE = "https://files.stripe.com"
@@ -89,13 +94,18 @@ class Settings(BaseSettings):
         self.embedded_sandbox = True
         self.stripe_api_key = SANDBOX_API_KEY
         self.stripe_webhook_secrets = [SANDBOX_WEBHOOK_SECRET]
-        for name in ("stripe_api_base", "stripe_files_base", "stripe_meter_events_base"):
+        bases = sandbox_bases(SANDBOX_BASE)  # each host on its own URL, as at Stripe
+        for name, host in (
+            ("stripe_api_base", "api"),
+            ("stripe_files_base", "files"),
+            ("stripe_meter_events_base", "meter_events"),
+        ):
             if getattr(self, name) in (
                 STRIPE_API_BASE,
                 STRIPE_FILES_BASE,
                 STRIPE_METER_EVENTS_BASE,
             ):
-                setattr(self, name, SANDBOX_BASE)
+                setattr(self, name, bases[host])
         return self
 
     @field_validator("stripe_webhook_secrets", mode="before")

@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 
 from sandbox.app import create_sandbox_app
 from sandbox.client import SandboxAdmin
-from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
+from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET, sandbox_bases
 from sandbox.runtime import Sandbox
 from service.config import Settings
 from service.db import upgrade
@@ -163,10 +163,16 @@ class SandboxServer:
     webhook_secret: str
     sandbox: Sandbox
 
+    @property
+    def bases(self) -> dict[str, str]:
+        """Stripe's hosts on this sandbox (`api`, `files`, `meter_events`), each on its own URL
+        that answers 404 for the others' paths; `url` itself serves all three."""
+        return sandbox_bases(self.url)
+
     def stripe_client(self, api_key: str | None = None, **kwargs: Any) -> stripe.StripeClient:
-        """A real StripeClient with every base address pointed at this sandbox."""
+        """A real StripeClient with each base address pointed at its host on this sandbox."""
         stripe.enable_telemetry = False
-        bases: Any = {"api": self.url, "files": self.url, "meter_events": self.url}
+        bases: Any = self.bases
         return stripe.StripeClient(api_key or self.api_key, base_addresses=bases, **kwargs)
 
 

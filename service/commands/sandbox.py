@@ -10,7 +10,7 @@ from flask.cli import with_appcontext
 
 from sandbox.app import create_sandbox_app
 from sandbox.client import SandboxAdmin, SandboxAdminError
-from sandbox.defaults import SANDBOX_PORT
+from sandbox.defaults import SANDBOX_PORT, sandbox_bases
 from sandbox.persistence import DEFAULT_STATE_FILE, STATE_FILE_ENV, StateFileError, keep_state_in
 from sandbox.runtime import Sandbox
 from sandbox.seed import seed_demo
@@ -91,11 +91,22 @@ def sandbox_command(
     stop = start_timers(
         sandbox, report_interval=report_interval, connector_interval=connector_interval
     )
-    click.echo(f"sandbox listening on http://{host}:{port} (admin API under /_sandbox/)")
+    _announce(f"http://{host}:{port}")
     try:
         run_simple(host, port, app, threaded=True)
     finally:
         stop.set()
+
+
+def _announce(url: str) -> None:
+    click.echo(f"sandbox listening on {url} (admin API under /_sandbox/)")
+    click.echo(
+        "Stripe's hosts, each answering 404 for the others' paths (the URL above serves all):"
+    )
+    bases = sandbox_bases(url)
+    click.echo(f"  STRIPE_API_BASE={bases['api']}")
+    click.echo(f"  STRIPE_FILES_BASE={bases['files']}")
+    click.echo(f"  STRIPE_METER_EVENTS_BASE={bases['meter_events']}")
 
 
 @click.command("trigger")

@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 from sandbox.app import create_sandbox_app
 from sandbox.client import SandboxAdmin
 from sandbox.connector import set_data_errors
-from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
+from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET, sandbox_bases
 from service.config import Settings
 from service.db import make_engine
 from service.models import CorrectionAudit, ImportSet, InboxEvent, QuarantinedRow, RemediationRun
@@ -149,6 +149,7 @@ def running_loop(
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
     with serve_wsgi(sandbox_app) as sandbox:
+        bases = sandbox_bases(sandbox.url)  # each Stripe host on its own URL, as at Stripe
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             database_url=db_url,
@@ -156,9 +157,9 @@ def running_loop(
             s3_endpoint_url=s3_endpoint,
             stripe_api_key=SANDBOX_API_KEY,
             stripe_webhook_secrets=SANDBOX_WEBHOOK_SECRET,
-            stripe_api_base=sandbox.url,
-            stripe_files_base=sandbox.url,
-            stripe_meter_events_base=sandbox.url,
+            stripe_api_base=bases["api"],
+            stripe_files_base=bases["files"],
+            stripe_meter_events_base=bases["meter_events"],
             mfx_rules=str(rules),
             mfx_work_dir=str(tmp_path / "work"),
             mfx_poller=poller,

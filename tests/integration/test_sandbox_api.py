@@ -103,7 +103,7 @@ def test_files_upload_retrieve_and_stream_contents(sandbox_server: SandboxServer
         len(content),
         "csv",
     )
-    assert meta.url == f"{sandbox_server.url}/v1/files/{uploaded['id']}/contents"
+    assert meta.url == f"{sandbox_server.bases['files']}/v1/files/{uploaded['id']}/contents"
     headers = {"Authorization": f"Bearer {sandbox_server.api_key}"}
     with requests.get(meta.url, headers=headers, stream=True, timeout=5) as response:
         assert response.status_code == 200

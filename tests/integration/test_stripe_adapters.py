@@ -21,12 +21,12 @@ from tests.conftest import SandboxServer
 
 @pytest.fixture
 def settings(sandbox_server: SandboxServer, make_settings: Callable[..., Settings]) -> Settings:
-    url = sandbox_server.url
+    bases = sandbox_server.bases  # each Stripe host on its own URL, as at Stripe
     return make_settings(
         stripe_api_key=sandbox_server.api_key,
-        stripe_api_base=url,
-        stripe_files_base=url,
-        stripe_meter_events_base=url,
+        stripe_api_base=bases["api"],
+        stripe_files_base=bases["files"],
+        stripe_meter_events_base=bases["meter_events"],
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
+from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET, sandbox_bases
 from tests.servers import free_port
 
 METERFIX = str(Path(sys.executable).with_name("meterfix"))
@@ -45,9 +45,9 @@ def stack(tmp_path: Path) -> Iterator[tuple[dict[str, str], str, str]]:
         "BUCKET_URL": f"file://{tmp_path / 'bucket'}",
         "STRIPE_API_KEY": SANDBOX_API_KEY,
         "STRIPE_WEBHOOK_SECRETS": SANDBOX_WEBHOOK_SECRET,
-        "STRIPE_API_BASE": sandbox,
-        "STRIPE_FILES_BASE": sandbox,
-        "STRIPE_METER_EVENTS_BASE": sandbox,
+        "STRIPE_API_BASE": sandbox_bases(sandbox)["api"],
+        "STRIPE_FILES_BASE": sandbox_bases(sandbox)["files"],
+        "STRIPE_METER_EVENTS_BASE": sandbox_bases(sandbox)["meter_events"],
         "MFX_RULES": str(EXAMPLES / "rules.toml"),
         "MFX_POLLER": "on",
         "MFX_POLL_INTERVAL": "1",
