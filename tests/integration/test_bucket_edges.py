@@ -47,14 +47,13 @@ def poller_settings(
     tmp_path: Path,
 ) -> Settings:
     sandbox_server.admin.create_meter("api_requests")
-    url = sandbox_server.url
     return make_settings(
         database_url=db_url,
         bucket_url=f"file://{tmp_path / 'bucket'}",
         stripe_api_key=sandbox_server.api_key,
-        stripe_api_base=url,
-        stripe_files_base=url,
-        stripe_meter_events_base=url,
+        stripe_api_base=sandbox_server.bases["api"],
+        stripe_files_base=sandbox_server.bases["files"],
+        stripe_meter_events_base=sandbox_server.bases["meter_events"],
     )
 
 

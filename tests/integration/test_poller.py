@@ -43,13 +43,12 @@ def settings(
     sandbox_server: SandboxServer, make_settings: Callable[..., Settings], db_url: str
 ) -> Settings:
     sandbox_server.admin.create_meter("api_requests")
-    url = sandbox_server.url
     return make_settings(
         database_url=db_url,
         stripe_api_key=sandbox_server.api_key,
-        stripe_api_base=url,
-        stripe_files_base=url,
-        stripe_meter_events_base=url,
+        stripe_api_base=sandbox_server.bases["api"],
+        stripe_files_base=sandbox_server.bases["files"],
+        stripe_meter_events_base=sandbox_server.bases["meter_events"],
     )
 
 

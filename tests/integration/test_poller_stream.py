@@ -23,12 +23,11 @@ STREAM = "/v2/billing/meter_event_stream"
 @pytest.fixture
 def settings(sandbox_server: SandboxServer, make_settings: Callable[..., Settings]) -> Settings:
     sandbox_server.admin.create_meter("api_requests")
-    url = sandbox_server.url
     return make_settings(
         stripe_api_key=sandbox_server.api_key,
-        stripe_api_base=url,
-        stripe_files_base=url,
-        stripe_meter_events_base=url,
+        stripe_api_base=sandbox_server.bases["api"],
+        stripe_files_base=sandbox_server.bases["files"],
+        stripe_meter_events_base=sandbox_server.bases["meter_events"],
     )
 
 

@@ -76,9 +76,9 @@ def service(
         database_url=db_url,
         stripe_api_key=sandbox_server.api_key,
         stripe_webhook_secrets=sandbox_server.webhook_secret,
-        stripe_api_base=sandbox_server.url,
-        stripe_files_base=sandbox_server.url,
-        stripe_meter_events_base=sandbox_server.url,
+        stripe_api_base=sandbox_server.bases["api"],
+        stripe_files_base=sandbox_server.bases["files"],
+        stripe_meter_events_base=sandbox_server.bases["meter_events"],
         mfx_work_dir=str(tmp_path / "work"),
     )
     with serve_wsgi(make_app(settings)) as running:

@@ -514,9 +514,9 @@ def _settings(
         mfx_admin_token=TOKEN,
         stripe_api_key=sandbox.api_key,
         stripe_webhook_secrets=sandbox.webhook_secret,
-        stripe_api_base=sandbox.url,
-        stripe_files_base=sandbox.url,
-        stripe_meter_events_base=sandbox.url,
+        stripe_api_base=sandbox.bases["api"],
+        stripe_files_base=sandbox.bases["files"],
+        stripe_meter_events_base=sandbox.bases["meter_events"],
         **more,
     )
 

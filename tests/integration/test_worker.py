@@ -72,8 +72,8 @@ def intake(db_url: str, sandbox_server: Any, make_settings: Any, make_app: Any) 
         database_url=db_url,
         stripe_api_key=sandbox_server.api_key,
         stripe_webhook_secrets=[sandbox_server.webhook_secret],
-        stripe_api_base=sandbox_server.url,
-        stripe_files_base=sandbox_server.url,
+        stripe_api_base=sandbox_server.bases["api"],
+        stripe_files_base=sandbox_server.bases["files"],
         mfx_max_attempts=3,
     )
     app = make_app(settings)
