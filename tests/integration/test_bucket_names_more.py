@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures imported from the modules that define them)
 """Output names of one error report's runs over objects of one folder and one stem
 (`day.csv`, `day.CSV`, `day.jsonl`), against moto S3 through the real poller, Stripe's
 connector (the sandbox) and SQLite / PostgreSQL."""
@@ -5,42 +6,20 @@ connector (the sandbox) and SQLite / PostgreSQL."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from sqlmodel import select
 
 from service.adapters.bucket import object_tag, open_bucket
-from service.config import PollerMode, Settings
+from service.config import Settings
 from service.models import OutputObject
-from service.poller.passes import PollerDeps, build_poller_deps
-from service.runtime import Runtime
-from tests.integration.test_e2e import BUCKET, Loop, render, running_loop
+from service.poller.passes import PollerDeps
+from tests.integration.test_bucket_edges import report_deps, report_loop  # noqa: F401
+from tests.integration.test_e2e import BUCKET, Loop, render
 from tests.integration.test_e2e_index import _cycles
 from tests.integration.test_e2e_index import _rows as _report_rows
-
-
-@pytest.fixture
-def report_loop(
-    db_url: str, s3_endpoint: str, tmp_path: Path, make_app: Callable[[Settings], Flask]
-) -> Iterator[Loop]:
-    """Stripe's S3 connector (the sandbox) imports the bucket and reports data errors;
-    meterfix indexes and remediates (as in test_bucket_edges)."""
-    with running_loop(
-        db_url, s3_endpoint, tmp_path, make_app, poller=PollerMode.INDEX, data_errors="report"
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def report_deps(report_loop: Loop) -> Iterator[PollerDeps]:
-    runtime = Runtime(report_loop.settings)
-    try:
-        yield build_poller_deps(runtime)
-    finally:
-        runtime.close()
 
 
 def _put(loop: Loop, key: str, ids: list[str], fmt: str) -> None:
@@ -144,7 +123,7 @@ def test_cli_upload_of_another_extension_of_one_name_is_refused_saying_why(
     jsonl_file.write_bytes(render(rows, "jsonl").replace(b"x1", b"j1"))
     first = _remediate(tmp_path, s3_endpoint, csv_file)
     assert first.returncode == 0, first.stderr
-    second = _remediate(tmp_path, s3_endpoint, jsonl_file)
+    second = _remediate(tmp_path, s3_endpoint, jsonl_file, out="out2")  # one --out: refused
     assert second.returncode != 0
     assert "in/quarantine/day.r1.audit.jsonl already holds another file" in second.stderr
     assert "`day.csv` and `day.jsonl` make one audit name" in second.stderr

@@ -20,7 +20,7 @@ METERFIX = str(Path(sys.executable).with_name("meterfix"))
 
 
 def _remediate(
-    tmp_path: Path, endpoint: str, file: Path = DATA / "failed_records.csv"
+    tmp_path: Path, endpoint: str, file: Path = DATA / "failed_records.csv", out: str = "out"
 ) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": "/usr/bin:/bin",
@@ -30,7 +30,7 @@ def _remediate(
         **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    args = ["remediate", str(file), "--out", str(tmp_path / "out")]
+    args = ["remediate", str(file), "--out", str(tmp_path / out)]
     args += ["--meters", str(DATA / "meters.json"), "--rules", str(DATA / "rules.toml")]
     args += ["--now", "1764000000", "--upload", "--json"]
     return subprocess.run(
