@@ -49,20 +49,29 @@ class FileBucket:
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose key starts with `prefix`, in key order; sidecars and temp files skipped."""
+        for key in sorted(key for key in self._walk(prefix) if _utf8_key(key)):
+            info = self._info(key, with_metadata=False)
+            if info is not None:
+                yield info
+
+    def names_not_utf8(self, prefix: str = "") -> list[str]:
+        """The files `list_objects` leaves out, their name not being UTF-8 (S3 keys always
+        are), each with its bytes that are not UTF-8 escaped (`caf\\xe9.csv`), in order. No
+        record can hold such a name, so the poller asks for them apart, to alert on them."""
+        return sorted(_shown(key) for key in self._walk(prefix) if not _is_utf8(key))
+
+    def _walk(self, prefix: str) -> Iterator[str]:
+        """Keys of the files under the root starting with `prefix`; sidecars and temp files
+        skipped. A name that is not UTF-8 is a key holding lone surrogates."""
         if not self.root.is_dir():
             return
-        keys = []
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
                 if name.endswith(SIDECAR_SUFFIX) or name.startswith(TEMP_MARK):
                     continue
                 key = Path(dirpath, name).relative_to(self.root).as_posix()
-                if key.startswith(prefix) and _utf8_key(key):
-                    keys.append(key)
-        for key in sorted(keys):
-            info = self._info(key, with_metadata=False)
-            if info is not None:
-                yield info
+                if key.startswith(prefix):
+                    yield key
 
     def head(self, key: str) -> ObjectInfo | None:
         return self._info(key, with_metadata=True)
@@ -165,19 +174,31 @@ def _utf8_key(key: str) -> bool:
     """Whether a path's key is UTF-8, as every S3 key is. A name in another encoding (Latin-1
     from a Windows share or an old zip) reaches Python as lone surrogates no database takes:
     recorded, it failed every poller pass, and no file listed after it was imported. It is
-    left out, with its reason, until renamed."""
+    left out, with its reason, until renamed (the poller raises an alert for it:
+    `names_not_utf8`)."""
+    if _is_utf8(key):
+        return True
+    log_event(
+        "bucket.key_not_utf8",
+        level=logging.WARNING,
+        key=_shown(key),
+        reason="file name is not UTF-8: not listed; rename it (UTF-8) to have it imported",
+    )
+    return False
+
+
+def _is_utf8(key: str) -> bool:
     try:
         key.encode("utf-8")
     except UnicodeEncodeError:
-        shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        log_event(
-            "bucket.key_not_utf8",
-            level=logging.WARNING,
-            key=shown,
-            reason="file name is not UTF-8: not listed; rename it (UTF-8) to have it imported",
-        )
         return False
     return True
+
+
+def _shown(key: str) -> str:
+    """A key holding lone surrogates (a name's bytes that are not UTF-8) as text any log,
+    database or message takes: those bytes escaped (`caf\\xe9.csv`)."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class _Verified(io.RawIOBase):

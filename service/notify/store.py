@@ -352,3 +352,11 @@ def unresolved_keys(connection: Connection, keys: Sequence[str]) -> set[str]:
         ALERTS.c.alert_key.in_(list(keys)) & (ALERTS.c.status != AlertStatus.RESOLVED)
     )
     return set(connection.execute(query).scalars())
+
+
+def unresolved_keys_of_kind(connection: Connection, kind: str) -> set[str]:
+    """The keys of the alerts of this kind that are not resolved."""
+    query = select(ALERTS.c.alert_key).where(
+        (ALERTS.c.kind == kind) & (ALERTS.c.status != AlertStatus.RESOLVED)
+    )
+    return set(connection.execute(query).scalars())

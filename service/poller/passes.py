@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import Engine
 
@@ -42,7 +42,8 @@ from service.logs import log_event
 from service.models import ProcessRole
 from service.models._types import utcnow
 from service.models.poller import OBJECT_KEY_CHARS
-from service.notify.alerts import raise_alert
+from service.notify.alerts import raise_alert, resolve_alert, stored_key
+from service.notify.store import unresolved_keys_of_kind
 from service.poller.again import TakenAgain
 from service.poller.failures import judge, raise_gave_up, resolve_gave_up
 from service.poller.handover import (
@@ -55,7 +56,7 @@ from service.poller.handover import (
 )
 from service.poller.importer import ObjectImport, import_object
 from service.poller.lock import POLLER_LOCK_KEY, poller_lock
-from service.poller.planning import PassLimits, plan_pass
+from service.poller.planning import PassLimits, is_usage_key, plan_pass
 from service.poller.progress import ProgressStore
 from service.poller.settling import Listing, check_settled
 from service.poller.snapshot import clear_snapshots, take_snapshot
@@ -153,6 +154,7 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     clear_snapshots(deps.work_dir / "objects")
     started = deps.clock()
     listed = _recordable(deps.engine, deps.bucket.list_objects(), report)
+    _names_not_utf8(deps, report)
     listing = Listing(started, deps.clock())
     _mark_unlisted(store, listed)
     seen, first_sync = store.seen()
@@ -162,13 +164,12 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     if deps.only is not None:
         only = deps.only
         listed = [obj for obj in listed if (obj.key, obj.etag) in only]
-    excluded = [deps.bucket.prefix + _dir(deps.settings.mfx_quarantine_prefix)]
     plan = plan_pass(
         listed,
         seen | waiting,
         now=deps.clock(),
         first_sync=first_sync,
-        excluded_prefixes=excluded,
+        excluded_prefixes=_excluded(deps),
         limits=deps.limits,
     )
     report.listed, report.skipped, report.deferred = len(listed), len(plan.skip), plan.deferred
@@ -235,6 +236,55 @@ def _recordable(
             detail={"key": obj.key[:OBJECT_KEY_CHARS], "length": len(obj.key)},
         )
     return found
+
+
+@runtime_checkable
+class HoldsNamesNotUtf8(Protocol):
+    """A bucket whose files can be named in another encoding than UTF-8 (`file://`: S3 keys
+    are UTF-8): its listing leaves them out, and names them apart."""
+
+    def names_not_utf8(self, prefix: str = "") -> list[str]: ...
+
+
+NOT_UTF8 = "poller.key_not_utf8"
+
+
+def _names_not_utf8(deps: PollerDeps, report: PassReport) -> None:
+    """A usage file whose name is not UTF-8 is in no listing (no record holds its key): its
+    usage was never billed, and only a log line said so. Each is named in the pass's errors
+    and a warning alert (its bytes escaped), resolved once it is renamed or gone."""
+    bucket = deps.bucket
+    names = bucket.names_not_utf8() if isinstance(bucket, HoldsNamesNotUtf8) else []
+    excluded = _excluded(deps)
+    usage = [name for name in names if is_usage_key(name, excluded)]
+    done = "indexed" if deps.index_mode else "imported"
+    for name in usage:
+        report.errors.append(f"{name}: file name is not UTF-8: not {done}; rename it (UTF-8)")
+        raise_alert(
+            deps.engine,
+            key=f"{NOT_UTF8}:{name}",
+            severity="warning",
+            kind=NOT_UTF8,
+            subject=f"{name[:80]}: file name not UTF-8, not {done}",
+            message=f"{name[:1000]}: file name is not UTF-8 (another encoding, such as "
+            f"Latin-1): not {done}. Rename it (UTF-8) to have it {done}.",
+            detail={"key": name[:OBJECT_KEY_CHARS]},
+        )
+    _resolve_gone(deps.engine, NOT_UTF8, {stored_key(f"{NOT_UTF8}:{name}") for name in usage})
+
+
+def _resolve_gone(engine: Engine, kind: str, current: set[str]) -> None:
+    """Resolve the alerts of `kind` this pass did not raise again (their file renamed or
+    gone)."""
+    with engine.connect() as connection:
+        open_keys = unresolved_keys_of_kind(connection, kind)
+    for key in sorted(open_keys - current):
+        resolve_alert(engine, key)
+
+
+def _excluded(deps: PollerDeps) -> list[str]:
+    """Prefixes whose objects are never imported: the quarantine's."""
+    return [deps.bucket.prefix + _dir(deps.settings.mfx_quarantine_prefix)]
 
 
 def _mark_unlisted(store: PollerStore, listed: Sequence[ObjectInfo]) -> None:
