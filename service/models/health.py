@@ -1,4 +1,5 @@
-"""Heartbeats: each worker, poller and scheduler records that it is alive (and what it does)."""
+"""Heartbeats: each worker and poller records that it is alive and what it does (the digests'
+schedule runs in the worker and beats as it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from service.models._types import created_at_field, json_field
 class ProcessRole(StrEnum):
     WORKER = "worker"
     POLLER = "poller"
-    SCHEDULER = "scheduler"
 
 
 class Heartbeat(SQLModel, table=True):
