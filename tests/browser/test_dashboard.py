@@ -181,3 +181,24 @@ def test_overview_lineage_quarantine_events_alerts(
         ).all()
     assert ("acknowledge", str(site.alert_id), "dashboard", "127.0.0.1") in actions
     assert ("replay", "evt_dead_browser", "dashboard", "127.0.0.1") in actions
+
+
+def test_every_page_loads_without_a_failed_request_or_console_error(page: Any, site: Site) -> None:
+    """Every page asked the server for `/favicon.ico` (none is served: a 404), which the
+    browser's console shows as "Failed to load resource" on each page a user opens."""
+    failed: list[str] = []
+    page.on(
+        "console", lambda message: failed.append(message.text) if message.type == "error" else None
+    )
+    page.on("requestfailed", lambda request: failed.append(f"failed: {request.url}"))
+    page.on(
+        "response",
+        lambda response: (
+            failed.append(f"{response.status}: {response.url}") if response.status >= 400 else None
+        ),
+    )
+    _login(page, site)
+    for path in ("/", "/runs", f"/runs/{site.run_id}", "/quarantine", "/events", "/alerts"):
+        page.goto(site.url + path)
+        page.wait_for_load_state("networkidle")
+    assert failed == []
