@@ -52,7 +52,10 @@ def _rows_svg(
         **_settings(OUTCOME_COLOURS),
     )
     chart.x_labels = list(labels)
-    chart.x_labels_major = list(labels[:: max(1, len(labels) // 12)])
+    # about 12 labels, counted back from the newest bucket (today, this hour), always shown
+    chart.x_labels_major = list(labels[::-1][:: max(1, len(labels) // 12)])[::-1]
+    totals = map(sum, zip(valid, corrected, quarantined, strict=True))
+    chart.y_labels = whole_ticks(max(totals, default=0))
     chart.add("valid", list(valid))
     chart.add("corrected", list(corrected))
     chart.add("quarantined", list(quarantined))
@@ -65,9 +68,19 @@ def _codes_svg(counts: tuple[tuple[str, int, int], ...]) -> str:
     settings["height"] = 120 + 26 * max(len(counts), 1)
     chart = _pygal().HorizontalStackedBar(title="Rows by error code", **settings)
     chart.x_labels = [code for code, _, _ in counts]
+    chart.y_labels = whole_ticks(max((c + q for _, c, q in counts), default=0))
     chart.add("corrected", [corrected for _, corrected, _ in counts])
     chart.add("quarantined", [quarantined for _, _, quarantined in counts])
     return _svg(chart)
+
+
+def whole_ticks(most: int, about: int = 5) -> list[int]:
+    """Ticks of a count of rows from 0 past `most`, about `about` of them, at a step of 1, 2
+    or 5 times a power of ten (pygal's own put 0.2, 0.4, ... rows on a chart of 2)."""
+    step = 1
+    while most / step > about:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2  # 1, 2, 5, 10, 20, 50, ...
+    return list(range(0, max(most, 1) + step, step))
 
 
 def _settings(colours: Sequence[str]) -> dict[str, Any]:
