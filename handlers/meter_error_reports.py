@@ -31,7 +31,8 @@ def handle_report(event: Mapping[str, Any], ctx: HandlerContext) -> Outcome:
     status = ctx.record_error_report(report)
     queued = ctx.request_remediation(RemediationKind.ERROR_REPORT, report.event_id)
     codes = ",".join(t.code for t in report.error_types) or "none"
-    summary = f"{report.error_count} errors ({codes}) meter={report.meter_id}"
+    errors = "error" if report.error_count == 1 else "errors"
+    summary = f"{report.error_count} {errors} ({codes}) meter={report.meter_id}"
     return Outcome(status, summary + (", remediation queued" if queued else ""))
 
 

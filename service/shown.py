@@ -19,6 +19,11 @@ _UNSEEN_ON_A_PAGE = re.compile(f"[{_UNSEEN}]")
 _UNSEEN_IN_A_LINE = re.compile(f"[{_UNSEEN}\n\r\x85\u2028\u2029]")
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 row`, `2 rows`: a count of things for people (messages, pages)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _code_point(found: re.Match[str]) -> str:
     return f"[U+{ord(found.group()):04X}]"
 

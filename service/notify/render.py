@@ -16,7 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service.adapters.channels import Message
 from service.notify.content import Digest, ReportLine
-from service.shown import shown_as_text, shown_on_one_line
+from service.shown import counted, shown_as_text, shown_on_one_line
 
 MAX_BLOCKS = 50
 MAX_TEXT = 3000
@@ -42,10 +42,6 @@ def _templates(plain_text: bool) -> Environment:
 
 def rows(count: int) -> str:
     return counted(count, "row")
-
-
-def counted(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _render(name: str, **values: Any) -> str:

@@ -16,6 +16,7 @@ from service.jobs.store.quarantine import top_quarantine_group
 from service.logs import log_event
 from service.models import RemediationRun
 from service.notify.alerts import raise_alert
+from service.shown import counted
 
 
 def alert_for_run(
@@ -57,7 +58,8 @@ def _alert_for_run(
         kind="remediation.run",
         subject=f"run #{run.id} ({run.trigger}): {what}",
         message=(
-            f"{run.input_rows} rows received: {run.valid} valid, {run.corrected} corrected, "
+            f"{counted(run.input_rows, 'row')} received: {run.valid} valid, "
+            f"{run.corrected} corrected, "
             f"{run.quarantined} quarantined; source {run.source}"
         ),
         detail={"by_code": run.by_code, "input_rows": run.input_rows, "valid": run.valid},

@@ -23,6 +23,7 @@ from service.models._types import utcnow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
 from service.notify.alerts import raise_alert
 from service.poller.store import imported_rows_by_identifier
+from service.shown import counted
 from service.worker.inbox import requeue_event
 from service.worker.tasks import TaskKind, enqueue_task, task_id
 
@@ -110,8 +111,8 @@ class DatabaseHandlerContext:
             severity="warning",
             kind=UNMATCHED_ALERT,
             subject=(
-                f"Stripe refused {report.error_count} meter event(s) ({meter}) that meterfix "
-                "cannot trace to a bucket row"
+                f"Stripe refused {counted(report.error_count, 'meter event')} ({meter}) that "
+                "meterfix cannot trace to a bucket row"
             ),
             message=(
                 f"Error report {report.event_id}: {codes}. None of its sampled rows is one the "

@@ -223,7 +223,7 @@ def test_a_report_about_rows_that_are_not_ours_is_kept_for_the_digest(service: S
         "open",
     )
     assert alert.subject == (
-        "Stripe refused 1 meter event(s) (mtr_other) that meterfix cannot trace to a bucket row"
+        "Stripe refused 1 meter event (mtr_other) that meterfix cannot trace to a bucket row"
     )
     assert alert.message.startswith(
         f"Error report {report.event_id}: meter_event_customer_not_found x1. None of its sampled"

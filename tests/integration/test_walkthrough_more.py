@@ -76,14 +76,14 @@ def test_events_page_shows_a_done_events_outcome_not_its_old_error_in_red(site: 
         status="done",
         attempts=2,
         last_error="APIConnectionError: connection refused",
-        outcome="recorded: 1 errors (no_meter), remediation queued",
+        outcome="recorded: 1 error (no_meter), remediation queued",
     )
     seed.event(site.engine, "evt_first_time", status="done", outcome="remediated 3 row(s)")
     seed.event(site.engine, "evt_dead", status="dead", last_error="StripeError: boom")
     html = _logged_in(site).get(site.url + "/events", timeout=10).text
     cells = _outcome_cells(html)
 
-    assert "recorded: 1 errors (no_meter), remediation queued" in cells["evt_retried_ok"]
+    assert "recorded: 1 error (no_meter), remediation queued" in cells["evt_retried_ok"]
     assert "connection refused" not in cells["evt_retried_ok"]
     assert 'class="err"' not in cells["evt_retried_ok"]
     assert "remediated 3 row(s)" in cells["evt_first_time"]
