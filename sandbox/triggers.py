@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from sandbox.client import SandboxAdmin
 from sandbox.clock import new_id, now
+from sandbox.connector import SOURCE_PURPOSE
 from sandbox.events import (
     ERROR_REPORT_TRIGGERED,
     IMPORT_SET_FAILED,
@@ -17,6 +18,7 @@ from sandbox.events import (
     build_no_meter_found_event,
 )
 from sandbox.objects import JSON
+from sandbox.usage_files import WholeFileFailure, parse_usage_file
 
 TRIGGER_METER = "api_requests"
 
@@ -74,9 +76,40 @@ def _import_set_succeeded(admin: SandboxAdmin) -> JSON:
 
 
 def _import_set_failed(admin: SandboxAdmin) -> JSON:
+    """A file Stripe's importer fails whole, uploaded with the Files API and named by the
+    import set's `file`, so meterfix repairs it from that copy. No bucket object: the
+    bundled poller would import it too."""
+    name = f"trigger-{int(now())}.csv"
+    content = _semicolon_usage_file(_meter(admin)).encode()
+    source = admin.upload_file(content, name, SOURCE_PURPOSE)
+    failure = _whole_file_failure(name, content)
     import_set = _import_set("failed", None)
-    import_set["failed_reason"] = "Missing required column: event_name."
+    import_set.update(file=source["id"], source_object=None, failed_reason=failure.message)
+    import_set["failed_reason_code"] = str(failure.reason)  # as the sandbox's connector says
     return build_import_set_event("failed", import_set)
+
+
+def _whole_file_failure(name: str, content: bytes) -> WholeFileFailure:
+    try:
+        parse_usage_file(name, content)
+    except WholeFileFailure as failure:
+        return failure
+    raise AssertionError(f"the sample {name} was meant to fail whole and did not")
+
+
+def _semicolon_usage_file(meter: JSON) -> str:
+    """Good rows (one timestamp in milliseconds) in a `;`-delimited CSV: Stripe reads one
+    column named `identifier;timestamp;...`, no `event_name`, and fails the file."""
+    value_key = meter["value_settings"]["event_payload_key"]
+    customer_key = meter["customer_mapping"]["event_payload_key"]
+    batch, at = uuid.uuid4().hex[:8], int(now()) - 60
+    lines = [
+        f"identifier;timestamp;event_name;payload_{customer_key};payload_{value_key}",
+        f"trigger-{batch}-1;{at};{meter['event_name']};cus_demo_alice;5",
+        f"trigger-{batch}-2;{at * 1000};{meter['event_name']};cus_demo_bob;12",
+        f"trigger-{batch}-3;{at};{meter['event_name']};cus_demo_bob;3",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _import_set(status: str, errors_file: str | None) -> JSON:
