@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -41,9 +41,6 @@ from service.jobs.store.reports import save_poller_import_set
 from service.logs import log_event
 from service.models import ProcessRole
 from service.models._types import utcnow
-from service.models.poller import OBJECT_KEY_CHARS
-from service.notify.alerts import raise_alert, resolve_alert, stored_key
-from service.notify.store import unresolved_keys_of_kind
 from service.poller.again import TakenAgain
 from service.poller.failures import judge, raise_gave_up, resolve_gave_up
 from service.poller.handover import (
@@ -56,7 +53,8 @@ from service.poller.handover import (
 )
 from service.poller.importer import ObjectImport, import_object
 from service.poller.lock import POLLER_LOCK_KEY, poller_lock
-from service.poller.planning import PassLimits, is_usage_key, plan_pass
+from service.poller.odd_keys import name_files_not_utf8, recordable
+from service.poller.planning import PassLimits, plan_pass
 from service.poller.progress import ProgressStore
 from service.poller.settling import Listing, check_settled
 from service.poller.snapshot import clear_snapshots, take_snapshot
@@ -153,8 +151,9 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     report = PassReport(mode="index" if deps.index_mode else "import")
     clear_snapshots(deps.work_dir / "objects")
     started = deps.clock()
-    listed = _recordable(deps.engine, deps.bucket.list_objects(), report)
-    _names_not_utf8(deps, report)
+    listed = recordable(deps.engine, deps.bucket.list_objects(), report.errors)
+    done = "indexed" if deps.index_mode else "imported"
+    name_files_not_utf8(deps.engine, deps.bucket, _excluded(deps), done, report.errors)
     listing = Listing(started, deps.clock())
     _mark_unlisted(store, listed)
     seen, first_sync = store.seen()
@@ -209,77 +208,6 @@ def _meters_failed(
         report.retry_files += 1
         report.gave_up += _failed(deps, store, obj, exc, reason)
         report.errors.append(f"{obj.key}: {reason}")
-
-
-def _recordable(
-    engine: Engine, objects: Iterable[ObjectInfo], report: PassReport
-) -> list[ObjectInfo]:
-    """The objects whose key a record can hold: a `file://` path past OBJECT_KEY_CHARS (S3
-    keys never are) failed the pass on PostgreSQL at its record, every pass, and no object
-    after it was ever imported. It is left alone, named in the pass's errors and a warning
-    alert."""
-    found = []
-    for obj in objects:
-        if len(obj.key) <= OBJECT_KEY_CHARS:
-            found.append(obj)
-            continue
-        reason = f"key longer than {OBJECT_KEY_CHARS} characters ({len(obj.key)}): not read"
-        report.errors.append(f"{obj.key[:200]}…: {reason}")
-        log_event("poller.key_too_long", level=logging.WARNING, key=obj.key[:200], reason=reason)
-        raise_alert(
-            engine,
-            key=f"poller.key_too_long:{obj.key}",
-            severity="warning",
-            kind="poller.key_too_long",
-            subject=f"{obj.key[:80]}…: key too long to import",
-            message=f"{obj.key[:1000]}: {reason}. Move it to a shorter path to have it imported.",
-            detail={"key": obj.key[:OBJECT_KEY_CHARS], "length": len(obj.key)},
-        )
-    return found
-
-
-@runtime_checkable
-class HoldsNamesNotUtf8(Protocol):
-    """A bucket whose files can be named in another encoding than UTF-8 (`file://`: S3 keys
-    are UTF-8): its listing leaves them out, and names them apart."""
-
-    def names_not_utf8(self, prefix: str = "") -> list[str]: ...
-
-
-NOT_UTF8 = "poller.key_not_utf8"
-
-
-def _names_not_utf8(deps: PollerDeps, report: PassReport) -> None:
-    """A usage file whose name is not UTF-8 is in no listing (no record holds its key): its
-    usage was never billed, and only a log line said so. Each is named in the pass's errors
-    and a warning alert (its bytes escaped), resolved once it is renamed or gone."""
-    bucket = deps.bucket
-    names = bucket.names_not_utf8() if isinstance(bucket, HoldsNamesNotUtf8) else []
-    excluded = _excluded(deps)
-    usage = [name for name in names if is_usage_key(name, excluded)]
-    done = "indexed" if deps.index_mode else "imported"
-    for name in usage:
-        report.errors.append(f"{name}: file name is not UTF-8: not {done}; rename it (UTF-8)")
-        raise_alert(
-            deps.engine,
-            key=f"{NOT_UTF8}:{name}",
-            severity="warning",
-            kind=NOT_UTF8,
-            subject=f"{name[:80]}: file name not UTF-8, not {done}",
-            message=f"{name[:1000]}: file name is not UTF-8 (another encoding, such as "
-            f"Latin-1): not {done}. Rename it (UTF-8) to have it {done}.",
-            detail={"key": name[:OBJECT_KEY_CHARS]},
-        )
-    _resolve_gone(deps.engine, NOT_UTF8, {stored_key(f"{NOT_UTF8}:{name}") for name in usage})
-
-
-def _resolve_gone(engine: Engine, kind: str, current: set[str]) -> None:
-    """Resolve the alerts of `kind` this pass did not raise again (their file renamed or
-    gone)."""
-    with engine.connect() as connection:
-        open_keys = unresolved_keys_of_kind(connection, kind)
-    for key in sorted(open_keys - current):
-        resolve_alert(engine, key)
 
 
 def _excluded(deps: PollerDeps) -> list[str]:

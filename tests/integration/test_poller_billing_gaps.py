@@ -313,6 +313,12 @@ def test_a_file_whose_key_no_record_holds_is_named_and_the_others_imported(
         alert = session.exec(select(Alert)).one()
         assert session.exec(select(BucketObject.key)).all() == ["z.csv"]
     assert (alert.kind, alert.severity) == ("poller.key_too_long", "warning")
+    # moved to a shorter path: imported, and the alert (never resolved before) is resolved
+    (deep / "a.csv").rename(root / "a.csv")
+    assert run_poll_pass(poller()).imported == 1
+    assert sorted(_accepted(sandbox_server)) == ["long-1", "short-1"]
+    with Session(poller().engine) as session:
+        assert session.exec(select(Alert.status)).one() == "resolved"
 
 
 def test_the_copy_of_an_object_is_removed_after_its_import_and_after_a_crash(
