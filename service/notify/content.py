@@ -107,6 +107,7 @@ class ReportLine:
     failed: int  # records Stripe counted as failed in them
     codes: list[tuple[str, int]]  # the most failed first, at most REPORT_CODES
     more_codes: int = 0
+    url: str = ""  # the dashboard's list of these reports
 
 
 @dataclass
@@ -161,7 +162,7 @@ def collect_digest(
         digest.groups = _groups(conn, window, links, examples)
         digest.reasons = _reasons(conn, window, links, examples)
         digest.runs = _runs(conn, window, links)
-        _reports(reports_left_between(conn, window.start, window.end), digest)
+        _reports(reports_left_between(conn, window.start, window.end), digest, links)
         _state(conn, window, digest, links)
     digest.links = {
         "dashboard": links.home(),
@@ -266,7 +267,7 @@ def _runs(conn: Connection, window: Window, links: DashboardLinks) -> list[RunLi
     ]
 
 
-def _reports(left: list[ReportsLeft], digest: Digest) -> None:
+def _reports(left: list[ReportsLeft], digest: Digest, links: DashboardLinks) -> None:
     """Unmatched first (nothing of them was remediated), then the most failed records."""
     ordered = sorted(
         left,
@@ -277,13 +278,13 @@ def _reports(left: list[ReportsLeft], digest: Digest) -> None:
             r.meter_id or "",
         ),
     )
-    lines = [_report_line(found) for found in ordered]
+    lines = [_report_line(found, links) for found in ordered]
     digest.reports = lines[:REPORT_LINES]
     digest.reports_total = _count(lines)
     digest.reports_more = _count(lines[REPORT_LINES:])
 
 
-def _report_line(found: ReportsLeft) -> ReportLine:
+def _report_line(found: ReportsLeft, links: DashboardLinks) -> ReportLine:
     codes = sorted(found.codes.items(), key=lambda item: (-item[1], item[0]))
     return ReportLine(
         found.status,
@@ -292,6 +293,7 @@ def _report_line(found: ReportsLeft) -> ReportLine:
         found.failed,
         codes[:REPORT_CODES],
         more_codes=max(len(codes) - REPORT_CODES, 0),
+        url=links.reports_of(found.status, found.meter_id),
     )
 
 

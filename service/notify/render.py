@@ -170,7 +170,7 @@ def _report_sections(d: Digest) -> list[dict[str, Any]]:
     title = f"*{link(d.links['reports'], REPORTS_TITLE)}*: {counted(total.reports, 'report')}, "
     title += counted(total.failed, "failed record")
     lines = [
-        f"• {escape(r.status)} / {code(r.meter) if r.meter else '(no meter)'}: "
+        f"• {link(r.url, r.status)} / {code(r.meter) if r.meter else '(no meter)'}: "
         + escape(report_line(r, "×"))
         for r in d.reports
     ]

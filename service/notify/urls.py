@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
+from service.jobs.store.reports import UNREMEDIATED
 from service.notify.windows import Window
 
 MAX_LINK_RUNS = 20  # runs a link names (`run=3,7,…`): beyond them, the window's rows
@@ -31,6 +32,7 @@ class DashboardLinks:
         the rows quarantined in the window (`since`, `until`), which may differ: a run started
         before the window is left out, one finishing after it is in."""
         self.base = public_url.rstrip("/")
+        self.window = window
         self.period: dict[str, str] = {}
         if runs and len(runs) <= MAX_LINK_RUNS:
             self.period = {"run": ",".join(str(run) for run in sorted(runs))}
@@ -49,8 +51,23 @@ class DashboardLinks:
         return f"{self.base}/quarantine" + (f"?{query}" if query else "")
 
     def reports(self) -> str:
-        """The error reports page (its status column tells unmatched and partial apart)."""
-        return f"{self.base}/runs?view=reports"
+        """The error reports a digest counts: left unmatched or partial in the window."""
+        return self._reports({"status": ",".join(UNREMEDIATED)})
+
+    def reports_of(self, status: str, meter: str | None) -> str:
+        """The window's reports of one status and meter (None: the reports without one)."""
+        of_meter = {"no_meter": "yes"} if meter is None else {"meter": meter}
+        return self._reports({"status": status} | of_meter)
+
+    def _reports(self, filters: dict[str, str]) -> str:
+        """The error reports page; with a window, the reports left in it (`since` its start,
+        `until` the last microsecond before its end), dated as the digest dates them: when
+        recorded, a partial one when its task last found it short (`left_at`)."""
+        query = {"view": "reports"} | filters
+        if self.window is not None:
+            query |= {"since": _iso(self.window.start)}
+            query |= {"until": _last_moment_before(self.window.end)}
+        return f"{self.base}/runs?{urlencode(query)}"
 
     def alerts(self) -> str:
         return f"{self.base}/alerts"

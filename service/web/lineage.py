@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 
 from service.db import Listing, Page
 from service.jobs.store import reports, runs
+from service.models import ErrorReportStatus
 from service.models.poller import ObjectStatus
 from service.poller.store import objects_by_keys
 from service.web.store import get_action, iso
@@ -171,6 +172,11 @@ def report_json(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _found_short(row: Mapping[str, Any]) -> dict[str, Any]:
+    partial = row["status"] == ErrorReportStatus.PARTIAL
+    return {"found_short_at": iso(row["found_short_at"]) if partial else None}
+
+
 def list_import_sets(engine: Engine, page: Page) -> Listing:
     """Import sets (Stripe's and the poller's) with the id of the run each one got."""
     with engine.connect() as connection:
@@ -183,12 +189,13 @@ def list_import_sets(engine: Engine, page: Page) -> Listing:
     return Listing(data, listing.next_cursor)
 
 
-def list_reports(engine: Engine, page: Page) -> Listing:
-    """Meter error reports with the ids of their runs (one query: a key range per report on
-    the unique run key, `error_report:<event id>:<object>`)."""
+def list_reports(engine: Engine, page: Page, picked: reports.ReportFilter) -> Listing:
+    """Meter error reports `picked` selects, with the ids of their runs (one query: a key range
+    per report on the unique run key, `error_report:<event id>:<object>`) and, a partial
+    one, when its task last found it short."""
     with engine.connect() as connection:
-        listing = reports.list_reports(connection, page)
-        data = [report_json(row) for row in listing.data]
+        listing = reports.list_reports(connection, page, picked)
+        data = [report_json(row) | _found_short(row) for row in listing.data]
         found = runs.report_run_ids(connection, [item["event_id"] for item in data])
     for item in data:
         item["run_ids"] = found.get(item["event_id"], [])

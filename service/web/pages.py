@@ -159,12 +159,16 @@ def runs_page() -> str:
     if view not in RUN_VIEWS:
         raise BadParameter(f"view must be one of {'|'.join(RUN_VIEWS)}")
     page = params.page(request.args)
-    listing = {
-        "runs": lineage.list_runs,
-        "import_sets": lineage.list_import_sets,
-        "reports": lineage.list_reports,
-    }[view](engine(), page)
-    return render_template("runs.html", view=view, listing=listing, limit=page.limit)
+    if view == "reports":
+        found = params.report_filter(request.args)
+        listing = lineage.list_reports(engine(), page, found)
+        return render_template(
+            "runs.html", view=view, listing=listing, limit=page.limit, filters=found.as_query()
+        )
+    listing = {"runs": lineage.list_runs, "import_sets": lineage.list_import_sets}[view](
+        engine(), page
+    )
+    return render_template("runs.html", view=view, listing=listing, limit=page.limit, filters={})
 
 
 @bp.get("/runs/<int:run_id>")

@@ -12,6 +12,8 @@ from werkzeug.datastructures import MultiDict
 from service.db import DEFAULT_PAGE_LIMIT, MAX_ROW_ID, Page
 from service.errors import BadParameter, NotFound
 from service.jobs.store.quarantine import QuarantineFilter, positive_int
+from service.jobs.store.reports import ReportFilter
+from service.models import ErrorReportStatus
 from service.models.alerts import AlertSeverity, AlertStatus
 from service.models.inbox import InboxStatus
 
@@ -40,6 +42,58 @@ def quarantine_filter(args: Mapping[str, str]) -> QuarantineFilter:
     than once (`run=3&run=7`, as `run=3,7`): the rows of any of those runs; another filter
     given twice with different values is refused, as the re-run refuses it."""
     return QuarantineFilter.from_query(_one_each(args))
+
+
+class YesNo(StrEnum):
+    YES = "yes"
+    NO = "no"
+
+
+REPORT_FILTERS = ("status", "meter", "no_meter", "since", "until")
+
+
+def report_filter(args: Mapping[str, str]) -> ReportFilter:
+    """The error reports filter of a request. `status` takes several statuses, as `run` takes
+    several runs (`status=unmatched,partial` or `status=unmatched&status=partial`); `meter`,
+    `since` and `until` are read as the quarantine filter reads them (a date alone as `until`
+    is that whole day); another filter given twice with different values is refused."""
+    given = {name: _joined_or_one(args, name) for name in REPORT_FILTERS if name in args}
+    found = QuarantineFilter.from_query({k: given.get(k, "") for k in ("meter", "since", "until")})
+    no_meter = choice(given, "no_meter", YesNo)
+    if found.meter is not None and no_meter == YesNo.YES:
+        raise BadParameter("meter names a meter; no_meter=yes the reports without one")
+    return ReportFilter(
+        status=_statuses(given.get("status", "")),
+        meter=found.meter,
+        no_meter=None if no_meter is None else no_meter == YesNo.YES,
+        since=found.since,
+        until=found.until,
+    )
+
+
+def _joined_or_one(args: Mapping[str, str], name: str) -> str:
+    """A query value: statuses given more than once joined (`a,b`), another filter once."""
+    values = args.getlist(name) if isinstance(args, MultiDict) else [args[name]]
+    if name == "status":
+        return ",".join(value for value in values if value.strip())  # as `joined_runs`
+    return one_value(name, values)
+
+
+def _statuses(raw: str) -> tuple[ErrorReportStatus, ...]:
+    """`status`: one status, or several separated by commas; in a fixed order, each once."""
+    if raw.strip() == "":
+        return ()
+    parts = [part.strip() for part in raw.split(",")]
+    found = {_status(part) for part in parts}
+    return tuple(status for status in ErrorReportStatus if status in found)
+
+
+def _status(part: str) -> ErrorReportStatus:
+    try:
+        return ErrorReportStatus(part)
+    except ValueError:
+        allowed = "|".join(ErrorReportStatus)
+        raise BadParameter(f"status must be one of {allowed}, not {part[:40]!r}") from None
 
 
 def _one_each(args: Mapping[str, str]) -> Mapping[str, str]:

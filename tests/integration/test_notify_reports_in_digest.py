@@ -32,7 +32,17 @@ from tests.integration.test_remediation_tasks import Service, service  # noqa: F
 from tests.integration.test_report_edges import HEADER, _bucket, _imported, _report
 
 BASE = "https://mfx.example.com"
-REPORTS_PAGE = f"{BASE}/runs?view=reports"
+# the dashboard's reports left in the window (test_reports_view_filters.py follows the links)
+IN_WINDOW = "since=2026-11-29T00%3A00%3A00Z&until=2026-11-29T23%3A59%3A59.999999Z"
+REPORTS_PAGE = f"{BASE}/runs?view=reports&status=unmatched%2Cpartial&{IN_WINDOW}"
+
+
+def _page_of(status: str, meter: str | None) -> str:
+    """The link of a status x meter line: that status and meter's reports in the window."""
+    of_meter = f"meter={meter}" if meter else "no_meter=yes"
+    return f"{BASE}/runs?view=reports&status={status}&{of_meter}&{IN_WINDOW}"
+
+
 TRIGGERED = "v1.billing.meter.error_report_triggered"
 NOT_FOUND = "meter_event_customer_not_found"
 TOO_OLD = "timestamp_too_far_in_past"
@@ -99,9 +109,12 @@ def _seed_window(engine: Engine) -> None:
 
 
 LINES = [
-    f"  unmatched / mtr_api: 2 reports, 7 failed records: {NOT_FOUND} x6, {TOO_OLD} x1",
-    "  unmatched / (no meter): 1 report, 1 failed record: no_meter x1",
-    f"  partial / mtr_api: 2 reports, 5 failed records: {NOT_FOUND} x5",
+    f"  unmatched / mtr_api: 2 reports, 7 failed records: {NOT_FOUND} x6, {TOO_OLD} x1  "
+    + _page_of("unmatched", "mtr_api"),
+    "  unmatched / (no meter): 1 report, 1 failed record: no_meter x1  "
+    + _page_of("unmatched", None),
+    f"  partial / mtr_api: 2 reports, 5 failed records: {NOT_FOUND} x5  "
+    + _page_of("partial", "mtr_api"),
 ]
 
 
@@ -165,7 +178,8 @@ def test_reports_left_unmatched_or_partial_are_listed_per_meter_by_email(
     assert plain[at:].splitlines()[1:4] == LINES
     for left_out in ("x9", "Stripe's summary"):  # the reports not left in this window
         assert left_out not in plain
-    assert f'href="{REPORTS_PAGE}"' in html
+    for page in (REPORTS_PAGE, _page_of("unmatched", None), _page_of("partial", "mtr_api")):
+        assert f'href="{page.replace("&", "&amp;")}"' in html, page
     for cell in (
         ">unmatched<",
         ">mtr_api<",
@@ -194,9 +208,12 @@ def test_reports_left_unmatched_or_partial_are_listed_on_slack(
     assert title in texts, texts
     lines = texts[texts.index(title) :].splitlines()[1:4]
     assert lines == [
-        f"• unmatched / `mtr_api`: 2 reports, 7 failed records: {NOT_FOUND} ×6, {TOO_OLD} ×1",
-        "• unmatched / (no meter): 1 report, 1 failed record: no_meter ×1",
-        f"• partial / `mtr_api`: 2 reports, 5 failed records: {NOT_FOUND} ×5",
+        f"• <{_page_of('unmatched', 'mtr_api')}|unmatched> / `mtr_api`: 2 reports, "
+        f"7 failed records: {NOT_FOUND} ×6, {TOO_OLD} ×1",
+        f"• <{_page_of('unmatched', None)}|unmatched> / (no meter): 1 report, "
+        "1 failed record: no_meter ×1",
+        f"• <{_page_of('partial', 'mtr_api')}|partial> / `mtr_api`: 2 reports, "
+        f"5 failed records: {NOT_FOUND} ×5",
     ]
     assert "×9" not in texts
 
@@ -212,7 +229,8 @@ def test_a_window_whose_only_news_is_an_unmatched_report_is_sent(
     outcomes = _slack_sender(db_engine, make_settings, db_url, url).tick()
     assert [o.status for o in outcomes] == ["sent"]
     texts = _slack_texts(receiver)
-    assert f"• unmatched / `mtr_api`: 1 report, 3 failed records: {NOT_FOUND} ×3" in texts
+    line = f"• <{_page_of('unmatched', 'mtr_api')}|unmatched> / `mtr_api`: 1 report, "
+    assert line + f"3 failed records: {NOT_FOUND} ×3" in texts
 
 
 def test_more_meters_than_the_digest_lists_are_summed_in_one_line(
@@ -232,7 +250,7 @@ def test_more_meters_than_the_digest_lists_are_summed_in_one_line(
     ]
     assert lines[0] == (
         f"  unmatched / mtr_0: 1 report, 26 failed records: {NOT_FOUND} x20, code_0 x1, "
-        "code_1 x1, code_2 x1, code_3 x1, 2 more codes"
+        "code_1 x1, code_2 x1, code_3 x1, 2 more codes  " + _page_of("unmatched", "mtr_0")
     )
     assert lines[5] == "  and 2 more: 2 reports, 29 failed records"
     assert "mtr_5" not in plain and "mtr_6" not in plain

@@ -9,7 +9,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Join, exists, func, literal, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Join,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+)
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
@@ -41,8 +52,54 @@ def get_import_set(connection: Connection, import_set_id: str) -> dict[str, Any]
     return None if row is None else dict(row._mapping)
 
 
-def list_reports(connection: Connection, page: Page) -> Listing:
-    return keyset(connection, select(REPORTS), REPORTS.c.id, page)
+@dataclass(frozen=True)
+class ReportFilter:
+    """Which error reports the dashboard lists: of any of these statuses (none: every status),
+    of one meter or, with `no_meter`, of none (no) or of any (yes), and left between `since`
+    and `until` (both included), as the digest dates them (`left_at`)."""
+
+    status: tuple[ErrorReportStatus, ...] = ()
+    meter: str | None = None
+    no_meter: bool | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def as_query(self) -> dict[str, str]:
+        """The filter as query parameters (for the next page's link): statuses as `a,b`."""
+        values = {
+            "status": ",".join(self.status) or None,
+            "meter": self.meter,
+            "no_meter": None if self.no_meter is None else ("yes" if self.no_meter else "no"),
+            "since": None if self.since is None else self.since.isoformat(),
+            "until": None if self.until is None else self.until.isoformat(),
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+
+def list_reports(connection: Connection, page: Page, found: ReportFilter) -> Listing:
+    """The reports `found` picks, newest first, each with when its task last found it short
+    (`found_short_at`: its partial warning's last sighting, None without one)."""
+    query = select(REPORTS, ALERTS.c.last_seen_at.label("found_short_at"))
+    query = query.select_from(REPORTS.outerjoin(ALERTS, _partial_warning()))
+    return keyset(connection, query.where(*_report_conditions(found)), REPORTS.c.id, page)
+
+
+def _report_conditions(found: ReportFilter) -> list[ColumnElement[bool]]:
+    reports = REPORTS.c
+    where: list[ColumnElement[bool]] = []
+    if found.status:
+        where.append(reports.status.in_(found.status))
+    if found.meter is not None:
+        where.append(reports.meter_id == found.meter)
+    if found.no_meter is not None:
+        where.append(
+            reports.meter_id.is_(None) if found.no_meter else reports.meter_id.is_not(None)
+        )
+    if found.since is not None:
+        where.append(left_at() >= found.since)
+    if found.until is not None:
+        where.append(left_at() <= found.until)
+    return where
 
 
 def get_report(connection: Connection, event_id: str) -> dict[str, Any] | None:
@@ -350,11 +407,25 @@ def reports_left_between(
 def _left_between(start: datetime, end: datetime) -> tuple[Join, ColumnElement[bool]]:
     """The reports joined to their partial warning (if any), and the condition for them to
     be left in [start, end)."""
-    reports, alerts = REPORTS.c, ALERTS.c
-    warning = alerts.alert_key == literal(f"{PARTIAL_ALERT}:") + reports.event_id
-    concluded = func.coalesce(alerts.last_seen_at, reports.created_at)
-    where = reports.status.in_(UNREMEDIATED) & (concluded >= start) & (concluded < end)
-    return REPORTS.outerjoin(ALERTS, warning), where
+    concluded = left_at()
+    where = REPORTS.c.status.in_(UNREMEDIATED) & (concluded >= start) & (concluded < end)
+    return REPORTS.outerjoin(ALERTS, _partial_warning()), where
+
+
+def _partial_warning() -> ColumnElement[bool]:
+    """A report's partial warning (`PARTIAL_ALERT`), to outer-join the alerts on."""
+    return ALERTS.c.alert_key == literal(f"{PARTIAL_ALERT}:") + REPORTS.c.event_id
+
+
+def left_at() -> ColumnElement[datetime]:
+    """When a report (outer-joined to its partial warning) was left as it is: when it was
+    recorded (an unmatched one is found so then); a partial one, when its task last found it
+    short (the warning's last sighting; when it was recorded, without one). The digest counts
+    a report in the window holding this moment, and the dashboard's since/until filter by it."""
+    reports = REPORTS.c
+    found_short = func.coalesce(ALERTS.c.last_seen_at, reports.created_at)
+    partial = reports.status == ErrorReportStatus.PARTIAL
+    return case((partial, found_short), else_=reports.created_at)
 
 
 def _left_codes(
