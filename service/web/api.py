@@ -88,6 +88,15 @@ def runs() -> Response:
     return jsonify(lineage.list_runs(engine(), params.page(args)).as_json())
 
 
+@bp.get("/reports")
+def error_reports() -> Response:
+    """Meter error reports, newest first, with the dashboard's filters (`status`, `meter`,
+    `no_meter`, `since`, `until`): the ones left unmatched or partial are usage nobody fixes."""
+    args = _known(request.args, *params.REPORT_FILTERS, *PAGING)
+    found = params.report_filter(args)
+    return jsonify(lineage.list_reports(engine(), params.page(args), found).as_json())
+
+
 @bp.get("/runs/<int:run_id>")
 def run(run_id: int) -> Response:
     found = lineage.get_run(engine(), params.row_id(run_id, "run"))
