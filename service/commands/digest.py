@@ -62,7 +62,13 @@ def digest_command(dry_run: bool, since: str, channel: str | None) -> None:
         if outcome.status != "failed":
             click.echo(f"{outcome.channel}: {outcome.status}")
     if failed:
-        raise click.ClickException("; ".join(f"{o.channel} failed: {o.reason}" for o in failed))
+        raise click.ClickException("; ".join(_failure(o.channel, o.reason) for o in failed))
+
+
+def _failure(channel: str, reason: str | None) -> str:
+    """`slack failed: HTTP 400`: the channel named once (the adapters' reasons start with it)."""
+    text = reason or "unknown reason"
+    return f"{channel} failed: {text.removeprefix(f'{channel}: ')}"
 
 
 def _channels(name: str | None) -> list[Channel]:

@@ -49,7 +49,7 @@ class CodeLine:
     corrected: int
     quarantined: int
     change: int  # corrected + quarantined against the previous window
-    url: str
+    url: str | None  # its quarantined rows (none: a link to an empty list)
 
 
 @dataclass
@@ -211,7 +211,7 @@ def _codes(
             corrected=corrected,
             quarantined=quarantined,
             change=corrected + quarantined - sum(before.get(code, [0, 0])),
-            url=links.quarantine(code=code),
+            url=links.quarantine(code=code) if quarantined else None,
         )
         for code, (corrected, quarantined) in now.items()
         if corrected or quarantined

@@ -105,7 +105,8 @@ def _digest_blocks(d: Digest, title: str, oldest: str) -> list[dict[str, Any]]:
         },
     ]
     lines = [
-        f"• {link(c.url, c.code)}: {c.corrected} corrected, {c.quarantined} quarantined "
+        f"• {link(c.url, c.code) if c.url else escape(c.code)}: {c.corrected} corrected, "
+        f"{c.quarantined} quarantined "
         f"({c.change:+d})"
         for c in d.codes
     ]

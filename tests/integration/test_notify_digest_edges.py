@@ -218,3 +218,29 @@ def test_an_hourly_digest_still_retrying_is_not_taken_over_by_the_daily_one(
     later = _sender(db_engine, make_settings, db_url, url, now + timedelta(minutes=1)).tick()
     assert [(o.window.end, o.status) for o in later] == [(DAY + timedelta(days=1), "sent")]
     assert len(receiver.bodies) == 1
+
+
+def test_a_code_whose_rows_were_all_corrected_links_to_no_empty_quarantine_list(
+    db_engine: Engine,
+) -> None:
+    """Found walking the README as a new user: every per-code line linked to the quarantine
+    filtered by its code, a code whose rows were all corrected too: its link opened an empty
+    list ("No quarantined rows"), read as something gone missing. Such a line has no link; a
+    code with quarantined rows keeps its own."""
+    from service.notify.content import collect_digest
+
+    run_id = _run(db_engine, "mixed", DAY + HOUR, DAY + 2 * HOUR, 1)
+    with Session(db_engine) as session:
+        run = session.get(RemediationRun, run_id)
+        assert run is not None
+        run.by_code = {
+            "timestamp_in_future": {"corrected": 0, "quarantined": 1},
+            "meter_event_customer_not_found": {"corrected": 3, "quarantined": 0},
+        }
+        session.add(run)
+        session.commit()
+    window = Window(DAY, DAY + timedelta(days=1))
+    digest = collect_digest(db_engine, window, public_url=BASE, examples=False)
+    urls = {line.code: line.url for line in digest.codes}
+    assert urls["meter_event_customer_not_found"] is None
+    assert _linked_rows(db_engine, urls["timestamp_in_future"] or "") == {"mixed-0"}

@@ -261,9 +261,9 @@ def test_the_digest_command(sqlite_url: str, make_settings: Any, make_app: Any) 
         app = make_app(make_settings(database_url=sqlite_url, slack_webhook_url=url))
         failed = app.test_cli_runner().invoke(args=["digest", "--channel", "slack"])
         sent = app.test_cli_runner().invoke(args=["digest", "--since", "23h"])
-    assert failed.exit_code == 1 and "slack failed: slack: HTTP 400" in failed.output
+    assert failed.exit_code == 1 and "slack failed: HTTP 400" in failed.output
     lines = failed.output.strip().splitlines()
-    assert lines[-1] == "Error: slack failed: slack: HTTP 400: error"
+    assert lines[-1] == "Error: slack failed: HTTP 400: error"  # the channel named once
     assert not [x for x in lines if "SECRETPART" in x and "POST /services/" not in x]
     assert sent.exit_code == 0 and sent.output.endswith("\nslack: sent\n")
     assert receiver.bodies[-1]["blocks"][0]["type"] == "header"
