@@ -24,7 +24,7 @@ ServiceError                    reason: one line, no secrets
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -93,6 +93,8 @@ class HorizonPassed(ServiceError):
 
     def __init__(self, stale: Sequence[SentBatch]) -> None:
         first = min(b.first_sent_at for b in stale)
+        # in UTC whatever zone it was read in (PostgreSQL: the session's; SQLite: naive UTC)
+        first = first.replace(tzinfo=UTC) if first.tzinfo is None else first.astimezone(UTC)
         rows = sum(b.rows for b in stale)
         super().__init__(
             f"{len(stale)} unacknowledged batches ({rows} rows) were first sent at "

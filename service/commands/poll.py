@@ -13,9 +13,11 @@ from flask.cli import with_appcontext
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from remediation.ports import ObjectInfo
 from service.commands._signals import stop_on_signals
 from service.models import ObjectStatus
 from service.poller.job import poll_forever
+from service.poller.lock import poller_lock
 from service.poller.passes import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
 from service.poller.retry import describe, find_retry, reopen
 from service.runtime import runtime
@@ -60,11 +62,11 @@ def poll_command(once: bool, retry_key: str | None, yes: bool) -> None:
     poll_forever(deps, stop, rt.settings.mfx_poll_interval, on_report=_echo)
 
 
-def _one_pass(deps: PollerDeps) -> PassReport:
+def _one_pass(deps: PollerDeps, *, locked: bool = False) -> PassReport:
     with _progress_bar() as progress:
         deps.progress = progress
         try:
-            return run_poll_pass(deps)
+            return run_poll_pass(deps, locked=locked)
         except SQLAlchemyError as exc:
             raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
         except Exception as exc:  # the bucket cannot be listed: the pass could not run
@@ -73,27 +75,54 @@ def _one_pass(deps: PollerDeps) -> PassReport:
 
 def _retry(deps: PollerDeps, key: str, *, confirmed: bool) -> None:
     """Say what a retry re-sends, ask for --yes past the 23 h horizon, then one pass over
-    that object only; non-zero when it did not import."""
+    that object only; non-zero when it did not import. All of it under the poller lock: a
+    pass of another poller may be sending the object's batches (their records must stay)."""
+    with poller_lock(deps.engine) as acquired:
+        if not acquired:
+            raise click.ClickException(
+                "another poller is running a pass: nothing sent, nothing changed; try again "
+                "when it ends"
+            )
+        report = _retry_locked(deps, key, confirmed=confirmed)
+    if report is None:
+        return
+    _echo(report)
+    if not report.listed:
+        raise click.ClickException(f"{key} left the bucket during the retry; see above")
+    if report.imported + report.indexed == 0:
+        raise click.ClickException(f"{key} was not imported; see above")
+
+
+def _retry_locked(deps: PollerDeps, key: str, *, confirmed: bool) -> PassReport | None:
     plan = find_retry(deps.engine, key, deps.bucket.prefix, deps.clock())
     if plan is None:
         raise click.ClickException(f"the poller has no record of {key}")
     if plan.status not in (ObjectStatus.SEEN, ObjectStatus.FAILED):
         click.echo(f"{plan.obj.key} is {plan.status}: nothing to retry")
-        return
+        return None
+    _check_still_listed(deps, plan.obj)
     for line in describe(plan):
         click.echo(line)
     if plan.needs_yes and not confirmed:
         raise click.ClickException("nothing sent: pass --yes to re-send those batches")
     reopen(deps.engine, plan, confirmed=confirmed)
     deps.only = {(plan.obj.key, plan.obj.etag)}
-    report = _one_pass(deps)
-    _echo(report)
-    if report.ran and not report.listed:
-        raise click.ClickException(
-            f"{plan.obj.key} (ETag {plan.obj.etag}) is no longer in the bucket"
-        )
-    if not report.ran or report.imported + report.indexed == 0:
-        raise click.ClickException(f"{plan.obj.key} was not imported; see above")
+    return _one_pass(deps, locked=True)
+
+
+def _check_still_listed(deps: PollerDeps, obj: ObjectInfo) -> None:
+    """A version the bucket no longer holds cannot be sent: nothing of its records changes
+    (they are how other versions know which of its rows went out)."""
+    try:
+        current = deps.bucket.head(obj.key)
+    except Exception as exc:  # the bucket cannot be read: one clear line
+        raise click.ClickException(f"cannot read {obj.key} in the bucket: {exc}") from exc
+    if current is not None and current.etag == obj.etag:
+        return
+    now = f"; it now holds ETag {current.etag}, which a pass takes" if current else ""
+    raise click.ClickException(
+        f"{obj.key} (ETag {obj.etag}) is no longer in the bucket{now}: nothing sent"
+    )
 
 
 @contextmanager

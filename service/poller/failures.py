@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
@@ -119,13 +119,13 @@ def raise_gave_up(
         hours = round(give_up_after / 3600, 1)
         subject = f"{obj.key}: import failing for {hours} h; the poller gave up"
         deadline = (
-            f"before {oldest + RESEND_HORIZON:%Y-%m-%d %H:%M} UTC (later, it asks for --yes: "
+            f"before {_utc(oldest + RESEND_HORIZON)} UTC (later, it asks for --yes: "
             "Stripe may no longer dedupe the rows it re-sends)"
             if oldest
             else "(no unacknowledged batch is waiting: nothing would be sent twice)"
         )
         todo = (
-            f"Failing since {verdict.failing_since:%Y-%m-%d %H:%M} UTC. Fix the cause (Stripe's "
+            f"Failing since {_utc(verdict.failing_since)} UTC. Fix the cause (Stripe's "
             f"status, the API key, the network), then run `{retry}` {deadline}."
         )
     raise_alert(
@@ -140,6 +140,11 @@ def raise_gave_up(
         links={"objects": [obj.key]},
     )
     log_event("poller.gave_up", level=logging.ERROR, key=obj.key, why=verdict.why)
+
+
+def _utc(moment: datetime) -> str:
+    """PostgreSQL gives a time back in the session's time zone: printed in UTC, as labelled."""
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M}"
 
 
 def resolve_gave_up(engine: Engine, obj: ObjectInfo) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Container, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -127,11 +128,12 @@ def build_poller_deps(runtime: Runtime, *, progress: Progress | None = None) -> 
     )
 
 
-def run_poll_pass(target: PollerDeps | Runtime) -> PassReport:
-    """One pass. `target` is PollerDeps, or a Runtime (adapters are then built for it)."""
+def run_poll_pass(target: PollerDeps | Runtime, *, locked: bool = False) -> PassReport:
+    """One pass. `target` is PollerDeps, or a Runtime (adapters are then built for it).
+    `locked`: the caller holds the poller lock (`poll --retry` decides under it what to send)."""
     deps = target if isinstance(target, PollerDeps) else build_poller_deps(target)
     _beat(deps, "pass")
-    with poller_lock(deps.engine) as acquired:
+    with nullcontext(True) if locked else poller_lock(deps.engine) as acquired:
         if not acquired:
             log_event("poller.pass_skipped", reason="another instance holds the poller lock")
             return PassReport(ran=False)

@@ -390,23 +390,6 @@ class ProgressStore:
             )
         return acked
 
-    def forget_unacked(self, object_id: int) -> int:
-        """An operator decided to send the unacknowledged batches again past the horizon:
-        their records go (the next send is their new first send); how many were dropped. A
-        batch acknowledged past the prefix stays: a pass leaves it out (its rows are billed)."""
-        with self.engine.begin() as conn:
-            acked = select(OBJECTS.c.acked_batches).where(OBJECTS.c.id == object_id)
-            result = conn.execute(
-                delete(BATCHES).where(
-                    and_(
-                        BATCHES.c.object_id == object_id,
-                        BATCHES.c.batch_number >= acked.scalar_subquery(),
-                        BATCHES.c.acked_at.is_(None),
-                    )
-                )
-            )
-        return int(result.rowcount or 0)
-
     def batch_count(self, object_id: int) -> int:
         with self.engine.connect() as conn:
             query = select(func.count()).where(BATCHES.c.object_id == object_id)

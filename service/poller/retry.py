@@ -3,13 +3,14 @@
 Before anything is sent it says what a retry re-sends: the batches sent before and never
 acknowledged (rows, first send times). Past the 23 h horizon those may no longer be deduped
 by Stripe, so re-sending them needs the operator's explicit `--yes`, recorded as an admin
-action; their send records are then dropped, so the 23 h horizon counts from the new send.
+action; the records of those batches (only those) are then dropped, so their 23 h horizon
+counts from the new send. All of it runs under the poller lock (service.commands.poll).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
@@ -20,6 +21,7 @@ from service.poller.progress import ObjectProgress, ProgressStore, SentBatch
 from service.poller.store import PollerStore, newest_object
 
 ACTIONS = table_of(AdminAction)
+MAX_SPANS_SHOWN = 5  # row spans printed; the count of rows covers them all
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,9 @@ class RetryPlan:
 
 
 def find_retry(engine: Engine, key: str, prefix: str, now: datetime) -> RetryPlan | None:
-    """The newest version of `key` (as stored, or under the bucket prefix) the poller knows."""
-    row = newest_object(engine, {key, prefix + key})
+    """The newest version of `key` the poller knows: the key as stored, else under the bucket
+    prefix (never the newer of the two: `in/a.csv` is not `in/in/a.csv`)."""
+    row = newest_object(engine, {key}) or newest_object(engine, {prefix + key})
     if row is None:
         return None
     obj = ObjectInfo(
@@ -63,7 +66,8 @@ def describe(plan: RetryPlan) -> list[str]:
         lines.append(f"It re-sends {_batches(unacked)}, sent before and never acknowledged.")
     if plan.stale:
         lines.append(
-            f"{_batches(plan.stale)} were first sent more than 23 h ago: Stripe may no longer "
+            f"{_batches(plan.stale)} {'was' if len(plan.stale) == 1 else 'were'} first sent "
+            "more than 23 h ago: Stripe may no longer "
             "dedupe their identifiers, so rows it already accepted would be billed twice."
         )
     return lines
@@ -73,7 +77,10 @@ def reopen(engine: Engine, plan: RetryPlan, *, confirmed: bool) -> None:
     """Make the object due now; with `confirmed` (--yes) drop the stale send records."""
     forgotten = 0
     if plan.stale and confirmed:
-        forgotten = ProgressStore(engine).forget_unacked(plan.progress.object_id)
+        # only the batches the operator decided on: a younger one keeps its first send
+        # time (dropped, the horizon would count from the retry, past Stripe's dedupe window)
+        stale = [batch.number for batch in plan.stale]
+        forgotten = ProgressStore(engine).forget_unsent(plan.progress.object_id, stale)
     PollerStore(engine).reopen(plan.obj)
     # The admin action of `poll --retry`: admin actions have no store of their own outside
     # the dashboard's (service.web.store), which the poller may not import.
@@ -98,9 +105,26 @@ def reopen(engine: Engine, plan: RetryPlan, *, confirmed: bool) -> None:
 
 
 def _batches(batches: tuple[SentBatch, ...]) -> str:
-    first_row = min(b.first_row for b in batches)
-    last_row = max(b.first_row + b.rows - 1 for b in batches)
-    first = min(b.first_sent_at for b in batches)
-    last = max(b.first_sent_at for b in batches)
+    """`2 batches (rows 501 to 600 and 1501 to 1600: 200 rows, first sent ... UTC)`: the rows
+    each batch spans (the acknowledged ones between them are not sent again)."""
+    spans = _row_spans(batches)
+    shown = " and ".join(f"{first} to {last}" for first, last in spans[:MAX_SPANS_SHOWN])
+    more = f" and {len(spans) - MAX_SPANS_SHOWN} more spans" if len(spans) > MAX_SPANS_SHOWN else ""
+    rows = sum(last - first + 1 for first, last in spans)
+    first = min(b.first_sent_at for b in batches).astimezone(UTC)  # PostgreSQL: session's zone
+    last = max(b.first_sent_at for b in batches).astimezone(UTC)
     when = f"{first:%Y-%m-%d %H:%M:%S}" + (f" to {last:%Y-%m-%d %H:%M:%S}" if last != first else "")
-    return f"{len(batches)} batches (rows {first_row} to {last_row}, first sent {when} UTC)"
+    count = f"{len(batches)} batch" + ("es" if len(batches) != 1 else "")
+    return f"{count} (rows {shown}{more}: {rows} rows, first sent {when} UTC)"
+
+
+def _row_spans(batches: tuple[SentBatch, ...]) -> list[tuple[int, int]]:
+    """(first row, last row) of the batches, adjacent ones merged."""
+    spans: list[tuple[int, int]] = []
+    for batch in sorted(batches, key=lambda b: b.first_row):
+        first, last = batch.first_row, batch.first_row + batch.rows - 1
+        if spans and first <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], last))
+        else:
+            spans.append((first, last))
+    return spans

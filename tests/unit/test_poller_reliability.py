@@ -99,3 +99,17 @@ def test_sent_rows_bitmap() -> None:
     for row in (1, 8, 17):
         bitmap[row >> 3] |= 1 << (row & 7)
     assert [row for row in range(30) if row_was_sent(bitmap, row)] == [1, 8, 17]
+
+
+def test_the_horizon_reason_gives_the_first_send_in_utc_whatever_zone_it_was_read_in() -> None:
+    """PostgreSQL gives timestamps back in the session's time zone: a first send read in New
+    York was printed as it came, labelled UTC (five hours off) in the object's error, the
+    alert and `poll --retry`. A naive time (SQLite) is UTC."""
+    from zoneinfo import ZoneInfo
+
+    sent = NOW - timedelta(hours=24)
+    zoned = sent.astimezone(ZoneInfo("America/New_York"))
+    naive = sent.replace(tzinfo=None)
+    for first in (zoned, naive):
+        stale = (SentBatch(3, 301, 100, first, None),)
+        assert "first sent at 2026-11-24 12:00 UTC" in str(HorizonPassed(stale)), first
