@@ -81,6 +81,17 @@ def json_float(text: str) -> float:
     return value if repr(value) == text else JsonNumber(text)
 
 
+def underflows(text: str, value: float) -> bool:
+    """Whether `value`, the float of the JSON number `text` written with an exponent, is 0
+    while the number is not (`1e-400`: past a float's range the other way; judged by that
+    value, it was sent to Stripe as `0`). A plain decimal so small keeps its text, by which
+    it is judged (`0.000…1`, its 400 places)."""
+    if value != 0 or ("e" not in text and "E" not in text):
+        return False
+    mantissa = text.replace("E", "e").partition("e")[0]
+    return mantissa.strip("-+.0") != ""
+
+
 _EXACT = json.JSONDecoder(parse_float=json_float)
 _EXACT_SIGNED = json.JSONDecoder(parse_float=json_float, parse_int=json_int)
 

@@ -39,6 +39,10 @@ CHUNK_CHARS = 64 * 1024
 LINE_BLOCK_CHARS = 1 << 18  # JSON Lines text read at once
 MAX_JSON_ELEMENT_CHARS = MAX_LINE_CHARS
 RAW_KEPT = 1024  # characters of an unreadable line kept in its quarantined row
+# Keys a row may name, its own and its payload's (each one a column of its batch, worked on by
+# every check and writer: a row of 1,000,000 ran for over 9 minutes, past 7 GB); a meter reads
+# a few. Stripe publishes no bound: assumed, far above any usage row.
+MAX_ROW_KEYS = 1000
 JSON_SPACE = " \t\r\n"  # what JSON calls whitespace (RFC 8259), all a line is trimmed of
 
 
@@ -342,6 +346,9 @@ def parse_line(text: str, depth: int) -> tuple[object, str | None]:
         return None, f"is nested deeper than {depth} levels"
     except ValueError:  # int() refuses a number of more than 4300 digits
         return None, "holds a number too long to read (thousands of digits)"
+    too_many = _too_many_keys(obj)
+    if too_many is not None:
+        return None, too_many
     keys = _keys(obj)
     if text.count(":") > keys:  # else no key was named twice: see `_duplicate_key`
         duplicate = _duplicate_key(text, 0, len(text), keys, multiline=False)
@@ -402,6 +409,17 @@ def _lone_surrogate(value: object) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def _too_many_keys(obj: object) -> str | None:
+    """Why a decoded row names more keys than a row may (`MAX_ROW_KEYS`), or None."""
+    if type(obj) is not dict:
+        return None
+    payload = obj.get("payload")
+    named = len(obj) + (len(payload) if type(payload) is dict else 0)
+    if named <= MAX_ROW_KEYS:
+        return None
+    return f"names {named} keys (its own and its payload's); at most {MAX_ROW_KEYS} are read"
 
 
 def _keys(obj: object) -> int:
@@ -484,12 +502,20 @@ class _JsonArrayStream:
         self.odd = self.odd or text
         return 0.0
 
-    def fill(self) -> bool:
+    def fill(self, size: int | None = None) -> bool:
         if self.text is None:
             return False
-        chunk = self.text.read(CHUNK_CHARS)
+        chunk = self.text.read(size or CHUNK_CHARS)
         self.buf, self.pos = self.buf[self.pos :] + chunk, 0
         return bool(chunk)
+
+    def fill_more(self) -> bool:
+        """`fill` for an element not yet whole: as much again as is held of it (at least a
+        chunk, not past the element bound), so that decoding it again from its start as more
+        comes in costs time in its length (a chunk at a time, in its square: a 12 MB element
+        took 27 s, as a JSON line 3 s)."""
+        held = len(self.buf) - self.pos
+        return self.fill(max(CHUNK_CHARS, min(held, MAX_JSON_ELEMENT_CHARS + 1 - held)))
 
     def peek(self) -> str:
         """Next non-blank character ("" at end of input)."""
@@ -543,7 +569,7 @@ class _JsonArrayStream:
                     raise UnreadableFile(
                         f"item {number} is longer than {MAX_JSON_ELEMENT_CHARS} characters"
                     ) from exc
-                if not self.fill():
+                if not self.fill_more():
                     raise UnreadableFile(f"invalid JSON in item {number}: {exc.msg}") from exc
                 continue
             except RecursionError:  # the decoder's own guard, far past `depth`
@@ -582,7 +608,7 @@ class _JsonArrayStream:
                 raise UnreadableFile(
                     f"item {number} is longer than {MAX_JSON_ELEMENT_CHARS} characters"
                 )
-            if not self.fill():
+            if not self.fill_more():
                 if self.buf[self.pos] in "[{":
                     raise UnreadableFile(
                         f"invalid JSON in item {number}: an array or object not closed"
@@ -613,6 +639,9 @@ class _JsonArrayStream:
         if brackets > self.depth and json_depth_over(buf[start:end], self.depth):
             reason = f"element is nested deeper than {self.depth} levels"
             return _Refused(buf[start:end], reason)
+        too_many = _too_many_keys(value)
+        if too_many is not None:
+            return _Refused(buf[start:end], f"element {too_many}")
         duplicate = _duplicate_key(buf, start, end, _keys(value))
         if duplicate is not None:
             reason = f"element names key {duplicate!r} twice in one object; nothing guessed"

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from remediation.codes import ErrorCode
-from remediation.jsonnumbers import JsonNumber
+from remediation.jsonnumbers import JsonNumber, underflows
 from remediation.limits import (
     CONTROL,
     DEFAULT_LIMITS,
@@ -108,7 +108,7 @@ def plain_number(raw: object) -> str | None:
         # was (a row of a usage file counted valid is never sent again: judged otherwise now,
         # a billed `1e2` would be corrected and sent a second time)
         number = float(raw)
-        if abs(number) >= PLAIN_FLOAT_BELOW:
+        if abs(number) >= PLAIN_FLOAT_BELOW or underflows(text, number):
             return None
         text = str(int(number)) if number.is_integer() else repr(number)
         return text if "e" not in text else None
