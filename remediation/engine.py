@@ -31,6 +31,7 @@ from remediation.core.decide import BatchDecider, Decided
 from remediation.core.jsonarray import json_array_batches
 from remediation.core.jsonlout import JsonlOut
 from remediation.core.jsonlread import jsonl_batches
+from remediation.core.leftout import without
 from remediation.core.recordout import RecordOut
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
@@ -39,7 +40,7 @@ from remediation.jsonreaders import JsonArrayRecords, JsonlRecords
 from remediation.meters import Meter, customer_keys
 from remediation.outcomes import AuditSink, QuarantinedRow, Tally
 from remediation.outputs import PlannedOutput
-from remediation.ports import CustomerDirectory
+from remediation.ports import CustomerDirectory, LeavesOut
 from remediation.readers import CsvRecords
 from remediation.records import PAYLOAD_PREFIX, UsageRecord
 from remediation.rules import Rules
@@ -104,6 +105,7 @@ def remediate(
     on_progress: Callable[[int], None] | None = None,
     audit_output: bool = False,
     loop_protection: bool = True,
+    leave_out: Sequence[LeavesOut] = (),
 ) -> RemediationResult:
     """Correct what the rules allow, quarantine the rest; see the module docstring.
 
@@ -116,7 +118,9 @@ def remediate(
     `lineage`: which identifiers of the input we wrote (see `identifiers`).
     `loop_protection`: a row we corrected (per lineage) that fails again with the same code is
     quarantined, not corrected again; off only for an operator's explicit re-run of
-    quarantined rows after a rules change (service.jobs.quarantine_rerun)."""
+    quarantined rows after a rules change (service.jobs.quarantine_rerun).
+    `leave_out`: rows left out of the run by identifier, each batch as it is read
+    (`core.leftout`): not read, written or counted."""
     _use_lean_allocators()
     index = MeterIndex(meters, value_precision=rules.value_precision, limits=rules.policy.limits)
     ctx = Context(index, rules, now, customers, header_aliases=_header_aliases(records))
@@ -165,7 +169,7 @@ def remediate(
     try:
         behind = on_audit is not None or not isinstance(records, CsvRecords)
         with _FEWER_COLLECTIONS, _RUN_POOL, WriteBehind(put, written, write, behind) as writer:
-            for batch in batches(records, ahead=writer.ahead):
+            for batch in without(batches(records, ahead=writer.ahead), leave_out):
                 writer.put(decider.decide(batch))
                 del batch  # freed before the next batch is read, not after
                 trim_heap()

@@ -24,7 +24,6 @@ late-delivered older import set is no later one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -32,7 +31,6 @@ from typing import NamedTuple
 from sqlalchemy import Engine
 
 from remediation.ports import Bucket
-from remediation.records import UsageRecord
 from service.errors import StripeFileError, TaskInputMissing
 from service.jobs.inputs import JobDeps, download, event_time, identifiers_in
 from service.jobs.store import reports
@@ -55,7 +53,6 @@ from service.jobs.store.runs import (
 )
 from service.logs import log_event
 from service.models import ImportSet, RemediationRun
-from service.poller.store import lookup_batches
 
 
 def object_sources(engine: Engine, bucket: Bucket, key: str | None) -> list[str]:
@@ -66,8 +63,8 @@ def object_sources(engine: Engine, bucket: Bucket, key: str | None) -> list[str]
 
 
 class LeftOut:
-    """The records without those whose identifier `excluded` names (`left`: how many), asked
-    a batch of identifiers at a time (`poller.store.lookup_batches`)."""
+    """Rows a run leaves out: those whose identifier `excluded` names (`left`: how many),
+    asked a chunk of a batch's identifiers at a time (`remediation.ports.LeavesOut`)."""
 
     left = 0
 
@@ -81,14 +78,8 @@ class LeftOut:
         log_event(event, level=logging.WARNING, rows=self.left, **fields)
         return f"; {self.left} {what}"
 
-    def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-        for batch, identifiers in lookup_batches(records):
-            excluded = self.excluded(identifiers)
-            for record in batch:
-                if record.identifier in excluded:
-                    self.left += 1
-                    continue
-                yield record
+    def count_left(self, rows: int) -> None:
+        self.left += rows
 
 
 def runs_refused_before(engine: Engine, run_ids: list[int], moment: datetime) -> set[int]:
@@ -152,10 +143,9 @@ class HandledElsewhere(LeftOut):
         if self.chain and refused is not None:
             self.earlier = runs_refused_before(engine, self.runs, refused.at)
 
-    def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-        return super().__call__(records) if self.runs else records
-
     def excluded(self, identifiers: set[str]) -> set[str]:
+        if not self.runs:  # no other run took rows of the object: nothing to look up
+            return set()
         listed = sorted(identifiers)
         again: set[str] = set()
         if self.refused is not None and self.chain:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from remediation.filetypes import FileFormat
+from remediation.ports import LeavesOut
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
 from service.errors import TaskInputMissing
@@ -98,14 +99,11 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
             refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
             elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
 
-            def transform(records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-                return elsewhere(taken(rows(records)))
-
             _run_file(
                 deps.run,
                 request,
                 path,
-                transform,
+                leave_out=(rows, taken, elsewhere),
                 allow_none=lambda: rows.left + taken.left + elsewhere.left > 0,
             )
             left = rows.outcome() + elsewhere.outcome() + taken.outcome()
@@ -159,14 +157,11 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
             refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
             elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
 
-            def transform(records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-                fresh = rows(records)
-                return elsewhere(sent(fresh) if taken is None else taken(fresh))
-
             def none_left() -> bool:
                 return rows.left + sent.sent + elsewhere.left + (taken.left if taken else 0) > 0
 
-            _run_file(deps.run, request, path, transform, allow_none=none_left)
+            leave_out = (rows, sent if taken is None else taken, elsewhere)
+            _run_file(deps.run, request, path, leave_out=leave_out, allow_none=none_left)
             left = rows.outcome() + elsewhere.outcome() + _sent_before(sent.sent, run_key, source)
             left += taken.outcome() if taken else ""
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
@@ -267,15 +262,17 @@ def _run_file(
     path: Path,
     transform: RecordsTransform | None = None,
     allow_none: Callable[[], bool] = lambda: False,
+    leave_out: Sequence[LeavesOut] = (),
 ) -> None:
     """Read `path` with the whole-file repairs applied and run it. A file with no rows at
-    all is a failure a person must look at (Stripe said rows failed), unless `transform`
-    left them all out for a reason of its own (`allow_none()`, asked after the run)."""
+    all is a failure a person must look at (Stripe said rows failed), unless `transform` or
+    `leave_out` (rows left out by identifier, on the run's columns) left them all out for a
+    reason of its own (`allow_none()`, asked after the run)."""
     plan = plan_input(path, ctx.rules)
     run = RunRequest(**{**request.__dict__, "fmt": plan.fmt, "columns": plan.columns or None})
     with path.open("rb") as stream:
         records = read_repaired(stream, plan, ctx.rules)
-        done = execute_run(ctx, run, transform(records) if transform else records)
+        done = execute_run(ctx, run, transform(records) if transform else records, leave_out)
     if done.input_rows == 0 and not allow_none():
         raise TaskInputMissing(f"{request.source} has no usage rows to remediate")
 
@@ -299,6 +296,12 @@ class _SourceRows:
         sent = sent_moments(self.engine, identifiers)
         held = refused_among(self.engine, self.refused_by, sorted(sent)) if sent else {}
         return {i for i, at in sent.items() if i not in held or held[i] <= at}
+
+    # `remediation.ports.LeavesOut`, for rows that keep their own numbers (`key` None)
+    excluded = _sent
+
+    def count_left(self, rows: int) -> None:
+        self.sent += rows
 
     def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
         for batch, identifiers in lookup_batches(records):

@@ -28,7 +28,7 @@ from remediation.identifiers import Lineage
 from remediation.meters import Meter
 from remediation.outcomes import QuarantinedRow as Quarantined
 from remediation.outputs import PlannedOutput
-from remediation.ports import Bucket, CustomerDirectory
+from remediation.ports import Bucket, CustomerDirectory, LeavesOut
 from remediation.records import UsageRecord
 from remediation.rules import Rules
 from service.adapters.bucket import output_key
@@ -82,7 +82,10 @@ class RunContext:
 
 
 def execute_run(
-    ctx: RunContext, request: RunRequest, records: Iterable[UsageRecord]
+    ctx: RunContext,
+    request: RunRequest,
+    records: Iterable[UsageRecord],
+    leave_out: Sequence[LeavesOut] = (),
 ) -> RemediationRun:
     """Remediate `records`, upload the outputs, record everything; idempotent per run key."""
     done = finished_run(ctx.engine, request.run_key)
@@ -119,6 +122,7 @@ def execute_run(
                 rejected=request.rejected,
                 loop_protection=request.loop_protection,
                 audit_output=True,  # uploaded with the outputs
+                leave_out=leave_out,
             )
         outputs = list(result.outputs) + ([result.audit] if result.audit else [])
         uploaded = _upload_while_loading(ctx, request, outputs, audit, stages)
