@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import SplitResult, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -36,7 +40,10 @@ class SQLiteSynchronous(StrEnum):
 class Settings(BaseSettings):
     """Every knob of the service. Field names map to the upper-case variables in the README."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a refused value may be a secret (a Slack URL, a database password)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True
+    )
 
     stripe_api_key: str = ""
     stripe_webhook_secrets: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -138,6 +145,7 @@ class Settings(BaseSettings):
     @field_validator(
         "stripe_webhook_tolerance",
         "mfx_max_body_bytes",
+        "mfx_poll_interval",
         "mfx_max_attempts",
         "mfx_worker_lease",
         "mfx_task_time_limit",
@@ -149,6 +157,73 @@ class Settings(BaseSettings):
     def _positive(cls, value: int) -> int:
         if value <= 0:
             raise ValueError("must be a positive number")
+        return value
+
+    @field_validator("mfx_worker_interval")
+    @classmethod
+    def _positive_seconds(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:  # 0 or nan: a busy loop; inf: a crash
+            raise ValueError("must be a positive number of seconds")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        """SQLite and PostgreSQL through psycopg 3 (what is installed and what the SQL of
+        `service.db` is written for); never quotes the URL (it may hold a password). The
+        `postgres://` and `postgresql://` platforms hand out (Heroku, Render) are read as
+        psycopg 3's: SQLAlchemy took the first for no database and the second for psycopg2,
+        which is not installed."""
+        for spelling in ("postgres://", "postgresql://"):
+            if value.startswith(spelling):
+                return "postgresql+psycopg://" + value[len(spelling) :]
+        if not value.startswith(_DATABASE_URL_PREFIXES):
+            raise ValueError("must be sqlite:///PATH or postgresql+psycopg://user@host/db")
+        return value
+
+    @field_validator("bucket_url")
+    @classmethod
+    def _bucket_url(cls, value: str) -> str:
+        """`file://` alone opened the working directory as the bucket."""
+        if value.startswith("s3://") and value[len("s3://") :].partition("/")[0]:
+            return value
+        if value.startswith("file://") and value[len("file://") :]:
+            return value
+        raise ValueError("must be s3://BUCKET[/PREFIX] or file://PATH")
+
+    @field_validator("mfx_public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        """The dashboard links in messages are this plus a path: it needs a scheme and a
+        host, and a query or fragment would end up in the middle of every link."""
+        parts = _web_address(value)
+        if parts is None or parts.query or parts.fragment:
+            raise ValueError("must be http(s)://HOST[:PORT][/PATH], without ? or #")
+        return value
+
+    @field_validator("slack_webhook_url")
+    @classmethod
+    def _slack_webhook_url(cls, value: str) -> str:
+        if value and _web_address(value) is None:  # a secret: never quoted
+            raise ValueError("must be the https://hooks.slack.com/… URL Slack gave (or empty)")
+        return value
+
+    @field_validator("digest_email_to", "digest_email_from")
+    @classmethod
+    def _email_addresses(cls, value: str) -> str:
+        """Comma-separated `name@domain` addresses (empty: unset)."""
+        addresses = [part.strip() for part in value.split(",") if part.strip()]
+        if any(not _EMAIL_ADDRESS.fullmatch(address) for address in addresses):
+            raise ValueError("must be comma-separated addresses such as name@domain")
+        return value
+
+    @field_validator("digest_tz")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("is not a known time zone (use e.g. UTC or Europe/Paris)") from exc
         return value
 
     def redacted(self) -> dict[str, object]:
@@ -172,6 +247,20 @@ def load_settings() -> Settings:
 def settings_problems(exc: ValidationError) -> str:
     """`MFX_WORKER_LEASE: Value error, must be a positive number; ...`: one line."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+
+
+_DATABASE_URL_PREFIXES = ("sqlite://", "sqlite+pysqlite://", "postgresql+psycopg://")
+_EMAIL_ADDRESS = re.compile(r"[^@\s,<>]+@[^@\s,<>]+")
+
+
+def _web_address(value: str) -> SplitResult | None:
+    """`value` split when it is an http(s) URL with a host (and a numeric port), else None."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        return None
+    return parts if parts.scheme in ("http", "https") and parts.hostname else None
 
 
 # Stripe dedupes meter event identifiers for at least 24 hours; we stay an hour inside.

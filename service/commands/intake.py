@@ -20,6 +20,7 @@ from service.config import Settings
 from service.errors import SchemaNotCurrent
 from service.logs import log_event
 from service.notify.schedule import start_notify_jobs
+from service.notify.windows import DigestSchedule
 from service.poller.job import start_poller_job
 from service.runtime import Runtime, runtime
 from service.web.access import login_banner
@@ -59,6 +60,7 @@ def serve_command(port: int, host: str) -> None:
 def worker_command(once: bool) -> None:
     """Process the inbox and remediation tasks (and run the poller when MFX_POLLER is set)."""
     rt = runtime()
+    _check_notify_settings(rt)
     worker = InboxWorker(rt.engine, rt.settings, hard_time_limit=True)
     try:
         worker.check_database()
@@ -85,6 +87,17 @@ def worker_command(once: bool) -> None:
         code = RESTART_EXIT_CODE  # the supervisor starts a fresh worker process at once
     rt.close()
     _exit_worker_process(code)
+
+
+def _check_notify_settings(rt: Runtime) -> None:
+    """DIGEST_EVERY and SMTP_URL, read as the notify jobs read them, before anything runs: in
+    the notify thread a bad one was only logged, and the worker ran on with no digest, no
+    critical alert and no retention purge."""
+    try:
+        DigestSchedule(rt.settings.digest_every, rt.settings.digest_tz)
+        rt.channels  # noqa: B018
+    except ValueError as exc:  # the message names the setting, never the SMTP password
+        raise click.ClickException(f"bad configuration: {exc}") from exc
 
 
 def _exit_worker_process(code: int) -> None:

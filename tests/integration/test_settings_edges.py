@@ -1,0 +1,248 @@
+"""Settings at their edges, through the real console script: a configuration mistake is one
+line naming the variable and what it takes (`Error: bad configuration: VAR: …`), exit 1,
+before anything runs; never a traceback, a busy loop or a quiet fallback. Each test failed on
+the code before its fix (the docstrings say what happened)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.config import settings_problems
+from tests.integration.test_worker_process import MFX
+
+TIMEOUT = 20  # a refused command exits at once; one that runs anyway is stopped here
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A working directory with a current SQLite schema, so a command that is not refused
+    runs in full (a missing schema would refuse it for another reason)."""
+    result = _run(["db", "upgrade"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    return tmp_path
+
+
+def _env(cwd: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("STRIPE_", "MFX_", "DIGEST_", "LOG_"))
+        and k not in ("DATABASE_URL", "BUCKET_URL", "SLACK_WEBHOOK_URL", "SMTP_URL")
+    }
+    env.update(
+        DATABASE_URL=f"sqlite:///{cwd / 'meterfix.db'}",
+        BUCKET_URL=f"file://{cwd / 'bucket'}",
+        LOG_FORMAT="json",
+    )
+    return env | extra
+
+
+def _run(args: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    """`meterfix ARGS`; stopped (its whole process group) after TIMEOUT seconds."""
+    proc = subprocess.Popen(
+        [MFX, *args],
+        env=_env(cwd, **extra),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        stderr += f"\n[still running after {TIMEOUT} s: stopped]"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _assert_refused(
+    result: subprocess.CompletedProcess[str], variable: str, says: str, *, first: bool = True
+) -> None:
+    """Exit 1, nothing on stdout, and a last line on stderr naming `variable` and saying
+    `says`; with `first`, the only line (refused with the settings, before the app's start-up
+    line)."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 or not first, result.stderr[-3000:]
+    line = lines[-1]
+    assert line.startswith(f"Error: bad configuration: {variable}"), line
+    assert says in line, line
+    assert (result.returncode, result.stdout) == (1, "")
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_poll_interval_not_positive_is_refused_not_a_busy_loop(workdir: Path, value: str) -> None:
+    """README: MFX_POLL_INTERVAL is the "seconds between poller passes". `0` or a negative
+    number was taken: `poll_forever` waits `stop.wait(0)` between passes, so `meterfix poll`
+    (and the worker's poller thread) ran pass after pass with no pause, listing the bucket
+    and calling Stripe as fast as it could, until stopped."""
+    result = _run(["poll"], workdir, MFX_POLL_INTERVAL=value)
+    _assert_refused(result, "MFX_POLL_INTERVAL", "must be a positive number")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_worker_interval_not_a_positive_number_is_refused(workdir: Path, value: str) -> None:
+    """MFX_WORKER_INTERVAL is how long the worker waits between inbox passes. `0`, a negative
+    number or `nan` made `stop.wait()` return at once (a busy loop on the database); `inf`
+    raised OverflowError in the loop. All were taken and the worker started."""
+    result = _run(["worker", "--once"], workdir, MFX_WORKER_INTERVAL=value)
+    _assert_refused(result, "MFX_WORKER_INTERVAL", "must be a positive number")
+
+
+@pytest.mark.parametrize("value", ["mysql://u@127.0.0.1/db", "meterfix.db"])
+def test_database_url_of_another_kind_is_one_line(workdir: Path, value: str) -> None:
+    """DATABASE_URL of a database meterfix does not run on (`mysql://`) or a bare path: the
+    worker died with a SQLAlchemy traceback (ModuleNotFoundError: MySQLdb, ArgumentError) on
+    its first use of the engine."""
+    result = _run(["worker", "--once"], workdir, DATABASE_URL=value)
+    _assert_refused(result, "DATABASE_URL", "postgresql+psycopg://")
+
+
+@pytest.mark.parametrize(
+    "value", ["gs://usage", "s3:/usage", "s3://", "s3:///in", "file:", "file://"]
+)
+def test_bucket_url_malformed_is_refused_at_start(workdir: Path, value: str) -> None:
+    """README: BUCKET_URL is `s3://bucket/prefix` or `file://dir`. Anything else was taken:
+    the worker started (its remediation tasks and poller thread failing on every try), and
+    `file://` with no path opened the working directory as the bucket."""
+    result = _run(["worker", "--once"], workdir, BUCKET_URL=value)
+    _assert_refused(result, "BUCKET_URL", "s3://BUCKET")
+
+
+def test_empty_file_bucket_url_does_not_import_the_working_directory(workdir: Path) -> None:
+    """`BUCKET_URL=file://` (the path forgotten): `meterfix poll --once` listed the working
+    directory as the bucket (`listed=4`: the database, its WAL files, and the usage file a
+    user happened to keep there), ready to import any usage file in it into Stripe."""
+    (workdir / "usage.csv").write_text("identifier,timestamp,event_name\nid-1,1,x\n")
+    result = _run(["poll", "--once"], workdir, BUCKET_URL="file://")
+    _assert_refused(result, "BUCKET_URL", "file://PATH")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MFX_PUBLIC_URL", "meterfix.example.com"),
+        ("MFX_PUBLIC_URL", "https://"),
+        ("MFX_PUBLIC_URL", "https://meterfix.example.com/?x=1"),
+        ("SLACK_WEBHOOK_URL", "hooks.slack.com/services/T0/B0/secret"),
+        ("SLACK_WEBHOOK_URL", "ftp://hooks.slack.com/services/T0/B0/secret"),
+    ],
+)
+def test_web_address_without_scheme_or_host_is_refused(
+    workdir: Path, variable: str, value: str
+) -> None:
+    """MFX_PUBLIC_URL is the base of every dashboard link in messages: without a scheme they
+    read `meterfix.example.com/runs/7` (no link in Slack or email) and the session cookie
+    lost Secure; with a query each link was `…/?x=1/runs/7`. A SLACK_WEBHOOK_URL without
+    `https://` was taken and every digest and critical alert failed at send time (retried
+    for hours). The Slack URL is a secret: the line must not quote it."""
+    result = _run(["worker", "--once"], workdir, **{variable: value})
+    _assert_refused(result, variable, "http")
+    assert "secret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DIGEST_EMAIL_TO", "ops"),
+        ("DIGEST_EMAIL_TO", "ops@example.com, finance example.com"),
+        ("DIGEST_EMAIL_FROM", "meterfix"),
+    ],
+)
+def test_email_address_that_is_no_address_is_refused(
+    workdir: Path, variable: str, value: str
+) -> None:
+    """DIGEST_EMAIL_TO is "comma-separated recipients", DIGEST_EMAIL_FROM the sender. `ops`
+    (the domain forgotten) or a recipient with a space was taken: the worker started and the
+    mail server refused (or a local one delivered it nowhere) at the first digest."""
+    extra = {"SMTP_URL": "smtp://127.0.0.1:1", "DIGEST_EMAIL_TO": "ops@example.com"}
+    result = _run(["worker", "--once"], workdir, **(extra | {variable: value}))
+    _assert_refused(result, variable, "name@domain")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("DIGEST_EVERY", "2w", "neither an interval"),
+        ("DIGEST_EVERY", "30s", "at least 1m"),
+        ("DIGEST_TZ", "Europe/Pariss", "not a known time zone"),
+        ("SMTP_URL", "smtp//user:hunter2@mail.example.com", "smtp://user:pass@host:port"),
+    ],
+)
+def test_worker_refuses_a_bad_schedule_or_smtp_url_before_it_starts(
+    workdir: Path, variable: str, value: str, says: str
+) -> None:
+    """README: `meterfix worker` schedules the digests on DIGEST_EVERY in DIGEST_TZ, and
+    sends them through SMTP_URL. A bad value was only logged (`notify.not_started`) from the
+    notify thread while the worker went on running: no digests, no critical alerts and no
+    retention purge at all, for as long as it ran. `worker --once` exited 0. The SMTP
+    password is a secret: the line must not quote it. (DIGEST_EVERY and SMTP_URL are read
+    by the worker as its notify jobs read them, after the app's start-up line.)"""
+    extra = {variable: value, "DIGEST_EMAIL_TO": "ops@example.com"}
+    result = _run(["worker", "--once"], workdir, **extra)
+    _assert_refused(result, variable, says, first=variable == "DIGEST_TZ")
+    assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SLACK_WEBHOOK_URL", ""),
+        ("SMTP_URL", ""),
+        ("DIGEST_EMAIL_FROM", ""),
+        ("DIGEST_EMAIL_TO", "ops@example.com, finance@example.com,"),
+        ("MFX_PUBLIC_URL", "https://ops.example.com/meterfix/"),
+        ("BUCKET_URL", "s3://usage"),
+        ("DATABASE_URL", "sqlite://"),
+        ("MFX_POLL_INTERVAL", " 60 "),
+        ("DIGEST_EVERY", "0 9 * * 1-5"),
+        ("DIGEST_TZ", "Europe/Paris"),
+    ],
+)
+def test_valid_and_empty_values_still_start(workdir: Path, variable: str, value: str) -> None:
+    """What stays accepted: an empty optional setting means unset, a public URL behind a
+    path, an S3 bucket with no prefix, an in-memory SQLite, spaces around a number, a
+    crontab and a named zone. (Settings only: `worker --once` then runs its pass.)"""
+    result = _run(["worker", "--once"], workdir, **{variable: value})
+    assert "bad configuration" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_app_factory_refuses_a_bad_secret_without_quoting_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under gunicorn the app factory (`service.app:create_app()`) is what reads the settings,
+    and the worker process prints its exception. A SLACK_WEBHOOK_URL pasted without its
+    scheme was taken (every message then failing at send time); refused, pydantic's message
+    would quote the input, the Slack URL being a secret that grants posting to the channel."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in _env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", "hooks.slack.com/services/T0/B0/s3cr3tpart")
+    with pytest.raises(ValidationError) as refused:
+        create_app()
+    assert settings_problems(refused.value).startswith("SLACK_WEBHOOK_URL: ")
+    assert "s3cr3tpart" not in str(refused.value)
+
+
+@pytest.mark.parametrize("spelling", ["postgres://", "postgresql://"])
+def test_the_postgres_urls_platforms_give_are_read_as_psycopg(spelling: str) -> None:
+    """Heroku and Render hand out `postgres://…` (SQLAlchemy: NoSuchModuleError) and others
+    `postgresql://…` (SQLAlchemy: psycopg2, not installed): both crashed the worker with a
+    traceback. They are PostgreSQL through psycopg 3, as `postgresql+psycopg://` is."""
+    from service.config import Settings
+
+    url = f"{spelling}user:secret@db.example.com:5432/billing?sslmode=require"
+    settings = Settings(database_url=url)
+    assert settings.database_url == (
+        "postgresql+psycopg://user:secret@db.example.com:5432/billing?sslmode=require"
+    )
