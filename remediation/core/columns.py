@@ -442,16 +442,56 @@ def _text_or_none(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+# A batch's cells, its rows times its distinct keys, at most (a batch of 8,192 rows holds up
+# to 64 keys). Every distinct key of a batch is a column of it, worked on by every check and
+# writer: rows each naming keys of their own cost the square of their number in one batch
+# (2,000 rows of 5 such keys took 20 s), so a batch is cut where its cells would pass this.
+MAX_BATCH_CELLS = 1 << 19
+
+
 def record_batches(records: Iterable[UsageRecord], size: int) -> Iterator[Batch]:
-    """Records as batches of at most `size` (`from_records` of each chunk)."""
+    """Records as batches of at most `size` rows and `MAX_BATCH_CELLS` cells (a row of more
+    keys alone), `from_records` of each chunk."""
     chunk: list[UsageRecord] = []
+    payload: set[str] = set()
+    extra: set[str] = set()
     for record in records:
+        new = _new_keys(record.payload, payload) + _new_keys(record.extra, extra)
+        if chunk and (len(chunk) + 1) * (len(payload) + len(extra) + new) > MAX_BATCH_CELLS:
+            yield from_records(chunk)
+            chunk, payload, extra = [], set(), set()
         chunk.append(record)
+        payload.update(record.payload)
+        extra.update(record.extra)
         if len(chunk) >= size:
             yield from_records(chunk)
-            chunk = []
+            chunk, payload, extra = [], set(), set()
     if chunk:
         yield from_records(chunk)
+
+
+def _new_keys(mapping: Mapping[str, object], seen: set[str]) -> int:
+    return 0 if seen.issuperset(mapping) else len(mapping.keys() - seen)
+
+
+def cell_spans(groups: npt.NDArray[np.int64], keys: Sequence[frozenset[str]]) -> list[range]:
+    """Consecutive rows, as few spans as `MAX_BATCH_CELLS` allows (a row of more keys alone):
+    `groups` gives each row's keys as its place in `keys`."""
+    if len(groups) * len(frozenset().union(*keys)) <= MAX_BATCH_CELLS:
+        return [range(len(groups))]
+    spans, start = [], 0
+    seen: set[int] = set()
+    held: set[str] = set()
+    for row, group in enumerate(groups.tolist()):
+        new = 0 if group in seen else len(keys[group] - held)
+        if row > start and (row - start + 1) * (len(held) + new) > MAX_BATCH_CELLS:
+            spans.append(range(start, row))
+            start, seen, held = row, set(), set()
+        if group not in seen:
+            seen.add(group)
+            held |= keys[group]
+    spans.append(range(start, len(groups)))
+    return spans
 
 
 def from_records(records: Sequence[UsageRecord]) -> Batch:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pyarrow as pa
@@ -85,6 +85,21 @@ def line_arrays(text: io.TextIOWrapper) -> Iterator[Lines]:
             number += len(lines)
         if not chunk:
             return
+
+
+# A JSON string followed by ":" (a key, kept, with a separator after it), another string, or
+# text between strings: left to right, every string is taken whole.
+_KEY_OR_OTHER = r'("(?:[^"\\]|\\.)*")[ \t\r\n]*:|"(?:[^"\\]|\\.)*"|[^"]+'
+
+
+def line_keys(lines: pa.Array) -> tuple[np.ndarray[Any, Any], list[frozenset[str]]]:
+    """The keys each line names at any depth, as written (a line that is no JSON object: what
+    reads as keys), for the cells of a batch (`columns.cell_spans`): a place per line in the
+    distinct key sets, and those sets."""
+    named = pc.replace_substring_regex(lines, _KEY_OR_OTHER, "\\1\x00")
+    encoded = pc.dictionary_encode(named)
+    keys = [frozenset(text.split("\x00")) - {""} for text in encoded.dictionary.to_pylist()]
+    return encoded.indices.to_numpy(zero_copy_only=False), keys
 
 
 def _split(block: bytes) -> pa.Array | None:

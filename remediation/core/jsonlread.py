@@ -29,9 +29,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Ahead, Batch, Kind, concat_batches, from_records
+from remediation.core.columns import (
+    Ahead,
+    Batch,
+    Kind,
+    cell_spans,
+    concat_batches,
+    from_records,
+)
 from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, in_range, layout_batch, mask
-from remediation.core.jsonllines import Lines, line_arrays
+from remediation.core.jsonllines import Lines, line_arrays, line_keys
 from remediation.core.jsonlshapes import Shapes
 from remediation.core.text import byte_counts
 from remediation.jsonreaders import JsonlRecords, parse_line, record_from_obj, unreadable
@@ -62,6 +69,7 @@ class _Cut:
     text: pa.Array  # the lines (refused ones empty), as the layouts match them
     quotes: np.ndarray[Any, Any]  # per line
     left: np.ndarray[Any, Any]  # lines still to read (all but the refused ones)
+    unread: np.ndarray[Any, Any]  # the lines of `early`
     raw: pa.Array  # the lines as they came (`text`, unless `matchable` respelled them)
     started: _Started | None = None  # the match begun on `ahead`'s thread
 
@@ -117,9 +125,9 @@ class JsonlBatches:
             held.append(self._cut(numbers, lines, refused))
             del lines
             if len(held) > (0 if self.ahead is None else 1):
-                yield self._batch(held.pop(0))
+                yield from self._batches(held.pop(0))
         while held:
-            yield self._batch(held.pop(0))
+            yield from self._batches(held.pop(0))
 
     def _slices(self) -> Iterator[tuple[list[int], pa.Array, dict[int, str]]]:
         """(line numbers, lines, refused: place -> why) of at most `size` lines at a time
@@ -157,14 +165,15 @@ class JsonlBatches:
             blank = np.zeros(len(lines), bool)
             blank[list(early)] = True
             text = pc.if_else(pa.array(blank), pa.scalar("", pa.string()), lines)
-        left = np.ones(len(lines), bool)
-        left[list(early)] = False
+        unread = np.zeros(len(lines), bool)
+        unread[list(early)] = True
+        left = ~unread
         raw = text
         if self.matchable is not None:
             text = self.matchable(text)
         # A line of a layout holds as many quotes as it: only those lines are matched.
         quotes = byte_counts(text, ord('"'))
-        cut = _Cut(numbers, early, text, quotes, left, raw)
+        cut = _Cut(numbers, early, text, quotes, left, unread, raw)
         if self.ahead is not None and self.layouts:
             pattern, pieces = self.layouts[0].pattern, self.layouts[0].pieces
             candidates = np.flatnonzero(left & (quotes == pieces - 1))
@@ -173,23 +182,33 @@ class JsonlBatches:
                 cut.started = _Started(pattern, candidates, result)
         return cut
 
-    def _batch(self, cut: _Cut) -> Batch:
-        numbers, early, text, raw = cut.numbers, cut.early, cut.text, cut.raw
-        quotes, left = cut.quotes, cut.left
-        parts: list[tuple[np.ndarray[Any, Any], Batch]] = []
+    def _batches(self, cut: _Cut) -> Iterator[Batch]:
+        """A cut's rows as one batch, or as consecutive batches when its cells would pass
+        `MAX_BATCH_CELLS` (rows that each name keys of their own)."""
+        text, quotes, left = cut.text, cut.quotes, cut.left
+        matched: list[tuple[np.ndarray[Any, Any], Batch]] = []
         for layout in self.layouts:
             fits = left & (quotes == layout.pieces - 1)
-            left[self._match(layout, text, fits, numbers, parts, cut.started)] = False
-        if left.any():  # the rest by shape, and the layouts most of a batch had kept
-            read = self.shapes.read(text, np.flatnonzero(left), numbers)
+            left[self._match(layout, text, fits, cut.numbers, matched, cut.started)] = False
+        for span in cell_spans(*_row_keys(matched, text)):
+            yield self._batch(cut, _within(matched, span), span)
+
+    def _batch(
+        self, cut: _Cut, parts: list[tuple[np.ndarray[Any, Any], Batch]], span: range
+    ) -> Batch:
+        """The rows of `span`: `parts` (the lines layouts matched), and the rest read here."""
+        numbers, early, text, raw, left = cut.numbers, cut.early, cut.text, cut.raw, cut.left
+        here = slice(span.start, span.stop)
+        if left[here].any():  # the rest by shape, and the layouts most of a batch had kept
+            read = self.shapes.read(text, span.start + np.flatnonzero(left[here]), numbers)
             if read.batch is not None:
                 left[read.lines] = False
                 parts.append((read.lines, read.batch))
-                self._keep_hot(read.hits, len(text))
+                self._keep_hot(read.hits, len(span))
         # The layouts most lines had are tried first in the next batch.
         self.layouts.sort(key=lambda layout: -self.hits.get(layout.pattern, 0))
         # The rest, in their places: lines read by the line reader, and lines refused unread.
-        rest = np.flatnonzero(left | np.isin(np.arange(len(text)), list(early)))
+        rest = span.start + np.flatnonzero(left[here] | cut.unread[here])
         if len(rest):
             lines = raw.take(pa.array(rest)).to_pylist()
             records = [
@@ -259,6 +278,39 @@ class JsonlBatches:
         self.hits[layout.pattern] = self.hits.get(layout.pattern, 0) + len(rows)
         parts.append((rows, layout_batch(layout, values, np.asarray(numbers)[rows])))
         return rows
+
+
+def _row_keys(
+    matched: list[tuple[np.ndarray[Any, Any], Batch]], text: pa.Array
+) -> tuple[np.ndarray[Any, Any], list[frozenset[str]]]:
+    """Each line's keys, as its place in the key sets: a layout's columns for the lines it
+    matched, the keys the others name (`line_keys`)."""
+    groups = np.empty(len(text), np.int64)
+    others = np.ones(len(text), bool)
+    keys: list[frozenset[str]] = []
+    for rows, batch in matched:
+        groups[rows], others[rows] = len(keys), False
+        keys.append(frozenset(f'"{key}"' for key in [*batch.payload, *batch.extra]))
+    if others.any():
+        lines = np.flatnonzero(others)
+        places, named = line_keys(text.take(pa.array(lines)))
+        groups[lines] = len(keys) + places
+        keys += named
+    return groups, keys
+
+
+def _within(
+    matched: list[tuple[np.ndarray[Any, Any], Batch]], span: range
+) -> list[tuple[np.ndarray[Any, Any], Batch]]:
+    """The rows of the parts in `span` (each part's rows ascending)."""
+    parts = []
+    for rows, batch in matched:
+        start, stop = np.searchsorted(rows, [span.start, span.stop]).tolist()
+        if start == 0 and stop == len(rows):
+            parts.append((rows, batch))
+        elif stop > start:
+            parts.append((rows[start:stop], batch.take(np.arange(start, stop))))
+    return parts
 
 
 def _matched(pattern: str, text: pa.Array, candidates: np.ndarray[Any, Any]) -> _Matched:
