@@ -16,7 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service.adapters.channels import Message
 from service.notify.content import Digest, ReportLine
-from service.shown import counted, shown_as_text, shown_on_one_line
+from service.notify.shown import counted, shown_as_text, shown_on_one_line
 
 MAX_BLOCKS = 50
 MAX_TEXT = 3000

@@ -16,7 +16,7 @@ from service.jobs.store.quarantine import top_quarantine_group
 from service.logs import log_event
 from service.models import RemediationRun
 from service.notify.alerts import raise_alert
-from service.shown import counted
+from service.notify.shown import counted
 
 
 def alert_for_run(

@@ -9,7 +9,7 @@ from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
-from service.shown import shown_as_text
+from service.notify.shown import shown_as_text
 
 OUTCOME_COLOURS = ("#4c9a2a", "#e0a100", "#c0392b")  # valid, corrected, quarantined
 

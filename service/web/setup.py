@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from remediation import jsonnumbers
 from service.config import Settings
 from service.logs import log_event
-from service.shown import shown_as_text
+from service.notify.shown import shown_as_text
 from service.web.access import configure_sessions
 
 

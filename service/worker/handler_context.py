@@ -22,8 +22,8 @@ from service.models import ErrorReportStatus
 from service.models._types import utcnow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
 from service.notify.alerts import raise_alert
+from service.notify.shown import counted
 from service.poller.store import imported_rows_by_identifier
-from service.shown import counted
 from service.worker.inbox import requeue_event
 from service.worker.tasks import TaskKind, enqueue_task, task_id
 
