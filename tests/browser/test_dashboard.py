@@ -19,6 +19,7 @@ from sqlalchemy import Engine, select
 from service.config import Settings
 from service.db import make_engine
 from service.models import AdminAction, InboxEvent
+from tests.browser.login import log_in
 from tests.integration import web_seed as seed
 from tests.servers import serve_wsgi
 
@@ -80,9 +81,7 @@ def site(
 
 
 def _login(page: Any, site: Site, token: str = TOKEN) -> None:
-    page.goto(site.url + "/")
-    page.get_by_test_id("token-input").fill(token)
-    page.get_by_test_id("login-button").click()
+    log_in(page, site.url + "/", token)
 
 
 def _shot(page: Any, artifacts_dir: Path, name: str) -> None:

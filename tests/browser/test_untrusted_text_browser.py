@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.db import make_engine
+from tests.browser.login import log_in
 from tests.integration import web_seed as seed
 from tests.servers import serve_wsgi
 
@@ -68,10 +69,7 @@ def site(
 
 
 def _login(page: Any, site: Site) -> None:
-    page.goto(site.url + "/")
-    page.get_by_test_id("token-input").fill(TOKEN)
-    page.get_by_test_id("login-button").click()
-    page.wait_for_load_state()
+    log_in(page, site.url + "/", TOKEN)
 
 
 PAGES = [

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from tests.browser.login import log_in
 from tests.integration import web_seed as seed
 from tests.integration.test_walkthrough_more import TOKEN, Site, site  # noqa: F401
 
@@ -75,10 +76,7 @@ def test_status_trigger_and_kind_words_stay_whole_in_their_cells(site: Site, bro
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     try:
-        page.goto(site.url + "/login")
-        page.get_by_test_id("token-input").fill(TOKEN)
-        page.get_by_test_id("login-button").click()
-        page.wait_for_load_state()
+        log_in(page, site.url + "/login", TOKEN)
         split = {}
         for path in pages:
             page.goto(site.url + path)
