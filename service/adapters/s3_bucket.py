@@ -61,6 +61,8 @@ def _within_limit(values: dict[str, str]) -> dict[str, str]:
 class S3Bucket:
     """`s3://bucket/prefix` through boto3 (path-style addressing, SigV4)."""
 
+    list_page_size = 1000  # keys a listing request asks for (S3's most)
+
     def __init__(self, name: str, prefix: str, endpoint_url: str | None) -> None:
         self.name = name
         self._prefix = dir_prefix(prefix)
@@ -86,9 +88,15 @@ class S3Bucket:
         return self._client
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object under the bucket prefix + `prefix`, in key order, paginated."""
+        """Every object under the bucket prefix + `prefix`, in key order, paginated
+        (`list_page_size` keys a request)."""
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.name, Prefix=self._prefix + prefix):
+        pages = paginator.paginate(
+            Bucket=self.name,
+            Prefix=self._prefix + prefix,
+            PaginationConfig={"PageSize": self.list_page_size},
+        )
+        for page in pages:
             for item in page.get("Contents", []):
                 yield ObjectInfo(
                     key=item["Key"],
