@@ -1,7 +1,12 @@
-"""Settings at their edges, through the real console script: a configuration mistake is one
-line naming the variable and what it takes (`Error: bad configuration: VAR: …`), exit 1,
-before anything runs; never a traceback, a busy loop or a quiet fallback. Each test failed on
-the code before its fix (the docstrings say what happened)."""
+"""Settings at their edges: a configuration mistake is one line naming the variable and what
+it takes (`Error: bad configuration: VAR: …`), exit 1, before anything runs; never a
+traceback, a busy loop or a quiet fallback. Each test failed on the code before its fix (the
+docstrings say what happened).
+
+The first value of each test goes through the real console script (`meterfix …`, a process
+of its own: ~1.5 s); the others are read in this process as `meterfix worker` reads them
+before it starts (`_read_as_the_worker`), the settings and then the notify jobs' schedule and
+channels."""
 
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.adapters.channels import ChannelName, build_channel
 from service.app import create_app
-from service.config import settings_problems
+from service.config import Settings, settings_problems
+from service.notify.windows import DigestSchedule
 from tests.integration.test_worker_process import MFX
 
 TIMEOUT = 20  # a refused command exits at once; one that runs anyway is stopped here
@@ -76,6 +83,41 @@ def _run(args: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def _read_as_the_worker(
+    args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """What `meterfix ARGS` (a `worker` or `poll`) says of its settings before it starts, read
+    in this process: the settings from the environment and `.env` of `cwd`, then (a worker)
+    the digest schedule and the channels, as `commands.intake._check_notify_settings` reads
+    them. Refused: exit 1 and the one line on stderr; else exit 0 and nothing."""
+    monkeypatch.chdir(cwd)
+    for name in os.environ:
+        monkeypatch.delenv(name)
+    for name, value in _env(cwd, **extra).items():
+        monkeypatch.setenv(name, value)
+    try:
+        settings = Settings()
+        if args[0] == "worker":
+            DigestSchedule(settings.digest_every, settings.digest_tz)
+            for name in ChannelName:
+                build_channel(settings, name)
+    except ValidationError as exc:
+        line = f"Error: bad configuration: {settings_problems(exc)}\n"
+        return subprocess.CompletedProcess(args, 1, "", line)
+    except ValueError as exc:
+        return subprocess.CompletedProcess(args, 1, "", f"Error: bad configuration: {exc}\n")
+    return subprocess.CompletedProcess(args, 0, "", "")
+
+
+def _outcome(
+    args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, first: bool, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`meterfix ARGS` run for the `first` value of a test, else read in this process."""
+    if first:
+        return _run(args, cwd, **extra)
+    return _read_as_the_worker(args, cwd, monkeypatch, **extra)
+
+
 def _assert_refused(
     result: subprocess.CompletedProcess[str], variable: str, says: str, *, first: bool = True
 ) -> None:
@@ -92,41 +134,52 @@ def _assert_refused(
 
 
 @pytest.mark.parametrize("value", ["0", "-5"])
-def test_poll_interval_not_positive_is_refused_not_a_busy_loop(workdir: Path, value: str) -> None:
+def test_poll_interval_not_positive_is_refused_not_a_busy_loop(
+    workdir: Path, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """README: MFX_POLL_INTERVAL is the "seconds between poller passes". `0` or a negative
     number was taken: `poll_forever` waits `stop.wait(0)` between passes, so `meterfix poll`
     (and the worker's poller thread) ran pass after pass with no pause, listing the bucket
     and calling Stripe as fast as it could, until stopped."""
-    result = _run(["poll"], workdir, MFX_POLL_INTERVAL=value)
+    result = _outcome(["poll"], workdir, monkeypatch, value == "0", MFX_POLL_INTERVAL=value)
     _assert_refused(result, "MFX_POLL_INTERVAL", "must be a positive number")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
-def test_worker_interval_not_a_positive_number_is_refused(workdir: Path, value: str) -> None:
+def test_worker_interval_not_a_positive_number_is_refused(
+    workdir: Path, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """MFX_WORKER_INTERVAL is how long the worker waits between inbox passes. `0`, a negative
     number or `nan` made `stop.wait()` return at once (a busy loop on the database); `inf`
     raised OverflowError in the loop. All were taken and the worker started."""
-    result = _run(["worker", "--once"], workdir, MFX_WORKER_INTERVAL=value)
+    first = value == "0"
+    result = _outcome(["worker", "--once"], workdir, monkeypatch, first, MFX_WORKER_INTERVAL=value)
     _assert_refused(result, "MFX_WORKER_INTERVAL", "must be a positive number")
 
 
 @pytest.mark.parametrize("value", ["mysql://u@127.0.0.1/db", "meterfix.db"])
-def test_database_url_of_another_kind_is_one_line(workdir: Path, value: str) -> None:
+def test_database_url_of_another_kind_is_one_line(
+    workdir: Path, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DATABASE_URL of a database meterfix does not run on (`mysql://`) or a bare path: the
     worker died with a SQLAlchemy traceback (ModuleNotFoundError: MySQLdb, ArgumentError) on
     its first use of the engine."""
-    result = _run(["worker", "--once"], workdir, DATABASE_URL=value)
+    first = value.startswith("mysql")
+    result = _outcome(["worker", "--once"], workdir, monkeypatch, first, DATABASE_URL=value)
     _assert_refused(result, "DATABASE_URL", "postgresql+psycopg://")
 
 
 @pytest.mark.parametrize(
     "value", ["gs://usage", "s3:/usage", "s3://", "s3:///in", "file:", "file://"]
 )
-def test_bucket_url_malformed_is_refused_at_start(workdir: Path, value: str) -> None:
+def test_bucket_url_malformed_is_refused_at_start(
+    workdir: Path, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """README: BUCKET_URL is `s3://bucket/prefix` or `file://dir`. Anything else was taken:
     the worker started (its remediation tasks and poller thread failing on every try), and
     `file://` with no path opened the working directory as the bucket."""
-    result = _run(["worker", "--once"], workdir, BUCKET_URL=value)
+    first = value == "gs://usage"
+    result = _outcome(["worker", "--once"], workdir, monkeypatch, first, BUCKET_URL=value)
     _assert_refused(result, "BUCKET_URL", "s3://BUCKET")
 
 
@@ -150,14 +203,15 @@ def test_empty_file_bucket_url_does_not_import_the_working_directory(workdir: Pa
     ],
 )
 def test_web_address_without_scheme_or_host_is_refused(
-    workdir: Path, variable: str, value: str
+    workdir: Path, variable: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MFX_PUBLIC_URL is the base of every dashboard link in messages: without a scheme they
     read `meterfix.example.com/runs/7` (no link in Slack or email) and the session cookie
     lost Secure; with a query each link was `…/?x=1/runs/7`. A SLACK_WEBHOOK_URL without
     `https://` was taken and every digest and critical alert failed at send time (retried
     for hours). The Slack URL is a secret: the line must not quote it."""
-    result = _run(["worker", "--once"], workdir, **{variable: value})
+    first = value.startswith("hooks.slack.com")
+    result = _outcome(["worker", "--once"], workdir, monkeypatch, first, **{variable: value})
     _assert_refused(result, variable, "http")
     assert "secret" not in result.stderr
 
@@ -171,13 +225,16 @@ def test_web_address_without_scheme_or_host_is_refused(
     ],
 )
 def test_email_address_that_is_no_address_is_refused(
-    workdir: Path, variable: str, value: str
+    workdir: Path, variable: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """DIGEST_EMAIL_TO is "comma-separated recipients", DIGEST_EMAIL_FROM the sender. `ops`
     (the domain forgotten) or a recipient with a space was taken: the worker started and the
     mail server refused (or a local one delivered it nowhere) at the first digest."""
     extra = {"SMTP_URL": "smtp://127.0.0.1:1", "DIGEST_EMAIL_TO": "ops@example.com"}
-    result = _run(["worker", "--once"], workdir, **(extra | {variable: value}))
+    first = value == "ops"
+    result = _outcome(
+        ["worker", "--once"], workdir, monkeypatch, first, **(extra | {variable: value})
+    )
     _assert_refused(result, variable, "name@domain")
 
 
@@ -191,7 +248,7 @@ def test_email_address_that_is_no_address_is_refused(
     ],
 )
 def test_worker_refuses_a_bad_schedule_or_smtp_url_before_it_starts(
-    workdir: Path, variable: str, value: str, says: str
+    workdir: Path, variable: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """README: `meterfix worker` schedules the digests on DIGEST_EVERY in DIGEST_TZ, and
     sends them through SMTP_URL. A bad value was only logged (`notify.not_started`) from the
@@ -200,7 +257,8 @@ def test_worker_refuses_a_bad_schedule_or_smtp_url_before_it_starts(
     password is a secret: the line must not quote it. (DIGEST_EVERY and SMTP_URL are read
     by the worker as its notify jobs read them, after the app's start-up line.)"""
     extra = {variable: value, "DIGEST_EMAIL_TO": "ops@example.com"}
-    result = _run(["worker", "--once"], workdir, **extra)
+    first = variable != "DIGEST_TZ"  # read by the worker itself; DIGEST_TZ by the settings too
+    result = _outcome(["worker", "--once"], workdir, monkeypatch, first, **extra)
     _assert_refused(result, variable, says, first=variable == "DIGEST_TZ")
     assert "hunter2" not in result.stderr
 
@@ -220,11 +278,15 @@ def test_worker_refuses_a_bad_schedule_or_smtp_url_before_it_starts(
         ("DIGEST_TZ", "Europe/Paris"),
     ],
 )
-def test_valid_and_empty_values_still_start(workdir: Path, variable: str, value: str) -> None:
+def test_valid_and_empty_values_still_start(
+    workdir: Path, variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What stays accepted: an empty optional setting means unset, a public URL behind a
     path, an S3 bucket with no prefix, an in-memory SQLite, spaces around a number, a
     crontab and a named zone. (Settings only: `worker --once` then runs its pass.)"""
-    result = _run(["worker", "--once"], workdir, **{variable: value})
+    first = variable == "DIGEST_EVERY"
+    result = _outcome(["worker", "--once"], workdir, monkeypatch, first, **{variable: value})
+    assert result.returncode == 0, result.stderr
     assert "bad configuration" not in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
 
