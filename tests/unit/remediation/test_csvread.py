@@ -22,6 +22,7 @@ from remediation.core.checks import CONTROL_CLASS
 from remediation.core.csvread import TEXT_CHUNK, CsvColumns
 from remediation.errors import UnreadableFile
 from remediation.readers import CSV_FIELD_LIMIT, CsvRecords, header_row, text_stream
+from tests.fuzz import fuzz_settings
 
 Row = tuple[int, list[str], str | None]
 Outcome = tuple[tuple[str, ...] | None, list[Row]] | str
@@ -138,29 +139,29 @@ def csv_rows(draw: st.DrawFn) -> tuple[bytes, str, int]:
     return (head + "".join(lines)).encode(), delimiter, draw(st.integers(1, 40))
 
 
-@settings(max_examples=1500, deadline=None)
+@fuzz_settings(400)
 @given(csv_rows())
-def test_same_rows_as_today_on_csv_like_rows(case: tuple[bytes, str, int]) -> None:
+def test_fuzz_same_rows_as_today_on_csv_like_rows(case: tuple[bytes, str, int]) -> None:
     data, delimiter, block_bytes = case
     reader = assert_same(data, delimiter, block_bytes=block_bytes)
     paths = {(1, 0): "pyarrow", (0, 1): "csv.reader", (1, 1): "both", (0, 0): "none"}
     event("blocks read by", paths[min(reader.fast_blocks, 1), min(reader.exact_blocks, 1)])
 
 
-@settings(max_examples=1500, deadline=None)
+@fuzz_settings(400)
 @given(csv_texts())
-def test_same_rows_as_today(case: tuple[bytes, str, list[str] | None, int]) -> None:
+def test_fuzz_same_rows_as_today(case: tuple[bytes, str, list[str] | None, int]) -> None:
     data, delimiter, repaired, block_bytes = case
     assert_same(data, delimiter, repaired, block_bytes)
 
 
-@settings(max_examples=500, deadline=None)
+@fuzz_settings(200)
 @given(
     st.lists(st.sampled_from(BYTE_TOKENS), max_size=200),
     st.sampled_from([b"h0,h1\n", b"h0\n", b""]),
     st.integers(1, 48),
 )
-def test_same_rows_or_error_on_raw_bytes(tokens: list[bytes], head: bytes, size: int) -> None:
+def test_fuzz_same_rows_or_error_on_raw_bytes(tokens: list[bytes], head: bytes, size: int) -> None:
     assert_same(head + b"".join(tokens), block_bytes=size)
 
 

@@ -8,13 +8,14 @@ import io
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from remediation import jsonreaders
 from remediation.core import jsonllines
 from remediation.core.jsonllines import line_arrays
 from remediation.jsonreaders import text_stream
+from tests.fuzz import fuzz_settings
 
 Line = tuple[int, str, str | None]
 
@@ -63,7 +64,7 @@ def by_arrays(data: bytes) -> list[Line] | type[Exception]:
     return found
 
 
-@settings(max_examples=600, deadline=None)
+@fuzz_settings(250)
 @given(
     pieces=st.lists(st.sampled_from(PLAIN), max_size=40),
     unusual=st.lists(st.tuples(st.sampled_from(UNUSUAL), st.integers(0, 40)), max_size=2),
@@ -73,7 +74,7 @@ def by_arrays(data: bytes) -> list[Line] | type[Exception]:
     block=st.integers(1, 64),
     most=st.sampled_from([30, 45] + [10_000] * 4),
 )
-def test_lines_split_as_bytes_are_the_lines_the_line_reader_reads(
+def test_fuzz_lines_split_as_bytes_are_the_lines_the_line_reader_reads(
     pieces: list[str],
     unusual: list[tuple[str, int]],
     bom: bool,
