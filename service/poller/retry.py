@@ -58,9 +58,11 @@ def describe(plan: RetryPlan) -> list[str]:
     progress, unacked = plan.progress, plan.progress.unacked
     lines = [f"{plan.obj.key} ({plan.status}): {plan.error or 'no error recorded'}"]
     start = f"row {progress.resume_row}" if progress.resume_row else "its first row"
+    # the unbroken run from the first batch, and those acknowledged past a batch that was not
+    acknowledged = progress.acked_batches + len(progress.acked_beyond)
     lines.append(
-        f"{progress.acked_batches} batches acknowledged; a retry resumes at {start} "
-        "(acknowledged rows are not sent again)."
+        f"{acknowledged} batch{'es' if acknowledged != 1 else ''} acknowledged; a retry "
+        f"resumes at {start} (acknowledged rows are not sent again)."
     )
     if unacked:
         lines.append(f"It re-sends {_batches(unacked)}, sent before and never acknowledged.")

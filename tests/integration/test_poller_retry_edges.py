@@ -255,3 +255,21 @@ def test_a_key_given_whole_is_retried_not_the_same_name_under_the_prefix(
     )
     accepted = sorted(e["identifier"] for e in sandbox_server.admin.meter_events())
     assert accepted == ["a-0", "a-1", "a-2", "n-0", "n-1", "n-2"]
+
+
+def test_retry_counts_every_batch_acknowledged_not_only_the_first_run_of_them(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path, make_app: Any
+) -> None:
+    """`poll --retry KEY` says how many batches Stripe acknowledged before it asks to re-send.
+
+    Instead: it counted only the unbroken run from the first batch ("5 batches
+    acknowledged"): mixed.csv's batches 0-4, but 6-14 and two after batch 15 were
+    acknowledged too (16 in all, batches 5 and 15 not), and an operator deciding on `--yes`
+    read 1,100 acknowledged rows as at risk of being sent again."""
+    now = datetime.now(UTC)
+    _two_ages(settings, poller, tmp_path, now)
+    acknowledged = [n for n, _, acked in _batches(poller()) if acked is not None]
+    assert len(acknowledged) == 16 and 5 not in acknowledged and 15 not in acknowledged
+    cli = make_app(settings).test_cli_runner()
+    result = cli.invoke(args=["poll", "--retry", "mixed.csv"])
+    assert "16 batches acknowledged; a retry resumes at row 501" in result.output, result.output
