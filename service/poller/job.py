@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from service.config import PollerMode, Settings
 from service.logs import log_event
+from service.models import ProcessRole
+from service.models._types import utcnow
 from service.poller.passes import PassReport, PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
+from service.worker.heartbeats import BEAT_EVERY_SECONDS, beat
 
 
 def poll_forever(
@@ -19,7 +24,8 @@ def poll_forever(
     on_report: Callable[[PassReport], None] | None = None,
 ) -> None:
     """A pass every `interval` seconds until `stop` is set; a failing pass (database or
-    bucket unreachable) is logged and tried again at the next tick."""
+    bucket unreachable) is logged and tried again at the next tick. It beats while it waits
+    (`wait_for_next_pass`)."""
     while not stop.is_set():
         try:
             report = run_poll_pass(deps)
@@ -28,7 +34,29 @@ def poll_forever(
         else:
             if on_report:
                 on_report(report)
-        stop.wait(interval)
+        wait_for_next_pass(deps, stop, interval)
+
+
+def wait_for_next_pass(deps: PollerDeps, stop: threading.Event, interval: float) -> None:
+    """Wait `interval` seconds (no longer once `stop` is set), beating as it waits: a pass
+    beats only while it runs, so a poller waiting MFX_POLL_INTERVAL >= MFX_HEARTBEAT_SILENCE
+    between passes raised the critical `heartbeat.silent:poller` alert every cycle, healthy.
+    The bucket is listed no more often; a failing beat never ends the loop."""
+    every = waiting_beat_period(deps.settings)
+    deadline = time.monotonic() + interval
+    next_pass_at = (utcnow() + timedelta(seconds=interval)).isoformat()
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        _beat_waiting(deps, next_pass_at)
+        stop.wait(min(every, left))
+
+
+def waiting_beat_period(settings: Settings) -> float:
+    """Seconds between the beats of a waiting poller: every BEAT_EVERY_SECONDS, and at least
+    three times per MFX_HEARTBEAT_SILENCE (a silence set shorter still sees it alive)."""
+    return min(BEAT_EVERY_SECONDS, settings.mfx_heartbeat_silence / 3)
 
 
 def start_poller_job(settings: Settings, stop: threading.Event) -> threading.Thread | None:
@@ -45,6 +73,16 @@ def start_poller_job(settings: Settings, stop: threading.Event) -> threading.Thr
         "poller.job_started", mode=str(settings.mfx_poller), interval=settings.mfx_poll_interval
     )
     return thread
+
+
+def _beat_waiting(deps: PollerDeps, next_pass_at: str) -> None:
+    """One heartbeat of this poller instance, waiting for its next pass; a failing beat never
+    ends the loop (the database may be briefly unavailable: the next one tries again)."""
+    detail = {"doing": "waiting", "next_pass_at": next_pass_at}
+    try:
+        beat(deps.engine, deps.instance, ProcessRole.POLLER, detail)
+    except Exception as exc:  # loop edge: as a pass's own beat (`passes._beat`)
+        log_event("poller.heartbeat_failed", level=logging.WARNING, reason=type(exc).__name__)
 
 
 def _run_job(settings: Settings, stop: threading.Event) -> None:

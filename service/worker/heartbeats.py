@@ -43,9 +43,9 @@ def beat(
 ) -> None:
     """Record that `instance` (of `role`: worker, poller, scheduler) is alive now.
 
-    The poller calls this once per pass, the worker from its heartbeat thread. One upsert
-    of the instance's own row: its first beat sets `started_at`, later ones move
-    `last_beat_at` and replace `detail` (what it is doing, JSON)."""
+    The poller calls this at each pass and as it waits for the next, the worker from its
+    heartbeat thread. One upsert of the instance's own row: its first beat sets `started_at`,
+    later ones move `last_beat_at` and replace `detail` (what it is doing, JSON)."""
     values = {
         "role": ProcessRole(role).value,
         "last_beat_at": now or utcnow(),
