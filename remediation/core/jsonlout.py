@@ -20,7 +20,7 @@ from remediation.core.audit import AuditLines, account, new_identifiers
 from remediation.core.columns import Batch, Indexes
 from remediation.core.decide import QUARANTINED, Decided
 from remediation.core.jsonrows import plain, quarantine_notes, row_texts
-from remediation.core.text import line_bytes
+from remediation.core.text import json_lines_safe, line_bytes
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
@@ -70,7 +70,7 @@ class JsonlOut:
         """The JSON Lines bytes of `batch`'s rows written under `identifiers`, and where each
         line ends (as `text.csv_rows` gives them). `notes`: keys to close each line with, and
         their values as JSON texts (a quarantined row's code and reason)."""
-        return line_bytes(row_texts(batch, identifiers, notes, end="\n"))
+        return line_bytes(json_lines_safe(row_texts(batch, identifiers, notes, end="\n")))
 
     def _quarantine(self, decided: Decided, rows: Indexes) -> None:
         """Quarantined rows as they came, closed by their code and reason: on columns, as

@@ -433,6 +433,34 @@ def take_parts(parts: Sequence[pa.Array | str], at: pa.Array) -> list[pa.Array |
     return [part if isinstance(part, str) else part.take(at) for part in parts]
 
 
+# U+2028 and U+2029 in UTF-8: JSON lets a string hold them raw (json.dumps with
+# ensure_ascii=False writes them so), but `str.splitlines()`, JavaScript before ES2019 and many
+# line readers end a line there, cutting a JSON Lines line in two.
+_LINE_SEPARATORS = (b"\xe2\x80\xa8", b"\xe2\x80\xa9")
+
+
+def json_lines_safe(texts: pa.Array) -> pa.Array:
+    """JSON texts (large_string) with U+2028 and U+2029 written as the escapes `\\u2028` and
+    `\\u2029`: the same JSON (outside a string no JSON text holds them), which no line reader
+    breaks. A text without them is returned as it is (found by a scan of the bytes for their
+    lead byte, 0xE2, rare in most text)."""
+    data, offsets = line_bytes(texts)
+    raw = np.frombuffer(data, np.uint8)
+    lead = np.flatnonzero(raw[:-2] == 0xE2) if len(raw) > 2 else np.zeros(0, np.int64)
+    if not len(lead):
+        return texts
+    third = raw[lead + 2]
+    hit = lead[(raw[lead + 1] == 0x80) & ((third == 0xA8) | (third == 0xA9))]
+    if not len(hit):
+        return texts
+    rows = np.unique(np.searchsorted(offsets, hit, side="right") - 1)
+    escaped = [
+        text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        for text in texts.take(pa.array(rows)).to_pylist()
+    ]
+    return _scatter(texts, rows, pa.array(escaped, pa.large_string()))
+
+
 @lru_cache(maxsize=1024)
 def json_text(value: str) -> str:
     """One string as `json_strings` writes it (names and keys met in every batch: once each)."""
