@@ -122,6 +122,11 @@ class RowNames:
             for number, stamp, content in zip(numbers, stamps, contents, strict=True)
         ]
 
+    def batch(self, batch: Batch) -> Batch:
+        """The next rows of the object as a batch, each without an identifier named (digested
+        as columns: the names `records` gives)."""
+        return _identified(batch, self)
+
     def records(self, records: Iterable[UsageRecord], size: int = 1000) -> Iterator[UsageRecord]:
         """`records` in their order, each without an identifier named (digested as records
         `size` at a time)."""

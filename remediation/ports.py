@@ -10,9 +10,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from remediation.meters import Meter
+
+if TYPE_CHECKING:
+    from remediation.core.columns import Batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,17 @@ class LeavesOut(Protocol):
     def excluded(self, identifiers: set[str]) -> set[str]: ...
 
     def count_left(self, rows: int) -> None: ...
+
+
+@runtime_checkable
+class SelectsRows(LeavesOut, Protocol):
+    """A caller's selection of the rows of a run that is more than identifiers left out (an
+    error report's run: identifiers for the rows without one, the rows the report is about,
+    each with its code): handed each batch as it is read, in order, every row of the input
+    (rows left out included), it gives the batch the run takes. `excluded` and `count_left`
+    are not asked of it."""
+
+    def selected(self, batch: Batch) -> Batch: ...
 
 
 class MeterEventSink(Protocol):

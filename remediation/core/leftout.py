@@ -2,7 +2,8 @@
 another version of their object, rows another run handled), taken out of each batch as it is
 read, on its columns: the run reads CSV, JSON Lines and JSON arrays in columns all the same.
 (Leaving them out of a stream of records made the service's import-set runs read every row as
-a record: 1M `basic` rows 2.1 s -> 17 s in the remediation stage.)"""
+a record: 1M `basic` rows 2.1 s -> 17 s in the remediation stage.) A `ports.SelectsRows` is
+handed each batch whole and gives the batch the run takes (an error report's rows)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pyarrow.compute as pc
 
 from remediation.core.checks import mask
 from remediation.core.columns import Batch, Kind
-from remediation.ports import LeavesOut
+from remediation.ports import LeavesOut, SelectsRows
 
 # Distinct identifiers asked at a time (each chunk is a query's IN list, or several)
 CHUNK = 1000
@@ -29,7 +30,10 @@ def without(batches: Iterator[Batch], leave_out: Sequence[LeavesOut]) -> Iterato
         return
     for batch in batches:
         for rows_out in leave_out:
-            batch = _without(batch, rows_out)
+            if isinstance(rows_out, SelectsRows):
+                batch = rows_out.selected(batch)
+            else:
+                batch = _without(batch, rows_out)
         if len(batch):
             yield batch
 
