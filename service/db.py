@@ -303,7 +303,7 @@ def pg_copy_rows(columns: Sequence[pa.Array | str | int]) -> pa.Array:
     """Each row of `columns` as PostgreSQL's binary COPY spells it (the number of fields, then
     each field's length and bytes, a length of -1 for NULL), one binary value a row, built by
     Arrow kernels with no Python object per row (a measured hot path: a run's audit, see
-    `jobs/store/runs.py`). A column is an integer array (an `int4` column), a string array
+    `jobs/store/loads.py`). A column is an integer array (an `int4` column), a string array
     (a text, varchar or json column: their binary forms are the UTF-8 text), or a str or int
     every row shares."""
     if not any(isinstance(column, pa.Array) for column in columns):

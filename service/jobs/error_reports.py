@@ -58,14 +58,10 @@ from service.jobs.inputs import JobDeps, local_name, next_generation, run_lineag
 from service.jobs.object_runs import object_sources
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
+from service.jobs.store.lineage import handled_identifiers, runs_correcting
 from service.jobs.store.quarantine import marked_among
 from service.jobs.store.reports import PARTIAL_ALERT, load_report, set_report_status
-from service.jobs.store.runs import (
-    finished_run,
-    handled_identifiers,
-    report_run_key,
-    runs_correcting,
-)
+from service.jobs.store.runs import finished_run, report_run_key
 from service.models import (
     ErrorReport,
     ErrorReportStatus,

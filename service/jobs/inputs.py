@@ -35,7 +35,7 @@ from remediation.rules import Rules
 from service.adapters.bucket_base import file_digests
 from service.errors import TaskInputMissing
 from service.jobs.runs import RunContext
-from service.jobs.store.runs import corrections_writing
+from service.jobs.store.lineage import corrections_writing
 from service.logs import log_event
 from service.models import ImportSet
 from service.models._types import as_utc, utcnow

@@ -34,6 +34,12 @@ from remediation.ports import Bucket
 from service.errors import StripeFileError, TaskInputMissing
 from service.jobs.inputs import JobDeps, download, event_time, identifiers_in
 from service.jobs.store import reports
+from service.jobs.store.lineage import (
+    corrected_among,
+    handled_among,
+    runs_correcting,
+    runs_of_sources,
+)
 from service.jobs.store.quarantine import (
     mark_refused_again,
     mark_taken_again,
@@ -41,15 +47,11 @@ from service.jobs.store.quarantine import (
     quarantine_times,
 )
 from service.jobs.store.runs import (
-    corrected_among,
     failed_file_run_key,
     finished_run,
-    handled_among,
     import_set_of,
     report_of,
     run_keys,
-    runs_correcting,
-    runs_of_sources,
 )
 from service.logs import log_event
 from service.models import ImportSet, RemediationRun

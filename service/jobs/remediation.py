@@ -49,13 +49,12 @@ from service.jobs.object_runs import (
 )
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
+from service.jobs.store.lineage import refused_among, runs_correcting
 from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated
 from service.jobs.store.runs import (
     failed_file_run_key,
     finished_run,
     import_set_run_key,
-    refused_among,
-    runs_correcting,
     unfinished_run,
 )
 from service.logs import log_event

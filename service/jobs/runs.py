@@ -34,13 +34,8 @@ from remediation.rules import Rules
 from service.adapters.bucket import output_key
 from service.config import Settings
 from service.jobs.stages import Stage, Stages
-from service.jobs.store.runs import (
-    AuditStage,
-    QuarantineStage,
-    finish_run,
-    finished_run,
-    start_run,
-)
+from service.jobs.store.loads import AuditStage, QuarantineStage
+from service.jobs.store.runs import finish_run, finished_run, start_run
 from service.logs import log_event
 from service.models import OutputKind, RemediationRun, RunTrigger
 from service.models._types import utcnow

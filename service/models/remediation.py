@@ -97,7 +97,7 @@ class CorrectionAudit(SQLModel, table=True):
 
     __tablename__ = "correction_audit"
     # Two indexes (migration 0004), each written about once per page by a run's sorted load
-    # (service/jobs/store/runs.py, AuditStage): the identifiers we wrote (lineage look-ups)
+    # (service/jobs/store/loads.py, AuditStage): the identifiers we wrote (lineage look-ups)
     # and a run's rows by identifier (a run's rows in order: appended at the index's end; it
     # also serves purges and re-runs by run_id).
     __table_args__ = (Index("ix_correction_audit_run_id_identifier", "run_id", "identifier"),)
@@ -140,7 +140,7 @@ class QuarantinedRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     # Not a foreign key (migration 0005): checked once per load transaction by its only
-    # writer (service/jobs/store/runs.py, QuarantineStage), not once per row.
+    # writer (service/jobs/store/loads.py, QuarantineStage), not once per row.
     run_id: int = Field(sa_column=Column(Integer, index=True))
     source: str = text_field()
     row_number: int

@@ -19,14 +19,14 @@ from remediation.outcomes import QuarantinedRow as Held
 from service import db
 from service.db import bulk_load, make_engine
 from service.jobs.inputs import parents
-from service.jobs.store import runs as store
+from service.jobs.store import lineage, loads
 from service.models import CorrectionAudit, QuarantinedRow, RemediationRun, RunTrigger
 from service.models._types import table_of
 
 WHEN = datetime(2026, 11, 30, 12, 34, 56, 789012, tzinfo=UTC)
 
 
-COLUMNS = store.QUARANTINE_COLUMNS
+COLUMNS = loads.QUARANTINE_COLUMNS
 
 
 def _quarantined(run_id: int, index: int) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def _stored_quarantined(engine: Any, columns: str) -> list[Any]:
 
 
 def _insert_quarantined(engine: Any, run_id: int, rows: list[tuple[Any, ...]]) -> None:
-    with store.QuarantineStage(engine, run_id, "file_x") as stage:
+    with loads.QuarantineStage(engine, run_id, "file_x") as stage:
         stage.add(rows)
         stage.load()
 
@@ -199,7 +199,7 @@ def test_quarantined_rows_of_a_run_that_does_not_exist_are_refused(db_url: str) 
 
         with pytest.raises(LookupError, match=f"run {missing} does not exist: quarantined rows"):
             _insert_quarantined(engine, missing, [row("file_x")])
-        with store.QuarantineStage(engine, run_id, "file_x") as stage:
+        with loads.QuarantineStage(engine, run_id, "file_x") as stage:
             with pytest.raises(
                 ValueError, match="quarantined rows of source 'file_x' only, not of \\['file_y'\\]"
             ):
@@ -310,7 +310,7 @@ def test_audit_stage_loads_every_row_sorted_by_identifier(
     """Corrections handed over in file order land in correction_audit sorted by identifier,
     a row's corrections in the order they were made, every value as given; across several
     load transactions (SQLite) and several staged batches."""
-    monkeypatch.setattr(store, "LOAD_CHUNK", 3)
+    monkeypatch.setattr(loads, "LOAD_CHUNK", 3)
     engine = make_engine(db_url)
     try:
         run_id = _run(engine, "k")
@@ -329,7 +329,7 @@ def test_audit_stage_loads_every_row_sorted_by_identifier(
             )
             for n, name in enumerate(names, start=1)
         ]
-        stage = store.AuditStage(engine, run_id, "file_x")
+        stage = loads.AuditStage(engine, run_id, "file_x")
         try:
             stage.add(rows[:4])
             stage.add([])
@@ -350,7 +350,7 @@ def test_audit_stage_loads_every_row_sorted_by_identifier(
         assert [row[1] for row in stored if row[2] is None] == [3]
         # The staging tables went with the stage: a second run on the same pool stages anew.
         again = _run(engine, "k2")
-        with store.AuditStage(engine, again, "file_y") as second:
+        with loads.AuditStage(engine, again, "file_y") as second:
             second.add([Correction("file_y", 1, "q", "q-mfx1", "c", "r", "f", None, "1")])
             assert second.load() == 1
         assert _stored_audit(engine)[-1] == (again, 1, "q", "q-mfx1", "c", "r", "f", None, "1")
@@ -367,12 +367,12 @@ def test_audit_stage_refuses_rows_of_a_run_that_does_not_exist(db_url: str) -> N
     try:
         run_id = _run(engine, "k")
         missing = run_id + 1000
-        with store.AuditStage(engine, missing, "file_x") as stage:
+        with loads.AuditStage(engine, missing, "file_x") as stage:
             stage.add([Correction("file_x", 1, "a", "a-mfx1", "c", "r", "f", "1", "2")])
             with pytest.raises(LookupError, match=f"run {missing} does not exist"):
                 stage.load()
         assert _stored_audit(engine) == []
-        with store.AuditStage(engine, run_id, "file_x") as stage:
+        with loads.AuditStage(engine, run_id, "file_x") as stage:
             kept = Correction("file_x", 1, "a", "a-mfx1", "c", "r", "f", "1", "2")
             other = Correction("file_y", 2, "b", "b-mfx1", "c", "r", "f", "1", "2")
             with pytest.raises(ValueError, match="audit of source 'file_x' only"):
@@ -396,7 +396,7 @@ def test_audit_stage_keeps_arrival_order_within_an_identifier(db_url: str) -> No
             Correction("f", n, "same" if n % 2 else f"i{n % 7}", "x", "c", "r", "f", "a" * 90, None)
             for n in range(6000)
         ]
-        with store.AuditStage(engine, run_id, "f") as stage:
+        with loads.AuditStage(engine, run_id, "f") as stage:
             for start in range(0, len(rows), 1000):
                 stage.add(rows[start : start + 1000])
             stage.load()
@@ -429,7 +429,7 @@ def test_corrections_writing_finds_identifiers_of_any_spelling(db_url: str) -> N
     engine = make_engine(db_url)
     try:
         run_id = _run(engine, "k")
-        with store.AuditStage(engine, run_id, "f") as stage:
+        with loads.AuditStage(engine, run_id, "f") as stage:
             stage.add(
                 [
                     Correction("f", n, f"old{n}", new, "c", "r", "f", None, "1")
@@ -438,11 +438,11 @@ def test_corrections_writing_finds_identifiers_of_any_spelling(db_url: str) -> N
             )
             stage.load()
         decoys = ['q"uot', "Null", "a b ", "ü-MFX1", "back\\\\slash", "[]", ""]
-        found = store.corrections_writing(engine, [*decoys, *tricky])
+        found = lineage.corrections_writing(engine, [*decoys, *tricky])
         assert sorted((audit.new_identifier, audit.identifier, g) for audit, g in found) == sorted(
             (new, f"old{n}", 1) for n, new in enumerate(tricky, start=1)
         )
-        assert store.corrections_writing(engine, decoys) == []
+        assert lineage.corrections_writing(engine, decoys) == []
         unwritable = ["a\ud800b", "\udc80", "x\x00", "w" * 513]
         traced = parents(engine, [*unwritable, *decoys, *tricky])
         assert traced == {new: Parent(f"old{n}", "c", 1) for n, new in enumerate(tricky, start=1)}
@@ -461,7 +461,7 @@ def test_quarantine_stage_loads_every_row_sorted_by_identifier(
     quarantined_rows sorted by identifier (their ids in that order), rows under one
     identifier in arrival order, every value as given (the record's text as it came); across
     several load transactions (SQLite). Nothing is in the table before the load."""
-    monkeypatch.setattr(store, "LOAD_CHUNK", 3)
+    monkeypatch.setattr(loads, "LOAD_CHUNK", 3)
     engine = make_engine(db_url)
     try:
         run_id = _run(engine, "k")
@@ -475,7 +475,7 @@ def test_quarantine_stage_loads_every_row_sorted_by_identifier(
             )
             for n, name in enumerate(names, start=1)
         ]
-        with store.QuarantineStage(engine, run_id, "file_x") as stage:
+        with loads.QuarantineStage(engine, run_id, "file_x") as stage:
             stage.add(rows[:4])
             stage.add([])
             stage.add(rows[4:])
@@ -630,7 +630,7 @@ def test_handled_identifiers_are_those_of_the_runs_of_one_source(db_url: str) ->
             ("c1", "usage/a.csv.bak", [10], [11]),
         ):
             run_id = _run_of(engine, key, source)
-            with store.AuditStage(engine, run_id, source) as audit:
+            with loads.AuditStage(engine, run_id, source) as audit:
                 audit.add(
                     [
                         Correction(source, n, f"{key}-{n}", None, "c", "r", "f", "1", "2")
@@ -638,12 +638,12 @@ def test_handled_identifiers_are_those_of_the_runs_of_one_source(db_url: str) ->
                     ]
                 )
                 audit.load()
-            with store.QuarantineStage(engine, run_id, source) as held:
+            with loads.QuarantineStage(engine, run_id, source) as held:
                 held.add(
                     [(source, n, f"q{n}", "c", "why", None, None, "{}", WHEN) for n in quarantined]
                 )
                 held.load()
-        assert store.handled_identifiers(engine, "usage/a.csv") == {
+        assert lineage.handled_identifiers(engine, "usage/a.csv") == {
             "a1-1",
             "a1-4",
             "q2",
@@ -652,13 +652,13 @@ def test_handled_identifiers_are_those_of_the_runs_of_one_source(db_url: str) ->
             "q4",
         }
         # a run done again (its crashed try's rows are deleted) counts only the others'
-        assert store.handled_identifiers(engine, "usage/a.csv", other_than="a2") == {
+        assert lineage.handled_identifiers(engine, "usage/a.csv", other_than="a2") == {
             "a1-1",
             "a1-4",
             "q2",
         }
-        assert store.handled_identifiers(engine, "usage/b.csv") == {"b1-3", "b1-5", "q6", "q8"}
-        assert store.handled_identifiers(engine, "usage/none.csv") == frozenset()
+        assert lineage.handled_identifiers(engine, "usage/b.csv") == {"b1-3", "b1-5", "q6", "q8"}
+        assert lineage.handled_identifiers(engine, "usage/none.csv") == frozenset()
     finally:
         engine.dispose()
 
@@ -671,9 +671,9 @@ def test_handled_identifiers_are_found_by_index_not_by_a_scan(sqlite_url: str) -
     try:
         with engine.connect() as connection:
             queries = [
-                *store.handled_queries("usage/a.csv"),
-                store.correcting_queries("a")[1],
-                store.reruns_of([1, 2]),
+                *lineage.handled_queries("usage/a.csv"),
+                lineage.correcting_queries("a")[1],
+                lineage.reruns_of([1, 2]),
             ]
             tables = ("correction_audit", *["quarantined_rows"] * 3)
             for query, table in zip(queries, tables, strict=True):

@@ -471,7 +471,7 @@ def test_corrections_are_found_by_any_identifier_text(db_url: str) -> None:
     """The one-parameter look-up (a JSON list on SQLite, an array on PostgreSQL) finds
     identifiers holding quotes, backslashes, commas, braces and non-ASCII text, and only
     those asked for."""
-    from service.jobs.store.runs import corrections_writing
+    from service.jobs.store.lineage import corrections_writing
 
     odd = ['a"b', "c\\d", "e,f", "{g}", "ü–h", "i'j", "k l", "[1]"]
     engine = make_engine(db_url)
