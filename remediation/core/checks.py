@@ -9,13 +9,16 @@ by one, and those with `validate_record` itself, so both always agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.codes import ErrorCode
-from remediation.core.columns import Batch, Column, Indexes, Kind, Mask
+from remediation.core.columns import Batch, Column, Indexes, Kind, Mask, as_string
 from remediation.core.text import rows_holding
 from remediation.limits import FieldLimits
 from remediation.meters import Meter
@@ -121,7 +124,11 @@ def field_suspects(batch: Batch, limits: FieldLimits) -> Mask:
     ):
         suspect |= longer(column, most) | has_control(column)
     suspect |= batch.timestamp.is_text() & has_control(batch.timestamp)
-    for key, column in batch.payload.items():
+    plain = {k: c for k, c in batch.payload.items() if c.plain_within is not None}
+    if len(plain) < len(batch.payload):
+        others = [(k, c) for k, c in batch.payload.items() if c.plain_within is None]
+        suspect |= _payload_suspects(others, limits)
+    for key, column in plain.items():
         if len(key) > limits.max_payload_key_chars or not key.isprintable():
             suspect |= column.present()
         text = column.is_text()
@@ -134,6 +141,87 @@ def field_suspects(batch: Batch, limits: FieldLimits) -> Mask:
             )
             suspect |= odd & column.present()
     return suspect
+
+
+def _payload_suspects(columns: list[tuple[str, Column]], limits: FieldLimits) -> Mask:
+    """`field_suspects` of payload columns not known plain (`Column.plain_within`: JSON), all
+    at once: rows naming keys of their own make a column per key, and each measured by its
+    own Arrow calls cost ~0.5 ms a key. What a column's values make suspect is a mark of it
+    (rows taken carry it: the later checks of a batch's rows only join them), made for the
+    columns without it together (`_suspect_values`)."""
+    most = limits.max_payload_value_chars
+    name = f"suspect values {most}"
+    unmarked = [column for _, column in columns if not _marked(column, name)]
+    if unmarked:
+        for column, found in zip(unmarked, _suspect_values(unmarked, most), strict=True):
+            column.mark(name, _given(found))
+    suspect = np.zeros(len(columns[0][1]), bool)
+    for key, column in columns:
+        if len(key) > limits.max_payload_key_chars or not key.isprintable():
+            suspect |= column.present()
+    marks = np.stack([column.mark(name, _unmeasured) for _, column in columns])
+    joined: Mask = suspect | marks.any(axis=0)
+    return joined
+
+
+def _suspect_values(columns: list[Column], most: int) -> Mask:
+    """Per column (a row each), the rows `field_suspects` suspects for their value: a text
+    longer than `most` or holding a control character, a number longer than `most`, an
+    object or array."""
+    _measure(columns)
+    present = np.stack([column.present() for column in columns])
+    kinds = np.stack([column.kind_array() for column in columns])
+    sizes = np.stack([column.mark("bytes", _byte_lengths) for column in columns])
+    control = np.stack([has_control(column) for column in columns])
+    long = sizes > most  # as `longer`: those counted in characters below
+    for at in np.flatnonzero(long.any(axis=1)).tolist():
+        long[at] = longer(columns[at], most)
+    text = present & (kinds == Kind.TEXT)
+    numbers = (kinds == Kind.INT) | (kinds == Kind.FLOAT)
+    odd = (kinds == Kind.JSON) | numbers & long
+    found: Mask = text & (long | control) | odd & present
+    return found
+
+
+def _given(values: npt.NDArray[Any]) -> Callable[[Column], npt.NDArray[Any]]:
+    """A mark's values known already (`Column.mark` computes none)."""
+    return lambda _: values
+
+
+class _Unmeasured(Exception):
+    """A column without a mark yet (`_marked`)."""
+
+
+def _unmeasured(column: Column) -> npt.NDArray[np.int64]:
+    raise _Unmeasured
+
+
+def _marked(column: Column, name: str) -> bool:
+    """Whether `column` has the mark `name` (none is made here)."""
+    try:
+        column.mark(name, _unmeasured)
+    except _Unmeasured:
+        return False
+    return True
+
+
+def _measure(columns: list[Column]) -> None:
+    """The "present", "bytes" and "control" marks of the columns without them, measured at
+    once over their texts joined (each as `_present`, `_byte_lengths` and `_control` gives
+    it). A column taken from a measured one carries its marks: it is not measured again."""
+    unmeasured = [column for column in columns if not _marked(column, "bytes")]
+    if len(unmeasured) < 2:
+        return
+    joined = Column(pa.concat_arrays([as_string(column.text) for column in unmeasured]))
+    sizes, control = _byte_lengths(joined), _control(joined)
+    present = mask(pc.is_valid(joined.text))
+    start = 0
+    for column in unmeasured:
+        at = slice(start, start + len(column))
+        column.mark("bytes", _given(sizes[at]))
+        column.mark("control", _given(control[at]))
+        column.mark("present", _given(present[at]))
+        start = at.stop
 
 
 def code_objects(ids: CodeIds) -> Codes:
@@ -179,14 +267,30 @@ def _odd_values(batch: Batch) -> Mask:
     `12`, `1e-05` is no plain number): checked one by one. Other floats (`956.93`: `repr`
     without exponent, not integral) and other kinds are checked on their text."""
     odd = np.zeros(len(batch), bool)
-    for column in batch.payload.values():
-        if column.kinds is None:
-            continue
-        floats = np.flatnonzero(column.kinds == Kind.FLOAT)
-        if len(floats):
-            texts = column.text.take(pa.array(floats))
-            odd[floats[~mask(pc.match_substring_regex(texts, _PLAIN_FLOAT))]] = True
+    typed = [column for column in batch.payload.values() if column.kinds is not None]
+    if not typed:
+        return odd
+    unmarked = [column for column in typed if not _marked(column, "odd floats")]
+    if unmarked:  # which columns hold a float at all: once for all of them
+        floats = np.stack([column.kinds == Kind.FLOAT for column in unmarked])
+        for column, held in zip(unmarked, np.asarray(floats.any(axis=1)), strict=True):
+            column.mark("odd floats", _odd_floats if held else _none)
+    return odd | np.stack([column.mark("odd floats", _unmeasured) for column in typed]).any(0)
+
+
+def _odd_floats(column: Column) -> Mask:
+    """A column's floats whose plain text is not their JSON text (`_odd_values`)."""
+    odd = np.zeros(len(column), bool)
+    assert column.kinds is not None
+    floats = np.flatnonzero(column.kinds == Kind.FLOAT)
+    if len(floats):
+        texts = column.text.take(pa.array(floats))
+        odd[floats[~mask(pc.match_substring_regex(texts, _PLAIN_FLOAT))]] = True
     return odd
+
+
+def _none(column: Column) -> Mask:
+    return np.zeros(len(column), bool)
 
 
 _PLAIN_FLOAT = r"^-?[0-9]+\.[0-9]*[1-9]$"  # repr() of a float that is its own plain number

@@ -13,6 +13,7 @@ quotes has each value at a known place (`Leaf`).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -169,9 +170,10 @@ def _placed(tokens: list[str | Leaf]) -> tuple[tuple[Leaf, ...], int]:
     for token in tokens:
         if isinstance(token, Leaf):
             if token.kind == Kind.TEXT:
-                leaves.append(replace(token, piece=piece))
+                leaves.append(Leaf(token.group, token.key, token.kind, token.path, piece))
             else:
-                open_number, length = replace(token, piece=piece, start=length), 0
+                open_number = Leaf(token.group, token.key, token.kind, token.path, piece, length)
+                length = 0
             continue
         for char in token:
             if char != '"':
@@ -205,14 +207,19 @@ LITERALS = (Kind.BOOL, Kind.NULL)
 
 def plain(text: str) -> bool:
     """Written by json.dumps as itself in quotes (no escape, no control character)."""
-    return not any(c in '"\\' or ord(c) < 0x20 for c in text)
+    return _UNPLAIN.search(text) is None
+
+
+_UNPLAIN = re.compile(r'["\\\x00-\x1f]')
+# ASCII but letters, digits and "_", as RE2 hex escapes (`_literal`)
+_ESCAPED = {
+    code: f"\\x{{{code:x}}}" for code in range(0x80) if not (chr(code).isalnum() or code == 0x5F)
+}
 
 
 def _literal(text: str) -> str:
     """`text` as an RE2 literal (ASCII punctuation as hex escapes, the rest as is)."""
-    return "".join(
-        c if c.isalnum() or c == "_" or ord(c) > 0x7F else f"\\x{{{ord(c):x}}}" for c in text
-    )
+    return text.translate(_ESCAPED)
 
 
 def layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[Any, Any]) -> Batch:
