@@ -117,6 +117,7 @@ class JsonArrayRecords(_JsonRecords):
 # bytes (the bound of one line or element), its first line looked at up to `CHUNK_CHARS`.
 MAX_DOCUMENT_BYTES = MAX_LINE_CHARS
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF16_UNITS = 4  # characters in UTF-16 without a BOM that tell it (one NUL alone does not)
 _BREAK_AND_INDENT = re.compile("[\r\n\t][ \t\r\n]*")
 
 
@@ -157,13 +158,19 @@ def objects_document(stream: BinaryIO, array: bool) -> BinaryIO:
 def utf16_refusal(head: bytes) -> str | None:
     """Why a file whose first bytes are `head` is refused as UTF-16 text, or None: its byte
     order mark, where UTF-8 decoding fails (what CSV and JSON Lines readers say of it), or,
-    without one, a NUL byte in its first two (its first character's other byte: no UTF-8
-    usage file starts with one)."""
+    without one, its first `_UTF16_UNITS` characters each an ASCII byte beside a NUL byte, as
+    UTF-16 spells them (a NUL alone is no such pattern: a line of JSON Lines holding one is a
+    malformed row, as any line that is no JSON)."""
     if head[:2] in _UTF16_BOMS:
         return "not UTF-8 text: undecodable byte at offset 0"
-    at = head.find(b"\x00", 0, 2)
-    if at >= 0:
-        return f"not UTF-8 text: a NUL byte at offset {at}, as UTF-16 text has (save it as UTF-8)"
+    units = head[: 2 * _UTF16_UNITS]
+    if len(units) < 2 * _UTF16_UNITS:
+        return None
+    for nul, ascii_at in ((0, 1), (1, 0)):  # big-endian, little-endian
+        if not any(units[nul::2]) and all(0 < byte < 0x80 for byte in units[ascii_at::2]):
+            return (
+                f"not UTF-8 text: a NUL byte at offset {nul}, as UTF-16 text has (save it as UTF-8)"
+            )
     return None
 
 

@@ -256,3 +256,18 @@ def test_line_separators_are_escaped_in_what_is_written(tmp_path: Path, fmt: Fil
     if fmt is FileFormat.JSONL:
         assert kept[None]["raw"] == '{"event_name": "x\u2028", "broken'
         assert r'"raw":"{\"event_name\": \"x\u2028\", \"broken"' in quarantine
+
+
+@pytest.mark.parametrize("fmt", [FileFormat.JSONL, FileFormat.JSON])
+@pytest.mark.parametrize("data", [b"\x00", b"\x00\n", b"{\x00}\n", b'\x00{"a":1}\n'])
+def test_a_nul_byte_alone_is_no_utf16_file(fmt: FileFormat, data: bytes) -> None:
+    """A NUL byte among the first two is not UTF-16 by itself: a JSON Lines line holding one
+    is a malformed row, as any line that is no JSON (`test_fuzz_readers`: the file `\\x00`
+    was refused whole as UTF-16, not read one record a line)."""
+    if fmt is FileFormat.JSON:  # an array's broken item fails the file, as it always did
+        with pytest.raises(UnreadableFile) as refused:
+            list(read_records(io.BytesIO(b"[" + data.rstrip(b"\n") + b"]\n"), fmt))
+        assert refused.value.reason.startswith("invalid JSON in item 1"), refused.value.reason
+        return
+    records = list(read_records(io.BytesIO(data), fmt))
+    assert records and all(record.malformed for record in records), records
