@@ -47,7 +47,9 @@ types: install
 # Most of the suite waits on sockets, subprocesses and sleeps (one process keeps a 2-core machine
 # about 30 % busy), so it runs on TEST_WORKERS processes (pytest-xdist), a test file each at a
 # time (`loadfile`: a file's tests share its module state). `TEST_WORKERS=0` runs in one process.
-TEST_WORKERS ?= 2
+# Three on 2 cores: 2,340 tests in 9:33 (the CPU 72 % busy) against 12:08 on two (66 %), on one
+# machine, one after the other (2026-12-06).
+TEST_WORKERS ?= 3
 
 pytest: install
 	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
