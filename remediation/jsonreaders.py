@@ -152,7 +152,7 @@ def objects_document(stream: BinaryIO, array: bool) -> BinaryIO:
     if start is not None:
         stream.seek(start)
         return stream
-    return io.BufferedReader(_Replay(document, stream))
+    return io.BufferedReader(Replay(document, stream))
 
 
 def utf16_refusal(head: bytes) -> str | None:
@@ -229,7 +229,7 @@ def _one_a_line(objects: list[str], array: bool) -> bytes:
     return ("\n".join(objects) + "\n").encode()
 
 
-class _Replay(io.RawIOBase):
+class Replay(io.RawIOBase):
     """`data`, then what is left of `stream` (which is not closed with this)."""
 
     def __init__(self, data: bytes, stream: BinaryIO) -> None:

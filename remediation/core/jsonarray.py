@@ -41,11 +41,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.columns import Ahead, Batch, record_batches
-from remediation.core.jsonllines import LINE_BLOCK_BYTES, Lines, Replay
+from remediation.core.jsonllines import LINE_BLOCK_BYTES, Lines
 from remediation.core.jsonlread import JsonlBatches
 from remediation.jsonreaders import (
     MAX_JSON_ELEMENT_CHARS,
     JsonArrayRecords,
+    Replay,
     array_records,
     element_record,
 )

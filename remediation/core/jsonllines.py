@@ -137,30 +137,10 @@ def _split(block: bytes) -> pa.Array | None:
 def _rest(data: bytes, stream: BinaryIO, number: int, bom: bool = False) -> Iterator[Lines]:
     """The lines of `data` and of the rest of `stream`, read by the line reader (`bom`: the
     data is the stream's start, where a BOM is dropped)."""
-    replayed = io.BufferedReader(Replay(data, stream))
+    replayed = io.BufferedReader(jsonreaders.Replay(data, stream))
     text = io.TextIOWrapper(replayed, encoding="utf-8-sig" if bom else "utf-8", newline="")
     try:
         for block in jsonreaders.jsonl_line_blocks(text, number):
             yield Lines(block.numbers, pa.array(block.lines, pa.string()), block.refused)
     finally:
         text.detach()
-
-
-class Replay(io.RawIOBase):
-    """`data`, then what is left of `stream` (which is not closed with this)."""
-
-    def __init__(self, data: bytes, stream: BinaryIO) -> None:
-        self._data, self._at, self._stream = data, 0, stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._at < len(self._data):
-            taken = self._data[self._at : self._at + len(buffer)]
-            buffer[: len(taken)] = taken
-            self._at += len(taken)
-            return len(taken)
-        read = self._stream.read(len(buffer))
-        buffer[: len(read)] = read
-        return len(read)
