@@ -1,12 +1,18 @@
-"""The webhook INSERT's own autocommit connection on PostgreSQL (one per process)."""
+"""The webhook INSERT's own autocommit connection on PostgreSQL (one per process).
+
+The database is shared: other test processes store webhooks in schemas of their own at the same
+time, so sessions are told apart by an application name of this test's (`tagged`), and the
+`bystander` fixture holds such another process's session open, so a count that is not told apart
+fails every time, not once in a while."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
 
 from service.adapters.stripe_events import VerifiedEvent
 from service.db import make_engine
@@ -17,10 +23,35 @@ from service.models.inbox import PayloadStyle
 
 
 @pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    engine = make_engine(pg_url)
+def tagged(pg_url: str) -> str:
+    """`pg_url` with an application name of this test's own."""
+    name = f"mfx_pg_writer_{uuid.uuid4().hex[:12]}"
+    return make_url(pg_url).update_query_dict({"application_name": name}).render_as_string(False)
+
+
+@pytest.fixture
+def engine(tagged: str, bystander: Connection) -> Iterator[Engine]:
+    engine = make_engine(tagged)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def bystander(pg_url: str) -> Iterator[Connection]:
+    """Another process's session whose last statement was a webhook INSERT (its transaction
+    left open, then rolled back: the table holds only this test's rows)."""
+    other = create_engine(pg_url)
+    with other.connect() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO inbox_events (event_id, event_type, style, livemode, body,"
+                " received_at, status, attempts)"
+                " VALUES ('evt_bystander', 't', 'thin', false, '{}', now(), 'pending', 0)"
+            )
+        )
+        yield connection
+        connection.rollback()
+    other.dispose()
 
 
 def _event(event_id: str) -> VerifiedEvent:
@@ -40,21 +71,26 @@ def _ids(url: str) -> list[str]:
         other.dispose()
 
 
+_WRITERS = (
+    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    " AND application_name = :name AND query LIKE 'INSERT INTO inbox_events%'"
+)
+
+
 def _writer_sessions(url: str) -> int:
-    """Sessions of this database whose last statement was the webhook INSERT."""
+    """This test's sessions whose last statement was the webhook INSERT."""
     other = create_engine(url)
     try:
         with other.connect() as connection:
-            query = text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid() AND query LIKE 'INSERT INTO inbox_events%'"
+            name = make_url(url).query["application_name"]
+            return int(
+                connection.execute(text(f"SELECT count(*) {_WRITERS}"), {"name": name}).scalar_one()
             )
-            return int(connection.execute(query).scalar_one())
     finally:
         other.dispose()
 
 
-def test_one_autocommit_connection_per_process(engine: Engine, pg_url: str) -> None:
+def test_one_autocommit_connection_per_process(engine: Engine, pg_url: str, tagged: str) -> None:
     assert store_event(engine, _event("evt_1"), known_type=True) is StoreResult.STORED
     writer = postgres_writer(engine)
     assert writer is not None and writer.pid == os.getpid()
@@ -62,7 +98,7 @@ def test_one_autocommit_connection_per_process(engine: Engine, pg_url: str) -> N
     assert postgres_writer(engine) is writer
     assert _ids(pg_url) == ["evt_1", "evt_2"]  # committed without any COMMIT of ours
     assert engine.pool.checkedout() == 0  # detached from the pool, not borrowed
-    assert _writer_sessions(pg_url) == 1
+    assert _writer_sessions(tagged) == 1
 
 
 def test_duplicate_leaves_the_connection_usable(engine: Engine, pg_url: str) -> None:
@@ -72,18 +108,18 @@ def test_duplicate_leaves_the_connection_usable(engine: Engine, pg_url: str) -> 
     assert _ids(pg_url) == ["evt_1", "evt_2"]
 
 
-def test_a_session_ended_by_the_server_is_replaced(engine: Engine, pg_url: str) -> None:
+def test_a_session_ended_by_the_server_is_replaced(
+    engine: Engine, pg_url: str, tagged: str
+) -> None:
     store_event(engine, _event("evt_1"), known_type=True)
     admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
             ended = connection.execute(
                 text(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM"
-                    " pg_stat_activity WHERE datname = current_database()"
-                    " AND pid <> pg_backend_pid()"
-                    " AND query LIKE 'INSERT INTO inbox_events%') AS ended"
-                )
+                    f"SELECT count(*) FROM (SELECT pg_terminate_backend(pid) {_WRITERS}) AS ended"
+                ),
+                {"name": make_url(tagged).query["application_name"]},
             ).scalar_one()
     finally:
         admin.dispose()
@@ -112,11 +148,11 @@ def test_forked_child_makes_its_own_connection(engine: Engine, pg_url: str) -> N
     assert sorted(_ids(pg_url)) == ["evt_child", "evt_parent", "evt_parent_2"]
 
 
-def test_dispose_closes_the_session(engine: Engine, pg_url: str) -> None:
+def test_dispose_closes_the_session(engine: Engine, pg_url: str, tagged: str) -> None:
     store_event(engine, _event("evt_1"), known_type=True)
-    assert _writer_sessions(pg_url) == 1
+    assert _writer_sessions(tagged) == 1
     engine.dispose()
-    assert _writer_sessions(pg_url) == 0
+    assert _writer_sessions(tagged) == 0
     assert store_event(engine, _event("evt_2"), known_type=True) is StoreResult.STORED
 
 
