@@ -15,8 +15,10 @@ copy in one process, JSON Lines <= 1.0x a json.loads/json.dumps copy, peak RSS <
 flat from 1x to 4x, <= 1.5x the polars script); the pandas and polars scripts apply the same
 basic fixes.
 Usage: python bench/remediate.py [--rows N] [--rounds N] [--mix varied|basic] [--big 4]
-       [--only "csv copy,meterfix"] [--optional-keys N] [--payload-columns N]
+       [--only "csv copy,meterfix"] [--optional-keys N] [--payload-columns N] [--own-keys N]
 `--optional-keys 7`: the JSON rows (not the CSV) carry optional payload keys, 128 layouts;
+`--own-keys 5`: every JSON row (not the CSV) 5 payload keys no other row names (hostile
+input: every key a column of its batch; take `--rows 20000 --only "json copy,meterfix jsonl"`);
 `--payload-columns 20`: every row 20 more payload columns (27 in all).
 Peak RSS and CPU as GNU time reports them (`/usr/bin/time`; wait4 without it): RSS of the
 largest process, CPU of the process and its children (meterfix runs in one process: its CPU
@@ -131,13 +133,16 @@ class RowMaker:
         return [self.identifier(), str(ts), name, customer, value, code, MESSAGES[code]]
 
 
-def generate(path: Path, rows: int, mix: str = "varied", optional: int = 0, wide: int = 0) -> None:
+def generate(
+    path: Path, rows: int, mix: str = "varied", optional: int = 0, wide: int = 0, own: int = 0
+) -> None:
     """The CSV at `path` and the same rows as JSON Lines beside it (`.jsonl`); `optional`:
     the JSON rows' payloads carry each of that many more keys or not (2**optional layouts);
-    `wide`: every row carries that many more payload columns (CSV) and keys (JSON)."""
+    `wide`: every row carries that many more payload columns (CSV) and keys (JSON); `own`:
+    every JSON row's payload that many keys of its own."""
     table = MIXES[mix]
     maker, weights = RowMaker(7), [w for w, _, _ in table]
-    dimensions = Dimensions(optional)
+    dimensions = Dimensions(optional, own)
     more = [f"dim{i}" for i in range(wide)]
     texts = random.Random(13)  # apart from the rows' own
     kinds = maker.rng.choices([(c, d) for _, c, d in table], weights, k=rows)
@@ -159,19 +164,22 @@ def generate(path: Path, rows: int, mix: str = "varied", optional: int = 0, wide
 
 
 class Dimensions:
-    """Optional payload keys (region, tier, ...), each in a row or not, a text or a number."""
+    """Optional payload keys (region, tier, ...), each in a row or not, a text or a number;
+    and `own` keys each row names alone (`k<row>_<i>`, numbers)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, own: int = 0) -> None:
         self.keys = [f"dim{i}" for i in range(count)]
         self.rng = random.Random(11)  # apart from the rows' own: the CSV stays the same
+        self.own, self.rows = own, 0
 
     def added(self, record: dict[str, object]) -> dict[str, object]:
-        if self.keys:
-            payload = record["payload"]
-            assert isinstance(payload, dict)
-            for at, key in enumerate(self.keys):
-                if self.rng.random() < 0.5:
-                    payload[key] = at if at % 2 else self.rng.choice(("eu", "us-east-1", "b"))
+        payload = record["payload"]
+        assert isinstance(payload, dict)
+        for at, key in enumerate(self.keys):
+            if self.rng.random() < 0.5:
+                payload[key] = at if at % 2 else self.rng.choice(("eu", "us-east-1", "b"))
+        payload.update((f"k{self.rows:x}_{at}", at) for at in range(self.own))
+        self.rows += 1
         return record
 
 
@@ -315,8 +323,10 @@ def timed(cmd: list[str]) -> Figures:
     return Figures(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
-def prepare(work: Path, rows: int, mix: str, optional: int = 0, wide: int = 0) -> None:
-    generate(work / "failed.csv", rows, mix, optional, wide)
+def prepare(
+    work: Path, rows: int, mix: str, optional: int = 0, wide: int = 0, own: int = 0
+) -> None:
+    generate(work / "failed.csv", rows, mix, optional, wide, own)
     with open(work / "failed.jsonl") as lines, open(work / "failed.json", "w") as array:
         # the same rows as a JSON array, one element a line (as meterfix writes one)
         array.write("[\n")
@@ -438,10 +448,17 @@ def same_work(work: Path, wanted: list[str], rows: int) -> None:
 
 
 def report(
-    rows: int, big: int, mix: str, results: dict[str, Figures], optional: int = 0, wide: int = 0
+    rows: int,
+    big: int,
+    mix: str,
+    results: dict[str, Figures],
+    more: tuple[int, int, int] = (0, 0, 0),
 ) -> None:
+    """`more`: the JSON rows' optional keys, the more payload columns, the keys of their own."""
     base = results.get("csv copy", Figures(1.0, 0.0, 1.0))
+    optional, wide, own = more
     keys = f", JSON rows with {optional} optional payload keys" if optional else ""
+    keys += f", JSON rows each with {own} payload keys of their own" if own else ""
     keys += f", {wide} more payload columns" if wide else ""
     print(
         f"rows: {rows:,} ({mix} mix{keys}; big file: {big * rows:,}); "
@@ -516,18 +533,24 @@ def main() -> None:
         default=0,
         help="every row carries this many more payload columns (CSV) and keys (JSON)",
     )
+    parser.add_argument(
+        "--own-keys",
+        type=int,
+        default=0,
+        help="every JSON row carries this many payload keys no other row names",
+    )
     args = parser.parse_args()
+    more = (args.optional_keys, args.payload_columns, args.own_keys)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prepare(work, args.rows, args.mix, args.optional_keys, args.payload_columns)
+        prepare(work, args.rows, args.mix, *more)
         commands = contenders(work)
         wanted = args.only.split(",") if args.only else list(commands)
         if {"meterfix big", "meterfix jsonl big"} & set(wanted):  # the .jsonl beside it
-            more = (args.optional_keys, args.payload_columns)
             generate(work / "big.csv", args.big * args.rows, args.mix, *more)
         results = rounds(commands, wanted, args.rounds, work)
         same_work(work, wanted, args.rows)
-    report(args.rows, args.big, args.mix, results, args.optional_keys, args.payload_columns)
+    report(args.rows, args.big, args.mix, results, more)
 
 
 if __name__ == "__main__":

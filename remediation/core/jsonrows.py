@@ -162,9 +162,17 @@ def _written(
     (200,000 rows of the optional-keys file, 128 layouts: 0.52-0.70 s, gathered 0.27-0.34 s)."""
     batch, orders = rows.batch, rows.orders
     codes = orders.codes[members]
+    # per group of keys (payload, other), each key's orders: a look-up a key, where testing
+    # every order for every key cost keys x orders (rows each naming keys of their own)
+    orders_of: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
+    for place, order in enumerate(orders.distinct):
+        for group, keys_of in enumerate(orders_of):
+            for key in order[group]:
+                keys_of.setdefault(key, []).append(place)
 
     def holding(key: str, group: int) -> np.ndarray[Any, Any]:
-        held = np.asarray([key in order[group] for order in orders.distinct], bool)
+        held = np.zeros(len(orders.distinct), bool)
+        held[orders_of[group].get(key, [])] = True
         found: np.ndarray[Any, Any] = held[codes]
         return found
 
@@ -316,30 +324,35 @@ def _agreeing(orders: Sequence[KeyOrder]) -> list[tuple[_Keys, list[int]]] | Non
     """The orders in groups whose orders one order of their keys follows (payload keys and
     the other keys apart; our own `mfx_` keys are not written): that order, and the group's
     orders (their places in `orders`). None past `AT_ONCE_GROUPS` groups."""
-    groups: list[tuple[list[str], list[str], list[int]]] = []
+    # each group: its payload keys and other keys in order, the keys of both, its orders
+    groups: list[tuple[list[str], list[str], tuple[set[str], set[str]], list[int]]] = []
     for at, (payload, extra) in enumerate(orders):
         written = [key for key in extra if not key.startswith(MFX_PREFIX)]
-        for payload_keys, extra_keys, members in groups:
-            merged = _merged(payload_keys, payload)
-            merged_extra = None if merged is None else _merged(extra_keys, written)
+        for payload_keys, extra_keys, (in_payload, in_extra), members in groups:
+            merged = _merged(payload_keys, payload, in_payload)
+            merged_extra = None if merged is None else _merged(extra_keys, written, in_extra)
             if merged is not None and merged_extra is not None:
                 payload_keys[:], extra_keys[:] = merged, merged_extra
+                in_payload.update(payload)
+                in_extra.update(written)
                 members.append(at)
                 break
         else:
             if len(groups) == AT_ONCE_GROUPS:
                 return None
-            groups.append((list(payload), written, [at]))
-    return [((payload_keys, extra_keys), members) for payload_keys, extra_keys, members in groups]
+            groups.append((list(payload), written, (set(payload), set(written)), [at]))
+    return [
+        ((payload_keys, extra_keys), members) for payload_keys, extra_keys, _, members in groups
+    ]
 
 
-def _merged(sequence: list[str], keys: Sequence[str]) -> list[str] | None:
-    """`sequence` with the `keys` it lacks put in, so that `keys` follow it in their order;
-    None when they cannot (two keys in the other order there)."""
+def _merged(sequence: list[str], keys: Sequence[str], known: set[str]) -> list[str] | None:
+    """`sequence` (its keys: `known`) with the `keys` it lacks put in, so that `keys` follow it
+    in their order; None when they cannot (two keys in the other order there)."""
     merged = list(sequence)
     last = -1  # where the key before this one is
     for key in keys:
-        if key in merged:
+        if key in known:
             place = merged.index(key)
             if place <= last:
                 return None

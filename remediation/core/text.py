@@ -461,8 +461,9 @@ def json_lines_safe(texts: pa.Array) -> pa.Array:
     return _scatter(texts, rows, pa.array(escaped, pa.large_string()))
 
 
-@lru_cache(maxsize=1024)
 def json_text(value: str) -> str:
-    """One string as `json_strings` writes it (names and keys met in every batch: once each)."""
-    text: str = json_strings(pa.array([value])).to_pylist()[0]
+    """One string as `json_strings` writes it: json's own encoder, as json.dumps(value,
+    ensure_ascii=False) calls it (through an array and back it cost ~40 us a call, and a batch
+    of rows each naming keys of their own asks for tens of thousands of keys)."""
+    text: str = encode_basestring(value)
     return text
