@@ -447,25 +447,43 @@ def _text_or_none(value: object) -> str | None:
 # writer: rows each naming keys of their own cost the square of their number in one batch
 # (2,000 rows of 5 such keys took 20 s), so a batch is cut where its cells would pass this.
 MAX_BATCH_CELLS = 1 << 19
+# And where it would hold more distinct keys than this and `SPARSE` times as many as its widest
+# row names: mostly empty columns, each costing its share of every check and writer whatever
+# its rows, and more of them the more rows (rows of 5 keys of their own, 20,000 of them,
+# through `meterfix remediate`: batches of ~320 rows and 1,600 keys, 35 s and a peak RSS of
+# 211 MB; of ~100 rows and 512 keys, see the README). Rows that share their keys, however
+# many, are cut by their cells alone.
+MAX_BATCH_KEYS = 256
+SPARSE = 4
+
+
+def _past_bounds(rows: int, keys: int, widest: int) -> bool:
+    """A batch of `rows` rows holding `keys` distinct keys, its widest row naming `widest`, is
+    past the bounds (`MAX_BATCH_CELLS`, `MAX_BATCH_KEYS`)."""
+    return rows * keys > MAX_BATCH_CELLS or (keys > MAX_BATCH_KEYS and keys > SPARSE * widest)
 
 
 def record_batches(records: Iterable[UsageRecord], size: int) -> Iterator[Batch]:
-    """Records as batches of at most `size` rows and `MAX_BATCH_CELLS` cells (a row of more
-    keys alone), `from_records` of each chunk."""
+    """Records as batches of at most `size` rows, within `MAX_BATCH_CELLS` and
+    `MAX_BATCH_KEYS` (a row of more keys alone), `from_records` of each chunk."""
     chunk: list[UsageRecord] = []
     payload: set[str] = set()
     extra: set[str] = set()
+    widest = 0
     for record in records:
         new = _new_keys(record.payload, payload) + _new_keys(record.extra, extra)
-        if chunk and (len(chunk) + 1) * (len(payload) + len(extra) + new) > MAX_BATCH_CELLS:
+        wide = max(widest, len(record.payload) + len(record.extra))
+        if chunk and _past_bounds(len(chunk) + 1, len(payload) + len(extra) + new, wide):
             yield from_records(chunk)
             chunk, payload, extra = [], set(), set()
+            wide = len(record.payload) + len(record.extra)
         chunk.append(record)
         payload.update(record.payload)
         extra.update(record.extra)
+        widest = wide
         if len(chunk) >= size:
             yield from_records(chunk)
-            chunk, payload, extra = [], set(), set()
+            chunk, payload, extra, widest = [], set(), set(), 0
     if chunk:
         yield from_records(chunk)
 
@@ -475,21 +493,25 @@ def _new_keys(mapping: Mapping[str, object], seen: set[str]) -> int:
 
 
 def cell_spans(groups: npt.NDArray[np.int64], keys: Sequence[frozenset[str]]) -> list[range]:
-    """Consecutive rows, as few spans as `MAX_BATCH_CELLS` allows (a row of more keys alone):
-    `groups` gives each row's keys as its place in `keys`."""
-    if len(groups) * len(frozenset().union(*keys)) <= MAX_BATCH_CELLS:
+    """Consecutive rows, as few spans as `MAX_BATCH_CELLS` and `MAX_BATCH_KEYS` allow (a row
+    of more keys alone): `groups` gives each row's keys as its place in `keys`."""
+    widest = max(map(len, keys), default=0)
+    if not _past_bounds(len(groups), len(frozenset().union(*keys)), widest):
         return [range(len(groups))]
     spans, start = [], 0
     seen: set[int] = set()
     held: set[str] = set()
+    widest = 0
     for row, group in enumerate(groups.tolist()):
         new = 0 if group in seen else len(keys[group] - held)
-        if row > start and (row - start + 1) * (len(held) + new) > MAX_BATCH_CELLS:
+        wide = max(widest, len(keys[group]))
+        if row > start and _past_bounds(row - start + 1, len(held) + new, wide):
             spans.append(range(start, row))
-            start, seen, held = row, set(), set()
+            start, seen, held, wide = row, set(), set(), len(keys[group])
         if group not in seen:
             seen.add(group)
             held |= keys[group]
+        widest = wide
     spans.append(range(start, len(groups)))
     return spans
 

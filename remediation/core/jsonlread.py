@@ -187,7 +187,7 @@ class JsonlBatches:
 
     def _batches(self, cut: _Cut) -> Iterator[Batch]:
         """A cut's rows as one batch, or as consecutive batches when its cells would pass
-        `MAX_BATCH_CELLS` (rows that each name keys of their own)."""
+        `MAX_BATCH_CELLS` or `MAX_BATCH_KEYS` (rows that each name keys of their own)."""
         text, quotes, left = cut.text, cut.quotes, cut.left
         matched: list[tuple[np.ndarray[Any, Any], Batch]] = []
         for layout in self.layouts:

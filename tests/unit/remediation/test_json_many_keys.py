@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
-from remediation.engine import remediate
+from remediation.core import columns
+from remediation.core.columns import MAX_BATCH_KEYS, Batch
+from remediation.engine import batches, remediate
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
 from remediation.poller import RowNames, import_chunks
@@ -191,3 +193,45 @@ def test_rows_of_keys_of_their_own_are_written_as_before(
     data = _file(_rows(1000, 4, fmt), fmt)
     found = _polled(data, fmt) if path == "poller" else _remediated(tmp_path, data, fmt)
     assert _digest(found) == PINNED[(fmt, path)]
+
+
+# --- how rows are cut into batches ---------------------------------------------------------
+
+
+def _batches(data: bytes, fmt: FileFormat) -> list[Batch]:
+    return list(batches(read_records(io.BytesIO(data), fmt)))
+
+
+def _keys(batch: Batch) -> int:
+    return len(batch.payload) + len(batch.extra)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rows_of_keys_of_their_own_are_cut_where_their_keys_pass_the_bound(
+    fmt: FileFormat,
+) -> None:
+    """Before: cut by their cells alone (`MAX_BATCH_CELLS`), 1,000 rows of 5 keys of their own
+    made batches of ~320 rows and ~1,600 mostly empty columns, each column worked on by every
+    check and writer (20,000 such rows: 35 s and a 211 MB peak RSS through `meterfix
+    remediate`)."""
+    found = _batches(_file(_rows(1000, KEYS), fmt), fmt)
+    assert sum(map(len, found)) == 1000
+    assert max(map(_keys, found)) <= MAX_BATCH_KEYS
+    # no more batches than the bound asks for (rows of ~7.5 keys; the JSON array's row with
+    # an escape is read apart, one batch more)
+    assert len(found) <= 2 + 1000 * (KEYS + 3) // MAX_BATCH_KEYS, [len(b) for b in found]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rows_sharing_many_keys_are_cut_by_their_cells_alone(
+    fmt: FileFormat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows naming the same 600 keys: past `MAX_BATCH_KEYS`, never four times the widest
+    row's, so batched as without that bound (cut by their cells: ~870 rows), not a row each."""
+    shared = "".join(f'"dim{key}":{key},' for key in range(600))
+    rows = [_row(row, 0).replace('"payload":{', '"payload":{' + shared) for row in range(1, 1201)]
+    found = [len(batch) for batch in _batches(_file(rows, fmt), fmt)]
+    assert sum(found) == 1200
+    assert max(found) > 800, found
+    monkeypatch.setattr(columns, "MAX_BATCH_KEYS", 1 << 30)
+    assert [len(batch) for batch in _batches(_file(rows, fmt), fmt)] == found
