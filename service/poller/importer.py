@@ -34,7 +34,8 @@ from service.jobs.store.reports import save_poller_import_set
 from service.models import ImportSet, ObjectStatus
 from service.poller.files import FailedRecords, failed_records_path
 from service.poller.progress import ObjectProgress, OtherVersions, ProgressStore, row_was_sent
-from service.poller.store import PollerStore, recordable
+from service.poller.store import recordable
+from service.poller.versions import PollerStore
 
 CHUNKS_PER_GROUP = 10  # batches recorded before sending, and acknowledgements recorded, at once
 ACK_EVERY = 0.25  # seconds: acknowledgements are written at least this often

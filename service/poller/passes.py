@@ -59,7 +59,7 @@ from service.poller.planning import PassLimits, plan_pass
 from service.poller.progress import ProgressStore
 from service.poller.settling import Listing, check_settled
 from service.poller.snapshot import clear_snapshots, take_snapshot
-from service.poller.store import PollerStore
+from service.poller.versions import PollerStore
 from service.runtime import Runtime
 from service.worker.heartbeats import beat, new_instance_id
 

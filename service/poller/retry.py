@@ -18,7 +18,8 @@ from remediation.ports import ObjectInfo
 from service.models import AdminAction, AdminActionName
 from service.models._types import as_utc, table_of, utcnow
 from service.poller.progress import ObjectProgress, ProgressStore, SentBatch
-from service.poller.store import PollerStore, newest_object
+from service.poller.store import newest_object
+from service.poller.versions import PollerStore
 
 ACTIONS = table_of(AdminAction)
 MAX_SPANS_SHOWN = 5  # row spans printed; the count of rows covers them all

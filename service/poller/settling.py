@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from remediation.ports import ObjectInfo
 from service.errors import ObjectNotSettled
-from service.poller.store import PollerStore
+from service.poller.versions import PollerStore
 
 SETTLE = timedelta(seconds=30)
 

@@ -181,7 +181,7 @@ def test_a_reopened_object_backs_off_from_the_start_again(sqlite_url: str) -> No
     from service.db import make_engine
     from service.poller.failures import BACKOFF_BASE, judge
     from service.poller.progress import ProgressStore
-    from service.poller.store import PollerStore
+    from service.poller.versions import PollerStore
 
     engine = make_engine(sqlite_url)
     store = PollerStore(engine)

@@ -20,7 +20,8 @@ from service.adapters.stripe_client import build_stripe_client
 from service.config import Settings
 from service.models import Alert, BucketObject, ObjectStatus
 from service.poller.passes import run_poll_pass
-from service.poller.store import GONE, count_objects
+from service.poller.store import count_objects
+from service.poller.versions import GONE
 from tests.conftest import SandboxServer
 from tests.integration import test_poller
 from tests.integration.test_poller import HEADER, Harness, _rows
