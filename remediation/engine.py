@@ -36,7 +36,7 @@ from remediation.core.recordout import RecordOut
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers, Lineage
-from remediation.jsonreaders import JsonArrayRecords, JsonlRecords
+from remediation.jsonrecords import JsonArrayRecords, JsonlRecords
 from remediation.meters import Meter, customer_keys
 from remediation.outcomes import AuditSink, QuarantinedRow, Tally
 from remediation.outputs import PlannedOutput

@@ -1,4 +1,4 @@
-"""Streaming readers for usage files: CSV here, JSON (array) and JSON Lines in `jsonreaders`.
+"""Streaming readers for usage files: CSV here, JSON (array) and JSON Lines in `jsonrecords`.
 
 Memory stays constant: rows are read one at a time (a CSV field up to `limits.MAX_LINE_CHARS`).
 Unknown columns and keys are kept in `UsageRecord.extra`; error columns are folded into
@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from remediation.errors import UnreadableFile, not_utf8
 from remediation.filetypes import FileFormat
-from remediation.jsonreaders import json_records, release, text_stream
+from remediation.jsonreaders import release, text_stream
+from remediation.jsonrecords import json_records
 from remediation.limits import DEFAULT_LIMITS, MAX_LINE_CHARS, FieldLimits
 from remediation.records import (
     ERROR_FIELDS,

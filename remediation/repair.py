@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat, detect_format, not_usage
-from remediation.jsonreaders import utf16_refusal
+from remediation.jsondocuments import utf16_refusal
 from remediation.readers import CsvLayout, read_records
 from remediation.records import UsageRecord
 from remediation.rules import Rules

@@ -16,13 +16,13 @@ objects of those one level deep, a payload) followed by blanks, ",", blanks. Suc
 one whole element, its extent the array reader's: a cut inside a string would leave an odd
 number of quotes, which no qualifying piece has, and a cut inside a nested array leaves a
 bracket, which none holds. It decodes without a refusal but for a key named twice; a piece no
-layout matches is read by `jsonreaders.element_record`, which reads it as the array reader
+layout matches is read by `jsonrecords.element_record`, which reads it as the array reader
 does (refusing such a key, a float past a float's range, or a number too long to read).
 
 The first piece that does not qualify (the last element, which no comma follows; an element
 with an array or an escape; a separator spelled another way; a block that is not UTF-8; an
 element over 1 MB) hands the rest of the stream, from that element's first byte, to the array
-reader (`jsonreaders`), in the state it would be in there: inside the array, after so many
+reader (`jsonarraystream`), in the state it would be in there: inside the array, after so many
 items and a comma. A file that does not start as "[" and an object, or holds no separator in
 its first 256 KB, is read by the array reader from its start. What it reads, refuses or fails,
 it reads, refuses or fails as it always did.
@@ -43,13 +43,9 @@ import pyarrow.compute as pc
 from remediation.core.columns import Ahead, Batch, record_batches
 from remediation.core.jsonllines import LINE_BLOCK_BYTES, Lines
 from remediation.core.jsonlread import JsonlBatches
-from remediation.jsonreaders import (
-    MAX_JSON_ELEMENT_CHARS,
-    JsonArrayRecords,
-    Replay,
-    array_records,
-    element_record,
-)
+from remediation.jsonarraystream import MAX_JSON_ELEMENT_CHARS
+from remediation.jsonreaders import Replay
+from remediation.jsonrecords import JsonArrayRecords, array_records, element_record
 from remediation.limits import json_depth_over
 from remediation.records import UsageRecord
 

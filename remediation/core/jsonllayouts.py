@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from remediation.core.columns import Batch, Column, KeyOrders, Kind
 from remediation.jsonnumbers import JsonNumber, dumps, json_float
-from remediation.jsonreaders import JSON_KNOWN
+from remediation.jsonrecords import JSON_KNOWN
 from remediation.records import ERROR_FIELDS, MFX_PREFIX, resolve_error
 
 MAX_NUMBER_CHARS = 1000
@@ -269,7 +269,7 @@ _SHORT_FLOAT = 300
 
 def in_range(numbers: pa.Array) -> np.ndarray[Any, Any]:
     """Which numbers the line reader takes: all but a float past a float's range, which it
-    refuses (`jsonreaders`); only floats longer than `_SHORT_FLOAT` are read to tell."""
+    refuses (`jsonvalues`); only floats longer than `_SHORT_FLOAT` are read to tell."""
     fine = np.ones(len(numbers), bool)
     long = pc.fill_null(pc.greater(pc.utf8_length(numbers), _SHORT_FLOAT), False)
     at = np.flatnonzero(mask(long) & dotted(numbers))

@@ -1,20 +1,19 @@
 """JSON Lines read into batches of columns, most lines without `json.loads`.
 
-Lines of a failed-records file mostly share a few layouts: the same keys in the same order,
-each value a string, a number, true, false or null, written by one serializer
-(`jsonllayouts`). The lines no layout kept here matches are read by shape (`jsonlshapes`): the
-first line of a shape is parsed by `json.loads` (`jsonreaders`) and its layout learned, the
-others are cut out by it. A layout that read a good share of a batch is kept, and its lines
-in later batches matched against it by Arrow (RE2, a whole batch at once, the next batch on
-`ahead`'s thread): a matched line is split at its quotes, so each value sits at a known place,
-and lands in columns with the kind and the text the line reader would have given it (a number
-with a fraction keeps its text: `jsonnumbers`). A line that fits no shape, or one whose values
-need decoding (escapes, nested values beyond `payload` and `error`, exponents, a boolean or
-null as the identifier, timestamp, event name or error), is read by the line reader,
-unchanged (a file whose every line held a null took 13.0 s for 1M rows there, against 3.6 s
-matched): `parse_line` and `record_from_obj`, and its row joins the batch in its place. So a
-line matched here reads exactly as it reads there; `test_jsonl_read` holds the two together,
-records and column texts.
+Lines of a failed-records file mostly share a few layouts: the same keys in the same order, each
+value a string, a number, true, false or null, written by one serializer (`jsonllayouts`). The
+lines no layout kept here matches are read by shape (`jsonlshapes`): the first line of a shape
+is parsed by `json.loads` (`jsonvalues.parse_line`) and its layout learned, the others are cut
+out by it. A layout that read a good share of a batch is kept, and its lines in later batches
+matched against it by Arrow (RE2, a whole batch at once, the next batch on `ahead`'s thread): a
+matched line is split at its quotes, so each value sits at a known place, and lands in columns
+with the kind and the text the line reader would have given it (a number with a fraction keeps
+its text: `jsonnumbers`). A line that fits no shape, or one whose values need decoding (escapes,
+nested values beyond `payload` and `error`, exponents, a boolean or null as the identifier,
+timestamp, event name or error), is read by the line reader, unchanged (a file whose every line
+held a null took 13.0 s for 1M rows there, against 3.6 s matched): `parse_line` and
+`record_from_obj`, and its row joins the batch in its place. So a line matched here reads
+exactly as it reads there; `test_jsonl_read` holds the two together, records and column texts.
 """
 
 from __future__ import annotations
@@ -44,7 +43,8 @@ from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, in_range, la
 from remediation.core.jsonllines import Lines, line_arrays, line_keys
 from remediation.core.jsonlshapes import Shapes
 from remediation.core.text import byte_counts
-from remediation.jsonreaders import JsonlRecords, parse_line, record_from_obj, unreadable
+from remediation.jsonrecords import JsonlRecords, record_from_obj, unreadable
+from remediation.jsonvalues import parse_line
 from remediation.records import UsageRecord
 
 # Layouts matched by their pattern, before the rest of a batch is read by shape: those that

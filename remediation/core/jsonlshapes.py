@@ -39,7 +39,7 @@ from remediation.core.jsonllayouts import (
     per_row,
     put_error_field,
 )
-from remediation.jsonreaders import parse_line
+from remediation.jsonvalues import parse_line
 from remediation.records import resolve_error
 
 MAX_SHAPES = 1024  # shapes remembered per file (a line of a shape beyond them: the line reader)

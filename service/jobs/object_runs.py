@@ -40,18 +40,18 @@ from service.jobs.store.lineage import (
     runs_correcting,
     runs_of_sources,
 )
-from service.jobs.store.quarantine import (
-    mark_refused_again,
-    mark_taken_again,
-    marked_among,
-    quarantine_times,
-)
 from service.jobs.store.runs import (
     failed_file_run_key,
     finished_run,
     import_set_of,
     report_of,
     run_keys,
+)
+from service.jobs.store.taken_again import (
+    mark_refused_again,
+    mark_taken_again,
+    marked_among,
+    quarantine_times,
 )
 from service.logs import log_event
 from service.models import ImportSet, RemediationRun

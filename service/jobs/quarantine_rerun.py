@@ -48,7 +48,7 @@ from remediation.identifiers import (
     run_generation,
     trace_ancestors,
 )
-from remediation.jsonreaders import record_from_obj
+from remediation.jsonrecords import record_from_obj
 from remediation.ports import ObjectInfo
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.config import PollerMode
@@ -63,13 +63,13 @@ from service.jobs.inputs import (
     parents,
 )
 from service.jobs.runs import RunContext, RunRequest, execute_run
-from service.jobs.store.quarantine import (
+from service.jobs.store.quarantine_filter import QuarantineFilter
+from service.jobs.store.reports import import_set
+from service.jobs.store.reruns import (
     QuarantinedFrom,
-    QuarantineFilter,
     RerunRow,
     RunOf,
     mark_rerun,
-    mark_rows_taken_again,
     quarantined_at,
     quarantined_entries,
     quarantined_from,
@@ -78,8 +78,8 @@ from service.jobs.store.quarantine import (
     rerun_queued_at,
     rows_to_rerun,
 )
-from service.jobs.store.reports import import_set
 from service.jobs.store.runs import import_set_of
+from service.jobs.store.taken_again import mark_rows_taken_again
 from service.models import RemediationRun, RunTrigger
 from service.models._types import as_utc
 from service.poller.store import sent_moments

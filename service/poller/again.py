@@ -21,8 +21,8 @@ from sqlalchemy import Engine
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from service.jobs.store.lineage import runs_correcting, written_among
-from service.jobs.store.quarantine import mark_taken_again
 from service.jobs.store.reports import object_sources
+from service.jobs.store.taken_again import mark_taken_again
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
 from service.poller.progress import RESEND_HORIZON

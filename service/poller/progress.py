@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from remediation.ports import ObjectInfo
 from service.db import in_listed, is_postgres
 from service.jobs.store.lineage import refused_among, runs_correcting, written_among
-from service.jobs.store.quarantine import held_among, mark_taken_again
+from service.jobs.store.taken_again import held_among, mark_taken_again
 from service.models import BucketObject, ImportedRow, ObjectStatus, PollerBatch
 from service.models._types import as_utc, table_of, utcnow
 from service.poller.store import recordable

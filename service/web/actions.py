@@ -12,12 +12,8 @@ from sqlalchemy import Engine
 
 from service.errors import Conflict, NotFound
 from service.intake.store import INBOX
-from service.jobs.store.quarantine import (
-    QuarantineFilter,
-    count_quarantine,
-    latest_quarantined_id,
-    lock_rerun_inputs,
-)
+from service.jobs.store.quarantine_filter import QuarantineFilter
+from service.jobs.store.reruns import count_quarantine, latest_quarantined_id, lock_rerun_inputs
 from service.models import AdminActionName
 from service.models.alerts import AlertStatus
 from service.notify.alerts import set_alert_status

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from werkzeug.datastructures import MultiDict
 
 from service.errors import BadParameter, Conflict, NotFound
-from service.jobs.store.quarantine import QuarantineFilter
+from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models.alerts import AlertStatus
 from service.web import actions, lineage, params, quarantine, store
 from service.web.access import bearer_ok, csrf_ok, current_token, session_ok

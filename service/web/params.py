@@ -11,7 +11,7 @@ from werkzeug.datastructures import MultiDict
 
 from service.db import DEFAULT_PAGE_LIMIT, MAX_ROW_ID, Page
 from service.errors import BadParameter, NotFound
-from service.jobs.store.quarantine import QuarantineFilter, positive_int
+from service.jobs.store.quarantine_filter import QuarantineFilter, positive_int
 from service.jobs.store.reports import ReportFilter
 from service.models import ErrorReportStatus
 from service.models.alerts import AlertSeverity, AlertStatus

@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from remediation import jsonnumbers
 from service.db import Listing, Page
 from service.jobs.store import quarantine as quarantine_store
-from service.jobs.store.quarantine import QuarantineFilter
+from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.web.store import iso
 
 STREAM_BATCH = 1000

@@ -30,7 +30,7 @@ from sqlmodel import col, select
 
 from sandbox.defaults import SANDBOX_API_KEY
 from service.config import Settings
-from service.jobs.store.quarantine import QuarantineFilter
+from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import Alert, CorrectionAudit, ErrorReport, InboxEvent, QuarantinedRow
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.poller.retry import find_retry, reopen

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from sandbox.events import build_import_set_event
-from service.jobs.store.quarantine import QuarantineFilter
+from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import CorrectionAudit, QuarantinedRow, RemediationRun
 from service.web.actions import Actor, queue_rerun
 from tests.integration.test_remediation_tasks import Service, service  # noqa: F401

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from sandbox.defaults import SANDBOX_API_KEY
 from sandbox.events import build_error_report_event
 from service.jobs import runs as job_runs
-from service.jobs.store.quarantine import QuarantineFilter
+from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import (
     Alert,
     BucketObject,

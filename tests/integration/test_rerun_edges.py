@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from service.config import Settings
 from service.db import advisory_lock, make_engine
 from service.jobs import quarantine_rerun
-from service.jobs.store.quarantine import QuarantineFilter
+from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import CorrectionAudit, RemediationRun
 from service.runtime import Runtime
 from service.web.actions import Actor, queue_rerun

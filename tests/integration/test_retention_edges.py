@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from sandbox.events import build_error_report_event
 from service.config import Settings
-from service.jobs.store.quarantine import QuarantineFilter
+from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import Alert, ErrorReport, QuarantinedRow, RemediationRun
 from service.models._types import utcnow
 from service.models.inbox import InboxStatus

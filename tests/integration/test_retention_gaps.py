@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 import service.notify.retention
 from sandbox.events import build_error_report_event
 from service.config import Settings
-from service.jobs.store.quarantine import QuarantineFilter
+from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.jobs.store.reports import UNMATCHED_ALERT
 from service.models import (
     ErrorReport,

@@ -362,7 +362,7 @@ def _texts(value: object) -> list[str]:
 
 
 # The key prefix of the warning a `partial` report raises, `<prefix>:<event id>`, when its
-# task finds it short (`jobs.error_reports._conclude`): raised again each time it is.
+# task finds it short (`jobs.report_outcome._conclude`): raised again each time it is.
 PARTIAL_ALERT = "error_report.partial"
 UNREMEDIATED = (ErrorReportStatus.UNMATCHED, ErrorReportStatus.PARTIAL)
 

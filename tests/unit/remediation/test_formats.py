@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remediation import engine, jsonreaders
+from remediation import engine, jsonarraystream
 from remediation.core.csvread import CsvColumns
 from remediation.core.jsonlread import jsonl_batches
 from remediation.errors import UnreadableFile
 from remediation.formats import FileFormat, RecordWriter, detect_format, read_records
-from remediation.jsonreaders import JsonlRecords
+from remediation.jsonrecords import JsonlRecords
 from remediation.meters import Meter
 from remediation.poller import RowNames, import_chunks, index_chunks
 from remediation.records import UsageRecord
@@ -203,7 +203,7 @@ def test_header_only_and_empty_files_have_no_records() -> None:
 
 
 def test_json_array_streams_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jsonreaders, "CHUNK_CHARS", 3)
+    monkeypatch.setattr(jsonarraystream, "CHUNK_CHARS", 3)
     data = json.dumps(
         [
             {

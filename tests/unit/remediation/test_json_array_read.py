@@ -22,7 +22,7 @@ from remediation.core.jsonarray import Elements, json_array_batches
 from remediation.engine import remediate
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
-from remediation.jsonreaders import JsonArrayRecords
+from remediation.jsonrecords import JsonArrayRecords
 from remediation.meters import Meter
 from remediation.rules import Rules
 from tests.unit.remediation.test_jsonl_read import lines, objects, seen, texts
@@ -274,7 +274,7 @@ def _remediate(data: bytes, fmt: FileFormat, out: Path, max_rows: int | None) ->
     if fmt is FileFormat.JSON:
         records = JsonArrayRecords(io.BytesIO(data), DEPTH)
     else:
-        from remediation.jsonreaders import JsonlRecords
+        from remediation.jsonrecords import JsonlRecords
 
         records = JsonlRecords(io.BytesIO(data), DEPTH)
     return remediate(

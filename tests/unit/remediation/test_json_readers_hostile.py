@@ -16,7 +16,7 @@ import pytest
 
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
-from remediation.jsonreaders import MAX_ROW_KEYS
+from remediation.jsonvalues import MAX_ROW_KEYS
 from remediation.meters import Meter
 from remediation.poller import RowNames, import_chunks
 from remediation.rules import Rules

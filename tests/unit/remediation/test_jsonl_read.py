@@ -25,7 +25,8 @@ from remediation.core.columns import Batch, concat_batches, from_records
 from remediation.core.jsonllayouts import learn
 from remediation.core.jsonlread import JsonlBatches, jsonl_batches
 from remediation.errors import UnreadableFile
-from remediation.jsonreaders import JsonlRecords, text_stream
+from remediation.jsonreaders import text_stream
+from remediation.jsonrecords import JsonlRecords
 from remediation.records import UsageRecord
 
 DEPTH = 32

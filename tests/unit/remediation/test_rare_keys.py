@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from remediation.core.checks import CODES, field_suspects, problem_ids
 from remediation.core.columns import concat_batches
 from remediation.core.jsonlread import JsonlBatches
-from remediation.jsonreaders import JsonlRecords, text_stream
+from remediation.jsonreaders import text_stream
+from remediation.jsonrecords import JsonlRecords
 from remediation.meters import Meter
 from remediation.validation import MeterIndex, check_fields, validate_record
 from tests.unit.remediation.test_jsonl_read import DEPTH, both

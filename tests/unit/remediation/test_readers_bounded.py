@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from remediation import jsonreaders
+from remediation import jsonarraystream, jsondocuments, jsonreaders
 from remediation.errors import BadMeters, BadRules, UnreadableFile
 from remediation.formats import FileFormat, read_records
 from remediation.limits import MAX_LINE_CHARS
@@ -66,7 +66,7 @@ def test_payload_keys_differing_in_case_are_two_keys() -> None:
 
 def test_a_json_line_past_the_cap_is_skipped_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jsonreaders, "MAX_LINE_CHARS", 5000)
-    monkeypatch.setattr(jsonreaders, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(jsondocuments, "CHUNK_CHARS", 64)
     huge = b'{"identifier": "' + b"x" * 20_000 + b'"}'
     records = read(GOOD + b"\n" + huge + b"\n" + GOOD + b"\n", FileFormat.JSONL)
     assert [r.row_number for r in records] == [1, 2, 3]
@@ -76,8 +76,8 @@ def test_a_json_line_past_the_cap_is_skipped_in_chunks(monkeypatch: pytest.Monke
 
 
 def test_a_json_element_past_the_cap_fails_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jsonreaders, "MAX_JSON_ELEMENT_CHARS", 1000)
-    monkeypatch.setattr(jsonreaders, "CHUNK_CHARS", 100)
+    monkeypatch.setattr(jsonarraystream, "MAX_JSON_ELEMENT_CHARS", 1000)
+    monkeypatch.setattr(jsonarraystream, "CHUNK_CHARS", 100)
     data = b'[{"identifier": "' + b"x" * 5000 + b'"}]'
     with pytest.raises(UnreadableFile, match="item 1 is longer than 1000 characters"):
         read(data, FileFormat.JSON)

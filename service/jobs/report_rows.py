@@ -1,0 +1,173 @@
+"""The rows of one object version an error report's run takes (`_Reported`), a batch at a time
+in columns, and the rows no earlier version held (`_HeldFirst`).
+
+Apart from the orchestration (`error_reports`): the run calls these per batch
+(`ports.SelectsRows`); they hold the hot path over every row of the object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import Engine
+
+from remediation.codes import ErrorCode
+from remediation.core.checks import problem_ids
+from remediation.core.columns import Batch, Column
+from remediation.poller import RowNames
+from remediation.records import UsageRecord
+from remediation.reported import ReportScope, Selection, Taken, reported_code, select_reported
+from service.jobs.report_job import _Report
+from service.jobs.store.taken_again import marked_among
+from service.poller.store import FirstVersion, first_versions, recordable
+
+
+class _HeldFirst:
+    """The rows of this object version that no earlier version (of this object or another)
+    held: a row the poller recorded first with another version (the day's file rewritten
+    with the rows so far, a copy under another name) was taken with that one, maybe billed,
+    before a customer was deleted or a meter archived. Stripe's S3 connector dedupes it
+    within a day and takes it as a new event after; the bundled poller leaves it out. What
+    this version's report and times prove says nothing of it: such a row is the report's
+    only when Stripe sampled it. Unless the connector took that version long before the
+    report (`_TakenLongBefore`): then the report counts the row when the report's code fits it
+    (`reported`), as it counts the row of this version Stripe refused, but the row was taken
+    from that version (`billed`: counted as found, never sent). Not a row a run over the
+    object quarantined, even one a later version sent again since (marked `taken_again`, one
+    of `runs`): that version refused it, it was not billed then."""
+
+    def __init__(
+        self, engine: Engine, job: _Report, version: tuple[str, str], runs: list[int]
+    ) -> None:
+        self.engine, self.job, self.version, self.runs = engine, job, version, runs
+        self.reported: Callable[[UsageRecord], bool] = lambda _: False
+        self.billed = 0
+
+    def kept(self, batch: Batch, identifiers: list[str]) -> npt.NDArray[np.bool_]:
+        """Which rows of the batch are kept (`identifiers`: theirs, every row named)."""
+        samples, long_before = self.job.scope.samples, self.job.long_before
+        first = _first_versions(self.engine, {i for i in identifiers if i and recordable(i)})
+        keep = np.ones(len(identifiers), bool)
+        maybe: list[int] = []  # taken from a version long before, by the look of them
+        for i, identifier in enumerate(identifiers):
+            held = first.get(identifier)
+            if identifier in samples or held is None or held.version == self.version:
+                continue
+            keep[i] = False
+            if long_before(held):
+                maybe.append(i)
+        if maybe:
+            records = batch.take(np.asarray(maybe, np.int64)).records()
+            taken = [
+                identifiers[i] for i, r in zip(maybe, records, strict=True) if self.reported(r)
+            ]
+            refused: set[str] = set()
+            for start in range(0, len(taken) if self.runs else 0, LOOKUP_ROWS):
+                chunk = taken[start : start + LOOKUP_ROWS]
+                refused |= marked_among(self.engine, self.runs, chunk)
+            self.billed += sum(1 for identifier in taken if identifier not in refused)
+        return keep
+
+
+# Identifiers looked up at a time (each a query's IN list)
+LOOKUP_ROWS = 1000
+
+
+def _first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVersion]:
+    found: dict[str, FirstVersion] = {}
+    ordered = sorted(identifiers)
+    for start in range(0, len(ordered), LOOKUP_ROWS):
+        found |= first_versions(engine, set(ordered[start : start + LOOKUP_ROWS]))
+    return found
+
+
+def _identifiers(batch: Batch) -> list[str]:
+    """Each row's identifier as its record holds it ("" for none)."""
+    return ["" if v is None else str(v) for v in batch.identifier.values()]
+
+
+def _among(batch: Batch, samples: Mapping[str, str]) -> npt.NDArray[np.int64]:
+    """The rows (indexes) of the batch whose identifier is a sample's."""
+    identifiers = _identifiers(batch)
+    sampled = np.fromiter((i in samples for i in identifiers), bool, len(identifiers))
+    return np.flatnonzero(sampled)
+
+
+class _Reported:
+    """The rows of one object version a report's run takes, a batch at a time as the run
+    reads them in columns (`ports.SelectsRows`): every row without an identifier named as the
+    poller named it (`RowNames`), the rows no earlier version held (`_HeldFirst`), those the
+    report is about (`select_reported`), each with its code. Only the rows that may be the
+    report's are made records: the sampled ones, those a check finds a problem with
+    (`problem_ids`, against the latest time Stripe took them), those holding a customer
+    Stripe did not find. (Selected as records, a run read every row of a day's object as a
+    record: 8x slower.)"""
+
+    def __init__(
+        self,
+        names: RowNames,
+        held: _HeldFirst,
+        job: _Report,
+        scope: ReportScope,
+        taken: Taken,
+        selection: Selection,
+    ) -> None:
+        self.names, self.held, self.job = names, held, job
+        self.scope, self.taken, self.selection = scope, taken, selection
+
+        def billed(record: UsageRecord) -> bool:
+            # not a row another run over the object handled: it may have been refused for
+            # another reason (in an import set's failed records), not counted in this report
+            if (record.identifier or "") in scope.handled:
+                return False
+            return reported_code(record, scope, job.index, taken, job.customers) is not None
+
+        held.reported = billed
+
+    def excluded(self, identifiers: set[str]) -> set[str]:
+        return set()  # never asked: `selected` is
+
+    def count_left(self, rows: int) -> None:
+        pass
+
+    def selected(self, batch: Batch) -> Batch:
+        batch = self.names.batch(batch)  # every row: the next rows alike are numbered on
+        identifiers = _identifiers(batch)
+        at = np.flatnonzero(self.held.kept(batch, identifiers) & self._maybe(batch, identifiers))
+        records = batch.take(at).records()
+        where = {id(record): i for i, record in zip(at.tolist(), records, strict=True)}
+        rows, codes, messages = [], [], []
+        job = self.job
+        reported = select_reported(
+            records, self.scope, job.index, self.taken, job.customers, self.selection
+        )
+        for record in reported:
+            rows.append(where[id(record)])
+            codes.append(record.error_code)
+            messages.append(record.error_message)
+        chosen = batch.take(np.asarray(rows, np.int64))
+        return chosen.with_fields(
+            code_column=Column(pa.array(codes, pa.string())),
+            message_column=Column(pa.array(messages, pa.string())),
+        )
+
+    def _maybe(self, batch: Batch, identifiers: list[str]) -> npt.NDArray[np.bool_]:
+        """The rows `select_reported` may take or count (the others it passes over): sampled,
+        changed since sent (`scope.changed`), failing a check, or holding a customer Stripe
+        did not find."""
+        samples, changed = self.scope.samples, self.scope.changed
+        rows = np.fromiter(
+            (i in samples or i in changed for i in identifiers), bool, len(identifiers)
+        )
+        rows |= problem_ids(batch, self.job.index, self.taken.latest) != 0
+        customers = self.job.customers
+        if customers and ErrorCode.CUSTOMER_NOT_FOUND in self.scope.codes:
+            known = pa.array(sorted(customers), pa.string())
+            for column in batch.payload.values():
+                found = pc.fill_null(pc.is_in(column.text, value_set=known), False)
+                rows |= found.to_numpy(zero_copy_only=False)
+        return rows

@@ -1,0 +1,239 @@
+"""What a quarantine re-run counts, reads and marks: the rows a filter would take (counted
+when the re-run is queued, under `lock_rerun_inputs`, which retention takes too), what the
+admin action that queued it kept, the rows it picks and the runs they came from, and the mark
+on the rows it took. Apart from the quarantined rows' lists and groups (`quarantine.py`): only
+queueing a re-run, the re-run task and retention's lock use these."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, Engine, func, select, update
+
+from service.db import transaction_lock
+from service.jobs.store.quarantine import ID_BATCH, QUARANTINE, quarantine_conditions
+from service.jobs.store.quarantine_filter import QuarantineFilter
+from service.jobs.store.runs import RUNS
+from service.models._types import as_utc, table_of
+from service.models.alerts import AdminAction
+
+ACTIONS = table_of(AdminAction)
+
+
+def rerun_detail(connection: Connection, action_id: int) -> Mapping[str, Any] | None:
+    """What the admin action that queued a quarantine re-run kept (its `filters`, and the
+    newest row then, `through`), or None when the action is gone. The dashboard and the API
+    record the action (`service.web.actions`); the re-run task reads its input here."""
+    detail = connection.execute(select(ACTIONS.c.detail).where(ACTIONS.c.id == action_id)).scalar()
+    return detail if isinstance(detail, dict) else None
+
+
+def rerun_queued_at(connection: Connection, action_id: int) -> datetime | None:
+    """When the admin action that queued a quarantine re-run was taken: the re-run's
+    reference time, the same however often the task is run again after a crash."""
+    query = select(ACTIONS.c.created_at).where(ACTIONS.c.id == action_id)
+    return as_utc(connection.execute(query).scalar())
+
+
+class QuarantinedEntry(NamedTuple):
+    identifier: str | None
+    source: str | None
+    row_number: int | None
+    code: str | None
+    record: Any
+    reason: str | None
+
+
+def count_quarantine(connection: Connection, found: QuarantineFilter) -> int:
+    """The rows a re-run of `found` would take: not the rows their object sent again since
+    (`mark_taken_again`), which it leaves, nor the rows another re-run took (listed with
+    their runs' rows, `run=`; `rows_to_rerun` never takes them)."""
+    where = [
+        *quarantine_conditions(found),
+        QUARANTINE.c.taken_again.is_(None),
+        QUARANTINE.c.rerun_id.is_(None),
+    ]
+    query = select(func.count()).select_from(QUARANTINE).where(*where)
+    return int(connection.execute(query).scalar_one())
+
+
+def latest_quarantined_id(connection: Connection) -> int:
+    """The newest quarantined row's id (0 when there is none): a re-run takes no row after
+    the one its operator's filter saw last."""
+    return int(connection.execute(select(func.max(QUARANTINE.c.id))).scalar() or 0)
+
+
+class RerunRow(NamedTuple):
+    """A quarantined row a re-run picks: the generation of the run that quarantined it (1
+    when that run is gone), the generation that run traced its input from (the run's less
+    one when it did not keep it), and whether its object sent it again since
+    (`mark_taken_again`)."""
+
+    id: int
+    generation: int
+    traced_from: int
+    again: bool
+
+
+def rows_to_rerun(
+    connection: Connection, found: QuarantineFilter, run_key: str, through: int | None = None
+) -> list[RerunRow]:
+    """The rows the filter picks for the re-run `run_key` (oldest first; up to id
+    `through`), never the rows of that re-run's own runs (`run_key`, `run_key:g<n>…`) nor
+    rows another re-run took."""
+    own = select(RUNS.c.id).where(
+        (RUNS.c.run_key == run_key)
+        | (func.substr(RUNS.c.run_key, 1, len(run_key) + 2) == f"{run_key}:g")
+    )
+    where = [
+        *quarantine_conditions(found),
+        QUARANTINE.c.rerun_id.is_(None),
+        QUARANTINE.c.run_id.not_in(own),
+    ]
+    if through is not None:
+        where.append(QUARANTINE.c.id <= through)
+    generation = func.coalesce(RUNS.c.generation, 1)
+    query = (
+        select(
+            QUARANTINE.c.id,
+            generation.label("generation"),
+            func.coalesce(RUNS.c.input_generation, generation - 1).label("traced_from"),
+            QUARANTINE.c.taken_again,
+        )
+        .select_from(QUARANTINE.outerjoin(RUNS, RUNS.c.id == QUARANTINE.c.run_id))
+        .where(*where)
+        .order_by(QUARANTINE.c.id)
+    )
+    return [
+        RerunRow(
+            int(row.id), int(row.generation), int(row.traced_from), row.taken_again is not None
+        )
+        for row in connection.execute(query)
+    ]
+
+
+def quarantined_at(connection: Connection, ids: Sequence[int]) -> Iterator[QuarantinedAt]:
+    """When each row with these ids that has an identifier was quarantined."""
+    chunks = iter(ids)
+    while chunk := list(islice(chunks, ID_BATCH)):
+        query = select(QUARANTINE.c.id, QUARANTINE.c.identifier, QUARANTINE.c.created_at).where(
+            QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None)
+        )
+        for row in connection.execute(query):
+            held = as_utc(row.created_at) or datetime.now(UTC)
+            yield QuarantinedAt(int(row.id), str(row.identifier), held)
+
+
+class QuarantinedAt(NamedTuple):
+    id: int
+    identifier: str
+    at: datetime
+
+
+class QuarantinedFrom(NamedTuple):
+    """A quarantined row with the run that quarantined it (its id, source and run key)."""
+
+    id: int
+    identifier: str
+    at: datetime
+    source: str
+    run_key: str
+    run_id: int
+
+
+class RunOf(NamedTuple):
+    id: int
+    source: str
+    run_key: str
+
+
+def rerun_origins(connection: Connection, rerun_id: int) -> dict[str, RunOf]:
+    """identifier -> the run that had quarantined the row the re-run's run `rerun_id` took
+    (each row a re-run quarantines again is one it took, under the same identifier)."""
+    query = (
+        select(QUARANTINE.c.identifier, RUNS.c.id, RUNS.c.source, RUNS.c.run_key)
+        .join(RUNS, RUNS.c.id == QUARANTINE.c.run_id)
+        .where(QUARANTINE.c.rerun_id == rerun_id, QUARANTINE.c.identifier.is_not(None))
+    )
+    return {
+        str(row.identifier): RunOf(int(row.id), str(row.source), str(row.run_key))
+        for row in connection.execute(query)
+    }
+
+
+def quarantined_from(connection: Connection, ids: Sequence[int]) -> Iterator[QuarantinedFrom]:
+    """Each row with these ids that has an identifier, with when it was quarantined and the
+    source and key of the run that quarantined it."""
+    chunks = iter(ids)
+    while chunk := list(islice(chunks, ID_BATCH)):
+        query = (
+            select(
+                QUARANTINE.c.id,
+                QUARANTINE.c.identifier,
+                QUARANTINE.c.created_at,
+                RUNS.c.source,
+                RUNS.c.run_key,
+                RUNS.c.id.label("run_id"),
+            )
+            .join(RUNS, RUNS.c.id == QUARANTINE.c.run_id)
+            .where(QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None))
+        )
+        for row in connection.execute(query):
+            held = as_utc(row.created_at) or datetime.now(UTC)
+            yield QuarantinedFrom(
+                int(row.id),
+                str(row.identifier),
+                held,
+                str(row.source),
+                str(row.run_key),
+                int(row.run_id),
+            )
+
+
+def quarantined_entries(engine: Engine, ids: Sequence[int]) -> Iterator[QuarantinedEntry]:
+    """The rows with these ids, in id order, one short query per batch."""
+    chunks = iter(ids)
+    while chunk := list(islice(chunks, ID_BATCH)):
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(
+                    QUARANTINE.c.identifier,
+                    QUARANTINE.c.source,
+                    QUARANTINE.c.row_number,
+                    QUARANTINE.c.code,
+                    QUARANTINE.c.record,
+                    QUARANTINE.c.reason,
+                )
+                .where(QUARANTINE.c.id.in_(chunk))
+                .order_by(QUARANTINE.c.id)
+            ).all()
+        for row in rows:
+            yield QuarantinedEntry(
+                row.identifier, row.source, row.row_number, row.code, row.record, row.reason
+            )
+
+
+def mark_rerun(engine: Engine, ids: Sequence[int], run_id: int) -> None:
+    """The rows with these ids were taken by the re-run `run_id` (one transaction)."""
+    chunks = iter(ids)
+    with engine.begin() as connection:
+        while chunk := list(islice(chunks, ID_BATCH)):
+            connection.execute(
+                update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(rerun_id=run_id)
+            )
+
+
+# The seed of the lock on what a quarantine re-run reads ("mfx_reru", `lock_rerun_inputs`).
+RERUN_INPUTS_LOCK = 0x6D66785F72657275
+
+
+def lock_rerun_inputs(connection: Connection, *, shared: bool) -> None:
+    """Hold, until the caller's transaction ends, the rows a quarantine re-run reads (the
+    quarantined rows and their audit): queueing a re-run holds it `shared` from its count to
+    its task, a retention batch alone from its check for a waiting re-run to its delete, so
+    neither comes between the other's two steps (a re-run queued there had its rows
+    deleted after they were counted). First in the transaction (`transaction_lock`)."""
+    transaction_lock(connection, RERUN_INPUTS_LOCK, shared=shared)

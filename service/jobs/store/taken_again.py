@@ -1,0 +1,178 @@
+"""The marks on quarantined rows their object sent again since (`taken_again`): a later
+version of the object took them (the poller's index and import modes), or Stripe refused them
+again from it (`mark_refused_again`); and the look-ups of which identifiers runs still hold,
+or hold marked, and when they were quarantined. Apart from the quarantined rows' lists
+(`quarantine.py`): the poller, the runs over an object and the re-runs mark and read these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+
+from sqlalchemy import ColumnElement, Engine, select, update
+
+from service.db import in_listed
+from service.jobs.store.quarantine import ID_BATCH, QUARANTINE
+from service.models._types import as_utc
+
+
+def held_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` these runs hold in quarantine: not taken by a re-run, not
+    marked taken again (`mark_taken_again`)."""
+    return _identifiers_where(engine, run_ids, identifiers, _held)
+
+
+def marked_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` these runs quarantined and a later object version sent again
+    since (marked `taken_again`)."""
+    return _identifiers_where(engine, run_ids, identifiers, _marked)
+
+
+def quarantine_times(
+    engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
+) -> list[tuple[str, int, datetime]]:
+    """(identifier, run id, when quarantined) of the rows these runs quarantined under one of
+    `identifiers` (held, taken by a re-run, or marked taken again since)."""
+    if not run_ids or not identifiers:
+        return []
+    query = select(QUARANTINE.c.identifier, QUARANTINE.c.run_id, QUARANTINE.c.created_at).where(
+        QUARANTINE.c.run_id.in_(list(run_ids)),
+        in_listed(QUARANTINE.c.identifier, identifiers, engine),
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return [
+        (str(row.identifier), int(row.run_id), as_utc(row.created_at) or datetime.now(UTC))
+        for row in rows
+    ]
+
+
+def _identifiers_where(
+    engine: Engine,
+    run_ids: Sequence[int],
+    identifiers: Sequence[str],
+    conditions: Callable[[Engine, Sequence[int], Sequence[str]], list[ColumnElement[bool]]],
+) -> set[str]:
+    if not run_ids or not identifiers:
+        return set()
+    where = conditions(engine, run_ids, identifiers)
+    query = select(QUARANTINE.c.identifier).where(*where).distinct()
+    with engine.connect() as connection:
+        return {str(row.identifier) for row in connection.execute(query)}
+
+
+def _marked(
+    engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
+) -> list[ColumnElement[bool]]:
+    """Rows these runs quarantined under one of `identifiers`, marked taken again."""
+    return [
+        QUARANTINE.c.run_id.in_(list(run_ids)),
+        QUARANTINE.c.taken_again.is_not(None),
+        in_listed(QUARANTINE.c.identifier, identifiers, engine),
+    ]
+
+
+def _held(
+    engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
+) -> list[ColumnElement[bool]]:
+    """Rows these runs hold in quarantine under one of `identifiers`: not taken by a re-run,
+    not marked taken again (by run id: indexed)."""
+    return [
+        QUARANTINE.c.run_id.in_(list(run_ids)),
+        QUARANTINE.c.rerun_id.is_(None),
+        QUARANTINE.c.taken_again.is_(None),
+        in_listed(QUARANTINE.c.identifier, identifiers, engine),
+    ]
+
+
+def mark_taken_again(
+    engine: Engine,
+    run_ids: Sequence[int],
+    identifiers: Sequence[str],
+    version: str,
+    uploaded: datetime,
+) -> int:
+    """The rows these runs hold in quarantine (`_held`) under one of `identifiers`,
+    quarantined before `uploaded`, were sent again from the object version `version` at that
+    moment (index mode: uploaded then, Stripe's connector takes it whole; import mode: the
+    poller's batch of them acknowledged then): marked with it. Rows quarantined after it are
+    that version's own failures. How many."""
+    if not run_ids or not identifiers:
+        return 0
+    query = select(QUARANTINE.c.id, QUARANTINE.c.created_at).where(
+        *_held(engine, run_ids, identifiers)
+    )
+    # S3 keeps whole seconds (rounded down): a row quarantined within the second the version
+    # was uploaded in was quarantined before it (a version's own failures come far later)
+    bound = uploaded + timedelta(seconds=1)
+    with engine.begin() as connection:
+        rows = connection.execute(query).all()
+        ids = [int(row.id) for row in rows if (as_utc(row.created_at) or bound) < bound]
+    mark_rows_taken_again(engine, ids, version)
+    return len(ids)
+
+
+def mark_refused_again(
+    engine: Engine,
+    run_ids: Sequence[int],
+    identifiers: Sequence[str],
+    version: str,
+    before: datetime,
+    earlier: Collection[int] = frozenset(),
+) -> int:
+    """Stripe refused again, from a later version of their object (`version`, refused at
+    `before`), rows these runs (an object's runs and the re-runs that took their rows,
+    `runs_correcting`) quarantined before then: the connector takes every version whole, so
+    each is a new refusal, which the later version's run remediates. `earlier`: runs among
+    them that took Stripe's refusals of an earlier version (an import set whose event, a
+    report whose window, came before `before`): their rows count whenever they were
+    quarantined (a worker's backlog may have run them after it). Marked taken again: the
+    rows held (`_held`), and the entries of them a re-run took and quarantined again, down
+    the chain to a held one (so no run over the object counts them as handled). A row a
+    re-run corrected or sent is not marked: it was billed. How many rows were held."""
+    if not run_ids or not identifiers:
+        return 0
+    query = select(
+        QUARANTINE.c.id,
+        QUARANTINE.c.run_id,
+        QUARANTINE.c.rerun_id,
+        QUARANTINE.c.identifier,
+        QUARANTINE.c.created_at,
+    ).where(
+        QUARANTINE.c.run_id.in_(list(run_ids)),
+        QUARANTINE.c.taken_again.is_(None),
+        in_listed(QUARANTINE.c.identifier, identifiers, engine),
+    )
+    with engine.connect() as connection:
+        rows = [
+            row
+            for row in connection.execute(query).all()
+            if int(row.run_id) in earlier or (as_utc(row.created_at) or before) < before
+        ]
+    held = {(int(row.run_id), str(row.identifier)) for row in rows if row.rerun_id is None}
+    marked = set(held)
+    taken = [row for row in rows if row.rerun_id is not None]
+    while True:  # up the chain: an entry whose re-run quarantined it again, and so on
+        more = {
+            (int(row.run_id), str(row.identifier))
+            for row in taken
+            if (int(row.rerun_id), str(row.identifier)) in marked
+        }
+        if more <= marked:
+            break
+        marked |= more
+    ids = [int(row.id) for row in rows if (int(row.run_id), str(row.identifier)) in marked]
+    mark_rows_taken_again(engine, ids, version)
+    return len(held)
+
+
+def mark_rows_taken_again(engine: Engine, ids: Sequence[int], version: str) -> None:
+    """These rows were taken again from the object version `version` (Stripe's connector
+    took a version written after they were quarantined that holds them): marked with it."""
+    with engine.begin() as connection:
+        chunks = iter(ids)
+        while chunk := list(islice(chunks, ID_BATCH)):
+            connection.execute(
+                update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(taken_again=version)
+            )
