@@ -41,7 +41,7 @@ from remediation.core.columns import (
 )
 from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, in_range, layout_batch, mask
 from remediation.core.jsonllines import Lines, line_arrays, line_keys
-from remediation.core.jsonlshapes import Shapes
+from remediation.core.jsonlshapes import LineShapes, Shapes, shape_keys, shape_lines
 from remediation.core.text import byte_counts
 from remediation.jsonrecords import JsonlRecords, record_from_obj, unreadable
 from remediation.jsonvalues import parse_line
@@ -193,17 +193,24 @@ class JsonlBatches:
         for layout in self.layouts:
             fits = left & (quotes == layout.pieces - 1)
             left[self._match(layout, text, fits, cut.numbers, matched, cut.started)] = False
-        for span in cell_spans(*_row_keys(matched, text)):
-            yield self._batch(cut, _within(matched, span), span)
+        groups, keys, shaped = _row_keys(matched, text)
+        for span in cell_spans(groups, keys):
+            yield self._batch(cut, _within(matched, span), span, shaped)
 
     def _batch(
-        self, cut: _Cut, parts: list[tuple[np.ndarray[Any, Any], Batch]], span: range
+        self,
+        cut: _Cut,
+        parts: list[tuple[np.ndarray[Any, Any], Batch]],
+        span: range,
+        shaped: LineShapes | None,
     ) -> Batch:
-        """The rows of `span`: `parts` (the lines layouts matched), and the rest read here."""
+        """The rows of `span`: `parts` (the lines layouts matched), and the rest read here
+        (`shaped`: the shapes of the lines no layout matched)."""
         numbers, early, text, raw, left = cut.numbers, cut.early, cut.text, cut.raw, cut.left
         here = slice(span.start, span.stop)
         if left[here].any():  # the rest by shape, and the layouts most of a batch had kept
-            read = self.shapes.read(text, span.start + np.flatnonzero(left[here]), numbers)
+            lines = span.start + np.flatnonzero(left[here])
+            read = self.shapes.read(text, lines, numbers, shaped)
             if read.batch is not None:
                 left[read.lines] = False
                 parts.append((read.lines, read.batch))
@@ -363,21 +370,29 @@ def _keyed_grid(mappings: Sequence[Mapping[str, object]]) -> dict[str, Column]:
 
 def _row_keys(
     matched: list[tuple[np.ndarray[Any, Any], Batch]], text: pa.Array
-) -> tuple[np.ndarray[Any, Any], list[frozenset[str]]]:
+) -> tuple[np.ndarray[Any, Any], list[frozenset[str]], LineShapes | None]:
     """Each line's keys, as its place in the key sets: a layout's columns for the lines it
-    matched, the keys the others name (`line_keys`)."""
+    matched, the keys of its shape for a line of the others that has one (`shape_keys`), the
+    keys the rest name (`line_keys`); and the others' shapes, for their read."""
     groups = np.empty(len(text), np.int64)
     others = np.ones(len(text), bool)
     keys: list[frozenset[str]] = []
     for rows, batch in matched:
         groups[rows], others[rows] = len(keys), False
         keys.append(frozenset(f'"{key}"' for key in [*batch.payload, *batch.extra]))
-    if others.any():
-        lines = np.flatnonzero(others)
-        places, named = line_keys(text.take(pa.array(lines)))
-        groups[lines] = len(keys) + places
+    if not others.any():
+        return groups, keys, None
+    lines = np.flatnonzero(others)
+    shaped = shape_lines(text, lines)
+    fit = shaped.fits[lines]
+    groups[lines[fit]] = len(keys) + shaped.codes[lines[fit]]
+    keys += [shape_keys(shape) for shape in shaped.shapes]
+    rest = lines[~fit]
+    if len(rest):
+        places, named = line_keys(text.take(pa.array(rest)))
+        groups[rest] = len(keys) + places
         keys += named
-    return groups, keys
+    return groups, keys, shaped
 
 
 def _within(

@@ -18,6 +18,7 @@ A line that does not fit, or whose shape learned no layout, is left to the line 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,23 +83,27 @@ class Shapes:
         self.known: dict[str, Layout | None] = {}
 
     def read(
-        self, text: pa.Array, candidates: np.ndarray[Any, Any], numbers: Sequence[int]
+        self,
+        text: pa.Array,
+        candidates: np.ndarray[Any, Any],
+        numbers: Sequence[int],
+        shaped: LineShapes | None = None,
     ) -> ShapesRead:
-        """The `candidates` lines of `text` whose shape has a layout, as rows."""
-        lines = text if len(candidates) == len(text) else text.take(pa.array(candidates))
-        fits = mask(pc.match_substring_regex(lines, LINE))
-        if not fits.all():
-            candidates, lines = candidates[fits], lines.filter(pa.array(fits))
+        """The `candidates` lines of `text` whose shape has a layout, as rows (`shaped`: the
+        shapes of these lines and maybe others, when found already)."""
+        if shaped is None:
+            shaped = shape_lines(text, candidates)
+        candidates = candidates[shaped.fits[candidates]]
         if not len(candidates):
             return _NOTHING
-        encoded = pc.dictionary_encode(line_shapes(lines))
-        codes = encoded.indices.to_numpy(zero_copy_only=False)
-        shapes = encoded.dictionary.to_pylist()
-        del encoded
-        _, first = np.unique(codes, return_index=True)
+        lines = text if len(candidates) == len(text) else text.take(pa.array(candidates))
+        present, first, codes = np.unique(
+            shaped.codes[candidates], return_index=True, return_inverse=True
+        )
+        codes = codes.reshape(-1)
         layouts = [
-            self._layout(shape, lines, int(at))
-            for shape, at in zip(shapes, first.tolist(), strict=True)
+            self._layout(shaped.shapes[shape], lines, int(at))
+            for shape, at in zip(present.tolist(), first.tolist(), strict=True)
         ]
         usable = np.asarray([layout is not None for layout in layouts], bool)
         taken = usable[codes]
@@ -133,6 +138,44 @@ _NOTHING = ShapesRead(np.zeros(0, np.int64), None, {})
 def line_shapes(lines: pa.Array) -> pa.Array:
     """Each line's shape (lines that fit `LINE`): its keys, separators and values' kinds."""
     return pc.replace_substring_regex(lines, *_VALUES)
+
+
+@dataclass(frozen=True)
+class LineShapes:
+    """Lines of a batch's text looked at once, for both its cut into batches (`shape_keys`)
+    and its read (`Shapes.read`): per line of the text, whether it fits `LINE` (False where
+    not looked at) and its shape's place in `shapes` (-1: none)."""
+
+    fits: np.ndarray[Any, Any]
+    codes: np.ndarray[Any, Any]
+    shapes: list[str]
+
+
+def shape_lines(text: pa.Array, lines: np.ndarray[Any, Any]) -> LineShapes:
+    """The shapes of the `lines` (places in `text`) that fit `LINE`."""
+    subset = text if len(lines) == len(text) else text.take(pa.array(lines))
+    fit = mask(pc.match_substring_regex(subset, LINE))
+    fits = np.zeros(len(text), bool)
+    codes = np.full(len(text), -1, np.int64)
+    if not fit.any():
+        return LineShapes(fits, codes, [])
+    encoded = pc.dictionary_encode(line_shapes(subset.filter(pa.array(fit))))
+    fits[lines[fit]] = True
+    codes[lines[fit]] = encoded.indices.to_numpy(zero_copy_only=False)
+    return LineShapes(fits, codes, encoded.dictionary.to_pylist())
+
+
+# A key in a line's shape, with its quotes: keys hold none of `"\,:{}` nor a control
+# character (`LINE`), and what is left of a string value (its closing quote) is followed by
+# `,` or `}`, so only a key's opening quote starts a match.
+_SHAPE_KEY = re.compile(r'("[^"\\\x00-\x1f,:{}]+"): ?')
+
+
+def shape_keys(shape: str) -> frozenset[str]:
+    """The keys a line of this shape names at any depth, as written (`jsonllines.line_keys`
+    reads them from any line: a regex pass over every line, 38 % of a run's main thread on
+    the optional-keys file, where a line's shape is found for its read anyway)."""
+    return frozenset(_SHAPE_KEY.findall(shape))
 
 
 def _cut_out(

@@ -1,0 +1,103 @@
+"""The keys a JSON Lines batch is cut by (`columns.cell_spans`), read from a line's shape.
+
+A line no kept layout matched had its keys found by a regex pass of its own (`line_keys`): 38 %
+of the reading thread on a file of optional payload keys. A line that fits the shape grammar
+(`jsonlshapes.LINE`) has its shape found for its read anyway; its keys are now read from the
+shape, once per distinct shape (`shape_keys`). Both must name the same keys, whatever the values
+hold (colons, commas, braces and quotes in strings; numbers, true, false, null).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from remediation.core import jsonlread
+from remediation.core.jsonllines import line_keys
+from remediation.core.jsonlshapes import shape_keys, shape_lines
+from remediation.engine import batches
+from remediation.formats import FileFormat, read_records
+from tests.fuzz import fuzz_settings
+
+_KEYS = st.text(alphabet='ab_:,{}" \\é1', min_size=1, max_size=4)
+_STRINGS = st.text(alphabet='ab:,{}" \\\n\u2028é[]', max_size=6)
+_VALUES = st.one_of(
+    _STRINGS,
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+)
+_OBJECTS = st.dictionaries(
+    _KEYS, st.one_of(_VALUES, st.dictionaries(_KEYS, _VALUES, max_size=4)), min_size=1, max_size=6
+)
+_SEPARATORS = st.sampled_from([(",", ":"), (", ", ": "), (",", ": ")])
+
+
+def _line(obj: dict[str, Any], separators: tuple[str, str], ascii_only: bool) -> str:
+    return json.dumps(obj, separators=separators, ensure_ascii=ascii_only)
+
+
+@fuzz_settings(300)
+@given(st.lists(st.tuples(_OBJECTS, _SEPARATORS, st.booleans()), min_size=1, max_size=12))
+def test_fuzz_a_shape_names_the_keys_of_its_lines(
+    rows: list[tuple[dict[str, Any], tuple[str, str], bool]],
+) -> None:
+    lines = pa.array([_line(*row) for row in rows])
+    shaped = shape_lines(lines, np.arange(len(lines)))
+    places, named = line_keys(lines)
+    for at in np.flatnonzero(shaped.fits).tolist():
+        assert shape_keys(shaped.shapes[shaped.codes[at]]) == named[places[at]], lines[at]
+
+
+def test_lines_of_every_kind_of_value_fit_and_name_their_keys() -> None:
+    """Not all of the property's lines fit: these do, and are checked whatever it draws."""
+    lines = pa.array(
+        [
+            '{"identifier":"a:b","timestamp":1,"payload":{"v":"x,y","w":null,"z":true},"n":"}"}',
+            '{"identifier": "c", "payload": {"stripe_customer_id": "cus_1", "value": -2.5}}',
+            '{"a":"","b":{},"c":{"d":"\\u00e9"}}',
+        ]
+    )
+    shaped = shape_lines(lines, np.arange(3))
+    assert shaped.fits.tolist() == [True, True, False]  # an escape: left to the line reader
+    keys = [shape_keys(shaped.shapes[code]) for code in shaped.codes[:2].tolist()]
+    assert keys == [
+        frozenset({'"identifier"', '"timestamp"', '"payload"', '"v"', '"w"', '"z"', '"n"'}),
+        frozenset({'"identifier"', '"payload"', '"stripe_customer_id"', '"value"'}),
+    ]
+
+
+def test_lines_read_by_shape_are_not_scanned_for_their_keys_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: every line no kept layout matched went through `line_keys` (the optional-keys
+    file of `bench/remediate.py`, 128 layouts: 2.55x a json.loads/json.dumps copy, against
+    1.24x before the batches were cut by their keys, d20b7e5). Now only the lines without a
+    shape do: here, the two with an escape."""
+    scanned: list[str] = []
+
+    def counted(lines: pa.Array) -> tuple[Any, Any]:
+        scanned.extend(lines.to_pylist())
+        return line_keys(lines)
+
+    monkeypatch.setattr(jsonlread, "line_keys", counted)
+    rows = []
+    for row in range(600):  # 2**6 layouts: optional keys, none a kept layout's share
+        payload: dict[str, Any] = {"stripe_customer_id": f"cus_{row % 7}", "value": row}
+        payload.update({f"dim{bit}": bit for bit in range(6) if row >> bit & 1})
+        rows.append({"identifier": f"r{row}", "timestamp": 1, "payload": payload})
+    rows[10]["payload"]["note"] = 'a "quoted" word'
+    rows[20]["event_name"] = "caf\u00e9"
+    lines = [json.dumps(r, separators=(",", ":")) for r in rows]
+    data = ("\n".join(lines) + "\n").encode()
+    found = list(batches(read_records(io.BytesIO(data), FileFormat.JSONL)))
+    assert sum(map(len, found)) == 600
+    assert scanned == [lines[10], lines[20]]
