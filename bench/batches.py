@@ -4,7 +4,7 @@
         [--rounds 3] [--sizes 0.125,0.5,1,2]
 
 Runs `meterfix remediate` on the bench's failed-records file (bench/remediate.py's rows) with
-the engine's batches made smaller and larger than they are (`remediation.engine.BLOCK_BYTES`
+the engine's batches made smaller and larger than they are (`remediation.batching.BLOCK_BYTES`
 for a CSV, `JSONL_BATCH_ROWS` for JSON Lines, times each of `--sizes`), and on a file of one
 row (start-up: imports, rules and meters read, outputs opened and closed). Each run reports,
 from inside the process: wall time, the CPU time of the thread that decides the rows (it is
@@ -40,11 +40,11 @@ import remediate as remediate_bench  # bench/remediate.py: the same rows and cop
 CHILD = """
 import atexit, json, os, resource, sys, time
 started = time.perf_counter()
-import remediation.engine as engine
+import remediation.batching as batching
 import remediation.core.decide as decide
 scale = float(os.environ["MFX_BENCH_SCALE"])
-engine.BLOCK_BYTES = max(4096, int(engine.BLOCK_BYTES * scale))
-engine.JSONL_BATCH_ROWS = max(16, int(engine.JSONL_BATCH_ROWS * scale))
+batching.BLOCK_BYTES = max(4096, int(batching.BLOCK_BYTES * scale))
+batching.JSONL_BATCH_ROWS = max(16, int(batching.JSONL_BATCH_ROWS * scale))
 batches = [0]
 plain = decide.BatchDecider.decide
 def counted(self, batch):

@@ -206,7 +206,7 @@ def main() -> int:
 
 
 def run(work: Path, args: argparse.Namespace) -> int:
-    from service.db import upgrade
+    from service.db.migrate import upgrade
 
     database_url = args.database_url or f"sqlite:///{work / 'meterfix.db'}"
     upgrade(database_url)

@@ -316,7 +316,8 @@ def main() -> None:
 
     from service.app import create_app
     from service.config import Settings
-    from service.db import make_engine, upgrade
+    from service.db import make_engine
+    from service.db.migrate import upgrade
 
     with tempfile.TemporaryDirectory(prefix="mfx-pages-") as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'pages.db'}"

@@ -67,7 +67,7 @@ def bench_end_to_end(
     from sandbox.client import SandboxAdmin
     from sandbox.defaults import SANDBOX_API_KEY
     from service.config import Settings
-    from service.db import upgrade
+    from service.db.migrate import upgrade
     from service.poller.passes import build_poller_deps, run_poll_pass
     from service.runtime import Runtime
 

@@ -53,7 +53,7 @@ class RunDone(logging.Handler):
 def database(url: str | None, work: Path) -> Iterator[str]:
     from sqlalchemy import create_engine, text
 
-    from service.db import upgrade
+    from service.db.migrate import upgrade
 
     if not url:
         sqlite = f"sqlite:///{work / 'meterfix.db'}"

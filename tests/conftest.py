@@ -22,7 +22,7 @@ from sandbox.client import SandboxAdmin
 from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET, sandbox_bases
 from sandbox.runtime import Sandbox
 from service.config import Settings
-from service.db import upgrade
+from service.db.migrate import upgrade
 from tests.servers import serve_wsgi
 
 PG_URL = os.environ.get("MFX_TEST_DATABASE_URL", "")

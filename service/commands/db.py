@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
-from service.db import upgrade
+from service.db.migrate import upgrade
 from service.errors import SchemaNewer
 from service.runtime import runtime
 

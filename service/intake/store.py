@@ -16,7 +16,8 @@ from sqlalchemy import ColumnElement, Connection, Engine, func, insert, literal_
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.adapters.stripe_events import VerifiedEvent
-from service.db import MAX_ROW_ID, Listing, Page, delete_batch, keyset
+from service.db.pages import MAX_ROW_ID, Listing, Page, keyset
+from service.db.statements import delete_batch
 from service.errors import InboxUnavailable
 from service.intake.pg_writer import postgres_writer
 from service.intake.sqlite_writer import sqlite_writer

@@ -44,7 +44,7 @@ from service.jobs.report_versions import _SentSince, _taken
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.lineage import handled_identifiers, runs_correcting
-from service.jobs.store.reports import load_report, set_report_status
+from service.jobs.store.report_records import load_report, set_report_status
 from service.jobs.store.runs import finished_run, report_run_key
 from service.models import (
     ErrorReport,

@@ -52,7 +52,7 @@ from remediation.jsonrecords import record_from_obj
 from remediation.ports import ObjectInfo
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.config import PollerMode
-from service.db import advisory_lock
+from service.db.locks import advisory_lock
 from service.errors import BadParameter, RerunInputMissing
 from service.jobs.inputs import (
     LOOKUP_BATCH,

@@ -9,7 +9,8 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from service.jobs.report_job import _Report
-from service.jobs.store.reports import PARTIAL_ALERT, set_report_status
+from service.jobs.store.report_records import set_report_status
+from service.jobs.store.reports import PARTIAL_ALERT
 from service.models import ErrorReportStatus
 from service.notify.alerts import raise_alert, resolve_alert
 

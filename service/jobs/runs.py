@@ -162,7 +162,7 @@ class _AuditWriter:
         with self.stages.timing(Stage.DATABASE), self._timing("audit_staging"):
             self.stage.add(corrections)
         if quarantined:
-            now = utcnow()  # one per batch: the database encodes it once (`db._encoded`)
+            now = utcnow()  # one per batch: the database encodes it once (`db.bulk._encoded`)
             rows = [self._quarantined(row, now) for row in quarantined]
             with self.stages.timing(Stage.DATABASE), self._timing("quarantine_staging"):
                 self.quarantine.add(rows)

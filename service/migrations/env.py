@@ -7,7 +7,7 @@ from sqlalchemy import Engine
 from sqlmodel import SQLModel
 
 import service.models  # noqa: F401  (registers every table on SQLModel.metadata)
-from service.db import migration_engine
+from service.db.migrate import migration_engine
 
 target_metadata = SQLModel.metadata
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine
 
-from service.db import advisory_lock
+from service.db.locks import advisory_lock
 
 NOTIFY_LOCK_KEY = 0x6D66785F6E6F7469  # "mfx_noti": the seed of the advisory-lock ids
 NOTIFY_LOCK = ":meterfix.notify"  # one name per job, so a process's jobs never block each other

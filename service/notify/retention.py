@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine
 from remediation.validation import MAX_PAST_SECONDS
 from service.intake.store import any_unfinished, purge_finished_events
 from service.jobs.store.quarantine import purge_quarantined
-from service.jobs.store.reports import purge_reports
+from service.jobs.store.report_records import purge_reports
 from service.jobs.store.reruns import lock_rerun_inputs
 from service.jobs.store.runs import purge_audit
 from service.logs import log_event

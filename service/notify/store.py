@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, update
 
-from service.db import Listing, Page, delete_batch, insert_or_ignore, keyset
+from service.db.pages import Listing, Page, keyset
+from service.db.statements import delete_batch, insert_or_ignore
 from service.models._types import as_utc, table_of
 from service.models.alerts import Alert, AlertSeverity, AlertStatus, DigestRun, DigestStatus
 

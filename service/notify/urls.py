@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
-from service.jobs.store.reports import UNREMEDIATED
+from service.jobs.store.reports_left import UNREMEDIATED
 from service.notify.windows import Window
 
 MAX_LINK_RUNS = 20  # runs a link names (`run=3,7,…`): beyond them, the window's rows

@@ -12,14 +12,14 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from service.jobs.store.reports import (
+from service.jobs.store.report_records import (
     any_unmatched_like,
     mark_report,
-    pending_poller_import_sets,
     reports_overwritten,
     unmatched_alert_key,
     unmatched_reports,
 )
+from service.jobs.store.reports import pending_poller_import_sets
 from service.logs import log_event
 from service.models import ErrorReportStatus, ImportedRow, ImportSet
 from service.notify.alerts import resolve_alert

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine
 
-from service.db import advisory_lock
+from service.db.locks import advisory_lock
 
 POLLER_LOCK_KEY = 0x6D66785F706F6C6C  # "mfx_poll": the seed of the advisory-lock id
 

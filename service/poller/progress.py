@@ -23,7 +23,8 @@ from sqlalchemy import Engine, Row, Table, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
-from service.db import in_listed, is_postgres
+from service.db import is_postgres
+from service.db.statements import in_listed
 from service.jobs.store.lineage import refused_among, runs_correcting, written_among
 from service.jobs.store.taken_again import held_among, mark_taken_again
 from service.models import BucketObject, ImportedRow, ObjectStatus, PollerBatch

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, Insert, Table, select, update
 
 from remediation.ports import ObjectInfo
-from service.db import insert_or_ignore
+from service.db.statements import insert_or_ignore
 from service.models import BucketObject, ObjectStatus
 from service.models._types import as_utc, table_of, utcnow
 from service.poller.imported_rows import ImportedRows

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from service.db import Listing, Page
+from service.db.pages import Listing, Page
 from service.jobs.store import reports, runs
 from service.models import ErrorReportStatus
 from service.models.poller import ObjectStatus

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from werkzeug.datastructures import MultiDict
 
-from service.db import DEFAULT_PAGE_LIMIT, MAX_ROW_ID, Page
+from service.db.pages import DEFAULT_PAGE_LIMIT, MAX_ROW_ID, Page
 from service.errors import BadParameter, NotFound
 from service.jobs.store.quarantine_filter import QuarantineFilter, positive_int
 from service.jobs.store.reports import ReportFilter

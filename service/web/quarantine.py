@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from remediation import jsonnumbers
-from service.db import Listing, Page
+from service.db.pages import Listing, Page
 from service.jobs.store import quarantine as quarantine_store
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.web.store import iso

@@ -15,7 +15,7 @@ from sqlalchemy import (
     select,
 )
 
-from service.db import Listing, Page
+from service.db.pages import Listing, Page
 from service.intake import store as inbox
 from service.models import AdminActionName
 from service.models._types import as_utc, table_of, utcnow

@@ -9,15 +9,15 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus, RemediationKind
-from service.jobs.store.reports import (
+from service.jobs.store.report_records import (
     UNMATCHED_ALERT,
     error_counts,
-    find_import_set,
     find_report,
     has_linked_sample,
     recorded_report,
     unmatched_alert_key,
 )
+from service.jobs.store.reports import find_import_set
 from service.models import ErrorReportStatus
 from service.models._types import utcnow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet

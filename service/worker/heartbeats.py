@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.db import delete_batch
+from service.db.statements import delete_batch
 from service.intake.store import unfinished
 from service.models._types import as_utc, table_of, utcnow
 from service.models.health import Heartbeat, ProcessRole

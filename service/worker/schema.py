@@ -7,7 +7,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from service.db import MIGRATIONS_DIR
+from service.db.migrate import MIGRATIONS_DIR
 from service.errors import SchemaNotCurrent
 
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from sqlalchemy import Connection, select
 
-from service.db import insert_or_ignore
+from service.db.statements import insert_or_ignore
 from service.models._types import table_of, utcnow
 from service.models.inbox import InboxEvent, InboxStatus
 

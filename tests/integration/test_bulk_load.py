@@ -16,8 +16,9 @@ from sqlmodel import Session
 from remediation.identifiers import Parent
 from remediation.outcomes import Correction
 from remediation.outcomes import QuarantinedRow as Held
-from service import db
-from service.db import bulk_load, make_engine
+from service.db import bulk as db
+from service.db import make_engine
+from service.db.bulk import bulk_load
 from service.jobs.inputs import parents
 from service.jobs.store import lineage, loads
 from service.models import CorrectionAudit, QuarantinedRow, RemediationRun, RunTrigger

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from remediation import engine
+from remediation import batching
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
@@ -33,7 +33,7 @@ def test_each_customer_text_is_searched_once_per_run(
 ) -> None:
     sandbox_server.admin.create_customer("cus_acme", metadata={"external_id": "acme-7"})
     sandbox_server.admin.create_customer("cus_beta", metadata={"external_id": "beta-9"})
-    monkeypatch.setattr(engine, "BLOCK_BYTES", 2048)  # many batches, each naming all three
+    monkeypatch.setattr(batching, "BLOCK_BYTES", 2048)  # many batches, each naming all three
     texts = ["acme-7", "beta-9", "nobody-1"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)

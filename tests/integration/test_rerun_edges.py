@@ -15,7 +15,8 @@ import pytest
 from sqlmodel import Session, col, select
 
 from service.config import Settings
-from service.db import advisory_lock, make_engine
+from service.db import make_engine
+from service.db.locks import advisory_lock
 from service.jobs import quarantine_rerun
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import CorrectionAudit, RemediationRun

@@ -19,7 +19,7 @@ import service.notify.retention
 from sandbox.events import build_error_report_event
 from service.config import Settings
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.jobs.store.reports import UNMATCHED_ALERT
+from service.jobs.store.report_records import UNMATCHED_ALERT
 from service.models import (
     ErrorReport,
     ErrorSample,

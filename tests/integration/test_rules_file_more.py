@@ -15,7 +15,8 @@ from sqlalchemy import text
 
 from remediation.errors import BadRules
 from remediation.rules import load_rules
-from service.db import make_engine, upgrade
+from service.db import make_engine
+from service.db.migrate import upgrade
 from tests.conftest import DB_PARAMS
 from tests.integration.test_rules_file_edges import _refused
 from tests.unit.test_migrations import _empty_database

@@ -22,8 +22,8 @@ from service.db import (
     checkpoint_wal,
     make_engine,
     session_scope,
-    upgrade,
 )
+from service.db.migrate import upgrade
 from service.intake.sqlite_writer import sqlite_writer
 from service.intake.store import StoreResult, sqlite_datetime, store_event
 from service.models._types import as_utc, utcnow

@@ -263,7 +263,7 @@ def icu_pg_url() -> Iterator[str]:
 
     from sqlalchemy import create_engine, make_url, text
 
-    from service.db import upgrade
+    from service.db.migrate import upgrade
 
     base = os.environ.get("MFX_TEST_DATABASE_URL", "")
     if not base:

@@ -19,7 +19,8 @@ import pytest
 from sqlmodel import Session, select
 
 from sandbox.events import build_error_report_event
-from service.db import make_engine, upgrade
+from service.db import make_engine
+from service.db.migrate import upgrade
 from service.models import Alert, ErrorReport, ErrorSample
 from service.models._types import as_utc
 from service.models.health import Heartbeat

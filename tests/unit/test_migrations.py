@@ -15,7 +15,8 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlmodel import SQLModel
 
 import service.models  # noqa: F401
-from service.db import MIGRATIONS_DIR, make_engine, upgrade
+from service.db import make_engine
+from service.db.migrate import MIGRATIONS_DIR, upgrade
 from tests.conftest import DB_PARAMS, PG_URL, _pg_schema_url
 
 

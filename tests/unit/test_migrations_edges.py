@@ -16,7 +16,8 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 
-from service.db import MIGRATIONS_DIR, make_engine, upgrade
+from service.db import make_engine
+from service.db.migrate import MIGRATIONS_DIR, upgrade
 from tests.conftest import DB_PARAMS, PG_URL, _pg_schema_url
 from tests.unit.test_migrations import _empty_database
 

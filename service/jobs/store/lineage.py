@@ -13,7 +13,7 @@ from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
 from remediation.identifiers import hashed_identifier, plain_suffix
-from service.db import in_listed
+from service.db.statements import in_listed
 from service.models import RunTrigger
 from service.models._types import as_utc, latest
 from service.models.poller import ImportedRow
@@ -30,7 +30,7 @@ def corrections_writing(
     engine: Engine, identifiers: Sequence[str]
 ) -> list[tuple[CorrectionAudit, int]]:
     """The corrections that wrote these identifiers (oldest first), with their run's
-    generation. One query and one parameter however many identifiers (`db.in_listed`)."""
+    generation. One query and one parameter however many identifiers (`db.statements.in_listed`)."""
     wrote = in_listed(col(CorrectionAudit.new_identifier), identifiers, engine, "identifiers")
     with Session(engine) as session:
         rows = session.exec(

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from sqlalchemy import Column, Connection, Engine, MetaData, Table, select
 
 from remediation.outcomes import corrections_batch
-from service.db import (
+from service.db.bulk import (
     PG_COPY_HEADER,
     PG_COPY_TRAILER,
     bulk_load_rows,
@@ -265,7 +265,7 @@ class AuditStage(_SortedStage):
     `correction_audit`.
 
     On PostgreSQL a batch is staged with its rows encoded for binary COPY by Arrow kernels
-    (`db.pg_copy_rows`): no Python object per correction on either side, so the engine builds
+    (`db.bulk.pg_copy_rows`): no Python object per correction on either side, so the engine builds
     no tuples (the service's remediation stage 0.5-0.9 s shorter for 900,000 corrections,
     bench/service_path.py); the staging itself takes as long as psycopg's `write_row` of
     tuples did (3.0-3.5 s: PostgreSQL's own time). SQLite takes tuples, made here.
@@ -304,7 +304,7 @@ class AuditStage(_SortedStage):
         self.staged += len(batch)
 
     def _copy_encoded(self, rows: pa.Array) -> None:
-        """COPY rows `db.pg_copy_rows` encoded."""
+        """COPY rows `db.bulk.pg_copy_rows` encoded."""
         driver: Any = self.connection.connection.driver_connection
         statement = f"COPY {self.stage_name} ({self.listed}) FROM STDIN (FORMAT BINARY)"
         with driver.cursor() as cursor, cursor.copy(statement) as copy:

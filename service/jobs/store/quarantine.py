@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, func, select
 
-from service.db import Listing, Page, delete_batch_in, keyset
+from service.db.pages import Listing, Page, keyset
+from service.db.statements import delete_batch_in
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.jobs.store.runs import RUNS, finished_between
 from service.models._types import table_of

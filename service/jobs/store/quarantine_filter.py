@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from service.db import MAX_ROW_ID
+from service.db.pages import MAX_ROW_ID
 from service.errors import BadParameter
 
 MAX_FILTER_CHARS = 255

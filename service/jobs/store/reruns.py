@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, func, select, update
 
-from service.db import transaction_lock
+from service.db.locks import transaction_lock
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE, quarantine_conditions
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.jobs.store.runs import RUNS

@@ -27,7 +27,9 @@ from sqlalchemy import (
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
-from service.db import Listing, Page, delete_batch_in, keyset, session_scope
+from service.db import session_scope
+from service.db.pages import Listing, Page, keyset
+from service.db.statements import delete_batch_in
 from service.models import RunStatus
 from service.models._types import table_of, utcnow
 from service.models.remediation import (

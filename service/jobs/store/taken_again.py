@@ -12,7 +12,7 @@ from itertools import islice
 
 from sqlalchemy import ColumnElement, Engine, select, update
 
-from service.db import in_listed
+from service.db.statements import in_listed
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE
 from service.models._types import as_utc
 

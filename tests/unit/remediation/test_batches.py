@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from remediation import engine
+from remediation import batching
 from remediation.core import audit as audit_module
 from remediation.engine import remediate
 from remediation.readers import CsvRecords
@@ -51,7 +51,7 @@ def run_file(path: Path, out: Path, **kwargs: Any) -> tuple[dict[str, Any], dict
 def compare(path: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> None:
     """Same bytes whether the rows come in one batch or in batches of 97."""
     single = run_file(path, tmp / "single", **kwargs)
-    monkeypatch.setattr(engine, "BATCH_ROWS", 97)
+    monkeypatch.setattr(batching, "BATCH_ROWS", 97)
     split = run_file(path, tmp / "split", **kwargs)
     assert split == single
 
@@ -140,7 +140,7 @@ def test_a_csv_read_ahead_on_a_thread_gives_the_batches_read_in_place(
     """The engine reads a CSV's next batch on its writer's thread (`csv_batches` with
     `ahead`): the same batches, in the same order, as read in place, blocks parsed by pyarrow
     and by csv.reader alike (a quoted line end sends its block to csv.reader)."""
-    monkeypatch.setattr(engine, "BLOCK_BYTES", 2048)
+    monkeypatch.setattr(batching, "BLOCK_BYTES", 2048)
     rows = varied_rows(900, 16)
     rows[500][5] = 'two\nlines, "quoted"'
     path = write_csv(tmp_path / "in.csv", rows)
@@ -150,7 +150,7 @@ def test_a_csv_read_ahead_on_a_thread_gives_the_batches_read_in_place(
         with open(path, "rb") as stream:
             records = read_repaired(stream, plan, RULES)
             assert isinstance(records, CsvRecords)
-            found = engine.csv_batches(records, 128, ahead)
+            found = batching.csv_batches(records, 128, ahead)
             return [(batch.rows.tolist(), texts(batch)) for batch in found]
 
     with ThreadPoolExecutor(1, "test-ahead") as pool:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remediation import engine, jsonarraystream
+from remediation import batching, jsonarraystream
 from remediation.core.csvread import CsvColumns
 from remediation.core.jsonlread import jsonl_batches
 from remediation.errors import UnreadableFile
@@ -140,7 +140,7 @@ def _jsonl_records(stream: BinaryIO) -> object:
 
 
 def _jsonl_batches(stream: BinaryIO) -> object:
-    return list(jsonl_batches(JsonlRecords(stream, 32), engine.JSONL_BATCH_ROWS))
+    return list(jsonl_batches(JsonlRecords(stream, 32), batching.JSONL_BATCH_ROWS))
 
 
 def _json_array(stream: BinaryIO) -> object:

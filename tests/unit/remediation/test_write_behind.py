@@ -1,4 +1,4 @@
-"""The writer thread (`engine.WriteBehind`): batches written in order, one behind the decider;
+"""The writer thread (`writebehind.WriteBehind`): batches written in order, one behind the decider;
 audit records and progress handed over on the caller's thread; an error on either side stops
 the run with every output aborted and no thread left behind."""
 
@@ -18,13 +18,13 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from remediation import engine
+from remediation import batching, engine, memory, writebehind
 from remediation.core.csvout import CsvOut
 from remediation.core.csvread import CsvColumns
 from remediation.core.decide import Decided
-from remediation.engine import WriteBehind
 from remediation.errors import UnreadableFile
 from remediation.outcomes import QuarantinedRow, Tally, corrections_of
+from remediation.writebehind import WriteBehind
 from tests.unit.remediation.test_batches import run_file, write_csv
 from tests.unit.remediation.test_csv_columns import varied_rows
 from tests.unit.remediation.test_jsonl_columns import to_jsonl, varied
@@ -105,7 +105,7 @@ def test_audit_records_and_progress_reach_the_caller_in_row_order(
     """Many batches (blocks of 4 KB) written by the writer thread: the records the service
     stores arrive on the caller's thread, in row order, one hand-over per batch, and the
     progress counts every row once."""
-    monkeypatch.setattr(engine, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(batching, "BLOCK_BYTES", 4096)
     path = write_csv(tmp_path / "in.csv", varied_rows(2000, 21))
     caller = threading.get_ident()
     stored: list[Any] = []
@@ -139,7 +139,7 @@ def test_a_failure_in_the_writer_aborts_every_output(
     """The third batch fails while it is written (on the writer thread when the caller takes
     the audit records, in place when not: see the next test): the run raises it, no output or
     temporary file is left, and the writer thread is gone."""
-    monkeypatch.setattr(engine, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(batching, "BLOCK_BYTES", 4096)
     path = write_csv(tmp_path / "in.csv", varied_rows(600, 22))
     real = CsvOut.write
     calls: list[int] = []
@@ -167,7 +167,7 @@ def test_a_csv_unreadable_past_its_first_blocks_fails_the_run_on_the_callers_thr
     UTF-8 several blocks in still fails the run with the reader's own error (the offset in
     the file), raised on the caller's thread after the batches before it were decided; no
     output or temporary file is left, and the writer thread is gone."""
-    monkeypatch.setattr(engine, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(batching, "BLOCK_BYTES", 4096)
     good = write_csv(tmp_path / "in.csv", varied_rows(600, 25)).read_bytes()
     at = good.index(b"\n", 5 * 4096) + 1
     path = tmp_path / "bad.csv"
@@ -195,13 +195,13 @@ def test_a_csv_is_written_behind_only_when_its_audit_records_are_taken(
     """A CSV written as bytes is written in place unless the caller takes its audit records
     (the service stages them while the next batch is written); its blocks are read, parsed
     and made batches ahead on the writer's thread either way. Same bytes both ways."""
-    monkeypatch.setattr(engine, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(batching, "BLOCK_BYTES", 4096)
     path = write_csv(tmp_path / "in.csv", varied_rows(600, 24))
     caller = threading.get_ident()
     writes: set[int] = set()
     parses: set[int] = set()
     built: set[int] = set()
-    write, parse, build = CsvOut.write, CsvColumns._parsed, engine.csv_batch
+    write, parse, build = CsvOut.write, CsvColumns._parsed, batching.csv_batch
 
     def watched_write(self: CsvOut, decided: Decided, tally: Tally) -> bool:
         writes.add(threading.get_ident())
@@ -217,7 +217,7 @@ def test_a_csv_is_written_behind_only_when_its_audit_records_are_taken(
 
     monkeypatch.setattr(CsvOut, "write", watched_write)
     monkeypatch.setattr(CsvColumns, "_parsed", watched_parse)
-    monkeypatch.setattr(engine, "csv_batch", watched_build)
+    monkeypatch.setattr(batching, "csv_batch", watched_build)
     _, files = run_file(
         path, tmp_path / "out", on_audit=(lambda *records: None) if audited else None
     )
@@ -263,7 +263,7 @@ def test_a_run_reads_and_writes_on_jemalloc_and_gives_the_pool_back(
     else:
         path = tmp_path / "in.json"
         path.write_text(json.dumps(rows, ensure_ascii=False))
-    engine._use_lean_allocators()  # what the first run in a process sets (`_RUN_POOL` after)
+    memory._use_lean_allocators()  # what the first run in a process sets (`_RUN_POOL` after)
     # a first run makes what later runs share (lookups cached on the pool of its run): run
     # alone, this test saw 640 bytes still allocated after its run otherwise
     run_file(path, tmp_path / "first")
@@ -361,9 +361,9 @@ def test_arrows_jemalloc_has_one_arena_and_hands_pages_back_unless_the_operator_
 HEAP_PROBE = """
 import resource
 import numpy as np
-import remediation.engine as engine
-engine._use_lean_allocators()  # what the first run in a process sets
-data = np.zeros(engine.BLOCK_BYTES, np.uint8)  # a CSV block's bytes
+from remediation import batching, memory
+memory._use_lean_allocators()  # what the first run in a process sets
+data = np.zeros(batching.BLOCK_BYTES, np.uint8)  # a CSV block's bytes
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def temporaries():  # what a block's checks make and free: a line end, a control character
@@ -411,7 +411,7 @@ def test_the_gil_is_switched_more_often_while_any_writer_runs() -> None:
     (two runs in one process overlap), then the interval there was comes back; a writer in
     place leaves it alone."""
     before = sys.getswitchinterval()
-    assert before > engine.SWITCH_SECONDS
+    assert before > writebehind.SWITCH_SECONDS
     seen: list[float] = []
 
     def write(item: Any) -> Any:
@@ -427,9 +427,9 @@ def test_the_gil_is_switched_more_often_while_any_writer_runs() -> None:
         first.put(1)
         with second:
             second.put(2)
-        assert sys.getswitchinterval() == engine.SWITCH_SECONDS  # the first still runs
+        assert sys.getswitchinterval() == writebehind.SWITCH_SECONDS  # the first still runs
         first.put(3)
-    assert seen[1:] == [engine.SWITCH_SECONDS] * 3
+    assert seen[1:] == [writebehind.SWITCH_SECONDS] * 3
     assert sys.getswitchinterval() == before
 
 
@@ -444,7 +444,7 @@ def test_a_failed_run_gives_the_switch_interval_back() -> None:
     with pytest.raises(OSError, match="disk full"), WriteBehind(write, print, threaded=True) as w:
         w.put(1)
         w.put(2)
-    assert seen == [engine.SWITCH_SECONDS]  # the second batch was never written
+    assert seen == [writebehind.SWITCH_SECONDS]  # the second batch was never written
     assert sys.getswitchinterval() == before
 
 
@@ -460,7 +460,7 @@ def test_the_collector_runs_less_often_during_a_run_and_as_before_after(
     gc.set_threshold(*before)
     try:
         run_file(path, tmp_path / "out", on_progress=lambda rows: seen.append(gc.get_threshold()))
-        during = tuple(max(pair) for pair in zip(before, engine.GC_THRESHOLDS, strict=True))
+        during = tuple(max(pair) for pair in zip(before, memory.GC_THRESHOLDS, strict=True))
         assert seen and set(seen) == {during}
         assert gc.get_threshold() == before
 
