@@ -41,7 +41,13 @@ from remediation.core.columns import (
 )
 from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, in_range, layout_batch, mask
 from remediation.core.jsonllines import Lines, line_arrays, line_keys
-from remediation.core.jsonlshapes import LineShapes, Shapes, shape_keys, shape_lines
+from remediation.core.jsonlshapes import (
+    LineShapes,
+    Shapes,
+    merged_shapes,
+    shape_keys,
+    shape_lines,
+)
 from remediation.core.text import byte_counts
 from remediation.jsonrecords import JsonlRecords, record_from_obj, unreadable
 from remediation.jsonvalues import parse_line
@@ -75,6 +81,7 @@ class _Cut:
     unread: np.ndarray[Any, Any]  # the lines of `early`
     raw: pa.Array  # the lines as they came (`text`, unless `matchable` respelled them)
     started: _Started | None = None  # the match begun on `ahead`'s thread
+    shaping: _Shaping | None = None  # the shapes found on `ahead`'s thread
 
 
 _Matched = tuple[np.ndarray[Any, Any], pa.Array]  # lines of a layout, and their pieces
@@ -89,6 +96,13 @@ class _Started(NamedTuple):
 
     def serves(self, pattern: str, candidates: np.ndarray[Any, Any]) -> bool:
         return pattern == self.pattern and np.array_equal(candidates, self.candidates)
+
+
+class _Shaping(NamedTuple):
+    """The shapes of `lines` (places in a cut), being found; `result` waits for them."""
+
+    lines: np.ndarray[Any, Any]
+    result: Callable[[], LineShapes]
 
 
 class JsonlBatches:
@@ -183,6 +197,14 @@ class JsonlBatches:
             if len(candidates):
                 result = self.ahead(_matched, pattern, text, candidates).result
                 cut.started = _Started(pattern, candidates, result)
+        if self.ahead is not None:
+            # lines no kept layout can match (not their number of quotes) are read by shape:
+            # their shapes found there too (a regex pass over each line, ~20 % of reading a
+            # file of many layouts, on a thread that mostly waits for them: the writer's)
+            counts = [layout.pieces - 1 for layout in self.layouts]
+            unmatched = np.flatnonzero(left & ~np.isin(quotes, counts))
+            if len(unmatched):
+                cut.shaping = _Shaping(unmatched, self.ahead(shape_lines, text, unmatched).result)
         return cut
 
     def _batches(self, cut: _Cut) -> Iterator[Batch]:
@@ -193,7 +215,7 @@ class JsonlBatches:
         for layout in self.layouts:
             fits = left & (quotes == layout.pieces - 1)
             left[self._match(layout, text, fits, cut.numbers, matched, cut.started)] = False
-        groups, keys, shaped = _row_keys(matched, text)
+        groups, keys, shaped = _row_keys(matched, text, cut.shaping)
         for span in cell_spans(groups, keys):
             yield self._batch(cut, _within(matched, span), span, shaped)
 
@@ -369,11 +391,14 @@ def _keyed_grid(mappings: Sequence[Mapping[str, object]]) -> dict[str, Column]:
 
 
 def _row_keys(
-    matched: list[tuple[np.ndarray[Any, Any], Batch]], text: pa.Array
+    matched: list[tuple[np.ndarray[Any, Any], Batch]],
+    text: pa.Array,
+    shaping: _Shaping | None = None,
 ) -> tuple[np.ndarray[Any, Any], list[frozenset[str]], LineShapes | None]:
     """Each line's keys, as its place in the key sets: a layout's columns for the lines it
     matched, the keys of its shape for a line of the others that has one (`shape_keys`), the
-    keys the rest name (`line_keys`); and the others' shapes, for their read."""
+    keys the rest name (`line_keys`); and the others' shapes, for their read (`shaping`: those
+    of some of them, being found)."""
     groups = np.empty(len(text), np.int64)
     others = np.ones(len(text), bool)
     keys: list[frozenset[str]] = []
@@ -383,7 +408,7 @@ def _row_keys(
     if not others.any():
         return groups, keys, None
     lines = np.flatnonzero(others)
-    shaped = shape_lines(text, lines)
+    shaped = _shapes_of(text, lines, shaping)
     fit = shaped.fits[lines]
     groups[lines[fit]] = len(keys) + shaped.codes[lines[fit]]
     keys += [shape_keys(shape) for shape in shaped.shapes]
@@ -393,6 +418,19 @@ def _row_keys(
         groups[rest] = len(keys) + places
         keys += named
     return groups, keys, shaped
+
+
+def _shapes_of(text: pa.Array, lines: np.ndarray[Any, Any], shaping: _Shaping | None) -> LineShapes:
+    """The shapes of `lines`: those `shaping` found, and the others' found here."""
+    if shaping is None:
+        return shape_lines(text, lines)
+    found = shaping.result()
+    looked = np.zeros(len(text), bool)
+    looked[shaping.lines] = True
+    missing = lines[~looked[lines]]
+    if not len(missing):
+        return found
+    return merged_shapes(found, shape_lines(text, missing))
 
 
 def _within(

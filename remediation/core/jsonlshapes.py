@@ -165,6 +165,18 @@ def shape_lines(text: pa.Array, lines: np.ndarray[Any, Any]) -> LineShapes:
     return LineShapes(fits, codes, encoded.dictionary.to_pylist())
 
 
+def merged_shapes(first: LineShapes, second: LineShapes) -> LineShapes:
+    """The shapes of two sets of lines apart (of one text), as one: a shape both saw has one
+    place."""
+    place = {shape: at for at, shape in enumerate(first.shapes)}
+    renumbered = np.asarray(
+        [place.setdefault(shape, len(place)) for shape in second.shapes], np.int64
+    )
+    codes = first.codes.copy()
+    codes[second.fits] = renumbered[second.codes[second.fits]]
+    return LineShapes(first.fits | second.fits, codes, list(place))
+
+
 # A key in a line's shape, with its quotes: keys hold none of `"\,:{}` nor a control
 # character (`LINE`), and what is left of a string value (its closing quote) is followed by
 # `,` or `}`, so only a key's opening quote starts a match.

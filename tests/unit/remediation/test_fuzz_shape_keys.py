@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -21,9 +23,11 @@ from hypothesis import strategies as st
 
 from remediation.core import jsonlread
 from remediation.core.jsonllines import line_keys
+from remediation.core.jsonlread import JsonlBatches
 from remediation.core.jsonlshapes import shape_keys, shape_lines
 from remediation.engine import batches
 from remediation.formats import FileFormat, read_records
+from remediation.jsonreaders import text_stream
 from tests.fuzz import fuzz_settings
 
 _KEYS = st.text(alphabet='ab_:,{}" \\é1', min_size=1, max_size=4)
@@ -101,3 +105,36 @@ def test_lines_read_by_shape_are_not_scanned_for_their_keys_again(
     found = list(batches(read_records(io.BytesIO(data), FileFormat.JSONL)))
     assert sum(map(len, found)) == 600
     assert scanned == [lines[10], lines[20]]
+
+
+def _optional_keys_file(rows: int) -> bytes:
+    """Rows of 2**6 layouts (optional payload keys): none a layout kept for matching."""
+    lines = []
+    for row in range(rows):
+        payload: dict[str, Any] = {"stripe_customer_id": f"cus_{row % 7}", "value": row}
+        payload.update({f"dim{bit}": bit for bit in range(6) if row >> bit & 1})
+        lines.append(json.dumps({"identifier": f"r{row}", "timestamp": 1, "payload": payload}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_shapes_are_found_on_the_ahead_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a thread to work on, the shapes of a batch's lines that no kept layout can match
+    are found there, while the batch before is read; the batches are the same."""
+    data = _optional_keys_file(640)
+    threads: list[str] = []
+
+    def shapes(text: pa.Array, lines: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return shape_lines(text, lines)
+
+    alone = list(JsonlBatches(text_stream(io.BytesIO(data)), 3, 128))
+    monkeypatch.setattr(jsonlread, "shape_lines", shapes)
+    with ThreadPoolExecutor(1, thread_name_prefix="ahead") as pool:
+        helped = list(JsonlBatches(text_stream(io.BytesIO(data)), 3, 128, pool.submit))
+    assert threads == ["ahead_0"] * 5  # a batch of 128 lines each
+    assert [len(batch) for batch in helped] == [len(batch) for batch in alone] == [128] * 5
+    for one, other in zip(helped, alone, strict=True):
+        assert one.identifier.text.equals(other.identifier.text)
+        assert sorted(one.payload) == sorted(other.payload)
+        for key, column in one.payload.items():
+            assert column.text.equals(other.payload[key].text), key
