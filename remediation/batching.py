@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from remediation.core.columns import Ahead, Batch, record_batches
+from remediation.core.batchbounds import record_batches
+from remediation.core.column import Ahead
+from remediation.core.columns import Batch
 from remediation.core.csvbatch import csv_batch
 from remediation.core.jsonarray import json_array_batches
 from remediation.core.jsonlread import jsonl_batches

@@ -28,7 +28,7 @@ from remediation.core.recordout import RecordOut
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers, Lineage
-from remediation.memory import _FEWER_COLLECTIONS, _RUN_POOL, _HeapTrim, _use_lean_allocators
+from remediation.memory import FEWER_COLLECTIONS, RUN_POOL, HeapTrim, use_lean_allocators
 from remediation.meters import Meter, customer_keys
 from remediation.outcomes import AuditSink, QuarantinedRow, Tally
 from remediation.outputs import PlannedOutput
@@ -103,7 +103,7 @@ def remediate(
     quarantined rows after a rules change (service.jobs.quarantine_rerun).
     `leave_out`: rows left out of the run by identifier, each batch as it is read
     (`core.leftout`): not read, written or counted."""
-    _use_lean_allocators()
+    use_lean_allocators()
     index = MeterIndex(meters, value_precision=rules.value_precision, limits=rules.policy.limits)
     ctx = Context(index, rules, now, customers, header_aliases=_header_aliases(records))
     ids = Identifiers(source, generation, lineage or Lineage(), identifiers == "keep")
@@ -125,7 +125,7 @@ def remediate(
         customer_keys=customer_keys(meters),
     )
     tally = Tally()
-    trim_heap = _HeapTrim()
+    trim_heap = HeapTrim()
     as_bytes: CsvOut | JsonlOut | None = None
     if columns and _bytes_out(records, write):
         as_bytes = CsvOut(sinks, columns, ids, source)
@@ -150,7 +150,7 @@ def remediate(
 
     try:
         behind = on_audit is not None or not isinstance(records, CsvRecords)
-        with _FEWER_COLLECTIONS, _RUN_POOL, WriteBehind(put, written, write, behind) as writer:
+        with FEWER_COLLECTIONS, RUN_POOL, WriteBehind(put, written, write, behind) as writer:
             for batch in without(batches(records, ahead=writer.ahead), leave_out):
                 writer.put(decider.decide(batch))
                 del batch  # freed before the next batch is read, not after

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from remediation.errors import UnreadableFile
 from remediation.jsonnumbers import json_float, json_int
 from remediation.jsonvalues import (
-    _SURROGATE_ESCAPE,
     LONE_SURROGATE,
-    _duplicate_key,
-    _keys,
-    _lone_surrogate,
-    _NotJsonNumber,
-    _too_many_keys,
+    SURROGATE_ESCAPE,
+    NotJsonNumber,
+    duplicate_key,
+    lone_surrogate,
+    record_keys,
+    too_many_keys,
 )
 from remediation.limits import MAX_LINE_CHARS, json_depth_over, json_value_end
 
@@ -37,14 +37,14 @@ _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?")
 
 
 @dataclass(frozen=True, slots=True)
-class _Refused:
+class Refused:
     """A JSON array element that was read but is not a usable value (and why)."""
 
     raw: str
     reason: str
 
 
-class _JsonArrayStream:
+class JsonArrayStream:
     """A window over the text: `buf[pos:]` is what has not been consumed yet."""
 
     def __init__(self, text: io.TextIOWrapper | None, depth: int) -> None:
@@ -161,7 +161,7 @@ class _JsonArrayStream:
             )
         return self._signed
 
-    def refused(self, number: int, why: str) -> _Refused:
+    def refused(self, number: int, why: str) -> Refused:
         """The element the decoder gave up on (nested past its recursion limit, far past
         `depth`, or holding a number int() will not read), refused as one row, as JSON Lines
         refuse its line: its extent found by its brackets (a bare number: its characters),
@@ -180,7 +180,7 @@ class _JsonArrayStream:
                 end = len(self.buf)  # a bare number at the end of the text
                 break
         start, self.pos = self.pos, end
-        return _Refused(self.buf[start:end], f"element {why}")
+        return Refused(self.buf[start:end], f"element {why}")
 
     def _extent(self) -> int | None:
         """Where the element at `pos` ends, or None when the text read so far may end first."""
@@ -192,26 +192,26 @@ class _JsonArrayStream:
         return end if end < len(buf) else None
 
     def checked(self, value: object, start: int, end: int) -> object:
-        """`value`, or `_Refused` when its text nests too deep or names a key twice. A
+        """`value`, or `Refused` when its text nests too deep or names a key twice. A
         refused element is kept whole, as a refused JSON line is (its extent is bounded by
         MAX_JSON_ELEMENT_CHARS): cut to RAW_KEPT, what was left was no JSON to fix by hand."""
         buf = self.buf
         if self.odd is not None:
-            reason = f"element {_NotJsonNumber(self.odd).reason}"
-            return _Refused(buf[start:end], reason)
+            reason = f"element {NotJsonNumber(self.odd).reason}"
+            return Refused(buf[start:end], reason)
         brackets = buf.count("[", start, end) + buf.count("{", start, end)
         if brackets > self.depth and json_depth_over(buf[start:end], self.depth):
             reason = f"element is nested deeper than {self.depth} levels"
-            return _Refused(buf[start:end], reason)
-        too_many = _too_many_keys(value)
+            return Refused(buf[start:end], reason)
+        too_many = too_many_keys(value)
         if too_many is not None:
-            return _Refused(buf[start:end], f"element {too_many}")
-        duplicate = _duplicate_key(buf, start, end, _keys(value))
+            return Refused(buf[start:end], f"element {too_many}")
+        duplicate = duplicate_key(buf, start, end, record_keys(value))
         if duplicate is not None:
             reason = f"element names key {duplicate!r} twice in one object; nothing guessed"
-            return _Refused(buf[start:end], reason)
-        if _SURROGATE_ESCAPE.search(buf, start, end) and _lone_surrogate(value):
-            return _Refused(buf[start:end], f"element {LONE_SURROGATE}")
+            return Refused(buf[start:end], reason)
+        if SURROGATE_ESCAPE.search(buf, start, end) and lone_surrogate(value):
+            return Refused(buf[start:end], f"element {LONE_SURROGATE}")
         return value
 
     def expect_end(self) -> None:

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from remediation.errors import not_utf8
 from remediation.filetypes import FileFormat
-from remediation.jsonarraystream import _JsonArrayStream, _Refused
+from remediation.jsonarraystream import JsonArrayStream, Refused
 from remediation.jsondocuments import objects_document
 from remediation.jsonreaders import jsonl_lines, release, text_stream
 from remediation.jsonvalues import parse_line
@@ -90,20 +90,20 @@ def array_records(
     """The records of the elements of a JSON array, in order (`after`: the text starts inside
     the array, after that many items and the comma following the last; `core.jsonarray`
     hands a stream over so)."""
-    items = _JsonArrayStream(text, depth).items(after)
+    items = JsonArrayStream(text, depth).items(after)
     return (record_from_obj(n, obj) for n, obj in items)
 
 
 def element_record(number: int, text: str, depth: int) -> UsageRecord:
     """The record of array item `number`, whose text (one whole JSON value, blanks stripped)
     is `text`: as the array reader reads it in the stream (a refusal the same)."""
-    reader = _JsonArrayStream(None, depth)
+    reader = JsonArrayStream(None, depth)
     reader.buf = text
     return record_from_obj(number, reader.decode(number))
 
 
 def record_from_obj(number: int, obj: object) -> UsageRecord:
-    if isinstance(obj, _Refused):
+    if isinstance(obj, Refused):
         return unreadable(number, obj.raw, obj.reason)
     if not isinstance(obj, dict):
         return UsageRecord(

@@ -39,26 +39,26 @@ def parse_line(text: str, depth: int) -> tuple[object, str | None]:
         obj = (_STRICT_SIGNED if signed else _STRICT).decode(text)
     except json.JSONDecodeError as exc:
         return None, f"is not JSON: {exc.msg}"
-    except _NotJsonNumber as exc:
+    except NotJsonNumber as exc:
         return None, exc.reason
     except RecursionError:
         return None, f"is nested deeper than {depth} levels"
     except ValueError:  # int() refuses a number of more than 4300 digits
         return None, "holds a number too long to read (thousands of digits)"
-    too_many = _too_many_keys(obj)
+    too_many = too_many_keys(obj)
     if too_many is not None:
         return None, too_many
-    keys = _keys(obj)
-    if text.count(":") > keys:  # else no key was named twice: see `_duplicate_key`
-        duplicate = _duplicate_key(text, 0, len(text), keys, multiline=False)
+    keys = record_keys(obj)
+    if text.count(":") > keys:  # else no key was named twice: see `duplicate_key`
+        duplicate = duplicate_key(text, 0, len(text), keys, multiline=False)
         if duplicate is not None:
             return None, f"names key {duplicate!r} twice in one object; nothing guessed"
-    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(obj):
+    if SURROGATE_ESCAPE.search(text) and lone_surrogate(obj):
         return None, LONE_SURROGATE
     return obj, None
 
 
-class _NotJsonNumber(ValueError):
+class NotJsonNumber(ValueError):
     """A number JSON does not have, met while decoding (see the module's docstring)."""
 
     def __init__(self, text: str) -> None:
@@ -74,17 +74,17 @@ _CONSTANTS = ("NaN", "Infinity", "-Infinity")
 
 
 def _refuse_constant(text: str) -> float:
-    raise _NotJsonNumber(text)
+    raise NotJsonNumber(text)
 
 
 def _finite_float(text: str) -> float:
     value = json_float(text)
     if not math.isfinite(value):
-        raise _NotJsonNumber(text)
+        raise NotJsonNumber(text)
     return value
 
 
-# Decodes as json.loads does, refusing the numbers JSON does not have (`_NotJsonNumber`), a
+# Decodes as json.loads does, refusing the numbers JSON does not have (`NotJsonNumber`), a
 # number with a fraction or an exponent kept as its text (`jsonnumbers.json_float`); for a
 # line that may hold `-0`, every integer read by `jsonnumbers.json_int` (a Python call per
 # integer: only there).
@@ -99,10 +99,10 @@ _STRICT_SIGNED = json.JSONDecoder(
 # written (its text has the escape, never the character). Only a line with such an escape
 # can hold one (strict UTF-8 decoding refuses encoded surrogates).
 LONE_SURROGATE = "holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): not Unicode text"
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _lone_surrogate(value: object) -> bool:
+def lone_surrogate(value: object) -> bool:
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -110,7 +110,7 @@ def _lone_surrogate(value: object) -> bool:
     return False
 
 
-def _too_many_keys(obj: object) -> str | None:
+def too_many_keys(obj: object) -> str | None:
     """Why a decoded row names more keys than a row may (`MAX_ROW_KEYS`), or None."""
     if type(obj) is not dict:
         return None
@@ -121,7 +121,7 @@ def _too_many_keys(obj: object) -> str | None:
     return f"names {named} keys (its own and its payload's); at most {MAX_ROW_KEYS} are read"
 
 
-def _keys(obj: object) -> int:
+def record_keys(obj: object) -> int:
     """Keys of a decoded record and of its `payload` and `error` objects (a lower bound of the
     keys its text names: other objects only add to those)."""
     if type(obj) is not dict:
@@ -135,11 +135,11 @@ def _keys(obj: object) -> int:
     return keys
 
 
-def _duplicate_key(
+def duplicate_key(
     text: str, start: int, end: int, keys: int, *, multiline: bool = True
 ) -> str | None:
     """A key named twice in one object of `text[start:end]` (json keeps the last), or None;
-    `keys` is what `_keys` found decoded.
+    `keys` is what `record_keys` found decoded.
 
     Cheap first: every key is followed by its own colon, right after its closing quote or
     after blanks. So when the colons (or failing that, the colons after a quote or a blank)

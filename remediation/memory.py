@@ -2,7 +2,7 @@
 thresholds), the C heap trimmed as a run grows, the cyclic collector run less often.
 
 Apart from the run (`engine`) because these are process-wide settings with their own measured
-reasons, held by the first run to enter and given back by the last (`_Held`, which the writer
+reasons, held by the first run to enter and given back by the last (`Held`, which the writer
 thread's switch interval, `writebehind`, uses too).
 """
 
@@ -21,8 +21,8 @@ from typing import Generic, TypeVar
 import pyarrow as pa
 
 
-def _use_lean_allocators() -> None:
-    """Arrow on the system allocator (jemalloc while a run reads and writes: `_RUN_POOL`),
+def use_lean_allocators() -> None:
+    """Arrow on the system allocator (jemalloc while a run reads and writes: `RUN_POOL`),
     and the C allocator with one arena for every thread and heap thresholds that keep what a
     block frees for the next (glibc: `MMAP_THRESHOLD_BYTES`). The package names the system
     allocator before pyarrow loads (`ARROW_DEFAULT_MEMORY_POOL`, in
@@ -66,7 +66,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallo
 # 13.3-14.9 s, 27 columns 8.3-8.9 -> 7.5-7.6 s, `basic` and JSON Lines within the noise.
 # Peak RSS: `varied` CSV 131-132 -> 135-137 MB, 27 columns 135-137 -> 139-142, optional keys
 # 143 -> 144-145; 4M rows `varied` CSV 139 -> 137, optional keys 147 -> 148. The heap (the
-# service's worker too) keeps up to 16 MB free between runs; `_HeapTrim` still trims within a
+# service's worker too) keeps up to 16 MB free between runs; `HeapTrim` still trims within a
 # run. An operator's `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` (or glibc tunables)
 # win.
 MMAP_THRESHOLD_BYTES = 4 << 20
@@ -96,7 +96,7 @@ def _named_by_operator(variable: str, tunable: str) -> bool:
 TRIM_GROWTH_BYTES = 64 << 20
 
 
-class _HeapTrim:
+class HeapTrim:
     """`malloc_trim` after a batch once the process holds `TRIM_GROWTH_BYTES` more than when
     the run began (glibc on Linux; elsewhere nothing)."""
 
@@ -128,7 +128,7 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if _MALLOC_TRIM is not None else 4096
 Setting = TypeVar("Setting")
 
 
-class _Held(AbstractContextManager[None], Generic[Setting]):
+class Held(AbstractContextManager[None], Generic[Setting]):
     """A process-wide setting held while any run needs it: changed by the first run to enter,
     given back by the last to leave (runs may overlap in one process: the service's worker)."""
 
@@ -165,7 +165,7 @@ class _Held(AbstractContextManager[None], Generic[Setting]):
 # the service (alternating runs) spent 4.6-4.8 s in the collector, 1.3-1.4 s with these
 # (28.8-29.1 -> 24.9-25.8 s in all).
 GC_THRESHOLDS = (20_000, 20, 20)
-_FEWER_COLLECTIONS = _Held(
+FEWER_COLLECTIONS = Held(
     gc.get_threshold,
     lambda thresholds: gc.set_threshold(*thresholds),
     lambda before: tuple(max(*pair) for pair in zip(before, GC_THRESHOLDS, strict=True)),
@@ -180,7 +180,7 @@ def _jemalloc_or(before: pa.MemoryPool) -> pa.MemoryPool:
 
 
 # Arrow allocates from its jemalloc while a run reads and writes (the system allocator
-# otherwise, `_use_lean_allocators`). A CSV's buffers, made and freed a block at a time beside
+# otherwise, `use_lean_allocators`). A CSV's buffers, made and freed a block at a time beside
 # Python's objects on glibc's heap, left it fragmented (a `varied` run in 4 MB blocks, never
 # trimmed: 158 MB of heap, 26 MB of it in use). Peak RSS of 1M rows, system -> jemalloc, in
 # alternating runs on one machine (2026-12-02): `varied` 134-136 -> 117-118 MB, `basic`
@@ -197,4 +197,4 @@ def _jemalloc_or(before: pa.MemoryPool) -> pa.MemoryPool:
 # `varied` JSON Lines 146-147 -> 143-147 MB, the JSON array 146-150 -> 141-143 MB, `basic`
 # JSON Lines 140-142 -> 138-139 MB, 4M `varied` JSON Lines 150-152 -> 147-148 MB, JSON Lines
 # with 7 optional keys 154-155 -> 156 MB, at the same speed or a little faster.
-_RUN_POOL = _Held(pa.default_memory_pool, pa.set_memory_pool, _jemalloc_or)
+RUN_POOL = Held(pa.default_memory_pool, pa.set_memory_pool, _jemalloc_or)

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.checks import problem_ids
-from remediation.core.columns import Batch, Column, Mask
+from remediation.core.column import Mask
+from remediation.core.columns import Batch, Column
 from remediation.engine import batches
 from remediation.records import UsageRecord
 from remediation.rowdigest import batch_digests, record_digests, sent_array, sent_texts

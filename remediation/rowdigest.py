@@ -23,7 +23,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, Column, Kind, as_string, value_of
+from remediation.core.column import as_string, value_of
+from remediation.core.columns import Batch, Column, Kind
 from remediation.records import UsageRecord
 from remediation.validation import parse_timestamp, payload_text
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
-from remediation.core.columns import Ahead
+from remediation.core.column import Ahead
 from remediation.core.decide import Decided
-from remediation.memory import _Held
+from remediation.memory import Held
 
 Done = TypeVar("Done")
 
@@ -25,7 +25,7 @@ Done = TypeVar("Done")
 # other ran Python. 1M CSV rows: 7 % faster (3.48 -> 3.23 s `basic`, 4.61 -> 4.28 s
 # `varied`); JSON Lines 0-3 %.
 SWITCH_SECONDS = 0.0005
-_SHORT_SWITCHES = _Held(
+_SHORT_SWITCHES = Held(
     sys.getswitchinterval, sys.setswitchinterval, lambda before: min(SWITCH_SECONDS, before)
 )
 
@@ -63,7 +63,7 @@ class WriteBehind(Generic[Done]):
         self._write, self._written = write, written
         self._pool = ThreadPoolExecutor(1, "meterfix-writer") if threaded else None
         self._behind = threaded and behind
-        self._switches: _Held[float] | None = None  # held from `__enter__` to `__exit__`
+        self._switches: Held[float] | None = None  # held from `__enter__` to `__exit__`
         self._pending: Future[Done] | None = None
         self._failed = False  # a write failed: the writer writes nothing more
 

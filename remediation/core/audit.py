@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.checks import CODES, Codes, mask
-from remediation.core.columns import Batch, Column, Indexes, Kind, Mask, as_string
+from remediation.core.column import Mask, as_string
+from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.decide import (
     CORRECTED,
     OTHER_ID,

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.codes import ErrorCode
-from remediation.core.columns import Batch, Column, Indexes, Kind, Mask, as_string
+from remediation.core.column import Mask, as_string
+from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.text import rows_holding
 from remediation.limits import FieldLimits
 from remediation.meters import Meter

@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, Column, as_string
+from remediation.core.column import as_string
+from remediation.core.columns import Batch, Column
 from remediation.readers import CsvLayout
 from remediation.records import resolve_error
 

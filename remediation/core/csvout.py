@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from remediation.codes import ErrorCode
 from remediation.core.audit import AuditLines, account, new_identifiers
-from remediation.core.columns import Batch, Column, Indexes, Interleave
+from remediation.core.batchjoin import Interleave
+from remediation.core.columns import Batch, Column, Indexes
 from remediation.core.decide import QUARANTINED, VALID, Decided
 from remediation.core.text import CellSource, csv_lines
 from remediation.identifiers import Identifiers

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from remediation.changes import Context
 from remediation.codes import KNOWN_CODES, ErrorCode, code_from_message
+from remediation.core.batchjoin import interleaved
 from remediation.core.checks import (
     CODE_IDS,
     CODES,
@@ -29,7 +30,8 @@ from remediation.core.checks import (
     mask,
     problem_ids,
 )
-from remediation.core.columns import Batch, Indexes, Mask, concat_columns, interleaved
+from remediation.core.column import Mask, concat_columns
+from remediation.core.columns import Batch, Indexes
 from remediation.core.rules import RULES, Changes
 from remediation.core.rules.base import replace_rows
 from remediation.identifiers import Lineage

@@ -40,7 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Ahead, Batch, record_batches
+from remediation.core.batchbounds import record_batches
+from remediation.core.column import Ahead
+from remediation.core.columns import Batch
 from remediation.core.jsonllines import LINE_BLOCK_BYTES, Lines
 from remediation.core.jsonlread import JsonlBatches
 from remediation.jsonarraystream import MAX_JSON_ELEMENT_CHARS

@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, Column, KeyOrders, Kind
+from remediation.core.columns import Batch, Column, Kind
+from remediation.core.keyorders import KeyOrders
 from remediation.jsonnumbers import JsonNumber, dumps, json_float
 from remediation.jsonrecords import JSON_KNOWN
 from remediation.records import ERROR_FIELDS, MFX_PREFIX, resolve_error

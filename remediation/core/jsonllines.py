@@ -94,7 +94,7 @@ _KEY_OR_OTHER = r'("(?:[^"\\]|\\.)*")[ \t\r\n]*:|"(?:[^"\\]|\\.)*"|[^"]+'
 
 def line_keys(lines: pa.Array) -> tuple[np.ndarray[Any, Any], list[frozenset[str]]]:
     """The keys each line names at any depth, as written (a line that is no JSON object: what
-    reads as keys), for the cells of a batch (`columns.cell_spans`): a place per line in the
+    reads as keys), for the cells of a batch (`batchbounds.cell_spans`): a place per line in the
     distinct key sets, and those sets."""
     named = pc.replace_substring_regex(lines, _KEY_OR_OTHER, "\\1\x00")
     encoded = pc.dictionary_encode(named)

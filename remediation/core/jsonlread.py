@@ -28,17 +28,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import (
-    Ahead,
-    Batch,
-    Column,
-    KeyOrders,
-    Kind,
-    cell_spans,
-    concat_batches,
-    from_records,
-    present_text,
-)
+from remediation.core.batch import from_records
+from remediation.core.batchbounds import cell_spans
+from remediation.core.batchjoin import concat_batches
+from remediation.core.column import Ahead, present_text
+from remediation.core.columns import Batch, Column, Kind
 from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, in_range, layout_batch, mask
 from remediation.core.jsonllines import Lines, line_arrays, line_keys
 from remediation.core.jsonlshapes import (
@@ -48,6 +42,7 @@ from remediation.core.jsonlshapes import (
     shape_keys,
     shape_lines,
 )
+from remediation.core.keyorders import KeyOrders
 from remediation.core.text import byte_counts
 from remediation.jsonrecords import JsonlRecords, record_from_obj, unreadable
 from remediation.jsonvalues import parse_line

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, Column, KeyOrder, KeyOrders, Kind
+from remediation.core.columns import Batch, Column, Kind
 from remediation.core.jsonllayouts import (
     MAX_NUMBER_CHARS,
     SLOTS,
@@ -40,6 +40,7 @@ from remediation.core.jsonllayouts import (
     per_row,
     put_error_field,
 )
+from remediation.core.keyorders import KeyOrder, KeyOrders
 from remediation.jsonvalues import parse_line
 from remediation.records import resolve_error
 

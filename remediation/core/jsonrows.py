@@ -22,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, Column, KeyOrder, KeyOrders, Kind, key_orders
+from remediation.core.batch import key_orders
+from remediation.core.columns import Batch, Column, Kind
+from remediation.core.keyorders import KeyOrder, KeyOrders
 from remediation.core.text import (
     TextPool,
     join,

@@ -12,7 +12,7 @@ Rows another run over the same object already handled (corrected or quarantined:
 identifier, wherever the object holds it now) are skipped and counted as found, so no row is
 sent twice; a row without an identifier has one made of its object's version, so none of a
 new version is taken for one of the old. Only rows Stripe refused
-whenever it took them are selected (remediation.reported, `_taken`). A report with no
+whenever it took them are selected (remediation.reported, `when_taken`). A report with no
 linked rows is kept as it is, with its samples (`unmatched`: its meter's warning says so, and
 a poll pass that records its rows within a day takes it up, `poller.handover`).
 """
@@ -36,11 +36,11 @@ from service.adapters.bucket import object_tag
 from service.errors import TaskInputMissing
 from service.jobs.inputs import JobDeps, next_generation, run_lineage
 from service.jobs.object_runs import object_sources
-from service.jobs.report_job import _Report, _TakenLongBefore
-from service.jobs.report_objects import _fetch, _linked_objects, _other_objects
-from service.jobs.report_outcome import _conclude
-from service.jobs.report_rows import _among, _HeldFirst, _Reported
-from service.jobs.report_versions import _SentSince, _taken
+from service.jobs.report_job import Report, TakenLongBefore
+from service.jobs.report_objects import fetch, linked_objects, other_objects
+from service.jobs.report_outcome import conclude
+from service.jobs.report_rows import HeldFirst, Reported, among
+from service.jobs.report_versions import SentSince, when_taken
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.lineage import handled_identifiers, runs_correcting
@@ -59,7 +59,7 @@ from service.poller.store import event_names_of, first_versions
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
     ctx = deps.run
     report, samples, counts = _load(ctx.engine, event_id)
-    linked = _linked_objects(ctx.engine, samples)
+    linked = linked_objects(ctx.engine, samples)
     if not linked:
         set_report_status(ctx.engine, event_id, ErrorReportStatus.UNMATCHED)
         return "no rows of ours: kept unmatched with its samples"
@@ -68,12 +68,12 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
     with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
         files: dict[str, tuple[str, Path, InputPlan]] = {}
         for key, etag in linked.items():
-            fetched = _fetch(ctx, job, key, etag, Path(tmp), or_current=True)
+            fetched = fetch(ctx, job, key, etag, Path(tmp), or_current=True)
             if fetched is None:
                 continue
             version, path, plan = fetched
             altered: dict[str, bool] = {}
-            since = _SentSince(ctx, job, firsts, key, version)
+            since = SentSince(ctx, job, firsts, key, version)
             sampled = _sampled(ctx, job, key, fetched, since, altered)
             if sampled is None:
                 continue
@@ -85,29 +85,29 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
             job.sampled[key] = sampled
             job.altered[key] = altered
             job.earlier[key] = since.earlier
-        others = _other_objects(ctx.engine, report, job, set(linked))
+        others = other_objects(ctx.engine, report, job, set(linked))
         job.objects = set(linked) | {key for key, _ in others}
         found = 0
         for key in sorted(files):
             version, path, plan = files[key]
-            taken = _taken(ctx.engine, job, key, version, linked=True)
+            taken = when_taken(ctx.engine, job, key, version, linked=True)
             found += _remediate(ctx, job, key, version, path, plan, taken)
         for key, etag in others:
             if found >= job.expected:
                 break
-            fetched = _fetch(ctx, job, key, etag, Path(tmp))
+            fetched = fetch(ctx, job, key, etag, Path(tmp))
             if fetched is not None:
-                taken = _taken(ctx.engine, job, key, etag, linked=False)
+                taken = when_taken(ctx.engine, job, key, etag, linked=False)
                 found += _remediate(ctx, job, key, *fetched, taken)
-    return _conclude(ctx.engine, job, found)
+    return conclude(ctx.engine, job, found)
 
 
 def _sampled(
     ctx: RunContext,
-    job: _Report,
+    job: Report,
     key: str,
     fetched: tuple[str, Path, InputPlan],
-    since: _SentSince,
+    since: SentSince,
     altered: dict[str, bool],
 ) -> Sampled | None:
     """What the sampled rows of the object say (`sampled_rows`), or None when it cannot be
@@ -120,7 +120,7 @@ def _sampled(
             names = RowNames(key, version)
             for batch in batches(read_repaired(stream, plan, ctx.rules)):
                 named = names.batch(batch)
-                records += named.take(_among(named, job.scope.samples)).records()
+                records += named.take(among(named, job.scope.samples)).records()
         return sampled_rows(since.unchanged(iter(records), altered), job.scope, job.index)
     except UnreadableFile as exc:
         job.unreadable[key] = exc.reason
@@ -129,14 +129,14 @@ def _sampled(
 
 def _job(
     ctx: RunContext, report: ErrorReport, samples: list[ErrorSample], counts: dict[str, int]
-) -> _Report:
+) -> Report:
     meter_name = _event_name(ctx, report.meter_id)
     names = _sampled_event_names(ctx.engine, samples) | ({meter_name} if meter_name else set())
     reference = as_utc(report.validation_end) or as_utc(report.created_at) or utcnow()
     start = as_utc(report.validation_start)
     now = int(reference.timestamp())
     begins = None if start is None else int(start.timestamp())
-    return _Report(
+    return Report(
         event_id=report.event_id,
         scope=ReportScope(
             codes=frozenset(counts) | {s.code for s in samples},
@@ -152,13 +152,13 @@ def _job(
             value_precision=ctx.rules.value_precision,
             limits=ctx.rules.policy.limits,
         ),
-        long_before=_TakenLongBefore(ctx, begins if begins is not None else now),
+        long_before=TakenLongBefore(ctx, begins if begins is not None else now),
     )
 
 
 def _remediate(
     ctx: RunContext,
-    job: _Report,
+    job: Report,
     key: str,
     etag: str,
     path: Path,
@@ -176,8 +176,8 @@ def _remediate(
     changed = job.altered.get(key, {})
     scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed)
     selection = Selection()
-    held = _HeldFirst(ctx.engine, job, (key, etag), runs_correcting(ctx.engine, sources))
-    rows = _Reported(RowNames(key, etag), held, job, scope, taken, selection)
+    held = HeldFirst(ctx.engine, job, (key, etag), runs_correcting(ctx.engine, sources))
+    rows = Reported(RowNames(key, etag), held, job, scope, taken, selection)
     done = finished_run(ctx.engine, run_key)
     if done is not None:  # a retried task: count what the run found, and the rows handled
         with path.open("rb") as stream:
@@ -210,7 +210,7 @@ def _remediate(
 
 
 def _counted(
-    job: _Report, key: str, selected: int, selection: Selection, scope: ReportScope, unsampled: int
+    job: Report, key: str, selected: int, selection: Selection, scope: ReportScope, unsampled: int
 ) -> int:
     """The rows of one object the report is about, found: those selected, those another run
     handled, and the rows left to Stripe's connector (taken again from a later version, or

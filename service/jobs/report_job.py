@@ -1,4 +1,4 @@
-"""The state of one error report's task (`_Report`) and the bounds of the report's window.
+"""The state of one error report's task (`Report`) and the bounds of the report's window.
 
 Every part of the task reads or fills the report's state: the objects it found, the rows it
 counted, why it fell short. Apart from the orchestration (`error_reports`) so the row
@@ -32,7 +32,7 @@ TAKEN_LATEST_MARGIN = timedelta(days=1)
 
 
 @dataclass
-class _Report:
+class Report:
     event_id: str
     scope: ReportScope
     expected: int  # errors the report counted
@@ -40,7 +40,7 @@ class _Report:
     now: int  # the end of the report's window: every row it counts was taken by then
     start: int | None  # its start: every row it counts was taken since
     index: MeterIndex
-    long_before: _TakenLongBefore  # versions Stripe's connector took long before the window
+    long_before: TakenLongBefore  # versions Stripe's connector took long before the window
     customers: set[str] = field(default_factory=set)
     sampled: dict[str, Sampled] = field(default_factory=dict)  # key -> what its samples say
     changed: list[str] = field(default_factory=list)  # objects overwritten since Stripe took them
@@ -52,7 +52,7 @@ class _Report:
     unrecorded: list[str] = field(default_factory=list)
     # key -> its sampled rows that are not the rows Stripe refused (`ReportScope.changed`)
     altered: dict[str, dict[str, bool]] = field(default_factory=dict)
-    # key -> those of them first held by a version uploaded long before the report (`_SentSince`)
+    # key -> those of them first held by a version uploaded long before the report (`SentSince`)
     earlier: dict[str, set[str]] = field(default_factory=dict)
     resent: int = 0  # changed rows sent as they are now
     left: int = 0  # rows left to Stripe's connector (taken again from a later version)
@@ -62,11 +62,11 @@ class _Report:
     objects: set[str] = field(default_factory=set)
 
 
-class _TakenLongBefore:
+class TakenLongBefore:
     """Whether Stripe's connector took an object version (index mode: it takes one at once,
     when it is uploaded) more than `WINDOW_BEFORE` before the report's window: the report is
     not about that version's rows (no more than about an object first seen then,
-    `_other_objects`), but about a later version holding them again, past Stripe's dedupe; the
+    `other_objects`), but about a later version holding them again, past Stripe's dedupe; the
     connector took the rows from the first version then (billed, or refused and reported
     then). Never for rows the bundled poller sent (import mode: it sends a row once)."""
 
@@ -82,10 +82,10 @@ class _TakenLongBefore:
             return False
         if first.version not in self.uploaded:
             times = object_times(self.engine, first.key, first.etag)
-            self.uploaded[first.version] = _seconds(times.uploaded) if times else None
+            self.uploaded[first.version] = seconds(times.uploaded) if times else None
         uploaded = self.uploaded[first.version]
         return uploaded is not None and uploaded < self.before
 
 
-def _seconds(moment: datetime | None) -> int | None:
+def seconds(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp())

@@ -16,15 +16,15 @@ from remediation.errors import UnreadableFile
 from remediation.poller import source_tag
 from remediation.repair import InputPlan, plan_input
 from service.jobs.inputs import local_name
-from service.jobs.report_job import WINDOW_AFTER, WINDOW_BEFORE, _Report
+from service.jobs.report_job import WINDOW_AFTER, WINDOW_BEFORE, Report
 from service.jobs.runs import RunContext
 from service.models import ErrorReport, ErrorSample
 from service.models._types import as_utc, utcnow
 from service.poller.store import object_times, objects_holding, objects_seen_between
 
 
-def _fetch(
-    ctx: RunContext, job: _Report, key: str, etag: str, folder: Path, *, or_current: bool = False
+def fetch(
+    ctx: RunContext, job: Report, key: str, etag: str, folder: Path, *, or_current: bool = False
 ) -> tuple[str, Path, InputPlan] | None:
     """(ETag, local copy, plan) of the object as Stripe took it, or None when it was
     overwritten since (another ETag): the rows the report is about are gone with that
@@ -57,7 +57,7 @@ def _fetch(
         return None
 
 
-def _linked_objects(engine: Engine, samples: list[ErrorSample]) -> dict[str, str]:
+def linked_objects(engine: Engine, samples: list[ErrorSample]) -> dict[str, str]:
     """object key -> the ETag we imported it at, for every sample that is one of our rows."""
     identifiers = {s.identifier for s in samples if s.identifier}
     if not identifiers:
@@ -65,8 +65,8 @@ def _linked_objects(engine: Engine, samples: list[ErrorSample]) -> dict[str, str
     return objects_holding(engine, identifiers)
 
 
-def _other_objects(
-    engine: Engine, report: ErrorReport, job: _Report, exclude: set[str]
+def other_objects(
+    engine: Engine, report: ErrorReport, job: Report, exclude: set[str]
 ) -> list[tuple[str, str]]:
     """Objects first seen around the report's window that hold rows of the reported event
     names, newest first."""

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from service.jobs.report_job import _Report
+from service.jobs.report_job import Report
 from service.jobs.store.report_records import set_report_status
 from service.jobs.store.reports import PARTIAL_ALERT
 from service.models import ErrorReportStatus
 from service.notify.alerts import raise_alert, resolve_alert
 
 
-def _conclude(engine: Engine, job: _Report, found: int) -> str:
+def conclude(engine: Engine, job: Report, found: int) -> str:
     changed = _changed_rows(job)
     alert = f"{PARTIAL_ALERT}:{job.event_id}"
     if found >= job.expected:
@@ -40,7 +40,7 @@ def _conclude(engine: Engine, job: _Report, found: int) -> str:
     return f"partial: remediated {found} row(s) of {job.expected} reported{changed}"
 
 
-def _changed_rows(job: _Report) -> str:
+def _changed_rows(job: Report) -> str:
     """What became of the sampled rows changed since they were sent, for the outcome."""
     parts = []
     if job.resent:
@@ -61,7 +61,7 @@ def _changed_rows(job: _Report) -> str:
     return "".join(f"; {part}" for part in parts)
 
 
-def _shortfall(job: _Report) -> str:
+def _shortfall(job: Report) -> str:
     message = "the other rows are not in any object meterfix saw around the report's window"
     if job.changed:
         changed = ", ".join(sorted(job.changed))

@@ -1,5 +1,5 @@
-"""The rows of one object version an error report's run takes (`_Reported`), a batch at a time
-in columns, and the rows no earlier version held (`_HeldFirst`).
+"""The rows of one object version an error report's run takes (`Reported`), a batch at a time
+in columns, and the rows no earlier version held (`HeldFirst`).
 
 Apart from the orchestration (`error_reports`): the run calls these per batch
 (`ports.SelectsRows`); they hold the hot path over every row of the object.
@@ -21,12 +21,12 @@ from remediation.core.columns import Batch, Column
 from remediation.poller import RowNames
 from remediation.records import UsageRecord
 from remediation.reported import ReportScope, Selection, Taken, reported_code, select_reported
-from service.jobs.report_job import _Report
+from service.jobs.report_job import Report
 from service.jobs.store.taken_again import marked_among
 from service.poller.store import FirstVersion, first_versions, recordable
 
 
-class _HeldFirst:
+class HeldFirst:
     """The rows of this object version that no earlier version (of this object or another)
     held: a row the poller recorded first with another version (the day's file rewritten
     with the rows so far, a copy under another name) was taken with that one, maybe billed,
@@ -34,14 +34,14 @@ class _HeldFirst:
     within a day and takes it as a new event after; the bundled poller leaves it out. What
     this version's report and times prove says nothing of it: such a row is the report's
     only when Stripe sampled it. Unless the connector took that version long before the
-    report (`_TakenLongBefore`): then the report counts the row when the report's code fits it
+    report (`TakenLongBefore`): then the report counts the row when the report's code fits it
     (`reported`), as it counts the row of this version Stripe refused, but the row was taken
     from that version (`billed`: counted as found, never sent). Not a row a run over the
     object quarantined, even one a later version sent again since (marked `taken_again`, one
     of `runs`): that version refused it, it was not billed then."""
 
     def __init__(
-        self, engine: Engine, job: _Report, version: tuple[str, str], runs: list[int]
+        self, engine: Engine, job: Report, version: tuple[str, str], runs: list[int]
     ) -> None:
         self.engine, self.job, self.version, self.runs = engine, job, version, runs
         self.reported: Callable[[UsageRecord], bool] = lambda _: False
@@ -90,17 +90,17 @@ def _identifiers(batch: Batch) -> list[str]:
     return ["" if v is None else str(v) for v in batch.identifier.values()]
 
 
-def _among(batch: Batch, samples: Mapping[str, str]) -> npt.NDArray[np.int64]:
+def among(batch: Batch, samples: Mapping[str, str]) -> npt.NDArray[np.int64]:
     """The rows (indexes) of the batch whose identifier is a sample's."""
     identifiers = _identifiers(batch)
     sampled = np.fromiter((i in samples for i in identifiers), bool, len(identifiers))
     return np.flatnonzero(sampled)
 
 
-class _Reported:
+class Reported:
     """The rows of one object version a report's run takes, a batch at a time as the run
     reads them in columns (`ports.SelectsRows`): every row without an identifier named as the
-    poller named it (`RowNames`), the rows no earlier version held (`_HeldFirst`), those the
+    poller named it (`RowNames`), the rows no earlier version held (`HeldFirst`), those the
     report is about (`select_reported`), each with its code. Only the rows that may be the
     report's are made records: the sampled ones, those a check finds a problem with
     (`problem_ids`, against the latest time Stripe took them), those holding a customer
@@ -110,8 +110,8 @@ class _Reported:
     def __init__(
         self,
         names: RowNames,
-        held: _HeldFirst,
-        job: _Report,
+        held: HeldFirst,
+        job: Report,
         scope: ReportScope,
         taken: Taken,
         selection: Selection,

@@ -16,14 +16,14 @@ from remediation.reported import Taken
 from remediation.rowdigest import record_digests
 from service.config import PollerMode
 from service.jobs.object_runs import object_sources
-from service.jobs.report_job import TAKEN_LATEST_MARGIN, WINDOW_AFTER, _Report, _seconds
+from service.jobs.report_job import TAKEN_LATEST_MARGIN, WINDOW_AFTER, Report, seconds
 from service.jobs.runs import RunContext
 from service.jobs.store.lineage import runs_correcting
 from service.jobs.store.taken_again import marked_among
 from service.poller.store import FirstVersion, ObjectTimes, object_times
 
 
-def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -> Taken:
+def when_taken(engine: Engine, job: Report, key: str, etag: str, *, linked: bool) -> Taken:
     """When Stripe may have taken the object's rows (remediation.reported).
 
     Stripe's S3 connector takes an object holding sampled rows (`linked`) at once, as one
@@ -32,7 +32,7 @@ def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -
     batch, from its first send on, maybe hours apart; an object found by the search beyond the
     samples may have been taken at any time after its upload (TAKEN_LATEST_MARGIN)."""
     times = object_times(engine, key, etag) or ObjectTimes(None, None)
-    uploaded, first_sent = _seconds(times.uploaded), _seconds(times.first_sent)
+    uploaded, first_sent = seconds(times.uploaded), seconds(times.first_sent)
     margin = int(TAKEN_LATEST_MARGIN.total_seconds())
     sampled = job.sampled.get(key) if linked else None
     if first_sent is not None:  # the poller sent it (import mode), in row order
@@ -50,7 +50,7 @@ def _taken(engine: Engine, job: _Report, key: str, etag: str, *, linked: bool) -
     )
 
 
-class _SentSince:
+class SentSince:
     """Which sampled rows an object version holds that are not the rows Stripe refused.
 
     Import mode: a customer may fix a row by hand and upload the file again after the
@@ -63,7 +63,7 @@ class _SentSince:
     are left to it (a version uploaded within the window may be the one the report is about).
     So are the rows first held by a version uploaded more than `WINDOW_BEFORE` before the
     report's window (`earlier`): the report is not about that version (no more than it is
-    about an object first seen then, `_other_objects`), so it is about a later one that held
+    about an object first seen then, `other_objects`), so it is about a later one that held
     the row again, after Stripe's dedupe of a day; the connector took the row from the first
     version then (billed, or refused and reported then). Re-routed (an archived meter's rows)
     or corrected, it would be billed twice. A row some version sent again since a run
@@ -72,7 +72,7 @@ class _SentSince:
     def __init__(
         self,
         ctx: RunContext,
-        job: _Report,
+        job: Report,
         firsts: Mapping[str, FirstVersion],
         key: str,
         version: str,
@@ -82,7 +82,7 @@ class _SentSince:
         runs = runs_correcting(ctx.engine, object_sources(ctx.engine, ctx.bucket, key))
         self.again = marked_among(ctx.engine, runs, sorted(job.scope.samples))
         times = object_times(ctx.engine, key, version)
-        uploaded = _seconds(times.uploaded) if times is not None else None
+        uploaded = seconds(times.uploaded) if times is not None else None
         # Stripe's connector takes the bucket's versions (index mode), not the bundled poller
         connector = ctx.settings.mfx_poller != PollerMode.ON
         self.taken_again = connector and uploaded is not None and uploaded > job.now

@@ -24,7 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from handlers.records import RemediationStatus
-from remediation.core.columns import Batch, Mask
+from remediation.core.column import Mask
+from remediation.core.columns import Batch
 from remediation.formats import detect_format
 from remediation.poller import ImportChunk, RowNames, RowRef, import_chunks
 from remediation.ports import MeterEventSink, ObjectInfo

@@ -394,7 +394,7 @@ def test_two_reruns_at_once_take_each_row_once(
     assert a["queued"] and b["queued"]
     runner = TaskRunner(Runtime(settings, engine=engine))
     picked = {ref: threading.Event() for ref in (str(a["action_id"]), str(b["action_id"]))}
-    real_pick = quarantine_rerun._pick
+    real_pick = quarantine_rerun.pick_rows
 
     def pick(ctx: RunContext, action_ref: str) -> Any:
         found = real_pick(ctx, action_ref)
@@ -403,7 +403,7 @@ def test_two_reruns_at_once_take_each_row_once(
             picked[str(b["action_id"])].wait(3)
         return found
 
-    monkeypatch.setattr(quarantine_rerun, "_pick", pick)
+    monkeypatch.setattr(quarantine_rerun, "pick_rows", pick)
     outcomes: dict[str, str] = {}
 
     def run(ref: str) -> None:

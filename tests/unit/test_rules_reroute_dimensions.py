@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from remediation.changes import Context
-from remediation.core.columns import from_records
+from remediation.core.batch import from_records
 from remediation.core.rules import RULES
 from remediation.core.rules.keys import drop_unused_keys_row, rename_value_key_row
 from remediation.core.rules.meters import reroute_to_successor_row

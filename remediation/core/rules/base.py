@@ -16,15 +16,10 @@ import numpy as np
 import pyarrow as pa
 
 from remediation.changes import Change, Context
-from remediation.core.columns import (
-    Batch,
-    Column,
-    Indexes,
-    KeyOrders,
-    as_string,
-    from_records,
-    key_orders,
-)
+from remediation.core.batch import from_records, key_orders
+from remediation.core.column import as_string
+from remediation.core.columns import Batch, Column, Indexes
+from remediation.core.keyorders import KeyOrders
 from remediation.errors import Uncorrectable
 from remediation.records import UsageRecord
 

@@ -14,7 +14,8 @@ import pyarrow.compute as pc
 
 from remediation.changes import Change, Context, meter_of
 from remediation.core.checks import meter_of_rows
-from remediation.core.columns import Batch, Column, Indexes, Mask
+from remediation.core.column import Mask
+from remediation.core.columns import Batch, Column, Indexes
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
 from remediation.errors import Uncorrectable
 from remediation.limits import shown

@@ -69,7 +69,7 @@ def list_reports(connection: Connection, page: Page, found: ReportFilter) -> Lis
     """The reports `found` picks, newest first, each with when its task last found it short
     (`found_short_at`: its partial warning's last sighting, None without one)."""
     query = select(REPORTS, ALERTS.c.last_seen_at.label("found_short_at"))
-    query = query.select_from(REPORTS.outerjoin(ALERTS, _partial_warning()))
+    query = query.select_from(REPORTS.outerjoin(ALERTS, partial_warning()))
     return keyset(connection, query.where(*_report_conditions(found)), REPORTS.c.id, page)
 
 
@@ -197,11 +197,11 @@ def mark_import_set_remediated(engine: Engine, import_set_id: str, run_key: str)
 # --- error reports -------------------------------------------------------------------------
 
 # The key prefix of the warning a `partial` report raises, `<prefix>:<event id>`, when its
-# task finds it short (`jobs.report_outcome._conclude`): raised again each time it is.
+# task finds it short (`jobs.report_outcome.conclude`): raised again each time it is.
 PARTIAL_ALERT = "error_report.partial"
 
 
-def _partial_warning() -> ColumnElement[bool]:
+def partial_warning() -> ColumnElement[bool]:
     """A report's partial warning (`PARTIAL_ALERT`), to outer-join the alerts on."""
     return ALERTS.c.alert_key == literal(f"{PARTIAL_ALERT}:") + REPORTS.c.event_id
 

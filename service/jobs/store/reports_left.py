@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, Join, func, select
 
-from service.jobs.store.reports import ALERTS, REPORTS, _partial_warning, left_at
+from service.jobs.store.reports import ALERTS, REPORTS, left_at, partial_warning
 from service.models import ErrorReportStatus
 from service.models._types import table_of
 from service.models.reports import ErrorTypeCount
@@ -61,7 +61,7 @@ def _left_between(start: datetime, end: datetime) -> tuple[Join, ColumnElement[b
     be left in [start, end)."""
     concluded = left_at()
     where = REPORTS.c.status.in_(UNREMEDIATED) & (concluded >= start) & (concluded < end)
-    return REPORTS.outerjoin(ALERTS, _partial_warning()), where
+    return REPORTS.outerjoin(ALERTS, partial_warning()), where
 
 
 def _left_codes(

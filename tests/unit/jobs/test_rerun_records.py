@@ -14,7 +14,7 @@ from remediation.engine import remediate
 from remediation.filetypes import FileFormat
 from remediation.meters import Meter
 from remediation.rules import Rules
-from service.jobs.quarantine_rerun import _Entry, _usage_record
+from service.jobs.rerun_records import _Entry, _usage_record
 
 NOW = 1_764_000_000
 

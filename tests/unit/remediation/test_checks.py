@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediation.core.audit import new_identifiers
+from remediation.core.batch import from_records
 from remediation.core.checks import (
     code_objects,
     longer,
@@ -22,7 +23,7 @@ from remediation.core.checks import (
     problem_ids,
     short_digits,
 )
-from remediation.core.columns import Column, from_records
+from remediation.core.columns import Column
 from remediation.identifiers import Ancestor, Identifiers, Lineage
 from remediation.limits import FieldLimits
 from remediation.meters import Meter

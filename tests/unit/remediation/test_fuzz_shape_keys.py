@@ -1,4 +1,4 @@
-"""The keys a JSON Lines batch is cut by (`columns.cell_spans`), read from a line's shape.
+"""The keys a JSON Lines batch is cut by (`batchbounds.cell_spans`), read from a line's shape.
 
 A line no kept layout matched had its keys found by a regex pass of its own (`line_keys`): 38 %
 of the reading thread on a file of optional payload keys. A line that fits the shape grammar

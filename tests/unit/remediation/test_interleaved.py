@@ -1,4 +1,4 @@
-"""`columns.interleaved`: the written rows of a batch (its valid rows and its corrected ones,
+"""`batchjoin.interleaved`: the written rows of a batch (its valid rows and its corrected ones,
 in file order) are what concatenating and sorting gives, and a column no rule changed is
 taken from the batch's own in one gather."""
 
@@ -9,14 +9,8 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediation.core.columns import (
-    Batch,
-    Column,
-    Interleave,
-    Kind,
-    concat_batches,
-    interleaved,
-)
+from remediation.core.batchjoin import Interleave, concat_batches, interleaved
+from remediation.core.columns import Batch, Column, Kind
 from remediation.core.rules.base import set_column
 from remediation.core.text import csv_lines, csv_rows
 

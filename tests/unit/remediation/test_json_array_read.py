@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remediation.core import jsonarray
-from remediation.core.columns import concat_batches, from_records
+from remediation.core.batch import from_records
+from remediation.core.batchjoin import concat_batches
 from remediation.core.jsonarray import Elements, json_array_batches
 from remediation.engine import remediate
 from remediation.errors import UnreadableFile

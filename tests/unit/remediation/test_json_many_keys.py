@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from remediation.core import columns
-from remediation.core.columns import MAX_BATCH_KEYS, Batch
+from remediation.core import batchbounds
+from remediation.core.batchbounds import MAX_BATCH_KEYS
+from remediation.core.columns import Batch
 from remediation.engine import batches, remediate
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
@@ -222,6 +223,12 @@ def test_rows_of_keys_of_their_own_are_cut_where_their_keys_pass_the_bound(
     assert len(found) <= 2 + 1000 * (KEYS + 3) // MAX_BATCH_KEYS, [len(b) for b in found]
 
 
+def _rows_of_own_keys_uncut() -> bool:
+    """Rows of keys of their own are batched past `MAX_BATCH_KEYS` (it is off)."""
+    found = _batches(_file(_rows(200, KEYS), FileFormat.JSONL), FileFormat.JSONL)
+    return max(map(_keys, found)) > MAX_BATCH_KEYS
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_rows_sharing_many_keys_are_cut_by_their_cells_alone(
     fmt: FileFormat, monkeypatch: pytest.MonkeyPatch
@@ -233,5 +240,6 @@ def test_rows_sharing_many_keys_are_cut_by_their_cells_alone(
     found = [len(batch) for batch in _batches(_file(rows, fmt), fmt)]
     assert sum(found) == 1200
     assert max(found) > 800, found
-    monkeypatch.setattr(columns, "MAX_BATCH_KEYS", 1 << 30)
+    monkeypatch.setattr(batchbounds, "MAX_BATCH_KEYS", 1 << 30)
+    assert _rows_of_own_keys_uncut(), "the bound patched where it is read"
     assert [len(batch) for batch in _batches(_file(rows, fmt), fmt)] == found

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 import remediation.engine as engine
 from remediation.core import jsonrows
-from remediation.core.columns import Batch, Column, KeyOrders, Kind
+from remediation.core.columns import Batch, Column, Kind
 from remediation.core.jsonlout import JsonlOut
+from remediation.core.keyorders import KeyOrders
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.identifiers import Ancestor, Lineage

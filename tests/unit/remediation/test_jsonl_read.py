@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from remediation import jsonreaders
 from remediation.core import jsonlread, jsonlshapes
-from remediation.core.columns import Batch, concat_batches, from_records
+from remediation.core.batch import from_records
+from remediation.core.batchjoin import concat_batches
+from remediation.core.columns import Batch
 from remediation.core.jsonllayouts import learn
 from remediation.core.jsonlread import JsonlBatches, jsonl_batches
 from remediation.errors import UnreadableFile

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediation.core.columns import KeyOrder, KeyOrders, concat_orders
+from remediation.core.keyorders import KeyOrder, KeyOrders, concat_orders
 
 _ORDERS = st.sampled_from(
     [(("value", "stripe_customer_id"), ()), (("stripe_customer_id", "value"), ()), ((), ("x",))]

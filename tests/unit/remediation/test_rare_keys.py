@@ -17,8 +17,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from remediation.core.batchjoin import concat_batches
 from remediation.core.checks import CODES, field_suspects, problem_ids
-from remediation.core.columns import concat_batches
 from remediation.core.jsonlread import JsonlBatches
 from remediation.jsonreaders import text_stream
 from remediation.jsonrecords import JsonlRecords

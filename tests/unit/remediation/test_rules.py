@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediation.changes import Change, Context, CustomerPicks
-from remediation.core.columns import from_records
+from remediation.core.batch import from_records
 from remediation.core.rules import RULES
 from remediation.core.rules.customers import fix_customer_row
 from remediation.core.rules.meters import fix_event_name_row, reroute_to_successor_row

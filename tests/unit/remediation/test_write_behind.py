@@ -263,7 +263,7 @@ def test_a_run_reads_and_writes_on_jemalloc_and_gives_the_pool_back(
     else:
         path = tmp_path / "in.json"
         path.write_text(json.dumps(rows, ensure_ascii=False))
-    memory._use_lean_allocators()  # what the first run in a process sets (`_RUN_POOL` after)
+    memory.use_lean_allocators()  # what the first run in a process sets (`RUN_POOL` after)
     # a first run makes what later runs share (lookups cached on the pool of its run): run
     # alone, this test saw 640 bytes still allocated after its run otherwise
     run_file(path, tmp_path / "first")
@@ -362,7 +362,7 @@ HEAP_PROBE = """
 import resource
 import numpy as np
 from remediation import batching, memory
-memory._use_lean_allocators()  # what the first run in a process sets
+memory.use_lean_allocators()  # what the first run in a process sets
 data = np.zeros(batching.BLOCK_BYTES, np.uint8)  # a CSV block's bytes
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

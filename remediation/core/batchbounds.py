@@ -1,0 +1,88 @@
+"""Records cut into batches within a batch's bounds: its cells (`MAX_BATCH_CELLS`) and its
+distinct keys (`MAX_BATCH_KEYS`), for the records of a JSON array (`record_batches`) and the
+lines of a JSON Lines block (`cell_spans`). Apart from the batch (`batch`): the bounds are a
+cost budget of the engine, not the shape of the data; `_past_bounds` reads them here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from remediation.core.batch import Batch, from_records
+from remediation.records import UsageRecord
+
+# A batch's cells, its rows times its distinct keys, at most (a batch of 8,192 rows holds up
+# to 64 keys). Every distinct key of a batch is a column of it, worked on by every check and
+# writer: rows each naming keys of their own cost the square of their number in one batch
+# (2,000 rows of 5 such keys took 20 s), so a batch is cut where its cells would pass this.
+MAX_BATCH_CELLS = 1 << 19
+# And where it would hold more distinct keys than this and `SPARSE` times as many as its widest
+# row names: mostly empty columns, each costing its share of every check and writer whatever
+# its rows, and more of them the more rows (rows of 5 keys of their own, 20,000 of them,
+# through `meterfix remediate`: batches of ~320 rows and 1,600 keys, 35 s and a peak RSS of
+# 211 MB; of ~100 rows and 512 keys, see the README). Rows that share their keys, however
+# many, are cut by their cells alone.
+MAX_BATCH_KEYS = 256
+SPARSE = 4
+
+
+def _past_bounds(rows: int, keys: int, widest: int) -> bool:
+    """A batch of `rows` rows holding `keys` distinct keys, its widest row naming `widest`, is
+    past the bounds (`MAX_BATCH_CELLS`, `MAX_BATCH_KEYS`)."""
+    return rows * keys > MAX_BATCH_CELLS or (keys > MAX_BATCH_KEYS and keys > SPARSE * widest)
+
+
+def record_batches(records: Iterable[UsageRecord], size: int) -> Iterator[Batch]:
+    """Records as batches of at most `size` rows, within `MAX_BATCH_CELLS` and
+    `MAX_BATCH_KEYS` (a row of more keys alone), `from_records` of each chunk."""
+    chunk: list[UsageRecord] = []
+    payload: set[str] = set()
+    extra: set[str] = set()
+    widest = 0
+    for record in records:
+        new = _new_keys(record.payload, payload) + _new_keys(record.extra, extra)
+        wide = max(widest, len(record.payload) + len(record.extra))
+        if chunk and _past_bounds(len(chunk) + 1, len(payload) + len(extra) + new, wide):
+            yield from_records(chunk)
+            chunk, payload, extra = [], set(), set()
+            wide = len(record.payload) + len(record.extra)
+        chunk.append(record)
+        payload.update(record.payload)
+        extra.update(record.extra)
+        widest = wide
+        if len(chunk) >= size:
+            yield from_records(chunk)
+            chunk, payload, extra, widest = [], set(), set(), 0
+    if chunk:
+        yield from_records(chunk)
+
+
+def _new_keys(mapping: Mapping[str, object], seen: set[str]) -> int:
+    return 0 if seen.issuperset(mapping) else len(mapping.keys() - seen)
+
+
+def cell_spans(groups: npt.NDArray[np.int64], keys: Sequence[frozenset[str]]) -> list[range]:
+    """Consecutive rows, as few spans as `MAX_BATCH_CELLS` and `MAX_BATCH_KEYS` allow (a row
+    of more keys alone): `groups` gives each row's keys as its place in `keys`."""
+    widest = max(map(len, keys), default=0)
+    if not _past_bounds(len(groups), len(frozenset().union(*keys)), widest):
+        return [range(len(groups))]
+    spans, start = [], 0
+    seen: set[int] = set()
+    held: set[str] = set()
+    widest = 0
+    for row, group in enumerate(groups.tolist()):
+        new = 0 if group in seen else len(keys[group] - held)
+        wide = max(widest, len(keys[group]))
+        if row > start and _past_bounds(row - start + 1, len(held) + new, wide):
+            spans.append(range(start, row))
+            start, seen, held, wide = row, set(), set(), len(keys[group])
+        if group not in seen:
+            seen.add(group)
+            held |= keys[group]
+        widest = wide
+    spans.append(range(start, len(groups)))
+    return spans

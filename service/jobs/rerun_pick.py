@@ -1,0 +1,162 @@
+"""Which quarantined rows a quarantine re-run takes: those the admin action's filter picks,
+less the rows billed as they are since (sent by the poller from a later version or a copy, or
+held by a later version of their object that Stripe's connector took whole). Apart from the
+task because finding those rows reads the bucket and the poller's store, not the run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine
+
+from remediation.ports import ObjectInfo
+from service.config import PollerMode
+from service.errors import BadParameter, RerunInputMissing
+from service.jobs.inputs import LOOKUP_BATCH, candidate_keys, identifiers_in, local_name
+from service.jobs.rerun_keys import RERUN_PREFIX
+from service.jobs.runs import RunContext
+from service.jobs.store.quarantine_filter import QuarantineFilter
+from service.jobs.store.reports import import_set
+from service.jobs.store.reruns import (
+    QuarantinedFrom,
+    RerunRow,
+    RunOf,
+    quarantined_at,
+    quarantined_from,
+    rerun_detail,
+    rerun_origins,
+    rows_to_rerun,
+)
+from service.jobs.store.runs import import_set_of
+from service.jobs.store.taken_again import mark_rows_taken_again
+from service.models._types import as_utc
+from service.poller.store import sent_moments
+
+
+def pick_rows(ctx: RunContext, action_ref: str) -> tuple[list[RerunRow], int]:
+    """The rows to re-run, and how many rows the filter picked that are left: billed as they
+    are since (`_sent_since`, `_in_later_versions`, and rows their object sent again:
+    `mark_taken_again`)."""
+    with ctx.engine.connect() as connection:
+        detail = rerun_detail(connection, int(action_ref)) if action_ref.isdigit() else None
+        filters = None if detail is None else detail.get("filters")
+        if not isinstance(filters, dict):
+            raise RerunInputMissing(f"admin action {action_ref} with the re-run's filter is gone")
+        through = detail.get("through") if detail is not None else None
+        try:
+            found = QuarantineFilter.from_query({str(k): str(v) for k, v in filters.items()})
+        except BadParameter as exc:
+            raise RerunInputMissing(f"admin action {action_ref}: {exc}") from exc
+        listed = rows_to_rerun(
+            connection,
+            found,
+            f"quarantine_rerun:{action_ref}",
+            through if isinstance(through, int) else None,
+        )
+        picked = [row for row in listed if not row.again]
+        ids = [row.id for row in picked]
+        billed = _sent_since(ctx.engine, connection, ids)
+        billed |= _in_later_versions(ctx, connection, [i for i in ids if i not in billed])
+    kept = [row for row in picked if row.id not in billed]
+    return kept, len(listed) - len(kept)
+
+
+def _sent_since(engine: Engine, connection: Connection, ids: list[int]) -> set[int]:
+    """The ids among `ids` of rows whose identifier the bundled poller sent after the row
+    was quarantined: from a later version of its file (the customer fixed the row by hand)
+    or a copy. Such a row was billed as it is; re-run, it would go out a second time under
+    a derived identifier, which nothing dedupes. A row Stripe refused after the poller sent
+    it (an error report) was sent before it was quarantined: it is re-run."""
+    found: set[int] = set()
+    rows = iter(quarantined_at(connection, ids))
+    while chunk := list(islice(rows, LOOKUP_BATCH)):
+        sent = sent_moments(engine, {identifier for _, identifier, _ in chunk})
+        found.update(i for i, identifier, held in chunk if sent.get(identifier, held) > held)
+    return found
+
+
+def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) -> set[int]:
+    """With Stripe's connector importing the bucket (not the bundled poller): the ids among
+    `ids` of rows whose object is now a version written after the row was quarantined that
+    holds its identifier, marked `taken_again` with that version. The connector takes every
+    version whole, so it took the row again (billed as the customer fixed it by hand, or
+    refused again and quarantined anew); re-run, it would go out a second time under a
+    derived identifier. The object: the one the row's import set names, else the bucket key
+    its run read. (Index mode marks such rows when the poller indexes the version; this
+    finds them before it does, and in the default mode, which indexes nothing.)"""
+    if ctx.settings.mfx_poller == PollerMode.ON or not ids:
+        return set()
+    by_key: dict[str, list[QuarantinedFrom]] = {}
+    objects = _Objects(ctx.engine, connection)
+    for row in quarantined_from(connection, ids):
+        key = objects.key(RunOf(row.run_id, row.source, row.run_key), row.identifier)
+        if key and _object_key(key):  # not a local path (`remediate --upload`'s source)
+            by_key.setdefault(key, []).append(row)
+    taken: set[int] = set()
+    for key, rows in by_key.items():
+        later = _later_version(ctx, key, min(row.at for row in rows))
+        if later is None:
+            continue
+        info, held = later
+        uploaded = as_utc(info.last_modified) or datetime.now(UTC)
+        found_ids = [r.id for r in rows if r.identifier in held and uploaded > r.at]
+        label = f"{info.key} (ETag {info.etag}, uploaded {uploaded:%Y-%m-%d %H:%M} UTC)"
+        mark_rows_taken_again(ctx.engine, found_ids, label)
+        taken.update(found_ids)
+    return taken
+
+
+class _Objects:
+    """The object a quarantined row came from: the one its import set names, else the
+    bucket key its run read; for a row a re-run quarantined again, that of the row the
+    re-run took, back to the first run (looked up once a re-run, once an import set)."""
+
+    def __init__(self, engine: Engine, connection: Connection) -> None:
+        self.engine, self.connection = engine, connection
+        self.named: dict[str, str | None] = {}
+        self.origins: dict[int, dict[str, RunOf]] = {}
+
+    def key(self, run: RunOf | None, identifier: str) -> str | None:
+        seen: set[int] = set()
+        while run is not None and run.run_key.startswith(RERUN_PREFIX) and run.id not in seen:
+            seen.add(run.id)
+            if run.id not in self.origins:
+                self.origins[run.id] = rerun_origins(self.connection, run.id)
+            run = self.origins[run.id].get(identifier)
+        if run is None or run.run_key.startswith(RERUN_PREFIX):
+            return None
+        impset = import_set_of(run.run_key)
+        if impset is None:
+            return run.source
+        if impset not in self.named:
+            found = import_set(self.engine, impset)
+            self.named[impset] = found.source_object if found is not None else None
+        return self.named[impset]
+
+
+def _object_key(text: str) -> bool:
+    """Whether `text` can name an object (the file bucket refuses anything else)."""
+    parts = text.split("/")
+    return not text.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+
+
+def _later_version(
+    ctx: RunContext, key: str, since: datetime
+) -> tuple[ObjectInfo, set[str]] | None:
+    """The object at `key` (or under the bucket's prefix) and the identifiers it holds, when
+    it was written after `since`; else None."""
+    for candidate in candidate_keys(ctx.bucket, key):
+        info = ctx.bucket.head(candidate)
+        if info is None:
+            continue
+        if (as_utc(info.last_modified) or since) <= since:
+            return None
+        with tempfile.TemporaryDirectory(prefix="meterfix-rerun-") as tmp:
+            path = Path(tmp) / local_name(candidate)
+            ctx.bucket.download(candidate, path)
+            return info, identifiers_in(path, ctx.rules)
+    return None
