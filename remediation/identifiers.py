@@ -2,8 +2,8 @@
 
 A row written to a corrected output gets a deterministic identifier made from its ORIGINAL
 identifier and the run's generation (1 + the generation of the object it came from, and above
-every generation that wrote one of its identifiers: `run_generation`). Both come from lineage
-(the object's `mfx-generation` metadata, the correction audit in the database),
+every generation that wrote one of its identifiers: `lineage.run_generation`). Both come from
+lineage (the object's `mfx-generation` metadata, the correction audit in the database),
 never from the identifier's text: `order-r099` or `inv-mfx3` are a customer's own identifiers
 unless lineage says we wrote them. Exactly:
 - `<original>-mfx<generation>`, or
@@ -19,20 +19,18 @@ unless lineage says we wrote them. Exactly:
 Deterministic and independent of the reference time, so re-uploading the same corrected file
 can never bill twice. Outputs written before this rule (`-r<n>` suffixes) keep their
 identifiers: lineage leads from them to their originals like from any output of ours.
+Lineage itself is traced, and an input's reserved originals found, in `lineage`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
-from itertools import islice
-from pathlib import Path
 
 MAX_IDENTIFIER = 100  # Stripe's limit on a meter event identifier
 HASHED_KEEP = 80  # characters of the original kept in the hashed form
-SCAN_BLOCK = 1 << 20
 
 
 def row_identifier(source: str, row_number: int) -> str:
@@ -191,204 +189,3 @@ class _Taken:
         if not isinstance(identifier, str) or identifier in self.reserved:
             return True
         return self.given.get(_key(identifier), self.owner) != self.owner
-
-
-# --- lineage from the database (through a lookup) and from the input ------------------------
-
-MAX_DEPTH = 64  # generations traced back at most (each one is a re-send that failed again)
-
-
-@dataclass(frozen=True, slots=True)
-class Parent:
-    """What the correction audit says about an identifier a correction of ours wrote."""
-
-    identifier: str  # the row's identifier in that run (`row_identifier` if it had none)
-    code: str  # the code it was corrected for
-    generation: int  # the generation of that run
-
-
-# identifiers -> the parents the correction audit knows of (the service asks the database)
-ParentLookup = Callable[[list[str]], Mapping[str, Parent]]
-
-
-def run_generation(generation: int, ancestors: Mapping[str, Ancestor]) -> int:
-    """The generation a run writes: `generation` (1 + its source object's, per the object's
-    metadata), or 1 + the highest generation that lineage says wrote one of its input's
-    identifiers, whichever is higher. An input whose object names no generation (an import
-    set naming no object, a failed file read from Stripe's copy) may still hold rows a run of
-    ours wrote: re-sent in that run's generation, a corrected row went out under the very
-    identifier that had just failed (`abc-mfx1` again), which Stripe drops as a duplicate
-    within a day, and the audit then named two corrections as its parent."""
-    written = max((ancestor.generation for ancestor in ancestors.values()), default=0)
-    return max(generation, written + 1)
-
-
-def trace_ancestors(
-    identifiers: Iterable[str], input_generation: int, parents: ParentLookup, batch: int = 500
-) -> dict[str, Ancestor]:
-    """Ancestors of an input's identifiers that lineage says we wrote.
-
-    `input_generation` is the generation of the object the input came from, per its metadata
-    (0: unknown or not ours). Each step goes one generation back: to the identifier the audit
-    says a correction was made for (and the generation of that run), else, only while the
-    object's lineage gives the generation (a row re-sent unchanged, which the audit does not
-    list), to what is left after removing the exact suffix that generation appended (`-mfx<g>`,
-    or `-r<g>` for outputs of the earlier rule). Generations come from lineage, never from a
-    number read out of the identifier. (A row re-sent unchanged under the hashed form leads to
-    `<first 80>-<hash>` as its original: the audit holds no more; still deterministic.)
-    """
-    found: dict[str, Ancestor] = {}
-    pending = iter(identifiers)
-    while chunk := list(islice(pending, batch)):
-        found.update(_trace_chunk(chunk, input_generation, parents))
-    return found
-
-
-@dataclass(slots=True)
-class _Trace:
-    at: str  # traced back to here
-    generation: int  # the generation that wrote `at` (0: unknown)
-    code: str | None = None
-    wrote: int = 0  # the generation that wrote the traced identifier (0: not ours)
-
-
-def _trace_chunk(chunk: list[str], generation: int, parents: ParentLookup) -> dict[str, Ancestor]:
-    known = parents(sorted(set(chunk)))
-    if generation < 1:
-        # Without a generation from the object's lineage only the audit moves an identifier
-        # back: one it has no parent for is an original (most of a first run's input).
-        chunk = [identifier for identifier in chunk if identifier in known]
-    else:
-        # With one, an identifier the audit has no parent for moves back only by the suffix
-        # that generation appended (`_step`): one without it is an original, and is left out
-        # before any trace is made (an input of 1M such originals: 6.3-7.0 s of lineage when
-        # each was traced, 3.0-3.4 s without).
-        suffixes = (plain_suffix(generation), f"-r{generation}")
-        chunk = [i for i in chunk if i in known or i.endswith(suffixes)]
-    traces = {identifier: _Trace(identifier, generation) for identifier in dict.fromkeys(chunk)}
-    moving = set(traces)
-    for depth in range(MAX_DEPTH):
-        if not moving:
-            break
-        if depth:  # the first step's parents were looked up above
-            known = parents(sorted({traces[identifier].at for identifier in moving}))
-        for identifier in sorted(moving):
-            if not _step(traces[identifier], known.get(traces[identifier].at)):
-                moving.discard(identifier)
-    return {
-        identifier: Ancestor(trace.at, trace.code, trace.wrote)
-        for identifier, trace in traces.items()
-        if trace.wrote
-    }
-
-
-def _step(trace: _Trace, parent: Parent | None) -> bool:
-    """One generation back; False when `trace.at` is an original."""
-    first = not trace.wrote
-    if parent is not None:
-        written_in, previous = parent.generation, parent.identifier
-    elif trace.generation >= 1:
-        written_in, unsuffixed = trace.generation, _unsuffixed(trace.at, trace.generation)
-        if unsuffixed is None:
-            return False
-        previous = unsuffixed
-    else:
-        return False
-    if first:
-        trace.wrote, trace.code = written_in, parent.code if parent is not None else None
-    moved = previous != trace.at  # not when a run kept identifiers (`--identifiers keep`)
-    trace.at, trace.generation = previous, written_in - 1
-    return moved
-
-
-def _unsuffixed(identifier: str, generation: int) -> str | None:
-    for suffix in (plain_suffix(generation), f"-r{generation}"):
-        if identifier.endswith(suffix) and len(identifier) > len(suffix):
-            return identifier[: -len(suffix)]
-    return None
-
-
-def may_hold(path: Path, needle: bytes, escapes: bool = True) -> bool:
-    """Whether the file's bytes hold `needle` (or, with `escapes`, a JSON `\\u` escape that
-    could spell it)."""
-    tail = b""
-    anchor: int | None = None
-    with open(path, "rb") as handle:
-        while block := handle.read(SCAN_BLOCK):
-            if anchor is None:
-                anchor = _rarest(needle, block)
-            if _holds(block, needle, anchor) or needle in tail + block[: len(needle)]:
-                return True
-            if escapes and _escape(block, tail[-1:]):
-                return True
-            tail = block[-len(needle) :]
-    return False
-
-
-# Hits of the anchor byte a block's search checks one by one, and one more per this many
-# bytes, before it searches the rest of the block for the needle itself.
-ANCHOR_HITS = 16
-ANCHOR_HIT_BYTES = 512
-
-
-def _rarest(needle: bytes, sample: bytes) -> int:
-    """The byte of `needle` met least often in `sample` (the first block): the anchor."""
-    head = sample[:65536]
-    return min(range(len(needle)), key=lambda at: head.count(needle[at : at + 1]))
-
-
-def _holds(block: bytes, needle: bytes, anchor: int) -> bool:
-    """`needle in block`, found by its `anchor`-th byte: one byte is found by memchr, far
-    faster than the needle (whose last byte, a digit, is met everywhere: 0.19 s for the 246 MB
-    of the bench's `varied` JSON Lines), and each place it is met is checked (the scan of that
-    file 0.19-0.23 -> 0.09 s, of its CSV 0.12-0.23 -> 0.08 s; its `x` is met once in 2 KB). A
-    block where the byte is met often is searched for the needle from there."""
-    byte = needle[anchor : anchor + 1]
-    budget = ANCHOR_HITS + len(block) // ANCHOR_HIT_BYTES
-    at = block.find(byte, anchor)
-    while at != -1:
-        if block.startswith(needle, at - anchor):
-            return True
-        budget -= 1
-        if not budget:
-            return block.find(needle, at - anchor) != -1
-        at = block.find(byte, at + 1)
-    return False
-
-
-def _escape(block: bytes, before: bytes) -> bool:
-    """Whether `block` (after the byte `before`) holds a `\\u`: a backslash is looked for
-    first, one byte being found ten times faster than two (memchr: 24 against 230 ms for a
-    247 MB JSON Lines file)."""
-    if b"\\" not in block and before != b"\\":
-        return False
-    return b"\\u" in block or b"\\u" in before + block[:1]
-
-
-def reserved_originals(
-    identifiers: Iterable[tuple[str | None, int]], ids: Identifiers
-) -> frozenset[str]:
-    """Originals of an input that end like a plain derived identifier of this generation."""
-    return frozenset(
-        original
-        for identifier, row in identifiers
-        if (original := ids.original(identifier, row)).endswith(ids.suffix)
-    )
-
-
-def input_lineage(
-    path: Path,
-    rows: Callable[[], Iterable[tuple[str | None, int]]],
-    source: str,
-    generation: int,
-    ancestors: Mapping[str, Ancestor] | None = None,
-    escapes: bool = True,
-) -> Lineage:
-    """The lineage of the input at `path`; `rows` reads its (identifier, row number) pairs,
-    only when the bytes could hold an original ending in this generation's suffix (`escapes`:
-    spelt with JSON escapes too; a CSV file has none)."""
-    lineage = Lineage(ancestors or {})
-    if not may_hold(path, plain_suffix(generation).encode(), escapes):
-        return lineage
-    ids = Identifiers(source, generation, lineage, keep=False)
-    return Lineage(lineage.ancestors, reserved_originals(rows(), ids))

@@ -187,7 +187,7 @@ class RecordWriter:
         obj = record_object(record, self._with_errors, as_came=bool(self._annotations))
         obj.update(notes)
         line = dumps(obj)
-        if "\u2028" in line or "\u2029" in line:  # `core.text.json_lines_safe`, for one line
+        if "\u2028" in line or "\u2029" in line:  # `core.jsontext.json_lines_safe`, for one line
             line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         if self.fmt is FileFormat.JSONL:
             self._text.write(line + "\n")

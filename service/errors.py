@@ -80,7 +80,7 @@ class RerunInputMissing(ServiceError):
 
 
 class SentBatch(Protocol):
-    """What HorizonPassed reads of a batch (`service.poller.progress.SentBatch`)."""
+    """What HorizonPassed reads of a batch (`service.poller.object_progress.SentBatch`)."""
 
     @property
     def first_sent_at(self) -> datetime: ...

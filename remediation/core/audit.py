@@ -1,23 +1,23 @@
 """Audit lines of decided batches, built on columns: one line per correction and quarantine,
 in row order (a row's corrections in the order they were made), the bytes `json.dumps(entry,
-ensure_ascii=False)` writes (`sinks.Sinks.audit`); the run's counts; derived identifiers.
+ensure_ascii=False)` writes (`sinks.Sinks.audit`); the run's counts. (The audit as records for
+the service: `auditrecords`; the identifiers written rows go out under: `newids`.)
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 from typing import TextIO
 
 import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.checks import CODES, Codes, mask
-from remediation.core.column import Mask, as_string
-from remediation.core.columns import Batch, Column, Indexes, Kind
+from remediation.core.auditrecords import audit_records
+from remediation.core.checks import CODES, Codes
+from remediation.core.columns import Indexes
 from remediation.core.decide import (
     CORRECTED,
     OTHER_ID,
@@ -26,23 +26,12 @@ from remediation.core.decide import (
     VALID_KEPT,
     Decided,
 )
-from remediation.core.jsonrows import plain, quarantine_notes, row_texts, value_parts
-from remediation.core.text import (
-    TextPool,
-    join,
-    json_parts,
-    json_strings,
-    json_text,
-    merged_constants,
-)
-from remediation.identifiers import HASH_DIGITS, HASHED_KEEP, Identifiers
-from remediation.jsonnumbers import dumps
-from remediation.meters import DEFAULT_CUSTOMER_KEY
-from remediation.outcomes import CORRECTIONS, QuarantinedRow, Tally, value_text
-from remediation.records import UsageRecord
+from remediation.core.jsonrows import value_parts
+from remediation.core.jsontext import json_parts, json_strings, json_text
+from remediation.core.text import TextPool, merged_constants
+from remediation.outcomes import Tally
 from remediation.sinks import Sinks
 from remediation.spool import write_shared
-from remediation.writers import record_object
 
 # Audit lines gathered this many at a time: a batch's lines are about twice its input's bytes,
 # and a slice's are let go once written, before the next is made.
@@ -194,129 +183,6 @@ def account(
     count(decided, tally)
 
 
-def audit_records(
-    decided: Decided,
-    source: str,
-    written: Indexes,
-    new_ids: pa.Array,
-    customer_keys: Mapping[str, str],
-) -> tuple[pa.RecordBatch, list[QuarantinedRow]]:
-    """The batch's audit as records, in row order: corrections as one record batch of
-    `CORRECTIONS` (each field put in row order as one array), quarantined rows with the row
-    in full (as the quarantine file holds it, as JSON text)."""
-    by_row = np.full(len(decided.batch), -1, np.int64)
-    by_row[written] = np.arange(len(written))
-    changes = [change for change in decided.changes if len(change)]
-    quarantined = _quarantined_rows(decided, source, customer_keys)
-    if not changes:
-        return NO_CORRECTIONS, quarantined
-    at = np.concatenate([change.at for change in changes])
-    order = np.argsort(at, kind="stable")
-    rows = at[order]
-    taken = pa.array(rows)
-    names = [
-        pa.array(
-            np.concatenate([_repeated(getattr(c, name), len(c)) for c in changes])[order],
-            pa.string(),
-        )
-        for name in ("rule", "field")
-    ]
-    values = [
-        pa.concat_arrays([_texts(getattr(c, name)) for c in changes]).take(pa.array(order))
-        for name in ("before", "after")
-    ]
-    columns = [
-        pa.repeat(source, len(rows)),
-        pa.array(decided.batch.rows[rows]),
-        as_string(decided.batch.identifier.text.take(taken)),
-        as_string(new_ids.take(pa.array(by_row[rows]))),
-        pa.array(decided.arrived[rows], pa.string()),
-        *names,
-        *values,
-    ]
-    return pa.record_batch(columns, schema=CORRECTIONS), quarantined
-
-
-NO_CORRECTIONS = pa.RecordBatch.from_pylist([], schema=CORRECTIONS)
-
-
-def _repeated(value: str | Sequence[str], n: int) -> npt.NDArray[np.object_]:
-    if isinstance(value, str):
-        return np.full(n, value, dtype=object)
-    return np.asarray(value, dtype=object)
-
-
-def _texts(column: Column) -> pa.Array:
-    """`value_text` of each value: numbers and text as their text (a boolean as Python
-    spells it, an object as `str()` of it), null where absent."""
-    if column.kinds is None or not np.isin(column.kinds, (Kind.BOOL, Kind.JSON, Kind.NULL)).any():
-        return as_string(column.text)
-    return pa.array([value_text(value) for value in column.values()], pa.string())
-
-
-def _quarantined_rows(
-    decided: Decided, source: str, customer_keys: Mapping[str, str]
-) -> list[QuarantinedRow]:
-    """The batch's quarantined rows, each with the row in full as JSON text (what a JSON
-    Lines quarantine file holds for it: `jsonrows.row_texts`, or `_record_json` per record
-    when a value is written its own way), its event name, and the value under its meter's
-    customer key (`customer_keys`; `stripe_customer_id` for an event name no meter has)."""
-    rows = np.flatnonzero(decided.fate == QUARANTINED)
-    if not len(rows):
-        return []
-    batch = decided.batch.take(rows)
-    codes = [str(code) for code in decided.mfx_code[rows].tolist()]
-    reasons = [str(reason) for reason in decided.reason[rows].tolist()]
-    if plain(batch):
-        notes = quarantine_notes(codes, reasons)
-        texts = row_texts(batch, batch.identifier.text, notes).to_pylist()
-    else:
-        texts = [
-            _record_json(record, code, reason)
-            for record, code, reason in zip(batch.records(), codes, reasons, strict=True)
-        ]
-    meters = [value_text(value) for value in batch.event_name.values()]
-    return [
-        QuarantinedRow(source, *fields)
-        for fields in zip(
-            batch.rows.tolist(),
-            [value_text(value) for value in batch.identifier.values()],
-            [str(code) for code in decided.arrived[rows].tolist()],
-            codes,
-            reasons,
-            texts,
-            meters,
-            _customers(batch, meters, customer_keys),
-            strict=True,
-        )
-    ]
-
-
-def _record_json(record: UsageRecord, code: str, reason: str) -> str:
-    """A quarantined record as JSON text, as a JSON Lines quarantine file holds it."""
-    full = {**record_object(record, as_came=True), "mfx_code": code, "mfx_reason": reason}
-    return dumps(full)
-
-
-def _customers(
-    batch: Batch, meters: Sequence[str | None], customer_keys: Mapping[str, str]
-) -> list[str | None]:
-    """Each row's value under its meter's customer key, as text (None where absent)."""
-    keys = np.asarray(
-        [customer_keys.get(meter or "", DEFAULT_CUSTOMER_KEY) for meter in meters], dtype=object
-    )
-    found: list[str | None] = [None] * len(batch)
-    for key in set(keys.tolist()):
-        column = batch.payload.get(key)
-        if column is None:
-            continue
-        at = np.flatnonzero(keys == key)
-        values = column.take(at).values()
-        for i, value in zip(at.tolist(), values, strict=True):
-            found[i] = value_text(value)
-    return found
-
-
 def array_bytes(text: pa.Array) -> memoryview:
     """The bytes of a large_string array's values, one after the other (no copy)."""
     offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)
@@ -347,52 +213,6 @@ def count(decided: Decided, tally: Tally) -> None:
             for code, found in by_text.items():
                 tally.count(kind, str(code), found, 0, odd_text[code])
     tally.count("valid", None, 0, int(decided.corrections.sum()), 0)
-
-
-def new_identifiers(ids: Identifiers, identifier: Column, rows: Indexes) -> pa.Array:
-    """The identifier each written row goes out under (`Identifiers.new`, on a column)."""
-    text = identifier.text
-    if ids.keep:
-        return text
-    n = len(text)
-    length = pc.utf8_length(text)
-    fits = pc.and_(pc.greater(length, 0), pc.less_equal(length, ids.longest_plain))
-    simple = np.asarray(pc.fill_null(fits, False))
-    if ids.ancestors:
-        ours = pc.is_in(text, pa.array(list(ids.ancestors), pa.string()))
-        simple &= ~np.asarray(pc.fill_null(ours, False))
-    filled = pc.fill_null(text, "")
-    plain = join([filled, ids.suffix], n)
-    if ids.reserved:
-        clash = pc.is_in(plain, pa.array(list(ids.reserved), pa.string()))
-        simple &= ~np.asarray(pc.fill_null(clash, False))
-    simple &= ~_may_be_hashed(text, length, bool(ids.reserved))
-    others = np.flatnonzero(~simple)
-    if not len(others):
-        return plain
-    values = text.take(pa.array(others)).to_pylist()
-    derived = [ids.new(v, int(r)) for v, r in zip(values, rows[others].tolist(), strict=True)]
-    index = np.arange(n, dtype=np.int64)
-    index[others] = n + np.arange(len(others))
-    extra = pa.array(derived, pa.large_string())
-    return pa.concat_arrays([plain.cast(pa.large_string()), extra]).take(pa.array(index))
-
-
-def _may_be_hashed(text: pa.Array, length: pa.Array, reserved: bool) -> Mask:
-    """Rows `identifiers.may_be_hashed` may hold true for (`Identifiers.new` decides them):
-    shaped `<head>-<12 hex digits>`; with no reserved originals only a head of 80 characters
-    (93 in all) can be one, and only those rows are matched."""
-    found: Mask = np.zeros(len(text), bool)
-    if reserved:
-        rows = np.arange(len(text))
-    else:
-        rows = np.flatnonzero(mask(pc.equal(length, HASHED_KEEP + 1 + HASH_DIGITS)))
-    if len(rows):
-        found[rows] = mask(pc.match_substring_regex(text.take(pa.array(rows)), _HASHED_TAIL))
-    return found
-
-
-_HASHED_TAIL = f"-[0-9a-f]{{{HASH_DIGITS}}}$"
 
 
 def _arrived_part(decided: Decided, rows: Indexes) -> Part:

@@ -13,8 +13,8 @@ import pyarrow as pa
 
 from remediation.core.batch import Batch, all_null, key_orders, key_union
 from remediation.core.column import Column, Composed, Indexes, as_string, concat_columns
+from remediation.core.csvtext import CellSource
 from remediation.core.keyorders import concat_orders
-from remediation.core.text import CellSource
 
 
 def concat_batches(batches: Sequence[Batch]) -> Batch:

@@ -14,11 +14,12 @@ import numpy as np
 import pyarrow as pa
 
 from remediation.codes import ErrorCode
-from remediation.core.audit import AuditLines, account, new_identifiers
+from remediation.core.audit import AuditLines, account
 from remediation.core.batchjoin import Interleave
 from remediation.core.columns import Batch, Column, Indexes
+from remediation.core.csvtext import CellSource, csv_lines
 from remediation.core.decide import QUARANTINED, VALID, Decided
-from remediation.core.text import CellSource, csv_lines
+from remediation.core.newids import new_identifiers
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
 from remediation.outputs import OutputSet

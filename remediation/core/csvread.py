@@ -8,23 +8,32 @@ block between records. Otherwise (undecodable bytes, a csv.Error, a field longer
 blocks, a quote left open) csv.reader reads the rest of the file, its bytes decoded in the chunks
 `jsonreaders.text_stream` decodes, so the same rows come out and the same error is raised, down
 to the offset of an undecodable byte (which io.TextIOWrapper counts from the start of a chunk).
+(The stream's bytes and their decoding: `csvsource`; where a block is cut and whether pyarrow
+may read it: `csvcuts`.)
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import io
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, BinaryIO
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from remediation.core.csvcuts import (
+    CR,
+    block_rows,
+    delimiter_byte,
+    even_quotes,
+    line_end,
+    quotes_regular,
+)
+from remediation.core.csvsource import TEXT_CHUNK, ByteSource, exact_lines
 from remediation.core.csvwidths import plain_widths
 from remediation.errors import UnreadableFile, not_utf8
 from remediation.readers import (
@@ -37,12 +46,8 @@ from remediation.readers import (
 
 __all__ = ["CsvBlock", "CsvColumns"]
 
-TEXT_CHUNK = 8192  # bytes io.TextIOWrapper decodes at a time (its _CHUNK_SIZE)
 EXACT_BATCH_ROWS = 65536
 GROWTH = 4  # a block grows to GROWTH * block_bytes to reach a line end outside quotes
-_KEEP_BEHIND = TEXT_CHUNK + 4  # bytes before a block the exact path re-decodes from
-_SENTINEL = "\udc80"  # a line no UTF-8 text holds: csv.reader returns it alone between records
-_QUOTE, _CR, _LF = ord('"'), ord("\r"), ord("\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,47 +64,6 @@ class CsvBlock:
     def rows(self) -> int:
         # With no header column every row is malformed (a non-blank row has a field).
         return len(self.cells[0]) if self.cells else len(self.malformed)
-
-
-class _ByteSource:
-    """A binary stream read ahead into `pending` (which starts at byte `start`), keeping the
-    last bytes before it in `behind`: a fallback re-decodes from a chunk start behind it."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self.stream = stream
-        self.pending, self.behind = b"", b""
-        self.start = 0
-        self.eof = False
-
-    def fill(self, size: int) -> bytes:
-        """`pending` after reading ahead until it holds `size` bytes or the stream ends."""
-        parts, have = [self.pending], len(self.pending)
-        while have < size and not self.eof:
-            part = self.stream.read(size - have)
-            self.eof = not part
-            parts.append(part)
-            have += len(part)
-        if len(parts) > 1:
-            self.pending = b"".join(parts)
-        return self.pending
-
-    def take(self, size: int) -> bytes:
-        taken = self.pending[:size]
-        self.skip(size)
-        return taken
-
-    def skip(self, size: int) -> None:
-        """`take` without a copy of what is taken (a block's bytes, parsed already)."""
-        size = min(size, len(self.pending))
-        tail = self.pending[max(0, size - _KEEP_BEHIND) : size]
-        self.behind = (self.behind + tail)[-_KEEP_BEHIND:]
-        self.pending = self.pending[size:]
-        self.start += size
-
-    def read(self, size: int) -> bytes:
-        """Exactly `size` bytes unless the stream ends, as BytesIO.read1 gives io.TextIOWrapper."""
-        self.fill(size)
-        return self.take(size)
 
 
 @contextmanager
@@ -128,7 +92,7 @@ class CsvColumns:
         header: Sequence[str] | None,
         block_bytes: int = 1 << 20,
     ) -> None:
-        self._source = _ByteSource(stream)
+        self._source = ByteSource(stream)
         self._delimiter, self._repaired = delimiter, header
         # A block never outgrows the field limit, so no field csv.reader refuses reaches pyarrow.
         self._block_bytes = max(1, min(block_bytes, CSV_FIELD_LIMIT // GROWTH))
@@ -152,7 +116,7 @@ class CsvColumns:
         with _as_unreadable(self._source.stream):
             header = self._quick_header()
             if header is None:
-                self._rows = csv.reader(_exact_lines(self._source), delimiter=self._delimiter)
+                self._rows = csv.reader(exact_lines(self._source), delimiter=self._delimiter)
                 header = header_row(self._rows)
         if header is not None and self._repaired is not None:
             header = list(self._repaired) if len(self._repaired) == len(header) else header
@@ -180,10 +144,10 @@ class CsvColumns:
         reads of the file and today's decoding raises nothing before it; else None (csv.reader
         reads the whole file: a quoted header sent every row of such a file there, 1M rows in
         3.3 s and 193 MB instead of 0.6 s and 101 MB)."""
-        if _delimiter_byte(self._delimiter) is None:
+        if delimiter_byte(self._delimiter) is None:
             return None
         limit = self._block_bytes
-        while not (end := _line_end(raw := self._source.fill(limit), limit, first=True)):
+        while not (end := line_end(raw := self._source.fill(limit), limit, first=True)):
             if len(raw) < limit or limit >= GROWTH * self._block_bytes:
                 return None  # only a header, or a huge one
             limit *= 2
@@ -192,7 +156,7 @@ class CsvColumns:
         if not line.strip() or not self._decodes_through(end - 1):
             return None  # a blank line before the header: csv.reader's path skips it
         if b'"' in line:  # quoted names: csv.reader's, when the line holds the whole record
-            rows = _block_rows(raw[skip:end], self._delimiter, final=False)
+            rows = block_rows(raw[skip:end], self._delimiter, final=False)
             if rows is None or len(rows) != 1 or header_row(iter(rows)) is None:
                 return None
             self._source.take(end)
@@ -205,7 +169,7 @@ class CsvColumns:
         without an error (it reads one more when that end is a \\r closing a chunk)."""
         stop = (index // TEXT_CHUNK + 1) * TEXT_CHUNK
         raw = self._source.pending
-        if raw[index] == _CR and index == stop - 1:
+        if raw[index] == CR and index == stop - 1:
             stop += TEXT_CHUNK
         raw = self._source.fill(stop + 1)
         try:
@@ -225,15 +189,15 @@ class CsvColumns:
             raw = self._source.fill(limit + 1)
             if self._source.eof and len(raw) <= limit:
                 return True, len(raw)
-            cut = _line_end(raw, limit, first=False)
-            if (cut and _even_quotes(raw, cut)) or limit >= GROWTH * self._block_bytes:
+            cut = line_end(raw, limit, first=False)
+            if (cut and even_quotes(raw, cut)) or limit >= GROWTH * self._block_bytes:
                 return False, cut
             limit *= 2
 
     def _quick_blocks(self) -> Generator[CsvBlock, None, Iterator[list[str]] | None]:
         """Blocks read by pyarrow or csv.reader; returns csv.reader over the rest of the file
         when it must read it all, else None."""
-        delimiter = _delimiter_byte(self._delimiter)
+        delimiter = delimiter_byte(self._delimiter)
         if delimiter is None or not self._header:
             return self._exact_rows()
         while self._source.fill(self._block_bytes + 1):
@@ -243,7 +207,7 @@ class CsvColumns:
             block = self._source.pending[:size]
             if (parsed := self._parsed(block, delimiter)) is not None:
                 found = self._table_block(parsed)
-            elif (rows := _block_rows(block, self._delimiter, final)) is not None:
+            elif (rows := block_rows(block, self._delimiter, final)) is not None:
                 found = self._exact_block(rows)
             else:
                 return self._exact_rows()  # a record running past the block, or an error
@@ -258,7 +222,7 @@ class CsvColumns:
     def _parsed(self, block: bytes, delimiter: int) -> tuple[Any, list[int] | None] | None:
         """The block as a pyarrow table of strings, when that provably holds csv.reader's rows,
         and its columns' widest cells when they can be read off its bytes (`plain_widths`)."""
-        if block.startswith(codecs.BOM_UTF8) or not _quotes_regular(block, delimiter):
+        if block.startswith(codecs.BOM_UTF8) or not quotes_regular(block, delimiter):
             return None  # pyarrow drops a BOM opening its buffer; csv.reader keeps it
         names = [f"c{i}" for i in range(len(self._header or ()))]
         read = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1)
@@ -292,7 +256,7 @@ class CsvColumns:
         return block
 
     def _exact_rows(self) -> Iterator[list[str]]:
-        return csv.reader(_exact_lines(self._source), delimiter=self._delimiter)
+        return csv.reader(exact_lines(self._source), delimiter=self._delimiter)
 
     def _exact_blocks(self, rows: Iterator[list[str]]) -> Iterator[CsvBlock]:
         while batch := list(islice(rows, EXACT_BATCH_ROWS)):
@@ -316,102 +280,3 @@ class CsvColumns:
         self._next_row += len(rows)
         self.exact_blocks += 1
         return block
-
-
-def _delimiter_byte(delimiter: str) -> int | None:
-    """The delimiter as the byte pyarrow splits on, if it can (else csv.reader reads it all)."""
-    ok = len(delimiter) == 1 and (delimiter.isprintable() or delimiter == "\t")
-    return ord(delimiter) if ok and delimiter.isascii() and delimiter != '"' else None
-
-
-def _even_quotes(raw: bytes, end: int) -> bool:
-    """Whether `raw[:end]` holds an even number of quotes (counted by numpy: 5 times faster
-    than `bytes.count`'s byte loop, 0.15 against 0.75 ms for a 1.9 MB block)."""
-    quotes = np.count_nonzero(np.frombuffer(raw, np.uint8, end) == _QUOTE)
-    return bool(quotes % 2 == 0)
-
-
-_QUOTE = ord('"')
-
-
-def _line_end(raw: bytes, limit: int, *, first: bool) -> int:
-    """The index after the last (or first) \\r or \\n in raw[:limit], 0 when none."""
-    if first:
-        ends = [at for at in (raw.find(b"\r", 0, limit), raw.find(b"\n", 0, limit)) if at >= 0]
-        return min(ends) + 1 if ends else 0
-    return max(raw.rfind(b"\r", 0, limit), raw.rfind(b"\n", 0, limit)) + 1
-
-
-def _quotes_regular(block: bytes, delimiter: int) -> bool:
-    """Whether every quote opens a field (after the block start, a delimiter or a line end),
-    closes one (before a delimiter, a line end or the block end) or doubles one; counted in
-    order, quotes alternate opening and closing, so both parsers see the same quoted fields."""
-    if b'"' not in block:
-        return True
-    data = np.frombuffer(block, dtype=np.uint8)
-    at = np.flatnonzero(data == _QUOTE)
-    if len(at) % 2:
-        return False
-    opening, closing = at[0::2], at[1::2]
-    allowed = np.zeros(256, dtype=np.bool_)
-    allowed[[delimiter, _CR, _LF, _QUOTE]] = True
-    before = data[opening[opening > 0] - 1]
-    after = data[closing[closing < len(data) - 1] + 1]
-    return bool(allowed[before].all() and allowed[after].all())
-
-
-def _block_rows(block: bytes, delimiter: str, final: bool) -> list[list[str]] | None:
-    """csv.reader's rows of one block, when it ends between records; else None."""
-    try:
-        text = block.decode("utf-8")
-    except UnicodeDecodeError:
-        return None  # the exact reader raises it with today's offset
-    lines: list[str] = io.StringIO(text, newline="").readlines()
-    try:
-        rows = list(csv.reader([*lines, *([] if final else [_SENTINEL])], delimiter=delimiter))
-    except csv.Error:
-        return None
-    if final:
-        return rows
-    return rows[:-1] if rows and rows[-1] == [_SENTINEL] else None
-
-
-def _exact_lines(source: _ByteSource) -> Iterator[str]:
-    """The lines `text_stream` gives csv.reader from byte `source.start` on (a line start)."""
-    return _lines(_decoded(source))
-
-
-def _decoded(source: _ByteSource) -> Iterator[str]:
-    """Text from byte `source.start` on, decoded in io.TextIOWrapper's chunks (from byte 0), so
-    an undecodable byte raises with the offset today's reader gives."""
-    at, behind = source.start, source.behind
-    chunk = at - at % TEXT_CHUNK
-    origin = chunk  # where the character running into the chunk starts (bytes before are valid)
-    while origin < at and 0x80 <= behind[origin - at + len(behind)] < 0xC0:
-        origin -= 1
-    before = behind[len(behind) - (at - origin) :] if at > origin else b""
-    encoding = "utf-8-sig" if origin == 0 else "utf-8"
-    decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder(encoding)(), False)
-    skip = len(before.decode(encoding))
-    decoder.decode(before[: chunk - origin])
-    piece = before[chunk - origin :] + source.read(TEXT_CHUNK - (at - chunk))
-    while piece:
-        text = decoder.decode(piece)
-        text, skip = text[skip:], max(0, skip - len(text))
-        yield text
-        piece = source.read(TEXT_CHUNK)
-    yield decoder.decode(b"", True)
-
-
-def _lines(pieces: Iterable[str]) -> Iterator[str]:
-    """Text split as io.TextIOWrapper(newline="") splits it: after \\n, \\r or \\r\\n."""
-    held: list[str] = []
-    for piece in pieces:
-        held.append(piece)
-        if "\n" not in piece and "\r" not in piece:
-            continue
-        lines = io.StringIO("".join(held), newline="").readlines()
-        held = [] if lines[-1].endswith(("\n", "\r")) else [lines.pop()]
-        yield from lines
-    if rest := "".join(held):
-        yield rest

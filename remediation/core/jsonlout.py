@@ -16,11 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from remediation.core.audit import AuditLines, account, new_identifiers
+from remediation.core.audit import AuditLines, account
 from remediation.core.columns import Batch, Indexes
 from remediation.core.decide import QUARANTINED, Decided
 from remediation.core.jsonrows import plain, quarantine_notes, row_texts
-from remediation.core.text import json_lines_safe, line_bytes
+from remediation.core.jsontext import json_lines_safe
+from remediation.core.newids import new_identifiers
+from remediation.core.text import line_bytes
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
@@ -68,7 +70,7 @@ class JsonlOut:
         self, batch: Batch, identifiers: pa.Array, notes: Sequence[tuple[str, pa.Array]] = ()
     ) -> tuple[pa.Buffer | bytes, Indexes]:
         """The JSON Lines bytes of `batch`'s rows written under `identifiers`, and where each
-        line ends (as `text.csv_rows` gives them). `notes`: keys to close each line with, and
+        line ends (as `csvtext.csv_rows` gives them). `notes`: keys to close each line with, and
         their values as JSON texts (a quarantined row's code and reason)."""
         return line_bytes(json_lines_safe(row_texts(batch, identifiers, notes, end="\n")))
 

@@ -9,7 +9,7 @@ joined in one pass over its keys, each row's pairs present or empty. A batch hol
 whose JSON text is not its column text (an object or array, a float that is not finite) is
 not `plain`: its rows are written record by record. What uses it: the JSON Lines writer
 (corrected and quarantined lines) and the quarantined rows the service stores
-(`audit.audit_records`).
+(`auditrecords.audit_records`).
 """
 
 from __future__ import annotations
@@ -24,17 +24,9 @@ import pyarrow.compute as pc
 
 from remediation.core.batch import key_orders
 from remediation.core.columns import Batch, Column, Kind
+from remediation.core.jsontext import json_inner, json_parts, json_strings, json_text
 from remediation.core.keyorders import KeyOrder, KeyOrders
-from remediation.core.text import (
-    TextPool,
-    join,
-    json_inner,
-    json_parts,
-    json_strings,
-    json_text,
-    take_parts,
-    texts_of,
-)
+from remediation.core.text import TextPool, join, take_parts, texts_of
 from remediation.records import MFX_PREFIX
 
 NULL = "null"

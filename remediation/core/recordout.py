@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from remediation.core.audit import AuditLines, audit_records, count
+from remediation.core.audit import AuditLines, count
+from remediation.core.auditrecords import audit_records
 from remediation.core.decide import CORRECTED, QUARANTINED, VALID, Decided
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally

@@ -1,20 +1,18 @@
-"""Text built column-wise on pyarrow string arrays, byte-identical to Python's csv and json.
+"""Text built column-wise on pyarrow string arrays: the scans, joins and gathers with which
+`csvtext` and `jsontext` make the bytes Python's csv and json write.
 
 Rows are joined element-wise by Arrow (`join`); the few cells that need quoting or escaping
-are found by a byte scan, rewritten alone and put back with one gather (`_scatter`). A joined
+are found by a byte scan, rewritten alone and put back with one gather (`scatter`). A joined
 array's data buffer is the text itself, row boundaries at its offsets. Texts of many parts
 (CSV lines, audit lines, JSON rows) are gathered in one take from a pool of their parts
-(`TextPool`): CSV lines from every column's cells and the delimiters (`csv_lines`; `csv_rows`
-is its case of whole columns).
+(`TextPool`): CSV lines from every column's cells and the delimiters (`csvtext.csv_lines`;
+`csvtext.csv_rows` is its case of whole columns).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from json.encoder import encode_basestring
 from typing import TypeVar, cast
 
 import numpy as np
@@ -26,12 +24,8 @@ Indices = npt.NDArray[np.int64]
 P = TypeVar("P")  # a part of a joined text: a constant (str) or values to take it from
 Mask = npt.NDArray[np.bool_]
 
-_CSV_ROW_END = "\r\n"  # csv.writer's default (excel) lineterminator
-_CSV_LONE_EMPTY = '""'  # csv.writer's spelling of a row holding one empty field
-_JSON_ESCAPED = bytes(range(0x20)) + b'"\\'  # what json.dumps(ensure_ascii=False) escapes
 
-
-def _as_text(values: pa.Array, length: int | None = None) -> pa.Array:
+def as_text(values: pa.Array, length: int | None = None) -> pa.Array:
     """`values` as large_string, so that any mix of inputs can share one pool."""
     if not isinstance(values, pa.Array) or not (
         pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
@@ -42,7 +36,7 @@ def _as_text(values: pa.Array, length: int | None = None) -> pa.Array:
     return values if pa.types.is_large_string(values.type) else values.cast(pa.large_string())
 
 
-def _mask(flags: pa.Array) -> Mask:
+def mask(flags: pa.Array) -> Mask:
     """A boolean arrow result as numpy, null (from a null input) counting as False."""
     mask: Mask = (pc.fill_null(flags, False) if flags.null_count else flags).to_numpy(
         zero_copy_only=False
@@ -108,7 +102,7 @@ def rows_holding(values: pa.Array, ascii_bytes: bytes) -> Indices:
     positions = np.flatnonzero(_holds_any(data, ascii_bytes)) + offsets[0]
     rows: Indices = np.searchsorted(offsets, positions, side="right") - 1
     rows = rows[np.flatnonzero(np.diff(rows, prepend=-1))]
-    return rows[_mask(values.is_valid())[rows]] if values.null_count else rows
+    return rows[mask(values.is_valid())[rows]] if values.null_count else rows
 
 
 def byte_counts(values: pa.Array, byte: int) -> Indices:
@@ -125,7 +119,7 @@ def byte_counts(values: pa.Array, byte: int) -> Indices:
     found = np.flatnonzero(data == byte) + offsets[0]
     counts: Indices = np.diff(np.searchsorted(found, offsets)).astype(np.int64)
     if values.null_count:
-        counts[_mask(values.is_null())] = 0
+        counts[mask(values.is_null())] = 0
     return counts
 
 
@@ -155,7 +149,7 @@ def join(parts: Sequence[pa.Array | str], length: int) -> pa.Array:
         if isinstance(part, str):
             arguments.append(pa.scalar(part, pa.large_string()))
             continue
-        column = _as_text(part, length)
+        column = as_text(part, length)
         if column.null_count:
             raise ValueError(f"join: part {at} holds {column.null_count} nulls")
         arguments.append(column)
@@ -204,7 +198,7 @@ class TextPool:
         found = self._starts.get(id(array))
         if found is None:
             self._unmade()
-            self._arrays.append(_as_text(array))
+            self._arrays.append(as_text(array))
             self._given.append(array)
             found = self._starts[id(array)] = self._size
             self._size += len(array)
@@ -239,139 +233,12 @@ def texts_of(parts: pa.Array, width: int) -> pa.Array:
     )
 
 
-def _check_delimiter(delimiter: str) -> None:
-    """Refuse what csv.writer refuses, with its own message, so both accept the same."""
-    csv.writer(io.StringIO(), delimiter=delimiter)
-
-
-def _csv_quote_pattern(delimiter: str) -> str:
-    """RE2 class of the characters that make csv.writer quote a cell (QUOTE_MINIMAL).
-
-    The delimiter goes in as a code point, so '\\', ']', '^' or NUL need no escaping rules.
-    """
-    return f'[\\x{{{ord(delimiter):x}}}"\\r\\n]'
-
-
-def _csv_quoting_rows(values: pa.Array, delimiter: str) -> Indices:
-    """Rows csv.writer quotes (QUOTE_MINIMAL): they hold the delimiter, '"', '\\r' or '\\n'."""
-    encoded = delimiter.encode()
-    rows = rows_holding(values, b'"\r\n' + encoded[:1])
-    if len(encoded) == 1 or not len(rows):
-        return rows
-    # A non-ASCII delimiter's lead byte also starts other characters: confirm those rows.
-    held = pc.match_substring_regex(values.take(pa.array(rows)), _csv_quote_pattern(delimiter))
-    return rows[_mask(held)]
-
-
-def _scatter(base: pa.Array, rows: Indices, values: pa.Array) -> pa.Array:
+def scatter(base: pa.Array, rows: Indices, values: pa.Array) -> pa.Array:
     """`base` with its rows `rows` replaced by `values` (large_string; one gather)."""
     index = np.arange(len(base), dtype=np.int64)
     index[rows] = len(base) + np.arange(len(rows), dtype=np.int64)
     both = pa.concat_arrays([base.cast(pa.large_string()), values.cast(pa.large_string())])
     return both.take(pa.array(index))
-
-
-def _cells(values: pa.Array, delimiter: str, lone: bool) -> pa.Array:
-    """Each cell as csv.writer writes it; `lone` if it is its row's only cell."""
-    text = pc.fill_null(values, "") if values.null_count else values
-    quoting = _csv_quoting_rows(text, delimiter)
-    if len(quoting):
-        chosen = pc.replace_substring(text.take(pa.array(quoting)), '"', '""')
-        text = _scatter(text, quoting, join(['"', chosen, '"'], len(chosen)))
-    if lone:
-        empty = np.flatnonzero(_mask(pc.equal(pc.binary_length(text), 0)))
-        if len(empty):
-            lone_empty = pa.repeat(pa.scalar(_CSV_LONE_EMPTY, pa.large_string()), len(empty))
-            text = _scatter(text, empty, lone_empty)
-    return text.cast(pa.large_string())
-
-
-def csv_cells(values: pa.Array, delimiter: str = ",") -> pa.Array:
-    """Each value as csv.writer (excel dialect, QUOTE_MINIMAL) writes it; null as ""."""
-    _check_delimiter(delimiter)
-    return _cells(_as_text(values), delimiter, lone=False)
-
-
-def csv_rows(
-    columns: Sequence[pa.Array], delimiter: str = ","
-) -> tuple[pa.Buffer | bytes, Indices]:
-    """The bytes csv.writer(f, delimiter=delimiter).writerows(rows) writes, and row offsets.
-
-    rows[i] = [column[i] or "" for column in columns], lines end in "\r\n", text is UTF-8.
-    Row i is data[offsets[i]:offsets[i + 1]], so a caller can cut the output at any row.
-    """
-    if not columns:
-        raise ValueError("csv_rows needs at least one column: the row count comes from them")
-    length = len(columns[0])
-    everyone = np.arange(length, dtype=np.int64)
-    for column in columns:
-        _as_text(column, length)  # the checks: string arrays of one length
-    return csv_lines([[(column, everyone, everyone)] for column in columns], length, delimiter)
-
-
-# One source of a column's cells: an array of texts (null: absent, an empty CSV cell), the rows
-# (lines) that read their cell from it and, for each, its place there.
-CellSource = tuple[pa.Array, Indices, Indices]
-
-
-def csv_lines(
-    columns: Sequence[Sequence[CellSource]], length: int, delimiter: str = ","
-) -> tuple[pa.Buffer | bytes, Indices]:
-    """What `csv_rows` writes for `length` rows whose cells are read where `columns` say: each
-    column's lines, together, once each from its sources. Each source's cells are made once
-    (the few that need quoting rewritten and added to it), then every line's cells and
-    delimiters are gathered from one pool of texts in one take: a line's parts side by side
-    are its text. Gathering each column's rows, then joining the columns element-wise, made
-    every cell's bytes twice and cost a kernel call per column and part (a 29,000-row batch
-    of five columns: 7.4 -> 5.0 ms)."""
-    _check_delimiter(delimiter)
-    if not columns:
-        raise ValueError("csv_lines needs at least one column")
-    lone = len(columns) == 1
-    pool = TextPool((delimiter, _CSV_ROW_END))
-    width = 2 * len(columns)
-    index = np.full((length, width), pool.constant(delimiter), np.int64)
-    index[:, -1] = pool.constant(_CSV_ROW_END)
-    index[:, 0::2] = _NO_CELL
-    for at, sources in enumerate(columns):
-        for values, lines, positions in sources:
-            if len(lines) != len(positions):
-                raise ValueError("csv_lines: a source's lines and positions differ in length")
-            if len(positions) and not 0 <= positions.min() <= positions.max() < len(values):
-                raise IndexError("csv_lines: a position outside its source")
-            if len(positions) * 4 < len(values):  # a few rows of many: measured on their own
-                values = values.take(pa.array(positions, pa.int64()))
-                positions = np.arange(len(positions), dtype=np.int64)
-            cells, positions = _cell_source(_as_text(values), positions, delimiter, lone)
-            index[lines, 2 * at] = pool.start(cells) + positions
-        if (index[:, 2 * at] == _NO_CELL).any():
-            raise ValueError(f"csv_lines: column {at} has lines no source gives a cell")
-    if not length:
-        return b"", np.zeros(1, np.int64)
-    return line_bytes(texts_of(pool.take(index), width))
-
-
-# A line's cell no source has given yet (`csv_lines`): no place in a pool is this.
-_NO_CELL = np.iinfo(np.int64).min
-
-
-def _cell_source(
-    values: pa.Array, positions: Indices, delimiter: str, lone: bool
-) -> tuple[pa.Array, Indices]:
-    """`values` as csv.writer writes each (`_cells`), as an array with `positions` into it:
-    a value that needs quoting (or a lone empty cell) rewritten, added at the end, and its
-    rows' positions moved there; the others are `values` as they are ("" where null)."""
-    text = pc.fill_null(values, "") if values.null_count else values
-    rewrite = _csv_quoting_rows(text, delimiter)
-    if lone:
-        empty = np.flatnonzero(_mask(pc.equal(pc.binary_length(text), 0)))
-        rewrite = np.union1d(rewrite, empty)
-    if not len(rewrite):
-        return text, positions
-    cells = _cells(text.take(pa.array(rewrite)), delimiter, lone)
-    moved = np.arange(len(text), dtype=np.int64)
-    moved[rewrite] = len(text) + np.arange(len(rewrite), dtype=np.int64)
-    return pa.concat_arrays([text, cells]), moved[positions]
 
 
 def line_bytes(joined: pa.Array) -> tuple[pa.Buffer | bytes, Indices]:
@@ -386,84 +253,6 @@ def line_bytes(joined: pa.Array) -> tuple[pa.Buffer | bytes, Indices]:
     return data, offsets
 
 
-def json_strings(values: pa.Array) -> pa.Array:
-    """Each value as json.dumps(value, ensure_ascii=False) writes it; null as "null".
-
-    Most values need no escaping and are only wrapped in quotes; the few that do are escaped by
-    json's own encoder, which is what json.dumps calls, so the two cannot drift apart.
-    """
-    text = _as_text(values)
-    plain = pc.fill_null(text, "") if text.null_count else text
-    quoted = join(['"', plain, '"'], len(text))
-    special = rows_holding(text, _JSON_ESCAPED)
-    if len(special):
-        escaped = [encode_basestring(s) for s in text.take(pa.array(special)).to_pylist()]
-        quoted = _scatter(quoted, special, pa.array(escaped, pa.large_string()))
-    if text.null_count:
-        nulls = np.flatnonzero(_mask(text.is_null()))
-        quoted = _scatter(
-            quoted, nulls, pa.repeat(pa.scalar("null", pa.large_string()), len(nulls))
-        )
-    return quoted
-
-
-def json_inner(values: pa.Array) -> pa.Array | None:
-    """Each value as `json_strings` writes it, without its quotes (large_string); None when
-    a value is null (its JSON, null, has none). A caller joining it with other parts puts
-    the quotes into the constant text around it, which costs nothing (`json_parts`)."""
-    text = _as_text(values)
-    if text.null_count:
-        return None
-    special = rows_holding(text, _JSON_ESCAPED)
-    if len(special):
-        escaped = [encode_basestring(s)[1:-1] for s in text.take(pa.array(special)).to_pylist()]
-        text = _scatter(text, special, pa.array(escaped, pa.large_string()))
-    return text
-
-
-def json_parts(values: pa.Array) -> list[pa.Array | str]:
-    """`json_strings(values)` as parts for `join`: the quotes apart from the text when no
-    value is null (they merge with the constants around them)."""
-    inner = json_inner(values)
-    return [json_strings(values)] if inner is None else ['"', inner, '"']
-
-
 def take_parts(parts: Sequence[pa.Array | str], at: pa.Array) -> list[pa.Array | str]:
     """Rows `at` of each array among `parts` (constants kept)."""
     return [part if isinstance(part, str) else part.take(at) for part in parts]
-
-
-# U+2028 and U+2029 in UTF-8: JSON lets a string hold them raw (json.dumps with
-# ensure_ascii=False writes them so), but `str.splitlines()`, JavaScript before ES2019 and many
-# line readers end a line there, cutting a JSON Lines line in two.
-_LINE_SEPARATORS = (b"\xe2\x80\xa8", b"\xe2\x80\xa9")
-
-
-def json_lines_safe(texts: pa.Array) -> pa.Array:
-    """JSON texts (large_string) with U+2028 and U+2029 written as the escapes `\\u2028` and
-    `\\u2029`: the same JSON (outside a string no JSON text holds them), which no line reader
-    breaks. A text without them is returned as it is (found by a scan of the bytes for their
-    lead byte, 0xE2, rare in most text)."""
-    data, offsets = line_bytes(texts)
-    raw = np.frombuffer(data, np.uint8)
-    lead = np.flatnonzero(raw[:-2] == 0xE2) if len(raw) > 2 else np.zeros(0, np.int64)
-    if not len(lead):
-        return texts
-    third = raw[lead + 2]
-    hit = lead[(raw[lead + 1] == 0x80) & ((third == 0xA8) | (third == 0xA9))]
-    if not len(hit):
-        return texts
-    rows = np.unique(np.searchsorted(offsets, hit, side="right") - 1)
-    escaped = [
-        text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-        for text in texts.take(pa.array(rows)).to_pylist()
-    ]
-    return _scatter(texts, rows, pa.array(escaped, pa.large_string()))
-
-
-def json_text(value: str) -> str:
-    """One string as `json_strings` writes it: json's own encoder, as json.dumps(value,
-    ensure_ascii=False) calls it (through an array and back it cost ~40 us a call, and a batch
-    of rows each naming keys of their own asks for tens of thousands of keys)."""
-    text: str = encode_basestring(value)
-    return text

@@ -19,14 +19,8 @@ from sqlalchemy import Engine
 
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
-from remediation.identifiers import (
-    Lineage,
-    Parent,
-    input_lineage,
-    row_identifier,
-    run_generation,
-    trace_ancestors,
-)
+from remediation.identifiers import Lineage, row_identifier
+from remediation.lineage import Parent, input_lineage, run_generation, trace_ancestors
 from remediation.ports import Bucket, StripeFiles
 from remediation.readers import CsvRecords
 from remediation.records import UsageRecord

@@ -13,15 +13,9 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine
 
 from remediation.codes import KNOWN_CODES, ErrorCode
-from remediation.identifiers import (
-    Identifiers,
-    Lineage,
-    reserved_originals,
-    row_identifier,
-    run_generation,
-    trace_ancestors,
-)
+from remediation.identifiers import Identifiers, Lineage, row_identifier
 from remediation.jsonrecords import record_from_obj
+from remediation.lineage import reserved_originals, run_generation, trace_ancestors
 from remediation.records import MFX_PREFIX, UsageRecord
 from service.jobs.inputs import LOOKUP_BATCH, RunLineage, parents
 from service.jobs.store.reruns import quarantined_entries

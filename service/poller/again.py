@@ -6,7 +6,7 @@ only: a file rewritten with the rows of the day so far (or copied under another 
 than a day after the version that first held its rows has them billed again, and a row
 meterfix corrected (billed as `<id>-mfx<n>`) is billed again whenever it is taken again.
 meterfix cannot keep Stripe from taking them (the bundled poller in import mode leaves such
-rows out: `service.poller.progress.OtherVersions`), but it sees both versions when it
+rows out: `service.poller.other_versions.OtherVersions`), but it sees both versions when it
 indexes them, so it says so: one warning alert per object version, with how many rows and
 which versions.
 """
@@ -25,7 +25,7 @@ from service.jobs.store.reports import object_sources
 from service.jobs.store.taken_again import mark_taken_again
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
-from service.poller.progress import RESEND_HORIZON
+from service.poller.object_progress import RESEND_HORIZON
 from service.poller.store import first_versions, object_times, recordable
 
 SAMPLES = 5  # identifiers named in the alert

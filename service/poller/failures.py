@@ -26,7 +26,7 @@ from remediation.ports import ObjectInfo
 from service.errors import HorizonPassed, PartlyUnreadable
 from service.logs import log_event
 from service.notify.alerts import raise_alert, resolve_alert
-from service.poller.progress import RESEND_HORIZON, ObjectProgress
+from service.poller.object_progress import RESEND_HORIZON, ObjectProgress
 
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(minutes=30)

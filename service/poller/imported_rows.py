@@ -67,7 +67,7 @@ class ImportedRows:
         """Rows sent: recorded with this version, also where an earlier version of the object
         only held the identifier (its row failed validation, and was never sent): the version
         that sent it is the one another version must not send it again after
-        (`service.poller.progress.OtherVersions`) and the one a report about it is about."""
+        (`service.poller.other_versions.OtherVersions`) and the one a report about it is about."""
         again = ("etag", "row_number", "event_name", "timestamp", "sent", "content")
         table = _table(ImportedRow)
         return self._upsert_row({name: name for name in again}, table.c.sent.is_(False))

@@ -34,7 +34,9 @@ from service.errors import HorizonPassed
 from service.jobs.store.reports import save_poller_import_set
 from service.models import ImportSet, ObjectStatus
 from service.poller.files import FailedRecords, failed_records_path
-from service.poller.progress import ObjectProgress, OtherVersions, ProgressStore, row_was_sent
+from service.poller.object_progress import ObjectProgress, row_was_sent
+from service.poller.other_versions import OtherVersions
+from service.poller.progress import ProgressStore
 from service.poller.store import recordable
 from service.poller.versions import PollerStore
 
@@ -63,7 +65,8 @@ class ImportTally:
 
 @dataclass
 class ObjectImport:
-    """Everything one object's import needs (built by service.poller.passes for each object)."""
+    """Everything one object's import needs (built by service.poller.pass_objects for each
+    object)."""
 
     store: PollerStore
     progress: ProgressStore

@@ -81,7 +81,7 @@ def _beat_waiting(deps: PollerDeps, next_pass_at: str) -> None:
     detail = {"doing": "waiting", "next_pass_at": next_pass_at}
     try:
         beat(deps.engine, deps.instance, ProcessRole.POLLER, detail)
-    except Exception as exc:  # loop edge: as a pass's own beat (`passes._beat`)
+    except Exception as exc:  # loop edge: as a pass's own beat (`pass_objects.beat`)
         log_event("poller.heartbeat_failed", level=logging.WARNING, reason=type(exc).__name__)
 
 

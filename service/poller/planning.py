@@ -3,10 +3,10 @@
 Planning mirrors Stripe's S3 connector (as its S3 guide describes it) with one deliberate
 difference: an object is new when its (key, ETag) pair was not seen before, never by a
 LastModified cursor — LastModified has one-second resolution, so a cursor skips objects
-written in the same second. The pass itself adds two exceptions (`service.poller.passes`): a
-version gone when read is taken if listed again, and in index mode an indexed version listed
-with a later LastModified (the same bytes uploaded again, which Stripe's connector takes
-whole) is read again.
+written in the same second. The pass itself adds two exceptions: a version gone when read
+is taken if listed again (`service.poller.pass_objects`), and in index mode an indexed
+version listed with a later LastModified (the same bytes uploaded again, which Stripe's
+connector takes whole) is read again (`service.poller.passes`).
 The first sync looks back 90 days; a pass takes at most 50 files or 10 GB; the quarantine
 prefix and `.meta.json` sidecars are never read; only `.csv`, `.json` and `.jsonl` are usage
 files. Corrected files are imported like any other.

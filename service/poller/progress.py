@@ -13,11 +13,9 @@ but for a batch acknowledged past the prefix that the pass cuts the same: left o
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, Row, Table, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,10 +23,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from remediation.ports import ObjectInfo
 from service.db import is_postgres
 from service.db.statements import in_listed
-from service.jobs.store.lineage import refused_among, runs_correcting, written_among
-from service.jobs.store.taken_again import held_among, mark_taken_again
 from service.models import BucketObject, ImportedRow, ObjectStatus, PollerBatch
-from service.models._types import as_utc, table_of, utcnow
+from service.models._types import as_utc, table_of
+from service.poller.object_progress import ObjectProgress, SentBatch, SentRow
 from service.poller.store import recordable
 
 
@@ -39,135 +36,6 @@ def _table(model: Any) -> Table:
 OBJECTS = _table(BucketObject)
 BATCHES = _table(PollerBatch)
 ROWS = _table(ImportedRow)
-
-# Stripe dedupes identifiers for a rolling period of at least 24 hours; nothing is sent again
-# past this much after its first send without an operator's `poll --retry KEY --yes`.
-RESEND_HORIZON = timedelta(hours=23)
-
-
-@dataclass(frozen=True, slots=True)
-class SentBatch:
-    number: int
-    first_row: int
-    rows: int  # file rows the batch spans (rows that failed validation included)
-    first_sent_at: datetime
-    acked_at: datetime | None
-
-
-class SentRow(NamedTuple):
-    """A row of an object version recorded as sent (`imported_rows.sent`)."""
-
-    identifier: str
-    object_id: int
-    row_number: int
-
-
-class OtherVersions:
-    """Which identifiers of the object version being imported the poller sent from another version
-    (another key, or this key before it was overwritten). Stripe dedupes an identifier for 24
-    hours only, so a file rewritten with the rows of the day so far, or copied under another
-    name, would bill them again a day later: such rows are left out, unless Stripe may not have
-    them and would still dedupe them (their batch was never acknowledged and was first sent
-    within the re-send horizon: sending them again is harmless then, and the only way to deliver
-    them if their own version is gone). A row recorded as sent whose batch is not recorded was
-    never sent (a batch is recorded before it goes out; its record goes when the pass stops
-    before it went out, or Stripe refused it: `ProgressStore.forget_unsent`). A row Stripe
-    refused after it was sent (an error report) that meterfix holds in quarantine was never
-    billed: a version holding it (fixed by hand) sends it. A row a run over the object, or a
-    quarantine re-run of its rows, corrected or re-sent unchanged is left out too, in any
-    version (the customer fixed by hand a row meterfix had sent as `<id>-mfx1`: another
-    identifier, which nothing dedupes). Each other version's batches are read once per import."""
-
-    def __init__(self, progress: ProgressStore, obj: ObjectInfo, now: datetime) -> None:
-        self.progress, self.obj = progress, obj
-        self.horizon = now - RESEND_HORIZON
-        self._batches: dict[int, tuple[list[int], list[SentBatch]]] = {}
-        self._runs: list[int] | None = None
-
-    def sent(self, identifiers: list[str]) -> set[str]:
-        sent: dict[str, datetime] = {}  # identifier -> when its batch was first sent
-        for row in self.progress.sent_elsewhere(self.obj, identifiers):
-            batch = self._batch(row)
-            if batch is not None and self._delivered(batch):
-                known = sent.get(row.identifier)
-                sent[row.identifier] = max(known or batch.first_sent_at, batch.first_sent_at)
-        # a version the poller indexed for Stripe's connector (`MFX_POLLER=index` before
-        # `on`): the connector took it whole when it was uploaded, its rows billed then
-        for identifier, uploaded in self.progress.indexed_elsewhere(self.obj, identifiers):
-            sent[identifier] = max(sent.get(identifier) or uploaded, uploaded)
-        if sent:  # quarantined after it was sent: Stripe refused it (never billed)
-            held = refused_among(self.progress.engine, self._correcting(), sorted(sent))
-            for identifier, quarantined in held.items():
-                if quarantined > sent[identifier]:
-                    del sent[identifier]
-        # a row a run over this object corrected (it failed in an earlier version): its
-        # correction went out under a derived identifier, so the row itself must not
-        rest = [i for i in identifiers if i not in sent and recordable(i)]
-        return set(sent) | written_among(self.progress.engine, self._correcting(), rest)
-
-    def held(self, identifiers: list[str]) -> set[str]:
-        """Which of these rows of this version, about to be sent, a run over the object holds
-        in quarantine (one query, and none for an object no run has taken rows of)."""
-        recorded = [i for i in identifiers if recordable(i)]
-        runs = self._correcting() if recorded else []
-        return held_among(self.progress.engine, runs, recorded) if runs else set()
-
-    def taken_again(self, identifiers: list[str]) -> None:
-        """Rows of this version Stripe acknowledged that a run over the object holds in
-        quarantine: marked taken again (a quarantine re-run leaves them, and an error report
-        about them is a new refusal): each is now billed, or refused again."""
-        now = utcnow()
-        sent = f"sent by the poller {now:%Y-%m-%d %H:%M} UTC"
-        label = f"{self.obj.key} (ETag {self.obj.etag}), {sent}"
-        mark_taken_again(self.progress.engine, self._correcting(), identifiers, label, now)
-
-    def _correcting(self) -> list[int]:
-        """The runs whose corrections are of this object's rows (read once per import)."""
-        if self._runs is None:
-            self._runs = runs_correcting(self.progress.engine, self.obj.key)
-        return self._runs
-
-    def _batch(self, row: SentRow) -> SentBatch | None:
-        """The batch of its version that sent `row` (None: it never went out)."""
-        if row.object_id not in self._batches:
-            batches = self.progress.batches_of(row.object_id)
-            self._batches[row.object_id] = ([b.first_row for b in batches], batches)
-        starts, batches = self._batches[row.object_id]
-        at = bisect_right(starts, row.row_number) - 1
-        if at < 0 or row.row_number >= batches[at].first_row + batches[at].rows:
-            return None
-        return batches[at]
-
-    def _delivered(self, batch: SentBatch) -> bool:
-        return batch.acked_at is not None or batch.first_sent_at <= self.horizon
-
-
-@dataclass(slots=True)
-class ObjectProgress:
-    object_id: int
-    first_seen: datetime  # the reference time validation uses on every pass of this object
-    acked_batches: int = 0
-    resume_row: int = 0  # rows before this one belong to the acknowledged prefix
-    failing_since: datetime | None = None
-    attempts: int = 0
-    unacked: tuple[SentBatch, ...] = ()  # sent, never acknowledged: a pass sends them again
-    # past the prefix, acknowledged (in flight beside a batch that failed): a pass cutting
-    # the same batch again leaves it out (`acknowledged_as`), never sends it a second time
-    acked_beyond: tuple[SentBatch, ...] = ()
-
-    def acknowledged_as(self, number: int, first_row: int, rows: int) -> bool:
-        """Whether batch `number`, cut as (first_row, rows), was acknowledged past the prefix
-        as that same cut (its rows billed: sending it again a day later bills them twice)."""
-        return any(
-            (b.number, b.first_row, b.rows) == (number, first_row, rows) for b in self.acked_beyond
-        )
-
-    def oldest_resend(self) -> datetime | None:
-        return min((b.first_sent_at for b in self.unacked), default=None)
-
-    def past_horizon(self, now: datetime) -> tuple[SentBatch, ...]:
-        """Batches a pass would send again although first sent more than 23 h ago."""
-        return tuple(b for b in self.unacked if b.first_sent_at <= now - RESEND_HORIZON)
 
 
 class ProgressStore:
@@ -395,11 +263,6 @@ class ProgressStore:
         with self.engine.connect() as conn:
             query = select(func.count()).where(BATCHES.c.object_id == object_id)
             return int(conn.execute(query).scalar_one())
-
-
-def row_was_sent(bitmap: bytearray, row_number: int) -> bool:
-    index = row_number >> 3
-    return index < len(bitmap) and bool(bitmap[index] & (1 << (row_number & 7)))
 
 
 def _batch(row: Row[Any]) -> SentBatch:

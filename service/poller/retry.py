@@ -17,7 +17,8 @@ from sqlalchemy import Engine
 from remediation.ports import ObjectInfo
 from service.models import AdminAction, AdminActionName
 from service.models._types import as_utc, table_of, utcnow
-from service.poller.progress import ObjectProgress, ProgressStore, SentBatch
+from service.poller.object_progress import ObjectProgress, SentBatch
+from service.poller.progress import ProgressStore
 from service.poller.store import newest_object
 from service.poller.versions import PollerStore
 

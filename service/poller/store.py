@@ -166,7 +166,7 @@ def taken_since(engine: Engine, identifiers: set[str], since: datetime) -> set[s
 def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVersion]:
     """identifier -> the first object version the poller recorded it with (a later version,
     or another object, that holds it too is taken for a copy: in import mode the poller leaves
-    such rows out, `service.poller.progress.OtherVersions`)."""
+    such rows out, `service.poller.other_versions.OtherVersions`)."""
     if not identifiers:
         return {}
     rows = _table(ImportedRow)

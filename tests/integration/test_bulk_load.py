@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import insert, select, text
 from sqlmodel import Session
 
-from remediation.identifiers import Parent
+from remediation.lineage import Parent
 from remediation.outcomes import Correction
 from remediation.outcomes import QuarantinedRow as Held
 from service.db import bulk as db

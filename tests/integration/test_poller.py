@@ -26,8 +26,9 @@ from service.config import Settings
 from service.db import make_engine
 from service.models import Alert, BucketObject, ImportedRow, ImportSet, PollerBatch
 from service.models._types import as_utc
+from service.poller.other_versions import OtherVersions
 from service.poller.passes import PassReport, PollerDeps, poller_lock, run_poll_pass
-from service.poller.progress import OtherVersions, ProgressStore
+from service.poller.progress import ProgressStore
 from tests.conftest import SandboxServer
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"

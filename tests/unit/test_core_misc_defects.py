@@ -14,12 +14,8 @@ import pytest
 
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
-from remediation.identifiers import (
-    Identifiers,
-    Lineage,
-    derived_identifier,
-    reserved_originals,
-)
+from remediation.identifiers import Identifiers, Lineage, derived_identifier
+from remediation.lineage import reserved_originals
 from remediation.meters import Meter
 from remediation.readers import CsvLayout
 from remediation.records import UsageRecord

@@ -12,7 +12,7 @@ import stripe
 from service.adapters.meter_events import _lifetime, _retry_after, is_transient
 from service.errors import HorizonPassed
 from service.poller.failures import BACKOFF_CAP, backoff, judge
-from service.poller.progress import ObjectProgress, SentBatch, row_was_sent
+from service.poller.object_progress import ObjectProgress, SentBatch, row_was_sent
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SIX_HOURS = 6 * 3600

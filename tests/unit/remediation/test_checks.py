@@ -14,7 +14,6 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remediation.core.audit import new_identifiers
 from remediation.core.batch import from_records
 from remediation.core.checks import (
     code_objects,
@@ -24,6 +23,7 @@ from remediation.core.checks import (
     short_digits,
 )
 from remediation.core.columns import Column
+from remediation.core.newids import new_identifiers
 from remediation.identifiers import Ancestor, Identifiers, Lineage
 from remediation.limits import FieldLimits
 from remediation.meters import Meter

@@ -10,17 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remediation import identifiers
+from remediation import lineage as lineage_module
 from remediation.identifiers import (
     Ancestor,
     Identifiers,
     Lineage,
-    Parent,
     derived_identifier,
+    row_identifier,
+)
+from remediation.lineage import (
+    Parent,
     input_lineage,
     may_hold,
     reserved_originals,
-    row_identifier,
     run_generation,
     trace_ancestors,
 )
@@ -140,9 +142,9 @@ def _traced_one_by_one(
     """Each identifier traced on its own, one step after the other (`_step`), none left out."""
     found = {}
     for name in dict.fromkeys(names):
-        trace = identifiers._Trace(name, generation)
-        for _ in range(identifiers.MAX_DEPTH):
-            if not identifiers._step(trace, parents.get(trace.at)):
+        trace = lineage_module._Trace(name, generation)
+        for _ in range(lineage_module.MAX_DEPTH):
+            if not lineage_module._step(trace, parents.get(trace.at)):
                 break
         if trace.wrote:
             found[name] = Ancestor(trace.at, trace.code, trace.wrote)
@@ -269,6 +271,6 @@ def test_may_hold_is_a_plain_search_whatever_the_blocks(
     path.write_bytes(text)
     expected = b"-mfx1" in text or (escapes and b"\\u" in text)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(identifiers, "SCAN_BLOCK", block)
-        patch.setattr(identifiers, "ANCHOR_HITS", hits)
+        patch.setattr(lineage_module, "SCAN_BLOCK", block)
+        patch.setattr(lineage_module, "ANCHOR_HITS", hits)
         assert may_hold(path, b"-mfx1", escapes) == expected

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from remediation.core.batchjoin import Interleave, concat_batches, interleaved
 from remediation.core.columns import Batch, Column, Kind
+from remediation.core.csvtext import csv_lines, csv_rows
 from remediation.core.rules.base import set_column
-from remediation.core.text import csv_lines, csv_rows
 
 
 def _batch(n: int, kinds: bool) -> Batch:

@@ -15,20 +15,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from remediation.core.text import (
-    TextPool,
-    byte_counts,
-    csv_cells,
-    csv_lines,
-    csv_rows,
-    join,
-    json_inner,
-    json_parts,
-    json_strings,
-    rows_holding,
-    take_parts,
-    texts_of,
-)
+from remediation.core.csvtext import csv_cells, csv_lines, csv_rows
+from remediation.core.jsontext import json_inner, json_parts, json_strings
+from remediation.core.text import TextPool, byte_counts, join, rows_holding, take_parts, texts_of
 
 # Characters csv and json treat specially, plus multi-byte ones sharing a first byte with the
 # non-ASCII delimiters (é/à, §/©, 😀/😁); lone surrogates cannot be held in an arrow string,

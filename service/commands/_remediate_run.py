@@ -1,0 +1,182 @@
+"""Remediating one input file for `meterfix validate` and `meterfix remediate`: what the input
+is (its lineage, failed-records or not, its generation), a progress bar for large files, and
+one line for every error. Apart from the commands, which read options, settings and meters."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from remediation.engine import RemediationResult, remediate
+from remediation.errors import MeterfixError
+from remediation.filetypes import FileFormat
+from remediation.identifiers import Lineage
+from remediation.lineage import Parent, input_lineage, may_hold, trace_ancestors
+from remediation.meters import Meter
+from remediation.outputs import audit_name
+from remediation.readers import CsvLayout
+from remediation.repair import InputPlan, plan_input, read_repaired
+from remediation.rules import Rules
+
+PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+
+
+def run(
+    file: Path,
+    out: Path | None,
+    meters: Sequence[Meter],
+    rules: Rules,
+    now: int,
+    identifiers: str,
+    audit_output: bool = False,
+) -> RemediationResult:
+    try:
+        plan = plan_input(file, rules)
+        lineage, rejected, generation = _input_kind(file, plan, rules)
+        if out is not None:
+            _not_anothers(out, file, generation)
+        with open(file, "rb") as stream, _progress(file) as progress:
+            return remediate(
+                read_repaired(stream, plan, rules),
+                source=str(file),
+                fmt=plan.fmt,
+                meters=meters,
+                rules=rules,
+                now=now,
+                out_dir=out or Path("."),
+                identifiers=identifiers,
+                write=out is not None,
+                columns=plan.columns or None,
+                generation=generation,
+                lineage=lineage,
+                rejected=rejected,
+                on_progress=progress,
+                audit_output=audit_output,
+            )
+    except click.ClickException:
+        raise
+    except MeterfixError as exc:
+        raise click.ClickException(f"{file}: {exc.reason}") from exc
+    except OSError as exc:  # named by the path it concerns: the input, or an output
+        raise click.ClickException(f"{exc.filename or file}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # file edge: one line, never a traceback
+        raise click.ClickException(
+            f"{file}: cannot remediate: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _not_anothers(out: Path, file: Path, generation: int) -> None:
+    """Outputs are named by the input's name without its extension: `day.jsonl` after
+    `day.csv` (or `day.txt`, another CSV) into one `--out` replaced the first one's audit (and
+    corrected rows), unsaid. Refused when the audit file there names another input (as typed:
+    the same file typed otherwise is refused too, never replaced)."""
+    audit = out / audit_name(str(file), generation)
+    try:
+        with open(audit, encoding="utf-8") as lines:
+            first = lines.readline()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{audit}: cannot read it: {exc}") from exc
+    try:
+        source = json.loads(first).get("source")
+    except (ValueError, AttributeError):
+        source = None
+    if source != str(file):
+        held = "another input" if not isinstance(source, str) else source
+        raise click.ClickException(
+            f"--out {out} holds the outputs of {held} ({audit.name}), which {file} would "
+            "replace (one name without its extension): remediate it into another --out"
+        )
+
+
+class _progress:
+    """A rich progress bar (rows read) on a terminal for large files; nothing otherwise."""
+
+    def __init__(self, file: Path) -> None:
+        self.enabled = sys.stderr.isatty() and file.stat().st_size >= PROGRESS_MIN_BYTES
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        if not self.enabled:
+            return None
+        from rich.progress import Progress
+
+        self._bar = Progress(transient=True)
+        self._bar.start()
+        task = self._bar.add_task("rows", total=None)
+        return lambda rows: self._bar.update(task, completed=rows)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _input_kind(file: Path, plan: InputPlan, rules: Rules) -> tuple[Lineage, bool, int]:
+    """The file's lineage, whether it is a failed-records file, and the generation its
+    corrected rows get. With error columns every row was rejected, so all are re-sent;
+    without, it may hold billed rows: only rejected or corrected rows are. A file we wrote
+    (its lineage sidecar, as a `file://` bucket keeps it, says so) gives the generation."""
+
+    def rows() -> Iterator[tuple[str | None, int]]:
+        with open(file, "rb") as stream:
+            for record in read_repaired(stream, plan, rules):
+                yield record.identifier, record.row_number
+
+    generation = _sidecar_generation(file) + 1
+    identifiers = (identifier for identifier, _ in rows() if identifier)
+    # no database here: only the object's own lineage (its generation) traces identifiers
+    ancestors = trace_ancestors(identifiers, generation - 1, _no_audit) if generation > 1 else {}
+    escapes = plan.fmt is not FileFormat.CSV
+    lineage = input_lineage(file, rows, str(file), generation, ancestors, escapes)
+    return lineage, _failed_records(file, plan, rules), generation
+
+
+# How an error field's key starts in JSON text (`records.ERROR_FIELDS`: error, error_code,
+# error_message, errors; code; message). A file holding none of them (nor a `\u` escape that
+# could spell one) has no row carrying an error.
+_ERROR_KEYS = (b'"error', b'"code"', b'"message"')
+
+
+def _failed_records(file: Path, plan: InputPlan, rules: Rules) -> bool:
+    """Whether the input is a failed-records file: every row rejected, so every row goes to an
+    output. A CSV file is one when its header has error columns; a JSON or JSON Lines file
+    when ANY of its rows carries an error code or message (its keys are the columns of all
+    its rows, as a header is a CSV file's), not only its first: a first row without one made
+    the rows of a failed-records file "valid, never re-sent". The first row decides at once
+    when it carries one (Stripe's files: every row does); otherwise a byte scan finds files
+    that cannot carry one, and only the rest are read through."""
+    if plan.fmt is FileFormat.CSV:
+        return CsvLayout.from_header(plan.header).errors != ()
+    with open(file, "rb") as stream:
+        records = read_repaired(stream, plan, rules)
+        first = next(records, None)
+        if first is None:
+            return False
+        if first.error_code or first.error_message:
+            return True
+        if not any(may_hold(file, key) for key in _ERROR_KEYS):
+            return False
+        return any(record.error_code or record.error_message for record in records)
+
+
+def _no_audit(identifiers: list[str]) -> dict[str, Parent]:
+    return {}
+
+
+def _sidecar_generation(file: Path) -> int:
+    """`mfx-generation` of the file's lineage sidecar (`<file>.meta.json`, shortened for a
+    long name as the file bucket writes it) (0: none)."""
+    from service.adapters.file_bucket import sidecar_path
+
+    try:
+        meta = json.loads(sidecar_path(file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    value = str(meta.get("mfx-generation", "")) if isinstance(meta, dict) else ""
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 6 else 0
