@@ -14,7 +14,7 @@ import pyarrow as pa
 from remediation.core.batch import Batch, all_null, key_orders, key_union
 from remediation.core.column import Column, Composed, Indexes, as_string, concat_columns
 from remediation.core.csvtext import CellSource
-from remediation.core.keyorders import concat_orders
+from remediation.core.keyorders import KeyOrders, concat_orders
 
 
 def concat_batches(batches: Sequence[Batch]) -> Batch:
@@ -43,11 +43,8 @@ def interleaved(batch: Batch, kept: Indexes, other: Batch, placed: Indexes) -> B
     `placed[i]`), in `batch` order; `kept` and `placed` ascending and disjoint. A column of
     `other` that is `batch`'s own, taken at `placed` (no rule touched it), is one gather from
     `batch`'s, when it is read (`Column.take`); another is gathered at once from the two
-    columns one after the other. Batches with key orders are concatenated and sorted
-    (`concat_batches`)."""
-    if batch.order is not None or other.order is not None:
-        both = concat_batches([batch.take(kept), other])
-        return both.take(np.argsort(np.concatenate([kept, placed]), kind="stable"))
+    columns one after the other. Rows' key orders (JSON) are woven the same way, as codes
+    (`_woven_orders`)."""
     weave = Interleave(len(batch), kept, placed)
     n = len(batch)
 
@@ -67,7 +64,16 @@ def interleaved(batch: Batch, kept: Indexes, other: Batch, placed: Indexes) -> B
         weave.column(batch.code_column, other.code_column),
         weave.column(batch.message_column, other.message_column),
         weave.column(batch.malformed_column, other.malformed_column),
+        _woven_orders(batch, kept, other, placed),
     )
+
+
+def _woven_orders(batch: Batch, kept: Indexes, other: Batch, placed: Indexes) -> KeyOrders | None:
+    """The key orders of `interleaved`'s rows (None when neither batch has its own: CSV)."""
+    if batch.order is None and other.order is None:
+        return None
+    both = concat_orders([key_orders(batch).take(kept), key_orders(other)])
+    return both.take(np.argsort(np.concatenate([kept, placed]), kind="stable"))
 
 
 class Interleave:

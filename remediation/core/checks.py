@@ -263,6 +263,10 @@ def _undecided(codes: CodeIds) -> Mask:
     return undecided
 
 
+# A float's kind as a plain number (an enum member read costs a look-up through its class)
+_FLOAT_KIND = int(Kind.FLOAT)
+
+
 def _odd_values(batch: Batch) -> Mask:
     """Rows with a JSON float in the payload whose plain text is not its JSON text (`12.0` is
     `12`, `1e-05` is no plain number): checked one by one. Other floats (`956.93`: `repr`
@@ -273,7 +277,7 @@ def _odd_values(batch: Batch) -> Mask:
         return odd
     unmarked = [column for column in typed if not _marked(column, "odd floats")]
     if unmarked:  # which columns hold a float at all: once for all of them
-        floats = np.stack([column.kinds == Kind.FLOAT for column in unmarked])
+        floats = np.stack([column.kind_array() for column in unmarked]) == _FLOAT_KIND
         for column, held in zip(unmarked, np.asarray(floats.any(axis=1)), strict=True):
             column.mark("odd floats", _odd_floats if held else _none)
     return odd | np.stack([column.mark("odd floats", _unmeasured) for column in typed]).any(0)

@@ -53,6 +53,7 @@ class Column:
         "_at",
         "_base",
         "_filled",
+        "_inherited",
         "_length",
         "_marks",
         "_text",
@@ -76,6 +77,7 @@ class Column:
         self._filled: pa.Array | None = filled
         self._length = len(text)
         self._marks: dict[str, npt.NDArray[Any]] = {}
+        self._inherited: _Inherited = ()
         self.kinds = kinds
         # No value holds a control character nor more than this many bytes, when known (the
         # cells of a CSV block measured as it was read: `csvwidths`); rows taken keep it.
@@ -86,16 +88,30 @@ class Column:
         column = cls.__new__(cls)
         column._text, column._base, column._at = None, base, at
         column._length, column._marks, column.kinds = len(at), {}, kinds
+        column._inherited = ()
         column._filled, column.plain_within = None, None
         return column
 
     def mark(self, name: str, compute: Callable[[Column], npt.NDArray[Any]]) -> npt.NDArray[Any]:
         """A per-row fact about this column's values (its lengths, its control characters),
-        computed once: rows taken from this column carry it along (`take`)."""
+        computed once: rows taken from this column read it from the column they were taken
+        from, when it is known there (`take`)."""
         found = self._marks.get(name)
         if found is None:
-            found = self._marks[name] = compute(self)
+            found = self._inherited_mark(name)
+            found = self._marks[name] = compute(self) if found is None else found
         return found
+
+    def _inherited_mark(self, name: str) -> npt.NDArray[Any] | None:
+        """Mark `name` of the columns this one was taken from, nearest first, at this one's
+        rows (None when none of them has it)."""
+        for depth, (marks, _) in enumerate(self._inherited):
+            found = marks.get(name)
+            if found is not None:
+                for _, rows in reversed(self._inherited[: depth + 1]):
+                    found = found[rows]
+                return found
+        return None
 
     @property
     def text(self) -> pa.Array:
@@ -155,7 +171,9 @@ class Column:
         else:
             assert self._text is not None
             column = Column.taken(self._text, at, kinds)
-        column._marks = {name: values[indexes] for name, values in self._marks.items()}
+        # the marks are read from this column's when asked for (most never are: a batch of
+        # rows naming keys of their own has hundreds of columns, each taken in every round)
+        column._inherited = ((self._marks, indexes), *self._inherited)
         column._filled, column.plain_within = self._filled, self.plain_within
         return column
 
@@ -248,6 +266,35 @@ def as_string(array: pa.Array) -> pa.Array:
     return array if pa.types.is_string(array.type) else array.cast(pa.string())
 
 
+def stacked_texts(columns: Sequence[Column]) -> pa.Array:
+    """The texts of `columns` one after the other (column i's rows after those of the columns
+    before it), as pa.string(): columns taken and not read yet are gathered from their first
+    columns in the one take, not a take each (a batch of rows naming keys of their own has
+    hundreds of columns, each read by the JSON writer)."""
+    sources: list[pa.Array] = []
+    places: list[Indexes] = []
+    rows_of: dict[int, Indexes] = {}  # by id(column._at): the columns of a batch share theirs
+    start = 0
+    for column in columns:
+        if column._text is None and column._base is not None and column._at is not None:
+            source = column._base
+            at = rows_of.get(id(column._at))
+            if at is None:
+                at = rows_of[id(column._at)] = np.asarray(
+                    column._at.to_numpy(zero_copy_only=False), np.int64
+                )
+        else:
+            source = column.text
+            at = np.arange(len(source), dtype=np.int64)
+        sources.append(as_string(source))
+        places.append(at + start)
+        start += len(source)
+    if not sources:
+        return pa.array([], pa.string())
+    every = np.concatenate(places)
+    return pa.concat_arrays(sources).take(pa.array(every, pa.int64()))
+
+
 def concat_columns(columns: Sequence[Column]) -> Column:
     text = pa.concat_arrays([as_string(c.text) for c in columns])
     if all(c.kinds is None for c in columns):
@@ -255,5 +302,8 @@ def concat_columns(columns: Sequence[Column]) -> Column:
     return Column(text, np.concatenate([c.kind_array() for c in columns]))
 
 
+# The marks of the columns a column was taken from, nearest first, each with the rows taken
+# from it (`Column.take`).
+_Inherited = tuple[tuple[dict[str, npt.NDArray[Any]], Indexes], ...]
 # A column's value types when every value is text (or absent): no kinds to keep.
 _TEXT_OR_NONE = frozenset({str, type(None)})

@@ -14,7 +14,7 @@ not `plain`: its rows are written record by record. What uses it: the JSON Lines
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.batch import key_orders
+from remediation.core.column import stacked_texts
 from remediation.core.columns import Batch, Column, Kind
 from remediation.core.jsontext import json_inner, json_parts, json_strings, json_text
 from remediation.core.keyorders import KeyOrder, KeyOrders
@@ -30,6 +31,11 @@ from remediation.core.text import TextPool, join, take_parts, texts_of
 from remediation.records import MFX_PREFIX
 
 NULL = "null"
+# What follows a pair's key: a string's opening quote, nothing (a bare value follows) or null
+_THENS = ('"', "", NULL)
+# Kinds as plain numbers, for the tests a column at a time (an enum member read costs a
+# look-up through its class each time)
+_TEXT_KIND, _FLOAT_KIND, _JSON_KIND = int(Kind.TEXT), int(Kind.FLOAT), int(Kind.JSON)
 _NOT_FINITE = ("inf", "-inf", "nan")  # repr of a float json.dumps spells otherwise
 _CORE = ("identifier", "timestamp", "event_name")
 _OBJECT_KEYS = frozenset((*_CORE, "payload"))  # `record_object` writes these first
@@ -41,6 +47,10 @@ FEW_LAYOUTS = 8
 # written a layout at a time. Apart from `FEW_LAYOUTS`, so that a test can write every batch
 # at once (with both at 0, none ever was).
 AT_ONCE_GROUPS = 8
+# Payload keys a batch may have before its rows are written all at once, however few its
+# layouts: a layout at a time, each key of each layout costs a few Arrow calls (rows naming
+# keys of their own, 20,000 rows of 5 each: their quarantined rows' lines 3.6 s of 26 s).
+MANY_KEYS = 32
 
 
 def row_texts(
@@ -65,7 +75,7 @@ def row_texts(
     for bit, name in enumerate(_CORE):
         layout |= present[name].astype(np.int64) << bit
     kinds, of_row = np.unique(layout, return_inverse=True)
-    if len(kinds) > FEW_LAYOUTS:
+    if len(kinds) > FEW_LAYOUTS or len(batch.payload) > MANY_KEYS:
         merged = _all_at_once(_Rows(batch, cores, present, orders, notes), end)
         if merged is not None:
             return merged
@@ -170,6 +180,14 @@ def _written(
         found: np.ndarray[Any, Any] = held[codes]
         return found
 
+    def payload_holding() -> np.ndarray[Any, Any]:
+        """Which rows have each payload key (a row of keys by a column of rows)."""
+        held = np.zeros((len(payload_keys), len(orders.distinct)), bool)
+        for at, key in enumerate(payload_keys):
+            held[at, orders_of[0].get(key, [])] = True
+        found: np.ndarray[Any, Any] = held[:, codes]
+        return found
+
     payload_keys, extra_keys = keys
     every = np.ones(len(members), bool)
     # the object's keys: each with its value (None: the payload object) and the rows having it
@@ -186,9 +204,7 @@ def _written(
             pieces.pair(key, value, has, first)
             continue
         pieces.prefix(key, has, first, "{")
-        inner = [(k, batch.payload[k], holding(k, 0)) for k in payload_keys]
-        for (k, column, held), at in zip(inner, _firsts([h for _, _, h in inner]), strict=True):
-            pieces.pair(k, column, held, at)
+        pieces.object_pairs(payload_keys, payload_holding(), batch.payload)
         pieces.constant("}")
     pieces.constant("}" + end)
 
@@ -218,6 +234,7 @@ class _Pieces:
         self._parts: list[np.ndarray[Any, Any]] = []
         self._members = np.zeros(0, np.int64)
         self._part = 0
+        self._stacked: _Stacked | None = None
 
     def start(self, members: np.ndarray[Any, Any]) -> None:
         """The next parts are those of the rows `members`."""
@@ -278,6 +295,52 @@ class _Pieces:
             self._values(self._inner_of(value), quoted)
             self._put(np.where(quoted, self._pool.constant('"'), TextPool.EMPTY))
 
+    def object_pairs(
+        self, keys: Sequence[str], has: np.ndarray[Any, Any], columns: Mapping[str, Column]
+    ) -> None:
+        """An object's pairs: `"key":value` for each of `keys` (of `columns`) a row has, in
+        that order, a comma between two (`has`: which rows have each key, a row of keys by a
+        column of rows). A row's j-th pair is its parts 3j to 3j + 2 (its head, its value and
+        its closing quote, as `pair` writes them), so that keys no row shares (rows naming
+        keys of their own) take no parts of their own: a row has as many parts as its most
+        keys, not three a key of its batch."""
+        counts = has.sum(axis=0)
+        width = int(counts.max()) if has.size else 0
+        if not width:
+            return
+        stacked = self._stacked_of(columns)
+        rows, of_key = np.nonzero(has.T)  # a row's pairs in the order of `keys`
+        nth = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
+        slot = np.asarray([stacked.slot[key] for key in keys], np.int64)[of_key]
+        at = slot * self._n + self._members[rows]  # each pair's value in the stacked texts
+        kind = np.where(stacked.missing[at], 2, np.where(stacked.literal[at], 1, 0))
+        # each pair's head: its key after a comma or not (an object's first pair), then a
+        # string's opening quote, nothing (a bare value follows) or null; made once each
+        first = (nth == 0).astype(np.int64)
+        heads, head_of = np.unique((of_key * 2 + first) * 3 + kind, return_inverse=True)
+        texts = [
+            ("," * (1 - head // 3 % 2)) + _key(keys[head // 6]) + _THENS[head % 3]
+            for head in heads.tolist()
+        ]
+        head = np.asarray([self._pool.constant(text) for text in texts], np.int64)[head_of]
+        value = np.full(len(rows), TextPool.EMPTY, np.int64)
+        bare, quoted = kind == 1, kind == 0
+        if bare.any():
+            value[bare] = self._pool.start(stacked.text) + at[bare]
+        if quoted.any():
+            value[quoted] = self._pool.start(stacked.inner()) + at[quoted]
+        parts = np.full((len(self._members), 3 * width), TextPool.EMPTY, np.int64)
+        parts[rows, 3 * nth] = head.reshape(-1)
+        parts[rows, 3 * nth + 1] = value
+        parts[rows, 3 * nth + 2] = np.where(quoted, self._pool.constant('"'), TextPool.EMPTY)
+        for part in parts.T:
+            self._put(part)
+
+    def _stacked_of(self, columns: Mapping[str, Column]) -> _Stacked:
+        if self._stacked is None or self._stacked.columns is not columns:
+            self._stacked = _Stacked(columns)
+        return self._stacked
+
     def _texts_of(
         self, column: Column
     ) -> tuple[pa.Array, np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -309,6 +372,30 @@ class _Pieces:
 
     def rows(self) -> pa.Array:
         return texts_of(self._pool.take(np.stack(self._parts, axis=1)), len(self._parts))
+
+
+class _Stacked:
+    """An object's columns (a batch's payload) side by side in one array of texts, column i's
+    rows after those of the columns before it (`slot`: each key's place), with where a value
+    is absent and where it is not a string: made once for every group of rows written."""
+
+    def __init__(self, columns: Mapping[str, Column]) -> None:
+        self.columns = columns
+        self.slot = {key: at for at, key in enumerate(columns)}
+        self.text = stacked_texts(list(columns.values()))
+        self.missing = np.asarray(self.text.is_null().to_numpy(zero_copy_only=False), bool)
+        kinds = [column.kind_array() for column in columns.values()]
+        self.literal = np.concatenate(kinds) != _TEXT_KIND if kinds else np.zeros(0, bool)
+        self._inner: pa.Array | None = None
+
+    def inner(self) -> pa.Array:
+        """The texts as JSON strings without their quotes ("" where absent)."""
+        if self._inner is None:
+            text = self.text
+            inner = json_inner(pc.fill_null(text, "") if text.null_count else text)
+            assert inner is not None
+            self._inner = inner
+        return self._inner
 
 
 _Keys = tuple[list[str], list[str]]  # payload keys and other keys, in one order
@@ -383,13 +470,18 @@ def plain(batch: Batch) -> bool:
         *batch.payload.values(),
         *batch.extra.values(),
     ]
-    for column in columns:
-        kinds = column.kinds
-        if kinds is None:
-            continue
-        if (kinds == Kind.JSON).any():
-            return False
-        floats = np.flatnonzero(kinds == Kind.FLOAT)
+    typed = [column for column in columns if column.kinds is not None]
+    if not typed:
+        return True
+    # every column's kinds tested at once (a batch of rows naming keys of their own has
+    # hundreds of columns), then the columns holding floats one by one
+    kinds = np.concatenate([column.kind_array() for column in typed])
+    if (kinds == _JSON_KIND).any():
+        return False
+    if not (kinds == _FLOAT_KIND).any():
+        return True
+    for column in typed:
+        floats = np.flatnonzero(column.kind_array() == _FLOAT_KIND)
         if len(floats) and any(
             t in _NOT_FINITE for t in column.text.take(pa.array(floats)).to_pylist()
         ):

@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from remediation.core.batchjoin import Interleave, concat_batches, interleaved
 from remediation.core.columns import Batch, Column, Kind
 from remediation.core.csvtext import csv_lines, csv_rows
+from remediation.core.keyorders import KeyOrders
 from remediation.core.rules.base import set_column
+
+
+def _ordered(batch: Batch, flips: list[bool]) -> Batch:
+    """`batch` with key orders of its own (JSON): rows' payload keys in one order or the
+    other, their other keys as the columns have them."""
+    extra = tuple(batch.extra)
+    orders = [(("c", "v") if flip else ("v", "c"), extra) for flip in flips[: len(batch)]]
+    return batch.with_fields(order=KeyOrders.of(orders))
 
 
 def _batch(n: int, kinds: bool) -> Batch:
@@ -57,11 +66,13 @@ def _rows(batch: Batch) -> list[tuple[object, ...]]:
     picks=st.lists(st.booleans(), min_size=40, max_size=40),
     kinds=st.booleans(),
     added=st.booleans(),
+    flips=st.none() | st.lists(st.booleans(), min_size=40, max_size=40),
 )
 def test_the_written_rows_are_the_sorted_concatenation(
-    n: int, picks: list[bool], kinds: bool, added: bool
+    n: int, picks: list[bool], kinds: bool, added: bool, flips: list[bool] | None
 ) -> None:
-    batch = _batch(n, kinds)
+    """Whatever the columns (and the rows' key orders, JSON's: `flips`)."""
+    batch = _batch(n, kinds) if flips is None else _ordered(_batch(n, kinds), flips)
     placed = np.flatnonzero(np.asarray(picks[:n]))
     kept = np.flatnonzero(~np.asarray(picks[:n]))
     fixed = batch.take(placed)  # what the rounds hand back: some columns changed
@@ -75,6 +86,7 @@ def test_the_written_rows_are_the_sorted_concatenation(
     both = concat_batches([batch.take(kept), fixed])
     want = both.take(np.argsort(np.concatenate([kept, placed]), kind="stable"))
     assert _rows(got) == _rows(want)
+    assert got.order == want.order
     assert list(got.payload) == list(want.payload)
     for key, column in got.payload.items():  # None and all TEXT are one (`kind_array`)
         assert column.kind_array().tolist() == want.payload[key].kind_array().tolist()
@@ -88,6 +100,25 @@ def test_a_column_no_rule_changed_is_one_gather_from_the_batch() -> None:
     got = interleaved(batch, kept, fixed, placed)
     assert got.identifier._base is batch.identifier.text
     assert got.identifier.text.to_pylist() == batch.identifier.text.to_pylist()
+
+
+def test_a_json_column_no_rule_changed_is_one_gather_from_the_batch() -> None:
+    """Rows with key orders of their own (JSON) too: before, their written rows were
+    concatenated and sorted, every column gathered twice, hundreds a batch for rows naming
+    keys of their own; the orders are woven as codes."""
+    batch = _ordered(_batch(10, True), [i % 3 == 0 for i in range(10)])
+    placed, kept = np.array([1, 4, 7]), np.array([0, 2, 3, 5, 6, 8, 9])
+    fixed = batch.take(placed)
+    new = Column(pa.array(["t1", "t4", "t7"], pa.string()))
+    fixed = fixed.with_fields(timestamp=new)  # a rule changed one column
+    got = interleaved(batch, kept, fixed, placed)
+    for key in ("v", "c"):
+        assert got.payload[key]._base is batch.payload[key].text
+        assert got.payload[key]._text is None  # not gathered until read
+    assert got.payload["c"].text.to_pylist() == batch.payload["c"].text.to_pylist()
+    assert got.payload["v"].kind_array().tolist() == batch.payload["v"].kind_array().tolist()
+    assert got.timestamp.text.to_pylist()[1::3] == ["t1", "t4", "t7"]
+    assert got.order == batch.order
 
 
 def test_columns_taken_together_compose_their_rows_once() -> None:

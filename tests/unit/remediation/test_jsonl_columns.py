@@ -215,6 +215,34 @@ def test_rows_of_every_layout_written_at_once_are_what_records_write(
     assert_same(to_jsonl(objects + objects), tmp, monkeypatch, identifiers=identifiers)
 
 
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    objects=st.lists(rows(), min_size=1, max_size=12),
+    own=st.lists(st.lists(VALUES, max_size=5), min_size=12, max_size=12),
+    share=st.booleans(),
+)
+def test_rows_naming_keys_of_their_own_are_what_records_write(
+    objects: list[dict[str, Any]],
+    own: list[list[Any]],
+    share: bool,
+    tmp_path_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows whose payload names keys no other row does (a batch of more than `MANY_KEYS`
+    keys, however few its layouts): written at once, each row's pairs side by side, not three
+    parts a key of the batch; values of every kind, a key held without a value, rows sharing
+    a key (`share`) or not."""
+    for at, (obj, values) in enumerate(zip(objects, own, strict=False)):
+        payload = obj.get("payload")
+        if isinstance(payload, dict):
+            mine = {f"own{at}_{n}": value for n, value in enumerate(values)}
+            obj["payload"] = {**payload, **mine, **({"shared": at} if share else {})}
+    tmp = tmp_path_factory.mktemp("jsonl")
+    assert_same(to_jsonl(objects + objects), tmp, monkeypatch)
+    monkeypatch.setattr(jsonrows, "MANY_KEYS", 0)  # every batch written at once
+    assert_same(to_jsonl(objects), tmp / "at-once", monkeypatch)
+
+
 def test_many_optional_keys_are_written_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
