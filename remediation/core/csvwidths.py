@@ -2,9 +2,9 @@
 
 Counted on the block's bytes: when its only control bytes are its line ends (one line feed per
 row, each carriage return right before one) and its delimiters (a tab: as many as the rows'
-separators need), no cell holds a control character (`checks.has_control`), and each column's
+separators need), no cell holds a control character (`textmeasures.has_control`), and each column's
 widest cell, from the lengths Arrow parsed, tells which length checks no cell can fail (a cell
-has at most as many characters as bytes: `checks.longer`). The field-limit checks of each
+has at most as many characters as bytes: `textmeasures.longer`). The field-limit checks of each
 column are then skipped instead of made one by one (the block is measured on the thread that
 parses it; on a CSV of 27 columns the checks were a seventh of the deciding thread's time).
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from remediation.core.checks import CONTROL_BYTES
+from remediation.core.textmeasures import CONTROL_BYTES
 
 _LF, _CR = ord("\n"), ord("\r")
 # The bytes that may start a control character past C0 (DEL, 0xE2 of U+2028/U+2029): a block

@@ -25,15 +25,14 @@ from remediation.core.checks import (
     CodeIds,
     Codes,
     code_objects,
-    field_suspects,
     first_field_problems,
-    mask,
     problem_ids,
 )
 from remediation.core.column import Mask, concat_columns
 from remediation.core.columns import Batch, Indexes
 from remediation.core.rules import RULES, Changes
 from remediation.core.rules.base import replace_rows
+from remediation.core.textmeasures import field_suspects, mask
 from remediation.identifiers import Lineage
 
 MAX_ROUNDS = 4

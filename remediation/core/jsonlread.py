@@ -20,29 +20,24 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.batch import from_records
 from remediation.core.batchbounds import cell_spans
 from remediation.core.batchjoin import concat_batches
-from remediation.core.column import Ahead, present_text
-from remediation.core.columns import Batch, Column, Kind
+from remediation.core.column import Ahead
+from remediation.core.columns import Batch, Kind
+from remediation.core.jsonlkeys import Shaping, row_keys, within
 from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, in_range, layout_batch, mask
-from remediation.core.jsonllines import Lines, line_arrays, line_keys
-from remediation.core.jsonlshapes import (
-    LineShapes,
-    Shapes,
-    merged_shapes,
-    shape_keys,
-    shape_lines,
-)
-from remediation.core.keyorders import KeyOrders
+from remediation.core.jsonllines import Lines, line_arrays
+from remediation.core.jsonlmatch import Started, matched
+from remediation.core.jsonlshapes import LineShapes, Shapes, shape_lines
+from remediation.core.recordsbatch import records_batch
 from remediation.core.text import byte_counts
 from remediation.jsonrecords import JsonlRecords, record_from_obj, unreadable
 from remediation.jsonvalues import parse_line
@@ -75,29 +70,8 @@ class _Cut:
     left: np.ndarray[Any, Any]  # lines still to read (all but the refused ones)
     unread: np.ndarray[Any, Any]  # the lines of `early`
     raw: pa.Array  # the lines as they came (`text`, unless `matchable` respelled them)
-    started: _Started | None = None  # the match begun on `ahead`'s thread
-    shaping: _Shaping | None = None  # the shapes found on `ahead`'s thread
-
-
-_Matched = tuple[np.ndarray[Any, Any], pa.Array]  # lines of a layout, and their pieces
-
-
-class _Started(NamedTuple):
-    """A match of `candidates` against `pattern` under way; `result` waits for it."""
-
-    pattern: str
-    candidates: np.ndarray[Any, Any]
-    result: Callable[[], _Matched]
-
-    def serves(self, pattern: str, candidates: np.ndarray[Any, Any]) -> bool:
-        return pattern == self.pattern and np.array_equal(candidates, self.candidates)
-
-
-class _Shaping(NamedTuple):
-    """The shapes of `lines` (places in a cut), being found; `result` waits for them."""
-
-    lines: np.ndarray[Any, Any]
-    result: Callable[[], LineShapes]
+    started: Started | None = None  # the match begun on `ahead`'s thread
+    shaping: Shaping | None = None  # the shapes found on `ahead`'s thread
 
 
 class JsonlBatches:
@@ -190,8 +164,8 @@ class JsonlBatches:
             pattern, pieces = self.layouts[0].pattern, self.layouts[0].pieces
             candidates = np.flatnonzero(left & (quotes == pieces - 1))
             if len(candidates):
-                result = self.ahead(_matched, pattern, text, candidates).result
-                cut.started = _Started(pattern, candidates, result)
+                result = self.ahead(matched, pattern, text, candidates).result
+                cut.started = Started(pattern, candidates, result)
         if self.ahead is not None:
             # lines no kept layout can match (not their number of quotes) are read by shape:
             # their shapes found there too (a regex pass over each line, ~20 % of reading a
@@ -199,7 +173,7 @@ class JsonlBatches:
             counts = [layout.pieces - 1 for layout in self.layouts]
             unmatched = np.flatnonzero(left & ~np.isin(quotes, counts))
             if len(unmatched):
-                cut.shaping = _Shaping(unmatched, self.ahead(shape_lines, text, unmatched).result)
+                cut.shaping = Shaping(unmatched, self.ahead(shape_lines, text, unmatched).result)
         return cut
 
     def _batches(self, cut: _Cut) -> Iterator[Batch]:
@@ -210,9 +184,9 @@ class JsonlBatches:
         for layout in self.layouts:
             fits = left & (quotes == layout.pieces - 1)
             left[self._match(layout, text, fits, cut.numbers, matched, cut.started)] = False
-        groups, keys, shaped = _row_keys(matched, text, cut.shaping)
+        groups, keys, shaped = row_keys(matched, text, cut.shaping)
         for span in cell_spans(groups, keys):
-            yield self._batch(cut, _within(matched, span), span, shaped)
+            yield self._batch(cut, within(matched, span), span, shaped)
 
     def _batch(
         self,
@@ -271,7 +245,7 @@ class JsonlBatches:
         unclaimed: np.ndarray[Any, Any],
         numbers: Sequence[int],
         parts: list[tuple[np.ndarray[Any, Any], Batch]],
-        started: _Started | None = None,
+        started: Started | None = None,
     ) -> np.ndarray[Any, Any]:
         """The lines of `layout` among the `unclaimed` (a mask), their rows added to `parts`
         (values split out at the quotes); `started`: a match already under way, used when it
@@ -282,7 +256,7 @@ class JsonlBatches:
         if started is not None and started.serves(layout.pattern, candidates):
             rows, pieces = started.result()
         else:
-            rows, pieces = _matched(layout.pattern, text, candidates)
+            rows, pieces = matched(layout.pattern, text, candidates)
         if not len(rows):
             return rows
         assert len(pieces) == len(rows) * layout.pieces, "a matched line splits as its layout"
@@ -305,152 +279,3 @@ class JsonlBatches:
         self.hits[layout.pattern] = self.hits.get(layout.pattern, 0) + len(rows)
         parts.append((rows, layout_batch(layout, values, np.asarray(numbers)[rows])))
         return rows
-
-
-# Distinct payload and extra keys of the rows read by the line reader past which their batch
-# is made by `records_batch`'s grid, not by `from_records` (a pass over every row per key).
-MANY_KEYS = 32
-
-
-def records_batch(records: Sequence[UsageRecord]) -> Batch:
-    """`from_records(records)`, in time linear in the rows' values whatever their keys: rows
-    that each name keys of their own (past `MAX_SHAPES` shapes, all read by the line reader)
-    cost `from_records` a pass over every row per key, 1,000 rows of 5 keys of their own
-    ~5,000,000 look-ups. Past `MANY_KEYS` keys each key's values are gathered in one pass
-    over the rows, and its column is a slice of one grid of every key's rows (`_keyed_grid`)."""
-    payloads = [r.payload for r in records]
-    extras = [r.extra for r in records]
-    keys = set().union(*payloads, *extras) if records else set()
-    if len(keys) <= MANY_KEYS:
-        return from_records(records)
-    cores = from_records(
-        [
-            UsageRecord(
-                r.row_number,
-                r.identifier,
-                r.timestamp,
-                r.event_name,
-                {},
-                {},
-                r.error_code,
-                r.error_message,
-                r.malformed,
-            )
-            for r in records
-        ]
-    )
-    return cores.with_fields(
-        payload=_keyed_grid(payloads),
-        extra=_keyed_grid(extras),
-        order=KeyOrders.of((tuple(r.payload), tuple(r.extra)) for r in records),
-    )
-
-
-def _keyed_grid(mappings: Sequence[Mapping[str, object]]) -> dict[str, Column]:
-    """Each key of the mappings (in first-seen order) as `from_records` makes its column:
-    text (null where a row lacks the key), and kinds (`present_text`'s) unless every value is
-    a string. The values are gathered in one pass, made one text array, and laid out as a
-    grid of a key's rows after another's: each column is a slice of it."""
-    n = len(mappings)
-    places: dict[str, int] = {}
-    keys, rows, texts, kinds = [], [], [], []
-    for row, mapping in enumerate(mappings):
-        for key, value in mapping.items():
-            keys.append(places.setdefault(key, len(places)))
-            rows.append(row)
-            if type(value) is str:
-                texts.append(value)
-                kinds.append(-1)  # a string: no kind unless another value of its key has one
-            else:
-                text, kind = present_text(value)
-                texts.append(text)
-                kinds.append(kind)
-    if not places:
-        return {}
-    at = np.asarray(keys, np.int64) * n + np.asarray(rows, np.int64)
-    grid = np.full(len(places) * n, -1, np.int64)
-    grid[at] = np.arange(len(at))
-    text_grid = pa.array(texts, pa.string()).take(pa.array(grid, mask=grid < 0))
-    kind_cells = np.full(len(places) * n, -1, np.int16)
-    kind_cells[at] = kinds
-    kind_grid = kind_cells.reshape(len(places), n)
-    typed = np.asarray((kind_grid >= 0).any(axis=1), bool)  # a value that is no string
-    found = {}
-    for key, place in places.items():
-        column_kinds = None
-        if typed[place]:
-            column_kinds = np.maximum(kind_grid[place], 0).astype(np.uint8)
-            column_kinds = column_kinds if column_kinds.any() else None
-        found[key] = Column(text_grid.slice(place * n, n), column_kinds)
-    return found
-
-
-def _row_keys(
-    matched: list[tuple[np.ndarray[Any, Any], Batch]],
-    text: pa.Array,
-    shaping: _Shaping | None = None,
-) -> tuple[np.ndarray[Any, Any], list[frozenset[str]], LineShapes | None]:
-    """Each line's keys, as its place in the key sets: a layout's columns for the lines it
-    matched, the keys of its shape for a line of the others that has one (`shape_keys`), the
-    keys the rest name (`line_keys`); and the others' shapes, for their read (`shaping`: those
-    of some of them, being found)."""
-    groups = np.empty(len(text), np.int64)
-    others = np.ones(len(text), bool)
-    keys: list[frozenset[str]] = []
-    for rows, batch in matched:
-        groups[rows], others[rows] = len(keys), False
-        keys.append(frozenset(f'"{key}"' for key in [*batch.payload, *batch.extra]))
-    if not others.any():
-        return groups, keys, None
-    lines = np.flatnonzero(others)
-    shaped = _shapes_of(text, lines, shaping)
-    fit = shaped.fits[lines]
-    groups[lines[fit]] = len(keys) + shaped.codes[lines[fit]]
-    keys += [shape_keys(shape) for shape in shaped.shapes]
-    rest = lines[~fit]
-    if len(rest):
-        places, named = line_keys(text.take(pa.array(rest)))
-        groups[rest] = len(keys) + places
-        keys += named
-    return groups, keys, shaped
-
-
-def _shapes_of(text: pa.Array, lines: np.ndarray[Any, Any], shaping: _Shaping | None) -> LineShapes:
-    """The shapes of `lines`: those `shaping` found, and the others' found here."""
-    if shaping is None:
-        return shape_lines(text, lines)
-    found = shaping.result()
-    looked = np.zeros(len(text), bool)
-    looked[shaping.lines] = True
-    missing = lines[~looked[lines]]
-    if not len(missing):
-        return found
-    return merged_shapes(found, shape_lines(text, missing))
-
-
-def _within(
-    matched: list[tuple[np.ndarray[Any, Any], Batch]], span: range
-) -> list[tuple[np.ndarray[Any, Any], Batch]]:
-    """The rows of the parts in `span` (each part's rows ascending)."""
-    parts = []
-    for rows, batch in matched:
-        start, stop = np.searchsorted(rows, [span.start, span.stop]).tolist()
-        if start == 0 and stop == len(rows):
-            parts.append((rows, batch))
-        elif stop > start:
-            parts.append((rows[start:stop], batch.take(np.arange(start, stop))))
-    return parts
-
-
-def _matched(pattern: str, text: pa.Array, candidates: np.ndarray[Any, Any]) -> _Matched:
-    """The `candidates` lines that match `pattern`, and those lines split at their quotes:
-    Arrow kernels that let go of the GIL (this runs on `ahead`'s thread too)."""
-    subset = text if len(candidates) == len(text) else text.take(pa.array(candidates))
-    matched = pc.match_substring_regex(subset, pattern)
-    rows: np.ndarray[Any, Any] = candidates[
-        np.asarray(matched.to_numpy(zero_copy_only=False), bool)
-    ]
-    if not len(rows):
-        return rows, pa.array([], pa.string())
-    lines = text if len(rows) == len(text) else text.take(pa.array(rows))
-    return rows, pc.list_flatten(pc.split_pattern(lines, '"'))

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.checks import mask
 from remediation.core.columns import Batch, Kind
+from remediation.core.textmeasures import mask
 from remediation.ports import LeavesOut, SelectsRows
 
 # Distinct identifiers asked at a time (each chunk is a query's IN list, or several)

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.checks import mask
 from remediation.core.column import Mask
 from remediation.core.columns import Column, Indexes
 from remediation.core.text import join
+from remediation.core.textmeasures import mask
 from remediation.identifiers import HASH_DIGITS, HASHED_KEEP, Identifiers
 
 

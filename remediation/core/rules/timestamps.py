@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.changes import Change, Context
-from remediation.core.checks import short_digits
 from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
+from remediation.core.textmeasures import short_digits
 from remediation.errors import Uncorrectable
 from remediation.limits import MAX_ISO_TEXT, shown
 from remediation.records import UsageRecord

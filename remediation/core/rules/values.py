@@ -17,10 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.changes import Change, Context, meter_of
-from remediation.core.checks import longer, mask, meter_of_rows
+from remediation.core.checks import meter_of_rows
 from remediation.core.column import Mask
 from remediation.core.columns import Batch, Column, Indexes
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
+from remediation.core.textmeasures import longer, mask
 from remediation.errors import Uncorrectable
 from remediation.jsonnumbers import json_float
 from remediation.limits import DEFAULT_LIMITS, FieldLimits, shown

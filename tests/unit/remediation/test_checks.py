@@ -15,15 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediation.core.batch import from_records
-from remediation.core.checks import (
-    code_objects,
-    longer,
-    plain_numbers,
-    problem_ids,
-    short_digits,
-)
+from remediation.core.checks import code_objects, problem_ids
 from remediation.core.columns import Column
 from remediation.core.newids import new_identifiers
+from remediation.core.textmeasures import longer, plain_numbers, short_digits
 from remediation.identifiers import Ancestor, Identifiers, Lineage
 from remediation.limits import FieldLimits
 from remediation.meters import Meter

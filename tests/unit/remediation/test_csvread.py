@@ -18,9 +18,9 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from remediation.core.checks import CONTROL_CLASS
 from remediation.core.csvread import CsvColumns
 from remediation.core.csvsource import TEXT_CHUNK
+from remediation.core.textmeasures import CONTROL_CLASS
 from remediation.errors import UnreadableFile
 from remediation.readers import CSV_FIELD_LIMIT, CsvRecords, header_row, text_stream
 from tests.fuzz import fuzz_settings

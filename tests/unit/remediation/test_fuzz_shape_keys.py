@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediation.core import jsonlread
+from remediation.core import jsonlkeys, jsonlread
 from remediation.core.jsonllines import line_keys
 from remediation.core.jsonlread import JsonlBatches
 from remediation.core.jsonlshapes import shape_keys, shape_lines
@@ -92,7 +92,7 @@ def test_lines_read_by_shape_are_not_scanned_for_their_keys_again(
         scanned.extend(lines.to_pylist())
         return line_keys(lines)
 
-    monkeypatch.setattr(jsonlread, "line_keys", counted)
+    monkeypatch.setattr(jsonlkeys, "line_keys", counted)
     rows = []
     for row in range(600):  # 2**6 layouts: optional keys, none a kept layout's share
         payload: dict[str, Any] = {"stripe_customer_id": f"cus_{row % 7}", "value": row}
@@ -128,7 +128,8 @@ def test_shapes_are_found_on_the_ahead_thread(monkeypatch: pytest.MonkeyPatch) -
         return shape_lines(text, lines)
 
     alone = list(JsonlBatches(text_stream(io.BytesIO(data)), 3, 128))
-    monkeypatch.setattr(jsonlread, "shape_lines", shapes)
+    monkeypatch.setattr(jsonlread, "shape_lines", shapes)  # on the ahead thread
+    monkeypatch.setattr(jsonlkeys, "shape_lines", shapes)  # here, for lines it did not shape
     with ThreadPoolExecutor(1, thread_name_prefix="ahead") as pool:
         helped = list(JsonlBatches(text_stream(io.BytesIO(data)), 3, 128, pool.submit))
     assert threads == ["ahead_0"] * 5  # a batch of 128 lines each

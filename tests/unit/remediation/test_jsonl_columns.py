@@ -261,14 +261,14 @@ def test_many_optional_keys_are_written_at_once(
             obj["zeta"] = i
         objects.append(obj)
     calls: list[int] = []
-    original = jsonrows._all_at_once
+    original = jsonrows.all_at_once
 
     def counted(*args: Any) -> Any:
         found = original(*args)
         calls.append(found is not None)
         return found
 
-    monkeypatch.setattr(jsonrows, "_all_at_once", counted)
+    monkeypatch.setattr(jsonrows, "all_at_once", counted)
     assert_same(to_jsonl(objects), tmp_path, monkeypatch)
     assert calls and all(calls)
 

@@ -201,14 +201,14 @@ def test_the_next_batch_is_matched_on_the_ahead_thread(monkeypatch: pytest.Monke
     ]
     data = ("\n".join(body) + "\n").encode()
     threads: dict[str, str] = {}  # the first line of the batch matched -> the thread
-    original = jsonlread._matched
+    original = jsonlread.matched
 
     def matched(*args: Any) -> Any:
         first = json.loads(args[1][0].as_py())["identifier"]
         threads[first] = threading.current_thread().name
         return original(*args)
 
-    monkeypatch.setattr(jsonlread, "_matched", matched)
+    monkeypatch.setattr(jsonlread, "matched", matched)
     with ThreadPoolExecutor(1, thread_name_prefix="ahead") as pool:
         reader = JsonlBatches(text_stream(io.BytesIO(data)), DEPTH, 50, pool.submit)
         batches = list(reader)

@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remediation.core.batchjoin import concat_batches
-from remediation.core.checks import CODES, field_suspects, problem_ids
+from remediation.core.checks import CODES, problem_ids
 from remediation.core.jsonlread import JsonlBatches
+from remediation.core.textmeasures import field_suspects
 from remediation.jsonreaders import text_stream
 from remediation.jsonrecords import JsonlRecords
 from remediation.meters import Meter

@@ -1,0 +1,262 @@
+"""The values of lines of many shapes cut out at once into a batch's columns (`cut_out`): the
+read of lines whose layouts are known, apart from the grouping of lines by shape (`jsonlshapes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.core.columns import Batch, Column, Kind
+from remediation.core.jsonllayouts import (
+    MAX_NUMBER_CHARS,
+    Layout,
+    Leaf,
+    dotted,
+    in_range,
+    mask,
+    per_row,
+    put_error_field,
+)
+from remediation.core.keyorders import KeyOrder, KeyOrders
+from remediation.records import resolve_error
+
+_TRIMMED = ":, }"  # around a number, true, false or null in its piece of a line split at '"'
+
+
+@dataclass(frozen=True)
+class ShapesRead:
+    """What `Shapes.read` took: lines (places in the batch), their rows, and how many lines
+    each layout read."""
+
+    lines: np.ndarray[Any, Any]
+    batch: Batch | None
+    hits: dict[Layout, int]
+
+
+def cut_out(
+    layouts: list[Layout],
+    codes: np.ndarray[Any, Any],
+    lines: pa.Array,
+    places: np.ndarray[Any, Any],
+    numbers: np.ndarray[Any, Any],
+) -> ShapesRead:
+    """The rows of `lines` (each of the shape `layouts[codes[i]]`): every value cut out of
+    the lines split at their quotes, one gather per column for all shapes."""
+    split = pc.split_pattern(lines, '"')
+    offsets = split.offsets.to_numpy(zero_copy_only=False)
+    starts = (offsets[:-1] - offsets[0]).astype(np.int64)
+    pieces = pc.list_flatten(split)
+    keep = np.ones(len(lines), bool)
+    columns: dict[tuple[str, str], Column | None] = {}
+    errors: list[tuple[tuple[str, ...], pa.Array, np.ndarray[Any, Any]]] = []
+    counts = np.bincount(codes, minlength=len(layouts))
+    rare: list[tuple[tuple[str, str], dict[int, Leaf]]] = []
+    for (group, key, path), leaves in _leaves_by_column(layouts).items():
+        if group in ("payload", "extra") and _is_rare(leaves, counts, len(lines)):
+            columns[(group, key)] = None  # its place kept: cut out below, with the others
+            rare.append(((group, key), leaves))
+            continue
+        every = [leaves.get(at) for at in range(len(layouts))]
+        texts, kinds, fine = _gathered(every, codes, starts, pieces)
+        keep &= fine
+        if group == "error":
+            errors.append((path, texts, kinds))
+        elif group != "ignored":
+            columns[(group, key)] = _column(group, texts, kinds)
+    if rare:
+        for name, column in _rare_columns(rare, codes, counts, starts, pieces, keep):
+            columns[name] = column
+    code, message = _errors(layouts, codes, errors)
+    orders = [(layout.payload_keys, layout.extra_keys) for layout in layouts]
+    n = len(lines)
+
+    def core(name: str) -> Column:
+        return columns.get((name, name)) or Column.absent(n)
+
+    def keys(group: str) -> dict[str, Column]:
+        found = ((g, key, column) for (g, key), column in columns.items())
+        return {key: column for g, key, column in found if g == group and column is not None}
+
+    batch = Batch(
+        numbers[places].astype(np.int64),
+        core("identifier"),
+        core("timestamp"),
+        core("event_name"),
+        keys("payload"),
+        keys("extra"),
+        code,
+        message,
+        pa.nulls(n, pa.string()),
+        _key_orders(orders, codes),
+    )
+    kept = np.bincount(codes[keep], minlength=len(layouts)).tolist()
+    hits: dict[Layout, int] = {}  # shapes apart only by true and false share a layout
+    for layout, count in zip(layouts, kept, strict=True):
+        hits[layout] = hits.get(layout, 0) + count
+    if keep.all():
+        return ShapesRead(places, batch, hits)
+    at = np.flatnonzero(keep)
+    return ShapesRead(places[at], batch.take(at), hits)
+
+
+def _leaves_by_column(
+    layouts: list[Layout],
+) -> dict[tuple[str, str, tuple[str, ...]], dict[int, Leaf]]:
+    """Each column any layout has (group, key, path), with the leaf of each layout that has
+    it (by the layout's place)."""
+    found: dict[tuple[str, str, tuple[str, ...]], dict[int, Leaf]] = {}
+    for at, layout in enumerate(layouts):
+        for name, leaf in layout.columns:  # made once per layout
+            column = found.get(name)
+            if column is None:
+                column = found[name] = {}
+            column[at] = leaf
+    return found
+
+
+# A payload or extra column of at most this share of a batch's rows is "rare" (rows each
+# naming keys of their own: one column per key, each in a row or a few): cut out with the
+# other rare columns at once (`_rare_columns`), not with a dozen Arrow calls of its own.
+RARE_SHARE = 0.25
+
+
+def _is_rare(leaves: dict[int, Leaf], counts: np.ndarray[Any, Any], rows: int) -> bool:
+    return int(counts[list(leaves)].sum()) <= RARE_SHARE * rows
+
+
+def _rare_columns(
+    rare: list[tuple[tuple[str, str], dict[int, Leaf]]],
+    codes: np.ndarray[Any, Any],
+    counts: np.ndarray[Any, Any],
+    starts: np.ndarray[Any, Any],
+    pieces: pa.Array,
+    keep: np.ndarray[Any, Any],
+) -> list[tuple[tuple[str, str], Column]]:
+    """The `rare` columns ((group, key), each layout's leaf), as `_gathered` and `_column`
+    make each: their values cut out of the pieces together (each row with a value of one is
+    one cell), then laid out as a grid of a column's rows after another's, each column a slice
+    of it. Rows with a number the line reader reads another way are taken out of `keep`."""
+    n = len(codes)
+    column_of, layout_of, piece_of, kind_of = [], [], [], []
+    for at, (_, leaves) in enumerate(rare):
+        for layout, leaf in leaves.items():
+            column_of.append(at)
+            layout_of.append(layout)
+            piece_of.append(leaf.piece)
+            kind_of.append(int(leaf.kind))
+    # every (column, row) holding a value: each leaf repeated for its layout's rows
+    order = np.argsort(codes, kind="stable")
+    first = np.cumsum(counts) - counts
+    leaf_layout = np.asarray(layout_of, np.int64)
+    repeats = counts[leaf_layout]
+    leaf_at = np.repeat(np.arange(len(leaf_layout)), repeats)
+    within = np.arange(len(leaf_at)) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+    rows = order[first[leaf_layout][leaf_at] + within]
+    columns = np.asarray(column_of, np.int64)[leaf_at]
+    cells = np.lexsort((rows, columns))  # by column, then row: each column's cells in a run
+    rows, columns, leaf_at = rows[cells], columns[cells], leaf_at[cells]
+    kinds = np.asarray(kind_of, np.uint8)[leaf_at]
+    texts = pieces.take(pa.array(starts[rows] + np.asarray(piece_of, np.int64)[leaf_at]))
+    bare = kinds != Kind.TEXT  # a number, true, false or null: not between quotes
+    if bare.any():
+        texts = pc.if_else(pa.array(bare), pc.utf8_trim(texts, _TRIMMED), texts)
+        numbers = kinds == Kind.INT
+        if numbers.any():
+            fine = ~numbers | mask(pc.less_equal(pc.utf8_length(texts), MAX_NUMBER_CHARS))
+            fine &= ~numbers | in_range(texts)
+            keep[rows[~fine]] = False
+            kinds[numbers & dotted(texts)] = Kind.FLOAT
+    grid = np.full(len(rare) * n, -1, np.int64)
+    grid[columns * n + rows] = np.arange(len(rows))
+    text_grid = texts.take(pa.array(grid, mask=grid < 0))
+    kind_grid = np.zeros((len(rare), n), np.uint8)
+    kind_grid[columns, rows] = kinds
+    typed = np.asarray(kind_grid.any(axis=1), bool)
+    return [
+        (name, Column(text_grid.slice(at * n, n), kind_grid[at] if typed[at] else None))
+        for at, (name, _) in enumerate(rare)
+    ]
+
+
+def _gathered(
+    leaves: list[Leaf | None],
+    codes: np.ndarray[Any, Any],
+    starts: np.ndarray[Any, Any],
+    pieces: pa.Array,
+) -> tuple[pa.Array, np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """One column's text (null where a row's shape lacks it), its kind per row, and which
+    rows read as the line reader reads them (a number at most `MAX_NUMBER_CHARS` long; a
+    float within a float's range, its text kept as it is)."""
+    piece = np.asarray([-1 if leaf is None else leaf.piece for leaf in leaves], np.int64)[codes]
+    kinds = np.asarray([0 if leaf is None else leaf.kind for leaf in leaves], np.uint8)[codes]
+    absent = piece < 0
+    at = pa.array(starts + np.where(absent, 0, piece), mask=absent)
+    texts = pieces.take(at)
+    bare = kinds != Kind.TEXT  # a number, true, false or null: not between quotes
+    fine = np.ones(len(codes), bool)
+    if bare.any():
+        texts = pc.if_else(pa.array(bare), pc.utf8_trim(texts, _TRIMMED), texts)
+        numbers = kinds == Kind.INT
+        if numbers.any():
+            fine &= ~numbers | mask(
+                pc.fill_null(pc.less_equal(pc.utf8_length(texts), MAX_NUMBER_CHARS), True)
+            )
+            fine &= ~numbers | in_range(texts)
+            kinds[numbers & dotted(texts)] = Kind.FLOAT
+    return texts, kinds, fine
+
+
+def _column(group: str, texts: pa.Array, kinds: np.ndarray[Any, Any]) -> Column:
+    """A column as `layout_batch` makes it: the identifier and event name as text ("" as
+    absent), the rest with their kinds (none when every row's is text)."""
+    if group in ("identifier", "event_name"):
+        return Column(pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts))
+    return Column(texts, kinds if kinds.any() else None)
+
+
+def _errors(
+    layouts: list[Layout],
+    codes: np.ndarray[Any, Any],
+    errors: list[tuple[tuple[str, ...], pa.Array, np.ndarray[Any, Any]]],
+) -> tuple[pa.Array, pa.Array]:
+    """(code, message) of each row, by `resolve_error` of its error fields, once per shape and
+    distinct set of values (a shape with no error fields: none)."""
+    n = len(codes)
+    if not errors:
+        return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
+    shape = pa.array(codes.astype(np.int64)).cast(pa.string())
+    parts = [texts for _, texts, _ in errors]
+    keyed = pc.binary_join_element_wise(
+        shape, *parts, "\x1f", null_handling="replace", null_replacement=""
+    )
+    encoded = pc.dictionary_encode(keyed)
+    found_codes, found_messages = [], []
+    for joined in encoded.dictionary.to_pylist():
+        which, *texts = joined.split("\x1f")
+        layout = layouts[int(which)]
+        fields: dict[str, Any] = {}
+        for text, leaf in zip(texts, _error_leaves(layout, errors), strict=True):
+            if leaf is not None:
+                put_error_field(fields, leaf, text)
+        code, message = resolve_error(fields) if fields else (None, None)
+        found_codes.append(code)
+        found_messages.append(message)
+    return per_row(found_codes, found_messages, encoded.indices)
+
+
+def _error_leaves(
+    layout: Layout, errors: list[tuple[tuple[str, ...], pa.Array, np.ndarray[Any, Any]]]
+) -> list[Leaf | None]:
+    by_path = {leaf.path: leaf for leaf in layout.leaves if leaf.group == "error"}
+    return [by_path.get(path) for path, _, _ in errors]
+
+
+def _key_orders(orders: list[KeyOrder], codes: np.ndarray[Any, Any]) -> KeyOrders:
+    index: dict[KeyOrder, int] = {}
+    mapping = np.asarray([index.setdefault(order, len(index)) for order in orders], np.int32)
+    return KeyOrders(list(index), mapping[codes])
