@@ -43,7 +43,8 @@ def generate(path: Path, rows: int, now: int, identified: bool = True) -> None:
 def bench_parse(path: Path, now: int) -> tuple[int, int, float]:
     from remediation.formats import FileFormat, read_records
     from remediation.meters import Meter
-    from remediation.poller import RowNames, import_chunks
+    from remediation.poller import import_chunks
+    from remediation.rownames import RowNames
     from remediation.validation import MeterIndex
 
     index = MeterIndex([Meter(id="mtr_bench", event_name="api_requests")])

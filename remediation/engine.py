@@ -21,7 +21,8 @@ import pyarrow as pa
 from remediation.batching import batches
 from remediation.changes import Context
 from remediation.core.csvout import CsvOut
-from remediation.core.decide import BatchDecider, Decided
+from remediation.core.decide import BatchDecider
+from remediation.core.decided import Decided
 from remediation.core.jsonlout import JsonlOut
 from remediation.core.leftout import without
 from remediation.core.recordout import RecordOut

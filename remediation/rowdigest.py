@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 
 from remediation.core.column import as_string, value_of
 from remediation.core.columns import Batch, Column, Kind
+from remediation.fieldvalues import parse_timestamp, payload_text
 from remediation.records import UsageRecord
-from remediation.validation import parse_timestamp, payload_text
 
 Digests = npt.NDArray[np.int64]
 Words = npt.NDArray[np.uint64]

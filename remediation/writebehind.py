@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from remediation.core.column import Ahead
-from remediation.core.decide import Decided
+from remediation.core.decided import Decided
 from remediation.memory import Held
 
 Done = TypeVar("Done")

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from remediation.core.auditrecords import audit_records
 from remediation.core.checks import CODES, Codes
 from remediation.core.columns import Indexes
-from remediation.core.decide import (
+from remediation.core.decided import (
     CORRECTED,
     OTHER_ID,
     QUARANTINED,

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from remediation.core.column import as_string
 from remediation.core.columns import Batch, Column, Indexes, Kind
-from remediation.core.decide import QUARANTINED, Decided
+from remediation.core.decided import QUARANTINED, Decided
 from remediation.core.jsonrows import plain, quarantine_notes, row_texts
 from remediation.jsonnumbers import dumps
 from remediation.meters import DEFAULT_CUSTOMER_KEY

@@ -27,6 +27,7 @@ from remediation.core.textmeasures import (
     short_digits,
     unmeasured,
 )
+from remediation.fieldvalues import parse_timestamp
 from remediation.limits import FieldLimits
 from remediation.meters import Meter
 from remediation.validation import (
@@ -34,7 +35,6 @@ from remediation.validation import (
     MAX_PAST_SECONDS,
     MeterIndex,
     check_fields,
-    parse_timestamp,
     validate_record,
 )
 

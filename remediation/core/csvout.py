@@ -18,7 +18,7 @@ from remediation.core.audit import AuditLines, account
 from remediation.core.batchjoin import Interleave
 from remediation.core.columns import Batch, Column, Indexes
 from remediation.core.csvtext import CellSource, csv_lines
-from remediation.core.decide import QUARANTINED, VALID, Decided
+from remediation.core.decided import QUARANTINED, VALID, Decided
 from remediation.core.newids import new_identifiers
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from remediation.core.audit import AuditLines, account
 from remediation.core.columns import Batch, Indexes
-from remediation.core.decide import QUARANTINED, Decided
+from remediation.core.decided import QUARANTINED, Decided
 from remediation.core.jsonrows import plain, quarantine_notes, row_texts
 from remediation.core.jsontext import json_lines_safe
 from remediation.core.newids import new_identifiers

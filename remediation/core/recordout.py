@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from remediation.core.audit import AuditLines, count
 from remediation.core.auditrecords import audit_records
-from remediation.core.decide import CORRECTED, QUARANTINED, VALID, Decided
+from remediation.core.decided import CORRECTED, QUARANTINED, VALID, Decided
 from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
 from remediation.records import UsageRecord

@@ -27,14 +27,15 @@ from sqlalchemy import Engine
 from remediation.core.leftout import without
 from remediation.engine import batches
 from remediation.errors import UnreadableFile
-from remediation.poller import RowNames
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, read_repaired
 from remediation.reported import ReportScope, Sampled, Selection, Taken, sampled_rows
+from remediation.rownames import RowNames
 from remediation.validation import MeterIndex
 from service.adapters.bucket import object_tag
 from service.errors import TaskInputMissing
-from service.jobs.inputs import JobDeps, next_generation, run_lineage
+from service.jobs.input_lineage import next_generation, run_lineage
+from service.jobs.inputs import JobDeps
 from service.jobs.object_runs import object_sources
 from service.jobs.report_job import Report, TakenLongBefore
 from service.jobs.report_objects import fetch, linked_objects, other_objects

@@ -1,6 +1,6 @@
-"""Where a remediation task's input comes from: Stripe's files (streamed to disk), the source
-object in the bucket (by key, else by file name), the generation its corrected rows get, and
-its lineage: which of its identifiers we wrote, from which original, corrected for which code.
+"""Where a remediation task's input comes from: Stripe's files (streamed to disk) and the
+source object in the bucket (by key, else by file name). Its lineage and the generation its
+corrected rows get are `input_lineage.py`'s.
 
 A task whose input cannot be had raises `TaskInputMissing` (not retried: a person must look).
 """
@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
-from typing import NamedTuple, TypeVar
-
-from sqlalchemy import Engine
+from typing import NamedTuple
 
 from remediation.errors import UnreadableFile
-from remediation.filetypes import FileFormat
-from remediation.identifiers import Lineage, row_identifier
-from remediation.lineage import Parent, input_lineage, run_generation, trace_ancestors
 from remediation.ports import Bucket, StripeFiles
 from remediation.readers import CsvRecords
-from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
 from service.adapters.bucket_base import file_digests
 from service.errors import TaskInputMissing
 from service.jobs.runs import RunContext
-from service.jobs.store.lineage import corrections_writing
 from service.logs import log_event
 from service.models import ImportSet
 from service.models._types import as_utc, utcnow
@@ -52,17 +44,6 @@ def local_name(key: str) -> str:
     suffix = suffix if len(suffix) <= 16 and suffix.isascii() else ""
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{name[:64]}-{digest}{suffix}"
-
-
-GENERATION_KEY = "mfx-generation"
-MAX_GENERATION_DIGITS = 5
-NEW_IDENTIFIER_WIDTH = 512  # correction_audit.new_identifier
-# Identifiers per look-up query (one array parameter on PostgreSQL, a list under SQLite's
-# 32,766 parameters): 1,000,000 identifiers took 2,000 queries of 500, 11 s on PostgreSQL.
-LOOKUP_BATCH = 10_000
-
-T = TypeVar("T")
-RecordsTo = Callable[[Iterator[UsageRecord]], Iterator[T]]
 
 
 @dataclass
@@ -238,114 +219,3 @@ def candidate_keys(bucket: Bucket, key: str | None) -> Iterator[str]:
     yield key
     if bucket.prefix and not key.startswith(bucket.prefix):
         yield bucket.prefix + key
-
-
-def next_generation(bucket: Bucket, key: str | None) -> int:
-    """One more than the source object's generation (1 for files we did not write)."""
-    for candidate in candidate_keys(bucket, key):
-        info = bucket.head(candidate)
-        if info is not None:
-            value = info.metadata.get(GENERATION_KEY, "0")
-            # ASCII digits of a generation a chain of runs can reach; anything else (forged,
-            # `²`, past the run table's INTEGER) is no lineage of ours
-            usable = value.isascii() and value.isdigit() and len(value) <= MAX_GENERATION_DIGITS
-            return int(value) + 1 if usable else 1
-    return 1
-
-
-class RunLineage(NamedTuple):
-    """The generation a run writes and its input's lineage, decided before it writes, and
-    the generation that lineage traced the input from (the object's: `traced_from`)."""
-
-    generation: int
-    lineage: Lineage
-    traced_from: int
-
-
-def run_lineage(
-    engine: Engine, path: Path, rules: Rules, source: str, generation: int
-) -> RunLineage:
-    """The lineage of the input at `path`, rows of `source` (`generation`: the source
-    object's generation + 1, `next_generation`): the identifiers of ours in it (from the
-    correction audit, and from the object's metadata), the generation the run writes (above
-    every generation that wrote one of them: `run_generation`), and the originals a derived
-    identifier of that generation must not equal."""
-
-    try:
-        plan = plan_input(path, rules)
-    except UnreadableFile:
-        # the run itself reads the file again and says what is wrong with it
-        return RunLineage(generation, Lineage(), generation - 1)
-
-    def read(of_csv: Callable[[CsvRecords], Iterator[T]], of_records: RecordsTo[T]) -> Iterator[T]:
-        """What `of_csv` takes out of a CSV (its identifier column alone, as columns), or
-        `of_records` out of any other input's records."""
-        try:
-            with path.open("rb") as stream:
-                records = read_repaired(stream, plan, rules)
-                if isinstance(records, CsvRecords):
-                    yield from of_csv(records)
-                else:
-                    yield from of_records(records)
-        except UnreadableFile:
-            return  # as above
-
-    def rows() -> Iterator[tuple[str | None, int]]:
-        return read(CsvRecords.identifiers, lambda rs: ((r.identifier, r.row_number) for r in rs))
-
-    # The input's identifiers (none for a row without one); of a CSV, a block's cells at a
-    # time (1M rows: a pair made and unpacked per row was most of the stage).
-    identifiers = read(
-        lambda r: chain.from_iterable(filter(None, cells) for _, cells in r.identifier_blocks()),
-        lambda rs: (r.identifier for r in rs if r.identifier),
-    )
-    # traced from the object's own generation (the suffix it appended), not the run's
-    traced_from = generation - 1
-    ancestors = trace_ancestors(
-        identifiers, traced_from, lambda batch: parents(engine, batch), LOOKUP_BATCH
-    )
-    generation = run_generation(generation, ancestors)
-    escapes = plan.fmt is not FileFormat.CSV
-    lineage = input_lineage(path, rows, source, generation, ancestors, escapes)
-    return RunLineage(generation, lineage, traced_from)
-
-
-def _storable_ones(identifiers: list[str]) -> list[str]:
-    """The identifiers a correction of ours could have written (`_storable`): all of them
-    when, joined, they are ASCII without NUL and none is too wide (tested at once, not one by
-    one: 1M identifiers a run)."""
-    joined = "".join(identifiers)
-    plain = joined.isascii() and "\x00" not in joined
-    if plain and max(map(len, identifiers), default=0) <= NEW_IDENTIFIER_WIDTH:
-        return identifiers
-    return [identifier for identifier in identifiers if _storable(identifier)]
-
-
-def _storable(identifier: str) -> bool:
-    """Whether a correction of ours could have written `identifier`. Not one wider than the
-    column, holding NUL (PostgreSQL refuses it in a query parameter) or a lone surrogate (a
-    JSON input may spell one; neither database stores it): such rows are not ours, and asking
-    would fail the task."""
-    if len(identifier) > NEW_IDENTIFIER_WIDTH or "\x00" in identifier:
-        return False
-    if identifier.isascii():
-        return True
-    try:
-        identifier.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def parents(engine: Engine, identifiers: list[str]) -> dict[str, Parent]:
-    """identifier -> the correction of ours that wrote it (the first one recorded)."""
-    identifiers = _storable_ones(identifiers)
-    if not identifiers:
-        return {}
-    found: dict[str, Parent] = {}
-    for audit, generation in corrections_writing(engine, identifiers):
-        new = audit.new_identifier
-        if new and new not in found:
-            original = audit.identifier or row_identifier(audit.source, audit.row_number)
-            found[new] = Parent(original, audit.code, generation)
-    return found

@@ -6,9 +6,9 @@
 - poller_rows: rows the bundled poller found invalid (its failed-records file).
 - error_report: a meter error report whose sample identifiers are rows we imported.
 
-The import-set tasks leave out the rows another version of the object took
-(`object_runs.TakenBefore`), another run over it handled (`HandledElsewhere`), or a later
-version holds (`_TakenAgain`).
+Each task's file is run through `file_runs.py`. The import-set tasks leave out the rows
+another version of the object took (`object_runs.TakenBefore`), another run over it handled
+(`HandledElsewhere`), or a later version holds (`file_runs.TakenAgain`).
 
 A task whose input cannot be found or read is not retried: it raises a critical alert and
 reports why. Any other failure (Stripe, S3, database) raises, so the worker retries it.
@@ -18,38 +18,29 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from remediation.filetypes import FileFormat
-from remediation.ports import LeavesOut
-from remediation.records import UsageRecord
-from remediation.repair import plan_input, read_repaired
 from service.errors import TaskInputMissing
+from service.jobs.file_runs import SourceRows, TakenAgain, rejected_rows, run_file
+from service.jobs.input_lineage import next_generation
 from service.jobs.inputs import (
     JobDeps,
     download,
     event_time,
     fetch_source,
-    identifiers_in,
     later_version,
-    next_generation,
-    run_lineage,
 )
 from service.jobs.object_runs import (
     HandledElsewhere,
-    LeftOut,
     RefusedAgain,
     TakenBefore,
     object_sources,
     version_label,
 )
-from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
-from service.jobs.store.lineage import refused_among, runs_correcting
+from service.jobs.store.lineage import runs_correcting
 from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated
 from service.jobs.store.runs import (
     failed_file_run_key,
@@ -60,7 +51,6 @@ from service.jobs.store.runs import (
 from service.logs import log_event
 from service.models import ImportSet, RunTrigger
 from service.models._types import as_utc, utcnow
-from service.poller.store import lookup_batches, row_numbers, sent_moments, taken_since
 
 # --- import sets ---------------------------------------------------------------------------
 
@@ -78,7 +68,7 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
             with stages.timing(Stage.DOWNLOAD):
                 path = download(deps.files, file_id, Path(tmp))
             # a failed-records file: every row was rejected
-            request = _rejected_rows(
+            request = rejected_rows(
                 deps,
                 stages,
                 path,
@@ -90,7 +80,7 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
                 generation=next_generation(deps.run.bucket, import_set.source_object),
             )
             later = later_version(deps, import_set, Path(tmp))
-            rows = _TakenAgain(deps, import_set, later)
+            rows = TakenAgain(deps, import_set, later)
             # rows another version of the object took (billed then)
             taken = TakenBefore(deps, import_set, path, Path(tmp) / "taken", run_key)
             # rows an error report's run over the object (or another import set's) took
@@ -98,7 +88,7 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
             refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
             elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
 
-            _run_file(
+            run_file(
                 deps.run,
                 request,
                 path,
@@ -123,7 +113,7 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
                 before = crashed.source if crashed is not None else None
                 path, source, copied = fetch_source(deps, import_set, Path(tmp), before)
             # the whole file failed: none of its rows was billed
-            request = _rejected_rows(
+            request = rejected_rows(
                 deps,
                 stages,
                 path,
@@ -138,13 +128,13 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
             )
             # read from Stripe's copy: the object the import set names holds other bytes
             later = later_version(deps, import_set, Path(tmp), path) if copied else None
-            rows = _TakenAgain(deps, import_set, later)
+            rows = TakenAgain(deps, import_set, later)
             # a file the bundled poller failed whole: it never sends a row another version
             # of some object sent (the day's file rewritten with the rows so far) unless a
             # run over the object quarantined it since (Stripe refused that send); one
             # Stripe's connector failed: not a row it took from another version
             key = import_set.source_object
-            sent = _SourceRows(deps.run.engine, None)
+            sent = SourceRows(deps.run.engine, None)
             taken = None
             if not _by_poller(import_set):
                 taken = TakenBefore(deps, import_set, path, Path(tmp) / "taken", run_key)
@@ -160,7 +150,7 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
                 return rows.left + sent.sent + elsewhere.left + (taken.left if taken else 0) > 0
 
             leave_out = (rows, sent if taken is None else taken, elsewhere)
-            _run_file(deps.run, request, path, leave_out=leave_out, allow_none=none_left)
+            run_file(deps.run, request, path, leave_out=leave_out, allow_none=none_left)
             left = rows.outcome() + elsewhere.outcome() + _sent_before(sent.sent, run_key, source)
             left += taken.outcome() if taken else ""
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
@@ -179,7 +169,7 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
                 "re-import the object to rebuild it"
             )
         # the rows the poller refused (never sent)
-        request = _rejected_rows(
+        request = rejected_rows(
             deps,
             Stages(),
             path,
@@ -190,8 +180,8 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
             now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
             generation=next_generation(deps.run.bucket, import_set.source_object),
         )
-        rows = _SourceRows(deps.run.engine, import_set.source_object or "")
-        _run_file(deps.run, request, path, rows, allow_none=lambda: rows.sent > 0)
+        rows = SourceRows(deps.run.engine, import_set.source_object or "")
+        run_file(deps.run, request, path, rows, allow_none=lambda: rows.sent > 0)
         if rows.sent:
             log_event(
                 "remediation.rows_sent_since",
@@ -215,125 +205,6 @@ def _sent_before(count: int, run_key: str, key: str) -> str:
         "remediation.rows_sent_since", level=logging.WARNING, run_key=run_key, rows=count, key=key
     )
     return f"; {count} left out: sent before from another version of the file"
-
-
-def _rejected_rows(
-    deps: JobDeps,
-    stages: Stages,
-    path: Path,
-    *,
-    run_key: str,
-    trigger: RunTrigger,
-    source: str,
-    tag: str,
-    now: int,
-    generation: int,
-) -> RunRequest:
-    """The run of a CSV file holding rejected rows only (each row goes to a corrected output
-    or to quarantine), with its lineage looked up (timed as the lineage stage). `generation`:
-    the source object's + 1 (`next_generation`); the run's is raised above any that lineage
-    says wrote one of the file's identifiers (`run_lineage`)."""
-    with stages.timing(Stage.LINEAGE):
-        generation, lineage, traced_from = run_lineage(
-            deps.run.engine, path, deps.run.rules, source, generation
-        )
-    return RunRequest(
-        run_key=run_key,
-        trigger=trigger,
-        source=source,
-        tag=tag,
-        fmt=FileFormat.CSV,
-        now=now,
-        generation=generation,
-        lineage=lineage,
-        input_generation=traced_from,
-        rejected=True,
-        stages=stages,
-    )
-
-
-RecordsTransform = Callable[[Iterator[UsageRecord]], Iterator[UsageRecord]]
-
-
-def _run_file(
-    ctx: RunContext,
-    request: RunRequest,
-    path: Path,
-    transform: RecordsTransform | None = None,
-    allow_none: Callable[[], bool] = lambda: False,
-    leave_out: Sequence[LeavesOut] = (),
-) -> None:
-    """Read `path` with the whole-file repairs applied and run it. A file with no rows at
-    all is a failure a person must look at (Stripe said rows failed), unless `transform` or
-    `leave_out` (rows left out by identifier, on the run's columns) left them all out for a
-    reason of its own (`allow_none()`, asked after the run)."""
-    plan = plan_input(path, ctx.rules)
-    run = RunRequest(**{**request.__dict__, "fmt": plan.fmt, "columns": plan.columns or None})
-    with path.open("rb") as stream:
-        records = read_repaired(stream, plan, ctx.rules)
-        done = execute_run(ctx, run, transform(records) if transform else records, leave_out)
-    if done.input_rows == 0 and not allow_none():
-        raise TaskInputMissing(f"{request.source} has no usage rows to remediate")
-
-
-class _SourceRows:
-    """The rows the poller refused, each with its row number in the source object (the
-    poller recorded every row's identifier, so the audit points at the object's own rows),
-    without the rows a version of some object sent since (`sent`: how many): the customer
-    fixed the row and uploaded the file again while this task waited. Such a row was billed
-    as it is; corrected, it would go out a second time under a derived identifier. Unless
-    one of the runs `refused_by` (an error report's, a re-run's) quarantined it after that
-    send: Stripe refused it, never billed (as the poller's `OtherVersions` tells)."""
-
-    def __init__(self, engine: Engine, key: str | None) -> None:
-        """`key`: the object whose row numbers the records take (None: they keep theirs,
-        read from the object itself)."""
-        self.engine, self.key, self.sent = engine, key, 0
-        self.refused_by: list[int] = []
-
-    def _sent(self, identifiers: set[str]) -> set[str]:
-        sent = sent_moments(self.engine, identifiers)
-        held = refused_among(self.engine, self.refused_by, sorted(sent)) if sent else {}
-        return {i for i, at in sent.items() if i not in held or held[i] <= at}
-
-    # `remediation.ports.LeavesOut`, for rows that keep their own numbers (`key` None)
-    excluded = _sent
-
-    def count_left(self, rows: int) -> None:
-        self.sent += rows
-
-    def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
-        for batch, identifiers in lookup_batches(records):
-            numbers = {} if self.key is None else row_numbers(self.engine, self.key, identifiers)
-            sent = self._sent(identifiers)
-            for record in batch:
-                if record.identifier in sent:
-                    self.sent += 1
-                    continue
-                record.row_number = numbers.get(record.identifier or "", record.row_number)
-                yield record
-
-
-class _TakenAgain(LeftOut):
-    """The rows of an import set Stripe's S3 connector refused, without those a later object
-    version holds (`left`: how many): the connector takes every version whole, so it took
-    them again from it (billed as the customer fixed them by hand, or refused again and
-    reported again). Corrected now, such a row would go out a second time under a derived
-    identifier. A later version: the one the import set names now, when it is one
-    (`inputs.later_version`, downloaded: `later`), and (index mode) any version the poller
-    indexed, uploaded after the import set's event."""
-
-    def __init__(self, deps: JobDeps, import_set: ImportSet, later: Path | None) -> None:
-        self.engine = deps.run.engine
-        self.since = datetime.fromtimestamp(event_time(import_set), UTC)
-        self.held = identifiers_in(later, deps.run.rules) if later is not None else set()
-
-    def excluded(self, identifiers: set[str]) -> set[str]:
-        return taken_since(self.engine, identifiers, self.since) | self.held
-
-    def outcome(self) -> str:
-        what = "left to Stripe's connector: a version of the file uploaded since holds them"
-        return self.said("remediation.rows_taken_again", what)
 
 
 def _import_set(engine: Engine, import_set_id: str) -> ImportSet:

@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from remediation.errors import UnreadableFile
-from remediation.poller import source_tag
 from remediation.repair import InputPlan, plan_input
+from remediation.rownames import source_tag
 from service.jobs.inputs import local_name
 from service.jobs.report_job import WINDOW_AFTER, WINDOW_BEFORE, Report
 from service.jobs.runs import RunContext

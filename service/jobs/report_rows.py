@@ -18,9 +18,9 @@ from sqlalchemy import Engine
 from remediation.codes import ErrorCode
 from remediation.core.checks import problem_ids
 from remediation.core.columns import Batch, Column
-from remediation.poller import RowNames
 from remediation.records import UsageRecord
 from remediation.reported import ReportScope, Selection, Taken, reported_code, select_reported
+from remediation.rownames import RowNames
 from service.jobs.report_job import Report
 from service.jobs.store.taken_again import marked_among
 from service.poller.store import FirstVersion, first_versions, recordable

@@ -16,7 +16,8 @@ from sqlalchemy import Connection, Engine
 from remediation.ports import ObjectInfo
 from service.config import PollerMode
 from service.errors import BadParameter, RerunInputMissing
-from service.jobs.inputs import LOOKUP_BATCH, candidate_keys, identifiers_in, local_name
+from service.jobs.input_lineage import LOOKUP_BATCH
+from service.jobs.inputs import candidate_keys, identifiers_in, local_name
 from service.jobs.rerun_keys import RERUN_PREFIX
 from service.jobs.runs import RunContext
 from service.jobs.store.quarantine_filter import QuarantineFilter

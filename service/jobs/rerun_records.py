@@ -17,7 +17,7 @@ from remediation.identifiers import Identifiers, Lineage, row_identifier
 from remediation.jsonrecords import record_from_obj
 from remediation.lineage import reserved_originals, run_generation, trace_ancestors
 from remediation.records import MFX_PREFIX, UsageRecord
-from service.jobs.inputs import LOOKUP_BATCH, RunLineage, parents
+from service.jobs.input_lineage import LOOKUP_BATCH, RunLineage, parents
 from service.jobs.store.reruns import quarantined_entries
 
 # Codes our own validation decides (from the row and the meters): such a row goes through

@@ -27,7 +27,7 @@ from service.errors import DeliveryFailed
 from service.logs import log_event
 from service.models._types import utcnow
 from service.models.alerts import DigestStatus
-from service.notify import store
+from service.notify import digest_store as store
 from service.notify.alerts import raise_alert
 from service.notify.content import Digest, collect_digest
 from service.notify.render import render_digest

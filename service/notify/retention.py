@@ -30,7 +30,8 @@ from service.jobs.store.reruns import lock_rerun_inputs
 from service.jobs.store.runs import purge_audit
 from service.logs import log_event
 from service.models._types import utcnow
-from service.notify.store import purge_digest_runs, purge_resolved_alerts
+from service.notify.digest_store import purge_digest_runs
+from service.notify.store import purge_resolved_alerts
 
 BATCH = 1000
 MAX_BATCHES_PER_TABLE = 200  # one pass stays short; the next pass goes on

@@ -13,13 +13,11 @@ validating them again is free of risk).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -27,32 +25,24 @@ from handlers.records import RemediationStatus
 from remediation.core.column import Mask
 from remediation.core.columns import Batch
 from remediation.formats import detect_format
-from remediation.poller import ImportChunk, RowNames, RowRef, import_chunks
-from remediation.ports import MeterEventSink, ObjectInfo
-from remediation.validation import MeterIndex
+from remediation.poller import ImportChunk, RowRef, import_chunks
+from remediation.ports import ObjectInfo
+from remediation.rownames import RowNames
 from service.errors import HorizonPassed
 from service.jobs.store.reports import save_poller_import_set
 from service.models import ImportSet, ObjectStatus
 from service.poller.files import FailedRecords, failed_records_path
+from service.poller.import_batches import (
+    CHUNKS_PER_GROUP,
+    Acknowledgements,
+    ObjectImport,
+    record_group,
+    send_batches,
+)
 from service.poller.object_progress import ObjectProgress, row_was_sent
 from service.poller.other_versions import OtherVersions
-from service.poller.progress import ProgressStore
-from service.poller.store import recordable
-from service.poller.versions import PollerStore
 
-CHUNKS_PER_GROUP = 10  # batches recorded before sending, and acknowledgements recorded, at once
-ACK_EVERY = 0.25  # seconds: acknowledgements are written at least this often
 BEAT_EVERY = 10.0  # seconds between heartbeats during a long import
-
-
-@runtime_checkable
-class BatchSender(Protocol):
-    def send_batches(
-        self,
-        batches: Iterable[Sequence[Mapping[str, Any]]],
-        on_sent: Callable[[int], None] | None = None,
-        on_refused: Callable[[int], None] | None = None,
-    ) -> int: ...
 
 
 @dataclass
@@ -61,20 +51,6 @@ class ImportTally:
     sent: int = 0  # acknowledged on an earlier pass included
     failed: int = 0
     elsewhere: int = 0  # rows sent before, elsewhere (left out: counted in `sent`)
-
-
-@dataclass
-class ObjectImport:
-    """Everything one object's import needs (built by service.poller.pass_objects for each
-    object)."""
-
-    store: PollerStore
-    progress: ProgressStore
-    sink: MeterEventSink
-    meters: MeterIndex
-    work_dir: Path
-    clock: Callable[[], datetime]
-    beat: Callable[[], None] = lambda: None
 
 
 def import_object(
@@ -146,7 +122,7 @@ def _send_all(
     up the next ones. Batch i of this pass is number `acked_batches + i`; one an earlier pass
     had acknowledged past the prefix, cut the same, is left out (`ObjectProgress.
     acknowledged_as`). `unsent.numbers` maps the sink's places to batch numbers."""
-    acks = _Acknowledgements(job, progress)
+    acks = Acknowledgements(job, progress)
     # batch number -> its rows a run over the object holds in quarantine: marked taken
     # again once Stripe acknowledged the batch
     held: dict[int, list[str]] = {}
@@ -155,7 +131,7 @@ def _send_all(
     def batches() -> Iterator[list[dict[str, object]]]:
         number, last_beat = progress.acked_batches, time.monotonic()
         while group := list(islice(chunks, CHUNKS_PER_GROUP)):
-            sending, recorded = _record_group(job, obj, progress, group, number)
+            sending, recorded = record_group(job, obj, progress, group, number)
             unsent.recorded |= recorded.new
             unsent.same |= recorded.same
             _note_held(others, group, [(s.number, s.events) for s in sending], held)
@@ -191,7 +167,7 @@ def _send_all(
 
     try:
         # iterating counts skipped rows in tally
-        sent = _send(job.sink, batches(), acknowledged, refused)
+        sent = send_batches(job.sink, batches(), acknowledged, refused)
         tally.sent += sent
     except Exception:
         job.progress.forget_unsent(progress.object_id, unsent.never_billed())
@@ -234,126 +210,6 @@ class _Unsent:
     def never_billed(self) -> set[int]:
         later = self.recorded - set(self.numbers)
         return later | (set(self.refused) & (self.recorded | self.same))
-
-
-@dataclass(frozen=True, slots=True)
-class _Recorded:
-    new: set[int]  # batch numbers recorded for the first time
-    same: set[int]  # recorded before as the same cut, never acknowledged
-    batches: int  # numbers the group took (sent or left out)
-    acked_rows: int  # events of the batches left out: acknowledged on an earlier pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Send:
-    """One request of a pass: batch `number`'s events; or, for a batch an earlier pass had
-    acknowledged past the prefix, cut the same, its rows that pass never sent (`late`: they
-    failed validation then and are valid now), recorded as sent once Stripe takes them."""
-
-    number: int
-    events: list[dict[str, object]]
-    late: tuple[RowRef, ...] = ()
-
-
-def _record_group(
-    job: ObjectImport,
-    obj: ObjectInfo,
-    progress: ObjectProgress,
-    group: list[ImportChunk],
-    number: int,
-) -> tuple[list[_Send], _Recorded]:
-    """Record a group's rows and batches before any of it is sent; its requests to send and
-    what was recorded. A batch an earlier pass had acknowledged past the prefix, cut the
-    same, is neither recorded nor sent again, but for its rows that pass never sent (only a
-    file's last, partial batch keeps its cut when a row of it that failed is valid now: the
-    meter made meanwhile): sent by themselves, their rows recorded as sent once acknowledged
-    (a failure leaves them to the next pass; recorded as sent before, inside a batch
-    acknowledged before, they would count as billed)."""
-    batches = [chunk for chunk in group if chunk.events]
-    spans = [(number + i, *_span(chunk)) for i, chunk in enumerate(batches)]
-    left = {i for i, span in enumerate(spans) if progress.acknowledged_as(*span)}
-    late = _late_rows(job, obj, [batches[i] for i in sorted(left)])
-    refs = [ref for chunk in group for ref in chunk.rows]
-    if late:
-        refs = [ref._replace(sent=False) if ref.identifier in late else ref for ref in refs]
-    job.store.insert_rows(obj, refs)
-    sending = [span for i, span in enumerate(spans) if i not in left]
-    new, same = job.progress.record_sending(progress.object_id, sending, job.clock())
-    sends: list[_Send] = []
-    acked_rows = 0
-    for i, span in enumerate(spans):
-        events = batches[i].events
-        if i not in left:
-            sends.append(_Send(span[0], events))
-            continue
-        again = [e for e in events if e["identifier"] in late]
-        acked_rows += len(events) - len(again)
-        if again:
-            rows = tuple(r for r in batches[i].rows if r.sent and r.identifier in late)
-            sends.append(_Send(span[0], again, rows))
-    return sends, _Recorded(new, same, len(spans), acked_rows)
-
-
-def _late_rows(job: ObjectImport, obj: ObjectInfo, chunks: list[ImportChunk]) -> set[str]:
-    """The identifiers of these batches' events (batches an earlier pass had acknowledged)
-    that were never recorded as sent: rows that failed validation on that pass. Looked up
-    before this pass records its rows (an identifier the table cannot hold counts as sent:
-    no look-up can tell, and sending it again could bill it twice)."""
-    named = [str(e["identifier"]) for chunk in chunks for e in chunk.events]
-    known = [i for i in named if recordable(i)]
-    if not known:
-        return set()
-    return set(known) - job.progress.sent_here(obj, known)
-
-
-class _Acknowledgements:
-    """Batches Stripe accepted, written in bulk: every ACK_EVERY seconds or CHUNKS_PER_GROUP
-    batches, and at the end, so a crash loses few acknowledgements and a fast stream does
-    not pay one transaction per batch."""
-
-    def __init__(self, job: ObjectImport, progress: ObjectProgress) -> None:
-        self.job, self.progress = job, progress
-        self.pending: list[int] = []
-        self.flushed_at = time.monotonic()
-
-    def add(self, number: int) -> None:
-        self.pending.append(number)
-        due = time.monotonic() - self.flushed_at >= ACK_EVERY
-        if due or len(self.pending) >= CHUNKS_PER_GROUP:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.job.progress.record_acks(self.progress.object_id, self.pending, self.job.clock())
-            self.pending = []
-        self.flushed_at = time.monotonic()
-
-
-def _span(chunk: ImportChunk) -> tuple[int, int]:
-    """(first row, rows spanned) of a batch: resuming after it starts at first + rows."""
-    first, last = chunk.rows[0].row_number, chunk.rows[-1].row_number
-    return first, last - first + 1
-
-
-def _send(
-    sink: MeterEventSink,
-    batches: Iterable[list[dict[str, object]]],
-    on_sent: Callable[[int], None],
-    on_refused: Callable[[int], None],
-) -> int:
-    if isinstance(sink, BatchSender):
-        return sink.send_batches(batches, on_sent, on_refused)
-    sent = 0
-    for index, batch in enumerate(batches):
-        try:
-            sink.send(batch)
-        except Exception as exc:
-            if getattr(exc, "permanent", False):
-                on_refused(index)
-            raise
-        on_sent(index)
-        sent += len(batch)
-    return sent
 
 
 def _acknowledged(

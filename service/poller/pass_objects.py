@@ -26,7 +26,8 @@ from service.models import ProcessRole
 from service.poller.again import TakenAgain
 from service.poller.failures import judge, raise_gave_up, resolve_gave_up
 from service.poller.handover import hand_over
-from service.poller.importer import ObjectImport, import_object
+from service.poller.import_batches import ObjectImport
+from service.poller.importer import import_object
 from service.poller.pass_deps import PassReport, PollerDeps
 from service.poller.progress import ProgressStore
 from service.poller.settling import Listing, check_settled

@@ -767,7 +767,7 @@ def test_cli_takes_the_generation_from_the_files_lineage(tmp_path: Path) -> None
 def test_lineage_lookup_survives_identifiers_we_never_write(db_url: str, tmp_path: Path) -> None:
     from remediation.rules import load_rules
     from service.db import make_engine
-    from service.jobs.inputs import run_lineage
+    from service.jobs.input_lineage import run_lineage
 
     path = tmp_path / "failed.csv"
     path.write_bytes(

@@ -19,7 +19,7 @@ from remediation.outcomes import QuarantinedRow as Held
 from service.db import bulk as db
 from service.db import make_engine
 from service.db.bulk import bulk_load
-from service.jobs.inputs import parents
+from service.jobs.input_lineage import parents
 from service.jobs.store import lineage, loads
 from service.models import CorrectionAudit, QuarantinedRow, RemediationRun, RunTrigger
 from service.models._types import table_of

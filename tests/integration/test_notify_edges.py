@@ -183,7 +183,7 @@ def test_retention_shorter_than_the_digest_window_sends_the_digest_once(
     records" (any positive number of days is accepted).
 
     Instead, with a weekly digest (`7d`, Monday midnight) and a 3-day retention, the hourly
-    purge (`store.purge_digest_runs`: every row whose window ended before the cutoff) deletes
+    purge (`digest_store.purge_digest_runs`: every row whose window ended before the cutoff) deletes
     the only record of the last window; `DigestSender._due_windows` then finds no recorded
     window and claims `latest_window(now)` again: last week's digest is sent again after
     every purge (every hour) until the next window."""

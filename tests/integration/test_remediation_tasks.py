@@ -431,7 +431,7 @@ def test_lineage_is_looked_up_in_batches(db_url: str, tmp_path: Path) -> None:
     """Every batch's identifiers are looked up (one array parameter on PostgreSQL)."""
     from remediation.identifiers import Ancestor
     from remediation.rules import load_rules
-    from service.jobs.inputs import LOOKUP_BATCH, run_lineage
+    from service.jobs.input_lineage import LOOKUP_BATCH, run_lineage
 
     count = LOOKUP_BATCH * 2 + 7  # more than one IN (...) batch
     path = tmp_path / "corrected.csv"

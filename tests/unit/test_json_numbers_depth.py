@@ -25,8 +25,9 @@ import pytest
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
-from remediation.poller import RowNames, import_chunks
+from remediation.poller import import_chunks
 from remediation.readers import CsvLayout
+from remediation.rownames import RowNames
 from remediation.rules import Rules
 from remediation.validation import MeterIndex
 

@@ -17,21 +17,22 @@ from hypothesis import strategies as st
 from remediation import poller, rowdigest
 from remediation.core.columns import Batch, Column
 from remediation.core.csvread import CsvColumns
+from remediation.fieldvalues import parse_timestamp
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
-from remediation.poller import (
+from remediation.poller import import_chunks, index_chunks
+from remediation.ports import ObjectInfo
+from remediation.readers import CsvRecords
+from remediation.rowdigest import record_digests, row_digest
+from remediation.rownames import (
     RowNames,
     RowsAlike,
     content_identifier,
     derived_identifier,
-    import_chunks,
-    index_chunks,
     source_tag,
+    timestamps_of,
 )
-from remediation.ports import ObjectInfo
-from remediation.readers import CsvRecords
-from remediation.rowdigest import record_digests, row_digest
-from remediation.validation import MeterIndex, parse_timestamp
+from remediation.validation import MeterIndex
 from service.poller.files import FailedRecords
 from service.poller.planning import PassLimits, is_usage_key, plan_pass
 from tests.fuzz import fuzz_examples
@@ -420,6 +421,6 @@ def test_fuzz_rows_alike_are_counted_in_row_order_across_batches(
 def test_fuzz_timestamps_read_as_a_column_are_those_read_one_by_one(values: list[object]) -> None:
     """A text column of plain digits is cast at once; any other column row by row: both read
     every value as `parse_timestamp` does."""
-    assert poller.timestamps_of(Column.of(values)) == [parse_timestamp(v) for v in values]
+    assert timestamps_of(Column.of(values)) == [parse_timestamp(v) for v in values]
     texts = [v for v in values if v is None or isinstance(v, str)]
-    assert poller.timestamps_of(Column.of(texts)) == [parse_timestamp(v) for v in texts]
+    assert timestamps_of(Column.of(texts)) == [parse_timestamp(v) for v in texts]

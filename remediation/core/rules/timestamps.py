@@ -20,9 +20,10 @@ from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
 from remediation.core.textmeasures import short_digits
 from remediation.errors import Uncorrectable
+from remediation.fieldvalues import parse_timestamp, utc_text
 from remediation.limits import MAX_ISO_TEXT, shown
 from remediation.records import UsageRecord
-from remediation.validation import MAX_FUTURE_SECONDS, MAX_PAST_SECONDS, parse_timestamp, utc_text
+from remediation.validation import MAX_FUTURE_SECONDS, MAX_PAST_SECONDS
 
 UNITS = ((10**9, "ns"), (10**6, "µs"), (10**3, "ms"))
 # (at least, divisor, unit): what a too-large timestamp is read as, in a reason

@@ -23,10 +23,10 @@ from remediation.core.columns import Batch, Column, Indexes
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
 from remediation.core.textmeasures import longer, mask
 from remediation.errors import Uncorrectable
+from remediation.fieldvalues import MAX_INT_BITS, decimal_places, integer_digits, plain_number
 from remediation.jsonnumbers import json_float
 from remediation.limits import DEFAULT_LIMITS, FieldLimits, shown
 from remediation.records import UsageRecord
-from remediation.validation import MAX_INT_BITS, decimal_places, integer_digits, plain_number
 
 # Values are bounded (at most 100 characters) before they get here: exact arithmetic on them
 # needs more than the default 28 significant digits, never more than this.

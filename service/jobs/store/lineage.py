@@ -52,7 +52,7 @@ def handled_identifiers(
     again sends the same derived identifier again (Stripe dedupes for 24 hours only). A row
     of a new version is never taken for one of the old by its number: rows without an
     identifier are named by what they hold, or, without a timestamp, by the object's version
-    and row (`remediation.poller.RowNames`). Several sources: the runs of each (an object's
+    and row (`remediation.rownames.RowNames`). Several sources: the runs of each (an object's
     key and the failed-records files of its import sets, `jobs.object_runs`)."""
     with Session(engine) as session:
         queries = handled_queries(source, other_than)

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from remediation.engine import remediate
+from remediation.fieldvalues import parse_timestamp
 from remediation.formats import FileFormat, read_records
 from remediation.limits import DEFAULT_LIMITS, FieldLimits
 from remediation.meters import Meter
 from remediation.readers import CsvLayout
 from remediation.records import UsageRecord
 from remediation.rules import Rules, load_rules
-from remediation.validation import MeterIndex, parse_timestamp, validate_record
+from remediation.validation import MeterIndex, validate_record
 
 NOW = 1_764_000_000  # 2025-11-24T16:00:00Z
 METERS = [Meter("m1", "api_requests")]

@@ -164,7 +164,7 @@ def test_seconds_are_what_parse_timestamp_reads_for_every_text() -> None:
     one, give what `parse_timestamp` gives each."""
     from remediation.core.checks import seconds
     from remediation.core.columns import Column
-    from remediation.validation import parse_timestamp
+    from remediation.fieldvalues import parse_timestamp
 
     texts = [str(NOW), "2026-11-30T10:00:00Z", "-5", "²", " 17 ", "\u00a017\u2003", "-\u00a05"]
     texts += ["+5", "1.5", "1,000", "12:00", "5e3", "x", "", "9" * 25, " -17", None]

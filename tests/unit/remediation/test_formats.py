@@ -19,9 +19,10 @@ from remediation.errors import UnreadableFile
 from remediation.formats import FileFormat, RecordWriter, detect_format, read_records
 from remediation.jsonrecords import JsonlRecords
 from remediation.meters import Meter
-from remediation.poller import RowNames, import_chunks, index_chunks
+from remediation.poller import import_chunks, index_chunks
 from remediation.records import UsageRecord
 from remediation.rowdigest import record_digests
+from remediation.rownames import RowNames
 from remediation.validation import MeterIndex
 from tests.fuzz import fuzz_examples
 

@@ -21,13 +21,14 @@ from hypothesis import strategies as st
 from remediation.core.rules.values import normalize_number
 from remediation.engine import remediate
 from remediation.errors import Uncorrectable, UnreadableFile
+from remediation.fieldvalues import parse_timestamp, plain_number
 from remediation.formats import FileFormat, read_records
 from remediation.limits import DEFAULT_LIMITS
 from remediation.meters import Meter
 from remediation.readers import CsvLayout
 from remediation.records import UsageRecord
 from remediation.rules import load_rules
-from remediation.validation import MeterIndex, parse_timestamp, plain_number, validate_record
+from remediation.validation import MeterIndex, validate_record
 
 EXAMPLES = int(os.environ.get("MFX_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(

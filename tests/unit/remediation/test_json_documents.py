@@ -17,9 +17,10 @@ from remediation.errors import UnreadableFile
 from remediation.formats import FileFormat, read_records
 from remediation.jsonreaders import MAX_LINE_CHARS
 from remediation.meters import Meter
-from remediation.poller import RowNames, import_chunks
+from remediation.poller import import_chunks
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
+from remediation.rownames import RowNames
 from remediation.rules import load_rules
 from remediation.validation import MeterIndex
 

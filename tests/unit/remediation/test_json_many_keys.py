@@ -26,7 +26,8 @@ from remediation.core.columns import Batch
 from remediation.engine import batches, remediate
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
-from remediation.poller import RowNames, import_chunks
+from remediation.poller import import_chunks
+from remediation.rownames import RowNames
 from remediation.rules import Rules
 from remediation.validation import MeterIndex
 

@@ -18,7 +18,8 @@ from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.jsonvalues import MAX_ROW_KEYS
 from remediation.meters import Meter
-from remediation.poller import RowNames, import_chunks
+from remediation.poller import import_chunks
+from remediation.rownames import RowNames
 from remediation.rules import Rules
 from remediation.validation import MeterIndex
 

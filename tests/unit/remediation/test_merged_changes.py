@@ -1,4 +1,4 @@
-"""Changes of one rule to one field made one after the other are merged into one (`decide`),
+"""Changes of one rule to one field made one after the other are merged into one (`rounds`),
 and the audit's order (lines sorted by row, stably) is what it was without merging."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from remediation.core.columns import Column, Kind
-from remediation.core.decide import _merged
+from remediation.core.rounds import _merged
 from remediation.core.rules import Changes
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediation.validation import rfc3339
+from remediation.fieldvalues import rfc3339
 
 FIRST_SECOND, LAST_SECOND = -62_135_596_800, 253_402_300_799
 

@@ -142,13 +142,14 @@ def test_a_rejected_input_keeping_a_row_out_is_a_conservation_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from remediation.core import decide
+    from remediation.core import decided as fates
     from remediation.errors import ConservationError
 
     original = decide.BatchDecider.decide
 
     def keeping_out(self: decide.BatchDecider, batch: Any) -> Any:
         decided = original(self, batch)
-        decided.fate[decided.fate == decide.VALID] = decide.VALID_KEPT
+        decided.fate[decided.fate == fates.VALID] = fates.VALID_KEPT
         return decided
 
     monkeypatch.setattr(decide.BatchDecider, "decide", keeping_out)

@@ -21,7 +21,7 @@ import pytest
 from remediation import batching, engine, memory, writebehind
 from remediation.core.csvout import CsvOut
 from remediation.core.csvread import CsvColumns
-from remediation.core.decide import Decided
+from remediation.core.decided import Decided
 from remediation.errors import UnreadableFile
 from remediation.outcomes import QuarantinedRow, Tally, corrections_of
 from remediation.writebehind import WriteBehind

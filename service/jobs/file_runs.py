@@ -1,0 +1,146 @@
+"""How a remediation task's file is run: the run of a file of rejected rows (its lineage
+looked up first), read with the whole-file repairs applied, without the rows it leaves out
+(sent since from another version, or taken again by Stripe's connector). Apart from
+`remediation.py`, which says which file each task runs and which rows it leaves out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from remediation.filetypes import FileFormat
+from remediation.ports import LeavesOut
+from remediation.records import UsageRecord
+from remediation.repair import plan_input, read_repaired
+from service.errors import TaskInputMissing
+from service.jobs.input_lineage import run_lineage
+from service.jobs.inputs import JobDeps, event_time, identifiers_in
+from service.jobs.object_runs import LeftOut
+from service.jobs.runs import RunContext, RunRequest, execute_run
+from service.jobs.stages import Stage, Stages
+from service.jobs.store.lineage import refused_among
+from service.models import ImportSet, RunTrigger
+from service.poller.store import lookup_batches, row_numbers, sent_moments, taken_since
+
+
+def rejected_rows(
+    deps: JobDeps,
+    stages: Stages,
+    path: Path,
+    *,
+    run_key: str,
+    trigger: RunTrigger,
+    source: str,
+    tag: str,
+    now: int,
+    generation: int,
+) -> RunRequest:
+    """The run of a CSV file holding rejected rows only (each row goes to a corrected output
+    or to quarantine), with its lineage looked up (timed as the lineage stage). `generation`:
+    the source object's + 1 (`next_generation`); the run's is raised above any that lineage
+    says wrote one of the file's identifiers (`run_lineage`)."""
+    with stages.timing(Stage.LINEAGE):
+        generation, lineage, traced_from = run_lineage(
+            deps.run.engine, path, deps.run.rules, source, generation
+        )
+    return RunRequest(
+        run_key=run_key,
+        trigger=trigger,
+        source=source,
+        tag=tag,
+        fmt=FileFormat.CSV,
+        now=now,
+        generation=generation,
+        lineage=lineage,
+        input_generation=traced_from,
+        rejected=True,
+        stages=stages,
+    )
+
+
+RecordsTransform = Callable[[Iterator[UsageRecord]], Iterator[UsageRecord]]
+
+
+def run_file(
+    ctx: RunContext,
+    request: RunRequest,
+    path: Path,
+    transform: RecordsTransform | None = None,
+    allow_none: Callable[[], bool] = lambda: False,
+    leave_out: Sequence[LeavesOut] = (),
+) -> None:
+    """Read `path` with the whole-file repairs applied and run it. A file with no rows at
+    all is a failure a person must look at (Stripe said rows failed), unless `transform` or
+    `leave_out` (rows left out by identifier, on the run's columns) left them all out for a
+    reason of its own (`allow_none()`, asked after the run)."""
+    plan = plan_input(path, ctx.rules)
+    run = RunRequest(**{**request.__dict__, "fmt": plan.fmt, "columns": plan.columns or None})
+    with path.open("rb") as stream:
+        records = read_repaired(stream, plan, ctx.rules)
+        done = execute_run(ctx, run, transform(records) if transform else records, leave_out)
+    if done.input_rows == 0 and not allow_none():
+        raise TaskInputMissing(f"{request.source} has no usage rows to remediate")
+
+
+class SourceRows:
+    """The rows the poller refused, each with its row number in the source object (the
+    poller recorded every row's identifier, so the audit points at the object's own rows),
+    without the rows a version of some object sent since (`sent`: how many): the customer
+    fixed the row and uploaded the file again while this task waited. Such a row was billed
+    as it is; corrected, it would go out a second time under a derived identifier. Unless
+    one of the runs `refused_by` (an error report's, a re-run's) quarantined it after that
+    send: Stripe refused it, never billed (as the poller's `OtherVersions` tells)."""
+
+    def __init__(self, engine: Engine, key: str | None) -> None:
+        """`key`: the object whose row numbers the records take (None: they keep theirs,
+        read from the object itself)."""
+        self.engine, self.key, self.sent = engine, key, 0
+        self.refused_by: list[int] = []
+
+    def _sent(self, identifiers: set[str]) -> set[str]:
+        sent = sent_moments(self.engine, identifiers)
+        held = refused_among(self.engine, self.refused_by, sorted(sent)) if sent else {}
+        return {i for i, at in sent.items() if i not in held or held[i] <= at}
+
+    # `remediation.ports.LeavesOut`, for rows that keep their own numbers (`key` None)
+    excluded = _sent
+
+    def count_left(self, rows: int) -> None:
+        self.sent += rows
+
+    def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
+        for batch, identifiers in lookup_batches(records):
+            numbers = {} if self.key is None else row_numbers(self.engine, self.key, identifiers)
+            sent = self._sent(identifiers)
+            for record in batch:
+                if record.identifier in sent:
+                    self.sent += 1
+                    continue
+                record.row_number = numbers.get(record.identifier or "", record.row_number)
+                yield record
+
+
+class TakenAgain(LeftOut):
+    """The rows of an import set Stripe's S3 connector refused, without those a later object
+    version holds (`left`: how many): the connector takes every version whole, so it took
+    them again from it (billed as the customer fixed them by hand, or refused again and
+    reported again). Corrected now, such a row would go out a second time under a derived
+    identifier. A later version: the one the import set names now, when it is one
+    (`inputs.later_version`, downloaded: `later`), and (index mode) any version the poller
+    indexed, uploaded after the import set's event."""
+
+    def __init__(self, deps: JobDeps, import_set: ImportSet, later: Path | None) -> None:
+        self.engine = deps.run.engine
+        self.since = datetime.fromtimestamp(event_time(import_set), UTC)
+        self.held = identifiers_in(later, deps.run.rules) if later is not None else set()
+
+    def excluded(self, identifiers: set[str]) -> set[str]:
+        return taken_since(self.engine, identifiers, self.since) | self.held
+
+    def outcome(self) -> str:
+        what = "left to Stripe's connector: a version of the file uploaded since holds them"
+        return self.said("remediation.rows_taken_again", what)
