@@ -3,7 +3,7 @@ return), and what the dashboard, the API, the digests, /metrics and retention re
 
 The INSERT is raw SQL on this measured hot path (`_insert`); a unique violation on `event_id`
 means another delivery of the same event got there first. The worker takes it from there
-(`service.worker.inbox`: claiming, leases, retries, dead letters).
+(`service.worker.inbox_claims`: claiming, leases, retries, dead letters).
 """
 
 from __future__ import annotations

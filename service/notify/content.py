@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine
 from service.intake.store import count_events, latest_events, oldest_pending
 from service.jobs.store.quarantine import quarantine_groups, quarantine_reasons, quarantined_record
 from service.jobs.store.reports_left import ReportsLeft, reports_left_between
-from service.jobs.store.runs import runs_finished_between, top_runs_finished_between
+from service.jobs.store.run_counts import runs_finished_between, top_runs_finished_between
 from service.models import ErrorReportStatus
 from service.models.inbox import InboxStatus
 from service.models.poller import ObjectStatus

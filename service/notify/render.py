@@ -1,6 +1,7 @@
 """Messages from digests and alerts: plain text and HTML from the Jinja2 templates next to
 this module, and Slack Block Kit (split at Slack's limits: 50 blocks per message, 3000
-characters per text, 150 per header, 10 fields per section)."""
+characters per text, 150 per header, 10 fields per section). The blocks themselves are built
+in `service.notify.slack_blocks`."""
 
 from __future__ import annotations
 
@@ -17,10 +18,17 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from service.adapters.channels import Message
 from service.notify.content import Digest, ReportLine
 from service.notify.shown import counted, shown_as_text, shown_on_one_line
-
-MAX_BLOCKS = 50
-MAX_TEXT = 3000
-MAX_HEADER = 150
+from service.notify.slack_blocks import (
+    button,
+    code,
+    context,
+    escape,
+    header,
+    link,
+    mrkdwn,
+    sections,
+    split_blocks,
+)
 
 
 @cache
@@ -271,79 +279,3 @@ def _facts(alert: AlertView) -> list[tuple[str, str | None]]:
 
 def _value(value: str, url: bool) -> str:
     return link(value, value) if url else code(value)
-
-
-# --- Block Kit -----------------------------------------------------------------------------
-
-
-def escape(text: str) -> str:
-    """Text from a row as mrkdwn shows it: as text, on its line (`shown_on_one_line`)."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return str(shown_on_one_line(text))
-
-
-def code(text: str) -> str:
-    """A value from a row (an object key, a customer id) as a code span, where Slack formats
-    nothing. Its backticks are drawn by a look-alike (U+02CB): one of them ended the span and
-    the rest of the value was read as mrkdwn (`*bold*`, `_italic_`, `~struck~`)."""
-    return "`" + escape(text).replace("`", "\u02cb") + "`"
-
-
-def link(url: str, label: str) -> str:
-    return f"<{url}|{escape(label).replace('|', '¦')}>"
-
-
-def mrkdwn(text: str) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": _cut(text, 2000)}
-
-
-def header(text: str) -> dict[str, Any]:
-    shown = str(shown_on_one_line(text))
-    return {"type": "header", "text": {"type": "plain_text", "text": _cut(shown, MAX_HEADER)}}
-
-
-def context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [mrkdwn(text)]}
-
-
-def button(label: str, url: str) -> dict[str, Any]:
-    return {
-        "type": "actions",
-        "elements": [{"type": "button", "text": {"type": "plain_text", "text": label}, "url": url}],
-    }
-
-
-def sections(title: str, lines: Sequence[str]) -> list[dict[str, Any]]:
-    """Lines under a title as section blocks of at most MAX_TEXT characters each."""
-    if not lines:
-        return []
-    blocks: list[dict[str, Any]] = []
-    chunk = title
-    for line in lines:
-        line = _cut(line, MAX_TEXT)
-        if chunk and len(chunk) + 1 + len(line) > MAX_TEXT:
-            blocks.append(_section(chunk))
-            chunk = ""
-        chunk = f"{chunk}\n{line}" if chunk else line
-    blocks.append(_section(chunk))
-    return blocks
-
-
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
-
-
-def split_blocks(blocks: Sequence[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """Slack messages of at most MAX_BLOCKS blocks each; `text` is the notification text.
-
-    Slack reads that text as mrkdwn: it is escaped like every other text taken from a row
-    (an alert's headline names an object key, and `<!channel>` in one paged the channel)."""
-    messages = []
-    for start in range(0, len(blocks), MAX_BLOCKS):
-        part = list(blocks[start : start + MAX_BLOCKS])
-        messages.append({"text": _cut(escape(text), MAX_TEXT), "blocks": part})
-    return messages
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from service.intake.store import events_by_status
 from service.jobs.store.quarantine import count_all_quarantined
-from service.jobs.store.runs import run_totals
+from service.jobs.store.run_counts import run_totals
 from service.models.alerts import AlertSeverity, AlertStatus
 from service.notify.store import alert_counts
 from service.poller.store import objects_by_status

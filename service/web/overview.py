@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from service.intake.store import count_events, latest_events
-from service.jobs.store.runs import codes_per_bucket, runs_per_bucket
+from service.jobs.store.run_counts import codes_per_bucket, runs_per_bucket
 from service.models._types import utcnow
 from service.models.inbox import InboxStatus
 from service.notify.store import latest_open_alerts, open_alert_counts

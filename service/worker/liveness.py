@@ -35,7 +35,7 @@ from service.errors import ItemInterrupted, TimeLimitExceeded
 from service.logs import log_event
 from service.models.health import ProcessRole
 from service.worker.heartbeats import BEAT_EVERY_SECONDS, beat
-from service.worker.inbox import ClaimedEvent, renew_lease
+from service.worker.inbox_claims import ClaimedEvent, renew_lease
 
 T = TypeVar("T")
 ITEM_THREAD_PREFIX = "meterfix-item-"

@@ -1,11 +1,11 @@
 """The inbox worker: claim due events, fetch what thin events point to, dispatch, record.
 
 Processing is at-least-once with idempotent effects: the handler's writes and the row's
-`done` commit in one transaction. Failures are retried with backoff (`service.worker.inbox`) and
-dead-lettered with an alert after `MFX_MAX_ATTEMPTS`; an event whose data cannot be used
-(`UnusableEvent`) or a task whose input is gone is dead-lettered at once. While an item
-runs, the heartbeat renews its lease; it may run `MFX_TASK_TIME_LIMIT` seconds
-(`service.worker.liveness` says how that limit is enforced).
+`done` commit in one transaction. Failures are retried with backoff
+(`service.worker.inbox_claims`) and dead-lettered with an alert after `MFX_MAX_ATTEMPTS`; an
+event whose data cannot be used (`UnusableEvent`) or a task whose input is gone is
+dead-lettered at once. While an item runs, the heartbeat renews its lease; it may run
+`MFX_TASK_TIME_LIMIT` seconds (`service.worker.liveness` says how that limit is enforced).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from service.models.inbox import InboxStatus, PayloadStyle
 from service.runtime import Runtime
 from service.worker.handler_context import DatabaseHandlerContext
 from service.worker.heartbeats import new_instance_id
-from service.worker.inbox import (
+from service.worker.inbox_claims import (
     ClaimedEvent,
     claim_next,
     dead_letter_alert,

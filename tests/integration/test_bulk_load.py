@@ -20,7 +20,7 @@ from service.db import bulk as db
 from service.db import make_engine
 from service.db.bulk import bulk_load
 from service.jobs.input_lineage import parents
-from service.jobs.store import lineage, loads
+from service.jobs.store import lineage, loads, sorted_stage
 from service.models import CorrectionAudit, QuarantinedRow, RemediationRun, RunTrigger
 from service.models._types import table_of
 
@@ -311,7 +311,7 @@ def test_audit_stage_loads_every_row_sorted_by_identifier(
     """Corrections handed over in file order land in correction_audit sorted by identifier,
     a row's corrections in the order they were made, every value as given; across several
     load transactions (SQLite) and several staged batches."""
-    monkeypatch.setattr(loads, "LOAD_CHUNK", 3)
+    monkeypatch.setattr(sorted_stage, "LOAD_CHUNK", 3)
     engine = make_engine(db_url)
     try:
         run_id = _run(engine, "k")
@@ -462,7 +462,7 @@ def test_quarantine_stage_loads_every_row_sorted_by_identifier(
     quarantined_rows sorted by identifier (their ids in that order), rows under one
     identifier in arrival order, every value as given (the record's text as it came); across
     several load transactions (SQLite). Nothing is in the table before the load."""
-    monkeypatch.setattr(loads, "LOAD_CHUNK", 3)
+    monkeypatch.setattr(sorted_stage, "LOAD_CHUNK", 3)
     engine = make_engine(db_url)
     try:
         run_id = _run(engine, "k")

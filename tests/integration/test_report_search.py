@@ -33,7 +33,7 @@ from service.models import (
 )
 from service.poller.passes import PollerDeps, run_poll_pass
 from service.web.actions import Actor, queue_rerun
-from service.worker import inbox
+from service.worker import inbox, inbox_claims
 from tests.integration import test_e2e_index
 from tests.integration.test_billing_safety import (
     assert_only_the_new_row_was_mapped,
@@ -389,6 +389,7 @@ def test_a_report_run_done_again_after_a_crash_selects_its_own_rows_again(
         ]
     later = datetime.now(UTC) + timedelta(hours=1)
     monkeypatch.setattr(inbox, "utcnow", lambda: later)
+    monkeypatch.setattr(inbox_claims, "utcnow", lambda: later)
     loop.drain()
     loop.sandbox.connector_poll()  # Stripe imports the corrected file
 

@@ -22,7 +22,7 @@ from service.models.inbox import InboxStatus
 from service.notify.retention import RERUN_TASK, purge_expired
 from service.poller.passes import run_poll_pass
 from service.web.actions import Actor, queue_rerun
-from service.worker.inbox import claim_next, release_claim
+from service.worker.inbox_claims import claim_next, release_claim
 from service.worker.tasks import TASK_TYPE_PREFIX, TaskKind
 from tests.integration.test_billing_safety import (
     a_row_the_poller_refused,

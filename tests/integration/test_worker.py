@@ -15,6 +15,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 import service.worker.inbox
+import service.worker.inbox_claims
 from sandbox.events import build_error_report_event, build_import_set_event
 from service.config import Settings
 from service.db import make_engine
@@ -85,9 +86,10 @@ def intake(db_url: str, sandbox_server: Any, make_settings: Any, make_app: Any) 
 
 def _shift_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Move the inbox's clock forward so scheduled retries are due now."""
-    monkeypatch.setattr(
-        service.worker.inbox, "utcnow", lambda: datetime.now(UTC) + timedelta(seconds=seconds)
-    )
+    for module in (service.worker.inbox, service.worker.inbox_claims):
+        monkeypatch.setattr(
+            module, "utcnow", lambda: datetime.now(UTC) + timedelta(seconds=seconds)
+        )
 
 
 def test_thin_error_report_fetched_and_recorded(intake: Intake) -> None:
@@ -337,7 +339,7 @@ def test_two_workers_never_take_the_same_row(intake: Intake) -> None:
 def test_backoff_schedule() -> None:
     import random
 
-    from service.worker.inbox import backoff_seconds
+    from service.worker.inbox_claims import backoff_seconds
 
     rng = random.Random(7)
     first = [backoff_seconds(1, rng) for _ in range(200)]

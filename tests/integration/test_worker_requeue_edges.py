@@ -18,7 +18,8 @@ from sandbox.events import build_import_set_event
 from service.models import ImportSet, InboxEvent, RemediationRun
 from service.models.inbox import InboxStatus
 from service.runtime import Runtime
-from service.worker.inbox import claim_next, requeue
+from service.worker.inbox import requeue
+from service.worker.inbox_claims import claim_next
 from service.worker.loop import InboxWorker
 from service.worker.task_runner import TaskRunner
 from service.worker.tasks import TaskKind, enqueue_task, task_id

@@ -1,12 +1,13 @@
-"""The jobs' store: every query over what the jobs write, one module per aggregate: runs
-and their outputs (`runs.py`), the loading of a run's audit and quarantined rows
-(`loads.py`), the lineage look-ups over them (`lineage.py`), quarantined rows, their lists,
-counts and retention (`quarantine.py`), the quarantine filter (`quarantine_filter.py`), what a
-quarantine re-run counts, reads and marks (`reruns.py`), the marks on rows their object sent
-again (`taken_again.py`), import sets and the error reports' lists and look-ups (`reports.py`),
-what is recorded and marked of an error report, and its retention (`report_records.py`), the
-reports the digests count as left unremediated (`reports_left.py`). The dashboard, the admin
-API, the digests and /metrics read these aggregates through it only.
+"""The jobs' store: every query over what the jobs write, one module per aggregate: runs and their
+outputs (`runs.py`), their totals and charts (`run_counts.py`), the loading of a run's audit and
+quarantined rows (`loads.py`, on `sorted_stage.py`), the lineage look-ups over them
+(`lineage.py`), quarantined rows, their lists, counts and retention (`quarantine.py`), the
+quarantine filter (`quarantine_filter.py`), what a quarantine re-run counts, reads and marks
+(`reruns.py`), the marks on rows their object sent again (`taken_again.py`), import sets and the
+error reports' lists and look-ups (`reports.py`), what is recorded and marked of an error
+report, and its retention (`report_records.py`), the reports the digests count as left
+unremediated (`reports_left.py`). The dashboard, the admin API, the digests and /metrics read
+these aggregates through it only.
 
 Rows come back as plain mappings (or small tuples); turning them into JSON or messages is the
 reader's business.

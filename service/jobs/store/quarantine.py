@@ -16,7 +16,8 @@ from sqlalchemy import ColumnElement, Connection, Engine, func, select
 from service.db.pages import Listing, Page, keyset
 from service.db.statements import delete_batch_in
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.jobs.store.runs import RUNS, finished_between
+from service.jobs.store.run_counts import finished_between
+from service.jobs.store.runs import RUNS
 from service.models._types import table_of
 from service.models.remediation import (
     QuarantinedRow,

@@ -1,7 +1,8 @@
 """Remediation runs and their outputs: run keys, what a run writes (exactly once per run key,
-see service/jobs/runs.py) and what is read of it, the runs' totals and charts, and the
-retention of their audit. Loading a run's audit and quarantined rows is `loads.py`; the
-look-ups of what other runs handled, corrected or wrote (lineage) are `lineage.py`."""
+see service/jobs/runs.py) and what is read of it, and the retention of their audit. The runs'
+totals and charts are `run_counts.py`; loading a run's audit and quarantined rows is
+`loads.py`; the look-ups of what other runs handled, corrected or wrote (lineage) are
+`lineage.py`."""
 
 from __future__ import annotations
 
@@ -10,20 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Engine,
-    Integer,
-    and_,
-    cast,
-    delete,
-    func,
-    literal_column,
-    or_,
-    select,
-    true,
-)
+from sqlalchemy import Connection, Engine, and_, delete, or_, select
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
@@ -105,14 +93,6 @@ def run_keys(engine: Engine, run_ids: Sequence[int]) -> dict[int, str]:
     return {int(run_id): str(run_key) for run_id, run_key in rows if run_id is not None}
 
 
-def finished_between(start: datetime, end: datetime) -> ColumnElement[bool]:
-    return (
-        (RUNS.c.status == RunStatus.DONE)
-        & (RUNS.c.finished_at >= start)
-        & (RUNS.c.finished_at < end)
-    )
-
-
 def purge_audit(connection: Connection, runs_finished_before: datetime, batch: int) -> int:
     """Retention: delete up to `batch` audit rows of runs finished before the cutoff (the
     runs themselves stay, with their counts and outputs: lineage), in the caller's
@@ -167,112 +147,6 @@ def report_run_ids(connection: Connection, event_ids: Sequence[str]) -> dict[str
         event_id = run_key.removeprefix(REPORT_PREFIX).partition(":")[0]
         found.setdefault(event_id, []).append(run_id)
     return found
-
-
-def run_totals(connection: Connection) -> tuple[int, int, int, int]:
-    """Rows received, valid, corrected and quarantined, summed over every run."""
-    totals = connection.execute(
-        select(
-            func.coalesce(func.sum(RUNS.c.input_rows), 0),
-            func.coalesce(func.sum(RUNS.c.valid), 0),
-            func.coalesce(func.sum(RUNS.c.corrected), 0),
-            func.coalesce(func.sum(RUNS.c.quarantined), 0),
-        )
-    ).one()
-    return int(totals[0]), int(totals[1]), int(totals[2]), int(totals[3])
-
-
-def runs_finished_between(
-    connection: Connection, start: datetime, end: datetime
-) -> list[tuple[int, int, int, int, Any]]:
-    """(input rows, valid, corrected, quarantined, by_code) of each run finished in
-    [start, end)."""
-    columns = (RUNS.c.input_rows, RUNS.c.valid, RUNS.c.corrected, RUNS.c.quarantined)
-    rows = connection.execute(select(*columns, RUNS.c.by_code).where(finished_between(start, end)))
-    return [(int(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4]) for row in rows]
-
-
-def top_runs_finished_between(
-    connection: Connection, start: datetime, end: datetime, limit: int
-) -> list[dict[str, Any]]:
-    """The runs finished in [start, end) that quarantined most, latest first among equals."""
-    statement = (
-        select(RUNS)
-        .where(finished_between(start, end))
-        .order_by(RUNS.c.quarantined.desc(), RUNS.c.finished_at.desc())
-        .limit(limit)
-    )
-    return [dict(row._mapping) for row in connection.execute(statement)]
-
-
-# --- the overview's charts: runs summed per hour or day ------------------------------------
-
-
-def _bucket_label(connection: Connection, hourly: bool) -> Any:
-    """The run's hour or day as text, computed by the database (one GROUP BY, no rows out)."""
-    if connection.dialect.name == "postgresql":
-        pattern = "YYYY-MM-DD HH24:00" if hourly else "YYYY-MM-DD"
-        utc: Any = literal_column("remediation_runs.created_at AT TIME ZONE 'UTC'")
-        return func.to_char(utc, pattern)
-    # SQLAlchemy keeps a SQLite time as text, `YYYY-MM-DD HH:MM:SS.ffffff` in UTC: its first
-    # characters are the bucket (half the cost of strftime, which parses every value).
-    if hourly:
-        return func.substr(RUNS.c.created_at, 1, 13).concat(":00")
-    return func.substr(RUNS.c.created_at, 1, 10)
-
-
-def runs_per_bucket(
-    connection: Connection, *, hourly: bool, start: datetime
-) -> list[tuple[str, tuple[int, int, int], tuple[object, ...]]]:
-    """Per hour or day since `start`: its label, rows valid, corrected, quarantined, and a
-    fingerprint of its runs (how many, their counts, the latest finish, the highest id)."""
-    label = _bucket_label(connection, hourly).label("bucket")
-    sums = (func.sum(RUNS.c.valid), func.sum(RUNS.c.corrected), func.sum(RUNS.c.quarantined))
-    rows = connection.execute(
-        select(label, *sums, func.count(), func.max(RUNS.c.finished_at), func.max(RUNS.c.id))
-        .where(RUNS.c.created_at >= start)
-        .group_by(label)
-    ).all()
-    found = []
-    for row in rows:
-        counts = (int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
-        found.append((str(row[0]), counts, (*counts, *row[4:])))
-    return found
-
-
-def codes_per_bucket(
-    connection: Connection, *, hourly: bool, since: datetime, until: datetime
-) -> dict[str, dict[str, tuple[int, int]]]:
-    """Rows per error code per hour or day, corrected and quarantined, summed by the database
-    over the runs' `by_code` objects (json_each): 10,000 runs decoded in Python took 150 ms on
-    PostgreSQL, the database does it in a fraction of that."""
-    entry = func.json_each(RUNS.c.by_code).table_valued("key", "value").alias("entry")
-    label = _bucket_label(connection, hourly).label("bucket")
-    corrected, quarantined = (
-        _json_int(connection, entry.c.value, "corrected"),
-        _json_int(connection, entry.c.value, "quarantined"),
-    )
-    rows = connection.execute(
-        select(label, entry.c.key, func.sum(corrected), func.sum(quarantined))
-        .select_from(RUNS)
-        .join(entry, true())
-        .where(
-            RUNS.c.created_at >= since,
-            RUNS.c.created_at < until,
-            RUNS.c.quarantined + RUNS.c.corrected > 0,
-        )
-        .group_by(label, entry.c.key)
-    ).all()
-    found: dict[str, dict[str, tuple[int, int]]] = {}
-    for row in rows:
-        found.setdefault(str(row[0]), {})[str(row[1])] = (int(row[2] or 0), int(row[3] or 0))
-    return found
-
-
-def _json_int(connection: Connection, value: Any, key: str) -> Any:
-    if connection.dialect.name == "postgresql":
-        return cast(value.op("->>")(key), Integer)
-    return func.json_extract(value, f"$.{key}")
 
 
 # --- a run's writes ------------------------------------------------------------------------

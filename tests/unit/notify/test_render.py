@@ -6,15 +6,8 @@ import json
 from datetime import UTC, datetime
 
 from service.notify.content import Digest, GroupLine, ReasonLine, Totals
-from service.notify.render import (
-    MAX_BLOCKS,
-    MAX_TEXT,
-    AlertView,
-    render_alert,
-    render_digest,
-    sections,
-    split_blocks,
-)
+from service.notify.render import AlertView, render_alert, render_digest
+from service.notify.slack_blocks import MAX_BLOCKS, MAX_TEXT, sections, split_blocks
 from service.notify.windows import Window
 
 WINDOW = Window(datetime(2026, 11, 29, tzinfo=UTC), datetime(2026, 11, 30, tzinfo=UTC))

@@ -1,0 +1,87 @@
+"""Slack Block Kit blocks built from rows' text (escaped, cut to Slack's limits: 3000
+characters per text, 150 per header) and split into messages of 50 blocks. Apart from
+`service.notify.render` because both digests and alerts build their Slack messages from it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from service.notify.shown import shown_on_one_line
+
+MAX_BLOCKS = 50
+MAX_TEXT = 3000
+MAX_HEADER = 150
+
+
+def escape(text: str) -> str:
+    """Text from a row as mrkdwn shows it: as text, on its line (`shown_on_one_line`)."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return str(shown_on_one_line(text))
+
+
+def code(text: str) -> str:
+    """A value from a row (an object key, a customer id) as a code span, where Slack formats
+    nothing. Its backticks are drawn by a look-alike (U+02CB): one of them ended the span and
+    the rest of the value was read as mrkdwn (`*bold*`, `_italic_`, `~struck~`)."""
+    return "`" + escape(text).replace("`", "\u02cb") + "`"
+
+
+def link(url: str, label: str) -> str:
+    return f"<{url}|{escape(label).replace('|', '¦')}>"
+
+
+def mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": _cut(text, 2000)}
+
+
+def header(text: str) -> dict[str, Any]:
+    shown = str(shown_on_one_line(text))
+    return {"type": "header", "text": {"type": "plain_text", "text": _cut(shown, MAX_HEADER)}}
+
+
+def context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [mrkdwn(text)]}
+
+
+def button(label: str, url: str) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "elements": [{"type": "button", "text": {"type": "plain_text", "text": label}, "url": url}],
+    }
+
+
+def sections(title: str, lines: Sequence[str]) -> list[dict[str, Any]]:
+    """Lines under a title as section blocks of at most MAX_TEXT characters each."""
+    if not lines:
+        return []
+    blocks: list[dict[str, Any]] = []
+    chunk = title
+    for line in lines:
+        line = _cut(line, MAX_TEXT)
+        if chunk and len(chunk) + 1 + len(line) > MAX_TEXT:
+            blocks.append(_section(chunk))
+            chunk = ""
+        chunk = f"{chunk}\n{line}" if chunk else line
+    blocks.append(_section(chunk))
+    return blocks
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def split_blocks(blocks: Sequence[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """Slack messages of at most MAX_BLOCKS blocks each; `text` is the notification text.
+
+    Slack reads that text as mrkdwn: it is escaped like every other text taken from a row
+    (an alert's headline names an object key, and `<!channel>` in one paged the channel)."""
+    messages = []
+    for start in range(0, len(blocks), MAX_BLOCKS):
+        part = list(blocks[start : start + MAX_BLOCKS])
+        messages.append({"text": _cut(escape(text), MAX_TEXT), "blocks": part})
+    return messages
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
