@@ -69,7 +69,8 @@ def interleaved(batch: Batch, kept: Indexes, other: Batch, placed: Indexes) -> B
 
 
 def _woven_orders(batch: Batch, kept: Indexes, other: Batch, placed: Indexes) -> KeyOrders | None:
-    """The key orders of `interleaved`'s rows (None when neither batch has its own: CSV)."""
+    """The key orders of `interleaved`'s rows (None when neither batch has any: a CSV's whose
+    rules kept every row's keys in the columns' order)."""
     if batch.order is None and other.order is None:
         return None
     both = concat_orders([key_orders(batch).take(kept), key_orders(other)])
