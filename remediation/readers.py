@@ -2,43 +2,33 @@
 
 Memory stays constant: rows are read one at a time (a CSV field up to `limits.MAX_LINE_CHARS`).
 Unknown columns and keys are kept in `UsageRecord.extra`; error columns are folded into
-`error_code`/`error_message`. CSV convention (assumed, Stripe does not say): an empty
-`payload_<key>` cell means the key is absent, and an empty identifier/timestamp/event_name cell
-means none was given. An ambiguous header (a column named twice) fails the whole file: which
-column Stripe should bill is unknowable, so nothing is guessed.
+`error_code`/`error_message`. Where each field sits in a CSV row, and the CSV convention of
+empty cells and ambiguous headers: `csvlayouts`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from remediation.csvlayouts import CsvLayout
 from remediation.errors import UnreadableFile, not_utf8
 from remediation.filetypes import FileFormat
 from remediation.jsonreaders import release, text_stream
 from remediation.jsonrecords import json_records
 from remediation.limits import DEFAULT_LIMITS, MAX_LINE_CHARS, FieldLimits
-from remediation.records import (
-    ERROR_FIELDS,
-    MFX_PREFIX,
-    PAYLOAD_PREFIX,
-    UsageRecord,
-    resolve_error,
-    unnamed_key,
-)
+from remediation.records import UsageRecord
 
 if TYPE_CHECKING:
     from remediation.core.csvread import CsvColumns
 
 CSV_FIELD_LIMIT = MAX_LINE_CHARS
 
-__all__ = ["CSV_FIELD_LIMIT", "CsvLayout", "CsvRecords", "read_records", "release", "text_stream"]
+__all__ = ["CSV_FIELD_LIMIT", "CsvRecords", "read_records", "release", "text_stream"]
 
 
 def read_records(
@@ -61,150 +51,6 @@ def read_records(
 
 
 # --- CSV ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CsvLayout:
-    """Where each field of a record sits in a CSV row (computed once from the header)."""
-
-    header: tuple[str, ...]
-    identifier: int | None
-    timestamp: int | None
-    event_name: int | None
-    payload: tuple[tuple[int, str], ...]
-    extra: tuple[tuple[int, str], ...]
-    errors: tuple[tuple[int, str], ...]
-    simple_errors: tuple[int, int | None] | None = None  # (error_code, error_message) indexes
-
-    @classmethod
-    def from_header(cls, header: Sequence[str]) -> CsvLayout:
-        names = tuple(name.strip() for name in header)
-        lowered = [name.lower() for name in names]
-        _refuse_duplicates(names, lowered)
-        core = {
-            k: (lowered.index(k) if k in lowered else None)
-            for k in ("identifier", "timestamp", "event_name")
-        }
-        payload: list[tuple[int, str]] = []
-        extra: list[tuple[int, str]] = []
-        errors: list[tuple[int, str]] = []
-        unnamed = 0
-        for i, (name, low) in enumerate(zip(names, lowered, strict=True)):
-            if low in core and core[low] == i:
-                continue
-            if low.startswith(PAYLOAD_PREFIX) and len(low) > len(PAYLOAD_PREFIX):
-                payload.append((i, name[len(PAYLOAD_PREFIX) :]))
-            elif low in ERROR_FIELDS:
-                errors.append((i, low))
-            elif not name:  # each unnamed column its own key, the first one ''
-                extra.append((i, unnamed_key(i + 1) if unnamed else name))
-                unnamed += 1
-            elif not name.startswith(MFX_PREFIX):  # our notes of an earlier run: not the row's
-                extra.append((i, name))
-        layout = cls(
-            names,
-            core["identifier"],
-            core["timestamp"],
-            core["event_name"],
-            tuple(payload),
-            tuple(extra),
-            tuple(errors),
-        )
-        return replace(layout, simple_errors=_error_columns(layout))
-
-    def _read_errors(self, rec: UsageRecord, row: Sequence[str]) -> None:
-        simple = self.simple_errors
-        if simple is None:
-            rec.error_code, rec.error_message = resolve_error({k: row[i] for i, k in self.errors})
-            return
-        code = row[simple[0]].strip().lower()
-        message = row[simple[1]].strip() if simple[1] is not None else ""
-        rec.error_code, rec.error_message = code or None, message or None
-
-    def columns(self) -> list[str]:
-        """Output column names in input order: canonical core names, no error columns."""
-        names = {
-            self.identifier: "identifier",
-            self.timestamp: "timestamp",
-            self.event_name: "event_name",
-        }
-        names.update({i: PAYLOAD_PREFIX + key for i, key in self.payload})
-        names.update({i: name for i, name in self.extra})
-        return [names[i] for i in range(len(self.header)) if i in names]
-
-    def record(self, number: int, row: Sequence[str]) -> UsageRecord:
-        width = len(self.header)
-        malformed = None
-        if len(row) != width:
-            malformed = ragged_reason(row, width)
-            row = [*row[:width], *([""] * (width - len(row)))]
-        rec = UsageRecord(
-            number,
-            _cell(row, self.identifier),
-            _cell(row, self.timestamp),
-            _cell(row, self.event_name),
-            {key: row[i] for i, key in self.payload if row[i] != ""},
-            {name: row[i] for i, name in self.extra},
-            malformed=malformed,
-        )
-        if self.errors:
-            self._read_errors(rec, row)
-        return rec
-
-
-def _refuse_duplicates(names: Sequence[str], lowered: Sequence[str]) -> None:
-    """A column named twice (`payload_value` twice): which one Stripe should bill is unknowable,
-    so the whole file fails with the reason. Core and error names are case-insensitive. Our
-    own `mfx_` notes are not read at all: named twice (a quarantine file written from a
-    quarantine file fed back, before they were dropped on reading), they are no ambiguity."""
-    seen: dict[str, int] = {}
-    for at, (name, low) in enumerate(zip(names, lowered, strict=True), 1):
-        key = low if low in _CASELESS or not low.startswith(PAYLOAD_PREFIX) else name
-        if key in seen and name and not name.startswith(MFX_PREFIX):
-            raise UnreadableFile(
-                f"ambiguous header: column {name!r} appears twice (columns {seen[key]} and {at}); "
-                "nothing guessed"
-            )
-        seen.setdefault(key, at)
-
-
-_CASELESS = frozenset({"identifier", "timestamp", "event_name", *ERROR_FIELDS})
-
-
-def _error_columns(layout: CsvLayout) -> tuple[int, int | None] | None:
-    """(code index, message index) when the file has the common error_code/error_message pair."""
-    names = dict((name, i) for i, name in layout.errors)
-    if "error_code" in names and set(names) <= {"error_code", "error_message"}:
-        return names["error_code"], names.get("error_message")
-    return None
-
-
-def ragged_reason(row: Sequence[str], width: int) -> str:
-    """Why a row of the wrong width is malformed. The row keeps the header's width (its cells
-    under their columns, as read), so the cells past it are in the reason, as a JSON list:
-    a quarantined row is kept in full (an unquoted `1,234` leaves `234` past the header)."""
-    reason = f"row has {len(row)} fields, header has {width}"
-    if len(row) > width:
-        reason += "; fields past the header: " + json.dumps(row[width:], ensure_ascii=False)
-    return reason + _line_breaks(row)
-
-
-def _line_breaks(row: Sequence[str]) -> str:
-    """What a ragged row says when a quote left open has read the next lines into it."""
-    breaks = sum(cell.count("\n") for cell in row)
-    if not breaks:
-        return ""
-    return (
-        f"; a quoted field holds {breaks} line break(s): a quote left open swallowed the "
-        "lines after it"
-    )
-
-
-def _cell(row: Sequence[str], index: int | None) -> str | None:
-    if index is None:
-        return None
-    value = row[index]
-    return value if value != "" else None
 
 
 class CsvRecords(Iterator[UsageRecord]):

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from remediation.csvlayouts import CsvLayout
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat, detect_format, not_usage
 from remediation.jsondocuments import utf16_refusal
-from remediation.readers import CsvLayout, read_records
+from remediation.readers import read_records
 from remediation.records import UsageRecord
 from remediation.rules import Rules
 

@@ -23,8 +23,9 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.column import as_string, value_of
+from remediation.core.column import as_string
 from remediation.core.columns import Batch, Column, Kind
+from remediation.core.valuekinds import value_of
 from remediation.fieldvalues import parse_timestamp, payload_text
 from remediation.records import UsageRecord
 

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from remediation.core.column import Column, Composed, Indexes, Kind, present_text, value_of
+from remediation.core.column import Column, Composed, Indexes
 from remediation.core.keyorders import KeyOrders
+from remediation.core.valuekinds import Kind, present_text, value_of
 from remediation.records import UsageRecord
 
 

@@ -1,16 +1,15 @@
 """One field of a batch's rows held as a column: its text and, for JSON, each row's kind.
 
 Every field is text in an Arrow string array (null: the field is absent). A JSON value that is
-not a string keeps its JSON text and a `kind` per row, so a number stays a number on output and
-a rule can tell `"12"` from `12`; CSV columns have no kinds (every cell is text). Apart from the
-batch (`batch`): a column knows no row number and no key, only its values.
+not a string keeps its JSON text and a `kind` per row (`valuekinds`), so a number stays a number
+on output and a rule can tell `"12"` from `12`; CSV columns have no kinds (every cell is text).
+Apart from the batch (`batch`): a column knows no row number and no key, only its values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.jsonnumbers import dumps, json_float, json_int, loads
+from remediation.core.valuekinds import Kind, typed_text, value_of
 
 # Runs a function on another thread (`concurrent.futures.Executor.submit`): where a reader
 # makes its next batch, or parses or matches its next block, while the engine decides one.
@@ -26,17 +25,6 @@ Ahead = Callable[..., "Future[Any]"]
 
 Indexes = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
-
-
-class Kind(IntEnum):
-    """What a value was in its file (CSV cells are all TEXT)."""
-
-    TEXT = 0
-    INT = 1
-    FLOAT = 2
-    BOOL = 3
-    NULL = 4  # a JSON null (a key present with no value)
-    JSON = 5  # an object or array, held as its JSON text
 
 
 class Column:
@@ -218,47 +206,6 @@ class Composed:
 
 def _present(column: Column) -> Mask:
     return np.asarray(pc.is_valid(column.text).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def typed_text(value: object) -> tuple[str | None, int]:
-    """(text, kind) of a typed value; None is absent."""
-    if value is None:
-        return None, Kind.TEXT
-    if isinstance(value, str):
-        return value, Kind.TEXT
-    if isinstance(value, bool):
-        return ("true" if value else "false"), Kind.BOOL
-    if isinstance(value, int):
-        return str(value), Kind.INT
-    if isinstance(value, float):  # a JsonNumber's repr is its text in the file
-        return repr(value), Kind.FLOAT
-    return dumps(value, (", ", ": ")), Kind.JSON
-
-
-def present_text(value: object) -> tuple[str, int]:
-    """(text, kind) of a value that is present even when None (a payload key set to null)."""
-    if value is None:
-        return "null", Kind.NULL
-    text, kind = typed_text(value)
-    assert text is not None
-    return text, kind
-
-
-def value_of(text: str | None, kind: int) -> object:
-    """The typed value back from its text and kind."""
-    if text is None:
-        return None
-    if kind == Kind.TEXT:
-        return text
-    if kind == Kind.INT:
-        return json_int(text)  # `-0` kept
-    if kind == Kind.FLOAT:
-        return json_float(text)
-    if kind == Kind.BOOL:
-        return text == "true"
-    if kind == Kind.NULL:
-        return None
-    return loads(text)
 
 
 def as_string(array: pa.Array) -> pa.Array:

@@ -8,6 +8,7 @@ key bounds). Nothing here knows a rule: this is the shape of the data.
 """
 
 from remediation.core.batch import Batch
-from remediation.core.column import Column, Indexes, Kind
+from remediation.core.column import Column, Indexes
+from remediation.core.valuekinds import Kind
 
 __all__ = ["Batch", "Column", "Indexes", "Kind"]

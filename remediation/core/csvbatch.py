@@ -1,7 +1,7 @@
 """CSV cells (one text array per header column) as a `Batch`, by the header's `CsvLayout`.
 
 An empty `payload_<key>` cell means the key is absent and an empty core cell means none was
-given (the CSV convention of `readers`); other columns are kept verbatim; error columns become
+given (the CSV convention of `csvlayouts`); other columns are kept verbatim; error columns become
 the normalized `error_code`/`error_message`.
 """
 
@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from remediation.core.column import as_string
 from remediation.core.columns import Batch, Column
-from remediation.readers import CsvLayout
+from remediation.csvlayouts import CsvLayout
 from remediation.records import resolve_error
 
 PY_SPACE = " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"  # what str.strip() strips of ASCII

@@ -35,14 +35,9 @@ from remediation.core.csvcuts import (
 )
 from remediation.core.csvsource import TEXT_CHUNK, ByteSource, exact_lines
 from remediation.core.csvwidths import plain_widths
+from remediation.csvlayouts import CsvLayout, ragged_reason
 from remediation.errors import UnreadableFile, not_utf8
-from remediation.readers import (
-    CSV_FIELD_LIMIT,
-    CsvLayout,
-    csv_error,
-    header_row,
-    ragged_reason,
-)
+from remediation.readers import CSV_FIELD_LIMIT, csv_error, header_row
 
 __all__ = ["CsvBlock", "CsvColumns"]
 

@@ -12,16 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.columns import Batch, Column, Kind
-from remediation.core.jsonllayouts import (
-    MAX_NUMBER_CHARS,
-    Layout,
-    Leaf,
-    dotted,
-    in_range,
-    mask,
-    per_row,
-    put_error_field,
-)
+from remediation.core.jsonlbatch import dotted, in_range, mask, per_row, put_error_field
+from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, Leaf
 from remediation.core.keyorders import KeyOrder, KeyOrders
 from remediation.records import resolve_error
 

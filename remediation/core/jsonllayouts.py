@@ -1,6 +1,6 @@
-"""JSON Lines layouts: what `json.dumps` writes for a line, learned from one decoded line, and
-the batch of rows a layout's values make (`jsonlread` matches lines against layouts,
-`jsonlshapes` groups lines by shape and reads each shape with its layout).
+"""JSON Lines layouts: what `json.dumps` writes for a line, learned from one decoded line
+(`jsonlread` matches lines against layouts, `jsonlshapes` groups lines by shape and reads each
+shape with its layout; `jsonlbatch` makes the batch of rows a layout's values make).
 
 A layout is a line's text with each value replaced by what such a value may look like (a
 string without escapes, quotes or control characters; an integer or a float as `json.dumps`
@@ -12,21 +12,14 @@ quotes has each value at a known place (`Leaf`).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from remediation.core.columns import Batch, Column, Kind
-from remediation.core.keyorders import KeyOrders
-from remediation.jsonnumbers import JsonNumber, dumps, json_float
+from remediation.core.columns import Kind
+from remediation.jsonnumbers import JsonNumber, dumps
 from remediation.jsonrecords import JSON_KNOWN
-from remediation.records import ERROR_FIELDS, MFX_PREFIX, resolve_error
+from remediation.records import ERROR_FIELDS, MFX_PREFIX
 
 MAX_NUMBER_CHARS = 1000
 
@@ -34,7 +27,7 @@ MAX_NUMBER_CHARS = 1000
 # character; a number: an integer as json.dumps writes one, or a float without exponent (its
 # text is kept as it is, as the line reader keeps it: `jsonnumbers`), a number at most
 # `MAX_NUMBER_CHARS` long (json.loads refusing more than 4,300 digits) and a float within a
-# float's range (`in_range`): both checked once split out. Integers and
+# float's range (`jsonlbatch.in_range`): both checked once split out. Integers and
 # floats share a slot (kind INT in a layout; FLOAT per row, where the text has a point), so
 # one layout serves a column holding both. No counted repetition: RE2 unrolls it, and a
 # pattern holding `{0,999}` took 7 ms to compile, once per batch and layout.
@@ -221,108 +214,3 @@ _ESCAPED = {
 def _literal(text: str) -> str:
     """`text` as an RE2 literal (ASCII punctuation as hex escapes, the rest as is)."""
     return text.translate(_ESCAPED)
-
-
-def layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[Any, Any]) -> Batch:
-    n = len(numbers)
-    columns: dict[tuple[str, str], Column] = {}
-    errors: list[tuple[Leaf, pa.Array]] = []
-    for leaf, texts in zip(layout.leaves, values, strict=True):
-        if leaf.group == "error":
-            errors.append((leaf, texts))
-            continue
-        kinds = None
-        if leaf.kind == Kind.INT:
-            kinds = np.where(dotted(texts), np.uint8(Kind.FLOAT), np.uint8(Kind.INT))
-        elif leaf.kind in LITERALS:  # "true", "false" or "null", as `present_text` has them
-            kinds = np.full(n, leaf.kind, np.uint8)
-        if leaf.group in ("identifier", "event_name"):
-            kinds = None  # text (a number there is left to the record path), "" as absent
-            texts = pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts)
-        columns[(leaf.group, leaf.key)] = Column(texts, kinds)
-    code, message = errors_of(errors, n)
-
-    def core(name: str) -> Column:
-        return columns.get((name, name)) or Column.absent(n)
-
-    return Batch(
-        numbers.astype(np.int64),
-        core("identifier"),
-        core("timestamp"),
-        core("event_name"),
-        {key: columns[("payload", key)] for key in layout.payload_keys},
-        {key: columns[("extra", key)] for key in layout.extra_keys},
-        code,
-        message,
-        pa.nulls(n, pa.string()),
-        KeyOrders.same((layout.payload_keys, layout.extra_keys), n),
-    )
-
-
-def dotted(numbers: pa.Array) -> np.ndarray[Any, Any]:
-    """Which numbers are floats (their text has a point)."""
-    return mask(pc.match_substring(numbers, "."))
-
-
-# A float's text this long or shorter is within a float's range (1.8e308 has 309 digits)
-_SHORT_FLOAT = 300
-
-
-def in_range(numbers: pa.Array) -> np.ndarray[Any, Any]:
-    """Which numbers the line reader takes: all but a float past a float's range, which it
-    refuses (`jsonvalues`); only floats longer than `_SHORT_FLOAT` are read to tell."""
-    fine = np.ones(len(numbers), bool)
-    long = pc.fill_null(pc.greater(pc.utf8_length(numbers), _SHORT_FLOAT), False)
-    at = np.flatnonzero(mask(long) & dotted(numbers))
-    if len(at):
-        texts = numbers.take(pa.array(at)).to_pylist()
-        fine[at] = [math.isfinite(float(text)) for text in texts]
-    return fine
-
-
-def mask(flags: pa.Array) -> np.ndarray[Any, Any]:
-    return np.asarray(flags.to_numpy(zero_copy_only=False), bool)
-
-
-def errors_of(errors: list[tuple[Leaf, pa.Array]], n: int) -> tuple[pa.Array, pa.Array]:
-    """(code, message) of each row, by `resolve_error`, once per distinct set of values."""
-    if not errors:
-        return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
-    keyed = (
-        errors[0][1]
-        if len(errors) == 1
-        else pc.binary_join_element_wise(*[values for _, values in errors], "\x1f")
-    )
-    encoded = pc.dictionary_encode(keyed)
-    codes, messages = [], []
-    for joined in encoded.dictionary.to_pylist():
-        texts = [joined] if len(errors) == 1 else joined.split("\x1f")
-        fields: dict[str, Any] = {}
-        for (leaf, _), text in zip(errors, texts, strict=True):
-            put_error_field(fields, leaf, text)
-        code, message = resolve_error(fields)
-        codes.append(code)
-        messages.append(message)
-    return per_row(codes, messages, encoded.indices)
-
-
-def per_row(
-    codes: list[str | None], messages: list[str | None], indices: pa.Array
-) -> tuple[pa.Array, pa.Array]:
-    """(code, message) of each row, from those of each distinct set of error values."""
-    return (
-        pa.array(codes, pa.string()).take(indices),
-        pa.array(messages, pa.string()).take(indices),
-    )
-
-
-def put_error_field(fields: dict[str, Any], leaf: Leaf, text: str) -> None:
-    """An error leaf's value, from its text, into the fields `resolve_error` reads (`learn`
-    takes no true, false or null there: text or a number)."""
-    value: object = text
-    if leaf.kind == Kind.INT:
-        value = json_float(text) if "." in text else int(text)
-    if len(leaf.path) == 2:
-        fields.setdefault(leaf.path[0], {})[leaf.path[1]] = value
-    else:
-        fields[leaf.path[0]] = value

@@ -32,8 +32,9 @@ from remediation.core.batchbounds import cell_spans
 from remediation.core.batchjoin import concat_batches
 from remediation.core.column import Ahead
 from remediation.core.columns import Batch, Kind
+from remediation.core.jsonlbatch import in_range, layout_batch, mask
 from remediation.core.jsonlkeys import Shaping, row_keys, within
-from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, in_range, layout_batch, mask
+from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout
 from remediation.core.jsonllines import Lines, line_arrays
 from remediation.core.jsonlmatch import Started, matched
 from remediation.core.jsonlshapes import LineShapes, Shapes, shape_lines

@@ -28,8 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.columns import Kind
+from remediation.core.jsonlbatch import mask
 from remediation.core.jsonlcutout import ShapesRead, cut_out
-from remediation.core.jsonllayouts import SLOTS, Layout, learn, mask
+from remediation.core.jsonllayouts import SLOTS, Layout, learn
 from remediation.jsonvalues import parse_line
 
 MAX_SHAPES = 1024  # shapes remembered per file (a line of a shape beyond them: the line reader)

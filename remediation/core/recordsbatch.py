@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 
 from remediation.core.batch import from_records
-from remediation.core.column import present_text
 from remediation.core.columns import Batch, Column
 from remediation.core.keyorders import KeyOrders
+from remediation.core.valuekinds import present_text
 from remediation.records import UsageRecord
 
 # Distinct payload and extra keys of the rows read by the line reader past which their batch

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from remediation.csvlayouts import CsvLayout
 from remediation.engine import RemediationResult, remediate
 from remediation.errors import MeterfixError
 from remediation.filetypes import FileFormat
@@ -19,7 +20,6 @@ from remediation.identifiers import Lineage
 from remediation.lineage import Parent, input_lineage, may_hold, trace_ancestors
 from remediation.meters import Meter
 from remediation.outputs import audit_name
-from remediation.readers import CsvLayout
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.rules import Rules
 

@@ -24,10 +24,11 @@ from service.notify.windows import DigestSchedule
 from service.poller.job import start_poller_job
 from service.runtime import Runtime, runtime
 from service.web.access import login_banner
+from service.worker.drain_loop import LoopEnd, run_loop
 from service.worker.heartbeats import new_instance_id
 from service.worker.inbox import replay
 from service.worker.liveness import item_threads_alive
-from service.worker.loop import InboxWorker, LoopEnd, PassReport, run_loop
+from service.worker.loop import InboxWorker, PassReport
 from service.worker.schema import check_schema
 from service.worker.silence import start_silence_watch
 from service.worker.supervisor import (

@@ -14,47 +14,28 @@ as Stripe allows, would be left out and never billed).
 
 A row a run over the object quarantined that a later import set's failed records name again
 (or a later version that failed whole holds) is a new refusal (`HandledElsewhere`,
-`refused`). Neither run sends a row another version of the object took (`TakenBefore`).
-Which runs came earlier is told by the time their rows were quarantined, and for the runs
-of import sets and error reports by Stripe's own times (`runs_refused_before`): a worker's
-backlog may run an earlier import set's run after the later import set's event, and a
-late-delivered older import set is no later one.
+`refused`). Neither run sends a row another version of the object took
+(`object_versions.TakenBefore`). Which runs came earlier is told by the time their rows were
+quarantined, and for the runs of import sets and error reports by Stripe's own times
+(`runs_refused_before`): a worker's backlog may run an earlier import set's run after the
+later import set's event, and a late-delivered older import set is no later one.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import Engine
 
 from remediation.ports import Bucket
-from service.errors import StripeFileError, TaskInputMissing
-from service.jobs.inputs import JobDeps, download, event_time, identifiers_in
+from service.jobs.inputs import event_time
 from service.jobs.store import reports
-from service.jobs.store.lineage import (
-    corrected_among,
-    handled_among,
-    runs_correcting,
-    runs_of_sources,
-)
-from service.jobs.store.runs import (
-    failed_file_run_key,
-    finished_run,
-    import_set_of,
-    report_of,
-    run_keys,
-)
-from service.jobs.store.taken_again import (
-    mark_refused_again,
-    mark_taken_again,
-    marked_among,
-    quarantine_times,
-)
+from service.jobs.store.lineage import handled_among, runs_correcting, runs_of_sources
+from service.jobs.store.runs import import_set_of, report_of, run_keys
+from service.jobs.store.taken_again import mark_refused_again, marked_among
 from service.logs import log_event
-from service.models import ImportSet, RemediationRun
 
 
 def object_sources(engine: Engine, bucket: Bucket, key: str | None) -> list[str]:
@@ -171,143 +152,11 @@ class HandledElsewhere(LeftOut):
         return again + self.said("remediation.rows_handled_elsewhere", what, key=self.key)
 
 
-def _taken(
-    deps: JobDeps,
-    import_set: ImportSet,
-    repair: RemediationRun | None,
-    folder: Path,
-    wanted: set[str],
-) -> set[str]:
-    """Those of `wanted` Stripe's copy of the import set's file holds, but those Stripe
-    refused (its failed records) or, of a file that failed whole, those its `repair`
-    quarantined."""
-    copy = _stripe_file(deps, import_set, str(import_set.source_file_id), folder)
-    rows = identifiers_in(copy, deps.run.rules) & wanted
-    if not rows:
-        return rows
-    if repair is not None and repair.id is not None:
-        held = quarantine_times(deps.run.engine, [repair.id], sorted(rows))
-        return rows - {identifier for identifier, _, _ in held}
-    if not import_set.errors_file_id:
-        return rows
-    failed = _stripe_file(deps, import_set, import_set.errors_file_id, folder / "refused")
-    return rows - identifiers_in(failed, deps.run.rules)
-
-
-def _stripe_file(deps: JobDeps, import_set: ImportSet, file_id: str, folder: Path) -> Path:
-    """A file Stripe kept of another version's import set (its copy of the file, its failed
-    records), downloaded into `folder`. One Stripe no longer gives (404) stops the task."""
-    folder.mkdir(parents=True)
-    try:
-        return download(deps.files, file_id, folder)
-    except StripeFileError as exc:
-        if exc.status != 404:
-            raise  # retried
-        raise TaskInputMissing(
-            f"Stripe no longer gives its file {file_id} of the version of "
-            f"{import_set.source_object} import set {import_set.import_set_id} took: which "
-            "rows that version took (billed) cannot be told, and re-sent they would be billed "
-            "twice; remediate these rows with `meterfix remediate`, leaving out the rows "
-            "billed before"
-        ) from exc
-
-
-def version_label(import_set: ImportSet, what: str) -> str:
-    """How a quarantined row is marked that the version of its object this import set took
-    took since (`what`: "taken"), or refused again ("refused again")."""
-    at = datetime.fromtimestamp(event_time(import_set), UTC)
-    return (
-        f"{import_set.source_object} (import set {import_set.import_set_id}, {what} "
-        f"{at:%Y-%m-%d %H:%M} UTC)"
-    )
-
-
-class TakenBefore(LeftOut):
-    """The rows Stripe's connector refused in a version of an object (its failed records, or
-    a file that failed whole), without those another version of the object took (`left`:
-    how many). The connector takes every version whole: a row the day's file held in a
-    version it imported was billed then (or deduped, within a day); refused in this version
-    (a day later, say, its meter archived since), it is no usage left unbilled, and corrected
-    it is billed twice. Taken: the rows of Stripe's copy of each other version it imported,
-    but those its failed-records file names, and of each other version it failed whole whose
-    repair ran, but those that repair quarantined; and not refused since by an error report
-    (its window ended after that version's event: the event Stripe created from the row was
-    refused, not billed; `refusal_moments`). A refusal in another version's failed records
-    says nothing of the version that took the row. A version whose copy Stripe no longer
-    gives stops the task (`TaskInputMissing`): sent without knowing, its rows may be billed
-    twice. `source`: the file of the rows (read for their identifiers only when the object
-    has other versions)."""
-
-    def __init__(
-        self, deps: JobDeps, import_set: ImportSet, source: Path, folder: Path, run_key: str
-    ) -> None:
-        engine = deps.run.engine
-        self.engine = engine
-        names = reports.object_names(deps.run.bucket.prefix, import_set.source_object)
-        others = [
-            other
-            for other in reports.import_sets_of_object(engine, names)
-            if other.import_set_id != import_set.import_set_id
-            and other.origin != reports.POLLER_ORIGIN
-            and other.source_file_id
-        ]
-        wanted = identifiers_in(source, deps.run.rules) if others else set()
-        # identifier -> when a version took it last (its import set's event), and a label
-        self.taken: dict[str, tuple[int, str]] = {}
-        for n, other in enumerate(others):
-            repair = None
-            if other.status == reports.FAILED:
-                repair = finished_run(engine, failed_file_run_key(other.import_set_id))
-                if repair is None or repair.id is None:
-                    continue  # none of its rows was sent yet
-            took = (event_time(other), version_label(other, "taken"))
-            for identifier in _taken(deps, other, repair, folder / f"version-{n}", wanted):
-                self.taken[identifier] = max(took, self.taken.get(identifier, took))
-        self.runs: list[int] = []
-        self.reports: dict[int, int] = {}
-        if self.taken:
-            sources = object_sources(engine, deps.run.bucket, import_set.source_object)
-            runs = runs_correcting(engine, sources)
-            keys = run_keys(engine, runs)
-            self.runs = [r for r in runs if keys.get(r) != run_key]
-            # the error reports' runs: when their window ended
-            reported = [r for r in self.runs if report_of(keys.get(r, "")) is not None]
-            self.reports = refusal_moments(engine, reported)
-
-    def excluded(self, identifiers: set[str]) -> set[str]:
-        listed = sorted(i for i in identifiers if i in self.taken)
-        if not listed:
-            return set()
-        reported: dict[str, int] = {}
-        for identifier, run_id, _ in quarantine_times(self.engine, list(self.reports), listed):
-            when = self.reports[run_id]
-            reported[identifier] = max(when, reported.get(identifier, when))
-        # a row a run corrected is another run's (`HandledElsewhere`: left out, its
-        # correction billed); one reported in the same second as taken counts as after
-        corrected = corrected_among(self.engine, self.runs, listed)
-        left = {i for i in listed if i not in corrected and self.taken[i][0] > reported.get(i, -1)}
-        # the entries of them quarantined before a version took them: billed from it (the
-        # customer fixed them by hand), no longer waiting for a fix
-        by_version: dict[tuple[int, str], list[str]] = {}
-        for identifier in sorted(left):
-            by_version.setdefault(self.taken[identifier], []).append(identifier)
-        for (when, label), identifiers_of in by_version.items():
-            at = datetime.fromtimestamp(when, UTC)
-            mark_taken_again(self.engine, self.runs, identifiers_of, label, at)
-        return left
-
-    def outcome(self) -> str:
-        what = "left out: Stripe's connector took them from another version of the file"
-        return self.said("remediation.rows_taken_before", what)
-
-
 __all__ = [
     "HandledElsewhere",
     "LeftOut",
     "RefusedAgain",
-    "TakenBefore",
     "object_sources",
     "refusal_moments",
     "runs_refused_before",
-    "version_label",
 ]

@@ -7,7 +7,7 @@
 - error_report: a meter error report whose sample identifiers are rows we imported.
 
 Each task's file is run through `file_runs.py`. The import-set tasks leave out the rows
-another version of the object took (`object_runs.TakenBefore`), another run over it handled
+another version of the object took (`object_versions.TakenBefore`), another run over it handled
 (`HandledElsewhere`), or a later version holds (`file_runs.TakenAgain`).
 
 A task whose input cannot be found or read is not retried: it raises a critical alert and
@@ -32,13 +32,8 @@ from service.jobs.inputs import (
     fetch_source,
     later_version,
 )
-from service.jobs.object_runs import (
-    HandledElsewhere,
-    RefusedAgain,
-    TakenBefore,
-    object_sources,
-    version_label,
-)
+from service.jobs.object_runs import HandledElsewhere, RefusedAgain, object_sources
+from service.jobs.object_versions import TakenBefore, version_label
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.lineage import runs_correcting
 from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated

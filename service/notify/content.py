@@ -10,8 +10,7 @@ may quote a value, example rows) is read into the digest at all.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -23,6 +22,18 @@ from service.jobs.store.run_counts import runs_finished_between, top_runs_finish
 from service.models import ErrorReportStatus
 from service.models.inbox import InboxStatus
 from service.models.poller import ObjectStatus
+from service.notify.digest_lines import (
+    AlertLine,
+    CodeLine,
+    DeadLine,
+    Digest,
+    GroupLine,
+    ReasonLine,
+    ReportCount,
+    ReportLine,
+    RunLine,
+    Totals,
+)
 from service.notify.store import count_alerts_seen_between, unresolved_critical_alerts
 from service.notify.urls import MAX_LINK_RUNS, DashboardLinks
 from service.notify.windows import Window
@@ -32,120 +43,6 @@ TOP = 10
 EXAMPLE_CHARS = 300
 REPORT_LINES = 5  # status x meter lines of error reports; the rest summed in one line
 REPORT_CODES = 5  # codes named on one of them
-
-
-@dataclass
-class Totals:
-    runs: int = 0
-    received: int = 0
-    valid: int = 0
-    corrected: int = 0
-    quarantined: int = 0
-
-
-@dataclass
-class CodeLine:
-    code: str
-    corrected: int
-    quarantined: int
-    change: int  # corrected + quarantined against the previous window
-    url: str | None  # its quarantined rows (none: a link to an empty list)
-
-
-@dataclass
-class GroupLine:
-    code: str
-    meter: str | None
-    customer: str | None  # None when examples are off
-    rows: int
-    url: str
-
-
-@dataclass
-class ReasonLine:
-    code: str
-    reason: str | None  # None when examples are off (a reason may quote a value)
-    rows: int
-    example: str | None
-    url: str
-
-
-@dataclass
-class RunLine:
-    run_id: int
-    trigger: str
-    source: str
-    received: int
-    valid: int
-    corrected: int
-    quarantined: int
-    url: str
-
-
-@dataclass
-class AlertLine:
-    subject: str
-    status: str
-    count: int
-    url: str
-
-
-@dataclass
-class DeadLine:
-    event_id: str
-    event_type: str
-    url: str
-
-
-@dataclass
-class ReportLine:
-    """Error reports of one status (`unmatched`, `partial`) and meter, left in the window."""
-
-    status: str
-    meter: str | None  # None: `no_meter_found` reports
-    reports: int
-    failed: int  # records Stripe counted as failed in them
-    codes: list[tuple[str, int]]  # the most failed first, at most REPORT_CODES
-    more_codes: int = 0
-    url: str = ""  # the dashboard's list of these reports
-
-
-@dataclass
-class ReportCount:
-    reports: int = 0
-    failed: int = 0
-    lines: int = 0
-
-
-@dataclass
-class Digest:
-    window: Window
-    tz: str
-    examples: bool
-    totals: Totals
-    previous: Totals
-    codes: list[CodeLine] = field(default_factory=list)
-    groups: list[GroupLine] = field(default_factory=list)
-    reasons: list[ReasonLine] = field(default_factory=list)
-    runs: list[RunLine] = field(default_factory=list)
-    alerts: list[AlertLine] = field(default_factory=list)
-    dead: list[DeadLine] = field(default_factory=list)
-    reports: list[ReportLine] = field(default_factory=list)
-    reports_total: ReportCount = field(default_factory=ReportCount)
-    reports_more: ReportCount = field(default_factory=ReportCount)  # beyond REPORT_LINES
-    dead_total: int = 0
-    backlog_events: int = 0
-    oldest_pending: datetime | None = None
-    backlog_objects: int = 0
-    alerts_in_window: int = 0
-    links: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def empty(self) -> bool:
-        """Nothing happened: no run finished, no alert was raised and no error report was left
-        unmatched or partial in the window."""
-        nothing_left = self.reports_total.reports == 0
-        return self.totals.runs == 0 and self.alerts_in_window == 0 and nothing_left
 
 
 def collect_digest(

@@ -29,7 +29,8 @@ from service.models._types import utcnow
 from service.models.alerts import DigestStatus
 from service.notify import digest_store as store
 from service.notify.alerts import raise_alert
-from service.notify.content import Digest, collect_digest
+from service.notify.content import collect_digest
+from service.notify.digest_lines import Digest
 from service.notify.render import render_digest
 from service.notify.windows import DigestSchedule, Window
 

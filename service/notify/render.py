@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service.adapters.channels import Message
-from service.notify.content import Digest, ReportLine
+from service.notify.digest_lines import Digest, ReportLine
 from service.notify.shown import counted, shown_as_text, shown_on_one_line
 from service.notify.slack_blocks import (
     button,

@@ -1,4 +1,4 @@
-"""Scheduled notification jobs run by `meterfix worker` (see `service.worker.loop`):
+"""Scheduled notification jobs run by `meterfix worker` (see `service.worker.drain_loop`):
 
 - digests on the DIGEST_EVERY grid (and a catch-up/retry pass every minute),
 - critical alerts every few seconds,

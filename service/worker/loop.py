@@ -13,11 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from enum import StrEnum
 from typing import Any
 
 import stripe
@@ -28,7 +26,7 @@ from handlers import handler_for
 from handlers.errors import UnusableEvent
 from service.adapters.stripe_events import fetch_full_event
 from service.config import Settings
-from service.db import checkpoint_wal, session_scope
+from service.db import session_scope
 from service.errors import (
     ItemInterrupted,
     LeaseLost,
@@ -63,7 +61,6 @@ TaskRunnerFn = Callable[[TaskKind, str], str]
 
 # The worker does its own retries with backoff; one quick SDK retry smooths over blips.
 STRIPE_NETWORK_RETRIES = 1
-JOBS_STOP_SECONDS = 5.0  # how long a stopping worker waits for its scheduled jobs' threads
 # Failures retrying cannot help: dead-lettered at once with their reason.
 PERMANENT_FAILURES: tuple[type[Exception], ...] = (UnusableEvent, TaskInputMissing)
 DIED_WHILE_WORKING = (
@@ -256,46 +253,3 @@ def _permanent_reason(exc: Exception) -> str:
     if isinstance(exc, UnusableEvent):
         return f"unusable event: {exc.reason}"
     return f"{type(exc).__name__}: {exc}"
-
-
-class LoopEnd(StrEnum):
-    STOPPED = "stopped"  # SIGTERM/SIGINT
-    RESTART = "restart"  # an item's thread is stuck past its time limit: restart the process
-
-
-StartJobs = Callable[[threading.Event], list[threading.Thread]]
-
-
-def run_loop(worker: InboxWorker, stop: threading.Event, start_jobs: StartJobs) -> LoopEnd:
-    """Drain the inbox every `mfx_worker_interval` seconds until `stop` is set (SIGTERM,
-    Ctrl-C: an item still running is handed back) or an item overruns its time limit.
-    `start_jobs` starts the scheduled jobs (threads that stop when the event they get is set)."""
-    halt = threading.Event()  # the scheduled jobs stop when the loop ends, however it ends
-    jobs = start_jobs(halt)
-    worker.heartbeat.start()
-    log_event("worker.started", worker_id=worker.worker_id, jobs=len(jobs))
-    end = LoopEnd.STOPPED
-    try:
-        while not stop.is_set():
-            try:
-                if worker.drain(stop).abandoned:
-                    end = LoopEnd.RESTART
-                    break
-                checkpoint_wal(worker.engine)  # keeps WAL checkpoints off the webhook requests
-            except SQLAlchemyError as exc:  # database blip: keep the loop alive, retry next tick
-                log_event("worker.database_error", level=logging.ERROR, error=type(exc).__name__)
-            stop.wait(worker.settings.mfx_worker_interval)
-    finally:
-        halt.set()
-        worker.heartbeat.stop()
-        _join(jobs, JOBS_STOP_SECONDS)
-    log_event("worker.stopped", worker_id=worker.worker_id, end=end)
-    return end
-
-
-def _join(threads: list[threading.Thread], seconds: float) -> None:
-    """Wait for the jobs' threads, in all at most `seconds` (they are daemons: a job busy
-    longer is cut off at exit, and resumes from its last acknowledged step next time)."""
-    deadline = time.monotonic() + seconds
-    for thread in threads:
-        thread.join(timeout=max(deadline - time.monotonic(), 0))

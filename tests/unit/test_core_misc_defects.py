@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from remediation.csvlayouts import CsvLayout
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.identifiers import Identifiers, Lineage, derived_identifier
 from remediation.lineage import reserved_originals
 from remediation.meters import Meter
-from remediation.readers import CsvLayout
 from remediation.records import UsageRecord
 from remediation.rules import Rules
 from remediation.validation import MeterIndex, validate_record

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
+from remediation.csvlayouts import CsvLayout
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.meters import Meter
 from remediation.poller import import_chunks
-from remediation.readers import CsvLayout
 from remediation.rownames import RowNames
 from remediation.rules import Rules
 from remediation.validation import MeterIndex

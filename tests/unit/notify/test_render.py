@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from service.notify.content import Digest, GroupLine, ReasonLine, Totals
+from service.notify.digest_lines import Digest, GroupLine, ReasonLine, Totals
 from service.notify.render import AlertView, render_alert, render_digest
 from service.notify.slack_blocks import MAX_BLOCKS, MAX_TEXT, sections, split_blocks
 from service.notify.windows import Window

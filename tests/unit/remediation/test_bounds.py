@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from remediation.csvlayouts import CsvLayout
 from remediation.engine import remediate
 from remediation.fieldvalues import parse_timestamp
 from remediation.formats import FileFormat, read_records
 from remediation.limits import DEFAULT_LIMITS, FieldLimits
 from remediation.meters import Meter
-from remediation.readers import CsvLayout
 from remediation.records import UsageRecord
 from remediation.rules import Rules, load_rules
 from remediation.validation import MeterIndex, validate_record

@@ -14,12 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from remediation.csvlayouts import CsvLayout
 from remediation.engine import remediate
 from remediation.formats import FileFormat, read_records
 from remediation.identifiers import Ancestor, Lineage
 from remediation.meters import Meter
 from remediation.outcomes import corrections_of
-from remediation.readers import CsvLayout, CsvRecords
+from remediation.readers import CsvRecords
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import load_rules
 

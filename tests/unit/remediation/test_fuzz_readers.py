@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from remediation.core.rules.values import normalize_number
+from remediation.csvlayouts import CsvLayout
 from remediation.engine import remediate
 from remediation.errors import Uncorrectable, UnreadableFile
 from remediation.fieldvalues import parse_timestamp, plain_number
 from remediation.formats import FileFormat, read_records
 from remediation.limits import DEFAULT_LIMITS
 from remediation.meters import Meter
-from remediation.readers import CsvLayout
 from remediation.records import UsageRecord
 from remediation.rules import load_rules
 from remediation.validation import MeterIndex, validate_record

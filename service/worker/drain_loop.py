@@ -1,0 +1,61 @@
+"""The worker process's loop: drain the inbox every interval, beside the scheduled jobs, until
+it is stopped or an item overruns its time limit (then the process is restarted)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.db import checkpoint_wal
+from service.logs import log_event
+from service.worker.loop import InboxWorker
+
+JOBS_STOP_SECONDS = 5.0  # how long a stopping worker waits for its scheduled jobs' threads
+
+
+class LoopEnd(StrEnum):
+    STOPPED = "stopped"  # SIGTERM/SIGINT
+    RESTART = "restart"  # an item's thread is stuck past its time limit: restart the process
+
+
+StartJobs = Callable[[threading.Event], list[threading.Thread]]
+
+
+def run_loop(worker: InboxWorker, stop: threading.Event, start_jobs: StartJobs) -> LoopEnd:
+    """Drain the inbox every `mfx_worker_interval` seconds until `stop` is set (SIGTERM,
+    Ctrl-C: an item still running is handed back) or an item overruns its time limit.
+    `start_jobs` starts the scheduled jobs (threads that stop when the event they get is set)."""
+    halt = threading.Event()  # the scheduled jobs stop when the loop ends, however it ends
+    jobs = start_jobs(halt)
+    worker.heartbeat.start()
+    log_event("worker.started", worker_id=worker.worker_id, jobs=len(jobs))
+    end = LoopEnd.STOPPED
+    try:
+        while not stop.is_set():
+            try:
+                if worker.drain(stop).abandoned:
+                    end = LoopEnd.RESTART
+                    break
+                checkpoint_wal(worker.engine)  # keeps WAL checkpoints off the webhook requests
+            except SQLAlchemyError as exc:  # database blip: keep the loop alive, retry next tick
+                log_event("worker.database_error", level=logging.ERROR, error=type(exc).__name__)
+            stop.wait(worker.settings.mfx_worker_interval)
+    finally:
+        halt.set()
+        worker.heartbeat.stop()
+        _join(jobs, JOBS_STOP_SECONDS)
+    log_event("worker.stopped", worker_id=worker.worker_id, end=end)
+    return end
+
+
+def _join(threads: list[threading.Thread], seconds: float) -> None:
+    """Wait for the jobs' threads, in all at most `seconds` (they are daemons: a job busy
+    longer is cut off at exit, and resumes from its last acknowledged step next time)."""
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(timeout=max(deadline - time.monotonic(), 0))
