@@ -88,10 +88,8 @@ def learn(obj: object, line: str, depth: int) -> Layout | None:
     for it or it holds a value this reader leaves to the record path."""
     if type(obj) is not dict or not obj:
         return None
-    for separators in _STYLES:
-        if dumps(obj, separators) == line:
-            break
-    else:
+    separators = _style(obj, line)
+    if separators is None:
         return None
     comma, colon = separators
     tokens: list[str | Leaf] = ["{"]
@@ -103,46 +101,74 @@ def learn(obj: object, line: str, depth: int) -> Layout | None:
             return None
         tokens.append(f'{comma if at else ""}"{key}"{colon}')
         if key == "payload" or (key == "error" and type(value) is dict):
-            if type(value) is not dict:
+            inner = _object_tokens(key, value, comma, colon)
+            if inner is None:
                 return None
+            tokens += inner
             nested = True
-            tokens.append("{")
-            for inner_at, (inner_key, inner_value) in enumerate(value.items()):
-                kind = _kind(inner_value)
-                if kind is None or not plain(inner_key):
-                    return None
-                tokens.append(f'{comma if inner_at else ""}"{inner_key}"{colon}')
-                group = "payload" if key == "payload" else "error"
-                if kind in LITERALS and group not in _LITERAL_GROUPS:
-                    return None
-                tokens += _slot(Leaf(group, inner_key, kind, (key, inner_key)))
-            tokens.append("}")
             if key == "payload":
                 payload_keys = tuple(value)
             continue
-        kind = _kind(value)
-        if kind is None:
+        leaf = _top_leaf(key, value)
+        if leaf is None:
             return None
-        if key in ERROR_FIELDS:
-            group = "error"
-        elif key in JSON_KNOWN:
-            group = key
-        elif key.startswith(MFX_PREFIX):
-            group = "ignored"  # never read: the reader drops our own annotations
-        else:
-            group = "extra"
+        if leaf.group == "extra":
             extra_keys.append(key)
-        if kind in LITERALS and group not in _LITERAL_GROUPS:
-            return None
-        if kind != Kind.TEXT and group in _TEXT_GROUPS:
-            return None
-        tokens += _slot(Leaf(group, key, kind, (key,)))
+        tokens += _slot(leaf)
     tokens.append("}")
     if (2 if nested else 1) > depth:
         return None
     pattern = "^" + "".join(_pattern(t) for t in tokens) + "$"
     leaves, pieces = _placed(tokens)
     return Layout(pattern, leaves, pieces, payload_keys, tuple(extra_keys))
+
+
+def _style(obj: dict[str, object], line: str) -> tuple[str, str] | None:
+    """The separators `json.dumps` writes `obj` with to give `line`, if any of `_STYLES`."""
+    for separators in _STYLES:
+        if dumps(obj, separators) == line:
+            return separators
+    return None
+
+
+def _object_tokens(key: str, value: object, comma: str, colon: str) -> list[str | Leaf] | None:
+    """The tokens of the object under `key` (the payload, or a nested error), or None when it
+    is no object or holds a value this reader leaves to the record path."""
+    if type(value) is not dict:
+        return None
+    group = "payload" if key == "payload" else "error"
+    tokens: list[str | Leaf] = ["{"]
+    for inner_at, (inner_key, inner_value) in enumerate(value.items()):
+        kind = _kind(inner_value)
+        if kind is None or not plain(inner_key):
+            return None
+        tokens.append(f'{comma if inner_at else ""}"{inner_key}"{colon}')
+        if kind in LITERALS and group not in _LITERAL_GROUPS:
+            return None
+        tokens += _slot(Leaf(group, inner_key, kind, (key, inner_key)))
+    tokens.append("}")
+    return tokens
+
+
+def _top_leaf(key: str, value: object) -> Leaf | None:
+    """The leaf of a top-level key's value, in the group its key gives, or None when the
+    value is one this reader leaves to the record path."""
+    kind = _kind(value)
+    if kind is None:
+        return None
+    if key in ERROR_FIELDS:
+        group = "error"
+    elif key in JSON_KNOWN:
+        group = key
+    elif key.startswith(MFX_PREFIX):
+        group = "ignored"  # never read: the reader drops our own annotations
+    else:
+        group = "extra"
+    if kind in LITERALS and group not in _LITERAL_GROUPS:
+        return None
+    if kind != Kind.TEXT and group in _TEXT_GROUPS:
+        return None
+    return Leaf(group, key, kind, (key,))
 
 
 def _slot(leaf: Leaf) -> list[str | Leaf]:

@@ -18,14 +18,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.batch import key_orders
+from remediation.core.column import Mask
 from remediation.core.columns import Batch, Column, Kind
 from remediation.core.jsonpieces import NULL, json_key
 from remediation.core.jsonrowsatonce import CORE, Rows, all_at_once
 from remediation.core.jsontext import json_parts, json_strings
+from remediation.core.keyorders import KeyOrders
 from remediation.core.text import join, take_parts
 from remediation.records import MFX_PREFIX
 
@@ -53,7 +56,6 @@ def row_texts(
     """Each row of a `plain` batch as its JSON object, written under `identifiers`, closed by
     `notes` (keys, and their values as JSON texts: a quarantined row's code and reason) and
     `end` (a large_string array, in row order)."""
-    n = len(batch)
     cores = {
         "identifier": Column(identifiers),
         "timestamp": batch.timestamp,
@@ -61,47 +63,81 @@ def row_texts(
     }
     present = {name: column.present() for name, column in cores.items()}
     orders = key_orders(batch)
-    # A row's layout as one number: its key order's code, then a bit per core field.
-    layout = orders.codes.astype(np.int64) << len(CORE)
-    for bit, name in enumerate(CORE):
-        layout |= present[name].astype(np.int64) << bit
-    kinds, of_row = np.unique(layout, return_inverse=True)
+    kinds, of_row = _layouts(orders, present)
     if len(kinds) > FEW_LAYOUTS or len(batch.payload) > MANY_KEYS:
         merged = all_at_once(Rows(batch, cores, present, orders, notes), end)
         if merged is not None:
             return merged
-    encoded: dict[tuple[str, str], list[pa.Array | str]] = {}
-
-    def values(group: str, key: str, column: Column, at: pa.Array) -> list[pa.Array | str]:
-        found = encoded.get((group, key))
-        if found is None:
-            found = encoded[(group, key)] = value_parts(column)  # absent rows: "null"
-        return take_parts(found, at)
-
+    values = _EncodedValues()
     pieces, rows = [], []
     for at_kind, kind in enumerate(kinds.tolist()):
-        has = tuple(bool(kind >> bit & 1) for bit in range(len(CORE)))
-        payload_keys, extra_keys = orders.distinct[kind >> len(CORE)]
         members = np.flatnonzero(of_row.reshape(-1) == at_kind)
         at = pa.array(members)
-        parts: list[pa.Array | str] = ["{"]
-        for name, there in zip(CORE, has, strict=True):
-            if there:
-                parts += [json_key(name), *values("", name, cores[name], at), ","]
-        parts.append('"payload":{')
-        for key in payload_keys:
-            parts += [json_key(key), *values("p", key, batch.payload[key], at), ","]
-        if payload_keys:
-            parts.pop()
-        parts.append("}")
-        for key in extra_keys:
-            if not key.startswith(MFX_PREFIX):
-                parts += [",", json_key(key), *values("e", key, batch.extra[key], at)]
+        parts = _layout_parts(batch, cores, orders, kind, values, at)
         for key, texts in notes:
             parts += [",", json_key(key), texts.take(at)]
         parts.append("}" + end)
         pieces.append(join(parts, len(members)))
         rows.append(members)
+    return _in_row_order(pieces, rows, len(batch))
+
+
+def _layouts(
+    orders: KeyOrders, present: dict[str, Mask]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
+    """The batch's distinct layouts and each row's among them; a row's layout as one number:
+    its key order's code, then a bit per core field."""
+    layout = orders.codes.astype(np.int64) << len(CORE)
+    for bit, name in enumerate(CORE):
+        layout |= present[name].astype(np.int64) << bit
+    kinds, of_row = np.unique(layout, return_inverse=True)
+    return kinds, of_row
+
+
+class _EncodedValues:
+    """Each column's values as JSON parts, encoded once a batch (absent rows: "null"), taken
+    for the rows of one layout."""
+
+    def __init__(self) -> None:
+        self.encoded: dict[tuple[str, str], list[pa.Array | str]] = {}
+
+    def __call__(self, group: str, key: str, column: Column, at: pa.Array) -> list[pa.Array | str]:
+        found = self.encoded.get((group, key))
+        if found is None:
+            found = self.encoded[(group, key)] = value_parts(column)
+        return take_parts(found, at)
+
+
+def _layout_parts(
+    batch: Batch,
+    cores: dict[str, Column],
+    orders: KeyOrders,
+    kind: int,
+    values: _EncodedValues,
+    at: pa.Array,
+) -> list[pa.Array | str]:
+    """The parts of the rows `at` of one layout (`kind`, as `_layouts` numbers it), up to their
+    notes: the core fields present, the payload object, then the other keys."""
+    has = tuple(bool(kind >> bit & 1) for bit in range(len(CORE)))
+    payload_keys, extra_keys = orders.distinct[kind >> len(CORE)]
+    parts: list[pa.Array | str] = ["{"]
+    for name, there in zip(CORE, has, strict=True):
+        if there:
+            parts += [json_key(name), *values("", name, cores[name], at), ","]
+    parts.append('"payload":{')
+    for key in payload_keys:
+        parts += [json_key(key), *values("p", key, batch.payload[key], at), ","]
+    if payload_keys:
+        parts.pop()
+    parts.append("}")
+    for key in extra_keys:
+        if not key.startswith(MFX_PREFIX):
+            parts += [",", json_key(key), *values("e", key, batch.extra[key], at)]
+    return parts
+
+
+def _in_row_order(pieces: list[pa.Array], rows: list[npt.NDArray[np.intp]], n: int) -> pa.Array:
+    """The layouts' texts (`pieces`, of the rows `rows` each) as one array in row order."""
     if not pieces:
         return pa.array([], pa.large_string())
     every = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
