@@ -44,12 +44,48 @@ def cut_out(
     starts = (offsets[:-1] - offsets[0]).astype(np.int64)
     pieces = pc.list_flatten(split)
     keep = np.ones(len(lines), bool)
+    columns, errors = _cut_columns(layouts, codes, starts, pieces, keep)
+    code, message = _errors(layouts, codes, errors)
+    orders = [(layout.payload_keys, layout.extra_keys) for layout in layouts]
+    n = len(lines)
+    batch = Batch(
+        numbers[places].astype(np.int64),
+        _core(columns, "identifier", n),
+        _core(columns, "timestamp", n),
+        _core(columns, "event_name", n),
+        _keyed(columns, "payload"),
+        _keyed(columns, "extra"),
+        code,
+        message,
+        pa.nulls(n, pa.string()),
+        _key_orders(orders, codes),
+    )
+    hits = _hits(layouts, codes, keep)
+    if keep.all():
+        return ShapesRead(places, batch, hits)
+    at = np.flatnonzero(keep)
+    return ShapesRead(places[at], batch.take(at), hits)
+
+
+_Errors = list[tuple[tuple[str, ...], pa.Array, np.ndarray[Any, Any]]]
+
+
+def _cut_columns(
+    layouts: list[Layout],
+    codes: np.ndarray[Any, Any],
+    starts: np.ndarray[Any, Any],
+    pieces: pa.Array,
+    keep: np.ndarray[Any, Any],
+) -> tuple[dict[tuple[str, str], Column | None], _Errors]:
+    """Each column's values cut out of the pieces (by (group, key), in the order the layouts
+    first name them), and the error fields' texts and kinds by path; `keep` cleared for the
+    lines holding a value no column may take."""
     columns: dict[tuple[str, str], Column | None] = {}
-    errors: list[tuple[tuple[str, ...], pa.Array, np.ndarray[Any, Any]]] = []
+    errors: _Errors = []
     counts = np.bincount(codes, minlength=len(layouts))
     rare: list[tuple[tuple[str, str], dict[int, Leaf]]] = []
     for (group, key, path), leaves in _leaves_by_column(layouts).items():
-        if group in ("payload", "extra") and _is_rare(leaves, counts, len(lines)):
+        if group in ("payload", "extra") and _is_rare(leaves, counts, len(codes)):
             columns[(group, key)] = None  # its place kept: cut out below, with the others
             rare.append(((group, key), leaves))
             continue
@@ -63,37 +99,27 @@ def cut_out(
     if rare:
         for name, column in _rare_columns(rare, codes, counts, starts, pieces, keep):
             columns[name] = column
-    code, message = _errors(layouts, codes, errors)
-    orders = [(layout.payload_keys, layout.extra_keys) for layout in layouts]
-    n = len(lines)
+    return columns, errors
 
-    def core(name: str) -> Column:
-        return columns.get((name, name)) or Column.absent(n)
 
-    def keys(group: str) -> dict[str, Column]:
-        found = ((g, key, column) for (g, key), column in columns.items())
-        return {key: column for g, key, column in found if g == group and column is not None}
+def _core(columns: dict[tuple[str, str], Column | None], name: str, n: int) -> Column:
+    return columns.get((name, name)) or Column.absent(n)
 
-    batch = Batch(
-        numbers[places].astype(np.int64),
-        core("identifier"),
-        core("timestamp"),
-        core("event_name"),
-        keys("payload"),
-        keys("extra"),
-        code,
-        message,
-        pa.nulls(n, pa.string()),
-        _key_orders(orders, codes),
-    )
+
+def _keyed(columns: dict[tuple[str, str], Column | None], group: str) -> dict[str, Column]:
+    found = ((g, key, column) for (g, key), column in columns.items())
+    return {key: column for g, key, column in found if g == group and column is not None}
+
+
+def _hits(
+    layouts: list[Layout], codes: np.ndarray[Any, Any], keep: np.ndarray[Any, Any]
+) -> dict[Layout, int]:
+    """How many of the lines kept each layout read."""
     kept = np.bincount(codes[keep], minlength=len(layouts)).tolist()
     hits: dict[Layout, int] = {}  # shapes apart only by true and false share a layout
     for layout, count in zip(layouts, kept, strict=True):
         hits[layout] = hits.get(layout, 0) + count
-    if keep.all():
-        return ShapesRead(places, batch, hits)
-    at = np.flatnonzero(keep)
-    return ShapesRead(places[at], batch.take(at), hits)
+    return hits
 
 
 def _leaves_by_column(
