@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import TextIO
 
@@ -28,6 +29,7 @@ from remediation.core.decided import (
 )
 from remediation.core.jsonrows import value_parts
 from remediation.core.jsontext import json_parts, json_strings, json_text
+from remediation.core.rules import Changes
 from remediation.core.text import TextPool, merged_constants
 from remediation.outcomes import Tally
 from remediation.sinks import Sinks
@@ -59,58 +61,84 @@ class AuditLines:
         change's lines share (the rule, the field, often the code) is one constant; a row's
         number and identifier are taken from the batch's, its new identifier from the
         written rows'."""
-        by_row = np.full(len(decided.batch), -1, np.int64)
-        by_row[written] = np.arange(len(written))
+        rows = _RowTexts.of(decided, written, new_ids)
         lines = _Gather()
-        numbers = pa.array(decided.batch.rows).cast(pa.large_string())
-        identifiers = json_parts(decided.batch.identifier.text)
-        new_json = json_parts(new_ids)
         for change in decided.changes:
             if len(change):
-                own = np.arange(len(change), dtype=np.int64)
-                parts: list[Part] = [
-                    self.correction_head,
-                    (numbers, change.at),
-                    ', "identifier": ',
-                    *_at(identifiers, change.at),
-                    ', "new_identifier": ',
-                    *_at(new_json, by_row[change.at]),
-                    ', "code": ',
-                    _arrived_part(decided, change.at),
-                    ', "rule": ',
-                    _codes_part(change.rule, len(change)),
-                    ', "field": ',
-                    _codes_part(change.field, len(change)),
-                    ', "before": ',
-                    *_at(value_parts(change.before), own),
-                    ', "after": ',
-                    *_at(value_parts(change.after), own),
-                    "}\n",
-                ]
-                lines.add(change.at, parts)
+                lines.add(change.at, self._correction_parts(decided, change, rows))
         quarantined = np.flatnonzero(decided.fate == QUARANTINED)
         if len(quarantined):
-            own = np.arange(len(quarantined), dtype=np.int64)
-            reasons = pa.array(decided.reason[quarantined], pa.string())
-            parts = [
-                self.quarantine_head,
-                (numbers, quarantined),
-                ', "identifier": ',
-                *_at(identifiers, quarantined),
-                ', "code": ',
-                _arrived_part(decided, quarantined),
-                ', "mfx_code": ',
-                _codes_part(decided.mfx_code[quarantined], len(quarantined)),
-                ', "reason": ',
-                *_at(json_parts(reasons), own),
-                "}\n",
-            ]
-            lines.add(quarantined, parts)
+            lines.add(quarantined, self._quarantine_parts(decided, quarantined, rows))
         if lines.empty:
             return
         audit.flush()
         for text in lines.texts(AUDIT_SLICE_LINES):
             write_shared(audit.buffer, array_bytes(text))
+
+    def _correction_parts(self, decided: Decided, change: Changes, rows: _RowTexts) -> list[Part]:
+        """The parts of the lines of one change (a rule's, on one field), a line a row."""
+        own = np.arange(len(change), dtype=np.int64)
+        return [
+            self.correction_head,
+            (rows.numbers, change.at),
+            ', "identifier": ',
+            *_at(rows.identifiers, change.at),
+            ', "new_identifier": ',
+            *_at(rows.new_identifiers, rows.by_row[change.at]),
+            ', "code": ',
+            _arrived_part(decided, change.at),
+            ', "rule": ',
+            _codes_part(change.rule, len(change)),
+            ', "field": ',
+            _codes_part(change.field, len(change)),
+            ', "before": ',
+            *_at(value_parts(change.before), own),
+            ', "after": ',
+            *_at(value_parts(change.after), own),
+            "}\n",
+        ]
+
+    def _quarantine_parts(
+        self, decided: Decided, quarantined: Indexes, rows: _RowTexts
+    ) -> list[Part]:
+        """The parts of the lines of the rows `quarantined`, a line a row."""
+        own = np.arange(len(quarantined), dtype=np.int64)
+        reasons = pa.array(decided.reason[quarantined], pa.string())
+        return [
+            self.quarantine_head,
+            (rows.numbers, quarantined),
+            ', "identifier": ',
+            *_at(rows.identifiers, quarantined),
+            ', "code": ',
+            _arrived_part(decided, quarantined),
+            ', "mfx_code": ',
+            _codes_part(decided.mfx_code[quarantined], len(quarantined)),
+            ', "reason": ',
+            *_at(json_parts(reasons), own),
+            "}\n",
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class _RowTexts:
+    """What the lines of a batch take per row: its number and identifier as JSON texts, and
+    its new identifier's, found by the row's place among the written rows (`by_row`)."""
+
+    numbers: pa.Array
+    identifiers: list[pa.Array | str]
+    new_identifiers: list[pa.Array | str]
+    by_row: Indexes
+
+    @classmethod
+    def of(cls, decided: Decided, written: Indexes, new_ids: pa.Array) -> _RowTexts:
+        by_row = np.full(len(decided.batch), -1, np.int64)
+        by_row[written] = np.arange(len(written))
+        return cls(
+            pa.array(decided.batch.rows).cast(pa.large_string()),
+            json_parts(decided.batch.identifier.text),
+            json_parts(new_ids),
+            by_row,
+        )
 
 
 class _Gather:
