@@ -96,6 +96,27 @@ class TakenAgain:
         if not total and not self.held:
             return
         earlier = sorted(self.counted)
+        said = self._explanation(earlier, total)
+        raise_alert(
+            self.engine,
+            key=f"poller.taken_again:{self.obj.key}:{self.obj.etag}",
+            severity="warning" if total else "info",
+            kind="poller.taken_again",
+            subject=(
+                f"{self.obj.key}: {_rows(total)} billed before, taken again"
+                if total
+                else f"{self.obj.key}: {_rows(self.held)} held in quarantine, taken again"
+            ),
+            message=f"{self.obj.key} (uploaded {self._stamp(self.uploaded)}): {' '.join(said)}",
+            detail=self._detail(earlier),
+            rows=total or self.held,
+            links={
+                "objects": [self.obj.key, *sorted({key for key, _ in earlier} - {self.obj.key})]
+            },
+        )
+
+    def _explanation(self, earlier: list[tuple[str, str]], total: int) -> list[str]:
+        """The alert's sentences: why each kind of row counted is billed again, and what to do."""
         named = ", ".join(f"{key} ({self._when(key, etag)})" for key, etag in earlier[:3])
         said = []
         if self.rows:
@@ -119,32 +140,20 @@ class TakenAgain:
             said.append(
                 "Upload only new rows, or let meterfix import (MFX_POLLER=on leaves them out)."
             )
-        raise_alert(
-            self.engine,
-            key=f"poller.taken_again:{self.obj.key}:{self.obj.etag}",
-            severity="warning" if total else "info",
-            kind="poller.taken_again",
-            subject=(
-                f"{self.obj.key}: {_rows(total)} billed before, taken again"
-                if total
-                else f"{self.obj.key}: {_rows(self.held)} held in quarantine, taken again"
-            ),
-            message=f"{self.obj.key} (uploaded {self._stamp(self.uploaded)}): {' '.join(said)}",
-            detail={
-                "key": self.obj.key,
-                "etag": self.obj.etag,
-                "rows": self.rows,
-                "identifiers": self.samples,
-                "earlier": [{"key": key, "etag": etag} for key, etag in earlier],
-                "corrected": self.corrected,
-                "corrected_identifiers": self.corrected_samples,
-                "quarantined_taken_again": self.held,
-            },
-            rows=total or self.held,
-            links={
-                "objects": [self.obj.key, *sorted({key for key, _ in earlier} - {self.obj.key})]
-            },
-        )
+        return said
+
+    def _detail(self, earlier: list[tuple[str, str]]) -> dict[str, object]:
+        """The alert's detail: the counts, sample identifiers and the earlier versions."""
+        return {
+            "key": self.obj.key,
+            "etag": self.obj.etag,
+            "rows": self.rows,
+            "identifiers": self.samples,
+            "earlier": [{"key": key, "etag": etag} for key, etag in earlier],
+            "corrected": self.corrected,
+            "corrected_identifiers": self.corrected_samples,
+            "quarantined_taken_again": self.held,
+        }
 
     def _when(self, key: str, etag: str) -> str:
         return self._stamp(self.versions.get((key, etag)))

@@ -89,45 +89,7 @@ def raise_gave_up(
     progress: ObjectProgress,
     give_up_after: int,
 ) -> None:
-    retry = f"meterfix poll --retry {obj.key}"
-    oldest = progress.oldest_resend()
-    if verdict.why == "horizon":
-        subject = f"{obj.key}: not re-sent: its unacknowledged batches are over 23 h old"
-        todo = (
-            "Check in Stripe which of its rows were accepted, then run "
-            f"`{retry} --yes` to send the unacknowledged batches again (rows Stripe already "
-            "accepted would be billed twice), or upload only the missing rows under a new key."
-        )
-    elif verdict.why == "unreadable":
-        subject = f"{obj.key}: cannot be read past a point; rows before it were sent"
-        todo = (
-            f"Rows before row {progress.resume_row} are billed; nothing after the unreadable "
-            "part was sent. Upload the rows after it, fixed, under a new key (rows that carry "
-            "identifiers and were sent are left out of a fixed copy of the whole file; rows "
-            "without would be billed again)."
-        )
-    elif verdict.why == "permanent":
-        subject = f"{obj.key}: Stripe refused a request built from this file; the poller gave up"
-        todo = (
-            "Fix the rows Stripe names and upload the fixed file under the same key (rows it "
-            "accepted are left out of it; a row without an identifier is named after its key, "
-            "so under a new key one it accepted would be billed again, and one without a "
-            "timestamp too is named after the version: leave those out), or fix the cause and "
-            f"run `{retry}`."
-        )
-    else:
-        hours = round(give_up_after / 3600, 1)
-        subject = f"{obj.key}: import failing for {hours} h; the poller gave up"
-        deadline = (
-            f"before {_utc(oldest + RESEND_HORIZON)} UTC (later, it asks for --yes: "
-            "Stripe may no longer dedupe the rows it re-sends)"
-            if oldest
-            else "(no unacknowledged batch is waiting: nothing would be sent twice)"
-        )
-        todo = (
-            f"Failing since {_utc(verdict.failing_since)} UTC. Fix the cause (Stripe's "
-            f"status, the API key, the network), then run `{retry}` {deadline}."
-        )
+    subject, todo = _gave_up_advice(obj, verdict, progress, give_up_after)
     raise_alert(
         engine,
         key=gave_up_key(obj),
@@ -140,6 +102,72 @@ def raise_gave_up(
         links={"objects": [obj.key]},
     )
     log_event("poller.gave_up", level=logging.ERROR, key=obj.key, why=verdict.why)
+
+
+def _gave_up_advice(
+    obj: ObjectInfo, verdict: Verdict, progress: ObjectProgress, give_up_after: int
+) -> tuple[str, str]:
+    """The gave-up alert's subject, and what the operator should do, by why it gave up."""
+    retry = f"meterfix poll --retry {obj.key}"
+    oldest = progress.oldest_resend()
+    if verdict.why == "horizon":
+        return _advice_past_horizon(obj, retry)
+    if verdict.why == "unreadable":
+        return _advice_unreadable(obj, progress)
+    if verdict.why == "permanent":
+        return _advice_refused(obj, retry)
+    return _advice_lasting(obj, verdict, oldest, give_up_after, retry)
+
+
+def _advice_past_horizon(obj: ObjectInfo, retry: str) -> tuple[str, str]:
+    subject = f"{obj.key}: not re-sent: its unacknowledged batches are over 23 h old"
+    todo = (
+        "Check in Stripe which of its rows were accepted, then run "
+        f"`{retry} --yes` to send the unacknowledged batches again (rows Stripe already "
+        "accepted would be billed twice), or upload only the missing rows under a new key."
+    )
+    return subject, todo
+
+
+def _advice_unreadable(obj: ObjectInfo, progress: ObjectProgress) -> tuple[str, str]:
+    subject = f"{obj.key}: cannot be read past a point; rows before it were sent"
+    todo = (
+        f"Rows before row {progress.resume_row} are billed; nothing after the unreadable "
+        "part was sent. Upload the rows after it, fixed, under a new key (rows that carry "
+        "identifiers and were sent are left out of a fixed copy of the whole file; rows "
+        "without would be billed again)."
+    )
+    return subject, todo
+
+
+def _advice_refused(obj: ObjectInfo, retry: str) -> tuple[str, str]:
+    subject = f"{obj.key}: Stripe refused a request built from this file; the poller gave up"
+    todo = (
+        "Fix the rows Stripe names and upload the fixed file under the same key (rows it "
+        "accepted are left out of it; a row without an identifier is named after its key, "
+        "so under a new key one it accepted would be billed again, and one without a "
+        "timestamp too is named after the version: leave those out), or fix the cause and "
+        f"run `{retry}`."
+    )
+    return subject, todo
+
+
+def _advice_lasting(
+    obj: ObjectInfo, verdict: Verdict, oldest: datetime | None, give_up_after: int, retry: str
+) -> tuple[str, str]:
+    hours = round(give_up_after / 3600, 1)
+    subject = f"{obj.key}: import failing for {hours} h; the poller gave up"
+    deadline = (
+        f"before {_utc(oldest + RESEND_HORIZON)} UTC (later, it asks for --yes: "
+        "Stripe may no longer dedupe the rows it re-sends)"
+        if oldest
+        else "(no unacknowledged batch is waiting: nothing would be sent twice)"
+    )
+    todo = (
+        f"Failing since {_utc(verdict.failing_since)} UTC. Fix the cause (Stripe's "
+        f"status, the API key, the network), then run `{retry}` {deadline}."
+    )
+    return subject, todo
 
 
 def _utc(moment: datetime) -> str:

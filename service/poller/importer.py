@@ -82,6 +82,13 @@ def import_object(
         # closing: a failure mid-file finishes the readers while their stream is still open
         with closing(chunks):
             _send_all(job, obj, progress, chunks, failed_out, tally, others)
+    return _record_imported(job, obj, impset_id, path, tally), path
+
+
+def _record_imported(
+    job: ObjectImport, obj: ObjectInfo, impset_id: str, path: Path, tally: ImportTally
+) -> ImportSet:
+    """Save the object's import set from the tally, and mark the object imported."""
     failed = tally.failed
     import_set = save_poller_import_set(
         job.store.engine,
@@ -106,7 +113,7 @@ def import_object(
         failed=failed,
         import_set_id=impset_id,
     )
-    return import_set, path
+    return import_set
 
 
 def _send_all(
@@ -122,26 +129,49 @@ def _send_all(
     up the next ones. Batch i of this pass is number `acked_batches + i`; one an earlier pass
     had acknowledged past the prefix, cut the same, is left out (`ObjectProgress.
     acknowledged_as`). `unsent.numbers` maps the sink's places to batch numbers."""
-    acks = Acknowledgements(job, progress)
-    # batch number -> its rows a run over the object holds in quarantine: marked taken
-    # again once Stripe acknowledged the batch
-    held: dict[int, list[str]] = {}
-    unsent = _Unsent()
+    stream = _BatchStream(job, obj, progress, failed_out, tally, others)
+    try:
+        # iterating counts skipped rows in tally
+        sent = send_batches(job.sink, stream.batches(chunks), stream.acknowledged, stream.refused)
+        tally.sent += sent
+    except Exception:
+        job.progress.forget_unsent(progress.object_id, stream.unsent.never_billed())
+        raise
+    finally:
+        stream.acks.flush()
 
-    def batches() -> Iterator[list[dict[str, object]]]:
-        number, last_beat = progress.acked_batches, time.monotonic()
+
+class _BatchStream:
+    """The batches of one pass as the sink takes them, and what it answers for each: the
+    acknowledgements to record, the rows held in quarantine to mark, the batches never billed."""
+
+    def __init__(
+        self,
+        job: ObjectImport,
+        obj: ObjectInfo,
+        progress: ObjectProgress,
+        failed_out: FailedRecords,
+        tally: ImportTally,
+        others: OtherVersions,
+    ) -> None:
+        self.job, self.obj, self.progress = job, obj, progress
+        self.failed_out, self.tally, self.others = failed_out, tally, others
+        self.acks = Acknowledgements(job, progress)
+        # batch number -> its rows a run over the object holds in quarantine: marked taken
+        # again once Stripe acknowledged the batch
+        self.held: dict[int, list[str]] = {}
+        self.unsent = _Unsent()
+
+    def batches(self, chunks: Iterator[ImportChunk]) -> Iterator[list[dict[str, object]]]:
+        """Record each group of chunks, then yield its batches' events to the sink."""
+        job, unsent = self.job, self.unsent
+        number, last_beat = self.progress.acked_batches, time.monotonic()
         while group := list(islice(chunks, CHUNKS_PER_GROUP)):
-            sending, recorded = record_group(job, obj, progress, group, number)
+            sending, recorded = record_group(job, self.obj, self.progress, group, number)
             unsent.recorded |= recorded.new
             unsent.same |= recorded.same
-            _note_held(others, group, [(s.number, s.events) for s in sending], held)
-            tally.failed += failed_out.write(chunk.failed for chunk in group)
-            # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
-            # do rows sent before by another object version or as meterfix's correction
-            skipped = sum(chunk.skipped + chunk.elsewhere for chunk in group)
-            tally.elsewhere += sum(chunk.elsewhere for chunk in group)
-            tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
-            tally.sent += skipped + recorded.acked_rows
+            _note_held(self.others, group, [(s.number, s.events) for s in sending], self.held)
+            self._count(group, recorded.acked_rows)
             number += recorded.batches
             for send in sending:
                 unsent.numbers.append(send.number)  # the sink takes no batch it does not send
@@ -151,29 +181,32 @@ def _send_all(
                 job.beat()
                 last_beat = time.monotonic()
 
-    def acknowledged(index: int) -> None:
+    def _count(self, group: list[ImportChunk], acked_rows: int) -> None:
+        """Count a group's rows in the tally, writing its failed ones to the failed records."""
+        tally = self.tally
+        tally.failed += self.failed_out.write(chunk.failed for chunk in group)
+        # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
+        # do rows sent before by another object version or as meterfix's correction
+        skipped = sum(chunk.skipped + chunk.elsewhere for chunk in group)
+        tally.elsewhere += sum(chunk.elsewhere for chunk in group)
+        tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
+        tally.sent += skipped + acked_rows
+
+    def acknowledged(self, index: int) -> None:
+        """Stripe acknowledged the sink's batch `index`."""
         # marked before the acknowledgement is recorded: a crash between the two re-sends the
         # batch on resume (Stripe dedupes it), never leaves a billed row unmarked
-        batch_number, late = unsent.numbers[index], unsent.late[index]
-        if batch_number in held:
-            others.taken_again(held.pop(batch_number))
+        batch_number, late = self.unsent.numbers[index], self.unsent.late[index]
+        if batch_number in self.held:
+            self.others.taken_again(self.held.pop(batch_number))
         if late:  # rows of a batch acknowledged before: recorded as sent once they are
-            job.store.insert_rows(obj, [ref._replace(sent=True) for ref in late])
+            self.job.store.insert_rows(self.obj, [ref._replace(sent=True) for ref in late])
         else:
-            acks.add(batch_number)
+            self.acks.add(batch_number)
 
-    def refused(index: int) -> None:
-        unsent.refused.append(unsent.numbers[index])
-
-    try:
-        # iterating counts skipped rows in tally
-        sent = send_batches(job.sink, batches(), acknowledged, refused)
-        tally.sent += sent
-    except Exception:
-        job.progress.forget_unsent(progress.object_id, unsent.never_billed())
-        raise
-    finally:
-        acks.flush()
+    def refused(self, index: int) -> None:
+        """Stripe refused the sink's batch `index` (HTTP 400)."""
+        self.unsent.refused.append(self.unsent.numbers[index])
 
 
 def _note_held(

@@ -69,13 +69,7 @@ def process_object(
     try:
         settled = partial(check_settled, store, obj, listing)
         source = take_snapshot(deps.bucket, obj, deps.work_dir / "objects", settled)
-        if meters is None or deps.sink is None:
-            r.rows += _index_object(deps, store, obj, source)
-            r.indexed += 1
-        else:
-            _whole_file(source, obj)
-            _import_object(deps, store, obj, meters, deps.sink, r, source)
-            r.imported += 1
+        _import_or_index(deps, store, obj, meters, r, source)
         r.keys.add(obj.key)
     except ObjectChanged as exc:
         # the version listed is gone: its new version (if any) is another object, taken on
@@ -89,37 +83,69 @@ def process_object(
         r.deferred += 1
         log_event("poller.object_not_settled", key=obj.key, reason=str(exc))
     except UnreadableFile as exc:
-        if ProgressStore(deps.engine).batch_count(store.object_id(obj)):
-            # rows of it went out before the unreadable part: not a whole-file failure (a
-            # whole-file repair would send them again); given up with what was sent
-            partly = PartlyUnreadable(exc.reason)
-            r.retry_files += 1
-            r.gave_up += _failed(deps, store, obj, partly, f"{obj.key}: {exc.reason}")
-            r.errors.append(f"{obj.key}: {exc.reason}")
-            log_event("poller.unreadable_part_way", level=logging.ERROR, key=obj.key)
-            return
-        impset_id = None if deps.index_mode else _impset_id(obj)
-        store.mark_unreadable(obj, exc.reason, impset_id)
-        if impset_id:
-            # the import set of a file that cannot be read as it is: failed, with the reason;
-            # remediation repairs it as it repairs a file Stripe's importer failed, or says
-            # why it cannot (`import_set_failed`)
-            import_set = save_poller_import_set(
-                deps.engine, impset_id, obj.key, status="failed", failed_reason=exc.reason
-            )
-            hand_over(deps.on_failed_rows, import_set, Path(obj.key))
-        r.failed_files += 1
-        r.errors.append(f"{obj.key}: {exc.reason}")
-        log_event("poller.unreadable", level=logging.WARNING, key=obj.key, reason=exc.reason)
+        _unreadable(deps, store, obj, exc, r)
     except Exception as exc:  # loop edge: one object's failure must not stop the pass
-        reason = f"{type(exc).__name__}: {exc}"
-        r.retry_files += 1
-        r.gave_up += _failed(deps, store, obj, exc, reason)
-        r.errors.append(f"{obj.key}: {reason}")
-        log_event("poller.object_failed", level=logging.ERROR, key=obj.key, reason=reason)
+        _object_failed(deps, store, obj, exc, r)
     finally:
         if source is not None:
             source.unlink(missing_ok=True)
+
+
+def _import_or_index(
+    deps: PollerDeps,
+    store: PollerStore,
+    obj: ObjectInfo,
+    meters: MeterIndex | None,
+    r: PassReport,
+    source: Path,
+) -> None:
+    """Index the snapshot when there are no meters or sink to import with, else import it."""
+    if meters is None or deps.sink is None:
+        r.rows += _index_object(deps, store, obj, source)
+        r.indexed += 1
+    else:
+        _whole_file(source, obj)
+        _import_object(deps, store, obj, meters, deps.sink, r, source)
+        r.imported += 1
+
+
+def _unreadable(
+    deps: PollerDeps, store: PollerStore, obj: ObjectInfo, exc: UnreadableFile, r: PassReport
+) -> None:
+    """A file that cannot be read: failed whole, or given up with what was sent before."""
+    if ProgressStore(deps.engine).batch_count(store.object_id(obj)):
+        # rows of it went out before the unreadable part: not a whole-file failure (a
+        # whole-file repair would send them again); given up with what was sent
+        partly = PartlyUnreadable(exc.reason)
+        r.retry_files += 1
+        r.gave_up += _failed(deps, store, obj, partly, f"{obj.key}: {exc.reason}")
+        r.errors.append(f"{obj.key}: {exc.reason}")
+        log_event("poller.unreadable_part_way", level=logging.ERROR, key=obj.key)
+        return
+    impset_id = None if deps.index_mode else _impset_id(obj)
+    store.mark_unreadable(obj, exc.reason, impset_id)
+    if impset_id:
+        # the import set of a file that cannot be read as it is: failed, with the reason;
+        # remediation repairs it as it repairs a file Stripe's importer failed, or says
+        # why it cannot (`import_set_failed`)
+        import_set = save_poller_import_set(
+            deps.engine, impset_id, obj.key, status="failed", failed_reason=exc.reason
+        )
+        hand_over(deps.on_failed_rows, import_set, Path(obj.key))
+    r.failed_files += 1
+    r.errors.append(f"{obj.key}: {exc.reason}")
+    log_event("poller.unreadable", level=logging.WARNING, key=obj.key, reason=exc.reason)
+
+
+def _object_failed(
+    deps: PollerDeps, store: PollerStore, obj: ObjectInfo, exc: Exception, r: PassReport
+) -> None:
+    """Any other failure of one object: backed off, or given up."""
+    reason = f"{type(exc).__name__}: {exc}"
+    r.retry_files += 1
+    r.gave_up += _failed(deps, store, obj, exc, reason)
+    r.errors.append(f"{obj.key}: {reason}")
+    log_event("poller.object_failed", level=logging.ERROR, key=obj.key, reason=reason)
 
 
 def _whole_file(source: Path, obj: ObjectInfo) -> None:
