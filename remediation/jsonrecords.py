@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from remediation.errors import not_utf8
 from remediation.filetypes import FileFormat
@@ -121,19 +121,46 @@ def record_from_obj(number: int, obj: object) -> UsageRecord:
         for k, v in obj.items()
         if k not in JSON_KNOWN and k not in ERROR_FIELDS and not k.startswith(MFX_PREFIX)
     }
-    payload = obj.get("payload")
-    if payload is None:
-        if "payload" in obj:  # null: written back so in a quarantined row (`record_object`)
-            extra["payload"] = None
-        payload = {}
-    elif not isinstance(payload, dict):
-        # kept as it came (`writers.record_object` writes it back), never read by a rule
-        problems.append(f"payload is a JSON {_json_kind(payload)}, not an object")
-        extra["payload"], payload = payload, {}
+    payload = _payload_of(obj, extra, problems)
     timestamp = obj.get("timestamp")
     if timestamp is None and "timestamp" in obj:
         extra["timestamp"] = None  # null, as the payload's
     code, message = resolve_error({k: obj[k] for k in ERROR_FIELDS if k in obj})
+    texts = _core_texts(obj, extra, problems)
+    return UsageRecord(
+        number,
+        texts["identifier"],
+        timestamp,
+        texts["event_name"],
+        dict(payload),
+        extra,
+        code,
+        message,
+        "; ".join(problems) or None,
+    )
+
+
+def _payload_of(obj: dict[str, Any], extra: dict[str, Any], problems: list[str]) -> dict[Any, Any]:
+    """The object's payload for the rules ({} when it has none that is an object); a null or
+    other value is kept in `extra` as it came, and one that is no object is a problem."""
+    payload = obj.get("payload")
+    if payload is None:
+        if "payload" in obj:  # null: written back so in a quarantined row (`record_object`)
+            extra["payload"] = None
+        return {}
+    if not isinstance(payload, dict):
+        # kept as it came (`writers.record_object` writes it back), never read by a rule
+        problems.append(f"payload is a JSON {_json_kind(payload)}, not an object")
+        extra["payload"] = payload
+        return {}
+    return payload
+
+
+def _core_texts(
+    obj: dict[str, Any], extra: dict[str, Any], problems: list[str]
+) -> dict[str, str | None]:
+    """The identifier's and event name's texts; a value that is no text is kept in `extra`
+    as it came, and one that has no text of its own is a problem."""
     texts: dict[str, str | None] = {}
     for name in ("identifier", "event_name"):
         value = obj.get(name)
@@ -149,17 +176,7 @@ def record_from_obj(number: int, obj: object) -> UsageRecord:
         elif name == "event_name" and name in obj:
             extra[name] = None  # null, as the payload's (a null identifier gets one made up)
         texts[name] = None if value is None else str(value)
-    return UsageRecord(
-        number,
-        texts["identifier"],
-        timestamp,
-        texts["event_name"],
-        dict(payload),
-        extra,
-        code,
-        message,
-        "; ".join(problems) or None,
-    )
+    return texts
 
 
 def _json_kind(value: object) -> str:
