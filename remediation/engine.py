@@ -113,7 +113,38 @@ def remediate(
     # over with the batch, and `written` passes them on from this thread.
     held: list[Audited] = []
     handed = None if on_audit is None else lambda *records: held.append(records)
-    sinks = Sinks(
+    sinks = _run_sinks(
+        out_dir, source, fmt, generation, columns, write, max_rows, handed, audit_output, meters
+    )
+    tally = Tally()
+    trim_heap = HeapTrim()
+    as_bytes = _bytes_writer(records, fmt, columns, write, sinks, ids, source)
+    out = _BatchOut(as_bytes, RecordOut(sinks, ids, source), tally, held, on_audit, on_progress)
+    try:
+        _decide_and_write(records, leave_out, decider, out, trim_heap, write)
+        outputs = sinks.finish(_summary_entry(source, generation, now, tally))
+    except BaseException:
+        sinks.abort()
+        raise
+    _check_conservation(tally, outputs, write, rejected)
+    summary = _summary(source, generation, tally, outputs, sinks.audit_path)
+    return RemediationResult(summary, outputs, tally.corrections, sinks.audit_output)
+
+
+def _run_sinks(
+    out_dir: Path,
+    source: str,
+    fmt: FileFormat,
+    generation: int,
+    columns: Sequence[str] | None,
+    write: bool,
+    max_rows: int | None,
+    handed: AuditSink | None,
+    audit_output: bool,
+    meters: Sequence[Meter],
+) -> Sinks:
+    """The run's output sets and audit trail, with each event name's customer key."""
+    return Sinks(
         out_dir,
         source,
         fmt,
@@ -125,44 +156,72 @@ def remediate(
         audit_output=audit_output,
         customer_keys=customer_keys(meters),
     )
-    tally = Tally()
-    trim_heap = HeapTrim()
-    as_bytes: CsvOut | JsonlOut | None = None
+
+
+def _bytes_writer(
+    records: Iterable[UsageRecord],
+    fmt: FileFormat,
+    columns: Sequence[str] | None,
+    write: bool,
+    sinks: Sinks,
+    ids: Identifiers,
+    source: str,
+) -> CsvOut | JsonlOut | None:
+    """The writer of a run's rows as bytes, when its input and outputs allow one."""
     if columns and _bytes_out(records, write):
-        as_bytes = CsvOut(sinks, columns, ids, source)
-    elif fmt in (FileFormat.JSONL, FileFormat.JSON) and write:
-        as_bytes = JsonlOut(sinks, ids, source)
-    as_records = RecordOut(sinks, ids, source)
+        return CsvOut(sinks, columns, ids, source)
+    if fmt in (FileFormat.JSONL, FileFormat.JSON) and write:
+        return JsonlOut(sinks, ids, source)
+    return None
 
-    def put(decided: Decided) -> tuple[list[Audited], int]:
-        if as_bytes is None or not as_bytes.write(decided, tally):
-            as_records.write(decided, tally)
-        audited = held[:]
-        held.clear()
-        return audited, tally.input_rows
 
-    def written(done: tuple[list[Audited], int]) -> None:  # on this thread, in batch order
+class _BatchOut:
+    """Writes each decided batch (`put`, on the writer's thread) and passes its audit records
+    and the rows read so far on (`written`, on the run's thread, in batch order)."""
+
+    def __init__(
+        self,
+        as_bytes: CsvOut | JsonlOut | None,
+        as_records: RecordOut,
+        tally: Tally,
+        held: list[Audited],
+        on_audit: AuditSink | None,
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        self.as_bytes, self.as_records, self.tally, self.held = as_bytes, as_records, tally, held
+        self.on_audit, self.on_progress = on_audit, on_progress
+
+    def put(self, decided: Decided) -> tuple[list[Audited], int]:
+        if self.as_bytes is None or not self.as_bytes.write(decided, self.tally):
+            self.as_records.write(decided, self.tally)
+        audited = self.held[:]
+        self.held.clear()
+        return audited, self.tally.input_rows
+
+    def written(self, done: tuple[list[Audited], int]) -> None:  # on this thread, in batch order
         audited, rows = done
         for records in audited:
-            assert on_audit is not None
-            on_audit(*records)
-        if on_progress is not None:
-            on_progress(rows)
+            assert self.on_audit is not None
+            self.on_audit(*records)
+        if self.on_progress is not None:
+            self.on_progress(rows)
 
-    try:
-        behind = on_audit is not None or not isinstance(records, CsvRecords)
-        with FEWER_COLLECTIONS, RUN_POOL, WriteBehind(put, written, write, behind) as writer:
-            for batch in without(batches(records, ahead=writer.ahead), leave_out):
-                writer.put(decider.decide(batch))
-                del batch  # freed before the next batch is read, not after
-                trim_heap()
-        outputs = sinks.finish(_summary_entry(source, generation, now, tally))
-    except BaseException:
-        sinks.abort()
-        raise
-    _check_conservation(tally, outputs, write, rejected)
-    summary = _summary(source, generation, tally, outputs, sinks.audit_path)
-    return RemediationResult(summary, outputs, tally.corrections, sinks.audit_output)
+
+def _decide_and_write(
+    records: Iterable[UsageRecord],
+    leave_out: Sequence[LeavesOut],
+    decider: BatchDecider,
+    out: _BatchOut,
+    trim_heap: HeapTrim,
+    write: bool,
+) -> None:
+    """Decides each batch as it is read, and writes it one behind (`WriteBehind`)."""
+    behind = out.on_audit is not None or not isinstance(records, CsvRecords)
+    with FEWER_COLLECTIONS, RUN_POOL, WriteBehind(out.put, out.written, write, behind) as writer:
+        for batch in without(batches(records, ahead=writer.ahead), leave_out):
+            writer.put(decider.decide(batch))
+            del batch  # freed before the next batch is read, not after
+            trim_heap()
 
 
 def _bytes_out(records: Iterable[UsageRecord], write: bool) -> bool:

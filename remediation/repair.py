@@ -66,6 +66,14 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
         raise UnreadableFile(refused)
     named = detect_format(path.name)
     fmt, repairs = _actual_format(named, text)
+    _refuse_json_of_no_rows(fmt, text)
+    if fmt is not FileFormat.CSV:
+        return InputPlan(fmt, repairs=repairs)
+    return _plan_csv(head, text, repairs, rules)
+
+
+def _refuse_json_of_no_rows(fmt: FileFormat, text: str) -> None:
+    """UnreadableFile when JSON Lines or a JSON array cannot start with a row."""
     if fmt is FileFormat.JSONL and text[0] != "{":
         raise UnreadableFile("not a usage file: JSON Lines must start with an object ('{')")
     if fmt is FileFormat.JSON and text[1:].lstrip()[:1] not in _JSON_VALUE_STARTS:
@@ -73,8 +81,11 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
             f"not a usage file: its first line {_first(text)!r} starts with '[' but is no "
             "JSON array (a TOML table?)"
         )
-    if fmt is not FileFormat.CSV:
-        return InputPlan(fmt, repairs=repairs)
+
+
+def _plan_csv(head: bytes, text: str, repairs: tuple[str, ...], rules: Rules) -> InputPlan:
+    """A CSV's plan from its first line: the delimiter, the header with its aliases renamed,
+    the output columns."""
     if len(head) == HEAD_BYTES and not any(end in text for end in "\r\n"):
         raise UnreadableFile(
             f"its first line is longer than {HEAD_BYTES // 1024} KiB: no CSV header is"
@@ -97,6 +108,14 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
             f"not a usage file: its first line {_first(text)!r} names none of identifier, "
             "timestamp, event_name, payload_* or an error column"
         )
+    columns, repairs = _output_columns(layout, rules, repairs)
+    return InputPlan(FileFormat.CSV, delimiter, tuple(header), tuple(columns), repairs, renamed)
+
+
+def _output_columns(
+    layout: CsvLayout, rules: Rules, repairs: tuple[str, ...]
+) -> tuple[list[str], tuple[str, ...]]:
+    """The columns a CSV's rows are written in, and `repairs` with event_name's filling."""
     columns = layout.columns()
     if layout.event_name is None and rules.policy.default_event_name:
         repairs += (f"event_name filled with {rules.policy.default_event_name!r}",)
@@ -104,7 +123,7 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
     if "identifier" not in columns:  # a corrected row is written with its derived identifier:
         # without the column it went out with none, and Stripe gave it a new one at each import
         columns = ["identifier", *columns]
-    return InputPlan(fmt, delimiter, tuple(header), tuple(columns), repairs, renamed)
+    return columns, repairs
 
 
 def _with_event_name(columns: list[str]) -> list[str]:

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
 
+from remediation.ports import LeavesOut
 from service.errors import TaskInputMissing
 from service.jobs.file_runs import SourceRows, TakenAgain, rejected_rows, run_file
 from service.jobs.input_lineage import next_generation
@@ -44,7 +46,7 @@ from service.jobs.store.runs import (
     unfinished_run,
 )
 from service.logs import log_event
-from service.models import ImportSet, RunTrigger
+from service.models import ImportSet, RemediationRun, RunTrigger
 from service.models._types import as_utc, utcnow
 
 # --- import sets ---------------------------------------------------------------------------
@@ -103,52 +105,97 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
     if finished_run(deps.run.engine, run_key) is None:
         crashed = unfinished_run(deps.run.engine, run_key)  # a try before: its names stand
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
-            stages = Stages()
-            with stages.timing(Stage.DOWNLOAD):
-                before = crashed.source if crashed is not None else None
-                path, source, copied = fetch_source(deps, import_set, Path(tmp), before)
-            # the whole file failed: none of its rows was billed
-            request = rejected_rows(
-                deps,
-                stages,
-                path,
-                run_key=run_key,
-                trigger=RunTrigger.IMPORT_SET_FAILED,
-                source=source,
-                tag=import_set_id,
-                now=event_time(import_set),
-                generation=crashed.generation
-                if crashed is not None
-                else next_generation(deps.run.bucket, source),
-            )
-            # read from Stripe's copy: the object the import set names holds other bytes
-            later = later_version(deps, import_set, Path(tmp), path) if copied else None
-            rows = TakenAgain(deps, import_set, later)
-            # a file the bundled poller failed whole: it never sends a row another version
-            # of some object sent (the day's file rewritten with the rows so far) unless a
-            # run over the object quarantined it since (Stripe refused that send); one
-            # Stripe's connector failed: not a row it took from another version
-            key = import_set.source_object
-            sent = SourceRows(deps.run.engine, None)
-            taken = None
-            if not _by_poller(import_set):
-                taken = TakenBefore(deps, import_set, path, Path(tmp) / "taken", run_key)
-            else:
-                sources = object_sources(deps.run.engine, deps.run.bucket, key)
-                sent.refused_by = runs_correcting(deps.run.engine, sources)
-            # rows another run over the object corrected or quarantined (one it quarantined
-            # is refused again: the whole file was)
-            refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
-            elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
-
-            def none_left() -> bool:
-                return rows.left + sent.sent + elsewhere.left + (taken.left if taken else 0) > 0
-
-            leave_out = (rows, sent if taken is None else taken, elsewhere)
-            run_file(deps.run, request, path, leave_out=leave_out, allow_none=none_left)
-            left = rows.outcome() + elsewhere.outcome() + _sent_before(sent.sent, run_key, source)
-            left += taken.outcome() if taken else ""
+            left = _repair_failed_file(deps, import_set, import_set_id, run_key, crashed, Path(tmp))
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
+
+
+def _repair_failed_file(
+    deps: JobDeps,
+    import_set: ImportSet,
+    import_set_id: str,
+    run_key: str,
+    crashed: RemediationRun | None,
+    tmp: Path,
+) -> str:
+    """Remediate every row of a file that failed whole (fetched into `tmp`, or the one a
+    crashed try fetched); what the task's outcome says of the rows left out."""
+    stages = Stages()
+    with stages.timing(Stage.DOWNLOAD):
+        before = crashed.source if crashed is not None else None
+        path, source, copied = fetch_source(deps, import_set, tmp, before)
+    # the whole file failed: none of its rows was billed
+    request = rejected_rows(
+        deps,
+        stages,
+        path,
+        run_key=run_key,
+        trigger=RunTrigger.IMPORT_SET_FAILED,
+        source=source,
+        tag=import_set_id,
+        now=event_time(import_set),
+        generation=crashed.generation
+        if crashed is not None
+        else next_generation(deps.run.bucket, source),
+    )
+    # read from Stripe's copy: the object the import set names holds other bytes
+    later = later_version(deps, import_set, tmp, path) if copied else None
+    left_out = _failed_file_left_out(deps, import_set, later, path, tmp, run_key)
+    run_file(deps.run, request, path, leave_out=left_out.leave_out(), allow_none=left_out.none_left)
+    return left_out.outcome(run_key, source)
+
+
+@dataclass(frozen=True)
+class _FailedFileLeftOut:
+    """The rows a run over a file that failed whole leaves out, and what it says of them."""
+
+    rows: TakenAgain
+    sent: SourceRows
+    taken: TakenBefore | None
+    elsewhere: HandledElsewhere
+
+    def none_left(self) -> bool:
+        """Rows were left out: a run left with none is no failure (`run_file`'s `allow_none`)."""
+        rows, sent, elsewhere, taken = self.rows, self.sent, self.elsewhere, self.taken
+        return rows.left + sent.sent + elsewhere.left + (taken.left if taken else 0) > 0
+
+    def leave_out(self) -> tuple[LeavesOut, ...]:
+        return (self.rows, self.sent if self.taken is None else self.taken, self.elsewhere)
+
+    def outcome(self, run_key: str, source: str) -> str:
+        rows, elsewhere, taken = self.rows, self.elsewhere, self.taken
+        left = rows.outcome() + elsewhere.outcome() + _sent_before(self.sent.sent, run_key, source)
+        left += taken.outcome() if taken else ""
+        return left
+
+
+def _failed_file_left_out(
+    deps: JobDeps,
+    import_set: ImportSet,
+    later: Path | None,
+    path: Path,
+    tmp: Path,
+    run_key: str,
+) -> _FailedFileLeftOut:
+    """Who took or handled this file's rows before: a later version, another version of the
+    object, the poller's sends, another run over the object."""
+    rows = TakenAgain(deps, import_set, later)
+    # a file the bundled poller failed whole: it never sends a row another version
+    # of some object sent (the day's file rewritten with the rows so far) unless a
+    # run over the object quarantined it since (Stripe refused that send); one
+    # Stripe's connector failed: not a row it took from another version
+    key = import_set.source_object
+    sent = SourceRows(deps.run.engine, None)
+    taken = None
+    if not _by_poller(import_set):
+        taken = TakenBefore(deps, import_set, path, tmp / "taken", run_key)
+    else:
+        sources = object_sources(deps.run.engine, deps.run.bucket, key)
+        sent.refused_by = runs_correcting(deps.run.engine, sources)
+    # rows another run over the object corrected or quarantined (one it quarantined
+    # is refused again: the whole file was)
+    refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
+    elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
+    return _FailedFileLeftOut(rows, sent, taken, elsewhere)
 
 
 def poller_rows(deps: JobDeps, import_set_id: str) -> str:

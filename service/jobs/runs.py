@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 from sqlalchemy import Engine
 
-from remediation.engine import remediate
+from remediation.engine import RemediationResult, remediate
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage
 from remediation.meters import Meter
@@ -101,28 +101,47 @@ def execute_run(
         _AuditWriter(ctx.engine, run_id, request.source, stages) as audit,
     ):
         with stages.timing(Stage.REMEDIATE):
-            result = remediate(
-                records,
-                source=request.source,
-                fmt=request.fmt,
-                meters=ctx.meters,
-                rules=ctx.rules,
-                now=request.now,
-                out_dir=Path(tmp),
-                generation=request.generation,
-                customers=ctx.customers,
-                on_audit=audit.add,
-                columns=request.columns,
-                lineage=request.lineage,
-                rejected=request.rejected,
-                loop_protection=request.loop_protection,
-                audit_output=True,  # uploaded with the outputs
-                leave_out=leave_out,
-            )
+            result = _remediate_request(ctx, request, records, Path(tmp), audit, leave_out)
         outputs = list(result.outputs) + ([result.audit] if result.audit else [])
         uploaded = _upload_while_loading(ctx, request, outputs, audit, stages)
     with stages.timing(Stage.DATABASE):
         run = finish_run(ctx.engine, run_id, result.summary, uploaded)
+    _log_run_done(run, stages, audit)
+    alert_for_run(ctx.engine, ctx.settings, run, uploaded)  # critical/warning/info per run
+    return run
+
+
+def _remediate_request(
+    ctx: RunContext,
+    request: RunRequest,
+    records: Iterable[UsageRecord],
+    out_dir: Path,
+    audit: _AuditWriter,
+    leave_out: Sequence[LeavesOut],
+) -> RemediationResult:
+    """The engine's pass over `records` as `request` says, its outputs written under `out_dir`
+    and its audit records handed to `audit` as it goes."""
+    return remediate(
+        records,
+        source=request.source,
+        fmt=request.fmt,
+        meters=ctx.meters,
+        rules=ctx.rules,
+        now=request.now,
+        out_dir=out_dir,
+        generation=request.generation,
+        customers=ctx.customers,
+        on_audit=audit.add,
+        columns=request.columns,
+        lineage=request.lineage,
+        rejected=request.rejected,
+        loop_protection=request.loop_protection,
+        audit_output=True,  # uploaded with the outputs
+        leave_out=leave_out,
+    )
+
+
+def _log_run_done(run: RemediationRun, stages: Stages, audit: _AuditWriter) -> None:
     log_event(
         "remediation.run_done",
         run_key=run.run_key,
@@ -133,8 +152,6 @@ def execute_run(
         stages=stages.fields(),
         database_parts=audit.parts(),
     )
-    alert_for_run(ctx.engine, ctx.settings, run, uploaded)  # critical/warning/info per run
-    return run
 
 
 class _AuditWriter:

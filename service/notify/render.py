@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service.adapters.channels import Message
-from service.notify.digest_lines import Digest, ReportLine
+from service.notify.digest_lines import Digest, ReportLine, Totals
 from service.notify.shown import counted, shown_as_text, shown_on_one_line
 from service.notify.slack_blocks import (
     button,
@@ -100,44 +100,61 @@ def _age(moment: datetime | None, now: datetime | None) -> str:
 
 def _digest_blocks(d: Digest, title: str, oldest: str) -> list[dict[str, Any]]:
     t, p = d.totals, d.previous
-    blocks: list[dict[str, Any]] = [
-        header(title),
-        {
-            "type": "section",
-            "fields": [
-                mrkdwn(f"*Received*\n{t.received} ({t.received - p.received:+d})"),
-                mrkdwn(f"*Valid*\n{t.valid} ({t.valid - p.valid:+d})"),
-                mrkdwn(f"*Corrected*\n{t.corrected} ({t.corrected - p.corrected:+d})"),
-                mrkdwn(f"*Quarantined*\n{t.quarantined} ({t.quarantined - p.quarantined:+d})"),
-            ],
-        },
-    ]
-    lines = [
+    blocks: list[dict[str, Any]] = [header(title), _totals_section(t, p)]
+    blocks += sections("*By error code*", _code_lines(d))
+    blocks += _report_sections(d)
+    blocks += sections(
+        "*Quarantined by code × meter" + (" × customer*" if d.examples else "*"), _group_lines(d)
+    )
+    blocks += sections("*Top quarantine reasons*", [_reason_line(r) for r in d.reasons])
+    blocks += sections("*Runs*", _run_lines(d))
+    blocks += sections("*Needs attention*", _attention_lines(d, oldest))
+    blocks.append(context(f"{t.runs} runs · meterfix digest"))
+    blocks.append(button("Open the dashboard", d.links["dashboard"]))
+    return blocks
+
+
+def _totals_section(t: Totals, p: Totals) -> dict[str, Any]:
+    """The window's counts, each with its change against the previous window."""
+    return {
+        "type": "section",
+        "fields": [
+            mrkdwn(f"*Received*\n{t.received} ({t.received - p.received:+d})"),
+            mrkdwn(f"*Valid*\n{t.valid} ({t.valid - p.valid:+d})"),
+            mrkdwn(f"*Corrected*\n{t.corrected} ({t.corrected - p.corrected:+d})"),
+            mrkdwn(f"*Quarantined*\n{t.quarantined} ({t.quarantined - p.quarantined:+d})"),
+        ],
+    }
+
+
+def _code_lines(d: Digest) -> list[str]:
+    return [
         f"• {link(c.url, c.code) if c.url else escape(c.code)}: {c.corrected} corrected, "
         f"{c.quarantined} quarantined "
         f"({c.change:+d})"
         for c in d.codes
     ]
-    blocks += sections("*By error code*", lines)
-    blocks += _report_sections(d)
-    blocks += sections(
-        "*Quarantined by code × meter" + (" × customer*" if d.examples else "*"),
-        [
-            f"• {link(g.url, ' / '.join(_parts(g.code, g.meter, g.customer, d.examples)))}: "
-            f"{rows(g.rows)}"
-            for g in d.groups
-        ],
-    )
-    blocks += sections("*Top quarantine reasons*", [_reason_line(r) for r in d.reasons])
-    blocks += sections(
-        "*Runs*",
-        [
-            f"• {link(r.url, f'#{r.run_id}')} {escape(r.trigger)} {escape(r.source)}: "
-            f"{r.received} received, {r.corrected} corrected, {r.quarantined} quarantined"
-            for r in d.runs
-        ],
-    )
-    attention = [
+
+
+def _group_lines(d: Digest) -> list[str]:
+    return [
+        f"• {link(g.url, ' / '.join(_parts(g.code, g.meter, g.customer, d.examples)))}: "
+        f"{rows(g.rows)}"
+        for g in d.groups
+    ]
+
+
+def _run_lines(d: Digest) -> list[str]:
+    return [
+        f"• {link(r.url, f'#{r.run_id}')} {escape(r.trigger)} {escape(r.source)}: "
+        f"{r.received} received, {r.corrected} corrected, {r.quarantined} quarantined"
+        for r in d.runs
+    ]
+
+
+def _attention_lines(d: Digest, oldest: str) -> list[str]:
+    """What waits on a person: open critical alerts, dead letters, the backlog."""
+    return [
         f"• {link(d.links['alerts'], 'Open critical alerts')}: {len(d.alerts)}",
         *(f"    [{a.status}] {escape(a.subject)} (×{a.count})" for a in d.alerts),
         f"• {link(d.links['dead_letters'], 'Dead letters')}: {d.dead_total}",
@@ -145,10 +162,6 @@ def _digest_blocks(d: Digest, title: str, oldest: str) -> list[dict[str, Any]]:
         + (f" (oldest {oldest})" if oldest else "")
         + f", {d.backlog_objects} bucket objects waiting",
     ]
-    blocks += sections("*Needs attention*", attention)
-    blocks.append(context(f"{t.runs} runs · meterfix digest"))
-    blocks.append(button("Open the dashboard", d.links["dashboard"]))
-    return blocks
 
 
 REPORTS_TITLE = "Stripe error reports not remediated"
