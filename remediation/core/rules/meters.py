@@ -4,21 +4,19 @@ configured successor. Both rename the customer and value keys to the new meter's
 
 The match is made once per distinct event name and kept for the run (`Context.meter_picks`);
 the rows of a name nothing matches are refused with the reason the row rule gives one of them;
-only rows whose keys must be renamed are taken one at a time.
+only rows whose keys must be renamed are taken one at a time (the rows moved on the column:
+`moving`).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
-
-import numpy as np
-import pyarrow as pa
 
 from remediation.changes import Change, Context, meter_of
-from remediation.core.columns import Batch, Column
-from remediation.core.rules.base import Changes, Fix, RowRule, one_by_one, set_column
+from remediation.core.columns import Batch
+from remediation.core.rules.base import Fix
 from remediation.core.rules.keys import holds
+from remediation.core.rules.moving import moved
 from remediation.errors import Uncorrectable
 from remediation.limits import shown
 from remediation.meters import Meter
@@ -34,92 +32,7 @@ def normalized(name: str) -> str:
 
 def fix_event_name(batch: Batch, ctx: Context) -> Fix:
     """Each distinct name is matched once; rows keeping their keys are renamed on the column."""
-    return _moved(batch, ctx, lambda name: pick_meter(name or "", ctx), fix_event_name_row)
-
-
-def _moved(
-    batch: Batch,
-    ctx: Context,
-    target: Callable[[str | None], tuple[str, Meter] | None],
-    row_rule: RowRule,
-    moving: bool = False,
-) -> Fix:
-    """Rows sent to the meter `target` picks for their event name (with the rule that picked
-    it), once per distinct name; rows whose keys must be renamed go through `row_rule`.
-    `moving`: the meter a row names is its old meter, whose keys move (`align_keys`)."""
-    names = batch.event_name.text
-    encoded = pa.compute.dictionary_encode(names)
-    distinct: list[str | None] = [*encoded.dictionary.to_pylist(), None]  # None: absent
-    picks: list[tuple[str, Meter] | None] = [None] * len(distinct)
-    absent = len(distinct) - 1
-    positions = encoded.indices.fill_null(absent).to_numpy(zero_copy_only=False)
-    positions = positions.astype(np.int64)
-    simple = np.zeros(len(batch), bool)
-    failed: dict[int, str] = {}
-    # each name's rows, grouped once (not a pass over the batch per distinct name)
-    order = np.argsort(positions, kind="stable")
-    bounds = np.searchsorted(positions[order], np.arange(len(distinct) + 1))
-    for at, name in enumerate(distinct):
-        named = order[bounds[at] : bounds[at + 1]]
-        if not len(named):
-            continue
-        pick = picks[at] = target(name)
-        if pick is None:
-            # the row rule refuses every row of a name nothing picks, with the same reason:
-            # asked once (1M rows of a name no meter matches took 36 s one row at a time)
-            reason = _refusal(batch, ctx, row_rule, int(named[0]))
-            if reason is not None:
-                failed.update(dict.fromkeys(named.tolist(), reason))
-                continue
-        elif _keeps_keys(batch, pick[1], ctx.index.get(name) if moving else None):
-            simple[named] = True
-    alone = np.ones(len(batch), bool)
-    alone[simple] = False
-    alone[list(failed)] = False
-    fix = one_by_one(batch, ctx, row_rule, np.flatnonzero(alone))
-    fix.failed.update(failed)
-    rows = np.flatnonzero(simple)
-    if not len(rows):
-        return fix
-    # One change for every name: each row's new name and rule by its name's pick.
-    picked = positions[rows]
-    new_names = pa.array([p[1].event_name if p else None for p in picks], pa.string())
-    rules = [p[0] if p else "" for p in picks]
-    after = Column(new_names.take(pa.array(picked)))
-    fix.batch = fix.batch.with_fields(event_name=set_column(fix.batch.event_name, rows, after))
-    rule: str | list[str] = rules[int(picked[0])]
-    if len({rules[i] for i in set(picked.tolist())}) > 1:
-        rule = [rules[i] for i in picked.tolist()]
-    before = Column(names.take(pa.array(rows)))
-    fix.changes.append(Changes(rows, rule, "event_name", before, after))
-    return fix
-
-
-def _refusal(batch: Batch, ctx: Context, row_rule: RowRule, row: int) -> str | None:
-    """Why `row_rule` refuses row `row` of `batch` (None: it does not)."""
-    record = batch.take(np.array([row])).records()[0]
-    try:
-        row_rule(record, ctx)
-    except Uncorrectable as exc:
-        return exc.reason
-    return None
-
-
-def _keeps_keys(batch: Batch, meter: Meter, old: Meter | None) -> bool:
-    """Every row has the meter's customer and value keys, and none the `old` meter's keys
-    that move to them (no renaming: `align_keys`)."""
-    for key in (meter.customer_key, meter.value_key):
-        column = batch.payload.get(key)
-        if column is None or not column.present().all():
-            return False
-    if old is None:
-        return True
-    roles = ((old.customer_key, meter.customer_key), (old.value_key, meter.value_key))
-    for source in (s for s, t in roles if s != t):
-        column = batch.payload.get(source)
-        if column is not None and column.present().any():
-            return False
-    return True
+    return moved(batch, ctx, lambda name: pick_meter(name or "", ctx), fix_event_name_row)
 
 
 def fix_event_name_row(record: UsageRecord, ctx: Context) -> list[Change]:
@@ -181,7 +94,7 @@ def reroute_to_successor(batch: Batch, ctx: Context) -> Fix:
         pick = _successor(name, ctx)
         return ("successor_meter", pick[1]) if pick is not None else None
 
-    return _moved(batch, ctx, successor, reroute_to_successor_row, moving=True)
+    return moved(batch, ctx, successor, reroute_to_successor_row, moving=True)
 
 
 def _successor(name: str | None, ctx: Context) -> tuple[Meter, Meter] | None:
