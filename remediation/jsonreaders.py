@@ -132,31 +132,47 @@ def _raw_lines(text: io.TextIOWrapper) -> Iterator[tuple[list[str], list[tuple[s
                     head, length = rest[:keep], len(rest)
                 continue
             parts = [x for piece in pieces for x in (piece, "\n")] + [rest]
-        elif "\r" in block:
-            parts = _BREAK.split(block)
         else:
-            pieces = block.split("\n")
-            parts = [x for piece in pieces for x in (piece, "\n")]
-            parts.pop()
-        lines: list[tuple[str, int]] = []
-        for at in range(0, len(parts) - 1, 2):
-            content, end = parts[at], parts[at + 1]
-            if length:
-                whole = length + len(content) + len(end)
-                if len(head) < keep:
-                    head = (head + content + end)[:keep]
-                lines.append((head, whole))
-                head, length = "", 0
-            elif len(content) < keep:
-                lines.append((content + end, len(content) + len(end)))
-            else:
-                lines.append(((content + end)[:keep], len(content) + len(end)))
-        rest = parts[-1]
-        if rest:
-            if len(head) < keep:
-                head = (head + rest)[:keep]
-            length += len(rest)
+            parts = _split_parts(block)
+        lines, head, length = _measured(parts, head, length, keep)
         if lines:
             yield [], lines
     if length:
         yield [], [(head, length)]
+
+
+def _split_parts(block: str) -> list[str]:
+    """A block's lines and their terminators, alternating, and its unfinished rest last."""
+    if "\r" in block:
+        return _BREAK.split(block)
+    pieces = block.split("\n")
+    parts = [x for piece in pieces for x in (piece, "\n")]
+    parts.pop()
+    return parts
+
+
+def _measured(
+    parts: list[str], head: str, length: int, keep: int
+) -> tuple[list[tuple[str, int]], str, int]:
+    """The lines of `parts` (`_split_parts`), each cut after `keep` characters with its whole
+    length, the first one ending the unfinished line (`head`, of `length` so far); and the
+    unfinished line after them."""
+    lines: list[tuple[str, int]] = []
+    for at in range(0, len(parts) - 1, 2):
+        content, end = parts[at], parts[at + 1]
+        if length:
+            whole = length + len(content) + len(end)
+            if len(head) < keep:
+                head = (head + content + end)[:keep]
+            lines.append((head, whole))
+            head, length = "", 0
+        elif len(content) < keep:
+            lines.append((content + end, len(content) + len(end)))
+        else:
+            lines.append(((content + end)[:keep], len(content) + len(end)))
+    rest = parts[-1]
+    if rest:
+        if len(head) < keep:
+            head = (head + rest)[:keep]
+        length += len(rest)
+    return lines, head, length

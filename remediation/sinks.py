@@ -68,34 +68,46 @@ class Sinks:
         self.source, self.generation = source, generation
         if write:
             out_dir.mkdir(parents=True, exist_ok=True)
-            self.corrected = OutputSet(
-                out_dir,
-                source,
-                "corrected",
-                fmt,
-                generation,
-                columns=columns,
-                max_rows=limit,
-                max_bytes=max_bytes,
-            )
-            self.quarantine = OutputSet(
-                out_dir,
-                source,
-                "quarantine",
-                fmt,
-                generation,
-                columns=columns,
-                annotations=QUARANTINE_FIELDS,
-                max_rows=limit,
-                max_bytes=max_bytes,
-            )
-            name = audit_name(source, generation)
-            self.audit_path = (out_dir / name).resolve()
-            self.audit_tmp = out_dir / f".{name}.tmp"
-            # hashed and its lines counted only when it is an output
-            binary, spooled = open_spooled(self.audit_tmp, audit_output, hashed=audit_output)
-            self._audit_digest = spooled if audit_output else None
-            self.audit_file = io.TextIOWrapper(binary, encoding="utf-8")  # as open(.., "w")
+            self._open_outputs(fmt, columns, limit, max_bytes, audit_output)
+
+    def _open_outputs(
+        self,
+        fmt: FileFormat,
+        columns: Sequence[str] | None,
+        limit: int,
+        max_bytes: int,
+        audit_output: bool,
+    ) -> None:
+        """The corrected and quarantine output sets and the audit file, opened in `out_dir`."""
+        out_dir, source, generation = self.out_dir, self.source, self.generation
+        self.corrected = OutputSet(
+            out_dir,
+            source,
+            "corrected",
+            fmt,
+            generation,
+            columns=columns,
+            max_rows=limit,
+            max_bytes=max_bytes,
+        )
+        self.quarantine = OutputSet(
+            out_dir,
+            source,
+            "quarantine",
+            fmt,
+            generation,
+            columns=columns,
+            annotations=QUARANTINE_FIELDS,
+            max_rows=limit,
+            max_bytes=max_bytes,
+        )
+        name = audit_name(source, generation)
+        self.audit_path = (out_dir / name).resolve()
+        self.audit_tmp = out_dir / f".{name}.tmp"
+        # hashed and its lines counted only when it is an output
+        binary, spooled = open_spooled(self.audit_tmp, audit_output, hashed=audit_output)
+        self._audit_digest = spooled if audit_output else None
+        self.audit_file = io.TextIOWrapper(binary, encoding="utf-8")  # as open(.., "w")
 
     def audit(self, entry: dict[str, Any]) -> None:
         """One line of the audit file (one short line per decision)."""
