@@ -68,30 +68,7 @@ def _written(
     object's pairs with their first comma cut off, then the row; each order's rows taken out
     first and put back in row order after) every value's bytes were made five or six times
     (200,000 rows of the optional-keys file, 128 layouts: 0.52-0.70 s, gathered 0.27-0.34 s)."""
-    batch, orders = rows.batch, rows.orders
-    codes = orders.codes[members]
-    # per group of keys (payload, other), each key's orders: a look-up a key, where testing
-    # every order for every key cost keys x orders (rows each naming keys of their own)
-    orders_of: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
-    for place, order in enumerate(orders.distinct):
-        for group, keys_of in enumerate(orders_of):
-            for key in order[group]:
-                keys_of.setdefault(key, []).append(place)
-
-    def holding(key: str, group: int) -> np.ndarray[Any, Any]:
-        held = np.zeros(len(orders.distinct), bool)
-        held[orders_of[group].get(key, [])] = True
-        found: np.ndarray[Any, Any] = held[codes]
-        return found
-
-    def payload_holding() -> np.ndarray[Any, Any]:
-        """Which rows have each payload key (a row of keys by a column of rows)."""
-        held = np.zeros((len(payload_keys), len(orders.distinct)), bool)
-        for at, key in enumerate(payload_keys):
-            held[at, orders_of[0].get(key, [])] = True
-        found: np.ndarray[Any, Any] = held[:, codes]
-        return found
-
+    holding = _KeyHolding(rows.orders, rows.orders.codes[members])
     payload_keys, extra_keys = keys
     every = np.ones(len(members), bool)
     # the object's keys: each with its value (None: the payload object) and the rows having it
@@ -99,7 +76,7 @@ def _written(
         (name, rows.cores[name], rows.present[name][members]) for name in CORE
     ]
     top.append(("payload", None, every))
-    top += [(key, batch.extra[key], holding(key, 1)) for key in extra_keys]
+    top += [(key, rows.batch.extra[key], holding.of(key, 1)) for key in extra_keys]
     top += [(key, texts, every) for key, texts in rows.notes]
     pieces.start(members)
     pieces.constant("{")
@@ -108,9 +85,37 @@ def _written(
             pieces.pair(key, value, has, first)
             continue
         pieces.prefix(key, has, first, "{")
-        pieces.object_pairs(payload_keys, payload_holding(), batch.payload)
+        pieces.object_pairs(payload_keys, holding.payload(payload_keys), rows.batch.payload)
         pieces.constant("}")
     pieces.constant("}" + end)
+
+
+class _KeyHolding:
+    """Which of the rows (by their orders' `codes`) hold a key: per group of keys (payload,
+    other), each key's orders, a look-up a key, where testing every order for every key cost
+    keys x orders (rows each naming keys of their own)."""
+
+    def __init__(self, orders: KeyOrders, codes: np.ndarray[Any, Any]) -> None:
+        self.orders, self.codes = orders, codes
+        self.orders_of: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
+        for place, order in enumerate(orders.distinct):
+            for group, keys_of in enumerate(self.orders_of):
+                for key in order[group]:
+                    keys_of.setdefault(key, []).append(place)
+
+    def of(self, key: str, group: int) -> np.ndarray[Any, Any]:
+        held = np.zeros(len(self.orders.distinct), bool)
+        held[self.orders_of[group].get(key, [])] = True
+        found: np.ndarray[Any, Any] = held[self.codes]
+        return found
+
+    def payload(self, payload_keys: list[str]) -> np.ndarray[Any, Any]:
+        """Which rows have each payload key (a row of keys by a column of rows)."""
+        held = np.zeros((len(payload_keys), len(self.orders.distinct)), bool)
+        for at, key in enumerate(payload_keys):
+            held[at, self.orders_of[0].get(key, [])] = True
+        found: np.ndarray[Any, Any] = held[:, self.codes]
+        return found
 
 
 def _firsts(present: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
