@@ -103,6 +103,14 @@ class Elements:
         self.broken = False  # the elements hold line breaks (pretty-printed): see `matchable`
 
     def __iter__(self) -> Iterator[Lines]:
+        opening = self._opening()
+        if opening is not None:
+            yield from self._element_blocks(*opening)
+
+    def _opening(self) -> tuple[bytes, bytes] | None:
+        """The bytes after the array's "[" and the separator between its elements, when the
+        array starts as expected (its elements are then read here); None: the array reader
+        reads it all, from `left`."""
         data = b""
         while len(data) < LINE_BLOCK_BYTES and (chunk := self.stream.read(LINE_BLOCK_BYTES)):
             data += chunk
@@ -110,20 +118,24 @@ class Elements:
             data = data[3:]
         elif data[:1] == _BOM[:1]:  # a BOM cut short, or a character that is not "["
             self.left, self.bom = data, True
-            return
+            return None
         self.left = data  # unless the array starts as expected: the array reader reads it all
         head = data.lstrip(_WHITESPACE)
         first = head[1:].lstrip(_WHITESPACE)
         found = _SEPARATOR.search(first)
         if head[:1] != b"[" or first[:1] != b"{" or found is None:
-            return
+            return None
         if json_depth_over(_NESTED, self.depth):
-            return
+            return None
         separator = found.group()  # "},{", "}, {", "},\n{"...: the first found, then taken as
         # the only one (an element followed by another does not qualify, and is handed over)
         self.broken = any(byte in _BREAKS for byte in first[: found.start()])
         self.opened, self.left = True, None
-        pending = first
+        return first, separator
+
+    def _element_blocks(self, pending: bytes, separator: bytes) -> Iterator[Lines]:
+        """The qualifying elements from `pending` on, a block at a time, until one does not
+        qualify or the array ends (what is left then is `left`)."""
         while True:
             chunk = self.stream.read(LINE_BLOCK_BYTES)
             data = pending + chunk if pending else chunk
