@@ -3,7 +3,9 @@ window that ends now, sent at once (or, with --dry-run, printed in its plain-tex
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 from flask.cli import with_appcontext
@@ -12,6 +14,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.adapters.channels import Channel, ChannelName
 from service.config import parse_duration
 from service.runtime import runtime
+
+if TYPE_CHECKING:  # annotations only: notify is imported when the command runs, not for --help
+    from service.notify.digest_lines import Digest
+    from service.notify.digests import DigestOutcome, DigestSender
+    from service.notify.windows import Window
 
 
 @click.command("digest")
@@ -24,9 +31,24 @@ from service.runtime import runtime
 def digest_command(dry_run: bool, since: str, channel: str | None) -> None:
     """Send the digest of the last SINCE now (exit 1 with one line if a send failed)."""
     from service.models._types import utcnow
+
+    length, sender = _length_and_sender(since, dry_run, channel)
+    now = utcnow()
+    window = _window(now, length, since)
+    try:
+        if dry_run:
+            _show(sender.collect(window), since, now)
+            return
+        outcomes = sender.send_now(window)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
+    _tell_outcomes(outcomes)
+
+
+def _length_and_sender(since: str, dry_run: bool, channel: str | None) -> tuple[int, DigestSender]:
+    """The window's length (`--since`) and the sender on the channels asked for
+    (ClickException: a bad --since or SMTP_URL, or no channel configured)."""
     from service.notify.digests import DigestSender
-    from service.notify.render import render_digest
-    from service.notify.windows import Window
 
     rt = runtime()
     try:
@@ -39,24 +61,33 @@ def digest_command(dry_run: bool, since: str, channel: str | None) -> None:
         raise click.ClickException(
             "no channel configured: set SLACK_WEBHOOK_URL, or SMTP_URL and DIGEST_EMAIL_TO"
         )
-    now = utcnow()
+    return length, sender
+
+
+def _window(now: datetime, length: int, since: str) -> Window:
+    """The `length` seconds that end `now` (ClickException: it would start before year 1)."""
+    from service.notify.windows import Window
+
     try:
-        window = Window(now - timedelta(seconds=length), now)
+        return Window(now - timedelta(seconds=length), now)
     except OverflowError as exc:
         raise click.ClickException(
             f"--since {since}: the window would start before year 1"
         ) from exc
-    try:
-        if dry_run:
-            digest = sender.collect(window)
-            if digest.empty:
-                click.echo(f"nothing happened in the last {since}: nothing would be sent")
-                return
-            click.echo(render_digest(digest, now=now).text, nl=False)
-            return
-        outcomes = sender.send_now(window)
-    except SQLAlchemyError as exc:
-        raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
+
+
+def _show(digest: Digest, since: str, now: datetime) -> None:
+    """--dry-run: the digest's plain text, or a line saying nothing would be sent."""
+    from service.notify.render import render_digest
+
+    if digest.empty:
+        click.echo(f"nothing happened in the last {since}: nothing would be sent")
+        return
+    click.echo(render_digest(digest, now=now).text, nl=False)
+
+
+def _tell_outcomes(outcomes: Sequence[DigestOutcome]) -> None:
+    """A line for each channel that did not fail; a ClickException naming those that did."""
     failed = [o for o in outcomes if o.status == "failed"]
     for outcome in outcomes:
         if outcome.status != "failed":

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Dialect, Table
 
 # Rows per INSERT statement in a SQLite bulk load (`bulk_load_rows`), parameter limit allowing.
 ROWS_PER_INSERT = 256
@@ -54,6 +54,25 @@ def bulk_load_rows(
     if not rows:
         return
     dialect = connection.dialect
+    values = _encoded_values(dialect, table, names, rows, as_stored)
+    target, listed = _quoted_target(dialect, table, names)
+    driver: Any = connection.connection.driver_connection
+    if dialect.name == "postgresql":
+        with driver.cursor() as cursor, cursor.copy(f"COPY {target} ({listed}) FROM STDIN") as copy:
+            for value in values:
+                copy.write_row(value)
+        return
+    _insert_many_a_statement(driver, target, listed, names, values)
+
+
+def _encoded_values(
+    dialect: Dialect,
+    table: Table,
+    names: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    as_stored: Collection[str],
+) -> Sequence[tuple[Any, ...]]:
+    """The rows with each value encoded by its column's type, but those of `as_stored`."""
     columns = [table.c[name] for name in names]
     coders = [  # only columns whose type encodes (JSON, times)
         (position, encode)
@@ -61,23 +80,27 @@ def bulk_load_rows(
         if column.name not in as_stored
         and (encode := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
     ]
-    values = _encoded(rows, coders) if coders else rows
+    return _encoded(rows, coders) if coders else rows
+
+
+def _quoted_target(dialect: Dialect, table: Table, names: Sequence[str]) -> tuple[str, str]:
+    """The table and its columns `names` (comma-separated), quoted for a raw statement."""
     quote = dialect.identifier_preparer.quote
     target = dialect.identifier_preparer.format_table(table)
     listed = ", ".join(quote(name) for name in names)
-    driver: Any = connection.connection.driver_connection
-    if dialect.name == "postgresql":
-        with driver.cursor() as cursor, cursor.copy(f"COPY {target} ({listed}) FROM STDIN") as copy:
-            for value in values:
-                copy.write_row(value)
-        return
+    return target, listed
+
+
+def _insert_many_a_statement(
+    driver: Any, target: str, listed: str, names: Sequence[str], values: Sequence[tuple[Any, ...]]
+) -> None:
+    """SQLite's bulk load: `values` inserted into `target`'s columns `listed`."""
     # Many rows a statement: sqlite3 lets go of the GIL around every statement it steps, and
     # while another thread runs Python (the engine's writer, during a run) each step waits for
     # it to be handed back. One row a statement, 900,000 corrections were staged in 4.0 s
     # during a run (1.2 s alone); `ROWS_PER_INSERT` rows a statement, in 1.3 s (0.95 s alone).
     one = "(" + ", ".join("?" for _ in names) + ")"
-    most = driver.getlimit(SQLITE_LIMIT_VARIABLE_NUMBER) // len(names)
-    per = max(1, min(ROWS_PER_INSERT, most))
+    per = _rows_per_insert(driver, len(names))
     full = len(values) // per * per
     cursor = driver.cursor()
     try:
@@ -95,6 +118,13 @@ def bulk_load_rows(
                 cursor.executemany(f"INSERT INTO {target} ({listed}) VALUES {one}", rest)
     finally:
         cursor.close()
+
+
+def _rows_per_insert(driver: Any, width: int) -> int:
+    """`ROWS_PER_INSERT`, or fewer when SQLite's parameter limit cannot bind that many rows of
+    `width` columns (at least one)."""
+    most: int = driver.getlimit(SQLITE_LIMIT_VARIABLE_NUMBER) // width
+    return max(1, min(ROWS_PER_INSERT, most))
 
 
 def _encoded(

@@ -54,7 +54,7 @@ from service.models import (
     RunTrigger,
 )
 from service.models._types import as_utc, utcnow
-from service.poller.store import event_names_of, first_versions
+from service.poller.store import FirstVersion, event_names_of, first_versions
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
@@ -67,40 +67,70 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
     job = _job(ctx, report, samples, counts)
     firsts = first_versions(ctx.engine, set(job.scope.samples))
     with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
-        files: dict[str, tuple[str, Path, InputPlan]] = {}
-        for key, etag in linked.items():
-            fetched = fetch(ctx, job, key, etag, Path(tmp), or_current=True)
-            if fetched is None:
-                continue
-            version, path, plan = fetched
-            altered: dict[str, bool] = {}
-            since = SentSince(ctx, job, firsts, key, version)
-            sampled = _sampled(ctx, job, key, fetched, since, altered)
-            if sampled is None:
-                continue
-            if version != etag and not sampled.codes and not altered:  # another file now
-                job.changed.append(key)
-                continue
-            files[key] = fetched
-            job.customers |= sampled.customers
-            job.sampled[key] = sampled
-            job.altered[key] = altered
-            job.earlier[key] = since.earlier
+        files = _linked_files(ctx, job, linked, firsts, Path(tmp))
         others = other_objects(ctx.engine, report, job, set(linked))
         job.objects = set(linked) | {key for key, _ in others}
-        found = 0
-        for key in sorted(files):
-            version, path, plan = files[key]
-            taken = when_taken(ctx.engine, job, key, version, linked=True)
-            found += _remediate(ctx, job, key, version, path, plan, taken)
-        for key, etag in others:
-            if found >= job.expected:
-                break
-            fetched = fetch(ctx, job, key, etag, Path(tmp))
-            if fetched is not None:
-                taken = when_taken(ctx.engine, job, key, etag, linked=False)
-                found += _remediate(ctx, job, key, *fetched, taken)
+        found = _remediate_linked(ctx, job, files)
+        found = _remediate_others(ctx, job, others, Path(tmp), found)
     return conclude(ctx.engine, job, found)
+
+
+def _linked_files(
+    ctx: RunContext,
+    job: Report,
+    linked: dict[str, str],
+    firsts: dict[str, FirstVersion],
+    folder: Path,
+) -> dict[str, tuple[str, Path, InputPlan]]:
+    """key -> (ETag, local copy, plan) of the linked objects whose sampled rows the report is
+    about; what each sample says is kept on `job` (those of another file now: `job.changed`)."""
+    files: dict[str, tuple[str, Path, InputPlan]] = {}
+    for key, etag in linked.items():
+        fetched = fetch(ctx, job, key, etag, folder, or_current=True)
+        if fetched is None:
+            continue
+        version = fetched[0]
+        altered: dict[str, bool] = {}
+        since = SentSince(ctx, job, firsts, key, version)
+        sampled = _sampled(ctx, job, key, fetched, since, altered)
+        if sampled is None:
+            continue
+        if version != etag and not sampled.codes and not altered:  # another file now
+            job.changed.append(key)
+            continue
+        files[key] = fetched
+        job.customers |= sampled.customers
+        job.sampled[key] = sampled
+        job.altered[key] = altered
+        job.earlier[key] = since.earlier
+    return files
+
+
+def _remediate_linked(
+    ctx: RunContext, job: Report, files: dict[str, tuple[str, Path, InputPlan]]
+) -> int:
+    """Remediate the linked objects' rows, by key; how many rows the report is about they hold."""
+    found = 0
+    for key in sorted(files):
+        version, path, plan = files[key]
+        taken = when_taken(ctx.engine, job, key, version, linked=True)
+        found += _remediate(ctx, job, key, version, path, plan, taken)
+    return found
+
+
+def _remediate_others(
+    ctx: RunContext, job: Report, others: list[tuple[str, str]], folder: Path, found: int
+) -> int:
+    """Remediate the other objects' rows until `found` reaches the report's count; the rows
+    found then."""
+    for key, etag in others:
+        if found >= job.expected:
+            break
+        fetched = fetch(ctx, job, key, etag, folder)
+        if fetched is not None:
+            taken = when_taken(ctx.engine, job, key, etag, linked=False)
+            found += _remediate(ctx, job, key, *fetched, taken)
+    return found
 
 
 def _sampled(
@@ -181,17 +211,33 @@ def _remediate(
     rows = Reported(RowNames(key, etag), held, job, scope, taken, selection)
     done = finished_run(ctx.engine, run_key)
     if done is not None:  # a retried task: count what the run found, and the rows handled
-        with path.open("rb") as stream:
-            for _ in without(batches(read_repaired(stream, plan, ctx.rules)), [rows]):
-                pass
+        _read_through(ctx, path, plan, rows)
         return _counted(job, key, done.input_rows, selection, scope, held.billed)
+    request = _run_request(ctx, job, key, run_key, path, plan)
+    with path.open("rb") as stream:  # read in columns, the report's rows selected
+        run = execute_run(ctx, request, read_repaired(stream, plan, ctx.rules), [rows])
+    return _counted(job, key, run.input_rows, selection, scope, held.billed)
+
+
+def _read_through(ctx: RunContext, path: Path, plan: InputPlan, rows: Reported) -> None:
+    """Read the object past the report's rows, which count what they select, with no run."""
+    with path.open("rb") as stream:
+        for _ in without(batches(read_repaired(stream, plan, ctx.rules)), [rows]):
+            pass
+
+
+def _run_request(
+    ctx: RunContext, job: Report, key: str, run_key: str, path: Path, plan: InputPlan
+) -> RunRequest:
+    """The run over one object the report is about, with its lineage (traced in the run's
+    `LINEAGE` stage)."""
     stages = Stages()
     with stages.timing(Stage.LINEAGE):
         # above the object's generation, and any that wrote one of its identifiers
         generation, lineage, traced_from = run_lineage(
             ctx.engine, path, ctx.rules, key, next_generation(ctx.bucket, key)
         )
-    request = RunRequest(
+    return RunRequest(
         run_key=run_key,
         trigger=RunTrigger.ERROR_REPORT,
         source=key,
@@ -205,9 +251,6 @@ def _remediate(
         rejected=False,  # an object that was imported: only the reported rows are re-sent
         stages=stages,
     )
-    with path.open("rb") as stream:  # read in columns, the report's rows selected
-        run = execute_run(ctx, request, read_repaired(stream, plan, ctx.rules), [rows])
-    return _counted(job, key, run.input_rows, selection, scope, held.billed)
 
 
 def _counted(

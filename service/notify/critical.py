@@ -10,13 +10,13 @@ message is given up (recorded with its reason). Callers hold the notify leader l
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 
-from service.adapters.channels import Channel, redact, settings_secrets
+from service.adapters.channels import Channel, Message, redact, settings_secrets
 from service.config import Settings
 from service.errors import DeliveryFailed
 from service.logs import log_event
@@ -100,7 +100,28 @@ def _send(
     given_up = set(progress.get("given_up", []))  # refused for good: not tried again
     told = state.get(RAISED, {}).get("channels") if phase == RESOLVED else None
     message = render_alert(view, resolved=phase == RESOLVED, alerts_url=links.alerts())
-    errors = []
+    errors = _deliver(message, channels, done, given_up, told, secrets)
+    attempts = int(progress.get("attempts", 0)) + 1
+    left = [c for c in channels if c.name not in done | given_up]
+    finished = not errors or not left or attempts >= MAX_ATTEMPTS
+    progress = _attempted(done, given_up, errors, attempts, finished, now)
+    state[phase] = progress
+    _record(engine, row, phase, state, now if finished else None)
+    _log(row, phase, progress, finished)
+    return 1 if not errors else 0
+
+
+def _deliver(
+    message: Message,
+    channels: Sequence[Channel],
+    done: set[str],
+    given_up: set[str],
+    told: Collection[str] | None,
+    secrets: Sequence[str],
+) -> list[str]:
+    """Send `message` on every channel still to have it (`told`: only those), adding to `done`
+    and `given_up` in place; the reasons of this attempt's failures."""
+    errors: list[str] = []
     for channel in channels:
         if channel.name in done | given_up or (told is not None and channel.name not in told):
             continue  # had it; or a resolution for a channel never told it was raised
@@ -115,20 +136,27 @@ def _send(
                 given_up.add(channel.name)
         except Exception as exc:  # loop edge: one alert's failure never stops the job
             errors.append(redact(f"{type(exc).__name__}: {exc}", secrets)[:500])
-    attempts = int(progress.get("attempts", 0)) + 1
-    left = [c for c in channels if c.name not in done | given_up]
-    finished = not errors or not left or attempts >= MAX_ATTEMPTS
-    progress = {"channels": sorted(done), "attempts": attempts}
+    return errors
+
+
+def _attempted(
+    done: set[str],
+    given_up: set[str],
+    errors: Sequence[str],
+    attempts: int,
+    finished: bool,
+    now: datetime,
+) -> dict[str, Any]:
+    """A phase's notify progress after an attempt: unless `finished`, a failed one is retried
+    after a backoff."""
+    progress: dict[str, Any] = {"channels": sorted(done), "attempts": attempts}
     if given_up:
         progress["given_up"] = sorted(given_up)
     if errors:
         progress["error"] = "; ".join(errors)[:1000]
         if not finished:
             progress["next_at"] = (now + timedelta(seconds=retry_delay(attempts))).isoformat()
-    state[phase] = progress
-    _record(engine, row, phase, state, now if finished else None)
-    _log(row, phase, progress, finished)
-    return 1 if not errors else 0
+    return progress
 
 
 def _record(

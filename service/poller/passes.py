@@ -38,7 +38,7 @@ from service.poller.lock import POLLER_LOCK_KEY, poller_lock
 from service.poller.odd_keys import name_files_not_utf8, recordable
 from service.poller.pass_deps import PassReport, PollerDeps, Progress
 from service.poller.pass_objects import beat, meters_failed, process_object
-from service.poller.planning import plan_pass
+from service.poller.planning import PassPlan, plan_pass
 from service.poller.settling import Listing
 from service.poller.snapshot import clear_snapshots
 from service.poller.versions import PollerStore
@@ -86,12 +86,39 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     store = PollerStore(deps.engine)
     report = PassReport(mode="index" if deps.index_mode else "import")
     clear_snapshots(deps.work_dir / "objects")
+    listed, listing = _list_bucket(deps, store, report)
+    plan = _plan(deps, store, listed, report)
+    try:
+        meters = _meter_index(deps)
+    except Exception as exc:  # loop edge: Stripe's meters unreadable (an incident, a key)
+        meters_failed(deps, store, plan.take, exc, report)
+        return report
+    for number, obj in enumerate(plan.take, start=1):
+        process_object(deps, store, obj, meters, report, listing)
+        if deps.progress:
+            deps.progress(number, len(plan.take), obj.key)
+    return report
+
+
+def _list_bucket(
+    deps: PollerDeps, store: PollerStore, report: PassReport
+) -> tuple[list[ObjectInfo], Listing]:
+    """The bucket's object versions a record can hold, and when they were listed; files whose
+    names are not UTF-8 are named in the report, versions no longer listed marked gone."""
     started = deps.clock()
     listed = recordable(deps.engine, deps.bucket.list_objects(), report.errors)
     done = "indexed" if deps.index_mode else "imported"
     name_files_not_utf8(deps.engine, deps.bucket, _excluded(deps), done, report.errors)
     listing = Listing(started, deps.clock())
     _mark_unlisted(store, listed)
+    return listed, listing
+
+
+def _plan(
+    deps: PollerDeps, store: PollerStore, listed: list[ObjectInfo], report: PassReport
+) -> PassPlan:
+    """What this pass takes of the listed versions (`deps.only`: of those only), counted on
+    the report; the versions it skips are recorded."""
     seen, first_sync = store.seen()
     waiting = store.waiting(deps.clock())
     if deps.index_mode:
@@ -110,20 +137,16 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     report.listed, report.skipped, report.deferred = len(listed), len(plan.skip), plan.deferred
     report.waiting = sum(1 for obj in listed if (obj.key, obj.etag) in waiting)
     store.record_skipped(plan.skip)
-    try:
-        meters = (
-            MeterIndex(deps.meters.meters(), limits=deps.field_limits)
-            if deps.meters and not deps.index_mode
-            else None
-        )
-    except Exception as exc:  # loop edge: Stripe's meters unreadable (an incident, a key)
-        meters_failed(deps, store, plan.take, exc, report)
-        return report
-    for number, obj in enumerate(plan.take, start=1):
-        process_object(deps, store, obj, meters, report, listing)
-        if deps.progress:
-            deps.progress(number, len(plan.take), obj.key)
-    return report
+    return plan
+
+
+def _meter_index(deps: PollerDeps) -> MeterIndex | None:
+    """Stripe's meters, read now; None in index mode or with no meter source."""
+    return (
+        MeterIndex(deps.meters.meters(), limits=deps.field_limits)
+        if deps.meters and not deps.index_mode
+        else None
+    )
 
 
 def _excluded(deps: PollerDeps) -> list[str]:

@@ -25,6 +25,7 @@ from service.db import is_postgres
 from service.db.statements import in_listed
 from service.models import BucketObject, ImportedRow, ObjectStatus, PollerBatch
 from service.models._types import as_utc, table_of
+from service.poller.batch_sending import mark_first_sent, record_sent, recorded_cuts, sending_rows
 from service.poller.object_progress import ObjectProgress, SentBatch, SentRow
 from service.poller.store import recordable
 
@@ -168,45 +169,14 @@ class ProgressStore:
         if not batches:
             return set(), set()
         dialect = postgresql if is_postgres(self.engine) else sqlite
-        values = [
-            {
-                "object_id": object_id,
-                "batch_number": n,
-                "first_row": f,
-                "rows": r,
-                "first_sent_at": now,
-            }
-            for n, f, r in batches
-        ]
+        values = sending_rows(object_id, batches, now)
         numbers = [n for n, _, _ in batches]
         with self.engine.begin() as conn:
-            known = {
-                int(row[0]): (int(row[1]), int(row[2]), row[3])
-                for row in conn.execute(
-                    select(
-                        BATCHES.c.batch_number,
-                        BATCHES.c.first_row,
-                        BATCHES.c.rows,
-                        BATCHES.c.acked_at,
-                    ).where(
-                        BATCHES.c.object_id == object_id,
-                        BATCHES.c.batch_number.between(min(numbers), max(numbers)),
-                    )
-                )
-            }
+            known = recorded_cuts(conn, object_id, numbers)
             new = set(numbers) - set(known)
             same = {n for n, f, r in batches if n in known and known[n] == (f, r, None)}
-            insert = dialect.insert(BATCHES)
-            again = {"first_row": insert.excluded.first_row, "rows": insert.excluded.rows}
-            upsert = insert.on_conflict_do_update(
-                index_elements=["object_id", "batch_number"], set_={**again, "acked_at": None}
-            )
-            conn.execute(upsert, values)
-            conn.execute(
-                update(OBJECTS)
-                .where(OBJECTS.c.id == object_id, OBJECTS.c.first_sent_at.is_(None))
-                .values(first_sent_at=now)
-            )
+            record_sent(conn, dialect, values)
+            mark_first_sent(conn, object_id, now)
         return new, same
 
     def forget_unsent(self, object_id: int, numbers: Iterable[int]) -> int:

@@ -47,7 +47,22 @@ def _claimable(now: datetime, lease: timedelta) -> Any:
 def claim_next(engine: Engine, worker_id: str, lease: timedelta) -> ClaimedEvent | None:
     """Take the oldest due row (or one whose worker died), or None when nothing is due."""
     now = utcnow()
-    candidate = (
+    statement = (
+        update(INBOX)
+        .where(INBOX.c.id == _oldest_claimable(now, lease), _claimable(now, lease))
+        .values(**_claim_values(worker_id, now))
+        .returning(*_CLAIMED_COLUMNS)
+    )
+    with engine.begin() as connection:
+        row = connection.execute(statement).first()
+    if row is None:
+        return None
+    return ClaimedEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6] == TAKEN_OVER)
+
+
+def _oldest_claimable(now: datetime, lease: timedelta) -> Any:
+    """The id of the oldest claimable row no other worker is claiming (a subquery)."""
+    return (
         select(INBOX.c.id)
         .where(_claimable(now, lease))
         .order_by(INBOX.c.id)
@@ -55,38 +70,36 @@ def claim_next(engine: Engine, worker_id: str, lease: timedelta) -> ClaimedEvent
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    statement = (
-        update(INBOX)
-        .where(INBOX.c.id == candidate, _claimable(now, lease))
-        .values(
-            status=InboxStatus.PROCESSING,
-            locked_by=worker_id,
-            locked_at=now,
-            attempts=INBOX.c.attempts + 1,
-            next_attempt_at=None,
-            # RETURNING sees the new row only: the old status is told through last_error,
-            # which then says (on the dashboard too) why the previous attempt has no result;
-            # a due row's claim is no take-over, whatever mark an earlier one left
-            last_error=case(
-                (INBOX.c.status == InboxStatus.PROCESSING, TAKEN_OVER),
-                else_=take_over_ended(),
-            ),
-        )
-        .returning(
-            INBOX.c.id,
-            INBOX.c.event_id,
-            INBOX.c.event_type,
-            INBOX.c.style,
-            INBOX.c.body,
-            INBOX.c.attempts,
-            INBOX.c.last_error,
-        )
-    )
-    with engine.begin() as connection:
-        row = connection.execute(statement).first()
-    if row is None:
-        return None
-    return ClaimedEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6] == TAKEN_OVER)
+
+
+def _claim_values(worker_id: str, now: datetime) -> dict[str, Any]:
+    """The columns a claim sets: the row is this worker's, one attempt more."""
+    return {
+        "status": InboxStatus.PROCESSING,
+        "locked_by": worker_id,
+        "locked_at": now,
+        "attempts": INBOX.c.attempts + 1,
+        "next_attempt_at": None,
+        # RETURNING sees the new row only: the old status is told through last_error,
+        # which then says (on the dashboard too) why the previous attempt has no result;
+        # a due row's claim is no take-over, whatever mark an earlier one left
+        "last_error": case(
+            (INBOX.c.status == InboxStatus.PROCESSING, TAKEN_OVER),
+            else_=take_over_ended(),
+        ),
+    }
+
+
+# What a claim returns, in `ClaimedEvent`'s order (`last_error` tells a take-over).
+_CLAIMED_COLUMNS = (
+    INBOX.c.id,
+    INBOX.c.event_id,
+    INBOX.c.event_type,
+    INBOX.c.style,
+    INBOX.c.body,
+    INBOX.c.attempts,
+    INBOX.c.last_error,
+)
 
 
 def storable(reason: str) -> str:
