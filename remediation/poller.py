@@ -85,17 +85,9 @@ def import_chunks(
     chunk = ImportChunk()
     for batch in batches(records, CHECK_ROWS, block_bytes=BLOCK_BYTES):
         batch = identified(batch, names)  # every row counted: skipped rows name rows alike
-        if sent_before is not None:
-            done = sent_before(batch)
-            if done.any():
-                chunk.skipped += int(np.count_nonzero(done))
-                batch = batch.take(np.flatnonzero(~done))
+        batch = _not_sent(batch, chunk, sent_before, sent_elsewhere)
         if not len(batch):
             continue
-        if sent_elsewhere is not None:
-            batch, chunk.elsewhere = _not_sent_elsewhere(batch, sent_elsewhere, chunk.elsewhere)
-            if not len(batch):
-                continue
         checked = _Checked(batch, meters, now)
         for i, number in enumerate(batch.rows.tolist()):
             event = checked.event(i)
@@ -118,6 +110,24 @@ def import_chunks(
                 chunk = ImportChunk()
     if chunk.events or chunk.rows or chunk.skipped or chunk.elsewhere:
         yield chunk
+
+
+def _not_sent(
+    batch: Batch,
+    chunk: ImportChunk,
+    sent_before: Callable[[Batch], Mask] | None,
+    sent_elsewhere: Callable[[list[str]], set[str]] | None,
+) -> Batch:
+    """The rows of `batch` neither an earlier pass sent (counted in `chunk.skipped`) nor, when
+    any is left, another object version or meterfix's correction (`chunk.elsewhere`)."""
+    if sent_before is not None:
+        done = sent_before(batch)
+        if done.any():
+            chunk.skipped += int(np.count_nonzero(done))
+            batch = batch.take(np.flatnonzero(~done))
+    if len(batch) and sent_elsewhere is not None:
+        batch, chunk.elsewhere = _not_sent_elsewhere(batch, sent_elsewhere, chunk.elsewhere)
+    return batch
 
 
 def _not_sent_elsewhere(

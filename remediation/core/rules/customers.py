@@ -48,6 +48,21 @@ def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
     its rows by index: texts the run has picked for already are looked up for all rows at
     once (`_Kept`), the others decided once each."""
     raw = fix.batch.payload[key].text.take(pa.array(rows))
+    kept, found = _looked_up(raw, ctx)
+    picked = kept.customers.take(found)
+    failed = np.asarray(picked.is_null().to_numpy(zero_copy_only=False), bool)
+    if failed.any():
+        refused = raw.filter(failed).to_pylist()
+        reasons = {text: no_match(text) for text in dict.fromkeys(refused)}
+        fix.fail(rows[failed], [reasons[text] for text in refused])
+    ok = np.flatnonzero(~failed)
+    if len(ok):
+        _set_customers(fix, key, rows, raw, ok, picked, kept.rules.take(found.take(pa.array(ok))))
+
+
+def _looked_up(raw: pa.Array, ctx: Context) -> tuple[_Kept, pa.Array]:
+    """The run's kept picks, with those of the texts met for the first time decided and kept,
+    and each text's place among them."""
     kept = _kept(ctx)
     found = pc.index_in(raw, value_set=kept.texts)
     if found.null_count:  # texts met for the first time (or not kept: the run's picks full)
@@ -63,22 +78,26 @@ def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
         )
         kept = kept.then(fresh)
         found = pa.array(places, pa.int64())
-    picked = kept.customers.take(found)
-    failed = np.asarray(picked.is_null().to_numpy(zero_copy_only=False), bool)
-    if failed.any():
-        refused = raw.filter(failed).to_pylist()
-        reasons = {text: no_match(text) for text in dict.fromkeys(refused)}
-        fix.fail(rows[failed], [reasons[text] for text in refused])
-    ok = np.flatnonzero(~failed)
-    if not len(ok):
-        return
+    return kept, found
+
+
+def _set_customers(
+    fix: Fix,
+    key: str,
+    rows: Indexes,
+    raw: pa.Array,
+    ok: Indexes,
+    picked: pa.Array,
+    by_rule: pa.Array,
+) -> None:
+    """The rows `ok` (of `rows`) given their picked customers under `key`, as one change (the
+    rule of each pick)."""
     taken = pa.array(ok)
     after = Column(picked.take(taken))
     at = rows[ok]
     payload = dict(fix.batch.payload)
     payload[key] = set_column(payload[key], at, after)
     fix.batch = fix.batch.with_fields(payload=payload)
-    by_rule = kept.rules.take(found.take(taken))
     used = pc.unique(by_rule)
     rule: str | list[str] = used[0].as_py() if len(used) == 1 else by_rule.to_pylist()
     before = Column(raw.take(taken))

@@ -228,6 +228,19 @@ def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
     key = meter_of(record, ctx).value_key
     raw = record.payload.get(key)
     number = plain_number(raw) or normalize_number(raw, ctx.index.limits)
+    number, places = _rounding_places(raw, number, ctx)
+    written = _written(raw, _rounded(raw, number, places, ctx))
+    if _unchanged(raw, written):
+        reason = f"value {shown(raw)} has at most {places} decimal places; nothing to round"
+        raise Uncorrectable(reason)
+    record.payload[key] = written
+    return [Change("round_value", f"payload.{key}", raw, written)]
+
+
+def _rounding_places(raw: object, number: str | None, ctx: Context) -> tuple[str, int]:
+    """The value's number and the decimal places it is rounded to, or Uncorrectable with the
+    reason it is not: too many integer digits, the rule disabled, rounding not allowed, not a
+    number."""
     if number is not None:
         digits, most = integer_digits(number), ctx.index.limits.max_value_integer_digits
         if digits > most:  # rounding cannot fix that
@@ -245,7 +258,12 @@ def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
         raise Uncorrectable(reason)
     if number is None:
         raise Uncorrectable(f"value {shown(raw)} is not a number")
-    places = min(precision, ctx.index.limits.max_value_decimal_places)
+    return number, min(precision, ctx.index.limits.max_value_decimal_places)
+
+
+def _rounded(raw: object, number: str, places: int, ctx: Context) -> str:
+    """`number` rounded half to even to `places` decimal places, as a value's text; refused
+    when rounding up gives it one integer digit too many."""
     step = Decimal(1).scaleb(-places)
     rounded = Decimal(number).quantize(step, rounding=ROUND_HALF_EVEN, context=_EXACT)
     digits = integer_digits(f"{rounded:f}")
@@ -256,9 +274,4 @@ def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
             f"digits; at most {most} allowed"
         )
         raise Uncorrectable(reason)
-    written = _written(raw, normalize_number(rounded, ctx.index.limits) or "0")
-    if _unchanged(raw, written):
-        reason = f"value {shown(raw)} has at most {places} decimal places; nothing to round"
-        raise Uncorrectable(reason)
-    record.payload[key] = written
-    return [Change("round_value", f"payload.{key}", raw, written)]
+    return normalize_number(rounded, ctx.index.limits) or "0"
