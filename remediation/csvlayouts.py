@@ -46,30 +46,15 @@ class CsvLayout:
             k: (lowered.index(k) if k in lowered else None)
             for k in ("identifier", "timestamp", "event_name")
         }
-        payload: list[tuple[int, str]] = []
-        extra: list[tuple[int, str]] = []
-        errors: list[tuple[int, str]] = []
-        unnamed = 0
-        for i, (name, low) in enumerate(zip(names, lowered, strict=True)):
-            if low in core and core[low] == i:
-                continue
-            if low.startswith(PAYLOAD_PREFIX) and len(low) > len(PAYLOAD_PREFIX):
-                payload.append((i, name[len(PAYLOAD_PREFIX) :]))
-            elif low in ERROR_FIELDS:
-                errors.append((i, low))
-            elif not name:  # each unnamed column its own key, the first one ''
-                extra.append((i, unnamed_key(i + 1) if unnamed else name))
-                unnamed += 1
-            elif not name.startswith(MFX_PREFIX):  # our notes of an earlier run: not the row's
-                extra.append((i, name))
+        payload, extra, errors = _other_columns(names, lowered, core)
         layout = cls(
             names,
             core["identifier"],
             core["timestamp"],
             core["event_name"],
-            tuple(payload),
-            tuple(extra),
-            tuple(errors),
+            payload,
+            extra,
+            errors,
         )
         return replace(layout, simple_errors=_error_columns(layout))
 
@@ -111,6 +96,33 @@ class CsvLayout:
         if self.errors:
             self._read_errors(rec, row)
         return rec
+
+
+_Placed = tuple[tuple[int, str], ...]
+
+
+def _other_columns(
+    names: tuple[str, ...], lowered: list[str], core: dict[str, int | None]
+) -> tuple[_Placed, _Placed, _Placed]:
+    """The header's columns other than the core ones, by place: payload keys, other columns
+    (each unnamed column a key of its own, the first one ''), error fields."""
+    payload: list[tuple[int, str]] = []
+    extra: list[tuple[int, str]] = []
+    errors: list[tuple[int, str]] = []
+    unnamed = 0
+    for i, (name, low) in enumerate(zip(names, lowered, strict=True)):
+        if low in core and core[low] == i:
+            continue
+        if low.startswith(PAYLOAD_PREFIX) and len(low) > len(PAYLOAD_PREFIX):
+            payload.append((i, name[len(PAYLOAD_PREFIX) :]))
+        elif low in ERROR_FIELDS:
+            errors.append((i, low))
+        elif not name:  # each unnamed column its own key, the first one ''
+            extra.append((i, unnamed_key(i + 1) if unnamed else name))
+            unnamed += 1
+        elif not name.startswith(MFX_PREFIX):  # our notes of an earlier run: not the row's
+            extra.append((i, name))
+    return tuple(payload), tuple(extra), tuple(errors)
 
 
 def _refuse_duplicates(names: Sequence[str], lowered: Sequence[str]) -> None:
