@@ -36,28 +36,7 @@ def run(
     audit_output: bool = False,
 ) -> RemediationResult:
     try:
-        plan = plan_input(file, rules)
-        lineage, rejected, generation = _input_kind(file, plan, rules)
-        if out is not None:
-            _not_anothers(out, file, generation)
-        with open(file, "rb") as stream, _progress(file) as progress:
-            return remediate(
-                read_repaired(stream, plan, rules),
-                source=str(file),
-                fmt=plan.fmt,
-                meters=meters,
-                rules=rules,
-                now=now,
-                out_dir=out or Path("."),
-                identifiers=identifiers,
-                write=out is not None,
-                columns=plan.columns or None,
-                generation=generation,
-                lineage=lineage,
-                rejected=rejected,
-                on_progress=progress,
-                audit_output=audit_output,
-            )
+        return _remediate_file(file, out, meters, rules, now, identifiers, audit_output)
     except click.ClickException:
         raise
     except MeterfixError as exc:
@@ -68,6 +47,40 @@ def run(
         raise click.ClickException(
             f"{file}: cannot remediate: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _remediate_file(
+    file: Path,
+    out: Path | None,
+    meters: Sequence[Meter],
+    rules: Rules,
+    now: int,
+    identifiers: str,
+    audit_output: bool,
+) -> RemediationResult:
+    """`run` without its error lines: what the input is, then the remediation."""
+    plan = plan_input(file, rules)
+    lineage, rejected, generation = _input_kind(file, plan, rules)
+    if out is not None:
+        _not_anothers(out, file, generation)
+    with open(file, "rb") as stream, _progress(file) as progress:
+        return remediate(
+            read_repaired(stream, plan, rules),
+            source=str(file),
+            fmt=plan.fmt,
+            meters=meters,
+            rules=rules,
+            now=now,
+            out_dir=out or Path("."),
+            identifiers=identifiers,
+            write=out is not None,
+            columns=plan.columns or None,
+            generation=generation,
+            lineage=lineage,
+            rejected=rejected,
+            on_progress=progress,
+            audit_output=audit_output,
+        )
 
 
 def _not_anothers(out: Path, file: Path, generation: int) -> None:

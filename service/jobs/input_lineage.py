@@ -7,6 +7,7 @@ metadata.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -20,7 +21,7 @@ from remediation.lineage import Parent, input_lineage, run_generation, trace_anc
 from remediation.ports import Bucket
 from remediation.readers import CsvRecords
 from remediation.records import UsageRecord
-from remediation.repair import plan_input, read_repaired
+from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.rules import Rules
 from service.jobs.inputs import candidate_keys
 from service.jobs.store.lineage import corrections_writing
@@ -72,29 +73,7 @@ def run_lineage(
     except UnreadableFile:
         # the run itself reads the file again and says what is wrong with it
         return RunLineage(generation, Lineage(), generation - 1)
-
-    def read(of_csv: Callable[[CsvRecords], Iterator[T]], of_records: RecordsTo[T]) -> Iterator[T]:
-        """What `of_csv` takes out of a CSV (its identifier column alone, as columns), or
-        `of_records` out of any other input's records."""
-        try:
-            with path.open("rb") as stream:
-                records = read_repaired(stream, plan, rules)
-                if isinstance(records, CsvRecords):
-                    yield from of_csv(records)
-                else:
-                    yield from of_records(records)
-        except UnreadableFile:
-            return  # as above
-
-    def rows() -> Iterator[tuple[str | None, int]]:
-        return read(CsvRecords.identifiers, lambda rs: ((r.identifier, r.row_number) for r in rs))
-
-    # The input's identifiers (none for a row without one); of a CSV, a block's cells at a
-    # time (1M rows: a pair made and unpacked per row was most of the stage).
-    identifiers = read(
-        lambda r: chain.from_iterable(filter(None, cells) for _, cells in r.identifier_blocks()),
-        lambda rs: (r.identifier for r in rs if r.identifier),
-    )
+    identifiers = _input_identifiers(path, plan, rules)
     # traced from the object's own generation (the suffix it appended), not the run's
     traced_from = generation - 1
     ancestors = trace_ancestors(
@@ -102,8 +81,52 @@ def run_lineage(
     )
     generation = run_generation(generation, ancestors)
     escapes = plan.fmt is not FileFormat.CSV
+    rows = partial(_input_rows, path, plan, rules)
     lineage = input_lineage(path, rows, source, generation, ancestors, escapes)
     return RunLineage(generation, lineage, traced_from)
+
+
+def _input_rows(path: Path, plan: InputPlan, rules: Rules) -> Iterator[tuple[str | None, int]]:
+    """(identifier, row number) of every row of the input (`run_lineage`'s)."""
+    return _read_input(
+        path,
+        plan,
+        rules,
+        CsvRecords.identifiers,
+        lambda rs: ((r.identifier, r.row_number) for r in rs),
+    )
+
+
+def _input_identifiers(path: Path, plan: InputPlan, rules: Rules) -> Iterator[str]:
+    """The input's identifiers (none for a row without one); of a CSV, a block's cells at a
+    time (1M rows: a pair made and unpacked per row was most of the stage)."""
+    return _read_input(
+        path,
+        plan,
+        rules,
+        lambda r: chain.from_iterable(filter(None, cells) for _, cells in r.identifier_blocks()),
+        lambda rs: (r.identifier for r in rs if r.identifier),
+    )
+
+
+def _read_input(
+    path: Path,
+    plan: InputPlan,
+    rules: Rules,
+    of_csv: Callable[[CsvRecords], Iterator[T]],
+    of_records: RecordsTo[T],
+) -> Iterator[T]:
+    """What `of_csv` takes out of a CSV (its identifier column alone, as columns), or
+    `of_records` out of any other input's records."""
+    try:
+        with path.open("rb") as stream:
+            records = read_repaired(stream, plan, rules)
+            if isinstance(records, CsvRecords):
+                yield from of_csv(records)
+            else:
+                yield from of_records(records)
+    except UnreadableFile:
+        return  # as above (`run_lineage`)
 
 
 def _storable_ones(identifiers: list[str]) -> list[str]:

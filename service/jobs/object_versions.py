@@ -87,38 +87,15 @@ class TakenBefore(LeftOut):
     def __init__(
         self, deps: JobDeps, import_set: ImportSet, source: Path, folder: Path, run_key: str
     ) -> None:
-        engine = deps.run.engine
-        self.engine = engine
-        names = reports.object_names(deps.run.bucket.prefix, import_set.source_object)
-        others = [
-            other
-            for other in reports.import_sets_of_object(engine, names)
-            if other.import_set_id != import_set.import_set_id
-            and other.origin != reports.POLLER_ORIGIN
-            and other.source_file_id
-        ]
+        self.engine = deps.run.engine
+        others = _other_versions(deps, import_set)
         wanted = identifiers_in(source, deps.run.rules) if others else set()
         # identifier -> when a version took it last (its import set's event), and a label
-        self.taken: dict[str, tuple[int, str]] = {}
-        for n, other in enumerate(others):
-            repair = None
-            if other.status == reports.FAILED:
-                repair = finished_run(engine, failed_file_run_key(other.import_set_id))
-                if repair is None or repair.id is None:
-                    continue  # none of its rows was sent yet
-            took = (event_time(other), version_label(other, "taken"))
-            for identifier in _taken(deps, other, repair, folder / f"version-{n}", wanted):
-                self.taken[identifier] = max(took, self.taken.get(identifier, took))
+        self.taken: dict[str, tuple[int, str]] = _taken_by_versions(deps, others, folder, wanted)
         self.runs: list[int] = []
         self.reports: dict[int, int] = {}
         if self.taken:
-            sources = object_sources(engine, deps.run.bucket, import_set.source_object)
-            runs = runs_correcting(engine, sources)
-            keys = run_keys(engine, runs)
-            self.runs = [r for r in runs if keys.get(r) != run_key]
-            # the error reports' runs: when their window ended
-            reported = [r for r in self.runs if report_of(keys.get(r, "")) is not None]
-            self.reports = refusal_moments(engine, reported)
+            self.runs, self.reports = _other_runs(deps, import_set, run_key)
 
     def excluded(self, identifiers: set[str]) -> set[str]:
         listed = sorted(i for i in identifiers if i in self.taken)
@@ -145,6 +122,52 @@ class TakenBefore(LeftOut):
     def outcome(self) -> str:
         what = "left out: Stripe's connector took them from another version of the file"
         return self.said("remediation.rows_taken_before", what)
+
+
+def _other_versions(deps: JobDeps, import_set: ImportSet) -> list[ImportSet]:
+    """The import sets Stripe's connector made of the object's other versions, with the copy
+    of the file it took (`TakenBefore`)."""
+    names = reports.object_names(deps.run.bucket.prefix, import_set.source_object)
+    return [
+        other
+        for other in reports.import_sets_of_object(deps.run.engine, names)
+        if other.import_set_id != import_set.import_set_id
+        and other.origin != reports.POLLER_ORIGIN
+        and other.source_file_id
+    ]
+
+
+def _taken_by_versions(
+    deps: JobDeps, others: list[ImportSet], folder: Path, wanted: set[str]
+) -> dict[str, tuple[int, str]]:
+    """Those of `wanted` the versions of `others` took: identifier -> when a version took it
+    last (its import set's event), and a label."""
+    taken: dict[str, tuple[int, str]] = {}
+    for n, other in enumerate(others):
+        repair = None
+        if other.status == reports.FAILED:
+            repair = finished_run(deps.run.engine, failed_file_run_key(other.import_set_id))
+            if repair is None or repair.id is None:
+                continue  # none of its rows was sent yet
+        took = (event_time(other), version_label(other, "taken"))
+        for identifier in _taken(deps, other, repair, folder / f"version-{n}", wanted):
+            taken[identifier] = max(took, taken.get(identifier, took))
+    return taken
+
+
+def _other_runs(
+    deps: JobDeps, import_set: ImportSet, run_key: str
+) -> tuple[list[int], dict[int, int]]:
+    """The runs over the object (and the re-runs that took their rows) but this task's
+    (`run_key`), and of the error reports' runs among them when their window ended."""
+    engine = deps.run.engine
+    sources = object_sources(engine, deps.run.bucket, import_set.source_object)
+    runs = runs_correcting(engine, sources)
+    keys = run_keys(engine, runs)
+    others = [r for r in runs if keys.get(r) != run_key]
+    # the error reports' runs: when their window ended
+    reported = [r for r in others if report_of(keys.get(r, "")) is not None]
+    return others, refusal_moments(engine, reported)
 
 
 __all__ = ["TakenBefore", "version_label"]

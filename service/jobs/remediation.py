@@ -8,7 +8,7 @@
 
 Each task's file is run through `file_runs.py`. The import-set tasks leave out the rows
 another version of the object took (`object_versions.TakenBefore`), another run over it handled
-(`HandledElsewhere`), or a later version holds (`file_runs.TakenAgain`).
+(`HandledElsewhere`), or a later version holds (`file_runs.TakenAgain`): `left_out.LeftOut`.
 
 A task whose input cannot be found or read is not retried: it raises a critical alert and
 reports why. Any other failure (Stripe, S3, database) raises, so the worker retries it.
@@ -16,16 +16,13 @@ reports why. Any other failure (Stripe, S3, database) raises, so the worker retr
 
 from __future__ import annotations
 
-import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from remediation.ports import LeavesOut
 from service.errors import TaskInputMissing
-from service.jobs.file_runs import SourceRows, TakenAgain, rejected_rows, run_file
+from service.jobs.file_runs import SourceRows, rejected_rows, run_file
 from service.jobs.input_lineage import next_generation
 from service.jobs.inputs import (
     JobDeps,
@@ -34,18 +31,15 @@ from service.jobs.inputs import (
     fetch_source,
     later_version,
 )
-from service.jobs.object_runs import HandledElsewhere, RefusedAgain, object_sources
-from service.jobs.object_versions import TakenBefore, version_label
+from service.jobs.left_out import failed_file_left_out, failed_records_left_out, rows_sent_since
 from service.jobs.stages import Stage, Stages
-from service.jobs.store.lineage import runs_correcting
-from service.jobs.store.reports import POLLER_ORIGIN, import_set, mark_import_set_remediated
+from service.jobs.store.reports import import_set, mark_import_set_remediated
 from service.jobs.store.runs import (
     failed_file_run_key,
     finished_run,
     import_set_run_key,
     unfinished_run,
 )
-from service.logs import log_event
 from service.models import ImportSet, RemediationRun, RunTrigger
 from service.models._types import as_utc, utcnow
 
@@ -61,39 +55,41 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
     left = ""
     if finished_run(deps.run.engine, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
-            stages = Stages()
-            with stages.timing(Stage.DOWNLOAD):
-                path = download(deps.files, file_id, Path(tmp))
-            # a failed-records file: every row was rejected
-            request = rejected_rows(
-                deps,
-                stages,
-                path,
-                run_key=run_key,
-                trigger=RunTrigger.IMPORT_SET_SUCCEEDED,
-                source=file_id,
-                tag=import_set_id,
-                now=event_time(import_set),
-                generation=next_generation(deps.run.bucket, import_set.source_object),
+            left = _remediate_failed_records(
+                deps, import_set, import_set_id, file_id, run_key, Path(tmp)
             )
-            later = later_version(deps, import_set, Path(tmp))
-            rows = TakenAgain(deps, import_set, later)
-            # rows another version of the object took (billed then)
-            taken = TakenBefore(deps, import_set, path, Path(tmp) / "taken", run_key)
-            # rows an error report's run over the object (or another import set's) took
-            key = import_set.source_object
-            refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
-            elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
-
-            run_file(
-                deps.run,
-                request,
-                path,
-                leave_out=(rows, taken, elsewhere),
-                allow_none=lambda: rows.left + taken.left + elsewhere.left > 0,
-            )
-            left = rows.outcome() + elsewhere.outcome() + taken.outcome()
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
+
+
+def _remediate_failed_records(
+    deps: JobDeps,
+    import_set: ImportSet,
+    import_set_id: str,
+    file_id: str,
+    run_key: str,
+    tmp: Path,
+) -> str:
+    """Remediate the rows of the import set's failed-records file (`file_id`, fetched into
+    `tmp`); what the task's outcome says of the rows left out."""
+    stages = Stages()
+    with stages.timing(Stage.DOWNLOAD):
+        path = download(deps.files, file_id, tmp)
+    # a failed-records file: every row was rejected
+    request = rejected_rows(
+        deps,
+        stages,
+        path,
+        run_key=run_key,
+        trigger=RunTrigger.IMPORT_SET_SUCCEEDED,
+        source=file_id,
+        tag=import_set_id,
+        now=event_time(import_set),
+        generation=next_generation(deps.run.bucket, import_set.source_object),
+    )
+    later = later_version(deps, import_set, tmp)
+    left_out = failed_records_left_out(deps, import_set, later, path, tmp, run_key)
+    run_file(deps.run, request, path, leave_out=left_out.leave_out(), allow_none=left_out.none_left)
+    return left_out.outcome(run_key, file_id)
 
 
 def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
@@ -139,63 +135,9 @@ def _repair_failed_file(
     )
     # read from Stripe's copy: the object the import set names holds other bytes
     later = later_version(deps, import_set, tmp, path) if copied else None
-    left_out = _failed_file_left_out(deps, import_set, later, path, tmp, run_key)
+    left_out = failed_file_left_out(deps, import_set, later, path, tmp, run_key)
     run_file(deps.run, request, path, leave_out=left_out.leave_out(), allow_none=left_out.none_left)
     return left_out.outcome(run_key, source)
-
-
-@dataclass(frozen=True)
-class _FailedFileLeftOut:
-    """The rows a run over a file that failed whole leaves out, and what it says of them."""
-
-    rows: TakenAgain
-    sent: SourceRows
-    taken: TakenBefore | None
-    elsewhere: HandledElsewhere
-
-    def none_left(self) -> bool:
-        """Rows were left out: a run left with none is no failure (`run_file`'s `allow_none`)."""
-        rows, sent, elsewhere, taken = self.rows, self.sent, self.elsewhere, self.taken
-        return rows.left + sent.sent + elsewhere.left + (taken.left if taken else 0) > 0
-
-    def leave_out(self) -> tuple[LeavesOut, ...]:
-        return (self.rows, self.sent if self.taken is None else self.taken, self.elsewhere)
-
-    def outcome(self, run_key: str, source: str) -> str:
-        rows, elsewhere, taken = self.rows, self.elsewhere, self.taken
-        left = rows.outcome() + elsewhere.outcome() + _sent_before(self.sent.sent, run_key, source)
-        left += taken.outcome() if taken else ""
-        return left
-
-
-def _failed_file_left_out(
-    deps: JobDeps,
-    import_set: ImportSet,
-    later: Path | None,
-    path: Path,
-    tmp: Path,
-    run_key: str,
-) -> _FailedFileLeftOut:
-    """Who took or handled this file's rows before: a later version, another version of the
-    object, the poller's sends, another run over the object."""
-    rows = TakenAgain(deps, import_set, later)
-    # a file the bundled poller failed whole: it never sends a row another version
-    # of some object sent (the day's file rewritten with the rows so far) unless a
-    # run over the object quarantined it since (Stripe refused that send); one
-    # Stripe's connector failed: not a row it took from another version
-    key = import_set.source_object
-    sent = SourceRows(deps.run.engine, None)
-    taken = None
-    if not _by_poller(import_set):
-        taken = TakenBefore(deps, import_set, path, tmp / "taken", run_key)
-    else:
-        sources = object_sources(deps.run.engine, deps.run.bucket, key)
-        sent.refused_by = runs_correcting(deps.run.engine, sources)
-    # rows another run over the object corrected or quarantined (one it quarantined
-    # is refused again: the whole file was)
-    refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
-    elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
-    return _FailedFileLeftOut(rows, sent, taken, elsewhere)
 
 
 def poller_rows(deps: JobDeps, import_set_id: str) -> str:
@@ -203,50 +145,43 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
     run_key = f"poller:{import_set_id}"
     left = ""
     if finished_run(deps.run.engine, run_key) is None:
-        path_text = import_set.detail.get("failed_records_path")
-        path = Path(str(path_text)) if path_text else None
-        if path is None or not path.exists():
-            raise TaskInputMissing(
-                f"the poller's failed-records file for {import_set.source_object} is gone; "
-                "re-import the object to rebuild it"
-            )
-        # the rows the poller refused (never sent)
-        request = rejected_rows(
-            deps,
-            Stages(),
-            path,
-            run_key=run_key,
-            trigger=RunTrigger.POLLER,
-            source=import_set.source_object or import_set_id,
-            tag=import_set_id,
-            now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
-            generation=next_generation(deps.run.bucket, import_set.source_object),
-        )
-        rows = SourceRows(deps.run.engine, import_set.source_object or "")
-        run_file(deps.run, request, path, rows, allow_none=lambda: rows.sent > 0)
-        if rows.sent:
-            log_event(
-                "remediation.rows_sent_since",
-                level=logging.WARNING,
-                run_key=run_key,
-                rows=rows.sent,
-                key=import_set.source_object,
-            )
-            left = f"; {rows.sent} left out: sent since from another version of the file"
+        path = _poller_failed_records(import_set)
+        left = _remediate_poller_rows(deps, import_set, import_set_id, run_key, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
 
 
-def _by_poller(import_set: ImportSet) -> bool:
-    return import_set.origin == POLLER_ORIGIN
+def _poller_failed_records(import_set: ImportSet) -> Path:
+    """The poller's failed-records file of the import set; one that is gone stops the task."""
+    path_text = import_set.detail.get("failed_records_path")
+    path = Path(str(path_text)) if path_text else None
+    if path is None or not path.exists():
+        raise TaskInputMissing(
+            f"the poller's failed-records file for {import_set.source_object} is gone; "
+            "re-import the object to rebuild it"
+        )
+    return path
 
 
-def _sent_before(count: int, run_key: str, key: str) -> str:
-    if not count:
-        return ""
-    log_event(
-        "remediation.rows_sent_since", level=logging.WARNING, run_key=run_key, rows=count, key=key
+def _remediate_poller_rows(
+    deps: JobDeps, import_set: ImportSet, import_set_id: str, run_key: str, path: Path
+) -> str:
+    """Remediate the rows of the poller's failed-records file at `path`; what the task's
+    outcome says of the rows left out."""
+    # the rows the poller refused (never sent)
+    request = rejected_rows(
+        deps,
+        Stages(),
+        path,
+        run_key=run_key,
+        trigger=RunTrigger.POLLER,
+        source=import_set.source_object or import_set_id,
+        tag=import_set_id,
+        now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
+        generation=next_generation(deps.run.bucket, import_set.source_object),
     )
-    return f"; {count} left out: sent before from another version of the file"
+    rows = SourceRows(deps.run.engine, import_set.source_object or "")
+    run_file(deps.run, request, path, rows, allow_none=lambda: rows.sent > 0)
+    return rows_sent_since(rows.sent, run_key, import_set.source_object, "since")
 
 
 def _import_set(engine: Engine, import_set_id: str) -> ImportSet:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -98,21 +98,7 @@ class NotifyJobs:
         now = utcnow()
         add = scheduler.add_job
         if self.channels:
-            add(self._guard(self.digest), self.digests.schedule.trigger, id="digest")
-            add(
-                self._guard(self.digest),
-                "interval",
-                seconds=DIGEST_RETRY_EVERY_SECONDS,
-                id="digest-catch-up",
-                next_run_time=now,
-            )
-            add(
-                self._guard(self.critical),
-                "interval",
-                seconds=CRITICAL_EVERY_SECONDS,
-                id="critical-alerts",
-                next_run_time=now,
-            )
+            self._add_sending_jobs(scheduler, now)
         add(
             self._guard(self.retention),
             "interval",
@@ -121,6 +107,25 @@ class NotifyJobs:
             next_run_time=now + timedelta(seconds=60),
         )
         return scheduler
+
+    def _add_sending_jobs(self, scheduler: BackgroundScheduler, now: datetime) -> None:
+        """The jobs that send (digests on their grid and catching up, critical alerts)."""
+        add = scheduler.add_job
+        add(self._guard(self.digest), self.digests.schedule.trigger, id="digest")
+        add(
+            self._guard(self.digest),
+            "interval",
+            seconds=DIGEST_RETRY_EVERY_SECONDS,
+            id="digest-catch-up",
+            next_run_time=now,
+        )
+        add(
+            self._guard(self.critical),
+            "interval",
+            seconds=CRITICAL_EVERY_SECONDS,
+            id="critical-alerts",
+            next_run_time=now,
+        )
 
     def digest(self) -> None:
         with self._digest_lock, notify_leader(self.runtime.engine, ":meterfix.digest") as leader:

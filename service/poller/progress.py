@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, Table, and_, delete, func, select, update
+from sqlalchemy import Connection, Engine, Row, Table, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
@@ -45,39 +45,9 @@ class ProgressStore:
 
     def load(self, obj: ObjectInfo) -> ObjectProgress:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(
-                    OBJECTS.c.id,
-                    OBJECTS.c.first_seen,
-                    OBJECTS.c.acked_batches,
-                    OBJECTS.c.failing_since,
-                    OBJECTS.c.attempts,
-                ).where(OBJECTS.c.key == obj.key, OBJECTS.c.etag == obj.etag)
-            ).one()
-            batches = [
-                _batch(b)
-                for b in conn.execute(
-                    select(BATCHES)
-                    .where(BATCHES.c.object_id == row.id)
-                    .where(BATCHES.c.batch_number >= row.acked_batches - 1)
-                    .order_by(BATCHES.c.batch_number)
-                )
-            ]
-        last = next((b for b in batches if b.number == row.acked_batches - 1), None)
-        return ObjectProgress(
-            object_id=int(row.id),
-            first_seen=_utc(row.first_seen),
-            acked_batches=int(row.acked_batches),
-            resume_row=last.first_row + last.rows if last else 0,
-            failing_since=as_utc(row.failing_since),
-            attempts=int(row.attempts),
-            unacked=tuple(
-                b for b in batches if b.number >= row.acked_batches and b.acked_at is None
-            ),
-            acked_beyond=tuple(
-                b for b in batches if b.number >= row.acked_batches and b.acked_at is not None
-            ),
-        )
+            row = _object_row(conn, obj)
+            batches = _batches_from(conn, row.id, row.acked_batches - 1)
+        return _object_progress(row, batches)
 
     def sent_rows_before(self, obj: ObjectInfo, resume_row: int) -> bytearray:
         """A bitmap of the rows before `resume_row` recorded as sent (one bit per row)."""
@@ -233,6 +203,50 @@ class ProgressStore:
         with self.engine.connect() as conn:
             query = select(func.count()).where(BATCHES.c.object_id == object_id)
             return int(conn.execute(query).scalar_one())
+
+
+def _object_row(conn: Connection, obj: ObjectInfo) -> Row[Any]:
+    """The object version's record: its id, first sight, prefix and failures."""
+    return conn.execute(
+        select(
+            OBJECTS.c.id,
+            OBJECTS.c.first_seen,
+            OBJECTS.c.acked_batches,
+            OBJECTS.c.failing_since,
+            OBJECTS.c.attempts,
+        ).where(OBJECTS.c.key == obj.key, OBJECTS.c.etag == obj.etag)
+    ).one()
+
+
+def _batches_from(conn: Connection, object_id: int, first: int) -> list[SentBatch]:
+    """The object version's batches numbered `first` and up, by number."""
+    return [
+        _batch(b)
+        for b in conn.execute(
+            select(BATCHES)
+            .where(BATCHES.c.object_id == object_id)
+            .where(BATCHES.c.batch_number >= first)
+            .order_by(BATCHES.c.batch_number)
+        )
+    ]
+
+
+def _object_progress(row: Row[Any], batches: list[SentBatch]) -> ObjectProgress:
+    """The progress of an object version from its record and its batches from the one the
+    acknowledged prefix ends with."""
+    last = next((b for b in batches if b.number == row.acked_batches - 1), None)
+    return ObjectProgress(
+        object_id=int(row.id),
+        first_seen=_utc(row.first_seen),
+        acked_batches=int(row.acked_batches),
+        resume_row=last.first_row + last.rows if last else 0,
+        failing_since=as_utc(row.failing_since),
+        attempts=int(row.attempts),
+        unacked=tuple(b for b in batches if b.number >= row.acked_batches and b.acked_at is None),
+        acked_beyond=tuple(
+            b for b in batches if b.number >= row.acked_batches and b.acked_at is not None
+        ),
+    )
 
 
 def _batch(row: Row[Any]) -> SentBatch:

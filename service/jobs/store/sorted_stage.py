@@ -176,16 +176,26 @@ class SortedStage:
         # Arrival order: the stage is only appended to, so its rows' physical places follow it.
         order = "ctid" if self.postgres else "rowid"
         if self.postgres:
-            values = ", ".join(f"%({name})s" for name in FIXED)
-            with self.connection.begin():
-                _check_run(self.connection, self.run_id, self.what)
-                self.connection.exec_driver_sql(
-                    f"INSERT INTO {self.target.name} ({into}) "
-                    f"SELECT {values}, {self._selected()} "
-                    f"FROM {self.stage_name} ORDER BY identifier, {order}",
-                    fixed,
-                )
+            self._load_in_one_statement(fixed, into, order)
             return self.staged
+        self._sort_stage(order)
+        self._load_in_chunks(fixed, into)
+        return self.staged
+
+    def _load_in_one_statement(self, fixed: Mapping[str, Any], into: str, order: str) -> None:
+        """PostgreSQL: the staged rows inserted sorted, in one statement and transaction."""
+        values = ", ".join(f"%({name})s" for name in FIXED)
+        with self.connection.begin():
+            _check_run(self.connection, self.run_id, self.what)
+            self.connection.exec_driver_sql(
+                f"INSERT INTO {self.target.name} ({into}) "
+                f"SELECT {values}, {self._selected()} "
+                f"FROM {self.stage_name} ORDER BY identifier, {order}",
+                fixed,
+            )
+
+    def _sort_stage(self, order: str) -> None:
+        """SQLite: a sorted copy of the stage (`sorted_name`), the chunks' source."""
         with self.connection.begin():
             # the connection is the stage's own, and closed with it (`close`)
             self.connection.exec_driver_sql(f"PRAGMA threads={SORT_THREADS}")
@@ -193,6 +203,9 @@ class SortedStage:
                 f"CREATE TEMPORARY TABLE {self.sorted_name} AS SELECT {self.listed} "
                 f"FROM {self.stage_name} ORDER BY identifier, {order}"
             )
+
+    def _load_in_chunks(self, fixed: Mapping[str, Any], into: str) -> None:
+        """SQLite: the sorted copy inserted in transactions of `LOAD_CHUNK` rows."""
         values = ", ".join("?" for _ in FIXED)
         for low in range(0, self.staged, LOAD_CHUNK):
             with self.connection.begin():
@@ -203,7 +216,6 @@ class SortedStage:
                     "WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
                     (*(fixed[name] for name in FIXED), low, low + LOAD_CHUNK),
                 )
-        return self.staged
 
     def close(self) -> None:
         """Drop the staging tables with the connection: closed, not handed back to the pool

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import islice
+from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, select, update
+from sqlalchemy import ColumnElement, Engine, Row, select, update
 
 from service.db.statements import in_listed
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE
@@ -133,6 +134,24 @@ def mark_refused_again(
     re-run corrected or sent is not marked: it was billed. How many rows were held."""
     if not run_ids or not identifiers:
         return 0
+    rows = _entries_refused_again(engine, run_ids, identifiers, before, earlier)
+    held = {(int(row.run_id), str(row.identifier)) for row in rows if row.rerun_id is None}
+    marked = _up_the_chain(held, [row for row in rows if row.rerun_id is not None])
+    ids = [int(row.id) for row in rows if (int(row.run_id), str(row.identifier)) in marked]
+    mark_rows_taken_again(engine, ids, version)
+    return len(held)
+
+
+def _entries_refused_again(
+    engine: Engine,
+    run_ids: Sequence[int],
+    identifiers: Sequence[str],
+    before: datetime,
+    earlier: Collection[int],
+) -> list[Row[Any]]:
+    """The entries these runs quarantined under one of `identifiers`, not marked taken again,
+    that a refusal at `before` counts (`mark_refused_again`): quarantined before it, or by
+    one of the `earlier` runs."""
     query = select(
         QUARANTINE.c.id,
         QUARANTINE.c.run_id,
@@ -145,14 +164,17 @@ def mark_refused_again(
         in_listed(QUARANTINE.c.identifier, identifiers, engine),
     )
     with engine.connect() as connection:
-        rows = [
+        return [
             row
             for row in connection.execute(query).all()
             if int(row.run_id) in earlier or (as_utc(row.created_at) or before) < before
         ]
-    held = {(int(row.run_id), str(row.identifier)) for row in rows if row.rerun_id is None}
+
+
+def _up_the_chain(held: set[tuple[int, str]], taken: list[Row[Any]]) -> set[tuple[int, str]]:
+    """(run id, identifier) of the `held` entries and of the entries a re-run took (`taken`)
+    and quarantined again, down the chain to a held one."""
     marked = set(held)
-    taken = [row for row in rows if row.rerun_id is not None]
     while True:  # up the chain: an entry whose re-run quarantined it again, and so on
         more = {
             (int(row.run_id), str(row.identifier))
@@ -162,9 +184,7 @@ def mark_refused_again(
         if more <= marked:
             break
         marked |= more
-    ids = [int(row.id) for row in rows if (int(row.run_id), str(row.identifier)) in marked]
-    mark_rows_taken_again(engine, ids, version)
-    return len(held)
+    return marked
 
 
 def mark_rows_taken_again(engine: Engine, ids: Sequence[int], version: str) -> None:

@@ -1,0 +1,112 @@
+"""What an import-set task's run leaves out of its file (`LeftOut`): the rows a later version of
+the object took, another version took before (or, for a file the bundled poller failed whole,
+sent since), or another run over the object handled; and what the task's outcome says of them.
+Apart from the tasks that run the files (`remediation.import_set_errors`, `import_set_failed`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from remediation.ports import LeavesOut
+from service.jobs.file_runs import SourceRows, TakenAgain
+from service.jobs.inputs import JobDeps
+from service.jobs.object_runs import HandledElsewhere, RefusedAgain, object_sources
+from service.jobs.object_versions import TakenBefore, version_label
+from service.jobs.store.lineage import runs_correcting
+from service.jobs.store.reports import POLLER_ORIGIN
+from service.logs import log_event
+from service.models import ImportSet
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """The rows a run over an import set's file leaves out, and what it says of them."""
+
+    rows: TakenAgain
+    # rows another version of the object took (billed then), or, in a file the poller failed
+    # whole, rows a version of some object sent since
+    before: TakenBefore | SourceRows
+    elsewhere: HandledElsewhere
+
+    def none_left(self) -> bool:
+        """Rows were left out: a run left with none is no failure (`run_file`'s `allow_none`)."""
+        before = self.before
+        counted = before.sent if isinstance(before, SourceRows) else before.left
+        return self.rows.left + counted + self.elsewhere.left > 0
+
+    def leave_out(self) -> tuple[LeavesOut, ...]:
+        return (self.rows, self.before, self.elsewhere)
+
+    def outcome(self, run_key: str, source: str | None) -> str:
+        """What the task's outcome says of the rows left out (rows sent since are logged)."""
+        before = self.before
+        said = (
+            rows_sent_since(before.sent, run_key, source, "before")
+            if isinstance(before, SourceRows)
+            else before.outcome()
+        )
+        return self.rows.outcome() + self.elsewhere.outcome() + said
+
+
+def failed_records_left_out(
+    deps: JobDeps,
+    import_set: ImportSet,
+    later: Path | None,
+    path: Path,
+    tmp: Path,
+    run_key: str,
+) -> LeftOut:
+    """Who took or handled the rows of an import set's failed-records file before: a later
+    version, another version of the object, another run over the object."""
+    rows = TakenAgain(deps, import_set, later)
+    # rows another version of the object took (billed then)
+    taken = TakenBefore(deps, import_set, path, tmp / "taken", run_key)
+    # rows an error report's run over the object (or another import set's) took
+    key = import_set.source_object
+    refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
+    elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
+    return LeftOut(rows, taken, elsewhere)
+
+
+def failed_file_left_out(
+    deps: JobDeps,
+    import_set: ImportSet,
+    later: Path | None,
+    path: Path,
+    tmp: Path,
+    run_key: str,
+) -> LeftOut:
+    """Who took or handled the rows of a file that failed whole before: a later version,
+    another version of the object, the poller's sends, another run over the object."""
+    rows = TakenAgain(deps, import_set, later)
+    # a file the bundled poller failed whole: it never sends a row another version
+    # of some object sent (the day's file rewritten with the rows so far) unless a
+    # run over the object quarantined it since (Stripe refused that send); one
+    # Stripe's connector failed: not a row it took from another version
+    key = import_set.source_object
+    before: TakenBefore | SourceRows
+    if import_set.origin != POLLER_ORIGIN:
+        before = TakenBefore(deps, import_set, path, tmp / "taken", run_key)
+    else:
+        before = SourceRows(deps.run.engine, None)
+        sources = object_sources(deps.run.engine, deps.run.bucket, key)
+        before.refused_by = runs_correcting(deps.run.engine, sources)
+    # rows another run over the object corrected or quarantined (one it quarantined
+    # is refused again: the whole file was)
+    refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
+    elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
+    return LeftOut(rows, before, elsewhere)
+
+
+def rows_sent_since(count: int, run_key: str, key: str | None, when: str) -> str:
+    """What an outcome says of `count` rows left out because a version of the file sent them
+    (`when`: "before" or "since" the run's file), logged as a warning; "" for none."""
+    if not count:
+        return ""
+    log_event(
+        "remediation.rows_sent_since", level=logging.WARNING, run_key=run_key, rows=count, key=key
+    )
+    return f"; {count} left out: sent {when} from another version of the file"
