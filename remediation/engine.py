@@ -113,8 +113,17 @@ def remediate(
     # over with the batch, and `written` passes them on from this thread.
     held: list[Audited] = []
     handed = None if on_audit is None else lambda *records: held.append(records)
-    sinks = _run_sinks(
-        out_dir, source, fmt, generation, columns, write, max_rows, handed, audit_output, meters
+    sinks = Sinks(
+        out_dir,
+        source,
+        fmt,
+        generation,
+        columns,
+        write,
+        max_rows,
+        handed,
+        audit_output=audit_output,
+        customer_keys=customer_keys(meters),
     )
     tally = Tally()
     trim_heap = HeapTrim()
@@ -129,33 +138,6 @@ def remediate(
     _check_conservation(tally, outputs, write, rejected)
     summary = _summary(source, generation, tally, outputs, sinks.audit_path)
     return RemediationResult(summary, outputs, tally.corrections, sinks.audit_output)
-
-
-def _run_sinks(
-    out_dir: Path,
-    source: str,
-    fmt: FileFormat,
-    generation: int,
-    columns: Sequence[str] | None,
-    write: bool,
-    max_rows: int | None,
-    handed: AuditSink | None,
-    audit_output: bool,
-    meters: Sequence[Meter],
-) -> Sinks:
-    """The run's output sets and audit trail, with each event name's customer key."""
-    return Sinks(
-        out_dir,
-        source,
-        fmt,
-        generation,
-        columns,
-        write,
-        max_rows,
-        handed,
-        audit_output=audit_output,
-        customer_keys=customer_keys(meters),
-    )
 
 
 def _bytes_writer(
