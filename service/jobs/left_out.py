@@ -51,51 +51,34 @@ class LeftOut:
         return self.rows.outcome() + self.elsewhere.outcome() + said
 
 
-def failed_records_left_out(
+def left_out(
     deps: JobDeps,
     import_set: ImportSet,
     later: Path | None,
     path: Path,
     tmp: Path,
     run_key: str,
+    whole_file: bool = False,
 ) -> LeftOut:
-    """Who took or handled the rows of an import set's failed-records file before: a later
-    version, another version of the object, another run over the object."""
+    """Who took or handled the rows of an import set's file before: a later version, another
+    version of the object (or, in a file the poller failed whole, `whole_file`, the poller's
+    sends), another run over the object (an error report's or another import set's)."""
     rows = TakenAgain(deps, import_set, later)
-    # rows another version of the object took (billed then)
-    taken = TakenBefore(deps, import_set, path, tmp / "taken", run_key)
-    # rows an error report's run over the object (or another import set's) took
-    key = import_set.source_object
-    refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
-    elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
-    return LeftOut(rows, taken, elsewhere)
-
-
-def failed_file_left_out(
-    deps: JobDeps,
-    import_set: ImportSet,
-    later: Path | None,
-    path: Path,
-    tmp: Path,
-    run_key: str,
-) -> LeftOut:
-    """Who took or handled the rows of a file that failed whole before: a later version,
-    another version of the object, the poller's sends, another run over the object."""
-    rows = TakenAgain(deps, import_set, later)
-    # a file the bundled poller failed whole: it never sends a row another version
-    # of some object sent (the day's file rewritten with the rows so far) unless a
-    # run over the object quarantined it since (Stripe refused that send); one
-    # Stripe's connector failed: not a row it took from another version
     key = import_set.source_object
     before: TakenBefore | SourceRows
-    if import_set.origin != POLLER_ORIGIN:
+    if not whole_file or import_set.origin != POLLER_ORIGIN:
+        # rows another version of the object took (billed then)
         before = TakenBefore(deps, import_set, path, tmp / "taken", run_key)
     else:
+        # a file the bundled poller failed whole: it never sends a row another version
+        # of some object sent (the day's file rewritten with the rows so far) unless a
+        # run over the object quarantined it since (Stripe refused that send); one
+        # Stripe's connector failed: not a row it took from another version
         before = SourceRows(deps.run.engine, None)
         sources = object_sources(deps.run.engine, deps.run.bucket, key)
         before.refused_by = runs_correcting(deps.run.engine, sources)
-    # rows another run over the object corrected or quarantined (one it quarantined
-    # is refused again: the whole file was)
+    # rows another run over the object corrected or quarantined (one it quarantined is
+    # refused again: Stripe refused the whole file, or the rows of its failed-records file)
     refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
     elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
     return LeftOut(rows, before, elsewhere)

@@ -8,7 +8,7 @@
 
 Each task's file is run through `file_runs.py`. The import-set tasks leave out the rows
 another version of the object took (`object_versions.TakenBefore`), another run over it handled
-(`HandledElsewhere`), or a later version holds (`file_runs.TakenAgain`): `left_out.LeftOut`.
+(`HandledElsewhere`), or a later version holds (`file_runs.TakenAgain`): `left_out.left_out`.
 
 A task whose input cannot be found or read is not retried: it raises a critical alert and
 reports why. Any other failure (Stripe, S3, database) raises, so the worker retries it.
@@ -31,7 +31,7 @@ from service.jobs.inputs import (
     fetch_source,
     later_version,
 )
-from service.jobs.left_out import failed_file_left_out, failed_records_left_out, rows_sent_since
+from service.jobs.left_out import left_out, rows_sent_since
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import import_set, mark_import_set_remediated
 from service.jobs.store.runs import (
@@ -87,9 +87,9 @@ def _remediate_failed_records(
         generation=next_generation(deps.run.bucket, import_set.source_object),
     )
     later = later_version(deps, import_set, tmp)
-    left_out = failed_records_left_out(deps, import_set, later, path, tmp, run_key)
-    run_file(deps.run, request, path, leave_out=left_out.leave_out(), allow_none=left_out.none_left)
-    return left_out.outcome(run_key, file_id)
+    leaving = left_out(deps, import_set, later, path, tmp, run_key)
+    run_file(deps.run, request, path, leave_out=leaving.leave_out(), allow_none=leaving.none_left)
+    return leaving.outcome(run_key, file_id)
 
 
 def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
@@ -135,9 +135,9 @@ def _repair_failed_file(
     )
     # read from Stripe's copy: the object the import set names holds other bytes
     later = later_version(deps, import_set, tmp, path) if copied else None
-    left_out = failed_file_left_out(deps, import_set, later, path, tmp, run_key)
-    run_file(deps.run, request, path, leave_out=left_out.leave_out(), allow_none=left_out.none_left)
-    return left_out.outcome(run_key, source)
+    leaving = left_out(deps, import_set, later, path, tmp, run_key, whole_file=True)
+    run_file(deps.run, request, path, leave_out=leaving.leave_out(), allow_none=leaving.none_left)
+    return leaving.outcome(run_key, source)
 
 
 def poller_rows(deps: JobDeps, import_set_id: str) -> str:
