@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow as pa
 
 from remediation.core.column import Column, Composed, Indexes
-from remediation.core.keyorders import KeyOrders
+from remediation.core.keyorders import FoldedKey, KeyOrders
 from remediation.core.valuekinds import Kind, present_text, value_of
+from remediation.jsonnumbers import loads
 from remediation.records import UsageRecord
 
 
@@ -86,7 +87,12 @@ class Batch:
     def records(self) -> list[UsageRecord]:
         """The rows as records (for the few rows a rule handles one by one, and JSON output)."""
         cores = [c.values() for c in (self.identifier, self.timestamp, self.event_name)]
-        payload = {k: _present_values(c) for k, c in self.payload.items()}
+        if any(type(k) is FoldedKey for k in self.payload):
+            return _unfolded(self._records_of(cores))
+        return self._records_of(cores)
+
+    def _records_of(self, cores: list[list[object]]) -> list[UsageRecord]:
+        payload = {k: _present_values(c, type(k) is FoldedKey) for k, c in self.payload.items()}
         extra = {k: _present_values(c) for k, c in self.extra.items()}
         codes, messages = self.error_code.to_pylist(), self.error_message.to_pylist()
         broken = self.malformed.to_pylist()
@@ -110,6 +116,21 @@ class Batch:
         return out
 
 
+def _unfolded(records: list[UsageRecord]) -> list[UsageRecord]:
+    """The records with their folded keys' pairs back in their places (`folding`)."""
+    for record in records:
+        if any(type(k) is FoldedKey for k in record.payload):
+            pairs: dict[str, object] = {}
+            for key, value in record.payload.items():
+                if type(key) is FoldedKey:
+                    assert isinstance(value, str)
+                    pairs.update(loads("{" + value + "}"))
+                else:
+                    pairs[key] = value
+            record.payload = pairs
+    return records
+
+
 _ABSENT: Any = object()
 # A column's value types when every value is text (or absent): no kinds to keep.
 _TEXT_OR_ABSENT = frozenset({str, type(_ABSENT)})
@@ -129,10 +150,11 @@ def all_null(column: Column) -> bool:
     return known is not None and known.null_count == len(known) and column.kinds is None
 
 
-def _present_values(column: Column) -> list[object]:
-    """Typed values, `_ABSENT` where the key is missing (a JSON null is a present None)."""
+def _present_values(column: Column, as_text: bool = False) -> list[object]:
+    """Typed values, `_ABSENT` where the key is missing (a JSON null is a present None);
+    `as_text`: the texts (a folded key's pairs)."""
     texts = column.text.to_pylist()
-    kinds = column.kinds.tolist() if column.kinds is not None else None
+    kinds = column.kinds.tolist() if column.kinds is not None and not as_text else None
     if kinds is None:
         return [_ABSENT if t is None else t for t in texts]
     return [_ABSENT if t is None else value_of(t, k) for t, k in zip(texts, kinds, strict=True)]

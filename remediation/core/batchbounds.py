@@ -20,12 +20,12 @@ from remediation.records import UsageRecord
 # (2,000 rows of 5 such keys took 20 s), so a batch is cut where its cells would pass this.
 MAX_BATCH_CELLS = 1 << 19
 # And where it would hold more distinct keys than this and `SPARSE` times as many as its widest
-# row names: mostly empty columns, each costing its share of every check and writer whatever
-# its rows, and more of them the more rows (rows of 5 keys of their own, 20,000 of them,
-# through `meterfix remediate`: batches of ~320 rows and 1,600 keys, 35 s and a peak RSS of
-# 211 MB; of ~100 rows and 512 keys, see the README). Rows that share their keys, however
-# many, are cut by their cells alone.
-MAX_BATCH_KEYS = 256
+# row names: mostly empty columns, each a column of the batch as read (the keys few rows name
+# are folded into a value of their pairs a row before they are checked: `folding`). Rows of 5
+# keys of their own, 20,000 of them, through `meterfix remediate`: 5.0 s in batches of ~200
+# rows and 1,024 keys, 6.5 s of 512, 9.8 s of 256 (16 s before folding), peak RSS 130-134 MB;
+# 2,048: 5.0 s, 150 MB. Rows that share their keys, however many, are cut by their cells alone.
+MAX_BATCH_KEYS = 1024
 SPARSE = 4
 
 

@@ -112,7 +112,7 @@ def _odd_floats(column: Column) -> Mask:
     floats = np.flatnonzero(column.kinds == Kind.FLOAT)
     if len(floats):
         texts = column.text.take(pa.array(floats))
-        odd[floats[~mask(pc.match_substring_regex(texts, _PLAIN_FLOAT))]] = True
+        odd[floats[~mask(pc.match_substring_regex(texts, PLAIN_FLOAT))]] = True
     return odd
 
 
@@ -120,7 +120,7 @@ def _none(column: Column) -> Mask:
     return np.zeros(len(column), bool)
 
 
-_PLAIN_FLOAT = r"^-?[0-9]+\.[0-9]*[1-9]$"  # repr() of a float that is its own plain number
+PLAIN_FLOAT = r"^-?[0-9]+\.[0-9]*[1-9]$"  # repr() of a float that is its own plain number
 
 
 def meter_of_rows(batch: Batch, index: MeterIndex) -> tuple[list[Meter | None], Indexes]:

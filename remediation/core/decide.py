@@ -27,6 +27,7 @@ from remediation.core.checks import (
 from remediation.core.column import Mask
 from remediation.core.columns import Batch
 from remediation.core.decided import OTHER_ID, QUARANTINED, VALID, VALID_KEPT, Decided
+from remediation.core.folding import fold
 from remediation.core.rounds import Rounds
 from remediation.core.rules import RULES
 from remediation.core.textmeasures import field_suspects, mask
@@ -69,6 +70,7 @@ class BatchDecider:
         self.loop_protection = loop_protection
 
     def decide(self, batch: Batch) -> Decided:
+        batch = fold(batch, self.ctx)  # rows naming keys of their own: their pairs as one value
         n = len(batch)
         # Once: the rows taken later carry it; rows it does not suspect are within the limits.
         suspects = field_suspects(batch, self.ctx.index.limits)

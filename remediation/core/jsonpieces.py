@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from remediation.core.column import stacked_texts
 from remediation.core.columns import Column, Kind
 from remediation.core.jsontext import json_inner, json_text
+from remediation.core.keyorders import FoldedKey
 from remediation.core.text import TextPool, texts_of
 
 NULL = "null"
@@ -26,7 +27,9 @@ _TEXT_KIND = int(Kind.TEXT)
 
 
 def json_key(key: str) -> str:
-    """A key as JSON, with its colon."""
+    """A key as JSON, with its colon (nothing for a folded key: its value holds its pairs)."""
+    if type(key) is FoldedKey:
+        return ""
     return json_text(key) + ":"
 
 

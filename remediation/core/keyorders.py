@@ -15,6 +15,13 @@ from remediation.core.column import Indexes
 KeyOrder = tuple[tuple[str, ...], tuple[str, ...]]  # a row's payload keys and extra keys
 
 
+class FoldedKey(str):
+    """A payload key standing for a run of a row's pairs folded into one value, their JSON
+    text (`folding.fold`): written as it is, with no key of its own (`jsonpieces.json_key`)."""
+
+    __slots__ = ()
+
+
 class KeyOrders:
     """Each row's payload and extra keys in file order (`Batch.order`), held as a code per row
     into the few distinct orders a batch has: taking rows takes codes, not Python tuples."""

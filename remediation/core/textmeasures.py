@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from remediation.core.column import Mask, as_string
 from remediation.core.columns import Batch, Column, Kind
+from remediation.core.keyorders import FoldedKey
 from remediation.core.text import rows_holding
 from remediation.limits import FieldLimits
 
@@ -104,9 +105,11 @@ def field_suspects(batch: Batch, limits: FieldLimits) -> Mask:
     ):
         suspect |= longer(column, most) | has_control(column)
     suspect |= batch.timestamp.is_text() & has_control(batch.timestamp)
-    plain = {k: c for k, c in batch.payload.items() if c.plain_within is not None}
-    if len(plain) < len(batch.payload):
-        others = [(k, c) for k, c in batch.payload.items() if c.plain_within is None]
+    # a folded key's pairs are within the limits (`folding.fold` folds no others)
+    payload = {k: c for k, c in batch.payload.items() if type(k) is not FoldedKey}
+    plain = {k: c for k, c in payload.items() if c.plain_within is not None}
+    if len(plain) < len(payload):
+        others = [(k, c) for k, c in payload.items() if c.plain_within is None]
         suspect |= _payload_suspects(others, limits)
     for key, column in plain.items():
         if len(key) > limits.max_payload_key_chars or not key.isprintable():

@@ -226,7 +226,7 @@ def test_rows_of_keys_of_their_own_are_cut_where_their_keys_pass_the_bound(
 
 def _rows_of_own_keys_uncut() -> bool:
     """Rows of keys of their own are batched past `MAX_BATCH_KEYS` (it is off)."""
-    found = _batches(_file(_rows(200, KEYS), FileFormat.JSONL), FileFormat.JSONL)
+    found = _batches(_file(_rows(400, KEYS), FileFormat.JSONL), FileFormat.JSONL)
     return max(map(_keys, found)) > MAX_BATCH_KEYS
 
 

@@ -1,0 +1,220 @@
+"""Payload keys few rows of a batch name (rows naming keys of their own) folded into a few
+columns of their rows' pairs as JSON text (`fold`), and read back (`unfold_pairs`).
+
+Every distinct key of a batch is a column, worked on by every check, rule, take and writer:
+rows each naming keys of their own made hundreds of columns a batch, each costing a few dozen
+Arrow calls (20,000 rows of 5 such keys: 60x the `json` copy). No rule reads such a key by
+column (the columns rules read are the meters' and the rules' keys: `_known`), and none of
+their values breaks a field limit (`_fine`): each row's run of them is held as one value, the
+text the writers write for those pairs (`"k":1,"l":"x"`), under a `FoldedKey` in the row's key
+order. The writers write a folded key's value as it is and no key of its own (`json_key`); a
+row handled one by one (`Batch.records`) has its pairs back as they were (`unfold_pairs`), and
+so does every check of a row's keys (a meter's dimensions count a folded key as the keys it
+holds: unused ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from remediation.changes import Context
+from remediation.core.checks import PLAIN_FLOAT
+from remediation.core.column import Column, stacked_texts
+from remediation.core.columns import Batch, Kind
+from remediation.core.jsonpieces import json_key
+from remediation.core.jsontext import json_strings
+from remediation.core.keyorders import FoldedKey, KeyOrder, KeyOrders
+from remediation.core.textmeasures import byte_lengths, has_control, mask
+from remediation.limits import FieldLimits
+
+# A batch of more payload keys than this has the rare ones folded (fewer cost less than the
+# folding)...
+FOLD_PAST = 32
+# ... those of at most this share of its rows.
+FOLDED_SHARE = 0.25
+
+
+def folded_keys(count: int) -> list[FoldedKey]:
+    return [FoldedKey(f"\x00folded {at}") for at in range(count)]
+
+
+def fold(batch: Batch, ctx: Context) -> Batch:
+    """`batch` with its rare payload keys folded (rows naming keys of their own), or as it is."""
+    if batch.order is None or len(batch.payload) <= FOLD_PAST:
+        return batch
+    rare = _rare(batch.order, len(batch))
+    if len(rare) <= FOLD_PAST // 2:  # a wide batch: its keys in most rows
+        return batch
+    known = _known(ctx)
+    limits = ctx.index.limits
+    keys = [
+        key
+        for key in batch.payload
+        if key in rare and key.lower() not in known and _plain_key(key, limits)
+    ]
+    if not keys:
+        return batch
+    cells = _Cells.of([batch.payload[key] for key in keys])
+    picked = np.flatnonzero(cells.fine(limits)).tolist()
+    if len(picked) <= FOLD_PAST // 2:
+        return batch
+    return _folded(batch, keys, cells, picked)
+
+
+def _rare(order: KeyOrders, n: int) -> set[str]:
+    """The payload keys at most `FOLDED_SHARE` of the rows name (counted by key order)."""
+    counts: dict[str, int] = {}
+    for (payload_keys, _), rows in zip(
+        order.distinct,
+        np.bincount(order.codes, minlength=len(order.distinct)).tolist(),
+        strict=True,
+    ):
+        for key in payload_keys:
+            counts[key] = counts.get(key, 0) + rows
+    most = FOLDED_SHARE * n
+    return {key for key, count in counts.items() if count <= most and type(key) is str}
+
+
+def _plain_key(key: str, limits: FieldLimits) -> bool:
+    return len(key) <= limits.max_payload_key_chars and key.isprintable()
+
+
+def _known(ctx: Context) -> frozenset[str]:
+    """Every key a rule or check may read by column, lower-cased: the meters' customer,
+    value and dimension keys, the rules' aliases and column names."""
+    rules = ctx.rules
+    names: list[str] = [*rules.customer_keys, *rules.value_keys]
+    for key, aliases in rules.dimension_aliases.items():
+        names += [key, *aliases]
+    for name, field in rules.columns.items():
+        names += [name, field, field.removeprefix("payload.").removeprefix("payload_")]
+    for meter in ctx.index.meters:
+        names += [meter.customer_key, meter.value_key, *meter.dimension_keys]
+    names += list(ctx.header_aliases)
+    names += list(ctx.header_aliases.values())
+    return frozenset(name.lower() for name in names)
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """The candidate columns' texts one after the other (`stacked_texts`), each cell's kind
+    and where one is present (a row of cells a column)."""
+
+    texts: pa.Array
+    kinds: np.ndarray[Any, Any]
+    present: np.ndarray[Any, Any]
+
+    @classmethod
+    def of(cls, columns: Sequence[Column]) -> _Cells:
+        texts = stacked_texts(columns)
+        kinds = np.concatenate([column.kind_array() for column in columns])
+        present = mask(pc.is_valid(texts)).reshape(len(columns), -1)
+        return cls(texts, kinds, present)
+
+    def fine(self, limits: FieldLimits) -> np.ndarray[Any, Any]:
+        """Which columns hold only values no check suspects (`textmeasures.field_suspects`,
+        `checks.problem_ids`): texts and numbers within the field limits, no control
+        character in a text, a float only as its plain number; true, false, null."""
+        kinds, whole = self.kinds, Column(self.texts)
+        fine = (kinds == Kind.BOOL) | (kinds == Kind.NULL)
+        short = byte_lengths(whole) <= limits.max_payload_value_chars
+        fine |= short & ((kinds == Kind.INT) | (kinds == Kind.TEXT) & ~has_control(whole))
+        floats = np.flatnonzero(short & (kinds == Kind.FLOAT))
+        if len(floats):
+            picked = self.texts.take(pa.array(floats))
+            fine[floats] = mask(pc.match_substring_regex(picked, PLAIN_FLOAT))
+        ok: np.ndarray[Any, Any] = (~self.present | fine.reshape(self.present.shape)).all(axis=1)
+        return ok
+
+
+def _folded(batch: Batch, keys: Sequence[str], cells: _Cells, picked: Sequence[int]) -> Batch:
+    """`batch` with the `keys` of `cells` at `picked` folded: each row's runs of them one
+    value each, the text of their pairs as the writers write them."""
+    assert batch.order is not None
+    folded = [keys[at] for at in picked]
+    orders, codes, runs = _folded_orders(batch.order, set(folded))
+    names = folded_keys(runs)
+    if any(name in batch.payload for name in names):
+        return batch
+    n = len(batch)
+    of_key, row = np.nonzero(cells.present[picked])
+    at = np.asarray(picked, np.int64)[of_key] * n + row  # each present cell's place
+    run_of, nth = _cell_places(batch.order, folded, of_key, row)
+    values = cells.texts.take(pa.array(at))
+    literal = pa.array(cells.kinds[at] != Kind.TEXT)
+    heads = pa.array([json_key(key) for key in folded], pa.string()).take(pa.array(of_key))
+    written = pc.if_else(literal, values, json_strings(values)).cast(pa.string())
+    pairs = pc.binary_join_element_wise(heads, written, "")
+    by = np.lexsort((nth, row, run_of))
+    group = run_of[by] * n + row[by]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    offsets = pa.array(np.r_[starts, len(by)].astype(np.int32))
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pairs.take(pa.array(by))), ",")
+    first = group[starts]
+    gone = set(folded)
+    payload = {key: column for key, column in batch.payload.items() if key not in gone}
+    for run, name in enumerate(names):
+        mine = first // n == run
+        index = np.full(n, -1, np.int64)
+        index[first[mine] % n] = np.flatnonzero(mine)
+        held = index >= 0
+        text = joined.take(pa.array(index, mask=~held))
+        payload[name] = Column(text, np.where(held, Kind.INT, Kind.TEXT).astype(np.uint8))
+    order = KeyOrders([_named(order, names) for order in orders], codes)
+    return batch.with_fields(payload=payload, order=order)
+
+
+def _folded_orders(
+    order: KeyOrders, place: set[str]
+) -> tuple[list[KeyOrder], np.ndarray[Any, Any], int]:
+    """Each distinct order with each run of folded keys as one key (its run's number, as an
+    int), re-coded; and the most runs a row has."""
+    index: dict[KeyOrder, int] = {}
+    mapping = np.zeros(len(order.distinct), np.int32)
+    runs = 0
+    for at, (payload_keys, extra_keys) in enumerate(order.distinct):
+        keys: list[Any] = []
+        run = 0
+        for key in payload_keys:
+            if key not in place:
+                keys.append(key)
+            elif not keys or not isinstance(keys[-1], int):
+                keys.append(run)
+                run += 1
+        runs = max(runs, run)
+        mapping[at] = index.setdefault((tuple(keys), extra_keys), len(index))
+    return list(index), mapping[order.codes], runs
+
+
+def _cell_places(
+    order: KeyOrders, keys: Sequence[str], of_key: np.ndarray[Any, Any], row: np.ndarray[Any, Any]
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Each cell's run (among its row's runs of folded keys) and place in it."""
+    folded = set(keys)
+    where: list[dict[str, tuple[int, int]]] = []
+    for payload_keys, _ in order.distinct:
+        places: dict[str, tuple[int, int]] = {}
+        run, nth, last = -1, 0, False
+        for key in payload_keys:
+            if key in folded:
+                if not last:
+                    run, nth = run + 1, 0
+                places[key] = (run, nth)
+                nth += 1
+            last = key in folded
+        where.append(places)
+    codes = order.codes[row].tolist()
+    found = [where[code][keys[k]] for code, k in zip(codes, of_key.tolist(), strict=True)]
+    runs, nths = zip(*found, strict=True) if found else ((), ())
+    return np.asarray(runs, np.int64), np.asarray(nths, np.int64)
+
+
+def _named(order: KeyOrder, names: Sequence[FoldedKey]) -> KeyOrder:
+    payload_keys, extra_keys = order
+    return tuple(names[key] if isinstance(key, int) else key for key in payload_keys), extra_keys
