@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -365,6 +366,38 @@ def test_digests_of_a_slice_are_those_of_its_rows() -> None:
     whole = rowdigest._texts(texts)
     assert (rowdigest._texts(texts.slice(7, 45)) == whole[7:52]).all()
     assert len(set(whole.tolist())) == 51 and whole[50] == whole[51]  # null reads as ""
+
+
+_TEXTS = st.one_of(st.none(), st.text(alphabet='aü€𝄞0, "', max_size=8))
+
+
+@settings(max_examples=60)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["api_requests", "ü", "x"]),
+            st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+            st.dictionaries(st.text(alphabet="kü€0", max_size=4), _TEXTS, max_size=8),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_a_batchs_digests_are_its_rows_digests(rows: list[Any]) -> None:
+    """Every payload key of a batch digested at once (rows naming keys of their own: a
+    thousand keys a batch) gives each row the digest it has alone: its keys, held or not."""
+    keys = list(dict.fromkeys(key for _, _, payload in rows for key in payload))
+    sent = {
+        key: pa.array([payload.get(key) for _, _, payload in rows], pa.string()) for key in keys
+    }
+    names = Column(pa.array([name for name, _, _ in rows], pa.string()))
+    batch = Batch(np.arange(len(rows)), names, names, names, {}, {}, *[pa.nulls(len(rows))] * 3)
+    found = rowdigest.batch_digests(batch, [stamp for _, stamp, _ in rows], sent).tolist()
+    alone = [
+        row_digest(name, stamp, {k: v for k, v in payload.items() if v is not None})
+        for name, stamp, payload in rows
+    ]
+    assert found == alone
 
 
 def test_a_rows_content_changes_with_what_it_sends_only() -> None:
