@@ -32,6 +32,7 @@ from remediation.core.rounds import Rounds
 from remediation.core.rules import RULES
 from remediation.core.textmeasures import field_suspects, mask
 from remediation.identifiers import Lineage
+from remediation.limits import shown
 
 _RULED: Mask = np.asarray([code in RULES for code in CODES] + [False], bool)
 
@@ -86,7 +87,7 @@ class BatchDecider:
         for i in np.flatnonzero(unknown).tolist():
             mfx[i] = ErrorCode.UNCLASSIFIED
             reason[i] = (
-                f"unknown code {arrived[i]!r} and the row passes our validation (unclassified)"
+                f"unknown code {shown(arrived[i])} and the row passes our validation (unclassified)"
             )
         work = np.flatnonzero(~valid & ~stopped & ~unknown)
         decided = Decided(
