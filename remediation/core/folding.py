@@ -1,16 +1,15 @@
 """Payload keys few rows of a batch name (rows naming keys of their own) folded into a few
-columns of their rows' pairs as JSON text (`fold`), and read back (`unfold_pairs`).
+values of their rows' pairs as JSON text, before the batch is decided (`fold`).
 
 Every distinct key of a batch is a column, worked on by every check, rule, take and writer:
 rows each naming keys of their own made hundreds of columns a batch, each costing a few dozen
-Arrow calls (20,000 rows of 5 such keys: 60x the `json` copy). No rule reads such a key by
-column (the columns rules read are the meters' and the rules' keys: `_known`), and none of
-their values breaks a field limit (`_fine`): each row's run of them is held as one value, the
+Arrow calls (20,000 rows of 5 such keys: 60x the `json` copy). No rule or check reads such a
+key by column (those read the meters' and the rules' keys: `_known`), and none of their values
+is one a check suspects (`_Cells.fine`): each row's run of them is held as one value, the
 text the writers write for those pairs (`"k":1,"l":"x"`), under a `FoldedKey` in the row's key
-order. The writers write a folded key's value as it is and no key of its own (`json_key`); a
-row handled one by one (`Batch.records`) has its pairs back as they were (`unfold_pairs`), and
-so does every check of a row's keys (a meter's dimensions count a folded key as the keys it
-holds: unused ones).
+order. The writers write a folded key's value as it is, with no key of its own
+(`jsonpieces.json_key`); a row handled one by one has its pairs back in their places
+(`Batch.records`); a meter's dimension check counts a folded key as the unused keys it holds.
 """
 
 from __future__ import annotations
@@ -143,20 +142,7 @@ def _folded(batch: Batch, keys: Sequence[str], cells: _Cells, picked: Sequence[i
     if any(name in batch.payload for name in names):
         return batch
     n = len(batch)
-    of_key, row = np.nonzero(cells.present[picked])
-    at = np.asarray(picked, np.int64)[of_key] * n + row  # each present cell's place
-    run_of, nth = _cell_places(batch.order, folded, of_key, row)
-    values = cells.texts.take(pa.array(at))
-    literal = pa.array(cells.kinds[at] != Kind.TEXT)
-    heads = pa.array([json_key(key) for key in folded], pa.string()).take(pa.array(of_key))
-    written = pc.if_else(literal, values, json_strings(values)).cast(pa.string())
-    pairs = pc.binary_join_element_wise(heads, written, "")
-    by = np.lexsort((nth, row, run_of))
-    group = run_of[by] * n + row[by]
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    offsets = pa.array(np.r_[starts, len(by)].astype(np.int32))
-    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pairs.take(pa.array(by))), ",")
-    first = group[starts]
+    first, joined = _runs_text(batch.order, folded, cells, picked, n)
     gone = set(folded)
     payload = {key: column for key, column in batch.payload.items() if key not in gone}
     for run, name in enumerate(names):
@@ -168,6 +154,27 @@ def _folded(batch: Batch, keys: Sequence[str], cells: _Cells, picked: Sequence[i
         payload[name] = Column(text, np.where(held, Kind.INT, Kind.TEXT).astype(np.uint8))
     order = KeyOrders([_named(order, names) for order in orders], codes)
     return batch.with_fields(payload=payload, order=order)
+
+
+def _runs_text(
+    order: KeyOrders, folded: Sequence[str], cells: _Cells, picked: Sequence[int], n: int
+) -> tuple[np.ndarray[Any, Any], pa.Array]:
+    """Each (run, row) holding folded pairs, as run * n + row in that order, and the text of
+    its pairs: `"key":value` each, as the writers write them, joined by commas."""
+    of_key, row = np.nonzero(cells.present[picked])
+    at = np.asarray(picked, np.int64)[of_key] * n + row  # each present cell's place
+    run_of, nth = _cell_places(order, folded, of_key, row)
+    values = cells.texts.take(pa.array(at))
+    literal = pa.array(cells.kinds[at] != Kind.TEXT)
+    heads = pa.array([json_key(key) for key in folded], pa.string()).take(pa.array(of_key))
+    written = pc.if_else(literal, values, json_strings(values)).cast(pa.string())
+    pairs = pc.binary_join_element_wise(heads, written, "")
+    by = np.lexsort((nth, row, run_of))
+    group = run_of[by] * n + row[by]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    offsets = pa.array(np.r_[starts, len(by)].astype(np.int32))
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pairs.take(pa.array(by))), ",")
+    return group[starts], joined
 
 
 def _folded_orders(
