@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from remediation.outcomes import OTHER_CODES
 from service.intake.store import count_events, latest_events, oldest_pending
 from service.jobs.store.quarantine import quarantine_groups, quarantine_reasons, quarantined_record
 from service.jobs.store.reports_left import ReportsLeft, reports_left_between
@@ -108,12 +109,21 @@ def _codes(
             corrected=corrected,
             quarantined=quarantined,
             change=corrected + quarantined - sum(before.get(code, [0, 0])),
-            url=links.quarantine(code=code) if quarantined else None,
+            # the codes a run did not name: the window's quarantined rows, all codes
+            url=links.quarantine(code=None if code == OTHER_CODES else code)
+            if quarantined
+            else None,
         )
         for code, (corrected, quarantined) in now.items()
         if corrected or quarantined
     ]
     return sorted(lines, key=lambda c: (-(c.corrected + c.quarantined), c.code))
+
+
+def _code_link(links: DashboardLinks, code: str) -> str:
+    """A code's quarantined rows; for the codes runs did not name (`OTHER_CODES`), the
+    window's quarantined rows of every code."""
+    return links.quarantine(code=None if code == OTHER_CODES else code)
 
 
 def _groups(

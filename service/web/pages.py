@@ -22,6 +22,7 @@ from flask import (
 from werkzeug.wrappers import Response as BaseResponse
 
 from remediation import jsonnumbers
+from remediation.outcomes import OTHER_CODES
 from service.errors import BadParameter, Conflict, NotFound
 from service.models import AdminActionName
 from service.models.alerts import AlertStatus
@@ -176,7 +177,7 @@ def run_page(run_id: int) -> str:
     found = lineage.get_run(engine(), params.row_id(run_id, "run"))
     if found is None:
         raise NotFound(f"no run with id {run_id}")
-    return render_template("run.html", run=found)
+    return render_template("run.html", run=found, other_codes=OTHER_CODES)
 
 
 @bp.get("/quarantine")

@@ -22,6 +22,7 @@ from flask import Flask
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from remediation.outcomes import OTHER_CODES
 from service.config import Settings
 from service.db import make_engine
 from service.models import AdminAction, QuarantinedRow, RemediationRun
@@ -256,3 +257,33 @@ def test_a_digest_link_of_more_runs_than_the_cap_takes_the_window(db_engine: Eng
     )
     query = parse_qs(urlsplit(digest.links["quarantine"]).query)
     assert query == {"since": ["2026-11-29T00:00:00Z"], "until": ["2026-11-29T23:59:59.999999Z"]}
+
+
+def test_a_digests_other_codes_link_to_every_quarantined_row(db_engine: Engine) -> None:
+    """The codes a run did not name (`OTHER_CODES`) link to the rows the digest counts, of
+    every code, not to a code no row has; a named code to its own rows."""
+    finished = DAY + timedelta(minutes=10)
+    by_code = {
+        "no_meter": {"corrected": 0, "quarantined": 1},
+        OTHER_CODES: {"corrected": 0, "quarantined": 2},
+    }
+    run_id = seed.run(
+        db_engine,
+        "day_other",
+        quarantined=3,
+        by_code=by_code,
+        created_at=finished,
+        finished_at=finished,
+    )
+    row = {"meter": "tokens", "customer": "c1", "created_at": finished}
+    codes = [("r1", "no_meter"), ("r2", "new_code_1"), ("r3", "new_code_2")]
+    rows = [{**row, "identifier": identifier, "code": code} for identifier, code in codes]
+    seed.quarantined(db_engine, run_id, rows)
+    digest = collect_digest(
+        db_engine, Window(DAY, DAY + timedelta(days=1)), public_url=BASE, examples=False
+    )
+    links = {line.code: parse_qs(urlsplit(line.url or "").query) for line in digest.codes}
+    assert links == {
+        "no_meter": {"code": ["no_meter"], "run": [str(run_id)]},
+        OTHER_CODES: {"run": [str(run_id)]},
+    }

@@ -15,6 +15,7 @@ import requests
 from flask import Flask
 from sqlalchemy import Engine
 
+from remediation.outcomes import OTHER_CODES
 from service.config import Settings
 from service.db import make_engine
 from service.web.access import TOKEN_FILE, admin_token, login_banner
@@ -148,6 +149,22 @@ def test_lineage_pages_follow_a_run_to_its_objects(dashboard: Dashboard) -> None
     assert re.search(r'data-testid="reimport">\s*yes, <time datetime="2026-11-30T12:01', run)
     assert f'href="/quarantine?run={run_id}"' in run
     assert "no run with id 999" in dashboard.page("/runs/999", 404)
+
+
+def test_a_runs_codes_link_to_their_quarantined_rows(dashboard: Dashboard) -> None:
+    """Each code a run counts links to the run's quarantined rows of that code; the codes it
+    did not name (past the first unknown ones: `OTHER_CODES`) to all its quarantined rows,
+    not to a code no row has."""
+    by_code = {
+        "no_meter": {"corrected": 0, "quarantined": 3},
+        OTHER_CODES: {"corrected": 0, "quarantined": 4},
+    }
+    run_id = seed.run(dashboard.engine, "import_set:impset_7:file_7", by_code=by_code)
+    dashboard.login()
+    run = dashboard.page(f"/runs/{run_id}")
+    assert f'href="/quarantine?run={run_id}&amp;code=no_meter">3</a>' in run
+    assert f'href="/quarantine?run={run_id}">4</a>' in run
+    assert "code=%28other" not in run
 
 
 def test_quarantine_page_filters_downloads_and_reruns(dashboard: Dashboard) -> None:
