@@ -137,12 +137,12 @@ def _folded(batch: Batch, keys: Sequence[str], cells: _Cells, picked: Sequence[i
     value each, the text of their pairs as the writers write them."""
     assert batch.order is not None
     folded = [keys[at] for at in picked]
-    orders, codes, runs = _folded_orders(batch.order, set(folded))
-    names = folded_keys(runs)
+    runs = _Runs.of(batch.order, set(folded))
+    names = folded_keys(runs.most)
     if any(name in batch.payload for name in names):
         return batch
     n = len(batch)
-    first, joined = _runs_text(batch.order, folded, cells, picked, n)
+    first, joined = _runs_text(batch.order, runs, folded, cells, picked, n)
     gone = set(folded)
     payload = {key: column for key, column in batch.payload.items() if key not in gone}
     for run, name in enumerate(names):
@@ -152,18 +152,23 @@ def _folded(batch: Batch, keys: Sequence[str], cells: _Cells, picked: Sequence[i
         held = index >= 0
         text = joined.take(pa.array(index, mask=~held))
         payload[name] = Column(text, np.where(held, Kind.INT, Kind.TEXT).astype(np.uint8))
-    order = KeyOrders([_named(order, names) for order in orders], codes)
+    order = KeyOrders([_named(order, names) for order in runs.orders], runs.codes)
     return batch.with_fields(payload=payload, order=order)
 
 
 def _runs_text(
-    order: KeyOrders, folded: Sequence[str], cells: _Cells, picked: Sequence[int], n: int
+    order: KeyOrders,
+    runs: _Runs,
+    folded: Sequence[str],
+    cells: _Cells,
+    picked: Sequence[int],
+    n: int,
 ) -> tuple[np.ndarray[Any, Any], pa.Array]:
     """Each (run, row) holding folded pairs, as run * n + row in that order, and the text of
     its pairs: `"key":value` each, as the writers write them, joined by commas."""
     of_key, row = np.nonzero(cells.present[picked])
     at = np.asarray(picked, np.int64)[of_key] * n + row  # each present cell's place
-    run_of, nth = _cell_places(order, folded, of_key, row)
+    run_of, nth = runs.of_cells(order, folded, of_key, row)
     values = cells.texts.take(pa.array(at))
     literal = pa.array(cells.kinds[at] != Kind.TEXT)
     heads = pa.array([json_key(key) for key in folded], pa.string()).take(pa.array(of_key))
@@ -177,49 +182,49 @@ def _runs_text(
     return group[starts], joined
 
 
-def _folded_orders(
-    order: KeyOrders, place: set[str]
-) -> tuple[list[KeyOrder], np.ndarray[Any, Any], int]:
-    """Each distinct order with each run of folded keys as one key (its run's number, as an
-    int), re-coded; and the most runs a row has."""
-    index: dict[KeyOrder, int] = {}
-    mapping = np.zeros(len(order.distinct), np.int32)
-    runs = 0
-    for at, (payload_keys, extra_keys) in enumerate(order.distinct):
-        keys: list[Any] = []
-        run = 0
-        for key in payload_keys:
-            if key not in place:
-                keys.append(key)
-            elif not keys or not isinstance(keys[-1], int):
-                keys.append(run)
-                run += 1
-        runs = max(runs, run)
-        mapping[at] = index.setdefault((tuple(keys), extra_keys), len(index))
-    return list(index), mapping[order.codes], runs
+@dataclass(frozen=True)
+class _Runs:
+    """The batch's distinct orders with each run of folded keys as one key (its run's
+    number, an int), re-coded (`codes`); the most runs a row has; and per distinct order of
+    the batch, each folded key's run and place in it."""
 
+    orders: list[KeyOrder]
+    codes: np.ndarray[Any, Any]
+    most: int
+    places: list[dict[str, tuple[int, int]]]
 
-def _cell_places(
-    order: KeyOrders, keys: Sequence[str], of_key: np.ndarray[Any, Any], row: np.ndarray[Any, Any]
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Each cell's run (among its row's runs of folded keys) and place in it."""
-    folded = set(keys)
-    where: list[dict[str, tuple[int, int]]] = []
-    for payload_keys, _ in order.distinct:
-        places: dict[str, tuple[int, int]] = {}
-        run, nth, last = -1, 0, False
-        for key in payload_keys:
-            if key in folded:
-                if not last:
+    @classmethod
+    def of(cls, order: KeyOrders, folded: set[str]) -> _Runs:
+        index: dict[KeyOrder, int] = {}
+        mapping = np.zeros(len(order.distinct), np.int32)
+        places: list[dict[str, tuple[int, int]]] = []
+        most = 0
+        for at, (payload_keys, extra_keys) in enumerate(order.distinct):
+            keys: list[Any] = []
+            where: dict[str, tuple[int, int]] = {}
+            run, nth = -1, 0
+            for key in payload_keys:
+                if key not in folded:
+                    keys.append(key)
+                    continue
+                if not keys or not isinstance(keys[-1], int):
                     run, nth = run + 1, 0
-                places[key] = (run, nth)
+                    keys.append(run)
+                where[key] = (run, nth)
                 nth += 1
-            last = key in folded
-        where.append(places)
-    codes = order.codes[row].tolist()
-    found = [where[code][keys[k]] for code, k in zip(codes, of_key.tolist(), strict=True)]
-    runs, nths = zip(*found, strict=True) if found else ((), ())
-    return np.asarray(runs, np.int64), np.asarray(nths, np.int64)
+            most = max(most, run + 1)
+            places.append(where)
+            mapping[at] = index.setdefault((tuple(keys), extra_keys), len(index))
+        return cls(list(index), mapping[order.codes], most, places)
+
+    def of_cells(
+        self, order: KeyOrders, keys: Sequence[str], of_key: np.ndarray[Any, Any], row: Any
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Each cell's run (among its row's runs of folded keys) and place in it."""
+        codes = order.codes[row].tolist()
+        found = [self.places[code][keys[k]] for code, k in zip(codes, of_key.tolist(), strict=True)]
+        runs, nths = zip(*found, strict=True) if found else ((), ())
+        return np.asarray(runs, np.int64), np.asarray(nths, np.int64)
 
 
 def _named(order: KeyOrder, names: Sequence[FoldedKey]) -> KeyOrder:
