@@ -136,8 +136,10 @@ class Adapters:
             self.stripe_client, settings.stripe_files_base, settings.stripe_api_key
         )
 
-    @cached_property
-    def customers(self) -> StripeCustomerDirectory:
+    def customer_directory(self) -> StripeCustomerDirectory:
+        """A directory of its own for one run: what Stripe answered about a customer holds
+        for that run, not for the worker's life (the operator may make the customer and
+        re-run its rows)."""
         from service.adapters.customers import StripeCustomerDirectory
 
         return StripeCustomerDirectory(self.stripe_client)

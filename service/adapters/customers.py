@@ -3,34 +3,44 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 import stripe
 
 from service.logs import log_event
 
 SEARCH_LIMIT = 10
+# Answers a directory keeps (the most recently asked): a file naming a million distinct
+# customer texts would otherwise keep a million answers (~150 MB).
+ANSWERS_KEPT = 100_000
 
 
 class StripeCustomerDirectory:
-    """`GET /v1/customers/{id}` and `GET /v1/customers/search`, with answers memoised.
+    """`GET /v1/customers/{id}` and `GET /v1/customers/search`, the last `kept` answers of
+    `exists` remembered. One directory serves one run (`Runtime.customer_directory`): a
+    customer made in Stripe after a run is found by the next (a re-run of its rows).
 
     A deleted customer (`deleted: true`) does not exist for billing purposes. Only a 404
     means "no such customer"; any other error propagates so the caller retries later
     instead of quarantining a row on a transient failure."""
 
-    def __init__(self, client: stripe.StripeClient) -> None:
+    def __init__(self, client: stripe.StripeClient, kept: int = ANSWERS_KEPT) -> None:
         self._client = client
         self._lock = threading.Lock()
-        self._exists: dict[str, bool] = {}
+        self._kept = kept
+        self._exists: OrderedDict[str, bool] = OrderedDict()
 
     def exists(self, customer_id: str) -> bool:
         with self._lock:
             known = self._exists.get(customer_id)
-        if known is not None:
-            return known
+            if known is not None:
+                self._exists.move_to_end(customer_id)
+                return known
         found = self._lookup(customer_id)
         with self._lock:
             self._exists[customer_id] = found
+            while len(self._exists) > self._kept:
+                self._exists.popitem(last=False)
         return found
 
     def _lookup(self, customer_id: str) -> bool:

@@ -31,7 +31,7 @@ class TaskRunner:
             bucket=rt.bucket,
             meters=list(rt.meter_source.meters()),
             rules=rt.rules,
-            customers=rt.customers if rt.rules.policy.customer_metadata_key else None,
+            customers=rt.customer_directory() if rt.rules.policy.customer_metadata_key else None,
             waiting_turn=waiting_turn,
         )
         if kind is TaskKind.QUARANTINE_RERUN:
