@@ -66,6 +66,31 @@ def fold(batch: Batch, ctx: Context) -> Batch:
     return _folded(batch, keys, cells, picked)
 
 
+def fold_like(new: Batch, batch: Batch, ctx: Context) -> Batch:
+    """Rows a rule handled one by one (`new`, built from their records, every key a column)
+    folded as the batch they go back into (`rules.base.put`): a key `batch` holds as a column
+    stays one; when `batch` holds folded keys, every other key `fold` could fold is folded,
+    whatever its share of `new` (its rows were folded in the batch they came from). Without
+    it each of their keys came back as a column of the whole batch."""
+    if new.order is None or not any(type(key) is FoldedKey for key in batch.payload):
+        return new
+    known = _known(ctx)
+    limits = ctx.index.limits
+    keys = [
+        key
+        for key in new.payload
+        if key not in batch.payload
+        and type(key) is str
+        and key.lower() not in known
+        and _plain_key(key, limits)
+    ]
+    if not keys:
+        return new
+    cells = _Cells.of([new.payload[key] for key in keys])
+    picked = np.flatnonzero(cells.fine(limits)).tolist()
+    return _folded(new, keys, cells, picked) if picked else new
+
+
 def _rare(order: KeyOrders, n: int) -> set[str]:
     """The payload keys at most `FOLDED_SHARE` of the rows name (counted by key order)."""
     counts: dict[str, int] = {}

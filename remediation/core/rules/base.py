@@ -19,6 +19,7 @@ from remediation.changes import Change, Context
 from remediation.core.batch import from_records, key_orders
 from remediation.core.column import as_string
 from remediation.core.columns import Batch, Column, Indexes
+from remediation.core.folding import fold_like
 from remediation.core.keyorders import KeyOrders
 from remediation.errors import Uncorrectable
 from remediation.records import UsageRecord
@@ -80,20 +81,22 @@ def one_by_one(batch: Batch, ctx: Context, row_rule: RowRule, rows: Indexes | No
             fields.append(change.field)
             before.append(change.before)
             after.append(change.after)
-    fix.batch = put(batch, at, old, records)
+    fix.batch = put(batch, at, old, records, ctx)
     if where:
         changed = np.asarray(where, np.int64)
         fix.changes.append(Changes(changed, rules, fields, Column.of(before), Column.of(after)))
     return fix
 
 
-def put(batch: Batch, at: Indexes, old: Batch, records: list[UsageRecord]) -> Batch:
+def put(
+    batch: Batch, at: Indexes, old: Batch, records: list[UsageRecord], ctx: Context
+) -> Batch:
     """`batch` with rows `at` (which were `old`) replaced by `records`. Each record keeps its
     own key order, as the row API keeps it (a renamed key goes last in its row, whatever
-    the other rows hold)."""
+    the other rows hold); keys the batch holds folded are folded again (`fold_like`)."""
     if not len(at):
         return batch
-    return replace_rows(batch, at, from_records(records), old)
+    return replace_rows(batch, at, fold_like(from_records(records), batch, ctx), old)
 
 
 def replace_rows(batch: Batch, at: Indexes, new: Batch, old: Batch | None = None) -> Batch:
