@@ -23,6 +23,7 @@ MAX_DOCUMENT_BYTES = MAX_LINE_CHARS
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _UTF16_UNITS = 4  # characters in UTF-16 without a BOM that tell it (one NUL alone does not)
 _BREAK_AND_INDENT = re.compile("[\r\n\t][ \t\r\n]*")
+_BLANKS = re.compile(f"[{re.escape(JSON_SPACE)}]*")
 
 
 def objects_document(stream: BinaryIO, array: bool) -> BinaryIO:
@@ -47,9 +48,9 @@ def objects_document(stream: BinaryIO, array: bool) -> BinaryIO:
     if _first_line_open(body):
         rest = stream.read(MAX_DOCUMENT_BYTES + 1 - len(head))
         if len(head) + len(rest) <= MAX_DOCUMENT_BYTES:
-            objects = _objects(body + rest)
-            if objects is not None:
-                return io.BytesIO(_one_a_line(objects, array))
+            lines = _one_a_line(body + rest, array)
+            if lines is not None:
+                return io.BytesIO(lines)
         document = head + rest
     else:
         document = head
@@ -101,20 +102,25 @@ def _first_line_open(body: bytes) -> bool:
     return False
 
 
-def _objects(data: bytes) -> list[str] | None:
-    """The texts of the JSON objects `data` holds, each on lines of its own, line breaks and
-    indents left out; None when it holds anything else."""
+def _one_a_line(data: bytes, array: bool) -> bytes | None:
+    """The JSON objects `data` holds, each on lines of its own, one a line (line breaks and
+    indents left out; `array`: as a JSON array, one element a line); None when it holds
+    anything else. Written as they are found: a list of millions of small objects' texts
+    took ten times the document's size."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
     decoder, pos, end = json.JSONDecoder(), 0, 0
-    objects: list[str] = []
+    out = io.StringIO()
+    out.write("[" if array else "")
+    separator, objects = ",\n" if array else "\n", 0
     while True:
-        blank = len(text) - len(text[pos:].lstrip(JSON_SPACE))
+        blanks = _BLANKS.match(text, pos)  # not a copy of the rest of the text an object
+        blank = blanks.end() if blanks else pos
         gap, pos = text[end:blank], blank
         if pos == len(text):
-            return objects or None
+            break
         if objects and "\n" not in gap and "\r" not in gap:
             return None  # two values on one line
         if text[pos] != "{":
@@ -123,11 +129,11 @@ def _objects(data: bytes) -> list[str] | None:
             end = decoder.raw_decode(text, pos)[1]
         except (ValueError, RecursionError):
             return None
-        objects.append(_BREAK_AND_INDENT.sub("", text[pos:end]))
+        out.write(separator if objects else "")
+        out.write(_BREAK_AND_INDENT.sub("", text[pos:end]))
+        objects += 1
         pos = end
-
-
-def _one_a_line(objects: list[str], array: bool) -> bytes:
-    if array:
-        return ("[" + ",\n".join(objects) + "]\n").encode()
-    return ("\n".join(objects) + "\n").encode()
+    if not objects:
+        return None
+    out.write("]\n" if array else "\n")
+    return out.getvalue().encode()

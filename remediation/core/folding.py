@@ -162,7 +162,7 @@ def _folded(batch: Batch, keys: Sequence[str], cells: _Cells, picked: Sequence[i
     value each, the text of their pairs as the writers write them."""
     assert batch.order is not None
     folded = [keys[at] for at in picked]
-    runs = _Runs.of(batch.order, set(folded))
+    runs = _Runs.of(batch.order, folded)
     names = folded_keys(runs.most)
     if any(name in batch.payload for name in names):
         return batch
@@ -193,7 +193,7 @@ def _runs_text(
     its pairs: `"key":value` each, as the writers write them, joined by commas."""
     of_key, row = np.nonzero(cells.present[picked])
     at = np.asarray(picked, np.int64)[of_key] * n + row  # each present cell's place
-    run_of, nth = runs.of_cells(order, folded, of_key, row)
+    run_of, nth = runs.of_cells(order, len(folded), of_key, row)
     values = cells.texts.take(pa.array(at))
     literal = pa.array(cells.kinds[at] != Kind.TEXT)
     heads = pa.array([json_key(key) for key in folded], pa.string()).take(pa.array(of_key))
@@ -210,46 +210,61 @@ def _runs_text(
 @dataclass(frozen=True)
 class _Runs:
     """The batch's distinct orders with each run of folded keys as one key (its run's
-    number, an int), re-coded (`codes`); the most runs a row has; and per distinct order of
-    the batch, each folded key's run and place in it."""
+    number, an int), re-coded (`codes`); the most runs a row has; and each folded key's run
+    and place in it for each distinct order of the batch that names it (`slots`: the
+    order's code times the number of folded keys plus the key's index among them, sorted;
+    `runs` and `nths` beside them)."""
 
     orders: list[KeyOrder]
     codes: np.ndarray[Any, Any]
     most: int
-    places: list[dict[str, tuple[int, int]]]
+    slots: np.ndarray[Any, Any]
+    runs: np.ndarray[Any, Any]
+    nths: np.ndarray[Any, Any]
 
     @classmethod
-    def of(cls, order: KeyOrders, folded: set[str]) -> _Runs:
+    def of(cls, order: KeyOrders, folded: Sequence[str]) -> _Runs:
+        number = {key: at for at, key in enumerate(folded)}
+        width = len(folded)
         index: dict[KeyOrder, int] = {}
         mapping = np.zeros(len(order.distinct), np.int32)
-        places: list[dict[str, tuple[int, int]]] = []
+        slots: list[int] = []
+        runs: list[int] = []
+        nths: list[int] = []
         most = 0
         for at, (payload_keys, extra_keys) in enumerate(order.distinct):
             keys: list[Any] = []
-            where: dict[str, tuple[int, int]] = {}
-            run, nth = -1, 0
+            run, nth, base = -1, 0, at * width
             for key in payload_keys:
-                if key not in folded:
+                k = number.get(key)
+                if k is None:
                     keys.append(key)
                     continue
                 if not keys or not isinstance(keys[-1], int):
                     run, nth = run + 1, 0
                     keys.append(run)
-                where[key] = (run, nth)
+                slots.append(base + k)
+                runs.append(run)
+                nths.append(nth)
                 nth += 1
             most = max(most, run + 1)
-            places.append(where)
             mapping[at] = index.setdefault((tuple(keys), extra_keys), len(index))
-        return cls(list(index), mapping[order.codes], most, places)
+        by = np.argsort(np.asarray(slots, np.int64), kind="stable")
+        return cls(
+            list(index),
+            mapping[order.codes],
+            most,
+            np.asarray(slots, np.int64)[by],
+            np.asarray(runs, np.int64)[by],
+            np.asarray(nths, np.int64)[by],
+        )
 
     def of_cells(
-        self, order: KeyOrders, keys: Sequence[str], of_key: np.ndarray[Any, Any], row: Any
+        self, order: KeyOrders, width: int, of_key: np.ndarray[Any, Any], row: Any
     ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Each cell's run (among its row's runs of folded keys) and place in it."""
-        codes = order.codes[row].tolist()
-        found = [self.places[code][keys[k]] for code, k in zip(codes, of_key.tolist(), strict=True)]
-        runs, nths = zip(*found, strict=True) if found else ((), ())
-        return np.asarray(runs, np.int64), np.asarray(nths, np.int64)
+        found = np.searchsorted(self.slots, order.codes[row].astype(np.int64) * width + of_key)
+        return self.runs[found], self.nths[found]
 
 
 def _named(order: KeyOrder, names: Sequence[FoldedKey]) -> KeyOrder:

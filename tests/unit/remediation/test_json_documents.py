@@ -272,3 +272,19 @@ def test_a_nul_byte_alone_is_no_utf16_file(fmt: FileFormat, data: bytes) -> None
         return
     records = list(read_records(io.BytesIO(data), fmt))
     assert records and all(record.malformed for record in records), records
+
+
+@pytest.mark.timeout(10)
+def test_many_objects_after_a_pretty_printed_one_are_read_in_linear_time() -> None:
+    """A pretty-printed object, then 200,000 small ones (2 MB), is read in a second or two (the test's time limit: 10 s).
+
+    Before (`jsondocuments._objects`): the blanks before each object were found by
+    stripping a copy of the rest of the text, so the time grew with the square of the
+    objects: 60,000 pretty-printed rows (16 MB) took past 5 minutes, and 5,000,000 `{}`
+    lines after one never finished."""
+    data = (PRETTY + '{"identifier": "x"}\n' * 200_000).encode()
+    records = rows(data, FileFormat.JSONL)
+    assert len(records) == 200_001
+    assert records[0].payload == {"stripe_customer_id": "cus_1", "value": "3"}
+    assert {(r.identifier, r.malformed) for r in records[1:]} == {("x", None)}
+    assert records[-1].row_number == 200_001
