@@ -88,9 +88,7 @@ def one_by_one(batch: Batch, ctx: Context, row_rule: RowRule, rows: Indexes | No
     return fix
 
 
-def put(
-    batch: Batch, at: Indexes, old: Batch, records: list[UsageRecord], ctx: Context
-) -> Batch:
+def put(batch: Batch, at: Indexes, old: Batch, records: list[UsageRecord], ctx: Context) -> Batch:
     """`batch` with rows `at` (which were `old`) replaced by `records`. Each record keeps its
     own key order, as the row API keeps it (a renamed key goes last in its row, whatever
     the other rows hold); keys the batch holds folded are folded again (`fold_like`)."""
