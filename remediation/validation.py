@@ -202,6 +202,8 @@ def check_payload(record: UsageRecord, meter: Meter, index: MeterIndex) -> Probl
     if customer is None or (isinstance(customer, str) and not customer.strip()):
         message = f"Customer mapping key {meter.customer_key} not found in payload."
         return Problem(ErrorCode.NO_CUSTOMER_DEFINED, message)
+    if not is_customer_id(customer):
+        return Problem(ErrorCode.NO_CUSTOMER_DEFINED, no_customer_id(meter.customer_key, customer))
     if meter.value_key not in payload:
         return Problem(ErrorCode.VALUE_NOT_FOUND, f"value key {meter.value_key} not in payload")
     number = plain_number(payload[meter.value_key])
@@ -209,6 +211,22 @@ def check_payload(record: UsageRecord, meter: Meter, index: MeterIndex) -> Probl
         raw = payload[meter.value_key]
         return Problem(ErrorCode.INVALID_VALUE, f"value {shown(raw)} is not a valid number")
     return check_number(number, index) or check_dimensions(payload, meter)
+
+
+def is_customer_id(value: object) -> bool:
+    """Whether a payload value can name a customer: text that is not blank, or a whole
+    number (an external id a `[customers]` entry may map). `null` is none, nor is an object,
+    a list, a boolean or a fraction: Stripe's payload is text, and sent as it was, such a
+    row went out as corrected (`{"id": "cus_1"}` as the customer) to be refused again."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, int)
+
+
+def no_customer_id(key: str, value: object) -> str:
+    return f"customer key {key} holds {shown(value)}, which is no customer id"
 
 
 def check_dimensions(payload: dict[str, object], meter: Meter) -> Problem | None:

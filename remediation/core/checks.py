@@ -163,8 +163,9 @@ def _payload(batch: Batch, meter: Meter, index: MeterIndex, codes: CodeIds, rows
         flag(np.ones(len(batch), bool), ErrorCode.NO_CUSTOMER_DEFINED)
         return
     blank = (customer.mark("bytes", byte_lengths) == 0) | mask(pc.utf8_is_space(customer.text))
-    if customer.kinds is not None:  # a JSON null is no customer; a number is one
-        blank = (blank & (customer.kinds == Kind.TEXT)) | (customer.kinds == Kind.NULL)
+    if customer.kinds is not None:  # a JSON null is no customer, a whole number is one
+        kinds = customer.kinds  # (`validation.is_customer_id`)
+        blank = (blank & (kinds == Kind.TEXT)) | ((kinds != Kind.TEXT) & (kinds != Kind.INT))
     flag(~customer.present() | blank, ErrorCode.NO_CUSTOMER_DEFINED)
     value = batch.payload.get(meter.value_key)
     if value is None:

@@ -11,6 +11,7 @@ from remediation.core.columns import Batch
 from remediation.core.rules.base import Fix, one_by_one
 from remediation.errors import Uncorrectable
 from remediation.records import UsageRecord
+from remediation.validation import is_customer_id, no_customer_id
 
 
 def rename_value_key(batch: Batch, ctx: Context) -> Fix:
@@ -35,6 +36,9 @@ def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
     meter = meter_of(record, ctx)
     if not ctx.rules.enabled("fill_customer_key"):
         raise Uncorrectable("rule fill_customer_key is disabled")
+    held = record.payload.get(meter.customer_key)
+    if holds(held) and not is_customer_id(held):  # an object, a list, a boolean, a fraction
+        raise Uncorrectable(no_customer_id(meter.customer_key, held))  # not overwritten
     change = rename_alias(record, meter.customer_key, ctx.rules.customer_keys, {meter.value_key})
     if change is not None:
         return [change]
@@ -43,7 +47,6 @@ def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
         for k, v in record.extra.items()
         if k.lower() in ctx.rules.customer_keys and _customer_text(v)
     }
-    held = record.payload.get(meter.customer_key)
     if not found and meter.customer_key in ctx.header_aliases and str(held or "").strip():
         # a CSV column under an alias (`customer_id`), which the repaired header renamed to
         # the meter's key: the row holds it there now, but Stripe read it without one, so it
@@ -61,9 +64,7 @@ def _customer_text(value: object) -> bool:
     whole number (an external id a `[customers]` entry may map). `null` is no candidate (it
     was the customer "None"), nor is an object, a list or a boolean (Python's text of it,
     "{'a': 1}" or "False", was sent as the customer)."""
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) or (isinstance(value, str) and holds(value))
+    return is_customer_id(value)
 
 
 def rename_alias(
