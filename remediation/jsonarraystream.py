@@ -129,12 +129,14 @@ class JsonArrayStream:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as exc:
+                if self._closed():  # no more text makes it JSON
+                    raise UnreadableFile(self._invalid(number, exc)) from exc
                 if len(self.buf) - self.pos > MAX_JSON_ELEMENT_CHARS:
                     raise UnreadableFile(
                         f"item {number} is longer than {MAX_JSON_ELEMENT_CHARS} characters"
                     ) from exc
                 if not self.fill_more():
-                    raise UnreadableFile(f"invalid JSON in item {number}: {exc.msg}") from exc
+                    raise UnreadableFile(self._invalid(number, exc)) from exc
                 continue
             except RecursionError:  # the decoder's own guard, far past `depth`
                 return self.refused(number, f"is nested deeper than {self.depth} levels")
@@ -146,6 +148,19 @@ class JsonArrayStream:
             if self.holds_minus_zero(start, end):
                 value = self.signed().raw_decode(self.buf, start)[0]
             return self.checked(value, start, end)
+
+    def _closed(self) -> bool:
+        """Whether the object or array at `pos` closes in the text read so far (a decoding
+        error in it is no want of text: read on to the element bound, a NUL in item 4 of
+        a large file was reported as item 4 being longer than 16 MiB)."""
+        return self.buf[self.pos] in "[{" and json_value_end(self.buf, self.pos) is not None
+
+    def _invalid(self, number: int, exc: json.JSONDecodeError) -> str:
+        """Why item `number` is no JSON (the decoder's message alone ended in a dangling
+        "at", its place left out: "Invalid control character at")."""
+        what = exc.msg.removesuffix(" at")
+        hint = " (a NUL, a tab, a line break or another such character in a string)"
+        return f"invalid JSON in item {number}: {what}" + (hint if "control" in what else "")
 
     def holds_minus_zero(self, start: int, end: int) -> bool:
         """`jsonnumbers.may_hold_minus_zero` of the element's text, not copied out."""

@@ -83,6 +83,33 @@ def test_a_json_element_past_the_cap_fails_the_file(monkeypatch: pytest.MonkeyPa
         read(data, FileFormat.JSON)
 
 
+def test_a_broken_json_element_fails_the_file_saying_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A NUL inside a string of item 2, with more than an element's bound of text after it.
+
+    Before: the array was read on to the element bound and refused as "item 2 is longer
+    than 1000 characters"; in a smaller file the reason ended "Invalid control character at"."""
+    monkeypatch.setattr(jsonarraystream, "MAX_JSON_ELEMENT_CHARS", 1000)
+    monkeypatch.setattr(jsonarraystream, "CHUNK_CHARS", 100)
+    rows = [b'{"identifier": "r%d", "note": "n"}' % at for at in range(200)]
+    rows[1] = b'{"identifier": "r1", "note": "a\x00b"}'
+    data = b"[" + b",\n".join(rows) + b"]"
+    assert data.count(b"\x00") == 1
+    with pytest.raises(UnreadableFile) as caught:
+        read(data, FileFormat.JSON)
+    assert caught.value.reason == (
+        "invalid JSON in item 2: Invalid control character "
+        "(a NUL, a tab, a line break or another such character in a string)"
+    )
+    rows[1] = b'{"identifier": "r1", "note": "n",}'
+    with pytest.raises(UnreadableFile) as caught:
+        read(b"[" + b",\n".join(rows) + b"]", FileFormat.JSON)
+    assert caught.value.reason == (
+        "invalid JSON in item 2: Expecting property name enclosed in double quotes"
+    )
+
+
 def test_a_csv_field_past_the_cap_fails_the_file_with_a_reason() -> None:
     data = b'identifier,payload_value\na,"' + b"x" * (MAX_LINE_CHARS + 10) + b"\n"
     with pytest.raises(UnreadableFile) as caught:
