@@ -50,6 +50,11 @@ from remediation.records import UsageRecord
 # rest: `varied` JSON Lines, whose minor layouts each hold 5-20 % of the rows, were read
 # faster matched than by shape).
 MAX_LAYOUTS = 8
+# A slice of lines holds at most this many bytes of them (and at most `size` lines): lines of
+# a few hundred bytes never reach it, long ones (a 10 kB error message, a 2 MB note) are cut
+# into fewer lines a batch. Without it a batch was 8,192 lines of whatever length: 50 lines of
+# 2 MB took 944 MB (the same rows as CSV 110 MB).
+SLICE_BYTES = 4 << 20
 HOT_SHARE = 0.05
 
 
@@ -117,29 +122,34 @@ class JsonlBatches:
             yield from self._batches(held.pop(0))
 
     def _slices(self) -> Iterator[tuple[list[int], pa.Array, dict[int, str]]]:
-        """(line numbers, lines, refused: place -> why) of at most `size` lines at a time
-        (slices of the blocks' lines, concatenated)."""
+        """(line numbers, lines, refused: place -> why) of at most `size` lines and
+        `SLICE_BYTES` bytes of them (a longer line alone) at a time (slices of the blocks'
+        lines, concatenated)."""
         numbers: list[int] = []
         pieces: list[pa.Array] = []  # the lines not yet handed out, by block
-        held = 0
+        held = held_bytes = 0
         refused: dict[int, str] = {}  # place among the held lines -> why that line was refused
         for block in self.source:
             refused.update({held + at: why for at, why in block.refused.items()})
             numbers += block.numbers
             pieces.append(block.text)
             held += len(block.text)
-            if held < self.size:
+            held_bytes += _text_bytes(block.text)
+            if held < self.size and held_bytes < SLICE_BYTES:
                 continue
             lines = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
+            ends = _line_ends(lines)
             done = 0
-            while held - done >= self.size:
-                end = done + self.size
+            while held - done >= self.size or ends[held] - ends[done] >= SLICE_BYTES:
+                fits = int(np.searchsorted(ends, ends[done] + SLICE_BYTES, "right")) - 1
+                end = min(done + self.size, max(fits, done + 1))
                 first = {at - done: why for at, why in refused.items() if done <= at < end}
-                yield numbers[done:end], lines.slice(done, self.size), first
+                yield numbers[done:end], lines.slice(done, end - done), first
                 done = end
             # the rest copied: the batches' lines go with the last of them
             rest = pa.concat_arrays([lines.slice(done)])
             numbers, pieces, held = numbers[done:], [rest], held - done
+            held_bytes = int(ends[-1] - ends[done])
             refused = {at - done: why for at, why in refused.items() if at >= done}
             del lines, rest
         if held:
@@ -280,3 +290,14 @@ class JsonlBatches:
         self.hits[layout.pattern] = self.hits.get(layout.pattern, 0) + len(rows)
         parts.append((rows, layout_batch(layout, values, np.asarray(numbers)[rows])))
         return rows
+
+
+def _text_bytes(text: pa.Array) -> int:
+    """The bytes of a string array's values."""
+    return int(pc.sum(pc.binary_length(text)).as_py() or 0)
+
+
+def _line_ends(lines: pa.Array) -> np.ndarray[Any, Any]:
+    """0, then where each line ends, in bytes from the first line's start."""
+    lengths = pc.binary_length(lines).fill_null(0).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])

@@ -1,0 +1,76 @@
+"""JSON Lines are read into batches of at most `SLICE_BYTES` bytes of lines (a longer line
+alone), not only of at most so many lines: rows holding long texts (an error message of 10 kB,
+a note of 2 MB) make batches of fewer rows, and the outputs are the same.
+
+What happened: a batch was 8,192 lines whatever their length: 50 lines of 2 MB (a 100 MB
+file) took 944 MB through `meterfix remediate`, the same rows as CSV 110 MB."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from remediation.core import jsonlread
+from remediation.engine import batches, remediate
+from remediation.formats import FileFormat, read_records
+from remediation.meters import Meter
+from remediation.rules import load_rules
+
+NOW = 1_764_000_000
+LIMIT = 10_000
+
+
+def _lines() -> bytes:
+    rng = random.Random(5)
+    out = []
+    for at in range(400):
+        note = "n" * rng.choice([0, 10, 3_000, 9_000, 25_000])
+        row = {
+            "identifier": f"r{at}",
+            "timestamp": (NOW - 60) * 1000,
+            "event_name": "api_requests",
+            "payload": {"stripe_customer_id": f"cus_{at % 7}", "value": at},
+            "note": note,
+            "error": {"code": "timestamp_in_future", "message": "m" * rng.choice([1, 4_000])},
+        }
+        out.append(json.dumps(row))
+    return ("\n".join(out) + "\n").encode()
+
+
+def _run(data: bytes, out: Path) -> dict[str, bytes]:
+    remediate(
+        read_records(io.BytesIO(data), FileFormat.JSONL),
+        source="failed.jsonl",
+        fmt=FileFormat.JSONL,
+        meters=[Meter("m1", "api_requests")],
+        rules=load_rules(""),
+        now=NOW,
+        out_dir=out,
+    )
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_batches_hold_at_most_the_slice_bytes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = _lines()
+    lines = data.splitlines()
+    reference = _run(data, tmp_path / "whole")
+    whole = [len(b) for b in batches(read_records(io.BytesIO(data), FileFormat.JSONL), 8192)]
+    assert whole == [400]
+    monkeypatch.setattr(jsonlread, "SLICE_BYTES", LIMIT)
+    sizes = []
+    at = 0
+    for batch in batches(read_records(io.BytesIO(data), FileFormat.JSONL), 8192):
+        held = sum(len(line) for line in lines[at : at + len(batch)])
+        assert held <= LIMIT or len(batch) == 1, (at, len(batch), held)
+        assert batch.rows.tolist() == list(range(at + 1, at + len(batch) + 1))
+        at += len(batch)
+        sizes.append(len(batch))
+    assert at == 400 and len(sizes) > 100  # cut by bytes, many times
+    assert max(sizes) > 1  # short lines share a batch
+    assert _run(data, tmp_path / "sliced") == reference
