@@ -34,6 +34,10 @@ from remediation.core.jsonllayouts import SLOTS, Layout, learn
 from remediation.jsonvalues import parse_line
 
 MAX_SHAPES = 1024  # shapes remembered per file (a line of a shape beyond them: the line reader)
+# ... and pieces of their layouts (`Layout.pieces`): a shape of a few dozen keys is ~50, one of
+# rows naming 500 keys of their own ~2,000, each its layout's leaves and pattern (~250 kB).
+# 1,024 such shapes held 270 MB (4,000 rows of 500 keys: 453 MB peak, 188 MB without them).
+MAX_SHAPE_PIECES = 1 << 17
 
 _STRING = r'"[^"\\\x00-\x1f]*"'
 _KEY = r'"[^"\\\x00-\x1f,:{}]+"'
@@ -60,6 +64,7 @@ class Shapes:
     def __init__(self, depth: int) -> None:
         self.depth = depth
         self.known: dict[str, Layout | None] = {}
+        self.pieces = 0  # of the known layouts
 
     def read(
         self,
@@ -102,12 +107,13 @@ class Shapes:
         found = self.known.get(shape, _UNSEEN)
         if found is not _UNSEEN:
             return found  # type: ignore[return-value]
-        if len(self.known) >= MAX_SHAPES:
+        if len(self.known) >= MAX_SHAPES or self.pieces >= MAX_SHAPE_PIECES:
             return None
         line = lines[at].as_py()
         obj, refusal = parse_line(line, self.depth)
         layout = learn(obj, line, self.depth) if refusal is None else None
         self.known[shape] = layout
+        self.pieces += 1 if layout is None else layout.pieces
         return layout
 
 

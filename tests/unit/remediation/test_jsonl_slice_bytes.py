@@ -74,3 +74,37 @@ def test_batches_hold_at_most_the_slice_bytes(
     assert at == 400 and len(sizes) > 100  # cut by bytes, many times
     assert max(sizes) > 1  # short lines share a batch
     assert _run(data, tmp_path / "sliced") == reference
+
+
+def _own_keys(rows: int, keys: int) -> bytes:
+    out = []
+    for at in range(rows):
+        payload: dict[str, object] = {"stripe_customer_id": "cus_1", "value": at}
+        payload.update({f"r{at}k{k}": k for k in range(keys)})
+        out.append(json.dumps({"identifier": f"r{at}", "timestamp": NOW, "payload": payload}))
+    return ("\n".join(out) + "\n").encode()
+
+
+def test_the_shapes_a_file_remembers_are_bounded_by_their_pieces(tmp_path: Path) -> None:
+    """Rows each naming 400 keys of their own are each a shape of its own: a file remembers
+    shapes (their layouts) up to `MAX_SHAPE_PIECES` pieces, not up to 1,024 of any size.
+
+    Before: 1,024 shapes of 500-key rows held ~270 MB (4,000 such rows: a peak of 453 MB,
+    1,031 MB for 10,000); rows past the budget are read by the line reader, as rows of a
+    shape past `MAX_SHAPES` always were, with the same outputs."""
+    from remediation.core import jsonlshapes
+    from remediation.core.jsonlread import JsonlBatches
+
+    data = _own_keys(400, 400)
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    reader = JsonlBatches(text, 32, 8192)
+    assert sum(len(batch) for batch in reader) == 400
+    layouts = [layout for layout in reader.shapes.known.values() if layout is not None]
+    assert 0 < len(layouts) < 400
+    assert sum(layout.pieces for layout in layouts) < jsonlshapes.MAX_SHAPE_PIECES + max(
+        layout.pieces for layout in layouts
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jsonlshapes, "MAX_SHAPE_PIECES", 10**9)
+        unbounded = _run(data, tmp_path / "unbounded")
+    assert _run(data, tmp_path / "bounded") == unbounded
