@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from remediation.core import batchbounds
+from remediation.core import batchbounds, jsonlread
 from remediation.core.batchbounds import MAX_BATCH_KEYS
 from remediation.core.columns import Batch
 from remediation.engine import batches, remediate
@@ -235,7 +235,9 @@ def test_rows_sharing_many_keys_are_cut_by_their_cells_alone(
     fmt: FileFormat, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows naming the same 600 keys: past `MAX_BATCH_KEYS`, never four times the widest
-    row's, so batched as without that bound (cut by their cells: ~870 rows), not a row each."""
+    row's, so batched as without that bound (cut by their cells: ~870 rows), not a row each.
+    (Their lines' bytes bound a batch too, `jsonlread.SLICE_BYTES`: lifted here, ~540 rows.)"""
+    monkeypatch.setattr(jsonlread, "SLICE_BYTES", 1 << 30)
     shared = "".join(f'"dim{key}":{key},' for key in range(600))
     rows = [_row(row, 0).replace('"payload":{', '"payload":{' + shared) for row in range(1, 1201)]
     found = [len(batch) for batch in _batches(_file(rows, fmt), fmt)]
