@@ -252,8 +252,11 @@ def _upload(adapters: Adapters, result: RemediationResult) -> list[str]:
 
 
 def _exists(file: Path) -> None:
-    if not file.is_file():
-        raise click.ClickException(f"{file}: no such file")
+    if file.is_file():
+        return
+    if file.exists():  # a directory, a device (/dev/zero never ends), a pipe
+        raise click.ClickException(f"{file}: not a regular file")
+    raise click.ClickException(f"{file}: no such file")
 
 
 COMMANDS: list[click.Command] = [validate_command, remediate_command]

@@ -157,6 +157,23 @@ def test_bad_input_is_one_line_without_traceback(
     assert message in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("/dev/zero", "/dev/zero: not a regular file"), ("DIR", "is a directory")],
+)
+def test_a_path_that_is_no_regular_file_is_named_so(
+    tmp_path: Path, target: str, message: str
+) -> None:
+    """A device or a directory exists: "no such file" (said of /dev/zero) sent the operator
+    looking for a typo."""
+    path = str(tmp_path) if target == "DIR" else target
+    for command in ("remediate", "validate"):
+        out = ["--out", str(tmp_path / "o")] if command == "remediate" else []
+        proc = meterfix(command, path, *out, *common(), cwd=tmp_path)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert message in proc.stderr, proc.stderr
+
+
 # --- hostile input and files that are not usage --------------------------------------------
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
