@@ -129,9 +129,9 @@ class JsonArrayStream:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as exc:
-                if self._closed():  # no more text makes it JSON
-                    raise UnreadableFile(self._invalid(number, exc)) from exc
                 if len(self.buf) - self.pos > MAX_JSON_ELEMENT_CHARS:
+                    if self._closed():  # it ends within the bound: no more text makes it JSON
+                        raise UnreadableFile(self._invalid(number, exc)) from exc
                     raise UnreadableFile(
                         f"item {number} is longer than {MAX_JSON_ELEMENT_CHARS} characters"
                     ) from exc
@@ -150,9 +150,10 @@ class JsonArrayStream:
             return self.checked(value, start, end)
 
     def _closed(self) -> bool:
-        """Whether the object or array at `pos` closes in the text read so far (a decoding
-        error in it is no want of text: read on to the element bound, a NUL in item 4 of
-        a large file was reported as item 4 being longer than 16 MiB)."""
+        """Whether the object or array at `pos` closes in the text read so far: a decoding
+        error in it is no want of text (a NUL in item 4 of a large file was reported as item 4
+        being longer than 16 MiB). Asked only at the element bound: scanned each time more
+        text came, an element of 2 MB cost 0.15 s (50 of them: 0.9 -> 8 s)."""
         return self.buf[self.pos] in "[{" and json_value_end(self.buf, self.pos) is not None
 
     def _invalid(self, number: int, exc: json.JSONDecodeError) -> str:
