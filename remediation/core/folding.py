@@ -50,18 +50,8 @@ def fold(batch: Batch, ctx: Context) -> Batch:
     rare = _rare(batch.order, len(batch))
     if len(rare) <= FOLD_PAST // 2:  # a wide batch: its keys in most rows
         return batch
-    known = _known(ctx)
-    limits = ctx.index.limits
-    keys = [
-        key
-        for key in batch.payload
-        if key in rare and key.lower() not in known and _plain_key(key, limits)
-    ]
-    if not keys:
-        return batch
-    cells = _Cells.of([batch.payload[key] for key in keys])
-    picked = np.flatnonzero(cells.fine(limits)).tolist()
-    if len(picked) <= FOLD_PAST // 2:
+    keys, cells, picked = _foldable(batch, [key for key in batch.payload if key in rare], ctx)
+    if cells is None or len(picked) <= FOLD_PAST // 2:
         return batch
     return _folded(batch, keys, cells, picked)
 
@@ -74,21 +64,23 @@ def fold_like(new: Batch, batch: Batch, ctx: Context) -> Batch:
     it each of their keys came back as a column of the whole batch."""
     if new.order is None or not any(type(key) is FoldedKey for key in batch.payload):
         return new
+    others = [key for key in new.payload if key not in batch.payload and type(key) is str]
+    keys, cells, picked = _foldable(new, others, ctx)
+    return _folded(new, keys, cells, picked) if cells is not None and picked else new
+
+
+def _foldable(
+    batch: Batch, candidates: Sequence[str], ctx: Context
+) -> tuple[list[str], _Cells | None, list[int]]:
+    """Of the `candidates`, the keys no rule reads and of a plain name, their cells, and the
+    places among them of those whose values no check suspects."""
     known = _known(ctx)
     limits = ctx.index.limits
-    keys = [
-        key
-        for key in new.payload
-        if key not in batch.payload
-        and type(key) is str
-        and key.lower() not in known
-        and _plain_key(key, limits)
-    ]
+    keys = [key for key in candidates if key.lower() not in known and _plain_key(key, limits)]
     if not keys:
-        return new
-    cells = _Cells.of([new.payload[key] for key in keys])
-    picked = np.flatnonzero(cells.fine(limits)).tolist()
-    return _folded(new, keys, cells, picked) if picked else new
+        return keys, None, []
+    cells = _Cells.of([batch.payload[key] for key in keys])
+    return keys, cells, np.flatnonzero(cells.fine(limits)).tolist()
 
 
 def _rare(order: KeyOrders, n: int) -> set[str]:
