@@ -27,6 +27,11 @@ MAX_BATCH_CELLS = 1 << 19
 # 2,048: 5.0 s, 150 MB. Rows that share their keys, however many, are cut by their cells alone.
 MAX_BATCH_KEYS = 1024
 SPARSE = 4
+# Records (a JSON array's elements the array reader reads, and other records) are cut where
+# their texts would pass this many characters (a longer record alone), as JSON Lines batches
+# are by their lines' bytes (`jsonlread.SLICE_BYTES`): 50 elements of 2 MB were one batch of
+# 439 MB.
+MAX_BATCH_CHARS = 4 << 20
 
 
 def _past_bounds(rows: int, keys: int, widest: int) -> bool:
@@ -36,28 +41,45 @@ def _past_bounds(rows: int, keys: int, widest: int) -> bool:
 
 
 def record_batches(records: Iterable[UsageRecord], size: int) -> Iterator[Batch]:
-    """Records as batches of at most `size` rows, within `MAX_BATCH_CELLS` and
-    `MAX_BATCH_KEYS` (a row of more keys alone), `from_records` of each chunk."""
+    """Records as batches of at most `size` rows, within `MAX_BATCH_CELLS`, `MAX_BATCH_KEYS`
+    and `MAX_BATCH_CHARS` (a row past them alone), `from_records` of each chunk."""
     chunk: list[UsageRecord] = []
     payload: set[str] = set()
     extra: set[str] = set()
-    widest = 0
+    widest = chars = 0
     for record in records:
         new = _new_keys(record.payload, payload) + _new_keys(record.extra, extra)
         wide = max(widest, len(record.payload) + len(record.extra))
-        if chunk and _past_bounds(len(chunk) + 1, len(payload) + len(extra) + new, wide):
+        size_of = _chars(record)
+        past = _past_bounds(len(chunk) + 1, len(payload) + len(extra) + new, wide)
+        if chunk and (past or chars + size_of > MAX_BATCH_CHARS):
             yield from_records(chunk)
-            chunk, payload, extra = [], set(), set()
+            chunk, payload, extra, chars = [], set(), set(), 0
             wide = len(record.payload) + len(record.extra)
+        chars += size_of
         chunk.append(record)
         payload.update(record.payload)
         extra.update(record.extra)
         widest = wide
         if len(chunk) >= size:
             yield from_records(chunk)
-            chunk, payload, extra, widest = [], set(), set(), 0
+            chunk, payload, extra, widest, chars = [], set(), set(), 0, 0
     if chunk:
         yield from_records(chunk)
+
+
+def _chars(record: UsageRecord) -> int:
+    """The characters of a record's texts (its fields' and its top-level values'; nested
+    values, bounded by the element's own bound, are not counted)."""
+    chars = 0
+    for text in (record.identifier, record.event_name, record.error_message, record.malformed):
+        if type(text) is str:
+            chars += len(text)
+    for mapping in (record.payload, record.extra):
+        for value in mapping.values():
+            if type(value) is str:
+                chars += len(value)
+    return chars
 
 
 def _new_keys(mapping: Mapping[str, object], seen: set[str]) -> int:

@@ -108,3 +108,24 @@ def test_the_shapes_a_file_remembers_are_bounded_by_their_pieces(tmp_path: Path)
         patch.setattr(jsonlshapes, "MAX_SHAPE_PIECES", 10**9)
         unbounded = _run(data, tmp_path / "unbounded")
     assert _run(data, tmp_path / "bounded") == unbounded
+
+
+def test_records_are_batched_within_their_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records (a JSON array's elements the array reader reads) are cut where their texts
+    would pass `MAX_BATCH_CHARS` (a longer record alone). Before: 50 elements of 2 MB were
+    one batch (439 MB of a 100 MB file's peak; 120 MB now)."""
+    from remediation.core import batchbounds
+    from remediation.records import UsageRecord
+
+    monkeypatch.setattr(batchbounds, "MAX_BATCH_CHARS", 1_000)
+    records = [
+        UsageRecord(at + 1, f"r{at}", NOW, "api_requests", {"note": "n" * (at % 4) * 300})
+        for at in range(40)
+    ]
+    found = list(batchbounds.record_batches(records, 4096))
+    assert [r.row_number for b in found for r in b.records()] == list(range(1, 41))
+    for batch in found:
+        texts = [(r.identifier, r.event_name, r.payload["note"]) for r in batch.records()]
+        chars = sum(len(str(text)) for row in texts for text in row)
+        assert chars <= 1_000 or len(batch) == 1
+    assert 10 < len(found) < 40
