@@ -35,7 +35,8 @@ class FileBucket:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._etags: dict[tuple[str, int, int], str] = {}
+        # path -> (size, mtime_ns, ETag): one entry an object, replaced when it changes
+        self._etags: dict[str, tuple[int, int, str]] = {}
 
     @property
     def prefix(self) -> str:
@@ -93,10 +94,12 @@ class FileBucket:
         )
 
     def _etag(self, path: Path, size: int, mtime_ns: int) -> str:
-        cache_key = (str(path), size, mtime_ns)
-        if cache_key not in self._etags:
-            self._etags[cache_key] = file_digests(path)[1]
-        return self._etags[cache_key]
+        known = self._etags.get(str(path))
+        if known is not None and known[:2] == (size, mtime_ns):
+            return known[2]
+        etag = file_digests(path)[1]
+        self._etags[str(path)] = (size, mtime_ns, etag)
+        return etag
 
     @staticmethod
     def _read_sidecar(path: Path) -> dict[str, str]:

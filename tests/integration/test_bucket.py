@@ -21,6 +21,7 @@ from service.adapters.bucket import (
     FileBucket,
     ObjectNotFound,
     S3Bucket,
+    file_digests,
     open_bucket,
     upload_outputs,
 )
@@ -201,3 +202,18 @@ def test_open_read_works_under_text_readers(bucket: Bucket, tmp_path: Path) -> N
         rows = list(csv.reader(text))
         text.detach()
     assert len(rows) == 50_001 and rows[-1] == ["id-49999", "49999"]
+
+
+def test_file_bucket_remembers_one_etag_an_object_however_often_it_changes(
+    tmp_path: Path,
+) -> None:
+    """A long-lived process (the poller on a `file://` bucket) lists the same objects again
+    and again: the ETags it remembers are one an object, the latest, not one a version."""
+    bucket = FileBucket(tmp_path / "b")
+    for n in range(1, 6):
+        src = _write(tmp_path / f"v{n}.csv", b"a\n" * n)
+        bucket.upload(src, "usage/u.csv", {})
+        [info] = bucket.list_objects("usage/")
+        assert info.etag == file_digests(src)[1]
+        assert info.size == 2 * n
+    assert len(bucket._etags) == 1
