@@ -27,6 +27,7 @@ class CustomerPicks(dict[str, tuple[str, str] | None]):
     as Arrow columns, to look a batch's texts up at once (`core.rules.customers`)."""
 
     columns: object = None
+    asked = 0  # Stripe calls the customer rule made in this run (`Policy.customer_lookups`)
 
 
 @dataclass(frozen=True, slots=True)

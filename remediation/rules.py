@@ -46,6 +46,7 @@ RULE_NAMES = frozenset(
 # Policies that are ratios (difflib scores): NaN passed every comparison and made any
 # candidate a "clear winner"; a percentage (80) or a negative margin meant nothing.
 _RATIOS = frozenset({"fuzzy_cutoff", "fuzzy_margin"})
+_COUNTS = frozenset({"future_skew_seconds", "customer_lookups"})  # no negative count
 # The field limits Stripe publishes; the others' defaults are what Stripe is taken to accept.
 _STRIPE_PUBLISHED = frozenset({"max_identifier_chars", "max_event_name_chars"})
 # The keys `[aliases]` takes (any other was ignored: a misspelt `customers` added no alias).
@@ -65,6 +66,10 @@ class Policy:
     value_precision: int = 12  # the meter's decimal places (rounding target); negative = none
     default_event_name: str = ""  # fills a missing event_name column (whole-file repair)
     customer_metadata_key: str = ""  # search customers on metadata[key] (needs the directory)
+    # Stripe calls the customer rule may make in one run (an existence check, a search):
+    # past it, rows that need one are quarantined, to be re-run (a file of a million
+    # distinct unknown customers would otherwise take days of Stripe's rate limits)
+    customer_lookups: int = 10_000
     disabled_rules: tuple[str, ...] = ()
     limits: FieldLimits = DEFAULT_LIMITS  # set by their own names under [policy]
 
@@ -203,6 +208,8 @@ def _policy(table: Mapping[str, Any]) -> Policy:
             raise BadRules(f"policy {key!r} must be a {type(default).__name__}")
         if key in _RATIOS and not 0 <= value <= 1:  # NaN too: it compares False
             raise BadRules(f"policy {key!r} must be between 0 and 1 (a ratio), not {value}")
+        if key in _COUNTS and value < 0:
+            raise BadRules(f"policy {key!r} must be 0 or more, not {value}")
         policy = replace(policy, **{key: value})
     return policy
 

@@ -63,3 +63,87 @@ def test_each_customer_text_is_searched_once_per_run(
     searches = _searches(sandbox_server)
     # before: one search per text and batch (over 100 batches)
     assert sorted(searches) == [f'metadata["external_id"]:"{t}"' for t in sorted(texts)]
+
+
+def _run(
+    sandbox: SandboxServer, customers: list[str], rules: str, out: Path
+) -> tuple[dict[str, object], list[dict[str, str]]]:
+    """`remediate` over one `meter_event_customer_not_found` row a customer text, with a
+    directory on the sandbox: the summary and the quarantine file's rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(HEADER)
+    for i, text in enumerate(customers):
+        code = "meter_event_customer_not_found"
+        writer.writerow([f"r{i}", str(NOW - 60), "api_requests", text, "1", code, ""])
+    result = remediate(
+        read_records(io.BytesIO(buffer.getvalue().encode()), FileFormat.CSV),
+        source="failed.csv",
+        fmt=FileFormat.CSV,
+        meters=[Meter("m1", "api_requests")],
+        rules=load_rules(rules),
+        now=NOW,
+        out_dir=out,
+        customers=StripeCustomerDirectory(sandbox.stripe_client()),
+        columns=HEADER,
+    )
+    quarantine = result.summary["outputs"]["quarantine"]
+    text = Path(quarantine[0]).read_text() if quarantine else ""
+    rows = list(csv.DictReader(io.StringIO(text))) if text else []
+    return result.summary, rows
+
+
+def _retrievals(sandbox: SandboxServer) -> list[str]:
+    paths = (r["path"] for r in sandbox.admin.requests())
+    return [p for p in paths if p.startswith("/v1/customers/") and p != SEARCH]
+
+
+def test_stripe_is_not_asked_whether_a_customer_text_trimming_leaves_alone_exists(
+    sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    """The trim/case fix is checked with Stripe only when it changes the text: for a text it
+    leaves as it is (Stripe has just said that customer does not exist) no answer could be
+    used. Before: every distinct customer text cost a `GET /v1/customers/{id}` as well."""
+    sandbox_server.admin.create_customer("cus_acme")
+    rules = '[policy]\ncustomer_metadata_key = "external_id"\n'
+    summary, rows = _run(sandbox_server, ["nobody-1", "cus_nobody", " CUS_acme "], rules, tmp_path)
+    assert (summary["corrected"], summary["quarantined"]) == (1, 2)
+    assert sorted(row["payload_stripe_customer_id"] for row in rows) == ["cus_nobody", "nobody-1"]
+    assert _retrievals(sandbox_server) == ["/v1/customers/cus_acme"]
+    assert len(_searches(sandbox_server)) == 2  # the two texts no trim fixed
+
+
+def test_a_runs_customer_look_ups_are_bounded_and_the_rest_quarantined_for_a_rerun(
+    sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    """A file naming many distinct unknown customers would cost a Stripe search each (searches
+    are rate-limited to a few a second): past `customer_lookups` a run asks no more, and the
+    rows it did not look up are quarantined saying so, to be found by a re-run of them."""
+    for i in range(6):
+        sandbox_server.admin.create_customer(f"cus_{i}", metadata={"external_id": f"ext-{i}"})
+    texts = [f"ext-{i}" for i in range(6)] * 2  # each text twice: decided once a run
+    rules = '[policy]\ncustomer_metadata_key = "external_id"\ncustomer_lookups = 4\n'
+    summary, rows = _run(sandbox_server, texts, rules, tmp_path / "first")
+    assert (summary["corrected"], summary["quarantined"]) == (8, 4)
+    assert len(_searches(sandbox_server)) == 4
+    assert sorted(row["payload_stripe_customer_id"] for row in rows) == [
+        "ext-4",
+        "ext-4",
+        "ext-5",
+        "ext-5",
+    ]
+    assert {row["mfx_code"] for row in rows} == {"meter_event_customer_not_found"}
+    assert {row["mfx_reason"] for row in rows} == {
+        f"customer '{text}' is not in the customer map and was not looked up in Stripe: "
+        "this run made the 4 customer look-ups policy customer_lookups allows; "
+        "re-run the quarantined rows to look up the rest"
+        for text in ("ext-4", "ext-5")
+    }
+    # a re-run of the quarantined rows has look-ups of its own
+    again, left = _run(
+        sandbox_server,
+        [row["payload_stripe_customer_id"] for row in rows],
+        rules,
+        tmp_path / "rerun",
+    )
+    assert (again["corrected"], again["quarantined"], left) == (4, 0, [])

@@ -145,6 +145,15 @@ def test_fuzzy_bounds_outside_zero_to_one_are_refused(tmp_path: Path, setting: s
     assert f"policy {key!r}" in stderr and "between 0 and 1" in stderr
 
 
+@pytest.mark.parametrize("setting", ["future_skew_seconds = -3600", "customer_lookups = -1"])
+def test_negative_counts_are_refused(tmp_path: Path, setting: str) -> None:
+    """A skew of -3600 seconds (meant as "an hour back"?) was taken and clamped nothing; a
+    negative number of customer look-ups would ask Stripe nothing. A count is 0 or more."""
+    key = setting.split()[0]
+    stderr = _refused(tmp_path, f"[policy]\n{setting}\n".encode())
+    assert f"policy {key!r} must be 0 or more" in stderr
+
+
 @pytest.mark.parametrize("customer", ["cus_demo alice", " cus_demo_alice", "cus_demo_alice\t"])
 def test_customer_map_to_no_stripe_id_is_refused_at_load(tmp_path: Path, customer: str) -> None:
     """`[customers]` maps "external id -> Stripe customer id". `"acme" = "cus_demo alice"`

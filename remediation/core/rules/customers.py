@@ -22,6 +22,12 @@ from remediation.limits import shown
 from remediation.records import UsageRecord
 
 PICKS_KEPT = 20_000  # customer texts whose pick a run keeps (a few MB at most)
+# The pick of a text the run had no Stripe call left to look up (`Policy.customer_lookups`)
+NOT_LOOKED_UP = ("not_looked_up", "")
+
+
+class _LookupsSpent(Exception):
+    """The run made the Stripe calls its policy allows: a text needing one is not decided."""
 
 
 def fix_customer(batch: Batch, ctx: Context) -> Fix:
@@ -52,8 +58,10 @@ def _by_distinct(fix: Fix, key: str, rows: Indexes, ctx: Context) -> None:
     picked = kept.customers.take(found)
     failed = np.asarray(picked.is_null().to_numpy(zero_copy_only=False), bool)
     if failed.any():
-        refused = raw.filter(failed).to_pylist()
-        reasons = {text: no_match(text) for text in dict.fromkeys(refused)}
+        mask = pa.array(failed)
+        refused = raw.filter(mask).to_pylist()
+        why = kept.rules.take(found).filter(mask).to_pylist()
+        reasons = {text: _refusal(text, rule, ctx) for text, rule in zip(refused, why, strict=True)}
         fix.fail(rows[failed], [reasons[text] for text in refused])
     ok = np.flatnonzero(~failed)
     if len(ok):
@@ -121,7 +129,7 @@ class _Kept:
         texts, chosen = zip(*picks, strict=True) if picks else ((), ())
         return cls(
             pa.array(texts, pa.string()),
-            pa.array([pick[1] if pick else None for pick in chosen], pa.string()),
+            pa.array([pick[1] if pick and pick[1] else None for pick in chosen], pa.string()),
             pa.array([pick[0] if pick else None for pick in chosen], pa.string()),
         )
 
@@ -159,14 +167,25 @@ def fix_customer_row(record: UsageRecord, ctx: Context) -> list[Change]:
     raw = "" if held is None else str(held)
     came = raw if held is None else held
     pick = customer_for(raw, ctx)
-    if pick is None:
-        raise Uncorrectable(no_match(came))
+    if pick is None or not pick[1]:
+        raise Uncorrectable(_refusal(came, pick and pick[0], ctx))
     record.payload[key] = pick[1]
     return [Change(pick[0], f"payload.{key}", came, pick[1])]
 
 
 def no_match(raw: object) -> str:
     return f"customer {shown(raw)} is not in the customer map and has no unique match"
+
+
+def _refusal(raw: object, rule: str | None, ctx: Context) -> str:
+    """Why a customer text has no pick: no match, or no Stripe call left to look it up."""
+    if rule != NOT_LOOKED_UP[0]:
+        return no_match(raw)
+    return (
+        f"customer {shown(raw)} is not in the customer map and was not looked up in Stripe: "
+        f"this run made the {ctx.rules.policy.customer_lookups} customer look-ups policy "
+        "customer_lookups allows; re-run the quarantined rows to look up the rest"
+    )
 
 
 def customer_for(raw: str, ctx: Context) -> tuple[str, str] | None:
@@ -176,7 +195,10 @@ def customer_for(raw: str, ctx: Context) -> tuple[str, str] | None:
     picks = ctx.customer_picks
     if raw in picks:
         return picks[raw]
-    pick = _pick(raw, ctx)
+    try:
+        pick = _pick(raw, ctx)
+    except _LookupsSpent:
+        pick = NOT_LOOKED_UP
     if len(picks) < PICKS_KEPT:
         picks[raw] = pick
     return pick
@@ -195,9 +217,23 @@ def _customer_candidates(raw: str, ctx: Context) -> Iterator[tuple[str, str | No
     yield "map_customer", ctx.rules.customers.get(raw) or ctx.rules.customers.get(trimmed)
     cased = "cus_" + trimmed[4:] if trimmed.lower().startswith("cus_") else trimmed
     directory = ctx.customers
-    if directory is None or directory.exists(cased):
+    if directory is None:
         yield "trim_customer", cased
+        return
+    if cased != raw and ctx.rules.enabled("trim_customer"):  # else no answer could be used
+        _spend_lookup(ctx)
+        if directory.exists(cased):
+            yield "trim_customer", cased
     key = ctx.rules.policy.customer_metadata_key
-    if directory is not None and key and ctx.rules.enabled("search_customer"):
+    if key and ctx.rules.enabled("search_customer"):
+        _spend_lookup(ctx)
         hits = directory.search_by_metadata(key, trimmed)
         yield "search_customer", hits[0] if len(hits) == 1 else None
+
+
+def _spend_lookup(ctx: Context) -> None:
+    """Count one Stripe call of the run's customer look-ups, or refuse it when none is left."""
+    picks = ctx.customer_picks
+    if picks.asked >= ctx.rules.policy.customer_lookups:
+        raise _LookupsSpent
+    picks.asked += 1
