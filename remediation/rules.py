@@ -105,6 +105,8 @@ def load_rules(text: str | bytes | None) -> Rules:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BadRules(f"rules are not valid TOML: {exc}") from exc
+    except RecursionError as exc:  # tables or arrays within each other past the parser's stack
+        raise BadRules("rules are not valid TOML: nested too deep to read") from exc
     unknown = set(doc) - _TABLES
     if unknown:
         raise BadRules(f"unknown rules table(s): {', '.join(sorted(unknown))}")

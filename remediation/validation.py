@@ -31,7 +31,7 @@ from remediation.limits import (
     control_character,
     shown,
 )
-from remediation.meters import Meter
+from remediation.meters import Meter, by_event_name
 from remediation.records import UsageRecord
 
 MAX_FUTURE_SECONDS = 5 * 60
@@ -44,7 +44,7 @@ class Problem(NamedTuple):
 
 
 class MeterIndex:
-    """Meters by event name (Stripe allows one meter per event name)."""
+    """Meters by event name (`meters.by_event_name`: an active meter over archived ones)."""
 
     def __init__(
         self,
@@ -54,7 +54,7 @@ class MeterIndex:
         limits: FieldLimits = DEFAULT_LIMITS,
     ) -> None:
         self.meters = tuple(meters)
-        self.by_event = {meter.event_name: meter for meter in self.meters}
+        self.by_event = by_event_name(self.meters)
         self.limits = limits
         places = limits.max_value_decimal_places
         self.value_precision = places if value_precision is None else min(value_precision, places)

@@ -16,9 +16,10 @@ The worker and the scheduled jobs make their own. Tests inject fakes through the
 
 from __future__ import annotations
 
-import json
+import os
+import stat
+from collections.abc import Callable
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.adapters.channels import Channel, ChannelName, build_channel
@@ -105,10 +106,11 @@ class Adapters:
     def rules(self) -> Rules:
         """Built-in defaults merged with the rules file (TOML), when there is one. OSError:
         the file cannot be read; remediation's MeterfixError: it holds bad rules."""
+        from remediation.errors import BadRules
         from remediation.rules import load_rules
 
         path = self.rules_path
-        return load_rules(Path(path).read_bytes() if path else None)  # decoded as rules
+        return load_rules(config_bytes(path, BadRules) if path else None)  # decoded as rules
 
     @cached_property
     def meter_source(self) -> StripeMeterSource:
@@ -123,9 +125,10 @@ class Adapters:
         MeterfixError (not meters) for a file; the SDK's errors for Stripe."""
         if self.meters_path is None:
             return list(self.meter_source.meters())
-        from remediation.meters import parse_meters
+        from remediation.errors import BadMeters
+        from remediation.meters import load_meters
 
-        return parse_meters(json.loads(Path(self.meters_path).read_text(encoding="utf-8")))
+        return load_meters(config_bytes(self.meters_path, BadMeters))
 
     @cached_property
     def file_store(self) -> StripeFileStore:
@@ -173,6 +176,22 @@ class Adapters:
                 self.settings, name, tls_context=self._smtp_tls_context
             )
         return self._channels[name]
+
+
+MAX_CONFIG_BYTES = 256 << 20  # a rules or meters file (a million-customer map is ~40 MB)
+
+
+def config_bytes(path: str, refused: Callable[[str], Exception]) -> bytes:
+    """The bytes of a rules or meters file. OSError: it cannot be read; `refused(reason)`:
+    it is no regular file (a FIFO would block the opening, `/dev/zero` never ends) or it is
+    larger than MAX_CONFIG_BYTES."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise refused("not a regular file")
+    with open(path, "rb") as file:
+        data = file.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise refused(f"larger than {MAX_CONFIG_BYTES} bytes")
+    return data
 
 
 class Runtime(Adapters):

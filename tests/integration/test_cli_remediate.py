@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -421,3 +422,54 @@ def test_two_inputs_of_one_stem_never_replace_each_others_outputs_in_one_out(
     again = meterfix("remediate", "in/day.csv", *common("--out", "out"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == written
+
+
+# --- rules and meters files: one line for any of them ----------------------------------------
+
+
+def _config(tmp_path: Path, kind: str, source: str) -> str:
+    """A rules or meters path of the named sort: a FIFO, a device, or a file nested 5,000 deep."""
+    if source == "/dev/zero":
+        return source
+    path = tmp_path / f"config-{kind}"
+    if source == "fifo":
+        os.mkfifo(path)  # nobody writes it: opening it to read would wait for ever
+    elif kind == "rules":
+        path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    else:
+        path.write_text("[" * 5000 + "]" * 5000)
+    return str(path)
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "fifo", "deep"])
+@pytest.mark.parametrize("kind", ["rules", "meters"])
+def test_a_rules_or_meters_file_no_reader_can_finish_is_one_line(
+    tmp_path: Path, kind: str, source: str
+) -> None:
+    """`--rules /dev/zero` or `--meters /dev/zero` read until memory ran out (a MemoryError
+    traceback); a FIFO hung the command; TOML or JSON nested 5,000 deep ended in a
+    RecursionError traceback thousands of lines long (the worker died the same way on such
+    an MFX_RULES)."""
+    path = _config(tmp_path, kind, source)
+    args = [*common(), f"--{kind}", path]  # the last one given is taken
+    proc = meterfix("validate", str(DATA / "failed_records.csv"), *args, cwd=tmp_path)
+    words = {"rules": "bad rules", "meters": "cannot read meters"}[kind]
+    deep = {"rules": "rules are not valid TOML: ", "meters": "meters JSON is "}[kind]
+    why = f"{deep}nested too deep to read" if source == "deep" else "not a regular file"
+    assert one_error_line(proc) == f"Error: {words} {path}: {why}"
+
+
+def test_a_meters_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """A rules file with a byte order mark (Notepad's) was read, a meters file refused."""
+    meters = tmp_path / "meters.json"
+    meters.write_bytes(b"\xef\xbb\xbf" + (DATA / "meters.json").read_bytes())
+    proc = meterfix(
+        "validate",
+        str(DATA / "failed_records.csv"),
+        *common(),
+        "--meters",
+        str(meters),
+        "--json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1 and json.loads(proc.stdout)["input_rows"] > 0, proc.stderr

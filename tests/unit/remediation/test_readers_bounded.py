@@ -147,7 +147,39 @@ def test_a_reader_abandoned_after_its_file_closed_raises_nothing(
         ("meters", "meters document must be a list or an object with 'data'"),
         ([None], "meter #0 is a NoneType, not an object"),
         ([{"id": "m"}], "meter #0 has no event_name"),
-        ([{"id": "m", "event_name": 5}], "meter 'm' has no event_name string"),
+        ([{"id": "m", "event_name": 5}], "meter 'm' has no event_name string (it holds 5)"),
+        (
+            [{"id": "m", "event_name": "e" * 101}],
+            f"meter 'm': event_name {'e' * 40!r}… (101 characters) is longer than 100 characters",
+        ),
+        (
+            [{"id": "m", "event_name": "a\tb"}],
+            "meter 'm': event_name 'a\\tb' holds a control character (U+0009 at position 2)",
+        ),
+        (
+            [{"id": "m", "event_name": "e", "status": None}],
+            "meter 'm' has no status string (it holds (empty))",
+        ),
+        (
+            [{"id": "m", "event_name": "e", "customer_mapping": {"event_payload_key": 5}}],
+            "meter 'm' has no customer_mapping.event_payload_key string (it holds 5)",
+        ),
+        (
+            [
+                {
+                    "id": "m",
+                    "event_name": "e",
+                    "value_settings": {"event_payload_key": "stripe_customer_id"},
+                }
+            ],
+            "meter 'm': payload key 'stripe_customer_id' is both its customer key and its "
+            "value key",
+        ),
+        (
+            [{"id": "m1", "event_name": "e"}, {"id": "m2", "event_name": "e", "status": "active"}],
+            "meters 'm1' and 'm2' are both active with event_name 'e' (Stripe allows one active "
+            "meter an event name)",
+        ),
         (
             [{"id": "m", "event_name": "e", "customer_mapping": "cus_1"}],
             "meter 'm': customer_mapping is a str, not an object",
