@@ -15,7 +15,13 @@ from types import MappingProxyType
 from typing import Any
 
 from remediation.errors import BadRules
-from remediation.limits import DEFAULT_LIMITS, LIMIT_NAMES, FieldLimits, shown
+from remediation.limits import (
+    DEFAULT_LIMITS,
+    LIMIT_NAMES,
+    FieldLimits,
+    control_character,
+    shown,
+)
 
 # Header alias -> canonical column (whole-file repair; applied only when the canonical is absent).
 DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType(
@@ -47,6 +53,11 @@ RULE_NAMES = frozenset(
 # candidate a "clear winner"; a percentage (80) or a negative margin meant nothing.
 _RATIOS = frozenset({"fuzzy_cutoff", "fuzzy_margin"})
 _COUNTS = frozenset({"future_skew_seconds", "customer_lookups"})  # no negative count
+# A clamp to now moves usage up to this far back: further, and it may land in another period.
+MAX_FUTURE_SKEW = 86_400
+# Where a header alias may lead: a column Stripe reads (never an error or mfx_ column: a
+# usage file would be read as failed records, and its billed rows sent again).
+_COLUMN_TARGET = re.compile(r"identifier|timestamp|event_name|payload_.+", re.DOTALL)
 # The field limits Stripe publishes; the others' defaults are what Stripe is taken to accept.
 _STRIPE_PUBLISHED = frozenset({"max_identifier_chars", "max_event_name_chars"})
 # The keys `[aliases]` takes (any other was ignored: a misspelt `customers` added no alias).
@@ -115,7 +126,7 @@ def load_rules(text: str | bytes | None) -> Rules:
         customers=_customer_map(doc),
         event_names=_str_map(doc, "event_names"),
         meter_successors=_str_map(doc, "meter_successors"),
-        columns={**DEFAULT_COLUMNS, **{k.lower(): v for k, v in _str_map(doc, "columns").items()}},
+        columns={**DEFAULT_COLUMNS, **{k.lower(): v for k, v in _columns(doc).items()}},
         customer_keys=_str_list(aliases, "customer", DEFAULT_CUSTOMER_KEYS),
         value_keys=_str_list(aliases, "value", DEFAULT_VALUE_KEYS),
         dimension_aliases={
@@ -156,11 +167,24 @@ def _known_keys(table: dict[str, Any], name: str, known: tuple[str, ...]) -> dic
 def _str_map(doc: Mapping[str, Any], name: str, what: str = "name") -> dict[str, str]:
     table = _table(doc, name)
     for key, value in table.items():
+        if not key.strip():  # `"" = "cus_1"` gave every blank customer (or name) to cus_1
+            raise BadRules(f"[{name}] maps an empty key {key!r}: name what it maps")
         if not isinstance(value, str):
             raise BadRules(f"[{name}] {key!r} must map to a string, not {type(value).__name__}")
         if not value:  # a name not filled in yet: its rows failed again and were quarantined
             raise BadRules(f"[{name}] {key!r} maps to an empty {what}: fill it in")
     return dict(table)
+
+
+def _columns(doc: Mapping[str, Any]) -> dict[str, str]:
+    columns = _str_map(doc, "columns", "column")
+    for key, value in columns.items():
+        if not _COLUMN_TARGET.fullmatch(value):
+            raise BadRules(
+                f"[columns] {key!r} must map to identifier, timestamp, event_name or "
+                f"payload_<key>, not {value!r}"
+            )
+    return columns
 
 
 def _decoded(data: bytes) -> str:
@@ -212,8 +236,23 @@ def _policy(table: Mapping[str, Any]) -> Policy:
             raise BadRules(f"policy {key!r} must be between 0 and 1 (a ratio), not {value}")
         if key in _COUNTS and value < 0:
             raise BadRules(f"policy {key!r} must be 0 or more, not {value}")
+        if key == "future_skew_seconds" and value > MAX_FUTURE_SKEW:
+            raise BadRules(
+                f"policy 'future_skew_seconds' must be at most {MAX_FUTURE_SKEW} (a day), not "
+                f"{value}: clamping usage further ahead to now may move it into another period"
+            )
         policy = replace(policy, **{key: value})
+    _check_default_event_name(policy)
     return policy
+
+
+def _check_default_event_name(policy: Policy) -> None:
+    """The name a missing event_name column is filled with is sent to Stripe on every row."""
+    name, most = policy.default_event_name, policy.limits.max_event_name_chars
+    bad = control_character(name)
+    if len(name) > most or bad is not None:
+        why = f"holds a control character ({bad})" if bad else f"is longer than {most} characters"
+        raise BadRules(f"policy 'default_event_name' {shown(name)} {why}")
 
 
 def _rule_names(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -230,7 +269,8 @@ def _limit(limits: FieldLimits, key: str, value: object) -> FieldLimits:
     """A limit may be tightened, never loosened: its default is the most Stripe accepts
     (published for the identifier and event name, assumed for the others), and a row past
     it passed validation only for Stripe to refuse it."""
-    lowest = 0 if key == "max_value_decimal_places" else 1
+    # a Stripe-shaped JSON row is two levels deep (the row, its payload)
+    lowest = {"max_value_decimal_places": 0, "max_json_depth": 2}.get(key, 1)
     most = getattr(DEFAULT_LIMITS, key)
     if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= most:
         whose = "Stripe's limit" if key in _STRIPE_PUBLISHED else "what Stripe is taken to accept"

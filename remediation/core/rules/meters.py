@@ -95,8 +95,10 @@ def _fuzzy(name: str, ctx: Context) -> Meter | None:
     scored.sort(key=lambda item: (-item[0], item[1]))
     if not scored or scored[0][0] < policy.fuzzy_cutoff:
         return None
-    if len(scored) > 1 and scored[0][0] - scored[1][0] < policy.fuzzy_margin:
-        return None  # two candidates about as close: a human decides
+    if len(scored) > 1 and (
+        scored[0][0] - scored[1][0] < policy.fuzzy_margin or scored[0][0] == scored[1][0]
+    ):
+        return None  # two candidates about as close (a tie, whatever the margin): a human decides
     return scored[0][2]
 
 

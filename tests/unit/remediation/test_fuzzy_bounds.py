@@ -34,8 +34,8 @@ def _everyone_scored(name: str, active: list[Meter], cutoff: float, margin: floa
     )
     if not scored or scored[0][0] < cutoff:
         return None
-    if len(scored) > 1 and scored[0][0] - scored[1][0] < margin:
-        return None
+    if len(scored) > 1 and (scored[0][0] - scored[1][0] < margin or scored[0][0] == scored[1][0]):
+        return None  # a tie never wins
     return scored[0][2]
 
 

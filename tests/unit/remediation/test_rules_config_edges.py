@@ -1,0 +1,89 @@
+"""Rules files that loaded and then bent what is billed: a blank key mapping every blank
+customer to one, an alias making a usage file look like failed records, a skew clamping
+next year to now, a depth no Stripe row fits, a default event name Stripe refuses, a fuzzy
+tie broken by the alphabet. Each is refused at load, or (the tie) left to a human."""
+
+from __future__ import annotations
+
+import pytest
+
+from remediation.changes import Context
+from remediation.core.rules.meters import fix_event_name_row
+from remediation.errors import BadRules, Uncorrectable
+from remediation.meters import Meter
+from remediation.records import UsageRecord
+from remediation.rules import load_rules
+from remediation.validation import MeterIndex
+
+NOW = 1_764_000_000
+
+
+@pytest.mark.parametrize(
+    ("toml", "reason"),
+    [
+        ('[customers]\n"" = "cus_1"\n', "[customers] maps an empty key '': name what it maps"),
+        ('[customers]\n" " = "cus_1"\n', "[customers] maps an empty key ' ': name what it maps"),
+        ('[event_names]\n"" = "api"\n', "[event_names] maps an empty key '': name what it maps"),
+        (
+            '[columns]\n"note" = "error_message"\n',
+            "[columns] 'note' must map to identifier, timestamp, event_name or payload_<key>, "
+            "not 'error_message'",
+        ),
+        (
+            '[columns]\n"note" = "mfx_code"\n',
+            "[columns] 'note' must map to identifier, timestamp, event_name or payload_<key>, "
+            "not 'mfx_code'",
+        ),
+        (
+            "[policy]\nfuture_skew_seconds = 9223372036854775807\n",
+            "policy 'future_skew_seconds' must be at most 86400 (a day), not "
+            "9223372036854775807: clamping usage further ahead to now may move it into "
+            "another period",
+        ),
+        (
+            "[policy]\nmax_json_depth = 1\n",
+            "policy 'max_json_depth' must be an integer of at least 2 and at most 32 (what "
+            "Stripe is taken to accept), not 1",
+        ),
+        (
+            '[policy]\ndefault_event_name = "api\\u0007"\n',
+            "policy 'default_event_name' 'api\\x07' holds a control character (U+0007 at "
+            "position 4)",
+        ),
+        (
+            f'[policy]\ndefault_event_name = "{"e" * 101}"\n',
+            f"policy 'default_event_name' {'e' * 40!r}… (101 characters) is longer than 100 "
+            "characters",
+        ),
+        (
+            f'[policy]\nmax_event_name_chars = 20\ndefault_event_name = "{"e" * 21}"\n',
+            f"policy 'default_event_name' {'e' * 21!r} is longer than 20 characters",
+        ),
+    ],
+)
+def test_rules_that_would_bend_what_is_billed_are_refused(toml: str, reason: str) -> None:
+    with pytest.raises(BadRules) as refused:
+        load_rules(toml)
+    assert refused.value.reason == reason
+
+
+def test_rules_at_their_edges_still_load() -> None:
+    rules = load_rules(
+        '[columns]\n"cust" = "payload_stripe_customer_id"\n"when" = "timestamp"\n'
+        '[policy]\nfuture_skew_seconds = 86400\nmax_json_depth = 2\ndefault_event_name = "api"\n'
+    )
+    assert rules.columns["cust"] == "payload_stripe_customer_id"
+    assert (rules.policy.future_skew_seconds, rules.policy.limits.max_json_depth) == (86400, 2)
+
+
+def test_a_fuzzy_tie_is_left_to_a_human_whatever_the_margin() -> None:
+    """`api_requests_c` is as near `api_requests_a` as `api_requests_b`: with
+    `fuzzy_margin = 0` it went to `_a`, the first in the alphabet, and was billed there."""
+    meters = [Meter("m1", "api_requests_a"), Meter("m2", "api_requests_b")]
+    rules = load_rules("[policy]\nfuzzy_margin = 0.0\nfuzzy_cutoff = 0.5\n")
+    ctx = Context(MeterIndex(meters), rules, NOW)
+    row = UsageRecord(1, "r1", NOW, "api_requests_c", {"stripe_customer_id": "c", "value": 1})
+    with pytest.raises(Uncorrectable, match="no single active meter matches"):
+        fix_event_name_row(row, ctx)
+    near = UsageRecord(2, "r2", NOW, "api_requests_bb", {"stripe_customer_id": "c", "value": 1})
+    assert [c.after for c in fix_event_name_row(near, ctx)] == ["api_requests_b"]
