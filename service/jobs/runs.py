@@ -23,6 +23,7 @@ import pyarrow as pa
 from sqlalchemy import Engine
 
 from remediation.engine import RemediationResult, remediate
+from remediation.errors import MeterfixError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage
 from remediation.meters import Meter
@@ -35,7 +36,7 @@ from service.adapters.bucket import output_key
 from service.config import Settings
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.loads import AuditStage, QuarantineStage
-from service.jobs.store.runs import finish_run, finished_run, start_run
+from service.jobs.store.runs import fail_run, finish_run, finished_run, start_run
 from service.logs import log_event
 from service.models import OutputKind, RemediationRun, RunTrigger
 from service.models._types import utcnow
@@ -96,19 +97,28 @@ def execute_run(
             request.generation,
             request.input_generation,
         )
-    with (
-        tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp,
-        _AuditWriter(ctx.engine, run_id, request.source, stages) as audit,
-    ):
-        with stages.timing(Stage.REMEDIATE):
-            result = _remediate_request(ctx, request, records, Path(tmp), audit, leave_out)
-        outputs = list(result.outputs) + ([result.audit] if result.audit else [])
-        uploaded = _upload_while_loading(ctx, request, outputs, audit, stages)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp,
+            _AuditWriter(ctx.engine, run_id, request.source, stages) as audit,
+        ):
+            with stages.timing(Stage.REMEDIATE):
+                result = _remediate_request(ctx, request, records, Path(tmp), audit, leave_out)
+            outputs = list(result.outputs) + ([result.audit] if result.audit else [])
+            uploaded = _upload_while_loading(ctx, request, outputs, audit, stages)
+    except Exception as exc:  # the run's try ends here: say so on the run, then as before
+        fail_run(ctx.engine, run_id, _error_text(exc))
+        raise
     with stages.timing(Stage.DATABASE):
         run = finish_run(ctx.engine, run_id, result.summary, uploaded)
     _log_run_done(run, stages, audit)
     alert_for_run(ctx.engine, ctx.settings, run, uploaded)  # critical/warning/info per run
     return run
+
+
+def _error_text(exc: Exception) -> str:
+    """What the run page says of a try that ended in `exc` (as the inbox row says it)."""
+    return exc.reason if isinstance(exc, MeterfixError) else f"{type(exc).__name__}: {exc}"
 
 
 def _remediate_request(

@@ -110,7 +110,8 @@ def test_a_failed_upload_is_retried_and_recorded_once(service: Service) -> None:
         task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
         run = session.exec(select(RemediationRun)).one()
     assert (task.status, task.attempts) == ("pending", 1)
-    assert task.last_error and run.status == "running"
+    assert task.last_error and run.status == "failed"  # until its retry starts it again
+    assert run.error and run.finished_at is not None
     # The audit was loaded beside the uploads, and the run failed only once the load had ended.
     assert sorted(a.new_identifier for a in service.rows(CorrectionAudit)) == ["a1-mfx1", "a2-mfx1"]
     assert not [t for t in threading.enumerate() if t.name.startswith("meterfix-audit-load")]
@@ -127,6 +128,35 @@ def test_a_failed_upload_is_retried_and_recorded_once(service: Service) -> None:
     assert sorted(a.new_identifier for a in audit) == ["a1-mfx1", "a2-mfx1"]  # no duplicates
     corrected = list(bucket.glob("corrected/impset_retry/*.corrected.r1.csv"))
     assert len(corrected) == 1 and "a2-mfx1" in corrected[0].read_text()
+
+
+def test_a_run_whose_input_turns_out_unreadable_part_way_is_failed_with_the_reason(
+    service: Service,
+) -> None:
+    """A byte that is not UTF-8 on the third row: the task ended ("not remediated", a
+    critical alert), but its run stayed `running`, without an error or an end, for ever (the
+    dashboard's runs list showed it as still going)."""
+    now = int(time.time()) - 60
+    content = (
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+        f"a1,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
+        f"caf\xe9,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
+    ).encode("latin-1")
+    file = service.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
+    body = {
+        "id": "impset_latin1",
+        "object": "data_management.import_set",
+        "status": "succeeded_with_errors",
+        "result": {"errors": {"file": file["id"], "row_count": 2}},
+    }
+    service.deliver(build_import_set_event("data_management.import_set.succeeded", body))
+    service.drain()
+    with Session(service.engine) as session:
+        task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
+    assert task.status == "done" and (task.outcome or "").startswith("not remediated: not UTF-8")
+    [run] = service.rows(RemediationRun)
+    assert (run.status, run.finished_at is not None) == ("failed", True)
+    assert run.error == "not UTF-8 text: undecodable byte at offset 145"
 
 
 def test_values_longer_than_their_columns_are_cut_and_every_row_remediated(

@@ -152,6 +152,9 @@ def report_run_ids(connection: Connection, event_ids: Sequence[str]) -> dict[str
 # --- a run's writes ------------------------------------------------------------------------
 
 
+RUN_ERROR_CHARS = 2000  # as an inbox row's last error
+
+
 def finished_run(engine: Engine, run_key: str) -> RemediationRun | None:
     with Session(engine) as session:
         run = session.exec(
@@ -188,13 +191,27 @@ def start_run(
             run = RemediationRun(run_key=run_key, trigger=trigger)
         run.source, run.generation = source, generation
         run.input_generation = input_generation
-        run.status = RunStatus.RUNNING
+        run.status, run.error, run.finished_at = RunStatus.RUNNING, None, None
         session.add(run)
         session.flush()
         assert run.id is not None
         for table in (AUDIT, QUARANTINED, OUTPUTS):  # a crashed earlier try
             session.execute(delete(table).where(table.c.run_id == run.id))
         return run.id
+
+
+def fail_run(engine: Engine, run_id: int, error: str) -> None:
+    """Record that the run's try ended in `error` (cut to RUN_ERROR_CHARS): not running any
+    more. A later try (a retry, a replay) starts it again (`start_run`)."""
+    with session_scope(engine) as session:
+        run = session.get(RemediationRun, run_id)
+        if run is not None and run.status != RunStatus.DONE:
+            run.status, run.error, run.finished_at = (
+                RunStatus.FAILED,
+                error[:RUN_ERROR_CHARS],
+                utcnow(),
+            )
+            session.add(run)
 
 
 def finish_run(
