@@ -17,7 +17,11 @@ from sqlalchemy import create_engine, text
 from sqlmodel import Session, select
 
 import sandbox.intake
+from remediation.engine import remediate
+from remediation.filetypes import FileFormat
+from remediation.formats import read_records
 from remediation.ports import Bucket, ObjectInfo
+from remediation.rules import load_rules
 from service.adapters.bucket import open_bucket
 from service.adapters.meter_events import StripeMeterEventSink
 from service.adapters.stripe_client import build_stripe_client
@@ -603,3 +607,35 @@ def test_a_file_without_identifiers_rewritten_a_day_later_sends_only_its_new_row
     assert sandbox_server.admin.duplicates() == []
     assert len({e["identifier"] for e in events}) == 7
     assert (report.rows, report.sent, report.failed_rows, report.left_out) == (6, 6, 0, 3)
+
+
+def test_a_broken_row_the_poller_refused_is_quarantined_with_its_own_reason(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A row with a cell past the header (`1,234` unquoted) and a JSON line holding NaN: the
+    poller's failed-records file says why (the cell `234` is in that message, the row being
+    written cut to its header), but the run over it quarantined both as "the row is past the
+    field limits": an operator fixing the row from the quarantine file billed 1, not 1234."""
+    ts = int(time.time()) - 60
+    harness.put("ragged.csv", HEADER + f"r-1,{ts},api_requests,cus_A,1,234\n", tmp_path)
+    nan = f'{{"identifier":"n-1","timestamp":{ts},"event_name":"api_requests",'
+    nan += '"payload":{"stripe_customer_id":"cus_A","value":NaN}}\n'
+    harness.put("nan.jsonl", nan, tmp_path)
+    run_poll_pass(harness.deps)
+    reasons = {}
+    for import_set, path in harness.handed:
+        fmt = FileFormat.CSV if path.suffix == ".csv" else FileFormat.JSONL
+        with path.open("rb") as stream:
+            result = remediate(
+                read_records(stream, fmt),
+                source=import_set.source_object or "",
+                fmt=fmt,
+                meters=list(harness.deps.meters.meters()),
+                rules=load_rules(None),
+                now=ts,
+                out_dir=tmp_path / "out" / path.stem,
+            )
+        [quarantine] = result.summary["outputs"]["quarantine"]
+        reasons[import_set.source_object] = Path(quarantine).read_text()
+    assert 'fields past the header: [""234""]' in reasons["ragged.csv"]
+    assert "NaN" in reasons["nan.jsonl"] and "past the field limits" not in reasons["nan.jsonl"]
