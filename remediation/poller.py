@@ -30,6 +30,9 @@ CHECK_ROWS = 4096  # rows validated together
 # against 84 MB reading records; 512 KB: 93 MB at the same speed (331,636-386,292 rows/s,
 # alternating); 256 KB: 88 MB, 316,000-329,000 rows/s.
 BLOCK_BYTES = 1 << 19
+# Rows not sent (failed, or no meter) a chunk holds before they are handed on in a chunk of
+# their own: a file of no valid row held them all (1.2M one-cell rows: 1.6 GB).
+UNSENT_ROWS = 1024
 
 
 # --- one file ------------------------------------------------------------------------------
@@ -55,6 +58,9 @@ class ImportChunk:
     events: list[dict[str, object]] = field(default_factory=list)
     rows: list[RowRef] = field(default_factory=list)
     failed: list[UsageRecord] = field(default_factory=list)
+    # (first row, last row) of the rows met while it was filled: a batch's cut, whatever
+    # unsent rows were handed on before it (`import_chunks`); None: no row met
+    span: tuple[int, int] | None = None
     skipped: int = 0  # rows an earlier pass sent, left out (`import_chunks`' `sent_before`)
     elsewhere: int = 0  # rows sent before, by another object version or as meterfix's
     # correction, left out (`sent_elsewhere`)
@@ -95,21 +101,24 @@ def import_chunks(
                 chunk.events.append(event)
             elif (failed := checked.failed.get(i)) is not None:
                 chunk.failed.append(failed)
-            chunk.rows.append(
-                RowRef(
-                    checked.identifiers[i],
-                    number,
-                    checked.event_names[i],
-                    checked.timestamps[i],
-                    event is not None,
-                    checked.contents[i],
-                )
-            )
+            chunk.rows.append(checked.row_ref(i, number, sent=event is not None))
+            chunk.span = (chunk.span[0] if chunk.span else number, number)
             if len(chunk.events) >= batch_size:
                 yield chunk
                 chunk = ImportChunk()
+            elif len(chunk.rows) - len(chunk.events) >= UNSENT_ROWS:
+                yield _unsent_rows(chunk)
     if chunk.events or chunk.rows or chunk.skipped or chunk.elsewhere:
         yield chunk
+
+
+def _unsent_rows(chunk: ImportChunk) -> ImportChunk:
+    """The chunk's rows not sent (and its failed rows), taken out of it into a chunk of their
+    own (no events, so no batch): `chunk` keeps its events, their rows and its span."""
+    unsent = ImportChunk(rows=[ref for ref in chunk.rows if not ref.sent], failed=chunk.failed)
+    chunk.rows = [ref for ref in chunk.rows if ref.sent]
+    chunk.failed = []
+    return unsent
 
 
 def _not_sent(
@@ -166,6 +175,16 @@ class _Checked:
         self._payloads = _payloads(batch, sent)
         arrays = {key: sent_array(batch.payload[key], texts) for key, texts in sent.items()}
         self.contents = batch_digests(batch, self.timestamps, arrays).tolist()
+
+    def row_ref(self, i: int, number: int, *, sent: bool) -> RowRef:
+        return RowRef(
+            self.identifiers[i],
+            number,
+            self.event_names[i],
+            self.timestamps[i],
+            sent,
+            self.contents[i],
+        )
 
     def event(self, i: int) -> dict[str, object] | None:
         """Row `i` as a v2 meter event stream item (`event_name`, `identifier`, `payload` of

@@ -143,8 +143,10 @@ class Acknowledgements:
 
 
 def _span(chunk: ImportChunk) -> tuple[int, int]:
-    """(first row, rows spanned) of a batch: resuming after it starts at first + rows."""
-    first, last = chunk.rows[0].row_number, chunk.rows[-1].row_number
+    """(first row, rows spanned) of a batch: resuming after it starts at first + rows (the
+    rows it spans, its unsent rows handed on before it included)."""
+    assert chunk.span is not None  # a batch has events, so rows
+    first, last = chunk.span
     return first, last - first + 1
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -457,3 +458,38 @@ def test_fuzz_timestamps_read_as_a_column_are_those_read_one_by_one(values: list
     assert timestamps_of(Column.of(values)) == [parse_timestamp(v) for v in values]
     texts = [v for v in values if v is None or isinstance(v, str)]
     assert timestamps_of(Column.of(texts)) == [parse_timestamp(v) for v in texts]
+
+
+def test_unsent_rows_are_handed_on_in_bounded_chunks_and_batches_keep_their_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chunk was handed on only once it held 100 events: a file of no valid row (or few)
+    was held whole, failed rows and all (400,000 rows of millisecond timestamps: 915 MB).
+    Rows not sent are handed on every `UNSENT_ROWS` in chunks of their own (no events, no
+    batch); the batches, their events and their cuts (first row, last row: where a resumed
+    pass starts) are what they were."""
+    from remediation import poller
+
+    rows = [
+        f"id-{n},{NOW_TS - 60},{'api_requests' if n % 40 == 0 else 'gone'},cus_A,1\n"
+        for n in range(1, 12_001)
+    ]
+    text = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+    text += "".join(rows)
+    monkeypatch.setattr(poller, "UNSENT_ROWS", 10**9)
+    whole = _chunks(text)
+    monkeypatch.setattr(poller, "UNSENT_ROWS", 1024)
+    bounded = _chunks(text)
+    assert max(len(c.failed) for c in bounded) <= 1024 < max(len(c.failed) for c in whole)
+    assert max(len(c.rows) - len(c.events) for c in bounded) <= 1024
+    cut = [([e["identifier"] for e in c.events], c.span) for c in bounded if c.events]
+    assert cut == [
+        ([e["identifier"] for e in c.events], (c.rows[0].row_number, c.rows[-1].row_number))
+        for c in whole
+        if c.events
+    ]
+    assert [len(events) for events, _span in cut] == [100, 100, 100]
+    for found in (bounded, whole):
+        assert sorted(r.row_number for c in found for r in c.rows) == list(range(1, 12_001))
+        failed = sorted(r.row_number for c in found for r in c.failed)
+        assert failed == [n for n in range(1, 12_001) if n % 40]
