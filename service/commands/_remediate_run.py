@@ -158,14 +158,16 @@ _ERROR_KEYS = (b'"error', b'"code"', b'"message"')
 
 def _failed_records(file: Path, plan: InputPlan, rules: Rules) -> bool:
     """Whether the input is a failed-records file: every row rejected, so every row goes to an
-    output. A CSV file is one when its header has error columns; a JSON or JSON Lines file
-    when ANY of its rows carries an error code or message (its keys are the columns of all
-    its rows, as a header is a CSV file's), not only its first: a first row without one made
-    the rows of a failed-records file "valid, never re-sent". The first row decides at once
-    when it carries one (Stripe's files: every row does); otherwise a byte scan finds files
-    that cannot carry one, and only the rest are read through."""
-    if plan.fmt is FileFormat.CSV:
-        return CsvLayout.from_header(plan.header).errors != ()
+    output. A file is one when ANY of its rows carries an error code or message (a JSON
+    file's keys are the columns of all its rows, as a header is a CSV file's), not only its
+    first: a first row without one made the rows of a failed-records file "valid, never
+    re-sent". A CSV header naming error columns whose cells are all empty is no failed-records
+    file (its rows were sent again as `-mfx1`, where the same rows in JSON were not). The
+    first row decides at once when it carries one (Stripe's files: every row does); otherwise
+    files that cannot carry one (a CSV header without error columns, JSON without an error
+    key in its bytes) are told at once, and only the rest are read through."""
+    if plan.fmt is FileFormat.CSV and not CsvLayout.from_header(plan.header).errors:
+        return False
     with open(file, "rb") as stream:
         records = read_repaired(stream, plan, rules)
         first = next(records, None)
@@ -173,7 +175,7 @@ def _failed_records(file: Path, plan: InputPlan, rules: Rules) -> bool:
             return False
         if first.error_code or first.error_message:
             return True
-        if not any(may_hold(file, key) for key in _ERROR_KEYS):
+        if plan.fmt is not FileFormat.CSV and not any(may_hold(file, k) for k in _ERROR_KEYS):
             return False
         return any(record.error_code or record.error_message for record in records)
 

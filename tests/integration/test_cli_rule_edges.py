@@ -227,3 +227,22 @@ def test_a_row_wider_than_its_header_keeps_every_cell_in_quarantine(tmp_path: Pa
     assert quarantined["m2"]["mfx_reason"] == "row has 3 fields, header has 6"
     reasons = [line["reason"] for line in found["audit"] if line["kind"] == "quarantine"]
     assert wide["mfx_reason"] in reasons
+
+
+def test_a_csv_whose_error_columns_are_all_empty_is_a_usage_file(tmp_path: Path) -> None:
+    """A usage CSV exported with `error_code,error_message` columns left empty was taken for
+    a failed-records file: its valid rows (billed, maybe) were written to the corrected file
+    as `ok-1-mfx1` and would be sent again, while the same rows as JSON were not. A file is
+    a failed-records file when a row carries an error; the rows Stripe would take are
+    counted valid and written nowhere, a row our validation refuses is still corrected."""
+    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,"
+    header += "error_code,error_message\n"
+    ok, ms = f"ok-1,{NOW},api_requests,cus_demo_alice,5", f"ms-1,{NOW}000,api_requests,x,5"
+    found = remediate(tmp_path, "usage.csv", f"{header}{ok},,\n{ms},,\n")
+    summary = found["summary"]
+    assert (summary["valid"], summary["corrected"], summary["quarantined"]) == (1, 1, 0)
+    assert [row["identifier"] for row in found["corrected"]] == ["ms-1-mfx1"]
+    # one row naming its error makes the file a failed-records file: every row re-sent
+    failed = remediate(tmp_path, "failed.csv", f"{header}{ok},,\n{ms},timestamp_in_future,\n")
+    assert (failed["summary"]["valid"], failed["summary"]["corrected"]) == (1, 1)
+    assert sorted(row["identifier"] for row in failed["corrected"]) == ["ms-1-mfx1", "ok-1-mfx1"]
