@@ -30,6 +30,16 @@ def even_quotes(raw: bytes, end: int) -> bool:
 _QUOTE = ord('"')
 
 
+def rows_cut(raw: bytes, size: int, most: int) -> int:
+    """The index after the `most`-th line feed of raw[:size], when raw[:size] holds more lines
+    than `most` and that cut is outside quotes; else 0 (the block stays as it is)."""
+    if raw.count(b"\n", 0, size) <= most:
+        return 0
+    ends = np.flatnonzero(np.frombuffer(raw, np.uint8, size) == _LF)
+    cut = int(ends[most - 1]) + 1
+    return cut if even_quotes(raw, cut) else 0
+
+
 def line_end(raw: bytes, limit: int, *, first: bool) -> int:
     """The index after the last (or first) \\r or \\n in raw[:limit], 0 when none."""
     if first:

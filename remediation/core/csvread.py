@@ -32,6 +32,7 @@ from remediation.core.csvcuts import (
     even_quotes,
     line_end,
     quotes_regular,
+    rows_cut,
 )
 from remediation.core.csvsource import TEXT_CHUNK, ByteSource, exact_lines
 from remediation.core.csvwidths import plain_widths
@@ -43,6 +44,10 @@ __all__ = ["CsvBlock", "CsvColumns"]
 
 EXACT_BATCH_ROWS = 65536
 GROWTH = 4  # a block grows to GROWTH * block_bytes to reach a line end outside quotes
+# Lines a block holds at most: one of tiny rows (`x`, a million in 2 MB) was a million Python
+# lists, padded rows and reasons at once (1M rows of one cell under a 6-column header: 607
+# MB); a block of usage rows (60 bytes and more) never nears it.
+MAX_BLOCK_LINES = EXACT_BATCH_ROWS
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +183,13 @@ class CsvColumns:
     def _cut(self) -> tuple[bool, int]:
         """(final, length) of the next block: after its last line end with an even number of
         quotes before it, grown up to GROWTH times `block_bytes`; the whole rest when that is
-        shorter; 0 when no line end is near (a huge field)."""
+        shorter; 0 when no line end is near (a huge field). At most MAX_BLOCK_LINES lines."""
+        final, size = self._cut_bytes()
+        if size and (capped := rows_cut(self._source.pending, size, MAX_BLOCK_LINES)):
+            return False, capped
+        return final, size
+
+    def _cut_bytes(self) -> tuple[bool, int]:
         limit = self._block_bytes
         while True:
             raw = self._source.fill(limit + 1)

@@ -353,3 +353,22 @@ def test_a_blocks_widths_are_read_off_its_bytes(body: bytes, widths: list[int] |
     (block,) = list(reader.blocks())
     assert reader.fast_blocks == 1
     assert block.widths == widths
+
+
+def test_a_block_holds_at_most_its_lines_whatever_their_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A block was cut by bytes only: 1M rows of one cell (`x`, 2 MB under a 6-column header)
+    were one block, a million Python lists, padded rows and reasons at once (607 MB for
+    `meterfix remediate`). Blocks hold at most `MAX_BLOCK_LINES` lines; the rows, their
+    numbers and reasons are csv.reader's, as before (a quoted line break is not cut)."""
+    from remediation.core import csvread
+
+    data = b"a,b,c,d,e,f\n" + b"x\n" * 3000 + b'"q\nr",2\n' + b"y,1,2,3,4,5\n" * 3000
+    whole, _ = columns(data)
+    assert whole == today(data)
+    monkeypatch.setattr(csvread, "MAX_BLOCK_LINES", 1000)
+    cut, _ = columns(data)
+    assert cut == whole
+    sizes = [block.rows for block in CsvColumns(io.BytesIO(data), ",", None).blocks()]
+    assert max(sizes) <= 1000 and sum(sizes) == 6001
