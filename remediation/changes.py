@@ -30,6 +30,18 @@ class CustomerPicks(dict[str, tuple[str, str] | None]):
     asked = 0  # Stripe calls the customer rule made in this run (`Policy.customer_lookups`)
 
 
+class MeterPicks(dict[str, tuple[str, Meter] | None]):
+    """The meter matched to each event name met in a run, and by which rule (None: none).
+    `scored`: the names the fuzzy match compared in full this run, which it bounds
+    (`core.rules.meters.FUZZY_SCORES`); `unscored`: the names it did not compare, the bound
+    reached."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored = 0
+        self.unscored: set[str] = set()
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     index: MeterIndex
@@ -42,7 +54,7 @@ class Context:
     # The meter matched to each event name met in this run, and by which rule (None: none),
     # so that a fuzzy match is made once per name, not once per batch or per row
     # (`rules.meters.pick_meter`).
-    meter_picks: dict[str, tuple[str, Meter] | None] = field(default_factory=dict)
+    meter_picks: MeterPicks = field(default_factory=MeterPicks)
     # Payload keys a CSV header alias was renamed to, each to its alias (`stripe_customer_id`:
     # `customer_id`): Stripe read the file's rows without them (`repair.plan_input`).
     header_aliases: dict[str, str] = field(default_factory=dict)

@@ -26,6 +26,10 @@ from remediation.records import UsageRecord
 from remediation.validation import MeterIndex
 
 MAX_SUCCESSOR_HOPS = 5
+# Meter names a run's fuzzy match compares in full (difflib, ~5 µs each): past it, names are
+# left unmatched, to be re-run (20,000 meters of alike names cost 70-100 ms a distinct name;
+# a file of 10,000 such names outlasted the worker's time limit, retried until dead)
+FUZZY_SCORES = 5_000_000
 
 
 def normalized(name: str) -> str:
@@ -42,6 +46,12 @@ def fix_event_name_row(record: UsageRecord, ctx: Context) -> list[Change]:
     name = record.event_name or ""
     target = pick_meter(name, ctx)
     if target is None:
+        if name in ctx.meter_picks.unscored:
+            raise Uncorrectable(
+                f"no active meter matches event_name {shown(name)} without a fuzzy match, and "
+                f"none was tried: this run made the {FUZZY_SCORES} fuzzy comparisons it may; "
+                "re-run the quarantined rows to match the rest"
+            )
         raise Uncorrectable(f"no single active meter matches event_name {name!r}")
     rule, meter = target
     record.event_name = meter.event_name
@@ -83,7 +93,7 @@ def _fuzzy(name: str, ctx: Context) -> Meter | None:
     least = policy.fuzzy_cutoff - policy.fuzzy_margin
     key = normalized(name)
     letters = Counter(key)
-    scored = []
+    near = []
     for meter, other, counts in _profiles(ctx.index):
         length = len(key) + len(other)
         if length and (
@@ -91,7 +101,14 @@ def _fuzzy(name: str, ctx: Context) -> Meter | None:
             or 2.0 * sum((letters & counts).values()) / length < least
         ):
             continue  # at most its bound: neither the best nor near it
-        scored.append((difflib.SequenceMatcher(None, key, other).ratio(), meter.event_name, meter))
+        near.append((meter, other))
+    picks = ctx.meter_picks
+    if picks.scored + len(near) > FUZZY_SCORES:
+        picks.unscored.add(name)
+        return None
+    picks.scored += len(near)
+    ratio = difflib.SequenceMatcher
+    scored = [(ratio(None, key, other).ratio(), meter.event_name, meter) for meter, other in near]
     scored.sort(key=lambda item: (-item[0], item[1]))
     if not scored or scored[0][0] < policy.fuzzy_cutoff:
         return None
@@ -137,12 +154,33 @@ def _successor(name: str | None, ctx: Context) -> tuple[Meter, Meter] | None:
     return None
 
 
+def _why_no_successor(name: str, ctx: Context) -> str:
+    """What the chain of `[meter_successors]` from `name` meets instead of an active meter."""
+    if not ctx.rules.enabled("successor_meter"):
+        return " (rule successor_meter is turned off)"
+    chain = [name]
+    while (nxt := ctx.rules.meter_successors.get(chain[-1])) is not None:
+        if nxt in chain:
+            return f": [meter_successors] loop ({' -> '.join(map(repr, [*chain, nxt]))})"
+        chain.append(nxt)
+        if ctx.index.get(nxt) is None:
+            return f": [meter_successors] names {nxt!r}, which no meter is"
+        if len(chain) > MAX_SUCCESSOR_HOPS + 1:
+            return f": more than {MAX_SUCCESSOR_HOPS} archived successors in a row"
+    if len(chain) == 1:
+        return " ([meter_successors] names none)"
+    return f": {chain[-1]!r}, the last successor named, is archived too"
+
+
 def reroute_to_successor_row(record: UsageRecord, ctx: Context) -> list[Change]:
     """An archived meter's usage goes to its configured successor, if that one is active."""
     old = meter_of(record, ctx)
     pick = _successor(old.event_name, ctx)
     if pick is None:
-        raise Uncorrectable(f"meter {old.event_name!r} is archived and has no active successor")
+        raise Uncorrectable(
+            f"meter {old.event_name!r} is archived and has no active successor"
+            + _why_no_successor(old.event_name, ctx)
+        )
     successor = pick[1]
     record.event_name = successor.event_name
     change = Change("successor_meter", "event_name", old.event_name, successor.event_name)

@@ -87,3 +87,58 @@ def test_a_fuzzy_tie_is_left_to_a_human_whatever_the_margin() -> None:
         fix_event_name_row(row, ctx)
     near = UsageRecord(2, "r2", NOW, "api_requests_bb", {"stripe_customer_id": "c", "value": 1})
     assert [c.after for c in fix_event_name_row(near, ctx)] == ["api_requests_b"]
+
+
+def test_a_runs_fuzzy_comparisons_are_bounded_and_the_rest_quarantined_for_a_rerun(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20,000 meters of alike names cost 70-100 ms a distinct unknown name, all compared in
+    full: a file of 10,000 such names outlasted the worker's time limit. A run compares at
+    most `FUZZY_SCORES` names; past them a name is left unmatched, saying so."""
+    from remediation.core.rules import meters as meter_rules
+
+    monkeypatch.setattr(meter_rules, "FUZZY_SCORES", 5)
+    meters = [Meter(f"m{i}", f"event_{i}") for i in range(3)]
+    ctx = Context(MeterIndex(meters), load_rules(None), NOW)
+    picked = []
+    for n, name in enumerate(["event_0x", "event_1x", "event_2x"]):
+        row = UsageRecord(n, f"r{n}", NOW, name, {"stripe_customer_id": "c", "value": 1})
+        try:
+            picked.append(next(c.after for c in fix_event_name_row(row, ctx)))
+        except Uncorrectable as refused:
+            picked.append(refused.reason)
+    assert picked == [  # 3 meters compared for the first name; 3 more would pass the bound
+        "event_0",
+        *(
+            f"no active meter matches event_name {name!r} without a fuzzy match, and none was "
+            "tried: this run made the 5 fuzzy comparisons it may; re-run the quarantined rows "
+            "to match the rest"
+            for name in ("event_1x", "event_2x")
+        ),
+    ]
+    assert ctx.meter_picks.scored == 3
+    again = Context(MeterIndex(meters), load_rules(None), NOW)  # a re-run: comparisons anew
+    row = UsageRecord(1, "r1", NOW, "event_1x", {"stripe_customer_id": "c", "value": 1})
+    assert next(c.after for c in fix_event_name_row(row, again)) == "event_1"
+
+
+@pytest.mark.parametrize(
+    ("successors", "why"),
+    [
+        ("", " ([meter_successors] names none)"),
+        ('"a" = "b"\n"b" = "a"\n', ": [meter_successors] loop ('a' -> 'b' -> 'a')"),
+        ('"a" = "nowhere"\n', ": [meter_successors] names 'nowhere', which no meter is"),
+        ('"a" = "b"\n', ": 'b', the last successor named, is archived too"),
+    ],
+)
+def test_an_archived_meter_without_an_active_successor_says_why(successors: str, why: str) -> None:
+    """Successor loops, successors no meter has and chains of archived meters all said "has
+    no active successor", leaving the operator to guess which line of the rules was wrong."""
+    from remediation.core.rules.meters import reroute_to_successor_row
+
+    meters = [Meter("m1", "a", status="inactive"), Meter("m2", "b", status="inactive")]
+    ctx = Context(MeterIndex(meters), load_rules(f"[meter_successors]\n{successors}"), NOW)
+    row = UsageRecord(1, "r1", NOW, "a", {"stripe_customer_id": "c", "value": 1})
+    with pytest.raises(Uncorrectable) as refused:
+        reroute_to_successor_row(row, ctx)
+    assert refused.value.reason == f"meter 'a' is archived and has no active successor{why}"
