@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import codecs
 
+from remediation.filetypes import compressed
+
 
 class MeterfixError(Exception):
     """Base class: every meterfix error has a one-line reason."""
@@ -59,12 +61,27 @@ def not_utf8(stream: object = None) -> UnreadableFile:
     from the file's start when `stream` (the binary stream read) can seek back; otherwise the
     message names none."""
     at = _first_undecodable(stream)
+    if at is not None and (kind := _compressed(stream)) is not None:
+        return UnreadableFile(kind)
     if at is None:
         return UnreadableFile("not UTF-8 text: a byte sequence is not UTF-8")
     return UnreadableFile(f"not UTF-8 text: undecodable byte at offset {at}")
 
 
 _SCAN_BYTES = 1 << 20
+
+
+def _compressed(stream: object) -> str | None:
+    """`filetypes.compressed` of the stream's first bytes, read again from its start."""
+    seek, read = getattr(stream, "seek", None), getattr(stream, "read", None)
+    if not callable(seek) or not callable(read):
+        return None
+    try:
+        seek(0)
+        head = read(8)
+    except (OSError, ValueError):
+        return None
+    return compressed(head) if isinstance(head, bytes) else None
 
 
 def _first_undecodable(stream: object) -> int | None:

@@ -53,3 +53,22 @@ def not_usage(name: str) -> str | None:
         if lowered.endswith(ext):
             return f"not a usage file: a {kind} file ({ext}); usage files are .csv, .json or .jsonl"
     return None
+
+
+# The first bytes of compressed files and archives (a `usage.csv.gz` renamed `usage.csv`)
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip-compressed"),
+    (b"PK\x03\x04", "zip archive"),
+    (b"BZh", "bzip2-compressed"),
+    (b"\xfd7zXZ\x00", "xz-compressed"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+)
+
+
+def compressed(head: bytes) -> str | None:
+    """Why a file whose first bytes are `head` is refused as compressed, or None."""
+    for magic, kind in _COMPRESSED:
+        if head.startswith(magic):
+            shown = " ".join(f"{byte:02x}" for byte in magic)
+            return f"not UTF-8 text: a {kind} file (it starts with {shown}): decompress it first"
+    return None

@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from remediation.csvlayouts import CsvLayout
 from remediation.errors import UnreadableFile
-from remediation.filetypes import FileFormat, detect_format, not_usage
+from remediation.filetypes import FileFormat, compressed, detect_format, not_usage
 from remediation.jsondocuments import utf16_refusal
 from remediation.readers import read_records
 from remediation.records import UsageRecord
@@ -61,7 +61,7 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
     text = head.decode("utf-8-sig", errors="ignore").lstrip()
     if not text:
         raise UnreadableFile("empty file: nothing to import (dropped)")
-    refused = not_usage(path.name) or utf16_refusal(head)
+    refused = not_usage(path.name) or compressed(head) or utf16_refusal(head)
     if refused:
         raise UnreadableFile(refused)
     named = detect_format(path.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import subprocess
@@ -130,6 +131,11 @@ def test_validate_counts_and_exit_code(tmp_path: Path) -> None:
         (None, (), "no such file"),
         (b"identifier,timestamp\nx,caf\xe9\n", (), "not UTF-8"),
         (b"", (), "empty file"),
+        (
+            gzip.compress(b"identifier,timestamp\nx,1\n"),
+            (),
+            "a gzip-compressed file (it starts with 1f 8b): decompress it first",
+        ),
         (b"a,b\n1,2\n", ("--rules", "BADRULES"), "bad rules"),
         (b"a,b\n1,2\n", ("--meters", "BADMETERS"), "cannot read meters"),
     ],

@@ -4,6 +4,7 @@ elements, keys named twice, abandoned readers; meters and rules documents of the
 from __future__ import annotations
 
 import gc
+import gzip
 import io
 import json
 from pathlib import Path
@@ -281,3 +282,19 @@ def test_numbers_json_does_not_have_are_malformed_rows(number: bytes, reason: st
     assert [r.malformed for r in elements] == [None, f"element {reason}", None, None]
     assert elements[1].extra == {"raw": odd.decode()}
     assert elements[2].payload == records[2].payload
+
+
+@pytest.mark.parametrize("fmt", [FileFormat.CSV, FileFormat.JSONL, FileFormat.JSON])
+@pytest.mark.parametrize(
+    ("packed", "kind"),
+    [
+        (gzip.compress(b'{"identifier": "a"}\n'), "a gzip-compressed file (it starts with 1f 8b)"),
+        (b"PK\x03\x04\x14\x00\x00\x00\x08\x00", "a zip archive file (it starts with 50 4b 03 04)"),
+    ],
+)
+def test_a_compressed_file_is_named_so(fmt: FileFormat, packed: bytes, kind: str) -> None:
+    """A `usage.csv.gz` renamed `usage.csv` in the bucket: the poller said "undecodable byte
+    at offset 1", the CLI quoted a first line of binary: neither said it was compressed."""
+    with pytest.raises(UnreadableFile) as refused:
+        read(packed + b"\xff" * 64, fmt)
+    assert refused.value.reason == f"not UTF-8 text: {kind}: decompress it first"
