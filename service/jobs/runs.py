@@ -9,6 +9,7 @@ rows are replaced. Outputs of a run go to `<corrected prefix><tag>/...` and
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -107,13 +108,27 @@ def execute_run(
             outputs = list(result.outputs) + ([result.audit] if result.audit else [])
             uploaded = _upload_while_loading(ctx, request, outputs, audit, stages)
     except Exception as exc:  # the run's try ends here: say so on the run, then as before
-        fail_run(ctx.engine, run_id, _error_text(exc))
+        _record_failure(ctx.engine, run_id, exc)
         raise
     with stages.timing(Stage.DATABASE):
         run = finish_run(ctx.engine, run_id, result.summary, uploaded)
     _log_run_done(run, stages, audit)
     alert_for_run(ctx.engine, ctx.settings, run, uploaded)  # critical/warning/info per run
     return run
+
+
+def _record_failure(engine: Engine, run_id: int, exc: Exception) -> None:
+    """`fail_run`, or a log line when that fails too (the database gone): the run's own error
+    is what the caller raises, not this one."""
+    try:
+        fail_run(engine, run_id, _error_text(exc))
+    except Exception as failed:  # a loop edge: the item's error is raised after it
+        log_event(
+            "remediation.run_failure_unrecorded",
+            level=logging.WARNING,
+            run_id=run_id,
+            error=type(failed).__name__,
+        )
 
 
 def _error_text(exc: Exception) -> str:
