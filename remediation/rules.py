@@ -127,8 +127,9 @@ def load_rules(text: str | bytes | None) -> Rules:
         event_names=_str_map(doc, "event_names"),
         meter_successors=_str_map(doc, "meter_successors"),
         columns={**DEFAULT_COLUMNS, **{k.lower(): v for k, v in _columns(doc).items()}},
-        customer_keys=_str_list(aliases, "customer", DEFAULT_CUSTOMER_KEYS),
-        value_keys=_str_list(aliases, "value", DEFAULT_VALUE_KEYS),
+        # matched ignoring case, as the rules compare a key's lower case (`UserID` never did)
+        customer_keys=_lowered(_str_list(aliases, "customer", DEFAULT_CUSTOMER_KEYS)),
+        value_keys=_lowered(_str_list(aliases, "value", DEFAULT_VALUE_KEYS)),
         dimension_aliases={
             k: _str_list(_table(doc, "dimension_aliases"), k, ())
             for k in _table(doc, "dimension_aliases")
@@ -185,6 +186,10 @@ def _columns(doc: Mapping[str, Any]) -> dict[str, str]:
                 f"payload_<key>, not {value!r}"
             )
     return columns
+
+
+def _lowered(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(name.lower() for name in names)
 
 
 def _decoded(data: bytes) -> str:

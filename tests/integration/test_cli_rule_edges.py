@@ -15,7 +15,9 @@ EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 NOW = "1764000000"  # 2025-11-24T16:00:00Z
 
 
-def remediate(tmp_path: Path, name: str, text: str, *, rules: str | None = None) -> dict[str, Any]:
+def remediate(
+    tmp_path: Path, name: str, text: str, *, rules: str | None = None, meters: Path | None = None
+) -> dict[str, Any]:
     """Run `meterfix remediate` on `text` saved as `name`; the summary plus the rows of its
     corrected and quarantine outputs (parsed) and its audit lines."""
     source = tmp_path / name
@@ -31,7 +33,7 @@ def remediate(tmp_path: Path, name: str, text: str, *, rules: str | None = None)
         "--out",
         str(out),
         "--meters",
-        str(EXAMPLES / "meters.json"),
+        str(meters or EXAMPLES / "meters.json"),
         "--rules",
         str(rules_path),
         "--now",

@@ -10,6 +10,7 @@ from remediation.changes import Change, Context, meter_of
 from remediation.core.columns import Batch
 from remediation.core.rules.base import Fix, one_by_one
 from remediation.errors import Uncorrectable
+from remediation.limits import shown
 from remediation.records import UsageRecord
 from remediation.validation import is_customer_id, no_customer_id
 
@@ -22,10 +23,16 @@ def rename_value_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
     meter = meter_of(record, ctx)
     if not ctx.rules.enabled("rename_value_key"):  # before the row is changed
         raise Uncorrectable("rule rename_value_key is disabled")
-    change = rename_alias(record, meter.value_key, ctx.rules.value_keys, {meter.customer_key})
-    if change is None:
-        raise Uncorrectable(f"no single aliased column for value key {meter.value_key!r}")
-    return [change]
+    exclude = {meter.customer_key, *meter.dimension_keys}
+    change = rename_alias(record, meter.value_key, ctx.rules.value_keys, exclude)
+    if change is not None:
+        return [change]
+    alias = ctx.header_aliases.get(meter.value_key)
+    if alias is not None and holds(record.payload.get(meter.value_key)):
+        # a CSV column under an alias (`amount`) the repaired header renamed to the meter's
+        # value key: Stripe read the row without one (as `fill_customer_key_row` does)
+        return [Change("rename_key", f"payload.{alias}", alias, meter.value_key)]
+    raise Uncorrectable(f"no single aliased column for value key {meter.value_key!r}")
 
 
 def fill_customer_key(batch: Batch, ctx: Context) -> Fix:
@@ -39,7 +46,8 @@ def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
     held = record.payload.get(meter.customer_key)
     if holds(held) and not is_customer_id(held):  # an object, a list, a boolean, a fraction
         raise Uncorrectable(no_customer_id(meter.customer_key, held))  # not overwritten
-    change = rename_alias(record, meter.customer_key, ctx.rules.customer_keys, {meter.value_key})
+    exclude = {meter.value_key, *meter.dimension_keys}
+    change = rename_alias(record, meter.customer_key, ctx.rules.customer_keys, exclude)
     if change is not None:
         return [change]
     found = {
@@ -55,8 +63,18 @@ def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
     if len(found) != 1:
         raise Uncorrectable(f"no single aliased column for customer key {meter.customer_key!r}")
     value = found.pop()
+    if holds(held) and str(held).strip() != value:  # which one is meant is not guessed
+        raise Uncorrectable(_clash(meter.customer_key, held, "a top-level alias", value))
     record.payload[meter.customer_key] = value
-    return [Change("fill_customer_key", f"payload.{meter.customer_key}", None, value)]
+    before = held if holds(held) else None
+    return [Change("fill_customer_key", f"payload.{meter.customer_key}", before, value)]
+
+
+def _clash(key: str, held: object, alias: str, value: object) -> str:
+    return (
+        f"payload key {key!r} holds {shown(held)} and {alias} holds {shown(value)}: which one "
+        "is meant is not guessed"
+    )
 
 
 def _customer_text(value: object) -> bool:
@@ -77,9 +95,14 @@ def rename_alias(
     ]
     if len(candidates) != 1:
         return None
-    value = record.payload.pop(candidates[0])
+    alias, held = candidates[0], record.payload.get(target)
+    if holds(held) and str(held).strip() != str(record.payload[alias]).strip():
+        # the row holds an amount (or customer) already: renaming the alias over it replaced
+        # it unaudited
+        raise Uncorrectable(_clash(target, held, f"alias {alias!r}", record.payload[alias]))
+    value = record.payload.pop(alias)
     record.payload[target] = value
-    return Change("rename_key", f"payload.{candidates[0]}", candidates[0], target)
+    return Change("rename_key", f"payload.{alias}", alias, target)
 
 
 def holds(value: object) -> bool:
@@ -125,14 +148,13 @@ def _aliases_kept(record: UsageRecord, ctx: Context) -> dict[str, str]:
     and value key (when missing): the rules for those codes rename them
     (`validation.check_payload` says which code a row has)."""
     meter = meter_of(record, ctx)
-    customer = record.payload.get(meter.customer_key)
-    kept: dict[str, str] = {}
-    if customer is None or (isinstance(customer, str) and not customer.strip()):
-        kept |= {
-            k: meter.customer_key for k in record.payload if k.lower() in ctx.rules.customer_keys
-        }
-    if meter.value_key not in record.payload:
-        kept |= {k: meter.value_key for k in record.payload if k.lower() in ctx.rules.value_keys}
+    payload, kept = record.payload, dict[str, str]()
+    for key, aliases in (
+        (meter.customer_key, ctx.rules.customer_keys),
+        (meter.value_key, ctx.rules.value_keys),
+    ):
+        if not holds(payload.get(key)):  # missing, or a blank JSON `""`/`null` (a CSV's empty)
+            kept |= {k: key for k, v in payload.items() if k.lower() in aliases and holds(v)}
     kept.pop(meter.customer_key, None)
     kept.pop(meter.value_key, None)
     return kept
@@ -146,7 +168,7 @@ def fill_dimensions_row(record: UsageRecord, ctx: Context) -> list[Change]:
     meter = meter_of(record, ctx)
     changes = []
     for key in meter.dimension_keys:
-        if key in record.payload:
+        if holds(record.payload.get(key)):  # a JSON `""` or `null` is a CSV's empty cell
             continue
         aliases = ctx.rules.dimension_aliases.get(key, ())
         found = [a for a in aliases if holds(record.payload.get(a)) or holds(record.extra.get(a))]
@@ -160,6 +182,7 @@ def fill_dimensions_row(record: UsageRecord, ctx: Context) -> list[Change]:
         value = (
             record.payload.pop(alias) if holds(record.payload.get(alias)) else record.extra[alias]
         )
+        before = record.payload.get(key)
         record.payload[key] = value
-        changes.append(Change("fill_dimension", f"payload.{key}", None, value))
+        changes.append(Change("fill_dimension", f"payload.{key}", before, value))
     return changes

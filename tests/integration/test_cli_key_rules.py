@@ -1,0 +1,147 @@
+"""The rules that move payload keys (`meter_event_value_not_found`, `meter_event_no_customer_
+defined`, the dimension codes) at their edges, through `meterfix remediate`: a row already
+holding an amount or a customer is never overwritten by an alias's (both named, the row
+quarantined), a JSON `""`/`null` under a key is a CSV's empty cell, a CSV column under an
+alias counts for the value as it does for the customer. Each test failed on the code before
+(its docstring says what happened)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_cli_rule_edges import _jsonl, remediate
+
+ROW = {"identifier": "a1", "timestamp": 1764000000, "event_name": "api_requests"}
+HEADER = "identifier,timestamp,event_name"
+
+
+def _one(tmp_path: Path, name: str, text: str, rules: str | None = None) -> dict[str, Any]:
+    """The summary's counts and the one row's outcome: its corrected row, or its reason."""
+    found = remediate(tmp_path, name, text, rules=rules)
+    summary = found["summary"]
+    rows = found["corrected"] + found["quarantine"]
+    assert summary["input_rows"] == len(rows) == 1
+    return rows[0]
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "reason"),
+    [
+        (
+            {"stripe_customer_id": "cus_1", "value": 3, "amount": 5},
+            "meter_event_value_not_found",
+            "payload key 'value' holds 3 and alias 'amount' holds 5: which one is meant is "
+            "not guessed",
+        ),
+        (
+            {"stripe_customer_id": "cus_A", "customer_id": "cus_B", "value": 1},
+            "meter_event_no_customer_defined",
+            "payload key 'stripe_customer_id' holds 'cus_A' and alias 'customer_id' holds "
+            "'cus_B': which one is meant is not guessed",
+        ),
+    ],
+)
+def test_an_alias_never_replaces_what_the_row_holds(
+    tmp_path: Path, payload: dict[str, Any], code: str, reason: str
+) -> None:
+    """`value: 3` beside `amount: 5` was sent as 5, and `cus_A` beside `customer_id: cus_B`
+    as cus_B; the audit said only "renamed amount to value": the 3 and cus_A were gone."""
+    row = _one(tmp_path, "a.jsonl", _jsonl({**ROW, "payload": payload, "error": {"code": code}}))
+    assert (row["mfx_code"], row["mfx_reason"]) == (code, reason)
+    assert row["payload"] == payload
+
+
+def test_a_top_level_customer_alias_never_replaces_the_payload_customer(tmp_path: Path) -> None:
+    """CSV `customer_id,customer` (the first renamed to the meter's key by the header repair)
+    billed the second, `cus_2`, audited as filled from nothing; JSON quarantined the row."""
+    text = f"{HEADER},customer_id,customer,payload_value,error_code\n"
+    text += "a1,1764000000,api_requests,cus_1,cus_2,5,meter_event_no_customer_defined\n"
+    row = _one(tmp_path, "a.csv", text)
+    assert row["mfx_reason"] == (
+        "payload key 'stripe_customer_id' holds 'cus_1' and a top-level alias holds 'cus_2': "
+        "which one is meant is not guessed"
+    )
+    payload = {"stripe_customer_id": "cus_A", "value": 5}
+    json_row = {**ROW, "payload": payload, "customer": "cus_B"}
+    quarantined = _one(
+        tmp_path, "a.jsonl", _jsonl({**json_row, "error_code": "meter_event_no_customer_defined"})
+    )
+    assert "holds 'cus_A' and a top-level alias holds 'cus_B'" in quarantined["mfx_reason"]
+
+
+def test_a_value_under_a_csv_header_alias_is_the_value_rows_are_re_sent_with(
+    tmp_path: Path,
+) -> None:
+    """A CSV column `amount` (renamed `payload_value` by the header repair): Stripe read the
+    row without a value, but the row was quarantined as "no single aliased column", the
+    quarantine file showing `payload_value=5` (a re-run refused it the same way). Customers
+    under such a column were already filled so."""
+    text = f"{HEADER},payload_stripe_customer_id,amount,error_code\n"
+    text += "a1,1764000000,api_requests,cus_1,5,meter_event_value_not_found\n"
+    found = remediate(tmp_path, "a.csv", text)
+    [row] = found["corrected"]
+    assert (row["identifier"], row["payload_value"]) == ("a1-mfx1", "5")
+    [audit] = [a for a in found["audit"] if a.get("rule") == "rename_key"]
+    assert (audit["field"], audit["before"], audit["after"]) == (
+        "payload.amount",
+        "amount",
+        "value",
+    )
+
+
+def test_blank_json_keys_are_empty_cells_for_the_key_rules(tmp_path: Path) -> None:
+    """A dimension `region: ""` beside its alias `reg: "eu"` was taken as present: the row was
+    "corrected" with `region: ""` and `reg` dropped (`eu` lost); in CSV it got `region=eu`.
+    A blank value beside `amount` dropped the amount as an unused key."""
+    meters = [
+        {
+            "id": "m1",
+            "event_name": "api_requests",
+            "customer_mapping": {"event_payload_key": "stripe_customer_id"},
+            "value_settings": {"event_payload_key": "value"},
+            "dimension_payload_keys": ["region"],
+        }
+    ]
+    (tmp_path / "m.json").write_text(json.dumps(meters))
+    rules = '[dimension_aliases]\nregion = ["reg"]\n'
+    payload = {"stripe_customer_id": "cus_1", "value": 1, "region": "", "reg": "eu"}
+    code = "missing_dimension_payload_keys"
+    found = remediate(
+        tmp_path,
+        "d.jsonl",
+        _jsonl({**ROW, "payload": payload, "error": {"code": code}}),
+        rules=rules,
+        meters=tmp_path / "m.json",
+    )
+    [row] = found["corrected"]
+    assert row["payload"] == {"stripe_customer_id": "cus_1", "value": 1, "region": "eu"}
+    payload = {"stripe_customer_id": "cus_1", "value": "", "amount": 5, "foo": "x", "region": "eu"}
+    code = "meter_event_dimension_count_too_high"
+    found = remediate(
+        tmp_path,
+        "v.jsonl",
+        _jsonl({**ROW, "payload": payload, "error": {"code": code}}),
+        rules=rules,
+        meters=tmp_path / "m.json",
+    )
+    [row] = found["quarantine"]
+    assert row["payload"]["amount"] == 5 and "foo" in row["payload"]
+
+
+def test_aliases_named_in_capitals_match(tmp_path: Path) -> None:
+    """`[aliases] customer = ["UserID"]` never matched: keys are compared in lower case."""
+    rules = '[aliases]\ncustomer = ["UserID"]\n'
+    payload = {"UserID": "cus_1", "value": 1}
+    code = "meter_event_no_customer_defined"
+    found = remediate(
+        tmp_path,
+        "u.jsonl",
+        _jsonl({**ROW, "payload": payload, "error": {"code": code}}),
+        rules=rules,
+    )
+    [row] = found["corrected"]
+    assert row["payload"] == {"stripe_customer_id": "cus_1", "value": 1}
