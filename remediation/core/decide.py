@@ -22,10 +22,11 @@ from remediation.core.checks import (
     CodeIds,
     Codes,
     code_objects,
+    meter_of_rows,
     problem_ids,
 )
 from remediation.core.column import Mask
-from remediation.core.columns import Batch
+from remediation.core.columns import Batch, Indexes
 from remediation.core.decided import OTHER_ID, QUARANTINED, VALID, VALID_KEPT, Decided
 from remediation.core.folding import fold
 from remediation.core.rounds import Rounds
@@ -111,6 +112,7 @@ class BatchDecider:
         if len(check):
             to_fix[check] = problem_ids(batch.take(check), self.ctx.index, self.ctx.now)
             untold = check[reported[check] == 0]
+            _read_without_aliases(batch, self.ctx, to_fix, untold)
             arrived_ids[untold] = to_fix[untold]
             arrived[untold] = code_objects(to_fix[untold])
         return arrived, arrived_ids, arrived_ids == 0, to_fix, ruled
@@ -136,3 +138,23 @@ class BatchDecider:
                     f"{ancestor.generation}"
                 )
         return stopped
+
+
+def _read_without_aliases(batch: Batch, ctx: Context, to_fix: CodeIds, rows: Indexes) -> None:
+    """Of `rows` (no code reported), those found valid that Stripe read without their customer
+    or amount: a CSV column under an alias (`customer_id`, `amount`) that the repaired header
+    renamed to their meter's key never reached Stripe under it, so Stripe refused the row
+    (counted valid, a usage file's such rows were never re-sent: their usage lost). Coded as
+    Stripe coded them; the key rules record the rename (`rules.keys`)."""
+    aliases = ctx.header_aliases
+    rows = rows[to_fix[rows] == 0] if aliases else rows[:0]
+    if not len(rows):
+        return
+    meters, positions = meter_of_rows(batch.take(rows), ctx.index)
+    for at, meter in enumerate(meters):
+        if meter is None:
+            continue
+        if meter.customer_key in aliases:
+            to_fix[rows[positions == at]] = CODE_IDS[ErrorCode.NO_CUSTOMER_DEFINED]
+        elif meter.value_key in aliases:
+            to_fix[rows[positions == at]] = CODE_IDS[ErrorCode.VALUE_NOT_FOUND]

@@ -145,3 +145,57 @@ def test_aliases_named_in_capitals_match(tmp_path: Path) -> None:
     )
     [row] = found["corrected"]
     assert row["payload"] == {"stripe_customer_id": "cus_1", "value": 1}
+
+
+@pytest.mark.parametrize(
+    ("column", "code", "audit"),
+    [
+        ("customer_id", "meter_event_no_customer_defined", ("fill_customer_key", None, "cus_1")),
+        ("amount", "meter_event_value_not_found", ("rename_key", "amount", "value")),
+    ],
+)
+def test_rows_stripe_read_without_their_customer_or_amount_are_corrected(
+    tmp_path: Path, column: str, code: str, audit: tuple[str, object, object]
+) -> None:
+    """A usage CSV (no error columns) naming its customer `customer_id` or its amount `amount`:
+    Stripe read every row without one and refused it, but the repaired header put it under
+    the meter's key and the rows were counted valid and written nowhere: their usage lost
+    (the same rows as JSON Lines, the alias a top-level key, were corrected and re-sent)."""
+    names = {"customer_id": "payload_value", "amount": "payload_stripe_customer_id"}
+    cells = {"customer_id": "cus_1,5", "amount": "5,cus_1"}[column]
+    text = f"{HEADER},{column},{names[column]}\na1,1764000000,api_requests,{cells}\n"
+    found = remediate(tmp_path, "u.csv", text)
+    summary = found["summary"]
+    assert (summary["valid"], summary["corrected"], summary["by_code"]) == (
+        0,
+        1,
+        {code: {"corrected": 1, "quarantined": 0}},
+    )
+    [row] = found["corrected"]
+    assert (row["identifier"], row["payload_stripe_customer_id"], row["payload_value"]) == (
+        "a1-mfx1",
+        "cus_1",
+        "5",
+    )
+    [change] = [a for a in found["audit"] if a["kind"] == "correction"]
+    assert (change["rule"], change["before"], change["after"]) == audit
+
+
+def test_a_reroute_fills_a_blank_json_key_from_its_alias_as_an_empty_cell(
+    tmp_path: Path,
+) -> None:
+    """`Tokens` (no meter: the meter is `tokens`, its value key `tokens`) with `value: 5`
+    beside `tokens: ""`: the CSV row went to `tokens` with 5, the JSON row was quarantined
+    as "value '' is not a number" (the blank taken for the amount)."""
+    meters = [
+        {"id": "m1", "event_name": "tokens", "value_settings": {"event_payload_key": "tokens"}}
+    ]
+    (tmp_path / "m.json").write_text(json.dumps(meters))
+    payload = {"stripe_customer_id": "cus_1", "value": 5, "tokens": ""}
+    row = {**ROW, "event_name": "Tokens", "payload": payload, "error": {"code": "no_meter"}}
+    found = remediate(tmp_path, "t.jsonl", _jsonl(row), rules="", meters=tmp_path / "m.json")
+    [sent] = found["corrected"]
+    assert (sent["event_name"], sent["payload"]) == (
+        "tokens",
+        {"stripe_customer_id": "cus_1", "tokens": 5},
+    )

@@ -132,7 +132,7 @@ def test_validate_counts_and_exit_code(tmp_path: Path) -> None:
         (b"identifier,timestamp\nx,caf\xe9\n", (), "not UTF-8"),
         (b"", (), "empty file"),
         (
-            gzip.compress(b"identifier,timestamp\nx,1\n"),
+            gzip.compress(b"identifier,timestamp\nx,1\n", mtime=0),
             (),
             "a gzip-compressed file (it starts with 1f 8b): decompress it first",
         ),

@@ -502,9 +502,9 @@ def test_index_mode_says_when_stripe_takes_rows_meterfix_resent_unchanged_again(
     loop: Loop, deps: PollerDeps
 ) -> None:
     """A whole file failed (`;` between fields, `event` for `event_name`); meterfix repaired
-    it and re-sent its rows unchanged as `<id>-mfx1` (counted valid: no correction, no audit
-    row). The customer also fixed the file by hand and uploaded it again: Stripe's connector
-    bills every row a second time, and no alert said so."""
+    it and re-sent its rows as `<id>-mfx1` (their amount, under `value`, renamed). The
+    customer also fixed the file by hand and uploaded it again: Stripe's connector bills every
+    row a second time, and no alert said so."""
     now = int(time.time())
     out = io.StringIO()
     writer = csv.writer(out, delimiter=";", lineterminator="\n")
@@ -516,8 +516,12 @@ def test_index_mode_says_when_stripe_takes_rows_meterfix_resent_unchanged_again(
     _cycle(loop, deps)  # Stripe fails the whole file; meterfix repairs it
     _cycle(loop, deps)  # the corrected file, indexed and taken
     assert sorted(loop.accepted()) == ["a-mfx1", "b-mfx1"]
-    with loop.session() as session:
-        assert session.exec(select(CorrectionAudit)).all() == []
+    with loop.session() as session:  # the amount under `value`, renamed: Stripe read none
+        audit = session.exec(select(CorrectionAudit)).all()
+    assert sorted((a.identifier, a.rule, a.field) for a in audit) == [
+        ("a", "rename_key", "payload.value"),
+        ("b", "rename_key", "payload.value"),
+    ]
     loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=_rows(["a", "b"]))
     run_poll_pass(deps)
 

@@ -205,7 +205,7 @@ def align_keys(record: UsageRecord, old: Meter | None, new: Meter, ctx: Context)
             if target in record.payload and held != sent[source]:  # a blank it replaces
                 changes.append(Change("rename_key", f"payload.{target}", held, sent[source]))
             record.payload[target] = sent[source]
-        elif target not in record.payload:
+        elif not holds(record.payload.get(target)):  # missing, or a JSON blank (a CSV's empty)
             found = [
                 k
                 for k, v in record.payload.items()

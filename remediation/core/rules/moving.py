@@ -12,10 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from remediation.changes import Context
-from remediation.core.columns import Batch, Column, Indexes
+from remediation.core.column import Mask
+from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.rules.base import Changes, Fix, RowRule, one_by_one, set_column
+from remediation.core.textmeasures import byte_lengths, mask
 from remediation.errors import Uncorrectable
 from remediation.meters import Meter
 
@@ -132,11 +135,11 @@ def _refusal(batch: Batch, ctx: Context, row_rule: RowRule, row: int) -> str | N
 
 
 def _keeps_keys(batch: Batch, meter: Meter, old: Meter | None) -> bool:
-    """Every row has the meter's customer and value keys, and none the `old` meter's keys
-    that move to them (no renaming: `align_keys`)."""
+    """Every row holds something under the meter's customer and value keys, and none the
+    `old` meter's keys that move to them (no renaming: `align_keys`)."""
     for key in (meter.customer_key, meter.value_key):
         column = batch.payload.get(key)
-        if column is None or not column.present().all():
+        if column is None or not _held(column).all():
             return False
     if old is None:
         return True
@@ -146,3 +149,13 @@ def _keeps_keys(batch: Batch, meter: Meter, old: Meter | None) -> bool:
         if column is not None and column.present().any():
             return False
     return True
+
+
+def _held(column: Column) -> Mask:
+    """Rows whose field holds something (`keys.holds`): not absent, not blank text, not a JSON
+    null (a JSON `""` is a CSV's empty cell: an alias may fill it, `align_keys`)."""
+    held = column.present() & (column.mark("bytes", byte_lengths) > 0)
+    held &= ~mask(pc.utf8_is_space(column.text))
+    if column.kinds is not None:
+        held &= column.kinds != Kind.NULL
+    return held
