@@ -42,11 +42,11 @@ from service.jobs.report_objects import fetch, linked_objects, other_objects
 from service.jobs.report_outcome import conclude
 from service.jobs.report_rows import HeldFirst, Reported, among
 from service.jobs.report_versions import SentSince, when_taken
-from service.jobs.runs import RunContext, RunRequest, execute_run
+from service.jobs.runs import RunContext, RunRequest, execute_run, run_done
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.lineage import handled_identifiers, runs_correcting
 from service.jobs.store.report_records import load_report, set_report_status
-from service.jobs.store.runs import finished_run, report_run_key
+from service.jobs.store.runs import report_run_key
 from service.models import (
     ErrorReport,
     ErrorReportStatus,
@@ -209,7 +209,7 @@ def _remediate(
     selection = Selection()
     held = HeldFirst(ctx.engine, job, (key, etag), runs_correcting(ctx.engine, sources))
     rows = Reported(RowNames(key, etag), held, job, scope, taken, selection)
-    done = finished_run(ctx.engine, run_key)
+    done = run_done(ctx, run_key)
     if done is not None:  # a retried task: count what the run found, and the rows handled
         _read_through(ctx, path, plan, rows)
         return _counted(job, key, done.input_rows, selection, scope, held.billed)

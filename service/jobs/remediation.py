@@ -32,11 +32,11 @@ from service.jobs.inputs import (
     later_version,
 )
 from service.jobs.left_out import left_out, rows_sent_since
+from service.jobs.runs import run_done
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import import_set, mark_import_set_remediated
 from service.jobs.store.runs import (
     failed_file_run_key,
-    finished_run,
     import_set_run_key,
     unfinished_run,
 )
@@ -53,7 +53,7 @@ def import_set_errors(deps: JobDeps, import_set_id: str) -> str:
         return "no failed-records file"
     run_key = import_set_run_key(import_set_id, file_id)
     left = ""
-    if finished_run(deps.run.engine, run_key) is None:
+    if run_done(deps.run, run_key) is None:
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
             left = _remediate_failed_records(
                 deps, import_set, import_set_id, file_id, run_key, Path(tmp)
@@ -98,7 +98,7 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
         return f"not repaired: the import set is {import_set.status} now, not failed"
     run_key = failed_file_run_key(import_set_id)
     left = ""
-    if finished_run(deps.run.engine, run_key) is None:
+    if run_done(deps.run, run_key) is None:
         crashed = unfinished_run(deps.run.engine, run_key)  # a try before: its names stand
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
             left = _repair_failed_file(deps, import_set, import_set_id, run_key, crashed, Path(tmp))
@@ -144,7 +144,7 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
     import_set = _import_set(deps.run.engine, import_set_id)
     run_key = f"poller:{import_set_id}"
     left = ""
-    if finished_run(deps.run.engine, run_key) is None:
+    if run_done(deps.run, run_key) is None:
         path = _poller_failed_records(import_set)
         left = _remediate_poller_rows(deps, import_set, import_set_id, run_key, path)
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left

@@ -41,7 +41,7 @@ from service.jobs.store.runs import fail_run, finish_run, finished_run, start_ru
 from service.logs import log_event
 from service.models import OutputKind, RemediationRun, RunTrigger
 from service.models._types import utcnow
-from service.notify.runs import alert_for_run
+from service.notify.runs import alert_for_run, alert_for_run_again
 
 # The parts of a run's database stage (`_AuditWriter.parts`, logged as `database_parts`).
 PARTS = ("audit_staging", "audit_load", "quarantine_staging", "quarantine_load")
@@ -78,6 +78,16 @@ class RunContext:
     waiting_turn: Callable[[], AbstractContextManager[None]] = nullcontext
 
 
+def run_done(ctx: RunContext, run_key: str) -> RemediationRun | None:
+    """The run of `run_key` when it is done, with its alert: a crash between the run's end
+    and its alert lost the alert for good, a retry finding the run done and going on
+    (`alert_for_run_again` raises it unless it exists)."""
+    done = finished_run(ctx.engine, run_key)
+    if done is not None:
+        alert_for_run_again(ctx.engine, ctx.settings, done)
+    return done
+
+
 def execute_run(
     ctx: RunContext,
     request: RunRequest,
@@ -85,7 +95,7 @@ def execute_run(
     leave_out: Sequence[LeavesOut] = (),
 ) -> RemediationRun:
     """Remediate `records`, upload the outputs, record everything; idempotent per run key."""
-    done = finished_run(ctx.engine, request.run_key)
+    done = run_done(ctx, request.run_key)
     if done is not None:
         return done
     stages = request.stages

@@ -13,10 +13,12 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.jobs.store.quarantine import top_quarantine_group
+from service.jobs.store.runs import run_outputs
 from service.logs import log_event
 from service.models import RemediationRun
-from service.notify.alerts import raise_alert
+from service.notify.alerts import raise_alert, stored_key
 from service.notify.shown import counted
+from service.notify.store import alert_exists
 
 
 def alert_for_run(
@@ -35,6 +37,23 @@ def alert_for_run(
             run_key=run.run_key,
             reason=f"{type(exc).__name__}: {exc}"[:500],
         )
+
+
+def alert_for_run_again(engine: Engine, settings: Settings, run: RemediationRun) -> None:
+    """The alert of a run found done by a retry, unless it exists (in any state): a crash
+    between the run's end and its alert lost it for good (the retry returned the run done).
+    A re-delivery neither counts it again nor reopens it. Never raises."""
+    try:
+        assert run.id is not None
+        with engine.connect() as connection:
+            if alert_exists(connection, stored_key(f"run:{run.run_key}")):
+                return
+            outputs = run_outputs(connection, run.id)
+    except Exception as exc:  # loop edge: the run itself is done and recorded
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        log_event("alert.run_alert_failed", level=logging.ERROR, run_key=run.run_key, reason=reason)
+        return
+    alert_for_run(engine, settings, run, outputs)
 
 
 def _alert_for_run(

@@ -34,6 +34,11 @@ def insert_alert(connection: Connection, key: str, values: Mapping[str, Any]) ->
     return inserted is not None
 
 
+def alert_exists(connection: Connection, key: str) -> bool:
+    found = connection.execute(select(ALERTS.c.id).where(ALERTS.c.alert_key == key)).first()
+    return found is not None
+
+
 def alert_state(connection: Connection, key: str) -> tuple[str, Any]:
     """The status and detail of the alert `key` (which exists)."""
     status, detail = connection.execute(

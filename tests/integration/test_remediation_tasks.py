@@ -284,6 +284,45 @@ def test_replaying_a_finished_task_changes_nothing(service: Service) -> None:
     shutil.rmtree(bucket)
 
 
+def _run_alerts(service: Service) -> list[Alert]:
+    with Session(service.engine) as session:
+        return list(session.exec(select(Alert).where(Alert.kind == "remediation.run")).all())
+
+
+def test_a_runs_alert_lost_to_a_crash_is_raised_by_the_retry_and_never_counted_twice(
+    service: Service,
+) -> None:
+    """A worker killed after the run was recorded done and before its alert was raised: the
+    retry found the run done and returned, and the alert (1,200 rows quarantined: critical)
+    was never raised. The state such a crash leaves (the run done, no alert) is made by
+    deleting the alert; a retry raises it once, and a replay while it stands (acknowledged)
+    neither counts it again nor reopens it."""
+    from service.worker.inbox import requeue
+
+    service.deliver(_import_set_with_errors(service, "impset_alert"))
+    service.drain()
+    task_id = "mfx_task_import_set_errors_impset_alert"
+    [alert] = _run_alerts(service)
+    with Session(service.engine) as session:
+        session.delete(session.get(Alert, alert.id))
+        session.commit()
+    assert requeue(service.engine, task_id)
+    service.drain()
+    [again] = _run_alerts(service)
+    assert (again.alert_key, again.subject, again.count) == (alert.alert_key, alert.subject, 1)
+    assert again.links == alert.links  # the run's objects named, as the first time
+    with Session(service.engine) as session:
+        stored = session.get(Alert, again.id)
+        assert stored is not None
+        stored.status = "acknowledged"
+        session.add(stored)
+        session.commit()
+    assert requeue(service.engine, task_id)
+    service.drain()
+    [kept] = _run_alerts(service)
+    assert (kept.status, kept.count) == ("acknowledged", 1)
+
+
 def test_a_failed_import_set_is_traced_to_our_object_by_file_name(service: Service) -> None:
     now = int(time.time()) - 60
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
