@@ -27,6 +27,7 @@ from service.web.access import login_banner
 from service.worker.drain_loop import LoopEnd, run_loop
 from service.worker.heartbeats import new_instance_id
 from service.worker.inbox import replay
+from service.worker.leftovers import sweep_leftovers
 from service.worker.liveness import item_threads_alive
 from service.worker.loop import InboxWorker, PassReport
 from service.worker.schema import check_schema
@@ -73,6 +74,8 @@ def worker_command(once: bool) -> None:
         rt.rules  # noqa: B018
     except (OSError, MeterfixError) as exc:
         raise click.ClickException(f"cannot read the rules ({rt.rules_path}): {exc}") from exc
+    # a killed worker's downloads and outputs: past twice an item's time limit, no live one's
+    sweep_leftovers(2 * rt.settings.mfx_task_time_limit)
     if once:
         _run_once(worker)
         if item_threads_alive():  # an item overran its time limit: do not wait for it

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -251,3 +252,27 @@ def test_log_settings_in_dotenv_apply_to_a_cli_command(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("Log_Format=text\n")
     text = _run(["db", "upgrade"], tmp_path)
     assert " WARNING cli     config.embedded_defaults " in text.stderr
+
+
+def test_a_worker_starting_removes_what_a_killed_worker_left_in_the_temp_dir(
+    tmp_path: Path,
+) -> None:
+    """A worker killed mid-item left its download (`meterfix-dl-*`, ~20 MB for 200,000 rows)
+    and its run's outputs (`meterfix-run-*`, ~70 MB) for ever: a worker killed again and
+    again on one big file filled the disk. A worker starting removes such directories that
+    nothing touched for twice an item's time limit (no live item's); others stay."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    old = time.time() - 2 * 900 - 60
+    for name in ("meterfix-dl-abc", "meterfix-run-def", "meterfix-dl-young", "other-dl-abc"):
+        (temp / name).mkdir()
+        (temp / name / "failed.csv").write_text("x")
+        if name != "meterfix-dl-young":
+            os.utime(temp / name / "failed.csv", (old, old))
+            os.utime(temp / name, (old, old))
+    assert _run(["db", "upgrade"], tmp_path).returncode == 0
+    result = _run(["worker", "--once"], tmp_path, TMPDIR=str(temp))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in temp.iterdir()) == ["meterfix-dl-young", "other-dl-abc"]
+    [line] = [e for e in _log_lines(result.stderr) if e["event"] == "worker.leftovers_removed"]
+    assert line["directories"] == 2
