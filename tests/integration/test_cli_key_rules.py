@@ -108,27 +108,16 @@ def test_blank_json_keys_are_empty_cells_for_the_key_rules(tmp_path: Path) -> No
     ]
     (tmp_path / "m.json").write_text(json.dumps(meters))
     rules = '[dimension_aliases]\nregion = ["reg"]\n'
+
+    def run(name: str, payload: dict[str, Any], code: str) -> dict[str, Any]:
+        row = {**ROW, "payload": payload, "error": {"code": code}}
+        return remediate(tmp_path, name, _jsonl(row), rules=rules, meters=tmp_path / "m.json")
+
     payload = {"stripe_customer_id": "cus_1", "value": 1, "region": "", "reg": "eu"}
-    code = "missing_dimension_payload_keys"
-    found = remediate(
-        tmp_path,
-        "d.jsonl",
-        _jsonl({**ROW, "payload": payload, "error": {"code": code}}),
-        rules=rules,
-        meters=tmp_path / "m.json",
-    )
-    [row] = found["corrected"]
+    [row] = run("d.jsonl", payload, "missing_dimension_payload_keys")["corrected"]
     assert row["payload"] == {"stripe_customer_id": "cus_1", "value": 1, "region": "eu"}
     payload = {"stripe_customer_id": "cus_1", "value": "", "amount": 5, "foo": "x", "region": "eu"}
-    code = "meter_event_dimension_count_too_high"
-    found = remediate(
-        tmp_path,
-        "v.jsonl",
-        _jsonl({**ROW, "payload": payload, "error": {"code": code}}),
-        rules=rules,
-        meters=tmp_path / "m.json",
-    )
-    [row] = found["quarantine"]
+    [row] = run("v.jsonl", payload, "meter_event_dimension_count_too_high")["quarantine"]
     assert row["payload"]["amount"] == 5 and "foo" in row["payload"]
 
 

@@ -130,6 +130,18 @@ def test_a_failed_upload_is_retried_and_recorded_once(service: Service) -> None:
     assert len(corrected) == 1 and "a2-mfx1" in corrected[0].read_text()
 
 
+def _deliver_failed_records(service: Service, impset: str, content: str | bytes, rows: int) -> None:
+    """An import set with errors whose failed-records file holds `content`."""
+    file = service.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
+    body = {
+        "id": impset,
+        "object": "data_management.import_set",
+        "status": "succeeded_with_errors",
+        "result": {"errors": {"file": file["id"], "row_count": rows}},
+    }
+    service.deliver(build_import_set_event("data_management.import_set.succeeded", body))
+
+
 def test_a_run_whose_input_turns_out_unreadable_part_way_is_failed_with_the_reason(
     service: Service,
 ) -> None:
@@ -142,14 +154,7 @@ def test_a_run_whose_input_turns_out_unreadable_part_way_is_failed_with_the_reas
         f"a1,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
         f"caf\xe9,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
     ).encode("latin-1")
-    file = service.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
-    body = {
-        "id": "impset_latin1",
-        "object": "data_management.import_set",
-        "status": "succeeded_with_errors",
-        "result": {"errors": {"file": file["id"], "row_count": 2}},
-    }
-    service.deliver(build_import_set_event("data_management.import_set.succeeded", body))
+    _deliver_failed_records(service, "impset_latin1", content, 2)
     service.drain()
     with Session(service.engine) as session:
         task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
@@ -175,14 +180,7 @@ def test_values_longer_than_their_columns_are_cut_and_every_row_remediated(
         f"{long_id},{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
         f"a5,{now},api_requests,{long_customer},5,meter_event_customer_not_found\n"
     )
-    file = service.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
-    body = {
-        "id": "impset_long",
-        "object": "data_management.import_set",
-        "status": "succeeded_with_errors",
-        "result": {"errors": {"file": file["id"], "row_count": 5}},
-    }
-    service.deliver(build_import_set_event("data_management.import_set.succeeded", body))
+    _deliver_failed_records(service, "impset_long", content, 5)
     service.drain()
     with Session(service.engine) as session:
         task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
