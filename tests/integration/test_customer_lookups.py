@@ -35,27 +35,8 @@ def test_each_customer_text_is_searched_once_per_run(
     sandbox_server.admin.create_customer("cus_beta", metadata={"external_id": "beta-9"})
     monkeypatch.setattr(batching, "BLOCK_BYTES", 2048)  # many batches, each naming all three
     texts = ["acme-7", "beta-9", "nobody-1"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(HEADER)
-    for i in range(600):
-        code = "meter_event_customer_not_found"
-        writer.writerow([f"r{i}", str(NOW - 60), "api_requests", texts[i % 3], "1", code, ""])
-    data = buffer.getvalue().encode()
-    rules = load_rules('[policy]\ncustomer_metadata_key = "external_id"\n')
-    directory = StripeCustomerDirectory(sandbox_server.stripe_client())
-    result = remediate(
-        read_records(io.BytesIO(data), FileFormat.CSV),
-        source="failed.csv",
-        fmt=FileFormat.CSV,
-        meters=[Meter("m1", "api_requests")],
-        rules=rules,
-        now=NOW,
-        out_dir=tmp_path / "out",
-        customers=directory,
-        columns=HEADER,
-    )
-    summary = result.summary
+    rules = '[policy]\ncustomer_metadata_key = "external_id"\n'
+    summary, _ = _run(sandbox_server, [texts[i % 3] for i in range(600)], rules, tmp_path / "out")
     assert (summary["corrected"], summary["quarantined"]) == (400, 200)
     corrected = Path(summary["outputs"]["corrected"][0]).read_text().splitlines()
     customers = [line.split(",")[3] for line in corrected[1:]]
