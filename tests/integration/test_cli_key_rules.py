@@ -73,6 +73,52 @@ def test_a_top_level_customer_alias_never_replaces_the_payload_customer(tmp_path
     assert "holds 'cus_A' and a top-level alias holds 'cus_B'" in quarantined["mfx_reason"]
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (
+            "a.jsonl",
+            _jsonl(
+                {
+                    **ROW,
+                    "payload": {"customer_id": "cus_A", "value": 1},
+                    "customer": "cus_B",
+                    "error": {"code": "meter_event_no_customer_defined"},
+                }
+            ),
+        ),
+        (
+            "a.csv",
+            f"{HEADER},payload_customer_id,customer,payload_value,error_code\n"
+            "a1,1764000000,api_requests,cus_A,cus_B,1,meter_event_no_customer_defined\n",
+        ),
+    ],
+)
+def test_a_payload_alias_and_a_top_level_alias_naming_two_customers_are_both_named(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    """`payload.customer_id: cus_A` beside a top-level `customer: cus_B`: the row was sent to
+    cus_A, audited as a rename, cus_B never named. One customer the two agree on is fine."""
+    row = _one(tmp_path, name, text)
+    assert row["mfx_code"] == "meter_event_no_customer_defined"
+    reason = {
+        # the CSV's `customer` column is under the meter's key once the header is repaired
+        "a.csv": "payload key 'stripe_customer_id' holds 'cus_B' and alias 'customer_id' "
+        "holds 'cus_A'",
+        "a.jsonl": "payload key 'customer_id' holds 'cus_A' and a top-level alias holds 'cus_B'",
+    }[name]
+    assert row["mfx_reason"] == f"{reason}: which one is meant is not guessed"
+    agreed = text.replace("cus_B", " cus_A ")
+    row = _one(tmp_path, f"agreed-{name}", agreed)
+    assert row["identifier"] == "a1-mfx1"
+    customer = (
+        row["payload"]["stripe_customer_id"]
+        if "payload" in row
+        else row["payload_stripe_customer_id"]
+    )
+    assert customer == "cus_A"
+
+
 def test_a_value_under_a_csv_header_alias_is_the_value_rows_are_re_sent_with(
     tmp_path: Path,
 ) -> None:

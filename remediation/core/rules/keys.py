@@ -6,6 +6,8 @@ These change which keys a row has, so they take rows one at a time (such rows ar
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 from remediation.changes import Change, Context, meter_of
 from remediation.core.columns import Batch
 from remediation.core.rules.base import Fix, one_by_one
@@ -46,15 +48,15 @@ def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
     held = record.payload.get(meter.customer_key)
     if holds(held) and not is_customer_id(held):  # an object, a list, a boolean, a fraction
         raise Uncorrectable(no_customer_id(meter.customer_key, held))  # not overwritten
-    exclude = {meter.value_key, *meter.dimension_keys}
-    change = rename_alias(record, meter.customer_key, ctx.rules.customer_keys, exclude)
-    if change is not None:
-        return [change]
     found = {
         str(v).strip()
         for k, v in record.extra.items()
         if k.lower() in ctx.rules.customer_keys and _customer_text(v)
     }
+    exclude = {meter.value_key, *meter.dimension_keys}
+    change = rename_alias(record, meter.customer_key, ctx.rules.customer_keys, exclude, found)
+    if change is not None:
+        return [change]
     if not found and meter.customer_key in ctx.header_aliases and str(held or "").strip():
         # a CSV column under an alias (`customer_id`), which the repaired header renamed to
         # the meter's key: the row holds it there now, but Stripe read it without one, so it
@@ -86,8 +88,14 @@ def _customer_text(value: object) -> bool:
 
 
 def rename_alias(
-    record: UsageRecord, target: str, aliases: tuple[str, ...], exclude: set[str]
+    record: UsageRecord,
+    target: str,
+    aliases: tuple[str, ...],
+    exclude: set[str],
+    top_level: Set[str] = frozenset(),
 ) -> Change | None:
+    """Renames the payload's single alias of `target` to it. `top_level` is the text the
+    row's top-level aliases hold (the customer's): one that differs is a second customer."""
     candidates = [
         k
         for k, v in record.payload.items()
@@ -100,6 +108,9 @@ def rename_alias(
         # the row holds an amount (or customer) already: renaming the alias over it replaced
         # it unaudited
         raise Uncorrectable(_clash(target, held, f"alias {alias!r}", record.payload[alias]))
+    other = sorted(top_level - {str(record.payload[alias]).strip()})
+    if other:  # `payload.customer_id: cus_A` beside a top-level `customer: cus_B`: cus_A won
+        raise Uncorrectable(_clash(alias, record.payload[alias], "a top-level alias", other[0]))
     value = record.payload.pop(alias)
     record.payload[target] = value
     return Change("rename_key", f"payload.{alias}", alias, target)
