@@ -124,6 +124,7 @@ def remediate(
         handed,
         audit_output=audit_output,
         customer_keys=customer_keys(meters),
+        kept=identifiers == "keep",
     )
     tally = Tally()
     trim_heap = HeapTrim()

@@ -9,11 +9,44 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 from remediation.identifiers import Ancestor, Identifiers, Lineage, plain_suffix
 
 SCAN_BLOCK = 1 << 20
 MAX_DEPTH = 64  # generations traced back at most (each one is a re-send that failed again)
+
+# An output's lineage (S3 user metadata, or a `file://` bucket's sidecar), as
+# `outputs.lineage` writes it
+GENERATION_KEY = "mfx-generation"
+KIND_KEY = "mfx-kind"
+IDENTIFIERS_KEY = "mfx-identifiers"
+KEPT = "kept"  # IDENTIFIERS_KEY of an output whose rows kept the identifiers they came with
+MAX_GENERATION_DIGITS = 5
+
+
+class ObjectLineage(NamedTuple):
+    """What an object's metadata says of its rows."""
+
+    generation: int  # the run of ours that wrote it (0: none, or not ours)
+    derived: bool  # its rows carry identifiers that run derived (`-mfx<generation>`)
+
+
+def object_lineage(metadata: Mapping[str, object]) -> ObjectLineage:
+    """The lineage an object's metadata gives. Only a corrected output's rows carry derived
+    identifiers: a quarantine file's rows (edited and fed back in) keep the identifiers they
+    came with, as do the rows of a run that kept them (`--identifiers keep`); stripping
+    `-mfx1` off such a row's own `c-mfx1` sent it as `c-mfx2`, the identifier of the row
+    `c` of the same chain (two rows, one identifier: Stripe keeps one). An output written
+    before the kind was recorded is taken as a corrected one."""
+    value = str(metadata.get(GENERATION_KEY, ""))
+    # ASCII digits of a generation a chain of runs can reach; anything else (forged, `²`,
+    # past the run table's INTEGER) is no lineage of ours
+    if not (value.isascii() and value.isdigit() and len(value) <= MAX_GENERATION_DIGITS):
+        return ObjectLineage(0, False)
+    kind = str(metadata.get(KIND_KEY, "corrected"))
+    kept = str(metadata.get(IDENTIFIERS_KEY, "")) == KEPT
+    return ObjectLineage(int(value), kind == "corrected" and not kept)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import BinaryIO
 from urllib.parse import quote
 
 from remediation.filetypes import FileFormat
+from remediation.lineage import IDENTIFIERS_KEY, KEPT
 from remediation.records import UsageRecord
 from remediation.spool import open_spooled
 from remediation.writers import RecordWriter
@@ -72,15 +73,22 @@ def bytes_prefix(text: str, limit: int) -> str:
     return _utf8(text)[:limit].decode("utf-8", "ignore")
 
 
-def lineage(source: str, generation: int, kind: str, rows: int, sha256: str) -> dict[str, str]:
-    """S3 user metadata (ASCII only, so the source is percent-encoded)."""
-    return {
+def lineage(
+    source: str, generation: int, kind: str, rows: int, sha256: str, kept: bool = False
+) -> dict[str, str]:
+    """S3 user metadata (ASCII only, so the source is percent-encoded). `kept`: the rows
+    carry the identifiers they came with (`--identifiers keep`), none derived
+    (`remediation.lineage.object_lineage` reads it back)."""
+    meta = {
         "mfx-source": quote(source, safe="/:._-"),
         "mfx-generation": str(generation),
         "mfx-sha256": sha256,
         "mfx-rows": str(rows),
         "mfx-kind": kind,
     }
+    if kept:
+        meta[IDENTIFIERS_KEY] = KEPT
+    return meta
 
 
 class _Part:
@@ -118,8 +126,10 @@ class OutputSet:
         annotations: Sequence[str] = (),
         max_rows: int = MAX_ROWS,
         max_bytes: int = MAX_BYTES,
+        kept: bool = False,
     ) -> None:
         self.out_dir, self.source, self.kind, self.fmt = out_dir, source, kind, fmt
+        self.kept = kept  # identifiers kept as they came (`lineage`)
         self.generation, self.columns, self.annotations = generation, columns, annotations
         self.max_rows, self.max_bytes = max_rows, max_bytes
         self.stem = source_stem(source)
@@ -202,7 +212,9 @@ class OutputSet:
                 final = self.out_dir / name
                 os.replace(part.path, final)
                 digest = part.digest.hexdigest()
-                meta = lineage(self.source, self.generation, self.kind, part.rows, digest)
+                meta = lineage(
+                    self.source, self.generation, self.kind, part.rows, digest, self.kept
+                )
                 outputs.append(PlannedOutput(self.kind, final.resolve(), part.rows, digest, meta))
         return outputs
 

@@ -51,8 +51,10 @@ class Sinks:
         max_bytes: int = MAX_OUTPUT_BYTES,
         audit_output: bool = False,
         customer_keys: Mapping[str, str] | None = None,
+        kept: bool = False,
     ) -> None:
         limit = max_rows or MAX_OUTPUT_ROWS
+        self.kept = kept  # identifiers kept as they came (`--identifiers keep`)
         self.corrected: OutputSet | NullSet = NullSet()
         self.quarantine: OutputSet | NullSet = NullSet()
         self.audit_path: Path | None = None
@@ -89,6 +91,7 @@ class Sinks:
             columns=columns,
             max_rows=limit,
             max_bytes=max_bytes,
+            kept=self.kept,
         )
         self.quarantine = OutputSet(
             out_dir,

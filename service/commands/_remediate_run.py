@@ -17,7 +17,14 @@ from remediation.engine import RemediationResult, remediate
 from remediation.errors import MeterfixError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage
-from remediation.lineage import Parent, input_lineage, may_hold, trace_ancestors
+from remediation.lineage import (
+    ObjectLineage,
+    Parent,
+    input_lineage,
+    may_hold,
+    object_lineage,
+    trace_ancestors,
+)
 from remediation.meters import Meter
 from remediation.outputs import audit_name
 from remediation.repair import InputPlan, plan_input, read_repaired
@@ -141,10 +148,12 @@ def _input_kind(file: Path, plan: InputPlan, rules: Rules) -> tuple[Lineage, boo
             for record in read_repaired(stream, plan, rules):
                 yield record.identifier, record.row_number
 
-    generation = _sidecar_generation(file) + 1
+    origin = _sidecar_lineage(file)
+    generation = origin.generation + 1
     identifiers = (identifier for identifier, _ in rows() if identifier)
-    # no database here: only the object's own lineage (its generation) traces identifiers
-    ancestors = trace_ancestors(identifiers, generation - 1, _no_audit) if generation > 1 else {}
+    # no database here: only the object's own lineage (its generation, when its rows carry
+    # identifiers it derived) traces identifiers
+    ancestors = trace_ancestors(identifiers, origin.generation, _no_audit) if origin.derived else {}
     escapes = plan.fmt is not FileFormat.CSV
     lineage = input_lineage(file, rows, str(file), generation, ancestors, escapes)
     return lineage, _failed_records(file, plan, rules), generation
@@ -184,14 +193,13 @@ def _no_audit(identifiers: list[str]) -> dict[str, Parent]:
     return {}
 
 
-def _sidecar_generation(file: Path) -> int:
-    """`mfx-generation` of the file's lineage sidecar (`<file>.meta.json`, shortened for a
-    long name as the file bucket writes it) (0: none)."""
+def _sidecar_lineage(file: Path) -> ObjectLineage:
+    """What the file's lineage sidecar (`<file>.meta.json`, shortened for a long name as the
+    file bucket writes it) says of its rows (generation 0: none)."""
     from service.adapters.file_bucket import sidecar_path
 
     try:
         meta = json.loads(sidecar_path(file).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return 0
-    value = str(meta.get("mfx-generation", "")) if isinstance(meta, dict) else ""
-    return int(value) if value.isascii() and value.isdigit() and len(value) < 6 else 0
+        return ObjectLineage(0, False)
+    return object_lineage(meta) if isinstance(meta, dict) else ObjectLineage(0, False)

@@ -34,7 +34,7 @@ from remediation.rownames import RowNames
 from remediation.validation import MeterIndex
 from service.adapters.bucket import object_tag
 from service.errors import TaskInputMissing
-from service.jobs.input_lineage import next_generation, run_lineage
+from service.jobs.input_lineage import run_lineage, source_lineage
 from service.jobs.inputs import JobDeps
 from service.jobs.object_runs import object_sources
 from service.jobs.report_job import Report, TakenLongBefore
@@ -234,8 +234,9 @@ def _run_request(
     stages = Stages()
     with stages.timing(Stage.LINEAGE):
         # above the object's generation, and any that wrote one of its identifiers
+        origin = source_lineage(ctx.bucket, key)
         generation, lineage, traced_from = run_lineage(
-            ctx.engine, path, ctx.rules, key, next_generation(ctx.bucket, key)
+            ctx.engine, path, ctx.rules, key, origin.generation + 1, origin.derived
         )
     return RunRequest(
         run_key=run_key,

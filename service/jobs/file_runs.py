@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from remediation.filetypes import FileFormat
+from remediation.lineage import ObjectLineage
 from remediation.ports import LeavesOut
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
@@ -37,15 +38,22 @@ def rejected_rows(
     source: str,
     tag: str,
     now: int,
-    generation: int,
+    origin: ObjectLineage,
+    generation: int | None = None,
 ) -> RunRequest:
     """The run of a CSV file holding rejected rows only (each row goes to a corrected output
-    or to quarantine), with its lineage looked up (timed as the lineage stage). `generation`:
-    the source object's + 1 (`next_generation`); the run's is raised above any that lineage
-    says wrote one of the file's identifiers (`run_lineage`)."""
+    or to quarantine), with its lineage looked up (timed as the lineage stage). `origin`:
+    what the source object's metadata says (`source_lineage`); the run's generation is the
+    object's + 1 (or `generation`, a crashed try's), raised above any that lineage says wrote
+    one of the file's identifiers (`run_lineage`)."""
     with stages.timing(Stage.LINEAGE):
         generation, lineage, traced_from = run_lineage(
-            deps.run.engine, path, deps.run.rules, source, generation
+            deps.run.engine,
+            path,
+            deps.run.rules,
+            source,
+            generation or origin.generation + 1,
+            origin.derived,
         )
     return RunRequest(
         run_key=run_key,

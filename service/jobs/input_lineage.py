@@ -17,7 +17,14 @@ from sqlalchemy import Engine
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage, row_identifier
-from remediation.lineage import Parent, input_lineage, run_generation, trace_ancestors
+from remediation.lineage import (
+    ObjectLineage,
+    Parent,
+    input_lineage,
+    object_lineage,
+    run_generation,
+    trace_ancestors,
+)
 from remediation.ports import Bucket
 from remediation.readers import CsvRecords
 from remediation.records import UsageRecord
@@ -26,8 +33,6 @@ from remediation.rules import Rules
 from service.jobs.inputs import candidate_keys
 from service.jobs.store.lineage import corrections_writing
 
-GENERATION_KEY = "mfx-generation"
-MAX_GENERATION_DIGITS = 5
 NEW_IDENTIFIER_WIDTH = 512  # correction_audit.new_identifier
 # Identifiers per look-up query (one array parameter on PostgreSQL, a list under SQLite's
 # 32,766 parameters): 1,000,000 identifiers took 2,000 queries of 500, 11 s on PostgreSQL.
@@ -37,17 +42,13 @@ T = TypeVar("T")
 RecordsTo = Callable[[Iterator[UsageRecord]], Iterator[T]]
 
 
-def next_generation(bucket: Bucket, key: str | None) -> int:
-    """One more than the source object's generation (1 for files we did not write)."""
+def source_lineage(bucket: Bucket, key: str | None) -> ObjectLineage:
+    """What the source object's metadata says of its rows (generation 0: not ours)."""
     for candidate in candidate_keys(bucket, key):
         info = bucket.head(candidate)
         if info is not None:
-            value = info.metadata.get(GENERATION_KEY, "0")
-            # ASCII digits of a generation a chain of runs can reach; anything else (forged,
-            # `²`, past the run table's INTEGER) is no lineage of ours
-            usable = value.isascii() and value.isdigit() and len(value) <= MAX_GENERATION_DIGITS
-            return int(value) + 1 if usable else 1
-    return 1
+            return object_lineage(info.metadata)
+    return ObjectLineage(0, False)
 
 
 class RunLineage(NamedTuple):
@@ -60,13 +61,15 @@ class RunLineage(NamedTuple):
 
 
 def run_lineage(
-    engine: Engine, path: Path, rules: Rules, source: str, generation: int
+    engine: Engine, path: Path, rules: Rules, source: str, generation: int, derived: bool = True
 ) -> RunLineage:
     """The lineage of the input at `path`, rows of `source` (`generation`: the source
-    object's generation + 1, `next_generation`): the identifiers of ours in it (from the
+    object's generation + 1, `source_lineage`): the identifiers of ours in it (from the
     correction audit, and from the object's metadata), the generation the run writes (above
     every generation that wrote one of them: `run_generation`), and the originals a derived
-    identifier of that generation must not equal."""
+    identifier of that generation must not equal. `derived`: whether the object's rows carry
+    identifiers its run derived (`ObjectLineage.derived`; without, only the audit traces
+    one back)."""
 
     try:
         plan = plan_input(path, rules)
@@ -75,7 +78,7 @@ def run_lineage(
         return RunLineage(generation, Lineage(), generation - 1)
     identifiers = _input_identifiers(path, plan, rules)
     # traced from the object's own generation (the suffix it appended), not the run's
-    traced_from = generation - 1
+    traced_from = generation - 1 if derived else 0
     ancestors = trace_ancestors(
         identifiers, traced_from, lambda batch: parents(engine, batch), LOOKUP_BATCH
     )

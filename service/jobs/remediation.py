@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 
 from service.errors import TaskInputMissing
 from service.jobs.file_runs import SourceRows, rejected_rows, run_file
-from service.jobs.input_lineage import next_generation
+from service.jobs.input_lineage import source_lineage
 from service.jobs.inputs import (
     JobDeps,
     download,
@@ -84,7 +84,7 @@ def _remediate_failed_records(
         source=file_id,
         tag=import_set_id,
         now=event_time(import_set),
-        generation=next_generation(deps.run.bucket, import_set.source_object),
+        origin=source_lineage(deps.run.bucket, import_set.source_object),
     )
     later = later_version(deps, import_set, tmp)
     leaving = left_out(deps, import_set, later, path, tmp, run_key)
@@ -129,9 +129,8 @@ def _repair_failed_file(
         source=source,
         tag=import_set_id,
         now=event_time(import_set),
-        generation=crashed.generation
-        if crashed is not None
-        else next_generation(deps.run.bucket, source),
+        origin=source_lineage(deps.run.bucket, source),
+        generation=crashed.generation if crashed is not None else None,
     )
     # read from Stripe's copy: the object the import set names holds other bytes
     later = later_version(deps, import_set, tmp, path) if copied else None
@@ -177,7 +176,7 @@ def _remediate_poller_rows(
         source=import_set.source_object or import_set_id,
         tag=import_set_id,
         now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
-        generation=next_generation(deps.run.bucket, import_set.source_object),
+        origin=source_lineage(deps.run.bucket, import_set.source_object),
     )
     rows = SourceRows(deps.run.engine, import_set.source_object or "")
     run_file(deps.run, request, path, rows, allow_none=lambda: rows.sent > 0)

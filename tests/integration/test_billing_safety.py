@@ -764,6 +764,66 @@ def test_cli_takes_the_generation_from_the_files_lineage(tmp_path: Path) -> None
         assert ",".join(r["identifier"] for r in rows) == identifiers
 
 
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"mfx-generation": "1", "mfx-kind": "quarantine"},
+        {"mfx-generation": "1", "mfx-kind": "corrected", "mfx-identifiers": "kept"},
+    ],
+    ids=["quarantine-file", "identifiers-kept"],
+)
+def test_a_file_of_ours_whose_rows_kept_their_identifiers_is_traced_by_none(
+    tmp_path: Path, meta: dict[str, str]
+) -> None:
+    """Lineage, not spelling: a quarantine file of ours (edited and fed back in) and a run's
+    output under `--identifiers keep` hold the identifiers the rows came with. Their `-mfx1`
+    was stripped as if generation 1 had appended it: the customer's own `c-mfx1` went out as
+    `c-mfx2`, the identifier of its neighbour `c` (two rows, one identifier)."""
+    ms = 1764000000 * 1000
+    body = f"{','.join(HEADER)},error_code\n"
+    body += f"c-mfx1,{ms},api_requests,cus_1,5,timestamp_in_future\n"
+    body += f"c,{ms},api_requests,cus_1,6,timestamp_in_future\n"
+    ours = tmp_path / "x.quarantine.r1.csv"
+    ours.write_text(body)
+    ours.with_name(ours.name + ".meta.json").write_text(json.dumps(meta))
+    summary = cli_remediate(ours, tmp_path / "out")
+    outputs = summary["outputs"]
+    assert isinstance(outputs, dict)
+    (corrected,) = outputs["corrected"]
+    assert Path(corrected).name == "x.corrected.r2.csv"  # still generation 2
+    rows = list(csv.DictReader(io.StringIO(Path(corrected).read_text())))
+    assert [(r["identifier"], r["payload_value"]) for r in rows] == [
+        ("c-mfx1-mfx2", "5"),
+        ("c-mfx2", "6"),
+    ]
+
+
+def test_the_cli_records_that_a_run_kept_its_identifiers(tmp_path: Path) -> None:
+    """`--identifiers keep --upload`: the output's lineage says its identifiers were kept,
+    so a later run over it does not take them for derived ones."""
+    ms = 1764000000 * 1000
+    source = tmp_path / "k.csv"
+    source.write_text(
+        f"{','.join(HEADER)},error_code\nk-mfx1,{ms},api_requests,cus_1,5,timestamp_in_future\n"
+    )
+    args = [str(source), "--out", str(tmp_path / "out"), "--now", "1764000000"]
+    args += ["--meters", str(DATA / "meters.json"), "--rules", str(DATA / "rules.toml")]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "BUCKET_URL": f"file://{tmp_path}/b"}
+    proc = subprocess.run(
+        [METERFIX, "remediate", *args, "--identifiers", "keep", "--upload", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    sidecars = sorted((tmp_path / "b").rglob("*.corrected.r1.csv.meta.json"))
+    assert [json.loads(p.read_text())["mfx-identifiers"] for p in sidecars] == ["kept"]
+    corrected = sidecars[0].with_name(sidecars[0].name.removesuffix(".meta.json"))
+    assert "k-mfx1," in corrected.read_text()
+
+
 def test_lineage_lookup_survives_identifiers_we_never_write(db_url: str, tmp_path: Path) -> None:
     from remediation.rules import load_rules
     from service.db import make_engine
@@ -1076,6 +1136,32 @@ def test_a_file_rewritten_so_the_poller_fails_it_whole_leaves_rows_corrected_bef
     assert "; 1 quarantined before refused again (marked taken again)" in outcome, outcome
     assert "; 1 left out: another run over usage/day.csv corrected or quarantined them" in outcome
     assert outcome.endswith("; 1 left out: sent before from another version of the file")
+
+
+def test_a_quarantine_file_of_ours_put_back_keeps_its_rows_identifiers_apart(
+    loop: Loop,
+) -> None:
+    """A quarantine object copied back under the usage prefix (an S3 copy keeps its
+    metadata: generation 1, kind quarantine): its rows hold the identifiers they came with.
+    The poller's refused rows were traced as if generation 1 had appended `-mfx1`: the
+    customer's `c-mfx1` and `c` both went out as `c-mfx2`, and Stripe kept one of them."""
+    now = int(time.time()) - 60
+    rows: list[list[object]] = [
+        ["c-mfx1", now * 1000, "api_requests", "cus_alice", "5"],
+        ["c", now * 1000, "api_requests", "cus_alice", "6"],
+    ]
+    loop.s3.put_object(
+        Bucket=BUCKET,
+        Key="usage/edited.quarantine.r1.csv",
+        Body=usage_csv(rows),
+        Metadata={"mfx-generation": "1", "mfx-kind": "quarantine"},
+    )
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)
+        loop.drain()
+        run_poll_pass(deps)
+    events = {str(e["identifier"]): e["payload"]["value"] for e in loop.sandbox.meter_events()}
+    assert events == {"c-mfx1-mfx2": "5", "c-mfx2": "6"}
 
 
 @pytest.mark.parametrize("delimiter", [",", ";"])
