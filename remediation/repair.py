@@ -38,6 +38,9 @@ class InputPlan:
     # (column, alias) of each column a header alias was renamed to (`payload_stripe_customer_id`,
     # `customer_id`): the rows held it under the alias, as Stripe read them
     renamed: tuple[tuple[str, str], ...] = ()
+    # the event name every row gets: the CSV header has no event_name column, and the rules
+    # name a default (`default_event_name`); "" fills nothing
+    event_name_fill: str = ""
 
 
 def repair_header(header: Sequence[str], aliases: Mapping[str, str]) -> list[str]:
@@ -109,7 +112,10 @@ def _plan_csv(head: bytes, text: str, repairs: tuple[str, ...], rules: Rules) ->
             "timestamp, event_name, payload_* or an error column"
         )
     columns, repairs = _output_columns(layout, rules, repairs)
-    return InputPlan(FileFormat.CSV, delimiter, tuple(header), tuple(columns), repairs, renamed)
+    fill = rules.policy.default_event_name if layout.event_name is None else ""
+    return InputPlan(
+        FileFormat.CSV, delimiter, tuple(header), tuple(columns), repairs, renamed, fill
+    )
 
 
 def _output_columns(
@@ -190,7 +196,9 @@ def _sniff_delimiter(text: str) -> str:
 
 
 def read_repaired(stream: BinaryIO, plan: InputPlan, rules: Rules) -> Iterator[UsageRecord]:
-    """Records of a file read as `plan` says, with the missing event_name filled in."""
+    """Records of a file read as `plan` says, with the missing event_name column filled in.
+    Only a missing column is: an empty cell under one, or a JSON row without the key, is a
+    row's own (filled, a failed row of no event name was billed to the default meter)."""
     records = read_records(
         stream,
         plan.fmt,
@@ -199,10 +207,9 @@ def read_repaired(stream: BinaryIO, plan: InputPlan, rules: Rules) -> Iterator[U
         limits=rules.policy.limits,
         renamed=plan.renamed,
     )
-    default = rules.policy.default_event_name
-    if not default:
+    if not plan.event_name_fill:
         return records
-    return _fill_event_name(records, default)
+    return _fill_event_name(records, plan.event_name_fill)
 
 
 def _fill_event_name(records: Iterator[UsageRecord], default: str) -> Iterator[UsageRecord]:

@@ -248,3 +248,18 @@ def test_a_csv_whose_error_columns_are_all_empty_is_a_usage_file(tmp_path: Path)
     failed = remediate(tmp_path, "failed.csv", f"{header}{ok},,\n{ms},timestamp_in_future,\n")
     assert (failed["summary"]["valid"], failed["summary"]["corrected"]) == (1, 1)
     assert sorted(row["identifier"] for row in failed["corrected"]) == ["ms-1-mfx1", "ok-1-mfx1"]
+
+
+def test_a_failed_row_of_no_event_name_is_not_given_the_default(tmp_path: Path) -> None:
+    """`default_event_name` (for a CSV header without the column) filled an empty cell of a
+    failed-records row (`no_meter`): billed to that meter, the audit saying `api_requests`
+    -> `api_requests`. The row names no meter: quarantined, as without the default."""
+    text = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+    text += "f1,1764000000,,cus_1,5,no_meter\n"
+    found = remediate(
+        tmp_path, "f.csv", text, rules='[policy]\ndefault_event_name = "api_requests"\n'
+    )
+    assert found["corrected"] == []
+    [row] = found["quarantine"]
+    assert (row["event_name"], row["mfx_code"]) == ("", "no_meter")
+    assert row["mfx_reason"] == "no single active meter matches event_name ''"

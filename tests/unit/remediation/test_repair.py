@@ -56,6 +56,19 @@ def test_tab_delimiter_and_default_event_name(tmp_path: Path) -> None:
     assert records(path)[0][2] is None  # not configured: left for no_meter
 
 
+def test_only_a_missing_event_name_column_is_filled(tmp_path: Path) -> None:
+    """`default_event_name` filled every row of no event name: an empty cell under the
+    column, a JSON row without the key. A failed row of no event name was billed to the
+    default meter, audited as `api_requests` -> `api_requests`."""
+    rules = '[policy]\ndefault_event_name = "api_requests"'
+    path = tmp_path / "u.csv"
+    path.write_text("identifier,timestamp,event_name,payload_value\na,1,,5\nb,1,tokens,5\n")
+    assert [row[2] for row in records(path, rules)] == [None, "tokens"]
+    path = tmp_path / "u.jsonl"
+    path.write_text('{"identifier": "a", "timestamp": 1, "payload": {"value": 5}}\n')
+    assert [row[2] for row in records(path, rules)] == [None]
+
+
 @pytest.mark.parametrize(
     ("header", "columns"),
     [
