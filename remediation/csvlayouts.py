@@ -10,6 +10,7 @@ unknowable, so nothing is guessed.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -40,6 +41,7 @@ class CsvLayout:
     @classmethod
     def from_header(cls, header: Sequence[str]) -> CsvLayout:
         names = tuple(name.strip() for name in header)
+        _refuse_invisible(names)
         lowered = [name.lower() for name in names]
         _refuse_duplicates(names, lowered)
         core = {
@@ -125,6 +127,27 @@ def _other_columns(
     return tuple(payload), tuple(extra), tuple(errors)
 
 
+def _refuse_invisible(names: Sequence[str]) -> None:
+    """A column name that is a core, error or payload column's but for a control or an
+    invisible (format) character fails the file: `timestamp` followed by a zero-width space
+    (U+200B) or a NUL was no `timestamp` column, so every row was read without one and
+    re-sent so (Stripe stamps a row of no timestamp with its arrival: usage of 40 days ago
+    moved into this period). Which column was meant is not guessed. A payload key's own
+    control characters are refused row by row (`validation`); other columns are the row's."""
+    for at, name in enumerate(names, 1):
+        if name.isprintable():  # the common case, at once
+            continue
+        found = [c for c in name if unicodedata.category(c) in _INVISIBLE]
+        seen = "".join(c for c in name if c not in found).strip().lower()
+        if not found or name.lower().startswith(PAYLOAD_PREFIX):
+            continue
+        if seen in _CASELESS or seen.startswith(PAYLOAD_PREFIX):
+            raise UnreadableFile(
+                f"ambiguous header: column {at} {name!r} is {seen!r} but for the invisible "
+                f"character U+{ord(found[0]):04X}; nothing guessed"
+            )
+
+
 def _refuse_duplicates(names: Sequence[str], lowered: Sequence[str]) -> None:
     """A column named twice (`payload_value` twice): which one Stripe should bill is unknowable,
     so the whole file fails with the reason. Core and error names are case-insensitive. Our
@@ -132,7 +155,10 @@ def _refuse_duplicates(names: Sequence[str], lowered: Sequence[str]) -> None:
     quarantine file fed back, before they were dropped on reading), they are no ambiguity."""
     seen: dict[str, int] = {}
     for at, (name, low) in enumerate(zip(names, lowered, strict=True), 1):
-        key = low if low in _CASELESS or not low.startswith(PAYLOAD_PREFIX) else name
+        # a payload column is its key: its prefix is read in any case (`PAYLOAD_value` is
+        # `value` as `payload_value` is), its key as spelt (`payload_Value` is another key)
+        payload = low.startswith(PAYLOAD_PREFIX) and low not in _CASELESS
+        key = PAYLOAD_PREFIX + name[len(PAYLOAD_PREFIX) :] if payload else low
         if key in seen and name and not name.startswith(MFX_PREFIX):
             raise UnreadableFile(
                 f"ambiguous header: column {name!r} appears twice (columns {seen[key]} and {at}); "
@@ -141,6 +167,7 @@ def _refuse_duplicates(names: Sequence[str], lowered: Sequence[str]) -> None:
         seen.setdefault(key, at)
 
 
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})  # controls, formats, line/paragraph separators
 _CASELESS = frozenset({"identifier", "timestamp", "event_name", *ERROR_FIELDS})
 
 

@@ -53,6 +53,10 @@ def test_keys_named_twice_are_malformed_rows_not_a_guess() -> None:
         "identifier,timestamp,event_name,payload_value,payload_value",
         "identifier,timestamp,IDENTIFIER,payload_value",
         "identifier,error_code,timestamp,Error_Code",
+        # the prefix is read in any case: both are the payload key `value` (the last billed,
+        # the corrected file written with `payload_value` twice)
+        "identifier,timestamp,event_name,payload_value,PAYLOAD_value",
+        "identifier,timestamp,Payload_value,event_name,payload_value",
     ],
 )
 def test_a_column_named_twice_fails_the_file(header: str) -> None:
@@ -60,9 +64,30 @@ def test_a_column_named_twice_fails_the_file(header: str) -> None:
         read(f"{header}\n1,2,3,4,5\n".encode(), FileFormat.CSV)
 
 
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("timestamp\u200b", "U+200B"), ("timestamp\x00", "U+0000"), ("time\u2028stamp", "U+2028")],
+)
+def test_a_column_name_holding_an_invisible_character_fails_the_file(name: str, code: str) -> None:
+    """`timestamp` + a zero-width space (or a NUL) was no timestamp column: every row read
+    without one, counted valid and re-sent so (Stripe stamps it with its arrival)."""
+    header = f"identifier,{name},event_name,payload_stripe_customer_id,payload_value"
+    with pytest.raises(UnreadableFile) as refused:
+        read(f"{header}\nz1,1700000000,api_requests,cus_1,5\n".encode(), FileFormat.CSV)
+    assert str(refused.value) == (
+        f"ambiguous header: column 2 {name!r} is 'timestamp' but for the invisible "
+        f"character {code}; nothing guessed"
+    )
+    (record,) = read(b"event_name,payload_my\xc2\xa0key,no\x01te\napi,1,2\n", FileFormat.CSV)
+    assert record.payload == {"my\u00a0key": "1"}  # a no-break space is a name's own
+    assert record.extra == {"no\x01te": "2"}  # no column of ours: the row's own
+
+
 def test_payload_keys_differing_in_case_are_two_keys() -> None:
     (record,) = read(b"event_name,payload_Value,payload_value\napi,1,2\n", FileFormat.CSV)
     assert record.payload == {"Value": "1", "value": "2"}
+    (record,) = read(b"event_name,value,payload_value\napi,1,2\n", FileFormat.CSV)
+    assert (record.payload, record.extra) == ({"value": "2"}, {"value": "1"})
 
 
 def test_a_json_line_past_the_cap_is_skipped_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
