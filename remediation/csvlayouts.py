@@ -38,6 +38,12 @@ class CsvLayout:
     errors: tuple[tuple[int, str], ...]
     simple_errors: tuple[int, int | None] | None = None  # (error_code, error_message) indexes
 
+    @staticmethod
+    def names_usage(name: str) -> bool:
+        """Whether a header name is a usage file's own column (core, payload or error)."""
+        low = name.strip().lower()
+        return low in _CASELESS or (low.startswith(PAYLOAD_PREFIX) and low != PAYLOAD_PREFIX)
+
     @classmethod
     def from_header(cls, header: Sequence[str]) -> CsvLayout:
         names = tuple(name.strip() for name in header)

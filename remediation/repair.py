@@ -188,11 +188,28 @@ def _actual_format(named: FileFormat, text: str) -> tuple[FileFormat, tuple[str,
     return named, ()
 
 
+_DELIMITERS = ",;\t|"
+
+
 def _sniff_delimiter(text: str) -> str:
+    """The header line's delimiter: the one under which it names the most columns of a usage
+    file (identifier, timestamp, event_name, payload_*, error columns), else the sniffer's
+    guess. The sniffer alone took `,` for a `;` header with a column `note,x` (the file then
+    refused as naming none of them)."""
+    line = text.splitlines()[0]
     try:
-        return csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t|").delimiter
+        sniffed = csv.Sniffer().sniff(line, delimiters=_DELIMITERS).delimiter
     except csv.Error:
-        return ","
+        sniffed = ","
+    named = {d: _usage_names(line, d) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda d: (named[d], d == sniffed))
+    return best if named[best] > named[sniffed] else sniffed
+
+
+def _usage_names(line: str, delimiter: str) -> int:
+    """How many of the line's names, split by `delimiter`, are a usage file's columns."""
+    names = next(csv.reader([line], delimiter=delimiter), [])
+    return sum(CsvLayout.names_usage(name) for name in names)
 
 
 def read_repaired(stream: BinaryIO, plan: InputPlan, rules: Rules) -> Iterator[UsageRecord]:

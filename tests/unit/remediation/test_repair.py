@@ -56,6 +56,27 @@ def test_tab_delimiter_and_default_event_name(tmp_path: Path) -> None:
     assert records(path)[0][2] is None  # not configured: left for no_meter
 
 
+@pytest.mark.parametrize(
+    ("header", "delimiter"),
+    [
+        ("identifier;timestamp;event_name;payload_value;note,x", ";"),
+        ("identifier\ttimestamp\tevent_name\tpayload_value\tnote a, b", "\t"),
+        ("identifier,timestamp,event_name,payload_value,a;b;c;d;e", ","),
+    ],
+)
+def test_the_delimiter_is_the_one_naming_the_usage_columns(
+    tmp_path: Path, header: str, delimiter: str
+) -> None:
+    """A `;` (or tab) header with a column name holding a comma was read as comma-delimited
+    and the file refused as "naming none of identifier, timestamp, event_name"."""
+    path = tmp_path / "u.csv"
+    cells = delimiter.join(["a", "1", "api", "5", "n"])
+    path.write_text(f"{header}\n{cells}\n")
+    plan = plan_input(path, load_rules(""))
+    assert plan.delimiter == delimiter
+    assert records(path) == [("a", "1", "api", {"value": "5"})]
+
+
 def test_only_a_missing_event_name_column_is_filled(tmp_path: Path) -> None:
     """`default_event_name` filled every row of no event name: an empty cell under the
     column, a JSON row without the key. A failed row of no event name was billed to the
