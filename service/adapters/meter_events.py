@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
@@ -40,6 +40,7 @@ MAX_RENEWALS = 2  # per request: a fresh session rejected again is not an expiry
 MAX_RETRY_AFTER = 60.0  # a longer Retry-After fails the request; the poller waits it out
 DEFAULT_WORKERS = 8
 DEFAULT_TIMEOUT = 30.0  # seconds per stream request (the SDK's own default is 80)
+WAIT_CALL_EVERY = 5.0  # seconds between `send_batches`' on_wait calls while batches back off
 _SESSION_ERRORS = (stripe.TemporarySessionExpiredError, stripe.AuthenticationError)
 
 BatchSent = Callable[[int], None]
@@ -87,6 +88,7 @@ class StripeMeterEventSink:
         batches: Iterable[Sequence[Mapping[str, Any]]],
         on_sent: BatchSent | None = None,
         on_refused: BatchSent | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> int:
         """Send batches (each ≤ 100 events) on a small thread pool; the number of events sent.
 
@@ -97,7 +99,9 @@ class StripeMeterEventSink:
         however long `batches` is, and a batch waiting out a backoff does not hold up the
         others. No batch is taken from `batches` after a failure: every batch taken went out
         (the caller knows the ones after it never did). Raises the first MeterEventSendError
-        (or what iterating `batches` raised) after in-flight batches settle."""
+        (or what iterating `batches` raised) after in-flight batches settle. `on_wait()` is
+        called, in this thread, every WAIT_CALL_EVERY seconds this thread waits for batches
+        (backing off through a Stripe incident: minutes), so that the caller beats."""
         sent = 0
         settled = (on_sent, on_refused)
         with ThreadPoolExecutor(self._workers, thread_name_prefix="meter-events") as pool:
@@ -109,11 +113,11 @@ class StripeMeterEventSink:
                     pending[pool.submit(self.send_batch, batch)] = index
                     index += 1
                     if len(pending) >= 2 * self._workers:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        done = _wait(pending, FIRST_COMPLETED, on_wait)
                         count, failure = _settle(done, pending, settled, failure)
                         sent += count
             finally:
-                done, _ = wait(pending)
+                done = _wait(pending, ALL_COMPLETED, on_wait)
                 count, failure = _settle(done, pending, settled, failure)
                 sent += count
         if failure is not None:
@@ -217,6 +221,20 @@ def is_transient(exc: stripe.StripeError) -> bool:
         return True
     status = exc.http_status
     return status is None or status == 409 or status >= 500
+
+
+def _wait(
+    pending: dict[Future[int], int], until: str, on_wait: Callable[[], None] | None
+) -> set[Future[int]]:
+    """The finished futures once one (FIRST_COMPLETED) or all (ALL_COMPLETED) of `pending`
+    finished, calling `on_wait()` every WAIT_CALL_EVERY seconds until then."""
+    if on_wait is None:
+        return wait(pending, return_when=until).done
+    while True:
+        done, left = wait(pending, timeout=WAIT_CALL_EVERY, return_when=until)
+        if (done and until == FIRST_COMPLETED) or not left:
+            return done
+        on_wait()
 
 
 def _settle(

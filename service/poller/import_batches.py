@@ -32,6 +32,7 @@ class BatchSender(Protocol):
         batches: Iterable[Sequence[Mapping[str, Any]]],
         on_sent: Callable[[int], None] | None = None,
         on_refused: Callable[[int], None] | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> int: ...
 
 
@@ -155,9 +156,10 @@ def send_batches(
     batches: Iterable[list[dict[str, object]]],
     on_sent: Callable[[int], None],
     on_refused: Callable[[int], None],
+    on_wait: Callable[[], None] | None = None,
 ) -> int:
     if isinstance(sink, BatchSender):
-        return sink.send_batches(batches, on_sent, on_refused)
+        return sink.send_batches(batches, on_sent, on_refused, on_wait)
     sent = 0
     for index, batch in enumerate(batches):
         try:

@@ -132,7 +132,11 @@ def _send_all(
     stream = _BatchStream(job, obj, progress, failed_out, tally, others)
     try:
         # iterating counts skipped rows in tally
-        sent = send_batches(job.sink, stream.batches(chunks), stream.acknowledged, stream.refused)
+        # a beat while batches back off too (a Stripe incident: minutes without one raised
+        # the critical "no poller heartbeat" alert about a poller alive and retrying)
+        sent = send_batches(
+            job.sink, stream.batches(chunks), stream.acknowledged, stream.refused, job.beat
+        )
         tally.sent += sent
     except Exception:
         job.progress.forget_unsent(progress.object_id, stream.unsent.never_billed())

@@ -7,6 +7,7 @@ say what went wrong)."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
 from service.errors import MeterEventSendError
-from service.models import Alert, PollerBatch
+from service.models import Alert, Heartbeat, PollerBatch
 from service.poller.passes import run_poll_pass
 from tests.conftest import SandboxServer
 from tests.integration.test_poller_billing_gaps import _accepted, _one_worker
@@ -35,6 +36,47 @@ from tests.integration.test_poller_resume import (  # noqa: F401
 # -- the bundled poller ------------------------------------------------------------------------
 # (fixtures `settings` and `poller`: the sandbox over HTTP through the real SDK, a file://
 # bucket, SQLite and PostgreSQL, as in test_poller_resume)
+
+
+def test_the_poller_beats_while_its_batches_back_off(
+    settings: Settings,
+    sandbox_server: SandboxServer,
+    poller: Any,
+    tmp_path: Path,
+    monkeypatch: Any,
+) -> None:
+    """Heartbeats came only as batches were taken: while they backed off through a Stripe
+    incident (Retry-After up to 60 s, 8 attempts: minutes) the poller was silent, and the
+    critical "no poller heartbeat" alert was raised about a poller alive and retrying. Here
+    the batch backs off for about 3 s; the poller beats every 0.2 s of it."""
+    from service.adapters import meter_events
+
+    monkeypatch.setattr(meter_events, "WAIT_CALL_EVERY", 0.2, raising=False)
+    now = int(time.time()) - 60
+    _put(settings, "usage.csv", [f"b-{i},{now},api_requests,cus_A,1\n" for i in range(5)], tmp_path)
+    sandbox_server.admin.inject_fault("POST", STREAM, 429, count=3, retry_after=1)
+    deps = poller()
+    seen: set[object] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            with Session(deps.engine) as session:
+                seen.update(b.last_beat_at for b in session.exec(select(Heartbeat)).all())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        started = time.monotonic()
+        result = run_poll_pass(deps)
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        watcher.join()
+    assert result.imported == 1 and took >= 3
+    assert sorted(_accepted(sandbox_server)) == [f"b-{i}" for i in range(5)]
+    assert len(seen) >= 8, f"{len(seen)} beats seen in a pass of {took:.1f} s"
 
 
 def test_a_batch_refused_on_a_resumed_pass_is_sent_from_the_fixed_file_a_day_later(
