@@ -91,13 +91,19 @@ class SentBatch(Protocol):
 class HorizonPassed(ServiceError):
     """Resuming would re-send batches first sent more than 23 h ago."""
 
-    def __init__(self, stale: Sequence[SentBatch]) -> None:
+    def __init__(
+        self, stale: Sequence[SentBatch], elsewhere: str | None = None, retry_key: str = ""
+    ) -> None:
         first = min(b.first_sent_at for b in stale)
         # in UTC whatever zone it was read in (PostgreSQL: the session's; SQLite: naive UTC)
         first = first.replace(tzinfo=UTC) if first.tzinfo is None else first.astimezone(UTC)
         rows = sum(b.rows for b in stale)
+        # `elsewhere`: the other version whose batches hold rows of this one, and the key
+        # `meterfix poll --retry KEY --yes` decides on them with
+        self.elsewhere, self.retry_key = elsewhere, retry_key
+        by = f" of {elsewhere}, which hold rows of this file," if elsewhere else ""
         super().__init__(
-            f"{len(stale)} unacknowledged batches ({rows} rows) were first sent at "
+            f"{len(stale)} unacknowledged batches{by} ({rows} rows) were first sent at "
             f"{first:%Y-%m-%d %H:%M} UTC, more than 23 h ago; sending them again could bill twice"
         )
 

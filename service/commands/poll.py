@@ -15,11 +15,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from remediation.ports import ObjectInfo
 from service.commands._signals import stop_on_signals
-from service.models import ObjectStatus
 from service.poller.job import poll_forever
 from service.poller.lock import poller_lock
 from service.poller.passes import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
-from service.poller.retry import describe, find_retry, reopen
+from service.poller.retry import RETRIED, describe, describe_earlier, find_retry, reopen
 from service.runtime import runtime
 
 
@@ -97,8 +96,18 @@ def _retry_locked(deps: PollerDeps, key: str, *, confirmed: bool) -> PassReport 
     plan = find_retry(deps.engine, key, deps.bucket.prefix, deps.clock())
     if plan is None:
         raise click.ClickException(f"the poller has no record of {key}")
-    if plan.status not in (ObjectStatus.SEEN, ObjectStatus.FAILED):
+    if plan.status not in RETRIED and not plan.stale_before:
         click.echo(f"{plan.obj.key} is {plan.status}: nothing to retry")
+        return None
+    if plan.status not in RETRIED:
+        # imported, but earlier versions' stale batches hold rows another file holds too
+        # (its alert names this key): the operator decides on them here
+        for line in [describe(plan)[0], *describe_earlier(plan)]:
+            click.echo(line)
+        if not confirmed:
+            raise click.ClickException("nothing changed: pass --yes to count them as never sent")
+        reopen(deps.engine, plan, confirmed=True)
+        click.echo(f"{plan.obj.key} is {plan.status}: nothing of it is sent again")
         return None
     _check_still_listed(deps, plan.obj)
     for line in describe(plan):

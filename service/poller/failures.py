@@ -41,6 +41,7 @@ class Verdict:
     why: str  # "permanent" | "unreadable" | "lasting" | "horizon" | "" (back off)
     next_attempt_at: datetime | None
     failing_since: datetime
+    retry_key: str = ""  # "horizon" of another key's batches: the key a retry --yes takes
 
 
 def judge(
@@ -58,7 +59,7 @@ def judge(
         why = "lasting"
     else:
         return Verdict(False, "", now + _wait(exc, progress.attempts), since)
-    return Verdict(True, why, None, since)
+    return Verdict(True, why, None, since, getattr(exc, "retry_key", ""))
 
 
 def _wait(exc: BaseException, attempts: int) -> timedelta:
@@ -111,7 +112,7 @@ def _gave_up_advice(
     retry = f"meterfix poll --retry {obj.key}"
     oldest = progress.oldest_resend()
     if verdict.why == "horizon":
-        return _advice_past_horizon(obj, retry)
+        return _advice_past_horizon(obj, retry, verdict.retry_key)
     if verdict.why == "unreadable":
         return _advice_unreadable(obj, progress)
     if verdict.why == "permanent":
@@ -119,13 +120,20 @@ def _gave_up_advice(
     return _advice_lasting(obj, verdict, oldest, give_up_after, retry)
 
 
-def _advice_past_horizon(obj: ObjectInfo, retry: str) -> tuple[str, str]:
+def _advice_past_horizon(obj: ObjectInfo, retry: str, other: str) -> tuple[str, str]:
     subject = f"{obj.key}: not re-sent: its unacknowledged batches are over 23 h old"
     todo = (
         "Check in Stripe which of its rows were accepted, then run "
         f"`{retry} --yes` to send the unacknowledged batches again (rows Stripe already "
         "accepted would be billed twice), or upload only the missing rows under a new key."
     )
+    if other and other != obj.key:  # another key's batches hold rows of this file
+        subject = f"{obj.key}: not sent: {other} sent rows of it in batches over 23 h old"
+        todo = (
+            f"Check in Stripe which of those rows were accepted, then run `meterfix poll "
+            f"--retry {other} --yes` (its unacknowledged batches count as never sent) and "
+            f"`{retry}`, or upload only the missing rows under a new key."
+        )
     return subject, todo
 
 

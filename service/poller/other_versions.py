@@ -8,6 +8,7 @@ from bisect import bisect_right
 from datetime import datetime
 
 from remediation.ports import ObjectInfo
+from service.errors import HorizonPassed
 from service.jobs.store.lineage import refused_among, runs_correcting, written_among
 from service.jobs.store.taken_again import held_among, mark_taken_again
 from service.models._types import utcnow
@@ -23,7 +24,10 @@ class OtherVersions:
     name, would bill them again a day later: such rows are left out, unless Stripe may not have
     them and would still dedupe them (their batch was never acknowledged and was first sent
     within the re-send horizon: sending them again is harmless then, and the only way to deliver
-    them if their own version is gone). A row recorded as sent whose batch is not recorded was
+    them if their own version is gone). Never acknowledged and first sent past the horizon,
+    nobody knows whether they were billed: the import stops there (HorizonPassed) until the
+    operator decides (`poll --retry KEY --yes` counts such batches of KEY's versions as never
+    sent). A row recorded as sent whose batch is not recorded was
     never sent (a batch is recorded before it goes out; its record goes when the pass stops
     before it went out, or Stripe refused it: `ProgressStore.forget_unsent`). A row Stripe
     refused after it was sent (an error report) that meterfix holds in quarantine was never
@@ -39,21 +43,37 @@ class OtherVersions:
         self._runs: list[int] | None = None
 
     def sent(self, identifiers: list[str]) -> set[str]:
+        """Which of these rows of this version another version sent (or a run over the
+        object corrected), so this one leaves them out. Raises HorizonPassed when one was
+        sent in a batch Stripe never acknowledged, more than 23 h ago: billed or not, nobody
+        knows, and Stripe may no longer dedupe it (taken for delivered, such rows of a
+        version overwritten during an incident were never billed, the retry saying "sent")."""
         sent: dict[str, datetime] = {}  # identifier -> when its batch was first sent
+        stale: dict[str, tuple[int, SentBatch]] = {}  # identifier -> (object, its batch)
         for row in self.progress.sent_elsewhere(self.obj, identifiers):
             batch = self._batch(row)
-            if batch is not None and self._delivered(batch):
+            if batch is None:
+                continue
+            if batch.acked_at is None and batch.first_sent_at <= self.horizon:
+                stale[row.identifier] = (row.object_id, batch)
+            elif batch.acked_at is not None:
                 known = sent.get(row.identifier)
                 sent[row.identifier] = max(known or batch.first_sent_at, batch.first_sent_at)
         # a version the poller indexed for Stripe's connector (`MFX_POLLER=index` before
         # `on`): the connector took it whole when it was uploaded, its rows billed then
         for identifier, uploaded in self.progress.indexed_elsewhere(self.obj, identifiers):
             sent[identifier] = max(sent.get(identifier) or uploaded, uploaded)
-        if sent:  # quarantined after it was sent: Stripe refused it (never billed)
-            held = refused_among(self.progress.engine, self._correcting(), sorted(sent))
+        for identifier in [i for i in stale if i in sent]:  # delivered by another version
+            del stale[identifier]
+        if sent or stale:  # quarantined after it was sent: Stripe refused it (never billed)
+            held = refused_among(self.progress.engine, self._correcting(), sorted({*sent, *stale}))
             for identifier, quarantined in held.items():
-                if quarantined > sent[identifier]:
+                if identifier in sent and quarantined > sent[identifier]:
                     del sent[identifier]
+                if identifier in stale and quarantined > stale[identifier][1].first_sent_at:
+                    del stale[identifier]
+        if stale:
+            self._horizon_passed(stale)
         # a row a run over this object corrected (it failed in an earlier version): its
         # correction went out under a derived identifier, so the row itself must not
         rest = [i for i in identifiers if i not in sent and recordable(i)]
@@ -92,5 +112,10 @@ class OtherVersions:
             return None
         return batches[at]
 
-    def _delivered(self, batch: SentBatch) -> bool:
-        return batch.acked_at is not None or batch.first_sent_at <= self.horizon
+    def _horizon_passed(self, stale: dict[str, tuple[int, SentBatch]]) -> None:
+        """HorizonPassed naming the version whose batches hold the rows (the first's)."""
+        batches = {(object_id, b.number): b for object_id, b in stale.values()}
+        object_id = min(object_id for object_id, _ in batches)
+        key, etag = self.progress.object_label(object_id)
+        label = "an earlier version of it" if key == self.obj.key else key
+        raise HorizonPassed(list(batches.values()), f"{label} (ETag {etag})", key)

@@ -199,6 +199,30 @@ class ProgressStore:
             )
         return acked
 
+    def object_label(self, object_id: int) -> tuple[str, str]:
+        """(key, ETag) of an object version."""
+        query = select(OBJECTS.c.key, OBJECTS.c.etag).where(OBJECTS.c.id == object_id)
+        with self.engine.connect() as conn:
+            key, etag = conn.execute(query).one()
+        return str(key), str(etag)
+
+    def stale_in_other_versions(
+        self, obj: ObjectInfo, horizon: datetime
+    ) -> list[tuple[int, str, SentBatch]]:
+        """(object id, ETag, batch) of the batches other versions of `obj`'s key sent and
+        Stripe never acknowledged, first sent at `horizon` or before: rows of this version
+        they hold may or may not have been billed, and Stripe may no longer dedupe them."""
+        query = (
+            select(BATCHES, OBJECTS.c.etag)
+            .join(OBJECTS, OBJECTS.c.id == BATCHES.c.object_id)
+            .where(OBJECTS.c.key == obj.key, OBJECTS.c.etag != obj.etag)
+            .where(BATCHES.c.acked_at.is_(None), BATCHES.c.first_sent_at <= horizon)
+            .order_by(BATCHES.c.object_id, BATCHES.c.first_row)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [(int(row.object_id), str(row.etag), _batch(row)) for row in rows]
+
     def batch_count(self, object_id: int) -> int:
         with self.engine.connect() as conn:
             query = select(func.count()).where(BATCHES.c.object_id == object_id)

@@ -15,15 +15,16 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from remediation.ports import ObjectInfo
-from service.models import AdminAction, AdminActionName
+from service.models import AdminAction, AdminActionName, ObjectStatus
 from service.models._types import as_utc, table_of, utcnow
-from service.poller.object_progress import ObjectProgress, SentBatch
+from service.poller.object_progress import RESEND_HORIZON, ObjectProgress, SentBatch
 from service.poller.progress import ProgressStore
 from service.poller.store import newest_object
 from service.poller.versions import PollerStore
 
 ACTIONS = table_of(AdminAction)
 MAX_SPANS_SHOWN = 5  # row spans printed; the count of rows covers them all
+RETRIED = (ObjectStatus.SEEN, ObjectStatus.FAILED)  # the states a retry takes an object from
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,13 @@ class RetryPlan:
     error: str | None
     progress: ObjectProgress
     stale: tuple[SentBatch, ...]  # unacknowledged and first sent more than 23 h ago
+    # (object id, ETag, batch) of the same: batches of earlier versions of the key (their
+    # rows, held again by this version, count as sent by them while they are recorded)
+    stale_before: tuple[tuple[int, str, SentBatch], ...] = ()
 
     @property
     def needs_yes(self) -> bool:
-        return bool(self.stale)
+        return bool(self.stale or self.stale_before)
 
 
 def find_retry(engine: Engine, key: str, prefix: str, now: datetime) -> RetryPlan | None:
@@ -51,8 +55,12 @@ def find_retry(engine: Engine, key: str, prefix: str, now: datetime) -> RetryPla
         size=row["size"],
         last_modified=as_utc(row["last_modified"]) or utcnow(),
     )
-    progress = ProgressStore(engine).load(obj)
-    return RetryPlan(obj, row["status"], row["error"], progress, progress.past_horizon(now))
+    store = ProgressStore(engine)
+    progress = store.load(obj)
+    before = store.stale_in_other_versions(obj, now - RESEND_HORIZON)
+    return RetryPlan(
+        obj, row["status"], row["error"], progress, progress.past_horizon(now), tuple(before)
+    )
 
 
 def describe(plan: RetryPlan) -> list[str]:
@@ -74,6 +82,20 @@ def describe(plan: RetryPlan) -> list[str]:
             "more than 23 h ago: Stripe may no longer "
             "dedupe their identifiers, so rows it already accepted would be billed twice."
         )
+    return lines + describe_earlier(plan)
+
+
+def describe_earlier(plan: RetryPlan) -> list[str]:
+    """What a retry decides of earlier versions' batches past the horizon, in lines."""
+    lines = []
+    for etag in dict.fromkeys(etag for _, etag, _ in plan.stale_before):
+        batches = tuple(b for _, e, b in plan.stale_before if e == etag)
+        lines.append(
+            f"An earlier version of {plan.obj.key} (ETag {etag}) sent {_batches(batches)} "
+            "and Stripe never acknowledged them, more than 23 h ago: with --yes they count "
+            "as never sent, and their rows a file holds again are sent again (rows Stripe "
+            "already accepted would be billed twice); without, nothing is sent."
+        )
     return lines
 
 
@@ -85,7 +107,10 @@ def reopen(engine: Engine, plan: RetryPlan, *, confirmed: bool) -> None:
         # time (dropped, the horizon would count from the retry, past Stripe's dedupe window)
         stale = [batch.number for batch in plan.stale]
         forgotten = ProgressStore(engine).forget_unsent(plan.progress.object_id, stale)
-    PollerStore(engine).reopen(plan.obj)
+    if plan.stale_before and confirmed:
+        forgotten += forget_before(engine, plan)
+    if plan.status in RETRIED:
+        PollerStore(engine).reopen(plan.obj)
     # The admin action of `poll --retry`: admin actions have no store of their own outside
     # the dashboard's (service.web.store), which the poller may not import.
     with engine.begin() as conn:
@@ -99,6 +124,7 @@ def reopen(engine: Engine, plan: RetryPlan, *, confirmed: bool) -> None:
                     "etag": plan.obj.etag,
                     "status": plan.status,
                     "past_horizon_batches": len(plan.stale),
+                    "earlier_versions_past_horizon_batches": len(plan.stale_before),
                     "confirmed": confirmed,
                     "send_records_dropped": forgotten,
                 },
@@ -106,6 +132,15 @@ def reopen(engine: Engine, plan: RetryPlan, *, confirmed: bool) -> None:
                 created_at=utcnow(),
             )
         )
+
+
+def forget_before(engine: Engine, plan: RetryPlan) -> int:
+    """Drop the records of the earlier versions' stale batches (`--yes`); how many went."""
+    store, forgotten = ProgressStore(engine), 0
+    for object_id in dict.fromkeys(object_id for object_id, _, _ in plan.stale_before):
+        numbers = [b.number for o, _, b in plan.stale_before if o == object_id]
+        forgotten += store.forget_unsent(object_id, numbers)
+    return forgotten
 
 
 def _batches(batches: tuple[SentBatch, ...]) -> str:

@@ -28,6 +28,7 @@ from service.adapters.stripe_client import build_stripe_client
 from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
 from service.db import make_engine
+from service.errors import HorizonPassed
 from service.models import Alert, BucketObject, ImportedRow, ImportSet, PollerBatch
 from service.models._types import as_utc
 from service.poller.other_versions import OtherVersions
@@ -425,9 +426,11 @@ def test_rows_another_version_may_not_have_delivered_are_sent_within_the_horizon
 
 
 def test_which_rows_of_other_versions_count_as_sent(db_url: str) -> None:
-    """Acknowledged, or first sent past the re-send horizon (Stripe may bill it again): left
-    out. Not acknowledged within the horizon (maybe never delivered), or recorded as sent
-    with no batch recorded (never sent), or of the version being imported: sent."""
+    """Acknowledged: left out. Not acknowledged within the horizon (maybe never delivered),
+    or recorded as sent with no batch recorded (never sent), or of the version being
+    imported: sent. Not acknowledged and first sent past the re-send horizon: neither (it
+    was left out as delivered, and a version overwritten during an outage lost its rows):
+    the import stops (HorizonPassed) for the operator's `poll --retry KEY [--yes]`."""
     engine = make_engine(db_url)
     now = datetime.now(UTC)
     try:
@@ -470,8 +473,15 @@ def test_which_rows_of_other_versions_count_as_sent(db_url: str) -> None:
             session.commit()
         current = ObjectInfo(key="day.csv", etag="v2", size=0, last_modified=now)
         others = OtherVersions(ProgressStore(engine), current, now)
-        asked = ["acked", "in-flight", "stale", "unbatched", "mine", "new", "nul\x00"]
-        assert others.sent(asked) == {"acked", "stale"}
+        asked = ["acked", "in-flight", "unbatched", "mine", "new", "nul\x00"]
+        assert others.sent(asked) == {"acked"}
+        with pytest.raises(HorizonPassed) as stopped:
+            others.sent([*asked, "stale"])
+        assert str(stopped.value).startswith(
+            "1 unacknowledged batches of an earlier version of it (ETag v1), which hold rows "
+            "of this file, (100 rows) were first sent at "
+        )
+        assert stopped.value.retry_key == "day.csv"
     finally:
         engine.dispose()
 

@@ -216,6 +216,77 @@ def test_poll_retry_yes_does_not_resend_batches_stripe_acknowledged(
     )
 
 
+def test_rows_an_overwritten_version_sent_unacknowledged_a_day_ago_are_not_taken_for_billed(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path, make_app: Any
+) -> None:
+    """DESIGN: "no identifier is ever sent again more than 23 hours after its first send
+    without an operator's explicit decision"; "no usage lost".
+
+    Instead: version 1 of a file went out during an outage (nothing acknowledged); the
+    customer overwrote it an hour later with the same rows and more; version 2 failed too.
+    After the outage, `poll --retry KEY` (within the deadline the alert gave, counted from
+    version 2's own first send) took version 1's unacknowledged batches, 23.5 h old, for
+    delivered (`OtherVersions._delivered`): it sent the 100 new rows, said the other 200
+    were "sent before" and resolved the alert. Stripe never had them. Now the retry names
+    those batches and sends nothing without --yes; with it, every row is billed once."""
+    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=30)
+    stamp = int(datetime.now(UTC).timestamp()) - 60
+    rows = [f"r-{i},{stamp},api_requests,cus_A,1\n" for i in range(300)]
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1)
+    _put(settings, "usage.csv", rows[:200], tmp_path)
+    assert run_poll_pass(poller(at=t0)).retry_files == 1
+    _put(settings, "usage.csv", rows, tmp_path)  # overwritten: the same rows and 100 more
+    assert run_poll_pass(poller(at=t0 + timedelta(hours=1))).retry_files == 1
+    sandbox_server.admin.clear_faults()
+    assert _accepted(sandbox_server) == []
+    cli = make_app(settings).test_cli_runner()
+    refused = cli.invoke(args=["poll", "--retry", "usage.csv"], catch_exceptions=False)
+    assert refused.exit_code == 1, refused.output
+    assert "An earlier version of usage.csv (ETag " in refused.output
+    assert "2 batches (rows 1 to 200: 200 rows, first sent " in refused.output
+    assert "nothing sent: pass --yes" in refused.output
+    assert _accepted(sandbox_server) == []
+    confirmed = cli.invoke(args=["poll", "--retry", "usage.csv", "--yes"], catch_exceptions=False)
+    assert confirmed.exit_code == 0, confirmed.output
+    assert sorted(_accepted(sandbox_server)) == sorted(f"r-{i}" for i in range(300))
+    assert not sandbox_server.admin.duplicates()
+
+
+def test_a_pass_stops_on_rows_another_file_sent_unacknowledged_a_day_ago(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path, make_app: Any
+) -> None:
+    """The same rows under another key (a copy), their first file's batches never
+    acknowledged and 23.5 h old: they were left out as delivered, silently. Now the pass
+    gives the copy up with an alert naming the first file's retry; that retry's --yes counts
+    those batches as never sent, and the copy's retry sends every row once."""
+    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=30)
+    stamp = int(datetime.now(UTC).timestamp()) - 60
+    rows = [f"c-{i},{stamp},api_requests,cus_A,1\n" for i in range(150)]
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1)
+    _put(settings, "first.csv", rows[:100], tmp_path)
+    assert run_poll_pass(poller(at=t0)).retry_files == 1
+    # overwritten with another row; a copy holds the first rows and more
+    _put(settings, "first.csv", [f"z-0,{stamp},api_requests,cus_A,1\n"], tmp_path)
+    sandbox_server.admin.clear_faults()
+    assert run_poll_pass(poller()).imported == 1
+    _put(settings, "copy.csv", rows, tmp_path)
+    report = run_poll_pass(poller())
+    assert report.gave_up == 1
+    assert _accepted(sandbox_server) == ["z-0"]
+    with Session(poller().engine) as session:
+        [alert] = session.exec(select(Alert).where(Alert.kind == "poller.gave_up")).all()
+    assert alert.subject == "copy.csv: not sent: first.csv sent rows of it in batches over 23 h old"
+    assert "`meterfix poll --retry first.csv --yes`" in alert.message
+    cli = make_app(settings).test_cli_runner()
+    decided = cli.invoke(args=["poll", "--retry", "first.csv", "--yes"], catch_exceptions=False)
+    assert decided.exit_code == 0, decided.output
+    assert "first.csv is imported: nothing of it is sent again" in decided.output
+    retried = cli.invoke(args=["poll", "--retry", "copy.csv"], catch_exceptions=False)
+    assert retried.exit_code == 0, retried.output
+    assert sorted(_accepted(sandbox_server)) == sorted(["z-0", *(f"c-{i}" for i in range(150))])
+    assert not sandbox_server.admin.duplicates()
+
+
 def test_a_reopened_object_backs_off_from_the_start_again(sqlite_url: str) -> None:
     """`PollerStore.reopen` (`poll --retry KEY`): "take the object on the next pass, as if it
     never failed". Its count of attempts was kept: after ten failing passes and a retry, the
