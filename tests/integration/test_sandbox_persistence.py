@@ -40,15 +40,22 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 @contextmanager
 def _sandbox(tmp_path: Path, *extra: str, stop: int = signal.SIGTERM) -> Iterator[str]:
-    """A real `meterfix sandbox` process (no timers, no seed) run in `tmp_path`."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = ["sandbox", "--port", str(port), "--report-interval", "0", "--no-seed", *extra]
-    proc = subprocess.Popen(
-        [METERFIX, *args], env=_env(tmp_path), cwd=tmp_path, stderr=subprocess.PIPE
-    )
+    """A real `meterfix sandbox` process (no timers, no seed) run in `tmp_path` (on another
+    free port when another process took the one found free before the sandbox bound it)."""
+    for attempt in range(3):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        args = ["sandbox", "--port", str(port), "--report-interval", "0", "--no-seed", *extra]
+        proc = subprocess.Popen(
+            [METERFIX, *args], env=_env(tmp_path), cwd=tmp_path, stderr=subprocess.PIPE
+        )
+        try:
+            _wait(url, proc)
+            break
+        except AssertionError as exc:
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
     try:
-        _wait(url, proc)
         yield url
     finally:
         proc.send_signal(stop)
