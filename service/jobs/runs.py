@@ -76,6 +76,7 @@ class RunContext:
     # around a job's wait for its turn (a re-run waits for the one before it): the worker
     # does not count it against the item's time limit (`service.worker.liveness`)
     waiting_turn: Callable[[], AbstractContextManager[None]] = nullcontext
+    task_id: str | None = None  # the worker's task running the job, named on its runs
 
 
 def run_done(ctx: RunContext, run_key: str) -> RemediationRun | None:
@@ -107,6 +108,7 @@ def execute_run(
             request.source,
             request.generation,
             request.input_generation,
+            ctx.task_id,
         )
     try:
         with (

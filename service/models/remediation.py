@@ -76,6 +76,8 @@ class RemediationRun(SQLModel, table=True):
     # generation by lineage (`run_generation`) traced from below it
     input_generation: int | None = None
     status: str = Field(default=RunStatus.RUNNING, max_length=16)
+    # the task (inbox item) that started it: dead-lettered, it fails the run (None: the CLI)
+    task_id: str | None = Field(default=None, max_length=255, index=True)
     input_rows: int = 0
     valid: int = 0
     corrected: int = 0

@@ -33,6 +33,7 @@ from service.errors import (
     TaskInputMissing,
     TimeLimitExceeded,
 )
+from service.jobs.store.runs import fail_task_runs
 from service.logs import log_event
 from service.models.inbox import InboxStatus, PayloadStyle
 from service.runtime import Runtime
@@ -224,6 +225,8 @@ class InboxWorker:
                 )
                 if owned and dead:
                     dead_letter_alert(connection, claimed, error, permanent=permanent)
+                    if claimed.style == TASK_STYLE:  # its runs end with it
+                        fail_task_runs(connection, claimed.event_id, f"dead-lettered: {error}")
         except SQLAlchemyError as exc:  # the lease will expire and the row be retried
             log_event("inbox.record_failure_failed", level=logging.ERROR, error=type(exc).__name__)
         (report.dead if dead else report.retrying).append((claimed.event_id, error))

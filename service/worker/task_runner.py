@@ -14,7 +14,7 @@ from service.jobs.runs import RunContext
 from service.notify.alerts import raise_alert, resolve_alert
 from service.runtime import Runtime
 from service.worker.liveness import waiting_turn
-from service.worker.tasks import TaskKind
+from service.worker.tasks import TaskKind, task_id
 
 
 class TaskRunner:
@@ -33,6 +33,7 @@ class TaskRunner:
             rules=rt.rules,
             customers=rt.customer_directory() if rt.rules.policy.customer_metadata_key else None,
             waiting_turn=waiting_turn,
+            task_id=task_id(kind, ref),
         )
         if kind is TaskKind.QUARANTINE_RERUN:
             try:

@@ -414,6 +414,52 @@ def test_an_item_that_keeps_killing_workers_is_dead_lettered(intake: Intake) -> 
     assert row.status == InboxStatus.DEAD and "stopped without finishing" in (row.last_error or "")
 
 
+def test_a_dead_lettered_task_fails_the_run_it_left_running(intake: Intake) -> None:
+    """A task whose workers died on it (SIGKILL, out of memory) until it was dead-lettered
+    left its run `running` for good: no end, no error, the run's page saying it was in
+    progress. Now the dead letter fails the task's running runs with the reason; another
+    task's running run is left alone (a worker may be working on it)."""
+    from service.jobs.store.runs import start_run
+    from service.models import RemediationRun, RunStatus
+    from service.worker.tasks import task_id
+
+    with intake.engine.begin() as connection:
+        enqueue_task(connection, TaskKind.QUARANTINE_RERUN, "7")
+    mine = start_run(
+        intake.engine,
+        "rerun:7",
+        "quarantine_rerun",
+        "q",
+        1,
+        0,
+        task_id(TaskKind.QUARANTINE_RERUN, "7"),
+    )
+    other = start_run(
+        intake.engine,
+        "rerun:8",
+        "quarantine_rerun",
+        "q",
+        1,
+        0,
+        task_id(TaskKind.QUARANTINE_RERUN, "8"),
+    )
+    with Session(intake.engine) as session:  # max attempts claimed, each worker died on it
+        row = session.exec(select(InboxEvent)).one()
+        row.status, row.attempts = InboxStatus.PROCESSING, intake.settings.mfx_max_attempts
+        row.locked_by, row.locked_at = "dead:1:x", datetime.now(UTC) - timedelta(hours=1)
+        session.add(row)
+        session.commit()
+    report = intake.worker().drain()
+    assert [e for e, _ in report.dead] == ["mfx_task_quarantine_rerun_7"]
+    with Session(intake.engine) as session:
+        runs = {r.id: r for r in session.exec(select(RemediationRun)).all()}
+    failed, running = runs[mine], runs[other]
+    assert failed.status == RunStatus.FAILED and failed.finished_at is not None
+    assert (failed.error or "").startswith("dead-lettered: ")
+    assert "stopped without finishing" in (failed.error or "")
+    assert (running.status, running.error, running.finished_at) == (RunStatus.RUNNING, None, None)
+
+
 def test_default_lease_and_heartbeat(make_settings: Any) -> None:
     from service.worker.liveness import heartbeat_interval
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, or_, select
+from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
@@ -179,10 +179,11 @@ def start_run(
     source: str,
     generation: int,
     input_generation: int | None = None,
+    task_id: str | None = None,
 ) -> int:
     """Record the run as running (new, or again after a crashed try, whose audit, quarantined
     rows and outputs are deleted); its id. `input_generation`: the generation its input was
-    traced from (None: not traced)."""
+    traced from (None: not traced); `task_id`: the worker's task running it (`fail_task_runs`)."""
     with session_scope(engine) as session:
         run = session.exec(
             select_model(RemediationRun).where(RemediationRun.run_key == run_key)
@@ -190,7 +191,7 @@ def start_run(
         if run is None:
             run = RemediationRun(run_key=run_key, trigger=trigger)
         run.source, run.generation = source, generation
-        run.input_generation = input_generation
+        run.input_generation, run.task_id = input_generation, task_id
         run.status, run.error, run.finished_at = RunStatus.RUNNING, None, None
         session.add(run)
         session.flush()
@@ -198,6 +199,18 @@ def start_run(
         for table in (AUDIT, QUARANTINED, OUTPUTS):  # a crashed earlier try
             session.execute(delete(table).where(table.c.run_id == run.id))
         return run.id
+
+
+def fail_task_runs(connection: Connection, task_id: str, error: str) -> int:
+    """Fail the runs a task left running (it was dead-lettered: its workers died, or it ran
+    out of time, on its last attempt): nothing else would ever end them. How many."""
+    runs = table_of(RemediationRun)
+    result = connection.execute(
+        update(runs)
+        .where(runs.c.task_id == task_id, runs.c.status == RunStatus.RUNNING)
+        .values(status=RunStatus.FAILED, error=error[:RUN_ERROR_CHARS], finished_at=utcnow())
+    )
+    return int(result.rowcount or 0)
 
 
 def fail_run(engine: Engine, run_id: int, error: str) -> None:
