@@ -16,6 +16,7 @@ from service.models._types import utcnow
 from service.models.inbox import InboxStatus
 from service.notify.alerts import raise_alert, resolve_alert
 from service.worker.inbox import TAKEN_OVER, take_over_ended
+from service.worker.tasks import TASK_STYLE
 
 FIRST_RETRY_SECONDS = 15.0  # jittered to 7.5-15 s: the first retry comes within 30 s
 MAX_BACKOFF_SECONDS = 900.0  # 15 minutes
@@ -234,7 +235,9 @@ def dead_letter_alert(
         key=dead_letter_key(claimed.event_id),
         severity="critical",
         kind="inbox.dead_letter",
-        subject=f"Stripe event {claimed.event_id} ({claimed.event_type}) dead-lettered",
+        # a task is meterfix's own work (a remediation), no event of Stripe's
+        subject=f"{'Task' if claimed.style == TASK_STYLE else 'Stripe event'} "
+        f"{claimed.event_id} ({claimed.event_type}) dead-lettered",
         message=f"{why}: {error[:ERROR_TEXT_LIMIT]}",
         detail={"event_id": claimed.event_id, "event_type": claimed.event_type},
         links={"event": claimed.event_id},

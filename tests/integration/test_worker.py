@@ -458,6 +458,10 @@ def test_a_dead_lettered_task_fails_the_run_it_left_running(intake: Intake) -> N
     assert (failed.error or "").startswith("dead-lettered: ")
     assert "stopped without finishing" in (failed.error or "")
     assert (running.status, running.error, running.finished_at) == (RunStatus.RUNNING, None, None)
+    with Session(intake.engine) as session:
+        [alert] = session.exec(select(Alert).where(Alert.kind == "inbox.dead_letter")).all()
+    # meterfix's own work, not "Stripe event mfx_task_..." as it said
+    assert alert.subject.startswith("Task mfx_task_quarantine_rerun_7 (")
 
 
 def test_default_lease_and_heartbeat(make_settings: Any) -> None:
