@@ -163,8 +163,7 @@ def _advice_refused(obj: ObjectInfo, retry: str) -> tuple[str, str]:
 def _advice_lasting(
     obj: ObjectInfo, verdict: Verdict, oldest: datetime | None, give_up_after: int, retry: str
 ) -> tuple[str, str]:
-    hours = round(give_up_after / 3600, 1)
-    subject = f"{obj.key}: import failing for {hours} h; the poller gave up"
+    subject = f"{obj.key}: import failing for {_span(give_up_after)}; the poller gave up"
     deadline = (
         f"before {_utc(oldest + RESEND_HORIZON)} UTC (later, it asks for --yes: "
         "Stripe may no longer dedupe the rows it re-sends)"
@@ -185,3 +184,10 @@ def _utc(moment: datetime) -> str:
 
 def resolve_gave_up(engine: Engine, obj: ObjectInfo) -> None:
     resolve_alert(engine, gave_up_key(obj))
+
+
+def _span(seconds: int) -> str:
+    """`2.0 h`, `1.5 min`, `45 s`: a give-up window of 90 s was "0.0 h"."""
+    if seconds >= 3600:
+        return f"{round(seconds / 3600, 1)} h"
+    return f"{round(seconds / 60, 1)} min" if seconds >= 60 else f"{seconds} s"

@@ -84,6 +84,23 @@ def test_judge_gives_up_at_once_on_a_refusal_or_past_the_horizon() -> None:
     assert "1 unacknowledged batches (100 rows)" in str(HorizonPassed(stale))
 
 
+def test_the_gave_up_subject_says_a_short_window_in_minutes() -> None:
+    """`MFX_POLLER_GIVE_UP_AFTER=90`: the subject said "import failing for 0.0 h"."""
+    from remediation.ports import ObjectInfo
+    from service.poller.failures import _gave_up_advice
+
+    obj = ObjectInfo(key="day.csv", etag="e", size=1, last_modified=NOW)
+    since = NOW - timedelta(minutes=2)
+    over = judge(RuntimeError(), _progress(failing_since=since, attempts=3), NOW, 90)
+    subjects = [
+        _gave_up_advice(obj, over, _progress(), window)[0] for window in (90, 45, SIX_HOURS)
+    ]
+    assert subjects == [
+        f"day.csv: import failing for {span}; the poller gave up"
+        for span in ("1.5 min", "45 s", "6.0 h")
+    ]
+
+
 def test_only_unacknowledged_batches_older_than_23_hours_are_past_the_horizon() -> None:
     old, young = NOW - timedelta(hours=23), NOW - timedelta(hours=22, minutes=59)
     progress = _progress(
