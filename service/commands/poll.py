@@ -10,16 +10,17 @@ from typing import Any
 
 import click
 from flask.cli import with_appcontext
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from remediation.ports import ObjectInfo
 from service.commands._signals import stop_on_signals
+from service.errors import SchemaNotCurrent
 from service.poller.job import poll_forever
 from service.poller.lock import poller_lock
 from service.poller.passes import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
 from service.poller.retry import RETRIED, describe, describe_earlier, find_retry, reopen
 from service.runtime import runtime
+from service.worker.schema import check_schema
 
 
 @click.command("poll")
@@ -43,10 +44,11 @@ def poll_command(once: bool, retry_key: str | None, yes: bool) -> None:
     rt = runtime()
     try:
         deps = build_poller_deps(rt)
-        with rt.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        check_schema(rt.engine)  # a database never migrated was "unavailable: OperationalError"
     except SQLAlchemyError as exc:
         raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
+    except SchemaNotCurrent as exc:
+        raise click.ClickException(f"{exc}: run `meterfix db upgrade` first") from exc
     except Exception as exc:  # bad BUCKET_URL and the like: one clear line
         raise click.ClickException(f"cannot poll: {exc}") from exc
     if retry_key is not None:

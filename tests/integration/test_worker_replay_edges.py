@@ -147,10 +147,12 @@ def test_replay_on_a_database_never_migrated_says_to_upgrade(
     upgrade`."""
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     env = _env(fresh, sandbox_server, sandbox_server.url)
-    result = _cli(["replay", "evt_1"], env, tmp_path)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    [line] = result.stderr.strip().splitlines()
-    assert line == "Error: the database is not migrated: run `meterfix db upgrade` first"
+    # `meterfix poll --once` said "database unavailable: OperationalError" too
+    for args in (["replay", "evt_1"], ["poll", "--once"]):
+        result = _cli(args, env, tmp_path)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line == "Error: the database is not migrated: run `meterfix db upgrade` first"
 
 
 def test_a_successful_replay_resolves_the_missing_input_alert(
