@@ -39,7 +39,7 @@ from service.poller.import_batches import (
     record_group,
     send_batches,
 )
-from service.poller.object_progress import ObjectProgress, row_was_sent
+from service.poller.object_progress import RESEND_HORIZON, ObjectProgress, row_was_sent
 from service.poller.other_versions import OtherVersions
 
 BEAT_EVERY = 10.0  # seconds between heartbeats during a long import
@@ -170,6 +170,9 @@ class _BatchStream:
         """Record each group of chunks, then yield its batches' events to the sink."""
         job, unsent = self.job, self.unsent
         number, last_beat = self.progress.acked_batches, time.monotonic()
+        # batches sent before and never acknowledged: checked against the horizon as each
+        # goes out again (checked once when the pass began, a long pass sent them past it)
+        resent = {batch.number: batch for batch in self.progress.unacked}
         while group := list(islice(chunks, CHUNKS_PER_GROUP)):
             sending, recorded = record_group(job, self.obj, self.progress, group, number)
             unsent.recorded |= recorded.new
@@ -178,6 +181,9 @@ class _BatchStream:
             self._count(group, recorded.acked_rows)
             number += recorded.batches
             for send in sending:
+                before = resent.get(send.number)
+                if before is not None and before.first_sent_at <= job.clock() - RESEND_HORIZON:
+                    raise HorizonPassed([before])
                 unsent.numbers.append(send.number)  # the sink takes no batch it does not send
                 unsent.late.append(send.late)
                 yield send.events

@@ -172,6 +172,49 @@ class _OneBatchFails(StripeMeterEventSink):
         return super().send_batch(batch)
 
 
+class _SlowFirstSend(StripeMeterEventSink):
+    """The real sink, each request taking two minutes on the pass's clock (`moved`)."""
+
+    def __init__(self, *args: Any, moved: list[datetime], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.moved = moved
+
+    def send_batch(self, batch: Any) -> int:
+        sent = super().send_batch(batch)
+        self.moved[0] += timedelta(minutes=2)
+        return sent
+
+
+def test_a_batch_is_not_sent_again_once_the_pass_reaches_its_horizon(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """DESIGN: "no identifier is ever sent again more than 23 hours after its first send
+    without an operator's explicit decision". The horizon was checked once, when the pass
+    took the object: a pass starting a minute before it went on re-sending the file's
+    unacknowledged batches past it (each slow: backoffs, a long file). Now each batch sent
+    before is checked as it goes out again: the pass stops there, gives the object up
+    (horizon), and the batches left wait for `poll --retry KEY --yes`."""
+    t0 = datetime.now(UTC) - timedelta(hours=23)
+    stamp = int(datetime.now(UTC).timestamp()) - 60
+    _put(
+        settings, "day.csv", [f"h-{i},{stamp},api_requests,cus_A,1\n" for i in range(500)], tmp_path
+    )
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1)
+    assert run_poll_pass(poller(at=t0)).retry_files == 1  # five batches, none acknowledged
+    sandbox_server.admin.clear_faults()
+    moved = [t0 + timedelta(hours=22, minutes=59)]  # a minute before the horizon
+    sink = _SlowFirstSend(build_stripe_client(settings), settings, workers=1, moved=moved)
+    deps = poller(sink)
+    deps.clock = lambda: moved[0]
+    report = run_poll_pass(deps)
+    assert (report.imported, report.gave_up) == (0, 1)
+    accepted = _accepted(sandbox_server)
+    assert 100 <= len(accepted) <= 200 and "h-499" not in accepted, len(accepted)
+    with Session(deps.engine) as session:
+        [alert] = session.exec(select(Alert).where(Alert.kind == "poller.gave_up")).all()
+    assert alert.subject == "day.csv: not re-sent: its unacknowledged batches are over 23 h old"
+
+
 def test_poll_retry_yes_does_not_resend_batches_stripe_acknowledged(
     settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path, make_app: Any
 ) -> None:
