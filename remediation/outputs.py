@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ MAX_ROWS = 1_000_000
 MAX_BYTES = 1_000_000_000
 MAX_NAME = 254
 SIZE_CHECK_EVERY = 1024
+UTF8_MOST = 4  # bytes a character takes in UTF-8 at most
+HEAD_MOST = 1 << 20  # bytes a CSV output header takes at most (64 KiB of names, 4 bytes each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,18 @@ def lineage(
     return meta
 
 
+def _rows_fitting(ends: Sequence[int], done: int, most: int, room: int, extra: int) -> int:
+    """How many of the `most` rows from row `done` fit in `room` bytes (each row's bytes
+    from `ends`, plus `extra`)."""
+    if room <= 0:
+        return 0
+    start = ends[done] + extra * done
+    return (
+        bisect_right(range(done, done + most + 1), start + room, key=lambda i: ends[i] + extra * i)
+        - 1
+    )
+
+
 class _Part:
     def __init__(
         self,
@@ -105,6 +120,9 @@ class _Part:
         self.writer = RecordWriter(self.file, fmt, columns=columns, annotations=annotations)
         self.rows = 0
         self.full = False
+        # bytes at the last exact look (`writer.size()`), characters written since, and the
+        # most characters one record took: what bounds the part's bytes between looks
+        self.known, self.unchecked, self.largest = 0, 0, 0
 
     def close(self) -> None:
         self.writer.close()
@@ -138,22 +156,38 @@ class OutputSet:
 
     def write(self, record: UsageRecord, notes: Mapping[str, object] | None = None) -> None:
         part = self._part_for(record)
-        part.writer.write(record, notes)
+        written = part.writer.write(record, notes)
         self.rows += 1
         part.rows += 1
+        part.unchecked += written
+        part.largest = max(part.largest, written)
         self._check_full(part)
 
     def write_block(self, data: bytes | memoryview, ends: Sequence[int]) -> None:
         """Encoded rows (CSV in the first layout's columns, or JSON Lines; row i ends at byte
-        `ends[i + 1]`, `ends[0]` is 0); parts split exactly as `write` splits them."""
+        `ends[i + 1]`, `ends[0]` is 0); parts split as `write` splits them, and never past
+        `max_bytes` (the rows' bytes are known: a part took 1,024 rows between looks at its
+        size, and rows growing from 100 bytes to 1 MB made a part of 1.07 GB)."""
         if not self.layouts:
             self.layouts.append([self._open(1, 1, self.columns)])
         view, done, rows = memoryview(data), 0, len(ends) - 1
+        # a JSON array's writer adds `,\n` before each element and `\n]\n` at the end
+        extra = 2 if self.fmt is FileFormat.JSON else 0
         while done < rows:
             part = self._current(self.layouts[0])
             room = SIZE_CHECK_EVERY - part.rows % SIZE_CHECK_EVERY
             take = min(room, self.max_rows - part.rows, rows - done)
+            size = part.writer.size()
+            # a new part's CSV header is written with its first rows (at most HEAD_MOST)
+            reserve = 3 * extra + (HEAD_MOST if not part.rows else 0)
+            fit = _rows_fitting(ends, done, take, self.max_bytes - size - reserve, extra)
+            if fit == 0 and part.rows:  # the next row would pass the limit: a new part
+                part.full = True
+                continue
+            take = max(fit, 1)  # a row longer than the limit on its own still goes somewhere
             part.writer.write_bytes(view[ends[done] : ends[done + take]], take)
+            part.known = size + ends[done + take] - ends[done] + extra * take
+            part.unchecked = 0
             done += take
             self.rows += take
             part.rows += take
@@ -162,13 +196,22 @@ class OutputSet:
     def _check_full(self, part: _Part) -> None:
         if part.rows >= self.max_rows:
             part.full = True
-        elif part.rows % SIZE_CHECK_EVERY == 0 and self._near_limit(part):
+            return
+        # every record's characters bound the bytes written since the last look (4 bytes
+        # each at most); looked at every SIZE_CHECK_EVERY rows, or once the bound, with room
+        # for a record as long as the longest so far, nears the limit
+        bound = part.known + UTF8_MOST * (part.unchecked + part.largest)
+        if part.rows % SIZE_CHECK_EVERY and bound < self.max_bytes:
+            return
+        if self._near_limit(part):
             part.full = True  # the next record opens a new part
 
     def _near_limit(self, part: _Part) -> bool:
         size = part.writer.size()
+        part.known, part.unchecked = size, 0
         per_row = size / part.rows
-        return size + 2 * SIZE_CHECK_EVERY * per_row > self.max_bytes
+        ahead = max(2 * SIZE_CHECK_EVERY * per_row, UTF8_MOST * part.largest)
+        return size + ahead > self.max_bytes
 
     def _part_for(self, record: UsageRecord) -> _Part:
         for layout in self.layouts:

@@ -128,12 +128,14 @@ class RecordWriter:
             self._column_set = frozenset(self._columns)
         return record_fits(record, self._column_set)
 
-    def write(self, record: UsageRecord, notes: Mapping[str, object] | None = None) -> None:
+    def write(self, record: UsageRecord, notes: Mapping[str, object] | None = None) -> int:
+        """Write one record; the characters written (at most 4 UTF-8 bytes each)."""
         if self._csv is not None:
-            self._write_csv(record, notes or {})
+            written = self._write_csv(record, notes or {})
         else:
-            self._write_json(record, notes or {})
+            written = self._write_json(record, notes or {})
         self.rows += 1
+        return written
 
     def size(self) -> int:
         """Bytes written so far (flushes)."""
@@ -146,13 +148,13 @@ class RecordWriter:
         self._text.flush()
         self._text.detach()
 
-    def _write_csv(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
+    def _write_csv(self, record: UsageRecord, notes: Mapping[str, object]) -> int:
         assert self._csv is not None
         if self._getters is None:
             self._getters = self._start_csv(record)
         row = [get(record) for get in self._getters]
         row.extend(cell(notes.get(name)) for name in self._annotations)
-        self._csv.writerow(row)
+        return int(self._csv.writerow(row))
 
     def write_bytes(self, data: bytes | memoryview, rows: int) -> None:
         """`rows` rows already encoded: CSV in this writer's columns (see `core.csvout`) or
@@ -182,7 +184,7 @@ class RecordWriter:
         self._csv.writerow([*map(header_name, columns), *self._annotations])
         return [getter(name) for name in columns]
 
-    def _write_json(self, record: UsageRecord, notes: Mapping[str, object]) -> None:
+    def _write_json(self, record: UsageRecord, notes: Mapping[str, object]) -> int:
         # an annotated writer's rows (`mfx_code`, `mfx_reason`) are quarantined: as they came
         obj = record_object(record, self._with_errors, as_came=bool(self._annotations))
         obj.update(notes)
@@ -190,9 +192,8 @@ class RecordWriter:
         if "\u2028" in line or "\u2029" in line:  # `core.jsontext.json_lines_safe`, for one line
             line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         if self.fmt is FileFormat.JSONL:
-            self._text.write(line + "\n")
-        else:
-            self._text.write(("[\n" if self.rows == 0 else ",\n") + line)
+            return self._text.write(line + "\n")
+        return self._text.write(("[\n" if self.rows == 0 else ",\n") + line)
 
 
 def record_fits(record: UsageRecord, columns: frozenset[str]) -> bool:
