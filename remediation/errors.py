@@ -34,6 +34,11 @@ class UnreadableFile(MeterfixError):
     """The input file as a whole cannot be read."""
 
 
+class EmptyFile(UnreadableFile):
+    """The input file holds nothing at all (no byte but a BOM or white space): nothing to
+    import, so a whole-file failure of it is dropped, not repaired."""
+
+
 class BadRules(MeterfixError):
     """The rules document is malformed."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from remediation.csvlayouts import CsvLayout
-from remediation.errors import UnreadableFile
+from remediation.errors import EmptyFile, UnreadableFile
 from remediation.filetypes import FileFormat, compressed, detect_format, not_usage
 from remediation.jsondocuments import utf16_refusal
 from remediation.readers import read_records
@@ -63,7 +63,7 @@ def plan_input(path: Path, rules: Rules) -> InputPlan:
         head = handle.read(HEAD_BYTES)
     text = head.decode("utf-8-sig", errors="ignore").lstrip()
     if not text:
-        raise UnreadableFile("empty file: nothing to import (dropped)")
+        raise EmptyFile("empty file: nothing to import (dropped)")
     refused = not_usage(path.name) or compressed(head) or utf16_refusal(head)
     if refused:
         raise UnreadableFile(refused)

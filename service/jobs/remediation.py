@@ -21,6 +21,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from remediation.errors import EmptyFile, UnreadableFile
+from remediation.repair import plan_input, read_repaired
+from remediation.rules import Rules
 from service.errors import TaskInputMissing
 from service.jobs.file_runs import SourceRows, rejected_rows, run_file
 from service.jobs.input_lineage import source_lineage
@@ -34,7 +37,11 @@ from service.jobs.inputs import (
 from service.jobs.left_out import left_out, rows_sent_since
 from service.jobs.runs import run_done
 from service.jobs.stages import Stage, Stages
-from service.jobs.store.reports import import_set, mark_import_set_remediated
+from service.jobs.store.reports import (
+    import_set,
+    mark_import_set_dropped,
+    mark_import_set_remediated,
+)
 from service.jobs.store.runs import (
     failed_file_run_key,
     import_set_run_key,
@@ -42,6 +49,7 @@ from service.jobs.store.runs import (
 )
 from service.models import ImportSet, RemediationRun, RunTrigger
 from service.models._types import as_utc, utcnow
+from service.notify.alerts import raise_alert
 
 # --- import sets ---------------------------------------------------------------------------
 
@@ -101,8 +109,54 @@ def import_set_failed(deps: JobDeps, import_set_id: str) -> str:
     if run_done(deps.run, run_key) is None:
         crashed = unfinished_run(deps.run.engine, run_key)  # a try before: its names stand
         with tempfile.TemporaryDirectory(prefix="meterfix-dl-") as tmp:
-            left = _repair_failed_file(deps, import_set, import_set_id, run_key, crashed, Path(tmp))
+            try:
+                left = _repair_failed_file(
+                    deps, import_set, import_set_id, run_key, crashed, Path(tmp)
+                )
+            except _Dropped as dropped:
+                return _drop(deps, import_set, import_set_id, dropped.why)
     return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
+
+
+class _Dropped(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _nothing_to_import(path: Path, rules: Rules) -> str | None:
+    """Why a whole-file failure's source holds nothing to import (DESIGN: "empty files
+    dropped"): no byte but a BOM or white space, or no row (a header, `[]`). None: it holds
+    rows, or cannot be read (the run says why)."""
+    try:
+        plan = plan_input(path, rules)
+    except EmptyFile as exc:
+        return exc.reason
+    except UnreadableFile:
+        return None
+    try:
+        with path.open("rb") as stream:
+            if next(read_repaired(stream, plan, rules), None) is None:
+                return "no usage rows: nothing to import (dropped)"
+    except UnreadableFile:
+        return None
+    return None
+
+
+def _drop(deps: JobDeps, import_set: ImportSet, import_set_id: str, why: str) -> str:
+    """An empty source dropped: the import set done without a run, an info alert saying so
+    (it was a critical "cannot remediate", and an empty run's audit file was uploaded)."""
+    source = import_set.source_object or import_set.source_file_id or import_set_id
+    raise_alert(
+        deps.run.engine,
+        key=f"remediation:dropped:{import_set_id}",
+        severity="info",
+        kind="remediation_input",
+        subject=f"import set {import_set_id}: {source} dropped",
+        message=f"{source}: {why}",
+    )
+    mark_import_set_dropped(deps.run.engine, import_set_id, why)
+    return f"dropped: {why}"
 
 
 def _repair_failed_file(
@@ -119,6 +173,8 @@ def _repair_failed_file(
     with stages.timing(Stage.DOWNLOAD):
         before = crashed.source if crashed is not None else None
         path, source, copied = fetch_source(deps, import_set, tmp, before)
+    if crashed is None and (why := _nothing_to_import(path, deps.run.rules)) is not None:
+        raise _Dropped(why)
     # the whole file failed: none of its rows was billed
     request = rejected_rows(
         deps,

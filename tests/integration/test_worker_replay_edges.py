@@ -189,3 +189,45 @@ def test_a_successful_replay_resolves_the_missing_input_alert(
     assert (run.source, run.status) == ("in/late.csv", "done")
     [alert] = _alerts(service.engine, "remediation_input")
     assert alert.status == "resolved"
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"", "empty file: nothing to import (dropped)"),
+        (b"\xef\xbb\xbf \n", "empty file: nothing to import (dropped)"),
+        (
+            b"identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n",
+            "no usage rows: nothing to import (dropped)",
+        ),
+    ],
+    ids=["no-bytes", "bom-and-space", "header-only"],
+)
+def test_a_whole_file_failure_of_an_empty_file_is_dropped_not_alerted_as_critical(
+    service: Service, body: bytes, why: str
+) -> None:
+    """DESIGN (whole-file failures): "empty files dropped". An import set failed on an empty
+    file (or a header only) raised a critical "cannot remediate" alert, and a header-only
+    file's empty run uploaded an audit file. Now the import set is done with no run, and an
+    info alert says the file was dropped."""
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    (bucket / "in").mkdir(parents=True)
+    (bucket / "in" / "empty.csv").write_bytes(body)
+    event = {
+        "id": "impset_empty",
+        "object": "data_management.import_set",
+        "status": "failed",
+        "failed_reason": "The file is empty",
+        "source_object": "in/empty.csv",
+    }
+    service.deliver(build_import_set_event("data_management.import_set.failed", event))
+    service.drain()
+    assert service.rows(RemediationRun) == []
+    [alert] = _alerts(service.engine, "remediation_input")
+    assert (alert.severity, alert.status) == ("info", "open")
+    assert alert.subject == "import set impset_empty: in/empty.csv dropped"
+    assert alert.message == f"in/empty.csv: {why}"
+    [task] = [row for row in service.rows(InboxEvent) if row.style == "task"]
+    assert (task.status, task.outcome) == ("done", f"dropped: {why}")
+    files = [p.relative_to(bucket) for p in bucket.rglob("*") if p.is_file()]
+    assert files == [Path("in/empty.csv")]  # no output, no audit file

@@ -194,6 +194,18 @@ def mark_import_set_remediated(engine: Engine, import_set_id: str, run_key: str)
         session.add(row)
 
 
+def mark_import_set_dropped(engine: Engine, import_set_id: str, why: str) -> None:
+    """The import set's source held nothing to import: done, with no run (`why` in detail)."""
+    with session_scope(engine) as session:
+        row = session.exec(
+            select_model(ImportSet).where(ImportSet.import_set_id == import_set_id)
+        ).one()
+        row.remediation_status = RemediationStatus.DONE
+        row.detail = {**row.detail, "dropped": why}
+        row.updated_at = utcnow()
+        session.add(row)
+
+
 # --- error reports -------------------------------------------------------------------------
 
 # The key prefix of the warning a `partial` report raises, `<prefix>:<event id>`, when its
