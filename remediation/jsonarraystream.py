@@ -23,6 +23,7 @@ from remediation.jsonvalues import (
     LONE_SURROGATE,
     SURROGATE_ESCAPE,
     NotJsonNumber,
+    decode_error,
     duplicate_key,
     lone_surrogate,
     record_keys,
@@ -159,9 +160,7 @@ class JsonArrayStream:
     def _invalid(self, number: int, exc: json.JSONDecodeError) -> str:
         """Why item `number` is no JSON (the decoder's message alone ended in a dangling
         "at", its place left out: "Invalid control character at")."""
-        what = exc.msg.removesuffix(" at")
-        hint = " (a NUL, a tab, a line break or another such character in a string)"
-        return f"invalid JSON in item {number}: {what}" + (hint if "control" in what else "")
+        return f"invalid JSON in item {number}: {decode_error(exc)}"
 
     def holds_minus_zero(self, start: int, end: int) -> bool:
         """`jsonnumbers.may_hold_minus_zero` of the element's text, not copied out."""

@@ -27,6 +27,14 @@ from remediation.limits import json_depth_over
 MAX_ROW_KEYS = 1000
 
 
+def decode_error(exc: json.JSONDecodeError) -> str:
+    """What the decoder found wrong, in words: its message alone ends in a dangling "at"
+    where it names a character ("Invalid control character at"), whose place is left out."""
+    what = exc.msg.removesuffix(" at")
+    hint = " (a NUL, a tab, a line break or another such character in a string)"
+    return what + (hint if "control" in what else "")
+
+
 def parse_line(text: str, depth: int) -> tuple[object, str | None]:
     """(the JSON value, None), or (None, why it is refused): nesting is measured before the
     text is parsed; a key named twice in one object is ambiguous. The cheap tests come first:
@@ -38,7 +46,7 @@ def parse_line(text: str, depth: int) -> tuple[object, str | None]:
         signed = "-" in text and "-0" in text
         obj = (_STRICT_SIGNED if signed else _STRICT).decode(text)
     except json.JSONDecodeError as exc:
-        return None, f"is not JSON: {exc.msg}"
+        return None, f"is not JSON: {decode_error(exc)}"
     except NotJsonNumber as exc:
         return None, exc.reason
     except RecursionError:

@@ -136,6 +136,17 @@ def test_a_broken_json_element_fails_the_file_saying_why(
     )
 
 
+def test_a_json_line_holding_a_raw_control_character_says_so_in_words() -> None:
+    """A JSON Lines line with a raw tab in a string: its reason ended in a dangling "at"
+    ("line is not JSON: Invalid control character at"), as a JSON array's did."""
+    line = b'{"identifier": "t1", "note": "a\tb"}'
+    (record,) = read(line + b"\n", FileFormat.JSONL)
+    assert record.malformed == (
+        "line is not JSON: Invalid control character "
+        "(a NUL, a tab, a line break or another such character in a string)"
+    )
+
+
 def test_a_csv_field_past_the_cap_fails_the_file_with_a_reason() -> None:
     data = b'identifier,payload_value\na,"' + b"x" * (MAX_LINE_CHARS + 10) + b"\n"
     with pytest.raises(UnreadableFile) as caught:
