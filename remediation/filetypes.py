@@ -66,9 +66,17 @@ _COMPRESSED = (
 
 
 def compressed(head: bytes) -> str | None:
-    """Why a file whose first bytes are `head` is refused as compressed, or None."""
+    """Why a file whose first bytes are `head` is refused as compressed, or as UTF-16 text
+    (its byte order mark: it was "undecodable byte at offset 0"), or None."""
     for magic, kind in _COMPRESSED:
         if head.startswith(magic):
             shown = " ".join(f"{byte:02x}" for byte in magic)
             return f"not UTF-8 text: a {kind} file (it starts with {shown}): decompress it first"
+    for bom in UTF16_BOMS:
+        if head.startswith(bom):
+            shown = " ".join(f"{byte:02x}" for byte in bom)
+            return f"not UTF-8 text: UTF-16 text (it starts with {shown}): save it as UTF-8"
     return None
+
+
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")

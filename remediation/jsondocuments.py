@@ -14,13 +14,13 @@ import re
 from typing import BinaryIO
 
 from remediation.errors import UnreadableFile
+from remediation.filetypes import UTF16_BOMS, compressed
 from remediation.jsonarraystream import CHUNK_CHARS
 from remediation.jsonreaders import JSON_SPACE, MAX_LINE_CHARS, Replay
 
 # A document of JSON objects, not one a line (`objects_document`): read whole up to this many
 # bytes (the bound of one line or element), its first line looked at up to `CHUNK_CHARS`.
 MAX_DOCUMENT_BYTES = MAX_LINE_CHARS
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _UTF16_UNITS = 4  # characters in UTF-16 without a BOM that tell it (one NUL alone does not)
 _BREAK_AND_INDENT = re.compile("[\r\n\t][ \t\r\n]*")
 _BLANKS = re.compile(f"[{re.escape(JSON_SPACE)}]*")
@@ -66,8 +66,8 @@ def utf16_refusal(head: bytes) -> str | None:
     without one, its first `_UTF16_UNITS` characters each an ASCII byte beside a NUL byte, as
     UTF-16 spells them (a NUL alone is no such pattern: a line of JSON Lines holding one is a
     malformed row, as any line that is no JSON)."""
-    if head[:2] in _UTF16_BOMS:
-        return "not UTF-8 text: undecodable byte at offset 0"
+    if head[:2] in UTF16_BOMS:
+        return compressed(head)
     units = head[: 2 * _UTF16_UNITS]
     if len(units) < 2 * _UTF16_UNITS:
         return None
@@ -82,7 +82,7 @@ def utf16_refusal(head: bytes) -> str | None:
 def _refuse_utf16(head: bytes) -> None:
     """A BOM fails decoding at offset 0, where the text is decoded; a NUL fails here."""
     refusal = utf16_refusal(head)
-    if refusal is not None and head[:2] not in _UTF16_BOMS:
+    if refusal is not None and head[:2] not in UTF16_BOMS:
         raise UnreadableFile(refusal)
 
 

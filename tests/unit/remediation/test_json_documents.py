@@ -140,8 +140,9 @@ def test_utf16_is_not_utf8(fmt: FileFormat, encoding: str) -> None:
         rows(text.encode(encoding), fmt)
     assert err.value.reason.startswith("not UTF-8 text: ")
     assert (
-        "undecodable byte at offset 0" in err.value.reason
-        if encoding == "utf-16"  # a BOM: as CSV and JSON Lines always said
+        # a BOM: it said "undecodable byte at offset 0", as CSV and JSON Lines did
+        err.value.reason == "not UTF-8 text: UTF-16 text (it starts with ff fe): save it as UTF-8"
+        if encoding == "utf-16"
         else "UTF-16" in err.value.reason
     )
     with pytest.raises(UnreadableFile) as again:
@@ -193,7 +194,9 @@ def test_csv_in_utf16_is_not_utf8_in_remediate(tmp_path: Path) -> None:
     path.write_bytes("event_name,timestamp\napi_requests,1\n".encode("utf-16"))
     with pytest.raises(UnreadableFile) as err:
         plan_input(path, load_rules(""))
-    assert err.value.reason == "not UTF-8 text: undecodable byte at offset 0"
+    assert err.value.reason == (
+        "not UTF-8 text: UTF-16 text (it starts with ff fe): save it as UTF-8"
+    )  # it said "undecodable byte at offset 0"
 
 
 SEPARATED = [
