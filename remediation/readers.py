@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from remediation.csvlayouts import CsvLayout
+from remediation.csvtext import closed_at_end
 from remediation.errors import UnreadableFile, not_utf8
 from remediation.filetypes import FileFormat
 from remediation.jsonreaders import release, text_stream
@@ -135,7 +136,7 @@ class CsvRecords(Iterator[UsageRecord]):
         try:
             if csv.field_size_limit() < CSV_FIELD_LIMIT:
                 csv.field_size_limit(CSV_FIELD_LIMIT)
-            rows = csv.reader(text, delimiter=self._delimiter)
+            rows = csv.reader(closed_at_end(text), delimiter=self._delimiter)
             header = header_row(rows)
             if header is None:
                 return

@@ -10,6 +10,8 @@ import io
 
 import numpy as np
 
+from remediation.csvtext import open_at_end
+
 _SENTINEL = "\udc80"  # a line no UTF-8 text holds: csv.reader returns it alone between records
 _QUOTE, CR, _LF = ord('"'), ord("\r"), ord("\n")
 
@@ -73,6 +75,8 @@ def block_rows(block: bytes, delimiter: str, final: bool) -> list[list[str]] | N
     except UnicodeDecodeError:
         return None  # the exact reader raises it with today's offset
     lines: list[str] = io.StringIO(text, newline="").readlines()
+    if final and lines and not lines[-1].endswith(("\n", "\r")):
+        lines[-1] = open_at_end(lines[-1])
     try:
         rows = list(csv.reader([*lines, *([] if final else [_SENTINEL])], delimiter=delimiter))
     except csv.Error:

@@ -10,6 +10,8 @@ import io
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
+from remediation.csvtext import open_at_end
+
 TEXT_CHUNK = 8192  # bytes io.TextIOWrapper decodes at a time (its _CHUNK_SIZE)
 _KEEP_BEHIND = TEXT_CHUNK + 4  # bytes before a block the exact path re-decodes from
 
@@ -93,4 +95,4 @@ def _lines(pieces: Iterable[str]) -> Iterator[str]:
         held = [] if lines[-1].endswith(("\n", "\r")) else [lines.pop()]
         yield from lines
     if rest := "".join(held):
-        yield rest
+        yield open_at_end(rest)

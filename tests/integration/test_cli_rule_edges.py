@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.test_cli_remediate import meterfix
 
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"
@@ -263,3 +265,21 @@ def test_a_failed_row_of_no_event_name_is_not_given_the_default(tmp_path: Path) 
     [row] = found["quarantine"]
     assert (row["event_name"], row["mfx_code"]) == ("", "no_meter")
     assert row["mfx_reason"] == "no single active meter matches event_name ''"
+
+
+@pytest.mark.parametrize("end", ["", "\r"], ids=["no-line-end", "lone-cr-is-one"])
+def test_a_file_cut_off_inside_a_quoted_value_is_not_billed_what_was_left(
+    tmp_path: Path, end: str
+) -> None:
+    """A failed-records file cut off in its last value (`"600` became `"6`, the file ending
+    there): csv.reader closed the field at the end of the file and the row was corrected
+    and billed 6. A quote left open anywhere else made the row's field hold a line break
+    (refused, "a quote left open?"); at the end of the file it does the same now."""
+    text = "identifier,timestamp,event_name,payload_stripe_customer_id,error_code,payload_value\n"
+    text += f'c1,1764000000000,api_requests,cus_1,timestamp_in_future,"6{end}'
+    found = remediate(tmp_path, "cut.csv", text)
+    assert found["corrected"] == []
+    [row] = found["quarantine"]
+    assert row["identifier"] == "c1" and row["mfx_reason"].endswith(
+        "(a line break: a quote left open?)"
+    )

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from remediation.core.csvread import CsvColumns
 from remediation.core.csvsource import TEXT_CHUNK
 from remediation.core.textmeasures import CONTROL_CLASS
+from remediation.csvtext import closed_at_end
 from remediation.errors import UnreadableFile
 from remediation.readers import CSV_FIELD_LIMIT, CsvRecords, header_row, text_stream
 from tests.fuzz import fuzz_settings
@@ -49,7 +50,9 @@ def _today_header(
 ) -> tuple[str, ...] | None:
     """The header `row_batches` reads (it hands out only its layout, of stripped names): the
     first row that is not blank."""
-    first = header_row(csv.reader(text_stream(io.BytesIO(data)), delimiter=delimiter))
+    first = header_row(
+        csv.reader(closed_at_end(text_stream(io.BytesIO(data))), delimiter=delimiter)
+    )
     if first is None:
         return None
     same_width = header is not None and len(header) == len(first)
