@@ -27,6 +27,7 @@ from service.errors import HorizonPassed, PartlyUnreadable
 from service.logs import log_event
 from service.notify.alerts import raise_alert, resolve_alert
 from service.poller.object_progress import RESEND_HORIZON, ObjectProgress
+from service.poller.progress import ProgressStore
 
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(minutes=30)
@@ -90,7 +91,8 @@ def raise_gave_up(
     progress: ObjectProgress,
     give_up_after: int,
 ) -> None:
-    subject, todo = _gave_up_advice(obj, verdict, progress, give_up_after)
+    earlier = ProgressStore(engine).oldest_unacked_in_other_versions(obj)
+    subject, todo = _gave_up_advice(obj, verdict, progress, give_up_after, earlier)
     raise_alert(
         engine,
         key=gave_up_key(obj),
@@ -106,11 +108,19 @@ def raise_gave_up(
 
 
 def _gave_up_advice(
-    obj: ObjectInfo, verdict: Verdict, progress: ObjectProgress, give_up_after: int
+    obj: ObjectInfo,
+    verdict: Verdict,
+    progress: ObjectProgress,
+    give_up_after: int,
+    earlier: datetime | None = None,
 ) -> tuple[str, str]:
-    """The gave-up alert's subject, and what the operator should do, by why it gave up."""
+    """The gave-up alert's subject, and what the operator should do, by why it gave up.
+    `earlier`: the first send of the oldest batch an earlier version of the key sent and
+    Stripe never acknowledged (rows of it this version holds count from then: the deadline
+    counted from this version's own first send, and a retry within it found them past the
+    horizon)."""
     retry = f"meterfix poll --retry {obj.key}"
-    oldest = progress.oldest_resend()
+    oldest = min((t for t in (progress.oldest_resend(), earlier) if t is not None), default=None)
     if verdict.why == "horizon":
         return _advice_past_horizon(obj, retry, verdict.retry_key)
     if verdict.why == "unreadable":

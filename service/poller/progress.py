@@ -223,6 +223,19 @@ class ProgressStore:
             rows = conn.execute(query).all()
         return [(int(row.object_id), str(row.etag), _batch(row)) for row in rows]
 
+    def oldest_unacked_in_other_versions(self, obj: ObjectInfo) -> datetime | None:
+        """When the oldest batch other versions of `obj`'s key sent, never acknowledged, was
+        first sent: rows of this version it may hold count as sent by it until the horizon."""
+        query = (
+            select(func.min(BATCHES.c.first_sent_at))
+            .join(OBJECTS, OBJECTS.c.id == BATCHES.c.object_id)
+            .where(OBJECTS.c.key == obj.key, OBJECTS.c.etag != obj.etag)
+            .where(BATCHES.c.acked_at.is_(None))
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        return as_utc(found)
+
     def batch_count(self, object_id: int) -> int:
         with self.engine.connect() as conn:
             query = select(func.count()).where(BATCHES.c.object_id == object_id)

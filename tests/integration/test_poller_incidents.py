@@ -280,6 +280,14 @@ def test_rows_an_overwritten_version_sent_unacknowledged_a_day_ago_are_not_taken
     assert run_poll_pass(poller(at=t0)).retry_files == 1
     _put(settings, "usage.csv", rows, tmp_path)  # overwritten: the same rows and 100 more
     assert run_poll_pass(poller(at=t0 + timedelta(hours=1))).retry_files == 1
+    assert run_poll_pass(poller(at=t0 + timedelta(hours=7, minutes=1))).gave_up == 1
+    with Session(poller().engine) as session:
+        [alert] = session.exec(select(Alert).where(Alert.kind == "poller.gave_up")).all()
+    # the deadline counts from version 1's send of the rows (it said t0 + 24 h: past it)
+    deadline = (t0 + timedelta(hours=23)).astimezone(UTC)
+    assert f"`meterfix poll --retry usage.csv` before {deadline:%Y-%m-%d %H:%M} UTC" in (
+        alert.message
+    )
     sandbox_server.admin.clear_faults()
     assert _accepted(sandbox_server) == []
     cli = make_app(settings).test_cli_runner()
