@@ -259,6 +259,20 @@ def test_poll_retry_yes_does_not_resend_batches_stripe_acknowledged(
     )
 
 
+def _sent_during_an_outage(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path, key: str
+) -> tuple[datetime, list[str]]:
+    """300 rows, `r-0` ... (`now - 60 s`): the first 200 put under `key` and sent 23.5 h ago
+    while the stream answered 500 (two batches, never acknowledged; the stream still fails)."""
+    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=30)
+    stamp = int(datetime.now(UTC).timestamp()) - 60
+    rows = [f"r-{i},{stamp},api_requests,cus_A,1\n" for i in range(300)]
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1)
+    _put(settings, key, rows[:200], tmp_path)
+    assert run_poll_pass(poller(at=t0)).retry_files == 1
+    return t0, rows
+
+
 def test_rows_an_overwritten_version_sent_unacknowledged_a_day_ago_are_not_taken_for_billed(
     settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path, make_app: Any
 ) -> None:
@@ -272,12 +286,7 @@ def test_rows_an_overwritten_version_sent_unacknowledged_a_day_ago_are_not_taken
     delivered (`OtherVersions._delivered`): it sent the 100 new rows, said the other 200
     were "sent before" and resolved the alert. Stripe never had them. Now the retry names
     those batches and sends nothing without --yes; with it, every row is billed once."""
-    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=30)
-    stamp = int(datetime.now(UTC).timestamp()) - 60
-    rows = [f"r-{i},{stamp},api_requests,cus_A,1\n" for i in range(300)]
-    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1)
-    _put(settings, "usage.csv", rows[:200], tmp_path)
-    assert run_poll_pass(poller(at=t0)).retry_files == 1
+    t0, rows = _sent_during_an_outage(settings, sandbox_server, poller, tmp_path, "usage.csv")
     _put(settings, "usage.csv", rows, tmp_path)  # overwritten: the same rows and 100 more
     assert run_poll_pass(poller(at=t0 + timedelta(hours=1))).retry_files == 1
     assert run_poll_pass(poller(at=t0 + timedelta(hours=7, minutes=1))).gave_up == 1
@@ -310,12 +319,8 @@ def test_a_pass_stops_on_rows_another_file_sent_unacknowledged_a_day_ago(
     acknowledged and 23.5 h old: they were left out as delivered, silently. Now the pass
     gives the copy up with an alert naming the first file's retry; that retry's --yes counts
     those batches as never sent, and the copy's retry sends every row once."""
-    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=30)
+    _, rows = _sent_during_an_outage(settings, sandbox_server, poller, tmp_path, "first.csv")
     stamp = int(datetime.now(UTC).timestamp()) - 60
-    rows = [f"c-{i},{stamp},api_requests,cus_A,1\n" for i in range(150)]
-    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1)
-    _put(settings, "first.csv", rows[:100], tmp_path)
-    assert run_poll_pass(poller(at=t0)).retry_files == 1
     # overwritten with another row; a copy holds the first rows and more
     _put(settings, "first.csv", [f"z-0,{stamp},api_requests,cus_A,1\n"], tmp_path)
     sandbox_server.admin.clear_faults()
@@ -334,7 +339,7 @@ def test_a_pass_stops_on_rows_another_file_sent_unacknowledged_a_day_ago(
     assert "first.csv is imported: nothing of it is sent again" in decided.output
     retried = cli.invoke(args=["poll", "--retry", "copy.csv"], catch_exceptions=False)
     assert retried.exit_code == 0, retried.output
-    assert sorted(_accepted(sandbox_server)) == sorted(["z-0", *(f"c-{i}" for i in range(150))])
+    assert sorted(_accepted(sandbox_server)) == sorted(["z-0", *(f"r-{i}" for i in range(300))])
     assert not sandbox_server.admin.duplicates()
 
 

@@ -400,14 +400,19 @@ def test_a_stuck_item_is_failed_at_its_time_limit_and_retried(intake: Intake) ->
     assert _rows(intake)[0].status == InboxStatus.PENDING
 
 
-def test_an_item_that_keeps_killing_workers_is_dead_lettered(intake: Intake) -> None:
-    event_id = intake.deliver(build_error_report_event("mtr_p", ERRORS))
-    with Session(intake.engine) as session:  # max attempts claimed, each worker died on it
+def _died_on_every_attempt(intake: Intake) -> None:
+    """The one inbox item claimed its max attempts, each worker dying on it."""
+    with Session(intake.engine) as session:
         row = session.exec(select(InboxEvent)).one()
         row.status, row.attempts = InboxStatus.PROCESSING, intake.settings.mfx_max_attempts
         row.locked_by, row.locked_at = "dead:1:x", datetime.now(UTC) - timedelta(hours=1)
         session.add(row)
         session.commit()
+
+
+def test_an_item_that_keeps_killing_workers_is_dead_lettered(intake: Intake) -> None:
+    event_id = intake.deliver(build_error_report_event("mtr_p", ERRORS))
+    _died_on_every_attempt(intake)
     report = intake.worker().drain()
     assert [e for e, _ in report.dead] == [event_id] and intake.fetches(event_id) == 0
     [row] = _rows(intake)
@@ -443,12 +448,7 @@ def test_a_dead_lettered_task_fails_the_run_it_left_running(intake: Intake) -> N
         0,
         task_id(TaskKind.QUARANTINE_RERUN, "8"),
     )
-    with Session(intake.engine) as session:  # max attempts claimed, each worker died on it
-        row = session.exec(select(InboxEvent)).one()
-        row.status, row.attempts = InboxStatus.PROCESSING, intake.settings.mfx_max_attempts
-        row.locked_by, row.locked_at = "dead:1:x", datetime.now(UTC) - timedelta(hours=1)
-        session.add(row)
-        session.commit()
+    _died_on_every_attempt(intake)
     report = intake.worker().drain()
     assert [e for e, _ in report.dead] == ["mfx_task_quarantine_rerun_7"]
     with Session(intake.engine) as session:

@@ -184,24 +184,21 @@ def report_ends(engine: Engine, event_ids: Sequence[str]) -> dict[str, datetime]
 
 def mark_import_set_remediated(engine: Engine, import_set_id: str, run_key: str) -> None:
     """The import set's remediation is done, by the run `run_key`."""
-    with session_scope(engine) as session:
-        row = session.exec(
-            select_model(ImportSet).where(ImportSet.import_set_id == import_set_id)
-        ).one()
-        row.remediation_status = RemediationStatus.DONE
-        row.detail = {**row.detail, "run_key": run_key}
-        row.updated_at = utcnow()
-        session.add(row)
+    _mark_import_set_done(engine, import_set_id, {"run_key": run_key})
 
 
 def mark_import_set_dropped(engine: Engine, import_set_id: str, why: str) -> None:
     """The import set's source held nothing to import: done, with no run (`why` in detail)."""
+    _mark_import_set_done(engine, import_set_id, {"dropped": why})
+
+
+def _mark_import_set_done(engine: Engine, import_set_id: str, detail: dict[str, str]) -> None:
     with session_scope(engine) as session:
         row = session.exec(
             select_model(ImportSet).where(ImportSet.import_set_id == import_set_id)
         ).one()
         row.remediation_status = RemediationStatus.DONE
-        row.detail = {**row.detail, "dropped": why}
+        row.detail = {**row.detail, **detail}
         row.updated_at = utcnow()
         session.add(row)
 
