@@ -234,3 +234,21 @@ def test_a_reroute_fills_a_blank_json_key_from_its_alias_as_an_empty_cell(
         "tokens",
         {"stripe_customer_id": "cus_1", "tokens": 5},
     )
+
+
+def test_two_amount_columns_holding_two_amounts_are_both_named(tmp_path: Path) -> None:
+    """A usage CSV naming its amount twice, `amount` and `quantity` (both aliases of the
+    value): the header repair renamed the first, and the row was corrected and billed 5,
+    the 7 beside it never named. Now the row is quarantined naming both; columns that agree
+    are one amount."""
+    text = f"{HEADER},payload_stripe_customer_id,amount,quantity\n"
+    text += "a1,1764000000,api_requests,cus_1,5,7\na2,1764000000,api_requests,cus_1,5,5\n"
+    found = remediate(tmp_path, "aq.csv", text)
+    [quarantined] = found["quarantine"]
+    assert (quarantined["identifier"], quarantined["mfx_reason"]) == (
+        "a1",
+        "payload key 'value' holds '5' and a top-level alias holds '7': which one is meant "
+        "is not guessed",
+    )
+    [corrected] = found["corrected"]
+    assert (corrected["identifier"], corrected["payload_value"]) == ("a2-mfx1", "5")

@@ -25,14 +25,24 @@ def rename_value_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
     meter = meter_of(record, ctx)
     if not ctx.rules.enabled("rename_value_key"):  # before the row is changed
         raise Uncorrectable("rule rename_value_key is disabled")
+    # what the row's top-level aliases hold (a CSV's second alias column, `quantity` beside
+    # `amount`, is one): one other than the amount renamed is a second amount
+    top = {
+        str(v).strip()
+        for k, v in record.extra.items()
+        if k.lower() in ctx.rules.value_keys and holds(v)
+    }
     exclude = {meter.customer_key, *meter.dimension_keys}
-    change = rename_alias(record, meter.value_key, ctx.rules.value_keys, exclude)
+    change = rename_alias(record, meter.value_key, ctx.rules.value_keys, exclude, top)
     if change is not None:
         return [change]
     alias = ctx.header_aliases.get(meter.value_key)
-    if alias is not None and holds(record.payload.get(meter.value_key)):
+    if alias is not None and holds(held := record.payload.get(meter.value_key)):
         # a CSV column under an alias (`amount`) the repaired header renamed to the meter's
         # value key: Stripe read the row without one (as `fill_customer_key_row` does)
+        other = sorted(top - {str(held).strip()})
+        if other:  # `amount,quantity` columns holding 5 and 7: 5 was billed, 7 never named
+            raise Uncorrectable(_clash(meter.value_key, held, "a top-level alias", other[0]))
         return [Change("rename_key", f"payload.{alias}", alias, meter.value_key)]
     raise Uncorrectable(f"no single aliased column for value key {meter.value_key!r}")
 
