@@ -6,7 +6,7 @@ These change which keys a row has, so they take rows one at a time (such rows ar
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Callable, Set
 
 from remediation.changes import Change, Context, meter_of
 from remediation.core.columns import Batch
@@ -27,11 +27,7 @@ def rename_value_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
         raise Uncorrectable("rule rename_value_key is disabled")
     # what the row's top-level aliases hold (a CSV's second alias column, `quantity` beside
     # `amount`, is one): one other than the amount renamed is a second amount
-    top = {
-        str(v).strip()
-        for k, v in record.extra.items()
-        if k.lower() in ctx.rules.value_keys and holds(v)
-    }
+    top = top_level(record, ctx.rules.value_keys, holds)
     exclude = {meter.customer_key, *meter.dimension_keys}
     change = rename_alias(record, meter.value_key, ctx.rules.value_keys, exclude, top)
     if change is not None:
@@ -58,11 +54,7 @@ def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
     held = record.payload.get(meter.customer_key)
     if holds(held) and not is_customer_id(held):  # an object, a list, a boolean, a fraction
         raise Uncorrectable(no_customer_id(meter.customer_key, held))  # not overwritten
-    found = {
-        str(v).strip()
-        for k, v in record.extra.items()
-        if k.lower() in ctx.rules.customer_keys and _customer_text(v)
-    }
+    found = top_level(record, ctx.rules.customer_keys, _customer_text)
     exclude = {meter.value_key, *meter.dimension_keys}
     change = rename_alias(record, meter.customer_key, ctx.rules.customer_keys, exclude, found)
     if change is not None:
@@ -95,6 +87,16 @@ def _customer_text(value: object) -> bool:
     was the customer "None"), nor is an object, a list or a boolean (Python's text of it,
     "{'a': 1}" or "False", was sent as the customer)."""
     return is_customer_id(value)
+
+
+def top_level(
+    record: UsageRecord, aliases: tuple[str, ...], candidate: Callable[[object], bool]
+) -> set[str]:
+    """The text the row's top-level aliases (`record.extra`, named in any case) hold, of the
+    values `candidate` takes."""
+    return {
+        str(v).strip() for k, v in record.extra.items() if k.lower() in aliases and candidate(v)
+    }
 
 
 def rename_alias(
