@@ -86,7 +86,15 @@ def csv_batches(
                 for i, reason in block.malformed.items()
                 if start <= i < start + rows
             }
-            yield csv_batch(layout, cells, block.first_row + start, malformed, rows, block.widths)
+            yield csv_batch(
+                layout,
+                cells,
+                block.first_row + start,
+                malformed,
+                rows,
+                block.widths,
+                records.event_name_fill,
+            )
 
 
 def _prefetched(items: Iterator[Batch], ahead: Ahead) -> Iterator[Batch]:

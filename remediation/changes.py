@@ -58,6 +58,22 @@ class Context:
     # Payload keys a CSV header alias was renamed to, each to its alias (`stripe_customer_id`:
     # `customer_id`): Stripe read the file's rows without them (`repair.plan_input`).
     header_aliases: dict[str, str] = field(default_factory=dict)
+    # What a whole-file repair changed in every row it read (`core.filerepairs`): recorded
+    # in the audit of each row that goes out.
+    file_repairs: FileRepairs = field(default_factory=lambda: FileRepairs())
+
+
+@dataclass(frozen=True, slots=True)
+class FileRepairs:
+    """What a whole-file repair of a CSV changed in the values of its rows as they were
+    read: the event name every row got (its header had no event_name column; "" none). The
+    file's other repairs change no value (a delimiter, a column read under an alias): the
+    run records them once (`repair.InputPlan.repairs`)."""
+
+    event_name: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.event_name)
 
 
 Corrector = Callable[[UsageRecord, Context], list[Change]]

@@ -11,7 +11,7 @@ behind the decider by `writebehind`, and the process's memory held for the run b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from remediation.batching import batches
-from remediation.changes import Context
+from remediation.changes import Context, FileRepairs
 from remediation.core.csvout import CsvOut
 from remediation.core.decide import BatchDecider
 from remediation.core.decided import Decided
@@ -36,6 +36,7 @@ from remediation.outputs import PlannedOutput
 from remediation.ports import CustomerDirectory, LeavesOut
 from remediation.readers import CsvRecords
 from remediation.records import PAYLOAD_PREFIX, UsageRecord
+from remediation.repair import InputPlan
 from remediation.rules import Rules
 from remediation.sinks import Sinks
 from remediation.validation import MeterIndex
@@ -56,15 +57,31 @@ class RemediationResult:
 Audited = tuple[pa.RecordBatch, Sequence[QuarantinedRow]]
 
 
-def _header_aliases(records: Iterable[UsageRecord]) -> dict[str, str]:
-    """The payload keys a CSV input's repaired header renamed from an alias, to the alias."""
-    if not isinstance(records, CsvRecords):
+def _header_aliases(plan: InputPlan | None, records: Iterable[UsageRecord]) -> dict[str, str]:
+    """The payload keys a CSV input's repaired header renamed from an alias, to the alias.
+    From the plan: the records a run reads may be another iterator over the `CsvRecords`
+    (rows left out, renumbered), and the rows Stripe read without their customer were then
+    counted valid, never re-sent."""
+    if plan is not None:
+        renamed: Mapping[str, str] = dict(plan.renamed)
+    elif isinstance(records, CsvRecords):
+        renamed = records.renamed
+    else:
         return {}
     return {
         column.removeprefix(PAYLOAD_PREFIX): alias
-        for column, alias in records.renamed.items()
+        for column, alias in renamed.items()
         if column.startswith(PAYLOAD_PREFIX)
     }
+
+
+def _file_repairs(plan: InputPlan | None, records: Iterable[UsageRecord]) -> FileRepairs:
+    """What a CSV input's whole-file repair changed in its rows' values (`core.filerepairs`)."""
+    if plan is not None:
+        return FileRepairs(plan.event_name_fill)
+    if isinstance(records, CsvRecords):
+        return FileRepairs(records.event_name_fill)
+    return FileRepairs()
 
 
 def remediate(
@@ -89,6 +106,7 @@ def remediate(
     audit_output: bool = False,
     loop_protection: bool = True,
     leave_out: Sequence[LeavesOut] = (),
+    plan: InputPlan | None = None,
 ) -> RemediationResult:
     """Correct what the rules allow, quarantine the rest; see the module docstring.
 
@@ -103,10 +121,21 @@ def remediate(
     quarantined, not corrected again; off only for an operator's explicit re-run of
     quarantined rows after a rules change (service.jobs.quarantine_rerun).
     `leave_out`: rows left out of the run by identifier, each batch as it is read
-    (`core.leftout`): not read, written or counted."""
+    (`core.leftout`): not read, written or counted.
+    `plan`: how the input was read (`repair.plan_input`): its whole-file repairs are said in
+    the summary (and its audit line), the run's; the values they changed in the audit of
+    each row (`core.filerepairs`). Without it, what `records` tells (a `CsvRecords`)."""
     use_lean_allocators()
     index = MeterIndex(meters, value_precision=rules.value_precision, limits=rules.policy.limits)
-    ctx = Context(index, rules, now, customers, header_aliases=_header_aliases(records))
+    ctx = Context(
+        index,
+        rules,
+        now,
+        customers,
+        header_aliases=_header_aliases(plan, records),
+        file_repairs=_file_repairs(plan, records),
+    )
+    repairs = plan.repairs if plan is not None else ()
     ids = Identifiers(source, generation, lineage or Lineage(), identifiers == "keep")
     decider = BatchDecider(ctx, lineage or Lineage(), rejected, loop_protection)
     # The audit records of the batch being written (on the writer's thread); `put` hands them
@@ -132,12 +161,13 @@ def remediate(
     out = _BatchOut(as_bytes, RecordOut(sinks, ids, source), tally, held, on_audit, on_progress)
     try:
         _decide_and_write(records, leave_out, decider, out, trim_heap, write)
-        outputs = sinks.finish(_summary_entry(source, generation, now, tally))
+        outputs = sinks.finish(_summary_entry(source, generation, now, tally, repairs))
     except BaseException:
         sinks.abort()
         raise
     _check_conservation(tally, outputs, write, rejected)
     summary = _summary(source, generation, tally, outputs, sinks.audit_path)
+    summary["repairs"] = list(repairs)
     return RemediationResult(summary, outputs, tally.corrections, sinks.audit_output)
 
 
@@ -212,8 +242,10 @@ def _bytes_out(records: Iterable[UsageRecord], write: bool) -> bool:
     return isinstance(records, CsvRecords) and write
 
 
-def _summary_entry(source: str, generation: int, now: int, tally: Tally) -> dict[str, Any]:
-    return {
+def _summary_entry(
+    source: str, generation: int, now: int, tally: Tally, repairs: Sequence[str]
+) -> dict[str, Any]:
+    entry = {
         "kind": "summary",
         "source": source,
         "generation": generation,
@@ -223,6 +255,9 @@ def _summary_entry(source: str, generation: int, now: int, tally: Tally) -> dict
         "corrected": tally.corrected,
         "quarantined": tally.quarantined,
     }
+    if repairs:  # a file read as it is: the line as before
+        entry["repairs"] = list(repairs)
+    return entry
 
 
 def _check_conservation(

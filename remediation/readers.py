@@ -40,14 +40,16 @@ def read_records(
     header: Sequence[str] | None = None,
     limits: FieldLimits = DEFAULT_LIMITS,
     renamed: Sequence[tuple[str, str]] = (),
+    event_name_fill: str = "",
 ) -> Iterator[UsageRecord]:
     """Yield records one at a time; raise UnreadableFile on whole-file problems.
 
     CSV gives a `CsvRecords`, which can also hand out its rows as columns (`columns`).
-    `renamed`: (column, alias) of the columns a repaired `header` renamed from an alias.
+    `renamed`: (column, alias) of the columns a repaired `header` renamed from an alias;
+    `event_name_fill`: the event name of every row of a CSV header without the column.
     """
     if fmt is FileFormat.CSV:
-        return CsvRecords(stream, delimiter, header, renamed)
+        return CsvRecords(stream, delimiter, header, renamed, event_name_fill)
     return json_records(stream, fmt, limits.max_json_depth)
 
 
@@ -58,7 +60,9 @@ class CsvRecords(Iterator[UsageRecord]):
     """The records of a CSV stream, read lazily; or, through `row_batches`, its raw rows.
 
     A repaired header (`header`, same width as the file's) is used instead of the file's;
-    `renamed` says which of its columns were renamed from which alias.
+    `renamed` says which of its columns were renamed from which alias; `event_name_fill`
+    is the event name of every row when the header has no event_name column (a whole-file
+    repair: `repair.InputPlan`).
     """
 
     def __init__(
@@ -67,9 +71,11 @@ class CsvRecords(Iterator[UsageRecord]):
         delimiter: str,
         header: Sequence[str] | None,
         renamed: Sequence[tuple[str, str]] = (),
+        event_name_fill: str = "",
     ) -> None:
         self._stream, self._delimiter, self._header = stream, delimiter, header
         self.renamed: dict[str, str] = dict(renamed) if header is not None else {}
+        self.event_name_fill = event_name_fill
         self._records: Iterator[UsageRecord] | None = None
         self._columns: CsvColumns | None = None
 
@@ -127,8 +133,12 @@ class CsvRecords(Iterator[UsageRecord]):
         return next(self._records)
 
     def _read_records(self) -> Iterator[UsageRecord]:
+        fill = self.event_name_fill
         for number, (layout, rows) in enumerate(self.row_batches(1), 1):
-            yield layout.record(number, rows[0])
+            record = layout.record(number, rows[0])
+            if fill and layout.event_name is None:
+                record.event_name = fill
+            yield record
 
     def row_batches(self, size: int = 4096) -> Iterator[tuple[CsvLayout, list[list[str]]]]:
         """Non-blank data rows in lists of at most `size` (rows are numbered from 1 in order)."""

@@ -34,7 +34,9 @@ class InputPlan:
     delimiter: str = ","
     header: tuple[str, ...] = ()  # the repaired CSV header
     columns: tuple[str, ...] = ()  # output columns (no error columns)
-    repairs: tuple[str, ...] = field(default_factory=tuple)  # what was repaired, for the audit
+    # what was repaired, said once for the run (its summary, the run's page): a row's own
+    # changes are in its audit (`core.filerepairs`)
+    repairs: tuple[str, ...] = field(default_factory=tuple)
     # (column, alias) of each column a header alias was renamed to (`payload_stripe_customer_id`,
     # `customer_id`): the rows held it under the alias, as Stripe read them
     renamed: tuple[tuple[str, str], ...] = ()
@@ -104,7 +106,8 @@ def _plan_csv(head: bytes, text: str, repairs: tuple[str, ...], rules: Rules) ->
         if name != alias.strip()
     )
     if renamed:
-        repairs += ("header aliases renamed",)
+        named = ", ".join(f"{alias!r} -> {name!r}" for name, alias in renamed)
+        repairs += (f"header aliases renamed: {named}",)
     layout = CsvLayout.from_header(header)
     if not _names_usage(layout):
         raise UnreadableFile(
@@ -216,21 +219,12 @@ def read_repaired(stream: BinaryIO, plan: InputPlan, rules: Rules) -> Iterator[U
     """Records of a file read as `plan` says, with the missing event_name column filled in.
     Only a missing column is: an empty cell under one, or a JSON row without the key, is a
     row's own (filled, a failed row of no event name was billed to the default meter)."""
-    records = read_records(
+    return read_records(
         stream,
         plan.fmt,
         delimiter=plan.delimiter,
         header=plan.header or None,
         limits=rules.policy.limits,
         renamed=plan.renamed,
+        event_name_fill=plan.event_name_fill,
     )
-    if not plan.event_name_fill:
-        return records
-    return _fill_event_name(records, plan.event_name_fill)
-
-
-def _fill_event_name(records: Iterator[UsageRecord], default: str) -> Iterator[UsageRecord]:
-    for record in records:
-        if record.event_name is None:
-            record.event_name = default
-        yield record

@@ -28,9 +28,11 @@ def csv_batch(
     malformed: Mapping[int, str],
     rows: int,
     widths: Sequence[int] | None = None,
+    event_name_fill: str = "",
 ) -> Batch:
     """`widths`: each cell column's widest cell in bytes, when none holds a control character
-    (`csvwidths.plain_widths`; `Column.plain_within`)."""
+    (`csvwidths.plain_widths`; `Column.plain_within`). `event_name_fill`: the event name of
+    every row of a header without an event_name column (`repair.InputPlan`)."""
     code, message = _errors(layout, cells, rows)
     broken: list[str | None] = [None] * rows
     for i, reason in malformed.items():
@@ -39,7 +41,9 @@ def csv_batch(
         np.arange(first_row, first_row + rows, dtype=np.int64),
         _core(cells, layout.identifier, rows, widths),
         _core(cells, layout.timestamp, rows, widths),
-        _core(cells, layout.event_name, rows, widths),
+        _core(cells, layout.event_name, rows, widths)
+        if layout.event_name is not None or not event_name_fill
+        else Column(pa.repeat(pa.scalar(event_name_fill, pa.string()), rows)),
         {key: _core(cells, i, rows, widths) for i, key in layout.payload},
         {name: _plain(Column(as_string(cells[i])), i, widths) for i, name in layout.extra},
         code,

@@ -28,6 +28,7 @@ from remediation.core.checks import (
 from remediation.core.column import Mask
 from remediation.core.columns import Batch, Indexes
 from remediation.core.decided import OTHER_ID, QUARANTINED, VALID, VALID_KEPT, Decided
+from remediation.core.filerepairs import record_file_repairs
 from remediation.core.folding import fold
 from remediation.core.rounds import Rounds
 from remediation.core.rules import RULES
@@ -99,6 +100,7 @@ class BatchDecider:
         if len(work):
             checked = ~ruled[work] | ~suspects[work]
             Rounds(self.ctx, batch, work, to_fix[work], decided, checked).run()
+        record_file_repairs(decided, self.ctx.file_repairs)
         return decided
 
     def _classify(self, batch: Batch) -> tuple[Codes, CodeIds, Mask, CodeIds, Mask]:

@@ -87,6 +87,7 @@ def _remediate_file(
             rejected=rejected,
             on_progress=progress,
             audit_output=audit_output,
+            plan=plan,
         )
 
 

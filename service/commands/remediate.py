@@ -145,6 +145,8 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
         f"rows {summary['input_rows']}: valid {summary['valid']}, corrected "
         f"{summary['corrected']}, quarantined {summary['quarantined']}"
     )
+    for repair in summary.get("repairs", []):  # markup off: a header's name is the file's
+        console.print(f"repaired: {repair}", markup=False)
     if summary["by_code"]:
         console.print(table)
     for kind in ("corrected", "quarantine"):

@@ -251,6 +251,7 @@ def _run_request(
         input_generation=traced_from,
         rejected=False,  # an object that was imported: only the reported rows are re-sent
         stages=stages,
+        plan=plan,
     )
 
 

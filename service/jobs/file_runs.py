@@ -86,7 +86,14 @@ def run_file(
     `leave_out` (rows left out by identifier, on the run's columns) left them all out for a
     reason of its own (`allow_none()`, asked after the run)."""
     plan = plan_input(path, ctx.rules)
-    run = RunRequest(**{**request.__dict__, "fmt": plan.fmt, "columns": plan.columns or None})
+    run = RunRequest(
+        **{
+            **request.__dict__,
+            "fmt": plan.fmt,
+            "columns": plan.columns or None,
+            "plan": plan,
+        }
+    )
     with path.open("rb") as stream:
         records = read_repaired(stream, plan, ctx.rules)
         done = execute_run(ctx, run, transform(records) if transform else records, leave_out)

@@ -32,6 +32,7 @@ from remediation.outcomes import QuarantinedRow as Quarantined
 from remediation.outputs import PlannedOutput
 from remediation.ports import Bucket, CustomerDirectory, LeavesOut
 from remediation.records import UsageRecord
+from remediation.repair import InputPlan
 from remediation.rules import Rules
 from service.adapters.bucket import output_key
 from service.config import Settings
@@ -61,6 +62,7 @@ class RunRequest:
     input_generation: int | None = None  # the generation `lineage` traced its input from
     rejected: bool = False  # every row was rejected by Stripe: valid rows are re-sent too
     loop_protection: bool = True  # off: an operator re-runs quarantined rows (remediate)
+    plan: InputPlan | None = None  # how its input was read: its whole-file repairs
     # Time per stage, from the download on (logged with the run; never compared).
     stages: Stages = field(default_factory=Stages, compare=False)
 
@@ -175,6 +177,7 @@ def _remediate_request(
         loop_protection=request.loop_protection,
         audit_output=True,  # uploaded with the outputs
         leave_out=leave_out,
+        plan=request.plan,
     )
 
 

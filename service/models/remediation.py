@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, text
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, text
 from sqlalchemy.types import TypeEngine
 from sqlmodel import AutoString, Field, SQLModel
 
@@ -83,6 +83,10 @@ class RemediationRun(SQLModel, table=True):
     corrected: int = 0
     quarantined: int = 0
     by_code: dict[str, object] = json_field()
+    # the whole-file repairs its input was read with (a delimiter, header aliases, the event
+    # name filled): the run's, said once (a row's changes are in its audit). NULL: a run
+    # before migration 0016, or not finished.
+    repairs: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     error: str | None = text_field()
     created_at: datetime = Field(
         default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False, index=True

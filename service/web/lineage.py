@@ -54,6 +54,8 @@ def run_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "corrected": row["corrected"],
         "quarantined": row["quarantined"],
         "by_code": row["by_code"],
+        # the whole-file repairs its input was read with ([]: none; None: before they were kept)
+        "repairs": row["repairs"],
         "error": row["error"],
         "created_at": iso(row["created_at"]),
         "finished_at": iso(row["finished_at"]),

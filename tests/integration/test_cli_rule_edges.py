@@ -267,6 +267,44 @@ def test_a_failed_row_of_no_event_name_is_not_given_the_default(tmp_path: Path) 
     assert row["mfx_reason"] == "no single active meter matches event_name ''"
 
 
+def test_the_event_name_a_header_lacked_is_in_each_rows_audit_and_the_repairs_in_the_summary(
+    tmp_path: Path,
+) -> None:
+    """A failed-records CSV delimited by `;`, its timestamp under `time` and no event_name
+    column: its rows went out with the default event name and the audit held no line of it
+    (the meter a row was billed to named by us, recorded nowhere); the summary said nothing
+    of the file's repairs. Each row that goes out has the line, first among its changes; the
+    repairs are in the summary and in the audit file's summary line."""
+    text = "identifier;time;payload_stripe_customer_id;payload_value;error_code\n"
+    text += "r1;1764000000000;cus_1;5;timestamp_in_future\nr2;1764000000;cus_1;abc;\n"
+    found = remediate(
+        tmp_path, "r.csv", text, rules='[policy]\ndefault_event_name = "api_requests"\n'
+    )
+    summary = found["summary"]
+    assert (summary["corrected"], summary["quarantined"], summary["corrections"]) == (1, 1, 2)
+    assert summary["repairs"] == [
+        "delimiter ';' read as CSV",
+        "header aliases renamed: 'time' -> 'timestamp'",
+        "event_name filled with 'api_requests'",
+    ]
+    [row] = found["corrected"]
+    assert (row["identifier"], row["event_name"], row["timestamp"]) == (
+        "r1-mfx1",
+        "api_requests",
+        "1764000000",
+    )
+    changes = [
+        (line["row"], line["code"], line["rule"], line["field"], line["before"], line["after"])
+        for line in found["audit"]
+        if line["kind"] == "correction"
+    ]
+    assert changes == [
+        (1, "timestamp_in_future", "default_event_name", "event_name", None, "api_requests"),
+        (1, "timestamp_in_future", "timestamp_ms_to_s", "timestamp", 1764000000000, 1764000000),
+    ]
+    assert found["audit"][-1]["repairs"] == summary["repairs"]
+
+
 @pytest.mark.parametrize("end", ["", "\r"], ids=["no-line-end", "lone-cr-is-one"])
 def test_a_file_cut_off_inside_a_quoted_value_is_not_billed_what_was_left(
     tmp_path: Path, end: str

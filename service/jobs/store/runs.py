@@ -240,6 +240,7 @@ def finish_run(
         run.valid, run.corrected = int(summary["valid"]), int(summary["corrected"])
         run.quarantined = int(summary["quarantined"])
         run.by_code = dict(summary["by_code"])
+        run.repairs = list(summary.get("repairs", ()))
         run.status, run.error, run.finished_at = RunStatus.DONE, None, utcnow()
         session.add(run)
     return run
