@@ -27,6 +27,7 @@ from remediation.lineage import (
 )
 from remediation.meters import Meter
 from remediation.outputs import audit_name
+from remediation.ports import CustomerDirectory
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.rules import Rules
 
@@ -41,9 +42,12 @@ def run(
     now: int,
     identifiers: str,
     audit_output: bool = False,
+    customers: CustomerDirectory | None = None,
 ) -> RemediationResult:
     try:
-        return _remediate_file(file, out, meters, rules, now, identifiers, audit_output)
+        return _remediate_file(
+            file, out, meters, rules, now, identifiers, audit_output, customers
+        )
     except click.ClickException:
         raise
     except MeterfixError as exc:
@@ -64,6 +68,7 @@ def _remediate_file(
     now: int,
     identifiers: str,
     audit_output: bool,
+    customers: CustomerDirectory | None,
 ) -> RemediationResult:
     """`run` without its error lines: what the input is, then the remediation."""
     plan = plan_input(file, rules)
@@ -88,6 +93,7 @@ def _remediate_file(
             on_progress=progress,
             audit_output=audit_output,
             plan=plan,
+            customers=customers,
         )
 
 

@@ -21,6 +21,7 @@ import click
 from remediation.engine import RemediationResult
 from remediation.errors import MeterfixError
 from remediation.meters import Meter
+from remediation.ports import CustomerDirectory
 from remediation.rules import Rules
 from service.commands._remediate_run import run
 from service.runtime import Adapters
@@ -85,6 +86,17 @@ def _rules(adapters: Adapters) -> Rules:
         raise click.ClickException(f"cannot read rules {path}: {exc.strerror}") from exc
     except MeterfixError as exc:
         raise click.ClickException(f"bad rules {path}: {exc.reason}") from exc
+
+
+def _customers(adapters: Adapters, rules: Rules) -> CustomerDirectory | None:
+    """Stripe's customers (or the sandbox's), when the rules search them by metadata
+    (`customer_metadata_key`): then a trim/case fix is checked with Stripe too, as the
+    worker does (the CLI searched nothing and sent `cus_x ` trimmed unchecked). Without it
+    the CLI makes no Stripe call for customers, and works offline."""
+    if not rules.policy.customer_metadata_key:
+        return None
+    _configured(lambda: adapters.settings)
+    return adapters.customer_directory()
 
 
 LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: Stripe's timestamps are RFC 3339
@@ -186,7 +198,9 @@ def validate_command(
     _exists(file)
     adapters = _adapters(rules_path, meters_path)
     rules = _rules(adapters)
-    result = run(file, None, _meters(adapters), rules, _now(now_text), "derive")
+    meters = _meters(adapters)
+    customers = _customers(adapters, rules)
+    result = run(file, None, meters, rules, _now(now_text), "derive", customers=customers)
     summary = dict(result.summary, outputs={"corrected": [], "quarantine": [], "audit": None})
     _report(summary, as_json)
     if summary["input_rows"] != summary["valid"]:
@@ -233,7 +247,11 @@ def remediate_command(
     adapters = _adapters(rules_path, meters_path)
     rules = _rules(adapters)
     meters = _meters(adapters)
-    result = run(file, out, meters, rules, _now(now_text), identifiers, audit_output=upload)
+    customers = _customers(adapters, rules)
+    now = _now(now_text)
+    result = run(
+        file, out, meters, rules, now, identifiers, audit_output=upload, customers=customers
+    )
     summary = dict(result.summary)
     if upload:
         summary["uploaded"] = _upload(adapters, result)

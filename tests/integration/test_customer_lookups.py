@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,58 @@ def test_a_runs_customer_look_ups_are_bounded_and_the_rest_quarantined_for_a_rer
         tmp_path / "rerun",
     )
     assert (again["corrected"], again["quarantined"], left) == (4, 0, [])
+
+
+def test_the_cli_searches_customers_when_the_rules_name_a_metadata_key(
+    sandbox_server: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`meterfix remediate` made no Stripe call for customers: with `customer_metadata_key`
+    set, `ext-7` was quarantined unsearched ("has no unique match") and `cus_nobody ` was sent
+    trimmed, unchecked (Stripe refuses it again), where the worker searches and checks. It
+    asks Stripe (here the sandbox) as the worker does."""
+    from click.testing import CliRunner
+
+    from service.commands.remediate import remediate_command
+
+    sandbox_server.admin.create_customer("cus_seven", metadata={"external_id": "ext-7"})
+    sandbox_server.admin.create_customer("cus_acme")
+    for name, value in (
+        ("STRIPE_API_KEY", sandbox_server.api_key),
+        ("STRIPE_API_BASE", sandbox_server.bases["api"]),
+        ("STRIPE_FILES_BASE", sandbox_server.bases["files"]),
+        ("STRIPE_METER_EVENTS_BASE", sandbox_server.bases["meter_events"]),
+        ("MFX_WORK_DIR", str(tmp_path / "work")),
+    ):
+        monkeypatch.setenv(name, value)
+    failed = tmp_path / "failed.csv"
+    with failed.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        for n, text in enumerate(["ext-7", "cus_nobody ", " CUS_acme"]):
+            code = "meter_event_customer_not_found"
+            writer.writerow([f"r{n}", str(NOW - 60), "api_requests", text, "1", code, ""])
+    meters = tmp_path / "meters.json"
+    meters.write_text('[{"id": "m1", "event_name": "api_requests", "status": "active"}]')
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[policy]\ncustomer_metadata_key = "external_id"\n')
+    args = [str(failed), "--out", str(tmp_path / "out"), "--meters", str(meters)]
+    args += ["--rules", str(rules), "--now", str(NOW), "--json"]
+    result = CliRunner().invoke(remediate_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    corrected = csv.DictReader(io.StringIO(Path(summary["outputs"]["corrected"][0]).read_text()))
+    assert {row["identifier"]: row["payload_stripe_customer_id"] for row in corrected} == {
+        "r0-mfx1": "cus_seven",
+        "r2-mfx1": "cus_acme",
+    }
+    [quarantined] = csv.DictReader(
+        io.StringIO(Path(summary["outputs"]["quarantine"][0]).read_text())
+    )
+    assert quarantined["identifier"] == "r1"
+    assert quarantined["mfx_reason"] == (
+        "customer 'cus_nobody ' is not in the customer map and has no unique match"
+    )
+    assert _searches(sandbox_server) == [
+        'metadata["external_id"]:"ext-7"',
+        'metadata["external_id"]:"cus_nobody"',
+    ]

@@ -38,7 +38,7 @@ def rename_value_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
         # value key: Stripe read the row without one (as `fill_customer_key_row` does)
         other = sorted(top - {str(held).strip()})
         if other:  # `amount,quantity` columns holding 5 and 7: 5 was billed, 7 never named
-            raise Uncorrectable(_clash(meter.value_key, held, "a top-level alias", other[0]))
+            raise Uncorrectable(clash(meter.value_key, held, "a top-level alias", other[0]))
         return [Change("rename_key", f"payload.{alias}", alias, meter.value_key)]
     raise Uncorrectable(f"no single aliased column for value key {meter.value_key!r}")
 
@@ -68,13 +68,13 @@ def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
         raise Uncorrectable(f"no single aliased column for customer key {meter.customer_key!r}")
     value = found.pop()
     if holds(held) and str(held).strip() != value:  # which one is meant is not guessed
-        raise Uncorrectable(_clash(meter.customer_key, held, "a top-level alias", value))
+        raise Uncorrectable(clash(meter.customer_key, held, "a top-level alias", value))
     record.payload[meter.customer_key] = value
     before = held if holds(held) else None
     return [Change("fill_customer_key", f"payload.{meter.customer_key}", before, value)]
 
 
-def _clash(key: str, held: object, alias: str, value: object) -> str:
+def clash(key: str, held: object, alias: str, value: object) -> str:
     return (
         f"payload key {key!r} holds {shown(held)} and {alias} holds {shown(value)}: which one "
         "is meant is not guessed"
@@ -119,10 +119,10 @@ def rename_alias(
     if holds(held) and str(held).strip() != str(record.payload[alias]).strip():
         # the row holds an amount (or customer) already: renaming the alias over it replaced
         # it unaudited
-        raise Uncorrectable(_clash(target, held, f"alias {alias!r}", record.payload[alias]))
+        raise Uncorrectable(clash(target, held, f"alias {alias!r}", record.payload[alias]))
     other = sorted(top_level - {str(record.payload[alias]).strip()})
     if other:  # `payload.customer_id: cus_A` beside a top-level `customer: cus_B`: cus_A won
-        raise Uncorrectable(_clash(alias, record.payload[alias], "a top-level alias", other[0]))
+        raise Uncorrectable(clash(alias, record.payload[alias], "a top-level alias", other[0]))
     value = record.payload.pop(alias)
     record.payload[target] = value
     return Change("rename_key", f"payload.{alias}", alias, target)

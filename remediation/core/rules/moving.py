@@ -104,7 +104,7 @@ class _Picks:
             reason = _refusal(batch, ctx, row_rule, int(named[0]))
             if reason is not None:
                 self.failed.update(dict.fromkeys(named.tolist(), reason))
-        elif _keeps_keys(batch, pick[1], ctx.index.get(name) if moving else None):
+        elif _keeps_keys(batch, pick[1], ctx.index.get(name) if moving else None, ctx):
             self.simple[named] = True
 
 
@@ -134,12 +134,18 @@ def _refusal(batch: Batch, ctx: Context, row_rule: RowRule, row: int) -> str | N
     return None
 
 
-def _keeps_keys(batch: Batch, meter: Meter, old: Meter | None) -> bool:
+def _keeps_keys(batch: Batch, meter: Meter, old: Meter | None, ctx: Context) -> bool:
     """Every row holds something under the meter's customer and value keys, and none the
-    `old` meter's keys that move to them (no renaming: `align_keys`)."""
+    `old` meter's keys that move to them (no renaming: `align_keys`), nor an alias of them
+    (a second amount or customer, which `align_keys` refuses)."""
     for key in (meter.customer_key, meter.value_key):
         column = batch.payload.get(key)
         if column is None or not _held(column).all():
+            return False
+    keys = {meter.customer_key, meter.value_key, *meter.dimension_keys}
+    aliases = {*ctx.rules.customer_keys, *ctx.rules.value_keys}
+    for key, column in batch.payload.items():
+        if key not in keys and key.lower() in aliases and column.present().any():
             return False
     if old is None:
         return True

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from remediation.changes import Context
 from remediation.core.rules import meters as meter_rules
-from remediation.core.rules.meters import _fuzzy, normalized
+from remediation.core.rules.meters import _fuzzy, _words_agree, normalized
 from remediation.meters import Meter
 from remediation.rules import load_rules
 from remediation.validation import MeterIndex
@@ -29,6 +29,8 @@ def _everyone_scored(name: str, active: list[Meter], cutoff: float, margin: floa
         (
             (difflib.SequenceMatcher(None, key, normalized(m.event_name)).ratio(), m.event_name, m)
             for m in active
+            # a name of other words is no candidate (`storage_tb` is not `storage_gb`)
+            if _words_agree(name, m.event_name, cutoff)
         ),
         key=lambda item: (-item[0], item[1]),
     )

@@ -101,7 +101,7 @@ def test_a_runs_fuzzy_comparisons_are_bounded_and_the_rest_quarantined_for_a_rer
     meters = [Meter(f"m{i}", f"event_{i}") for i in range(3)]
     ctx = Context(MeterIndex(meters), load_rules(None), NOW)
     picked = []
-    for n, name in enumerate(["event_0x", "event_1x", "event_2x"]):
+    for n, name in enumerate(["evnt_0", "evnt_1", "evnt_2"]):  # typos: their words agree
         row = UsageRecord(n, f"r{n}", NOW, name, {"stripe_customer_id": "c", "value": 1})
         try:
             picked.append(next(c.after for c in fix_event_name_row(row, ctx)))
@@ -113,12 +113,12 @@ def test_a_runs_fuzzy_comparisons_are_bounded_and_the_rest_quarantined_for_a_rer
             f"no active meter matches event_name {name!r} without a fuzzy match, and none was "
             "tried: this run made the 5 fuzzy comparisons it may; re-run the quarantined rows "
             "to match the rest"
-            for name in ("event_1x", "event_2x")
+            for name in ("evnt_1", "evnt_2")
         ),
     ]
     assert ctx.meter_picks.scored == 3
     again = Context(MeterIndex(meters), load_rules(None), NOW)  # a re-run: comparisons anew
-    row = UsageRecord(1, "r1", NOW, "event_1x", {"stripe_customer_id": "c", "value": 1})
+    row = UsageRecord(1, "r1", NOW, "evnt_1", {"stripe_customer_id": "c", "value": 1})
     assert next(c.after for c in fix_event_name_row(row, again)) == "event_1"
 
 
