@@ -4,7 +4,6 @@ JSON with a reason: 400 bad parameter, 401 bad token, 403 no CSRF token, 404, 40
 
 from __future__ import annotations
 
-from dataclasses import fields
 from datetime import timedelta
 from typing import Any
 
@@ -12,7 +11,6 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from werkzeug.datastructures import MultiDict
 
 from service.errors import BadParameter, Conflict, NotFound
-from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models.alerts import AlertStatus
 from service.web import actions, lineage, params, quarantine, store
 from service.web.access import bearer_ok, csrf_ok, current_token, session_ok
@@ -21,7 +19,8 @@ from service.web.heartbeat_check import notice_silence
 from service.worker.heartbeats import health_snapshot
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-FILTER_NAMES = tuple(field.name for field in fields(QuarantineFilter))  # what a re-run takes
+PAGING = params.PAGING
+QUARANTINE = (*params.QUARANTINE_FILTERS, *PAGING)
 
 
 def json_error(status: int, reason: str) -> tuple[Response, int]:
@@ -63,7 +62,7 @@ def _conflict(exc: Conflict) -> tuple[Response, int]:
 
 @bp.get("/alerts")
 def alerts() -> Response:
-    args = _known(request.args, "status", "severity", *PAGING)
+    args = params.known(request.args, "status", "severity", *PAGING)
     listing = store.list_alerts(
         engine(), params.page(args), params.alert_status(args), params.alert_severity(args)
     )
@@ -84,7 +83,7 @@ def resolve(alert_id: int) -> Response:
 
 @bp.get("/runs")
 def runs() -> Response:
-    args = _known(request.args, *PAGING)
+    args = params.known(request.args, *PAGING)
     return jsonify(lineage.list_runs(engine(), params.page(args)).as_json())
 
 
@@ -92,7 +91,8 @@ def runs() -> Response:
 def error_reports() -> Response:
     """Meter error reports, newest first, with the dashboard's filters (`status`, `meter`,
     `no_meter`, `since`, `until`): the ones left unmatched or partial are usage nobody fixes."""
-    args = _known(request.args, *params.REPORT_FILTERS, *PAGING)
+    names = (*params.REPORT_FILTERS, *PAGING)
+    args = params.known(request.args, *names, several=params.REPORT_SEVERAL)
     found = params.report_filter(args)
     return jsonify(lineage.list_reports(engine(), params.page(args), found).as_json())
 
@@ -107,7 +107,7 @@ def run(run_id: int) -> Response:
 
 @bp.get("/quarantine")
 def quarantined() -> Response:
-    args = _known(request.args, *FILTER_NAMES, *PAGING)
+    args = params.known(request.args, *QUARANTINE, several=params.QUARANTINE_SEVERAL)
     listing = quarantine.list_quarantine(
         engine(), params.quarantine_filter(args), params.page(args)
     )
@@ -116,7 +116,9 @@ def quarantined() -> Response:
 
 @bp.get("/quarantine.csv")
 def quarantined_csv() -> Response:
-    found = params.quarantine_filter(_known(request.args, *FILTER_NAMES))
+    names = params.QUARANTINE_FILTERS
+    args = params.known(request.args, *names, several=params.QUARANTINE_SEVERAL)
+    found = params.quarantine_filter(args)
     lines = quarantine.csv_lines(engine(), found)
     response = Response(stream_with_context(lines), mimetype="text/csv")
     response.headers["Content-Disposition"] = "attachment; filename=quarantine.csv"
@@ -125,23 +127,9 @@ def quarantined_csv() -> Response:
 
 @bp.post("/quarantine/rerun")
 def rerun() -> tuple[Response, int]:
-    found = params.quarantine_filter(_filter_args())
+    found = params.rerun_filter(_filter_args())
     result = actions.queue_rerun(engine(), found, actor())
     return jsonify(result), 202 if result["queued"] else 200
-
-
-PAGING = ("limit", "cursor")
-
-
-def _known(args: MultiDict[str, str], *names: str) -> MultiDict[str, str]:
-    """`args`, refused (400) when one is no parameter of the list: a misspelt filter
-    (`?cod=no_meter`) answered every row as if it were the filtered list."""
-    unknown = sorted(set(args) - set(names))
-    if unknown:
-        raise BadParameter(
-            f"unknown parameter {unknown[0][:40]!r}; this list takes {', '.join(names)}"
-        )
-    return args
 
 
 # The bodies Flask reads as a form (`request.form`).
@@ -152,7 +140,8 @@ def _filter_args() -> MultiDict[str, str]:
     """The filter from the query string, a JSON object body or a form (later ones win). A
     re-run acts on every row its filter matches, so a filter that would be read as less than
     it says is refused: a body that is not a JSON object, a value that is not text or a whole
-    number, or a name no filter has (a misspelt filter would re-run every row)."""
+    number (and, in `params.rerun_filter`, a name no filter has: a misspelt filter would
+    re-run every row)."""
     merged: MultiDict[str, str] = MultiDict()
     given = [request.args]
     if request.is_json and request.get_data(cache=True):
@@ -171,11 +160,7 @@ def _filter_args() -> MultiDict[str, str]:
     given.append(request.form)
     for source in given:  # a later one replaces a filter an earlier one gave
         for name in source:
-            merged[name] = params.one_value(name, source.getlist(name))
-    unknown = sorted(set(merged) - set(FILTER_NAMES) - {"csrf_token"})
-    if unknown:
-        names = ", ".join(FILTER_NAMES)
-        raise BadParameter(f"unknown filter {unknown[0][:40]!r}; the filters are {names}")
+            merged[name] = params.one_value(name, source.getlist(name), params.QUARANTINE_SEVERAL)
     return merged
 
 
@@ -196,7 +181,7 @@ def _filter_value(name: str, value: Any) -> str:
 
 @bp.get("/events")
 def events() -> Response:
-    args = _known(request.args, "status", *PAGING)
+    args = params.known(request.args, "status", *PAGING)
     listing = store.list_events(engine(), params.page(args), params.event_status(args))
     return jsonify(listing.as_json())
 

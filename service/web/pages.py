@@ -47,7 +47,12 @@ bp = Blueprint(
     static_url_path="/assets",
 )
 OPEN_PATHS = ("dashboard.login", "dashboard.login_post", "dashboard.static")
-RUN_VIEWS = ("runs", "import_sets", "reports")
+# The lineage page's views, with the filters each takes besides `view` and paging.
+RUN_VIEWS: dict[str, tuple[str, ...]] = {
+    "runs": (),
+    "import_sets": (),
+    "reports": params.REPORT_FILTERS,
+}
 
 
 @bp.before_request
@@ -139,9 +144,17 @@ def on_this_site(value: str | None) -> str | None:
 # --- pages ---------------------------------------------------------------------------------
 
 
+def _query(*names: str, several: tuple[str, ...] = ()) -> dict[str, str]:
+    """The page's query values, checked as the API's lists check theirs (`params.known`): a
+    parameter the page does not take, or one given twice with different values, is a 400
+    page naming it (`/quarantine?cod=no_meter` showed every row, its re-run button all of
+    them)."""
+    return params.known(request.args, *names, several=several, taker="this page")
+
+
 @bp.get("/")
 def overview_page() -> str:
-    bucket = params.choice(request.args, "by", Bucket) or Bucket.DAY
+    bucket = params.choice(_query("by"), "by", Bucket) or Bucket.DAY
     notice_silence(engine(), settings())
     data = overview(engine(), bucket)
     return render_template(
@@ -159,9 +172,10 @@ def runs_page() -> str:
     view = request.args.get("view") or "runs"
     if view not in RUN_VIEWS:
         raise BadParameter(f"view must be one of {'|'.join(RUN_VIEWS)}")
-    page = params.page(request.args)
+    args = _query("view", *RUN_VIEWS[view], *params.PAGING, several=params.REPORT_SEVERAL)
+    page = params.page(args)
     if view == "reports":
-        found = params.report_filter(request.args)
+        found = params.report_filter(args)
         listing = lineage.list_reports(engine(), page, found)
         return render_template(
             "runs.html", view=view, listing=listing, limit=page.limit, filters=found.as_query()
@@ -182,8 +196,10 @@ def run_page(run_id: int) -> str:
 
 @bp.get("/quarantine")
 def quarantine_page() -> str:
-    found = params.quarantine_filter(request.args)
-    page = params.page(request.args)
+    names = (*params.QUARANTINE_FILTERS, *params.PAGING)
+    args = _query(*names, several=params.QUARANTINE_SEVERAL)
+    found = params.quarantine_filter(args)
+    page = params.page(args)
     listing = quarantine.list_quarantine(engine(), found, page)
     with engine().connect() as connection:
         reruns = store.recent_actions(connection, AdminActionName.RERUN, 5)
@@ -191,7 +207,7 @@ def quarantine_page() -> str:
         "quarantine.html",
         listing=listing,
         filters=found.as_query(),
-        raw=request.args,
+        raw=args,
         limit=page.limit,
         reruns=reruns,
     )
@@ -199,7 +215,7 @@ def quarantine_page() -> str:
 
 @bp.post("/quarantine/rerun")
 def rerun_post() -> BaseResponse:
-    found = params.quarantine_filter(request.form)
+    found = params.rerun_filter(request.form)
     result = actions.queue_rerun(engine(), found, actor())
     if result["queued"]:
         flash(f"Re-run of {result['rows']} rows queued (task {result['task']}).")
@@ -210,8 +226,9 @@ def rerun_post() -> BaseResponse:
 
 @bp.get("/events")
 def events_page() -> str:
-    status = params.event_status(request.args)
-    page = params.page(request.args)
+    args = _query("status", *params.PAGING)
+    status = params.event_status(args)
+    page = params.page(args)
     listing = store.list_events(engine(), page, status)
     return render_template(
         "events.html",
@@ -235,9 +252,10 @@ def replay_post(ref: str) -> BaseResponse:
 
 @bp.get("/alerts")
 def alerts_page() -> str:
-    status = params.alert_status(request.args)
-    severity = params.alert_severity(request.args)
-    page = params.page(request.args)
+    args = _query("status", "severity", *params.PAGING)
+    status = params.alert_status(args)
+    severity = params.alert_severity(args)
+    page = params.page(args)
     listing = store.list_alerts(engine(), page, status, severity)
     return render_template(
         "alerts.html",

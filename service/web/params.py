@@ -3,7 +3,8 @@ reason (the API answers 400 with it, a page shows it), never a 500."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import fields
 from enum import StrEnum
 from typing import TypeVar
 
@@ -19,6 +20,31 @@ from service.models.inbox import InboxStatus
 
 MAX_LIMIT = 500
 E = TypeVar("E", bound=StrEnum)
+
+PAGING = ("limit", "cursor")
+QUARANTINE_FILTERS = tuple(field.name for field in fields(QuarantineFilter))
+QUARANTINE_SEVERAL = ("run",)  # `run=3&run=7`: the rows of any of them
+REPORT_FILTERS = ("status", "meter", "no_meter", "since", "until")
+REPORT_SEVERAL = ("status",)  # `status=unmatched&status=partial`: reports of either
+
+
+def known(
+    args: MultiDict[str, str],
+    *names: str,
+    several: Collection[str] = (),
+    taker: str = "this list",
+) -> dict[str, str]:
+    """A request's query values, one per name, for a list or page that takes `names`: a name
+    it does not take is refused (a misspelt filter, `?cod=no_meter`, answered every row as if
+    it were the filtered list, and a page's re-run form then held no filter), and so is a
+    name given more than once with different values (the first alone was read, unsaid),
+    unless it is one of `several`: their values joined by commas, as `run=3,7`."""
+    unknown = sorted(set(args) - set(names))
+    if unknown:
+        raise BadParameter(
+            f"unknown parameter {unknown[0][:40]!r}; {taker} takes {', '.join(names)}"
+        )
+    return {name: one_value(name, args.getlist(name), several) for name in args}
 
 
 def page(args: Mapping[str, str]) -> Page:
@@ -44,20 +70,28 @@ def quarantine_filter(args: Mapping[str, str]) -> QuarantineFilter:
     return QuarantineFilter.from_query(_one_each(args))
 
 
+def rerun_filter(args: Mapping[str, str]) -> QuarantineFilter:
+    """The filter of a re-run (the API's or the dashboard's button): a re-run takes every
+    row its filter matches, so a name no filter has is refused (`cod=no_meter`, read as no
+    filter, re-ran every quarantined row); the form's CSRF token is no filter, but is sent."""
+    unknown = sorted(set(args) - set(QUARANTINE_FILTERS) - {"csrf_token"})
+    if unknown:
+        names = ", ".join(QUARANTINE_FILTERS)
+        raise BadParameter(f"unknown filter {unknown[0][:40]!r}; the filters are {names}")
+    return quarantine_filter(args)
+
+
 class YesNo(StrEnum):
     YES = "yes"
     NO = "no"
 
 
-REPORT_FILTERS = ("status", "meter", "no_meter", "since", "until")
-
-
 def report_filter(args: Mapping[str, str]) -> ReportFilter:
-    """The error reports filter of a request. `status` takes several statuses, as `run` takes
-    several runs (`status=unmatched,partial` or `status=unmatched&status=partial`); `meter`,
-    `since` and `until` are read as the quarantine filter reads them (a date alone as `until`
-    is that whole day); another filter given twice with different values is refused."""
-    given = {name: _joined_or_one(args, name) for name in REPORT_FILTERS if name in args}
+    """The error reports filter of a request's values (`known`'s, with `REPORT_SEVERAL`).
+    `status` takes several statuses, as `run` takes several runs (`status=unmatched,partial`
+    or `status=unmatched&status=partial`); `meter`, `since` and `until` are read as the
+    quarantine filter reads them (a date alone as `until` is that whole day)."""
+    given = {name: args[name] for name in REPORT_FILTERS if name in args}
     found = QuarantineFilter.from_query({k: given.get(k, "") for k in ("meter", "since", "until")})
     no_meter = choice(given, "no_meter", YesNo)
     if found.meter is not None and no_meter == YesNo.YES:
@@ -69,14 +103,6 @@ def report_filter(args: Mapping[str, str]) -> ReportFilter:
         since=found.since,
         until=found.until,
     )
-
-
-def _joined_or_one(args: Mapping[str, str], name: str) -> str:
-    """A query value: statuses given more than once joined (`a,b`), another filter once."""
-    values = args.getlist(name) if isinstance(args, MultiDict) else [args[name]]
-    if name == "status":
-        return ",".join(value for value in values if value.strip())  # as `joined_runs`
-    return one_value(name, values)
 
 
 def _statuses(raw: str) -> tuple[ErrorReportStatus, ...]:
@@ -101,21 +127,21 @@ def _one_each(args: Mapping[str, str]) -> Mapping[str, str]:
     runs' rows, or the other code's, were left out unsaid, and a bad one went unchecked)."""
     if not isinstance(args, MultiDict):
         return args
-    return {name: one_value(name, args.getlist(name)) for name in args}
+    return {name: one_value(name, args.getlist(name), QUARANTINE_SEVERAL) for name in args}
 
 
-def one_value(name: str, values: list[str]) -> str:
-    """A filter given more than once: runs, the rows of any of them; another, refused unless
-    every value is the same."""
-    if name == "run":
-        return joined_runs(values)
+def one_value(name: str, values: list[str], several: Collection[str]) -> str:
+    """A parameter given more than once: one of `several` (runs, report statuses), all its
+    values; another, refused unless every value is the same."""
+    if name in several:
+        return joined(values)
     if len(set(values)) > 1:
         raise BadParameter(f"{name[:40]} is given more than once, with different values")
     return values[0]
 
 
-def joined_runs(values: list[str]) -> str:
-    """Several `run` values as one (empty ones left out: `run=` names no run)."""
+def joined(values: list[str]) -> str:
+    """Several values as one, `3,7` (empty ones left out: `run=` names no run)."""
     return ",".join(value for value in values if value.strip())
 
 
