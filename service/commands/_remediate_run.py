@@ -45,9 +45,7 @@ def run(
     customers: CustomerDirectory | None = None,
 ) -> RemediationResult:
     try:
-        return _remediate_file(
-            file, out, meters, rules, now, identifiers, audit_output, customers
-        )
+        return _remediate_file(file, out, meters, rules, now, identifiers, audit_output, customers)
     except click.ClickException:
         raise
     except MeterfixError as exc:
