@@ -200,7 +200,9 @@ def test_too_far_in_past_reason_says_what_the_timestamp_was_read_as(tmp_path: Pa
     old = "more than 35 days old"
     assert {row["identifier"]: row["mfx_reason"] for row in found["quarantine"]} == {
         "p1": f"timestamp 1760544000 (2025-10-15T16:00:00Z): Stripe found it {old}; {never}",
-        "p2": f"timestamp 1760544000000 (after year 9999): Stripe found it {old}; {never}",
+        # it said "(after year 9999)": a time in milliseconds is read as one
+        "p2": f"timestamp 1760544000000 read as milliseconds is 2025-10-15T16:00:00Z: Stripe "
+        f"found it {old}; {never}",
         "p3": f"timestamp 'last week': {never}",
     }
 

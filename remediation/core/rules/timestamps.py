@@ -52,13 +52,14 @@ def fix_timestamp(batch: Batch, ctx: Context) -> Fix:
         raw = column.text.take(pa.array(at[digits])).cast(pa.int64())
         ts[digits] = raw.to_numpy(zero_copy_only=False)
     changes: list[Changes] = []
+    held = _Held(column, at, ts, texts)
     if texts.any():  # read as ISO-8601 first, as `fix_timestamp_row` reads such a row
         ts[texts] = iso_seconds
         before = Column(column.text.take(pa.array(at[texts])))
         changes.append(Changes(at[texts], "iso_timestamp", "timestamp", before, _ints(iso_seconds)))
     if ctx.rules.enabled("timestamp_units"):
-        ts = _from_units(ts, at, ctx, changes)
-    ts = _clamped(ts, at, ctx, changes, fix)
+        ts = _from_units(ts, at, ctx, changes, held)
+    ts = _clamped(ts, at, ctx, changes, fix, held)
     old = ts < ctx.now - MAX_PAST_SECONDS
     fix.fail(at[old], [past_reason(int(t), ctx.now) for t in ts[old].tolist()])
     kinds = column.kinds[at] if column.kinds is not None else None
@@ -116,8 +117,48 @@ def _iso_utc(
     return found, days.astype(np.int64) * 86_400 + clock
 
 
+class _Held:
+    """What the rows `at` held before a first change: a change's `before` is the field as the
+    row held it (leading zeros) for its first change when that is not the number's text, the
+    seconds the change before gave for the next (it was the number read from the field)."""
+
+    def __init__(
+        self, column: Column, at: Indexes, ts: npt.NDArray[np.int64], iso: npt.NDArray[np.bool_]
+    ) -> None:
+        self.column, self.at = column, at
+        self.changed = iso.copy()  # an ISO-8601 text's change says the text itself
+        self.differs: npt.NDArray[np.bool_] | None = None  # rows whose text is not `ts`'s
+        self.ts = ts
+
+    def before(self, hit: npt.NDArray[np.bool_], ts: npt.NDArray[np.int64]) -> Column:
+        """The `before` of a change to the rows `hit` (of `at`), whose seconds were `ts`."""
+        first = hit & ~self.changed & self._differs()
+        self.changed |= hit
+        if not first.any():
+            return _ints(ts[hit])
+        rows = first[hit]
+        text = pc.if_else(
+            pa.array(rows),
+            self.column.text.take(pa.array(self.at[hit])),
+            pa.array(ts[hit]).cast(pa.string()),
+        )
+        kinds = np.full(len(rows), Kind.INT, np.uint8)
+        held = self.column.kinds[self.at[hit]] if self.column.kinds is not None else Kind.TEXT
+        kinds[rows] = held[rows] if isinstance(held, np.ndarray) else held
+        return Column(text, kinds)
+
+    def _differs(self) -> npt.NDArray[np.bool_]:
+        """Rows whose field is not the number's own text (leading zeros), as the row rule
+        tells them (`fix_timestamp_row`: a JSON text of the number's digits is the number)."""
+        if self.differs is None:
+            text = self.column.text.take(pa.array(self.at))
+            own = pa.array(self.ts).cast(pa.string())
+            self.differs = ~np.asarray(pc.equal(text, own).fill_null(False), bool)
+        return self.differs
+
+
 def _from_units(
-    ts: npt.NDArray[np.int64], at: Indexes, ctx: Context, changes: list[Changes]
+    ts: npt.NDArray[np.int64], at: Indexes, ctx: Context, changes: list[Changes], held: _Held
 ) -> npt.NDArray[np.int64]:
     ahead = ts > ctx.now + MAX_FUTURE_SECONDS
     low, high = ctx.now - MAX_PAST_SECONDS, _units_bound(ctx)
@@ -126,7 +167,8 @@ def _from_units(
         hit = ahead & (seconds >= low) & (seconds <= high)
         if hit.any():
             rule = f"timestamp_{unit}_to_s"
-            changes.append(_change(rule, at[hit], ts[hit], seconds[hit]))
+            before = held.before(hit, ts)
+            changes.append(Changes(at[hit], rule, "timestamp", before, _ints(seconds[hit])))
             ts = np.where(hit, seconds, ts)
             ahead &= ~hit
     return ts
@@ -137,11 +179,24 @@ def _units_bound(ctx: Context) -> int:
     five minutes, or the skew that is clamped when longer). Bound by the skew alone, a
     millisecond timestamp two minutes ahead with `future_skew_seconds = 0` was quarantined,
     its reason naming a window it was in, while the same moment as ISO-8601 was corrected."""
-    return ctx.now + max(ctx.rules.policy.future_skew_seconds, MAX_FUTURE_SECONDS)
+    return window_end(ctx)
+
+
+def window_end(ctx: Context) -> int:
+    """The latest timestamp a row goes out with: Stripe's five minutes ahead, or the skew
+    `clamp_skew` clamps when longer and turned on. With the rule off, a row ten minutes
+    ahead was refused by a reason naming a window that held it (the skew's, an hour)."""
+    skew = ctx.rules.policy.future_skew_seconds if ctx.rules.enabled("clamp_skew") else 0
+    return ctx.now + max(skew, MAX_FUTURE_SECONDS)
 
 
 def _clamped(
-    ts: npt.NDArray[np.int64], at: Indexes, ctx: Context, changes: list[Changes], fix: Fix
+    ts: npt.NDArray[np.int64],
+    at: Indexes,
+    ctx: Context,
+    changes: list[Changes],
+    fix: Fix,
+    held: _Held,
 ) -> npt.NDArray[np.int64]:
     ahead = ts > ctx.now + MAX_FUTURE_SECONDS
     if not ahead.any():
@@ -152,14 +207,9 @@ def _clamped(
     clamp = ahead & ~far
     if clamp.any():
         now = np.full(int(clamp.sum()), ctx.now, np.int64)
-        changes.append(_change("clamp_skew", at[clamp], ts[clamp], now))
+        before = held.before(clamp, ts)
+        changes.append(Changes(at[clamp], "clamp_skew", "timestamp", before, _ints(now)))
     return np.where(ahead, ctx.now, ts)
-
-
-def _change(
-    rule: str, at: Indexes, before: npt.NDArray[np.int64], after: npt.NDArray[np.int64]
-) -> Changes:
-    return Changes(at, rule, "timestamp", _ints(before), _ints(after))
 
 
 def _ints(values: npt.NDArray[np.int64]) -> Column:
@@ -175,18 +225,25 @@ def fix_timestamp_row(record: UsageRecord, ctx: Context) -> list[Change]:
         if ts is None:
             raise Uncorrectable(f"timestamp {shown(raw)} is neither unix seconds nor ISO-8601")
         changes.append(Change("iso_timestamp", "timestamp", raw, ts))
+
+    def before() -> object:
+        """The field before the next change: as the row held it for its first when that is
+        not the number's own text (` 1764000000000 `, the JSON `1.764e12`: each was
+        recorded as the number read from it), else that number."""
+        return raw if not changes and str(raw) != str(ts) else ts
+
     if ts > ctx.now + MAX_FUTURE_SECONDS and ctx.rules.enabled("timestamp_units"):
         for divisor, unit in UNITS:
             seconds = ts // divisor
             if ctx.now - MAX_PAST_SECONDS <= seconds <= _units_bound(ctx):
-                changes.append(Change(f"timestamp_{unit}_to_s", "timestamp", ts, seconds))
+                changes.append(Change(f"timestamp_{unit}_to_s", "timestamp", before(), seconds))
                 ts = seconds
                 break
     if ts > ctx.now + MAX_FUTURE_SECONDS:
         skew = ts - ctx.now
         if skew > ctx.rules.policy.future_skew_seconds or not ctx.rules.enabled("clamp_skew"):
             raise Uncorrectable(future_reason(ts, ctx))
-        changes.append(Change("clamp_skew", "timestamp", ts, ctx.now))
+        changes.append(Change("clamp_skew", "timestamp", before(), ctx.now))
         ts = ctx.now
     if ts < ctx.now - MAX_PAST_SECONDS:
         raise Uncorrectable(past_reason(ts, ctx.now))
@@ -204,7 +261,7 @@ def future_reason(ts: int, ctx: Context) -> str:
                 unit, seconds = name, ts // divisor
                 break
     low = utc_text(ctx.now - MAX_PAST_SECONDS)
-    high = utc_text(ctx.now + max(ctx.rules.policy.future_skew_seconds, MAX_FUTURE_SECONDS))
+    high = utc_text(window_end(ctx))
     return (
         f"timestamp {ts} read as {unit} is {utc_text(seconds)}, outside the accepted window "
         f"{low} to {high}"
@@ -254,11 +311,24 @@ def refuse_past(batch: Batch, ctx: Context) -> Fix:
 def refuse_past_row(record: UsageRecord, ctx: Context) -> list[Change]:
     """The reason says what the timestamp was read as, as a date (never its distance from
     the clock: Stripe found it too old when it read the row, whatever our reference time)."""
-    ts = parse_timestamp(record.timestamp)
-    if ts is None:
-        raise Uncorrectable(f"timestamp {shown(record.timestamp)}: {NEVER_MOVED}")
-    raise Uncorrectable(_too_old(ts))
+    raw = record.timestamp
+    ts = parse_timestamp(raw)
+    if ts is not None:
+        raise Uncorrectable(_too_old(ts))
+    seconds = _iso_seconds(raw)
+    if seconds is None:
+        raise Uncorrectable(f"timestamp {shown(raw)}: {NEVER_MOVED}")
+    raise Uncorrectable(  # it said nothing of the date an ISO-8601 text was read as
+        f"timestamp {shown(raw)} read as ISO-8601 is {utc_text(seconds)}: Stripe found it "
+        f"more than 35 days old; {NEVER_MOVED}"
+    )
 
 
 def _too_old(ts: int) -> str:
-    return f"timestamp {ts} ({utc_text(ts)}): Stripe found it more than 35 days old; {NEVER_MOVED}"
+    """What a timestamp Stripe found too old was read as: in milliseconds (or µs, ns) when
+    it is that large (`1760000000000` said "after year 9999", more than 35 days old)."""
+    found = f"Stripe found it more than 35 days old; {NEVER_MOVED}"
+    for at_least, divisor, name in READINGS:
+        if abs(ts) >= at_least:
+            return f"timestamp {ts} read as {name} is {utc_text(ts // divisor)}: {found}"
+    return f"timestamp {ts} ({utc_text(ts)}): {found}"
