@@ -59,17 +59,26 @@ def alert_for_run_again(engine: Engine, settings: Settings, run: RemediationRun)
 def _alert_for_run(
     engine: Engine, settings: Settings, run: RemediationRun, outputs: Sequence[Mapping[str, Any]]
 ) -> None:
-    if run.quarantined == 0 and run.corrected == 0:
+    # rows re-sent: corrected ones, and valid ones of an input Stripe rejected whole (a
+    # whole-file failure's: "all 1 rejected rows corrected" for 3 rows re-sent; with none
+    # corrected, no alert at all)
+    resent = sum(int(o.get("rows") or 0) for o in outputs if o.get("kind") == "corrected")
+    if run.quarantined == 0 and run.corrected == 0 and resent == 0:
         return  # nothing was wrong: nothing to tell
     assert run.id is not None
     code, meter, customer = top_quarantine_group(engine, run.id)
+    quarantined = counted(run.quarantined, "row") + " quarantined"
     if run.quarantined >= settings.mfx_quarantine_alert_rows:
-        severity, what = "critical", f"{run.quarantined} rows quarantined (threshold "
-        what += f"{settings.mfx_quarantine_alert_rows})"
+        severity = "critical"
+        what = f"{quarantined} (threshold {settings.mfx_quarantine_alert_rows})"
     elif run.quarantined:
-        severity, what = "warning", f"{run.quarantined} rows quarantined"
+        severity, what = "warning", quarantined
+    elif resent > run.corrected:
+        unchanged = resent - run.corrected
+        severity, what = "info", f"{_all(resent)} re-sent ({run.corrected} corrected, "
+        what += f"{unchanged} unchanged)"
     else:
-        severity, what = "info", f"all {run.corrected} rejected rows corrected"
+        severity, what = "info", f"{_all(run.corrected)} corrected"
     raise_alert(
         engine,
         key=f"run:{run.run_key}",
@@ -88,6 +97,11 @@ def _alert_for_run(
         rows=run.quarantined or run.corrected,
         links=_links(run, outputs),
     )
+
+
+def _all(rows: int) -> str:
+    """`all 3 rejected rows`, `1 rejected row`."""
+    return ("all " if rows > 1 else "") + counted(rows, "rejected row")
 
 
 def _top_code(by_code: Mapping[str, Any]) -> str | None:

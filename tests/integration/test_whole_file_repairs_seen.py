@@ -24,7 +24,7 @@ from sqlmodel import Session, select
 from sandbox.events import build_import_set_event
 from service.config import Settings
 from service.db import make_engine
-from service.models import CorrectionAudit, RemediationRun
+from service.models import Alert, CorrectionAudit, RemediationRun
 from service.worker.loop import InboxWorker
 from tests.conftest import SandboxServer
 from tests.integration.test_web_pages import CSRF
@@ -62,6 +62,13 @@ def test_a_whole_file_repair_is_in_each_rows_audit_and_on_the_run(
         assert delivered["status"] == 200
         InboxWorker(engine, settings).drain()
         run_id = _check_run(engine, now)
+        with Session(engine) as session:
+            [alert] = session.exec(select(Alert)).all()
+        # it said "all 1 rejected rows corrected": every row of the file was re-sent
+        assert alert.subject == (
+            f"run #{run_id} (import_set.failed): all 2 rejected rows re-sent (1 corrected, "
+            "1 unchanged)"
+        )
         api = requests.get(
             f"{running.url}/api/runs/{run_id}",
             headers={"Authorization": f"Bearer {TOKEN}"},
@@ -102,3 +109,39 @@ def _page(url: str, path: str) -> str:
     response = browser.get(url + path, timeout=10)
     assert response.status_code == 200
     return response.text
+
+
+def test_a_whole_file_repair_of_valid_rows_alone_is_told(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """A `;` file of valid rows Stripe failed whole: repaired, every row re-sent unchanged,
+    and no alert told anyone (a run that corrected or quarantined nothing raised none)."""
+    sandbox_server.admin.create_meter("api_requests")
+    settings = _settings(make_settings, sandbox_server, db_url)
+    engine = make_engine(db_url)
+    now = int(time.time()) - 60
+    content = "identifier;timestamp;event_name;payload_stripe_customer_id;payload_value\n"
+    content += f"v1;{now};api_requests;cus_1;5\n"
+    copy = sandbox_server.admin.upload_file(content, "semi.csv")
+    body = {"id": "impset_semi", "status": "failed", "file": copy["id"]}
+    event = build_import_set_event("data_management.import_set.failed", body)
+    with serve_wsgi(make_app(settings)) as running:
+        stored = sandbox_server.admin.add_event(event)
+        delivered = sandbox_server.admin.deliver(stored["id"], f"{running.url}/webhooks")
+        assert delivered["status"] == 200
+        InboxWorker(engine, settings).drain()
+    with Session(engine) as session:
+        run = session.exec(select(RemediationRun)).one()
+        alerts = session.exec(select(Alert)).all()
+    assert (run.valid, run.corrected, run.repairs) == (1, 0, ["delimiter ';' read as CSV"])
+    assert [(a.severity, a.subject) for a in alerts] == [
+        (
+            "info",
+            f"run #{run.id} (import_set.failed): 1 rejected row re-sent (0 corrected, 1 unchanged)",
+        )
+    ]
+    engine.dispose()
