@@ -251,11 +251,14 @@ def _rounding_places(raw: object, number: str | None, ctx: Context) -> tuple[str
         reason = f"value {shown(raw)} has too many digits; rule round_value is disabled"
         raise Uncorrectable(reason)
     if not ctx.rules.policy.round_too_many_digits or precision is None:
-        counted = f" ({decimal_places(number)} decimal places)" if number else ""
-        reason = (
-            f"value {shown(raw)}{counted} has too many digits and policy does not allow rounding"
+        places = decimal_places(number) if number else None
+        counted = "" if places is None else f" ({places} decimal place{'s' * (places != 1)})"
+        why = (  # it said "does not allow rounding" with rounding allowed but no precision
+            "policy round_too_many_digits is off"
+            if not ctx.rules.policy.round_too_many_digits
+            else "policy value_precision names no precision to round to"
         )
-        raise Uncorrectable(reason)
+        raise Uncorrectable(f"value {shown(raw)}{counted} has too many digits; {why}")
     if number is None:
         raise Uncorrectable(f"value {shown(raw)} is not a number")
     return number, min(precision, ctx.index.limits.max_value_decimal_places)

@@ -118,8 +118,8 @@ def test_twenty_integer_digits_and_twelve_places_still_pass(tmp_path: Path) -> N
     reasons = {r["identifier"]: r["mfx_reason"] for r in quarantined}
     assert reasons == {
         "long": f"value '{'9' * 21}' has 21 integer digits; at most 20 allowed",
-        "places": f"value '1.{'5' * 13}' (13 decimal places) has too many digits and policy "
-        "does not allow rounding",
+        "places": f"value '1.{'5' * 13}' (13 decimal places) has too many digits; policy "
+        "round_too_many_digits is off",
     }
 
 

@@ -142,3 +142,25 @@ def test_an_archived_meter_without_an_active_successor_says_why(successors: str,
     with pytest.raises(Uncorrectable) as refused:
         reroute_to_successor_row(row, ctx)
     assert refused.value.reason == f"meter 'a' is archived and has no active successor{why}"
+
+
+@pytest.mark.parametrize(
+    ("policy", "why"),
+    [
+        ("", "policy round_too_many_digits is off"),
+        (
+            "round_too_many_digits = true\nvalue_precision = -1\n",
+            "policy value_precision names no precision to round to",
+        ),
+    ],
+)
+def test_a_value_not_rounded_says_which_policy_stops_it(policy: str, why: str) -> None:
+    """With rounding allowed and no precision to round to, the reason said the policy "does
+    not allow rounding" (it did), and one decimal place was "1 decimal places"."""
+    from remediation.core.rules.values import round_value_row
+
+    ctx = Context(MeterIndex([Meter("m1", "api")]), load_rules(f"[policy]\n{policy}"), NOW)
+    row = UsageRecord(1, "r1", NOW, "api", {"stripe_customer_id": "c", "value": "1.5"})
+    with pytest.raises(Uncorrectable) as refused:
+        round_value_row(row, ctx)
+    assert refused.value.reason == f"value '1.5' (1 decimal place) has too many digits; {why}"
