@@ -252,3 +252,33 @@ def test_two_amount_columns_holding_two_amounts_are_both_named(tmp_path: Path) -
     )
     [corrected] = found["corrected"]
     assert (corrected["identifier"], corrected["payload_value"]) == ("a2-mfx1", "5")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_customer_filled_from_an_alias_is_mapped_when_the_map_names_it(
+    tmp_path: Path, fmt: str
+) -> None:
+    """`customer_id: acme-42` filled the meter's customer key as `acme-42`, though
+    `[customers]` maps it to `cus_A`: Stripe refused the row again (customer not found),
+    and only its next generation was mapped. The filled customer is mapped at once."""
+    rules = '[customers]\n"acme-42" = "cus_A"\n'
+    code = "meter_event_no_customer_defined"
+    if fmt == "jsonl":
+        payload = {"customer_id": "acme-42", "value": 5}
+        text = _jsonl({**ROW, "payload": payload, "error": {"code": code}})
+    else:
+        text = f"{HEADER},customer_id,payload_value,error_code\n"
+        text += f"a1,1764000000,api_requests,acme-42,5,{code}\n"
+    found = remediate(tmp_path, f"c.{fmt}", text, rules=rules)
+    [row] = found["corrected"]
+    customer = (
+        row["payload"]["stripe_customer_id"]
+        if fmt == "jsonl"
+        else row["payload_stripe_customer_id"]
+    )
+    assert customer == "cus_A"
+    changes = [(a["rule"], a["after"]) for a in found["audit"] if a["kind"] == "correction"]
+    filled = (
+        ("rename_key", "stripe_customer_id") if fmt == "jsonl" else ("fill_customer_key", "acme-42")
+    )
+    assert changes == [filled, ("map_customer", "cus_A")]

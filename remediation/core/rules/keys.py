@@ -48,6 +48,27 @@ def fill_customer_key(batch: Batch, ctx: Context) -> Fix:
 
 
 def fill_customer_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
+    changes = _fill_customer_key(record, ctx)
+    return changes + _mapped_customer(record, ctx)
+
+
+def _mapped_customer(record: UsageRecord, ctx: Context) -> list[Change]:
+    """The customer just filled, mapped when the `[customers]` map names it: `acme-42` went
+    out as it was, Stripe refused it (customer not found), and only the next generation
+    mapped it to the `cus_…` the map named all along."""
+    key = meter_of(record, ctx).customer_key
+    held = record.payload.get(key)
+    if held is None or not ctx.rules.enabled("map_customer"):
+        return []
+    text = str(held)
+    mapped = ctx.rules.customers.get(text) or ctx.rules.customers.get(text.strip())
+    if not mapped or mapped == text:
+        return []
+    record.payload[key] = mapped
+    return [Change("map_customer", f"payload.{key}", held, mapped)]
+
+
+def _fill_customer_key(record: UsageRecord, ctx: Context) -> list[Change]:
     meter = meter_of(record, ctx)
     if not ctx.rules.enabled("fill_customer_key"):
         raise Uncorrectable("rule fill_customer_key is disabled")
