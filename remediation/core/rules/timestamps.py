@@ -52,7 +52,7 @@ def fix_timestamp(batch: Batch, ctx: Context) -> Fix:
         raw = column.text.take(pa.array(at[digits])).cast(pa.int64())
         ts[digits] = raw.to_numpy(zero_copy_only=False)
     changes: list[Changes] = []
-    held = _Held(column, at, ts, texts)
+    held = _Held(column, at, texts)
     if texts.any():  # read as ISO-8601 first, as `fix_timestamp_row` reads such a row
         ts[texts] = iso_seconds
         before = Column(column.text.take(pa.array(at[texts])))
@@ -122,13 +122,10 @@ class _Held:
     row held it (leading zeros) for its first change when that is not the number's text, the
     seconds the change before gave for the next (it was the number read from the field)."""
 
-    def __init__(
-        self, column: Column, at: Indexes, ts: npt.NDArray[np.int64], iso: npt.NDArray[np.bool_]
-    ) -> None:
+    def __init__(self, column: Column, at: Indexes, iso: npt.NDArray[np.bool_]) -> None:
         self.column, self.at = column, at
         self.changed = iso.copy()  # an ISO-8601 text's change says the text itself
         self.differs: npt.NDArray[np.bool_] | None = None  # rows whose text is not `ts`'s
-        self.ts = ts
 
     def before(self, hit: npt.NDArray[np.bool_], ts: npt.NDArray[np.int64]) -> Column:
         """The `before` of a change to the rows `hit` (of `at`), whose seconds were `ts`."""
@@ -148,12 +145,13 @@ class _Held:
         return Column(text, kinds)
 
     def _differs(self) -> npt.NDArray[np.bool_]:
-        """Rows whose field is not the number's own text (leading zeros), as the row rule
-        tells them (`fix_timestamp_row`: a JSON text of the number's digits is the number)."""
+        """Rows whose field is not the number's own text, as the row rule tells them
+        (`fix_timestamp_row`: a JSON text of the number's digits is the number): ASCII digits
+        (`short_digits`) differ from it by leading zeros alone."""
         if self.differs is None:
             text = self.column.text.take(pa.array(self.at))
-            own = pa.array(self.ts).cast(pa.string())
-            self.differs = ~np.asarray(pc.equal(text, own).fill_null(False), bool)
+            zeros = pc.and_(pc.starts_with(text, "0"), pc.greater(pc.binary_length(text), 1))
+            self.differs = np.asarray(zeros.fill_null(False), bool)
         return self.differs
 
 
