@@ -82,11 +82,12 @@ def trace_ancestors(
     `input_generation` is the generation of the object the input came from, per its metadata
     (0: unknown or not ours). Each step goes one generation back: to the identifier the audit
     says a correction was made for (and the generation of that run), else, only while the
-    object's lineage gives the generation (a row re-sent unchanged, which the audit does not
-    list), to what is left after removing the exact suffix that generation appended (`-mfx<g>`,
-    or `-r<g>` for outputs of the earlier rule). Generations come from lineage, never from a
-    number read out of the identifier. (A row re-sent unchanged under the hashed form leads to
-    `<first 80>-<hash>` as its original: the audit holds no more; still deterministic.)
+    object's lineage gives the generation (a row re-sent unchanged by a run before the audit
+    listed such rows, `core.resent`), to what is left after removing the exact suffix that
+    generation appended (`-mfx<g>`, or `-r<g>` for outputs of the earlier rule). Generations
+    come from lineage, never from a number read out of the identifier. (A row re-sent
+    unchanged under the hashed form leads to `<first 80>-<hash>` as its original: the audit
+    holds no more; still deterministic.)
     """
     found: dict[str, Ancestor] = {}
     pending = iter(identifiers)

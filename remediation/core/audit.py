@@ -29,6 +29,7 @@ from remediation.core.decided import (
 )
 from remediation.core.jsonrows import value_parts
 from remediation.core.jsontext import json_parts, json_strings, json_text
+from remediation.core.resent import resent
 from remediation.core.rules import Changes
 from remediation.core.text import TextPool, merged_constants
 from remediation.outcomes import Tally
@@ -51,6 +52,7 @@ class AuditLines:
         self.source = source
         head = '{"kind": "%s", "source": ' + json_text(source)
         self.correction_head = head.replace("%s", "correction") + ', "row": '
+        self.resend_head = head.replace("%s", "resend") + ', "row": '
         self.quarantine_head = head.replace("%s", "quarantine") + ', "row": '
 
     def write(self, decided: Decided, written: Indexes, new_ids: pa.Array, audit: TextIO) -> None:
@@ -66,6 +68,9 @@ class AuditLines:
         for change in decided.changes:
             if len(change):
                 lines.add(change.at, self._correction_parts(decided, change, rows))
+        again = resent(decided, written, new_ids)
+        if again is not None:  # its own kind: no correction, counted in no `corrections`
+            lines.add(again.at, self._correction_parts(decided, again, rows, self.resend_head))
         quarantined = np.flatnonzero(decided.fate == QUARANTINED)
         if len(quarantined):
             lines.add(quarantined, self._quarantine_parts(decided, quarantined, rows))
@@ -75,11 +80,13 @@ class AuditLines:
         for text in lines.texts(AUDIT_SLICE_LINES):
             write_shared(audit.buffer, array_bytes(text))
 
-    def _correction_parts(self, decided: Decided, change: Changes, rows: _RowTexts) -> list[Part]:
+    def _correction_parts(
+        self, decided: Decided, change: Changes, rows: _RowTexts, head: str = ""
+    ) -> list[Part]:
         """The parts of the lines of one change (a rule's, on one field), a line a row."""
         own = np.arange(len(change), dtype=np.int64)
         return [
-            self.correction_head,
+            head or self.correction_head,
             (rows.numbers, change.at),
             ', "identifier": ',
             *_at(rows.identifiers, change.at),

@@ -15,6 +15,7 @@ from remediation.core.column import as_string
 from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.decided import QUARANTINED, Decided
 from remediation.core.jsonrows import plain, quarantine_notes, row_texts
+from remediation.core.resent import resent
 from remediation.jsonnumbers import dumps
 from remediation.meters import DEFAULT_CUSTOMER_KEY
 from remediation.outcomes import CORRECTIONS, QuarantinedRow, value_text
@@ -35,6 +36,9 @@ def audit_records(
     by_row = np.full(len(decided.batch), -1, np.int64)
     by_row[written] = np.arange(len(written))
     changes = [change for change in decided.changes if len(change)]
+    again = resent(decided, written, new_ids)
+    if again is not None:  # a row re-sent as it came: `core.resent`
+        changes.append(again)
     quarantined = _quarantined_rows(decided, source, customer_keys)
     if not changes:
         return NO_CORRECTIONS, quarantined

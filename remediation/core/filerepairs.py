@@ -5,7 +5,7 @@ rules' `default_event_name` filled into every row (`repair.plan_input`). Each ro
 was changed: its audit says so (before, its corrected row went out with no line about it,
 and nothing told that the meter it was billed to was named by us). The row keeps its count
 (`valid` when nothing of its own failed: `by_code` counts the codes rows arrived with); a row
-that arrived with no code has the audit code `WHOLE_FILE_CODE`. The file's repairs that
+that arrived with no code has the audit code `UNTOLD_CODE`. The file's repairs that
 change no value (its delimiter, a column read under an alias) are the run's, said once
 (`repair.InputPlan.repairs`).
 """
@@ -20,9 +20,10 @@ from remediation.core.column import Column
 from remediation.core.decided import CORRECTED, VALID, Decided
 from remediation.core.rules import Changes
 
-# The audit code of a change a whole-file repair made to a row that arrived with none (the
-# import set Stripe failed as a whole; the bundled poller's own whole-file failures too).
-WHOLE_FILE_CODE = "import_set_failed"
+# The audit code of a row of an input Stripe rejected that arrived with no code of its own
+# (a file Stripe failed as a whole, the bundled poller's too; a failed-records row without
+# one): its changes (here) and its line when it is re-sent as it came (`resent`).
+UNTOLD_CODE = "rejected"
 DEFAULT_EVENT_NAME_RULE = "default_event_name"
 
 
@@ -45,4 +46,4 @@ def record_file_repairs(decided: Decided, repairs: FileRepairs) -> None:
     decided.changes.insert(0, filled)
     decided.corrections[at] += 1
     untold = at[decided.arrived_ids[at] == 0]  # no code (id 0: `checks.CODES`)
-    decided.arrived[untold] = WHOLE_FILE_CODE
+    decided.arrived[untold] = UNTOLD_CODE

@@ -355,8 +355,9 @@ def test_a_row_a_rerun_sent_unchanged_is_not_sent_again_with_the_rewritten_file(
 ) -> None:
     """The poller refused a row (no meter by that name) and meterfix quarantined it; the
     operator created the meter and re-ran it: the row now passes as it is, counted valid and
-    re-sent unchanged as `x-mfx1` (no correction, so no audit row). The file was then
-    rewritten with a new row: the poller took `x` for a row never sent and billed it again."""
+    re-sent unchanged as `x-mfx1` (no correction: its audit row says it was re-sent as it
+    came). The file was then rewritten with a new row: the poller took `x` for a row never
+    sent and billed it again."""
     with bundled_poller(loop) as deps:
         now, other, row, _fixed = a_row_the_poller_refused(loop, deps)
         loop.sandbox.create_meter("legacy_calls")
@@ -366,7 +367,10 @@ def test_a_row_a_rerun_sent_unchanged_is_not_sent_again_with_the_rewritten_file(
         run_poll_pass(deps)  # the re-run's corrected file: x-mfx1, sent unchanged
         assert sorted(loop.accepted()) == ["a", "x-mfx1"]
         with loop.session() as session:
-            assert session.exec(select(CorrectionAudit)).all() == []
+            audit = session.exec(select(CorrectionAudit)).all()
+        assert [(a.identifier, a.rule, a.new_identifier) for a in audit] == [
+            ("x", "resend_unchanged", "x-mfx1")
+        ]
         later = ["b", now - 30, "api_requests", "cus_alice", "1"]
         _put(loop, "day.csv", usage_csv([other, row, later]))
         run_poll_pass(deps)
@@ -544,7 +548,8 @@ def test_a_refused_row_fixed_by_hand_before_its_report_came_is_sent_as_it_is_now
         assert task.outcome == f"{outcome}; {changed}"
         corrected = [(a.identifier, a.code, a.after) for a in audit]
         ms = [("g", "timestamp_in_future", str(now - 60))]
-        assert corrected == (ms if change == "fixed_in_ms" else [])
+        as_it_came = [("g", "rejected", "g-mfx1")]  # re-sent as it is: its line says so
+        assert corrected == (ms if change == "fixed_in_ms" else as_it_came)
     assert max(originals_billed(loop).values()) == 1
 
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from sqlmodel import Session, col, select
 
 from service.config import Settings
@@ -38,13 +37,6 @@ from tests.integration.test_web_rerun import _remediate, _settings
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the correction audit lists only rows a rule changed; a row a re-run (or any run "
-    "of a rejected input) re-sends unchanged under a derived identifier leaves no audit row, "
-    "and whether it should is a rule of the audit and of lineage (remediation.lineage."
-    "trace_ancestors), not of the re-run",
-)
 def test_a_row_a_rerun_sends_unchanged_is_traced_when_stripe_refuses_it_later(
     service: Service,
 ) -> None:

@@ -90,7 +90,7 @@ def _check_run(engine: Engine, now: int) -> int:
     assert run.repairs == REPAIRS
     lines = [(a.identifier, a.code, a.rule, a.field, a.before, a.after) for a in audit]
     assert lines == [
-        ("w1", "import_set_failed", "default_event_name", "event_name", None, "api_requests"),
+        ("w1", "rejected", "default_event_name", "event_name", None, "api_requests"),
         ("w2", "timestamp_in_future", "default_event_name", "event_name", None, "api_requests"),
         ("w2", "timestamp_in_future", "timestamp_ms_to_s", "timestamp", str(now * 1000), str(now)),
     ]

@@ -163,7 +163,8 @@ def written_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[
     out, or will, under a derived identifier: corrected (the audit: `run_id` leads its index
     with the identifier), or taken from quarantine by a re-run among them that did not
     quarantine it again (a re-run sends unchanged a row that passes now: its meter was
-    created, its time is no longer ahead; no correction, no audit row)."""
+    created, its time is no longer ahead; no correction, and before `core.resent` no audit
+    row)."""
     if not run_ids or not identifiers:
         return set()
     runs = list(run_ids)
