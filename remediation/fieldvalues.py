@@ -10,7 +10,7 @@ import re
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from remediation.jsonnumbers import underflows
+from remediation.jsonnumbers import dumps, underflows
 from remediation.limits import MAX_TIMESTAMP_DIGITS
 
 PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
@@ -111,9 +111,14 @@ def _utc_date(day: int) -> str:
 
 
 def payload_text(value: object) -> str:
+    """A payload value as a meter event sends it (Stripe's payload is text): a JSON object or
+    list as its JSON text (it was Python's, `{'k': 1}`, billed under a dimension nobody
+    wrote). A JSON null is no value: the key is not sent (as a CSV's empty cell)."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return dumps(value)
     number = plain_number(value)
     return number if number is not None else str(value)

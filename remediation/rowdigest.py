@@ -70,7 +70,7 @@ def record_digests(records: Sequence[UsageRecord]) -> list[int]:
     sent = {
         key: pa.array(
             [
-                payload_text(record.payload[key]) if key in record.payload else None
+                None if (value := record.payload.get(key)) is None else payload_text(value)
                 for record in records
             ],
             pa.string(),
@@ -89,18 +89,19 @@ def sent_array(column: Column, texts: list[str | None] | None = None) -> pa.Arra
 
 
 def sent_texts(column: Column) -> list[str | None]:
-    """`payload_text` of each value of a column (None where the key is absent)."""
+    """`payload_text` of each value of a column (None where the key is absent or null)."""
     texts: list[str | None] = column.text.to_pylist()
     if column.kinds is None:
         return texts
     kinds = column.kinds
     for i in np.flatnonzero(np.isin(kinds, _CONVERTED)).tolist():
-        texts[i] = payload_text(value_of(texts[i], int(kinds[i])))
+        value = value_of(texts[i], int(kinds[i]))
+        texts[i] = None if value is None else payload_text(value)  # a null: not sent
     return texts
 
 
-# Kinds whose text is not what `payload_text` sends (a float's plain number, `str()` of an
-# object or of a JSON null: the row check refuses such rows, but what is sent stays the same)
+# Kinds whose text is not what `payload_text` sends (a float's plain number, an object's JSON
+# text as `dumps` writes it; a JSON null is not sent at all, as a CSV's empty cell)
 _CONVERTED = np.asarray([Kind.FLOAT, Kind.JSON, Kind.NULL], np.uint8)
 
 

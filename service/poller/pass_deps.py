@@ -37,6 +37,9 @@ class PollerDeps:
     instance: str = field(default_factory=new_instance_id)  # this process, for heartbeats
     only: Container[tuple[str, str]] | None = None  # (key, etag): `poll --retry` takes these
     field_limits: FieldLimits = DEFAULT_LIMITS  # MFX_RULES [policy]: the same as remediation
+    # MFX_RULES [policy] value_precision (`Rules.value_precision`): a value past it is refused
+    # as remediation refuses it (the poller sent `1.234` that `validate` refused; None: none)
+    value_precision: int | None = None
 
     @property
     def index_mode(self) -> bool:

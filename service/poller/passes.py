@@ -59,6 +59,7 @@ def build_poller_deps(runtime: Runtime, *, progress: Progress | None = None) -> 
         on_failed_rows=remediation_hook(runtime.engine),
         progress=progress,
         field_limits=runtime.rules.policy.limits,
+        value_precision=runtime.rules.value_precision,
     )
 
 
@@ -143,7 +144,9 @@ def _plan(
 def _meter_index(deps: PollerDeps) -> MeterIndex | None:
     """Stripe's meters, read now; None in index mode or with no meter source."""
     return (
-        MeterIndex(deps.meters.meters(), limits=deps.field_limits)
+        MeterIndex(
+            deps.meters.meters(), value_precision=deps.value_precision, limits=deps.field_limits
+        )
         if deps.meters and not deps.index_mode
         else None
     )

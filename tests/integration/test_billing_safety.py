@@ -1241,3 +1241,26 @@ def test_a_file_named_in_many_non_ascii_characters_is_remediated(tmp_path: Path)
     assert Path(corrected).name.startswith("月次使用量")
     rows = list(csv.DictReader(io.StringIO(Path(corrected).read_text())))
     assert [(r["identifier"], r["timestamp"]) for r in rows] == [("c1-mfx1", "1764000000")]
+
+
+def test_the_bundled_poller_refuses_a_value_past_the_rules_precision(loop: Loop) -> None:
+    """`[policy] value_precision = 2`: `meterfix validate` refuses `1.234`
+    (`meter_event_value_too_many_digits`), but the poller's meters were read without the
+    precision and it sent the row to Stripe as it was. It refuses it as remediation does,
+    and the rounding the rules allow sends it once, rounded."""
+    add_rules(loop, "[policy]\nvalue_precision = 2\nround_too_many_digits = true\n")
+    now = int(time.time())
+    rows = [["p1", now - 60, "api_requests", "cus_alice", "1.5"]]
+    rows += [["p2", now - 60, "api_requests", "cus_alice", "1.234"]]
+    with bundled_poller(loop) as deps:
+        _put(loop, "day.csv", usage_csv(rows))
+        report = run_poll_pass(deps)
+        assert (report.sent, report.failed_rows) == (1, 1)
+        loop.drain()  # the refused row: rounded
+        run_poll_pass(deps)  # its corrected file
+    assert sorted(loop.accepted()) == ["p1", "p2-mfx1"]
+    with loop.session() as session:
+        audit = session.exec(select(CorrectionAudit)).all()
+    assert [(a.identifier, a.rule, a.before, a.after) for a in audit] == [
+        ("p2", "round_value", "1.234", "1.23")
+    ]

@@ -300,6 +300,31 @@ def test_json_lines_events_keep_the_row_checks_conversions() -> None:
     assert failed[0].error_message
 
 
+def test_json_objects_lists_and_nulls_in_a_payload_are_sent_as_json_or_not_at_all() -> None:
+    """Stripe's payload is text: a JSON object or list was sent as Python's text of it
+    (`{'k': 1}`, `['a', 'b']`) and a null as `None`, under a dimension nobody wrote. An
+    object or list is sent as its JSON text, a null not at all (a CSV's empty cell). The
+    row's content (what tells a row sent before) is the same read as columns or records."""
+    line = {
+        "identifier": "n2", "timestamp": NOW_TS - 60, "event_name": "api_requests",
+        "payload": {"stripe_customer_id": "cus_A", "value": 5, "note": None,
+                    "tags": ["a", "b"], "meta": {"k": 1, "x": 1.50}},
+    }  # fmt: skip
+    data = (json.dumps(line).replace("1.5", "1.50") + "\n").encode()
+    index = MeterIndex([Meter(id="mtr_1", event_name="api_requests")])
+    records = read_records(io.BytesIO(data), FileFormat.JSONL)
+    [chunk] = list(import_chunks(records, index, now=NOW_TS, names=RowNames("k.jsonl", "t")))
+    [event] = chunk.events
+    assert event["payload"] == {
+        "stripe_customer_id": "cus_A",
+        "value": "5",
+        "tags": '["a","b"]',
+        "meta": '{"k":1,"x":1.50}',
+    }
+    [record] = list(read_records(io.BytesIO(data), FileFormat.JSONL))
+    assert chunk.rows[0].content == record_digests([record])[0]
+
+
 _CONTENT_ROWS = [
     {"identifier": "c1", "timestamp": NOW_TS - 60, "event_name": "api_requests",
      "payload": {"stripe_customer_id": "cus_A", "value": 5}},
