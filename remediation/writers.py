@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import BinaryIO
 
+from remediation.core.jsontext import line_safe
 from remediation.filetypes import FileFormat
 from remediation.jsonnumbers import dumps
 from remediation.records import (
@@ -189,8 +190,7 @@ class RecordWriter:
         obj = record_object(record, self._with_errors, as_came=bool(self._annotations))
         obj.update(notes)
         line = dumps(obj)
-        if "\u2028" in line or "\u2029" in line:  # `core.jsontext.json_lines_safe`, for one line
-            line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        line = line_safe(line)  # `core.jsontext.json_lines_safe`, for one line
         if self.fmt is FileFormat.JSONL:
             return self._text.write(line + "\n")
         return self._text.write(("[\n" if self.rows == 0 else ",\n") + line)

@@ -63,25 +63,36 @@ _LINE_SEPARATORS = (b"\xe2\x80\xa8", b"\xe2\x80\xa9")
 
 
 def json_lines_safe(texts: pa.Array) -> pa.Array:
-    """JSON texts (large_string) with U+2028 and U+2029 written as the escapes `\\u2028` and
-    `\\u2029`: the same JSON (outside a string no JSON text holds them), which no line reader
-    breaks. A text without them is returned as it is (found by a scan of the bytes for their
-    lead byte, 0xE2, rare in most text)."""
+    """JSON texts (large_string) with U+2028, U+2029 and U+0085 written as the escapes
+    `\\u2028`, `\\u2029` and `\\u0085`: the same JSON (outside a string no JSON text holds
+    them), which no line reader breaks. A text without them is returned as it is (found by a
+    scan of the bytes for their lead bytes, 0xE2 and 0xC2, rare in most text)."""
     data, offsets = line_bytes(texts)
     raw = np.frombuffer(data, np.uint8)
     lead = np.flatnonzero(raw[:-2] == 0xE2) if len(raw) > 2 else np.zeros(0, np.int64)
-    if not len(lead):
-        return texts
     third = raw[lead + 2]
     hit = lead[(raw[lead + 1] == 0x80) & ((third == 0xA8) | (third == 0xA9))]
+    # U+0085 (NEL, 0xC2 0x85): `str.splitlines()` ends a line there too (a NEL in a payload
+    # value cut its line in two, neither half JSON)
+    nel = np.flatnonzero((raw[:-1] == 0xC2) & (raw[1:] == 0x85)) if len(raw) > 1 else lead[:0]
+    hit = np.concatenate([hit, nel])
     if not len(hit):
         return texts
     rows = np.unique(np.searchsorted(offsets, hit, side="right") - 1)
-    escaped = [
-        text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-        for text in texts.take(pa.array(rows)).to_pylist()
-    ]
+    escaped = [line_safe(text) for text in texts.take(pa.array(rows)).to_pylist()]
     return scatter(texts, rows, pa.array(escaped, pa.large_string()))
+
+
+def line_safe(line: str) -> str:
+    """One JSON text with the characters line readers end a line at, inside its strings
+    (U+2028, U+2029, U+0085), written as escapes: the same JSON."""
+    for char, escape in _ESCAPES:
+        if char in line:
+            line = line.replace(char, escape)
+    return line
+
+
+_ESCAPES = (("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\x85", "\\u0085"))
 
 
 def json_text(value: str) -> str:

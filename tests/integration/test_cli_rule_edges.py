@@ -323,3 +323,43 @@ def test_a_file_cut_off_inside_a_quoted_value_is_not_billed_what_was_left(
     assert row["identifier"] == "c1" and row["mfx_reason"].endswith(
         "(a line break: a quote left open?)"
     )
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_a_nel_in_a_value_never_cuts_a_written_line(tmp_path: Path, fmt: str) -> None:
+    """U+0085 (NEL) was written raw in JSON outputs, where `str.splitlines()` (as for U+2028
+    and U+2029, which were escaped) ends a line: a corrected row read back as two lines,
+    neither JSON. It is written as the escape `\\u0085`: the same JSON."""
+    rows = [
+        {
+            "identifier": "n1",
+            "timestamp": 1764000000000,
+            "event_name": "api_requests",
+            "payload": {"stripe_customer_id": "cus_1", "value": 5, "region": "eu\x85west"},
+            "error_code": "timestamp_in_future",
+        },
+        {
+            "identifier": "n2",
+            "timestamp": 1764000000,
+            "event_name": "nope",
+            "payload": {"stripe_customer_id": "cus_1", "value": 5, "note": "a\x85b"},
+            "error_code": "no_meter",
+        },
+    ]
+    text = (
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        if fmt == "jsonl"
+        else json.dumps(rows, ensure_ascii=False)
+    )
+    found = remediate(tmp_path, f"n.{fmt}", text)
+    summary = found["summary"]
+    for kind in ("corrected", "quarantine"):
+        [path] = summary["outputs"][kind]
+        written = Path(path).read_text(encoding="utf-8")
+        assert "\x85" not in written and "\\u0085" in written
+        lines = [line for line in written.splitlines() if line.strip("[]")]
+        assert len(lines) == 1, lines  # one row each, one line each
+    [corrected] = found["corrected"]
+    assert corrected["payload"]["region"] == "eu\x85west"
+    [held] = found["quarantine"]
+    assert held["payload"]["note"] == "a\x85b"
