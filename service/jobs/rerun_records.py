@@ -26,11 +26,16 @@ from service.jobs.store.reruns import quarantined_entries
 # unknown codes, and a value Stripe refused that our checks pass (the meter's precision, or
 # what made a plain `5` invalid, is Stripe's to know): the row keeps its code, and only its
 # rule's correction sends it out (README: never sent again unchanged, only to be refused).
+# Nor do our checks judge a row's dimensions for a meter that names none (Stripe's own
+# settings): a row refused for too many dimensions passed validation and went out as Stripe
+# refused it, `region` and all, where a fresh run drops the key (`drop_unused_keys`).
 CHECKED_BY_VALIDATION = KNOWN_CODES - {
     ErrorCode.CUSTOMER_NOT_FOUND,
     ErrorCode.UNCLASSIFIED,
     ErrorCode.INVALID_VALUE,
     ErrorCode.VALUE_TOO_MANY_DIGITS,
+    ErrorCode.DIMENSION_COUNT_TOO_HIGH,
+    ErrorCode.MISSING_DIMENSION_KEYS,
 }
 
 

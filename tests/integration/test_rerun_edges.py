@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
+from sandbox.events import build_import_set_event
 from service.config import Settings
 from service.db import make_engine
 from service.db.locks import advisory_lock
@@ -119,3 +120,51 @@ def test_a_rerun_waiting_for_another_reruns_lock_is_not_timed_out_for_the_wait(
             item.join(30)  # the abandoned item thread: let it end before the schema goes
         engine.dispose()
     assert report.done == [queued["task"]], report.retrying
+
+
+def test_a_rerun_drops_the_dimensions_stripe_refused_as_a_fresh_run_does(
+    service: Service,
+) -> None:
+    """A row Stripe refused for too many dimensions, quarantined while `drop_unused_keys` was
+    turned off; the operator turns it on and re-runs the row: the re-run threw its code away
+    and only validated it (our checks cannot judge a meter's dimensions when it names none),
+    so it went out as Stripe refused it, `region` and all, to be refused again. It keeps its
+    code, so its rule drops the key, as a fresh run of the row does."""
+    rules = Path(service.settings.mfx_rules)
+    rules.write_text('[policy]\ndisabled_rules = ["drop_unused_keys"]\n')
+    now = int(time.time()) - 60
+    content = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,"
+    content += f"payload_region,error_code\nd1,{now},api_requests,cus_1,5,eu,"
+    content += "meter_event_dimension_count_too_high\n"
+    file = service.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
+    body = {
+        "id": "impset_dims",
+        "object": "data_management.import_set",
+        "status": "succeeded_with_errors",
+        "result": {"errors": {"file": file["id"], "row_count": 1}},
+    }
+    service.deliver(build_import_set_event("data_management.import_set.succeeded", body))
+    service.drain()
+    rules.write_text("")  # the rule turned on again
+    queued = queue_rerun(service.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+    assert queued["rows"] == 1
+    service.drain()
+    [output] = (_bucket(service) / "corrected").glob("rerun-*/*.corrected.*.jsonl")
+    [sent] = map(json.loads, output.read_text().splitlines())
+    assert (sent["identifier"], sent["payload"]) == (
+        "d1-mfx1",
+        {"stripe_customer_id": "cus_1", "value": "5"},
+    )
+    with Session(service.engine) as session:
+        rerun_run = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == "quarantine_rerun")
+        ).one()
+        audit = session.exec(
+            select(CorrectionAudit).where(CorrectionAudit.run_id == rerun_run.id)
+        ).all()
+    assert [(a.rule, a.field, a.before) for a in audit] == [
+        ("drop_unused_keys", "payload.region", "eu")
+    ]
+    assert rerun_run.by_code == {
+        "meter_event_dimension_count_too_high": {"corrected": 1, "quarantined": 0}
+    }
