@@ -167,7 +167,7 @@ def test_the_cli_searches_customers_when_the_rules_name_a_metadata_key(
     args += ["--rules", str(rules), "--now", str(NOW), "--json"]
     result = CliRunner().invoke(remediate_command, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)  # log lines go to stderr
     corrected = csv.DictReader(io.StringIO(Path(summary["outputs"]["corrected"][0]).read_text()))
     assert {row["identifier"]: row["payload_stripe_customer_id"] for row in corrected} == {
         "r0-mfx1": "cus_seven",
