@@ -53,13 +53,8 @@ def test_a_whole_file_repair_is_in_each_rows_audit_and_on_the_run(
     now = int(time.time()) - 60
     content = "identifier;time;payload_stripe_customer_id;payload_value\n"
     content += f"w1;{now};cus_1;5\nw2;{now * 1000};cus_1;7\n"
-    copy = sandbox_server.admin.upload_file(content, "daily.csv")
-    body = {"id": "impset_whole", "status": "failed", "file": copy["id"]}
-    event = build_import_set_event("data_management.import_set.failed", body)
     with serve_wsgi(make_app(settings)) as running:
-        stored = sandbox_server.admin.add_event(event)
-        delivered = sandbox_server.admin.deliver(stored["id"], f"{running.url}/webhooks")
-        assert delivered["status"] == 200
+        _fail_whole(sandbox_server, running.url, "impset_whole", content)
         InboxWorker(engine, settings).drain()
         run_id = _check_run(engine, now)
         with Session(engine) as session:
@@ -79,6 +74,17 @@ def test_a_whole_file_repair_is_in_each_rows_audit_and_on_the_run(
     [said] = re.findall(r'data-testid="run-repairs">([^<]*)<', page)
     assert html.unescape(said) == "; ".join(REPAIRS)
     engine.dispose()
+
+
+def _fail_whole(sandbox: SandboxServer, url: str, import_set: str, content: str) -> None:
+    """Stripe fails `content` as a whole: its copy in the Files API, the signed event sent
+    to the app at `url`."""
+    copy = sandbox.admin.upload_file(content, "daily.csv")
+    body = {"id": import_set, "status": "failed", "file": copy["id"]}
+    stored = sandbox.admin.add_event(
+        build_import_set_event("data_management.import_set.failed", body)
+    )
+    assert sandbox.admin.deliver(stored["id"], f"{url}/webhooks")["status"] == 200
 
 
 def _check_run(engine: Engine, now: int) -> int:
@@ -126,13 +132,8 @@ def test_a_whole_file_repair_of_valid_rows_alone_is_told(
     now = int(time.time()) - 60
     content = "identifier;timestamp;event_name;payload_stripe_customer_id;payload_value\n"
     content += f"v1;{now};api_requests;cus_1;5\n"
-    copy = sandbox_server.admin.upload_file(content, "semi.csv")
-    body = {"id": "impset_semi", "status": "failed", "file": copy["id"]}
-    event = build_import_set_event("data_management.import_set.failed", body)
     with serve_wsgi(make_app(settings)) as running:
-        stored = sandbox_server.admin.add_event(event)
-        delivered = sandbox_server.admin.deliver(stored["id"], f"{running.url}/webhooks")
-        assert delivered["status"] == 200
+        _fail_whole(sandbox_server, running.url, "impset_semi", content)
         InboxWorker(engine, settings).drain()
     with Session(engine) as session:
         run = session.exec(select(RemediationRun)).one()
