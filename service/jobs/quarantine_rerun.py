@@ -124,7 +124,7 @@ def _rerun(
         # fails again still, the next run stops it again
         loop_protection=False,
     )
-    run = execute_run(ctx, request, stored_records(ctx.engine, ids))
+    run = execute_run(ctx, request, stored_records(ctx.engine, ids, ctx.rules, ctx.meters))
     assert run.id is not None
     mark_rerun(ctx.engine, ids, run.id)
     return run

@@ -7,16 +7,19 @@ stored row back is its own set of rules, tested on its own
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 
 from remediation.codes import KNOWN_CODES, ErrorCode
+from remediation.core.rules.keys import holds
 from remediation.identifiers import Identifiers, Lineage, row_identifier
 from remediation.jsonrecords import record_from_obj
 from remediation.lineage import reserved_originals, run_generation, trace_ancestors
+from remediation.meters import Meter
 from remediation.records import MFX_PREFIX, UsageRecord
+from remediation.rules import Rules
 from service.jobs.input_lineage import LOOKUP_BATCH, RunLineage, parents
 from service.jobs.store.reruns import quarantined_entries
 
@@ -87,9 +90,48 @@ def rerun_lineage(
     return RunLineage(written, Lineage(ancestors, reserved), traced_from)
 
 
-def stored_records(engine: Engine, ids: Sequence[int]) -> Iterator[UsageRecord]:
+def stored_records(
+    engine: Engine, ids: Sequence[int], rules: Rules | None = None, meters: Sequence[Meter] = ()
+) -> Iterator[UsageRecord]:
+    """The rows read back; with `rules` and `meters`, a row of a missing customer or amount
+    that holds one under its meter's key and another under an alias keeps its code
+    (`_disputed`)."""
+    index = {meter.event_name: meter for meter in meters if meter.active}
     for number, entry in enumerate(_identified_rows(engine, ids), start=1):
-        yield _usage_record(number, entry)
+        record = _usage_record(number, entry)
+        if (
+            rules is not None
+            and entry.code in _KEY_CODES
+            and _disputed(record, entry, rules, index)
+        ):
+            record.error_code = entry.code
+        yield record
+
+
+_KEY_CODES = (ErrorCode.NO_CUSTOMER_DEFINED, ErrorCode.VALUE_NOT_FOUND)
+
+
+def _disputed(
+    record: UsageRecord, entry: _Entry, rules: Rules, meters: Mapping[str, Meter]
+) -> bool:
+    """Whether the row holds its meter's customer (or amount) and an alias of it holding
+    another, top-level or in the payload: validation alone passed it (the key is there), and
+    it went out billing the key's where a fresh run names both and quarantines it (which one
+    is meant is not guessed: `rules.keys`). A row whose key is there and undisputed is
+    validated again, as before (the meter's key may have changed since)."""
+    meter = meters.get(record.event_name) if isinstance(record.event_name, str) else None
+    if meter is None:
+        return False
+    customer = entry.code == ErrorCode.NO_CUSTOMER_DEFINED
+    key = meter.customer_key if customer else meter.value_key
+    aliases = rules.customer_keys if customer else rules.value_keys
+    held = record.payload.get(key)
+    if not holds(held):
+        return False
+    mine = {meter.customer_key, meter.value_key, *meter.dimension_keys}
+    others = [v for k, v in record.payload.items() if k not in mine and k.lower() in aliases]
+    others += [v for k, v in record.extra.items() if k.lower() in aliases]
+    return any(holds(v) and str(v).strip() != str(held).strip() for v in others)
 
 
 def _usage_record(number: int, entry: _Entry) -> UsageRecord:

@@ -19,7 +19,7 @@ from service.db import make_engine
 from service.db.locks import advisory_lock
 from service.jobs import quarantine_rerun
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.models import CorrectionAudit, RemediationRun
+from service.models import CorrectionAudit, QuarantinedRow, RemediationRun
 from service.runtime import Runtime
 from service.web.actions import Actor, queue_rerun
 from service.worker.liveness import ITEM_THREAD_PREFIX
@@ -168,3 +168,43 @@ def test_a_rerun_drops_the_dimensions_stripe_refused_as_a_fresh_run_does(
     assert rerun_run.by_code == {
         "meter_event_dimension_count_too_high": {"corrected": 1, "quarantined": 0}
     }
+
+
+def test_a_rerun_keeps_a_row_naming_two_customers_quarantined_as_a_fresh_run_does(
+    service: Service,
+) -> None:
+    """A row Stripe refused for no customer, holding `cus_1` under the meter's key and
+    `customer_id: cus_2` beside it: quarantined, both named. Re-run with the rules unchanged,
+    it threw its code away and only validated the row (the key is there): it went out as
+    `d2-mfx1` billing cus_1, `customer_id: cus_2` beside it. It keeps its code, so its rule
+    names both again; a row whose alias agrees goes out."""
+    now = int(time.time()) - 60
+    content = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,"
+    content += "customer_id,error_code\n"
+    content += f"d2,{now},api_requests,cus_1,5,cus_2,meter_event_no_customer_defined\n"
+    file = service.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
+    body = {
+        "id": "impset_two",
+        "object": "data_management.import_set",
+        "status": "succeeded_with_errors",
+        "result": {"errors": {"file": file["id"], "row_count": 1}},
+    }
+    service.deliver(build_import_set_event("data_management.import_set.succeeded", body))
+    service.drain()
+    reason = (
+        "payload key 'stripe_customer_id' holds 'cus_1' and a top-level alias holds 'cus_2': "
+        "which one is meant is not guessed"
+    )
+    with Session(service.engine) as session:
+        [first] = session.exec(select(QuarantinedRow)).all()
+    assert (first.identifier, first.reason) == ("d2", reason)
+    queued = queue_rerun(service.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+    assert queued["rows"] == 1
+    service.drain()
+    assert list((_bucket(service) / "corrected").glob("rerun-*/*.corrected.*")) == []
+    with Session(service.engine) as session:
+        rows = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).all()
+    assert [(q.identifier, q.reason, q.rerun_id is None) for q in rows] == [
+        ("d2", reason, False),  # taken by the re-run
+        ("d2", reason, True),  # and quarantined again by it, for the same reason
+    ]
