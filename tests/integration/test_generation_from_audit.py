@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlmodel import Session, select
@@ -33,9 +34,12 @@ def _csv(rows: list[dict[str, str]], columns: list[str], delimiter: str = ",") -
     return out.getvalue()
 
 
-def _failed_records(svc: Service, impset: str, rows: list[dict[str, str]]) -> None:
-    """Stripe's failed-records file of an import set that names no object, remediated."""
-    content = _csv(rows, [*COLUMNS, "error_code"])
+def _failed_records(
+    svc: Service, impset: str, rows: list[dict[str, str]], more: Sequence[str] = ()
+) -> None:
+    """Stripe's failed-records file of an import set that names no object, remediated
+    (`more`: columns after the usual ones)."""
+    content = _csv(rows, [*COLUMNS, *more, "error_code"])
     file = svc.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
     body = {
         "id": impset,

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from sandbox.events import build_import_set_event
 from service.config import Settings
 from service.db import make_engine
 from service.db.locks import advisory_lock
@@ -133,18 +132,14 @@ def test_a_rerun_drops_the_dimensions_stripe_refused_as_a_fresh_run_does(
     rules = Path(service.settings.mfx_rules)
     rules.write_text('[policy]\ndisabled_rules = ["drop_unused_keys"]\n')
     now = int(time.time()) - 60
-    content = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,"
-    content += f"payload_region,error_code\nd1,{now},api_requests,cus_1,5,eu,"
-    content += "meter_event_dimension_count_too_high\n"
-    file = service.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
-    body = {
-        "id": "impset_dims",
-        "object": "data_management.import_set",
-        "status": "succeeded_with_errors",
-        "result": {"errors": {"file": file["id"], "row_count": 1}},
-    }
-    service.deliver(build_import_set_event("data_management.import_set.succeeded", body))
-    service.drain()
+    row = dict(zip(COLUMNS, ["d1", str(now), "api_requests", "cus_1", "5"], strict=True))
+    code = "meter_event_dimension_count_too_high"
+    _failed_records(
+        service,
+        "impset_dims",
+        [{**row, "payload_region": "eu", "error_code": code}],
+        ["payload_region"],
+    )
     rules.write_text("")  # the rule turned on again
     queued = queue_rerun(service.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
     assert queued["rows"] == 1
@@ -179,18 +174,14 @@ def test_a_rerun_keeps_a_row_naming_two_customers_quarantined_as_a_fresh_run_doe
     `d2-mfx1` billing cus_1, `customer_id: cus_2` beside it. It keeps its code, so its rule
     names both again; a row whose alias agrees goes out."""
     now = int(time.time()) - 60
-    content = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,"
-    content += "customer_id,error_code\n"
-    content += f"d2,{now},api_requests,cus_1,5,cus_2,meter_event_no_customer_defined\n"
-    file = service.sandbox.admin.upload_file(content, "failed_records.csv", "data_management")
-    body = {
-        "id": "impset_two",
-        "object": "data_management.import_set",
-        "status": "succeeded_with_errors",
-        "result": {"errors": {"file": file["id"], "row_count": 1}},
-    }
-    service.deliver(build_import_set_event("data_management.import_set.succeeded", body))
-    service.drain()
+    row = dict(zip(COLUMNS, ["d2", str(now), "api_requests", "cus_1", "5"], strict=True))
+    code = "meter_event_no_customer_defined"
+    _failed_records(
+        service,
+        "impset_two",
+        [{**row, "customer_id": "cus_2", "error_code": code}],
+        ["customer_id"],
+    )
     reason = (
         "payload key 'stripe_customer_id' holds 'cus_1' and a top-level alias holds 'cus_2': "
         "which one is meant is not guessed"
