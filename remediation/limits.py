@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
+from remediation.jsonnumbers import dumps
+
 # Reading caps (characters): generous next to the field limits, small next to memory.
 MAX_LINE_CHARS = 16 * 1024 * 1024  # a JSON Lines line, a JSON array element, a CSV field
 MAX_TIMESTAMP_DIGITS = 20  # unix nanoseconds have 19; more is not a time at all
@@ -36,15 +38,19 @@ LIMIT_NAMES = frozenset(f.name for f in fields(FieldLimits))
 
 
 def shown(value: object, width: int = 40) -> str:
-    """`repr(value)` for a reason, cut to about `width` characters (a row may hold megabytes);
-    a field that is not there (an empty CSV cell, a missing JSON key) is `(empty)`."""
+    """`repr(value)` for a reason (a JSON boolean, object or list as JSON spells it), cut to
+    about `width` characters (a row may hold megabytes); a field that is not there (an empty
+    CSV cell, a missing JSON key) is `(empty)`."""
     if value is None:
         return "(empty)"
     if isinstance(value, str) and len(value) > width:
         return f"{value[:width]!r}… ({len(value)} characters)"
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
         return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"  # no str()
-    text = repr(value)
+    if isinstance(value, bool):  # as the file spelt it (it said `True`)
+        return "true" if value else "false"
+    # an object or list as its JSON text (it said `{'id': 'cus_1'}`, Python's spelling)
+    text = dumps(value) if isinstance(value, dict | list) else repr(value)
     return text if len(text) <= width + 2 else f"{text[:width]}… ({len(text)} characters)"
 
 

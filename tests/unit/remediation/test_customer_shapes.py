@@ -65,7 +65,7 @@ def test_a_customer_key_holding_no_customer_id_is_quarantined(tmp_path: Path) ->
     assert [r["payload"]["stripe_customer_id"] for r in held] == HELD
     assert {r["mfx_code"] for r in held} == {"meter_event_no_customer_defined"}
     assert held[0]["mfx_reason"] == (
-        "customer key stripe_customer_id holds {'id': 'cus_1'}, which is no customer id"
+        'customer key stripe_customer_id holds {"id":"cus_1"}, which is no customer id'  # as JSON
     )
 
 
@@ -83,7 +83,7 @@ def test_an_alias_does_not_fill_over_what_the_customer_key_holds(tmp_path: Path)
     assert [(r["identifier"], r["payload"]) for r in held] == [
         ("r0", {"stripe_customer_id": ["cus_1"], "value": 5, "customer": "cus_9"})
     ]
-    assert held[0]["mfx_reason"].startswith("customer key stripe_customer_id holds ['cus_1']")
+    assert held[0]["mfx_reason"].startswith('customer key stripe_customer_id holds ["cus_1"]')
 
 
 @pytest.mark.parametrize("customer", HELD)

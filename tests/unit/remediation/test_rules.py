@@ -279,7 +279,7 @@ def test_a_customer_that_is_a_json_number_is_audited_and_named_as_it_came() -> N
         ]
         assert found[2:] == [
             ("quarantined", f"customer {shown} is not in the customer map and has no unique match")
-            for shown in ("True", "''")
+            for shown in ("true", "''")  # the JSON true as JSON spells it (it said `True`)
         ]
 
 
