@@ -50,16 +50,8 @@ class Site:
 def site(
     db_url: str, make_settings: Callable[..., Settings], make_app: Callable[[Settings], Flask]
 ) -> Iterator[Site]:
-    settings = make_settings(
-        database_url=db_url,
-        mfx_admin_token=TOKEN,
-        stripe_api_key="sk_test_x",
-        stripe_webhook_secrets="whsec_x",
-    )
-    engine = make_engine(db_url)
-    with serve_wsgi(make_app(settings)) as server, requests.Session() as browser:
-        yield Site(server.url, engine, browser)
-    engine.dispose()
+    with seed.served(db_url, make_settings, make_app, TOKEN) as (url, engine, browser):
+        yield Site(url, engine, browser)
 
 
 # --- /metrics ------------------------------------------------------------------------------

@@ -17,10 +17,8 @@ from sqlalchemy import Engine
 
 from remediation.outcomes import OTHER_CODES
 from service.config import Settings
-from service.db import make_engine
 from service.web.access import TOKEN_FILE, admin_token, login_banner
 from tests.integration import web_seed as seed
-from tests.servers import serve_wsgi
 
 TOKEN = "pages-token-abcdef"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -53,16 +51,8 @@ class Dashboard:
 def dashboard(
     db_url: str, make_settings: Callable[..., Settings], make_app: Callable[[Settings], Flask]
 ) -> Iterator[Dashboard]:
-    settings = make_settings(
-        database_url=db_url,
-        mfx_admin_token=TOKEN,
-        stripe_api_key="sk_test_x",
-        stripe_webhook_secrets="whsec_x",
-    )
-    engine = make_engine(db_url)
-    with serve_wsgi(make_app(settings)) as server, requests.Session() as browser:
-        yield Dashboard(server.url, engine, browser)
-    engine.dispose()
+    with seed.served(db_url, make_settings, make_app, TOKEN) as (url, engine, browser):
+        yield Dashboard(url, engine, browser)
 
 
 def test_login_sets_a_signed_httponly_samesite_cookie(dashboard: Dashboard) -> None:

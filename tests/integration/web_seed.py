@@ -1,14 +1,20 @@
 """Rows for the dashboard and admin API tests (and the browser tests): alerts, inbox events,
 runs with their inputs and outputs, quarantined rows, heartbeats, written straight to the
-database as the service writes them."""
+database as the service writes them; and the app they are read through (`served`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import requests
+from flask import Flask
 from sqlalchemy import Engine, insert
 
+from service.config import Settings
+from service.db import make_engine
 from service.models import (
     Alert,
     BucketObject,
@@ -19,6 +25,7 @@ from service.models import (
     QuarantinedRow,
     RemediationRun,
 )
+from tests.servers import serve_wsgi
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -178,3 +185,24 @@ def heartbeat(engine: Engine, instance: str, role: str, age_seconds: float) -> i
         "detail": {},
     }
     return _insert(engine, Heartbeat, [values])[0]
+
+
+@contextmanager
+def served(
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+    token: str,
+) -> Iterator[tuple[str, Engine, requests.Session]]:
+    """The app behind admin token `token` on a loopback port (no Stripe behind it): its URL,
+    an engine on its database and a browser session."""
+    settings = make_settings(
+        database_url=db_url,
+        mfx_admin_token=token,
+        stripe_api_key="sk_test_x",
+        stripe_webhook_secrets="whsec_x",
+    )
+    engine = make_engine(db_url)
+    with serve_wsgi(make_app(settings)) as server, requests.Session() as browser:
+        yield server.url, engine, browser
+    engine.dispose()
