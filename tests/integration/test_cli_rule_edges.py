@@ -177,6 +177,61 @@ def test_value_rounded_past_the_digit_limit_is_quarantined_with_a_plain_reason(
     )
 
 
+def test_a_value_of_too_many_places_that_are_zeros_is_written_shorter_without_rounding(
+    tmp_path: Path,
+) -> None:
+    """README's rules table: `12.0` -> `12` is no rounding, only the same value written
+    plainly. A value Stripe refused for too many digits whose extra places are all zeros
+    (`2.50000000000000000`) was quarantined "policy round_too_many_digits is off", as if its
+    value had to change: it goes out as `2.5` (rule `normalize_value`, its audit line), in a
+    CSV, a JSON text and a JSON number alike, and with a row of a usage file (no code) whose
+    text has 13 places. A value that needs rounding still waits for the policy."""
+    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+    code = "meter_event_value_too_many_digits"
+    text = (
+        header + f"z1,{NOW},api_requests,cus_1,2.50000000000000000,{code}\n"
+        f"z2,{NOW},api_requests,cus_1,-0.0000000000000,{code}\n"
+        f"z3,{NOW},api_requests,cus_1,1.0000000000000,\n"
+        f"z4,{NOW},api_requests,cus_1,2.1234567890123,{code}\n"
+    )
+    found = remediate(tmp_path, "zeros.csv", text)
+    sent = [(r["identifier"], r["payload_value"]) for r in found["corrected"]]
+    assert sent == [("z1-mfx1", "2.5"), ("z2-mfx1", "0"), ("z3-mfx1", "1")]
+    lines = [
+        (a["identifier"], a["rule"], a["before"], a["after"])
+        for a in found["audit"]
+        if a["kind"] == "correction"
+    ]
+    assert ("z1", "normalize_value", "2.50000000000000000", "2.5") in lines
+    assert ("z3", "normalize_value", "1.0000000000000", "1") in lines
+    (held,) = found["quarantine"]
+    assert held["identifier"] == "z4"
+    assert held["mfx_reason"].endswith("policy round_too_many_digits is off")
+
+    def row(identifier: str, value: object) -> dict[str, Any]:
+        payload = {"value": value, "stripe_customer_id": "cus_1"}
+        return {
+            "identifier": identifier,
+            "timestamp": int(NOW),
+            "event_name": "api_requests",
+            "payload": payload,
+            "error_code": code,
+        }
+
+    lines_text = _jsonl(row("j1", "2.50000000000000000")) + (
+        '{"identifier": "j2", "timestamp": NOW, "event_name": "api_requests", "payload": '
+        '{"value": 2.50000000000000000, "stripe_customer_id": "cus_1"}, "error_code": "CODE"}\n'
+    ).replace("NOW", NOW).replace("CODE", code)
+    found = remediate(tmp_path, "zeros.jsonl", lines_text)
+    assert [(r["identifier"], r["payload"]["value"]) for r in found["corrected"]] == [
+        ("j1-mfx1", "2.5"),
+        ("j2-mfx1", 2.5),
+    ]
+    corrected = (tmp_path / "out-zeros.jsonl" / "zeros.corrected.r1.jsonl").read_text()
+    assert '"value":2.5,' in corrected  # the JSON number stays a number
+    assert found["quarantine"] == []
+
+
 # --- a JSON number keeps its text: `-0` ----------------------------------------------------------
 
 

@@ -228,6 +228,11 @@ def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
     key = meter_of(record, ctx).value_key
     raw = record.payload.get(key)
     number = plain_number(raw) or normalize_number(raw, ctx.index.limits)
+    exact = _without_trailing_zeros(raw, number, ctx)
+    if exact is not None:  # `2.50000000000000` is `2.5`: no rounding, the value unchanged
+        written = _written(raw, exact)
+        record.payload[key] = written
+        return [Change("normalize_value", f"payload.{key}", raw, written)]
     number, places = _rounding_places(raw, number, ctx)
     written = _written(raw, _rounded(raw, number, places, ctx))
     if _unchanged(raw, written):
@@ -235,6 +240,25 @@ def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
         raise Uncorrectable(reason)
     record.payload[key] = written
     return [Change("round_value", f"payload.{key}", raw, written)]
+
+
+def _without_trailing_zeros(raw: object, number: str | None, ctx: Context) -> str | None:
+    """The value written without its fraction's trailing zeros, when that alone brings it
+    within the decimal places (`value_precision`, at most the limit) and changes what the row
+    holds; None otherwise. The same value written shorter, as `normalize_value` writes `12.0`
+    as `12`: no rounding policy needed (a value Stripe refused for `2.50000000000000` was
+    quarantined as if it had to be rounded)."""
+    if number is None or not ctx.rules.enabled("normalize_value"):
+        return None
+    exact = number.rstrip("0").rstrip(".") if "." in number else number
+    exact = "0" if exact in ("-0", "", "-") else exact
+    if integer_digits(exact) > ctx.index.limits.max_value_integer_digits:
+        return None
+    most = ctx.index.limits.max_value_decimal_places
+    precision = most if ctx.rules.value_precision is None else min(ctx.rules.value_precision, most)
+    if decimal_places(exact) > precision:
+        return None
+    return None if _unchanged(raw, _written(raw, exact)) else exact
 
 
 def _rounding_places(raw: object, number: str | None, ctx: Context) -> tuple[str, int]:

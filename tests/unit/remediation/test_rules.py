@@ -255,7 +255,8 @@ def test_a_value_within_the_precision_is_quarantined_not_rounded_to_itself() -> 
             [("round_value", "payload.value", "3.14159265", "3.141593")],
             [("round_value", "payload.value", 3.14159265, 3.141593)],
             [("round_value", "payload.value", 0.0000123456, JsonNumber("0.000012"))],
-            [("round_value", "payload.value", "3.1400000", "3.14")],
+            # only zeros past the precision: the same value written shorter, no rounding
+            [("normalize_value", "payload.value", "3.1400000", "3.14")],
         ]
 
 
