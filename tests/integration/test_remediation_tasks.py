@@ -198,6 +198,46 @@ def test_values_longer_than_their_columns_are_cut_and_every_row_remediated(
     assert "is 600 characters long" in (quarantined[4].reason or "")
 
 
+def test_a_nul_in_a_stored_text_is_held_as_a_replacement_character_and_every_row_remediated(
+    service: Service,
+) -> None:
+    """README (Nothing lost): what the database cannot hold is never what fails a file. A NUL
+    in a quarantined row's identifier, customer, meter or code failed the load of the run on
+    PostgreSQL (`invalid byte sequence for encoding "UTF8": 0x00`), and the task was retried
+    until dead, a1 never billed; SQLite, where a value past its column was cut in the same
+    load, stored `j11\x00` as `j11` (another row's identifier) and `cus\x00x` as `cus`. Each is
+    held as U+FFFD on both; the record keeps the row as it came."""
+    now = int(time.time()) - 60
+    content = (
+        "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+        f"a1,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
+        f"j11\x00,{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
+        f"a3,{now},api_requests,cus\x00x,5,meter_event_customer_not_found\n"
+        f"a4,{now},api\x00requests,cus_1,5,no_meter\n"
+        f"a5,{now},api_requests,cus_1,5,weird\x00code\n"
+        f"{'x' * 600},{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
+    )
+    _deliver_failed_records(service, "impset_nul", content, 6)
+    service.drain()
+    with Session(service.engine) as session:
+        task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
+    assert (task.status, task.last_error) == ("done", None)
+    [run] = service.rows(RemediationRun)
+    assert (run.status, run.corrected, run.quarantined) == ("done", 1, 5)
+    assert [a.identifier for a in service.rows(CorrectionAudit)] == ["a1"]
+    held = {q.row_number: q for q in service.rows(QuarantinedRow)}
+    assert sorted(held) == [2, 3, 4, 5, 6]
+    assert held[2].identifier == "j11\ufffd"
+    assert held[2].record["identifier"] == "j11\x00"  # the row as it came
+    assert held[3].customer == "cus\ufffdx"
+    assert held[4].meter == "api\ufffdrequests"
+    assert held[5].code == "weird\ufffdcode"
+    assert held[6].identifier == "x" * 512
+    assert not [
+        q for q in held.values() if "\x00" in f"{q.identifier}{q.customer}{q.meter}{q.code}"
+    ]
+
+
 def test_a_run_logs_where_its_time_went(service: Service, caplog: pytest.LogCaptureFixture) -> None:
     service.deliver(_import_set_with_errors(service, "impset_stages"))
     with caplog.at_level(logging.INFO, logger="meterfix"):

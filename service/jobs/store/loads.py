@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from remediation.outcomes import corrections_batch
 from service.db.bulk import PG_COPY_HEADER, PG_COPY_TRAILER, pg_copy_data, pg_copy_rows
 from service.jobs.store.runs import AUDIT, QUARANTINED
-from service.jobs.store.sorted_stage import SortedStage
+from service.jobs.store.sorted_stage import NUL_HELD_AS, SortedStage
 
 # The columns of a correction as `AuditStage` stages it, in this order: the fields of
 # `remediation.outcomes.CORRECTIONS` (its `row` is `row_number`).
@@ -53,6 +53,15 @@ _QUARANTINE_BINARY = {name: "text" for name in QUARANTINE_COLUMNS[1:]} | {
 }
 
 
+def _without_nul(column: pa.Array) -> pa.Array:
+    """A text column with each NUL held as `NUL_HELD_AS` (`SortedStage._without_nul`)."""
+    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+        return column
+    if not pc.any(pc.match_substring(column, "\x00")).as_py():
+        return column
+    return pc.replace_substring(column, "\x00", NUL_HELD_AS)
+
+
 class AuditStage(SortedStage):
     """A run's corrections, as the engine hands them over (record batches of
     `remediation.outcomes.CORRECTIONS`, or `Correction` tuples), loaded into
@@ -83,7 +92,7 @@ class AuditStage(SortedStage):
         if sources != {self.source}:
             others = sorted(map(str, sources - {self.source}))
             raise ValueError(f"{self.what} of source {self.source!r} only, not of {others!r}")
-        fields = batch.columns[1:]  # CORRECTIONS' fields after the source: the stage's columns
+        fields = [_without_nul(field) for field in batch.columns[1:]]  # the stage's columns
         if not self.too_long:
             self.too_long = any(
                 (pc.max(pc.utf8_length(fields[at])).as_py() or 0) > most

@@ -16,6 +16,13 @@ from service.jobs.store.runs import RUNS
 # The columns a run's rows share, written by the load, not staged (`SortedStage`).
 FIXED = ("run_id", "source")
 
+# What a NUL of a staged text is held as (an event's text holds it so too, handlers/_fields):
+# PostgreSQL's text holds none (a NUL in a quarantined row's identifier, customer, meter or
+# code failed the run's load, and the task was retried until dead, its file's rows never
+# billed), and SQLite's `substr` of a value cut to its column stopped at it (`j11\x00` stored
+# as `j11`, another row's identifier). The row's record keeps it, escaped.
+NUL_HELD_AS = "\ufffd"
+
 # Rows per load transaction on SQLite (each holds the write lock while webhooks wait: ~0.2 s).
 LOAD_CHUNK = 100_000
 # Helper threads SQLite's sorter may use to sort the staged rows (`PRAGMA threads`; 0 by
@@ -151,6 +158,22 @@ class SortedStage:
             for at, most in self.bounded.items()
         )
 
+    def _without_nul(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """`rows` with a NUL in a text column held as U+FFFD (`NUL_HELD_AS`), JSON columns
+        (`as_text`, whose text escapes it) as they are."""
+        texts = [at for at, name in enumerate(self.staged_columns) if name not in self.as_text]
+        if not any(isinstance(row[at], str) and "\x00" in row[at] for row in rows for at in texts):
+            return rows
+        return [
+            tuple(
+                value.replace("\x00", NUL_HELD_AS)
+                if at in texts and isinstance(value, str)
+                else value
+                for at, value in enumerate(row)
+            )
+            for row in rows
+        ]
+
     def add(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Stage rows: tuples of the stage's `columns`, each starting with the run's source
         (a row of another source is refused, and nothing of the call is staged)."""
@@ -160,7 +183,7 @@ class SortedStage:
         if sources != {self.source}:
             others = sorted(sources - {self.source})
             raise ValueError(f"{self.what} of source {self.source!r} only, not of {others!r}")
-        staged = [row[1:] for row in rows]
+        staged = self._without_nul([row[1:] for row in rows])
         self._note_lengths(staged)
         with self.connection.begin():
             self._stage(staged)
