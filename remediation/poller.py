@@ -15,12 +15,12 @@ import numpy as np
 
 from remediation.core.checks import problem_ids
 from remediation.core.column import Mask
-from remediation.core.columns import Batch
+from remediation.core.columns import Batch, Column
 from remediation.engine import batches
 from remediation.fieldvalues import rfc3339
 from remediation.records import UsageRecord
 from remediation.rowdigest import batch_digests, sent_array, sent_texts
-from remediation.rownames import RowNames, identified, timestamps_of
+from remediation.rownames import RowNames, identified, timestamps_of, unnamed_rows
 from remediation.validation import MeterIndex, validate_record
 
 BATCH_SIZE = 100  # the v2 meter event stream takes at most 100 events per request
@@ -90,11 +90,13 @@ def import_chunks(
     2026-12-02), under the 100,000 target on that machine."""
     chunk = ImportChunk()
     for batch in batches(records, CHECK_ROWS, block_bytes=BLOCK_BYTES):
+        unnamed = batch.rows[unnamed_rows(batch)]  # their numbers
         batch = identified(batch, names)  # every row counted: skipped rows name rows alike
         batch = _not_sent(batch, chunk, sent_before, sent_elsewhere)
         if not len(batch):
             continue
-        checked = _Checked(batch, meters, now)
+        named = np.isin(batch.rows, unnamed) if len(unnamed) else None
+        checked = _Checked(batch, meters, now, named)
         for i, number in enumerate(batch.rows.tolist()):
             event = checked.event(i)
             if event is not None:
@@ -156,11 +158,18 @@ class _Checked:
     """One batch checked: each row's problem (worded by the row check for the few rows that
     fail), identifier, event name, timestamp, and the event of each valid row."""
 
-    def __init__(self, batch: Batch, meters: MeterIndex, now: int) -> None:
+    def __init__(
+        self, batch: Batch, meters: MeterIndex, now: int, named: Mask | None = None
+    ) -> None:
         self.failed: dict[int, UsageRecord] = {}
-        odd = np.flatnonzero(problem_ids(batch, meters, now))
-        for i, record in zip(odd.tolist(), batch.take(odd).records(), strict=True):
-            problem = validate_record(record, meters, now)
+        # Checked as the rows came: a name the poller gave a row without an identifier
+        # (`rownames`, 39 characters) is no field of the file, and held to a lowered
+        # `max_identifier_chars` it refused every such row (never billed)
+        seen = batch if named is None else _without_names(batch, named)
+        odd = np.flatnonzero(problem_ids(seen, meters, now))
+        taken = zip(batch.take(odd).records(), seen.take(odd).records(), strict=True)
+        for i, (record, came) in zip(odd.tolist(), taken, strict=True):
+            problem = validate_record(came, meters, now)
             if problem is None:  # the row check has the last word (sent if it has a meter)
                 continue
             record.error_code, record.error_message = problem.code, problem.message
@@ -199,6 +208,14 @@ class _Checked:
         if ts is not None:
             event["timestamp"] = rfc3339(ts)
         return event
+
+
+def _without_names(batch: Batch, named: Mask) -> Batch:
+    """`batch` with the identifiers of its `named` rows taken away again (as they came)."""
+    values = batch.identifier.values()
+    for i in np.flatnonzero(named).tolist():
+        values[i] = None
+    return batch.with_fields(identifier=Column.of(values))
 
 
 def _payloads(batch: Batch, columns: Mapping[str, list[str | None]]) -> list[dict[str, str]]:

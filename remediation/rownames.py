@@ -148,17 +148,23 @@ class RowsAlike:
         self._runs.append(run)
 
 
-def identified(batch: Batch, names: RowNames) -> Batch:
-    """Rows without an identifier get one from `names` (before the checks, which would find
-    it missing), digested as columns."""
+def unnamed_rows(batch: Batch) -> npt.NDArray[np.int64]:
+    """The places of the batch's rows without an identifier (empty or absent)."""
     if batch.identifier.kinds is None:  # text: nothing to derive unless a value is empty or absent
         text = batch.identifier.text
         if not pc.any(pc.fill_null(pc.equal(text, ""), True)).as_py():
-            return batch
+            return np.zeros(0, np.int64)
     values = batch.identifier.values()
-    unnamed = np.flatnonzero(np.fromiter((not v for v in values), bool, len(values)))
+    return np.flatnonzero(np.fromiter((not v for v in values), bool, len(values)))
+
+
+def identified(batch: Batch, names: RowNames) -> Batch:
+    """Rows without an identifier get one from `names` (before the checks, which would find
+    it missing), digested as columns."""
+    unnamed = unnamed_rows(batch)
     if not len(unnamed):
         return batch
+    values = batch.identifier.values()
     rows = batch.take(unnamed)
     stamps = timestamps_of(rows.timestamp)
     sent = {key: sent_array(column) for key, column in rows.payload.items()}

@@ -17,9 +17,11 @@ from typing import NamedTuple
 
 from remediation.codes import ErrorCode
 from remediation.fieldvalues import (
+    MAX_INT_BITS,
     decimal_places,
     integer_digits,
     parse_timestamp,
+    payload_text,
     plain_number,
     utc_text,
 )
@@ -136,17 +138,32 @@ def check_payload_fields(payload: dict[str, object], limits: FieldLimits) -> Pro
         if isinstance(value, str):
             if len(value) > most or not value.isprintable():
                 problem = check_text(f"payload value {shown(key)}", value, most)
-        elif isinstance(value, JsonNumber):  # sent as its text: bounded like one
-            problem = check_text(f"payload value {shown(key)}", value.text, most)
-        elif isinstance(value, int) and value.bit_length() > 3.33 * most:
-            message = f"payload value {shown(key)} is a number of more than {most} digits"
-            problem = Problem(ErrorCode.FIELD_TOO_LONG, message)
-        elif isinstance(value, dict | list):  # sent as its text: bounded like one
+        elif isinstance(value, float):  # bounded as written and as sent (`1e20`: 21 digits)
+            written = value.text if isinstance(value, JsonNumber) else repr(value)
             name = f"payload value {shown(key)}"
-            # `str()` escapes what the value holds: its strings are checked one by one
-            problem = check_text(name, str(value), most) or check_nested(name, value)
+            problem = check_text(name, written, most) or _sent_within(name, value, most)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            # its digits counted, not estimated from its bits (`10**100`, 101 digits, passed)
+            if value.bit_length() > MAX_INT_BITS or len(str(value)) > most:
+                digits = "thousands of" if value.bit_length() > MAX_INT_BITS else len(str(value))
+                message = f"payload value {shown(key)} is a number of {digits} characters; "
+                problem = Problem(ErrorCode.FIELD_TOO_LONG, message + f"at most {most} allowed")
+        elif isinstance(value, dict | list):  # sent as its JSON text: bounded like one
+            name = f"payload value {shown(key)}"
+            # measured as sent (Python's `str()` of it is another length); its strings are
+            # checked for control characters one by one
+            problem = _sent_within(name, value, most) or check_nested(name, value)
         if problem is not None:
             return problem
+    return None
+
+
+def _sent_within(name: str, value: object, most: int) -> Problem | None:
+    """A payload value that is no text, measured as a meter event sends it (`payload_text`)."""
+    sent = payload_text(value)
+    if len(sent) > most:
+        message = f"{name} is sent as {len(sent)} characters; at most {most} allowed"
+        return Problem(ErrorCode.FIELD_TOO_LONG, message)
     return None
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from remediation.formats import FileFormat, RecordWriter, read_records
+from remediation.limits import DEFAULT_LIMITS, FieldLimits
 from remediation.readers import CsvRecords
 from remediation.records import UsageRecord
 
@@ -37,10 +38,14 @@ class FailedRecords:
             self._writer.close()
             self._handle.close()
 
-    def open_records(self, stream: Any) -> Iterable[UsageRecord]:
-        """The object's records, read as the remediation core reads them (a CSV as columns:
-        its header, which the failed rows keep, is known once its rows are read)."""
-        records = read_records(stream, self.fmt)
+    def open_records(
+        self, stream: Any, limits: FieldLimits = DEFAULT_LIMITS
+    ) -> Iterable[UsageRecord]:
+        """The object's records, read as the remediation core reads them, under the same
+        field limits (a CSV as columns: its header, which the failed rows keep, is known
+        once its rows are read). The readers held the default nesting depth whatever the
+        rules' `max_json_depth`: rows `meterfix remediate` refuses were sent."""
+        records = read_records(stream, self.fmt, limits=limits)
         self._csv = records if isinstance(records, CsvRecords) else None
         return records
 

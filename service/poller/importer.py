@@ -68,7 +68,7 @@ def import_object(
     tally = ImportTally()
     skip = job.progress.sent_rows_before(obj, progress.resume_row)
     with source.open("rb") as stream, FailedRecords(path, fmt) as failed_out:
-        records = failed_out.open_records(stream)
+        records = failed_out.open_records(stream, job.meters.limits)
         reference = int(progress.first_seen.timestamp())
         others = OtherVersions(job.progress, obj, job.clock())
         chunks = import_chunks(

@@ -314,6 +314,49 @@ def test_the_poller_validates_with_the_configured_field_limits(
     engine.dispose()
 
 
+def test_the_poller_reads_and_names_rows_under_the_configured_limits(
+    settings: Settings, sandbox_server: SandboxServer, tmp_path: Path, make_app: Any
+) -> None:
+    """`[policy]` limits as `meterfix remediate` applies them: the poller read JSON at the
+    default depth of 32 whatever `max_json_depth` said (a row nested 6 deep under a limit of
+    5 was sent, `remediate` refused it), and checked the name it gives a row without an
+    identifier (`mfx-…`, 39 characters) against a lowered `max_identifier_chars` (36, a
+    UUID's length): every such row was refused for "identifier is 39 characters long", a
+    field it never had, and never billed."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[policy]\nmax_json_depth = 5\nmax_identifier_chars = 36\n")
+    bucket = open_bucket(settings)
+    ts = int(time.time()) - 60
+
+    def line(identifier: str | None, nested: str) -> str:
+        named = "" if identifier is None else f'"identifier": "{identifier}", '
+        return (
+            f'{{{named}"timestamp": {ts}, "event_name": "api_requests", "payload": '
+            f'{{"stripe_customer_id": "cus_A", "value": "1", "d": {nested}}}}}\n'
+        )
+
+    src = tmp_path / "a.jsonl"
+    src.write_text(line("d4", "[[1]]") + line("d5", "[[[1]]]") + line("d6", "[[[[1]]]]"))
+    bucket.upload(src, "a.jsonl", {})
+    csv_src = tmp_path / "b.csv"
+    uuid = "123e4567-e89b-12d3-a456-426614174000"
+    csv_src.write_text(HEADER + f",{ts},api_requests,cus_A,7\n{uuid},{ts},api_requests,cus_A,2\n")
+    bucket.upload(csv_src, "b.csv", {})
+    configured = settings.model_copy(update={"mfx_rules": str(rules)})
+    result = make_app(configured).test_cli_runner().invoke(args=["poll", "--once"])
+    assert result.exit_code == 0, result.output
+    events = sandbox_server.admin.meter_events()
+    sent = sorted(str(e["identifier"]) for e in events)
+    assert [i for i in sent if not i.startswith("mfx-")] == sorted(["d4", "d5", uuid])
+    named = [e for e in events if str(e["identifier"]).startswith("mfx-")]
+    assert [e["payload"]["value"] for e in named] == ["7"]  # the row without an identifier
+    engine = make_engine(settings.database_url)
+    with engine.connect() as conn:
+        failed = dict(conn.execute(text("SELECT key, failed FROM bucket_objects")).all())
+    engine.dispose()
+    assert failed == {"a.jsonl": 1, "b.csv": 0}
+
+
 def test_cli_poll_fails_clearly_on_a_bad_bucket(
     make_settings: Callable[..., Settings], make_app: Any
 ) -> None:

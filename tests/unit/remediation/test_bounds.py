@@ -253,8 +253,65 @@ def test_validation_reports_limits_to_the_poller() -> None:
     record.payload["note"] = ["x" * MB10]  # JSON: sent as its text, so bounded like one
     problem = validate_record(record, default, NOW)
     assert problem is not None and problem.message == (
-        f"payload value 'note' is {MB10 + 4} characters long; at most 100 allowed"
+        f"payload value 'note' is sent as {MB10 + 4} characters; at most 100 allowed"
     )
+
+
+def test_payload_values_that_are_no_text_are_measured_as_they_are_sent(tmp_path: Path) -> None:
+    """README (Bounded input): payload values at most 100 characters. A JSON integer was
+    measured by an estimate from its bits (`10**100`, 101 digits, passed and was sent; 2**333,
+    as many digits, did not), an object or a list by Python's `str()` of it (`{"k0":"v",...}`,
+    100 characters as sent, refused as 119; a list of one string of 96 quotes, 196 as sent,
+    passed as 100), a float by its text as written (`1e20` under a limit of 10 was sent as
+    21 digits). Each is measured as a meter event sends it, in the row check the poller
+    trusts and in the batch check alike."""
+    obj = {f"k{i}": "v" for i in range(9)} | {"z": "x" * 11}
+    values: dict[str, str] = {
+        "i101": "1" + "0" * 100,
+        "neg101": "-1" + "0" * 99,
+        "i100": "1" + "0" * 99,
+        "obj100": json.dumps(obj, separators=(",", ":")),
+        "list196": json.dumps(['"' * 96]),
+        "f1e20": "1e20",
+    }
+    assert len(values["obj100"]) == 100
+    lines = "".join(
+        f'{{"identifier": "{name}", "timestamp": {NOW}, "event_name": "api_requests", '
+        f'"payload": {{"stripe_customer_id": "cus_1", "value": "5", "d": {value}}}}}\n'
+        for name, value in values.items()
+    ).encode()
+
+    def held(limits: FieldLimits) -> dict[str, str]:
+        rules = load_rules(
+            f"[policy]\nmax_payload_value_chars = {limits.max_payload_value_chars}\n"
+        )
+        result = remediate(
+            read_records(io.BytesIO(lines), FileFormat.JSONL, limits=limits),
+            source="in.jsonl",
+            fmt=FileFormat.JSONL,
+            meters=METERS,
+            rules=rules,
+            now=NOW,
+            out_dir=tmp_path / str(limits.max_payload_value_chars),
+        )
+        index = MeterIndex(METERS, limits=limits)
+        records = list(read_records(io.BytesIO(lines), FileFormat.JSONL, limits=limits))
+        by_rows = {r.identifier: validate_record(r, index, NOW) for r in records}
+        quarantined = {}
+        for path in result.summary["outputs"]["quarantine"]:
+            for row in map(json.loads, Path(path).read_text().splitlines()):
+                quarantined[row["identifier"]] = row["mfx_reason"]
+        assert {k: p.message for k, p in by_rows.items() if p} == quarantined  # both agree
+        return quarantined
+
+    assert held(DEFAULT_LIMITS) == {
+        "i101": "payload value 'd' is a number of 101 characters; at most 100 allowed",
+        "neg101": "payload value 'd' is a number of 101 characters; at most 100 allowed",
+        "list196": "payload value 'd' is sent as 196 characters; at most 100 allowed",
+    }
+    lowered = held(FieldLimits(max_payload_value_chars=10))
+    assert lowered["f1e20"] == "payload value 'd' is sent as 21 characters; at most 10 allowed"
+    assert "i100" in lowered and "obj100" in lowered
 
 
 # --- 3. structure ------------------------------------------------------------------------
