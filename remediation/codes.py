@@ -33,6 +33,12 @@ class ErrorCode(StrEnum):
 
 KNOWN_CODES: frozenset[str] = frozenset(code.value for code in ErrorCode)
 
+# The message of a row an error report's run selected because it changed since Stripe refused
+# it (`reported.select_reported`; no code: our validation decides, and valid it is sent as it
+# is now). Ours, not Stripe's: the one message no code stands for that does not make a row
+# `unclassified` (`core.decide`).
+CHANGED_SINCE_SENT = "changed in its file since Stripe refused it: sent as it is now"
+
 # Message texts Stripe is known (or, [INF], likely) to send, most specific first.
 _MESSAGE_PATTERNS: tuple[tuple[re.Pattern[str], ErrorCode], ...] = (
     (re.compile(r"customer mapping key .* not found", re.I), ErrorCode.NO_CUSTOMER_DEFINED),

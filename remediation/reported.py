@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from remediation.codes import ErrorCode
+from remediation.codes import CHANGED_SINCE_SENT, ErrorCode
 from remediation.records import UsageRecord
 from remediation.validation import MeterIndex, check_timestamp, validate_record
 
@@ -48,11 +48,6 @@ class ReportScope:
     # took them again from a version uploaded after the report: left to it (counted in
     # `Selection.left`).
     changed: Mapping[str, bool] = field(default_factory=dict)
-
-
-# The message of a row selected because it changed since Stripe refused it (no code: our
-# validation decides; a text no known message pattern matches).
-CHANGED_SINCE_SENT = "changed in its file since Stripe refused it: sent as it is now"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.changes import Context
-from remediation.codes import ErrorCode, code_from_message
+from remediation.codes import CHANGED_SINCE_SENT, ErrorCode, code_from_message
 from remediation.core.checks import (
     CODE_IDS,
     CODES,
@@ -82,15 +82,29 @@ class BatchDecider:
         mfx: Codes = np.full(n, None, dtype=object)
         reason: Codes = np.full(n, None, dtype=object)
         told = mask(pc.is_valid(batch.error_code)) | mask(pc.is_valid(batch.error_message))
+        # Stripe's reason for refusing the row is a message no code stands for: re-sent blind
+        # as it came, under a new identifier, a row refused as a duplicate ("an event with
+        # this identifier already exists") would be billed twice. Unclassified, as an unknown
+        # code is.
+        unread = valid & told & mask(pc.is_null(batch.error_code))
+        unread &= ~mask(pc.equal(batch.error_message, CHANGED_SINCE_SENT))
+        if unread.any():
+            valid &= ~unread
+            arrived[unread] = ErrorCode.UNCLASSIFIED.value  # the code it came with: none read
+            arrived_ids[unread] = CODE_IDS[ErrorCode.UNCLASSIFIED]
         fate[valid] = VALID if self.rejected else VALID_KEPT
-        fate[valid & told] = VALID
+        fate[valid & told] = VALID  # rejected: changed since Stripe refused it, sent as it is
         stopped = self._repeats(batch, arrived, valid, mfx, reason)
         unknown = ~valid & (to_fix == 0) & ~stopped
+        messages = batch.error_message
         for i in np.flatnonzero(unknown).tolist():
             mfx[i] = ErrorCode.UNCLASSIFIED
-            reason[i] = (
-                f"unknown code {shown(arrived[i])} and the row passes our validation (unclassified)"
+            what = (
+                f"unknown error message {shown(messages[i].as_py())}"
+                if unread[i]
+                else f"unknown code {shown(arrived[i])}"
             )
+            reason[i] = f"{what} and the row passes our validation (unclassified)"
         work = np.flatnonzero(~valid & ~stopped & ~unknown)
         decided = Decided(
             batch, batch.take(np.zeros(0, np.int64)), work[:0], fate, arrived, mfx, reason

@@ -232,6 +232,40 @@ def test_a_value_of_too_many_places_that_are_zeros_is_written_shorter_without_ro
     assert found["quarantine"] == []
 
 
+def test_a_row_refused_for_a_reason_no_code_stands_for_is_unclassified_never_resent(
+    tmp_path: Path,
+) -> None:
+    """DESIGN: a row Stripe refused with a code we do not know, that passes our validation, is
+    quarantined `unclassified` (re-sending it blind could fail again or bill wrongly). A row
+    whose only reason was a message no code stands for went out as it came under a new
+    identifier (`d1-mfx1`): refused as a duplicate of a row Stripe had billed, it was billed
+    twice. It is quarantined, the message in its reason; a message that names a code is read
+    as that code, as before."""
+    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,"
+    text = (
+        header + "error_code,error_message\n"
+        f'd1,{NOW},api_requests,cus_1,5,,"An event with identifier d1 already exists"\n'
+        f"d2,{NOW},api_requests,cus_1,5,weird_code,\n"
+        f"d3,{NOW}000,api_requests,cus_1,5,,Timestamp is in the future\n"
+    )
+    found = remediate(tmp_path, "unread.csv", text)
+    assert [r["identifier"] for r in found["corrected"]] == ["d3-mfx1"]
+    held = _by_id(found["quarantine"])
+    assert sorted(held) == ["d1", "d2"]
+    assert held["d1"]["mfx_code"] == "unclassified"
+    assert held["d1"]["mfx_reason"] == (
+        "unknown error message 'An event with identifier d1 already exis'… (42 characters) "
+        "and the row passes our validation (unclassified)"
+    )
+    assert held["d2"]["mfx_code"] == "unclassified"
+    summary = found["summary"]
+    assert (summary["valid"], summary["corrected"], summary["quarantined"]) == (0, 1, 2)
+    assert summary["by_code"]["unclassified"] == {"corrected": 0, "quarantined": 1}
+    assert not [
+        a for a in found["audit"] if a.get("identifier") == "d1" and a["kind"] != "quarantine"
+    ]
+
+
 # --- a JSON number keeps its text: `-0` ----------------------------------------------------------
 
 

@@ -95,13 +95,15 @@ def test_json_lines_usage_file(tmp_path: Path) -> None:
 
 
 def test_a_row_carrying_an_error_was_rejected(tmp_path: Path) -> None:
-    """In any input, a row with an error code was rejected: valid now, it is re-sent."""
+    """In any input, a row with an error code or message was rejected: never counted valid.
+    Valid now, with a code or a message no code stands for, it is unclassified: it was
+    re-sent blind (`said-mfx1`), and refused as a duplicate it would have been billed twice."""
     rows = [[*r, "", ""] for r in BILLED[:3]]
     rows.append(["late", str(NOW), "api_requests", "cus_1", "5", "", "odd_code_we_lack", ""])
     rows.append(["said", str(NOW), "api_requests", "cus_1", "5", "", "", "Something failed"])
     summary, written = run(usage_csv(rows, HEADER), tmp_path)
-    assert summary["valid"] == 4 and summary["quarantined"] == 1  # odd code: unclassified
-    assert [r["identifier"] for r in written] == ["said-mfx1"]
+    assert summary["valid"] == 3 and summary["quarantined"] == 2  # both unclassified
+    assert written == []
 
 
 @pytest.mark.parametrize("fast", [True, False])
