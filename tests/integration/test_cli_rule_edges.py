@@ -108,6 +108,26 @@ def test_customer_alias_null_beside_a_real_one_fills_it(tmp_path: Path) -> None:
     assert corrected["h2-mfx1"]["payload"]["stripe_customer_id"] == "cus_9"
 
 
+def test_a_blank_customer_the_alias_fills_is_audited_as_the_row_held_it(tmp_path: Path) -> None:
+    """README: every correction's before and after. A customer key holding spaces, filled
+    from a top-level alias, was audited as `before: null`: the row could not be told back
+    from the audit. JSON's `""`, a CSV's empty cell, stays no value."""
+
+    def row(identifier: str, held: str) -> dict[str, Any]:
+        line = _no_customer(identifier, customer="cus_9")
+        line["payload"]["stripe_customer_id"] = held
+        return line
+
+    found = remediate(tmp_path, "blank.jsonl", _jsonl(row("s1", "  "), row("s2", "")))
+    assert set(_by_id(found["corrected"])) == {"s1-mfx1", "s2-mfx1"}
+    fills = {
+        a["identifier"]: (a["before"], a["after"])
+        for a in found["audit"]
+        if a.get("rule") == "fill_customer_key"
+    }
+    assert fills == {"s1": ("  ", "cus_9"), "s2": (None, "cus_9")}
+
+
 def test_customer_alias_of_wrong_shape_is_never_python_text(tmp_path: Path) -> None:
     """README (Bounded input): "no JSON row of the wrong shape read as something else ...
     never `{}` or Python's text of it". A top-level `customer_id` holding an object or

@@ -244,6 +244,8 @@ def test_too_many_keys_with_a_dimension_under_its_alias_renames_it_and_drops_the
         {"stripe_customer_id": "c", "value": "1", "region": "eu"},
         [
             ("fill_dimension", "payload.region", None, "eu"),
+            # the alias's going has its line: the row as it came can be told from the audit
+            ("fill_dimension", "payload.zone", "eu", None),
             ("drop_unused_keys", "payload.color", "red", None),
         ],
     )
@@ -255,6 +257,7 @@ def test_too_many_keys_with_a_dimension_under_its_alias_renames_it_and_drops_the
     assert row["payload"] == {"stripe_customer_id": "c", "value": "1", "region": "eu"}
     assert [(a["code"], a["rule"], a["field"], a["before"], a["after"]) for a in audit] == [
         (TOO_MANY, "fill_dimension", "payload.region", None, "eu"),
+        (TOO_MANY, "fill_dimension", "payload.zone", "eu", None),
         (TOO_MANY, "drop_unused_keys", "payload.color", "red", None),
     ]
 

@@ -91,7 +91,9 @@ def _fill_customer_key(record: UsageRecord, ctx: Context) -> list[Change]:
     if holds(held) and str(held).strip() != value:  # which one is meant is not guessed
         raise Uncorrectable(clash(meter.customer_key, held, "a top-level alias", value))
     record.payload[meter.customer_key] = value
-    before = held if holds(held) else None
+    # what the key held, blanks included (`"  "` was audited as null); JSON's `""` is a
+    # CSV's empty cell, which is no value
+    before = None if held == "" else held
     return [Change("fill_customer_key", f"payload.{meter.customer_key}", before, value)]
 
 
@@ -223,10 +225,11 @@ def fill_dimensions_row(record: UsageRecord, ctx: Context) -> list[Change]:
         if len(found) != 1:
             raise Uncorrectable(f"dimension key {key!r} missing and no single alias holds it")
         alias = found[0]
-        value = (
-            record.payload.pop(alias) if holds(record.payload.get(alias)) else record.extra[alias]
-        )
+        moved = holds(record.payload.get(alias))  # a payload key: it goes (a top-level one stays)
+        value = record.payload.pop(alias) if moved else record.extra[alias]
         before = record.payload.get(key)
         record.payload[key] = value
         changes.append(Change("fill_dimension", f"payload.{key}", before, value))
+        if moved:  # its going has its line too (the row could not be told back from the audit)
+            changes.append(Change("fill_dimension", f"payload.{alias}", value, None))
     return changes
