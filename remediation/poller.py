@@ -66,6 +66,11 @@ class ImportChunk:
     # correction, left out (`sent_elsewhere`)
 
 
+class RowUnaccounted(RuntimeError):
+    """A row the checks neither turned into an event nor failed: the import stops rather
+    than drop it (the object is retried, then given up with an alert)."""
+
+
 def import_chunks(
     records: Iterable[UsageRecord],
     meters: MeterIndex,
@@ -103,6 +108,8 @@ def import_chunks(
                 chunk.events.append(event)
             elif (failed := checked.failed.get(i)) is not None:
                 chunk.failed.append(failed)
+            else:  # conservation: every row is sent or handed to remediation, none dropped
+                raise RowUnaccounted(f"row {number} is neither sent nor failed")
             chunk.rows.append(checked.row_ref(i, number, sent=event is not None))
             chunk.span = (chunk.span[0] if chunk.span else number, number)
             if len(chunk.events) >= batch_size:
