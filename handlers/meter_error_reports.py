@@ -20,6 +20,7 @@ from handlers.records import (
     Outcome,
     RemediationKind,
 )
+from remediation.codes import normalize_code
 
 
 class IncompleteEvent(UnusableEvent):
@@ -45,6 +46,7 @@ def parse_report(event: Mapping[str, Any]) -> ErrorReportRecord:
         raise UnusableEvent(f"meter error event: data is {kind(data)}, not an object")
     reason = mapping(data.get("reason"))
     error_types = [mapping(item) for item in _items(reason.get("error_types"))]
+    samples = [sample for item in error_types for sample in _samples(item)]
     return ErrorReportRecord(
         event_id=event_id,
         event_type=str(event.get("type", "")),
@@ -53,9 +55,9 @@ def parse_report(event: Mapping[str, Any]) -> ErrorReportRecord:
         validation_start=rfc3339(data.get("validation_start")),
         validation_end=rfc3339(data.get("validation_end")),
         summary=text(data.get("developer_message_summary")),
-        error_count=_total(reason, error_types),
+        error_count=_total(reason, error_types, samples),
         error_types=[_type_count(item) for item in error_types],
-        samples=[sample for item in error_types for sample in _samples(item)],
+        samples=samples,
         detail={"created": event.get("created"), "context": event.get("context")},
     )
 
@@ -71,16 +73,25 @@ def _meter_id(related: Mapping[str, Any]) -> str | None:
     return text(related.get("id"), ID_CHARS)
 
 
-def _total(reason: Mapping[str, Any], error_types: list[Mapping[str, Any]]) -> int:
-    total = count(reason.get("error_count"))
-    if total is not None:
-        return total
-    return min(sum(count(item.get("error_count")) or 0 for item in error_types), MAX_COUNT)
+def _total(
+    reason: Mapping[str, Any],
+    error_types: list[Mapping[str, Any]],
+    samples: list[ErrorSampleRecord],
+) -> int:
+    """The errors the report counts: the most of its total, its per-code counts summed and
+    its samples (a total beside per-code counts was ignored, so a report Stripe counted 5
+    errors in, one of them found, was `remediated`, not `partial`; a total of -1 or 1.5 was
+    0 errors beside a sample)."""
+    by_code = sum(count(item.get("error_count")) or 0 for item in error_types)
+    total = count(reason.get("error_count")) or 0
+    return min(max(total, by_code, len(samples)), MAX_COUNT)
 
 
 def _code(item: Mapping[str, Any]) -> str:
-    # Unknown codes are kept verbatim (open enum); a missing one is named so it stays visible.
-    return text(item.get("code"), ID_CHARS) or "unknown"
+    # Unknown codes are kept as sent (open enum), trimmed and in lower case as a failed-records
+    # file's codes are (`METER_EVENT_CUSTOMER_NOT_FOUND` was unknown: its rows unclassified,
+    # those past the samples never found); a missing one is named so it stays visible.
+    return normalize_code(text(item.get("code"), ID_CHARS)) or "unknown"
 
 
 def _type_count(item: Mapping[str, Any]) -> ErrorTypeRecord:
