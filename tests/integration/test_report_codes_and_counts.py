@@ -18,6 +18,7 @@ from tests.integration.test_billing_safety import (  # noqa: F401
     bundled_poller,
     loop,
     originals_billed,
+    rerun,
     usage_csv,
 )
 from tests.integration.test_e2e import Loop, _put
@@ -112,3 +113,27 @@ def test_a_report_whose_counts_are_no_counts_counts_its_samples(loop: Loop, odd:
         run_poll_pass(deps)
     assert loop.accepted() == ["m0-mfx1"]
     assert _reports(loop) == [("remediated", 1)]
+
+
+def test_an_unmatched_report_is_never_linked_to_a_row_sent_after_it(loop: Loop) -> None:
+    """A report about `u1`, a row none of ours held (usage sent another way, refused), is
+    `unmatched`. A day's file sent later holds a valid row `u1`: the poller sends it, Stripe
+    bills it, and the pass linked the old report to it (late matching is for rows Stripe's
+    connector took before the poller listed them): the billed row was quarantined for the
+    report's code, and "re-run with current rules" sent `u1-mfx1`, billing it twice. Stripe
+    cannot have refused, by the report's end, a row the poller sent after it."""
+    now = int(time.time())
+    _deliver(loop, build_error_report_event(_meter_id(loop), [(NOT_FOUND, "refused", "u1")]))
+    assert _reports(loop) == [("unmatched", 1)]
+    time.sleep(1.1)  # the report's window ended before the file was sent
+    with bundled_poller(loop) as deps:
+        _put(loop, "later.csv", usage_csv([["u1", now - 60, "api_requests", "cus_alice", "5"]]))
+        run_poll_pass(deps)  # sent and billed; the pass takes up late reports
+        loop.drain()
+        run_poll_pass(deps)
+    assert loop.accepted() == ["u1"]
+    with loop.session() as session:
+        assert session.exec(select(QuarantinedRow)).all() == []
+    assert _reports(loop) == [("unmatched", 1)]
+    rerun(loop)  # nothing held: nothing sent again
+    assert loop.accepted() == ["u1"]
