@@ -11,6 +11,7 @@ import os
 import re
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -59,6 +60,17 @@ def output_name(
         digest = hashlib.sha256(_utf8(stem)).hexdigest()[:10]
         stem = bytes_prefix(stem, MAX_NAME - len(suffix) - 11) + "-" + digest
     return stem + suffix
+
+
+def is_output_name(name: str, source: str, generation: int) -> bool:
+    """Whether `name` is one a run of `source` at `generation` writes (corrected or
+    quarantine files of any layout, part and format, or its audit file)."""
+    if name == audit_name(source, generation):
+        return True
+    stem = re.escape(source_stem(source))
+    kinds = rf"\.(corrected|quarantine)\.r{generation}(\.layout\d+)?(\.part\d{{4}})?"
+    formats = "|".join(f.value for f in FileFormat)
+    return re.fullmatch(rf"{stem}{kinds}\.({formats})", name) is not None
 
 
 def audit_name(source: str, generation: int) -> str:
@@ -125,8 +137,9 @@ class _Part:
         self.known, self.unchecked, self.largest = 0, 0, 0
 
     def close(self) -> None:
-        self.writer.close()
-        self.file.close()
+        if not self.file.closed:
+            self.writer.close()
+            self.file.close()
 
 
 class OutputSet:
@@ -239,6 +252,12 @@ class OutputSet:
         tmp = self.out_dir / f".{bytes_prefix(self.stem, 180)}.{self.kind}.{layout}.{part}.tmp"
         return _Part(tmp, self.fmt, columns, self.annotations)
 
+    def close(self) -> None:
+        """Write out and close every part, renaming none (`finish` renames them)."""
+        for layout in self.layouts:
+            for part in layout:
+                part.close()
+
     def finish(self) -> list[PlannedOutput]:
         outputs = []
         for number, layout in enumerate(self.layouts, 1):
@@ -264,5 +283,6 @@ class OutputSet:
     def abort(self) -> None:
         for layout in self.layouts:
             for part in layout:
-                part.file.close()
+                with suppress(OSError):  # a full disk fails the close too: still removed
+                    part.file.close()
                 part.path.unlink(missing_ok=True)

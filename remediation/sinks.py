@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,6 +28,9 @@ class NullSet:
 
     def write(self, record: UsageRecord, notes: Mapping[str, object] | None = None) -> None:
         self.rows += 1
+
+    def close(self) -> None:
+        return None
 
     def finish(self) -> list[PlannedOutput]:
         return []
@@ -118,11 +122,17 @@ class Sinks:
             self.audit_file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
 
     def finish(self, summary_entry: dict[str, Any]) -> list[PlannedOutput]:
-        """Close and rename every output; the audit trail ends with `summary_entry`."""
-        outputs = self.corrected.finish() + self.quarantine.finish()
+        """Close every output, then rename them all; the audit trail ends with
+        `summary_entry`. Every file is written out before any is renamed: a disk filling up
+        on the audit's last lines left the corrected and quarantine files under their final
+        names beside no audit, and the run failed."""
+        self.corrected.close()
+        self.quarantine.close()
         self.audit(summary_entry)
-        if self.audit_file is not None and self.audit_path is not None:
+        if self.audit_file is not None:
             self.audit_file.close()
+        outputs = self.corrected.finish() + self.quarantine.finish()
+        if self.audit_file is not None and self.audit_path is not None:
             self.audit_tmp.replace(self.audit_path)
             if self._audit_digest is not None:
                 rows, digest = self._audit_digest.lines, self._audit_digest.hexdigest()
@@ -134,5 +144,6 @@ class Sinks:
         self.corrected.abort()
         self.quarantine.abort()
         if self.audit_file is not None:
-            self.audit_file.close()
+            with suppress(OSError):  # a full disk fails the close too: still removed
+                self.audit_file.close()
             self.audit_tmp.unlink(missing_ok=True)

@@ -26,10 +26,11 @@ from remediation.lineage import (
     trace_ancestors,
 )
 from remediation.meters import Meter
-from remediation.outputs import audit_name
+from remediation.outputs import audit_name, is_output_name
 from remediation.ports import CustomerDirectory
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.rules import Rules
+from service.commands._signals import sigterm_interrupts
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 
@@ -45,7 +46,10 @@ def run(
     customers: CustomerDirectory | None = None,
 ) -> RemediationResult:
     try:
-        return _remediate_file(file, out, meters, rules, now, identifiers, audit_output, customers)
+        with sigterm_interrupts():
+            return _remediate_file(
+                file, out, meters, rules, now, identifiers, audit_output, customers
+            )
     except click.ClickException:
         raise
     except MeterfixError as exc:
@@ -71,10 +75,12 @@ def _remediate_file(
     """`run` without its error lines: what the input is, then the remediation."""
     plan = plan_input(file, rules)
     lineage, rejected, generation = _input_kind(file, plan, rules)
+    earlier: list[Path] = []
     if out is not None:
-        _not_anothers(out, file, generation)
+        _not_into_itself(out, file, generation)
+        earlier = _not_anothers(out, file, generation)
     with open(file, "rb") as stream, _progress(file) as progress:
-        return remediate(
+        result = remediate(
             read_repaired(stream, plan, rules),
             source=str(file),
             fmt=plan.fmt,
@@ -93,19 +99,47 @@ def _remediate_file(
             plan=plan,
             customers=customers,
         )
+    _drop_earlier(earlier, result)
+    return result
 
 
-def _not_anothers(out: Path, file: Path, generation: int) -> None:
+def _not_into_itself(out: Path, file: Path, generation: int) -> None:
+    """An input named as one of its own outputs (an edited `day.quarantine.r1.csv` fed back
+    into the folder it came from) was replaced by them: its hand-fixed rows lost, exit 0."""
+    if file.resolve().parent == out.resolve() and is_output_name(file.name, str(file), generation):
+        raise click.ClickException(
+            f"{file} is named as an output of its own run in --out {out}, which would "
+            "replace it: remediate it into another --out"
+        )
+
+
+def _drop_earlier(earlier: list[Path], result: RemediationResult) -> None:
+    """The files an earlier run of the same input left in `--out` that this one did not
+    write again: left beside the new ones, a row was in an old corrected file and in the new
+    quarantine file at once."""
+    outputs = result.summary.get("outputs", {})
+    written = {
+        Path(path).resolve()
+        for kind in ("corrected", "quarantine")
+        for path in outputs.get(kind, [])
+    }
+    for path in earlier:
+        if path.resolve() not in written:
+            path.unlink(missing_ok=True)
+
+
+def _not_anothers(out: Path, file: Path, generation: int) -> list[Path]:
     """Outputs are named by the input's name without its extension: `day.jsonl` after
     `day.csv` (or `day.txt`, another CSV) into one `--out` replaced the first one's audit (and
     corrected rows), unsaid. Refused when the audit file there names another input (as typed:
-    the same file typed otherwise is refused too, never replaced)."""
+    the same file typed otherwise is refused too, never replaced). When it names this one,
+    the corrected and quarantine files of that earlier run (which this run replaces)."""
     audit = out / audit_name(str(file), generation)
     try:
         with open(audit, encoding="utf-8") as lines:
             first = lines.readline()
     except FileNotFoundError:
-        return
+        return []
     except (OSError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{audit}: cannot read it: {exc}") from exc
     try:
@@ -118,6 +152,11 @@ def _not_anothers(out: Path, file: Path, generation: int) -> None:
             f"--out {out} holds the outputs of {held} ({audit.name}), which {file} would "
             "replace (one name without its extension): remediate it into another --out"
         )
+    return [
+        path
+        for path in out.iterdir()
+        if path.name != audit.name and is_output_name(path.name, str(file), generation)
+    ]
 
 
 class _progress:

@@ -146,28 +146,32 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=summary["source"])
+    # Nothing printed is read as markup: paths, codes and a header's names are the user's
+    # (`usage[eu].csv` was shown as `usage.csv`, an error code `[/oops]` crashed the table);
+    # a path is one line however long (cut at 80 columns, it could not be copied)
+    table = Table(title=Text(str(summary["source"])))
     for name in ("code", "corrected", "quarantined"):
         table.add_column(name)
     for code, counts in summary["by_code"].items():
-        table.add_row(code, str(counts["corrected"]), str(counts["quarantined"]))
+        table.add_row(Text(str(code)), str(counts["corrected"]), str(counts["quarantined"]))
     console = Console()
     console.print(
         f"rows {summary['input_rows']}: valid {summary['valid']}, corrected "
         f"{summary['corrected']}, quarantined {summary['quarantined']}"
     )
-    for repair in summary.get("repairs", []):  # markup off: a header's name is the file's
+    for repair in summary.get("repairs", []):
         console.print(f"repaired: {repair}", markup=False)
     if summary["by_code"]:
         console.print(table)
     for kind in ("corrected", "quarantine"):
         for path in summary["outputs"][kind]:
-            console.print(f"{kind}: {path}")
+            console.print(f"{kind}: {path}", markup=False, soft_wrap=True)
     if summary["outputs"]["audit"]:
-        console.print(f"audit: {summary['outputs']['audit']}")
+        console.print(f"audit: {summary['outputs']['audit']}", markup=False, soft_wrap=True)
     for key in summary.get("uploaded", []):
-        console.print(f"uploaded: {key}")
+        console.print(f"uploaded: {key}", markup=False, soft_wrap=True)
 
 
 _file_arg = click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
