@@ -112,8 +112,14 @@ def _shares_stem(key: str, peers: Iterable[str]) -> bool:
     return False
 
 
-def upload_outputs(bucket: Bucket, outputs: Sequence[OutputFile], settings: Settings) -> list[str]:
-    """Upload remediation outputs with their lineage; the keys, in input order.
+def upload_outputs(
+    bucket: Bucket,
+    outputs: Sequence[OutputFile],
+    settings: Settings,
+    unchanged: list[str] | None = None,
+) -> list[str]:
+    """Upload remediation outputs with their lineage; the keys, in input order (`unchanged`,
+    when given, gets those an identical object already held: nothing was written there).
 
     Keys are deterministic (prefix + file name), so a re-run uploads nothing new. They hold
     no run's folder, so another input of the same file name makes the same keys: an output
@@ -141,6 +147,8 @@ def upload_outputs(bucket: Bucket, outputs: Sequence[OutputFile], settings: Sett
         uploaded = bucket.upload(output.path, key, metadata)
         log_event("bucket.output", kind=output.kind, key=key, uploaded=uploaded)
         keys.append(key)
+        if not uploaded and unchanged is not None:
+            unchanged.append(key)
     return keys
 
 

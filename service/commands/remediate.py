@@ -57,11 +57,14 @@ def _meters(adapters: Adapters) -> list[Meter]:
     if path is None:
         return _meters_from_stripe(adapters)
     try:
-        return adapters.meters
+        meters = adapters.meters
     except OSError as exc:
         raise click.ClickException(f"cannot read meters {path}: {exc.strerror or exc}") from exc
     except (ValueError, MeterfixError) as exc:  # not JSON, or not meters
         raise click.ClickException(f"cannot read meters {path}: {exc}") from exc
+    if not meters:  # `[]`: every row was quarantined `no_meter`, exit 0
+        raise click.ClickException(f"{path} holds no meters: every row would name no meter")
+    return meters
 
 
 def _meters_from_stripe(adapters: Adapters) -> list[Meter]:
@@ -170,8 +173,10 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
             console.print(f"{kind}: {path}", markup=False, soft_wrap=True)
     if summary["outputs"]["audit"]:
         console.print(f"audit: {summary['outputs']['audit']}", markup=False, soft_wrap=True)
-    for key in summary.get("uploaded", []):
-        console.print(f"uploaded: {key}", markup=False, soft_wrap=True)
+    unchanged = set(summary.get("unchanged", []))
+    for key in summary.get("uploaded", []):  # an identical object there: nothing was written
+        line = f"unchanged: {key} (identical object)" if key in unchanged else f"uploaded: {key}"
+        console.print(line, markup=False, soft_wrap=True)
 
 
 _file_arg = click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
@@ -258,11 +263,12 @@ def remediate_command(
     )
     summary = dict(result.summary)
     if upload:
-        summary["uploaded"] = _upload(adapters, result)
+        summary["unchanged"] = []  # of those, the keys an identical object already held
+        summary["uploaded"] = _upload(adapters, result, summary["unchanged"])
     _report(summary, as_json)
 
 
-def _upload(adapters: Adapters, result: RemediationResult) -> list[str]:
+def _upload(adapters: Adapters, result: RemediationResult, unchanged: list[str]) -> list[str]:
     """Corrected files to the corrected prefix (they are imported again), quarantine and
     audit files to the quarantine prefix; identical objects already there are skipped."""
     from service.adapters.bucket import BucketError, upload_outputs
@@ -270,7 +276,7 @@ def _upload(adapters: Adapters, result: RemediationResult) -> list[str]:
     outputs = list(result.outputs) + ([result.audit] if result.audit else [])
     settings = _configured(lambda: adapters.settings)
     try:
-        return upload_outputs(adapters.bucket, outputs, settings)
+        return upload_outputs(adapters.bucket, outputs, settings, unchanged)
     except (BucketError, OSError) as exc:
         raise click.ClickException(f"upload to {settings.bucket_url} failed: {exc}") from exc
 

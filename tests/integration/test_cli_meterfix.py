@@ -116,7 +116,9 @@ WEB_AND_DATABASE = (
 def test_validate_starts_without_the_web_and_database_stack(tmp_path: Path) -> None:
     usage = tmp_path / "usage.csv"
     usage.write_text("identifier,timestamp,event_name,payload_value\n")
-    (tmp_path / "meters.json").write_text("[]")
+    (tmp_path / "meters.json").write_text(
+        '[{"id": "mtr_1", "event_name": "api_requests", "status": "active"}]'
+    )
     args = ["validate", str(usage), "--meters", str(tmp_path / "meters.json")]
     assert _imported_after(args, tmp_path, WEB_AND_DATABASE) == []
 
@@ -178,7 +180,9 @@ def test_dotenv_is_read_from_the_working_directory_upward(tmp_path: Path) -> Non
     work.mkdir()
     usage = work / "usage.csv"
     usage.write_text("identifier,timestamp,event_name,payload_value\n")
-    (work / "meters.json").write_text("[]")
+    (work / "meters.json").write_text(
+        '[{"id": "mtr_1", "event_name": "api_requests", "status": "active"}]'
+    )
     args = ["validate", str(usage), "--meters", str(work / "meters.json")]
     result = _run(args, work)
     assert result.returncode != 0 and f"bad rules {rules}" in result.stderr

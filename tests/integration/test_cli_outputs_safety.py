@@ -185,3 +185,17 @@ def test_a_quarantine_file_fed_back_sends_the_rows_fixed_by_hand(tmp_path: Path)
     fed = meterfix("remediate", str(lines), *common("--out", "jsonl", "--json"), cwd=tmp_path)
     assert fed.returncode == 0, fed.stderr
     assert json.loads(fed.stdout)["outputs"]["corrected"], fed.stdout
+
+
+def test_a_meters_file_holding_no_meters_is_refused(tmp_path: Path) -> None:
+    """`[]` as the meters file: every row was quarantined `no_meter` and the run exited 0,
+    as if the usage named meters nobody made; the command's own rule is that no meters at
+    all is bad input."""
+    source = _failed_records(tmp_path / "usage.csv")
+    (tmp_path / "none.json").write_text("[]")
+    for command in ("remediate", "validate"):
+        args = [command, str(source), "--meters", "none.json", "--now", str(NOW)]
+        proc = meterfix(*args, *(["--out", "out"] if command == "remediate" else []), cwd=tmp_path)
+        assert proc.returncode != 0
+        assert "none.json holds no meters" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists() or _left(tmp_path / "out") == []

@@ -84,6 +84,9 @@ def test_upload_lands_in_s3_with_lineage(tmp_path: Path, s3_endpoint: str) -> No
     again = _remediate(tmp_path, s3_endpoint)  # deterministic: nothing new is written
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["uploaded"] == uploaded
+    # and it says so: the keys were all "uploaded" before, though nothing was written
+    assert json.loads(again.stdout)["unchanged"] == uploaded
+    assert json.loads(proc.stdout)["unchanged"] == []
     assert {k: s3.head_object(Bucket="usage", Key=k)["ETag"] for k in uploaded} == etags
     assert '"uploaded": false' in again.stderr
 
