@@ -4,6 +4,7 @@ one line for every error. Apart from the commands, which read options, settings 
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -56,7 +57,10 @@ def run(
     except MeterfixError as exc:
         raise click.ClickException(f"{file}: {exc.reason}") from exc
     except OSError as exc:  # named by the path it concerns: the input, or an output
-        raise click.ClickException(f"{exc.filename or file}: {exc.strerror or exc}") from exc
+        # a write that found no room names where it wrote (it named the input read)
+        full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and out is not None
+        where = exc.filename or (f"--out {out}" if full else file)
+        raise click.ClickException(f"{where}: {exc.strerror or exc}") from exc
     except Exception as exc:  # file edge: one line, never a traceback
         raise click.ClickException(
             f"{file}: cannot remediate: {type(exc).__name__}: {exc}"

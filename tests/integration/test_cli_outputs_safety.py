@@ -95,6 +95,8 @@ def test_a_run_that_cannot_write_its_audit_leaves_no_output(tmp_path: Path) -> N
     )
     assert failed.returncode != 0
     assert "Traceback" not in failed.stderr, failed.stderr
+    # the message names where the write found no room (it named the input read)
+    assert f"--out {out}: File too large" in failed.stderr, failed.stderr
     assert _left(out) == []  # neither final outputs nor hidden temporary files
 
 
