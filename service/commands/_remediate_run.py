@@ -29,7 +29,6 @@ from remediation.lineage import (
 from remediation.meters import Meter
 from remediation.outputs import audit_name, is_output_name
 from remediation.ports import CustomerDirectory
-from remediation.records import QUARANTINE_FIELDS
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.rules import Rules
 from service.commands._signals import sigterm_interrupts
@@ -205,20 +204,7 @@ def _input_kind(file: Path, plan: InputPlan, rules: Rules) -> tuple[Lineage, boo
     ancestors = trace_ancestors(identifiers, origin.generation, _no_audit) if origin.derived else {}
     escapes = plan.fmt is not FileFormat.CSV
     lineage = input_lineage(file, rows, str(file), generation, ancestors, escapes)
-    rejected = _failed_records(file, plan, rules) or _quarantine_file(file, plan)
-    return lineage, rejected, generation
-
-
-def _quarantine_file(file: Path, plan: InputPlan) -> bool:
-    """Whether the input is a quarantine file of ours (edited and fed back in): its rows were
-    never sent, so each goes to an output, as a failed-records file's do. A row fixed by hand
-    there was `valid` and written nowhere (its usage never billed, exit 0). Told by our
-    `mfx_code` column, or key (as a key is written, its colon after it: a string value can
-    spell no such thing), never guessed from an escape: a usage file taken for one would send
-    its billed rows again."""
-    if plan.fmt is FileFormat.CSV:
-        return QUARANTINE_FIELDS[0] in {name.strip() for name in plan.header}
-    return may_hold(file, f'"{QUARANTINE_FIELDS[0]}":'.encode(), escapes=False)
+    return lineage, _failed_records(file, plan, rules), generation
 
 
 # How an error field's key starts in JSON text (`records.ERROR_FIELDS`: error, error_code,

@@ -141,54 +141,6 @@ def test_paths_and_codes_are_printed_as_they_are_named(tmp_path: Path) -> None:
     assert printed in proc.stdout, proc.stdout
 
 
-def test_a_quarantine_file_fed_back_sends_the_rows_fixed_by_hand(tmp_path: Path) -> None:
-    """Quarantined rows were never sent: fed back in, each goes to an output. A row fixed by
-    hand in the quarantine file (`abc` -> `6`) was counted `valid` and written nowhere (its
-    usage never billed, exit 0); it goes out as it is now, its `resend` audit line saying so,
-    and the row still broken is quarantined again. JSON Lines alike."""
-    source = _failed_records(tmp_path / "usage.csv", rows=4)
-    first = tmp_path / "first"
-    proc = meterfix("remediate", str(source), *common("--out", str(first)), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    held = (first / "usage.quarantine.r1.csv").read_text()
-    assert held.count(",abc,") == 2
-    edited = tmp_path / "usage.quarantine.r1.csv"
-    edited.write_text(
-        held.replace("r0,1764000000,api_requests,cus_1,abc", "r0,1764000000,api_requests,cus_1,6")
-    )
-    again = meterfix("remediate", str(edited), *common("--out", "again", "--json"), cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    summary = json.loads(again.stdout)
-    assert (summary["valid"], summary["quarantined"]) == (1, 1)
-    (corrected,) = summary["outputs"]["corrected"]
-    rows = Path(corrected).read_text().splitlines()
-    assert [row.split(",")[0] for row in rows[1:]] == ["r0-mfx1"]  # never sent: its first
-    audit = [
-        json.loads(line) for line in Path(summary["outputs"]["audit"]).read_text().splitlines()
-    ]
-    assert [(a["kind"], a["identifier"]) for a in audit if a["kind"] == "resend"] == [
-        ("resend", "r0")
-    ]
-
-    lines = tmp_path / "usage.quarantine.r1.jsonl"
-    lines.write_text(
-        json.dumps(
-            {
-                "identifier": "j0",
-                "timestamp": NOW,
-                "event_name": "api_requests",
-                "payload": {"stripe_customer_id": "cus_1", "value": "6"},
-                "mfx_code": "meter_event_invalid_value",
-                "mfx_reason": "value 'abc' is not a number",
-            }
-        )
-        + "\n"
-    )
-    fed = meterfix("remediate", str(lines), *common("--out", "jsonl", "--json"), cwd=tmp_path)
-    assert fed.returncode == 0, fed.stderr
-    assert json.loads(fed.stdout)["outputs"]["corrected"], fed.stdout
-
-
 def test_a_meters_file_holding_no_meters_is_refused(tmp_path: Path) -> None:
     """`[]` as the meters file: every row was quarantined `no_meter` and the run exited 0,
     as if the usage named meters nobody made; the command's own rule is that no meters at
