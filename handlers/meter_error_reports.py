@@ -91,7 +91,9 @@ def _code(item: Mapping[str, Any]) -> str:
     # Unknown codes are kept as sent (open enum), trimmed and in lower case as a failed-records
     # file's codes are (`METER_EVENT_CUSTOMER_NOT_FOUND` was unknown: its rows unclassified,
     # those past the samples never found); a missing one is named so it stays visible.
-    return normalize_code(text(item.get("code"), ID_CHARS)) or "unknown"
+    # normalised before it is cut: a lower case can be longer (`İ` is two characters)
+    code = normalize_code(text(item.get("code")))
+    return text(code, ID_CHARS) or "unknown"
 
 
 def _type_count(item: Mapping[str, Any]) -> ErrorTypeRecord:

@@ -142,7 +142,9 @@ def check_payload_fields(payload: dict[str, object], limits: FieldLimits) -> Pro
             written = value.text if isinstance(value, JsonNumber) else repr(value)
             name = f"payload value {shown(key)}"
             problem = check_text(name, written, most) or _sent_within(name, value, most)
-        elif isinstance(value, int) and not isinstance(value, bool):
+        elif isinstance(value, bool):  # sent as `true`/`false`: bounded like its text
+            problem = _sent_within(f"payload value {shown(key)}", value, most)
+        elif isinstance(value, int):
             # its digits counted, not estimated from its bits (`10**100`, 101 digits, passed)
             if value.bit_length() > MAX_INT_BITS or len(str(value)) > most:
                 digits = "thousands of" if value.bit_length() > MAX_INT_BITS else len(str(value))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from handlers import REGISTRY
-from handlers.meter_error_reports import IncompleteEvent
+from handlers.meter_error_reports import IncompleteEvent, parse_report
 from handlers.records import ErrorSampleRecord, OutcomeStatus, RemediationKind
 from tests.unit.handlers.fakes import RecordingContext
 
@@ -87,3 +87,21 @@ def test_missing_pieces_never_crash() -> None:
 def test_thin_payload_without_data_is_refused() -> None:
     with pytest.raises(IncompleteEvent):
         _handle(_event("thin_error_report_triggered"), RecordingContext())
+
+
+def test_a_code_is_cut_to_its_column_after_it_is_read_in_lower_case() -> None:
+    """A code is trimmed and read in lower case (as a failed-records file's); cut first, a
+    lower case could be longer than its column (`İ` lower-cased is two characters)."""
+    event = _report_with_code("\u0130" * 300)
+    (kind,) = parse_report(event).error_types
+    assert len(kind.code) == 255 and kind.code.endswith("\u2026")
+    assert (
+        parse_report(_report_with_code(" METER_EVENT_CUSTOMER_NOT_FOUND ")).error_types[0].code
+        == "meter_event_customer_not_found"
+    )
+
+
+def _report_with_code(code: str) -> dict[str, Any]:
+    event = _event("v2_error_report_triggered")
+    event["data"]["reason"]["error_types"][0]["code"] = code
+    return event

@@ -312,6 +312,14 @@ def test_payload_values_that_are_no_text_are_measured_as_they_are_sent(tmp_path:
     lowered = held(FieldLimits(max_payload_value_chars=10))
     assert lowered["f1e20"] == "payload value 'd' is sent as 21 characters; at most 10 allowed"
     assert "i100" in lowered and "obj100" in lowered
+    # a boolean is sent as `false`: 5 characters (it was measured as nothing at all)
+    index = MeterIndex(METERS, limits=FieldLimits(max_payload_value_chars=4))
+    record = UsageRecord(1, "b", NOW, "api_requests", {"stripe_customer_id": "c", "value": "1"})
+    record.payload["flag"] = False
+    problem = validate_record(record, index, NOW)
+    assert problem is not None and problem.message == (
+        "payload value 'flag' is sent as 5 characters; at most 4 allowed"
+    )
 
 
 # --- 3. structure ------------------------------------------------------------------------
