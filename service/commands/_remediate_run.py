@@ -110,7 +110,8 @@ def _remediate_file(
 def _not_into_itself(out: Path, file: Path, generation: int) -> None:
     """An input named as one of its own outputs (an edited `day.quarantine.r1.csv` fed back
     into the folder it came from) was replaced by them: its hand-fixed rows lost, exit 0."""
-    if file.resolve().parent == out.resolve() and is_output_name(file.name, str(file), generation):
+    target = file.resolve()  # a link to one of its outputs is that output
+    if target.parent == out.resolve() and is_output_name(target.name, str(file), generation):
         raise click.ClickException(
             f"{file} is named as an output of its own run in --out {out}, which would "
             "replace it: remediate it into another --out"

@@ -46,6 +46,11 @@ def test_an_input_named_as_its_own_output_is_refused_not_replaced(tmp_path: Path
     assert "is named as an output of its own run" in proc.stderr, proc.stderr
     assert edited.read_bytes() == before
     assert _left(out) == ["usage.quarantine.r1.csv"]
+    link = tmp_path / "usage.csv"  # the same file under a link named otherwise
+    link.symlink_to(edited)
+    proc = meterfix("remediate", str(link), *common("--out", str(out)), cwd=tmp_path)
+    assert proc.returncode != 0 and "is named as an output of its own run" in proc.stderr
+    assert edited.read_bytes() == before
 
 
 def test_a_second_run_into_the_same_out_leaves_none_of_the_firsts_outputs(tmp_path: Path) -> None:
