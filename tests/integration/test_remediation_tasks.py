@@ -142,6 +142,19 @@ def _deliver_failed_records(service: Service, impset: str, content: str | bytes,
     service.deliver(build_import_set_event("data_management.import_set.succeeded", body))
 
 
+def _remediated(service: Service, impset: str, content: str, rows: int) -> RemediationRun:
+    """The import set's failed records delivered and remediated: its task done at the first
+    try, without an error; its run."""
+    _deliver_failed_records(service, impset, content, rows)
+    service.drain()
+    with Session(service.engine) as session:
+        task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
+    assert (task.status, task.last_error) == ("done", None)
+    [run] = service.rows(RemediationRun)
+    assert isinstance(run, RemediationRun)
+    return run
+
+
 def test_a_run_whose_input_turns_out_unreadable_part_way_is_failed_with_the_reason(
     service: Service,
 ) -> None:
@@ -180,12 +193,7 @@ def test_values_longer_than_their_columns_are_cut_and_every_row_remediated(
         f"{long_id},{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
         f"a5,{now},api_requests,{long_customer},5,meter_event_customer_not_found\n"
     )
-    _deliver_failed_records(service, "impset_long", content, 5)
-    service.drain()
-    with Session(service.engine) as session:
-        task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
-    assert (task.status, task.last_error) == ("done", None)
-    [run] = service.rows(RemediationRun)
+    run = _remediated(service, "impset_long", content, 5)
     assert (run.status, run.corrected, run.quarantined) == ("done", 2, 3)
     audit = {a.identifier: a for a in service.rows(CorrectionAudit)}
     assert sorted(audit) == ["a1", "a3"]
@@ -217,12 +225,7 @@ def test_a_nul_in_a_stored_text_is_held_as_a_replacement_character_and_every_row
         f"a5,{now},api_requests,cus_1,5,weird\x00code\n"
         f"{'x' * 600},{now * 1000},api_requests,cus_1,5,timestamp_in_future\n"
     )
-    _deliver_failed_records(service, "impset_nul", content, 6)
-    service.drain()
-    with Session(service.engine) as session:
-        task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
-    assert (task.status, task.last_error) == ("done", None)
-    [run] = service.rows(RemediationRun)
+    run = _remediated(service, "impset_nul", content, 6)
     assert (run.status, run.corrected, run.quarantined) == ("done", 1, 5)
     assert [a.identifier for a in service.rows(CorrectionAudit)] == ["a1"]
     held = {q.row_number: q for q in service.rows(QuarantinedRow)}
