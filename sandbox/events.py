@@ -97,7 +97,9 @@ def _v2_event(
             "developer_message_summary": f"There {verb} {count} {noun}",
             "reason": {"error_count": count, "error_types": error_types(errors)},
             "validation_start": rfc3339(int(moment) - VALIDATION_WINDOW_SECONDS),
-            "validation_end": rfc3339(int(moment)),
+            # the window ends when the report is made, after every event it counts (cut to
+            # the second, it ended before the events of its last second)
+            "validation_end": rfc3339(moment),
         },
     }
 

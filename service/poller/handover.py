@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from service.jobs.store.report_records import (
     any_unmatched_like,
@@ -21,10 +21,10 @@ from service.jobs.store.report_records import (
 )
 from service.jobs.store.reports import pending_poller_import_sets
 from service.logs import log_event
-from service.models import BucketObject, ErrorReportStatus, ImportedRow, ImportSet
+from service.models import ErrorReportStatus, ImportedRow, ImportSet
 from service.models._types import as_utc
 from service.notify.alerts import resolve_alert
-from service.poller.store import imported_rows_by_identifier, recordable
+from service.poller.store import imported_rows_by_identifier, recordable, taken_by
 from service.worker.inbox import requeue_event
 from service.worker.tasks import TaskKind, enqueue_task, task_id
 
@@ -72,9 +72,7 @@ LATE_MATCH = timedelta(days=1)
 LOOKUP_SIZE = 1000  # sample identifiers looked up in one query
 
 
-def queue_late_reports(
-    engine: Engine, now: datetime, keys: set[str], *, index_mode: bool = False
-) -> int:
+def queue_late_reports(engine: Engine, now: datetime, keys: set[str]) -> int:
     """Take up again the reports of the last LATE_MATCH that came before the poller recorded
     what they are about (Stripe's connector took a version, and reported its rows, before the
     poller listed it); how many. An `unmatched` report whose samples name rows recorded since
@@ -83,9 +81,7 @@ def queue_late_reports(
     again (the runs it finished are counted, not run again)."""
     again = _reports_overwritten(engine, now, keys) if keys else []
     # Only a row Stripe could have taken before the report's window ended is one it is
-    # about: an unmatched report (usage sent another way, refused) was linked to a row of the
-    # same identifier the poller sent a day later, billed: that row was quarantined for the
-    # report's code, and a re-run of it billed it twice.
+    # about (`store.taken_by`).
     with Session(engine) as session:
         reports = unmatched_reports(session, now - LATE_MATCH)
         identifiers = sorted({str(s.identifier) for _, samples in reports for s in samples} - {""})
@@ -94,15 +90,10 @@ def queue_late_reports(
             chunk = {i for i in identifiers[start : start + LOOKUP_SIZE] if recordable(i)}
             known |= imported_rows_by_identifier(session, chunk)
         queued = []
-        versions = _versions(session, {(row.object_key, row.etag) for row in known.values()})
         for report, samples in reports:
             end = as_utc(report.validation_end) or as_utc(report.created_at) or now
-            linked = [
-                s
-                for s in samples
-                if (row := known.get(str(s.identifier))) is not None
-                and _taken_before(versions.get((row.object_key, row.etag)), end, index_mode)
-            ]
+            taken = taken_by(session, known, end)
+            linked = [s for s in samples if str(s.identifier) in taken]
             for sample in linked:
                 row = known[str(sample.identifier)]
                 sample.object_key, sample.row_number = row.object_key, row.row_number
@@ -121,32 +112,6 @@ def queue_late_reports(
     if queued:
         log_event("poller.reports_matched", reports=len(queued), event_ids=queued[:20])
     return len(queued) + len(again)
-
-
-def _versions(
-    session: Session, versions: set[tuple[str, str]]
-) -> dict[tuple[str, str], BucketObject]:
-    """The bucket objects of these (key, etag) versions (a few: a report's samples)."""
-    found: dict[tuple[str, str], BucketObject] = {}
-    for key, etag in sorted(versions):
-        query = select(BucketObject).where(BucketObject.key == key, BucketObject.etag == etag)
-        obj = session.exec(query).first()
-        if obj is not None:
-            found[(key, etag)] = obj
-    return found
-
-
-def _taken_before(obj: BucketObject | None, end: datetime, index_mode: bool) -> bool:
-    """Whether Stripe could have taken the version's rows by `end`: sent by the poller by
-    then (import mode: nothing else sends them), or uploaded by then (index mode: Stripe's
-    connector takes an object once it is uploaded; no upload time known: it may have)."""
-    if obj is None:
-        return False
-    if not index_mode:
-        sent = as_utc(obj.first_sent_at)
-        return sent is not None and sent <= end
-    uploaded = as_utc(obj.last_modified)
-    return uploaded is None or uploaded <= end
 
 
 def _reports_overwritten(engine: Engine, now: datetime, keys: set[str]) -> list[str]:

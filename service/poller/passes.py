@@ -76,9 +76,7 @@ def run_poll_pass(target: PollerDeps | Runtime, *, locked: bool = False) -> Pass
             queue_pending_remediation(deps.engine)
         report = _run_pass(deps)
         if report.keys:
-            report.reports_matched = queue_late_reports(
-                deps.engine, deps.clock(), report.keys, index_mode=deps.index_mode
-            )
+            report.reports_matched = queue_late_reports(deps.engine, deps.clock(), report.keys)
     log_event(
         "poller.pass", **{k: v for k, v in vars(report).items() if k not in ("errors", "keys")}
     )

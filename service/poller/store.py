@@ -88,6 +88,36 @@ def imported_rows_by_identifier(session: Session, identifiers: set[str]) -> dict
     return found
 
 
+def taken_by(
+    session: Session, rows: dict[str, ImportedRow], end: datetime
+) -> dict[str, ImportedRow]:
+    """Of `rows` (by identifier), those Stripe could have taken by `end` (an error report's
+    window's end): sent by the poller by then (import mode; a version it sent records when),
+    or, never sent by it (Stripe's connector took it: index mode), uploaded by then (no upload
+    time known: it may have been). An unmatched report (usage sent another way, refused) was
+    linked to a row of the same identifier the poller sent after it, billed: that row was
+    quarantined for the report's code, and a re-run of it billed it twice."""
+    versions: dict[tuple[str, str], BucketObject | None] = {}
+    for key, etag in sorted({(row.object_key, row.etag) for row in rows.values()}):
+        query = select_model(BucketObject).where(BucketObject.key == key, BucketObject.etag == etag)
+        versions[(key, etag)] = session.exec(query).first()
+    return {
+        identifier: row
+        for identifier, row in rows.items()
+        if _taken_before(versions[(row.object_key, row.etag)], end)
+    }
+
+
+def _taken_before(obj: BucketObject | None, end: datetime) -> bool:
+    if obj is None:
+        return False
+    sent = as_utc(obj.first_sent_at)
+    if sent is not None:
+        return sent <= end
+    uploaded = as_utc(obj.last_modified)
+    return uploaded is None or uploaded <= end
+
+
 def row_numbers(engine: Engine, key: str, identifiers: set[str]) -> dict[str, int]:
     """identifier -> its row number in the object `key`, for the rows the poller recorded."""
     with Session(engine) as session:

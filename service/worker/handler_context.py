@@ -23,7 +23,7 @@ from service.models._types import utcnow
 from service.models.reports import ErrorReport, ErrorSample, ErrorTypeCount, ImportSet
 from service.notify.alerts import raise_alert
 from service.notify.shown import counted
-from service.poller.store import imported_rows_by_identifier
+from service.poller.store import imported_rows_by_identifier, taken_by
 from service.worker.inbox import requeue_event
 from service.worker.tasks import TaskKind, enqueue_task, task_id
 
@@ -61,6 +61,8 @@ class DatabaseHandlerContext:
             )
         identifiers = {s.identifier for s in report.samples if s.identifier}
         known = imported_rows_by_identifier(self.session, identifiers)
+        if known:  # only rows Stripe could have taken by the report's end are its rows
+            known = taken_by(self.session, known, report.validation_end or utcnow())
         for sample in report.samples:
             imported = known.get(sample.identifier or "")
             self.session.add(

@@ -137,3 +137,20 @@ def test_an_unmatched_report_is_never_linked_to_a_row_sent_after_it(loop: Loop) 
     assert _reports(loop) == [("unmatched", 1)]
     rerun(loop)  # nothing held: nothing sent again
     assert loop.accepted() == ["u1"]
+
+
+def test_a_report_whose_window_ended_before_the_row_was_sent_is_not_about_it(loop: Loop) -> None:
+    """The poller sends `m0` now; a report arrives whose window ended an hour before and
+    names `m0` (usage of that identifier sent another way then, refused). It was linked to
+    the row the poller sent, billed: that row was quarantined for the report's code. Stripe
+    cannot have refused, in a window that ended before, a row sent after it."""
+    with bundled_poller(loop) as deps:
+        identifiers = _sent(loop, deps, 1)
+        errors = [(NOT_FOUND, "No such customer: 'acme-42'", identifiers[0])]
+        event = build_error_report_event(_meter_id(loop), errors, created=time.time() - 3600)
+        _deliver(loop, event)
+        run_poll_pass(deps)
+    assert loop.accepted() == []  # acme-42: Stripe refused it; the report was not about it
+    with loop.session() as session:
+        assert session.exec(select(QuarantinedRow)).all() == []
+    assert _reports(loop) == [("unmatched", 1)]
