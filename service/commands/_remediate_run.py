@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -86,7 +87,7 @@ def _remediate_file(
     with open(file, "rb") as stream, _progress(file) as progress:
         result = remediate(
             read_repaired(stream, plan, rules),
-            source=str(file),
+            source=source_name(file),
             fmt=plan.fmt,
             meters=meters,
             rules=rules,
@@ -107,11 +108,22 @@ def _remediate_file(
     return result
 
 
+def source_name(file: Path) -> str:
+    """The input's name as its outputs, audit, lineage and derived identifiers hold it: text.
+    A name that is not UTF-8 (`us\\xe9.csv` written on a Latin-1 system) reaches Python with
+    surrogates no text can hold: every such input failed (`UnicodeEncodeError`), none of its
+    rows remediated. Each undecodable byte is held as U+FFFD (as a NUL in a text is), so its
+    outputs are `us\ufffd.corrected.r1.csv` and so on (a `\\xe9` would read as a folder)."""
+    return os.fsencode(file).decode("utf-8", "replace")
+
+
 def _not_into_itself(out: Path, file: Path, generation: int) -> None:
     """An input named as one of its own outputs (an edited `day.quarantine.r1.csv` fed back
     into the folder it came from) was replaced by them: its hand-fixed rows lost, exit 0."""
     target = file.resolve()  # a link to one of its outputs is that output
-    if target.parent == out.resolve() and is_output_name(target.name, str(file), generation):
+    if target.parent == out.resolve() and is_output_name(
+        target.name, source_name(file), generation
+    ):
         raise click.ClickException(
             f"{file} is named as an output of its own run in --out {out}, which would "
             "replace it: remediate it into another --out"
@@ -139,7 +151,7 @@ def _not_anothers(out: Path, file: Path, generation: int) -> list[Path]:
     corrected rows), unsaid. Refused when the audit file there names another input (as typed:
     the same file typed otherwise is refused too, never replaced). When it names this one,
     the corrected and quarantine files of that earlier run (which this run replaces)."""
-    audit = out / audit_name(str(file), generation)
+    audit = out / audit_name(source_name(file), generation)
     try:
         with open(audit, encoding="utf-8") as lines:
             first = lines.readline()
@@ -151,7 +163,7 @@ def _not_anothers(out: Path, file: Path, generation: int) -> list[Path]:
         source = json.loads(first).get("source")
     except (ValueError, AttributeError):
         source = None
-    if source != str(file):
+    if source != source_name(file):
         held = "another input" if not isinstance(source, str) else source
         raise click.ClickException(
             f"--out {out} holds the outputs of {held} ({audit.name}), which {file} would "
@@ -160,7 +172,7 @@ def _not_anothers(out: Path, file: Path, generation: int) -> list[Path]:
     return [
         path
         for path in out.iterdir()
-        if path.name != audit.name and is_output_name(path.name, str(file), generation)
+        if path.name != audit.name and is_output_name(path.name, source_name(file), generation)
     ]
 
 
@@ -204,7 +216,7 @@ def _input_kind(file: Path, plan: InputPlan, rules: Rules) -> tuple[Lineage, boo
     # identifiers it derived) traces identifiers
     ancestors = trace_ancestors(identifiers, origin.generation, _no_audit) if origin.derived else {}
     escapes = plan.fmt is not FileFormat.CSV
-    lineage = input_lineage(file, rows, str(file), generation, ancestors, escapes)
+    lineage = input_lineage(file, rows, source_name(file), generation, ancestors, escapes)
     return lineage, _failed_records(file, plan, rules), generation
 
 

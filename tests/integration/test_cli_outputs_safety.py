@@ -5,6 +5,7 @@ a failure or a kill, and printed as they are named."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -158,3 +159,29 @@ def test_a_meters_file_holding_no_meters_is_refused(tmp_path: Path) -> None:
         assert proc.returncode != 0
         assert "none.json holds no meters" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists() or _left(tmp_path / "out") == []
+
+
+def test_an_input_whose_name_is_not_utf8_is_remediated(tmp_path: Path) -> None:
+    """A file named on a Latin-1 system (`us\\xe9.csv`): the run failed on its name
+    (`UnicodeEncodeError` writing the audit's `source`), no row remediated. Its outputs and
+    audit hold the name with U+FFFD for the byte, and a second run finds them as its own."""
+    named = tmp_path / os.fsdecode(b"us\xe9.csv")
+    _failed_records(named)
+    out = tmp_path / "out"
+    for now in (NOW, NOW + 1):
+        args = [*common("--out", str(out))]
+        args[args.index("--now") + 1] = str(now)
+        proc = meterfix("remediate", str(named), *args, "--json", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["corrected"] == 3
+    assert _left(out) == [
+        "us\ufffd.corrected.r1.csv",
+        "us\ufffd.quarantine.r1.csv",
+        "us\ufffd.r1.audit.jsonl",
+    ]
+    audit = [
+        json.loads(line) for line in (out / "us\ufffd.r1.audit.jsonl").read_text().splitlines()
+    ]
+    assert {line["source"] for line in audit} == {str(tmp_path / "us\ufffd.csv")}
+    corrected = (out / "us\ufffd.corrected.r1.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in corrected[1:]] == ["r1-mfx1", "r3-mfx1", "r5-mfx1"]
