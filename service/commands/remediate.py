@@ -252,12 +252,12 @@ def remediate_command(
 ) -> None:
     """Write corrected and quarantine files for FILE into DIR (exit 0 when it ran)."""
     _exists(file)
-    _writable(out)
+    now = _now(now_text)
     adapters = _adapters(rules_path, meters_path)
     rules = _rules(adapters)
     meters = _meters(adapters)
     customers = _customers(adapters, rules)
-    now = _now(now_text)
+    _writable(out)  # created once every other option is known good: a typo left a new DIR
     result = run(
         file, out, meters, rules, now, identifiers, audit_output=upload, customers=customers
     )

@@ -185,3 +185,23 @@ def test_an_input_whose_name_is_not_utf8_is_remediated(tmp_path: Path) -> None:
     assert {line["source"] for line in audit} == {str(tmp_path / "us\ufffd.csv")}
     corrected = (out / "us\ufffd.corrected.r1.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in corrected[1:]] == ["r1-mfx1", "r3-mfx1", "r5-mfx1"]
+
+
+def test_a_run_refused_for_its_options_creates_no_out(tmp_path: Path) -> None:
+    """`--out` was created before the other options were read: a mistyped `--now` or
+    `--meters` left an empty new directory behind its error."""
+    source = _failed_records(tmp_path / "usage.csv")
+    for option, value, said in (
+        ("--now", "yesterday", "--now"),
+        ("--meters", str(tmp_path / "missing.json"), "cannot read meters"),
+        ("--rules", str(tmp_path / "missing.toml"), "cannot read rules"),
+    ):
+        out = tmp_path / f"out{option}"
+        args = [*common("--out", str(out))]
+        if option in args:
+            args[args.index(option) + 1] = value
+        else:
+            args += [option, value]
+        proc = meterfix("remediate", str(source), *args, cwd=tmp_path)
+        assert proc.returncode != 0 and said in proc.stderr, proc.stderr
+        assert not out.exists(), option
