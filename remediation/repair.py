@@ -47,13 +47,24 @@ class InputPlan:
 
 def repair_header(header: Sequence[str], aliases: Mapping[str, str]) -> list[str]:
     """Rename aliased columns (`customer_id` -> `payload_stripe_customer_id`) when the canonical
-    column is not already present."""
+    column is not already present. Two aliases of one absent column (`customer,customer_id`,
+    `value,value`) are refused (`UnreadableFile`): the first was renamed and the second left
+    as a column of its own, so a file whose `customer` held names billed them in place of the
+    ids beside them. Which one was meant is not guessed."""
     present = {name.strip().lower() for name in header}
     renamed = []
-    for name in header:
+    by_alias: dict[str, tuple[int, str]] = {}  # target -> (column, alias) that was renamed to it
+    for at, name in enumerate(header, 1):
         target = aliases.get(name.strip().lower())
+        if target and target in by_alias:
+            first, alias = by_alias[target]
+            raise UnreadableFile(
+                f"ambiguous header: columns {alias!r} ({first}) and {name.strip()!r} ({at}) "
+                f"both read as {target!r}; nothing guessed (name one of them {target!r})"
+            )
         if target and target not in present:
             present.add(target)
+            by_alias[target] = (at, name.strip())
             renamed.append(target)
         else:
             renamed.append(name.strip())

@@ -48,6 +48,35 @@ def test_alias_not_applied_when_canonical_present(tmp_path: Path) -> None:
     assert records(path) == [(None, None, "api", {"value": "1"})]
 
 
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        (
+            "identifier,event_name,customer,customer_id,value",
+            "'customer' (3) and 'customer_id' (4)",
+        ),
+        (
+            "identifier,event_name,payload_stripe_customer_id,value,Value",
+            "'value' (4) and 'Value' (5)",
+        ),
+        (
+            "id,event_id,event_name,payload_stripe_customer_id,payload_value",
+            "'id' (1) and 'event_id'",
+        ),
+    ],
+)
+def test_two_aliases_of_one_absent_column_are_refused(
+    tmp_path: Path, header: str, said: str
+) -> None:
+    """The first alias was renamed and the second left as a column of its own: a file whose
+    `customer` column held names billed them in place of the ids in `customer_id`."""
+    path = tmp_path / "u.csv"
+    path.write_text(header + "\n" + ",".join(["x"] * 5) + "\n")
+    with pytest.raises(UnreadableFile, match="ambiguous header") as refused:
+        plan_input(path, load_rules(""))
+    assert said in str(refused.value)
+
+
 def test_tab_delimiter_and_default_event_name(tmp_path: Path) -> None:
     path = tmp_path / "u.tsv"
     path.write_text("identifier\ttimestamp\tpayload_value\na\t1\t5\n")
