@@ -47,24 +47,25 @@ class InputPlan:
 
 def repair_header(header: Sequence[str], aliases: Mapping[str, str]) -> list[str]:
     """Rename aliased columns (`customer_id` -> `payload_stripe_customer_id`) when the canonical
-    column is not already present. Two aliases of one absent column (`customer,customer_id`,
-    `value,value`) are refused (`UnreadableFile`): the first was renamed and the second left
-    as a column of its own, so a file whose `customer` held names billed them in place of the
-    ids beside them. Which one was meant is not guessed."""
+    column is not already present. An alias named twice (`value,value`, `Value,value`) is
+    refused (`UnreadableFile`), as a column named twice is: the first was renamed and the
+    second kept as a column of its own, so the row went out billing the first beside the
+    second's other amount. Two aliases named otherwise (`customer_id,customer`) are read row
+    by row: the second is a top-level alias, and a row whose two differ is quarantined."""
     present = {name.strip().lower() for name in header}
     renamed = []
-    by_alias: dict[str, tuple[int, str]] = {}  # target -> (column, alias) that was renamed to it
+    seen: dict[str, int] = {}  # an alias as named (any case) -> its column
     for at, name in enumerate(header, 1):
-        target = aliases.get(name.strip().lower())
-        if target and target in by_alias:
-            first, alias = by_alias[target]
+        low = name.strip().lower()
+        target = aliases.get(low)
+        if target and low in seen:
             raise UnreadableFile(
-                f"ambiguous header: columns {alias!r} ({first}) and {name.strip()!r} ({at}) "
-                f"both read as {target!r}; nothing guessed (name one of them {target!r})"
+                f"ambiguous header: column {name.strip()!r} appears twice (columns {seen[low]} "
+                f"and {at}); nothing guessed"
             )
+        seen.setdefault(low, at)
         if target and target not in present:
             present.add(target)
-            by_alias[target] = (at, name.strip())
             renamed.append(target)
         else:
             renamed.append(name.strip())
