@@ -12,7 +12,7 @@ from remediation.codes import ErrorCode
 from remediation.core.checks import CODES, CodeIds, Codes, first_field_problems, problem_ids
 from remediation.core.column import Mask, concat_columns
 from remediation.core.columns import Batch, Indexes
-from remediation.core.decided import CORRECTED, Decided
+from remediation.core.decided import CORRECTED, VALID, Decided
 from remediation.core.rules import RULES, Changes
 from remediation.core.rules.base import replace_rows
 
@@ -139,6 +139,14 @@ class Rounds:
         for i in np.flatnonzero(idle).tolist():
             row = int(rows[i])
             code = decided.arrived[row]
+            if code == ErrorCode.TIMESTAMP_IN_FUTURE:
+                # The clock moved, not the row: Stripe's window takes it now (passed here), as
+                # it will when it goes out later still. Sent as it came (`valid`, a `resend`
+                # line), as a row naming a meter made since is; quarantined for "nothing to
+                # correct", a row the CLI's clock read a few minutes after Stripe refused it
+                # (one second ahead, or an hour behind) stayed unbilled.
+                decided.fate[row] = VALID
+                continue
             decided.mfx_code[row] = code
             decided.reason[row] = f"reported as {code} but there is nothing to correct"
         good = np.flatnonzero(~self.failed & (counts > 0))

@@ -169,6 +169,49 @@ def test_millisecond_timestamp_two_minutes_ahead_is_converted_with_skew_zero(
     }
 
 
+def test_a_row_the_clock_has_caught_up_with_is_sent_as_it_came(tmp_path: Path) -> None:
+    """Stripe refused these rows for being over five minutes ahead; by the run's clock (the
+    CLI's default `--now`, read minutes later) they are within what Stripe takes. Each was
+    quarantined "reported as timestamp_in_future but there is nothing to correct", never
+    billed. They go out as they came (`valid`, a `resend` line), in CSV and JSON Lines; a
+    row still past the window is clamped or quarantined as before."""
+    now = int(NOW)
+    rows = {"ahead": now + 1, "edge": now + 300, "behind": now - 3600, "far": now + 301}
+    text = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
+    text += "".join(f"{k},{t},api_requests,cus_1,5,timestamp_in_future\n" for k, t in rows.items())
+    jsonl = _jsonl(
+        *(
+            {
+                "identifier": k,
+                "timestamp": t,
+                "event_name": "api_requests",
+                "payload": {"stripe_customer_id": "cus_1", "value": 5},
+                "error": {"code": "timestamp_in_future"},
+            }
+            for k, t in rows.items()
+        )
+    )
+    for name, content in (("future.csv", text), ("future.jsonl", jsonl)):
+        found = remediate(tmp_path, name, content)
+        assert found["quarantine"] == []
+        sent = {str(row["identifier"]): int(row["timestamp"]) for row in found["corrected"]}
+        assert sent == {
+            "ahead-mfx1": now + 1,
+            "edge-mfx1": now + 300,
+            "behind-mfx1": now - 3600,
+            "far-mfx1": now,  # clamped: within the skew, past Stripe's window
+        }
+        summary = found["summary"]
+        assert (summary["valid"], summary["corrected"]) == (3, 1), summary
+        kinds = {line["identifier"]: (line["kind"], line["rule"]) for line in found["audit"][:-1]}
+        assert kinds == {
+            "ahead": ("resend", "resend_unchanged"),
+            "edge": ("resend", "resend_unchanged"),
+            "behind": ("resend", "resend_unchanged"),
+            "far": ("correction", "clamp_skew"),
+        }
+
+
 # --- meter_event_value_too_many_digits: the reason of a value rounding pushes past 20 digits -----
 
 
