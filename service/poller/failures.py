@@ -67,9 +67,13 @@ def _wait(exc: BaseException, attempts: int) -> timedelta:
     """The backoff, or longer when Stripe asked for longer (`MeterEventSendError.retry_after`):
     trying before it only adds to the load of an incident."""
     asked = getattr(exc, "retry_after", None)
-    if not isinstance(asked, int | float):
+    if not isinstance(asked, int | float) or asked != asked:  # none, or NaN
         return backoff(attempts)
-    return max(backoff(attempts), min(timedelta(seconds=asked), RETRY_AFTER_CAP))
+    # capped before it is a timedelta: `Retry-After: 1e15` (or `inf`) overflowed one, and the
+    # OverflowError escaped the pass: every pass failed on the file, never backed off, given
+    # up on or alerted, and the files after it in the pass were never reached
+    seconds = min(float(asked), RETRY_AFTER_CAP.total_seconds())
+    return max(backoff(attempts), timedelta(seconds=seconds))
 
 
 def backoff(attempts: int) -> timedelta:

@@ -81,3 +81,24 @@ def test_a_retry_after_of_a_day_waits_at_most_an_hour_and_still_counts_toward_gi
     assert (alert.severity, alert.status) == ("critical", "open")
     assert "the poller gave up" in alert.subject
     assert sandbox_server.admin.meter_events() == []
+
+
+def test_an_absurd_retry_after_backs_off_an_hour_and_the_pass_goes_on(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """A `Retry-After` of 10^15 seconds (a broken proxy's) overflowed the poller's timedelta:
+    the OverflowError escaped the pass, every pass failed on the file at once (hitting Stripe
+    again each time), nothing backed it off, gave up on it or alerted, and files after it in
+    the pass were never reached. It is an hour, as any Retry-After past the cap is."""
+    _put(settings, "a.csv", _rows(3, "oa"), tmp_path)
+    _put(settings, "b.csv", _rows(3, "ob"), tmp_path)
+    sandbox_server.admin.inject_fault("POST", STREAM, 429, count=-1, retry_after=10**15)
+    start = datetime.now(UTC)
+    first = run_poll_pass(poller(at=start))
+    assert (first.retry_files, first.gave_up) == (2, 0)
+    for key in ("a.csv", "b.csv"):
+        next_at = _utc(_object(poller(), key).next_attempt_at)
+        assert start + timedelta(minutes=59) <= next_at <= start + timedelta(hours=1, seconds=1)
+    sandbox_server.admin.clear_faults()
+    later = run_poll_pass(poller(at=start + timedelta(hours=1, minutes=1)))
+    assert (later.imported, later.sent) == (2, 6)
