@@ -43,6 +43,8 @@ class ObjectProgress:
     # past the prefix, acknowledged (in flight beside a batch that failed): a pass cutting
     # the same batch again leaves it out (`acknowledged_as`), never sends it a second time
     acked_beyond: tuple[SentBatch, ...] = ()
+    # when the acknowledged prefix last grew (Stripe took the batches a pass resumes after)
+    prefix_grown_at: datetime | None = None
 
     def acknowledged_as(self, number: int, first_row: int, rows: int) -> bool:
         """Whether batch `number`, cut as (first_row, rows), was acknowledged past the prefix

@@ -171,6 +171,7 @@ def _failed(
         give_up=verdict.give_up,
         failing_since=verdict.failing_since,
         next_attempt_at=verdict.next_attempt_at,
+        attempts=verdict.attempts,
     )
     if verdict.give_up:
         raise_gave_up(deps.engine, obj, verdict, reason, progress, give_up_after)

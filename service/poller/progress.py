@@ -47,7 +47,12 @@ class ProgressStore:
         with self.engine.connect() as conn:
             row = _object_row(conn, obj)
             batches = _batches_from(conn, row.id, row.acked_batches - 1)
-        return _object_progress(row, batches)
+            # when the acknowledged prefix last grew: its batches' latest acknowledgement
+            prefix = (BATCHES.c.object_id == row.id) & (BATCHES.c.batch_number < row.acked_batches)
+            grown: datetime | None = conn.execute(
+                select(func.max(BATCHES.c.acked_at)).where(prefix)
+            ).scalar_one()
+        return _object_progress(row, batches, as_utc(grown))
 
     def sent_rows_before(self, obj: ObjectInfo, resume_row: int) -> bytearray:
         """A bitmap of the rows before `resume_row` recorded as sent (one bit per row)."""
@@ -268,7 +273,9 @@ def _batches_from(conn: Connection, object_id: int, first: int) -> list[SentBatc
     ]
 
 
-def _object_progress(row: Row[Any], batches: list[SentBatch]) -> ObjectProgress:
+def _object_progress(
+    row: Row[Any], batches: list[SentBatch], prefix_grown_at: datetime | None = None
+) -> ObjectProgress:
     """The progress of an object version from its record and its batches from the one the
     acknowledged prefix ends with."""
     last = next((b for b in batches if b.number == row.acked_batches - 1), None)
@@ -283,6 +290,7 @@ def _object_progress(row: Row[Any], batches: list[SentBatch]) -> ObjectProgress:
         acked_beyond=tuple(
             b for b in batches if b.number >= row.acked_batches and b.acked_at is not None
         ),
+        prefix_grown_at=prefix_grown_at,
     )
 
 

@@ -188,16 +188,20 @@ class PollerStore(ImportedRows):
         give_up: bool,
         failing_since: datetime,
         next_attempt_at: datetime | None,
+        attempts: int | None = None,
     ) -> None:
         """The object stays `seen` and is taken again once `next_attempt_at` has passed,
-        unless we give up: then it is `failed` until `meterfix poll --retry KEY`."""
+        unless we give up: then it is `failed` until `meterfix poll --retry KEY`.
+        `attempts`: the failing run started again (Stripe acknowledged batches of it)."""
         if give_up:
             self.mark_done(obj, ObjectStatus.FAILED)
+        again = {} if attempts is None else {"attempts": attempts}
         self._update_object(
             obj,
             error=reason[:2000],
             failing_since=failing_since,
             next_attempt_at=None if give_up else next_attempt_at,
+            **again,
         )
 
     def object_id(self, obj: ObjectInfo) -> int:

@@ -12,6 +12,8 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from service.adapters.meter_events import StripeMeterEventSink
+from service.adapters.stripe_client import build_stripe_client
 from service.config import Settings
 from service.models import Alert
 from service.poller.passes import run_poll_pass
@@ -102,3 +104,54 @@ def test_an_absurd_retry_after_backs_off_an_hour_and_the_pass_goes_on(
     sandbox_server.admin.clear_faults()
     later = run_poll_pass(poller(at=start + timedelta(hours=1, minutes=1)))
     assert (later.imported, later.sent) == (2, 6)
+
+
+class _StormFrom(StripeMeterEventSink):
+    """The real sink; from the batch holding `row` on, the sandbox answers every stream
+    request 429 asking for 600 s (a rate-limit storm that sets in part-way through a pass)."""
+
+    def __init__(self, admin: Any, *args: Any, row: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.admin, self.row = admin, row
+
+    def send_batch(self, batch: Any) -> int:
+        if self.row and any(event["identifier"] == self.row for event in batch):
+            self.admin.inject_fault("POST", STREAM, 429, count=-1, retry_after=600)
+            self.row = ""
+        return super().send_batch(batch)
+
+
+def test_a_file_stripe_takes_batches_of_on_each_pass_is_never_given_up_as_failing(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """A storm of 429s that Stripe still takes some batches through: each pass moved the
+    file on, yet its failing time ran from the first failure, and past
+    `MFX_POLLER_GIVE_UP_AFTER` the file was given up ("import failing for 6.0 h", a
+    critical alert), its last rows unbilled until an operator retried it. A pass that
+    Stripe acknowledged batches in starts the failing time again."""
+    _put(settings, "storm.csv", _rows(3000, "st"), tmp_path)
+    give_up = timedelta(seconds=settings.mfx_poller_give_up_after)
+    start = datetime.now(UTC)
+    admin = sandbox_server.admin
+
+    def storm(row: str) -> StripeMeterEventSink:
+        client = build_stripe_client(settings)
+        return _StormFrom(admin, client, settings, workers=1, base_delay=0.01, row=row)
+
+    # no batch taken; then a third of the file, and another third nearly a give-up later
+    for at, row in (
+        (start, "st-0"),
+        (start + give_up / 2, "st-1000"),
+        (start + give_up, "st-2000"),
+    ):
+        report = run_poll_pass(poller(storm(row), at=at + timedelta(minutes=5)))
+        assert (report.retry_files, report.gave_up) == (1, 0), (at - start, report)
+        admin.clear_faults()
+    stored = _object(poller(), "storm.csv")
+    assert (stored.status, stored.acked_batches) == ("seen", 20)
+    done = run_poll_pass(poller(at=start + give_up + timedelta(hours=1)))
+    assert (done.imported, done.sent, done.gave_up) == (1, 3000, 0)
+    billed = [e["identifier"] for e in admin.meter_events()]
+    assert sorted(billed) == sorted(f"st-{i}" for i in range(3000))
+    with Session(poller().engine) as session:
+        assert session.exec(select(Alert)).all() == []
