@@ -5,6 +5,7 @@ the object corrected), left out so that Stripe never bills them twice. Apart fro
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Collection
 from datetime import datetime
 
 from remediation.ports import ObjectInfo
@@ -41,6 +42,12 @@ class OtherVersions:
         self.horizon = now - RESEND_HORIZON
         self._batches: dict[int, tuple[list[int], list[SentBatch]]] = {}
         self._runs: list[int] | None = None
+        # the keys of the other versions that sent rows of this one, and their runs: a row
+        # Stripe refused from `day.csv` and a run over it quarantined, fixed by hand in
+        # `day-fixed.csv`, was left out as sent (never billed, nothing said) and its entry
+        # left for a re-run: the refusal is looked up under the key that sent it too
+        self._senders: dict[int, str] = {}  # object id -> key
+        self._sender_runs: dict[str, list[int]] = {}  # key -> runs_correcting(key)
 
     def sent(self, identifiers: list[str]) -> set[str]:
         """Which of these rows of this version another version sent (or a run over the
@@ -50,10 +57,12 @@ class OtherVersions:
         version overwritten during an incident were never billed, the retry saying "sent")."""
         sent: dict[str, datetime] = {}  # identifier -> when its batch was first sent
         stale: dict[str, tuple[int, SentBatch]] = {}  # identifier -> (object, its batch)
+        senders: set[int] = set()  # the versions that sent them
         for row in self.progress.sent_elsewhere(self.obj, identifiers):
             batch = self._batch(row)
             if batch is None:
                 continue
+            senders.add(row.object_id)
             if batch.acked_at is None and batch.first_sent_at <= self.horizon:
                 stale[row.identifier] = (row.object_id, batch)
             elif batch.acked_at is not None:
@@ -66,7 +75,8 @@ class OtherVersions:
         for identifier in [i for i in stale if i in sent]:  # delivered by another version
             del stale[identifier]
         if sent or stale:  # quarantined after it was sent: Stripe refused it (never billed)
-            held = refused_among(self.progress.engine, self._correcting(), sorted({*sent, *stale}))
+            runs = self._refusing(senders)
+            held = refused_among(self.progress.engine, runs, sorted({*sent, *stale}))
             for identifier, quarantined in held.items():
                 if identifier in sent and quarantined > sent[identifier]:
                     del sent[identifier]
@@ -83,7 +93,7 @@ class OtherVersions:
         """Which of these rows of this version, about to be sent, a run over the object holds
         in quarantine (one query, and none for an object no run has taken rows of)."""
         recorded = [i for i in identifiers if recordable(i)]
-        runs = self._correcting() if recorded else []
+        runs = self._refusing() if recorded else []
         return held_among(self.progress.engine, runs, recorded) if runs else set()
 
     def taken_again(self, identifiers: list[str]) -> None:
@@ -93,13 +103,26 @@ class OtherVersions:
         now = utcnow()
         sent = f"sent by the poller {now:%Y-%m-%d %H:%M} UTC"
         label = f"{self.obj.key} (ETag {self.obj.etag}), {sent}"
-        mark_taken_again(self.progress.engine, self._correcting(), identifiers, label, now)
+        mark_taken_again(self.progress.engine, self._refusing(), identifiers, label, now)
 
     def _correcting(self) -> list[int]:
         """The runs whose corrections are of this object's rows (read once per import)."""
         if self._runs is None:
             self._runs = runs_correcting(self.progress.engine, self.obj.key)
         return self._runs
+
+    def _refusing(self, senders: Collection[int] = ()) -> list[int]:
+        """The runs that may hold rows of this version in quarantine as Stripe refused them:
+        the runs over this key, and over the keys of the other versions that sent its rows
+        (each key's read once per import)."""
+        for object_id in set(senders) - self._senders.keys():
+            key = self._senders[object_id] = self.progress.object_label(object_id)[0]
+            if key != self.obj.key and key not in self._sender_runs:
+                self._sender_runs[key] = runs_correcting(self.progress.engine, key)
+        runs = {*self._correcting()}
+        for found in self._sender_runs.values():
+            runs.update(found)
+        return sorted(runs)
 
     def _batch(self, row: SentRow) -> SentBatch | None:
         """The batch of its version that sent `row` (None: it never went out)."""

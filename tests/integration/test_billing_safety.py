@@ -498,6 +498,35 @@ def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_han
     assert outcome.endswith("; 1 left out: sent before from another version of the file")
 
 
+def test_a_refused_row_fixed_by_hand_in_a_file_of_another_name_is_sent_once(loop: Loop) -> None:
+    """As above, but the customer put the fixed rows in `day-fixed.csv` beside `day.csv`: the
+    poller left `g` out as a row `day.csv` had sent, although Stripe had refused it there and
+    meterfix held it in quarantine (never billed, nothing said; the entry left for a re-run).
+    It is sent as fixed, `day.csv`'s entry is marked taken again, and a re-run of the
+    quarantine leaves it; `a` (billed from `day.csv`) stays left out."""
+    now = int(time.time())
+    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)  # both sent; Stripe reports g
+        reported(loop)  # g quarantined: no rule maps cus_ghost
+        _put(loop, "day-fixed.csv", usage_csv([other, [*row[:3], "cus_alice", row[4]]]))
+        report = run_poll_pass(deps)
+        reported(loop)
+        assert (report.sent, report.left_out) == (2, 1), report
+    assert sorted(loop.accepted()) == ["a", "g"]
+    with loop.session() as session:
+        [held] = session.exec(select(QuarantinedRow)).all()
+    assert held.identifier == "g" and "day-fixed.csv" in str(held.taken_again), held
+    add_rules(loop, '"cus_ghost" = "cus_alice"\n')  # the map a re-run would send g by
+    rerun(loop)
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)
+    assert sorted(loop.accepted()) == ["a", "g"]
+    assert originals_billed(loop) == Counter({"a": 1, "g": 1})
+
+
 @pytest.mark.parametrize("change", ["fixed", "fixed_in_ms", "unchanged"])
 def test_a_refused_row_fixed_by_hand_before_its_report_came_is_sent_as_it_is_now(
     loop: Loop, change: str
