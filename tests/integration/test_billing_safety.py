@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,9 +30,17 @@ from flask import Flask
 from sqlmodel import col, select
 
 from sandbox.defaults import SANDBOX_API_KEY
+from sandbox.events import build_error_report_event
 from service.config import Settings
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.models import Alert, CorrectionAudit, ErrorReport, InboxEvent, QuarantinedRow
+from service.models import (
+    Alert,
+    CorrectionAudit,
+    ErrorReport,
+    InboxEvent,
+    QuarantinedRow,
+    RemediationRun,
+)
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.poller.retry import find_retry, reopen
 from service.runtime import Runtime
@@ -525,6 +534,44 @@ def test_a_refused_row_fixed_by_hand_in_a_file_of_another_name_is_sent_once(loop
         run_poll_pass(deps)
     assert sorted(loop.accepted()) == ["a", "g"]
     assert originals_billed(loop) == Counter({"a": 1, "g": 1})
+
+
+def test_two_reports_about_one_object_run_at_once_correct_its_rows_once(loop: Loop) -> None:
+    """Two error reports about the same rows (Stripe's, and a later one sampling others of
+    them), taken by two workers at once: each run read which rows another run over the object
+    had handled before either wrote, and both corrected all four: two corrected objects of the
+    same `<id>-mfx1` rows (Stripe's connector, importing them a day apart, bills them twice),
+    two audit rows a correction, every count doubled. The runs over one object take turns."""
+    add_rules(loop, '"nobody" = "cus_bob"\n')
+    now = int(time.time())
+    rows = [[f"c{i}", now - 60, "api_requests", "nobody", str(i)] for i in range(1, 5)]
+    _put(loop, "day.csv", usage_csv(rows))
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)
+        sandbox = loop.sandbox_app.extensions["sandbox"]
+        [first] = sandbox.flush_reports()  # four errors, three sampled
+        meter = next(m["id"] for m in loop.sandbox.meters() if m["event_name"] == "api_requests")
+        code, message = "meter_event_customer_not_found", "No customer"
+        again = build_error_report_event(meter, [(code, message, f"c{i}") for i in (4, 3, 2)])
+        sandbox.deliver_to_webhook([sandbox.add_event(again)])
+        with loop.session() as session:
+            assert len(session.exec(select(InboxEvent)).all()) == 2, first
+        workers = [threading.Thread(target=loop.drain) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        loop.drain()
+        run_poll_pass(deps)  # the corrected rows
+    with loop.session() as session:
+        audit = session.exec(select(CorrectionAudit)).all()
+        runs = session.exec(select(RemediationRun)).all()
+    corrected = [a.new_identifier for a in audit if a.rule == "map_customer"]
+    assert sorted(corrected) == [f"c{i}-mfx1" for i in range(1, 5)]
+    assert sum(run.corrected for run in runs) == 4, [(r.run_key, r.corrected) for r in runs]
+    outputs = [key for key in loop.objects() if ".corrected." in key]
+    assert len(outputs) == 1, outputs
+    assert sorted(loop.accepted()) == [*(f"c{i}-mfx1" for i in range(1, 5))]
 
 
 @pytest.mark.parametrize("change", ["fixed", "fixed_in_ms", "unchanged"])
