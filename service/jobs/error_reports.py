@@ -20,8 +20,6 @@ a poll pass that records its rows within a day takes it up, `poller.handover`).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -35,12 +33,10 @@ from remediation.reported import ReportScope, Sampled, Selection, Taken, sampled
 from remediation.rownames import RowNames
 from remediation.validation import MeterIndex
 from service.adapters.bucket import object_tag
-from service.db import is_postgres
-from service.db.locks import advisory_lock
 from service.errors import TaskInputMissing
 from service.jobs.input_lineage import run_lineage, source_lineage
 from service.jobs.inputs import JobDeps
-from service.jobs.object_runs import object_sources
+from service.jobs.object_runs import object_sources, one_run_an_object
 from service.jobs.report_job import Report, TakenLongBefore
 from service.jobs.report_objects import fetch, linked_objects, other_objects
 from service.jobs.report_outcome import conclude
@@ -205,24 +201,8 @@ def _remediate(
     """Remediate the rows of one object the report is about; how many it holds: those this
     run selected and those another run over the object handled (corrected or quarantined)
     before, under the same identifiers, which are not selected again."""
-    with _one_run_an_object(ctx.engine, key):
+    with one_run_an_object(ctx.engine, key):
         return _remediate_alone(ctx, job, key, etag, path, plan, taken)
-
-
-@contextmanager
-def _one_run_an_object(engine: Engine, key: str) -> Iterator[None]:
-    """The report runs over one object take turns: each reads which rows another run over it
-    handled, then writes its own. Two reports about the same rows taken by two workers at
-    once both read none handled and both corrected every row: two corrected objects of the
-    same `<id>-mfx1` rows, which Stripe's connector bills twice when it imports them a day
-    apart. PostgreSQL: an advisory lock of the object's key, waited for. SQLite: one lock for
-    every report run (a file beside the database: one file, not one an object)."""
-    name = key if is_postgres(engine) else ""
-    with advisory_lock(engine, REPORT_RUN_LOCK_KEY, name, wait=True):
-        yield
-
-
-REPORT_RUN_LOCK_KEY = 0x6D66785F72657074  # "mfx_rept": the seed of the report runs' lock id
 
 
 def _remediate_alone(

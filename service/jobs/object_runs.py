@@ -24,18 +24,38 @@ later import set's event, and a late-delivered older import set is no later one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import Engine
 
 from remediation.ports import Bucket
+from service.db import is_postgres
+from service.db.locks import advisory_lock
 from service.jobs.inputs import event_time
 from service.jobs.store import reports
 from service.jobs.store.lineage import handled_among, runs_correcting, runs_of_sources
 from service.jobs.store.runs import import_set_of, report_of, run_keys
 from service.jobs.store.taken_again import mark_refused_again, marked_among
 from service.logs import log_event
+
+# "mfx_rept": the seed of the lock the runs over one object take turns by
+OBJECT_RUN_LOCK_KEY = 0x6D66785F72657074
+
+
+@contextmanager
+def one_run_an_object(engine: Engine, key: str | None) -> Iterator[None]:
+    """The runs over one object (its error reports', its import sets') take turns: each reads
+    which rows another run over it handled, then writes its own. Two reports about the same
+    rows taken by two workers at once both read none handled and both corrected every row: two
+    corrected objects of the same `<id>-mfx1` rows, which Stripe's connector bills twice when
+    it imports them a day apart. PostgreSQL: an advisory lock of the object's key, waited for.
+    SQLite: one lock for every such run (a file beside the database, not one an object)."""
+    name = (key or "") if is_postgres(engine) else ""
+    with advisory_lock(engine, OBJECT_RUN_LOCK_KEY, name, wait=True):
+        yield
 
 
 def object_sources(engine: Engine, bucket: Bucket, key: str | None) -> list[str]:

@@ -35,6 +35,7 @@ from service.jobs.inputs import (
     later_version,
 )
 from service.jobs.left_out import left_out, rows_sent_since
+from service.jobs.object_runs import one_run_an_object
 from service.jobs.runs import run_done
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import (
@@ -95,8 +96,12 @@ def _remediate_failed_records(
         origin=source_lineage(deps.run.bucket, import_set.source_object),
     )
     later = later_version(deps, import_set, tmp)
-    leaving = left_out(deps, import_set, later, path, tmp, run_key)
-    run_file(deps.run, request, path, leave_out=leaving.leave_out(), allow_none=leaving.none_left)
+    # what other runs over the object handled, then this run's rows, in its turn
+    with one_run_an_object(deps.run.engine, import_set.source_object):
+        leaving = left_out(deps, import_set, later, path, tmp, run_key)
+        run_file(
+            deps.run, request, path, leave_out=leaving.leave_out(), allow_none=leaving.none_left
+        )
     return leaving.outcome(run_key, file_id)
 
 
@@ -190,8 +195,12 @@ def _repair_failed_file(
     )
     # read from Stripe's copy: the object the import set names holds other bytes
     later = later_version(deps, import_set, tmp, path) if copied else None
-    leaving = left_out(deps, import_set, later, path, tmp, run_key, whole_file=True)
-    run_file(deps.run, request, path, leave_out=leaving.leave_out(), allow_none=leaving.none_left)
+    # what other runs over the object handled, then this run's rows, in its turn
+    with one_run_an_object(deps.run.engine, import_set.source_object):
+        leaving = left_out(deps, import_set, later, path, tmp, run_key, whole_file=True)
+        run_file(
+            deps.run, request, path, leave_out=leaving.leave_out(), allow_none=leaving.none_left
+        )
     return leaving.outcome(run_key, source)
 
 
