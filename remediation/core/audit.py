@@ -17,11 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.auditrecords import audit_records
-from remediation.core.checks import CODES, Codes
+from remediation.core.checks import CODES, OTHER_ID, Codes
 from remediation.core.columns import Indexes
 from remediation.core.decided import (
     CORRECTED,
-    OTHER_ID,
     QUARANTINED,
     VALID,
     VALID_KEPT,

@@ -43,6 +43,7 @@ Codes = npt.NDArray[np.object_]
 # (`problem_ids`); comparing and masking them is numpy arithmetic, not an object compare per row.
 CodeIds = npt.NDArray[np.int16]
 CODES: tuple[ErrorCode | None, ...] = (None, *ErrorCode)
+OTHER_ID = len(CODES)  # a reported code we do not know: no rule, not valid
 CODE_IDS: dict[str | None, int] = {code: at for at, code in enumerate(CODES)}
 _CODE_OBJECTS: Codes = np.array(CODES, dtype=object)
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.changes import Context
-from remediation.codes import CHANGED_SINCE_SENT, ErrorCode, code_from_message
+from remediation.codes import CHANGED_SINCE_SENT, ErrorCode
 from remediation.core.checks import (
     CODE_IDS,
     CODES,
@@ -27,9 +27,10 @@ from remediation.core.checks import (
 )
 from remediation.core.column import Mask
 from remediation.core.columns import Batch, Indexes
-from remediation.core.decided import OTHER_ID, QUARANTINED, VALID, VALID_KEPT, Decided
+from remediation.core.decided import QUARANTINED, VALID, VALID_KEPT, Decided
 from remediation.core.filerepairs import record_file_repairs
 from remediation.core.folding import fold
+from remediation.core.reportedcodes import reported_codes
 from remediation.core.rounds import Rounds
 from remediation.core.rules import RULES
 from remediation.core.textmeasures import field_suspects, mask
@@ -37,30 +38,6 @@ from remediation.identifiers import Lineage
 from remediation.limits import shown
 
 _RULED: Mask = np.asarray([code in RULES for code in CODES] + [False], bool)
-
-
-def _reported(batch: Batch) -> tuple[Codes, CodeIds]:
-    """The code each row arrived with (explicit, else from a known message text, else None),
-    and the same as ids (`checks.CODES`; `OTHER_ID` for a code we do not know). A file holds
-    few distinct codes: each is made a Python string and looked up once, not once a row."""
-    encoded = pc.dictionary_encode(batch.error_code)
-    distinct = [*encoded.dictionary.to_pylist(), None]
-    at = encoded.indices.fill_null(len(distinct) - 1).to_numpy(zero_copy_only=False)
-    codes: Codes = np.asarray(distinct, dtype=object)[at]
-    ids: CodeIds = np.asarray([CODE_IDS.get(c, OTHER_ID) for c in distinct], np.int16)[at]
-    missing = pc.is_null(batch.error_code)
-    if not pc.any(pc.and_(missing, pc.is_valid(batch.error_message))).as_py():
-        return codes, ids
-    encoded = pc.dictionary_encode(batch.error_message)
-    known = [code_from_message(m) for m in encoded.dictionary.to_pylist()]
-    index = encoded.indices.to_numpy(zero_copy_only=False)
-    for i in np.flatnonzero(np.asarray(missing)).tolist():
-        position = index[i]
-        if position == position:  # not NaN: the row has a message
-            found = known[int(position)]
-            codes[i] = found.value if found else None
-            ids[i] = CODE_IDS[found]
-    return codes, ids
 
 
 class BatchDecider:
@@ -121,7 +98,7 @@ class BatchDecider:
         """(code each row arrived with or was classified with, the same as ids, rows with none
         of either: valid, code to correct as ids, rows whose reported code has a rule: those
         were not validated)."""
-        arrived, reported = _reported(batch)
+        arrived, reported = reported_codes(batch)
         ruled = _RULED[reported]
         arrived_ids, to_fix = reported.copy(), reported.copy()
         check = np.flatnonzero(~ruled)

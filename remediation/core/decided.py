@@ -17,7 +17,6 @@ from remediation.core.column import Mask
 from remediation.core.columns import Batch, Indexes
 from remediation.core.rules import Changes
 
-OTHER_ID = len(CODES)  # a reported code we do not know: no rule, not valid
 _KNOWN: Mask = np.asarray([code in KNOWN_CODES for code in CODES] + [False], bool)
 VALID_KEPT, VALID, CORRECTED, QUARANTINED = 0, 1, 2, 3
 

@@ -102,3 +102,31 @@ def test_a_timestamps_audit_line_records_the_field_as_the_row_held_it(tmp_path: 
         "timestamp_ms_to_s",
     ]
     assert len(found["corrected"]) == 5
+
+
+def test_a_timestamp_only_our_validation_found_too_old_is_not_said_to_be_stripes_finding(
+    tmp_path: Path,
+) -> None:
+    """A row Stripe refused for its value (`1,234`) whose timestamp our validation found 46
+    days old, and the same row in a usage file Stripe never read: both were quarantined
+    "Stripe found it more than 35 days old". Each says it is before the reference time's
+    window; a row Stripe did refuse as too old still says Stripe found it so."""
+    old = "1760000000"  # 2025-10-09T08:53:20Z, 46 days before NOW
+    text = HEADER + f'm1,{old},api_requests,cus_demo_alice,"1,234",meter_event_invalid_value\n'
+    text += f"m2,{old},api_requests,cus_demo_alice,5,timestamp_too_far_in_past\n"
+    ours = (
+        "timestamp 1760000000 (2025-10-09T08:53:20Z) is before 2025-10-20T16:00:00Z, more "
+        "than 35 days before the reference time; never move usage into another billing "
+        "period; quarantined for review"
+    )
+    stripes = (
+        "timestamp 1760000000 (2025-10-09T08:53:20Z): Stripe found it more than 35 days old; "
+        "never move usage into another billing period; quarantined for review"
+    )
+    assert _reasons(remediate(tmp_path, "f.csv", text)) == {"m1": ours, "m2": stripes}
+    usage = HEADER.replace(",error_code", "") + f"u1,{old},api_requests,cus_demo_alice,5\n"
+    assert _reasons(remediate(tmp_path, "u.csv", usage)) == {"u1": ours}
+    jsonl = _json_row("j1", old, "meter_event_invalid_value").replace(
+        '"value":5', '"value":"1,234"'
+    )
+    assert _reasons(remediate(tmp_path, "j.jsonl", jsonl)) == {"j1": ours}

@@ -16,7 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.changes import Change, Context
+from remediation.codes import ErrorCode, code_from_message
+from remediation.core.checks import CODE_IDS
 from remediation.core.columns import Batch, Column, Indexes, Kind
+from remediation.core.reportedcodes import reported_codes
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
 from remediation.core.textmeasures import short_digits
 from remediation.errors import Uncorrectable
@@ -296,13 +299,18 @@ def refuse_past(batch: Batch, ctx: Context) -> Fix:
     short = short_digits(column).copy()
     if column.kinds is not None:
         short &= (column.kinds == Kind.TEXT) | (column.kinds == Kind.INT)
+    # Stripe's finding, or our validation's (a usage file's row, or one Stripe refused for
+    # another reason): "Stripe found it more than 35 days old" was said of both
+    said = reported_codes(batch)[1] == CODE_IDS[ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST]
     fix = one_by_one(batch, ctx, refuse_past_row, np.flatnonzero(~short))
     at = np.flatnonzero(short)
     if len(at):
         seconds = column.text.take(pa.array(at)).cast(pa.int64()).to_numpy(zero_copy_only=False)
         times = seconds.tolist()
-        reasons = {ts: _too_old(ts) for ts in set(times)}
-        fix.fail(at, [reasons[ts] for ts in times])
+        by_stripe = said[at].tolist()
+        pairs = list(zip(times, by_stripe, strict=True))
+        reasons = {pair: _too_old(pair[0], pair[1], ctx.now) for pair in set(pairs)}
+        fix.fail(at, [reasons[pair] for pair in pairs])
     return fix
 
 
@@ -312,7 +320,7 @@ def refuse_past_row(record: UsageRecord, ctx: Context) -> list[Change]:
     raw = record.timestamp
     ts = parse_timestamp(raw)
     if ts is not None:
-        raise Uncorrectable(_too_old(ts))
+        raise Uncorrectable(_too_old(ts, _stripe_said(record), ctx.now))
     seconds = _iso_seconds(raw)
     if seconds is None:
         raise Uncorrectable(f"timestamp {shown(raw)}: {NEVER_MOVED}")
@@ -322,9 +330,22 @@ def refuse_past_row(record: UsageRecord, ctx: Context) -> list[Change]:
     )
 
 
-def _too_old(ts: int) -> str:
-    """What a timestamp Stripe found too old was read as: in milliseconds (or µs, ns) when
-    it is that large (`1760000000000` said "after year 9999", more than 35 days old)."""
+def _stripe_said(record: UsageRecord) -> bool:
+    """Whether the row arrived refused as too old (its code, or a message that says so)."""
+    code = record.error_code
+    if code is None and record.error_message:
+        found = code_from_message(record.error_message)
+        code = found.value if found is not None else None
+    return code == ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST.value
+
+
+def _too_old(ts: int, stripe_said: bool, now: int) -> str:
+    """What a timestamp found too old was read as: in milliseconds (or µs, ns) when it is
+    that large (`1760000000000` said "after year 9999", more than 35 days old). Found so by
+    our validation (a usage file's row, or one Stripe refused for another reason), against
+    the reference time: "Stripe found it" was said of rows Stripe never judged so."""
+    if not stripe_said and ts < now - MAX_PAST_SECONDS:
+        return f"{past_reason(ts, now)}; {NEVER_MOVED}"
     found = f"Stripe found it more than 35 days old; {NEVER_MOVED}"
     for at_least, divisor, name in READINGS:
         if abs(ts) >= at_least:
