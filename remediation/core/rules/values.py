@@ -233,6 +233,7 @@ def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
         written = _written(raw, exact)
         record.payload[key] = written
         return [Change("normalize_value", f"payload.{key}", raw, written)]
+    _within_places(raw, number, ctx)
     number, places = _rounding_places(raw, number, ctx)
     written = _written(raw, _rounded(raw, number, places, ctx))
     if _unchanged(raw, written):
@@ -240,6 +241,20 @@ def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
         raise Uncorrectable(reason)
     record.payload[key] = written
     return [Change("round_value", f"payload.{key}", raw, written)]
+
+
+def _within_places(raw: object, number: str | None, ctx: Context) -> None:
+    """Uncorrectable when the value already has no more decimal places than it may (and
+    integer digits within the limit): nothing to round, whatever the policy says. `7` Stripe
+    refused for too many digits was quarantined "(0 decimal places) has too many digits;
+    policy round_too_many_digits is off"."""
+    if number is None or integer_digits(number) > ctx.index.limits.max_value_integer_digits:
+        return
+    most = ctx.index.limits.max_value_decimal_places
+    precision = most if ctx.rules.value_precision is None else min(ctx.rules.value_precision, most)
+    if decimal_places(number) <= precision:  # as a rounding that changes nothing says
+        reason = f"value {shown(raw)} has at most {precision} decimal places; nothing to round"
+        raise Uncorrectable(reason)
 
 
 def _without_trailing_zeros(raw: object, number: str | None, ctx: Context) -> str | None:

@@ -156,11 +156,30 @@ def test_an_archived_meter_without_an_active_successor_says_why(successors: str,
 )
 def test_a_value_not_rounded_says_which_policy_stops_it(policy: str, why: str) -> None:
     """With rounding allowed and no precision to round to, the reason said the policy "does
-    not allow rounding" (it did), and one decimal place was "1 decimal places"."""
+    not allow rounding" (it did). (A value of 13 places: one within the 12 has nothing to
+    round, whatever the policy, next test.)"""
     from remediation.core.rules.values import round_value_row
 
     ctx = Context(MeterIndex([Meter("m1", "api")]), load_rules(f"[policy]\n{policy}"), NOW)
-    row = UsageRecord(1, "r1", NOW, "api", {"stripe_customer_id": "c", "value": "1.5"})
+    value = "1." + "5" * 13
+    row = UsageRecord(1, "r1", NOW, "api", {"stripe_customer_id": "c", "value": value})
     with pytest.raises(Uncorrectable) as refused:
         round_value_row(row, ctx)
-    assert refused.value.reason == f"value '1.5' (1 decimal place) has too many digits; {why}"
+    assert refused.value.reason == f"value {value!r} (13 decimal places) has too many digits; {why}"
+
+
+@pytest.mark.parametrize("policy", ["", "round_too_many_digits = true\nvalue_precision = 2\n"])
+@pytest.mark.parametrize("value", ["7", "2.5"])
+def test_a_value_within_its_decimal_places_has_nothing_to_round(policy: str, value: str) -> None:
+    """Stripe refused `7` (or `2.5`) for too many digits: the reason said "(0 decimal places)
+    has too many digits; policy round_too_many_digits is off", against itself. It has no more
+    places than it may: nothing to round, whatever the policy."""
+    from remediation.core.rules.values import round_value_row
+
+    ctx = Context(MeterIndex([Meter("m1", "api")]), load_rules(f"[policy]\n{policy}"), NOW)
+    row = UsageRecord(1, "r1", NOW, "api", {"stripe_customer_id": "c", "value": value})
+    with pytest.raises(Uncorrectable) as refused:
+        round_value_row(row, ctx)
+    allowed = 2 if policy else 12
+    said = f"value {value!r} has at most {allowed} decimal places; nothing to round"
+    assert refused.value.reason == said
