@@ -150,12 +150,18 @@ class DatabaseHandlerContext:
 
 
 def _already_applied(row: ImportSet, import_set: ImportSetRecord) -> bool:
-    """The same event again, or an older event arriving after a newer one."""
+    """The same event again, or an older event arriving after a newer one. An import set
+    recorded as processed (`succeeded*`: rows of it billed) is turned `failed` only by an
+    event known to be newer: one of the same second, or of no time we can read, repaired the
+    whole file again, every billed row re-sent as `<id>-mfx1` (billed twice)."""
     if row.last_event_id == import_set.event_id:
         return True
     applied = row.detail.get("event_created")
     newer = import_set.event_created
-    return isinstance(applied, int) and newer is not None and newer < applied
+    undoing = import_set.status == "failed" and str(row.status).startswith("succeeded")
+    if not isinstance(applied, int) or newer is None:
+        return undoing
+    return newer <= applied if undoing else newer < applied
 
 
 def _apply(row: ImportSet, import_set: ImportSetRecord) -> None:

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from sandbox.events import build_import_set_event
@@ -33,14 +34,16 @@ def _corrected_ids(bucket: Path) -> list[str]:
     return ids
 
 
+@pytest.mark.parametrize("when", ["older", "same second", "no time"])
 def test_an_older_failed_event_after_a_newer_succeeded_does_not_resend_billed_rows(
-    service: Service,
+    service: Service, when: str
 ) -> None:
     """Stripe does not deliver in order. The import set succeeded with one failed row (s3);
     s1 and s2 were imported and billed. An older `failed` event for the same import set came
     after: the handler kept the newer state (the stale event is not applied), but queued the
     whole-file repair all the same, which re-sent s1 and s2 as s1-mfx1 and s2-mfx1 (billed
-    twice)."""
+    twice). A `failed` of the same second, or with no `created` to read, was taken for the
+    newer and did the same: only a `failed` known to be newer undoes a processed file."""
     now = int(time.time()) - 120
     bucket = _bucket(service)
     source = HEADER + "".join(f"s{i},{now},api_requests,cus_1,{i}\n" for i in (1, 2, 3))
@@ -63,7 +66,12 @@ def test_an_older_failed_event_after_a_newer_succeeded_does_not_resend_billed_ro
     failed = {**base, "status": "failed", "failed_reason": "Unparseable file"}
     service.deliver(build_import_set_event("succeeded", succeeded, created=now + 60))
     service.drain()
-    service.deliver(build_import_set_event("failed", failed, created=now + 30))  # older
+    stale = build_import_set_event("failed", failed, created=now + 30)  # older
+    if when == "same second":
+        stale["created"] = now + 60
+    elif when == "no time":
+        stale["created"] = "unknown"  # no time to read
+    service.deliver(stale)
     service.drain()
 
     [impset] = service.rows(ImportSet)
