@@ -75,6 +75,12 @@ class TaskInputMissing(ServiceError):
     """The task's input cannot be had (not retried: a person must look)."""
 
 
+class EventUnreadable(ServiceError):
+    """The full event Stripe answered for a stored notification is one the SDK cannot read
+    (`data: null`, a field of the wrong shape): retrying gets the same answer, so the worker
+    dead-letters it at once with the reason (visible, alerted, replayable)."""
+
+
 class RerunInputMissing(ServiceError):
     """The admin action naming the rows is gone or unreadable (not retried)."""
 

@@ -28,7 +28,7 @@ from typing import Any
 import stripe
 
 from remediation.limits import json_depth_over
-from service.errors import WebhookRejected
+from service.errors import EventUnreadable, WebhookRejected
 from service.models.inbox import PayloadStyle
 
 THIN_OBJECT = "v2.core.event"
@@ -129,7 +129,9 @@ class WebhookVerifier:
             raise
         except (ValueError, LookupError, TypeError, AttributeError):
             # The SDK checks the signature before it parses: the signature is good and the
-            # body is no thin notification. A snapshot event, or a reason to refuse it.
+            # body is no thin notification the SDK reads. A snapshot event, a well-formed thin
+            # one it cannot read (no `related_object`: the worker fetches it by its id), or a
+            # reason to refuse it.
             return self._snapshot(text, header, secret)
         return _checked(
             notification.id,
@@ -145,7 +147,11 @@ class WebhookVerifier:
         _require_keys(payload, kind)
         checked = _checked(payload["id"], payload["type"], kind, payload.get("livemode"), text)
         if checked.style is not PayloadStyle.SNAPSHOT:
-            raise WebhookRejected("malformed event: not a valid thin event notification")
+            # its id, type and object are sound: stored, as DESIGN has a well-formed event
+            # whose data cannot be used (dead-lettered by the worker if its event cannot be
+            # read either); refused, an error report lacking `related_object` was lost
+            stripe.WebhookSignature.verify_header(text, header, secret, self._tolerance)
+            return checked
         try:
             self._client.construct_event(text, header, secret, self._tolerance)
         except stripe.SignatureVerificationError:
@@ -223,6 +229,30 @@ def fetch_full_event(client: stripe.StripeClient, stored_body: str) -> dict[str,
     Goes through the SDK (`fetch_event`), so the request carries the event's context and
     trigger headers and only ever reaches the configured API base.
     """
-    notification = client.parse_event_notification_without_verification(stored_body)
-    event: dict[str, Any] = notification.fetch_event().to_dict()
+    try:
+        notification = client.parse_event_notification_without_verification(stored_body)
+    except (ValueError, LookupError, TypeError, AttributeError):
+        # a well-formed notification the SDK cannot read (no `related_object`): the event
+        # itself, by its id (refused at intake, such an error report was lost)
+        return _retrieved(client, str(json.loads(stored_body)["id"]))
+    try:
+        event: dict[str, Any] = notification.fetch_event().to_dict()
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        raise _unreadable(notification.id, exc) from exc
     return event
+
+
+def _retrieved(client: stripe.StripeClient, event_id: str) -> dict[str, Any]:
+    try:
+        event: dict[str, Any] = client.v2.core.events.retrieve(event_id).to_dict()
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        raise _unreadable(event_id, exc) from exc
+    return event
+
+
+def _unreadable(event_id: str, exc: Exception) -> EventUnreadable:
+    """The SDK could not build the event Stripe answered (`data: null` raised AttributeError,
+    retried for 45 minutes as if transient). Its reason, short: never the body's rows."""
+    return EventUnreadable(
+        f"the full event {event_id[:80]} cannot be read: {type(exc).__name__}: {str(exc)[:200]}"
+    )

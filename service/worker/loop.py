@@ -28,6 +28,7 @@ from service.adapters.stripe_events import fetch_full_event
 from service.config import Settings
 from service.db import session_scope
 from service.errors import (
+    EventUnreadable,
     ItemInterrupted,
     LeaseLost,
     TaskInputMissing,
@@ -63,7 +64,7 @@ TaskRunnerFn = Callable[[TaskKind, str], str]
 # The worker does its own retries with backoff; one quick SDK retry smooths over blips.
 STRIPE_NETWORK_RETRIES = 1
 # Failures retrying cannot help: dead-lettered at once with their reason.
-PERMANENT_FAILURES: tuple[type[Exception], ...] = (UnusableEvent, TaskInputMissing)
+PERMANENT_FAILURES: tuple[type[Exception], ...] = (UnusableEvent, TaskInputMissing, EventUnreadable)
 DIED_WHILE_WORKING = (
     "the worker processing it stopped without finishing on its last attempt "
     "(killed, crashed, or stuck past its time limit)"

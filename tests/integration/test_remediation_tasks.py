@@ -3,6 +3,7 @@ rows that are not ours. Real sandbox (Files API, meters), a file:// bucket, both
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -13,9 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import requests
+import stripe
 from flask import Flask
 from sqlmodel import Session, select
 
+from sandbox.delivery import delivery_body
 from sandbox.events import build_error_report_event, build_import_set_event
 from service.adapters.bucket import open_bucket
 from service.config import Settings
@@ -277,6 +281,47 @@ def test_a_failed_import_set_without_source_raises_an_alert(service: Service) ->
     with Session(service.engine) as session:
         task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
     assert task.status == "done" and "not remediated" in (task.outcome or "")
+
+
+def test_a_thin_notification_the_sdk_cannot_read_is_stored_and_its_event_fetched_by_id(
+    service: Service,
+) -> None:
+    """A signed, well-formed error-report notification without `related_object` (the SDK's
+    notification class needs it): answered 400, never stored, the report lost when Stripe
+    stopped retrying. It is stored; the worker fetches its event by id and records the
+    report. A full event the SDK cannot read either is dead-lettered at once, with a reason,
+    not retried for 45 minutes as if transient."""
+    errors = [("meter_event_customer_not_found", "No customer cus_x", "zz-1")]
+    stored = service.sandbox.admin.add_event(build_error_report_event("mtr_other", errors))
+    thin = {k: v for k, v in json.loads(delivery_body(stored)).items() if k != "related_object"}
+    body = json.dumps(thin)
+    header = stripe.WebhookSignature.generate_signature_header(
+        body, service.settings.stripe_webhook_secrets[0]
+    )
+    answer = requests.post(
+        f"{service.url}/webhooks",
+        data=body,
+        headers={"Stripe-Signature": header, "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    service.drain()
+    [report] = service.rows(ErrorReport)
+    assert (report.event_id, report.meter_id, report.status) == (
+        stored["id"],
+        "mtr_other",
+        "unmatched",
+    )
+    [event] = service.rows(InboxEvent)
+    assert (event.status, event.attempts) == ("done", 1)
+    broken = build_error_report_event("mtr_other", errors)
+    broken["data"] = None
+    dead = service.deliver(broken)
+    service.drain()
+    with Session(service.engine) as session:
+        row = session.exec(select(InboxEvent).where(InboxEvent.event_id == dead)).one()
+    assert (row.status, row.attempts) == ("dead", 1), (row.status, row.last_error)
+    assert str(row.last_error).startswith(f"EventUnreadable: the full event {dead} cannot be read")
 
 
 def test_a_report_about_rows_that_are_not_ours_is_kept_for_the_digest(service: Service) -> None:
