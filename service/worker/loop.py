@@ -41,6 +41,7 @@ from service.runtime import Runtime
 from service.worker.handler_context import DatabaseHandlerContext
 from service.worker.heartbeats import new_instance_id
 from service.worker.inbox_claims import (
+    ERROR_TEXT_LIMIT,
     ClaimedEvent,
     claim_next,
     dead_letter_alert,
@@ -237,7 +238,9 @@ class InboxWorker:
             event_id=claimed.event_id,
             event_type=claimed.event_type,
             attempt=claimed.attempts,
-            reason=error,
+            # as the inbox row holds it: an SDK error quoting a whole response body (hundreds
+            # of KB of a fetched event's rows) went into every attempt's log line
+            reason=error[:ERROR_TEXT_LIMIT],
             permanent=permanent,
             next_attempt_at=None if dead else next_at,
         )
