@@ -105,3 +105,21 @@ def _report_with_code(code: str) -> dict[str, Any]:
     event = _event("v2_error_report_triggered")
     event["data"]["reason"]["error_types"][0]["code"] = code
     return event
+
+
+def test_a_report_of_a_great_many_samples_keeps_the_first_thousand_and_its_count() -> None:
+    """A fetched event of 300,000 sample errors was stored a row each (1.5 GB of the worker's
+    memory): the first MAX_SAMPLES are kept, the count is all of them."""
+    from handlers.meter_error_reports import MAX_SAMPLES
+
+    event = _event("v2_error_report_triggered")
+    [error_type] = event["data"]["reason"]["error_types"]
+    sample = error_type["sample_errors"][0]
+    error_type["sample_errors"] = [
+        {**sample, "request": {"identifier": f"id-{n}"}} for n in range(20_000)
+    ]
+    error_type["error_count"] = 1
+    report = parse_report(event)
+    assert MAX_SAMPLES == 1000
+    assert [s.identifier for s in report.samples] == [f"id-{n}" for n in range(1000)]
+    assert report.error_count == 20_000
