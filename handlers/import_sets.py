@@ -12,6 +12,7 @@ The import set is a preview API and its shape is not documented by Stripe. Assum
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,7 +75,7 @@ def parse_import_set(event: Mapping[str, Any]) -> ImportSetRecord:
         import_set_id=import_set_id,
         event_id=event_id,
         event_type=str(event.get("type", "")),
-        event_created=unix_time(event.get("created")),
+        event_created=_created(event.get("created")),
         status=text(obj.get("status"), STATUS_CHARS) or "unknown",
         failed_reason=_reason(obj.get("failed_reason")),
         source_file_id=_checked_file_id(source_file, "data.object.file"),
@@ -85,6 +86,21 @@ def parse_import_set(event: Mapping[str, Any]) -> ImportSetRecord:
         rows_processed=count(result.get("rows_processed")),
         detail={"livemode": bool(event.get("livemode", False)), "result": dict(result)},
     )
+
+
+# How far ahead of our clock an event's `created` is still taken as its time (clocks differ)
+CREATED_AHEAD_SECONDS = 86_400
+
+
+def _created(value: object) -> int | None:
+    """The event's time, or None when it is none to trust: `created` in the year 2100 made
+    every later event of the import set "older" (not applied, its failed records never
+    remediated, nothing said), and would have been a run's reference time (every row too
+    old). None: the time it was received stands in, and it orders no other event."""
+    created = unix_time(value)
+    if created is None or created > time.time() + CREATED_AHEAD_SECONDS:
+        return None
+    return created
 
 
 def _require_failed_records_file(record: ImportSetRecord) -> None:

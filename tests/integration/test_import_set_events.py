@@ -259,3 +259,30 @@ def test_a_newer_event_naming_another_failed_records_file_gets_it_remediated(
     assert sorted(run.source for run in service.rows(RemediationRun)) == sorted(
         [first["id"], second["id"]]
     )
+
+
+def test_an_event_dated_far_ahead_orders_no_later_event(service: Service) -> None:
+    """An import-set event `created` in the year 2100 made every later event of the import set
+    "older": the real `succeeded_with_errors` after it was not applied, its failed row never
+    remediated (usage lost, nothing said). A time more than a day ahead is no time."""
+    now = int(time.time()) - 120
+    bucket = _bucket(service)
+    source = HEADER + "".join(f"s{i},{now},api_requests,cus_1,{i}\n" for i in (1, 2, 3))
+    stripe_copy = service.sandbox.admin.upload_file(source, "day.csv")
+    failed_rows = HEADER.rstrip("\n") + ",error_code\n"
+    failed_rows += f"s3,{now * 1000},api_requests,cus_1,3,timestamp_in_future\n"
+    errors = service.sandbox.admin.upload_file(failed_rows, "failed_records.csv")
+    base = {"id": "impset_ahead", "object": "data_management.import_set", "file": stripe_copy["id"]}
+    processing = {**base, "status": "succeeded", "result": {"successes": {"row_count": 3}}}
+    service.deliver(build_import_set_event("succeeded", processing, created=4102444800))
+    service.drain()
+    with_errors = {
+        **base,
+        "status": "succeeded_with_errors",
+        "result": {"errors": {"file": errors["id"], "row_count": 1}, "successes": {"row_count": 2}},
+    }
+    service.deliver(build_import_set_event("succeeded", with_errors, created=now + 60))
+    service.drain()
+    [impset] = service.rows(ImportSet)
+    assert impset.status == "succeeded_with_errors"
+    assert _corrected_ids(bucket) == ["s3-mfx1"]
