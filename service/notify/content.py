@@ -17,7 +17,12 @@ from sqlalchemy import Connection, Engine
 
 from remediation.outcomes import OTHER_CODES
 from service.intake.store import count_events, latest_events, oldest_pending
-from service.jobs.store.quarantine import quarantine_groups, quarantine_reasons, quarantined_record
+from service.jobs.store.quarantine import (
+    quarantine_group_totals,
+    quarantine_groups,
+    quarantine_reasons,
+    quarantined_record,
+)
 from service.jobs.store.reports_left import ReportsLeft, reports_left_between
 from service.jobs.store.run_counts import runs_finished_between, top_runs_finished_between
 from service.models import ErrorReportStatus
@@ -58,6 +63,7 @@ def collect_digest(
         digest = Digest(window, tz, examples, totals, previous)
         digest.codes = _codes(by_code, previous_codes, links)
         digest.groups = _groups(conn, window, links, examples)
+        digest.groups_more = _groups_more(conn, window, examples, digest.groups)
         digest.reasons = _reasons(conn, window, links, examples)
         digest.runs = _runs(conn, window, links)
         _reports(reports_left_between(conn, window.start, window.end), digest, links)
@@ -136,6 +142,18 @@ def _groups(
         )
         for code, meter, customer, rows in groups
     ]
+
+
+def _groups_more(
+    conn: Connection, window: Window, examples: bool, shown: list[GroupLine]
+) -> tuple[int, int]:
+    """The groups and rows past the `TOP` shown: a digest of 23 quarantined rows listed 10
+    groups of 18 and said nothing of the rest (a `timestamp_too_far_in_past` group among
+    them)."""
+    if len(shown) < TOP:
+        return 0, 0
+    groups, rows = quarantine_group_totals(conn, window.start, window.end, customers=examples)
+    return groups - len(shown), rows - sum(g.rows for g in shown)
 
 
 def _reasons(

@@ -101,6 +101,8 @@ class Digest:
     previous: Totals
     codes: list[CodeLine] = field(default_factory=list)
     groups: list[GroupLine] = field(default_factory=list)
+    # (groups, rows) beyond `content.TOP`: said, not left out unsaid
+    groups_more: tuple[int, int] = (0, 0)
     reasons: list[ReasonLine] = field(default_factory=list)
     runs: list[RunLine] = field(default_factory=list)
     alerts: list[AlertLine] = field(default_factory=list)

@@ -137,17 +137,22 @@ def _code_lines(d: Digest) -> list[str]:
 
 
 def _group_lines(d: Digest) -> list[str]:
-    return [
+    lines = [
         f"• {link(g.url, ' / '.join(_parts(g.code, g.meter, g.customer, d.examples)))}: "
         f"{rows(g.rows)}"
         for g in d.groups
     ]
+    more, more_rows = d.groups_more
+    if more:
+        lines.append(f"• and {counted(more, 'more group')}: {rows(more_rows)}")
+    return lines
 
 
 def _run_lines(d: Digest) -> list[str]:
     return [
         f"• {link(r.url, f'#{r.run_id}')} {escape(r.trigger)} {escape(r.source)}: "
-        f"{r.received} received, {r.corrected} corrected, {r.quarantined} quarantined"
+        f"{r.received} received, {r.valid} valid, {r.corrected} corrected, "
+        f"{r.quarantined} quarantined"
         for r in d.runs
     ]
 

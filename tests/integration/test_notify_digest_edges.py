@@ -244,3 +244,31 @@ def test_a_code_whose_rows_were_all_corrected_links_to_no_empty_quarantine_list(
     urls = {line.code: line.url for line in digest.codes}
     assert urls["meter_event_customer_not_found"] is None
     assert _linked_rows(db_engine, urls["timestamp_in_future"] or "") == {"mixed-0"}
+
+
+def test_groups_past_the_ten_shown_are_said_in_every_form(db_engine: Engine) -> None:
+    """A digest of 13 quarantined groups listed 10 and said nothing of the other 3 (a
+    `timestamp_too_far_in_past` group among those left out, in a probe); Slack's run lines
+    left out `valid`, which the text and the HTML email say."""
+    import json
+
+    from service.notify.content import collect_digest
+    from service.notify.render import render_digest
+
+    for n in range(13):
+        run_id = _run(db_engine, f"g{n:02d}", DAY + HOUR, DAY + 2 * HOUR, 13 - n)
+        with Session(db_engine) as session:
+            for row in session.exec(select(QuarantinedRow).where(QuarantinedRow.run_id == run_id)):
+                row.code = f"code_{n:02d}"
+                session.add(row)
+            session.commit()
+    window = Window(DAY, DAY + timedelta(days=1))
+    digest = collect_digest(db_engine, window, public_url=BASE, examples=False)
+    assert [g.code for g in digest.groups] == [f"code_{n:02d}" for n in range(10)]
+    assert digest.groups_more == (3, 3 + 2 + 1)
+    message = render_digest(digest)
+    assert "  and 3 more groups: 6 rows\n" in message.text
+    assert ">and 3 more groups</td>" in message.html and ">6</td></tr>" in message.html
+    slack = json.dumps(message.slack, ensure_ascii=False)
+    assert "• and 3 more groups: 6 rows" in slack
+    assert "14 received, 1 valid, 0 corrected, 13 quarantined" in slack
