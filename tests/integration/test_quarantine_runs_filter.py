@@ -91,6 +91,18 @@ def test_the_api_lists_exactly_the_rows_of_the_runs_given(api: Api) -> None:
     assert [action.target_id for action in api.actions()] == [f"run={a},{b}", f"run={b},{c}"]
 
 
+def test_a_code_is_matched_in_any_case_as_codes_are_stored(api: Api) -> None:
+    """Codes are stored in lower case (Stripe's are read so): `code=NO_METER`, or an unknown
+    code as Stripe spelt it, listed nothing (200, an empty list) and a re-run of it took
+    no row, no reason given."""
+    _three_runs(api.engine)
+    for code in ("no_meter", "NO_METER", " No_Meter "):
+        listed = api.get(f"/api/quarantine?code={code}")["data"]
+        assert _identifiers(listed) == {"a1", "a2", "b1", "c1"}, code
+    queued = api.post("/api/quarantine/rerun?code=NO_METER", 202)
+    assert (queued["rows"], queued["filters"]) == (4, {"code": "no_meter"})
+
+
 @pytest.mark.parametrize(
     ("query", "reason"),
     [

@@ -50,7 +50,7 @@ class QuarantineFilter:
         """The filter from query parameters (a request's, or those a re-run kept); a bad
         one is a `BadParameter` with the reason."""
         found = cls(
-            code=_text(args, "code"),
+            code=_code(args),
             meter=_text(args, "meter"),
             customer=_text(args, "customer"),
             run=_runs(args),
@@ -97,6 +97,13 @@ def _yes_no(args: Mapping[str, str], name: str) -> bool | None:
     if raw not in ("yes", "no"):
         raise BadParameter(f"{name} must be yes or no, not {raw[:40]!r}")
     return raw == "yes"
+
+
+def _code(args: Mapping[str, str]) -> str | None:
+    """`code` as codes are stored: in lower case (Stripe's are read so). `NO_METER`, or an
+    unknown code as Stripe spelt it, matched nothing: an empty list, no reason given."""
+    code = _text(args, "code")
+    return None if code is None else code.lower()
 
 
 def _text(args: Mapping[str, str], name: str) -> str | None:
