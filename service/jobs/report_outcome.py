@@ -62,7 +62,13 @@ def _changed_rows(job: Report) -> str:
 
 
 def _shortfall(job: Report) -> str:
-    message = "the other rows are not in any object meterfix saw around the report's window"
+    # not "they are in no object": a row of a customer Stripe does not know (one no sample
+    # names) sits in the object the poller sent, and only Stripe can tell it from the rest
+    message = (
+        "the other rows cannot be told: no other row of the objects meterfix saw around the "
+        "report's window is one it can show Stripe refused for these codes (a customer Stripe "
+        "does not know is known only from a sampled row naming it), or they are in none of them"
+    )
     if job.changed:
         changed = ", ".join(sorted(job.changed))
         message += (

@@ -569,6 +569,10 @@ def test_a_report_counting_more_rows_than_we_can_find_is_partial(service: Servic
     assert report.status == "partial"
     [alert] = [a for a in service.rows(Alert) if a.kind == "error_report.partial"]
     assert alert.severity == "warning" and "found 1 of 5" in alert.subject
+    # it said the other rows were in no object meterfix saw: p2 is in p.csv, a row of a
+    # customer no sample names, which only Stripe can tell from a billed one
+    assert alert.message.startswith("the other rows cannot be told: no other row of the ")
+    assert "known only from a sampled row naming it" in alert.message
     audit = service.rows(CorrectionAudit)
     assert [(a.identifier, a.new_identifier, a.after) for a in audit] == [
         ("p1", "p1-mfx1", "cus_acme")
