@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,21 @@ class FileBucket:
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise BucketError(f"invalid object key: {key!r}")
         return self.root.joinpath(*parts)
+
+    def sweep_temporaries(self, untouched_for: float) -> int:
+        """Remove the temp files of writes nobody finished (a writer killed before its
+        `os.replace`: a worker's SIGKILL mid-upload left `corrected/…/.mfx-tmp-*` for good)
+        untouched for `untouched_for` seconds, past any live writer's; how many."""
+        oldest = time.time() - untouched_for
+        removed = 0
+        for path in self.root.rglob(f"{TEMP_MARK}*"):
+            try:
+                if path.is_file() and not path.is_symlink() and path.stat().st_mtime < oldest:
+                    path.unlink()
+                    removed += 1
+            except OSError:  # gone meanwhile, or not ours to remove
+                continue
+        return removed
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose key starts with `prefix`, in key order; sidecars and temp files skipped."""

@@ -56,6 +56,21 @@ def serve_command(port: int, host: str) -> None:
     run_simple(host, port, app, threaded=True, use_reloader=False)
 
 
+def _sweep_bucket(rt: Runtime) -> None:
+    """A `file://` bucket's temp files of writes a killed worker never finished (S3 keeps no
+    such thing: an upload not completed is no object)."""
+    from service.adapters.file_bucket import FileBucket
+
+    try:
+        bucket = rt.bucket
+    except Exception:  # a bucket that does not open fails the first task instead
+        return
+    if isinstance(bucket, FileBucket):
+        removed = bucket.sweep_temporaries(2 * rt.settings.mfx_task_time_limit)
+        if removed:
+            log_event("worker.bucket_temporaries_removed", files=removed)
+
+
 @click.command("worker")
 @click.option("--once", is_flag=True, help="process what is due now, then exit")
 @with_appcontext
@@ -76,6 +91,7 @@ def worker_command(once: bool) -> None:
         raise click.ClickException(f"cannot read the rules ({rt.rules_path}): {exc}") from exc
     # a killed worker's downloads and outputs: past twice an item's time limit, no live one's
     sweep_leftovers(2 * rt.settings.mfx_task_time_limit)
+    _sweep_bucket(rt)
     if once:
         _run_once(worker)
         if item_threads_alive():  # an item overran its time limit: do not wait for it

@@ -258,6 +258,38 @@ def test_log_settings_in_dotenv_apply_to_a_cli_command(tmp_path: Path) -> None:
     assert " WARNING cli     config.embedded_defaults " in text.stderr
 
 
+def test_a_worker_starting_removes_the_temp_files_a_killed_writer_left_in_a_file_bucket(
+    tmp_path: Path,
+) -> None:
+    """A worker killed while it uploaded to a `file://` bucket left `.mfx-tmp-*` beside the
+    object (1.4 MB under `corrected/impset_…/` in a probe), never removed. A worker starting
+    removes those nothing touched for twice an item's time limit; a young one (a live
+    writer's), objects and other files stay."""
+    bucket = tmp_path / "bucket"
+    folder = bucket / "corrected" / "impset_x"
+    folder.mkdir(parents=True)
+    old = time.time() - 2 * 900 - 60
+    for name in (".mfx-tmp-old1", ".mfx-tmp-young", "day.corrected.r1.csv", "notes.mfx-tmp-x"):
+        (folder / name).write_text("x")
+        if name != ".mfx-tmp-young":
+            os.utime(folder / name, (old, old))
+    (bucket / ".mfx-tmp-old2").write_text("x")
+    os.utime(bucket / ".mfx-tmp-old2", (old, old))
+    assert _run(["db", "upgrade"], tmp_path).returncode == 0
+    result = _run(["worker", "--once"], tmp_path, BUCKET_URL=f"file://{bucket}")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".mfx-tmp-young",
+        "day.corrected.r1.csv",
+        "notes.mfx-tmp-x",
+    ]
+    assert not (bucket / ".mfx-tmp-old2").exists()
+    [line] = [
+        e for e in _log_lines(result.stderr) if e["event"] == "worker.bucket_temporaries_removed"
+    ]
+    assert line["files"] == 2
+
+
 def test_a_worker_starting_removes_what_a_killed_worker_left_in_the_temp_dir(
     tmp_path: Path,
 ) -> None:
