@@ -64,7 +64,10 @@ def purge_expired(
     held_cutoff = min(cutoff, moment - STRIPE_TAKES)
     plan: list[tuple[str, PurgeBatch, datetime]] = [
         ("inbox_events", purge_finished_events, cutoff),
-        ("correction_audit", _held_for_rerun(purge_audit), cutoff),
+        # the audit at least as long too: it is how a corrected row Stripe refuses again with
+        # the same code is known (loop protection); purged after a day, `s1-mfx1` refused
+        # again was corrected again as `s1-mfx2`
+        ("correction_audit", _held_for_rerun(purge_audit), held_cutoff),
         ("quarantined_rows", _held_for_rerun(purge_quarantined), held_cutoff),
         # after the rows of their runs, which keep them
         ("error_reports", partial(purge_reports, task_prefix=REPORT_TASK_PREFIX), held_cutoff),

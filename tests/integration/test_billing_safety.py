@@ -41,6 +41,7 @@ from service.models import (
     QuarantinedRow,
     RemediationRun,
 )
+from service.notify.retention import purge_expired
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.poller.retry import find_retry, reopen
 from service.runtime import Runtime
@@ -174,15 +175,28 @@ def test_customers_identifiers_are_corrected_and_billed_once(loop: Loop) -> None
     assert max(originals_billed(loop).values()) == 1
 
 
-def test_a_row_failing_again_with_the_same_code_is_quarantined(loop: Loop) -> None:
+@pytest.mark.parametrize("retention", [None, 1])
+def test_a_row_failing_again_with_the_same_code_is_quarantined(
+    loop: Loop, retention: int | None
+) -> None:
+    """`retention`: the hourly purge runs, with MFX_RETENTION_DAYS=1, two days after the
+    first correction and before the corrected row is refused again: it deleted the
+    correction's audit, the only record of the code the row was corrected for, and loop
+    protection let `g1-mfx1` through the rules again (here quarantined by the customer map;
+    in a probe whose map chained `ghost-a` to `ghost-b` to `ghost-c`, corrected again as
+    `s1-mfx2`). The audit is now kept as long as Stripe takes usage, 35 days, as quarantined
+    rows are."""
     Path(loop.settings.mfx_rules).write_text(RULES + '"ghost-1" = "cus_ghost"\n')  # no such
     now = int(time.time())
     rows = [["g1", now - 60, "api_requests", "ghost-1", "5"], ["ok", now - 60, "api_requests"]]
     rows[1] += ["cus_alice", "5"]
     _put(loop, "ghost.csv", usage_csv(rows))
-    for _ in range(3):  # import, remediate, import the corrected file, remediate ...
+    for cycle in range(3):  # import, remediate, import the corrected file, remediate ...
         loop.sandbox.connector_poll()
         loop.drain()
+        if cycle == 0 and retention is not None:
+            later = datetime.now(UTC) + timedelta(days=2 * retention)
+            purge_expired(loop.engine, retention, now=later)
     with loop.session() as session:
         quarantined = session.exec(select(QuarantinedRow)).all()
     assert [(q.identifier, q.code) for q in quarantined] == [
