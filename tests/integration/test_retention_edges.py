@@ -146,9 +146,10 @@ def test_a_row_meterfix_corrected_is_not_sent_again_when_fixed_by_hand_after_the
     meterfix corrected it: `x-mfx1` billed. Eight days later the customer fixed the row by
     hand and uploaded the file again (Stripe takes usage up to 35 days old). README: a row
     meterfix corrected is never sent again from a version fixed by hand. The purge deleted
-    the run's correction audit; the poller still finds `x-mfx1` among its records of the
-    corrected file it sent (`_resent_unchanged`), so `x` stays left out. (A guard: this
-    held before the changes beside it, and shows the audit may go at MFX_RETENTION_DAYS.)"""
+    the run's correction audit then (it is kept 35 days now, for loop protection); the poller
+    also finds `x-mfx1` among its records of the corrected file it sent
+    (`_resent_unchanged`), so `x` stays left out. (A guard: this held before the changes
+    beside it.)"""
     now = int(time.time())
     row = ["x", (now - 60) * 1000, "api_requests", "cus_alice", "5"]
     other = ["a", now - 60, "api_requests", "cus_alice", "3"]
