@@ -201,7 +201,7 @@ def _remediate(
     """Remediate the rows of one object the report is about; how many it holds: those this
     run selected and those another run over the object handled (corrected or quarantined)
     before, under the same identifiers, which are not selected again."""
-    with one_run_an_object(ctx.engine, key):
+    with one_run_an_object(ctx.engine, ctx.bucket.prefix, key, ctx.waiting_turn):
         return _remediate_alone(ctx, job, key, etag, path, plan, taken)
 
 

@@ -24,8 +24,8 @@ later import set's event, and a late-delivered older import set is no later one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import datetime
 from typing import NamedTuple
 
@@ -45,15 +45,29 @@ OBJECT_RUN_LOCK_KEY = 0x6D66785F72657074
 
 
 @contextmanager
-def one_run_an_object(engine: Engine, key: str | None) -> Iterator[None]:
+def one_run_an_object(
+    engine: Engine,
+    prefix: str,
+    key: str | None,
+    waiting_turn: Callable[[], AbstractContextManager[None]] = nullcontext,
+) -> Iterator[None]:
     """The runs over one object (its error reports', its import sets') take turns: each reads
     which rows another run over it handled, then writes its own. Two reports about the same
     rows taken by two workers at once both read none handled and both corrected every row: two
     corrected objects of the same `<id>-mfx1` rows, which Stripe's connector bills twice when
-    it imports them a day apart. PostgreSQL: an advisory lock of the object's key, waited for.
-    SQLite: one lock for every such run (a file beside the database, not one an object)."""
-    name = (key or "") if is_postgres(engine) else ""
-    with advisory_lock(engine, OBJECT_RUN_LOCK_KEY, name, wait=True):
+    it imports them a day apart. PostgreSQL: an advisory lock of the object's name without
+    the bucket's `prefix` (an import set names it so, a report's run by its key: two names,
+    two locks, no turns), waited for. SQLite: one lock for every such run (a file beside the
+    database, not one an object). The wait is not the item's time (`waiting_turn`)."""
+    name = key or ""
+    if prefix and name.startswith(prefix):
+        name = name[len(prefix) :]
+    with ExitStack() as held:
+        with waiting_turn():
+            lock = advisory_lock(
+                engine, OBJECT_RUN_LOCK_KEY, name if is_postgres(engine) else "", wait=True
+            )
+            held.enter_context(lock)
         yield
 
 

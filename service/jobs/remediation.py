@@ -97,7 +97,10 @@ def _remediate_failed_records(
     )
     later = later_version(deps, import_set, tmp)
     # what other runs over the object handled, then this run's rows, in its turn
-    with one_run_an_object(deps.run.engine, import_set.source_object):
+    run = deps.run
+    with one_run_an_object(
+        run.engine, run.bucket.prefix, import_set.source_object, run.waiting_turn
+    ):
         leaving = left_out(deps, import_set, later, path, tmp, run_key)
         run_file(
             deps.run, request, path, leave_out=leaving.leave_out(), allow_none=leaving.none_left
@@ -196,7 +199,10 @@ def _repair_failed_file(
     # read from Stripe's copy: the object the import set names holds other bytes
     later = later_version(deps, import_set, tmp, path) if copied else None
     # what other runs over the object handled, then this run's rows, in its turn
-    with one_run_an_object(deps.run.engine, import_set.source_object):
+    run = deps.run
+    with one_run_an_object(
+        run.engine, run.bucket.prefix, import_set.source_object, run.waiting_turn
+    ):
         leaving = left_out(deps, import_set, later, path, tmp, run_key, whole_file=True)
         run_file(
             deps.run, request, path, leave_out=leaving.leave_out(), allow_none=leaving.none_left

@@ -32,6 +32,8 @@ from sqlmodel import col, select
 from sandbox.defaults import SANDBOX_API_KEY
 from sandbox.events import build_error_report_event
 from service.config import Settings
+from service.db import make_engine
+from service.jobs.object_runs import one_run_an_object
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import (
     Alert,
@@ -1354,3 +1356,42 @@ def test_the_bundled_poller_refuses_a_value_past_the_rules_precision(loop: Loop)
     assert [(a.identifier, a.rule, a.before, a.after) for a in audit] == [
         ("p2", "round_value", "1.234", "1.23")
     ]
+
+
+def test_the_runs_over_one_object_take_one_turn_whichever_name_they_give_it(db_url: str) -> None:
+    """An import set names its object relative to the bucket's prefix (`day.csv`), a report's
+    run by its key (`usage/day.csv`): on PostgreSQL the two locks had two names, and a report
+    run and an import-set run over one object held them at once (both read no row handled,
+    both corrected every row). One object, one lock; another object has its own there."""
+    engine = make_engine(db_url)
+    entered = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with one_run_an_object(engine, "usage/", "usage/day.csv"):
+            entered.set()
+            release.wait(10)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    try:
+        assert entered.wait(10)
+        took: list[str] = []
+
+        def other(key: str) -> None:
+            with one_run_an_object(engine, "usage/", key):
+                took.append(key)
+
+        waiting = threading.Thread(target=other, args=("day.csv",))
+        waiting.start()
+        waiting.join(1.5)
+        assert took == [], "the same object's other name took the lock beside the first"
+        if engine.dialect.name == "postgresql":  # SQLite: one lock for every object
+            other("usage/night.csv")
+            assert took == ["usage/night.csv"]
+    finally:
+        release.set()
+        first.join(10)
+    waiting.join(10)
+    assert took[-1] == "day.csv"
+    engine.dispose()
