@@ -78,6 +78,7 @@ def _remediate_file(
     customers: CustomerDirectory | None,
 ) -> RemediationResult:
     """`run` without its error lines: what the input is, then the remediation."""
+    source_name(file)  # a name no text holds is refused before anything is read or written
     plan = plan_input(file, rules)
     lineage, rejected, generation = _input_kind(file, plan, rules)
     earlier: list[Path] = []
@@ -110,11 +111,20 @@ def _remediate_file(
 
 def source_name(file: Path) -> str:
     """The input's name as its outputs, audit, lineage and derived identifiers hold it: text.
-    A name that is not UTF-8 (`us\\xe9.csv` written on a Latin-1 system) reaches Python with
-    surrogates no text can hold: every such input failed (`UnicodeEncodeError`), none of its
-    rows remediated. Each undecodable byte is held as U+FFFD (as a NUL in a text is), so its
-    outputs are `us\ufffd.corrected.r1.csv` and so on (a `\\xe9` would read as a folder)."""
-    return os.fsencode(file).decode("utf-8", "replace")
+    A name that is not UTF-8 (`us\\xe9.csv` written on a Latin-1 system) is refused with a
+    reason: it reached the audit as surrogates no text can hold (`UnicodeEncodeError`), and
+    held with U+FFFD for the byte, `us\\xe9.csv` and `us\\xe8.csv` were one name, their rows
+    without identifiers given the same `row-…` identifiers (Stripe keeps one) and the second
+    run's outputs put over the first's."""
+    raw = os.fsencode(file)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        shown = raw.decode("utf-8", "backslashreplace")
+        raise click.ClickException(
+            f"{shown}: its name is not UTF-8 (byte 0x{raw[exc.start]:02x}); rename it: its "
+            "outputs, audit and derived identifiers are named after it"
+        ) from exc
 
 
 def _not_into_itself(out: Path, file: Path, generation: int) -> None:

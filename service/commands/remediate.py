@@ -23,7 +23,7 @@ from remediation.errors import MeterfixError
 from remediation.meters import Meter
 from remediation.ports import CustomerDirectory
 from remediation.rules import Rules
-from service.commands._remediate_run import run
+from service.commands._remediate_run import run, source_name
 from service.runtime import Adapters
 
 T = TypeVar("T")
@@ -252,6 +252,7 @@ def remediate_command(
 ) -> None:
     """Write corrected and quarantine files for FILE into DIR (exit 0 when it ran)."""
     _exists(file)
+    source_name(file)  # a name no text holds: refused before --out is made
     now = _now(now_text)
     adapters = _adapters(rules_path, meters_path)
     rules = _rules(adapters)

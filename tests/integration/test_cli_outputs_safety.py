@@ -161,30 +161,24 @@ def test_a_meters_file_holding_no_meters_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists() or _left(tmp_path / "out") == []
 
 
-def test_an_input_whose_name_is_not_utf8_is_remediated(tmp_path: Path) -> None:
-    """A file named on a Latin-1 system (`us\\xe9.csv`): the run failed on its name
-    (`UnicodeEncodeError` writing the audit's `source`), no row remediated. Its outputs and
-    audit hold the name with U+FFFD for the byte, and a second run finds them as its own."""
-    named = tmp_path / os.fsdecode(b"us\xe9.csv")
-    _failed_records(named)
+def test_an_input_whose_name_is_not_utf8_is_refused_with_its_reason(tmp_path: Path) -> None:
+    """A file named on a Latin-1 system (`us\\xe9.csv`) failed on its name with a bare
+    `UnicodeEncodeError` (writing the audit's `source`). Held with U+FFFD for the byte,
+    `us\\xe9.csv` and `us\\xe8.csv` would be one name: their rows without identifiers given the
+    same `row-…` identifiers, the second run's outputs put over the first's. It is refused,
+    saying why, before anything is written (validate too)."""
     out = tmp_path / "out"
-    for now in (NOW, NOW + 1):
-        args = [*common("--out", str(out))]
-        args[args.index("--now") + 1] = str(now)
-        proc = meterfix("remediate", str(named), *args, "--json", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout)["corrected"] == 3
-    assert _left(out) == [
-        "us\ufffd.corrected.r1.csv",
-        "us\ufffd.quarantine.r1.csv",
-        "us\ufffd.r1.audit.jsonl",
-    ]
-    audit = [
-        json.loads(line) for line in (out / "us\ufffd.r1.audit.jsonl").read_text().splitlines()
-    ]
-    assert {line["source"] for line in audit} == {str(tmp_path / "us\ufffd.csv")}
-    corrected = (out / "us\ufffd.corrected.r1.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in corrected[1:]] == ["r1-mfx1", "r3-mfx1", "r5-mfx1"]
+    for raw in (b"us\xe9.csv", b"us\xe8.csv"):
+        named = tmp_path / os.fsdecode(raw)
+        _failed_records(named)
+        proc = meterfix("remediate", str(named), *common("--out", str(out)), cwd=tmp_path)
+        assert proc.returncode != 0
+        shown = raw.decode("utf-8", "backslashreplace")
+        assert f"{shown}: its name is not UTF-8 (byte 0x{raw[2]:02x}); rename it" in proc.stderr
+        assert "Traceback" not in proc.stderr and "UnicodeEncodeError" not in proc.stderr
+        check = meterfix("validate", str(named), *common()[:4], cwd=tmp_path)
+        assert check.returncode != 0 and "its name is not UTF-8" in check.stderr
+    assert not out.exists()
 
 
 def test_a_run_refused_for_its_options_creates_no_out(tmp_path: Path) -> None:
