@@ -19,12 +19,11 @@ from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
 from service.errors import TaskInputMissing
 from service.jobs.input_lineage import run_lineage
-from service.jobs.inputs import JobDeps, identifiers_in
+from service.jobs.inputs import JobDeps, event_time, identifiers_in
 from service.jobs.object_runs import LeftOut
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.lineage import refused_among
-from service.jobs.store.reports import event_time
 from service.models import ImportSet, RunTrigger
 from service.poller.store import lookup_batches, row_numbers, sent_moments, taken_since
 

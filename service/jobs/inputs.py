@@ -22,9 +22,9 @@ from remediation.rules import Rules
 from service.adapters.bucket_base import file_digests
 from service.errors import TaskInputMissing
 from service.jobs.runs import RunContext
-from service.jobs.store.reports import event_time
 from service.logs import log_event
 from service.models import ImportSet
+from service.models._types import as_utc, utcnow
 from service.poller.store import objects_named
 
 # A local file's name: the longest most filesystems take is 255 bytes; a key's last part
@@ -52,6 +52,13 @@ class JobDeps:
 
     run: RunContext
     files: StripeFiles
+
+
+def event_time(import_set: ImportSet) -> int:
+    created = import_set.detail.get("event_created")
+    if isinstance(created, int):
+        return created
+    return int((as_utc(import_set.created_at) or utcnow()).timestamp())
 
 
 def download(files: StripeFiles, file_id: str, folder: Path) -> Path:

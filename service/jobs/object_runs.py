@@ -34,9 +34,10 @@ from sqlalchemy import Engine
 from remediation.ports import Bucket
 from service.db import is_postgres
 from service.db.locks import advisory_lock
+from service.jobs.inputs import event_time
 from service.jobs.store import reports
 from service.jobs.store.lineage import handled_among, runs_correcting, runs_of_sources
-from service.jobs.store.refusals import refusal_moments
+from service.jobs.store.runs import import_set_of, report_of, run_keys
 from service.jobs.store.taken_again import mark_refused_again, marked_among
 from service.logs import log_event
 
@@ -105,6 +106,21 @@ def runs_refused_before(engine: Engine, run_ids: list[int], moment: datetime) ->
     ended before (whole seconds: one of the same second is not taken for earlier)."""
     before = int(moment.timestamp())
     return {r for r, when in refusal_moments(engine, run_ids).items() if when < before}
+
+
+def refusal_moments(engine: Engine, run_ids: list[int]) -> dict[int, int]:
+    """run id -> when Stripe refused the rows the run took (whole seconds), for the runs of an
+    import set (its event) and of an error report (the end of its window); other runs (the
+    poller's, re-runs) are left out: their time is their own."""
+    keys = run_keys(engine, run_ids)
+    impsets = {r: i for r, k in keys.items() if (i := import_set_of(k)) is not None}
+    events = {r: e for r, k in keys.items() if (e := report_of(k)) is not None}
+    found = reports.import_sets(engine, sorted(set(impsets.values())))
+    taken = {row.import_set_id: event_time(row) for row in found}
+    ended = reports.report_ends(engine, sorted(set(events.values())))
+    moments = {r: when for r, i in impsets.items() if (when := taken.get(i)) is not None}
+    moments |= {r: int(end.timestamp()) for r, e in events.items() if (end := ended.get(e))}
+    return moments
 
 
 class RefusedAgain(NamedTuple):

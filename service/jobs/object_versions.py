@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from service.errors import StripeFileError, TaskInputMissing
-from service.jobs.inputs import JobDeps, download, identifiers_in
+from service.jobs.inputs import JobDeps, download, event_time, identifiers_in
 from service.jobs.object_runs import LeftOut, object_sources, refusal_moments
 from service.jobs.store import reports
 from service.jobs.store.lineage import corrected_among, runs_correcting
-from service.jobs.store.reports import event_time
 from service.jobs.store.runs import failed_file_run_key, finished_run, report_of, run_keys
 from service.jobs.store.taken_again import mark_taken_again, quarantine_times
 from service.models import ImportSet, RemediationRun

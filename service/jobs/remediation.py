@@ -30,6 +30,7 @@ from service.jobs.input_lineage import source_lineage
 from service.jobs.inputs import (
     JobDeps,
     download,
+    event_time,
     fetch_source,
     later_version,
 )
@@ -38,7 +39,6 @@ from service.jobs.object_runs import one_run_an_object
 from service.jobs.runs import run_done
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.reports import (
-    event_time,
     import_set,
     mark_import_set_dropped,
     mark_import_set_remediated,

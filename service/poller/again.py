@@ -21,7 +21,6 @@ from sqlalchemy import Engine
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from service.jobs.store.lineage import runs_correcting, written_among
-from service.jobs.store.refusals import refusal_moments
 from service.jobs.store.reports import object_sources
 from service.jobs.store.taken_again import mark_taken_again
 from service.models._types import as_utc
@@ -61,7 +60,7 @@ class TakenAgain:
         if self.runs is None:
             # the object's runs and its import sets' (their failed-records files' runs)
             sources = object_sources(self.engine, self.prefix, self.obj.key)
-            self.runs = self._before_this_version(runs_correcting(self.engine, sources))
+            self.runs = runs_correcting(self.engine, sources)
         label = f"{self.obj.key} (ETag {self.obj.etag}, uploaded {self._stamp(self.uploaded)})"
         self.held += mark_taken_again(
             self.engine, self.runs, sorted(identifiers), label, self.uploaded
@@ -83,17 +82,6 @@ class TakenAgain:
             self.corrected += 1
             if len(self.corrected_samples) < SAMPLES:
                 self.corrected_samples.append(identifier)
-
-    def _before_this_version(self, runs: list[int]) -> list[int]:
-        """The runs that took rows Stripe refused before this version was uploaded (whole
-        seconds), and those of no such time (the poller's, re-runs): a run of the import set
-        of this very version (the connector took it and failed rows before the poller indexed
-        it) corrected its rows, never took them "again" (a false warning that they were
-        billed twice, and its quarantined rows marked taken again, left by re-runs)."""
-        assert self.uploaded is not None
-        uploaded = int(self.uploaded.timestamp())
-        moments = refusal_moments(self.engine, runs)
-        return [run for run in runs if moments.get(run, uploaded - 1) < uploaded]
 
     def _uploaded(self, version: tuple[str, str]) -> datetime | None:
         if version not in self.versions:

@@ -333,29 +333,3 @@ def test_a_failed_file_fixed_by_hand_and_taken_again_before_meterfix_ran_is_not_
     assert task.outcome.endswith(
         "; 1 left to Stripe's connector: a version of the file uploaded since holds them"
     )
-
-
-def test_a_version_the_connector_took_before_the_poller_indexed_it_is_not_taken_again(
-    loop: Loop, deps: PollerDeps
-) -> None:
-    """Stripe's connector took `day.csv` and meterfix corrected its refused row (`thou`, a
-    value `1,234`) before the poller's next pass indexed that same version: the pass warned
-    that `thou` was "taken again, fixed or not, billed twice" (it was taken once), counting
-    the run of this very version's import set as an earlier one. A quarantined row of it was
-    marked taken again too, so a re-run left it."""
-    rows = _rows(
-        [{"identifier": "ok1"}, {"identifier": "thou", "value": "1,234"}, {"identifier": "x"}]
-    )
-    rows[2]["value"] = "abc"  # quarantined: no number
-    loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render(rows, "csv"))
-    time.sleep(1.1)  # the connector takes it a second after its upload
-    loop.sandbox.connector_poll()
-    loop.drain()  # the import set's run: thou-mfx1 written, x quarantined
-    time.sleep(1.1)
-    _cycles(loop, deps, 2)  # the poller indexes day.csv, then its corrected file
-    assert sorted(loop.accepted()) == ["ok1", "thou-mfx1"]
-    with loop.session() as session:
-        alerts = [a.kind for a in session.exec(select(Alert)).all()]
-        [held] = session.exec(select(QuarantinedRow)).all()
-    assert "poller.taken_again" not in alerts, alerts
-    assert (held.identifier, held.taken_again) == ("x", None)

@@ -253,11 +253,3 @@ def pending_poller_import_sets(connection: Connection) -> list[tuple[str, bool]]
         IMPORT_SETS.c.remediation_status == RemediationStatus.PENDING,
     )
     return [(str(i), status == FAILED) for i, status in connection.execute(query)]
-
-
-def event_time(import_set: ImportSet) -> int:
-    """When Stripe said what an import set is (its event's time, else when we recorded it)."""
-    created = import_set.detail.get("event_created")
-    if isinstance(created, int):
-        return created
-    return int((as_utc(import_set.created_at) or utcnow()).timestamp())
