@@ -202,37 +202,24 @@ def _remediate(
     run selected and those another run over the object handled (corrected or quarantined)
     before, under the same identifiers, which are not selected again."""
     with one_run_an_object(ctx.engine, ctx.bucket.prefix, key, ctx.waiting_turn):
-        return _remediate_alone(ctx, job, key, etag, path, plan, taken)
-
-
-def _remediate_alone(
-    ctx: RunContext,
-    job: Report,
-    key: str,
-    etag: str,
-    path: Path,
-    plan: InputPlan,
-    taken: Taken,
-) -> int:
-    """`_remediate`, its turn taken."""
-    run_key = report_run_key(job.event_id, key)
-    base = job.scope
-    # the object's runs, and those of its import sets' failed-records files (the same rows)
-    sources = object_sources(ctx.engine, ctx.bucket, key)
-    handled = handled_identifiers(ctx.engine, sources, other_than=run_key)
-    changed = job.altered.get(key, {})
-    scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed)
-    selection = Selection()
-    held = HeldFirst(ctx.engine, job, (key, etag), runs_correcting(ctx.engine, sources))
-    rows = Reported(RowNames(key, etag), held, job, scope, taken, selection)
-    done = run_done(ctx, run_key)
-    if done is not None:  # a retried task: count what the run found, and the rows handled
-        _read_through(ctx, path, plan, rows)
-        return _counted(job, key, done.input_rows, selection, scope, held.billed)
-    request = _run_request(ctx, job, key, run_key, path, plan)
-    with path.open("rb") as stream:  # read in columns, the report's rows selected
-        run = execute_run(ctx, request, read_repaired(stream, plan, ctx.rules), [rows])
-    return _counted(job, key, run.input_rows, selection, scope, held.billed)
+        run_key = report_run_key(job.event_id, key)
+        base = job.scope
+        # the object's runs, and those of its import sets' failed-records files (the same rows)
+        sources = object_sources(ctx.engine, ctx.bucket, key)
+        handled = handled_identifiers(ctx.engine, sources, other_than=run_key)
+        changed = job.altered.get(key, {})
+        scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed)
+        selection = Selection()
+        held = HeldFirst(ctx.engine, job, (key, etag), runs_correcting(ctx.engine, sources))
+        rows = Reported(RowNames(key, etag), held, job, scope, taken, selection)
+        done = run_done(ctx, run_key)
+        if done is not None:  # a retried task: count what the run found, and the rows handled
+            _read_through(ctx, path, plan, rows)
+            return _counted(job, key, done.input_rows, selection, scope, held.billed)
+        request = _run_request(ctx, job, key, run_key, path, plan)
+        with path.open("rb") as stream:  # read in columns, the report's rows selected
+            run = execute_run(ctx, request, read_repaired(stream, plan, ctx.rules), [rows])
+        return _counted(job, key, run.input_rows, selection, scope, held.billed)
 
 
 def _read_through(ctx: RunContext, path: Path, plan: InputPlan, rows: Reported) -> None:
