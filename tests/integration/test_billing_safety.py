@@ -116,6 +116,19 @@ def a_row_the_poller_refused(
     return now, other, row, [*row[:2], "api_requests", *row[3:]]
 
 
+def a_row_stripe_refused(loop: Loop, deps: PollerDeps) -> tuple[list[object], list[object]]:
+    """The day's file: `a` and `g` (a customer Stripe does not know). The poller sends both;
+    Stripe reports `g` and meterfix quarantines it (no rule maps `cus_ghost`): never billed.
+    (a's row, g's row)"""
+    now = int(time.time())
+    other: list[object] = ["a", now - 60, "api_requests", "cus_alice", "3"]
+    row: list[object] = ["g", now - 60, "api_requests", "cus_ghost", "5"]
+    _put(loop, "day.csv", usage_csv([other, row]))
+    run_poll_pass(deps)  # both sent; Stripe reports g
+    reported(loop)  # g quarantined: no rule maps cus_ghost
+    return other, row
+
+
 def usage_csv(rows: list[list[object]]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -497,13 +510,8 @@ def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_han
     `;` delimiters, the new version fails whole, and its repair left `g` out the same way
     (version 1's entry held the old customer, no one's fix would take): it sends `g` as fixed
     (`g-mfx1`) and marks version 1's entry taken again; `a` (billed) stays left out."""
-    now = int(time.time())
-    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
-    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
-    _put(loop, "day.csv", usage_csv([other, row]))
     with bundled_poller(loop) as deps:
-        run_poll_pass(deps)  # both sent; Stripe reports g
-        reported(loop)  # g quarantined: no rule maps cus_ghost
+        other, row = a_row_stripe_refused(loop, deps)
         with loop.session() as session:
             assert [q.identifier for q in session.exec(select(QuarantinedRow))] == ["g"]
         time.sleep(1)
@@ -529,13 +537,8 @@ def test_a_refused_row_fixed_by_hand_in_a_file_of_another_name_is_sent_once(loop
     meterfix held it in quarantine (never billed, nothing said; the entry left for a re-run).
     It is sent as fixed, `day.csv`'s entry is marked taken again, and a re-run of the
     quarantine leaves it; `a` (billed from `day.csv`) stays left out."""
-    now = int(time.time())
-    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
-    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
-    _put(loop, "day.csv", usage_csv([other, row]))
     with bundled_poller(loop) as deps:
-        run_poll_pass(deps)  # both sent; Stripe reports g
-        reported(loop)  # g quarantined: no rule maps cus_ghost
+        other, row = a_row_stripe_refused(loop, deps)
         _put(loop, "day-fixed.csv", usage_csv([other, [*row[:3], "cus_alice", row[4]]]))
         report = run_poll_pass(deps)
         reported(loop)

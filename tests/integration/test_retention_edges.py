@@ -25,11 +25,11 @@ from service.web.actions import Actor, queue_rerun
 from service.worker.inbox_claims import claim_next, release_claim
 from service.worker.tasks import TASK_TYPE_PREFIX, TaskKind
 from tests.integration.test_billing_safety import (
+    a_row_stripe_refused,
     a_row_the_poller_refused,
     add_rules,
     bundled_poller,
     originals_billed,
-    reported,
     usage_csv,
 )
 from tests.integration.test_e2e import Loop, _put, running_loop
@@ -123,13 +123,8 @@ def test_a_row_stripe_refused_is_sent_when_fixed_by_hand_after_a_short_retention
     out", and a version holding a refused row fixed by hand sends it. The purge had deleted
     the quarantined row (its run past retention), so the poller took `g` for a row an
     earlier version had billed and left it out: usage lost."""
-    now = int(time.time())
-    other = ["a", now - 60, "api_requests", "cus_alice", "3"]
-    row = ["g", now - 60, "api_requests", "cus_ghost", "5"]
-    _put(loop, "day.csv", usage_csv([other, row]))
     with bundled_poller(loop) as deps:
-        run_poll_pass(deps)  # both sent; Stripe reports g
-        reported(loop)  # g quarantined: no rule maps cus_ghost
+        other, row = a_row_stripe_refused(loop, deps)
         with loop.session() as session:
             [report_run] = session.exec(select(RemediationRun)).all()
         _purge_between(loop, report_run, retention_days=7)
