@@ -78,7 +78,6 @@ def _remediate_file(
     customers: CustomerDirectory | None,
 ) -> RemediationResult:
     """`run` without its error lines: what the input is, then the remediation."""
-    source_name(file)  # a name no text holds is refused before anything is read or written
     plan = plan_input(file, rules)
     lineage, rejected, generation = _input_kind(file, plan, rules)
     earlier: list[Path] = []

@@ -252,7 +252,6 @@ def remediate_command(
 ) -> None:
     """Write corrected and quarantine files for FILE into DIR (exit 0 when it ran)."""
     _exists(file)
-    source_name(file)  # a name no text holds: refused before --out is made
     now = _now(now_text)
     adapters = _adapters(rules_path, meters_path)
     rules = _rules(adapters)
@@ -283,7 +282,9 @@ def _upload(adapters: Adapters, result: RemediationResult, unchanged: list[str])
 
 
 def _exists(file: Path) -> None:
+    """A regular file of a name text can hold (`source_name`), refused before --out is made."""
     if file.is_file():
+        source_name(file)
         return
     if file.exists():  # a directory, a device (/dev/zero never ends), a pipe
         raise click.ClickException(f"{file}: not a regular file")
