@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -112,6 +112,7 @@ def execute_run(
             request.input_generation,
             ctx.task_id,
         )
+    uploaded: list[dict[str, Any]] = []  # as each output reaches the bucket
     try:
         with (
             tempfile.TemporaryDirectory(prefix="meterfix-run-") as tmp,
@@ -120,9 +121,11 @@ def execute_run(
             with stages.timing(Stage.REMEDIATE):
                 result = _remediate_request(ctx, request, records, Path(tmp), audit, leave_out)
             outputs = list(result.outputs) + ([result.audit] if result.audit else [])
-            uploaded = _upload_while_loading(ctx, request, outputs, audit, stages)
+            _upload_while_loading(ctx, request, outputs, audit, stages, uploaded)
     except Exception as exc:  # the run's try ends here: say so on the run, then as before
-        _record_failure(ctx.engine, run_id, exc)
+        # with the objects it did upload: a corrected one is in the bucket, imported (billed)
+        # whatever became of the run, and the run page listed none until a replay
+        _record_failure(ctx.engine, run_id, exc, uploaded)
         raise
     with stages.timing(Stage.DATABASE):
         run = finish_run(ctx.engine, run_id, result.summary, uploaded)
@@ -131,11 +134,13 @@ def execute_run(
     return run
 
 
-def _record_failure(engine: Engine, run_id: int, exc: Exception) -> None:
-    """`fail_run`, or a log line when that fails too (the database gone): the run's own error
-    is what the caller raises, not this one."""
+def _record_failure(
+    engine: Engine, run_id: int, exc: Exception, uploaded: Sequence[Mapping[str, Any]]
+) -> None:
+    """`fail_run` with the outputs it uploaded, or a log line when that fails too (the
+    database gone): the run's own error is what the caller raises, not this one."""
     try:
-        fail_run(engine, run_id, _error_text(exc))
+        fail_run(engine, run_id, _error_text(exc), uploaded)
     except Exception as failed:  # a loop edge: the item's error is raised after it
         log_event(
             "remediation.run_failure_unrecorded",
@@ -273,19 +278,21 @@ def _upload_while_loading(
     outputs: Sequence[PlannedOutput],
     audit: _AuditWriter,
     stages: Stages,
-) -> list[dict[str, Any]]:
-    """The outputs to the bucket while the run's audit and quarantined rows go into the
-    database, on a thread of its own: the loads (~5 s for 900,000 corrections, sorting and
-    indexing in the database) and the uploads (~4 s of network) wait on different things.
+    uploaded: list[dict[str, Any]],
+) -> None:
+    """The outputs to the bucket (each appended to `uploaded` once there) while the run's
+    audit and quarantined rows go into the database, on a thread of its own: the loads (~5 s
+    for 900,000 corrections, sorting and indexing in the database) and the uploads (~4 s of
+    network) wait on different things.
     Either failing fails the run, after both have ended (the connections the loads use are
     closed only then); a redo starts the run again (its audit and quarantined rows replaced,
     identical objects not uploaded twice)."""
     with ThreadPoolExecutor(1, "meterfix-audit-load") as pool:  # its exit waits for the load
         loading = pool.submit(audit.finish)
         with stages.timing(Stage.UPLOAD):
-            uploaded = [_upload(ctx, request, output) for output in outputs]
+            for output in outputs:
+                uploaded.append(_upload(ctx, request, output))
         stages.add(Stage.DATABASE, loading.result())
-    return uploaded
 
 
 def _upload(ctx: RunContext, request: RunRequest, output: PlannedOutput) -> dict[str, Any]:

@@ -213,12 +213,17 @@ def fail_task_runs(connection: Connection, task_id: str, error: str) -> int:
     return int(result.rowcount or 0)
 
 
-def fail_run(engine: Engine, run_id: int, error: str) -> None:
+def fail_run(
+    engine: Engine, run_id: int, error: str, outputs: Sequence[Mapping[str, Any]] = ()
+) -> None:
     """Record that the run's try ended in `error` (cut to RUN_ERROR_CHARS): not running any
-    more. A later try (a retry, a replay) starts it again (`start_run`)."""
+    more, with the `outputs` it uploaded before (a corrected one is imported whatever the run
+    became). A later try (a retry, a replay) starts it again (`start_run`: they are deleted)."""
     with session_scope(engine) as session:
         run = session.get(RemediationRun, run_id)
         if run is not None and run.status != RunStatus.DONE:
+            for output in outputs:
+                session.add(OutputObject(run_id=run_id, **output))
             run.status, run.error, run.finished_at = (
                 RunStatus.FAILED,
                 error[:RUN_ERROR_CHARS],
