@@ -8,6 +8,8 @@ Hierarchy (each carries a human-readable ``reason``, printed as one line by the 
   - ``BadMeters``        the meters document cannot be used
   - ``Uncorrectable``    a rule cannot fix one record; the record is quarantined with
                          ``reason`` (``code`` says under which error code)
+  - ``LookupRefused``    Stripe refused a customer look-up for one text (400: a query it
+                         will not run): that text has no pick; the file goes on
   - ``ConservationError`` an invariant check failed (rows in != valid + corrected + quarantined);
                          a bug, never expected in production
 """
@@ -53,6 +55,11 @@ class Uncorrectable(MeterfixError):
     def __init__(self, reason: str, code: str | None = None) -> None:
         super().__init__(reason)
         self.code = code
+
+
+class LookupRefused(MeterfixError):
+    """The customer directory was refused a look-up of one text for good (Stripe answered 400
+    to its search or retrieval): no transient failure, so not a reason to fail the file."""
 
 
 class ConservationError(MeterfixError):

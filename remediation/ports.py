@@ -64,6 +64,8 @@ class StripeFiles(Protocol):
 
 
 class CustomerDirectory(Protocol):
+    """Both raise `LookupRefused` when Stripe refuses the look-up of that text for good."""
+
     def exists(self, customer_id: str) -> bool: ...
 
     def search_by_metadata(self, key: str, value: str) -> list[str]:

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import stripe
 
+from remediation.errors import LookupRefused
 from service.logs import log_event
 
 SEARCH_LIMIT = 10
@@ -21,8 +22,10 @@ class StripeCustomerDirectory:
     customer made in Stripe after a run is found by the next (a re-run of its rows).
 
     A deleted customer (`deleted: true`) does not exist for billing purposes. Only a 404
-    means "no such customer"; any other error propagates so the caller retries later
-    instead of quarantining a row on a transient failure."""
+    means "no such customer"; a 400 (a query Stripe will not run, for this text whenever it
+    is asked) is `LookupRefused`, that text's rows quarantined and the file's others
+    corrected; any other error propagates so the caller retries later instead of
+    quarantining a row on a transient failure."""
 
     def __init__(self, client: stripe.StripeClient, kept: int = ANSWERS_KEPT) -> None:
         self._client = client
@@ -51,15 +54,29 @@ class StripeCustomerDirectory:
         except stripe.InvalidRequestError as exc:
             if exc.http_status == 404:
                 return False
+            if exc.http_status == 400:
+                raise _refused("retrieve", exc) from exc
             raise
         return not bool(customer.to_dict().get("deleted"))
 
     def search_by_metadata(self, key: str, value: str) -> list[str]:
         query = f"metadata[{_quoted(key)}]:{_quoted(value)}"
-        result = self._client.v1.customers.search({"query": query, "limit": SEARCH_LIMIT})
+        try:
+            result = self._client.v1.customers.search({"query": query, "limit": SEARCH_LIMIT})
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 400:
+                raise _refused("search", exc) from exc
+            raise
         ids = [str(item["id"]) for item in result.to_dict().get("data", [])]
         log_event("stripe.customer_search", key=key, hits=len(ids))
         return ids
+
+
+def _refused(call: str, exc: stripe.InvalidRequestError) -> LookupRefused:
+    """A 400 is for good: that text's rows are quarantined, the run goes on. Logged with
+    Stripe's code, never the text (customer data)."""
+    log_event("stripe.customer_lookup_refused", call=call, code=exc.code, status=400)
+    return LookupRefused(f"Stripe refused the customer {call}: {exc.code or 'invalid_request'}")
 
 
 def _quoted(text: str) -> str:

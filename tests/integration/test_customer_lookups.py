@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import stripe
 
 from remediation import batching
 from remediation.engine import remediate
@@ -184,3 +185,31 @@ def test_the_cli_searches_customers_when_the_rules_name_a_metadata_key(
         'metadata["external_id"]:"ext-7"',
         'metadata["external_id"]:"cus_nobody"',
     ]
+
+
+def test_a_text_stripe_refuses_to_look_up_is_quarantined_and_the_file_goes_on(
+    sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    """Stripe answering 400 to one text's search (a query it will not run) failed the whole
+    file, every other row's correction with it, retried as if transient and dead-lettered.
+    Only that text's rows are quarantined, saying so; a 5xx still fails the file (retried)."""
+    sandbox_server.admin.create_customer("cus_acme", metadata={"external_id": "acme-7"})
+    rules = '[policy]\ncustomer_metadata_key = "external_id"\n'
+    sandbox_server.admin.inject_fault("GET", SEARCH, status=400)  # the first text's search
+    texts = ["weird-1", "acme-7", "weird-1"]
+    summary, rows = _run(sandbox_server, texts, rules, tmp_path / "refused")
+    assert (summary["corrected"], summary["quarantined"]) == (1, 2)
+    corrected = Path(summary["outputs"]["corrected"][0]).read_text().splitlines()
+    assert [line.split(",")[:4:3] for line in corrected[1:]] == [["r1-mfx1", "cus_acme"]]
+    assert [(row["identifier"], row["mfx_code"]) for row in rows] == [
+        ("r0", "meter_event_customer_not_found"),
+        ("r2", "meter_event_customer_not_found"),
+    ]
+    assert {row["mfx_reason"] for row in rows} == {
+        "customer 'weird-1' is not in the customer map and Stripe refused to look it up "
+        "(400: a query it will not run); map it in the rules' customer map and re-run the "
+        "quarantined rows"
+    }
+    sandbox_server.admin.inject_fault("GET", SEARCH, status=500, count=-1)
+    with pytest.raises(stripe.APIError):
+        _run(sandbox_server, ["weird-2"], rules, tmp_path / "transient")

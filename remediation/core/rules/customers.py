@@ -17,13 +17,15 @@ from remediation.core.checks import meter_of_rows
 from remediation.core.column import Mask
 from remediation.core.columns import Batch, Column, Indexes
 from remediation.core.rules.base import Changes, Fix, one_by_one, set_column
-from remediation.errors import Uncorrectable
+from remediation.errors import LookupRefused, Uncorrectable
 from remediation.limits import shown
 from remediation.records import UsageRecord
 
 PICKS_KEPT = 20_000  # customer texts whose pick a run keeps (a few MB at most)
 # The pick of a text the run had no Stripe call left to look up (`Policy.customer_lookups`)
 NOT_LOOKED_UP = ("not_looked_up", "")
+# The pick of a text Stripe refused to look up (`LookupRefused`): one text, not the file
+LOOKUP_REFUSED = ("lookup_refused", "")
 
 
 class _LookupsSpent(Exception):
@@ -178,7 +180,14 @@ def no_match(raw: object) -> str:
 
 
 def _refusal(raw: object, rule: str | None, ctx: Context) -> str:
-    """Why a customer text has no pick: no match, or no Stripe call left to look it up."""
+    """Why a customer text has no pick: no match, no Stripe call left to look it up, or
+    Stripe refused its look-up."""
+    if rule == LOOKUP_REFUSED[0]:
+        return (
+            f"customer {shown(raw)} is not in the customer map and Stripe refused to look it "
+            "up (400: a query it will not run); map it in the rules' customer map and re-run "
+            "the quarantined rows"
+        )
     if rule != NOT_LOOKED_UP[0]:
         return no_match(raw)
     return (
@@ -199,6 +208,8 @@ def customer_for(raw: str, ctx: Context) -> tuple[str, str] | None:
         pick = _pick(raw, ctx)
     except _LookupsSpent:
         pick = NOT_LOOKED_UP
+    except LookupRefused:  # for this text only: the run goes on with the others
+        pick = LOOKUP_REFUSED
     if len(picks) < PICKS_KEPT:
         picks[raw] = pick
     return pick
