@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
 
@@ -14,16 +13,13 @@ from sandbox.hosts import host_url
 from sandbox.intake import submit
 from sandbox.objects import JSON, list_object, search_result
 from sandbox.runtime import current_sandbox
+from sandbox.search import UnsupportedQuery, parse_query
 from sandbox.state import StoredFile
 from sandbox.validation import MeterEventInput, check_lengths, v1_timestamp
 
 bp = Blueprint("sandbox_v1", __name__)
 
 CHUNK_BYTES = 64 * 1024
-_SEARCH_CLAUSE = re.compile(
-    r"""^\s*(?:metadata\[['"](?P<key>[^'"]+)['"]\]|(?P<field>email|name|description))"""
-    r"""\s*:\s*['"](?P<value>[^'"]*)['"]\s*$"""
-)
 _CONTENT_TYPES = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson"}
 
 
@@ -63,20 +59,16 @@ def search_customers() -> Response:
     query = request.args.get("query")
     if not query:
         raise missing_param("query")
-    clauses = [_SEARCH_CLAUSE.match(part) for part in re.split(r"\s+AND\s+", query)]
-    if not all(clauses):
-        raise StripeApiError(400, f"Unsupported search query: {query}", "parameter_invalid")
+    try:
+        clauses = parse_query(query)
+    except UnsupportedQuery as exc:
+        message = f"Unsupported search query: {query}"
+        raise StripeApiError(400, message, "parameter_invalid", "query") from exc
     state = current_sandbox().state
     with state.lock:
         customers = list(state.customers.values())
-    hits = [c for c in customers if all(_matches(c, m) for m in clauses if m is not None)]
+    hits = [c for c in customers if all(clause.matches(c) for clause in clauses)]
     return jsonify(search_result("/v1/customers/search", hits))
-
-
-def _matches(customer: JSON, clause: re.Match[str]) -> bool:
-    if clause["key"]:
-        return bool(customer["metadata"].get(clause["key"]) == clause["value"])
-    return bool(customer.get(clause["field"]) == clause["value"])
 
 
 @bp.get("/v1/customers/<customer_id>")
