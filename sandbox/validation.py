@@ -27,12 +27,15 @@ MAX_PAST_SECONDS = 35 * 24 * 3600
 MAX_FUTURE_SECONDS = 5 * 60
 MAX_EVENT_NAME_CHARS = 100
 MAX_IDENTIFIER_CHARS = 100
-NUMBER = re.compile(r"-?\d+(\.\d+)?")
+# Digits are ASCII `[0-9]` throughout, never `\d` (which takes any Unicode digit, U+0663 or U+FF11,
+# as int() and float() do): Stripe's numbers and timestamps are ASCII.
+NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 # v1 `timestamp` and S3 files: an integer (of seconds; ms or ns values fail the time window)
-UNIX_SECONDS = re.compile(r"-?\d{1,19}")
+UNIX_SECONDS = re.compile(r"-?[0-9]{1,19}")
 # RFC 3339 date-time (section 5.6): full date, `T`, full time, fraction optional, zone required.
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 STREAM_EVENT_FIELDS = frozenset({"event_name", "identifier", "payload", "timestamp"})
 # Stripe's v2 APIs answer invalid fields with this code (the stripe-node SDK maps it).
