@@ -1,5 +1,6 @@
 """Usage files as the S3 connector reads them: CSV (`payload_<key>` columns), a JSON array,
-or JSON Lines (nested `payload`). Whole-file problems raise `WholeFileFailure`."""
+or JSON Lines (the nested `payload` object only; other top-level keys are not payload).
+Whole-file problems raise `WholeFileFailure`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import io
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -74,16 +76,33 @@ def _parse_csv(text: str) -> UsageFile:
     rows = []
     for raw in reader:
         flat = {name.strip(): (value or "") for name, value in raw.items() if name is not None}
-        rows.append(UsageRow(columns=flat, event=_event_from_columns(flat)))
+        rows.append(UsageRow(columns=flat, event=_event(flat, _csv_payload(flat))))
     return UsageFile(columns=columns, rows=rows)
 
 
-def _event_from_columns(flat: dict[str, str]) -> MeterEventInput:
-    payload = {
-        name[len(PAYLOAD_PREFIX) :]: value.strip()
+def _csv_payload(flat: dict[str, str]) -> dict[str, str]:
+    """A CSV row's payload: its `payload_<key>` columns."""
+    return _without_blanks(
+        (name[len(PAYLOAD_PREFIX) :], value)
         for name, value in flat.items()
-        if name.startswith(PAYLOAD_PREFIX) and value.strip() != ""
-    }
+        if name.startswith(PAYLOAD_PREFIX)
+    )
+
+
+def _record_payload(record: dict[str, Any]) -> dict[str, str]:
+    """A JSON record's payload: its nested `payload` object only. A top-level `payload_<key>`
+    field is an extra field of the record, as any other (the JSON template has no such key)."""
+    nested = record.get("payload")
+    if not isinstance(nested, dict):
+        return {}
+    return _without_blanks((str(key), _text(value)) for key, value in nested.items())
+
+
+def _without_blanks(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {key: value.strip() for key, value in pairs if value.strip() != ""}
+
+
+def _event(flat: dict[str, str], payload: dict[str, str]) -> MeterEventInput:
     return MeterEventInput(
         event_name=flat.get("event_name", "").strip(),
         payload=payload,
@@ -134,16 +153,25 @@ def _records_file(records: list[Any]) -> UsageFile:
     columns = list(BASE_COLUMNS)
     for flat in flats:
         columns += [name for name in flat if name not in columns]
-    rows = [UsageRow(columns=flat, event=_event_from_columns(flat)) for flat in flats]
+    rows = [
+        UsageRow(columns=flat, event=_event(flat, _record_payload(record)))
+        for flat, record in zip(flats, records, strict=True)
+    ]
     return UsageFile(columns=columns, rows=rows)
 
 
 def _flatten(record: dict[str, Any]) -> dict[str, str]:
+    """The record as flat columns (for the failed-records file and the format checks): its
+    nested `payload` as `payload_<key>` columns, which win over a top-level field of the same
+    name (an extra field, never payload: see `_record_payload`)."""
+    nested = record.get("payload")
+    items = nested.items() if isinstance(nested, dict) else ()
+    payload_columns = {f"{PAYLOAD_PREFIX}{key}": _text(value) for key, value in items}
     flat: dict[str, str] = {}
     for name, value in record.items():
         if name == "payload" and isinstance(value, dict):
-            flat.update({f"{PAYLOAD_PREFIX}{k}": _text(v) for k, v in value.items()})
-        else:
+            flat.update(payload_columns)
+        elif name not in payload_columns:
             flat[name] = _text(value)
     return flat
 
