@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Flask
+from sqlalchemy.engine import make_url
 
 from service.commands import register_commands
-from service.config import Settings, load_settings
+from service.config import Settings, load_settings, unknown_variables
 from service.logs import configure_logging, log_event
 from service.runtime import Runtime, install
 
@@ -41,13 +43,21 @@ def _announce(settings: Settings) -> None:
     if settings.database_url in _announced:
         return
     _announced.add(settings.database_url)
+    for name, like in unknown_variables(os.environ):
+        log_event(
+            "config.unknown_variable",
+            level=logging.WARNING,
+            message=f"{name} is not a meterfix setting: ignored"
+            + (f" (did you mean {like}?)" if like else ""),
+        )
     if settings.embedded_sandbox:
         log_event(
             "config.embedded_defaults",
             level=logging.WARNING,
-            message="no Stripe settings: using the bundled sandbox, SQLite and a file:// bucket",
+            message="no Stripe settings: using the bundled sandbox",
             stripe_api_base=settings.stripe_api_base,
-            database_url=settings.database_url,
+            # never its password (the line is written at every start)
+            database_url=make_url(settings.database_url).render_as_string(hide_password=True),
             bucket_url=settings.bucket_url,
         )
     elif not settings.stripe_webhook_secrets:

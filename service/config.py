@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated
 from urllib.parse import SplitResult, urlsplit
@@ -22,6 +24,20 @@ from sandbox.defaults import (
 STRIPE_API_BASE = "https://api.stripe.com"
 STRIPE_FILES_BASE = "https://files.stripe.com"
 STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
+
+
+# Seconds settings, each at most MAX_SECONDS (a longer time overflowed where it was used).
+SECONDS_SETTINGS = (
+    "stripe_webhook_tolerance",
+    "mfx_poll_interval",
+    "mfx_worker_interval",
+    "mfx_worker_lease",
+    "mfx_task_time_limit",
+    "mfx_heartbeat_silence",
+)
+MAX_SECONDS = 365 * 86400
+MAX_RETENTION_DAYS = 36500
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class PollerMode(StrEnum):
@@ -159,12 +175,63 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive number")
         return value
 
+    @field_validator(*SECONDS_SETTINGS)
+    @classmethod
+    def _at_most_a_year(cls, value: float) -> float:
+        """A number of seconds past any use (10^20) passed, then crashed the process or its
+        poller thread where it became a time (`timedelta`, a timer): OverflowError."""
+        if math.isfinite(value) and value > MAX_SECONDS:
+            raise ValueError(f"must be at most {MAX_SECONDS} seconds (a year)")
+        return value
+
+    @field_validator("mfx_retention_days")
+    @classmethod
+    def _at_most_a_century(cls, value: int) -> int:
+        if value > MAX_RETENTION_DAYS:
+            raise ValueError(f"must be at most {MAX_RETENTION_DAYS} days")
+        return value
+
     @field_validator("mfx_worker_interval")
     @classmethod
     def _positive_seconds(cls, value: float) -> float:
         if not math.isfinite(value) or value <= 0:  # 0 or nan: a busy loop; inf: a crash
             raise ValueError("must be a positive number of seconds")
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        """A misspelt level was a warning and INFO: every command starts on a bad value."""
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value.strip().lower() not in ("", "text", "json"):
+            raise ValueError("must be text or json (or empty: text on a terminal, else json)")
+        return value
+
+    @model_validator(mode="after")
+    def _output_prefixes(self) -> Settings:
+        """An empty quarantine prefix had the poller import every quarantine and audit file
+        written at the bucket's root again (a file of refused rows made more of them, without
+        end); a corrected prefix inside the quarantine one was never imported (never billed)."""
+        corrected = self.mfx_corrected_prefix.strip("/")
+        quarantine = self.mfx_quarantine_prefix.strip("/")
+        if not quarantine:
+            raise ValueError(
+                "MFX_QUARANTINE_PREFIX must name a folder: the poller imports every file "
+                "outside it, its own quarantine and audit files included"
+            )
+        if corrected and _nested(corrected, quarantine):
+            raise ValueError(
+                "MFX_CORRECTED_PREFIX and MFX_QUARANTINE_PREFIX must be separate folders, "
+                "neither inside the other: the poller imports corrected files and never "
+                "quarantine ones"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -237,6 +304,11 @@ class Settings(BaseSettings):
         return data
 
 
+def _nested(one: str, other: str) -> bool:
+    """Whether two folders (no slash at either end) are one, or one is inside the other."""
+    return one == other or one.startswith(other + "/") or other.startswith(one + "/")
+
+
 def load_settings() -> Settings:
     """The settings from the environment and `.env`: the one place they are read (the app
     factory, the console script and the builder of the file commands call it). Raises
@@ -245,8 +317,37 @@ def load_settings() -> Settings:
 
 
 def settings_problems(exc: ValidationError) -> str:
-    """`MFX_WORKER_LEASE: Value error, must be a positive number; ...`: one line."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+    """`MFX_WORKER_LEASE: Value error, must be a positive number; ...`: one line (a check of
+    several settings at once names them in its message)."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+        if e["loc"]
+        else e["msg"].removeprefix("Value error, ")
+        for e in exc.errors()
+    )
+
+
+# Variables of ours that are not settings: read by the sandbox command, the tests, the fuzz run
+OTHER_VARIABLES = ("MFX_SANDBOX_STATE_FILE", "MFX_TEST_DATABASE_URL", "MFX_FUZZ_EXAMPLES")
+# Families whose near misses are worth a word (others' STRIPE_* variables are left alone)
+_FAMILIES = ("MFX_", "STRIPE_", "DIGEST_", "SMTP_", "SLACK_", "LOG_", "DATABASE_", "BUCKET_")
+
+
+def unknown_variables(names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """The environment's names meterfix would silently ignore, each with the setting it
+    looks like a misspelling of (None: none): every unknown `MFX_` name (ours alone), and
+    other families' near misses (`STRIPE_WEBHOOK_SECRET` for `STRIPE_WEBHOOK_SECRETS`).
+    `MFX_POLER=on` left the poller off, unsaid: the bucket's usage never imported."""
+    known = [name.upper() for name in Settings.model_fields if name != "embedded_sandbox"]
+    known += OTHER_VARIABLES
+    found = []
+    for name in sorted({name.upper() for name in names}):
+        if name in known or not name.startswith(_FAMILIES):
+            continue
+        like = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if like or name.startswith("MFX_"):
+            found.append((name, like[0] if like else None))
+    return found
 
 
 _DATABASE_URL_PREFIXES = ("sqlite://", "sqlite+pysqlite://", "postgresql+psycopg://")

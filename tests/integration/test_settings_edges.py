@@ -10,6 +10,7 @@ channels."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -320,3 +321,76 @@ def test_the_postgres_urls_platforms_give_are_read_as_psycopg(spelling: str) -> 
     assert settings.database_url == (
         "postgresql+psycopg://user:secret@db.example.com:5432/billing?sslmode=require"
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("MFX_QUARANTINE_PREFIX", "", "must name a folder"),
+        ("MFX_QUARANTINE_PREFIX", "/", "must name a folder"),
+        ("MFX_QUARANTINE_PREFIX", "corrected", "and MFX_QUARANTINE_PREFIX must be separate"),
+        ("MFX_CORRECTED_PREFIX", "quarantine/fixed/", "separate folders"),
+    ],
+)
+def test_a_quarantine_prefix_the_poller_would_import_or_hide_corrected_files_in_is_refused(
+    workdir: Path, variable: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty MFX_QUARANTINE_PREFIX was taken: quarantine and audit files were written at
+    the bucket's root, where the poller imported them again (a probe: 292 runs and 870
+    objects in 30 s, a refused row sent five times). The corrected prefix inside the
+    quarantine one (or the same folder): corrected files were never imported, never billed."""
+    first = value == ""
+    result = _outcome(["poll"], workdir, monkeypatch, first, **{variable: value})
+    named = "MFX_QUARANTINE_PREFIX" if "must name" in says else "MFX_CORRECTED_PREFIX"
+    _assert_refused(result, named, says)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("MFX_POLL_INTERVAL", "99999999999999999999", "at most 31536000 seconds"),
+        ("MFX_WORKER_INTERVAL", "1e308", "at most 31536000 seconds"),
+        ("MFX_WORKER_LEASE", "99999999999999", "at most 31536000 seconds"),
+        ("MFX_TASK_TIME_LIMIT", "99999999999999", "at most 31536000 seconds"),
+        ("MFX_RETENTION_DAYS", "9999999999", "at most 36500 days"),
+        ("LOG_LEVEL", "verbose", "must be one of DEBUG, INFO"),
+        ("LOG_FORMAT", "xml", "must be text or json"),
+    ],
+)
+def test_a_value_past_any_use_or_no_log_setting_is_refused(
+    workdir: Path, variable: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll interval of 10^20 seconds was taken, then killed the worker's poller thread
+    with an OverflowError (`timedelta`) while the worker ran on without it; 1e308 for the
+    worker's interval, or a huge lease, crashed the worker. `LOG_LEVEL=verbose` was a warning
+    and INFO, though "a bad value stops every command at start"."""
+    first = variable in ("MFX_POLL_INTERVAL", "LOG_LEVEL")
+    result = _outcome(["worker", "--once"], workdir, monkeypatch, first, **{variable: value})
+    _assert_refused(result, variable, says)
+
+
+def test_a_misspelt_variable_is_named_and_the_database_password_never_logged(
+    workdir: Path,
+) -> None:
+    """`MFX_POLER=on` left the poller off without a word (the bucket's usage never imported)
+    and `STRIPE_WEBHOOK_SECRET` was dropped; the start-up line quoted DATABASE_URL whole,
+    password included, at every start of every command."""
+    result = _run(
+        ["db", "upgrade"],
+        workdir,
+        MFX_POLER="on",
+        STRIPE_WEBHOOK_SECRET="whsec_test_misspelt",
+        MFX_TEST_DATABASE_URL="sqlite://",  # ours, not a setting: no word
+        STRIPE_DEVICE_NAME="laptop",  # the Stripe CLI's: no word
+        DATABASE_URL="postgresql://meterfix:S3cretDbPass@127.0.0.1:9/billing",
+    )
+    assert "S3cretDbPass" not in result.stderr + result.stdout
+    said = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    unknown = [line["message"] for line in said if line["event"] == "config.unknown_variable"]
+    assert unknown == [
+        "MFX_POLER is not a meterfix setting: ignored (did you mean MFX_POLLER?)",
+        "STRIPE_WEBHOOK_SECRET is not a meterfix setting: ignored "
+        "(did you mean STRIPE_WEBHOOK_SECRETS?)",
+    ]
+    [embedded] = [line for line in said if line["event"] == "config.embedded_defaults"]
+    assert embedded["database_url"] == "postgresql+psycopg://meterfix:***@127.0.0.1:9/billing"
