@@ -11,7 +11,7 @@ from sandbox.clock import now
 from sandbox.errors import StripeApiError, missing_param, not_found
 from sandbox.hosts import host_url
 from sandbox.intake import submit
-from sandbox.objects import JSON, list_object, search_result
+from sandbox.objects import JSON, deleted_customer, is_deleted, list_object, search_result
 from sandbox.runtime import current_sandbox
 from sandbox.search import UnsupportedQuery, parse_query
 from sandbox.state import StoredFile
@@ -67,24 +67,30 @@ def search_customers() -> Response:
     state = current_sandbox().state
     with state.lock:
         customers = list(state.customers.values())
-    hits = [c for c in customers if all(clause.matches(c) for clause in clauses)]
+    live = [c for c in customers if not is_deleted(c)]
+    hits = [c for c in live if all(clause.matches(c) for clause in clauses)]
     return jsonify(search_result("/v1/customers/search", hits))
 
 
 @bp.get("/v1/customers/<customer_id>")
 def retrieve_customer(customer_id: str) -> Response:
+    """A live customer, or the stub of a deleted one (200 `deleted: true`, as Stripe answers)."""
     return jsonify(current_sandbox().state.require("customers", customer_id, "customer"))
 
 
 @bp.delete("/v1/customers/<customer_id>")
 def delete_customer(customer_id: str) -> Response:
-    """Stripe deletes a customer for good: meter events naming it are refused from then on
-    (`meter_event_customer_not_found`)."""
+    """Stripe deletes a customer for good: it is kept as a `deleted: true` stub (retrieved as
+    such, never searched), meter events naming it are refused from then on
+    (`meter_event_customer_not_found`), and deleting it again answers 404."""
     state = current_sandbox().state
-    state.require("customers", customer_id, "customer")
     with state.lock:
-        state.customers.pop(customer_id, None)
-    return jsonify({"id": customer_id, "object": "customer", "deleted": True})
+        customer = state.customers.get(customer_id)
+        if customer is None or is_deleted(customer):
+            raise not_found("customer", customer_id)
+        stub = deleted_customer(customer_id)
+        state.customers[customer_id] = stub
+    return jsonify(stub)
 
 
 @bp.get("/v1/files/<file_id>")

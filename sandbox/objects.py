@@ -47,6 +47,15 @@ def build_customer(spec: JSON) -> JSON:
     }
 
 
+def deleted_customer(customer_id: str) -> JSON:
+    """What Stripe keeps of a deleted customer: retrieving it answers this stub (200)."""
+    return {"id": customer_id, "object": "customer", "deleted": True}
+
+
+def is_deleted(customer: JSON) -> bool:
+    return bool(customer.get("deleted"))
+
+
 def build_file(filename: str, purpose: str, size: int) -> JSON:
     """A `file` object without `url`: the url is the serving sandbox's own, added when served."""
     extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else None

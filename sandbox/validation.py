@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from sandbox.errors import StripeApiError
-from sandbox.objects import JSON
+from sandbox.objects import JSON, is_deleted
 from sandbox.state import SandboxState
 
 MAX_PAST_SECONDS = 35 * 24 * 3600
@@ -213,9 +213,10 @@ def _check_customer(
     customer = event.payload.get(key, "")
     if customer == "":
         return ErrorCode.NO_CUSTOMER_DEFINED, f"Customer mapping key {key} not found in payload."
-    with state.lock:
+    with state.lock:  # a deleted customer's stub still counts as one registered
         checking = state.options.strict_customers or bool(state.customers)
-        known = customer in state.customers
+        stored = state.customers.get(customer)
+    known = stored is not None and not is_deleted(stored)
     if checking and not known:
         return ErrorCode.CUSTOMER_NOT_FOUND, f"No customer was found with id {customer}."
     return None
