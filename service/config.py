@@ -327,8 +327,14 @@ def settings_problems(exc: ValidationError) -> str:
     )
 
 
-# Variables of ours that are not settings: read by the sandbox command, the tests, the fuzz run
-OTHER_VARIABLES = ("MFX_SANDBOX_STATE_FILE", "MFX_TEST_DATABASE_URL", "MFX_FUZZ_EXAMPLES")
+# Variables of ours that are not settings: read by the sandbox command, the tests and the
+# benches (`MFX_BENCH_*`)
+OTHER_VARIABLES = (
+    "MFX_SANDBOX_STATE_FILE",
+    "MFX_TEST_DATABASE_URL",
+    "MFX_FUZZ_EXAMPLES",
+    "MFX_CORPUS_REGENERATE",
+)
 # Families whose near misses are worth a word (others' STRIPE_* variables are left alone)
 _FAMILIES = ("MFX_", "STRIPE_", "DIGEST_", "SMTP_", "SLACK_", "LOG_", "DATABASE_", "BUCKET_")
 
@@ -342,7 +348,7 @@ def unknown_variables(names: Iterable[str]) -> list[tuple[str, str | None]]:
     known += OTHER_VARIABLES
     found = []
     for name in sorted({name.upper() for name in names}):
-        if name in known or not name.startswith(_FAMILIES):
+        if name in known or name.startswith("MFX_BENCH") or not name.startswith(_FAMILIES):
             continue
         like = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         if like or name.startswith("MFX_"):
