@@ -12,6 +12,7 @@ from sandbox.errors import StripeApiError, missing_param, not_found
 from sandbox.hosts import host_url
 from sandbox.intake import submit
 from sandbox.objects import JSON, deleted_customer, is_deleted, list_object, search_result
+from sandbox.params import list_limit, meter_event_payload, meter_status
 from sandbox.runtime import current_sandbox
 from sandbox.search import UnsupportedQuery, parse_query
 from sandbox.state import StoredFile
@@ -28,17 +29,14 @@ def list_meters() -> Response:
     state = current_sandbox().state
     with state.lock:
         meters = list(reversed(state.meters.values()))  # newest first, as Stripe lists
-    if status := request.args.get("status"):
+    if status := meter_status(request.args):
         meters = [m for m in meters if m["status"] == status]
     page, has_more = _page(meters)
     return jsonify(list_object("/v1/billing/meters", page, has_more))
 
 
 def _page(items: list[JSON]) -> tuple[list[JSON], bool]:
-    try:
-        limit = min(max(int(request.args.get("limit", 10)), 1), 100)
-    except ValueError as exc:
-        raise StripeApiError(400, "Invalid integer: limit", "parameter_invalid_integer") from exc
+    limit = list_limit(request.args)
     start = 0
     if after := request.args.get("starting_after"):
         ids = [item["id"] for item in items]
@@ -146,14 +144,10 @@ def _stored_file(file_id: str) -> StoredFile:
 @bp.post("/v1/billing/meter_events")
 def create_meter_event() -> Response:
     form = request.form
+    payload = meter_event_payload(form.items(multi=True))  # unknown parameters first
     event_name = form.get("event_name")
     if not event_name:
         raise missing_param("event_name")
-    payload = {
-        key[len("payload[") : -1]: value
-        for key, value in form.items()
-        if key.startswith("payload[") and key.endswith("]")
-    }
     if not payload:
         raise missing_param("payload")
     identifier = form.get("identifier") or str(uuid.uuid4())
