@@ -27,7 +27,8 @@ from werkzeug.routing import PathConverter, Rule
 
 from handlers import REGISTRY
 from service.adapters.stripe_events import VerifiedEvent, WebhookVerifier
-from service.errors import InboxUnavailable, WebhookRejected
+from service.errors import InboxUnavailable, SchemaNotCurrent, WebhookRejected
+from service.intake.schema_gate import SchemaGate, upgrade_due
 from service.intake.store import store_event
 from service.logs import LOGGER, log_event
 from service.runtime import Runtime, runtime_of
@@ -46,12 +47,15 @@ class Intake:
     runtime: Runtime
     verifier: WebhookVerifier
     max_body_bytes: int
+    schema: SchemaGate
 
 
 @bp.record_once
 def _build_intake(state: BlueprintSetupState) -> None:
     rt = runtime_of(state.app)
-    state.app.extensions[INTAKE_KEY] = Intake(rt, rt.verifier, rt.settings.mfx_max_body_bytes)
+    state.app.extensions[INTAKE_KEY] = Intake(
+        rt, rt.verifier, rt.settings.mfx_max_body_bytes, SchemaGate()
+    )
 
 
 @bp.post("/webhooks", provide_automatic_options=False)  # OPTIONS answers 405 below
@@ -64,7 +68,7 @@ def receive_webhook() -> Response:
     except WebhookRejected as exc:
         log_event("webhook.rejected", level=logging.WARNING, reason=exc.reason, status=exc.status)
         return json_response({"error": exc.reason}, exc.status)
-    return _store(intake.runtime, event)
+    return _store(intake, event)
 
 
 OTHER_REQUESTS = "webhooks.other_request"
@@ -151,9 +155,20 @@ def _read_at_most(stream: IO[bytes], size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _store(rt: Runtime, event: VerifiedEvent) -> Response:
+def _store(intake: Intake, event: VerifiedEvent) -> Response:
+    engine = intake.runtime.engine
     try:
-        result = store_event(rt.engine, event, known_type=event.event_type in REGISTRY)
+        intake.schema.require(engine)
+        result = store_event(engine, event, known_type=event.event_type in REGISTRY)
+    except SchemaNotCurrent as exc:  # was "database unavailable": the wrong cause to look for
+        reason = upgrade_due(exc)
+        log_event(
+            "webhook.schema_not_current",
+            level=logging.ERROR,
+            event_id=event.event_id,
+            reason=reason,
+        )
+        return json_response({"error": reason}, 503)
     except InboxUnavailable as exc:  # Stripe retries a 503; the event is not lost
         log_event(
             "webhook.store_failed", level=logging.ERROR, event_id=event.event_id, error=str(exc)

@@ -18,7 +18,7 @@ from service.jobs.store.run_counts import run_totals
 from service.models.alerts import AlertSeverity, AlertStatus
 from service.notify.store import alert_counts
 from service.poller.store import objects_by_status
-from service.runtime import runtime
+from service.web.context import engine
 from service.worker.heartbeats import HealthSnapshot, health_snapshot
 
 bp = Blueprint("metrics", __name__)
@@ -114,6 +114,6 @@ def _alerts_by_severity(connection: Connection) -> list[tuple[str, float]]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    with runtime().engine.connect() as connection:
+    with engine().connect() as connection:
         body = render_metrics(connection)
     return Response(body, mimetype="text/plain; version=0.0.4")

@@ -1,5 +1,6 @@
 """Puts the web room on the app: probes, the JSON API, the dashboard, signed sessions, and
-JSON errors for every path under /api/ (never an HTML page or a bare 500 there)."""
+JSON errors for every path under /api/ (never an HTML page or a bare 500 there); a database
+not migrated is answered 503 saying so, not as a database that is down."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from werkzeug.exceptions import HTTPException
 
 from remediation import jsonnumbers
 from service.config import Settings
+from service.errors import SchemaNotCurrent
 from service.logs import log_event
 from service.notify.shown import shown_as_text
 from service.web.access import configure_sessions
+from service.web.context import upgrade_due
 
 
 def register_web(app: Flask, settings: Settings) -> None:
@@ -30,6 +33,7 @@ def register_web(app: Flask, settings: Settings) -> None:
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(SQLAlchemyError, _database_error)
+    app.register_error_handler(SchemaNotCurrent, _schema_not_current)
 
 
 class ExactJSONProvider(DefaultJSONProvider):
@@ -66,3 +70,13 @@ def _database_error(exc: SQLAlchemyError) -> tuple[Response, int] | tuple[str, i
     if _under_api():
         return jsonify(error="database unavailable"), 503
     return "database unavailable", 503
+
+
+def _schema_not_current(exc: SchemaNotCurrent) -> tuple[Response, int] | tuple[str, int]:
+    """The pages, the API and /metrics of a database never migrated, or behind this code
+    (`context.engine`): "database unavailable" sent the operator looking for an outage."""
+    reason = upgrade_due(exc)
+    log_event("web.schema_not_current", level=logging.ERROR, path=request.path, reason=reason)
+    if _under_api():
+        return jsonify(error=reason), 503
+    return reason, 503
