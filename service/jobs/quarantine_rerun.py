@@ -76,8 +76,9 @@ def _rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     now = int(queued.timestamp()) if queued is not None else int(time.time())
     left = (
         f"; {billed} left quarantined: billed as they are since, from a later version of "
-        "their file or a copy (the poller sent their identifiers, or Stripe's connector took "
-        "them again)"
+        "their file or a copy (the poller sent their identifiers, Stripe's connector took "
+        "them again, or another run sent them under a derived identifier or quarantined them "
+        "again: that entry is the one to re-run)"
         if billed
         else ""
     )

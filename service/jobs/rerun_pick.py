@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
+from remediation.identifiers import hashed_identifier, plain_suffix
 from remediation.ports import ObjectInfo
 from service.config import PollerMode
 from service.errors import BadParameter, RerunInputMissing
@@ -23,9 +24,13 @@ from service.jobs.runs import RunContext
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.jobs.store.reports import import_set
 from service.jobs.store.reruns import (
+    OtherTake,
     QuarantinedFrom,
     RerunRow,
     RunOf,
+    held_entries,
+    newest_generation,
+    other_takes,
     quarantined_at,
     quarantined_from,
     rerun_detail,
@@ -61,6 +66,8 @@ def pick_rows(ctx: RunContext, action_ref: str) -> tuple[list[RerunRow], int]:
         picked = [row for row in listed if not row.again]
         ids = [row.id for row in picked]
         billed = _sent_since(ctx.engine, connection, ids)
+        rest = [i for i in ids if i not in billed]
+        billed |= _taken_since(ctx.engine, connection, rest, f"quarantine_rerun:{action_ref}")
         billed |= _in_later_versions(ctx, connection, [i for i in ids if i not in billed])
     kept = [row for row in picked if row.id not in billed]
     return kept, len(listed) - len(kept)
@@ -72,12 +79,78 @@ def _sent_since(engine: Engine, connection: Connection, ids: list[int]) -> set[i
     or a copy. Such a row was billed as it is; re-run, it would go out a second time under
     a derived identifier, which nothing dedupes. A row Stripe refused after the poller sent
     it (an error report) was sent before it was quarantined: it is re-run."""
-    found: set[int] = set()
+    found: dict[int, str] = {}
     rows = iter(quarantined_at(connection, ids))
     while chunk := list(islice(rows, LOOKUP_BATCH)):
         sent = sent_moments(engine, {identifier for _, identifier, _ in chunk})
-        found.update(i for i, identifier, held in chunk if sent.get(identifier, held) > held)
-    return found
+        for i, identifier, held in chunk:
+            if (at := sent.get(identifier, held)) > held:
+                # marked, as a row Stripe refused is when a copy sends it: it was listed as
+                # waiting for a fix for good ("taken_again=no"), every re-run leaving it
+                found[i] = f"another file or version, sent as it is by the poller at {_at(at)}"
+    _mark(engine, found)
+    return set(found)
+
+
+def _taken_since(engine: Engine, connection: Connection, ids: list[int], own_key: str) -> set[int]:
+    """The ids among `ids` of rows another run took after they were quarantined, marked
+    with it: it quarantined the identifier again (a copy of the row, a quarantine file fed
+    back, perhaps fixed by hand in part: the newer entry is the one to re-run), or wrote it
+    out corrected or unchanged under a derived identifier (a fed-back quarantine file's
+    `<id>-mfx2`). Re-run, such a row went out a second time under another derived
+    identifier, which nothing dedupes, and of two entries of one row the older one's
+    contents could go out first under the same identifier (the operator's fix dropped as
+    a duplicate). Never a run of this re-run (`own_key`): a crashed try of it."""
+    found: dict[int, str] = {}
+    entries = iter(held_entries(connection, ids))
+    generations = range(1, newest_generation(connection) + 1)
+    while chunk := list(islice(entries, LOOKUP_BATCH)):
+        identifiers = sorted({entry.identifier for entry in chunk})
+        derived = {
+            form: identifier
+            for identifier in identifiers
+            for generation in generations
+            for form in (
+                identifier + plain_suffix(generation),
+                hashed_identifier(identifier, generation),
+            )
+        }
+        takes: dict[str, list[OtherTake]] = {}
+        for take in other_takes(connection, engine, identifiers, derived, own_key):
+            takes.setdefault(take.identifier, []).append(take)
+        for entry in chunk:
+            later = [
+                take
+                for take in takes.get(entry.identifier, ())
+                if take.run_id != entry.run_id and take.at > entry.at
+            ]
+            if later:
+                found[entry.id] = _took(max(later, key=lambda take: take.at))
+    _mark(engine, found)
+    return set(found)
+
+
+def _took(take: OtherTake) -> str:
+    """What the quarantine entry says took its row (shown after "taken again by Stripe
+    from")."""
+    if take.as_identifier is None:
+        return (
+            f"{take.source}, quarantined again there by run {take.run_id} at {_at(take.at)} "
+            "(that entry is the one to re-run)"
+        )
+    return f"{take.source}, sent as {take.as_identifier} by run {take.run_id} at {_at(take.at)}"
+
+
+def _at(moment: datetime) -> str:
+    return f"{as_utc(moment) or moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _mark(engine: Engine, labels: dict[int, str]) -> None:
+    by_label: dict[str, list[int]] = {}
+    for row_id, label in labels.items():
+        by_label.setdefault(label, []).append(row_id)
+    for label, row_ids in by_label.items():
+        mark_rows_taken_again(engine, row_ids, label)
 
 
 def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) -> set[int]:

@@ -437,6 +437,10 @@ def test_a_quarantined_row_the_customer_fixed_and_sent_is_not_re_run(loop: Loop)
         )
     assert [(q.identifier, q.rerun_id) for q in held] == [("x", None)]  # left as it is
     assert "1 left quarantined: billed as they are since, from a later version" in str(task.outcome)
+    # and marked so: it was listed as waiting for a fix (`taken_again=no`) for good
+    assert (held[0].taken_again or "").startswith(
+        "another file or version, sent as it is by the poller at "
+    )
 
 
 def test_a_row_stripe_refused_after_the_poller_sent_it_may_be_re_run(loop: Loop) -> None:

@@ -600,3 +600,96 @@ def test_two_runs_of_one_rerun_writing_one_generation_keep_both_corrected_object
     assert len(set(keys)) == 2, keys
     assert sorted(sent) == ["a1-mfx2", "b1-mfx2"]
     engine.dispose()
+
+
+def test_a_row_a_fed_back_quarantine_file_sent_is_left_by_a_rerun_of_its_first_entry(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """README: a quarantine file fed back keeps its rows' identifiers, corrected as
+    `<identifier>-mfx2`. The operator fed `a4` back (its event name fixed but for its case),
+    billed as `a4-mfx2`; a re-run of the first run's rows (after a rules change for `a1`)
+    then sent `a4` as well, as `a4-mfx1`: one row billed twice, under two identifiers. The
+    entry is left, marked with the run that sent it; the re-run takes the others."""
+    sandbox_server.admin.create_meter("api_requests")
+    now = int(time.time())
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[policy]\n")
+    settings = _settings(make_settings, sandbox_server, db_url, mfx_rules=str(rules))
+    engine = make_engine(db_url)
+    first = _remediate(settings, engine, tmp_path, FAILED.format(now=now, ms=now * 1000))
+    fed_back = HEADER_ERR + f"a4,{now},Api_Requests,cus_1,3,no_meter\n"
+    second = _remediate(settings, engine, tmp_path, fed_back, generation=2, key="file_q_back")
+    assert (second.corrected, second.quarantined) == (1, 0)
+
+    rules.write_text('[customers]\n"acme-42" = "cus_acme"\n')
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    queued, rerun = _rerun_one(client, settings, engine, f"run={first.id}", rows=3)
+    assert (rerun.input_rows, rerun.corrected, rerun.quarantined) == (2, 1, 1)
+    detail = client.get(f"/api/runs/{rerun.id}", headers=bearer).get_json()
+    [corrected] = [o for o in detail["outputs"] if o["kind"] == "corrected"]
+    text = (Path(settings.bucket_url[len("file://") :]) / corrected["key"]).read_text()
+    assert [json.loads(line)["identifier"] for line in text.splitlines()] == ["a1-mfx1"]
+    rows = client.get(f"/api/quarantine?run={first.id}", headers=bearer).get_json()["data"]
+    by_identifier = {row["identifier"]: row for row in rows}
+    assert by_identifier["a4"]["rerun_id"] is None
+    assert by_identifier["a4"]["taken_again"].startswith(
+        f"file_q_back, sent as a4-mfx2 by run {second.id} at "
+    )
+    assert "1 left quarantined" in str(_task_outcome(engine, queued["task"]))
+    engine.dispose()
+
+
+def test_of_two_entries_of_one_row_a_rerun_sends_the_newer_once(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """The operator fixed the value of a quarantined row (5 -> 50) in its quarantine file and
+    fed it back while its meter was still missing: quarantined again. A re-run after making
+    the meter sent both entries under one identifier, `m1-mfx1` with 5, then with 50: Stripe
+    kept the first, the operator's fix dropped unsaid ("2 now pass" for one row). Only the
+    newer entry goes out; the older is marked with the run that quarantined it again."""
+    sandbox_server.admin.create_meter("api_requests")
+    now = int(time.time())
+    settings = _settings(make_settings, sandbox_server, db_url)
+    engine = make_engine(db_url)
+    first = _remediate(
+        settings, engine, tmp_path, HEADER_ERR + f"m1,{now},tokens,cus_1,5,no_meter\n"
+    )
+    fixed = HEADER_ERR + f"m1,{now},tokens,cus_1,50,no_meter\n"
+    second = _remediate(settings, engine, tmp_path, fixed, key="file_m_back")
+    assert (first.quarantined, second.quarantined) == (1, 1)
+
+    sandbox_server.admin.create_meter("tokens")
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    _queued, rerun = _rerun_one(client, settings, engine, "code=no_meter", rows=2)
+    assert (rerun.input_rows, rerun.valid, rerun.corrected) == (1, 1, 0)
+    detail = client.get(f"/api/runs/{rerun.id}", headers=bearer).get_json()
+    [corrected] = [o for o in detail["outputs"] if o["kind"] == "corrected"]
+    text = (Path(settings.bucket_url[len("file://") :]) / corrected["key"]).read_text()
+    sent = [json.loads(line) for line in text.splitlines()]
+    assert [(row["identifier"], row["payload"]["value"]) for row in sent] == [("m1-mfx1", "50")]
+    state = {}
+    for run in (first, second):
+        listed = client.get(f"/api/quarantine?run={run.id}", headers=bearer).get_json()["data"]
+        state |= {row["run_id"]: (row["rerun_id"], row["taken_again"]) for row in listed}
+    assert state[second.id] == (rerun.id, None)
+    assert state[first.id][0] is None
+    assert state[first.id][1].startswith(
+        f"file_m_back, quarantined again there by run {second.id} at "
+    )
+    engine.dispose()
+
+
+def _task_outcome(engine: Any, task: str) -> str | None:
+    with Session(engine) as session:
+        item = session.exec(select(InboxEvent).where(InboxEvent.event_id == task)).one()
+    return item.outcome

@@ -14,9 +14,10 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, Engine, func, select, update
 
 from service.db.locks import transaction_lock
+from service.db.statements import in_listed
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE, quarantine_conditions
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.jobs.store.runs import RUNS
+from service.jobs.store.runs import AUDIT, RUNS
 from service.models._types import as_utc, table_of
 from service.models.alerts import AdminAction
 
@@ -237,3 +238,87 @@ def lock_rerun_inputs(connection: Connection, *, shared: bool) -> None:
     neither comes between the other's two steps (a re-run queued there had its rows
     deleted after they were counted). First in the transaction (`transaction_lock`)."""
     transaction_lock(connection, RERUN_INPUTS_LOCK, shared=shared)
+
+
+class HeldEntry(NamedTuple):
+    """A quarantined row a re-run picked: its identifier, the run that quarantined it and
+    when."""
+
+    id: int
+    identifier: str
+    run_id: int
+    at: datetime
+
+
+class OtherTake(NamedTuple):
+    """A run that took an identifier: quarantined it (`as_identifier` None) or wrote it out
+    as `as_identifier` (corrected, or re-sent unchanged: the audit), with its source and
+    when (the entry's time, else the run's start)."""
+
+    identifier: str
+    run_id: int
+    source: str
+    at: datetime
+    as_identifier: str | None
+
+
+def held_entries(connection: Connection, ids: Sequence[int]) -> Iterator[HeldEntry]:
+    """The rows with these ids that have an identifier, with their runs and times."""
+    chunks = iter(ids)
+    while chunk := list(islice(chunks, ID_BATCH)):
+        query = select(
+            QUARANTINE.c.id, QUARANTINE.c.identifier, QUARANTINE.c.run_id, QUARANTINE.c.created_at
+        ).where(QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None))
+        for row in connection.execute(query):
+            at = as_utc(row.created_at) or datetime.now(UTC)
+            yield HeldEntry(int(row.id), str(row.identifier), int(row.run_id), at)
+
+
+def other_takes(
+    connection: Connection,
+    engine: Engine,
+    identifiers: Sequence[str],
+    derived: Mapping[str, str],
+    own_key: str,
+) -> list[OtherTake]:
+    """The entries quarantining one of `identifiers`, and the audit rows writing one of them
+    out under a `derived` identifier (derived -> original), of any run but the re-run
+    `own_key`'s own (a crashed try of it wrote them: the row is still its to take). By the
+    quarantined rows' identifier index, and the audit's of derived identifiers."""
+    own = (RUNS.c.run_key == own_key) | (
+        func.substr(RUNS.c.run_key, 1, len(own_key) + 2) == f"{own_key}:g"
+    )
+    held = (
+        select(QUARANTINE.c.identifier, QUARANTINE.c.run_id, RUNS.c.source, QUARANTINE.c.created_at)
+        .select_from(QUARANTINE.join(RUNS, RUNS.c.id == QUARANTINE.c.run_id))
+        .where(in_listed(QUARANTINE.c.identifier, identifiers, engine), ~own)
+    )
+    found = [
+        OtherTake(str(r.identifier), int(r.run_id), str(r.source), _when(r.created_at), None)
+        for r in connection.execute(held)
+    ]
+    written = (
+        select(AUDIT.c.identifier, AUDIT.c.new_identifier, AUDIT.c.run_id, RUNS.c.source)
+        .add_columns(RUNS.c.created_at)
+        .select_from(AUDIT.join(RUNS, RUNS.c.id == AUDIT.c.run_id))
+        .where(in_listed(AUDIT.c.new_identifier, list(derived), engine), ~own)
+        .distinct()
+    )
+    for r in connection.execute(written):
+        if derived.get(str(r.new_identifier)) == r.identifier:  # not another original's
+            at = _when(r.created_at)
+            found.append(
+                OtherTake(
+                    str(r.identifier), int(r.run_id), str(r.source), at, str(r.new_identifier)
+                )
+            )
+    return found
+
+
+def newest_generation(connection: Connection) -> int:
+    """The highest generation a run wrote in (1 with none)."""
+    return int(connection.execute(select(func.max(RUNS.c.generation))).scalar() or 1)
+
+
+def _when(value: datetime | None) -> datetime:
+    return as_utc(value) or datetime.now(UTC)
