@@ -120,6 +120,13 @@ def _plan_csv(head: bytes, text: str, repairs: tuple[str, ...], rules: Rules) ->
     if renamed:
         named = ", ".join(f"{alias!r} -> {name!r}" for name, alias in renamed)
         repairs += (f"header aliases renamed: {named}",)
+    if _QUARANTINE_EXPORT.issubset(name.lower() for name in header):
+        raise UnreadableFile(
+            "not a usage file: meterfix's quarantine export (/api/quarantine.csv), its "
+            "payload one JSON column; fix the rows in the run's quarantine file "
+            "(quarantine/<run's folder>/<name>.quarantine.r<n>.csv, on the run's page) and "
+            "upload that"
+        )
     layout = CsvLayout.from_header(header)
     if not _names_usage(layout):
         raise UnreadableFile(
@@ -131,6 +138,12 @@ def _plan_csv(head: bytes, text: str, repairs: tuple[str, ...], rules: Rules) ->
     return InputPlan(
         FileFormat.CSV, delimiter, tuple(header), tuple(columns), repairs, renamed, fill
     )
+
+
+# Columns of `/api/quarantine.csv` (service.web.quarantine) no usage file has together: fed
+# back, each row was quarantined again under a misleading reason (its payload unread), and
+# the newer entry left the row's first one for a re-run no more
+_QUARANTINE_EXPORT = frozenset(("run_id", "mfx_code", "payload", "record"))
 
 
 def _output_columns(

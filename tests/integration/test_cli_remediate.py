@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from service.web.quarantine import CSV_COLUMNS
+
 DATA = Path(__file__).parent.parent / "data" / "usage"
 METERFIX = str(Path(sys.executable).with_name("meterfix"))
 NOW = "1764000000"
@@ -203,6 +205,11 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
         ("rules.csv", b"# rules\n[policy]\nfuzzy_event_names = true\n", "its first line '# rules'"),
         ("rules.json", (DATA / "rules.toml").read_bytes(), "is no JSON array (a TOML table?)"),
         ("notes.jsonl", b"- a\n- b\n", "JSON Lines must start with an object"),
+        (  # fed back, its rows were quarantined again with misleading reasons
+            "quarantine.csv",
+            (",".join(CSV_COLUMNS) + "\n" + ",".join(["1"] * len(CSV_COLUMNS)) + "\n").encode(),
+            "meterfix's quarantine export (/api/quarantine.csv), its payload one JSON column",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["validate", "remediate"])
