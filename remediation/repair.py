@@ -120,13 +120,8 @@ def _plan_csv(head: bytes, text: str, repairs: tuple[str, ...], rules: Rules) ->
     if renamed:
         named = ", ".join(f"{alias!r} -> {name!r}" for name, alias in renamed)
         repairs += (f"header aliases renamed: {named}",)
-    if _QUARANTINE_EXPORT.issubset(name.lower() for name in header):
-        raise UnreadableFile(
-            "not a usage file: meterfix's quarantine export (/api/quarantine.csv), its "
-            "payload one JSON column; fix the rows in the run's quarantine file "
-            "(quarantine/<run's folder>/<name>.quarantine.r<n>.csv, on the run's page) and "
-            "upload that"
-        )
+    if _QUARANTINE_EXPORT.issubset(name.strip().lower() for name in header):
+        raise UnreadableFile(QUARANTINE_EXPORT_REFUSED)
     layout = CsvLayout.from_header(header)
     if not _names_usage(layout):
         raise UnreadableFile(
@@ -144,6 +139,11 @@ def _plan_csv(head: bytes, text: str, repairs: tuple[str, ...], rules: Rules) ->
 # back, each row was quarantined again under a misleading reason (its payload unread), and
 # the newer entry left the row's first one for a re-run no more
 _QUARANTINE_EXPORT = frozenset(("run_id", "mfx_code", "payload", "record"))
+QUARANTINE_EXPORT_REFUSED = (
+    "not a usage file: meterfix's quarantine export (/api/quarantine.csv), its payload one "
+    "JSON column; fix the rows in the run's quarantine file (quarantine/<run's folder>/"
+    "<name>.quarantine.r<n>.csv, on the run's page) and upload that"
+)
 
 
 def _output_columns(
@@ -190,6 +190,8 @@ def whole_file_failure(head: bytes, name: str) -> str | None:
     if delimiter != ",":
         return f"delimiter {delimiter!r}: a usage CSV is delimited by commas"
     first_line = next(csv.reader([text.splitlines()[0]]), [])
+    if _QUARANTINE_EXPORT.issubset(name.strip().lower() for name in first_line):
+        return QUARANTINE_EXPORT_REFUSED  # no row sent; its repair says why it cannot
     if "event_name" not in {name.strip() for name in first_line}:
         return "Missing required column: event_name."
     return None

@@ -34,6 +34,7 @@ from service.models._types import as_utc
 from service.poller.other_versions import OtherVersions
 from service.poller.passes import PassReport, PollerDeps, poller_lock, run_poll_pass
 from service.poller.progress import ProgressStore
+from service.web.quarantine import CSV_COLUMNS
 from tests.conftest import SandboxServer
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
@@ -692,3 +693,30 @@ def test_a_broken_row_the_poller_refused_is_quarantined_with_its_own_reason(
         reasons[import_set.source_object] = Path(quarantine).read_text()
     assert 'fields past the header: [""234""]' in reasons["ragged.csv"]
     assert "NaN" in reasons["nan.jsonl"] and "past the field limits" not in reasons["nan.jsonl"]
+
+
+def test_the_quarantine_export_uploaded_is_refused_whole_and_no_row_sent(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """`/api/quarantine.csv` uploaded to the bucket (the dashboard's download looks like the
+    file to fix): its rows were read as usage, each quarantined again under a misleading
+    reason (`no single aliased column for value key 'value'`, the payload being one JSON
+    column), newer entries of rows the operator meant to fix. Refused whole, saying which file
+    to fix instead; nothing sent, no row quarantined."""
+    ts = int(time.time()) - 60
+    payload = '"{""stripe_customer_id"": ""cus_A"", ""value"": ""5""}"'
+    export = (
+        ",".join(CSV_COLUMNS)
+        + "\n"
+        + f"7,2026-12-07T00:00:00,3,day.csv,2,no_meter,no_meter,no meter,api_requests,cus_A,"
+        f"q-1,{ts},api_requests,{payload},{{}},,\n"
+    )
+    harness.put("quarantine.csv", export, tmp_path)
+    report = run_poll_pass(harness.deps)
+    assert (report.sent, report.failed_rows, report.failed_files) == (0, 0, 1)
+    assert "meterfix's quarantine export (/api/quarantine.csv)" in report.errors[0]
+    [(import_set, _path)] = harness.handed
+    assert import_set.status == "failed"
+    assert (import_set.failed_reason or "").startswith(
+        "not a usage file: meterfix's quarantine export"
+    )
