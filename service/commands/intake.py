@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from remediation.errors import MeterfixError
 from service.commands._signals import stop_on_signals
 from service.config import Settings
+from service.db.schema import check_schema
 from service.errors import SchemaNotCurrent
 from service.logs import log_event
 from service.notify.schedule import start_notify_jobs
@@ -30,7 +31,6 @@ from service.worker.inbox import replay
 from service.worker.leftovers import sweep_leftovers
 from service.worker.liveness import item_threads_alive
 from service.worker.loop import InboxWorker, PassReport
-from service.worker.schema import check_schema
 from service.worker.silence import start_silence_watch
 from service.worker.supervisor import (
     RESTART_EXIT_CODE,

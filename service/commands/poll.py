@@ -14,13 +14,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from remediation.ports import ObjectInfo
 from service.commands._signals import stop_on_signals
+from service.db.schema import check_schema
 from service.errors import SchemaNotCurrent
 from service.poller.job import poll_forever
 from service.poller.lock import poller_lock
 from service.poller.passes import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
 from service.poller.retry import RETRIED, describe, describe_earlier, find_retry, reopen
 from service.runtime import runtime
-from service.worker.schema import check_schema
 
 
 @click.command("poll")

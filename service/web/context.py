@@ -7,10 +7,10 @@ from flask import current_app, g, request
 from sqlalchemy import Engine
 
 from service.config import Settings
+from service.db.schema import check_schema
 from service.errors import SchemaNotCurrent
 from service.runtime import runtime
 from service.web.actions import Actor
-from service.worker.schema import check_schema
 
 SCHEMA_CURRENT = "meterfix.web.schema_current"
 

@@ -27,6 +27,7 @@ from handlers.errors import UnusableEvent
 from service.adapters.stripe_events import fetch_full_event
 from service.config import Settings
 from service.db import session_scope
+from service.db.schema import check_schema
 from service.errors import (
     EventUnreadable,
     ItemInterrupted,
@@ -56,7 +57,6 @@ from service.worker.liveness import (
     call_with_time_limit,
     heartbeat_interval,
 )
-from service.worker.schema import check_schema
 from service.worker.task_runner import TaskRunner
 from service.worker.tasks import TASK_STYLE, TaskKind, parse_task
 

@@ -1,6 +1,6 @@
-"""Intake's schema check says what the worker's says (intake may not import the worker, so
-`service/intake/schema_gate.py` holds its own copy): the same refusal, in the same words, for
-a database never migrated, one behind, at head, and one a newer release upgraded."""
+"""The schema check the worker, the web and intake share (`service/db/schema.py`): its
+refusal, in its words, for a database never migrated, one behind, at head, and one a newer
+release upgraded; and intake's gate, which asks it until the schema is current."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from sqlalchemy import Engine, text
 
 from service.db import make_engine
 from service.db.migrate import MIGRATIONS_DIR, upgrade
+from service.db.schema import check_schema
 from service.errors import InboxUnavailable, SchemaNotCurrent
 from service.intake import schema_gate
-from service.worker import schema as worker_schema
 
 
 def _previous_revision() -> str:
@@ -58,15 +58,14 @@ def _answer(check: Callable[[Engine], None], engine: Engine) -> str | None:
         (_newer, None),
     ],
 )
-def test_intake_and_worker_give_the_same_answer(
+def test_the_schema_check_answers_for_each_state(
     tmp_path: Path, prepare: Callable[[str], None], expected: str | None
 ) -> None:
     url = f"sqlite:///{tmp_path / 'meterfix.db'}"
     prepare(url)
     engine = make_engine(url)
     try:
-        assert _answer(schema_gate.check_schema, engine) == expected
-        assert _answer(worker_schema.check_schema, engine) == expected
+        assert _answer(check_schema, engine) == expected
     finally:
         engine.dispose()
 
