@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +16,16 @@ import pytest
 import requests
 from alembic.script import ScriptDirectory
 from flask import Flask
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event, text
 
 from service.config import Settings
 from service.db import make_engine
 from service.db.migrate import MIGRATIONS_DIR, upgrade
 from service.logs import EventLine
-from tests.conftest import DB_PARAMS, PG_URL, _pg_schema_url
+from tests.conftest import DB_PARAMS
 from tests.integration.intake_helpers import load_event, post_signed
 from tests.servers import serve_wsgi
+from tests.unit.test_migrations import _empty_database
 
 TOKEN = "schema-readiness-token"
 SECRET = "whsec_schema_readiness"
@@ -37,19 +37,7 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 @pytest.fixture(params=DB_PARAMS)
 def bare_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database nobody migrated: a SQLite file not made yet, or an empty PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'never-migrated.db'}"
-        return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield _pg_schema_url(schema)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    yield from _empty_database(request.param, tmp_path)
 
 
 @dataclass(frozen=True)
