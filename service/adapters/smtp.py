@@ -151,8 +151,22 @@ class EmailChannel:
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
             return redact(f"SMTP {exc.smtp_code} {text}", secrets), 500 <= exc.smtp_code < 600
         if isinstance(exc, smtplib.SMTPRecipientsRefused):
-            return "every recipient was refused", True
+            return self._all_refused(exc.recipients)
         return redact(f"{type(exc).__name__}: {exc}", secrets), False
+
+    def _all_refused(self, refused: dict[str, tuple[int, bytes]]) -> tuple[str, bool]:
+        """Every recipient refused: temporary when every answer is 4xx (a greylisting
+        server's `450 4.2.0 Greylisted` takes the message on a later try), with the
+        server's answers (they were dropped, and a greylisted digest was failed for good)."""
+        answers = sorted({f"{code} {_text(text)}" for code, text in refused.values()})
+        reason = f"every recipient was refused: {'; '.join(answers)}"
+        reason = redact(reason, [self.target.password])
+        temporary = all(400 <= code < 500 for code, _ in refused.values())
+        return reason[:300], not temporary
+
+
+def _text(raw: bytes | str) -> str:
+    return one_line(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
 
 
 def one_line(text: str) -> str:
