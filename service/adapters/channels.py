@@ -1,16 +1,23 @@
 """Where messages go: a channel sends one rendered message (Slack or email) or says why not.
 
 The senders are `slack.py` and `smtp.py` beside this module; the runtime builds the
-configured ones once from the settings (`build_channel`). A send is bounded in time (every
-network call has a timeout) and retried inside the step for transient failures, then
-raises `DeliveryFailed` with a reason that never carries the Slack URL or SMTP password.
+configured ones once from the settings (`build_channel`). A send is bounded in time: every
+network call has a timeout, and the whole send (its tries and waits) a `SendDeadline`. It is
+retried inside the step for transient failures, then raises `DeliveryFailed` with a reason
+that never carries the Slack URL or SMTP password.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # settings pull in pydantic: `meterfix remediate` with files reads none
@@ -43,6 +50,75 @@ class Channel(Protocol):
 
 
 Sleep = Callable[[float], None]
+
+SEND_DEADLINE_SECONDS = 60.0  # one send in all: its tries, its waits, every network call
+
+
+class SendDeadline:
+    """The time one send may take in all. The per-call timeouts (smtplib's, slack_sdk's)
+    never fire on a server that answers a byte at a time (a tarpit's `220-` lines, a body
+    trickling in): such a send went on for minutes, holding the notify leader lock and the
+    critical alerts of every other channel."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self._clock = seconds, clock
+        self._end = clock() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self._end - self._clock())
+
+    @property
+    def passed(self) -> bool:
+        return self.left() <= 0.0
+
+    @property
+    def reason(self) -> str:
+        return f"no delivery within {self.seconds:g} s (the send's deadline)"
+
+    @contextmanager
+    def hanging_up(self) -> Iterator[None]:
+        """Run the block with every socket it opens (in this thread) shut down when the
+        deadline passes: the read waiting on it ends at once, in this thread, and no
+        connection outlives the send. A timer thread does the shutting; it ends with the
+        block."""
+        _watch_new_sockets()
+        opened: list[socket.socket] = []
+        _opening.sockets = opened
+        timer = threading.Timer(self.left(), _shut_down, [opened])
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            _opening.sockets = None
+            timer.cancel()
+            timer.join()
+
+
+_opening = threading.local()  # `sockets`: where the current thread's new sockets go, if any
+
+
+@cache
+def _watch_new_sockets() -> None:
+    """An audit hook (once per process): neither smtplib nor slack_sdk lets a caller reach
+    the socket it reads from, and a TLS socket exists before its handshake, so this sees
+    it even then. The hook only looks at `socket.__new__` in threads inside a send."""
+    sys.addaudithook(_record_new_socket)
+
+
+def _record_new_socket(event: str, args: tuple[Any, ...]) -> None:
+    if event == "socket.__new__":
+        sockets = getattr(_opening, "sockets", None)
+        if sockets is not None:
+            sockets.append(args[0])
+
+
+def _shut_down(opened: list[socket.socket]) -> None:
+    """Shut down (both ways) every socket still open. The plain socket's method, also for a
+    TLS socket: `SSLSocket.shutdown` would drop its TLS state under the reading thread."""
+    for sock in list(opened):
+        with suppress(OSError):  # closed already, or never connected
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def build_channels(

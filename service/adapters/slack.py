@@ -2,6 +2,9 @@
 
 A 429 waits for its `Retry-After` (up to a bound, so a send never stalls the worker) and a
 5xx or a dropped connection is retried with backoff; anything else is a permanent failure.
+The whole send (every part, try and wait) has a deadline (`SendDeadline`): an answer
+trickling in a byte at a time never trips the per-read timeout; at the deadline its
+connection is shut and the send fails as temporary (the digest tries again later).
 The webhook URL is a secret: it never appears in a reason or a log line.
 """
 
@@ -13,7 +16,14 @@ from typing import Any
 
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
-from service.adapters.channels import ChannelName, Message, Sleep, redact
+from service.adapters.channels import (
+    SEND_DEADLINE_SECONDS,
+    ChannelName,
+    Message,
+    SendDeadline,
+    Sleep,
+    redact,
+)
 from service.errors import DeliveryFailed
 from service.logs import log_event
 
@@ -26,25 +36,36 @@ MAX_RETRY_AFTER_SECONDS = 30.0  # a longer wait fails the send; the digest retri
 class SlackChannel:
     name = ChannelName.SLACK
 
-    def __init__(self, url: str, *, sleep: Sleep = time.sleep, timeout: int = TIMEOUT_SECONDS):
+    def __init__(
+        self,
+        url: str,
+        *,
+        sleep: Sleep = time.sleep,
+        timeout: int = TIMEOUT_SECONDS,
+        deadline: float = SEND_DEADLINE_SECONDS,
+    ):
         self._url = url
-        self._sleep = sleep
+        self._sleep, self._deadline = sleep, deadline
         # Its own silent logger: slack_sdk logs the URL (a secret) at debug level.
         quiet = logging.getLogger("meterfix.slack_sdk")
         quiet.setLevel(logging.CRITICAL)
         self._client = WebhookClient(url, timeout=timeout, logger=quiet, retry_handlers=[])
 
     def send(self, message: Message) -> None:
+        deadline = SendDeadline(self._deadline)
         for part, payload in enumerate(message.slack or [{"text": message.text[:3000]}]):
-            self._post(payload, part)
+            self._post(payload, part, deadline)
 
-    def _post(self, payload: dict[str, Any], part: int) -> None:
+    def _post(self, payload: dict[str, Any], part: int, deadline: SendDeadline) -> None:
         backoff = FIRST_BACKOFF_SECONDS
         reason = ""
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                response = self._client.send_dict(payload)
-            except Exception as exc:  # network edge: DNS, refused, timeout, TLS
+                with deadline.hanging_up():
+                    response = self._client.send_dict(payload)
+            except Exception as exc:  # network edge: DNS, refused, timeout, TLS, the deadline
+                if deadline.passed:
+                    raise DeliveryFailed(f"slack: {deadline.reason}") from None
                 reason = redact(f"{type(exc).__name__}: {exc}", [self._url])
                 wait = backoff
             else:
@@ -52,10 +73,11 @@ class SlackChannel:
                     return
                 reason = f"HTTP {response.status_code}: {redact(str(response.body), [self._url])}"
                 wait = self._wait_for(response, backoff)
-            if attempt < ATTEMPTS:
-                log_event("slack.retry", level=logging.WARNING, part=part, reason=reason, wait=wait)
-                self._sleep(wait)
-                backoff *= 2
+            if attempt == ATTEMPTS or wait >= deadline.left():
+                break  # no time left to wait: tried again later
+            log_event("slack.retry", level=logging.WARNING, part=part, reason=reason, wait=wait)
+            self._sleep(wait)
+            backoff *= 2
         raise DeliveryFailed(f"slack: {reason[:500]}")
 
     def _wait_for(self, response: WebhookResponse, backoff: float) -> float:

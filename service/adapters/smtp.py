@@ -1,8 +1,10 @@
 """Email through SMTP: `smtp://user:pass@host:port` (STARTTLS when the server offers it) or
 `smtps://user:pass@host:port` (implicit TLS); multipart plain text + HTML.
 
-Every connection has a timeout; a temporary failure (4xx reply, dropped connection) is
-retried with backoff inside the send. The password never appears in a reason or a log line.
+Every connection has a timeout, and the whole send a deadline (`SendDeadline`: a server
+sending its greeting a line at a time never trips the timeout); a temporary failure (4xx
+reply, dropped connection, the deadline) is retried with backoff inside the send while the
+deadline allows. The password never appears in a reason or a log line.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from urllib.parse import unquote, urlsplit
 
-from service.adapters.channels import ChannelName, Message, Sleep, redact
+from service.adapters.channels import (
+    SEND_DEADLINE_SECONDS,
+    ChannelName,
+    Message,
+    SendDeadline,
+    Sleep,
+    redact,
+)
 from service.config import Settings
 from service.errors import DeliveryFailed
 from service.logs import log_event
@@ -68,10 +77,11 @@ class EmailChannel:
         tls_context: ssl.SSLContext | None = None,
         sleep: Sleep = time.sleep,
         timeout: float = TIMEOUT_SECONDS,
+        deadline: float = SEND_DEADLINE_SECONDS,
     ) -> None:
         self.target, self.sender, self.recipients = target, sender, recipients
         self._tls = tls_context
-        self._sleep, self._timeout = sleep, timeout
+        self._sleep, self._timeout, self._deadline = sleep, timeout, deadline
 
     @classmethod
     def from_settings(
@@ -98,13 +108,16 @@ class EmailChannel:
 
     def send(self, message: Message) -> None:
         email = self.build(message)
+        deadline = SendDeadline(self._deadline)
         backoff = FIRST_BACKOFF_SECONDS
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                refused = self._deliver(email)
+                refused = self._deliver(email, deadline)
             except (smtplib.SMTPException, OSError) as exc:
                 reason, permanent = self._reason(exc)
-                if permanent or attempt == ATTEMPTS:
+                if deadline.passed:  # its connection was shut: temporary, tried again later
+                    raise DeliveryFailed(f"email: {deadline.reason}") from None
+                if permanent or attempt == ATTEMPTS or deadline.left() <= backoff:
                     raise DeliveryFailed(f"email: {reason}", permanent=permanent) from None
                 log_event("email.retry", level=logging.WARNING, reason=reason, wait=backoff)
                 self._sleep(backoff)
@@ -126,15 +139,19 @@ class EmailChannel:
             [self.target.password],
         )[:1000]
 
-    def _deliver(self, email: EmailMessage) -> dict[str, tuple[int, bytes]]:
+    def _deliver(self, email: EmailMessage, deadline: SendDeadline) -> dict[str, tuple[int, bytes]]:
         """Send `email`; the recipients the server refused (it took it for the others)."""
+        with deadline.hanging_up():
+            return self._converse(email, min(self._timeout, max(deadline.left(), 0.1)))
+
+    def _converse(self, email: EmailMessage, timeout: float) -> dict[str, tuple[int, bytes]]:
         t = self.target
         context = self._tls or ssl.create_default_context()
         smtp: smtplib.SMTP
         if t.implicit_tls:
-            smtp = smtplib.SMTP_SSL(t.host, t.port, timeout=self._timeout, context=context)
+            smtp = smtplib.SMTP_SSL(t.host, t.port, timeout=timeout, context=context)
         else:
-            smtp = smtplib.SMTP(t.host, t.port, timeout=self._timeout)
+            smtp = smtplib.SMTP(t.host, t.port, timeout=timeout)
         with smtp:
             smtp.ehlo()
             if not t.implicit_tls and smtp.has_extn("starttls"):
