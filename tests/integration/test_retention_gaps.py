@@ -41,6 +41,8 @@ from tests.integration.test_billing_safety import (
     add_rules,
     bundled_poller,
     originals_billed,
+    reported,
+    rerun,
     usage_csv,
 )
 from tests.integration.test_e2e import Loop, _put, running_loop
@@ -268,3 +270,59 @@ def test_an_unmatched_report_stays_while_its_warning_is_open(intake: Intake) -> 
 def test_the_report_task_retention_waits_for_is_the_workers() -> None:
     """Retention names the report's task itself (notify imports no worker module)."""
     assert task_id(TaskKind.ERROR_REPORT, "evt_1") == REPORT_TASK_PREFIX + "evt_1"
+
+
+def _purge_days_after(loop: Loop, days: int) -> None:
+    """The hourly purge (the default 90 days), `days` after the last run finished."""
+    with loop.session() as session:
+        last = session.exec(select(RemediationRun).order_by(col(RemediationRun.id).desc())).first()
+    assert last is not None and last.finished_at is not None
+    purge_expired(
+        loop.engine, 90, now=(as_utc(last.finished_at) or utcnow()) + timedelta(days=days)
+    )
+
+
+def test_a_refused_row_without_a_timestamp_fixed_by_hand_months_later_is_billed(
+    loop: Loop,
+) -> None:
+    """Retention purges quarantined rows Stripe takes no more (older than 35 days). A row
+    without a timestamp has no age: Stripe bills it when it arrives. Purged, the entry that
+    said Stripe refused `g` was gone, and `g` fixed by hand in the file 91 days later was
+    left out as sent before (usage lost, counted only in `left_out`)."""
+    other = ["a", "", "api_requests", "cus_alice", "3"]
+    _put(loop, "day.csv", usage_csv([other, ["g", "", "api_requests", "cus_ghost", "5"]]))
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)
+        reported(loop)  # Stripe refuses g (no such customer): quarantined
+        _purge_days_after(loop, 91)
+        with loop.session() as session:
+            assert [q.identifier for q in session.exec(select(QuarantinedRow))] == ["g"]
+        time.sleep(1)
+        _put(loop, "day.csv", usage_csv([other, ["g", "", "api_requests", "cus_alice", "5"]]))
+        run_poll_pass(deps)
+    assert sorted(loop.accepted()) == ["a", "g"]
+
+
+def test_a_row_without_a_timestamp_a_rerun_sent_is_not_sent_again_months_later(
+    loop: Loop,
+) -> None:
+    """The re-run that sent `x` as `x-mfx1` is found through the entry it took; purged with
+    the first run's rows, `x` fixed by hand in the file 91 days later went out as well:
+    billed twice."""
+    other = ["a", "", "api_requests", "cus_alice", "3"]
+    _put(loop, "day.csv", usage_csv([other, ["x", "", "legacy_calls", "cus_alice", "5"]]))
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)
+        loop.drain()  # x refused by the poller (no such meter): quarantined
+        add_rules(loop, '[event_names]\n"legacy_calls" = "api_requests"\n')
+        rerun(loop)
+        run_poll_pass(deps)  # x-mfx1
+        _purge_days_after(loop, 91)
+        time.sleep(1)
+        fixed = [other, ["x", "", "api_requests", "cus_alice", "5"]]
+        _put(loop, "day.csv", usage_csv([*fixed, ["b", "", "api_requests", "cus_alice", "1"]]))
+        run_poll_pass(deps)
+        loop.drain()
+        run_poll_pass(deps)
+    assert sorted(loop.accepted()) == ["a", "b", "x-mfx1"]
+    assert max(originals_billed(loop).values()) == 1

@@ -144,16 +144,26 @@ def quarantined_record(connection: Connection, row_id: int) -> Any:
 def purge_quarantined(connection: Connection, before: datetime, batch: int) -> int:
     """Retention: delete up to `batch` quarantined rows of runs finished before the cutoff,
     or quarantined before it; but not a row a re-run took while that re-run, or one that
-    took the rows it quarantined again, to the end of the chain, is kept (`_chains_kept`).
-    In the caller's transaction."""
+    took the rows it quarantined again, to the end of the chain, is kept (`_chains_kept`),
+    and never a row without a timestamp (`_dated`). In the caller's transaction."""
     old_runs = select(RUNS.c.id).where(RUNS.c.finished_at < before)
-    old = QUARANTINE.c.run_id.in_(old_runs) | (QUARANTINE.c.created_at < before)
+    old = (QUARANTINE.c.run_id.in_(old_runs) | (QUARANTINE.c.created_at < before)) & _dated()
     # a few ids, looked up first (SQLite counts no rows a WITH deletes)
     found: Sequence[Any] = connection.execute(select(_chains_kept(before))).scalars().all()
     kept = sorted(int(i) for i in found)
     taken = QUARANTINE.c.rerun_id
     where = old & (taken.is_(None) | taken.not_in(kept)) if kept else old
     return delete_batch_in(connection, QUARANTINE, where, batch)
+
+
+def _dated() -> ColumnElement[bool]:
+    """Rows with a timestamp. Retention purges rows old enough that Stripe takes them no
+    more (35 days); a row without one has no age: Stripe bills it at the time it arrives,
+    whenever that is. Purged, its entry was how the poller knew Stripe had refused it (sent
+    from a version fixed by hand months later, it was left out as billed: usage lost) and
+    how a re-run that took it is found (sent as it is beside the re-run's `x-mfx1`)."""
+    stamp = QUARANTINE.c.record["timestamp"].as_string()
+    return func.coalesce(func.trim(stamp), "") != ""
 
 
 def _chains_kept(before: datetime) -> Any:
