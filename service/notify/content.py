@@ -26,6 +26,7 @@ from service.jobs.store.quarantine import (
 from service.jobs.store.reports_left import ReportsLeft, reports_left_between
 from service.jobs.store.run_counts import runs_finished_between, top_runs_finished_between
 from service.models import ErrorReportStatus
+from service.models.alerts import AlertSeverity
 from service.models.inbox import InboxStatus
 from service.models.poller import ObjectStatus
 from service.notify.digest_lines import (
@@ -40,7 +41,12 @@ from service.notify.digest_lines import (
     RunLine,
     Totals,
 )
-from service.notify.store import count_alerts_seen_between, unresolved_critical_alerts
+from service.notify.store import (
+    alerts_seen_between,
+    count_alerts_seen_between,
+    count_unresolved_critical_alerts,
+    unresolved_critical_alerts,
+)
 from service.notify.urls import MAX_LINK_RUNS, DashboardLinks
 from service.notify.windows import Window
 from service.poller.store import count_objects
@@ -71,6 +77,7 @@ def collect_digest(
     digest.links = {
         "dashboard": links.home(),
         "alerts": links.alerts(),
+        "warnings": links.alerts(severity=AlertSeverity.WARNING),
         "dead_letters": links.dead_letters(),
         "quarantine": links.quarantine(),
         "reports": links.reports(),
@@ -230,7 +237,9 @@ def _state(conn: Connection, window: Window, digest: Digest, links: DashboardLin
     """Open critical alerts, dead letters and backlog: the state at the end of the window."""
     for subject, status, count in unresolved_critical_alerts(conn, TOP):
         digest.alerts.append(AlertLine(subject, status, count, links.alerts()))
+    digest.alerts_total = count_unresolved_critical_alerts(conn)
     digest.alerts_in_window = count_alerts_seen_between(conn, window.start, window.end)
+    _warnings(conn, window, digest, links)
     digest.dead_total = count_events(conn, InboxStatus.DEAD)
     for row in latest_events(conn, InboxStatus.DEAD, 5):
         digest.dead.append(
@@ -239,3 +248,15 @@ def _state(conn: Connection, window: Window, digest: Digest, links: DashboardLin
     digest.backlog_events = count_events(conn, InboxStatus.PENDING)
     digest.oldest_pending = oldest_pending(conn)
     digest.backlog_objects = count_objects(conn, ObjectStatus.SEEN)
+
+
+def _warnings(conn: Connection, window: Window, digest: Digest, links: DashboardLinks) -> None:
+    """The warning alerts raised in the window: a window whose only news they were sent a
+    digest saying nothing of them (`digest.failed`, `poller.taken_again` reached no one)."""
+    warning = AlertSeverity.WARNING
+    url = links.alerts(severity=warning)
+    for kind, subject, status, count in alerts_seen_between(
+        conn, window.start, window.end, warning, TOP
+    ):
+        digest.warnings.append(AlertLine(subject, status, count, url, kind))
+    digest.warnings_total = count_alerts_seen_between(conn, window.start, window.end, warning)

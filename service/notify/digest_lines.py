@@ -63,6 +63,7 @@ class AlertLine:
     status: str
     count: int
     url: str
+    kind: str = ""
 
 
 @dataclass
@@ -105,7 +106,10 @@ class Digest:
     groups_more: tuple[int, int] = (0, 0)
     reasons: list[ReasonLine] = field(default_factory=list)
     runs: list[RunLine] = field(default_factory=list)
-    alerts: list[AlertLine] = field(default_factory=list)
+    alerts: list[AlertLine] = field(default_factory=list)  # open critical ones, the latest
+    alerts_total: int = 0  # every open critical alert (1,000 open were said to be 10)
+    warnings: list[AlertLine] = field(default_factory=list)  # raised in the window, the latest
+    warnings_total: int = 0
     dead: list[DeadLine] = field(default_factory=list)
     reports: list[ReportLine] = field(default_factory=list)
     reports_total: ReportCount = field(default_factory=ReportCount)
@@ -116,6 +120,14 @@ class Digest:
     backlog_objects: int = 0
     alerts_in_window: int = 0
     links: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def alerts_more(self) -> int:
+        return self.alerts_total - len(self.alerts)
+
+    @property
+    def warnings_more(self) -> int:
+        return self.warnings_total - len(self.warnings)
 
     @property
     def empty(self) -> bool:

@@ -234,7 +234,8 @@ def _summary(digest: Digest, message: Message) -> dict[str, Any]:
     return {
         "totals": asdict(digest.totals),
         "codes": len(digest.codes),
-        "open_critical_alerts": len(digest.alerts),
+        "open_critical_alerts": digest.alerts_total,
+        "warning_alerts": digest.warnings_total,
         "dead_letters": digest.dead_total,
         "error_reports_left": digest.reports_total.reports,
         "subject": message.subject,

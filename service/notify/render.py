@@ -150,7 +150,7 @@ def _group_lines(d: Digest) -> list[str]:
 
 def _run_lines(d: Digest) -> list[str]:
     return [
-        f"• {link(r.url, f'#{r.run_id}')} {escape(r.trigger)} {escape(r.source)}: "
+        f"• {link(r.url, f'#{r.run_id}')} {escape(r.trigger)} {code(r.source)}: "
         f"{r.received} received, {r.valid} valid, {r.corrected} corrected, "
         f"{r.quarantined} quarantined"
         for r in d.runs
@@ -158,10 +158,17 @@ def _run_lines(d: Digest) -> list[str]:
 
 
 def _attention_lines(d: Digest, oldest: str) -> list[str]:
-    """What waits on a person: open critical alerts, dead letters, the backlog."""
+    """What waits on a person: open critical alerts, the window's warnings, dead letters, the
+    backlog. An alert's subject (it may name an object key) is a code span, as in an alert's
+    own message: Slack would make a link of a key such as `https://…`."""
     return [
-        f"• {link(d.links['alerts'], 'Open critical alerts')}: {len(d.alerts)}",
-        *(f"    [{a.status}] {escape(a.subject)} (×{a.count})" for a in d.alerts),
+        f"• {link(d.links['alerts'], 'Open critical alerts')}: {d.alerts_total}",
+        *(f"    [{a.status}] {code(a.subject)} (×{a.count})" for a in d.alerts),
+        *([f"    and {d.alerts_more} more"] if d.alerts_more else []),
+        f"• {link(d.links['warnings'], 'Warning alerts raised in this window')}: "
+        f"{d.warnings_total}",
+        *(f"    [{a.status}] {escape(a.kind)}: {code(a.subject)} (×{a.count})" for a in d.warnings),
+        *([f"    and {d.warnings_more} more"] if d.warnings_more else []),
         f"• {link(d.links['dead_letters'], 'Dead letters')}: {d.dead_total}",
         f"• Backlog: {d.backlog_events} events pending"
         + (f" (oldest {oldest})" if oldest else "")

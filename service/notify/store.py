@@ -146,9 +146,39 @@ def unresolved_critical_alerts(connection: Connection, limit: int) -> list[tuple
     return [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
 
 
-def count_alerts_seen_between(connection: Connection, start: datetime, end: datetime) -> int:
-    """Alerts raised (or raised again) in [start, end)."""
+def count_unresolved_critical_alerts(connection: Connection) -> int:
+    unresolved = (ALERTS.c.severity == AlertSeverity.CRITICAL) & (
+        ALERTS.c.status != AlertStatus.RESOLVED
+    )
+    query = select(func.count()).select_from(ALERTS).where(unresolved)
+    return int(connection.execute(query).scalar() or 0)
+
+
+def alerts_seen_between(
+    connection: Connection, start: datetime, end: datetime, severity: AlertSeverity, limit: int
+) -> list[tuple[str, str, str, int]]:
+    """(kind, subject, status, count) of `severity` alerts raised (or raised again) in
+    [start, end), most recently seen first."""
     seen = (ALERTS.c.last_seen_at >= start) & (ALERTS.c.last_seen_at < end)
+    rows = connection.execute(
+        select(ALERTS.c.kind, ALERTS.c.subject, ALERTS.c.status, ALERTS.c.count)
+        .where(seen & (ALERTS.c.severity == severity))
+        .order_by(ALERTS.c.last_seen_at.desc(), ALERTS.c.id.desc())
+        .limit(limit)
+    )
+    return [(str(row[0]), str(row[1]), str(row[2]), int(row[3])) for row in rows]
+
+
+def count_alerts_seen_between(
+    connection: Connection,
+    start: datetime,
+    end: datetime,
+    severity: AlertSeverity | None = None,
+) -> int:
+    """Alerts (of `severity`, or all) raised (or raised again) in [start, end)."""
+    seen = (ALERTS.c.last_seen_at >= start) & (ALERTS.c.last_seen_at < end)
+    if severity is not None:
+        seen &= ALERTS.c.severity == severity
     query = select(func.count()).select_from(ALERTS).where(seen)
     return int(connection.execute(query).scalar() or 0)
 

@@ -69,8 +69,8 @@ class DashboardLinks:
             query |= {"until": _last_moment_before(self.window.end)}
         return f"{self.base}/runs?{urlencode(query)}"
 
-    def alerts(self) -> str:
-        return f"{self.base}/alerts"
+    def alerts(self, severity: str | None = None) -> str:
+        return f"{self.base}/alerts" + (f"?{urlencode({'severity': severity})}" if severity else "")
 
     def dead_letters(self) -> str:
         return f"{self.base}/events?status=dead"

@@ -11,7 +11,12 @@ from service.notify.slack_blocks import MAX_BLOCKS, MAX_TEXT, sections, split_bl
 from service.notify.windows import Window
 
 WINDOW = Window(datetime(2026, 11, 29, tzinfo=UTC), datetime(2026, 11, 30, tzinfo=UTC))
-LINKS = {"dashboard": "https://x/", "alerts": "https://x/alerts", "dead_letters": "https://x/d"}
+LINKS = {
+    "dashboard": "https://x/",
+    "alerts": "https://x/alerts",
+    "warnings": "https://x/alerts?severity=warning",
+    "dead_letters": "https://x/d",
+}
 
 
 def _digest(groups: int) -> Digest:
