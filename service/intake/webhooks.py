@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -28,6 +29,7 @@ from werkzeug.routing import PathConverter, Rule
 from handlers import REGISTRY
 from service.adapters.stripe_events import VerifiedEvent, WebhookVerifier
 from service.errors import InboxUnavailable, SchemaNotCurrent, WebhookRejected
+from service.intake.read_deadline import read_deadline
 from service.intake.schema_gate import SchemaGate, upgrade_due
 from service.intake.store import store_event
 from service.logs import LOGGER, log_event
@@ -38,6 +40,13 @@ bp = Blueprint("webhooks", __name__)
 INTAKE_KEY = "meterfix.webhook_intake"
 JSON_MIMETYPE = "application/json"
 READ_CHUNK_BYTES = 64 * 1024
+# A body not received whole within this many seconds of its first read is refused (408):
+# Stripe sends a body at once; a client dripping one byte a second held a server thread for
+# as long as it liked (two such clients stopped the Procfile's two sync workers).
+BODY_SECONDS = 10.0
+# The client's socket, where the server puts it in the WSGI environ (shut for reading at the
+# deadline, so that a read blocked on a client sending nothing returns)
+_SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,17 +136,23 @@ def read_body(req: Request, limit: int) -> bytes:
     length = req.content_length
     if length is not None and length > limit:
         raise WebhookRejected(f"body too large: over {limit} bytes", status=413)
-    if length is None:
-        body = _read_at_most(req.stream, limit + 1)
-    else:
-        body = _read_at_most(req.environ["wsgi.input"], length)
+    client = next((req.environ[k] for k in _SOCKET_KEYS if k in req.environ), None)
+    deadline = time.monotonic() + BODY_SECONDS
+    with read_deadline(client, BODY_SECONDS):
+        if length is None:
+            body = _read_at_most(req.stream, limit + 1)
+        else:
+            body = _read_at_most(req.environ["wsgi.input"], length)
+    if time.monotonic() >= deadline and (length is None or len(body) < length):
+        raise WebhookRejected(f"body not received within {BODY_SECONDS:g} s", status=408)
     if len(body) > limit:
         raise WebhookRejected(f"body too large: over {limit} bytes", status=413)
     return body
 
 
 def _read_at_most(stream: IO[bytes], size: int) -> bytes:
-    """Up to `size` bytes: a single read may return less than asked before the body ends.
+    """Up to `size` bytes: a single read may return less than asked before the body ends
+    (and every read ends at the body's deadline: `read_deadline`).
 
     A broken chunked encoding or a body cut short is the sender's fault: servers raise
     OSError for both (werkzeug "Invalid chunk header", gunicorn's InvalidChunkSize and
