@@ -258,6 +258,16 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be s3://BUCKET[/PREFIX] or file://PATH")
 
+    @field_validator("mfx_admin_token")
+    @classmethod
+    def _admin_token(cls, value: str) -> str:
+        """Stripped: a secret file's trailing newline made a token no login could match. At
+        least 16 characters: the dashboard's cookies are signed with a key drawn from it."""
+        token = value.strip()
+        if value and len(token) < 16:  # a secret: never quoted
+            raise ValueError("must be at least 16 characters (a random one: 32 bytes or more)")
+        return token
+
     @field_validator("mfx_public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:

@@ -268,5 +268,5 @@ def test_embedded_defaults_generate_keep_and_reuse_a_token(
     client = make_app(settings).test_client()
     assert client.get("/api/alerts", headers={"Authorization": f"Bearer {token}"}).is_json
     assert client.get("/api/alerts", headers={"Authorization": "Bearer x"}).status_code == 401
-    configured = make_settings(mfx_work_dir=str(work), mfx_admin_token="mine")
-    assert admin_token(configured) == "mine" and login_banner(configured) is None
+    configured = make_settings(mfx_work_dir=str(work), mfx_admin_token="mine-0123456789abcdef")
+    assert admin_token(configured) == "mine-0123456789abcdef" and login_banner(configured) is None

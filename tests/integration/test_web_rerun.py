@@ -31,7 +31,7 @@ from service.worker.task_runner import TaskRunner
 from service.worker.tasks import TaskKind
 from tests.conftest import SandboxServer
 
-TOKEN = "rerun-token"
+TOKEN = "rerun-token-0123456789"
 FAILED = (
     "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
     "a1,{now},api_requests,acme-42,5,meter_event_customer_not_found\n"
