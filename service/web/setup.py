@@ -1,6 +1,7 @@
-"""Puts the web room on the app: probes, the JSON API, the dashboard, signed sessions, and
-JSON errors for every path under /api/ (never an HTML page or a bare 500 there); a database
-not migrated is answered 503 saying so, not as a database that is down."""
+"""Puts the web room on the app: probes, the JSON API, the dashboard, signed sessions, security
+headers on every answer, and JSON errors for every path under /api/ (never an HTML page or a
+bare 500 there); a database not migrated is answered 503 saying so, not as a database that is
+down."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from service.logs import log_event
 from service.notify.shown import shown_as_text
 from service.web.access import configure_sessions
 from service.web.context import upgrade_due
+from service.web.headers import add_security_headers
 
 
 def register_web(app: Flask, settings: Settings) -> None:
@@ -34,6 +36,7 @@ def register_web(app: Flask, settings: Settings) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(SQLAlchemyError, _database_error)
     app.register_error_handler(SchemaNotCurrent, _schema_not_current)
+    app.after_request(add_security_headers)
 
 
 class ExactJSONProvider(DefaultJSONProvider):

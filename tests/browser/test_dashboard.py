@@ -201,3 +201,27 @@ def test_every_page_loads_without_a_failed_request_or_console_error(page: Any, s
         page.goto(site.url + path)
         page.wait_for_load_state("networkidle")
     assert failed == []
+
+
+def test_pages_draw_under_their_csp_and_refuse_to_be_framed(page: Any, site: Site) -> None:
+    """Any site could show the dashboard in a frame (no X-Frame-Options, no CSP) and have a
+    signed-in operator click its buttons. The CSP that now refuses framing and every script
+    must leave the pages whole: no violation, the charts drawn."""
+    page.add_init_script(
+        "window.violations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    _login(page, site)
+    for path in ("/", "/runs", f"/runs/{site.run_id}", "/quarantine", "/events", "/alerts"):
+        page.goto(site.url + path)
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("window.violations") == [], path
+    page.goto(site.url + "/")
+    for chart in ("chart-rows", "chart-codes"):
+        box = page.get_by_test_id(chart).locator("svg").bounding_box()
+        assert box is not None and box["width"] > 100 and box["height"] > 100
+    page.set_content(f'<iframe src="{site.url}/alerts" width="800" height="600"></iframe>')
+    page.wait_for_timeout(500)
+    [framed] = [frame for frame in page.frames if frame != page.main_frame]
+    assert framed.query_selector("[data-testid=nav]") is None  # the browser refused it
