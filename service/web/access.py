@@ -1,21 +1,28 @@
 """Who may look: MFX_ADMIN_TOKEN as a bearer token (API) or a login that sets a signed session
 cookie (browser), a CSRF token on every cookie-session POST, and 404 without a token.
 
+Only a login gets a signed cookie, its key drawn from the token by scrypt: a cookie checked
+against guessed tokens costs each guess that key (an anonymous visitor is given none to check).
+
 Under the embedded defaults a token is generated once, kept in MFX_WORK_DIR (mode 600) and
 reused on restart; `login_banner` is what `serve` prints to the terminal (never a log line).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 import secrets
+import time
+from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, current_app, request, session
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, current_app, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from itsdangerous import URLSafeTimedSerializer
+from werkzeug.wrappers import Response as BaseResponse
 
 from service.config import Settings
 from service.runtime import runtime
@@ -24,6 +31,12 @@ TOKEN_FILE = "admin-token"
 EXTENSION = "meterfix.web.token"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
+LOGIN_COOKIE = "meterfix_login"  # the login form's CSRF token (double submit, not signed)
+# How long a login lasts, whatever is done with its cookie (logout only clears the browser's)
+SESSION_LIFETIME = timedelta(hours=12)
+MIN_TOKEN_LENGTH = 16
+# scrypt's cost: 32 MiB and ~0.2 s a key, paid once a process and token (`session_key`)
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 
 
 def admin_token(settings: Settings) -> str:
@@ -53,8 +66,11 @@ def _stored_token(path: Path) -> str:
             tmp.unlink()
     os.chmod(path, 0o600)
     token = path.read_text(encoding="utf-8").strip()
-    if not token:
-        raise ValueError(f"{path} is empty: delete it to have a new admin token made")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"{path} holds no token of {MIN_TOKEN_LENGTH} characters or more: "
+            "delete it to have a new admin token made"
+        )
     return token
 
 
@@ -90,18 +106,24 @@ def bearer_ok(token: str) -> bool:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    return token_ok(given, token)
 
 
-def session_ok(token: str) -> bool:
-    """A login of this token (a new token ends every session made with the old one)."""
-    mark = session.get("auth")
-    return isinstance(mark, str) and hmac.compare_digest(mark, _fingerprint(token))
+def session_ok() -> bool:
+    """A login signed with this token's key (a new token ends every session made with the old
+    one), at most SESSION_LIFETIME ago (a cookie re-signed later keeps its login's time)."""
+    at = session.get("at")
+    if not isinstance(session.get("auth"), str) or not isinstance(at, int):
+        return False
+    return time.time() - at < SESSION_LIFETIME.total_seconds()
 
 
-def start_session(token: str) -> None:
+def start_session() -> None:
+    """A login: a nonce of its own (two logins never share a cookie) and its time."""
     session.clear()
-    session["auth"] = _fingerprint(token)
+    session.permanent = True  # the browser drops the cookie after SESSION_LIFETIME
+    session["auth"] = secrets.token_urlsafe(16)
+    session["at"] = int(time.time())
     session["csrf"] = secrets.token_urlsafe(32)
 
 
@@ -123,21 +145,59 @@ def csrf_ok() -> bool:
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
-def _fingerprint(token: str) -> str:
-    return hmac.new(token.encode(), b"meterfix-dashboard-session", hashlib.sha256).hexdigest()
+def new_login_form(response: BaseResponse, value: str) -> None:
+    """Sets the cookie holding `value`, the CSRF token the login form posts back (an unsigned
+    double submit: another site can neither read nor set it, and signing it would give every
+    visitor a cookie to test guessed tokens against)."""
+    response.set_cookie(
+        LOGIN_COOKIE,
+        value,
+        path=url_for("dashboard.login"),
+        secure=bool(current_app.config["SESSION_COOKIE_SECURE"]),
+        httponly=True,
+        samesite="Strict",
+    )
+
+
+def login_form_ok() -> bool:
+    given = request.form.get(CSRF_FIELD, "")
+    expected = request.cookies.get(LOGIN_COOKIE, "")
+    if not given or not expected:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
+def token_ok(given: str, token: str) -> bool:
+    # bytes: compare_digest refuses text holding anything but ASCII (a 500 for `é`)
+    return hmac.compare_digest(given.strip().encode("utf-8", "replace"), token.encode())
+
+
+@functools.lru_cache(maxsize=4)
+def session_key(token: str) -> bytes:
+    """The cookies' signing key, the same in every process given the token (gunicorn workers,
+    several hosts) and a new one with a new token; scrypt, so a guess costs what it costs us."""
+    return hashlib.scrypt(
+        token.encode(),
+        salt=b"meterfix-session-key",
+        n=SCRYPT_N,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        maxmem=2 * 128 * SCRYPT_R * SCRYPT_N,
+        dklen=32,
+    )
 
 
 class TokenSessionInterface(SecureCookieSessionInterface):
-    """Flask's signed cookie session, keyed by a secret derived from the admin token (so no
-    second secret to configure, and rotating the token signs everyone out)."""
+    """Flask's signed cookie session, keyed by `session_key` (so no second secret to configure,
+    and rotating the token signs everyone out). Only a login's session is written: an
+    anonymous visitor's never reaches a cookie."""
 
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         token = current_token()
         if not token:
             return None
-        key = hmac.new(token.encode(), b"meterfix-session-key", hashlib.sha256).hexdigest()
         return URLSafeTimedSerializer(
-            key,
+            session_key(token),
             salt=self.salt,
             serializer=self.serializer,
             signer_kwargs={
@@ -146,6 +206,9 @@ class TokenSessionInterface(SecureCookieSessionInterface):
             },
         )
 
+    def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
+        return "auth" in session and super().should_set_cookie(app, session)
+
 
 def configure_sessions(app: Flask, settings: Settings) -> None:
     app.session_interface = TokenSessionInterface()
@@ -153,5 +216,8 @@ def configure_sessions(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_NAME="meterfix_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.mfx_public_url.startswith("https://"),
+        # `HTTPS://` too: a scheme is case-insensitive
+        SESSION_COOKIE_SECURE=settings.mfx_public_url.lower().startswith("https://"),
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,  # Flask refuses an older signature
+        SESSION_REFRESH_EACH_REQUEST=False,  # no new cookie each page: a login's time stays
     )

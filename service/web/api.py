@@ -35,7 +35,7 @@ def _guard() -> tuple[Response, int] | None:
     if bearer_ok(token):
         g.via = "api"
         return None
-    if request.headers.get("Authorization") or not session_ok(token):
+    if request.headers.get("Authorization") or not session_ok():
         response, status = json_error(401, "missing or wrong bearer token")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response, status

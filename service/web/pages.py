@@ -3,7 +3,7 @@ login form, and the buttons' POST routes (CSRF token required, then back to the 
 
 from __future__ import annotations
 
-import hmac
+import secrets
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -13,6 +13,7 @@ from flask import (
     abort,
     flash,
     g,
+    make_response,
     redirect,
     render_template,
     request,
@@ -29,11 +30,15 @@ from service.models.alerts import AlertStatus
 from service.models.inbox import InboxStatus
 from service.web import actions, charts, lineage, params, quarantine, store
 from service.web.access import (
+    LOGIN_COOKIE,
     csrf_ok,
     csrf_token,
     current_token,
+    login_form_ok,
+    new_login_form,
     session_ok,
     start_session,
+    token_ok,
 )
 from service.web.context import actor, engine, settings
 from service.web.heartbeat_check import notice_silence
@@ -63,7 +68,7 @@ def _guard() -> BaseResponse | None:
     g.via = "dashboard"
     if request.endpoint in OPEN_PATHS:
         return None
-    if not session_ok(token):
+    if not session_ok():
         return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
     if request.method == "POST" and not csrf_ok():
         abort(403, "missing or wrong CSRF token")
@@ -101,20 +106,30 @@ def _not_found(exc: NotFound) -> tuple[str, int]:
 
 
 @bp.get("/login")
-def login() -> str:
-    return render_template("login.html", next=_next_path(request.args.get("next")))
+def login() -> BaseResponse:
+    return _login_form(_next_path(request.args.get("next")))
 
 
 @bp.post("/login")
-def login_post() -> BaseResponse | tuple[str, int]:
-    given = request.form.get("token", "")
+def login_post() -> BaseResponse:
     target = _next_path(request.form.get("next"))
-    if not csrf_ok():
-        return render_template("login.html", next=target, error="Form expired: try again"), 403
-    if not hmac.compare_digest(given.strip().encode(), current_token().encode()):
-        return render_template("login.html", next=target, error="Wrong token"), 401
-    start_session(current_token())
-    return redirect(target)
+    if not login_form_ok():
+        return _login_form(target, "Form expired: try again", 403)
+    if not token_ok(request.form.get("token", ""), current_token()):
+        return _login_form(target, "Wrong token", 401)
+    start_session()
+    response = redirect(target)
+    response.delete_cookie(LOGIN_COOKIE, path=url_for("dashboard.login"))
+    return response
+
+
+def _login_form(target: str, error: str | None = None, status: int = 200) -> BaseResponse:
+    """The login page, with a new CSRF token in its form and in the login cookie."""
+    value = secrets.token_urlsafe(32)
+    page = render_template("login.html", next=target, error=error, login_csrf=value)
+    response = make_response(page, status)
+    new_login_form(response, value)
+    return response
 
 
 @bp.post("/logout")
