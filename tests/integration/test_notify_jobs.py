@@ -154,6 +154,8 @@ def test_retention_purges_old_records_in_batches(engine: Engine) -> None:
                         code="c",
                         reason="r",
                         created_at=run.finished_at,
+                        # dated: a row without a timestamp is never purged (no age)
+                        record={"timestamp": "1700000000"},
                     )
                 )
         session.add(
