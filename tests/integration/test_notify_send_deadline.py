@@ -31,7 +31,10 @@ from tests.servers import serve_wsgi
 
 DEADLINE = 1.0
 DRIP_EVERY = 0.2  # far below the per-read timeouts (15 s, 10 s): they never fire
-BUDGET = 8.0  # the tarpit gives up after this (without the deadline, the test fails, not hangs)
+BUDGET = 15.0  # the tarpit gives up after this (without the deadline, the test fails, not hangs)
+# Past the deadline, what a loaded machine may take to end the send (and a digest pass's
+# database work): far below BUDGET, so a send the deadline did not end still fails
+LATE = 5.0
 
 
 class Tarpit:
@@ -150,7 +153,7 @@ def test_a_send_to_a_server_answering_a_byte_at_a_time_ends_at_its_deadline(
     with pytest.raises(DeliveryFailed) as failed:
         channel.send(Message(subject="s", text="t", html="<p>t</p>"))
     took = time.monotonic() - started
-    assert took < DEADLINE + 1.5, took
+    assert took < DEADLINE + LATE, took
     assert not failed.value.permanent and "deadline" in failed.value.reason
     assert "SECRET" not in failed.value.reason
     assert tarpit.connections == 1
@@ -171,7 +174,7 @@ def test_the_digest_pass_ends_and_retries_later(
     sender = DigestSender(db_engine, settings, [channel], instance="t", clock=lambda: NOW)
     started = time.monotonic()
     [outcome] = sender.tick()
-    assert time.monotonic() - started < DEADLINE + 1.5
+    assert time.monotonic() - started < DEADLINE + LATE
     assert outcome.status == "failed" and "deadline" in outcome.reason
     with Session(db_engine) as session:
         [row] = session.exec(select(DigestRun)).all()
@@ -197,7 +200,7 @@ def test_a_tarpitted_channel_holds_no_critical_alert_back_from_the_other(
         )
         started = time.monotonic()
         send_critical_alerts(db_engine, settings, [tarpitted, slack])
-        assert time.monotonic() - started < DEADLINE + 1.5
+        assert time.monotonic() - started < DEADLINE + LATE
     assert "in/k.csv: the poller gave up" in receiver.texts()
     with Session(db_engine) as session:
         [alert] = session.exec(select(Alert)).all()
