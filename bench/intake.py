@@ -1,6 +1,7 @@
 """Webhook intake throughput: our POST /webhooks vs a bare Flask endpoint, same gunicorn config.
 
-Both run under gunicorn (sync, 2 workers) on loopback and get the same load for the same time:
+Both run under the gunicorn options of the Procfile's `web` line (2 workers of 16 threads,
+`gthread`), on loopback, and get the same load for the same time:
 pre-signed, distinct thin events (generated before the run). The two are measured alternately
 over several rounds, the order flipping every round (this box's 2 cores are shared, so load
 from elsewhere hits both alike); every round is printed (req/s, p50, p99, ratio ours/bare) and
@@ -23,6 +24,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import statistics
@@ -87,10 +89,17 @@ def make_events(path: Path | None, count: int, prefix: str) -> list[tuple[str, s
     return events
 
 
+def procfile_options() -> list[str]:
+    """The gunicorn options of the Procfile's `web` line but its bind: what production runs."""
+    [line] = [x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:")]
+    words = shlex.split(line.partition(":")[2])[1:-1]  # between `gunicorn` and the app
+    at = words.index("--bind")
+    return words[:at] + words[at + 2 :]
+
+
 def start_gunicorn(app: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     command = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "--workers", "2", "--worker-class", "sync",
+        str(Path(sys.executable).parent / "gunicorn"), *procfile_options(),
         "--bind", f"127.0.0.1:{port}", "--log-level", "warning", app,
     ]  # fmt: skip
     with log.open("ab") as sink:
@@ -329,7 +338,8 @@ def report(results: dict[str, list[Result]], stored: int, args: argparse.Namespa
     pinned = f", pinned to CPU {args.pin_load}" if args.pin_load else ""
     print(
         f"load: {tool}{pinned}, {args.connections} connections, {args.rounds} rounds x "
-        f"{args.seconds} s per app (alternating), gunicorn sync -w 2, {database}"
+        f"{args.seconds} s per app (alternating), gunicorn {' '.join(procfile_options())}, "
+        f"{database}"
     )
     print_rounds(results)
     for name, runs in results.items():
