@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -276,3 +277,52 @@ def test_security_headers_on_pages_api_and_csv(browser: Browser) -> None:
     assert "no-store" not in stylesheet.headers.get("Cache-Control", "")
     overview = signed_in[0].text
     assert "<svg" in overview and "<script" not in overview  # pygal's config script is cut
+
+
+def test_the_key_is_drawn_once_and_never_for_a_request_without_a_session_cookie(
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new gthread worker's 16 threads each drew the scrypt key at once (32 MiB and ~0.2 s
+    each: 500 MiB a worker, 3-4 s a request), and every request drew it, webhooks and
+    probes included, though only a session cookie needs it."""
+    drawn: list[int] = []
+    scrypt = hashlib.scrypt
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        drawn.append(1)
+        return scrypt(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counted)
+    token = f"threads-token-{time.time_ns()}"  # a key no other test drew in this process
+    with seed.served(db_url, make_settings, make_app, token) as (url, _engine, _client):
+
+        def at_once(call: Callable[[], requests.Response]) -> list[int]:
+            gate = threading.Barrier(16)
+            answers: list[int] = []
+
+            def one() -> None:
+                gate.wait()
+                answers.append(call().status_code)
+
+            threads = [threading.Thread(target=one) for _ in range(16)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            return answers
+
+        probes = at_once(lambda: requests.get(f"{url}/healthz", timeout=20))
+        api = at_once(
+            lambda: requests.get(
+                f"{url}/api/alerts", headers={"Authorization": f"Bearer {token}"}, timeout=20
+            )
+        )
+        assert (probes, api, drawn) == ([200] * 16, [200] * 16, [])
+        browser = Browser(url, requests.Session())
+        assert browser.login(token).status_code == 302
+        cookie = browser.client.cookies[COOKIE]
+        pages = at_once(lambda: requests.get(f"{url}/alerts", cookies={COOKIE: cookie}, timeout=20))
+        assert pages == [200] * 16 and drawn == [1]
