@@ -33,7 +33,8 @@ class _Watchdog:
                     target=self._run, name="meterfix-read-deadline", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][1] == ticket:  # the watchdog waits for a later one, or none:
+                self._cond.notify()  # else it wakes for the earlier one anyway (no switch)
             return ticket
 
     def done(self, ticket: int) -> None:
