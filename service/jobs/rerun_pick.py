@@ -24,6 +24,7 @@ from service.jobs.runs import RunContext
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.jobs.store.reports import import_set
 from service.jobs.store.reruns import (
+    HeldEntry,
     OtherTake,
     QuarantinedFrom,
     RerunRow,
@@ -93,14 +94,17 @@ def _sent_since(engine: Engine, connection: Connection, ids: list[int]) -> set[i
 
 
 def _taken_since(engine: Engine, connection: Connection, ids: list[int], own_key: str) -> set[int]:
-    """The ids among `ids` of rows another run took after they were quarantined, marked
-    with it: it quarantined the identifier again (a copy of the row, a quarantine file fed
-    back, perhaps fixed by hand in part: the newer entry is the one to re-run), or wrote it
-    out corrected or unchanged under a derived identifier (a fed-back quarantine file's
-    `<id>-mfx2`). Re-run, such a row went out a second time under another derived
-    identifier, which nothing dedupes, and of two entries of one row the older one's
-    contents could go out first under the same identifier (the operator's fix dropped as
-    a duplicate). Never a run of this re-run (`own_key`): a crashed try of it."""
+    """The ids among `ids` of rows taken elsewhere since, marked with what took them: a row
+    of the same identifier and timestamp (the same usage: an identifier may be used again a
+    day later for other usage) that a finished run quarantined after it (a copy, or the
+    quarantine file fed back while the cause was still there, perhaps fixed in part: the
+    newer entry is the one to re-run), or that the poller sent under a derived identifier
+    (a fed-back quarantine file's `<id>-mfx2`). Re-run, such a row went out a second time
+    under another derived identifier, which nothing dedupes, and of two entries of one row
+    the older one's contents could go out first under the same identifier (the operator's
+    fix dropped as a duplicate). Never a run of this re-run (`own_key`): a crashed try of
+    it. (With Stripe's connector importing, what it took from a fed-back file is not known
+    here: such a row is re-run.)"""
     found: dict[int, str] = {}
     entries = iter(held_entries(connection, ids))
     generations = range(1, newest_generation(connection) + 1)
@@ -115,19 +119,23 @@ def _taken_since(engine: Engine, connection: Connection, ids: list[int], own_key
                 hashed_identifier(identifier, generation),
             )
         }
-        takes: dict[str, list[OtherTake]] = {}
+        takes: dict[tuple[str, str], list[OtherTake]] = {}
         for take in other_takes(connection, engine, identifiers, derived, own_key):
-            takes.setdefault(take.identifier, []).append(take)
+            takes.setdefault((take.identifier, take.stamp), []).append(take)
         for entry in chunk:
             later = [
                 take
-                for take in takes.get(entry.identifier, ())
-                if take.run_id != entry.run_id and take.at > entry.at
+                for take in takes.get((entry.identifier, entry.stamp), ())
+                if take.run_id is None or (take.run_id != entry.run_id and _after(take, entry))
             ]
             if later:
-                found[entry.id] = _took(max(later, key=lambda take: take.at))
+                found[entry.id] = _took(later[-1])
     _mark(engine, found)
     return set(found)
+
+
+def _after(take: OtherTake, entry: HeldEntry) -> bool:
+    return take.at is not None and take.at > entry.at
 
 
 def _took(take: OtherTake) -> str:
@@ -135,10 +143,10 @@ def _took(take: OtherTake) -> str:
     from")."""
     if take.as_identifier is None:
         return (
-            f"{take.source}, quarantined again there by run {take.run_id} at {_at(take.at)} "
-            "(that entry is the one to re-run)"
+            f"{take.source}, quarantined again there by run {take.run_id} at "
+            f"{_at(take.at or datetime.now(UTC))} (that entry is the one to re-run)"
         )
-    return f"{take.source}, sent as {take.as_identifier} by run {take.run_id} at {_at(take.at)}"
+    return f"{take.source}, sent as {take.as_identifier} by the poller"
 
 
 def _at(moment: datetime) -> str:

@@ -1402,3 +1402,33 @@ def test_the_runs_over_one_object_take_one_turn_whichever_name_they_give_it(db_u
     waiting.join(10)
     assert took[-1] == "day.csv"
     engine.dispose()
+
+
+def test_a_row_a_fed_back_quarantine_file_sent_is_left_by_a_rerun_of_its_first_entry(
+    loop: Loop,
+) -> None:
+    """README: a quarantine file fed back keeps its rows' identifiers, corrected as
+    `<identifier>-mfx2`. The operator mapped the old event name and fed the quarantine file
+    back (copied with its lineage, as `aws s3 cp` does): `x` billed as `x-mfx2`. A re-run of
+    every quarantined row then sent the first entry as well, as `x-mfx1`: one row billed
+    twice, under two identifiers. The entry is left, marked with what sent it."""
+    with bundled_poller(loop) as deps:
+        a_row_the_poller_refused(loop, deps)  # x quarantined: no meter `legacy_calls`
+        add_rules(loop, '[event_names]\n"legacy_calls" = "api_requests"\n')
+        [held] = [k for k in loop.objects() if k.endswith(".quarantine.r1.csv")]
+        loop.s3.copy_object(
+            Bucket=BUCKET, Key="usage/day-back.csv", CopySource={"Bucket": BUCKET, "Key": held}
+        )
+        run_poll_pass(deps)  # the fed-back file: x refused by the poller again, corrected
+        loop.drain()
+        run_poll_pass(deps)  # x-mfx2 sent
+        assert sorted(loop.accepted()) == ["a", "x-mfx2"]
+        queued = rerun(loop)
+        run_poll_pass(deps)
+    assert sorted(loop.accepted()) == ["a", "x-mfx2"]
+    assert max(originals_billed(loop).values()) == 1
+    with loop.session() as session:
+        first = session.exec(select(QuarantinedRow).order_by(col(QuarantinedRow.id))).first()
+    assert first is not None and first.rerun_id is None
+    assert (first.taken_again or "").endswith(", sent as x-mfx2 by the poller"), first.taken_again
+    assert queued["queued"]

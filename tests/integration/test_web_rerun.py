@@ -602,48 +602,6 @@ def test_two_runs_of_one_rerun_writing_one_generation_keep_both_corrected_object
     engine.dispose()
 
 
-def test_a_row_a_fed_back_quarantine_file_sent_is_left_by_a_rerun_of_its_first_entry(
-    sandbox_server: SandboxServer,
-    db_url: str,
-    tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    make_app: Callable[[Settings], Flask],
-) -> None:
-    """README: a quarantine file fed back keeps its rows' identifiers, corrected as
-    `<identifier>-mfx2`. The operator fed `a4` back (its event name fixed but for its case),
-    billed as `a4-mfx2`; a re-run of the first run's rows (after a rules change for `a1`)
-    then sent `a4` as well, as `a4-mfx1`: one row billed twice, under two identifiers. The
-    entry is left, marked with the run that sent it; the re-run takes the others."""
-    sandbox_server.admin.create_meter("api_requests")
-    now = int(time.time())
-    rules = tmp_path / "rules.toml"
-    rules.write_text("[policy]\n")
-    settings = _settings(make_settings, sandbox_server, db_url, mfx_rules=str(rules))
-    engine = make_engine(db_url)
-    first = _remediate(settings, engine, tmp_path, FAILED.format(now=now, ms=now * 1000))
-    fed_back = HEADER_ERR + f"a4,{now},Api_Requests,cus_1,3,no_meter\n"
-    second = _remediate(settings, engine, tmp_path, fed_back, generation=2, key="file_q_back")
-    assert (second.corrected, second.quarantined) == (1, 0)
-
-    rules.write_text('[customers]\n"acme-42" = "cus_acme"\n')
-    client = make_app(settings).test_client()
-    bearer = {"Authorization": f"Bearer {TOKEN}"}
-    queued, rerun = _rerun_one(client, settings, engine, f"run={first.id}", rows=3)
-    assert (rerun.input_rows, rerun.corrected, rerun.quarantined) == (2, 1, 1)
-    detail = client.get(f"/api/runs/{rerun.id}", headers=bearer).get_json()
-    [corrected] = [o for o in detail["outputs"] if o["kind"] == "corrected"]
-    text = (Path(settings.bucket_url[len("file://") :]) / corrected["key"]).read_text()
-    assert [json.loads(line)["identifier"] for line in text.splitlines()] == ["a1-mfx1"]
-    rows = client.get(f"/api/quarantine?run={first.id}", headers=bearer).get_json()["data"]
-    by_identifier = {row["identifier"]: row for row in rows}
-    assert by_identifier["a4"]["rerun_id"] is None
-    assert by_identifier["a4"]["taken_again"].startswith(
-        f"file_q_back, sent as a4-mfx2 by run {second.id} at "
-    )
-    assert "1 left quarantined" in str(_task_outcome(engine, queued["task"]))
-    engine.dispose()
-
-
 def test_of_two_entries_of_one_row_a_rerun_sends_the_newer_once(
     sandbox_server: SandboxServer,
     db_url: str,
@@ -689,7 +647,36 @@ def test_of_two_entries_of_one_row_a_rerun_sends_the_newer_once(
     engine.dispose()
 
 
-def _task_outcome(engine: Any, task: str) -> str | None:
-    with Session(engine) as session:
-        item = session.exec(select(InboxEvent).where(InboxEvent.event_id == task)).one()
-    return item.outcome
+def test_an_identifier_used_again_another_day_is_other_usage_and_both_are_rerun(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """Stripe dedupes an identifier for a day: `row-1` of one day's file and `row-1` of the
+    next are two usage rows. Taken for one row quarantined twice, the first was left and
+    marked, never billed (usage lost). Of the same identifier, only the same timestamp makes
+    two entries one row. (Both then go out as `row-1-mfx1` in one re-run, so Stripe keeps
+    one: a limit of the identifier rule within a re-run, not of this choice.)"""
+    sandbox_server.admin.create_meter("api_requests")
+    now = int(time.time())
+    settings = _settings(make_settings, sandbox_server, db_url)
+    engine = make_engine(db_url)
+    day1 = HEADER_ERR + f"row-1,{now - 2 * 86400},tokens,cus_1,5,no_meter\n"
+    day2 = HEADER_ERR + f"row-1,{now - 86400},tokens,cus_1,7,no_meter\n"
+    first = _remediate(settings, engine, tmp_path, day1, key="day1")
+    second = _remediate(settings, engine, tmp_path, day2, key="day2")
+    assert (first.quarantined, second.quarantined) == (1, 1)
+
+    sandbox_server.admin.create_meter("tokens")
+    client = make_app(settings).test_client()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    _queued, rerun = _rerun_one(client, settings, engine, "code=no_meter", rows=2)
+    assert (rerun.input_rows, rerun.valid) == (2, 2)
+    state = {}
+    for run in (first, second):
+        listed = client.get(f"/api/quarantine?run={run.id}", headers=bearer).get_json()["data"]
+        state |= {row["run_id"]: (row["rerun_id"], row["taken_again"]) for row in listed}
+    assert state == {first.id: (rerun.id, None), second.id: (rerun.id, None)}
+    engine.dispose()

@@ -17,11 +17,14 @@ from service.db.locks import transaction_lock
 from service.db.statements import in_listed
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE, quarantine_conditions
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.jobs.store.runs import AUDIT, RUNS
+from service.jobs.store.runs import RUNS
+from service.models import RunStatus
 from service.models._types import as_utc, table_of
 from service.models.alerts import AdminAction
+from service.models.poller import ImportedRow
 
 ACTIONS = table_of(AdminAction)
+IMPORTED = table_of(ImportedRow)
 
 
 def rerun_detail(connection: Connection, action_id: int) -> Mapping[str, Any] | None:
@@ -241,25 +244,34 @@ def lock_rerun_inputs(connection: Connection, *, shared: bool) -> None:
 
 
 class HeldEntry(NamedTuple):
-    """A quarantined row a re-run picked: its identifier, the run that quarantined it and
-    when."""
+    """A quarantined row a re-run picked: its identifier, its timestamp as it came (`stamp`),
+    the run that quarantined it and when."""
 
     id: int
     identifier: str
+    stamp: str
     run_id: int
     at: datetime
 
 
 class OtherTake(NamedTuple):
-    """A run that took an identifier: quarantined it (`as_identifier` None) or wrote it out
-    as `as_identifier` (corrected, or re-sent unchanged: the audit), with its source and
-    when (the entry's time, else the run's start)."""
+    """Another take of an identifier with a timestamp (`stamp`): a finished run quarantined
+    it (`run_id`, `at`; `as_identifier` None), or the poller sent it as `as_identifier` (a
+    derived identifier, from the object `source`; `run_id` None)."""
 
     identifier: str
-    run_id: int
+    stamp: str
+    run_id: int | None
     source: str
-    at: datetime
+    at: datetime | None
     as_identifier: str | None
+
+
+def stamp_of(value: object) -> str:
+    """A row's timestamp as one text to compare: a whole number of seconds without leading
+    zeros or spaces, another text trimmed, none as ""."""
+    text = "" if value is None else str(value).strip()
+    return str(int(text)) if text.isascii() and text.isdigit() else text
 
 
 def held_entries(connection: Connection, ids: Sequence[int]) -> Iterator[HeldEntry]:
@@ -267,11 +279,16 @@ def held_entries(connection: Connection, ids: Sequence[int]) -> Iterator[HeldEnt
     chunks = iter(ids)
     while chunk := list(islice(chunks, ID_BATCH)):
         query = select(
-            QUARANTINE.c.id, QUARANTINE.c.identifier, QUARANTINE.c.run_id, QUARANTINE.c.created_at
+            QUARANTINE.c.id,
+            QUARANTINE.c.identifier,
+            QUARANTINE.c.record,
+            QUARANTINE.c.run_id,
+            QUARANTINE.c.created_at,
         ).where(QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None))
         for row in connection.execute(query):
-            at = as_utc(row.created_at) or datetime.now(UTC)
-            yield HeldEntry(int(row.id), str(row.identifier), int(row.run_id), at)
+            stamp = stamp_of((row.record or {}).get("timestamp"))
+            at = _when(row.created_at)
+            yield HeldEntry(int(row.id), str(row.identifier), stamp, int(row.run_id), at)
 
 
 def other_takes(
@@ -281,37 +298,42 @@ def other_takes(
     derived: Mapping[str, str],
     own_key: str,
 ) -> list[OtherTake]:
-    """The entries quarantining one of `identifiers`, and the audit rows writing one of them
-    out under a `derived` identifier (derived -> original), of any run but the re-run
-    `own_key`'s own (a crashed try of it wrote them: the row is still its to take). By the
-    quarantined rows' identifier index, and the audit's of derived identifiers."""
+    """The entries quarantining one of `identifiers` of finished runs but the re-run
+    `own_key`'s own (a crashed try of it wrote them: the row is still its to take), and the
+    rows the poller sent under a `derived` identifier (derived -> original): what it sent,
+    billed, never purged (the audit of a correction is, at 35 days). By the quarantined
+    rows' identifier index and the poller's."""
     own = (RUNS.c.run_key == own_key) | (
         func.substr(RUNS.c.run_key, 1, len(own_key) + 2) == f"{own_key}:g"
     )
     held = (
-        select(QUARANTINE.c.identifier, QUARANTINE.c.run_id, RUNS.c.source, QUARANTINE.c.created_at)
+        select(QUARANTINE.c.identifier, QUARANTINE.c.record, QUARANTINE.c.run_id, RUNS.c.source)
+        .add_columns(QUARANTINE.c.created_at)
         .select_from(QUARANTINE.join(RUNS, RUNS.c.id == QUARANTINE.c.run_id))
-        .where(in_listed(QUARANTINE.c.identifier, identifiers, engine), ~own)
+        .where(in_listed(QUARANTINE.c.identifier, identifiers, engine))
+        .where(~own, RUNS.c.status == RunStatus.DONE)
     )
     found = [
-        OtherTake(str(r.identifier), int(r.run_id), str(r.source), _when(r.created_at), None)
+        OtherTake(
+            str(r.identifier),
+            stamp_of((r.record or {}).get("timestamp")),
+            int(r.run_id),
+            str(r.source),
+            _when(r.created_at),
+            None,
+        )
         for r in connection.execute(held)
     ]
-    written = (
-        select(AUDIT.c.identifier, AUDIT.c.new_identifier, AUDIT.c.run_id, RUNS.c.source)
-        .add_columns(RUNS.c.created_at)
-        .select_from(AUDIT.join(RUNS, RUNS.c.id == AUDIT.c.run_id))
-        .where(in_listed(AUDIT.c.new_identifier, list(derived), engine), ~own)
+    sent = (
+        select(IMPORTED.c.identifier, IMPORTED.c.timestamp, IMPORTED.c.object_key)
+        .where(in_listed(IMPORTED.c.identifier, list(derived), engine))
+        .where(IMPORTED.c.sent.is_(True))
         .distinct()
     )
-    for r in connection.execute(written):
-        if derived.get(str(r.new_identifier)) == r.identifier:  # not another original's
-            at = _when(r.created_at)
-            found.append(
-                OtherTake(
-                    str(r.identifier), int(r.run_id), str(r.source), at, str(r.new_identifier)
-                )
-            )
+    for r in connection.execute(sent):
+        original = derived[str(r.identifier)]
+        stamp = stamp_of(r.timestamp)
+        found.append(OtherTake(original, stamp, None, str(r.object_key), None, str(r.identifier)))
     return found
 
 
