@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import re
 from collections.abc import Iterable
@@ -202,7 +203,7 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level(cls, value: str) -> str:
         """A misspelt level was a warning and INFO: every command starts on a bad value."""
-        if value.strip().upper() not in LOG_LEVELS:
+        if value.strip().upper() not in logging.getLevelNamesMapping():  # WARN, FATAL too
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value
 

@@ -56,8 +56,10 @@ class _Watchdog:
                     continue
                 heapq.heappop(self._heap)
                 self._live.discard(ticket)
-            with contextlib.suppress(OSError):  # gone already
-                client.shutdown(socket.SHUT_RD)
+                # under the lock `done` takes: shut before the request's read ended, or never
+                # (after, the connection may be reading its next request)
+                with contextlib.suppress(OSError):  # gone already
+                    client.shutdown(socket.SHUT_RD)
 
 
 _WATCHDOG = _Watchdog()

@@ -277,6 +277,7 @@ def test_worker_refuses_a_bad_schedule_or_smtp_url_before_it_starts(
         ("MFX_POLL_INTERVAL", " 60 "),
         ("DIGEST_EVERY", "0 9 * * 1-5"),
         ("DIGEST_TZ", "Europe/Paris"),
+        ("LOG_LEVEL", "WARN"),  # logging's other names of levels (FATAL, NOTSET) too
     ],
 )
 def test_valid_and_empty_values_still_start(
