@@ -58,8 +58,10 @@ def make_engine(url: str, *, synchronous: str = SQLiteSynchronous.NORMAL) -> Eng
         _PRAGMAS[engine] = pragmas
         event.listen(engine, "connect", pragmas)
         return engine
+    # up to 16 connections: one for each of a web process's threads (the Procfile's gthread
+    # workers), so a webhook never waits for a connection behind dashboard queries
     return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=5, json_deserializer=jsonnumbers.loads
+        url, pool_pre_ping=True, pool_size=5, max_overflow=11, json_deserializer=jsonnumbers.loads
     )
 
 
