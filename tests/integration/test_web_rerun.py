@@ -635,10 +635,7 @@ def test_of_two_entries_of_one_row_a_rerun_sends_the_newer_once(
     text = (Path(settings.bucket_url[len("file://") :]) / corrected["key"]).read_text()
     sent = [json.loads(line) for line in text.splitlines()]
     assert [(row["identifier"], row["payload"]["value"]) for row in sent] == [("m1-mfx1", "50")]
-    state = {}
-    for run in (first, second):
-        listed = client.get(f"/api/quarantine?run={run.id}", headers=bearer).get_json()["data"]
-        state |= {row["run_id"]: (row["rerun_id"], row["taken_again"]) for row in listed}
+    state = _entries(client, first, second)
     assert state[second.id] == (rerun.id, None)
     assert state[first.id][0] is None
     assert state[first.id][1].startswith(
@@ -671,12 +668,19 @@ def test_an_identifier_used_again_another_day_is_other_usage_and_both_are_rerun(
 
     sandbox_server.admin.create_meter("tokens")
     client = make_app(settings).test_client()
-    bearer = {"Authorization": f"Bearer {TOKEN}"}
     _queued, rerun = _rerun_one(client, settings, engine, "code=no_meter", rows=2)
     assert (rerun.input_rows, rerun.valid) == (2, 2)
-    state = {}
-    for run in (first, second):
-        listed = client.get(f"/api/quarantine?run={run.id}", headers=bearer).get_json()["data"]
-        state |= {row["run_id"]: (row["rerun_id"], row["taken_again"]) for row in listed}
+    state = _entries(client, first, second)
     assert state == {first.id: (rerun.id, None), second.id: (rerun.id, None)}
     engine.dispose()
+
+
+def _entries(client: Any, *runs: RemediationRun) -> dict[int, tuple[int | None, str | None]]:
+    """run id -> (the re-run that took its row, what took it elsewhere), of runs of one
+    quarantined row each, as the API lists them."""
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    state = {}
+    for run in runs:
+        listed = client.get(f"/api/quarantine?run={run.id}", headers=bearer).get_json()["data"]
+        state |= {row["run_id"]: (row["rerun_id"], row["taken_again"]) for row in listed}
+    return state
