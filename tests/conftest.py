@@ -15,13 +15,14 @@ import pytest
 import stripe
 from flask import Flask
 from hypothesis import settings as hypothesis_settings
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from sandbox.app import create_sandbox_app
 from sandbox.client import SandboxAdmin
 from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET, sandbox_bases
 from sandbox.runtime import Sandbox
 from service.config import Settings
+from service.db import make_engine
 from service.db.migrate import upgrade
 from tests.servers import serve_wsgi
 
@@ -50,6 +51,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     with _pg_schema() as url:
         yield url
+
+
+@pytest.fixture
+def db_engine(db_url: str) -> Iterator[Engine]:
+    """An engine on `db_url` (SQLite and PostgreSQL), disposed after the test."""
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -6,16 +6,13 @@ in Slack an object key shown as text, never a link Slack makes of it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from service.adapters.channels import build_channels
-from service.db import make_engine
 from service.models import RemediationRun
 from service.models.alerts import Alert, DigestRun
 from service.notify.digests import DigestSender
@@ -24,13 +21,6 @@ from tests.servers import serve_wsgi
 
 BASE = "https://mfx.example.com"
 WARNINGS = f"{BASE}/alerts?severity=warning"
-
-
-@pytest.fixture
-def db_engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 def _alerts(engine: Engine, severity: str, n: int, kind: str) -> None:

@@ -42,14 +42,6 @@ def engine(sqlite_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def db_engine(db_url: str) -> Iterator[Engine]:
-    """SQLite and PostgreSQL (the other tests here run on SQLite only, to stay fast)."""
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def certs(tmp_path: Path) -> Path:
     self_signed_cert(tmp_path)
     return tmp_path

@@ -13,7 +13,6 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from service.adapters.smtp import EmailChannel, SmtpTarget
-from service.db import make_engine
 from service.models.alerts import Alert, DigestRun
 from service.notify.alerts import NOTIFY_STATE, raise_alert
 from service.notify.critical import send_critical_alerts
@@ -44,13 +43,6 @@ class _Greylisting:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.received.append(list(envelope.rcpt_tos))
         return "250 OK"
-
-
-@pytest.fixture
-def db_engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 def _greylisting(tries: int) -> Iterator[tuple[_Greylisting, EmailChannel, list[float]]]:

@@ -20,7 +20,6 @@ from sqlmodel import Session, select
 from service.adapters.channels import ChannelName, Message
 from service.adapters.slack import SlackChannel
 from service.adapters.smtp import EmailChannel, SmtpTarget
-from service.db import make_engine
 from service.errors import DeliveryFailed
 from service.models.alerts import Alert, DigestRun
 from service.notify.alerts import NOTIFY_STATE, raise_alert
@@ -106,13 +105,6 @@ def _read_request(conn: socket.socket) -> None:
     )
     while len(body) < length:
         body += conn.recv(4096)
-
-
-@pytest.fixture
-def db_engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

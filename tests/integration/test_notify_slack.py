@@ -35,14 +35,6 @@ def engine(sqlite_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def db_engine(db_url: str) -> Iterator[Engine]:
-    """SQLite and PostgreSQL (the other tests here run on SQLite only, to stay fast)."""
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def slack() -> Iterator[tuple[SlackReceiver, str]]:
     receiver = SlackReceiver()
     with serve_wsgi(receiver) as server:
