@@ -30,6 +30,7 @@ from sqlmodel import Session
 from service.models import QuarantinedRow, RemediationRun
 from service.models.alerts import Alert
 from service.models.inbox import InboxEvent
+from service.notify.alerts import raise_alert
 from tests.servers import free_port
 
 SMTP_USER, SMTP_PASSWORD = "digest", "s3cret-pa55"
@@ -232,4 +233,18 @@ def _run(
         quarantined=quarantined,
         created_at=finished,
         finished_at=finished,
+    )
+
+
+def raise_gave_up(engine: Engine, **more: Any) -> None:
+    """A critical alert: the poller gave up on `in/k.csv` (the incident raised in the tests
+    of critical alerts' delivery)."""
+    raise_alert(
+        engine,
+        key="poller.gave_up:k",
+        severity="critical",
+        kind="poller.gave_up",
+        subject="in/k.csv: the poller gave up",
+        message="HTTP 500",
+        **more,
     )

@@ -16,7 +16,7 @@ from service.adapters.channels import build_channels
 from service.adapters.smtp import EmailChannel, SmtpTarget
 from service.db import make_engine
 from service.models.alerts import DigestRun
-from service.notify.alerts import raise_alert, resolve_alert
+from service.notify.alerts import resolve_alert
 from service.notify.critical import send_critical_alerts
 from service.notify.digests import DigestSender
 from tests.integration.notify_helpers import (
@@ -24,6 +24,7 @@ from tests.integration.notify_helpers import (
     SMTP_PASSWORD,
     SMTP_USER,
     client_tls,
+    raise_gave_up,
     seed_activity,
     self_signed_cert,
     smtp_server,
@@ -179,15 +180,7 @@ def test_a_critical_alert_is_mailed_once_then_once_resolved(
         settings = _settings(make_settings, sqlite_url, url)
         channels = build_channels(settings)
         for _ in range(3):  # the same incident, raised again and again
-            raise_alert(
-                engine,
-                key="poller.gave_up:k",
-                severity="critical",
-                kind="poller.gave_up",
-                subject="in/k.csv: the poller gave up",
-                message="HTTP 500",
-                links={"run": 7},
-            )
+            raise_gave_up(engine, links={"run": 7})
             send_critical_alerts(engine, settings, channels)
         resolve_alert(engine, "poller.gave_up:k")
         send_critical_alerts(engine, settings, channels)

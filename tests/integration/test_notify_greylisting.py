@@ -14,10 +14,10 @@ from sqlmodel import Session, select
 
 from service.adapters.smtp import EmailChannel, SmtpTarget
 from service.models.alerts import Alert, DigestRun
-from service.notify.alerts import NOTIFY_STATE, raise_alert
+from service.notify.alerts import NOTIFY_STATE
 from service.notify.critical import send_critical_alerts
 from service.notify.digests import DigestSender
-from tests.integration.notify_helpers import NOW, seed_activity
+from tests.integration.notify_helpers import NOW, raise_gave_up, seed_activity
 from tests.servers import free_port
 
 RECIPIENTS = ["ops@example.com", "billing@example.com"]
@@ -109,14 +109,7 @@ def test_a_greylisted_critical_alert_is_retried_not_given_up(
 ) -> None:
     _, channel, _ = greylisted_always
     settings = _settings(make_settings, db_url)
-    raise_alert(
-        db_engine,
-        key="poller.gave_up:k",
-        severity="critical",
-        kind="poller.gave_up",
-        subject="in/k.csv: the poller gave up",
-        message="HTTP 500",
-    )
+    raise_gave_up(db_engine)
     assert send_critical_alerts(db_engine, settings, [channel]) == 0
     with Session(db_engine) as session:
         [alert] = session.exec(select(Alert)).all()

@@ -22,10 +22,10 @@ from service.adapters.slack import SlackChannel
 from service.adapters.smtp import EmailChannel, SmtpTarget
 from service.errors import DeliveryFailed
 from service.models.alerts import Alert, DigestRun
-from service.notify.alerts import NOTIFY_STATE, raise_alert
+from service.notify.alerts import NOTIFY_STATE
 from service.notify.critical import send_critical_alerts
 from service.notify.digests import DigestSender
-from tests.integration.notify_helpers import NOW, SlackReceiver, seed_activity
+from tests.integration.notify_helpers import NOW, SlackReceiver, raise_gave_up, seed_activity
 from tests.servers import serve_wsgi
 
 DEADLINE = 1.0
@@ -182,14 +182,7 @@ def test_a_tarpitted_channel_holds_no_critical_alert_back_from_the_other(
         slack = SlackChannel(f"{server.url}/services/T0/B0/X", deadline=DEADLINE)
         tarpitted = _slack(slack_tarpit.port)
         tarpitted.name = ChannelName.EMAIL  # two channels, one kind of server
-        raise_alert(
-            db_engine,
-            key="poller.gave_up:k",
-            severity="critical",
-            kind="poller.gave_up",
-            subject="in/k.csv: the poller gave up",
-            message="HTTP 500",
-        )
+        raise_gave_up(db_engine)
         started = time.monotonic()
         send_critical_alerts(db_engine, settings, [tarpitted, slack])
         assert time.monotonic() - started < DEADLINE + LATE
