@@ -22,7 +22,7 @@ from service.notify.windows import Window
 from service.web.params import page, quarantine_filter
 from service.web.quarantine import list_quarantine
 from tests.integration.notify_helpers import SlackReceiver
-from tests.integration.test_notify_slack import db_engine, slack  # noqa: F401
+from tests.integration.test_notify_slack import slack  # noqa: F401
 
 BASE = "https://mfx.example.com"
 DAY = datetime(2026, 11, 29, tzinfo=UTC)  # the day the cadence changes, at 10:30 (UTC)

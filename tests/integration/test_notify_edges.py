@@ -32,7 +32,7 @@ from service.notify.retention import purge_expired
 from service.poller.failures import Verdict, raise_gave_up
 from service.poller.object_progress import ObjectProgress
 from tests.integration.notify_helpers import NOW, SlackReceiver, seed_activity, smtp_server
-from tests.integration.test_notify_slack import db_engine, engine, slack  # noqa: F401
+from tests.integration.test_notify_slack import engine, slack  # noqa: F401
 from tests.servers import free_port
 
 BASE = "https://mfx.example.com"

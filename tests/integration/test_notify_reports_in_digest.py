@@ -27,7 +27,7 @@ from tests.integration.notify_helpers import (
     seed_activity,
     smtp_server,
 )
-from tests.integration.test_notify_slack import db_engine, slack  # noqa: F401
+from tests.integration.test_notify_slack import slack  # noqa: F401
 from tests.integration.test_remediation_tasks import Service, service  # noqa: F401
 from tests.integration.test_report_edges import HEADER, _bucket, _imported, _report
 

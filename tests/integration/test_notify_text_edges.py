@@ -26,7 +26,7 @@ from service.notify.windows import Window
 from service.web.params import page, quarantine_filter
 from service.web.quarantine import list_quarantine
 from tests.integration.notify_helpers import NOW, SlackReceiver, smtp_server
-from tests.integration.test_notify_slack import db_engine, slack  # noqa: F401 (fixtures)
+from tests.integration.test_notify_slack import slack  # noqa: F401 (fixture)
 
 BASE = "https://mfx.example.com"
 DAY = datetime(2026, 11, 29, tzinfo=UTC)

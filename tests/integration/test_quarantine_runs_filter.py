@@ -34,7 +34,6 @@ from service.worker.loop import InboxWorker
 from service.worker.task_runner import TaskRunner
 from tests.conftest import SandboxServer
 from tests.integration import web_seed as seed
-from tests.integration.test_notify_slack import db_engine  # noqa: F401 (fixture)
 from tests.integration.test_web_api import Api, api  # noqa: F401 (fixture)
 from tests.integration.test_web_pages import Dashboard, dashboard  # noqa: F401 (fixture)
 from tests.integration.test_web_rerun import TOKEN, _remediate, _settings

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (fixtures imported from the modules that define them)
 """The error reports view (`/runs?view=reports`) filtered by status, meter and time, and the
 digest's links to it: the section's link and each status x meter line open exactly the reports
 the digest counted (followed with Flask's test client). The reports are those of the digest's
@@ -26,7 +25,6 @@ from service.notify.render import render_digest
 from service.notify.windows import Window
 from tests.integration.notify_helpers import DAY, NOW
 from tests.integration.test_notify_reports_in_digest import BASE, _seed_report, _seed_window
-from tests.integration.test_notify_slack import db_engine  # noqa: F401
 
 TOKEN = "reports-view-token-0123456789"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')

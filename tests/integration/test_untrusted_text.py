@@ -19,7 +19,7 @@ from service.notify.alerts import raise_alert
 from service.notify.critical import send_critical_alerts
 from tests.integration import web_seed as seed
 from tests.integration.notify_helpers import NOW, SlackReceiver
-from tests.integration.test_notify_slack import BASE, db_engine, slack  # noqa: F401 (fixtures)
+from tests.integration.test_notify_slack import BASE, slack  # noqa: F401 (fixture)
 from tests.integration.test_web_hostile import TOKEN, Site, _login, site  # noqa: F401 (a fixture)
 
 # An object key as a customer's bucket may hold it: Slack's special mentions and a link.
