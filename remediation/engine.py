@@ -12,7 +12,7 @@ behind the decider by `writebehind`, and the process's memory held for the run b
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,13 @@ def _file_repairs(plan: InputPlan | None, records: Iterable[UsageRecord]) -> Fil
     return FileRepairs()
 
 
+def _decimal_comma(plan: InputPlan | None, records: Iterable[UsageRecord]) -> bool:
+    """Whether a CSV input is delimited by `;`, whose writers' `,` is the decimal mark."""
+    if plan is not None:
+        return plan.fmt is FileFormat.CSV and plan.delimiter == ";"
+    return isinstance(records, CsvRecords) and records.delimiter == ";"
+
+
 def remediate(
     records: Iterable[UsageRecord],
     *,
@@ -126,6 +133,7 @@ def remediate(
     the summary (and its audit line), the run's; the values they changed in the audit of
     each row (`core.filerepairs`). Without it, what `records` tells (a `CsvRecords`)."""
     use_lean_allocators()
+    rules = replace(rules, decimal_comma=rules.decimal_comma or _decimal_comma(plan, records))
     index = MeterIndex(meters, value_precision=rules.value_precision, limits=rules.policy.limits)
     ctx = Context(
         index,

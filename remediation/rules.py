@@ -95,6 +95,10 @@ class Rules:
     value_keys: tuple[str, ...] = DEFAULT_VALUE_KEYS
     dimension_aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     policy: Policy = field(default_factory=Policy)
+    # A fact of the input, not a rules table: its `,` may be the decimal mark (a `;`-delimited
+    # CSV, the European convention), so a `1,500` is refused, never read as thousands
+    # (`engine.remediate` sets it; `core.rules.values`).
+    decimal_comma: bool = False
 
     def enabled(self, rule: str) -> bool:
         return rule not in self.policy.disabled_rules

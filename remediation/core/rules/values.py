@@ -37,6 +37,10 @@ THOUSANDS = re.compile(r"[+-]?\d{1,3}([,_ ]\d{3})+(\.\d+)?")
 _NEVER_IN_A_NUMBER = "[$€£¥%#/:;!?@&*=<>()\\[\\]{}|~^]"
 # what the column lane rewrites: unsigned, commas, at most 18 integer digits
 _COLUMN_THOUSANDS = r"^[0-9]{1,3}(,[0-9]{3}){1,5}(\.[0-9]{1,12})?$"
+# One comma and three digits after it: thousands, or a decimal comma (`1,500` is 1.5 where `,`
+# is the decimal mark). Refused where it may be (`Rules.decimal_comma`), never guessed.
+_COMMA_OR_THOUSANDS = r"^[+-]?[0-9]{1,3},[0-9]{3}$"
+_AMBIGUOUS_COMMA = re.compile(_COMMA_OR_THOUSANDS)
 
 
 def fix_value(batch: Batch, ctx: Context) -> Fix:
@@ -91,6 +95,8 @@ def _thousands_lane(
         column = batch.payload[key]
         hit = rows & column.is_text()
         hit &= mask(pc.match_substring_regex(column.text, _COLUMN_THOUSANDS))
+        if ctx.rules.decimal_comma:  # left to the row function, which says why it refuses
+            hit &= ~mask(pc.match_substring_regex(column.text, _COMMA_OR_THOUSANDS))
         if hit.any():
             lanes.append((key, np.flatnonzero(hit)))
     return lanes
@@ -136,6 +142,7 @@ def fix_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
     """`fix_value` for one row of any shape."""
     key = meter_of(record, ctx).value_key
     raw = record.payload.get(key)
+    _refuse_ambiguous_comma(raw, ctx)
     number = normalize_number(raw, ctx.index.limits)
     if number is None or not ctx.rules.enabled("normalize_value"):
         raise Uncorrectable(not_a_number(raw))
@@ -144,6 +151,16 @@ def fix_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
         raise Uncorrectable(f"value {shown(raw)} is already a plain number; nothing to correct")
     record.payload[key] = written
     return [Change("normalize_value", f"payload.{key}", raw, written)]
+
+
+def _refuse_ambiguous_comma(raw: object, ctx: Context) -> None:
+    """Uncorrectable for a `1,500` in a file whose `,` may be its decimal mark."""
+    text = raw.strip().strip("\"'").strip() if isinstance(raw, str) else ""
+    if ctx.rules.decimal_comma and _AMBIGUOUS_COMMA.match(text):
+        raise Uncorrectable(
+            f"value {shown(raw)}: ',' may be this file's decimal mark (';'-delimited "
+            "file): ambiguous, not corrected"
+        )
 
 
 def not_a_number(raw: object) -> str:
@@ -227,6 +244,7 @@ def round_value(batch: Batch, ctx: Context) -> Fix:
 def round_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
     key = meter_of(record, ctx).value_key
     raw = record.payload.get(key)
+    _refuse_ambiguous_comma(raw, ctx)
     number = plain_number(raw) or normalize_number(raw, ctx.index.limits)
     exact = _without_trailing_zeros(raw, number, ctx)
     if exact is not None:  # `2.50000000000000` is `2.5`: no rounding, the value unchanged

@@ -1,0 +1,61 @@
+"""`meterfix remediate` refuses what it cannot read one way only, and reads a value alike
+whatever the file's format (README "Remediation rules")."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.integration.test_cli_remediate import common, meterfix
+
+HEADER = "identifier;timestamp;event_name;payload_stripe_customer_id;payload_value;error_code"
+
+
+def _remediate(tmp_path: Path, name: str, text: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The summary and the audit lines (the summary line left out) of one remediation."""
+    source = tmp_path / name
+    source.write_text(text, encoding="utf-8")
+    out = tmp_path / f"out-{name}"
+    proc = meterfix("remediate", str(source), "--out", str(out), *common("--json"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    lines = Path(summary["outputs"]["audit"]).read_text(encoding="utf-8").splitlines()
+    audit = [line for line in map(json.loads, lines) if line.get("kind") != "summary"]
+    return summary, audit
+
+
+def _by_identifier(audit: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {line["identifier"]: line for line in audit}
+
+
+def _quarantined(summary: dict[str, Any]) -> dict[str, dict[str, str]]:
+    rows: dict[str, dict[str, str]] = {}
+    for path in summary["outputs"]["quarantine"]:
+        with open(path, newline="", encoding="utf-8") as file:
+            rows.update({row["identifier"]: row for row in csv.DictReader(file)})
+    return rows
+
+
+def test_a_comma_in_a_semicolon_file_may_be_its_decimal_mark_and_is_refused(
+    tmp_path: Path,
+) -> None:
+    rows = ["eu1;1764000000;api_requests;cus_Q1a2B3c4;2,5;meter_event_invalid_value"]
+    rows += ["eu2;1764000000;api_requests;cus_Q1a2B3c4;1,500;meter_event_invalid_value"]
+    rows += ["eu3;1764000000;api_requests;cus_Q1a2B3c4;1.234,5;meter_event_invalid_value"]
+    rows += ["eu4;1764000000;api_requests;cus_Q1a2B3c4;1 500;meter_event_invalid_value"]
+    summary, _ = _remediate(tmp_path, "eu.csv", "\n".join([HEADER, *rows]) + "\n")
+    assert (summary["corrected"], summary["quarantined"]) == (1, 3)
+    quarantined = _quarantined(summary)
+    assert sorted(quarantined) == ["eu1", "eu2", "eu3"]
+    reason = quarantined["eu2"]["mfx_reason"]
+    assert "'1,500'" in reason and "decimal mark" in reason and "';'-delimited" in reason
+
+
+def test_a_thousands_comma_in_a_comma_file_is_still_corrected(tmp_path: Path) -> None:
+    text = HEADER.replace(";", ",") + "\n"
+    text += 'us1,1764000000,api_requests,cus_Q1a2B3c4,"1,500",meter_event_invalid_value\n'
+    summary, audit = _remediate(tmp_path, "us.csv", text)
+    assert (summary["corrected"], summary["quarantined"]) == (1, 0)
+    assert _by_identifier(audit)["us1"]["after"] == "1500"
