@@ -59,3 +59,33 @@ def test_a_thousands_comma_in_a_comma_file_is_still_corrected(tmp_path: Path) ->
     summary, audit = _remediate(tmp_path, "us.csv", text)
     assert (summary["corrected"], summary["quarantined"]) == (1, 0)
     assert _by_identifier(audit)["us1"]["after"] == "1500"
+
+
+def test_a_whole_number_in_a_json_number_spelling_is_read_alike_in_csv_and_json(
+    tmp_path: Path,
+) -> None:
+    spellings = {"s1": "1.764e12", "s2": "1764000000000.000", "s3": "1764000000.0"}
+    header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code"
+    text = header + "\n"
+    lines = []
+    for identifier, stamp in spellings.items():
+        text += f"{identifier},{stamp},api_requests,cus_Q1a2B3c4,5,timestamp_in_future\n"
+        row = f'"identifier": "{identifier}", "timestamp": {stamp}, "event_name": "api_requests"'
+        row += ', "payload": {"stripe_customer_id": "cus_Q1a2B3c4", "value": "5"}'
+        lines.append("{" + row + ', "error": {"code": "timestamp_in_future"}}')
+    from_csv, csv_audit = _remediate(tmp_path, "stamps.csv", text)
+    from_json, json_audit = _remediate(tmp_path, "stamps.jsonl", "\n".join(lines) + "\n")
+    assert (from_csv["quarantined"], from_json["quarantined"]) == (0, 0)
+    csv_lines, json_lines = _by_identifier(csv_audit), _by_identifier(json_audit)
+    for identifier in ("s1", "s2"):
+        assert (
+            csv_lines[identifier]["rule"] == json_lines[identifier]["rule"] == "timestamp_ms_to_s"
+        )
+        assert csv_lines[identifier]["before"] == spellings[identifier]
+        assert csv_lines[identifier]["after"] == json_lines[identifier]["after"] == 1764000000
+    # within the window: JSON sends its number again as it was; a CSV cell gets the seconds
+    # Stripe reads from a cell
+    assert json_lines["s3"]["kind"] == "resend"
+    assert (csv_lines["s3"]["rule"], csv_lines["s3"]["after"]) == ("timestamp_seconds", 1764000000)
+    with open(from_csv["outputs"]["corrected"][0], newline="", encoding="utf-8") as file:
+        assert [row["timestamp"] for row in csv.DictReader(file)] == ["1764000000"] * 3

@@ -8,7 +8,9 @@ through `fix_timestamp_row`, the same steps for one row.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from decimal import Decimal
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +37,9 @@ READINGS = (
     (10**14, 10**6, "microseconds"),
     (10**11, 10**3, "milliseconds"),
 )
+# A number as JSON spells one, with a fraction or an exponent: a CSV cell holding it is read as
+# the same number in JSON is (`1.764e12`, `1764000000000.000`), whole numbers only.
+_JSON_SPELLING = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 NEVER_MOVED = "never move usage into another billing period; quarantined for review"
 
 
@@ -221,6 +226,9 @@ def fix_timestamp_row(record: UsageRecord, ctx: Context) -> list[Change]:
     """`fix_timestamp` for one row of any shape."""
     raw, changes = record.timestamp, []
     ts = parse_timestamp(raw)
+    spelt = None if ts is not None else spelt_seconds(raw)
+    if spelt is not None:
+        ts = spelt
     if ts is None:
         ts = _iso_seconds(raw) if ctx.rules.enabled("iso_timestamp") else None
         if ts is None:
@@ -248,8 +256,28 @@ def fix_timestamp_row(record: UsageRecord, ctx: Context) -> list[Change]:
         ts = ctx.now
     if ts < ctx.now - MAX_PAST_SECONDS:
         raise Uncorrectable(past_reason(ts, ctx.now))
+    if spelt is not None and not changes:  # within the window: its digits, as a cell holds them
+        if not ctx.rules.enabled("timestamp_units"):
+            reason = f"timestamp {shown(raw)} is not written in digits; rule timestamp_units is off"
+            raise Uncorrectable(reason)
+        changes.append(Change("timestamp_seconds", "timestamp", raw, ts))
     record.timestamp = str(ts) if isinstance(raw, str) else ts
     return changes
+
+
+def spelt_seconds(raw: object) -> int | None:
+    """A whole number a text spells as JSON would (`1.764e12`, `1764000000000.000`), as
+    `parse_timestamp` reads the same JSON number; None for any other text. Its size is known
+    before it is written out (`1e999999` is never expanded)."""
+    if not isinstance(raw, str) or len(raw) > MAX_ISO_TEXT:
+        return None
+    text = raw.strip()
+    if not _JSON_SPELLING.fullmatch(text):
+        return None
+    number = Decimal(text)
+    if number.adjusted() >= 19 or number != number.to_integral_value():
+        return None
+    return int(number)
 
 
 def future_reason(ts: int, ctx: Context) -> str:
@@ -319,6 +347,7 @@ def refuse_past_row(record: UsageRecord, ctx: Context) -> list[Change]:
     the clock: Stripe found it too old when it read the row, whatever our reference time)."""
     raw = record.timestamp
     ts = parse_timestamp(raw)
+    ts = spelt_seconds(raw) if ts is None else ts
     if ts is not None:
         raise Uncorrectable(_too_old(ts, _stripe_said(record), ctx.now))
     seconds = _iso_seconds(raw)
