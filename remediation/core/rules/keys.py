@@ -40,6 +40,8 @@ def rename_value_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
         if other:  # `amount,quantity` columns holding 5 and 7: 5 was billed, 7 never named
             raise Uncorrectable(clash(meter.value_key, held, "a top-level alias", other[0]))
         return [Change("rename_key", f"payload.{alias}", alias, meter.value_key)]
+    if holds(held := record.payload.get(meter.value_key)):
+        raise Uncorrectable(already_held("value", meter.value_key, held))
     raise Uncorrectable(f"no single aliased column for value key {meter.value_key!r}")
 
 
@@ -85,6 +87,8 @@ def _fill_customer_key(record: UsageRecord, ctx: Context) -> list[Change]:
         # the meter's key: the row holds it there now, but Stripe read it without one, so it
         # is filled as from a top-level alias in JSON (the correction the row is re-sent for)
         return [Change("fill_customer_key", f"payload.{meter.customer_key}", None, held)]
+    if not found and holds(held):
+        raise Uncorrectable(already_held("customer", meter.customer_key, held))
     if len(found) != 1:
         raise Uncorrectable(f"no single aliased column for customer key {meter.customer_key!r}")
     value = found.pop()
@@ -233,3 +237,12 @@ def fill_dimensions_row(record: UsageRecord, ctx: Context) -> list[Change]:
         if moved:  # its going has its line too (the row could not be told back from the audit)
             changes.append(Change("fill_dimension", f"payload.{alias}", value, None))
     return changes
+
+
+def already_held(what: str, key: str, held: object) -> str:
+    """Why a row Stripe found without its customer or value, which holds one under the
+    meter's key and no alias, is quarantined: nothing to fill, nothing to correct."""
+    return (
+        f"{what} key {key!r} holds {shown(held)} already and no alias holds another: nothing "
+        "to correct (sent again unchanged it would be refused again); quarantined for review"
+    )

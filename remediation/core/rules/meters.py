@@ -289,6 +289,11 @@ def reroute_to_successor_row(record: UsageRecord, ctx: Context) -> list[Change]:
     """An archived meter's usage goes to its configured successor, if that one is active."""
     old = meter_of(record, ctx)
     pick = _successor(old.event_name, ctx)
+    if pick is None and old.active:  # reactivated since, or Stripe's code was not this row's
+        raise Uncorrectable(
+            f"meter {old.event_name!r} is active in the meters read for this run, not "
+            "archived: nothing to reroute; quarantined for review (Stripe found it archived)"
+        )
     if pick is None:
         raise Uncorrectable(
             f"meter {old.event_name!r} is archived and has no active successor"

@@ -27,6 +27,7 @@ from remediation.fieldvalues import MAX_INT_BITS, decimal_places, integer_digits
 from remediation.jsonnumbers import json_float
 from remediation.limits import DEFAULT_LIMITS, FieldLimits, shown
 from remediation.records import UsageRecord
+from remediation.validation import check_number
 
 # Values are bounded (at most 100 characters) before they get here: exact arithmetic on them
 # needs more than the default 28 significant digits, never more than this.
@@ -147,6 +148,8 @@ def fix_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
     if number is None or not ctx.rules.enabled("normalize_value"):
         raise Uncorrectable(not_a_number(raw))
     written = _written(raw, number)
+    if _unchanged(raw, written) and check_number(number, ctx.index) is not None:
+        return round_value_row(record, ctx)  # past the limits: as `1e-13` written out is
     if _unchanged(raw, written):
         raise Uncorrectable(f"value {shown(raw)} is already a plain number; nothing to correct")
     record.payload[key] = written
@@ -164,7 +167,8 @@ def _refuse_ambiguous_comma(raw: object, ctx: Context) -> None:
 
 
 def not_a_number(raw: object) -> str:
-    return f"value {shown(raw)} is not a number"
+    """JSON's `""` is named as a CSV's empty cell is (README: it counts as one)."""
+    return f"value {shown(None if raw == '' else raw)} is not a number"
 
 
 def normalize_number(raw: object, limits: FieldLimits = DEFAULT_LIMITS) -> str | None:
@@ -317,7 +321,7 @@ def _rounding_places(raw: object, number: str | None, ctx: Context) -> tuple[str
         )
         raise Uncorrectable(f"value {shown(raw)}{counted} has too many digits; {why}")
     if number is None:
-        raise Uncorrectable(f"value {shown(raw)} is not a number")
+        raise Uncorrectable(not_a_number(raw))
     return number, min(precision, ctx.index.limits.max_value_decimal_places)
 
 

@@ -1,0 +1,60 @@
+"""What a quarantined row's reason says is true of the row (README "Remediation rules")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.integration.test_cli_ambiguous_readings import _by_identifier, _remediate
+
+
+def _row(identifier: str, code: str, payload: dict[str, Any], event: str = "api_requests") -> str:
+    row = {"identifier": identifier, "timestamp": 1764000000, "event_name": event}
+    return json.dumps({**row, "payload": payload, "error": {"code": code}})
+
+
+def _reasons(tmp_path: Path, rows: list[str]) -> dict[str, str]:
+    summary, audit = _remediate(tmp_path, "rows.jsonl", "\n".join(rows) + "\n")
+    assert summary["quarantined"] == len(rows)
+    return {key: line["reason"] for key, line in _by_identifier(audit).items()}
+
+
+def test_a_code_that_is_not_true_of_the_row_is_not_said_of_it(tmp_path: Path) -> None:
+    both = {"stripe_customer_id": "cus_Q1a2B3c4", "value": "5"}
+    reasons = _reasons(
+        tmp_path,
+        [
+            _row("a", "archived_meter", both),
+            _row("b", "meter_event_value_not_found", both),
+            _row("c", "meter_event_no_customer_defined", both),
+        ],
+    )
+    assert reasons["a"].startswith("meter 'api_requests' is active in the meters read")
+    assert "archived and has no" not in reasons["a"]
+    assert reasons["b"].startswith("value key 'value' holds '5'")
+    assert reasons["c"].startswith("customer key 'stripe_customer_id' holds 'cus_Q1a2B3c4'")
+
+
+def test_a_plain_value_past_the_decimal_places_is_said_to_have_too_many_digits(
+    tmp_path: Path,
+) -> None:
+    values = ["1.1234567890123", "0.0000000000001", "5." + "0" * 37 + "1", "1e-13"]
+    rows = [
+        _row(
+            f"v{at}",
+            "meter_event_invalid_value",
+            {"stripe_customer_id": "cus_Q1a2B3c4", "value": v},
+        )
+        for at, v in enumerate(values)
+    ]
+    reasons = _reasons(tmp_path, rows)
+    places = [13, 13, 38, 13]
+    for at, count in enumerate(places):
+        assert f"({count} decimal places) has too many digits" in reasons[f"v{at}"]
+
+
+def test_an_empty_json_text_is_named_as_an_empty_csv_cell_is(tmp_path: Path) -> None:
+    payload = {"stripe_customer_id": "cus_Q1a2B3c4", "value": ""}
+    reasons = _reasons(tmp_path, [_row("e", "meter_event_invalid_value", payload)])
+    assert reasons["e"] == "value (empty) is not a number"
