@@ -4,6 +4,7 @@ JSON with a reason: 400 bad parameter, 401 bad token, 403 no CSRF token, 404, 40
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -127,7 +128,7 @@ def quarantined_csv() -> Response:
 
 @bp.post("/quarantine/rerun")
 def rerun() -> tuple[Response, int]:
-    found = params.rerun_filter(_filter_args())
+    found = params.rerun_filter(*_filter_sources())
     result = actions.queue_rerun(engine(), found, actor())
     return jsonify(result), 202 if result["queued"] else 200
 
@@ -136,20 +137,18 @@ def rerun() -> tuple[Response, int]:
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def _filter_args() -> MultiDict[str, str]:
-    """The filter from the query string, a JSON object body or a form (later ones win). A
-    re-run acts on every row its filter matches, so a filter that would be read as less than
-    it says is refused: a body that is not a JSON object, a value that is not text or a whole
-    number (and, in `params.rerun_filter`, a name no filter has: a misspelt filter would
-    re-run every row)."""
-    merged: MultiDict[str, str] = MultiDict()
-    given = [request.args]
+def _filter_sources() -> list[MultiDict[str, str]]:
+    """The filter's sources: the query string, a JSON object body, a form (a filter given in
+    two of them with different values is refused, in `params.rerun_filter`). A re-run acts on
+    every row its filter matches, so a filter that would be read as less than it says is
+    refused: a body that is not a JSON object, a value that is not text or a whole number, a
+    null, a JSON key given twice with different values (`{"run": 9, "run": 3}` was read as
+    run 3, unsaid) and, in `params.rerun_filter`, an empty value or a name no filter has (a
+    misspelt filter would re-run every row)."""
+    given: list[MultiDict[str, str]] = [request.args]
     if request.is_json and request.get_data(cache=True):
-        body: Any = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            what = "not JSON" if body is None else f"a JSON {type(body).__name__}"
-            raise BadParameter(f"the body must be a JSON object of filters; it is {what}")
-        given.append(MultiDict({str(k): _filter_value(str(k), v) for k, v in body.items()}))
+        pairs = _json_pairs(request.get_data(cache=True))
+        given.append(MultiDict([(name, _filter_value(name, value)) for name, value in pairs]))
     elif request.mimetype not in _FORM_TYPES and request.get_data(cache=True):
         # neither read nor refused, a JSON filter sent as text re-ran every row
         what = request.mimetype or "of no type"
@@ -157,16 +156,37 @@ def _filter_args() -> MultiDict[str, str]:
             "the body must be a JSON object of filters (Content-Type: application/json) "
             f"or a form; it is {what[:60]}"
         )
-    given.append(request.form)
-    for source in given:  # a later one replaces a filter an earlier one gave
-        for name in source:
-            merged[name] = params.one_value(name, source.getlist(name), params.QUARANTINE_SEVERAL)
-    return merged
+    return [*given, request.form]
+
+
+def _json_pairs(data: bytes) -> list[tuple[str, Any]]:
+    """The names and values of a JSON object body, each name as often as it is given (a JSON
+    reader keeps the last of a name given twice)."""
+    objects: list[list[tuple[str, Any]]] = []
+
+    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        objects.append(pairs)  # the outermost object is read last
+        return dict(pairs)
+
+    try:
+        body: Any = json.loads(data, object_pairs_hook=keep)
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
+        body = None
+    if not isinstance(body, dict):
+        what = "not JSON" if body is None else f"a JSON {type(body).__name__}"
+        raise BadParameter(f"the body must be a JSON object of filters; it is {what}")
+    for name, value in objects[-1]:  # `run` takes several runs as a list, never so
+        if body[name] is not value and body[name] != value:
+            raise BadParameter(f"{name[:40]} is given more than once, with different values")
+    return objects[-1]
 
 
 def _filter_value(name: str, value: Any) -> str:
-    if value is None:
-        return ""
+    if value is None:  # read as "", no filter: every row was re-run
+        raise BadParameter(
+            f"{name[:40]} is null: a null filter is read as none (every quarantined row); "
+            "leave it out"
+        )
     if name == "run" and isinstance(value, list) and not any(isinstance(v, list) for v in value):
         if not value:  # read as no filter, it re-ran every run's rows
             raise BadParameter("run must name at least one run, not an empty list")

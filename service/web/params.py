@@ -70,15 +70,34 @@ def quarantine_filter(args: Mapping[str, str]) -> QuarantineFilter:
     return QuarantineFilter.from_query(_one_each(args))
 
 
-def rerun_filter(args: Mapping[str, str]) -> QuarantineFilter:
-    """The filter of a re-run (the API's or the dashboard's button): a re-run takes every
-    row its filter matches, so a name no filter has is refused (`cod=no_meter`, read as no
-    filter, re-ran every quarantined row); the form's CSRF token is no filter, but is sent."""
-    unknown = sorted(set(args) - set(QUARANTINE_FILTERS) - {"csrf_token"})
+def rerun_filter(*sources: MultiDict[str, str]) -> QuarantineFilter:
+    """The filter of a re-run (the API's query, body and form; the dashboard's form): a
+    re-run takes every row its filter matches, so what would be read as less than it says
+    is refused: a name no filter has (`cod=no_meter`), an empty value (`run=`, both read as
+    no filter, re-ran every quarantined row) and a filter given twice with different values,
+    in one source or two (one of them was taken, unsaid). The form's CSRF token is no
+    filter, but is sent."""
+    names = {name for source in sources for name in source} - {"csrf_token"}
+    unknown = sorted(names - set(QUARANTINE_FILTERS))
     if unknown:
-        names = ", ".join(QUARANTINE_FILTERS)
-        raise BadParameter(f"unknown filter {unknown[0][:40]!r}; the filters are {names}")
-    return quarantine_filter(args)
+        listed = ", ".join(QUARANTINE_FILTERS)
+        raise BadParameter(f"unknown filter {unknown[0][:40]!r}; the filters are {listed}")
+    merged: dict[str, str] = {}
+    for source in sources:
+        for name in (name for name in source if name in names):
+            value = _rerun_value(name, source.getlist(name))
+            if merged.setdefault(name, value) != value:
+                raise BadParameter(f"{name[:40]} is given more than once, with different values")
+    return QuarantineFilter.from_query(merged)
+
+
+def _rerun_value(name: str, values: list[str]) -> str:
+    if any(value.strip() == "" for value in values):
+        raise BadParameter(
+            f"{name[:40]} has no value: an empty filter is read as none (every quarantined "
+            "row); leave it out"
+        )
+    return one_value(name, values, QUARANTINE_SEVERAL)
 
 
 class YesNo(StrEnum):
