@@ -58,3 +58,23 @@ def test_an_empty_json_text_is_named_as_an_empty_csv_cell_is(tmp_path: Path) -> 
     payload = {"stripe_customer_id": "cus_Q1a2B3c4", "value": ""}
     reasons = _reasons(tmp_path, [_row("e", "meter_event_invalid_value", payload)])
     assert reasons["e"] == "value (empty) is not a number"
+
+
+def test_a_trimmed_customer_goes_out_only_as_what_the_untrimmed_text_would(
+    tmp_path: Path,
+) -> None:
+    texts = {"k1": " ACME-42 ", "k2": "ACME-42", "k3": "acme-42 ", "k4": " cus_Q1a2B3c4 "}
+    rows = [
+        _row(key, "meter_event_customer_not_found", {"stripe_customer_id": text, "value": "5"})
+        for key, text in texts.items()
+    ]
+    summary, audit = _remediate(tmp_path, "customers.jsonl", "\n".join(rows) + "\n")
+    lines = _by_identifier(audit)
+    assert (summary["corrected"], summary["quarantined"]) == (2, 2)
+    for key in ("k1", "k2"):
+        assert lines[key]["kind"] == "quarantine"
+        assert lines[key]["reason"] == (
+            f"customer {texts[key]!r} is not in the customer map and has no unique match"
+        )
+    assert (lines["k3"]["rule"], lines["k3"]["after"]) == ("map_customer", "cus_Q1a2B3c4")
+    assert (lines["k4"]["rule"], lines["k4"]["after"]) == ("trim_customer", "cus_Q1a2B3c4")

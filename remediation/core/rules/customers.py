@@ -228,8 +228,9 @@ def _customer_candidates(raw: str, ctx: Context) -> Iterator[tuple[str, str | No
     yield "map_customer", ctx.rules.customers.get(raw) or ctx.rules.customers.get(trimmed)
     cased = "cus_" + trimmed[4:] if trimmed.lower().startswith("cus_") else trimmed
     directory = ctx.customers
-    if directory is None:
-        yield "trim_customer", cased
+    if directory is None:  # unchecked: only to a Stripe id (` ACME-42 ` went out as `ACME-42`,
+        # a text no map or check had taken, while `ACME-42` itself was quarantined)
+        yield "trim_customer", cased if cased.startswith("cus_") else None
         return
     if cased != raw and ctx.rules.enabled("trim_customer"):  # else no answer could be used
         _spend_lookup(ctx)
