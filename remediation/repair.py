@@ -10,12 +10,15 @@ inputs are split by the output planner (1,000,000 records / 1 GB per file).
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
 from remediation.csvlayouts import CsvLayout
+from remediation.csvtext import closed_at_end
 from remediation.errors import EmptyFile, UnreadableFile
 from remediation.filetypes import FileFormat, compressed, detect_format, not_usage
 from remediation.jsondocuments import utf16_refusal
@@ -101,16 +104,17 @@ def _refuse_json_of_no_rows(fmt: FileFormat, text: str) -> None:
 
 
 def _plan_csv(head: bytes, text: str, repairs: tuple[str, ...], rules: Rules) -> InputPlan:
-    """A CSV's plan from its first line: the delimiter, the header with its aliases renamed,
+    """A CSV's plan from its header: the delimiter, the header with its aliases renamed,
     the output columns."""
-    if len(head) == HEAD_BYTES and not any(end in text for end in "\r\n"):
-        raise UnreadableFile(
-            f"its first line is longer than {HEAD_BYTES // 1024} KiB: no CSV header is"
-        )
     delimiter = _sniff_delimiter(text)
+    first_line, whole = _header_record(text, delimiter)
+    if len(head) == HEAD_BYTES and not whole:
+        raise UnreadableFile(
+            f"its header is longer than {HEAD_BYTES // 1024} KiB (a quote left open?): "
+            "no CSV header is"
+        )
     if delimiter != ",":
         repairs += (f"delimiter {delimiter!r} read as CSV",)
-    first_line = next(csv.reader([text.splitlines()[0]], delimiter=delimiter), [])
     header = repair_header(first_line, rules.columns)
     renamed = tuple(
         (name, alias.strip())
@@ -189,7 +193,7 @@ def whole_file_failure(head: bytes, name: str) -> str | None:
     delimiter = _sniff_delimiter(text)
     if delimiter != ",":
         return f"delimiter {delimiter!r}: a usage CSV is delimited by commas"
-    first_line = next(csv.reader([text.splitlines()[0]]), [])
+    first_line = _header_record(text, ",")[0]
     if _QUARANTINE_EXPORT.issubset(name.strip().lower() for name in first_line):
         return QUARANTINE_EXPORT_REFUSED  # no row sent; its repair says why it cannot
     if "event_name" not in {name.strip() for name in first_line}:
@@ -231,15 +235,28 @@ def _sniff_delimiter(text: str) -> str:
         sniffed = csv.Sniffer().sniff(line, delimiters=_DELIMITERS).delimiter
     except csv.Error:
         sniffed = ","
-    named = {d: _usage_names(line, d) for d in _DELIMITERS}
+    named = {d: _usage_names(text, d) for d in _DELIMITERS}
     best = max(_DELIMITERS, key=lambda d: (named[d], d == sniffed))
     return best if named[best] > named[sniffed] else sniffed
 
 
-def _usage_names(line: str, delimiter: str) -> int:
-    """How many of the line's names, split by `delimiter`, are a usage file's columns."""
-    names = next(csv.reader([line], delimiter=delimiter), [])
+def _usage_names(text: str, delimiter: str) -> int:
+    """How many of the header's names, split by `delimiter`, are a usage file's columns."""
+    names = _header_record(text, delimiter)[0]
     return sum(CsvLayout.names_usage(name) for name in names)
+
+
+def _header_record(text: str, delimiter: str) -> tuple[list[str], bool]:
+    """The header's names as the readers read them (`readers.CsvRecords`: csv.reader over
+    the text's lines, a quoted name holding a line break), and whether it ends within `text`.
+    Read from the first line, a name holding a line break cut the header there: the output
+    columns stopped at it and a quarantined row lost the cells past it."""
+    lines = io.StringIO(text, newline="")
+    reader = csv.reader(closed_at_end(lines), delimiter=delimiter)
+    names = next(reader, [])
+    lines.seek(0)
+    last = next(islice(lines, reader.line_num - 1, None), "")
+    return names, last.endswith(("\n", "\r"))
 
 
 def read_repaired(stream: BinaryIO, plan: InputPlan, rules: Rules) -> Iterator[UsageRecord]:
