@@ -116,16 +116,12 @@ def record_from_obj(number: int, obj: object) -> UsageRecord:
             malformed=f"element is a JSON {_json_kind(obj)}, not an object",
         )
     problems: list[str] = []
-    extra = {
-        k: v
-        for k, v in obj.items()
-        if k not in JSON_KNOWN and k not in ERROR_FIELDS and not k.startswith(MFX_PREFIX)
-    }
+    extra = {k: v for k, v in obj.items() if k not in JSON_KNOWN and not not_the_rows(k)}
     payload = _payload_of(obj, extra, problems)
     timestamp = obj.get("timestamp")
     if timestamp is None and "timestamp" in obj:
         extra["timestamp"] = None  # null, as the payload's
-    code, message = resolve_error({k: obj[k] for k in ERROR_FIELDS if k in obj})
+    code, message = resolve_error(_error_fields(obj, problems))
     texts = _core_texts(obj, extra, problems)
     return UsageRecord(
         number,
@@ -138,6 +134,32 @@ def record_from_obj(number: int, obj: object) -> UsageRecord:
         message,
         "; ".join(problems) or None,
     )
+
+
+def not_the_rows(key: str) -> bool:
+    """Whether a top-level key is an error field or one of our `mfx_` notes, in any case (as a
+    CSV's columns are): read, never written to a corrected row. `Error_Code` was read as a
+    key of the row's own: a failed-records file of such keys counted valid, nothing re-sent."""
+    low = key.lower()
+    return low in ERROR_FIELDS or low.startswith(MFX_PREFIX)
+
+
+def _error_fields(obj: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The row's error fields by their lower-case names (`resolve_error`); two keys naming
+    one field with other values (`error_code`, `Error_Code`) are a problem: which one
+    Stripe meant is not guessed."""
+    fields: dict[str, Any] = {}
+    named: dict[str, str] = {}
+    for key, value in obj.items():
+        low = key.lower()
+        if low not in ERROR_FIELDS:
+            continue
+        if low in fields and fields[low] != value:
+            problems.append(f"error field {low!r} named twice: {named[low]!r} and {key!r}")
+            continue
+        fields.setdefault(low, value)
+        named.setdefault(low, key)
+    return fields
 
 
 def _payload_of(obj: dict[str, Any], extra: dict[str, Any], problems: list[str]) -> dict[Any, Any]:

@@ -23,7 +23,7 @@ from remediation.errors import EmptyFile, UnreadableFile
 from remediation.filetypes import FileFormat, compressed, detect_format, not_usage
 from remediation.jsondocuments import utf16_refusal
 from remediation.readers import read_records
-from remediation.records import UsageRecord
+from remediation.records import MFX_PREFIX, UsageRecord
 from remediation.rules import Rules
 
 # What is read to plan a file: enough for a CSV header line of many payload columns (the
@@ -124,6 +124,7 @@ def _plan_csv(head: bytes, text: str, repairs: tuple[str, ...], rules: Rules) ->
     if renamed:
         named = ", ".join(f"{alias!r} -> {name!r}" for name, alias in renamed)
         repairs += (f"header aliases renamed: {named}",)
+    header = [_as_our_note(name) for name in header]
     if _QUARANTINE_EXPORT.issubset(name.strip().lower() for name in header):
         raise UnreadableFile(QUARANTINE_EXPORT_REFUSED)
     layout = CsvLayout.from_header(header)
@@ -148,6 +149,15 @@ QUARANTINE_EXPORT_REFUSED = (
     "JSON column; fix the rows in the run's quarantine file (quarantine/<run's folder>/"
     "<name>.quarantine.r<n>.csv, on the run's page) and upload that"
 )
+
+
+def _as_our_note(name: str) -> str:
+    """A column named `mfx_` in any case (`MFX_CODE`) as one of our notes, which are never
+    read: as a column of the row's own it was written to the corrected file, whose rows
+    never carry error or `mfx_` fields (error columns are read in any case already)."""
+    if name[: len(MFX_PREFIX)].lower() != MFX_PREFIX:
+        return name
+    return MFX_PREFIX + name[len(MFX_PREFIX) :]
 
 
 def _output_columns(

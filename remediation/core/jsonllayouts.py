@@ -18,7 +18,7 @@ from functools import cached_property
 
 from remediation.core.columns import Kind
 from remediation.jsonnumbers import JsonNumber, dumps
-from remediation.jsonrecords import JSON_KNOWN
+from remediation.jsonrecords import JSON_KNOWN, not_the_rows
 from remediation.records import ERROR_FIELDS, MFX_PREFIX
 
 MAX_NUMBER_CHARS = 1000
@@ -97,7 +97,7 @@ def learn(obj: object, line: str, depth: int) -> Layout | None:
     extra_keys: list[str] = []
     nested = False
     for at, (key, value) in enumerate(obj.items()):
-        if not plain(key):
+        if not plain(key) or _spelt_otherwise(key):
             return None
         tokens.append(f'{comma if at else ""}"{key}"{colon}')
         if key == "payload" or (key == "error" and type(value) is dict):
@@ -121,6 +121,12 @@ def learn(obj: object, line: str, depth: int) -> Layout | None:
     pattern = "^" + "".join(_pattern(t) for t in tokens) + "$"
     leaves, pieces = _placed(tokens)
     return Layout(pattern, leaves, pieces, payload_keys, tuple(extra_keys))
+
+
+def _spelt_otherwise(key: str) -> bool:
+    """An error field or `mfx_` note in another case (`Error_Code`): the record path reads
+    it (`jsonrecords.not_the_rows`), rare as it is."""
+    return key != key.lower() and not_the_rows(key)
 
 
 def _style(obj: dict[str, object], line: str) -> tuple[str, str] | None:

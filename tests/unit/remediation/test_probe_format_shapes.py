@@ -84,3 +84,83 @@ def test_header_names_differing_by_a_line_break_stay_two_columns(tmp_path: Path)
     header, row = remediated(path)["quarantine"]
     assert header[3:5] == ["payload_a\nb", "payload_a\rb"]
     assert row[3:7] == ["A", "B", "cus_demo_alice", "5"]
+
+
+def _row(identifier: str, **keys: object) -> dict[str, object]:
+    payload = {"stripe_customer_id": "cus_demo_alice", "value": "5"}
+    core = {"identifier": identifier, "timestamp": 1764000000, "event_name": "api_requests"}
+    return {**core, "payload": payload, **keys}
+
+
+def _written(tmp_path: Path, name: str, rows: list[dict[str, object]]) -> Path:
+    """`rows` as JSON Lines, a JSON array or a CSV (payload keys as `payload_` columns)."""
+    (tmp_path / name).mkdir()
+    path = tmp_path / name / f"e.{name}"
+    if name == "jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    elif name == "json":
+        path.write_text(json.dumps(rows))
+    else:
+        flat = [_flat(row) for row in rows]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(flat[0]))
+            writer.writeheader()
+            writer.writerows(flat)
+    return path
+
+
+def _flat(row: dict[str, object]) -> dict[str, object]:
+    """A row's CSV cells: its payload keys as `payload_` columns after the others."""
+    payload = row["payload"]
+    assert isinstance(payload, dict)
+    flat = {k: v for k, v in row.items() if k != "payload"}
+    return {**flat, **{f"payload_{k}": v for k, v in payload.items()}}
+
+
+def test_error_keys_in_another_case_make_a_json_file_a_failed_records_file(
+    tmp_path: Path,
+) -> None:
+    """`Error_Code`/`Error_Message` were no error keys in JSON (the rows counted valid, no
+    output) while the same CSV columns were: the rows are quarantined alike."""
+    rows = [_row(f"a{i}", Error_Code="weird_code", Error_Message="m") for i in (1, 2)]
+    for name in ("csv", "jsonl", "json"):
+        summary = remediated(_written(tmp_path, name, rows))
+        assert (summary["valid"], summary["quarantined"]) == (0, 2), name
+        assert summary["by_code"] == {"weird_code": {"corrected": 0, "quarantined": 2}}, name
+        notes = [
+            row[-2:] if name == "csv" else [row["mfx_code"], row["mfx_reason"]]
+            for row in summary["quarantine"][-2:]
+        ]
+        assert [code for code, _ in notes] == ["unclassified", "unclassified"], name
+        assert all("'weird_code'" in reason for _, reason in notes), name
+
+
+def test_error_and_mfx_keys_in_another_case_are_not_in_a_corrected_row(tmp_path: Path) -> None:
+    rows = [
+        _row(
+            "c1",
+            timestamp=1764000000000,
+            error_code="timestamp_in_future",
+            Error_Message="too far ahead",
+            MFX_Code="x",
+            mfx_note="n",
+        )
+    ]
+    rows[0]["timestamp"] = 1764000000000
+    for name in ("csv", "jsonl", "json"):
+        summary = remediated(_written(tmp_path, name, rows))
+        assert summary["corrected"] and summary["corrected"][-1], name
+        if name == "csv":
+            header, row = summary["corrected"]
+            assert header == [
+                "identifier",
+                "timestamp",
+                "event_name",
+                "payload_stripe_customer_id",
+                "payload_value",
+            ]
+            assert row[:2] == ["c1-mfx1", "1764000000"]
+        else:
+            (row,) = summary["corrected"]
+            assert list(row) == ["identifier", "timestamp", "event_name", "payload"], name
+            assert (row["identifier"], row["timestamp"]) == ("c1-mfx1", 1764000000)
