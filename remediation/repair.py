@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -23,7 +25,7 @@ from remediation.errors import EmptyFile, UnreadableFile
 from remediation.filetypes import FileFormat, compressed, detect_format, not_usage
 from remediation.jsondocuments import utf16_refusal
 from remediation.readers import read_records
-from remediation.records import MFX_PREFIX, UsageRecord
+from remediation.records import ERROR_FIELDS, MFX_PREFIX, UsageRecord
 from remediation.rules import Rules
 
 # What is read to plan a file: enough for a CSV header line of many payload columns (the
@@ -101,6 +103,39 @@ def _refuse_json_of_no_rows(fmt: FileFormat, text: str) -> None:
             f"not a usage file: its first line {_first(text)!r} starts with '[' but is no "
             "JSON array (a TOML table?)"
         )
+    wrapper = _wrapping_key(text) if fmt is FileFormat.JSONL else None
+    if wrapper is not None:
+        raise UnreadableFile(
+            f"not a usage file: a JSON object wrapping an array under {wrapper!r}, not a row "
+            "(a usage file is a JSON array of rows, or JSON Lines of one row a line)"
+        )
+
+
+def _wrapping_key(text: str) -> str | None:
+    """The key of the array a file's first object wraps when it is no row (an API list,
+    `{"data": [rows]}`): it names no key of a row in any case (identifier, timestamp,
+    event_name, payload, an error field) and holds an array. Read as JSON Lines, it was one
+    row, its rows quarantined as one `no_meter`. Decoded from the head; one longer than it
+    (a wrapper of many rows) by its first key opening an array of objects."""
+    try:
+        first = json.JSONDecoder().raw_decode(text)[0]
+    except (ValueError, RecursionError):
+        found = _FIRST_KEY_OPENS_OBJECTS.match(text)
+        if found is None:
+            return None
+        first = {json.loads(f'"{found[1]}"'): []}
+    if type(first) is not dict or any(_row_key(key) for key in first):
+        return None
+    return next((key for key, value in first.items() if type(value) is list), None)
+
+
+def _row_key(key: object) -> bool:
+    low = str(key).lower()
+    return low in _JSON_ROW_KEYS
+
+
+_JSON_ROW_KEYS = frozenset(("identifier", "timestamp", "event_name", "payload", *ERROR_FIELDS))
+_FIRST_KEY_OPENS_OBJECTS = re.compile(r'\{\s*"((?:[^"\\]|\\.)*)"\s*:\s*\[\s*\{')
 
 
 def _plan_csv(head: bytes, text: str, repairs: tuple[str, ...], rules: Rules) -> InputPlan:

@@ -1,6 +1,6 @@
 """Shapes of a file that were read otherwise than their rows say: a header name holding a
-line break, error keys in another case, a JSON object wrapping the rows, rows without a
-payload (`meterfix remediate`, with the examples' meters and rules)."""
+line break, error and `mfx_` keys in another case, a JSON object wrapping the rows
+(`meterfix remediate`, with the examples' meters and rules)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
+from remediation.errors import UnreadableFile
+from remediation.formats import FileFormat
+from remediation.repair import plan_input
+from remediation.rules import load_rules
 from service.commands.remediate import remediate_command
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -164,3 +169,44 @@ def test_error_and_mfx_keys_in_another_case_are_not_in_a_corrected_row(tmp_path:
             (row,) = summary["corrected"]
             assert list(row) == ["identifier", "timestamp", "event_name", "payload"], name
             assert (row["identifier"], row["timestamp"]) == ("c1-mfx1", 1764000000)
+
+
+@pytest.mark.parametrize("name", ["u.json", "u.jsonl"])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_json_object_wrapping_the_rows_is_refused_whole(
+    tmp_path: Path, name: str, indent: int | None
+) -> None:
+    """`{"data": [rows]}` was read as one JSON Lines row (its rows one `data` key, quarantined
+    `no_meter`): it is no row, and which of its keys holds the usage is not guessed."""
+    rows = [_row(f"w{i}", error_code="timestamp_in_future") for i in (1, 2, 3)]
+    path = tmp_path / name
+    path.write_text(json.dumps({"data": rows, "has_more": False}, indent=indent))
+    with pytest.raises(UnreadableFile, match="a JSON object wrapping an array under 'data'"):
+        plan_input(path, load_rules(""))
+    args = [str(path), "--out", str(tmp_path / "o"), "--meters", str(EXAMPLES / "meters.json")]
+    result = CliRunner().invoke(remediate_command, args)
+    assert result.exit_code != 0
+    assert "wrapping an array under 'data'" in result.output
+    assert not list((tmp_path / "o").glob("*.json*"))
+
+
+def test_a_wrapper_longer_than_the_head_is_refused_by_its_first_key(tmp_path: Path) -> None:
+    rows = [_row(f"w{i}", error_code="timestamp_in_future") for i in range(2000)]
+    path = tmp_path / "u.json"
+    path.write_text(json.dumps({"data": rows}))
+    with pytest.raises(UnreadableFile, match="wrapping an array under 'data'"):
+        plan_input(path, load_rules(""))
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        {"tags": ["a"], "identifier": "r1", "event_name": "api_requests"},
+        {"notes": [{"n": 1}], "Event_Name": "api_requests"},  # a usage key in any case
+        {"tags": [{"n": 1}], "payload": {"value": "1"}},
+    ],
+)
+def test_a_row_holding_a_list_is_still_a_row(tmp_path: Path, first: dict[str, Any]) -> None:
+    path = tmp_path / "u.jsonl"
+    path.write_text(json.dumps(first) + "\n")
+    assert plan_input(path, load_rules("")).fmt is FileFormat.JSONL
