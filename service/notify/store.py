@@ -73,6 +73,16 @@ def update_alert(connection: Connection, alert_id: int, values: Mapping[str, Any
     return result.rowcount == 1
 
 
+def change_alert_from(
+    connection: Connection, alert_id: int, was: str, values: Mapping[str, Any]
+) -> bool:
+    """Change the alert `alert_id` only while its status is still `was` (an admin action read
+    it so); False when it is not. One statement: of two actions at once, the second waits for
+    the first's row (or SQLite's write lock) and then finds the status changed."""
+    statement = update(ALERTS).where(ALERTS.c.id == alert_id, ALERTS.c.status == was)
+    return connection.execute(statement.values(**values)).rowcount == 1
+
+
 # --- alerts: reads -------------------------------------------------------------------------
 
 

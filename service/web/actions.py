@@ -8,15 +8,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from service.errors import Conflict, NotFound
 from service.intake.store import INBOX
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.jobs.store.reruns import count_quarantine, latest_quarantined_id, lock_rerun_inputs
 from service.models import AdminActionName
+from service.models._types import utcnow
 from service.models.alerts import AlertStatus
-from service.notify.alerts import set_alert_status
+from service.notify.store import change_alert_from
 from service.web.store import find_event, get_alert, record_action
 from service.worker.inbox import replay_in
 from service.worker.tasks import TaskKind, enqueue_task, task_id
@@ -42,14 +43,18 @@ ACTION_NAMES = {
 
 
 def change_alert(engine: Engine, alert_id: int, to: AlertStatus, actor: Actor) -> dict[str, Any]:
-    """Acknowledge or resolve by hand; the alert as it is afterwards, with its actions."""
+    """Acknowledge or resolve by hand; the alert as it is afterwards, with its actions. The
+    change is made only from the status read (two actions at once: the second is a Conflict,
+    recorded nowhere; both were made, each recorded "from open")."""
     with engine.begin() as connection:
         alert = get_alert(connection, alert_id)
         if alert is None:
             raise NotFound(f"no alert with id {alert_id}")
-        if alert["status"] not in ALLOWED_FROM[to]:
-            raise Conflict(f"alert {alert_id} is {alert['status']}: cannot {ACTION_NAMES[to]}")
-        set_alert_status(connection, alert_id, to)
+        was = alert["status"]
+        if was not in ALLOWED_FROM[to]:
+            raise Conflict(f"alert {alert_id} is {was}: cannot {ACTION_NAMES[to]}")
+        if not change_alert_from(connection, alert_id, was, _status_values(to)):
+            raise _changed_since_read(connection, alert_id, to)
         record_action(
             connection,
             ACTION_NAMES[to],
@@ -57,11 +62,25 @@ def change_alert(engine: Engine, alert_id: int, to: AlertStatus, actor: Actor) -
             str(alert_id),
             via=actor.via,
             source_address=actor.address,
-            detail={"from": alert["status"]},
+            detail={"from": was},
         )
         changed = get_alert(connection, alert_id)
     assert changed is not None
     return changed
+
+
+def _changed_since_read(connection: Connection, alert_id: int, to: AlertStatus) -> Exception:
+    """Another action changed (or the retention purged) the alert since it was read."""
+    now = get_alert(connection, alert_id)
+    if now is None:
+        return NotFound(f"no alert with id {alert_id}")
+    return Conflict(f"alert {alert_id} is {now['status']}: cannot {ACTION_NAMES[to]}")
+
+
+def _status_values(to: AlertStatus) -> dict[str, Any]:
+    """The alert's new status and the time it took it."""
+    at = "acknowledged_at" if to is AlertStatus.ACKNOWLEDGED else "resolved_at"
+    return {"status": to.value, at: utcnow()}
 
 
 def replay_event(engine: Engine, ref: str, actor: Actor, lease: timedelta) -> dict[str, Any]:
