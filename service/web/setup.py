@@ -12,6 +12,7 @@ from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from remediation import jsonnumbers
 from service.config import Settings
@@ -27,6 +28,7 @@ def register_web(app: Flask, settings: Settings) -> None:
     from service.web import api, pages, probes
 
     app.json = ExactJSONProvider(app)
+    app.url_map.converters["int"] = AsciiIntegerConverter  # before any route takes an id
     # Templates are compiled on first use, so every page writes values through it.
     app.jinja_env.finalize = shown_as_text
     configure_sessions(app, settings)
@@ -37,6 +39,14 @@ def register_web(app: Flask, settings: Settings) -> None:
     app.register_error_handler(SQLAlchemyError, _database_error)
     app.register_error_handler(SchemaNotCurrent, _schema_not_current)
     app.after_request(add_security_headers)
+
+
+class AsciiIntegerConverter(IntegerConverter):
+    """`<int:...>` of ASCII digits alone: Werkzeug's takes any Unicode digit (`/api/runs/٣`,
+    Arabic-Indic three, was run 3, and `/api/alerts/٣/resolve` resolved alert 3), which the
+    query parameters refuse. Another digit is no route, a 404 as `/api/runs/abc` is."""
+
+    regex = r"[0-9]+"
 
 
 class ExactJSONProvider(DefaultJSONProvider):
