@@ -72,6 +72,9 @@ class BatchDecider:
         fate[valid] = VALID if self.rejected else VALID_KEPT
         fate[valid & told] = VALID  # rejected: changed since Stripe refused it, sent as it is
         stopped = self._repeats(batch, arrived, valid, mfx, reason)
+        made_since = self._meter_made_since(batch, to_fix, ruled) & ~stopped
+        valid |= made_since
+        fate[made_since] = VALID
         unknown = ~valid & (to_fix == 0) & ~stopped
         messages = batch.error_message
         for i in np.flatnonzero(unknown).tolist():
@@ -109,6 +112,23 @@ class BatchDecider:
             arrived_ids[untold] = to_fix[untold]
             arrived[untold] = code_objects(to_fix[untold])
         return arrived, arrived_ids, arrived_ids == 0, to_fix, ruled
+
+    def _meter_made_since(self, batch: Batch, to_fix: CodeIds, ruled: Mask) -> Mask:
+        """Rows reported `no_meter` whose event name is an active meter's, exactly (the meter
+        was made after the row was sent), validated as they are (`to_fix`, `ruled` updated):
+        those found valid, to be sent again as they came (README "deliberate exceptions"; a
+        `match_event_name` of `api_requests` to `api_requests` counted them corrected)."""
+        rows = np.flatnonzero(ruled & (to_fix == CODE_IDS[ErrorCode.NO_METER]))
+        if not len(rows):
+            return np.zeros(len(batch), bool)
+        meters, positions = meter_of_rows(batch.take(rows), self.ctx.index)
+        active = np.asarray([m is not None and m.active for m in meters] + [False], bool)
+        rows = rows[active[positions]]  # -1 (no name): the last, False
+        to_fix[rows] = problem_ids(batch.take(rows), self.ctx.index, self.ctx.now)
+        ruled[rows] = False
+        valid: Mask = np.zeros(len(batch), bool)
+        valid[rows[to_fix[rows] == 0]] = True
+        return valid
 
     def _repeats(
         self, batch: Batch, arrived: Codes, valid: Mask, mfx: Codes, reason: Codes

@@ -78,3 +78,27 @@ def test_a_trimmed_customer_goes_out_only_as_what_the_untrimmed_text_would(
         )
     assert (lines["k3"]["rule"], lines["k3"]["after"]) == ("map_customer", "cus_Q1a2B3c4")
     assert (lines["k4"]["rule"], lines["k4"]["after"]) == ("trim_customer", "cus_Q1a2B3c4")
+
+
+def test_an_event_name_that_names_an_active_meter_is_sent_again_as_it_was(
+    tmp_path: Path,
+) -> None:
+    payload = {"stripe_customer_id": "cus_Q1a2B3c4", "value": "5"}
+    rows = [
+        _row("n1", "no_meter", payload),
+        _row("n2", "no_meter", payload, event="API-Requests"),
+        _row("n3", "no_meter", {**payload, "value": "1,234"}),
+    ]
+    summary, audit = _remediate(tmp_path, "names.jsonl", "\n".join(rows) + "\n")
+    assert (summary["valid"], summary["corrected"], summary["quarantined"]) == (1, 2, 0)
+    lines = _by_identifier(audit)
+    assert (lines["n1"]["kind"], lines["n1"]["rule"]) == ("resend", "resend_unchanged")
+    assert (lines["n2"]["rule"], lines["n2"]["after"]) == ("match_event_name", "api_requests")
+    assert (lines["n3"]["rule"], lines["n3"]["after"]) == ("normalize_value", "1234")
+    [corrected] = summary["outputs"]["corrected"]
+    sent = [json.loads(line) for line in Path(corrected).read_text().splitlines()]
+    assert [(row["identifier"], row["event_name"]) for row in sent] == [
+        ("n1-mfx1", "api_requests"),
+        ("n2-mfx1", "api_requests"),
+        ("n3-mfx1", "api_requests"),
+    ]

@@ -150,11 +150,11 @@ def test_lines_stay_in_row_order_when_a_later_round_changes_an_earlier_row(
             "payload": payload,
             "error": {"code": "timestamp_in_future", "message": "m"},
         },
-        {"event_name": "api_requests", "payload": payload, "error": {"code": "no_meter"}},
+        {"event_name": "api-requests", "payload": payload, "error": {"code": "no_meter"}},
     ]
     stored, lines = _run(to_jsonl(objects), FileFormat.JSONL, tmp_path, False)
     assert [line["row"] for line in lines] == [1, 2]
-    assert [line["before"] for line in lines] == ["API-Requests", "api_requests"]
+    assert [line["before"] for line in lines] == ["API-Requests", "api-requests"]
     _same(stored, lines)
 
 
