@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import sys
 import threading
 from datetime import timedelta
@@ -48,12 +50,40 @@ from service.worker.supervisor import (
 @with_appcontext
 def serve_command(port: int, host: str) -> None:
     """Run the web app with werkzeug (production runs gunicorn, see the Procfile)."""
-    from werkzeug.serving import run_simple
+    from werkzeug.serving import make_server
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    listening = _listen(host, port)  # before the dashboard's address is announced
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     _announce_dashboard(runtime().settings, f"http://{local}:{port}")  # terminal, not a log
-    run_simple(host, port, app, threaded=True, use_reloader=False)
+    with listening:  # werkzeug serves on a copy of it
+        server = make_server(host, port, app, threaded=True, fd=listening.fileno())
+    server.log_startup()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on `host`:`port`, or one line saying why not (werkzeug, binding it,
+    printed two, "Address already in use" then its own advice, and exited 1)."""
+    from werkzeug.serving import LISTEN_QUEUE, get_sockaddr, select_address_family
+
+    family = select_address_family(host, port)
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug's
+        listening.bind(get_sockaddr(host, port, family))
+        listening.listen(LISTEN_QUEUE)
+    except OSError as exc:
+        listening.close()
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason += " (another program holds that port: stop it, or start the server with "
+            reason += "another --port)"
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+    return listening
 
 
 def _sweep_bucket(rt: Runtime) -> None:
