@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from remediation.poller import ImportChunk, RowRef
 from remediation.ports import MeterEventSink, ObjectInfo
 from remediation.validation import MeterIndex
+from service.errors import ItemInterrupted
 from service.poller.object_progress import ObjectProgress
 from service.poller.progress import ProgressStore
 from service.poller.store import recordable
@@ -48,6 +49,12 @@ class ObjectImport:
     work_dir: Path
     clock: Callable[[], datetime]
     beat: Callable[[], None] = lambda: None
+    stopping: Callable[[], bool] = lambda: False  # the worker is stopping: send no more
+
+
+class ImportStopped(ItemInterrupted):
+    """The poller was asked to stop mid-import: no batch went out after it, those in flight
+    settled and their acknowledgements were recorded; the next pass resumes after them."""
 
 
 @dataclass(frozen=True, slots=True)

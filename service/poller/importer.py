@@ -35,6 +35,7 @@ from service.poller.files import FailedRecords, failed_records_path
 from service.poller.import_batches import (
     CHUNKS_PER_GROUP,
     Acknowledgements,
+    ImportStopped,
     ObjectImport,
     record_group,
     send_batches,
@@ -173,7 +174,7 @@ class _BatchStream:
         # batches sent before and never acknowledged: checked against the horizon as each
         # goes out again (checked once when the pass began, a long pass sent them past it)
         resent = {batch.number: batch for batch in self.progress.unacked}
-        while group := list(islice(chunks, CHUNKS_PER_GROUP)):
+        while group := self._next_group(chunks):
             sending, recorded = record_group(job, self.obj, self.progress, group, number)
             unsent.recorded |= recorded.new
             unsent.same |= recorded.same
@@ -181,6 +182,7 @@ class _BatchStream:
             self._count(group, recorded.acked_rows)
             number += recorded.batches
             for send in sending:
+                self._check_stop()  # the group's batches not taken are forgotten (`_send_all`)
                 before = resent.get(send.number)
                 if before is not None and before.first_sent_at <= job.clock() - RESEND_HORIZON:
                     raise HorizonPassed([before])
@@ -190,6 +192,17 @@ class _BatchStream:
             if time.monotonic() - last_beat >= BEAT_EVERY:
                 job.beat()
                 last_beat = time.monotonic()
+
+    def _next_group(self, chunks: Iterator[ImportChunk]) -> list[ImportChunk]:
+        self._check_stop()
+        return list(islice(chunks, CHUNKS_PER_GROUP))
+
+    def _check_stop(self) -> None:
+        """Raise ImportStopped at a batch boundary once the worker is stopping: the sink
+        takes no further batch and settles those in flight (SIGTERM mid-import kept the
+        process sending until the supervisor killed it)."""
+        if self.job.stopping():
+            raise ImportStopped(f"{self.obj.key}: the poller was asked to stop mid-import")
 
     def _count(self, group: list[ImportChunk], acked_rows: int) -> None:
         """Count a group's rows in the tally, writing its failed ones to the failed records."""

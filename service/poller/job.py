@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 
 from service.config import PollerMode, Settings
@@ -25,7 +26,9 @@ def poll_forever(
 ) -> None:
     """A pass every `interval` seconds until `stop` is set; a failing pass (database or
     bucket unreachable) is logged and tried again at the next tick. It beats while it waits
-    (`wait_for_next_pass`)."""
+    (`wait_for_next_pass`). A pass under way when `stop` is set ends at its next batch, and
+    the heartbeat then says the poller stopped."""
+    deps = replace(deps, stop=stop)
     while not stop.is_set():
         try:
             report = run_poll_pass(deps)
@@ -35,6 +38,7 @@ def poll_forever(
             if on_report:
                 on_report(report)
         wait_for_next_pass(deps, stop, interval)
+    _beat(deps, {"doing": "stopped"})
 
 
 def wait_for_next_pass(deps: PollerDeps, stop: threading.Event, interval: float) -> None:
@@ -76,9 +80,12 @@ def start_poller_job(settings: Settings, stop: threading.Event) -> threading.Thr
 
 
 def _beat_waiting(deps: PollerDeps, next_pass_at: str) -> None:
-    """One heartbeat of this poller instance, waiting for its next pass; a failing beat never
-    ends the loop (the database may be briefly unavailable: the next one tries again)."""
-    detail = {"doing": "waiting", "next_pass_at": next_pass_at}
+    _beat(deps, {"doing": "waiting", "next_pass_at": next_pass_at})
+
+
+def _beat(deps: PollerDeps, detail: dict[str, str]) -> None:
+    """One heartbeat of this poller instance; a failing beat never ends the loop (the
+    database may be briefly unavailable: the next one tries again)."""
     try:
         beat(deps.engine, deps.instance, ProcessRole.POLLER, detail)
     except Exception as exc:  # loop edge: as a pass's own beat (`pass_objects.beat`)

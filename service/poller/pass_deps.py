@@ -4,6 +4,7 @@ reports (`PassReport`), apart from the pass (service.poller.passes) and the obje
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,15 +41,22 @@ class PollerDeps:
     # MFX_RULES [policy] value_precision (`Rules.value_precision`): a value past it is refused
     # as remediation refuses it (the poller sent `1.234` that `validate` refused; None: none)
     value_precision: int | None = None
+    # set when the process is stopping (SIGTERM, Ctrl-C): a pass under way takes no further
+    # object, and an import no further batch (`ObjectImport.stopping`)
+    stop: threading.Event | None = None
 
     @property
     def index_mode(self) -> bool:
         return self.settings.mfx_poller == PollerMode.INDEX
 
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
 
 @dataclass
 class PassReport:
     ran: bool = True  # False: another instance holds the poller lock
+    stopped: bool = False  # the process was stopping: the pass ended part-way
     mode: str = "import"
     listed: int = 0
     imported: int = 0

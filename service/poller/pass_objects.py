@@ -26,7 +26,7 @@ from service.models import ProcessRole
 from service.poller.again import TakenAgain
 from service.poller.failures import judge, raise_gave_up, resolve_gave_up
 from service.poller.handover import hand_over
-from service.poller.import_batches import ObjectImport
+from service.poller.import_batches import ImportStopped, ObjectImport
 from service.poller.importer import import_object
 from service.poller.pass_deps import PassReport, PollerDeps
 from service.poller.progress import ProgressStore
@@ -84,6 +84,11 @@ def process_object(
         log_event("poller.object_not_settled", key=obj.key, reason=str(exc))
     except UnreadableFile as exc:
         _unreadable(deps, store, obj, exc, r)
+    except ImportStopped as exc:
+        # neither failed nor imported: left `seen`, the next pass resumes after the batches
+        # Stripe acknowledged (recorded before ImportStopped left the sink)
+        r.stopped = True
+        log_event("poller.import_stopped", key=obj.key, reason=exc.reason)
     except Exception as exc:  # loop edge: one object's failure must not stop the pass
         _object_failed(deps, store, obj, exc, r)
     finally:
@@ -216,6 +221,7 @@ def _import_object(
         work_dir=deps.work_dir,
         clock=deps.clock,
         beat=lambda: beat(deps, "import", key=obj.key),
+        stopping=deps.stopping,
     )
     import_set, path = import_object(job, obj, _impset_id(obj), source)
     rows, sent = import_set.rows_processed or 0, import_set.successes_row_count or 0

@@ -95,6 +95,9 @@ def _run_pass(deps: PollerDeps) -> PassReport:
         meters_failed(deps, store, plan.take, exc, report)
         return report
     for number, obj in enumerate(plan.take, start=1):
+        if deps.stopping():
+            report.stopped = True
+            break
         process_object(deps, store, obj, meters, report, listing)
         if deps.progress:
             deps.progress(number, len(plan.take), obj.key)
