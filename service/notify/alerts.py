@@ -113,16 +113,5 @@ def resolve_alert(target: Engine | Connection, key: str) -> bool:
     return resolved
 
 
-def set_alert_status(connection: Connection, alert_id: int, status: AlertStatus) -> bool:
-    """Acknowledge or resolve by hand (the admin API and dashboard); False if unknown."""
-    now = utcnow()
-    values: dict[str, Any] = {"status": status.value}
-    if status is AlertStatus.ACKNOWLEDGED:
-        values["acknowledged_at"] = now
-    elif status is AlertStatus.RESOLVED:
-        values["resolved_at"] = now
-    return store.update_alert(connection, alert_id, values)
-
-
 def _short(value: str | None) -> str | None:
     return None if value is None else value[:255]

@@ -67,12 +67,6 @@ def resolve_alert_by_key(target: Engine | Connection, key: str, at: datetime) ->
     return target.execute(statement).rowcount == 1
 
 
-def update_alert(connection: Connection, alert_id: int, values: Mapping[str, Any]) -> bool:
-    """Change the alert `alert_id`; False when it is unknown."""
-    result = connection.execute(update(ALERTS).where(ALERTS.c.id == alert_id).values(**values))
-    return result.rowcount == 1
-
-
 def change_alert_from(
     connection: Connection, alert_id: int, was: str, values: Mapping[str, Any]
 ) -> bool:
