@@ -269,12 +269,16 @@ def test_connector_whole_file_failure_is_repaired(loop: Loop) -> None:
     assert [e["type"] for e in events] == ["data_management.import_set.succeeded"]
     loop.drain()
     loop.sandbox.connector_poll()
-    # nothing was accepted before, so the valid rows come back with derived ids too
-    expected = {"e1-mfx1", "e8-mfx1", "e2-mfx1", "e3-mfx1", "e4-mfx1", "e6-mfx2"}
+    # nothing was accepted before, so the valid rows come back with derived ids too; e3's
+    # "1,234" is ambiguous in a ;-delimited file (its `,` may be the decimal mark: 1.234)
+    expected = {"e1-mfx1", "e8-mfx1", "e2-mfx1", "e4-mfx1", "e6-mfx2"}
     assert sorted(loop.accepted()) == sorted(expected)
     with loop.session() as session:
-        quarantined = {q.identifier: q.code for q in session.exec(select(QuarantinedRow)).all()}
-    assert quarantined == QUARANTINED
+        held = session.exec(select(QuarantinedRow)).all()
+    ambiguous = {"e3": "meter_event_invalid_value"}
+    assert {q.identifier: q.code for q in held} == {**QUARANTINED, **ambiguous}
+    [e3] = [q for q in held if q.identifier == "e3"]
+    assert "decimal mark" in e3.reason and "'1,234'" in e3.reason
 
 
 def test_connector_mode_leaves_rows_fixed_by_hand_before_meterfix_ran_to_the_connector(
