@@ -201,7 +201,8 @@ def _remediate(
     """Remediate the rows of one object the report is about; how many it holds: those this
     run selected and those another run over the object handled (corrected or quarantined)
     before, under the same identifiers, which are not selected again."""
-    with one_run_an_object(ctx.engine, ctx.bucket.prefix, key, ctx.waiting_turn):
+    with one_run_an_object(ctx.engine, ctx.bucket.prefix, key, ctx.waiting_turn) as lock:
+        ctx = ctx.holding(lock)  # its run uploads and commits nothing once the lock is lost
         run_key = report_run_key(job.event_id, key)
         base = job.scope
         # the object's runs, and those of its import sets' failed-records files (the same rows)

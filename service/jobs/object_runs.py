@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 
 from remediation.ports import Bucket
 from service.db import is_postgres
-from service.db.locks import advisory_lock
+from service.db.locks import HeldLock, session_lock
 from service.jobs.inputs import event_time
 from service.jobs.store import reports
 from service.jobs.store.lineage import handled_among, runs_correcting, runs_of_sources
@@ -51,7 +51,7 @@ def one_run_an_object(
     prefix: str,
     key: str | None,
     waiting_turn: Callable[[], AbstractContextManager[None]] = nullcontext,
-) -> Iterator[None]:
+) -> Iterator[HeldLock]:
     """The runs over one object (its error reports', its import sets') take turns: each reads
     which rows another run over it handled, then writes its own. Two reports about the same
     rows taken by two workers at once both read none handled and both corrected every row: two
@@ -59,17 +59,20 @@ def one_run_an_object(
     it imports them a day apart. PostgreSQL: an advisory lock of the object's name without
     the bucket's `prefix` (an import set names it so, a report's run by its key: two names,
     two locks, no turns), waited for. SQLite: one lock for every such run (a file beside the
-    database, not one an object). The wait is not the item's time (`waiting_turn`)."""
+    database, not one an object). The wait is not the item's time (`waiting_turn`). Yields
+    the lock: the run is done under it (`RunContext.holding`), so a run whose lock was lost
+    while it worked (PostgreSQL let it go with its dropped connection, and another run over
+    the object may have taken it) uploads and commits nothing (`LockLost`: retried)."""
     name = key or ""
     if prefix and name.startswith(prefix):
         name = name[len(prefix) :]
     with ExitStack() as held:
         with waiting_turn():
-            lock = advisory_lock(
+            lock = session_lock(
                 engine, OBJECT_RUN_LOCK_KEY, name if is_postgres(engine) else "", wait=True
             )
-            held.enter_context(lock)
-        yield
+            taken = held.enter_context(lock)
+        yield taken
 
 
 def object_sources(engine: Engine, bucket: Bucket, key: str | None) -> list[str]:

@@ -33,38 +33,43 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from remediation.filetypes import FileFormat
-from service.db.locks import advisory_lock
+from service.db.locks import HeldLock, session_lock
 from service.jobs.rerun_keys import rerun_key, rerun_tag
 from service.jobs.rerun_pick import pick_rows
 from service.jobs.rerun_records import rerun_lineage, stored_records
 from service.jobs.runs import RunContext, RunRequest, execute_run
-from service.jobs.store.reruns import mark_rerun, rerun_queued_at
+from service.jobs.store.reruns import mark_rerun, mark_rerun_in, rerun_queued_at
 from service.models import RemediationRun, RunTrigger
 
 
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
     with ExitStack() as held:
         with ctx.waiting_turn():  # the wait for the re-run before is not this one's time
-            held.enter_context(_one_at_a_time(ctx.engine))
-        return _rerun_quarantine(ctx, action_ref)
+            lock = held.enter_context(_one_at_a_time(ctx.engine))
+        # its runs upload and commit nothing, nor mark rows taken, once the lock is lost
+        return _rerun_quarantine(ctx.holding(lock), action_ref)
 
 
 RERUN_LOCK_KEY = 0x6D66785F72657275  # "mfx_reru": the seed of the re-runs' advisory-lock id
 
 
 @contextmanager
-def _one_at_a_time(engine: Engine) -> Iterator[None]:
+def _one_at_a_time(engine: Engine) -> Iterator[HeldLock]:
     """One re-run at a time: a re-run picks its rows, runs them and only then marks them
     taken (a task run again after a crash runs what is left), so two re-runs at once (two
     clicks, two workers) picked the same rows and wrote both to corrected objects, each run
     counting them. On PostgreSQL an advisory lock held for the task, waited for; SQLite has
-    one worker process, which runs one task at a time."""
-    with advisory_lock(engine, RERUN_LOCK_KEY, wait=True):
-        yield
+    one worker process, which runs one task at a time. Lost (its connection dropped: another
+    re-run may take it), the re-run stops before its next upload or commit (`LockLost`), and
+    its runs mark their rows taken in the transaction that records them done: a next re-run
+    never picks rows a done run took."""
+    with session_lock(engine, RERUN_LOCK_KEY, wait=True) as lock:
+        yield lock
 
 
 def _rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
@@ -125,7 +130,13 @@ def _rerun(
         # fails again still, the next run stops it again
         loop_protection=False,
     )
-    run = execute_run(ctx, request, stored_records(ctx.engine, ids, ctx.rules, ctx.meters))
+    records = stored_records(ctx.engine, ids, ctx.rules, ctx.meters)
+    run = execute_run(ctx, request, records, finishing=partial(_mark_taken, ids))
     assert run.id is not None
-    mark_rerun(ctx.engine, ids, run.id)
+    mark_rerun(ctx.engine, ids, run.id, ctx.fence)  # a run done by a try before, unmarked
     return run
+
+
+def _mark_taken(ids: list[int], connection: Connection, run_id: int) -> None:
+    """The rows taken by the run being recorded done (in its transaction)."""
+    mark_rerun_in(connection, ids, run_id)

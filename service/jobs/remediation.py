@@ -100,10 +100,14 @@ def _remediate_failed_records(
     run = deps.run
     with one_run_an_object(
         run.engine, run.bucket.prefix, import_set.source_object, run.waiting_turn
-    ):
+    ) as lock:
         leaving = left_out(deps, import_set, later, path, tmp, run_key)
         run_file(
-            deps.run, request, path, leave_out=leaving.leave_out(), allow_none=leaving.none_left
+            run.holding(lock),
+            request,
+            path,
+            leave_out=leaving.leave_out(),
+            allow_none=leaving.none_left,
         )
     return leaving.outcome(run_key, file_id)
 
@@ -202,10 +206,14 @@ def _repair_failed_file(
     run = deps.run
     with one_run_an_object(
         run.engine, run.bucket.prefix, import_set.source_object, run.waiting_turn
-    ):
+    ) as lock:
         leaving = left_out(deps, import_set, later, path, tmp, run_key, whole_file=True)
         run_file(
-            deps.run, request, path, leave_out=leaving.leave_out(), allow_none=leaving.none_left
+            run.holding(lock),
+            request,
+            path,
+            leave_out=leaving.leave_out(),
+            allow_none=leaving.none_left,
         )
     return leaving.outcome(run_key, source)
 

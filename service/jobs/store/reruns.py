@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, func, select, update
 
-from service.db.locks import transaction_lock
+from service.db.locks import Fence, transaction_lock, unfenced
 from service.db.statements import in_listed
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE, quarantine_conditions
 from service.jobs.store.quarantine_filter import QuarantineFilter
@@ -220,14 +220,21 @@ def quarantined_entries(engine: Engine, ids: Sequence[int]) -> Iterator[Quaranti
             )
 
 
-def mark_rerun(engine: Engine, ids: Sequence[int], run_id: int) -> None:
-    """The rows with these ids were taken by the re-run `run_id` (one transaction)."""
-    chunks = iter(ids)
+def mark_rerun(engine: Engine, ids: Sequence[int], run_id: int, fence: Fence = unfenced) -> None:
+    """The rows with these ids were taken by the re-run `run_id` (one transaction, after
+    `fence`: the re-run's lock held still)."""
     with engine.begin() as connection:
-        while chunk := list(islice(chunks, ID_BATCH)):
-            connection.execute(
-                update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(rerun_id=run_id)
-            )
+        fence(connection)
+        mark_rerun_in(connection, ids, run_id)
+
+
+def mark_rerun_in(connection: Connection, ids: Sequence[int], run_id: int) -> None:
+    """`mark_rerun` in the caller's transaction (the one that records the run done)."""
+    chunks = iter(ids)
+    while chunk := list(islice(chunks, ID_BATCH)):
+        connection.execute(
+            update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(rerun_id=run_id)
+        )
 
 
 # The seed of the lock on what a quarantine re-run reads ("mfx_reru", `lock_rerun_inputs`).

@@ -7,7 +7,7 @@ totals and charts are `run_counts.py`; loading a run's audit and quarantined row
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
 from service.db import session_scope
+from service.db.locks import Fence, unfenced
 from service.db.pages import Listing, Page, keyset
 from service.db.statements import delete_batch_in
 from service.models import RunStatus
@@ -233,10 +234,20 @@ def fail_run(
 
 
 def finish_run(
-    engine: Engine, run_id: int, summary: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]]
+    engine: Engine,
+    run_id: int,
+    summary: Mapping[str, Any],
+    outputs: Sequence[Mapping[str, Any]],
+    fence: Fence = unfenced,
+    finishing: Callable[[Connection, int], None] | None = None,
 ) -> RemediationRun:
-    """Record the run's outputs and counts, and that it is done."""
+    """Record the run's outputs and counts, and that it is done, after `fence` (the locks the
+    run is done under still held: `LockLost` otherwise, nothing recorded) and with what
+    `finishing` writes, in one transaction."""
     with session_scope(engine) as session:
+        fence(session.connection())
+        if finishing is not None:
+            finishing(session.connection(), run_id)
         run = session.get(RemediationRun, run_id)
         assert run is not None
         for output in outputs:

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Column, Connection, Engine, MetaData, Table, select
 
 from service.db.bulk import bulk_load_rows
+from service.db.locks import Fence, unfenced
 from service.jobs.store.runs import RUNS
 
 # The columns a run's rows share, written by the load, not staged (`SortedStage`).
@@ -195,9 +196,9 @@ class SortedStage:
             self._stage(staged)
         self.staged += len(rows)
 
-    def load(self) -> int:
+    def load(self, fence: Fence = unfenced) -> int:
         """Insert the staged rows into the table, sorted, with the run's id and source; the
-        number inserted."""
+        number inserted. `fence` first in each transaction (the run's locks held still)."""
         if not self.staged:
             return 0
         fixed = {"run_id": self.run_id, "source": self.source}
@@ -205,16 +206,19 @@ class SortedStage:
         # Arrival order: the stage is only appended to, so its rows' physical places follow it.
         order = "ctid" if self.postgres else "rowid"
         if self.postgres:
-            self._load_in_one_statement(fixed, into, order)
+            self._load_in_one_statement(fixed, into, order, fence)
             return self.staged
         self._sort_stage(order)
-        self._load_in_chunks(fixed, into)
+        self._load_in_chunks(fixed, into, fence)
         return self.staged
 
-    def _load_in_one_statement(self, fixed: Mapping[str, Any], into: str, order: str) -> None:
+    def _load_in_one_statement(
+        self, fixed: Mapping[str, Any], into: str, order: str, fence: Fence
+    ) -> None:
         """PostgreSQL: the staged rows inserted sorted, in one statement and transaction."""
         values = ", ".join(f"%({name})s" for name in FIXED)
         with self.connection.begin():
+            fence(self.connection)
             _check_run(self.connection, self.run_id, self.what)
             self.connection.exec_driver_sql(
                 f"INSERT INTO {self.target.name} ({into}) "
@@ -233,11 +237,12 @@ class SortedStage:
                 f"FROM {self.stage_name} ORDER BY identifier, {order}"
             )
 
-    def _load_in_chunks(self, fixed: Mapping[str, Any], into: str) -> None:
+    def _load_in_chunks(self, fixed: Mapping[str, Any], into: str, fence: Fence) -> None:
         """SQLite: the sorted copy inserted in transactions of `LOAD_CHUNK` rows."""
         values = ", ".join("?" for _ in FIXED)
         for low in range(0, self.staged, LOAD_CHUNK):
             with self.connection.begin():
+                fence(self.connection)
                 _check_run(self.connection, self.run_id, self.what)
                 self.connection.exec_driver_sql(
                     f"INSERT INTO main.{self.target.name} ({into}) "

@@ -1,0 +1,257 @@
+"""A session lock's connection dropped while its holder worked (PostgreSQL restarted, an idle
+timeout, `pg_terminate_backend`): PostgreSQL let the lock go with it, another process took it,
+and the holder, which nothing told, did the same work as that one. The holder learns of it
+(`HeldLock.check`, `HeldLock.fence`) and stops without committing; its item's retry finds
+what the other did. PostgreSQL only: a SQLite file lock lives as long as the process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import Engine, text
+from sqlmodel import select
+
+from sandbox.events import build_error_report_event
+from service.config import Settings
+from service.db import make_engine
+from service.db.locks import _LOCK_ID, LockLost, session_lock
+from service.jobs import runs
+from service.jobs.object_runs import OBJECT_RUN_LOCK_KEY
+from service.jobs.quarantine_rerun import RERUN_LOCK_KEY
+from service.jobs.store.quarantine_filter import QuarantineFilter
+from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
+from service.notify.leader import NOTIFY_LOCK_KEY, leading, notify_leader
+from service.poller.passes import run_poll_pass
+from service.web.actions import Actor, queue_rerun
+from tests.integration.test_billing_safety import add_rules, bundled_poller, usage_csv
+from tests.integration.test_e2e import Loop, _put, running_loop
+
+
+@pytest.fixture
+def loop(
+    pg_url: str, s3_endpoint: str, tmp_path: Path, make_app: Callable[[Settings], Flask]
+) -> Iterator[Loop]:
+    with running_loop(pg_url, s3_endpoint, tmp_path, make_app) as running:
+        yield running
+
+
+def terminate_lock_holder(engine: Engine, seed: int, name: str = "") -> int:
+    """`pg_terminate_backend` on the connection holding the session lock (`seed`, `name`) of
+    the engine's schema, as a PostgreSQL restart or an idle timeout drops it; its pid."""
+    with engine.connect() as connection:
+        key = int(connection.execute(_LOCK_ID, {"seed": seed, "name": name}).scalar_one())
+        found = connection.execute(
+            text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = :key"
+            ),
+            {"key": key},
+        ).all()
+        assert len(found) == 1, f"one connection holds the lock, not {found}"
+        pid = int(found[0][0])
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        for _ in range(100):  # gone, and its locks with it
+            alive = connection.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ).scalar_one()
+            connection.commit()
+            if not alive:
+                return pid
+            time.sleep(0.05)
+    raise AssertionError(f"backend {pid} still alive")
+
+
+def pause_first_run(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """The next run pauses once remediated, before its uploads: (set when it pauses, set to
+    let it go on); the runs after it do not."""
+    worked, go_on = threading.Event(), threading.Event()
+    remediate = runs._remediate_request
+
+    def first_run_pauses(*args: Any, **kwargs: Any) -> Any:
+        result = remediate(*args, **kwargs)
+        if not worked.is_set():  # the first run only: the lock dropped while it works
+            worked.set()
+            assert go_on.wait(60)
+        return result
+
+    monkeypatch.setattr(runs, "_remediate_request", first_run_pauses)
+    return worked, go_on
+
+
+def due_now(engine: Engine) -> None:
+    """The retries' time has come."""
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE inbox_events SET next_attempt_at = :at WHERE status = 'pending'"),
+            {"at": datetime.now(UTC) - timedelta(seconds=1)},
+        )
+
+
+def test_a_run_whose_object_lock_dropped_uploads_and_commits_nothing_and_its_retry_once(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two error reports about the same rows of `day.csv`. While the first report's run
+    worked, its lock's connection was terminated; the second report's run took the lock and
+    corrected the rows. The first then went on: two runs over the object done, every
+    correction audited twice, two corrected files of the same `<id>-mfx1` rows (Stripe's
+    connector, importing them a day apart, bills them twice); the only sign an AdminShutdown
+    at its unlock. Now the first run stops before its uploads (`LockLost`), commits nothing,
+    and its retry leaves the rows the second corrected: one corrected file, one audit row a
+    correction."""
+    add_rules(loop, '"nobody" = "cus_bob"\n')
+    worked, go_on = pause_first_run(monkeypatch)
+    now = int(time.time())
+    _put(
+        loop,
+        "day.csv",
+        usage_csv([[f"c{i}", now - 60, "api_requests", "nobody", str(i)] for i in range(1, 5)]),
+    )
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)
+        sandbox = loop.sandbox_app.extensions["sandbox"]
+        assert len(sandbox.flush_reports()) == 1
+        reports: dict[str, Any] = {}
+        holder = threading.Thread(target=lambda: reports.update(first=loop.worker().drain()))
+        holder.start()
+        try:
+            assert worked.wait(60), "the first report's run did not start"
+            terminate_lock_holder(loop.engine, OBJECT_RUN_LOCK_KEY, "day.csv")
+            meter = next(
+                m["id"] for m in loop.sandbox.meters() if m["event_name"] == "api_requests"
+            )
+            code, message = "meter_event_customer_not_found", "No customer"
+            again = build_error_report_event(meter, [(code, message, f"c{i}") for i in (4, 3, 2)])
+            sandbox.deliver_to_webhook([sandbox.add_event(again)])
+            second = loop.worker().drain()  # takes the lock the first run lost
+            assert not second.failed, second.failed
+        finally:
+            go_on.set()
+            holder.join(60)
+        [(_, reason)] = reports["first"].retrying  # stopped, to be retried
+        due_now(loop.engine)
+        loop.drain()  # the first report's retry
+        run_poll_pass(deps)  # the corrected rows
+    with loop.session() as session:
+        audit = session.exec(select(CorrectionAudit)).all()
+        done = session.exec(select(RemediationRun)).all()
+        tasks = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).all()
+    corrected = sorted(str(a.new_identifier) for a in audit if a.rule == "map_customer")
+    assert corrected == [f"c{i}-mfx1" for i in range(1, 5)]
+    assert sorted(r.corrected for r in done) == [0, 4], [(r.run_key, r.corrected) for r in done]
+    assert {r.status for r in done} == {"done"}
+    outputs = [key for key in loop.objects() if ".corrected." in key]
+    assert len(outputs) == 1, outputs
+    assert sorted(loop.accepted()) == [f"c{i}-mfx1" for i in range(1, 5)]
+    assert {t.status for t in tasks} == {"done"}, [(t.event_type, t.status) for t in tasks]
+    assert "was lost (its database connection dropped)" in reason, reason
+
+
+def test_a_rerun_whose_lock_dropped_uploads_and_commits_nothing_and_its_retry_once(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four rows quarantined (a customer Stripe does not know); the operator maps it and
+    clicks "Re-run" twice. While the first re-run worked, its lock's connection was
+    terminated; the second re-run took the lock, picked the same rows (the first had not
+    marked them taken) and corrected them. The first then went on: two corrected files of the
+    same `<id>-mfx1` rows, each correction audited twice. Now the first stops before its
+    uploads, and its retry finds the rows taken: one corrected file, one audit row each."""
+    now = int(time.time())
+    rows = [[f"c{i}", now - 60, "api_requests", "nobody", str(i)] for i in range(1, 5)]
+    _put(loop, "day.csv", usage_csv(rows))
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()
+        with loop.session() as session:
+            assert len(session.exec(select(QuarantinedRow)).all()) == 4
+        add_rules(loop, '"nobody" = "cus_bob"\n')
+        worked, go_on = pause_first_run(monkeypatch)
+        queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+        reports: dict[str, Any] = {}
+        holder = threading.Thread(target=lambda: reports.update(first=loop.worker().drain()))
+        holder.start()
+        try:
+            assert worked.wait(60), "the first re-run's run did not start"
+            terminate_lock_holder(loop.engine, RERUN_LOCK_KEY)
+            queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+            second = loop.worker().drain()  # takes the lock the first re-run lost
+            assert not second.failed, second.failed
+        finally:
+            go_on.set()
+            holder.join(60)
+        [(_, reason)] = reports["first"].retrying  # stopped, to be retried
+        due_now(loop.engine)
+        loop.drain()  # the first re-run's retry
+        run_poll_pass(deps)  # the corrected rows
+    with loop.session() as session:
+        audit = session.exec(select(CorrectionAudit)).all()
+        held = session.exec(select(QuarantinedRow)).all()
+        tasks = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).all()
+    corrected = sorted(str(a.new_identifier) for a in audit if a.rule == "map_customer")
+    assert corrected == [f"c{i}-mfx1" for i in range(1, 5)]
+    assert len({q.rerun_id for q in held}) == 1, [(q.identifier, q.rerun_id) for q in held]
+    outputs = [key for key in loop.objects() if ".corrected." in key]
+    assert len(outputs) == 1, outputs
+    assert sorted(loop.accepted()) == [f"c{i}-mfx1" for i in range(1, 5)]
+    assert {t.status for t in tasks} == {"done"}, [(t.event_type, t.status) for t in tasks]
+    assert "was lost (its database connection dropped)" in reason, reason
+
+
+def test_a_notify_leader_whose_lock_dropped_learns_it_before_it_sends(pg_url: str) -> None:
+    """The digest leader's lock dropped with its connection while it sent; another worker
+    leads the next pass. The first learns it is no longer the leader before its next send."""
+    engines = [make_engine(pg_url), make_engine(pg_url)]
+    try:
+        with leading(engines[0], ":meterfix.digest") as lock:
+            assert lock and lock.held()
+            lock.check()
+            terminate_lock_holder(engines[0], NOTIFY_LOCK_KEY, ":meterfix.digest")
+            with notify_leader(engines[1], ":meterfix.digest") as other:
+                assert other  # another worker leads now
+            assert not lock.held()
+            with pytest.raises(LockLost, match="was lost"):
+                lock.check()
+        with notify_leader(engines[0], ":meterfix.digest") as again:  # let go: taken again
+            assert again
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_a_lock_taken_over_waits_for_what_its_holder_before_fenced_and_commits(
+    pg_url: str,
+) -> None:
+    """A holder's fence passed, first in the transaction of its results; its lock's
+    connection then dropped before that transaction committed. The next holder waits for the
+    transaction to end before its own work (it reads what the first committed); a fence
+    after the drop fails, and the transaction commits nothing."""
+    engine = make_engine(pg_url)
+    taken = threading.Event()
+
+    def next_holder() -> None:
+        with session_lock(engine, 0x7465, "fenced", wait=True) as lock:
+            assert lock.held()
+            taken.set()
+
+    try:
+        with session_lock(engine, 0x7465, "fenced", wait=True) as lock, engine.connect() as results:
+            transaction = results.begin()
+            lock.fence(results)  # held: passes
+            terminate_lock_holder(engine, 0x7465, "fenced")
+            waiting = threading.Thread(target=next_holder)
+            waiting.start()
+            assert not taken.wait(1.5), "the next holder did not wait for the fenced commit"
+            transaction.commit()
+            assert taken.wait(10)
+            waiting.join(10)
+            with engine.connect() as late, late.begin(), pytest.raises(LockLost):
+                lock.fence(late)
+    finally:
+        engine.dispose()
