@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, literal_column
+from sqlalchemy import Engine, Insert, Table, literal_column, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
+from service.db.statements import in_listed
 from service.models import ImportedRow
 from service.models._types import table_of
 from service.poller.store import recordable
@@ -55,6 +56,21 @@ class ImportedRows:
                     conn.execute(self._record_held(), held)
                 if sent:
                     conn.execute(self._record_sent(), sent)
+
+    def mark_not_sent(self, obj: ObjectInfo, identifiers: Sequence[str]) -> None:
+        """Record rows of the object version as not sent (recorded as sent in a batch Stripe
+        never acknowledged, they failed validation on a later pass and went to remediation)."""
+        identifiers = [i for i in identifiers if recordable(i)]
+        if not identifiers:
+            return
+        table = _table(ImportedRow)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(table)
+                .where(table.c.object_key == obj.key, table.c.etag == obj.etag)
+                .where(in_listed(table.c.identifier, identifiers, self.engine, "identifiers"))
+                .values(sent=False)
+            )
 
     def _record_held(self) -> Insert:
         """Rows not sent (index mode: every row): recorded with the first version that held

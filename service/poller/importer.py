@@ -7,7 +7,8 @@ written as they come (at least every 0.25 s), so a crash re-sends at most the ba
 were in flight, under the same identifiers; a later pass skips the rows of the acknowledged
 prefix (service.poller.progress).
 The failed-records file is written afresh on every pass (failed rows are never sent, so
-validating them again is free of risk).
+validating them again is free of risk), but for rows that fail only now (the meters changed)
+in a batch Stripe acknowledged: billed, counted sent (`BatchRows.failed_rows`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ from service.poller.import_batches import (
     record_group,
     send_batches,
 )
-from service.poller.object_progress import RESEND_HORIZON, ObjectProgress, row_was_sent
+from service.poller.object_progress import (
+    RESEND_HORIZON,
+    BatchRows,
+    ObjectProgress,
+    row_was_sent,
+)
 from service.poller.other_versions import OtherVersions
 
 BEAT_EVERY = 10.0  # seconds between heartbeats during a long import
@@ -67,7 +73,8 @@ def import_object(
     fmt = detect_format(obj.key)
     path = failed_records_path(job.work_dir, impset_id, fmt)
     tally = ImportTally()
-    skip = job.progress.sent_rows_before(obj, progress.resume_row)
+    sent_in = BatchRows(progress)
+    skip = sent_in.sent = job.progress.sent_rows_before(obj, sent_in.end)
     with source.open("rb") as stream, FailedRecords(path, fmt) as failed_out:
         records = failed_out.open_records(stream, job.meters.limits)
         reference = int(progress.first_seen.timestamp())
@@ -82,7 +89,7 @@ def import_object(
         )
         # closing: a failure mid-file finishes the readers while their stream is still open
         with closing(chunks):
-            _send_all(job, obj, progress, chunks, failed_out, tally, others)
+            _send_all(job, obj, progress, chunks, failed_out, tally, others, sent_in)
     return _record_imported(job, obj, impset_id, path, tally), path
 
 
@@ -125,12 +132,13 @@ def _send_all(
     failed_out: FailedRecords,
     tally: ImportTally,
     others: OtherVersions,
+    sent_in: BatchRows,
 ) -> None:
     """One stream of batches through the sink: a batch waiting out a backoff does not hold
     up the next ones. Batch i of this pass is number `acked_batches + i`; one an earlier pass
     had acknowledged past the prefix, cut the same, is left out (`ObjectProgress.
     acknowledged_as`). `unsent.numbers` maps the sink's places to batch numbers."""
-    stream = _BatchStream(job, obj, progress, failed_out, tally, others)
+    stream = _BatchStream(job, obj, progress, failed_out, tally, others, sent_in)
     try:
         # iterating counts skipped rows in tally
         # a beat while batches back off too (a Stripe incident: minutes without one raised
@@ -158,9 +166,11 @@ class _BatchStream:
         failed_out: FailedRecords,
         tally: ImportTally,
         others: OtherVersions,
+        sent_in: BatchRows,
     ) -> None:
         self.job, self.obj, self.progress = job, obj, progress
         self.failed_out, self.tally, self.others = failed_out, tally, others
+        self.sent_in = sent_in
         self.acks = Acknowledgements(job, progress)
         # batch number -> its rows a run over the object holds in quarantine: marked taken
         # again once Stripe acknowledged the batch
@@ -207,13 +217,17 @@ class _BatchStream:
     def _count(self, group: list[ImportChunk], acked_rows: int) -> None:
         """Count a group's rows in the tally, writing its failed ones to the failed records."""
         tally = self.tally
-        tally.failed += self.failed_out.write(chunk.failed for chunk in group)
+        # rows failing now (the meters changed) in a batch Stripe acknowledged were billed:
+        # left out; in one it never acknowledged: handed over, recorded as not sent
+        failed, billed, unsent = self.sent_in.failed_rows(group)
+        self.job.store.mark_not_sent(self.obj, unsent)
+        tally.failed += self.failed_out.write([failed])
         # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
         # do rows sent before by another object version or as meterfix's correction
         skipped = sum(chunk.skipped + chunk.elsewhere for chunk in group)
         tally.elsewhere += sum(chunk.elsewhere for chunk in group)
         tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
-        tally.sent += skipped + acked_rows
+        tally.sent += skipped + acked_rows + billed
 
     def acknowledged(self, index: int) -> None:
         """Stripe acknowledged the sink's batch `index`."""

@@ -5,9 +5,13 @@ failures need not import to use them."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
+
+from remediation.poller import ImportChunk
+from remediation.records import UsageRecord
 
 # Stripe dedupes identifiers for a rolling period of at least 24 hours; nothing is sent again
 # past this much after its first send without an operator's `poll --retry KEY --yes`.
@@ -64,3 +68,50 @@ class ObjectProgress:
 def row_was_sent(bitmap: bytearray, row_number: int) -> bool:
     index = row_number >> 3
     return index < len(bitmap) and bool(bitmap[index] & (1 << (row_number & 7)))
+
+
+class BatchRows:
+    """Which batch, by the cuts recorded before a pass, holds a row recorded as sent (`sent`:
+    `row_was_sent`'s bitmap of the version's sent rows up to `end`): one acknowledged past the
+    prefix (billed: such a row failing validation now is counted sent, never handed to
+    remediation as failed) or one never acknowledged (never known billed: such a row failing
+    now is handed to remediation, no longer recorded as sent)."""
+
+    def __init__(self, progress: ObjectProgress) -> None:
+        self.acked = sorted((b.first_row, b.first_row + b.rows) for b in progress.acked_beyond)
+        self.unacked = sorted((b.first_row, b.first_row + b.rows) for b in progress.unacked)
+        ends = [end for _, end in self.acked + self.unacked]
+        self.end = max([progress.resume_row, *ends])
+        self.sent = bytearray()
+
+    def acknowledged(self, row: int) -> bool:
+        return _within(self.acked, row) and row_was_sent(self.sent, row)
+
+    def unacknowledged(self, row: int) -> bool:
+        return _within(self.unacked, row) and row_was_sent(self.sent, row)
+
+    def failed_rows(self, group: list[ImportChunk]) -> tuple[list[UsageRecord], int, list[str]]:
+        """The failed rows of a pass's chunks to hand to remediation; how many were left out
+        as billed (in a batch acknowledged past the prefix: handed over, a rule could send
+        them again under new identifiers); and the identifiers of those handed over from a
+        batch never acknowledged (recorded as sent there, remediation would leave them out
+        as billed: neither sent nor quarantined)."""
+        failed: list[UsageRecord] = []
+        unsent: list[str] = []
+        billed = 0
+        for chunk in group:
+            refs = [ref for ref in chunk.rows if not ref.sent]  # one per failed row, in order
+            for ref, record in zip(refs, chunk.failed, strict=True):
+                if self.acknowledged(ref.row_number):
+                    billed += 1
+                    continue
+                if self.unacknowledged(ref.row_number):
+                    unsent.append(ref.identifier)
+                failed.append(record)
+        return failed, billed, unsent
+
+
+def _within(spans: list[tuple[int, int]], row: int) -> bool:
+    """Whether `row` lies in one of `spans` ((first, end) pairs sorted by first row)."""
+    i = bisect_right(spans, row, key=lambda span: span[0]) - 1
+    return i >= 0 and row < spans[i][1]
