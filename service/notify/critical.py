@@ -4,7 +4,12 @@ and once more ("resolved") when it is resolved, however often it recurred in bet
 `notified_at` / `resolved_notified_at` say the message went out. Which channels already
 have it is kept in the alert's `detail["notify"]`, so a channel that fails is retried with
 backoff without sending again on the channels that succeeded. After MAX_ATTEMPTS the
-message is given up (recorded with its reason). Callers hold the notify leader lock.
+message is given up (recorded with its reason). Callers hold the notify leader lock: it is
+checked before each send, and fences the transaction recording it (`leader.recording`), so a
+pass whose lock was lost (its connection dropped, another worker leads) stops with `LockLost`,
+sending and recording nothing more; the next leader sends what is due. A message whose
+send the loss interrupted (sent on one channel of two, or sent and not yet recorded) may
+go again, as after a crash mid-send.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from sqlalchemy import Engine
 
 from service.adapters.channels import Channel, Message, redact, settings_secrets
 from service.config import Settings
+from service.db.locks import HeldLock
 from service.errors import DeliveryFailed
 from service.logs import log_event
 from service.models._types import table_of, utcnow
 from service.models.alerts import Alert, AlertStatus
 from service.notify.alerts import NOTIFY_STATE
 from service.notify.digests import retry_delay
+from service.notify.leader import ALONE, recording
 from service.notify.render import AlertView, render_alert
 from service.notify.store import critical_alerts_to_notify, record_notification
 from service.notify.urls import DashboardLinks
@@ -40,8 +47,10 @@ def send_critical_alerts(
     channels: Sequence[Channel],
     *,
     clock: Callable[[], datetime] = utcnow,
+    lock: HeldLock = ALONE,
 ) -> int:
-    """Send the due "raised" and "resolved" messages; returns how many alerts went out."""
+    """Send the due "raised" and "resolved" messages; returns how many alerts went out.
+    `LockLost` when the lead (`lock`) is lost: before a send, or recording one."""
     if not channels:
         return 0
     links = DashboardLinks(settings.mfx_public_url)
@@ -50,10 +59,10 @@ def send_critical_alerts(
     for phase in (RAISED, RESOLVED):
         for row in _due(engine, phase):
             if phase == RAISED and row["status"] == AlertStatus.RESOLVED:
-                _close_raised(engine, row, clock())
+                _close_raised(engine, row, clock(), lock)
                 continue
             view = AlertView.of(row, examples=settings.mfx_message_examples, run_url=links.run)
-            sent += _send(engine, row, phase, view, channels, links, clock(), secrets)
+            sent += _send(engine, row, phase, view, channels, links, clock(), secrets, lock)
     return sent
 
 
@@ -69,15 +78,16 @@ def _due(engine: Engine, phase: str) -> Iterator[Mapping[str, Any]]:
         after = int(page[-1]["id"])
 
 
-def _close_raised(engine: Engine, row: Mapping[str, Any], now: datetime) -> None:
+def _close_raised(engine: Engine, row: Mapping[str, Any], now: datetime, lock: HeldLock) -> None:
     """An incident resolved before every channel had its "raised" message: none is sent now
     (the incident is over); the channels that had it get the "resolved" one, and when none
     had it there is nothing to follow up."""
     state: dict[str, Any] = dict((row["detail"] or {}).get(NOTIFY_STATE) or {})
     told = bool(dict(state.get(RAISED) or {}).get("channels"))
-    record_notification(
-        engine, row, resolved=False, state=state, finished_at=now, close_resolved=not told
-    )
+    with recording(engine, lock):
+        record_notification(
+            engine, row, resolved=False, state=state, finished_at=now, close_resolved=not told
+        )
     log_event("alert.notify_closed", key=row["alert_key"], phase=RAISED, resolved_follows=told)
 
 
@@ -90,6 +100,7 @@ def _send(
     links: DashboardLinks,
     now: datetime,
     secrets: Sequence[str],
+    lock: HeldLock,
 ) -> int:
     detail = dict(row["detail"] or {})
     state: dict[str, Any] = dict(detail.get(NOTIFY_STATE) or {})
@@ -100,13 +111,14 @@ def _send(
     given_up = set(progress.get("given_up", []))  # refused for good: not tried again
     told = state.get(RAISED, {}).get("channels") if phase == RESOLVED else None
     message = render_alert(view, resolved=phase == RESOLVED, alerts_url=links.alerts())
-    errors = _deliver(message, channels, done, given_up, told, secrets)
+    errors = _deliver(message, channels, done, given_up, told, secrets, lock)
     attempts = int(progress.get("attempts", 0)) + 1
     left = [c for c in channels if c.name not in done | given_up]
     finished = not errors or not left or attempts >= MAX_ATTEMPTS
     progress = _attempted(done, given_up, errors, attempts, finished, now)
     state[phase] = progress
-    _record(engine, row, phase, state, now if finished else None)
+    with recording(engine, lock):  # lost meanwhile: nothing recorded
+        _record(engine, row, phase, state, now if finished else None)
     _log(row, phase, progress, finished)
     return 1 if not errors else 0
 
@@ -118,13 +130,16 @@ def _deliver(
     given_up: set[str],
     told: Collection[str] | None,
     secrets: Sequence[str],
+    lock: HeldLock,
 ) -> list[str]:
     """Send `message` on every channel still to have it (`told`: only those), adding to `done`
-    and `given_up` in place; the reasons of this attempt's failures."""
+    and `given_up` in place; the reasons of this attempt's failures. `LockLost` (not a
+    channel's failure) when the lead is lost before a send."""
     errors: list[str] = []
     for channel in channels:
         if channel.name in done | given_up or (told is not None and channel.name not in told):
             continue  # had it; or a resolution for a channel never told it was raised
+        lock.check()  # another worker leads now: it sends this
         try:
             channel.send(message)
             done.add(channel.name)

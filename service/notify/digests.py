@@ -7,7 +7,12 @@ The row then ends `sent`, `empty` (nothing happened: nothing sent) or `failed` w
 reason and the time of its next try (backoff).
 A claim whose lease ran out (the sender died mid-send) is taken again, so a crash repeats at
 most that one message and never loses a window. Windows missed while no worker ran are caught
-up, oldest first (at most CATCH_UP_WINDOWS of them). Callers hold the notify leader lock.
+up, oldest first (at most CATCH_UP_WINDOWS of them). Callers hold the notify leader lock,
+checked before each claim and send: a pass whose lock was lost (its connection dropped,
+another worker leads) stops with `LockLost`, sending nothing more, and hands back the windows
+it claimed and did not send (the next leader's pass sends them, not waiting for the lease).
+The record of a window sent is not fenced: the claim makes it this sender's alone, and not
+recorded it would be sent again after the lease.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from sqlalchemy import Engine
 
 from service.adapters.channels import Channel, Message, redact, settings_secrets
 from service.config import Settings
+from service.db.locks import HeldLock, LockLost
 from service.errors import DeliveryFailed
 from service.logs import log_event
 from service.models._types import utcnow
@@ -31,6 +37,7 @@ from service.notify import digest_store as store
 from service.notify.alerts import raise_alert
 from service.notify.content import collect_digest
 from service.notify.digest_lines import Digest
+from service.notify.leader import ALONE
 from service.notify.render import render_digest
 from service.notify.windows import DigestSchedule, Window
 
@@ -66,17 +73,38 @@ class DigestSender:
 
     # --- the scheduled pass ----------------------------------------------------------------
 
-    def tick(self) -> list[DigestOutcome]:
-        """Send every due window on every channel, and retry the due failures."""
+    def tick(self, lock: HeldLock = ALONE) -> list[DigestOutcome]:
+        """Send every due window on every channel, and retry the due failures, leading
+        (`lock`: `LockLost` once it is lost)."""
         now = self.clock()
         outcomes: list[DigestOutcome] = []
         for channel in self.channels:
             for window in self._due_windows(channel.name, now):
+                lock.check()  # a pass no longer leading claims nothing more
                 if self._claim(channel.name, window, now, over_other_window=True):
-                    outcomes.append(self._deliver(channel, window, attempts=1))
-            for window, attempts in self._due_retries(channel.name, now):
-                outcomes.append(self._deliver(channel, window, attempts))
+                    outcomes += self._deliver_claimed(channel, [(window, 1)], lock)
+            lock.check()
+            outcomes += self._deliver_claimed(channel, self._due_retries(channel.name, now), lock)
         return outcomes
+
+    def _deliver_claimed(
+        self, channel: Channel, claimed: list[tuple[Window, int]], lock: HeldLock
+    ) -> list[DigestOutcome]:
+        """Deliver the windows claimed; the lead lost, hand back the ones not sent."""
+        outcomes = []
+        for index, (window, attempts) in enumerate(claimed):
+            try:
+                outcomes.append(self._deliver(channel, window, attempts, lock=lock))
+            except LockLost:
+                for left, tried in claimed[index:]:
+                    self._hand_back(channel.name, left, tried)
+                raise
+        return outcomes
+
+    def _hand_back(self, channel: str, window: Window, attempts: int) -> None:
+        """Our claim of a window not sent, due again at once with its attempts as they were
+        (the next pass re-claims it, counting one): another worker leads the next pass."""
+        self._update(channel, window, {"next_attempt_at": self.clock(), "attempts": attempts - 1})
 
     def _due_windows(self, channel: str, now: datetime) -> list[Window]:
         for start, end in store.recorded_windows(self.engine, channel, 50):
@@ -129,7 +157,13 @@ class DigestSender:
         )
 
     def _deliver(
-        self, channel: Channel, window: Window, attempts: int, *, retry: bool = True
+        self,
+        channel: Channel,
+        window: Window,
+        attempts: int,
+        *,
+        retry: bool = True,
+        lock: HeldLock = ALONE,
     ) -> DigestOutcome:
         try:
             digest = self.collect(window)
@@ -137,7 +171,10 @@ class DigestSender:
                 self._finish(channel.name, window, DigestStatus.EMPTY, {})
                 return DigestOutcome(channel.name, window, DigestStatus.EMPTY)
             message = render_digest(digest, now=self.clock())
+            lock.check()  # another worker leads now: it sends this window
             channel.send(message)
+        except LockLost:
+            raise  # not the window's failure: the caller hands it back
         except DeliveryFailed as exc:
             return self._failed(channel.name, window, attempts, exc.reason, exc.permanent, retry)
         except Exception as exc:  # loop edge: a digest failure never stops the worker

@@ -4,9 +4,9 @@ means a single worker process, so the lock is always granted there.
 
 The lock lives as long as its database connection: dropped while a pass sends (PostgreSQL
 restarted, an idle timeout), it is gone, and another worker leads the next pass while this
-one goes on. A pass that must not send beside another leader holds `leading`'s lock and
-calls its `check()` before each send (`LockLost`: it stops), and `fence(connection)` first
-in the transaction that records what it sent."""
+one goes on. So a pass that must not send beside another leader holds `leading`'s lock,
+calls its `check()` before each send (`LockLost`: it stops), and records what it sent
+`recording` (fenced): a leader that lost the lead sends nothing more and records nothing."""
 
 from __future__ import annotations
 
@@ -15,10 +15,14 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine
 
+from service.db import is_postgres
 from service.db.locks import HeldLock, session_lock
 
 NOTIFY_LOCK_KEY = 0x6D66785F6E6F7469  # "mfx_noti": the seed of the advisory-lock ids
 NOTIFY_LOCK = ":meterfix.notify"  # one name per job, so a process's jobs never block each other
+
+# The lead of a sender that runs alone (`meterfix digest`, a test): never lost.
+ALONE = HeldLock(True, "alone")
 
 
 @contextmanager
@@ -30,8 +34,16 @@ def leading(engine: Engine, name: str = NOTIFY_LOCK) -> Iterator[HeldLock]:
 
 
 @contextmanager
-def notify_leader(engine: Engine, name: str = NOTIFY_LOCK) -> Iterator[bool]:
-    """Yields True when this process leads the pass (the lock is released at the end); a
-    lock lost meanwhile goes unnoticed here (`leading` tells it)."""
-    with leading(engine, name) as lock:
-        yield lock.taken
+def recording(engine: Engine, lock: HeldLock) -> Iterator[None]:
+    """Around the transaction that records a send: `LockLost` (nothing recorded) unless the
+    lead is held still. On PostgreSQL the lock's fence is taken in a transaction of its own,
+    open until the block's transaction committed: a next leader waits for its end before it
+    reads (`session_lock`), as for a fence inside the recording transaction (opened by the
+    notify stores, which take no connection), so it reads what was recorded."""
+    if not is_postgres(engine):
+        lock.check()
+        yield
+        return
+    with engine.connect() as connection, connection.begin():
+        lock.fence(connection)
+        yield

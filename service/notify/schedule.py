@@ -8,14 +8,17 @@
 
 APScheduler (3.11, in-memory job store: never shared between processes) runs them in this
 process. On PostgreSQL several workers run the same jobs; each pass that sends takes the
-notify advisory lock, and the digest_runs rows make every window sent once anyway.
+notify advisory lock, and the digest_runs rows make every window sent once anyway. A pass
+whose lock was lost while it sent (its connection dropped: another worker leads now) stops
+before its next send, recording nothing more, and says so (`notify.lead_lost`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -23,11 +26,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from service.adapters.channels import Channel, redact, settings_secrets
 from service.config import Settings
+from service.db.locks import HeldLock, LockLost
 from service.logs import log_event
 from service.models._types import utcnow
 from service.notify.critical import send_critical_alerts
 from service.notify.digests import DigestSender
-from service.notify.leader import notify_leader
+from service.notify.leader import leading
 from service.notify.retention import purge_expired
 from service.runtime import Runtime
 
@@ -128,19 +132,30 @@ class NotifyJobs:
         )
 
     def digest(self) -> None:
-        with self._digest_lock, notify_leader(self.runtime.engine, ":meterfix.digest") as leader:
-            if leader:
-                self.digests.tick()
+        with self._digest_lock, self._leading(":meterfix.digest") as lock:
+            if lock:
+                self.digests.tick(lock)
 
     def critical(self) -> None:
-        with notify_leader(self.runtime.engine, ":meterfix.critical") as leader:
-            if leader:
-                send_critical_alerts(self.runtime.engine, self.settings, self.channels)
+        with self._leading(":meterfix.critical") as lock:
+            if lock:
+                engine, settings = self.runtime.engine, self.settings
+                send_critical_alerts(engine, settings, self.channels, lock=lock)
 
     def retention(self) -> None:
-        with notify_leader(self.runtime.engine, ":meterfix.retention") as leader:
-            if leader:
+        with self._leading(":meterfix.retention") as lock:  # a purge twice deletes nothing more
+            if lock:
                 purge_expired(self.runtime.engine, self.settings.mfx_retention_days)
+
+    @contextmanager
+    def _leading(self, name: str) -> Iterator[HeldLock]:
+        """The pass's lead (`leading`): lost while the pass sent, the pass stopped before its
+        next send (`LockLost`), said here; the next pass's leader sends what is due."""
+        with leading(self.runtime.engine, name) as lock:
+            try:
+                yield lock
+            except LockLost as exc:
+                log_event("notify.lead_lost", level=logging.WARNING, job=name, reason=exc.reason)
 
     def _guard(self, job: Callable[[], None]) -> Callable[[], None]:
         """Loop edge: a failing job (database down, a bug) is logged; the next run goes on."""

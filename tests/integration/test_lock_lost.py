@@ -27,7 +27,7 @@ from service.jobs.object_runs import OBJECT_RUN_LOCK_KEY
 from service.jobs.quarantine_rerun import RERUN_LOCK_KEY
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
-from service.notify.leader import NOTIFY_LOCK_KEY, leading, notify_leader
+from service.notify.leader import NOTIFY_LOCK_KEY, leading
 from service.poller.passes import run_poll_pass
 from service.web.actions import Actor, queue_rerun
 from tests.integration.test_billing_safety import add_rules, bundled_poller, usage_csv
@@ -213,12 +213,12 @@ def test_a_notify_leader_whose_lock_dropped_learns_it_before_it_sends(pg_url: st
             assert lock and lock.held()
             lock.check()
             terminate_lock_holder(engines[0], NOTIFY_LOCK_KEY, ":meterfix.digest")
-            with notify_leader(engines[1], ":meterfix.digest") as other:
+            with leading(engines[1], ":meterfix.digest") as other:
                 assert other  # another worker leads now
             assert not lock.held()
             with pytest.raises(LockLost, match="was lost"):
                 lock.check()
-        with notify_leader(engines[0], ":meterfix.digest") as again:  # let go: taken again
+        with leading(engines[0], ":meterfix.digest") as again:  # let go: taken again
             assert again
     finally:
         for engine in engines:

@@ -185,17 +185,17 @@ def test_two_worker_processes_send_the_window_once(
 
 
 def test_the_leader_lock_is_one_per_installation(pg_url: str) -> None:
-    from service.notify.leader import notify_leader
+    from service.notify.leader import leading
     from tests.conftest import PG_URL
 
     engines = [make_engine(pg_url), make_engine(pg_url), make_engine(PG_URL)]  # last: public
     with (
-        notify_leader(engines[0]) as first,  # entered in order: the first one leads
-        notify_leader(engines[1]) as second,
-        notify_leader(engines[2]) as elsewhere,
+        leading(engines[0]) as first,  # entered in order: the first one leads
+        leading(engines[1]) as second,
+        leading(engines[2]) as elsewhere,
     ):
-        assert (first, second, elsewhere) == (True, False, True)
-    with notify_leader(engines[1]) as again:
+        assert (bool(first), bool(second), bool(elsewhere)) == (True, False, True)
+    with leading(engines[1]) as again:
         assert again
     for engine in engines:
         engine.dispose()
