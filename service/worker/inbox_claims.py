@@ -148,6 +148,21 @@ def renew_lease(engine: Engine, claimed: ClaimedEvent, worker_id: str) -> bool:
     return result.rowcount == 1
 
 
+def holds_lease(engine: Engine, claimed: ClaimedEvent, worker_id: str) -> bool:
+    """Whether `worker_id` holds the row still, on this claim's attempt (its lease may have
+    expired unclaimed: still its own; claimed by another worker since: not)."""
+    with engine.connect() as connection:
+        row = connection.execute(select(INBOX.c.id).where(_owned(claimed, worker_id))).first()
+    return row is not None
+
+
+def holds_lease_in(connection: Connection, claimed: ClaimedEvent, worker_id: str) -> bool:
+    """`holds_lease` in the caller's transaction, the row then locked shared until it ends
+    (PostgreSQL): a claim by another worker waits for what the transaction commits."""
+    held = select(INBOX.c.id).where(_owned(claimed, worker_id)).with_for_update(read=True)
+    return connection.execute(held).first() is not None
+
+
 def release_claim(engine: Engine, claimed: ClaimedEvent, worker_id: str) -> bool:
     """Give a row we hold back, due now, without counting the attempt (the worker was asked
     to stop mid-item: the next worker takes it at once instead of after the lease)."""
@@ -210,10 +225,13 @@ def _failed(dead: bool) -> str:
 
 
 def _owned(claimed: ClaimedEvent, worker_id: str) -> Any:
+    """The row as this claim holds it: ours, on this claim's attempt (a claim of the row by
+    this worker again, after its lease expired, is another attempt, not this one's to end)."""
     return and_(
         INBOX.c.id == claimed.row_id,
         INBOX.c.status == InboxStatus.PROCESSING,
         INBOX.c.locked_by == worker_id,
+        INBOX.c.attempts == claimed.attempts,
     )
 
 

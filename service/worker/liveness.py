@@ -14,6 +14,14 @@ case the CLI arms `faulthandler`'s watchdog (a C thread, no GIL needed), which e
 process a grace period after the limit; the supervisor restarts it, the item's lease
 expires, it is retaken, and after `MFX_MAX_ATTEMPTS` such deaths it is dead-lettered
 (`service.worker.loop`).
+
+A worker whose lease was lost (its process paused, or starved, past the lease: another worker
+has taken the item over) gives the item up at once, as a stop mid-item does: the heartbeat
+that finds the lease gone tells the waiting thread, which leaves the item's thread behind
+(the process restarts), and the item's thread itself asks before what another worker would
+do again: after a wait for its turn (`waiting_turn`), before each upload of a run and first
+in the transactions that commit its results (`lease_as_lock`), so it writes no output, run
+or outcome of an item no longer its own.
 """
 
 from __future__ import annotations
@@ -28,14 +36,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.errors import ItemInterrupted, TimeLimitExceeded
+from service.db.locks import HeldLock
+from service.errors import ItemInterrupted, LeaseLost, TimeLimitExceeded
 from service.logs import log_event
 from service.models.health import ProcessRole
 from service.worker.heartbeats import BEAT_EVERY_SECONDS, beat
-from service.worker.inbox_claims import ClaimedEvent, renew_lease
+from service.worker.inbox_claims import ClaimedEvent, holds_lease, holds_lease_in, renew_lease
 
 T = TypeVar("T")
 ITEM_THREAD_PREFIX = "meterfix-item-"
@@ -65,6 +74,7 @@ class WorkerHeartbeat:
     def __init__(self, engine: Engine, worker_id: str, every: float) -> None:
         self.engine, self.worker_id, self.every = engine, worker_id, every
         self._item: ClaimedEvent | None = None
+        self._lease: ItemLease | None = None  # the item at hand's, told when it is lost
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,15 +100,16 @@ class WorkerHeartbeat:
             self._thread = None
 
     @contextmanager
-    def working_on(self, claimed: ClaimedEvent) -> Iterator[None]:
-        """Renew `claimed`'s lease until the block ends (however it ends)."""
+    def working_on(self, claimed: ClaimedEvent, lease: ItemLease | None = None) -> Iterator[None]:
+        """Renew `claimed`'s lease until the block ends (however it ends); a renewal that
+        finds it lost (another worker holds the item) sets `lease.lost`."""
         with self._lock:
-            self._item = claimed
+            self._item, self._lease = claimed, lease
         try:
             yield
         finally:
             with self._lock:
-                self._item = None
+                self._item, self._lease = None, None
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self.every):
@@ -112,8 +123,11 @@ class WorkerHeartbeat:
             if item is not None and not renew_lease(self.engine, item, self.worker_id):
                 with self._lock:  # not merely finished in the meantime
                     lost = self._item is item
-                if lost:
+                    lease = self._lease
+                if lost and (lease is None or not lease.lost.is_set()):
                     log_event("inbox.lease_lost", level=logging.WARNING, event_id=item.event_id)
+                if lost and lease is not None:
+                    lease.lost.set()  # the item is given up (`call_with_time_limit`)
         except SQLAlchemyError as exc:  # loop edge: a database blip; the next pulse retries
             log_event("worker.heartbeat_failed", level=logging.WARNING, error=type(exc).__name__)
 
@@ -131,11 +145,13 @@ def call_with_time_limit(
     name: str,
     stop: threading.Event | None = None,
     hard_limit: bool = False,
+    lease: ItemLease | None = None,
 ) -> T:
     """Run `work` in its own daemon thread and return its result (or raise its exception).
 
-    Raises TimeLimitExceeded past `limit_seconds`, ItemInterrupted when `stop` is set first;
-    either way the thread is left running (see the module docstring). `hard_limit` arms the
+    Raises TimeLimitExceeded past `limit_seconds`, ItemInterrupted when `stop` is set first,
+    LeaseLost when `lease` is found lost first; each time the thread is left running (see the
+    module docstring). On the thread, `check_lease` asks `lease`. `hard_limit` arms the
     faulthandler watchdog that ends the process if even this thread cannot run."""
     box: list[tuple[bool, Any]] = []
     finished = threading.Event()
@@ -143,7 +159,7 @@ def call_with_time_limit(
     deadline = _Deadline(limit_seconds, armed)
 
     def target() -> None:
-        _ITEM.deadline = deadline
+        _ITEM.deadline, _ITEM.lease = deadline, lease
         try:
             box.append((True, work()))
         except BaseException as exc:  # handed to the waiting thread, which re-raises it
@@ -156,6 +172,9 @@ def call_with_time_limit(
         while not finished.wait(min(WAIT_STEP_SECONDS, max(deadline.left(), 0))):
             if stop is not None and stop.is_set():
                 raise ItemInterrupted(name)
+            if lease is not None and lease.lost.is_set():
+                lease.left_running = True
+                raise LeaseLost(lease.reason())
             if deadline.left() <= 0:
                 raise TimeLimitExceeded(limit_seconds)
     finally:
@@ -192,14 +211,93 @@ class _Deadline:
             _arm_watchdog(self.seconds + HARD_LIMIT_GRACE_SECONDS)
 
 
-_ITEM = threading.local()  # on an item's thread: its `_Deadline`
+class ItemLease:
+    """The lease of the item a thread works on: `lost` is set by the heartbeat that finds it
+    gone; `held` asks the database (another worker may have claimed it since it expired).
+    `left_running`: the item's thread was left running when the lease was found lost."""
+
+    def __init__(
+        self,
+        event_id: str,
+        held: Callable[[], bool],
+        held_in: Callable[[Connection], bool] = lambda _: True,
+    ) -> None:
+        self.event_id, self.held, self.held_in = event_id, held, held_in
+        self.lost = threading.Event()
+        self.left_running = False
+
+    def reason(self) -> str:
+        return (
+            f"the lease on {self.event_id} was lost (another worker took the item over): "
+            "given up, nothing recorded"
+        )
+
+    def check(self) -> None:
+        """LeaseLost unless this worker holds the item still."""
+        if self.lost.is_set() or not self.held():
+            self.lost.set()
+            raise LeaseLost(self.reason())
+
+    def fence(self, connection: Connection) -> None:
+        """`check` first in a transaction committing the item's work: the row stays ours
+        until the transaction ends (`holds_lease_in`), or nothing is committed."""
+        if self.lost.is_set() or not self.held_in(connection):
+            self.lost.set()
+            raise LeaseLost(self.reason())
+
+
+_ITEM = threading.local()  # on an item's thread: its `_Deadline` and its `ItemLease`
+
+
+def check_lease() -> None:
+    """On an item's thread: LeaseLost when its lease was lost (another worker does the item
+    now), before work that worker would do again. Off an item's thread (the CLI) nothing."""
+    lease: ItemLease | None = getattr(_ITEM, "lease", None)
+    if lease is not None:
+        lease.check()
+
+
+def item_lease(engine: Engine, claimed: ClaimedEvent, worker_id: str) -> ItemLease:
+    """`claimed`'s lease as `worker_id` holds it."""
+    return ItemLease(
+        claimed.event_id,
+        lambda: holds_lease(engine, claimed, worker_id),
+        lambda connection: holds_lease_in(connection, claimed, worker_id),
+    )
+
+
+class _LeaseLock(HeldLock):
+    """An item's lease as a lock its runs are done under (`RunContext.locks`: checked before
+    each upload, fenced in each transaction of results), raising LeaseLost when lost."""
+
+    def __init__(self, lease: ItemLease) -> None:
+        super().__init__(True, f"the lease on {lease.event_id}")
+        self.lease = lease
+
+    def held(self) -> bool:
+        return not self.lease.lost.is_set() and self.lease.held()
+
+    def check(self) -> None:
+        self.lease.check()
+
+    def fence(self, connection: Connection) -> None:
+        self.lease.fence(connection)
+
+
+def lease_as_lock() -> tuple[HeldLock, ...]:
+    """On an item's thread: its lease, as a lock for the locks its runs are done under (a
+    run stops before an upload or commit once another worker holds the item); else none."""
+    lease: ItemLease | None = getattr(_ITEM, "lease", None)
+    return () if lease is None else (_LeaseLock(lease),)
 
 
 @contextmanager
 def waiting_turn() -> Iterator[None]:
     """Around an item's wait for its turn (a re-run waits for the one before it), on its
     thread: the wait does not count, and its `MFX_TASK_TIME_LIMIT` counts from the end of
-    it. The worker still stops it on a signal. Off an item's thread (the CLI) nothing."""
+    it. The worker still stops it on a signal. A wait that outlived the item's lease (the
+    process paused meanwhile, another worker took the item) ends in LeaseLost: that worker
+    does the item. Off an item's thread (the CLI) nothing."""
     deadline: _Deadline | None = getattr(_ITEM, "deadline", None)
     if deadline is None:
         yield
@@ -209,6 +307,7 @@ def waiting_turn() -> Iterator[None]:
         yield
     finally:
         deadline.restart()
+    check_lease()
 
 
 def _arm_watchdog(seconds: float) -> bool:

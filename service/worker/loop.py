@@ -56,6 +56,7 @@ from service.worker.liveness import (
     WorkerHeartbeat,
     call_with_time_limit,
     heartbeat_interval,
+    item_lease,
 )
 from service.worker.task_runner import TaskRunner
 from service.worker.tasks import TASK_STYLE, TaskKind, parse_task
@@ -81,8 +82,10 @@ class PassReport:
     retrying: list[tuple[str, str]] = field(default_factory=list)  # (event id, error)
     dead: list[tuple[str, str]] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)  # handed back on stop, not counted
-    # An item ran past its time limit and its thread still runs: the pass ends there and
-    # `meterfix worker` restarts its process (see `service.worker.liveness`).
+    # its lease lost (another worker took it over): nothing recorded, that worker does it
+    given_up: list[str] = field(default_factory=list)
+    # An item ran past its time limit, or its lease was lost, and its thread still runs: the
+    # pass ends there and `meterfix worker` restarts its process (`service.worker.liveness`).
     abandoned: bool = False
 
     @property
@@ -163,17 +166,21 @@ class InboxWorker:
         if claimed.taken_over and claimed.attempts > self.settings.mfx_max_attempts:
             self._fail(claimed, DIED_WHILE_WORKING, report)
             return
+        lease = item_lease(self.engine, claimed, self.worker_id)
         try:
-            with self.heartbeat.working_on(claimed):
+            with self.heartbeat.working_on(claimed, lease):
                 status, outcome = call_with_time_limit(
                     lambda: self._dispatch(claimed),
                     self.settings.mfx_task_time_limit,
                     name=f"{ITEM_THREAD_PREFIX}{claimed.row_id}",
                     stop=stop,
                     hard_limit=self.hard_time_limit,
+                    lease=lease,
                 )
         except ItemInterrupted:
             self._hand_back(claimed, report)
+        except LeaseLost as exc:
+            self._give_up(claimed, exc.reason, report, left_running=lease.left_running)
         except TimeLimitExceeded as exc:
             report.abandoned = True
             self._fail(claimed, exc.reason, report)
@@ -243,6 +250,23 @@ class InboxWorker:
             reason=error[:ERROR_TEXT_LIMIT],
             permanent=permanent,
             next_attempt_at=None if dead else next_at,
+        )
+
+    def _give_up(
+        self, claimed: ClaimedEvent, reason: str, report: PassReport, *, left_running: bool
+    ) -> None:
+        """Its lease lost: another worker holds the item and does it (or finds what was
+        done), so nothing of this attempt is recorded. Its thread, `left_running`, is left
+        behind and the process restarts to end it, as past a time limit."""
+        report.given_up.append(claimed.event_id)
+        report.abandoned = report.abandoned or left_running
+        log_event(
+            "inbox.given_up",
+            level=logging.WARNING,
+            event_id=claimed.event_id,
+            attempt=claimed.attempts,
+            reason=reason,
+            restarting=report.abandoned,
         )
 
     def _hand_back(self, claimed: ClaimedEvent, report: PassReport) -> None:

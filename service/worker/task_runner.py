@@ -13,7 +13,7 @@ from service.jobs.remediation import import_set_errors, import_set_failed, polle
 from service.jobs.runs import RunContext
 from service.notify.alerts import raise_alert, resolve_alert
 from service.runtime import Runtime
-from service.worker.liveness import waiting_turn
+from service.worker.liveness import lease_as_lock, waiting_turn
 from service.worker.tasks import TaskKind, task_id
 
 
@@ -34,6 +34,7 @@ class TaskRunner:
             customers=rt.customer_directory() if rt.rules.policy.customer_metadata_key else None,
             waiting_turn=waiting_turn,
             task_id=task_id(kind, ref),
+            locks=lease_as_lock(),  # lost (another worker took the task), its runs stop
         )
         if kind is TaskKind.QUARANTINE_RERUN:
             try:
