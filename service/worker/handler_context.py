@@ -6,12 +6,14 @@ and the inbox row's `done` commit together, so a crash in between redoes both or
 
 from __future__ import annotations
 
-from sqlmodel import Session
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement
+from sqlmodel import Session, col, func, select
 
 from handlers.records import ErrorReportRecord, ImportSetRecord, OutcomeStatus, RemediationKind
 from service.jobs.store.report_records import (
     UNMATCHED_ALERT,
-    error_counts,
     find_report,
     has_linked_sample,
     recorded_report,
@@ -102,31 +104,38 @@ class DatabaseHandlerContext:
         return linked
 
     def _unmatched_alert(self, report: ErrorReport) -> None:
-        """A warning, one per meter (each report counted in it): Stripe refused usage that
-        meterfix cannot remediate, so nobody would be told otherwise."""
-        counts = error_counts(self.session, report.id)
-        codes = ", ".join(f"{code} x{n}" for code, n in sorted(counts.items())) or "no codes"
+        """A warning, one per meter, counting its reports: Stripe refused usage that
+        meterfix cannot remediate, so nobody would be told otherwise. It says what the
+        meter's reports still unmatched add up to (this one among them), not this one's
+        alone: an alert counting three reports said "1 meter event", naming the last."""
+        self.session.flush()  # this report's status, read with the others'
+        told = _unmatched_of_meter(self.session, report)
+        codes = ", ".join(f"{code} x{n}" for code, n in sorted(told.counts.items())) or "no codes"
         meter = report.meter_id or "unknown event names"
+        several = told.reports > 1
+        reports = f" in {told.reports} error reports" if several else ""
+        named = _named(told)
         raise_alert(
             self.session.connection(),  # commits with the report
             key=unmatched_alert_key(report),
             severity="warning",
             kind=UNMATCHED_ALERT,
             subject=(
-                f"Stripe refused {counted(report.error_count, 'meter event')} ({meter}) that "
+                f"Stripe refused {counted(told.errors, 'meter event')} ({meter}){reports} that "
                 "meterfix cannot trace to a bucket row"
             ),
             message=(
-                f"Error report {report.event_id}: {codes}. None of its sampled rows is one the "
+                f"Error report{'s' if several else ''} {named}: {codes}. None of "
+                f"{'their' if several else 'its'} sampled rows is one the "
                 "poller recorded: usage sent to Stripe some other way, or, with MFX_POLLER=off, "
                 "rows of bucket files (nothing indexes them; MFX_POLLER=index has such reports "
                 "remediated). With MFX_POLLER=index or on, a report that came before the poller "
                 "recorded its rows is taken up by the pass that does, within a day. Stripe "
                 "billed none of these events."
             ),
-            detail={"event_id": report.event_id, "meter_id": report.meter_id, "counts": counts},
+            detail=_unmatched_detail(report, told),
             meter=report.meter_id,
-            rows=report.error_count,
+            rows=told.errors,
             links={"event": report.event_id},
         )
 
@@ -147,6 +156,62 @@ class DatabaseHandlerContext:
         _apply(row, import_set)
         self.session.add(row)
         return OutcomeStatus.RECORDED
+
+
+@dataclass(frozen=True)
+class _Unmatched:
+    """What a meter's reports still `unmatched` add up to."""
+
+    reports: int
+    event_ids: list[str]  # the latest `NAMED_REPORTS`, oldest first
+    errors: int
+    counts: dict[str, int]  # code -> errors
+
+
+# How many of a meter's reports the warning names (its message and detail): the latest
+NAMED_REPORTS = 20
+
+
+def _unmatched_of_meter(session: Session, report: ErrorReport) -> _Unmatched:
+    """The reports of `report`'s warning (`unmatched_alert_key`: its meter's, or without one
+    its event type's) still `unmatched`, `report` among them."""
+    same = (
+        col(ErrorReport.meter_id) == report.meter_id
+        if report.meter_id is not None
+        else col(ErrorReport.meter_id).is_(None)
+        & (col(ErrorReport.event_type) == report.event_type)
+    )
+    which: ColumnElement[bool] = (col(ErrorReport.status) == ErrorReportStatus.UNMATCHED) & same
+    reports, errors = session.exec(
+        select(func.count(), func.coalesce(func.sum(ErrorReport.error_count), 0)).where(which)
+    ).one()
+    latest = session.exec(
+        select(ErrorReport.event_id)
+        .where(which)
+        .order_by(col(ErrorReport.id).desc())
+        .limit(NAMED_REPORTS)
+    ).all()
+    per_code = session.exec(
+        select(ErrorTypeCount.code, func.sum(ErrorTypeCount.error_count))
+        .join(ErrorReport, col(ErrorReport.id) == col(ErrorTypeCount.report_id))
+        .where(which)
+        .group_by(col(ErrorTypeCount.code))
+    ).all()
+    counts = {str(code): int(n or 0) for code, n in per_code}
+    return _Unmatched(int(reports), list(reversed(latest)), int(errors), counts)
+
+
+def _named(told: _Unmatched) -> str:
+    """The reports by event id, the latest `NAMED_REPORTS` of many."""
+    more = told.reports - len(told.event_ids)
+    return ", ".join(told.event_ids) + (f" (and {more} earlier)" if more > 0 else "")
+
+
+def _unmatched_detail(report: ErrorReport, told: _Unmatched) -> dict[str, object]:
+    detail: dict[str, object] = {"event_id": report.event_id}
+    if told.reports > 1:
+        detail |= {"event_ids": told.event_ids, "reports": told.reports}
+    return detail | {"meter_id": report.meter_id, "counts": told.counts}
 
 
 def _already_applied(row: ImportSet, import_set: ImportSetRecord) -> bool:
