@@ -54,8 +54,13 @@ def run_loop(worker: InboxWorker, stop: threading.Event, start_jobs: StartJobs) 
 
 
 def _join(threads: list[threading.Thread], seconds: float) -> None:
-    """Wait for the jobs' threads, in all at most `seconds` (they are daemons: a job busy
-    longer is cut off at exit, and resumes from its last acknowledged step next time)."""
+    """Wait for the jobs' threads, in all at most `seconds`. They are daemons, but a job busy
+    on a `concurrent.futures` pool's threads (the meter-event sink sends its batches on one,
+    apscheduler runs the notify jobs on one) is not cut off at exit: the interpreter's exit
+    waits for the work those threads hold, a batch in flight with its retries, until it ends
+    or, past `STOP_GRACE_SECONDS`, the supervisor kills the process
+    (`service.worker.supervisor`); a process ended at once for an abandoned item's thread
+    (`os._exit`) waits for nothing. A job cut off resumes from its last acknowledged step."""
     deadline = time.monotonic() + seconds
     for thread in threads:
         thread.join(timeout=max(deadline - time.monotonic(), 0))
