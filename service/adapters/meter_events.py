@@ -14,6 +14,12 @@ exponential backoff and full jitter, honouring `Retry-After`; only a failure tha
 the request itself (the file's rows): it is raised at once, marked `permanent`. Re-sending a
 batch is safe: Stripe dedupes identifiers for at least 24 hours, so a batch whose answer was
 lost bills nothing twice.
+
+`send_batches(..., stopping=)`: once `stopping()` holds (the worker got SIGTERM), a batch
+backing off raises `SendStopped` within STOP_CHECK_EVERY instead of waiting its backoff out,
+and a batch not yet sent is not sent: it stays unacknowledged, resumed by the next start under
+the same identifiers. (A stop was seen only once a batch in flight finished: through a Stripe
+outage, minutes of retries, and the supervisor killed the worker.)
 """
 
 from __future__ import annotations
@@ -41,9 +47,22 @@ MAX_RETRY_AFTER = 60.0  # a longer Retry-After fails the request; the poller wai
 DEFAULT_WORKERS = 8
 DEFAULT_TIMEOUT = 30.0  # seconds per stream request (the SDK's own default is 80)
 WAIT_CALL_EVERY = 5.0  # seconds between `send_batches`' on_wait calls while batches back off
+STOP_CHECK_EVERY = 0.1  # seconds between checks for a stop while a batch backs off
 _SESSION_ERRORS = (stripe.TemporarySessionExpiredError, stripe.AuthenticationError)
 
 BatchSent = Callable[[int], None]
+# the `stopping` of the `send_batches` call a pool thread works for (set by the pool's
+# initializer: `send_batch`, which tests override, keeps its one argument)
+_call = threading.local()
+
+
+class SendStopped(MeterEventSendError):
+    """The process is stopping: a batch was left unsent, or its backoff cut short (it stays
+    unacknowledged; Stripe may or may not have taken an earlier attempt of it)."""
+
+
+def _bind_stopping(stopping: Callable[[], bool] | None) -> None:
+    _call.stopping = stopping
 
 
 class StripeMeterEventSink:
@@ -89,6 +108,7 @@ class StripeMeterEventSink:
         on_sent: BatchSent | None = None,
         on_refused: BatchSent | None = None,
         on_wait: Callable[[], None] | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> int:
         """Send batches (each ≤ 100 events) on a small thread pool; the number of events sent.
 
@@ -101,10 +121,17 @@ class StripeMeterEventSink:
         (the caller knows the ones after it never did). Raises the first MeterEventSendError
         (or what iterating `batches` raised) after in-flight batches settle. `on_wait()` is
         called, in this thread, every WAIT_CALL_EVERY seconds this thread waits for batches
-        (backing off through a Stripe incident: minutes), so that the caller beats."""
+        (backing off through a Stripe incident: minutes), so that the caller beats. Once
+        `stopping()` holds, batches backing off or not yet sent raise `SendStopped` (module
+        docstring)."""
         sent = 0
         settled = (on_sent, on_refused)
-        with ThreadPoolExecutor(self._workers, thread_name_prefix="meter-events") as pool:
+        with ThreadPoolExecutor(
+            self._workers,
+            thread_name_prefix="meter-events",
+            initializer=_bind_stopping,
+            initargs=(stopping,),
+        ) as pool:
             pending: dict[Future[int], int] = {}
             failure: MeterEventSendError | None = None
             try:
@@ -133,6 +160,7 @@ class StripeMeterEventSink:
         body = cast(Any, {"events": [dict(event) for event in batch]})
         attempt = renewals = 0
         while True:
+            _check_stop("not sent")
             stream = self._stream_client()
             try:
                 stream.v2.billing.meter_event_stream.create(body)
@@ -166,7 +194,17 @@ class StripeMeterEventSink:
             status=exc.http_status,
             error=type(exc).__name__,
         )
-        self._sleep(delay)
+        self._back_off(delay)
+
+    def _back_off(self, delay: float) -> None:
+        """Sleep `delay` seconds, cut short by a stop (`send_batches`' `stopping`)."""
+        if getattr(_call, "stopping", None) is None:
+            self._sleep(delay)
+            return
+        until = self._clock() + delay
+        while (left := until - self._clock()) > 0:
+            _check_stop("its retries cut short")
+            self._sleep(min(STOP_CHECK_EVERY, left))
 
     def _delay(self, attempt: int, exc: stripe.StripeError) -> float | None:
         """`Retry-After` when Stripe sent one (None when it asks for longer than we wait in a
@@ -212,6 +250,13 @@ class StripeMeterEventSink:
         self._renew_at = self._clock() + lifetime - min(SESSION_MARGIN, lifetime / 5)
         self.sessions_created += 1
         log_event("stripe.meter_event_session", session_id=session.id, lifetime=round(lifetime))
+
+
+def _check_stop(what: str) -> None:
+    """Raise SendStopped when the `send_batches` call this thread works for is stopping."""
+    stopping: Callable[[], bool] | None = getattr(_call, "stopping", None)
+    if stopping is not None and stopping():
+        raise SendStopped(f"the process is stopping: a batch left unacknowledged ({what})")
 
 
 def is_transient(exc: stripe.StripeError) -> bool:

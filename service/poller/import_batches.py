@@ -34,6 +34,7 @@ class BatchSender(Protocol):
         on_sent: Callable[[int], None] | None = None,
         on_refused: Callable[[int], None] | None = None,
         on_wait: Callable[[], None] | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> int: ...
 
 
@@ -164,9 +165,12 @@ def send_batches(
     on_sent: Callable[[int], None],
     on_refused: Callable[[int], None],
     on_wait: Callable[[], None] | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> int:
+    """Send `batches` through `sink`; `stopping`: the worker is stopping (a sink that takes
+    it cuts its retries short: `StripeMeterEventSink.send_batches`)."""
     if isinstance(sink, BatchSender):
-        return sink.send_batches(batches, on_sent, on_refused, on_wait)
+        return sink.send_batches(batches, on_sent, on_refused, on_wait, stopping)
     sent = 0
     for index, batch in enumerate(batches):
         try:

@@ -144,11 +144,20 @@ def _send_all(
         # a beat while batches back off too (a Stripe incident: minutes without one raised
         # the critical "no poller heartbeat" alert about a poller alive and retrying)
         sent = send_batches(
-            job.sink, stream.batches(chunks), stream.acknowledged, stream.refused, job.beat
+            job.sink,
+            stream.batches(chunks),
+            stream.acknowledged,
+            stream.refused,
+            job.beat,
+            job.stopping,
         )
         tally.sent += sent
-    except Exception:
+    except Exception as exc:
         job.progress.forget_unsent(progress.object_id, stream.unsent.never_billed())
+        if job.stopping() and not isinstance(exc, ImportStopped):
+            # the sink cut a batch's retries short (or left it unsent): it stays
+            # unacknowledged, sent again by the next start under the same identifiers
+            raise ImportStopped(f"{obj.key}: the poller was asked to stop mid-import") from exc
         raise
     finally:
         stream.acks.flush()

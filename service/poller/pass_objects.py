@@ -196,6 +196,8 @@ def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo, source:
     again = TakenAgain(deps.engine, obj, deps.bucket.prefix)  # rows billed again: an alert
     with source.open("rb") as stream:
         for refs in index_chunks(read_records(stream, detect_format(obj.key))):
+            if deps.stopping():  # left `seen`: the next start indexes it again (rows upserted)
+                raise ImportStopped(f"{obj.key}: the poller was asked to stop mid-index")
             again.check(refs)
             store.insert_rows(obj, refs)
             rows += len(refs)
