@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,12 +21,18 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
 from service.config import Settings
+from service.db import make_engine
+from service.errors import LeaseLost
 from service.jobs.quarantine_rerun import RERUN_LOCK_KEY
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
 from service.poller.passes import run_poll_pass
 from service.web.actions import Actor, queue_rerun
+from service.worker.inbox import TAKEN_OVER
+from service.worker.liveness import lease_as_lock
+from service.worker.loop import InboxWorker
 from service.worker.supervisor import SUPERVISOR_ENV
+from service.worker.tasks import TaskKind, enqueue_task
 from tests.integration.test_billing_safety import add_rules, bundled_poller, usage_csv
 from tests.integration.test_e2e import Loop, _put, running_loop
 
@@ -162,3 +169,104 @@ def test_a_worker_paused_past_its_lease_gives_the_item_up_and_writes_nothing(
     assert '"remediation.run_done"' not in a_said and '"inbox.processed"' not in a_said, a_said
     assert '"inbox.failed"' not in a_said, a_said
     assert '"inbox.processed"' in b_log.read_text()
+
+
+# --- in-process: the heartbeat finding the lease lost, and a run's check before an upload ---
+
+
+def _take_over(engine: Engine, event_id: str) -> None:
+    """Another worker claims the row (its lease expired meanwhile): a new attempt, its own."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE inbox_events SET locked_by = 'other-worker', attempts = attempts + 1, "
+                "last_error = :mark WHERE event_id = :event_id"
+            ),
+            {"mark": TAKEN_OVER, "event_id": event_id},
+        )
+
+
+def _poller_task(engine: Engine) -> InboxEvent:
+    with engine.begin() as connection:
+        enqueue_task(connection, TaskKind.POLLER_ROWS, "rows-1")
+    with Session(engine) as session:
+        return session.exec(select(InboxEvent)).one()
+
+
+def test_a_lease_found_lost_by_the_heartbeat_gives_the_busy_item_up(
+    db_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    """The item's thread is busy (no check of its own); the heartbeat's renewal finds the row
+    taken over: the worker gives the item up at once, its thread left behind (the process
+    restarts), and what that thread returns later is never recorded."""
+    engine = make_engine(db_url)
+    task = _poller_task(engine)
+    taken, release = threading.Event(), threading.Event()
+
+    def busy(_kind: TaskKind, _ref: str) -> str:
+        _take_over(engine, task.event_id)
+        taken.set()
+        release.wait(20)
+        return "remediated 4 rows"
+
+    settings = make_settings(database_url=db_url, mfx_worker_lease=1)
+    started = time.monotonic()
+    report = InboxWorker(engine, settings, task_runner=busy).drain()
+    assert time.monotonic() - started < 5  # one renewal (a third of the lease) and a little
+    assert (report.given_up, report.abandoned, report.done, report.failed) == (
+        [task.event_id],
+        True,
+        [],
+        [],
+    )
+    release.set()
+    time.sleep(0.5)  # the thread left behind returns: its outcome is not the row's
+    with Session(engine) as session:
+        row = session.exec(select(InboxEvent)).one()
+    assert (row.status, row.attempts, row.locked_by, row.outcome) == (
+        "processing",
+        2,
+        "other-worker",
+        None,
+    )
+    engine.dispose()
+
+
+def test_a_run_checks_the_lease_before_it_uploads(
+    db_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    """On the item's thread, the locks a task's runs are done under hold its lease: taken
+    over, the check before an upload stops the item (LeaseLost), nothing recorded, and the
+    worker goes on (the thread has ended: no restart)."""
+    engine = make_engine(db_url)
+    task = _poller_task(engine)
+    checked: list[str] = []
+
+    def uploading(_kind: TaskKind, _ref: str) -> str:
+        [lease] = lease_as_lock()
+        lease.check()  # held: no error
+        _take_over(engine, task.event_id)
+        try:
+            lease.check()
+        except LeaseLost as exc:
+            checked.append(exc.reason)
+            raise
+        return "uploaded after the lease was lost"
+
+    settings = make_settings(database_url=db_url)
+    report = InboxWorker(engine, settings, task_runner=uploading).drain()
+    assert (report.given_up, report.abandoned, report.failed) == ([task.event_id], False, [])
+    assert checked == [
+        f"the lease on {task.event_id} was lost (another worker took the item over): "
+        "given up, nothing recorded"
+    ]
+    with Session(engine) as session:
+        row = session.exec(select(InboxEvent)).one()
+    assert (row.status, row.locked_by, row.outcome, row.last_error) == (
+        "processing",
+        "other-worker",
+        None,
+        TAKEN_OVER,
+    )
+    assert lease_as_lock() == ()  # off an item's thread: no lease
+    engine.dispose()
