@@ -133,7 +133,8 @@ def worker_command(once: bool) -> None:
     code = 0
     start_jobs = partial(start_scheduled_jobs, rt)
     if run_loop(worker, stop_on_signals(), start_jobs) is LoopEnd.RESTART:
-        log_event("worker.restarting", level=logging.WARNING, reason="an item overran its limit")
+        why = "an item's thread left running (past its time limit, or its lease lost)"
+        log_event("worker.restarting", level=logging.WARNING, reason=why)
         code = RESTART_EXIT_CODE  # the supervisor starts a fresh worker process at once
     rt.close()
     _exit_worker_process(code)
@@ -182,8 +183,13 @@ def _echo_report(report: PassReport) -> None:
         click.echo(f"dead-lettered: {event_id}: {error}")
     for event_id in report.interrupted:
         click.echo(f"interrupted (handed back): {event_id}")
+    for event_id in report.given_up:
+        click.echo(f"given up (its lease lost, another worker has it): {event_id}")
     if report.abandoned:
-        click.echo("stopped early: an item overran its time limit (the rest waits for a pass)")
+        click.echo(
+            "stopped early: an item's thread was left running (past its time limit, or its "
+            "lease lost); the rest waits for a pass"
+        )
 
 
 @click.command("replay")
