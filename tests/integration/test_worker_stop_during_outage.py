@@ -90,7 +90,7 @@ def test_sigterm_while_batches_retry_through_an_outage_stops_at_once(
     admin.clear_faults()
     second = _start(env, tmp_path, tmp_path / "second.log")
     try:
-        _wait_for(lambda: _object_status(db_url) == "imported", 25, "the import to finish")
+        _wait_for(lambda: _object_status(db_url) == "imported", 90, "the import to finish")
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(15)

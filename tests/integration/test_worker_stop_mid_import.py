@@ -152,7 +152,7 @@ def test_sigterm_mid_import_stops_at_once_and_the_next_worker_sends_every_row_on
 
     second = _start(env, tmp_path, tmp_path / "second.log")
     try:
-        _wait_for(lambda: _object_status(db_url) == "imported", 25, "the import to finish")
+        _wait_for(lambda: _object_status(db_url) == "imported", 90, "the import to finish")
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(15)
