@@ -51,6 +51,8 @@ class ObjectImport:
     clock: Callable[[], datetime]
     beat: Callable[[], None] = lambda: None
     stopping: Callable[[], bool] = lambda: False  # the worker is stopping: send no more
+    # raises `LockLost` once the poller lock is lost (`HeldLock.check`): send no more
+    check_lock: Callable[[], None] = lambda: None
 
 
 class ImportStopped(ItemInterrupted):

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
+from service.db.locks import Fence
 from service.db.statements import in_listed
 from service.models import ImportedRow
 from service.models._types import table_of
@@ -32,6 +33,7 @@ class ImportedRows:
     """`PollerStore`'s writes to imported_rows (a mixin: the store's engine is its own)."""
 
     engine: Engine
+    fence: Fence  # first in each transaction recording rows (`PollerStore`)
 
     def insert_rows(self, obj: ObjectInfo, refs: Sequence[RowRef]) -> None:
         values = [
@@ -52,6 +54,7 @@ class ImportedRows:
         sent = [value for value in values if value["sent"]]
         if values:
             with self.engine.begin() as conn:
+                self.fence(conn)
                 if held:
                     conn.execute(self._record_held(), held)
                 if sent:
@@ -65,6 +68,7 @@ class ImportedRows:
             return
         table = _table(ImportedRow)
         with self.engine.begin() as conn:
+            self.fence(conn)
             conn.execute(
                 update(table)
                 .where(table.c.object_key == obj.key, table.c.etag == obj.etag)

@@ -29,6 +29,7 @@ from remediation.formats import detect_format
 from remediation.poller import ImportChunk, RowRef, import_chunks
 from remediation.ports import ObjectInfo
 from remediation.rownames import RowNames
+from service.db.locks import LockLost
 from service.errors import HorizonPassed
 from service.jobs.store.reports import save_poller_import_set
 from service.models import ImportSet, ObjectStatus
@@ -90,6 +91,7 @@ def import_object(
         # closing: a failure mid-file finishes the readers while their stream is still open
         with closing(chunks):
             _send_all(job, obj, progress, chunks, failed_out, tally, others, sent_in)
+    job.check_lock()  # lost: the next holder records the import, not this pass too
     return _record_imported(job, obj, impset_id, path, tally), path
 
 
@@ -152,6 +154,10 @@ def _send_all(
             job.stopping,
         )
         tally.sent += sent
+    except LockLost:
+        # another pass may be sending the object now: nothing more is recorded (the
+        # batches recorded and never acknowledged are sent again under the same identifiers)
+        raise
     except Exception as exc:
         job.progress.forget_unsent(progress.object_id, stream.unsent.never_billed())
         if job.stopping() and not isinstance(exc, ImportStopped):
@@ -160,7 +166,7 @@ def _send_all(
             raise ImportStopped(f"{obj.key}: the poller was asked to stop mid-import") from exc
         raise
     finally:
-        stream.acks.flush()
+        stream.acks.flush()  # fenced: lost, the lock raises LockLost instead
 
 
 class _BatchStream:
@@ -205,6 +211,8 @@ class _BatchStream:
                 before = resent.get(send.number)
                 if before is not None and before.first_sent_at <= job.clock() - RESEND_HORIZON:
                     raise HorizonPassed([before])
+                # another process polls once the lock is lost: it sends this batch, not us
+                job.check_lock()
                 unsent.numbers.append(send.number)  # the sink takes no batch it does not send
                 unsent.late.append(send.late)
                 yield send.events

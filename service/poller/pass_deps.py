@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from remediation.limits import DEFAULT_LIMITS, FieldLimits
 from remediation.ports import Bucket, MeterEventSink, MeterSource
 from service.config import PollerMode, Settings
+from service.db.locks import HeldLock
 from service.models._types import utcnow
 from service.poller.handover import FailedRowsHook, log_failed_rows
 from service.poller.planning import PassLimits
@@ -44,6 +45,9 @@ class PollerDeps:
     # set when the process is stopping (SIGTERM, Ctrl-C): a pass under way takes no further
     # object, and an import no further batch (`ObjectImport.stopping`)
     stop: threading.Event | None = None
+    # the poller lock the pass holds (`run_poll_pass`): checked before each batch sent, and
+    # fencing the transactions that record what was sent; lost, the pass stops
+    lock: HeldLock = field(default_factory=lambda: HeldLock(True, "poller"))
 
     @property
     def index_mode(self) -> bool:
@@ -56,7 +60,10 @@ class PollerDeps:
 @dataclass
 class PassReport:
     ran: bool = True  # False: another instance holds the poller lock
-    stopped: bool = False  # the process was stopping: the pass ended part-way
+    stopped: bool = False  # the process was stopping, or the lock was lost: ended part-way
+    # the poller lock went with its connection mid-pass: it stopped sending (another process
+    # may hold the lock now and resumes after the acknowledged batches)
+    lock_lost: bool = False
     mode: str = "import"
     listed: int = 0
     imported: int = 0

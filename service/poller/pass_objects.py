@@ -19,6 +19,7 @@ from remediation.poller import index_chunks
 from remediation.ports import MeterEventSink, ObjectInfo
 from remediation.repair import HEAD_BYTES, whole_file_failure
 from remediation.validation import MeterIndex
+from service.db.locks import LockLost
 from service.errors import ObjectChanged, ObjectNotSettled, PartlyUnreadable
 from service.jobs.store.reports import save_poller_import_set
 from service.logs import log_event
@@ -64,6 +65,23 @@ def process_object(
     r: PassReport,
     listing: Listing,
 ) -> None:
+    try:
+        _process_object(deps, store, obj, meters, r, listing)
+    except LockLost as exc:
+        # neither failed nor imported, and nothing of it recorded since: another process
+        # polls now and resumes after the batches Stripe acknowledged (not a failure to act on)
+        r.stopped = r.lock_lost = True
+        log_event("poller.lock_lost", level=logging.WARNING, key=obj.key, reason=exc.reason)
+
+
+def _process_object(
+    deps: PollerDeps,
+    store: PollerStore,
+    obj: ObjectInfo,
+    meters: MeterIndex | None,
+    r: PassReport,
+    listing: Listing,
+) -> None:
     store.claim(obj)
     source: Path | None = None
     try:
@@ -84,6 +102,8 @@ def process_object(
         log_event("poller.object_not_settled", key=obj.key, reason=str(exc))
     except UnreadableFile as exc:
         _unreadable(deps, store, obj, exc, r)
+    except LockLost:
+        raise  # `process_object`
     except ImportStopped as exc:
         # neither failed nor imported: left `seen`, the next pass resumes after the batches
         # Stripe acknowledged (recorded before ImportStopped left the sink)
@@ -217,13 +237,14 @@ def _import_object(
 ) -> None:
     job = ObjectImport(
         store=store,
-        progress=ProgressStore(deps.engine),
+        progress=ProgressStore(deps.engine, fence=deps.lock.fence),
         sink=sink,
         meters=meters,
         work_dir=deps.work_dir,
         clock=deps.clock,
         beat=lambda: beat(deps, "import", key=obj.key),
         stopping=deps.stopping,
+        check_lock=deps.lock.check,
     )
     import_set, path = import_object(job, obj, _impset_id(obj), source)
     rows, sent = import_set.rows_processed or 0, import_set.successes_row_count or 0

@@ -11,21 +11,26 @@ permanent error, a failure lasting MFX_POLLER_GIVE_UP_AFTER, or the 23 h re-send
 error_code + error_message) and to the `on_failed_rows(import_set, path)` hook, which hands
 them to remediation.
 
-On PostgreSQL one instance polls at a time (`pg_try_advisory_lock`); a pass that cannot get
-the lock is skipped. SQLite means a single process.
+One pass polls at a time per database (service.poller.lock); a pass that cannot get the lock
+is skipped. On PostgreSQL the lock goes with its connection: a pass that finds it lost (before
+each batch it sends, first in each transaction recording what was sent) stops sending, records
+nothing more, and logs `poller.lock_lost`; the next pass, whichever process holds the lock
+then, resumes after the acknowledged batches.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from remediation.validation import MeterIndex
 from service.config import PollerMode
+from service.db.locks import HeldLock
 from service.logs import log_event
 from service.poller.handover import (
     FailedRowsHook,
@@ -34,7 +39,7 @@ from service.poller.handover import (
     queue_pending_remediation,
     remediation_hook,
 )
-from service.poller.lock import POLLER_LOCK_KEY, poller_lock
+from service.poller.lock import POLLER_LOCK_KEY, held_poller_lock, poller_lock
 from service.poller.odd_keys import name_files_not_utf8, recordable
 from service.poller.pass_deps import PassReport, PollerDeps, Progress
 from service.poller.pass_objects import beat, meters_failed, process_object
@@ -63,15 +68,17 @@ def build_poller_deps(runtime: Runtime, *, progress: Progress | None = None) -> 
     )
 
 
-def run_poll_pass(target: PollerDeps | Runtime, *, locked: bool = False) -> PassReport:
+def run_poll_pass(target: PollerDeps | Runtime, *, locked: bool | HeldLock = False) -> PassReport:
     """One pass. `target` is PollerDeps, or a Runtime (adapters are then built for it).
-    `locked`: the caller holds the poller lock (`poll --retry` decides under it what to send)."""
+    `locked`: the caller holds the poller lock (`poll --retry` decides under it what to send):
+    its `HeldLock`, or True for the one this thread took (`poller_lock`)."""
     deps = target if isinstance(target, PollerDeps) else build_poller_deps(target)
     beat(deps, "pass")
-    with nullcontext(True) if locked else poller_lock(deps.engine) as acquired:
-        if not acquired:
+    with _lock(deps, locked) as lock:
+        if not lock:
             log_event("poller.pass_skipped", reason="another instance holds the poller lock")
             return PassReport(ran=False)
+        deps = replace(deps, lock=lock)
         if not deps.index_mode:
             queue_pending_remediation(deps.engine)
         report = _run_pass(deps)
@@ -83,8 +90,15 @@ def run_poll_pass(target: PollerDeps | Runtime, *, locked: bool = False) -> Pass
     return report
 
 
+def _lock(deps: PollerDeps, locked: bool | HeldLock) -> AbstractContextManager[HeldLock]:
+    """The poller lock: the caller's (`locked`), or taken for the pass."""
+    if isinstance(locked, HeldLock):
+        return nullcontext(locked)
+    return nullcontext(held_poller_lock()) if locked else poller_lock(deps.engine)
+
+
 def _run_pass(deps: PollerDeps) -> PassReport:
-    store = PollerStore(deps.engine)
+    store = PollerStore(deps.engine, fence=deps.lock.fence)
     report = PassReport(mode="index" if deps.index_mode else "import")
     clear_snapshots(deps.work_dir / "objects")
     listed, listing = _list_bucket(deps, store, report)
@@ -99,6 +113,8 @@ def _run_pass(deps: PollerDeps) -> PassReport:
             report.stopped = True
             break
         process_object(deps, store, obj, meters, report, listing)
+        if report.lock_lost:  # another process polls now: it takes the objects left
+            break
         if deps.progress:
             deps.progress(number, len(plan.take), obj.key)
     return report

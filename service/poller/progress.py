@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
 from service.db import is_postgres
+from service.db.locks import Fence, unfenced
 from service.db.statements import in_listed
 from service.models import BucketObject, ImportedRow, ObjectStatus, PollerBatch
 from service.models._types import as_utc, table_of
@@ -40,8 +41,11 @@ ROWS = _table(ImportedRow)
 
 
 class ProgressStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    """`fence`: first in each transaction recording what was sent and acknowledged (a
+    pass's `HeldLock.fence`: raises `LockLost` once the poller lock is lost)."""
+
+    def __init__(self, engine: Engine, *, fence: Fence = unfenced) -> None:
+        self.engine, self.fence = engine, fence
 
     def load(self, obj: ObjectInfo) -> ObjectProgress:
         with self.engine.connect() as conn:
@@ -147,6 +151,7 @@ class ProgressStore:
         values = sending_rows(object_id, batches, now)
         numbers = [n for n, _, _ in batches]
         with self.engine.begin() as conn:
+            self.fence(conn)
             known = recorded_cuts(conn, object_id, numbers)
             new = set(numbers) - set(known)
             same = {n for n, f, r in batches if n in known and known[n] == (f, r, None)}
@@ -164,6 +169,7 @@ class ProgressStore:
         if not numbers:
             return 0
         with self.engine.begin() as conn:
+            self.fence(conn)
             result = conn.execute(
                 delete(BATCHES).where(
                     BATCHES.c.object_id == object_id,
@@ -177,6 +183,7 @@ class ProgressStore:
         """Mark batches acknowledged and move the contiguous prefix; its new length."""
         acked_now = sorted(set(numbers))
         with self.engine.begin() as conn:
+            self.fence(conn)
             if acked_now:
                 conn.execute(
                     update(BATCHES)

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, Insert, Table, select, update
 
 from remediation.ports import ObjectInfo
+from service.db.locks import Fence, unfenced
 from service.db.statements import insert_or_ignore
 from service.models import BucketObject, ObjectStatus
 from service.models._types import as_utc, table_of, utcnow
@@ -29,8 +30,11 @@ READ_AGAIN = (ObjectStatus.INDEXED, ObjectStatus.IMPORTED)
 
 
 class PollerStore(ImportedRows):
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    """`fence`: first in each transaction recording an object's rows and outcome (a pass's
+    `HeldLock.fence`: raises `LockLost` once the poller lock is lost)."""
+
+    def __init__(self, engine: Engine, *, fence: Fence = unfenced) -> None:
+        self.engine, self.fence = engine, fence
 
     def _insert(self, table: Any) -> Insert:
         return insert_or_ignore(self.engine.dialect.name, table)
@@ -174,6 +178,7 @@ class PollerStore(ImportedRows):
     def _update_object(self, obj: ObjectInfo, **values: Any) -> None:
         table = _table(BucketObject)
         with self.engine.begin() as conn:
+            self.fence(conn)
             conn.execute(
                 update(table)
                 .where(table.c.key == obj.key, table.c.etag == obj.etag)

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import select
 
 from sandbox.events import build_error_report_event
+from service.adapters.meter_events import StripeMeterEventSink
 from service.config import Settings
 from service.db import make_engine
 from service.db.locks import _LOCK_ID, LockLost, session_lock
@@ -26,9 +27,17 @@ from service.jobs import runs
 from service.jobs.object_runs import OBJECT_RUN_LOCK_KEY
 from service.jobs.quarantine_rerun import RERUN_LOCK_KEY
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
+from service.models import (
+    BucketObject,
+    CorrectionAudit,
+    InboxEvent,
+    QuarantinedRow,
+    RemediationRun,
+)
 from service.notify.leader import NOTIFY_LOCK_KEY, leading
-from service.poller.passes import run_poll_pass
+from service.poller.import_batches import CHUNKS_PER_GROUP
+from service.poller.lock import POLLER_LOCK_KEY, held_poller_lock, poller_lock
+from service.poller.passes import PassReport, run_poll_pass
 from service.web.actions import Actor, queue_rerun
 from tests.integration.test_billing_safety import add_rules, bundled_poller, usage_csv
 from tests.integration.test_e2e import Loop, _put, running_loop
@@ -253,5 +262,82 @@ def test_a_lock_taken_over_waits_for_what_its_holder_before_fenced_and_commits(
             waiting.join(10)
             with engine.connect() as late, late.begin(), pytest.raises(LockLost):
                 lock.fence(late)
+    finally:
+        engine.dispose()
+
+
+def test_a_poller_pass_whose_lock_dropped_stops_sending_and_the_next_pass_resumes(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass imported a large file (each stream request slowed, as Stripe over a network)
+    when its poller lock's connection was terminated; another worker's pass took the lock and
+    imported the same file from the acknowledged batches while the first went on sending: the
+    sandbox dropped thousands of repeated submissions (180,300 of a 250,000-row file), and
+    the first logged only an AdminShutdown at its unlock. Now the first stops at its next
+    batch (a warning, the pass not failed), and the second resumes from what was
+    acknowledged: every row reaches the sandbox once, repeated at most the batches that were
+    in flight."""
+    rows = 20_000  # 200 batches: about 5 s at the pace below
+    send_batch = StripeMeterEventSink.send_batch
+
+    def slowed(self: Any, batch: Any) -> int:
+        time.sleep(0.2)
+        return int(send_batch(self, batch))
+
+    monkeypatch.setattr(StripeMeterEventSink, "send_batch", slowed)
+    now = int(time.time())
+    ids = [f"u-{i}" for i in range(rows)]
+    _put(loop, "big.csv", usage_csv([[i, now - 60, "api_requests", "cus_bob", "1"] for i in ids]))
+    reports: dict[str, PassReport] = {}
+    with bundled_poller(loop) as first, bundled_poller(loop) as second:
+        holder = threading.Thread(target=lambda: reports.update(first=run_poll_pass(first)))
+        holder.start()
+        try:
+            deadline = time.monotonic() + 60
+            while acknowledged_batches(loop.engine) < 20:  # mid-import
+                assert time.monotonic() < deadline, "the first pass did not send"
+                time.sleep(0.05)
+            terminate_lock_holder(loop.engine, POLLER_LOCK_KEY)
+            reports["second"] = run_poll_pass(second)  # takes the lock the first lost
+        finally:
+            holder.join(60)
+    accepted = loop.accepted()
+    assert len(accepted) == rows and set(accepted) == set(ids)
+    repeated = loop.sandbox.duplicates()
+    # sent again by the second pass: the batches the first had in flight (2 * the sink's 8
+    # workers) and those acknowledged it had not recorded yet (fewer than CHUNKS_PER_GROUP),
+    # of 100 events each
+    in_flight = (2 * 8 + CHUNKS_PER_GROUP) * 100
+    assert len(repeated) <= in_flight, f"{len(repeated)} repeated submissions"
+    with loop.session() as session:
+        [obj] = session.exec(select(BucketObject)).all()
+    assert (obj.status, obj.sent) == ("imported", rows)
+    assert not holder.is_alive()
+    assert reports["second"].ran and reports["second"].imported == 1, reports["second"]
+    assert reports["first"].imported == 0 and reports["first"].stopped, reports["first"]
+    assert getattr(reports["first"], "lock_lost", False), reports["first"]
+
+
+def acknowledged_batches(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                text("SELECT count(*) FROM poller_batches WHERE acked_at IS NOT NULL")
+            ).scalar_one()
+        )
+
+
+def test_a_pass_run_under_the_callers_poller_lock_checks_that_lock(pg_url: str) -> None:
+    """`poll --retry` decides under the poller lock what to send, then runs the pass under it
+    (`locked=True`): the pass checks the caller's lock, lost with its connection as any
+    (it took an unlosable one, and sent on)."""
+    engine = make_engine(pg_url)
+    try:
+        with poller_lock(engine) as lock:
+            assert lock and held_poller_lock() is lock
+            terminate_lock_holder(engine, POLLER_LOCK_KEY)
+            with pytest.raises(LockLost, match="was lost"):
+                held_poller_lock().check()
+        assert held_poller_lock().held()  # none taken here: the caller holds it elsewhere
     finally:
         engine.dispose()
