@@ -28,6 +28,11 @@ class ErrorCode(StrEnum):
     MALFORMED_ROW = "malformed_row"
     FIELD_TOO_LONG = "field_too_long"  # past a limit of `limits.FieldLimits`
     CONTROL_CHARACTER = "control_character"  # U+0000 to U+001F, U+007F, U+2028, U+2029
+    # The bundled poller's: a row it sent once in a batch Stripe never acknowledged (a 5xx
+    # past its retries, an answer lost) that fails our checks on a later pass (its meter
+    # changed): Stripe may have billed it, so no rule corrects it under a new identifier and
+    # no re-run sends it; quarantined for an operator who checks Stripe first.
+    SENT_WITHOUT_ANSWER = "sent_without_answer"
     UNCLASSIFIED = "unclassified"
 
 

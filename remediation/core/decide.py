@@ -72,6 +72,9 @@ class BatchDecider:
         fate[valid] = VALID if self.rejected else VALID_KEPT
         fate[valid & told] = VALID  # rejected: changed since Stripe refused it, sent as it is
         stopped = self._repeats(batch, arrived, valid, mfx, reason)
+        held = _maybe_billed(batch, valid, mfx, reason)
+        stopped |= held
+        fate[held] = QUARANTINED
         made_since = self._meter_made_since(batch, to_fix, ruled) & ~stopped
         valid |= made_since
         fate[made_since] = VALID
@@ -151,6 +154,21 @@ class BatchDecider:
                     f"{ancestor.generation}"
                 )
         return stopped
+
+
+def _maybe_billed(batch: Batch, valid: Mask, mfx: Codes, reason: Codes) -> Mask:
+    """Rows the bundled poller handed over as sent once without Stripe's answer
+    (`sent_without_answer`): quarantined whatever our checks say of them now, never corrected
+    under a new identifier (Stripe may have billed them under theirs)."""
+    held = mask(pc.equal(batch.error_code, ErrorCode.SENT_WITHOUT_ANSWER.value))
+    rows = np.flatnonzero(held)
+    if len(rows):
+        valid[rows] = False
+        messages = batch.error_message
+        for i in rows.tolist():
+            mfx[i] = ErrorCode.SENT_WITHOUT_ANSWER
+            reason[i] = messages[i].as_py() or "sent once without Stripe's answer"
+    return held
 
 
 def _read_without_aliases(batch: Batch, ctx: Context, to_fix: CodeIds, rows: Indexes) -> None:

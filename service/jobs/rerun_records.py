@@ -39,6 +39,7 @@ CHECKED_BY_VALIDATION = KNOWN_CODES - {
     ErrorCode.VALUE_TOO_MANY_DIGITS,
     ErrorCode.DIMENSION_COUNT_TOO_HIGH,
     ErrorCode.MISSING_DIMENSION_KEYS,
+    ErrorCode.SENT_WITHOUT_ANSWER,  # Stripe may have billed it: never sent by a re-run
 }
 
 

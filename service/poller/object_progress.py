@@ -6,10 +6,11 @@ failures need not import to use them."""
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from remediation.codes import ErrorCode
 from remediation.poller import ImportChunk
 from remediation.records import UsageRecord
 
@@ -107,8 +108,20 @@ class BatchRows:
                     continue
                 if self.unacknowledged(ref.row_number):
                     unsent.append(ref.identifier)
+                    record = _maybe_billed(record)
                 failed.append(record)
         return failed, billed, unsent
+
+
+def _maybe_billed(record: UsageRecord) -> UsageRecord:
+    """A failing row of a batch never acknowledged, as remediation gets it: quarantined for an
+    operator who checks Stripe (the row's own problem kept in the reason)."""
+    problem = f" ({record.error_code}: {record.error_message})" if record.error_code else ""
+    message = (
+        f"sent to Stripe once in a batch never acknowledged, and failing our checks now"
+        f"{problem}: Stripe may have billed it; check before sending it again"
+    )
+    return replace(record, error_code=ErrorCode.SENT_WITHOUT_ANSWER.value, error_message=message)
 
 
 def _within(spans: list[tuple[int, int]], row: int) -> bool:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from sqlmodel import select
 
 from service.adapters.stripe_client import build_stripe_client
@@ -18,8 +20,10 @@ from tests.integration.test_e2e import Loop, _put
 from tests.integration.test_poller_incidents import _OneBatchFails
 
 
+@pytest.mark.parametrize("successor", [False, True], ids=["alone", "with_successor"])
 def test_rows_of_a_batch_never_acknowledged_are_quarantined_when_the_meter_is_deactivated(
     loop: Loop,  # noqa: F811  (the fixture imported from the module that defines it)
+    successor: bool,
 ) -> None:
     """README: "no usage is lost". Batch 0 of a 1,000-row file fails (5xx past its retries)
     while batches 1-9 are acknowledged; the meter is then deactivated and the file resumed.
@@ -28,6 +32,10 @@ def test_rows_of_a_batch_never_acknowledged_are_quarantined_when_the_meter_is_de
     failed (900 of them billed), which left all of them out as "sent since" (each lay in a
     recorded batch): nothing quarantined, no alert, rows 0-99 never billed nor quarantined."""
     meter = loop.sandbox.create_meter("calls")
+    if successor:  # rerouted, the rows Stripe may have billed went out again as m-0-mfx1
+        loop.sandbox.create_meter("calls_v2")
+        rules = Path(loop.settings.mfx_rules)
+        rules.write_text(rules.read_text() + '[meter_successors]\n"calls" = "calls_v2"\n')
     stamp = int(time.time()) - 120
     rows: list[list[object]] = [[f"m-{i}", stamp, "calls", "cus_alice", "1"] for i in range(1000)]
     _put(loop, "m.csv", usage_csv(rows))
@@ -50,7 +58,10 @@ def test_rows_of_a_batch_never_acknowledged_are_quarantined_when_the_meter_is_de
         obj = session.exec(select(BucketObject).where(BucketObject.key == "usage/m.csv")).one()
         batches = session.exec(select(PollerBatch)).all()
     assert sorted(str(q.record["identifier"]) for q in held) == sorted(f"m-{i}" for i in range(100))
-    assert {q.code for q in held} == {"archived_meter"}, {q.reason for q in held}
+    # sent once without an answer: Stripe may have billed them; no rule may send them again
+    # under a new identifier (a successor meter would have rerouted them as m-0-mfx1)
+    assert {q.code for q in held} == {"sent_without_answer"}, {q.reason for q in held}
+    assert all("Stripe may have billed it" in q.reason and "archived" in q.reason for q in held)
     assert [a.subject for a in alerts] == ["run #1 (poller): 100 rows quarantined"]
     assert (obj.rows, obj.sent, obj.failed) == (1000, 900, 100)
     assert sorted(loop.accepted()) == billed  # nothing sent again
