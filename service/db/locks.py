@@ -187,21 +187,48 @@ def session_lock(engine: Engine, seed: int, name: str = "", *, wait: bool) -> It
             yield HeldLock(False, what)
             return
         holder = _PgHolder(connection, key["key"], int(keys[1]))
-        _take_over(holder)
+        try:
+            ready = _take_over(holder, wait=wait)
+        except BaseException:
+            connection.invalidate()  # its session ends: PostgreSQL lets the lock go
+            raise
+        if not ready:
+            connection.invalidate()
+            yield HeldLock(False, what)
+            return
         try:
             yield HeldLock(True, what, holder)
         finally:
             _let_go(holder, what)
 
 
-def _take_over(holder: _PgHolder) -> None:
+# How long a caller that only tries (`wait=False`: a poller pass, a notify leader) waits for a
+# holder before's fenced transactions to end: one paused (SIGSTOP, a frozen VM) holding one
+# open would otherwise hold the new holder, and the lock, without end.
+TRY_FENCE_SECONDS = 10
+
+
+def _take_over(holder: _PgHolder, *, wait: bool) -> bool:
     """After the lock is taken: wait for a holder before's fenced transactions to end, and
-    keep the connection from timing out idle."""
+    keep the connection from timing out idle. False when a caller that only tries would wait
+    longer than TRY_FENCE_SECONDS (the lock is then not taken)."""
     connection = holder.connection
-    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), holder._fence())
+    if not wait:
+        connection.execute(text(f"SET LOCAL lock_timeout = '{TRY_FENCE_SECONDS}s'"))
+    try:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), holder._fence())
+    except DBAPIError as exc:
+        if wait or getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        connection.rollback()
+        return False
     if holder.version >= IDLE_SESSION_TIMEOUT_SINCE:
         connection.execute(text("SET idle_session_timeout = 0"))
     connection.commit()
+    return True
+
+
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out
 
 
 def _let_go(holder: _PgHolder, what: str) -> None:

@@ -21,7 +21,7 @@ from sqlmodel import select
 from sandbox.events import build_error_report_event
 from service.adapters.meter_events import StripeMeterEventSink
 from service.config import Settings
-from service.db import make_engine
+from service.db import locks, make_engine
 from service.db.locks import _LOCK_ID, LockLost, session_lock
 from service.jobs import runs
 from service.jobs.object_runs import OBJECT_RUN_LOCK_KEY
@@ -339,5 +339,34 @@ def test_a_pass_run_under_the_callers_poller_lock_checks_that_lock(pg_url: str) 
             with pytest.raises(LockLost, match="was lost"):
                 held_poller_lock().check()
         assert held_poller_lock().held()  # none taken here: the caller holds it elsewhere
+    finally:
+        engine.dispose()
+
+
+def test_a_try_for_a_lock_whose_holder_before_keeps_a_fenced_transaction_open_gives_up(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that only tries (a poller pass, a notify leader) took the lock of a holder
+    whose connection dropped while a fenced transaction of its stayed open (the process
+    paused). Instead: it waited for that transaction without end, holding the lock, so no
+    one led. It gives up after TRY_FENCE_SECONDS, the lock let go, and takes it once the
+    transaction ends."""
+    monkeypatch.setattr(locks, "TRY_FENCE_SECONDS", 1)
+    engine = make_engine(pg_url)
+    try:
+        with session_lock(engine, 0x7465, "paused", wait=True) as lock, engine.connect() as work:
+            transaction = work.begin()
+            lock.fence(work)  # held: passes; the transaction stays open (the holder paused)
+            terminate_lock_holder(engine, 0x7465, "paused")
+            started = time.monotonic()
+            with session_lock(engine, 0x7465, "paused", wait=False) as tried:
+                assert not tried and time.monotonic() - started < 5
+            started = time.monotonic()
+            with session_lock(engine, 0x7465, "paused", wait=False) as again:
+                # let go by the first try: this one took it and waited for the fence again
+                assert not again and time.monotonic() - started >= 0.9
+            transaction.commit()
+        with session_lock(engine, 0x7465, "paused", wait=False) as taken:
+            assert taken and taken.held()
     finally:
         engine.dispose()
