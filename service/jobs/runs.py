@@ -151,8 +151,12 @@ def execute_run(
         # whatever became of the run, and the run page listed none until a replay
         _record_failure(ctx.engine, run_id, exc, uploaded)
         raise
-    with stages.timing(Stage.DATABASE):
-        run = finish_run(ctx.engine, run_id, result.summary, uploaded, ctx.fence, finishing)
+    try:
+        with stages.timing(Stage.DATABASE):
+            run = finish_run(ctx.engine, run_id, result.summary, uploaded, ctx.fence, finishing)
+    except Exception as exc:  # its lock or lease lost at the last commit: failed, not running
+        _record_failure(ctx.engine, run_id, exc, uploaded)
+        raise
     _log_run_done(run, stages, audit)
     alert_for_run(ctx.engine, ctx.settings, run, uploaded)  # critical/warning/info per run
     return run
