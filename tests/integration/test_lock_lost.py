@@ -370,3 +370,26 @@ def test_a_try_for_a_lock_whose_holder_before_keeps_a_fenced_transaction_open_gi
             assert taken and taken.held()
     finally:
         engine.dispose()
+
+
+def test_queueing_a_rerun_does_not_wait_for_a_rerun_running(pg_url: str) -> None:
+    """Instead: the lock queueing a re-run takes (on what re-runs read) was the very lock a
+    re-run task holds while it runs, so a click on "Re-run" waited in the web request until
+    the running re-run ended."""
+    engine = make_engine(pg_url)
+    answered: dict[str, Any] = {}
+    try:
+        with session_lock(engine, RERUN_LOCK_KEY, wait=True) as running:
+            assert running
+            asking = threading.Thread(
+                target=lambda: answered.update(
+                    queue_rerun(engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
+                ),
+                daemon=True,
+            )
+            asking.start()
+            asking.join(10)
+            assert not asking.is_alive(), "queueing waited for the running re-run"
+        assert answered == {"queued": False, "rows": 0, "filters": {}}
+    finally:
+        engine.dispose()

@@ -237,8 +237,12 @@ def mark_rerun_in(connection: Connection, ids: Sequence[int], run_id: int) -> No
         )
 
 
-# The seed of the lock on what a quarantine re-run reads ("mfx_reru", `lock_rerun_inputs`).
-RERUN_INPUTS_LOCK = 0x6D66785F72657275
+# The seed of the lock on what a quarantine re-run reads ("mfx_rrin", `lock_rerun_inputs`).
+# Not the seed of the lock a re-run task holds while it runs (`quarantine_rerun.
+# RERUN_LOCK_KEY`, "mfx_reru"): it was, so a click on "Re-run" waited in the web request for
+# as long as a re-run ran (minutes for a large one). Retention's check for a re-run queued,
+# running or dead-lettered (`any_unfinished`) is what keeps a running re-run's rows.
+RERUN_INPUTS_LOCK = 0x6D66785F7272696E
 
 
 def lock_rerun_inputs(connection: Connection, *, shared: bool) -> None:
