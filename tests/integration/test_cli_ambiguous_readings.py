@@ -61,6 +61,28 @@ def test_a_thousands_comma_in_a_comma_file_is_still_corrected(tmp_path: Path) ->
     assert _by_identifier(audit)["us1"]["after"] == "1500"
 
 
+def test_a_lone_zero_before_a_comma_group_is_no_thousands_in_any_file(tmp_path: Path) -> None:
+    """`0,500` was corrected to 500 in a comma CSV and in JSON (a 1000x charge where it meant
+    0.5): no thousands group follows a lone 0. `12,345.50` and `1,500` are still thousands."""
+    values = {"z1": "0,500", "z2": "-0,250.5", "z3": "0,001,000", "t1": "12,345.50", "t2": "1,500"}
+    text = HEADER.replace(";", ",") + "\n"
+    lines = []
+    for identifier, value in values.items():
+        text += f'{identifier},1764000000,api_requests,cus_Q1a2B3c4,"{value}",'
+        text += "meter_event_invalid_value\n"
+        row = f'"identifier": "{identifier}", "timestamp": 1764000000, "event_name": "api_requests"'
+        row += f', "payload": {{"stripe_customer_id": "cus_Q1a2B3c4", "value": "{value}"}}'
+        lines.append("{" + row + ', "error": {"code": "meter_event_invalid_value"}}')
+    for name, body in (("z.csv", text), ("z.jsonl", "\n".join(lines) + "\n")):
+        summary, audit = _remediate(tmp_path, name, body)
+        assert (summary["corrected"], summary["quarantined"]) == (2, 3), name
+        corrected = _by_identifier(audit)
+        assert (corrected["t1"]["after"], corrected["t2"]["after"]) == ("12345.5", "1500"), name
+        held = {line["identifier"]: line for line in audit if line.get("kind") == "quarantine"}
+        assert sorted(held) == ["z1", "z2", "z3"], name
+        assert all("lone 0" in line["reason"] for line in held.values()), held
+
+
 def test_a_whole_number_in_a_json_number_spelling_is_read_alike_in_csv_and_json(
     tmp_path: Path,
 ) -> None:

@@ -32,12 +32,15 @@ from remediation.validation import check_number
 # Values are bounded (at most 100 characters) before they get here: exact arithmetic on them
 # needs more than the default 28 significant digits, never more than this.
 _EXACT = DecimalContext(prec=250)
-THOUSANDS = re.compile(r"[+-]?\d{1,3}([,_ ]\d{3})+(\.\d+)?")
+# A lone `0` before a group is no thousands (`0,500` is 0.5 where `,` is the decimal mark):
+# never read as 500, a 1000x charge (`_refuse_ambiguous_comma`).
+THOUSANDS = re.compile(r"[+-]?(?!0[,_ ])\d{1,3}([,_ ]\d{3})+(\.\d+)?")
+_ZERO_GROUP = re.compile(r"[+-]?0,\d{3}(,\d{3})*(\.\d+)?")
 # Characters `normalize_number` never reads as part of a number (Decimal refuses them; it strips
 # only blanks and quotes around the text)
 _NEVER_IN_A_NUMBER = "[$€£¥%#/:;!?@&*=<>()\\[\\]{}|~^]"
 # what the column lane rewrites: unsigned, commas, at most 18 integer digits
-_COLUMN_THOUSANDS = r"^[0-9]{1,3}(,[0-9]{3}){1,5}(\.[0-9]{1,12})?$"
+_COLUMN_THOUSANDS = r"^(?:[1-9][0-9]{0,2}|0[0-9]{1,2})(,[0-9]{3}){1,5}(\.[0-9]{1,12})?$"
 # One comma and three digits after it: thousands, or a decimal comma (`1,500` is 1.5 where `,`
 # is the decimal mark). Refused where it may be (`Rules.decimal_comma`), never guessed.
 _COMMA_OR_THOUSANDS = r"^[+-]?[0-9]{1,3},[0-9]{3}$"
@@ -126,7 +129,7 @@ def _digitless_lane(
 
 def _plain_thousands(raw: pa.Array) -> pa.Array:
     """`normalize_number` of plain thousands texts: commas out, trailing fraction zeros and
-    leading integer zeros dropped (`0,012.50` -> `12.5`); the regexes run on the few texts
+    leading integer zeros dropped (`012,345.50` -> `12345.5`); the regexes run on the few texts
     with a point or a leading zero alone."""
     text = pc.replace_substring(raw, ",", "")
     odd = np.flatnonzero(mask(pc.or_(pc.starts_with(text, "0"), pc.match_substring(text, "."))))
@@ -159,6 +162,11 @@ def fix_value_row(record: UsageRecord, ctx: Context) -> list[Change]:
 def _refuse_ambiguous_comma(raw: object, ctx: Context) -> None:
     """Uncorrectable for a `1,500` in a file whose `,` may be its decimal mark."""
     text = raw.strip().strip("\"'").strip() if isinstance(raw, str) else ""
+    if _ZERO_GROUP.fullmatch(text):
+        raise Uncorrectable(
+            f"value {shown(raw)}: no thousands group follows a lone 0, so ',' may be a "
+            "decimal mark: ambiguous, not corrected"
+        )
     if ctx.rules.decimal_comma and _AMBIGUOUS_COMMA.match(text):
         raise Uncorrectable(
             f"value {shown(raw)}: ',' may be this file's decimal mark (';'-delimited "
