@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +104,23 @@ def make_settings(tmp_path: Path) -> object:
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build
+
+
+@pytest.fixture
+def admin_settings(db_url: str, make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """Settings of a web on `db_url` whose admin token is the one given (the API's bearer
+    token, the dashboard's login), with test Stripe keys."""
+
+    def build(token: str, **overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "database_url": db_url,
+            "mfx_admin_token": token,
+            "stripe_api_key": "sk_test_x",
+            "stripe_webhook_secrets": "whsec_x",
+        }
+        return make_settings(**{**values, **overrides})
 
     return build
 

@@ -70,14 +70,9 @@ def _read_together(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
 
 @pytest.fixture
 def site(
-    db_url: str, make_settings: Callable[..., Settings], make_app: Callable[[Settings], Flask]
+    db_url: str, admin_settings: Callable[..., Settings], make_app: Callable[[Settings], Flask]
 ) -> Iterator[Site]:
-    settings = make_settings(
-        database_url=db_url,
-        mfx_admin_token=TOKEN,
-        stripe_api_key="sk_test_x",
-        stripe_webhook_secrets="whsec_x",
-    )
+    settings = admin_settings(TOKEN)
     engine = make_engine(db_url)
     alert_id = seed.alert(engine, "race")
     yield Site(make_app(settings), engine, alert_id)

@@ -42,14 +42,9 @@ class Site:
 
 @pytest.fixture
 def site(
-    db_url: str, make_settings: Callable[..., Settings], make_app: Callable[[Settings], Flask]
+    db_url: str, admin_settings: Callable[..., Settings], make_app: Callable[[Settings], Flask]
 ) -> Iterator[Site]:
-    settings = make_settings(
-        database_url=db_url,
-        mfx_admin_token=TOKEN,
-        stripe_api_key="sk_test_x",
-        stripe_webhook_secrets="whsec_x",
-    )
+    settings = admin_settings(TOKEN)
     engine = make_engine(db_url)
     run_id = seed.run(engine, "cli:path-ids")
     alert_id = seed.alert(engine, "path-ids")
