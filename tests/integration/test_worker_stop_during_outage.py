@@ -7,7 +7,6 @@ worker sends every row once. A real worker process, the sandbox over HTTP."""
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -27,9 +26,12 @@ from tests.integration.test_worker_stop_mid_import import (  # noqa: F401
     HEADER,
     STREAM,
     _env,
+    _finish_with_the_next_worker,
+    _kill,
     _object_status,
     _poller_beats,
     _start,
+    _stop,
     _wait_for,
     paced_url,
 )
@@ -70,17 +72,10 @@ def test_sigterm_while_batches_retry_through_an_outage_stops_at_once(
     try:
         # each of the 8 batches being sent at its fifth attempt: backoffs of 4-16 s
         _wait_for(lambda: _stream_requests(admin) >= 40, 40, "the batches to be backing off")
-        sent = time.monotonic()
-        worker.send_signal(signal.SIGTERM)
-        code = worker.wait(15)
-        took = time.monotonic() - sent
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(10)
-    log = first_log.read_text()
-    assert "worker.process_killed" not in log, log[-2000:]
-    assert code == 0, log[-2000:]
+    except BaseException:
+        _kill(worker)
+        raise
+    log, took = _stop(worker, first_log)
     assert took < 4, f"the worker took {took:.1f} s to stop mid-outage"
     assert "poller.import_stopped" in log, log[-2000:]
     assert _object_status(db_url) == "seen"  # stopped part-way: neither failed nor imported
@@ -88,12 +83,7 @@ def test_sigterm_while_batches_retry_through_an_outage_stops_at_once(
     assert admin.meter_events() == []
 
     admin.clear_faults()
-    second = _start(env, tmp_path, tmp_path / "second.log")
-    try:
-        _wait_for(lambda: _object_status(db_url) == "imported", 90, "the import to finish")
-    finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(15)
+    _finish_with_the_next_worker(db_url, env, tmp_path)
     accepted = [e["identifier"] for e in admin.meter_events()]
     assert len(accepted) == ROWS and set(accepted) == ids  # every row, each once
 

@@ -117,6 +117,38 @@ def _start(env: dict[str, str], tmp_path: Path, log: Path) -> subprocess.Popen[b
         )
 
 
+def _kill(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.kill()
+        worker.wait(10)
+
+
+def _stop(worker: subprocess.Popen[bytes], log_path: Path) -> tuple[str, float]:
+    """SIGTERM the worker: its log and how long it took to exit, which it did on its own
+    (exit code 0, never killed by its supervisor)."""
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    try:
+        code = worker.wait(15)
+    finally:
+        _kill(worker)
+    took = time.monotonic() - sent
+    log = log_path.read_text()
+    assert "worker.process_killed" not in log, log[-2000:]
+    assert code == 0, log[-2000:]
+    return log, took
+
+
+def _finish_with_the_next_worker(db_url: str, env: dict[str, str], tmp_path: Path) -> None:
+    """A next worker imports what is left of the file, then stops."""
+    second = _start(env, tmp_path, tmp_path / "second.log")
+    try:
+        _wait_for(lambda: _object_status(db_url) == "imported", 90, "the import to finish")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(15)
+
+
 def test_sigterm_mid_import_stops_at_once_and_the_next_worker_sends_every_row_once(
     db_url: str, sandbox_server: SandboxServer, paced_url: str, tmp_path: Path
 ) -> None:
@@ -133,29 +165,17 @@ def test_sigterm_mid_import_stops_at_once_and_the_next_worker_sends_every_row_on
     worker = _start(env, tmp_path, first_log)
     try:
         _wait_for(lambda: _acked_batches(db_url) >= 20, 20, "the import to be under way")
-        sent = time.monotonic()
-        worker.send_signal(signal.SIGTERM)
-        code = worker.wait(15)
-        took = time.monotonic() - sent
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(10)
-    log = first_log.read_text()
-    assert "worker.process_killed" not in log, log[-2000:]
-    assert code == 0, log[-2000:]
+    except BaseException:
+        _kill(worker)
+        raise
+    _, took = _stop(worker, first_log)
     assert took < 4, f"the worker took {took:.1f} s to stop mid-import"
     assert _object_status(db_url) == "seen"  # stopped part-way: neither failed nor imported
     assert [beat.get("doing") for beat in _poller_beats(db_url)] == ["stopped"]
     acked = _acked_batches(db_url)
     assert 20 <= acked < ROWS // 100, acked
 
-    second = _start(env, tmp_path, tmp_path / "second.log")
-    try:
-        _wait_for(lambda: _object_status(db_url) == "imported", 90, "the import to finish")
-    finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(15)
+    _finish_with_the_next_worker(db_url, env, tmp_path)
     accepted = [e["identifier"] for e in sandbox_server.admin.meter_events()]
     assert len(accepted) == ROWS and set(accepted) == ids  # every row, each once
     assert sandbox_server.admin.duplicates() == []  # nothing in flight was sent again
