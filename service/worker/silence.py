@@ -31,6 +31,12 @@ ALERTS = table_of(Alert)
 CHECK_EVERY_SECONDS = 30
 PURGE_EVERY_CHECKS = 120  # once an hour: heartbeats of instances gone past MFX_RETENTION_DAYS
 PURGE_BATCH = 1000
+# What to check is running when a role falls silent (the poller runs inside `meterfix worker`
+# with MFX_POLLER=on, as `make run` has it, or as `meterfix poll`)
+_RUNS = {
+    "worker": "`meterfix worker`",
+    "poller": "`meterfix worker` (with MFX_POLLER=on) or `meterfix poll`",
+}
 
 
 def start_silence_watch(
@@ -94,6 +100,6 @@ def _raise(engine: Engine, role: str, last: datetime | None, silence: int) -> No
         kind="heartbeat.silent",
         subject=f"no {role} heartbeat for more than {silence} s",
         message=f"the newest {role} heartbeat was at {last:%Y-%m-%d %H:%M:%S} UTC; "
-        f"check that `meterfix {'worker' if role == 'worker' else 'poll'}` is running",
+        f"check that {_RUNS.get(role, f'`meterfix {role}`')} is running",
         detail={"role": role, "last_beat_at": last.isoformat() if last else None},
     )

@@ -78,6 +78,13 @@ def test_heartbeat_silence_raises_once_and_resolves(engine: Engine, make_setting
         ("heartbeat.silent:worker", "resolved"),
         ("heartbeat.silent:poller", "open"),
     ]
+    # the poller runs inside `meterfix worker` with MFX_POLLER=on (`make run`): the message
+    # said only "check that `meterfix poll` is running"
+    worker, poller = (a.message for a in _alerts(engine))
+    assert worker.endswith("check that `meterfix worker` is running"), worker
+    assert poller.endswith(
+        "check that `meterfix worker` (with MFX_POLLER=on) or `meterfix poll` is running"
+    ), poller
 
 
 def test_the_worker_watches_for_silence_until_stopped(

@@ -270,3 +270,23 @@ def test_embedded_defaults_generate_keep_and_reuse_a_token(
     assert client.get("/api/alerts", headers={"Authorization": "Bearer x"}).status_code == 401
     configured = make_settings(mfx_work_dir=str(work), mfx_admin_token="mine-0123456789abcdef")
     assert admin_token(configured) == "mine-0123456789abcdef" and login_banner(configured) is None
+
+
+def test_quarantine_rows_show_their_row_in_the_input_and_times_their_zone(
+    dashboard: Dashboard,
+) -> None:
+    """Instead: the "Row" column showed the entry's id (row 6 of the demo file read "Row 1"),
+    and no time on any page said its zone (UTC: a digest in DIGEST_TZ read an hour apart)."""
+    first = seed.run(dashboard.engine, "import_set:a:f")
+    seed.quarantined(dashboard.engine, first, [{"identifier": f"a-{i}", "code": "no_meter"}
+                                               for i in range(3)])  # fmt: skip
+    second = seed.run(dashboard.engine, "import_set:b:f")
+    [entry] = seed.quarantined(
+        dashboard.engine, second, [{"identifier": "b-1", "code": "no_meter"}]
+    )
+    assert entry == 4
+    dashboard.login()
+    html = dashboard.page(f"/quarantine?run={second}")
+    assert re.search(r'data-testid="q-row" title="entry 4">1</td>', html), html
+    assert re.search(r"<time datetime=\"[^\"]+\">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>", html)
+    assert " UTC</time>" in dashboard.page(f"/runs/{second}")
