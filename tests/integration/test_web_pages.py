@@ -290,3 +290,26 @@ def test_quarantine_rows_show_their_row_in_the_input_and_times_their_zone(
     assert re.search(r'data-testid="q-row" title="entry 4">1</td>', html), html
     assert re.search(r"<time datetime=\"[^\"]+\">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>", html)
     assert " UTC</time>" in dashboard.page(f"/runs/{second}")
+
+
+def test_alerts_link_what_they_name(dashboard: Dashboard) -> None:
+    """README: a run's quarantine file is "linked from the run's page and its alert", and an
+    alert carries "links (run, import set, corrected objects, quarantine file, event)".
+    Instead: the alerts page showed neither the quarantine file nor the corrected objects,
+    and every event link went to /events#event, an anchor no row has (the top of the list)."""
+    run_id = seed.run(dashboard.engine, "import_set:q:f")
+    links = {
+        "run": run_id,
+        "quarantine": "quarantine/impset_q/day.quarantine.r1.csv",
+        "objects": ["corrected/impset_q/day.corrected.r1.csv"],
+    }
+    seed.alert(dashboard.engine, "run", kind="remediation.run", links=links)
+    seed.alert(dashboard.engine, "dead", kind="inbox.dead_letter", links={"event": "evt_dead"})
+    seed.alert(dashboard.engine, "report", kind="report.unmatched", links={"event": "evt_rep"})
+    dashboard.login()
+    html = dashboard.page("/alerts")
+    assert 'data-testid="alert-quarantine">quarantine/impset_q/day.quarantine.r1.csv<' in html
+    assert 'data-testid="alert-object">corrected/impset_q/day.corrected.r1.csv<' in html
+    assert '<a data-testid="alert-event" href="/events?status=dead">event evt_dead</a>' in html
+    assert '<span data-testid="alert-event">event <span class="key">evt_rep</span>' in html
+    assert "#event" not in html
