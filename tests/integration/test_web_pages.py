@@ -313,3 +313,17 @@ def test_alerts_link_what_they_name(dashboard: Dashboard) -> None:
     assert '<a data-testid="alert-event" href="/events?status=dead">event evt_dead</a>' in html
     assert '<span data-testid="alert-event">event <span class="key">evt_rep</span>' in html
     assert "#event" not in html
+
+
+def test_the_overview_says_how_many_open_alerts_it_does_not_list(dashboard: Dashboard) -> None:
+    """Instead: the overview listed the ten latest open alerts beside a card counting 12, with
+    no word of the two others."""
+    for n in range(12):
+        seed.alert(dashboard.engine, f"open-{n}", severity="warning")
+    seed.alert(dashboard.engine, "done", status="resolved")
+    dashboard.login()
+    html = dashboard.page("/")
+    assert html.count('data-testid="overview-alert-row"') == 10
+    assert re.search(
+        r'data-testid="overview-alerts-more"><a href="[^"]+">and 2 more open</a>', html
+    )
