@@ -1,17 +1,25 @@
 """Lineage of an input's identifiers: which of them a run of ours wrote, traced back through the
 correction audit (a lookup the service answers from the database), and which originals of the
-input a derived identifier must not equal (found by a scan of the input's bytes first).
+input a derived identifier must not equal (found by a scan of the input's bytes first, and,
+for an input that holds some rows of its source only, asked of the source's other rows).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
-from remediation.identifiers import Ancestor, Identifiers, Lineage, plain_suffix
+from remediation.identifiers import (
+    MAX_IDENTIFIER,
+    Ancestor,
+    Identifiers,
+    Lineage,
+    hashed_identifier,
+    plain_suffix,
+)
 
 SCAN_BLOCK = 1 << 20
 MAX_DEPTH = 64  # generations traced back at most (each one is a re-send that failed again)
@@ -60,6 +68,9 @@ class Parent:
 
 # identifiers -> the parents the correction audit knows of (the service asks the database)
 ParentLookup = Callable[[list[str]], Mapping[str, Parent]]
+# identifiers -> those of them rows of the input's source hold (the service asks the database)
+HeldLookup = Callable[[list[str]], Collection[str]]
+HELD_BATCH = 10_000  # rows of the input whose derived identifiers are asked of at once
 
 
 def run_generation(generation: int, ancestors: Mapping[str, Ancestor]) -> int:
@@ -228,6 +239,33 @@ def reserved_originals(
     )
 
 
+def held_elsewhere(
+    rows: Iterable[tuple[str | None, int]],
+    ids: Identifiers,
+    held: HeldLookup,
+    reserved: frozenset[str] = frozenset(),
+) -> frozenset[str]:
+    """The identifiers of the input's source a derived identifier of this run could equal
+    (`held`: those of the ones asked that its rows hold): each row's plain form, and the
+    hashed form of a row that goes out hashed (its plain form too long, held, or `reserved`).
+    An input holding some rows of its source only (a failed-records file) is not the whole
+    "same input" of the identifier rule: `q`'s `q-mfx1` was the identifier of the source's
+    own row `q-mfx1`, sent, and the corrected row, left out as sent before, was never billed."""
+    found: set[str] = set()
+    pending = iter(rows)
+    while chunk := list(islice(pending, HELD_BATCH)):
+        plain = {ids.original(identifier, row) + ids.suffix for identifier, row in chunk}
+        found.update(held(sorted(p for p in plain if len(p) <= MAX_IDENTIFIER)))
+        hashed = {
+            hashed_identifier(p[: -len(ids.suffix)], ids.generation)
+            for p in plain
+            if len(p) > MAX_IDENTIFIER or p in found or p in reserved
+        }
+        if hashed:
+            found.update(held(sorted(hashed)))
+    return frozenset(found)
+
+
 def input_lineage(
     path: Path,
     rows: Callable[[], Iterable[tuple[str | None, int]]],
@@ -235,12 +273,19 @@ def input_lineage(
     generation: int,
     ancestors: Mapping[str, Ancestor] | None = None,
     escapes: bool = True,
+    elsewhere: HeldLookup | None = None,
 ) -> Lineage:
     """The lineage of the input at `path`; `rows` reads its (identifier, row number) pairs,
     only when the bytes could hold an original ending in this generation's suffix (`escapes`:
-    spelt with JSON escapes too; a CSV file has none)."""
+    spelt with JSON escapes too; a CSV file has none), or when `elsewhere` asks which derived
+    identifiers of its rows other rows of its source hold (`held_elsewhere`)."""
     lineage = Lineage(ancestors or {})
-    if not may_hold(path, plain_suffix(generation).encode(), escapes):
-        return lineage
     ids = Identifiers(source, generation, lineage, keep=False)
-    return Lineage(lineage.ancestors, reserved_originals(rows(), ids))
+    reserved: frozenset[str] = frozenset()
+    if may_hold(path, plain_suffix(generation).encode(), escapes):
+        reserved = reserved_originals(rows(), ids)
+    if elsewhere is not None:
+        reserved |= held_elsewhere(rows(), ids, elsewhere, reserved)
+    if not reserved:
+        return lineage
+    return Lineage(lineage.ancestors, reserved)

@@ -6,6 +6,7 @@ looked up first), read with the whole-file repairs applied, without the rows it 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,19 +14,27 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from remediation.filetypes import FileFormat
-from remediation.lineage import ObjectLineage
-from remediation.ports import LeavesOut
+from remediation.lineage import HeldLookup, ObjectLineage, may_hold
+from remediation.ports import Bucket, LeavesOut
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
+from remediation.rules import Rules
 from service.errors import TaskInputMissing
 from service.jobs.input_lineage import run_lineage
-from service.jobs.inputs import JobDeps, event_time, identifiers_in
+from service.jobs.inputs import JobDeps, candidate_keys, event_time, identifiers_in, local_name
 from service.jobs.object_runs import LeftOut
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.lineage import refused_among
+from service.jobs.store.reports import import_set
 from service.models import ImportSet, RunTrigger
-from service.poller.store import lookup_batches, row_numbers, sent_moments, taken_since
+from service.poller.store import (
+    lookup_batches,
+    recordable,
+    row_numbers,
+    sent_moments,
+    taken_since,
+)
 
 
 def rejected_rows(
@@ -45,7 +54,10 @@ def rejected_rows(
     or to quarantine), with its lineage looked up (timed as the lineage stage). `origin`:
     what the source object's metadata says (`source_lineage`); the run's generation is the
     object's + 1 (or `generation`, a crashed try's), raised above any that lineage says wrote
-    one of the file's identifiers (`run_lineage`)."""
+    one of the file's identifiers (`run_lineage`). A failed-records file holds only the rows
+    of its object that were refused: a derived identifier must not equal the identifier of
+    one of the object's other rows either (`_source_rows`)."""
+    elsewhere = _source_rows(deps, trigger, source, tag)
     with stages.timing(Stage.LINEAGE):
         generation, lineage, traced_from = run_lineage(
             deps.run.engine,
@@ -54,6 +66,7 @@ def rejected_rows(
             source,
             generation or origin.generation + 1,
             origin.derived,
+            elsewhere,
         )
     return RunRequest(
         run_key=run_key,
@@ -68,6 +81,62 @@ def rejected_rows(
         rejected=True,
         stages=stages,
     )
+
+
+def _source_rows(deps: JobDeps, trigger: RunTrigger, source: str, tag: str) -> HeldLookup | None:
+    """Where the identifiers of the other rows of a failed-records file's object are found:
+    the poller's (its object `source`) in what it recorded, and Stripe's (of the import set
+    `tag`) in the object the import set names (`ObjectIdentifiers`). None: the input is
+    the whole object (a file that failed whole)."""
+    if trigger is RunTrigger.POLLER:
+        return recorded_of(deps.run.engine, source)
+    if trigger is RunTrigger.IMPORT_SET_SUCCEEDED:
+        named = import_set(deps.run.engine, tag)
+        key = named.source_object if named is not None else None
+        return ObjectIdentifiers(deps.run.bucket, key, deps.run.rules) if key else None
+    return None
+
+
+class ObjectIdentifiers:
+    """Which of some derived identifiers (each ending in the run's `-mfx<generation>`) the
+    object `key` holds: read from the bucket once, when first asked, and only when its bytes
+    hold that suffix (`may_hold`: an object without it costs a download and a scan). The
+    object as it is now: a version uploaded since the one Stripe took goes out whole by its
+    connector too (`TakenAgain`)."""
+
+    def __init__(self, bucket: Bucket, key: str, rules: Rules) -> None:
+        self.bucket, self.key, self.rules = bucket, key, rules
+        self.held: set[str] | None = None
+
+    def __call__(self, identifiers: list[str]) -> set[str]:
+        if not identifiers:
+            return set()
+        if self.held is None:
+            first = identifiers[0]
+            self.held = self._read(first[first.rindex("-mfx") :])
+        return self.held.intersection(identifiers)
+
+    def _read(self, suffix: str) -> set[str]:
+        key = next((k for k in candidate_keys(self.bucket, self.key) if self.bucket.head(k)), None)
+        if key is None:
+            return set()  # gone: nothing of it is held against the run
+        with tempfile.TemporaryDirectory(prefix="meterfix-src-") as tmp:
+            path = Path(tmp) / local_name(key)
+            self.bucket.download(key, path)
+            if not may_hold(path, suffix.encode()):
+                return set()
+            return {i for i in identifiers_in(path, self.rules) if i.endswith(suffix)}
+
+
+def recorded_of(engine: Engine, key: str) -> Callable[[list[str]], set[str]]:
+    """Which of some identifiers the poller recorded a row of the object `key` with (any
+    version of it: each row's identifier is recorded, sent or refused)."""
+
+    def held(identifiers: list[str]) -> set[str]:
+        asked = {identifier for identifier in identifiers if recordable(identifier)}
+        return set(row_numbers(engine, key, asked)) if asked else set()
+
+    return held
 
 
 RecordsTransform = Callable[[Iterator[UsageRecord]], Iterator[UsageRecord]]

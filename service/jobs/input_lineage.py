@@ -18,6 +18,7 @@ from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage, row_identifier
 from remediation.lineage import (
+    HeldLookup,
     ObjectLineage,
     Parent,
     input_lineage,
@@ -61,7 +62,13 @@ class RunLineage(NamedTuple):
 
 
 def run_lineage(
-    engine: Engine, path: Path, rules: Rules, source: str, generation: int, derived: bool = True
+    engine: Engine,
+    path: Path,
+    rules: Rules,
+    source: str,
+    generation: int,
+    derived: bool = True,
+    elsewhere: HeldLookup | None = None,
 ) -> RunLineage:
     """The lineage of the input at `path`, rows of `source` (`generation`: the source
     object's generation + 1, `source_lineage`): the identifiers of ours in it (from the
@@ -69,7 +76,8 @@ def run_lineage(
     every generation that wrote one of them: `run_generation`), and the originals a derived
     identifier of that generation must not equal. `derived`: whether the object's rows carry
     identifiers its run derived (`ObjectLineage.derived`; without, only the audit traces
-    one back)."""
+    one back). `elsewhere`: which identifiers the other rows of `source` hold, for an input
+    holding some of its rows only (`input_lineage`)."""
 
     try:
         plan = plan_input(path, rules)
@@ -85,7 +93,7 @@ def run_lineage(
     generation = run_generation(generation, ancestors)
     escapes = plan.fmt is not FileFormat.CSV
     rows = partial(_input_rows, path, plan, rules)
-    lineage = input_lineage(path, rows, source, generation, ancestors, escapes)
+    lineage = input_lineage(path, rows, source, generation, ancestors, escapes, elsewhere)
     return RunLineage(generation, lineage, traced_from)
 
 
