@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, render_template, request
 from flask.json.provider import DefaultJSONProvider
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import IntegerConverter
 
 from remediation import jsonnumbers
@@ -19,7 +19,7 @@ from service.config import Settings
 from service.errors import SchemaNotCurrent
 from service.logs import log_event
 from service.notify.shown import shown_as_text
-from service.web.access import configure_sessions
+from service.web.access import configure_sessions, current_token
 from service.web.context import upgrade_due
 from service.web.headers import add_security_headers
 
@@ -70,10 +70,17 @@ def _under_api() -> bool:
     return request.path == "/api" or request.path.startswith("/api/")
 
 
-def _http_error(exc: HTTPException) -> HTTPException | tuple[Response, int]:
-    if not _under_api():
-        return exc
-    return jsonify(error=exc.description or exc.name), exc.code or 500
+def _http_error(exc: HTTPException) -> HTTPException | tuple[Response, int] | tuple[str, int]:
+    if _under_api():
+        return jsonify(error=exc.description or exc.name), exc.code or 500
+    if isinstance(exc, NotFound) and current_token() and not _under_webhooks():
+        # a path no page has (`/runs/abc`): the dashboard's own page, as `/runs/999` gets
+        return render_template("error.html", status=404, reason=f"no page at {request.path}"), 404
+    return exc
+
+
+def _under_webhooks() -> bool:
+    return request.path == "/webhooks" or request.path.startswith("/webhooks/")
 
 
 def _database_error(exc: SQLAlchemyError) -> tuple[Response, int] | tuple[str, int]:

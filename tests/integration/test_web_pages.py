@@ -327,3 +327,12 @@ def test_the_overview_says_how_many_open_alerts_it_does_not_list(dashboard: Dash
     assert re.search(
         r'data-testid="overview-alerts-more"><a href="[^"]+">and 2 more open</a>', html
     )
+
+
+def test_a_path_no_page_has_gets_the_dashboards_own_404(dashboard: Dashboard) -> None:
+    """Instead: `/runs/abc` (and any path no page has) answered Flask's bare 404 page, where
+    `/runs/999` gets the dashboard's, saying what is missing."""
+    dashboard.login()
+    html = dashboard.page("/runs/abc", status=404)
+    assert 'data-testid="error-reason">no page at /runs/abc<' in html
+    assert "no run with id 999" in dashboard.page("/runs/999", status=404)
