@@ -99,6 +99,9 @@ class Rules:
     # CSV, the European convention), so a `1,500` is refused, never read as thousands
     # (`engine.remediate` sets it; `core.rules.values`).
     decimal_comma: bool = False
+    # A fact of the input too: its error codes are our own validation's (the bundled poller's
+    # failed-records file), not Stripe's: a reason never says "Stripe found it" of them.
+    codes_ours: bool = False
 
     def enabled(self, rule: str) -> bool:
         return rule not in self.policy.disabled_rules

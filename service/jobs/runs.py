@@ -198,7 +198,8 @@ def _remediate_request(
         source=request.source,
         fmt=request.fmt,
         meters=ctx.meters,
-        rules=ctx.rules,
+        # the poller's failed-records file holds its own validation's codes, not Stripe's
+        rules=replace(ctx.rules, codes_ours=request.trigger is RunTrigger.POLLER),
         now=request.now,
         out_dir=out_dir,
         generation=request.generation,

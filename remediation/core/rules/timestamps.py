@@ -330,6 +330,7 @@ def refuse_past(batch: Batch, ctx: Context) -> Fix:
     # Stripe's finding, or our validation's (a usage file's row, or one Stripe refused for
     # another reason): "Stripe found it more than 35 days old" was said of both
     said = reported_codes(batch)[1] == CODE_IDS[ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST]
+    said &= not ctx.rules.codes_ours  # the poller's validation found it so, not Stripe
     fix = one_by_one(batch, ctx, refuse_past_row, np.flatnonzero(~short))
     at = np.flatnonzero(short)
     if len(at):
@@ -348,15 +349,19 @@ def refuse_past_row(record: UsageRecord, ctx: Context) -> list[Change]:
     raw = record.timestamp
     ts = parse_timestamp(raw)
     ts = spelt_seconds(raw) if ts is None else ts
+    by_stripe = _stripe_said(record) and not ctx.rules.codes_ours
     if ts is not None:
-        raise Uncorrectable(_too_old(ts, _stripe_said(record), ctx.now))
+        raise Uncorrectable(_too_old(ts, by_stripe, ctx.now))
     seconds = _iso_seconds(raw)
     if seconds is None:
         raise Uncorrectable(f"timestamp {shown(raw)}: {NEVER_MOVED}")
-    raise Uncorrectable(  # it said nothing of the date an ISO-8601 text was read as
-        f"timestamp {shown(raw)} read as ISO-8601 is {utc_text(seconds)}: Stripe found it "
-        f"more than 35 days old; {NEVER_MOVED}"
-    )
+    read = f"timestamp {shown(raw)} read as ISO-8601 is {utc_text(seconds)}"
+    if not by_stripe and seconds < ctx.now - MAX_PAST_SECONDS:
+        cutoff = utc_text(ctx.now - MAX_PAST_SECONDS)
+        raise Uncorrectable(
+            f"{read}, before {cutoff}, more than 35 days before the reference time; {NEVER_MOVED}"
+        )
+    raise Uncorrectable(f"{read}: Stripe found it more than 35 days old; {NEVER_MOVED}")
 
 
 def _stripe_said(record: UsageRecord) -> bool:
