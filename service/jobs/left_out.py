@@ -92,4 +92,6 @@ def rows_sent_since(count: int, run_key: str, key: str | None, when: str) -> str
     log_event(
         "remediation.rows_sent_since", level=logging.WARNING, run_key=run_key, rows=count, key=key
     )
-    return f"; {count} left out: sent {when} from another version of the file"
+    # a row of the same identifier in this very file counts too (a duplicate the poller
+    # sent once): "from another version" was said of those as well
+    return f"; {count} left out: sent {when} from the file (this version or another)"

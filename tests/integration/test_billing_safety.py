@@ -487,7 +487,7 @@ def test_a_refused_row_sent_fixed_before_its_remediation_ran_is_not_corrected(lo
     assert (task.status, task.outcome) == (
         "done",
         f"remediated (poller:{task.event_id.split('poller_rows_')[1]}); 1 left out: sent "
-        "since from another version of the file",
+        "since from the file (this version or another)",
     )
 
 
@@ -532,7 +532,7 @@ def test_a_row_stripe_refused_and_meterfix_quarantined_is_sent_when_fixed_by_han
     assert [(q.identifier, q.taken_again is not None) for q in held] == [("g", True)]
     outcome = str(task.outcome)
     assert "; 1 quarantined before refused again (marked taken again)" in outcome, outcome
-    assert outcome.endswith("; 1 left out: sent before from another version of the file")
+    assert outcome.endswith("; 1 left out: sent before from the file (this version or another)")
 
 
 def test_a_refused_row_fixed_by_hand_in_a_file_of_another_name_is_sent_once(loop: Loop) -> None:
@@ -1202,7 +1202,9 @@ def test_a_file_rewritten_so_stripe_would_fail_it_whole_sends_only_its_new_rows(
                 InboxEvent.event_type == "meterfix.remediate.import_set_failed"
             )
         ).all()
-    assert str(task.outcome).endswith("; 1 left out: sent before from another version of the file")
+    assert str(task.outcome).endswith(
+        "; 1 left out: sent before from the file (this version or another)"
+    )
 
 
 def test_a_file_rewritten_so_the_poller_fails_it_whole_leaves_rows_corrected_before(
@@ -1239,7 +1241,7 @@ def test_a_file_rewritten_so_the_poller_fails_it_whole_leaves_rows_corrected_bef
     outcome = str(task.outcome)
     assert "; 1 quarantined before refused again (marked taken again)" in outcome, outcome
     assert "; 1 left out: another run over usage/day.csv corrected or quarantined them" in outcome
-    assert outcome.endswith("; 1 left out: sent before from another version of the file")
+    assert outcome.endswith("; 1 left out: sent before from the file (this version or another)")
 
 
 def test_a_quarantine_file_of_ours_put_back_keeps_its_rows_identifiers_apart(
