@@ -77,6 +77,13 @@ def terminate_lock_holder(engine: Engine, seed: int, name: str = "") -> int:
     raise AssertionError(f"backend {pid} still alive")
 
 
+def put_unknown_customers(loop: Loop) -> None:
+    """usage/day.csv: four rows (c1-c4) of a customer Stripe does not know (`nobody`)."""
+    now = int(time.time())
+    rows = [[f"c{i}", now - 60, "api_requests", "nobody", str(i)] for i in range(1, 5)]
+    _put(loop, "day.csv", usage_csv(rows))
+
+
 def pause_first_run(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
     """The next run pauses once remediated, before its uploads: (set when it pauses, set to
     let it go on); the runs after it do not."""
@@ -116,12 +123,7 @@ def test_a_run_whose_object_lock_dropped_uploads_and_commits_nothing_and_its_ret
     correction."""
     add_rules(loop, '"nobody" = "cus_bob"\n')
     worked, go_on = pause_first_run(monkeypatch)
-    now = int(time.time())
-    _put(
-        loop,
-        "day.csv",
-        usage_csv([[f"c{i}", now - 60, "api_requests", "nobody", str(i)] for i in range(1, 5)]),
-    )
+    put_unknown_customers(loop)
     with bundled_poller(loop) as deps:
         run_poll_pass(deps)
         sandbox = loop.sandbox_app.extensions["sandbox"]
@@ -171,9 +173,7 @@ def test_a_rerun_whose_lock_dropped_uploads_and_commits_nothing_and_its_retry_on
     marked them taken) and corrected them. The first then went on: two corrected files of the
     same `<id>-mfx1` rows, each correction audited twice. Now the first stops before its
     uploads, and its retry finds the rows taken: one corrected file, one audit row each."""
-    now = int(time.time())
-    rows = [[f"c{i}", now - 60, "api_requests", "nobody", str(i)] for i in range(1, 5)]
-    _put(loop, "day.csv", usage_csv(rows))
+    put_unknown_customers(loop)
     with bundled_poller(loop) as deps:
         run_poll_pass(deps)
         loop.sandbox_app.extensions["sandbox"].flush_reports()

@@ -33,8 +33,9 @@ from service.worker.liveness import lease_as_lock
 from service.worker.loop import InboxWorker
 from service.worker.supervisor import SUPERVISOR_ENV
 from service.worker.tasks import TaskKind, enqueue_task
-from tests.integration.test_billing_safety import add_rules, bundled_poller, usage_csv
-from tests.integration.test_e2e import Loop, _put, running_loop
+from tests.integration.test_billing_safety import add_rules, bundled_poller
+from tests.integration.test_e2e import Loop, running_loop
+from tests.integration.test_lock_lost import put_unknown_customers
 
 MFX = str(Path(sys.executable).parent / "meterfix")
 LEASE = 2  # seconds: the paused worker loses it quickly
@@ -97,12 +98,7 @@ def test_a_worker_paused_past_its_lease_gives_the_item_up_and_writes_nothing(
     A is paused past its lease; worker B takes the re-run over and waits for its turn too;
     the lock is let go (A, first in line, gets it) and A resumed. A gives the item up (no
     corrected file, no run, no outcome of its own); B re-runs the four rows."""
-    now = int(time.time())
-    _put(
-        loop,
-        "day.csv",
-        usage_csv([[f"c{i}", now - 60, "api_requests", "nobody", str(i)] for i in range(1, 5)]),
-    )
+    put_unknown_customers(loop)
     with bundled_poller(loop) as deps:
         run_poll_pass(deps)
     loop.sandbox_app.extensions["sandbox"].flush_reports()
