@@ -336,3 +336,20 @@ def test_a_path_no_page_has_gets_the_dashboards_own_404(dashboard: Dashboard) ->
     html = dashboard.page("/runs/abc", status=404)
     assert 'data-testid="error-reason">no page at /runs/abc<' in html
     assert "no run with id 999" in dashboard.page("/runs/999", status=404)
+
+
+def test_the_alerts_page_says_it_shows_one_severity_and_its_tabs_keep_it(
+    dashboard: Dashboard,
+) -> None:
+    """The digest links warnings to /alerts?severity=warning. Instead: the page filtered
+    without saying so, and its status tabs dropped the severity."""
+    seed.alert(dashboard.engine, "warn", severity="warning")
+    seed.alert(dashboard.engine, "crit", severity="critical")
+    dashboard.login()
+    html = dashboard.page("/alerts?severity=warning")
+    assert "subject warn" in html and "subject crit" not in html
+    assert 'data-testid="alerts-severity">Only warning alerts.' in html
+    assert (
+        'href="/alerts?status=open&amp;severity=warning" class="" data-testid="status-open"' in html
+    )
+    assert 'data-testid="alerts-severity"' not in dashboard.page("/alerts")
