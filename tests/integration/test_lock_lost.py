@@ -84,6 +84,19 @@ def put_unknown_customers(loop: Loop) -> None:
     _put(loop, "day.csv", usage_csv(rows))
 
 
+def quarantine_unknown_customers(loop: Loop) -> None:
+    """The four rows of `put_unknown_customers` sent, refused by Stripe and quarantined; then
+    their customer mapped (`cus_bob`), so that a re-run corrects them."""
+    put_unknown_customers(loop)
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)
+    loop.sandbox_app.extensions["sandbox"].flush_reports()
+    loop.drain()
+    with loop.session() as session:
+        assert len(session.exec(select(QuarantinedRow)).all()) == 4
+    add_rules(loop, '"nobody" = "cus_bob"\n')
+
+
 def pause_first_run(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
     """The next run pauses once remediated, before its uploads: (set when it pauses, set to
     let it go on); the runs after it do not."""
@@ -173,14 +186,8 @@ def test_a_rerun_whose_lock_dropped_uploads_and_commits_nothing_and_its_retry_on
     marked them taken) and corrected them. The first then went on: two corrected files of the
     same `<id>-mfx1` rows, each correction audited twice. Now the first stops before its
     uploads, and its retry finds the rows taken: one corrected file, one audit row each."""
-    put_unknown_customers(loop)
+    quarantine_unknown_customers(loop)
     with bundled_poller(loop) as deps:
-        run_poll_pass(deps)
-        loop.sandbox_app.extensions["sandbox"].flush_reports()
-        loop.drain()
-        with loop.session() as session:
-            assert len(session.exec(select(QuarantinedRow)).all()) == 4
-        add_rules(loop, '"nobody" = "cus_bob"\n')
         worked, go_on = pause_first_run(monkeypatch)
         queue_rerun(loop.engine, QuarantineFilter(), Actor("api", "127.0.0.1"))
         reports: dict[str, Any] = {}

@@ -26,16 +26,14 @@ from service.errors import LeaseLost
 from service.jobs.quarantine_rerun import RERUN_LOCK_KEY
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
-from service.poller.passes import run_poll_pass
 from service.web.actions import Actor, queue_rerun
 from service.worker.inbox import TAKEN_OVER
 from service.worker.liveness import lease_as_lock
 from service.worker.loop import InboxWorker
 from service.worker.supervisor import SUPERVISOR_ENV
 from service.worker.tasks import TaskKind, enqueue_task
-from tests.integration.test_billing_safety import add_rules, bundled_poller
 from tests.integration.test_e2e import Loop, running_loop
-from tests.integration.test_lock_lost import put_unknown_customers
+from tests.integration.test_lock_lost import quarantine_unknown_customers
 
 MFX = str(Path(sys.executable).parent / "meterfix")
 LEASE = 2  # seconds: the paused worker loses it quickly
@@ -98,14 +96,7 @@ def test_a_worker_paused_past_its_lease_gives_the_item_up_and_writes_nothing(
     A is paused past its lease; worker B takes the re-run over and waits for its turn too;
     the lock is let go (A, first in line, gets it) and A resumed. A gives the item up (no
     corrected file, no run, no outcome of its own); B re-runs the four rows."""
-    put_unknown_customers(loop)
-    with bundled_poller(loop) as deps:
-        run_poll_pass(deps)
-    loop.sandbox_app.extensions["sandbox"].flush_reports()
-    loop.drain()
-    with loop.session() as session:
-        assert len(session.exec(select(QuarantinedRow)).all()) == 4
-    add_rules(loop, '"nobody" = "cus_bob"\n')
+    quarantine_unknown_customers(loop)
     before = {key for key in loop.objects() if ".corrected." in key}
     env = _env(loop.settings)
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
