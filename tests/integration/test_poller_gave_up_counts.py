@@ -40,7 +40,7 @@ def test_the_give_up_alert_counts_every_batch_acknowledged_and_says_what_a_retry
         settings, "k.csv", [f"k-{i},{stamp},api_requests,cus_A,1\n" for i in range(1000)], tmp_path
     )
     client = build_stripe_client(settings)
-    sink = _OneBatchFails(client, settings, workers=2, base_delay=0.01, row="k-300")
+    sink = _OneBatchFails(client, settings, workers=2, base_delay=0.01, row="k-300", others=9)
     assert run_poll_pass(poller(sink, at=t0)).retry_files == 1
     assert run_poll_pass(poller()).gave_up == 1
     with Session(poller().engine) as session:

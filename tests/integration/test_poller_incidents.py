@@ -159,17 +159,32 @@ def test_a_stripe_outage_of_the_meters_list_is_alerted_like_a_failing_file(
 
 class _OneBatchFails(StripeMeterEventSink):
     """The real sink, but the batch holding `row` fails as a 5xx that outlasted the retries
-    (what `send_batch` raises then): the batches in flight beside it go on and are acked."""
+    (what `send_batch` raises then): the batches in flight beside it go on and are acked.
 
-    def __init__(self, *args: Any, row: str, **kwargs: Any) -> None:
+    Its eight attempts take a while: it fails once `others` other batches were acknowledged
+    (all of the file's but its own: the other worker sends them one by one while it waits;
+    the pass takes no batch after a failure, so a fixed wait left the count to the machine's
+    load), or after a second without `others`."""
+
+    def __init__(self, *args: Any, row: str, others: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.row = row
+        self.row, self.others, self.acked = row, others, 0
+        self.settled = threading.Condition()
 
     def send_batch(self, batch: Any) -> int:
         if any(event["identifier"] == self.row for event in batch):
-            time.sleep(1.0)  # its eight attempts take a while: the batches beside it go on
+            if self.others is None:
+                time.sleep(1.0)
+            else:
+                with self.settled:
+                    others = self.others
+                    assert self.settled.wait_for(lambda: self.acked >= others, timeout=60)
             raise MeterEventSendError("failed after 8 attempts: HTTP 500", status=500)
-        return super().send_batch(batch)
+        sent = super().send_batch(batch)
+        with self.settled:
+            self.acked += 1
+            self.settled.notify_all()
+        return sent
 
 
 class _SlowFirstSend(StripeMeterEventSink):
@@ -241,7 +256,7 @@ def test_poll_retry_yes_does_not_resend_batches_stripe_acknowledged(
         tmp_path,
     )
     sink = _OneBatchFails(
-        build_stripe_client(settings), settings, workers=2, base_delay=0.01, row="r-300"
+        build_stripe_client(settings), settings, workers=2, base_delay=0.01, row="r-300", others=9
     )
     first = run_poll_pass(poller(sink, at=day_ago))
     assert first.retry_files == 1
@@ -382,7 +397,7 @@ def test_a_row_valid_only_on_the_resume_in_a_batch_acknowledged_before_is_billed
     rows[220] = f"g-220,{stamp},new_meter,cus_A,7\n"  # batch 2 (rows 200-249), no meter yet
     _put(settings, "gap.csv", rows, tmp_path)
     sink = _OneBatchFails(
-        build_stripe_client(settings), settings, workers=2, base_delay=0.01, row="g-150"
+        build_stripe_client(settings), settings, workers=2, base_delay=0.01, row="g-150", others=2
     )
     first = run_poll_pass(poller(sink))
     assert first.retry_files == 1
@@ -415,7 +430,7 @@ def test_late_rows_whose_send_fails_are_sent_by_the_next_pass(
     _put(settings, "late.csv", rows, tmp_path)
     client = build_stripe_client(settings)
     first = run_poll_pass(
-        poller(_OneBatchFails(client, settings, workers=2, base_delay=0.01, row="h-150"))
+        poller(_OneBatchFails(client, settings, workers=2, base_delay=0.01, row="h-150", others=2))
     )
     assert first.retry_files == 1
     sandbox_server.admin.create_meter("new_meter")

@@ -42,7 +42,9 @@ def test_rows_of_a_batch_never_acknowledged_are_quarantined_when_the_meter_is_de
     with bundled_poller(loop) as deps:
         settings = loop.settings
         client = build_stripe_client(settings)
-        deps.sink = _OneBatchFails(client, settings, workers=2, base_delay=0.01, row="m-0")
+        deps.sink = _OneBatchFails(
+            client, settings, workers=2, base_delay=0.01, row="m-0", others=9
+        )
         assert run_poll_pass(deps).retry_files == 1
     billed = sorted(loop.accepted())
     assert billed == sorted(f"m-{i}" for i in range(100, 1000))

@@ -6,7 +6,7 @@ real SDK, a file:// bucket, SQLite and PostgreSQL. Each test failed on the code 
 # ruff: noqa: F811  (fixtures imported from the module that defines them)
 from __future__ import annotations
 
-import time
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -104,22 +104,26 @@ def test_a_retry_of_a_version_gone_from_the_bucket_changes_nothing(
 
 class _Failing(StripeMeterEventSink):
     """The real sink, but the batches holding one of `rows` fail as a 5xx that outlasted the
-    retries, after `wait` seconds (the batches beside go on); with `reached`, Stripe took the
-    request and only its answer was lost."""
+    retries (the batches beside go on); with `reached`, Stripe took the request and only its
+    answer was lost, and the other failing batches fail only once it was taken (a fixed wait
+    left which batches the pass took before its first failure to the machine's load)."""
 
     def __init__(
-        self, settings: Settings, rows: set[str], wait: float = 0.0, reached: set[str] = frozenset()
+        self, settings: Settings, rows: set[str], reached: frozenset[str] = frozenset()
     ) -> None:
         super().__init__(build_stripe_client(settings), settings, workers=2, base_delay=0.01)
-        self.rows, self.wait, self.reached = rows, wait, reached
+        self.rows, self.reached = rows, reached
+        self.taken = threading.Event()
 
     def send_batch(self, batch: Any) -> int:
         named = {event["identifier"] for event in batch}
         if not named & self.rows:
             return super().send_batch(batch)
-        time.sleep(self.wait)
         if named & self.reached:
             super().send_batch(batch)
+            self.taken.set()
+        elif self.reached:
+            assert self.taken.wait(timeout=60)
         raise MeterEventSendError("failed after 8 attempts: HTTP 500", status=500)
 
 
@@ -138,7 +142,7 @@ def _two_ages(settings: Settings, poller: Any, tmp_path: Path, now: datetime) ->
     assert run_poll_pass(poller(first, at=now - timedelta(hours=30))).retry_files == 1
     assert _object(poller(), "mixed.csv").acked_batches == 5
     # 20 h later (within the horizon): batch 5 fails again, batch 15 reaches Stripe unanswered
-    second = _Failing(settings, {"r-500", "r-1500"}, wait=2.0, reached={"r-1500"})
+    second = _Failing(settings, {"r-500", "r-1500"}, reached=frozenset({"r-1500"}))
     assert run_poll_pass(poller(second, at=now - timedelta(hours=10))).gave_up == 1
     unacked = {n: sent for n, sent, acked in _batches(poller()) if acked is None}
     assert set(unacked) == {5, 15}, unacked
@@ -263,13 +267,15 @@ def test_retry_counts_every_batch_acknowledged_not_only_the_first_run_of_them(
     """`poll --retry KEY` says how many batches Stripe acknowledged before it asks to re-send.
 
     Instead: it counted only the unbroken run from the first batch ("5 batches
-    acknowledged"): mixed.csv's batches 0-4, but 6-14 and two after batch 15 were
-    acknowledged too (16 in all, batches 5 and 15 not), and an operator deciding on `--yes`
-    read 1,100 acknowledged rows as at risk of being sent again."""
+    acknowledged"): mixed.csv's batches 0-4, but 6-14 and any after batch 15 taken beside it
+    were acknowledged too (14 to 16 in all, batches 5 and 15 not), and an operator deciding
+    on `--yes` read 1,100 acknowledged rows as at risk of being sent again."""
     now = datetime.now(UTC)
     _two_ages(settings, poller, tmp_path, now)
     acknowledged = [n for n, _, acked in _batches(poller()) if acked is not None]
-    assert len(acknowledged) == 16 and 5 not in acknowledged and 15 not in acknowledged
+    # 0-4, 6-14 and those of 16-17 the pass took beside 15 (the machine's timing decides)
+    assert set(range(5)) | set(range(6, 15)) <= set(acknowledged) <= set(range(18)) - {5, 15}
     cli = make_app(settings).test_cli_runner()
     result = cli.invoke(args=["poll", "--retry", "mixed.csv"])
-    assert "16 batches acknowledged; a retry resumes at row 501" in result.output, result.output
+    said = f"{len(acknowledged)} batches acknowledged; a retry resumes at row 501"
+    assert said in result.output, result.output
