@@ -2,6 +2,9 @@
 
 Counts come from the runs that finished in the window (`remediation_runs`, whose per-code
 tallies are kept per run) and from their quarantined rows (which carry meter and customer).
+New input (every run but quarantine re-runs) is counted apart from the re-runs, whose input is
+rows a run quarantined before: summed together, a row was counted once more per re-run that
+quarantined it again, and read as new usage and new problems.
 Corrections are counted per code only: the audit does not record a row's meter or customer.
 With MFX_MESSAGE_EXAMPLES=off nothing taken from a row (customer, values, reason text that
 may quote a value, example rows) is read into the digest at all.
@@ -23,8 +26,14 @@ from service.jobs.store.quarantine import (
     quarantine_reasons,
     quarantined_record,
 )
+from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.jobs.store.reports_left import ReportsLeft, reports_left_between
-from service.jobs.store.run_counts import runs_finished_between, top_runs_finished_between
+from service.jobs.store.reruns import count_quarantine
+from service.jobs.store.run_counts import (
+    FinishedRun,
+    runs_finished_between,
+    top_runs_finished_between,
+)
 from service.models import ErrorReportStatus
 from service.models.alerts import AlertSeverity
 from service.models.inbox import InboxStatus
@@ -47,7 +56,7 @@ from service.notify.store import (
     count_unresolved_critical_alerts,
     unresolved_critical_alerts,
 )
-from service.notify.urls import MAX_LINK_RUNS, DashboardLinks
+from service.notify.urls import DashboardLinks
 from service.notify.windows import Window
 from service.poller.store import count_objects
 
@@ -55,6 +64,10 @@ TOP = 10
 EXAMPLE_CHARS = 300
 REPORT_LINES = 5  # status x meter lines of error reports; the rest summed in one line
 REPORT_CODES = 5  # codes named on one of them
+# The rows waiting in quarantine: neither taken by a re-run nor sent again since from a later
+# version of their object; the quarantine page's `taken_again=no`, what a re-run of every row
+# would take.
+WAITING = QuarantineFilter(taken_again=False)
 
 
 def collect_digest(
@@ -63,10 +76,13 @@ def collect_digest(
     # SQLite keeps times as naive UTC text: compare in UTC whatever DIGEST_TZ is.
     window = Window(window.start.astimezone(UTC), window.end.astimezone(UTC))
     with engine.connect() as conn:
-        links = DashboardLinks(public_url, window, runs=_quarantining_runs(conn, window))
-        totals, by_code = _totals(conn, window)
-        previous, previous_codes = _totals(conn, window.previous)
+        finished = runs_finished_between(conn, window.start, window.end)
+        new_input = [run for run in finished if not run.rerun]
+        links = DashboardLinks(public_url, window, runs=_quarantining_runs(new_input))
+        totals, by_code = _totals(new_input)
+        previous, previous_codes = _totals(_new_input(conn, window.previous))
         digest = Digest(window, tz, examples, totals, previous)
+        _reruns(digest, [run for run in finished if run.rerun], links)
         digest.codes = _codes(by_code, previous_codes, links)
         digest.groups = _groups(conn, window, links, examples)
         digest.groups_more = _groups_more(conn, window, examples, digest.groups)
@@ -85,32 +101,39 @@ def collect_digest(
     return digest
 
 
-def _quarantining_runs(conn: Connection, window: Window) -> list[int]:
-    """The runs finished in the window that quarantined the rows the digest counts, up to
-    one past the links' cap (`DashboardLinks` takes the window's rows beyond it): the
-    quarantine page's `run=` then opens exactly those rows (filtered by when rows were
-    quarantined, a run started before the window was missed)."""
-    top = top_runs_finished_between(conn, window.start, window.end, MAX_LINK_RUNS + 1)
-    return [int(run["id"]) for run in top if run["quarantined"]]  # most quarantined first
+def _quarantining_runs(new_input: list[FinishedRun]) -> list[int]:
+    """The runs of new input that quarantined the rows the digest counts: the quarantine
+    page's `run=` then opens exactly those rows (filtered by when rows were quarantined, a run
+    started before the window was missed)."""
+    return [run.id for run in new_input if run.quarantined]
 
 
-def _totals(conn: Connection, window: Window) -> tuple[Totals, dict[str, list[int]]]:
+def _new_input(conn: Connection, window: Window) -> list[FinishedRun]:
+    return [run for run in runs_finished_between(conn, window.start, window.end) if not run.rerun]
+
+
+def _totals(runs: list[FinishedRun]) -> tuple[Totals, dict[str, list[int]]]:
     totals = Totals()
     by_code: dict[str, list[int]] = {}
-    for received, valid, corrected, quarantined, run_codes in runs_finished_between(
-        conn, window.start, window.end
-    ):
+    for run in runs:
         totals.runs += 1
-        totals.received += received
-        totals.valid += valid
-        totals.corrected += corrected
-        totals.quarantined += quarantined
-        codes: dict[str, Any] = run_codes if isinstance(run_codes, dict) else {}
+        totals.received += run.received
+        totals.valid += run.valid
+        totals.corrected += run.corrected
+        totals.quarantined += run.quarantined
+        codes: dict[str, Any] = run.by_code if isinstance(run.by_code, dict) else {}
         for code, slot in codes.items():
             tally = by_code.setdefault(str(code), [0, 0])
             tally[0] += int(slot.get("corrected", 0)) if isinstance(slot, dict) else 0
             tally[1] += int(slot.get("quarantined", 0)) if isinstance(slot, dict) else 0
     return totals, by_code
+
+
+def _reruns(digest: Digest, reruns: list[FinishedRun], links: DashboardLinks) -> None:
+    """The quarantine re-runs finished in the window, apart from new input: rows tried again
+    and what became of them, linked to the rows they quarantined again."""
+    digest.reruns, _ = _totals(reruns)
+    digest.reruns_url = links.of_runs([run.id for run in reruns]).quarantine()
 
 
 def _codes(
@@ -131,12 +154,6 @@ def _codes(
         if corrected or quarantined
     ]
     return sorted(lines, key=lambda c: (-(c.corrected + c.quarantined), c.code))
-
-
-def _code_link(links: DashboardLinks, code: str) -> str:
-    """A code's quarantined rows; for the codes runs did not name (`OTHER_CODES`), the
-    window's quarantined rows of every code."""
-    return links.quarantine(code=None if code == OTHER_CODES else code)
 
 
 def _groups(
@@ -234,7 +251,10 @@ def _count(lines: list[ReportLine]) -> ReportCount:
 
 
 def _state(conn: Connection, window: Window, digest: Digest, links: DashboardLinks) -> None:
-    """Open critical alerts, dead letters and backlog: the state at the end of the window."""
+    """Rows waiting in quarantine, open critical alerts, dead letters and backlog: the state
+    at the end of the window (read when the digest is made)."""
+    digest.waiting = count_quarantine(conn, WAITING)
+    digest.waiting_url = links.quarantine_now(**WAITING.as_query())
     for subject, status, count in unresolved_critical_alerts(conn, TOP):
         digest.alerts.append(AlertLine(subject, status, count, links.alerts()))
     digest.alerts_total = count_unresolved_critical_alerts(conn)

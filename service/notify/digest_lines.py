@@ -11,6 +11,9 @@ from service.notify.windows import Window
 
 @dataclass
 class Totals:
+    """Runs and their rows summed: the new input's, or the quarantine re-runs' (rows tried
+    again: received; quarantined again: quarantined)."""
+
     runs: int = 0
     received: int = 0
     valid: int = 0
@@ -98,8 +101,12 @@ class Digest:
     window: Window
     tz: str
     examples: bool
-    totals: Totals
-    previous: Totals
+    totals: Totals  # new input: the runs finished in the window but quarantine re-runs
+    previous: Totals  # the previous window's new input
+    reruns: Totals = field(default_factory=Totals)  # the quarantine re-runs finished in it
+    reruns_url: str = ""  # the rows they quarantined again
+    waiting: int = 0  # rows waiting in quarantine when the digest was made
+    waiting_url: str = ""
     codes: list[CodeLine] = field(default_factory=list)
     groups: list[GroupLine] = field(default_factory=list)
     # (groups, rows) beyond `content.TOP`: said, not left out unsaid
@@ -131,7 +138,8 @@ class Digest:
 
     @property
     def empty(self) -> bool:
-        """Nothing happened: no run finished, no alert was raised and no error report was left
-        unmatched or partial in the window."""
+        """Nothing happened: no run finished (of new input or a re-run), no alert was raised
+        and no error report was left unmatched or partial in the window."""
         nothing_left = self.reports_total.reports == 0
-        return self.totals.runs == 0 and self.alerts_in_window == 0 and nothing_left
+        no_run = self.totals.runs == 0 and self.reruns.runs == 0
+        return no_run and self.alerts_in_window == 0 and nothing_left

@@ -269,7 +269,9 @@ def _span(start: datetime, end: datetime) -> str:
 def _summary(digest: Digest, message: Message) -> dict[str, Any]:
     """Counts only (no row contents): what the dashboard may show about a sent digest."""
     return {
-        "totals": asdict(digest.totals),
+        "totals": asdict(digest.totals),  # new input
+        "reruns": asdict(digest.reruns),
+        "waiting_in_quarantine": digest.waiting,
         "codes": len(digest.codes),
         "open_critical_alerts": digest.alerts_total,
         "warning_alerts": digest.warnings_total,

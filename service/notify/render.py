@@ -45,6 +45,8 @@ def _templates(plain_text: bool) -> Environment:
     env.globals["rows"] = rows
     env.globals |= {"counted": counted, "report_line": report_line, "report_codes": report_codes}
     env.globals |= {"REPORTS_TITLE": REPORTS_TITLE, "REPORT_STATUSES": REPORT_STATUSES}
+    env.globals |= {"RERUNS_TITLE": RERUNS_TITLE, "rerun_line": rerun_line}
+    env.globals |= {"WAITING_TITLE": WAITING_TITLE, "WAITING_NOTE": WAITING_NOTE}
     return env
 
 
@@ -57,6 +59,18 @@ def _render(name: str, **values: Any) -> str:
 
 
 # --- digests -------------------------------------------------------------------------------
+
+RERUNS_TITLE = "Re-runs of quarantined rows"
+WAITING_TITLE = "Waiting in quarantine now"
+WAITING_NOTE = "neither re-run nor sent again since"
+
+
+def rerun_line(r: Totals) -> str:
+    """What follows `RERUNS_TITLE`: the window's quarantine re-runs, apart from new input."""
+    return (
+        f"({counted(r.runs, 'run')}, not counted above): {rows(r.received)} tried again: "
+        f"{r.valid} valid, {r.corrected} corrected, {r.quarantined} quarantined again"
+    )
 
 
 def window_label(digest: Digest) -> str:
@@ -74,6 +88,8 @@ def render_digest(digest: Digest, now: datetime | None = None) -> Message:
     if digest.reports_total.reports:
         left = counted(digest.reports_total.reports, "Stripe error report")
         subject += f", {left} not remediated"
+    if digest.reruns.runs:
+        subject += f", {counted(digest.reruns.runs, 're-run')}"
     values: dict[str, Any] = {
         "title": title,
         "d": digest,
@@ -101,6 +117,7 @@ def _age(moment: datetime | None, now: datetime | None) -> str:
 def _digest_blocks(d: Digest, title: str, oldest: str) -> list[dict[str, Any]]:
     t, p = d.totals, d.previous
     blocks: list[dict[str, Any]] = [header(title), _totals_section(t, p)]
+    blocks += sections("", [*_rerun_lines(d), _waiting_line(d)])
     blocks += sections("*By error code*", _code_lines(d))
     blocks += _report_sections(d)
     blocks += sections(
@@ -109,15 +126,20 @@ def _digest_blocks(d: Digest, title: str, oldest: str) -> list[dict[str, Any]]:
     blocks += sections("*Top quarantine reasons*", [_reason_line(r) for r in d.reasons])
     blocks += sections("*Runs*", _run_lines(d))
     blocks += sections("*Needs attention*", _attention_lines(d, oldest))
-    blocks.append(context(f"{t.runs} runs · meterfix digest"))
+    runs = counted(t.runs, "run") + " of new input"
+    runs += f", {counted(d.reruns.runs, 're-run')}" if d.reruns.runs else ""
+    blocks.append(context(f"{runs} · meterfix digest"))
     blocks.append(button("Open the dashboard", d.links["dashboard"]))
     return blocks
 
 
 def _totals_section(t: Totals, p: Totals) -> dict[str, Any]:
-    """The window's counts, each with its change against the previous window."""
+    """The window's new input, each count with its change against the previous window's."""
     return {
         "type": "section",
+        "text": mrkdwn(
+            f"*New input* ({counted(t.runs, 'run')}; re-runs of quarantined rows apart)"
+        ),
         "fields": [
             mrkdwn(f"*Received*\n{t.received} ({t.received - p.received:+d})"),
             mrkdwn(f"*Valid*\n{t.valid} ({t.valid - p.valid:+d})"),
@@ -125,6 +147,20 @@ def _totals_section(t: Totals, p: Totals) -> dict[str, Any]:
             mrkdwn(f"*Quarantined*\n{t.quarantined} ({t.quarantined - p.quarantined:+d})"),
         ],
     }
+
+
+def _rerun_lines(d: Digest) -> list[str]:
+    if not d.reruns.runs:
+        return []
+    return [f"*{_linked(d.reruns_url, RERUNS_TITLE)}* {escape(rerun_line(d.reruns))}"]
+
+
+def _waiting_line(d: Digest) -> str:
+    return f"• {_linked(d.waiting_url, WAITING_TITLE)}: {rows(d.waiting)} ({WAITING_NOTE})"
+
+
+def _linked(url: str, label: str) -> str:
+    return link(url, label) if url else escape(label)
 
 
 def _code_lines(d: Digest) -> list[str]:

@@ -39,6 +39,10 @@ class DashboardLinks:
         elif window is not None:
             self.period = {"since": _iso(window.start), "until": _last_moment_before(window.end)}
 
+    def of_runs(self, runs: Sequence[int]) -> DashboardLinks:
+        """The links of the same window naming these runs (a digest's quarantine re-runs)."""
+        return DashboardLinks(self.base, self.window, runs=runs)
+
     def home(self) -> str:
         return f"{self.base}/"
 
@@ -49,6 +53,10 @@ class DashboardLinks:
         chosen = {k: v for k, v in filters.items() if v not in (None, "")}
         query = urlencode(chosen | self.period)
         return f"{self.base}/quarantine" + (f"?{query}" if query else "")
+
+    def quarantine_now(self, **filters: str) -> str:
+        """The quarantine page as it is, whatever the window (the rows waiting now)."""
+        return f"{self.base}/quarantine" + (f"?{urlencode(filters)}" if filters else "")
 
     def reports(self) -> str:
         """The error reports a digest counts: left unmatched or partial in the window."""

@@ -88,7 +88,8 @@ def test_a_digest_arrives_once_with_counts_and_links(
     assert message["Subject"] == SUBJECT and message["To"] == "ops@example.com, billing@example.com"
     assert mailbox.logins == [(SMTP_USER, False)]
     plain, html = _parts(message)
-    assert "Rows in this window (1 run): 10 received, 4 valid, 3 corrected, 3 quarantined" in plain
+    new_input = "New input in this window (1 run): 10 received, 4 valid, 3 corrected, 3 quarantined"
+    assert new_input in plain
     assert "Previous window: 5 received, 3 valid, 2 corrected, 0 quarantined (+5 received)" in plain
     assert "meter_event_customer_not_found: 2 corrected, 2 quarantined (+4 vs previous" in plain
     assert "timestamp_in_future: 1 corrected, 1 quarantined (+0 vs previous" in plain

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, func, select
 from service.db.pages import Listing, Page, keyset
 from service.db.statements import delete_batch_in
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.jobs.store.run_counts import finished_between
+from service.jobs.store.run_counts import new_input_finished_between
 from service.jobs.store.runs import RUNS
 from service.models._types import table_of
 from service.models.remediation import (
@@ -76,7 +76,8 @@ def top_quarantine_group(engine: Engine, run_id: int) -> tuple[str | None, str |
 
 
 def _quarantined_by_runs_between(start: datetime, end: datetime) -> ColumnElement[bool]:
-    return QUARANTINE.c.run_id.in_(select(RUNS.c.id).where(finished_between(start, end)))
+    """The rows of the new input finished in [start, end): a digest counts re-runs apart."""
+    return QUARANTINE.c.run_id.in_(select(RUNS.c.id).where(new_input_finished_between(start, end)))
 
 
 def quarantine_groups(

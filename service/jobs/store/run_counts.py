@@ -1,16 +1,16 @@
 """The runs' counts summed: totals over every run, the runs finished in a window (the
-digests'), and the overview's charts per hour or day; apart from `runs.py`, which writes the
-runs and reads them one by one."""
+digests', which tell new input from quarantine re-runs), and the overview's charts per hour or
+day; apart from `runs.py`, which writes the runs and reads them one by one."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Connection, Integer, cast, func, literal_column, select, true
 
 from service.jobs.store.runs import RUNS
-from service.models import RunStatus
+from service.models import RunStatus, RunTrigger
 
 
 def finished_between(start: datetime, end: datetime) -> ColumnElement[bool]:
@@ -19,6 +19,13 @@ def finished_between(start: datetime, end: datetime) -> ColumnElement[bool]:
         & (RUNS.c.finished_at >= start)
         & (RUNS.c.finished_at < end)
     )
+
+
+def new_input_finished_between(start: datetime, end: datetime) -> ColumnElement[bool]:
+    """The runs finished in [start, end) but quarantine re-runs: their input is rows a run
+    quarantined before, counted by that run (summed with them, a re-run's rows were counted
+    once more per re-run that quarantined them again)."""
+    return finished_between(start, end) & (RUNS.c.trigger != RunTrigger.QUARANTINE_RERUN.value)
 
 
 def run_totals(connection: Connection) -> tuple[int, int, int, int]:
@@ -34,14 +41,38 @@ def run_totals(connection: Connection) -> tuple[int, int, int, int]:
     return int(totals[0]), int(totals[1]), int(totals[2]), int(totals[3])
 
 
+class FinishedRun(NamedTuple):
+    id: int
+    rerun: bool  # a quarantine re-run: its input is rows quarantined before
+    received: int
+    valid: int
+    corrected: int
+    quarantined: int
+    by_code: Any
+
+
 def runs_finished_between(
     connection: Connection, start: datetime, end: datetime
-) -> list[tuple[int, int, int, int, Any]]:
-    """(input rows, valid, corrected, quarantined, by_code) of each run finished in
-    [start, end)."""
-    columns = (RUNS.c.input_rows, RUNS.c.valid, RUNS.c.corrected, RUNS.c.quarantined)
-    rows = connection.execute(select(*columns, RUNS.c.by_code).where(finished_between(start, end)))
-    return [(int(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4]) for row in rows]
+) -> list[FinishedRun]:
+    """Each run finished in [start, end), in id order, with its counts."""
+    counts = (RUNS.c.input_rows, RUNS.c.valid, RUNS.c.corrected, RUNS.c.quarantined)
+    statement = (
+        select(RUNS.c.id, RUNS.c.trigger, *counts, RUNS.c.by_code)
+        .where(finished_between(start, end))
+        .order_by(RUNS.c.id)
+    )
+    return [
+        FinishedRun(
+            int(row.id),
+            row.trigger == RunTrigger.QUARANTINE_RERUN,
+            int(row.input_rows),
+            int(row.valid),
+            int(row.corrected),
+            int(row.quarantined),
+            row.by_code,
+        )
+        for row in connection.execute(statement)
+    ]
 
 
 def top_runs_finished_between(
