@@ -1,11 +1,12 @@
-"""Alerts (what needs a person), admin actions (who touched what) and digest runs."""
+"""Alerts (what needs a person), their critical messages, admin actions (who touched what) and
+digest runs."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from service.models._types import (
@@ -62,6 +63,44 @@ class Alert(SQLModel, table=True):
     # when the "resolved" follow-up went out.
     notified_at: datetime | None = optional_time_field()
     resolved_notified_at: datetime | None = optional_time_field()
+
+
+class MessageStatus(StrEnum):
+    """Where one critical message (an alert's "raised" or "resolved") stands on one channel."""
+
+    SENDING = "sending"  # claimed: being sent, or its sender stopped mid-send
+    SENT = "sent"
+    FAILED = "failed"  # not delivered: the next attempt claims it again
+    GIVEN_UP = "given_up"  # refused for good: not tried again
+    # its sender stopped mid-send (a claim older than the send's deadline): it may have
+    # arrived, so it is never sent again
+    UNSURE = "unsure"
+
+
+class CriticalMessage(SQLModel, table=True):
+    """One critical message on one channel: claimed before it is sent, marked after, so that
+    two senders never both send it and a sender stopping between channels leaves each
+    channel's outcome (service.notify.critical). One row per (alert, phase, channel): a new
+    incident of the alert claims it again (`incident_at`)."""
+
+    __tablename__ = "critical_messages"
+    __table_args__ = (
+        UniqueConstraint("alert_id", "phase", "channel", name="uq_critical_messages_message"),
+        one_of("status", MessageStatus, "ck_critical_messages_status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False)
+    )
+    incident_at: datetime = required_time_field()  # the alert's created_at: which incident
+    phase: str = Field(max_length=16)  # raised|resolved
+    channel: str = Field(max_length=16)  # slack|email
+    status: str = Field(default=MessageStatus.SENDING, max_length=16)
+    claimed_by: str = Field(max_length=64)  # the sending pass's token
+    claimed_at: datetime = required_time_field()
+    finished_at: datetime | None = optional_time_field()
+    last_error: str | None = text_field()
 
 
 class AdminActionName(StrEnum):

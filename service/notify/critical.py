@@ -1,44 +1,71 @@
 """Critical alerts do not wait for the digest: each incident is sent once on every channel,
 and once more ("resolved") when it is resolved, however often it recurred in between.
 
-`notified_at` / `resolved_notified_at` say the message went out. Which channels already
-have it is kept in the alert's `detail["notify"]`, so a channel that fails is retried with
-backoff without sending again on the channels that succeeded. After MAX_ATTEMPTS the
-message is given up (recorded with its reason). Callers hold the notify leader lock: it is
-checked before each send, and fences the transaction recording it (`leader.recording`), so a
-pass whose lock was lost (its connection dropped, another worker leads) stops with `LockLost`,
-sending and recording nothing more; the next leader sends what is due. A message whose
-send the loss interrupted (sent on one channel of two, or sent and not yet recorded) may
-go again, as after a crash mid-send.
+Each message is claimed on each channel before it is sent and marked after (a
+`critical_messages` row per alert, phase and channel: `store.claim_message`). Of two senders
+(a leader and the next, a moment apart) only one sends it; a sender stopped between channels
+(killed, its lead lost) leaves the channels it sent marked, and the next pass sends only the
+others. A sender stopped after a send and before marking it (SIGKILL, a crash) leaves its
+claim `sending`: nobody sends that message on that channel while the claim is younger than
+a send may last (`STALE_CLAIM`, the send's deadline and a margin), and once older it is
+marked `unsure` and never sent again, since it may have arrived: no message goes twice to a
+channel, and only a sender dying mid-send can leave one channel without it (said in
+`detail["notify"]`, logged `alert.notify_unsure`; the alert stays open on the dashboard and
+in the digest). A send that failed for sure (a Slack 5xx, SMTP down) is marked `failed` and
+claimed again by the next attempt, after a backoff.
+
+`notified_at` / `resolved_notified_at` say the phase is over (sent, or given up after
+MAX_ATTEMPTS with its reason); the alert's `detail["notify"]` keeps its progress: which
+channels have it, which refused for good, the attempts and the next one. Callers hold the
+notify leader lock: it is checked before each claim, and fences the transaction recording
+the progress (`leader.recording`), so a pass whose lock was lost (its connection dropped,
+another worker leads) stops with `LockLost`, claiming, sending and recording nothing more;
+the next leader sends what is due.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 
-from service.adapters.channels import Channel, Message, redact, settings_secrets
+from service.adapters.channels import (
+    SEND_DEADLINE_SECONDS,
+    Channel,
+    Message,
+    redact,
+    settings_secrets,
+)
 from service.config import Settings
 from service.db.locks import HeldLock
 from service.errors import DeliveryFailed
 from service.logs import log_event
-from service.models._types import table_of, utcnow
-from service.models.alerts import Alert, AlertStatus
+from service.models._types import utcnow
+from service.models.alerts import AlertStatus, MessageStatus
 from service.notify.alerts import NOTIFY_STATE
 from service.notify.digests import retry_delay
 from service.notify.leader import ALONE, recording
 from service.notify.render import AlertView, render_alert
-from service.notify.store import critical_alerts_to_notify, record_notification
+from service.notify.store import (
+    claim_message,
+    critical_alerts_to_notify,
+    mark_message,
+    message_statuses,
+    record_notification,
+)
 from service.notify.urls import DashboardLinks
 
-ALERTS = table_of(Alert)
 MAX_ATTEMPTS = 8
 BATCH = 20
 RAISED, RESOLVED = "raised", "resolved"
+# A claim still `sending` after the longest a send may last (every channel's deadline) and a
+# margin (marking it: one short write) was left by a sender that stopped mid-send.
+STALE_CLAIM = timedelta(seconds=SEND_DEADLINE_SECONDS + 30)
 
 
 def send_critical_alerts(
@@ -50,26 +77,24 @@ def send_critical_alerts(
     lock: HeldLock = ALONE,
 ) -> int:
     """Send the due "raised" and "resolved" messages; returns how many alerts went out.
-    `LockLost` when the lead (`lock`) is lost: before a send, or recording one."""
+    `LockLost` when the lead (`lock`) is lost: before a claim, or recording a send."""
     if not channels:
         return 0
-    links = DashboardLinks(settings.mfx_public_url)
+    sender = _Pass(engine, settings, channels, lock, clock, uuid.uuid4().hex)
     sent = 0
-    secrets = settings_secrets(settings)
     for phase in (RAISED, RESOLVED):
         for row in _due(engine, phase):
             if phase == RAISED and row["status"] == AlertStatus.RESOLVED:
-                _close_raised(engine, row, clock(), lock)
+                sender.close_raised(row)
                 continue
-            view = AlertView.of(row, examples=settings.mfx_message_examples, run_url=links.run)
-            sent += _send(engine, row, phase, view, channels, links, clock(), secrets, lock)
+            sent += sender.send(row, phase)
     return sent
 
 
 def _due(engine: Engine, phase: str) -> Iterator[Mapping[str, Any]]:
     """Every alert whose `phase` message is not sent, a page at a time (the ones backing off
-    are skipped by `_send`: twenty of them held every newer alert back, a page being all
-    that was read)."""
+    are skipped by `_Pass.send`: twenty of them held every newer alert back, a page being
+    all that was read)."""
     after = 0
     while page := critical_alerts_to_notify(
         engine, resolved=phase == RESOLVED, limit=BATCH, after=after
@@ -78,118 +103,214 @@ def _due(engine: Engine, phase: str) -> Iterator[Mapping[str, Any]]:
         after = int(page[-1]["id"])
 
 
-def _close_raised(engine: Engine, row: Mapping[str, Any], now: datetime, lock: HeldLock) -> None:
-    """An incident resolved before every channel had its "raised" message: none is sent now
-    (the incident is over); the channels that had it get the "resolved" one, and when none
-    had it there is nothing to follow up."""
-    state: dict[str, Any] = dict((row["detail"] or {}).get(NOTIFY_STATE) or {})
-    told = bool(dict(state.get(RAISED) or {}).get("channels"))
-    with recording(engine, lock):
-        record_notification(
-            engine, row, resolved=False, state=state, finished_at=now, close_resolved=not told
+@dataclass
+class _Attempt:
+    """One pass at one message: the channels that have it (`done`), refused it for good, may
+    have it (`unsure`), or are another sender's (`busy`: its claim is in flight)."""
+
+    done: set[str]
+    given_up: set[str]
+    unsure: set[str]
+    busy: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+    tried: bool = False  # a send was made (or failed): an attempt counted
+
+    @classmethod
+    def of(cls, progress: Mapping[str, Any]) -> _Attempt:
+        """Where the recorded progress left the message."""
+        done, given_up = progress.get("channels", []), progress.get("given_up", [])
+        return cls(set(done), set(given_up), set(progress.get("unsure", [])))
+
+    def settled(self, channel: str) -> bool:
+        return channel in self.done | self.given_up | self.unsure
+
+    def found(self, channel: str, status: str | None) -> None:
+        """Another sender's claim on `channel`, in `status` (None: another incident's)."""
+        if status == MessageStatus.SENT:
+            self.done.add(channel)
+        elif status == MessageStatus.GIVEN_UP:
+            self.given_up.add(channel)
+        elif status == MessageStatus.UNSURE:
+            self.unsure.add(channel)
+        else:
+            self.busy.add(channel)
+
+    def sent(self, channel: str, status: MessageStatus, error: str | None) -> None:
+        """This pass's send on `channel` came to `status`."""
+        self.tried = True
+        if status is MessageStatus.SENT:
+            self.done.add(channel)  # an error too: some recipients refused it
+        elif status is MessageStatus.GIVEN_UP:
+            self.given_up.add(channel)
+        if error is not None:
+            self.errors.append(error)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One pass of the job: it claims messages as `claimant` (its own token)."""
+
+    engine: Engine
+    settings: Settings
+    channels: Sequence[Channel]
+    lock: HeldLock
+    clock: Callable[[], datetime]
+    claimant: str
+
+    def close_raised(self, row: Mapping[str, Any]) -> None:
+        """An incident resolved before every channel had its "raised" message: none is sent
+        now (the incident is over); the channels that had it, or may have (a claim in flight
+        or unsure), get the "resolved" one, and when none had it there is nothing to follow
+        up."""
+        state: dict[str, Any] = dict((row["detail"] or {}).get(NOTIFY_STATE) or {})
+        raised = _with_claims(
+            dict(state.get(RAISED) or {}), message_statuses(self.engine, row, RAISED)
         )
-    log_event("alert.notify_closed", key=row["alert_key"], phase=RAISED, resolved_follows=told)
+        state[RAISED] = raised
+        told = bool(raised.get("channels") or raised.get("unsure"))
+        with recording(self.engine, self.lock):
+            record_notification(
+                self.engine,
+                row,
+                resolved=False,
+                state=state,
+                finished_at=self.clock(),
+                close_resolved=not told,
+            )
+        log_event("alert.notify_closed", key=row["alert_key"], phase=RAISED, resolved_follows=told)
+
+    def send(self, row: Mapping[str, Any], phase: str) -> int:
+        """Send the alert's `phase` message on every channel still to have it; 1 when it is
+        over without an error."""
+        now = self.clock()
+        state: dict[str, Any] = dict((row["detail"] or {}).get(NOTIFY_STATE) or {})
+        progress: dict[str, Any] = dict(state.get(phase) or {})
+        if progress.get("next_at") and str(progress["next_at"]) > now.isoformat():
+            return 0  # backing off after a failure
+        attempt = _Attempt.of(progress)
+        told = _told(state) if phase == RESOLVED else None
+        message = self._message(row, phase)
+        for channel in self.channels:
+            if attempt.settled(channel.name) or (told is not None and channel.name not in told):
+                continue  # had it; or a resolution for a channel never told it was raised
+            self.lock.check()  # another worker leads now: it sends this
+            self._claim_and_send(row, phase, channel, message, attempt, now)
+        attempts = int(progress.get("attempts", 0)) + int(attempt.tried)
+        left = [c for c in self.channels if not attempt.settled(c.name)]
+        over = not attempt.errors or not left or attempts >= MAX_ATTEMPTS
+        finished = over and not attempt.busy  # a claim in flight: its sender marks it
+        state[phase] = _attempted(attempt, attempts, finished, now)
+        with recording(self.engine, self.lock):  # lost meanwhile: nothing recorded
+            record_notification(
+                self.engine,
+                row,
+                resolved=phase == RESOLVED,
+                state=state,
+                finished_at=now if finished else None,
+            )
+        _log(row, phase, state[phase], finished, attempt.busy)
+        return 1 if finished and not attempt.errors else 0
+
+    def _message(self, row: Mapping[str, Any], phase: str) -> Message:
+        links = DashboardLinks(self.settings.mfx_public_url)
+        examples = self.settings.mfx_message_examples
+        view = AlertView.of(row, examples=examples, run_url=links.run)
+        return render_alert(view, resolved=phase == RESOLVED, alerts_url=links.alerts())
+
+    def _claim_and_send(
+        self,
+        row: Mapping[str, Any],
+        phase: str,
+        channel: Channel,
+        message: Message,
+        attempt: _Attempt,
+        now: datetime,
+    ) -> None:
+        """Send on `channel` once this pass holds the message's claim there, then mark it;
+        a claim another sender holds or finished is only noted."""
+        name = channel.name
+        claim = claim_message(
+            self.engine, row, phase, name, self.claimant, now=now, stale_before=now - STALE_CLAIM
+        )
+        if claim.made_unsure:
+            log_event(
+                "alert.notify_unsure",
+                level=logging.ERROR,
+                key=row["alert_key"],
+                phase=phase,
+                channel=name,
+                reason="its sender stopped mid-send: it may have arrived, it is not sent again",
+            )
+        if not claim.ours:
+            attempt.found(name, claim.status)
+            return
+        status, error = _send_on(channel, message, settings_secrets(self.settings))
+        now = self.clock()
+        mark_message(
+            self.engine, row, phase, name, self.claimant, status=status, now=now, error=error
+        )
+        attempt.sent(name, status, error)
 
 
-def _send(
-    engine: Engine,
-    row: Mapping[str, Any],
-    phase: str,
-    view: AlertView,
-    channels: Sequence[Channel],
-    links: DashboardLinks,
-    now: datetime,
-    secrets: Sequence[str],
-    lock: HeldLock,
-) -> int:
-    detail = dict(row["detail"] or {})
-    state: dict[str, Any] = dict(detail.get(NOTIFY_STATE) or {})
-    progress: dict[str, Any] = dict(state.get(phase) or {})
-    if progress.get("next_at") and str(progress["next_at"]) > now.isoformat():
-        return 0  # backing off after a failure
+def _send_on(
+    channel: Channel, message: Message, secrets: Sequence[str]
+) -> tuple[MessageStatus, str | None]:
+    """Send `message` on `channel`: how it went (sent, failed, or refused for good), and the
+    reason of a failure."""
+    try:
+        channel.send(message)
+    except DeliveryFailed as exc:
+        if exc.delivered:  # some recipients have it: sent again, they would twice
+            return MessageStatus.SENT, exc.reason
+        return MessageStatus.GIVEN_UP if exc.permanent else MessageStatus.FAILED, exc.reason
+    except Exception as exc:  # loop edge: one alert's failure never stops the job
+        return MessageStatus.FAILED, redact(f"{type(exc).__name__}: {exc}", secrets)[:500]
+    return MessageStatus.SENT, None
+
+
+def _told(state: Mapping[str, Any]) -> Collection[str]:
+    """The channels the "raised" message went to, or may have (unsure): the ones the
+    "resolved" one goes to."""
+    raised = dict(state.get(RAISED) or {})
+    return set(raised.get("channels", [])) | set(raised.get("unsure", []))
+
+
+def _with_claims(progress: dict[str, Any], statuses: Mapping[str, str]) -> dict[str, Any]:
+    """The recorded progress with what the claims say: a channel marked sent has it, one in
+    flight or unsure may have it."""
     done = set(progress.get("channels", []))
-    given_up = set(progress.get("given_up", []))  # refused for good: not tried again
-    told = state.get(RAISED, {}).get("channels") if phase == RESOLVED else None
-    message = render_alert(view, resolved=phase == RESOLVED, alerts_url=links.alerts())
-    errors = _deliver(message, channels, done, given_up, told, secrets, lock)
-    attempts = int(progress.get("attempts", 0)) + 1
-    left = [c for c in channels if c.name not in done | given_up]
-    finished = not errors or not left or attempts >= MAX_ATTEMPTS
-    progress = _attempted(done, given_up, errors, attempts, finished, now)
-    state[phase] = progress
-    with recording(engine, lock):  # lost meanwhile: nothing recorded
-        _record(engine, row, phase, state, now if finished else None)
-    _log(row, phase, progress, finished)
-    return 1 if not errors else 0
+    done |= {c for c, s in statuses.items() if s == MessageStatus.SENT}
+    maybe = {c for c, s in statuses.items() if s in (MessageStatus.SENDING, MessageStatus.UNSURE)}
+    unsure = set(progress.get("unsure", [])) | (maybe - done)
+    return {**progress, "channels": sorted(done)} | ({"unsure": sorted(unsure)} if unsure else {})
 
 
-def _deliver(
-    message: Message,
-    channels: Sequence[Channel],
-    done: set[str],
-    given_up: set[str],
-    told: Collection[str] | None,
-    secrets: Sequence[str],
-    lock: HeldLock,
-) -> list[str]:
-    """Send `message` on every channel still to have it (`told`: only those), adding to `done`
-    and `given_up` in place; the reasons of this attempt's failures. `LockLost` (not a
-    channel's failure) when the lead is lost before a send."""
-    errors: list[str] = []
-    for channel in channels:
-        if channel.name in done | given_up or (told is not None and channel.name not in told):
-            continue  # had it; or a resolution for a channel never told it was raised
-        lock.check()  # another worker leads now: it sends this
-        try:
-            channel.send(message)
-            done.add(channel.name)
-        except DeliveryFailed as exc:
-            errors.append(exc.reason)
-            if exc.delivered:  # some recipients have it: sent again, they would twice
-                done.add(channel.name)
-            elif exc.permanent:
-                given_up.add(channel.name)
-        except Exception as exc:  # loop edge: one alert's failure never stops the job
-            errors.append(redact(f"{type(exc).__name__}: {exc}", secrets)[:500])
-    return errors
-
-
-def _attempted(
-    done: set[str],
-    given_up: set[str],
-    errors: Sequence[str],
-    attempts: int,
-    finished: bool,
-    now: datetime,
-) -> dict[str, Any]:
+def _attempted(attempt: _Attempt, attempts: int, finished: bool, now: datetime) -> dict[str, Any]:
     """A phase's notify progress after an attempt: unless `finished`, a failed one is retried
     after a backoff."""
-    progress: dict[str, Any] = {"channels": sorted(done), "attempts": attempts}
-    if given_up:
-        progress["given_up"] = sorted(given_up)
-    if errors:
-        progress["error"] = "; ".join(errors)[:1000]
+    progress: dict[str, Any] = {"channels": sorted(attempt.done), "attempts": attempts}
+    if attempt.given_up:
+        progress["given_up"] = sorted(attempt.given_up)
+    if attempt.unsure:
+        progress["unsure"] = sorted(attempt.unsure)
+    if attempt.errors:
+        progress["error"] = "; ".join(attempt.errors)[:1000]
         if not finished:
             progress["next_at"] = (now + timedelta(seconds=retry_delay(attempts))).isoformat()
     return progress
 
 
-def _record(
-    engine: Engine,
+def _log(
     row: Mapping[str, Any],
     phase: str,
-    state: dict[str, Any],
-    finished_at: datetime | None,
+    progress: Mapping[str, Any],
+    finished: bool,
+    busy: Collection[str],
 ) -> None:
-    resolved = phase == RESOLVED
-    record_notification(engine, row, resolved=resolved, state=state, finished_at=finished_at)
-
-
-def _log(row: Mapping[str, Any], phase: str, progress: Mapping[str, Any], finished: bool) -> None:
     if "error" not in progress:
-        log_event(
-            "alert.notified", key=row["alert_key"], phase=phase, channels=progress["channels"]
-        )
+        event = "alert.notified" if finished else "alert.notify_in_flight"
+        channels, elsewhere = progress["channels"], sorted(busy)
+        log_event(event, key=row["alert_key"], phase=phase, channels=channels, in_flight=elsewhere)
         return
     log_event(
         "alert.notify_gave_up" if finished else "alert.notify_failed",

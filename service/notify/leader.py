@@ -6,7 +6,10 @@ The lock lives as long as its database connection: dropped while a pass sends (P
 restarted, an idle timeout), it is gone, and another worker leads the next pass while this
 one goes on. So a pass that must not send beside another leader holds `leading`'s lock,
 calls its `check()` before each send (`LockLost`: it stops), and records what it sent
-`recording` (fenced): a leader that lost the lead sends nothing more and records nothing."""
+`recording` (fenced): a leader that lost the lead sends nothing more and records nothing.
+The lock keeps passes from overlapping; what makes a message go once even when they do (a
+leader still inside a send when the next one starts) is its claim: `digest_runs` rows for
+digests, `critical_messages` rows for critical alerts."""
 
 from __future__ import annotations
 

@@ -1,24 +1,33 @@
 """The notify room's store of alerts: every query over them. `alerts.py` decides an alert's
 life (what raising, resolving, acknowledging means) and writes through here; the dashboard,
-the admin API, /metrics and the digests read alerts here. Digest runs, another aggregate,
-have their own store (`digest_store.py`).
+the admin API, /metrics and the digests read alerts here. The claims of critical messages
+(`critical_messages`, rows of an alert, deleted with it) are here too. Digest runs, another
+aggregate, have their own store (`digest_store.py`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, func, select, update
 
 from service.db.pages import Listing, Page, keyset
 from service.db.statements import delete_batch, insert_or_ignore
 from service.models._types import table_of
-from service.models.alerts import Alert, AlertSeverity, AlertStatus
+from service.models.alerts import (
+    Alert,
+    AlertSeverity,
+    AlertStatus,
+    CriticalMessage,
+    MessageStatus,
+)
 
 ALERTS = table_of(Alert)
+MESSAGES = table_of(CriticalMessage)
 
 
 # --- alerts: writes (service.notify.alerts decides what they mean) -------------------------
@@ -252,6 +261,120 @@ def record_notification(
         values["detail"] = {**detail, NOTIFY_STATE: dict(state)}
         connection.execute(update(ALERTS).where(where).values(**values))
         return True
+
+
+@dataclass(frozen=True)
+class MessageClaim:
+    """What claiming a message on one channel found: `ours` (send it), else the status
+    another sender left it in (None: the alert is another incident now); `made_unsure`: this
+    claim found it left `sending` past its time and marked it unsure."""
+
+    ours: bool
+    status: str | None
+    made_unsure: bool = False
+
+
+def claim_message(
+    engine: Engine,
+    alert: Mapping[str, Any],
+    phase: str,
+    channel: str,
+    claimant: str,
+    *,
+    now: datetime,
+    stale_before: datetime,
+) -> MessageClaim:
+    """Claim the `phase` message of the incident `alert` on `channel` for `claimant`: a new
+    row, the row of an earlier incident, or one whose send failed; one statement each, so
+    of two senders one only has it. A claim left `sending` since before `stale_before` (its
+    sender stopped mid-send) is marked unsure, never claimed again: it may have arrived."""
+    key = _message(alert, phase, channel)
+    incident = alert["created_at"]
+    claim = {"incident_at": incident, "status": MessageStatus.SENDING.value, "claimed_by": claimant}
+    claim |= {"claimed_at": now, "finished_at": None, "last_error": None}
+    free = (MESSAGES.c.incident_at < incident) | (
+        (MESSAGES.c.incident_at == incident) & (MESSAGES.c.status == MessageStatus.FAILED)
+    )
+    with engine.begin() as connection:
+        if not _current_incident(connection, alert):
+            return MessageClaim(False, None)
+        if _insert_claim(connection, alert, phase, channel, claim):
+            return MessageClaim(True, MessageStatus.SENDING)
+        if connection.execute(update(MESSAGES).where(key & free).values(**claim)).rowcount:
+            return MessageClaim(True, MessageStatus.SENDING)
+        made_unsure = _mark_stale(
+            connection, key & (MESSAGES.c.incident_at == incident), now, stale_before
+        )
+        status = connection.execute(
+            select(MESSAGES.c.status).where(key & (MESSAGES.c.incident_at == incident))
+        ).scalar()
+    return MessageClaim(False, None if status is None else str(status), made_unsure)
+
+
+def _message(alert: Mapping[str, Any], phase: str, channel: str) -> ColumnElement[bool]:
+    row = MESSAGES.c
+    where: ColumnElement[bool] = row.alert_id == alert["id"]
+    return where & (row.phase == phase) & (row.channel == channel)
+
+
+def _current_incident(connection: Connection, alert: Mapping[str, Any]) -> bool:
+    where = (ALERTS.c.id == alert["id"]) & (ALERTS.c.created_at == alert["created_at"])
+    return connection.execute(select(ALERTS.c.id).where(where)).first() is not None
+
+
+def _insert_claim(
+    connection: Connection,
+    alert: Mapping[str, Any],
+    phase: str,
+    channel: str,
+    claim: Mapping[str, Any],
+) -> bool:
+    inserted = connection.execute(
+        insert_or_ignore(connection.dialect.name, MESSAGES, ["alert_id", "phase", "channel"])
+        .values(alert_id=alert["id"], phase=phase, channel=channel, **claim)
+        .returning(MESSAGES.c.id)  # rowcount is -1 here on PostgreSQL
+    ).first()
+    return inserted is not None
+
+
+def _mark_stale(
+    connection: Connection, where: ColumnElement[bool], now: datetime, stale_before: datetime
+) -> bool:
+    stale = (MESSAGES.c.status == MessageStatus.SENDING) & (MESSAGES.c.claimed_at < stale_before)
+    reason = "its sender stopped mid-send: it may have arrived, so it is not sent again"
+    values = {"status": MessageStatus.UNSURE.value, "finished_at": now, "last_error": reason}
+    return bool(connection.execute(update(MESSAGES).where(where & stale).values(**values)).rowcount)
+
+
+def mark_message(
+    engine: Engine,
+    alert: Mapping[str, Any],
+    phase: str,
+    channel: str,
+    claimant: str,
+    *,
+    status: MessageStatus,
+    now: datetime,
+    error: str | None = None,
+) -> None:
+    """How `claimant`'s send of its claimed message went; only while the claim is still its
+    own and `sending` (one marked unsure meanwhile stays so)."""
+    own = (MESSAGES.c.claimed_by == claimant) & (MESSAGES.c.status == MessageStatus.SENDING)
+    values = {"status": status.value, "finished_at": now, "last_error": error}
+    with engine.begin() as connection:
+        connection.execute(
+            update(MESSAGES).where(_message(alert, phase, channel) & own).values(**values)
+        )
+
+
+def message_statuses(engine: Engine, alert: Mapping[str, Any], phase: str) -> dict[str, str]:
+    """channel -> status of the incident `alert`'s `phase` message, on the channels that have
+    a row."""
+    where = (MESSAGES.c.alert_id == alert["id"]) & (MESSAGES.c.phase == phase)
+    where &= MESSAGES.c.incident_at == alert["created_at"]
+    with engine.connect() as connection:
+        rows = connection.execute(select(MESSAGES.c.channel, MESSAGES.c.status).where(where))
+        return {str(row.channel): str(row.status) for row in rows}
 
 
 def unresolved_keys(connection: Connection, keys: Sequence[str]) -> set[str]:
