@@ -13,7 +13,7 @@ from werkzeug.datastructures import MultiDict
 
 from service.errors import BadParameter, Conflict, NotFound
 from service.models.alerts import AlertStatus
-from service.web import actions, lineage, params, quarantine, store
+from service.web import actions, corrections, lineage, params, quarantine, store
 from service.web.access import bearer_ok, csrf_ok, current_token, session_ok
 from service.web.context import actor, engine, settings
 from service.web.heartbeat_check import notice_silence
@@ -104,6 +104,17 @@ def run(run_id: int) -> Response:
     if found is None:
         raise NotFound(f"no run with id {run_id}")
     return jsonify(found)
+
+
+@bp.get("/runs/<int:run_id>/corrections")
+def run_corrections(run_id: int) -> Response:
+    """A run's corrections (its audit), in the order of its index, with the dashboard's
+    filters (`code`, `rule`, `field`, `identifier`)."""
+    args = params.known(request.args, *params.CORRECTION_FILTERS, *PAGING)
+    listing = corrections.list_corrections(
+        engine(), params.row_id(run_id, "run"), params.correction_filter(args), params.page(args)
+    )
+    return jsonify(listing.as_json())
 
 
 @bp.get("/quarantine")

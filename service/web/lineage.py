@@ -69,6 +69,13 @@ def list_runs(engine: Engine, page: Page) -> Listing:
     return Listing([run_json(row) for row in listing.data], listing.next_cursor)
 
 
+def get_run_facts(engine: Engine, run_id: int) -> dict[str, Any] | None:
+    """A run as the list shows it (no inputs nor outputs): the heading of its corrections."""
+    with engine.connect() as connection:
+        row = runs.get_run(connection, run_id)
+    return None if row is None else run_json(row)
+
+
 def get_run(engine: Engine, run_id: int) -> dict[str, Any] | None:
     """A run with its inputs, outputs and the re-import state of its corrected objects."""
     with engine.connect() as connection:

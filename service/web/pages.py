@@ -4,6 +4,7 @@ login form, and the buttons' POST routes (CSRF token required, then back to the 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -28,7 +29,7 @@ from service.errors import BadParameter, Conflict, NotFound
 from service.models import AdminActionName
 from service.models.alerts import AlertStatus
 from service.models.inbox import InboxStatus
-from service.web import actions, charts, lineage, params, quarantine, store
+from service.web import actions, charts, corrections, lineage, params, quarantine, store
 from service.web.access import (
     LOGIN_COOKIE,
     csrf_ok,
@@ -86,10 +87,11 @@ def row_json(record: Any) -> str:
 
 
 @bp.app_template_global("page_url")
-def page_url(endpoint: str, **values: Any) -> str:
-    """A link keeping only the given non-empty query values."""
+def page_url(endpoint: str, path: Mapping[str, Any] | None = None, /, **values: Any) -> str:
+    """A link keeping only the given non-empty query values (`path`: the values the
+    endpoint's path takes, a run's id)."""
     query = {key: value for key, value in values.items() if value not in (None, "")}
-    return url_for(endpoint) + ("?" + urlencode(query) if query else "")
+    return url_for(endpoint, **(path or {})) + ("?" + urlencode(query) if query else "")
 
 
 @bp.errorhandler(BadParameter)
@@ -207,6 +209,25 @@ def run_page(run_id: int) -> str:
     if found is None:
         raise NotFound(f"no run with id {run_id}")
     return render_template("run.html", run=found, other_codes=OTHER_CODES)
+
+
+@bp.get("/runs/<int:run_id>/corrections")
+def corrections_page(run_id: int) -> str:
+    """A run's corrections (its audit), filtered and in pages as the API lists them."""
+    args = _query(*params.CORRECTION_FILTERS, *params.PAGING)
+    found, page = params.correction_filter(args), params.page(args)
+    run = lineage.get_run_facts(engine(), params.row_id(run_id, "run"))
+    if run is None:
+        raise NotFound(f"no run with id {run_id}")
+    listing = corrections.list_corrections(engine(), run_id, found, page)
+    return render_template(
+        "corrections.html",
+        run=run,
+        listing=listing,
+        filters=found.as_query(),
+        limit=page.limit,
+        scan_rows=f"{corrections.SCAN_ROWS:,}",
+    )
 
 
 @bp.get("/quarantine")

@@ -17,6 +17,7 @@ from service.jobs.store.reports import ReportFilter
 from service.models import ErrorReportStatus
 from service.models.alerts import AlertSeverity, AlertStatus
 from service.models.inbox import InboxStatus
+from service.web.corrections import CorrectionFilter
 
 MAX_LIMIT = 500
 E = TypeVar("E", bound=StrEnum)
@@ -26,6 +27,9 @@ QUARANTINE_FILTERS = tuple(field.name for field in fields(QuarantineFilter))
 QUARANTINE_SEVERAL = ("run",)  # `run=3&run=7`: the rows of any of them
 REPORT_FILTERS = ("status", "meter", "no_meter", "since", "until")
 REPORT_SEVERAL = ("status",)  # `status=unmatched&status=partial`: reports of either
+CORRECTION_FILTERS = tuple(field.name for field in fields(CorrectionFilter))
+# The longest value each filter of a run's corrections may hold: its column's length.
+CORRECTION_FILTER_CHARS = {"code": 255, "rule": 255, "field": 255, "identifier": 512}
 
 
 def known(
@@ -98,6 +102,25 @@ def _rerun_value(name: str, values: list[str]) -> str:
             "row); leave it out"
         )
     return one_value(name, values, QUARANTINE_SEVERAL)
+
+
+def correction_filter(args: Mapping[str, str]) -> CorrectionFilter:
+    """The filter of a run's corrections (`known`'s values): each text as stored, the code
+    in lower case as codes are stored (as the quarantine filter reads it); a value longer
+    than its column, or holding a NUL (PostgreSQL's text holds none: a 503), is refused."""
+    values = {name: _filter_text(args, name) for name in CORRECTION_FILTERS}
+    code = values["code"]
+    return CorrectionFilter(**{**values, "code": None if code is None else code.lower()})
+
+
+def _filter_text(args: Mapping[str, str], name: str) -> str | None:
+    value = args.get(name, "").strip()
+    most = CORRECTION_FILTER_CHARS[name]
+    if len(value) > most:
+        raise BadParameter(f"{name} is longer than {most} characters")
+    if "\x00" in value:
+        raise BadParameter(f"{name} holds a NUL character (U+0000); no stored value does")
+    return value or None
 
 
 class YesNo(StrEnum):
