@@ -24,9 +24,11 @@ from sqlmodel import Session, select
 from service.adapters.channels import build_channels
 from service.config import Settings
 from service.db import make_engine
-from service.models.alerts import Alert
+from service.models.alerts import Alert, CriticalMessage
+from service.notify.alerts import resolve_alert
 from service.notify.critical import send_critical_alerts
 from service.notify.leader import NOTIFY_LOCK_KEY
+from service.notify.retention import purge_expired
 from service.notify.schedule import NotifyJobs
 from service.runtime import Runtime
 from tests.integration.notify_helpers import Mailbox, SlackReceiver, raise_gave_up, smtp_server
@@ -291,3 +293,39 @@ def test_two_senders_at_once_send_each_channel_once(
     assert slack_texts(receiver) == [f"CRITICAL: {SUBJECT}"]
     assert mail_subjects(mailbox) == [f"[meterfix] CRITICAL: {SUBJECT}"]
     assert the_alert(workers[0]).detail["notify"]["raised"]["channels"] == ["email", "slack"]
+
+
+def test_an_incident_raised_again_is_sent_again_and_retention_takes_its_claims(
+    engine: Engine,
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    slack: tuple[SlackReceiver, str],
+) -> None:
+    """The claims are per incident: one resolved and raised again is claimed and sent again
+    (raised, resolved, raised), and an alert purged by retention takes its claims with it."""
+    receiver, slack_url = slack
+    settings = make_settings(database_url=db_url, slack_webhook_url=slack_url)
+    now = datetime.now(UTC)
+
+    def send_twice() -> None:
+        for later in (now, now + timedelta(minutes=5)):
+            send_critical_alerts(
+                engine, settings, build_channels(settings), clock=lambda t=later: t
+            )
+
+    raise_gave_up(engine)
+    send_twice()
+    assert resolve_alert(engine, "poller.gave_up:k")
+    send_twice()
+    raise_gave_up(engine)  # a new incident of the same thing
+    send_twice()
+    headlines = [text.split(",")[0] for text in slack_texts(receiver)]
+    assert headlines == [f"CRITICAL: {SUBJECT}", f"Resolved: {SUBJECT}", f"CRITICAL: {SUBJECT}"]
+    with engine.connect() as connection:
+        claims = connection.execute(select(CriticalMessage.phase, CriticalMessage.status)).all()
+    assert sorted(claims) == [("raised", "sent"), ("resolved", "sent")]
+    assert resolve_alert(engine, "poller.gave_up:k")
+    purge_expired(engine, settings.mfx_retention_days, now=now + timedelta(days=400))
+    with engine.connect() as connection:
+        assert connection.execute(select(CriticalMessage.id)).all() == []
+        assert connection.execute(select(Alert.id)).all() == []
