@@ -7,11 +7,13 @@ Each message is claimed on each channel before it is sent and marked after (a
 (killed, its lead lost) leaves the channels it sent marked, and the next pass sends only the
 others. A sender stopped after a send and before marking it (SIGKILL, a crash) leaves its
 claim `sending`: nobody sends that message on that channel while the claim is younger than
-a send may last (`STALE_CLAIM`, the send's deadline and a margin), and once older it is
-marked `unsure` and never sent again, since it may have arrived: no message goes twice to a
-channel, and only a sender dying mid-send can leave one channel without it (said in
-`detail["notify"]`, logged `alert.notify_unsure`; the alert stays open on the dashboard and
-in the digest). A send that failed for sure (a Slack 5xx, SMTP down) is marked `failed` and
+a send may last (`STALE_CLAIM`, the send's deadline and a margin); once older, the next pass
+takes it over and sends it once more (logged `alert.notify_resent`: it may arrive twice, which
+is better than a critical alert that never arrived, as when the SMTP server had not even
+greeted), and a claim left so again is marked `unsure` and never sent again (said in
+`detail["notify"]`, logged `alert.notify_unsure`; the alert stays open on the dashboard and in
+the digest): a sender dying on every send of it sends it twice at most. A send that failed
+for sure (a Slack 5xx, SMTP down) is marked `failed` and
 claimed again by the next attempt, after a backoff.
 
 `notified_at` / `resolved_notified_at` say the phase is over (sent, or given up after
@@ -239,11 +241,20 @@ class _Pass:
                 key=row["alert_key"],
                 phase=phase,
                 channel=name,
-                reason="its sender stopped mid-send: it may have arrived, it is not sent again",
+                reason="its senders stopped mid-send twice: it may have arrived, not sent again",
             )
         if not claim.ours:
             attempt.found(name, claim.status)
             return
+        if claim.resent:
+            log_event(
+                "alert.notify_resent",
+                level=logging.WARNING,
+                key=row["alert_key"],
+                phase=phase,
+                channel=name,
+                reason="its sender stopped mid-send: sent once more, it may arrive twice",
+            )
         status, error = _send_on(channel, message, settings_secrets(self.settings))
         now = self.clock()
         mark_message(

@@ -266,12 +266,19 @@ def record_notification(
 @dataclass(frozen=True)
 class MessageClaim:
     """What claiming a message on one channel found: `ours` (send it), else the status
-    another sender left it in (None: the alert is another incident now); `made_unsure`: this
-    claim found it left `sending` past its time and marked it unsure."""
+    another sender left it in (None: the alert is another incident now); `resent`: ours, a
+    claim left `sending` past its time taken over (its sender stopped mid-send: the message
+    may arrive twice); `made_unsure`: such a claim, already taken over once, marked unsure."""
 
     ours: bool
     status: str | None
     made_unsure: bool = False
+    resent: bool = False
+
+
+# A message whose sender stopped mid-send is sent once more (it may arrive twice: an alert
+# that may never have arrived is worse), then no more.
+MAX_RESENDS = 1
 
 
 def claim_message(
@@ -287,7 +294,8 @@ def claim_message(
     """Claim the `phase` message of the incident `alert` on `channel` for `claimant`: a new
     row, the row of an earlier incident, or one whose send failed; one statement each, so
     of two senders one only has it. A claim left `sending` since before `stale_before` (its
-    sender stopped mid-send) is marked unsure, never claimed again: it may have arrived."""
+    sender stopped mid-send) is taken over once (`MAX_RESENDS`), then marked unsure: it may
+    have arrived, and a sender dying on every send must not send it without end."""
     key = _message(alert, phase, channel)
     incident = alert["created_at"]
     claim = {"incident_at": incident, "status": MessageStatus.SENDING.value, "claimed_by": claimant}
@@ -295,19 +303,23 @@ def claim_message(
     free = (MESSAGES.c.incident_at < incident) | (
         (MESSAGES.c.incident_at == incident) & (MESSAGES.c.status == MessageStatus.FAILED)
     )
+    this_incident = key & (MESSAGES.c.incident_at == incident)
+    stale = (MESSAGES.c.status == MessageStatus.SENDING) & (MESSAGES.c.claimed_at < stale_before)
     with engine.begin() as connection:
         if not _current_incident(connection, alert):
             return MessageClaim(False, None)
         if _insert_claim(connection, alert, phase, channel, claim):
             return MessageClaim(True, MessageStatus.SENDING)
-        if connection.execute(update(MESSAGES).where(key & free).values(**claim)).rowcount:
+        taken = update(MESSAGES).where(key & free).values(**claim, resends=0)
+        if connection.execute(taken).rowcount:
             return MessageClaim(True, MessageStatus.SENDING)
-        made_unsure = _mark_stale(
-            connection, key & (MESSAGES.c.incident_at == incident), now, stale_before
-        )
-        status = connection.execute(
-            select(MESSAGES.c.status).where(key & (MESSAGES.c.incident_at == incident))
-        ).scalar()
+        again = claim | {"last_error": "sent again: its sender stopped mid-send"}
+        resend = this_incident & stale & (MESSAGES.c.resends < MAX_RESENDS)
+        taken = update(MESSAGES).where(resend).values(**again, resends=MESSAGES.c.resends + 1)
+        if connection.execute(taken).rowcount:
+            return MessageClaim(True, MessageStatus.SENDING, resent=True)
+        made_unsure = _mark_stale(connection, this_incident & stale, now)
+        status = connection.execute(select(MESSAGES.c.status).where(this_incident)).scalar()
     return MessageClaim(False, None if status is None else str(status), made_unsure)
 
 
@@ -337,13 +349,13 @@ def _insert_claim(
     return inserted is not None
 
 
-def _mark_stale(
-    connection: Connection, where: ColumnElement[bool], now: datetime, stale_before: datetime
-) -> bool:
-    stale = (MESSAGES.c.status == MessageStatus.SENDING) & (MESSAGES.c.claimed_at < stale_before)
-    reason = "its sender stopped mid-send: it may have arrived, so it is not sent again"
+def _mark_stale(connection: Connection, where: ColumnElement[bool], now: datetime) -> bool:
+    reason = (
+        f"its sender stopped mid-send, and {MAX_RESENDS} more time: it may have arrived, so "
+        "it is not sent again"
+    )
     values = {"status": MessageStatus.UNSURE.value, "finished_at": now, "last_error": reason}
-    return bool(connection.execute(update(MESSAGES).where(where & stale).values(**values)).rowcount)
+    return bool(connection.execute(update(MESSAGES).where(where).values(**values)).rowcount)
 
 
 def mark_message(

@@ -8,7 +8,8 @@ A critical alert's message was recorded once every channel had been tried: a sen
 stopped between Slack and email (killed, its leader lock lost) left nothing saying Slack had
 it, and the next leader sent it to Slack again; two leaders at once both sent it. Each
 (alert, phase, channel) message is now a row, claimed (`sending`) before the send and marked
-after (`sent`, `failed`, `given_up`; `unsure` when its sender stopped mid-send).
+after (`sent`, `failed`, `given_up`); one whose sender stopped mid-send is sent once more
+(`resends`), then marked `unsure`.
 """
 
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ def upgrade() -> None:
     sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('resends', sa.Integer(), server_default='0', nullable=False),
     sa.CheckConstraint(f'"status" IN ({STATUSES})', name='ck_critical_messages_status'),
     sa.ForeignKeyConstraint(['alert_id'], ['alerts.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
