@@ -9,7 +9,8 @@ The connection is made through the engine's pool (same URL, options and dialect 
 then detached from it, lazily, in the process that uses it (`service.intake.writers`).
 A connection that fails is dropped and the INSERT is tried once more on a new one; that is
 safe because a repeated event id is a unique violation, which the caller reports as a
-duplicate delivery.
+duplicate delivery. An INSERT the server cancels at its time limit (`WRITE_SECONDS`) is not
+tried again: nothing was stored, and the caller answers 503 (Stripe delivers it again).
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from contextlib import suppress
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.pool import PoolProxiedConnection
 
 from service.intake.writers import WriterRegistry
+
+# How long the INSERT may take, waiting for a lock included (the session's
+# `statement_timeout`). Unbounded, a table locked by another session (`LOCK TABLE`, a
+# migration) held the request and its server thread as long as the lock was held, long after
+# Stripe gave up on the delivery (~18 s) and sent it again.
+WRITE_SECONDS = 5
+CANCELLED = "57014"  # query_canceled: the time limit ran out (the connection is fine)
 
 
 class PostgresWriter:
@@ -30,7 +37,7 @@ class PostgresWriter:
         self.pid = os.getpid()
         self._engine = engine
         self._dbapi: Any = engine.dialect.loaded_dbapi
-        self._connection: PoolProxiedConnection | None = None
+        self._connection: Any = None  # psycopg's own connection, detached from the pool
         self._mutex = threading.Lock()
 
     def commit_one(self, sql: str, parameters: tuple[Any, ...]) -> None:
@@ -38,7 +45,9 @@ class PostgresWriter:
         with self._mutex:
             try:
                 self._execute(sql, parameters)
-            except (self._dbapi.OperationalError, self._dbapi.InterfaceError):
+            except (self._dbapi.OperationalError, self._dbapi.InterfaceError) as exc:
+                if getattr(exc, "sqlstate", None) == CANCELLED:
+                    raise  # once more would wait as long again: the caller answers 503
                 self._drop()  # the server restarted, a proxy cut it, an idle timeout...
                 self._execute(sql, parameters)  # once more, on a new connection
 
@@ -51,13 +60,17 @@ class PostgresWriter:
         finally:
             cursor.close()
 
-    def _connect(self) -> PoolProxiedConnection:
-        connection = self._engine.raw_connection()
-        driver: Any = connection.driver_connection  # psycopg's own connection
-        connection.detach()  # ours from now on: the pool neither hands it out nor resets it
-        connection.rollback()  # the pool's ping may have opened a transaction
+    def _connect(self) -> Any:
+        """psycopg's own connection, made through the pool and detached from it: closed here,
+        never by the pool, whose reset (a ROLLBACK) of a connection the server had ended
+        logged an ERROR with a traceback ("Exception during reset or similar")."""
+        pooled = self._engine.raw_connection()
+        driver: Any = pooled.driver_connection
+        pooled.detach()  # ours from now on: the pool neither hands it out nor resets it
+        driver.rollback()  # the pool's ping may have opened a transaction
         driver.autocommit = True
-        return connection
+        driver.execute(f"SET statement_timeout = '{WRITE_SECONDS}s'")
+        return driver
 
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
