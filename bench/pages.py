@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/pages.py [--database-url URL] [--runs 10000] [--audit 1000000]
                                     [--quarantined 100000] [--requests 40]
+                                    [--run-corrections 1000000]
 
 Seeds a fresh database (SQLite file by default, or the PostgreSQL database/schema given) with
 `--runs` remediation runs, `--audit` correction-audit rows and `--quarantined` quarantined rows
 shaped as the service writes them, with their inputs, objects, events, alerts and admin actions
-(see `bench/pages_seed.py`). Then serves the real app on a loopback port (werkzeug, one
-process, one request at a time), logs in through the login form (CSRF token read from it), and
-requests every dashboard page and API endpoint: one untimed warm-up round, then `--requests`
-rounds, each round every page once (so a page's requests spread over the whole measurement).
+(see `bench/pages_seed.py`), and one more run of `--run-corrections` corrections (besides
+`--audit`'s), whose corrections pages are measured. Then serves the real app on a loopback
+port (werkzeug, one process, one request at a time), logs in through the login form (CSRF
+token read from it), and requests every dashboard page and API endpoint: one untimed warm-up
+round, then `--requests` rounds, each round every page once (so a page's requests spread over
+the whole measurement).
 Meanwhile a background writer does what a live service does: a worker and a poller heartbeat
 every 10 s and a new run (with its audit, quarantined rows and objects) every 15 s (the
 seeded history has one every 4 minutes), so the overview's recent sums and its charts change
@@ -161,9 +164,36 @@ def pages(plan: Plan, overview_state: OverviewState) -> list[Page]:
         Page(f"/api/quarantine?run={run}", listing()),
         Page(f"/api/quarantine?code={rare}&until={until}", listing()),
         Page(f"/api/quarantine.csv?run={run}", csv_rows),
+        *corrections_pages(plan),
         Page("/api/events", listing()),
         Page("/api/events?status=dead", listing()),
         Page("/api/health", has("heartbeats", "worker_heartbeat_age_seconds")),
+    ]
+
+
+def corrections_pages(plan: Plan) -> list[Page]:
+    """The corrections of the big run (`--run-corrections`): its first page, one halfway, a
+    rare code (a filtered page reads the run's rows up to its bound), an identifier, and the
+    first page of its rows without an identifier."""
+    if not plan.big_run:
+        return []
+    base, middle = f"/runs/{plan.big_run}/corrections", plan.big_run_middle
+    row = "correction-row"
+    return [
+        Page(base, html('data-testid="corrections-table"', rows=row)),
+        Page(f"{base}?cursor={middle}", html(rows=row)),
+        Page(f"{base}?code=archived_meter", html(rows=row)),
+        Page(f"{base}?code=no_meter&cursor={middle}", html(rows=row)),
+        Page(f"/api{base}", listing()),
+        Page(f"/api{base}?limit=500&cursor={middle}", listing(500)),
+        Page(f"/api{base}?code=archived_meter&cursor={middle}", listing()),
+        Page(f"/api{base}?rule=meter_successor", listing(0)),
+        Page(f"/api{base}?identifier={plan.big_run_identifier}", listing()),
+        Page(
+            f"/api{base}?cursor={plan.big_run_last_named}",
+            listing(),
+            f"/api{base}?cursor=<last with an identifier>",
+        ),
     ]
 
 
@@ -310,6 +340,7 @@ def main() -> None:
     parser.add_argument("--audit", type=int, default=1_000_000)
     parser.add_argument("--quarantined", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--run-corrections", type=int, default=1_000_000)
     args = parser.parse_args()
     logging.getLogger("meterfix").setLevel(logging.ERROR)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -323,7 +354,7 @@ def main() -> None:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'pages.db'}"
         upgrade(url)
         engine = make_engine(url)
-        plan = seed(engine, args.runs, args.audit, args.quarantined)
+        plan = seed(engine, args.runs, args.audit, args.quarantined, args.run_corrections)
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             database_url=url,

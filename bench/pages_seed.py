@@ -81,6 +81,8 @@ TRIGGERS = {
     "quarantine_rerun": "quarantine_rerun",
 }
 BATCH = 5000
+# The big run's id, past the seeded runs and those the bench adds while it measures.
+BIG_RUN_OFFSET = 200_000
 DAYS = 30
 SNAPSHOT_BODY = json.dumps(
     {
@@ -133,6 +135,10 @@ class Plan:
     """What was seeded (ids the bench builds its paths from)."""
 
     runs: int
+    big_run: int = 0  # the run of `--run-corrections` corrections (0: none)
+    big_run_middle: int = 0  # the id of an audit row halfway through its list
+    big_run_last_named: int = 0  # the id of its last row with an identifier
+    big_run_identifier: str = ""  # an identifier of its rows
     run_of_kind: dict[str, int] = field(default_factory=dict)  # a large done run per kind
     rare_code: str = "meter_event_mystery"
     busy_code: str = "meter_event_invalid_value"
@@ -611,7 +617,73 @@ class Seeder:
         )
 
 
-def seed(engine: Engine, runs: int, audit: int, quarantined: int) -> Plan:
+# The big run's codes: a busy file's, one of them rare (a filter on it reads the run's rows
+# page by page); its last rows have no identifier (a file without them).
+BIG_RUN_CODES = (("archived_meter", 10_000), ("no_meter", 10), ("meter_event_invalid_value", 4))
+BIG_RUN_UNNAMED = 100  # one row in this many has no identifier
+
+
+def _big_code(number: int) -> str:
+    """The code of the big run's row `number`: the first of `BIG_RUN_CODES` whose period
+    divides it, else timestamp_in_future."""
+    return next(
+        (code for code, every in BIG_RUN_CODES if number % every == 0), "timestamp_in_future"
+    )
+
+
+def big_run(seeder: Seeder, run_id: int, at: datetime, corrections: int) -> Plan:
+    """One run of `corrections` corrections, as the service loads them: sorted by
+    identifier (ids follow), those without one last; its counts and `by_code` agree."""
+    seeder.run(run_id, "import_set", at, (400, 0, 20))
+    unnamed = corrections // BIG_RUN_UNNAMED
+    by_code: dict[str, int] = {}
+    plan = Plan(0, big_run=run_id)
+    for number in range(corrections):
+        code = _big_code(number)
+        by_code[code] = by_code.get(code, 0) + 1
+        rule, column, before, after = FIXES[code]
+        named = number < corrections - unnamed
+        ident = f"b{number:07d}-{_hex('big', number)[:10]}" if named else None
+        seeder.add(
+            "correction_audit",
+            {
+                "run_id": run_id,
+                "source": f"usage/{at:%Y/%m/%d}/export-{run_id:06d}.csv",
+                "row_number": (number * 7919) % corrections + 2,  # the file's order is another
+                "identifier": ident,
+                "new_identifier": f"{ident or 'row-' + _hex('row', number)[:16]}-mfx1",
+                "code": code,
+                "rule": rule,
+                "field": column,
+                "before": before,
+                "after": after,
+            },
+        )
+        if number == corrections // 3:
+            plan.big_run_identifier = ident or ""
+    seeder.flush()
+    runs, audit = seeder.tables["remediation_runs"], seeder.tables["correction_audit"]
+    with seeder.engine.begin() as connection:
+        kept = connection.execute(select(runs.c.by_code).where(runs.c.id == run_id)).scalar_one()
+        slots = {
+            code: {"corrected": by_code.get(code, 0), "quarantined": 0}
+            for code in sorted(set(by_code) | set(kept))
+        }
+        for code, slot in kept.items():
+            slots[code]["quarantined"] = slot["quarantined"]
+        connection.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(input_rows=400 + corrections + 20, corrected=corrections, by_code=slots)
+        )
+        ids = select(audit.c.id).where(audit.c.run_id == run_id).order_by(audit.c.id)
+        plan.big_run_middle = connection.execute(ids.offset(corrections // 2).limit(1)).scalar_one()
+        last = corrections - unnamed - 1
+        plan.big_run_last_named = connection.execute(ids.offset(last).limit(1)).scalar_one()
+    return plan
+
+
+def seed(engine: Engine, runs: int, audit: int, quarantined: int, run_corrections: int = 0) -> Plan:
     rng = random.Random(7)
     now = datetime.now(UTC)
     start = now - timedelta(days=DAYS)
@@ -661,6 +733,13 @@ def seed(engine: Engine, runs: int, audit: int, quarantined: int) -> Plan:
             plan.run_of_kind[kinds[i]] = i + 1
     _current(seeder, now)
     seeder.flush()
+    if run_corrections:
+        big = big_run(seeder, runs + BIG_RUN_OFFSET, start + timedelta(days=1), run_corrections)
+        plan.big_run, plan.big_run_middle = big.big_run, big.big_run_middle
+        plan.big_run_last_named, plan.big_run_identifier = (
+            big.big_run_last_named,
+            big.big_run_identifier,
+        )
     with engine.begin() as connection:
         for earlier, rerun in taken.items():
             connection.execute(

@@ -4,9 +4,10 @@
 The order is the one index of a run's rows gives, (run_id, identifier) (migration 0004; no
 other index is added: each is written by every run's load, and the load is the service path's
 slowest stage): by identifier, then by id (on SQLite the index holds the id; on PostgreSQL the
-few rows under one identifier are sorted), rows without an identifier last, by id. The load
-writes a run's rows in that order, so it is also the order of their ids. A page's cursor is
-the id of the last row it read, whose identifier the next page starts from.
+few rows under one identifier are sorted), rows without an identifier last, by id. A page's
+cursor is the id of the last row it read, whose identifier the next page starts from. On
+PostgreSQL the first page of a run's rows without an identifier (a file that had none) sorts
+them all: 10,000 of them are read in milliseconds, 200,000 in about 170 ms.
 
 A filter on code, rule or field is not indexed: the run's rows are read in order and the ones
 that match kept. So that a page stays quick in a run of a million corrections where few match,
@@ -25,7 +26,8 @@ from service.db.pages import Listing, Page
 from service.errors import BadParameter, NotFound
 from service.jobs.store.runs import AUDIT, RUNS
 
-# Rows of the run a filtered page reads at most (about 40 ms on SQLite, bench/pages.py).
+# Rows of the run a filtered page reads at most: in a run of a million corrections, a page of a
+# rare code took 66 ms (p95) on SQLite and 87 ms on PostgreSQL, on a loaded host (bench/pages.py).
 SCAN_ROWS = 20_000
 ITEM_COLUMNS = (
     AUDIT.c.id,
