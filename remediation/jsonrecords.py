@@ -164,11 +164,14 @@ def _error_fields(obj: dict[str, Any], problems: list[str]) -> dict[str, Any]:
 
 def _payload_of(obj: dict[str, Any], extra: dict[str, Any], problems: list[str]) -> dict[Any, Any]:
     """The object's payload for the rules ({} when it has none that is an object); a null or
-    other value is kept in `extra` as it came, and one that is no object is a problem."""
+    other value is kept in `extra` as it came, and one that is no object is a problem; no
+    payload key at all is marked (`NO_PAYLOAD`)."""
     payload = obj.get("payload")
     if payload is None:
         if "payload" in obj:  # null: written back so in a quarantined row (`record_object`)
             extra["payload"] = None
+        else:  # none: a quarantined row is written without one (`record_object`)
+            extra[NO_PAYLOAD] = True
         return {}
     if not isinstance(payload, dict):
         # kept as it came (`writers.record_object` writes it back), never read by a rule
@@ -213,6 +216,15 @@ def _json_kind(value: object) -> str:
 
 
 JSON_KNOWN = frozenset({"identifier", "timestamp", "event_name", "payload"})
+# The `extra` key marking a row that names no payload (true): our own `mfx_` note, so never a
+# key of a file's (`not_the_rows`) nor written. A quarantined row is written without one, as
+# it came (`writers.record_object`, `core.jsonrows.row_texts`); `{}` and `null` are kept.
+NO_PAYLOAD = "mfx_no_payload"
+
+
+def names_no_payload(record: UsageRecord) -> bool:
+    """Whether a row named no payload and holds none (a rule may fill one: then it has it)."""
+    return not record.payload and NO_PAYLOAD in record.extra
 
 
 def _jsonl_records(text: io.TextIOWrapper, depth: int) -> Iterator[UsageRecord]:

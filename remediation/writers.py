@@ -16,6 +16,7 @@ from typing import BinaryIO
 from remediation.core.jsontext import line_safe
 from remediation.filetypes import FileFormat
 from remediation.jsonnumbers import dumps
+from remediation.jsonrecords import names_no_payload
 from remediation.records import (
     CORE_FIELDS,
     MFX_PREFIX,
@@ -67,7 +68,8 @@ def record_object(
             obj[name] = kept[name]
         elif value is not None:
             obj[name] = value
-    obj["payload"] = kept["payload"] if _payload_came(record, kept) else record.payload
+    if not (as_came and names_no_payload(record)):  # as it came: none when it named none
+        obj["payload"] = kept["payload"] if _payload_came(record, kept) else record.payload
     for key, value in record.extra.items():
         if not key.startswith(MFX_PREFIX) and key not in _OBJECT_KEYS:
             obj[key] = value

@@ -16,6 +16,7 @@ from remediation.core.columns import Batch, Column, Kind
 from remediation.core.jsonllayouts import LITERALS, Layout, Leaf
 from remediation.core.keyorders import KeyOrders
 from remediation.jsonnumbers import json_float
+from remediation.jsonrecords import NO_PAYLOAD
 from remediation.records import resolve_error
 
 
@@ -36,6 +37,8 @@ def layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[Any
             kinds = None  # text (a number there is left to the record path), "" as absent
             texts = pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts)
         columns[(leaf.group, leaf.key)] = Column(texts, kinds)
+    if NO_PAYLOAD in layout.extra_keys:
+        columns[("extra", NO_PAYLOAD)] = no_payload(np.ones(n, bool))
     code, message = errors_of(errors, n)
 
     def core(name: str) -> Column:
@@ -53,6 +56,13 @@ def layout_batch(layout: Layout, values: list[pa.Array], numbers: np.ndarray[Any
         pa.nulls(n, pa.string()),
         KeyOrders.same((layout.payload_keys, layout.extra_keys), n),
     )
+
+
+def no_payload(rows: np.ndarray[Any, Any]) -> Column:
+    """The mark of the rows (`rows` true) that name no payload (`jsonrecords.NO_PAYLOAD`), as
+    the record path makes it: true there, absent elsewhere."""
+    texts = pc.if_else(pa.array(rows), pa.scalar("true"), pa.scalar(None, pa.string()))
+    return Column(texts, np.where(rows, np.uint8(Kind.BOOL), np.uint8(Kind.TEXT)))
 
 
 def dotted(numbers: pa.Array) -> np.ndarray[Any, Any]:

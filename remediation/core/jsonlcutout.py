@@ -12,10 +12,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.columns import Batch, Column, Kind
-from remediation.core.jsonlbatch import dotted, in_range, mask, per_row, put_error_field
+from remediation.core.jsonlbatch import (
+    dotted,
+    in_range,
+    mask,
+    no_payload,
+    per_row,
+    put_error_field,
+)
 from remediation.core.jsonllayouts import MAX_NUMBER_CHARS, Layout, Leaf
 from remediation.core.jsonlrare import TRIMMED, is_rare, rare_columns
 from remediation.core.keyorders import KeyOrder, KeyOrders
+from remediation.jsonrecords import NO_PAYLOAD
 from remediation.records import resolve_error
 
 
@@ -44,6 +52,9 @@ def cut_out(
     pieces = pc.list_flatten(split)
     keep = np.ones(len(lines), bool)
     columns, errors = _cut_columns(layouts, codes, starts, pieces, keep)
+    unnamed = [at for at, layout in enumerate(layouts) if NO_PAYLOAD in layout.extra_keys]
+    if unnamed:
+        columns[("extra", NO_PAYLOAD)] = no_payload(np.isin(codes, unnamed))
     code, message = _errors(layouts, codes, errors)
     orders = [(layout.payload_keys, layout.extra_keys) for layout in layouts]
     n = len(lines)

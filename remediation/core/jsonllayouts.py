@@ -18,7 +18,7 @@ from functools import cached_property
 
 from remediation.core.columns import Kind
 from remediation.jsonnumbers import JsonNumber, dumps
-from remediation.jsonrecords import JSON_KNOWN, not_the_rows
+from remediation.jsonrecords import JSON_KNOWN, NO_PAYLOAD, not_the_rows
 from remediation.records import ERROR_FIELDS, MFX_PREFIX
 
 MAX_NUMBER_CHARS = 1000
@@ -118,6 +118,8 @@ def learn(obj: object, line: str, depth: int) -> Layout | None:
     tokens.append("}")
     if (2 if nested else 1) > depth:
         return None
+    if "payload" not in obj:  # marked as the record path marks it (`jsonlbatch.no_payload`)
+        extra_keys.append(NO_PAYLOAD)
     pattern = "^" + "".join(_pattern(t) for t in tokens) + "$"
     leaves, pieces = _placed(tokens)
     return Layout(pattern, leaves, pieces, payload_keys, tuple(extra_keys))

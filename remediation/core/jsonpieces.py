@@ -62,8 +62,13 @@ class Pieces:
         self._parts[self._part][self._members] = places
         self._part += 1
 
-    def constant(self, text: str) -> None:
-        self._put(np.full(len(self._members), self._pool.constant(text), np.int64))
+    def constant(self, text: str, has: np.ndarray[Any, Any] | None = None) -> None:
+        """`text` in every row of the group, or in the rows `has` only."""
+        place = self._pool.constant(text)
+        if has is None:
+            self._put(np.full(len(self._members), place, np.int64))
+        else:
+            self._put(np.where(has, place, TextPool.EMPTY))
 
     def prefix(
         self, key: str, has: np.ndarray[Any, Any], first: np.ndarray[Any, Any], then: str = ""

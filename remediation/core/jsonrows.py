@@ -1,8 +1,9 @@
 """Rows as JSON objects, built on columns: the text `json.dumps(writers.record_object(record),
 ensure_ascii=False, separators=(",", ":"))` gives for each row, byte for byte.
 
-The identifier, timestamp and event name when present, the payload, then the other keys, each
-object's keys in the row's own order (`Batch.order`; a CSV row's keys follow its columns).
+The identifier, timestamp and event name when present, the payload (none for a quarantined
+row that named none), then the other keys, each object's keys in the row's own order
+(`Batch.order`; a CSV row's keys follow its columns).
 Rows sharing a layout (which keys, in which order) are joined element-wise by Arrow, one
 layout at a time, then put back in row order; a batch of many layouts (optional keys) is
 joined in one pass over its keys, each row's pairs present or empty. A batch holding a value
@@ -28,7 +29,7 @@ from remediation.core.columns import Batch, Column, Kind
 from remediation.core.jsonpieces import NULL, json_key
 from remediation.core.jsonrowsatonce import CORE, Rows, all_at_once
 from remediation.core.jsontext import json_parts, json_strings
-from remediation.core.keyorders import KeyOrders
+from remediation.core.keyorders import KeyOrders, names_payload
 from remediation.core.text import join, take_parts
 from remediation.records import MFX_PREFIX
 
@@ -54,8 +55,9 @@ def row_texts(
     end: str = "",
 ) -> pa.Array:
     """Each row of a `plain` batch as its JSON object, written under `identifiers`, closed by
-    `notes` (keys, and their values as JSON texts: a quarantined row's code and reason) and
-    `end` (a large_string array, in row order)."""
+    `notes` (keys, and their values as JSON texts: a quarantined row's code and reason, which
+    is written as it came: without a payload when it named none) and `end` (a large_string
+    array, in row order)."""
     cores = {
         "identifier": Column(identifiers),
         "timestamp": batch.timestamp,
@@ -73,11 +75,9 @@ def row_texts(
     for at_kind, kind in enumerate(kinds.tolist()):
         members = np.flatnonzero(of_row.reshape(-1) == at_kind)
         at = pa.array(members)
-        parts = _layout_parts(batch, cores, orders, kind, values, at)
-        for key, texts in notes:
-            parts += [",", json_key(key), texts.take(at)]
-        parts.append("}" + end)
-        pieces.append(join(parts, len(members)))
+        pairs = _layout_pairs(batch, cores, orders, kind, values, at, bool(notes))
+        pairs += [[json_key(key), texts.take(at)] for key, texts in notes]
+        pieces.append(join([*_object(pairs), end], len(members)))
         rows.append(members)
     return _in_row_order(pieces, rows, len(batch))
 
@@ -108,31 +108,44 @@ class _EncodedValues:
         return take_parts(found, at)
 
 
-def _layout_parts(
+def _layout_pairs(
     batch: Batch,
     cores: dict[str, Column],
     orders: KeyOrders,
     kind: int,
     values: _EncodedValues,
     at: pa.Array,
-) -> list[pa.Array | str]:
-    """The parts of the rows `at` of one layout (`kind`, as `_layouts` numbers it), up to their
-    notes: the core fields present, the payload object, then the other keys."""
+    as_came: bool,
+) -> list[list[pa.Array | str]]:
+    """The pairs of the rows `at` of one layout (`kind`, as `_layouts` numbers it), each as its
+    parts: the core fields present, the payload object, then the other keys. `as_came` (a
+    quarantined row): a row that named no payload is written without one, as `record_object`
+    writes it."""
     has = tuple(bool(kind >> bit & 1) for bit in range(len(CORE)))
-    payload_keys, extra_keys = orders.distinct[kind >> len(CORE)]
+    order = orders.distinct[kind >> len(CORE)]
+    payload_keys, extra_keys = order
+    pairs = [
+        [json_key(name), *values("", name, cores[name], at)]
+        for name, there in zip(CORE, has, strict=True)
+        if there
+    ]
+    if not as_came or names_payload(order):
+        inner = [[json_key(key), *values("p", key, batch.payload[key], at)] for key in payload_keys]
+        pairs.append(['"payload":', *_object(inner)])
+    pairs += [
+        [json_key(key), *values("e", key, batch.extra[key], at)]
+        for key in extra_keys
+        if not key.startswith(MFX_PREFIX)
+    ]
+    return pairs
+
+
+def _object(pairs: list[list[pa.Array | str]]) -> list[pa.Array | str]:
+    """The parts of an object of `pairs` (each pair's parts): braced, a comma between two."""
     parts: list[pa.Array | str] = ["{"]
-    for name, there in zip(CORE, has, strict=True):
-        if there:
-            parts += [json_key(name), *values("", name, cores[name], at), ","]
-    parts.append('"payload":{')
-    for key in payload_keys:
-        parts += [json_key(key), *values("p", key, batch.payload[key], at), ","]
-    if payload_keys:
-        parts.pop()
+    for at, pair in enumerate(pairs):
+        parts += [",", *pair] if at else pair
     parts.append("}")
-    for key in extra_keys:
-        if not key.startswith(MFX_PREFIX):
-            parts += [",", json_key(key), *values("e", key, batch.extra[key], at)]
     return parts
 
 

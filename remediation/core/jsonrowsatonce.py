@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from remediation.core.columns import Batch, Column
 from remediation.core.jsonpieces import Pieces
-from remediation.core.keyorders import KeyOrder, KeyOrders
+from remediation.core.keyorders import KeyOrder, KeyOrders, names_payload
 from remediation.records import MFX_PREFIX
 
 # The keys `record_object` writes before the payload, each when present
@@ -75,7 +75,7 @@ def _written(
     top: list[tuple[str, Column | pa.Array | None, np.ndarray[Any, Any]]] = [
         (name, rows.cores[name], rows.present[name][members]) for name in CORE
     ]
-    top.append(("payload", None, every))
+    top.append(("payload", None, _payload_named(rows, members) if rows.notes else every))
     top += [(key, rows.batch.extra[key], holding.of(key, 1)) for key in extra_keys]
     top += [(key, texts, every) for key, texts in rows.notes]
     pieces.start(members)
@@ -86,8 +86,16 @@ def _written(
             continue
         pieces.prefix(key, has, first, "{")
         pieces.object_pairs(payload_keys, holding.payload(payload_keys), rows.batch.payload)
-        pieces.constant("}")
+        pieces.constant("}", has)
     pieces.constant("}" + end)
+
+
+def _payload_named(rows: Rows, members: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Which of the rows `members` name a payload: a quarantined row (one with notes) that
+    named none is written without one, as `record_object` writes it."""
+    named = np.fromiter(map(names_payload, rows.orders.distinct), bool)
+    found: np.ndarray[Any, Any] = named[rows.orders.codes[members]]
+    return found
 
 
 class _KeyHolding:

@@ -11,8 +11,16 @@ import numpy as np
 import numpy.typing as npt
 
 from remediation.core.column import Indexes
+from remediation.jsonrecords import NO_PAYLOAD
 
 KeyOrder = tuple[tuple[str, ...], tuple[str, ...]]  # a row's payload keys and extra keys
+
+
+def names_payload(order: KeyOrder) -> bool:
+    """Whether rows of this order name a payload: all but those marked as naming none and
+    holding none (`jsonrecords.names_no_payload`), which a quarantined row is written without."""
+    payload_keys, extra_keys = order
+    return bool(payload_keys) or NO_PAYLOAD not in extra_keys
 
 
 class FoldedKey(str):

@@ -42,7 +42,8 @@ def rename_value_key_row(record: UsageRecord, ctx: Context) -> list[Change]:
         return [Change("rename_key", f"payload.{alias}", alias, meter.value_key)]
     if holds(held := record.payload.get(meter.value_key)):
         raise Uncorrectable(already_held("value", meter.value_key, held))
-    raise Uncorrectable(f"no single aliased column for value key {meter.value_key!r}")
+    plainly = None if top else nothing_in_payload(record, "value", meter.value_key)
+    raise Uncorrectable(plainly or f"no single aliased column for value key {meter.value_key!r}")
 
 
 def fill_customer_key(batch: Batch, ctx: Context) -> Fix:
@@ -90,7 +91,10 @@ def _fill_customer_key(record: UsageRecord, ctx: Context) -> list[Change]:
     if not found and holds(held):
         raise Uncorrectable(already_held("customer", meter.customer_key, held))
     if len(found) != 1:
-        raise Uncorrectable(f"no single aliased column for customer key {meter.customer_key!r}")
+        plainly = None if found else nothing_in_payload(record, "customer", meter.customer_key)
+        raise Uncorrectable(
+            plainly or f"no single aliased column for customer key {meter.customer_key!r}"
+        )
     value = found.pop()
     if holds(held) and str(held).strip() != value:  # which one is meant is not guessed
         raise Uncorrectable(clash(meter.customer_key, held, "a top-level alias", value))
@@ -237,6 +241,18 @@ def fill_dimensions_row(record: UsageRecord, ctx: Context) -> list[Change]:
         if moved:  # its going has its line too (the row could not be told back from the audit)
             changes.append(Change("fill_dimension", f"payload.{alias}", value, None))
     return changes
+
+
+def nothing_in_payload(record: UsageRecord, what: str, key: str) -> str | None:
+    """Why a row with nothing in its payload is quarantined without its customer or value,
+    said plainly: it has no payload (no key, `{}`, or a CSV's empty payload cells, alike), or a
+    null one. It was "no single aliased column", of a row with no column at all. None when
+    the payload holds a key."""
+    if record.payload:
+        return None
+    null = "payload" in record.extra and record.extra["payload"] is None
+    state = "the row's payload is null" if null else "the row has no payload"
+    return f"{state}: no {what} key {key!r}, and no alias holds a {what}"
 
 
 def already_held(what: str, key: str, held: object) -> str:
