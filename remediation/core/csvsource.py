@@ -58,8 +58,22 @@ class ByteSource:
 
 
 def exact_lines(source: ByteSource) -> Iterator[str]:
-    """The lines `text_stream` gives csv.reader from byte `source.start` on (a line start)."""
-    return _lines(_decoded(source))
+    """The lines `text_stream` gives csv.reader from byte `source.start` on (a line start),
+    each once the next is read, as `closed_at_end` hands them over: a byte that does not decode
+    at the end of the file then fails the file before its header is judged, as today (an
+    ambiguous header before it was said instead)."""
+    return _one_ahead(_lines(_decoded(source)))
+
+
+def _one_ahead(lines: Iterator[str]) -> Iterator[str]:
+    """`lines`, each yielded once the next was read (or the end reached)."""
+    last = next(lines, None)
+    if last is None:
+        return
+    for line in lines:
+        yield last
+        last = line
+    yield last
 
 
 def _decoded(source: ByteSource) -> Iterator[str]:
