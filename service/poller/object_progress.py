@@ -5,12 +5,18 @@ failures need not import to use them."""
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from itertools import count
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 from remediation.codes import ErrorCode
+from remediation.core.column import Mask
 from remediation.poller import ImportChunk
 from remediation.records import UsageRecord
 
@@ -41,22 +47,17 @@ class ObjectProgress:
     object_id: int
     first_seen: datetime  # the reference time validation uses on every pass of this object
     acked_batches: int = 0
-    resume_row: int = 0  # rows before this one belong to the acknowledged prefix
+    resume_row: int = 0  # the row the acknowledged prefix's furthest batch ends at
     failing_since: datetime | None = None
     attempts: int = 0
     unacked: tuple[SentBatch, ...] = ()  # sent, never acknowledged: a pass sends them again
-    # past the prefix, acknowledged (in flight beside a batch that failed): a pass cutting
-    # the same batch again leaves it out (`acknowledged_as`), never sends it a second time
+    # past the prefix, acknowledged (in flight beside a batch that failed): their numbers are
+    # never given to another cut, their rows recorded as sent never sent again
     acked_beyond: tuple[SentBatch, ...] = ()
     # when the acknowledged prefix last grew (Stripe took the batches a pass resumes after)
     prefix_grown_at: datetime | None = None
-
-    def acknowledged_as(self, number: int, first_row: int, rows: int) -> bool:
-        """Whether batch `number`, cut as (first_row, rows), was acknowledged past the prefix
-        as that same cut (its rows billed: sending it again a day later bills them twice)."""
-        return any(
-            (b.number, b.first_row, b.rows) == (number, first_row, rows) for b in self.acked_beyond
-        )
+    # (first row, end) of every batch Stripe acknowledged, the prefix's included
+    acked_spans: tuple[tuple[int, int], ...] = ()
 
     def oldest_resend(self) -> datetime | None:
         return min((b.first_sent_at for b in self.unacked), default=None)
@@ -65,6 +66,13 @@ class ObjectProgress:
         """Batches a pass would send again although first sent more than 23 h ago."""
         return tuple(b for b in self.unacked if b.first_sent_at <= now - RESEND_HORIZON)
 
+    def free_numbers(self) -> Iterator[int]:
+        """The numbers a pass gives its batches: from the prefix on, but those of batches
+        acknowledged past it (their record, cut and acknowledgement, is never written over:
+        a later pass learns from it which rows Stripe billed)."""
+        taken = {b.number for b in self.acked_beyond}
+        return (n for n in count(self.acked_batches) if n not in taken)
+
 
 def row_was_sent(bitmap: bytearray, row_number: int) -> bool:
     index = row_number >> 3
@@ -72,45 +80,71 @@ def row_was_sent(bitmap: bytearray, row_number: int) -> bool:
 
 
 class BatchRows:
-    """Which batch, by the cuts recorded before a pass, holds a row recorded as sent (`sent`:
-    `row_was_sent`'s bitmap of the version's sent rows up to `end`): one acknowledged past the
-    prefix (billed: such a row failing validation now is counted sent, never handed to
-    remediation as failed) or one never acknowledged (never known billed: such a row failing
-    now is handed to remediation, no longer recorded as sent)."""
+    """What the batches recorded before a pass say of a row recorded as sent (`sent`:
+    `row_was_sent`'s bitmap of the version's rows recorded as sent): billed when a batch
+    Stripe acknowledged spans it, sent once without Stripe's answer otherwise (a batch that
+    failed: Stripe may have taken it). An acknowledged batch spans no row recorded as sent
+    that it did not carry: a row it spans that a later batch carries is recorded as sent once
+    that one is acknowledged (`late`), and no batch is cut over a row sent without answer
+    (`held`: its batches are cut around it, `pieces`).
+    A row billed is left out of a pass, counted sent; one sent without answer that fails our
+    checks now is handed to remediation as `sent_without_answer` (`failed_rows`)."""
 
-    def __init__(self, progress: ObjectProgress) -> None:
-        self.acked = sorted((b.first_row, b.first_row + b.rows) for b in progress.acked_beyond)
-        self.unacked = sorted((b.first_row, b.first_row + b.rows) for b in progress.unacked)
-        ends = [end for _, end in self.acked + self.unacked]
-        self.end = max([progress.resume_row, *ends])
-        self.sent = bytearray()
+    def __init__(self, progress: ObjectProgress, sent: bytearray) -> None:
+        self.spans = _union(progress.acked_spans)
+        self.starts = np.array([first for first, _ in self.spans], np.int64)
+        self.ends = np.array([end for _, end in self.spans], np.int64)
+        self.sent = sent
+        self.held: list[int] = []  # rows sent without answer failing on this pass, sorted
 
-    def acknowledged(self, row: int) -> bool:
-        return _within(self.acked, row) and row_was_sent(self.sent, row)
+    def acknowledged(self, rows: npt.NDArray[np.int64]) -> Mask:
+        """Which of `rows` a batch Stripe acknowledged spans (those recorded as sent are
+        billed; one sent now is recorded as sent once this send is acknowledged: recorded
+        before, a failure of it would leave the row counted billed)."""
+        if not len(self.starts):
+            return np.zeros(len(rows), bool)
+        at = np.searchsorted(self.starts, rows, side="right") - 1
+        return (at >= 0) & (rows < self.ends[np.maximum(at, 0)])
 
-    def unacknowledged(self, row: int) -> bool:
-        return _within(self.unacked, row) and row_was_sent(self.sent, row)
+    def without_answer(self, row: int) -> bool:
+        return row_was_sent(self.sent, row) and not _within(self.spans, row)
 
-    def failed_rows(self, group: list[ImportChunk]) -> tuple[list[UsageRecord], int, list[str]]:
-        """The failed rows of a pass's chunks to hand to remediation; how many were left out
-        as billed (in a batch acknowledged past the prefix: handed over, a rule could send
-        them again under new identifiers); and the identifiers of those handed over from a
-        batch never acknowledged (recorded as sent there, remediation would leave them out
-        as billed: neither sent nor quarantined)."""
+    def failed_rows(self, group: list[ImportChunk]) -> tuple[list[UsageRecord], list[str]]:
+        """The failed rows of a pass's chunks to hand to remediation, and the identifiers of
+        those sent without answer (recorded as sent, remediation would leave them out as
+        billed: neither sent nor quarantined; recorded as not sent once the import is done),
+        noted in `held`."""
         failed: list[UsageRecord] = []
         unsent: list[str] = []
-        billed = 0
         for chunk in group:
             refs = [ref for ref in chunk.rows if not ref.sent]  # one per failed row, in order
             for ref, record in zip(refs, chunk.failed, strict=True):
-                if self.acknowledged(ref.row_number):
-                    billed += 1
-                    continue
-                if self.unacknowledged(ref.row_number):
+                if self.without_answer(ref.row_number):
                     unsent.append(ref.identifier)
+                    insort(self.held, ref.row_number)
                     record = _maybe_billed(record)
                 failed.append(record)
-        return failed, billed, unsent
+        return failed, unsent
+
+    def pieces(self, chunk: ImportChunk) -> list[ImportChunk]:
+        """`chunk`'s batch cut around the rows sent without answer it spans (`held`): one
+        piece of events for each stretch between them (a batch spanning one and then
+        acknowledged would count it billed)."""
+        assert chunk.span is not None  # a batch has events, so rows
+        first, last = chunk.span
+        inside = self.held[bisect_left(self.held, first) : bisect_right(self.held, last)]
+        if not inside:
+            return [chunk]
+        carried = [ref for ref in chunk.rows if ref.sent]  # one per event, in order
+        pieces: dict[int, ImportChunk] = {}
+        for ref, event in zip(carried, chunk.events, strict=True):
+            at = bisect_left(inside, ref.row_number)
+            start = inside[at - 1] + 1 if at else first
+            end = inside[at] - 1 if at < len(inside) else last
+            piece = pieces.setdefault(at, ImportChunk(span=(start, end)))
+            piece.events.append(event)
+            piece.rows.append(ref)
+        return [pieces[at] for at in sorted(pieces)]
 
 
 def _maybe_billed(record: UsageRecord) -> UsageRecord:
@@ -125,6 +159,17 @@ def _maybe_billed(record: UsageRecord) -> UsageRecord:
 
 
 def _within(spans: list[tuple[int, int]], row: int) -> bool:
-    """Whether `row` lies in one of `spans` ((first, end) pairs sorted by first row)."""
+    """Whether `row` lies in one of `spans` ((first, end) pairs sorted by first row, apart)."""
     i = bisect_right(spans, row, key=lambda span: span[0]) - 1
     return i >= 0 and row < spans[i][1]
+
+
+def _union(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(first, end) spans merged where they overlap or touch, by first row."""
+    merged: list[tuple[int, int]] = []
+    for first, end in sorted(spans):
+        if merged and first <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((first, end))
+    return merged

@@ -4,11 +4,11 @@ after.
 
 Several batches are in flight at once, so they may be acknowledged out of order;
 `bucket_objects.acked_batches` only counts batches 0..n-1 that were ALL acknowledged (the
-last one with no gap before it). The rows of those batches are never sent again: a pass skips
-every row recorded as sent (`imported_rows.sent`, written before its batch goes out) before
-the row the prefix ends at. Everything after it is sent again under the same identifiers,
-but for a batch acknowledged past the prefix that the pass cuts the same: left out
-(`ObjectProgress.acknowledged_as`), its rows billed.
+last one with no gap before it). No row Stripe acknowledged is sent again: a pass skips every
+row recorded as sent (`imported_rows.sent`, written before its batch goes out) that a batch
+Stripe acknowledged spans, the prefix's or one past it (`BatchRows`). The other rows are
+sent again under the same identifiers, cut anew (the meters may have changed); an
+acknowledged batch's record is never written over (`ObjectProgress.free_numbers`).
 """
 
 from __future__ import annotations
@@ -50,28 +50,26 @@ class ProgressStore:
     def load(self, obj: ObjectInfo) -> ObjectProgress:
         with self.engine.connect() as conn:
             row = _object_row(conn, obj)
-            batches = _batches_from(conn, row.id, row.acked_batches - 1)
+            batches = _batches_from(conn, row.id, row.acked_batches)
             # when the acknowledged prefix last grew: its batches' latest acknowledgement
             prefix = (BATCHES.c.object_id == row.id) & (BATCHES.c.batch_number < row.acked_batches)
             grown: datetime | None = conn.execute(
                 select(func.max(BATCHES.c.acked_at)).where(prefix)
             ).scalar_one()
-        return _object_progress(row, batches, as_utc(grown))
+            acked = _acked_spans(conn, row.id)
+        return _object_progress(row, batches, acked, as_utc(grown))
 
-    def sent_rows_before(self, obj: ObjectInfo, resume_row: int) -> bytearray:
-        """A bitmap of the rows before `resume_row` recorded as sent (one bit per row)."""
-        bitmap = bytearray(resume_row // 8 + 1)
-        if resume_row <= 0:
-            return bitmap
+    def sent_rows(self, obj: ObjectInfo) -> bytearray:
+        """A bitmap of the version's rows recorded as sent (one bit per row)."""
+        bitmap = bytearray()
         query = select(ROWS.c.row_number).where(
-            ROWS.c.object_key == obj.key,
-            ROWS.c.etag == obj.etag,
-            ROWS.c.sent.is_(True),
-            ROWS.c.row_number < resume_row,
+            ROWS.c.object_key == obj.key, ROWS.c.etag == obj.etag, ROWS.c.sent.is_(True)
         )
         with self.engine.connect() as conn:
             result = conn.execute(query.execution_options(yield_per=10_000))
             for number in map(int, result.scalars()):
+                if number >> 3 >= len(bitmap):
+                    bitmap.extend(bytes((number >> 3) - len(bitmap) + 1))
                 bitmap[number >> 3] |= 1 << (number & 7)
         return bitmap
 
@@ -280,17 +278,30 @@ def _batches_from(conn: Connection, object_id: int, first: int) -> list[SentBatc
     ]
 
 
+def _acked_spans(conn: Connection, object_id: int) -> list[tuple[int, int, int]]:
+    """(number, first row, end) of the object version's batches Stripe acknowledged."""
+    query = select(BATCHES.c.batch_number, BATCHES.c.first_row, BATCHES.c.rows).where(
+        BATCHES.c.object_id == object_id, BATCHES.c.acked_at.is_not(None)
+    )
+    found = conn.execute(query).all()
+    return [(int(row[0]), int(row[1]), int(row[1]) + int(row[2])) for row in found]
+
+
 def _object_progress(
-    row: Row[Any], batches: list[SentBatch], prefix_grown_at: datetime | None = None
+    row: Row[Any],
+    batches: list[SentBatch],
+    acked: list[tuple[int, int, int]],
+    prefix_grown_at: datetime | None,
 ) -> ObjectProgress:
-    """The progress of an object version from its record and its batches from the one the
-    acknowledged prefix ends with."""
-    last = next((b for b in batches if b.number == row.acked_batches - 1), None)
+    """The progress of an object version from its record, its batches past the acknowledged
+    prefix and the spans of those Stripe acknowledged (`_acked_spans`): a pass resumes
+    after the prefix batch that ends furthest (a batch numbered in it may be cut before
+    another: numbers of batches acknowledged past the prefix are never given again)."""
     return ObjectProgress(
         object_id=int(row.id),
         first_seen=_utc(row.first_seen),
         acked_batches=int(row.acked_batches),
-        resume_row=last.first_row + last.rows if last else 0,
+        resume_row=max((end for n, _, end in acked if n < row.acked_batches), default=0),
         failing_since=as_utc(row.failing_since),
         attempts=int(row.attempts),
         unacked=tuple(b for b in batches if b.number >= row.acked_batches and b.acked_at is None),
@@ -298,6 +309,7 @@ def _object_progress(
             b for b in batches if b.number >= row.acked_batches and b.acked_at is not None
         ),
         prefix_grown_at=prefix_grown_at,
+        acked_spans=tuple((first, end) for _, first, end in acked),
     )
 
 
