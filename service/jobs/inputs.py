@@ -2,17 +2,18 @@
 source object in the bucket (by key, else by file name). Its lineage and the generation its
 corrected rows get are `input_lineage.py`'s.
 
-A task whose input cannot be had raises `TaskInputMissing` (not retried: a person must look).
+A task whose input cannot be had raises `TaskInputMissing` (not retried: a person must look);
+a copy of a Stripe file of another size than its file object says, `StripeFileError` (retried).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from remediation.errors import UnreadableFile
 from remediation.ports import Bucket, StripeFiles
@@ -20,11 +21,13 @@ from remediation.readers import CsvRecords
 from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
 from service.adapters.bucket_base import file_digests
-from service.errors import TaskInputMissing
+from service.errors import StripeFileError, TaskInputMissing
 from service.jobs.runs import RunContext
+from service.jobs.store.runs import finished_run
 from service.logs import log_event
 from service.models import ImportSet
 from service.models._types import as_utc, utcnow
+from service.notify.alerts import raise_alert
 from service.poller.store import objects_named
 
 # A local file's name: the longest most filesystems take is 255 bytes; a key's last part
@@ -62,17 +65,70 @@ def event_time(import_set: ImportSet) -> int:
 
 
 def download(files: StripeFiles, file_id: str, folder: Path) -> Path:
-    """Stream the file to disk, named after Stripe's filename so its format is known."""
+    """Stream the file to disk, named after Stripe's filename so its format is known, and
+    whole: as many bytes as the file object's `size` (`_require_whole`)."""
+    metadata = _file_metadata(files, file_id)
+    filename = str(metadata.get("filename") or "")
     name = "failed-records.csv"
-    try:
-        filename = str(files.file_metadata(file_id).get("filename") or "")
-        if filename.lower().endswith((".csv", ".json", ".jsonl")):
-            name = local_name(filename)
-    except Exception as exc:  # metadata is a nicety: the contents are what matters
-        log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
+    if filename.lower().endswith((".csv", ".json", ".jsonl")):
+        name = local_name(filename)
     path = folder / name
     files.download_file(file_id, path)
+    _require_whole(file_id, path, metadata.get("size"))
     return path
+
+
+def _file_metadata(files: StripeFiles, file_id: str) -> Mapping[str, Any]:
+    try:
+        return files.file_metadata(file_id)
+    except Exception as exc:  # metadata is a nicety: the contents are what matters
+        log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
+        return {}
+
+
+def _require_whole(file_id: str, path: Path, size: object) -> None:
+    """StripeFileError (retried) when the copy at `path` (then removed) holds other than
+    `size` bytes, the file object's. A body sent without a Content-Length ends where the
+    connection closes: one cut short read as the whole file, its last rows neither corrected
+    nor quarantined, nothing said."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return  # no size to hold it against (the metadata could not be had)
+    got = path.stat().st_size
+    if got != size:
+        path.unlink(missing_ok=True)
+        raise StripeFileError(
+            f"file {file_id}: downloaded {got} bytes where its file object says {size} "
+            "(the contents cut short on the way?): not read, retried"
+        )
+
+
+def warn_rows_short(deps: JobDeps, import_set: ImportSet, run_key: str, left_out: int) -> None:
+    """A warning alert when the run `run_key` over the import set's failed-records file read
+    fewer rows (remediated, or `left_out`) than Stripe counted failed (`errors.row_count`):
+    the rows the file lacks were neither corrected nor quarantined, and the run alone read as
+    the whole. The run stands: the rows it read are Stripe's failed records all the same."""
+    counted = import_set.errors_row_count
+    run = finished_run(deps.run.engine, run_key)
+    if counted is None or run is None or run.input_rows + left_out >= counted:
+        return
+    read = run.input_rows + left_out
+    raise_alert(
+        deps.run.engine,
+        key=f"remediation:rows_short:{import_set.import_set_id}",
+        severity="warning",
+        kind="remediation_input",
+        subject=(
+            f"import set {import_set.import_set_id}: its failed-records file held {read} of "
+            f"the {counted} rows Stripe counted"
+        ),
+        message=(
+            f"{counted - read} failed row(s) of {import_set.source_object or 'the import'} "
+            f"were not in file {import_set.errors_file_id} as read: neither corrected nor "
+            "quarantined; compare the file with the import in Stripe's dashboard"
+        ),
+        rows=counted - read,
+        links={"run": run.id, "import_set": import_set.import_set_id},
+    )
 
 
 class FailedSource(NamedTuple):

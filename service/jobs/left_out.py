@@ -33,9 +33,13 @@ class LeftOut:
 
     def none_left(self) -> bool:
         """Rows were left out: a run left with none is no failure (`run_file`'s `allow_none`)."""
+        return self.count() > 0
+
+    def count(self) -> int:
+        """How many rows of the file were left out (once its run has read it)."""
         before = self.before
         counted = before.sent if isinstance(before, SourceRows) else before.left
-        return self.rows.left + counted + self.elsewhere.left > 0
+        return self.rows.left + counted + self.elsewhere.left
 
     def leave_out(self) -> tuple[LeavesOut, ...]:
         return (self.rows, self.before, self.elsewhere)

@@ -33,6 +33,7 @@ from service.jobs.inputs import (
     event_time,
     fetch_source,
     later_version,
+    warn_rows_short,
 )
 from service.jobs.left_out import left_out, rows_sent_since
 from service.jobs.object_runs import one_run_an_object
@@ -109,6 +110,7 @@ def _remediate_failed_records(
             leave_out=leaving.leave_out(),
             allow_none=leaving.none_left,
         )
+    warn_rows_short(deps, import_set, run_key, leaving.count())
     return leaving.outcome(run_key, file_id)
 
 
