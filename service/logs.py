@@ -14,6 +14,8 @@ import json
 import logging
 import re
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TextIO
@@ -59,6 +61,47 @@ class EventLine:
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     LOGGER.log(level, EventLine(event, fields))
+
+
+class RepeatedFailure:
+    """One failure repeated every few seconds, logged as one: its first line, then one every
+    `every` seconds (or when its reason changes) counting the failures since, and one line
+    when it ends (`recovered`: "... recovered after N s"). A bucket down for an hour wrote
+    `poller.pass_failed` every poll interval, a database down `worker.database_error` every
+    second: the lines that said anything else scrolled away."""
+
+    def __init__(
+        self,
+        event: str,
+        recovered: str,
+        every: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.event, self.recovered, self.every, self._clock = event, recovered, every, clock
+        self._since: float | None = None  # when the failures began (the clock's time)
+        self._count = 0
+        self._last: tuple[float, str] | None = None  # when a line was written, and its fields
+
+    def failed(self, level: int = logging.ERROR, **fields: Any) -> None:
+        now = self._clock()
+        self._since = now if self._since is None else self._since
+        self._count += 1
+        said = repr(sorted(fields.items()))
+        if self._last is None or said != self._last[1] or now - self._last[0] >= self.every:
+            again = {"failures": self._count, "failing_for": round(now - self._since)}
+            log_event(self.event, level=level, **fields, **(again if self._count > 1 else {}))
+            self._last = (now, said)
+
+    def failing_for(self) -> float | None:
+        """Seconds since the failures began; None when the last try worked."""
+        return None if self._since is None else self._clock() - self._since
+
+    def succeeded(self) -> None:
+        if self._since is None:
+            return
+        seconds = round(self._clock() - self._since)
+        log_event(self.recovered, after_seconds=seconds, failures=self._count)
+        self._since, self._count, self._last = None, 0, None
 
 
 class LineFormatter(logging.Formatter):

@@ -26,7 +26,7 @@ from service.adapters.bucket_base import (
     is_identical,
 )
 from service.adapters.file_bucket import FileBucket
-from service.adapters.s3_bucket import MULTIPART_BYTES, S3Bucket
+from service.adapters.s3_bucket import MULTIPART_BYTES, S3Bucket, S3Limits
 from service.config import Settings
 from service.errors import BucketError, ObjectNotFound
 from service.logs import log_event
@@ -56,7 +56,8 @@ def open_bucket(settings: Settings) -> Bucket:
         name, _, prefix = url[len("s3://") :].partition("/")
         if not name:
             raise BucketError(f"BUCKET_URL has no bucket name: {url!r}")
-        return S3Bucket(name, prefix, settings.s3_endpoint_url or None)
+        limits = S3Limits(transfer=settings.mfx_task_time_limit)  # a streamed object in all
+        return S3Bucket(name, prefix, settings.s3_endpoint_url or None, limits)
     raise BucketError(f"BUCKET_URL must start with s3:// or file://, got {url!r}")
 
 

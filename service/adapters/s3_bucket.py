@@ -1,14 +1,29 @@
 """`s3://bucket/prefix` through boto3: lineage travels as S3 user metadata (`mfx-source`,
-`mfx-generation`, `mfx-sha256`, ...); an upload of the same content is skipped."""
+`mfx-generation`, `mfx-sha256`, ...); an upload of the same content is skipped.
+
+Every request is bounded in time (`S3Limits`): a connection opens within CONNECT_SECONDS, a
+read waits READ_SECONDS at most for its next byte, a request is tried ATTEMPTS times. Those
+bound a dead connection, never a slow one (an answer dripping a byte a second never trips a
+read timeout: a poller pass hung on it for hours), so a listing page or a HEAD has a deadline
+in all (CALL_SECONDS), and a streamed GET (`open_read`) one from its request to its last byte
+(MFX_TASK_TIME_LIMIT): at the deadline the thread's connections are shut down and the call
+raises TimeoutError (`CallDeadline`). Each thread has its own client (and connection pool),
+so the connections shut are only ever the ones the late call may be using; whole-file
+transfers (`download`, `upload`: boto3's transfer threads) go through a client of their own,
+with the same timeouts and tries, bounded as a task is (MFX_TASK_TIME_LIMIT).
+"""
 
 from __future__ import annotations
 
 import io
 import os
 import re
-from collections.abc import Iterator, Mapping
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 from urllib.parse import quote
 
 from remediation.ports import ObjectInfo
@@ -20,6 +35,7 @@ from service.adapters.bucket_base import (
     is_identical,
     temp_path,
 )
+from service.adapters.call_deadline import CallDeadline
 from service.errors import ObjectChanged, ObjectNotFound
 from service.logs import log_event
 
@@ -27,6 +43,13 @@ if TYPE_CHECKING:  # the stubs package exists only for type checking
     from mypy_boto3_s3 import S3Client
 
 MULTIPART_BYTES = 8 * 1024 * 1024
+CONNECT_SECONDS = 10.0  # to open a connection
+READ_SECONDS = 30.0  # one read waiting for its next byte (botocore's default: 60)
+ATTEMPTS = 3  # tries of one request in all: 5xx, throttling, a dropped connection
+CALL_SECONDS = 120.0  # one request in all (a listing page, a HEAD): its tries and reads
+TRANSFER_SECONDS = 900.0  # a streamed object from its GET to its last byte (the default
+# MFX_TASK_TIME_LIMIT: `open_bucket` passes the setting)
+T = TypeVar("T")
 _PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F))
 
 
@@ -58,16 +81,33 @@ def _within_limit(values: dict[str, str]) -> dict[str, str]:
     return values | {name: kept + _CUT_MARK}
 
 
+@dataclass(frozen=True)
+class S3Limits:
+    """How long S3 may take (seconds), and how often a request is tried (module docstring)."""
+
+    connect: float = CONNECT_SECONDS
+    read: float = READ_SECONDS
+    attempts: int = ATTEMPTS
+    call: float = CALL_SECONDS
+    transfer: float = TRANSFER_SECONDS
+
+
 class S3Bucket:
     """`s3://bucket/prefix` through boto3 (path-style addressing, SigV4)."""
 
     list_page_size = 1000  # keys a listing request asks for (S3's most)
 
-    def __init__(self, name: str, prefix: str, endpoint_url: str | None) -> None:
+    def __init__(
+        self, name: str, prefix: str, endpoint_url: str | None, limits: S3Limits | None = None
+    ) -> None:
         self.name = name
         self._prefix = dir_prefix(prefix)
         self._endpoint_url = endpoint_url
-        self._client: S3Client | None = None
+        self.limits = limits or S3Limits()
+        self._local = threading.local()  # this thread's client and the sockets it opened
+        self._session: Any = None
+        self._building = threading.Lock()  # a boto3 session builds one client at a time
+        self._transfers: S3Client | None = None  # `download` and `upload` (their threads)
 
     @property
     def prefix(self) -> str:
@@ -75,28 +115,70 @@ class S3Bucket:
 
     @property
     def client(self) -> S3Client:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
+        """This thread's client: its connections are used by no other thread, so the ones a
+        late call's deadline shuts are only this thread's (`CallDeadline`). Built once a
+        thread: a boto3 client is cheap beside the requests a thread makes."""
+        client: S3Client | None = getattr(self._local, "client", None)
+        if client is None:
+            with self._building:
+                client = self._new_client()
+            self._local.client, self._local.sockets = client, []
+        return client
 
-            config = Config(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 5, "mode": "standard"},
-            )
-            self._client = boto3.client("s3", endpoint_url=self._endpoint_url, config=config)
-        return self._client
+    @property
+    def _transfer_client(self) -> S3Client:
+        """The client of whole-file transfers, whose threads open sockets no deadline lists:
+        in this thread's client's pool, one would be reused by a watched call, unlisted."""
+        with self._building:
+            if self._transfers is None:
+                self._transfers = self._new_client()
+            return self._transfers
+
+    def _new_client(self) -> S3Client:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            connect_timeout=self.limits.connect,
+            read_timeout=self.limits.read,
+            retries={"total_max_attempts": self.limits.attempts, "mode": "standard"},
+        )
+        if self._session is None:
+            self._session = boto3.session.Session()
+        client = self._session.client("s3", endpoint_url=self._endpoint_url, config=config)
+        return cast("S3Client", client)
+
+    def _deadline(self, seconds: float, what: str) -> CallDeadline:
+        """A deadline for a call of this thread's client, over the sockets it has opened."""
+        _ = self.client  # built, with its list of sockets
+        sockets: list[socket.socket] = self._local.sockets
+        sockets[:] = [sock for sock in sockets if sock.fileno() != -1]  # closed ones gone
+        return CallDeadline(seconds, f"s3://{self.name}/{what}", sockets)
+
+    def _within(self, seconds: float, what: str, call: Callable[[], T]) -> T:
+        """`call()` (a request of this thread's client), failed by TimeoutError past `seconds`."""
+        deadline = self._deadline(seconds, what)
+        try:
+            with deadline.watching():
+                return call()
+        finally:
+            deadline.cancel()
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object under the bucket prefix + `prefix`, in key order, paginated
-        (`list_page_size` keys a request)."""
+        (`list_page_size` keys a request, each page within `limits.call`)."""
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(
-            Bucket=self.name,
-            Prefix=self._prefix + prefix,
-            PaginationConfig={"PageSize": self.list_page_size},
+        pages = iter(
+            paginator.paginate(
+                Bucket=self.name,
+                Prefix=self._prefix + prefix,
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
         )
-        for page in pages:
+        what = f"{self._prefix + prefix} (a listing page)"
+        while (page := self._within(self.limits.call, what, lambda: next(pages, None))) is not None:
             for item in page.get("Contents", []):
                 yield ObjectInfo(
                     key=item["Key"],
@@ -109,7 +191,11 @@ class S3Bucket:
         from botocore.exceptions import ClientError
 
         try:
-            response = self.client.head_object(Bucket=self.name, Key=key)
+            response = self._within(
+                self.limits.call,
+                f"{key} (HEAD)",
+                lambda: self.client.head_object(Bucket=self.name, Key=key),
+            )
         except ClientError as exc:
             if _is_missing(exc):
                 return None
@@ -125,14 +211,23 @@ class S3Bucket:
     def open_read(self, key: str, etag: str | None = None) -> BinaryIO:
         """A streamed body (read in chunks; nothing is buffered whole); with `etag`, of that
         version only (`IfMatch`: an object overwritten since it was listed is ObjectChanged,
-        never read as the version listed)."""
+        never read as the version listed). Read to its end within `limits.transfer`."""
+        deadline = self._deadline(self.limits.transfer, f"{key} (GET, read to its end)")
+        try:
+            with deadline.watching():
+                response = self._get(key, etag)
+        except BaseException:
+            deadline.cancel()
+            raise
+        return cast(BinaryIO, io.BufferedReader(_RawBody(response["Body"], deadline), CHUNK))
+
+    def _get(self, key: str, etag: str | None) -> Any:
         from botocore.exceptions import ClientError
 
         try:
             if etag is None:
-                response = self.client.get_object(Bucket=self.name, Key=key)
-            else:
-                response = self.client.get_object(Bucket=self.name, Key=key, IfMatch=f'"{etag}"')
+                return self.client.get_object(Bucket=self.name, Key=key)
+            return self.client.get_object(Bucket=self.name, Key=key, IfMatch=f'"{etag}"')
         except ClientError as exc:
             if etag is not None and (_is_missing(exc) or _status(exc) == 412):
                 raise ObjectChanged(
@@ -141,14 +236,15 @@ class S3Bucket:
             if _is_missing(exc):
                 raise ObjectNotFound(f"no such object: s3://{self.name}/{key}") from exc
             raise
-        return cast(BinaryIO, io.BufferedReader(_RawBody(response["Body"]), CHUNK))
 
     def download(self, key: str, dest: Path) -> None:
         if self.head(key) is None:
             raise ObjectNotFound(f"no such object: s3://{self.name}/{key}")
         temp = temp_path(dest)
         try:
-            self.client.download_file(self.name, key, str(temp), Config=_transfer_config())
+            self._transfer_client.download_file(
+                self.name, key, str(temp), Config=_transfer_config()
+            )
             os.replace(temp, dest)
         finally:
             temp.unlink(missing_ok=True)
@@ -159,7 +255,7 @@ class S3Bucket:
             log_event("bucket.upload_skipped", key=key, reason="identical object exists")
             return False
         extra = {"Metadata": _ascii_metadata(metadata, sha)}
-        self.client.upload_file(
+        self._transfer_client.upload_file(
             str(src), self.name, key, ExtraArgs=extra, Config=_transfer_config()
         )
         log_event("bucket.uploaded", key=key, size=src.stat().st_size, sha256=sha)
@@ -168,21 +264,24 @@ class S3Bucket:
 
 class _RawBody(io.RawIOBase):
     """botocore's StreamingBody as a raw stream, so io.BufferedReader / TextIOWrapper (the
-    CSV and JSON readers) can sit on it; closing it releases the HTTP connection."""
+    CSV and JSON readers) can sit on it; closing it releases the HTTP connection, and ends
+    the transfer's deadline (a read past it raises TimeoutError)."""
 
-    def __init__(self, body: Any) -> None:
-        self._body = body
+    def __init__(self, body: Any, deadline: CallDeadline) -> None:
+        self._body, self._deadline = body, deadline
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._body.read(len(buffer))
+        with self._deadline.watching():
+            data = self._body.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
     def close(self) -> None:
         if not self.closed:
+            self._deadline.cancel()
             self._body.close()
         super().close()
 

@@ -227,7 +227,19 @@ def poller_rows(deps: JobDeps, import_set_id: str) -> str:
     if run_done(deps.run, run_key) is None:
         path = _poller_failed_records(import_set)
         left = _remediate_poller_rows(deps, import_set, import_set_id, run_key, path)
-    return _mark_import_set(deps.run.engine, import_set_id, run_key) + left
+    outcome = _mark_import_set(deps.run.engine, import_set_id, run_key) + left
+    _remove_failed_records(import_set)
+    return outcome
+
+
+def _remove_failed_records(import_set: ImportSet) -> None:
+    """Delete the poller's failed-records file of an import set whose run is recorded done:
+    kept, one a run (32 MB for 200,000 rows), they filled MFX_WORK_DIR over weeks until an
+    import failed with ENOSPC. Never before the run is recorded: a try that crashed mid-run
+    reads it again (`_poller_failed_records`); a try after the record reads nothing of it."""
+    path_text = import_set.detail.get("failed_records_path")
+    if path_text:
+        Path(str(path_text)).unlink(missing_ok=True)
 
 
 def _poller_failed_records(import_set: ImportSet) -> Path:

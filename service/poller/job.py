@@ -7,15 +7,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 
+from sqlalchemy import Engine
+
+from handlers.records import RemediationStatus
 from service.config import PollerMode, Settings
-from service.logs import log_event
+from service.jobs.store.reports import import_sets
+from service.logs import RepeatedFailure, log_event
 from service.models import ProcessRole
 from service.models._types import utcnow
+from service.notify.alerts import raise_alert, resolve_alert
 from service.poller.passes import PassReport, PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from service.worker.heartbeats import BEAT_EVERY_SECONDS, beat
+
+PASSES_FAILING = "poller.passes_failing"  # the critical alert's key and kind
 
 
 def poll_forever(
@@ -23,22 +31,104 @@ def poll_forever(
     stop: threading.Event,
     interval: float,
     on_report: Callable[[PassReport], None] | None = None,
+    failing: FailingPasses | None = None,
 ) -> None:
     """A pass every `interval` seconds until `stop` is set; a failing pass (database or
-    bucket unreachable) is logged and tried again at the next tick. It beats while it waits
-    (`wait_for_next_pass`). A pass under way when `stop` is set ends at its next batch, and
-    the heartbeat then says the poller stopped."""
+    bucket unreachable) is logged (`FailingPasses`: once, then every few minutes) and tried
+    again at the next tick. It beats while it waits (`wait_for_next_pass`). A pass under way
+    when `stop` is set ends at its next batch, and the heartbeat then says the poller stopped.
+    It starts by deleting the failed-records files a finished remediation left behind."""
     deps = replace(deps, stop=stop)
+    failing = failing or FailingPasses(deps.engine, deps.settings.mfx_heartbeat_silence)
+    clear_remediated_files(deps.engine, deps.work_dir)
     while not stop.is_set():
         try:
             report = run_poll_pass(deps)
         except Exception as exc:  # loop edge: database, bucket or Stripe unreachable
-            log_event("poller.pass_failed", level=logging.ERROR, reason=_reason(exc))
+            failing.failed(_reason(exc))
         else:
+            if report.ran:
+                failing.worked()
             if on_report:
                 on_report(report)
         wait_for_next_pass(deps, stop, interval)
     _beat(deps, {"doing": "stopped"})
+
+
+class FailingPasses:
+    """Passes failing one after the other: logged once, then every few minutes and when they
+    end (`RepeatedFailure`), and one critical alert once they have failed for longer than
+    MFX_HEARTBEAT_SILENCE (`silence` s), resolved by the next pass that works. A bucket
+    unreachable for hours logged an ERROR every poll interval while the poller beat
+    `waiting`: no alert fired, and an operator watching alerts never knew."""
+
+    def __init__(self, engine: Engine, silence: int) -> None:
+        self.engine, self.silence = engine, silence
+        self.log = RepeatedFailure("poller.pass_failed", "poller.pass_recovered")
+        self.first: datetime | None = None  # when the first pass of the run failed
+        self._alert_open: bool | None = None  # None: not known (raised by a process before)
+
+    def failed(self, reason: str) -> None:
+        now = utcnow()
+        self.first = self.first or now
+        self.log.failed(reason=reason)
+        if not self._alert_open and now - self.first > timedelta(seconds=self.silence):
+            self._alert_open = _alerted(lambda: self._raise(reason))
+
+    def worked(self) -> None:
+        self.log.succeeded()
+        self.first = None
+        if self._alert_open is not False:
+            self._alert_open = not _alerted(lambda: resolve_alert(self.engine, PASSES_FAILING))
+
+    def _raise(self, reason: str) -> None:
+        since = f"{self.first:%Y-%m-%d %H:%M:%S} UTC"
+        raise_alert(
+            self.engine,
+            key=PASSES_FAILING,
+            severity="critical",
+            kind=PASSES_FAILING,
+            subject=f"poller: every pass failing for more than {self.silence} s",
+            message=f"every poller pass has failed since {since}: {reason}",
+            detail={"first_failure_at": self.first.isoformat() if self.first else None},
+        )
+
+
+def _alerted(change: Callable[[], object]) -> bool:
+    """Raise or resolve the alert (`change`); False when the database would not have it."""
+    try:
+        change()
+    except Exception as exc:  # loop edge: the database may be what fails the passes
+        log_event("poller.alert_failed", level=logging.WARNING, reason=_reason(exc))
+        return False
+    return True
+
+
+def clear_remediated_files(engine: Engine, work_dir: Path) -> int:
+    """Delete the failed-records files in `work_dir` whose import set's remediation is done;
+    how many. Remediation deletes its own once its run is recorded (`jobs.remediation`); these
+    are the files of runs that ended before it did, or in a process that died between the two.
+    A failure is logged: the next start tries again."""
+    found = {path.name.split(".failed.")[0]: path for path in work_dir.glob("*.failed.*")}
+    try:
+        done = [
+            found[s.import_set_id]
+            for ids in _chunks(sorted(found))
+            for s in import_sets(engine, ids)
+            if s.remediation_status == RemediationStatus.DONE
+        ]
+    except Exception as exc:  # loop edge: the database may be down at start
+        log_event("poller.clear_failed", level=logging.WARNING, reason=_reason(exc))
+        return 0
+    for path in done:
+        path.unlink(missing_ok=True)
+    if done:
+        log_event("poller.remediated_files_cleared", files=len(done))
+    return len(done)
+
+
+def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 def wait_for_next_pass(deps: PollerDeps, stop: threading.Event, interval: float) -> None:
@@ -96,15 +186,16 @@ def _run_job(settings: Settings, stop: threading.Event) -> None:
     """The worker's poller thread: what a pass needs is built again until it can be (a
     thread that failed on it died unseen, never beating: no file imported, no alert)."""
     runtime = Runtime(settings)
+    failing = FailingPasses(runtime.engine, settings.mfx_heartbeat_silence)
     try:
         while not stop.is_set():
             try:
                 deps = build_poller_deps(runtime)
             except Exception as exc:  # loop edge: a bucket or rules it cannot use yet
-                log_event("poller.pass_failed", level=logging.ERROR, reason=_reason(exc))
+                failing.failed(_reason(exc))
                 stop.wait(settings.mfx_poll_interval)
                 continue
-            poll_forever(deps, stop, settings.mfx_poll_interval)
+            poll_forever(deps, stop, settings.mfx_poll_interval, failing=failing)
     finally:
         runtime.close()
 

@@ -3,7 +3,6 @@ it is stopped or an item overruns its time limit (then the process is restarted)
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -12,10 +11,11 @@ from enum import StrEnum
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.db import checkpoint_wal
-from service.logs import log_event
+from service.logs import RepeatedFailure, log_event
 from service.worker.loop import InboxWorker
 
 JOBS_STOP_SECONDS = 5.0  # how long a stopping worker waits for its scheduled jobs' threads
+DATABASE_RETRY_CAP = 30.0  # the longest wait between drains while the database is down
 
 
 class LoopEnd(StrEnum):
@@ -35,6 +35,7 @@ def run_loop(worker: InboxWorker, stop: threading.Event, start_jobs: StartJobs) 
     worker.heartbeat.start()
     log_event("worker.started", worker_id=worker.worker_id, jobs=len(jobs))
     end = LoopEnd.STOPPED
+    down = RepeatedFailure("worker.database_error", "worker.database_recovered")
     try:
         while not stop.is_set():
             try:
@@ -42,15 +43,27 @@ def run_loop(worker: InboxWorker, stop: threading.Event, start_jobs: StartJobs) 
                     end = LoopEnd.RESTART
                     break
                 checkpoint_wal(worker.engine)  # keeps WAL checkpoints off the webhook requests
-            except SQLAlchemyError as exc:  # database blip: keep the loop alive, retry next tick
-                log_event("worker.database_error", level=logging.ERROR, error=type(exc).__name__)
-            stop.wait(worker.settings.mfx_worker_interval)
+            except SQLAlchemyError as exc:  # database blip: keep the loop alive, retry later
+                down.failed(error=type(exc).__name__)
+            else:
+                down.succeeded()
+            stop.wait(next_try_in(worker.settings.mfx_worker_interval, down))
     finally:
         halt.set()
         worker.heartbeat.stop()
         _join(jobs, JOBS_STOP_SECONDS)
     log_event("worker.stopped", worker_id=worker.worker_id, end=end)
     return end
+
+
+def next_try_in(interval: float, down: RepeatedFailure) -> float:
+    """Seconds to the next drain: the interval, or while the database is down double the
+    time it has been down, at most DATABASE_RETRY_CAP (it was tried every second, each try
+    a connection attempt and an ERROR line, for as long as it was down)."""
+    failing_for = down.failing_for()
+    if failing_for is None:
+        return interval
+    return max(interval, min(2 * failing_for, DATABASE_RETRY_CAP))
 
 
 def _join(threads: list[threading.Thread], seconds: float) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from service.adapters.channels import redact, settings_secrets
 from service.config import PollerMode, Settings
@@ -80,26 +82,63 @@ def check_heartbeats(
     with engine.connect() as conn:
         newest = newest_beats(conn, roles)
         open_keys = unresolved_keys(conn, [silence_key(r) for r in roles])
-    ages: dict[str, float | None] = {}
-    for role in roles:
-        last = as_utc(newest.get(role))
-        ages[role] = None if last is None else max((now - last).total_seconds(), 0.0)
-        silent = last is not None and now - last > timedelta(seconds=settings.mfx_heartbeat_silence)
-        if silent and silence_key(role) not in open_keys:
-            _raise(engine, role, last, settings.mfx_heartbeat_silence)
-        elif not silent and silence_key(role) in open_keys:
+    limit = timedelta(seconds=settings.mfx_heartbeat_silence)
+    last_beats = {role: as_utc(newest.get(role)) for role in roles}
+    silent = {role for role, last in last_beats.items() if last and now - last > limit}
+    for role, last in last_beats.items():
+        if role in silent and silence_key(role) not in open_keys:
+            stuck = role == ProcessRole.POLLER and ProcessRole.WORKER not in silent
+            _raise(engine, role, last, settings.mfx_heartbeat_silence, stuck)
+        elif role not in silent and silence_key(role) in open_keys:
             resolve_alert(engine, silence_key(role))
-    return ages
+    return {
+        role: None if last is None else max((now - last).total_seconds(), 0.0)
+        for role, last in last_beats.items()
+    }
 
 
-def _raise(engine: Engine, role: str, last: datetime | None, silence: int) -> None:
+def _raise(engine: Engine, role: str, last: datetime | None, silence: int, stuck: bool) -> None:
+    """`stuck`: the role is the poller and the worker still beats (its thread may be stuck)."""
+    doing = _newest_detail(engine, role) if stuck else {}
     raise_alert(
         engine,
         key=silence_key(role),
         severity="critical",
         kind="heartbeat.silent",
         subject=f"no {role} heartbeat for more than {silence} s",
-        message=f"the newest {role} heartbeat was at {last:%Y-%m-%d %H:%M:%S} UTC; "
-        f"check that {_RUNS.get(role, f'`meterfix {role}`')} is running",
-        detail={"role": role, "last_beat_at": last.isoformat() if last else None},
+        message=_what_to_do(role, f"{last:%Y-%m-%d %H:%M:%S} UTC", doing),
+        detail={"role": role, "last_beat_at": last.isoformat() if last else None}
+        | ({"last_beat_detail": doing} if doing else {}),
     )
+
+
+def _what_to_do(role: str, last: str, doing: Mapping[str, Any]) -> str:
+    """The alert's message. A poller thread whose last beat said it was in a pass (`pass`,
+    or `import` of an object) while the worker beats is stuck in it: the message said to
+    check that the worker runs, and it did."""
+    if doing.get("doing") == "pass":
+        return (
+            f"the poller has been in one pass since {last} (a bucket or Stripe call that "
+            "does not return) while the worker runs; restart the worker (or `meterfix poll`)"
+        )
+    if doing.get("doing") == "import":
+        return (
+            f"the poller has been importing {doing.get('key')} since {last} (a bucket or "
+            "Stripe call that does not return) while the worker runs; restart the worker "
+            "(or `meterfix poll`)"
+        )
+    runs = _RUNS.get(role, f"`meterfix {role}`")
+    return f"the newest {role} heartbeat was at {last}; check that {runs} is running"
+
+
+def _newest_detail(engine: Engine, role: str) -> dict[str, Any]:
+    """What the newest heartbeat of `role` said it was doing (its `detail`)."""
+    query = (
+        select(HEARTBEATS.c.detail)
+        .where(HEARTBEATS.c.role == role)
+        .order_by(HEARTBEATS.c.last_beat_at.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        detail = conn.execute(query).scalar()
+    return dict(detail) if isinstance(detail, dict) else {}
