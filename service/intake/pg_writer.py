@@ -22,12 +22,14 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from service.errors import InboxUnavailable
 from service.intake.writers import WriterRegistry
 
 # How long the INSERT may take, waiting for a lock included (the session's
 # `statement_timeout`). Unbounded, a table locked by another session (`LOCK TABLE`, a
 # migration) held the request and its server thread as long as the lock was held, long after
-# Stripe gave up on the delivery (~18 s) and sent it again.
+# Stripe gave up on the delivery (~18 s) and sent it again. A webhook waits as long at most
+# for its turn on the process's connection: twice this in all.
 WRITE_SECONDS = 5
 CANCELLED = "57014"  # query_canceled: the time limit ran out (the connection is fine)
 
@@ -41,8 +43,13 @@ class PostgresWriter:
         self._mutex = threading.Lock()
 
     def commit_one(self, sql: str, parameters: tuple[Any, ...]) -> None:
-        """Run one statement in autocommit: committed when this returns, or it raises."""
-        with self._mutex:
+        """Run one statement in autocommit: committed when this returns, or it raises
+        (`InboxUnavailable` when its turn on the connection did not come within
+        `WRITE_SECONDS`: the process's webhooks queue there behind one the server holds, four
+        at once answered after 5, 10, 15 and 20 s)."""
+        if not self._mutex.acquire(timeout=WRITE_SECONDS):
+            raise InboxUnavailable(f"the writer connection stayed busy for {WRITE_SECONDS} s")
+        try:
             try:
                 self._execute(sql, parameters)
             except (self._dbapi.OperationalError, self._dbapi.InterfaceError) as exc:
@@ -50,6 +57,8 @@ class PostgresWriter:
                     raise  # once more would wait as long again: the caller answers 503
                 self._drop()  # the server restarted, a proxy cut it, an idle timeout...
                 self._execute(sql, parameters)  # once more, on a new connection
+        finally:
+            self._mutex.release()
 
     def _execute(self, sql: str, parameters: tuple[Any, ...]) -> None:
         if self._connection is None:

@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -116,3 +117,38 @@ def test_a_session_ended_by_the_server_is_replaced_without_an_error(
         engine.dispose()
     assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert _stored(pg_url) == ["evt_1", "evt_2"]
+
+
+def test_webhooks_queued_behind_a_locked_insert_answer_within_the_bound(
+    url: str, pg_url: str, locker: Connection
+) -> None:
+    """The process's webhooks take turns on its one writer connection: with the inbox locked,
+    four at once answered 503 after 5, 10, 15 and 20 s (the 16 of a gthread worker's threads,
+    up to 80 s: long after Stripe gave up). Each waits at most `WRITE_SECONDS` for its turn,
+    then as long for its INSERT: none waits more than twice the bound."""
+    events = [load_event("thin_no_meter_found") for _ in range(4)]
+    for number, event in enumerate(events):
+        event["id"] = f"evt_queued_{number}"
+    locker.execute(text("LOCK TABLE inbox_events IN ACCESS EXCLUSIVE MODE"))
+
+    def post(event: dict[str, Any]) -> tuple[int, float]:
+        body = json.dumps(event)
+        started = time.monotonic()
+        response = requests.post(
+            f"{url}/webhooks",
+            data=body,
+            headers={"Content-Type": "application/json", "Stripe-Signature": sign(body)},
+            timeout=4 * WRITE_SECONDS + 10,
+        )
+        return response.status_code, time.monotonic() - started
+
+    try:
+        with ThreadPoolExecutor(len(events)) as pool:
+            answers = list(pool.map(post, events))
+    finally:
+        locker.rollback()
+    assert [status for status, _ in answers] == [503] * 4, answers
+    assert max(waited for _, waited in answers) < 2 * WRITE_SECONDS + 3, answers
+    assert _stored(pg_url) == []
+    assert [post_signed(url, event).status_code for event in events] == [200] * 4
+    assert _stored(pg_url) == [event["id"] for event in events]
