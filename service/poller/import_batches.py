@@ -77,6 +77,9 @@ class Send:
     events: list[dict[str, object]]
     late: tuple[RowRef, ...] = ()
     carried: tuple[RowRef, ...] = ()  # the rows of its events
+    span: tuple[int, int] = (0, 0)  # (first row, rows spanned)
+    # the earliest first send of the rows it carries that went out before without answer
+    earlier: datetime | None = None
 
 
 def record_group(
@@ -94,6 +97,7 @@ def record_group(
     rows, numbers = cut
     batches = [piece for chunk in group if chunk.events for piece in rows.pieces(chunk)]
     spans = [(next(numbers), *_span(chunk)) for chunk in batches]
+    earlier = [rows.first_sent(chunk) for chunk in batches]
     carried = [ref for chunk in batches for ref in chunk.rows if ref.sent]
     acked = rows.acknowledged(np.array([ref.row_number for ref in carried], np.int64))
     late = {ref.row_number for ref, spanned in zip(carried, acked, strict=True) if spanned}
@@ -101,16 +105,21 @@ def record_group(
     if late:
         refs = [ref._replace(sent=False) if ref.row_number in late else ref for ref in refs]
     job.store.insert_rows(obj, refs)
-    new, same = job.progress.record_sending(progress.object_id, spans, job.clock())
-    pairs = zip(spans, batches, strict=True)
-    sends = [_send(span[0], chunk, late) for span, chunk in pairs]
+    new, same = job.progress.record_sending(progress.object_id, spans, job.clock(), earlier)
+    parts = zip(spans, batches, earlier, strict=True)
+    sends = [_send(span, chunk, late, first) for span, chunk, first in parts]
     return sends, _Recorded(new, same)
 
 
-def _send(number: int, chunk: ImportChunk, late: set[int]) -> Send:
-    """Batch `number`'s request: its events, the rows they are and those of them `late`."""
+def _send(
+    span: tuple[int, int, int], chunk: ImportChunk, late: set[int], earlier: datetime | None
+) -> Send:
+    """The request of batch (number, first row, rows) `span`: its events, the rows they are
+    and those of them `late`."""
     carried = tuple(ref for ref in chunk.rows if ref.sent)
-    return Send(number, chunk.events, tuple(r for r in carried if r.row_number in late), carried)
+    lately = tuple(r for r in carried if r.row_number in late)
+    number, first, rows = span
+    return Send(number, chunk.events, lately, carried, (first, rows), earlier)
 
 
 class Unsent:

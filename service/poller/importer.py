@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 
@@ -33,21 +34,24 @@ from remediation.rownames import RowNames
 from service.db.locks import LockLost
 from service.errors import HorizonPassed
 from service.jobs.store.reports import save_poller_import_set
-from service.models import ImportSet, ObjectStatus
+from service.models import ImportSet
 from service.poller.files import FailedRecords, failed_records_path
 from service.poller.import_batches import (
     CHUNKS_PER_GROUP,
     Acknowledgements,
     ImportStopped,
     ObjectImport,
+    Send,
     Unsent,
     record_group,
     send_batches,
 )
+from service.poller.imported_rows import not_sent
 from service.poller.object_progress import (
     RESEND_HORIZON,
     BatchRows,
     ObjectProgress,
+    SentBatch,
     row_was_sent,
 )
 from service.poller.other_versions import OtherVersions
@@ -93,17 +97,21 @@ def import_object(
         with closing(chunks):
             held = _send_all(job, obj, progress, chunks, failed_out, tally, others, sent_in)
     job.check_lock()  # lost: the next holder records the import, not this pass too
-    # rows sent without answer, handed over (recorded as sent, remediation would leave them
-    # out as billed); recorded as sent until now, so that a pass failing first leaves the
-    # next one knowing they went out (it hands them over as sent without answer too)
-    job.store.mark_not_sent(obj, held)
-    return _record_imported(job, obj, impset_id, path, tally), path
+    return _record_imported(job, obj, impset_id, path, tally, held), path
 
 
 def _record_imported(
-    job: ObjectImport, obj: ObjectInfo, impset_id: str, path: Path, tally: ImportTally
+    job: ObjectImport,
+    obj: ObjectInfo,
+    impset_id: str,
+    path: Path,
+    tally: ImportTally,
+    held: list[str],
 ) -> ImportSet:
-    """Save the object's import set from the tally, and mark the object imported."""
+    """Save the object's import set from the tally, and mark the object imported. `held`:
+    rows sent without answer, handed over, recorded as not sent as it is marked (recorded as
+    sent until then, so that a pass failing first leaves the next one knowing they went out:
+    it hands them over as sent without answer too)."""
     failed = tally.failed
     import_set = save_poller_import_set(
         job.store.engine,
@@ -120,9 +128,9 @@ def _record_imported(
             **({"sent_by_other_versions": tally.elsewhere} if tally.elsewhere else {}),
         },
     )
-    job.store.mark_done(
+    job.store.mark_imported(
         obj,
-        ObjectStatus.IMPORTED,
+        held,
         rows=tally.rows,
         sent=tally.sent,
         failed=failed,
@@ -167,8 +175,8 @@ def _send_all(
         raise
     except Exception as exc:
         never = stream.unsent.never_billed()
-        job.progress.forget_unsent(progress.object_id, never)
-        job.store.mark_not_sent(obj, stream.unsent.rows_of(never, sent_in.sent))
+        rows = not_sent(obj, stream.unsent.rows_of(never, sent_in.sent), job.store.engine)
+        job.progress.forget_unsent(progress.object_id, never, rows)
         if job.stopping() and not isinstance(exc, ImportStopped):
             # the sink cut a batch's retries short (or left it unsent): it stays
             # unacknowledged, sent again by the next start under the same identifiers
@@ -219,9 +227,7 @@ class _BatchStream:
             _note_held(self.others, group, [(s.number, s.events) for s in sending], self.held)
             for send in sending:
                 self._check_stop()  # the group's batches not taken are forgotten (`_send_all`)
-                before = resent.get(send.number)
-                if before is not None and before.first_sent_at <= job.clock() - RESEND_HORIZON:
-                    raise HorizonPassed([before])
+                _check_horizon(send, resent.get(send.number), job.clock())
                 # another process polls once the lock is lost: it sends this batch, not us
                 job.check_lock()
                 unsent.numbers.append(send.number)  # the sink takes no batch it does not send
@@ -270,6 +276,17 @@ class _BatchStream:
     def refused(self, index: int) -> None:
         """Stripe refused the sink's batch `index` (HTTP 400)."""
         self.unsent.refused.append(self.unsent.numbers[index])
+
+
+def _check_horizon(send: Send, before: SentBatch | None, now: datetime) -> None:
+    """Raise HorizonPassed if `send` carries rows first sent more than 23 h ago: sent before
+    under its number (`before`), or cut from a batch sent before under another
+    (`Send.earlier`: a piece cut around rows failing now went out under a new number, and
+    the check by number alone sent its rows again 44 h after their first send)."""
+    firsts = [when for when in (send.earlier, before and before.first_sent_at) if when]
+    if firsts and min(firsts) <= now - RESEND_HORIZON:
+        first, rows = send.span
+        raise HorizonPassed([SentBatch(send.number, first, rows, min(firsts), None)])
 
 
 def _note_held(

@@ -59,6 +59,12 @@ class ObjectProgress:
     # (first row, end) of every batch Stripe acknowledged, the prefix's included
     acked_spans: tuple[tuple[int, int], ...] = ()
 
+    def resumes_at(self) -> int:
+        """The first row a retry may send: where the acknowledged prefix ends, or before it
+        where a batch never acknowledged starts (a resume cut a batch around rows failing
+        then, numbered past those acknowledged: the prefix grew over the rows it spans)."""
+        return min([self.resume_row, *(b.first_row for b in self.unacked)])
+
     def oldest_resend(self) -> datetime | None:
         return min((b.first_sent_at for b in self.unacked), default=None)
 
@@ -80,22 +86,32 @@ def row_was_sent(bitmap: bytearray, row_number: int) -> bool:
 
 
 class BatchRows:
-    """What the batches recorded before a pass say of a row recorded as sent (`sent`:
-    `row_was_sent`'s bitmap of the version's rows recorded as sent): billed when a batch
-    Stripe acknowledged spans it, sent once without Stripe's answer otherwise (a batch that
-    failed: Stripe may have taken it). An acknowledged batch spans no row recorded as sent
-    that it did not carry: a row it spans that a later batch carries is recorded as sent once
-    that one is acknowledged (`late`), and no batch is cut over a row sent without answer
-    (`held`: its batches are cut around it, `pieces`).
+    """What the batches recorded before a pass say of a row (`sent`: `row_was_sent`'s bitmap
+    of the version's rows recorded as sent): billed when recorded as sent and a batch Stripe
+    acknowledged spans it; sent once without Stripe's answer when recorded as sent and no
+    such batch spans it, or when a batch Stripe acknowledged spans it and one sent since,
+    never acknowledged, does too, whatever it is recorded as (a row that failed our checks
+    then and went later, `late`: recorded as sent only once that batch is acknowledged).
+    An acknowledged batch spans no row recorded as sent that it did not carry, and a batch
+    spans no row it did not carry where one acknowledged does: batches are cut around those
+    rows (`pieces`), and around the rows sent without answer failing now (held).
     A row billed is left out of a pass, counted sent; one sent without answer that fails our
-    checks now is handed to remediation as `sent_without_answer` (`failed_rows`)."""
+    checks now is handed to remediation as `sent_without_answer` (`failed_rows`), and a batch
+    that carries one valid now keeps the earliest first send of those it carries
+    (`first_sent`: the 23 h horizon counts from there)."""
 
     def __init__(self, progress: ObjectProgress, sent: bytearray) -> None:
         self.spans = _union(progress.acked_spans)
         self.starts = np.array([first for first, _ in self.spans], np.int64)
         self.ends = np.array([end for _, end in self.spans], np.int64)
         self.sent = sent
-        self.held: list[int] = []  # rows sent without answer failing on this pass, sorted
+        # (first row, end, first send) of the batches sent before the pass, never acknowledged
+        self.unanswered = [
+            (b.first_row, b.first_row + b.rows, b.first_sent_at) for b in progress.unacked
+        ]
+        # rows no batch of the pass spans, sorted: those sent without answer failing on this
+        # pass (`held`), and the failed ones an acknowledged batch spans
+        self.cuts: list[int] = []
 
     def acknowledged(self, rows: npt.NDArray[np.int64]) -> Mask:
         """Which of `rows` a batch Stripe acknowledged spans (those recorded as sent are
@@ -107,32 +123,56 @@ class BatchRows:
         return (at >= 0) & (rows < self.ends[np.maximum(at, 0)])
 
     def without_answer(self, row: int) -> bool:
-        return row_was_sent(self.sent, row) and not _within(self.spans, row)
+        if not _within(self.spans, row):
+            return row_was_sent(self.sent, row)
+        return any(first <= row < end for first, end, _ in self.unanswered)
+
+    def first_sent(self, chunk: ImportChunk) -> datetime | None:
+        """The earliest first send of the rows sent without answer `chunk`'s batch carries
+        (None: none), by the batches recorded before that span them: a batch cut anew under a
+        number never sent before holds rows that went out then, and counted from its own send,
+        the horizon let them go again past Stripe's 24 h dedupe."""
+        if not self.unanswered:
+            return None  # the common case: nothing sent before waits for an answer
+        rows = [ref.row_number for ref in chunk.rows if ref.sent]
+        return min(
+            (
+                when
+                for row in rows
+                if self.without_answer(row)
+                for first, end, when in self.unanswered
+                if first <= row < end
+            ),
+            default=None,
+        )
 
     def failed_rows(self, group: list[ImportChunk]) -> tuple[list[UsageRecord], list[str]]:
         """The failed rows of a pass's chunks to hand to remediation, and the identifiers of
-        those sent without answer (recorded as sent, remediation would leave them out as
-        billed: neither sent nor quarantined; recorded as not sent once the import is done),
-        noted in `held`."""
+        those sent without answer (`held`: recorded as sent, remediation would leave them out
+        as billed: neither sent nor quarantined; recorded as not sent once the import is
+        done); those and the failed rows an acknowledged batch spans are noted in `cuts`."""
         failed: list[UsageRecord] = []
         unsent: list[str] = []
         for chunk in group:
             refs = [ref for ref in chunk.rows if not ref.sent]  # one per failed row, in order
             for ref, record in zip(refs, chunk.failed, strict=True):
-                if self.without_answer(ref.row_number):
+                row, unanswered = ref.row_number, self.without_answer(ref.row_number)
+                if unanswered:
                     unsent.append(ref.identifier)
-                    insort(self.held, ref.row_number)
                     record = _maybe_billed(record)
+                if unanswered or _within(self.spans, row):
+                    insort(self.cuts, row)
                 failed.append(record)
         return failed, unsent
 
     def pieces(self, chunk: ImportChunk) -> list[ImportChunk]:
-        """`chunk`'s batch cut around the rows sent without answer it spans (`held`): one
-        piece of events for each stretch between them (a batch spanning one and then
-        acknowledged would count it billed)."""
+        """`chunk`'s batch cut around the rows of `cuts` it spans: one piece of events for each
+        stretch between them (a batch spanning a row sent without answer and then
+        acknowledged would count it billed; one spanning a failed row an acknowledged batch
+        spans, never acknowledged, would count it sent without answer)."""
         assert chunk.span is not None  # a batch has events, so rows
         first, last = chunk.span
-        inside = self.held[bisect_left(self.held, first) : bisect_right(self.held, last)]
+        inside = self.cuts[bisect_left(self.cuts, first) : bisect_right(self.cuts, last)]
         if not inside:
             return [chunk]
         carried = [ref for ref in chunk.rows if ref.sent]  # one per event, in order

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, and_, delete, func, select, update
+from sqlalchemy import Connection, Engine, Row, Table, Update, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
@@ -135,18 +135,24 @@ class ProgressStore:
         return found
 
     def record_sending(
-        self, object_id: int, batches: Sequence[tuple[int, int, int]], now: datetime
+        self,
+        object_id: int,
+        batches: Sequence[tuple[int, int, int]],
+        now: datetime,
+        earlier: Sequence[datetime | None],
     ) -> tuple[set[int], set[int]]:
         """(number, first_row, rows) of batches about to be sent; the numbers of those not
         recorded before, and of those recorded before as the same cut and never acknowledged
         (a refusal of this send is a refusal of that one: the same rows). A batch sent before
-        keeps its first send time (the 23 h horizon counts from there) but loses an earlier
-        acknowledgement: it counts as acknowledged again only once this send is, so a batch
-        cut differently on this pass (meters changed meanwhile) never moves the prefix."""
+        keeps its first send time (the 23 h horizon counts from there), and so does one
+        `earlier` gives the first send of (rows it carries went out then, in another cut),
+        but loses an earlier acknowledgement: it counts as acknowledged again only once this
+        send is, so a batch cut differently on this pass (meters changed meanwhile) never
+        moves the prefix."""
         if not batches:
             return set(), set()
         dialect = postgresql if is_postgres(self.engine) else sqlite
-        values = sending_rows(object_id, batches, now)
+        values = sending_rows(object_id, batches, now, earlier)
         numbers = [n for n, _, _ in batches]
         with self.engine.begin() as conn:
             self.fence(conn)
@@ -157,17 +163,24 @@ class ProgressStore:
             mark_first_sent(conn, object_id, now)
         return new, same
 
-    def forget_unsent(self, object_id: int, numbers: Iterable[int]) -> int:
+    def forget_unsent(
+        self, object_id: int, numbers: Iterable[int], rows: Update | None = None
+    ) -> int:
         """Batches recorded for the first time on a pass that then stopped before they went
         out, or that Stripe refused (HTTP 400: nothing of the request was taken): none of their
         rows was billed, so their records go (a row recorded as sent outside any batch never
         went). Left recorded, they would count as delivered once their first send time is 23 h
-        old, and a fixed version of the file would leave their rows out. How many went."""
+        old, and a fixed version of the file would leave their rows out. `rows`: recording
+        their rows as not sent (`imported_rows.not_sent`), in the same transaction (apart, a
+        crash between the two left them recorded as sent by no batch: sent without answer).
+        How many went."""
         numbers = sorted(set(numbers))
         if not numbers:
             return 0
         with self.engine.begin() as conn:
             self.fence(conn)
+            if rows is not None:
+                conn.execute(rows)
             result = conn.execute(
                 delete(BATCHES).where(
                     BATCHES.c.object_id == object_id,
