@@ -28,6 +28,7 @@ the next leader sends what is due.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.adapters.channels import (
     SEND_DEADLINE_SECONDS,
@@ -68,6 +70,8 @@ RAISED, RESOLVED = "raised", "resolved"
 # A claim still `sending` after the longest a send may last (every channel's deadline) and a
 # margin (marking it: one short write) was left by a sender that stopped mid-send.
 STALE_CLAIM = timedelta(seconds=SEND_DEADLINE_SECONDS + 30)
+# Seconds between tries of marking a message sent (or failed) once its send is over.
+MARK_RETRIES = (0.5, 2.0)
 
 
 def send_critical_alerts(
@@ -196,7 +200,7 @@ class _Pass:
             if attempt.settled(channel.name) or (told is not None and channel.name not in told):
                 continue  # had it; or a resolution for a channel never told it was raised
             self.lock.check()  # another worker leads now: it sends this
-            self._claim_and_send(row, phase, channel, message, attempt, now)
+            self._claim_and_send(row, phase, channel, message, attempt)
         attempts = int(progress.get("attempts", 0)) + int(attempt.tried)
         left = [c for c in self.channels if not attempt.settled(c.name)]
         over = not attempt.errors or not left or attempts >= MAX_ATTEMPTS
@@ -226,11 +230,13 @@ class _Pass:
         channel: Channel,
         message: Message,
         attempt: _Attempt,
-        now: datetime,
     ) -> None:
         """Send on `channel` once this pass holds the message's claim there, then mark it;
-        a claim another sender holds or finished is only noted."""
+        a claim another sender holds or finished is only noted. The claim is dated when it is
+        made: dated at the pass's start, an email claimed after a 60 s Slack send looked
+        abandoned to another sender 30 s into its send, and went twice."""
         name = channel.name
+        now = self.clock()
         claim = claim_message(
             self.engine, row, phase, name, self.claimant, now=now, stale_before=now - STALE_CLAIM
         )
@@ -256,10 +262,23 @@ class _Pass:
                 reason="its sender stopped mid-send: sent once more, it may arrive twice",
             )
         status, error = _send_on(channel, message, settings_secrets(self.settings))
-        now = self.clock()
-        mark_message(
-            self.engine, row, phase, name, self.claimant, status=status, now=now, error=error
-        )
+        for wait in (*MARK_RETRIES, None):  # unmarked, a message sent goes once more
+            try:
+                mark_message(
+                    self.engine,
+                    row,
+                    phase,
+                    name,
+                    self.claimant,
+                    status=status,
+                    now=self.clock(),
+                    error=error,
+                )
+                break
+            except SQLAlchemyError:
+                if wait is None:
+                    raise
+                time.sleep(wait)  # a database blip, SQLite busy
         attempt.sent(name, status, error)
 
 

@@ -362,3 +362,36 @@ def test_a_message_whose_senders_die_mid_send_twice_is_sent_twice_at_most(engine
     with engine.connect() as connection:
         row = connection.execute(select(CriticalMessage.resends, CriticalMessage.status)).one()
     assert tuple(row) == (1, "unsure")
+
+
+def test_each_claim_is_dated_when_it_is_made(
+    engine: Engine,
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    slack: tuple[SlackReceiver, str],
+) -> None:
+    """The pass read its clock once and dated every channel's claim with it: an email claimed
+    after a Slack send of 60 s was dated 60 s early, so another sender took it for abandoned
+    30 s into its send and sent it again. Each claim is dated when it is made."""
+    receiver, slack_url = slack
+    raise_gave_up(engine)
+    t0 = datetime.now(UTC)
+    with smtp_server() as (mailbox, port):
+        settings = make_settings(
+            database_url=db_url,
+            slack_webhook_url=slack_url,
+            smtp_url=f"smtp://127.0.0.1:{port}",
+            digest_email_to="ops@example.com",
+        )
+
+        def clock() -> datetime:  # Slack's send took a minute
+            return t0 + timedelta(seconds=60 if receiver.bodies else 0)
+
+        send_critical_alerts(engine, settings, build_channels(settings), clock=clock)
+        assert mail_subjects(mailbox) == [f"[meterfix] CRITICAL: {SUBJECT}"]
+    with engine.connect() as connection:
+        claims = connection.execute(
+            select(CriticalMessage.channel, CriticalMessage.claimed_at)
+        ).all()
+    dated = {channel: at.replace(tzinfo=UTC) if at.tzinfo is None else at for channel, at in claims}
+    assert dated == {"slack": t0, "email": t0 + timedelta(seconds=60)}, dated
