@@ -101,6 +101,9 @@ def make_settings(tmp_path: Path) -> object:
         values: dict[str, object] = {
             "database_url": f"sqlite:///{tmp_path / 'meterfix.db'}",
             "bucket_url": f"file://{tmp_path / 'bucket'}",
+            # the test's own: under the default (.meterfix/work in the checkout) two tests at
+            # once shared the poller's copies of same-named objects (one deleted the other's)
+            "mfx_work_dir": str(tmp_path / "work"),
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
