@@ -114,8 +114,9 @@ class _Segment:
         return select(*columns).where(self.where).order_by(*self.order)
 
     def through(self, last: Row[Any]) -> ColumnElement[bool]:
-        """This segment's rows up to `last` (one of them), in its order."""
-        if len(self.order) == 1:
+        """This segment's rows up to `last` (one of them), in its order (rows without an
+        identifier: by id, whichever order the segment names)."""
+        if len(self.order) == 1 or last.identifier is None:
             return AUDIT.c.id <= int(last.id)
         return and_(
             AUDIT.c.identifier <= last.identifier,

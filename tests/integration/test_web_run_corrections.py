@@ -384,3 +384,16 @@ def _logged_in(url: str) -> requests.Session:
     form = {"token": TOKEN, "csrf_token": csrf.group(1), "next": "/"}
     assert browser.post(f"{url}/login", data=form, timeout=10).status_code == 200
     return browser
+
+
+def test_a_filtered_page_among_rows_without_an_identifier(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filtered page whose bounded read ends on a row without an identifier bounds it by id:
+    bounded by its identifier (None) the page answered a 500 (a file without identifiers,
+    every "By code" link of its run page)."""
+    whole = site.listing("?limit=500")["data"]
+    monkeypatch.setattr(corrections, "SCAN_ROWS", 1)
+    items, _ = _walk(site, "limit=3&code=timestamp_in_future")
+    assert items == [i for i in whole if i["code"] == "timestamp_in_future"]
+    assert [i["identifier"] for i in items[-2:]] == [None, None]
