@@ -47,8 +47,7 @@ def poll_forever(
         except Exception as exc:  # loop edge: database, bucket or Stripe unreachable
             failing.failed(_reason(exc))
         else:
-            if report.ran:
-                failing.worked()
+            failing.passed(ran=report.ran)
             if on_report:
                 on_report(report)
         wait_for_next_pass(deps, stop, interval)
@@ -75,10 +74,15 @@ class FailingPasses:
         if not self._alert_open and now - self.first > timedelta(seconds=self.silence):
             self._alert_open = _alerted(lambda: self._raise(reason))
 
-    def worked(self) -> None:
+    def passed(self, *, ran: bool) -> None:
+        """A pass ended without an error: it ran (this process leads), or found another
+        poller's pass under way. Either way this process's passes fail no more (a standby's
+        failures, never cleared, made its next single blip hours later "every pass failed
+        since <hours ago>"); a pass that ran resolves the alert, whichever process raised it
+        (resolved once, a leader never tried again, and a standby's alert stayed open)."""
         self.log.succeeded()
         self.first = None
-        if self._alert_open is not False:
+        if ran:
             self._alert_open = not _alerted(lambda: resolve_alert(self.engine, PASSES_FAILING))
 
     def _raise(self, reason: str) -> None:

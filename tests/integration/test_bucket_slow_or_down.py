@@ -31,7 +31,7 @@ from service.db.migrate import upgrade
 from service.models import Alert, BucketObject
 from service.models._types import utcnow
 from service.models.health import Heartbeat
-from service.poller.job import PASSES_FAILING, poll_forever
+from service.poller.job import PASSES_FAILING, FailingPasses, poll_forever
 from service.poller.passes import PassReport, build_poller_deps
 from service.runtime import Runtime
 from service.worker.drain_loop import run_loop
@@ -282,3 +282,29 @@ def test_the_worker_backs_off_a_database_that_is_down_and_logs_it_once(
     assert len(errors) == 1, errors  # tried at 0, 0.2, 0.6, 1.8 s: logged once
     [recovered] = [line for line in lines if line.startswith("worker.database_recovered")]
     assert "failures=4" in recovered or "failures=5" in recovered, recovered
+
+
+def test_a_standby_poller_neither_raises_a_stale_alert_nor_leaves_one_open(db_url: str) -> None:
+    """Two workers: the standby's passes find the leader's under way (`ran` False). Its one
+    failed pass (a database blip) was never cleared, so a single blip hours later read
+    "every poller pass has failed since <hours ago>", critical; and the leader, having
+    resolved the alert once, never tried again: it stayed open."""
+    engine = make_engine(db_url)
+    try:
+        standby, leader = FailingPasses(engine, silence=1), FailingPasses(engine, silence=1)
+        standby.failed("OperationalError: a blip")
+        standby.passed(ran=False)  # the leader's pass under way: this one did not fail
+        leader.passed(ran=True)
+        time.sleep(1.2)
+        standby.failed("OperationalError: another blip, much later")
+        assert _alerts(engine) == []
+        standby.passed(ran=False)
+        standby.failed("OperationalError: the database down")  # for longer than the silence
+        time.sleep(1.2)
+        standby.failed("OperationalError: the database down")
+        [alert] = _alerts(engine)
+        assert (alert.alert_key, alert.status) == (PASSES_FAILING, "open")
+        leader.passed(ran=True)  # the database back: the leader's pass works
+        assert [(a.alert_key, a.status) for a in _alerts(engine)] == [(PASSES_FAILING, "resolved")]
+    finally:
+        engine.dispose()
