@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from functools import cache
@@ -25,9 +26,23 @@ class CallDeadline:
     def __init__(self, seconds: float, what: str, sockets: list[socket.socket]) -> None:
         self.seconds, self.what, self.passed = seconds, what, False
         self._sockets = sockets
-        self._timer = threading.Timer(seconds, self._hang_up)
-        self._timer.daemon = True
-        self._timer.start()
+        self._started = time.monotonic()
+        self._timer = self._start(seconds)
+
+    def _start(self, seconds: float) -> threading.Timer:
+        timer = threading.Timer(seconds, self._hang_up)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def extend_to(self, seconds: float) -> None:
+        """Allow the call `seconds` in all from its start (a transfer whose size is known
+        once it began), unless the deadline passed already."""
+        if self.passed or seconds <= self.seconds:
+            return
+        self._timer.cancel()
+        self.seconds = seconds
+        self._timer = self._start(max(0.0, self._started + seconds - time.monotonic()))
 
     def _hang_up(self) -> None:
         self.passed = True

@@ -49,6 +49,9 @@ ATTEMPTS = 3  # tries of one request in all: 5xx, throttling, a dropped connecti
 CALL_SECONDS = 120.0  # one request in all (a listing page, a HEAD): its tries and reads
 TRANSFER_SECONDS = 900.0  # a streamed object from its GET to its last byte (the default
 # MFX_TASK_TIME_LIMIT: `open_bucket` passes the setting)
+# Bytes a second a streamed object is given beyond TRANSFER_SECONDS: a large object read
+# steadily ends, one trickling a byte at a time does not (a 10 GiB object: ~3 h in all).
+MIN_TRANSFER_RATE = 1024 * 1024
 T = TypeVar("T")
 _PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F))
 
@@ -211,7 +214,9 @@ class S3Bucket:
     def open_read(self, key: str, etag: str | None = None) -> BinaryIO:
         """A streamed body (read in chunks; nothing is buffered whole); with `etag`, of that
         version only (`IfMatch`: an object overwritten since it was listed is ObjectChanged,
-        never read as the version listed). Read to its end within `limits.transfer`."""
+        never read as the version listed). Read to its end within `limits.transfer`, and as
+        long more as its bytes take at `MIN_TRANSFER_RATE` (a 1 GiB object at 1 MiB/s, read
+        steadily, failed at 900 s every pass until the poller gave it up)."""
         deadline = self._deadline(self.limits.transfer, f"{key} (GET, read to its end)")
         try:
             with deadline.watching():
@@ -219,6 +224,8 @@ class S3Bucket:
         except BaseException:
             deadline.cancel()
             raise
+        size = int(response.get("ContentLength") or 0)
+        deadline.extend_to(self.limits.transfer + size // MIN_TRANSFER_RATE)
         return cast(BinaryIO, io.BufferedReader(_RawBody(response["Body"], deadline), CHUNK))
 
     def _get(self, key: str, etag: str | None) -> Any:

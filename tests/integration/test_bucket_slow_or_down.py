@@ -23,6 +23,7 @@ from botocore.config import Config
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
+from service.adapters import s3_bucket
 from service.adapters.bucket import open_bucket
 from service.adapters.s3_bucket import S3Bucket, S3Limits
 from service.config import Settings
@@ -40,12 +41,14 @@ from service.worker.silence import check_heartbeats
 
 BUCKET = "slow"
 DRIP_EVERY = 0.5  # seconds between the bytes of a dripping answer (reads never time out)
+SLOW_BYTES, SLOW_EVERY = 200, 0.05  # a slow answer, read steadily: ~4 KB/s
 SHORT = S3Limits(connect=2, read=2, attempts=2, call=3, transfer=3)
 
 
 class FaultyProxy:
     """A TCP proxy on a loopback port to `target`. Its `mode`, read as a connection is
-    accepted: `pass`, `drip` (the answer a byte every DRIP_EVERY s) or `refuse`."""
+    accepted: `pass`, `drip` (the answer a byte every DRIP_EVERY s), `slow` (SLOW_BYTES every
+    SLOW_EVERY s) or `refuse`."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target, self.mode = target, "pass"
@@ -67,15 +70,16 @@ class FaultyProxy:
                 continue
             upstream = socket.create_connection(self.target)
             threading.Thread(target=_pipe, args=(client, upstream, 0.0), daemon=True).start()
-            drip = DRIP_EVERY if self.mode == "drip" else 0.0
-            threading.Thread(target=_pipe, args=(upstream, client, drip), daemon=True).start()
+            drip = DRIP_EVERY if self.mode == "drip" else SLOW_EVERY if self.mode == "slow" else 0.0
+            step = SLOW_BYTES if self.mode == "slow" else 1
+            threading.Thread(target=_pipe, args=(upstream, client, drip, step), daemon=True).start()
 
 
-def _pipe(source: socket.socket, dest: socket.socket, drip: float) -> None:
+def _pipe(source: socket.socket, dest: socket.socket, drip: float, step: int = 1) -> None:
     try:
         while data := source.recv(65536):
-            for start in range(0, len(data), 1 if drip else len(data)):
-                dest.sendall(data[start : start + 1] if drip else data)
+            for start in range(0, len(data), step if drip else len(data)):
+                dest.sendall(data[start : start + step] if drip else data)
                 time.sleep(drip)
     except OSError:
         pass
@@ -159,6 +163,26 @@ def test_an_object_dripping_a_byte_at_a_time_fails_within_the_task_time_limit(
     proxy.mode = "pass"
     with bucket.open_read("usage/day.csv") as stream:
         assert stream.read().startswith(b"identifier,timestamp\nr1,1\n")
+
+
+def test_a_large_object_read_steadily_is_given_the_time_its_bytes_take(
+    proxy: FaultyProxy, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The streamed GET's deadline was MFX_TASK_TIME_LIMIT in all, whatever the object's size:
+    a 1 GiB object read steadily below 1.1 MiB/s failed at 900 s, every pass, until the poller
+    gave it up. It is given as long more as its bytes take at MIN_TRANSFER_RATE (here 2 KB/s:
+    16 KB read at ~4 KB/s, a second's limit)."""
+    body = b"".join(b"r%05d,1764000000\n" % n for n in range(1000))  # 16 KB
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_endpoint, config=Config(s3={"addressing_style": "path"})
+    )
+    s3.put_object(Bucket=BUCKET, Key="usage/big.csv", Body=body)
+    monkeypatch.setattr(s3_bucket, "MIN_TRANSFER_RATE", 2000)
+    limits = replace(SHORT, transfer=1)
+    bucket = S3Bucket(BUCKET, "usage", f"http://127.0.0.1:{proxy.port}", limits)
+    proxy.mode = "slow"
+    with bucket.open_read("usage/big.csv") as stream:
+        assert stream.read() == body
 
 
 def _alerts(engine: Engine) -> list[Alert]:
