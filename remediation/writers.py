@@ -68,7 +68,9 @@ def record_object(
             obj[name] = kept[name]
         elif value is not None:
             obj[name] = value
-    if not (as_came and names_no_payload(record)):  # as it came: none when it named none
+    # none when it named none: as it came, or carried on to remediation with its error (the
+    # poller's failed records: a `{}` there was read as a payload named empty)
+    if not ((as_came or with_errors) and names_no_payload(record)):
         obj["payload"] = kept["payload"] if _payload_came(record, kept) else record.payload
     for key, value in record.extra.items():
         if not key.startswith(MFX_PREFIX) and key not in _OBJECT_KEYS:

@@ -7,6 +7,7 @@ usage was never billed (DESIGN's identifier rule: "an original identifier of the
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,3 +89,31 @@ def test_a_corrected_row_does_not_take_the_identifier_of_a_row_stripes_connector
     assert billed(loop) == {"q-mfx1": "24", hashed_identifier("q", 1): "23"}
     with loop.session() as session:
         assert session.exec(select(QuarantinedRow)).all() == []
+
+
+def test_a_json_row_without_a_payload_the_poller_refused_is_quarantined_as_written(
+    loop: Loop,
+) -> None:
+    """The poller's failed-records file wrote a JSON row without a payload with `"payload":{}`
+    added: remediation read a payload named empty, and the quarantined row (stored and in the
+    quarantine file) was not the row as written."""
+    now = int(time.time()) - 300
+    rows = [
+        {"identifier": "np", "timestamp": now, "event_name": "api_requests"},
+        {
+            "identifier": "ok",
+            "timestamp": now,
+            "event_name": "api_requests",
+            "payload": {"stripe_customer_id": "cus_alice", "value": "1"},
+        },
+    ]
+    _put(loop, "day.jsonl", "".join(json.dumps(row) + "\n" for row in rows).encode())
+    with bundled_poller(loop) as deps:
+        run_poll_pass(deps)
+        loop.drain()
+    assert billed(loop) == {"ok": "1"}
+    with loop.session() as session:
+        [row] = session.exec(select(QuarantinedRow)).all()
+    written = {key: value for key, value in row.record.items() if not key.startswith("mfx_")}
+    assert written == {"identifier": "np", "timestamp": now, "event_name": "api_requests"}
+    assert "the row has no payload" in row.reason
