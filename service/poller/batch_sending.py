@@ -9,7 +9,7 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import Connection, case, select, update
+from sqlalchemy import Connection, select, update
 
 from service.models import BucketObject, PollerBatch
 from service.models._types import table_of
@@ -19,22 +19,18 @@ BATCHES = table_of(PollerBatch)
 
 
 def sending_rows(
-    object_id: int,
-    batches: Sequence[tuple[int, int, int]],
-    now: datetime,
-    earlier: Sequence[datetime | None],
+    object_id: int, batches: Sequence[tuple[int, int, int]], now: datetime
 ) -> list[dict[str, Any]]:
-    """The `poller_batches` rows of (number, first_row, rows) batches sent `now`, or first
-    sent at `earlier`'s time for each batch (in order) that gives one."""
+    """The `poller_batches` rows of (number, first_row, rows) batches sent `now`."""
     return [
         {
             "object_id": object_id,
             "batch_number": n,
             "first_row": f,
             "rows": r,
-            "first_sent_at": min(now, first) if first is not None else now,
+            "first_sent_at": now,
         }
-        for (n, f, r), first in zip(batches, earlier, strict=True)
+        for n, f, r in batches
     ]
 
 
@@ -60,17 +56,9 @@ def recorded_cuts(
 
 
 def record_sent(conn: Connection, dialect: ModuleType, values: list[dict[str, Any]]) -> None:
-    """Insert the batches' rows; a batch recorded before takes this cut, unacknowledged, and
-    keeps its first send time unless this one's is earlier."""
+    """Insert the batches' rows; a batch recorded before takes this cut, unacknowledged."""
     insert = dialect.insert(BATCHES)
-    earlier = insert.excluded.first_sent_at < BATCHES.c.first_sent_at
-    again = {
-        "first_row": insert.excluded.first_row,
-        "rows": insert.excluded.rows,
-        "first_sent_at": case(
-            (earlier, insert.excluded.first_sent_at), else_=BATCHES.c.first_sent_at
-        ),
-    }
+    again = {"first_row": insert.excluded.first_row, "rows": insert.excluded.rows}
     upsert = insert.on_conflict_do_update(
         index_elements=["object_id", "batch_number"], set_={**again, "acked_at": None}
     )

@@ -132,7 +132,7 @@ def acknowledged_text(progress: ObjectProgress) -> str:
     done = _plural(prefix + beyond, "batch", "batches")
     if beyond:
         done += f" ({prefix} from the first, {beyond} past one that was not)"
-    start = f"row {progress.resumes_at()}" if progress.resumes_at() else "its first row"
+    start = f"row {progress.resume_row}" if progress.resume_row else "its first row"
     again = _plural(len(progress.unacked), "batch", "batches")
     return (
         f"{done} {'was' if prefix + beyond == 1 else 'were'} acknowledged: a retry never sends "
@@ -188,7 +188,7 @@ def _advice_past_horizon(obj: ObjectInfo, retry: str, other: str) -> tuple[str, 
 def _advice_unreadable(obj: ObjectInfo, progress: ObjectProgress) -> tuple[str, str]:
     subject = f"{obj.key}: cannot be read past a point; rows before it were sent"
     todo = (
-        f"Rows before row {progress.resumes_at()} are billed; nothing after the unreadable "
+        f"Rows before row {progress.resume_row} are billed; nothing after the unreadable "
         "part was sent. Upload the rows after it, fixed, under a new key (rows that carry "
         "identifiers and were sent are left out of a fixed copy of the whole file; rows "
         "without would be billed again)."

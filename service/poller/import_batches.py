@@ -7,20 +7,19 @@ written in bulk (`Acknowledgements`); with `ObjectImport`, what an import needs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
-
 from remediation.poller import ImportChunk, RowRef
 from remediation.ports import MeterEventSink, ObjectInfo
 from remediation.validation import MeterIndex
 from service.errors import ItemInterrupted
-from service.poller.object_progress import BatchRows, ObjectProgress, row_was_sent
+from service.poller.object_progress import ObjectProgress
 from service.poller.progress import ProgressStore
+from service.poller.store import recordable
 from service.poller.versions import PollerStore
 
 CHUNKS_PER_GROUP = 10  # batches recorded before sending, and acknowledgements recorded, at once
@@ -65,21 +64,19 @@ class ImportStopped(ItemInterrupted):
 class _Recorded:
     new: set[int]  # batch numbers recorded for the first time
     same: set[int]  # recorded before as the same cut, never acknowledged
+    batches: int  # numbers the group took (sent or left out)
+    acked_rows: int  # events of the batches left out: acknowledged on an earlier pass
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
-    """One request of a pass: batch `number`'s events; `late`: its rows that a batch Stripe
-    acknowledged before spans (they failed our checks then and are valid now), recorded as
-    sent once Stripe takes them."""
+class _Send:
+    """One request of a pass: batch `number`'s events; or, for a batch an earlier pass had
+    acknowledged past the prefix, cut the same, its rows that pass never sent (`late`: they
+    failed validation then and are valid now), recorded as sent once Stripe takes them."""
 
     number: int
     events: list[dict[str, object]]
     late: tuple[RowRef, ...] = ()
-    carried: tuple[RowRef, ...] = ()  # the rows of its events
-    span: tuple[int, int] = (0, 0)  # (first row, rows spanned)
-    # the earliest first send of the rows it carries that went out before without answer
-    earlier: datetime | None = None
 
 
 def record_group(
@@ -87,73 +84,50 @@ def record_group(
     obj: ObjectInfo,
     progress: ObjectProgress,
     group: list[ImportChunk],
-    cut: tuple[BatchRows, Iterator[int]],
-) -> tuple[list[Send], _Recorded]:
+    number: int,
+) -> tuple[list[_Send], _Recorded]:
     """Record a group's rows and batches before any of it is sent; its requests to send and
-    what was recorded. `cut`: what the batches recorded before say of the rows (a batch is
-    cut around the rows sent without answer it spans) and the numbers to give the batches.
-    A row a batch Stripe acknowledged spans is recorded as sent only once this send of it is
-    acknowledged (recorded before, a failure would leave it counted billed)."""
-    rows, numbers = cut
-    batches = [piece for chunk in group if chunk.events for piece in rows.pieces(chunk)]
-    spans = [(next(numbers), *_span(chunk)) for chunk in batches]
-    earlier = [rows.first_sent(chunk) for chunk in batches]
-    carried = [ref for chunk in batches for ref in chunk.rows if ref.sent]
-    acked = rows.acknowledged(np.array([ref.row_number for ref in carried], np.int64))
-    late = {ref.row_number for ref, spanned in zip(carried, acked, strict=True) if spanned}
+    what was recorded. A batch an earlier pass had acknowledged past the prefix, cut the
+    same, is neither recorded nor sent again, but for its rows that pass never sent (only a
+    file's last, partial batch keeps its cut when a row of it that failed is valid now: the
+    meter made meanwhile): sent by themselves, their rows recorded as sent once acknowledged
+    (a failure leaves them to the next pass; recorded as sent before, inside a batch
+    acknowledged before, they would count as billed)."""
+    batches = [chunk for chunk in group if chunk.events]
+    spans = [(number + i, *_span(chunk)) for i, chunk in enumerate(batches)]
+    left = {i for i, span in enumerate(spans) if progress.acknowledged_as(*span)}
+    late = _late_rows(job, obj, [batches[i] for i in sorted(left)])
     refs = [ref for chunk in group for ref in chunk.rows]
     if late:
-        refs = [ref._replace(sent=False) if ref.row_number in late else ref for ref in refs]
+        refs = [ref._replace(sent=False) if ref.identifier in late else ref for ref in refs]
     job.store.insert_rows(obj, refs)
-    new, same = job.progress.record_sending(progress.object_id, spans, job.clock(), earlier)
-    parts = zip(spans, batches, earlier, strict=True)
-    sends = [_send(span, chunk, late, first) for span, chunk, first in parts]
-    return sends, _Recorded(new, same)
+    sending = [span for i, span in enumerate(spans) if i not in left]
+    new, same = job.progress.record_sending(progress.object_id, sending, job.clock())
+    sends: list[_Send] = []
+    acked_rows = 0
+    for i, span in enumerate(spans):
+        events = batches[i].events
+        if i not in left:
+            sends.append(_Send(span[0], events))
+            continue
+        again = [e for e in events if e["identifier"] in late]
+        acked_rows += len(events) - len(again)
+        if again:
+            rows = tuple(r for r in batches[i].rows if r.sent and r.identifier in late)
+            sends.append(_Send(span[0], again, rows))
+    return sends, _Recorded(new, same, len(spans), acked_rows)
 
 
-def _send(
-    span: tuple[int, int, int], chunk: ImportChunk, late: set[int], earlier: datetime | None
-) -> Send:
-    """The request of batch (number, first row, rows) `span`: its events, the rows they are
-    and those of them `late`."""
-    carried = tuple(ref for ref in chunk.rows if ref.sent)
-    lately = tuple(r for r in carried if r.row_number in late)
-    number, first, rows = span
-    return Send(number, chunk.events, lately, carried, (first, rows), earlier)
-
-
-class Unsent:
-    """Which batches of a pass that stopped were never billed: recorded on it for the first
-    time and never taken by the sink (`numbers` are those it took, in order), or refused by
-    Stripe (HTTP 400: nothing of the request taken), recorded on this pass or, as the same
-    cut and never acknowledged, on an earlier one (the same rows refused: a fixed version of
-    the file must send them, not count them delivered a day later)."""
-
-    def __init__(self) -> None:
-        self.numbers: list[int] = []  # the sink's places -> batch numbers
-        self.late: list[tuple[RowRef, ...]] = []  # the sink's places -> late rows sent there
-        self.recorded: set[int] = set()  # numbers first recorded on this pass
-        self.same: set[int] = set()  # recorded before as the same cut, never acknowledged
-        self.refused: list[int] = []  # batch numbers
-        self.pending: dict[int, Send] = {}  # recorded on this pass, never acknowledged
-
-    def never_billed(self) -> set[int]:
-        later = self.recorded - set(self.numbers)
-        return later | (set(self.refused) & (self.recorded | self.same))
-
-    def rows_of(self, numbers: set[int], sent: bytearray) -> list[str]:
-        """The rows to record as not sent of batches never billed (`never_billed`): those one
-        carried that were not recorded as sent before the pass (`sent`: their bitmap), and
-        every row of one refused as the same cut recorded before (the same rows refused:
-        never billed then either). A row recorded as sent that no acknowledged batch spans
-        counts as sent without answer."""
-        found: list[str] = []
-        for send in (self.pending[n] for n in sorted(numbers) if n in self.pending):
-            again = send.number in self.same
-            found += [
-                r.identifier for r in send.carried if again or not row_was_sent(sent, r.row_number)
-            ]
-        return found
+def _late_rows(job: ObjectImport, obj: ObjectInfo, chunks: list[ImportChunk]) -> set[str]:
+    """The identifiers of these batches' events (batches an earlier pass had acknowledged)
+    that were never recorded as sent: rows that failed validation on that pass. Looked up
+    before this pass records its rows (an identifier the table cannot hold counts as sent:
+    no look-up can tell, and sending it again could bill it twice)."""
+    named = [str(e["identifier"]) for chunk in chunks for e in chunk.events]
+    known = [i for i in named if recordable(i)]
+    if not known:
+        return set()
+    return set(known) - job.progress.sent_here(obj, known)
 
 
 class Acknowledgements:

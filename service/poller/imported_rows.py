@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, Update, literal_column, update
+from sqlalchemy import Engine, Insert, Table, literal_column, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.poller import RowRef
@@ -27,24 +27,6 @@ def bigint(value: int | None) -> int | None:
     """`value` when a BIGINT holds it, else None: a timestamp of 20 digits is digits, not a
     time (the row fails validation), and would fail the whole file's insert."""
     return value if value is None or -(2**63) <= value < 2**63 else None
-
-
-def not_sent(obj: ObjectInfo, identifiers: Sequence[str], engine: Engine) -> Update | None:
-    """The statement recording rows of the object version as not sent (recorded as sent in a
-    batch Stripe never acknowledged, they failed validation on a later pass and went to
-    remediation; or their batch never went out); None: none to record. Run in the
-    transaction that records why (`PollerStore.mark_imported`, `ProgressStore.forget_unsent`):
-    apart, a crash between the two left them recorded as never sent."""
-    identifiers = [i for i in identifiers if recordable(i)]
-    if not identifiers:
-        return None
-    table = _table(ImportedRow)
-    return (
-        update(table)
-        .where(table.c.object_key == obj.key, table.c.etag == obj.etag)
-        .where(in_listed(table.c.identifier, identifiers, engine, "identifiers"))
-        .values(sent=False)
-    )
 
 
 class ImportedRows:
@@ -77,6 +59,22 @@ class ImportedRows:
                     conn.execute(self._record_held(), held)
                 if sent:
                     conn.execute(self._record_sent(), sent)
+
+    def mark_not_sent(self, obj: ObjectInfo, identifiers: Sequence[str]) -> None:
+        """Record rows of the object version as not sent (recorded as sent in a batch Stripe
+        never acknowledged, they failed validation on a later pass and went to remediation)."""
+        identifiers = [i for i in identifiers if recordable(i)]
+        if not identifiers:
+            return
+        table = _table(ImportedRow)
+        with self.engine.begin() as conn:
+            self.fence(conn)
+            conn.execute(
+                update(table)
+                .where(table.c.object_key == obj.key, table.c.etag == obj.etag)
+                .where(in_listed(table.c.identifier, identifiers, self.engine, "identifiers"))
+                .values(sent=False)
+            )
 
     def _record_held(self) -> Insert:
         """Rows not sent (index mode: every row): recorded with the first version that held

@@ -7,9 +7,8 @@ written as they come (at least every 0.25 s), so a crash re-sends at most the ba
 were in flight, under the same identifiers; a later pass skips the rows of the acknowledged
 prefix (service.poller.progress).
 The failed-records file is written afresh on every pass (failed rows are never sent, so
-validating them again is free of risk); a row a batch Stripe acknowledged carried is never
-validated again (billed, counted sent), and one sent without Stripe's answer that fails now
-is handed over as such (`BatchRows`).
+validating them again is free of risk), but for rows that fail only now (the meters changed)
+in a batch Stripe acknowledged: billed, counted sent (`BatchRows.failed_rows`).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import islice
 from pathlib import Path
 
@@ -28,30 +26,26 @@ from handlers.records import RemediationStatus
 from remediation.core.column import Mask
 from remediation.core.columns import Batch
 from remediation.formats import detect_format
-from remediation.poller import ImportChunk, import_chunks
+from remediation.poller import ImportChunk, RowRef, import_chunks
 from remediation.ports import ObjectInfo
 from remediation.rownames import RowNames
 from service.db.locks import LockLost
 from service.errors import HorizonPassed
 from service.jobs.store.reports import save_poller_import_set
-from service.models import ImportSet
+from service.models import ImportSet, ObjectStatus
 from service.poller.files import FailedRecords, failed_records_path
 from service.poller.import_batches import (
     CHUNKS_PER_GROUP,
     Acknowledgements,
     ImportStopped,
     ObjectImport,
-    Send,
-    Unsent,
     record_group,
     send_batches,
 )
-from service.poller.imported_rows import not_sent
 from service.poller.object_progress import (
     RESEND_HORIZON,
     BatchRows,
     ObjectProgress,
-    SentBatch,
     row_was_sent,
 )
 from service.poller.other_versions import OtherVersions
@@ -80,7 +74,8 @@ def import_object(
     fmt = detect_format(obj.key)
     path = failed_records_path(job.work_dir, impset_id, fmt)
     tally = ImportTally()
-    sent_in = BatchRows(progress, job.progress.sent_rows(obj))
+    sent_in = BatchRows(progress)
+    skip = sent_in.sent = job.progress.sent_rows_before(obj, sent_in.end)
     with source.open("rb") as stream, FailedRecords(path, fmt) as failed_out:
         records = failed_out.open_records(stream, job.meters.limits)
         reference = int(progress.first_seen.timestamp())
@@ -90,28 +85,20 @@ def import_object(
             job.meters,
             now=reference,
             names=RowNames(obj.key, obj.etag),
-            sent_before=_acknowledged(job, obj, sent_in),
+            sent_before=_acknowledged(job, obj, skip, progress),
             sent_elsewhere=others.sent,
         )
         # closing: a failure mid-file finishes the readers while their stream is still open
         with closing(chunks):
-            held = _send_all(job, obj, progress, chunks, failed_out, tally, others, sent_in)
+            _send_all(job, obj, progress, chunks, failed_out, tally, others, sent_in)
     job.check_lock()  # lost: the next holder records the import, not this pass too
-    return _record_imported(job, obj, impset_id, path, tally, held), path
+    return _record_imported(job, obj, impset_id, path, tally), path
 
 
 def _record_imported(
-    job: ObjectImport,
-    obj: ObjectInfo,
-    impset_id: str,
-    path: Path,
-    tally: ImportTally,
-    held: list[str],
+    job: ObjectImport, obj: ObjectInfo, impset_id: str, path: Path, tally: ImportTally
 ) -> ImportSet:
-    """Save the object's import set from the tally, and mark the object imported. `held`:
-    rows sent without answer, handed over, recorded as not sent as it is marked (recorded as
-    sent until then, so that a pass failing first leaves the next one knowing they went out:
-    it hands them over as sent without answer too)."""
+    """Save the object's import set from the tally, and mark the object imported."""
     failed = tally.failed
     import_set = save_poller_import_set(
         job.store.engine,
@@ -128,9 +115,9 @@ def _record_imported(
             **({"sent_by_other_versions": tally.elsewhere} if tally.elsewhere else {}),
         },
     )
-    job.store.mark_imported(
+    job.store.mark_done(
         obj,
-        held,
+        ObjectStatus.IMPORTED,
         rows=tally.rows,
         sent=tally.sent,
         failed=failed,
@@ -148,12 +135,11 @@ def _send_all(
     tally: ImportTally,
     others: OtherVersions,
     sent_in: BatchRows,
-) -> list[str]:
+) -> None:
     """One stream of batches through the sink: a batch waiting out a backoff does not hold
-    up the next ones. The batches of this pass are numbered from the prefix on, past the
-    numbers of batches acknowledged after it (`ObjectProgress.free_numbers`); `unsent.
-    numbers` maps the sink's places to batch numbers. The identifiers of the rows sent
-    without answer handed over."""
+    up the next ones. Batch i of this pass is number `acked_batches + i`; one an earlier pass
+    had acknowledged past the prefix, cut the same, is left out (`ObjectProgress.
+    acknowledged_as`). `unsent.numbers` maps the sink's places to batch numbers."""
     stream = _BatchStream(job, obj, progress, failed_out, tally, others, sent_in)
     try:
         # iterating counts skipped rows in tally
@@ -168,15 +154,12 @@ def _send_all(
             job.stopping,
         )
         tally.sent += sent
-        return stream.without_answer
     except LockLost:
         # another pass may be sending the object now: nothing more is recorded (the
         # batches recorded and never acknowledged are sent again under the same identifiers)
         raise
     except Exception as exc:
-        never = stream.unsent.never_billed()
-        rows = not_sent(obj, stream.unsent.rows_of(never, sent_in.sent), job.store.engine)
-        job.progress.forget_unsent(progress.object_id, never, rows)
+        job.progress.forget_unsent(progress.object_id, stream.unsent.never_billed())
         if job.stopping() and not isinstance(exc, ImportStopped):
             # the sink cut a batch's retries short (or left it unsent): it stays
             # unacknowledged, sent again by the next start under the same identifiers
@@ -207,27 +190,27 @@ class _BatchStream:
         # batch number -> its rows a run over the object holds in quarantine: marked taken
         # again once Stripe acknowledged the batch
         self.held: dict[int, list[str]] = {}
-        self.unsent = Unsent()
-        self.without_answer: list[str] = []  # rows sent without answer, handed over
+        self.unsent = _Unsent()
 
     def batches(self, chunks: Iterator[ImportChunk]) -> Iterator[list[dict[str, object]]]:
         """Record each group of chunks, then yield its batches' events to the sink."""
         job, unsent = self.job, self.unsent
-        numbers, last_beat = self.progress.free_numbers(), time.monotonic()
+        number, last_beat = self.progress.acked_batches, time.monotonic()
         # batches sent before and never acknowledged: checked against the horizon as each
         # goes out again (checked once when the pass began, a long pass sent them past it)
         resent = {batch.number: batch for batch in self.progress.unacked}
         while group := self._next_group(chunks):
-            self._count(group)  # notes the rows sent without answer the batches are cut around
-            cut = (self.sent_in, numbers)
-            sending, recorded = record_group(job, self.obj, self.progress, group, cut)
+            sending, recorded = record_group(job, self.obj, self.progress, group, number)
             unsent.recorded |= recorded.new
             unsent.same |= recorded.same
-            unsent.pending.update((send.number, send) for send in sending)
             _note_held(self.others, group, [(s.number, s.events) for s in sending], self.held)
+            self._count(group, recorded.acked_rows)
+            number += recorded.batches
             for send in sending:
                 self._check_stop()  # the group's batches not taken are forgotten (`_send_all`)
-                _check_horizon(send, resent.get(send.number), job.clock())
+                before = resent.get(send.number)
+                if before is not None and before.first_sent_at <= job.clock() - RESEND_HORIZON:
+                    raise HorizonPassed([before])
                 # another process polls once the lock is lost: it sends this batch, not us
                 job.check_lock()
                 unsent.numbers.append(send.number)  # the sink takes no batch it does not send
@@ -248,45 +231,36 @@ class _BatchStream:
         if self.job.stopping():
             raise ImportStopped(f"{self.obj.key}: the poller was asked to stop mid-import")
 
-    def _count(self, group: list[ImportChunk]) -> None:
+    def _count(self, group: list[ImportChunk], acked_rows: int) -> None:
         """Count a group's rows in the tally, writing its failed ones to the failed records."""
         tally = self.tally
-        failed, unsent = self.sent_in.failed_rows(group)
-        self.without_answer += unsent
+        # rows failing now (the meters changed) in a batch Stripe acknowledged were billed:
+        # left out; in one it never acknowledged: handed over, recorded as not sent
+        failed, billed, unsent = self.sent_in.failed_rows(group)
+        self.job.store.mark_not_sent(self.obj, unsent)
         tally.failed += self.failed_out.write([failed])
         # rows an earlier pass sent count as rows and as sent (acknowledged then), and so
         # do rows sent before by another object version or as meterfix's correction
         skipped = sum(chunk.skipped + chunk.elsewhere for chunk in group)
         tally.elsewhere += sum(chunk.elsewhere for chunk in group)
         tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
-        tally.sent += skipped
+        tally.sent += skipped + acked_rows + billed
 
     def acknowledged(self, index: int) -> None:
         """Stripe acknowledged the sink's batch `index`."""
         # marked before the acknowledgement is recorded: a crash between the two re-sends the
         # batch on resume (Stripe dedupes it), never leaves a billed row unmarked
         batch_number, late = self.unsent.numbers[index], self.unsent.late[index]
-        self.unsent.pending.pop(batch_number, None)
         if batch_number in self.held:
             self.others.taken_again(self.held.pop(batch_number))
-        if late:  # rows an acknowledged batch spans: recorded as sent once they are billed
+        if late:  # rows of a batch acknowledged before: recorded as sent once they are
             self.job.store.insert_rows(self.obj, [ref._replace(sent=True) for ref in late])
-        self.acks.add(batch_number)
+        else:
+            self.acks.add(batch_number)
 
     def refused(self, index: int) -> None:
         """Stripe refused the sink's batch `index` (HTTP 400)."""
         self.unsent.refused.append(self.unsent.numbers[index])
-
-
-def _check_horizon(send: Send, before: SentBatch | None, now: datetime) -> None:
-    """Raise HorizonPassed if `send` carries rows first sent more than 23 h ago: sent before
-    under its number (`before`), or cut from a batch sent before under another
-    (`Send.earlier`: a piece cut around rows failing now went out under a new number, and
-    the check by number alone sent its rows again 44 h after their first send)."""
-    firsts = [when for when in (send.earlier, before and before.first_sent_at) if when]
-    if firsts and min(firsts) <= now - RESEND_HORIZON:
-        first, rows = send.span
-        raise HorizonPassed([SentBatch(send.number, first, rows, min(firsts), None)])
 
 
 def _note_held(
@@ -306,22 +280,41 @@ def _note_held(
             held[number] = found
 
 
+class _Unsent:
+    """Which batches of a pass that stopped were never billed: recorded on it for the first
+    time and never taken by the sink (`numbers` are those it took, in order), or refused by
+    Stripe (HTTP 400: nothing of the request taken), recorded on this pass or, as the same
+    cut and never acknowledged, on an earlier one (the same rows refused: a fixed version of
+    the file must send them, not count them delivered a day later)."""
+
+    def __init__(self) -> None:
+        self.numbers: list[int] = []  # the sink's places -> batch numbers
+        self.late: list[tuple[RowRef, ...]] = []  # the sink's places -> late rows sent there
+        self.recorded: set[int] = set()  # numbers first recorded on this pass
+        self.same: set[int] = set()  # recorded before as the same cut, never acknowledged
+        self.refused: list[int] = []  # batch numbers
+
+    def never_billed(self) -> set[int]:
+        later = self.recorded - set(self.numbers)
+        return later | (set(self.refused) & (self.recorded | self.same))
+
+
 def _acknowledged(
-    job: ObjectImport, obj: ObjectInfo, sent_in: BatchRows
+    job: ObjectImport, obj: ObjectInfo, skip: bytearray, progress: ObjectProgress
 ) -> Callable[[Batch], Mask]:
-    """Which of a batch's rows a batch Stripe acknowledged carried: left out, billed (the
-    rows such a batch spans that failed our checks then are validated again: they were never
-    sent). A row it spans, not recorded as sent, that repeats the identifier of a row of
-    this version that was (one row is recorded per identifier) went out with it and Stripe
-    deduped it then: left out too, or a resume a day later bills it."""
+    """Which of a batch's rows are in the acknowledged prefix and were sent: left out (the
+    prefix's failed rows are validated again: they were never sent). A prefix row not
+    recorded as sent that repeats the identifier of a row of this version that was (one row
+    is recorded per identifier) went out with it and Stripe deduped it then: left out too,
+    or a resume a day later bills it."""
 
     def sent_before(batch: Batch) -> Mask:
         rows = batch.rows
-        early = sent_in.acknowledged(rows)
+        early = rows < progress.resume_row
         if not early.any():
             return early
         done = early.copy()
-        done[early] = [row_was_sent(sent_in.sent, row) for row in rows[early].tolist()]
+        done[early] = [row_was_sent(skip, row) for row in rows[early].tolist()]
         again = np.flatnonzero(early & ~done).tolist()  # failed rows, and repeats
         if again:
             named = batch.identifier.values()

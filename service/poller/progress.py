@@ -4,11 +4,11 @@ after.
 
 Several batches are in flight at once, so they may be acknowledged out of order;
 `bucket_objects.acked_batches` only counts batches 0..n-1 that were ALL acknowledged (the
-last one with no gap before it). No row Stripe acknowledged is sent again: a pass skips every
-row recorded as sent (`imported_rows.sent`, written before its batch goes out) that a batch
-Stripe acknowledged spans, the prefix's or one past it (`BatchRows`). The other rows are
-sent again under the same identifiers, cut anew (the meters may have changed); an
-acknowledged batch's record is never written over (`ObjectProgress.free_numbers`).
+last one with no gap before it). The rows of those batches are never sent again: a pass skips
+every row recorded as sent (`imported_rows.sent`, written before its batch goes out) before
+the row the prefix ends at. Everything after it is sent again under the same identifiers,
+but for a batch acknowledged past the prefix that the pass cuts the same: left out
+(`ObjectProgress.acknowledged_as`), its rows billed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, Update, and_, delete, func, select, update
+from sqlalchemy import Connection, Engine, Row, Table, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
@@ -50,26 +50,28 @@ class ProgressStore:
     def load(self, obj: ObjectInfo) -> ObjectProgress:
         with self.engine.connect() as conn:
             row = _object_row(conn, obj)
-            batches = _batches_from(conn, row.id, row.acked_batches)
+            batches = _batches_from(conn, row.id, row.acked_batches - 1)
             # when the acknowledged prefix last grew: its batches' latest acknowledgement
             prefix = (BATCHES.c.object_id == row.id) & (BATCHES.c.batch_number < row.acked_batches)
             grown: datetime | None = conn.execute(
                 select(func.max(BATCHES.c.acked_at)).where(prefix)
             ).scalar_one()
-            acked = _acked_spans(conn, row.id)
-        return _object_progress(row, batches, acked, as_utc(grown))
+        return _object_progress(row, batches, as_utc(grown))
 
-    def sent_rows(self, obj: ObjectInfo) -> bytearray:
-        """A bitmap of the version's rows recorded as sent (one bit per row)."""
-        bitmap = bytearray()
+    def sent_rows_before(self, obj: ObjectInfo, resume_row: int) -> bytearray:
+        """A bitmap of the rows before `resume_row` recorded as sent (one bit per row)."""
+        bitmap = bytearray(resume_row // 8 + 1)
+        if resume_row <= 0:
+            return bitmap
         query = select(ROWS.c.row_number).where(
-            ROWS.c.object_key == obj.key, ROWS.c.etag == obj.etag, ROWS.c.sent.is_(True)
+            ROWS.c.object_key == obj.key,
+            ROWS.c.etag == obj.etag,
+            ROWS.c.sent.is_(True),
+            ROWS.c.row_number < resume_row,
         )
         with self.engine.connect() as conn:
             result = conn.execute(query.execution_options(yield_per=10_000))
             for number in map(int, result.scalars()):
-                if number >> 3 >= len(bitmap):
-                    bitmap.extend(bytes((number >> 3) - len(bitmap) + 1))
                 bitmap[number >> 3] |= 1 << (number & 7)
         return bitmap
 
@@ -135,24 +137,18 @@ class ProgressStore:
         return found
 
     def record_sending(
-        self,
-        object_id: int,
-        batches: Sequence[tuple[int, int, int]],
-        now: datetime,
-        earlier: Sequence[datetime | None],
+        self, object_id: int, batches: Sequence[tuple[int, int, int]], now: datetime
     ) -> tuple[set[int], set[int]]:
         """(number, first_row, rows) of batches about to be sent; the numbers of those not
         recorded before, and of those recorded before as the same cut and never acknowledged
         (a refusal of this send is a refusal of that one: the same rows). A batch sent before
-        keeps its first send time (the 23 h horizon counts from there), and so does one
-        `earlier` gives the first send of (rows it carries went out then, in another cut),
-        but loses an earlier acknowledgement: it counts as acknowledged again only once this
-        send is, so a batch cut differently on this pass (meters changed meanwhile) never
-        moves the prefix."""
+        keeps its first send time (the 23 h horizon counts from there) but loses an earlier
+        acknowledgement: it counts as acknowledged again only once this send is, so a batch
+        cut differently on this pass (meters changed meanwhile) never moves the prefix."""
         if not batches:
             return set(), set()
         dialect = postgresql if is_postgres(self.engine) else sqlite
-        values = sending_rows(object_id, batches, now, earlier)
+        values = sending_rows(object_id, batches, now)
         numbers = [n for n, _, _ in batches]
         with self.engine.begin() as conn:
             self.fence(conn)
@@ -163,24 +159,17 @@ class ProgressStore:
             mark_first_sent(conn, object_id, now)
         return new, same
 
-    def forget_unsent(
-        self, object_id: int, numbers: Iterable[int], rows: Update | None = None
-    ) -> int:
+    def forget_unsent(self, object_id: int, numbers: Iterable[int]) -> int:
         """Batches recorded for the first time on a pass that then stopped before they went
         out, or that Stripe refused (HTTP 400: nothing of the request was taken): none of their
         rows was billed, so their records go (a row recorded as sent outside any batch never
         went). Left recorded, they would count as delivered once their first send time is 23 h
-        old, and a fixed version of the file would leave their rows out. `rows`: recording
-        their rows as not sent (`imported_rows.not_sent`), in the same transaction (apart, a
-        crash between the two left them recorded as sent by no batch: sent without answer).
-        How many went."""
+        old, and a fixed version of the file would leave their rows out. How many went."""
         numbers = sorted(set(numbers))
         if not numbers:
             return 0
         with self.engine.begin() as conn:
             self.fence(conn)
-            if rows is not None:
-                conn.execute(rows)
             result = conn.execute(
                 delete(BATCHES).where(
                     BATCHES.c.object_id == object_id,
@@ -291,30 +280,17 @@ def _batches_from(conn: Connection, object_id: int, first: int) -> list[SentBatc
     ]
 
 
-def _acked_spans(conn: Connection, object_id: int) -> list[tuple[int, int, int]]:
-    """(number, first row, end) of the object version's batches Stripe acknowledged."""
-    query = select(BATCHES.c.batch_number, BATCHES.c.first_row, BATCHES.c.rows).where(
-        BATCHES.c.object_id == object_id, BATCHES.c.acked_at.is_not(None)
-    )
-    found = conn.execute(query).all()
-    return [(int(row[0]), int(row[1]), int(row[1]) + int(row[2])) for row in found]
-
-
 def _object_progress(
-    row: Row[Any],
-    batches: list[SentBatch],
-    acked: list[tuple[int, int, int]],
-    prefix_grown_at: datetime | None,
+    row: Row[Any], batches: list[SentBatch], prefix_grown_at: datetime | None = None
 ) -> ObjectProgress:
-    """The progress of an object version from its record, its batches past the acknowledged
-    prefix and the spans of those Stripe acknowledged (`_acked_spans`): a pass resumes
-    after the prefix batch that ends furthest (a batch numbered in it may be cut before
-    another: numbers of batches acknowledged past the prefix are never given again)."""
+    """The progress of an object version from its record and its batches from the one the
+    acknowledged prefix ends with."""
+    last = next((b for b in batches if b.number == row.acked_batches - 1), None)
     return ObjectProgress(
         object_id=int(row.id),
         first_seen=_utc(row.first_seen),
         acked_batches=int(row.acked_batches),
-        resume_row=max((end for n, _, end in acked if n < row.acked_batches), default=0),
+        resume_row=last.first_row + last.rows if last else 0,
         failing_since=as_utc(row.failing_since),
         attempts=int(row.attempts),
         unacked=tuple(b for b in batches if b.number >= row.acked_batches and b.acked_at is None),
@@ -322,7 +298,6 @@ def _object_progress(
             b for b in batches if b.number >= row.acked_batches and b.acked_at is not None
         ),
         prefix_grown_at=prefix_grown_at,
-        acked_spans=tuple((first, end) for _, first, end in acked),
     )
 
 

@@ -67,7 +67,7 @@ def describe(plan: RetryPlan) -> list[str]:
     """What a retry does, in lines for the terminal."""
     progress, unacked = plan.progress, plan.progress.unacked
     lines = [f"{plan.obj.key} ({plan.status}): {plan.error or 'no error recorded'}"]
-    start = f"row {progress.resumes_at()}" if progress.resumes_at() else "its first row"
+    start = f"row {progress.resume_row}" if progress.resume_row else "its first row"
     # the unbroken run from the first batch, and those acknowledged past a batch that was not
     acknowledged = progress.acked_batches + len(progress.acked_beyond)
     lines.append(

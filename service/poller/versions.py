@@ -14,14 +14,14 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, Update, select, update
+from sqlalchemy import Engine, Insert, Table, select, update
 
 from remediation.ports import ObjectInfo
 from service.db.locks import Fence, unfenced
 from service.db.statements import insert_or_ignore
 from service.models import BucketObject, ObjectStatus
 from service.models._types import as_utc, table_of, utcnow
-from service.poller.imported_rows import ImportedRows, not_sent
+from service.poller.imported_rows import ImportedRows
 
 SAME_UPLOAD = timedelta(seconds=1)  # S3's LastModified resolution: later is another upload
 GONE = "not imported: "  # the error of a version gone when read (`PollerStore.mark_gone`)
@@ -175,16 +175,10 @@ class PollerStore(ImportedRows):
         with self.engine.begin() as conn:
             conn.execute(self._insert(_table(BucketObject)), values)
 
-    def _update_object(
-        self, obj: ObjectInfo, *, first: Update | None = None, **values: Any
-    ) -> None:
-        """Update the object version's record; `first`: a statement run before it, in the
-        same transaction."""
+    def _update_object(self, obj: ObjectInfo, **values: Any) -> None:
         table = _table(BucketObject)
         with self.engine.begin() as conn:
             self.fence(conn)
-            if first is not None:
-                conn.execute(first)
             conn.execute(
                 update(table)
                 .where(table.c.key == obj.key, table.c.etag == obj.etag)
@@ -206,7 +200,7 @@ class PollerStore(ImportedRows):
         `attempts`: the failing run started again (Stripe acknowledged batches of it)."""
         if give_up:
             self.mark_done(obj, ObjectStatus.FAILED)
-        again: dict[str, Any] = {} if attempts is None else {"attempts": attempts}
+        again = {} if attempts is None else {"attempts": attempts}
         self._update_object(
             obj,
             error=reason[:2000],
@@ -246,20 +240,9 @@ class PollerStore(ImportedRows):
             obj, status=ObjectStatus.SEEN, failing_since=None, next_attempt_at=None, attempts=0
         )
 
-    def mark_imported(self, obj: ObjectInfo, held: Sequence[str], **counts: Any) -> None:
-        """Mark the object version imported and, in the same transaction, record as not sent
-        its rows sent without answer handed over (`held`: recorded as sent, remediation would
-        leave them out as billed). Committed apart, a crash between the two left them not
-        sent on an object not imported: the next pass handed them over as failing only, and
-        a successor meter billed them again."""
-        self.mark_done(obj, ObjectStatus.IMPORTED, first=not_sent(obj, held, self.engine), **counts)
-
-    def mark_done(
-        self, obj: ObjectInfo, status: str, *, first: Update | None = None, **counts: Any
-    ) -> None:
+    def mark_done(self, obj: ObjectInfo, status: str, **counts: Any) -> None:
         self._update_object(
             obj,
-            first=first,
             status=status,
             error=None,
             processed_at=utcnow(),
