@@ -240,27 +240,16 @@ class _Pass:
         claim = claim_message(
             self.engine, row, phase, name, self.claimant, now=now, stale_before=now - STALE_CLAIM
         )
+        where = {"key": row["alert_key"], "phase": phase, "channel": name}
         if claim.made_unsure:
-            log_event(
-                "alert.notify_unsure",
-                level=logging.ERROR,
-                key=row["alert_key"],
-                phase=phase,
-                channel=name,
-                reason="its senders stopped mid-send twice: it may have arrived, not sent again",
-            )
+            reason = "its senders stopped mid-send twice: it may have arrived, not sent again"
+            log_event("alert.notify_unsure", level=logging.ERROR, **where, reason=reason)
         if not claim.ours:
             attempt.found(name, claim.status)
             return
         if claim.resent:
-            log_event(
-                "alert.notify_resent",
-                level=logging.WARNING,
-                key=row["alert_key"],
-                phase=phase,
-                channel=name,
-                reason="its sender stopped mid-send: sent once more, it may arrive twice",
-            )
+            reason = "its sender stopped mid-send: sent once more, it may arrive twice"
+            log_event("alert.notify_resent", level=logging.WARNING, **where, reason=reason)
         status, error = _send_on(channel, message, settings_secrets(self.settings))
         for wait in (*MARK_RETRIES, None):  # unmarked, a message sent goes once more
             try:
