@@ -133,7 +133,7 @@ def _reruns(digest: Digest, reruns: list[FinishedRun], links: DashboardLinks) ->
     """The quarantine re-runs finished in the window, apart from new input: rows tried again
     and what became of them, linked to the rows they quarantined again."""
     digest.reruns, _ = _totals(reruns)
-    digest.reruns_url = links.of_runs([run.id for run in reruns]).quarantine()
+    digest.reruns_url = links.of_reruns([run.id for run in reruns]).quarantine()
 
 
 def _codes(

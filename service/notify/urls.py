@@ -24,13 +24,20 @@ def _last_moment_before(moment: datetime) -> str:
 
 class DashboardLinks:
     def __init__(
-        self, public_url: str, window: Window | None = None, *, runs: Sequence[int] = ()
+        self,
+        public_url: str,
+        window: Window | None = None,
+        *,
+        runs: Sequence[int] = (),
+        reruns: bool = False,
     ) -> None:
         """With a window, quarantine links show the rows a digest counts: those of the runs
         finished in it. With `runs`, the runs that quarantined rows in the window, that is
         exactly `run=`; beyond `MAX_LINK_RUNS` of them (or with none) the links fall back to
-        the rows quarantined in the window (`since`, `until`), which may differ: a run started
-        before the window is left out, one finishing after it is in."""
+        the rows quarantined in the window (`since`, `until`) by new input (`rerun=no`), or
+        with `reruns` by quarantine re-runs (`rerun=yes`): the digest counts them apart. The
+        window's rows may still differ: a run started before the window is left out, one
+        finishing after it is in."""
         self.base = public_url.rstrip("/")
         self.window = window
         self.period: dict[str, str] = {}
@@ -38,10 +45,11 @@ class DashboardLinks:
             self.period = {"run": ",".join(str(run) for run in sorted(runs))}
         elif window is not None:
             self.period = {"since": _iso(window.start), "until": _last_moment_before(window.end)}
+            self.period["rerun"] = "yes" if reruns else "no"
 
-    def of_runs(self, runs: Sequence[int]) -> DashboardLinks:
-        """The links of the same window naming these runs (a digest's quarantine re-runs)."""
-        return DashboardLinks(self.base, self.window, runs=runs)
+    def of_reruns(self, runs: Sequence[int]) -> DashboardLinks:
+        """The links of the same window naming these quarantine re-runs (a digest's)."""
+        return DashboardLinks(self.base, self.window, runs=runs, reruns=True)
 
     def home(self) -> str:
         return f"{self.base}/"

@@ -3,8 +3,8 @@ customer, run and date (the query is the jobs' store's), newest first, as JSON; 
 batches for the CSV download.
 
 Rows a re-run took (`rerun_id` set) are replaced by that re-run's own rows, so lists leave
-them out, unless they ask for runs' rows (`run=`, one run or several): a run's page shows all
-it quarantined.
+them out, unless they ask for runs' rows (`run=`, one run or several; `rerun=yes|no`, the rows
+of quarantine re-runs or of every other run): a run's page shows all it quarantined.
 Rows Stripe's connector took again from a later version of their object (`taken_again`, index
 mode) stay listed, with that version named: a re-run leaves them.
 """

@@ -24,7 +24,7 @@ TOKEN = "query-parameters-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 REASON = re.compile(r'data-testid="error-reason">([^<]*)<')
-QUARANTINE_TAKES = "code, meter, customer, run, since, until, taken_again, limit, cursor"
+QUARANTINE_TAKES = "code, meter, customer, run, since, until, taken_again, rerun, limit, cursor"
 
 
 @dataclass

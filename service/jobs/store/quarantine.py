@@ -1,9 +1,10 @@
-"""Quarantined rows and the quarantine filter's conditions (code, meter, customer, runs, time;
-each on an index): the lists, counts and groups the pages, digests, run alerts and /metrics
-read, and their retention. Rows a re-run took (`rerun_id` set) are replaced by that re-run's
-own rows, so filtered lists leave them out unless they ask for runs' rows. The filter itself
-is `quarantine_filter.py`; what a quarantine re-run counts, reads and marks is `reruns.py`;
-the marks of rows their object sent again since (`taken_again`) are `taken_again.py`."""
+"""Quarantined rows and the quarantine filter's conditions (code, meter, customer, runs, time,
+re-runs' or not; each on an index): the lists, counts and groups the pages, digests, run
+alerts and /metrics read, and their retention. Rows a re-run took (`rerun_id` set) are
+replaced by that re-run's own rows, so filtered lists leave them out unless they ask for runs'
+rows (`run`, `rerun`). The filter itself is `quarantine_filter.py`; what a quarantine re-run
+counts, reads and marks is `reruns.py`; the marks of rows their object sent again since
+(`taken_again`) are `taken_again.py`."""
 
 from __future__ import annotations
 
@@ -39,8 +40,10 @@ def quarantine_conditions(found: QuarantineFilter) -> list[ColumnElement[bool]]:
         where.append(table.customer == found.customer)
     if found.run:
         where.append(table.run_id.in_(found.run))
-    else:
+    elif found.rerun is None:
         where.append(table.rerun_id.is_(None))
+    if found.rerun is not None:
+        where.append(_of_reruns(found.rerun))
     if found.since is not None:
         where.append(table.created_at >= found.since)
     if found.until is not None:
@@ -49,6 +52,16 @@ def quarantine_conditions(found: QuarantineFilter) -> list[ColumnElement[bool]]:
         marked = table.taken_again
         where.append(marked.is_not(None) if found.taken_again else marked.is_(None))
     return where
+
+
+def _of_reruns(reruns: bool) -> ColumnElement[bool]:
+    """The rows quarantined by quarantine re-runs (or by any other run): all they quarantined,
+    those a later re-run took too, as `run=` lists a run's rows, so a digest's link past
+    `MAX_LINK_RUNS` runs opens the rows its line counts (the run ids by trigger, then the
+    run index)."""
+    trigger = RUNS.c.trigger == RunTrigger.QUARANTINE_RERUN.value
+    of_reruns = QUARANTINE.c.run_id.in_(select(RUNS.c.id).where(trigger))
+    return of_reruns if reruns else ~of_reruns
 
 
 def list_quarantine(connection: Connection, found: QuarantineFilter, page: Page) -> Listing:

@@ -19,9 +19,11 @@ MAX_FILTER_RUNS = 100  # runs one filter may name (a digest link names up to 20)
 @dataclass(frozen=True)
 class QuarantineFilter:
     """Which quarantined rows: by code, meter, customer, runs (the rows of any of them; none:
-    every run's) and time (each on an index), and whether their object sent them again since
-    (`taken_again`: yes/no; not indexed, few rows are marked: a page of unmarked rows reads
-    about a page of rows)."""
+    every run's) and time (each on an index), whether a quarantine re-run quarantined them or
+    another run (`rerun`: yes/no; the runs' ids by trigger, then the rows' run index: a digest
+    counts new input and re-runs apart, its links past 20 runs say which) and whether their
+    object sent them again since (`taken_again`: yes/no; not indexed, few rows are marked: a
+    page of unmarked rows reads about a page of rows)."""
 
     code: str | None = None
     meter: str | None = None
@@ -30,6 +32,7 @@ class QuarantineFilter:
     since: datetime | None = None
     until: datetime | None = None
     taken_again: bool | None = None
+    rerun: bool | None = None
 
     def as_query(self) -> dict[str, str]:
         """The filter as query parameters (for links, CSV and the re-run's record): one value
@@ -42,6 +45,7 @@ class QuarantineFilter:
             "since": None if self.since is None else self.since.isoformat(),
             "until": None if self.until is None else self.until.isoformat(),
             "taken_again": None if self.taken_again is None else YES_NO[self.taken_again],
+            "rerun": None if self.rerun is None else YES_NO[self.rerun],
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -57,6 +61,7 @@ class QuarantineFilter:
             since=_time(args, "since"),
             until=_time(args, "until", through_the_day=True),
             taken_again=_yes_no(args, "taken_again"),
+            rerun=_yes_no(args, "rerun"),
         )
         if found.since and found.until and found.since > found.until:
             raise BadParameter("since must not be after until")
