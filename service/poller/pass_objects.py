@@ -86,7 +86,8 @@ def _process_object(
     source: Path | None = None
     try:
         settled = partial(check_settled, store, obj, listing)
-        source = take_snapshot(deps.bucket, obj, deps.work_dir / "objects", settled)
+        copying = partial(beat, deps, "import", key=obj.key)
+        source = take_snapshot(deps.bucket, obj, deps.work_dir / "objects", settled, copying)
         _import_or_index(deps, store, obj, meters, r, source)
         r.keys.add(obj.key)
     except ObjectChanged as exc:

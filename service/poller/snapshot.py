@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,28 +21,40 @@ from remediation.errors import UnreadableFile
 from remediation.ports import Bucket, ObjectInfo
 
 CHUNK = 1 << 20
+BEAT_EVERY = 10.0  # seconds between heartbeats during a long copy
 LINE_ENDS = (b"", b"\n", b"\r")
 
 
 def take_snapshot(
-    bucket: Bucket, obj: ObjectInfo, work_dir: Path, ends_mid_line: Callable[[], None]
+    bucket: Bucket,
+    obj: ObjectInfo,
+    work_dir: Path,
+    ends_mid_line: Callable[[], None],
+    beat: Callable[[], None] = lambda: None,
 ) -> Path:
     """Copy the version `obj` names to `work_dir`; its path. Raises ObjectChanged (the
     version is gone) or UnreadableFile (not UTF-8: nothing of it can be sent as Stripe would
     read it). A copy whose last byte is not a line end calls `ends_mid_line` before its last
     character is checked (a writer's next block would finish it): it raises ObjectNotSettled
-    for a version that may still be being written (`service.poller.settling`)."""
+    for a version that may still be being written (`service.poller.settling`). `beat` is
+    called every BEAT_EVERY seconds of a long copy (a 5 GB object copied for half an hour
+    beat nothing: past MFX_HEARTBEAT_SILENCE the critical silence alert said to restart the
+    worker)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(f"{obj.key}\n{obj.etag}".encode()).hexdigest()[:24]
     path = work_dir / f"object-{digest}{Path(obj.key).suffix.lower()[:8]}"
     utf8 = codecs.getincrementaldecoder("utf-8")()
     done, last = 0, b""  # bytes copied, the last of them
+    beaten = time.monotonic()
     try:
         with bucket.open_read(obj.key, etag=obj.etag) as source, path.open("wb") as out:
             while chunk := source.read(CHUNK):
                 _decode(utf8, chunk, done)
                 out.write(chunk)
                 done, last = done + len(chunk), chunk[-1:]
+                if time.monotonic() - beaten >= BEAT_EVERY:
+                    beat()
+                    beaten = time.monotonic()
             if last not in LINE_ENDS:
                 ends_mid_line()
             _decode(utf8, b"", done, final=True)
