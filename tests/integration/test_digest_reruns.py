@@ -36,17 +36,10 @@ from service.worker.loop import InboxWorker
 from service.worker.task_runner import TaskRunner
 from tests.conftest import SandboxServer
 from tests.integration.notify_helpers import SMTP_PASSWORD, SMTP_USER, SlackReceiver, smtp_server
-from tests.integration.test_web_rerun import TOKEN, _remediate, _settings
+from tests.integration.test_web_rerun import FAILED, TOKEN, _remediate, _settings
 from tests.servers import serve_wsgi
 
 BASE = "https://mfx.example.com"
-FAILED = (
-    "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value,error_code\n"
-    "a1,{now},api_requests,acme-42,5,meter_event_customer_not_found\n"
-    "a2,1000000000,api_requests,cus_1,7,timestamp_too_far_in_past\n"
-    "a3,{ms},api_requests,cus_1,9,timestamp_in_future\n"
-    "a4,{now},tokens,cus_1,3,no_meter\n"
-)
 WAITING = f"{BASE}/quarantine?taken_again=no"
 WAITING_LINE = f"Waiting in quarantine now: 2 rows (neither re-run nor sent again since)  {WAITING}"
 
