@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,10 @@ def test_an_idle_poller_keeps_beating_between_passes_and_raises_no_silence_alert
         alerts = session.exec(select(Alert.alert_key, Alert.status)).all()  # type: ignore[call-overload]
     runtime.close()
     assert [tuple(a) for a in alerts] == []
-    assert len(passes) == 1  # the bucket was not listed more often
+    # the bucket was not listed more often: a pass per interval (the sampling, slow under
+    # load, may run past the next pass's time)
+    gaps = [later - earlier for earlier, later in pairwise(passes)]
+    assert all(gap >= settings.mfx_poll_interval - 0.2 for gap in gaps), passes
     waiting = [(at, detail) for at, detail in samples if detail.get("doing") == "waiting"]
     assert len({at for at, _ in waiting}) >= 3, samples  # beat again and again while waiting
     assert len({detail.get("next_pass_at") for _, detail in waiting}) == 1, waiting
