@@ -40,6 +40,7 @@ from service.jobs.store.lineage import handled_among, runs_correcting, runs_of_s
 from service.jobs.store.runs import import_set_of, report_of, run_keys
 from service.jobs.store.taken_again import mark_refused_again, marked_among
 from service.logs import log_event
+from service.notify.runs import settle_alerts_of_rows
 
 # "mfx_rept": the seed of the lock the runs over one object take turns by
 OBJECT_RUN_LOCK_KEY = 0x6D66785F72657074
@@ -170,7 +171,8 @@ class HandledElsewhere(LeftOut):
         again: set[str] = set()
         if self.refused is not None and self.chain:
             at, version = self.refused
-            mark_refused_again(self.engine, self.chain, listed, version, at, self.earlier)
+            settle = settle_alerts_of_rows  # the runs' alerts, once none of their rows waits
+            mark_refused_again(self.engine, self.chain, listed, version, at, self.earlier, settle)
             # counted by what is marked, not by what this try marked: a task retried after
             # a crash (its first try marked them) says the same
             again = marked_among(self.engine, self.chain, listed)

@@ -15,6 +15,7 @@ from service.jobs.store.lineage import corrected_among, runs_correcting
 from service.jobs.store.runs import failed_file_run_key, finished_run, report_of, run_keys
 from service.jobs.store.taken_again import mark_taken_again, quarantine_times
 from service.models import ImportSet, RemediationRun
+from service.notify.runs import settle_alerts_of_rows
 
 
 def _taken(
@@ -116,7 +117,9 @@ class TakenBefore(LeftOut):
             by_version.setdefault(self.taken[identifier], []).append(identifier)
         for (when, label), identifiers_of in by_version.items():
             at = datetime.fromtimestamp(when, UTC)
-            mark_taken_again(self.engine, self.runs, identifiers_of, label, at)
+            mark_taken_again(
+                self.engine, self.runs, identifiers_of, label, at, settle_alerts_of_rows
+            )
         return left
 
     def outcome(self) -> str:

@@ -43,8 +43,9 @@ from service.jobs.rerun_keys import rerun_key, rerun_tag
 from service.jobs.rerun_pick import pick_rows
 from service.jobs.rerun_records import rerun_lineage, stored_records
 from service.jobs.runs import RunContext, RunRequest, execute_run
-from service.jobs.store.reruns import mark_rerun, mark_rerun_in, rerun_queued_at
+from service.jobs.store.reruns import mark_rerun_in, rerun_queued_at
 from service.models import RemediationRun, RunTrigger
+from service.notify.runs import settle_alerts_of_rows
 
 
 def rerun_quarantine(ctx: RunContext, action_ref: str) -> str:
@@ -133,10 +134,14 @@ def _rerun(
     records = stored_records(ctx.engine, ids, ctx.rules, ctx.meters)
     run = execute_run(ctx, request, records, finishing=partial(_mark_taken, ids))
     assert run.id is not None
-    mark_rerun(ctx.engine, ids, run.id, ctx.fence)  # a run done by a try before, unmarked
+    with ctx.engine.begin() as connection:  # a run done by a try before, unmarked
+        ctx.fence(connection)  # the re-run's lock held still
+        _mark_taken(ids, connection, run.id)
     return run
 
 
 def _mark_taken(ids: list[int], connection: Connection, run_id: int) -> None:
-    """The rows taken by the run being recorded done (in its transaction)."""
+    """The rows taken by the run being recorded done (in its transaction), and the alerts of
+    the runs that quarantined them told (resolved once none of their rows waits)."""
     mark_rerun_in(connection, ids, run_id)
+    settle_alerts_of_rows(connection, ids)

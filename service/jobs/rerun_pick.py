@@ -41,6 +41,7 @@ from service.jobs.store.reruns import (
 from service.jobs.store.runs import import_set_of
 from service.jobs.store.taken_again import mark_rows_taken_again
 from service.models._types import as_utc
+from service.notify.runs import settle_alerts_of_rows
 from service.poller.store import sent_moments
 
 
@@ -158,7 +159,7 @@ def _mark(engine: Engine, labels: dict[int, str]) -> None:
     for row_id, label in labels.items():
         by_label.setdefault(label, []).append(row_id)
     for label, row_ids in by_label.items():
-        mark_rows_taken_again(engine, row_ids, label)
+        mark_rows_taken_again(engine, row_ids, label, settle_alerts_of_rows)
 
 
 def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) -> set[int]:
@@ -187,7 +188,7 @@ def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) 
         uploaded = as_utc(info.last_modified) or datetime.now(UTC)
         found_ids = [r.id for r in rows if r.identifier in held and uploaded > r.at]
         label = f"{info.key} (ETag {info.etag}, uploaded {uploaded:%Y-%m-%d %H:%M} UTC)"
-        mark_rows_taken_again(ctx.engine, found_ids, label)
+        mark_rows_taken_again(ctx.engine, found_ids, label, settle_alerts_of_rows)
         taken.update(found_ids)
     return taken
 

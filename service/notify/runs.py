@@ -1,24 +1,32 @@
 """Run-level alerts, raised when a remediation run finishes: critical when its quarantined
 rows reach MFX_QUARANTINE_ALERT_ROWS, warning when it quarantined any row, info when it
 corrected everything. One alert per run (keyed by its run key), so a re-delivered event that
-finds the run finished raises nothing new."""
+finds the run finished raises nothing new.
+
+Its rows taken again (by a quarantine re-run, or marked `taken_again`), the alert says so
+(`settle_run_alerts`, in the transaction that marks them): while some still wait, its subject
+and message count them; once none waits, it is resolved (its "resolved" message says what
+took them). Its severity and `rows` stay those of the run."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, select, update
 
 from service.config import Settings
 from service.jobs.store.quarantine import top_quarantine_group
-from service.jobs.store.runs import run_outputs
+from service.jobs.store.reruns import RunTakes, run_takes, runs_of_rows
+from service.jobs.store.runs import get_run, run_outputs
 from service.logs import log_event
 from service.models import RemediationRun
-from service.notify.alerts import raise_alert, stored_key
+from service.models.alerts import AlertStatus
+from service.notify.alerts import TEXT_LIMIT, raise_alert, resolve_alert, stored_key
 from service.notify.shown import counted
-from service.notify.store import alert_exists
+from service.notify.store import ALERTS, alert_exists
 
 
 def alert_for_run(
@@ -85,17 +93,84 @@ def _alert_for_run(
         severity=severity,
         kind="remediation.run",
         subject=f"run #{run.id} ({run.trigger}): {what}",
-        message=(
-            f"{counted(run.input_rows, 'row')} received: {run.valid} valid, "
-            f"{run.corrected} corrected, "
-            f"{run.quarantined} quarantined; source {run.source}"
-        ),
+        message=_received(run.input_rows, run.valid, run.corrected, run.quarantined, run.source),
         detail={"by_code": run.by_code, "input_rows": run.input_rows, "valid": run.valid},
         meter=meter,
         code=code or _top_code(run.by_code),
         customer=customer,
         rows=run.quarantined or run.corrected,
         links=_links(run, outputs),
+    )
+    if run.quarantined:  # rows taken before the alert was raised (a retry raising it late)
+        with engine.begin() as connection:
+            settle_run_alerts(connection, [run.id])
+
+
+def _received(input_rows: int, valid: int, corrected: int, quarantined: int, source: str) -> str:
+    return (
+        f"{counted(input_rows, 'row')} received: {valid} valid, {corrected} corrected, "
+        f"{quarantined} quarantined; source {source}"
+    )
+
+
+def settle_alerts_of_rows(connection: Connection, ids: Sequence[int]) -> None:
+    """`settle_run_alerts` of the runs that quarantined the rows with these ids (just taken
+    again), in the caller's transaction."""
+    settle_run_alerts(connection, runs_of_rows(connection, ids))
+
+
+def settle_run_alerts(connection: Connection, run_ids: Iterable[int]) -> None:
+    """The alerts of these runs told what became of their quarantined rows, in the caller's
+    transaction (the one marking rows taken: a crash leaves both or neither): resolved when
+    none waits (the quarantine page's `taken_again=no`), their text counting the rows taken
+    and waiting while some do. An alert resolved (by this or by hand) is left as it is, and
+    the text is made from the rows alone: settling again changes nothing."""
+    for run_id in sorted(set(run_ids)):
+        run = get_run(connection, run_id)
+        if run is None or not run["quarantined"]:
+            continue
+        key = stored_key(f"run:{run['run_key']}")
+        told = _unresolved_subject(connection, key)
+        if told is None:
+            continue  # none, or resolved (here or by hand): never opened again
+        takes = run_takes(connection, run_id)
+        if not takes.taken:
+            continue  # nothing taken (or nothing kept): the alert says it as it is
+        subject = _TAKEN_SUFFIX.sub("", told) + _taken(takes)
+        received = _received(
+            run["input_rows"], run["valid"], run["corrected"], run["quarantined"], run["source"]
+        )
+        message = (received + _since(takes))[:TEXT_LIMIT]
+        _retell_alert(connection, key, {"subject": subject[:TEXT_LIMIT], "message": message})
+        if not takes.waiting:
+            resolve_alert(connection, key)
+
+
+# What `_taken` adds to a run alert's subject (taken away before it is added again).
+_TAKEN_SUFFIX = re.compile(r"; (all \d+ |\d+ of \d+ )?taken again(, \d+ still waiting)?$")
+
+
+def _taken(takes: RunTakes) -> str:
+    """`; 3 of 5 taken again, 2 still waiting`, `; all 5 taken again` (`; taken again`:
+    its one row)."""
+    if not takes.waiting:
+        return f"; all {takes.quarantined} taken again" if takes.taken > 1 else "; taken again"
+    return f"; {takes.taken} of {takes.quarantined} taken again, {takes.waiting} still waiting"
+
+
+def _since(takes: RunTakes) -> str:
+    """What took the rows: `Taken again since: 3 of its 5 quarantined rows, by run #14 (2
+    rows), by a later version of their file or another take (1 row, marked taken again);
+    2 still waiting.`"""
+    parts = [f"by run #{run_id} ({counted(rows, 'row')})" for run_id, rows in takes.reruns]
+    if takes.elsewhere:
+        rows = counted(takes.elsewhere, "row")
+        parts.append(f"by a later version of their file or another take ({rows}, marked)")
+    waiting = f"{takes.waiting} still waiting" if takes.waiting else "none waiting"
+    after = " Rows a re-run quarantined again wait under its own run's alert." * bool(takes.reruns)
+    return (
+        f"\nTaken again since: {takes.taken} of its {takes.quarantined} quarantined rows, "
+        f"{', '.join(parts)}; {waiting}.{after}"
     )
 
 
@@ -124,3 +199,19 @@ def _links(run: RemediationRun, outputs: Sequence[Mapping[str, Any]]) -> dict[st
     if quarantine:
         links["quarantine"] = quarantine[0] if len(quarantine) == 1 else quarantine
     return links
+
+
+def _unresolved_subject(connection: Connection, key: str) -> str | None:
+    """The subject of the alert `key` while it is open or acknowledged; else None."""
+    query = select(ALERTS.c.subject).where(
+        ALERTS.c.alert_key == key, ALERTS.c.status != AlertStatus.RESOLVED
+    )
+    subject = connection.execute(query).scalar()
+    return None if subject is None else str(subject)
+
+
+def _retell_alert(connection: Connection, key: str, values: Mapping[str, Any]) -> None:
+    """New text (`values`: subject, message) for the open or acknowledged alert `key`, as
+    the same occurrence (its count, last seen and messages unchanged)."""
+    unresolved = (ALERTS.c.alert_key == key) & (ALERTS.c.status != AlertStatus.RESOLVED)
+    connection.execute(update(ALERTS).where(unresolved).values(**values))

@@ -25,6 +25,7 @@ from service.jobs.store.reports import object_sources
 from service.jobs.store.taken_again import mark_taken_again
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
+from service.notify.runs import settle_alerts_of_rows
 from service.poller.object_progress import RESEND_HORIZON
 from service.poller.store import first_versions, object_times, recordable
 
@@ -63,7 +64,7 @@ class TakenAgain:
             self.runs = runs_correcting(self.engine, sources)
         label = f"{self.obj.key} (ETag {self.obj.etag}, uploaded {self._stamp(self.uploaded)})"
         self.held += mark_taken_again(
-            self.engine, self.runs, sorted(identifiers), label, self.uploaded
+            self.engine, self.runs, sorted(identifiers), label, self.uploaded, settle_alerts_of_rows
         )
         for identifier, first in first_versions(self.engine, identifiers).items():
             # this version itself counts when uploaded again (the same bytes, a later

@@ -13,6 +13,7 @@ from service.errors import HorizonPassed
 from service.jobs.store.lineage import refused_among, runs_correcting, written_among
 from service.jobs.store.taken_again import held_among, mark_taken_again
 from service.models._types import utcnow
+from service.notify.runs import settle_alerts_of_rows
 from service.poller.object_progress import RESEND_HORIZON, SentBatch, SentRow
 from service.poller.progress import ProgressStore
 from service.poller.store import recordable
@@ -103,7 +104,8 @@ class OtherVersions:
         now = utcnow()
         sent = f"sent by the poller {now:%Y-%m-%d %H:%M} UTC"
         label = f"{self.obj.key} (ETag {self.obj.etag}), {sent}"
-        mark_taken_again(self.progress.engine, self._refusing(), identifiers, label, now)
+        engine, runs = self.progress.engine, self._refusing()
+        mark_taken_again(engine, runs, identifiers, label, now, settle_alerts_of_rows)
 
     def _correcting(self) -> list[int]:
         """The runs whose corrections are of this object's rows (read once per import)."""

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from service.db.pages import Listing, Page
-from service.jobs.store import reports, runs
+from service.jobs.store import reports, reruns, runs
 from service.models import ErrorReportStatus
 from service.models.poller import ObjectStatus
 from service.poller.store import objects_by_keys
@@ -85,7 +85,22 @@ def get_run(engine: Engine, run_id: int) -> dict[str, Any] | None:
         run = run_json(row)
         run["inputs"] = _inputs(connection, run["input"])
         run["outputs"] = _outputs(connection, run_id)
+        run["quarantine_taken"] = _taken(connection, run_id)
     return run
+
+
+def _taken(connection: Connection, run_id: int) -> dict[str, Any]:
+    """What became of the rows the run quarantined (those kept): how many wait (the
+    quarantine page's `taken_again=no`), the re-runs that took some, and how many were taken
+    again elsewhere (marked `taken_again`). One query by the run index."""
+    takes = reruns.run_takes(connection, run_id)
+    return {
+        "quarantined": takes.quarantined,
+        "taken": takes.taken,
+        "waiting": takes.waiting,
+        "reruns": [{"run_id": run, "rows": rows} for run, rows in takes.reruns],
+        "elsewhere": takes.elsewhere,
+    }
 
 
 def _inputs(connection: Connection, found: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, select, update
 
-from service.db.locks import Fence, transaction_lock, unfenced
+from service.db.locks import transaction_lock
 from service.db.statements import in_listed
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE, quarantine_conditions
 from service.jobs.store.quarantine_filter import QuarantineFilter
@@ -220,21 +220,71 @@ def quarantined_entries(engine: Engine, ids: Sequence[int]) -> Iterator[Quaranti
             )
 
 
-def mark_rerun(engine: Engine, ids: Sequence[int], run_id: int, fence: Fence = unfenced) -> None:
-    """The rows with these ids were taken by the re-run `run_id` (one transaction, after
-    `fence`: the re-run's lock held still)."""
-    with engine.begin() as connection:
-        fence(connection)
-        mark_rerun_in(connection, ids, run_id)
-
-
 def mark_rerun_in(connection: Connection, ids: Sequence[int], run_id: int) -> None:
-    """`mark_rerun` in the caller's transaction (the one that records the run done)."""
+    """The rows with these ids were taken by the re-run `run_id`, in the caller's transaction
+    (the one that records the run done, or a later one, the re-run's lock held still)."""
     chunks = iter(ids)
     while chunk := list(islice(chunks, ID_BATCH)):
         connection.execute(
             update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(rerun_id=run_id)
         )
+
+
+class RunTakes(NamedTuple):
+    """What became of the rows a run quarantined (those still kept): how many there are,
+    how many wait (the quarantine page's `taken_again=no`: neither taken by a re-run nor
+    marked taken again), the re-runs that took some (run id, rows; oldest run first) and how
+    many were taken again elsewhere (marked `taken_again`, no re-run took them)."""
+
+    quarantined: int
+    waiting: int
+    reruns: list[tuple[int, int]]
+    elsewhere: int
+
+    @property
+    def taken(self) -> int:
+        return self.quarantined - self.waiting
+
+
+# The rows waiting for a fix: the quarantine page's `taken_again=no` (service.notify.content's
+# WAITING), whose conditions without `run=` leave out the rows a re-run took.
+WAITING = and_(*quarantine_conditions(QuarantineFilter(taken_again=False)))
+
+
+def run_takes(connection: Connection, run_id: int) -> RunTakes:
+    """`RunTakes` of the run `run_id`: one query by the run index, grouped by re-run (a run's
+    rows are taken by a few re-runs at most)."""
+    waiting = func.sum(case((WAITING, 1), else_=0)).label("waiting")
+    query = (
+        select(
+            QUARANTINE.c.rerun_id,
+            func.count().label("rows"),
+            func.count(QUARANTINE.c.taken_again).label("marked"),
+            waiting,
+        )
+        .where(QUARANTINE.c.run_id == run_id)
+        .group_by(QUARANTINE.c.rerun_id)
+    )
+    total = held = elsewhere = 0
+    reruns: list[tuple[int, int]] = []
+    for row in connection.execute(query):
+        total += int(row.rows)
+        held += int(row.waiting or 0)
+        if row.rerun_id is None:
+            elsewhere += int(row.marked)
+        else:
+            reruns.append((int(row.rerun_id), int(row.rows)))
+    return RunTakes(total, held, sorted(reruns), elsewhere)
+
+
+def runs_of_rows(connection: Connection, ids: Sequence[int]) -> list[int]:
+    """The runs that quarantined the rows with these ids."""
+    found: set[int] = set()
+    chunks = iter(ids)
+    while chunk := list(islice(chunks, ID_BATCH)):
+        query = select(QUARANTINE.c.run_id).where(QUARANTINE.c.id.in_(chunk)).distinct()
+        found.update(int(row.run_id) for row in connection.execute(query))
+    return sorted(found)
 
 
 # The seed of the lock on what a quarantine re-run reads ("mfx_rrin", `lock_rerun_inputs`).

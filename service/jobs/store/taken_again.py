@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Row, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, select, update
 
 from service.db.statements import in_listed
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE
@@ -93,12 +93,13 @@ def mark_taken_again(
     identifiers: Sequence[str],
     version: str,
     uploaded: datetime,
+    then: Marked | None = None,
 ) -> int:
     """The rows these runs hold in quarantine (`_held`) under one of `identifiers`,
     quarantined before `uploaded`, were sent again from the object version `version` at that
     moment (index mode: uploaded then, Stripe's connector takes it whole; import mode: the
     poller's batch of them acknowledged then): marked with it. Rows quarantined after it are
-    that version's own failures. How many."""
+    that version's own failures (`then`: as `mark_rows_taken_again`). How many."""
     if not run_ids or not identifiers:
         return 0
     query = select(QUARANTINE.c.id, QUARANTINE.c.created_at).where(
@@ -110,7 +111,7 @@ def mark_taken_again(
     with engine.begin() as connection:
         rows = connection.execute(query).all()
         ids = [int(row.id) for row in rows if (as_utc(row.created_at) or bound) < bound]
-    mark_rows_taken_again(engine, ids, version)
+    mark_rows_taken_again(engine, ids, version, then)
     return len(ids)
 
 
@@ -121,6 +122,7 @@ def mark_refused_again(
     version: str,
     before: datetime,
     earlier: Collection[int] = frozenset(),
+    then: Marked | None = None,
 ) -> int:
     """Stripe refused again, from a later version of their object (`version`, refused at
     `before`), rows these runs (an object's runs and the re-runs that took their rows,
@@ -131,14 +133,15 @@ def mark_refused_again(
     quarantined (a worker's backlog may have run them after it). Marked taken again: the
     rows held (`_held`), and the entries of them a re-run took and quarantined again, down
     the chain to a held one (so no run over the object counts them as handled). A row a
-    re-run corrected or sent is not marked: it was billed. How many rows were held."""
+    re-run corrected or sent is not marked: it was billed (`then`: as `mark_rows_taken_again`).
+    How many rows were held."""
     if not run_ids or not identifiers:
         return 0
     rows = _entries_refused_again(engine, run_ids, identifiers, before, earlier)
     held = {(int(row.run_id), str(row.identifier)) for row in rows if row.rerun_id is None}
     marked = _up_the_chain(held, [row for row in rows if row.rerun_id is not None])
     ids = [int(row.id) for row in rows if (int(row.run_id), str(row.identifier)) in marked]
-    mark_rows_taken_again(engine, ids, version)
+    mark_rows_taken_again(engine, ids, version, then)
     return len(held)
 
 
@@ -187,12 +190,22 @@ def _up_the_chain(held: set[tuple[int, str]], taken: list[Row[Any]]) -> set[tupl
     return marked
 
 
-def mark_rows_taken_again(engine: Engine, ids: Sequence[int], version: str) -> None:
+# What a caller does with the rows just marked, in the transaction that marks them (the
+# alerts of their runs: `service.notify.runs.settle_alerts_of_rows`).
+Marked = Callable[[Connection, Sequence[int]], None]
+
+
+def mark_rows_taken_again(
+    engine: Engine, ids: Sequence[int], version: str, then: Marked | None = None
+) -> None:
     """These rows were taken again from the object version `version` (Stripe's connector
-    took a version written after they were quarantined that holds them): marked with it."""
+    took a version written after they were quarantined that holds them): marked with it,
+    and `then` given them in the same transaction."""
     with engine.begin() as connection:
         chunks = iter(ids)
         while chunk := list(islice(chunks, ID_BATCH)):
             connection.execute(
                 update(QUARANTINE).where(QUARANTINE.c.id.in_(chunk)).values(taken_again=version)
             )
+        if then is not None and ids:
+            then(connection, ids)
