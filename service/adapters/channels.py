@@ -42,14 +42,41 @@ class Message:
     slack: Sequence[dict[str, Any]] = field(default_factory=tuple)
 
 
+class BetweenTries(Protocol):
+    """What a send says of its waits between tries (the critical alerts' claims keep it):
+    a try that delivered nothing for sure, then the next try's start."""
+
+    def failed(self, reason: str) -> None:
+        """The try just made was refused (an answer said so) or never reached the server:
+        the send waits now before its next."""
+
+    def retrying(self) -> None:
+        """The next try starts now; whatever this raises ends the send (raised as is)."""
+
+
 class Channel(Protocol):
     name: ChannelName
 
-    def send(self, message: Message) -> None:
-        """Deliver or raise DeliveryFailed."""
+    def send(self, message: Message, between_tries: BetweenTries | None = None) -> None:
+        """Deliver or raise DeliveryFailed; `between_tries` is told of each wait after a
+        try that delivered nothing."""
 
 
 Sleep = Callable[[float], None]
+
+
+def wait_between_tries(
+    sleep: Sleep, seconds: float, between_tries: BetweenTries | None, undelivered: str | None
+) -> None:
+    """Wait `seconds` before a send's next try; `between_tries` hears of the wait when the try
+    failed for sure (`undelivered`: its reason): a sender stopped meanwhile sent nothing."""
+    if between_tries is None or undelivered is None:
+        sleep(seconds)
+        return
+    between_tries.failed(undelivered)
+    sleep(seconds)
+    between_tries.retrying()
+
 
 SEND_DEADLINE_SECONDS = 60.0  # one send in all: its tries, its waits, every network call
 

@@ -2,6 +2,7 @@
 
 A 429 waits for its `Retry-After` (up to a bound, so a send never stalls the worker) and a
 5xx or a dropped connection is retried with backoff; anything else is a permanent failure.
+The caller may hear of each wait after a try Slack refused or never got (`BetweenTries`).
 The whole send (every part, try and wait) has a deadline (`SendDeadline`): an answer
 trickling in a byte at a time never trips the per-read timeout; at the deadline its
 connection is shut and the send fails as temporary (the digest tries again later).
@@ -13,16 +14,19 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from urllib.error import URLError
 
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from service.adapters.channels import (
     SEND_DEADLINE_SECONDS,
+    BetweenTries,
     ChannelName,
     Message,
     SendDeadline,
     Sleep,
     redact,
+    wait_between_tries,
 )
 from service.errors import DeliveryFailed
 from service.logs import log_event
@@ -51,12 +55,20 @@ class SlackChannel:
         quiet.setLevel(logging.CRITICAL)
         self._client = WebhookClient(url, timeout=timeout, logger=quiet, retry_handlers=[])
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, between_tries: BetweenTries | None = None) -> None:
+        """Post every part; `between_tries` hears of the waits after a refused first part
+        (a later part's: the first arrived)."""
         deadline = SendDeadline(self._deadline)
         for part, payload in enumerate(message.slack or [{"text": message.text[:3000]}]):
-            self._post(payload, part, deadline)
+            self._post(payload, part, deadline, between_tries if part == 0 else None)
 
-    def _post(self, payload: dict[str, Any], part: int, deadline: SendDeadline) -> None:
+    def _post(
+        self,
+        payload: dict[str, Any],
+        part: int,
+        deadline: SendDeadline,
+        between_tries: BetweenTries | None,
+    ) -> None:
         backoff = FIRST_BACKOFF_SECONDS
         reason = ""
         for attempt in range(1, ATTEMPTS + 1):
@@ -68,15 +80,18 @@ class SlackChannel:
                     raise DeliveryFailed(f"slack: {deadline.reason}") from None
                 reason = redact(f"{type(exc).__name__}: {exc}", [self._url])
                 wait = backoff
+                # urllib's URLError: the request never went out whole (refused, DNS, TLS);
+                # anything else came after it went (no answer): Slack may have posted it
+                sure = isinstance(exc, URLError)
             else:
                 if 200 <= response.status_code < 300:
                     return
                 reason = f"HTTP {response.status_code}: {redact(str(response.body), [self._url])}"
-                wait = self._wait_for(response, backoff)
+                wait, sure = self._wait_for(response, backoff), True  # Slack said it did not
             if attempt == ATTEMPTS or wait >= deadline.left():
                 break  # no time left to wait: tried again later
             log_event("slack.retry", level=logging.WARNING, part=part, reason=reason, wait=wait)
-            self._sleep(wait)
+            wait_between_tries(self._sleep, wait, between_tries, reason if sure else None)
             backoff *= 2
         raise DeliveryFailed(f"slack: {reason[:500]}")
 

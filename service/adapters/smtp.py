@@ -4,7 +4,8 @@
 Every connection has a timeout, and the whole send a deadline (`SendDeadline`: a server
 sending its greeting a line at a time never trips the timeout); a temporary failure (4xx
 reply, dropped connection, the deadline) is retried with backoff inside the send while the
-deadline allows. The password never appears in a reason or a log line.
+deadline allows (the caller may hear of each wait after a try the server refused or never
+got: `BetweenTries`). The password never appears in a reason or a log line.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import smtplib
 import socket
 import ssl
 import time
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -22,11 +24,13 @@ from urllib.parse import unquote, urlsplit
 
 from service.adapters.channels import (
     SEND_DEADLINE_SECONDS,
+    BetweenTries,
     ChannelName,
     Message,
     SendDeadline,
     Sleep,
     redact,
+    wait_between_tries,
 )
 from service.config import Settings
 from service.errors import DeliveryFailed
@@ -106,7 +110,9 @@ class EmailChannel:
         email.add_alternative(message.html, subtype="html")
         return email
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, between_tries: BetweenTries | None = None) -> None:
+        """Deliver `message`; `between_tries` hears of each wait after a try the server
+        refused or that never reached it."""
         email = self.build(message)
         deadline = SendDeadline(self._deadline)
         backoff = FIRST_BACKOFF_SECONDS
@@ -120,7 +126,8 @@ class EmailChannel:
                 if permanent or attempt == ATTEMPTS or deadline.left() <= backoff:
                     raise DeliveryFailed(f"email: {reason}", permanent=permanent) from None
                 log_event("email.retry", level=logging.WARNING, reason=reason, wait=backoff)
-                self._sleep(backoff)
+                sure = reason if isinstance(exc, _UNDELIVERED) else None
+                wait_between_tries(self._sleep, backoff, between_tries, sure)
                 backoff *= 2
                 continue
             if refused:  # the others have it: sent again, they would have it twice
@@ -152,14 +159,20 @@ class EmailChannel:
             smtp = smtplib.SMTP_SSL(t.host, t.port, timeout=timeout, context=context)
         else:
             smtp = smtplib.SMTP(t.host, t.port, timeout=timeout)
-        with smtp:
+        with closing(smtp):
             smtp.ehlo()
             if not t.implicit_tls and smtp.has_extn("starttls"):
                 smtp.starttls(context=context)
                 smtp.ehlo()
             if t.username:
                 smtp.login(t.username, t.password)
-            return smtp.send_message(email, from_addr=self.sender, to_addrs=self.recipients)
+            refused = smtp.send_message(email, from_addr=self.sender, to_addrs=self.recipients)
+            # The message is taken: what QUIT meets says nothing of it. Raised (`with smtp`
+            # raised a reply other than 221, a reset connection), the send tried again and
+            # the message went twice.
+            with suppress(smtplib.SMTPException, OSError):
+                smtp.quit()
+            return refused
 
     def _reason(self, exc: Exception) -> tuple[str, bool]:
         secrets = [self.target.password]
@@ -180,6 +193,17 @@ class EmailChannel:
         reason = redact(reason, [self.target.password])
         temporary = all(400 <= code < 500 for code, _ in refused.values())
         return reason[:300], not temporary
+
+
+# Failures that say the message was not taken: the server's answer (a 4xx: to MAIL, RCPT,
+# DATA's end, or before), or no connection at all. A dropped connection or a timeout may
+# come after DATA's end, the message taken.
+_UNDELIVERED = (
+    smtplib.SMTPResponseException,
+    smtplib.SMTPRecipientsRefused,
+    ConnectionRefusedError,
+    socket.gaierror,
+)
 
 
 def _text(raw: bytes | str) -> str:

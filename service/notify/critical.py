@@ -14,7 +14,9 @@ greeted), and a claim left so again is marked `unsure` and never sent again (sai
 `detail["notify"]`, logged `alert.notify_unsure`; the alert stays open on the dashboard and in
 the digest): a sender dying on every send of it sends it twice at most. A send that failed
 for sure (a Slack 5xx, SMTP down) is marked `failed` and
-claimed again by the next attempt, after a backoff.
+claimed again by the next attempt, after a backoff; so is the claim while the send waits
+between its own tries after one that delivered nothing (`_ClaimBetweenTries`): a sender
+stopped in that wait is not mid-send.
 
 `notified_at` / `resolved_notified_at` say the phase is over (sent, or given up after
 MAX_ATTEMPTS with its reason); the alert's `detail["notify"]` keeps its progress: which
@@ -40,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.adapters.channels import (
     SEND_DEADLINE_SECONDS,
+    BetweenTries,
     Channel,
     Message,
     redact,
@@ -61,6 +64,7 @@ from service.notify.store import (
     mark_message,
     message_statuses,
     record_notification,
+    resume_claim,
 )
 from service.notify.urls import DashboardLinks
 
@@ -250,19 +254,16 @@ class _Pass:
         if claim.resent:
             reason = "its sender stopped mid-send: sent once more, it may arrive twice"
             log_event("alert.notify_resent", level=logging.WARNING, **where, reason=reason)
-        status, error = _send_on(channel, message, settings_secrets(self.settings))
+        claimed = _ClaimBetweenTries(self, row, phase, name)
+        try:
+            status, error = _send_on(channel, message, settings_secrets(self.settings), claimed)
+        except _ClaimTaken:  # in a wait between tries: the other sender sends it
+            log_event("alert.notify_taken_over", **where)
+            attempt.found(name, None)
+            return
         for wait in (*MARK_RETRIES, None):  # unmarked, a message sent goes once more
             try:
-                mark_message(
-                    self.engine,
-                    row,
-                    phase,
-                    name,
-                    self.claimant,
-                    status=status,
-                    now=self.clock(),
-                    error=error,
-                )
+                self.mark(row, phase, name, status, error)
                 break
             except SQLAlchemyError:
                 if wait is None:
@@ -270,14 +271,60 @@ class _Pass:
                 time.sleep(wait)  # a database blip, SQLite busy
         attempt.sent(name, status, error)
 
+    def mark(
+        self,
+        row: Mapping[str, Any],
+        phase: str,
+        channel: str,
+        status: MessageStatus,
+        error: str | None,
+    ) -> None:
+        """Mark this pass's claim of the message on `channel` (only while it is `sending`)."""
+        now = self.clock()
+        mark_message(
+            self.engine, row, phase, channel, self.claimant, status=status, now=now, error=error
+        )
+
+
+class _ClaimTaken(Exception):
+    """Another sender claimed the message while its send waited between tries."""
+
+
+@dataclass(frozen=True)
+class _ClaimBetweenTries:
+    """A claimed message's send between its tries (`BetweenTries`): after a try that
+    delivered nothing (a 429, a 5xx, an SMTP 4xx, no connection) its claim says `failed`
+    while the send waits, and `sending` again for the next try. Left `sending`, a sender
+    stopped in the wait (a worker's grace is shorter than a Retry-After) left a message that
+    may have arrived: sent once more, then marked unsure when that one was stopped so too, a
+    critical alert that never reached anyone was never sent."""
+
+    sender: _Pass
+    row: Mapping[str, Any]
+    phase: str
+    channel: str
+
+    def failed(self, reason: str) -> None:
+        try:
+            self.sender.mark(self.row, self.phase, self.channel, MessageStatus.FAILED, reason)
+        except SQLAlchemyError:  # left `sending`: stopped in the wait, it is sent once more
+            log_event("alert.notify_wait_unmarked", level=logging.WARNING, channel=self.channel)
+
+    def retrying(self) -> None:
+        sender = self.sender
+        if not resume_claim(sender.engine, self.row, self.phase, self.channel, sender.claimant):
+            raise _ClaimTaken(self.channel)
+
 
 def _send_on(
-    channel: Channel, message: Message, secrets: Sequence[str]
+    channel: Channel, message: Message, secrets: Sequence[str], between_tries: BetweenTries
 ) -> tuple[MessageStatus, str | None]:
     """Send `message` on `channel`: how it went (sent, failed, or refused for good), and the
-    reason of a failure."""
+    reason of a failure; `_ClaimTaken` when another sender claimed it between tries."""
     try:
-        channel.send(message)
+        channel.send(message, between_tries)
+    except _ClaimTaken:
+        raise
     except DeliveryFailed as exc:
         if exc.delivered:  # some recipients have it: sent again, they would twice
             return MessageStatus.SENT, exc.reason

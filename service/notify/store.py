@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, case, func, select, update
 
 from service.db.pages import Listing, Page, keyset
 from service.db.statements import delete_batch, insert_or_ignore
@@ -310,7 +310,10 @@ def claim_message(
             return MessageClaim(False, None)
         if _insert_claim(connection, alert, phase, channel, claim):
             return MessageClaim(True, MessageStatus.SENDING)
-        taken = update(MESSAGES).where(key & free).values(**claim, resends=0)
+        # the resends of this incident's message are kept: a failed try does not undo a
+        # send that may have arrived (reset, a third sender dying mid-send sent it again)
+        resends = case((MESSAGES.c.incident_at < incident, 0), else_=MESSAGES.c.resends)
+        taken = update(MESSAGES).where(key & free).values(**claim, resends=resends)
         if connection.execute(taken).rowcount:
             return MessageClaim(True, MessageStatus.SENDING)
         again = claim | {"last_error": "sent again: its sender stopped mid-send"}
@@ -377,6 +380,21 @@ def mark_message(
         connection.execute(
             update(MESSAGES).where(_message(alert, phase, channel) & own).values(**values)
         )
+
+
+def resume_claim(
+    engine: Engine, alert: Mapping[str, Any], phase: str, channel: str, claimant: str
+) -> bool:
+    """`claimant` takes its claim back for its send's next try, after marking it failed for
+    the wait before (`mark_message`): `sending` again. False when it is no longer its own
+    (another sender claimed the failed message meanwhile: it sends it)."""
+    own = (MESSAGES.c.claimed_by == claimant) & MESSAGES.c.status.in_(
+        [MessageStatus.FAILED.value, MessageStatus.SENDING.value]
+    )
+    values = {"status": MessageStatus.SENDING.value, "finished_at": None}
+    with engine.begin() as connection:
+        where = _message(alert, phase, channel) & own
+        return bool(connection.execute(update(MESSAGES).where(where).values(**values)).rowcount)
 
 
 def message_statuses(engine: Engine, alert: Mapping[str, Any], phase: str) -> dict[str, str]:
