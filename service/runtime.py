@@ -136,7 +136,10 @@ class Adapters:
 
         settings = self.settings
         return StripeFileStore(
-            self.stripe_client, settings.stripe_files_base, settings.stripe_api_key
+            self.stripe_client,
+            settings.stripe_files_base,
+            settings.stripe_api_key,
+            transfer_seconds=settings.mfx_task_time_limit,
         )
 
     def customer_directory(self) -> StripeCustomerDirectory:

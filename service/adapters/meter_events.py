@@ -8,7 +8,10 @@ type `temporary_session_expired` (`stripe.TemporarySessionExpiredError`, which i
 `AuthenticationError`), a token Stripe no longer knows is an `AuthenticationError`.
 
 Transient failures (5xx, 409, 429, timeouts, dropped connections) are retried here, with
-exponential backoff and full jitter, honouring `Retry-After`; only a failure that outlasts
+exponential backoff and full jitter, honouring `Retry-After`. A request not answered in full
+within `call_seconds` (stripe_client.CALL_SECONDS) fails as a dropped connection and is
+retried as one: an answer dripping a byte at a time never trips the read timeout, and hung the
+poller's pass without end. Only a failure that outlasts
 `max_attempts` raises `MeterEventSendError`, carrying the last `Retry-After` (one longer than
 `MAX_RETRY_AFTER` raises at once): the poller tries the object again no sooner. A 400 names
 the request itself (the file's rows): it is raised at once, marked `permanent`. Re-sending a
@@ -35,6 +38,7 @@ from typing import Any, cast
 
 import stripe
 
+from service.adapters.stripe_client import deadline_http_client
 from service.config import Settings
 from service.errors import MeterEventSendError
 from service.logs import log_event
@@ -45,7 +49,7 @@ SESSION_MARGIN = 60.0  # renew this long before `expires_at` (a fifth of shorter
 MAX_RENEWALS = 2  # per request: a fresh session rejected again is not an expiry
 MAX_RETRY_AFTER = 60.0  # a longer Retry-After fails the request; the poller waits it out
 DEFAULT_WORKERS = 8
-DEFAULT_TIMEOUT = 30.0  # seconds per stream request (the SDK's own default is 80)
+DEFAULT_TIMEOUT = 30.0  # seconds a read of a stream request waits (the SDK's own default: 80)
 WAIT_CALL_EVERY = 5.0  # seconds between `send_batches`' on_wait calls while batches back off
 STOP_CHECK_EVERY = 0.1  # seconds between checks for a stop while a batch backs off
 _SESSION_ERRORS = (stripe.TemporarySessionExpiredError, stripe.AuthenticationError)
@@ -76,6 +80,7 @@ class StripeMeterEventSink:
         base_delay: float = 0.5,
         max_delay: float = 30.0,
         timeout: float = DEFAULT_TIMEOUT,
+        call_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -87,7 +92,7 @@ class StripeMeterEventSink:
         self._workers = max(1, workers)
         self._max_attempts = max(1, max_attempts)
         self._base_delay, self._max_delay = base_delay, max_delay
-        self._timeout = timeout
+        self._http = deadline_http_client(call_seconds, read_seconds=timeout)
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._stream: stripe.StripeClient | None = None
@@ -244,7 +249,7 @@ class StripeMeterEventSink:
             session.authentication_token,
             base_addresses={"api": self._bases["api"], "meter_events": self._bases["meter_events"]},
             max_network_retries=0,  # retried in send_batch, with Retry-After and a session renewal
-            http_client=stripe.RequestsClient(timeout=self._timeout),
+            http_client=self._http,
         )
         lifetime = _lifetime(session.created, session.expires_at)
         self._renew_at = self._clock() + lifetime - min(SESSION_MARGIN, lifetime / 5)
