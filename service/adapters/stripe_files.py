@@ -56,8 +56,17 @@ class StripeFileStore:
         self._local = threading.local()  # this thread's session and the sockets it opened
 
     def file_metadata(self, file_id: str) -> Mapping[str, Any]:
+        """The file object; StripeFileError (with the answer's HTTP status, None when there
+        was no answer: a dropped connection, a deadline) when it cannot be read."""
         _check_id(file_id)
-        return self._client.v1.files.retrieve(file_id).to_dict()
+        try:
+            return self._client.v1.files.retrieve(file_id).to_dict()
+        except stripe.StripeError as exc:
+            detail = exc.user_message or type(exc).__name__
+            raise StripeFileError(
+                f"file {file_id}: metadata: HTTP {exc.http_status}: {detail}",
+                status=exc.http_status,
+            ) from exc
 
     def download_file(self, file_id: str, dest: Path) -> None:
         """Stream the contents to a temp file next to `dest`, then rename (no partial files),

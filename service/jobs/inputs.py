@@ -64,10 +64,14 @@ def event_time(import_set: ImportSet) -> int:
     return int((as_utc(import_set.created_at) or utcnow()).timestamp())
 
 
-def download(files: StripeFiles, file_id: str, folder: Path) -> Path:
+def download(
+    files: StripeFiles, file_id: str, folder: Path, metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Stream the file to disk, named after Stripe's filename so its format is known, and
-    whole: as many bytes as the file object's `size` (`_require_whole`)."""
-    metadata = _file_metadata(files, file_id)
+    whole: as many bytes as the file object's `size` (`_require_whole`). `metadata`: the
+    file object, when the caller read it (else read here, and done without on a failure)."""
+    if metadata is None:
+        metadata = _file_metadata(files, file_id)
     filename = str(metadata.get("filename") or "")
     name = "failed-records.csv"
     if filename.lower().endswith((".csv", ".json", ".jsonl")):
@@ -208,14 +212,28 @@ def later_version(
 
 
 def _stripe_copy(deps: JobDeps, file_id: str, folder: Path) -> Path | None:
-    """Stripe's copy of the file it took, or None when it cannot be had (the failed records
-    are remediated all the same: the object is then judged by its time alone)."""
+    """Stripe's copy of the file it took, whole (as many bytes as its file object says), or
+    None when Stripe has none to give (`_gone`): the failed records are remediated all the
+    same, the object judged by its time alone. A copy not had whole this time (cut short, too
+    slow, a dropped connection, a 5xx, its file object unread) fails the try, which is
+    retried: taken for none, an object written again after the event with the very bytes
+    Stripe took was a later version by its time, and the failed records it holds were left
+    to Stripe's connector, never corrected, though the connector had nothing new to take."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        return download(deps.files, file_id, folder)
-    except Exception as exc:  # a nicety: the failed-records file is what matters
-        log_event("remediation.source_copy_failed", level=logging.WARNING, error=str(exc))
+        return download(deps.files, file_id, folder, deps.files.file_metadata(file_id))
+    except StripeFileError as exc:
+        if not _gone(exc):
+            raise
+        log_event("remediation.source_copy_gone", level=logging.WARNING, error=str(exc))
         return None
+
+
+def _gone(exc: StripeFileError) -> bool:
+    """Stripe answered that the file is not there for us (a 4xx but 408, 409 and 429): no
+    try will have it."""
+    status = exc.status
+    return status is not None and 400 <= status < 500 and status not in (408, 409, 429)
 
 
 def identifiers_in(path: Path, rules: Rules) -> set[str]:

@@ -1,0 +1,129 @@
+"""Stripe's copy of the file it took, read to tell a later version of the object from the one
+Stripe took, arrives cut short: the try fails and is retried, and the copy is never read as
+missing (which judged the object by its time alone). Real parts: the sandbox through a files
+proxy that cuts one file's contents (`CuttingProxy`), the web and the worker, a file://
+bucket, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlmodel import Session
+
+from service.config import Settings
+from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
+from tests.conftest import SandboxServer
+from tests.integration.test_download_integrity import CuttingProxy
+from tests.integration.test_remediation_tasks import Service, _import_set_with_errors
+from tests.servers import serve_wsgi
+
+HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+
+
+class CuttingOneProxy(CuttingProxy):
+    """Cuts (`cut_at`) only the contents of the file whose id is `only`."""
+
+    only = ""
+
+    def forward(self, handler: BaseHTTPRequestHandler) -> None:
+        cut_at = self.cut_at
+        self.cut_at = cut_at if self.only and f"/{self.only}/" in handler.path else None
+        try:
+            super().forward(handler)
+        finally:
+            self.cut_at = cut_at
+
+
+@pytest.fixture
+def proxy(sandbox_server: SandboxServer) -> Iterator[CuttingOneProxy]:
+    with CuttingOneProxy(sandbox_server.bases["files"]) as running:
+        yield running
+
+
+@pytest.fixture
+def service(
+    sandbox_server: SandboxServer,
+    proxy: CuttingOneProxy,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> Iterator[Service]:
+    sandbox_server.admin.create_meter("api_requests")
+    settings = make_settings(
+        database_url=db_url,
+        stripe_api_key=sandbox_server.api_key,
+        stripe_webhook_secrets=sandbox_server.webhook_secret,
+        stripe_api_base=sandbox_server.bases["api"],
+        stripe_files_base=proxy.url,
+        stripe_meter_events_base=sandbox_server.bases["meter_events"],
+    )
+    with serve_wsgi(make_app(settings)) as running:
+        svc = Service(settings, sandbox_server, running.url)
+        yield svc
+        svc.engine.dispose()
+
+
+def _task(service: Service) -> InboxEvent:
+    [task] = [
+        e
+        for e in service.rows(InboxEvent)
+        if isinstance(e, InboxEvent) and e.event_type.endswith("import_set_errors")
+    ]
+    return task
+
+
+def test_a_copy_of_the_source_cut_short_is_retried_not_read_as_missing(
+    service: Service, proxy: CuttingOneProxy
+) -> None:
+    """The object the import set names was uploaded again after its event with the very bytes
+    Stripe took (a folder synced again). Stripe's copy of it came cut short: `download` failed
+    its size check, `_stripe_copy` took that as "no copy to be had", and the object was judged
+    by its time alone: a later version, so the failed records a1 and a2, which it holds, were
+    left to Stripe's connector ("a version of the file uploaded since holds them"), never
+    corrected, though the connector had nothing new to take. Now the try fails with the reason
+    and is retried; the next, the copy whole, finds the same bytes and corrects them."""
+    now = int(time.time()) - 60
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    bucket.mkdir(parents=True)
+    taken = HEADER + f"a1,{now * 1000},api_requests,cus_1,5\na2,{now},api_requests,cus_1,x\n"
+    (bucket / "daily.csv").write_text(taken)
+    later = time.time() + 5  # written again after Stripe's event
+    os.utime(bucket / "daily.csv", (later, later))
+    source = service.sandbox.admin.upload_file(taken, "daily.csv")["id"]
+    event = _import_set_with_errors(service, "impset_copy_cut")
+    event["data"]["object"].update({"source_object": "daily.csv", "file": source})  # type: ignore[index]
+    proxy.only, proxy.cut_at = source, 40
+    service.deliver(event)
+    service.drain()
+
+    assert len(proxy.cut) == 1 and source in proxy.cut[0]  # the copy alone was cut
+    task = _task(service)
+    assert (task.status, task.attempts) == ("pending", 1)
+    assert task.last_error is not None
+    assert f"file {source}: downloaded 40 bytes where its file object says" in task.last_error
+    assert service.rows(CorrectionAudit) == []
+    proxy.cut_at = None  # the files host answers whole again
+    with Session(service.engine) as session:
+        stored = session.get(InboxEvent, task.id)
+        assert stored is not None
+        stored.next_attempt_at = None
+        session.add(stored)
+        session.commit()
+    service.drain()
+
+    task = _task(service)
+    assert task.status == "done"
+    assert "left to Stripe's connector" not in str(task.outcome)
+    runs = [r for r in service.rows(RemediationRun) if isinstance(r, RemediationRun)]
+    assert [(r.status, r.input_rows, r.quarantined) for r in runs] == [("done", 3, 1)]
+    audit = [a for a in service.rows(CorrectionAudit) if isinstance(a, CorrectionAudit)]
+    assert sorted({a.new_identifier for a in audit}) == ["a1-mfx1", "a2-mfx1"]
+    quarantined = [q for q in service.rows(QuarantinedRow) if isinstance(q, QuarantinedRow)]
+    assert [q.identifier for q in quarantined] == ["a3"]
