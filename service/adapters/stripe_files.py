@@ -62,7 +62,7 @@ class StripeFileStore:
         try:
             return self._client.v1.files.retrieve(file_id).to_dict()
         except stripe.StripeError as exc:
-            detail = exc.user_message or type(exc).__name__
+            detail = " ".join(str(exc.user_message or type(exc).__name__).split())
             raise StripeFileError(
                 f"file {file_id}: metadata: HTTP {exc.http_status}: {detail}",
                 status=exc.http_status,

@@ -83,9 +83,16 @@ def download(
 
 
 def _file_metadata(files: StripeFiles, file_id: str) -> Mapping[str, Any]:
+    """The file object, or none when Stripe has it not for us (`_gone`): the contents are
+    then read without a size to hold them against, named as a CSV. Unread for another
+    reason (no answer, a 5xx, a 429, its deadline), the try fails and is retried: read
+    without it, contents cut short on the way were taken for the whole file, and a JSON
+    Lines file read as a CSV."""
     try:
         return files.file_metadata(file_id)
-    except Exception as exc:  # metadata is a nicety: the contents are what matters
+    except StripeFileError as exc:
+        if not _gone(exc):
+            raise
         log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
         return {}
 

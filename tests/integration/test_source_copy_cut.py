@@ -13,15 +13,19 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+import stripe
 from flask import Flask
 from sqlmodel import Session
 
+from service.adapters.stripe_files import StripeFileStore
 from service.config import Settings
+from service.errors import StripeFileError
+from service.jobs.inputs import download
 from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
 from tests.conftest import SandboxServer
 from tests.integration.test_download_integrity import CuttingProxy
 from tests.integration.test_remediation_tasks import Service, _import_set_with_errors
-from tests.servers import serve_wsgi
+from tests.servers import free_port, serve_wsgi
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
 
@@ -127,3 +131,32 @@ def test_a_copy_of_the_source_cut_short_is_retried_not_read_as_missing(
     assert sorted({a.new_identifier for a in audit}) == ["a1-mfx1", "a2-mfx1"]
     quarantined = [q for q in service.rows(QuarantinedRow) if isinstance(q, QuarantinedRow)]
     assert [q.identifier for q in quarantined] == ["a3"]
+
+
+def test_a_file_whose_file_object_cannot_be_read_now_is_not_read_unchecked(
+    sandbox_server: SandboxServer, proxy: CuttingOneProxy, tmp_path: Path
+) -> None:
+    """A failed-records file's file object unread (here the API host refuses connections; a
+    5xx, a 429 or its deadline alike): `download` went on without it, so its contents, cut
+    short on the way (no Content-Length, closed after the first row), were taken whole, with
+    no size to hold them against, and named as a CSV whatever their format. That try now
+    fails (retried); a file object Stripe answers it has not (404) is still done without."""
+    content = HEADER + "".join(f"r{n},1764000000,api_requests,cus_1,1\n" for n in range(3))
+    file_id = sandbox_server.admin.upload_file(content, "failed.jsonl")["id"]
+    refused = f"http://127.0.0.1:{free_port()}/_host/api"
+    client = stripe.StripeClient(
+        sandbox_server.api_key,
+        base_addresses={"api": refused, "files": proxy.url},
+        max_network_retries=0,
+    )
+    files = StripeFileStore(client, proxy.url, sandbox_server.api_key)
+    proxy.only, proxy.cut_at = file_id, len(HEADER) + 10
+    with pytest.raises(StripeFileError, match=f"file {file_id}: metadata: HTTP None") as info:
+        download(files, file_id, tmp_path / "a")
+    assert info.value.status is None
+    assert not (tmp_path / "a").exists() or list((tmp_path / "a").iterdir()) == []
+    proxy.cut_at = None
+    gone = "file_" + "0" * 24  # no such file: its file object answers 404, its contents too
+    key = sandbox_server.api_key
+    with pytest.raises(StripeFileError, match="contents answered HTTP 404"):
+        download(StripeFileStore(sandbox_server.stripe_client(), proxy.url, key), gone, tmp_path)
