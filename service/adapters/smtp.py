@@ -5,7 +5,9 @@ Every connection has a timeout, and the whole send a deadline (`SendDeadline`: a
 sending its greeting a line at a time never trips the timeout); a temporary failure (4xx
 reply, dropped connection, the deadline) is retried with backoff inside the send while the
 deadline allows (the caller may hear of each wait after a try the server refused or never
-got: `BetweenTries`). The password never appears in a reason or a log line.
+got: `BetweenTries`); once DATA was sent, a connection dropped or timed out without the
+server's answer may have left the message taken: the send ends there (`MaybeDelivered`),
+never sending it again itself. The password never appears in a reason or a log line.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import ssl
 import time
 from contextlib import closing, suppress
 from dataclasses import dataclass
+from email.header import Header
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from service.adapters.channels import (
     SEND_DEADLINE_SECONDS,
     BetweenTries,
     ChannelName,
+    MaybeDelivered,
     Message,
     SendDeadline,
     Sleep,
@@ -35,6 +40,9 @@ from service.adapters.channels import (
 from service.config import Settings
 from service.errors import DeliveryFailed
 from service.logs import log_event
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 TIMEOUT_SECONDS = 15
 ATTEMPTS = 3
@@ -99,9 +107,10 @@ class EmailChannel:
     def build(self, message: Message) -> EmailMessage:
         """The email of `message`. Its subject is one line: it may name an object key or a
         file name, which may hold a line break (a header refuses one: the message failed
-        on every try and the alert never reached email)."""
+        on every try and the alert never reached email). It is written as encoded words
+        (`encoded_subject`): the only header that carries data."""
         email = EmailMessage()
-        email["Subject"] = one_line(message.subject)
+        email.set_raw("Subject", encoded_subject(one_line(message.subject)))
         email["From"] = self.sender
         email["To"] = ", ".join(self.recipients)
         email["Date"] = formatdate(localtime=False)
@@ -119,6 +128,9 @@ class EmailChannel:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 refused = self._deliver(email, deadline)
+            except _Unanswered as exc:  # the server may have taken it: not sent again
+                said = deadline.reason if deadline.passed else self._reason(exc.cause)[0]
+                raise MaybeDelivered(f"email: sent, no answer: {said}") from None
             except (smtplib.SMTPException, OSError) as exc:
                 reason, permanent = self._reason(exc)
                 if deadline.passed:  # its connection was shut: temporary, tried again later
@@ -126,8 +138,7 @@ class EmailChannel:
                 if permanent or attempt == ATTEMPTS or deadline.left() <= backoff:
                     raise DeliveryFailed(f"email: {reason}", permanent=permanent) from None
                 log_event("email.retry", level=logging.WARNING, reason=reason, wait=backoff)
-                sure = reason if isinstance(exc, _UNDELIVERED) else None
-                wait_between_tries(self._sleep, backoff, between_tries, sure)
+                wait_between_tries(self._sleep, backoff, between_tries, reason)
                 backoff *= 2
                 continue
             if refused:  # the others have it: sent again, they would have it twice
@@ -154,11 +165,11 @@ class EmailChannel:
     def _converse(self, email: EmailMessage, timeout: float) -> dict[str, tuple[int, bytes]]:
         t = self.target
         context = self._tls or ssl.create_default_context()
-        smtp: smtplib.SMTP
+        smtp: _Smtp | _SmtpSsl
         if t.implicit_tls:
-            smtp = smtplib.SMTP_SSL(t.host, t.port, timeout=timeout, context=context)
+            smtp = _SmtpSsl(t.host, t.port, timeout=timeout, context=context)
         else:
-            smtp = smtplib.SMTP(t.host, t.port, timeout=timeout)
+            smtp = _Smtp(t.host, t.port, timeout=timeout)
         with closing(smtp):
             smtp.ehlo()
             if not t.implicit_tls and smtp.has_extn("starttls"):
@@ -166,7 +177,14 @@ class EmailChannel:
                 smtp.ehlo()
             if t.username:
                 smtp.login(t.username, t.password)
-            refused = smtp.send_message(email, from_addr=self.sender, to_addrs=self.recipients)
+            try:
+                refused = smtp.send_message(email, from_addr=self.sender, to_addrs=self.recipients)
+            except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused):
+                raise  # the server's answer: it did not take it
+            except (smtplib.SMTPException, OSError) as exc:
+                if smtp.data_begun:  # no answer to DATA or its end: it may have taken it
+                    raise _Unanswered(exc) from exc
+                raise
             # The message is taken: what QUIT meets says nothing of it. Raised (`with smtp`
             # raised a reply other than 221, a reset connection), the send tried again and
             # the message went twice.
@@ -195,19 +213,48 @@ class EmailChannel:
         return reason[:300], not temporary
 
 
-# Failures that say the message was not taken: the server's answer (a 4xx: to MAIL, RCPT,
-# DATA's end, or before), or no connection at all. A dropped connection or a timeout may
-# come after DATA's end, the message taken.
-_UNDELIVERED = (
-    smtplib.SMTPResponseException,
-    smtplib.SMTPRecipientsRefused,
-    ConnectionRefusedError,
-    socket.gaierror,
-)
+class _Unanswered(Exception):
+    """The connection failed (dropped, timed out) once DATA was sent: the server may have
+    taken the message without its answer reaching us (`cause`: what failed)."""
+
+    def __init__(self, cause: smtplib.SMTPException | OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Smtp(smtplib.SMTP):
+    """smtplib's client that says whether DATA began (`data_begun`): a failure after it,
+    not an answer, may come after the server took the message."""
+
+    data_begun = False
+
+    def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
+        self.data_begun = True
+        return super().data(msg)
+
+
+class _SmtpSsl(smtplib.SMTP_SSL):
+    """`_Smtp` over implicit TLS."""
+
+    data_begun = False
+
+    def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
+        self.data_begun = True
+        return super().data(msg)
 
 
 def _text(raw: bytes | str) -> str:
     return one_line(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+
+
+def encoded_subject(text: str) -> str:
+    """`text` as RFC 2047 encoded words (UTF-8), folded, every character of it encoded, to be
+    stored as it is (`set_raw`). Given as a value, the email package decodes the encoded
+    words in it and refolds what they hold: a key holding `=?utf-8?q?=0D=0AReply-To:…?=`
+    wrote a CR LF, an attacker's Reply-To header and body into the email (Python 3.11.7);
+    an encoded word that was text (refolded as it is) would be decoded by the reader's mail
+    client. Encoded, `=?` in data is text, and the subject read is `text`."""
+    return Header(text, "utf-8", header_name="Subject").encode(linesep="\n")
 
 
 def one_line(text: str) -> str:

@@ -256,7 +256,7 @@ def _parts(code: str, meter: str | None, customer: str | None, examples: bool) -
 
 
 def _reason_line(r: Any) -> str:
-    text = f"• {link(r.url, r.code)}" + (f": {escape(r.reason)}" if r.reason else "")
+    text = f"• {link(r.url, r.code)}" + (f": {code(r.reason)}" if r.reason else "")
     text += f" ({rows(r.rows)})"
     return text + (f"\n    example: {code(r.example)}" if r.example else "")
 
@@ -322,8 +322,8 @@ def render_alert(alert: AlertView, *, resolved: bool, alerts_url: str) -> Messag
     fields += [f"*{k.title()}*\n{code(v)}" for k, v in _facts(alert) if v]
     fields += [f"*Rows*\n{alert.rows}"] if alert.rows else []
     blocks = [header(headline), {"type": "section", "fields": [mrkdwn(f) for f in fields[:10]]}]
-    if alert.message:
-        blocks += sections("", [escape(alert.message)])
+    if alert.message:  # it may name an object key: shown as text, as the links below
+        blocks += sections("", [code(alert.message)])
     blocks += sections("", [f"• {escape(name)}: {_value(v, url)}" for name, v, url in alert.links])
     blocks.append(button("Open the alerts", alerts_url))
     return Message(

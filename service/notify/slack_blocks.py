@@ -20,11 +20,13 @@ def escape(text: str) -> str:
     return str(shown_on_one_line(text))
 
 
-def code(text: str) -> str:
-    """A value from a row (an object key, a customer id) as a code span, where Slack formats
-    nothing. Its backticks are drawn by a look-alike (U+02CB): one of them ended the span and
-    the rest of the value was read as mrkdwn (`*bold*`, `_italic_`, `~struck~`)."""
-    return "`" + escape(text).replace("`", "\u02cb") + "`"
+def code(text: str, limit: int = MAX_TEXT) -> str:
+    """A value from a row (an object key, a customer id), or a text naming one (an alert's
+    message), as a code span of at most `limit` characters, where Slack formats nothing.
+    Its backticks are drawn by a look-alike (U+02CB): one of them ended the span and the
+    rest of the value was read as mrkdwn (`*bold*`, `_italic_`, `~struck~`). Cut inside the
+    span, so that a long one still ends it."""
+    return "`" + _cut(escape(text).replace("`", "\u02cb"), max(limit - 2, 1)) + "`"
 
 
 def link(url: str, label: str) -> str:
@@ -32,7 +34,10 @@ def link(url: str, label: str) -> str:
 
 
 def mrkdwn(text: str) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": _cut(text, 2000)}
+    """A mrkdwn text object. `verbatim`: Slack makes no link of a URL or a channel name
+    written as text in it (`usage/https://evil.example/reset.csv`, an object key, was one);
+    our links are written `<url|label>`, which it still reads."""
+    return {"type": "mrkdwn", "text": _cut(text, 2000), "verbatim": True}
 
 
 def header(text: str) -> dict[str, Any]:
@@ -68,7 +73,7 @@ def sections(title: str, lines: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}
 
 
 def split_blocks(blocks: Sequence[dict[str, Any]], text: str) -> list[dict[str, Any]]:
