@@ -202,9 +202,14 @@ def _links(run: RemediationRun, outputs: Sequence[Mapping[str, Any]]) -> dict[st
 
 
 def _unresolved_subject(connection: Connection, key: str) -> str | None:
-    """The subject of the alert `key` while it is open or acknowledged; else None."""
-    query = select(ALERTS.c.subject).where(
-        ALERTS.c.alert_key == key, ALERTS.c.status != AlertStatus.RESOLVED
+    """The subject of the alert `key` while it is open or acknowledged; else None. Its row
+    locked until the caller's transaction ends (PostgreSQL): of two transactions marking rows
+    of one run at once (a re-run, the poller), the second counts the rows after the first
+    committed (each counting before the other's marks, neither resolved it)."""
+    query = (
+        select(ALERTS.c.subject)
+        .where(ALERTS.c.alert_key == key, ALERTS.c.status != AlertStatus.RESOLVED)
+        .with_for_update()
     )
     subject = connection.execute(query).scalar()
     return None if subject is None else str(subject)

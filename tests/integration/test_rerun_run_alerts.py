@@ -9,6 +9,7 @@ HTTP, a Slack receiver; SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,11 +25,13 @@ from sqlmodel import Session, col, select
 from service.adapters.slack import SlackChannel
 from service.config import Settings
 from service.db import make_engine
+from service.jobs.store.reruns import mark_rerun_in
 from service.models import Alert, QuarantinedRow, RemediationRun
 from service.models._types import utcnow
 from service.notify.content import collect_digest
 from service.notify.critical import send_critical_alerts
 from service.notify.render import render_digest
+from service.notify.runs import settle_alerts_of_rows
 from service.notify.windows import Window
 from service.poller.passes import run_poll_pass
 from service.runtime import Runtime
@@ -354,3 +357,51 @@ def test_a_run_alert_is_resolved_when_the_poller_sends_its_row_again_fixed_by_ha
         "reruns": [],
         "elsewhere": 1,
     }
+
+
+def test_two_transactions_taking_the_last_rows_of_a_run_at_once_resolve_its_alert(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A re-run takes two of a run's rows while another transaction (the poller marking the
+    third taken again) takes the last one: each counted the rows before the other committed,
+    so each saw one still waiting and the alert stayed open with none waiting. The second now
+    counts once the first has committed (the alert's row is locked while they count)."""
+    settings = _settings(make_settings, sandbox_server, db_url)
+    engine = make_engine(db_url)
+    first = _first_run(sandbox_server, settings, engine, tmp_path)
+    with Session(engine) as session:
+        ids = [
+            int(row.id)  # type: ignore[arg-type]
+            for row in session.exec(
+                select(QuarantinedRow)
+                .where(QuarantinedRow.run_id == first.id)
+                .order_by(col(QuarantinedRow.id))
+            )
+        ]
+    second: list[BaseException] = []
+
+    def the_other() -> None:
+        try:
+            with engine.begin() as connection:
+                mark_rerun_in(connection, ids[2:], 9_002)
+                settle_alerts_of_rows(connection, ids[2:])
+        except BaseException as exc:
+            second.append(exc)
+
+    with engine.begin() as connection:
+        mark_rerun_in(connection, ids[:2], 9_001)
+        settle_alerts_of_rows(connection, ids[:2])
+        other = threading.Thread(target=the_other)
+        other.start()
+        time.sleep(0.5)  # the other transaction counts now, before this one commits
+    other.join(20)
+    assert not other.is_alive() and not second, second
+    alert = _alert(engine, FIRST_KEY)
+    assert (alert.status, alert.subject) == (
+        "resolved",
+        f"run #{first.id} (import_set.succeeded): 3 rows quarantined; all 3 taken again",
+    )
+    engine.dispose()
