@@ -12,6 +12,9 @@ from service.notify.shown import shown_on_one_line
 MAX_BLOCKS = 50
 MAX_TEXT = 3000
 MAX_HEADER = 150
+# A code span's most: two fit a line (a reason and its example), one a field (2000) with its
+# label, and an S3 key (1024 bytes) fits one. A text cut past its span's end shows the rest.
+MAX_CODE = 1400
 
 
 def escape(text: str) -> str:
@@ -20,7 +23,7 @@ def escape(text: str) -> str:
     return str(shown_on_one_line(text))
 
 
-def code(text: str, limit: int = MAX_TEXT) -> str:
+def code(text: str, limit: int = MAX_CODE) -> str:
     """A value from a row (an object key, a customer id), or a text naming one (an alert's
     message), as a code span of at most `limit` characters, where Slack formats nothing.
     Its backticks are drawn by a look-alike (U+02CB): one of them ended the span and the
