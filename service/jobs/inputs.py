@@ -265,13 +265,11 @@ def identifiers_in(path: Path, rules: Rules) -> set[str]:
 
 def objects_like(deps: JobDeps, import_set: ImportSet) -> list[str]:
     """The objects of ours named as Stripe's copy of a failed file, seen by the event (5 min
-    clock skew), newest first."""
-    try:
-        metadata = deps.files.file_metadata(import_set.source_file_id or "")
-        filename = str(metadata.get("filename") or "")
-    except Exception as exc:  # no name, no match: Stripe's own copy is the input
-        log_event("remediation.file_metadata_failed", level=logging.WARNING, error=str(exc))
-        return []
+    clock skew), newest first; none when Stripe has no file object for it (`_file_metadata`):
+    no name, no match, Stripe's own copy is the input. A file object unread now fails the try
+    (taken for none, the copy was the input of a try where a later try finds our object)."""
+    metadata = _file_metadata(deps.files, import_set.source_file_id or "")
+    filename = str(metadata.get("filename") or "")
     name, before = Path(filename).name, event_time(import_set)
     if not name:
         return []

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import stripe
@@ -20,8 +21,14 @@ from sqlmodel import Session
 from service.adapters.stripe_files import StripeFileStore
 from service.config import Settings
 from service.errors import StripeFileError
-from service.jobs.inputs import download
-from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
+from service.jobs.inputs import JobDeps, download, objects_like
+from service.models import (
+    CorrectionAudit,
+    ImportSet,
+    InboxEvent,
+    QuarantinedRow,
+    RemediationRun,
+)
 from tests.conftest import SandboxServer
 from tests.integration.test_download_integrity import CuttingProxy
 from tests.integration.test_remediation_tasks import Service, _import_set_with_errors
@@ -160,3 +167,25 @@ def test_a_file_whose_file_object_cannot_be_read_now_is_not_read_unchecked(
     key = sandbox_server.api_key
     with pytest.raises(StripeFileError, match="contents answered HTTP 404"):
         download(StripeFileStore(sandbox_server.stripe_client(), proxy.url, key), gone, tmp_path)
+
+
+def test_the_objects_named_as_a_copy_are_not_taken_for_none_when_its_file_object_is_unread(
+    sandbox_server: SandboxServer,
+) -> None:
+    """`objects_like` (which object of ours a whole-file failure's copy is) took a file object
+    it could not read now for none: the copy became the input and the source its outputs
+    name, where a try a moment later names the object of ours (rows without an identifier
+    then derive theirs from another source). It fails the try now; 404 is still none."""
+    refused = f"http://127.0.0.1:{free_port()}/_host/api"
+    client = stripe.StripeClient(
+        sandbox_server.api_key, base_addresses={"api": refused}, max_network_retries=0
+    )
+    files = StripeFileStore(client, refused, sandbox_server.api_key)
+    import_set = ImportSet(import_set_id="impset_x", source_file_id="file_" + "1" * 24)
+    deps = JobDeps(run=cast(Any, None), files=files)
+    with pytest.raises(StripeFileError, match="metadata: HTTP None"):
+        objects_like(deps, import_set)
+    deps = JobDeps(
+        run=cast(Any, None), files=StripeFileStore(sandbox_server.stripe_client(), "", "")
+    )
+    assert objects_like(deps, import_set) == []  # no such file: no name, no match
