@@ -32,6 +32,7 @@ from remediation.outputs import audit_name, is_output_name
 from remediation.ports import CustomerDirectory
 from remediation.repair import InputPlan, plan_input, read_repaired
 from remediation.rules import Rules
+from service.commands._shown import shown
 from service.commands._signals import sigterm_interrupts
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
@@ -55,15 +56,15 @@ def run(
     except click.ClickException:
         raise
     except MeterfixError as exc:
-        raise click.ClickException(f"{file}: {exc.reason}") from exc
+        raise click.ClickException(shown(f"{file}: {exc.reason}")) from exc
     except OSError as exc:  # named by the path it concerns: the input, or an output
         # a write that found no room names where it wrote (it named the input read)
         full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and out is not None
         where = exc.filename or (f"--out {out}" if full else file)
-        raise click.ClickException(f"{where}: {exc.strerror or exc}") from exc
+        raise click.ClickException(shown(f"{where}: {exc.strerror or exc}")) from exc
     except Exception as exc:  # file edge: one line, never a traceback
         raise click.ClickException(
-            f"{file}: cannot remediate: {type(exc).__name__}: {exc}"
+            shown(f"{file}: cannot remediate: {type(exc).__name__}: {exc}")
         ) from exc
 
 
@@ -119,10 +120,10 @@ def source_name(file: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        shown = raw.decode("utf-8", "backslashreplace")
+        escaped = raw.decode("utf-8", "backslashreplace")
         raise click.ClickException(
-            f"{shown}: its name is not UTF-8 (byte 0x{raw[exc.start]:02x}); rename it: its "
-            "outputs, audit and derived identifiers are named after it"
+            f"{shown(escaped)}: its name is not UTF-8 (byte 0x{raw[exc.start]:02x}); rename "
+            "it: its outputs, audit and derived identifiers are named after it"
         ) from exc
 
 
@@ -134,8 +135,8 @@ def _not_into_itself(out: Path, file: Path, generation: int) -> None:
         target.name, source_name(file), generation
     ):
         raise click.ClickException(
-            f"{file} is named as an output of its own run in --out {out}, which would "
-            "replace it: remediate it into another --out"
+            f"{shown(file)} is named as an output of its own run in --out {shown(out)}, which "
+            "would replace it: remediate it into another --out"
         )
 
 
@@ -167,7 +168,7 @@ def _not_anothers(out: Path, file: Path, generation: int) -> list[Path]:
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{audit}: cannot read it: {exc}") from exc
+        raise click.ClickException(shown(f"{audit}: cannot read it: {exc}")) from exc
     try:
         source = json.loads(first).get("source")
     except (ValueError, AttributeError):
@@ -175,7 +176,8 @@ def _not_anothers(out: Path, file: Path, generation: int) -> list[Path]:
     if source != source_name(file):
         held = "another input" if not isinstance(source, str) else source
         raise click.ClickException(
-            f"--out {out} holds the outputs of {held} ({audit.name}), which {file} would "
+            f"--out {shown(out)} holds the outputs of {shown(held)} ({shown(audit.name)}), which "
+            f"{shown(file)} would "
             "replace (one name without its extension): remediate it into another --out"
         )
     return [

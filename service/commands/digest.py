@@ -12,6 +12,7 @@ from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.adapters.channels import Channel, ChannelName
+from service.commands._shown import shown
 from service.config import parse_duration
 from service.runtime import runtime
 
@@ -93,7 +94,7 @@ def _tell_outcomes(outcomes: Sequence[DigestOutcome]) -> None:
         if outcome.status != "failed":
             click.echo(f"{outcome.channel}: {outcome.status}")
     if failed:
-        raise click.ClickException("; ".join(_failure(o.channel, o.reason) for o in failed))
+        raise click.ClickException(shown("; ".join(_failure(o.channel, o.reason) for o in failed)))
 
 
 def _failure(channel: str, reason: str | None) -> str:

@@ -17,6 +17,7 @@ from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from remediation.errors import MeterfixError
+from service.commands._shown import shown
 from service.commands._signals import stop_on_signals
 from service.config import Settings
 from service.db.schema import check_schema
@@ -118,7 +119,9 @@ def worker_command(once: bool) -> None:
     try:  # read now: a poller thread that failed on them died unseen, never beating
         rt.rules  # noqa: B018
     except (OSError, MeterfixError) as exc:
-        raise click.ClickException(f"cannot read the rules ({rt.rules_path}): {exc}") from exc
+        raise click.ClickException(
+            shown(f"cannot read the rules ({rt.rules_path}): {exc}")
+        ) from exc
     # a killed worker's downloads and outputs: past twice an item's time limit, no live one's
     sweep_leftovers(2 * rt.settings.mfx_task_time_limit)
     _sweep_bucket(rt)
@@ -178,13 +181,13 @@ def _echo_report(report: PassReport) -> None:
         f"retrying {len(report.retrying)}, dead {len(report.dead)}"
     )
     for event_id, error in report.retrying:
-        click.echo(f"failed (will retry): {event_id}: {error}")
+        click.echo(shown(f"failed (will retry): {event_id}: {error}"))
     for event_id, error in report.dead:
-        click.echo(f"dead-lettered: {event_id}: {error}")
+        click.echo(shown(f"dead-lettered: {event_id}: {error}"))
     for event_id in report.interrupted:
-        click.echo(f"interrupted (handed back): {event_id}")
+        click.echo(f"interrupted (handed back): {shown(event_id)}")
     for event_id in report.given_up:
-        click.echo(f"given up (its lease lost, another worker has it): {event_id}")
+        click.echo(f"given up (its lease lost, another worker has it): {shown(event_id)}")
     if report.abandoned:
         click.echo(
             "stopped early: an item's thread was left running (past its time limit, or its "
@@ -208,14 +211,14 @@ def replay_command(event_id: str) -> None:
     except SchemaNotCurrent as exc:
         raise click.ClickException(f"{exc}: run `meterfix db upgrade` first") from exc
     if not outcome.found:
-        raise click.ClickException(f"unknown event: {event_id} is not in the inbox")
+        raise click.ClickException(f"unknown event: {shown(event_id)} is not in the inbox")
     if outcome.held_by is not None:
         raise click.ClickException(
-            f"{event_id} is being processed by worker {outcome.held_by}: not re-queued "
+            f"{shown(event_id)} is being processed by worker {outcome.held_by}: not re-queued "
             f"(replay it once that worker has finished; a worker that died lets go of it "
             f"{lease} s after its last heartbeat)"
         )
-    click.echo(f"{event_id} re-queued")
+    click.echo(f"{shown(event_id)} re-queued")
 
 
 def start_scheduled_jobs(rt: Runtime, stop: threading.Event) -> list[threading.Thread]:

@@ -13,6 +13,7 @@ from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from remediation.ports import ObjectInfo
+from service.commands._shown import shown, shown_in_markup
 from service.commands._signals import stop_on_signals
 from service.db.schema import check_schema
 from service.errors import SchemaNotCurrent
@@ -50,7 +51,7 @@ def poll_command(once: bool, retry_key: str | None, yes: bool) -> None:
     except SchemaNotCurrent as exc:
         raise click.ClickException(f"{exc}: run `meterfix db upgrade` first") from exc
     except Exception as exc:  # bad BUCKET_URL and the like: one clear line
-        raise click.ClickException(f"cannot poll: {exc}") from exc
+        raise click.ClickException(shown(f"cannot poll: {exc}")) from exc
     if retry_key is not None:
         _retry(deps, retry_key, confirmed=yes)
         return
@@ -71,7 +72,7 @@ def _one_pass(deps: PollerDeps, *, locked: bool = False) -> PassReport:
         except SQLAlchemyError as exc:
             raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
         except Exception as exc:  # the bucket cannot be listed: the pass could not run
-            raise click.ClickException(f"poll failed: {type(exc).__name__}: {exc}") from exc
+            raise click.ClickException(shown(f"poll failed: {type(exc).__name__}: {exc}")) from exc
 
 
 def _retry(deps: PollerDeps, key: str, *, confirmed: bool) -> None:
@@ -89,31 +90,31 @@ def _retry(deps: PollerDeps, key: str, *, confirmed: bool) -> None:
         return
     _echo(report)
     if not report.listed:
-        raise click.ClickException(f"{key} left the bucket during the retry; see above")
+        raise click.ClickException(f"{shown(key)} left the bucket during the retry; see above")
     if report.imported + report.indexed == 0:
-        raise click.ClickException(f"{key} was not imported; see above")
+        raise click.ClickException(f"{shown(key)} was not imported; see above")
 
 
 def _retry_locked(deps: PollerDeps, key: str, *, confirmed: bool) -> PassReport | None:
     plan = find_retry(deps.engine, key, deps.bucket.prefix, deps.clock())
     if plan is None:
-        raise click.ClickException(f"the poller has no record of {key}")
+        raise click.ClickException(f"the poller has no record of {shown(key)}")
     if plan.status not in RETRIED and not plan.stale_before:
-        click.echo(f"{plan.obj.key} is {plan.status}: nothing to retry")
+        click.echo(f"{shown(plan.obj.key)} is {plan.status}: nothing to retry")
         return None
     if plan.status not in RETRIED:
         # imported, but earlier versions' stale batches hold rows another file holds too
         # (its alert names this key): the operator decides on them here
         for line in [describe(plan)[0], *describe_earlier(plan)]:
-            click.echo(line)
+            click.echo(shown(line))
         if not confirmed:
             raise click.ClickException("nothing changed: pass --yes to count them as never sent")
         reopen(deps.engine, plan, confirmed=True)
-        click.echo(f"{plan.obj.key} is {plan.status}: nothing of it is sent again")
+        click.echo(f"{shown(plan.obj.key)} is {plan.status}: nothing of it is sent again")
         return None
     _check_still_listed(deps, plan.obj)
     for line in describe(plan):
-        click.echo(line)
+        click.echo(shown(line))
     if plan.needs_yes and not confirmed:
         raise click.ClickException("nothing sent: pass --yes to re-send those batches")
     reopen(deps.engine, plan, confirmed=confirmed)
@@ -127,18 +128,19 @@ def _check_still_listed(deps: PollerDeps, obj: ObjectInfo) -> None:
     try:
         current = deps.bucket.head(obj.key)
     except Exception as exc:  # the bucket cannot be read: one clear line
-        raise click.ClickException(f"cannot read {obj.key} in the bucket: {exc}") from exc
+        raise click.ClickException(shown(f"cannot read {obj.key} in the bucket: {exc}")) from exc
     if current is not None and current.etag == obj.etag:
         return
     now = f"; it now holds ETag {current.etag}, which a pass takes" if current else ""
     raise click.ClickException(
-        f"{obj.key} (ETag {obj.etag}) is no longer in the bucket{now}: nothing sent"
+        shown(f"{obj.key} (ETag {obj.etag}) is no longer in the bucket{now}: nothing sent")
     )
 
 
 @contextmanager
 def _progress_bar() -> Iterator[Progress | None]:
-    """A rich progress bar over the files of the pass, on a terminal only."""
+    """A rich progress bar over the files of the pass, on a terminal only; a key is its
+    description as text (`shown_in_markup`), never markup."""
     if not sys.stderr.isatty():
         yield None
         return
@@ -150,7 +152,7 @@ def _progress_bar() -> Iterator[Progress | None]:
         def advance(done: int, total: int, key: str) -> None:
             if not task:
                 task.append(bar.add_task("polling", total=total))
-            bar.update(task[0], completed=done, description=key[-40:])
+            bar.update(task[0], completed=done, description=shown_in_markup(key[-40:]))
 
         yield advance
 
@@ -174,8 +176,8 @@ def _echo(report: PassReport) -> None:
             else ""
         )
     )
-    for error in report.errors:
-        click.echo(f"failed: {error}")
+    for error in report.errors:  # a key's control characters as code points: one line each
+        click.echo(f"failed: {shown(error)}")
 
 
 COMMANDS = [poll_command]

@@ -24,6 +24,7 @@ from remediation.meters import Meter
 from remediation.ports import CustomerDirectory
 from remediation.rules import Rules
 from service.commands._remediate_run import run, source_name
+from service.commands._shown import shown
 from service.runtime import Adapters
 
 T = TypeVar("T")
@@ -59,11 +60,13 @@ def _meters(adapters: Adapters) -> list[Meter]:
     try:
         meters = adapters.meters
     except OSError as exc:
-        raise click.ClickException(f"cannot read meters {path}: {exc.strerror or exc}") from exc
+        raise click.ClickException(
+            shown(f"cannot read meters {path}: {exc.strerror or exc}")
+        ) from exc
     except (ValueError, MeterfixError) as exc:  # not JSON, or not meters
-        raise click.ClickException(f"cannot read meters {path}: {exc}") from exc
+        raise click.ClickException(shown(f"cannot read meters {path}: {exc}")) from exc
     if not meters:  # `[]`: every row was quarantined `no_meter`, exit 0
-        raise click.ClickException(f"{path} holds no meters: every row would name no meter")
+        raise click.ClickException(f"{shown(path)} holds no meters: every row would name no meter")
     return meters
 
 
@@ -78,7 +81,7 @@ def _meters_from_stripe(adapters: Adapters) -> list[Meter]:
                 "no meters: pass --meters or set STRIPE_API_KEY (no key is set and the "
                 f"bundled sandbox at {settings.stripe_api_base} does not answer)"
             ) from exc
-        raise click.ClickException(f"cannot list meters from Stripe: {exc}") from exc
+        raise click.ClickException(shown(f"cannot list meters from Stripe: {exc}")) from exc
 
 
 def _rules(adapters: Adapters) -> Rules:
@@ -86,9 +89,9 @@ def _rules(adapters: Adapters) -> Rules:
     try:
         return adapters.rules
     except OSError as exc:
-        raise click.ClickException(f"cannot read rules {path}: {exc.strerror}") from exc
+        raise click.ClickException(shown(f"cannot read rules {path}: {exc.strerror}")) from exc
     except MeterfixError as exc:
-        raise click.ClickException(f"bad rules {path}: {exc.reason}") from exc
+        raise click.ClickException(shown(f"bad rules {path}: {exc.reason}")) from exc
 
 
 def _customers(adapters: Adapters, rules: Rules) -> CustomerDirectory | None:
@@ -140,7 +143,7 @@ def _writable(out: Path) -> None:
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
-        raise click.ClickException(f"--out {out}: {exc.strerror or exc}") from exc
+        raise click.ClickException(shown(f"--out {out}: {exc.strerror or exc}")) from exc
 
 
 def _report(summary: dict[str, Any], as_json: bool) -> None:
@@ -153,29 +156,32 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
 
     # Nothing printed is read as markup: paths, codes and a header's names are the user's
     # (`usage[eu].csv` was shown as `usage.csv`, an error code `[/oops]` crashed the table);
-    # a path is one line however long (cut at 80 columns, it could not be copied)
-    table = Table(title=Text(str(summary["source"])))
+    # a path is one line however long (cut at 80 columns, it could not be copied), and its
+    # control characters are code points (`shown`): a code's ESC coloured the terminal, its
+    # line break made two rows of the table
+    table = Table(title=Text(shown(summary["source"])))
     for name in ("code", "corrected", "quarantined"):
         table.add_column(name)
     for code, counts in summary["by_code"].items():
-        table.add_row(Text(str(code)), str(counts["corrected"]), str(counts["quarantined"]))
+        table.add_row(Text(shown(code)), str(counts["corrected"]), str(counts["quarantined"]))
     console = Console()
     console.print(
         f"rows {summary['input_rows']}: valid {summary['valid']}, corrected "
         f"{summary['corrected']}, quarantined {summary['quarantined']}"
     )
     for repair in summary.get("repairs", []):
-        console.print(f"repaired: {repair}", markup=False)
+        console.print(f"repaired: {shown(repair)}", markup=False)
     if summary["by_code"]:
         console.print(table)
     for kind in ("corrected", "quarantine"):
         for path in summary["outputs"][kind]:
-            console.print(f"{kind}: {path}", markup=False, soft_wrap=True)
+            console.print(f"{kind}: {shown(path)}", markup=False, soft_wrap=True)
     if summary["outputs"]["audit"]:
-        console.print(f"audit: {summary['outputs']['audit']}", markup=False, soft_wrap=True)
+        console.print(f"audit: {shown(summary['outputs']['audit'])}", markup=False, soft_wrap=True)
     unchanged = set(summary.get("unchanged", []))
     for key in summary.get("uploaded", []):  # an identical object there: nothing was written
-        line = f"unchanged: {key} (identical object)" if key in unchanged else f"uploaded: {key}"
+        said = "unchanged: {} (identical object)" if key in unchanged else "uploaded: {}"
+        line = said.format(shown(key))
         console.print(line, markup=False, soft_wrap=True)
 
 
@@ -278,7 +284,7 @@ def _upload(adapters: Adapters, result: RemediationResult, unchanged: list[str])
     try:
         return upload_outputs(adapters.bucket, outputs, settings, unchanged)
     except (BucketError, OSError) as exc:
-        raise click.ClickException(f"upload to {settings.bucket_url} failed: {exc}") from exc
+        raise click.ClickException(shown(f"upload to {settings.bucket_url} failed: {exc}")) from exc
 
 
 def _exists(file: Path) -> None:
@@ -287,8 +293,8 @@ def _exists(file: Path) -> None:
         source_name(file)
         return
     if file.exists():  # a directory, a device (/dev/zero never ends), a pipe
-        raise click.ClickException(f"{file}: not a regular file")
-    raise click.ClickException(f"{file}: no such file")
+        raise click.ClickException(f"{shown(file)}: not a regular file")
+    raise click.ClickException(f"{shown(file)}: no such file")
 
 
 COMMANDS: list[click.Command] = [validate_command, remediate_command]

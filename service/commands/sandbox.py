@@ -16,6 +16,7 @@ from sandbox.runtime import Sandbox
 from sandbox.seed import seed_demo
 from sandbox.timers import start_timers
 from sandbox.triggers import create_sample_event, resolve_event_type
+from service.commands._shown import shown
 from service.config import Settings
 from service.runtime import runtime
 
@@ -122,8 +123,8 @@ def trigger_command(event_type: str, target: str, sandbox_url: str | None) -> No
     v1.billing.meter.no_meter_found, data_management.import_set.succeeded|failed (or a suffix)."""
     try:
         full_type = resolve_event_type(event_type)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:  # it names the type given
+        raise click.ClickException(shown(exc)) from exc
     base = sandbox_url or _settings().stripe_api_base
     admin = SandboxAdmin(base)
     try:
@@ -135,7 +136,9 @@ def trigger_command(event_type: str, target: str, sandbox_url: str | None) -> No
         raise click.ClickException(f"{event['id']}: service unreachable at {target}")
     click.echo(f"{event['id']} {full_type} -> {target}: HTTP {result['status']}")
     if result["status"] != 200:
-        raise click.ClickException(f"service answered {result['status']}: {result['body'][:200]}")
+        raise click.ClickException(
+            shown(f"service answered {result['status']}: {result['body'][:200]}")
+        )
 
 
 COMMANDS = [sandbox_command, trigger_command]

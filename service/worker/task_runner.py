@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from remediation.errors import UnreadableFile
 from service.errors import RerunInputMissing, TaskInputMissing
@@ -11,6 +12,7 @@ from service.jobs.inputs import JobDeps
 from service.jobs.quarantine_rerun import rerun_quarantine
 from service.jobs.remediation import import_set_errors, import_set_failed, poller_rows
 from service.jobs.runs import RunContext
+from service.jobs.store.reports import import_set
 from service.notify.alerts import raise_alert, resolve_alert
 from service.runtime import Runtime
 from service.worker.liveness import lease_as_lock, waiting_turn
@@ -52,6 +54,10 @@ JOBS: dict[TaskKind, Callable[[JobDeps, str], str]] = {
 }
 
 
+# the tasks whose ref is an import set's id
+IMPORT_SET_TASKS = (TaskKind.IMPORT_SET_ERRORS, TaskKind.IMPORT_SET_FAILED, TaskKind.POLLER_ROWS)
+
+
 def run_task(deps: JobDeps, kind: TaskKind, ref: str) -> str:
     """Run the task's job. An input that cannot be had ends the task with a critical alert
     (not retried: a person must look); a later run that succeeds (a replay once the input
@@ -62,17 +68,45 @@ def run_task(deps: JobDeps, kind: TaskKind, ref: str) -> str:
         outcome = job(deps, ref)
     except (TaskInputMissing, UnreadableFile) as exc:
         reason = exc.reason if isinstance(exc, UnreadableFile) else str(exc)
+        source, links = _input_named(deps, kind, ref)
         raise_alert(
             deps.run.engine,
             key=key,
             severity="critical",
             kind="remediation_input",
-            subject=f"{kind.value} {ref}: cannot remediate",
-            message=reason,
+            subject=f"{kind.value} {ref}: cannot remediate" + _named(source),
+            message=f"{source}: {reason}" if source else reason,
+            links=links,
         )
         return f"not remediated: {reason}"
     resolve_alert(deps.run.engine, key)
     return outcome
+
+
+def _named(source: str | None) -> str:
+    """The file in the subject, a long key cut (the message holds it whole)."""
+    if not source:
+        return ""
+    return f" {source[:200]}…" if len(source) > 200 else f" {source}"
+
+
+def _input_named(deps: JobDeps, kind: TaskKind, ref: str) -> tuple[str | None, dict[str, Any]]:
+    """The file a task of an import set is about (its bucket key, or Stripe's file id) and
+    the alert's links to it. The alert named only `impset_local_…`: which file to save as
+    UTF-8 was in the import set's row alone."""
+    if kind not in IMPORT_SET_TASKS:
+        return None, {}
+    found = import_set(deps.run.engine, ref)
+    if found is None:
+        return None, {"import_set": ref}
+    links: dict[str, Any] = {"import_set": ref}
+    if found.source_object:
+        links["objects"] = [found.source_object]
+        return found.source_object, links
+    if found.source_file_id:
+        links["file"] = found.source_file_id
+        return f"file {found.source_file_id}", links
+    return None, links
 
 
 def input_alert_key(kind: TaskKind, ref: str) -> str:
