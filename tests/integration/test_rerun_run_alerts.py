@@ -47,7 +47,7 @@ from tests.integration.test_billing_safety import (  # noqa: F401 (`loop`: a fix
     usage_csv,
 )
 from tests.integration.test_e2e import Loop, _put
-from tests.integration.test_web_rerun import FAILED, TOKEN, _remediate, _settings
+from tests.integration.test_web_rerun import FAILED, HEADER, TOKEN, _remediate, _settings
 from tests.servers import serve_wsgi
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -404,4 +404,39 @@ def test_two_transactions_taking_the_last_rows_of_a_run_at_once_resolve_its_aler
         "resolved",
         f"run #{first.id} (import_set.succeeded): 3 rows quarantined; all 3 taken again",
     )
+    engine.dispose()
+
+
+def test_a_rerun_that_leaves_a_row_taken_elsewhere_resolves_its_runs_alert(
+    sandbox_server: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """A later run quarantined the same row again (a copy of the file): the re-run of the
+    first run's row leaves it, marked taken again (that newer entry is the one to re-run).
+    Nothing of the first run waits any more: its alert is resolved, saying so."""
+    sandbox_server.admin.create_meter("api_requests")
+    settings = _settings(make_settings, sandbox_server, db_url)
+    engine = make_engine(db_url)
+    row = f"{HEADER}b1,{int(time.time())},tokens,cus_1,3,no_meter\n"
+    first = _remediate(settings, engine, tmp_path, row)
+    copy = _remediate(settings, engine, tmp_path, row, key="file_copy")
+    assert (first.quarantined, copy.quarantined) == (1, 1)
+    client = make_app(settings).test_client()
+    queued = client.post(f"/api/quarantine/rerun?run={first.id}", headers=BEARER).get_json()
+    assert queued["queued"] and queued["rows"] == 1
+    worker = InboxWorker(engine, settings, task_runner=TaskRunner(Runtime(settings, engine=engine)))
+    assert worker.drain().done == [queued["task"]]
+    alert = _alert(engine, FIRST_KEY)
+    assert (alert.status, alert.subject) == (
+        "resolved",
+        f"run #{first.id} (import_set.succeeded): 1 row quarantined; taken again",
+    )
+    assert alert.message.endswith(
+        "\nTaken again since: 1 of its 1 quarantined rows, by a later version of their file "
+        "or another take (1 row, marked); none waiting."
+    ), alert.message
+    assert _alert(engine, "run:import_set:impset_q:file_copy").status == "open"
     engine.dispose()
