@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import stripe
+from flask import Flask
 from sqlmodel import Session, select
 
 from sandbox.defaults import sandbox_bases
@@ -34,7 +35,11 @@ from service.db import make_engine
 from service.errors import StripeFileError
 from service.models import BucketObject, PollerBatch
 from service.poller.passes import PollerDeps, run_poll_pass
+from service.worker.liveness import ITEM_THREAD_PREFIX
 from tests.conftest import SandboxServer
+from tests.integration.test_remediation_tasks import Service, _import_set_with_errors
+from tests.integration.test_source_copy_cut import _task
+from tests.servers import serve_wsgi
 
 DRIP_EVERY = 0.5  # seconds between the bytes of a dripping answer (no read ever times out)
 STREAM = "/v2/billing/meter_event_stream"
@@ -321,3 +326,43 @@ def test_a_large_file_read_steadily_is_given_the_time_its_bytes_take(
     assert error is None, error
     assert took > 0.5  # past the limit alone
     assert dest.read_bytes() == content
+
+
+def test_a_task_whose_file_drips_is_failed_and_its_thread_ends(
+    sandbox_server: SandboxServer,
+    proxy: DrippingProxy,
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Flask],
+) -> None:
+    """A remediation task whose failed-records file dripped was failed at MFX_TASK_TIME_LIMIT
+    by the worker (`call_with_time_limit`), but its thread, abandoned, read on for as long as
+    the file dripped (the worker process must be restarted to end it). The download now ends
+    at its own deadline (the same limit): the abandoned thread ends with it."""
+    sandbox_server.admin.create_meter("api_requests")
+    settings = make_settings(
+        database_url=db_url,
+        stripe_api_key=sandbox_server.api_key,
+        stripe_webhook_secrets=sandbox_server.webhook_secret,
+        stripe_api_base=sandbox_server.bases["api"],
+        stripe_files_base=proxy.bases["files"],
+        stripe_meter_events_base=sandbox_server.bases["meter_events"],
+        mfx_task_time_limit=2,
+    )
+    with serve_wsgi(make_app(settings)) as running:
+        service = Service(settings, sandbox_server, running.url)
+        try:
+            service.deliver(_import_set_with_errors(service, "impset_drip"))
+            proxy.drip = ("/contents",)
+            _, _, error = _within(15, service.drain)
+            assert error is None, error
+            task = _task(service)
+            name = f"{ITEM_THREAD_PREFIX}{task.id}"
+            items = [t for t in threading.enumerate() if t.name == name]  # none: ended
+            for item in items:
+                item.join(5)
+            assert not any(t.is_alive() for t in items), "the abandoned item's thread reads on"
+        finally:
+            service.engine.dispose()
+    assert (task.status, task.attempts) == ("pending", 1)
+    assert task.last_error is not None and "time limit" in task.last_error.lower()
