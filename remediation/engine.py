@@ -23,6 +23,7 @@ from remediation.changes import Context, FileRepairs
 from remediation.core.csvout import CsvOut
 from remediation.core.decide import BatchDecider
 from remediation.core.decided import Decided
+from remediation.core.heldback import HeldBack
 from remediation.core.jsonlout import JsonlOut
 from remediation.core.leftout import without
 from remediation.core.recordout import RecordOut
@@ -168,7 +169,7 @@ def remediate(
     as_bytes = _bytes_writer(records, fmt, columns, write, sinks, ids, source)
     out = _BatchOut(as_bytes, RecordOut(sinks, ids, source), tally, held, on_audit, on_progress)
     try:
-        _decide_and_write(records, leave_out, decider, out, trim_heap, write)
+        _decide_and_write(records, leave_out, decider, out, trim_heap, out_dir if write else None)
         outputs = sinks.finish(_summary_entry(source, generation, now, tally, repairs))
     except BaseException:
         sinks.abort()
@@ -234,15 +235,34 @@ def _decide_and_write(
     decider: BatchDecider,
     out: _BatchOut,
     trim_heap: HeapTrim,
-    write: bool,
+    out_dir: Path | None,
 ) -> None:
-    """Decides each batch as it is read, and writes it one behind (`WriteBehind`)."""
+    """Decides each batch as it is read, and writes it one behind (`WriteBehind`); once a row
+    of an input that is not rejected-only was corrected, the batches are held back (on disk,
+    under `out_dir` when written) and written at the end (`decide.BatchDecider.amend`)."""
     behind = out.on_audit is not None or not isinstance(records, CsvRecords)
-    with FEWER_COLLECTIONS, RUN_POOL, WriteBehind(out.put, out.written, write, behind) as writer:
-        for batch in without(batches(records, ahead=writer.ahead), leave_out):
-            writer.put(decider.decide(batch))
-            del batch  # freed before the next batch is read, not after
-            trim_heap()
+    held = HeldBack(out_dir)
+    try:
+        with (
+            FEWER_COLLECTIONS,
+            RUN_POOL,
+            WriteBehind(out.put, out.written, out_dir is not None, behind) as writer,
+        ):
+            for batch in without(batches(records, ahead=writer.ahead), leave_out):
+                decided = decider.decide(batch)
+                del batch  # freed before the next batch is read, not after
+                if held.count or decider.holds_back():
+                    held.put(decided)
+                else:
+                    writer.put(decided)
+                del decided
+                trim_heap()
+            for decided in held.batches():
+                writer.put(decider.amend(decided))
+                del decided
+                trim_heap()
+    finally:
+        held.close()
 
 
 def _bytes_out(records: Iterable[UsageRecord], write: bool) -> bool:

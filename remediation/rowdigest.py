@@ -80,6 +80,11 @@ def record_digests(records: Sequence[UsageRecord]) -> list[int]:
     return [int(digest) for digest in _combined(names, stamps, sent)]
 
 
+def text_digests(array: pa.Array) -> Words:
+    """Each text's own 64-bit digest (a null reads as ""): equal texts, equal digests."""
+    return _mixed(_texts(array))
+
+
 def sent_array(column: Column, texts: list[str | None] | None = None) -> pa.Array:
     """A payload column's values as sent (`payload_text`), as text; `texts`: those values when
     the caller has them as a list already."""

@@ -2,7 +2,8 @@
 
 Billing safety: a row is re-sent only if it was rejected (it carries an error code, or the
 whole input holds rejected rows only: `rejected`) or if our validation proves Stripe rejects
-it and we corrected it. Any other row is `valid` and goes to no output.
+it and we corrected it. Any other row is `valid` and goes to no output, and a row that shares
+its identifier with such a row is quarantined, not corrected (`sameids`).
 Each round hands the rows failing with one code to that code's rule (`rules.RULES`), then
 validates what it returned; a code met twice by a row, or a fifth round, stops the row.
 The rounds: `rounds`; what is recorded of each row (`Decided`): `decided`.
@@ -33,6 +34,7 @@ from remediation.core.folding import fold
 from remediation.core.reportedcodes import reported_codes
 from remediation.core.rounds import Rounds
 from remediation.core.rules import RULES
+from remediation.core.sameids import SameIdentifiers
 from remediation.core.textmeasures import field_suspects, mask
 from remediation.identifiers import Lineage
 from remediation.limits import shown
@@ -48,6 +50,8 @@ class BatchDecider:
     ) -> None:
         self.ctx, self.lineage, self.rejected = ctx, lineage, rejected
         self.loop_protection = loop_protection
+        # Not rejected-only: rows to be corrected under a valid row's identifier are held
+        self.same = None if rejected else SameIdentifiers()
 
     def decide(self, batch: Batch) -> Decided:
         batch = fold(batch, self.ctx)  # rows naming keys of their own: their pairs as one value
@@ -98,6 +102,20 @@ class BatchDecider:
             checked = ~ruled[work] | ~suspects[work]
             Rounds(self.ctx, batch, work, to_fix[work], decided, checked).run()
         record_file_repairs(decided, self.ctx.file_repairs)
+        if self.same is not None:
+            self.same.hold(decided)
+        return decided
+
+    def holds_back(self) -> bool:
+        """Whether the batches decided from now on wait for the end (`amend`): a row went
+        out (corrected or re-sent) whose identifier a valid row of a later batch may have."""
+        return self.same is not None and bool(self.same.out)
+
+    def amend(self, decided: Decided) -> Decided:
+        """A batch held back, its rows going out under the identifier of a valid row of a
+        later batch quarantined (`sameids`)."""
+        if self.same is not None:
+            self.same.amend(decided)
         return decided
 
     def _classify(self, batch: Batch) -> tuple[Codes, CodeIds, Mask, CodeIds, Mask]:

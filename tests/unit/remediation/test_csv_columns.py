@@ -173,8 +173,8 @@ def test_a_renamed_key_goes_last_in_its_own_row(tmp_path: Path) -> None:
     message = "No meter was found matching event_name X."
     rows = [
         ["a1", str(NOW), "api_requests", "cus_1", "5", "", "", ""],
-        ["a1", str(NOW), "tokens", "", "5", "", "", message],
-        ["a1", str(NOW), "tokens", "cus_1", "5", "", "", message],
+        ["a2", str(NOW), "tokens", "", "5", "", "", message],
+        ["a3", str(NOW), "tokens", "cus_1", "5", "", "", message],
     ]
     assert_same(to_csv(rows), tmp_path, rejected=False)
     written = (tmp_path / "columns" / "failed.corrected.r1.csv").read_bytes().splitlines()

@@ -171,16 +171,18 @@ def test_rows_of_keys_of_their_own_take_time_linear_in_their_number(
 
 # Written by the code before the batches were cut (1,000 rows of 4 keys of their own: 4,000
 # distinct keys; now 3 or 4 batches): digests of the summary and every file
-# `remediate` writes, and of every chunk the poller yields.
+# `remediate` writes, and of every chunk the poller yields. `remediate`'s since the rows sent
+# again under the identifier of a valid row (billed) are quarantined: 36 of the thirteenth
+# rows and the rows before them, 332 -> 296 corrected (JSON 333 -> 297), the rest the same.
 PINNED = {
     (
         FileFormat.JSONL,
         "remediate",
-    ): "9a13ef6ed96f7ec14b28c613753dba59f4cd467a9ab0eedc4e85b278f41ec09a",
+    ): "c32321aae3d57f51f96bd15e44c8d86353c9a4758da33cac1d254fc940391b8a",
     (
         FileFormat.JSON,
         "remediate",
-    ): "5775466dbf7090ed4ec9cd9cc214a0e4a923557642a7c14e32ff177e8e4f75d2",
+    ): "62663f0c1de7b518860f2dc5e54fdc107cc5eb15c446703ab2ab287bb0116431",
     (
         FileFormat.JSONL,
         "poller",
