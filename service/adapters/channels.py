@@ -4,7 +4,8 @@ The senders are `slack.py` and `smtp.py` beside this module; the runtime builds 
 configured ones once from the settings (`build_channel`). A send is bounded in time: every
 network call has a timeout, and the whole send (its tries and waits) a `SendDeadline`. It is
 retried inside the step for transient failures, then raises `DeliveryFailed` with a reason
-that never carries the Slack URL or SMTP password.
+that never carries the Slack URL or SMTP password; a try that went out and got no answer
+is not retried (`MaybeDelivered`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
+
+from service.errors import DeliveryFailed
 
 if TYPE_CHECKING:  # settings pull in pydantic: `meterfix remediate` with files reads none
     import ssl  # its libssl: 2 MB of a `meterfix remediate` run's peak RSS, for a type
@@ -42,9 +45,19 @@ class Message:
     slack: Sequence[dict[str, Any]] = field(default_factory=tuple)
 
 
+class MaybeDelivered(DeliveryFailed):
+    """A try went out whole and no answer came (the connection dropped or timed out after
+    the request went, a gateway's 502 or 504, the deadline while waiting for the answer):
+    the message may have arrived. The send stops there, trying it no more (the next try
+    could deliver it twice, and a server that takes every try and never answers had it on
+    every try); what follows is the caller's (the critical alerts count it as possibly
+    arrived, the digest tries its window again after a backoff)."""
+
+
 class BetweenTries(Protocol):
     """What a send says of its waits between tries (the critical alerts' claims keep it):
-    a try that delivered nothing for sure, then the next try's start."""
+    the try before delivered nothing for sure (a try that may have delivered ends the send,
+    `MaybeDelivered`), then the next try's start."""
 
     def failed(self, reason: str) -> None:
         """The try just made was refused (an answer said so) or never reached the server:
@@ -58,22 +71,22 @@ class Channel(Protocol):
     name: ChannelName
 
     def send(self, message: Message, between_tries: BetweenTries | None = None) -> None:
-        """Deliver or raise DeliveryFailed; `between_tries` is told of each wait after a
-        try that delivered nothing."""
+        """Deliver or raise DeliveryFailed (`MaybeDelivered` when a try went out without an
+        answer); `between_tries` is told of each wait after a try that delivered nothing."""
 
 
 Sleep = Callable[[float], None]
 
 
 def wait_between_tries(
-    sleep: Sleep, seconds: float, between_tries: BetweenTries | None, undelivered: str | None
+    sleep: Sleep, seconds: float, between_tries: BetweenTries | None, reason: str
 ) -> None:
-    """Wait `seconds` before a send's next try; `between_tries` hears of the wait when the try
-    failed for sure (`undelivered`: its reason): a sender stopped meanwhile sent nothing."""
-    if between_tries is None or undelivered is None:
+    """Wait `seconds` before a send's next try, the try before having failed for sure
+    (`reason`); `between_tries` hears of the wait: a sender stopped meanwhile sent nothing."""
+    if between_tries is None:
         sleep(seconds)
         return
-    between_tries.failed(undelivered)
+    between_tries.failed(reason)
     sleep(seconds)
     between_tries.retrying()
 

@@ -1,8 +1,11 @@
 """Slack through an incoming webhook (`slack_sdk`'s WebhookClient) with Block Kit.
 
 A 429 waits for its `Retry-After` (up to a bound, so a send never stalls the worker) and a
-5xx or a dropped connection is retried with backoff; anything else is a permanent failure.
-The caller may hear of each wait after a try Slack refused or never got (`BetweenTries`).
+5xx or a connection never made is retried with backoff; anything else is a permanent
+failure. A try that went out and got no answer (the connection dropped or timed out after
+the request went, a gateway's 502 or 504) may have been posted: the send ends there,
+`MaybeDelivered`, never posting it again itself. The caller may hear of each wait after a
+try Slack refused or never got (`BetweenTries`).
 The whole send (every part, try and wait) has a deadline (`SendDeadline`): an answer
 trickling in a byte at a time never trips the per-read timeout; at the deadline its
 connection is shut and the send fails as temporary (the digest tries again later).
@@ -22,6 +25,7 @@ from service.adapters.channels import (
     SEND_DEADLINE_SECONDS,
     BetweenTries,
     ChannelName,
+    MaybeDelivered,
     Message,
     SendDeadline,
     Sleep,
@@ -35,6 +39,9 @@ TIMEOUT_SECONDS = 10
 ATTEMPTS = 4  # per Slack message, inside one send
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_RETRY_AFTER_SECONDS = 30.0  # a longer wait fails the send; the digest retries later
+# A gateway's answer that it passed the request on and had no answer from behind it (502:
+# the upstream connection failed or dropped; 504: it timed out): Slack may have posted it.
+GATEWAY_TIMED_OUT = (502, 504)
 
 
 class SlackChannel:
@@ -76,22 +83,26 @@ class SlackChannel:
                 with deadline.hanging_up():
                     response = self._client.send_dict(payload)
             except Exception as exc:  # network edge: DNS, refused, timeout, TLS, the deadline
-                if deadline.passed:
-                    raise DeliveryFailed(f"slack: {deadline.reason}") from None
                 reason = redact(f"{type(exc).__name__}: {exc}", [self._url])
-                wait = backoff
                 # urllib's URLError: the request never went out whole (refused, DNS, TLS);
                 # anything else came after it went (no answer): Slack may have posted it
-                sure = isinstance(exc, URLError)
+                if not isinstance(exc, URLError):
+                    said = deadline.reason if deadline.passed else reason
+                    raise MaybeDelivered(f"slack: sent, no answer: {said}"[:500]) from None
+                if deadline.passed:
+                    raise DeliveryFailed(f"slack: {deadline.reason}") from None
+                wait = backoff
             else:
                 if 200 <= response.status_code < 300:
                     return
                 reason = f"HTTP {response.status_code}: {redact(str(response.body), [self._url])}"
-                wait, sure = self._wait_for(response, backoff), True  # Slack said it did not
+                if response.status_code in GATEWAY_TIMED_OUT:  # a proxy's: Slack may have it
+                    raise MaybeDelivered(f"slack: sent, no answer from Slack: {reason}"[:500])
+                wait = self._wait_for(response, backoff)  # Slack said it did not post it
             if attempt == ATTEMPTS or wait >= deadline.left():
                 break  # no time left to wait: tried again later
             log_event("slack.retry", level=logging.WARNING, part=part, reason=reason, wait=wait)
-            wait_between_tries(self._sleep, wait, between_tries, reason if sure else None)
+            wait_between_tries(self._sleep, wait, between_tries, reason)
             backoff *= 2
         raise DeliveryFailed(f"slack: {reason[:500]}")
 

@@ -12,11 +12,19 @@ takes it over and sends it once more (logged `alert.notify_resent`: it may arriv
 is better than a critical alert that never arrived, as when the SMTP server had not even
 greeted), and a claim left so again is marked `unsure` and never sent again (said in
 `detail["notify"]`, logged `alert.notify_unsure`; the alert stays open on the dashboard and in
-the digest): a sender dying on every send of it sends it twice at most. A send that failed
-for sure (a Slack 5xx, SMTP down) is marked `failed` and
-claimed again by the next attempt, after a backoff; so is the claim while the send waits
-between its own tries after one that delivered nothing (`_ClaimBetweenTries`): a sender
-stopped in that wait is not mid-send.
+the digest). A send with a try that went out and got no answer (a connection dropped or timed
+out after the request went, a gateway's 502/504: `MaybeDelivered`) ends at once, its claim
+`sending` and its send over (`alert.notify_unanswered`): it may have arrived, and counts as a
+send cut off: sent once more by the next attempt, after a backoff, and marked `unsure` when
+that one has no answer either. So a message reaches a channel twice at most, whatever its
+senders and servers do. A send that failed for sure (a Slack 429 or 503, SMTP down, a 4xx) is
+marked `failed` and claimed again by the next attempt, after a backoff; so is the claim while
+the send waits between its own tries after one that delivered nothing (`_ClaimBetweenTries`):
+a sender stopped in that wait is not mid-send. A claim with resends may have arrived whatever
+its status: an incident resolved before its "raised" message went everywhere has its
+"resolved" message sent to the channels whose claims say it was sent or may have been
+(`close_raised`), and its failed claims closed, so that a sender waiting between tries
+sends nothing more.
 
 `notified_at` / `resolved_notified_at` say the phase is over (sent, or given up after
 MAX_ATTEMPTS with its reason); the alert's `detail["notify"]` keeps its progress: which
@@ -44,12 +52,13 @@ from service.adapters.channels import (
     SEND_DEADLINE_SECONDS,
     BetweenTries,
     Channel,
+    MaybeDelivered,
     Message,
     redact,
     settings_secrets,
 )
 from service.config import Settings
-from service.db.locks import HeldLock
+from service.db.locks import HeldLock, LockLost
 from service.errors import DeliveryFailed
 from service.logs import log_event
 from service.models._types import utcnow
@@ -59,10 +68,13 @@ from service.notify.digests import retry_delay
 from service.notify.leader import ALONE, recording
 from service.notify.render import AlertView, render_alert
 from service.notify.store import (
+    MAY_HAVE_ARRIVED,
+    Told,
     claim_message,
+    close_unsent,
     critical_alerts_to_notify,
     mark_message,
-    message_statuses,
+    mark_unanswered,
     record_notification,
     resume_claim,
 )
@@ -169,13 +181,14 @@ class _Pass:
 
     def close_raised(self, row: Mapping[str, Any]) -> None:
         """An incident resolved before every channel had its "raised" message: none is sent
-        now (the incident is over); the channels that had it, or may have (a claim in flight
-        or unsure), get the "resolved" one, and when none had it there is nothing to follow
-        up."""
+        now (the incident is over: its failed claims are closed, `close_unsent`); the
+        channels that had it, or may have (a claim in flight, unsure, or any with resends:
+        a send that went out unanswered before one refused), get the "resolved" one, and
+        when none had it there is nothing to follow up."""
         state: dict[str, Any] = dict((row["detail"] or {}).get(NOTIFY_STATE) or {})
-        raised = _with_claims(
-            dict(state.get(RAISED) or {}), message_statuses(self.engine, row, RAISED)
-        )
+        self.lock.check()  # another worker leads now: it closes this
+        claims = close_unsent(self.engine, row, RAISED, self.clock())
+        raised = _with_claims(dict(state.get(RAISED) or {}), claims)
         state[RAISED] = raised
         told = bool(raised.get("channels") or raised.get("unsure"))
         with recording(self.engine, self.lock):
@@ -246,13 +259,13 @@ class _Pass:
         )
         where = {"key": row["alert_key"], "phase": phase, "channel": name}
         if claim.made_unsure:
-            reason = "its senders stopped mid-send twice: it may have arrived, not sent again"
+            reason = "its senders stopped mid-send or had no answer twice: not sent again"
             log_event("alert.notify_unsure", level=logging.ERROR, **where, reason=reason)
         if not claim.ours:
             attempt.found(name, claim.status)
             return
         if claim.resent:
-            reason = "its sender stopped mid-send: sent once more, it may arrive twice"
+            reason = f"{MAY_HAVE_ARRIVED}: sent once more, it may arrive twice"
             log_event("alert.notify_resent", level=logging.WARNING, **where, reason=reason)
         claimed = _ClaimBetweenTries(self, row, phase, name)
         try:
@@ -263,12 +276,24 @@ class _Pass:
             return
         for wait in (*MARK_RETRIES, None):  # unmarked, a message sent goes once more
             try:
-                self.mark(row, phase, name, status, error)
+                if status is MessageStatus.UNSURE:  # went out without an answer
+                    status = self.mark_unanswered(row, phase, name, error or "")
+                else:
+                    self.mark(row, phase, name, status, error)
                 break
             except SQLAlchemyError:
                 if wait is None:
                     raise
                 time.sleep(wait)  # a database blip, SQLite busy
+        if status is MessageStatus.UNSURE:
+            reason = f"{error}; sent twice without an answer or cut off: not sent again"
+            log_event("alert.notify_unsure", level=logging.ERROR, **where, reason=reason)
+            attempt.tried = True
+            attempt.unsure.add(name)
+            return
+        if status is MessageStatus.SENDING:
+            reason = f"{error}; it may have arrived: sent once more by the next attempt"
+            log_event("alert.notify_unanswered", level=logging.WARNING, **where, reason=reason)
         attempt.sent(name, status, error)
 
     def mark(
@@ -285,6 +310,17 @@ class _Pass:
             self.engine, row, phase, channel, self.claimant, status=status, now=now, error=error
         )
 
+    def mark_unanswered(
+        self, row: Mapping[str, Any], phase: str, channel: str, error: str
+    ) -> MessageStatus:
+        """Mark this pass's claim on `channel` as sent without an answer: `sending`, to be
+        sent once more, or `unsure` when it was already (`store.mark_unanswered`)."""
+        now = self.clock()
+        left = mark_unanswered(
+            self.engine, row, phase, channel, self.claimant, now=now, error=error
+        )
+        return MessageStatus.UNSURE if left == MessageStatus.UNSURE else MessageStatus.SENDING
+
 
 class _ClaimTaken(Exception):
     """Another sender claimed the message while its send waited between tries."""
@@ -293,7 +329,7 @@ class _ClaimTaken(Exception):
 @dataclass(frozen=True)
 class _ClaimBetweenTries:
     """A claimed message's send between its tries (`BetweenTries`): after a try that
-    delivered nothing (a 429, a 5xx, an SMTP 4xx, no connection) its claim says `failed`
+    delivered nothing (a 429, a 503, an SMTP 4xx, no connection) its claim says `failed`
     while the send waits, and `sending` again for the next try. Left `sending`, a sender
     stopped in the wait (a worker's grace is shorter than a Retry-After) left a message that
     may have arrived: sent once more, then marked unsure when that one was stopped so too, a
@@ -312,19 +348,26 @@ class _ClaimBetweenTries:
 
     def retrying(self) -> None:
         sender = self.sender
-        if not resume_claim(sender.engine, self.row, self.phase, self.channel, sender.claimant):
+        sender.lock.check()  # lost during the wait: the next leader sends it (LockLost)
+        now = sender.clock()
+        if not resume_claim(
+            sender.engine, self.row, self.phase, self.channel, sender.claimant, now=now
+        ):
             raise _ClaimTaken(self.channel)
 
 
 def _send_on(
     channel: Channel, message: Message, secrets: Sequence[str], between_tries: BetweenTries
 ) -> tuple[MessageStatus, str | None]:
-    """Send `message` on `channel`: how it went (sent, failed, or refused for good), and the
-    reason of a failure; `_ClaimTaken` when another sender claimed it between tries."""
+    """Send `message` on `channel`: how it went (sent, failed, refused for good, or unsure: it
+    went out without an answer), and the reason of a failure; `_ClaimTaken` when another
+    sender claimed it between tries, `LockLost` when the lead was lost then."""
     try:
         channel.send(message, between_tries)
-    except _ClaimTaken:
+    except (_ClaimTaken, LockLost):
         raise
+    except MaybeDelivered as exc:
+        return MessageStatus.UNSURE, exc.reason
     except DeliveryFailed as exc:
         if exc.delivered:  # some recipients have it: sent again, they would twice
             return MessageStatus.SENT, exc.reason
@@ -341,13 +384,11 @@ def _told(state: Mapping[str, Any]) -> Collection[str]:
     return set(raised.get("channels", [])) | set(raised.get("unsure", []))
 
 
-def _with_claims(progress: dict[str, Any], statuses: Mapping[str, str]) -> dict[str, Any]:
+def _with_claims(progress: dict[str, Any], told: Told) -> dict[str, Any]:
     """The recorded progress with what the claims say: a channel marked sent has it, one in
-    flight or unsure may have it."""
-    done = set(progress.get("channels", []))
-    done |= {c for c, s in statuses.items() if s == MessageStatus.SENT}
-    maybe = {c for c, s in statuses.items() if s in (MessageStatus.SENDING, MessageStatus.UNSURE)}
-    unsure = set(progress.get("unsure", [])) | (maybe - done)
+    flight, unsure or sent again may have it."""
+    done = set(progress.get("channels", [])) | told.sent
+    unsure = set(progress.get("unsure", [])) | (told.maybe - done)
     return {**progress, "channels": sorted(done)} | ({"unsure": sorted(unsure)} if unsure else {})
 
 

@@ -276,9 +276,12 @@ class MessageClaim:
     resent: bool = False
 
 
-# A message whose sender stopped mid-send is sent once more (it may arrive twice: an alert
-# that may never have arrived is worse), then no more.
+# A message that may have arrived (its sender stopped mid-send, or its send went out without
+# an answer) is sent once more (it may arrive twice: an alert that may never have arrived is
+# worse), then no more. `resends` counts them for the incident: a claim of it with resends
+# may have arrived, whatever its status (one resent then refused for sure is `failed`).
 MAX_RESENDS = 1
+MAY_HAVE_ARRIVED = "it may have arrived (its sender stopped mid-send, or had no answer)"
 
 
 def claim_message(
@@ -294,8 +297,9 @@ def claim_message(
     """Claim the `phase` message of the incident `alert` on `channel` for `claimant`: a new
     row, the row of an earlier incident, or one whose send failed; one statement each, so
     of two senders one only has it. A claim left `sending` since before `stale_before` (its
-    sender stopped mid-send) is taken over once (`MAX_RESENDS`), then marked unsure: it may
-    have arrived, and a sender dying on every send must not send it without end."""
+    sender stopped mid-send), or whose send ended without an answer (`mark_unanswered`), is
+    taken over once (`MAX_RESENDS`), then marked unsure: it may have arrived, and a sender
+    dying on every send, or a server never answering, must not have it sent without end."""
     key = _message(alert, phase, channel)
     incident = alert["created_at"]
     claim = {"incident_at": incident, "status": MessageStatus.SENDING.value, "claimed_by": claimant}
@@ -304,7 +308,9 @@ def claim_message(
         (MESSAGES.c.incident_at == incident) & (MESSAGES.c.status == MessageStatus.FAILED)
     )
     this_incident = key & (MESSAGES.c.incident_at == incident)
-    stale = (MESSAGES.c.status == MessageStatus.SENDING) & (MESSAGES.c.claimed_at < stale_before)
+    stale = (MESSAGES.c.status == MessageStatus.SENDING) & (
+        (MESSAGES.c.claimed_at < stale_before) | MESSAGES.c.finished_at.is_not(None)
+    )
     with engine.begin() as connection:
         if not _current_incident(connection, alert):
             return MessageClaim(False, None)
@@ -316,7 +322,7 @@ def claim_message(
         taken = update(MESSAGES).where(key & free).values(**claim, resends=resends)
         if connection.execute(taken).rowcount:
             return MessageClaim(True, MessageStatus.SENDING)
-        again = claim | {"last_error": "sent again: its sender stopped mid-send"}
+        again = claim | {"last_error": f"sent again: {MAY_HAVE_ARRIVED}"}
         resend = this_incident & stale & (MESSAGES.c.resends < MAX_RESENDS)
         taken = update(MESSAGES).where(resend).values(**again, resends=MESSAGES.c.resends + 1)
         if connection.execute(taken).rowcount:
@@ -354,8 +360,8 @@ def _insert_claim(
 
 def _mark_stale(connection: Connection, where: ColumnElement[bool], now: datetime) -> bool:
     reason = (
-        f"its sender stopped mid-send, and {MAX_RESENDS} more time: it may have arrived, so "
-        "it is not sent again"
+        f"its sender stopped mid-send or had no answer, and {MAX_RESENDS} more time: it may "
+        "have arrived, so it is not sent again"
     )
     values = {"status": MessageStatus.UNSURE.value, "finished_at": now, "last_error": reason}
     return bool(connection.execute(update(MESSAGES).where(where).values(**values)).rowcount)
@@ -382,29 +388,83 @@ def mark_message(
         )
 
 
+def mark_unanswered(
+    engine: Engine,
+    alert: Mapping[str, Any],
+    phase: str,
+    channel: str,
+    claimant: str,
+    *,
+    now: datetime,
+    error: str,
+) -> str | None:
+    """`claimant`'s send of its claimed message went out without an answer: it may have
+    arrived. The claim stays `sending`, its send over (`finished_at`): the next claim sends it
+    once more (`claim_message`); a message already sent again (`resends`) is marked unsure,
+    never sent again. The status it was left in (None: the claim is no longer its own)."""
+    own = (MESSAGES.c.claimed_by == claimant) & (MESSAGES.c.status == MessageStatus.SENDING)
+    where = _message(alert, phase, channel) & own
+    again = MESSAGES.c.resends < MAX_RESENDS
+    status = case((again, MessageStatus.SENDING.value), else_=MessageStatus.UNSURE.value)
+    with engine.begin() as connection:
+        values = {"status": status, "finished_at": now, "last_error": error}
+        if not connection.execute(update(MESSAGES).where(where).values(**values)).rowcount:
+            return None
+        mark = select(MESSAGES.c.status).where(_message(alert, phase, channel))
+        return str(connection.execute(mark).scalar_one())
+
+
 def resume_claim(
-    engine: Engine, alert: Mapping[str, Any], phase: str, channel: str, claimant: str
+    engine: Engine,
+    alert: Mapping[str, Any],
+    phase: str,
+    channel: str,
+    claimant: str,
+    *,
+    now: datetime,
 ) -> bool:
     """`claimant` takes its claim back for its send's next try, after marking it failed for
-    the wait before (`mark_message`): `sending` again. False when it is no longer its own
-    (another sender claimed the failed message meanwhile: it sends it)."""
+    the wait before (`mark_message`): `sending` again, dated `now` (the send's next tries
+    and its mark fit in `STALE_CLAIM` from here, however long the wait and its database
+    writes took). False when it is no longer its own (another sender claimed the failed
+    message meanwhile: it sends it; or the incident, resolved, closed it: `close_unsent`)."""
     own = (MESSAGES.c.claimed_by == claimant) & MESSAGES.c.status.in_(
         [MessageStatus.FAILED.value, MessageStatus.SENDING.value]
     )
-    values = {"status": MessageStatus.SENDING.value, "finished_at": None}
+    values = {"status": MessageStatus.SENDING.value, "finished_at": None, "claimed_at": now}
     with engine.begin() as connection:
         where = _message(alert, phase, channel) & own
         return bool(connection.execute(update(MESSAGES).where(where).values(**values)).rowcount)
 
 
-def message_statuses(engine: Engine, alert: Mapping[str, Any], phase: str) -> dict[str, str]:
-    """channel -> status of the incident `alert`'s `phase` message, on the channels that have
-    a row."""
+@dataclass(frozen=True)
+class Told:
+    """Which channels had the incident's message (`sent`) and which may have (`maybe`: in
+    flight, or a send of it went out without an answer or was cut off: `sending`, `unsure`,
+    or any claim with resends)."""
+
+    sent: frozenset[str]
+    maybe: frozenset[str]
+
+
+def close_unsent(engine: Engine, alert: Mapping[str, Any], phase: str, now: datetime) -> Told:
+    """The incident `alert` is over before its `phase` message went everywhere: its claims
+    that failed are given up (one statement: a sender between its tries, whose claim says
+    failed, then sends nothing more, `resume_claim`), and what the claims say of who was
+    told is read in the same transaction."""
     where = (MESSAGES.c.alert_id == alert["id"]) & (MESSAGES.c.phase == phase)
     where &= MESSAGES.c.incident_at == alert["created_at"]
-    with engine.connect() as connection:
-        rows = connection.execute(select(MESSAGES.c.channel, MESSAGES.c.status).where(where))
-        return {str(row.channel): str(row.status) for row in rows}
+    reason = "not sent: the incident was over first"
+    closed = {"status": MessageStatus.GIVEN_UP.value, "finished_at": now, "last_error": reason}
+    failed = where & (MESSAGES.c.status == MessageStatus.FAILED)
+    with engine.begin() as connection:
+        connection.execute(update(MESSAGES).where(failed).values(**closed))
+        query = select(MESSAGES.c.channel, MESSAGES.c.status, MESSAGES.c.resends).where(where)
+        rows = connection.execute(query).all()
+    in_flight = (MessageStatus.SENDING, MessageStatus.UNSURE)
+    sent = {str(r.channel) for r in rows if r.status == MessageStatus.SENT}
+    maybe = {str(r.channel) for r in rows if r.status in in_flight or r.resends > 0}
+    return Told(frozenset(sent), frozenset(maybe - sent))
 
 
 def unresolved_keys(connection: Connection, keys: Sequence[str]) -> set[str]:

@@ -316,12 +316,14 @@ def test_a_message_another_sender_claimed_during_the_wait_is_not_sent_again(
     assert alert.detail["notify"]["raised"]["channels"] == ["slack"]
 
 
-def test_a_try_slack_may_have_posted_keeps_the_claim_sending_while_the_send_waits(
+def test_a_try_slack_may_have_posted_ends_the_send_its_claim_saying_so(
     engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
     """A try that reached Slack and got no answer (the connection closed after the body
-    went) may have been posted: during the wait the claim stays `sending` (a sender stopped
-    then may have sent it), unlike a try Slack refused."""
+    went) may have been posted: the send stops there, never waiting to post it again (it
+    did, and a Slack that never answered had it on every try), its claim `sending` with its
+    send over, unlike a try Slack refused. The next pass sends it once more, as a message
+    that may have arrived (resends 1), and Slack's answer marks it sent."""
     raise_gave_up(engine)
     with unanswered_once() as (port, bodies):
         during_wait: list[str | None] = []
@@ -329,10 +331,21 @@ def test_a_try_slack_may_have_posted_keeps_the_claim_sending_while_the_send_wait
         def wait(seconds: float) -> None:
             during_wait.append(claim_status(engine, "slack"))
 
-        slack_pass(engine, make_settings, f"http://127.0.0.1:{port}/services/T/B/X", wait)
-    assert during_wait == ["sending"]
+        url = f"http://127.0.0.1:{port}/services/T/B/X"
+        slack_pass(engine, make_settings, url, wait)
+        assert len(bodies) == 1 and during_wait == []
+        with engine.connect() as connection:
+            query = select(CriticalMessage.status, CriticalMessage.finished_at)
+            status, finished_at = connection.execute(query).one()
+        assert status == "sending" and finished_at is not None
+        later = datetime.now(UTC) + timedelta(minutes=5)  # past the pass's backoff
+        settings = make_settings(database_url=str(engine.url), slack_webhook_url=url)
+        channel = SlackChannel(url, sleep=wait)
+        send_critical_alerts(engine, settings, [channel], clock=lambda: later)
     assert len(bodies) == 2 and all(f"CRITICAL: {SUBJECT}".encode() in b for b in bodies)
-    assert claim_status(engine, "slack") == "sent"
+    with engine.connect() as connection:
+        claim = connection.execute(select(CriticalMessage.status, CriticalMessage.resends)).one()
+    assert tuple(claim) == ("sent", 1)
 
 
 @contextmanager
