@@ -3,7 +3,9 @@ source object in the bucket (by key, else by file name). Its lineage and the gen
 corrected rows get are `input_lineage.py`'s.
 
 A task whose input cannot be had raises `TaskInputMissing` (not retried: a person must look);
-a copy of a Stripe file of another size than its file object says, `StripeFileError` (retried).
+a copy of a Stripe file of another size than its file object says, or a file object unread
+now (no answer, a 5xx, a 429, a deadline), `StripeFileError` (retried); only a file object
+Stripe answers it has not (`_gone`) is done without.
 """
 
 from __future__ import annotations
