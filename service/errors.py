@@ -16,6 +16,7 @@ ServiceError                    reason: one line, no secrets
 ├── BucketError                 a bucket operation failed
 │   └── ObjectNotFound          the key does not exist (also a FileNotFoundError)
 ├── DeliveryFailed              a Slack or email message was not delivered (permanent)
+│   └── MaybeDelivered          a try went out without an answer: it may have arrived
 ├── BadParameter                a query parameter that cannot be used (400; a ValueError)
 ├── NotFound                    the item does not exist (404; a LookupError)
 └── Conflict                    the item is not in a state the action applies to (409)
@@ -182,6 +183,15 @@ class DeliveryFailed(ServiceError):
         super().__init__(reason)
         self.permanent = permanent
         self.delivered = delivered  # some recipients have it (sending again repeats it)
+
+
+class MaybeDelivered(DeliveryFailed):
+    """A try went out whole and no answer came (the connection dropped or timed out after
+    the request went, a gateway's 502 or 504, the deadline while waiting for the answer):
+    the message may have arrived. The send stops there, trying it no more (the next try
+    could deliver it twice, and a server that takes every try and never answers had it on
+    every try); what follows is the caller's (the critical alerts count it as possibly
+    arrived, the digest tries its window again after a backoff)."""
 
 
 class BadParameter(ServiceError, ValueError):

@@ -21,8 +21,6 @@ from enum import StrEnum
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
-from service.errors import DeliveryFailed
-
 if TYPE_CHECKING:  # settings pull in pydantic: `meterfix remediate` with files reads none
     import ssl  # its libssl: 2 MB of a `meterfix remediate` run's peak RSS, for a type
 
@@ -43,15 +41,6 @@ class Message:
     text: str
     html: str
     slack: Sequence[dict[str, Any]] = field(default_factory=tuple)
-
-
-class MaybeDelivered(DeliveryFailed):
-    """A try went out whole and no answer came (the connection dropped or timed out after
-    the request went, a gateway's 502 or 504, the deadline while waiting for the answer):
-    the message may have arrived. The send stops there, trying it no more (the next try
-    could deliver it twice, and a server that takes every try and never answers had it on
-    every try); what follows is the caller's (the critical alerts count it as possibly
-    arrived, the digest tries its window again after a backoff)."""
 
 
 class BetweenTries(Protocol):

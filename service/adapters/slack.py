@@ -25,14 +25,13 @@ from service.adapters.channels import (
     SEND_DEADLINE_SECONDS,
     BetweenTries,
     ChannelName,
-    MaybeDelivered,
     Message,
     SendDeadline,
     Sleep,
     redact,
     wait_between_tries,
 )
-from service.errors import DeliveryFailed
+from service.errors import DeliveryFailed, MaybeDelivered
 from service.logs import log_event
 
 TIMEOUT_SECONDS = 10

@@ -30,7 +30,6 @@ from service.adapters.channels import (
     SEND_DEADLINE_SECONDS,
     BetweenTries,
     ChannelName,
-    MaybeDelivered,
     Message,
     SendDeadline,
     Sleep,
@@ -38,7 +37,7 @@ from service.adapters.channels import (
     wait_between_tries,
 )
 from service.config import Settings
-from service.errors import DeliveryFailed
+from service.errors import DeliveryFailed, MaybeDelivered
 from service.logs import log_event
 
 if TYPE_CHECKING:

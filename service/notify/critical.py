@@ -52,14 +52,13 @@ from service.adapters.channels import (
     SEND_DEADLINE_SECONDS,
     BetweenTries,
     Channel,
-    MaybeDelivered,
     Message,
     redact,
     settings_secrets,
 )
 from service.config import Settings
 from service.db.locks import HeldLock, LockLost
-from service.errors import DeliveryFailed
+from service.errors import DeliveryFailed, MaybeDelivered
 from service.logs import log_event
 from service.models._types import utcnow
 from service.models.alerts import AlertStatus, MessageStatus
