@@ -76,6 +76,7 @@ from service.notify.store import (
     mark_unanswered,
     record_notification,
     resume_claim,
+    told_by_claims,
 )
 from service.notify.urls import DashboardLinks
 
@@ -210,7 +211,7 @@ class _Pass:
         if progress.get("next_at") and str(progress["next_at"]) > now.isoformat():
             return 0  # backing off after a failure
         attempt = _Attempt.of(progress)
-        told = _told(state) if phase == RESOLVED else None
+        told = self.told(row, state) if phase == RESOLVED else None
         message = self._message(row, phase)
         for channel in self.channels:
             if attempt.settled(channel.name) or (told is not None and channel.name not in told):
@@ -232,6 +233,14 @@ class _Pass:
             )
         _log(row, phase, state[phase], finished, attempt.busy)
         return 1 if finished and not attempt.errors else 0
+
+    def told(self, row: Mapping[str, Any], state: Mapping[str, Any]) -> Collection[str]:
+        """The channels the "raised" message went to, or may have: the ones the "resolved"
+        one goes to. Its progress says so, and its claims: one whose send went out without
+        an answer, refused when sent once more until its attempts ran out, is in no list of
+        its progress (its "resolved" message was never sent)."""
+        claims = told_by_claims(self.engine, row, RAISED)
+        return _told(state) | claims.sent | claims.maybe
 
     def _message(self, row: Mapping[str, Any], phase: str) -> Message:
         links = DashboardLinks(self.settings.mfx_public_url)
@@ -376,9 +385,8 @@ def _send_on(
     return MessageStatus.SENT, None
 
 
-def _told(state: Mapping[str, Any]) -> Collection[str]:
-    """The channels the "raised" message went to, or may have (unsure): the ones the
-    "resolved" one goes to."""
+def _told(state: Mapping[str, Any]) -> set[str]:
+    """The channels the "raised" message went to, or may have (unsure), by its progress."""
     raised = dict(state.get(RAISED) or {})
     return set(raised.get("channels", [])) | set(raised.get("unsure", []))
 

@@ -452,15 +452,30 @@ def close_unsent(engine: Engine, alert: Mapping[str, Any], phase: str, now: date
     that failed are given up (one statement: a sender between its tries, whose claim says
     failed, then sends nothing more, `resume_claim`), and what the claims say of who was
     told is read in the same transaction."""
-    where = (MESSAGES.c.alert_id == alert["id"]) & (MESSAGES.c.phase == phase)
-    where &= MESSAGES.c.incident_at == alert["created_at"]
+    where = _incident_messages(alert, phase)
     reason = "not sent: the incident was over first"
     closed = {"status": MessageStatus.GIVEN_UP.value, "finished_at": now, "last_error": reason}
     failed = where & (MESSAGES.c.status == MessageStatus.FAILED)
     with engine.begin() as connection:
         connection.execute(update(MESSAGES).where(failed).values(**closed))
-        query = select(MESSAGES.c.channel, MESSAGES.c.status, MESSAGES.c.resends).where(where)
-        rows = connection.execute(query).all()
+        return _told(connection, where)
+
+
+def told_by_claims(engine: Engine, alert: Mapping[str, Any], phase: str) -> Told:
+    """What the claims of the incident `alert`'s `phase` message say of who was told."""
+    with engine.connect() as connection:
+        return _told(connection, _incident_messages(alert, phase))
+
+
+def _incident_messages(alert: Mapping[str, Any], phase: str) -> ColumnElement[bool]:
+    where: ColumnElement[bool] = MESSAGES.c.alert_id == alert["id"]
+    where &= (MESSAGES.c.phase == phase) & (MESSAGES.c.incident_at == alert["created_at"])
+    return where
+
+
+def _told(connection: Connection, where: ColumnElement[bool]) -> Told:
+    query = select(MESSAGES.c.channel, MESSAGES.c.status, MESSAGES.c.resends).where(where)
+    rows = connection.execute(query).all()
     in_flight = (MessageStatus.SENDING, MessageStatus.UNSURE)
     sent = {str(r.channel) for r in rows if r.status == MessageStatus.SENT}
     maybe = {str(r.channel) for r in rows if r.status in in_flight or r.resends > 0}

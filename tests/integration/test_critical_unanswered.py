@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from service.adapters.channels import BetweenTries, Message
+from service.adapters.slack import ATTEMPTS as SLACK_TRIES
 from service.adapters.slack import SlackChannel
 from service.adapters.smtp import EmailChannel, SmtpTarget
 from service.config import Settings
@@ -28,7 +29,7 @@ from service.db import make_engine
 from service.db.locks import HeldLock, LockLost
 from service.models.alerts import Alert, CriticalMessage, DigestRun
 from service.notify.alerts import resolve_alert
-from service.notify.critical import send_critical_alerts
+from service.notify.critical import MAX_ATTEMPTS, send_critical_alerts
 from service.notify.digests import DigestSender
 from tests.integration.notify_helpers import (
     NOW,
@@ -277,6 +278,34 @@ def test_resolved_follows_a_raised_message_resent_then_refused(
     texts = [body for body, _ in seen]
     assert len(texts) == 3 and b"RESOLVED" in texts[2].upper(), texts
     assert claim(engine)[0] == "given_up"  # closed: not sent by anyone any more
+    assert the_alert(engine).detail["notify"]["resolved"]["channels"] == ["slack"]
+
+
+def test_resolved_follows_a_raised_message_unanswered_then_refused_until_given_up(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """The CRITICAL went out to Slack without an answer (it may have arrived), and Slack
+    refused its one more send (503) on every attempt until they ran out: the raised phase
+    ended with Slack in none of its lists, and when the incident was resolved no "resolved"
+    message was sent to Slack. Now its claims count too: a claim sent again may have
+    arrived, and the "resolved" message goes to Slack."""
+    raise_gave_up(engine)
+    t0 = datetime.now(UTC)
+    refusals = [E503] * SLACK_TRIES * (MAX_ATTEMPTS - 1)  # every try of every attempt left
+    with scripted([None, *refusals, OK]) as (url, seen):
+        settings = make_settings(database_url=str(engine.url), slack_webhook_url=url)
+        channel = SlackChannel(url, sleep=no_wait)
+        for hours in range(MAX_ATTEMPTS + 1):
+            one_pass(engine, settings, channel, t0 + timedelta(hours=hours))
+        alert = the_alert(engine)
+        assert alert.notified_at is not None and "unsure" not in alert.detail["notify"]["raised"]
+        assert claim(engine) == ("failed", 1)
+        with engine.begin() as connection:
+            resolve_alert(connection, "poller.gave_up:k")
+        one_pass(engine, settings, channel, t0 + timedelta(hours=MAX_ATTEMPTS + 1))
+        resolved = [body for body, _ in seen if b"RESOLVED" in body.upper()]
+    assert may_have_posted(seen, f"CRITICAL: {SUBJECT}") == 1
+    assert len(resolved) == 1, [body[:40] for body, _ in seen]
     assert the_alert(engine).detail["notify"]["resolved"]["channels"] == ["slack"]
 
 
