@@ -10,6 +10,7 @@ from typing import Any
 from sandbox.clock import now
 from sandbox.errors import not_found
 from sandbox.objects import JSON, build_file
+from sandbox.tracked import TrackedDict
 
 
 @dataclass
@@ -77,16 +78,17 @@ class SandboxState:
     meters: dict[str, JSON] = field(default_factory=dict)
     customers: dict[str, JSON] = field(default_factory=dict)
     files: dict[str, StoredFile] = field(default_factory=dict)
-    events: dict[str, JSON] = field(default_factory=dict)
+    # the stores a state file journals key by key (sandbox/persistence.py) are TrackedDicts
+    events: dict[str, JSON] = field(default_factory=TrackedDict)
     requests: list[JSON] = field(default_factory=list)
     meter_events: list[JSON] = field(default_factory=list)
     duplicates: list[JSON] = field(default_factory=list)
     pending_errors: list[PendingError] = field(default_factory=list)
-    identifiers: dict[str, float] = field(default_factory=dict)
-    sessions: dict[str, float] = field(default_factory=dict)
+    identifiers: dict[str, float] = field(default_factory=TrackedDict)
+    sessions: dict[str, float] = field(default_factory=TrackedDict)
     faults: list[Fault] = field(default_factory=list)
     import_sets: dict[str, JSON] = field(default_factory=dict)
-    connector_seen: dict[str, str] = field(default_factory=dict)
+    connector_seen: dict[str, str] = field(default_factory=TrackedDict)
     deliveries: list[JSON] = field(default_factory=list)
     connector_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _rate_window: tuple[int, int] = (0, 0)

@@ -3,7 +3,6 @@ SIGKILL) still serves what it had, to the real stripe SDK over HTTP."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from stripe.events import V1BillingMeterErrorReportTriggeredEvent
 
 from sandbox.client import SandboxAdmin
 from sandbox.defaults import SANDBOX_API_KEY, SANDBOX_WEBHOOK_SECRET
+from sandbox.persistence import StateFile
 from tests.servers import free_port
 
 METERFIX = str(Path(sys.executable).with_name("meterfix"))
@@ -145,8 +145,8 @@ def test_state_file_option_and_memory_only(tmp_path: Path) -> None:
     elsewhere = tmp_path / "state" / "sandbox.json"
     with _sandbox(tmp_path, "--state-file", str(elsewhere)) as url:
         SandboxAdmin(url).create_meter("api_requests")
-    saved = json.loads(elsewhere.read_text())
-    assert [m["event_name"] for m in saved["meters"].values()] == ["api_requests"]
+    saved = StateFile(elsewhere).load()
+    assert [m["event_name"] for m in saved.meters.values()] == ["api_requests"]
     assert not list(elsewhere.parent.glob("*.tmp")), "no temporary file is left behind"
     with _sandbox(tmp_path, "--state-file", "") as url:
         SandboxAdmin(url).create_meter("tokens")
@@ -166,3 +166,38 @@ def test_unreadable_state_file_is_one_clear_error(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "broken.json is unreadable" in result.stderr.decode()
     assert "Traceback" not in result.stderr.decode()
+
+
+def test_meter_events_answered_survive_a_kill_right_after(tmp_path: Path) -> None:
+    """Each batch is in the journal before its answer: a sandbox killed (SIGKILL) just after it
+    answered, started again on that journal (folded into the state file), killed again just
+    after its own batches, still has every accepted event and identifier (the 24 h dedupe)."""
+    batches = [
+        [
+            {"event_name": "api_requests", "identifier": f"k{b}-{i}", "payload": PAYLOAD}
+            for i in range(100)
+        ]
+        for b in range(3)
+    ]
+    journal = tmp_path / ".meterfix" / "sandbox-state.json.journal"
+    with _sandbox(tmp_path, stop=signal.SIGKILL) as url:
+        SandboxAdmin(url).create_meter("api_requests")
+        SandboxAdmin(url).create_customer("cus_kept")
+        token = str(_client(url).v2.billing.meter_event_session.create().authentication_token)
+        _stream(url, token, batches[0])
+        _stream(url, token, batches[1])
+    assert journal.stat().st_size > 200 * 150  # the batches are in the journal
+
+    with _sandbox(tmp_path, stop=signal.SIGKILL) as url:
+        assert len(SandboxAdmin(url).meter_events()) == 200
+        _stream(url, token, batches[1])  # dropped as duplicates
+        _stream(url, token, batches[2])
+
+    with _sandbox(tmp_path) as url:
+        admin = SandboxAdmin(url)
+        expected = [e["identifier"] for batch in batches for e in batch]
+        assert [e["identifier"] for e in admin.meter_events()] == expected
+        assert [d["identifier"] for d in admin.duplicates()] == expected[100:200]
+        _stream(url, token, batches[2])
+        assert len(admin.meter_events()) == 300
+        assert [d["identifier"] for d in admin.duplicates()][-100:] == expected[200:]

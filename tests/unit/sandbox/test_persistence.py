@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -55,7 +54,7 @@ def test_reset_forgets_file_contents_on_disk(tmp_path: Path) -> None:
     state.reset()
     store.save(state)
     assert list(store.contents_dir.iterdir()) == []
-    assert json.loads((tmp_path / "s.json").read_text())["meters"] == {}
+    assert StateFile(tmp_path / "s.json").load().meters == {}
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"version": 99}', "[]", '{"version": 1}'])
