@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import SplitResult, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -331,11 +331,17 @@ def settings_problems(exc: ValidationError) -> str:
     """`MFX_WORKER_LEASE: Value error, must be a positive number; ...`: one line (a check of
     several settings at once names them in its message)."""
     return "; ".join(
-        f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-        if e["loc"]
-        else e["msg"].removeprefix("Value error, ")
+        f"{'.'.join(map(str, e['loc'])).upper()}: {_problem(e)}" if e["loc"] else _problem(e)
         for e in exc.errors()
     )
+
+
+def _problem(error: Any) -> str:
+    """pydantic's message without its "Value error, " prefix; a boolean setting (only
+    MFX_MESSAGE_EXAMPLES) says it takes on or off, as the README writes it."""
+    if error["type"].startswith("bool_"):
+        return "must be on or off"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 # Variables of ours that are not settings: read by the sandbox command, the tests and the
@@ -365,6 +371,28 @@ def unknown_variables(names: Iterable[str]) -> list[tuple[str, str | None]]:
         if like or name.startswith("MFX_"):
             found.append((name, like[0] if like else None))
     return found
+
+
+def unknown_variable_warnings(names: Iterable[str]) -> list[str]:
+    """`unknown_variables` as the warnings every command logs (`config.unknown_variable`)."""
+    return [
+        f"{name} is not a meterfix setting: ignored" + (f" (did you mean {like}?)" if like else "")
+        for name, like in unknown_variables(names)
+    ]
+
+
+def missing_api_key(settings: Settings) -> str | None:
+    """The one line a command that calls Stripe says when STRIPE_API_KEY is not set while
+    other Stripe settings are (without any, the embedded sandbox's key is used): every call
+    then failed later, file by file, with Stripe's "Invalid API Key provided", never
+    naming the variable. None when a key is set."""
+    if settings.stripe_api_key.strip():
+        return None
+    return (
+        "STRIPE_API_KEY is not set, though other Stripe settings are: set it to your secret "
+        "key (sk_... or rk_...), which every call to Stripe needs (with no Stripe setting at "
+        "all, the bundled sandbox is used)"
+    )
 
 
 _DATABASE_URL_PREFIXES = ("sqlite://", "sqlite+pysqlite://", "postgresql+psycopg://")

@@ -98,6 +98,9 @@ def make_settings(tmp_path: Path) -> object:
     """Build Settings without reading the developer's environment or .env."""
 
     def build(**overrides: object) -> Settings:
+        # the bucket folder exists, as `make run` makes it: a file:// bucket's folder that
+        # does not is refused (BucketError), never made by an upload
+        (tmp_path / "bucket").mkdir(exist_ok=True)
         values: dict[str, object] = {
             "database_url": f"sqlite:///{tmp_path / 'meterfix.db'}",
             "bucket_url": f"file://{tmp_path / 'bucket'}",

@@ -80,8 +80,7 @@ class FileBucket:
     def _walk(self, prefix: str) -> Iterator[str]:
         """Keys of the files under the root starting with `prefix`; sidecars and temp files
         skipped. A name that is not UTF-8 is a key holding lone surrogates."""
-        if not self.root.is_dir():
-            return
+        self.check_root()
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
                 if name.endswith(SIDECAR_SUFFIX) or name.startswith(TEMP_MARK):
@@ -89,6 +88,19 @@ class FileBucket:
                 key = Path(dirpath, name).relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     yield key
+
+    def check_root(self) -> None:
+        """BucketError unless the root is a folder, as S3 answers NoSuchBucket: a BUCKET_URL
+        naming a folder that does not exist (`file://./buckt`) or a file (`/etc/passwd`)
+        was listed as an empty bucket, every pass "0 files", no alert, and the first upload
+        made the mistyped folder. The folder is never made here (`make run` makes `bucket`)."""
+        if self.root.is_dir():
+            return
+        what = "is not a folder" if self.root.exists() else "does not exist"
+        raise BucketError(
+            f"BUCKET_URL names the folder {self.root}, which {what}: create it, or correct "
+            "BUCKET_URL"
+        )
 
     def head(self, key: str) -> ObjectInfo | None:
         return self._info(key, with_metadata=True)
@@ -158,6 +170,7 @@ class FileBucket:
     def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> bool:
         sha, md5 = file_digests(src)
         path = self._path(key)
+        self.check_root()  # its folders inside are made as needed; never the root itself
         if is_identical(self.head(key), sha, md5):
             log_event("bucket.upload_skipped", key=key, reason="identical object exists")
             return False

@@ -11,6 +11,10 @@ raises TimeoutError (`CallDeadline`). Each thread has its own client (and connec
 so the connections shut are only ever the ones the late call may be using; whole-file
 transfers (`download`, `upload`: boto3's transfer threads) go through a client of their own,
 with the same timeouts and tries, bounded as a task is (MFX_TASK_TIME_LIMIT).
+
+A request S3 refuses, or that cannot be made (no credentials, the endpoint unreachable), is a
+BucketError saying so in one line (`_s3_errors`): `meterfix demo` and `remediate --upload`
+printed boto3's tracebacks (S3UploadFailedError, NoCredentialsError, EndpointConnectionError).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
@@ -36,7 +41,7 @@ from service.adapters.bucket_base import (
     temp_path,
 )
 from service.adapters.call_deadline import CallDeadline
-from service.errors import ObjectChanged, ObjectNotFound
+from service.errors import BucketError, ObjectChanged, ObjectNotFound
 from service.logs import log_event
 
 if TYPE_CHECKING:  # the stubs package exists only for type checking
@@ -172,16 +177,17 @@ class S3Bucket:
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object under the bucket prefix + `prefix`, in key order, paginated
         (`list_page_size` keys a request, each page within `limits.call`)."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = iter(
-            paginator.paginate(
-                Bucket=self.name,
-                Prefix=self._prefix + prefix,
-                PaginationConfig={"PageSize": self.list_page_size},
-            )
-        )
         what = f"{self._prefix + prefix} (a listing page)"
-        while (page := self._within(self.limits.call, what, lambda: next(pages, None))) is not None:
+        with self._s3_errors(f"cannot list s3://{self.name}/{self._prefix + prefix}"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = iter(
+                paginator.paginate(
+                    Bucket=self.name,
+                    Prefix=self._prefix + prefix,
+                    PaginationConfig={"PageSize": self.list_page_size},
+                )
+            )
+        while (page := self._listing_page(what, pages)) is not None:
             for item in page.get("Contents", []):
                 yield ObjectInfo(
                     key=item["Key"],
@@ -190,19 +196,35 @@ class S3Bucket:
                     last_modified=item["LastModified"],
                 )
 
+    def _listing_page(self, what: str, pages: Iterator[Any]) -> Any:
+        with self._s3_errors(f"cannot list s3://{self.name}/{self._prefix}"):
+            return self._within(self.limits.call, what, lambda: next(pages, None))
+
+    @contextmanager
+    def _s3_errors(self, doing: str) -> Iterator[None]:
+        """boto3's and botocore's errors as a BucketError: `doing` and why, in one line."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise BucketError(f"{doing}: {s3_reason(exc, self.name)}") from exc
+
     def head(self, key: str) -> ObjectInfo | None:
         from botocore.exceptions import ClientError
 
-        try:
-            response = self._within(
-                self.limits.call,
-                f"{key} (HEAD)",
-                lambda: self.client.head_object(Bucket=self.name, Key=key),
-            )
-        except ClientError as exc:
-            if _is_missing(exc):
-                return None
-            raise
+        with self._s3_errors(f"cannot read s3://{self.name}/{key}"):
+            try:
+                response = self._within(
+                    self.limits.call,
+                    f"{key} (HEAD)",
+                    lambda: self.client.head_object(Bucket=self.name, Key=key),
+                )
+            except ClientError as exc:
+                if _is_missing(exc):
+                    return None
+                raise
         return ObjectInfo(
             key=key,
             etag=response["ETag"].strip('"'),
@@ -219,7 +241,7 @@ class S3Bucket:
         steadily, failed at 900 s every pass until the poller gave it up)."""
         deadline = self._deadline(self.limits.transfer, f"{key} (GET, read to its end)")
         try:
-            with deadline.watching():
+            with deadline.watching(), self._s3_errors(f"cannot read s3://{self.name}/{key}"):
                 response = self._get(key, etag)
         except BaseException:
             deadline.cancel()
@@ -249,9 +271,10 @@ class S3Bucket:
             raise ObjectNotFound(f"no such object: s3://{self.name}/{key}")
         temp = temp_path(dest)
         try:
-            self._transfer_client.download_file(
-                self.name, key, str(temp), Config=_transfer_config()
-            )
+            with self._s3_errors(f"cannot download s3://{self.name}/{key}"):
+                self._transfer_client.download_file(
+                    self.name, key, str(temp), Config=_transfer_config()
+                )
             os.replace(temp, dest)
         finally:
             temp.unlink(missing_ok=True)
@@ -262,9 +285,10 @@ class S3Bucket:
             log_event("bucket.upload_skipped", key=key, reason="identical object exists")
             return False
         extra = {"Metadata": _ascii_metadata(metadata, sha)}
-        self._transfer_client.upload_file(
-            str(src), self.name, key, ExtraArgs=extra, Config=_transfer_config()
-        )
+        with self._s3_errors(f"cannot upload to s3://{self.name}/{key}"):
+            self._transfer_client.upload_file(
+                str(src), self.name, key, ExtraArgs=extra, Config=_transfer_config()
+            )
         log_event("bucket.uploaded", key=key, size=src.stat().st_size, sha256=sha)
         return True
 
@@ -307,3 +331,34 @@ def _status(exc: Exception) -> int | None:
 def _is_missing(exc: Exception) -> bool:
     error = getattr(exc, "response", {}).get("Error", {})
     return str(error.get("Code")) in {"404", "NoSuchKey", "NotFound"}
+
+
+def s3_reason(exc: BaseException, bucket: str) -> str:
+    """Why an S3 request failed, in one line and without its request (no headers, no keys):
+    S3's error code and message, or why no request could be made. boto3's
+    S3UploadFailedError ("Failed to upload /tmp/... to b/k: An error occurred ...") is said
+    as the error it wraps."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
+        return s3_reason(exc.__context__, bucket)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return (
+            "no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a "
+            "profile or role boto3 reads)"
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return f"cannot connect to {getattr(exc, 'kwargs', {}).get('endpoint_url') or 'S3'}"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code, message = str(error.get("Code") or _status(exc)), str(error.get("Message") or "")
+        if code == "NoSuchBucket":
+            return f"the bucket {bucket} does not exist (NoSuchBucket)"
+        return f"{code}: {message}" if message else code
+    return f"{type(exc).__name__}: {exc}"

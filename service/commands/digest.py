@@ -58,6 +58,8 @@ def _length_and_sender(since: str, dry_run: bool, channel: str | None) -> tuple[
         sender = DigestSender(rt.engine, rt.settings, channels, instance=_instance())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    if length <= 0:  # `--since 0` said "nothing happened in the last 0"
+        raise click.ClickException(f"--since {since}: the window must be longer than 0")
     if not dry_run and not channels:
         raise click.ClickException(
             "no channel configured: set SLACK_WEBHOOK_URL, or SMTP_URL and DIGEST_EMAIL_TO"

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from remediation.errors import MeterfixError
 from service.commands._shown import shown
 from service.commands._signals import stop_on_signals
-from service.config import Settings
+from service.config import Settings, missing_api_key
 from service.db.schema import check_schema
 from service.errors import SchemaNotCurrent
 from service.logs import log_event
@@ -54,6 +54,8 @@ def serve_command(port: int, host: str) -> None:
     from werkzeug.serving import make_server
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if problem := missing_api_key(runtime().settings):  # webhooks are stored all the same
+        log_event("config.no_api_key", level=logging.ERROR, message=problem)
     listening = _listen(host, port)  # before the dashboard's address is announced
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     _announce_dashboard(runtime().settings, f"http://{local}:{port}")  # terminal, not a log
@@ -109,6 +111,8 @@ def worker_command(once: bool) -> None:
     """Process the inbox and remediation tasks (and run the poller when MFX_POLLER is set)."""
     rt = runtime()
     _check_notify_settings(rt)
+    if problem := missing_api_key(rt.settings):  # every event and task calls Stripe
+        raise click.ClickException(problem)
     worker = InboxWorker(rt.engine, rt.settings, hard_time_limit=True)
     try:
         worker.check_database()

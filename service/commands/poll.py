@@ -15,9 +15,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from remediation.ports import ObjectInfo
 from service.commands._shown import shown, shown_in_markup
 from service.commands._signals import stop_on_signals
+from service.config import PollerMode, missing_api_key
 from service.db.schema import check_schema
-from service.errors import SchemaNotCurrent
-from service.poller.job import poll_forever
+from service.errors import BucketError, SchemaNotCurrent
+from service.poller.job import beat_exited, poll_forever
 from service.poller.lock import poller_lock
 from service.poller.passes import PassReport, PollerDeps, Progress, build_poller_deps, run_poll_pass
 from service.poller.retry import RETRIED, describe, describe_earlier, find_retry, reopen
@@ -43,6 +44,9 @@ from service.runtime import runtime
 def poll_command(once: bool, retry_key: str | None, yes: bool) -> None:
     """Import new usage files from the bucket into Stripe (or only index them)."""
     rt = runtime()
+    problem = missing_api_key(rt.settings)
+    if problem and rt.settings.mfx_poller != PollerMode.INDEX:  # index mode calls no Stripe
+        raise click.ClickException(problem)
     try:
         deps = build_poller_deps(rt)
         check_schema(rt.engine)  # a database never migrated was "unavailable: OperationalError"
@@ -65,12 +69,24 @@ def poll_command(once: bool, retry_key: str | None, yes: bool) -> None:
 
 
 def _one_pass(deps: PollerDeps, *, locked: bool = False) -> PassReport:
+    """One pass, then the heartbeat says this poller exited (`beat_exited`)."""
+    report: PassReport | None = None
+    try:
+        report = _run_one_pass(deps, locked=locked)
+    finally:
+        beat_exited(deps, report)
+    return report
+
+
+def _run_one_pass(deps: PollerDeps, *, locked: bool) -> PassReport:
     with _progress_bar() as progress:
         deps.progress = progress
         try:
             return run_poll_pass(deps, locked=locked)
         except SQLAlchemyError as exc:
             raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
+        except BucketError as exc:  # says what could not be read and why
+            raise click.ClickException(shown(f"poll failed: {exc}")) from exc
         except Exception as exc:  # the bucket cannot be listed: the pass could not run
             raise click.ClickException(shown(f"poll failed: {type(exc).__name__}: {exc}")) from exc
 

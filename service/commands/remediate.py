@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -27,6 +27,9 @@ from service.commands._remediate_run import run, source_name
 from service.commands._shown import shown
 from service.runtime import Adapters
 
+if TYPE_CHECKING:  # pydantic is loaded only once the settings are read
+    from service.config import Settings
+
 T = TypeVar("T")
 
 
@@ -38,9 +41,12 @@ def _adapters(rules_path: str | None, meters_path: str | None) -> Adapters:
 
 
 def _configured(get: Callable[[], T]) -> T:
-    """`get()`; settings that do not validate are one line, as every command says them."""
+    """`get()`; settings that do not validate are one line, as every command says them. Once
+    the settings are read, a variable of the environment that is no setting is warned of
+    (`config.unknown_variable`, on stderr), as the other commands do: `MFX_RULE` for
+    MFX_RULES ran the built-in rules, unsaid."""
     try:
-        return get()
+        value = get()
     except Exception as exc:
         # Imported here: pydantic is loaded only once settings are read (not with `--rules`
         # and `--meters`: that command stays ~30 MB lighter), and by then it is loaded.
@@ -51,6 +57,36 @@ def _configured(get: Callable[[], T]) -> T:
         if isinstance(exc, ValidationError):
             raise click.ClickException(f"bad configuration: {settings_problems(exc)}") from exc
         raise
+    _warn_unknown_variables()
+    return value
+
+
+_warned: list[str] = []  # the warnings said, once a process
+
+
+def _warn_unknown_variables() -> None:
+    """Only once the settings were read (`service.config` loaded): given --rules and
+    --meters, no setting is read (nor pydantic loaded), and none can change the run."""
+    if _warned or "service.config" not in sys.modules:
+        return
+    import logging
+    import os
+
+    from service.config import unknown_variable_warnings
+    from service.logs import log_event
+
+    _warned.append("done")
+    for message in unknown_variable_warnings(os.environ):
+        log_event("config.unknown_variable", level=logging.WARNING, message=message)
+
+
+def _stripe_key(settings: Settings) -> None:
+    """One line naming STRIPE_API_KEY when it is missing, before any call to Stripe."""
+    from service.config import missing_api_key
+
+    problem = missing_api_key(settings)
+    if problem is not None:
+        raise click.ClickException(f"{problem}; or pass --meters FILE")
 
 
 def _meters(adapters: Adapters) -> list[Meter]:
@@ -73,6 +109,7 @@ def _meters(adapters: Adapters) -> list[Meter]:
 def _meters_from_stripe(adapters: Adapters) -> list[Meter]:
     """Every meter (active and inactive) from Stripe, or the sandbox when none is configured."""
     settings = _configured(lambda: adapters.settings)
+    _stripe_key(settings)
     try:
         return adapters.meters
     except Exception as exc:  # one clear line: the Stripe call failed
@@ -101,7 +138,7 @@ def _customers(adapters: Adapters, rules: Rules) -> CustomerDirectory | None:
     the CLI makes no Stripe call for customers, and works offline."""
     if not rules.policy.customer_metadata_key:
         return None
-    _configured(lambda: adapters.settings)
+    _stripe_key(_configured(lambda: adapters.settings))
     return adapters.customer_directory()
 
 

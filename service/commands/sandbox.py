@@ -36,7 +36,12 @@ def _settings() -> Settings:
     help="TCP port",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
-@click.option("--webhook-url", default=None, help="Deliver flushed reports and import sets here.")
+@click.option(
+    "--webhook-url",
+    default=None,
+    help="Deliver flushed reports and import sets here  [default: none, the events are "
+    f"kept in the sandbox; `make run` gives {DEFAULT_TARGET}]",
+)
 @click.option("--connector-interval", default=0.0, type=float, help="Poll BUCKET_URL every S s.")
 @click.option(
     "--report-interval",

@@ -173,6 +173,17 @@ def start_poller_job(settings: Settings, stop: threading.Event) -> threading.Thr
     return thread
 
 
+def beat_exited(deps: PollerDeps, report: PassReport | None) -> None:
+    """The last beat of a process that ran one pass and exits (`meterfix poll --once`, `poll
+    --retry`): its row kept `doing: pass` (or `import` of a key), and /api/health showed the
+    poller importing after the process was gone. It says the process exited and how its pass
+    ended (`ran`, `skipped`: another poller's pass was under way, `failed`); no further beat
+    follows, so MFX_HEARTBEAT_SILENCE later the silence alert says no poller runs, as it should
+    for a poller only run by hand (its message is not the one of a poller stuck in a pass)."""
+    ended = "failed" if report is None else "ran" if report.ran else "skipped"
+    _beat(deps, {"doing": "exited", "pass": ended})
+
+
 def _beat_waiting(deps: PollerDeps, next_pass_at: str) -> None:
     _beat(deps, {"doing": "waiting", "next_pass_at": next_pass_at})
 

@@ -147,6 +147,7 @@ def test_large_file_goes_multipart(
 
 
 def test_file_bucket_rejects_escaping_keys(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
     bucket = FileBucket(tmp_path / "b")
     for key in ("../evil.csv", "/etc/passwd", "a//b.csv", ""):
         with pytest.raises(BucketError):
@@ -154,6 +155,7 @@ def test_file_bucket_rejects_escaping_keys(tmp_path: Path) -> None:
 
 
 def test_file_bucket_sidecar_and_no_temp_leftovers(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
     bucket = FileBucket(tmp_path / "b")
     src = _write(tmp_path / "a.jsonl", b'{"a":1}\n')
     bucket.upload(src, "q/a.jsonl", {"MFX-Source": "file_123"})
@@ -209,6 +211,7 @@ def test_file_bucket_remembers_one_etag_an_object_however_often_it_changes(
 ) -> None:
     """A long-lived process (the poller on a `file://` bucket) lists the same objects again
     and again: the ETags it remembers are one an object, the latest, not one a version."""
+    (tmp_path / "b").mkdir()
     bucket = FileBucket(tmp_path / "b")
     for n in range(1, 6):
         src = _write(tmp_path / f"v{n}.csv", b"a\n" * n)

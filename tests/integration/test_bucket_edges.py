@@ -81,7 +81,7 @@ def test_a_file_name_that_is_not_utf8_does_not_stop_the_poller(
     a Windows share or an old zip writes it) failed every pass at its record (the key is no
     text a database takes), so no file listed after it was ever imported."""
     root = tmp_path / "bucket"
-    root.mkdir()
+    root.mkdir(exist_ok=True)
     with open(os.path.join(os.fsencode(root), b"m\xfcnchen.csv"), "wb") as out:
         out.write((HEADER + _rows("m", 1)).encode())
     os.utime(os.path.join(os.fsencode(root), b"m\xfcnchen.csv"), (time.time() - 120,) * 2)

@@ -242,8 +242,7 @@ def test_log_format_text_and_log_level(tmp_path: Path) -> None:
     # a bad value stops every command at start (it was a warning, then INFO)
     bad = _run(["worker", "--once"], tmp_path, LOG_LEVEL="LOUD")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        "Error: bad configuration: LOG_LEVEL: Value error, must be one of DEBUG, INFO, "
-        "WARNING, ERROR, CRITICAL"
+        "Error: bad configuration: LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
     ]
 
 

@@ -32,7 +32,7 @@ from tests.integration.test_remediation_tasks import (  # noqa: F401
 def test_forged_generation_metadata_does_not_kill_the_task(service: Service, sidecar: str) -> None:
     now = int(time.time()) - 60
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
-    bucket.mkdir(parents=True)
+    bucket.mkdir(parents=True, exist_ok=True)
     header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
     (bucket / "daily.csv").write_text(header + f"a1,{now * 1000},api_requests,cus_1,5\n")
     (bucket / "daily.csv.meta.json").write_text(sidecar)

@@ -106,7 +106,7 @@ def _import_set_with_errors(svc: Service, impset: str) -> dict[str, object]:
 
 def test_a_failed_upload_is_retried_and_recorded_once(service: Service) -> None:
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
-    bucket.parent.mkdir(parents=True, exist_ok=True)
+    bucket.rmdir()  # made by `make_settings`, as `make run` makes it
     bucket.write_text("not a directory")  # every upload fails
     service.deliver(_import_set_with_errors(service, "impset_retry"))
     service.drain()
@@ -120,6 +120,7 @@ def test_a_failed_upload_is_retried_and_recorded_once(service: Service) -> None:
     assert sorted(a.new_identifier for a in service.rows(CorrectionAudit)) == ["a1-mfx1", "a2-mfx1"]
     assert not [t for t in threading.enumerate() if t.name.startswith("meterfix-audit-load")]
     bucket.unlink()  # the bucket comes back
+    bucket.mkdir()
     with Session(service.engine) as session:
         task = session.exec(select(InboxEvent).where(InboxEvent.style == "task")).one()
         task.next_attempt_at = None
@@ -487,7 +488,7 @@ def test_a_failed_import_set_naming_an_object_overwritten_since_reads_stripes_co
     failed = header + f"f1;{now};api_requests;cus_1;5\nf3;{now};api_requests;cus_1;7\n"
     fixed = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
     fixed += f"f1,{now},api_requests,cus_1,5\nf2,{now},api_requests,cus_1,6\n"
-    bucket.mkdir(parents=True)
+    bucket.mkdir(parents=True, exist_ok=True)
     (bucket / "daily.csv").write_text(fixed)  # the key holds the fixed version now
     stripe_copy = service.sandbox.admin.upload_file(failed, "daily.csv")
     body = {
@@ -520,7 +521,7 @@ def test_a_failed_import_set_whose_object_changed_and_no_copy_kept_is_not_guesse
     only if it was not written after the failure: a newer version is another file."""
     now = int(time.time())
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
-    bucket.mkdir(parents=True)
+    bucket.mkdir(parents=True, exist_ok=True)
     (bucket / "later.csv").write_text(
         "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
         f"g1,{now - 60},api_requests,cus_1,5\n"
@@ -546,7 +547,7 @@ def test_a_source_without_rows_raises_an_alert(service: Service) -> None:
 def test_a_report_counting_more_rows_than_we_can_find_is_partial(service: Service) -> None:
     now = int(time.time()) - 60
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
-    bucket.mkdir(parents=True)
+    bucket.mkdir(parents=True, exist_ok=True)
     (bucket / "p.csv").write_text(
         "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
         f"p1,{now},api_requests,acme-42,5\np2,{now},api_requests,cus_ok,5\n"
@@ -672,7 +673,7 @@ def test_failed_records_held_by_a_later_version_of_the_object_are_left_to_stripe
     the same, not held up."""
     now = int(time.time()) - 60
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
-    bucket.mkdir(parents=True)
+    bucket.mkdir(parents=True, exist_ok=True)
     header = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
     taken = header + f"a1,{now * 1000},api_requests,cus_1,5\na2,{now},api_requests,cus_1,x\n"
     fixed = header + f"a1,{now},api_requests,cus_1,5\na2,{now},api_requests,cus_1,1234\n"

@@ -144,7 +144,7 @@ def test_a_sampled_archived_meter_speaks_for_the_rows_stripe_took_with_it(
     archived_at = admin.deactivate_meter(meter["id"])["status_transitions"]["deactivated_at"]
     Path(service.settings.mfx_rules).write_text('[meter_successors]\n"api_requests" = "api_v2"\n')
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
-    bucket.mkdir(parents=True)
+    bucket.mkdir(parents=True, exist_ok=True)
     (bucket / "q.csv").write_text(ARCHIVED_OBJECT.format(now=int(time.time()) - 60))
     sent = None if first_sent is None else datetime.fromtimestamp(archived_at + first_sent, UTC)
     etag = _etag(service, "q.csv")

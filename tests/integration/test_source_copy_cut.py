@@ -102,7 +102,7 @@ def test_a_copy_of_the_source_cut_short_is_retried_not_read_as_missing(
     and is retried; the next, the copy whole, finds the same bytes and corrects them."""
     now = int(time.time()) - 60
     bucket = Path(service.settings.bucket_url.removeprefix("file://"))
-    bucket.mkdir(parents=True)
+    bucket.mkdir(parents=True, exist_ok=True)
     taken = HEADER + f"a1,{now * 1000},api_requests,cus_1,5\na2,{now},api_requests,cus_1,x\n"
     (bucket / "daily.csv").write_text(taken)
     later = time.time() + 5  # written again after Stripe's event

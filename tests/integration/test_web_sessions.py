@@ -188,7 +188,7 @@ def test_a_token_shorter_than_16_characters_is_refused(tmp_path: Path) -> None:
     result = _run(["serve"], tmp_path, MFX_ADMIN_TOKEN="short-token-123")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        "Error: bad configuration: MFX_ADMIN_TOKEN: Value error, must be at least 16 "
+        "Error: bad configuration: MFX_ADMIN_TOKEN: must be at least 16 "
         "characters (a random one: 32 bytes or more)"
     ]
     for value in ("abcdefghijklmno\n", " " * 20, "\t" + "x" * 15 + "\n"):

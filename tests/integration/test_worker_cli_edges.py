@@ -67,6 +67,7 @@ def test_demo_name_with_a_folder_is_one_clear_line(sqlite_url: str, tmp_path: Pa
     --name day/usage.csv` (a bucket key under a folder, as producers write them) dies with a
     FileNotFoundError traceback: the file is first written to a temporary directory under that
     name, outside the error handling, and the folder does not exist there."""
+    (tmp_path / "bucket").mkdir()  # as `make run` makes it
     result = _cli(
         ["demo", "--name", "incoming/demo.csv"], _file_env(tmp_path, sqlite_url), tmp_path
     )
