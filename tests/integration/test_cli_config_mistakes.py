@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -260,6 +261,21 @@ def test_a_missing_api_key_is_said_at_start(command: str, db_url: str, tmp_path:
         "worker": ["worker", "--once"],
     }
     _one_clear_line(_run(args[command], tmp_path, env), MISSING_KEY, "sk_")
+
+
+def test_serve_without_an_api_key_says_so_at_start(sqlite_url: str, tmp_path: Path) -> None:
+    """The web stores webhooks without calling Stripe, so it starts; its first lines name the
+    missing key (it logged only the opposite mistake, `config.no_webhook_secret`). A port
+    held by this test ends it right after its start-up lines."""
+    env = _env(DATABASE_URL=sqlite_url, STRIPE_WEBHOOK_SECRETS="whsec_abc")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = _run(["serve", "--port", str(port)], tmp_path, env)
+    said = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    [line] = [entry for entry in said if entry["event"] == "config.no_api_key"]
+    assert line["level"] == "ERROR" and line["message"].startswith(MISSING_KEY)
 
 
 def test_a_poller_in_index_mode_needs_no_api_key(db_url: str, tmp_path: Path) -> None:
