@@ -912,6 +912,7 @@ def test_the_cli_records_that_a_run_kept_its_identifiers(tmp_path: Path) -> None
     )
     args = [str(source), "--out", str(tmp_path / "out"), "--now", "1764000000"]
     args += ["--meters", str(DATA / "meters.json"), "--rules", str(DATA / "rules.toml")]
+    (tmp_path / "b").mkdir()  # a bucket folder that is not there is refused
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "BUCKET_URL": f"file://{tmp_path}/b"}
     proc = subprocess.run(
         [METERFIX, "remediate", *args, "--identifiers", "keep", "--upload", "--json"],
@@ -1311,6 +1312,7 @@ def test_cli_reads_the_generation_of_a_long_named_file_from_its_shortened_sideca
     source = tmp_path / "upload.csv"
     source.write_text(body)
     name = "x" * 230 + ".corrected.r1.csv"
+    (tmp_path / "bucket").mkdir()  # a bucket folder that is not there is refused
     FileBucket(tmp_path / "bucket").upload(source, name, {"mfx-generation": "1"})
     [sidecar] = [f.name for f in (tmp_path / "bucket").iterdir() if f.name != name]
     assert sidecar.endswith(".meta.json") and len(sidecar) < 255  # `<name>.meta.json` is 264
