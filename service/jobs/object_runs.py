@@ -40,7 +40,7 @@ from service.jobs.store.lineage import handled_among, runs_correcting, runs_of_s
 from service.jobs.store.runs import import_set_of, report_of, run_keys
 from service.jobs.store.taken_again import mark_refused_again, marked_among
 from service.logs import log_event
-from service.notify.runs import settle_alerts_of_rows
+from service.notify.runs import RunAlertsToSettle
 
 # "mfx_rept": the seed of the lock the runs over one object take turns by
 OBJECT_RUN_LOCK_KEY = 0x6D66785F72657074
@@ -156,6 +156,7 @@ class HandledElsewhere(LeftOut):
         refused: RefusedAgain | None = None,
     ) -> None:
         self.engine, self.key, self.refused, self.again = engine, key, refused, 0
+        self.settling = RunAlertsToSettle()  # the runs whose rows `excluded` marks
         sources = object_sources(engine, bucket, key)
         self.runs = runs_of_sources(engine, sources, run_key)
         # the re-runs that took their quarantined rows too (quarantined again there)
@@ -171,8 +172,8 @@ class HandledElsewhere(LeftOut):
         again: set[str] = set()
         if self.refused is not None and self.chain:
             at, version = self.refused
-            settle = settle_alerts_of_rows  # the runs' alerts, once none of their rows waits
-            mark_refused_again(self.engine, self.chain, listed, version, at, self.earlier, settle)
+            note = self.settling.note  # their runs' alerts told once the run read the file
+            mark_refused_again(self.engine, self.chain, listed, version, at, self.earlier, note)
             # counted by what is marked, not by what this try marked: a task retried after
             # a crash (its first try marked them) says the same
             again = marked_among(self.engine, self.chain, listed)
@@ -181,6 +182,9 @@ class HandledElsewhere(LeftOut):
         return excluded
 
     def outcome(self) -> str:
+        """What the task says of the rows (the run has read them all); first the alerts of
+        the runs whose rows `excluded` marked are told, once (not once a chunk)."""
+        self.settling.settle(self.engine)
         again = (
             f"; {self.again} quarantined before refused again (marked taken again): "
             "remediated from this version"

@@ -15,7 +15,7 @@ from service.jobs.store.lineage import corrected_among, runs_correcting
 from service.jobs.store.runs import failed_file_run_key, finished_run, report_of, run_keys
 from service.jobs.store.taken_again import mark_taken_again, quarantine_times
 from service.models import ImportSet, RemediationRun
-from service.notify.runs import settle_alerts_of_rows
+from service.notify.runs import RunAlertsToSettle
 
 
 def _taken(
@@ -89,6 +89,7 @@ class TakenBefore(LeftOut):
         self, deps: JobDeps, import_set: ImportSet, source: Path, folder: Path, run_key: str
     ) -> None:
         self.engine = deps.run.engine
+        self.settling = RunAlertsToSettle()  # the runs whose rows `excluded` marks
         others = _other_versions(deps, import_set)
         wanted = identifiers_in(source, deps.run.rules) if others else set()
         # identifier -> when a version took it last (its import set's event), and a label
@@ -117,12 +118,14 @@ class TakenBefore(LeftOut):
             by_version.setdefault(self.taken[identifier], []).append(identifier)
         for (when, label), identifiers_of in by_version.items():
             at = datetime.fromtimestamp(when, UTC)
-            mark_taken_again(
-                self.engine, self.runs, identifiers_of, label, at, settle_alerts_of_rows
-            )
+            note = self.settling.note  # their runs' alerts told once the run read the file
+            mark_taken_again(self.engine, self.runs, identifiers_of, label, at, note)
         return left
 
     def outcome(self) -> str:
+        """What the task says of the rows (the run has read them all); first the alerts of
+        the runs whose rows `excluded` marked are told, once (not once a chunk)."""
+        self.settling.settle(self.engine)
         what = "left out: Stripe's connector took them from another version of the file"
         return self.said("remediation.rows_taken_before", what)
 

@@ -41,7 +41,7 @@ from service.jobs.store.reruns import (
 from service.jobs.store.runs import import_set_of
 from service.jobs.store.taken_again import mark_rows_taken_again
 from service.models._types import as_utc
-from service.notify.runs import settle_alerts_of_rows
+from service.notify.runs import RunAlertsToSettle
 from service.poller.store import sent_moments
 
 
@@ -158,8 +158,10 @@ def _mark(engine: Engine, labels: dict[int, str]) -> None:
     by_label: dict[str, list[int]] = {}
     for row_id, label in labels.items():
         by_label.setdefault(label, []).append(row_id)
+    settling = RunAlertsToSettle()  # once all are marked: a label may be a row's own
     for label, row_ids in by_label.items():
-        mark_rows_taken_again(engine, row_ids, label, settle_alerts_of_rows)
+        mark_rows_taken_again(engine, row_ids, label, settling.note)
+    settling.settle(engine)
 
 
 def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) -> set[int]:
@@ -180,6 +182,7 @@ def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) 
         if key and _object_key(key):  # not a local path (`remediate --upload`'s source)
             by_key.setdefault(key, []).append(row)
     taken: set[int] = set()
+    settling = RunAlertsToSettle()  # once all are marked, not once an object
     for key, rows in by_key.items():
         later = _later_version(ctx, key, min(row.at for row in rows))
         if later is None:
@@ -188,8 +191,9 @@ def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) 
         uploaded = as_utc(info.last_modified) or datetime.now(UTC)
         found_ids = [r.id for r in rows if r.identifier in held and uploaded > r.at]
         label = f"{info.key} (ETag {info.etag}, uploaded {uploaded:%Y-%m-%d %H:%M} UTC)"
-        mark_rows_taken_again(ctx.engine, found_ids, label, settle_alerts_of_rows)
+        mark_rows_taken_again(ctx.engine, found_ids, label, settling.note)
         taken.update(found_ids)
+    settling.settle(ctx.engine)
     return taken
 
 

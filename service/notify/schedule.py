@@ -2,7 +2,8 @@
 
 - digests on the DIGEST_EVERY grid (and a catch-up/retry pass every minute),
 - critical alerts every few seconds,
-- retention once an hour.
+- retention once an hour, then the open run alerts a crash left unsettled
+  (`service.notify.runs.settle_open_run_alerts`).
 
 (The heartbeat-silence check runs beside them: `service.worker.silence`, the worker's room.)
 
@@ -33,6 +34,7 @@ from service.notify.critical import send_critical_alerts
 from service.notify.digests import DigestSender
 from service.notify.leader import leading
 from service.notify.retention import purge_expired
+from service.notify.runs import settle_open_run_alerts
 from service.runtime import Runtime
 
 CRITICAL_EVERY_SECONDS = 5
@@ -146,6 +148,7 @@ class NotifyJobs:
         with self._leading(":meterfix.retention") as lock:  # a purge twice deletes nothing more
             if lock:
                 purge_expired(self.runtime.engine, self.settings.mfx_retention_days)
+                settle_open_run_alerts(self.runtime.engine)  # a crash left them behind
 
     @contextmanager
     def _leading(self, name: str) -> Iterator[HeldLock]:

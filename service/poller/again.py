@@ -25,7 +25,7 @@ from service.jobs.store.reports import object_sources
 from service.jobs.store.taken_again import mark_taken_again
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
-from service.notify.runs import settle_alerts_of_rows
+from service.notify.runs import RunAlertsToSettle
 from service.poller.object_progress import RESEND_HORIZON
 from service.poller.store import first_versions, object_times, recordable
 
@@ -51,6 +51,7 @@ class TakenAgain:
         self.runs: list[int] | None = None  # the runs correcting this object's rows
         self.corrected_samples: list[str] = []
         self.held = 0  # rows meterfix holds in quarantine, taken again (marked so)
+        self.settling = RunAlertsToSettle()  # their runs, whose alerts `alert` settles
 
     def check(self, refs: Sequence[RowRef]) -> None:
         """Look the rows up before they are recorded (one query per call, one more for the
@@ -64,7 +65,7 @@ class TakenAgain:
             self.runs = runs_correcting(self.engine, sources)
         label = f"{self.obj.key} (ETag {self.obj.etag}, uploaded {self._stamp(self.uploaded)})"
         self.held += mark_taken_again(
-            self.engine, self.runs, sorted(identifiers), label, self.uploaded, settle_alerts_of_rows
+            self.engine, self.runs, sorted(identifiers), label, self.uploaded, self.settling.note
         )
         for identifier, first in first_versions(self.engine, identifiers).items():
             # this version itself counts when uploaded again (the same bytes, a later
@@ -92,7 +93,9 @@ class TakenAgain:
 
     def alert(self) -> None:
         """A warning alert when rows billed before were counted; an info alert when only rows
-        meterfix held in quarantine were taken again (re-runs leave them: nothing to do)."""
+        meterfix held in quarantine were taken again (re-runs leave them: nothing to do).
+        First the alerts of the runs whose rows were marked taken again are told, once."""
+        self.settling.settle(self.engine)
         total = self.rows + self.corrected
         if not total and not self.held:
             return

@@ -90,7 +90,10 @@ def import_object(
         )
         # closing: a failure mid-file finishes the readers while their stream is still open
         with closing(chunks):
-            _send_all(job, obj, progress, chunks, failed_out, tally, others, sent_in)
+            try:
+                _send_all(job, obj, progress, chunks, failed_out, tally, others, sent_in)
+            finally:  # the alerts of the runs whose rows it marked, once (not a batch)
+                others.settle_alerts()
     job.check_lock()  # lost: the next holder records the import, not this pass too
     return _record_imported(job, obj, impset_id, path, tally), path
 

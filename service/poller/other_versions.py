@@ -13,7 +13,7 @@ from service.errors import HorizonPassed
 from service.jobs.store.lineage import refused_among, runs_correcting, written_among
 from service.jobs.store.taken_again import held_among, mark_taken_again
 from service.models._types import utcnow
-from service.notify.runs import settle_alerts_of_rows
+from service.notify.runs import RunAlertsToSettle
 from service.poller.object_progress import RESEND_HORIZON, SentBatch, SentRow
 from service.poller.progress import ProgressStore
 from service.poller.store import recordable
@@ -49,6 +49,7 @@ class OtherVersions:
         # left for a re-run: the refusal is looked up under the key that sent it too
         self._senders: dict[int, str] = {}  # object id -> key
         self._sender_runs: dict[str, list[int]] = {}  # key -> runs_correcting(key)
+        self._alerts = RunAlertsToSettle()  # the runs whose rows `taken_again` marked
 
     def sent(self, identifiers: list[str]) -> set[str]:
         """Which of these rows of this version another version sent (or a run over the
@@ -100,12 +101,17 @@ class OtherVersions:
     def taken_again(self, identifiers: list[str]) -> None:
         """Rows of this version Stripe acknowledged that a run over the object holds in
         quarantine: marked taken again (a quarantine re-run leaves them, and an error report
-        about them is a new refusal): each is now billed, or refused again."""
+        about them is a new refusal): each is now billed, or refused again. Their runs'
+        alerts are told once the import is done (`settle_alerts`), not a batch at a time."""
         now = utcnow()
         sent = f"sent by the poller {now:%Y-%m-%d %H:%M} UTC"
         label = f"{self.obj.key} (ETag {self.obj.etag}), {sent}"
         engine, runs = self.progress.engine, self._refusing()
-        mark_taken_again(engine, runs, identifiers, label, now, settle_alerts_of_rows)
+        mark_taken_again(engine, runs, identifiers, label, now, self._alerts.note)
+
+    def settle_alerts(self) -> None:
+        """The alerts of the runs whose rows `taken_again` marked, told (never raises)."""
+        self._alerts.settle(self.progress.engine)
 
     def _correcting(self) -> list[int]:
         """The runs whose corrections are of this object's rows (read once per import)."""

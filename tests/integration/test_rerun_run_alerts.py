@@ -242,7 +242,7 @@ def test_a_run_alert_counts_the_rows_still_waiting_until_the_last_is_taken(
     with _browser(app) as (url, browser):
         line = _taken_line(url, browser, first.id)  # type: ignore[arg-type]
     assert line == (
-        f"1 of its 3 quarantined rows were taken again: by run #{one.id} (1 row); 2 still waiting."
+        f"1 of its 3 quarantined rows was taken again: by run #{one.id} (1 row); 2 still waiting."
     )
 
     two = _rerun(client, settings, engine, f"run={first.id}")  # a1 and a2
@@ -319,7 +319,7 @@ def test_a_run_alert_is_resolved_when_the_poller_sends_its_row_again_fixed_by_ha
     quarantined it: a warning alert for the run of Stripe's report. The customer fixed the
     row and uploaded the file again; the poller sent it and Stripe acknowledged it, marking
     the entry taken again: the alert stayed open, one row "quarantined" though none waited.
-    Now it is resolved in the transaction that marks the row, and the run's page says it."""
+    Now it is resolved once the import is done, and the run's page says it."""
     with bundled_poller(loop) as deps:
         other, row = a_row_stripe_refused(loop, deps)
         with Session(loop.engine) as session:
@@ -339,7 +339,7 @@ def test_a_run_alert_is_resolved_when_the_poller_sends_its_row_again_fixed_by_ha
     assert (alert.status, alert.count) == ("resolved", 1)
     assert alert.subject.endswith("1 row quarantined; taken again"), alert.subject
     assert alert.message.endswith(
-        "\nTaken again since: 1 of its 1 quarantined rows, by a later version of their file "
+        "\nTaken again since: its quarantined row, by a later version of their file "
         "or another take (1 row, marked); none waiting."
     ), alert.message
     app = make_app(loop.settings.model_copy(update={"mfx_admin_token": TOKEN}))
@@ -435,7 +435,7 @@ def test_a_rerun_that_leaves_a_row_taken_elsewhere_resolves_its_runs_alert(
         f"run #{first.id} (import_set.succeeded): 1 row quarantined; taken again",
     )
     assert alert.message.endswith(
-        "\nTaken again since: 1 of its 1 quarantined rows, by a later version of their file "
+        "\nTaken again since: its quarantined row, by a later version of their file "
         "or another take (1 row, marked); none waiting."
     ), alert.message
     assert _alert(engine, "run:import_set:impset_q:file_copy").status == "open"

@@ -191,7 +191,8 @@ def _up_the_chain(held: set[tuple[int, str]], taken: list[Row[Any]]) -> set[tupl
 
 
 # What a caller does with the rows just marked, in the transaction that marks them (the
-# alerts of their runs: `service.notify.runs.settle_alerts_of_rows`).
+# alerts of their runs: `service.notify.runs.settle_alerts_of_rows`, or, marking batch after
+# batch, `RunAlertsToSettle.note`, which notes their runs to settle once at the end).
 Marked = Callable[[Connection, Sequence[int]], None]
 
 
