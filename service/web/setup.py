@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
 from flask.json.provider import DefaultJSONProvider
+from markupsafe import Markup, escape
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import IntegerConverter
@@ -31,6 +32,7 @@ def register_web(app: Flask, settings: Settings) -> None:
     app.url_map.converters["int"] = AsciiIntegerConverter  # before any route takes an id
     # Templates are compiled on first use, so every page writes values through it.
     app.jinja_env.finalize = shown_as_text
+    app.jinja_env.filters["exact"] = exact_in_html
     configure_sessions(app, settings)
     app.register_blueprint(probes.bp)
     app.register_blueprint(api.bp)
@@ -39,6 +41,14 @@ def register_web(app: Flask, settings: Settings) -> None:
     app.register_error_handler(SQLAlchemyError, _database_error)
     app.register_error_handler(SchemaNotCurrent, _schema_not_current)
     app.after_request(add_security_headers)
+
+
+def exact_in_html(value: Any) -> Markup:
+    """A value a form or a link carries (`value="{{ customer|exact }}"`), not text for people:
+    escaped for HTML and nothing else, so `finalize` (`shown_as_text`) leaves it. Written as
+    `علی[U+200C]رضا`, a customer's name went back in the re-run form and matched no row. A
+    carriage return is a character reference: a browser reads one in the page as a line feed."""
+    return Markup(str(escape(value)).replace("\r", "&#13;"))
 
 
 class AsciiIntegerConverter(IntegerConverter):
