@@ -19,6 +19,9 @@ from service.adapters.channels import Message
 from service.notify.digest_lines import Digest, ReportLine, Totals
 from service.notify.shown import counted, shown_as_text, shown_on_one_line
 from service.notify.slack_blocks import (
+    MAX_CODE,
+    MAX_TEXT,
+    MIN_CODE,
     button,
     code,
     context,
@@ -256,9 +259,15 @@ def _parts(code: str, meter: str | None, customer: str | None, examples: bool) -
 
 
 def _reason_line(r: Any) -> str:
-    text = f"• {link(r.url, r.code)}" + (f": {code(r.reason)}" if r.reason else "")
-    text += f" ({rows(r.rows)})"
-    return text + (f"\n    example: {code(r.example)}" if r.example else "")
+    """A code's line: its link, its reason and example as code spans sharing what the line
+    (MAX_TEXT) leaves them past the rest (a dashboard link is some 230 characters: two spans
+    of MAX_CODE with it passed 3,000, and the line cut left its example's span open)."""
+    head, tail = f"• {link(r.url, r.code)}", f" ({rows(r.rows)})"
+    spans = [text for text in (r.reason, r.example) if text]
+    room = MAX_TEXT - len(head) - len(tail) - len(": ") - len("\n    example: ")
+    limit = min(MAX_CODE, max(room // max(len(spans), 1), MIN_CODE))
+    text = head + (f": {code(r.reason, limit)}" if r.reason else "") + tail
+    return text + (f"\n    example: {code(r.example, limit)}" if r.example else "")
 
 
 # --- alerts --------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ from service.notify.shown import shown_on_one_line
 MAX_BLOCKS = 50
 MAX_TEXT = 3000
 MAX_HEADER = 150
-# A code span's most: two fit a line (a reason and its example), one a field (2000) with its
-# label, and an S3 key (1024 bytes) fits one. A text cut past its span's end shows the rest.
+# A code span's most: one fits a field (2000) with its label, and an S3 key (1024 bytes)
+# fits one. Two on a line (a reason and its example) share what the line's other parts
+# leave (`render._reason_line`). A text cut past its span's end shows the rest.
 MAX_CODE = 1400
+MIN_CODE = 40
 
 
 def escape(text: str) -> str:
@@ -66,7 +68,7 @@ def sections(title: str, lines: Sequence[str]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     chunk = title
     for line in lines:
-        line = _cut(line, MAX_TEXT)
+        line = _cut_line(line)
         if chunk and len(chunk) + 1 + len(line) > MAX_TEXT:
             blocks.append(_section(chunk))
             chunk = ""
@@ -89,6 +91,19 @@ def split_blocks(blocks: Sequence[dict[str, Any]], text: str) -> list[dict[str, 
         part = list(blocks[start : start + MAX_BLOCKS])
         messages.append({"text": _cut(escape(text), MAX_TEXT), "blocks": part})
     return messages
+
+
+def _cut_line(line: str) -> str:
+    """A line of mrkdwn cut to MAX_TEXT: not inside a link (`<url|label>`, dropped whole) and
+    with a code span it cuts still closed (left open, the text after it on the next line
+    read as code, or the span's end as its start)."""
+    if len(line) <= MAX_TEXT:
+        return line
+    kept = line[: MAX_TEXT - 2]
+    opened = kept.rfind("<")
+    if opened > kept.rfind(">"):
+        kept = kept[:opened]
+    return kept + ("…`" if kept.count("`") % 2 else "…")
 
 
 def _cut(text: str, limit: int) -> str:
