@@ -2,10 +2,11 @@
 
 A 429 waits for its `Retry-After` (up to a bound, so a send never stalls the worker) and a
 5xx or a connection never made is retried with backoff; anything else is a permanent
-failure. A try that went out and got no answer (the connection dropped or timed out after
-the request went, a gateway's 502 or 504) may have been posted: the send ends there,
-`MaybeDelivered`, never posting it again itself. The caller may hear of each wait after a
-try Slack refused or never got (`BetweenTries`).
+failure. A refusal is its status line: one whose body is cut is that status's answer. A try
+that went out and got no answer (the connection dropped or timed out after the request went,
+before a status line; a 2xx one's body cut; a gateway's 502 or 504) may have been posted: the
+send ends there, `MaybeDelivered`, never posting it again itself. The caller may hear of each
+wait after a try Slack refused or never got (`BetweenTries`).
 The whole send (every part, try and wait) has a deadline (`SendDeadline`): an answer
 trickling in a byte at a time never trips the per-read timeout; at the deadline its
 connection is shut and the send fails as temporary (the digest tries again later).
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
@@ -80,18 +81,12 @@ class SlackChannel:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with deadline.hanging_up():
-                    response = self._client.send_dict(payload)
+                    response: WebhookResponse | None = self._client.send_dict(payload)
             except Exception as exc:  # network edge: DNS, refused, timeout, TLS, the deadline
-                reason = redact(f"{type(exc).__name__}: {exc}", [self._url])
-                # urllib's URLError: the request never went out whole (refused, DNS, TLS);
-                # anything else came after it went (no answer): Slack may have posted it
-                if not isinstance(exc, URLError):
-                    said = deadline.reason if deadline.passed else reason
-                    raise MaybeDelivered(f"slack: sent, no answer: {said}"[:500]) from None
-                if deadline.passed:
-                    raise DeliveryFailed(f"slack: {deadline.reason}") from None
-                wait = backoff
-            else:
+                response = _answer_cut(exc)  # its status line came, its body cut: an answer
+                if response is None:
+                    wait, reason = self._unanswered(exc, backoff, deadline)
+            if response is not None:
                 if 200 <= response.status_code < 300:
                     return
                 reason = f"HTTP {response.status_code}: {redact(str(response.body), [self._url])}"
@@ -105,6 +100,21 @@ class SlackChannel:
             backoff *= 2
         raise DeliveryFailed(f"slack: {reason[:500]}")
 
+    def _unanswered(
+        self, exc: Exception, backoff: float, deadline: SendDeadline
+    ) -> tuple[float, str]:
+        """A try that had no answer: the wait before the next and its reason when it never
+        went out, else `MaybeDelivered`."""
+        reason = redact(f"{type(exc).__name__}: {exc}", [self._url])
+        # urllib's URLError: the request never went out whole (refused, DNS, TLS);
+        # anything else came after it went (no answer): Slack may have posted it
+        if not isinstance(exc, URLError):
+            said = deadline.reason if deadline.passed else reason
+            raise MaybeDelivered(f"slack: sent, no answer: {said}"[:500]) from None
+        if deadline.passed:
+            raise DeliveryFailed(f"slack: {deadline.reason}") from None
+        return backoff, reason
+
     def _wait_for(self, response: WebhookResponse, backoff: float) -> float:
         status = response.status_code
         if status == 429:
@@ -116,6 +126,25 @@ class SlackChannel:
             return backoff
         body = redact(str(response.body), [self._url])[:200]
         raise DeliveryFailed(f"slack: HTTP {status}: {body}", permanent=True)
+
+
+def _answer_cut(exc: BaseException) -> WebhookResponse | None:
+    """The answer Slack gave to a try whose answer's body could not be read whole (cut mid-
+    read, timed out): its status line came, so it is that answer, not a try unanswered
+    (a 503 cut so, raised by slack_sdk from its HTTPError branch, was taken for a post that
+    may have arrived). Such an answer (not 2xx) is urllib's HTTPError, in what `exc` was
+    raised from. None: no answer, or a 2xx one cut (urlopen returned, its body then cut: as
+    before, counted as a try that may have arrived, `MaybeDelivered`)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # an exception's chain, as far as it may go here
+        if seen is None:
+            break
+        if isinstance(seen, HTTPError):
+            headers = dict(seen.headers.items()) if seen.headers is not None else {}
+            body = f"(its body cut: {type(exc).__name__})"
+            return WebhookResponse(url="", status_code=seen.code, body=body, headers=headers)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _retry_after(headers: dict[str, Any], *, default: float) -> float:

@@ -5,9 +5,11 @@ Every connection has a timeout, and the whole send a deadline (`SendDeadline`: a
 sending its greeting a line at a time never trips the timeout); a temporary failure (4xx
 reply, dropped connection, the deadline) is retried with backoff inside the send while the
 deadline allows (the caller may hear of each wait after a try the server refused or never
-got: `BetweenTries`); once DATA was sent, a connection dropped or timed out without the
-server's answer may have left the message taken: the send ends there (`MaybeDelivered`),
-never sending it again itself. The password never appears in a reason or a log line.
+got: `BetweenTries`); once the message went whole (DATA answered 354, the message and its
+end sent), a connection dropped or timed out without the server's answer may have left the
+message taken: the send ends there (`MaybeDelivered`), never sending it again itself. That
+answer is waited for up to the send's deadline. The password never appears in a reason or a
+log line.
 """
 
 from __future__ import annotations
@@ -159,9 +161,12 @@ class EmailChannel:
     def _deliver(self, email: EmailMessage, deadline: SendDeadline) -> dict[str, tuple[int, bytes]]:
         """Send `email`; the recipients the server refused (it took it for the others)."""
         with deadline.hanging_up():
-            return self._converse(email, min(self._timeout, max(deadline.left(), 0.1)))
+            timeout = min(self._timeout, max(deadline.left(), 0.1))
+            return self._converse(email, timeout, deadline)
 
-    def _converse(self, email: EmailMessage, timeout: float) -> dict[str, tuple[int, bytes]]:
+    def _converse(
+        self, email: EmailMessage, timeout: float, deadline: SendDeadline
+    ) -> dict[str, tuple[int, bytes]]:
         t = self.target
         context = self._tls or ssl.create_default_context()
         smtp: _Smtp | _SmtpSsl
@@ -169,6 +174,7 @@ class EmailChannel:
             smtp = _SmtpSsl(t.host, t.port, timeout=timeout, context=context)
         else:
             smtp = _Smtp(t.host, t.port, timeout=timeout)
+        smtp.deadline = deadline
         with closing(smtp):
             smtp.ehlo()
             if not t.implicit_tls and smtp.has_extn("starttls"):
@@ -181,7 +187,7 @@ class EmailChannel:
             except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused):
                 raise  # the server's answer: it did not take it
             except (smtplib.SMTPException, OSError) as exc:
-                if smtp.data_begun:  # no answer to DATA or its end: it may have taken it
+                if smtp.data_sent:  # the message went whole, no answer: it may have taken it
                     raise _Unanswered(exc) from exc
                 raise
             # The message is taken: what QUIT meets says nothing of it. Raised (`with smtp`
@@ -213,8 +219,8 @@ class EmailChannel:
 
 
 class _Unanswered(Exception):
-    """The connection failed (dropped, timed out) once DATA was sent: the server may have
-    taken the message without its answer reaching us (`cause`: what failed)."""
+    """The connection failed (dropped, timed out) once the message went whole: the server may
+    have taken the message without its answer reaching us (`cause`: what failed)."""
 
     def __init__(self, cause: smtplib.SMTPException | OSError) -> None:
         super().__init__(str(cause))
@@ -222,24 +228,47 @@ class _Unanswered(Exception):
 
 
 class _Smtp(smtplib.SMTP):
-    """smtplib's client that says whether DATA began (`data_begun`): a failure after it,
-    not an answer, may come after the server took the message."""
+    """smtplib's client that says whether the message went out whole (`data_sent`): DATA
+    answered 354, then the message and its end sent. A failure after that, not an answer,
+    may come after the server took the message; one before it (a connection dropped at
+    DATA, no 354 in time, the message cut while it went) delivered nothing. smtplib's own
+    `data` does the quoting and sending; its replies are watched (`getreply`). The answer to
+    the message's end is waited for up to the send's deadline (`deadline`), not the per-read
+    timeout: RFC 5321 (4.5.3.2.6) has a client wait up to 10 minutes for it, and a server
+    slow to answer had the message counted as may have arrived, and sent again."""
 
-    data_begun = False
+    data_sent = False
+    deadline: SendDeadline | None = None
+    _data = 0  # 1: DATA sent, its answer awaited; 2: 354 had, the message is going
 
     def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
-        self.data_begun = True
-        return super().data(msg)
+        self._data = 1
+        try:
+            return super().data(msg)
+        finally:
+            self._data = 0
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self._data != 2:
+            code, text = super().getreply()
+            if self._data == 1 and code == 354:
+                self._data = 2
+            return code, text
+        self.data_sent = True  # smtplib sent the message and its end whole: their answer now
+        if self.deadline is None or self.sock is None:
+            return super().getreply()
+        sock = self.sock  # closed by smtplib (None) when the connection drops
+        timeout = sock.gettimeout()
+        sock.settimeout(max(self.deadline.left(), 0.1))
+        try:
+            return super().getreply()
+        finally:
+            with suppress(OSError):
+                sock.settimeout(timeout)
 
 
-class _SmtpSsl(smtplib.SMTP_SSL):
+class _SmtpSsl(smtplib.SMTP_SSL, _Smtp):
     """`_Smtp` over implicit TLS."""
-
-    data_begun = False
-
-    def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
-        self.data_begun = True
-        return super().data(msg)
 
 
 def _text(raw: bytes | str) -> str:

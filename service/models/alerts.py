@@ -138,6 +138,7 @@ class DigestStatus(StrEnum):
     SENT = "sent"
     EMPTY = "empty"  # nothing happened in the window: nothing sent
     FAILED = "failed"  # retried with backoff; last_error says why
+    UNSURE = "unsure"  # sent twice without an answer: it may have arrived, not sent again
 
 
 class DigestRun(SQLModel, table=True):

@@ -56,7 +56,8 @@ def take_over_window(engine: Engine, values: Mapping[str, Any]) -> bool:
     sent or retried (its window is the next pass's). Only one process moves the row: the
     first update makes its end this window's."""
     row = DIGEST_RUNS.c
-    finished = row.status.in_([DigestStatus.SENT, DigestStatus.EMPTY]) | (
+    done = [DigestStatus.SENT, DigestStatus.EMPTY, DigestStatus.UNSURE]
+    finished = row.status.in_(done) | (
         (row.status == DigestStatus.FAILED) & row.next_attempt_at.is_(None)
     )
     other = (
@@ -129,6 +130,27 @@ def update_own_window(
             )
             .values(**values)
         )
+
+
+# A window whose send went out without an answer may have arrived: its row's summary counts
+# such sends (`unanswered`) until it is sent, and it is sent once more at most.
+UNANSWERED = "unanswered"
+
+
+def unanswered_sends(engine: Engine, channel: str, window: tuple[datetime, datetime]) -> int:
+    """How many sends of (channel, window) went out without an answer (they may have
+    arrived), as its row's summary counts them."""
+    start, end = window
+    with engine.connect() as connection:
+        summary = connection.execute(
+            select(DIGEST_RUNS.c.summary).where(
+                (DIGEST_RUNS.c.channel == channel)
+                & (DIGEST_RUNS.c.window_start == start)
+                & (DIGEST_RUNS.c.window_end == end)
+            )
+        ).scalar()
+    count = (summary or {}).get(UNANSWERED, 0) if isinstance(summary, dict) else 0
+    return int(count) if isinstance(count, int) else 0
 
 
 def purge_digest_runs(engine: Engine, before: datetime, batch: int) -> int:

@@ -4,7 +4,13 @@ A window is claimed by inserting its row (`sending`, with a lease); the unique (
 window_start) means only one process wins. A finished row of another cadence that starts at
 the same time (`DIGEST_EVERY` changed from 1h to 1d: midnight's hourly row) is taken over.
 The row then ends `sent`, `empty` (nothing happened: nothing sent) or `failed` with its
-reason and the time of its next try (backoff).
+reason and the time of its next try (backoff). A send that went out and had no answer (a
+Slack POST or an email taken whole, the connection then dropped or timed out: the senders'
+`MaybeDelivered`) may have arrived: its window is sent once more after its backoff (the row's
+summary counts such sends, `unanswered`), and one more without an answer, or the attempts
+running out after it, ends it `unsure`, never sent again, with a warning alert saying it may
+have arrived: a digest reaches a channel twice at most (a server taking every send and never
+answering had it on each of 8 attempts, and the alert said it could not be sent).
 A claim whose lease ran out (the sender died mid-send) is taken again, so a crash repeats at
 most that one message and never loses a window. Windows missed while no worker ran are caught
 up, oldest first (at most CATCH_UP_WINDOWS of them). Callers hold the notify leader lock,
@@ -29,7 +35,7 @@ from sqlalchemy import Engine
 from service.adapters.channels import Channel, Message, redact, settings_secrets
 from service.config import Settings
 from service.db.locks import HeldLock, LockLost
-from service.errors import DeliveryFailed
+from service.errors import DeliveryFailed, MaybeDelivered
 from service.logs import log_event
 from service.models._types import utcnow
 from service.models.alerts import DigestStatus
@@ -39,9 +45,13 @@ from service.notify.content import collect_digest
 from service.notify.digest_lines import Digest
 from service.notify.leader import ALONE
 from service.notify.render import render_digest
+from service.notify.shown import counted
 from service.notify.windows import DigestSchedule, Window
 
 MAX_ATTEMPTS = 8
+# A send that went out without an answer may have arrived: the window is sent once more at
+# most (it may arrive twice: a digest that may never have arrived is worse), then unsure.
+MAX_RESENDS = 1
 FIRST_RETRY_SECONDS = 30.0
 MAX_RETRY_SECONDS = 3600.0
 LEASE = timedelta(minutes=5)  # far longer than one bounded send (timeouts, retries)
@@ -175,12 +185,17 @@ class DigestSender:
             channel.send(message)
         except LockLost:
             raise  # not the window's failure: the caller hands it back
+        except MaybeDelivered as exc:
+            return self._unanswered(channel.name, window, attempts, exc.reason, retry)
         except DeliveryFailed as exc:
             return self._failed(channel.name, window, attempts, exc.reason, exc.permanent, retry)
         except Exception as exc:  # loop edge: a digest failure never stops the worker
             reason = redact(f"{type(exc).__name__}: {exc}", settings_secrets(self.settings))
             return self._failed(channel.name, window, attempts, reason, False, retry)
-        self._finish(channel.name, window, DigestStatus.SENT, _summary(digest, message))
+        summary = _summary(digest, message)
+        if unanswered := store.unanswered_sends(self.engine, channel.name, _bounds(window)):
+            summary[store.UNANSWERED] = unanswered  # sent before without an answer: maybe twice
+        self._finish(channel.name, window, DigestStatus.SENT, summary)
         log_event("digest.sent", channel=channel.name, window_start=window.start, attempt=attempts)
         return DigestOutcome(channel.name, window, DigestStatus.SENT)
 
@@ -196,6 +211,8 @@ class DigestSender:
         self, channel: str, window: Window, attempts: int, reason: str, permanent: bool, retry: bool
     ) -> DigestOutcome:
         give_up = permanent or not retry or attempts >= MAX_ATTEMPTS
+        if give_up and (sends := store.unanswered_sends(self.engine, channel, _bounds(window))):
+            return self._unsure(channel, window, attempts, reason, sends, retry)
         next_at = None if give_up else self.clock() + timedelta(seconds=retry_delay(attempts))
         self._update(
             channel,
@@ -216,7 +233,76 @@ class DigestSender:
             self._alert_failed(channel, window, attempts, reason)
         return DigestOutcome(channel, window, DigestStatus.FAILED, reason)
 
+    def _unanswered(
+        self, channel: str, window: Window, attempts: int, reason: str, retry: bool
+    ) -> DigestOutcome:
+        """The send went out without an answer: the digest may have arrived. Tried again
+        after the backoff, once (`MAX_RESENDS`); sent so before, or with no try left, the
+        window is unsure."""
+        sends = store.unanswered_sends(self.engine, channel, _bounds(window)) + 1
+        if not retry or sends > MAX_RESENDS or attempts >= MAX_ATTEMPTS:
+            return self._unsure(channel, window, attempts, reason, sends, retry)
+        next_at = self.clock() + timedelta(seconds=retry_delay(attempts))
+        said = f"{reason} (it may have arrived: sent once more)"
+        values = {"status": DigestStatus.FAILED.value, "last_error": said}
+        self._update(
+            channel,
+            window,
+            values | {"next_attempt_at": next_at, "summary": {store.UNANSWERED: sends}},
+        )
+        log_event(
+            "digest.unanswered",
+            level=logging.WARNING,
+            channel=channel,
+            window_start=window.start,
+            window_end=window.end,
+            attempt=attempts,
+            reason=said,
+            next_attempt_at=next_at,
+        )
+        return DigestOutcome(channel, window, DigestStatus.FAILED, said)
+
+    def _unsure(
+        self, channel: str, window: Window, attempts: int, reason: str, sends: int, retry: bool
+    ) -> DigestOutcome:
+        """The window may have arrived (`sends` of it had no answer) and is not sent again:
+        `unsure`, with a warning alert saying so (`meterfix digest`: its outcome a failure
+        whose reason says so, the command reporting it)."""
+        said = (
+            f"it may have arrived ({counted(sends, 'send')} without an answer), "
+            f"not sent again: {reason}"
+        )
+        values: dict[str, Any] = {"status": DigestStatus.UNSURE.value, "last_error": said[:1000]}
+        values |= {"next_attempt_at": None, "summary": {store.UNANSWERED: sends}}
+        self._update(channel, window, values)
+        log_event(
+            "digest.unsure",
+            level=logging.ERROR,
+            channel=channel,
+            window_start=window.start,
+            window_end=window.end,
+            attempt=attempts,
+            reason=said,
+        )
+        if not retry:
+            return DigestOutcome(channel, window, DigestStatus.FAILED, said)
+        self._raise_warning(
+            channel,
+            window,
+            subject="may have arrived: sent without an answer, not sent again",
+            message=f"after {counted(attempts, 'attempt')}: {said}",
+        )
+        return DigestOutcome(channel, window, DigestStatus.UNSURE, said)
+
     def _alert_failed(self, channel: str, window: Window, attempts: int, reason: str) -> None:
+        self._raise_warning(
+            channel,
+            window,
+            subject="could not be sent",
+            message=f"after {attempts} attempts: {reason}",
+        )
+
+    def _raise_warning(self, channel: str, window: Window, *, subject: str, message: str) -> None:
         """One alert per window: by its start and end, since a daily window starts where
         the hourly one of midnight did (`DIGEST_EVERY` changed) and is another digest."""
         start, end = window.start.astimezone(UTC), window.end.astimezone(UTC)
@@ -225,8 +311,8 @@ class DigestSender:
             key=f"digest.failed:{channel}:{start.isoformat()}/{end.isoformat()}",
             severity="warning",
             kind="digest.failed",
-            subject=f"{channel} digest for {_span(start, end)} could not be sent",
-            message=f"after {attempts} attempts: {reason}",
+            subject=f"{channel} digest for {_span(start, end)} {subject}",
+            message=message,
             detail={
                 "channel": channel,
                 "window_start": start.isoformat(),
@@ -236,8 +322,7 @@ class DigestSender:
 
     def _update(self, channel: str, window: Window, values: dict[str, Any]) -> None:
         """Only our own claim is finished (a row taken over by another sender is theirs)."""
-        bounds = (window.start.astimezone(UTC), window.end.astimezone(UTC))
-        store.update_own_window(self.engine, channel, bounds, self.instance, values)
+        store.update_own_window(self.engine, channel, _bounds(window), self.instance, values)
 
     # --- `meterfix digest` -----------------------------------------------------------------
 
@@ -258,6 +343,10 @@ def retry_delay(attempts: int) -> float:
     """30 s after the first failure, doubling up to an hour, with jitter."""
     ceiling = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** max(attempts - 1, 0))
     return float(ceiling * random.uniform(0.5, 1.0))
+
+
+def _bounds(window: Window) -> tuple[datetime, datetime]:
+    return window.start.astimezone(UTC), window.end.astimezone(UTC)
 
 
 def _span(start: datetime, end: datetime) -> str:
