@@ -42,7 +42,7 @@ _NAME, _TIMESTAMP, _NO_TIMESTAMP = (
     np.uint64(0xC2B2AE3D27D4EB4F),
     np.uint64(0x165667B19E3779F9),
 )
-_powers = _inverses = np.ones(1, np.uint64)
+_tables: tuple[Words, Words] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
 
 
 def batch_digests(
@@ -194,12 +194,16 @@ def _mixed(values: Words) -> Words:
 
 
 def _power_tables(size: int) -> tuple[Words, Words]:
-    """p^k and p^-k mod 2^64 for k < size (grown as needed, kept)."""
-    global _powers, _inverses
-    if len(_powers) < size:
-        length = max(size, 2 * len(_powers))
-        _powers, _inverses = _cumulative(_MULTIPLIER, length), _cumulative(_INVERSE, length)
-    return _powers, _inverses
+    """p^k and p^-k mod 2^64 for k < size (grown as needed, kept). Published as one tuple: a
+    thread reading them while another grows them gets both old or both new, never a grown
+    `powers` beside the old, shorter `inverses`."""
+    global _tables
+    tables = _tables
+    if len(tables[0]) < size:
+        length = max(size, 2 * len(tables[0]))
+        tables = (_cumulative(_MULTIPLIER, length), _cumulative(_INVERSE, length))
+        _tables = tables
+    return tables
 
 
 def _cumulative(factor: np.uint64, length: int) -> Words:
