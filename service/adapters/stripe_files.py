@@ -64,7 +64,7 @@ class StripeFileStore:
         except stripe.StripeError as exc:
             detail = " ".join(str(exc.user_message or type(exc).__name__).split())
             raise StripeFileError(
-                f"file {file_id}: metadata: HTTP {exc.http_status}: {detail}",
+                f"file {file_id}: metadata: {_answered(exc.http_status)}: {detail}",
                 status=exc.http_status,
             ) from exc
 
@@ -96,7 +96,7 @@ class StripeFileStore:
         ) as response:
             if response.status_code != 200:
                 raise StripeFileError(
-                    f"file {file_id}: contents answered HTTP {response.status_code}",
+                    f"file {file_id}: contents answered {_answered(response.status_code)}",
                     status=response.status_code,
                 )
             length = response.headers.get("Content-Length", "")
@@ -118,6 +118,23 @@ class StripeFileStore:
         sockets: list[socket.socket] = self._local.sockets
         sockets[:] = [sock for sock in sockets if sock.fileno() != -1]  # closed ones gone
         return session, sockets
+
+
+# What an answer refusing the key says, beside its status: no try of the task will do better
+# until the key changes (STRIPE_API_KEY).
+_KEY_REFUSED = {
+    401: "the API key was refused (STRIPE_API_KEY rolled or expired?)",
+    403: "the API key may not read files (a restricted key without Files read?)",
+}
+
+
+def _answered(status: int | None) -> str:
+    """How a reason names an answer: its HTTP status (and what a refused key means), or that
+    none came (a dropped connection, a refused one, a deadline)."""
+    if status is None:
+        return "no answer"
+    why = _KEY_REFUSED.get(status)
+    return f"HTTP {status}" + (f": {why}" if why else "")
 
 
 def _check_id(file_id: str) -> None:

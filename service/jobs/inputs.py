@@ -4,8 +4,9 @@ corrected rows get are `input_lineage.py`'s.
 
 A task whose input cannot be had raises `TaskInputMissing` (not retried: a person must look);
 a copy of a Stripe file of another size than its file object says, or a file object unread
-now (no answer, a 5xx, a 429, a deadline), `StripeFileError` (retried); only a file object
-Stripe answers it has not (`_gone`) is done without.
+now (no answer, a 5xx, a 429, a deadline, the API key refused: 401, 403), `StripeFileError`
+(retried, dead-lettered with its reason after MFX_MAX_ATTEMPTS); only a file object Stripe
+answers it has not (404, 410: `_gone`) is done without.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def download(
 def _file_metadata(files: StripeFiles, file_id: str) -> Mapping[str, Any]:
     """The file object, or none when Stripe has it not for us (`_gone`): the contents are
     then read without a size to hold them against, named as a CSV. Unread for another
-    reason (no answer, a 5xx, a 429, its deadline), the try fails and is retried: read
+    reason (no answer, a 5xx, a 429, its deadline, a refused key), the try fails: read
     without it, contents cut short on the way were taken for the whole file, and a JSON
     Lines file read as a CSV."""
     try:
@@ -168,8 +169,9 @@ def fetch_source(
     )
     if import_set.source_file_id:
         (folder / "stripe").mkdir(parents=True, exist_ok=True)
-        copy = download(deps.files, import_set.source_file_id, folder / "stripe")
-        keys = [named] if named is not None else objects_like(deps, import_set)
+        metadata = _file_metadata(deps.files, import_set.source_file_id)
+        copy = download(deps.files, import_set.source_file_id, folder / "stripe", metadata)
+        keys = [named] if named is not None else objects_like(deps, import_set, metadata)
         for key in keys:
             if _holds(bucket, key, copy, folder / "bucket"):
                 return FailedSource(folder / "bucket" / local_name(key), key, copied=False)
@@ -224,7 +226,8 @@ def _stripe_copy(deps: JobDeps, file_id: str, folder: Path) -> Path | None:
     """Stripe's copy of the file it took, whole (as many bytes as its file object says), or
     None when Stripe has none to give (`_gone`): the failed records are remediated all the
     same, the object judged by its time alone. A copy not had whole this time (cut short, too
-    slow, a dropped connection, a 5xx, its file object unread) fails the try, which is
+    slow, a dropped connection, a 5xx, a 429, the key refused: 401, 403, its file object
+    unread) fails the try, which is
     retried: taken for none, an object written again after the event with the very bytes
     Stripe took was a later version by its time, and the failed records it holds were left
     to Stripe's connector, never corrected, though the connector had nothing new to take."""
@@ -239,10 +242,12 @@ def _stripe_copy(deps: JobDeps, file_id: str, folder: Path) -> Path | None:
 
 
 def _gone(exc: StripeFileError) -> bool:
-    """Stripe answered that the file is not there for us (a 4xx but 408, 409 and 429): no
-    try will have it."""
-    status = exc.status
-    return status is not None and 400 <= status < 500 and status not in (408, 409, 429)
+    """Stripe answered that the file is not there (404, 410): no try will have it. Any other
+    answer fails the try: 401 and 403 refuse our key (rolled, or restricted without Files
+    read), not the file, and 400 is a request of ours Stripe did not take; taken for none,
+    the object was judged by its time alone and its failed records could be left to Stripe's
+    connector, nothing said."""
+    return exc.status in (404, 410)
 
 
 def identifiers_in(path: Path, rules: Rules) -> set[str]:
@@ -265,12 +270,16 @@ def identifiers_in(path: Path, rules: Rules) -> set[str]:
         return set()
 
 
-def objects_like(deps: JobDeps, import_set: ImportSet) -> list[str]:
+def objects_like(
+    deps: JobDeps, import_set: ImportSet, metadata: Mapping[str, Any] | None = None
+) -> list[str]:
     """The objects of ours named as Stripe's copy of a failed file, seen by the event (5 min
     clock skew), newest first; none when Stripe has no file object for it (`_file_metadata`):
     no name, no match, Stripe's own copy is the input. A file object unread now fails the try
-    (taken for none, the copy was the input of a try where a later try finds our object)."""
-    metadata = _file_metadata(deps.files, import_set.source_file_id or "")
+    (taken for none, the copy was the input of a try where a later try finds our object).
+    `metadata`: the file object, when the caller read it (else read here)."""
+    if metadata is None:
+        metadata = _file_metadata(deps.files, import_set.source_file_id or "")
     filename = str(metadata.get("filename") or "")
     name, before = Path(filename).name, event_time(import_set)
     if not name:
