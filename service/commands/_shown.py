@@ -11,7 +11,9 @@ from service.notify.shown import shown_on_one_line
 
 def shown(value: object) -> str:
     """`value` as text on one line: C0 and C1 controls (ESC included), DEL, line and
-    paragraph separators and bidi controls as `[U+XXXX]`; the rest as it is."""
+    paragraph separators, bidi controls and other invisible characters as `[U+XXXX]`; the
+    rest as it is, joiners and variation selectors in what is drawn too (a path
+    `می‌خواهم/usage-❤️.csv` is printed as it is, to be copied)."""
     return str(shown_on_one_line(str(value)))
 
 
