@@ -248,7 +248,8 @@ def _decide_and_write(
             RUN_POOL,
             WriteBehind(out.put, out.written, out_dir is not None, behind) as writer,
         ):
-            for batch in without(batches(records, ahead=writer.ahead), leave_out):
+            taken = None if decider.same is None else decider.same.taken
+            for batch in without(batches(records, ahead=writer.ahead), leave_out, taken):
                 decided = decider.decide(batch)
                 del batch  # freed before the next batch is read, not after
                 if held.count or decider.holds_back():

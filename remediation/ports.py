@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 from remediation.meters import Meter
 
 if TYPE_CHECKING:
-    from remediation.core.columns import Batch
+    from remediation.core.columns import Batch, Indexes
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,12 @@ class SelectsRows(LeavesOut, Protocol):
     are not asked of it."""
 
     def selected(self, batch: Batch) -> Batch: ...
+
+    def passed_over(self) -> tuple[Batch, Indexes]:
+        """The batch last given to `selected`, as the run names its rows, and the rows of it
+        not taken: Stripe took them (billed), so no row going out may share an identifier
+        with one (`core.sameids`); asked once after each `selected`."""
+        ...
 
 
 class MeterEventSink(Protocol):

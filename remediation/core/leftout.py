@@ -7,14 +7,14 @@ handed each batch whole and gives the batch the run takes (an error report's row
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.core.columns import Batch, Kind
+from remediation.core.columns import Batch, Indexes, Kind
 from remediation.core.textmeasures import mask
 from remediation.ports import LeavesOut, SelectsRows
 
@@ -22,9 +22,14 @@ from remediation.ports import LeavesOut, SelectsRows
 CHUNK = 1000
 
 
-def without(batches: Iterator[Batch], leave_out: Sequence[LeavesOut]) -> Iterator[Batch]:
+def without(
+    batches: Iterator[Batch],
+    leave_out: Sequence[LeavesOut],
+    taken: Callable[[Batch, Indexes], None] | None = None,
+) -> Iterator[Batch]:
     """`batches` without the rows each of `leave_out` excludes, asked in its order (a row one
-    leaves out is not shown to the next); a batch left empty is skipped."""
+    leaves out is not shown to the next); a batch left empty is skipped. `taken` is told the
+    rows a `SelectsRows` passed over (`sameids.SameIdentifiers.taken`)."""
     if not leave_out:
         yield from batches
         return
@@ -32,6 +37,10 @@ def without(batches: Iterator[Batch], leave_out: Sequence[LeavesOut]) -> Iterato
         for rows_out in leave_out:
             if isinstance(rows_out, SelectsRows):
                 batch = rows_out.selected(batch)
+                passed = rows_out.passed_over()
+                if taken is not None:
+                    taken(*passed)
+                del passed  # not held while the next batch is read
             else:
                 batch = _without(batch, rows_out)
         if len(batch):

@@ -10,13 +10,15 @@ is. A valid row in an earlier batch or the same is known when the row is decided
 later batch only at the end, so the engine holds the decided batches back from the first row
 going out on (`heldback`), and `amend` quarantines those rows then. Identifiers are held as
 64-bit digests: a collision can only quarantine a row, never send one. Rows without an
-identifier never clash (Stripe makes one up for each).
+identifier never clash (Stripe makes one up for each). The rows of the input a run does not
+take (an error report's run: those Stripe took, not reported) count as valid (`taken`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.core.column import Mask
@@ -70,6 +72,15 @@ class SameIdentifiers:
         self.out = DigestSet()
         self._late: list[tuple[Digests, Indexes]] = []
         self._late_found: tuple[Digests, Indexes] | None = None
+        self._taken: list[tuple[Digests, Indexes]] = []
+
+    def taken(self, batch: Batch, at: Indexes) -> None:
+        """Rows `at` of `batch` the run does not take, which Stripe took (an error report's
+        run: the rows of the usage file the report is not about, `ports.SelectsRows`): counted
+        valid with the next batch decided, or at the end."""
+        at = at[_named(batch)[at]]
+        if len(at):
+            self._taken.append((_digests(batch, at), batch.rows[at]))
 
     def hold(self, decided: Decided) -> None:
         """Quarantine the rows of `decided` going out whose identifier a valid row of this
@@ -79,20 +90,22 @@ class SameIdentifiers:
         named = _named(batch)
         kept = np.flatnonzero(named & (fate == VALID_KEPT))
         out = np.flatnonzero(named & ((fate == CORRECTED) | (fate == VALID)))
-        if not len(kept) and not len(out):
+        taken, taken_rows = self._taken_so_far()
+        if not len(kept) and not len(out) and not len(taken):
             return
         digests = _digests(batch)
-        valid_here, out_here = digests[kept], digests[out]
+        valid_here, out_here = np.concatenate([digests[kept], taken]), digests[out]
+        valid_rows = np.concatenate([batch.rows[kept], taken_rows])
         before = self.valid.holds(out_here)
         clash = before | np.isin(out_here, valid_here)
         if clash.any():
             rows = out[clash]
-            first = _first_rows(valid_here, batch.rows[kept])
+            first = _first_rows(valid_here, valid_rows)
             beside = _beside(first, out_here[clash], before[clash], batch.rows[rows])
             quarantine(decided, rows, beside)
         later = self.out.holds(valid_here)
         if later.any():
-            self._late.append((valid_here[later], batch.rows[kept[later]]))
+            self._late.append((valid_here[later], valid_rows[later]))
         self.valid.add(valid_here)
         self.out.add(out_here[~clash])
 
@@ -113,6 +126,9 @@ class SameIdentifiers:
     def _late_rows(self) -> tuple[Digests, Indexes]:
         """The digests of `late`, sorted, each with the first valid row that has it."""
         if self._late_found is None:
+            taken, taken_rows = self._taken_so_far()  # those after the last batch decided
+            later = self.out.holds(taken)
+            self._late.append((taken[later], taken_rows[later]))
             digests = np.concatenate([d for d, _ in self._late] or [np.zeros(0, np.uint64)])
             rows = np.concatenate([r for _, r in self._late] or [np.zeros(0, np.int64)])
             order = np.lexsort((rows, digests))
@@ -123,12 +139,21 @@ class SameIdentifiers:
             self._late.clear()
         return self._late_found
 
+    def _taken_so_far(self) -> tuple[Digests, Indexes]:
+        """The digests and row numbers of the rows `taken` since last asked."""
+        digests = np.concatenate([d for d, _ in self._taken] or [np.zeros(0, np.uint64)])
+        rows = np.concatenate([r for _, r in self._taken] or [np.zeros(0, np.int64)])
+        self._taken.clear()
+        return digests, rows
 
-def _digests(batch: Batch) -> Digests:
-    """Each row's identifier's digest, `CHUNK_ROWS` rows at a time: a digest takes 8 bytes of
-    numpy a byte of text while it is made (a usage file's batch of 22,000 identifiers at once:
-    its run peaked 29 MB higher)."""
+
+def _digests(batch: Batch, at: Indexes | None = None) -> Digests:
+    """Each row's identifier's digest (of the rows `at`: those), `CHUNK_ROWS` rows at a time:
+    a digest takes 8 bytes of numpy a byte of text while it is made (a usage file's batch of
+    22,000 identifiers at once: its run peaked 29 MB higher)."""
     texts = batch.identifier.text
+    if at is not None:
+        texts = texts.take(pa.array(at, pa.int64()))
     parts = [
         text_digests(texts.slice(start, CHUNK_ROWS)) for start in range(0, len(texts), CHUNK_ROWS)
     ]
@@ -145,7 +170,7 @@ def _first_rows(digests: Digests, rows: Indexes) -> dict[int, int]:
     """Each digest's first row number."""
     first: dict[int, int] = {}
     for digest, row in zip(digests.tolist(), rows.tolist(), strict=True):
-        first.setdefault(digest, row)
+        first[digest] = min(row, first.get(digest, row))
     return first
 
 

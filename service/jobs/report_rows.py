@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from remediation.codes import ErrorCode
 from remediation.core.checks import problem_ids
-from remediation.core.columns import Batch, Column
+from remediation.core.columns import Batch, Column, Indexes
 from remediation.records import UsageRecord
 from remediation.reported import ReportScope, Selection, Taken, reported_code, select_reported
 from remediation.rownames import RowNames
@@ -118,6 +118,7 @@ class Reported:
     ) -> None:
         self.names, self.held, self.job = names, held, job
         self.scope, self.taken, self.selection = scope, taken, selection
+        self._passed: tuple[Batch, Indexes] | None = None
 
         def billed(record: UsageRecord) -> bool:
             # not a row another run over the object handled: it may have been refused for
@@ -150,10 +151,21 @@ class Reported:
             codes.append(record.error_code)
             messages.append(record.error_message)
         chosen = batch.take(np.asarray(rows, np.int64))
+        passed = np.ones(len(batch), bool)
+        passed[rows] = False
+        self._passed = (batch, np.flatnonzero(passed))
         return chosen.with_fields(
             code_column=Column(pa.array(codes, pa.string())),
             message_column=Column(pa.array(messages, pa.string())),
         )
+
+    def passed_over(self) -> tuple[Batch, Indexes]:
+        """The rows of the last batch not selected: Stripe took them when it imported the
+        object (or another version did: `HeldFirst`), a reported row sharing one's
+        identifier is quarantined, not sent again under `<id>-mfx1` (`sameids`)."""
+        assert self._passed is not None, "asked after `selected`"
+        passed, self._passed = self._passed, None
+        return passed
 
     def _maybe(self, batch: Batch, identifiers: list[str]) -> npt.NDArray[np.bool_]:
         """The rows `select_reported` may take or count (the others it passes over): sampled,
