@@ -32,6 +32,7 @@ from service.jobs.store.reruns import (
     held_entries,
     newest_generation,
     other_takes,
+    quarantined_again_label,
     quarantined_at,
     quarantined_from,
     rerun_detail,
@@ -143,10 +144,7 @@ def _took(take: OtherTake) -> str:
     """What the quarantine entry says took its row (shown after "taken again by Stripe
     from")."""
     if take.as_identifier is None:
-        return (
-            f"{take.source}, quarantined again there by run {take.run_id} at "
-            f"{_at(take.at or datetime.now(UTC))} (that entry is the one to re-run)"
-        )
+        return quarantined_again_label(take.source, take.run_id, take.at or datetime.now(UTC))
     return f"{take.source}, sent as {take.as_identifier} by the poller"
 
 

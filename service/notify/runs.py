@@ -21,9 +21,10 @@ from sqlalchemy import Connection, Engine, select, update
 
 from service.config import Settings
 from service.db.locks import transaction_lock
-from service.jobs.store.quarantine import top_quarantine_group
-from service.jobs.store.reruns import RunTakes, run_takes, runs_of_rows
+from service.jobs.store.quarantine import QuarantineSpread, quarantine_spread
+from service.jobs.store.reruns import RunTakes, run_takes, runs_of_rows, superseded_by_run
 from service.jobs.store.runs import get_run, run_outputs
+from service.jobs.store.taken_again import mark_rows_taken_again
 from service.logs import log_event
 from service.models import RemediationRun
 from service.models.alerts import AlertStatus
@@ -38,8 +39,10 @@ def alert_for_run(
     run: RemediationRun,
     outputs: Sequence[Mapping[str, Any]] = (),
 ) -> None:
-    """Never raises: a failed alert must not fail the run (it is logged)."""
+    """Never raises: a failed alert must not fail the run (it is logged). First the older
+    entries of the rows the run quarantined again are marked taken again (`_supersede`)."""
     try:
+        _supersede(engine, run)
         _alert_for_run(engine, settings, run, outputs)
     except Exception as exc:  # loop edge: the run itself is done and recorded
         log_event(
@@ -67,6 +70,26 @@ def alert_for_run_again(engine: Engine, settings: Settings, run: RemediationRun)
     alert_for_run(engine, settings, run, outputs)
 
 
+def _supersede(engine: Engine, run: RemediationRun) -> None:
+    """The entries other runs hold of rows the run quarantined again since (the same
+    identifier and timestamp: a copy of the file, or the quarantine file fed back while the
+    cause was still there) marked taken again, saying by which run, and their runs' alerts
+    told: the newer entry is the one to re-run, so the older one no longer waits (listed as
+    waiting, `taken_again=no`, and counted so by the digest and its run's alert, until a
+    re-run's pick left it). Before the run's alert: a crash between the two marks them when
+    the alert is raised on the retry (`alert_for_run_again`)."""
+    if not run.quarantined or run.id is None:
+        return
+    labels = superseded_by_run(engine, run.id)
+    by_label: dict[str, list[int]] = {}
+    for row_id, label in labels.items():
+        by_label.setdefault(label, []).append(row_id)
+    settling = RunAlertsToSettle()
+    for label, row_ids in by_label.items():
+        mark_rows_taken_again(engine, row_ids, label, settling.note)
+    settling.settle(engine)
+
+
 def _alert_for_run(
     engine: Engine, settings: Settings, run: RemediationRun, outputs: Sequence[Mapping[str, Any]]
 ) -> None:
@@ -77,7 +100,8 @@ def _alert_for_run(
     if run.quarantined == 0 and run.corrected == 0 and resent == 0:
         return  # nothing was wrong: nothing to tell
     assert run.id is not None
-    code, meter, customer = top_quarantine_group(engine, run.id)
+    with engine.connect() as connection:
+        spread = quarantine_spread(connection, run.id)
     quarantined = counted(run.quarantined, "row") + " quarantined"
     if run.quarantined >= settings.mfx_quarantine_alert_rows:
         severity = "critical"
@@ -96,11 +120,14 @@ def _alert_for_run(
         severity=severity,
         kind="remediation.run",
         subject=f"run #{run.id} ({run.trigger}): {what}",
-        message=_received(run.input_rows, run.valid, run.corrected, run.quarantined, run.source),
+        message=_received(run.input_rows, run.valid, run.corrected, run.quarantined, run.source)
+        + _spread(spread),
         detail={"by_code": run.by_code, "input_rows": run.input_rows, "valid": run.valid},
-        meter=meter,
-        code=code or _top_code(run.by_code),
-        customer=customer,
+        # each only when every row of the alert's `rows` shares it (a run quarantining rows
+        # of two codes and customers named its first group's beside the total)
+        meter=spread.meter,
+        code=spread.code if run.quarantined else _only_code(run.by_code),
+        customer=spread.customer,
         rows=run.quarantined or run.corrected,
         links=_links(run, outputs),
     )
@@ -156,7 +183,7 @@ def _retold(
     subject = _TAKEN_SUFFIX.sub("", told) + _taken(takes)
     received = _received(
         run["input_rows"], run["valid"], run["corrected"], run["quarantined"], run["source"]
-    )
+    ) + _spread(quarantine_spread(connection, int(run["id"])))
     return subject[:TEXT_LIMIT], (received + _since(takes))[:TEXT_LIMIT], takes.waiting
 
 
@@ -273,12 +300,36 @@ def _all(rows: int) -> str:
     return ("all " if rows > 1 else "") + counted(rows, "rejected row")
 
 
-def _top_code(by_code: Mapping[str, Any]) -> str | None:
+def _only_code(by_code: Mapping[str, Any]) -> str | None:
+    """The one code a run's rows were corrected for (None when there were several)."""
+
     def total(code: str) -> int:
         slot = by_code.get(code)
         return sum(int(v) for v in slot.values()) if isinstance(slot, dict) else 0
 
-    return max(sorted(by_code), key=total) if by_code else None
+    codes = [code for code in by_code if total(code)]
+    return codes[0] if len(codes) == 1 else None
+
+
+SPREAD_CODES = 5  # codes a run alert's message names; the rest counted
+
+
+def _spread(spread: QuarantineSpread) -> str:
+    """The line a run alert's message adds when its quarantined rows differ in code, meter or
+    customer (none then names one): `\nQuarantined rows: 2 codes (meter_event_invalid_value
+    1 row, timestamp_too_far_in_past 1 row), 2 customers.` Customers and meters counted,
+    never named (MFX_MESSAGE_EXAMPLES=off keeps customers out of messages)."""
+    parts = []
+    if len(spread.codes) > 1:
+        named = [f"{code} {counted(rows, 'row')}" for code, rows in spread.codes[:SPREAD_CODES]]
+        more = len(spread.codes) - SPREAD_CODES
+        named += [f"{counted(more, 'more code')}"] if more > 0 else []
+        parts.append(f"{len(spread.codes)} codes ({', '.join(named)})")
+    if spread.meters > 1:
+        parts.append(f"{spread.meters} meters")
+    if spread.customers > 1:
+        parts.append(f"{spread.customers} customers")
+    return f"\nQuarantined rows: {', '.join(parts)}." if parts else ""
 
 
 def _links(run: RemediationRun, outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

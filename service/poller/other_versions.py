@@ -11,7 +11,7 @@ from datetime import datetime
 from remediation.ports import ObjectInfo
 from service.errors import HorizonPassed
 from service.jobs.store.lineage import refused_among, runs_correcting, written_among
-from service.jobs.store.taken_again import held_among, mark_taken_again
+from service.jobs.store.taken_again import held_anywhere, mark_taken_again
 from service.models._types import utcnow
 from service.notify.runs import RunAlertsToSettle
 from service.poller.object_progress import RESEND_HORIZON, SentBatch, SentRow
@@ -92,22 +92,23 @@ class OtherVersions:
         return set(sent) | written_among(self.progress.engine, self._correcting(), rest)
 
     def held(self, identifiers: list[str]) -> set[str]:
-        """Which of these rows of this version, about to be sent, a run over the object holds
-        in quarantine (one query, and none for an object no run has taken rows of)."""
+        """Which of these rows of this version, about to be sent, a run holds in quarantine:
+        a run over the object, or over another (the quarantine file fixed by hand and
+        uploaded under a new name): one query by the quarantined rows' identifier index."""
         recorded = [i for i in identifiers if recordable(i)]
-        runs = self._refusing() if recorded else []
-        return held_among(self.progress.engine, runs, recorded) if runs else set()
+        return held_anywhere(self.progress.engine, recorded) if recorded else set()
 
     def taken_again(self, identifiers: list[str]) -> None:
-        """Rows of this version Stripe acknowledged that a run over the object holds in
-        quarantine: marked taken again (a quarantine re-run leaves them, and an error report
-        about them is a new refusal): each is now billed, or refused again. Their runs'
-        alerts are told once the import is done (`settle_alerts`), not a batch at a time."""
+        """Rows of this version Stripe acknowledged that a run holds in quarantine (over
+        this object or any other: an entry of `day.csv` sent fixed from `day-fixed.csv` was
+        listed as waiting for a fix until a re-run's pick found it sent): marked taken again
+        (a quarantine re-run leaves them, and an error report about them is a new refusal):
+        each is now billed, or refused again. Their runs' alerts are told once the import is
+        done (`settle_alerts`), not a batch at a time."""
         now = utcnow()
         sent = f"sent by the poller {now:%Y-%m-%d %H:%M} UTC"
         label = f"{self.obj.key} (ETag {self.obj.etag}), {sent}"
-        engine, runs = self.progress.engine, self._refusing()
-        mark_taken_again(engine, runs, identifiers, label, now, self._alerts.note)
+        mark_taken_again(self.progress.engine, None, identifiers, label, now, self._alerts.note)
 
     def settle_alerts(self) -> None:
         """The alerts of the runs whose rows `taken_again` marked, told (never raises)."""

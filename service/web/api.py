@@ -157,6 +157,14 @@ def _filter_sources() -> list[MultiDict[str, str]]:
     run 3, unsaid) and, in `params.rerun_filter`, an empty value or a name no filter has (a
     misspelt filter would re-run every row)."""
     given: list[MultiDict[str, str]] = [request.args]
+    if request.mimetype in _FORM_TYPES and _looks_like_json(request.get_data(cache=True)):
+        # `curl -d '{"code": "x"}'` sends a form: the object was read as one filter's name
+        # ("unknown filter '{"code": "x"}'"), the Content-Type it needs unsaid
+        raise BadParameter(
+            "the body is a JSON object sent as a form (Content-Type: "
+            f"{request.mimetype}); send it with Content-Type: application/json "
+            "(curl: -H 'Content-Type: application/json', or --json)"
+        )
     if request.is_json and request.get_data(cache=True):
         pairs = _json_pairs(request.get_data(cache=True))
         given.append(MultiDict([(name, _filter_value(name, value)) for name, value in pairs]))
@@ -168,6 +176,11 @@ def _filter_sources() -> list[MultiDict[str, str]]:
             f"or a form; it is {what[:60]}"
         )
     return [*given, request.form]
+
+
+def _looks_like_json(data: bytes) -> bool:
+    """Whether a body starts as a JSON object or array does (no filter's name does)."""
+    return data.lstrip()[:1] in (b"{", b"[")
 
 
 def _json_pairs(data: bytes) -> list[tuple[str, Any]]:

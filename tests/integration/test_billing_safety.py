@@ -432,15 +432,15 @@ def test_a_quarantined_row_the_customer_fixed_and_sent_is_not_re_run(loop: Loop)
     assert sorted(loop.accepted()) == ["a", "x"]
     with loop.session() as session:
         held = session.exec(select(QuarantinedRow)).all()
-        [task] = session.exec(
+        tasks = session.exec(
             select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.quarantine_rerun")
-        )
+        ).all()
     assert [(q.identifier, q.rerun_id) for q in held] == [("x", None)]  # left as it is
-    assert "1 left quarantined: billed as they are since, from a later version" in str(task.outcome)
-    # and marked so: it was listed as waiting for a fix (`taken_again=no`) for good
-    assert (held[0].taken_again or "").startswith(
-        "another file or version, sent as it is by the poller at "
-    )
+    # marked when the poller sent it from day-fixed.csv (it was listed as waiting for a fix,
+    # `taken_again=no`, until a re-run's pick found it sent): the re-run had nothing to take
+    assert (held[0].taken_again or "").startswith("usage/day-fixed.csv (ETag ")
+    assert ", sent by the poller " in str(held[0].taken_again)
+    assert tasks == []
 
 
 def test_a_row_stripe_refused_after_the_poller_sent_it_may_be_re_run(loop: Loop) -> None:

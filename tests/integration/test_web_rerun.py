@@ -628,7 +628,8 @@ def test_of_two_entries_of_one_row_a_rerun_sends_the_newer_once(
     sandbox_server.admin.create_meter("tokens")
     client = make_app(settings).test_client()
     bearer = {"Authorization": f"Bearer {TOKEN}"}
-    _queued, rerun = _rerun_one(client, settings, engine, "code=no_meter", rows=2)
+    # the older entry marked when the newer one's run ended: one row waits, one is re-run
+    _queued, rerun = _rerun_one(client, settings, engine, "code=no_meter", rows=1)
     assert (rerun.input_rows, rerun.valid, rerun.corrected) == (1, 1, 0)
     detail = client.get(f"/api/runs/{rerun.id}", headers=bearer).get_json()
     [corrected] = [o for o in detail["outputs"] if o["kind"] == "corrected"]
@@ -668,7 +669,8 @@ def test_an_identifier_used_again_another_day_is_other_usage_and_both_are_rerun(
 
     sandbox_server.admin.create_meter("tokens")
     client = make_app(settings).test_client()
-    _queued, rerun = _rerun_one(client, settings, engine, "code=no_meter", rows=2)
+    # the older entry marked when the newer one's run ended: one row waits, one is re-run
+    _queued, rerun = _rerun_one(client, settings, engine, "code=no_meter", rows=1)
     assert (rerun.input_rows, rerun.valid) == (2, 2)
     state = _entries(client, first, second)
     assert state == {first.id: (rerun.id, None), second.id: (rerun.id, None)}

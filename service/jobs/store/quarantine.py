@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Connection, Engine, func, select
+from sqlalchemy import ColumnElement, Connection, func, select
 
 from service.db.pages import Listing, Page, keyset
 from service.db.statements import delete_batch_in
@@ -73,19 +73,53 @@ def count_all_quarantined(connection: Connection) -> int:
     return int(connection.execute(select(func.count()).select_from(QUARANTINE)).scalar_one())
 
 
-def top_quarantine_group(engine: Engine, run_id: int) -> tuple[str | None, str | None, str | None]:
-    """The code, meter and customer with the most quarantined rows in the run."""
-    keys = (QUARANTINE.c.code, QUARANTINE.c.meter, QUARANTINE.c.customer)
+class QuarantineSpread(NamedTuple):
+    """What a run's quarantined rows are: their codes with their rows (the most rows first,
+    then by name), how many meters and customers they name (none counts as one), and the
+    meter and customer every row shares (None when they differ)."""
+
+    codes: list[tuple[str, int]]
+    meters: int
+    customers: int
+    meter: str | None
+    customer: str | None
+
+    @property
+    def code(self) -> str | None:
+        """The code every row shares (None when they differ, or with no rows)."""
+        return self.codes[0][0] if len(self.codes) == 1 else None
+
+
+def quarantine_spread(connection: Connection, run_id: int) -> QuarantineSpread:
+    """`QuarantineSpread` of the run `run_id`'s quarantined rows (two queries by the run
+    index). A run's alert names a code, meter or customer only when all its rows share it:
+    the largest group named beside the run's total said all its rows were that."""
+    table = QUARANTINE.c
     rows = func.count().label("rows")
-    with engine.connect() as connection:
-        top = connection.execute(
-            select(*keys, rows)
-            .where(QUARANTINE.c.run_id == run_id)
-            .group_by(*keys)
-            .order_by(rows.desc())
-            .limit(1)
-        ).first()
-    return (top[0], top[1], top[2]) if top is not None else (None, None, None)
+    by_code = select(table.code, rows).where(table.run_id == run_id).group_by(table.code)
+    codes = sorted(
+        ((str(r.code), int(r.rows)) for r in connection.execute(by_code)),
+        key=lambda item: (-item[1], item[0]),
+    )
+    names = select(
+        func.count(),
+        func.count(table.meter),
+        func.count(table.meter.distinct()),
+        func.min(table.meter),
+        func.count(table.customer),
+        func.count(table.customer.distinct()),
+        func.min(table.customer),
+    ).where(table.run_id == run_id)
+    found = connection.execute(names).one()
+    total, metered, meters, named, customers = (int(found[i]) for i in (0, 1, 2, 4, 5))
+    meter, customer = found[3], found[6]
+    return QuarantineSpread(
+        codes,
+        meters + (metered < total),
+        customers + (named < total),
+        str(meter) if meters == 1 and metered == total else None,
+        str(customer) if customers == 1 and named == total else None,
+    )
 
 
 def _quarantined_by_runs_between(start: datetime, end: datetime) -> ColumnElement[bool]:

@@ -398,6 +398,69 @@ def other_takes(
     return found
 
 
+def quarantined_again_label(source: str, run_id: int | None, at: datetime) -> str:
+    """What an entry superseded by a later one of the same row says took it (shown after
+    "taken again by Stripe from")."""
+    return (
+        f"{source}, quarantined again there by run {run_id} at "
+        f"{as_utc(at) or at:%Y-%m-%d %H:%M:%S} UTC (that entry is the one to re-run)"
+    )
+
+
+def superseded_by_run(engine: Engine, run_id: int) -> dict[int, str]:
+    """The entries other runs hold (neither taken by a re-run nor marked taken again) of rows
+    the finished run `run_id` quarantined again after them: the same identifier and timestamp
+    (`stamp_of`; an identifier may be used again a day later for other usage), id -> what
+    took them (`quarantined_again_label`). The newer entry is the one to re-run, as a
+    re-run's pick judges (`rerun_pick._taken_since`): the older one waits for nothing. The
+    run's rows by the run index, a batch at a time; the others by the identifier index."""
+    found: dict[int, str] = {}
+    with engine.connect() as connection:
+        source = connection.execute(select(RUNS.c.source).where(RUNS.c.id == run_id)).scalar()
+        after = 0
+        while True:
+            query = (
+                select(
+                    QUARANTINE.c.id,
+                    QUARANTINE.c.identifier,
+                    QUARANTINE.c.record,
+                    QUARANTINE.c.created_at,
+                )
+                .where(
+                    QUARANTINE.c.run_id == run_id,
+                    QUARANTINE.c.identifier.is_not(None),
+                    QUARANTINE.c.id > after,
+                )
+                .order_by(QUARANTINE.c.id)
+                .limit(ID_BATCH)
+            )
+            newer = connection.execute(query).all()
+            if not newer:
+                return found
+            after = int(newer[-1].id)
+            latest: dict[tuple[str, str], datetime] = {}
+            for row in newer:
+                held = (str(row.identifier), stamp_of((row.record or {}).get("timestamp")))
+                latest[held] = max(latest.get(held) or _when(row.created_at), _when(row.created_at))
+            identifiers = sorted({identifier for identifier, _ in latest})
+            older = select(
+                QUARANTINE.c.id,
+                QUARANTINE.c.identifier,
+                QUARANTINE.c.record,
+                QUARANTINE.c.created_at,
+            ).where(
+                in_listed(QUARANTINE.c.identifier, identifiers, engine),
+                QUARANTINE.c.run_id != run_id,
+                QUARANTINE.c.rerun_id.is_(None),
+                QUARANTINE.c.taken_again.is_(None),
+            )
+            for row in connection.execute(older):
+                stamp = stamp_of((row.record or {}).get("timestamp"))
+                at = latest.get((str(row.identifier), stamp))
+                if at is not None and _when(row.created_at) < at:
+                    found[int(row.id)] = quarantined_again_label(str(source), run_id, at)
+
+
 def newest_generation(connection: Connection) -> int:
     """The highest generation a run wrote in (1 with none)."""
     return int(connection.execute(select(func.max(RUNS.c.generation))).scalar() or 1)

@@ -18,10 +18,14 @@ from service.jobs.store.quarantine import ID_BATCH, QUARANTINE
 from service.models._types import as_utc
 
 
-def held_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
-    """Which of `identifiers` these runs hold in quarantine: not taken by a re-run, not
-    marked taken again (`mark_taken_again`)."""
-    return _identifiers_where(engine, run_ids, identifiers, _held)
+def held_anywhere(engine: Engine, identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` any run holds in quarantine: not taken by a re-run, not marked
+    taken again (`mark_taken_again`); one query by the quarantined rows' identifier index."""
+    if not identifiers:
+        return set()
+    query = select(QUARANTINE.c.identifier).where(*_held(engine, None, identifiers)).distinct()
+    with engine.connect() as connection:
+        return {str(row.identifier) for row in connection.execute(query)}
 
 
 def marked_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]) -> set[str]:
@@ -75,32 +79,33 @@ def _marked(
 
 
 def _held(
-    engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
+    engine: Engine, run_ids: Sequence[int] | None, identifiers: Sequence[str]
 ) -> list[ColumnElement[bool]]:
-    """Rows these runs hold in quarantine under one of `identifiers`: not taken by a re-run,
-    not marked taken again (by run id: indexed)."""
-    return [
-        QUARANTINE.c.run_id.in_(list(run_ids)),
+    """Rows these runs (None: any run) hold in quarantine under one of `identifiers`: not
+    taken by a re-run, not marked taken again (by run id and identifier: indexed)."""
+    held = [
         QUARANTINE.c.rerun_id.is_(None),
         QUARANTINE.c.taken_again.is_(None),
         in_listed(QUARANTINE.c.identifier, identifiers, engine),
     ]
+    return held if run_ids is None else [QUARANTINE.c.run_id.in_(list(run_ids)), *held]
 
 
 def mark_taken_again(
     engine: Engine,
-    run_ids: Sequence[int],
+    run_ids: Sequence[int] | None,
     identifiers: Sequence[str],
     version: str,
     uploaded: datetime,
     then: Marked | None = None,
 ) -> int:
-    """The rows these runs hold in quarantine (`_held`) under one of `identifiers`,
-    quarantined before `uploaded`, were sent again from the object version `version` at that
-    moment (index mode: uploaded then, Stripe's connector takes it whole; import mode: the
-    poller's batch of them acknowledged then): marked with it. Rows quarantined after it are
-    that version's own failures (`then`: as `mark_rows_taken_again`). How many."""
-    if not run_ids or not identifiers:
+    """The rows these runs (None: any run, by the identifier index) hold in quarantine
+    (`_held`) under one of `identifiers`, quarantined before `uploaded`, were sent again from
+    the object version `version` at that moment (index mode: uploaded then, Stripe's
+    connector takes it whole; import mode: the poller's batch of them acknowledged then):
+    marked with it. Rows quarantined after it are that version's own failures (`then`: as
+    `mark_rows_taken_again`). How many."""
+    if (run_ids is not None and not run_ids) or not identifiers:
         return 0
     query = select(QUARANTINE.c.id, QUARANTINE.c.created_at).where(
         *_held(engine, run_ids, identifiers)
