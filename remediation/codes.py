@@ -33,10 +33,23 @@ class ErrorCode(StrEnum):
     # changed): Stripe may have billed it, so no rule corrects it under a new identifier and
     # no re-run sends it; quarantined for an operator who checks Stripe first.
     SENT_WITHOUT_ANSWER = "sent_without_answer"
+    # A row that would go out (corrected, or sent again as it came) under an identifier
+    # Stripe took an event under from another row of its file (a row counted valid of a usage
+    # file, a row of a failed-records file's object that Stripe did not refuse: `core.sameids`):
+    # Stripe billed that identifier, so a second event under it, or under `<id>-mfx1`, would
+    # be billed twice. Never corrected, never sent by a re-run, as `sent_without_answer`.
+    IDENTIFIER_TAKEN = "identifier_taken"
     UNCLASSIFIED = "unclassified"
 
 
 KNOWN_CODES: frozenset[str] = frozenset(code.value for code in ErrorCode)
+
+# Codes of rows Stripe may have billed (or billed) under their identifier: a row arriving with
+# one (handed over by the poller, a quarantine re-run's) is quarantined again whatever our
+# checks say of it, never corrected, never re-sent (`core.decide`, `service.jobs.rerun_records`).
+NEVER_RESENT: frozenset[str] = frozenset(
+    (ErrorCode.SENT_WITHOUT_ANSWER.value, ErrorCode.IDENTIFIER_TAKEN.value)
+)
 
 # The message of a row an error report's run selected because it changed since Stripe refused
 # it (`reported.select_reported`; no code: our validation decides, and valid it is sent as it

@@ -27,6 +27,7 @@ from remediation.core.heldback import HeldBack
 from remediation.core.jsonlout import JsonlOut
 from remediation.core.leftout import without
 from remediation.core.recordout import RecordOut
+from remediation.core.sameids import TakenElsewhere
 from remediation.errors import ConservationError
 from remediation.filetypes import FileFormat
 from remediation.identifiers import Identifiers, Lineage
@@ -239,7 +240,9 @@ def _decide_and_write(
 ) -> None:
     """Decides each batch as it is read, and writes it one behind (`WriteBehind`); once a row
     of an input that is not rejected-only was corrected, the batches are held back (on disk,
-    under `out_dir` when written) and written at the end (`decide.BatchDecider.amend`)."""
+    under `out_dir` when written) and written at the end (`decide.BatchDecider.amend`). A
+    `TakenElsewhere` of `leave_out` leaves no row out: the rows going out under an identifier
+    it holds are quarantined."""
     behind = out.on_audit is not None or not isinstance(records, CsvRecords)
     held = HeldBack(out_dir)
     try:
@@ -249,9 +252,13 @@ def _decide_and_write(
             WriteBehind(out.put, out.written, out_dir is not None, behind) as writer,
         ):
             taken = None if decider.same is None else decider.same.taken
+            elsewhere = [held for held in leave_out if isinstance(held, TakenElsewhere)]
+            leave_out = [rows for rows in leave_out if not isinstance(rows, TakenElsewhere)]
             for batch in without(batches(records, ahead=writer.ahead), leave_out, taken):
                 decided = decider.decide(batch)
                 del batch  # freed before the next batch is read, not after
+                for stripe_took in elsewhere:
+                    stripe_took.hold(decided)
                 if held.count or decider.holds_back():
                     held.put(decided)
                 else:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from remediation.changes import Context
-from remediation.codes import CHANGED_SINCE_SENT, ErrorCode
+from remediation.codes import CHANGED_SINCE_SENT, NEVER_RESENT, ErrorCode
 from remediation.core.checks import (
     CODE_IDS,
     CODES,
@@ -176,17 +176,28 @@ class BatchDecider:
 
 def _maybe_billed(batch: Batch, valid: Mask, mfx: Codes, reason: Codes) -> Mask:
     """Rows the bundled poller handed over as sent once without Stripe's answer
-    (`sent_without_answer`): quarantined whatever our checks say of them now, never corrected
-    under a new identifier (Stripe may have billed them under theirs)."""
-    held = mask(pc.equal(batch.error_code, ErrorCode.SENT_WITHOUT_ANSWER.value))
+    (`sent_without_answer`), or a re-run's rows quarantined because Stripe took their
+    identifier from another row (`identifier_taken`; `codes.NEVER_RESENT`): quarantined
+    whatever our checks say of them now, never corrected under a new identifier (Stripe may
+    have billed them under theirs)."""
+    held = mask(pc.is_in(batch.error_code, pa.array(sorted(NEVER_RESENT), pa.string())))
     rows = np.flatnonzero(held)
     if len(rows):
         valid[rows] = False
-        messages = batch.error_message
+        messages, codes = batch.error_message, batch.error_code
         for i in rows.tolist():
-            mfx[i] = ErrorCode.SENT_WITHOUT_ANSWER
-            reason[i] = messages[i].as_py() or "sent once without Stripe's answer"
+            code = ErrorCode(codes[i].as_py())
+            mfx[i] = code
+            reason[i] = messages[i].as_py() or _NEVER_RESENT_REASONS[code]
     return held
+
+
+_NEVER_RESENT_REASONS = {
+    ErrorCode.SENT_WITHOUT_ANSWER: "sent once without Stripe's answer",
+    ErrorCode.IDENTIFIER_TAKEN: (
+        "Stripe took an event under its identifier from another row: a second would be billed twice"
+    ),
+}
 
 
 def _read_without_aliases(batch: Batch, ctx: Context, to_fix: CodeIds, rows: Indexes) -> None:

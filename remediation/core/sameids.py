@@ -5,13 +5,17 @@ Such an input may hold rows Stripe billed: its valid rows are written nowhere (`
 Stripe dedupes by identifier, so of two rows under one identifier it took one event; when one
 of them is valid, it billed that identifier. Corrected (or re-sent as it came: reported, valid
 now) under `<id>-mfx1`, the other would be billed a second time: it is quarantined instead,
-under the code it arrived with (as `decide._maybe_billed` holds a row), wherever the valid row
-is. A valid row in an earlier batch or the same is known when the row is decided; one in a
-later batch only at the end, so the engine holds the decided batches back from the first row
-going out on (`heldback`), and `amend` quarantines those rows then. Identifiers are held as
-64-bit digests: a collision can only quarantine a row, never send one. Rows without an
-identifier never clash (Stripe makes one up for each). The rows of the input a run does not
-take (an error report's run: those Stripe took, not reported) count as valid (`taken`).
+under `identifier_taken` (`codes.NEVER_RESENT`: never corrected, never sent by a re-run, as
+`decide._maybe_billed` holds a row), wherever the valid row is. A valid row in an earlier
+batch or the same is known when the row is decided; one in a later batch only at the end, so
+the engine holds the decided batches back from the first row going out on (`heldback`), and
+`amend` quarantines those rows then. Identifiers are held as 64-bit digests: a collision can
+only quarantine a row, never send one. Rows without an identifier never clash (Stripe makes
+one up for each). The rows of the input a run does not take (an error report's run: those
+Stripe took, not reported) count as valid (`taken`).
+
+A rejected-only input (a failed-records file) has no valid row, but its object may hold rows
+Stripe took (not refused): `TakenElsewhere`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from remediation.codes import ErrorCode
 from remediation.core.column import Mask
 from remediation.core.columns import Batch, Indexes
 from remediation.core.decided import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
@@ -147,6 +152,40 @@ class SameIdentifiers:
         return digests, rows
 
 
+class TakenElsewhere:
+    """The identifiers (64-bit digests, sorted) Stripe took an event under from rows outside a
+    rejected-only run's input: a failed-records file's object holds a row under one that
+    Stripe did not refuse (more rows of the object hold it than of the file). A row of the run
+    going out under one is quarantined (`identifier_taken`): corrected to `<id>-mfx1`, it was
+    billed a second time. Handed to the engine with the rows left out (`ports.LeavesOut`,
+    leaving none out); `source` names the object in the reason."""
+
+    def __init__(self, digests: Digests, source: str) -> None:
+        self.digests: Digests = np.unique(digests)
+        self.source = source
+
+    def excluded(self, identifiers: set[str]) -> set[str]:
+        return set()
+
+    def count_left(self, rows: int) -> None:
+        pass
+
+    def hold(self, decided: Decided) -> None:
+        """Quarantine the rows of `decided` going out under an identifier Stripe took."""
+        if not len(self.digests):
+            return
+        fate = decided.fate
+        out = np.flatnonzero(_named(decided.batch) & ((fate == CORRECTED) | (fate == VALID)))
+        if not len(out):
+            return
+        digests = _digests(decided.batch)[out]
+        at = np.minimum(np.searchsorted(self.digests, digests), len(self.digests) - 1)
+        rows = out[self.digests[at] == digests]
+        if len(rows):
+            whose = f"a row of {shown(self.source)} that Stripe took (not refused)"
+            quarantine_taken(decided, rows, [whose] * len(rows))
+
+
 def _digests(batch: Batch, at: Indexes | None = None) -> Digests:
     """Each row's identifier's digest (of the rows `at`: those), `CHUNK_ROWS` rows at a time:
     a digest takes 8 bytes of numpy a byte of text while it is made (a usage file's batch of
@@ -189,19 +228,29 @@ def _beside(
 def quarantine(decided: Decided, rows: Indexes, valid_rows: list[int | None]) -> None:
     """Rows of `decided` going out (corrected or re-sent) quarantined instead, each beside the
     valid row that shares its identifier (the first after it when none is before it, by
-    number; None when one is before it: an earlier batch's is not kept by number), under the
-    code they arrived with (`mfx_code`); their corrections undone. So a reason is the same
-    however the input was cut into batches."""
+    number; None when one is before it: an earlier batch's is not kept by number), under
+    `identifier_taken`; their corrections undone. So a reason is the same however the input
+    was cut into batches."""
+    whose = [
+        ("an earlier row's" if valid_row is None else f"row {valid_row}'s")
+        + ", which is valid and not re-sent"
+        for valid_row in valid_rows
+    ]
+    quarantine_taken(decided, rows, whose)
+
+
+def quarantine_taken(decided: Decided, rows: Indexes, whose: list[str]) -> None:
+    """Rows of `decided` going out quarantined under `identifier_taken`, their identifier
+    being also `whose` (one a row), a row Stripe took; their corrections undone."""
     identifiers = decided.batch.identifier.text
-    for row, valid_row in zip(rows.tolist(), valid_rows, strict=True):
-        which = "an earlier row's" if valid_row is None else f"row {valid_row}'s"
+    for row, which in zip(rows.tolist(), whose, strict=True):
         what = "not corrected" if decided.fate[row] == CORRECTED else "not sent again"
         decided.reason[row] = (
-            f"identifier {shown(identifiers[row].as_py())} is also {which}, which is valid and "
-            "not re-sent: Stripe took one event under it, a second would be billed twice; " + what
+            f"identifier {shown(identifiers[row].as_py())} is also {which}: Stripe took one "
+            "event under it, a second would be billed twice; " + what
         )
     decided.fate[rows] = QUARANTINED
-    decided.mfx_code[rows] = decided.arrived[rows]
+    decided.mfx_code[rows] = ErrorCode.IDENTIFIER_TAKEN
     decided.corrections[rows] = 0
     kept = ~np.isin(decided.corrected, rows)
     decided.fixed = decided.fixed.take(np.flatnonzero(kept))

@@ -9,15 +9,23 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
 from sqlalchemy import Engine
 
+from remediation.core.sameids import TakenElsewhere
+from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
 from remediation.lineage import HeldLookup, ObjectLineage, may_hold
 from remediation.ports import Bucket, LeavesOut
+from remediation.readers import CsvRecords
 from remediation.records import UsageRecord
 from remediation.repair import plan_input, read_repaired
+from remediation.rowdigest import text_digests
 from remediation.rules import Rules
 from service.errors import TaskInputMissing
 from service.jobs.input_lineage import run_lineage
@@ -128,6 +136,59 @@ class ObjectIdentifiers:
             return {i for i in identifiers_in(path, self.rules) if i.endswith(suffix)}
 
 
+def stripe_took(ctx: RunContext, tag: str, path: Path) -> TakenElsewhere | None:
+    """The identifiers of the failed-records file `path` that Stripe took an event under from
+    another row of the object the import set `tag` names: more rows of the object hold one
+    than of the file, so a row of the object under it was not refused (the object's `k1` in
+    milliseconds refused, its `k1` valid billed: corrected to `k1-mfx1`, the refused row was
+    billed a second time). As 64-bit digests (a collision only quarantines a row): 8 bytes a
+    row of the file, the object read a block at a time. None: none, or the object is gone."""
+    named = import_set(ctx.engine, tag)
+    key = named.source_object if named is not None else None
+    found = next((k for k in candidate_keys(ctx.bucket, key) if ctx.bucket.head(k)), None)
+    if found is None:
+        return None
+    in_file = np.concatenate([np.zeros(0, np.uint64), *_identifier_digests(path, ctx.rules)])
+    if not len(in_file):
+        return None
+    digests, refused = np.unique(in_file, return_counts=True)
+    del in_file
+    held = np.zeros(len(digests), np.int64)
+    with tempfile.TemporaryDirectory(prefix="meterfix-src-") as tmp:
+        copy = Path(tmp) / local_name(found)
+        ctx.bucket.download(found, copy)
+        for chunk in _identifier_digests(copy, ctx.rules):
+            at = np.minimum(np.searchsorted(digests, chunk), len(digests) - 1)
+            np.add.at(held, at[digests[at] == chunk], 1)
+    took = digests[held > refused]
+    return TakenElsewhere(took, found) if len(took) else None
+
+
+def _identifier_digests(path: Path, rules: Rules) -> Iterator[npt.NDArray[np.uint64]]:
+    """The digests of the identifiers of the rows of a usage file that have one, a block of
+    rows at a time (none when it cannot be read, as `inputs.identifiers_in`)."""
+    try:
+        plan = plan_input(path, rules)
+        with path.open("rb") as stream:
+            records = read_repaired(stream, plan, rules)
+            if isinstance(records, CsvRecords):
+                blocks: Iterator[list[str]] = (cells for _, cells in records.identifier_blocks())
+            else:
+                blocks = (
+                    [r.identifier or "" for r in chunk]
+                    for chunk in iter(lambda: list(islice(records, _DIGEST_ROWS)), [])
+                )
+            for cells in blocks:
+                named = [cell for cell in cells if cell]
+                if named:
+                    yield text_digests(pa.array(named, pa.string()))
+    except UnreadableFile:
+        return
+
+
+_DIGEST_ROWS = 65_536
+
+
 def recorded_of(engine: Engine, key: str) -> Callable[[list[str]], set[str]]:
     """Which of some identifiers the poller recorded a row of the object `key` with (any
     version of it: each row's identifier is recorded, sent or refused)."""
@@ -163,6 +224,9 @@ def run_file(
             "plan": plan,
         }
     )
+    if request.trigger is RunTrigger.IMPORT_SET_SUCCEEDED:  # a failed-records file
+        took = stripe_took(ctx, request.tag, path)
+        leave_out = [*leave_out, took] if took is not None else leave_out
     with path.open("rb") as stream:
         records = read_repaired(stream, plan, ctx.rules)
         done = execute_run(ctx, run, transform(records) if transform else records, leave_out)

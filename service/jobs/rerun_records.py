@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 
-from remediation.codes import KNOWN_CODES, ErrorCode
+from remediation.codes import KNOWN_CODES, NEVER_RESENT, ErrorCode
 from remediation.core.rules.keys import holds
 from remediation.identifiers import Identifiers, Lineage, row_identifier
 from remediation.jsonrecords import record_from_obj
@@ -32,15 +32,18 @@ from service.jobs.store.reruns import quarantined_entries
 # Nor do our checks judge a row's dimensions for a meter that names none (Stripe's own
 # settings): a row refused for too many dimensions passed validation and went out as Stripe
 # refused it, `region` and all, where a fresh run drops the key (`drop_unused_keys`).
-CHECKED_BY_VALIDATION = KNOWN_CODES - {
-    ErrorCode.CUSTOMER_NOT_FOUND,
-    ErrorCode.UNCLASSIFIED,
-    ErrorCode.INVALID_VALUE,
-    ErrorCode.VALUE_TOO_MANY_DIGITS,
-    ErrorCode.DIMENSION_COUNT_TOO_HIGH,
-    ErrorCode.MISSING_DIMENSION_KEYS,
-    ErrorCode.SENT_WITHOUT_ANSWER,  # Stripe may have billed it: never sent by a re-run
-}
+CHECKED_BY_VALIDATION = (
+    KNOWN_CODES
+    - {
+        ErrorCode.CUSTOMER_NOT_FOUND,
+        ErrorCode.UNCLASSIFIED,
+        ErrorCode.INVALID_VALUE,
+        ErrorCode.VALUE_TOO_MANY_DIGITS,
+        ErrorCode.DIMENSION_COUNT_TOO_HIGH,
+        ErrorCode.MISSING_DIMENSION_KEYS,
+    }
+    - NEVER_RESENT
+)  # Stripe may have billed it (or did): never sent by a re-run
 
 
 QUARANTINE_CODE = f"{MFX_PREFIX}code"  # a stored row's note of the code it was quarantined with
@@ -139,12 +142,14 @@ def _usage_record(number: int, entry: _Entry) -> UsageRecord:
     """The row as it arrived (without the `mfx_*` notes), read as the JSON readers read an
     object (a payload that is no object, an identifier or event name that is one: a malformed
     row again, its values as they came), with the code it arrived with unless our validation
-    decides that code (see CHECKED_BY_VALIDATION). A row quarantined malformed (its record's
-    `mfx_code`, whatever code it arrived with) stays so, for the reason it was: what is stored
-    of it is what could be read, not the row (a CSV row of 7 fields for 6 columns, its value
-    cut at an unquoted comma, was validated from its first 6 and sent with the part before
-    the comma; a JSON Lines line that is not JSON came back as a row with no meter, under an
-    identifier made up for it)."""
+    decides that code (see CHECKED_BY_VALIDATION). A row quarantined under a code of
+    `NEVER_RESENT` (its record's `mfx_code`: `identifier_taken` arrived with another code)
+    keeps that code and its reason: quarantined again, never sent. A row quarantined
+    malformed (its record's `mfx_code`, whatever code it arrived with) stays so, for the
+    reason it was: what is stored of it is what could be read, not the row (a CSV row of 7
+    fields for 6 columns, its value cut at an unquoted comma, was validated from its first 6
+    and sent with the part before the comma; a JSON Lines line that is not JSON came back as
+    a row with no meter, under an identifier made up for it)."""
     row = entry.record
     record = record_from_obj(
         number, {key: value for key, value in row.items() if not key.startswith(MFX_PREFIX)}
@@ -156,6 +161,10 @@ def _usage_record(number: int, entry: _Entry) -> UsageRecord:
         return record
     if "identifier" not in record.extra:  # not an object or list kept as it came
         record.identifier = entry.identifier
+    held = row.get(QUARANTINE_CODE)
+    if held in NEVER_RESENT:  # quarantined so whatever it arrived with: Stripe billed it
+        record.error_code, record.error_message = str(held), entry.reason or None
+        return record
     record.error_code = None if entry.code in CHECKED_BY_VALIDATION else entry.code or None
     return record
 

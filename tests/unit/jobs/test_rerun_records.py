@@ -79,3 +79,40 @@ def test_a_stored_row_of_the_wrong_shape_is_quarantined_again_as_it_came(
     assert (result.summary["corrected"], result.summary["quarantined"]) == (0, 1)
     (path,) = result.summary["outputs"]["quarantine"]
     assert json.loads(Path(path).read_text(encoding="utf-8")) == stored
+
+
+@pytest.mark.parametrize("rejected", [True, False])
+def test_a_row_quarantined_because_stripe_took_its_identifier_is_never_sent_by_a_rerun(
+    tmp_path: Path, rejected: bool
+) -> None:
+    """Quarantined `identifier_taken` (it arrived as `timestamp_in_future`, the code stored
+    as the row's): its re-run validated it again, corrected it to `k1-mfx1`, billed twice."""
+    reason = (
+        "identifier 'k1' is also row 3's, which is valid and not re-sent: Stripe took one "
+        "event under it, a second would be billed twice; not corrected"
+    )
+    row = {
+        "identifier": "k1",
+        "timestamp": NOW * 1000,
+        "event_name": "api_requests",
+        "payload": {"stripe_customer_id": "cus_1", "value": "1"},
+    }
+    stored = {**row, "mfx_code": "identifier_taken", "mfx_reason": reason}
+    record = _usage_record(1, _Entry("k1", "timestamp_in_future", stored, reason))
+    assert (record.error_code, record.error_message) == ("identifier_taken", reason)
+    result = remediate(
+        [record],
+        source="rerun",
+        fmt=FileFormat.JSONL,
+        meters=[Meter("m1", "api_requests")],
+        rules=Rules(),
+        now=NOW,
+        out_dir=tmp_path,
+        rejected=rejected,
+        loop_protection=False,
+    )
+    assert (result.summary["corrected"], result.summary["quarantined"]) == (0, 1)
+    (path,) = result.summary["outputs"]["quarantine"]
+    written = json.loads(Path(path).read_text(encoding="utf-8"))
+    assert (written["mfx_code"], written["mfx_reason"]) == ("identifier_taken", reason)
+    assert result.summary["outputs"]["corrected"] == []

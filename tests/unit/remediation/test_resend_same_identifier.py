@@ -131,7 +131,7 @@ def test_a_row_to_correct_under_a_valid_rows_identifier_is_quarantined(
     assert written == ["t1-mfx1"]  # the other correction goes out
     valid_row, held_row = (1, 2) if valid_first else (2, 1)
     assert [q["identifier"] for q in quarantined] == ["k1"]
-    assert quarantined[0]["mfx_code"] == "timestamp_in_future"  # the code it was classified with
+    assert quarantined[0]["mfx_code"] == "identifier_taken"  # never corrected nor re-sent
     which = "an earlier row's" if valid_first else f"row {valid_row}'s"
     assert quarantined[0]["mfx_reason"] == REASON.replace("row {}'s", which)
     assert summary["by_code"]["timestamp_in_future"] == {"corrected": 0, "quarantined": 1}
@@ -148,7 +148,11 @@ def test_a_row_to_correct_under_a_valid_rows_identifier_is_quarantined(
         ("QuarantinedRow", held_row),
     ]
     held = next(x for x in handed if isinstance(x, QuarantinedRow))
-    assert (held.identifier, held.code, held.mfx_code) == ("k1", *["timestamp_in_future"] * 2)
+    assert (held.identifier, held.code, held.mfx_code) == (
+        "k1",
+        "timestamp_in_future",  # the code it arrived with (classified)
+        "identifier_taken",
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -170,9 +174,7 @@ def test_the_valid_row_in_another_batch(
     assert written == ["t1-mfx1", "t2-mfx1"]
     valid_row, held_row = (2, 303) if valid_first else (303, 2)
     which = f"row {valid_row}'s" if not valid_first else "an earlier row's"
-    assert [(q["identifier"], q["mfx_code"]) for q in quarantined] == [
-        ("k1", "timestamp_in_future")
-    ]
+    assert [(q["identifier"], q["mfx_code"]) for q in quarantined] == [("k1", "identifier_taken")]
     assert quarantined[0]["mfx_reason"] == REASON.replace("row {}'s", which)
     assert summary["by_code"]["timestamp_in_future"] == {"corrected": 0, "quarantined": 1}
     lines = audit_lines(summary)
@@ -217,7 +219,7 @@ def test_a_reported_row_valid_now_under_a_valid_rows_identifier_is_not_sent_agai
         as_input(rows, FileFormat.CSV, header), tmp_path, FileFormat.CSV
     )
     assert (summary["valid"], summary["quarantined"]) == (1, 1) and written == []
-    assert quarantined[0]["mfx_code"] == "timestamp_in_future"
+    assert quarantined[0]["mfx_code"] == "identifier_taken"
     assert quarantined[0]["mfx_reason"] == REASON.format(2).replace(
         "not corrected", "not sent again"
     )
