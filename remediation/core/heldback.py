@@ -30,6 +30,19 @@ class HeldBack:
         self.count = 0
 
     def put(self, decided: Decided) -> None:
+        try:
+            self._put(decided)
+        except OSError as exc:
+            raise self._said(exc) from exc
+
+    def _said(self, exc: OSError) -> OSError:
+        """`exc` (no room: `File too large`, `No space left on device`) said of this file,
+        unnamed: it named the input (`meterfix validate`) or the outputs' folder."""
+        where = self.directory if self.directory is not None else tempfile.gettempdir()
+        what = f"the rows held back until every row is decided (a temporary file in {where})"
+        return OSError(exc.errno, exc.strerror, what)
+
+    def _put(self, decided: Decided) -> None:
         if self.file is None:
             # unnamed: gone with the process whatever becomes of the run; closed by `close`
             self.file = tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115
@@ -46,7 +59,10 @@ class HeldBack:
         """The batches held, in the order they were put, each read as it is asked for."""
         if self.file is None:
             return
-        self.file.flush()
+        try:
+            self.file.flush()
+        except OSError as exc:
+            raise self._said(exc) from exc
         self.file.seek(0)
         for _ in range(self.count):
             (count,) = _LENGTH.unpack(self.file.read(_LENGTH.size))
