@@ -669,8 +669,7 @@ def test_an_identifier_used_again_another_day_is_other_usage_and_both_are_rerun(
 
     sandbox_server.admin.create_meter("tokens")
     client = make_app(settings).test_client()
-    # the older entry marked when the newer one's run ended: one row waits, one is re-run
-    _queued, rerun = _rerun_one(client, settings, engine, "code=no_meter", rows=1)
+    _queued, rerun = _rerun_one(client, settings, engine, "code=no_meter", rows=2)
     assert (rerun.input_rows, rerun.valid) == (2, 2)
     state = _entries(client, first, second)
     assert state == {first.id: (rerun.id, None), second.id: (rerun.id, None)}
