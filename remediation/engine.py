@@ -271,6 +271,8 @@ def _decide_and_write(
                 trim_heap()
     finally:
         held.close()
+        if decider.same is not None:
+            decider.same.close()
 
 
 def _bytes_out(records: Iterable[UsageRecord], write: bool) -> bool:

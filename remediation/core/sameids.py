@@ -6,10 +6,10 @@ Stripe dedupes by identifier, so of two rows under one identifier it took one ev
 of them is valid, it billed that identifier. Corrected (or re-sent as it came: reported, valid
 now) under `<id>-mfx1`, the other would be billed a second time: it is quarantined instead,
 under `identifier_taken` (`codes.NEVER_RESENT`: never corrected, never sent by a re-run, as
-`decide._maybe_billed` holds a row), wherever the valid row is. A valid row in an earlier
-batch or the same is known when the row is decided; one in a later batch only at the end, so
-the engine holds the decided batches back from the first row going out on (`heldback`), and
-`amend` quarantines those rows then. Identifiers are held as 64-bit digests: a collision can
+`decide._maybe_billed` holds a row), wherever the valid row is. A valid row in a later batch
+is known only at the end, so the engine holds the decided batches back from the first row
+going out on (`heldback`), and `amend` quarantines those rows then (all of them: a valid row
+before one is found the same way). Identifiers are held as 64-bit digests: a collision can
 only quarantine a row, never send one. Rows without an identifier never clash (Stripe makes
 one up for each). The rows of the input a run does not take (an error report's run: those
 Stripe took, not reported) count as valid (`taken`).
@@ -19,6 +19,10 @@ Stripe took (not refused): `TakenElsewhere`.
 """
 
 from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -38,118 +42,139 @@ Digests = npt.NDArray[np.uint64]
 CHUNK_ROWS = 1024
 
 
-class DigestSet:
-    """64-bit digests as sorted arrays of decreasing sizes (each added batch merged into the
-    smaller ones, so a digest is merged about log2(n) times, and a look-up searches as many):
-    8 bytes a row, 32 MB for 4M rows."""
-
-    def __init__(self) -> None:
-        self.levels: list[Digests] = []
-
-    def __bool__(self) -> bool:
-        return bool(self.levels)
-
-    def add(self, digests: Digests) -> None:
-        if not len(digests):
-            return
-        new: Digests = np.sort(digests)
-        while self.levels and len(self.levels[-1]) <= len(new):
-            new = np.concatenate([self.levels.pop(), new])  # repeats kept: no copy to drop them
-            new.sort()
-        self.levels.append(new)
-
-    def holds(self, digests: Digests) -> Mask:
-        found: Mask = np.zeros(len(digests), bool)
-        for level in self.levels:
-            at = np.minimum(np.searchsorted(level, digests), len(level) - 1)
-            found |= level[at] == digests
-        return found
-
-
 class SameIdentifiers:
-    """What a run of an input that is not rejected-only knows of its identifiers so far: those
-    of the rows counted valid (kept), of the rows that go out (corrected, or re-sent as they
-    came: reported, valid now), and of the rows going out that a valid row of a later batch
-    shares (`late`, with that row's number, for the reason)."""
+    """What a run of an input that is not rejected-only knows of its identifiers: the digests
+    of the rows counted valid (kept, or `taken`), each with its row number, appended as they
+    come (16 bytes a row, past `SPILL_ROWS` on disk: `_Spill`), and those of the rows going
+    out (corrected, or re-sent as they came: reported, valid now), in memory. Every row going
+    out is decided at the end (`amend`): the batches are held back from the first of them on,
+    so a valid row before or after it is known alike, its reason the same however the input
+    was cut into batches; nothing is sorted unless a row went out."""
 
     def __init__(self) -> None:
-        self.valid = DigestSet()
-        self.out = DigestSet()
-        self._late: list[tuple[Digests, Indexes]] = []
-        self._late_found: tuple[Digests, Indexes] | None = None
-        self._taken: list[tuple[Digests, Indexes]] = []
+        self._valid = _Spill()
+        self._out: list[Digests] = []
+        self._found: tuple[Digests, Indexes] | None = None
+
+    @property
+    def out(self) -> bool:
+        """Whether a row went out (its batch and those after it are held back)."""
+        return bool(self._out)
 
     def taken(self, batch: Batch, at: Indexes) -> None:
         """Rows `at` of `batch` the run does not take, which Stripe took (an error report's
         run: the rows of the usage file the report is not about, `ports.SelectsRows`): counted
-        valid with the next batch decided, or at the end."""
+        valid."""
         at = at[_named(batch)[at]]
         if len(at):
-            self._taken.append((_digests(batch, at), batch.rows[at]))
+            self._valid.add(_digests(batch, at), batch.rows[at])
 
     def hold(self, decided: Decided) -> None:
-        """Quarantine the rows of `decided` going out whose identifier a valid row of this
-        batch or of an earlier one has; note the valid rows that share one with a row going
-        out of an earlier batch (`late`)."""
+        """Note the identifiers of the rows of `decided` counted valid and going out."""
         batch, fate = decided.batch, decided.fate
         named = _named(batch)
         kept = np.flatnonzero(named & (fate == VALID_KEPT))
         out = np.flatnonzero(named & ((fate == CORRECTED) | (fate == VALID)))
-        taken, taken_rows = self._taken_so_far()
-        if not len(kept) and not len(out) and not len(taken):
+        if not len(kept) and not len(out):
             return
         digests = _digests(batch)
-        valid_here, out_here = np.concatenate([digests[kept], taken]), digests[out]
-        valid_rows = np.concatenate([batch.rows[kept], taken_rows])
-        before = self.valid.holds(out_here)
-        clash = before | np.isin(out_here, valid_here)
-        if clash.any():
-            rows = out[clash]
-            first = _first_rows(valid_here, valid_rows)
-            beside = _beside(first, out_here[clash], before[clash], batch.rows[rows])
-            quarantine(decided, rows, beside)
-        later = self.out.holds(valid_here)
-        if later.any():
-            self._late.append((valid_here[later], valid_rows[later]))
-        self.valid.add(valid_here)
-        self.out.add(out_here[~clash])
+        if len(kept):
+            self._valid.add(digests[kept], batch.rows[kept])
+        if len(out):
+            self._out.append(digests[out])
 
     def amend(self, decided: Decided) -> None:
-        """Quarantine the rows of `decided` going out whose identifier a valid row of a later
-        batch has (known once every batch was decided)."""
-        late, valid_rows = self._late_rows()
-        if not len(late):
+        """Quarantine the rows of `decided` going out whose identifier a valid row has
+        (known once every batch was decided), each beside the first such row."""
+        found, valid_rows = self._valid_found()
+        if not len(found):
             return
         fate = decided.fate
         out = np.flatnonzero(_named(decided.batch) & ((fate == CORRECTED) | (fate == VALID)))
         digests = _digests(decided.batch)[out]
-        at = np.minimum(np.searchsorted(late, digests), len(late) - 1)
-        clash = late[at] == digests
+        at = np.minimum(np.searchsorted(found, digests), len(found) - 1)
+        clash = found[at] == digests
         if clash.any():
-            quarantine(decided, out[clash], [int(row) for row in valid_rows[at[clash]]])
+            rows = out[clash]
+            first = valid_rows[at[clash]].tolist()
+            mine = decided.batch.rows[rows].tolist()
+            beside = [None if v < r else v for v, r in zip(first, mine, strict=True)]
+            quarantine(decided, rows, beside)
 
-    def _late_rows(self) -> tuple[Digests, Indexes]:
-        """The digests of `late`, sorted, each with the first valid row that has it."""
-        if self._late_found is None:
-            taken, taken_rows = self._taken_so_far()  # those after the last batch decided
-            later = self.out.holds(taken)
-            self._late.append((taken[later], taken_rows[later]))
-            digests = np.concatenate([d for d, _ in self._late] or [np.zeros(0, np.uint64)])
-            rows = np.concatenate([r for _, r in self._late] or [np.zeros(0, np.int64)])
-            order = np.lexsort((rows, digests))
-            digests, rows = digests[order], rows[order]
-            first = np.ones(len(digests), bool)
-            first[1:] = digests[1:] != digests[:-1]
-            self._late_found = (digests[first], rows[first])
-            self._late.clear()
-        return self._late_found
+    def close(self) -> None:
+        self._valid.close()
 
-    def _taken_so_far(self) -> tuple[Digests, Indexes]:
-        """The digests and row numbers of the rows `taken` since last asked."""
-        digests = np.concatenate([d for d, _ in self._taken] or [np.zeros(0, np.uint64)])
-        rows = np.concatenate([r for _, r in self._taken] or [np.zeros(0, np.int64)])
-        self._taken.clear()
-        return digests, rows
+    def _valid_found(self) -> tuple[Digests, Indexes]:
+        """The digests of rows going out that a valid row shares, sorted, each with the first
+        valid row that has it: the valid rows read back a chunk at a time."""
+        if self._found is None:
+            out: Digests = np.unique(np.concatenate(self._out or [np.zeros(0, np.uint64)]))
+            self._out.clear()
+            first = np.full(len(out), _NONE, np.int64)
+            if len(out):
+                for digests, rows in self._valid.chunks():
+                    at = np.minimum(np.searchsorted(out, digests), len(out) - 1)
+                    hit = out[at] == digests
+                    np.minimum.at(first, at[hit], rows[hit])
+            shared = first != _NONE
+            self._found = (out[shared], first[shared])
+            self._valid.close()
+        return self._found
+
+
+_NONE = np.iinfo(np.int64).max
+SPILL_ROWS = 262_144  # 4 MB of digests and row numbers held before they go to disk
+_PAIR = np.dtype([("digest", np.uint64), ("row", np.int64)])
+
+
+class _Spill:
+    """(digest, row number) pairs appended, read back in chunks: held in memory up to
+    `SPILL_ROWS`, then written to an unnamed temporary file (a usage file of 4M rows held 33
+    MB of sorted digests, 61 MB at its merges, re-sorted at each)."""
+
+    def __init__(self) -> None:
+        self._held: list[npt.NDArray[np.void]] = []
+        self._count = 0
+        self._file: io.BufferedRandom | None = None
+
+    def add(self, digests: Digests, rows: Indexes) -> None:
+        pairs = np.empty(len(digests), _PAIR)
+        pairs["digest"], pairs["row"] = digests, rows
+        self._held.append(pairs)
+        self._count += len(pairs)
+        if self._count >= SPILL_ROWS:
+            self._write()
+
+    def chunks(self) -> Iterator[tuple[Digests, Indexes]]:
+        if self._file is not None:
+            self._write()
+            self._file.seek(0)
+            while chunk := self._file.read(SPILL_ROWS * _PAIR.itemsize):
+                pairs = np.frombuffer(chunk, _PAIR)
+                yield pairs["digest"], pairs["row"]
+        for pairs in self._held:
+            yield pairs["digest"], pairs["row"]
+
+    def close(self) -> None:
+        self._held.clear()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _write(self) -> None:
+        try:
+            if self._file is None:
+                # unnamed: gone with the process whatever becomes of the run
+                self._file = tempfile.TemporaryFile()  # noqa: SIM115
+            for pairs in self._held:
+                self._file.write(pairs.tobytes())
+            self._file.flush()
+        except OSError as exc:  # no room: said of this file
+            where = f"a temporary file in {tempfile.gettempdir()}"
+            what = f"the identifiers of the valid rows, held until every row is decided ({where})"
+            raise OSError(exc.errno, exc.strerror, what) from exc
+        self._held.clear()
+        self._count = 0
 
 
 class TakenElsewhere:
@@ -203,26 +228,6 @@ def _named(batch: Batch) -> Mask:
     """Rows with an identifier of their own (Stripe makes one up for a row without)."""
     column = batch.identifier
     return column.present() & mask(pc.greater(pc.utf8_length(column.text), 0))
-
-
-def _first_rows(digests: Digests, rows: Indexes) -> dict[int, int]:
-    """Each digest's first row number."""
-    first: dict[int, int] = {}
-    for digest, row in zip(digests.tolist(), rows.tolist(), strict=True):
-        first[digest] = min(row, first.get(digest, row))
-    return first
-
-
-def _beside(
-    first: dict[int, int], digests: Digests, earlier: Mask, rows: Indexes
-) -> list[int | None]:
-    """The valid row each of `rows` is quarantined beside: None when one is before it (in an
-    earlier batch, `earlier`, or in this one), else the first after it."""
-    found = [first.get(digest) for digest in digests.tolist()]
-    return [
-        None if before or valid is None or valid < row else valid
-        for valid, before, row in zip(found, earlier.tolist(), rows.tolist(), strict=True)
-    ]
 
 
 def quarantine(decided: Decided, rows: Indexes, valid_rows: list[int | None]) -> None:
