@@ -1,11 +1,21 @@
-"""A deadline for a network call in all, where the library making it (botocore) neither has
-one nor lets its caller reach the socket it reads from: a per-read timeout never fires on an
-answer trickling in a byte at a time. `CallDeadline.watching` lists the sockets the calling
-thread opens (an audit hook on `socket.__new__`); at the deadline a timer shuts them down,
-the read waiting on one ends at once, and the call raises TimeoutError."""
+"""A deadline for a network call in all, where the library making it (botocore, the Stripe
+SDK's requests client, a requests download) has none, only a timeout per read, which never
+fires on an answer trickling in a byte at a time, and lets its caller reach no socket it reads
+from. `CallDeadline.watching` lists the sockets the calling thread opens (an audit hook on
+`socket.__new__`); at the deadline the process's watchdog thread shuts them down, the read
+waiting on one ends at once, and the call raises TimeoutError. `in_all` bounds every call a
+thread makes in a block (a listing of many pages, each a call) by one deadline.
+
+One watchdog thread a process watches every deadline (a heap of them, earliest first): a
+timer thread a call cost ~3 ms of a busy CPU a request. It is made again in a forked child
+(`os.register_at_fork`), and a deadline cancelled waits for a hang-up under way, so a late
+one never shuts a pooled socket its thread's next call is using."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import os
 import socket
 import sys
 import threading
@@ -13,45 +23,49 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class CallDeadline:
-    """The time a call (or a streamed transfer) may take in all. Past it, a timer shuts down
-    `sockets` (the ones the calling thread's client opened: its own, kept across calls, as
-    its connection pool keeps them), so the read waiting on one ends at once, and a socket
-    the call opens after (botocore retrying) fails as it is made. `what` names the call in
-    the TimeoutError's reason."""
+    """The time a call (or a streamed transfer) may take in all. Past it, the watchdog shuts
+    down `sockets` (the ones the calling thread's client opened: its own, kept across calls,
+    as its connection pool keeps them), so the read waiting on one ends at once, and a socket
+    the call opens after (the library retrying) fails as it is made. `what` names the call in
+    the TimeoutError's reason. Inside `in_all`, the block's deadline comes first when sooner."""
 
     def __init__(self, seconds: float, what: str, sockets: list[socket.socket]) -> None:
         self.seconds, self.what, self.passed = seconds, what, False
         self._sockets = sockets
         self._started = time.monotonic()
-        self._timer = self._start(seconds)
-
-    def _start(self, seconds: float) -> threading.Timer:
-        timer = threading.Timer(seconds, self._hang_up)
-        timer.daemon = True
-        timer.start()
-        return timer
+        self._entry: int | None = None  # its live entry in the watchdog's heap
+        self._cap: _Cap | None = getattr(_calls, "cap", None)
+        self._capped = self._cap is not None and self._cap.end < self._started + seconds
+        if self._cap is not None and self._capped:
+            self.seconds = max(0.0, self._cap.end - self._started)
+        if self.seconds <= 0:
+            self.passed = True  # the block's deadline passed: not started at all
+        else:
+            _WATCHDOG.watch(self, self._started + self.seconds)
 
     def extend_to(self, seconds: float) -> None:
         """Allow the call `seconds` in all from its start (a transfer whose size is known
-        once it began), unless the deadline passed already."""
-        if self.passed or seconds <= self.seconds:
-            return
-        self._timer.cancel()
-        self.seconds = seconds
-        self._timer = self._start(max(0.0, self._started + seconds - time.monotonic()))
+        once it began), unless the deadline passed already (or the block's comes sooner)."""
+        if self._cap is not None and self._cap.end < self._started + seconds:
+            seconds = self._cap.end - self._started
+            self._capped = True
+        if seconds > self.seconds:
+            _WATCHDOG.move(self, seconds)
 
     def _hang_up(self) -> None:
+        """The watchdog's, under its lock: the deadline passed."""
         self.passed = True
         for sock in list(self._sockets):
             with suppress(OSError):  # closed already, or never connected
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain one, also for TLS
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        """No hang-up after this returns (one under way is waited for)."""
+        _WATCHDOG.unwatch(self)
 
     def opened(self, sock: socket.socket) -> None:
         """A socket the call opens: shut at the deadline; past it, not opened at all."""
@@ -60,6 +74,12 @@ class CallDeadline:
         self._sockets.append(sock)
 
     def timeout(self) -> TimeoutError:
+        if self._cap is not None and self._capped:
+            what, seconds = f"{self._cap.what} ({self.what})", self._cap.seconds
+            return TimeoutError(
+                f"{what}: not done within {seconds:g} s in all (answering too slowly, or not "
+                "at all)"
+            )
         return TimeoutError(
             f"{self.what}: not done within {self.seconds:g} s (answering too slowly, or not at all)"
         )
@@ -67,7 +87,10 @@ class CallDeadline:
     @contextmanager
     def watching(self) -> Iterator[None]:
         """Run the block with the sockets this thread opens in it listed for `_hang_up`; what
-        fails in it once the deadline passed is this TimeoutError."""
+        fails in it once the deadline passed is this TimeoutError (raised at once when it
+        passed before)."""
+        if self.passed:
+            raise self.timeout()
         _watch_new_sockets()
         before = getattr(_calls, "deadline", None)
         _calls.deadline = self
@@ -81,7 +104,95 @@ class CallDeadline:
             _calls.deadline = before
 
 
-_calls = threading.local()  # `deadline`: the `CallDeadline` of the thread's call under way
+class _Cap(NamedTuple):
+    end: float  # time.monotonic()
+    seconds: float
+    what: str
+
+
+@contextmanager
+def in_all(seconds: float, what: str) -> Iterator[None]:
+    """Every `CallDeadline` this thread starts in the block ends by the block's deadline at the
+    latest (`seconds` from now; an enclosing block's when sooner): a listing of many pages, a
+    call each, bounded in all. A call started past it fails at once (TimeoutError), its
+    reason naming `what`."""
+    before: _Cap | None = getattr(_calls, "cap", None)
+    cap = _Cap(time.monotonic() + seconds, seconds, what)
+    _calls.cap = cap if before is None or cap.end < before.end else before
+    try:
+        yield
+    finally:
+        _calls.cap = before
+
+
+class _Watchdog:
+    """One daemon thread a process that hangs up the deadlines passed, earliest first. Its
+    lock is held while it hangs one up, so `unwatch` returning means no hang-up to come."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """A fresh watchdog (at start, and in a forked child: the parent's thread is not
+        there, its lock may have been held)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, CallDeadline]] = []  # (when, entry, deadline)
+        self._entries = itertools.count()
+        self._live = 0  # entries not cancelled nor moved
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: CallDeadline, when: float) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="meterfix-call-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._push(deadline, when)
+
+    def move(self, deadline: CallDeadline, seconds: float) -> None:
+        with self._cond:
+            if deadline.passed or deadline._entry is None:  # passed, or cancelled
+                return
+            deadline.seconds = seconds
+            self._live -= 1
+            self._push(deadline, deadline._started + seconds)
+
+    def unwatch(self, deadline: CallDeadline) -> None:
+        with self._cond:
+            if deadline._entry is None:
+                return
+            deadline._entry = None
+            self._live -= 1
+            if len(self._heap) > 64 and len(self._heap) > 4 * self._live:
+                self._heap = [e for e in self._heap if e[2]._entry == e[1]]
+                heapq.heapify(self._heap)
+
+    def _push(self, deadline: CallDeadline, when: float) -> None:
+        entry = next(self._entries)
+        deadline._entry = entry
+        self._live += 1
+        heapq.heappush(self._heap, (when, entry, deadline))
+        if self._heap[0][1] == entry:  # sooner than the one waited for
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _, entry, deadline = heapq.heappop(self._heap)
+                    if deadline._entry == entry:
+                        deadline._entry = None
+                        self._live -= 1
+                        deadline._hang_up()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG._reset)
+
+_calls = threading.local()  # `deadline`: the thread's call under way; `cap`: its `in_all`
 
 
 @cache
