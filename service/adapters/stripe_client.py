@@ -20,8 +20,9 @@ from service.adapters.call_deadline import CallDeadline
 from service.config import Settings
 
 # One request to Stripe in all, from its connection to its last byte (its answers take well
-# under a second): the SDK's 3 tries of a call end within 3 minutes, inside the default
-# MFX_HEARTBEAT_SILENCE (a poller pass reading the meters beats nothing meanwhile).
+# under a second), each try of a call alike: a call the SDK tries 3 times (`poll`, the other
+# commands; the worker twice, the embedded sandbox once) ends within 3 minutes. A listing of
+# many pages is bounded in all by its caller (`stripe_meters.LIST_SECONDS`).
 CALL_SECONDS = 60.0
 READ_SECONDS = 80.0  # one read waiting for its next byte (the SDK's default)
 # Path parts named in a deadline's reason; any other (an id, a customer text) is `…`.

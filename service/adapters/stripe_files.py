@@ -9,7 +9,10 @@ runtime) and as long more as its bytes take at MIN_TRANSFER_RATE (its Content-Le
 the bytes read so far), as the bucket's streamed GET is: a read timeout bounds a dead
 connection only, and contents dripping a byte at a time held a task for as long as they
 dripped. At the deadline the thread's connections are shut down (`CallDeadline`; each thread
-has its own session) and the download fails with StripeFileError (the task is retried).
+has its own session) and the download fails with StripeFileError (the task is retried). Only
+the worker's tasks download, and a task is failed at MFX_TASK_TIME_LIMIT itself: the time
+given beyond it for a large file only ends the download a failed task left behind (a file
+too large to read within the limit fails its task at each try).
 Metadata goes through the StripeClient, whose requests have their own deadline
 (`stripe_client.CALL_SECONDS`).
 """
