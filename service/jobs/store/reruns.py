@@ -458,9 +458,9 @@ def superseded_by_run(engine: Engine, run_id: int) -> dict[int, str]:
                 latest[held] = max(latest.get(held) or at, at)
             for row in older:
                 stamp = stamp_of((row.record or {}).get("timestamp"))
-                at = latest.get((str(row.identifier), stamp))
-                if at is not None and _when(row.created_at) < at:
-                    found[int(row.id)] = quarantined_again_label(str(source), run_id, at)
+                again = latest.get((str(row.identifier), stamp))
+                if again is not None and _when(row.created_at) < again:
+                    found[int(row.id)] = quarantined_again_label(str(source), run_id, again)
 
 
 SUPERSEDE_BATCH = 1_000  # a run's identifiers looked up at once
