@@ -25,11 +25,12 @@ import stripe
 from flask import Flask
 from sqlmodel import Session
 
+from sandbox.events import build_import_set_event
 from service.adapters.stripe_files import StripeFileStore
 from service.config import Settings
 from service.errors import StripeFileError
 from service.jobs.inputs import JobDeps, _stripe_copy
-from service.models import CorrectionAudit, InboxEvent
+from service.models import BucketObject, CorrectionAudit, InboxEvent, RemediationRun
 from tests.conftest import SandboxServer
 from tests.integration.test_remediation_tasks import Service, _import_set_with_errors
 from tests.integration.test_source_copy_cut import HEADER, _task
@@ -44,6 +45,7 @@ class ErrorProxy:
         self.upstream = urlsplit(upstream)
         self.only, self.status = "", 503
         self.answered: list[str] = []  # the paths answered with the error
+        self.seen: list[str] = []  # every request, as "METHOD path"
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,6 +73,7 @@ class ErrorProxy:
 
     def forward(self, handler: BaseHTTPRequestHandler) -> None:
         sent = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        self.seen.append(f"{handler.command} {handler.path}")
         if self.only and self.only in handler.path:
             self.answered.append(f"{handler.command} {handler.path}")
             status, headers = self.status, [("Content-Type", "application/json")]
@@ -229,6 +232,39 @@ def test_a_copy_refused_to_our_key_is_not_taken_for_none(
     assert f"HTTP {status}: {why}" in task.last_error
     assert "left to Stripe's connector" not in str(task.outcome)
     assert service.rows(CorrectionAudit) == []
+
+
+def test_a_whole_file_failure_reads_its_copy_s_file_object_once(service: Proxied) -> None:
+    """A file Stripe failed whole, traced to our object by its copy's file name: `download`
+    read the copy's file object, then `objects_like` read it again (two requests to Stripe,
+    and two chances to fail the try). Read once now, and handed along."""
+    now = int(time.time()) - 60
+    bucket = Path(service.settings.bucket_url.removeprefix("file://"))
+    (bucket / "in").mkdir(parents=True)
+    content = HEADER + f"b1,{now},api_requests,cus_1,5\nb2,{now * 1000},api_requests,cus_1,3\n"
+    (bucket / "in" / "usage-7.csv").write_text(content)
+    with Session(service.engine) as session:  # what the poller (index mode) recorded
+        session.add(BucketObject(key="in/usage-7.csv", etag="e1", size=10, status="indexed"))
+        session.commit()
+    copy = str(service.sandbox.admin.upload_file(content, "usage-7.csv")["id"])
+    body = {
+        "id": "impset_once",
+        "object": "data_management.import_set",
+        "status": "failed",
+        "failed_reason": "Unparseable file",
+        "file": copy,
+    }
+    service.deliver(build_import_set_event("data_management.import_set.failed", body))
+    service.drain()
+
+    [run] = [r for r in service.rows(RemediationRun) if isinstance(r, RemediationRun)]
+    assert (run.source, run.status, run.corrected) == ("in/usage-7.csv", "done", 1)
+    asked = f"GET /_host/api/v1/files/{copy}"
+    file_object = [r for r in service.api.seen if r.split("?")[0] == asked]
+    assert len(file_object) == 1, service.api.seen
+    assert [r for r in service.files.seen if copy in r] == [
+        f"GET /_host/files/v1/files/{copy}/contents"
+    ]
 
 
 class _Files:
