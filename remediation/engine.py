@@ -240,11 +240,17 @@ def _decide_and_write(
 ) -> None:
     """Decides each batch as it is read, and writes it one behind (`WriteBehind`); once a row
     of an input that is not rejected-only was corrected, the batches are held back (on disk,
-    under `out_dir` when written) and written at the end (`decide.BatchDecider.amend`). A
+    under `out_dir` when written) and written at the end (`decide.BatchDecider.amend`); a run
+    that writes nothing counts them as they come and amends its counts at the end. A
     `TakenElsewhere` of `leave_out` leaves no row out: the rows going out under an identifier
     it holds are quarantined."""
     behind = out.on_audit is not None or not isinstance(records, CsvRecords)
     held = HeldBack(out_dir)
+    # a run that writes nothing (validation) holds nothing back: its counts are amended
+    counting = out_dir is None and out.on_audit is None and decider.same is not None
+    if counting:
+        assert decider.same is not None
+        decider.same.counting = True
     try:
         with (
             FEWER_COLLECTIONS,
@@ -259,7 +265,7 @@ def _decide_and_write(
                 del batch  # freed before the next batch is read, not after
                 for stripe_took in elsewhere:
                     stripe_took.hold(decided)
-                if held.count or decider.holds_back():
+                if not counting and (held.count or decider.holds_back()):
                     held.put(decided)
                 else:
                     writer.put(decided)
@@ -269,6 +275,9 @@ def _decide_and_write(
                 writer.put(decider.amend(decided))
                 del decided
                 trim_heap()
+        if counting:
+            assert decider.same is not None
+            decider.same.recount(out.tally)
     finally:
         held.close()
         if decider.same is not None:

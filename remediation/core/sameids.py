@@ -29,16 +29,19 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from remediation.codes import ErrorCode
+from remediation.codes import KNOWN_CODES, ErrorCode
+from remediation.core.checks import CODES, OTHER_ID, CodeIds, Codes
 from remediation.core.column import Mask
 from remediation.core.columns import Batch, Indexes
 from remediation.core.decided import CORRECTED, QUARANTINED, VALID, VALID_KEPT, Decided
 from remediation.core.rules import Changes
 from remediation.core.textmeasures import mask
 from remediation.limits import shown
+from remediation.outcomes import Tally
 from remediation.rowdigest import text_digests
 
 Digests = npt.NDArray[np.uint64]
+_KNOWN = np.asarray([code in KNOWN_CODES for code in CODES] + [False], bool)  # by code id
 CHUNK_ROWS = 1024
 
 
@@ -55,6 +58,10 @@ class SameIdentifiers:
         self._valid = _Spill()
         self._out: list[Digests] = []
         self._found: tuple[Digests, Indexes] | None = None
+        # a run that only counts (`recount`): each row going out as it was counted, aligned
+        # with `_out` (its fate, the code it arrived with, as id and text, its corrections)
+        self.counting = False
+        self._counted: list[tuple[npt.NDArray[np.int8], CodeIds, Codes, Indexes]] = []
 
     @property
     def out(self) -> bool:
@@ -82,6 +89,9 @@ class SameIdentifiers:
             self._valid.add(digests[kept], batch.rows[kept])
         if len(out):
             self._out.append(digests[out])
+            if self.counting:
+                counted = (fate[out], decided.arrived_ids[out], decided.arrived[out])
+                self._counted.append((*counted, decided.corrections[out]))
 
     def amend(self, decided: Decided) -> None:
         """Quarantine the rows of `decided` going out whose identifier a valid row has
@@ -101,6 +111,31 @@ class SameIdentifiers:
             beside = [None if v < r else v for v, r in zip(first, mine, strict=True)]
             quarantine(decided, rows, beside)
 
+    def recount(self, tally: Tally) -> None:
+        """A run that only counts (validation: nothing written, so nothing held back) counted
+        its rows going out as they went: those a valid row shares are counted quarantined
+        instead, as `amend` quarantines them (the code they arrived with, their corrections
+        undone)."""
+        if not self._counted:
+            return
+        digests = np.concatenate(self._out)
+        parts = zip(*self._counted, strict=True)
+        fate, ids, arrived, corrections = (np.concatenate(x) for x in parts)
+        self._counted.clear()
+        found, _ = self._valid_found()
+        if not len(found):
+            return
+        at = np.minimum(np.searchsorted(found, digests), len(found) - 1)
+        for i in np.flatnonzero(found[at] == digests).tolist():
+            code_id = int(ids[i])
+            code = (
+                None if code_id == 0 else str(CODES[code_id] if code_id < OTHER_ID else arrived[i])
+            )
+            was = "corrected" if fate[i] == CORRECTED else "valid"
+            tally.count(was, code if was == "corrected" else None, -1, -int(corrections[i]), 0)
+            if code is not None:  # as `audit.count`: a row that arrived with none is not
+                tally.count("quarantined", code, 1, 0, int(not _KNOWN[code_id]))
+
     def close(self) -> None:
         self._valid.close()
 
@@ -109,7 +144,8 @@ class SameIdentifiers:
         valid row that has it: the valid rows read back a chunk at a time."""
         if self._found is None:
             out: Digests = np.unique(np.concatenate(self._out or [np.zeros(0, np.uint64)]))
-            self._out.clear()
+            if not self.counting:
+                self._out.clear()
             first = np.full(len(out), _NONE, np.int64)
             if len(out):
                 for digests, rows in self._valid.chunks():

@@ -58,3 +58,19 @@ def test_remediate_says_the_held_back_rows_found_no_room(tmp_path: Path) -> None
         f"{out}): File too large"
     ), failed.stderr
     assert list(out.iterdir()) == []  # nothing left behind
+
+
+def test_validate_holds_nothing_back_and_counts_the_same(tmp_path: Path) -> None:
+    """`validate` writes nothing: it held its rows back all the same (179 bytes a row in
+    $TMPDIR), failing with no room. Now it counts them as they come and amends its counts:
+    `k0` in milliseconds, corrected, shares its identifier with the last row, valid."""
+    source = _usage(tmp_path / "big.csv", 40_000)
+    with source.open("a") as handle:
+        handle.write(f"k0,{NOW - 60},api_requests,cus_1,5\n")
+    (tmp_path / "tmp").mkdir()
+    checked = _run(tmp_path, "validate", str(source), "--json")
+    assert checked.returncode == 1, checked.stderr  # rows to fix: quarantined
+    summary = json.loads(checked.stdout)
+    assert (summary["valid"], summary["corrected"], summary["quarantined"]) == (40_001, 0, 1)
+    assert summary["by_code"] == {"timestamp_in_future": {"corrected": 0, "quarantined": 1}}
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -280,4 +280,13 @@ def test_nothing_goes_out_under_a_valid_rows_identifier(
         assert len(written) == s["corrected"] + sum(x["kind"] == "resend" for x in audit)
         assert not {w.removesuffix("-mfx1") for w in written} & (kept - {None, ""})
         seen.append([o.path.read_bytes() for o in [*result.outputs, result.audit] if o])
+        counts = {k: v for k, v in s.items() if k not in ("outputs", "audit")}
     assert seen[0] == seen[1]
+    # validation writes nothing and holds nothing back: the same counts
+    copies = [replace(r, payload=dict(r.payload)) for r in rows]
+    with patch.object(batching, "RECORD_BATCH_ROWS", batch):
+        checked = remediate(
+            copies, source=f"in.{fmt.value}", fmt=fmt, meters=ENGINE_METERS,
+            rules=ENGINE_RULES, now=NOW, out_dir=tmp_path_factory.mktemp("check"), write=False,
+        ).summary  # fmt: skip
+    assert {k: v for k, v in checked.items() if k not in ("outputs", "audit")} == counts
