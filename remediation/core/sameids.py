@@ -219,11 +219,12 @@ class TakenElsewhere:
     Stripe did not refuse (more rows of the object hold it than of the file). A row of the run
     going out under one is quarantined (`identifier_taken`): corrected to `<id>-mfx1`, it was
     billed a second time. Handed to the engine with the rows left out (`ports.LeavesOut`,
-    leaving none out); `source` names the object in the reason."""
+    leaving none out); `source` names the object in the reason (or `whose` is its words: a
+    quarantine file fed back to `meterfix remediate`, its rows' `mfx_code` saying so)."""
 
-    def __init__(self, digests: Digests, source: str) -> None:
+    def __init__(self, digests: Digests, source: str, whose: str | None = None) -> None:
         self.digests: Digests = np.unique(digests)
-        self.source = source
+        self.whose = whose or f"a row of {shown(source)} that Stripe took (not refused)"
 
     def excluded(self, identifiers: set[str]) -> set[str]:
         return set()
@@ -243,8 +244,7 @@ class TakenElsewhere:
         at = np.minimum(np.searchsorted(self.digests, digests), len(self.digests) - 1)
         rows = out[self.digests[at] == digests]
         if len(rows):
-            whose = f"a row of {shown(self.source)} that Stripe took (not refused)"
-            quarantine_taken(decided, rows, [whose] * len(rows))
+            quarantine_taken(decided, rows, [self.whose] * len(rows))
 
 
 def _digests(batch: Batch, at: Indexes | None = None) -> Digests:

@@ -4,6 +4,7 @@ one line for every error. Apart from the commands, which read options, settings 
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -13,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pyarrow as pa
 
+from remediation.codes import NEVER_RESENT
+from remediation.core.sameids import TakenElsewhere
 from remediation.csvlayouts import CsvLayout
 from remediation.engine import RemediationResult, remediate
 from remediation.errors import MeterfixError
@@ -31,6 +35,7 @@ from remediation.meters import Meter
 from remediation.outputs import audit_name, is_output_name
 from remediation.ports import CustomerDirectory
 from remediation.repair import InputPlan, plan_input, read_repaired
+from remediation.rowdigest import text_digests
 from remediation.rules import Rules
 from service.commands._shown import shown
 from service.commands._signals import sigterm_interrupts
@@ -85,6 +90,7 @@ def _remediate_file(
     if out is not None:
         _not_into_itself(out, file, generation)
         earlier = _not_anothers(out, file, generation)
+    held = _held_before(file, plan)
     with open(file, "rb") as stream, _progress(file) as progress:
         result = remediate(
             read_repaired(stream, plan, rules),
@@ -104,9 +110,48 @@ def _remediate_file(
             audit_output=audit_output,
             plan=plan,
             customers=customers,
+            leave_out=[held] if held is not None else (),
         )
     _drop_earlier(earlier, result)
     return result
+
+
+def _held_before(file: Path, plan: InputPlan) -> TakenElsewhere | None:
+    """The identifiers of the rows of a quarantine file fed back whose `mfx_code` says Stripe
+    took (`identifier_taken`) or may have taken (`sent_without_answer`) an event under them
+    (`codes.NEVER_RESENT`): our `mfx_` notes are not read as the row's, so such a row was
+    validated again and corrected to `k1-mfx1`, billed a second time. Its rows going out are
+    quarantined again (`identifier_taken`). A CSV or JSON Lines file; None: no such row."""
+    found: list[str] = []
+    if plan.fmt is FileFormat.CSV:
+        lowered = [name.strip().lower() for name in plan.header]
+        if "mfx_code" not in lowered or "identifier" not in lowered:
+            return None
+        at, code_at = lowered.index("identifier"), lowered.index("mfx_code")
+        with open(file, encoding="utf-8-sig", errors="replace", newline="") as text:
+            rows = csv.reader(text, delimiter=plan.delimiter)
+            next(rows, None)
+            for row in rows:
+                if len(row) > max(at, code_at) and row[code_at].strip() in NEVER_RESENT:
+                    found.append(row[at])
+    elif plan.fmt is FileFormat.JSONL:
+        with open(file, "rb") as lines:
+            for line in lines:
+                if b"mfx_code" not in line:
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict) and str(obj.get("mfx_code", "")).strip() in NEVER_RESENT:
+                    identifier = obj.get("identifier")
+                    if isinstance(identifier, str):
+                        found.append(identifier)
+    found = [identifier for identifier in found if identifier]
+    if not found:
+        return None
+    whose = "a row's Stripe took (this row was quarantined so before: its mfx_code)"
+    return TakenElsewhere(text_digests(pa.array(found, pa.string())), str(file), whose)
 
 
 def source_name(file: Path) -> str:
