@@ -40,6 +40,13 @@ _BREAKS = "\n\r\x85\u2028\u2029"
 # `tags+cancel|[…]`, took twice as long over a value not ASCII.)
 _TAGS = "\U000e0020-\U000e007f"
 _TAG_SEQUENCE = re.compile("[\U000e0020-\U000e007e]+\U000e007f")
+# The one tag sequence a screen draws: after the black flag, a subdivision's code in lowercase
+# tag letters (gbeng, gbsct, usca) and the cancel tag. Any other run of tags is hidden text:
+# `acme😀` and tags spelling ` wire to acct 123` was drawn `acme😀`.
+_BLACK_FLAG = "\U0001f3f4"
+_SUBDIVISION_FLAG = re.compile(
+    "[\U000e0061-\U000e007a]{2}[\U000e0061-\U000e007a\U000e0030-\U000e0039]{1,4}\U000e007f"
+)
 # (pattern for any text, pattern for ASCII text): the whole class, with its ranges past
 # U+FFFF, takes 3 times as long, and most values are ASCII.
 _UNSEEN_ON_A_PAGE = (re.compile(f"[{_UNSEEN}][{_TAGS}]*"), re.compile(f"[{_ASCII_CONTROLS}]"))
@@ -124,6 +131,56 @@ _IDEOGRAPHS = (
 )
 _MONGOLIAN = ((0x1800, 0x18AF),)
 _MONGOLIAN_SELECTORS = "\u180b\u180c\u180d\u180f"
+# What follows a zero-width joiner in Unicode's recommended emoji ZWJ sequences (15.1): people
+# (👨‍👩‍👧), hearts and kisses, gender signs, the objects of professions (👩🏽‍💻), hair, and the
+# few others (🏳️‍🌈, ❤️‍🔥, 🏴‍☠️, 🐕‍🦺, 🐈‍⬛, 🙂‍↔️). A joiner before anything else joins nothing a
+# screen draws: `cus_😀\u200d😀` was drawn `cus_😀😀`.
+_AFTER_A_JOINER = (
+    (0x2194, 0x2195),  # arrows (head shaking)
+    (0x2620, 0x2620),  # skull and crossbones (pirate flag)
+    (0x2640, 0x2640),
+    (0x2642, 0x2642),
+    (0x2695, 0x2696),
+    (0x26A7, 0x26A7),  # transgender symbol
+    (0x2708, 0x2708),
+    (0x2744, 0x2744),  # snowflake (polar bear)
+    (0x2764, 0x2764),
+    (0x27A1, 0x27A1),
+    (0x2B1B, 0x2B1B),
+    (0x1F308, 0x1F308),
+    (0x1F32B, 0x1F32B),
+    (0x1F33E, 0x1F33E),
+    (0x1F373, 0x1F373),
+    (0x1F37C, 0x1F37C),
+    (0x1F384, 0x1F384),
+    (0x1F393, 0x1F393),
+    (0x1F3A4, 0x1F3A4),
+    (0x1F3A8, 0x1F3A8),
+    (0x1F3EB, 0x1F3EB),
+    (0x1F3ED, 0x1F3ED),
+    (0x1F466, 0x1F469),  # boy, girl, man, woman
+    (0x1F48B, 0x1F48B),
+    (0x1F4A5, 0x1F4A5),
+    (0x1F4A8, 0x1F4A8),
+    (0x1F4AB, 0x1F4AB),
+    (0x1F4BB, 0x1F4BC),
+    (0x1F525, 0x1F525),
+    (0x1F527, 0x1F527),
+    (0x1F52C, 0x1F52C),
+    (0x1F5E8, 0x1F5E8),
+    (0x1F680, 0x1F680),
+    (0x1F692, 0x1F692),
+    (0x1F7E9, 0x1F7E9),
+    (0x1F7EB, 0x1F7EB),
+    (0x1F91D, 0x1F91D),
+    (0x1F9AF, 0x1F9AF),
+    (0x1F9B0, 0x1F9B3),  # hair
+    (0x1F9BA, 0x1F9BA),
+    (0x1F9BC, 0x1F9BD),
+    (0x1F9D1, 0x1F9D2),  # person, child
+    (0x1FA79, 0x1FA79),
+    (0x1FAF2, 0x1FAF2),
+)
 _KEYCAP = "\u20e3"  # 1️⃣ is 1, U+FE0F, U+20E3: its selector follows an ASCII digit
 
 
@@ -132,9 +189,10 @@ def _drawn_in(found: str, before: str, after: str, before_that: str = "") -> boo
     is part of what a screen draws: a zero-width (non-)joiner after a virama or between two
     letters of a script that joins (in the spirit of IDNA's CONTEXTJ rule: `क्‍ष`,
     `می‌خواهم`), a zero-width joiner between two emoji (`👨‍👩‍👧`, `🏳️‍🌈`), a variation selector
-    after its base (`❤️`, `↔︎`, `葛󠄀`, the keycap `1️⃣`), a flag's tags after the flag."""
+    after its base (`❤️`, `↔︎`, `葛󠄀`, the keycap `1️⃣`), a subdivision's tags after the black
+    flag (🏴 gbeng: England's flag)."""
     if len(found) > 1:  # a tag sequence
-        return _is_symbol(before)
+        return before == _BLACK_FLAG and _SUBDIVISION_FLAG.fullmatch(found) is not None
     point = ord(found)
     if found in _JOINERS:
         return _joined(found, before, after, before_that)
@@ -152,7 +210,7 @@ def _joined(joiner: str, before: str, after: str, before_that: str) -> bool:
     if _joins(before, after):
         return True
     emoji_before = _is_symbol(before) or (before == "\ufe0f" and _is_symbol(before_that))
-    return joiner == "\u200d" and emoji_before and _is_symbol(after)
+    return joiner == "\u200d" and emoji_before and _in(after, _AFTER_A_JOINER)
 
 
 def _joins(before: str, after: str) -> bool:

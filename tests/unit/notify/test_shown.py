@@ -73,6 +73,14 @@ DRAWN = [
     "\u00a9\ufe0f",  # copyright sign, emoji presentation
     "\u2194\ufe0e",  # left right arrow, text presentation
     "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f",  # England
+    "\U0001f3f4\U000e0067\U000e0062\U000e0077\U000e006c\U000e0073\U000e007f",  # Wales
+    "\U0001f3f4\U000e0075\U000e0073\U000e0063\U000e0061\U000e007f",  # US, California
+    "\U0001f3f4\u200d\u2620\ufe0f",  # pirate flag
+    "\U0001f9d1\U0001f3fe\u200d\U0001f9af",  # person with white cane, skin tone
+    "\U0001f415\u200d\U0001f9ba",  # service dog
+    "\U0001f469\u200d\u2764\ufe0f\u200d\U0001f48b\u200d\U0001f468",  # kiss
+    "\U0001f441\ufe0f\u200d\U0001f5e8\ufe0f",  # eye in speech bubble
+    "\U0001f3c3\u200d\u2640\ufe0f",  # woman running
     "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian می‌خواهم
     "\u0639\u0644\u06cc\u200c\u0631\u0636\u0627",  # Persian علی‌رضا
     "\u0915\u094d\u200d\u0937",  # Devanagari क्‍ष, half form
@@ -91,6 +99,15 @@ def test_a_joiner_selector_or_tag_in_what_is_drawn_is_left_as_it_is() -> None:
         assert shown_as_text(text) == text, repr(text)
         assert shown_on_one_line(text) == text, repr(text)
         assert escape(text) == text, repr(text)
+
+
+def _tags(text: str) -> str:
+    """`text` spelt in tag characters (U+E0020-U+E007E), as a flag's tag sequence is."""
+    return "".join(chr(0xE0000 + ord(char)) for char in text)
+
+
+def _points(text: str) -> str:
+    return "".join(f"[U+{ord(char):04X}]" for char in text)
 
 
 @pytest.mark.parametrize(
@@ -122,6 +139,32 @@ def test_a_joiner_selector_or_tag_in_what_is_drawn_is_left_as_it_is() -> None:
         ("x\U000e0067\U000e007f", "x[U+E0067][U+E007F]"),  # tags after no flag
         ("\U0001f3f4\U000e0067", "\U0001f3f4[U+E0067]"),  # no cancel tag
         ("\U0001f3f4\U000e0001\U000e007f", "\U0001f3f4[U+E0001][U+E007F]"),
+        # Tags after an emoji other than the black flag, or spelling no subdivision, hid
+        # text: `acme😀` + tags ` wire to acct 123` was shown `acme😀`.
+        (
+            "acme\U0001f600" + _tags(" wire to acct 123") + "\U000e007f",
+            "acme\U0001f600" + _points(_tags(" wire to acct 123")) + "[U+E007F]",
+        ),
+        (
+            "\u2764" + _tags("secret") + "\U000e007f",
+            "\u2764" + _points(_tags("secret")) + "[U+E007F]",
+        ),
+        (
+            "\U0001f3f4" + _tags(" wire 123") + "\U000e007f",
+            "\U0001f3f4" + _points(_tags(" wire 123")) + "[U+E007F]",
+        ),
+        (
+            "\U0001f3f4" + _tags("GBENG") + "\U000e007f",
+            "\U0001f3f4" + _points(_tags("GBENG")) + "[U+E007F]",
+        ),
+        (
+            "\U0001f3f4" + _tags("gbengland") + "\U000e007f",
+            "\U0001f3f4" + _points(_tags("gbengland")) + "[U+E007F]",
+        ),
+        ("\U0001f3f4" + _tags("g") + "\U000e007f", "\U0001f3f4[U+E0067][U+E007F]"),
+        # A joiner between two emoji that form no sequence: `cus_😀\u200d😀` looked like `cus_😀😀`.
+        ("cus_\U0001f600\u200d\U0001f600", "cus_\U0001f600[U+200D]\U0001f600"),
+        ("\U0001f468\u200d\U0001f4b0", "\U0001f468[U+200D]\U0001f4b0"),
     ],
 )
 def test_a_joiner_selector_or_tag_elsewhere_is_written_as_its_code_point(
