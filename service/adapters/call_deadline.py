@@ -69,9 +69,7 @@ class CallDeadline:
 
     def opened(self, sock: socket.socket) -> None:
         """A socket the call opens: shut at the deadline; past it, not opened at all."""
-        if self.passed:
-            raise self.timeout()
-        self._sockets.append(sock)
+        _WATCHDOG.listed(self, sock)
 
     def timeout(self) -> TimeoutError:
         if self._cap is not None and self._capped:
@@ -167,6 +165,15 @@ class _Watchdog:
             if len(self._heap) > 64 and len(self._heap) > 4 * self._live:
                 self._heap = [e for e in self._heap if e[2]._entry == e[1]]
                 heapq.heapify(self._heap)
+
+    def listed(self, deadline: CallDeadline, sock: socket.socket) -> None:
+        """`sock` listed among `deadline`'s sockets, or TimeoutError when it passed: under the
+        lock, so no hang-up comes between the check and the listing (one did, and the socket
+        listed after it was never shut)."""
+        with self._cond:
+            if deadline.passed:
+                raise deadline.timeout()
+            deadline._sockets.append(sock)
 
     def _push(self, deadline: CallDeadline, when: float) -> None:
         entry = next(self._entries)

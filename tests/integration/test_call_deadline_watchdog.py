@@ -91,6 +91,37 @@ def test_a_cancel_waits_for_a_hang_up_under_way() -> None:
         time.sleep(0.4)
 
 
+class _SlowToList(list[socket.socket]):
+    """The sockets of a deadline, a socket appended to them 0.5 s after it is opened, or as
+    soon as the deadline passed (a thread descheduled between the two)."""
+
+    deadline: CallDeadline | None = None
+
+    def append(self, sock: socket.socket) -> None:
+        waited = time.monotonic() + 0.5
+        while self.deadline is not None and not self.deadline.passed and time.monotonic() < waited:
+            time.sleep(0.01)
+        super().append(sock)
+
+
+def test_a_socket_opened_as_the_deadline_passes_is_shut() -> None:
+    """`opened` saw the deadline not passed, the watchdog hung up the sockets listed, then the
+    new socket was listed: never shut (a request then bounded only by its read timeout, a
+    server dribbling its answer kept it going). Its check and listing are one step now: the
+    socket is listed before the hang-up, or refused after it."""
+    a, b = socket.socketpair()
+    with a, b:
+        sockets = _SlowToList()
+        deadline = sockets.deadline = CallDeadline(0.05, "opening", sockets)
+        try:
+            deadline.opened(a)
+        except TimeoutError:
+            pytest.fail("the socket was opened before the deadline passed")
+        time.sleep(0.3)
+        assert deadline.passed
+        assert _shut(b)
+
+
 def test_a_forked_child_has_a_watchdog_of_its_own() -> None:
     """A child forked while deadlines are watched (the watchdog waiting, its lock maybe held)
     starts a watchdog of its own: its deadlines pass."""
