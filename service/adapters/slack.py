@@ -6,7 +6,9 @@ failure. A refusal is its status line: one whose body is cut is that status's an
 that went out and got no answer (the connection dropped or timed out after the request went,
 before a status line; a 2xx one's body cut; a gateway's 502 or 504) may have been posted: the
 send ends there, `MaybeDelivered`, never posting it again itself. The caller may hear of each
-wait after a try Slack refused or never got (`BetweenTries`).
+wait after a try Slack refused or never got (`BetweenTries`). A message of several parts
+(over 50 blocks) whose later part fails after the first was posted has arrived in part: the
+send ends `MaybeDelivered` (sent once more at most), or, refused for good, delivered.
 The whole send (every part, try and wait) has a deadline (`SendDeadline`): an answer
 trickling in a byte at a time never trips the per-read timeout; at the deadline its
 connection is shut and the send fails as temporary (the digest tries again later).
@@ -66,8 +68,16 @@ class SlackChannel:
         """Post every part; `between_tries` hears of the waits after a refused first part
         (a later part's: the first arrived)."""
         deadline = SendDeadline(self._deadline)
-        for part, payload in enumerate(message.slack or [{"text": message.text[:3000]}]):
-            self._post(payload, part, deadline, between_tries if part == 0 else None)
+        parts = message.slack or [{"text": message.text[:3000]}]
+        for part, payload in enumerate(parts):
+            try:
+                self._post(payload, part, deadline, between_tries if part == 0 else None)
+            except MaybeDelivered:
+                raise
+            except DeliveryFailed as exc:
+                if part == 0:
+                    raise
+                raise _after_posted(exc, part, len(parts)) from None
 
     def _post(
         self,
@@ -126,6 +136,17 @@ class SlackChannel:
             return backoff
         body = redact(str(response.body), [self._url])[:200]
         raise DeliveryFailed(f"slack: HTTP {status}: {body}", permanent=True)
+
+
+def _after_posted(failed: DeliveryFailed, part: int, parts: int) -> DeliveryFailed:
+    """A part not posted after the ones before it were: the message arrived in part. Sent
+    again, its first parts would be posted again (a digest's window sent again at each of its
+    backoffs posted its first part 8 times): a temporary failure is a message that may have
+    arrived (sent once more at most), a permanent one a message some have."""
+    said = f"slack: part {part + 1} of {parts} not posted, those before it were: {failed.reason}"
+    if failed.permanent:
+        return DeliveryFailed(said[:500], permanent=True, delivered=True)
+    return MaybeDelivered(said[:500], delivered=True)
 
 
 def _answer_cut(exc: BaseException) -> WebhookResponse | None:

@@ -28,6 +28,7 @@ from service.config import Settings
 from service.db import make_engine
 from service.db.locks import HeldLock, LockLost
 from service.models.alerts import Alert, CriticalMessage, DigestRun
+from service.notify import digests
 from service.notify.alerts import resolve_alert
 from service.notify.critical import MAX_ATTEMPTS, send_critical_alerts
 from service.notify.digests import DigestSender
@@ -499,3 +500,31 @@ def test_a_digest_posted_without_an_answer_is_not_posted_again_in_the_same_send(
     with Session(engine) as session:
         [row] = session.exec(select(DigestRun)).all()
     assert (row.status, row.attempts) == ("failed", 1) and row.next_attempt_at is not None
+
+
+def test_a_digest_whose_later_part_is_refused_posts_its_first_part_twice_at_most(
+    engine: Engine, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A digest of two Slack messages (one past 50 blocks), the first posted (200), the
+    second refused (503) on every try: the send failed as nothing delivered, and the window
+    was sent again at each backoff, the first part posted each time (8 times over a day).
+    Now a part refused after one posted is a send that may have arrived: the window is sent
+    once more, then unsure, its first part posted twice at most."""
+    seed_activity(engine)
+    two_parts = Message(
+        subject="digest", text="t", html="<p>t</p>", slack=[{"text": "PART0"}, {"text": "PART1"}]
+    )  # the rendering is not what is tested: the parts' posting is
+    monkeypatch.setattr(digests, "render_digest", lambda digest, now: two_parts)
+    with scripted(([OK] + [E503] * SLACK_TRIES) * 8) as (url, seen):
+        settings = make_settings(database_url=str(engine.url), slack_webhook_url=url)
+        channel = SlackChannel(url, sleep=no_wait)
+        for hour in range(0, 30, 2):  # past every backoff
+            at = NOW + timedelta(hours=hour)
+            DigestSender(engine, settings, [channel], instance="t", clock=lambda at=at: at).tick()
+    assert sum(1 for body, answer in seen if answer == OK and b"PART0" in body) == 2
+    with Session(engine) as session:
+        row, *later = session.exec(select(DigestRun).order_by(DigestRun.window_start)).all()
+    assert [later_row.status for later_row in later] == ["empty"] * len(later)
+    assert row.status == "unsure" and row.next_attempt_at is None
+    assert "part 2 of 2 not posted" in (row.last_error or "")
+    assert "HTTP 503" in (row.last_error or "")
