@@ -38,6 +38,8 @@ from service.jobs.store.reruns import (
     rerun_detail,
     rerun_origins,
     rows_to_rerun,
+    sent_as_held,
+    sent_seconds,
 )
 from service.jobs.store.runs import import_set_of
 from service.jobs.store.taken_again import mark_rows_taken_again
@@ -77,17 +79,24 @@ def pick_rows(ctx: RunContext, action_ref: str) -> tuple[list[RerunRow], int]:
 
 
 def _sent_since(engine: Engine, connection: Connection, ids: list[int]) -> set[int]:
-    """The ids among `ids` of rows whose identifier the bundled poller sent after the row
-    was quarantined: from a later version of its file (the customer fixed the row by hand)
-    or a copy. Such a row was billed as it is; re-run, it would go out a second time under
-    a derived identifier, which nothing dedupes. A row Stripe refused after the poller sent
-    it (an error report) was sent before it was quarantined: it is re-run."""
+    """The ids among `ids` of rows the bundled poller sent after the row was quarantined (its
+    identifier at its timestamp, `sent_as_held`: an identifier may be used again days later
+    for other usage, which leaves the row waiting): from a later version of its file (the
+    customer fixed the row by hand) or a copy. Such a row was billed as it is; re-run, it
+    would go out a second time under a derived identifier, which nothing dedupes. A row
+    Stripe refused after the poller sent it (an error report) was sent before it was
+    quarantined: it is re-run."""
     found: dict[int, str] = {}
     rows = iter(quarantined_at(connection, ids))
     while chunk := list(islice(rows, LOOKUP_BATCH)):
-        sent = sent_moments(engine, {identifier for _, identifier, _ in chunk})
-        for i, identifier, held in chunk:
-            if (at := sent.get(identifier, held)) > held:
+        sent = sent_moments(engine, {entry.identifier for entry in chunk})
+        later = [entry for entry in chunk if sent.get(entry.identifier, entry.at) > entry.at]
+        seconds = sent_seconds(connection, engine, sorted({e.identifier for e in later}))
+        for i, identifier, _held, code, record in later:
+            # the same usage only: an identifier may be used again days later for other usage
+            stamps = seconds.get(identifier) or {None}
+            if any(sent_as_held(code, record, stamp) for stamp in stamps):
+                at = sent[identifier]
                 # marked, as a row Stripe refused is when a copy sends it: it was listed as
                 # waiting for a fix for good ("taken_again=no"), every re-run leaving it
                 found[i] = f"another file or version, sent as it is by the poller at {_at(at)}"
@@ -130,6 +139,8 @@ def _taken_since(engine: Engine, connection: Connection, ids: list[int], own_key
                 for take in takes.get((entry.identifier, entry.stamp), ())
                 if take.run_id is None or (take.run_id != entry.run_id and _after(take, entry))
             ]
+            if entry.stamp.startswith("\0"):  # no timestamp: what we sent derived says none
+                later += [t for t in takes.get((entry.identifier, ""), ()) if t.run_id is None]
             if later:
                 found[entry.id] = _took(later[-1])
     _mark(engine, found)

@@ -192,7 +192,7 @@ class _BatchStream:
         self.acks = Acknowledgements(job, progress)
         # batch number -> its rows a run over the object holds in quarantine: marked taken
         # again once Stripe acknowledged the batch
-        self.held: dict[int, list[str]] = {}
+        self.held: dict[int, list[tuple[str, int | None]]] = {}
         self.unsent = _Unsent()
 
     def batches(self, chunks: Iterator[ImportChunk]) -> Iterator[list[dict[str, object]]]:
@@ -270,15 +270,20 @@ def _note_held(
     others: OtherVersions,
     group: list[ImportChunk],
     sending: list[tuple[int, list[dict[str, object]]]],
-    held: dict[int, list[str]],
+    held: dict[int, list[tuple[str, int | None]]],
 ) -> None:
     """Note, by batch number, the rows of each batch of `sending` a run over the object holds
-    in quarantine (one query a group)."""
+    in quarantine (one query a group), with the timestamps the group sends them at."""
     quarantined = others.held([ref.identifier for c in group for ref in c.rows if ref.sent])
     if not quarantined:
         return
+    stamps: dict[str, set[int | None]] = {}
+    for ref in (ref for c in group for ref in c.rows if ref.sent):
+        if ref.identifier in quarantined:
+            stamps.setdefault(ref.identifier, set()).add(ref.timestamp)
     for number, events in sending:
-        found = [str(e["identifier"]) for e in events if e["identifier"] in quarantined]
+        ids = [str(e["identifier"]) for e in events if e["identifier"] in quarantined]
+        found = [(i, s) for i in ids for s in sorted(stamps.get(i, {None}), key=str)]
         if found:
             held[number] = found
 

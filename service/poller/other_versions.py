@@ -98,17 +98,24 @@ class OtherVersions:
         recorded = [i for i in identifiers if recordable(i)]
         return held_anywhere(self.progress.engine, recorded) if recorded else set()
 
-    def taken_again(self, identifiers: list[str]) -> None:
+    def taken_again(self, sent: list[tuple[str, int | None]]) -> None:
         """Rows of this version Stripe acknowledged that a run holds in quarantine (over
         this object or any other: an entry of `day.csv` sent fixed from `day-fixed.csv` was
         listed as waiting for a fix until a re-run's pick found it sent): marked taken again
         (a quarantine re-run leaves them, and an error report about them is a new refusal):
-        each is now billed, or refused again. Their runs' alerts are told once the import is
-        done (`settle_alerts`), not a batch at a time."""
+        each is now billed, or refused again. `sent`: (identifier, timestamp sent at) of each
+        row: an entry of the same identifier at another timestamp is other usage (Stripe
+        dedupes an identifier for about 24 hours only, a customer may use it again days
+        later) and stays waiting (`sent_as_held`). Their runs' alerts are told once the
+        import is done (`settle_alerts`), not a batch at a time."""
         now = utcnow()
-        sent = f"sent by the poller {now:%Y-%m-%d %H:%M} UTC"
-        label = f"{self.obj.key} (ETag {self.obj.etag}), {sent}"
-        mark_taken_again(self.progress.engine, None, identifiers, label, now, self._alerts.note)
+        when = f"sent by the poller {now:%Y-%m-%d %H:%M} UTC"
+        label = f"{self.obj.key} (ETag {self.obj.etag}), {when}"
+        seconds: dict[str, set[int | None]] = {}
+        for identifier, second in sent:
+            seconds.setdefault(identifier, set()).add(second)
+        engine, note = self.progress.engine, self._alerts.note
+        mark_taken_again(engine, None, sorted(seconds), label, now, note, seconds)
 
     def settle_alerts(self) -> None:
         """The alerts of the runs whose rows `taken_again` marked, told (never raises)."""

@@ -6,6 +6,7 @@ queueing a re-run, the re-run task and retention's lock use these."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import islice
@@ -13,6 +14,11 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, case, func, select, update
 
+from remediation.codes import ErrorCode
+from remediation.core.rules.timestamps import READINGS, spelt_seconds
+from remediation.fieldvalues import parse_timestamp
+from remediation.limits import MAX_ISO_TEXT
+from remediation.records import MFX_PREFIX
 from service.db.locks import transaction_lock
 from service.db.statements import in_listed
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE, quarantine_conditions
@@ -123,18 +129,44 @@ def quarantined_at(connection: Connection, ids: Sequence[int]) -> Iterator[Quara
     """When each row with these ids that has an identifier was quarantined."""
     chunks = iter(ids)
     while chunk := list(islice(chunks, ID_BATCH)):
-        query = select(QUARANTINE.c.id, QUARANTINE.c.identifier, QUARANTINE.c.created_at).where(
-            QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None)
-        )
+        query = select(
+            QUARANTINE.c.id,
+            QUARANTINE.c.identifier,
+            QUARANTINE.c.created_at,
+            QUARANTINE.c.code,
+            QUARANTINE.c.record,
+        ).where(QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None))
         for row in connection.execute(query):
             held = as_utc(row.created_at) or datetime.now(UTC)
-            yield QuarantinedAt(int(row.id), str(row.identifier), held)
+            yield QuarantinedAt(int(row.id), str(row.identifier), held, row.code, row.record)
 
 
 class QuarantinedAt(NamedTuple):
     id: int
     identifier: str
     at: datetime
+    code: str | None = None
+    record: Mapping[str, Any] | None = None
+
+
+def sent_seconds(
+    connection: Connection, engine: Engine, identifiers: Sequence[str]
+) -> dict[str, set[int | None]]:
+    """identifier -> the timestamps (None: none) the poller sent rows of it at, for those of
+    `identifiers` it sent (by its identifier index)."""
+    found: dict[str, set[int | None]] = {}
+    if not identifiers:
+        return found
+    query = (
+        select(IMPORTED.c.identifier, IMPORTED.c.timestamp)
+        .where(in_listed(IMPORTED.c.identifier, list(identifiers), engine))
+        .where(IMPORTED.c.sent.is_(True))
+        .distinct()
+    )
+    for row in connection.execute(query):
+        stamp = None if row.timestamp is None else int(row.timestamp)
+        found.setdefault(str(row.identifier), set()).add(stamp)
+    return found
 
 
 class QuarantinedFrom(NamedTuple):
@@ -329,10 +361,88 @@ class OtherTake(NamedTuple):
 
 
 def stamp_of(value: object) -> str:
-    """A row's timestamp as one text to compare: a whole number of seconds without leading
-    zeros or spaces, another text trimmed, none as ""."""
-    text = "" if value is None else str(value).strip()
-    return str(int(text)) if text.isascii() and text.isdigit() else text
+    """A row's timestamp as one text to compare: the whole seconds the remediation rules
+    would send it at (`usage_second`: `1764000000000` and `2025-11-24T16:00:00Z` are
+    `1764000000`), another text trimmed, none as ""."""
+    seconds = usage_second(value)
+    if seconds is not None:
+        return str(seconds)
+    return "" if value is None else str(value).strip()
+
+
+def usage_second(value: object) -> int | None:
+    """A row's timestamp in whole seconds, read as the remediation rules read it: digits (or
+    a JSON number's spelling), ISO-8601 with a zone, a number in ms, µs or ns divided down
+    (by its size, as a reason reads it); None when it has none or it is no time."""
+    seconds = parse_timestamp(value)
+    if seconds is None:
+        seconds = spelt_seconds(value) if isinstance(value, str) else None
+    if seconds is None:
+        seconds = _iso_second(value)
+    if seconds is None:
+        return None
+    for at_least, divisor, _unit in READINGS:
+        if abs(seconds) >= at_least:
+            return seconds // divisor
+    return seconds
+
+
+def _iso_second(value: object) -> int | None:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ISO_TEXT:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return None if moment.tzinfo is None else int(moment.timestamp())
+
+
+def row_stamp(record: Mapping[str, Any] | None) -> str:
+    """What tells a stored row's usage from another's under the same identifier: its
+    timestamp (`stamp_of`); a row without one (Stripe takes it at the moment it receives
+    it), its other fields as stored (event name, payload; not its error columns nor our
+    `mfx_` notes) instead, after a NUL no timestamp holds: two rows
+    without a timestamp are the same usage only when those are equal too (`k1` of cus_1
+    quarantined on day 1 and `k1` of cus_2 on day 5 are two rows, each waiting)."""
+    row = record or {}
+    stamp = stamp_of(row.get("timestamp"))
+    if stamp:
+        return stamp
+    usage = {
+        str(key): value.strip() if isinstance(value, str) else value
+        for key, value in row.items()
+        if key not in _NOT_USAGE and not str(key).startswith(MFX_PREFIX)
+    }
+    return "\0" + json.dumps(usage, sort_keys=True, default=str)
+
+
+# what a stored row holds beside its usage (its error columns, as Stripe's failed records
+# and a quarantine file have them)
+_NOT_USAGE = frozenset({"identifier", "timestamp", "error_code", "error_message"})
+
+
+def sent_as_held(code: str | None, record: Mapping[str, Any] | None, sent: int | None) -> bool:
+    """Whether a row sent at the second `sent` (None: without a timestamp) is the usage of
+    a quarantined row of the same identifier (its `code` and `record`): the same second
+    (`usage_second`: an identifier may be used again days later for other usage, Stripe
+    deduping it for about 24 hours only). A row quarantined for its timestamp itself goes
+    out at another one once fixed, and a row of no readable timestamp, or one sent without,
+    cannot be told from another: those are the same usage by the identifier alone (marked
+    as sent, never re-run a second time)."""
+    if code in TIMESTAMP_CODES or sent is None:
+        return True
+    held = usage_second((record or {}).get("timestamp"))
+    return held is None or held == sent
+
+
+# the codes of a row whose timestamp is what is wrong: fixed, it goes out at another second
+TIMESTAMP_CODES = frozenset(
+    {
+        ErrorCode.TIMESTAMP_IN_FUTURE,
+        ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST,
+        ErrorCode.TIMESTAMP_INVALID,
+    }
+)
 
 
 def held_entries(connection: Connection, ids: Sequence[int]) -> Iterator[HeldEntry]:
@@ -347,7 +457,7 @@ def held_entries(connection: Connection, ids: Sequence[int]) -> Iterator[HeldEnt
             QUARANTINE.c.created_at,
         ).where(QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None))
         for row in connection.execute(query):
-            stamp = stamp_of((row.record or {}).get("timestamp"))
+            stamp = row_stamp(row.record)
             at = _when(row.created_at)
             yield HeldEntry(int(row.id), str(row.identifier), stamp, int(row.run_id), at)
 
@@ -377,7 +487,7 @@ def other_takes(
     found = [
         OtherTake(
             str(r.identifier),
-            stamp_of((r.record or {}).get("timestamp")),
+            row_stamp(r.record),
             int(r.run_id),
             str(r.source),
             _when(r.created_at),
@@ -410,7 +520,8 @@ def quarantined_again_label(source: str, run_id: int | None, at: datetime) -> st
 def superseded_by_run(engine: Engine, run_id: int) -> dict[int, str]:
     """The entries other runs hold (neither taken by a re-run nor marked taken again) of rows
     the finished run `run_id` quarantined again after them: the same identifier and timestamp
-    (`stamp_of`; an identifier may be used again a day later for other usage), id -> what
+    (`row_stamp`; an identifier may be used again a day later for other usage; rows without
+    a timestamp, the same event name and payload too), id -> what
     took them (`quarantined_again_label`). The newer entry is the one to re-run, as a
     re-run's pick judges (`rerun_pick._taken_since`): the older one waits for nothing. The
     run's identifiers by the run index, a batch at a time, the others' entries by the
@@ -453,11 +564,11 @@ def superseded_by_run(engine: Engine, run_id: int) -> dict[int, str]:
             for row in connection.execute(newer):
                 if int(row.run_id) != run_id:
                     continue
-                held = (str(row.identifier), stamp_of((row.record or {}).get("timestamp")))
+                held = (str(row.identifier), row_stamp(row.record))
                 at = _when(row.created_at)
                 latest[held] = max(latest.get(held) or at, at)
             for row in older:
-                stamp = stamp_of((row.record or {}).get("timestamp"))
+                stamp = row_stamp(row.record)
                 again = latest.get((str(row.identifier), stamp))
                 if again is not None and _when(row.created_at) < again:
                     found[int(row.id)] = quarantined_again_label(str(source), run_id, again)

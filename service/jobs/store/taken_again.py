@@ -6,7 +6,7 @@ or hold marked, and when they were quarantined. Apart from the quarantined rows'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Row, select, update
 
 from service.db.statements import in_listed
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE
+from service.jobs.store.reruns import sent_as_held
 from service.models._types import as_utc
 
 
@@ -98,24 +99,42 @@ def mark_taken_again(
     version: str,
     uploaded: datetime,
     then: Marked | None = None,
+    seconds: Mapping[str, Collection[int | None]] | None = None,
 ) -> int:
     """The rows these runs (None: any run, by the identifier index) hold in quarantine
     (`_held`) under one of `identifiers`, quarantined before `uploaded`, were sent again from
     the object version `version` at that moment (index mode: uploaded then, Stripe's
     connector takes it whole; import mode: the poller's batch of them acknowledged then):
-    marked with it. Rows quarantined after it are that version's own failures (`then`: as
-    `mark_rows_taken_again`). How many."""
+    marked with it. With `seconds` (identifier -> the timestamps its rows were sent at), only
+    the rows of the same usage (`sent_as_held`: the same second; an identifier may be used
+    again days later for other usage, which leaves the older row waiting). Rows quarantined
+    after it are that version's own failures (`then`: as `mark_rows_taken_again`). How many."""
     if (run_ids is not None and not run_ids) or not identifiers:
         return 0
-    query = select(QUARANTINE.c.id, QUARANTINE.c.created_at).where(
-        *_held(engine, run_ids, identifiers)
-    )
+    query = select(
+        QUARANTINE.c.id,
+        QUARANTINE.c.created_at,
+        QUARANTINE.c.identifier,
+        QUARANTINE.c.code,
+        QUARANTINE.c.record,
+    ).where(*_held(engine, run_ids, identifiers))
     # S3 keeps whole seconds (rounded down): a row quarantined within the second the version
     # was uploaded in was quarantined before it (a version's own failures come far later)
     bound = uploaded + timedelta(seconds=1)
     with engine.begin() as connection:
         rows = connection.execute(query).all()
-        ids = [int(row.id) for row in rows if (as_utc(row.created_at) or bound) < bound]
+        ids = [
+            int(row.id)
+            for row in rows
+            if (as_utc(row.created_at) or bound) < bound
+            and (
+                seconds is None
+                or any(
+                    sent_as_held(row.code, row.record, second)
+                    for second in seconds.get(str(row.identifier), ())
+                )
+            )
+        ]
     mark_rows_taken_again(engine, ids, version, then)
     return len(ids)
 
