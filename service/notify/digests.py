@@ -219,14 +219,13 @@ class DigestSender:
             window,
             {"status": DigestStatus.FAILED.value, "last_error": reason, "next_attempt_at": next_at},
         )
-        log_event(
+        _logged(
             "digest.failed",
-            level=logging.ERROR,
-            channel=channel,
-            window_start=window.start,
-            window_end=window.end,
-            attempt=attempts,
-            reason=reason,
+            logging.ERROR,
+            channel,
+            window,
+            attempts,
+            reason,
             next_attempt_at=next_at,
         )
         if give_up and retry:
@@ -250,14 +249,13 @@ class DigestSender:
             window,
             values | {"next_attempt_at": next_at, "summary": {store.UNANSWERED: sends}},
         )
-        log_event(
+        _logged(
             "digest.unanswered",
-            level=logging.WARNING,
-            channel=channel,
-            window_start=window.start,
-            window_end=window.end,
-            attempt=attempts,
-            reason=said,
+            logging.WARNING,
+            channel,
+            window,
+            attempts,
+            said,
             next_attempt_at=next_at,
         )
         return DigestOutcome(channel, window, DigestStatus.FAILED, said)
@@ -275,15 +273,7 @@ class DigestSender:
         values: dict[str, Any] = {"status": DigestStatus.UNSURE.value, "last_error": said[:1000]}
         values |= {"next_attempt_at": None, "summary": {store.UNANSWERED: sends}}
         self._update(channel, window, values)
-        log_event(
-            "digest.unsure",
-            level=logging.ERROR,
-            channel=channel,
-            window_start=window.start,
-            window_end=window.end,
-            attempt=attempts,
-            reason=said,
-        )
+        _logged("digest.unsure", logging.ERROR, channel, window, attempts, said)
         if not retry:
             return DigestOutcome(channel, window, DigestStatus.FAILED, said)
         self._raise_warning(
@@ -368,3 +358,19 @@ def _summary(digest: Digest, message: Message) -> dict[str, Any]:
         "error_reports_left": digest.reports_total.reports,
         "subject": message.subject,
     }
+
+
+def _logged(
+    event: str, level: int, channel: str, window: Window, attempts: int, reason: str, **more: Any
+) -> None:
+    """Log what became of a window's send (`more`: when it is tried next)."""
+    log_event(
+        event,
+        level=level,
+        channel=channel,
+        window_start=window.start,
+        window_end=window.end,
+        attempt=attempts,
+        reason=reason,
+        **more,
+    )
