@@ -17,6 +17,7 @@ from service.web import actions, corrections, lineage, params, quarantine, store
 from service.web.access import bearer_ok, csrf_ok, current_token, session_ok
 from service.web.context import actor, engine, settings
 from service.web.heartbeat_check import notice_silence
+from service.web.overview import with_states
 from service.worker.heartbeats import health_snapshot
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -239,7 +240,8 @@ def replay(ref: str) -> Response:
 @bp.get("/health")
 def health() -> Response:
     notice_silence(engine(), settings())
-    snapshot = health_snapshot(engine()).as_dict()
+    silence = settings().mfx_heartbeat_silence
+    snapshot = with_states(health_snapshot(engine()).as_dict(), silence)
     snapshot["poller_mode"] = settings().mfx_poller.value
-    snapshot["heartbeat_silence_seconds"] = settings().mfx_heartbeat_silence
+    snapshot["heartbeat_silence_seconds"] = silence
     return jsonify(snapshot)

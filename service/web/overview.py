@@ -1,11 +1,11 @@
 """What the overview page shows: rows valid/corrected/quarantined per hour or day and errors
 by code (both summed from the run rows, never from the audit), open alerts, dead letters and
-the health of the worker and the poller."""
+the health of the worker and the poller (`with_states`: running, exited or silent)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -22,6 +22,32 @@ from service.web.store import alert_json, event_json
 from service.worker.heartbeats import health_snapshot
 
 LATEST = 10  # open alerts and dead letters listed on the overview
+
+
+class RoleState(StrEnum):
+    """What a role's newest heartbeat says of it (/api/health's `state`, the overview's card)."""
+
+    RUNNING = "running"  # beat within MFX_HEARTBEAT_SILENCE
+    EXITED = "exited"  # its last beat said the process exited (`poll --once`, `poll --retry`)
+    SILENT = "silent"  # no beat for MFX_HEARTBEAT_SILENCE (the silence alert is raised)
+
+
+def role_state(beat: Mapping[str, Any], silence: int) -> RoleState:
+    """A poller that ran `meterfix poll --once` ends with `{"doing": "exited"}` and beats no
+    more: shown by its age alone it looked like a running poller (green) until the silence
+    limit passed. Exited is said whatever its age (past the limit the card is red too)."""
+    detail = beat.get("detail") or {}
+    if isinstance(detail, Mapping) and detail.get("doing") == "exited":
+        return RoleState.EXITED
+    return RoleState.SILENT if float(beat["age_seconds"]) > silence else RoleState.RUNNING
+
+
+def with_states(health: dict[str, Any], silence: int) -> dict[str, Any]:
+    """`health_snapshot(...).as_dict()` with each role's heartbeat given its `state`."""
+    for beat in health["heartbeats"].values():
+        if beat is not None:
+            beat["state"] = role_state(beat, silence).value
+    return health
 
 
 class Bucket(StrEnum):
@@ -47,7 +73,8 @@ class Overview:
     health: dict[str, Any] = field(default_factory=dict)
 
 
-def overview(engine: Engine, bucket: Bucket, now: datetime | None = None) -> Overview:
+def overview(engine: Engine, bucket: Bucket, silence: int, now: datetime | None = None) -> Overview:
+    """`silence`: MFX_HEARTBEAT_SILENCE, past which a role is shown silent (`with_states`)."""
     now = now or utcnow()
     labels, series, codes = _charts(engine, bucket, now)
     with engine.connect() as connection:
@@ -55,7 +82,7 @@ def overview(engine: Engine, bucket: Bucket, now: datetime | None = None) -> Ove
         latest = _latest_open_alerts(connection)
         dead = count_events(connection, InboxStatus.DEAD)
         latest_dead = _latest_dead(connection)
-        health = health_snapshot(connection, now).as_dict()
+        health = with_states(health_snapshot(connection, now).as_dict(), silence)
     return Overview(bucket, labels, *series, codes, open_counts, latest, dead, latest_dead, health)
 
 

@@ -173,7 +173,7 @@ def _query(*names: str, several: tuple[str, ...] = ()) -> dict[str, str]:
 def overview_page() -> str:
     bucket = params.choice(_query("by"), "by", Bucket) or Bucket.DAY
     notice_silence(engine(), settings())
-    data = overview(engine(), bucket)
+    data = overview(engine(), bucket, settings().mfx_heartbeat_silence)
     return render_template(
         "overview.html",
         data=data,
