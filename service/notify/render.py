@@ -25,6 +25,7 @@ from service.notify.slack_blocks import (
     button,
     code,
     context,
+    data_link,
     escape,
     header,
     link,
@@ -168,7 +169,8 @@ def _linked(url: str, label: str) -> str:
 
 def _code_lines(d: Digest) -> list[str]:
     return [
-        f"• {link(c.url, c.code) if c.url else escape(c.code)}: {c.corrected} corrected, "
+        f"• {data_link(c.url, c.code, 'rows') if c.url else code(c.code)}: "
+        f"{c.corrected} corrected, "
         f"{c.quarantined} quarantined "
         f"({c.change:+d})"
         for c in d.codes
@@ -177,8 +179,8 @@ def _code_lines(d: Digest) -> list[str]:
 
 def _group_lines(d: Digest) -> list[str]:
     lines = [
-        f"• {link(g.url, ' / '.join(_parts(g.code, g.meter, g.customer, d.examples)))}: "
-        f"{rows(g.rows)}"
+        f"• {data_link(g.url, ' / '.join(_parts(g.code, g.meter, g.customer, d.examples)), 'rows')}"
+        f": {rows(g.rows)}"
         for g in d.groups
     ]
     more, more_rows = d.groups_more
@@ -262,7 +264,7 @@ def _reason_line(r: Any) -> str:
     """A code's line: its link, its reason and example as code spans sharing what the line
     (MAX_TEXT) leaves them past the rest (a dashboard link is some 230 characters: two spans
     of MAX_CODE with it passed 3,000, and the line cut left its example's span open)."""
-    head, tail = f"• {link(r.url, r.code)}", f" ({rows(r.rows)})"
+    head, tail = f"• {data_link(r.url, r.code, 'rows')}", f" ({rows(r.rows)})"
     spans = [text for text in (r.reason, r.example) if text]
     room = MAX_TEXT - len(head) - len(tail) - len(": ") - len("\n    example: ")
     limit = min(MAX_CODE, max(room // max(len(spans), 1), MIN_CODE))

@@ -153,7 +153,7 @@ def test_a_quarantine_link_opens_the_rows_the_digest_counts(
     ]
     [body] = receiver.bodies
     texts = "\n".join(b["text"]["text"] for b in body["blocks"] if "text" in b)
-    assert "timestamp_in_future>: 0 corrected, 2 quarantined" in texts
+    assert "`timestamp_in_future` (<" in texts and "|rows>): 0 corrected, 2 quarantined" in texts
     links = [part.split("|")[0] for part in texts.split("<") if "/quarantine?" in part]
     waiting = f"{BASE}/quarantine?taken_again=no"  # the rows waiting now, not the window's
     assert links.pop(0) == waiting

@@ -77,8 +77,9 @@ def test_a_digest_is_block_kit_with_a_dashboard_button(
     texts = "\n".join(b["text"]["text"] for b in blocks if b["type"] == "section" and "text" in b)
     assert f"<{BASE}/runs/{run_id}|#{run_id}>" in texts
     assert (
-        f"<{BASE}/quarantine?code=meter_event_customer_not_found&run={run_id}"  # the rows counted
-        "|meter_event_customer_not_found>" in texts
+        "`meter_event_customer_not_found` (<"
+        f"{BASE}/quarantine?code=meter_event_customer_not_found&run={run_id}"  # the rows counted
+        "|rows>)" in texts
     )
     assert f"<{BASE}/events?status=dead|Dead letters>: 1" in texts
     assert "No such customer: acme-42" in texts and "in/x.csv: the poller gave up" in texts

@@ -38,8 +38,8 @@ def test_a_reason_line_with_a_real_dashboard_link_keeps_its_spans_closed() -> No
         assert len(text) <= MAX_TEXT
         assert text.count("`") % 2 == 0, text[-80:]
         assert "*bold*" not in _outside_spans(text)
-    line = next(t for t in texts if "meter_event_customer_not_found>" in t)
-    assert f"<{url}|meter_event_customer_not_found>: `" in line
+    line = next(t for t in texts if "`meter_event_customer_not_found`" in t)
+    assert f"`meter_event_customer_not_found` (<{url}|rows>): `" in line
     assert "(1 row)\n    example: `kkk" in line and line.endswith("…`")
 
 
