@@ -61,6 +61,9 @@ fuzz: install
 	MFX_FUZZ_EXAMPLES=$${MFX_FUZZ_EXAMPLES:-3000} $(BIN)/pytest -q -k fuzz -p no:cacheprovider --timeout 3600 \
 		tests
 
+# The service path (bench/service_path.py) starts its own moto S3 server and bundled sandbox,
+# in its process on free ports: on SQLite, and again on PostgreSQL when MFX_BENCH_DATABASE_URL
+# names a database (a schema of its own is made there and dropped).
 bench: install
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q --compile-bytecode -e '.[dev,bench]'
 	$(BIN)/python bench/intake.py
@@ -68,6 +71,8 @@ bench: install
 	$(BIN)/python bench/batches.py
 	$(BIN)/python bench/poller.py
 	$(BIN)/python bench/pages.py
+	$(BIN)/python bench/service_path.py --database-url ''
+	$(if $(MFX_BENCH_DATABASE_URL),$(BIN)/python bench/service_path.py --database-url '$(MFX_BENCH_DATABASE_URL)')
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
