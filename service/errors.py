@@ -64,8 +64,9 @@ class SchemaNewer(ServiceError, RuntimeError):
 class TimeLimitExceeded(ServiceError):
     """The item ran past its time limit; its thread is abandoned (still running)."""
 
-    def __init__(self, limit_seconds: float) -> None:
-        super().__init__(f"exceeded the {limit_seconds:g} s time limit (MFX_TASK_TIME_LIMIT)")
+    def __init__(self, limit_seconds: float, granted: float = 0.0) -> None:
+        more = f" and the {granted:g} s more its transfers were given" if granted else ""
+        super().__init__(f"exceeded the {limit_seconds:g} s time limit (MFX_TASK_TIME_LIMIT){more}")
 
 
 class ItemInterrupted(ServiceError):

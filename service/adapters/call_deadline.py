@@ -5,6 +5,9 @@ from. `CallDeadline.watching` lists the sockets the calling thread opens (an aud
 `socket.__new__`); at the deadline the process's watchdog thread shuts them down, the read
 waiting on one ends at once, and the call raises TimeoutError. `in_all` bounds every call a
 thread makes in a block (a listing of many pages, each a call) by one deadline.
+`grow_task_with_calls` lets the task a thread runs (a worker's item) be given, beside its own
+time limit, the time its calls are given for their size (`extend_to`): a large file read
+steadily is not failed by the task's limit while its own deadline allows it.
 
 One watchdog thread a process watches every deadline (a heap of them, earliest first): a
 timer thread a call cost ~3 ms of a busy CPU a request. It is made again in a forked child
@@ -20,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import cache
 from typing import Any, NamedTuple
@@ -54,7 +57,10 @@ class CallDeadline:
             seconds = self._cap.end - self._started
             self._capped = True
         if seconds > self.seconds:
-            _WATCHDOG.move(self, seconds)
+            grown = _WATCHDOG.move(self, seconds)
+            grant: Callable[[float], None] | None = getattr(_calls, "grant", None)
+            if grown > 0 and grant is not None:
+                grant(grown)  # the task waits on the call as long more
 
     def _hang_up(self) -> None:
         """The watchdog's, under its lock: the deadline passed."""
@@ -148,13 +154,15 @@ class _Watchdog:
                 self._thread.start()
             self._push(deadline, when)
 
-    def move(self, deadline: CallDeadline, seconds: float) -> None:
+    def move(self, deadline: CallDeadline, seconds: float) -> float:
+        """The seconds `deadline` was moved by (none once passed or cancelled)."""
         with self._cond:
             if deadline.passed or deadline._entry is None:  # passed, or cancelled
-                return
-            deadline.seconds = seconds
+                return 0.0
+            grown, deadline.seconds = seconds - deadline.seconds, seconds
             self._live -= 1
             self._push(deadline, deadline._started + seconds)
+            return grown
 
     def unwatch(self, deadline: CallDeadline) -> None:
         with self._cond:
@@ -199,7 +207,16 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 os.register_at_fork(after_in_child=_WATCHDOG._reset)
 
-_calls = threading.local()  # `deadline`: the thread's call under way; `cap`: its `in_all`
+_calls = threading.local()  # `deadline`: the thread's call under way; `cap`: its `in_all`;
+# `grant`: its task's (`grow_task_with_calls`)
+
+
+def grow_task_with_calls(grant: Callable[[float], None] | None) -> None:
+    """On the thread of a task with a time limit (a worker's item, for the thread's life):
+    `grant(seconds)` each time a call's deadline is extended by `seconds` (`extend_to`: a
+    transfer given the time its bytes take at a minimum rate), so the task may wait on the
+    call as long as the call itself may take; None: no task to tell."""
+    _calls.grant = grant
 
 
 @cache

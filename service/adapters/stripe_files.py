@@ -10,9 +10,10 @@ the bytes read so far), as the bucket's streamed GET is: a read timeout bounds a
 connection only, and contents dripping a byte at a time held a task for as long as they
 dripped. At the deadline the thread's connections are shut down (`CallDeadline`; each thread
 has its own session) and the download fails with StripeFileError (the task is retried). Only
-the worker's tasks download, and a task is failed at MFX_TASK_TIME_LIMIT itself: the time
-given beyond it for a large file only ends the download a failed task left behind (a file
-too large to read within the limit fails its task at each try).
+the worker's tasks download, and the task is given the same time more beyond its own
+MFX_TASK_TIME_LIMIT (`CallDeadline.extend_to` tells it, `service.worker.liveness` grants it):
+a file too large to read within the limit alone, read steadily, is remediated (before, its
+task failed at the limit at every try, its rows never corrected).
 Metadata goes through the StripeClient, whose requests have their own deadline
 (`stripe_client.CALL_SECONDS`).
 """

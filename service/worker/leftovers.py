@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from service.logs import log_event
+from service.worker.liveness import MAX_GRANTED_SECONDS
 
 # The prefixes of the directories the jobs make (`service/jobs`: `tempfile.TemporaryDirectory`)
 PREFIXES = ("meterfix-dl-", "meterfix-run-", "meterfix-obj-", "meterfix-rerun-")
@@ -17,10 +18,12 @@ PREFIXES = ("meterfix-dl-", "meterfix-run-", "meterfix-obj-", "meterfix-rerun-")
 
 def sweep_leftovers(untouched_for: float, root: Path | None = None) -> int:
     """Remove the jobs' temporary directories under `root` (the temp dir) in which nothing
-    changed for `untouched_for` seconds: no live item's (an item runs at most its time
-    limit, and this is past it); how many were removed."""
+    changed for `untouched_for` seconds and `MAX_GRANTED_SECONDS` more: no live item's (an
+    item runs at most its time limit and what its transfers are granted, and this is past
+    it: a large file's download dir was swept while its item still read it); how many were
+    removed."""
     root = Path(tempfile.gettempdir()) if root is None else root
-    oldest = time.time() - untouched_for
+    oldest = time.time() - untouched_for - MAX_GRANTED_SECONDS
     removed = 0
     try:
         entries = list(root.iterdir())

@@ -15,6 +15,13 @@ process a grace period after the limit; the supervisor restarts it, the item's l
 expires, it is retaken, and after `MFX_MAX_ATTEMPTS` such deaths it is dead-lettered
 (`service.worker.loop`).
 
+An item's limit grows with what it legitimately waits on: a call whose deadline is extended
+for its size (a Stripe file's contents, a bucket object read to its end: the time their bytes
+take at 1 MiB/s, `call_deadline.CallDeadline.extend_to`) grants the item as many seconds more
+(`grow_task_with_calls`), up to `MAX_GRANTED_SECONDS` in all. A file larger than the limit
+allows, read steadily, is no longer failed at every try (its rows never corrected); one whose
+bytes stop is failed at its call's deadline, as before at the limit.
+
 A worker whose lease was lost (its process paused, or starved, past the lease: another worker
 has taken the item over) gives the item up at once, as a stop mid-item does: the heartbeat
 that finds the lease gone tells the waiting thread, which leaves the item's thread behind
@@ -39,6 +46,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.adapters.call_deadline import grow_task_with_calls
 from service.db.locks import HeldLock
 from service.errors import ItemInterrupted, LeaseLost, TimeLimitExceeded
 from service.logs import log_event
@@ -51,6 +59,9 @@ ITEM_THREAD_PREFIX = "meterfix-item-"
 WAIT_STEP_SECONDS = 0.2  # how often the waiting thread looks at the clock and the stop flag
 HARD_LIMIT_GRACE_SECONDS = 30.0  # the watchdog's margin past the time limit
 STOP_WAIT_SECONDS = 2.0
+# The most an item's calls may add to its time limit (`_Deadline.grant`): a 3.5 GiB file at
+# 1 MiB/s (a usage file in the bucket is at most 1 GB); past it the task fails as a hung one.
+MAX_GRANTED_SECONDS = 3600.0
 
 
 def item_threads_alive() -> bool:
@@ -160,6 +171,7 @@ def call_with_time_limit(
 
     def target() -> None:
         _ITEM.deadline, _ITEM.lease = deadline, lease
+        grow_task_with_calls(deadline.grant)
         try:
             box.append((True, work()))
         except BaseException as exc:  # handed to the waiting thread, which re-raises it
@@ -176,7 +188,7 @@ def call_with_time_limit(
                 lease.left_running = True
                 raise LeaseLost(lease.reason())
             if deadline.left() <= 0:
-                raise TimeLimitExceeded(limit_seconds)
+                raise TimeLimitExceeded(limit_seconds, deadline.granted)
     finally:
         deadline.waited = False
         if armed:
@@ -189,16 +201,29 @@ def call_with_time_limit(
 
 class _Deadline:
     """When an item's time is up; paused while it waits for its turn (a lock another item
-    holds: that wait is not its work) and counted afresh after. Written by the item's thread,
-    read by the waiting one (a float assignment: atomic)."""
+    holds: that wait is not its work) and counted afresh after; later by what its calls are
+    granted (`grant`). Written by the item's thread, read by the waiting one (a float
+    assignment: atomic)."""
 
     def __init__(self, seconds: float, watchdog: bool) -> None:
         self.seconds, self.watchdog = seconds, watchdog
+        self.granted = 0.0  # seconds added for its calls (`grant`)
         self.at = time.monotonic() + seconds
         self.waited = True  # False once the waiting thread has given up on the item
 
     def left(self) -> float:
         return self.at - time.monotonic()
+
+    def grant(self, seconds: float) -> None:
+        """`seconds` more, for a call the item waits on that was given as long more for its
+        size; `MAX_GRANTED_SECONDS` in all at most. The watchdog moves with it."""
+        seconds = min(seconds, MAX_GRANTED_SECONDS - self.granted)
+        if seconds <= 0:
+            return
+        self.granted += seconds
+        self.at += seconds
+        if self.watchdog and self.waited and self.at != math.inf:
+            _arm_watchdog(self.left() + HARD_LIMIT_GRACE_SECONDS)
 
     def pause(self) -> None:
         self.at = math.inf
@@ -206,9 +231,9 @@ class _Deadline:
             faulthandler.cancel_dump_traceback_later()
 
     def restart(self) -> None:
-        self.at = time.monotonic() + self.seconds
+        self.at = time.monotonic() + self.seconds + self.granted
         if self.watchdog and self.waited:
-            _arm_watchdog(self.seconds + HARD_LIMIT_GRACE_SECONDS)
+            _arm_watchdog(self.left() + HARD_LIMIT_GRACE_SECONDS)
 
 
 class ItemLease:
