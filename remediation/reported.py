@@ -16,6 +16,15 @@ past against the earliest; an archived meter only when it was archived before th
 time (or a sampled row of an object Stripe took at once was refused for it). Otherwise a row
 Stripe billed before its meter was archived fails our validation today and would be sent
 again to the successor meter.
+
+A sampled identifier the object holds more than once (`ReportScope.shared`) names no one row:
+Stripe dedupes by identifier, so it took at most one event under it, and a row it took
+(valid), selected by the sample, went out again as `<id>-mfx1` beside the refused one
+corrected: billed twice. Its rows are held to our validation as rows beyond the samples are:
+one the report's codes do not fit is passed over (Stripe took it: a refused row under its
+identifier is quarantined, `core.sameids`), and of rows all refused the first goes out, the
+others quarantined under `identifier_taken` (Stripe would have kept the first of them had
+they been valid; a second under `<id>-mfx1` is refused as a duplicate or billed twice).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from remediation.codes import CHANGED_SINCE_SENT, ErrorCode
+from remediation.limits import shown
 from remediation.records import UsageRecord
 from remediation.validation import MeterIndex, check_timestamp, validate_record
 
@@ -48,6 +58,9 @@ class ReportScope:
     # took them again from a version uploaded after the report: left to it (counted in
     # `Selection.left`).
     changed: Mapping[str, bool] = field(default_factory=dict)
+    # sampled identifiers more than one row of the object holds (`Sampled.shared`): which of
+    # them Stripe refused is our validation's to say, as for rows beyond the samples
+    shared: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -77,26 +90,41 @@ class Sampled:
     codes: set[str] = field(default_factory=set)
     customers: set[str] = field(default_factory=set)
     first_row: dict[str, int] = field(default_factory=dict)  # customer -> first sampled row
+    shared: set[str] = field(default_factory=set)  # identifiers more than one row holds
 
 
 def sampled_rows(records: Iterable[UsageRecord], scope: ReportScope, index: MeterIndex) -> Sampled:
-    """The codes of an object's sampled rows and the customer ids of those reported as
-    `meter_event_customer_not_found`."""
+    """The codes of an object's sampled rows, the identifiers more than one of them holds, and
+    the customer ids of those reported as `meter_event_customer_not_found` (of an identifier
+    rows of several customers hold, none: which one Stripe did not find is not known)."""
     found = Sampled()
-    for record in records:
-        code = scope.samples.get(record.identifier or "")
-        if code is None:
-            continue
+    sampled = [r for r in records if (r.identifier or "") in scope.samples]
+    customers: dict[str, set[str]] = {}  # identifier -> the customers its rows name
+    for record in sampled:
+        identifier = record.identifier or ""
+        if identifier in customers:
+            found.shared.add(identifier)
+        customers.setdefault(identifier, set()).add(_customer(record, index))
+    for record in sampled:
+        identifier = record.identifier or ""
+        code = scope.samples[identifier]
         found.codes.add(code)
-        if code != ErrorCode.CUSTOMER_NOT_FOUND:
+        value = _customer(record, index)
+        if code != ErrorCode.CUSTOMER_NOT_FOUND or len(customers[identifier]) > 1:
             continue
-        meter = index.get(record.event_name)
-        value = record.payload.get(meter.customer_key) if meter else None
-        if value not in (None, ""):
-            found.customers.add(str(value))
-            first = found.first_row.get(str(value), record.row_number)
-            found.first_row[str(value)] = min(first, record.row_number)
+        if value:
+            found.customers.add(value)
+            found.first_row[value] = min(
+                found.first_row.get(value, record.row_number), record.row_number
+            )
     return found
+
+
+def _customer(record: UsageRecord, index: MeterIndex) -> str:
+    """The row's customer id under its meter's key ("" for none)."""
+    meter = index.get(record.event_name)
+    value = record.payload.get(meter.customer_key) if meter else None
+    return "" if value is None else str(value)
 
 
 @dataclass
@@ -107,6 +135,8 @@ class Selection:
     handled: int = 0
     left: int = 0  # rows left to Stripe's connector (`ReportScope.changed`)
     resent: int = 0  # changed rows selected to be sent as they are now
+    # a shared sampled identifier (`ReportScope.shared`) -> the first row selected under it
+    first: dict[str, int] = field(default_factory=dict)
 
 
 def select_reported(
@@ -137,7 +167,26 @@ def select_reported(
             counts.resent += bool(resend)
             record.error_code = code
             record.error_message = CHANGED_SINCE_SENT if resend else None
+            if code is not None and identifier in scope.shared:
+                _one_goes_out(record, counts.first)
             yield record
+
+
+def _one_goes_out(record: UsageRecord, first: dict[str, int]) -> None:
+    """A row under a shared sampled identifier the report's codes fit (Stripe refused it):
+    the first goes out; a later one is held under `identifier_taken` (never corrected, never
+    sent by a re-run: `core.decide`), naming the first. Stripe keeps one event an identifier:
+    under `<id>-mfx1` a second is refused as a duplicate, or billed twice past its dedupe."""
+    identifier = record.identifier or ""
+    before = first.setdefault(identifier, record.row_number)
+    if before == record.row_number:
+        return
+    record.error_code = ErrorCode.IDENTIFIER_TAKEN.value
+    record.error_message = (
+        f"identifier {shown(identifier)} is also row {before}'s, which Stripe refused too and "
+        "this run takes: Stripe keeps one event an identifier (it would have kept the first "
+        "row's), so a second would be refused as a duplicate or billed twice; not corrected"
+    )
 
 
 def reported_code(
@@ -145,8 +194,9 @@ def reported_code(
 ) -> str | None:
     """The code of the report's that the row has (its sample's, or one our validation finds
     Stripe refused whenever it took the row), or None: not a row the report is about."""
-    sampled = scope.samples.get(record.identifier or "")
-    if sampled is not None:
+    identifier = record.identifier or ""
+    sampled = scope.samples.get(identifier)
+    if sampled is not None and identifier not in scope.shared:
         return sampled
     if scope.event_name is not None and record.event_name != scope.event_name:
         return None
