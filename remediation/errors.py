@@ -33,7 +33,10 @@ class MeterfixError(Exception):
 
 
 class UnreadableFile(MeterfixError):
-    """The input file as a whole cannot be read."""
+    """The input file as a whole cannot be read. `source`: the object it is, set by a task
+    that reads several (an error report's), so that its alert names the one it could not."""
+
+    source: str | None = None
 
 
 class EmptyFile(UnreadableFile):

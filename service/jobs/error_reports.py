@@ -20,6 +20,8 @@ a poll pass that records its rows within a day takes it up, `poller.handover`).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -201,7 +203,8 @@ def _remediate(
     """Remediate the rows of one object the report is about; how many it holds: those this
     run selected and those another run over the object handled (corrected or quarantined)
     before, under the same identifiers, which are not selected again."""
-    with one_run_an_object(ctx.engine, ctx.bucket.prefix, key, ctx.waiting_turn) as lock:
+    lock_turn = one_run_an_object(ctx.engine, ctx.bucket.prefix, key, ctx.waiting_turn)
+    with lock_turn as lock, _naming(key):
         ctx = ctx.holding(lock)  # its run uploads and commits nothing once the lock is lost
         run_key = report_run_key(job.event_id, key)
         base = job.scope
@@ -223,6 +226,17 @@ def _remediate(
         with path.open("rb") as stream:  # read in columns, the report's rows selected
             run = execute_run(ctx, request, read_repaired(stream, plan, ctx.rules), [rows])
         return _counted(job, key, run.input_rows, selection, scope, held.billed)
+
+
+@contextmanager
+def _naming(key: str) -> Iterator[None]:
+    """An object that cannot be read past its start ends the task: its "cannot remediate"
+    alert names it (`task_runner`; it named no file)."""
+    try:
+        yield
+    except UnreadableFile as exc:
+        exc.source = exc.source or key
+        raise
 
 
 def _read_through(ctx: RunContext, path: Path, plan: InputPlan, rows: Reported) -> None:

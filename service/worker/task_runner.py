@@ -68,7 +68,7 @@ def run_task(deps: JobDeps, kind: TaskKind, ref: str) -> str:
         outcome = job(deps, ref)
     except (TaskInputMissing, UnreadableFile) as exc:
         reason = exc.reason if isinstance(exc, UnreadableFile) else str(exc)
-        source, links = _input_named(deps, kind, ref)
+        source, links = _input_named(deps, kind, ref, exc)
         raise_alert(
             deps.run.engine,
             key=key,
@@ -90,10 +90,16 @@ def _named(source: str | None) -> str:
     return f" {source[:200]}…" if len(source) > 200 else f" {source}"
 
 
-def _input_named(deps: JobDeps, kind: TaskKind, ref: str) -> tuple[str | None, dict[str, Any]]:
-    """The file a task of an import set is about (its bucket key, or Stripe's file id) and
-    the alert's links to it. The alert named only `impset_local_…`: which file to save as
-    UTF-8 was in the import set's row alone."""
+def _input_named(
+    deps: JobDeps, kind: TaskKind, ref: str, exc: Exception
+) -> tuple[str | None, dict[str, Any]]:
+    """The file a task is about (an import set's bucket key, or Stripe's file id; the object
+    an error report's task could not read) and the alert's links to it. The alert named only
+    `impset_local_…` (which file to save as UTF-8 was in the import set's row alone), or for
+    a report its event id, whichever of its objects could not be read."""
+    if kind is TaskKind.ERROR_REPORT:
+        key = exc.source if isinstance(exc, UnreadableFile) else None
+        return key, {"event": ref} | ({"objects": [key]} if key else {})
     if kind not in IMPORT_SET_TASKS:
         return None, {}
     found = import_set(deps.run.engine, ref)
