@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import BinaryIO
@@ -29,6 +30,11 @@ from remediation.spool import write_shared
 ERROR_OUT_FIELDS = ("error_code", "error_message")
 _OBJECT_KEYS = frozenset((*CORE_FIELDS, "payload"))  # `record_object` writes these first
 Getter = Callable[[UsageRecord], str]
+# A timestamp of whole unix seconds as a number spells it (no sign, no leading zero, no more
+# digits than an int64 holds): a row sent to Stripe writes it as a JSON number, as Stripe's S3
+# file format shows it, whatever it was read as (a CSV cell is text; its connector taking a
+# JSON string is undocumented). `core.jsonlout` writes it so on columns.
+WHOLE_SECONDS = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def cell(value: object) -> str:
@@ -67,7 +73,8 @@ def record_object(
         if name in kept:
             obj[name] = kept[name]
         elif value is not None:
-            obj[name] = value
+            sent = name == "timestamp" and not (as_came or with_errors)  # a row to Stripe
+            obj[name] = _sent_timestamp(value) if sent else value
     # none when it named none: as it came, or carried on to remediation with its error (the
     # poller's failed records: a `{}` there was read as a payload named empty)
     if not ((as_came or with_errors) and names_no_payload(record)):
@@ -78,6 +85,11 @@ def record_object(
     if with_errors and (record.error_code or record.error_message):
         obj["error"] = {"code": record.error_code, "message": record.error_message}
     return obj
+
+
+def _sent_timestamp(value: object) -> object:
+    """A timestamp of whole seconds as a JSON number (`WHOLE_SECONDS`); any other as it is."""
+    return int(value) if isinstance(value, str) and WHOLE_SECONDS.fullmatch(value) else value
 
 
 def _payload_came(record: UsageRecord, kept: Mapping[str, object]) -> bool:

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from remediation.core.audit import AuditLines, account
-from remediation.core.columns import Batch, Indexes
+from remediation.core.columns import Batch, Column, Indexes, Kind
 from remediation.core.decided import QUARANTINED, Decided
 from remediation.core.jsonrows import plain, quarantine_notes, row_texts
 from remediation.core.jsontext import json_lines_safe
@@ -28,6 +29,7 @@ from remediation.identifiers import Identifiers
 from remediation.outcomes import Tally
 from remediation.outputs import OutputSet
 from remediation.sinks import Sinks
+from remediation.writers import WHOLE_SECONDS
 
 
 class JsonlOut:
@@ -56,7 +58,7 @@ class JsonlOut:
         original = decided.batch.identifier.take(written)  # derived from the row as it came
         new_ids = new_identifiers(self.ids, original, decided.batch.rows[written])
         if len(out):
-            data, ends = self.lines(out, new_ids)
+            data, ends = self.lines(out.with_fields(timestamp=sent_seconds(out.timestamp)), new_ids)
             corrected = self.sinks.corrected
             assert isinstance(corrected, OutputSet)
             corrected.write_block(memoryview(data), ends.tolist())
@@ -89,3 +91,17 @@ class JsonlOut:
         for i, record in zip(rows.tolist(), batch.records(), strict=True):
             notes = {"mfx_code": decided.mfx_code[i], "mfx_reason": decided.reason[i]}
             quarantine.write(record, notes)
+
+
+def sent_seconds(column: Column) -> Column:
+    """A corrected row's timestamp column, its text values of whole seconds written as JSON
+    numbers (`writers.WHOLE_SECONDS`, as `writers.record_object` writes a row to Stripe)."""
+    if column.kinds is not None and not (column.kinds == Kind.TEXT).any():
+        return column  # JSON numbers all (or null): as they are
+    whole = pc.match_substring_regex(column.text, f"^{WHOLE_SECONDS.pattern}$")
+    at = np.asarray(pc.fill_null(whole, False).to_numpy(zero_copy_only=False), bool)
+    if not at.any():
+        return column
+    kinds = np.zeros(len(column), np.uint8) if column.kinds is None else column.kinds.copy()
+    kinds[at] = Kind.INT
+    return Column(column.text, kinds)

@@ -260,7 +260,7 @@ def test_writer_drops_error_and_mfx_fields_unless_asked() -> None:
     line = json.loads(write([record], FileFormat.JSONL))
     assert line == {
         "identifier": "a",
-        "timestamp": "1",
+        "timestamp": 1,  # whole seconds, a row to Stripe: a JSON number (Stripe's S3 format)
         "event_name": "api",
         "payload": {"value": "2"},
         "k": "v",
