@@ -39,11 +39,12 @@ from sqlalchemy import Connection, Engine
 
 from remediation.filetypes import FileFormat
 from service.db.locks import HeldLock, session_lock
-from service.jobs.rerun_keys import rerun_key, rerun_tag
+from service.jobs.rerun_keys import rerun_key, rerun_source, rerun_tag
 from service.jobs.rerun_pick import pick_rows
 from service.jobs.rerun_records import rerun_lineage, stored_records
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.store.reruns import mark_rerun_in, rerun_queued_at
+from service.jobs.store.runs import unfinished_run
 from service.models import RemediationRun, RunTrigger
 from service.notify.runs import settle_alerts_of_rows
 
@@ -111,10 +112,11 @@ def _rerun(
     """One run of the rows (by id) that runs of `generation` quarantined, whose input they
     traced from `traced_from`; their corrected rows are of that generation too (or above:
     `rerun_lineage`), and their lineage is traced as their runs traced it."""
-    source = f"quarantine re-run {action_ref}"
-    written, lineage, _ = rerun_lineage(ctx.engine, ids, traced_from, generation, source)
     # keyed by the quarantining runs' generations: one run per group, whatever it writes
     run_key = rerun_key(action_ref, generation, traced_from)
+    crashed = unfinished_run(ctx.engine, run_key)  # its outputs' keys stay those it had
+    source = rerun_source(action_ref, crashed.source if crashed is not None else None)
+    written, lineage, _ = rerun_lineage(ctx.engine, ids, traced_from, generation, source)
     request = RunRequest(
         run_key=run_key,
         trigger=RunTrigger.QUARANTINE_RERUN,

@@ -1,12 +1,21 @@
-"""A quarantine re-run's run keys and the folders of its outputs: one run per generation
-(and generation traced from) among the rows it takes. Apart from the task so that picking its
-rows (`rerun_pick.py`), which follows a row back through the re-runs that took it, reads the
-prefix without importing the task.
+"""A quarantine re-run's run keys, the folders of its outputs and the source that names their
+files: one run per generation (and generation traced from) among the rows it takes. Apart
+from the task so that picking its rows (`rerun_pick.py`), which follows a row back through
+the re-runs that took it, reads the prefix without importing the task.
 """
 
 from __future__ import annotations
 
 RERUN_PREFIX = "quarantine_rerun:"
+
+
+def rerun_source(action_ref: str, before: str | None = None) -> str:
+    """The source of a re-run's runs, which names their output files
+    (`quarantine-rerun-<action>.corrected.r1.jsonl`): characters an S3 key needs no special
+    handling for. `before`: the source a try of the run recorded before (a task retried after
+    the upgrade, whose try wrote `quarantine re-run <action>...`, keys with spaces): kept, so
+    the run is redone under the keys it had, uploading nothing new."""
+    return before if before is not None else f"quarantine-rerun-{action_ref}"
 
 
 def rerun_key(action_ref: str, generation: int, traced_from: int | None = None) -> str:
