@@ -17,9 +17,11 @@ import numpy.typing as npt
 import pyarrow as pa
 from sqlalchemy import Engine
 
+from remediation.codes import ErrorCode
 from remediation.core.sameids import TakenElsewhere
 from remediation.errors import UnreadableFile
 from remediation.filetypes import FileFormat
+from remediation.limits import shown
 from remediation.lineage import HeldLookup, ObjectLineage, may_hold
 from remediation.ports import Bucket, LeavesOut
 from remediation.readers import CsvRecords
@@ -40,6 +42,7 @@ from service.poller.store import (
     lookup_batches,
     recordable,
     row_numbers,
+    sent_by_version,
     sent_moments,
     taken_since,
 )
@@ -241,12 +244,17 @@ class SourceRows:
     fixed the row and uploaded the file again while this task waited. Such a row was billed
     as it is; corrected, it would go out a second time under a derived identifier. Unless
     one of the runs `refused_by` (an error report's, a re-run's) quarantined it after that
-    send: Stripe refused it, never billed (as the poller's `OtherVersions` tells)."""
+    send: Stripe refused it, never billed (as the poller's `OtherVersions` tells). A row
+    whose identifier the version it came from sent from another of its rows (`etag`: `k1`
+    valid beside `k1` in milliseconds) was not sent since: Stripe took `k1` from that row,
+    so this one is handed on under `identifier_taken` (`_taken_here`), quarantined, where it
+    was left out as sent and seen by nobody."""
 
-    def __init__(self, engine: Engine, key: str | None) -> None:
+    def __init__(self, engine: Engine, key: str | None, etag: str | None = None) -> None:
         """`key`: the object whose row numbers the records take (None: they keep theirs,
-        read from the object itself)."""
+        read from the object itself); `etag`: the version of it the rows came from."""
         self.engine, self.key, self.sent = engine, key, 0
+        self.etag = etag
         self.refused_by: list[int] = []
 
     def _sent(self, identifiers: set[str]) -> set[str]:
@@ -264,12 +272,39 @@ class SourceRows:
         for batch, identifiers in lookup_batches(records):
             numbers = {} if self.key is None else row_numbers(self.engine, self.key, identifiers)
             sent = self._sent(identifiers)
+            here = self._sent_here(sent)
             for record in batch:
-                if record.identifier in sent:
+                if record.identifier in sent and record.identifier not in here:
                     self.sent += 1
                     continue
                 record.row_number = numbers.get(record.identifier or "", record.row_number)
-                yield record
+                yield _taken_here(record, str(self.key), here) if here else record
+
+    def _sent_here(self, sent: set[str]) -> dict[str, int]:
+        """Of the identifiers `sent`, those the rows' own version sent: identifier -> row."""
+        if self.key is None or self.etag is None or not sent:
+            return {}
+        return sent_by_version(self.engine, self.key, self.etag, sent)
+
+
+def _taken_here(record: UsageRecord, key: str, here: dict[str, int]) -> UsageRecord:
+    """A refused row, as remediation gets it: when its version sent its identifier from
+    another row (`here`: identifier -> that row), under `identifier_taken`
+    (`codes.NEVER_RESENT`: quarantined, never corrected nor sent by a re-run; it may be a
+    duplicate of the billed row), its own problem kept in the reason. Its row number is the
+    one recorded for the identifier, as for every row here (one row is recorded an
+    identifier: the sent row's)."""
+    row = here.get(record.identifier or "")
+    if row is None:
+        return record
+    problem = f"{record.error_code}: {record.error_message}" if record.error_code else "refused"
+    record.error_message = (
+        f"identifier {shown(record.identifier)} is also row {row} of {shown(key)}, which the "
+        "poller sent: Stripe took one event under it, a second would be billed twice; not "
+        f"sent (this row failed our checks: {problem})"
+    )
+    record.error_code = ErrorCode.IDENTIFIER_TAKEN.value
+    return record
 
 
 class TakenAgain(LeftOut):

@@ -97,5 +97,6 @@ def rows_sent_since(count: int, run_key: str, key: str | None, when: str) -> str
         "remediation.rows_sent_since", level=logging.WARNING, run_key=run_key, rows=count, key=key
     )
     # a row of the same identifier in this very file counts too (a duplicate the poller
-    # sent once): "from another version" was said of those as well
+    # sent once): "from another version" was said of those as well; not a refused row
+    # under the identifier of one its version sent (`file_runs.SourceRows`: quarantined)
     return f"; {count} left out: sent {when} from the file (this version or another)"

@@ -271,7 +271,8 @@ def _remediate_poller_rows(
         now=int((as_utc(import_set.created_at) or utcnow()).timestamp()),
         origin=source_lineage(deps.run.bucket, import_set.source_object),
     )
-    rows = SourceRows(deps.run.engine, import_set.source_object or "")
+    etag = import_set.detail.get("etag")  # the version the poller imported
+    rows = SourceRows(deps.run.engine, import_set.source_object or "", str(etag) if etag else None)
     run_file(deps.run, request, path, rows, allow_none=lambda: rows.sent > 0)
     return rows_sent_since(rows.sent, run_key, import_set.source_object, "since")
 

@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from handlers.records import RemediationStatus
+from remediation.core.checks import problem_ids
 from remediation.core.column import Mask
 from remediation.core.columns import Batch
 from remediation.formats import detect_format
 from remediation.poller import ImportChunk, RowRef, import_chunks
 from remediation.ports import ObjectInfo
 from remediation.rownames import RowNames
+from remediation.validation import MeterIndex, validate_record
 from service.db.locks import LockLost
 from service.errors import HorizonPassed
 from service.jobs.store.reports import save_poller_import_set
@@ -314,7 +316,11 @@ def _acknowledged(
     prefix's failed rows are validated again: they were never sent). A prefix row not
     recorded as sent that repeats the identifier of a row of this version that was (one row
     is recorded per identifier) went out with it and Stripe deduped it then: left out too,
-    or a resume a day later bills it."""
+    or a resume a day later bills it; unless it fails our checks (`_failing`): never sent,
+    it is handed to remediation, which quarantines it (Stripe took its identifier from the
+    other row). Left out as sent, `k1` in milliseconds beside a valid `k1` vanished when a
+    pass resumed past it."""
+    reference = int(progress.first_seen.timestamp())
 
     def sent_before(batch: Batch) -> Mask:
         rows = batch.rows
@@ -327,8 +333,22 @@ def _acknowledged(
         if again:
             named = batch.identifier.values()
             sent = job.progress.sent_here(obj, [str(named[i]) for i in again])
-            for i in again:
-                done[i] = named[i] in sent
+            repeats = [i for i in again if named[i] in sent]
+            failing = _failing(batch, repeats, job.meters, reference) if repeats else set()
+            for i in repeats:
+                done[i] = i not in failing
         return done
 
     return sent_before
+
+
+def _failing(batch: Batch, rows: list[int], meters: MeterIndex, now: int) -> set[int]:
+    """Which of `rows` (places in `batch`) fail our checks, as `import_chunks` checks them."""
+    picked = batch.take(np.asarray(rows, np.int64))
+    odd = np.flatnonzero(problem_ids(picked, meters, now))
+    records = picked.take(odd).records()
+    return {
+        rows[i]
+        for i, record in zip(odd.tolist(), records, strict=True)
+        if validate_record(record, meters, now) is not None
+    }

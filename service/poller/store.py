@@ -12,7 +12,7 @@ from datetime import datetime
 from itertools import islice
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, and_, func, or_, select
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
@@ -147,6 +147,30 @@ def sent_moments(engine: Engine, identifiers: set[str]) -> dict[str, datetime]:
     outside any batch never went)."""
     if not identifiers:
         return {}
+    query = _sent_rows(engine, identifiers, _table(PollerBatch).c.first_sent_at)
+    with engine.connect() as connection:
+        found = connection.execute(query).all()
+    return latest((str(row.identifier), as_utc(row.first_sent_at)) for row in found)
+
+
+def sent_by_version(engine: Engine, key: str, etag: str, identifiers: set[str]) -> dict[str, int]:
+    """identifier -> the row the object version (`key`, `etag`) sent it from, for those of
+    `identifiers` that version sent (as `sent_moments` counts a row sent): a row of it the
+    poller refused under one of them can never go out, under it or a derived one (Stripe took
+    an event under it from that row, billed)."""
+    if not identifiers:
+        return {}
+    rows = _table(ImportedRow)
+    query = _sent_rows(engine, identifiers, rows.c.row_number).where(
+        rows.c.object_key == key, rows.c.etag == etag
+    )
+    with engine.connect() as connection:
+        return {str(row.identifier): int(row.row_number) for row in connection.execute(query)}
+
+
+def _sent_rows(engine: Engine, identifiers: set[str], column: Any) -> Select[Any]:
+    """SELECT identifier, `column` of the rows recorded as sent under one of `identifiers`
+    in a batch that was recorded (a batch is recorded before it goes out)."""
     rows, objects = _table(ImportedRow), _table(BucketObject)
     batches = _table(PollerBatch)
     version = and_(objects.c.key == rows.c.object_key, objects.c.etag == rows.c.etag)
@@ -155,14 +179,11 @@ def sent_moments(engine: Engine, identifiers: set[str]) -> dict[str, datetime]:
         batches.c.first_row <= rows.c.row_number,
         rows.c.row_number < batches.c.first_row + batches.c.rows,
     )
-    query = (
-        select(rows.c.identifier, batches.c.first_sent_at)
+    return (
+        select(rows.c.identifier, column)
         .select_from(rows.join(objects, version).join(batches, within))
         .where(_among(rows.c.identifier, identifiers, engine), rows.c.sent.is_(True))
     )
-    with engine.connect() as connection:
-        found = connection.execute(query).all()
-    return latest((str(row.identifier), as_utc(row.first_sent_at)) for row in found)
 
 
 class FirstVersion(NamedTuple):
