@@ -1,26 +1,31 @@
 """Which quarantined rows a quarantine re-run takes: those the admin action's filter picks,
 less the rows billed as they are since (sent by the poller from a later version or a copy, or
-held by a later version of their object that Stripe's connector took whole). Apart from the
+held by an object version Stripe's connector took whole since: one the poller indexed, of
+any name, or a later version of their object). Apart from the
 task because finding those rows reads the bucket and the poller's store, not the run.
 """
 
 from __future__ import annotations
 
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
+from remediation.errors import UnreadableFile
 from remediation.identifiers import hashed_identifier, plain_suffix
 from remediation.ports import ObjectInfo
+from remediation.repair import plan_input, read_repaired
+from remediation.rules import Rules
 from service.config import PollerMode
 from service.errors import BadParameter, RerunInputMissing
 from service.jobs.input_lineage import LOOKUP_BATCH
 from service.jobs.inputs import candidate_keys, identifiers_in, local_name
 from service.jobs.rerun_keys import RERUN_PREFIX
 from service.jobs.runs import RunContext
+from service.jobs.store.indexed_rows import indexed_rows
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.jobs.store.reports import import_set
 from service.jobs.store.reruns import (
@@ -40,6 +45,7 @@ from service.jobs.store.reruns import (
     rows_to_rerun,
     sent_as_held,
     sent_seconds,
+    usage_second,
 )
 from service.jobs.store.runs import import_set_of
 from service.jobs.store.taken_again import mark_rows_taken_again
@@ -71,6 +77,7 @@ def pick_rows(ctx: RunContext, action_ref: str) -> tuple[list[RerunRow], int]:
         picked = [row for row in listed if not row.again]
         ids = [row.id for row in picked]
         billed = _sent_since(ctx.engine, connection, ids)
+        billed |= _indexed_since(ctx.engine, connection, [i for i in ids if i not in billed])
         rest = [i for i in ids if i not in billed]
         billed |= _taken_since(ctx.engine, connection, rest, f"quarantine_rerun:{action_ref}")
         billed |= _in_later_versions(ctx, connection, [i for i in ids if i not in billed])
@@ -100,6 +107,35 @@ def _sent_since(engine: Engine, connection: Connection, ids: list[int]) -> set[i
                 # marked, as a row Stripe refused is when a copy sends it: it was listed as
                 # waiting for a fix for good ("taken_again=no"), every re-run leaving it
                 found[i] = f"another file or version, sent as it is by the poller at {_at(at)}"
+    _mark(engine, found)
+    return set(found)
+
+
+def _indexed_since(engine: Engine, connection: Connection, ids: list[int]) -> set[int]:
+    """The ids among `ids` of rows the bundled poller indexed (index mode) in an object
+    version uploaded after the row was quarantined, the same usage (`sent_as_held`): any
+    object, the quarantine file fixed by hand and uploaded under another name included.
+    Stripe's connector takes every version whole, so it billed the row from there (or
+    refused it again: quarantined anew); re-run, it would go out a second time under a
+    derived identifier. The poller marks such rows when it indexes the version
+    (`service.poller.again`); this finds those it indexed before it did."""
+    found: dict[int, str] = {}
+    rows = iter(quarantined_at(connection, ids))
+    while chunk := list(islice(rows, LOOKUP_BATCH)):
+        indexed = indexed_rows(connection, engine, sorted({e.identifier for e in chunk}))
+        for entry in chunk:
+            # S3 keeps whole seconds (rounded down), as `mark_taken_again` reads them
+            later = [
+                row
+                for row in indexed.get(entry.identifier, ())
+                if entry.at < row.uploaded + timedelta(seconds=1)
+                and sent_as_held(entry.code, entry.record, usage_second(row.timestamp))
+            ]
+            if later:
+                row = max(later, key=lambda r: r.uploaded)
+                found[entry.id] = (
+                    f"{row.key} (ETag {row.etag}, uploaded {row.uploaded:%Y-%m-%d %H:%M} UTC)"
+                )
     _mark(engine, found)
     return set(found)
 
@@ -176,7 +212,8 @@ def _mark(engine: Engine, labels: dict[int, str]) -> None:
 def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) -> set[int]:
     """With Stripe's connector importing the bucket (not the bundled poller): the ids among
     `ids` of rows whose object is now a version written after the row was quarantined that
-    holds its identifier, marked `taken_again` with that version. The connector takes every
+    holds the row (its identifier, the same usage: `sent_as_held`), marked `taken_again`
+    with that version. The connector takes every
     version whole, so it took the row again (billed as the customer fixed it by hand, or
     refused again and quarantined anew); re-run, it would go out a second time under a
     derived identifier. The object: the one the row's import set names, else the bucket key
@@ -193,12 +230,20 @@ def _in_later_versions(ctx: RunContext, connection: Connection, ids: list[int]) 
     taken: set[int] = set()
     settling = RunAlertsToSettle()  # once all are marked, not once an object
     for key, rows in by_key.items():
-        later = _later_version(ctx, key, min(row.at for row in rows))
+        wanted = {row.identifier for row in rows}
+        later = _later_version(ctx, key, min(row.at for row in rows), wanted)
         if later is None:
             continue
         info, held = later
         uploaded = as_utc(info.last_modified) or datetime.now(UTC)
-        found_ids = [r.id for r in rows if r.identifier in held and uploaded > r.at]
+        # the same usage only (`sent_as_held`): an identifier used again for other usage
+        # in a later version (a file rewritten day after day) leaves the row waiting
+        found_ids = [
+            r.id
+            for r in rows
+            if uploaded > r.at
+            and any(sent_as_held(r.code, r.record, second) for second in held.get(r.identifier, ()))
+        ]
         label = f"{info.key} (ETag {info.etag}, uploaded {uploaded:%Y-%m-%d %H:%M} UTC)"
         mark_rows_taken_again(ctx.engine, found_ids, label, settling.note)
         taken.update(found_ids)
@@ -241,10 +286,10 @@ def _object_key(text: str) -> bool:
 
 
 def _later_version(
-    ctx: RunContext, key: str, since: datetime
-) -> tuple[ObjectInfo, set[str]] | None:
-    """The object at `key` (or under the bucket's prefix) and the identifiers it holds, when
-    it was written after `since`; else None."""
+    ctx: RunContext, key: str, since: datetime, wanted: set[str]
+) -> tuple[ObjectInfo, dict[str, set[int | None]]] | None:
+    """The object at `key` (or under the bucket's prefix) and the seconds its rows of
+    `wanted` are at (`_seconds_in`), when it was written after `since`; else None."""
     for candidate in candidate_keys(ctx.bucket, key):
         info = ctx.bucket.head(candidate)
         if info is None:
@@ -254,5 +299,24 @@ def _later_version(
         with tempfile.TemporaryDirectory(prefix="meterfix-rerun-") as tmp:
             path = Path(tmp) / local_name(candidate)
             ctx.bucket.download(candidate, path)
-            return info, identifiers_in(path, ctx.rules)
+            return info, _seconds_in(path, ctx.rules, wanted)
     return None
+
+
+def _seconds_in(path: Path, rules: Rules, wanted: set[str]) -> dict[str, set[int | None]]:
+    """identifier -> the seconds (`usage_second`; None: no timestamp) the usage file's rows of
+    `wanted` are at; none when it holds none of them (its identifier column read alone, as
+    `identifiers_in` reads it) or cannot be read (Stripe fails it as a whole)."""
+    if not wanted & identifiers_in(path, rules):
+        return {}
+    found: dict[str, set[int | None]] = {}
+    try:
+        plan = plan_input(path, rules)
+        with path.open("rb") as stream:
+            for record in read_repaired(stream, plan, rules):
+                if record.identifier in wanted:
+                    second = usage_second(record.timestamp)
+                    found.setdefault(record.identifier, set()).add(second)
+    except UnreadableFile:
+        return {}
+    return found

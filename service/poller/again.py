@@ -22,6 +22,7 @@ from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from service.jobs.store.lineage import runs_correcting, written_among
 from service.jobs.store.reports import object_sources
+from service.jobs.store.reruns import usage_second
 from service.jobs.store.taken_again import mark_taken_again
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
@@ -55,7 +56,7 @@ class TakenAgain:
 
     def check(self, refs: Sequence[RowRef]) -> None:
         """Look the rows up before they are recorded (one query per call, one more for the
-        rows this object's runs hold in quarantine)."""
+        rows any run holds in quarantine: `_mark_held`)."""
         if self.uploaded is None:
             return
         identifiers = {r.identifier for r in refs if recordable(r.identifier)}
@@ -63,10 +64,7 @@ class TakenAgain:
             # the object's runs and its import sets' (their failed-records files' runs)
             sources = object_sources(self.engine, self.prefix, self.obj.key)
             self.runs = runs_correcting(self.engine, sources)
-        label = f"{self.obj.key} (ETag {self.obj.etag}, uploaded {self._stamp(self.uploaded)})"
-        self.held += mark_taken_again(
-            self.engine, self.runs, sorted(identifiers), label, self.uploaded, self.settling.note
-        )
+        self._mark_held(refs, identifiers, self.uploaded)
         for identifier, first in first_versions(self.engine, identifiers).items():
             # this version itself counts when uploaded again (the same bytes, a later
             # LastModified): its recorded upload is the earlier one
@@ -84,6 +82,28 @@ class TakenAgain:
             self.corrected += 1
             if len(self.corrected_samples) < SAMPLES:
                 self.corrected_samples.append(identifier)
+
+    def _mark_held(self, refs: Sequence[RowRef], identifiers: set[str], uploaded: datetime) -> None:
+        """Mark the entries any run holds of these rows, quarantined before this version was
+        uploaded: Stripe's connector takes it whole, so it took them (the quarantine file
+        fixed by hand and uploaded under another name, or a later version of the row's own
+        object). The same usage only (`sent_as_held`: the same second, as the rules read
+        it; an identifier may be used again days later for other usage, which leaves the
+        older row waiting). One query by the quarantined rows' identifier index."""
+        seconds: dict[str, set[int | None]] = {}
+        for ref in refs:
+            if ref.identifier in identifiers:
+                seconds.setdefault(ref.identifier, set()).add(usage_second(ref.timestamp))
+        label = f"{self.obj.key} (ETag {self.obj.etag}, uploaded {self._stamp(uploaded)})"
+        self.held += mark_taken_again(
+            self.engine,
+            None,
+            sorted(identifiers),
+            label,
+            uploaded,
+            self.settling.note,
+            seconds=seconds,
+        )
 
     def _uploaded(self, version: tuple[str, str]) -> datetime | None:
         if version not in self.versions:

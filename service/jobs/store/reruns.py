@@ -178,6 +178,8 @@ class QuarantinedFrom(NamedTuple):
     source: str
     run_key: str
     run_id: int
+    code: str | None = None
+    record: Mapping[str, Any] | None = None
 
 
 class RunOf(NamedTuple):
@@ -201,8 +203,8 @@ def rerun_origins(connection: Connection, rerun_id: int) -> dict[str, RunOf]:
 
 
 def quarantined_from(connection: Connection, ids: Sequence[int]) -> Iterator[QuarantinedFrom]:
-    """Each row with these ids that has an identifier, with when it was quarantined and the
-    source and key of the run that quarantined it."""
+    """Each row with these ids that has an identifier, with when it was quarantined, the
+    source and key of the run that quarantined it, its code and its record."""
     chunks = iter(ids)
     while chunk := list(islice(chunks, ID_BATCH)):
         query = (
@@ -213,6 +215,8 @@ def quarantined_from(connection: Connection, ids: Sequence[int]) -> Iterator[Qua
                 RUNS.c.source,
                 RUNS.c.run_key,
                 RUNS.c.id.label("run_id"),
+                QUARANTINE.c.code,
+                QUARANTINE.c.record,
             )
             .join(RUNS, RUNS.c.id == QUARANTINE.c.run_id)
             .where(QUARANTINE.c.id.in_(chunk), QUARANTINE.c.identifier.is_not(None))
@@ -226,6 +230,8 @@ def quarantined_from(connection: Connection, ids: Sequence[int]) -> Iterator[Qua
                 str(row.source),
                 str(row.run_key),
                 int(row.run_id),
+                row.code,
+                row.record,
             )
 
 
