@@ -1,6 +1,6 @@
 """What the overview page shows: rows valid/corrected/quarantined per hour or day and errors
 by code (both summed from the run rows, never from the audit), open alerts, dead letters and
-the health of the worker and the poller (`with_states`: running, exited or silent)."""
+the health of the worker and the poller (`with_states`: running, exited, stopped or silent)."""
 
 from __future__ import annotations
 
@@ -29,16 +29,23 @@ class RoleState(StrEnum):
 
     RUNNING = "running"  # beat within MFX_HEARTBEAT_SILENCE
     EXITED = "exited"  # its last beat said the process exited (`poll --once`, `poll --retry`)
+    STOPPED = "stopped"  # its last beat said it stopped (`meterfix poll` or a worker shut down)
     SILENT = "silent"  # no beat for MFX_HEARTBEAT_SILENCE (the silence alert is raised)
 
 
+# The last beat of a process that ended (`service.poller.job`: `beat_exited`, `poll_forever`)
+ENDED = {"exited": RoleState.EXITED, "stopped": RoleState.STOPPED}
+
+
 def role_state(beat: Mapping[str, Any], silence: int) -> RoleState:
-    """A poller that ran `meterfix poll --once` ends with `{"doing": "exited"}` and beats no
-    more: shown by its age alone it looked like a running poller (green) until the silence
-    limit passed. Exited is said whatever its age (past the limit the card is red too)."""
+    """A poller that ran `meterfix poll --once` ends with `{"doing": "exited"}`, one stopped
+    by SIGTERM (or with its worker) with `{"doing": "stopped"}`, and beats no more: judged by
+    its age alone it looked running (green) until the silence limit passed. Ended is said
+    whatever its age (past the limit the card is red too)."""
     detail = beat.get("detail") or {}
-    if isinstance(detail, Mapping) and detail.get("doing") == "exited":
-        return RoleState.EXITED
+    doing = detail.get("doing") if isinstance(detail, Mapping) else None
+    if isinstance(doing, str) and doing in ENDED:
+        return ENDED[doing]
     return RoleState.SILENT if float(beat["age_seconds"]) > silence else RoleState.RUNNING
 
 
