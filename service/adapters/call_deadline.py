@@ -5,9 +5,10 @@ from. `CallDeadline.watching` lists the sockets the calling thread opens (an aud
 `socket.__new__`); at the deadline the process's watchdog thread shuts them down, the read
 waiting on one ends at once, and the call raises TimeoutError. `in_all` bounds every call a
 thread makes in a block (a listing of many pages, each a call) by one deadline.
-`grow_task_with_calls` lets the task a thread runs (a worker's item) be given, beside its own
-time limit, the time its calls are given for their size (`extend_to`): a large file read
-steadily is not failed by the task's limit while its own deadline allows it.
+`grow_task_with_calls` lets the task a thread runs (a worker's item) wait, beside its own
+time limit, on a call given more time for its size (`extend_to`) while the call lasts: a large
+file read steadily is not failed by the task's limit while its own deadline allows it, and once
+the call ends the task keeps only the time it took (`TaskClock`).
 
 One watchdog thread a process watches every deadline (a heap of them, earliest first): a
 timer thread a call cost ~3 ms of a busy CPU a request. It is made again in a forked child
@@ -23,10 +24,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from functools import cache
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 
 class CallDeadline:
@@ -41,6 +42,8 @@ class CallDeadline:
         self._sockets = sockets
         self._started = time.monotonic()
         self._entry: int | None = None  # its live entry in the watchdog's heap
+        self._grown = 0.0  # seconds `extend_to` added
+        self._task: TaskClock | None = None  # told of them (`grow_task_with_calls`)
         self._cap: _Cap | None = getattr(_calls, "cap", None)
         self._capped = self._cap is not None and self._cap.end < self._started + seconds
         if self._cap is not None and self._capped:
@@ -58,9 +61,11 @@ class CallDeadline:
             self._capped = True
         if seconds > self.seconds:
             grown = _WATCHDOG.move(self, seconds)
-            grant: Callable[[float], None] | None = getattr(_calls, "grant", None)
-            if grown > 0 and grant is not None:
-                grant(grown)  # the task waits on the call as long more
+            task: TaskClock | None = getattr(_calls, "task", None)
+            if grown > 0 and task is not None:
+                self._grown += grown
+                self._task = task
+                task.call_grown(self, self._started, self._grown)  # it waits on the call
 
     def _hang_up(self) -> None:
         """The watchdog's, under its lock: the deadline passed."""
@@ -70,8 +75,12 @@ class CallDeadline:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain one, also for TLS
 
     def cancel(self) -> None:
-        """No hang-up after this returns (one under way is waited for)."""
+        """No hang-up after this returns (one under way is waited for); the call is over,
+        for its task too."""
         _WATCHDOG.unwatch(self)
+        task, self._task = self._task, None
+        if task is not None:
+            task.call_ended(self)
 
     def opened(self, sock: socket.socket) -> None:
         """A socket the call opens: shut at the deadline; past it, not opened at all."""
@@ -208,15 +217,27 @@ _WATCHDOG = _Watchdog()
 os.register_at_fork(after_in_child=_WATCHDOG._reset)
 
 _calls = threading.local()  # `deadline`: the thread's call under way; `cap`: its `in_all`;
-# `grant`: its task's (`grow_task_with_calls`)
+# `task`: the task the thread runs (`grow_task_with_calls`)
 
 
-def grow_task_with_calls(grant: Callable[[float], None] | None) -> None:
+class TaskClock(Protocol):
+    """The time limit of a task whose calls may be given more time for their size."""
+
+    def call_grown(self, call: CallDeadline, started: float, grown: float) -> None:
+        """`call` (started at `started`, `time.monotonic()`) was given `grown` s in all beyond
+        its own deadline, and is under way."""
+
+    def call_ended(self, call: CallDeadline) -> None:
+        """`call` is over (done, failed, or its stream closed): what it did not use of what it
+        was given is no longer the task's."""
+
+
+def grow_task_with_calls(task: TaskClock | None) -> None:
     """On the thread of a task with a time limit (a worker's item, for the thread's life):
-    `grant(seconds)` each time a call's deadline is extended by `seconds` (`extend_to`: a
-    transfer given the time its bytes take at a minimum rate), so the task may wait on the
-    call as long as the call itself may take; None: no task to tell."""
-    _calls.grant = grant
+    tell `task` of each call extended for its size (`extend_to`: a transfer given the time its
+    bytes take at a minimum rate) and of its end, so the task may wait on the call as long as
+    the call itself may take, and no longer once it ended; None: no task to tell."""
+    _calls.task = task
 
 
 @cache

@@ -15,12 +15,15 @@ process a grace period after the limit; the supervisor restarts it, the item's l
 expires, it is retaken, and after `MFX_MAX_ATTEMPTS` such deaths it is dead-lettered
 (`service.worker.loop`).
 
-An item's limit grows with what it legitimately waits on: a call whose deadline is extended
-for its size (a Stripe file's contents, a bucket object read to its end: the time their bytes
-take at 1 MiB/s, `call_deadline.CallDeadline.extend_to`) grants the item as many seconds more
-(`grow_task_with_calls`), up to `MAX_GRANTED_SECONDS` in all. A file larger than the limit
-allows, read steadily, is no longer failed at every try (its rows never corrected); one whose
-bytes stop is failed at its call's deadline, as before at the limit.
+An item's limit grows with what it legitimately waits on: while a call whose deadline is
+extended for its size (a Stripe file's contents, a bucket object read or downloaded: the time
+their bytes take at 1 MiB/s, `call_deadline.CallDeadline.extend_to`) is under way, its time
+does not count against the item, up to what the call was given (`grow_task_with_calls`), and
+`MAX_GRANTED_SECONDS` in all. A file larger than the limit allows, read steadily, is no longer
+failed at every try (its rows never corrected); one whose bytes stop is failed once its
+allowance is used up. Once a call ends, only the time it took stays granted: the allowance
+it did not use is not the item's (a 1 GB file fetched in 10 s gave an item hanging after it
+~1000 s more).
 
 A worker whose lease was lost (its process paused, or starved, past the lease: another worker
 has taken the item over) gives the item up at once, as a stop mid-item does: the heartbeat
@@ -41,12 +44,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.adapters.call_deadline import grow_task_with_calls
+from service.adapters.call_deadline import CallDeadline, grow_task_with_calls
 from service.db.locks import HeldLock
 from service.errors import ItemInterrupted, LeaseLost, TimeLimitExceeded
 from service.logs import log_event
@@ -59,7 +62,7 @@ ITEM_THREAD_PREFIX = "meterfix-item-"
 WAIT_STEP_SECONDS = 0.2  # how often the waiting thread looks at the clock and the stop flag
 HARD_LIMIT_GRACE_SECONDS = 30.0  # the watchdog's margin past the time limit
 STOP_WAIT_SECONDS = 2.0
-# The most an item's calls may add to its time limit (`_Deadline.grant`): a 3.5 GiB file at
+# The most an item's calls may add to its time limit (`_Deadline.given`): a 3.5 GiB file at
 # 1 MiB/s (a usage file in the bucket is at most 1 GB); past it the task fails as a hung one.
 MAX_GRANTED_SECONDS = 3600.0
 
@@ -171,7 +174,7 @@ def call_with_time_limit(
 
     def target() -> None:
         _ITEM.deadline, _ITEM.lease = deadline, lease
-        grow_task_with_calls(deadline.grant)
+        grow_task_with_calls(deadline)
         try:
             box.append((True, work()))
         except BaseException as exc:  # handed to the waiting thread, which re-raises it
@@ -188,7 +191,7 @@ def call_with_time_limit(
                 lease.left_running = True
                 raise LeaseLost(lease.reason())
             if deadline.left() <= 0:
-                raise TimeLimitExceeded(limit_seconds, deadline.granted)
+                raise TimeLimitExceeded(limit_seconds, deadline.given(time.monotonic()))
     finally:
         deadline.waited = False
         if armed:
@@ -199,41 +202,80 @@ def call_with_time_limit(
     raise value
 
 
+class _Times(NamedTuple):
+    """An item's clock, replaced whole (the waiting thread reads it while the item's thread
+    moves it): its deadline (`time.monotonic()`), the seconds its ended calls added to it, and
+    its calls under way extended for their size (each: its start and the seconds it was
+    given beyond its own deadline)."""
+
+    at: float
+    granted: float
+    calls: dict[CallDeadline, tuple[float, float]]
+
+    def given(self, now: float, but: CallDeadline | None = None) -> float:
+        """The seconds its calls added by `now` (the one `but` left out): the ended ones',
+        and the time each call under way has taken, up to what it was given;
+        `MAX_GRANTED_SECONDS` in all at most."""
+        live = sum(min(now - s, g) for call, (s, g) in self.calls.items() if call is not but)
+        return min(self.granted + live, MAX_GRANTED_SECONDS)
+
+    def latest(self) -> float:
+        """The latest the item may run to, should its calls under way take all they were
+        given."""
+        grown = sum(grown for _, grown in self.calls.values())
+        return self.at + min(grown, MAX_GRANTED_SECONDS - self.granted)
+
+
 class _Deadline:
     """When an item's time is up; paused while it waits for its turn (a lock another item
-    holds: that wait is not its work) and counted afresh after; later by what its calls are
-    granted (`grant`). Written by the item's thread, read by the waiting one (a float
-    assignment: atomic)."""
+    holds: that wait is not its work) and counted afresh after; and while a call extended for
+    its size is under way (`call_grown`), up to what the call was given: once the call ends
+    (`call_ended`) the time it took stays granted, the rest of its allowance does not (it
+    did: a 1 GB file fetched in 10 s gave the item ~1000 s more to hang in). Its `times` are
+    written by the item's thread, read by the waiting one."""
 
     def __init__(self, seconds: float, watchdog: bool) -> None:
         self.seconds, self.watchdog = seconds, watchdog
-        self.granted = 0.0  # seconds added for its calls (`grant`)
-        self.at = time.monotonic() + seconds
+        self.times = _Times(time.monotonic() + seconds, 0.0, {})
         self.waited = True  # False once the waiting thread has given up on the item
 
-    def left(self) -> float:
-        return self.at - time.monotonic()
+    def given(self, now: float) -> float:
+        return self.times.given(now)
 
-    def grant(self, seconds: float) -> None:
-        """`seconds` more, for a call the item waits on that was given as long more for its
-        size; `MAX_GRANTED_SECONDS` in all at most. The watchdog moves with it."""
-        seconds = min(seconds, MAX_GRANTED_SECONDS - self.granted)
-        if seconds <= 0:
+    def left(self) -> float:
+        times, now = self.times, time.monotonic()
+        return times.at + times.given(now) - times.granted - now
+
+    def call_grown(self, call: CallDeadline, started: float, grown: float) -> None:
+        """`call` is given `grown` s more for its size: the item may wait on it that long."""
+        times = self.times
+        self.times = times._replace(calls={**times.calls, call: (started, grown)})
+        self._arm()
+
+    def call_ended(self, call: CallDeadline) -> None:
+        """Only the time `call` took stays granted."""
+        times, now = self.times, time.monotonic()
+        if call not in times.calls:
             return
-        self.granted += seconds
-        self.at += seconds
-        if self.watchdog and self.waited and self.at != math.inf:
-            _arm_watchdog(self.left() + HARD_LIMIT_GRACE_SECONDS)
+        took = times.given(now) - times.given(now, but=call)
+        calls = {other: span for other, span in times.calls.items() if other is not call}
+        self.times = _Times(times.at + took, times.granted + took, calls)
+        self._arm()
+
+    def _arm(self) -> None:
+        """The faulthandler watchdog past the latest the item may run now."""
+        if self.watchdog and self.waited and self.times.at != math.inf:
+            _arm_watchdog(self.times.latest() - time.monotonic() + HARD_LIMIT_GRACE_SECONDS)
 
     def pause(self) -> None:
-        self.at = math.inf
+        self.times = self.times._replace(at=math.inf)
         if self.watchdog and self.waited:
             faulthandler.cancel_dump_traceback_later()
 
     def restart(self) -> None:
-        self.at = time.monotonic() + self.seconds + self.granted
-        if self.watchdog and self.waited:
-            _arm_watchdog(self.left() + HARD_LIMIT_GRACE_SECONDS)
+        times = self.times
+        self.times = times._replace(at=time.monotonic() + self.seconds + times.granted)
+        self._arm()
 
 
 class ItemLease:
