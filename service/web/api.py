@@ -241,7 +241,7 @@ def replay(ref: str) -> Response:
 def health() -> Response:
     notice_silence(engine(), settings())
     silence = settings().mfx_heartbeat_silence
-    snapshot = with_states(health_snapshot(engine()).as_dict(), silence)
+    snapshot = with_states(engine(), health_snapshot(engine()).as_dict(), silence)
     snapshot["poller_mode"] = settings().mfx_poller.value
     snapshot["heartbeat_silence_seconds"] = silence
     return jsonify(snapshot)

@@ -19,15 +19,15 @@ from service.models._types import utcnow
 from service.models.inbox import InboxStatus
 from service.notify.store import latest_open_alerts, open_alert_counts
 from service.web.store import alert_json, event_json
-from service.worker.heartbeats import health_snapshot
+from service.worker.heartbeats import beats_of, health_snapshot
 
 LATEST = 10  # open alerts and dead letters listed on the overview
 
 
 class RoleState(StrEnum):
-    """What a role's newest heartbeat says of it (/api/health's `state`, the overview's card)."""
+    """What a role's heartbeats say of it (/api/health's `state`, the overview's card)."""
 
-    RUNNING = "running"  # beat within MFX_HEARTBEAT_SILENCE
+    RUNNING = "running"  # an instance beat within MFX_HEARTBEAT_SILENCE and has not ended
     EXITED = "exited"  # its last beat said the process exited (`poll --once`, `poll --retry`)
     STOPPED = "stopped"  # its last beat said it stopped (`meterfix poll` or a worker shut down)
     SILENT = "silent"  # no beat for MFX_HEARTBEAT_SILENCE (the silence alert is raised)
@@ -49,12 +49,36 @@ def role_state(beat: Mapping[str, Any], silence: int) -> RoleState:
     return RoleState.SILENT if float(beat["age_seconds"]) > silence else RoleState.RUNNING
 
 
-def with_states(health: dict[str, Any], silence: int) -> dict[str, Any]:
-    """`health_snapshot(...).as_dict()` with each role's heartbeat given its `state`."""
-    for beat in health["heartbeats"].values():
-        if beat is not None:
-            beat["state"] = role_state(beat, silence).value
+def with_states(
+    target: Engine | Connection, health: dict[str, Any], silence: int
+) -> dict[str, Any]:
+    """`health_snapshot(...).as_dict()` with each role's heartbeat given its `state`. A role
+    whose newest beat is not running shows its newest running instance if it has one: a
+    `poll --retry` that ended while the worker's poller ran said the poller exited."""
+    now = datetime.fromisoformat(health["now"])
+    for role, beat in health["heartbeats"].items():
+        if beat is None:
+            continue
+        state = role_state(beat, silence)
+        if state is not RoleState.RUNNING and (live := _running(target, role, silence, now)):
+            beat = health["heartbeats"][role] = live
+            state = RoleState.RUNNING
+        beat["state"] = state.value
     return health
+
+
+def _running(
+    target: Engine | Connection, role: str, silence: int, now: datetime
+) -> dict[str, Any] | None:
+    """The newest beat of `role` within the silence limit from an instance still running."""
+    since = now - timedelta(seconds=silence)
+    if isinstance(target, Engine):
+        with target.connect() as connection:
+            beats = beats_of(connection, role, now, since=since)
+    else:
+        beats = beats_of(target, role, now, since=since)
+    shown = (b.as_dict() for b in beats)
+    return next((b for b in shown if role_state(b, silence) is RoleState.RUNNING), None)
 
 
 class Bucket(StrEnum):
@@ -89,7 +113,7 @@ def overview(engine: Engine, bucket: Bucket, silence: int, now: datetime | None 
         latest = _latest_open_alerts(connection)
         dead = count_events(connection, InboxStatus.DEAD)
         latest_dead = _latest_dead(connection)
-        health = with_states(health_snapshot(connection, now).as_dict(), silence)
+        health = with_states(connection, health_snapshot(connection, now).as_dict(), silence)
     return Overview(bucket, labels, *series, codes, open_counts, latest, dead, latest_dead, health)
 
 

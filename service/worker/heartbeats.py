@@ -174,23 +174,36 @@ def _snapshot(connection: Connection, now: datetime) -> HealthSnapshot:
 
 
 def _newest_beat(connection: Connection, role: ProcessRole, now: datetime) -> RoleBeat | None:
-    row = connection.execute(
-        select(
-            HEARTBEATS.c.instance,
-            HEARTBEATS.c.started_at,
-            HEARTBEATS.c.last_beat_at,
-            HEARTBEATS.c.detail,
-        )
-        .where(HEARTBEATS.c.role == role.value)
-        .order_by(HEARTBEATS.c.last_beat_at.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
+    beats = beats_of(connection, role, now, limit=1)
+    return beats[0] if beats else None
+
+
+def beats_of(
+    connection: Connection,
+    role: str,
+    now: datetime,
+    *,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[RoleBeat]:
+    """The heartbeats of `role`'s instances (beaten at or after `since`), newest first."""
+    query = select(
+        HEARTBEATS.c.instance,
+        HEARTBEATS.c.started_at,
+        HEARTBEATS.c.last_beat_at,
+        HEARTBEATS.c.detail,
+    ).where(HEARTBEATS.c.role == ProcessRole(role).value)
+    if since is not None:
+        query = query.where(HEARTBEATS.c.last_beat_at >= since)
+    query = query.order_by(HEARTBEATS.c.last_beat_at.desc()).limit(limit)
+    return [_role_beat(row, role, now) for row in connection.execute(query)]
+
+
+def _role_beat(row: Any, role: str, now: datetime) -> RoleBeat:
     started, last = as_utc(row.started_at), as_utc(row.last_beat_at)
     assert started is not None and last is not None  # NOT NULL columns
     return RoleBeat(
-        role=role.value,
+        role=ProcessRole(role).value,
         instance=row.instance,
         started_at=started,
         last_beat_at=last,

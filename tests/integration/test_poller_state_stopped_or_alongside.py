@@ -2,7 +2,9 @@
 
 A `meterfix poll` stopped by SIGTERM ends with the beat `{"doing": "stopped"}`: only
 "exited" was read as not running, so /api/health said `running` and the card "1 s ago",
-plain, until MFX_HEARTBEAT_SILENCE passed. Failed before: 'running' == 'stopped'."""
+plain, until MFX_HEARTBEAT_SILENCE passed. And a `poll --once` that ended while another
+poller ran hid it: only the newest beat of the role was judged, so /api/health said `exited`
+and the card "not running". Failed before: 'running' == 'stopped'; 'exited' == 'running'."""
 
 from __future__ import annotations
 
@@ -78,6 +80,13 @@ def _wait_for(engine: Engine, said: Any, timeout: float = 60) -> None:
     raise AssertionError("the poller never beat as expected")
 
 
+def _newest_detail(engine: Engine) -> dict[str, Any]:
+    beats = table_of(Heartbeat)
+    query = select(beats.c.detail).order_by(beats.c.last_beat_at.desc()).limit(1)
+    with engine.connect() as connection:
+        return dict(connection.execute(query).scalar_one() or {})
+
+
 def _card(api: Api) -> str:  # noqa: F811
     found = CSRF.search(api.client.get("/login").get_data(as_text=True))
     if found:
@@ -103,3 +112,36 @@ def test_a_poller_stopped_by_sigterm_is_shown_stopped_not_running(
     assert 'class="card muted"' in card and 'data-state="stopped"' in card
     assert ">stopped</span>" in card and "not running: stopped " in card
     assert " s ago" not in card and "exited" not in card
+
+
+def test_a_poll_once_that_ended_does_not_hide_a_running_poller(
+    api: Api,  # noqa: F811
+    poller: subprocess.Popen[str],
+    db_url: str,
+    folder: Path,
+) -> None:
+    for _ in range(3):  # until the ended pass's beat is the newest (the other beats every 10 s)
+        once = subprocess.run(
+            [MFX, "poll", "--once"],
+            env=_env(db_url),
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert once.returncode == 0, once.stderr
+        if _newest_detail(api.engine).get("doing") == "exited":
+            break
+    assert _newest_detail(api.engine).get("doing") == "exited"
+
+    entry = api.get("/api/health")["heartbeats"]["poller"]
+    assert entry["state"] == "running"
+    assert entry["detail"].get("doing") not in ("exited", "stopped")
+    card = _card(api)
+    assert 'data-state="running"' in card and " s ago" in card
+    assert "muted" not in card and "bad" not in card and "not running" not in card
+
+    # the running one stops: the role is no longer running (the newest beat says stopped)
+    poller.send_signal(signal.SIGTERM)
+    assert poller.wait(timeout=60) == 0
+    assert api.get("/api/health")["heartbeats"]["poller"]["state"] == "stopped"
