@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, func
+from sqlalchemy import ColumnElement, Engine, and_, case, func, or_
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
+from remediation.codes import ErrorCode
 from remediation.identifiers import hashed_identifier, plain_suffix
+from remediation.records import MFX_PREFIX
 from service.db.statements import in_listed
 from service.models import RunTrigger
 from service.models._types import as_utc, latest
@@ -254,7 +256,9 @@ def handled_queries(source: str | Sequence[str], other_than: str | None = None) 
     rows, found by the ids of the runs of that source (`run_id` leads an index of each table;
     neither indexes `source`, which a run's rows all share: the audit's loader refuses any
     other). Filtered by `source` alone, each was a scan of its whole table, at every error
-    report (the audit holds a row per correction of every run kept)."""
+    report (the audit holds a row per correction of every run kept). A row quarantined under
+    `identifier_taken` is not counted (`_not_taken_elsewhere`): it is never the row Stripe
+    took under its identifier, so a report about that identifier is about another row."""
     sources = [source] if isinstance(source, str) else list(source)
     runs = select_model(RemediationRun.id).where(col(RemediationRun.source).in_(sources))
     if other_than is not None:
@@ -274,5 +278,18 @@ def handled_queries(source: str | Sequence[str], other_than: str | None = None) 
         .where(held_run, col(QuarantinedRow.source).in_(sources))
         .where(held_identifier.is_not(None))
         .where(col(QuarantinedRow.taken_again).is_(None))  # sent again since: a new refusal
+        .where(_not_taken_elsewhere())
         .distinct(),
     )
+
+
+def _not_taken_elsewhere() -> ColumnElement[bool]:
+    """Quarantined rows not held because Stripe took their identifier from another row
+    (`identifier_taken`: the code they came with, or their record's `mfx_code` when they came
+    with another). Such a row was never sent: Stripe refusing its identifier since refused
+    the row it took it from (`k1` for `cus_ghost` sent, `k1` in milliseconds quarantined so,
+    then Stripe's report: no such customer). Counted as handled, that report selected
+    nothing, and the sent row's usage was in no quarantine entry, never billed."""
+    taken = ErrorCode.IDENTIFIER_TAKEN.value
+    noted = col(QuarantinedRow.record)[f"{MFX_PREFIX}code"].as_string()
+    return and_(col(QuarantinedRow.code) != taken, or_(noted.is_(None), noted != taken))
