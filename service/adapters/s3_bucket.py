@@ -6,11 +6,16 @@ read waits READ_SECONDS at most for its next byte, a request is tried ATTEMPTS t
 bound a dead connection, never a slow one (an answer dripping a byte a second never trips a
 read timeout: a poller pass hung on it for hours), so a listing page or a HEAD has a deadline
 in all (CALL_SECONDS), and a streamed GET (`open_read`) one from its request to its last byte
-(MFX_TASK_TIME_LIMIT): at the deadline the thread's connections are shut down and the call
-raises TimeoutError (`CallDeadline`). Each thread has its own client (and connection pool),
-so the connections shut are only ever the ones the late call may be using; whole-file
-transfers (`download`, `upload`: boto3's transfer threads) go through a client of their own,
-with the same timeouts and tries, bounded as a task is (MFX_TASK_TIME_LIMIT).
+(MFX_TASK_TIME_LIMIT), as a `download` is from its first GET to its last byte (each given as
+long more as the object's bytes take at MIN_TRANSFER_RATE, and the worker's task reading it
+as long: `CallDeadline.extend_to`): at the deadline the thread's connections are shut down and
+the call raises TimeoutError (`CallDeadline`). Each thread has its own client (and connection
+pool), so the connections shut are only ever the ones the late call may be using; a download
+runs on the calling thread and its client for that (boto3's transfer threads open sockets no
+deadline lists: a download had no deadline, nor gave its task any time, and a large object
+read steadily failed its task at every try). An upload (boto3's transfer threads) goes
+through a client of its own, with the same timeouts and tries, bounded as a task is
+(MFX_TASK_TIME_LIMIT).
 
 A request S3 refuses, or that cannot be made (no credentials, the endpoint unreachable), is a
 BucketError saying so in one line (`_s3_errors`): `meterfix demo` and `remediate --upload`
@@ -115,7 +120,7 @@ class S3Bucket:
         self._local = threading.local()  # this thread's client and the sockets it opened
         self._session: Any = None
         self._building = threading.Lock()  # a boto3 session builds one client at a time
-        self._transfers: S3Client | None = None  # `download` and `upload` (their threads)
+        self._transfers: S3Client | None = None  # `upload`'s (its threads)
 
     @property
     def prefix(self) -> str:
@@ -135,7 +140,7 @@ class S3Bucket:
 
     @property
     def _transfer_client(self) -> S3Client:
-        """The client of whole-file transfers, whose threads open sockets no deadline lists:
+        """The client of uploads, whose threads open sockets no deadline lists:
         in this thread's client's pool, one would be reused by a watched call, unlisted."""
         with self._building:
             if self._transfers is None:
@@ -267,16 +272,23 @@ class S3Bucket:
             raise
 
     def download(self, key: str, dest: Path) -> None:
-        if self.head(key) is None:
+        """`key` to `dest`, within `limits.transfer` from its first GET to its last byte and as
+        long more as its bytes take at `MIN_TRANSFER_RATE` (its size from the HEAD), as
+        `open_read`; on this thread, through its client, so its sockets are the deadline's."""
+        found = self.head(key)
+        if found is None:
             raise ObjectNotFound(f"no such object: s3://{self.name}/{key}")
+        deadline = self._deadline(self.limits.transfer, f"{key} (download)")
+        deadline.extend_to(self.limits.transfer + found.size // MIN_TRANSFER_RATE)
         temp = temp_path(dest)
         try:
-            with self._s3_errors(f"cannot download s3://{self.name}/{key}"):
-                self._transfer_client.download_file(
-                    self.name, key, str(temp), Config=_transfer_config()
+            with deadline.watching(), self._s3_errors(f"cannot download s3://{self.name}/{key}"):
+                self.client.download_file(
+                    self.name, key, str(temp), Config=_transfer_config(use_threads=False)
                 )
             os.replace(temp, dest)
         finally:
+            deadline.cancel()
             temp.unlink(missing_ok=True)
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> bool:
@@ -317,10 +329,14 @@ class _RawBody(io.RawIOBase):
         super().close()
 
 
-def _transfer_config() -> Any:
+def _transfer_config(use_threads: bool = True) -> Any:
     from boto3.s3.transfer import TransferConfig
 
-    return TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
+    return TransferConfig(
+        multipart_threshold=MULTIPART_BYTES,
+        multipart_chunksize=MULTIPART_BYTES,
+        use_threads=use_threads,
+    )
 
 
 def _status(exc: Exception) -> int | None:
