@@ -79,16 +79,17 @@ def import_chunks(
     names: RowNames,
     batch_size: int = BATCH_SIZE,
     sent_before: Callable[[Batch], Mask] | None = None,
-    sent_elsewhere: Callable[[list[str]], set[str]] | None = None,
+    sent_elsewhere: Callable[[list[str], Batch], set[str]] | None = None,
 ) -> Generator[ImportChunk, None, None]:
     """Validate the records on the remediation core, a batch of columns at a time (a CSV read
     as columns, JSON matched to its layouts: `engine.batches`); yield a chunk every
     `batch_size` valid events and at the end. `sent_before`: which of a batch's rows (their
     numbers and identifiers) an earlier pass already sent (left out, counted in
     `ImportChunk.skipped`). `sent_elsewhere`:
-    which of a batch's identifiers were sent before, by another object version or as
-    meterfix's correction (left out before they are checked, so neither sent again nor handed
-    to remediation as failed rows; counted in `ImportChunk.elsewhere`).
+    which of a batch's identifiers (given with the batch, whose rows it may read) were sent
+    before, by another object version or as meterfix's correction (left out before they are
+    checked, so neither sent again nor handed to remediation as failed rows; counted in
+    `ImportChunk.elsewhere`).
 
     Before, every row was a record read by `csv.reader`, turned back into columns for the
     checks and into an event one call at a time: 95,000-97,000 rows/s (`bench/poller.py`,
@@ -134,7 +135,7 @@ def _not_sent(
     batch: Batch,
     chunk: ImportChunk,
     sent_before: Callable[[Batch], Mask] | None,
-    sent_elsewhere: Callable[[list[str]], set[str]] | None,
+    sent_elsewhere: Callable[[list[str], Batch], set[str]] | None,
 ) -> Batch:
     """The rows of `batch` neither an earlier pass sent (counted in `chunk.skipped`) nor, when
     any is left, another object version or meterfix's correction (`chunk.elsewhere`)."""
@@ -149,12 +150,12 @@ def _not_sent(
 
 
 def _not_sent_elsewhere(
-    batch: Batch, sent_elsewhere: Callable[[list[str]], set[str]], count: int
+    batch: Batch, sent_elsewhere: Callable[[list[str], Batch], set[str]], count: int
 ) -> tuple[Batch, int]:
     """The batch without the rows `sent_elsewhere` names, and `count` plus how many those
     were."""
     identifiers = [str(v) for v in batch.identifier.values()]
-    sent = sent_elsewhere(identifiers)
+    sent = sent_elsewhere(identifiers, batch)
     if not sent:
         return batch, count
     keep = np.fromiter((i not in sent for i in identifiers), bool, len(identifiers))

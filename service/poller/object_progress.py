@@ -34,6 +34,7 @@ class SentRow(NamedTuple):
     identifier: str
     object_id: int
     row_number: int
+    content: int | None = None  # `remediation.rowdigest` of what it sent (None: not known)
 
 
 @dataclass(slots=True)

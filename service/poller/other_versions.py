@@ -8,7 +8,11 @@ from bisect import bisect_right
 from collections.abc import Collection
 from datetime import datetime
 
+import numpy as np
+
+from remediation.core.columns import Batch
 from remediation.ports import ObjectInfo
+from remediation.rowdigest import record_digests
 from service.errors import HorizonPassed
 from service.jobs.store.lineage import refused_among, runs_correcting, written_among
 from service.jobs.store.taken_again import held_anywhere, mark_taken_again
@@ -33,7 +37,11 @@ class OtherVersions:
     never sent (a batch is recorded before it goes out; its record goes when the pass stops
     before it went out, or Stripe refused it: `ProgressStore.forget_unsent`). A row Stripe
     refused after it was sent (an error report) that meterfix holds in quarantine was never
-    billed: a version holding it (fixed by hand) sends it. A row a run over the object, or a
+    billed: a version holding it changed (fixed by hand) sends it; one holding it as it was sent
+    leaves it out, its entry waiting for a fix (Stripe would refuse it again: the day's file
+    rewritten in place with it unchanged sent it again, its entry was marked taken again, and
+    the report of its second refusal, sampling other rows, did not name it: neither billed nor
+    waiting; `_unchanged`). A row a run over the object, or a
     quarantine re-run of its rows, corrected or re-sent unchanged is left out too, in any
     version (the customer fixed by hand a row meterfix had sent as `<id>-mfx1`: another
     identifier, which nothing dedupes). Each other version's batches are read once per import."""
@@ -51,20 +59,25 @@ class OtherVersions:
         self._sender_runs: dict[str, list[int]] = {}  # key -> runs_correcting(key)
         self._alerts = RunAlertsToSettle()  # the runs whose rows `taken_again` marked
 
-    def sent(self, identifiers: list[str]) -> set[str]:
+    def sent(self, identifiers: list[str], rows: Batch | None = None) -> set[str]:
         """Which of these rows of this version another version sent (or a run over the
         object corrected), so this one leaves them out. Raises HorizonPassed when one was
         sent in a batch Stripe never acknowledged, more than 23 h ago: billed or not, nobody
         knows, and Stripe may no longer dedupe it (taken for delivered, such rows of a
-        version overwritten during an incident were never billed, the retry saying "sent")."""
+        version overwritten during an incident were never billed, the retry saying "sent").
+        `rows`: the batch `identifiers` name, in order (without it a row Stripe refused
+        counts as changed)."""
         sent: dict[str, datetime] = {}  # identifier -> when its batch was first sent
         stale: dict[str, tuple[int, SentBatch]] = {}  # identifier -> (object, its batch)
         senders: set[int] = set()  # the versions that sent them
+        sent_as: dict[str, set[int]] = {}  # identifier -> the digests of what they sent
         for row in self.progress.sent_elsewhere(self.obj, identifiers):
             batch = self._batch(row)
             if batch is None:
                 continue
             senders.add(row.object_id)
+            if row.content is not None:
+                sent_as.setdefault(row.identifier, set()).add(row.content)
             if batch.acked_at is None and batch.first_sent_at <= self.horizon:
                 stale[row.identifier] = (row.object_id, batch)
             elif batch.acked_at is not None:
@@ -77,19 +90,38 @@ class OtherVersions:
         for identifier in [i for i in stale if i in sent]:  # delivered by another version
             del stale[identifier]
         if sent or stale:  # quarantined after it was sent: Stripe refused it (never billed)
-            runs = self._refusing(senders)
-            held = refused_among(self.progress.engine, runs, sorted({*sent, *stale}))
-            for identifier, quarantined in held.items():
-                if identifier in sent and quarantined > sent[identifier]:
-                    del sent[identifier]
-                if identifier in stale and quarantined > stale[identifier][1].first_sent_at:
-                    del stale[identifier]
+            refused = self._refused(senders, sent, stale)
+            unchanged = _unchanged(refused, sent_as, identifiers, rows)
+            for identifier in refused:
+                was_stale = stale.pop(identifier, None)
+                if identifier not in unchanged:
+                    sent.pop(identifier, None)
+                elif was_stale is not None:  # refused again if sent: left out, waiting
+                    sent[identifier] = was_stale[1].first_sent_at
         if stale:
             self._horizon_passed(stale)
         # a row a run over this object corrected (it failed in an earlier version): its
         # correction went out under a derived identifier, so the row itself must not
         rest = [i for i in identifiers if i not in sent and recordable(i)]
         return set(sent) | written_among(self.progress.engine, self._correcting(), rest)
+
+    def _refused(
+        self,
+        senders: Collection[int],
+        sent: dict[str, datetime],
+        stale: dict[str, tuple[int, SentBatch]],
+    ) -> set[str]:
+        """Which of the rows `sent` or `stale` name Stripe refused after they were sent: a
+        run over this object, or over a version that sent them, quarantined them since (from
+        an error report or a re-run) and holds them."""
+        runs = self._refusing(senders)
+        held = refused_among(self.progress.engine, runs, sorted({*sent, *stale}))
+        return {
+            identifier
+            for identifier, quarantined in held.items()
+            if (identifier in sent and quarantined > sent[identifier])
+            or (identifier in stale and quarantined > stale[identifier][1].first_sent_at)
+        }
 
     def held(self, identifiers: list[str]) -> set[str]:
         """Which of these rows of this version, about to be sent, a run holds in quarantine:
@@ -158,3 +190,24 @@ class OtherVersions:
         key, etag = self.progress.object_label(object_id)
         label = "an earlier version of it" if key == self.obj.key else key
         raise HorizonPassed(list(batches.values()), f"{label} (ETag {etag})", key)
+
+
+def _unchanged(
+    refused: set[str], sent_as: dict[str, set[int]], identifiers: list[str], rows: Batch | None
+) -> set[str]:
+    """Which of the `refused` rows this version holds as a version that sent them held them
+    (`sent_as`: identifier -> the digests of what they sent, `remediation.rowdigest`): sent
+    again, Stripe would refuse them again. Every row of the identifier in `rows` (the batch
+    `identifiers` name, in order) must be; without the batch or a digest (a row recorded
+    before migration 0007) a row counts as changed, and is sent."""
+    known = {identifier for identifier in refused if sent_as.get(identifier)}
+    if rows is None or not known:
+        return set()
+    at = [n for n, identifier in enumerate(identifiers) if identifier in known]
+    digests = record_digests(rows.take(np.asarray(at, np.int64)).records())
+    changed = {
+        identifiers[n]
+        for n, digest in zip(at, digests, strict=True)
+        if digest not in sent_as[identifiers[n]]
+    }
+    return known - changed

@@ -94,9 +94,9 @@ class ProgressStore:
         """The rows of other object versions (another key, or this key before it was
         overwritten) recorded as sent under one of `identifiers` (`OtherVersions` decides
         which of them count)."""
-        columns = (ROWS.c.identifier, OBJECTS.c.id, ROWS.c.row_number)
+        columns = (ROWS.c.identifier, OBJECTS.c.id, ROWS.c.row_number, ROWS.c.content)
         rows = self._elsewhere(obj, identifiers, columns, ROWS.c.sent.is_(True))
-        return [SentRow(str(row[0]), int(row[1]), int(row[2])) for row in rows]
+        return [SentRow(str(row[0]), int(row[1]), int(row[2]), row[3]) for row in rows]
 
     def indexed_elsewhere(
         self, obj: ObjectInfo, identifiers: Sequence[str]
