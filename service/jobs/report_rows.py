@@ -8,6 +8,7 @@ Apart from the orchestration (`error_reports`): the run calls these per batch
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +24,7 @@ from remediation.reported import ReportScope, Selection, Taken, reported_code, s
 from remediation.rownames import RowNames
 from service.jobs.report_job import Report
 from service.jobs.store.taken_again import marked_among
-from service.poller.store import FirstVersion, first_versions, recordable
+from service.poller.store import FirstVersion, first_versions, recordable, sent_moments
 
 
 class HeldFirst:
@@ -38,7 +39,14 @@ class HeldFirst:
     (`reported`), as it counts the row of this version Stripe refused, but the row was taken
     from that version (`billed`: counted as found, never sent). Not a row a run over the
     object quarantined, even one a later version sent again since (marked `taken_again`, one
-    of `runs`): that version refused it, it was not billed then."""
+    of `runs`): that version refused it, it was not billed then.
+
+    Unless the bundled poller sent the row from an earlier version of this object, overwritten
+    in place since, after a sampled row and by the window's end (`SentInWindow`): the report
+    is about that send, and that version is gone, so the row is read from this one (kept: the
+    report's code decides, as for this version's rows, so a row Stripe billed is passed over).
+    It was lost: a day's file written again with the same rows and more before the report
+    came had only its sampled rows corrected."""
 
     def __init__(
         self, engine: Engine, job: Report, version: tuple[str, str], runs: list[int]
@@ -46,6 +54,7 @@ class HeldFirst:
         self.engine, self.job, self.version, self.runs = engine, job, version, runs
         self.reported: Callable[[UsageRecord], bool] = lambda _: False
         self.billed = 0
+        self.sent_in_window = SentInWindow(engine, job)
 
     def kept(self, batch: Batch, identifiers: list[str]) -> npt.NDArray[np.bool_]:
         """Which rows of the batch are kept (`identifiers`: theirs, every row named)."""
@@ -53,13 +62,19 @@ class HeldFirst:
         first = _first_versions(self.engine, {i for i in identifiers if i and recordable(i)})
         keep = np.ones(len(identifiers), bool)
         maybe: list[int] = []  # taken from a version long before, by the look of them
+        overwritten: list[int] = []  # sent from an earlier version of this object
         for i, identifier in enumerate(identifiers):
             held = first.get(identifier)
             if identifier in samples or held is None or held.version == self.version:
                 continue
             keep[i] = False
-            if long_before(held):
+            if held.sent and held.key == self.version[0]:
+                overwritten.append(i)
+            elif long_before(held):
                 maybe.append(i)
+        if overwritten:
+            sent = self.sent_in_window({identifiers[i] for i in overwritten})
+            keep[[i for i in overwritten if identifiers[i] in sent]] = True
         if maybe:
             records = batch.take(np.asarray(maybe, np.int64)).records()
             taken = [
@@ -75,6 +90,36 @@ class HeldFirst:
 
 # Identifiers looked up at a time (each a query's IN list)
 LOOKUP_ROWS = 1000
+
+
+class SentInWindow:
+    """Which rows the bundled poller sent within the report's reach: their batch first sent
+    by the end of its window (every row it counts was taken by then), and no earlier than the
+    latest sampled row's (a `cus_…` customer Stripe did not find for a sample was deleted by
+    then, and stays unknown; a row sent before may have been billed: a day's file written
+    again with a new row first, that row refused and sampled, the rows of its customer the
+    first version sent before the deletion were re-sent to the rules' customer, billed twice).
+    None without a sampled row the poller sent."""
+
+    def __init__(self, engine: Engine, job: Report) -> None:
+        self.engine, self.job = engine, job
+        self.earliest: datetime | None = None  # to the microsecond: a batch apart is before
+
+    def __call__(self, identifiers: set[str]) -> set[str]:
+        if self.earliest is None:
+            samples = {i for i in self.job.scope.samples if recordable(i)}
+            sent = sent_moments(self.engine, samples).values()
+            self.earliest = max(sent, default=datetime.max.replace(tzinfo=UTC))
+        ordered = sorted(identifiers)
+        found: set[str] = set()
+        for start in range(0, len(ordered), LOOKUP_ROWS):
+            moments = sent_moments(self.engine, set(ordered[start : start + LOOKUP_ROWS]))
+            found |= {
+                identifier
+                for identifier, moment in moments.items()
+                if self.earliest <= moment and int(moment.timestamp()) <= self.job.now
+            }
+        return found
 
 
 def _first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVersion]:

@@ -1,0 +1,81 @@
+"""The day's file rewritten in place (the same rows, and more) after the bundled poller sent
+it and before Stripe's error report about it came. The report is about rows the first version
+sent; the version there now holds them too, and the poller recorded them with the first. The
+run took of them only the rows Stripe sampled: the other rows Stripe refused were lost, and
+the report was `remediated`. Real sandbox (meter events, error reports), a moto bucket, the
+bundled poller (MFX_POLLER=on), both databases."""
+
+# ruff: noqa: F811  (the fixture imported from the module that defines it)
+from __future__ import annotations
+
+import time
+
+from sqlmodel import select
+
+from service.models import Alert, ErrorReport, InboxEvent, QuarantinedRow
+from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
+from service.runtime import Runtime
+from tests.integration.test_e2e import BUCKET, Loop, loop, render  # noqa: F401 (the fixture)
+
+KEY = "usage/day.csv"
+
+
+def _rows(now: int, count: int, *, start: int = 0) -> list[dict[str, object]]:
+    """Every fifth row of the first 50 names acme-42, a customer Stripe does not know
+    (refused; the rules map it to cus_acme); the others cus_bob (billed)."""
+    return [
+        {
+            "identifier": f"d{n}",
+            "timestamp": now - 600 - n,
+            "event_name": "api_requests",
+            "customer": "acme-42" if n % 5 == 0 and n < 50 else "cus_bob",
+            "value": str(n + 1),
+        }
+        for n in range(start, start + count)
+    ]
+
+
+def _sent_then_rewritten(loop: Loop, deps: PollerDeps) -> None:
+    """v1 (50 rows, 10 of acme-42) sent; v2 (the same 50 rows and 10 more) uploaded and
+    recorded by the poller (which sends only the 10 new rows); then Stripe's report."""
+    now = int(time.time())
+    first = _rows(now, 50)
+    loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=render(first, "csv"))
+    assert run_poll_pass(deps).sent == 50
+    time.sleep(1.1)  # S3 stamps whole seconds
+    loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=render(first + _rows(now, 10, start=50), "csv"))
+    assert run_poll_pass(deps).left_out == 50  # the rows v1 sent: only the 10 new ones go
+    loop.sandbox_app.extensions["sandbox"].flush_reports()  # the report about v1's 10 rows
+    loop.drain()
+
+
+def test_rows_stripe_refused_from_the_version_rewritten_in_place_are_all_corrected(
+    loop: Loop,
+) -> None:
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        _sent_then_rewritten(loop, deps)
+        run_poll_pass(deps)  # imports the corrected file
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()
+    finally:
+        runtime.close()
+
+    acme = [f"d{n}" for n in range(0, 50, 5)]
+    accepted = loop.accepted()
+    assert sorted(i for i in accepted if i.endswith("-mfx1")) == sorted(f"{i}-mfx1" for i in acme)
+    # billed once each: v1's 40 rows and v2's 10 new ones, none of them re-sent
+    billed = [i for i in accepted if not i.endswith("-mfx1")]
+    assert sorted(billed) == sorted(f"d{n}" for n in range(60) if n % 5 or n >= 50)
+    with loop.session() as session:
+        [report] = session.exec(select(ErrorReport)).all()
+        held = session.exec(select(QuarantinedRow)).all()
+        partial = session.exec(select(Alert).where(Alert.kind == "error_report.partial")).all()
+        [task] = session.exec(
+            select(InboxEvent).where(InboxEvent.event_type == "meterfix.remediate.error_report")
+        ).all()
+    assert (report.error_count, report.status) == (10, "remediated")
+    assert held == []
+    assert partial == []
+    assert task.outcome == "remediated 10 row(s) for 10 reported error(s)"
