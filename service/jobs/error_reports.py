@@ -9,8 +9,9 @@ saw around the report's window holding rows of those event names are searched to
 count is still not reached the report is marked `partial` and an alert says so.
 
 Rows another run over the same object already handled (corrected or quarantined: the same
-identifier, wherever the object holds it now) are skipped and counted as found, so no row is
-sent twice; a row without an identifier has one made of its object's version, so none of a
+identifier, wherever the object holds it now) are skipped, so no row is sent twice, and counted
+as found in an object holding sampled rows (in one found by the search, they are an earlier
+report's); a row without an identifier has one made of its object's version, so none of a
 new version is taken for one of the old. Only rows Stripe refused
 whenever it took them are selected (remediation.reported, `when_taken`). A report with no
 linked rows is kept as it is, with its samples (`unmatched`: its meter's warning says so, and
@@ -116,7 +117,7 @@ def _remediate_linked(
     for key in sorted(files):
         version, path, plan = files[key]
         taken = when_taken(ctx.engine, job, key, version, linked=True)
-        found += _remediate(ctx, job, key, version, path, plan, taken)
+        found += _remediate(ctx, job, key, version, path, plan, taken, linked=True)
     return found
 
 
@@ -131,7 +132,7 @@ def _remediate_others(
         fetched = fetch(ctx, job, key, etag, folder)
         if fetched is not None:
             taken = when_taken(ctx.engine, job, key, etag, linked=False)
-            found += _remediate(ctx, job, key, *fetched, taken)
+            found += _remediate(ctx, job, key, *fetched, taken, linked=False)
     return found
 
 
@@ -199,10 +200,13 @@ def _remediate(
     path: Path,
     plan: InputPlan,
     taken: Taken,
+    *,
+    linked: bool,
 ) -> int:
     """Remediate the rows of one object the report is about; how many it holds: those this
-    run selected and those another run over the object handled (corrected or quarantined)
-    before, under the same identifiers, which are not selected again."""
+    run selected and, in an object holding sampled rows (`linked`), those another run over
+    the object handled (corrected or quarantined) before, under the same identifiers, which
+    are not selected again (`_counted`)."""
     lock_turn = one_run_an_object(ctx.engine, ctx.bucket.prefix, key, ctx.waiting_turn)
     with lock_turn as lock, _naming(key):
         ctx = ctx.holding(lock)  # its run uploads and commits nothing once the lock is lost
@@ -221,11 +225,11 @@ def _remediate(
         done = run_done(ctx, run_key)
         if done is not None:  # a retried task: count what the run found, and the rows handled
             _read_through(ctx, path, plan, rows)
-            return _counted(job, key, done.input_rows, selection, scope, held.billed)
+            return _counted(job, key, done.input_rows, selection, scope, held.billed, linked)
         request = _run_request(ctx, job, key, run_key, path, plan)
         with path.open("rb") as stream:  # read in columns, the report's rows selected
             run = execute_run(ctx, request, read_repaired(stream, plan, ctx.rules), [rows])
-        return _counted(job, key, run.input_rows, selection, scope, held.billed)
+        return _counted(job, key, run.input_rows, selection, scope, held.billed, linked)
 
 
 @contextmanager
@@ -276,16 +280,27 @@ def _run_request(
 
 
 def _counted(
-    job: Report, key: str, selected: int, selection: Selection, scope: ReportScope, unsampled: int
+    job: Report,
+    key: str,
+    selected: int,
+    selection: Selection,
+    scope: ReportScope,
+    unsampled: int,
+    linked: bool,
 ) -> int:
     """The rows of one object the report is about, found: those selected, those another run
     handled, and the rows left to Stripe's connector (taken again from a later version, or
-    taken from an earlier one long before the report: `billed`, sampled or `unsampled`)."""
+    taken from an earlier one long before the report: `billed`, sampled or `unsampled`).
+    Those another run handled only in an object holding sampled rows: in an object found by
+    the search, no sample says Stripe refused them again; they are an earlier report's (an
+    earlier report's 10 rows of ctl.csv made a report that found 3 of its 10 `remediated`,
+    its 7 other rows lost without a warning)."""
     billed = len(job.earlier.get(key, set()) - scope.handled)
     job.resent += selection.resent
     job.left += selection.left - billed
     job.billed += billed + unsampled
-    return selected + selection.handled + selection.left + unsampled
+    handled = selection.handled if linked else 0
+    return selected + handled + selection.left + unsampled
 
 
 def _load(engine: Engine, event_id: str) -> tuple[ErrorReport, list[ErrorSample], dict[str, int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from service.models import Alert, ErrorReport, InboxEvent, QuarantinedRow
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
@@ -79,3 +79,49 @@ def test_rows_stripe_refused_from_the_version_rewritten_in_place_are_all_correct
     assert held == []
     assert partial == []
     assert task.outcome == "remediated 10 row(s) for 10 reported error(s)"
+
+
+def test_rows_an_earlier_report_handled_in_another_object_are_not_this_report_s(
+    loop: Loop,
+) -> None:
+    """ctl.csv's 10 acme-42 rows were refused and corrected for an earlier report. day.csv's
+    10 acme-42 rows are refused next, and day.csv is cut to its first 15 rows before the
+    report came: 3 of its refused rows are left (the sampled ones). The search around the
+    report's window found ctl.csv, and counted its rows the earlier report's run handled as
+    this report's: found 13 of 10, `remediated` with the run's info alert (all 3 rows
+    corrected), no warning, 7 rows lost. They were not taken again since: not this report's,
+    which is `partial`."""
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        now = int(time.time())
+        acme = [row for row in _rows(now, 50) if row["customer"] == "acme-42"]
+        control = [{**row, "identifier": f"c{row['identifier']}"} for row in acme]
+        loop.s3.put_object(Bucket=BUCKET, Key="usage/ctl.csv", Body=render(control, "csv"))
+        run_poll_pass(deps)
+        loop.sandbox_app.extensions["sandbox"].flush_reports()  # the report about ctl.csv
+        loop.drain()
+        run_poll_pass(deps)  # imports the corrected file
+        loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=render(_rows(now, 50), "csv"))
+        run_poll_pass(deps)
+        time.sleep(1.1)  # S3 stamps whole seconds
+        loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=render(_rows(now, 15), "csv"))
+        run_poll_pass(deps)  # records the cut version (it sends nothing)
+        loop.sandbox_app.extensions["sandbox"].flush_reports()  # the report about day.csv
+        loop.drain()
+    finally:
+        runtime.close()
+
+    with loop.session() as session:
+        first, second = session.exec(select(ErrorReport).order_by(ErrorReport.id)).all()
+        [alert] = session.exec(select(Alert).where(Alert.kind == "error_report.partial")).all()
+        [task, _] = session.exec(
+            select(InboxEvent)
+            .where(InboxEvent.event_type == "meterfix.remediate.error_report")
+            .order_by(col(InboxEvent.id).desc())
+        ).all()
+    assert (first.error_count, first.status) == (10, "remediated")
+    assert (second.error_count, second.status) == (10, "partial")
+    assert task.outcome == "partial: remediated 3 row(s) of 10 reported"
+    assert (alert.detail["found"], alert.detail["expected"]) == (3, 10)
+    assert alert.subject == f"report {second.event_id}: found 3 of 10 reported rows"
