@@ -41,7 +41,7 @@ from service.jobs.input_lineage import run_lineage, source_lineage
 from service.jobs.inputs import JobDeps
 from service.jobs.object_runs import object_sources, one_run_an_object
 from service.jobs.report_job import Report, TakenLongBefore
-from service.jobs.report_objects import fetch, linked_objects, other_objects
+from service.jobs.report_objects import fetch, linked_objects, other_objects, recorded_now
 from service.jobs.report_outcome import conclude
 from service.jobs.report_rows import HeldFirst, Reported, among
 from service.jobs.report_versions import SentSince, when_taken
@@ -61,12 +61,32 @@ from service.poller.store import FirstVersion, event_names_of, first_versions
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
+    outcome, waiting = _remediate_report(deps, event_id)
+    for _ in range(TAKEN_UP_AT_ONCE):
+        # a poll pass that recorded the version there now while the task ran found the
+        # report not `partial` yet, so it did not take it up again (`poller.handover`); no
+        # later pass records that version again: checked after the report was marked
+        if not recorded_now(deps.run, waiting):
+            break
+        set_report_status(deps.run.engine, event_id, ErrorReportStatus.RECORDED)
+        outcome, waiting = _remediate_report(deps, event_id)
+    return outcome
+
+
+# How many times in a row a task takes its report up again for versions recorded meanwhile
+# (each time the object was rewritten again while it ran; a later pass takes it up after).
+TAKEN_UP_AT_ONCE = 3
+
+
+def _remediate_report(deps: JobDeps, event_id: str) -> tuple[str, list[str]]:
+    """The task's outcome, and the objects overwritten by a version the poller had not
+    recorded when it read them (the report is `partial` waiting for them)."""
     ctx = deps.run
     report, samples, counts = _load(ctx.engine, event_id)
     linked = linked_objects(ctx.engine, samples)
     if not linked:
         set_report_status(ctx.engine, event_id, ErrorReportStatus.UNMATCHED)
-        return "no rows of ours: kept unmatched with its samples"
+        return "no rows of ours: kept unmatched with its samples", []
     job = _job(ctx, report, samples, counts)
     firsts = first_versions(ctx.engine, set(job.scope.samples))
     with tempfile.TemporaryDirectory(prefix="meterfix-obj-") as tmp:
@@ -75,7 +95,8 @@ def remediate_error_report(deps: JobDeps, event_id: str) -> str:
         job.objects = set(linked) | {key for key, _ in others}
         found = _remediate_linked(ctx, job, files)
         found = _remediate_others(ctx, job, others, Path(tmp), found)
-    return conclude(ctx.engine, job, found)
+    outcome = conclude(ctx.engine, job, found)
+    return outcome, job.unrecorded if found < job.expected else []
 
 
 def _linked_files(

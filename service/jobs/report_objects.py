@@ -57,6 +57,16 @@ def fetch(
         return None
 
 
+def recorded_now(ctx: RunContext, keys: list[str]) -> bool:
+    """Whether the poller has recorded the version there now of one of these objects (`fetch`
+    found them overwritten by a version it had not recorded)."""
+    for key in keys:
+        head = ctx.bucket.head(key)
+        if head is not None and object_times(ctx.engine, key, head.etag) is not None:
+            return True
+    return False
+
+
 def linked_objects(engine: Engine, samples: list[ErrorSample]) -> dict[str, str]:
     """object key -> the ETag we imported it at, for every sample that is one of our rows."""
     identifiers = {s.identifier for s in samples if s.identifier}

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+from sqlalchemy import Engine
 from sqlmodel import col, select
 
+from service.jobs import error_reports
+from service.jobs.report_job import Report
+from service.jobs.report_outcome import conclude
 from service.models import Alert, ErrorReport, InboxEvent, QuarantinedRow
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
@@ -79,6 +84,53 @@ def test_rows_stripe_refused_from_the_version_rewritten_in_place_are_all_correct
     assert held == []
     assert partial == []
     assert task.outcome == "remediated 10 row(s) for 10 reported error(s)"
+
+
+def test_a_report_whose_rewritten_object_the_poller_records_while_it_runs_is_taken_up_again(
+    loop: Loop,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The report's task reads the object while the poller has not recorded the version there
+    now (`partial`: "the poller has not recorded the version there now ... taken up again when
+    it does"), and a poll pass records that version before the task marks the report
+    `partial`: the pass found no `partial` report to take up again, and no later pass records
+    that version again. The report stayed `partial`, its rows lost. A pass is run here at the
+    worst moment: after the task read the bucket, before it concluded."""
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        now = int(time.time())
+        first = _rows(now, 50)
+        loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=render(first, "csv"))
+        run_poll_pass(deps)
+        time.sleep(1.1)  # S3 stamps whole seconds
+        rewritten = render(first + _rows(now, 10, start=50), "csv")
+        loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=rewritten)  # not polled yet
+        passes: list[int] = []
+
+        def pass_then_conclude(engine: Engine, job: Report, found: int) -> str:
+            if not passes:  # the pass that records the rewritten version, meanwhile
+                passes.append(run_poll_pass(deps).reports_matched)
+            return conclude(engine, job, found)
+
+        monkeypatch.setattr(error_reports, "conclude", pass_then_conclude)
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()
+        assert passes == [0]  # the report was not `partial` yet: the pass did not take it up
+        run_poll_pass(deps)  # imports the corrected file
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()
+    finally:
+        runtime.close()
+
+    acme = [f"d{n}" for n in range(0, 50, 5)]
+    accepted = loop.accepted()
+    assert sorted(i for i in accepted if i.endswith("-mfx1")) == sorted(f"{i}-mfx1" for i in acme)
+    with loop.session() as session:
+        [report] = session.exec(select(ErrorReport)).all()
+        [alert] = session.exec(select(Alert).where(Alert.kind == "error_report.partial")).all()
+    assert (report.status, alert.status) == ("remediated", "resolved")
+    assert "overwritten" not in report.detail
 
 
 def test_rows_an_earlier_report_handled_in_another_object_are_not_this_report_s(
