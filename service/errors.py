@@ -9,6 +9,7 @@ ServiceError                    reason: one line, no secrets
 ├── TimeLimitExceeded           an item ran past MFX_TASK_TIME_LIMIT
 ├── ItemInterrupted             the worker was asked to stop mid-item
 ├── TaskInputMissing            a task's input cannot be had (dead-lettered at once)
+│   └── OutputKeyTaken          a run's output key holds an earlier try's other object
 ├── RerunInputMissing           the admin action naming the rows is gone
 ├── HorizonPassed               resuming would re-send batches past the 23 h horizon
 ├── StripeFileError             a Stripe file could not be fetched (status)
@@ -75,6 +76,11 @@ class ItemInterrupted(ServiceError):
 
 class TaskInputMissing(ServiceError):
     """The task's input cannot be had (not retried: a person must look)."""
+
+
+class OutputKeyTaken(TaskInputMissing):
+    """A run's output key holds other bytes than the run's try makes, an earlier try's object
+    that may have been imported: never replaced (not retried: a person must look)."""
 
 
 class EventUnreadable(ServiceError):

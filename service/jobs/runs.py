@@ -2,9 +2,11 @@
 
 A run has a deterministic `run_key`. A finished run is never redone, so re-delivered events
 change nothing. An unfinished run (the process died half-way) is redone from the start:
-outputs are deterministic, identical objects are not uploaded twice, and the run's audit
-rows are replaced. Outputs of a run go to `<corrected prefix><tag>/...` and
-`<quarantine prefix><tag>/...`, so two runs over the same source never overwrite each other.
+outputs are deterministic, identical objects are not uploaded twice, an object of other bytes
+at one of its keys (an earlier try's, made under other rules, meters or release) is never
+replaced (`OutputKeyTaken`), and the run's audit rows are replaced. Outputs of a run go to
+`<corrected prefix><tag>/...` and `<quarantine prefix><tag>/...`, so two runs over the same
+source never overwrite each other.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ from remediation.identifiers import Lineage
 from remediation.meters import Meter
 from remediation.outcomes import QuarantinedRow as Quarantined
 from remediation.outputs import PlannedOutput
-from remediation.ports import Bucket, CustomerDirectory, LeavesOut
+from remediation.ports import Bucket, CustomerDirectory, LeavesOut, ObjectInfo
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan
 from remediation.rules import Rules
-from service.adapters.bucket import output_key
+from service.adapters.bucket import file_digests, output_key
+from service.adapters.bucket_base import SHA_KEY, is_identical
 from service.config import Settings
 from service.db.locks import Fence, HeldLock, unfenced
+from service.errors import OutputKeyTaken
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.loads import AuditStage, QuarantineStage
 from service.jobs.store.runs import fail_run, finish_run, finished_run, start_run
@@ -145,6 +149,7 @@ def execute_run(
             with stages.timing(Stage.REMEDIATE):
                 result = _remediate_request(ctx, request, records, Path(tmp), audit, leave_out)
             outputs = list(result.outputs) + ([result.audit] if result.audit else [])
+            _refuse_replacing(ctx, request, outputs, uploaded)
             _upload_while_loading(ctx, request, outputs, audit, stages, uploaded)
     except Exception as exc:  # the run's try ends here: say so on the run, then as before
         # with the objects it did upload: a corrected one is in the bucket, imported (billed)
@@ -328,15 +333,77 @@ def _upload_while_loading(
 
 
 def _upload(ctx: RunContext, request: RunRequest, output: PlannedOutput) -> dict[str, Any]:
-    key = output_key(ctx.settings, ctx.bucket, output.kind, output.path.name, request.tag)
+    key = _key(ctx, request, output)
     uploaded = ctx.bucket.upload(output.path, key, output.metadata)
     log_event("remediation.output", kind=output.kind, key=key, rows=output.rows, new=uploaded)
+    return _output_row(request, output.kind, key, output.rows, output.sha256, uploaded)
+
+
+def _key(ctx: RunContext, request: RunRequest, output: PlannedOutput) -> str:
+    return output_key(ctx.settings, ctx.bucket, output.kind, output.path.name, request.tag)
+
+
+def _output_row(
+    request: RunRequest, kind: str, key: str, rows: int, sha256: str, uploaded: bool
+) -> dict[str, Any]:
+    """An `OutputObject` of the run, as `fail_run` and `finish_run` record it."""
     return {
-        "kind": OutputKind(output.kind),
+        "kind": OutputKind(kind),
         "key": key,
-        "rows": output.rows,
-        "sha256": output.sha256,
+        "rows": rows,
+        "sha256": sha256,
         "generation": request.generation,
         "source": request.source,
         "uploaded": uploaded,
     }
+
+
+def _refuse_replacing(
+    ctx: RunContext,
+    request: RunRequest,
+    outputs: Sequence[PlannedOutput],
+    uploaded: list[dict[str, Any]],
+) -> None:
+    """`OutputKeyTaken`, before anything is uploaded, when a key of the run's corrected
+    outputs holds other bytes: an earlier try of the run (it crashed, or failed, after that
+    upload) made them under other rules, customer map, meters or release. Stripe's
+    connector (MFX_POLLER off or index) imports an object again when it is replaced: its rows
+    would go out again under the same identifiers (billed twice past Stripe's ~24 h dedupe
+    window), and those the object held but this try does not would stay billed with no
+    record of them. Kept instead, the run's counts and audit would describe rows that are
+    not in the bucket. So the run fails, not retried (a person must look), with the objects
+    in the bucket as its outputs: `uploaded` gets them (uploaded: false, as the bucket's
+    lineage describes them). Quarantine and audit files (under the quarantine prefix:
+    `output_key`) are never imported: replaced, they describe the run's rows."""
+    taken: list[str] = []
+    held: list[dict[str, Any]] = []
+    for output in outputs:
+        key = _key(ctx, request, output)
+        existing = ctx.bucket.head(key)
+        if existing is None:
+            continue
+        imported = output.kind == OutputKind.CORRECTED  # the others: the quarantine prefix
+        if not imported or is_identical(existing, *file_digests(output.path)):
+            held.append(_output_row(request, output.kind, key, output.rows, output.sha256, False))
+            continue
+        taken.append(key)
+        sha = existing.metadata.get(SHA_KEY, "")[:64]
+        held.append(_output_row(request, output.kind, key, _rows_of(existing), sha, False))
+    if taken:
+        uploaded.extend(held)
+        log_event(
+            "remediation.output_taken", level=logging.WARNING, run_key=request.run_key, keys=taken
+        )
+        raise OutputKeyTaken(
+            f"{'; '.join(taken)}: already holds another object than this run's try makes "
+            "(an earlier try of the run uploaded it, under other rules, meters or release): "
+            "it may have been imported (billed), and meterfix never replaces an output that "
+            "may have been; nothing was uploaded. Check what was imported from it; remove it "
+            "only to have this try's output sent in its place (under the same identifiers)"
+        )
+
+
+def _rows_of(existing: ObjectInfo) -> int:
+    """The rows an object's lineage says it holds (0 when it says nothing readable)."""
+    rows = existing.metadata.get("mfx-rows", "")
+    return int(rows) if rows.isascii() and rows.isdigit() and len(rows) < 10 else 0

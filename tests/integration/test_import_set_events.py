@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from sandbox.events import build_import_set_event
-from service.models import ImportSet, QuarantinedRow, RemediationRun
+from service.models import Alert, ImportSet, QuarantinedRow, RemediationRun
 from tests.integration.test_remediation_tasks import Service, service  # noqa: F401
 
 HEADER = "identifier,timestamp,event_name,payload_stripe_customer_id,payload_value\n"
@@ -188,7 +188,9 @@ def test_a_failed_file_redone_after_a_crash_writes_no_second_file_for_the_same_r
     customer then uploaded a fixed version of the object. The redo read Stripe's copy instead,
     named its outputs after the file id, and derived the identifier of the row that had none
     from it: a second corrected file holding the same row under another identifier (both
-    imported: billed twice). The redo names what the first try named."""
+    imported: billed twice). The redo names what the first try named, and keeps the corrected
+    file the first try uploaded (imported: replaced, it is imported again), failing with an
+    alert naming it (`OutputKeyTaken`)."""
     now = int(time.time()) - 60
     bucket = _bucket(service)
     failed = (
@@ -215,16 +217,18 @@ def test_a_failed_file_redone_after_a_crash_writes_no_second_file_for_the_same_r
         )
     service.drain()
     [run] = service.rows(RemediationRun)
-    assert run.status == "done"
     now_written = sorted(p.relative_to(bucket) for p in (bucket / "corrected").rglob("*.csv"))
     assert now_written == written
     unnamed = [(r["identifier"], r["payload_value"]) for r in before if r["payload_value"] == "8"]
     assert unnamed[0][0].startswith("row-")
-    # the row without an identifier under the same one; f1 left out: Stripe's connector takes
-    # the fixed version whole
-    assert [(r["identifier"], r["payload_value"]) for r in _csv_rows([bucket / written[0]])] == (
-        unnamed
-    )
+    # the redo makes the row without an identifier under the same one (f1 left out: Stripe's
+    # connector takes the fixed version whole): another file than the one the first try
+    # uploaded, which is kept as it was
+    assert _csv_rows([bucket / written[0]]) == before
+    key = str(written[0])
+    assert run.status == "failed" and f"OutputKeyTaken: {key}: already holds" in (run.error or "")
+    [alert] = [a for a in service.rows(Alert) if a.kind == "remediation_input"]
+    assert alert.severity == "critical" and f"{key}: already holds" in alert.message
 
 
 def test_a_newer_event_naming_another_failed_records_file_gets_it_remediated(
