@@ -243,17 +243,24 @@ def _payloads(batch: Batch, columns: Mapping[str, list[str | None]]) -> list[dic
     ]
 
 
-def index_chunks(records: Iterable[UsageRecord], *, size: int = 1000) -> Iterator[list[RowRef]]:
+def index_chunks(
+    records: Iterable[UsageRecord],
+    *,
+    size: int = 1000,
+    seconds: Callable[[Column], list[int | None]] | None = None,
+) -> Iterator[list[RowRef]]:
     """Index mode: identified rows only (rows without one get an identifier from Stripe's own
     connector that we cannot know, so they cannot be traced); read a batch of columns at a
-    time, as `import_chunks` reads."""
+    time, as `import_chunks` reads. `seconds`: each row's `RowRef.timestamp` read from its
+    timestamp cells (else `timestamps_of`; the rows' digests read them so whatever it is)."""
     rows: list[RowRef] = []
     for batch in batches(records, CHECK_ROWS, block_bytes=BLOCK_BYTES):
         names: list[str | None] = batch.event_name.values()  # type: ignore[assignment]
         numbers, timestamps = batch.rows.tolist(), timestamps_of(batch.timestamp)
         sent = {key: sent_array(column) for key, column in batch.payload.items()}
         contents = batch_digests(batch, timestamps, sent).tolist()
-        found = zip(batch.identifier.values(), numbers, names, timestamps, contents, strict=True)
+        stamps = timestamps if seconds is None else seconds(batch.timestamp)
+        found = zip(batch.identifier.values(), numbers, names, stamps, contents, strict=True)
         for identifier, number, name, ts, content in found:
             if identifier:
                 rows.append(RowRef(str(identifier), number, name, ts, False, content))

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
+from service.jobs.store.indexed_rows import UNREADABLE
 from service.jobs.store.lineage import runs_correcting, written_among
 from service.jobs.store.reports import object_sources
 from service.jobs.store.reruns import usage_second
@@ -89,10 +90,11 @@ class TakenAgain:
         fixed by hand and uploaded under another name, or a later version of the row's own
         object). The same usage only (`sent_as_held`: the same second, as the rules read
         it; an identifier may be used again days later for other usage, which leaves the
-        older row waiting). One query by the quarantined rows' identifier index."""
+        older row waiting; a timestamp that reads as no time, `UNREADABLE`, is no usage's:
+        it marks nothing). One query by the quarantined rows' identifier index."""
         seconds: dict[str, set[int | None]] = {}
         for ref in refs:
-            if ref.identifier in identifiers:
+            if ref.identifier in identifiers and ref.timestamp != UNREADABLE:
                 seconds.setdefault(ref.identifier, set()).add(usage_second(ref.timestamp))
         label = f"{self.obj.key} (ETag {self.obj.etag}, uploaded {self._stamp(uploaded)})"
         self.held += mark_taken_again(

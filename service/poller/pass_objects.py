@@ -21,6 +21,7 @@ from remediation.repair import HEAD_BYTES, whole_file_failure
 from remediation.validation import MeterIndex
 from service.db.locks import LockLost
 from service.errors import ObjectChanged, ObjectNotSettled, PartlyUnreadable
+from service.jobs.store.indexed_rows import index_seconds
 from service.jobs.store.reports import save_poller_import_set
 from service.logs import log_event
 from service.models import ProcessRole
@@ -216,7 +217,8 @@ def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo, source:
     rows = 0
     again = TakenAgain(deps.engine, obj, deps.bucket.prefix)  # rows billed again: an alert
     with source.open("rb") as stream:
-        for refs in index_chunks(read_records(stream, detect_format(obj.key))):
+        records = read_records(stream, detect_format(obj.key))
+        for refs in index_chunks(records, seconds=index_seconds):
             if deps.stopping():  # left `seen`: the next start indexes it again (rows upserted)
                 raise ImportStopped(f"{obj.key}: the poller was asked to stop mid-index")
             again.check(refs)
