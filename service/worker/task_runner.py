@@ -97,9 +97,9 @@ def _input_named(
     an error report's task could not read) and the alert's links to it. The alert named only
     `impset_local_…` (which file to save as UTF-8 was in the import set's row alone), or for
     a report its event id, whichever of its objects could not be read."""
-    if kind is TaskKind.ERROR_REPORT:
+    if kind is TaskKind.ERROR_REPORT:  # `unreadable`, not `objects`: the object it cannot read
         key = exc.source if isinstance(exc, UnreadableFile) else None
-        return key, {"event": ref} | ({"objects": [key]} if key else {})
+        return key, {"event": ref} | ({"unreadable": [key]} if key else {})
     if kind not in IMPORT_SET_TASKS:
         return None, {}
     found = import_set(deps.run.engine, ref)

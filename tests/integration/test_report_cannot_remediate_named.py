@@ -65,7 +65,7 @@ def test_an_object_it_cannot_read_is_named_in_the_alert(
     assert alert.severity == "critical"
     assert alert.subject == f"error_report {event_id}: cannot remediate b.json"
     assert alert.message == "b.json: invalid JSON in item 2: Expecting ',' delimiter"
-    assert alert.links == {"event": event_id, "objects": ["b.json"]}
+    assert alert.links == {"event": event_id, "unreadable": ["b.json"]}
 
     # the dashboard's alerts page names the event and the object (not as a corrected one)
     db_url = service.settings.database_url
@@ -75,5 +75,6 @@ def test_an_object_it_cannot_read_is_named_in_the_alert(
         html = dashboard.page("/alerts")
     assert f'event <span class="key">{event_id}</span>' in html
     assert (
-        'object it cannot read <span class="key" data-testid="alert-object">b.json</span>' in html
+        'object it cannot read <span class="key" data-testid="alert-unreadable">b.json</span>'
+        in html
     )
