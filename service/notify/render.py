@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service.adapters.channels import Message
-from service.notify.digest_lines import Digest, ReportLine, Totals
+from service.notify.digest_lines import Digest, GroupLine, ReportLine, Totals
 from service.notify.shown import counted, shown_as_text, shown_on_one_line
 from service.notify.slack_blocks import (
     MAX_CODE,
@@ -178,15 +178,21 @@ def _code_lines(d: Digest) -> list[str]:
 
 
 def _group_lines(d: Digest) -> list[str]:
-    lines = [
-        f"• {data_link(g.url, ' / '.join(_parts(g.code, g.meter, g.customer, d.examples)), 'rows')}"
-        f": {rows(g.rows)}"
-        for g in d.groups
-    ]
+    lines = [_group_line(g, d.examples) for g in d.groups]
     more, more_rows = d.groups_more
     if more:
         lines.append(f"• and {counted(more, 'more group')}: {rows(more_rows)}")
     return lines
+
+
+def _group_line(g: GroupLine, examples: bool) -> str:
+    """`• `code / meter / customer`: 9 rows (<url|list>)`: the count before the link, and the
+    link left out when the line cannot hold it (its URL repeats the meter and customer,
+    percent-encoded: some 2,900 characters for long ones, and the line's cut dropped the link
+    and the count after it)."""
+    text = f"• {code(' / '.join(_parts(g.code, g.meter, g.customer, examples)))}: {rows(g.rows)}"
+    linked = f"{text} ({link(g.url, 'list')})"
+    return linked if len(linked) <= MAX_TEXT else text
 
 
 def _run_lines(d: Digest) -> list[str]:
@@ -244,15 +250,24 @@ def _report_sections(d: Digest) -> list[dict[str, Any]]:
         return []
     title = f"*{link(d.links['reports'], REPORTS_TITLE)}*: {counted(total.reports, 'report')}, "
     title += counted(total.failed, "failed record")
-    lines = [
-        f"• {link(r.url, r.status)} / {code(r.meter) if r.meter else '(no meter)'}: "
-        + escape(report_line(r, "×"))
-        for r in d.reports
-    ]
+    lines = [_report_line(r) for r in d.reports]
     if more.lines:
         failed = counted(more.failed, "failed record")
         lines.append(f"• and {more.lines} more: {counted(more.reports, 'report')}, {failed}")
     return [*sections(title, lines), context(f"_{REPORT_STATUSES}_")]
+
+
+def _report_line(r: ReportLine) -> str:
+    """A status / meter line of error reports, Stripe's codes as code spans sharing what the
+    line leaves them (written as mrkdwn, `*bold*_it_~s~` was posted bold, italic, struck)."""
+    head = f"• {link(r.url, r.status)} / {code(r.meter) if r.meter else '(no meter)'}: "
+    head += f"{counted(r.reports, 'report')}, {counted(r.failed, 'failed record')}"
+    named = [f" ×{count}" for _, count in r.codes]
+    more = [counted(r.more_codes, "more code")] if r.more_codes else []
+    room = MAX_TEXT - len(head) - len(": ") - sum(len(n) + 2 for n in named + more)
+    limit = min(MAX_CODE, max(room // max(len(named), 1), MIN_CODE))
+    codes = [code(name, limit) + times for (name, _), times in zip(r.codes, named, strict=True)]
+    return head + (f": {', '.join(codes + more)}" if codes or more else "")
 
 
 def _parts(code: str, meter: str | None, customer: str | None, examples: bool) -> list[str]:

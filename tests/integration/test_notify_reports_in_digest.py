@@ -209,11 +209,11 @@ def test_reports_left_unmatched_or_partial_are_listed_on_slack(
     lines = texts[texts.index(title) :].splitlines()[1:4]
     assert lines == [
         f"• <{_page_of('unmatched', 'mtr_api')}|unmatched> / `mtr_api`: 2 reports, "
-        f"7 failed records: {NOT_FOUND} ×6, {TOO_OLD} ×1",
+        f"7 failed records: `{NOT_FOUND}` ×6, `{TOO_OLD}` ×1",
         f"• <{_page_of('unmatched', None)}|unmatched> / (no meter): 1 report, "
-        "1 failed record: no_meter ×1",
+        "1 failed record: `no_meter` ×1",
         f"• <{_page_of('partial', 'mtr_api')}|partial> / `mtr_api`: 2 reports, "
-        f"5 failed records: {NOT_FOUND} ×5",
+        f"5 failed records: `{NOT_FOUND}` ×5",
     ]
     assert "×9" not in texts
 
@@ -230,7 +230,7 @@ def test_a_window_whose_only_news_is_an_unmatched_report_is_sent(
     assert [o.status for o in outcomes] == ["sent"]
     texts = _slack_texts(receiver)
     line = f"• <{_page_of('unmatched', 'mtr_api')}|unmatched> / `mtr_api`: 1 report, "
-    assert line + f"3 failed records: {NOT_FOUND} ×3" in texts
+    assert line + f"3 failed records: `{NOT_FOUND}` ×3" in texts
 
 
 def test_more_meters_than_the_digest_lists_are_summed_in_one_line(
@@ -280,7 +280,7 @@ def test_report_values_are_shown_as_text_everywhere(
     texts = _slack_texts(receiver)
     assert "<!channel>" not in texts and "<https://evil" not in texts
     assert "`mtr_&lt;!channel&gt;*bold*[U+000A]Dashboard: https://evil.example`" in texts
-    assert "&lt;script&gt;x&lt;/script&gt;[U+202E]|&lt;https://evil.example|ok&gt; ×2" in texts
+    assert "`&lt;script&gt;x&lt;/script&gt;[U+202E]|&lt;https://evil.example|ok&gt;` ×2" in texts
 
 
 def test_reports_the_worker_left_unmatched_and_partial_reach_the_digest(

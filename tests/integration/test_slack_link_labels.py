@@ -59,7 +59,7 @@ def test_data_in_a_digest_link_is_a_code_span_beside_a_fixed_label(
     assert groups["text"] == {
         "type": "mrkdwn",
         "text": "*Quarantined by code × meter × customer*\n"
-        f"• `{CODE} / {KEY} / {CUSTOMER}` (<{Q}?group=1|rows>): 2 rows",
+        f"• `{CODE} / {KEY} / {CUSTOMER}`: 2 rows (<{Q}?group=1|list>)",
         "verbatim": True,
     }
     reasons = _section(receiver.bodies, "Top quarantine reasons")
