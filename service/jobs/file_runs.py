@@ -44,6 +44,7 @@ from service.poller.store import (
     row_numbers,
     sent_by_version,
     sent_moments,
+    source_row_numbers,
     taken_since,
 )
 
@@ -250,11 +251,19 @@ class SourceRows:
     so this one is handed on under `identifier_taken` (`_taken_here`), quarantined, where it
     was left out as sent and seen by nobody."""
 
-    def __init__(self, engine: Engine, key: str | None, etag: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        key: str | None,
+        etag: str | None = None,
+        failed: Path | None = None,
+    ) -> None:
         """`key`: the object whose row numbers the records take (None: they keep theirs,
-        read from the object itself); `etag`: the version of it the rows came from."""
+        read from the object itself); `etag`: the version of it the rows came from;
+        `failed`: the poller's failed-records file they are read from, whose rows' numbers
+        in the object the poller wrote beside it (`poller.store.source_row_numbers`)."""
         self.engine, self.key, self.sent = engine, key, 0
-        self.etag = etag
+        self.etag, self.failed = etag, failed
         self.refused_by: list[int] = []
 
     def _sent(self, identifiers: set[str]) -> set[str]:
@@ -269,16 +278,24 @@ class SourceRows:
         self.sent += rows
 
     def __call__(self, records: Iterator[UsageRecord]) -> Iterator[UsageRecord]:
+        own = None
+        if self.key is not None and self.failed is not None:
+            own = source_row_numbers(self.failed)
         for batch, identifiers in lookup_batches(records):
-            numbers = {} if self.key is None else row_numbers(self.engine, self.key, identifiers)
+            numbers = self._recorded_numbers(identifiers) if own is None else {}
             sent = self._sent(identifiers)
             here = self._sent_here(sent)
             for record in batch:
                 if record.identifier in sent and record.identifier not in here:
                     self.sent += 1
                     continue
-                record.row_number = numbers.get(record.identifier or "", record.row_number)
+                record.row_number = _in_object(record, own, numbers)
                 yield _taken_here(record, str(self.key), here) if here else record
+
+    def _recorded_numbers(self, identifiers: set[str]) -> dict[str, int]:
+        """identifier -> the row number the poller recorded it at in the object (one row an
+        identifier), for a failed-records file written without its rows' numbers."""
+        return {} if self.key is None else row_numbers(self.engine, self.key, identifiers)
 
     def _sent_here(self, sent: set[str]) -> dict[str, int]:
         """Of the identifiers `sent`, those the rows' own version sent: identifier -> row."""
@@ -287,13 +304,23 @@ class SourceRows:
         return sent_by_version(self.engine, self.key, self.etag, sent)
 
 
+def _in_object(
+    record: UsageRecord, own: npt.NDArray[np.int64] | None, recorded: dict[str, int]
+) -> int:
+    """The row number in the object of a row of the poller's failed-records file (its own
+    number there: its place in that file): the one written beside the file, else the one
+    recorded for its identifier, else its own."""
+    if own is not None and 0 < record.row_number <= len(own):
+        return int(own[record.row_number - 1])
+    return recorded.get(record.identifier or "", record.row_number)
+
+
 def _taken_here(record: UsageRecord, key: str, here: dict[str, int]) -> UsageRecord:
     """A refused row, as remediation gets it: when its version sent its identifier from
     another row (`here`: identifier -> that row), under `identifier_taken`
     (`codes.NEVER_RESENT`: quarantined, never corrected nor sent by a re-run; it may be a
-    duplicate of the billed row), its own problem kept in the reason. Its row number is the
-    one recorded for the identifier, as for every row here (one row is recorded an
-    identifier: the sent row's)."""
+    duplicate of the billed row), its own problem kept in the reason, its own row number
+    (`_in_object`) beside the sent row's."""
     row = here.get(record.identifier or "")
     if row is None:
         return record

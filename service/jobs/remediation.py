@@ -52,6 +52,7 @@ from service.jobs.store.runs import (
 from service.models import ImportSet, RemediationRun, RunTrigger
 from service.models._types import as_utc, utcnow
 from service.notify.alerts import raise_alert
+from service.poller.store import row_numbers_path
 
 # --- import sets ---------------------------------------------------------------------------
 
@@ -240,6 +241,7 @@ def _remove_failed_records(import_set: ImportSet) -> None:
     path_text = import_set.detail.get("failed_records_path")
     if path_text:
         Path(str(path_text)).unlink(missing_ok=True)
+        row_numbers_path(Path(str(path_text))).unlink(missing_ok=True)
 
 
 def _poller_failed_records(import_set: ImportSet) -> Path:
@@ -272,7 +274,8 @@ def _remediate_poller_rows(
         origin=source_lineage(deps.run.bucket, import_set.source_object),
     )
     etag = import_set.detail.get("etag")  # the version the poller imported
-    rows = SourceRows(deps.run.engine, import_set.source_object or "", str(etag) if etag else None)
+    key, version = import_set.source_object or "", str(etag) if etag else None
+    rows = SourceRows(deps.run.engine, key, version, failed=path)
     run_file(deps.run, request, path, rows, allow_none=lambda: rows.sent > 0)
     return rows_sent_since(rows.sent, run_key, import_set.source_object, "since")
 

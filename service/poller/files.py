@@ -1,16 +1,21 @@
 """The poller's failed-records file of one object: the rows that failed validation, in the
-input's format, with `error_code` and `error_message` columns, handed to remediation."""
+input's format, with `error_code` and `error_message` columns, handed to remediation, and
+beside it the object's row number of each (`store.source_row_numbers`)."""
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from remediation.formats import FileFormat, RecordWriter, read_records
 from remediation.limits import DEFAULT_LIMITS, FieldLimits
 from remediation.readers import CsvRecords
 from remediation.records import UsageRecord
+from service.poller.store import row_numbers_path
 
 
 def failed_records_path(work_dir: Path, import_set_id: str, fmt: FileFormat) -> Path:
@@ -28,15 +33,18 @@ class FailedRecords:
         self._writer: RecordWriter | None = None
         self._handle: Any = None
         self._csv: CsvRecords | None = None
+        self._numbers: Any = None
 
     def __enter__(self) -> FailedRecords:
         self.path.unlink(missing_ok=True)  # a retried object starts a fresh file
+        row_numbers_path(self.path).unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._writer is not None:
             self._writer.close()
             self._handle.close()
+            self._numbers.close()
 
     def open_records(
         self, stream: Any, limits: FieldLimits = DEFAULT_LIMITS
@@ -50,16 +58,23 @@ class FailedRecords:
         return records
 
     def write(self, groups: Iterable[list[UsageRecord]]) -> int:
-        count = 0
+        """Write the rows, and their row numbers in the object beside them: remediation
+        reads the file, numbered from 1, and would otherwise look the numbers up by
+        identifier among the rows the poller recorded, one an identifier (`k1` in
+        milliseconds beside a valid `k1` the poller sent was given the sent row's)."""
+        numbers = array("q")
         for record in (rec for group in groups for rec in group):
             self._ensure_writer().write(record)
-            count += 1
-        return count
+            numbers.append(record.row_number)
+        if numbers:
+            self._numbers.write(np.asarray(numbers, dtype="<i8").tobytes())
+        return len(numbers)
 
     def _ensure_writer(self) -> RecordWriter:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = self.path.open("wb")
+            self._numbers = row_numbers_path(self.path).open("wb")
             if self._csv is not None and self.columns is None:
                 header = self._csv.columns_header
                 self.columns = None if header is None else list(header)

@@ -113,13 +113,16 @@ def clear_remediated_files(engine: Engine, work_dir: Path) -> int:
     how many. Remediation deletes its own once its run is recorded (`jobs.remediation`); these
     are the files of runs that ended before it did, or in a process that died between the two.
     A failure is logged: the next start tries again."""
-    found = {path.name.split(".failed.")[0]: path for path in work_dir.glob("*.failed.*")}
+    found: dict[str, list[Path]] = {}
+    for path in work_dir.glob("*.failed.*"):  # the file, and its rows' numbers beside it
+        found.setdefault(path.name.split(".failed.")[0], []).append(path)
     try:
         done = [
-            found[s.import_set_id]
+            path
             for ids in _chunks(sorted(found))
             for s in import_sets(engine, ids)
             if s.remediation_status == RemediationStatus.DONE
+            for path in found[s.import_set_id]
         ]
     except Exception as exc:  # loop edge: the database may be down at start
         log_event("poller.clear_failed", level=logging.WARNING, reason=_reason(exc))

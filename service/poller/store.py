@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from itertools import islice
+from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, and_, func, or_, select
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
@@ -128,6 +131,21 @@ def row_numbers(engine: Engine, key: str, identifiers: set[str]) -> dict[str, in
             )
         ).all()
     return dict(found)
+
+
+def row_numbers_path(path: Path) -> Path:
+    """Beside the failed-records file at `path`: the row number in the object of each of its
+    rows, in order, 8 bytes a row (little-endian)."""
+    return path.with_name(f"{path.name}.rows")
+
+
+def source_row_numbers(path: Path) -> npt.NDArray[np.int64] | None:
+    """The row numbers in the object of the rows of the failed-records file at `path` (its
+    row n: item n - 1), or None: none written beside it (a poller before them)."""
+    numbers = row_numbers_path(path)
+    if not numbers.exists():
+        return None
+    return np.fromfile(numbers, dtype="<i8")
 
 
 def lookup_batches(

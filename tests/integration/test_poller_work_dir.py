@@ -18,6 +18,7 @@ from service.config import Settings
 from service.models import ImportSet, InboxEvent
 from service.poller.job import poll_forever
 from service.poller.passes import build_poller_deps, run_poll_pass
+from service.poller.store import row_numbers_path
 from service.runtime import Runtime
 from service.worker.inbox import requeue_event
 from service.worker.loop import InboxWorker
@@ -54,7 +55,8 @@ def _import_a_file_with_a_refused_row(loop: Loop, name: str = "day.csv") -> Path
     finally:
         runtime.close()
     assert (report.sent, report.failed_rows) == (1, 1)
-    [path] = [p for p in _failed_records_files(loop) if p.read_text().count(f"{name}-x") == 1]
+    files = [p for p in _failed_records_files(loop) if p.suffix != ".rows"]
+    [path] = [p for p in files if p.read_text().count(f"{name}-x") == 1]
     return path
 
 
@@ -87,7 +89,7 @@ def test_a_run_that_fails_before_its_record_keeps_the_file_for_its_retry(loop: L
         proxy.close()
     assert report.retrying and not report.done, report
     assert _statuses(loop) == [("usage/day.csv", "pending")]
-    assert _failed_records_files(loop) == [path]
+    assert _failed_records_files(loop) == [path, row_numbers_path(path)]
     with loop.session() as session:
         [task] = session.exec(select(InboxEvent).where(InboxEvent.event_type == POLLER_ROWS))
     with loop.engine.begin() as connection:
@@ -102,9 +104,10 @@ def test_the_poller_deletes_at_start_the_files_of_runs_done_before(loop: Loop) -
     between the run's record and the delete) go when the poller starts; the file of an
     import set still waiting for remediation stays."""
     done = _import_a_file_with_a_refused_row(loop, "done.csv")
-    kept_text = done.read_text()
+    kept_text, kept_numbers = done.read_text(), row_numbers_path(done).read_bytes()
     loop.drain()
-    done.write_text(kept_text)  # left behind
+    done.write_text(kept_text)  # left behind, with its rows' numbers
+    row_numbers_path(done).write_bytes(kept_numbers)
     waiting = _import_a_file_with_a_refused_row(loop, "waiting.csv")
     runtime = Runtime(loop.settings)
     stop = threading.Event()
@@ -114,4 +117,4 @@ def test_the_poller_deletes_at_start_the_files_of_runs_done_before(loop: Loop) -
     finally:
         runtime.close()
     assert sorted(_statuses(loop)) == [("usage/done.csv", "done"), ("usage/waiting.csv", "pending")]
-    assert _failed_records_files(loop) == [waiting]
+    assert _failed_records_files(loop) == [waiting, row_numbers_path(waiting)]
