@@ -149,7 +149,6 @@ def execute_run(
             with stages.timing(Stage.REMEDIATE):
                 result = _remediate_request(ctx, request, records, Path(tmp), audit, leave_out)
             outputs = list(result.outputs) + ([result.audit] if result.audit else [])
-            _refuse_replacing(ctx, request, outputs, uploaded)
             _upload_while_loading(ctx, request, outputs, audit, stages, uploaded)
     except Exception as exc:  # the run's try ends here: say so on the run, then as before
         # with the objects it did upload: a corrected one is in the bucket, imported (billed)
@@ -319,13 +318,15 @@ def _upload_while_loading(
     audit and quarantined rows go into the database, on a thread of its own: the loads (~5 s
     for 900,000 corrections, sorting and indexing in the database) and the uploads (~4 s of
     network) wait on different things.
-    Each upload comes after a check that the run's locks are held still.
+    Each upload comes after a check that the run's locks are held still, and all of them after
+    the check that none would replace another object (`_refuse_replacing`).
     Either failing fails the run, after both have ended (the connections the loads use are
     closed only then); a redo starts the run again (its audit and quarantined rows replaced,
     identical objects not uploaded twice)."""
     with ThreadPoolExecutor(1, "meterfix-audit-load") as pool:  # its exit waits for the load
         loading = pool.submit(audit.finish, ctx.fence)
         with stages.timing(Stage.UPLOAD):
+            _refuse_replacing(ctx, request, outputs, uploaded)
             for output in outputs:
                 ctx.check_locks()  # a corrected object is imported: billed
                 uploaded.append(_upload(ctx, request, output))
