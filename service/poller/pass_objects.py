@@ -178,11 +178,15 @@ def _object_failed(
 def _whole_file(source: Path, obj: ObjectInfo) -> None:
     """Raise UnreadableFile when Stripe's importer would fail the object as a whole (its
     first bytes say so: `remediation.repair.whole_file_failure`), before any row is sent."""
-    with source.open("rb") as stream:
-        head = stream.read(HEAD_BYTES)
-    reason = whole_file_failure(head, obj.key)
+    reason = _whole_file_reason(source, obj)
     if reason is not None:
         raise UnreadableFile(reason)
+
+
+def _whole_file_reason(source: Path, obj: ObjectInfo) -> str | None:
+    with source.open("rb") as stream:
+        head = stream.read(HEAD_BYTES)
+    return whole_file_failure(head, obj.key)
 
 
 def _failed(
@@ -214,6 +218,12 @@ def beat(deps: PollerDeps, doing: str, **detail: Any) -> None:
 
 
 def _index_object(deps: PollerDeps, store: PollerStore, obj: ObjectInfo, source: Path) -> int:
+    if _whole_file_reason(source, obj) is not None:
+        # Stripe's connector refuses it whole (meterfix's quarantine export uploaded as a
+        # usage file, a header without event_name): it takes no row, so none is recorded,
+        # none marks a quarantined row taken again, none counts as a first version
+        store.mark_indexed(obj, 0)
+        return 0
     rows = 0
     again = TakenAgain(deps.engine, obj, deps.bucket.prefix)  # rows billed again: an alert
     with source.open("rb") as stream:

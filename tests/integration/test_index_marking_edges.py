@@ -18,9 +18,11 @@ from flask import Flask
 from sqlmodel import col, select, update
 
 from service.config import Settings
+from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import QuarantinedRow
 from service.poller.passes import PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
+from service.web.quarantine import csv_lines
 from tests.integration.test_billing_safety import add_rules, rerun, usage_csv
 from tests.integration.test_e2e import Loop, _put, running_loop
 
@@ -141,3 +143,28 @@ def _corrected_rows(loop: Loop) -> list[tuple[str, str]]:
         for line in body.decode().splitlines()
     ]
     return sorted((str(r["identifier"]), str(r["payload"]["value"])) for r in rows)
+
+
+def test_the_quarantine_export_fixed_and_uploaded_takes_nothing(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """The operator downloads /api/quarantine.csv, fixes g1's customer in it and uploads it as
+    usage/fix.csv: Stripe's connector refuses it whole (meterfix's quarantine export is no
+    usage file: no row taken). Indexing it leaves the entry waiting and its run's alert open
+    (before: marked taken from fix.csv, the alert resolved, and the re-run left it: g1's 5
+    never billed); a re-run after the customer is mapped bills g1-mfx1 once."""
+    now = int(time.time()) - 60
+    first = _day_refused(loop, deps, now)
+    text = "".join(csv_lines(loop.engine, QuarantineFilter())).replace("ghost-1", "cus_alice")
+    _put(loop, "fix.csv", text.encode())
+    run_poll_pass(deps)  # indexes fix.csv
+    loop.sandbox.connector_poll()  # refuses it whole
+    loop.drain()
+    with loop.session() as session:
+        entry = session.get(QuarantinedRow, first.id)
+        assert entry is not None and entry.taken_again is None, entry
+    add_rules(loop, '"ghost-1" = "cus_alice"\n')
+    assert rerun(loop)["rows"] == 1
+    loop.sandbox.connector_poll()
+    loop.drain()
+    assert [e for e in _events(loop) if e[0].startswith("g1")] == [("g1-mfx1", "5")]
