@@ -8,6 +8,7 @@ task because finding those rows reads the bucket and the poller's store, not the
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -25,7 +26,7 @@ from service.jobs.input_lineage import LOOKUP_BATCH
 from service.jobs.inputs import candidate_keys, identifiers_in, local_name
 from service.jobs.rerun_keys import RERUN_PREFIX
 from service.jobs.runs import RunContext
-from service.jobs.store.indexed_rows import indexed_rows
+from service.jobs.store.indexed_rows import IndexedRow, indexed_rows
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.jobs.store.reports import import_set
 from service.jobs.store.reruns import (
@@ -77,7 +78,7 @@ def pick_rows(ctx: RunContext, action_ref: str) -> tuple[list[RerunRow], int]:
         picked = [row for row in listed if not row.again]
         ids = [row.id for row in picked]
         billed = _sent_since(ctx.engine, connection, ids)
-        billed |= _indexed_since(ctx.engine, connection, [i for i in ids if i not in billed])
+        billed |= _indexed_since(ctx, connection, [i for i in ids if i not in billed])
         rest = [i for i in ids if i not in billed]
         billed |= _taken_since(ctx.engine, connection, rest, f"quarantine_rerun:{action_ref}")
         billed |= _in_later_versions(ctx, connection, [i for i in ids if i not in billed])
@@ -111,24 +112,30 @@ def _sent_since(engine: Engine, connection: Connection, ids: list[int]) -> set[i
     return set(found)
 
 
-def _indexed_since(engine: Engine, connection: Connection, ids: list[int]) -> set[int]:
+def _indexed_since(ctx: RunContext, connection: Connection, ids: list[int]) -> set[int]:
     """The ids among `ids` of rows the bundled poller indexed (index mode) in an object
-    version uploaded after the row was quarantined, the same usage (`sent_as_held`): any
-    object, the quarantine file fixed by hand and uploaded under another name included.
-    Stripe's connector takes every version whole, so it billed the row from there (or
-    refused it again: quarantined anew); re-run, it would go out a second time under a
-    derived identifier. The poller marks such rows when it indexes the version
-    (`service.poller.again`); this finds those it indexed before it did."""
+    version uploaded after the row was quarantined, or, of another object, after the version
+    the row was refused from (`_since_source`), the same usage (`sent_as_held`): any object,
+    the quarantine file fixed by hand and uploaded under another name included. Stripe's
+    connector takes every version whole, so it billed the row from there (or refused it
+    again: quarantined anew under its own entry); re-run, it would go out a second time
+    under a derived identifier. The poller marks such rows when it indexes the version
+    (`service.poller.again`); this finds those it indexed before it did, and those it
+    indexed before the row was quarantined (a worker's backlog: the fixed copy billed
+    before meterfix heard of the refusal)."""
     found: dict[int, str] = {}
-    rows = iter(quarantined_at(connection, ids))
+    objects = _Objects(ctx.engine, connection)
+    rows = iter(quarantined_from(connection, ids))
     while chunk := list(islice(rows, LOOKUP_BATCH)):
-        indexed = indexed_rows(connection, engine, sorted({e.identifier for e in chunk}))
+        indexed = indexed_rows(connection, ctx.engine, sorted({e.identifier for e in chunk}))
         for entry in chunk:
+            held = indexed.get(entry.identifier, [])
+            since = _since_source(ctx, objects, entry, held)
             # S3 keeps whole seconds (rounded down), as `mark_taken_again` reads them
             later = [
                 row
-                for row in indexed.get(entry.identifier, ())
-                if entry.at < row.uploaded + timedelta(seconds=1)
+                for row in held
+                if (entry.at < row.uploaded + timedelta(seconds=1) or since(row))
                 and sent_as_held(entry.code, entry.record, usage_second(row.timestamp))
             ]
             if later:
@@ -136,8 +143,26 @@ def _indexed_since(engine: Engine, connection: Connection, ids: list[int]) -> se
                 found[entry.id] = (
                     f"{row.key} (ETag {row.etag}, uploaded {row.uploaded:%Y-%m-%d %H:%M} UTC)"
                 )
-    _mark(engine, found)
+    _mark(ctx.engine, found)
     return set(found)
+
+
+def _since_source(
+    ctx: RunContext, objects: _Objects, entry: QuarantinedFrom, held: list[IndexedRow]
+) -> Callable[[IndexedRow], bool]:
+    """Whether an indexed row is of another object, in a version uploaded after the one the
+    entry's row was refused from (its run's object, the first version the poller indexed
+    holding the identifier there; whole seconds, so one of the same second is not after):
+    the connector took it after that version, before or after meterfix quarantined the row.
+    A copy it refused too is quarantined under its own entry, which a re-run takes (its
+    version is not after its own). Never true when that version is not known."""
+    key = objects.key(RunOf(entry.run_id, entry.source, entry.run_key), entry.identifier)
+    names = {key, ctx.bucket.prefix + key} if key else set()
+    own = [row.uploaded for row in held if row.key in names]
+    if not own:
+        return lambda row: False
+    source = min(own)
+    return lambda row: row.key not in names and row.uploaded > source
 
 
 def _taken_since(engine: Engine, connection: Connection, ids: list[int], own_key: str) -> set[int]:

@@ -168,3 +168,39 @@ def test_the_quarantine_export_fixed_and_uploaded_takes_nothing(
     loop.sandbox.connector_poll()
     loop.drain()
     assert [e for e in _events(loop) if e[0].startswith("g1")] == [("g1-mfx1", "5")]
+
+
+@pytest.mark.parametrize("customer", ["cus_alice", "ghost-2"])
+def test_a_copy_uploaded_before_the_row_was_quarantined(
+    loop: Loop, deps: PollerDeps, customer: str
+) -> None:
+    """usage/day.csv holds g1 for ghost-1; a second later the operator uploads usage/fix.csv
+    with g1 (the same second) for `customer`, before the worker quarantined day.csv's g1 (a
+    backlog, reports delayed). cus_alice: the connector bills fix.csv's g1, and a re-run
+    after ghost-1 is mapped leaves day.csv's entry (before: it waited, fix.csv uploaded
+    before it was quarantined, and the re-run sent g1-mfx1: billed twice). ghost-2: the
+    copy is refused too and quarantined under its own entry, which the re-run takes: g1's 5
+    billed once."""
+    now = int(time.time()) - 60
+    rows: list[list[object]] = [
+        ["ok1", now, "api_requests", "cus_alice", "3"],
+        ["g1", now, "api_requests", "ghost-1", "5"],
+    ]
+    _put(loop, "day.csv", usage_csv(rows))
+    time.sleep(1.1)  # S3 stamps whole seconds: fix.csv is uploaded after
+    _put(loop, "fix.csv", usage_csv([["g1", now, "api_requests", customer, "5"]]))
+    run_poll_pass(deps)  # indexes both
+    loop.sandbox.connector_poll()
+    loop.drain()  # quarantines day.csv's g1 (and fix.csv's, refused too)
+    run_poll_pass(deps)
+    add_rules(loop, '"ghost-1" = "cus_alice"\n"ghost-2" = "cus_alice"\n')
+    rerun(loop)
+    loop.sandbox.connector_poll()
+    loop.drain()
+    billed = [e for e in _events(loop) if e[0].startswith("g1")]
+    assert len(billed) == 1 and billed[0][1] == "5", billed
+    if customer == "cus_alice":
+        assert billed == [("g1", "5")]
+        [entry] = _held(loop)
+        assert entry.rerun_id is None and entry.taken_again is not None
+        assert entry.taken_again.startswith("usage/fix.csv (ETag "), entry.taken_again
