@@ -318,15 +318,26 @@ def _upload_while_loading(
     audit and quarantined rows go into the database, on a thread of its own: the loads (~5 s
     for 900,000 corrections, sorting and indexing in the database) and the uploads (~4 s of
     network) wait on different things.
-    Each upload comes after a check that the run's locks are held still, and all of them after
-    the check that none would replace another object (`_refuse_replacing`).
+    Each upload comes after a check that the run's locks are held still. Before all of them
+    and the load, the check that none would replace another object (`_refuse_replacing`):
+    refused, nothing is loaded either (a failed run's quarantined rows would wait in
+    quarantine, open to a re-run, beside the kept object holding them); a bucket that cannot
+    be looked at fails the run as a failed upload does, after the load, uploading nothing.
     Either failing fails the run, after both have ended (the connections the loads use are
     closed only then); a redo starts the run again (its audit and quarantined rows replaced,
     identical objects not uploaded twice)."""
+    try:
+        _refuse_replacing(ctx, request, outputs, uploaded)
+        unchecked: Exception | None = None
+    except OutputKeyTaken:
+        raise  # before the load: its rows would describe objects that are not in the bucket
+    except Exception as exc:  # the bucket could not be looked at: nothing is uploaded unchecked
+        unchecked = exc
     with ThreadPoolExecutor(1, "meterfix-audit-load") as pool:  # its exit waits for the load
         loading = pool.submit(audit.finish, ctx.fence)
         with stages.timing(Stage.UPLOAD):
-            _refuse_replacing(ctx, request, outputs, uploaded)
+            if unchecked is not None:
+                raise unchecked  # the run fails once the load has ended, as an upload's would
             for output in outputs:
                 ctx.check_locks()  # a corrected object is imported: billed
                 uploaded.append(_upload(ctx, request, output))

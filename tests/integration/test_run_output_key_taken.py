@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,9 +21,17 @@ from sqlmodel import select
 from service.config import Settings
 from service.jobs.rerun_keys import rerun_key
 from service.jobs.store.runs import start_run
-from service.models import Alert, OutputObject, RemediationRun, RunTrigger
-from tests.integration.test_e2e import BUCKET, Loop, running_loop
-from tests.integration.test_rerun_output_keys import _quarantined_then_queued
+from service.models import (
+    Alert,
+    CorrectionAudit,
+    OutputObject,
+    QuarantinedRow,
+    RemediationRun,
+    RunTrigger,
+)
+from tests.integration.test_e2e import BUCKET, Loop, _put, running_loop
+from tests.integration.test_rerun_output_keys import BEARER, HEADER, _quarantined_then_queued
+from tests.integration.test_web_rerun import TOKEN
 
 
 @pytest.fixture
@@ -119,3 +128,41 @@ def test_a_redone_run_replaces_an_audit_file_nothing_imports(
     assert json.loads(objects[corrected])["timestamp"] == stamp
     loop.sandbox.connector_poll()
     assert loop.accepted() == ["k1-mfx1"]
+
+
+def test_a_redone_run_refused_for_a_kept_object_loads_no_quarantined_rows(
+    loop: Loop, make_app: Callable[[Settings], Flask]
+) -> None:
+    """Refused (`OutputKeyTaken`), the run loads none of its rows: `k2`, which it would
+    quarantine now (its meter deactivated since the earlier try), is in the object kept in the
+    bucket, billed; an entry of the failed run would wait in quarantine, open to a re-run."""
+    stamp = int(time.time()) - 60
+    rows = f"k1,{stamp},tokens,cus_alice,5\nk2,{stamp},calls,cus_alice,7\n"
+    _put(loop, "day.csv", (HEADER + rows).encode())
+    loop.sandbox.connector_poll()
+    loop.drain()
+    loop.sandbox.create_meter("tokens")
+    calls = loop.sandbox.create_meter("calls")
+    client = make_app(loop.settings.model_copy(update={"mfx_admin_token": TOKEN})).test_client()
+    queued = client.post("/api/quarantine/rerun?code=no_meter", headers=BEARER).get_json()
+    assert queued["rows"] == 2, queued
+    action = int(queued["action_id"])
+    source = f"quarantine-rerun-{action}"
+    key = f"usage/corrected/rerun-{action}/{source}.corrected.r1.jsonl"
+    k2 = _row(stamp, "cus_alice").replace(b"k1-mfx1", b"k2-mfx1").replace(b"tokens", b"calls")
+    body = _row(stamp, "cus_alice") + k2.replace(b'"5"', b'"7"')
+    _earlier_try(loop, action, source, key, body)  # k1-mfx1 and k2-mfx1 billed
+    loop.sandbox.deactivate_meter(calls["id"])  # the redo quarantines k2 (archived_meter)
+
+    report = loop.worker().drain()
+
+    assert [reason.split(":")[0] for _, reason in report.dead] == ["OutputKeyTaken"], report
+    assert loop.objects()[key] == body
+    with loop.session() as session:
+        run = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == RunTrigger.QUARANTINE_RERUN)
+        ).one()
+        held = session.exec(select(QuarantinedRow).where(QuarantinedRow.run_id == run.id)).all()
+        audit = session.exec(select(CorrectionAudit).where(CorrectionAudit.run_id == run.id)).all()
+    assert run.status == "failed"
+    assert [(q.identifier, q.code) for q in held] == [] and audit == []
