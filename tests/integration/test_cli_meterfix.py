@@ -17,6 +17,7 @@ import pytest
 
 from service.cli import main
 from service.commands import COMMANDS as COMMAND_TABLE
+from service.worker.liveness import MAX_GRANTED_SECONDS
 from tests.servers import free_port
 
 MFX = str(Path(sys.executable).parent / "meterfix")
@@ -298,19 +299,27 @@ def test_a_worker_starting_removes_what_a_killed_worker_left_in_the_temp_dir(
     """A worker killed mid-item left its download (`meterfix-dl-*`, ~20 MB for 200,000 rows)
     and its run's outputs (`meterfix-run-*`, ~70 MB) for ever: a worker killed again and
     again on one big file filled the disk. A worker starting removes such directories that
-    nothing touched for twice an item's time limit (no live item's); others stay."""
+    nothing touched for twice an item's time limit and the most its transfers may be granted
+    (`MAX_GRANTED_SECONDS`: no live item's); others stay, and one a large file's item may
+    still read (a96a83e)."""
     temp = tmp_path / "tmp"
     temp.mkdir()
-    old = time.time() - 2 * 900 - 60
+    old = time.time() - 2 * 900 - MAX_GRANTED_SECONDS - 60
+    granted = time.time() - 2 * 900 - 60  # past the limit, within what a transfer is granted
     for name in ("meterfix-dl-abc", "meterfix-run-def", "meterfix-dl-young", "other-dl-abc"):
         (temp / name).mkdir()
         (temp / name / "failed.csv").write_text("x")
         if name != "meterfix-dl-young":
             os.utime(temp / name / "failed.csv", (old, old))
             os.utime(temp / name, (old, old))
+    (temp / "meterfix-dl-granted").mkdir()
+    (temp / "meterfix-dl-granted" / "failed.csv").write_text("x")
+    os.utime(temp / "meterfix-dl-granted" / "failed.csv", (granted, granted))
+    os.utime(temp / "meterfix-dl-granted", (granted, granted))
     assert _run(["db", "upgrade"], tmp_path).returncode == 0
     result = _run(["worker", "--once"], tmp_path, TMPDIR=str(temp))
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in temp.iterdir()) == ["meterfix-dl-young", "other-dl-abc"]
+    left = sorted(p.name for p in temp.iterdir())
+    assert left == ["meterfix-dl-granted", "meterfix-dl-young", "other-dl-abc"]
     [line] = [e for e in _log_lines(result.stderr) if e["event"] == "worker.leftovers_removed"]
     assert line["directories"] == 2
