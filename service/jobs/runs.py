@@ -12,6 +12,7 @@ source never overwrite each other.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -31,7 +32,7 @@ from remediation.filetypes import FileFormat
 from remediation.identifiers import Lineage
 from remediation.meters import Meter
 from remediation.outcomes import QuarantinedRow as Quarantined
-from remediation.outputs import PlannedOutput
+from remediation.outputs import PlannedOutput, output_name, source_stem
 from remediation.ports import Bucket, CustomerDirectory, LeavesOut, ObjectInfo
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan
@@ -376,19 +377,30 @@ def _refuse_replacing(
     outputs: Sequence[PlannedOutput],
     uploaded: list[dict[str, Any]],
 ) -> None:
-    """`OutputKeyTaken`, before anything is uploaded, when a key of the run's corrected
-    outputs holds other bytes: an earlier try of the run (it crashed, or failed, after that
-    upload) made them under other rules, customer map, meters or release. Stripe's
-    connector (MFX_POLLER off or index) imports an object again when it is replaced: its rows
-    would go out again under the same identifiers (billed twice past Stripe's ~24 h dedupe
-    window), and those the object held but this try does not would stay billed with no
-    record of them. Kept instead, the run's counts and audit would describe rows that are
-    not in the bucket. So the run fails, not retried (a person must look), with the objects
-    in the bucket as its outputs: `uploaded` gets them (uploaded: false, as the bucket's
-    lineage describes them). Quarantine and audit files (under the quarantine prefix:
+    """`OutputKeyTaken`, before anything is uploaded, when a key of the run's corrected outputs
+    holds other bytes, or a corrected object of the run's names is in the bucket that this try
+    does not make (its rows quarantined now, fewer parts): an earlier try of the run (it
+    crashed, or failed, after that upload) made them under other rules, customer map, meters or
+    release. Stripe's connector (MFX_POLLER off or index) imports an object again when it is
+    replaced: its rows would go out again under the same identifiers (billed twice past
+    Stripe's ~24 h dedupe window), and those the object held but this try does not would stay
+    billed with no record of them. Kept instead, the run's counts and audit would describe rows
+    that are not in the bucket. So the run fails, not retried (a person must look), with the
+    objects in the bucket as its outputs: `uploaded` gets them (uploaded: false, as the
+    bucket's lineage describes them). Quarantine and audit files (under the quarantine prefix:
     `output_key`) are never imported: replaced, they describe the run's rows."""
     taken: list[str] = []
     held: list[dict[str, Any]] = []
+    planned = {_key(ctx, request, output) for output in outputs}
+    for listed in _corrected_of_run(ctx, request):  # those this try does not make, too
+        if listed.key in planned:
+            continue  # checked below, against the bytes this try makes
+        taken.append(listed.key)
+        info = ctx.bucket.head(listed.key) or listed
+        sha = info.metadata.get(SHA_KEY, "")[:64]
+        held.append(
+            _output_row(request, OutputKind.CORRECTED, listed.key, _rows_of(info), sha, False)
+        )
     for output in outputs:
         key = _key(ctx, request, output)
         existing = ctx.bucket.head(key)
@@ -413,6 +425,35 @@ def _refuse_replacing(
             "may have been; nothing was uploaded. Check what was imported from it; remove it "
             "only to have this try's output sent in its place (under the same identifiers)"
         )
+
+
+def _corrected_of_run(ctx: RunContext, request: RunRequest) -> Iterator[ObjectInfo]:
+    """The corrected objects in the bucket that a try of this run writes (one listing of the
+    run's folder): named `<stem>.corrected.r<generation>` (`.layoutN`, `.partNNNN`) and a
+    format's extension, exactly as `output_name` names the run's source's outputs, directly
+    in the run's folder (a peer object's outputs in a folder under it are not this run's)."""
+    folder = output_key(ctx.settings, ctx.bucket, OutputKind.CORRECTED, "", request.tag)
+    stem = source_stem(request.source)
+    pattern = re.compile(
+        rf"(?P<stem>.+)\.corrected\.r{request.generation}(?:\.layout(?P<layout>\d+))?"
+        rf"(?:\.part(?P<part>\d{{4}}))?\.(?P<fmt>{'|'.join(f.value for f in FileFormat)})"
+    )
+    for info in ctx.bucket.list_objects(folder[len(ctx.bucket.prefix) :]):
+        name = info.key[len(folder) :] if info.key.startswith(folder) else ""
+        found = pattern.fullmatch(name)
+        if found is None:
+            continue
+        layout, part = found["layout"], found["part"]
+        ours = output_name(
+            stem,
+            OutputKind.CORRECTED.value,
+            request.generation,
+            FileFormat(found["fmt"]),
+            int(layout) if layout is not None else 1,
+            int(part) if part is not None else None,
+        )
+        if name == ours:
+            yield info
 
 
 def _rows_of(existing: ObjectInfo) -> int:

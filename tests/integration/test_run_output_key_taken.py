@@ -166,3 +166,42 @@ def test_a_redone_run_refused_for_a_kept_object_loads_no_quarantined_rows(
         audit = session.exec(select(CorrectionAudit).where(CorrectionAudit.run_id == run.id)).all()
     assert run.status == "failed"
     assert [(q.identifier, q.code) for q in held] == [] and audit == []
+
+
+def test_a_redo_making_no_corrected_object_is_refused_for_the_kept_one(
+    loop: Loop, make_app: Callable[[Settings], Flask]
+) -> None:
+    """The earlier try uploaded `k1-mfx1` (imported: billed); the redo quarantines `k1` (its
+    meter deactivated since) and makes no corrected object at all. Before, only the keys this
+    try writes were checked: the run ended done, `k1` waited in quarantine again, and a later
+    re-run billed `k1-mfx1` twice. Now the run's folder is listed: the kept object refuses it
+    (`OutputKeyTaken` naming it), and none of its rows are loaded. A corrected object of
+    another generation or source in that folder is not the run's."""
+    stamp, action = _quarantined_then_queued(loop, make_app)
+    source = f"quarantine-rerun-{action}"
+    folder = f"usage/corrected/rerun-{action}/"
+    key = f"{folder}{source}.corrected.r1.jsonl"
+    body = _row(stamp, "cus_alice")
+    _earlier_try(loop, action, source, key, body)  # k1-mfx1 billed
+    others = [f"{folder}{source}.corrected.r2.jsonl", f"{folder}{source}x.corrected.r1.jsonl"]
+    for other in others:
+        loop.s3.put_object(Bucket=BUCKET, Key=other, Body=b"")
+    [meter] = [m for m in loop.sandbox.meters() if m["event_name"] == "tokens"]
+    loop.sandbox.deactivate_meter(meter["id"])  # the redo quarantines k1 (archived_meter)
+
+    report = loop.worker().drain()
+
+    [(_, reason)] = report.dead
+    assert reason.startswith("OutputKeyTaken") and key in reason, reason
+    assert not any(other in reason for other in others), reason
+    assert loop.objects()[key] == body
+    with loop.session() as session:
+        run = session.exec(
+            select(RemediationRun).where(RemediationRun.trigger == RunTrigger.QUARANTINE_RERUN)
+        ).one()
+        held = session.exec(select(QuarantinedRow).where(QuarantinedRow.run_id == run.id)).all()
+        audit = session.exec(select(CorrectionAudit).where(CorrectionAudit.run_id == run.id)).all()
+        outputs = session.exec(select(OutputObject).where(OutputObject.run_id == run.id)).all()
+    assert run.status == "failed" and "OutputKeyTaken" in (run.error or ""), run.error
+    assert held == [] and audit == []
+    assert [(o.key, o.uploaded) for o in outputs if o.kind == "corrected"] == [(key, False)]
