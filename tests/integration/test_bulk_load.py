@@ -701,8 +701,10 @@ def test_handled_identifiers_are_found_by_index_not_by_a_scan(sqlite_url: str) -
             tables = ("correction_audit", *["quarantined_rows"] * 3)
             for query, table in zip(queries, tables, strict=True):
                 compiled = query.compile(engine, compile_kwargs={"render_postcompile": True})
+                order = compiled.positiontup or []  # a bind used twice is one of `params`
                 plan = connection.exec_driver_sql(
-                    f"EXPLAIN QUERY PLAN {compiled}", tuple(compiled.params.values())
+                    f"EXPLAIN QUERY PLAN {compiled}",
+                    tuple(compiled.params[name] for name in order),
                 ).all()
                 steps = [str(step[-1]) for step in plan]
                 assert not [s for s in steps if s.startswith(f"SCAN {table}")], steps
