@@ -130,12 +130,19 @@ def _indexed_since(ctx: RunContext, connection: Connection, ids: list[int]) -> s
         indexed = indexed_rows(connection, ctx.engine, sorted({e.identifier for e in chunk}))
         for entry in chunk:
             held = indexed.get(entry.identifier, [])
-            since = _since_source(ctx, objects, entry, held)
-            # S3 keeps whole seconds (rounded down), as `mark_taken_again` reads them
+            own = _own_names(ctx, objects, entry)
+            since = _since_source(own, held)
+            # S3 keeps whole seconds (rounded down), as `mark_taken_again` reads them; the
+            # row's own object is never later: the index holds the first version of it that
+            # held the identifier, the one the row was refused from or an earlier one (within
+            # the second of its upload it read as later: the row never billed)
             later = [
                 row
                 for row in held
-                if (entry.at < row.uploaded + timedelta(seconds=1) or since(row))
+                if (
+                    (row.key not in own and entry.at < row.uploaded + timedelta(seconds=1))
+                    or since(row)
+                )
                 and sent_as_held(entry.code, entry.record, usage_second(row.timestamp))
             ]
             if later:
@@ -147,17 +154,20 @@ def _indexed_since(ctx: RunContext, connection: Connection, ids: list[int]) -> s
     return set(found)
 
 
-def _since_source(
-    ctx: RunContext, objects: _Objects, entry: QuarantinedFrom, held: list[IndexedRow]
-) -> Callable[[IndexedRow], bool]:
+def _own_names(ctx: RunContext, objects: _Objects, entry: QuarantinedFrom) -> set[str]:
+    """The names the object the entry's row was refused from is indexed under (none when it
+    is not known)."""
+    key = objects.key(RunOf(entry.run_id, entry.source, entry.run_key), entry.identifier)
+    return {key, ctx.bucket.prefix + key} if key else set()
+
+
+def _since_source(names: set[str], held: list[IndexedRow]) -> Callable[[IndexedRow], bool]:
     """Whether an indexed row is of another object, in a version uploaded after the one the
     entry's row was refused from (its run's object, the first version the poller indexed
     holding the identifier there; whole seconds, so one of the same second is not after):
     the connector took it after that version, before or after meterfix quarantined the row.
     A copy it refused too is quarantined under its own entry, which a re-run takes (its
     version is not after its own). Never true when that version is not known."""
-    key = objects.key(RunOf(entry.run_id, entry.source, entry.run_key), entry.identifier)
-    names = {key, ctx.bucket.prefix + key} if key else set()
     own = [row.uploaded for row in held if row.key in names]
     if not own:
         return lambda row: False

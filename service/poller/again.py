@@ -105,6 +105,7 @@ class TakenAgain:
             uploaded,
             self.settling.note,
             seconds=seconds,
+            own_runs=self.runs or (),
         )
 
     def _uploaded(self, version: tuple[str, str]) -> datetime | None:

@@ -148,11 +148,6 @@ def test_a_rerun_leaves_a_row_the_poller_indexed_from_another_file_unmarked(
     assert "usage/fix.csv" in entry.taken_again, entry.taken_again
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: the re-run's pick (_in_later_versions) may take the row's own "
-    "unchanged object for a later version by its Last-Modified (see the issue's note)",
-)
 @pytest.mark.parametrize("name", ["fix.csv", "day.csv"])
 def test_an_identifier_used_again_for_other_usage_leaves_the_row_waiting(
     loop: Loop, deps: PollerDeps, name: str

@@ -145,12 +145,6 @@ def _corrected_rows(loop: Loop) -> list[tuple[str, str]]:
     return sorted((str(r["identifier"]), str(r["payload"]["value"])) for r in rows)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent (about 1 run in 5, SQLite): the re-run's pick sometimes leaves g1 "
-    "as 'billed as they are since, from a later version of their file or a copy' although "
-    "fix.csv recorded no row: usage lost then; cause not found yet (see the issue's note)",
-)
 def test_the_quarantine_export_fixed_and_uploaded_takes_nothing(
     loop: Loop, deps: PollerDeps
 ) -> None:
