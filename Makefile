@@ -63,7 +63,8 @@ fuzz: install
 
 # The service path (bench/service_path.py) starts its own moto S3 server and bundled sandbox,
 # in its process on free ports: on SQLite, and again on PostgreSQL when MFX_BENCH_DATABASE_URL
-# names a database (a schema of its own is made there and dropped).
+# names a database (a schema of its own is made there and dropped; the script reads the
+# variable itself, so make never echoes the URL and any password in it).
 bench: install
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q --compile-bytecode -e '.[dev,bench]'
 	$(BIN)/python bench/intake.py
@@ -72,7 +73,7 @@ bench: install
 	$(BIN)/python bench/poller.py
 	$(BIN)/python bench/pages.py
 	$(BIN)/python bench/service_path.py --database-url ''
-	$(if $(MFX_BENCH_DATABASE_URL),$(BIN)/python bench/service_path.py --database-url '$(MFX_BENCH_DATABASE_URL)')
+	$(if $(MFX_BENCH_DATABASE_URL),$(BIN)/python bench/service_path.py)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
