@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from service.jobs.store.indexed_rows import UNREADABLE
-from service.jobs.store.lineage import runs_correcting, written_among
+from service.jobs.store.lineage import own_runs, runs_correcting, written_among
 from service.jobs.store.reports import object_sources
 from service.jobs.store.reruns import usage_second
 from service.jobs.store.taken_again import mark_taken_again
@@ -29,7 +29,7 @@ from service.models._types import as_utc
 from service.notify.alerts import raise_alert
 from service.notify.runs import RunAlertsToSettle
 from service.poller.object_progress import RESEND_HORIZON
-from service.poller.store import first_versions, object_times, recordable
+from service.poller.store import first_etags_in, first_versions, object_times, recordable
 
 SAMPLES = 5  # identifiers named in the alert
 
@@ -51,6 +51,7 @@ class TakenAgain:
         self.counted: set[tuple[str, str]] = set()
         self.corrected = 0
         self.runs: list[int] | None = None  # the runs correcting this object's rows
+        self.own_runs: list[int] = []  # the object's own runs (not the re-runs among them)
         self.corrected_samples: list[str] = []
         self.held = 0  # rows meterfix holds in quarantine, taken again (marked so)
         self.settling = RunAlertsToSettle()  # their runs, whose alerts `alert` settles
@@ -65,6 +66,7 @@ class TakenAgain:
             # the object's runs and its import sets' (their failed-records files' runs)
             sources = object_sources(self.engine, self.prefix, self.obj.key)
             self.runs = runs_correcting(self.engine, sources)
+            self.own_runs = own_runs(self.engine, sources)
         self._mark_held(refs, identifiers, self.uploaded)
         for identifier, first in first_versions(self.engine, identifiers).items():
             # this version itself counts when uploaded again (the same bytes, a later
@@ -97,6 +99,10 @@ class TakenAgain:
             if ref.identifier in identifiers and ref.timestamp != UNREADABLE:
                 seconds.setdefault(ref.identifier, set()).add(usage_second(ref.timestamp))
         label = f"{self.obj.key} (ETag {self.obj.etag}, uploaded {self._stamp(uploaded)})"
+        # the rows this version is the first of its object to hold: it may be the version
+        # they were refused from (recorded before, or being recorded now)
+        firsts = first_etags_in(self.engine, self.obj.key, seconds)
+        first = [i for i in seconds if firsts.get(i, self.obj.etag) == self.obj.etag]
         self.held += mark_taken_again(
             self.engine,
             None,
@@ -105,7 +111,8 @@ class TakenAgain:
             uploaded,
             self.settling.note,
             seconds=seconds,
-            own_runs=self.runs or (),
+            own_runs=self.own_runs,
+            first_held=first,
         )
 
     def _uploaded(self, version: tuple[str, str]) -> datetime | None:

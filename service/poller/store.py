@@ -263,6 +263,19 @@ def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVers
     }
 
 
+def first_etags_in(engine: Engine, key: str, identifiers: Collection[str]) -> dict[str, str]:
+    """identifier -> the ETag of the first version of the object at `key` the poller recorded
+    it with, for those of `identifiers` it did (one row per identifier and object)."""
+    if not identifiers:
+        return {}
+    rows = _table(ImportedRow)
+    query = select(rows.c.identifier, rows.c.etag).where(
+        rows.c.object_key == key, _among(rows.c.identifier, identifiers, engine)
+    )
+    with engine.connect() as connection:
+        return {str(row.identifier): str(row.etag) for row in connection.execute(query)}
+
+
 def objects_holding(engine: Engine, identifiers: set[str]) -> dict[str, str]:
     """object key -> the ETag we imported it at, for every object holding one of the rows."""
     with Session(engine) as session:

@@ -51,14 +51,14 @@ def _day_csv(loop: Loop) -> str:
     return _put(loop, "day.csv", usage_csv(rows))
 
 
-def _quarantined_within_the_upload_second(loop: Loop, key: str) -> int:
+def _quarantined_within_the_upload_second(loop: Loop, key: str, milliseconds: int = 500) -> int:
     """g1's one entry, its quarantine moved to half a second into the second S3 stamped the
     object with (what a quick connector and worker give in about 1 run in 5)."""
     uploaded = loop.s3.head_object(Bucket=BUCKET, Key=key)["LastModified"]
     with loop.session() as session:
         [entry] = session.exec(select(QuarantinedRow)).all()
         assert (entry.identifier, entry.taken_again) == ("g1", None)
-        entry.created_at = uploaded + timedelta(milliseconds=500)
+        entry.created_at = uploaded + timedelta(milliseconds=milliseconds)
         session.add(entry)
         session.commit()
         assert entry.id is not None
@@ -117,3 +117,35 @@ def test_the_poller_indexing_the_refused_version_afterwards_marks_nothing(
     loop.sandbox.connector_poll()
     loop.drain()
     assert _events(loop) == [("g1-mfx1", "5"), ("ok1", "3")]
+
+
+def test_a_later_version_of_its_own_object_within_the_quarantine_second_takes_it(
+    loop: Loop, deps: PollerDeps
+) -> None:
+    """day.csv refused for g1 and quarantined; the customer fixes g1 in place (v2, another
+    ETag) within the second after the quarantine. The connector bills v2's g1, the poller
+    indexing v2 marks the entry taken again, and a re-run leaves it: g1 billed once (a
+    review of 832ff49: the rows of the object's own runs kept no grace for any version of it,
+    and the re-run billed g1-mfx1 too)."""
+    now = int(time.time()) - 60
+    rows: list[list[object]] = [
+        ["ok1", now, "api_requests", "cus_alice", "3"],
+        ["g1", now, "api_requests", "ghost-1", "5"],
+    ]
+    key = _put(loop, "day.csv", usage_csv(rows))
+    run_poll_pass(deps)  # indexes v1
+    loop.sandbox.connector_poll()
+    loop.drain()
+    time.sleep(1.1)  # S3 stamps whole seconds: v2 is uploaded in a later one
+    rows[1][3] = "cus_alice"
+    _put(loop, "day.csv", usage_csv(rows))
+    entry_id = _quarantined_within_the_upload_second(loop, key, milliseconds=200)
+    loop.sandbox.connector_poll()  # v2 taken whole: g1 billed as fixed
+    run_poll_pass(deps)  # indexes v2
+    taken = _entry(loop, entry_id).taken_again
+    assert taken is not None and "usage/day.csv" in taken, taken
+    add_rules(loop, '"ghost-1" = "cus_alice"\n')
+    rerun(loop)
+    loop.sandbox.connector_poll()
+    loop.drain()
+    assert [e for e in _events(loop) if e[0].startswith("g1")] == [("g1", "5")]

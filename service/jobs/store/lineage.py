@@ -134,6 +134,14 @@ def runs_correcting(engine: Engine, source: str | Sequence[str]) -> list[int]:
     return sorted(found | later)
 
 
+def own_runs(engine: Engine, source: str | Sequence[str]) -> list[int]:
+    """The ids of `source`'s own runs (one source or several: an object's key and the
+    failed-records files of its import sets), not the re-runs that took their rows."""
+    own, _taken = correcting_queries(source)
+    with Session(engine) as session:
+        return sorted(int(i) for i in session.exec(own).all() if i is not None)
+
+
 def correcting_queries(source: str | Sequence[str]) -> tuple[Any, Any]:
     """The ids of `source`'s runs (one source or several), and of the re-runs that took the
     rows they quarantined (found by the runs' ids, which lead an index of quarantined_rows:

@@ -101,6 +101,7 @@ def mark_taken_again(
     then: Marked | None = None,
     seconds: Mapping[str, Collection[int | None]] | None = None,
     own_runs: Collection[int] = (),
+    first_held: Collection[str] = (),
 ) -> int:
     """The rows these runs (None: any run, by the identifier index) hold in quarantine
     (`_held`) under one of `identifiers`, quarantined before `uploaded`, were sent again from
@@ -109,10 +110,13 @@ def mark_taken_again(
     marked with it. With `seconds` (identifier -> the timestamps its rows were sent at), only
     the rows of the same usage (`sent_as_held`: the same second; an identifier may be used
     again days later for other usage, which leaves the older row waiting). Rows quarantined
-    after it are that version's own failures (`then`: as `mark_rows_taken_again`). `own_runs`:
-    runs over the version's own object, whose rows count only when quarantined before the
-    second it was uploaded in (one quarantined within that second may be its own failure,
-    Stripe's connector and meterfix being quick: marked, it was never billed). How many."""
+    after it are that version's own failures (`then`: as `mark_rows_taken_again`). `own_runs`,
+    `first_held`: the runs over the version's own object (not re-runs: they read no version)
+    and the identifiers this version is the first of its object to hold: such a row counts
+    only when quarantined before the second the version was uploaded in (one quarantined
+    within that second may be the version's own failure, Stripe's connector and meterfix
+    being quick: marked, it was never billed; a later version of the object, one that
+    changed the row, keeps the second's grace). How many."""
     if (run_ids is not None and not run_ids) or not identifiers:
         return 0
     query = select(
@@ -126,13 +130,14 @@ def mark_taken_again(
     # S3 keeps whole seconds (rounded down): a row quarantined within the second the version
     # was uploaded in was quarantined before it (a version's own failures come far later)
     bound = uploaded + timedelta(seconds=1)
-    own = set(own_runs)
+    own, first = set(own_runs), set(first_held)
     with engine.begin() as connection:
         rows = connection.execute(query).all()
         ids = [
             int(row.id)
             for row in rows
-            if (as_utc(row.created_at) or bound) < (uploaded if row.run_id in own else bound)
+            if (as_utc(row.created_at) or bound)
+            < (uploaded if row.run_id in own and row.identifier in first else bound)
             and (
                 seconds is None
                 or any(
