@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,12 +44,17 @@ def take_snapshot(
     worker)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(f"{obj.key}\n{obj.etag}".encode()).hexdigest()[:24]
-    path = work_dir / f"object-{digest}{Path(obj.key).suffix.lower()[:8]}"
+    # a name of its own: a pass whose lock dropped, leaving late, removed the copy of the
+    # same version that the next pass had just made under the one name a version had
+    handle, name = tempfile.mkstemp(
+        prefix=f"object-{digest}-", suffix=Path(obj.key).suffix.lower()[:8], dir=work_dir
+    )
+    path = Path(name)
     utf8 = codecs.getincrementaldecoder("utf-8")()
     done, last = 0, b""  # bytes copied, the last of them
     beaten = time.monotonic()
     try:
-        with bucket.open_read(obj.key, etag=obj.etag) as source, path.open("wb") as out:
+        with os.fdopen(handle, "wb") as out, bucket.open_read(obj.key, etag=obj.etag) as source:
             while chunk := source.read(CHUNK):
                 _decode(utf8, chunk, done)
                 out.write(chunk)

@@ -36,8 +36,10 @@ from service.models import (
 )
 from service.notify.leader import NOTIFY_LOCK_KEY, leading
 from service.poller.import_batches import CHUNKS_PER_GROUP
+from service.poller.importer import import_object
 from service.poller.lock import POLLER_LOCK_KEY, held_poller_lock, poller_lock
 from service.poller.passes import PassReport, run_poll_pass
+from service.poller.snapshot import take_snapshot
 from service.web.actions import Actor, queue_rerun
 from tests.integration.test_billing_safety import add_rules, bundled_poller, usage_csv
 from tests.integration.test_e2e import Loop, _put, running_loop
@@ -285,13 +287,7 @@ def test_a_poller_pass_whose_lock_dropped_stops_sending_and_the_next_pass_resume
     acknowledged: every row reaches the sandbox once, repeated at most the batches that were
     in flight."""
     rows = 20_000  # 200 batches: about 5 s at the pace below
-    send_batch = StripeMeterEventSink.send_batch
-
-    def slowed(self: Any, batch: Any) -> int:
-        time.sleep(0.2)
-        return int(send_batch(self, batch))
-
-    monkeypatch.setattr(StripeMeterEventSink, "send_batch", slowed)
+    slow_stream(monkeypatch)
     now = int(time.time())
     ids = [f"u-{i}" for i in range(rows)]
     _put(loop, "big.csv", usage_csv([[i, now - 60, "api_requests", "cus_bob", "1"] for i in ids]))
@@ -323,6 +319,69 @@ def test_a_poller_pass_whose_lock_dropped_stops_sending_and_the_next_pass_resume
     assert reports["second"].ran and reports["second"].imported == 1, reports["second"]
     assert reports["first"].imported == 0 and reports["first"].stopped, reports["first"]
     assert getattr(reports["first"], "lock_lost", False), reports["first"]
+
+
+def test_a_pass_leaving_after_its_lock_dropped_keeps_off_the_next_pass_copy(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass whose lock dropped left late (a loaded machine), after the next pass had
+    copied the same object version to the work directory: a version's copy had one name, and
+    the first removed the second's as it left. The second then failed the object
+    (FileNotFoundError, backed off) and only the rows the first sent reached the sandbox, as
+    in the test above when it failed (4,000 of 20,000). Each copy is the pass's own now: the
+    second imports the rest."""
+    rows = 6_000
+    slow_stream(monkeypatch)
+    copied = threading.Event()
+
+    def second_copies(*args: Any, **kwargs: Any) -> Path:
+        path = take_snapshot(*args, **kwargs)
+        if threading.current_thread() is threading.main_thread():  # the second pass
+            copied.set()
+            time.sleep(1)  # the first leaves meanwhile
+        return path
+
+    def first_leaves_late(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return import_object(*args, **kwargs)
+        except LockLost:
+            assert copied.wait(30), "the second pass did not copy the object"
+            raise
+
+    monkeypatch.setattr("service.poller.pass_objects.take_snapshot", second_copies)
+    monkeypatch.setattr("service.poller.pass_objects.import_object", first_leaves_late)
+    now = int(time.time())
+    ids = [f"u-{i}" for i in range(rows)]
+    _put(loop, "big.csv", usage_csv([[i, now - 60, "api_requests", "cus_bob", "1"] for i in ids]))
+    reports: dict[str, PassReport] = {}
+    with bundled_poller(loop) as first, bundled_poller(loop) as second:
+        holder = threading.Thread(target=lambda: reports.update(first=run_poll_pass(first)))
+        holder.start()
+        try:
+            deadline = time.monotonic() + 60
+            while acknowledged_batches(loop.engine) < 10:  # mid-import
+                assert time.monotonic() < deadline, "the first pass did not send"
+                time.sleep(0.05)
+            terminate_lock_holder(loop.engine, POLLER_LOCK_KEY)
+            reports["second"] = run_poll_pass(second)
+        finally:
+            holder.join(60)
+    assert not holder.is_alive()
+    assert reports["first"].lock_lost, reports["first"]
+    assert reports["second"].imported == 1 and not reports["second"].errors, reports["second"]
+    accepted = loop.accepted()
+    assert len(accepted) == rows and set(accepted) == set(ids)
+
+
+def slow_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stream request slowed, as Stripe over a network: 0.2 s."""
+    send_batch = StripeMeterEventSink.send_batch
+
+    def slowed(self: Any, batch: Any) -> int:
+        time.sleep(0.2)
+        return int(send_batch(self, batch))
+
+    monkeypatch.setattr(StripeMeterEventSink, "send_batch", slowed)
 
 
 def acknowledged_batches(engine: Engine) -> int:
