@@ -6,16 +6,17 @@ read waits READ_SECONDS at most for its next byte, a request is tried ATTEMPTS t
 bound a dead connection, never a slow one (an answer dripping a byte a second never trips a
 read timeout: a poller pass hung on it for hours), so a listing page or a HEAD has a deadline
 in all (CALL_SECONDS), and a streamed GET (`open_read`) one from its request to its last byte
-(MFX_TASK_TIME_LIMIT), as a `download` is from its first GET to its last byte (each given as
-long more as the object's bytes take at MIN_TRANSFER_RATE, and the worker's task reading it
-as long: `CallDeadline.extend_to`): at the deadline the thread's connections are shut down and
-the call raises TimeoutError (`CallDeadline`). Each thread has its own client (and connection
+(MFX_TASK_TIME_LIMIT), as a `download` is from its first GET to its last byte and an `upload`
+from its first request to S3's answer to its last (each given as long more as the object's
+bytes take at MIN_TRANSFER_RATE, and the worker's task reading or writing it as long:
+`CallDeadline.extend_to`): at the deadline the thread's connections are shut down and the
+call raises TimeoutError (`CallDeadline`). Each thread has its own client (and connection
 pool), so the connections shut are only ever the ones the late call may be using; a download
-runs on the calling thread and its client for that (boto3's transfer threads open sockets no
-deadline lists: a download had no deadline, nor gave its task any time, and a large object
-read steadily failed its task at every try). An upload (boto3's transfer threads) goes
-through a client of its own, with the same timeouts and tries, bounded as a task is
-(MFX_TASK_TIME_LIMIT).
+and an upload run on the calling thread and its client for that (`_transfer_config`: boto3's
+transfer threads open sockets no deadline lists: a download, and then an upload, had no
+deadline, nor gave its task any time; an endpoint answering an upload a byte at a time held
+it, and the task's thread or `remediate --upload`, for as long as it dripped, and a large
+object moved steadily failed its task at every try).
 
 A request S3 refuses, or that cannot be made (no credentials, the endpoint unreachable), is a
 BucketError saying so in one line (`_s3_errors`): `meterfix demo` and `remediate --upload`
@@ -120,7 +121,6 @@ class S3Bucket:
         self._local = threading.local()  # this thread's client and the sockets it opened
         self._session: Any = None
         self._building = threading.Lock()  # a boto3 session builds one client at a time
-        self._transfers: S3Client | None = None  # `upload`'s (its threads)
 
     @property
     def prefix(self) -> str:
@@ -137,15 +137,6 @@ class S3Bucket:
                 client = self._new_client()
             self._local.client, self._local.sockets = client, []
         return client
-
-    @property
-    def _transfer_client(self) -> S3Client:
-        """The client of uploads, whose threads open sockets no deadline lists:
-        in this thread's client's pool, one would be reused by a watched call, unlisted."""
-        with self._building:
-            if self._transfers is None:
-                self._transfers = self._new_client()
-            return self._transfers
 
     def _new_client(self) -> S3Client:
         import boto3
@@ -283,25 +274,33 @@ class S3Bucket:
         temp = temp_path(dest)
         try:
             with deadline.watching(), self._s3_errors(f"cannot download s3://{self.name}/{key}"):
-                self.client.download_file(
-                    self.name, key, str(temp), Config=_transfer_config(use_threads=False)
-                )
+                self.client.download_file(self.name, key, str(temp), Config=_transfer_config())
             os.replace(temp, dest)
         finally:
             deadline.cancel()
             temp.unlink(missing_ok=True)
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> bool:
+        """`src` to `key` with its lineage, unless an identical object is there (its HEAD
+        within `limits.call`); within `limits.transfer` from its first request to S3's answer
+        to its last and as long more as its bytes take at `MIN_TRANSFER_RATE`, as `download`;
+        on this thread, through its client, so its sockets are the deadline's."""
         sha, md5 = file_digests(src)
         if is_identical(self.head(key), sha, md5):
             log_event("bucket.upload_skipped", key=key, reason="identical object exists")
             return False
+        size = src.stat().st_size
         extra = {"Metadata": _ascii_metadata(metadata, sha)}
-        with self._s3_errors(f"cannot upload to s3://{self.name}/{key}"):
-            self._transfer_client.upload_file(
-                str(src), self.name, key, ExtraArgs=extra, Config=_transfer_config()
-            )
-        log_event("bucket.uploaded", key=key, size=src.stat().st_size, sha256=sha)
+        deadline = self._deadline(self.limits.transfer, f"{key} (upload)")
+        deadline.extend_to(self.limits.transfer + size // MIN_TRANSFER_RATE)
+        try:
+            with deadline.watching(), self._s3_errors(f"cannot upload to s3://{self.name}/{key}"):
+                self.client.upload_file(
+                    str(src), self.name, key, ExtraArgs=extra, Config=_transfer_config()
+                )
+        finally:
+            deadline.cancel()
+        log_event("bucket.uploaded", key=key, size=size, sha256=sha)
         return True
 
 
@@ -329,13 +328,17 @@ class _RawBody(io.RawIOBase):
         super().close()
 
 
-def _transfer_config(use_threads: bool = True) -> Any:
+def _transfer_config() -> Any:
+    """A download's or an upload's parts, one after the other on the calling thread: boto3's
+    transfer threads would open sockets off it, which its `CallDeadline` never lists (they
+    could not be shut at the deadline) and which this thread's pool would then hand to its
+    next calls, unlisted too."""
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(
         multipart_threshold=MULTIPART_BYTES,
         multipart_chunksize=MULTIPART_BYTES,
-        use_threads=use_threads,
+        use_threads=False,
     )
 
 

@@ -16,14 +16,14 @@ expires, it is retaken, and after `MFX_MAX_ATTEMPTS` such deaths it is dead-lett
 (`service.worker.loop`).
 
 An item's limit grows with what it legitimately waits on: while a call whose deadline is
-extended for its size (a Stripe file's contents, a bucket object read or downloaded: the time
-their bytes take at 1 MiB/s, `call_deadline.CallDeadline.extend_to`) is under way, its time
-does not count against the item, up to what the call was given (`grow_task_with_calls`), and
-`MAX_GRANTED_SECONDS` in all. A file larger than the limit allows, read steadily, is no longer
-failed at every try (its rows never corrected); one whose bytes stop is failed once its
-allowance is used up. Once a call ends, only the time it took stays granted: the allowance
-it did not use is not the item's (a 1 GB file fetched in 10 s gave an item hanging after it
-~1000 s more).
+extended for its size (a Stripe file's contents, a bucket object read, downloaded or
+uploaded: the time their bytes take at 1 MiB/s, `call_deadline.CallDeadline.extend_to`) is
+under way, its time does not count against the item, up to what the call was given
+(`grow_task_with_calls`), and `MAX_GRANTED_SECONDS` in all. A file larger than the limit
+allows, read steadily, is no longer failed at every try (its rows never corrected); one whose
+bytes stop is failed once its allowance is used up. Once a call ends, only the time it took
+stays granted: the allowance it did not use is not the item's (a 1 GB file fetched in 10 s
+gave an item hanging after it ~1000 s more).
 
 A worker whose lease was lost (its process paused, or starved, past the lease: another worker
 has taken the item over) gives the item up at once, as a stop mid-item does: the heartbeat

@@ -48,7 +48,9 @@ SHORT = S3Limits(connect=2, read=2, attempts=2, call=3, transfer=3)
 class FaultyProxy:
     """A TCP proxy on a loopback port to `target`. Its `mode`, read as a connection is
     accepted: `pass`, `drip` (the answer a byte every DRIP_EVERY s), `slow` (SLOW_BYTES every
-    SLOW_EVERY s) or `refuse`."""
+    SLOW_EVERY s), `drip_uploads` (the answer to a PUT or a POST a byte every DRIP_EVERY s,
+    the others at once: the HEAD before an upload), `slow_in` (the client's bytes, an upload's
+    body, SLOW_BYTES every SLOW_EVERY s) or `refuse`."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target, self.mode = target, "pass"
@@ -68,19 +70,48 @@ class FaultyProxy:
             if self.mode == "refuse":
                 client.close()
                 continue
-            upstream = socket.create_connection(self.target)
-            threading.Thread(target=_pipe, args=(client, upstream, 0.0), daemon=True).start()
-            drip = DRIP_EVERY if self.mode == "drip" else SLOW_EVERY if self.mode == "slow" else 0.0
-            step = SLOW_BYTES if self.mode == "slow" else 1
-            threading.Thread(target=_pipe, args=(upstream, client, drip, step), daemon=True).start()
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:  # the server stopped, a hung client still trying
+                client.close()
+                continue
+            mode, uploading = self.mode, threading.Event()  # a PUT or a POST being answered
+            pace_in = (SLOW_EVERY, SLOW_BYTES) if mode == "slow_in" else (0.0, 1)
+            threading.Thread(
+                target=_pipe, args=(client, upstream, *pace_in, None, uploading), daemon=True
+            ).start()
+            drip = DRIP_EVERY if mode in ("drip", "drip_uploads") else 0.0
+            drip = SLOW_EVERY if mode == "slow" else drip
+            step = SLOW_BYTES if mode == "slow" else 1
+            only = uploading if mode == "drip_uploads" else None
+            threading.Thread(
+                target=_pipe, args=(upstream, client, drip, step, only), daemon=True
+            ).start()
 
 
-def _pipe(source: socket.socket, dest: socket.socket, drip: float, step: int = 1) -> None:
+_UPLOADS = (b"PUT", b"POST")
+_METHODS = (b"GET", b"HEAD", b"DELETE", *_UPLOADS)
+
+
+def _pipe(
+    source: socket.socket,
+    dest: socket.socket,
+    drip: float,
+    step: int = 1,
+    only: threading.Event | None = None,
+    uploading: threading.Event | None = None,
+) -> None:
+    """`source`'s bytes to `dest`, `step` every `drip` s (`only` while that is set); each
+    request `source` sends sets `uploading` when it is a PUT or a POST, clears it when not."""
     try:
         while data := source.recv(65536):
-            for start in range(0, len(data), step if drip else len(data)):
-                dest.sendall(data[start : start + step] if drip else data)
-                time.sleep(drip)
+            method = data.split(b" ", 1)[0]
+            if uploading is not None and method in _METHODS:
+                (uploading.set if method in _UPLOADS else uploading.clear)()
+            pace = drip if only is None or only.is_set() else 0.0
+            for start in range(0, len(data), step if pace else len(data)):
+                dest.sendall(data[start : start + step] if pace else data)
+                time.sleep(pace)
     except OSError:
         pass
     finally:
