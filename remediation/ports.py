@@ -73,6 +73,14 @@ class CustomerDirectory(Protocol):
         ...
 
 
+class CustomerRecords(Protocol):
+    """Whether Stripe ever made a customer: a deleted one is kept as a stub (its meter events
+    may have been billed before), so only a customer it never had proves a row naming it was
+    refused whenever it was sent."""
+
+    def never_existed(self, customer_id: str) -> bool: ...
+
+
 class LeavesOut(Protocol):
     """Rows a caller leaves out of a run by their identifier (rows billed from another
     version, handled by another run): asked a chunk of distinct identifiers at a time, told

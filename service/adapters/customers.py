@@ -59,6 +59,19 @@ class StripeCustomerDirectory:
             raise
         return not bool(customer.to_dict().get("deleted"))
 
+    def never_existed(self, customer_id: str) -> bool:
+        """Stripe answers 404 for it (`CustomerRecords`): never made, not deleted. Not
+        remembered, nor a refused look-up (400) taken for one: asked for a few rows only."""
+        if not customer_id.strip():
+            return False
+        try:
+            self._client.v1.customers.retrieve(customer_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status in (400, 404):
+                return exc.http_status == 404
+            raise
+        return False
+
     def search_by_metadata(self, key: str, value: str) -> list[str]:
         query = f"metadata[{_quoted(key)}]:{_quoted(value)}"
         try:

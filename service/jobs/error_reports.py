@@ -241,7 +241,8 @@ def _remediate(
         shared = frozenset(sampled.shared) if sampled is not None else frozenset()
         scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed, shared)
         selection = Selection()
-        held = HeldFirst(ctx.engine, job, (key, etag), runs_correcting(ctx.engine, sources))
+        runs = runs_correcting(ctx.engine, sources)
+        held = HeldFirst(ctx.engine, job, (key, etag), runs, ctx.customer_records)
         rows = Reported(RowNames(key, etag), held, job, scope, taken, selection)
         done = run_done(ctx, run_key)
         if done is not None:  # a retried task: count what the run found, and the rows handled

@@ -19,12 +19,18 @@ from sqlalchemy import Engine
 from remediation.codes import ErrorCode
 from remediation.core.checks import problem_ids
 from remediation.core.columns import Batch, Column, Indexes
+from remediation.ports import CustomerRecords
 from remediation.records import UsageRecord
 from remediation.reported import ReportScope, Selection, Taken, reported_code, select_reported
 from remediation.rownames import RowNames
-from service.jobs.report_job import Report
-from service.jobs.store.taken_again import marked_among
-from service.poller.store import FirstVersion, first_versions, recordable, sent_moments
+from service.jobs.report_job import WINDOW_BEFORE, Report
+from service.jobs.store.taken_again import marked_among, marked_anywhere
+from service.poller.store import (
+    FirstVersion,
+    first_versions,
+    recordable,
+    sent_moments,
+)
 
 
 class HeldFirst:
@@ -49,12 +55,18 @@ class HeldFirst:
     came had only its sampled rows corrected."""
 
     def __init__(
-        self, engine: Engine, job: Report, version: tuple[str, str], runs: list[int]
+        self,
+        engine: Engine,
+        job: Report,
+        version: tuple[str, str],
+        runs: list[int],
+        customers: CustomerRecords | None = None,
     ) -> None:
         self.engine, self.job, self.version, self.runs = engine, job, version, runs
         self.reported: Callable[[UsageRecord], bool] = lambda _: False
         self.billed = 0
         self.sent_in_window = SentInWindow(engine, job)
+        self.sent_again = SentAgain(engine, job, customers)
 
     def kept(self, batch: Batch, identifiers: list[str]) -> npt.NDArray[np.bool_]:
         """Which rows of the batch are kept (`identifiers`: theirs, every row named)."""
@@ -63,6 +75,7 @@ class HeldFirst:
         keep = np.ones(len(identifiers), bool)
         maybe: list[int] = []  # taken from a version long before, by the look of them
         overwritten: list[int] = []  # sent from an earlier version of this object
+        copied: list[int] = []  # sent from another object first
         for i, identifier in enumerate(identifiers):
             held = first.get(identifier)
             if identifier in samples or held is None or held.version == self.version:
@@ -70,11 +83,15 @@ class HeldFirst:
             keep[i] = False
             if held.sent and held.key == self.version[0]:
                 overwritten.append(i)
+            elif held.sent:
+                copied.append(i)
             elif long_before(held):
                 maybe.append(i)
-        if overwritten:
-            sent = self.sent_in_window({identifiers[i] for i in overwritten})
-            keep[[i for i in overwritten if identifiers[i] in sent]] = True
+        if overwritten or copied:
+            over = {identifiers[i] for i in overwritten}
+            sent = self.sent_in_window(over) if over else set()
+            sent |= self.sent_again({identifiers[i] for i in [*overwritten, *copied]})
+            keep[[i for i in [*overwritten, *copied] if identifiers[i] in sent]] = True
         if maybe:
             records = batch.take(np.asarray(maybe, np.int64)).records()
             taken = [
@@ -120,6 +137,59 @@ class SentInWindow:
                 if self.earliest <= moment and int(moment.timestamp()) <= self.job.now
             }
         return found
+
+
+class SentAgain:
+    """Rows of this object version a run quarantined (Stripe refused them from an earlier
+    version of the object, or from another object) that the poller sent again since, changed
+    by hand, last by the report's window's end (`_within`): marked `taken_again` once Stripe's
+    stream acknowledged the batch, but that 200 is no acceptance (Stripe validates later, and
+    its report samples a few rows a code). The report may be about them though it named none:
+    our validation decides, as for any row, and one naming a customer Stripe never made
+    (`CustomerRecords.never_existed`) was refused again whenever it was taken: the report's
+    under `meter_event_customer_not_found` (`refused_again`). Left, such a row was neither
+    billed nor waiting: its entry marked, nothing quarantined anew."""
+
+    def __init__(self, engine: Engine, job: Report, customers: CustomerRecords | None) -> None:
+        self.engine, self.job, self.customers = engine, job, customers
+        self.found: set[str] = set()  # every such row of the object read so far
+
+    def __call__(self, identifiers: set[str]) -> set[str]:
+        """Those of `identifiers` (rows another version sent first) that are such rows."""
+        ordered = sorted(identifiers)
+        found: set[str] = set()
+        for start in range(0, len(ordered), LOOKUP_ROWS):
+            moments = sent_moments(self.engine, set(ordered[start : start + LOOKUP_ROWS]))
+            within = [i for i, moment in moments.items() if self._within(moment)]
+            found |= marked_anywhere(self.engine, within)
+        self.found |= found
+        return found
+
+    def _within(self, moment: datetime) -> bool:
+        """Sent by the window's end, and no more than `WINDOW_BEFORE` before its start:
+        Stripe validates a while after it takes an event (under load the send of a row it
+        reported came before a window of ten seconds)."""
+        at, start = int(moment.timestamp()), self.job.start
+        since = None if start is None else start - int(WINDOW_BEFORE.total_seconds())
+        return (since is None or since <= at) and at <= self.job.now
+
+    def refused_again(self, record: UsageRecord, scope: ReportScope) -> bool:
+        """Whether the report counts `record`, one of these rows its samples and our
+        validation say nothing of, as refused for a customer Stripe never made."""
+        if self.customers is None or ErrorCode.CUSTOMER_NOT_FOUND not in scope.codes:
+            return False
+        if scope.event_name is not None and record.event_name != scope.event_name:
+            return False
+        meter = self.job.index.get(record.event_name)
+        value = record.payload.get(meter.customer_key) if meter else None
+        return value is not None and self.customers.never_existed(str(value))
+
+
+# Why a row the report did not sample is taken as refused again (`SentAgain`)
+REFUSED_AGAIN = (
+    "sent again changed since Stripe refused it, refused again: the report's samples did not "
+    "name it, but Stripe never had its customer"
+)
 
 
 def _first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVersion]:
@@ -188,9 +258,12 @@ class Reported:
         where = {id(record): i for i, record in zip(at.tolist(), records, strict=True)}
         rows, codes, messages = [], [], []
         job = self.job
-        reported = select_reported(
-            records, self.scope, job.index, self.taken, job.customers, self.selection
+        reported = list(
+            select_reported(
+                records, self.scope, job.index, self.taken, job.customers, self.selection
+            )
         )
+        reported += self._refused_again(records, {id(record) for record in reported})
         for record in reported:
             rows.append(where[id(record)])
             codes.append(record.error_code)
@@ -212,13 +285,31 @@ class Reported:
         passed, self._passed = self._passed, None
         return passed
 
+    def _refused_again(self, records: list[UsageRecord], taken: set[int]) -> list[UsageRecord]:
+        """The rows sent again changed (`SentAgain`) that `select_reported` did not take
+        (`taken`: theirs) and Stripe refused again, each with its code."""
+        again, handled = self.held.sent_again, self.scope.handled
+        found = []
+        for record in records:
+            identifier = record.identifier or ""
+            if id(record) in taken or identifier not in again.found or identifier in handled:
+                continue
+            if again.refused_again(record, self.scope):
+                record.error_code = ErrorCode.CUSTOMER_NOT_FOUND.value
+                record.error_message = REFUSED_AGAIN
+                found.append(record)
+        return found
+
     def _maybe(self, batch: Batch, identifiers: list[str]) -> npt.NDArray[np.bool_]:
         """The rows `select_reported` may take or count (the others it passes over): sampled,
-        changed since sent (`scope.changed`), failing a check, or holding a customer Stripe
-        did not find."""
+        changed since sent (`scope.changed`), sent again changed (`SentAgain`), failing a
+        check, or holding a customer Stripe did not find."""
         samples, changed = self.scope.samples, self.scope.changed
+        again = self.held.sent_again.found
         rows = np.fromiter(
-            (i in samples or i in changed for i in identifiers), bool, len(identifiers)
+            (i in samples or i in changed or i in again for i in identifiers),
+            bool,
+            len(identifiers),
         )
         rows |= problem_ids(batch, self.job.index, self.taken.latest) != 0
         customers = self.job.customers

@@ -33,7 +33,7 @@ from remediation.identifiers import Lineage
 from remediation.meters import Meter
 from remediation.outcomes import QuarantinedRow as Quarantined
 from remediation.outputs import PlannedOutput, output_name, source_stem
-from remediation.ports import Bucket, CustomerDirectory, LeavesOut, ObjectInfo
+from remediation.ports import Bucket, CustomerDirectory, CustomerRecords, LeavesOut, ObjectInfo
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan
 from remediation.rules import Rules
@@ -81,6 +81,9 @@ class RunContext:
     meters: Sequence[Meter]
     rules: Rules
     customers: CustomerDirectory | None = None
+    # whether Stripe ever made a customer: an error report's run asks it of a row sent again
+    # changed that the report's samples do not name (`service.jobs.report_rows.SentAgain`)
+    customer_records: CustomerRecords | None = None
     # around a job's wait for its turn (a re-run waits for the one before it): the worker
     # does not count it against the item's time limit (`service.worker.liveness`)
     waiting_turn: Callable[[], AbstractContextManager[None]] = nullcontext

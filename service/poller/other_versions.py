@@ -135,7 +135,10 @@ class OtherVersions:
         this object or any other: an entry of `day.csv` sent fixed from `day-fixed.csv` was
         listed as waiting for a fix until a re-run's pick found it sent): marked taken again
         (a quarantine re-run leaves them, and an error report about them is a new refusal):
-        each is now billed, or refused again. `sent`: (identifier, timestamp sent at) of each
+        each is now billed, or refused again (the acknowledgement is no acceptance: Stripe
+        validates later; a report of the refusal that does not sample the row takes it when
+        Stripe never had its customer, `service.jobs.report_rows.SentAgain`, so its usage
+        waits anew). `sent`: (identifier, timestamp sent at) of each
         row: an entry of the same identifier at another timestamp is other usage (Stripe
         dedupes an identifier for about 24 hours only, a customer may use it again days
         later) and stays waiting (`sent_as_held`). Their runs' alerts are told once the

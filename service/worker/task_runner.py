@@ -34,6 +34,7 @@ class TaskRunner:
             meters=list(rt.meter_source.meters()),
             rules=rt.rules,
             customers=rt.customer_directory() if rt.rules.policy.customer_metadata_key else None,
+            customer_records=rt.customer_directory(),
             waiting_turn=waiting_turn,
             task_id=task_id(kind, ref),
             locks=lease_as_lock(),  # lost (another worker took the task), its runs stop

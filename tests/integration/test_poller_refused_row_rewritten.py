@@ -126,3 +126,42 @@ def test_a_refused_row_changed_by_hand_and_refused_again_waits_as_it_is_now(
     assert sorted(loop.accepted()) == ["a", "g-mfx1"]
     assert originals_billed(loop) == Counter({"a": 1, "g": 1})
     assert _waiting(loop) == 0
+
+
+@pytest.mark.parametrize(
+    ("customer", "key"),
+    [("cus_phantom", "day.csv"), ("cus_alice", "day.csv"), ("cus_phantom", "day-fixed.csv")],
+)
+def test_a_changed_row_the_report_does_not_sample_waits_if_refused_again(
+    loop: Loop,  # noqa: F811 (the fixture imported above)
+    customer: str,
+    key: str,
+) -> None:
+    """As above (`day.csv` rewritten in place, or the row fixed in a copy, `day-fixed.csv`),
+    but the report of the send samples three other rows of the code (`o0`..`o2`, imported
+    first), not `g`. Fixed to `cus_phantom`, a customer Stripe never had, `g` was refused
+    again: its entry had been marked taken again on the stream's 200 and nothing named it
+    after, so no entry of it waited (usage lost, no trace). The report's run over the file
+    that sent it now takes it: an entry holding `cus_phantom` waits, and once mapped the
+    re-run bills `g` once. Fixed to `cus_alice`, Stripe billed it (the report's errors are the
+    other rows'): nothing of it waits, nothing bills it twice."""
+    with bundled_poller(loop) as deps:
+        other, row = a_row_stripe_refused(loop, deps)
+        time.sleep(1)
+        _refused_elsewhere_first(loop, int(str(other[1])))
+        fixed = [*row[:3], customer, row[4]]
+        _put(loop, key, usage_csv([other, fixed] if key == "day.csv" else [fixed]))
+        run_poll_pass(deps)
+        refused_again = customer == "cus_phantom"
+        assert _refused(loop) == (["g"] if refused_again else []) + ["o0", "o1", "o2"]
+        reported(loop)
+        held = [(q.customer, q.taken_again is None) for q in _entries(loop, "g")]
+        assert held == [("cus_ghost", False)] + ([(customer, True)] if refused_again else [])
+        assert _waiting(loop) == 3 + refused_again
+        add_rules(loop, '"cus_phantom" = "cus_alice"\n"cus_nobody" = "cus_alice"\n')
+        rerun(loop)
+        run_poll_pass(deps)
+    billed = ["a", "g-mfx1" if refused_again else "g", "o0-mfx1", "o1-mfx1", "o2-mfx1"]
+    assert sorted(loop.accepted()) == billed
+    assert originals_billed(loop) == Counter({b.split("-mfx")[0]: 1 for b in billed})
+    assert _waiting(loop) == 0

@@ -35,6 +35,23 @@ def marked_among(engine: Engine, run_ids: Sequence[int], identifiers: Sequence[s
     return _identifiers_where(engine, run_ids, identifiers, _marked)
 
 
+def marked_anywhere(engine: Engine, identifiers: Sequence[str]) -> set[str]:
+    """Which of `identifiers` any run quarantined and a later object version (of its object
+    or another) sent again since (marked `taken_again`); by the identifier index."""
+    if not identifiers:
+        return set()
+    query = (
+        select(QUARANTINE.c.identifier)
+        .where(
+            QUARANTINE.c.taken_again.is_not(None),
+            in_listed(QUARANTINE.c.identifier, identifiers, engine),
+        )
+        .distinct()
+    )
+    with engine.connect() as connection:
+        return {str(row.identifier) for row in connection.execute(query)}
+
+
 def quarantine_times(
     engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
 ) -> list[tuple[str, int, datetime]]:
