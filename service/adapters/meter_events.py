@@ -15,8 +15,10 @@ poller's pass without end. Only a failure that outlasts
 `max_attempts` raises `MeterEventSendError`, carrying the last `Retry-After` (one longer than
 `MAX_RETRY_AFTER` raises at once): the poller tries the object again no sooner. A 400 names
 the request itself (the file's rows): it is raised at once, marked `permanent`. Re-sending a
-batch is safe: Stripe dedupes identifiers for at least 24 hours, so a batch whose answer was
-lost bills nothing twice.
+batch is safe only while Stripe still dedupes its identifiers (at least 24 hours from their
+first send): a batch whose answer was lost then bills nothing twice. So `send_batches(...,
+before_send=)` asks the caller before every request of a batch, its retries included (its
+backoffs take minutes through an incident): the poller refuses one past its re-send horizon.
 
 `send_batches(..., stopping=)`: once `stopping()` holds (the worker got SIGTERM), a batch
 backing off raises `SendStopped` within STOP_CHECK_EVERY instead of waiting its backoff out,
@@ -34,13 +36,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any, cast
 
 import stripe
 
 from service.adapters.stripe_client import deadline_http_client
 from service.config import Settings
-from service.errors import MeterEventSendError
+from service.errors import MeterEventSendError, ServiceError
 from service.logs import log_event
 
 MAX_EVENTS_PER_REQUEST = 100
@@ -56,7 +59,8 @@ _SESSION_ERRORS = (stripe.TemporarySessionExpiredError, stripe.AuthenticationErr
 
 BatchSent = Callable[[int], None]
 # the `stopping` of the `send_batches` call a pool thread works for (set by the pool's
-# initializer: `send_batch`, which tests override, keeps its one argument)
+# initializer), and its `before_send` bound to the batch the thread sends (`_send_indexed`):
+# `send_batch`, which tests override, keeps its one argument
 _call = threading.local()
 
 
@@ -114,6 +118,7 @@ class StripeMeterEventSink:
         on_refused: BatchSent | None = None,
         on_wait: Callable[[], None] | None = None,
         stopping: Callable[[], bool] | None = None,
+        before_send: BatchSent | None = None,
     ) -> int:
         """Send batches (each ≤ 100 events) on a small thread pool; the number of events sent.
 
@@ -128,7 +133,9 @@ class StripeMeterEventSink:
         called, in this thread, every WAIT_CALL_EVERY seconds this thread waits for batches
         (backing off through a Stripe incident: minutes), so that the caller beats. Once
         `stopping()` holds, batches backing off or not yet sent raise `SendStopped` (module
-        docstring)."""
+        docstring). `before_send(i)` is called, in the pool thread, before every request of
+        batch `i` (the first and each retry): what it raises leaves the batch unsent and is
+        raised as it is (the poller's `HorizonPassed`)."""
         sent = 0
         settled = (on_sent, on_refused)
         with ThreadPoolExecutor(
@@ -138,11 +145,12 @@ class StripeMeterEventSink:
             initargs=(stopping,),
         ) as pool:
             pending: dict[Future[int], int] = {}
-            failure: MeterEventSendError | None = None
+            failure: ServiceError | None = None
             try:
                 taking, index = iter(batches), 0
                 while failure is None and (batch := next(taking, None)) is not None:
-                    pending[pool.submit(self.send_batch, batch)] = index
+                    submitted = pool.submit(self._send_indexed, batch, index, before_send)
+                    pending[submitted] = index
                     index += 1
                     if len(pending) >= 2 * self._workers:
                         done = _wait(pending, FIRST_COMPLETED, on_wait)
@@ -156,8 +164,16 @@ class StripeMeterEventSink:
             raise failure
         return sent
 
+    def _send_indexed(
+        self, batch: Sequence[Mapping[str, Any]], index: int, before_send: BatchSent | None
+    ) -> int:
+        """`send_batch` in a pool thread, with `before_send` bound to the batch's index."""
+        _call.before_send = None if before_send is None else partial(before_send, index)
+        return self.send_batch(batch)
+
     def send_batch(self, batch: Sequence[Mapping[str, Any]]) -> int:
-        """One stream request (≤ 100 events), retried while the failure is transient."""
+        """One stream request (≤ 100 events), retried while the failure is transient; each
+        try asks `before_send` first (`send_batches`)."""
         if len(batch) > MAX_EVENTS_PER_REQUEST:
             raise ValueError(f"at most {MAX_EVENTS_PER_REQUEST} events per request")
         if not batch:
@@ -166,6 +182,8 @@ class StripeMeterEventSink:
         attempt = renewals = 0
         while True:
             _check_stop("not sent")
+            if (before_send := getattr(_call, "before_send", None)) is not None:
+                before_send()  # raises when the batch may no longer be sent
             stream = self._stream_client()
             try:
                 stream.v2.billing.meter_event_stream.create(body)
@@ -291,8 +309,8 @@ def _settle(
     done: set[Future[int]],
     pending: dict[Future[int], int],
     callbacks: tuple[BatchSent | None, BatchSent | None],
-    failure: MeterEventSendError | None,
-) -> tuple[int, MeterEventSendError | None]:
+    failure: ServiceError | None,
+) -> tuple[int, ServiceError | None]:
     """Events sent by the finished futures (removed from `pending`), and the first failure;
     `callbacks` are (on_sent, on_refused)."""
     sent = 0
@@ -314,8 +332,10 @@ def _settle(
     return sent, failure
 
 
-def _as_send_error(error: BaseException) -> MeterEventSendError:
-    if isinstance(error, MeterEventSendError):
+def _as_send_error(error: BaseException) -> ServiceError:
+    """Our own errors as they are (a MeterEventSendError, or what `before_send` raised: the
+    poller judges a `HorizonPassed` by its type); anything else as a failed request."""
+    if isinstance(error, ServiceError):
         return error
     return MeterEventSendError(
         f"meter event stream request failed: {type(error).__name__}: {error}"

@@ -35,6 +35,7 @@ class BatchSender(Protocol):
         on_refused: Callable[[int], None] | None = None,
         on_wait: Callable[[], None] | None = None,
         stopping: Callable[[], bool] | None = None,
+        before_send: Callable[[int], None] | None = None,
     ) -> int: ...
 
 
@@ -168,13 +169,17 @@ def send_batches(
     on_refused: Callable[[int], None],
     on_wait: Callable[[], None] | None = None,
     stopping: Callable[[], bool] | None = None,
+    before_send: Callable[[int], None] | None = None,
 ) -> int:
     """Send `batches` through `sink`; `stopping`: the worker is stopping (a sink that takes
-    it cuts its retries short: `StripeMeterEventSink.send_batches`)."""
+    it cuts its retries short: `StripeMeterEventSink.send_batches`); `before_send(i)` raises
+    when batch `i` may no longer be sent (a sink that retries asks before every try)."""
     if isinstance(sink, BatchSender):
-        return sink.send_batches(batches, on_sent, on_refused, on_wait, stopping)
+        return sink.send_batches(batches, on_sent, on_refused, on_wait, stopping, before_send)
     sent = 0
     for index, batch in enumerate(batches):
+        if before_send is not None:
+            before_send(index)
         try:
             sink.send(batch)
         except Exception as exc:

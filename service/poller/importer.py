@@ -157,6 +157,7 @@ def _send_all(
             stream.refused,
             job.beat,
             job.stopping,
+            stream.check_horizon,
         )
         tally.sent += sent
     except LockLost:
@@ -196,14 +197,13 @@ class _BatchStream:
         # again once Stripe acknowledged the batch
         self.held: dict[int, list[tuple[str, int | None]]] = {}
         self.unsent = _Unsent()
+        # batches sent before and never acknowledged, by number: their first send times
+        self.resent = {batch.number: batch for batch in progress.unacked}
 
     def batches(self, chunks: Iterator[ImportChunk]) -> Iterator[list[dict[str, object]]]:
         """Record each group of chunks, then yield its batches' events to the sink."""
         job, unsent = self.job, self.unsent
         number, last_beat = self.progress.acked_batches, time.monotonic()
-        # batches sent before and never acknowledged: checked against the horizon as each
-        # goes out again (checked once when the pass began, a long pass sent them past it)
-        resent = {batch.number: batch for batch in self.progress.unacked}
         while group := self._next_group(chunks):
             sending, recorded = record_group(job, self.obj, self.progress, group, number)
             unsent.recorded |= recorded.new
@@ -213,9 +213,7 @@ class _BatchStream:
             number += recorded.batches
             for send in sending:
                 self._check_stop()  # the group's batches not taken are forgotten (`_send_all`)
-                before = resent.get(send.number)
-                if before is not None and before.first_sent_at <= job.clock() - RESEND_HORIZON:
-                    raise HorizonPassed([before])
+                self._check_horizon_of(send.number)
                 # another process polls once the lock is lost: it sends this batch, not us
                 job.check_lock()
                 unsent.numbers.append(send.number)  # the sink takes no batch it does not send
@@ -250,6 +248,20 @@ class _BatchStream:
         tally.elsewhere += sum(chunk.elsewhere for chunk in group)
         tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
         tally.sent += skipped + acked_rows + billed
+
+    def check_horizon(self, index: int) -> None:
+        """Before every request of the sink's batch `index`, its retries included: checked
+        only as a batch was taken, one first sent 22 h 59 min before was sent again after
+        minutes of backoff (429s as Stripe recovered), past the horizon."""
+        self._check_horizon_of(self.unsent.numbers[index])
+
+    def _check_horizon_of(self, number: int) -> None:
+        """Raise HorizonPassed when batch `number` was sent before, never acknowledged, and
+        first sent more than 23 h ago (checked once when the pass began, a long pass sent
+        such batches past it): it is left unacknowledged, the object given up on."""
+        before = self.resent.get(number)
+        if before is not None and before.first_sent_at <= self.job.clock() - RESEND_HORIZON:
+            raise HorizonPassed([before])
 
     def acknowledged(self, index: int) -> None:
         """Stripe acknowledged the sink's batch `index`."""

@@ -230,6 +230,51 @@ def test_a_batch_is_not_sent_again_once_the_pass_reaches_its_horizon(
     assert alert.subject == "day.csv: not re-sent: its unacknowledged batches are over 23 h old"
 
 
+def test_a_batch_backing_off_is_not_sent_again_once_its_horizon_passes(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """DESIGN: "no identifier is ever sent again more than 23 hours after its first send
+    without an operator's explicit decision". The horizon was checked as a batch was handed
+    to the sink, not before its retries: a batch first sent 22 h 59 min ago, answered 429
+    (Retry-After: 60) as Stripe recovers, was sent again after its backoff, past the horizon,
+    where Stripe no longer dedupes: billed twice, since its first send had landed (its answer
+    lost). Now every request of a batch is checked: the pass gives the object up (horizon)
+    and the batch waits, unacknowledged, for `poll --retry KEY --yes`. The sink's backoff
+    moves the pass's clock (no real minutes spent)."""
+    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=5)
+    stamp = int(datetime.now(UTC).timestamp()) - 60
+    rows = [f"z-{i},{stamp},api_requests,cus_A,1\n" for i in range(100)]  # one batch
+    _put(settings, "late.csv", rows, tmp_path)
+    # every try lands, its answer lost: billed once, the batch never acknowledged
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1, after=True)
+    assert run_poll_pass(poller(_one_worker(settings), at=t0)).retry_files == 1
+    sandbox_server.admin.clear_faults()
+    assert _accepted(sandbox_server) == sorted(f"z-{i}" for i in range(100))
+    landed = len(sandbox_server.admin.duplicates())  # the first pass's retries, deduped
+    sandbox_server.admin.inject_fault("POST", STREAM, 429, count=2, retry_after=60)
+    start = t0 + timedelta(hours=22, minutes=59)
+    slept = [0.0]  # seconds (a datetime cannot move by the last sub-microsecond of a backoff)
+
+    def sleep(seconds: float) -> None:
+        slept[0] += seconds
+
+    sink = StripeMeterEventSink(
+        build_stripe_client(settings), settings, workers=1, clock=lambda: slept[0], sleep=sleep
+    )
+    deps = poller(sink)
+    deps.clock = lambda: start + timedelta(seconds=slept[0])
+    report = run_poll_pass(deps)
+    again = sorted({d["identifier"] for d in sandbox_server.admin.duplicates()[landed:]})
+    assert again == [], f"{len(again)} rows sent again {deps.clock() - t0} after their first send"
+    assert (report.imported, report.gave_up) == (0, 1)
+    with Session(deps.engine) as session:
+        [alert] = session.exec(select(Alert).where(Alert.kind == "poller.gave_up")).all()
+        [batch] = session.exec(select(PollerBatch)).all()
+    assert alert.subject == "late.csv: not re-sent: its unacknowledged batches are over 23 h old"
+    assert batch.acked_at is None
+    assert _object(deps, "late.csv").status == "failed"
+
+
 def test_poll_retry_yes_does_not_resend_batches_stripe_acknowledged(
     settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path, make_app: Any
 ) -> None:
