@@ -17,14 +17,17 @@ time (or a sampled row of an object Stripe took at once was refused for it). Oth
 Stripe billed before its meter was archived fails our validation today and would be sent
 again to the successor meter.
 
-A sampled identifier the object holds more than once (`ReportScope.shared`) names no one row:
+A sampled identifier rows of the objects the report's task reads hold more than once, in one
+object or in several (`ReportScope.shared`, counted over them all: `sampled_in`), names no one row:
 Stripe dedupes by identifier, so it took at most one event under it, and a row it took
 (valid), selected by the sample, went out again as `<id>-mfx1` beside the refused one
 corrected: billed twice. Its rows are held to our validation as rows beyond the samples are:
 one the report's codes do not fit is passed over (Stripe took it: a refused row under its
 identifier is quarantined, `core.sameids`), and of rows all refused the first goes out, the
 others quarantined under `identifier_taken` (Stripe would have kept the first of them had
-they been valid; a second under `<id>-mfx1` is refused as a duplicate or billed twice).
+they been valid; a second under `<id>-mfx1` is refused as a duplicate or billed twice). Counted
+per object, a `k1` Stripe billed from day.csv was the only one there: selected by the sample, it
+went out again as `k1-mfx1` beside day2.csv's refused `k1` corrected, billed twice.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ class ReportScope:
     # took them again from a version uploaded after the report: left to it (counted in
     # `Selection.left`).
     changed: Mapping[str, bool] = field(default_factory=dict)
-    # sampled identifiers more than one row of the object holds (`Sampled.shared`): which of
-    # them Stripe refused is our validation's to say, as for rows beyond the samples
+    # sampled identifiers more than one row holds, of this object or another the report's
+    # task reads (`Sampled.shared`): which of them Stripe refused is our validation's to say,
+    # as for rows beyond the samples
     shared: frozenset[str] = frozenset()
 
 
@@ -94,17 +98,44 @@ class Sampled:
 
 
 def sampled_rows(records: Iterable[UsageRecord], scope: ReportScope, index: MeterIndex) -> Sampled:
-    """The codes of an object's sampled rows, the identifiers more than one of them holds, and
-    the customer ids of those reported as `meter_event_customer_not_found` (of an identifier
-    rows of several customers hold, none: which one Stripe did not find is not known)."""
-    found = Sampled()
-    sampled = [r for r in records if (r.identifier or "") in scope.samples]
+    """What the sampled rows of one object say, when the report's task reads no other
+    (`sampled_in`)."""
+    return sampled_in({"": records}, scope, index)[""]
+
+
+def sampled_in(
+    objects: Mapping[str, Iterable[UsageRecord]], scope: ReportScope, index: MeterIndex
+) -> dict[str, Sampled]:
+    """Per object (key -> its records): the codes of its sampled rows, the identifiers of them
+    more than one row of all the objects holds (Stripe took at most one event under one,
+    from whichever object), and the customer ids of those reported as
+    `meter_event_customer_not_found` (of an identifier rows of several customers hold, none:
+    which one Stripe did not find is not known)."""
+    sampled = {
+        key: [r for r in records if (r.identifier or "") in scope.samples]
+        for key, records in objects.items()
+    }
+    rows: dict[str, int] = {}  # identifier -> how many rows hold it
     customers: dict[str, set[str]] = {}  # identifier -> the customers its rows name
-    for record in sampled:
+    for record in (record for records in sampled.values() for record in records):
         identifier = record.identifier or ""
-        if identifier in customers:
-            found.shared.add(identifier)
+        rows[identifier] = rows.get(identifier, 0) + 1
         customers.setdefault(identifier, set()).add(_customer(record, index))
+    shared = {identifier for identifier, count in rows.items() if count > 1}
+    return {
+        key: _sampled(records, scope, index, shared, customers) for key, records in sampled.items()
+    }
+
+
+def _sampled(
+    sampled: list[UsageRecord],
+    scope: ReportScope,
+    index: MeterIndex,
+    shared: set[str],
+    customers: dict[str, set[str]],
+) -> Sampled:
+    """What one object's sampled rows say, the rows of every object counted (`sampled_in`)."""
+    found = Sampled(shared={r.identifier or "" for r in sampled} & shared)
     for record in sampled:
         identifier = record.identifier or ""
         code = scope.samples[identifier]
@@ -136,7 +167,9 @@ class Selection:
     left: int = 0  # rows left to Stripe's connector (`ReportScope.changed`)
     resent: int = 0  # changed rows selected to be sent as they are now
     # a shared sampled identifier (`ReportScope.shared`) -> the first row selected under it
-    first: dict[str, int] = field(default_factory=dict)
+    # and its object's key, over every object the report's task reads (`source`: this one's)
+    first: dict[str, tuple[str, int]] = field(default_factory=dict)
+    source: str = ""
 
 
 def select_reported(
@@ -168,25 +201,49 @@ def select_reported(
             record.error_code = code
             record.error_message = CHANGED_SINCE_SENT if resend else None
             if code is not None and identifier in scope.shared:
-                _one_goes_out(record, counts.first)
+                _one_goes_out(record, counts.source, counts.first)
             yield record
 
 
-def _one_goes_out(record: UsageRecord, first: dict[str, int]) -> None:
+def _one_goes_out(record: UsageRecord, source: str, first: dict[str, tuple[str, int]]) -> None:
     """A row under a shared sampled identifier the report's codes fit (Stripe refused it):
-    the first goes out; a later one is held under `identifier_taken` (never corrected, never
-    sent by a re-run: `core.decide`), naming the first. Stripe keeps one event an identifier:
-    under `<id>-mfx1` a second is refused as a duplicate, or billed twice past its dedupe."""
+    the first goes out (of the objects the report's task reads, in the order it runs over
+    them); a later one is held under `identifier_taken` (never corrected, never sent by a
+    re-run: `core.decide`), naming the first. Stripe keeps one event an identifier: under
+    `<id>-mfx1` a second is refused as a duplicate, or billed twice past its dedupe."""
     identifier = record.identifier or ""
-    before = first.setdefault(identifier, record.row_number)
-    if before == record.row_number:
+    here = (source, record.row_number)
+    key, before = first.setdefault(identifier, here)
+    if (key, before) == here:
         return
     record.error_code = ErrorCode.IDENTIFIER_TAKEN.value
+    which, taking = f"row {before}'s", "this run takes"
+    if key != source:
+        which, taking = f"row {before}'s of {shown(key)}", "the report's run over it takes"
     record.error_message = (
-        f"identifier {shown(identifier)} is also row {before}'s, which Stripe refused too and "
-        "this run takes: Stripe keeps one event an identifier (it would have kept the first "
+        f"identifier {shown(identifier)} is also {which}, which Stripe refused too and "
+        f"{taking}: Stripe keeps one event an identifier (it would have kept the first "
         "row's), so a second would be refused as a duplicate or billed twice; not corrected"
     )
+
+
+def taken_under(
+    records: Iterable[UsageRecord],
+    scope: ReportScope,
+    index: MeterIndex,
+    taken: Taken,
+    customers: set[str],
+) -> set[str]:
+    """The shared sampled identifiers (`scope.shared`) an object holds a row under that is not
+    the report's (no reported code fits it: Stripe took it, billed an event under it). A
+    refused row of another object under one is quarantined (`sameids.TakenElsewhere`), as
+    `sameids` quarantines one of the same object: sent as `<id>-mfx1`, billed twice."""
+    return {
+        record.identifier or ""
+        for record in records
+        if (record.identifier or "") in scope.shared
+        and reported_code(record, scope, index, taken, customers) is None
+    }
 
 
 def reported_code(

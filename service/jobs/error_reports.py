@@ -24,15 +24,19 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
+import pyarrow as pa
 from sqlalchemy import Engine
 
 from remediation.core.leftout import without
+from remediation.core.sameids import TakenElsewhere
 from remediation.engine import batches
 from remediation.errors import UnreadableFile
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, read_repaired
-from remediation.reported import ReportScope, Sampled, Selection, Taken, sampled_rows
+from remediation.reported import ReportScope, Selection, Taken, sampled_in, taken_under
+from remediation.rowdigest import text_digests
 from remediation.rownames import RowNames
 from remediation.validation import MeterIndex
 from service.adapters.bucket import object_tag
@@ -99,6 +103,17 @@ def _remediate_report(deps: JobDeps, event_id: str) -> tuple[str, list[str]]:
     return outcome, job.unrecorded if found < job.expected else []
 
 
+class _Linked(NamedTuple):
+    """A linked object read before any run: the ETag it was imported at, its copy, its
+    sampled rows (but those changed since sent: `altered`)."""
+
+    etag: str
+    fetched: tuple[str, Path, InputPlan]
+    records: list[UsageRecord]
+    altered: dict[str, bool]
+    since: SentSince
+
+
 def _linked_files(
     ctx: RunContext,
     job: Report,
@@ -107,27 +122,61 @@ def _linked_files(
     folder: Path,
 ) -> dict[str, tuple[str, Path, InputPlan]]:
     """key -> (ETag, local copy, plan) of the linked objects whose sampled rows the report is
-    about; what each sample says is kept on `job` (those of another file now: `job.changed`)."""
-    files: dict[str, tuple[str, Path, InputPlan]] = {}
+    about; what each sample says is kept on `job` (those of another file now: `job.changed`),
+    the rows under a sampled identifier counted over every one of them (`sampled_in`)."""
+    read: dict[str, _Linked] = {}
     for key, etag in linked.items():
         fetched = fetch(ctx, job, key, etag, folder, or_current=True)
         if fetched is None:
             continue
-        version = fetched[0]
         altered: dict[str, bool] = {}
-        since = SentSince(ctx, job, firsts, key, version)
-        sampled = _sampled(ctx, job, key, fetched, since, altered)
-        if sampled is None:
+        since = SentSince(ctx, job, firsts, key, fetched[0])
+        records = _sampled(ctx, job, key, fetched, since, altered)
+        if records is not None:
+            read[key] = _Linked(etag, fetched, records, altered, since)
+    said = sampled_in({key: one.records for key, one in read.items()}, job.scope, job.index)
+    files: dict[str, tuple[str, Path, InputPlan]] = {}
+    for key, one in read.items():
+        sampled = said[key]
+        if one.fetched[0] != one.etag and not sampled.codes and not one.altered:
+            job.changed.append(key)  # another file now
             continue
-        if version != etag and not sampled.codes and not altered:  # another file now
-            job.changed.append(key)
-            continue
-        files[key] = fetched
+        files[key] = one.fetched
         job.customers |= sampled.customers
         job.sampled[key] = sampled
-        job.altered[key] = altered
-        job.earlier[key] = since.earlier
+        job.altered[key] = one.altered
+        job.earlier[key] = one.since.earlier
+    _taken_from(ctx, job, {key: read[key] for key in files})
     return files
+
+
+def _taken_from(ctx: RunContext, job: Report, read: dict[str, _Linked]) -> None:
+    """Note in `job.took` the objects holding a row Stripe took under a sampled identifier
+    other rows hold too (`reported.taken_under`): a refused row of another object under it is
+    quarantined (`_taken_elsewhere`), not sent as `<id>-mfx1` (billed twice)."""
+    for key in sorted(read):
+        shared = frozenset(job.sampled[key].shared)
+        if not shared:
+            continue
+        base = job.scope
+        scope = ReportScope(base.codes, base.samples, base.event_name, shared=shared)
+        taken = when_taken(ctx.engine, job, key, read[key].fetched[0], linked=True)
+        for identifier in taken_under(read[key].records, scope, job.index, taken, job.customers):
+            job.took.setdefault(identifier, []).append(key)
+
+
+def _taken_elsewhere(job: Report, key: str) -> list[TakenElsewhere]:
+    """The identifiers of the object's rows Stripe took an event under from another object
+    the report's task reads (`job.took`), each naming the first such object."""
+    by_source: dict[str, list[str]] = {}
+    for identifier, keys in job.took.items():
+        others = [other for other in keys if other != key]
+        if others:
+            by_source.setdefault(others[0], []).append(identifier)
+    return [
+        TakenElsewhere(text_digests(pa.array(sorted(ids), pa.string())), source)
+        for source, ids in sorted(by_source.items())
+    ]
 
 
 def _remediate_linked(
@@ -164,10 +213,10 @@ def _sampled(
     fetched: tuple[str, Path, InputPlan],
     since: SentSince,
     altered: dict[str, bool],
-) -> Sampled | None:
-    """What the sampled rows of the object say (`sampled_rows`), or None when it cannot be
-    read past a point (`job.unreadable` says why): read whole before any run, so the other
-    objects' rows are remediated."""
+) -> list[UsageRecord] | None:
+    """The sampled rows of the object but those changed since sent (noted in `altered`), or
+    None when it cannot be read past a point (`job.unreadable` says why): read whole before
+    any run, so the other objects' rows are remediated."""
     version, path, plan = fetched
     records: list[UsageRecord] = []
     try:
@@ -176,7 +225,7 @@ def _sampled(
             for batch in batches(read_repaired(stream, plan, ctx.rules)):
                 named = names.batch(batch)
                 records += named.take(among(named, job.scope.samples)).records()
-        return sampled_rows(since.unchanged(iter(records), altered), job.scope, job.index)
+        return list(since.unchanged(iter(records), altered))
     except UnreadableFile as exc:
         job.unreadable[key] = exc.reason
         return None
@@ -240,7 +289,7 @@ def _remediate(
         sampled = job.sampled.get(key)
         shared = frozenset(sampled.shared) if sampled is not None else frozenset()
         scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed, shared)
-        selection = Selection()
+        selection = Selection(first=job.first, source=key)
         runs = runs_correcting(ctx.engine, sources)
         held = HeldFirst(ctx.engine, job, (key, etag), runs, ctx.customer_records)
         rows = Reported(RowNames(key, etag), held, job, scope, taken, selection)
@@ -250,7 +299,8 @@ def _remediate(
             return _counted(job, key, done.input_rows, selection, scope, held.billed, linked)
         request = _run_request(ctx, job, key, run_key, path, plan)
         with path.open("rb") as stream:  # read in columns, the report's rows selected
-            run = execute_run(ctx, request, read_repaired(stream, plan, ctx.rules), [rows])
+            records = read_repaired(stream, plan, ctx.rules)
+            run = execute_run(ctx, request, records, [rows, *_taken_elsewhere(job, key)])
         return _counted(job, key, run.input_rows, selection, scope, held.billed, linked)
 
 

@@ -57,6 +57,11 @@ class Report:
     resent: int = 0  # changed rows sent as they are now
     left: int = 0  # rows left to Stripe's connector (taken again from a later version)
     billed: int = 0  # rows left out: taken from a version long before the report's window
+    # a sampled identifier rows of several linked objects hold (`ReportScope.shared`) -> the
+    # objects holding a row of it Stripe took (`reported.taken_under`), in key order
+    took: dict[str, list[str]] = field(default_factory=dict)
+    # such an identifier -> the first row selected under it, and its object (`Selection.first`)
+    first: dict[str, tuple[str, int]] = field(default_factory=dict)
     # every object the report may run over (linked or found around its window): an object
     # sharing its folder and stem with another gets a folder of its own (`object_tag`)
     objects: set[str] = field(default_factory=set)

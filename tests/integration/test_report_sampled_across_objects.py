@@ -1,0 +1,175 @@
+"""An error report sampling an identifier that rows of two objects hold. Stripe dedupes by
+identifier: of the rows under `k1` it took at most one event. The report's run counted the
+rows under a sampled identifier per object (`ReportScope.shared`): day.csv's `k1`, the only
+one there, got the sample's code although Stripe billed it, and went out again as `k1-mfx1`
+beside day2.csv's corrected `k1`: the same usage billed twice. The rows are counted over
+every object the report's task reads, with the rules of one object's: a row Stripe took is
+passed over and a refused row under its identifier quarantined (`identifier_taken`); of rows
+all refused the first goes out; rows none proven refused are left (the report `partial`).
+Real sandbox (its S3 connector, error reports), a moto bucket, the poller indexing
+(MFX_POLLER=index), the worker, both databases."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlmodel import select
+
+from service.config import PollerMode, Settings
+from service.models import ErrorReport, QuarantinedRow
+from service.poller.passes import build_poller_deps, run_poll_pass
+from service.runtime import Runtime
+from tests.integration.test_e2e import BUCKET, Loop, render, running_loop
+
+FUTURE = "timestamp_in_future"
+TAKEN = "identifier_taken"
+
+
+@pytest.fixture
+def loop(
+    db_url: str,
+    s3_endpoint: str,
+    tmp_path: Path,
+    make_app: Callable[[Settings], Flask],
+) -> Iterator[Loop]:
+    with running_loop(
+        db_url, s3_endpoint, tmp_path, make_app, poller=PollerMode.INDEX, data_errors="report"
+    ) as running:
+        yield running
+
+
+def _row(identifier: str, timestamp: int, customer: str, value: int) -> dict[str, object]:
+    return {
+        "identifier": identifier,
+        "timestamp": timestamp,
+        "event_name": "api_requests",
+        "customer": customer,
+        "value": str(value),
+    }
+
+
+def _sent(loop: Loop, objects: list[tuple[str, list[dict[str, object]]]]) -> None:
+    """Each object uploaded, indexed and imported by Stripe's connector in turn, Stripe's
+    report about them flushed and taken by the worker, the corrected files imported, any
+    report about them too."""
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        for key, rows in objects:
+            loop.s3.put_object(Bucket=BUCKET, Key=key, Body=render(rows, "csv"))
+            run_poll_pass(deps)
+            loop.sandbox.connector_poll()
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()
+        run_poll_pass(deps)  # indexes the corrected files
+        loop.sandbox.connector_poll()  # Stripe imports them
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()
+    finally:
+        runtime.close()
+
+
+def _held(loop: Loop) -> list[tuple[str | None, str, int, object, str]]:
+    """The quarantined rows: identifier, object, row, ours, reason."""
+    with loop.session() as session:
+        rows = session.exec(select(QuarantinedRow)).all()
+    return sorted(
+        (r.identifier, r.source, r.row_number, r.record["mfx_code"], r.reason) for r in rows
+    )
+
+
+def _reports(loop: Loop) -> list[tuple[int | None, str]]:
+    with loop.session() as session:
+        reports = session.exec(select(ErrorReport).order_by(ErrorReport.id)).all()
+    return [(r.error_count, r.status) for r in reports]
+
+
+def test_a_sampled_identifier_billed_from_another_object_is_not_sent_again(loop: Loop) -> None:
+    """day2.csv's k1 in milliseconds (refused, sampled) sent, then day.csv's valid k1 (billed:
+    Stripe had kept no event under k1). day.csv's k1 went out again as k1-mfx1, billed twice.
+    It is passed over; day2.csv's refused k1 is quarantined under identifier_taken."""
+    now = int(time.time()) - 60
+    _sent(
+        loop,
+        [
+            (
+                "usage/day2.csv",
+                [_row("s1", now * 1000, "cus_bob", 3), _row("k1", now * 1000, "cus_bob", 7)],
+            ),
+            ("usage/day.csv", [_row("a1", now, "cus_bob", 1), _row("k1", now, "cus_bob", 5)]),
+        ],
+    )
+
+    accepted = loop.accepted()
+    assert sorted(accepted) == ["a1", "k1", "s1-mfx1"]  # k1 billed once, from day.csv
+    assert [e["identifier"] for e in loop.sandbox.duplicates()] == []
+    assert _held(loop) == [
+        (
+            "k1",
+            "usage/day2.csv",
+            2,
+            TAKEN,
+            "identifier 'k1' is also a row of 'usage/day.csv' that Stripe took (not refused): "
+            "Stripe took one event under it, a second would be billed twice; not corrected",
+        )
+    ]
+    assert _reports(loop) == [(2, "remediated")]
+
+
+def test_of_rows_all_refused_in_two_objects_under_a_sampled_identifier_the_first_goes_out(
+    loop: Loop,
+) -> None:
+    """k1 in milliseconds in day.csv and day2.csv: Stripe refused both, billed nothing under
+    k1. Both corrected went out as k1-mfx1 (the second refused as a duplicate, or billed twice
+    past Stripe's dedupe window). day.csv's (the first object the task reads) goes out;
+    day2.csv's is quarantined under identifier_taken, naming it."""
+    now = int(time.time()) - 60
+    _sent(
+        loop,
+        [
+            ("usage/day.csv", [_row("k1", now * 1000, "cus_bob", 5)]),
+            ("usage/day2.csv", [_row("k1", now * 1000, "cus_bob", 7)]),
+        ],
+    )
+
+    assert loop.accepted() == ["k1-mfx1"]
+    [event] = loop.sandbox.meter_events()
+    assert event["payload"]["value"] == "5"  # day.csv's
+    assert [e["identifier"] for e in loop.sandbox.duplicates()] == []
+    assert _held(loop) == [
+        (
+            "k1",
+            "usage/day2.csv",
+            1,
+            TAKEN,
+            "identifier 'k1' is also row 1's of 'usage/day.csv', which Stripe refused too and "
+            "the report's run over it takes: Stripe keeps one event an identifier (it would "
+            "have kept the first row's), so a second would be refused as a duplicate or billed "
+            "twice; not corrected",
+        )
+    ]
+
+
+def test_rows_of_two_objects_under_a_sampled_identifier_none_proven_refused_are_left(
+    loop: Loop,
+) -> None:
+    """Stripe could not find the customer of k1: day2.csv's k1 names acme-42 (refused; the
+    rules map it to cus_acme), day.csv's cus_bob (billed). Which one Stripe refused our
+    checks cannot tell: day.csv's k1 went out again as k1-mfx1 (billed twice), and cus_bob
+    was taken for a customer Stripe did not find. Nothing goes out: the report is `partial`."""
+    now = int(time.time()) - 60
+    _sent(
+        loop,
+        [
+            ("usage/day2.csv", [_row("k1", now, "acme-42", 7)]),
+            ("usage/day.csv", [_row("k1", now, "cus_bob", 5), _row("b2", now, "cus_bob", 2)]),
+        ],
+    )
+
+    assert sorted(loop.accepted()) == ["b2", "k1"]
+    assert _held(loop) == []
+    assert _reports(loop) == [(1, "partial")]
