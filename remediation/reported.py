@@ -95,6 +95,7 @@ class Sampled:
     customers: set[str] = field(default_factory=set)
     first_row: dict[str, int] = field(default_factory=dict)  # customer -> first sampled row
     shared: set[str] = field(default_factory=set)  # identifiers more than one row holds
+    named: dict[str, str] = field(default_factory=dict)  # sampled identifier -> `customers`'
 
 
 def sampled_rows(records: Iterable[UsageRecord], scope: ReportScope, index: MeterIndex) -> Sampled:
@@ -120,7 +121,7 @@ def sampled_in(
     for record in (record for records in sampled.values() for record in records):
         identifier = record.identifier or ""
         rows[identifier] = rows.get(identifier, 0) + 1
-        customers.setdefault(identifier, set()).add(_customer(record, index))
+        customers.setdefault(identifier, set()).add(customer_of(record, index))
     shared = {identifier for identifier, count in rows.items() if count > 1}
     return {
         key: _sampled(records, scope, index, shared, customers) for key, records in sampled.items()
@@ -140,18 +141,19 @@ def _sampled(
         identifier = record.identifier or ""
         code = scope.samples[identifier]
         found.codes.add(code)
-        value = _customer(record, index)
+        value = customer_of(record, index)
         if code != ErrorCode.CUSTOMER_NOT_FOUND or len(customers[identifier]) > 1:
             continue
         if value:
             found.customers.add(value)
+            found.named[identifier] = value
             found.first_row[value] = min(
                 found.first_row.get(value, record.row_number), record.row_number
             )
     return found
 
 
-def _customer(record: UsageRecord, index: MeterIndex) -> str:
+def customer_of(record: UsageRecord, index: MeterIndex) -> str:
     """The row's customer id under its meter's key ("" for none)."""
     meter = index.get(record.event_name)
     value = record.payload.get(meter.customer_key) if meter else None

@@ -21,7 +21,15 @@ from remediation.core.checks import problem_ids
 from remediation.core.columns import Batch, Column, Indexes
 from remediation.ports import CustomerRecords
 from remediation.records import UsageRecord
-from remediation.reported import ReportScope, Selection, Taken, reported_code, select_reported
+from remediation.reported import (
+    STRIPE_CUSTOMER_PREFIX,
+    ReportScope,
+    Selection,
+    Taken,
+    customer_of,
+    reported_code,
+    select_reported,
+)
 from remediation.rownames import RowNames
 from service.jobs.report_job import WINDOW_BEFORE, Report
 from service.jobs.store.taken_again import marked_among, marked_anywhere
@@ -88,8 +96,12 @@ class HeldFirst:
             elif long_before(held):
                 maybe.append(i)
         if overwritten or copied:
-            over = {identifiers[i] for i in overwritten}
-            sent = self.sent_in_window(over) if over else set()
+            sent: set[str] = set()
+            if overwritten:
+                records = batch.take(np.asarray(overwritten, np.int64)).records()
+                index, named = self.job.index, zip(overwritten, records, strict=True)
+                customers = {identifiers[i]: customer_of(r, index) for i, r in named}
+                sent = self.sent_in_window(customers)
             sent |= self.sent_again({identifiers[i] for i in [*overwritten, *copied]})
             keep[[i for i in [*overwritten, *copied] if identifiers[i] in sent]] = True
         if maybe:
@@ -111,32 +123,57 @@ LOOKUP_ROWS = 1000
 
 class SentInWindow:
     """Which rows the bundled poller sent within the report's reach: their batch first sent
-    by the end of its window (every row it counts was taken by then), and no earlier than the
-    latest sampled row's (a `cus_…` customer Stripe did not find for a sample was deleted by
-    then, and stays unknown; a row sent before may have been billed: a day's file written
-    again with a new row first, that row refused and sampled, the rows of its customer the
-    first version sent before the deletion were re-sent to the rules' customer, billed twice).
-    None without a sampled row the poller sent."""
+    by the end of its window (every row it counts was taken by then), and, for a row of a
+    `cus_…` customer Stripe did not find for a sampled row, no earlier than the latest such
+    sampled row's (the customer was deleted by then, and stays unknown; a row sent before may
+    have been billed: a day's file written again with a new row first, that row refused and
+    sampled, the rows of its customer the first version sent before the deletion were
+    re-sent to the rules' customer, billed twice). Likewise for every row, no earlier than the
+    latest sampled row reported for a meter archived or a timestamp too old: true then, maybe
+    not before. Any other customer id never named a Stripe customer, and the other codes were
+    so whenever the row was sent: one bound for the whole report left the rows the first
+    version sent before a sampled row of the next (8 of 11 refused rows lost). None without a
+    sampled row the poller sent."""
 
     def __init__(self, engine: Engine, job: Report) -> None:
         self.engine, self.job = engine, job
-        self.earliest: datetime | None = None  # to the microsecond: a batch apart is before
+        # to the microsecond (a batch apart is before): for every row, and by customer
+        self.bounds: tuple[datetime, dict[str, datetime]] | None = None
 
-    def __call__(self, identifiers: set[str]) -> set[str]:
-        if self.earliest is None:
-            samples = {i for i in self.job.scope.samples if recordable(i)}
-            sent = sent_moments(self.engine, samples).values()
-            self.earliest = max(sent, default=datetime.max.replace(tzinfo=UTC))
-        ordered = sorted(identifiers)
+    def __call__(self, customers: Mapping[str, str]) -> set[str]:
+        """Of the rows (identifier -> its customer, "" for none), those sent in reach."""
+        if self.bounds is None:
+            self.bounds = self._bounds()
+        every, by_customer = self.bounds
+        ordered = sorted(customers)
         found: set[str] = set()
         for start in range(0, len(ordered), LOOKUP_ROWS):
             moments = sent_moments(self.engine, set(ordered[start : start + LOOKUP_ROWS]))
             found |= {
                 identifier
                 for identifier, moment in moments.items()
-                if self.earliest <= moment and int(moment.timestamp()) <= self.job.now
+                if max(every, by_customer.get(customers[identifier], every)) <= moment
+                and int(moment.timestamp()) <= self.job.now
             }
         return found
+
+    def _bounds(self) -> tuple[datetime, dict[str, datetime]]:
+        samples = self.job.scope.samples
+        sent = sent_moments(self.engine, {i for i in samples if recordable(i)})
+        if not sent:
+            return datetime.max.replace(tzinfo=UTC), {}
+        timed = [moment for i, moment in sent.items() if samples[i] in CHANGED_SINCE_TAKEN]
+        named = {i: c for one in self.job.sampled.values() for i, c in one.named.items()}
+        by_customer: dict[str, datetime] = {}
+        for identifier, moment in sent.items():
+            customer = named.get(identifier, "")
+            if customer.startswith(STRIPE_CUSTOMER_PREFIX):
+                by_customer[customer] = max(by_customer.get(customer, moment), moment)
+        return max(timed, default=datetime.min.replace(tzinfo=UTC)), by_customer
+
+
+# Codes a row sent earlier may not have had then (a meter archived, a timestamp aged since)
+CHANGED_SINCE_TAKEN = frozenset({ErrorCode.ARCHIVED_METER, ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST})
 
 
 class SentAgain:

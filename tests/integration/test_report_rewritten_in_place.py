@@ -177,3 +177,50 @@ def test_rows_an_earlier_report_handled_in_another_object_are_not_this_report_s(
     assert task.outcome == "partial: remediated 3 row(s) of 10 reported"
     assert (alert.detail["found"], alert.detail["expected"]) == (3, 10)
     assert alert.subject == f"report {second.event_id}: found 3 of 10 reported rows"
+
+
+def test_rows_the_first_version_sent_before_a_sampled_row_of_the_next_are_the_report_s(
+    loop: Loop,
+) -> None:
+    """v1 of day.csv (50 rows, 10 of acme-42) sent: 40 billed, 10 refused. v2 holds them and
+    d50 of acme-42, refused too; Stripe's report of the 11 samples d50 (the sandbox's queue
+    reordered: Stripe samples which rows it pleases) with d0 and d5. The rows v1 sent were
+    kept only when sent no earlier than the latest sampled row (SentInWindow: a `cus_…`
+    customer may have been deleted in between, a row sent before billed), one time for the
+    whole report: d10 to d45 were left, 8 of 11 lost, the report `partial`. acme-42 never names
+    a Stripe customer: the bound is a `cus_…` customer's, whose sampled row Stripe did not
+    find."""
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        now = int(time.time())
+        first = _rows(now, 50)
+        loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=render(first, "csv"))
+        assert run_poll_pass(deps).sent == 50
+        time.sleep(1.1)  # S3 stamps whole seconds
+        added = [{**_rows(now, 1, start=50)[0], "customer": "acme-42"}]
+        loop.s3.put_object(Bucket=BUCKET, Key=KEY, Body=render(first + added, "csv"))
+        assert run_poll_pass(deps).left_out == 50  # the rows v1 sent: only d50 goes
+        sandbox = loop.sandbox_app.extensions["sandbox"]
+        with sandbox.state.lock:  # d50 first: among the rows the report samples
+            sandbox.state.pending_errors.sort(key=lambda error: error.identifier != "d50")
+        [report] = sandbox.flush_reports()
+        samples = report["data"]["reason"]["error_types"][0]["sample_errors"]
+        assert [s["request"]["identifier"] for s in samples] == ["d50", "d0", "d5"]
+        loop.drain()
+        run_poll_pass(deps)  # imports the corrected file
+        sandbox.flush_reports()
+        loop.drain()
+    finally:
+        runtime.close()
+
+    acme = [f"d{n}" for n in range(0, 51, 5)]
+    accepted = loop.accepted()
+    assert sorted(i for i in accepted if i.endswith("-mfx1")) == sorted(f"{i}-mfx1" for i in acme)
+    billed = [i for i in accepted if not i.endswith("-mfx1")]
+    assert sorted(billed) == sorted(f"d{n}" for n in range(50) if n % 5)
+    with loop.session() as session:
+        [report_row] = session.exec(select(ErrorReport)).all()
+        partial = session.exec(select(Alert).where(Alert.kind == "error_report.partial")).all()
+    assert (report_row.error_count, report_row.status) == (11, "remediated")
+    assert partial == []
