@@ -23,13 +23,14 @@ from service.config import Settings, missing_api_key
 from service.db.schema import check_schema
 from service.errors import SchemaNotCurrent
 from service.logs import log_event
+from service.models.health import ProcessRole
 from service.notify.schedule import start_notify_jobs
 from service.notify.windows import DigestSchedule
 from service.poller.job import start_poller_job
 from service.runtime import Runtime, runtime
 from service.web.access import login_banner
 from service.worker.drain_loop import LoopEnd, run_loop
-from service.worker.heartbeats import new_instance_id
+from service.worker.heartbeats import Ended, beat_ended, new_instance_id
 from service.worker.inbox import replay
 from service.worker.leftovers import sweep_leftovers
 from service.worker.liveness import item_threads_alive
@@ -171,11 +172,16 @@ def _exit_worker_process(code: int) -> None:
 
 def _run_once(worker: InboxWorker) -> None:
     """One drain; Ctrl-C or SIGTERM mid-item hands the item back (as `meterfix worker` does),
-    never leaving it locked by a process that is gone, its attempt spent."""
+    never leaving it locked by a process that is gone, its attempt spent. The last heartbeat
+    says the worker exited (or stopped, on a signal), as `poll --once` does (`beat_ended`)."""
+    stop = stop_on_signals()
     try:
-        report = worker.drain(stop_on_signals())
+        report = worker.drain(stop)
     except SQLAlchemyError as exc:
         raise click.ClickException(f"database unavailable: {type(exc).__name__}") from exc
+    finally:
+        ended = Ended.STOPPED if stop.is_set() else Ended.EXITED
+        beat_ended(worker.engine, worker.worker_id, ProcessRole.WORKER, ended)
     _echo_report(report)
 
 

@@ -21,7 +21,7 @@ from service.models._types import utcnow
 from service.notify.alerts import raise_alert, resolve_alert
 from service.poller.passes import PassReport, PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
-from service.worker.heartbeats import BEAT_EVERY_SECONDS, beat
+from service.worker.heartbeats import BEAT_EVERY_SECONDS, Ended, beat, beat_ended
 
 PASSES_FAILING = "poller.passes_failing"  # the critical alert's key and kind
 
@@ -51,7 +51,7 @@ def poll_forever(
             if on_report:
                 on_report(report)
         wait_for_next_pass(deps, stop, interval)
-    _beat(deps, {"doing": "stopped"})
+    beat_ended(deps.engine, deps.instance, ProcessRole.POLLER, Ended.STOPPED)
 
 
 class FailingPasses:
@@ -184,7 +184,7 @@ def beat_exited(deps: PollerDeps, report: PassReport | None) -> None:
     follows, so MFX_HEARTBEAT_SILENCE later the silence alert says no poller runs, as it should
     for a poller only run by hand (its message is not the one of a poller stuck in a pass)."""
     ended = "failed" if report is None else "ran" if report.ran else "skipped"
-    _beat(deps, {"doing": "exited", "pass": ended})
+    beat_ended(deps.engine, deps.instance, ProcessRole.POLLER, Ended.EXITED, {"pass": ended})
 
 
 def _beat_waiting(deps: PollerDeps, next_pass_at: str) -> None:

@@ -19,7 +19,7 @@ from service.models._types import utcnow
 from service.models.inbox import InboxStatus
 from service.notify.store import latest_open_alerts, open_alert_counts
 from service.web.store import alert_json, event_json
-from service.worker.heartbeats import beats_of, health_snapshot
+from service.worker.heartbeats import Ended, beats_of, health_snapshot
 
 LATEST = 10  # open alerts and dead letters listed on the overview
 
@@ -33,15 +33,15 @@ class RoleState(StrEnum):
     SILENT = "silent"  # no beat for MFX_HEARTBEAT_SILENCE (the silence alert is raised)
 
 
-# The last beat of a process that ended (`service.poller.job`: `beat_exited`, `poll_forever`)
-ENDED = {"exited": RoleState.EXITED, "stopped": RoleState.STOPPED}
+# The last beat of a process that ended (`service.worker.heartbeats.beat_ended`)
+ENDED = {Ended.EXITED.value: RoleState.EXITED, Ended.STOPPED.value: RoleState.STOPPED}
 
 
 def role_state(beat: Mapping[str, Any], silence: int) -> RoleState:
-    """A poller that ran `meterfix poll --once` ends with `{"doing": "exited"}`, one stopped
-    by SIGTERM (or with its worker) with `{"doing": "stopped"}`, and beats no more: judged by
-    its age alone it looked running (green) until the silence limit passed. Ended is said
-    whatever its age (past the limit the card is red too)."""
+    """A poller that ran `meterfix poll --once` (or a `worker --once`) ends with `{"doing":
+    "exited"}`, a poller or worker stopped by SIGTERM with `{"doing": "stopped"}`, and beats no
+    more: judged by its age alone it looked running (green) until the silence limit passed.
+    Ended is said whatever its age (past the limit the card is red too)."""
     detail = beat.get("detail") or {}
     doing = detail.get("doing") if isinstance(detail, Mapping) else None
     if isinstance(doing, str) and doing in ENDED:

@@ -12,6 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.db import checkpoint_wal
 from service.logs import RepeatedFailure, log_event
+from service.models.health import ProcessRole
+from service.worker.heartbeats import Ended, beat_ended
 from service.worker.loop import InboxWorker
 
 JOBS_STOP_SECONDS = 5.0  # how long a stopping worker waits for its scheduled jobs' threads
@@ -28,7 +30,8 @@ StartJobs = Callable[[threading.Event], list[threading.Thread]]
 
 def run_loop(worker: InboxWorker, stop: threading.Event, start_jobs: StartJobs) -> LoopEnd:
     """Drain the inbox every `mfx_worker_interval` seconds until `stop` is set (SIGTERM,
-    Ctrl-C: an item still running is handed back) or an item overruns its time limit.
+    Ctrl-C: an item still running is handed back, and the last heartbeat says `stopped`) or an
+    item overruns its time limit (the fresh process beats at once: no last beat).
     `start_jobs` starts the scheduled jobs (threads that stop when the event they get is set)."""
     halt = threading.Event()  # the scheduled jobs stop when the loop ends, however it ends
     jobs = start_jobs(halt)
@@ -51,6 +54,8 @@ def run_loop(worker: InboxWorker, stop: threading.Event, start_jobs: StartJobs) 
     finally:
         halt.set()
         worker.heartbeat.stop()
+        if stop.is_set() and end is LoopEnd.STOPPED:  # before the jobs' wait: it may be killed
+            beat_ended(worker.engine, worker.worker_id, ProcessRole.WORKER, Ended.STOPPED)
         _join(jobs, JOBS_STOP_SECONDS)
     log_event("worker.stopped", worker_id=worker.worker_id, end=end)
     return end

@@ -1,18 +1,21 @@
 """Heartbeats and the health snapshot: is a worker alive, is the poller, how far behind are we.
 
 Every worker, poller and scheduler instance calls `beat` every few seconds (one upsert of
-its own row in `heartbeats`); `health_snapshot` reads the newest beat per role with the
-inbox backlog, for /metrics, /api/health and the heartbeat-silence alert.
+its own row in `heartbeats`), and `beat_ended` once as it ends; `health_snapshot` reads the
+newest beat per role with the inbox backlog, for /metrics, /api/health and the
+heartbeat-silence alert.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, update
@@ -20,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.statements import delete_batch
 from service.intake.store import unfinished
+from service.logs import log_event
 from service.models._types import as_utc, table_of, utcnow
 from service.models.health import Heartbeat, ProcessRole
 from service.models.inbox import InboxStatus
@@ -56,6 +60,27 @@ def beat(
             _upsert(connection, instance, values)
     else:
         _upsert(target, instance, values)
+
+
+class Ended(StrEnum):
+    """How a process's last beat (`beat_ended`, its `doing`) says it ended."""
+
+    EXITED = "exited"  # it ran once and exited: `poll --once`, `poll --retry`, `worker --once`
+    STOPPED = "stopped"  # SIGTERM/SIGINT: `meterfix poll`, `meterfix worker`, the worker's poller
+
+
+def beat_ended(
+    engine: Engine, instance: str, role: str, ended: Ended, detail: Mapping[str, str] | None = None
+) -> None:
+    """The last beat of a process that ends: `{"doing": ended, **detail}`. Without it the
+    row kept what the process was last doing, and /api/health and the overview showed it
+    running ("1 s ago") until MFX_HEARTBEAT_SILENCE passed, then silent as if it hung. No
+    beat follows, so past the limit the silence alert says none runs, as it should. A
+    failing beat is logged, never raised: the process ends either way."""
+    try:
+        beat(engine, instance, role, {"doing": ended.value, **(detail or {})})
+    except Exception as exc:  # loop edge: the database may be what stopped the process
+        log_event(f"{role}.heartbeat_failed", level=logging.WARNING, reason=type(exc).__name__)
 
 
 def _upsert(connection: Connection, instance: str, values: dict[str, Any]) -> None:

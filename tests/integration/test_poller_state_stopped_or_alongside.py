@@ -87,13 +87,14 @@ def _newest_detail(engine: Engine) -> dict[str, Any]:
         return dict(connection.execute(query).scalar_one() or {})
 
 
-def _card(api: Api) -> str:  # noqa: F811
+def _card(api: Api, role: str = "poller") -> str:  # noqa: F811
     found = CSRF.search(api.client.get("/login").get_data(as_text=True))
     if found:
         form = {"token": TOKEN, "csrf_token": found.group(1), "next": "/"}
         api.client.post("/login", data=form)
     html = api.client.get("/").get_data(as_text=True)
-    card = re.search(r'<div class="card[^"]*" data-testid="poller-health".*?</div>', html, re.S)
+    pattern = rf'<div class="card[^"]*" data-testid="{role}-health".*?</div>'
+    card = re.search(pattern, html, re.S)
     assert card, html[:2000]
     return re.sub(r"\s+", " ", card.group(0))
 
