@@ -79,8 +79,10 @@ class TaskInputMissing(ServiceError):
 
 
 class OutputKeyTaken(TaskInputMissing):
-    """A run's output key holds other bytes than the run's try makes, an earlier try's object
-    that may have been imported: never replaced (not retried: a person must look)."""
+    """A run's output key holds other bytes than the run's try makes, or a corrected object of
+    the run's names that the try does not make: an earlier try's object that may have been
+    imported, never replaced (not retried: a person must look; the reason says whether
+    removing it has the try's output sent in its place, or only undoes nothing)."""
 
 
 class EventUnreadable(ServiceError):

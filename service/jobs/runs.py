@@ -6,7 +6,7 @@ outputs are deterministic, identical objects are not uploaded twice, an object o
 at one of its keys (an earlier try's, made under other rules, meters or release) is never
 replaced (`OutputKeyTaken`), and the run's audit rows are replaced. Outputs of a run go to
 `<corrected prefix><tag>/...` and `<quarantine prefix><tag>/...`, so two runs over the same
-source never overwrite each other.
+source never overwrite each other; a redo uses the tag its first try recorded.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from service.db.locks import Fence, HeldLock, unfenced
 from service.errors import OutputKeyTaken
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.loads import AuditStage, QuarantineStage
-from service.jobs.store.runs import fail_run, finish_run, finished_run, start_run
+from service.jobs.store.runs import fail_run, finish_run, finished_run, start_run_in
 from service.logs import log_event
 from service.models import OutputKind, RemediationRun, RunTrigger
 from service.models._types import utcnow
@@ -135,7 +135,7 @@ def execute_run(
         return done
     stages = request.stages
     with stages.timing(Stage.DATABASE):
-        run_id = start_run(
+        run_id, tag = start_run_in(
             ctx.engine,
             request.run_key,
             request.trigger,
@@ -143,7 +143,11 @@ def execute_run(
             request.generation,
             request.input_generation,
             ctx.task_id,
+            request.tag,
         )
+    # a redo writes where its first try did (`RemediationRun.output_tag`): an error report's
+    # folder per object, named again, may be another (a peer of the same stem found since)
+    request = replace(request, tag=tag or request.tag)
     uploaded: list[dict[str, Any]] = []  # as each output reaches the bucket
     try:
         with (
@@ -393,12 +397,13 @@ def _refuse_replacing(
     bucket's lineage describes them). Quarantine and audit files (under the quarantine prefix:
     `output_key`) are never imported: replaced, they describe the run's rows."""
     taken: list[str] = []
+    unmade: list[str] = []  # of the run's names, made by no output of this try
     held: list[dict[str, Any]] = []
     planned = {_key(ctx, request, output) for output in outputs}
     for listed in _corrected_of_run(ctx, request):  # those this try does not make, too
         if listed.key in planned:
             continue  # checked below, against the bytes this try makes
-        taken.append(listed.key)
+        unmade.append(listed.key)
         info = ctx.bucket.head(listed.key) or listed
         sha = info.metadata.get(SHA_KEY, "")[:64]
         held.append(
@@ -416,18 +421,43 @@ def _refuse_replacing(
         taken.append(key)
         sha = existing.metadata.get(SHA_KEY, "")[:64]
         held.append(_output_row(request, output.kind, key, _rows_of(existing), sha, False))
-    if taken:
+    if taken or unmade:
         uploaded.extend(held)
         log_event(
-            "remediation.output_taken", level=logging.WARNING, run_key=request.run_key, keys=taken
+            "remediation.output_taken",
+            level=logging.WARNING,
+            run_key=request.run_key,
+            keys=unmade + taken,
         )
-        raise OutputKeyTaken(
+        raise OutputKeyTaken(_taken_reason(taken, unmade))
+
+
+def _taken_reason(taken: Sequence[str], unmade: Sequence[str]) -> str:
+    """What the operator is told of the kept objects: one at a key this try writes may be
+    removed to have the try's output sent in its place; one this try makes nothing in place
+    of may not: its rows went out (probably billed) and this try holds them in quarantine,
+    so removing it undoes nothing, and a replay then ends done with those rows waiting for
+    a re-run that bills them again."""
+    reasons: list[str] = []
+    if taken:
+        reasons.append(
             f"{'; '.join(taken)}: already holds another object than this run's try makes "
             "(an earlier try of the run uploaded it, under other rules, meters or release): "
             "it may have been imported (billed), and meterfix never replaces an output that "
             "may have been; nothing was uploaded. Check what was imported from it; remove it "
             "only to have this try's output sent in its place (under the same identifiers)"
         )
+    if unmade:
+        reasons.append(
+            f"{'; '.join(unmade)}: an earlier try of the run uploaded it, and this try makes "
+            "no object in its place (it quarantines those rows now, under other rules, meters "
+            "or release); nothing was uploaded. It was probably imported: its rows billed "
+            "already. Removing it undoes nothing and nothing would be sent in its place: keep "
+            "it, and do not re-run its rows (under the identifiers it holds, less their -mfxN "
+            "suffix): a replay after removing it ends with them quarantined, and a quarantine "
+            "re-run bills them again"
+        )
+    return ". ".join(reasons)
 
 
 def _corrected_of_run(ctx: RunContext, request: RunRequest) -> Iterator[ObjectInfo]:

@@ -87,6 +87,12 @@ class RemediationRun(SQLModel, table=True):
     # name filled): the run's, said once (a row's changes are in its audit). NULL: a run
     # before migration 0016, or not finished.
     repairs: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # the folder its outputs go to inside the corrected and quarantine prefixes, recorded by
+    # its first try (migration 0018): a redo writes there, whatever its caller names now (an
+    # error report's folder per object changes when a peer of the same stem is found later,
+    # and the redo's check for the earlier try's objects looked in another folder). NULL: a
+    # run started before this revision (its next try records its own).
+    output_tag: str | None = text_field()
     error: str | None = text_field()
     created_at: datetime = Field(
         default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False, index=True

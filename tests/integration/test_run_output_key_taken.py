@@ -205,3 +205,31 @@ def test_a_redo_making_no_corrected_object_is_refused_for_the_kept_one(
     assert run.status == "failed" and "OutputKeyTaken" in (run.error or ""), run.error
     assert held == [] and audit == []
     assert [(o.key, o.uploaded) for o in outputs if o.kind == "corrected"] == [(key, False)]
+
+
+def test_a_kept_object_the_redo_makes_nothing_in_place_of_is_not_to_be_removed(
+    loop: Loop, make_app: Callable[[Settings], Flask]
+) -> None:
+    """The reason for an object this try makes nothing in place of (`k1` quarantined now) said,
+    as for a key it writes, "remove it only to have this try's output sent in its place":
+    nothing would be. An operator following it (the object deleted, the task replayed) had
+    the redo end done with `k1` quarantined while `k1-mfx1` stayed billed, and the next re-run
+    billed it again. The reason now says its rows were probably billed, that removing it
+    undoes nothing, and that they are not to be re-run."""
+    stamp, action = _quarantined_then_queued(loop, make_app)
+    source = f"quarantine-rerun-{action}"
+    key = f"usage/corrected/rerun-{action}/{source}.corrected.r1.jsonl"
+    _earlier_try(loop, action, source, key, _row(stamp, "cus_alice"))  # k1-mfx1 billed
+    [meter] = [m for m in loop.sandbox.meters() if m["event_name"] == "tokens"]
+    loop.sandbox.deactivate_meter(meter["id"])  # the redo quarantines k1: no corrected object
+
+    [(_, reason)] = loop.worker().drain().dead
+
+    assert reason.startswith(f"OutputKeyTaken: {key}: an earlier try"), reason
+    assert "sent in its place" not in reason.replace("nothing would be sent in its place", "")
+    for said in ("probably imported: its rows billed", "undoes nothing", "do not re-run its rows"):
+        assert said in reason, reason
+    assert loop.accepted() == ["k1-mfx1"]
+    with loop.session() as session:
+        alert = session.exec(select(Alert).where(Alert.severity == "critical")).one()
+    assert "undoes nothing" in alert.message

@@ -185,6 +185,22 @@ def start_run(
     """Record the run as running (new, or again after a crashed try, whose audit, quarantined
     rows and outputs are deleted); its id. `input_generation`: the generation its input was
     traced from (None: not traced); `task_id`: the worker's task running it (`fail_task_runs`)."""
+    return start_run_in(engine, run_key, trigger, source, generation, input_generation, task_id)[0]
+
+
+def start_run_in(
+    engine: Engine,
+    run_key: str,
+    trigger: str,
+    source: str,
+    generation: int,
+    input_generation: int | None = None,
+    task_id: str | None = None,
+    tag: str | None = None,
+) -> tuple[int, str | None]:
+    """`start_run`, its outputs' folder `tag` recorded unless an earlier try recorded one: its
+    id and the folder recorded (an earlier try's, where its objects are: the redo writes and
+    looks for them there)."""
     with session_scope(engine) as session:
         run = session.exec(
             select_model(RemediationRun).where(RemediationRun.run_key == run_key)
@@ -194,12 +210,13 @@ def start_run(
         run.source, run.generation = source, generation
         run.input_generation, run.task_id = input_generation, task_id
         run.status, run.error, run.finished_at = RunStatus.RUNNING, None, None
+        run.output_tag = run.output_tag or tag
         session.add(run)
         session.flush()
         assert run.id is not None
         for table in (AUDIT, QUARANTINED, OUTPUTS):  # a crashed earlier try
             session.execute(delete(table).where(table.c.run_id == run.id))
-        return run.id
+        return run.id, run.output_tag
 
 
 def fail_task_runs(connection: Connection, task_id: str, error: str) -> int:
