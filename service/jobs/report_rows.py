@@ -37,6 +37,7 @@ from service.poller.store import (
     FirstVersion,
     first_versions,
     recordable,
+    sent_by_version,
     sent_moments,
 )
 
@@ -102,7 +103,11 @@ class HeldFirst:
                 index, named = self.job.index, zip(overwritten, records, strict=True)
                 customers = {identifiers[i]: customer_of(r, index) for i, r in named}
                 sent = self.sent_in_window(customers)
-            sent |= self.sent_again({identifiers[i] for i in [*overwritten, *copied]})
+            # a copy's row only when this version sent it: one the poller left out (sent
+            # already) is not what Stripe refused (it billed the first send)
+            copies = {identifiers[i] for i in copied}
+            mine = set(sent_by_version(self.engine, *self.version, copies)) if copies else set()
+            sent |= self.sent_again({identifiers[i] for i in overwritten} | mine)
             keep[[i for i in [*overwritten, *copied] if identifiers[i] in sent]] = True
         if maybe:
             records = batch.take(np.asarray(maybe, np.int64)).records()
@@ -190,6 +195,7 @@ class SentAgain:
     def __init__(self, engine: Engine, job: Report, customers: CustomerRecords | None) -> None:
         self.engine, self.job, self.customers = engine, job, customers
         self.found: set[str] = set()  # every such row of the object read so far
+        self.never: dict[str, bool] = {}  # customer -> never made: one look-up each
 
     def __call__(self, identifiers: set[str]) -> set[str]:
         """Those of `identifiers` (rows another version sent first) that are such rows."""
@@ -219,7 +225,12 @@ class SentAgain:
             return False
         meter = self.job.index.get(record.event_name)
         value = record.payload.get(meter.customer_key) if meter else None
-        return value is not None and self.customers.never_existed(str(value))
+        if value is None:
+            return False
+        customer = str(value)
+        if customer not in self.never:  # once a customer: a file of its rows is one GET
+            self.never[customer] = self.customers.never_existed(customer)
+        return self.never[customer]
 
 
 # Why a row the report did not sample is taken as refused again (`SentAgain`)

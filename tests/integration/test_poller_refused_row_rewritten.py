@@ -165,3 +165,30 @@ def test_a_changed_row_the_report_does_not_sample_waits_if_refused_again(
     assert sorted(loop.accepted()) == billed
     assert originals_billed(loop) == Counter({b.split("-mfx")[0]: 1 for b in billed})
     assert _waiting(loop) == 0
+
+
+def test_a_copy_that_left_the_row_out_does_not_take_it_for_a_report(
+    loop: Loop,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """g refused (quarantined), then fixed to cus_alice in day-fixed.csv: sent, billed. A later
+    copy, day-later.csv, holds g for cus_phantom (a customer Stripe never had; the poller
+    leaves it out: g sent already) and a new row c Stripe refuses unsampled, so the report's
+    run reads day-later.csv. Its g is not the report's: Stripe billed g from day-fixed.csv,
+    and a re-run after cus_phantom is mapped bills nothing more of it (a review of c15f9f5:
+    the run took day-later.csv's g by the identifier's last send, and the re-run billed
+    g-mfx1 beside g)."""
+    with bundled_poller(loop) as deps:
+        other, row = a_row_stripe_refused(loop, deps)
+        time.sleep(1)
+        _refused_elsewhere_first(loop, int(str(other[1])))
+        _put(loop, "day-fixed.csv", usage_csv([[*row[:3], "cus_alice", row[4]]]))
+        run_poll_pass(deps)
+        new: list[object] = ["c", int(str(other[1])) + 30, "api_requests", "cus_nobody", "1"]
+        _put(loop, "day-later.csv", usage_csv([[*row[:3], "cus_phantom", row[4]], new]))
+        run_poll_pass(deps)
+        reported(loop)
+        assert [q.customer for q in _entries(loop, "g") if q.taken_again is None] == []
+        add_rules(loop, '"cus_phantom" = "cus_alice"\n"cus_nobody" = "cus_alice"\n')
+        rerun(loop)
+        run_poll_pass(deps)
+    assert originals_billed(loop)["g"] == 1, sorted(loop.accepted())
