@@ -41,12 +41,19 @@ def role_state(beat: Mapping[str, Any], silence: int) -> RoleState:
     """A poller that ran `meterfix poll --once` (or a `worker --once`) ends with `{"doing":
     "exited"}`, a poller or worker stopped by SIGTERM with `{"doing": "stopped"}`, and beats no
     more: judged by its age alone it looked running (green) until the silence limit passed.
-    Ended is said whatever its age (past the limit the card is red too)."""
-    detail = beat.get("detail") or {}
-    doing = detail.get("doing") if isinstance(detail, Mapping) else None
-    if isinstance(doing, str) and doing in ENDED:
+    Ended is said whatever its age (past the limit the card is red too). A worker process
+    ended for a restart (`{"doing": "restarted"}`) is judged by its age: the role runs on
+    while its supervisor starts the fresh process, which beats at once."""
+    doing = _doing(beat)
+    if doing in ENDED:
         return ENDED[doing]
     return RoleState.SILENT if float(beat["age_seconds"]) > silence else RoleState.RUNNING
+
+
+def _doing(beat: Mapping[str, Any]) -> str | None:
+    detail = beat.get("detail") or {}
+    doing = detail.get("doing") if isinstance(detail, Mapping) else None
+    return doing if isinstance(doing, str) else None
 
 
 def with_states(
@@ -70,7 +77,9 @@ def with_states(
 def _running(
     target: Engine | Connection, role: str, silence: int, now: datetime
 ) -> dict[str, Any] | None:
-    """The newest beat of `role` within the silence limit from an instance still running."""
+    """The newest beat of `role` within the silence limit from an instance still running: not
+    one ended for a restart, whose fresh process stopped (or exited) since: the old row,
+    seconds old, showed the role running until MFX_HEARTBEAT_SILENCE passed."""
     since = now - timedelta(seconds=silence)
     if isinstance(target, Engine):
         with target.connect() as connection:
@@ -78,7 +87,8 @@ def _running(
     else:
         beats = beats_of(target, role, now, since=since)
     shown = (b.as_dict() for b in beats)
-    return next((b for b in shown if role_state(b, silence) is RoleState.RUNNING), None)
+    live = (b for b in shown if _doing(b) != Ended.RESTARTED.value)
+    return next((b for b in live if role_state(b, silence) is RoleState.RUNNING), None)
 
 
 class Bucket(StrEnum):

@@ -31,7 +31,7 @@ StartJobs = Callable[[threading.Event], list[threading.Thread]]
 def run_loop(worker: InboxWorker, stop: threading.Event, start_jobs: StartJobs) -> LoopEnd:
     """Drain the inbox every `mfx_worker_interval` seconds until `stop` is set (SIGTERM,
     Ctrl-C: an item still running is handed back, and the last heartbeat says `stopped`) or an
-    item overruns its time limit (the fresh process beats at once: no last beat).
+    item overruns its time limit (the last heartbeat says `restarted`).
     `start_jobs` starts the scheduled jobs (threads that stop when the event they get is set)."""
     halt = threading.Event()  # the scheduled jobs stop when the loop ends, however it ends
     jobs = start_jobs(halt)
@@ -54,11 +54,21 @@ def run_loop(worker: InboxWorker, stop: threading.Event, start_jobs: StartJobs) 
     finally:
         halt.set()
         worker.heartbeat.stop()
-        if stop.is_set() and end is LoopEnd.STOPPED:  # before the jobs' wait: it may be killed
-            beat_ended(worker.engine, worker.worker_id, ProcessRole.WORKER, Ended.STOPPED)
+        if (ended := _last_beat(end, stop)) is not None:  # before the jobs' wait: it may be killed
+            beat_ended(worker.engine, worker.worker_id, ProcessRole.WORKER, ended)
         _join(jobs, JOBS_STOP_SECONDS)
     log_event("worker.stopped", worker_id=worker.worker_id, end=end)
     return end
+
+
+def _last_beat(end: LoopEnd, stop: threading.Event) -> Ended | None:
+    """`stopped` on a signal, even with a restart due (the supervisor stopping starts no
+    fresh process); `restarted` for a restart: without a last beat the old instance's row
+    read running ("0 s ago"), and once the fresh process was stopped the role was shown
+    running with that row until MFX_HEARTBEAT_SILENCE passed. None for a crash."""
+    if stop.is_set():
+        return Ended.STOPPED
+    return Ended.RESTARTED if end is LoopEnd.RESTART else None
 
 
 def next_try_in(interval: float, down: RepeatedFailure) -> float:

@@ -67,6 +67,9 @@ class Ended(StrEnum):
 
     EXITED = "exited"  # it ran once and exited: `poll --once`, `poll --retry`, `worker --once`
     STOPPED = "stopped"  # SIGTERM/SIGINT: `meterfix poll`, `meterfix worker`, the worker's poller
+    # a worker process ended for its supervisor to start a fresh one (an item overran its
+    # time limit): the role runs on, this instance does not
+    RESTARTED = "restarted"
 
 
 def beat_ended(
