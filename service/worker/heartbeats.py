@@ -18,7 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.statements import delete_batch
@@ -49,17 +49,11 @@ def beat(
 
     The poller calls this at each pass and as it waits for the next, the worker from its
     heartbeat thread. One upsert of the instance's own row: its first beat sets `started_at`,
-    later ones move `last_beat_at` and replace `detail` (what it is doing, JSON)."""
-    values = {
-        "role": ProcessRole(role).value,
-        "last_beat_at": now or utcnow(),
-        "detail": dict(detail or {}),
-    }
-    if isinstance(target, Engine):
-        with target.begin() as connection:
-            _upsert(connection, instance, values)
-    else:
-        _upsert(target, instance, values)
+    later ones move `last_beat_at` and replace `detail` (what it is doing, JSON). It never
+    replaces the last beat of the instance (`beat_ended`): the worker's heartbeat thread,
+    stuck past the 2 s a stop waits for it (a database lock, a starved thread), wrote its
+    beat after that one, and the process was shown running again, then silent."""
+    _record(target, instance, _values(role, detail, now), over_ended=False)
 
 
 class Ended(StrEnum):
@@ -80,25 +74,58 @@ def beat_ended(
     running ("1 s ago") until MFX_HEARTBEAT_SILENCE passed, then silent as if it hung. No
     beat follows, so past the limit the silence alert says none runs, as it should. A
     failing beat is logged, never raised: the process ends either way."""
+    values = _values(role, {"doing": ended.value, **(detail or {})}, None)
     try:
-        beat(engine, instance, role, {"doing": ended.value, **(detail or {})})
+        _record(engine, instance, values, over_ended=True)
     except Exception as exc:  # loop edge: the database may be what stopped the process
         log_event(f"{role}.heartbeat_failed", level=logging.WARNING, reason=type(exc).__name__)
 
 
-def _upsert(connection: Connection, instance: str, values: dict[str, Any]) -> None:
+def _values(role: str, detail: Mapping[str, Any] | None, now: datetime | None) -> dict[str, Any]:
+    return {
+        "role": ProcessRole(role).value,
+        "last_beat_at": now or utcnow(),
+        "detail": dict(detail or {}),
+    }
+
+
+def _record(
+    target: Engine | Connection, instance: str, values: dict[str, Any], *, over_ended: bool
+) -> None:
+    if isinstance(target, Engine):
+        with target.begin() as connection:
+            _upsert(connection, instance, values, over_ended)
+    else:
+        _upsert(target, instance, values, over_ended)
+
+
+def _not_ended() -> ColumnElement[bool]:
+    """The row's last beat is not an ended one: a conditional write, so that the database
+    decides on the row as it is when the write takes it (a late beat finds it ended)."""
+    doing = HEARTBEATS.c.detail["doing"].as_string()
+    return or_(doing.is_(None), doing.not_in([ended.value for ended in Ended]))
+
+
+def _upsert(
+    connection: Connection, instance: str, values: dict[str, Any], over_ended: bool
+) -> None:
+    only_while = None if over_ended else _not_ended()
     dialect = connection.dialect.name
     if dialect in ("postgresql", "sqlite"):
         insert = (postgresql if dialect == "postgresql" else sqlite).insert(HEARTBEATS)
         statement = insert.values(
             instance=instance, started_at=values["last_beat_at"], **values
-        ).on_conflict_do_update(index_elements=["instance"], set_=values)
+        ).on_conflict_do_update(index_elements=["instance"], set_=values, where=only_while)
         connection.execute(statement)
         return
-    updated = connection.execute(
-        update(HEARTBEATS).where(HEARTBEATS.c.instance == instance).values(**values)
+    # another engine: update first, insert the first beat (none beside a row that ended)
+    mine = HEARTBEATS.c.instance == instance
+    ours = mine if only_while is None else mine & only_while
+    updated = connection.execute(update(HEARTBEATS).where(ours).values(**values))
+    found = (
+        updated.rowcount or connection.execute(select(HEARTBEATS.c.instance).where(mine)).first()
     )
-    if updated.rowcount == 0:  # another engine: update first, insert the first beat
+    if not found:
         connection.execute(
             HEARTBEATS.insert().values(
                 instance=instance, started_at=values["last_beat_at"], **values

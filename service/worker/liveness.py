@@ -107,7 +107,8 @@ class WorkerHeartbeat:
 
     def stop(self) -> None:
         """Stop beating; a pulse stuck on a busy database is left behind (a daemon thread),
-        so that a stopping worker never waits for it."""
+        so that a stopping worker never waits for it: its beat, should it land after the
+        worker's last (`beat_ended`), leaves that one (`beat`)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=STOP_WAIT_SECONDS)

@@ -5,12 +5,18 @@ A `meterfix worker` stopped by SIGTERM (or Ctrl-C) wrote no last beat: its row k
 MFX_HEARTBEAT_SILENCE passed, and then `silent`, red, as if it had hung. It ends with
 `{"doing": "stopped"}` now, as `meterfix poll` does, and `meterfix worker --once` with
 `{"doing": "exited"}`, as `poll --once` does. A worker killed with SIGKILL writes nothing:
-past the limit it is silent. Failed before: 'running' == 'stopped'; 'running' == 'exited'."""
+past the limit it is silent. Failed before: 'running' == 'stopped'; 'running' == 'exited'.
+
+A regular beat held up past the stop (the heartbeat thread stuck on a database lock, or
+starved, longer than the 2 s the stop waits for it) landed after that last beat and put the
+row back to `{"item": null}`: running, then silent past the limit, never stopped. Held here
+by the test's own event, in-process; the writes are the real ones."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,12 +24,15 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 
 from service.config import Settings
 from service.db import make_engine
 from service.models._types import table_of
-from service.models.health import Heartbeat
+from service.models.health import Heartbeat, ProcessRole
+from service.worker.drain_loop import run_loop
+from service.worker.heartbeats import Ended, beat, beat_ended
+from service.worker.loop import InboxWorker
 from tests.integration.test_poller_state_stopped_or_alongside import _card
 from tests.integration.test_web_api import TOKEN, Api, api, stripe_settings  # noqa: F401
 from tests.integration.test_worker_process import MFX, _env
@@ -161,3 +170,82 @@ def _wait_until_gone(pid: int, timeout: float = 30) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"the worker process {pid} outlived its supervisor")
+
+
+class _HeldBeat:
+    """Holds the heartbeat thread's next statement, once `armed`, until `release` is set (as
+    a lock on the database or a starved thread would); `held` says it is held."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.armed = False
+        self.held, self.release = threading.Event(), threading.Event()
+        event.listen(engine, "before_cursor_execute", self._hold)
+
+    def _hold(self, *_: object) -> None:
+        if self.armed and threading.current_thread().name == "meterfix-heartbeat":
+            self.armed = False
+            self.held.set()
+            self.release.wait(60)
+
+
+def test_a_beat_held_up_past_the_stop_does_not_undo_the_stopped_beat(
+    db_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    """Failed before: the held beat landed last, `{'item': None}` == `{'doing': 'stopped'}`."""
+    engine = make_engine(db_url)
+    worker = InboxWorker(engine, make_settings(database_url=db_url, mfx_worker_lease=3))
+    held, stop = _HeldBeat(engine), threading.Event()
+    loop = threading.Thread(target=run_loop, args=(worker, stop, lambda _: []), daemon=True)
+    try:
+        loop.start()
+        instance, _ = _wait_for_a_beat(engine, timeout=30)
+        held.armed = True  # the thread's next beat, within a second (a lease of 3 s)
+        assert held.held.wait(30), "the heartbeat thread never beat again"
+        stop.set()
+        loop.join(30)
+        assert not loop.is_alive()
+        assert [tuple(r) for r in _worker_rows(engine)] == [(instance, {"doing": "stopped"})]
+        held.release.set()
+        for thread in threading.enumerate():
+            if thread.name == "meterfix-heartbeat":  # left behind by the stop, beating late
+                thread.join(30)
+        assert [tuple(r) for r in _worker_rows(engine)] == [(instance, {"doing": "stopped"})]
+    finally:
+        held.release.set()
+        stop.set()
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("role", "ended", "detail"),
+    [
+        (ProcessRole.WORKER, Ended.EXITED, {}),  # `worker --once`, its thread's beat late
+        (ProcessRole.WORKER, Ended.STOPPED, {}),
+        (ProcessRole.POLLER, Ended.EXITED, {"pass": "ran"}),  # `poll --once`
+        (ProcessRole.POLLER, Ended.STOPPED, {}),
+    ],
+)
+def test_a_regular_beat_after_the_last_one_leaves_the_process_ended(
+    db_url: str, role: ProcessRole, ended: Ended, detail: dict[str, str]
+) -> None:
+    """Whoever's beat comes late, the row keeps the ended state and its time (failed
+    before: the late beat replaced both)."""
+    engine = make_engine(db_url)
+    try:
+        beat_ended(engine, "host:1:a", role, ended, detail)
+        [(ended_at, last)] = _beat_rows(engine)
+        beat(engine, "host:1:a", role, {"doing": "pass"})
+        beat(engine, "host:1:a", role, {"item": None})
+        beat(engine, "host:1:a", role)
+        assert last == {"doing": ended.value, **detail}
+        assert _beat_rows(engine) == [(ended_at, last)]
+        beat(engine, "host:2:b", role, {"item": None})  # another instance beats as ever
+        assert [d for _, d in _beat_rows(engine)] == [last, {"item": None}]
+    finally:
+        engine.dispose()
+
+
+def _beat_rows(engine: Engine) -> list[tuple[Any, dict[str, Any]]]:
+    query = select(BEATS.c.last_beat_at, BEATS.c.detail).order_by(BEATS.c.instance)
+    with engine.connect() as connection:
+        return [(row.last_beat_at, dict(row.detail)) for row in connection.execute(query)]
