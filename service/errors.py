@@ -108,7 +108,12 @@ class HorizonPassed(ServiceError):
     """Resuming would re-send batches first sent more than 23 h ago."""
 
     def __init__(
-        self, stale: Sequence[SentBatch], elsewhere: str | None = None, retry_key: str = ""
+        self,
+        stale: Sequence[SentBatch],
+        elsewhere: str | None = None,
+        retry_key: str = "",
+        *,
+        failure: ServiceError | None = None,
     ) -> None:
         first = min(b.first_sent_at for b in stale)
         # in UTC whatever zone it was read in (PostgreSQL: the session's; SQLite: naive UTC)
@@ -117,10 +122,19 @@ class HorizonPassed(ServiceError):
         # `elsewhere`: the other version whose batches hold rows of this one, and the key
         # `meterfix poll --retry KEY --yes` decides on them with
         self.elsewhere, self.retry_key = elsewhere, retry_key
+        # `failure`: what another batch of the same pass failed with (a lasting outage): the
+        # object is judged on both (`service.poller.failures.judge`)
+        self.failure = failure
         by = f" of {elsewhere}, which hold rows of this file," if elsewhere else ""
+        beside = (
+            f"; another batch failed beside them: {type(failure).__name__}: {failure}"
+            if failure is not None
+            else ""
+        )
         super().__init__(
             f"{len(stale)} unacknowledged batches{by} ({rows} rows) were first sent at "
-            f"{first:%Y-%m-%d %H:%M} UTC, more than 23 h ago; sending them again could bill twice"
+            f"{first:%Y-%m-%d %H:%M} UTC, more than 23 h ago; sending them again could bill "
+            f"twice{beside}"
         )
 
 

@@ -129,7 +129,8 @@ class StripeMeterEventSink:
         however long `batches` is, and a batch waiting out a backoff does not hold up the
         others. No batch is taken from `batches` after a failure: every batch taken went out
         (the caller knows the ones after it never did). Raises the first MeterEventSendError
-        (or what iterating `batches` raised) after in-flight batches settle. `on_wait()` is
+        (else what `before_send` raised; or what iterating `batches` raised) after in-flight
+        batches settle. `on_wait()` is
         called, in this thread, every WAIT_CALL_EVERY seconds this thread waits for batches
         (backing off through a Stripe incident: minutes), so that the caller beats. Once
         `stopping()` holds, batches backing off or not yet sent raise `SendStopped` (module
@@ -312,7 +313,10 @@ def _settle(
     failure: ServiceError | None,
 ) -> tuple[int, ServiceError | None]:
     """Events sent by the finished futures (removed from `pending`), and the first failure;
-    `callbacks` are (on_sent, on_refused)."""
+    `callbacks` are (on_sent, on_refused). Stripe's failure of a batch (a MeterEventSendError)
+    comes before what `before_send` raised of another, in whichever order they came: the
+    caller knows what it raised, not what Stripe answered (a batch given up through a lasting
+    outage was lost behind one held at the poller's horizon, and alerted as that only)."""
     sent = 0
     on_sent, on_refused = callbacks
     for future in sorted(done, key=pending.__getitem__):
@@ -327,8 +331,11 @@ def _settle(
             raise error  # KeyboardInterrupt, SystemExit: stop at once
         if on_refused is not None and getattr(error, "permanent", False):
             on_refused(index)
-        if failure is None:
-            failure = _as_send_error(error)
+        error = _as_send_error(error)
+        if failure is None or (
+            isinstance(error, MeterEventSendError) and not isinstance(failure, MeterEventSendError)
+        ):
+            failure = error
     return sent, failure
 
 

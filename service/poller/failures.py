@@ -11,6 +11,8 @@ poller gives up (status `failed`, one critical alert) only when:
 - the failures have lasted `MFX_POLLER_GIVE_UP_AFTER` (under 23 h by validation);
 - resuming would send again a batch first sent more than 23 h ago (Stripe may no longer
   dedupe its identifiers): only an operator may decide that (`poll --retry KEY --yes`).
+A pass can stop on two of these at once (one batch through a lasting outage, another held at
+the horizon): the alert names the batches of each, with what to do for each.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from remediation.ports import ObjectInfo
 from service.errors import HorizonPassed, PartlyUnreadable
 from service.logs import log_event
 from service.notify.alerts import raise_alert, resolve_alert
-from service.poller.object_progress import RESEND_HORIZON, ObjectProgress
+from service.poller.object_progress import (
+    RESEND_HORIZON,
+    ObjectProgress,
+    SentBatch,
+    describe_batches,
+)
 from service.poller.progress import ProgressStore
 
 BACKOFF_BASE = timedelta(seconds=30)
@@ -34,6 +41,8 @@ BACKOFF_CAP = timedelta(minutes=30)
 # Stripe's Retry-After is honoured up to this: a longer one (a misconfigured proxy's) must not
 # keep the file from being tried, and given up on with an alert, for a day
 RETRY_AFTER_CAP = timedelta(hours=1)
+# the verdicts whose advice names batches past the horizon beside their own cause
+_BESIDE_HORIZON = ("lasting", "permanent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +64,13 @@ def judge(
     from the first failure, a 50,000-row file importing steadily under 12 % of 429s was given
     up after `MFX_POLLER_GIVE_UP_AFTER` ("failing for 6.0 h"), its last rows unbilled until
     an operator retried it. Batches taken past one that keeps failing move nothing: the pass
-    resumes at that one. The 23 h horizon is its own check (`horizon`)."""
+    resumes at that one. The 23 h horizon is its own check (`horizon`); when another batch
+    failed beside those it held (`HorizonPassed.failure`), that failure is judged as if alone
+    and names the verdict when it gives up by itself (a lasting outage, a refusal: the
+    advice names the batches past the horizon too, `_gave_up_advice`)."""
+    beside = exc.failure if isinstance(exc, HorizonPassed) else None
+    if beside is not None and (verdict := judge(beside, progress, now, give_up_after)).give_up:
+        return verdict
     since = progress.failing_since or now
     grown = progress.prefix_grown_at
     moved = grown is not None and grown > since
@@ -107,9 +122,12 @@ def raise_gave_up(
     reason: str,
     progress: ObjectProgress,
     give_up_after: int,
+    now: datetime,
 ) -> None:
     earlier = ProgressStore(engine).oldest_unacked_in_other_versions(obj)
-    subject, todo = _gave_up_advice(obj, verdict, progress, give_up_after, earlier)
+    stale = progress.past_horizon(now) if verdict.why in _BESIDE_HORIZON else ()
+    subject, todo = _gave_up_advice(obj, verdict, progress, give_up_after, earlier, stale)
+    beside = {"past_horizon_batches": len(stale)} if stale else {}
     raise_alert(
         engine,
         key=gave_up_key(obj),
@@ -117,7 +135,7 @@ def raise_gave_up(
         kind="poller.gave_up",
         subject=subject,
         message=f"{reason[:1000]}. {acknowledged_text(progress)} {todo}",
-        detail={"key": obj.key, "etag": obj.etag, "why": verdict.why},
+        detail={"key": obj.key, "etag": obj.etag, "why": verdict.why, **beside},
         links={"objects": [obj.key]},
     )
     log_event("poller.gave_up", level=logging.ERROR, key=obj.key, why=verdict.why)
@@ -151,18 +169,23 @@ def _gave_up_advice(
     progress: ObjectProgress,
     give_up_after: int,
     earlier: datetime | None = None,
+    stale: tuple[SentBatch, ...] = (),
 ) -> tuple[str, str]:
     """The gave-up alert's subject, and what the operator should do, by why it gave up.
     `earlier`: the first send of the oldest batch an earlier version of the key sent and
     Stripe never acknowledged (rows of it this version holds count from then: the deadline
     counted from this version's own first send, and a retry within it found them past the
-    horizon)."""
+    horizon). `stale`: unacknowledged batches past the horizon beside a lasting failure or
+    a refusal (`judge`): named apart, with their own advice; the deadline counts from the
+    others (it named a time already past, for a retry that sends nothing without --yes)."""
     retry = f"meterfix poll --retry {obj.key}"
     oldest = min((t for t in (progress.oldest_resend(), earlier) if t is not None), default=None)
     if verdict.why == "horizon":
         return _advice_past_horizon(obj, retry, verdict.retry_key)
     if verdict.why == "unreadable":
         return _advice_unreadable(obj, progress)
+    if stale:
+        return _advice_beside_horizon(obj, verdict, progress, earlier, stale, give_up_after)
     if verdict.why == "permanent":
         return _advice_refused(obj, retry)
     return _advice_lasting(obj, verdict, oldest, give_up_after, retry)
@@ -223,6 +246,66 @@ def _advice_lasting(
         f"status, the API key, the network), then run `{retry}` {deadline}."
     )
     return subject, todo
+
+
+def _advice_beside_horizon(
+    obj: ObjectInfo,
+    verdict: Verdict,
+    progress: ObjectProgress,
+    earlier: datetime | None,
+    stale: tuple[SentBatch, ...],
+    give_up_after: int,
+) -> tuple[str, str]:
+    """A refusal or a lasting failure beside batches past the horizon: each named with its
+    advice. A retry asks for --yes at once, so the deadline is when the other unacknowledged
+    batches (those given up for the failure) would join them."""
+    retry = f"meterfix poll --retry {obj.key}"
+    if verdict.why == "permanent":
+        cause = "Stripe refused a request built from this file"
+        todo = _advice_refused(obj, retry)[1]
+    else:
+        cause = f"import failing for {_span(give_up_after)}"
+        todo = _lasting_beside_horizon(verdict, progress, earlier, stale)
+    subject = (
+        f"{obj.key}: {cause}, and unacknowledged batches of it are over 23 h old; the poller "
+        "gave up"
+    )
+    return subject, f"{todo} {_stale_part(stale, retry)}"
+
+
+def _lasting_beside_horizon(
+    verdict: Verdict,
+    progress: ObjectProgress,
+    earlier: datetime | None,
+    stale: tuple[SentBatch, ...],
+) -> str:
+    """The lasting failure's part: the other unacknowledged batches, and their deadline."""
+    held = {batch.number for batch in stale}
+    waiting = tuple(b for b in progress.unacked if b.number not in held)
+    oldest = min((b.first_sent_at for b in waiting), default=None)
+    oldest = min((t for t in (oldest, earlier) if t is not None), default=None)
+    given_up = f"{describe_batches(waiting)}, never acknowledged" if waiting else "no batch"
+    deadline = (
+        f"before {_utc(oldest + RESEND_HORIZON)} UTC (later, their rows too may be billed twice)"
+        if oldest
+        else "(no other unacknowledged batch is waiting: nothing else would be sent twice)"
+    )
+    return (
+        f"Failing since {_utc(verdict.failing_since)} UTC. Given up for it: {given_up}: fix "
+        f"the cause (Stripe's status, the API key, the network), then retry {deadline}."
+    )
+
+
+def _stale_part(stale: tuple[SentBatch, ...], retry: str) -> str:
+    """What to do of the batches past the horizon beside another cause."""
+    its = "its" if len(stale) == 1 else "their"
+    return (
+        f"Past the 23 h horizon: {describe_batches(stale)}: Stripe may no longer dedupe "
+        f"{its} rows, so `{retry}` sends nothing without --yes; check in Stripe which of them "
+        f"were accepted, then run `{retry} --yes` (it sends every unacknowledged batch again: "
+        "rows Stripe already accepted would be billed twice), or upload only the missing "
+        "rows under a new key."
+    )
 
 
 def _utc(moment: datetime) -> str:

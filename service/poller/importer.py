@@ -32,7 +32,7 @@ from remediation.ports import ObjectInfo
 from remediation.rownames import RowNames
 from remediation.validation import MeterIndex, validate_record
 from service.db.locks import LockLost
-from service.errors import HorizonPassed
+from service.errors import HorizonPassed, MeterEventSendError
 from service.jobs.store.reports import save_poller_import_set
 from service.models import ImportSet, ObjectStatus
 from service.poller.files import FailedRecords, failed_records_path
@@ -48,6 +48,7 @@ from service.poller.object_progress import (
     RESEND_HORIZON,
     BatchRows,
     ObjectProgress,
+    SentBatch,
     row_was_sent,
 )
 from service.poller.other_versions import OtherVersions
@@ -159,6 +160,8 @@ def _send_all(
             job.stopping,
             stream.check_horizon,
         )
+        if (passed := stream.horizon_passed()) is not None:
+            raise passed
         tally.sent += sent
     except LockLost:
         # another pass may be sending the object now: nothing more is recorded (the
@@ -170,6 +173,8 @@ def _send_all(
             # the sink cut a batch's retries short (or left it unsent): it stays
             # unacknowledged, sent again by the next start under the same identifiers
             raise ImportStopped(f"{obj.key}: the poller was asked to stop mid-import") from exc
+        if isinstance(exc, MeterEventSendError) and (passed := stream.horizon_passed(exc)):
+            raise passed from exc  # both: the object is given up on each
         raise
     finally:
         stream.acks.flush()  # fenced: lost, the lock raises LockLost instead
@@ -199,6 +204,8 @@ class _BatchStream:
         self.unsent = _Unsent()
         # batches sent before and never acknowledged, by number: their first send times
         self.resent = {batch.number: batch for batch in progress.unacked}
+        # those of them held back at the horizon on this pass, by number (`horizon_passed`)
+        self.past_horizon: dict[int, SentBatch] = {}
 
     def batches(self, chunks: Iterator[ImportChunk]) -> Iterator[list[dict[str, object]]]:
         """Record each group of chunks, then yield its batches' events to the sink."""
@@ -213,7 +220,8 @@ class _BatchStream:
             number += recorded.batches
             for send in sending:
                 self._check_stop()  # the group's batches not taken are forgotten (`_send_all`)
-                self._check_horizon_of(send.number)
+                if self._held_at_horizon(send.number):
+                    return  # no batch after it: raised once those in flight settle (`_send_all`)
                 # another process polls once the lock is lost: it sends this batch, not us
                 job.check_lock()
                 unsent.numbers.append(send.number)  # the sink takes no batch it does not send
@@ -253,15 +261,27 @@ class _BatchStream:
         """Before every request of the sink's batch `index`, its retries included: checked
         only as a batch was taken, one first sent 22 h 59 min before was sent again after
         minutes of backoff (429s as Stripe recovered), past the horizon."""
-        self._check_horizon_of(self.unsent.numbers[index])
+        number = self.unsent.numbers[index]
+        if self._held_at_horizon(number):
+            raise HorizonPassed([self.past_horizon[number]])
 
-    def _check_horizon_of(self, number: int) -> None:
-        """Raise HorizonPassed when batch `number` was sent before, never acknowledged, and
-        first sent more than 23 h ago (checked once when the pass began, a long pass sent
-        such batches past it): it is left unacknowledged, the object given up on."""
+    def _held_at_horizon(self, number: int) -> bool:
+        """Whether batch `number` was sent before, never acknowledged, and first sent more
+        than 23 h ago (checked once when the pass began, a long pass sent such batches past
+        it): noted, it is left unacknowledged and the object given up on (`horizon_passed`)."""
         before = self.resent.get(number)
-        if before is not None and before.first_sent_at <= self.job.clock() - RESEND_HORIZON:
-            raise HorizonPassed([before])
+        if before is None or before.first_sent_at > self.job.clock() - RESEND_HORIZON:
+            return False
+        self.past_horizon[number] = before
+        return True
+
+    def horizon_passed(self, failure: MeterEventSendError | None = None) -> HorizonPassed | None:
+        """The batches held at the horizon on this pass, with what Stripe failed another batch
+        with beside them (the sink raises that first): raising only the first failure, a
+        batch given up through a lasting outage hid one past the horizon, whose rows a retry
+        may bill twice, from the alert. None when no batch was held."""
+        held = [self.past_horizon[number] for number in sorted(self.past_horizon)]
+        return HorizonPassed(held, failure=failure) if held else None
 
     def acknowledged(self, index: int) -> None:
         """Stripe acknowledged the sink's batch `index`."""

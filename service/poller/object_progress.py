@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from remediation.codes import ErrorCode
@@ -17,6 +17,7 @@ from remediation.records import UsageRecord
 # Stripe dedupes identifiers for a rolling period of at least 24 hours; nothing is sent again
 # past this much after its first send without an operator's `poll --retry KEY --yes`.
 RESEND_HORIZON = timedelta(hours=23)
+MAX_SPANS_SHOWN = 5  # row spans described; the count of rows covers them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,33 @@ class ObjectProgress:
     def past_horizon(self, now: datetime) -> tuple[SentBatch, ...]:
         """Batches a pass would send again although first sent more than 23 h ago."""
         return tuple(b for b in self.unacked if b.first_sent_at <= now - RESEND_HORIZON)
+
+
+def describe_batches(batches: tuple[SentBatch, ...]) -> str:
+    """`2 batches (rows 501 to 600 and 1501 to 1600: 200 rows, first sent ... UTC)`: the rows
+    each batch spans (the acknowledged ones between them are not sent again); what `poll
+    --retry` prints and the gave-up alert names."""
+    spans = _row_spans(batches)
+    shown = " and ".join(f"{first} to {last}" for first, last in spans[:MAX_SPANS_SHOWN])
+    more = f" and {len(spans) - MAX_SPANS_SHOWN} more spans" if len(spans) > MAX_SPANS_SHOWN else ""
+    rows = sum(last - first + 1 for first, last in spans)
+    first = min(b.first_sent_at for b in batches).astimezone(UTC)  # PostgreSQL: session's zone
+    last = max(b.first_sent_at for b in batches).astimezone(UTC)
+    when = f"{first:%Y-%m-%d %H:%M:%S}" + (f" to {last:%Y-%m-%d %H:%M:%S}" if last != first else "")
+    count = f"{len(batches)} batch" + ("es" if len(batches) != 1 else "")
+    return f"{count} (rows {shown}{more}: {rows} rows, first sent {when} UTC)"
+
+
+def _row_spans(batches: tuple[SentBatch, ...]) -> list[tuple[int, int]]:
+    """(first row, last row) of the batches, adjacent ones merged."""
+    spans: list[tuple[int, int]] = []
+    for batch in sorted(batches, key=lambda b: b.first_row):
+        first, last = batch.first_row, batch.first_row + batch.rows - 1
+        if spans and first <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], last))
+        else:
+            spans.append((first, last))
+    return spans
 
 
 def row_was_sent(bitmap: bytearray, row_number: int) -> bool:

@@ -194,8 +194,8 @@ def _failed(
 ) -> bool:
     """Back off, or give up with a critical alert; True when given up."""
     progress = ProgressStore(deps.engine).load(obj)
-    give_up_after = deps.settings.mfx_poller_give_up_after
-    verdict = judge(exc, progress, deps.clock(), give_up_after)
+    give_up_after, now = deps.settings.mfx_poller_give_up_after, deps.clock()
+    verdict = judge(exc, progress, now, give_up_after)
     store.mark_error(
         obj,
         reason,
@@ -205,7 +205,7 @@ def _failed(
         attempts=verdict.attempts,
     )
     if verdict.give_up:
-        raise_gave_up(deps.engine, obj, verdict, reason, progress, give_up_after)
+        raise_gave_up(deps.engine, obj, verdict, reason, progress, give_up_after, now)
     return verdict.give_up
 
 

@@ -10,20 +10,24 @@ counts from the new send. All of it runs under the poller lock (service.commands
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Engine
 
 from remediation.ports import ObjectInfo
 from service.models import AdminAction, AdminActionName, ObjectStatus
 from service.models._types import as_utc, table_of, utcnow
-from service.poller.object_progress import RESEND_HORIZON, ObjectProgress, SentBatch
+from service.poller.object_progress import (
+    RESEND_HORIZON,
+    ObjectProgress,
+    SentBatch,
+    describe_batches,
+)
 from service.poller.progress import ProgressStore
 from service.poller.store import newest_object
 from service.poller.versions import PollerStore
 
 ACTIONS = table_of(AdminAction)
-MAX_SPANS_SHOWN = 5  # row spans printed; the count of rows covers them all
 RETRIED = (ObjectStatus.SEEN, ObjectStatus.FAILED)  # the states a retry takes an object from
 
 
@@ -75,11 +79,13 @@ def describe(plan: RetryPlan) -> list[str]:
         f"resumes at {start} (acknowledged rows are not sent again)."
     )
     if unacked:
-        lines.append(f"It re-sends {_batches(unacked)}, sent before and never acknowledged.")
+        lines.append(
+            f"It re-sends {describe_batches(unacked)}, sent before and never acknowledged."
+        )
     if plan.stale:
         lines.append(
-            f"{_batches(plan.stale)} {'was' if len(plan.stale) == 1 else 'were'} first sent "
-            "more than 23 h ago: Stripe may no longer "
+            f"{describe_batches(plan.stale)} {'was' if len(plan.stale) == 1 else 'were'} first "
+            "sent more than 23 h ago: Stripe may no longer "
             "dedupe their identifiers, so rows it already accepted would be billed twice."
         )
     return lines + describe_earlier(plan)
@@ -91,7 +97,7 @@ def describe_earlier(plan: RetryPlan) -> list[str]:
     for etag in dict.fromkeys(etag for _, etag, _ in plan.stale_before):
         batches = tuple(b for _, e, b in plan.stale_before if e == etag)
         lines.append(
-            f"An earlier version of {plan.obj.key} (ETag {etag}) sent {_batches(batches)} "
+            f"An earlier version of {plan.obj.key} (ETag {etag}) sent {describe_batches(batches)} "
             "and Stripe never acknowledged them, more than 23 h ago: with --yes they count "
             "as never sent, and their rows a file holds again are sent again (rows Stripe "
             "already accepted would be billed twice); without, nothing is sent."
@@ -141,29 +147,3 @@ def forget_before(engine: Engine, plan: RetryPlan) -> int:
         numbers = [b.number for o, _, b in plan.stale_before if o == object_id]
         forgotten += store.forget_unsent(object_id, numbers)
     return forgotten
-
-
-def _batches(batches: tuple[SentBatch, ...]) -> str:
-    """`2 batches (rows 501 to 600 and 1501 to 1600: 200 rows, first sent ... UTC)`: the rows
-    each batch spans (the acknowledged ones between them are not sent again)."""
-    spans = _row_spans(batches)
-    shown = " and ".join(f"{first} to {last}" for first, last in spans[:MAX_SPANS_SHOWN])
-    more = f" and {len(spans) - MAX_SPANS_SHOWN} more spans" if len(spans) > MAX_SPANS_SHOWN else ""
-    rows = sum(last - first + 1 for first, last in spans)
-    first = min(b.first_sent_at for b in batches).astimezone(UTC)  # PostgreSQL: session's zone
-    last = max(b.first_sent_at for b in batches).astimezone(UTC)
-    when = f"{first:%Y-%m-%d %H:%M:%S}" + (f" to {last:%Y-%m-%d %H:%M:%S}" if last != first else "")
-    count = f"{len(batches)} batch" + ("es" if len(batches) != 1 else "")
-    return f"{count} (rows {shown}{more}: {rows} rows, first sent {when} UTC)"
-
-
-def _row_spans(batches: tuple[SentBatch, ...]) -> list[tuple[int, int]]:
-    """(first row, last row) of the batches, adjacent ones merged."""
-    spans: list[tuple[int, int]] = []
-    for batch in sorted(batches, key=lambda b: b.first_row):
-        first, last = batch.first_row, batch.first_row + batch.rows - 1
-        if spans and first <= spans[-1][1] + 1:
-            spans[-1] = (spans[-1][0], max(spans[-1][1], last))
-        else:
-            spans.append((first, last))
-    return spans

@@ -22,7 +22,7 @@ from service.adapters.stripe_meters import StripeMeterSource
 from service.config import Settings
 from service.errors import MeterEventSendError
 from service.models import Alert, Heartbeat, PollerBatch
-from service.poller.passes import run_poll_pass
+from service.poller.passes import PassReport, PollerDeps, run_poll_pass
 from tests.conftest import SandboxServer
 from tests.integration.test_poller_billing_gaps import _accepted, _one_worker
 from tests.integration.test_poller_resume import (  # noqa: F401
@@ -273,6 +273,139 @@ def test_a_batch_backing_off_is_not_sent_again_once_its_horizon_passes(
     assert alert.subject == "late.csv: not re-sent: its unacknowledged batches are over 23 h old"
     assert batch.acked_at is None
     assert _object(deps, "late.csv").status == "failed"
+
+
+def _pass_moved_by_its_backoffs(
+    settings: Settings, poller: Any, start: datetime
+) -> tuple[PollerDeps, PassReport]:
+    """A pass from `start`, one request at a time, whose clock the sink's backoffs move (no
+    real minutes spent)."""
+    slept = [0.0]
+
+    def sleep(seconds: float) -> None:
+        slept[0] += seconds
+
+    sink = StripeMeterEventSink(
+        build_stripe_client(settings), settings, workers=1, clock=lambda: slept[0], sleep=sleep
+    )
+    deps = poller(sink)
+    deps.clock = lambda: start + timedelta(seconds=slept[0])
+    return deps, run_poll_pass(deps)
+
+
+def test_a_lasting_failure_beside_a_batch_past_its_horizon_is_alerted_as_both(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path, make_app: Any
+) -> None:
+    """One pass, two causes: batch 0 (first sent an hour after batch 1: Stripe refused it
+    then) fails its eight tries through a lasting outage (500s, Retry-After: 60), and their
+    backoffs carry the pass past the horizon of batch 1 (first sent 23 h before, never
+    acknowledged), held back before its first request. The sink raised the first failure
+    only: the alert said "import failing for 6.0 h" and to retry before a time already
+    past, never that batch 1 is past the window where Stripe dedupes (a retry re-sending
+    it may bill twice: the operator's --yes after a look in Stripe). Now the alert, the
+    object's reason and `poll --retry` name both, each batch with its advice."""
+    from service.poller.retry import find_retry, reopen
+
+    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=5)
+    stamp = int(datetime.now(UTC).timestamp()) - 60
+    _put(
+        settings,
+        "late.csv",
+        [f"y-{i},{stamp},api_requests,cus_A,1\n" for i in range(200)],
+        tmp_path,
+    )
+    # batch 0 refused (forgotten: never billed); batch 1 lands, its answers lost
+    sandbox_server.admin.inject_fault("POST", STREAM, 400, count=1)
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1, after=True)
+    assert run_poll_pass(poller(_one_worker(settings), at=t0)).gave_up == 1
+    deps = poller()
+    plan = find_retry(deps.engine, "late.csv", deps.bucket.prefix, t0 + timedelta(minutes=10))
+    assert plan is not None and not plan.needs_yes
+    reopen(deps.engine, plan, confirmed=False)  # the cause fixed, `poll --retry late.csv`
+    sandbox_server.admin.clear_faults()
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1)  # the outage begins
+    again = run_poll_pass(poller(_one_worker(settings), at=t0 + timedelta(hours=1)))
+    assert (again.retry_files, again.gave_up) == (1, 0)
+    landed = len(sandbox_server.admin.duplicates())
+    sandbox_server.admin.clear_faults()
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=8, retry_after=60)
+    deps, report = _pass_moved_by_its_backoffs(
+        settings, poller, t0 + timedelta(minutes=23 * 60 - 5)
+    )
+    assert (report.imported, report.gave_up) == (0, 1)
+    assert len(sandbox_server.admin.duplicates()) == landed  # batch 1 not sent past it
+    with Session(deps.engine) as session:
+        [alert] = session.exec(select(Alert).where(Alert.kind == "poller.gave_up")).all()
+    sent_at = "first sent {:%Y-%m-%d %H:%M:%S} UTC".format
+    young = f"1 batch (rows 1 to 100: 100 rows, {sent_at(t0 + timedelta(hours=1))})"
+    old = f"1 batch (rows 101 to 200: 100 rows, {sent_at(t0)})"
+    assert alert.subject == (
+        "late.csv: import failing for 6.0 h, and unacknowledged batches of it are over 23 h "
+        "old; the poller gave up"
+    )
+    deadline = f"{t0 + timedelta(hours=24):%Y-%m-%d %H:%M}"
+    assert (
+        f"Given up for it: {young}, never acknowledged: fix the cause (Stripe's status, the "
+        f"API key, the network), then retry before {deadline} UTC" in alert.message
+    ), alert.message
+    assert (
+        f"Past the 23 h horizon: {old}: Stripe may no longer dedupe its rows, so "
+        "`meterfix poll --retry late.csv` sends nothing without --yes; check in Stripe which "
+        "of them were accepted, then run `meterfix poll --retry late.csv --yes`"
+    ) in alert.message, alert.message
+    assert alert.detail is not None and alert.detail["why"] == "lasting"
+    error = _object(deps, "late.csv").error or ""
+    assert "MeterEventSendError: meter event stream request failed after 8 attempts" in error
+    assert "1 unacknowledged batches (100 rows) were first sent at" in error, error
+    cli = make_app(settings).test_cli_runner()
+    shown = cli.invoke(args=["poll", "--retry", "late.csv"], catch_exceptions=False)
+    assert shown.exit_code == 1, shown.output
+    assert "MeterEventSendError: meter event stream request failed after 8" in shown.output
+    assert "more than 23 h ago; sending them again could bill twice" in shown.output
+    assert f"{old} was first sent more than 23 h ago" in shown.output
+    assert len(sandbox_server.admin.duplicates()) == landed
+
+
+def test_a_batch_past_its_horizon_beside_a_lasting_failure_is_alerted_as_both(
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> None:
+    """The same two causes the other way round: batch 0 (first sent 23 h before) is held at
+    its horizon after backing off, then batch 1 (first sent an hour later: Stripe refused
+    it then) fails its eight tries. The sink raised the first failure, the horizon, and the
+    alert never said that Stripe had been failing for six hours. Now it says both."""
+    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=5)
+    stamp = int(datetime.now(UTC).timestamp()) - 60
+    rows = [f"x-{i},{stamp},api_requests,cus_A,1\n" for i in range(200)]
+    _put(settings, "late.csv", rows, tmp_path)
+    # batch 0's eight tries land, their answers lost; batch 1 refused (forgotten)
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=8, after=True)
+    sandbox_server.admin.inject_fault("POST", STREAM, 400, count=1)
+    assert run_poll_pass(poller(_one_worker(settings), at=t0)).retry_files == 1
+    sandbox_server.admin.clear_faults()
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1)
+    again = run_poll_pass(poller(_one_worker(settings), at=t0 + timedelta(hours=1)))
+    assert (again.retry_files, again.gave_up) == (1, 0)
+    landed = len(sandbox_server.admin.duplicates())
+    sandbox_server.admin.clear_faults()
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1, retry_after=60)
+    deps, report = _pass_moved_by_its_backoffs(
+        settings, poller, t0 + timedelta(minutes=23 * 60 - 3)
+    )
+    assert (report.imported, report.gave_up) == (0, 1)
+    assert len(sandbox_server.admin.duplicates()) == landed
+    with Session(deps.engine) as session:
+        [alert] = session.exec(select(Alert).where(Alert.kind == "poller.gave_up")).all()
+    assert alert.subject == (
+        "late.csv: import failing for 6.0 h, and unacknowledged batches of it are over 23 h "
+        "old; the poller gave up"
+    )
+    sent_at = "first sent {:%Y-%m-%d %H:%M:%S} UTC".format
+    young = f"1 batch (rows 101 to 200: 100 rows, {sent_at(t0 + timedelta(hours=1))})"
+    assert f"Given up for it: {young}, never acknowledged" in alert.message, alert.message
+    old = f"1 batch (rows 1 to 100: 100 rows, {sent_at(t0)})"
+    assert f"Past the 23 h horizon: {old}: Stripe may no longer dedupe" in alert.message
+    error = _object(deps, "late.csv").error or ""
+    assert "another batch failed beside them: MeterEventSendError: meter event" in error, error
 
 
 def test_poll_retry_yes_does_not_resend_batches_stripe_acknowledged(
