@@ -4,6 +4,7 @@ beside it the object's row number of each (`store.source_row_numbers`)."""
 
 from __future__ import annotations
 
+import uuid
 from array import array
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,8 +20,19 @@ from service.poller.store import row_numbers_path
 
 
 def failed_records_path(work_dir: Path, import_set_id: str, fmt: FileFormat) -> Path:
-    """CSV input keeps CSV; JSON input gives JSON Lines."""
-    return work_dir / f"{import_set_id}.failed.{'csv' if fmt is FileFormat.CSV else 'jsonl'}"
+    """A name of its own for one pass's file, after the import set (`clear_remediated_files`
+    reads the id back): a pass whose lock dropped, going on late, started afresh (removed or
+    truncated) the file the next pass of the same version had recorded under the one name
+    a version had. CSV input keeps CSV; JSON input gives JSON Lines."""
+    suffix = "csv" if fmt is FileFormat.CSV else "jsonl"
+    return work_dir / f"{import_set_id}.failed.{uuid.uuid4().hex[:16]}.{suffix}"
+
+
+def discard_failed_records(path: Path) -> None:
+    """Remove a pass's file that no import set records (the pass stopped before it recorded
+    one), and its rows' numbers: its own name, no other pass's file."""
+    path.unlink(missing_ok=True)
+    row_numbers_path(path).unlink(missing_ok=True)
 
 
 class FailedRecords:
@@ -36,8 +48,6 @@ class FailedRecords:
         self._numbers: Any = None
 
     def __enter__(self) -> FailedRecords:
-        self.path.unlink(missing_ok=True)  # a retried object starts a fresh file
-        row_numbers_path(self.path).unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -73,8 +83,9 @@ class FailedRecords:
     def _ensure_writer(self) -> RecordWriter:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("wb")
-            self._numbers = row_numbers_path(self.path).open("wb")
+            # created, never truncated: the path is this pass's own (`failed_records_path`)
+            self._handle = self.path.open("xb")
+            self._numbers = row_numbers_path(self.path).open("xb")
             if self._csv is not None and self.columns is None:
                 header = self._csv.columns_header
                 self.columns = None if header is None else list(header)

@@ -35,7 +35,7 @@ from service.db.locks import LockLost
 from service.errors import HorizonPassed, MeterEventSendError
 from service.jobs.store.reports import save_poller_import_set
 from service.models import ImportSet, ObjectStatus
-from service.poller.files import FailedRecords, failed_records_path
+from service.poller.files import FailedRecords, discard_failed_records, failed_records_path
 from service.poller.import_batches import (
     CHUNKS_PER_GROUP,
     Acknowledgements,
@@ -76,10 +76,27 @@ def import_object(
         raise HorizonPassed(stale)
     fmt = detect_format(obj.key)
     path = failed_records_path(job.work_dir, impset_id, fmt)
+    try:
+        tally = _import_rows(job, obj, progress, source, FailedRecords(path, fmt))
+        job.check_lock()  # lost: the next holder records the import, not this pass too
+    except BaseException:
+        discard_failed_records(path)  # no import set records it: no reader will come
+        raise
+    return _record_imported(job, obj, impset_id, path, tally), path
+
+
+def _import_rows(
+    job: ObjectImport,
+    obj: ObjectInfo,
+    progress: ObjectProgress,
+    source: Path,
+    failed: FailedRecords,
+) -> ImportTally:
+    """Send the rows of `source` left to send, the failed ones written to `failed`."""
     tally = ImportTally()
     sent_in = BatchRows(progress)
     skip = sent_in.sent = job.progress.sent_rows_before(obj, sent_in.end)
-    with source.open("rb") as stream, FailedRecords(path, fmt) as failed_out:
+    with source.open("rb") as stream, failed as failed_out:
         records = failed_out.open_records(stream, job.meters.limits)
         reference = int(progress.first_seen.timestamp())
         others = OtherVersions(job.progress, obj, job.clock())
@@ -97,8 +114,7 @@ def import_object(
                 _send_all(job, obj, progress, chunks, failed_out, tally, others, sent_in)
             finally:  # the alerts of the runs whose rows it marked, once (not a batch)
                 others.settle_alerts()
-    job.check_lock()  # lost: the next holder records the import, not this pass too
-    return _record_imported(job, obj, impset_id, path, tally), path
+    return tally
 
 
 def _record_imported(

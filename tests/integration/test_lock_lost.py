@@ -6,6 +6,8 @@ what the other did. PostgreSQL only: a SQLite file lock lives as long as the pro
 
 from __future__ import annotations
 
+import csv
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +32,7 @@ from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import (
     BucketObject,
     CorrectionAudit,
+    ImportSet,
     InboxEvent,
     QuarantinedRow,
     RemediationRun,
@@ -371,6 +374,59 @@ def test_a_pass_leaving_after_its_lock_dropped_keeps_off_the_next_pass_copy(
     assert reports["second"].imported == 1 and not reports["second"].errors, reports["second"]
     accepted = loop.accepted()
     assert len(accepted) == rows and set(accepted) == set(ids)
+
+
+def test_a_pass_leaving_after_its_lock_dropped_keeps_off_the_failed_records_of_the_next(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first pass's lock dropped as it began copying the object (a large object, a slow
+    bucket), and the next pass imported the version and recorded its failed-records file,
+    named, as every pass of a version named it, by the import set alone. The first, its copy
+    done, started that file afresh (removed it) before it learned of the lost lock: the
+    remediation found the recorded file gone ("re-import the object") and the refused rows
+    were never quarantined. Each pass's file is its own now: the recorded one holds the
+    next pass's rows, and the remediation takes them."""
+    now = int(time.time())
+    meters = ["legacy_calls" if i % 10 == 0 else "api_requests" for i in range(100)]
+    rows = [[f"u-{i}", now - 60, meter, "cus_bob", "1"] for i, meter in enumerate(meters)]
+    refused = {f"u-{i}" for i, meter in enumerate(meters) if meter == "legacy_calls"}
+    _put(loop, "day.csv", usage_csv(rows))
+    copying, second_done = threading.Event(), threading.Event()
+
+    def first_copies_late(*args: Any, **kwargs: Any) -> Path:
+        if threading.current_thread() is not threading.main_thread():  # the first pass
+            copying.set()
+            assert second_done.wait(60), "the second pass did not end"
+        return take_snapshot(*args, **kwargs)
+
+    monkeypatch.setattr("service.poller.pass_objects.take_snapshot", first_copies_late)
+    reports: dict[str, PassReport] = {}
+    with bundled_poller(loop) as first, bundled_poller(loop) as second:
+        holder = threading.Thread(target=lambda: reports.update(first=run_poll_pass(first)))
+        holder.start()
+        try:
+            assert copying.wait(60), "the first pass did not take the object"
+            terminate_lock_holder(loop.engine, POLLER_LOCK_KEY)
+            reports["second"] = run_poll_pass(second)
+        finally:
+            second_done.set()
+            holder.join(60)
+    assert not holder.is_alive()
+    assert reports["first"].lock_lost, reports["first"]
+    assert (reports["second"].sent, reports["second"].failed_rows) == (90, 10), reports["second"]
+    with loop.session() as session:
+        [import_set] = session.exec(select(ImportSet)).all()
+    recorded = Path(str(import_set.detail["failed_records_path"]))
+    assert recorded.exists(), "the recorded failed-records file is gone"
+    in_file = {row["identifier"] for row in csv.DictReader(io.StringIO(recorded.read_text()))}
+    assert in_file == refused
+    loop.drain()
+    with loop.session() as session:
+        quarantined = [row.identifier for row in session.exec(select(QuarantinedRow))]
+        [import_set] = session.exec(select(ImportSet)).all()
+    assert sorted(quarantined) == sorted(refused)
+    assert import_set.remediation_status == "done"
+    assert sorted((Path(loop.settings.mfx_work_dir) / "poller").glob("*.failed.*")) == []
 
 
 def slow_stream(monkeypatch: pytest.MonkeyPatch) -> None:
