@@ -222,6 +222,10 @@ class _BatchStream:
         self.resent = {batch.number: batch for batch in progress.unacked}
         # those of them held back at the horizon on this pass, by number (`horizon_passed`)
         self.past_horizon: dict[int, SentBatch] = {}
+        # batch number -> the batches Stripe never acknowledged in which other versions sent
+        # rows of it (object id, batch): held to their horizon too (`OtherVersions.sent`
+        # judged them once, as their rows were read)
+        self.elsewhere: dict[int, list[tuple[int, SentBatch]]] = {}
 
     def batches(self, chunks: Iterator[ImportChunk]) -> Iterator[list[dict[str, object]]]:
         """Record each group of chunks, then yield its batches' events to the sink."""
@@ -231,13 +235,16 @@ class _BatchStream:
             sending, recorded = record_group(job, self.obj, self.progress, group, number)
             unsent.recorded |= recorded.new
             unsent.same |= recorded.same
-            _note_held(self.others, group, [(s.number, s.events) for s in sending], self.held)
+            events = [(send.number, send.events) for send in sending]
+            _note_held(self.others, group, events, self.held)
+            self._note_elsewhere(group, events)
             self._count(group, recorded.acked_rows)
             number += recorded.batches
             for send in sending:
                 self._check_stop()  # the group's batches not taken are forgotten (`_send_all`)
                 if self._held_at_horizon(send.number):
                     return  # no batch after it: raised once those in flight settle (`_send_all`)
+                self.others.check_horizon(self.elsewhere.get(send.number, ()), job.clock())
                 # another process polls once the lock is lost: it sends this batch, not us
                 job.check_lock()
                 unsent.numbers.append(send.number)  # the sink takes no batch it does not send
@@ -246,6 +253,17 @@ class _BatchStream:
             if time.monotonic() - last_beat >= BEAT_EVERY:
                 job.beat()
                 last_beat = time.monotonic()
+
+    def _note_elsewhere(
+        self, group: list[ImportChunk], sending: list[tuple[int, list[dict[str, object]]]]
+    ) -> None:
+        """Note which of the group's batches hold rows other versions sent in batches Stripe
+        never acknowledged (`elsewhere`)."""
+        for number, events in sending:
+            ids = (str(event["identifier"]) for event in events)
+            if senders := self.others.sent_again_in(ids):
+                self.elsewhere[number] = senders
+        self.others.cut(ref.identifier for chunk in group for ref in chunk.rows)
 
     def _next_group(self, chunks: Iterator[ImportChunk]) -> list[ImportChunk]:
         self._check_stop()
@@ -280,6 +298,8 @@ class _BatchStream:
         number = self.unsent.numbers[index]
         if self._held_at_horizon(number):
             raise HorizonPassed([self.past_horizon[number]])
+        # rows other versions sent in batches Stripe never acknowledged: their horizon too
+        self.others.check_horizon(self.elsewhere.get(number, ()), self.job.clock())
 
     def _held_at_horizon(self, number: int) -> bool:
         """Whether batch `number` was sent before, never acknowledged, and first sent more
@@ -304,6 +324,7 @@ class _BatchStream:
         # marked before the acknowledgement is recorded: a crash between the two re-sends the
         # batch on resume (Stripe dedupes it), never leaves a billed row unmarked
         batch_number, late = self.unsent.numbers[index], self.unsent.late[index]
+        self.elsewhere.pop(batch_number, None)
         if batch_number in self.held:
             self.others.taken_again(self.held.pop(batch_number))
         if late:  # rows of a batch acknowledged before: recorded as sent once they are

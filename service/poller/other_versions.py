@@ -5,7 +5,7 @@ the object corrected), left out so that Stripe never bills them twice. Apart fro
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from datetime import datetime
 
 import numpy as np
@@ -58,6 +58,12 @@ class OtherVersions:
         self._senders: dict[int, str] = {}  # object id -> key
         self._sender_runs: dict[str, list[int]] = {}  # key -> runs_correcting(key)
         self._alerts = RunAlertsToSettle()  # the runs whose rows `taken_again` marked
+        # rows this version sends again that another version sent in a batch Stripe never
+        # acknowledged, first sent within the horizon as `sent` judged them: each of this
+        # version's batches holding one is held to that batch's horizon before every request
+        # (`sent_again_in`; judged once, a pass backing off through 429s sent them past it).
+        # identifier -> (its rows not yet cut into batches, the earliest such batch)
+        self._resending: dict[str, tuple[int, tuple[int, SentBatch]]] = {}
 
     def sent(self, identifiers: list[str], rows: Batch | None = None) -> set[str]:
         """Which of these rows of this version another version sent (or a run over the
@@ -70,6 +76,7 @@ class OtherVersions:
         sent: dict[str, datetime] = {}  # identifier -> when its batch was first sent
         stale: dict[str, tuple[int, SentBatch]] = {}  # identifier -> (object, its batch)
         senders: set[int] = set()  # the versions that sent them
+        unacked: dict[str, tuple[int, SentBatch]] = {}  # identifier -> its batch sent earliest
         sent_as: dict[str, set[int]] = {}  # identifier -> the digests of what they sent
         for row in self.progress.sent_elsewhere(self.obj, identifiers):
             batch = self._batch(row)
@@ -83,6 +90,10 @@ class OtherVersions:
             elif batch.acked_at is not None:
                 known = sent.get(row.identifier)
                 sent[row.identifier] = max(known or batch.first_sent_at, batch.first_sent_at)
+            else:
+                unacked[row.identifier] = _earliest(
+                    unacked.get(row.identifier), row.object_id, batch
+                )
         # a version the poller indexed for Stripe's connector (`MFX_POLLER=index` before
         # `on`): the connector took it whole when it was uploaded, its rows billed then
         for identifier, uploaded in self.progress.indexed_elsewhere(self.obj, identifiers):
@@ -99,11 +110,54 @@ class OtherVersions:
                 elif was_stale is not None:  # refused again if sent: left out, waiting
                     sent[identifier] = was_stale[1].first_sent_at
         if stale:
-            self._horizon_passed(stale)
+            self._horizon_passed(stale.values())
         # a row a run over this object corrected (it failed in an earlier version): its
         # correction went out under a derived identifier, so the row itself must not
         rest = [i for i in identifiers if i not in sent and recordable(i)]
-        return set(sent) | written_among(self.progress.engine, self._correcting(), rest)
+        left_out = set(sent) | written_among(self.progress.engine, self._correcting(), rest)
+        self._note_resending(identifiers, unacked, left_out)
+        return left_out
+
+    def _note_resending(
+        self,
+        identifiers: list[str],
+        unacked: dict[str, tuple[int, SentBatch]],
+        left_out: set[str],
+    ) -> None:
+        """Note the rows of `identifiers` this version sends again from `unacked` batches
+        (one count per row: an identifier repeated in the version is cut into batches twice)."""
+        for identifier in identifiers:
+            sender = unacked.get(identifier)
+            if sender is None or identifier in left_out:
+                continue
+            rows, earliest = self._resending.get(identifier, (0, sender))
+            self._resending[identifier] = (rows + 1, _earliest(earliest, *sender))
+
+    def sent_again_in(self, identifiers: Iterable[str]) -> list[tuple[int, SentBatch]]:
+        """The batches Stripe never acknowledged in which other versions sent these rows of
+        this version, one of its batches about to go out: (object id, batch) each."""
+        found: dict[tuple[int, int], tuple[int, SentBatch]] = {}
+        for identifier in identifiers:
+            if (noted := self._resending.get(identifier)) is not None:
+                object_id, batch = noted[1]
+                found[object_id, batch.number] = noted[1]
+        return list(found.values())
+
+    def cut(self, identifiers: Iterable[str]) -> None:
+        """These rows of this version were cut into batches (`sent_again_in` asked): forgotten."""
+        for identifier in identifiers:
+            noted = self._resending.pop(identifier, None)
+            if noted is not None and noted[0] > 1:
+                self._resending[identifier] = (noted[0] - 1, noted[1])
+
+    def check_horizon(self, senders: Iterable[tuple[int, SentBatch]], now: datetime) -> None:
+        """Raise HorizonPassed when one of these batches (`sent_again_in`) was first sent more
+        than 23 h before `now`: the rows another version sent in it, billed or not, may no
+        longer be deduplicated (judged once as the import began, they were sent again minutes
+        past it, after a batch's 429s, or hours into a long pass)."""
+        stale = [sender for sender in senders if sender[1].first_sent_at <= now - RESEND_HORIZON]
+        if stale:
+            self._horizon_passed(stale)
 
     def _refused(
         self,
@@ -186,13 +240,22 @@ class OtherVersions:
             return None
         return batches[at]
 
-    def _horizon_passed(self, stale: dict[str, tuple[int, SentBatch]]) -> None:
+    def _horizon_passed(self, stale: Iterable[tuple[int, SentBatch]]) -> None:
         """HorizonPassed naming the version whose batches hold the rows (the first's)."""
-        batches = {(object_id, b.number): b for object_id, b in stale.values()}
+        batches = {(object_id, b.number): b for object_id, b in stale}
         object_id = min(object_id for object_id, _ in batches)
         key, etag = self.progress.object_label(object_id)
         label = "an earlier version of it" if key == self.obj.key else key
         raise HorizonPassed(list(batches.values()), f"{label} (ETag {etag})", key)
+
+
+def _earliest(
+    known: tuple[int, SentBatch] | None, object_id: int, batch: SentBatch
+) -> tuple[int, SentBatch]:
+    """`known` or (`object_id`, `batch`), whichever batch was first sent earlier."""
+    if known is not None and known[1].first_sent_at <= batch.first_sent_at:
+        return known
+    return object_id, batch
 
 
 def _unchanged(
