@@ -172,6 +172,9 @@ class Selection:
     # and its object's key, over every object the report's task reads (`source`: this one's)
     first: dict[str, tuple[str, int]] = field(default_factory=dict)
     source: str = ""
+    # of `first`: the identifiers whose first row another run corrected or quarantined before
+    # the report's task (sent, or sent by a re-run, under `<id>-mfx<n>`): none selected goes out
+    handled_first: set[str] = field(default_factory=set)
 
 
 def select_reported(
@@ -203,22 +206,32 @@ def select_reported(
             record.error_code = code
             record.error_message = CHANGED_SINCE_SENT if resend else None
             if code is not None and identifier in scope.shared:
-                _one_goes_out(record, counts.source, counts.first)
+                _one_goes_out(record, counts)
             yield record
 
 
-def _one_goes_out(record: UsageRecord, source: str, first: dict[str, tuple[str, int]]) -> None:
+def _one_goes_out(record: UsageRecord, selection: Selection) -> None:
     """A row under a shared sampled identifier the report's codes fit (Stripe refused it):
     the first goes out (of the objects the report's task reads, in the order it runs over
-    them); a later one is held under `identifier_taken` (never corrected, never sent by a
-    re-run: `core.decide`), naming the first. Stripe keeps one event an identifier: under
-    `<id>-mfx1` a second is refused as a duplicate, or billed twice past its dedupe."""
+    them, but one another run handled: `Selection.handled_first`); a later one is held under
+    `identifier_taken` (never corrected, never sent by a re-run: `core.decide`), naming the
+    first. Stripe keeps one event an identifier: under `<id>-mfx1` a second is refused as a
+    duplicate, or billed twice past its dedupe."""
     identifier = record.identifier or ""
+    source = selection.source
     here = (source, record.row_number)
-    key, before = first.setdefault(identifier, here)
+    key, before = selection.first.setdefault(identifier, here)
     if (key, before) == here:
         return
     record.error_code = ErrorCode.IDENTIFIER_TAKEN.value
+    if identifier in selection.handled_first:
+        record.error_message = (
+            f"identifier {shown(identifier)} is also row {before}'s of {shown(key)}, which "
+            "another run corrected or quarantined (sent, or to be sent by a re-run, under a "
+            "derived identifier): a second would be refused as a duplicate or billed twice; "
+            "not corrected"
+        )
+        return
     which, taking = f"row {before}'s", "this run takes"
     if key != source:
         which, taking = f"row {before}'s of {shown(key)}", "the report's run over it takes"

@@ -153,16 +153,39 @@ def _linked_files(
 def _taken_from(ctx: RunContext, job: Report, read: dict[str, _Linked]) -> None:
     """Note in `job.took` the objects holding a row Stripe took under a sampled identifier
     other rows hold too (`reported.taken_under`): a refused row of another object under it is
-    quarantined (`_taken_elsewhere`), not sent as `<id>-mfx1` (billed twice)."""
+    quarantined (`_taken_elsewhere`), not sent as `<id>-mfx1` (billed twice). A row another
+    run corrected or quarantined is not one Stripe took (a quarantined one was said to be, its
+    identifier taken for billed): it is the first under its identifier wherever it stands
+    (`job.first`), so a refused row of another object under it is held (it went out as
+    `<id>-mfx1`, or a re-run sends it so: a second is a duplicate or billed twice)."""
     for key in sorted(read):
         shared = frozenset(job.sampled[key].shared)
         if not shared:
             continue
+        handled = _handled_first(ctx, job, key, read[key].records, shared)
+        records = [r for r in read[key].records if (r.identifier or "") not in handled]
         base = job.scope
         scope = ReportScope(base.codes, base.samples, base.event_name, shared=shared)
         taken = when_taken(ctx.engine, job, key, read[key].fetched[0], linked=True)
-        for identifier in taken_under(read[key].records, scope, job.index, taken, job.customers):
+        for identifier in taken_under(records, scope, job.index, taken, job.customers):
             job.took.setdefault(identifier, []).append(key)
+
+
+def _handled_first(
+    ctx: RunContext, job: Report, key: str, records: list[UsageRecord], shared: frozenset[str]
+) -> set[str]:
+    """The shared identifiers of the object's rows another run (not the report's own, as
+    `_remediate` asks) corrected or quarantined, each noted the first under it in `job.first`
+    (its first such row, unless another object's was noted before)."""
+    sources = object_sources(ctx.engine, ctx.bucket, key)
+    run_key = report_run_key(job.event_id, key)
+    handled = set(handled_identifiers(ctx.engine, sources, other_than=run_key) & shared)
+    for record in sorted(records, key=lambda r: r.row_number):
+        identifier = record.identifier or ""
+        if identifier in handled:
+            job.first.setdefault(identifier, (key, record.row_number))
+            job.handled_first.add(identifier)
+    return handled
 
 
 def _taken_elsewhere(job: Report, key: str) -> list[TakenElsewhere]:
@@ -289,7 +312,7 @@ def _remediate(
         sampled = job.sampled.get(key)
         shared = frozenset(sampled.shared) if sampled is not None else frozenset()
         scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed, shared)
-        selection = Selection(first=job.first, source=key)
+        selection = Selection(first=job.first, source=key, handled_first=job.handled_first)
         runs = runs_correcting(ctx.engine, sources)
         held = HeldFirst(ctx.engine, job, (key, etag), runs, ctx.customer_records)
         rows = Reported(RowNames(key, etag), held, job, scope, taken, selection)

@@ -60,8 +60,11 @@ class Report:
     # a sampled identifier rows of several linked objects hold (`ReportScope.shared`) -> the
     # objects holding a row of it Stripe took (`reported.taken_under`), in key order
     took: dict[str, list[str]] = field(default_factory=dict)
-    # such an identifier -> the first row selected under it, and its object (`Selection.first`)
+    # such an identifier -> the first row selected under it, and its object (`Selection.first`),
+    # or, noted before the runs, the first another run corrected or quarantined
     first: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # of `first`: those whose first row another run handled (`Selection.handled_first`)
+    handled_first: set[str] = field(default_factory=set)
     # every object the report may run over (linked or found around its window): an object
     # sharing its folder and stem with another gets a folder of its own (`object_tag`)
     objects: set[str] = field(default_factory=set)
