@@ -103,11 +103,11 @@ class HeldFirst:
                 index, named = self.job.index, zip(overwritten, records, strict=True)
                 customers = {identifiers[i]: customer_of(r, index) for i, r in named}
                 sent = self.sent_in_window(customers)
-            # a copy's row only when this version sent it: one the poller left out (sent
-            # already) is not what Stripe refused (it billed the first send)
-            copies = {identifiers[i] for i in copied}
-            mine = set(sent_by_version(self.engine, *self.version, copies)) if copies else set()
-            sent |= self.sent_again({identifiers[i] for i in overwritten} | mine)
+            # only when this version sent it (first, or again after an earlier version of
+            # the object did): one the poller left out (sent already) is not what Stripe
+            # refused (it billed the earlier send)
+            again = {identifiers[i] for i in [*overwritten, *copied]}
+            sent |= self.sent_again(set(sent_by_version(self.engine, *self.version, again)))
             keep[[i for i in [*overwritten, *copied] if identifiers[i] in sent]] = True
         if maybe:
             records = batch.take(np.asarray(maybe, np.int64)).records()
@@ -198,7 +198,9 @@ class SentAgain:
         self.never: dict[str, bool] = {}  # customer -> never made: one look-up each
 
     def __call__(self, identifiers: set[str]) -> set[str]:
-        """Those of `identifiers` (rows another version sent first) that are such rows."""
+        """Those of `identifiers` (rows another version sent first, this one since) that are
+        such rows, by their latest send (`sent_moments`: a fix in the day's file rewritten
+        in place sent days after the first send is judged by its own)."""
         ordered = sorted(identifiers)
         found: set[str] = set()
         for start in range(0, len(ordered), LOOKUP_ROWS):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, literal_column, update
+from sqlalchemy import Engine, Insert, Table, case, literal_column, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.poller import RowRef
@@ -67,13 +67,18 @@ class ImportedRows:
         if not identifiers:
             return
         table = _table(ImportedRow)
+        listed = in_listed(table.c.identifier, identifiers, self.engine, "identifiers")
         with self.engine.begin() as conn:
             self.fence(conn)
             conn.execute(
                 update(table)
-                .where(table.c.object_key == obj.key, table.c.etag == obj.etag)
-                .where(in_listed(table.c.identifier, identifiers, self.engine, "identifiers"))
+                .where(table.c.object_key == obj.key, table.c.etag == obj.etag, listed)
                 .values(sent=False)
+            )
+            conn.execute(  # nor sent again by it (`_record_sent`)
+                update(table)
+                .where(table.c.object_key == obj.key, table.c.resent_etag == obj.etag, listed)
+                .values(resent_etag=None, resent_row=None)
             )
 
     def _record_held(self) -> Insert:
@@ -87,20 +92,32 @@ class ImportedRows:
         """Rows sent: recorded with this version, also where an earlier version of the object
         only held the identifier (its row failed validation, and was never sent): the version
         that sent it is the one another version must not send it again after
-        (`service.poller.other_versions.OtherVersions`) and the one a report about it is about."""
+        (`service.poller.other_versions.OtherVersions`). Where an earlier version sent it
+        too (Stripe refused it, fixed by hand since), that one stays and this one is named
+        the row's latest send (`resent_etag`, `resent_row`): a report about it is about this
+        send (`service.poller.store.sent_moments`, `sent_by_version`)."""
         again = ("etag", "row_number", "event_name", "timestamp", "sent", "content")
         table = _table(ImportedRow)
-        return self._upsert_row({name: name for name in again}, table.c.sent.is_(False))
+        first = table.c.sent.is_(False)  # no version sent it yet: this one is the first
+        columns: dict[str, Any] = {
+            name: case((first, _excluded(name)), else_=table.c[name]) for name in again
+        }
+        columns["resent_etag"] = case((first, table.c.resent_etag), else_=_excluded("etag"))
+        columns["resent_row"] = case((first, table.c.resent_row), else_=_excluded("row_number"))
+        return self._upsert_row(columns, first | (table.c.etag != _excluded("etag")))
 
-    def _upsert_row(self, columns: dict[str, str], where: Any) -> Insert:
+    def _upsert_row(self, columns: dict[str, Any], where: Any) -> Insert:
         """INSERT into imported_rows; a row already recorded for the identifier and object
-        gets each column set from the new row's (`columns`: set -> from), where `where` holds
-        (`_excluded(name)` names the new row's column in it)."""
+        gets each column set (`columns`: set -> a column of the new row's by name, or an
+        expression), where `where` holds (`_excluded(name)` names the new row's column)."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(_table(ImportedRow))
         statement: Insert = insert.on_conflict_do_update(
             index_elements=["identifier", "object_key"],
-            set_={name: insert.excluded[source] for name, source in columns.items()},
+            set_={
+                name: insert.excluded[source] if isinstance(source, str) else source
+                for name, source in columns.items()
+            },
             where=where,
         )
         return statement

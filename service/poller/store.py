@@ -15,7 +15,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, and_, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    func,
+    or_,
+    select,
+    union_all,
+)
 from sqlmodel import Session, col
 from sqlmodel import select as select_model
 
@@ -159,13 +170,14 @@ def lookup_batches(
 
 
 def sent_moments(engine: Engine, identifiers: set[str]) -> dict[str, datetime]:
-    """identifier -> when a version of some object that sent it first sent its batch (the
-    latest such moment), for those of `identifiers` the poller sent: recorded as sent in a
-    batch that was recorded (a batch is recorded before it goes out; a row recorded as sent
-    outside any batch never went)."""
+    """identifier -> when a version of some object that sent it sent its batch (the latest
+    such moment: a later version of the object that sent it again too, `_sent_rows`), for
+    those of `identifiers` the poller sent: recorded as sent in a batch that was recorded (a
+    batch is recorded before it goes out; a row recorded as sent outside any batch never
+    went)."""
     if not identifiers:
         return {}
-    query = _sent_rows(engine, identifiers, _table(PollerBatch).c.first_sent_at)
+    query = _sent_rows(engine, identifiers)
     with engine.connect() as connection:
         found = connection.execute(query).all()
     return latest((str(row.identifier), as_utc(row.first_sent_at)) for row in found)
@@ -173,35 +185,45 @@ def sent_moments(engine: Engine, identifiers: set[str]) -> dict[str, datetime]:
 
 def sent_by_version(engine: Engine, key: str, etag: str, identifiers: set[str]) -> dict[str, int]:
     """identifier -> the row the object version (`key`, `etag`) sent it from, for those of
-    `identifiers` that version sent (as `sent_moments` counts a row sent): a row of it the
-    poller refused under one of them can never go out, under it or a derived one (Stripe took
-    an event under it from that row, billed)."""
+    `identifiers` that version sent (as `sent_moments` counts a row sent; first or again): a
+    row of it the poller refused under one of them can never go out, under it or a derived
+    one (Stripe took an event under it from that row, billed)."""
     if not identifiers:
         return {}
-    rows = _table(ImportedRow)
-    query = _sent_rows(engine, identifiers, rows.c.row_number).where(
-        rows.c.object_key == key, rows.c.etag == etag
-    )
+    query = _sent_rows(engine, identifiers, (key, etag))
     with engine.connect() as connection:
         return {str(row.identifier): int(row.row_number) for row in connection.execute(query)}
 
 
-def _sent_rows(engine: Engine, identifiers: set[str], column: Any) -> Select[Any]:
-    """SELECT identifier, `column` of the rows recorded as sent under one of `identifiers`
-    in a batch that was recorded (a batch is recorded before it goes out)."""
+def _sent_rows(
+    engine: Engine, identifiers: set[str], version: tuple[str, str] | None = None
+) -> CompoundSelect[str, int, datetime]:
+    """SELECT identifier, row_number, first_sent_at of the sends of `identifiers` (of the
+    object `version` only, when given) in a batch that was recorded (a batch is recorded
+    before it goes out): by the version that sent each first, and by the later version of
+    its object that sent it again (`imported_rows.resent_etag`: the day's file rewritten in
+    place with a refused row fixed by hand)."""
     rows, objects = _table(ImportedRow), _table(BucketObject)
     batches = _table(PollerBatch)
-    version = and_(objects.c.key == rows.c.object_key, objects.c.etag == rows.c.etag)
-    within = and_(
-        batches.c.object_id == objects.c.id,
-        batches.c.first_row <= rows.c.row_number,
-        rows.c.row_number < batches.c.first_row + batches.c.rows,
-    )
-    return (
-        select(rows.c.identifier, column)
-        .select_from(rows.join(objects, version).join(batches, within))
-        .where(_among(rows.c.identifier, identifiers, engine), rows.c.sent.is_(True))
-    )
+    listed, sends = _among(rows.c.identifier, identifiers, engine), []
+    for etag, number in ((rows.c.etag, rows.c.row_number), (rows.c.resent_etag, rows.c.resent_row)):
+        version_of = and_(objects.c.key == rows.c.object_key, objects.c.etag == etag)
+        within = and_(
+            batches.c.object_id == objects.c.id,
+            batches.c.first_row <= number,
+            number < batches.c.first_row + batches.c.rows,
+        )
+        send = (
+            select(rows.c.identifier, number.label("row_number"), batches.c.first_sent_at)
+            .select_from(rows.join(objects, version_of).join(batches, within))
+            .where(listed)
+        )
+        if etag is rows.c.etag:  # the first send (one again: its version named alone)
+            send = send.where(rows.c.sent.is_(True))
+        if version is not None:
+            send = send.where(objects.c.key == version[0], objects.c.etag == version[1])
+        sends.append(send)
+    return union_all(*sends)
 
 
 class FirstVersion(NamedTuple):

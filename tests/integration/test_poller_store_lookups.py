@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy import Engine, event
 from sqlmodel import Session
 
+from remediation.poller import RowRef
+from remediation.ports import ObjectInfo
 from service.db import make_engine
 from service.models import BucketObject, ImportedRow, PollerBatch
 from service.poller.store import (
@@ -25,9 +27,11 @@ from service.poller.store import (
     imported_rows_by_identifier,
     objects_holding,
     row_numbers,
+    sent_by_version,
     sent_moments,
     taken_since,
 )
+from service.poller.versions import PollerStore
 
 UPLOADED = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 SENT = UPLOADED + timedelta(minutes=5)
@@ -100,3 +104,32 @@ def test_lookups_by_identifier_find_the_recorded_rows_in_one_parameter(
     assert {k: row.row_number for k, row in found.items()} == {"id-7": 1, "id-9": 2, "id-2999": 3}
     assert len(parameters) >= 9
     assert max(parameters) <= 3, parameters  # the identifiers are one parameter
+
+
+def test_a_send_again_from_a_later_version_of_the_object_is_the_rows_latest(
+    engine: Engine,
+) -> None:
+    """`id-7`, sent from `e1`, is sent again from `e2` (the day's file rewritten in place, the
+    row fixed by hand after Stripe refused it) two days later: the row stays recorded with
+    `e1` (the version another must not send it again after), and the send from `e2` is
+    recorded too (`sent_by_version`, `sent_moments`: an error report's run judged the row by
+    `e1`'s send). Recorded as not sent by `e2` (`mark_not_sent`), only `e1`'s counts again."""
+    later = SENT + timedelta(days=2)
+    with Session(engine) as session:
+        obj = BucketObject(key=KEY, etag="e2", last_modified=later, first_sent_at=later)
+        session.add(obj)
+        session.flush()
+        assert obj.id is not None
+        session.add(
+            PollerBatch(object_id=obj.id, batch_number=0, first_row=5, rows=1, first_sent_at=later)
+        )
+        session.commit()
+    store, e2 = PollerStore(engine), ObjectInfo(key=KEY, etag="e2", size=1, last_modified=later)
+    store.insert_rows(e2, [RowRef("id-7", 5, "api_requests", None, sent=True, content=7)])
+    assert sent_by_version(engine, KEY, "e2", ASKED) == {"id-7": 5}
+    assert sent_by_version(engine, KEY, "e1", ASKED) == {"id-7": 1, "id-9": 2}
+    assert sent_moments(engine, ASKED) == {"id-7": later, "id-9": SENT}
+    assert first_versions(engine, {"id-7"})["id-7"] == (KEY, "e1", True, 1)
+    store.mark_not_sent(e2, ["id-7"])
+    assert sent_by_version(engine, KEY, "e2", ASKED) == {}
+    assert sent_moments(engine, ASKED) == {"id-7": SENT, "id-9": SENT}

@@ -1,0 +1,98 @@
+"""A row Stripe refused, fixed by hand in the day's file rewritten in place and sent again by
+the bundled poller: the error report's run judges it by that send (the version that sent it,
+when), not by the first version's (imported_rows keeps one row per identifier and object, the
+first version's). Real parts as in `test_poller_refused_row_rewritten`: the sandbox, a moto
+S3 bucket, the bundled poller in import mode, the worker; SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import timedelta
+
+from sqlmodel import select
+
+from service.models import PollerBatch
+from service.poller.passes import run_poll_pass
+from tests.integration.test_billing_safety import (  # noqa: F401 (`loop`: a fixture)
+    a_row_stripe_refused,
+    add_rules,
+    bundled_poller,
+    loop,
+    originals_billed,
+    reported,
+    rerun,
+    usage_csv,
+)
+from tests.integration.test_e2e import Loop, _put
+from tests.integration.test_poller_refused_row_rewritten import (
+    _entries,
+    _refused,
+    _refused_elsewhere_first,
+    _waiting,
+)
+
+
+def _sent_days_before(running: Loop, days: int) -> None:
+    """Every batch recorded so far first sent `days` days earlier than it was."""
+    with running.session() as session:
+        for batch in session.exec(select(PollerBatch)).all():
+            batch.first_sent_at -= timedelta(days=days)
+            session.add(batch)
+        session.commit()
+
+
+def test_a_version_that_left_the_row_out_does_not_take_it_for_a_report(
+    loop: Loop,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """`g` refused (quarantined), then fixed to cus_alice in `day.csv` rewritten in place:
+    sent, billed. A third version holds `g` for cus_phantom (a customer Stripe never had;
+    the poller leaves it out: `g` sent already) and a new row `c` Stripe refuses unsampled,
+    so the report's run reads that version. Its `g` is not the report's: nothing of it waits,
+    and a re-run after cus_phantom is mapped bills nothing more of it (a review of 391a8cf:
+    the run took it as sent again, quarantined it, and the re-run billed g-mfx1 beside g)."""
+    with bundled_poller(loop) as deps:
+        other, row = a_row_stripe_refused(loop, deps)
+        time.sleep(1)
+        _refused_elsewhere_first(loop, int(str(other[1])))
+        _put(loop, "day.csv", usage_csv([other, [*row[:3], "cus_alice", row[4]]]))
+        run_poll_pass(deps)
+        time.sleep(1)
+        new: list[object] = ["c", int(str(other[1])) + 30, "api_requests", "cus_nobody", "1"]
+        _put(loop, "day.csv", usage_csv([other, [*row[:3], "cus_phantom", row[4]], new]))
+        run_poll_pass(deps)
+        reported(loop)
+        assert [q.customer for q in _entries(loop, "g") if q.taken_again is None] == []
+        add_rules(loop, '"cus_phantom" = "cus_alice"\n"cus_nobody" = "cus_alice"\n')
+        rerun(loop)
+        run_poll_pass(deps)
+    assert originals_billed(loop)["g"] == 1, sorted(loop.accepted())
+
+
+def test_a_row_fixed_days_after_the_first_send_waits_if_refused_again(
+    loop: Loop,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """As `test_a_changed_row_the_report_does_not_sample_waits_if_refused_again` (cus_phantom,
+    `day.csv` rewritten in place), but the first version was sent two days before the fix:
+    the report's run judged `g` by that send, past `WINDOW_BEFORE`, so its entry was marked
+    taken again and nothing of it waited (usage lost). It is judged by the send of the fix
+    now: an entry holding cus_phantom waits, and once mapped the re-run bills `g` once."""
+    with bundled_poller(loop) as deps:
+        other, row = a_row_stripe_refused(loop, deps)
+        _sent_days_before(loop, 2)
+        time.sleep(1)
+        _refused_elsewhere_first(loop, int(str(other[1])))
+        _put(loop, "day.csv", usage_csv([other, [*row[:3], "cus_phantom", row[4]]]))
+        run_poll_pass(deps)
+        assert _refused(loop) == ["g", "o0", "o1", "o2"]
+        reported(loop)
+        held = [(q.customer, q.taken_again is None) for q in _entries(loop, "g")]
+        assert held == [("cus_ghost", False), ("cus_phantom", True)]
+        assert _waiting(loop) == 4
+        add_rules(loop, '"cus_phantom" = "cus_alice"\n"cus_nobody" = "cus_alice"\n')
+        rerun(loop)
+        run_poll_pass(deps)
+    billed = ["a", "g-mfx1", "o0-mfx1", "o1-mfx1", "o2-mfx1"]
+    assert sorted(loop.accepted()) == billed
+    assert originals_billed(loop) == Counter({b.split("-mfx")[0]: 1 for b in billed})
+    assert _waiting(loop) == 0
