@@ -129,8 +129,10 @@ class StripeMeterEventSink:
         however long `batches` is, and a batch waiting out a backoff does not hold up the
         others. No batch is taken from `batches` after a failure: every batch taken went out
         (the caller knows the ones after it never did). Raises the first MeterEventSendError
-        (else what `before_send` raised; or what iterating `batches` raised) after in-flight
-        batches settle. `on_wait()` is
+        (else what iterating `batches` raised; else what `before_send` raised) after in-flight
+        batches settle: a ServiceError raised iterating `batches` gives way to Stripe's
+        failure of a batch in flight (the poller's horizon stop hid a lasting outage from its
+        alert); anything else it raised (the poller's LockLost) is raised as it is. `on_wait()` is
         called, in this thread, every WAIT_CALL_EVERY seconds this thread waits for batches
         (backing off through a Stripe incident: minutes), so that the caller beats. Once
         `stopping()` holds, batches backing off or not yet sent raise `SendStopped` (module
@@ -147,9 +149,17 @@ class StripeMeterEventSink:
         ) as pool:
             pending: dict[Future[int], int] = {}
             failure: ServiceError | None = None
+            taken: ServiceError | None = None  # what iterating `batches` raised
             try:
                 taking, index = iter(batches), 0
-                while failure is None and (batch := next(taking, None)) is not None:
+                while failure is None:
+                    try:
+                        batch = next(taking)
+                    except StopIteration:
+                        break
+                    except ServiceError as exc:  # raised once those in flight settle
+                        taken = exc
+                        break
                     submitted = pool.submit(self._send_indexed, batch, index, before_send)
                     pending[submitted] = index
                     index += 1
@@ -161,6 +171,8 @@ class StripeMeterEventSink:
                 done = _wait(pending, ALL_COMPLETED, on_wait)
                 count, failure = _settle(done, pending, settled, failure)
                 sent += count
+        if taken is not None and not isinstance(failure, MeterEventSendError):
+            raise taken
         if failure is not None:
             raise failure
         return sent

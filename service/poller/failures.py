@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
@@ -51,8 +51,34 @@ class Verdict:
     why: str  # "permanent" | "unreadable" | "lasting" | "horizon" | "" (back off)
     next_attempt_at: datetime | None
     failing_since: datetime
-    retry_key: str = ""  # "horizon" of another key's batches: the key a retry --yes takes
+    # "horizon" of another key's batches (or a lasting failure or refusal beside them): the
+    # key a retry --yes takes
+    retry_key: str = ""
     attempts: int | None = None  # the passes the failing run has taken, when it started again
+
+
+@dataclass(frozen=True, slots=True)
+class PastHorizon:
+    """Unacknowledged batches past the 23 h horizon beside a lasting failure or a refusal:
+    this version's, earlier versions' of the key ((object id, ETag, batch): their rows this
+    version holds count as sent by them), and `other`, another key whose batches holding
+    rows of this version the pass held (`HorizonPassed.retry_key`)."""
+
+    own: tuple[SentBatch, ...] = ()
+    before: tuple[tuple[int, str, SentBatch], ...] = ()
+    other: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.own or self.before or self.other)
+
+    def detail(self) -> dict[str, object]:
+        """The alert's detail of them (none: nothing past the horizon)."""
+        counts = {
+            "past_horizon_batches": len(self.own),
+            "earlier_versions_past_horizon_batches": len(self.before),
+        }
+        found: dict[str, object] = {name: n for name, n in counts.items() if n}
+        return found | ({"past_horizon_key": self.other} if self.other else {})
 
 
 def judge(
@@ -67,10 +93,11 @@ def judge(
     resumes at that one. The 23 h horizon is its own check (`horizon`); when another batch
     failed beside those it held (`HorizonPassed.failure`), that failure is judged as if alone
     and names the verdict when it gives up by itself (a lasting outage, a refusal: the
-    advice names the batches past the horizon too, `_gave_up_advice`)."""
+    advice names the batches past the horizon too, `_gave_up_advice`, and the other key
+    whose batches were held: `retry_key`)."""
     beside = exc.failure if isinstance(exc, HorizonPassed) else None
     if beside is not None and (verdict := judge(beside, progress, now, give_up_after)).give_up:
-        return verdict
+        return replace(verdict, retry_key=getattr(exc, "retry_key", ""))
     since = progress.failing_since or now
     grown = progress.prefix_grown_at
     moved = grown is not None and grown > since
@@ -124,10 +151,17 @@ def raise_gave_up(
     give_up_after: int,
     now: datetime,
 ) -> None:
-    earlier = ProgressStore(engine).oldest_unacked_in_other_versions(obj)
-    stale = progress.past_horizon(now) if verdict.why in _BESIDE_HORIZON else ()
+    store, horizon = ProgressStore(engine), now - RESEND_HORIZON
+    # the deadline counts from batches still within the horizon: past it, a retry asks for
+    # --yes at once (counted from an earlier version's, it named a time already past)
+    earlier = store.oldest_unacked_in_other_versions(obj, horizon)
+    stale = PastHorizon()
+    if verdict.why in _BESIDE_HORIZON:  # as `poll --retry` finds them (`retry.find_retry`)
+        other = verdict.retry_key if verdict.retry_key != obj.key else ""
+        before = tuple(store.stale_in_other_versions(obj, horizon))
+        stale = PastHorizon(progress.past_horizon(now), before, other)
     subject, todo = _gave_up_advice(obj, verdict, progress, give_up_after, earlier, stale)
-    beside = {"past_horizon_batches": len(stale)} if stale else {}
+    beside = stale.detail()
     raise_alert(
         engine,
         key=gave_up_key(obj),
@@ -169,15 +203,16 @@ def _gave_up_advice(
     progress: ObjectProgress,
     give_up_after: int,
     earlier: datetime | None = None,
-    stale: tuple[SentBatch, ...] = (),
+    stale: PastHorizon | None = None,
 ) -> tuple[str, str]:
     """The gave-up alert's subject, and what the operator should do, by why it gave up.
     `earlier`: the first send of the oldest batch an earlier version of the key sent and
     Stripe never acknowledged (rows of it this version holds count from then: the deadline
     counted from this version's own first send, and a retry within it found them past the
     horizon). `stale`: unacknowledged batches past the horizon beside a lasting failure or
-    a refusal (`judge`): named apart, with their own advice; the deadline counts from the
-    others (it named a time already past, for a retry that sends nothing without --yes)."""
+    a refusal (`judge`), this version's and other versions' (their rows this version holds
+    again): named apart, with their own advice; the deadline counts from the others (it
+    named a time already past, for a retry that sends nothing without --yes)."""
     retry = f"meterfix poll --retry {obj.key}"
     oldest = min((t for t in (progress.oldest_resend(), earlier) if t is not None), default=None)
     if verdict.why == "horizon":
@@ -253,7 +288,7 @@ def _advice_beside_horizon(
     verdict: Verdict,
     progress: ObjectProgress,
     earlier: datetime | None,
-    stale: tuple[SentBatch, ...],
+    stale: PastHorizon,
     give_up_after: int,
 ) -> tuple[str, str]:
     """A refusal or a lasting failure beside batches past the horizon: each named with its
@@ -265,12 +300,12 @@ def _advice_beside_horizon(
         todo = _advice_refused(obj, retry)[1]
     else:
         cause = f"import failing for {_span(give_up_after)}"
-        todo = _lasting_beside_horizon(verdict, progress, earlier, stale)
-    subject = (
-        f"{obj.key}: {cause}, and unacknowledged batches of it are over 23 h old; the poller "
-        "gave up"
-    )
-    return subject, f"{todo} {_stale_part(stale, retry)}"
+        todo = _lasting_beside_horizon(verdict, progress, earlier, stale.own)
+    old = "unacknowledged batches of it are over 23 h old"
+    if not (stale.own or stale.before):  # another key's batches only (`PastHorizon.other`)
+        old = f"{stale.other} sent rows of it in unacknowledged batches over 23 h old"
+    subject = f"{obj.key}: {cause}, and {old}; the poller gave up"
+    return subject, f"{todo} {_stale_part(stale, obj.key, retry)}"
 
 
 def _lasting_beside_horizon(
@@ -296,16 +331,31 @@ def _lasting_beside_horizon(
     )
 
 
-def _stale_part(stale: tuple[SentBatch, ...], retry: str) -> str:
-    """What to do of the batches past the horizon beside another cause."""
-    its = "its" if len(stale) == 1 else "their"
-    return (
-        f"Past the 23 h horizon: {describe_batches(stale)}: Stripe may no longer dedupe "
-        f"{its} rows, so `{retry}` sends nothing without --yes; check in Stripe which of them "
-        f"were accepted, then run `{retry} --yes` (it sends every unacknowledged batch again: "
-        "rows Stripe already accepted would be billed twice), or upload only the missing "
-        "rows under a new key."
-    )
+def _stale_part(stale: PastHorizon, key: str, retry: str) -> str:
+    """What to do of the batches past the horizon beside another cause: this version's and
+    earlier versions' of the key (a retry --yes decides on both), then another key's."""
+    named = [describe_batches(stale.own)] if stale.own else []
+    for etag in dict.fromkeys(etag for _, etag, _ in stale.before):
+        batches = tuple(batch for _, e, batch in stale.before if e == etag)
+        named.append(f"{describe_batches(batches)} of an earlier version of {key} (ETag {etag})")
+    parts = []
+    if named:
+        its = "its" if len(stale.own) + len(stale.before) == 1 else "their"
+        parts.append(
+            f"Past the 23 h horizon: {' and '.join(named)}: Stripe may no longer dedupe "
+            f"{its} rows, so `{retry}` sends nothing without --yes; check in Stripe which of "
+            f"them were accepted, then run `{retry} --yes` (it sends every unacknowledged "
+            "batch again: rows Stripe already accepted would be billed twice), or upload only "
+            "the missing rows under a new key."
+        )
+    if stale.other:
+        parts.append(
+            f"Past the 23 h horizon: {stale.other} sent rows of this file in batches Stripe "
+            "never acknowledged: check in Stripe which of those rows were accepted, then run "
+            f"`meterfix poll --retry {stale.other} --yes` (its unacknowledged batches count "
+            f"as never sent) and `{retry}`, or upload only the missing rows under a new key."
+        )
+    return " ".join(parts)
 
 
 def _utc(moment: datetime) -> str:

@@ -242,9 +242,8 @@ class _BatchStream:
             number += recorded.batches
             for send in sending:
                 self._check_stop()  # the group's batches not taken are forgotten (`_send_all`)
-                if self._held_at_horizon(send.number):
+                if self._held_at_horizon(send.number) or self._held_elsewhere(send.number):
                     return  # no batch after it: raised once those in flight settle (`_send_all`)
-                self.others.check_horizon(self.elsewhere.get(send.number, ()), job.clock())
                 # another process polls once the lock is lost: it sends this batch, not us
                 job.check_lock()
                 unsent.numbers.append(send.number)  # the sink takes no batch it does not send
@@ -266,8 +265,16 @@ class _BatchStream:
         self.others.cut(ref.identifier for chunk in group for ref in chunk.rows)
 
     def _next_group(self, chunks: Iterator[ImportChunk]) -> list[ImportChunk]:
+        """The next chunks; none once rows another version sent past the horizon are read
+        (`OtherVersions.sent` noted them): the stream ends as at a batch held there, and
+        the batches in flight settle (raised from the generator, the failure of one was lost)."""
         self._check_stop()
-        return list(islice(chunks, CHUNKS_PER_GROUP))
+        try:
+            return list(islice(chunks, CHUNKS_PER_GROUP))
+        except HorizonPassed:
+            if self.others.horizon_passed() is None:
+                raise
+            return []
 
     def _check_stop(self) -> None:
         """Raise ImportStopped at a batch boundary once the worker is stopping: the sink
@@ -298,8 +305,8 @@ class _BatchStream:
         number = self.unsent.numbers[index]
         if self._held_at_horizon(number):
             raise HorizonPassed([self.past_horizon[number]])
-        # rows other versions sent in batches Stripe never acknowledged: their horizon too
-        self.others.check_horizon(self.elsewhere.get(number, ()), self.job.clock())
+        if (passed := self._held_elsewhere(number)) is not None:
+            raise passed
 
     def _held_at_horizon(self, number: int) -> bool:
         """Whether batch `number` was sent before, never acknowledged, and first sent more
@@ -311,13 +318,23 @@ class _BatchStream:
         self.past_horizon[number] = before
         return True
 
+    def _held_elsewhere(self, number: int) -> HorizonPassed | None:
+        """HorizonPassed when batch `number` holds rows another version sent in a batch Stripe
+        never acknowledged, first sent more than 23 h ago (noted by `others`)."""
+        return self.others.check_horizon(self.elsewhere.get(number, ()), self.job.clock())
+
     def horizon_passed(self, failure: MeterEventSendError | None = None) -> HorizonPassed | None:
         """The batches held at the horizon on this pass, with what Stripe failed another batch
         with beside them (the sink raises that first): raising only the first failure, a
         batch given up through a lasting outage hid one past the horizon, whose rows a retry
-        may bill twice, from the alert. None when no batch was held."""
+        may bill twice, from the alert. None when no batch was held. This version's batches
+        come before other versions' (HorizonPassed names one sender): `poll --retry KEY
+        --yes` decides on both when those are earlier versions of the key; another key's
+        are held again, and named, on the pass after it."""
         held = [self.past_horizon[number] for number in sorted(self.past_horizon)]
-        return HorizonPassed(held, failure=failure) if held else None
+        if held:
+            return HorizonPassed(held, failure=failure)
+        return self.others.horizon_passed(failure)
 
     def acknowledged(self, index: int) -> None:
         """Stripe acknowledged the sink's batch `index`."""

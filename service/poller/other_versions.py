@@ -13,7 +13,7 @@ import numpy as np
 from remediation.core.columns import Batch
 from remediation.ports import ObjectInfo
 from remediation.rowdigest import record_digests
-from service.errors import HorizonPassed
+from service.errors import HorizonPassed, ServiceError
 from service.jobs.store.lineage import refused_among, runs_correcting, written_among
 from service.jobs.store.taken_again import held_anywhere, mark_taken_again
 from service.models._types import utcnow
@@ -64,6 +64,11 @@ class OtherVersions:
         # (`sent_again_in`; judged once, a pass backing off through 429s sent them past it).
         # identifier -> (its rows not yet cut into batches, the earliest such batch)
         self._resending: dict[str, tuple[int, tuple[int, SentBatch]]] = {}
+        # (object id, batch number) -> (object id, batch): those batches found past the
+        # horizon on this pass, as rows were read (`sent`) or before a request
+        # (`check_horizon`); the importer raises them once the batches in flight settle, with
+        # what Stripe failed one of those with (`horizon_passed`)
+        self._past_horizon: dict[tuple[int, int], tuple[int, SentBatch]] = {}
 
     def sent(self, identifiers: list[str], rows: Batch | None = None) -> set[str]:
         """Which of these rows of this version another version sent (or a run over the
@@ -109,8 +114,8 @@ class OtherVersions:
                     sent.pop(identifier, None)
                 elif was_stale is not None:  # refused again if sent: left out, waiting
                     sent[identifier] = was_stale[1].first_sent_at
-        if stale:
-            self._horizon_passed(stale.values())
+        if stale:  # noted: the importer ends its stream of batches there (`horizon_passed`)
+            raise self._held(stale.values())
         # a row a run over this object corrected (it failed in an earlier version): its
         # correction went out under a derived identifier, so the row itself must not
         rest = [i for i in identifiers if i not in sent and recordable(i)]
@@ -150,14 +155,23 @@ class OtherVersions:
             if noted is not None and noted[0] > 1:
                 self._resending[identifier] = (noted[0] - 1, noted[1])
 
-    def check_horizon(self, senders: Iterable[tuple[int, SentBatch]], now: datetime) -> None:
-        """Raise HorizonPassed when one of these batches (`sent_again_in`) was first sent more
-        than 23 h before `now`: the rows another version sent in it, billed or not, may no
-        longer be deduplicated (judged once as the import began, they were sent again minutes
-        past it, after a batch's 429s, or hours into a long pass)."""
+    def check_horizon(
+        self, senders: Iterable[tuple[int, SentBatch]], now: datetime
+    ) -> HorizonPassed | None:
+        """HorizonPassed when one of these batches (`sent_again_in`) was first sent more than
+        23 h before `now`, noted for `horizon_passed`: the rows another version sent in it,
+        billed or not, may no longer be deduplicated (judged once as the import began, they
+        were sent again minutes past it, after a batch's 429s, or hours into a long pass).
+        Returned, not raised: raised as a batch was taken, it ended the sink's stream and
+        lost the failure of a batch in flight (a lasting outage) from the alert."""
         stale = [sender for sender in senders if sender[1].first_sent_at <= now - RESEND_HORIZON]
-        if stale:
-            self._horizon_passed(stale)
+        return self._held(stale) if stale else None
+
+    def horizon_passed(self, failure: ServiceError | None = None) -> HorizonPassed | None:
+        """The batches of other versions found past the horizon on this pass (`sent`,
+        `check_horizon`), with what Stripe failed another batch with beside them; None when
+        none was."""
+        return self._passed(failure) if self._past_horizon else None
 
     def _refused(
         self,
@@ -240,13 +254,20 @@ class OtherVersions:
             return None
         return batches[at]
 
-    def _horizon_passed(self, stale: Iterable[tuple[int, SentBatch]]) -> None:
+    def _held(self, stale: Iterable[tuple[int, SentBatch]]) -> HorizonPassed:
+        """Note these batches past the horizon; HorizonPassed naming all noted so far."""
+        for object_id, batch in stale:
+            self._past_horizon[object_id, batch.number] = (object_id, batch)
+        return self._passed()
+
+    def _passed(self, failure: ServiceError | None = None) -> HorizonPassed:
         """HorizonPassed naming the version whose batches hold the rows (the first's)."""
-        batches = {(object_id, b.number): b for object_id, b in stale}
-        object_id = min(object_id for object_id, _ in batches)
+        held = list(self._past_horizon.values())  # one step: pool threads may note more
+        object_id = min(object_id for object_id, _ in held)
         key, etag = self.progress.object_label(object_id)
         label = "an earlier version of it" if key == self.obj.key else key
-        raise HorizonPassed(list(batches.values()), f"{label} (ETag {etag})", key)
+        batches = [batch for _, batch in held]
+        return HorizonPassed(batches, f"{label} (ETag {etag})", key, failure=failure)
 
 
 def _earliest(

@@ -235,14 +235,17 @@ class ProgressStore:
             rows = conn.execute(query).all()
         return [(int(row.object_id), str(row.etag), _batch(row)) for row in rows]
 
-    def oldest_unacked_in_other_versions(self, obj: ObjectInfo) -> datetime | None:
+    def oldest_unacked_in_other_versions(
+        self, obj: ObjectInfo, horizon: datetime
+    ) -> datetime | None:
         """When the oldest batch other versions of `obj`'s key sent, never acknowledged, was
-        first sent: rows of this version it may hold count as sent by it until the horizon."""
+        first sent, after `horizon`: rows of this version it may hold count as sent by it
+        until the horizon (those first sent before it are past: `stale_in_other_versions`)."""
         query = (
             select(func.min(BATCHES.c.first_sent_at))
             .join(OBJECTS, OBJECTS.c.id == BATCHES.c.object_id)
             .where(OBJECTS.c.key == obj.key, OBJECTS.c.etag != obj.etag)
-            .where(BATCHES.c.acked_at.is_(None))
+            .where(BATCHES.c.acked_at.is_(None), BATCHES.c.first_sent_at > horizon)
         )
         with self.engine.connect() as conn:
             found = conn.execute(query).scalar_one_or_none()
