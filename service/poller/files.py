@@ -1,22 +1,34 @@
 """The poller's failed-records file of one object: the rows that failed validation, in the
 input's format, with `error_code` and `error_message` columns, handed to remediation, and
-beside it the object's row number of each (`store.source_row_numbers`)."""
+beside it the object's row number of each (`store.source_row_numbers`); and the clearing of
+the files no import set records."""
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 import uuid
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Engine
 
 from remediation.formats import FileFormat, RecordWriter, read_records
 from remediation.limits import DEFAULT_LIMITS, FieldLimits
 from remediation.readers import CsvRecords
 from remediation.records import UsageRecord
+from service.jobs.store.reports import import_sets
+from service.logs import log_event
+from service.models import ImportSet
 from service.poller.store import row_numbers_path
+
+# How long a file no import set records is kept after its pass last wrote it: a pass whose
+# lock dropped right after its last check records its file still (`clear_unrecorded_files`)
+UNRECORDED_KEPT_SECONDS = 3600.0
 
 
 def failed_records_path(work_dir: Path, import_set_id: str, fmt: FileFormat) -> Path:
@@ -33,6 +45,70 @@ def discard_failed_records(path: Path) -> None:
     one), and its rows' numbers: its own name, no other pass's file."""
     path.unlink(missing_ok=True)
     row_numbers_path(path).unlink(missing_ok=True)
+
+
+def failed_records_files(work_dir: Path) -> dict[str, list[Path]]:
+    """Import set id -> its failed-records files in `work_dir`: each pass's file, and its
+    rows' numbers beside it."""
+    found: dict[str, list[Path]] = {}
+    for path in work_dir.glob("*.failed.*"):
+        found.setdefault(path.name.split(".failed.")[0], []).append(path)
+    return found
+
+
+def recorded_import_sets(engine: Engine, ids: Sequence[str], size: int = 500) -> list[ImportSet]:
+    """The recorded import sets of these ids, `size` a query."""
+    ids = sorted(ids)
+    return [s for at in range(0, len(ids), size) for s in import_sets(engine, ids[at : at + size])]
+
+
+def clear_unrecorded_files(engine: Engine, work_dir: Path) -> int:
+    """Delete the failed-records files in `work_dir` that their import set does not record
+    (or no import set: none recorded), last written over UNRECORDED_KEPT_SECONDS ago; how
+    many. A pass killed before it recorded its file (SIGKILL, out of memory) ran no cleanup,
+    and every later pass writes under a name of its own: when the version's import set
+    came to record none (no row failed again, the version given up) or another, nothing
+    ever deleted it. Run by a pass holding the poller lock, before it imports: no other
+    pass can record a file but one whose lock dropped just after its last check, which
+    records its own right after writing it (`FailedRecords` touches it on closing), so an
+    old one is no live pass's. A file an import set records stays until its remediation
+    is done (`jobs.remediation`, `job.clear_remediated_files`). A failure is logged: the
+    next pass tries again."""
+    found = failed_records_files(work_dir)
+    try:
+        recorded = _recorded_names(engine, list(found))
+        old = time.time() - UNRECORDED_KEPT_SECONDS
+        left = [
+            path
+            for paths in found.values()
+            for path in paths
+            if path.name.removesuffix(".rows") not in recorded and _written_before(path, old)
+        ]
+        for path in left:
+            path.unlink(missing_ok=True)
+    except Exception as exc:  # loop edge: the pass goes on, the next one tries again
+        log_event(
+            "poller.clear_unrecorded_failed",
+            level=logging.WARNING,
+            reason=f"{type(exc).__name__}: {exc}"[:500],
+        )
+        return 0
+    if left:
+        log_event("poller.unrecorded_files_cleared", files=len(left))
+    return len(left)
+
+
+def _recorded_names(engine: Engine, ids: Sequence[str]) -> set[str]:
+    """The names of the failed-records files the import sets of these ids record."""
+    paths = (s.detail.get("failed_records_path") for s in recorded_import_sets(engine, ids))
+    return {Path(str(path)).name for path in paths if path}
+
+
+def _written_before(path: Path, when: float) -> bool:
+    try:
+        return path.stat().st_mtime < when
+    except FileNotFoundError:  # deleted meanwhile (its remediation done)
+        return False
 
 
 class FailedRecords:
@@ -55,6 +131,10 @@ class FailedRecords:
             self._writer.close()
             self._handle.close()
             self._numbers.close()
+            # written now, whenever the last buffer went out: the age by which a file no
+            # import set records is cleared counts from here (`clear_unrecorded_files`)
+            os.utime(self.path)
+            os.utime(row_numbers_path(self.path))
 
     def open_records(
         self, stream: Any, limits: FieldLimits = DEFAULT_LIMITS

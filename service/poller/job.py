@@ -14,11 +14,11 @@ from sqlalchemy import Engine
 
 from handlers.records import RemediationStatus
 from service.config import PollerMode, Settings
-from service.jobs.store.reports import import_sets
 from service.logs import RepeatedFailure, log_event
 from service.models import ProcessRole
 from service.models._types import utcnow
 from service.notify.alerts import raise_alert, resolve_alert
+from service.poller.files import failed_records_files, recorded_import_sets
 from service.poller.passes import PassReport, PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from service.worker.heartbeats import BEAT_EVERY_SECONDS, Ended, beat, beat_ended
@@ -112,15 +112,13 @@ def clear_remediated_files(engine: Engine, work_dir: Path) -> int:
     """Delete the failed-records files in `work_dir` whose import set's remediation is done;
     how many. Remediation deletes its own once its run is recorded (`jobs.remediation`); these
     are the files of runs that ended before it did, or in a process that died between the two.
-    A failure is logged: the next start tries again."""
-    found: dict[str, list[Path]] = {}
-    for path in work_dir.glob("*.failed.*"):  # the file, and its rows' numbers beside it
-        found.setdefault(path.name.split(".failed.")[0], []).append(path)
+    The files no import set records, a pass clears (`files.clear_unrecorded_files`). A failure
+    is logged: the next start tries again."""
+    found = failed_records_files(work_dir)  # the files, and their rows' numbers beside them
     try:
         done = [
             path
-            for ids in _chunks(sorted(found))
-            for s in import_sets(engine, ids)
+            for s in recorded_import_sets(engine, list(found))
             if s.remediation_status == RemediationStatus.DONE
             for path in found[s.import_set_id]
         ]
@@ -132,10 +130,6 @@ def clear_remediated_files(engine: Engine, work_dir: Path) -> int:
     if done:
         log_event("poller.remediated_files_cleared", files=len(done))
     return len(done)
-
-
-def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
-    return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 def wait_for_next_pass(deps: PollerDeps, stop: threading.Event, interval: float) -> None:

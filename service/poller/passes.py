@@ -32,6 +32,7 @@ from remediation.validation import MeterIndex
 from service.config import PollerMode
 from service.db.locks import HeldLock
 from service.logs import log_event
+from service.poller.files import clear_unrecorded_files
 from service.poller.handover import (
     FailedRowsHook,
     log_failed_rows,
@@ -101,6 +102,7 @@ def _run_pass(deps: PollerDeps) -> PassReport:
     store = PollerStore(deps.engine, fence=deps.lock.fence)
     report = PassReport(mode="index" if deps.index_mode else "import")
     clear_snapshots(deps.work_dir / "objects")
+    clear_unrecorded_files(deps.engine, deps.work_dir)  # under the lock, before any import
     listed, listing = _list_bucket(deps, store, report)
     plan = _plan(deps, store, listed, report)
     try:

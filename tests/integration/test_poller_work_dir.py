@@ -5,6 +5,8 @@ the worker's remediation task, the poll loop, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from sqlalchemy import create_engine, text
 from sqlmodel import select
 
 from service.config import Settings
@@ -22,9 +25,11 @@ from service.poller.store import row_numbers_path
 from service.runtime import Runtime
 from service.worker.inbox import requeue_event
 from service.worker.loop import InboxWorker
+from tests.conftest import SandboxServer
 from tests.integration.test_billing_safety import usage_csv
 from tests.integration.test_bucket_slow_or_down import FaultyProxy
 from tests.integration.test_e2e import Loop, _put, running_loop
+from tests.integration.test_poller_chaos import HEADER, MFX, STREAM, _env
 
 POLLER_ROWS = "meterfix.remediate.poller_rows"
 
@@ -118,3 +123,72 @@ def test_the_poller_deletes_at_start_the_files_of_runs_done_before(loop: Loop) -
         runtime.close()
     assert sorted(_statuses(loop)) == [("usage/done.csv", "done"), ("usage/waiting.csv", "pending")]
     assert _failed_records_files(loop) == [waiting, row_numbers_path(waiting)]
+
+
+def test_the_file_of_a_pass_killed_before_recording_it_is_deleted_by_a_later_pass(
+    db_url: str, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    """`meterfix poll` SIGKILLed mid-import (an out-of-memory kill) runs no cleanup: the
+    failed-records file it was writing, under a name of its own, is recorded by no import set.
+    The re-import had no failed row (the meter was created meanwhile): nothing recorded it,
+    nothing deleted it, not even a poller's start (its import set `not_needed`), one such
+    file a crash (tens of MB for a large object), and MFX_WORK_DIR grew without bound. A
+    later pass deletes it once it is older than a pass whose lock dropped could still be
+    about to record its own; the file an import set records, waiting for its remediation,
+    stays however old. `meterfix poll` as a real process, the sandbox as Stripe."""
+    sandbox_server.admin.create_meter("api_requests")
+    sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1, retry_after=30)
+    (tmp_path / "bucket").mkdir()
+    stamp = int(time.time()) - 60
+    day = f"d-a,{stamp},api_requests,cus_A,1\nd-x,{stamp},legacy_calls,cus_A,2\n"
+    (tmp_path / "bucket" / "day.csv").write_text(HEADER + day)
+    env = _env(db_url, sandbox_server, tmp_path)
+    work = tmp_path / "work" / "poller"
+    process = subprocess.Popen([MFX, "poll"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not sorted(work.glob("*.failed.*")):  # d-x refused, d-a's batch retried
+            assert process.poll() is None and time.monotonic() < deadline, "no failed row"
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        process.wait(10)
+    orphans = sorted(work.glob("*.failed.*"))
+    assert [p.name.endswith(".rows") for p in orphans] == [False, True]
+    sandbox_server.admin.clear_faults()
+    sandbox_server.admin.create_meter("legacy_calls")
+    waiting = f"w-a,{stamp},api_requests,cus_A,1\nw-x,{stamp},old_calls,cus_A,2\n"
+    (tmp_path / "bucket" / "waiting.csv").write_text(HEADER + waiting)
+    _poll_once(env)
+    assert _import_sets(db_url) == [("day.csv", "not_needed"), ("waiting.csv", "pending")]
+    assert sorted(e["identifier"] for e in sandbox_server.admin.meter_events()) == [
+        "d-a",
+        "d-x",
+        "w-a",
+    ]
+    files = sorted(work.glob("*.failed.*"))
+    recorded = [p for p in files if p not in orphans]
+    assert [p.name.endswith(".rows") for p in recorded] == [False, True]
+    assert "w-x" in recorded[0].read_text()
+    assert sorted(orphans + recorded) == files  # written just now: kept
+    hours_ago = time.time() - 2 * 3600  # the next pass two hours later
+    for path in files:
+        os.utime(path, (hours_ago, hours_ago))
+    _poll_once(env)
+    assert sorted(work.glob("*.failed.*")) == recorded
+    assert _import_sets(db_url) == [("day.csv", "not_needed"), ("waiting.csv", "pending")]
+
+
+def _poll_once(env: dict[str, str]) -> None:
+    once = subprocess.run([MFX, "poll", "--once"], env=env, capture_output=True, timeout=60)
+    assert once.returncode == 0, once.stderr.decode()[-2000:]
+
+
+def _import_sets(db_url: str) -> list[tuple[str, str]]:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            query = text("SELECT source_object, remediation_status FROM import_sets")
+            return sorted((str(key), str(status)) for key, status in connection.execute(query))
+    finally:
+        engine.dispose()
