@@ -30,6 +30,7 @@ from remediation.reported import (
     reported_code,
     select_reported,
 )
+from remediation.rowdigest import record_digests
 from remediation.rownames import RowNames
 from service.jobs.report_job import WINDOW_BEFORE, Report
 from service.jobs.store.taken_again import marked_among, marked_anywhere
@@ -98,16 +99,20 @@ class HeldFirst:
                 maybe.append(i)
         if overwritten or copied:
             sent: set[str] = set()
+            as_sent: set[str] = set()
             if overwritten:
                 records = batch.take(np.asarray(overwritten, np.int64)).records()
                 index, named = self.job.index, zip(overwritten, records, strict=True)
                 customers = {identifiers[i]: customer_of(r, index) for i, r in named}
                 sent = self.sent_in_window(customers)
+                as_sent = _held_as_sent([identifiers[i] for i in overwritten], records, first)
             # only when this version sent it (first, or again after an earlier version of
-            # the object did): one the poller left out (sent already) is not what Stripe
-            # refused (it billed the earlier send)
+            # the object did), or holds it as the object's latest send held it (that version
+            # is gone: the report about the send reads this one): one the poller left out
+            # changed (sent already) is not what Stripe refused (it billed the earlier send)
             again = {identifiers[i] for i in [*overwritten, *copied]}
-            sent |= self.sent_again(set(sent_by_version(self.engine, *self.version, again)))
+            mine = set(sent_by_version(self.engine, *self.version, again))
+            sent |= self.sent_again(mine | as_sent)
             keep[[i for i in [*overwritten, *copied] if identifiers[i] in sent]] = True
         if maybe:
             records = batch.take(np.asarray(maybe, np.int64)).records()
@@ -198,9 +203,10 @@ class SentAgain:
         self.never: dict[str, bool] = {}  # customer -> never made: one look-up each
 
     def __call__(self, identifiers: set[str]) -> set[str]:
-        """Those of `identifiers` (rows another version sent first, this one since) that are
-        such rows, by their latest send (`sent_moments`: a fix in the day's file rewritten
-        in place sent days after the first send is judged by its own)."""
+        """Those of `identifiers` (rows another version sent first, this one since or held as
+        the latest send held them) that are such rows, by their latest send (`sent_moments`:
+        a fix in the day's file rewritten in place sent days after the first send is judged
+        by its own)."""
         ordered = sorted(identifiers)
         found: set[str] = set()
         for start in range(0, len(ordered), LOOKUP_ROWS):
@@ -248,6 +254,17 @@ def _first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVer
     for start in range(0, len(ordered), LOOKUP_ROWS):
         found |= first_versions(engine, set(ordered[start : start + LOOKUP_ROWS]))
     return found
+
+
+def _held_as_sent(
+    identifiers: list[str], records: list[UsageRecord], first: Mapping[str, FirstVersion]
+) -> set[str]:
+    """Those of the rows (`identifiers`, their records) this version holds as the latest send
+    of them from the object held them (`FirstVersion.latest`, `remediation.rowdigest`): the
+    poller left them out (sent already), so the send a report is about is that one."""
+    digests = record_digests(records)
+    named = zip(identifiers, digests, strict=True)
+    return {identifier for identifier, digest in named if first[identifier].latest == digest}
 
 
 def _identifiers(batch: Batch) -> list[str]:

@@ -70,11 +70,12 @@ class ImportedRow(SQLModel, table=True):
     # the latest version of the object that held the identifier too, when not the first
     # (migration 0008: Stripe's connector takes every version whole, index mode)
     latest_etag: str | None = Field(default=None, max_length=255)
-    # the latest later version of the object that sent the identifier again, and its row
-    # there, when the first one sent it too (migration 0019: the day's file rewritten in place
-    # with a refused row fixed by hand; NULL: none did)
+    # the latest later version of the object that sent the identifier again, its row there
+    # and remediation.rowdigest of what it sent, when the first one sent it too (migration
+    # 0019: the day's file rewritten in place with a refused row fixed by hand; NULL: none did)
     resent_etag: str | None = Field(default=None, max_length=255)
     resent_row: int | None = None
+    resent_content: int | None = Field(default=None, sa_type=BigInteger)
 
 
 class PollerBatch(SQLModel, table=True):

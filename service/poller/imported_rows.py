@@ -78,7 +78,7 @@ class ImportedRows:
             conn.execute(  # nor sent again by it (`_record_sent`)
                 update(table)
                 .where(table.c.object_key == obj.key, table.c.resent_etag == obj.etag, listed)
-                .values(resent_etag=None, resent_row=None)
+                .values(resent_etag=None, resent_row=None, resent_content=None)
             )
 
     def _record_held(self) -> Insert:
@@ -94,8 +94,9 @@ class ImportedRows:
         that sent it is the one another version must not send it again after
         (`service.poller.other_versions.OtherVersions`). Where an earlier version sent it
         too (Stripe refused it, fixed by hand since), that one stays and this one is named
-        the row's latest send (`resent_etag`, `resent_row`): a report about it is about this
-        send (`service.poller.store.sent_moments`, `sent_by_version`)."""
+        the row's latest send (`resent_etag`, `resent_row`, `resent_content`): a report about
+        it is about this send (`service.poller.store.sent_moments`, `sent_by_version`,
+        `FirstVersion.latest`)."""
         again = ("etag", "row_number", "event_name", "timestamp", "sent", "content")
         table = _table(ImportedRow)
         first = table.c.sent.is_(False)  # no version sent it yet: this one is the first
@@ -104,6 +105,9 @@ class ImportedRows:
         }
         columns["resent_etag"] = case((first, table.c.resent_etag), else_=_excluded("etag"))
         columns["resent_row"] = case((first, table.c.resent_row), else_=_excluded("row_number"))
+        columns["resent_content"] = case(
+            (first, table.c.resent_content), else_=_excluded("content")
+        )
         return self._upsert_row(columns, first | (table.c.etag != _excluded("etag")))
 
     def _upsert_row(self, columns: dict[str, Any], where: Any) -> Insert:

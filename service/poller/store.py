@@ -22,6 +22,7 @@ from sqlalchemy import (
     Engine,
     Table,
     and_,
+    case,
     func,
     or_,
     select,
@@ -229,12 +230,15 @@ def _sent_rows(
 class FirstVersion(NamedTuple):
     """The first object version the poller recorded a row with: the one that sent it, if
     any did (`sent`), and what the row held there (`content`: `remediation.rowdigest`, None when
-    recorded before migration 0007)."""
+    recorded before migration 0007); `latest`: what the row's latest send from the object held
+    (a later version of it that sent the row again, `imported_rows.resent_content`; else
+    `content`)."""
 
     key: str
     etag: str
     sent: bool
     content: int | None
+    latest: int | None
 
     @property
     def version(self) -> tuple[str, str]:
@@ -270,8 +274,10 @@ def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVers
     if not identifiers:
         return {}
     rows = _table(ImportedRow)
+    latest = case((rows.c.resent_etag.is_(None), rows.c.content), else_=rows.c.resent_content)
+    columns = (rows.c.identifier, rows.c.object_key, rows.c.etag, rows.c.sent, rows.c.content)
     query = (
-        select(rows.c.identifier, rows.c.object_key, rows.c.etag, rows.c.sent, rows.c.content)
+        select(*columns, latest.label("latest"))
         .where(_among(rows.c.identifier, identifiers, engine))
         .order_by(rows.c.id.desc())
     )
@@ -279,7 +285,7 @@ def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVers
         found = connection.execute(query).all()
     return {  # the first one last
         str(row.identifier): FirstVersion(
-            str(row.object_key), str(row.etag), bool(row.sent), row.content
+            str(row.object_key), str(row.etag), bool(row.sent), row.content, row.latest
         )
         for row in found
     }

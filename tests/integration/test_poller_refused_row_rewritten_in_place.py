@@ -96,3 +96,38 @@ def test_a_row_fixed_days_after_the_first_send_waits_if_refused_again(
     assert sorted(loop.accepted()) == billed
     assert originals_billed(loop) == Counter({b.split("-mfx")[0]: 1 for b in billed})
     assert _waiting(loop) == 0
+
+
+def test_a_fix_held_unchanged_by_a_later_version_waits_if_refused_again(
+    loop: Loop,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """`g` fixed to cus_phantom (a customer Stripe never had) in `day.csv`'s second version:
+    sent, refused again unsampled. A third version holds `g` as the second sent it, and a new
+    row `b`; the poller leaves `g` out (sent already), and that version is the one the
+    report's run reads (the second is gone from the bucket). Its `g` is the row Stripe
+    refused (what the second version sent): an entry holding cus_phantom waits, and once
+    mapped the re-run bills `g` once (a review of eea03b9: the run took `g` only when the
+    version it reads sent it, nothing waited, usage lost)."""
+    with bundled_poller(loop) as deps:
+        other, row = a_row_stripe_refused(loop, deps)
+        time.sleep(1)
+        _refused_elsewhere_first(loop, int(str(other[1])))
+        fixed = [*row[:3], "cus_phantom", row[4]]
+        _put(loop, "day.csv", usage_csv([other, fixed]))
+        run_poll_pass(deps)
+        time.sleep(1)
+        new: list[object] = ["b", int(str(other[1])) + 30, *other[2:]]
+        _put(loop, "day.csv", usage_csv([other, fixed, new]))
+        run_poll_pass(deps)
+        assert _refused(loop) == ["g", "o0", "o1", "o2"]
+        reported(loop)
+        held = [(q.customer, q.taken_again is None) for q in _entries(loop, "g")]
+        assert held == [("cus_ghost", False), ("cus_phantom", True)]
+        assert _waiting(loop) == 4
+        add_rules(loop, '"cus_phantom" = "cus_alice"\n"cus_nobody" = "cus_alice"\n')
+        rerun(loop)
+        run_poll_pass(deps)
+    billed = ["a", "b", "g-mfx1", "o0-mfx1", "o1-mfx1", "o2-mfx1"]
+    assert sorted(loop.accepted()) == billed
+    assert originals_billed(loop) == Counter({b.split("-mfx")[0]: 1 for b in billed})
+    assert _waiting(loop) == 0
