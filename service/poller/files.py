@@ -69,11 +69,11 @@ def clear_unrecorded_files(engine: Engine, work_dir: Path) -> int:
     and every later pass writes under a name of its own: when the version's import set
     came to record none (no row failed again, the version given up) or another, nothing
     ever deleted it. Run by a pass holding the poller lock, before it imports: no other
-    pass can record a file but one whose lock dropped just after its last check, which
-    records its own right after writing it (`FailedRecords` touches it on closing), so an
-    old one is no live pass's. A file an import set records stays until its remediation
-    is done (`jobs.remediation`, `job.clear_remediated_files`). A failure is logged: the
-    next pass tries again."""
+    pass can record a file (one whose lock dropped finds the import set's save fenced, and
+    removes its own), and one a pass still writes is recent (`FailedRecords` touches it on
+    closing), so an old one is no live pass's. A file an import set records stays until
+    its remediation is done (`jobs.remediation`, `job.clear_remediated_files`). A failure is
+    logged: the next pass tries again."""
     found = failed_records_files(work_dir)
     try:
         recorded = _recorded_names(engine, list(found))

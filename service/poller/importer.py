@@ -79,10 +79,14 @@ def import_object(
     try:
         tally = _import_rows(job, obj, progress, source, FailedRecords(path, fmt))
         job.check_lock()  # lost: the next holder records the import, not this pass too
+        import_set = _record_import_set(job, obj, impset_id, path, tally)
     except BaseException:
         discard_failed_records(path)  # no import set records it: no reader will come
         raise
-    return _record_imported(job, obj, impset_id, path, tally), path
+    # the file recorded: kept even if the lock drops now (the next pass records its own
+    # over it, and `clear_unrecorded_files` deletes this one)
+    _mark_imported(job, obj, impset_id, tally)
+    return import_set, path
 
 
 def _import_rows(
@@ -117,15 +121,18 @@ def _import_rows(
     return tally
 
 
-def _record_imported(
+def _record_import_set(
     job: ObjectImport, obj: ObjectInfo, impset_id: str, path: Path, tally: ImportTally
 ) -> ImportSet:
-    """Save the object's import set from the tally, and mark the object imported."""
+    """Save the object's import set from the tally, fenced: a pass whose lock dropped just
+    after its last `check_lock`, going on late, saved it over the one the next pass had
+    recorded (its own file and counts), and the next pass's file was then recorded nowhere."""
     failed = tally.failed
-    import_set = save_poller_import_set(
+    return save_poller_import_set(
         job.store.engine,
         impset_id,
         obj.key,
+        fence=job.store.fence,
         status="succeeded_with_errors" if failed else "succeeded",
         rows_processed=tally.rows,
         successes_row_count=tally.sent,
@@ -137,15 +144,18 @@ def _record_imported(
             **({"sent_by_other_versions": tally.elsewhere} if tally.elsewhere else {}),
         },
     )
+
+
+def _mark_imported(job: ObjectImport, obj: ObjectInfo, impset_id: str, tally: ImportTally) -> None:
+    """The object imported, after its import set (fenced too: `PollerStore`)."""
     job.store.mark_done(
         obj,
         ObjectStatus.IMPORTED,
         rows=tally.rows,
         sent=tally.sent,
-        failed=failed,
+        failed=tally.failed,
         import_set_id=impset_id,
     )
-    return import_set
 
 
 def _send_all(

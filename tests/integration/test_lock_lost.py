@@ -38,6 +38,7 @@ from service.models import (
     RemediationRun,
 )
 from service.notify.leader import NOTIFY_LOCK_KEY, leading
+from service.poller import importer
 from service.poller.import_batches import CHUNKS_PER_GROUP
 from service.poller.importer import import_object
 from service.poller.lock import POLLER_LOCK_KEY, held_poller_lock, poller_lock
@@ -419,6 +420,75 @@ def test_a_pass_leaving_after_its_lock_dropped_keeps_off_the_failed_records_of_t
     recorded = Path(str(import_set.detail["failed_records_path"]))
     assert recorded.exists(), "the recorded failed-records file is gone"
     in_file = {row["identifier"] for row in csv.DictReader(io.StringIO(recorded.read_text()))}
+    assert in_file == refused
+    loop.drain()
+    with loop.session() as session:
+        quarantined = [row.identifier for row in session.exec(select(QuarantinedRow))]
+        [import_set] = session.exec(select(ImportSet)).all()
+    assert sorted(quarantined) == sorted(refused)
+    assert import_set.remediation_status == "done"
+    assert sorted((Path(loop.settings.mfx_work_dir) / "poller").glob("*.failed.*")) == []
+
+
+def test_a_pass_whose_lock_dropped_after_its_last_check_records_no_import_set(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first pass's lock dropped just after its last `check_lock` (its rows sent, its
+    failed-records file written), and the next pass imported the version and recorded its
+    own file. The first, going on late, still saved its import set (the save was not fenced):
+    the import set named the first's file, and the next pass's file was recorded nowhere. The
+    save is fenced now: the first records nothing and removes its own file; the import set
+    names the next pass's file, whose rows the remediation quarantines."""
+    now = int(time.time())
+    meters = ["legacy_calls" if i % 10 == 0 else "api_requests" for i in range(100)]
+    rows = [[f"u-{i}", now - 60, meter, "cus_bob", "1"] for i, meter in enumerate(meters)]
+    refused = {f"u-{i}" for i, meter in enumerate(meters) if meter == "legacy_calls"}
+    _put(loop, "day.csv", usage_csv(rows))
+    saving, second_done = threading.Event(), threading.Event()
+    paths: dict[str, Path] = {}
+    save = importer.save_poller_import_set
+
+    def first_saves_late(*args: Any, **kwargs: Any) -> ImportSet:
+        pass_name = "second" if threading.current_thread() is threading.main_thread() else "first"
+        paths[pass_name] = Path(str(kwargs["detail"]["failed_records_path"]))
+        if pass_name == "first":
+            saving.set()
+            assert second_done.wait(60), "the second pass did not end"
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(importer, "save_poller_import_set", first_saves_late)
+    reports: dict[str, PassReport] = {}
+    with bundled_poller(loop) as first, bundled_poller(loop) as second:
+        holder = threading.Thread(target=lambda: reports.update(first=run_poll_pass(first)))
+        holder.start()
+        try:
+            assert saving.wait(60), "the first pass did not import the object"
+            terminate_lock_holder(loop.engine, POLLER_LOCK_KEY)
+            reports["second"] = run_poll_pass(second)
+            with loop.session() as session:
+                [import_set] = session.exec(select(ImportSet)).all()
+            assert import_set.detail["failed_records_path"] == str(paths["second"])
+        finally:
+            second_done.set()
+            holder.join(60)
+    assert not holder.is_alive()
+    assert reports["first"].lock_lost and reports["first"].imported == 0, reports["first"]
+    assert (reports["second"].sent, reports["second"].failed_rows) == (90, 10), reports["second"]
+    assert paths["first"] != paths["second"]
+    with loop.session() as session:
+        [import_set] = session.exec(select(ImportSet)).all()
+        [obj] = session.exec(select(BucketObject)).all()
+    assert import_set.detail["failed_records_path"] == str(paths["second"]), "the first's file"
+    assert (import_set.rows_processed, import_set.successes_row_count) == (100, 90)
+    assert import_set.errors_row_count == 10 and import_set.remediation_status == "pending"
+    assert (obj.status, obj.import_set_id, obj.sent, obj.failed) == (
+        "imported",
+        import_set.import_set_id,
+        90,
+        10,
+    )
+    assert not paths["first"].exists(), "the first pass's file, recorded nowhere, is left"
+    in_file = {r["identifier"] for r in csv.DictReader(io.StringIO(paths["second"].read_text()))}
     assert in_file == refused
     loop.drain()
     with loop.session() as session:

@@ -18,6 +18,7 @@ from sqlmodel import select as select_model
 
 from handlers.records import RemediationStatus
 from service.db import session_scope
+from service.db.locks import Fence, unfenced
 from service.db.pages import Listing, Page, keyset
 from service.models import ErrorReportStatus
 from service.models._types import as_utc, table_of, utcnow
@@ -232,10 +233,18 @@ POLLER_ORIGIN = "poller"
 
 
 def save_poller_import_set(
-    engine: Engine, import_set_id: str, source_object: str, **values: Any
+    engine: Engine,
+    import_set_id: str,
+    source_object: str,
+    *,
+    fence: Fence = unfenced,
+    **values: Any,
 ) -> ImportSet:
-    """Create or update the import set the poller records for one object version."""
+    """Create or update the import set the poller records for one object version. `fence`:
+    a pass's `HeldLock.fence`, so that a pass whose lock dropped does not record its
+    failed-records file and counts over those of the pass that holds the lock now."""
     with session_scope(engine) as session:
+        fence(session.connection())
         query = select_model(ImportSet).where(ImportSet.import_set_id == import_set_id)
         row = session.exec(query).first() or ImportSet(import_set_id=import_set_id, status="")
         row.origin, row.source_object, row.updated_at = POLLER_ORIGIN, source_object, utcnow()
