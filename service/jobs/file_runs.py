@@ -249,7 +249,8 @@ class SourceRows:
     whose identifier the version it came from sent from another of its rows (`etag`: `k1`
     valid beside `k1` in milliseconds) was not sent since: Stripe took `k1` from that row,
     so this one is handed on under `identifier_taken` (`_taken_here`), quarantined, where it
-    was left out as sent and seen by nobody."""
+    was left out as sent and seen by nobody. One its version sent in a batch never
+    acknowledged is handed on whoever else sent it (`_sent_elsewhere`)."""
 
     def __init__(
         self,
@@ -286,7 +287,7 @@ class SourceRows:
             sent = self._sent(identifiers)
             here = self._sent_here(sent)
             for record in batch:
-                if record.identifier in sent and record.identifier not in here:
+                if _sent_elsewhere(record, sent, here):
                     self.sent += 1
                     continue
                 record.row_number = _in_object(record, own, numbers)
@@ -302,6 +303,18 @@ class SourceRows:
         if self.key is None or self.etag is None or not sent:
             return {}
         return sent_by_version(self.engine, self.key, self.etag, sent)
+
+
+def _sent_elsewhere(record: UsageRecord, sent: set[str], here: dict[str, int]) -> bool:
+    """Whether a refused row is left out as sent by a version other than its own. Not one its
+    own version sent in a batch Stripe never acknowledged (`sent_without_answer`, that send
+    no longer recorded): the poller sent it only as the other sends did not count (never
+    acknowledged, or refused: `OtherVersions`), and its quarantine sends nothing. Left out,
+    the rows of the day's file rewritten in place that a failed batch of the earlier version
+    held, sent again and failing our checks after, were neither billed for sure nor held."""
+    if record.identifier not in sent or record.identifier in here:
+        return False
+    return record.error_code != ErrorCode.SENT_WITHOUT_ANSWER.value
 
 
 def _in_object(

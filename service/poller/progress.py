@@ -17,7 +17,19 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, and_, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    and_,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remediation.ports import ObjectInfo
@@ -59,32 +71,30 @@ class ProgressStore:
         return _object_progress(row, batches, as_utc(grown))
 
     def sent_rows_before(self, obj: ObjectInfo, resume_row: int) -> bytearray:
-        """A bitmap of the rows before `resume_row` recorded as sent (one bit per row)."""
+        """A bitmap of the rows before `resume_row` recorded as sent (one bit per row): sent
+        first by this version, or again after an earlier version of the object
+        (`imported_rows.resent_row`). Without the latter, such a row of a batch never
+        acknowledged, failing our checks on the next pass, was never marked not sent:
+        remediation held it for good as `identifier_taken`, naming its own row."""
         bitmap = bytearray(resume_row // 8 + 1)
         if resume_row <= 0:
             return bitmap
-        query = select(ROWS.c.row_number).where(
-            ROWS.c.object_key == obj.key,
-            ROWS.c.etag == obj.etag,
-            ROWS.c.sent.is_(True),
-            ROWS.c.row_number < resume_row,
-        )
+        sent, number = _sent_by(obj)
+        query = select(number).where(sent, number < resume_row)
         with self.engine.connect() as conn:
             result = conn.execute(query.execution_options(yield_per=10_000))
-            for number in map(int, result.scalars()):
-                bitmap[number >> 3] |= 1 << (number & 7)
+            for row in map(int, result.scalars()):
+                bitmap[row >> 3] |= 1 << (row & 7)
         return bitmap
 
     def sent_here(self, obj: ObjectInfo, identifiers: Sequence[str]) -> set[str]:
-        """Which of `identifiers` this object version recorded as sent."""
+        """Which of `identifiers` this object version recorded as sent (first, or again after
+        an earlier version of the object: `sent_rows_before`)."""
         identifiers = [i for i in identifiers if recordable(i)]
         if not identifiers:
             return set()
         query = select(ROWS.c.identifier).where(
-            ROWS.c.object_key == obj.key,
-            ROWS.c.etag == obj.etag,
-            ROWS.c.sent.is_(True),
-            in_listed(ROWS.c.identifier, identifiers, self.engine, "identifiers"),
+            _sent_by(obj)[0], in_listed(ROWS.c.identifier, identifiers, self.engine, "identifiers")
         )
         with self.engine.connect() as conn:
             found: Iterable[object] = conn.execute(query).scalars()
@@ -255,6 +265,15 @@ class ProgressStore:
         with self.engine.connect() as conn:
             query = select(func.count()).where(BATCHES.c.object_id == object_id)
             return int(conn.execute(query).scalar_one())
+
+
+def _sent_by(obj: ObjectInfo) -> tuple[Any, Any]:
+    """(which imported_rows this object version sent: first, or again after an earlier
+    version of its object, which keeps the row; the row's number in this version)."""
+    again = ROWS.c.resent_etag == obj.etag
+    first = and_(ROWS.c.etag == obj.etag, ROWS.c.sent.is_(True))
+    number = case((again, ROWS.c.resent_row), else_=ROWS.c.row_number)
+    return and_(ROWS.c.object_key == obj.key, or_(first, again)), number
 
 
 def _object_row(conn: Connection, obj: ObjectInfo) -> Row[Any]:

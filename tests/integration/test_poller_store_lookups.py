@@ -21,6 +21,7 @@ from remediation.poller import RowRef
 from remediation.ports import ObjectInfo
 from service.db import make_engine
 from service.models import BucketObject, ImportedRow, PollerBatch
+from service.poller.progress import ProgressStore
 from service.poller.store import (
     event_names_of,
     first_versions,
@@ -136,3 +137,41 @@ def test_a_send_again_from_a_later_version_of_the_object_is_the_rows_latest(
     assert sent_by_version(engine, KEY, "e2", ASKED) == {}
     assert sent_moments(engine, ASKED) == {"id-7": SENT, "id-9": SENT}
     assert first_versions(engine, {"id-7"})["id-7"] == (KEY, "e1", True, 1, 1)
+
+
+def test_a_send_again_from_a_later_version_of_the_object_is_its_own_on_its_next_pass(
+    engine: Engine,
+) -> None:
+    """`id-7`, sent from `e1`, is sent again from row 5 of `e2` in a batch never acknowledged:
+    `e2`'s next pass reads it as a row it sent (`sent_rows_before`, `sent_here`), so failing
+    our checks then it is marked not sent (`BatchRows.failed_rows`) and its send again
+    forgotten. Read by `e2`'s etag alone, it was not: the send stayed recorded and remediation
+    held the row as `identifier_taken`, "also row 5", the row itself."""
+    later = SENT + timedelta(days=2)
+    with Session(engine) as session:
+        obj = BucketObject(key=KEY, etag="e2", last_modified=later, first_sent_at=later)
+        session.add(obj)
+        session.flush()
+        assert obj.id is not None
+        session.add(
+            PollerBatch(object_id=obj.id, batch_number=0, first_row=5, rows=1, first_sent_at=later)
+        )
+        session.commit()
+    store, progress = PollerStore(engine), ProgressStore(engine)
+    e1 = ObjectInfo(key=KEY, etag="e1", size=1, last_modified=UPLOADED)
+    e2 = ObjectInfo(key=KEY, etag="e2", size=1, last_modified=later)
+    store.insert_rows(e2, [RowRef("id-7", 5, "api_requests", None, sent=True, content=7)])
+    assert _bits(progress.sent_rows_before(e2, 10)) == [5]
+    assert progress.sent_here(e2, sorted(ASKED)) == {"id-7"}
+    assert _bits(progress.sent_rows_before(e1, 10)) == [1, 2]  # the first send's, as it was
+    assert progress.sent_here(e1, sorted(ASKED)) == {"id-7", "id-9"}
+    store.mark_not_sent(e2, ["id-7"])
+    assert _bits(progress.sent_rows_before(e2, 10)) == []
+    assert progress.sent_here(e2, sorted(ASKED)) == set()
+    assert sent_by_version(engine, KEY, "e2", ASKED) == {}
+    assert _bits(progress.sent_rows_before(e1, 10)) == [1, 2]
+
+
+def _bits(bitmap: bytearray) -> list[int]:
+    """The row numbers a `ProgressStore.sent_rows_before` bitmap holds."""
+    return [n for n in range(len(bitmap) * 8) if bitmap[n >> 3] & (1 << (n & 7))]
