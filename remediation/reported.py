@@ -175,6 +175,9 @@ class Selection:
     # of `first`: the identifiers whose first row another run corrected or quarantined before
     # the report's task (sent, or sent by a re-run, under `<id>-mfx<n>`): none selected goes out
     handled_first: set[str] = field(default_factory=set)
+    # of `first`: those whose first row Stripe refused for a problem the report does not count,
+    # that no run handled yet (`refused_under`: its own run sends it under `<id>-mfx<n>`)
+    refused_first: set[str] = field(default_factory=set)
 
 
 def select_reported(
@@ -213,10 +216,11 @@ def select_reported(
 def _one_goes_out(record: UsageRecord, selection: Selection) -> None:
     """A row under a shared sampled identifier the report's codes fit (Stripe refused it):
     the first goes out (of the objects the report's task reads, in the order it runs over
-    them, but one another run handled: `Selection.handled_first`); a later one is held under
-    `identifier_taken` (never corrected, never sent by a re-run: `core.decide`), naming the
-    first. Stripe keeps one event an identifier: under `<id>-mfx1` a second is refused as a
-    duplicate, or billed twice past its dedupe."""
+    them, but one another run handled, or its own run will: `Selection.handled_first`,
+    `Selection.refused_first`); a later one is held under `identifier_taken` (never corrected,
+    never sent by a re-run: `core.decide`), naming the first. Stripe keeps one event an
+    identifier: under `<id>-mfx1` a second is refused as a duplicate, or billed twice past its
+    dedupe."""
     identifier = record.identifier or ""
     source = selection.source
     here = (source, record.row_number)
@@ -230,6 +234,14 @@ def _one_goes_out(record: UsageRecord, selection: Selection) -> None:
             "another run corrected or quarantined (sent, or to be sent by a re-run, under a "
             "derived identifier): a second would be refused as a duplicate or billed twice; "
             "not corrected"
+        )
+        return
+    if identifier in selection.refused_first:
+        record.error_message = (
+            f"identifier {shown(identifier)} is also row {before}'s of {shown(key)}, which "
+            "Stripe refused too, for a problem this report does not count (its own run "
+            "corrects or quarantines it, to be sent under a derived identifier): a second "
+            "would be refused as a duplicate or billed twice; not corrected"
         )
         return
     which, taking = f"row {before}'s", "this run takes"
@@ -252,13 +264,52 @@ def taken_under(
     """The shared sampled identifiers (`scope.shared`) an object holds a row under that is not
     the report's (no reported code fits it: Stripe took it, billed an event under it). A
     refused row of another object under one is quarantined (`sameids.TakenElsewhere`), as
-    `sameids` quarantines one of the same object: sent as `<id>-mfx1`, billed twice."""
+    `sameids` quarantines one of the same object: sent as `<id>-mfx1`, billed twice. Not a
+    row our validation proves Stripe refused (`refused_under`): day.csv's `k1` with a value
+    that is text, quarantined, then sent again fixed from day2.csv (its entry marked taken
+    again, no longer handled) was said taken, and day2.csv's refused `k1` held, never billed."""
     return {
         record.identifier or ""
         for record in records
         if (record.identifier or "") in scope.shared
         and reported_code(record, scope, index, taken, customers) is None
+        and not _always_refused(record, index, taken)
     }
+
+
+def refused_under(
+    records: Iterable[UsageRecord],
+    scope: ReportScope,
+    index: MeterIndex,
+    taken: Taken,
+    customers: set[str],
+) -> dict[str, int]:
+    """The shared sampled identifiers an object holds a row under that Stripe refused for a
+    problem the report does not count (no reported code fits it, our validation finds one
+    Stripe refuses whenever it took the row), each with its first such row: the report's run
+    does not select it, its own run (its failed records, its report) corrects or quarantines
+    it, so it goes out under `<id>-mfx<n>` unless a run took it up since (the caller asks).
+    Not in an object holding a row under it the report is about: that row goes first, and
+    the object's own runs hold the other under `identifier_taken` (more rows of the object
+    under it than Stripe refused for that problem: `jobs.file_runs.stripe_took`)."""
+    refused: dict[str, int] = {}
+    reported: set[str] = set()
+    for record in sorted(records, key=lambda r: r.row_number):
+        identifier = record.identifier or ""
+        if identifier not in scope.shared:
+            continue
+        if reported_code(record, scope, index, taken, customers) is not None:
+            reported.add(identifier)
+        elif identifier not in refused and _always_refused(record, index, taken):
+            refused[identifier] = record.row_number
+    return {i: row for i, row in refused.items() if i not in reported}
+
+
+def _always_refused(record: UsageRecord, index: MeterIndex, taken: Taken) -> bool:
+    """Whether our validation finds the row a problem Stripe refused it for whenever it took
+    it (held against the bounds of `Taken`, as `reported_code`), whatever the report's codes."""
+    problem = validate_record(record, index, taken.latest)
+    return problem is not None and _refused_whenever_taken(problem.code, record, index, taken)
 
 
 def reported_code(

@@ -35,7 +35,14 @@ from remediation.engine import batches
 from remediation.errors import UnreadableFile
 from remediation.records import UsageRecord
 from remediation.repair import InputPlan, read_repaired
-from remediation.reported import ReportScope, Selection, Taken, sampled_in, taken_under
+from remediation.reported import (
+    ReportScope,
+    Selection,
+    Taken,
+    refused_under,
+    sampled_in,
+    taken_under,
+)
 from remediation.rowdigest import text_digests
 from remediation.rownames import RowNames
 from remediation.validation import MeterIndex
@@ -54,6 +61,7 @@ from service.jobs.stages import Stage, Stages
 from service.jobs.store.lineage import handled_identifiers, runs_correcting
 from service.jobs.store.report_records import load_report, set_report_status
 from service.jobs.store.runs import report_run_key
+from service.jobs.store.taken_again import quarantine_times
 from service.models import (
     ErrorReport,
     ErrorReportStatus,
@@ -157,7 +165,9 @@ def _taken_from(ctx: RunContext, job: Report, read: dict[str, _Linked]) -> None:
     run corrected or quarantined is not one Stripe took (a quarantined one was said to be, its
     identifier taken for billed): it is the first under its identifier wherever it stands
     (`job.first`), so a refused row of another object under it is held (it went out as
-    `<id>-mfx1`, or a re-run sends it so: a second is a duplicate or billed twice)."""
+    `<id>-mfx1`, or a re-run sends it so: a second is a duplicate or billed twice). Nor is a
+    row our validation proves Stripe refused (`_refused_first`)."""
+    refused: dict[str, dict[str, int]] = {}
     for key in sorted(read):
         shared = frozenset(job.sampled[key].shared)
         if not shared:
@@ -169,6 +179,27 @@ def _taken_from(ctx: RunContext, job: Report, read: dict[str, _Linked]) -> None:
         taken = when_taken(ctx.engine, job, key, read[key].fetched[0], linked=True)
         for identifier in taken_under(records, scope, job.index, taken, job.customers):
             job.took.setdefault(identifier, []).append(key)
+        refused[key] = refused_under(records, scope, job.index, taken, job.customers)
+    for key in sorted(refused):  # an identifier Stripe took from a row is not such a one's
+        _refused_first(ctx, job, key, {i: n for i, n in refused[key].items() if i not in job.took})
+
+
+def _refused_first(ctx: RunContext, job: Report, key: str, refused: dict[str, int]) -> None:
+    """Note in `job.first` the object's rows Stripe refused for a problem the report does not
+    count that no run took up yet (`reported.refused_under`): its own run corrects or
+    quarantines such a row, so a refused row of another object under its identifier is held
+    (under `<id>-mfx1` the two clash). Not one a run quarantined: held under
+    `identifier_taken` it is never sent; marked taken again (day.csv's `k1` quarantined, its
+    usage sent again from day2.csv) re-runs leave it, so the row sent again goes out, or the
+    usage is never billed."""
+    if not refused:
+        return
+    runs = runs_correcting(ctx.engine, object_sources(ctx.engine, ctx.bucket, key))
+    entries = {entry[0] for entry in quarantine_times(ctx.engine, runs, sorted(refused))}
+    for identifier, row in sorted(refused.items(), key=lambda item: item[1]):
+        if identifier not in entries and identifier not in job.first:
+            job.first[identifier] = (key, row)
+            job.refused_first.add(identifier)
 
 
 def _handled_first(
@@ -312,7 +343,12 @@ def _remediate(
         sampled = job.sampled.get(key)
         shared = frozenset(sampled.shared) if sampled is not None else frozenset()
         scope = ReportScope(base.codes, base.samples, base.event_name, handled, changed, shared)
-        selection = Selection(first=job.first, source=key, handled_first=job.handled_first)
+        selection = Selection(
+            first=job.first,
+            source=key,
+            handled_first=job.handled_first,
+            refused_first=job.refused_first,
+        )
         runs = runs_correcting(ctx.engine, sources)
         held = HeldFirst(ctx.engine, job, (key, etag), runs, ctx.customer_records)
         rows = Reported(RowNames(key, etag), held, job, scope, taken, selection)

@@ -61,10 +61,13 @@ class Report:
     # objects holding a row of it Stripe took (`reported.taken_under`), in key order
     took: dict[str, list[str]] = field(default_factory=dict)
     # such an identifier -> the first row selected under it, and its object (`Selection.first`),
-    # or, noted before the runs, the first another run corrected or quarantined
+    # or, noted before the runs, the first another run corrected or quarantined, or the first
+    # Stripe refused for a problem the report does not count, no run handled yet
     first: dict[str, tuple[str, int]] = field(default_factory=dict)
     # of `first`: those whose first row another run handled (`Selection.handled_first`)
     handled_first: set[str] = field(default_factory=set)
+    # of `first`: those whose first row its own run is yet to handle (`Selection.refused_first`)
+    refused_first: set[str] = field(default_factory=set)
     # every object the report may run over (linked or found around its window): an object
     # sharing its folder and stem with another gets a folder of its own (`object_tag`)
     objects: set[str] = field(default_factory=set)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from flask import Flask
+from sqlalchemy import text
 from sqlmodel import select
 
 from service.config import PollerMode, Settings
@@ -241,5 +243,90 @@ def test_a_row_another_run_quarantined_is_not_said_to_be_taken_by_stripe(loop: L
             "identifier 'k1' is also row 1's of 'usage/day.csv', which another run corrected "
             "or quarantined (sent, or to be sent by a re-run, under a derived identifier): a "
             "second would be refused as a duplicate or billed twice; not corrected",
+        )
+    ]
+
+
+def test_a_quarantined_row_sent_again_is_not_said_to_be_taken_by_stripe(loop: Loop) -> None:
+    """day.csv's k1 with a value that is text (refused): the run over its failed records
+    quarantined it. Then day2.csv's k1, the same usage (the same second) with its value fixed
+    but in milliseconds, refused and sampled by a report linking both objects. The poller,
+    indexing day2.csv, marked the quarantined row taken again (no longer handled); the
+    report's codes do not fit it, so it was taken for a row Stripe took, and day2.csv's k1
+    was held as "a row of 'usage/day.csv' that Stripe took (not refused)": false, and the
+    usage was never billed. A row our checks prove Stripe refuses is not one it took:
+    day2.csv's k1 goes out, once."""
+    now = int(time.time()) - 60
+    bad = _row("k1", now, "cus_bob", 0) | {"value": "lots"}
+    _sent(loop, [("usage/day.csv", [bad])])
+    _sent(loop, [("usage/day2.csv", [_row("k1", now * 1000, "cus_bob", 7)])])
+
+    assert loop.accepted() == ["k1-mfx1"]
+    [event] = loop.sandbox.meter_events()
+    assert event["payload"]["value"] == "7"  # day2.csv's, the usage sent again
+    assert [e["identifier"] for e in loop.sandbox.duplicates()] == []
+    with loop.session() as session:
+        [held] = session.exec(select(QuarantinedRow)).all()
+    # quarantined from the failed-records file of day.csv's import, taken again by day2.csv
+    assert (held.identifier, held.row_number, held.record["mfx_code"]) == (
+        "k1",
+        1,
+        "meter_event_invalid_value",
+    )
+    assert (held.taken_again or "").startswith("usage/day2.csv (ETag ")
+    assert _reports(loop) == [(1, "remediated")]
+
+
+def _due(loop: Loop, at: datetime) -> None:
+    """The pending tasks due at `at` (a day ahead: a worker's backlog holds them)."""
+    with loop.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE inbox_events SET next_attempt_at = :at WHERE status = 'pending'"),
+            {"at": at},
+        )
+
+
+def test_a_refused_row_its_own_run_is_yet_to_take_is_not_said_to_be_taken_by_stripe(
+    loop: Loop,
+) -> None:
+    """day.csv's k1 with a value that is text (refused), its failed records not yet taken by
+    the worker (a backlog). Then day2.csv's k1 in milliseconds, other usage, refused and
+    sampled by a report linking both objects. day.csv's k1, a row our checks prove Stripe
+    refuses, is not one it took, nor is it the report's: its own run quarantines it, and
+    once fixed a re-run sends it as k1-mfx1. day2.csv's k1 is held naming it (sent as
+    k1-mfx1 too, the two would clash), not as a row Stripe took."""
+    now = int(time.time()) - 60
+    bad = _row("k1", now, "cus_bob", 0) | {"value": "lots"}
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=render([bad], "csv"))
+        run_poll_pass(deps)
+        loop.sandbox.connector_poll()
+        _due(loop, datetime.now(UTC) + timedelta(days=1))  # day.csv's failed records wait
+        later = [_row("k1", (now - 5) * 1000, "cus_bob", 7)]
+        loop.s3.put_object(Bucket=BUCKET, Key="usage/day2.csv", Body=render(later, "csv"))
+        run_poll_pass(deps)
+        loop.sandbox.connector_poll()
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()  # the report's task
+        _due(loop, datetime.now(UTC) - timedelta(seconds=1))
+        loop.drain()  # day.csv's failed records
+    finally:
+        runtime.close()
+
+    assert loop.accepted() == []
+    held = _held(loop)
+    assert [(h[0], h[2], h[3]) for h in held[:1]] == [("k1", 1, "meter_event_invalid_value")]
+    assert held[1:] == [
+        (
+            "k1",
+            "usage/day2.csv",
+            1,
+            TAKEN,
+            "identifier 'k1' is also row 1's of 'usage/day.csv', which Stripe refused too, for "
+            "a problem this report does not count (its own run corrects or quarantines it, to "
+            "be sent under a derived identifier): a second would be refused as a duplicate or "
+            "billed twice; not corrected",
         )
     ]

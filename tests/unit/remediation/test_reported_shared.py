@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from remediation.meters import Meter
 from remediation.records import UsageRecord
-from remediation.reported import ReportScope, Selection, Taken, sampled_rows, select_reported
+from remediation.reported import (
+    ReportScope,
+    Selection,
+    Taken,
+    refused_under,
+    sampled_rows,
+    select_reported,
+    taken_under,
+)
 from remediation.validation import MeterIndex
 
 NOW = 1_764_000_000
@@ -74,3 +82,22 @@ def test_customers_of_a_shared_sampled_identifier_count_only_when_its_rows_agree
     alike = [row(1, "k1", customer="acme-42"), row(2, "k1", customer="acme-42")]
     assert sampled_rows(alike, scope, INDEX).customers == {"acme-42"}
     assert chosen(alike, {"k1": NOT_FOUND}) == [(1, NOT_FOUND), (2, "identifier_taken")]
+
+
+def test_a_row_refused_for_a_problem_the_report_does_not_count_is_not_one_stripe_took() -> None:
+    """A row our validation proves Stripe refused (a value that is text) is not one it took,
+    whatever the report's codes: k1's was (the report is about timestamps), and a refused row
+    of another object under k1 was held as "a row that Stripe took (not refused)", never
+    billed. A valid row under an identifier is taken, beside a refused one or not."""
+    lots = row(1, "k1")
+    lots.payload["value"] = "lots"
+    also = row(3, "k2")
+    also.payload["value"] = "lots"
+    beside = row(5, "k3")
+    beside.payload["value"] = "lots"
+    records = [lots, row(2, "k2"), also, row(4, "k3", NOW * 1000), beside]
+    shared = frozenset({"k1", "k2", "k3"})
+    scope = ReportScope(frozenset({FUTURE}), {"k3": FUTURE}, "api_requests", shared=shared)
+    assert taken_under(records, scope, INDEX, TAKEN, set()) == {"k2"}
+    # k3's row 4 is the report's (its code fits): it goes first, the object's runs hold row 5
+    assert refused_under(records, scope, INDEX, TAKEN, set()) == {"k1": 1, "k2": 3}
