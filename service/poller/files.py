@@ -5,17 +5,19 @@ the files no import set records."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 import uuid
 from array import array
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import URL, Engine
 
 from remediation.formats import FileFormat, RecordWriter, read_records
 from remediation.limits import DEFAULT_LIMITS, FieldLimits
@@ -31,13 +33,37 @@ from service.poller.store import row_numbers_path
 UNRECORDED_KEPT_SECONDS = 3600.0
 
 
-def failed_records_path(work_dir: Path, import_set_id: str, fmt: FileFormat) -> Path:
+def failed_records_path(
+    work_dir: Path, engine: Engine, import_set_id: str, fmt: FileFormat
+) -> Path:
     """A name of its own for one pass's file, after the import set (`clear_remediated_files`
     reads the id back): a pass whose lock dropped, going on late, started afresh (removed or
     truncated) the file the next pass of the same version had recorded under the one name
-    a version had. CSV input keeps CSV; JSON input gives JSON Lines."""
+    a version had. In the database's own part of `work_dir` (`database_files_dir`). CSV
+    input keeps CSV; JSON input gives JSON Lines."""
     suffix = "csv" if fmt is FileFormat.CSV else "jsonl"
-    return work_dir / f"{import_set_id}.failed.{uuid.uuid4().hex[:16]}.{suffix}"
+    name = f"{import_set_id}.failed.{uuid.uuid4().hex[:16]}.{suffix}"
+    return database_files_dir(work_dir, engine) / name
+
+
+def database_files_dir(work_dir: Path, engine: Engine) -> Path:
+    """The part of `work_dir` holding the failed-records files of `engine`'s database: two
+    installations started from one directory share the default MFX_WORK_DIR (relative), and
+    a pass of one deleted, as recorded by no import set of its own, the other's file still
+    waiting for its remediation (refused rows never quarantined). Named by a digest of where
+    the database is, never its URL or credentials. Files written before it had a part of its
+    own are in `work_dir` itself: read where recorded, and kept until remediated."""
+    return work_dir / f"db-{_database_digest(engine.url)}"
+
+
+def _database_digest(url: URL) -> str:
+    """Where the database is, without credentials (the user too: the same database), the
+    query kept (a PostgreSQL schema is chosen there); a SQLite file by its absolute path."""
+    where = url.set(username=None, password=None)
+    if where.get_backend_name() == "sqlite" and where.database not in (None, "", ":memory:"):
+        where = where.set(database=str(Path(str(where.database)).resolve()))
+    rendered = where.render_as_string(hide_password=False)
+    return hashlib.sha256(rendered.encode()).hexdigest()[:12]
 
 
 def discard_failed_records(path: Path) -> None:
@@ -47,11 +73,11 @@ def discard_failed_records(path: Path) -> None:
     row_numbers_path(path).unlink(missing_ok=True)
 
 
-def failed_records_files(work_dir: Path) -> dict[str, list[Path]]:
-    """Import set id -> its failed-records files in `work_dir`: each pass's file, and its
-    rows' numbers beside it."""
+def failed_records_files(*dirs: Path) -> dict[str, list[Path]]:
+    """Import set id -> its failed-records files in `dirs`: each pass's file, and its rows'
+    numbers beside it."""
     found: dict[str, list[Path]] = {}
-    for path in work_dir.glob("*.failed.*"):
+    for path in (path for where in dirs for path in where.glob("*.failed.*")):
         found.setdefault(path.name.split(".failed.")[0], []).append(path)
     return found
 
@@ -63,18 +89,20 @@ def recorded_import_sets(engine: Engine, ids: Sequence[str], size: int = 500) ->
 
 
 def clear_unrecorded_files(engine: Engine, work_dir: Path) -> int:
-    """Delete the failed-records files in `work_dir` that their import set does not record
-    (or no import set: none recorded), last written over UNRECORDED_KEPT_SECONDS ago; how
-    many. A pass killed before it recorded its file (SIGKILL, out of memory) ran no cleanup,
-    and every later pass writes under a name of its own: when the version's import set
-    came to record none (no row failed again, the version given up) or another, nothing
-    ever deleted it. Run by a pass holding the poller lock, before it imports: no other
-    pass can record a file (one whose lock dropped finds the import set's save fenced, and
-    removes its own), and one a pass still writes is recent (`FailedRecords` touches it on
-    closing), so an old one is no live pass's. A file an import set records stays until
-    its remediation is done (`jobs.remediation`, `job.clear_remediated_files`). A failure is
-    logged: the next pass tries again."""
-    found = failed_records_files(work_dir)
+    """Delete the failed-records files in the database's own part of `work_dir`
+    (`database_files_dir`: another installation sharing the directory has its own) that
+    their import set does not record (or no import set: none recorded), last written over
+    UNRECORDED_KEPT_SECONDS ago; how many. A pass killed before it recorded its file
+    (SIGKILL, out of memory) ran no cleanup, and every later pass writes under a name of its
+    own: when the version's import set came to record none (no row failed again, the
+    version given up) or another, nothing ever deleted it. Run by a pass holding the poller
+    lock, before it imports: no other pass can record a file (one whose lock dropped finds
+    the import set's save fenced, and removes its own), and one a pass still writes is
+    recent (`FailedRecords` touches it on closing), so an old one is no live pass's. A file
+    an import set records stays until its remediation is done (`jobs.remediation`,
+    `job.clear_remediated_files`), as do the files written in `work_dir` itself before the
+    database had a part of its own. A failure is logged: the next pass tries again."""
+    found = failed_records_files(database_files_dir(work_dir, engine))
     try:
         recorded = _recorded_names(engine, list(found))
         old = time.time() - UNRECORDED_KEPT_SECONDS
@@ -132,9 +160,12 @@ class FailedRecords:
             self._handle.close()
             self._numbers.close()
             # written now, whenever the last buffer went out: the age by which a file no
-            # import set records is cleared counts from here (`clear_unrecorded_files`)
-            os.utime(self.path)
-            os.utime(row_numbers_path(self.path))
+            # import set records is cleared counts from here (`clear_unrecorded_files`).
+            # Deleted meanwhile (another process's clear): nothing to age, and the pass
+            # leaves as it was leaving (LockLost, or no exception), not on FileNotFoundError
+            with suppress(FileNotFoundError):
+                os.utime(self.path)
+                os.utime(row_numbers_path(self.path))
 
     def open_records(
         self, stream: Any, limits: FieldLimits = DEFAULT_LIMITS

@@ -75,7 +75,7 @@ def import_object(
     if stale:
         raise HorizonPassed(stale)
     fmt = detect_format(obj.key)
-    path = failed_records_path(job.work_dir, impset_id, fmt)
+    path = failed_records_path(job.work_dir, job.store.engine, impset_id, fmt)
     try:
         tally = _import_rows(job, obj, progress, source, FailedRecords(path, fmt))
         job.check_lock()  # lost: the next holder records the import, not this pass too

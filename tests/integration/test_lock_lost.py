@@ -427,7 +427,7 @@ def test_a_pass_leaving_after_its_lock_dropped_keeps_off_the_failed_records_of_t
         [import_set] = session.exec(select(ImportSet)).all()
     assert sorted(quarantined) == sorted(refused)
     assert import_set.remediation_status == "done"
-    assert sorted((Path(loop.settings.mfx_work_dir) / "poller").glob("*.failed.*")) == []
+    assert sorted((Path(loop.settings.mfx_work_dir) / "poller").rglob("*.failed.*")) == []
 
 
 def test_a_pass_whose_lock_dropped_after_its_last_check_records_no_import_set(
@@ -496,7 +496,7 @@ def test_a_pass_whose_lock_dropped_after_its_last_check_records_no_import_set(
         [import_set] = session.exec(select(ImportSet)).all()
     assert sorted(quarantined) == sorted(refused)
     assert import_set.remediation_status == "done"
-    assert sorted((Path(loop.settings.mfx_work_dir) / "poller").glob("*.failed.*")) == []
+    assert sorted((Path(loop.settings.mfx_work_dir) / "poller").rglob("*.failed.*")) == []
 
 
 def slow_stream(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,12 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 from sqlmodel import select
 
+from remediation.formats import FileFormat
 from service.config import Settings
-from service.models import ImportSet, InboxEvent
+from service.db.locks import LockLost
+from service.db.migrate import upgrade
+from service.models import ImportSet, InboxEvent, QuarantinedRow
+from service.poller.files import FailedRecords, discard_failed_records
 from service.poller.job import poll_forever
 from service.poller.passes import build_poller_deps, run_poll_pass
 from service.poller.store import row_numbers_path
@@ -43,7 +47,7 @@ def loop(
 
 
 def _failed_records_files(loop: Loop) -> list[Path]:
-    return sorted((Path(loop.settings.mfx_work_dir) / "poller").glob("*.failed.*"))
+    return sorted((Path(loop.settings.mfx_work_dir) / "poller").rglob("*.failed.*"))
 
 
 def _import_a_file_with_a_refused_row(loop: Loop, name: str = "day.csv") -> Path:
@@ -125,6 +129,98 @@ def test_the_poller_deletes_at_start_the_files_of_runs_done_before(loop: Loop) -
     assert _failed_records_files(loop) == [waiting, row_numbers_path(waiting)]
 
 
+def test_a_pass_of_another_database_sharing_the_work_dir_keeps_this_ones_file(
+    loop: Loop, tmp_path: Path
+) -> None:
+    """Two installations started from one directory share the default MFX_WORK_DIR
+    (`.meterfix/work`, relative), each with its own database. A pass of the other, two hours
+    after this one wrote its failed-records file (the remediation behind, the worker down),
+    took the file as recorded by no import set (none of its own) and deleted it: this one's
+    remediation stopped on the missing file (dead-lettered), `x` never quarantined. Each
+    database's passes write and clear a part of the work dir of their own now: the file
+    stays, and this installation's remediation quarantines `x`."""
+    path = _import_a_file_with_a_refused_row(loop)
+    hours_ago = time.time() - 2 * 3600
+    for written in (path, row_numbers_path(path)):
+        os.utime(written, (hours_ago, hours_ago))
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    upgrade(other_url)
+    other = loop.settings.model_copy(
+        update={"database_url": other_url, "bucket_url": f"{loop.settings.bucket_url}/other"}
+    )
+    _start_and_pass(other)
+    assert _failed_records_files(loop) == [path, row_numbers_path(path)]
+    loop.drain()
+    assert _statuses(loop) == [("usage/day.csv", "done")]
+    with loop.session() as session:
+        assert [row.identifier for row in session.exec(select(QuarantinedRow))] == ["day.csv-x"]
+    assert _failed_records_files(loop) == []
+
+
+def test_a_file_recorded_before_the_database_had_its_part_is_kept_until_remediated(
+    loop: Loop,
+) -> None:
+    """A file recorded by a release that wrote every file in the work dir itself (before a
+    database had a part of its own) is read where it is recorded, kept by the passes however
+    old until its remediation is done, and deleted then; left behind, a poller's start
+    deletes it."""
+    path = _import_a_file_with_a_refused_row(loop)
+    kept_text, kept_numbers = path.read_text(), row_numbers_path(path).read_bytes()
+    earlier = Path(loop.settings.mfx_work_dir).absolute() / "poller" / path.name
+    path.rename(earlier)
+    row_numbers_path(path).rename(row_numbers_path(earlier))
+    with loop.session() as session:
+        [import_set] = session.exec(select(ImportSet)).all()
+        import_set.detail = {**import_set.detail, "failed_records_path": str(earlier)}
+        session.add(import_set)
+        session.commit()
+    hours_ago = time.time() - 2 * 3600
+    for written in (earlier, row_numbers_path(earlier)):
+        os.utime(written, (hours_ago, hours_ago))
+    _start_and_pass(loop.settings)
+    assert _failed_records_files(loop) == [earlier, row_numbers_path(earlier)]
+    loop.drain()
+    assert _statuses(loop) == [("usage/day.csv", "done")]
+    with loop.session() as session:
+        assert [row.identifier for row in session.exec(select(QuarantinedRow))] == ["day.csv-x"]
+    assert _failed_records_files(loop) == []
+    earlier.write_text(kept_text)  # left behind, with its rows' numbers
+    row_numbers_path(earlier).write_bytes(kept_numbers)
+    _start_and_pass(loop.settings)
+    assert _failed_records_files(loop) == []
+
+
+def _start_and_pass(settings: Settings) -> None:
+    """A poller's start (`clear_remediated_files`), then a pass."""
+    runtime = Runtime(settings)
+    stop = threading.Event()
+    stop.set()
+    try:
+        poll_forever(build_poller_deps(runtime), stop, 60)
+        assert run_poll_pass(build_poller_deps(runtime)).ran
+    finally:
+        runtime.close()
+
+
+def test_a_file_deleted_under_its_pass_leaves_the_pass_exception_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """A pass's file deleted while it writes it (a poller starting in another process
+    clears it, or the next lock holder): closing it touched it (its age counts from
+    there) and raised FileNotFoundError over the LockLost the pass was leaving with, and
+    an import whose file was deleted failed (backing off, counting toward giving up)."""
+    path = tmp_path / "impset_local_abc.failed.0123456789abcdef.jsonl"
+    with pytest.raises(LockLost), FailedRecords(path, FileFormat.JSONL) as failed:
+        failed._ensure_writer()
+        discard_failed_records(path)  # another process's clear
+        raise LockLost("poller")
+    assert not path.exists() and not row_numbers_path(path).exists()
+    with FailedRecords(path, FileFormat.JSONL) as failed:  # the pass leaving as it should
+        failed._ensure_writer()
+        discard_failed_records(path)
+    assert sorted(tmp_path.iterdir()) == []
+
+
 def test_the_file_of_a_pass_killed_before_recording_it_is_deleted_by_a_later_pass(
     db_url: str, sandbox_server: SandboxServer, tmp_path: Path
 ) -> None:
@@ -147,13 +243,13 @@ def test_the_file_of_a_pass_killed_before_recording_it_is_deleted_by_a_later_pas
     process = subprocess.Popen([MFX, "poll"], env=env, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while not sorted(work.glob("*.failed.*")):  # d-x refused, d-a's batch retried
+        while not sorted(work.rglob("*.failed.*")):  # d-x refused, d-a's batch retried
             assert process.poll() is None and time.monotonic() < deadline, "no failed row"
             time.sleep(0.02)
     finally:
         process.kill()
         process.wait(10)
-    orphans = sorted(work.glob("*.failed.*"))
+    orphans = sorted(work.rglob("*.failed.*"))
     assert [p.name.endswith(".rows") for p in orphans] == [False, True]
     sandbox_server.admin.clear_faults()
     sandbox_server.admin.create_meter("legacy_calls")
@@ -166,7 +262,7 @@ def test_the_file_of_a_pass_killed_before_recording_it_is_deleted_by_a_later_pas
         "d-x",
         "w-a",
     ]
-    files = sorted(work.glob("*.failed.*"))
+    files = sorted(work.rglob("*.failed.*"))
     recorded = [p for p in files if p not in orphans]
     assert [p.name.endswith(".rows") for p in recorded] == [False, True]
     assert "w-x" in recorded[0].read_text()
@@ -175,7 +271,7 @@ def test_the_file_of_a_pass_killed_before_recording_it_is_deleted_by_a_later_pas
     for path in files:
         os.utime(path, (hours_ago, hours_ago))
     _poll_once(env)
-    assert sorted(work.glob("*.failed.*")) == recorded
+    assert sorted(work.rglob("*.failed.*")) == recorded
     assert _import_sets(db_url) == [("day.csv", "not_needed"), ("waiting.csv", "pending")]
 
 
