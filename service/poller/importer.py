@@ -79,12 +79,17 @@ def import_object(
     try:
         tally = _import_rows(job, obj, progress, source, FailedRecords(path, fmt))
         job.check_lock()  # lost: the next holder records the import, not this pass too
-        import_set = _record_import_set(job, obj, impset_id, path, tally)
     except BaseException:
         discard_failed_records(path)  # no import set records it: no reader will come
         raise
-    # the file recorded: kept even if the lock drops now (the next pass records its own
-    # over it, and `clear_unrecorded_files` deletes this one)
+    try:
+        import_set = _record_import_set(job, obj, impset_id, path, tally)
+    except LockLost:  # the fence, first in its transaction: nothing saved
+        discard_failed_records(path)
+        raise
+    # the file kept from here: a save failing otherwise may have committed (the connection
+    # dropped during COMMIT), and one whose lock drops now is recorded (the next pass records
+    # its own over it); recorded by none, `clear_unrecorded_files` deletes it
     _mark_imported(job, obj, impset_id, tally)
     return import_set, path
 

@@ -11,10 +11,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
 from remediation.formats import FileFormat
@@ -22,6 +24,7 @@ from service.config import Settings
 from service.db.locks import LockLost
 from service.db.migrate import upgrade
 from service.models import ImportSet, InboxEvent, QuarantinedRow
+from service.poller import importer
 from service.poller.files import FailedRecords, discard_failed_records
 from service.poller.job import poll_forever
 from service.poller.passes import build_poller_deps, run_poll_pass
@@ -200,6 +203,45 @@ def _start_and_pass(settings: Settings) -> None:
         assert run_poll_pass(build_poller_deps(runtime)).ran
     finally:
         runtime.close()
+
+
+def test_an_import_set_saved_before_its_connection_dropped_keeps_its_file(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import set's save committed, and its connection dropped before the answer came
+    (the failure seen after the commit): the pass removed its failed-records file as recorded
+    by none, and the import set recorded a file gone (its remediation stopped on it). Only a
+    save its lock's fence refused (LockLost, first in the transaction: nothing saved) removes
+    the file now: the recorded file stays, and the remediation quarantines `x`."""
+    save = importer.save_poller_import_set
+
+    def committed_then_dropped(*args: Any, **kwargs: Any) -> ImportSet:
+        save(*args, **kwargs)
+        dropped = ConnectionError("server closed the connection unexpectedly")
+        raise OperationalError("COMMIT", None, dropped)
+
+    monkeypatch.setattr(importer, "save_poller_import_set", committed_then_dropped)
+    now = int(time.time())
+    rows = [["a", now - 60, "api_requests", "cus_alice", "3"]]
+    rows.append(["x", now - 60, "legacy_calls", "cus_alice", "5"])
+    _put(loop, "day.csv", usage_csv(rows))
+    runtime = Runtime(loop.settings)
+    try:
+        report = run_poll_pass(build_poller_deps(runtime))
+        assert [error.split(": ")[1] for error in report.errors] == ["OperationalError"]
+        with loop.session() as session:
+            [import_set] = session.exec(select(ImportSet)).all()
+        recorded = Path(str(import_set.detail["failed_records_path"]))
+        assert _failed_records_files(loop) == [recorded, row_numbers_path(recorded)]
+        assert "legacy_calls" in recorded.read_text()
+        monkeypatch.setattr(importer, "save_poller_import_set", save)
+        run_poll_pass(build_poller_deps(runtime))  # queues the pending import set's task
+    finally:
+        runtime.close()
+    loop.drain()
+    assert _statuses(loop) == [("usage/day.csv", "done")]
+    with loop.session() as session:
+        assert [row.identifier for row in session.exec(select(QuarantinedRow))] == ["x"]
 
 
 def test_a_file_deleted_under_its_pass_leaves_the_pass_exception_as_it_was(
