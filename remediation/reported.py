@@ -169,7 +169,9 @@ class Selection:
     left: int = 0  # rows left to Stripe's connector (`ReportScope.changed`)
     resent: int = 0  # changed rows selected to be sent as they are now
     # a shared sampled identifier (`ReportScope.shared`) -> the first row selected under it
-    # and its object's key, over every object the report's task reads (`source`: this one's)
+    # and its object's key, over every object the report's task reads (`source`: this one's);
+    # noted before, one another run took in an object gone since (or rewritten without it):
+    # a row under it is held though no other row holds it now
     first: dict[str, tuple[str, int]] = field(default_factory=dict)
     source: str = ""
     # of `first`: the identifiers whose first row another run corrected or quarantined before
@@ -208,19 +210,19 @@ def select_reported(
             counts.resent += bool(resend)
             record.error_code = code
             record.error_message = CHANGED_SINCE_SENT if resend else None
-            if code is not None and identifier in scope.shared:
+            if code is not None and (identifier in scope.shared or identifier in counts.first):
                 _one_goes_out(record, counts)
             yield record
 
 
 def _one_goes_out(record: UsageRecord, selection: Selection) -> None:
-    """A row under a shared sampled identifier the report's codes fit (Stripe refused it):
-    the first goes out (of the objects the report's task reads, in the order it runs over
-    them, but one another run handled, or its own run will: `Selection.handled_first`,
-    `Selection.refused_first`); a later one is held under `identifier_taken` (never corrected,
-    never sent by a re-run: `core.decide`), naming the first. Stripe keeps one event an
-    identifier: under `<id>-mfx1` a second is refused as a duplicate, or billed twice past its
-    dedupe."""
+    """A row under a shared sampled identifier (or one noted in `Selection.first` before the
+    runs) the report's codes fit (Stripe refused it): the first goes out (of the objects the
+    report's task reads, in the order it runs over them, but one another run handled, or its
+    own run will: `Selection.handled_first`, `Selection.refused_first`); a later one is held
+    under `identifier_taken` (never corrected, never sent by a re-run: `core.decide`), naming
+    the first. Stripe keeps one event an identifier: under `<id>-mfx1` a second is refused as
+    a duplicate, or billed twice past its dedupe."""
     identifier = record.identifier or ""
     source = selection.source
     here = (source, record.row_number)

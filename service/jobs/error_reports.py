@@ -58,9 +58,9 @@ from service.jobs.report_rows import HeldFirst, Reported, among
 from service.jobs.report_versions import SentSince, when_taken
 from service.jobs.runs import RunContext, RunRequest, execute_run, run_done
 from service.jobs.stages import Stage, Stages
-from service.jobs.store.lineage import handled_identifiers, runs_correcting
+from service.jobs.store.lineage import handled_identifiers, handled_under, runs_correcting
 from service.jobs.store.report_records import load_report, set_report_status
-from service.jobs.store.runs import report_run_key
+from service.jobs.store.runs import finished_run, report_run_key
 from service.jobs.store.taken_again import quarantine_times
 from service.models import (
     ErrorReport,
@@ -69,7 +69,7 @@ from service.models import (
     RunTrigger,
 )
 from service.models._types import as_utc, utcnow
-from service.poller.store import FirstVersion, event_names_of, first_versions
+from service.poller.store import FirstVersion, event_names_of, first_versions, row_numbers
 
 
 def remediate_error_report(deps: JobDeps, event_id: str) -> str:
@@ -154,26 +154,26 @@ def _linked_files(
         job.sampled[key] = sampled
         job.altered[key] = one.altered
         job.earlier[key] = one.since.earlier
-    _taken_from(ctx, job, {key: read[key] for key in files})
+    _taken_from(ctx, job, {key: read[key] for key in files}, sorted(linked))
     return files
 
 
-def _taken_from(ctx: RunContext, job: Report, read: dict[str, _Linked]) -> None:
+def _taken_from(ctx: RunContext, job: Report, read: dict[str, _Linked], linked: list[str]) -> None:
     """Note in `job.took` the objects holding a row Stripe took under a sampled identifier
     other rows hold too (`reported.taken_under`): a refused row of another object under it is
     quarantined (`_taken_elsewhere`), not sent as `<id>-mfx1` (billed twice). A row another
     run corrected or quarantined is not one Stripe took (a quarantined one was said to be, its
     identifier taken for billed): it is the first under its identifier wherever it stands
-    (`job.first`), so a refused row of another object under it is held (it went out as
+    (`_handled_first`), so a refused row of another object under it is held (it went out as
     `<id>-mfx1`, or a re-run sends it so: a second is a duplicate or billed twice). Nor is a
     row our validation proves Stripe refused (`_refused_first`)."""
+    handled = _handled_first(ctx, job, read, linked)
     refused: dict[str, dict[str, int]] = {}
     for key in sorted(read):
         shared = frozenset(job.sampled[key].shared)
         if not shared:
             continue
-        handled = _handled_first(ctx, job, key, read[key].records, shared)
-        records = [r for r in read[key].records if (r.identifier or "") not in handled]
+        records = [r for r in read[key].records if (r.identifier or "") not in handled[key]]
         base = job.scope
         scope = ReportScope(base.codes, base.samples, base.event_name, shared=shared)
         taken = when_taken(ctx.engine, job, key, read[key].fetched[0], linked=True)
@@ -203,20 +203,50 @@ def _refused_first(ctx: RunContext, job: Report, key: str, refused: dict[str, in
 
 
 def _handled_first(
-    ctx: RunContext, job: Report, key: str, records: list[UsageRecord], shared: frozenset[str]
-) -> set[str]:
-    """The shared identifiers of the object's rows another run (not the report's own, as
-    `_remediate` asks) corrected or quarantined, each noted the first under it in `job.first`
-    (its first such row, unless another object's was noted before)."""
-    sources = object_sources(ctx.engine, ctx.bucket, key)
-    run_key = report_run_key(job.event_id, key)
-    handled = set(handled_identifiers(ctx.engine, sources, other_than=run_key) & shared)
+    ctx: RunContext, job: Report, read: dict[str, _Linked], linked: list[str]
+) -> dict[str, set[str]]:
+    """key -> the sampled identifiers of the object's rows another run (not the report's own,
+    as `_remediate` asks) corrected or quarantined, for every object the poller recorded one
+    in (`linked`), read or not. Each is noted the first under it in `job.first`, in key
+    order, whether or not a row the task reads holds it now (`Selection.first`): it went out
+    as `<id>-mfx1`, or a re-run sends it so, and a refused row under it is held. Asked only
+    of the objects read, for identifiers they shared, day2.csv's k1 corrected and then
+    deleted (or rewritten without it) was passed over: day.csv's went out as k1-mfx1 again.
+    A row the report's own run over an object took (done: a crashed try is done again) is
+    noted too, as that run's (not in `job.handled_first`): passed over, a retry reading an
+    object recorded since that sorts earlier sent that object's row as `<id>-mfx1` again."""
+    sampled = set(job.scope.samples)
+    handled: dict[str, set[str]] = {}
+    for key in linked:
+        records = read[key].records if key in read else []
+        held = row_numbers(ctx.engine, key, sampled)
+        asked = sorted(set(held) | {r.identifier or "" for r in records} & sampled)
+        sources = object_sources(ctx.engine, ctx.bucket, key)
+        run_key = report_run_key(job.event_id, key)
+        handled[key] = handled_under(ctx.engine, sources, asked, other_than=run_key)
+        ours: set[str] = set()
+        if asked and finished_run(ctx.engine, run_key) is not None:
+            ours = handled_under(ctx.engine, sources, asked) - handled[key]
+        for identifier, row in _first_rows(records, held, handled[key] | ours):
+            noted = job.first.setdefault(identifier, (key, row)) == (key, row)
+            if noted and identifier in handled[key]:
+                job.handled_first.add(identifier)
+    return handled
+
+
+def _first_rows(
+    records: list[UsageRecord], held: dict[str, int], identifiers: set[str]
+) -> list[tuple[str, int]]:
+    """(identifier, row) of `identifiers`, by row: the object's first row read holding it, or,
+    none holding it now, the row the poller recorded it at (`held`)."""
+    rows: dict[str, int] = {}
     for record in sorted(records, key=lambda r: r.row_number):
         identifier = record.identifier or ""
-        if identifier in handled:
-            job.first.setdefault(identifier, (key, record.row_number))
-            job.handled_first.add(identifier)
-    return handled
+        if identifier in identifiers:
+            rows.setdefault(identifier, record.row_number)
+    for identifier in identifiers - set(rows):
+        rows[identifier] = held[identifier]
+    return sorted(rows.items(), key=lambda item: (item[1], item[0]))
 
 
 def _taken_elsewhere(job: Report, key: str) -> list[TakenElsewhere]:

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlmodel import select
 
 from service.config import PollerMode, Settings
 from service.models import ErrorReport, QuarantinedRow
 from service.poller.passes import build_poller_deps, run_poll_pass
 from service.runtime import Runtime
+from service.worker.inbox import requeue
 from tests.integration.test_e2e import BUCKET, Loop, render, running_loop
 
 FUTURE = "timestamp_in_future"
@@ -328,5 +329,102 @@ def test_a_refused_row_its_own_run_is_yet_to_take_is_not_said_to_be_taken_by_str
             "a problem this report does not count (its own run corrects or quarantines it, to "
             "be sent under a derived identifier): a second would be refused as a duplicate or "
             "billed twice; not corrected",
+        )
+    ]
+
+
+@pytest.mark.parametrize("gone", ["deleted", "rewritten"])
+def test_a_sampled_identifier_another_run_corrected_in_an_object_gone_is_not_sent_again(
+    loop: Loop, gone: str
+) -> None:
+    """day2.csv's k1 in milliseconds (refused): its report's run corrected it, k1-mfx1 billed.
+    day2.csv is then deleted, or rewritten in place without k1, before day.csv's k1 in
+    milliseconds is refused and sampled by a second report. Only objects the task reads were
+    asked which rows another run handled, and k1 was no longer shared: day.csv's k1 went out
+    as k1-mfx1 again (refused as a duplicate, or billed twice past Stripe's dedupe). It is
+    held under identifier_taken, naming day2.csv's corrected row."""
+    now = int(time.time()) - 60
+    _sent(loop, [("usage/day2.csv", [_row("k1", now * 1000, "cus_bob", 7)])])
+    assert loop.accepted() == ["k1-mfx1"]
+    if gone == "deleted":
+        loop.s3.delete_object(Bucket=BUCKET, Key="usage/day2.csv")
+    else:
+        body = render([_row("z9", now, "cus_bob", 1)], "csv")
+        loop.s3.put_object(Bucket=BUCKET, Key="usage/day2.csv", Body=body)
+    _sent(
+        loop,
+        [
+            (
+                "usage/day.csv",
+                [_row("s1", now * 1000, "cus_bob", 3), _row("k1", now * 1000, "cus_bob", 5)],
+            )
+        ],
+    )
+
+    assert sorted(loop.accepted()).count("k1-mfx1") == 1
+    [k1] = [e for e in loop.sandbox.meter_events() if e["identifier"] == "k1-mfx1"]
+    assert k1["payload"]["value"] == "7"  # day2.csv's, corrected by the earlier run
+    assert [e["identifier"] for e in loop.sandbox.duplicates()] == []
+    assert _held(loop) == [
+        (
+            "k1",
+            "usage/day.csv",
+            2,
+            TAKEN,
+            "identifier 'k1' is also row 1's of 'usage/day2.csv', which another run corrected "
+            "or quarantined (sent, or to be sent by a re-run, under a derived identifier): a "
+            "second would be refused as a duplicate or billed twice; not corrected",
+        )
+    ]
+
+
+def test_a_retried_report_reading_an_object_recorded_since_does_not_send_its_row_again(
+    loop: Loop,
+) -> None:
+    """k1 in milliseconds in day2.csv and day.csv, both refused by Stripe's connector; the
+    poller had listed day2.csv only. The report's run over it corrected k1, k1-mfx1 billed.
+    The poller then records day.csv, and the report's task is delivered again: it reads both,
+    the run over day2.csv done. That run, the report's own, was passed over as another
+    object's, so day.csv's k1 (sorting first) went out as k1-mfx1 again. It is held under
+    identifier_taken, naming day2.csv's row the report's run took."""
+    now = int(time.time()) - 60
+    runtime = Runtime(loop.settings)
+    try:
+        deps = build_poller_deps(runtime)
+        body = render([_row("k1", now * 1000, "cus_bob", 7)], "csv")
+        loop.s3.put_object(Bucket=BUCKET, Key="usage/day2.csv", Body=body)
+        run_poll_pass(deps)
+        body = render([_row("k1", now * 1000, "cus_bob", 5)], "csv")
+        loop.s3.put_object(Bucket=BUCKET, Key="usage/day.csv", Body=body)
+        loop.sandbox.connector_poll()  # takes both; the poller has not listed day.csv yet
+        loop.sandbox_app.extensions["sandbox"].flush_reports()
+        loop.drain()
+        loop.sandbox.connector_poll()  # imports the corrected day2.csv
+        assert loop.accepted() == ["k1-mfx1"]
+        run_poll_pass(deps)  # records day.csv
+    finally:
+        runtime.close()
+    with loop.session() as session:
+        [event_id] = session.exec(select(ErrorReport.event_id)).all()
+        session.exec(update(ErrorReport).values(status="recorded"))  # type: ignore[call-overload]
+        session.commit()
+    assert requeue(loop.engine, f"mfx_task_error_report_{event_id}")
+    loop.drain()
+    loop.sandbox.connector_poll()  # imports any corrected file the task wrote again
+
+    assert loop.accepted() == ["k1-mfx1"]
+    [k1] = loop.sandbox.meter_events()
+    assert k1["payload"]["value"] == "7"  # day2.csv's
+    assert [e["identifier"] for e in loop.sandbox.duplicates()] == []
+    assert _held(loop) == [
+        (
+            "k1",
+            "usage/day.csv",
+            1,
+            TAKEN,
+            "identifier 'k1' is also row 1's of 'usage/day2.csv', which Stripe refused too and "
+            "the report's run over it takes: Stripe keeps one event an identifier (it would "
+            "have kept the first row's), so a second would be refused as a duplicate or billed "
+            "twice; not corrected",
         )
     ]

@@ -61,6 +61,28 @@ def handled_identifiers(
         return frozenset(str(i) for query in queries for i in session.exec(query).all())
 
 
+def handled_under(
+    engine: Engine,
+    sources: Sequence[str],
+    identifiers: Sequence[str],
+    other_than: str | None = None,
+) -> set[str]:
+    """Those of `identifiers` a run of `sources` (other than the run of key `other_than`)
+    corrected or quarantined, as `handled_identifiers` says, asked for a batch of identifiers
+    (one query each of the audit and the quarantined rows, not every identifier the runs of
+    a large object handled)."""
+    if not sources or not identifiers:
+        return set()
+    audit, held = handled_queries(sources, other_than)
+    listed = list(identifiers)
+    queries = (
+        audit.where(in_listed(col(CorrectionAudit.identifier), listed, engine)),
+        held.where(in_listed(col(QuarantinedRow.identifier), listed, engine)),
+    )
+    with Session(engine) as session:
+        return {str(i) for query in queries for i in session.exec(query).all()}
+
+
 def runs_of_sources(
     engine: Engine, sources: Sequence[str], other_than: str | None = None
 ) -> list[int]:
