@@ -35,13 +35,14 @@ from service.jobs.inputs import JobDeps, candidate_keys, event_time, identifiers
 from service.jobs.object_runs import LeftOut
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
-from service.jobs.store.lineage import refused_among
+from service.jobs.store.lineage import refused_among, runs_correcting
 from service.jobs.store.reports import import_set
 from service.models import ImportSet, RunTrigger
 from service.poller.store import (
     lookup_batches,
     recordable,
     row_numbers,
+    sending_keys,
     sent_by_version,
     sent_moments,
     source_row_numbers,
@@ -244,8 +245,9 @@ class SourceRows:
     without the rows a version of some object sent since (`sent`: how many): the customer
     fixed the row and uploaded the file again while this task waited. Such a row was billed
     as it is; corrected, it would go out a second time under a derived identifier. Unless
-    one of the runs `refused_by` (an error report's, a re-run's) quarantined it after that
-    send: Stripe refused it, never billed (as the poller's `OtherVersions` tells). A row
+    a run over an object that sent it, or one of the runs `refused_by` (an error report's, a
+    re-run's), quarantined it after that send: Stripe refused it, never billed (as the
+    poller's `OtherVersions` tells, `_refusing`). A row
     whose identifier the version it came from sent from another of its rows (`etag`: `k1`
     valid beside `k1` in milliseconds) was not sent since: Stripe took `k1` from that row,
     so this one is handed on under `identifier_taken` (`_taken_here`), quarantined, where it
@@ -266,11 +268,27 @@ class SourceRows:
         self.engine, self.key, self.sent = engine, key, 0
         self.etag, self.failed = etag, failed
         self.refused_by: list[int] = []
+        self._sender_runs: dict[str, list[int]] = {}  # key -> runs_correcting(key)
 
     def _sent(self, identifiers: set[str]) -> set[str]:
         sent = sent_moments(self.engine, identifiers)
-        held = refused_among(self.engine, self.refused_by, sorted(sent)) if sent else {}
+        if not sent:
+            return set()
+        held = refused_among(self.engine, self._refusing(set(sent)), sorted(sent))
         return {i for i, at in sent.items() if i not in held or held[i] <= at}
+
+    def _refusing(self, sent: set[str]) -> list[int]:
+        """The runs that may hold rows `sent` in quarantine as Stripe refused them: `refused_by`
+        and the runs over the objects that sent them (each key's read once). Without these, a
+        row Stripe refused from `day.csv`, fixed by hand (in `day.csv` rewritten in place, or
+        in a copy) but failing our checks (a timestamp in milliseconds), was left out of the
+        poller's failed-records run as sent since: neither billed nor held."""
+        for key in sending_keys(self.engine, sent) - self._sender_runs.keys():
+            self._sender_runs[key] = runs_correcting(self.engine, key)
+        runs = set(self.refused_by)
+        for found in self._sender_runs.values():
+            runs.update(found)
+        return sorted(runs)
 
     # `remediation.ports.LeavesOut`, for rows that keep their own numbers (`key` None)
     excluded = _sent

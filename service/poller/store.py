@@ -184,6 +184,17 @@ def sent_moments(engine: Engine, identifiers: set[str]) -> dict[str, datetime]:
     return latest((str(row.identifier), as_utc(row.first_sent_at)) for row in found)
 
 
+def sending_keys(engine: Engine, identifiers: set[str]) -> set[str]:
+    """The keys of the objects whose versions sent `identifiers` (as `sent_moments` counts a
+    row sent): the runs over them are the ones that may hold such a row as Stripe refused it
+    (an error report's: the report names the object that sent the row, not a copy of it)."""
+    if not identifiers:
+        return set()
+    query = _sent_rows(engine, identifiers)
+    with engine.connect() as connection:
+        return {str(row.object_key) for row in connection.execute(query)}
+
+
 def sent_by_version(engine: Engine, key: str, etag: str, identifiers: set[str]) -> dict[str, int]:
     """identifier -> the row the object version (`key`, `etag`) sent it from, for those of
     `identifiers` that version sent (as `sent_moments` counts a row sent; first or again): a
@@ -198,10 +209,10 @@ def sent_by_version(engine: Engine, key: str, etag: str, identifiers: set[str]) 
 
 def _sent_rows(
     engine: Engine, identifiers: set[str], version: tuple[str, str] | None = None
-) -> CompoundSelect[str, int, datetime]:
-    """SELECT identifier, row_number, first_sent_at of the sends of `identifiers` (of the
-    object `version` only, when given) in a batch that was recorded (a batch is recorded
-    before it goes out): by the version that sent each first, and by the later version of
+) -> CompoundSelect[str, int, datetime, str]:
+    """SELECT identifier, row_number, first_sent_at, object_key of the sends of `identifiers`
+    (of the object `version` only, when given) in a batch that was recorded (a batch is
+    recorded before it goes out): by the version that sent each first, and by the later version of
     its object that sent it again (`imported_rows.resent_etag`: the day's file rewritten in
     place with a refused row fixed by hand)."""
     rows, objects = _table(ImportedRow), _table(BucketObject)
@@ -215,7 +226,12 @@ def _sent_rows(
             number < batches.c.first_row + batches.c.rows,
         )
         send = (
-            select(rows.c.identifier, number.label("row_number"), batches.c.first_sent_at)
+            select(
+                rows.c.identifier,
+                number.label("row_number"),
+                batches.c.first_sent_at,
+                rows.c.object_key,
+            )
             .select_from(rows.join(objects, version_of).join(batches, within))
             .where(listed)
         )
