@@ -329,6 +329,7 @@ def test_a_file_name_with_a_line_break_still_reaches_email(
             "HTTP 400: invalid_request_error",
             ObjectProgress(object_id=1, first_seen=now),
             6 * 3600,
+            now,
         )
         for hours in range(12):
             later = now + timedelta(hours=hours)
@@ -477,6 +478,7 @@ def test_an_object_key_starting_with_http_is_shown_as_data_not_a_link(
             "HTTP 400: invalid_request_error",
             ObjectProgress(object_id=1, first_seen=now),
             6 * 3600,
+            now,
         )
         assert send_critical_alerts(engine, settings, build_channels(settings)) == 1
         [(_, _, email)] = mailbox.received
