@@ -387,47 +387,22 @@ def test_a_pass_leaving_after_its_lock_dropped_keeps_off_the_failed_records_of_t
     remediation found the recorded file gone ("re-import the object") and the refused rows
     were never quarantined. Each pass's file is its own now: the recorded one holds the
     next pass's rows, and the remediation takes them."""
-    now = int(time.time())
-    meters = ["legacy_calls" if i % 10 == 0 else "api_requests" for i in range(100)]
-    rows = [[f"u-{i}", now - 60, meter, "cus_bob", "1"] for i, meter in enumerate(meters)]
-    refused = {f"u-{i}" for i, meter in enumerate(meters) if meter == "legacy_calls"}
-    _put(loop, "day.csv", usage_csv(rows))
-    copying, second_done = threading.Event(), threading.Event()
+    refused = put_every_tenth_row_refused(loop)
+    held = FirstPassHeld()
 
     def first_copies_late(*args: Any, **kwargs: Any) -> Path:
-        if threading.current_thread() is not threading.main_thread():  # the first pass
-            copying.set()
-            assert second_done.wait(60), "the second pass did not end"
+        if held.in_first_pass():
+            held.hold()
         return take_snapshot(*args, **kwargs)
 
     monkeypatch.setattr("service.poller.pass_objects.take_snapshot", first_copies_late)
-    reports: dict[str, PassReport] = {}
-    with bundled_poller(loop) as first, bundled_poller(loop) as second:
-        holder = threading.Thread(target=lambda: reports.update(first=run_poll_pass(first)))
-        holder.start()
-        try:
-            assert copying.wait(60), "the first pass did not take the object"
-            terminate_lock_holder(loop.engine, POLLER_LOCK_KEY)
-            reports["second"] = run_poll_pass(second)
-        finally:
-            second_done.set()
-            holder.join(60)
-    assert not holder.is_alive()
+    reports = second_pass_while_first_held(loop, held, "the first pass did not take the object")
     assert reports["first"].lock_lost, reports["first"]
     assert (reports["second"].sent, reports["second"].failed_rows) == (90, 10), reports["second"]
-    with loop.session() as session:
-        [import_set] = session.exec(select(ImportSet)).all()
-    recorded = Path(str(import_set.detail["failed_records_path"]))
+    recorded = Path(recorded_failed_records(loop))
     assert recorded.exists(), "the recorded failed-records file is gone"
-    in_file = {row["identifier"] for row in csv.DictReader(io.StringIO(recorded.read_text()))}
-    assert in_file == refused
-    loop.drain()
-    with loop.session() as session:
-        quarantined = [row.identifier for row in session.exec(select(QuarantinedRow))]
-        [import_set] = session.exec(select(ImportSet)).all()
-    assert sorted(quarantined) == sorted(refused)
-    assert import_set.remediation_status == "done"
-    assert sorted((Path(loop.settings.mfx_work_dir) / "poller").rglob("*.failed.*")) == []
+    assert identifiers_in(recorded) == refused
+    assert_the_remediation_quarantined(loop, refused)
 
 
 def test_a_pass_whose_lock_dropped_after_its_last_check_records_no_import_set(
@@ -439,39 +414,25 @@ def test_a_pass_whose_lock_dropped_after_its_last_check_records_no_import_set(
     the import set named the first's file, and the next pass's file was recorded nowhere. The
     save is fenced now: the first records nothing and removes its own file; the import set
     names the next pass's file, whose rows the remediation quarantines."""
-    now = int(time.time())
-    meters = ["legacy_calls" if i % 10 == 0 else "api_requests" for i in range(100)]
-    rows = [[f"u-{i}", now - 60, meter, "cus_bob", "1"] for i, meter in enumerate(meters)]
-    refused = {f"u-{i}" for i, meter in enumerate(meters) if meter == "legacy_calls"}
-    _put(loop, "day.csv", usage_csv(rows))
-    saving, second_done = threading.Event(), threading.Event()
+    refused = put_every_tenth_row_refused(loop)
+    held = FirstPassHeld()
     paths: dict[str, Path] = {}
     save = importer.save_poller_import_set
 
     def first_saves_late(*args: Any, **kwargs: Any) -> ImportSet:
-        pass_name = "second" if threading.current_thread() is threading.main_thread() else "first"
+        pass_name = "first" if held.in_first_pass() else "second"
         paths[pass_name] = Path(str(kwargs["detail"]["failed_records_path"]))
         if pass_name == "first":
-            saving.set()
-            assert second_done.wait(60), "the second pass did not end"
+            held.hold()
         return save(*args, **kwargs)
 
+    def the_second_recorded() -> None:
+        assert recorded_failed_records(loop) == str(paths["second"])
+
     monkeypatch.setattr(importer, "save_poller_import_set", first_saves_late)
-    reports: dict[str, PassReport] = {}
-    with bundled_poller(loop) as first, bundled_poller(loop) as second:
-        holder = threading.Thread(target=lambda: reports.update(first=run_poll_pass(first)))
-        holder.start()
-        try:
-            assert saving.wait(60), "the first pass did not import the object"
-            terminate_lock_holder(loop.engine, POLLER_LOCK_KEY)
-            reports["second"] = run_poll_pass(second)
-            with loop.session() as session:
-                [import_set] = session.exec(select(ImportSet)).all()
-            assert import_set.detail["failed_records_path"] == str(paths["second"])
-        finally:
-            second_done.set()
-            holder.join(60)
-    assert not holder.is_alive()
+    reports = second_pass_while_first_held(
+        loop, held, "the first pass did not import the object", the_second_recorded
+    )
     assert reports["first"].lock_lost and reports["first"].imported == 0, reports["first"]
     assert (reports["second"].sent, reports["second"].failed_rows) == (90, 10), reports["second"]
     assert paths["first"] != paths["second"]
@@ -488,8 +449,78 @@ def test_a_pass_whose_lock_dropped_after_its_last_check_records_no_import_set(
         10,
     )
     assert not paths["first"].exists(), "the first pass's file, recorded nowhere, is left"
-    in_file = {r["identifier"] for r in csv.DictReader(io.StringIO(paths["second"].read_text()))}
-    assert in_file == refused
+    assert identifiers_in(paths["second"]) == refused
+    assert_the_remediation_quarantined(loop, refused)
+
+
+def put_every_tenth_row_refused(loop: Loop) -> set[str]:
+    """usage/day.csv: 100 rows of `cus_bob`, every tenth naming no meter (`legacy_calls`),
+    which the poller refuses into its failed-records file; the identifiers of those ten."""
+    now = int(time.time())
+    meters = ["legacy_calls" if i % 10 == 0 else "api_requests" for i in range(100)]
+    rows = [[f"u-{i}", now - 60, meter, "cus_bob", "1"] for i, meter in enumerate(meters)]
+    _put(loop, "day.csv", usage_csv(rows))
+    return {f"u-{i}" for i, meter in enumerate(meters) if meter == "legacy_calls"}
+
+
+class FirstPassHeld:
+    """Holds the first of two passes (the one run in a thread) at a step a test patches,
+    until the second (run in the main thread) is done: `reached` once the first is held,
+    `released` to let it go on."""
+
+    def __init__(self) -> None:
+        self.reached, self.released = threading.Event(), threading.Event()
+
+    @staticmethod
+    def in_first_pass() -> bool:
+        return threading.current_thread() is not threading.main_thread()
+
+    def hold(self) -> None:
+        self.reached.set()
+        assert self.released.wait(60), "the second pass did not end"
+
+
+def second_pass_while_first_held(
+    loop: Loop,
+    held: FirstPassHeld,
+    not_reached: str,
+    while_held: Callable[[], None] = lambda: None,
+) -> dict[str, PassReport]:
+    """Two bundled poller passes: the first, in a thread, runs until `held` holds it; its
+    lock's connection is then terminated and the second runs (and `while_held`, the first
+    still held); the first let go to end. Their reports, by "first" and "second"."""
+    reports: dict[str, PassReport] = {}
+    with bundled_poller(loop) as first, bundled_poller(loop) as second:
+        holder = threading.Thread(target=lambda: reports.update(first=run_poll_pass(first)))
+        holder.start()
+        try:
+            assert held.reached.wait(60), not_reached
+            terminate_lock_holder(loop.engine, POLLER_LOCK_KEY)
+            reports["second"] = run_poll_pass(second)
+            while_held()
+        finally:
+            held.released.set()
+            holder.join(60)
+    assert not holder.is_alive()
+    return reports
+
+
+def recorded_failed_records(loop: Loop) -> str:
+    """The failed-records file the (only) import set records."""
+    with loop.session() as session:
+        [import_set] = session.exec(select(ImportSet)).all()
+    return str(import_set.detail["failed_records_path"])
+
+
+def identifiers_in(failed_records: Path) -> set[str]:
+    """The identifiers of the rows a failed-records file holds."""
+    rows = csv.DictReader(io.StringIO(failed_records.read_text()))
+    return {row["identifier"] for row in rows}
+
+
+def assert_the_remediation_quarantined(loop: Loop, refused: set[str]) -> None:
+    """The worker's remediation of the import set quarantines the `refused` rows, and no
+    failed-records file is left in the poller's work directory."""
     loop.drain()
     with loop.session() as session:
         quarantined = [row.identifier for row in session.exec(select(QuarantinedRow))]

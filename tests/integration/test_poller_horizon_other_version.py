@@ -6,7 +6,7 @@ when MFX_TEST_DATABASE_URL is set). Each test failed on the code before its fix.
 # ruff: noqa: F811  (fixtures imported from the module that defines them)
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,13 +14,13 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from service.adapters.meter_events import StripeMeterEventSink
-from service.adapters.stripe_client import build_stripe_client
 from service.config import Settings
 from service.models import Alert, BucketObject, PollerBatch
 from service.poller.pass_deps import PollerDeps
 from service.poller.passes import PassReport, run_poll_pass
 from tests.conftest import SandboxServer
 from tests.integration.test_poller_billing_gaps import _accepted, _one_worker
+from tests.integration.test_poller_incidents import _pass_moved_by_its_backoffs
 from tests.integration.test_poller_resume import (  # noqa: F401
     STREAM,
     _put,
@@ -40,9 +40,7 @@ def test_rows_of_an_overwritten_version_backing_off_are_not_sent_past_their_hori
     their first send, where Stripe no longer dedupes (billed twice, their first send had
     landed), and the object was marked imported. Now every request of the batch is held to
     their horizon: the pass gives the object up (horizon), as for the file not overwritten."""
-    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=5)
-    rows = _lines("z", 100)  # one batch
-    landed = _lost_answers(settings, sandbox_server, poller, tmp_path, t0, rows)
+    t0, rows, landed = _lost_answers(settings, sandbox_server, poller, tmp_path)
     _put(settings, "late.csv", [*rows, *_lines("y", 1)], tmp_path)  # overwritten: one row more
     deps, report = _backing_off(
         settings, sandbox_server, poller, t0 + timedelta(hours=22, minutes=59)
@@ -59,9 +57,7 @@ def test_a_later_batch_of_the_pass_is_held_to_the_horizon_of_its_rows_other_vers
     off past the horizon of the earlier version's batch, and the next batch, holding its
     rows, was then sent with nothing checked (23 h 01 min after their first send: billed
     twice). Now the new rows are sent, the old ones not, and the object is given up."""
-    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=5)
-    rows = _lines("z", 100)
-    landed = _lost_answers(settings, sandbox_server, poller, tmp_path, t0, rows)
+    t0, rows, landed = _lost_answers(settings, sandbox_server, poller, tmp_path)
     _put(settings, "late.csv", [*_lines("y", 100), *rows], tmp_path)  # new rows first
     deps, report = _backing_off(
         settings, sandbox_server, poller, t0 + timedelta(hours=22, minutes=59)
@@ -85,22 +81,16 @@ def test_a_lasting_failure_beside_rows_of_an_overwritten_version_past_their_hori
     "import failing for 6.0 h" and to retry before t0 + 23 h, a time already past, never
     that those rows are past the window where Stripe dedupes. Now the object's error, the
     subject and the advice name both, the deadline counted from the batches not past it."""
-    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=5)
-    rows = _lines("z", 100)
-    landed = _lost_answers(settings, sandbox_server, poller, tmp_path, t0, rows)
+    t0, rows, landed = _lost_answers(settings, sandbox_server, poller, tmp_path)
     _put(settings, "late.csv", [*_lines("y", 100), *rows], tmp_path)
     failing = t0 + timedelta(hours=16, minutes=50)
     _outage_begins(settings, sandbox_server, poller, failing)
     sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1, retry_after=60)
-    deps, report = _pass_from(settings, poller, t0 + timedelta(hours=22, minutes=55))
+    deps, report = _pass_moved_by_its_backoffs(
+        settings, poller, t0 + timedelta(hours=22, minutes=55)
+    )
     assert len(sandbox_server.admin.duplicates()) == landed  # the old rows not sent past it
-    assert (report.imported, report.gave_up) == (0, 1)
-    [error] = report.errors
-    assert error.startswith("late.csv: HorizonPassed: 1 unacknowledged batches of an earlier ")
-    assert (
-        "another batch failed beside them: MeterEventSendError: meter event stream request "
-        "failed after 8 attempts"
-    ) in error, error
+    _assert_given_up_beside_a_failure(report)
     alert, (first, _) = _gave_up(deps)
     assert alert.subject == (
         "late.csv: import failing for 6.0 h, and unacknowledged batches of it are over 23 h "
@@ -138,13 +128,11 @@ def test_a_batch_failing_in_flight_is_kept_when_a_batch_is_held_as_it_is_taken(
     only that the rows are over 23 h old. Now the stream ends there and both are kept; the
     pass moved the file on (batch 0 acknowledged), so the failure alone would back off and
     the horizon names the verdict, as for the file's own batches."""
-    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=5)
-    rows = _lines("z", 100)
-    landed = _lost_answers(settings, sandbox_server, poller, tmp_path, t0, rows)
+    t0, rows, landed = _lost_answers(settings, sandbox_server, poller, tmp_path)
     _put(settings, "late.csv", [*_lines("y", 100), *_lines("w", 100), *rows], tmp_path)
     _outage_begins(settings, sandbox_server, poller, t0 + timedelta(hours=16, minutes=50))
     sandbox_server.admin.inject_fault("POST", STREAM, 429, count=2, retry_after=60)
-    deps, report = _pass_from(
+    deps, report = _pass_moved_by_its_backoffs(
         settings,
         poller,
         t0 + timedelta(hours=22, minutes=59),
@@ -154,13 +142,7 @@ def test_a_batch_failing_in_flight_is_kept_when_a_batch_is_held_as_it_is_taken(
     assert [i for i in _accepted(sandbox_server) if not i.startswith("z-")] == sorted(
         f"y-{i}" for i in range(100)
     )
-    assert (report.imported, report.gave_up) == (0, 1)
-    [error] = report.errors
-    assert error.startswith("late.csv: HorizonPassed: 1 unacknowledged batches of an earlier ")
-    assert (
-        "another batch failed beside them: MeterEventSendError: meter event stream request "
-        "failed after 8 attempts"
-    ) in error, error
+    _assert_given_up_beside_a_failure(report)
     alert, (_, last) = _gave_up(deps)
     assert alert.subject == "late.csv: not re-sent: its unacknowledged batches are over 23 h old"
     assert "another batch failed beside them: MeterEventSendError" in alert.message
@@ -207,21 +189,19 @@ def _lines(prefix: str, count: int) -> list[str]:
 
 
 def _lost_answers(
-    settings: Settings,
-    sandbox_server: SandboxServer,
-    poller: Any,
-    tmp_path: Path,
-    t0: datetime,
-    rows: list[str],
-) -> int:
-    """`late.csv` of `rows` imported at `t0`, every try landing with its answer lost (billed
-    once, the batch never acknowledged); the sends Stripe took or deduped by then."""
+    settings: Settings, sandbox_server: SandboxServer, poller: Any, tmp_path: Path
+) -> tuple[datetime, list[str], int]:
+    """`late.csv` of 100 rows (`z-…`, one batch) imported at t0, 23 h 05 min ago, every try
+    landing with its answer lost (billed once, the batch never acknowledged): (t0, the rows,
+    the sends Stripe took or deduped by then)."""
+    t0 = datetime.now(UTC) - timedelta(hours=23, minutes=5)
+    rows = _lines("z", 100)
     _put(settings, "late.csv", rows, tmp_path)
     sandbox_server.admin.inject_fault("POST", STREAM, 500, count=-1, after=True)
     assert run_poll_pass(poller(_one_worker(settings), at=t0)).retry_files == 1
     sandbox_server.admin.clear_faults()
     assert _accepted(sandbox_server) == sorted(r.split(",")[0] for r in rows)
-    return len(sandbox_server.admin.duplicates())  # the first pass's retries, deduped
+    return t0, rows, len(sandbox_server.admin.duplicates())  # the first pass's retries, deduped
 
 
 def _backing_off(
@@ -229,28 +209,19 @@ def _backing_off(
 ) -> tuple[PollerDeps, PassReport]:
     """A pass from `start` whose first two requests are answered 429 (Retry-After: 60)."""
     sandbox_server.admin.inject_fault("POST", STREAM, 429, count=2, retry_after=60)
-    return _pass_from(settings, poller, start)
+    return _pass_moved_by_its_backoffs(settings, poller, start)
 
 
-def _pass_from(
-    settings: Settings,
-    poller: Any,
-    start: datetime,
-    sink_type: Callable[..., StripeMeterEventSink] = StripeMeterEventSink,
-) -> tuple[PollerDeps, PassReport]:
-    """A pass from `start`, one request at a time, whose clock the sink's backoffs move (no
-    real minutes spent)."""
-    slept = [0.0]  # seconds (a datetime cannot move by the last sub-microsecond of a backoff)
-
-    def sleep(seconds: float) -> None:
-        slept[0] += seconds
-
-    sink = sink_type(
-        build_stripe_client(settings), settings, workers=1, clock=lambda: slept[0], sleep=sleep
-    )
-    deps = poller(sink)
-    deps.clock = lambda: start + timedelta(seconds=slept[0])
-    return deps, run_poll_pass(deps)
+def _assert_given_up_beside_a_failure(report: PassReport) -> None:
+    """Given up for the horizon of the earlier version's batch, and its error names the
+    batch that failed its eight tries beside it."""
+    assert (report.imported, report.gave_up) == (0, 1)
+    [error] = report.errors
+    assert error.startswith("late.csv: HorizonPassed: 1 unacknowledged batches of an earlier ")
+    assert (
+        "another batch failed beside them: MeterEventSendError: meter event stream request "
+        "failed after 8 attempts"
+    ) in error, error
 
 
 def _assert_given_up(deps: PollerDeps, report: PassReport) -> None:

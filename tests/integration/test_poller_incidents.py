@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -252,18 +253,9 @@ def test_a_batch_backing_off_is_not_sent_again_once_its_horizon_passes(
     assert _accepted(sandbox_server) == sorted(f"z-{i}" for i in range(100))
     landed = len(sandbox_server.admin.duplicates())  # the first pass's retries, deduped
     sandbox_server.admin.inject_fault("POST", STREAM, 429, count=2, retry_after=60)
-    start = t0 + timedelta(hours=22, minutes=59)
-    slept = [0.0]  # seconds (a datetime cannot move by the last sub-microsecond of a backoff)
-
-    def sleep(seconds: float) -> None:
-        slept[0] += seconds
-
-    sink = StripeMeterEventSink(
-        build_stripe_client(settings), settings, workers=1, clock=lambda: slept[0], sleep=sleep
+    deps, report = _pass_moved_by_its_backoffs(
+        settings, poller, t0 + timedelta(hours=22, minutes=59)
     )
-    deps = poller(sink)
-    deps.clock = lambda: start + timedelta(seconds=slept[0])
-    report = run_poll_pass(deps)
     again = sorted({d["identifier"] for d in sandbox_server.admin.duplicates()[landed:]})
     assert again == [], f"{len(again)} rows sent again {deps.clock() - t0} after their first send"
     assert (report.imported, report.gave_up) == (0, 1)
@@ -276,16 +268,20 @@ def test_a_batch_backing_off_is_not_sent_again_once_its_horizon_passes(
 
 
 def _pass_moved_by_its_backoffs(
-    settings: Settings, poller: Any, start: datetime
+    settings: Settings,
+    poller: Any,
+    start: datetime,
+    sink_type: Callable[..., StripeMeterEventSink] = StripeMeterEventSink,
 ) -> tuple[PollerDeps, PassReport]:
     """A pass from `start`, one request at a time, whose clock the sink's backoffs move (no
-    real minutes spent)."""
-    slept = [0.0]
+    real minutes spent); its sink a `sink_type` (a sink that changes what the sandbox
+    answers as it goes, say)."""
+    slept = [0.0]  # seconds (a datetime cannot move by the last sub-microsecond of a backoff)
 
     def sleep(seconds: float) -> None:
         slept[0] += seconds
 
-    sink = StripeMeterEventSink(
+    sink = sink_type(
         build_stripe_client(settings), settings, workers=1, clock=lambda: slept[0], sleep=sleep
     )
     deps = poller(sink)

@@ -8,23 +8,13 @@ import mode, the worker; SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 import pytest
 
 from service.poller.passes import run_poll_pass
-from tests.integration.test_billing_safety import (  # noqa: F401 (`loop`: a fixture)
-    a_row_stripe_refused,
-    add_rules,
-    bundled_poller,
-    loop,
-    originals_billed,
-    reported,
-    rerun,
-    usage_csv,
-)
-from tests.integration.test_e2e import Loop, _put
-from tests.integration.test_poller_refused_row_rewritten import _entries, _waiting
+from tests.integration import refused_row_helpers as refused_row
+from tests.integration.test_billing_safety import loop, reported  # noqa: F401 (`loop`: a fixture)
+from tests.integration.test_e2e import Loop
 
 
 @pytest.mark.parametrize("key", ["day.csv", "day-fixed.csv"])
@@ -39,17 +29,16 @@ def test_a_refused_row_fixed_but_failing_our_checks_is_remediated(
     checks), and its remediation corrects it and sends it once (it was left out as sent since,
     version 1 having sent `g`: neither billed nor held). A re-run after `cus_ghost` is mapped
     bills nothing more of it: its pick finds the refused send's entry sent as `g-mfx1`."""
-    with bundled_poller(loop) as deps:
-        other, row = a_row_stripe_refused(loop, deps)
-        [entry] = _entries(loop, "g")
+    with refused_row.quarantined(loop) as (deps, other, row):
+        [entry] = refused_row.entries(loop, "g")
         assert entry.taken_again is None
         time.sleep(1)
-        fixed: list[object] = [*row[:3], "cus_alice", row[4]]
+        fixed = refused_row.fixed_to(row, "cus_alice")
         if how == "milliseconds":
             fixed[1] = int(str(row[1])) * 1000
         else:
             fixed[4] = "1,234"
-        _put(loop, key, usage_csv([other, fixed] if key == "day.csv" else [fixed]))
+        refused_row.put(loop, key, [other, fixed] if key == "day.csv" else [fixed])
         run_poll_pass(deps)  # g to the failed-records file; its run corrects it
         loop.drain()
         run_poll_pass(deps)  # the corrected file sent
@@ -62,13 +51,9 @@ def test_a_refused_row_fixed_but_failing_our_checks_is_remediated(
             str(fixed[4]).replace(",", ""),
         )
         assert event["timestamp"] == row[1], event
-        add_rules(loop, '"cus_ghost" = "cus_alice"\n')  # the refused send's entry, were it held
-        rerun(loop)
-        run_poll_pass(deps)
-    accepted = sorted(loop.accepted())
-    assert accepted == ["a", "g-mfx1"], accepted
-    assert originals_billed(loop) == Counter({"a": 1, "g": 1})
-    assert _waiting(loop) == 0
-    [entry] = _entries(loop, "g")  # the refused send's, found sent by the re-run's pick
+        # the refused send's entry, were it held
+        refused_row.mapped_and_rerun(loop, deps, "cus_ghost")
+    refused_row.assert_billed_once(loop, ["a", "g-mfx1"])
+    [entry] = refused_row.entries(loop, "g")  # the refused send's, found sent by the re-run's pick
     assert (entry.customer, entry.rerun_id) == ("cus_ghost", None)
     assert str(entry.taken_again).endswith("sent as g-mfx1 by the poller"), entry.taken_again

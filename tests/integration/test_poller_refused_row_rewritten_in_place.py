@@ -7,30 +7,19 @@ S3 bucket, the bundled poller in import mode, the worker; SQLite and PostgreSQL.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from datetime import timedelta
 
 from sqlmodel import select
 
 from service.models import PollerBatch
 from service.poller.passes import run_poll_pass
+from tests.integration import refused_row_helpers as refused_row
 from tests.integration.test_billing_safety import (  # noqa: F401 (`loop`: a fixture)
-    a_row_stripe_refused,
-    add_rules,
-    bundled_poller,
     loop,
     originals_billed,
     reported,
-    rerun,
-    usage_csv,
 )
-from tests.integration.test_e2e import Loop, _put
-from tests.integration.test_poller_refused_row_rewritten import (
-    _entries,
-    _refused,
-    _refused_elsewhere_first,
-    _waiting,
-)
+from tests.integration.test_e2e import Loop
 
 
 def _sent_days_before(running: Loop, days: int) -> None:
@@ -42,6 +31,16 @@ def _sent_days_before(running: Loop, days: int) -> None:
         session.commit()
 
 
+def _reported_refused_again_and_waiting(running: Loop) -> None:
+    """Stripe refused `g` (fixed to cus_phantom) again beside `o0`..`o2`, and its report,
+    which samples theirs, handled: an entry of `g` holding cus_phantom waits beside the
+    three, the older one (cus_ghost) no longer."""
+    assert refused_row.refused(running) == ["g", "o0", "o1", "o2"]
+    reported(running)
+    assert refused_row.held(running, "g") == [("cus_ghost", False), ("cus_phantom", True)]
+    assert refused_row.waiting(running) == 4
+
+
 def test_a_version_that_left_the_row_out_does_not_take_it_for_a_report(
     loop: Loop,  # noqa: F811 (the fixture imported above)
 ) -> None:
@@ -51,21 +50,18 @@ def test_a_version_that_left_the_row_out_does_not_take_it_for_a_report(
     so the report's run reads that version. Its `g` is not the report's: nothing of it waits,
     and a re-run after cus_phantom is mapped bills nothing more of it (a review of 391a8cf:
     the run took it as sent again, quarantined it, and the re-run billed g-mfx1 beside g)."""
-    with bundled_poller(loop) as deps:
-        other, row = a_row_stripe_refused(loop, deps)
+    with refused_row.quarantined(loop) as (deps, other, row):
         time.sleep(1)
-        _refused_elsewhere_first(loop, int(str(other[1])))
-        _put(loop, "day.csv", usage_csv([other, [*row[:3], "cus_alice", row[4]]]))
+        refused_row.refused_elsewhere_first(loop, int(str(other[1])))
+        refused_row.put(loop, "day.csv", [other, refused_row.fixed_to(row, "cus_alice")])
         run_poll_pass(deps)
         time.sleep(1)
         new: list[object] = ["c", int(str(other[1])) + 30, "api_requests", "cus_nobody", "1"]
-        _put(loop, "day.csv", usage_csv([other, [*row[:3], "cus_phantom", row[4]], new]))
+        refused_row.put(loop, "day.csv", [other, refused_row.fixed_to(row, "cus_phantom"), new])
         run_poll_pass(deps)
         reported(loop)
-        assert [q.customer for q in _entries(loop, "g") if q.taken_again is None] == []
-        add_rules(loop, '"cus_phantom" = "cus_alice"\n"cus_nobody" = "cus_alice"\n')
-        rerun(loop)
-        run_poll_pass(deps)
+        assert [q.customer for q in refused_row.entries(loop, "g") if q.taken_again is None] == []
+        refused_row.mapped_and_rerun(loop, deps, "cus_phantom", "cus_nobody")
     assert originals_billed(loop)["g"] == 1, sorted(loop.accepted())
 
 
@@ -77,25 +73,16 @@ def test_a_row_fixed_days_after_the_first_send_waits_if_refused_again(
     the report's run judged `g` by that send, past `WINDOW_BEFORE`, so its entry was marked
     taken again and nothing of it waited (usage lost). It is judged by the send of the fix
     now: an entry holding cus_phantom waits, and once mapped the re-run bills `g` once."""
-    with bundled_poller(loop) as deps:
-        other, row = a_row_stripe_refused(loop, deps)
+    with refused_row.quarantined(loop) as (deps, other, row):
         _sent_days_before(loop, 2)
         time.sleep(1)
-        _refused_elsewhere_first(loop, int(str(other[1])))
-        _put(loop, "day.csv", usage_csv([other, [*row[:3], "cus_phantom", row[4]]]))
+        refused_row.refused_elsewhere_first(loop, int(str(other[1])))
+        refused_row.put(loop, "day.csv", [other, refused_row.fixed_to(row, "cus_phantom")])
         run_poll_pass(deps)
-        assert _refused(loop) == ["g", "o0", "o1", "o2"]
-        reported(loop)
-        held = [(q.customer, q.taken_again is None) for q in _entries(loop, "g")]
-        assert held == [("cus_ghost", False), ("cus_phantom", True)]
-        assert _waiting(loop) == 4
-        add_rules(loop, '"cus_phantom" = "cus_alice"\n"cus_nobody" = "cus_alice"\n')
-        rerun(loop)
-        run_poll_pass(deps)
+        _reported_refused_again_and_waiting(loop)
+        refused_row.mapped_and_rerun(loop, deps, "cus_phantom", "cus_nobody")
     billed = ["a", "g-mfx1", "o0-mfx1", "o1-mfx1", "o2-mfx1"]
-    assert sorted(loop.accepted()) == billed
-    assert originals_billed(loop) == Counter({b.split("-mfx")[0]: 1 for b in billed})
-    assert _waiting(loop) == 0
+    refused_row.assert_billed_once(loop, billed)
 
 
 def test_a_fix_held_unchanged_by_a_later_version_waits_if_refused_again(
@@ -108,26 +95,17 @@ def test_a_fix_held_unchanged_by_a_later_version_waits_if_refused_again(
     refused (what the second version sent): an entry holding cus_phantom waits, and once
     mapped the re-run bills `g` once (a review of eea03b9: the run took `g` only when the
     version it reads sent it, nothing waited, usage lost)."""
-    with bundled_poller(loop) as deps:
-        other, row = a_row_stripe_refused(loop, deps)
+    with refused_row.quarantined(loop) as (deps, other, row):
         time.sleep(1)
-        _refused_elsewhere_first(loop, int(str(other[1])))
-        fixed = [*row[:3], "cus_phantom", row[4]]
-        _put(loop, "day.csv", usage_csv([other, fixed]))
+        refused_row.refused_elsewhere_first(loop, int(str(other[1])))
+        fixed = refused_row.fixed_to(row, "cus_phantom")
+        refused_row.put(loop, "day.csv", [other, fixed])
         run_poll_pass(deps)
         time.sleep(1)
         new: list[object] = ["b", int(str(other[1])) + 30, *other[2:]]
-        _put(loop, "day.csv", usage_csv([other, fixed, new]))
+        refused_row.put(loop, "day.csv", [other, fixed, new])
         run_poll_pass(deps)
-        assert _refused(loop) == ["g", "o0", "o1", "o2"]
-        reported(loop)
-        held = [(q.customer, q.taken_again is None) for q in _entries(loop, "g")]
-        assert held == [("cus_ghost", False), ("cus_phantom", True)]
-        assert _waiting(loop) == 4
-        add_rules(loop, '"cus_phantom" = "cus_alice"\n"cus_nobody" = "cus_alice"\n')
-        rerun(loop)
-        run_poll_pass(deps)
+        _reported_refused_again_and_waiting(loop)
+        refused_row.mapped_and_rerun(loop, deps, "cus_phantom", "cus_nobody")
     billed = ["a", "b", "g-mfx1", "o0-mfx1", "o1-mfx1", "o2-mfx1"]
-    assert sorted(loop.accepted()) == billed
-    assert originals_billed(loop) == Counter({b.split("-mfx")[0]: 1 for b in billed})
-    assert _waiting(loop) == 0
+    refused_row.assert_billed_once(loop, billed)
