@@ -9,7 +9,8 @@ from flask import Flask
 from sqlalchemy.engine import make_url
 
 from service.commands import register_commands
-from service.config import Settings, load_settings, unknown_variables
+from service.config import Settings, load_settings
+from service.config.diagnostics import unknown_variables
 from service.logs import configure_logging, log_event
 from service.runtime import Runtime, install
 

@@ -31,7 +31,7 @@ def _create_app() -> Flask:
     from pydantic import ValidationError
 
     from service.app import create_app  # only when a command needs the app
-    from service.config import settings_problems
+    from service.config.diagnostics import settings_problems
 
     try:
         return create_app()

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.adapters.channels import Channel, ChannelName
 from service.commands._shown import shown
-from service.config import parse_duration
+from service.config.values import parse_duration
 from service.runtime import runtime
 
 if TYPE_CHECKING:  # annotations only: notify is imported when the command runs, not for --help

@@ -19,7 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from remediation.errors import MeterfixError
 from service.commands._shown import shown
 from service.commands._signals import stop_on_signals
-from service.config import Settings, missing_api_key
+from service.config import Settings
+from service.config.diagnostics import missing_api_key
 from service.db.schema import check_schema
 from service.errors import SchemaNotCurrent
 from service.logs import log_event

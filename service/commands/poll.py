@@ -15,7 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from remediation.ports import ObjectInfo
 from service.commands._shown import shown, shown_in_markup
 from service.commands._signals import stop_on_signals
-from service.config import PollerMode, missing_api_key
+from service.config import PollerMode
+from service.config.diagnostics import missing_api_key
 from service.db.schema import check_schema
 from service.errors import BucketError, SchemaNotCurrent
 from service.poller.job import beat_exited, poll_forever

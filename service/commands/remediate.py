@@ -52,7 +52,7 @@ def _configured(get: Callable[[], T]) -> T:
         # and `--meters`: that command stays ~30 MB lighter), and by then it is loaded.
         from pydantic import ValidationError
 
-        from service.config import settings_problems
+        from service.config.diagnostics import settings_problems
 
         if isinstance(exc, ValidationError):
             raise click.ClickException(f"bad configuration: {settings_problems(exc)}") from exc
@@ -72,7 +72,7 @@ def _warn_unknown_variables() -> None:
     import logging
     import os
 
-    from service.config import unknown_variable_warnings
+    from service.config.diagnostics import unknown_variable_warnings
     from service.logs import log_event
 
     _warned.append("done")
@@ -82,7 +82,7 @@ def _warn_unknown_variables() -> None:
 
 def _stripe_key(settings: Settings) -> None:
     """One line naming STRIPE_API_KEY when it is missing, before any call to Stripe."""
-    from service.config import missing_api_key
+    from service.config.diagnostics import missing_api_key
 
     problem = missing_api_key(settings)
     if problem is not None:

@@ -26,7 +26,7 @@ from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from service.config import parse_duration
+from service.config.values import parse_duration
 
 _TICK = timedelta(microseconds=1)
 _DAY = 86400

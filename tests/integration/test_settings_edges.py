@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from service.adapters.channels import ChannelName, build_channel
 from service.app import create_app
-from service.config import Settings, settings_problems
+from service.config import Settings
+from service.config.diagnostics import settings_problems
 from service.notify.windows import DigestSchedule
 from tests.integration.test_worker_process import MFX
 

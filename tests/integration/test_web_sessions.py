@@ -27,7 +27,8 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from service.config import Settings, settings_problems
+from service.config import Settings
+from service.config.diagnostics import settings_problems
 from service.web.access import SESSION_LIFETIME
 from tests.integration import web_seed as seed
 from tests.integration.test_settings_edges import _run

@@ -2,43 +2,34 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
-import re
-from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated, Any
-from urllib.parse import SplitResult, urlsplit
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sandbox.defaults import (
-    SANDBOX_API_KEY,
-    SANDBOX_BASE,
-    SANDBOX_WEBHOOK_SECRET,
-    sandbox_bases,
+from service.config.embedded import (
+    STRIPE_API_BASE,
+    STRIPE_FILES_BASE,
+    STRIPE_METER_EVENTS_BASE,
+    use_embedded_sandbox,
 )
-
-STRIPE_API_BASE = "https://api.stripe.com"
-STRIPE_FILES_BASE = "https://files.stripe.com"
-STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
-
-
-# Seconds settings, each at most MAX_SECONDS (a longer time overflowed where it was used).
-SECONDS_SETTINGS = (
-    "stripe_webhook_tolerance",
-    "mfx_poll_interval",
-    "mfx_worker_interval",
-    "mfx_worker_lease",
-    "mfx_task_time_limit",
-    "mfx_heartbeat_silence",
+from service.config.values import (
+    DATABASE_URL_PREFIXES,
+    EMAIL_ADDRESS,
+    GIVE_UP_HORIZON_SECONDS,
+    LOG_LEVELS,
+    MAX_RETENTION_DAYS,
+    MAX_SECONDS,
+    SECONDS_SETTINGS,
+    mask,
+    nested,
+    parse_duration,
+    web_address,
 )
-MAX_SECONDS = 365 * 86400
-MAX_RETENTION_DAYS = 36500
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class PollerMode(StrEnum):
@@ -111,25 +102,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
-        """No API key and no secrets: point everything at the bundled sandbox (and say so)."""
-        if self.stripe_api_key or self.stripe_webhook_secrets:
-            self.embedded_sandbox = False
-            return self
-        self.embedded_sandbox = True
-        self.stripe_api_key = SANDBOX_API_KEY
-        self.stripe_webhook_secrets = [SANDBOX_WEBHOOK_SECRET]
-        bases = sandbox_bases(SANDBOX_BASE)  # each host on its own URL, as at Stripe
-        for name, host in (
-            ("stripe_api_base", "api"),
-            ("stripe_files_base", "files"),
-            ("stripe_meter_events_base", "meter_events"),
-        ):
-            if getattr(self, name) in (
-                STRIPE_API_BASE,
-                STRIPE_FILES_BASE,
-                STRIPE_METER_EVENTS_BASE,
-            ):
-                setattr(self, name, bases[host])
+        """No Stripe setting at all: the bundled sandbox (`service.config.embedded`)."""
+        use_embedded_sandbox(self)
         return self
 
     @field_validator("stripe_webhook_secrets", mode="before")
@@ -226,7 +200,7 @@ class Settings(BaseSettings):
                 "MFX_QUARANTINE_PREFIX must name a folder: the poller imports every file "
                 "outside it, its own quarantine and audit files included"
             )
-        if corrected and _nested(corrected, quarantine):
+        if corrected and nested(corrected, quarantine):
             raise ValueError(
                 "MFX_CORRECTED_PREFIX and MFX_QUARANTINE_PREFIX must be separate folders, "
                 "neither inside the other: the poller imports corrected files and never "
@@ -245,7 +219,7 @@ class Settings(BaseSettings):
         for spelling in ("postgres://", "postgresql://"):
             if value.startswith(spelling):
                 return "postgresql+psycopg://" + value[len(spelling) :]
-        if not value.startswith(_DATABASE_URL_PREFIXES):
+        if not value.startswith(DATABASE_URL_PREFIXES):
             raise ValueError("must be sqlite:///PATH or postgresql+psycopg://user@host/db")
         return value
 
@@ -274,7 +248,7 @@ class Settings(BaseSettings):
     def _public_url(cls, value: str) -> str:
         """The dashboard links in messages are this plus a path: it needs a scheme and a
         host, and a query or fragment would end up in the middle of every link."""
-        parts = _web_address(value)
+        parts = web_address(value)
         if parts is None or parts.query or parts.fragment:
             raise ValueError("must be http(s)://HOST[:PORT][/PATH], without ? or #")
         return value
@@ -282,7 +256,7 @@ class Settings(BaseSettings):
     @field_validator("slack_webhook_url")
     @classmethod
     def _slack_webhook_url(cls, value: str) -> str:
-        if value and _web_address(value) is None:  # a secret: never quoted
+        if value and web_address(value) is None:  # a secret: never quoted
             raise ValueError("must be the https://hooks.slack.com/… URL Slack gave (or empty)")
         return value
 
@@ -291,7 +265,7 @@ class Settings(BaseSettings):
     def _email_addresses(cls, value: str) -> str:
         """Comma-separated `name@domain` addresses (empty: unset)."""
         addresses = [part.strip() for part in value.split(",") if part.strip()]
-        if any(not _EMAIL_ADDRESS.fullmatch(address) for address in addresses):
+        if any(not EMAIL_ADDRESS.fullmatch(address) for address in addresses):
             raise ValueError("must be comma-separated addresses such as name@domain")
         return value
 
@@ -307,17 +281,12 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, object]:
         """Settings safe to log: secrets replaced by their kind."""
         data = self.model_dump()
-        data["stripe_api_key"] = _mask(self.stripe_api_key)
-        data["stripe_webhook_secrets"] = [_mask(s) for s in self.stripe_webhook_secrets]
-        data["mfx_admin_token"] = _mask(self.mfx_admin_token)
+        data["stripe_api_key"] = mask(self.stripe_api_key)
+        data["stripe_webhook_secrets"] = [mask(s) for s in self.stripe_webhook_secrets]
+        data["mfx_admin_token"] = mask(self.mfx_admin_token)
         data["slack_webhook_url"] = "set" if self.slack_webhook_url else ""
         data["smtp_url"] = "set" if self.smtp_url else ""
         return data
-
-
-def _nested(one: str, other: str) -> bool:
-    """Whether two folders (no slash at either end) are one, or one is inside the other."""
-    return one == other or one.startswith(other + "/") or other.startswith(one + "/")
 
 
 def load_settings() -> Settings:
@@ -325,107 +294,3 @@ def load_settings() -> Settings:
     factory, the console script and the builder of the file commands call it). Raises
     pydantic's ValidationError; `settings_problems` says it in one line."""
     return Settings()
-
-
-def settings_problems(exc: ValidationError) -> str:
-    """`MFX_WORKER_LEASE: Value error, must be a positive number; ...`: one line (a check of
-    several settings at once names them in its message)."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])).upper()}: {_problem(e)}" if e["loc"] else _problem(e)
-        for e in exc.errors()
-    )
-
-
-def _problem(error: Any) -> str:
-    """pydantic's message without its "Value error, " prefix; a boolean setting (only
-    MFX_MESSAGE_EXAMPLES) says it takes on or off, as the README writes it."""
-    if error["type"].startswith("bool_"):
-        return "must be on or off"
-    return str(error["msg"]).removeprefix("Value error, ")
-
-
-# Variables of ours that are not settings: read by the sandbox command, the tests and the
-# benches (`MFX_BENCH_*`)
-OTHER_VARIABLES = (
-    "MFX_SANDBOX_STATE_FILE",
-    "MFX_TEST_DATABASE_URL",
-    "MFX_FUZZ_EXAMPLES",
-    "MFX_CORPUS_REGENERATE",
-)
-# Families whose near misses are worth a word (others' STRIPE_* variables are left alone)
-_FAMILIES = ("MFX_", "STRIPE_", "DIGEST_", "SMTP_", "SLACK_", "LOG_", "DATABASE_", "BUCKET_")
-
-
-def unknown_variables(names: Iterable[str]) -> list[tuple[str, str | None]]:
-    """The environment's names meterfix would silently ignore, each with the setting it
-    looks like a misspelling of (None: none): every unknown `MFX_` name (ours alone), and
-    other families' near misses (`STRIPE_WEBHOOK_SECRET` for `STRIPE_WEBHOOK_SECRETS`).
-    `MFX_POLER=on` left the poller off, unsaid: the bucket's usage never imported."""
-    known = [name.upper() for name in Settings.model_fields if name != "embedded_sandbox"]
-    known += OTHER_VARIABLES
-    found = []
-    for name in sorted({name.upper() for name in names}):
-        if name in known or name.startswith("MFX_BENCH") or not name.startswith(_FAMILIES):
-            continue
-        like = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-        if like or name.startswith("MFX_"):
-            found.append((name, like[0] if like else None))
-    return found
-
-
-def unknown_variable_warnings(names: Iterable[str]) -> list[str]:
-    """`unknown_variables` as the warnings every command logs (`config.unknown_variable`)."""
-    return [
-        f"{name} is not a meterfix setting: ignored" + (f" (did you mean {like}?)" if like else "")
-        for name, like in unknown_variables(names)
-    ]
-
-
-def missing_api_key(settings: Settings) -> str | None:
-    """The one line a command that calls Stripe says when STRIPE_API_KEY is not set while
-    other Stripe settings are (without any, the embedded sandbox's key is used): every call
-    then failed later, file by file, with Stripe's "Invalid API Key provided", never
-    naming the variable. None when a key is set."""
-    if settings.stripe_api_key.strip():
-        return None
-    return (
-        "STRIPE_API_KEY is not set, though other Stripe settings are: set it to your secret "
-        "key (sk_... or rk_...), which every call to Stripe needs (with no Stripe setting at "
-        "all, the bundled sandbox is used)"
-    )
-
-
-_DATABASE_URL_PREFIXES = ("sqlite://", "sqlite+pysqlite://", "postgresql+psycopg://")
-_EMAIL_ADDRESS = re.compile(r"[^@\s,<>]+@[^@\s,<>]+")
-
-
-def _web_address(value: str) -> SplitResult | None:
-    """`value` split when it is an http(s) URL with a host (and a numeric port), else None."""
-    parts = urlsplit(value)
-    try:
-        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
-    except ValueError:
-        return None
-    return parts if parts.scheme in ("http", "https") and parts.hostname else None
-
-
-# Stripe dedupes meter event identifiers for at least 24 hours; we stay an hour inside.
-GIVE_UP_HORIZON_SECONDS = 23 * 3600
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """ "90" (seconds), "15m", "6h", "1d" -> seconds; ValueError with the accepted forms."""
-    value = text.strip().lower()
-    unit = _UNITS.get(value[-1:], 0)
-    number = value[:-1] if unit else value
-    if not number.isascii() or not number.isdigit() or len(number) > 9:
-        raise ValueError(f"{text!r} is not a duration (use e.g. 90, 15m, 6h or 1d)")
-    return int(number) * (unit or 1)
-
-
-def _mask(secret: str) -> str:
-    if not secret:
-        return ""
-    prefix = secret.split("_", 2)
-    return "_".join(prefix[:2]) + "_…" if len(prefix) > 2 else "…"
