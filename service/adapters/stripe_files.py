@@ -11,7 +11,7 @@ connection only, and contents dripping a byte at a time held a task for as long 
 dripped. At the deadline the thread's connections are shut down (`CallDeadline`; each thread
 has its own session) and the download fails with StripeFileError (the task is retried). Only
 the worker's tasks download, and the task is given the same time more beyond its own
-MFX_TASK_TIME_LIMIT (`CallDeadline.extend_to` tells it, `service.worker.liveness` grants it):
+MFX_TASK_TIME_LIMIT (`CallDeadline.extend_to` tells it, `service.worker.item_deadline` grants it):
 a file too large to read within the limit alone, read steadily, is remediated (before, its
 task failed at the limit at every try, its rows never corrected).
 Metadata goes through the StripeClient, whose requests have their own deadline

@@ -85,7 +85,7 @@ class RunContext:
     # changed that the report's samples do not name (`service.jobs.report_rows.SentAgain`)
     customer_records: CustomerRecords | None = None
     # around a job's wait for its turn (a re-run waits for the one before it): the worker
-    # does not count it against the item's time limit (`service.worker.liveness`)
+    # does not count it against the item's time limit (`service.worker.item_lease`)
     waiting_turn: Callable[[], AbstractContextManager[None]] = nullcontext
     task_id: str | None = None  # the worker's task running the job, named on its runs
     # the locks its runs are done under (`holding`): a run whose lock was lost (its database

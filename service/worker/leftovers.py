@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from service.logs import log_event
-from service.worker.liveness import MAX_GRANTED_SECONDS
+from service.worker.item_deadline import MAX_GRANTED_SECONDS
 
 # The prefixes of the directories the jobs make (`service/jobs`: `tempfile.TemporaryDirectory`)
 PREFIXES = ("meterfix-dl-", "meterfix-run-", "meterfix-obj-", "meterfix-rerun-")

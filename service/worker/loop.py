@@ -51,12 +51,12 @@ from service.worker.inbox_claims import (
     release_claim,
     storable,
 )
+from service.worker.item_lease import item_lease
 from service.worker.liveness import (
     ITEM_THREAD_PREFIX,
     WorkerHeartbeat,
     call_with_time_limit,
     heartbeat_interval,
-    item_lease,
 )
 from service.worker.task_runner import TaskRunner
 from service.worker.tasks import TASK_STYLE, TaskKind, parse_task

@@ -15,7 +15,7 @@ from service.jobs.runs import RunContext
 from service.jobs.store.reports import import_set
 from service.notify.alerts import raise_alert, resolve_alert
 from service.runtime import Runtime
-from service.worker.liveness import lease_as_lock, waiting_turn
+from service.worker.item_lease import lease_as_lock, waiting_turn
 from service.worker.tasks import TaskKind, task_id
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from service.cli import main
 from service.commands import COMMANDS as COMMAND_TABLE
-from service.worker.liveness import MAX_GRANTED_SECONDS
+from service.worker.item_deadline import MAX_GRANTED_SECONDS
 from tests.servers import free_port
 
 MFX = str(Path(sys.executable).parent / "meterfix")

@@ -28,7 +28,7 @@ from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.models import CorrectionAudit, InboxEvent, QuarantinedRow, RemediationRun
 from service.web.actions import Actor, queue_rerun
 from service.worker.inbox import TAKEN_OVER
-from service.worker.liveness import lease_as_lock
+from service.worker.item_lease import lease_as_lock
 from service.worker.loop import InboxWorker
 from service.worker.supervisor import SUPERVISOR_ENV
 from service.worker.tasks import TaskKind, enqueue_task

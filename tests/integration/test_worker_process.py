@@ -315,9 +315,9 @@ HOGGING_HANDLER = """
 import re
 
 import handlers
-import service.worker.liveness
+import service.worker.item_deadline
 
-service.worker.liveness.HARD_LIMIT_GRACE_SECONDS = 1
+service.worker.item_deadline.HARD_LIMIT_GRACE_SECONDS = 1
 _known = handlers.handler_for
 
 

@@ -14,9 +14,10 @@ import pytest
 
 from service.adapters.call_deadline import CallDeadline
 from service.errors import TimeLimitExceeded
-from service.worker import liveness
+from service.worker import item_deadline
+from service.worker.item_deadline import MAX_GRANTED_SECONDS
 from service.worker.leftovers import sweep_leftovers
-from service.worker.liveness import MAX_GRANTED_SECONDS, call_with_time_limit
+from service.worker.liveness import call_with_time_limit
 
 
 def _transfer(base: float, extended: float, takes: float) -> str:
@@ -46,7 +47,7 @@ def test_an_item_is_still_failed_past_what_was_granted() -> None:
 
 
 def test_what_calls_add_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(liveness, "MAX_GRANTED_SECONDS", 0.2)
+    monkeypatch.setattr(item_deadline, "MAX_GRANTED_SECONDS", 0.2)
     started = time.monotonic()
     with pytest.raises(TimeLimitExceeded) as raised:
         call_with_time_limit(lambda: _transfer(0.2, 60.0, 3.0), 0.2, name="t-bounded")
