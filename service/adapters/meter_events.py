@@ -33,31 +33,33 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import datetime
-from email.utils import parsedate_to_datetime
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, cast
 
 import stripe
 
+from service.adapters.meter_event_answers import (
+    is_transient,
+    retry_after_seconds,
+    send_error,
+    session_lifetime,
+)
+from service.adapters.meter_event_batches import BatchSent, settle_batches, wait_for_batches
 from service.adapters.stripe_client import deadline_http_client
 from service.config import Settings
 from service.errors import MeterEventSendError, ServiceError
 from service.logs import log_event
 
 MAX_EVENTS_PER_REQUEST = 100
-SESSION_SECONDS = 15 * 60  # Stripe's session lifetime, when `expires_at` cannot be read
 SESSION_MARGIN = 60.0  # renew this long before `expires_at` (a fifth of shorter lifetimes)
 MAX_RENEWALS = 2  # per request: a fresh session rejected again is not an expiry
 MAX_RETRY_AFTER = 60.0  # a longer Retry-After fails the request; the poller waits it out
 DEFAULT_WORKERS = 8
 DEFAULT_TIMEOUT = 30.0  # seconds a read of a stream request waits (the SDK's own default: 80)
-WAIT_CALL_EVERY = 5.0  # seconds between `send_batches`' on_wait calls while batches back off
 STOP_CHECK_EVERY = 0.1  # seconds between checks for a stop while a batch backs off
 _SESSION_ERRORS = (stripe.TemporarySessionExpiredError, stripe.AuthenticationError)
 
-BatchSent = Callable[[int], None]
 # the `stopping` of the `send_batches` call a pool thread works for (set by the pool's
 # initializer), and its `before_send` bound to the batch the thread sends (`_send_indexed`):
 # `send_batch`, which tests override, keeps its one argument
@@ -164,12 +166,12 @@ class StripeMeterEventSink:
                     pending[submitted] = index
                     index += 1
                     if len(pending) >= 2 * self._workers:
-                        done = _wait(pending, FIRST_COMPLETED, on_wait)
-                        count, failure = _settle(done, pending, settled, failure)
+                        done = wait_for_batches(pending, FIRST_COMPLETED, on_wait)
+                        count, failure = settle_batches(done, pending, settled, failure)
                         sent += count
             finally:
-                done = _wait(pending, ALL_COMPLETED, on_wait)
-                count, failure = _settle(done, pending, settled, failure)
+                done = wait_for_batches(pending, ALL_COMPLETED, on_wait)
+                count, failure = settle_batches(done, pending, settled, failure)
                 sent += count
         if taken is not None and not isinstance(failure, MeterEventSendError):
             raise taken
@@ -204,7 +206,7 @@ class StripeMeterEventSink:
             except _SESSION_ERRORS as exc:
                 renewals += 1
                 if renewals > MAX_RENEWALS:
-                    raise _send_error(exc, "meter event session rejected after renewal") from exc
+                    raise send_error(exc, "meter event session rejected after renewal") from exc
                 self._renew_session(stale=stream)
             except stripe.StripeError as exc:
                 attempt += 1
@@ -217,12 +219,12 @@ class StripeMeterEventSink:
         outlasted `max_attempts`. A 400 is permanent when the request carried the rows."""
         if not is_transient(exc):
             permanent = about_rows and exc.http_status == 400
-            raise _send_error(exc, what, permanent=permanent) from exc
+            raise send_error(exc, what, permanent=permanent) from exc
         delay = self._delay(attempt, exc)
         if attempt >= self._max_attempts or delay is None:
             if isinstance(exc, stripe.RateLimitError):
                 what = "still rate limited"
-            raise _send_error(exc, f"{what} after {attempt} attempts", retry_after=True) from exc
+            raise send_error(exc, f"{what} after {attempt} attempts", retry_after=True) from exc
         log_event(
             "stripe.meter_events_retry",
             attempt=attempt,
@@ -245,7 +247,7 @@ class StripeMeterEventSink:
     def _delay(self, attempt: int, exc: stripe.StripeError) -> float | None:
         """`Retry-After` when Stripe sent one (None when it asks for longer than we wait in a
         pass), otherwise exponential backoff with full jitter over [cap/2, cap]."""
-        retry_after = _retry_after(exc)
+        retry_after = retry_after_seconds(exc)
         if retry_after is not None:
             if retry_after > MAX_RETRY_AFTER:
                 return None
@@ -282,7 +284,7 @@ class StripeMeterEventSink:
             max_network_retries=0,  # retried in send_batch, with Retry-After and a session renewal
             http_client=self._http,
         )
-        lifetime = _lifetime(session.created, session.expires_at)
+        lifetime = session_lifetime(session.created, session.expires_at)
         self._renew_at = self._clock() + lifetime - min(SESSION_MARGIN, lifetime / 5)
         self.sessions_created += 1
         log_event("stripe.meter_event_session", session_id=session.id, lifetime=round(lifetime))
@@ -293,111 +295,3 @@ def _check_stop(what: str) -> None:
     stopping: Callable[[], bool] | None = getattr(_call, "stopping", None)
     if stopping is not None and stopping():
         raise SendStopped(f"the process is stopping: a batch left unacknowledged ({what})")
-
-
-def is_transient(exc: stripe.StripeError) -> bool:
-    """Worth retrying: rate limited, a timeout or dropped connection, a conflict, a 5xx, or
-    an answer that is not Stripe's (no status)."""
-    if isinstance(exc, stripe.RateLimitError | stripe.APIConnectionError):
-        return True
-    status = exc.http_status
-    return status is None or status == 409 or status >= 500
-
-
-def _wait(
-    pending: dict[Future[int], int], until: str, on_wait: Callable[[], None] | None
-) -> set[Future[int]]:
-    """The finished futures once one (FIRST_COMPLETED) or all (ALL_COMPLETED) of `pending`
-    finished, calling `on_wait()` every WAIT_CALL_EVERY seconds until then."""
-    if on_wait is None:
-        return wait(pending, return_when=until).done
-    while True:
-        done, left = wait(pending, timeout=WAIT_CALL_EVERY, return_when=until)
-        if (done and until == FIRST_COMPLETED) or not left:
-            return done
-        on_wait()
-
-
-def _settle(
-    done: set[Future[int]],
-    pending: dict[Future[int], int],
-    callbacks: tuple[BatchSent | None, BatchSent | None],
-    failure: ServiceError | None,
-) -> tuple[int, ServiceError | None]:
-    """Events sent by the finished futures (removed from `pending`), and the first failure;
-    `callbacks` are (on_sent, on_refused). Stripe's failure of a batch (a MeterEventSendError)
-    comes before what `before_send` raised of another, in whichever order they came: the
-    caller knows what it raised, not what Stripe answered (a batch given up through a lasting
-    outage was lost behind one held at the poller's horizon, and alerted as that only)."""
-    sent = 0
-    on_sent, on_refused = callbacks
-    for future in sorted(done, key=pending.__getitem__):
-        index = pending.pop(future)
-        error = future.exception()
-        if error is None:
-            sent += future.result()
-            if on_sent is not None:
-                on_sent(index)
-            continue
-        if not isinstance(error, Exception):
-            raise error  # KeyboardInterrupt, SystemExit: stop at once
-        if on_refused is not None and getattr(error, "permanent", False):
-            on_refused(index)
-        error = _as_send_error(error)
-        if failure is None or (
-            isinstance(error, MeterEventSendError) and not isinstance(failure, MeterEventSendError)
-        ):
-            failure = error
-    return sent, failure
-
-
-def _as_send_error(error: BaseException) -> ServiceError:
-    """Our own errors as they are (a MeterEventSendError, or what `before_send` raised: the
-    poller judges a `HorizonPassed` by its type); anything else as a failed request."""
-    if isinstance(error, ServiceError):
-        return error
-    return MeterEventSendError(
-        f"meter event stream request failed: {type(error).__name__}: {error}"
-    )
-
-
-def _retry_after(exc: stripe.StripeError) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), if any."""
-    headers = exc.headers or {}
-    value = next((str(v) for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def _lifetime(created: object, expires_at: object) -> float:
-    """Seconds the session lives, from its RFC 3339 `created` and `expires_at`."""
-    try:
-        start = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
-        end = datetime.fromisoformat(str(expires_at).replace("Z", "+00:00"))
-    except ValueError:
-        return SESSION_SECONDS
-    seconds = (end - start).total_seconds()
-    return seconds if 0 < seconds <= SESSION_SECONDS else SESSION_SECONDS
-
-
-def _send_error(
-    exc: stripe.StripeError, what: str, *, permanent: bool = False, retry_after: bool = False
-) -> MeterEventSendError:
-    """`retry_after`: carry the answer's `Retry-After` (a transient failure given up on), so
-    the poller's next attempt at the object is not before the time Stripe asked for."""
-    status = exc.http_status
-    detail = exc.user_message or type(exc).__name__
-    return MeterEventSendError(
-        f"{what}: HTTP {status}: {detail}",
-        status=status,
-        permanent=permanent,
-        retry_after=_retry_after(exc) if retry_after else None,
-    )

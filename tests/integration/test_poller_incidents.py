@@ -50,9 +50,9 @@ def test_the_poller_beats_while_its_batches_back_off(
     incident (Retry-After up to 60 s, 8 attempts: minutes) the poller was silent, and the
     critical "no poller heartbeat" alert was raised about a poller alive and retrying. Here
     the batch backs off for about 3 s; the poller beats every 0.2 s of it."""
-    from service.adapters import meter_events
+    from service.adapters import meter_event_batches
 
-    monkeypatch.setattr(meter_events, "WAIT_CALL_EVERY", 0.2, raising=False)
+    monkeypatch.setattr(meter_event_batches, "WAIT_CALL_EVERY", 0.2, raising=False)
     now = int(time.time()) - 60
     _put(settings, "usage.csv", [f"b-{i},{now},api_requests,cus_A,1\n" for i in range(5)], tmp_path)
     sandbox_server.admin.inject_fault("POST", STREAM, 429, count=3, retry_after=1)

@@ -9,7 +9,7 @@ from typing import Any
 
 import stripe
 
-from service.adapters.meter_events import _lifetime, _retry_after, is_transient
+from service.adapters.meter_event_answers import is_transient, retry_after_seconds, session_lifetime
 from service.errors import HorizonPassed
 from service.poller.failures import BACKOFF_CAP, backoff, judge
 from service.poller.object_progress import ObjectProgress, SentBatch, row_was_sent
@@ -41,19 +41,21 @@ def test_transient_errors() -> None:
 
 
 def test_retry_after_in_seconds_or_as_a_date() -> None:
-    assert _retry_after(_error(stripe.RateLimitError, 429, **{"Retry-After": "7"})) == 7
+    assert retry_after_seconds(_error(stripe.RateLimitError, 429, **{"Retry-After": "7"})) == 7
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    from_date = _retry_after(_error(stripe.RateLimitError, 429, **{"retry-after": later}))
+    from_date = retry_after_seconds(_error(stripe.RateLimitError, 429, **{"retry-after": later}))
     assert from_date is not None and 25 < from_date <= 30
-    assert _retry_after(_error(stripe.RateLimitError, 429)) is None
-    assert _retry_after(_error(stripe.RateLimitError, 429, **{"Retry-After": "soon"})) is None
+    assert retry_after_seconds(_error(stripe.RateLimitError, 429)) is None
+    assert (
+        retry_after_seconds(_error(stripe.RateLimitError, 429, **{"Retry-After": "soon"})) is None
+    )
 
 
 def test_session_lifetime_comes_from_expires_at() -> None:
-    assert _lifetime("2026-11-25T12:00:00.000Z", "2026-11-25T12:15:00.000Z") == 900
-    assert _lifetime("2026-11-25T12:00:00.000Z", "2026-11-25T12:00:01.500Z") == 1.5
-    assert _lifetime("garbage", "2026-11-25T12:15:00.000Z") == 900
-    assert _lifetime("2026-11-25T12:00:00Z", "2026-11-26T12:00:00Z") == 900  # never longer
+    assert session_lifetime("2026-11-25T12:00:00.000Z", "2026-11-25T12:15:00.000Z") == 900
+    assert session_lifetime("2026-11-25T12:00:00.000Z", "2026-11-25T12:00:01.500Z") == 1.5
+    assert session_lifetime("garbage", "2026-11-25T12:15:00.000Z") == 900
+    assert session_lifetime("2026-11-25T12:00:00Z", "2026-11-26T12:00:00Z") == 900  # never longer
 
 
 def test_backoff_doubles_with_jitter_up_to_a_cap() -> None:
