@@ -26,7 +26,8 @@ from service.adapters.bucket_base import (
     is_identical,
 )
 from service.adapters.file_bucket import FileBucket
-from service.adapters.s3_bucket import MULTIPART_BYTES, S3Bucket, S3Limits
+from service.adapters.s3_bucket import S3Bucket, S3Limits
+from service.adapters.s3_transfers import MULTIPART_BYTES
 from service.config import Settings
 from service.errors import BucketError, ObjectNotFound
 from service.logs import log_event

@@ -12,7 +12,7 @@ bytes take at MIN_TRANSFER_RATE, and the worker's task reading or writing it as 
 `CallDeadline.extend_to`): at the deadline the thread's connections are shut down and the
 call raises TimeoutError (`CallDeadline`). Each thread has its own client (and connection
 pool), so the connections shut are only ever the ones the late call may be using; a download
-and an upload run on the calling thread and its client for that (`_transfer_config`: boto3's
+and an upload run on the calling thread and its client for that (`s3_transfers`: boto3's
 transfer threads open sockets no deadline lists: a download, and then an upload, had no
 deadline, nor gave its task any time; an endpoint answering an upload a byte at a time held
 it, and the task's thread or `remediate --upload`, for as long as it dripped, and a large
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -35,25 +34,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
-from urllib.parse import quote
 
 from remediation.ports import ObjectInfo
 from service.adapters.bucket_base import (
     CHUNK,
-    SHA_KEY,
     dir_prefix,
     file_digests,
     is_identical,
     temp_path,
 )
 from service.adapters.call_deadline import CallDeadline
+from service.adapters.s3_errors import is_missing, s3_reason, s3_status
+from service.adapters.s3_metadata import ascii_metadata
+from service.adapters.s3_transfers import RawBody, transfer_config
 from service.errors import BucketError, ObjectChanged, ObjectNotFound
 from service.logs import log_event
 
 if TYPE_CHECKING:  # the stubs package exists only for type checking
     from mypy_boto3_s3 import S3Client
 
-MULTIPART_BYTES = 8 * 1024 * 1024
 CONNECT_SECONDS = 10.0  # to open a connection
 READ_SECONDS = 30.0  # one read waiting for its next byte (botocore's default: 60)
 ATTEMPTS = 3  # tries of one request in all: 5xx, throttling, a dropped connection
@@ -64,35 +63,6 @@ TRANSFER_SECONDS = 900.0  # a streamed object from its GET to its last byte (the
 # steadily ends, one trickling a byte at a time does not (a 10 GiB object: ~3 h in all).
 MIN_TRANSFER_RATE = 1024 * 1024
 T = TypeVar("T")
-_PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F))
-
-
-# S3 takes at most 2 KB of user metadata (the UTF-8 bytes of its names and values).
-METADATA_BYTES = 2048
-_CUT_MARK = "..."
-
-
-def _ascii_metadata(metadata: Mapping[str, str], sha: str) -> dict[str, str]:
-    """S3 user metadata must be ASCII: non-ASCII characters are percent-encoded (UTF-8)."""
-    values = {str(k).lower(): str(v) for k, v in metadata.items()}
-    values[SHA_KEY] = sha
-    ascii_values = {k: v if v.isascii() else quote(v, safe=_PRINTABLE) for k, v in values.items()}
-    return _within_limit(ascii_values)
-
-
-def _within_limit(values: dict[str, str]) -> dict[str, str]:
-    """`values` within METADATA_BYTES, its longest value cut short (ending `...`) when over:
-    a key of 1,024 bytes percent-encoded in `mfx-source` is up to 3 KB, and S3 refused
-    every upload of its outputs (MetadataTooLarge), the run failing on every retry. The
-    digests and the generation are short; only the source, a label, is ever long."""
-    over = sum(len(k) + len(v) for k, v in values.items()) - METADATA_BYTES
-    if over <= 0:
-        return values
-    name = max(values, key=lambda k: len(values[k]))
-    kept = values[name][: max(len(values[name]) - over - len(_CUT_MARK), 0)]
-    kept = re.sub(r"%[0-9A-Fa-f]?$", "", kept)  # no escape cut in half
-    log_event("bucket.metadata_shortened", name=name, length=len(values[name]), kept=len(kept))
-    return values | {name: kept + _CUT_MARK}
 
 
 @dataclass(frozen=True)
@@ -218,7 +188,7 @@ class S3Bucket:
                     lambda: self.client.head_object(Bucket=self.name, Key=key),
                 )
             except ClientError as exc:
-                if _is_missing(exc):
+                if is_missing(exc):
                     return None
                 raise
         return ObjectInfo(
@@ -244,7 +214,7 @@ class S3Bucket:
             raise
         size = int(response.get("ContentLength") or 0)
         deadline.extend_to(self.limits.transfer + size // MIN_TRANSFER_RATE)
-        return cast(BinaryIO, io.BufferedReader(_RawBody(response["Body"], deadline), CHUNK))
+        return cast(BinaryIO, io.BufferedReader(RawBody(response["Body"], deadline), CHUNK))
 
     def _get(self, key: str, etag: str | None) -> Any:
         from botocore.exceptions import ClientError
@@ -254,11 +224,11 @@ class S3Bucket:
                 return self.client.get_object(Bucket=self.name, Key=key)
             return self.client.get_object(Bucket=self.name, Key=key, IfMatch=f'"{etag}"')
         except ClientError as exc:
-            if etag is not None and (_is_missing(exc) or _status(exc) == 412):
+            if etag is not None and (is_missing(exc) or s3_status(exc) == 412):
                 raise ObjectChanged(
                     f"s3://{self.name}/{key} is no longer the version with ETag {etag}"
                 ) from exc
-            if _is_missing(exc):
+            if is_missing(exc):
                 raise ObjectNotFound(f"no such object: s3://{self.name}/{key}") from exc
             raise
 
@@ -274,7 +244,7 @@ class S3Bucket:
         temp = temp_path(dest)
         try:
             with deadline.watching(), self._s3_errors(f"cannot download s3://{self.name}/{key}"):
-                self.client.download_file(self.name, key, str(temp), Config=_transfer_config())
+                self.client.download_file(self.name, key, str(temp), Config=transfer_config())
             os.replace(temp, dest)
         finally:
             deadline.cancel()
@@ -290,94 +260,15 @@ class S3Bucket:
             log_event("bucket.upload_skipped", key=key, reason="identical object exists")
             return False
         size = src.stat().st_size
-        extra = {"Metadata": _ascii_metadata(metadata, sha)}
+        extra = {"Metadata": ascii_metadata(metadata, sha)}
         deadline = self._deadline(self.limits.transfer, f"{key} (upload)")
         deadline.extend_to(self.limits.transfer + size // MIN_TRANSFER_RATE)
         try:
             with deadline.watching(), self._s3_errors(f"cannot upload to s3://{self.name}/{key}"):
                 self.client.upload_file(
-                    str(src), self.name, key, ExtraArgs=extra, Config=_transfer_config()
+                    str(src), self.name, key, ExtraArgs=extra, Config=transfer_config()
                 )
         finally:
             deadline.cancel()
         log_event("bucket.uploaded", key=key, size=size, sha256=sha)
         return True
-
-
-class _RawBody(io.RawIOBase):
-    """botocore's StreamingBody as a raw stream, so io.BufferedReader / TextIOWrapper (the
-    CSV and JSON readers) can sit on it; closing it releases the HTTP connection, and ends
-    the transfer's deadline (a read past it raises TimeoutError)."""
-
-    def __init__(self, body: Any, deadline: CallDeadline) -> None:
-        self._body, self._deadline = body, deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        with self._deadline.watching():
-            data = self._body.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._deadline.cancel()
-            self._body.close()
-        super().close()
-
-
-def _transfer_config() -> Any:
-    """A download's or an upload's parts, one after the other on the calling thread: boto3's
-    transfer threads would open sockets off it, which its `CallDeadline` never lists (they
-    could not be shut at the deadline) and which this thread's pool would then hand to its
-    next calls, unlisted too."""
-    from boto3.s3.transfer import TransferConfig
-
-    return TransferConfig(
-        multipart_threshold=MULTIPART_BYTES,
-        multipart_chunksize=MULTIPART_BYTES,
-        use_threads=False,
-    )
-
-
-def _status(exc: Exception) -> int | None:
-    status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return int(status) if isinstance(status, int) else None
-
-
-def _is_missing(exc: Exception) -> bool:
-    error = getattr(exc, "response", {}).get("Error", {})
-    return str(error.get("Code")) in {"404", "NoSuchKey", "NotFound"}
-
-
-def s3_reason(exc: BaseException, bucket: str) -> str:
-    """Why an S3 request failed, in one line and without its request (no headers, no keys):
-    S3's error code and message, or why no request could be made. boto3's
-    S3UploadFailedError ("Failed to upload /tmp/... to b/k: An error occurred ...") is said
-    as the error it wraps."""
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import (
-        ClientError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
-
-    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
-        return s3_reason(exc.__context__, bucket)
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return (
-            "no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a "
-            "profile or role boto3 reads)"
-        )
-    if isinstance(exc, EndpointConnectionError):
-        return f"cannot connect to {getattr(exc, 'kwargs', {}).get('endpoint_url') or 'S3'}"
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code, message = str(error.get("Code") or _status(exc)), str(error.get("Message") or "")
-        if code == "NoSuchBucket":
-            return f"the bucket {bucket} does not exist (NoSuchBucket)"
-        return f"{code}: {message}" if message else code
-    return f"{type(exc).__name__}: {exc}"
