@@ -52,7 +52,7 @@ def test_the_poller_beats_while_its_batches_back_off(
     the batch backs off for about 3 s; the poller beats every 0.2 s of it."""
     from service.adapters import meter_event_batches
 
-    monkeypatch.setattr(meter_event_batches, "WAIT_CALL_EVERY", 0.2, raising=False)
+    monkeypatch.setattr(meter_event_batches, "WAIT_CALL_EVERY", 0.2)
     now = int(time.time()) - 60
     _put(settings, "usage.csv", [f"b-{i},{now},api_requests,cus_A,1\n" for i in range(5)], tmp_path)
     sandbox_server.admin.inject_fault("POST", STREAM, 429, count=3, retry_after=1)
