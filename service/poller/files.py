@@ -51,19 +51,52 @@ def database_files_dir(work_dir: Path, engine: Engine) -> Path:
     installations started from one directory share the default MFX_WORK_DIR (relative), and
     a pass of one deleted, as recorded by no import set of its own, the other's file still
     waiting for its remediation (refused rows never quarantined). Named by a digest of where
-    the database is, never its URL or credentials. Files written before it had a part of its
-    own are in `work_dir` itself: read where recorded, and kept until remediated."""
+    the database is, never its URL or credentials (`_database_digest`). Files written before
+    it had a part of its own are in `work_dir` itself: read where recorded, and kept until
+    remediated."""
     return work_dir / f"db-{_database_digest(engine.url)}"
 
 
+def database_files_dirs(work_dir: Path, engine: Engine) -> list[Path]:
+    """The database's own part of `work_dir`, and the part a release naming it by the whole
+    URL made (`_url_digest`) when there is one: the files a pass killed there left, or a
+    remediation done there, are the database's to clear. A recorded file stays where it is
+    (its import set names its path) until remediated."""
+    own = database_files_dir(work_dir, engine)
+    earlier = work_dir / f"db-{_url_digest(engine.url)}"
+    return [own, earlier] if earlier != own and earlier.is_dir() else [own]
+
+
+# The parts of a URL's query that say where the database is: a server named by its socket
+# (`host`), a PostgreSQL schema (`options=-csearch_path=...`); never a timeout, an SSL
+# setting or a password (`sslpassword`)
+_WHERE_IN_QUERY = ("host", "hostaddr", "port", "dbname", "options")
+
+
 def _database_digest(url: URL) -> str:
-    """Where the database is, without credentials (the user too: the same database), the
-    query kept (a PostgreSQL schema is chosen there); a SQLite file by its absolute path."""
-    where = url.set(username=None, password=None)
-    if where.get_backend_name() == "sqlite" and where.database not in (None, "", ":memory:"):
-        where = where.set(database=str(Path(str(where.database)).resolve()))
-    rendered = where.render_as_string(hide_password=False)
+    """Which database: its kind (not the driver), host, port and name, and the query's
+    `_WHERE_IN_QUERY`; a SQLite file by its absolute path. Not the user nor the password:
+    a password rotated, or a process connecting as another user or through another driver,
+    moved the part, and the files a pass killed in the old one left were never cleared."""
+    backend = url.get_backend_name()
+    database = _database_path(url)
+    query = sorted((k, str(v)) for k, v in url.query.items() if k in _WHERE_IN_QUERY)
+    where = [backend, (url.host or "").lower(), str(url.port or ""), database or "", repr(query)]
+    return hashlib.sha256("\n".join(where).encode()).hexdigest()[:12]
+
+
+def _url_digest(url: URL) -> str:
+    """The digest a release before `_database_digest` named the part by: the whole URL,
+    credentials included (`URL.set(username=None)` leaves the user as it is)."""
+    rendered = url.set(database=_database_path(url)).render_as_string(hide_password=False)
     return hashlib.sha256(rendered.encode()).hexdigest()[:12]
+
+
+def _database_path(url: URL) -> str | None:
+    """The database's name; a SQLite file's absolute path."""
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return str(Path(str(url.database)).resolve())
+    return url.database
 
 
 def discard_failed_records(path: Path) -> None:
@@ -90,7 +123,8 @@ def recorded_import_sets(engine: Engine, ids: Sequence[str], size: int = 500) ->
 
 def clear_unrecorded_files(engine: Engine, work_dir: Path) -> int:
     """Delete the failed-records files in the database's own part of `work_dir`
-    (`database_files_dir`: another installation sharing the directory has its own) that
+    (`database_files_dirs`: another installation sharing the directory has its own; and the
+    part an earlier release named by the whole URL, removed once empty) that
     their import set does not record (or no import set: none recorded), last written over
     UNRECORDED_KEPT_SECONDS ago; how many. A pass killed before it recorded its file
     (SIGKILL, out of memory) ran no cleanup, and every later pass writes under a name of its
@@ -102,7 +136,8 @@ def clear_unrecorded_files(engine: Engine, work_dir: Path) -> int:
     an import set records stays until its remediation is done (`jobs.remediation`,
     `job.clear_remediated_files`), as do the files written in `work_dir` itself before the
     database had a part of its own. A failure is logged: the next pass tries again."""
-    found = failed_records_files(database_files_dir(work_dir, engine))
+    dirs = database_files_dirs(work_dir, engine)
+    found = failed_records_files(*dirs)
     try:
         recorded = _recorded_names(engine, list(found))
         old = time.time() - UNRECORDED_KEPT_SECONDS
@@ -114,6 +149,9 @@ def clear_unrecorded_files(engine: Engine, work_dir: Path) -> int:
         ]
         for path in left:
             path.unlink(missing_ok=True)
+        for emptied in dirs[1:]:  # the earlier part, once its last file is gone
+            with suppress(OSError):
+                emptied.rmdir()
     except Exception as exc:  # loop edge: the pass goes on, the next one tries again
         log_event(
             "poller.clear_unrecorded_failed",

@@ -18,7 +18,7 @@ from service.logs import RepeatedFailure, log_event
 from service.models import ProcessRole
 from service.models._types import utcnow
 from service.notify.alerts import raise_alert, resolve_alert
-from service.poller.files import database_files_dir, failed_records_files, recorded_import_sets
+from service.poller.files import database_files_dirs, failed_records_files, recorded_import_sets
 from service.poller.passes import PassReport, PollerDeps, build_poller_deps, run_poll_pass
 from service.runtime import Runtime
 from service.worker.heartbeats import BEAT_EVERY_SECONDS, Ended, beat, beat_ended
@@ -113,11 +113,12 @@ def clear_remediated_files(engine: Engine, work_dir: Path) -> int:
     how many. Remediation deletes its own once its run is recorded (`jobs.remediation`); these
     are the files of runs that ended before it did, or in a process that died between the two.
     The files no import set records, a pass clears (`files.clear_unrecorded_files`). The
-    database's own part of `work_dir` and, written before it had one, `work_dir` itself (the
+    database's own part of `work_dir` (`database_files_dirs`: the part an earlier release
+    named by the whole URL too) and, written before it had one, `work_dir` itself (the
     done import sets of this database: as before). A failure is logged: the next start
     tries again."""
     # the files, and their rows' numbers beside them
-    found = failed_records_files(database_files_dir(work_dir, engine), work_dir)
+    found = failed_records_files(*database_files_dirs(work_dir, engine), work_dir)
     try:
         done = [
             path
