@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class ServiceError(Exception):
@@ -104,38 +104,73 @@ class SentBatch(Protocol):
     def rows(self) -> int: ...
 
 
+class HeldBy(NamedTuple):
+    """Another version whose unacknowledged batches past the horizon hold rows of the version
+    HorizonPassed stops: how it is named (`label`: its key, or "an earlier version of it", and
+    its ETag), its `key` (`meterfix poll --retry KEY --yes` decides on them), the batches."""
+
+    label: str
+    key: str
+    batches: Sequence[SentBatch]
+
+
 class HorizonPassed(ServiceError):
-    """Resuming would re-send batches first sent more than 23 h ago."""
+    """Resuming would re-send batches first sent more than 23 h ago. `elsewhere`: the other
+    versions whose batches those are (they hold rows of this one), each named with its own
+    batches, rows, first send and retry: named by the first alone, one file's rows sent by
+    two others were all counted as the first's, the other never named."""
 
     def __init__(
         self,
         stale: Sequence[SentBatch],
-        elsewhere: str | None = None,
-        retry_key: str = "",
+        elsewhere: Sequence[HeldBy] = (),
         *,
         failure: ServiceError | None = None,
     ) -> None:
-        first = min(b.first_sent_at for b in stale)
-        # in UTC whatever zone it was read in (PostgreSQL: the session's; SQLite: naive UTC)
-        first = first.replace(tzinfo=UTC) if first.tzinfo is None else first.astimezone(UTC)
-        rows = sum(b.rows for b in stale)
-        # `elsewhere`: the other version whose batches hold rows of this one, and the key
-        # `meterfix poll --retry KEY --yes` decides on them with
-        self.elsewhere, self.retry_key = elsewhere, retry_key
+        # the keys `meterfix poll --retry KEY --yes` decides on them with
+        self.elsewhere = tuple(elsewhere)
+        self.retry_keys = tuple(dict.fromkeys(held.key for held in self.elsewhere))
         # `failure`: what another batch of the same pass failed with (a lasting outage): the
         # object is judged on both (`service.poller.failures.judge`)
         self.failure = failure
-        by = f" of {elsewhere}, which hold rows of this file," if elsewhere else ""
         beside = (
             f"; another batch failed beside them: {type(failure).__name__}: {failure}"
             if failure is not None
             else ""
         )
+        if len(self.elsewhere) > 1:
+            super().__init__(f"{_held_by_several(self.elsewhere)}{beside}")
+            return
+        by = f" of {self.elsewhere[0].label}, which hold rows of this file," if elsewhere else ""
         super().__init__(
-            f"{len(stale)} unacknowledged batches{by} ({rows} rows) were first sent at "
-            f"{first:%Y-%m-%d %H:%M} UTC, more than 23 h ago; sending them again could bill "
+            f"{_sent_text(stale, by)}, more than 23 h ago; sending them again could bill "
             f"twice{beside}"
         )
+
+
+def _sent_text(batches: Sequence[SentBatch], by: str = "") -> str:
+    """`2 unacknowledged batches{by} (40 rows) were first sent at <time> UTC`."""
+    first = min(b.first_sent_at for b in batches)
+    # in UTC whatever zone it was read in (PostgreSQL: the session's; SQLite: naive UTC)
+    first = first.replace(tzinfo=UTC) if first.tzinfo is None else first.astimezone(UTC)
+    rows = sum(b.rows for b in batches)
+    return (
+        f"{len(batches)} unacknowledged batches{by} ({rows} rows) were first sent at "
+        f"{first:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def _held_by_several(elsewhere: Sequence[HeldBy]) -> str:
+    """Each version's batches, with its own retry."""
+    each = "; ".join(
+        f"{_sent_text(held.batches, f' of {held.label}')} "
+        f"(`meterfix poll --retry {held.key} --yes` decides on them)"
+        for held in elsewhere
+    )
+    return (
+        f"batches of {len(elsewhere)} other versions hold rows of this file, unacknowledged and "
+        f"first sent more than 23 h ago; sending them again could bill twice: {each}"
+    )
 
 
 class StripeFileError(ServiceError):

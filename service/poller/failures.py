@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -51,9 +52,9 @@ class Verdict:
     why: str  # "permanent" | "unreadable" | "lasting" | "horizon" | "" (back off)
     next_attempt_at: datetime | None
     failing_since: datetime
-    # "horizon" of another key's batches (or a lasting failure or refusal beside them): the
-    # key a retry --yes takes
-    retry_key: str = ""
+    # "horizon" of other keys' batches (or a lasting failure or refusal beside them): the
+    # keys a retry --yes takes, each (`HorizonPassed.retry_keys`)
+    retry_keys: tuple[str, ...] = ()
     attempts: int | None = None  # the passes the failing run has taken, when it started again
 
 
@@ -61,15 +62,15 @@ class Verdict:
 class PastHorizon:
     """Unacknowledged batches past the 23 h horizon beside a lasting failure or a refusal:
     this version's, earlier versions' of the key ((object id, ETag, batch): their rows this
-    version holds count as sent by them), and `other`, another key whose batches holding
-    rows of this version the pass held (`HorizonPassed.retry_key`)."""
+    version holds count as sent by them), and `others`, the other keys whose batches holding
+    rows of this version the pass held (`HorizonPassed.retry_keys`)."""
 
     own: tuple[SentBatch, ...] = ()
     before: tuple[tuple[int, str, SentBatch], ...] = ()
-    other: str = ""
+    others: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.own or self.before or self.other)
+        return bool(self.own or self.before or self.others)
 
     def detail(self) -> dict[str, object]:
         """The alert's detail of them (none: nothing past the horizon)."""
@@ -78,7 +79,7 @@ class PastHorizon:
             "earlier_versions_past_horizon_batches": len(self.before),
         }
         found: dict[str, object] = {name: n for name, n in counts.items() if n}
-        return found | ({"past_horizon_key": self.other} if self.other else {})
+        return found | ({"past_horizon_keys": list(self.others)} if self.others else {})
 
 
 def judge(
@@ -93,11 +94,11 @@ def judge(
     resumes at that one. The 23 h horizon is its own check (`horizon`); when another batch
     failed beside those it held (`HorizonPassed.failure`), that failure is judged as if alone
     and names the verdict when it gives up by itself (a lasting outage, a refusal: the
-    advice names the batches past the horizon too, `_gave_up_advice`, and the other key
-    whose batches were held: `retry_key`)."""
+    advice names the batches past the horizon too, `_gave_up_advice`, and the other keys
+    whose batches were held: `retry_keys`)."""
     beside = exc.failure if isinstance(exc, HorizonPassed) else None
     if beside is not None and (verdict := judge(beside, progress, now, give_up_after)).give_up:
-        return replace(verdict, retry_key=getattr(exc, "retry_key", ""))
+        return replace(verdict, retry_keys=getattr(exc, "retry_keys", ()))
     since = progress.failing_since or now
     grown = progress.prefix_grown_at
     moved = grown is not None and grown > since
@@ -115,7 +116,7 @@ def judge(
         why = "lasting"
     else:
         return Verdict(False, "", now + _wait(exc, attempts), since, attempts=1 if moved else None)
-    return Verdict(True, why, None, since, getattr(exc, "retry_key", ""))
+    return Verdict(True, why, None, since, getattr(exc, "retry_keys", ()))
 
 
 def _wait(exc: BaseException, attempts: int) -> timedelta:
@@ -157,9 +158,9 @@ def raise_gave_up(
     earlier = store.oldest_unacked_in_other_versions(obj, horizon)
     stale = PastHorizon()
     if verdict.why in _BESIDE_HORIZON:  # as `poll --retry` finds them (`retry.find_retry`)
-        other = verdict.retry_key if verdict.retry_key != obj.key else ""
+        others = tuple(key for key in verdict.retry_keys if key != obj.key)
         before = tuple(store.stale_in_other_versions(obj, horizon))
-        stale = PastHorizon(progress.past_horizon(now), before, other)
+        stale = PastHorizon(progress.past_horizon(now), before, others)
     subject, todo = _gave_up_advice(obj, verdict, progress, give_up_after, earlier, stale)
     beside = stale.detail()
     raise_alert(
@@ -216,7 +217,7 @@ def _gave_up_advice(
     retry = f"meterfix poll --retry {obj.key}"
     oldest = min((t for t in (progress.oldest_resend(), earlier) if t is not None), default=None)
     if verdict.why == "horizon":
-        return _advice_past_horizon(obj, retry, verdict.retry_key)
+        return _advice_past_horizon(obj, retry, verdict.retry_keys)
     if verdict.why == "unreadable":
         return _advice_unreadable(obj, progress)
     if stale:
@@ -226,21 +227,34 @@ def _gave_up_advice(
     return _advice_lasting(obj, verdict, oldest, give_up_after, retry)
 
 
-def _advice_past_horizon(obj: ObjectInfo, retry: str, other: str) -> tuple[str, str]:
-    subject = f"{obj.key}: not re-sent: its unacknowledged batches are over 23 h old"
-    todo = (
-        "Check in Stripe which of its rows were accepted, then run "
-        f"`{retry} --yes` to send the unacknowledged batches again (rows Stripe already "
-        "accepted would be billed twice), or upload only the missing rows under a new key."
-    )
-    if other and other != obj.key:  # another key's batches hold rows of this file
-        subject = f"{obj.key}: not sent: {other} sent rows of it in batches over 23 h old"
+def _advice_past_horizon(obj: ObjectInfo, retry: str, keys: tuple[str, ...]) -> tuple[str, str]:
+    """`keys`: the keys whose batches hold rows of this file (`HorizonPassed.retry_keys`),
+    each named with its own retry; none, this file's own batches."""
+    others = [key for key in keys if key != obj.key]
+    if not others:
+        subject = f"{obj.key}: not re-sent: its unacknowledged batches are over 23 h old"
         todo = (
-            f"Check in Stripe which of those rows were accepted, then run `meterfix poll "
-            f"--retry {other} --yes` (its unacknowledged batches count as never sent) and "
-            f"`{retry}`, or upload only the missing rows under a new key."
+            "Check in Stripe which of its rows were accepted, then run "
+            f"`{retry} --yes` to send the unacknowledged batches again (rows Stripe already "
+            "accepted would be billed twice), or upload only the missing rows under a new key."
         )
+        return subject, todo
+    own = f"`{retry} --yes`" if obj.key in keys else f"`{retry}`"
+    subject = (
+        f"{obj.key}: not sent: {' and '.join(others)} sent rows of it in batches over 23 h old"
+    )
+    todo = (
+        f"Check in Stripe which of those rows were accepted, then run {_retries(others)} and "
+        f"{own}, or upload only the missing rows under a new key."
+    )
     return subject, todo
+
+
+def _retries(keys: Sequence[str]) -> str:
+    """The `poll --retry KEY --yes` of each other key whose batches hold rows of a file."""
+    runs = " and ".join(f"`meterfix poll --retry {key} --yes`" for key in keys)
+    its = "its" if len(keys) == 1 else "their"
+    return f"{runs} ({its} unacknowledged batches count as never sent)"
 
 
 def _advice_unreadable(obj: ObjectInfo, progress: ObjectProgress) -> tuple[str, str]:
@@ -302,8 +316,10 @@ def _advice_beside_horizon(
         cause = f"import failing for {_span(give_up_after)}"
         todo = _lasting_beside_horizon(verdict, progress, earlier, stale.own)
     old = "unacknowledged batches of it are over 23 h old"
-    if not (stale.own or stale.before):  # another key's batches only (`PastHorizon.other`)
-        old = f"{stale.other} sent rows of it in unacknowledged batches over 23 h old"
+    if not (stale.own or stale.before):  # other keys' batches only (`PastHorizon.others`)
+        old = (
+            f"{' and '.join(stale.others)} sent rows of it in unacknowledged batches over 23 h old"
+        )
     subject = f"{obj.key}: {cause}, and {old}; the poller gave up"
     return subject, f"{todo} {_stale_part(stale, obj.key, retry)}"
 
@@ -333,7 +349,7 @@ def _lasting_beside_horizon(
 
 def _stale_part(stale: PastHorizon, key: str, retry: str) -> str:
     """What to do of the batches past the horizon beside another cause: this version's and
-    earlier versions' of the key (a retry --yes decides on both), then another key's."""
+    earlier versions' of the key (a retry --yes decides on both), then other keys'."""
     named = [describe_batches(stale.own)] if stale.own else []
     for etag in dict.fromkeys(etag for _, etag, _ in stale.before):
         batches = tuple(batch for _, e, batch in stale.before if e == etag)
@@ -348,12 +364,12 @@ def _stale_part(stale: PastHorizon, key: str, retry: str) -> str:
             "batch again: rows Stripe already accepted would be billed twice), or upload only "
             "the missing rows under a new key."
         )
-    if stale.other:
+    if stale.others:
         parts.append(
-            f"Past the 23 h horizon: {stale.other} sent rows of this file in batches Stripe "
-            "never acknowledged: check in Stripe which of those rows were accepted, then run "
-            f"`meterfix poll --retry {stale.other} --yes` (its unacknowledged batches count "
-            f"as never sent) and `{retry}`, or upload only the missing rows under a new key."
+            f"Past the 23 h horizon: {' and '.join(stale.others)} sent rows of this file in "
+            "batches Stripe never acknowledged: check in Stripe which of those rows were "
+            f"accepted, then run {_retries(stale.others)} and `{retry}`, or upload only the "
+            "missing rows under a new key."
         )
     return " ".join(parts)
 

@@ -13,7 +13,7 @@ import numpy as np
 from remediation.core.columns import Batch
 from remediation.ports import ObjectInfo
 from remediation.rowdigest import record_digests
-from service.errors import HorizonPassed, ServiceError
+from service.errors import HeldBy, HorizonPassed, ServiceError
 from service.jobs.store.lineage import refused_among, runs_correcting, written_among
 from service.jobs.store.taken_again import held_anywhere, mark_taken_again
 from service.models._types import utcnow
@@ -261,13 +261,20 @@ class OtherVersions:
         return self._passed()
 
     def _passed(self, failure: ServiceError | None = None) -> HorizonPassed:
-        """HorizonPassed naming the version whose batches hold the rows (the first's)."""
-        held = list(self._past_horizon.values())  # one step: pool threads may note more
-        object_id = min(object_id for object_id, _ in held)
+        """HorizonPassed naming each version whose batches hold the rows, with its own
+        batches: named by the first alone, rows another key sent were counted as its."""
+        # one step (a copy): pool threads may note more
+        held = sorted(self._past_horizon.values(), key=lambda h: (h[0], h[1].number))
+        by_version: dict[int, list[SentBatch]] = {}
+        for object_id, batch in held:
+            by_version.setdefault(object_id, []).append(batch)
+        senders = [self._held_by(object_id, batches) for object_id, batches in by_version.items()]
+        return HorizonPassed([batch for _, batch in held], senders, failure=failure)
+
+    def _held_by(self, object_id: int, batches: list[SentBatch]) -> HeldBy:
         key, etag = self.progress.object_label(object_id)
         label = "an earlier version of it" if key == self.obj.key else key
-        batches = [batch for _, batch in held]
-        return HorizonPassed(batches, f"{label} (ETag {etag})", key, failure=failure)
+        return HeldBy(f"{label} (ETag {etag})", key, batches)
 
 
 def _earliest(

@@ -525,7 +525,7 @@ def test_which_rows_of_other_versions_count_as_sent(db_url: str) -> None:
             "1 unacknowledged batches of an earlier version of it (ETag v1), which hold rows "
             "of this file, (100 rows) were first sent at "
         )
-        assert stopped.value.retry_key == "day.csv"
+        assert stopped.value.retry_keys == ("day.csv",)
     finally:
         engine.dispose()
 
