@@ -74,14 +74,19 @@ _WHERE_IN_QUERY = ("host", "hostaddr", "port", "dbname", "options")
 
 
 def _database_digest(url: URL) -> str:
-    """Which database: its kind (not the driver), host, port and name, and the query's
-    `_WHERE_IN_QUERY`; a SQLite file by its absolute path. Not the user nor the password:
-    a password rotated, or a process connecting as another user or through another driver,
-    moved the part, and the files a pass killed in the old one left were never cleared."""
+    """Which database: its kind (not the driver), host, port (PostgreSQL's 5432 when left
+    out) and name, the query's `_WHERE_IN_QUERY`, and the user on a server (PostgreSQL's
+    default schema is named after it: two installations in one database as two users must
+    not share a folder, where each clears the files the other has not recorded yet); a
+    SQLite file by its absolute path. Not the password, nor the driver: a password rotated
+    or a process connecting through another driver moved the part, and the files a pass
+    killed in the old one left were never cleared."""
     backend = url.get_backend_name()
     database = _database_path(url)
     query = sorted((k, str(v)) for k, v in url.query.items() if k in _WHERE_IN_QUERY)
-    where = [backend, (url.host or "").lower(), str(url.port or ""), database or "", repr(query)]
+    port = url.port or (5432 if backend == "postgresql" else "")
+    user = "" if backend == "sqlite" else url.username or ""
+    where = [backend, (url.host or "").lower(), str(port), database or "", repr(query), user]
     return hashlib.sha256("\n".join(where).encode()).hexdigest()[:12]
 
 

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from sqlalchemy import make_url
+from sqlalchemy import create_engine, make_url
 from sqlmodel import select
 
 from remediation.formats import FileFormat
@@ -118,3 +118,22 @@ def test_the_part_an_earlier_release_named_is_cleared_its_recorded_file_kept(loo
     _start_and_pass(loop.settings)
     assert _failed_records_files(loop) == []
     assert not earlier.exists()
+
+
+def test_two_users_of_one_server_database_have_parts_of_their_own(tmp_path: Path) -> None:
+    """Two installations in one PostgreSQL database as two users (each in its default schema,
+    named after the user) never share a part: each clears the files it has not recorded,
+    which would be the other's pending ones. The port left out is PostgreSQL's 5432."""
+    named = [
+        "postgresql+psycopg://alice:one@db.internal:5432/meter",
+        "postgresql+psycopg://bob:one@db.internal:5432/meter",
+        "postgresql://alice:two@DB.internal/meter",
+    ]
+    engines = [create_engine(url) for url in named]  # never connects
+    try:
+        alice, bob, alice_again = (database_files_dir(tmp_path, e) for e in engines)
+        assert alice != bob
+        assert alice == alice_again
+    finally:
+        for engine in engines:
+            engine.dispose()
