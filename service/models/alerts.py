@@ -102,7 +102,7 @@ class CriticalMessage(SQLModel, table=True):
     finished_at: datetime | None = optional_time_field()
     last_error: str | None = text_field()
     # times a claim left `sending` by a sender that stopped mid-send was taken over and sent
-    # again (service.notify.store.MAX_RESENDS)
+    # again (service.notify.message_store.MAX_RESENDS)
     resends: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 

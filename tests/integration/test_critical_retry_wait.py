@@ -34,8 +34,9 @@ from service.config import Settings
 from service.db import make_engine
 from service.db.migrate import upgrade
 from service.models.alerts import Alert, CriticalMessage, MessageStatus
-from service.notify.critical import STALE_CLAIM, send_critical_alerts
-from service.notify.store import MessageClaim, claim_message, mark_message
+from service.notify.critical import send_critical_alerts
+from service.notify.critical_send import STALE_CLAIM
+from service.notify.message_store import MessageClaim, claim_message, mark_message
 from tests.integration.notify_helpers import Mailbox, SlackReceiver, raise_gave_up, smtp_server
 from tests.servers import free_port, serve_wsgi
 
@@ -53,8 +54,9 @@ from service.config import Settings
 from service.db import make_engine
 from service.db.migrate import upgrade
 from service.models.alerts import MessageStatus
-from service.notify.critical import STALE_CLAIM, send_critical_alerts
-from service.notify.store import MessageClaim, claim_message, mark_message
+from service.notify.critical import send_critical_alerts
+from service.notify.critical_send import STALE_CLAIM
+from service.notify.message_store import MessageClaim, claim_message, mark_message
 slack.FIRST_BACKOFF_SECONDS = smtp.FIRST_BACKOFF_SECONDS = 20.0
 url, slack_url, smtp_url, minutes = sys.argv[1:5]
 settings = Settings(_env_file=None, database_url=url, slack_webhook_url=slack_url,

@@ -26,11 +26,12 @@ from service.config import Settings
 from service.db import make_engine
 from service.models.alerts import Alert, CriticalMessage
 from service.notify.alerts import resolve_alert
-from service.notify.critical import STALE_CLAIM, send_critical_alerts
+from service.notify.critical import send_critical_alerts
+from service.notify.critical_send import STALE_CLAIM
 from service.notify.leader import NOTIFY_LOCK_KEY
+from service.notify.message_store import MessageClaim, claim_message
 from service.notify.retention import purge_expired
 from service.notify.schedule import NotifyJobs
-from service.notify.store import MessageClaim, claim_message
 from service.runtime import Runtime
 from tests.integration.notify_helpers import Mailbox, SlackReceiver, raise_gave_up, smtp_server
 from tests.integration.test_lock_lost import terminate_lock_holder
