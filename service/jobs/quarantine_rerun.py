@@ -43,7 +43,8 @@ from service.jobs.rerun_keys import rerun_key, rerun_source, rerun_tag
 from service.jobs.rerun_pick import pick_rows
 from service.jobs.rerun_records import rerun_lineage, stored_records
 from service.jobs.runs import RunContext, RunRequest, execute_run
-from service.jobs.store.reruns import mark_rerun_in, rerun_queued_at
+from service.jobs.store.rerun_queue import rerun_queued_at
+from service.jobs.store.rerun_takes import mark_rerun_in
 from service.jobs.store.runs import unfinished_run
 from service.models import RemediationRun, RunTrigger
 from service.notify.runs import settle_alerts_of_rows

@@ -27,29 +27,30 @@ from service.jobs.inputs import candidate_keys, identifiers_in, local_name
 from service.jobs.rerun_keys import RERUN_PREFIX
 from service.jobs.runs import RunContext
 from service.jobs.store.indexed_rows import IndexedRow, indexed_rows
-from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.jobs.store.reports import import_set
-from service.jobs.store.reruns import (
+from service.jobs.store.other_takes import (
     HeldEntry,
     OtherTake,
+    held_entries,
+    other_takes,
+    quarantined_again_label,
+)
+from service.jobs.store.quarantine_filter import QuarantineFilter
+from service.jobs.store.reports import import_set
+from service.jobs.store.rerun_queue import rerun_detail
+from service.jobs.store.rerun_rows import (
     QuarantinedFrom,
     RerunRow,
     RunOf,
-    held_entries,
     newest_generation,
-    other_takes,
-    quarantined_again_label,
     quarantined_at,
     quarantined_from,
-    rerun_detail,
     rerun_origins,
     rows_to_rerun,
-    sent_as_held,
     sent_seconds,
-    usage_second,
 )
 from service.jobs.store.runs import import_set_of
 from service.jobs.store.taken_again import mark_rows_taken_again
+from service.jobs.store.usage_stamps import sent_as_held, usage_second
 from service.models._types import as_utc
 from service.notify.runs import RunAlertsToSettle
 from service.poller.store import sent_moments

@@ -21,7 +21,7 @@ from remediation.meters import Meter
 from remediation.records import MFX_PREFIX, UsageRecord
 from remediation.rules import Rules
 from service.jobs.input_lineage import LOOKUP_BATCH, RunLineage, parents
-from service.jobs.store.reruns import quarantined_entries
+from service.jobs.store.rerun_rows import quarantined_entries
 
 # Codes our own validation decides (from the row and the meters): such a row goes through
 # validation again, so a row that now passes (its meter exists now, its time is no longer in

@@ -28,7 +28,7 @@ from service.jobs.store.quarantine import (
 )
 from service.jobs.store.quarantine_filter import QuarantineFilter
 from service.jobs.store.reports_left import ReportsLeft, reports_left_between
-from service.jobs.store.reruns import count_quarantine
+from service.jobs.store.rerun_queue import count_quarantine
 from service.jobs.store.run_counts import (
     FinishedRun,
     runs_finished_between,

@@ -26,7 +26,7 @@ from remediation.validation import MAX_PAST_SECONDS
 from service.intake.store import any_unfinished, purge_finished_events
 from service.jobs.store.quarantine import purge_quarantined
 from service.jobs.store.report_records import purge_reports
-from service.jobs.store.reruns import lock_rerun_inputs
+from service.jobs.store.rerun_queue import lock_rerun_inputs
 from service.jobs.store.runs import purge_audit
 from service.logs import log_event
 from service.models._types import utcnow

@@ -21,8 +21,9 @@ from sqlalchemy import Connection, Engine, select, update
 
 from service.config import Settings
 from service.db.locks import transaction_lock
+from service.jobs.store.other_takes import superseded_by_run
 from service.jobs.store.quarantine import QuarantineSpread, quarantine_spread
-from service.jobs.store.reruns import RunTakes, run_takes, runs_of_rows, superseded_by_run
+from service.jobs.store.rerun_takes import RunTakes, run_takes, runs_of_rows
 from service.jobs.store.runs import get_run, run_outputs
 from service.jobs.store.taken_again import mark_rows_taken_again
 from service.logs import log_event

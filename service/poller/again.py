@@ -23,8 +23,8 @@ from remediation.ports import ObjectInfo
 from service.jobs.store.indexed_rows import UNREADABLE
 from service.jobs.store.lineage import own_runs, runs_correcting, written_among
 from service.jobs.store.reports import object_sources
-from service.jobs.store.reruns import usage_second
 from service.jobs.store.taken_again import mark_taken_again
+from service.jobs.store.usage_stamps import usage_second
 from service.models._types import as_utc
 from service.notify.alerts import raise_alert
 from service.notify.runs import RunAlertsToSettle

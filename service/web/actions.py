@@ -13,7 +13,11 @@ from sqlalchemy import Connection, Engine
 from service.errors import Conflict, NotFound
 from service.intake.store import INBOX
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.jobs.store.reruns import count_quarantine, latest_quarantined_id, lock_rerun_inputs
+from service.jobs.store.rerun_queue import (
+    count_quarantine,
+    latest_quarantined_id,
+    lock_rerun_inputs,
+)
 from service.models import AdminActionName
 from service.models._types import utcnow
 from service.models.alerts import AlertStatus

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from service.db.pages import Listing, Page
-from service.jobs.store import reports, reruns, runs
+from service.jobs.store import reports, rerun_takes, runs
 from service.models import ErrorReportStatus
 from service.models.poller import ObjectStatus
 from service.poller.store import objects_by_keys
@@ -93,7 +93,7 @@ def _taken(connection: Connection, run_id: int) -> dict[str, Any]:
     """What became of the rows the run quarantined (those kept): how many wait (the
     quarantine page's `taken_again=no`), the re-runs that took some, and how many were taken
     again elsewhere (marked `taken_again`). One query by the run index."""
-    takes = reruns.run_takes(connection, run_id)
+    takes = rerun_takes.run_takes(connection, run_id)
     return {
         "quarantined": takes.quarantined,
         "taken": takes.taken,

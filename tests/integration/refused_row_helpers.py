@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from sqlmodel import col, select
 
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.jobs.store.reruns import count_quarantine
+from service.jobs.store.rerun_queue import count_quarantine
 from service.models import QuarantinedRow
 from service.poller.passes import PollerDeps, run_poll_pass
 from tests.integration.test_billing_safety import (

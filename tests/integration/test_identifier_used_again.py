@@ -18,8 +18,8 @@ from sqlmodel import Session, col, select, update
 
 from service.config import Settings
 from service.db import make_engine
-from service.jobs.store.reruns import stamp_of
 from service.jobs.store.taken_again import mark_taken_again
+from service.jobs.store.usage_stamps import stamp_of
 from service.models import QuarantinedRow
 from service.models._types import utcnow
 from service.poller.passes import run_poll_pass

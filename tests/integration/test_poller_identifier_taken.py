@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.jobs.store.reruns import count_quarantine
+from service.jobs.store.rerun_queue import count_quarantine
 from service.models import Alert, QuarantinedRow, RemediationRun
 from service.poller.passes import run_poll_pass
 from tests.integration.test_billing_safety import (  # noqa: F401 (`loop`: a fixture)

@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 from service.adapters.slack import SlackChannel
 from service.config import Settings
 from service.db import make_engine
-from service.jobs.store.reruns import mark_rerun_in
+from service.jobs.store.rerun_takes import mark_rerun_in
 from service.models import Alert, QuarantinedRow, RemediationRun
 from service.models._types import utcnow
 from service.notify.content import collect_digest

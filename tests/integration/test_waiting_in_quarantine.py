@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 from service.config import Settings
 from service.db import make_engine
 from service.jobs.store.quarantine_filter import QuarantineFilter
-from service.jobs.store.reruns import count_quarantine
+from service.jobs.store.rerun_queue import count_quarantine
 from service.jobs.store.taken_again import mark_rows_taken_again
 from service.models import Alert, QuarantinedRow, RemediationRun
 from service.notify.runs import settle_alerts_of_rows

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, and_, or_, select
 from remediation.core.columns import Column
 from remediation.rownames import timestamps_of
 from service.db.statements import in_listed
-from service.jobs.store.reruns import usage_second
+from service.jobs.store.usage_stamps import usage_second
 from service.models import BucketObject, ImportedRow, ObjectStatus
 from service.models._types import as_utc, table_of
 

@@ -3,8 +3,9 @@ re-runs' or not; each on an index): the lists, counts and groups the pages, dige
 alerts and /metrics read, and their retention. Rows a re-run took (`rerun_id` set) are
 replaced by that re-run's own rows, so filtered lists leave them out unless they ask for runs'
 rows (`run`, `rerun`). The filter itself is `quarantine_filter.py`; what a quarantine re-run
-counts, reads and marks is `reruns.py`; the marks of rows their object sent again since
-(`taken_again`) are `taken_again.py`."""
+counts, reads and marks is `rerun_queue.py`, `rerun_rows.py`, `other_takes.py` and
+`rerun_takes.py`; the marks of rows their object sent again since (`taken_again`) are
+`taken_again.py`."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Row, select, update
 
 from service.db.statements import in_listed
 from service.jobs.store.quarantine import ID_BATCH, QUARANTINE
-from service.jobs.store.reruns import sent_as_held
+from service.jobs.store.usage_stamps import sent_as_held
 from service.models._types import as_utc
 
 
