@@ -17,7 +17,8 @@ from service.models import Alert
 from service.poller.passes import run_poll_pass
 from tests.conftest import SandboxServer
 from tests.integration.test_poller_billing_gaps import _one_worker
-from tests.integration.test_poller_horizon_other_version import _lines, _pass_from
+from tests.integration.test_poller_horizon_other_version import _lines
+from tests.integration.test_poller_incidents import _pass_moved_by_its_backoffs
 from tests.integration.test_poller_resume import (  # noqa: F401
     STREAM,
     _put,
@@ -50,7 +51,9 @@ def test_rows_two_other_keys_sent_past_the_horizon_name_each_key(
     _put(settings, "b.csv", b, tmp_path)
     _answers_lost(settings, sandbox_server, poller, t1, files=2)  # a.csv backing off too
     _put(settings, "day.csv", [*a, *b], tmp_path)
-    deps, report = _pass_from(settings, poller, t0 + timedelta(hours=23, minutes=45))
+    deps, report = _pass_moved_by_its_backoffs(
+        settings, poller, t0 + timedelta(hours=23, minutes=45)
+    )
     [day] = [e for e in report.errors if e.startswith("day.csv:")]
     for key, rows, first in (("a.csv", 10, t0), ("b.csv", 30, t1)):
         assert (
