@@ -14,10 +14,11 @@ from remediation.core.columns import Batch
 from remediation.ports import ObjectInfo
 from remediation.rowdigest import record_digests
 from service.errors import HeldBy, HorizonPassed, ServiceError
-from service.jobs.store.lineage import refused_among, runs_correcting, written_among
+from service.jobs.store.lineage import refused_among, written_among
 from service.jobs.store.taken_again import held_anywhere, mark_taken_again
 from service.models._types import utcnow
 from service.notify.runs import RunAlertsToSettle
+from service.poller.copy_runs import CopyRuns
 from service.poller.object_progress import RESEND_HORIZON, SentBatch, SentRow
 from service.poller.progress import ProgressStore
 from service.poller.store import recordable
@@ -44,19 +45,20 @@ class OtherVersions:
     waiting; `_unchanged`). A row a run over the object, or a
     quarantine re-run of its rows, corrected or re-sent unchanged is left out too, in any
     version (the customer fixed by hand a row meterfix had sent as `<id>-mfx1`: another
-    identifier, which nothing dedupes). Each other version's batches are read once per import."""
+    identifier, which nothing dedupes), and so is one a run over another object holding it
+    corrected (a copy, `day-fixed.csv`, whose run sent it as `<id>-mfx1`; `CopyRuns`). Each
+    other version's batches are read once per import."""
 
     def __init__(self, progress: ProgressStore, obj: ObjectInfo, now: datetime) -> None:
         self.progress, self.obj = progress, obj
         self.horizon = now - RESEND_HORIZON
         self._batches: dict[int, tuple[list[int], list[SentBatch]]] = {}
-        self._runs: list[int] | None = None
-        # the keys of the other versions that sent rows of this one, and their runs: a row
+        self._runs = CopyRuns(progress.engine, obj.key)
+        # the keys of the other versions that sent rows of this one (their runs: `_runs`): a row
         # Stripe refused from `day.csv` and a run over it quarantined, fixed by hand in
         # `day-fixed.csv`, was left out as sent (never billed, nothing said) and its entry
         # left for a re-run: the refusal is looked up under the key that sent it too
         self._senders: dict[int, str] = {}  # object id -> key
-        self._sender_runs: dict[str, list[int]] = {}  # key -> runs_correcting(key)
         self._alerts = RunAlertsToSettle()  # the runs whose rows `taken_again` marked
         # rows this version sends again that another version sent in a batch Stripe never
         # acknowledged, first sent within the horizon as `sent` judged them: each of this
@@ -116,10 +118,12 @@ class OtherVersions:
                     sent[identifier] = was_stale[1].first_sent_at
         if stale:  # noted: the importer ends its stream of batches there (`horizon_passed`)
             raise self._held(stale.values())
-        # a row a run over this object corrected (it failed in an earlier version): its
-        # correction went out under a derived identifier, so the row itself must not
+        # a row a run over this object, or over another holding it, corrected (it failed in
+        # an earlier version, or in a copy): its correction went out under a derived
+        # identifier, so the row itself must not
         rest = [i for i in identifiers if i not in sent and recordable(i)]
-        left_out = set(sent) | written_among(self.progress.engine, self._correcting(), rest)
+        runs = self._runs.holding(rest) if rest else []
+        left_out = set(sent) | written_among(self.progress.engine, runs, rest)
         self._note_resending(identifiers, unacked, left_out)
         return left_out
 
@@ -224,24 +228,13 @@ class OtherVersions:
         """The alerts of the runs whose rows `taken_again` marked, told (never raises)."""
         self._alerts.settle(self.progress.engine)
 
-    def _correcting(self) -> list[int]:
-        """The runs whose corrections are of this object's rows (read once per import)."""
-        if self._runs is None:
-            self._runs = runs_correcting(self.progress.engine, self.obj.key)
-        return self._runs
-
     def _refusing(self, senders: Collection[int] = ()) -> list[int]:
         """The runs that may hold rows of this version in quarantine as Stripe refused them:
         the runs over this key, and over the keys of the other versions that sent its rows
         (each key's read once per import)."""
         for object_id in set(senders) - self._senders.keys():
-            key = self._senders[object_id] = self.progress.object_label(object_id)[0]
-            if key != self.obj.key and key not in self._sender_runs:
-                self._sender_runs[key] = runs_correcting(self.progress.engine, key)
-        runs = {*self._correcting()}
-        for found in self._sender_runs.values():
-            runs.update(found)
-        return sorted(runs)
+            self._senders[object_id] = self.progress.object_label(object_id)[0]
+        return self._runs.of(self._senders.values())
 
     def _batch(self, row: SentRow) -> SentBatch | None:
         """The batch of its version that sent `row` (None: it never went out)."""
