@@ -160,6 +160,12 @@ def customer_of(record: UsageRecord, index: MeterIndex) -> str:
     return "" if value is None else str(value)
 
 
+# what the reason of a row held under `identifier_taken` by a report's run says when that row
+# is one Stripe refused (`_one_goes_out`: never billed), the other row under its identifier
+# refused too (`jobs.later_rows.TakenAgain` asks it of a later version's row)
+REFUSED_TOO = "which Stripe refused too"
+
+
 @dataclass
 class Selection:
     """What `select_reported` found beyond the rows it yields: rows the report is about that
@@ -240,8 +246,8 @@ def _one_goes_out(record: UsageRecord, selection: Selection) -> None:
         return
     if identifier in selection.refused_first:
         record.error_message = (
-            f"identifier {shown(identifier)} is also row {before}'s of {shown(key)}, which "
-            "Stripe refused too, for a problem this report does not count (its own run "
+            f"identifier {shown(identifier)} is also row {before}'s of {shown(key)}, "
+            f"{REFUSED_TOO}, for a problem this report does not count (its own run "
             "corrects or quarantines it, to be sent under a derived identifier): a second "
             "would be refused as a duplicate or billed twice; not corrected"
         )
@@ -250,7 +256,7 @@ def _one_goes_out(record: UsageRecord, selection: Selection) -> None:
     if key != source:
         which, taking = f"row {before}'s of {shown(key)}", "the report's run over it takes"
     record.error_message = (
-        f"identifier {shown(identifier)} is also {which}, which Stripe refused too and "
+        f"identifier {shown(identifier)} is also {which}, {REFUSED_TOO} and "
         f"{taking}: Stripe keeps one event an identifier (it would have kept the first "
         "row's), so a second would be refused as a duplicate or billed twice; not corrected"
     )
@@ -275,7 +281,7 @@ def taken_under(
         for record in records
         if (record.identifier or "") in scope.shared
         and reported_code(record, scope, index, taken, customers) is None
-        and not _always_refused(record, index, taken)
+        and not always_refused(record, index, taken)
     }
 
 
@@ -302,12 +308,12 @@ def refused_under(
             continue
         if reported_code(record, scope, index, taken, customers) is not None:
             reported.add(identifier)
-        elif identifier not in refused and _always_refused(record, index, taken):
+        elif identifier not in refused and always_refused(record, index, taken):
             refused[identifier] = record.row_number
     return {i: row for i, row in refused.items() if i not in reported}
 
 
-def _always_refused(record: UsageRecord, index: MeterIndex, taken: Taken) -> bool:
+def always_refused(record: UsageRecord, index: MeterIndex, taken: Taken) -> bool:
     """Whether our validation finds the row a problem Stripe refused it for whenever it took
     it (held against the bounds of `Taken`, as `reported_code`), whatever the report's codes."""
     problem = validate_record(record, index, taken.latest)

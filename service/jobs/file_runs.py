@@ -1,14 +1,13 @@
 """How a remediation task's file is run: the run of a file of rejected rows (its lineage
 looked up first), read with the whole-file repairs applied, without the rows it leaves out
-(sent since from another version, or taken again by Stripe's connector). Apart from
-`remediation.py`, which says which file each task runs and which rows it leaves out.
+(sent since from another version; those taken again by Stripe's connector: `later_rows`).
+Apart from `remediation.py`, which says which file each task runs and which rows it leaves out.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 
@@ -31,13 +30,12 @@ from remediation.rowdigest import text_digests
 from remediation.rules import Rules
 from service.errors import TaskInputMissing
 from service.jobs.input_lineage import run_lineage
-from service.jobs.inputs import JobDeps, candidate_keys, event_time, identifiers_in, local_name
-from service.jobs.object_runs import LeftOut
+from service.jobs.inputs import JobDeps, candidate_keys, identifiers_in, local_name
 from service.jobs.runs import RunContext, RunRequest, execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.lineage import refused_among, runs_correcting
 from service.jobs.store.reports import import_set
-from service.models import ImportSet, RunTrigger
+from service.models import RunTrigger
 from service.poller.store import (
     lookup_batches,
     recordable,
@@ -46,7 +44,6 @@ from service.poller.store import (
     sent_by_version,
     sent_moments,
     source_row_numbers,
-    taken_since,
 )
 
 
@@ -115,7 +112,7 @@ class ObjectIdentifiers:
     object `key` holds: read from the bucket once, when first asked, and only when its bytes
     hold that suffix (`may_hold`: an object without it costs a download and a scan). The
     object as it is now: a version uploaded since the one Stripe took goes out whole by its
-    connector too (`TakenAgain`)."""
+    connector too (`later_rows.TakenAgain`)."""
 
     def __init__(self, bucket: Bucket, key: str, rules: Rules) -> None:
         self.bucket, self.key, self.rules = bucket, key, rules
@@ -363,25 +360,3 @@ def _taken_here(record: UsageRecord, key: str, here: dict[str, int]) -> UsageRec
     )
     record.error_code = ErrorCode.IDENTIFIER_TAKEN.value
     return record
-
-
-class TakenAgain(LeftOut):
-    """The rows of an import set Stripe's S3 connector refused, without those a later object
-    version holds (`left`: how many): the connector takes every version whole, so it took
-    them again from it (billed as the customer fixed them by hand, or refused again and
-    reported again). Corrected now, such a row would go out a second time under a derived
-    identifier. A later version: the one the import set names now, when it is one
-    (`inputs.later_version`, downloaded: `later`), and (index mode) any version the poller
-    indexed, uploaded after the import set's event."""
-
-    def __init__(self, deps: JobDeps, import_set: ImportSet, later: Path | None) -> None:
-        self.engine = deps.run.engine
-        self.since = datetime.fromtimestamp(event_time(import_set), UTC)
-        self.held = identifiers_in(later, deps.run.rules) if later is not None else set()
-
-    def excluded(self, identifiers: set[str]) -> set[str]:
-        return taken_since(self.engine, identifiers, self.since) | self.held
-
-    def outcome(self) -> str:
-        what = "left to Stripe's connector: a version of the file uploaded since holds them"
-        return self.said("remediation.rows_taken_again", what)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remediation.ports import LeavesOut
-from service.jobs.file_runs import SourceRows, TakenAgain
+from service.jobs.file_runs import SourceRows
 from service.jobs.inputs import JobDeps
+from service.jobs.later_rows import TakenAgain
 from service.jobs.object_runs import HandledElsewhere, RefusedAgain, object_sources
 from service.jobs.object_versions import TakenBefore, version_label
 from service.jobs.store.lineage import runs_correcting

@@ -8,7 +8,7 @@
 
 Each task's file is run through `file_runs.py`. The import-set tasks leave out the rows
 another version of the object took (`object_versions.TakenBefore`), another run over it handled
-(`HandledElsewhere`), or a later version holds (`file_runs.TakenAgain`): `left_out.left_out`.
+(`HandledElsewhere`), or a later version holds (`later_rows.TakenAgain`): `left_out.left_out`.
 
 A task whose input cannot be found or read is not retried: it raises a critical alert and
 reports why. Any other failure (Stripe, S3, database) raises, so the worker retries it.

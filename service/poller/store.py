@@ -265,22 +265,46 @@ def taken_since(engine: Engine, identifiers: set[str], since: datetime) -> set[s
     """Those of `identifiers` that an object version uploaded after `since` held: the first
     version the poller recorded them with, or the latest that held them too (Stripe's S3
     connector takes every version whole, so it took them again from it)."""
+    return set(held_since(engine, identifiers, since))
+
+
+class LaterVersion(NamedTuple):
+    """An object version holding an identifier: when it was uploaded, and its ETag."""
+
+    uploaded: datetime
+    etag: str
+
+
+def held_since(
+    engine: Engine, identifiers: set[str], since: datetime
+) -> dict[str, dict[str, LaterVersion]]:
+    """identifier -> {object key: its latest version holding it}, for the versions uploaded
+    after `since` that held those of `identifiers` (as `taken_since`): the caller asks
+    whether Stripe refused the row there too (`jobs.later_rows.TakenAgain`)."""
     if not identifiers:
-        return set()
+        return {}
     rows, objects = _table(ImportedRow), _table(BucketObject)
     versions = and_(
         objects.c.key == rows.c.object_key,
         or_(objects.c.etag == rows.c.etag, objects.c.etag == rows.c.latest_etag),
     )
     query = (
-        select(rows.c.identifier, objects.c.last_modified)
+        select(rows.c.identifier, rows.c.object_key, objects.c.etag, objects.c.last_modified)
         .join(objects, versions)
         .where(_among(rows.c.identifier, identifiers, engine))
     )
     with engine.connect() as connection:
         found = connection.execute(query).all()
-    uploaded: list[tuple[str, datetime | None]] = [(str(r[0]), as_utc(r[1])) for r in found]
-    return {identifier for identifier, at in uploaded if at is not None and at > since}
+    held: dict[str, dict[str, LaterVersion]] = {}
+    for row in found:
+        at = as_utc(row.last_modified)
+        if at is None or at <= since:
+            continue
+        keys = held.setdefault(str(row.identifier), {})
+        known = keys.get(str(row.object_key))
+        if known is None or known.uploaded < at:
+            keys[str(row.object_key)] = LaterVersion(at, str(row.etag))
+    return held
 
 
 def first_versions(engine: Engine, identifiers: set[str]) -> dict[str, FirstVersion]:

@@ -15,6 +15,7 @@ from sqlmodel import select as select_model
 from remediation.codes import ErrorCode
 from remediation.identifiers import hashed_identifier, plain_suffix
 from remediation.records import MFX_PREFIX
+from remediation.reported import REFUSED_TOO
 from service.db.statements import in_listed
 from service.models import RunTrigger
 from service.models._types import as_utc, latest
@@ -274,6 +275,31 @@ def refused_among(
         .where(col(QuarantinedRow.run_id).in_(list(run_ids)))
         .where(col(RemediationRun.trigger).in_([str(t) for t in refused]))
         .where(col(QuarantinedRow.rerun_id).is_(None), col(QuarantinedRow.taken_again).is_(None))
+        .where(in_listed(held, identifiers, engine))
+    )
+    with Session(engine) as session:
+        found = session.exec(query).all()
+    return latest((str(identifier), as_utc(moment)) for identifier, moment in found)
+
+
+def deferring_among(
+    engine: Engine, run_ids: Sequence[int], identifiers: Sequence[str]
+) -> dict[str, datetime]:
+    """identifier -> when it was last quarantined, for those of `identifiers` these runs hold
+    (not taken by a re-run, not marked taken again) under `identifier_taken` as an error
+    report's run holds a row Stripe refused beside another row under its identifier Stripe
+    refused too (`reported.REFUSED_TOO`): never billed, never sent by a re-run, the other
+    row going out in its place."""
+    if not run_ids or not identifiers:
+        return {}
+    held = col(QuarantinedRow.identifier)
+    query = (
+        select_model(held, col(QuarantinedRow.created_at))
+        .join(RemediationRun, col(RemediationRun.id) == col(QuarantinedRow.run_id))
+        .where(col(QuarantinedRow.run_id).in_(list(run_ids)))
+        .where(col(RemediationRun.trigger) == str(RunTrigger.ERROR_REPORT))
+        .where(col(QuarantinedRow.rerun_id).is_(None), col(QuarantinedRow.taken_again).is_(None))
+        .where(col(QuarantinedRow.reason).contains(REFUSED_TOO))
         .where(in_listed(held, identifiers, engine))
     )
     with Session(engine) as session:
