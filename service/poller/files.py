@@ -67,23 +67,25 @@ def database_files_dirs(work_dir: Path, engine: Engine) -> list[Path]:
     return [own, earlier] if earlier != own and earlier.is_dir() else [own]
 
 
-# The parts of a URL's query that say where the database is: a server named by its socket
-# (`host`), a PostgreSQL schema (`options=-csearch_path=...`); never a timeout, an SSL
-# setting or a password (`sslpassword`)
-_WHERE_IN_QUERY = ("host", "hostaddr", "port", "dbname", "options")
+# Query keys that never say which database (secrets, TLS files, timeouts, names shown to the
+# server): every other key is kept, an unknown one too (`service=prod`, `user=a`): a part too
+# specific only leaves a file uncleared, a part shared loses one (the other's clearing)
+_NOT_WHERE = ("pass", "ssl", "timeout", "keepalives", "application_name", "tcp_user")
 
 
 def _database_digest(url: URL) -> str:
     """Which database: its kind (not the driver), host, port (PostgreSQL's 5432 when left
-    out) and name, the query's `_WHERE_IN_QUERY`, and the user on a server (PostgreSQL's
-    default schema is named after it: two installations in one database as two users must
-    not share a folder, where each clears the files the other has not recorded yet); a
-    SQLite file by its absolute path. Not the password, nor the driver: a password rotated
-    or a process connecting through another driver moved the part, and the files a pass
-    killed in the old one left were never cleared."""
+    out) and name, the user on a server (PostgreSQL's default schema is named after it: two
+    installations in one database as two users must not share a folder, where each clears
+    the files the other has not recorded yet), and the query but for `_NOT_WHERE`; a SQLite
+    file by its absolute path. Not the password, nor the driver: a password rotated or a
+    process connecting through another driver moved the part, and the files a pass killed
+    in the old one left were never cleared."""
     backend = url.get_backend_name()
     database = _database_path(url)
-    query = sorted((k, str(v)) for k, v in url.query.items() if k in _WHERE_IN_QUERY)
+    query = sorted(
+        (k, str(v)) for k, v in url.query.items() if not any(n in k.lower() for n in _NOT_WHERE)
+    )
     port = url.port or (5432 if backend == "postgresql" else "")
     user = "" if backend == "sqlite" else url.username or ""
     where = [backend, (url.host or "").lower(), str(port), database or "", repr(query), user]

@@ -122,18 +122,26 @@ def test_the_part_an_earlier_release_named_is_cleared_its_recorded_file_kept(loo
 
 def test_two_users_of_one_server_database_have_parts_of_their_own(tmp_path: Path) -> None:
     """Two installations in one PostgreSQL database as two users (each in its default schema,
-    named after the user) never share a part: each clears the files it has not recorded,
-    which would be the other's pending ones. The port left out is PostgreSQL's 5432."""
-    named = [
-        "postgresql+psycopg://alice:one@db.internal:5432/meter",
-        "postgresql+psycopg://bob:one@db.internal:5432/meter",
-        "postgresql://alice:two@DB.internal/meter",
-    ]
-    engines = [create_engine(url) for url in named]  # never connects
+    named after the user), or naming their databases by libpq services or query keys, never
+    share a part: each clears the files it has not recorded, which would be the other's
+    pending ones. The port left out is PostgreSQL's 5432; a password, TLS setting or timeout
+    in the query does not move the part."""
+    server = "postgresql+psycopg://{}@db.internal{}/meter{}"
+    named = {
+        "alice": server.format("alice:one", ":5432", ""),
+        "bob": server.format("bob:one", ":5432", ""),
+        "alice again": "postgresql://alice:two@DB.internal/meter?sslmode=require&connect_timeout=5",
+        "alice, password in query": server.format("alice", "", "?password=x&sslpassword=y"),
+        "prod": "postgresql+psycopg://meterfix@/?service=prod",
+        "staging": "postgresql+psycopg://meterfix@/?service=staging",
+        "user a": "postgresql+psycopg://@/meter?user=a",
+        "user b": "postgresql+psycopg://@/meter?user=b",
+    }
+    engines = {name: create_engine(url) for name, url in named.items()}  # never connects
     try:
-        alice, bob, alice_again = (database_files_dir(tmp_path, e) for e in engines)
-        assert alice != bob
-        assert alice == alice_again
+        part = {name: database_files_dir(tmp_path, e) for name, e in engines.items()}
+        assert part["alice"] == part["alice again"] == part["alice, password in query"]
+        assert len({part[n] for n in ("alice", "bob", "prod", "staging", "user a", "user b")}) == 6
     finally:
-        for engine in engines:
+        for engine in engines.values():
             engine.dispose()
