@@ -56,7 +56,8 @@ from service.jobs.report_objects import fetch, linked_objects, other_objects, re
 from service.jobs.report_outcome import conclude
 from service.jobs.report_rows import HeldFirst, Reported, among
 from service.jobs.report_versions import SentSince, when_taken
-from service.jobs.runs import RunContext, RunRequest, execute_run, run_done
+from service.jobs.run_context import RunContext, RunRequest
+from service.jobs.runs import execute_run, run_done
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.lineage import handled_identifiers, handled_under, runs_correcting
 from service.jobs.store.report_records import load_report, set_report_status

@@ -31,7 +31,8 @@ from remediation.rules import Rules
 from service.errors import TaskInputMissing
 from service.jobs.input_lineage import run_lineage
 from service.jobs.inputs import JobDeps, candidate_keys, identifiers_in, local_name
-from service.jobs.runs import RunContext, RunRequest, execute_run
+from service.jobs.run_context import RunContext, RunRequest
+from service.jobs.runs import execute_run
 from service.jobs.stages import Stage, Stages
 from service.jobs.store.lineage import refused_among, runs_correcting
 from service.jobs.store.reports import import_set

@@ -25,7 +25,7 @@ from remediation.repair import plan_input, read_repaired
 from remediation.rules import Rules
 from service.adapters.bucket_base import file_digests
 from service.errors import StripeFileError, TaskInputMissing
-from service.jobs.runs import RunContext
+from service.jobs.run_context import RunContext
 from service.jobs.store.runs import finished_run
 from service.logs import log_event
 from service.models import ImportSet

@@ -23,7 +23,7 @@ from service.errors import BucketError
 from service.jobs.inputs import JobDeps, candidate_keys, event_time, identifiers_in, local_name
 from service.jobs.object_runs import LeftOut, object_sources
 from service.jobs.other_objects import HandledInOtherObjects
-from service.jobs.runs import RunContext
+from service.jobs.run_context import RunContext
 from service.jobs.store.lineage import deferring_among, handled_among, runs_correcting
 from service.models import ImportSet
 from service.models._types import utcnow

@@ -42,7 +42,8 @@ from service.db.locks import HeldLock, session_lock
 from service.jobs.rerun_keys import rerun_key, rerun_source, rerun_tag
 from service.jobs.rerun_pick import pick_rows
 from service.jobs.rerun_records import rerun_lineage, stored_records
-from service.jobs.runs import RunContext, RunRequest, execute_run
+from service.jobs.run_context import RunContext, RunRequest
+from service.jobs.runs import execute_run
 from service.jobs.store.rerun_queue import rerun_queued_at
 from service.jobs.store.rerun_takes import mark_rerun_in
 from service.jobs.store.runs import unfinished_run

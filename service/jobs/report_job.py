@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from remediation.reported import ReportScope, Sampled
 from remediation.validation import MeterIndex
 from service.config import PollerMode
-from service.jobs.runs import RunContext
+from service.jobs.run_context import RunContext
 from service.poller.store import FirstVersion, object_times
 
 # Objects whose rows a report may be about: first seen up to a day before the report's window

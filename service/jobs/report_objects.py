@@ -17,7 +17,7 @@ from remediation.repair import InputPlan, plan_input
 from remediation.rownames import source_tag
 from service.jobs.inputs import local_name
 from service.jobs.report_job import WINDOW_AFTER, WINDOW_BEFORE, Report
-from service.jobs.runs import RunContext
+from service.jobs.run_context import RunContext
 from service.models import ErrorReport, ErrorSample
 from service.models._types import as_utc, utcnow
 from service.poller.store import object_times, objects_holding, objects_seen_between

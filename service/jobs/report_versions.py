@@ -17,7 +17,7 @@ from remediation.rowdigest import record_digests
 from service.config import PollerMode
 from service.jobs.object_runs import object_sources
 from service.jobs.report_job import TAKEN_LATEST_MARGIN, WINDOW_AFTER, Report, seconds
-from service.jobs.runs import RunContext
+from service.jobs.run_context import RunContext
 from service.jobs.store.lineage import runs_correcting
 from service.jobs.store.taken_again import marked_among
 from service.poller.store import FirstVersion, ObjectTimes, object_times

@@ -25,7 +25,7 @@ from service.errors import BadParameter, RerunInputMissing
 from service.jobs.input_lineage import LOOKUP_BATCH
 from service.jobs.inputs import candidate_keys, identifiers_in, local_name
 from service.jobs.rerun_keys import RERUN_PREFIX
-from service.jobs.runs import RunContext
+from service.jobs.run_context import RunContext
 from service.jobs.store.indexed_rows import IndexedRow, indexed_rows
 from service.jobs.store.other_takes import (
     HeldEntry,

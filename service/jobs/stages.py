@@ -6,7 +6,7 @@ over while it runs are written to the database inside the remediation stage, and
 counts as database time only. The run's audit is loaded while its outputs are uploaded (on a
 thread of its own, `add`): both count in full. The database stage's parts (corrections and
 quarantined rows staged, and their loads) are logged beside the stages (`database_parts`,
-`jobs/runs.py`).
+`jobs/run_audit.py`).
 """
 
 from __future__ import annotations

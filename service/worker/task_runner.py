@@ -11,7 +11,7 @@ from service.jobs.error_reports import remediate_error_report
 from service.jobs.inputs import JobDeps
 from service.jobs.quarantine_rerun import rerun_quarantine
 from service.jobs.remediation import import_set_errors, import_set_failed, poller_rows
-from service.jobs.runs import RunContext
+from service.jobs.run_context import RunContext
 from service.jobs.store.reports import import_set
 from service.notify.alerts import raise_alert, resolve_alert
 from service.runtime import Runtime

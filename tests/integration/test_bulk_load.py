@@ -528,7 +528,7 @@ def test_a_runs_audit_and_quarantined_rows_both_load_or_fail(db_url: str) -> Non
     """The service's writer stages a run's corrections and quarantined rows (each stage on a
     connection of its own) and loads both: both land, each load timed; for a run that is
     gone, the loads refuse their rows and the failure reaches the caller, nothing stored."""
-    from service.jobs.runs import _AuditWriter
+    from service.jobs.run_audit import AuditWriter
     from service.jobs.stages import Stages
 
     engine = make_engine(db_url)
@@ -537,7 +537,7 @@ def test_a_runs_audit_and_quarantined_rows_both_load_or_fail(db_url: str) -> Non
         for run_id in (kept, kept + 1000):
             correction = ("file_x", 1, f"a{run_id}", f"a{run_id}-mfx1", "c", "r", "f", "1", "2")
             held = Held("file_x", 2, f"q{run_id}", "c", "m", "why", '{"n":1}', "api", None)
-            with _AuditWriter(engine, run_id, "file_x", Stages()) as writer:
+            with AuditWriter(engine, run_id, "file_x", Stages()) as writer:
                 writer.add([correction], [held])
                 if run_id != kept:
                     with pytest.raises(LookupError, match=f"run {run_id} does not exist"):

@@ -23,7 +23,8 @@ from service.adapters.bucket import open_bucket
 from service.config import Settings
 from service.db import make_engine
 from service.jobs import quarantine_rerun
-from service.jobs.runs import RunContext, RunRequest, execute_run
+from service.jobs.run_context import RunContext, RunRequest
+from service.jobs.runs import execute_run
 from service.models import InboxEvent, QuarantinedRow, RemediationRun
 from service.runtime import Runtime
 from service.worker.loop import InboxWorker
