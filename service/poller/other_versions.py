@@ -7,6 +7,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Collection, Iterable
 from datetime import datetime
+from functools import partial
 
 import numpy as np
 
@@ -14,8 +15,9 @@ from remediation.core.columns import Batch
 from remediation.ports import ObjectInfo
 from remediation.rowdigest import record_digests
 from service.errors import HeldBy, HorizonPassed, ServiceError
-from service.jobs.store.lineage import refused_among, written_among
+from service.jobs.store.lineage import refused_among
 from service.jobs.store.taken_again import held_anywhere, mark_taken_again
+from service.jobs.store.usage_stamps import usage_second
 from service.models._types import utcnow
 from service.notify.runs import RunAlertsToSettle
 from service.poller.copy_runs import CopyRuns
@@ -120,10 +122,10 @@ class OtherVersions:
             raise self._held(stale.values())
         # a row a run over this object, or over another holding it, corrected (it failed in
         # an earlier version, or in a copy): its correction went out under a derived
-        # identifier, so the row itself must not
+        # identifier, so the row itself must not (another object's run: the same usage only)
         rest = [i for i in identifiers if i not in sent and recordable(i)]
-        runs = self._runs.holding(rest) if rest else []
-        left_out = set(sent) | written_among(self.progress.engine, runs, rest)
+        seconds = partial(_usage_seconds, identifiers, rows)
+        left_out = set(sent) | (self._runs.written(rest, seconds) if rest else set())
         self._note_resending(identifiers, unacked, left_out)
         return left_out
 
@@ -298,3 +300,19 @@ def _unchanged(
         if digest not in sent_as[identifiers[n]]
     }
     return known - changed
+
+
+def _usage_seconds(
+    identifiers: list[str], rows: Batch | None, wanted: Collection[str]
+) -> dict[str, set[int | None]]:
+    """identifier -> the usage seconds (`usage_second`) of the rows of `rows` (the batch
+    `identifiers` name, in order) under the `wanted` identifiers; {} without the batch (each
+    row then counts as one without a readable timestamp: the same usage by its identifier)."""
+    at = [n for n, identifier in enumerate(identifiers) if identifier in wanted]
+    if rows is None or not at:
+        return {}
+    stamps = rows.take(np.asarray(at, np.int64)).timestamp.values()  # as they came
+    seconds: dict[str, set[int | None]] = {}
+    for n, stamp in zip(at, stamps, strict=True):
+        seconds.setdefault(identifiers[n], set()).add(usage_second(stamp))
+    return seconds
