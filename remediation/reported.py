@@ -166,18 +166,6 @@ def customer_of(record: UsageRecord, index: MeterIndex) -> str:
 REFUSED_TOO = "which Stripe refused too"
 
 
-def handled_by_another(identifier: str, key: str, row: int) -> str:
-    """The reason of a row held under `identifier_taken` because another run corrected or
-    quarantined row `row` of the object `key` under its identifier (a report's run, and an
-    import set's: `jobs.other_objects`)."""
-    return (
-        f"identifier {shown(identifier)} is also row {row}'s of {shown(key)}, which "
-        "another run corrected or quarantined (sent, or to be sent by a re-run, under a "
-        "derived identifier): a second would be refused as a duplicate or billed twice; "
-        "not corrected"
-    )
-
-
 @dataclass
 class Selection:
     """What `select_reported` found beyond the rows it yields: rows the report is about that
@@ -249,7 +237,12 @@ def _one_goes_out(record: UsageRecord, selection: Selection) -> None:
         return
     record.error_code = ErrorCode.IDENTIFIER_TAKEN.value
     if identifier in selection.handled_first:
-        record.error_message = handled_by_another(identifier, key, before)
+        record.error_message = (
+            f"identifier {shown(identifier)} is also row {before}'s of {shown(key)}, which "
+            "another run corrected or quarantined (sent, or to be sent by a re-run, under a "
+            "derived identifier): a second would be refused as a duplicate or billed twice; "
+            "not corrected"
+        )
         return
     if identifier in selection.refused_first:
         record.error_message = (

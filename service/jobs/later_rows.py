@@ -22,7 +22,6 @@ from remediation.validation import MeterIndex
 from service.errors import BucketError
 from service.jobs.inputs import JobDeps, candidate_keys, event_time, identifiers_in, local_name
 from service.jobs.object_runs import LeftOut, object_sources
-from service.jobs.other_objects import HandledInOtherObjects
 from service.jobs.run_context import RunContext
 from service.jobs.store.lineage import deferring_among, handled_among, runs_correcting
 from service.models import ImportSet
@@ -50,18 +49,10 @@ class TakenAgain(LeftOut):
     `k1` in milliseconds, uploaded a second after the import set's event, was refused and
     held by its report's run naming day.csv's row as the one its own run takes. A row a
     later version of the object itself holds is left out still: refused again, it comes back
-    in that version's own import set, whose run handles it. Nor a row a run over another
-    object corrected or quarantined under its identifier (`others`): that run's row goes out,
-    this one is held naming it (`other_objects`), not left "to Stripe's connector" unseen."""
+    in that version's own import set, whose run handles it."""
 
-    def __init__(
-        self,
-        deps: JobDeps,
-        import_set: ImportSet,
-        later: Path | None,
-        others: HandledInOtherObjects,
-    ) -> None:
-        self.engine, self.bucket, self.others = deps.run.engine, deps.run.bucket, others
+    def __init__(self, deps: JobDeps, import_set: ImportSet, later: Path | None) -> None:
+        self.engine, self.bucket = deps.run.engine, deps.run.bucket
         self.since = datetime.fromtimestamp(event_time(import_set), UTC)
         self.held = identifiers_in(later, deps.run.rules) if later is not None else set()
         self.own = set(candidate_keys(self.bucket, import_set.source_object))
@@ -73,12 +64,10 @@ class TakenAgain(LeftOut):
         taken = self.held & identifiers
         taken.update(i for i, keys in holders.items() if self.own & keys.keys())
         others = {i: keys for i, keys in holders.items() if i not in taken}
-        elsewhere: set[str] = set()
         for identifier, key in _in_place(self.engine, self.bucket, others, self._runs):
             if key is None or not self.proof.all_refused(identifier, key, others[identifier][key]):
-                elsewhere.add(identifier)
-        # one a run over another object corrected or quarantined: held, not left out
-        return taken | (elsewhere - self.others.first_rows(elsewhere).keys())
+                taken.add(identifier)
+        return taken
 
     def outcome(self) -> str:
         what = "left to Stripe's connector: a version of the file uploaded since holds them"

@@ -16,7 +16,6 @@ from service.jobs.inputs import JobDeps
 from service.jobs.later_rows import TakenAgain
 from service.jobs.object_runs import HandledElsewhere, RefusedAgain, object_sources
 from service.jobs.object_versions import TakenBefore, version_label
-from service.jobs.other_objects import HandledInOtherObjects
 from service.jobs.store.lineage import runs_correcting
 from service.jobs.store.reports import POLLER_ORIGIN
 from service.logs import log_event
@@ -32,8 +31,6 @@ class LeftOut:
     # whole, rows a version of some object sent since
     before: TakenBefore | SourceRows
     elsewhere: HandledElsewhere
-    # rows under an identifier a run over another object handled: held (the run's transform)
-    others: HandledInOtherObjects
 
     def none_left(self) -> bool:
         """Rows were left out: a run left with none is no failure (`run_file`'s `allow_none`)."""
@@ -70,11 +67,9 @@ def left_out(
 ) -> LeftOut:
     """Who took or handled the rows of an import set's file before: a later version, another
     version of the object (or, in a file the poller failed whole, `whole_file`, the poller's
-    sends), another run over the object (an error report's or another import set's), a run
-    over another object (`others`: held, not left out)."""
+    sends), another run over the object (an error report's or another import set's)."""
+    rows = TakenAgain(deps, import_set, later)
     key = import_set.source_object
-    others = HandledInOtherObjects(deps.run.engine, deps.run.bucket, key)
-    rows = TakenAgain(deps, import_set, later, others)
     before: TakenBefore | SourceRows
     if not whole_file or import_set.origin != POLLER_ORIGIN:
         # rows another version of the object took (billed then)
@@ -91,7 +86,7 @@ def left_out(
     # refused again: Stripe refused the whole file, or the rows of its failed-records file)
     refused = RefusedAgain(rows.since, version_label(import_set, "refused again"))
     elsewhere = HandledElsewhere(deps.run.engine, deps.run.bucket, key, run_key, refused)
-    return LeftOut(rows, before, elsewhere, others)
+    return LeftOut(rows, before, elsewhere)
 
 
 def rows_sent_since(count: int, run_key: str, key: str | None, when: str) -> str:

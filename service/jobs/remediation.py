@@ -108,7 +108,6 @@ def _remediate_failed_records(
             run.holding(lock),
             request,
             path,
-            transform=leaving.others,
             leave_out=leaving.leave_out(),
             allow_none=leaving.none_left,
         )
@@ -216,7 +215,6 @@ def _repair_failed_file(
             run.holding(lock),
             request,
             path,
-            transform=leaving.others,
             leave_out=leaving.leave_out(),
             allow_none=leaving.none_left,
         )
