@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Integer, UniqueConstraint, false
+from sqlalchemy import BigInteger, Column, ForeignKey, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from service.models._types import created_at_field, optional_time_field, text_field
@@ -76,12 +76,6 @@ class ImportedRow(SQLModel, table=True):
     resent_etag: str | None = Field(default=None, max_length=255)
     resent_row: int | None = None
     resent_content: int | None = Field(default=None, sa_type=BigInteger)
-    # what Stripe answered for the row as its version (`etag`) sent it (migration 0020):
-    # `billed`, a batch holding it was acknowledged; `unanswered`, it went out in a batch
-    # never acknowledged and was handed to remediation as sent without answer (`sent`
-    # cleared then; Stripe may have billed it, whatever a later pass of the version finds)
-    billed: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
-    unanswered: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class PollerBatch(SQLModel, table=True):

@@ -4,12 +4,12 @@ object version's first send time."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import Connection, case, select, update
+from sqlalchemy import Connection, select, update
 
 from service.models import BucketObject, PollerBatch
 from service.models._types import table_of
@@ -19,20 +19,16 @@ BATCHES = table_of(PollerBatch)
 
 
 def sending_rows(
-    object_id: int,
-    batches: Sequence[tuple[int, int, int]],
-    now: datetime,
-    earlier: Mapping[int, datetime],
+    object_id: int, batches: Sequence[tuple[int, int, int]], now: datetime
 ) -> list[dict[str, Any]]:
-    """The `poller_batches` rows of (number, first_row, rows) batches sent `now`, or first
-    sent `earlier[number]` (rows of theirs went out before, in another cut)."""
+    """The `poller_batches` rows of (number, first_row, rows) batches sent `now`."""
     return [
         {
             "object_id": object_id,
             "batch_number": n,
             "first_row": f,
             "rows": r,
-            "first_sent_at": min(now, earlier.get(n, now)),
+            "first_sent_at": now,
         }
         for n, f, r in batches
     ]
@@ -60,14 +56,9 @@ def recorded_cuts(
 
 
 def record_sent(conn: Connection, dialect: ModuleType, values: list[dict[str, Any]]) -> None:
-    """Insert the batches' rows; a batch recorded before takes this cut, unacknowledged, and
-    keeps the earlier of its first send times."""
+    """Insert the batches' rows; a batch recorded before takes this cut, unacknowledged."""
     insert = dialect.insert(BATCHES)
     again = {"first_row": insert.excluded.first_row, "rows": insert.excluded.rows}
-    sooner = insert.excluded.first_sent_at < BATCHES.c.first_sent_at
-    again["first_sent_at"] = case(
-        (sooner, insert.excluded.first_sent_at), else_=BATCHES.c.first_sent_at
-    )
     upsert = insert.on_conflict_do_update(
         index_elements=["object_id", "batch_number"], set_={**again, "acked_at": None}
     )

@@ -7,7 +7,7 @@ written in bulk (`Acknowledgements`); with `ObjectImport`, what an import needs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +19,7 @@ from remediation.validation import MeterIndex
 from service.errors import ItemInterrupted
 from service.poller.object_progress import ObjectProgress
 from service.poller.progress import ProgressStore
+from service.poller.store import recordable
 from service.poller.versions import PollerStore
 
 CHUNKS_PER_GROUP = 10  # batches recorded before sending, and acknowledgements recorded, at once
@@ -64,18 +65,19 @@ class ImportStopped(ItemInterrupted):
 class _Recorded:
     new: set[int]  # batch numbers recorded for the first time
     same: set[int]  # recorded before as the same cut, never acknowledged
+    batches: int  # numbers the group took (sent or left out)
+    acked_rows: int  # events of the batches left out: acknowledged on an earlier pass
 
 
 @dataclass(frozen=True, slots=True)
-class BatchSend:
-    """One request of a pass: batch `number`'s events, the rows they came from as recorded,
-    its cut, and when rows of it may first have gone out before this pass (`record_group`)."""
+class _Send:
+    """One request of a pass: batch `number`'s events; or, for a batch an earlier pass had
+    acknowledged past the prefix, cut the same, its rows that pass never sent (`late`: they
+    failed validation then and are valid now), recorded as sent once Stripe takes them."""
 
     number: int
     events: list[dict[str, object]]
-    rows: tuple[RowRef, ...]
-    cut: tuple[int, int]  # (first row, rows spanned)
-    first_sent: datetime | None = None
+    late: tuple[RowRef, ...] = ()
 
 
 def record_group(
@@ -83,30 +85,50 @@ def record_group(
     obj: ObjectInfo,
     progress: ObjectProgress,
     group: list[ImportChunk],
-    numbers: Iterator[int],
-    earlier: Callable[[Sequence[RowRef]], datetime | None],
-) -> tuple[list[BatchSend], _Recorded]:
+    number: int,
+) -> tuple[list[_Send], _Recorded]:
     """Record a group's rows and batches before any of it is sent; its requests to send and
-    what was recorded. `numbers`: the batch numbers to take, in order (never one Stripe
-    acknowledged: `importer._free_numbers`; the rows it billed are left out of every cut,
-    `imported_rows.billed`). `earlier`: when rows of a batch may first have gone out before
-    this pass, in another cut (the meters changed): the batch is recorded first sent then,
-    held to the 23 h horizon from there (recorded first sent on the resume, a batch a recut
-    added was sent again a day after its rows first went out)."""
+    what was recorded. A batch an earlier pass had acknowledged past the prefix, cut the
+    same, is neither recorded nor sent again, but for its rows that pass never sent (only a
+    file's last, partial batch keeps its cut when a row of it that failed is valid now: the
+    meter made meanwhile): sent by themselves, their rows recorded as sent once acknowledged
+    (a failure leaves them to the next pass; recorded as sent before, inside a batch
+    acknowledged before, they would count as billed)."""
     batches = [chunk for chunk in group if chunk.events]
-    spans = [(next(numbers), *_span(chunk)) for chunk in batches]
-    job.store.insert_rows(obj, [ref for chunk in group for ref in chunk.rows])
-    sent = [tuple(r for r in chunk.rows if r.sent) for chunk in batches]
-    before = [earlier(rows) for rows in sent]
-    first_sent = {
-        span[0]: when for span, when in zip(spans, before, strict=True) if when is not None
-    }
-    new, same = job.progress.record_sending(progress.object_id, spans, job.clock(), first_sent)
-    sends = [
-        BatchSend(span[0], chunk.events, rows, span[1:], when)
-        for span, chunk, rows, when in zip(spans, batches, sent, before, strict=True)
-    ]
-    return sends, _Recorded(new, same)
+    spans = [(number + i, *_span(chunk)) for i, chunk in enumerate(batches)]
+    left = {i for i, span in enumerate(spans) if progress.acknowledged_as(*span)}
+    late = _late_rows(job, obj, [batches[i] for i in sorted(left)])
+    refs = [ref for chunk in group for ref in chunk.rows]
+    if late:
+        refs = [ref._replace(sent=False) if ref.identifier in late else ref for ref in refs]
+    job.store.insert_rows(obj, refs)
+    sending = [span for i, span in enumerate(spans) if i not in left]
+    new, same = job.progress.record_sending(progress.object_id, sending, job.clock())
+    sends: list[_Send] = []
+    acked_rows = 0
+    for i, span in enumerate(spans):
+        events = batches[i].events
+        if i not in left:
+            sends.append(_Send(span[0], events))
+            continue
+        again = [e for e in events if e["identifier"] in late]
+        acked_rows += len(events) - len(again)
+        if again:
+            rows = tuple(r for r in batches[i].rows if r.sent and r.identifier in late)
+            sends.append(_Send(span[0], again, rows))
+    return sends, _Recorded(new, same, len(spans), acked_rows)
+
+
+def _late_rows(job: ObjectImport, obj: ObjectInfo, chunks: list[ImportChunk]) -> set[str]:
+    """The identifiers of these batches' events (batches an earlier pass had acknowledged)
+    that were never recorded as sent: rows that failed validation on that pass. Looked up
+    before this pass records its rows (an identifier the table cannot hold counts as sent:
+    no look-up can tell, and sending it again could bill it twice)."""
+    named = [str(e["identifier"]) for chunk in chunks for e in chunk.events]
+    known = [i for i in named if recordable(i)]
+    if not known:
+        return set()
+    return set(known) - job.progress.sent_here(obj, known)
 
 
 class Acknowledgements:
@@ -114,26 +136,21 @@ class Acknowledgements:
     batches, and at the end, so a crash loses few acknowledgements and a fast stream does
     not pay one transaction per batch."""
 
-    def __init__(self, job: ObjectImport, obj: ObjectInfo, progress: ObjectProgress) -> None:
-        self.job, self.obj, self.progress = job, obj, progress
+    def __init__(self, job: ObjectImport, progress: ObjectProgress) -> None:
+        self.job, self.progress = job, progress
         self.pending: list[int] = []
-        self.billed: list[str] = []  # the identifiers the pending batches held
         self.flushed_at = time.monotonic()
 
-    def add(self, number: int, identifiers: Sequence[str] = ()) -> None:
+    def add(self, number: int) -> None:
         self.pending.append(number)
-        self.billed.extend(identifiers)
         due = time.monotonic() - self.flushed_at >= ACK_EVERY
         if due or len(self.pending) >= CHUNKS_PER_GROUP:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
-            billed = (self.obj, self.billed)
-            self.job.progress.record_acks(
-                self.progress.object_id, self.pending, self.job.clock(), billed
-            )
-            self.pending, self.billed = [], []
+            self.job.progress.record_acks(self.progress.object_id, self.pending, self.job.clock())
+            self.pending = []
         self.flushed_at = time.monotonic()
 
 

@@ -60,27 +60,20 @@ class ImportedRows:
                 if sent:
                     conn.execute(self._record_sent(), sent)
 
-    def mark_not_sent(
-        self, obj: ObjectInfo, identifiers: Sequence[str], *, unanswered: bool = True
-    ) -> None:
-        """Record rows of the object version as not sent. `unanswered`: recorded as sent in a
-        batch Stripe never acknowledged, they failed validation on a later pass and went to
-        remediation as sent without answer (`imported_rows.unanswered`, kept for good: a
-        later pass of the version finding them failing again hands them over the same).
-        Otherwise their batches never went out (`ProgressStore.forget_unsent`): the rows are
-        as before the pass recorded them."""
+    def mark_not_sent(self, obj: ObjectInfo, identifiers: Sequence[str]) -> None:
+        """Record rows of the object version as not sent (recorded as sent in a batch Stripe
+        never acknowledged, they failed validation on a later pass and went to remediation)."""
         identifiers = [i for i in identifiers if recordable(i)]
         if not identifiers:
             return
         table = _table(ImportedRow)
         listed = in_listed(table.c.identifier, identifiers, self.engine, "identifiers")
-        own: dict[str, Any] = {"sent": False, **({"unanswered": True} if unanswered else {})}
         with self.engine.begin() as conn:
             self.fence(conn)
             conn.execute(
                 update(table)
                 .where(table.c.object_key == obj.key, table.c.etag == obj.etag, listed)
-                .values(**own)
+                .values(sent=False)
             )
             conn.execute(  # nor sent again by it (`_record_sent`)
                 update(table)

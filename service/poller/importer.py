@@ -4,11 +4,8 @@ Rows are validated against the object's first-seen time (not the clock), so ever
 the file into the same batches. Every group of batches is recorded before it goes out (its
 rows in `imported_rows`, its batches with their first send time), and acknowledgements are
 written as they come (at least every 0.25 s), so a crash re-sends at most the batches that
-were in flight, under the same identifiers; a later pass skips the rows Stripe acknowledged
-(service.poller.progress). What Stripe answered is kept per row (`imported_rows.billed`,
-`unanswered`), so a pass cutting the rows left into other batches (the meters changed)
-neither takes a row that never went out for billed nor sends a billed one again, and holds
-the rows that went out before to the horizon of their first send (`EarlierSends`).
+were in flight, under the same identifiers; a later pass skips the rows of the acknowledged
+prefix (service.poller.progress).
 The failed-records file is written afresh on every pass (failed rows are never sent, so
 validating them again is free of risk), but for rows that fail only now (the meters changed)
 in a batch Stripe acknowledged: billed, counted sent (`BatchRows.failed_rows`).
@@ -20,9 +17,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from itertools import count, islice
+from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -43,7 +39,6 @@ from service.poller.files import FailedRecords, discard_failed_records, failed_r
 from service.poller.import_batches import (
     CHUNKS_PER_GROUP,
     Acknowledgements,
-    BatchSend,
     ImportStopped,
     ObjectImport,
     record_group,
@@ -52,7 +47,6 @@ from service.poller.import_batches import (
 from service.poller.object_progress import (
     RESEND_HORIZON,
     BatchRows,
-    EarlierSends,
     ObjectProgress,
     SentBatch,
     row_was_sent,
@@ -110,12 +104,7 @@ def _import_rows(
     """Send the rows of `source` left to send, the failed ones written to `failed`."""
     tally = ImportTally()
     sent_in = BatchRows(progress)
-    # every row recorded as sent when the pass began (a stop restores those of the batches it
-    # forgot: `_BatchStream.forget`); a row Stripe acknowledged is left out, one recorded as
-    # sent in a batch that failed is sent again (`_acknowledged`)
-    sent_in.sent = job.progress.sent_rows_before(obj, None)
-    sent_in.billed, skip = job.progress.billed_rows(obj)
-    sent_in.unanswered = job.progress.unanswered_rows(obj)
+    skip = sent_in.sent = job.progress.sent_rows_before(obj, sent_in.end)
     with source.open("rb") as stream, failed as failed_out:
         records = failed_out.open_records(stream, job.meters.limits)
         reference = int(progress.first_seen.timestamp())
@@ -125,7 +114,7 @@ def _import_rows(
             job.meters,
             now=reference,
             names=RowNames(obj.key, obj.etag),
-            sent_before=_acknowledged(job, obj, skip, sent_in.billed, progress),
+            sent_before=_acknowledged(job, obj, skip, progress),
             sent_elsewhere=others.sent,
         )
         # closing: a failure mid-file finishes the readers while their stream is still open
@@ -185,9 +174,9 @@ def _send_all(
     sent_in: BatchRows,
 ) -> None:
     """One stream of batches through the sink: a batch waiting out a backoff does not hold
-    up the next ones. Its batches take the numbers from `acked_batches` on, but for those
-    acknowledged past the prefix (`_free_numbers`). `unsent.numbers` maps the sink's places
-    to batch numbers."""
+    up the next ones. Batch i of this pass is number `acked_batches + i`; one an earlier pass
+    had acknowledged past the prefix, cut the same, is left out (`ObjectProgress.
+    acknowledged_as`). `unsent.numbers` maps the sink's places to batch numbers."""
     stream = _BatchStream(job, obj, progress, failed_out, tally, others, sent_in)
     try:
         # iterating counts skipped rows in tally
@@ -210,7 +199,7 @@ def _send_all(
         # batches recorded and never acknowledged are sent again under the same identifiers)
         raise
     except Exception as exc:
-        stream.forget(stream.unsent.never_billed())
+        job.progress.forget_unsent(progress.object_id, stream.unsent.never_billed())
         if job.stopping() and not isinstance(exc, ImportStopped):
             # the sink cut a batch's retries short (or left it unsent): it stays
             # unacknowledged, sent again by the next start under the same identifiers
@@ -239,18 +228,13 @@ class _BatchStream:
         self.job, self.obj, self.progress = job, obj, progress
         self.failed_out, self.tally, self.others = failed_out, tally, others
         self.sent_in = sent_in
-        self.acks = Acknowledgements(job, obj, progress)
-        # batch number -> the rows it sends, from its recording until Stripe acknowledges it
-        self.rows: dict[int, tuple[RowRef, ...]] = {}
+        self.acks = Acknowledgements(job, progress)
         # batch number -> its rows a run over the object holds in quarantine: marked taken
         # again once Stripe acknowledged the batch
         self.held: dict[int, list[tuple[str, int | None]]] = {}
         self.unsent = _Unsent()
         # batches sent before and never acknowledged, by number: their first send times
         self.resent = {batch.number: batch for batch in progress.unacked}
-        # numbers of this pass's batches holding rows sent before (`_note_first_sent`)
-        self.bounded: set[int] = set()
-        self.earlier = EarlierSends(progress, sent_in)
         # those of them held back at the horizon on this pass, by number (`horizon_passed`)
         self.past_horizon: dict[int, SentBatch] = {}
         # batch number -> the batches Stripe never acknowledged in which other versions sent
@@ -261,20 +245,16 @@ class _BatchStream:
     def batches(self, chunks: Iterator[ImportChunk]) -> Iterator[list[dict[str, object]]]:
         """Record each group of chunks, then yield its batches' events to the sink."""
         job, unsent = self.job, self.unsent
-        last_beat = time.monotonic()
-        numbers = _free_numbers(self.progress)
+        number, last_beat = self.progress.acked_batches, time.monotonic()
         while group := self._next_group(chunks):
-            sending, recorded = record_group(
-                job, self.obj, self.progress, group, numbers, self.earlier.of
-            )
-            self._note_first_sent(sending)
+            sending, recorded = record_group(job, self.obj, self.progress, group, number)
             unsent.recorded |= recorded.new
             unsent.same |= recorded.same
             events = [(send.number, send.events) for send in sending]
-            self.rows.update((send.number, send.rows) for send in sending)
             _note_held(self.others, group, events, self.held)
             self._note_elsewhere(group, events)
-            self._count(group)
+            self._count(group, recorded.acked_rows)
+            number += recorded.batches
             for send in sending:
                 self._check_stop()  # the group's batches not taken are forgotten (`_send_all`)
                 if self._held_at_horizon(send.number) or self._held_elsewhere(send.number):
@@ -282,24 +262,11 @@ class _BatchStream:
                 # another process polls once the lock is lost: it sends this batch, not us
                 job.check_lock()
                 unsent.numbers.append(send.number)  # the sink takes no batch it does not send
+                unsent.late.append(send.late)
                 yield send.events
             if time.monotonic() - last_beat >= BEAT_EVERY:
                 job.beat()
                 last_beat = time.monotonic()
-
-    def _note_first_sent(self, sending: list[BatchSend]) -> None:
-        """Hold the batches of `sending` whose rows may have gone out before this pass to the
-        horizon from then (`_held_at_horizon`), as the batches sent before are."""
-        for send in sending:
-            if send.first_sent is None:
-                continue
-            self.bounded.add(send.number)
-            known = self.resent.get(send.number)
-            if known is None or send.first_sent < known.first_sent_at:
-                first, rows = send.cut
-                self.resent[send.number] = SentBatch(
-                    send.number, first, rows, send.first_sent, None
-                )
 
     def _note_elsewhere(
         self, group: list[ImportChunk], sending: list[tuple[int, list[dict[str, object]]]]
@@ -331,7 +298,7 @@ class _BatchStream:
         if self.job.stopping():
             raise ImportStopped(f"{self.obj.key}: the poller was asked to stop mid-import")
 
-    def _count(self, group: list[ImportChunk]) -> None:
+    def _count(self, group: list[ImportChunk], acked_rows: int) -> None:
         """Count a group's rows in the tally, writing its failed ones to the failed records."""
         tally = self.tally
         # rows failing now (the meters changed) in a batch Stripe acknowledged were billed:
@@ -344,7 +311,7 @@ class _BatchStream:
         skipped = sum(chunk.skipped + chunk.elsewhere for chunk in group)
         tally.elsewhere += sum(chunk.elsewhere for chunk in group)
         tally.rows += sum(len(chunk.rows) for chunk in group) + skipped
-        tally.sent += skipped + billed
+        tally.sent += skipped + acked_rows + billed
 
     def check_horizon(self, index: int) -> None:
         """Before every request of the sink's batch `index`, its retries included: checked
@@ -388,26 +355,14 @@ class _BatchStream:
         """Stripe acknowledged the sink's batch `index`."""
         # marked before the acknowledgement is recorded: a crash between the two re-sends the
         # batch on resume (Stripe dedupes it), never leaves a billed row unmarked
-        batch_number = self.unsent.numbers[index]
+        batch_number, late = self.unsent.numbers[index], self.unsent.late[index]
         self.elsewhere.pop(batch_number, None)
         if batch_number in self.held:
             self.others.taken_again(self.held.pop(batch_number))
-        # its rows recorded billed with the acknowledgement (`Acknowledgements.flush`)
-        self.acks.add(batch_number, [ref.identifier for ref in self.rows.pop(batch_number, ())])
-
-    def forget(self, numbers: set[int]) -> None:
-        """Forget the batches of `numbers` (never billed: `_Unsent`), and record their rows
-        not sent again where no earlier pass had recorded them sent: left so, a row of a
-        batch a stop forgot, failing later, was left out by remediation as sent (neither
-        billed nor quarantined). A batch holding rows that went out before in another cut
-        stays recorded: its first send time holds them to the horizon (`EarlierSends`); but
-        for one Stripe refused as the cut it had refused before (the same rows refused)."""
-        held = (numbers & self.bounded) - (set(self.unsent.refused) & self.unsent.same)
-        self.job.progress.forget_unsent(self.progress.object_id, numbers - held)
-        sent = self.sent_in.sent
-        refs = (ref for n in sorted(numbers) for ref in self.rows.get(n, ()))
-        fresh = [ref.identifier for ref in refs if not row_was_sent(sent, ref.row_number)]
-        self.job.store.mark_not_sent(self.obj, fresh, unanswered=False)
+        if late:  # rows of a batch acknowledged before: recorded as sent once they are
+            self.job.store.insert_rows(self.obj, [ref._replace(sent=True) for ref in late])
+        else:
+            self.acks.add(batch_number)
 
     def refused(self, index: int) -> None:
         """Stripe refused the sink's batch `index` (HTTP 400)."""
@@ -445,6 +400,7 @@ class _Unsent:
 
     def __init__(self) -> None:
         self.numbers: list[int] = []  # the sink's places -> batch numbers
+        self.late: list[tuple[RowRef, ...]] = []  # the sink's places -> late rows sent there
         self.recorded: set[int] = set()  # numbers first recorded on this pass
         self.same: set[int] = set()  # recorded before as the same cut, never acknowledged
         self.refused: list[int] = []  # batch numbers
@@ -454,63 +410,37 @@ class _Unsent:
         return later | (set(self.refused) & (self.recorded | self.same))
 
 
-def _free_numbers(progress: ObjectProgress) -> Iterator[int]:
-    """The numbers a pass's batches take, in order: from the acknowledged prefix's end, but
-    for batches acknowledged past it (their cuts and acknowledgements are what tells which
-    rows they billed: never written over)."""
-    acked = {batch.number for batch in progress.acked_beyond}
-    return (number for number in count(progress.acked_batches) if number not in acked)
-
-
 def _acknowledged(
-    job: ObjectImport,
-    obj: ObjectInfo,
-    skip: bytearray,
-    billed: bytearray,
-    progress: ObjectProgress,
+    job: ObjectImport, obj: ObjectInfo, skip: bytearray, progress: ObjectProgress
 ) -> Callable[[Batch], Mask]:
-    """Which of a batch's rows are in the acknowledged prefix and Stripe acknowledged (`skip`:
-    `imported_rows.billed`): left out (the prefix's failed rows are validated again: they
-    were never sent; so are rows recorded as sent in a batch that failed, which a pass cut
-    into the prefix's span: taken for billed, they were never billed). A prefix row not
+    """Which of a batch's rows are in the acknowledged prefix and were sent: left out (the
+    prefix's failed rows are validated again: they were never sent). A prefix row not
     recorded as sent that repeats the identifier of a row of this version that was (one row
     is recorded per identifier) went out with it and Stripe deduped it then: left out too,
     or a resume a day later bills it; unless it fails our checks (`_failing`): never sent,
     it is handed to remediation, which quarantines it (Stripe took its identifier from the
     other row). Left out as sent, `k1` in milliseconds beside a valid `k1` vanished when a
-    pass resumed past it. Past the prefix, the rows Stripe acknowledged (`billed`) are left
-    out too: a pass cutting the rows into other batches (the meters changed) sent batches
-    Stripe had acknowledged again, and found their rows in batches never acknowledged."""
+    pass resumed past it."""
     reference = int(progress.first_seen.timestamp())
-    acked = _bits(billed)
 
     def sent_before(batch: Batch) -> Mask:
         rows = batch.rows
         early = rows < progress.resume_row
-        done = np.zeros(len(rows), dtype=bool)
-        if len(acked):
-            known = ~early & (rows < len(acked))
-            done[known] = acked[rows[known]]
         if not early.any():
-            return done
+            return early
+        done = early.copy()
         done[early] = [row_was_sent(skip, row) for row in rows[early].tolist()]
         again = np.flatnonzero(early & ~done).tolist()  # failed rows, and repeats
         if again:
-            named, row_of = batch.identifier.values(), rows.tolist()
-            sent = job.progress.sent_rows_here(obj, [str(named[i]) for i in again])
-            # a row recorded as sent itself is left out once Stripe acknowledged it (`skip`)
-            repeats = [i for i in again if sent.get(str(named[i]), row_of[i]) != row_of[i]]
+            named = batch.identifier.values()
+            sent = job.progress.sent_here(obj, [str(named[i]) for i in again])
+            repeats = [i for i in again if named[i] in sent]
             failing = _failing(batch, repeats, job.meters, reference) if repeats else set()
             for i in repeats:
                 done[i] = i not in failing
         return done
 
     return sent_before
-
-
-def _bits(bitmap: bytearray) -> np.ndarray[Any, np.dtype[np.bool_]]:
-    """A `row_was_sent` bitmap as one bool per row number."""
-    return np.unpackbits(np.frombuffer(bytes(bitmap), np.uint8), bitorder="little").astype(bool)
 
 
 def _failing(batch: Batch, rows: list[int], meters: MeterIndex, now: int) -> set[int]:

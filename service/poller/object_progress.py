@@ -6,15 +6,12 @@ failures need not import to use them."""
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
-
-import numpy as np
+from typing import NamedTuple
 
 from remediation.codes import ErrorCode
-from remediation.poller import ImportChunk, RowRef
+from remediation.poller import ImportChunk
 from remediation.records import UsageRecord
 
 # Stripe dedupes identifiers for a rolling period of at least 24 hours; nothing is sent again
@@ -50,11 +47,18 @@ class ObjectProgress:
     failing_since: datetime | None = None
     attempts: int = 0
     unacked: tuple[SentBatch, ...] = ()  # sent, never acknowledged: a pass sends them again
-    # past the prefix, acknowledged (in flight beside a batch that failed): a pass numbers
-    # its batches past them, never cutting them again (their rows billed: left out)
+    # past the prefix, acknowledged (in flight beside a batch that failed): a pass cutting
+    # the same batch again leaves it out (`acknowledged_as`), never sends it a second time
     acked_beyond: tuple[SentBatch, ...] = ()
     # when the acknowledged prefix last grew (Stripe took the batches a pass resumes after)
     prefix_grown_at: datetime | None = None
+
+    def acknowledged_as(self, number: int, first_row: int, rows: int) -> bool:
+        """Whether batch `number`, cut as (first_row, rows), was acknowledged past the prefix
+        as that same cut (its rows billed: sending it again a day later bills them twice)."""
+        return any(
+            (b.number, b.first_row, b.rows) == (number, first_row, rows) for b in self.acked_beyond
+        )
 
     def oldest_resend(self) -> datetime | None:
         return min((b.first_sent_at for b in self.unacked), default=None)
@@ -109,19 +113,12 @@ class BatchRows:
         ends = [end for _, end in self.acked + self.unacked]
         self.end = max([progress.resume_row, *ends])
         self.sent = bytearray()
-        self.billed = bytearray()  # rows Stripe acknowledged (`imported_rows.billed`)
-        self.unanswered = bytearray()  # handed over as sent without answer before
 
     def acknowledged(self, row: int) -> bool:
-        in_acked = _within(self.acked, row) and row_was_sent(self.sent, row)
-        return in_acked or row_was_sent(self.billed, row)
+        return _within(self.acked, row) and row_was_sent(self.sent, row)
 
     def unacknowledged(self, row: int) -> bool:
-        """Sent in a batch never acknowledged: on this pass's cuts, or on an earlier pass
-        that handed it over as sent without answer (it stays so: a recut since may have put
-        it in no batch, and `sent` was cleared then)."""
-        in_unacked = _within(self.unacked, row) and row_was_sent(self.sent, row)
-        return in_unacked or row_was_sent(self.unanswered, row)
+        return _within(self.unacked, row) and row_was_sent(self.sent, row)
 
     def failed_rows(self, group: list[ImportChunk]) -> tuple[list[UsageRecord], int, list[str]]:
         """The failed rows of a pass's chunks to hand to remediation; how many were left out
@@ -143,52 +140,6 @@ class BatchRows:
                     record = _maybe_billed(record)
                 failed.append(record)
         return failed, billed, unsent
-
-
-class EarlierSends:
-    """When the rows a pass sends may first have gone out before it: recorded as sent when it
-    began (in a batch never acknowledged: the acknowledged ones are left out), or handed over
-    as sent without answer since. Which batch sent such a row is not kept row by row, but
-    each pass records the batch that holds it (its span covers the row) first sent no later
-    than the earliest batch never acknowledged whose span covers it then: that one, by
-    induction never later than the row's first send. A batch a recut adds (a number no pass
-    had recorded) was recorded first sent on the resume, and a pass 23 h after the row's first
-    send sent it again. `poll --retry KEY --yes` drops the batches past the horizon: their
-    rows count from the new send, as the operator decided."""
-
-    def __init__(self, progress: ObjectProgress, rows: BatchRows) -> None:
-        self.rows = rows
-        self.unacked = sorted(progress.unacked, key=lambda batch: batch.first_sent_at)
-        self._earliest: np.ndarray[Any, np.dtype[np.int64]] | None = None
-
-    def of(self, refs: Sequence[RowRef]) -> datetime | None:
-        """The first send time of a batch holding `refs`, when rows of it may have gone out
-        before this pass; None when none did."""
-        sent, unanswered = self.rows.sent, self.rows.unanswered
-        numbers = [
-            ref.row_number
-            for ref in refs
-            if row_was_sent(sent, ref.row_number) or row_was_sent(unanswered, ref.row_number)
-        ]
-        if not numbers or not self.unacked:
-            return None
-        earliest = self._by_row()
-        found = [int(earliest[n]) for n in numbers if n < len(earliest)]
-        # a row no batch covers (recorded before migration 0020): the oldest of them all
-        return self.unacked[min(found, default=0)].first_sent_at
-
-    def _by_row(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """Per row number, the place in `unacked` of the earliest batch covering it."""
-        if self._earliest is None:
-            end = max(b.first_row + b.rows for b in self.unacked)
-            earliest = np.full(end, 0, dtype=np.int64)
-            covered = np.zeros(end, dtype=bool)
-            for place, batch in enumerate(self.unacked):  # earliest first: kept
-                span = slice(batch.first_row, batch.first_row + batch.rows)
-                earliest[span] = np.where(covered[span], earliest[span], place)
-                covered[span] = True
-            self._earliest = earliest
-        return self._earliest
 
 
 def _maybe_billed(record: UsageRecord) -> UsageRecord:

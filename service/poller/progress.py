@@ -4,16 +4,16 @@ after.
 
 Several batches are in flight at once, so they may be acknowledged out of order;
 `bucket_objects.acked_batches` only counts batches 0..n-1 that were ALL acknowledged (the
-last one with no gap before it). A pass sends from the row the prefix ends at, under the
-same identifiers, but for the rows Stripe acknowledged (`imported_rows.billed`, written with
-the acknowledgement of a batch holding them; `imported_rows.sent` is written before it goes
-out): left out wherever they lie, whatever cut the pass makes (the meters changed). Batches
-acknowledged are never cut again: a pass numbers its batches past them.
+last one with no gap before it). The rows of those batches are never sent again: a pass skips
+every row recorded as sent (`imported_rows.sent`, written before its batch goes out) before
+the row the prefix ends at. Everything after it is sent again under the same identifiers,
+but for a batch acknowledged past the prefix that the pass cuts the same: left out
+(`ObjectProgress.acknowledged_as`), its rows billed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -70,72 +70,35 @@ class ProgressStore:
             ).scalar_one()
         return _object_progress(row, batches, as_utc(grown))
 
-    def sent_rows_before(self, obj: ObjectInfo, resume_row: int | None) -> bytearray:
-        """A bitmap of the rows before `resume_row` (None: all) recorded as sent (one bit per
-        row): sent first by this version, or again after an earlier version of the object
+    def sent_rows_before(self, obj: ObjectInfo, resume_row: int) -> bytearray:
+        """A bitmap of the rows before `resume_row` recorded as sent (one bit per row): sent
+        first by this version, or again after an earlier version of the object
         (`imported_rows.resent_row`). Without the latter, such a row of a batch never
         acknowledged, failing our checks on the next pass, was never marked not sent:
         remediation held it for good as `identifier_taken`, naming its own row."""
-        return self._bitmap(obj, _sent_by(obj)[0], resume_row)
-
-    def billed_rows(self, obj: ObjectInfo) -> tuple[bytearray, bytearray]:
-        """Bitmaps of the rows this version recorded as sent and Stripe acknowledged
-        (`imported_rows.billed`), and of those and the rows it sent again after an earlier
-        version of the object (whose `billed` is the first send's: taken for billed in the
-        acknowledged prefix, as before). Recorded as sent before its batch goes out, a row of
-        a batch that failed was taken for billed."""
-        own = (ROWS.c.etag == obj.etag) & ROWS.c.billed.is_(True)
-        again = ROWS.c.resent_etag == obj.etag
-        sent, number = _sent_by(obj)
-        query = select(number, own).where(sent, own | again)
-        billed, prefix = bytearray(), bytearray()
-        with self.engine.connect() as conn:
-            for found in conn.execute(query.execution_options(yield_per=10_000)):
-                row: int = found[0]
-                if found[1]:
-                    _set_bit(billed, row)
-                _set_bit(prefix, row)
-        return billed, prefix
-
-    def unanswered_rows(self, obj: ObjectInfo) -> bytearray:
-        """A bitmap of this version's rows handed over as sent without answer on an earlier
-        pass (`imported_rows.unanswered`)."""
-        which = (ROWS.c.object_key == obj.key) & (ROWS.c.etag == obj.etag)
-        return self._bitmap(obj, which & ROWS.c.unanswered.is_(True), None, ROWS.c.row_number)
-
-    def _bitmap(
-        self, obj: ObjectInfo, which: Any, before: int | None, number: Any = None
-    ) -> bytearray:
-        """One bit per row number (`number`: this version's, `_sent_by`) of the rows matching
-        `which`, before `before` (None: all)."""
-        bitmap = bytearray((before or 0) // 8 + 1)
-        if before is not None and before <= 0:
+        bitmap = bytearray(resume_row // 8 + 1)
+        if resume_row <= 0:
             return bitmap
-        number = _sent_by(obj)[1] if number is None else number
-        query = select(number).where(which)
-        if before is not None:
-            query = query.where(number < before)
+        sent, number = _sent_by(obj)
+        query = select(number).where(sent, number < resume_row)
         with self.engine.connect() as conn:
             result = conn.execute(query.execution_options(yield_per=10_000))
             for row in map(int, result.scalars()):
-                _set_bit(bitmap, row)
+                bitmap[row >> 3] |= 1 << (row & 7)
         return bitmap
 
     def sent_here(self, obj: ObjectInfo, identifiers: Sequence[str]) -> set[str]:
         """Which of `identifiers` this object version recorded as sent (first, or again after
         an earlier version of the object: `sent_rows_before`)."""
-        return set(self.sent_rows_here(obj, identifiers))
-
-    def sent_rows_here(self, obj: ObjectInfo, identifiers: Sequence[str]) -> dict[str, int]:
-        """`sent_here`, each with the row of this version recorded as sending it."""
         identifiers = [i for i in identifiers if recordable(i)]
         if not identifiers:
-            return {}
-        sent, number = _sent_by(obj)
-        listed = in_listed(ROWS.c.identifier, identifiers, self.engine, "identifiers")
-        query = select(ROWS.c.identifier, number).where(sent, listed)
+            return set()
+        query = select(ROWS.c.identifier).where(
+            _sent_by(obj)[0], in_listed(ROWS.c.identifier, identifiers, self.engine, "identifiers")
+        )
         with self.engine.connect() as conn:
-            return {str(row[0]): int(row[1]) for row in conn.execute(query)}
+            found: Iterable[object] = conn.execute(query).scalars()
+            return set(map(str, found))
 
     def sent_elsewhere(self, obj: ObjectInfo, identifiers: Sequence[str]) -> list[SentRow]:
         """The rows of other object versions (another key, or this key before it was
@@ -184,24 +147,18 @@ class ProgressStore:
         return found
 
     def record_sending(
-        self,
-        object_id: int,
-        batches: Sequence[tuple[int, int, int]],
-        now: datetime,
-        earlier: Mapping[int, datetime] | None = None,
+        self, object_id: int, batches: Sequence[tuple[int, int, int]], now: datetime
     ) -> tuple[set[int], set[int]]:
         """(number, first_row, rows) of batches about to be sent; the numbers of those not
         recorded before, and of those recorded before as the same cut and never acknowledged
         (a refusal of this send is a refusal of that one: the same rows). A batch sent before
         keeps its first send time (the 23 h horizon counts from there) but loses an earlier
         acknowledgement: it counts as acknowledged again only once this send is, so a batch
-        cut differently on this pass (meters changed meanwhile) never moves the prefix.
-        `earlier`: batch number -> a first send time before `now` for a batch holding rows
-        an earlier cut may have sent (`record_group`); a batch keeps the earliest it had."""
+        cut differently on this pass (meters changed meanwhile) never moves the prefix."""
         if not batches:
             return set(), set()
         dialect = postgresql if is_postgres(self.engine) else sqlite
-        values = sending_rows(object_id, batches, now, earlier or {})
+        values = sending_rows(object_id, batches, now)
         numbers = [n for n, _, _ in batches]
         with self.engine.begin() as conn:
             self.fence(conn)
@@ -232,22 +189,11 @@ class ProgressStore:
             )
         return int(result.rowcount or 0)
 
-    def record_acks(
-        self,
-        object_id: int,
-        numbers: Iterable[int],
-        now: datetime,
-        billed: tuple[ObjectInfo, Sequence[str]] | None = None,
-    ) -> int:
-        """Mark batches acknowledged and move the contiguous prefix; its new length.
-        `billed`: the object version and the identifiers those batches held, recorded billed
-        in the same transaction (the prefix moved without them, a resume would send rows it
-        skips no more, past the 23 h horizon no batch holds them to)."""
+    def record_acks(self, object_id: int, numbers: Iterable[int], now: datetime) -> int:
+        """Mark batches acknowledged and move the contiguous prefix; its new length."""
         acked_now = sorted(set(numbers))
         with self.engine.begin() as conn:
             self.fence(conn)
-            if billed is not None and billed[1]:
-                _record_billed(conn, self.engine, *billed)
             if acked_now:
                 conn.execute(
                     update(BATCHES)
@@ -319,22 +265,6 @@ class ProgressStore:
         with self.engine.connect() as conn:
             query = select(func.count()).where(BATCHES.c.object_id == object_id)
             return int(conn.execute(query).scalar_one())
-
-
-def _set_bit(bitmap: bytearray, row: int) -> None:
-    """Set `row`'s bit, the bitmap grown to hold it."""
-    if row >> 3 >= len(bitmap):
-        bitmap.extend(bytes((row >> 3) + 1 - len(bitmap)))
-    bitmap[row >> 3] |= 1 << (row & 7)
-
-
-def _record_billed(
-    conn: Connection, engine: Engine, obj: ObjectInfo, identifiers: Sequence[str]
-) -> None:
-    """Record the rows of `identifiers` this version recorded as sent as billed."""
-    listed = in_listed(ROWS.c.identifier, [i for i in identifiers if recordable(i)], engine)
-    own = (ROWS.c.object_key == obj.key) & (ROWS.c.etag == obj.etag) & ROWS.c.sent.is_(True)
-    conn.execute(update(ROWS).where(own, listed).values(billed=True))
 
 
 def _sent_by(obj: ObjectInfo) -> tuple[Any, Any]:
